@@ -1,0 +1,67 @@
+// Package store is the in-memory log of one group: an append-only run of
+// messages, each given a gapless sequence number (from 1) and a server
+// timestamp (Unix ns, strictly increasing), queried by sequence ([Log.After])
+// or by time ([Log.Since]).
+//
+// # Layout
+//
+// The log is a list of segments, oldest first. A segment holds up to a fixed
+// number of messages in four parallel columns (8 B time, 4 B body end offset,
+// 4 B sender, 16 B ID: 32 B per message) and one byte slab holding the
+// bodies back to back; a body's start is the previous message's end. A million
+// messages are therefore a few hundred heap objects, not a million. A segment
+// is sealed when it holds its quota of messages, or when the next body would
+// take its slab past its byte quota (see [Config]); the next message opens a
+// new segment. Only the newest segment (the active one) is ever written.
+//
+// # Publication and readers
+//
+// Writers serialise on a mutex; readers take no lock at all and never make a
+// writer wait. The list of segments is copy-on-write: adding or evicting a
+// segment publishes a new immutable slice through an atomic pointer. Within
+// the active segment, a writer only writes slots beyond the committed prefix,
+// then publishes the last committed sequence number with one atomic store at
+// the end of each batch, so a batch becomes visible all at once. A reader loads
+// the segment list, then the last committed sequence number, then the list
+// again (retrying in the rare case a segment was added or evicted in between),
+// which gives it a consistent snapshot: a gapless, ordered prefix of the log.
+//
+// When a segment's columns or slab must grow (only the first segments of a
+// young log grow; later ones are sized from their predecessor), the writer
+// copies them into larger arrays and publishes those atomically. Memory a
+// reader may have been handed is never written again, so a returned
+// [Message].Body may alias the slab: it is read-only, and stays valid for as
+// long as the caller holds it (the garbage collector keeps the slab alive,
+// even after the segment is evicted).
+//
+// # Queries
+//
+// Both queries cost O(log n) to the first match: sequence numbers map to a
+// segment by binary search over the segments' first sequence numbers and to a
+// slot arithmetically; timestamps are strictly increasing, so time queries
+// binary-search the segments and then the segment's time column.
+//
+// # Retention
+//
+// Retention evicts whole segments, oldest first; the active segment is never
+// evicted for count or bytes. The message and byte limits are hard: after
+// [Log.Append] returns, the log holds at most MaxMessages messages and
+// MaxBytes body bytes, so it may hold up to one segment's worth less than a
+// limit. To keep that granularity fine, a segment's quotas are capped at an
+// eighth of the limits (see [Config.SegmentSize]). The age limit is soft: a
+// segment is evicted once its newest message is older than MaxAge, so a
+// message may outlive MaxAge while younger messages share its segment.
+// Queries report the first sequence number still held ([Cursor].First), so a
+// caller can tell that messages it asked for are gone.
+//
+// # Idempotency
+//
+// The IDs of the most recent DedupWindow stored messages are remembered in a
+// ring and a map, with the sequence number and time first assigned to each.
+// An entry whose ID is remembered is acknowledged with the original sequence
+// number and time and is not stored again, even if the original has since been
+// evicted. The memory this costs is bounded by the window, not by the traffic:
+// about 80 bytes per remembered ID (16 B in the ring, the rest in the map),
+// so about 5 MiB at the default window of 65536; it grows with use, up to that
+// bound, so an idle log costs little.
+package store

@@ -1,0 +1,151 @@
+package store
+
+import (
+	"slices"
+	"sort"
+)
+
+// Cursor says where a page of messages ends and what the log holds.
+type Cursor struct {
+	// Next is the value to pass to After to continue: the last returned
+	// sequence number, or if none was returned, the query's position (After's
+	// seq; for Since, the sequence number before the first match, or Last if
+	// nothing matched).
+	Next uint64
+	// More is true when messages beyond Next are held: the page was cut
+	// short by its limit.
+	More bool
+	// First is the first sequence number still held: 0 if nothing was ever
+	// appended, Last+1 if everything was evicted. Messages between the
+	// caller's position and First are gone.
+	First uint64
+	// Last is the last sequence number assigned.
+	Last uint64
+}
+
+// snap is a consistent view of the log: segs hold exactly first..last.
+type snap struct {
+	segs        []*segment // segments holding first..last
+	first, last uint64
+}
+
+// snapshot loads the segment list and the committed sequence number such
+// that the list was current when the number was loaded. Segments are added
+// before their messages are committed, so the list covers every committed
+// message; it may also hold an uncommitted segment at the end, trimmed here.
+func (l *Log) snapshot() snap {
+	for {
+		v := l.view.Load()
+		last := l.last.Load()
+		if l.view.Load() != v {
+			continue // a segment was added or evicted meanwhile; rare
+		}
+		s := snap{segs: v.segs, first: v.next, last: last}
+		for len(s.segs) > 0 && s.segs[len(s.segs)-1].base > last {
+			s.segs = s.segs[:len(s.segs)-1]
+		}
+		if len(s.segs) > 0 {
+			s.first = s.segs[0].base
+		}
+		if last == 0 {
+			s.first = 0
+		}
+		return s
+	}
+}
+
+func (s *snap) held() int {
+	if s.last == 0 {
+		return 0
+	}
+	return int(s.last + 1 - s.first)
+}
+
+// count returns how many committed messages segment k holds.
+func (s *snap) count(k int) int {
+	end := s.last + 1
+	if k+1 < len(s.segs) {
+		end = s.segs[k+1].base
+	}
+	return int(end - s.segs[k].base)
+}
+
+// After appends to dst the messages with Seq > seq, oldest first, at most
+// limit of them (none if limit <= 0), and says where the page ends. If
+// messages after seq were evicted, the page starts at Cursor.First. It
+// takes no lock and costs O(log n) to the first message.
+func (l *Log) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
+	s := l.snapshot()
+	cur := Cursor{Next: seq, First: s.first, Last: s.last}
+	start := max(seq+1, s.first)
+	if s.held() == 0 || start > s.last {
+		return dst, cur
+	}
+	k := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > start }) - 1
+	return s.page(k, int(start-s.segs[k].base), limit, dst, cur)
+}
+
+// Since appends to dst the messages with Time >= ts, oldest first, at most
+// limit of them (none if limit <= 0), and says where the page ends; continue
+// with After(cursor.Next). It takes no lock and costs O(log n) to the first
+// message.
+func (l *Log) Since(ts int64, limit int, dst []Message) ([]Message, Cursor) {
+	s := l.snapshot()
+	cur := Cursor{Next: s.last, First: s.first, Last: s.last}
+	if s.held() == 0 {
+		return dst, cur
+	}
+	// The last segment starting at or before ts holds the first match, or
+	// the next one starts with it.
+	k := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].firstTime > ts }) - 1
+	j := 0
+	if k >= 0 {
+		times := s.segs[k].cols.Load().times[:s.count(k)]
+		j = sort.Search(len(times), func(i int) bool { return times[i] >= ts })
+		if j == len(times) {
+			k, j = k+1, 0
+		}
+	} else {
+		k = 0
+	}
+	if k == len(s.segs) {
+		return dst, cur
+	}
+	cur.Next = s.segs[k].base + uint64(j) - 1
+	return s.page(k, j, limit, dst, cur)
+}
+
+// page appends up to limit messages from slot j of segment k on.
+func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Cursor) {
+	remain := s.last - (s.segs[k].base + uint64(j)) + 1
+	if limit <= 0 {
+		cur.More = true
+		return dst, cur
+	}
+	want := int(min(uint64(limit), remain))
+	dst = slices.Grow(dst, want)
+	for ; want > 0 && k < len(s.segs); k, j = k+1, 0 {
+		seg := s.segs[k]
+		c := seg.cols.Load()
+		n := min(s.count(k), j+want)
+		start := uint32(0)
+		if j > 0 {
+			start = c.ends[j-1]
+		}
+		for i := j; i < n; i++ {
+			end := c.ends[i]
+			dst = append(dst, Message{
+				Seq:  seg.base + uint64(i),
+				Time: c.times[i],
+				ID:   c.ids[i],
+				From: c.from[i],
+				Body: c.slab[start:end:end],
+			})
+			start = end
+		}
+		want -= n - j
+		cur.Next = seg.base + uint64(n) - 1
+	}
+	cur.More = cur.Next < s.last
+	return dst, cur
+}

@@ -1,0 +1,101 @@
+package store
+
+import "sync/atomic"
+
+// A segment holds a run of consecutive messages starting at base.
+//
+// Readers see it only through cols, loaded after the log's committed
+// sequence number; they read slots below that number, which the writer has
+// finished with. The remaining fields are the writer's, guarded by Log.mu,
+// except base and firstTime, which are fixed before the segment is published.
+type segment struct {
+	base      uint64 // sequence number of slot 0
+	firstTime int64  // time of slot 0
+	cols      atomic.Pointer[columns]
+
+	w        *columns // == cols.Load(), without the atomic load
+	n        int      // slots written
+	used     int      // slab bytes written
+	lastTime int64    // time of slot n-1
+}
+
+// columns are a segment's arrays. Slots 0..n-1 (and slab[:ends[n-1]]) are
+// never written again once stored, so readers may alias them; growing copies
+// them into new arrays published as a new *columns.
+type columns struct {
+	times []int64
+	ends  []uint32 // body i is slab[ends[i-1]:ends[i]], with ends[-1] = 0
+	from  []uint32
+	ids   [][16]byte
+	slab  []byte
+}
+
+// newSegment makes a segment whose slot 0 will hold a message at seq and t
+// with a body of bodyLen bytes. prev, the segment before it (or nil), sizes it.
+func newSegment(seq uint64, t int64, bodyLen int, prev *segment, lim *limits) *segment {
+	slots, bytes := min(16, lim.segMessages), min(4096, lim.segBytes)
+	if prev != nil {
+		// A new segment opens only when the previous one filled up: assume
+		// this one will fill the same way.
+		slots = min(max(slots, prev.n), lim.segMessages)
+		bytes = min(max(bytes, prev.used), lim.segBytes)
+	}
+	s := &segment{base: seq, firstTime: t}
+	s.w = &columns{
+		times: make([]int64, slots),
+		ends:  make([]uint32, slots),
+		from:  make([]uint32, slots),
+		ids:   make([][16]byte, slots),
+		slab:  make([]byte, max(bytes, bodyLen)),
+	}
+	s.cols.Store(s.w)
+	return s
+}
+
+// fits reports whether a body of bodyLen bytes may go in s.
+func (s *segment) fits(bodyLen int, lim *limits) bool {
+	return s.n < lim.segMessages && (s.used == 0 || s.used+bodyLen <= lim.segBytes)
+}
+
+// put stores a message in the next slot, growing the arrays if needed; the
+// caller has checked fits. Growth is published before the caller commits.
+func (s *segment) put(t int64, e *Entry, lim *limits) {
+	c := s.w
+	need := s.used + len(e.Body)
+	if s.n == len(c.times) || need > len(c.slab) {
+		c = s.grow(need, lim)
+	}
+	i := s.n
+	copy(c.slab[s.used:need], e.Body)
+	c.times[i] = t
+	c.ends[i] = uint32(need)
+	c.from[i] = e.From
+	c.ids[i] = e.ID
+	s.n++
+	s.used = need
+	s.lastTime = t
+}
+
+// grow copies s's columns into larger ones with room for one more slot and
+// need slab bytes, and publishes them.
+func (s *segment) grow(need int, lim *limits) *columns {
+	old := s.w
+	c := *old
+	if s.n == len(old.times) {
+		slots := min(max(2*s.n, 16), lim.segMessages)
+		c.times = append(make([]int64, 0, slots), old.times[:s.n]...)[:slots]
+		c.ends = append(make([]uint32, 0, slots), old.ends[:s.n]...)[:slots]
+		c.from = append(make([]uint32, 0, slots), old.from[:s.n]...)[:slots]
+		c.ids = append(make([][16]byte, 0, slots), old.ids[:s.n]...)[:slots]
+	}
+	if need > len(old.slab) {
+		size := max(need, 2*len(old.slab))
+		if size > lim.segBytes && need <= lim.segBytes {
+			size = lim.segBytes
+		}
+		c.slab = append(make([]byte, 0, size), old.slab[:s.used]...)[:size]
+	}
+	s.w = &c
+	s.cols.Store(s.w)
+	return s.w
+}
