@@ -1,0 +1,219 @@
+// Package identity holds a peer's long-lived key, the self-signed
+// certificate it presents, the TLS configurations that pin peers by
+// fingerprint, and the known-hosts file that remembers the registries a user
+// has trusted.
+//
+// A huddle identity is an Ed25519 key kept on disk (PEM, mode 0600). The
+// certificate is made afresh from the key at each load: only its public key
+// matters, since a peer's identity is the SHA-256 of the certificate's
+// SubjectPublicKeyInfo (wire.Fingerprint). TLS 1.3's CertificateVerify proves
+// the peer holds the key; no certificate authority is involved.
+package identity
+
+import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// KeyFile is the name of the key file inside an identity directory.
+const KeyFile = "key.pem"
+
+// Errors.
+var (
+	// ErrNoCertificate: the peer presented no certificate.
+	ErrNoCertificate = errors.New("peer presented no certificate")
+	// ErrBadKey: the key file exists but cannot be used.
+	ErrBadKey = errors.New("unusable key file")
+)
+
+// Identity is a key pair and the certificate made from it.
+type Identity struct {
+	cert tls.Certificate
+	fp   wire.Fingerprint
+}
+
+// Fingerprint returns the identity's fingerprint, the peer's ID everywhere.
+func (id *Identity) Fingerprint() wire.Fingerprint { return id.fp }
+
+// Certificate returns the TLS certificate to present.
+func (id *Identity) Certificate() tls.Certificate { return id.cert }
+
+// Generate makes a new identity in memory.
+func Generate() (*Identity, error) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	return fromKey(key)
+}
+
+// LoadOrCreate loads the identity kept in dir, creating dir (mode 0700) and a
+// new key (mode 0600) on first use. It returns ErrBadKey, wrapped, if the
+// key file exists but is not a PEM Ed25519 or ECDSA private key, and refuses
+// a key file that others can read.
+func LoadOrCreate(dir string) (*Identity, error) {
+	path := filepath.Join(dir, KeyFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return create(dir, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("load identity: %s is readable by others (mode %v); run chmod 600 %s: %w",
+			path, st.Mode().Perm(), path, ErrBadKey)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("load identity: %s holds no PEM block: %w", path, ErrBadKey)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %s: %v: %w", path, err, ErrBadKey)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("load identity: %s: key of type %T: %w", path, key, ErrBadKey)
+	}
+	return fromKey(signer)
+}
+
+func create(dir, path string) (*Identity, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	// O_EXCL: two processes creating the same identity at once must not
+	// end up with different keys; the loser loads the winner's.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return LoadOrCreate(dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	return fromKey(key)
+}
+
+func fromKey(key crypto.Signer) (*Identity, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return nil, fmt.Errorf("certificate serial: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "huddle"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(100 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:     []string{"huddle"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("self-sign certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("parse own certificate: %w", err)
+	}
+	return &Identity{
+		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf},
+		fp:   wire.FingerprintOf(leaf),
+	}, nil
+}
+
+// PeerFingerprint returns the fingerprint of the certificate the peer
+// presented on a TLS connection, or ErrNoCertificate.
+func PeerFingerprint(cs tls.ConnectionState) (wire.Fingerprint, error) {
+	if len(cs.PeerCertificates) == 0 {
+		return wire.Fingerprint{}, ErrNoCertificate
+	}
+	return wire.FingerprintOf(cs.PeerCertificates[0]), nil
+}
+
+// ServerTLS returns the TLS configuration of a huddle server: TLS 1.3, ALPN
+// huddle/1, and a client certificate required from every peer (any key: the
+// server keys what the peer may do by its fingerprint).
+func (id *Identity) ServerTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{id.cert},
+		NextProtos:   []string{wire.ALPN},
+		ClientAuth:   tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			_, err := PeerFingerprint(cs)
+			return err
+		},
+	}
+}
+
+// MismatchError is returned by a handshake whose server presented another
+// fingerprint than the one pinned.
+type MismatchError struct {
+	Want, Got wire.Fingerprint
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("server presented fingerprint %s, expected %s", e.Got, e.Want)
+}
+
+// ClientTLS returns the TLS configuration for dialing a server whose
+// fingerprint must be want. The handshake fails with a *MismatchError
+// otherwise. If want is zero, any server is accepted and verify, when not
+// nil, decides (trust on first use).
+func (id *Identity) ClientTLS(want wire.Fingerprint, verify func(wire.Fingerprint) error) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{id.cert},
+		NextProtos:   []string{wire.ALPN},
+		ServerName:   "huddle",
+		// Chain verification does not apply: identities are self-signed and
+		// pinned by fingerprint in VerifyConnection below.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			got, err := PeerFingerprint(cs)
+			if err != nil {
+				return err
+			}
+			if !want.IsZero() && got != want {
+				return &MismatchError{Want: want, Got: got}
+			}
+			if want.IsZero() && verify != nil {
+				return verify(got)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,188 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"go.uber.org/goleak"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestLoadOrCreateKeepsKey(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "id")
+	a, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Join(dir, KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := st.Mode().Perm(), os.FileMode(0o600); got != want {
+		t.Errorf("key mode = %v, want %v", got, want)
+	}
+	b, err := LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Errorf("fingerprint changed across loads: %s then %s", a.Fingerprint(), b.Fingerprint())
+	}
+	if err := os.Chmod(filepath.Join(dir, KeyFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreate(dir); !errors.Is(err, ErrBadKey) {
+		t.Errorf("world-readable key: err = %v, want ErrBadKey", err)
+	}
+}
+
+func TestLoadRejectsGarbage(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, KeyFile), []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreate(dir); !errors.Is(err, ErrBadKey) {
+		t.Errorf("err = %v, want ErrBadKey", err)
+	}
+}
+
+// TestPinnedHandshake dials a real QUIC listener on loopback and checks both
+// sides see each other's fingerprint, and that a wrong pin fails the
+// handshake with a *MismatchError.
+func TestPinnedHandshake(t *testing.T) {
+	server, _ := Generate()
+	client, _ := Generate()
+	ln := listen(t, server)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	accepted := make(chan wire.Fingerprint, 1)
+	go func() {
+		conn, err := ln.Accept(ctx)
+		if err != nil {
+			close(accepted)
+			return
+		}
+		fp, _ := PeerFingerprint(conn.ConnectionState().TLS)
+		accepted <- fp
+		conn.CloseWithError(0, "")
+	}()
+
+	conn, err := dial(t).Dial(ctx, ln.Addr(), client.ClientTLS(server.Fingerprint(), nil), nil)
+	if err != nil {
+		t.Fatalf("dial with the right pin: %v", err)
+	}
+	if got, _ := PeerFingerprint(conn.ConnectionState().TLS); got != server.Fingerprint() {
+		t.Errorf("client saw %s, want %s", got, server.Fingerprint())
+	}
+	if got := <-accepted; got != client.Fingerprint() {
+		t.Errorf("server saw %s, want %s", got, client.Fingerprint())
+	}
+	conn.CloseWithError(0, "")
+
+	stranger, _ := Generate()
+	_, err = dial(t).Dial(ctx, ln.Addr(), client.ClientTLS(stranger.Fingerprint(), nil), nil)
+	var mm *MismatchError
+	if !errors.As(err, &mm) {
+		t.Fatalf("dial with the wrong pin: err = %v, want *MismatchError", err)
+	}
+	if mm.Got != server.Fingerprint() || mm.Want != stranger.Fingerprint() {
+		t.Errorf("mismatch = %+v", mm)
+	}
+}
+
+func TestServerRequiresClientCertificate(t *testing.T) {
+	server, _ := Generate()
+	ln := listen(t, server)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	go func() {
+		if conn, err := ln.Accept(ctx); err == nil {
+			conn.CloseWithError(0, "")
+		}
+	}()
+	tc := (&Identity{}).ClientTLS(server.Fingerprint(), nil)
+	tc.Certificates = nil
+	conn, err := dial(t).Dial(ctx, ln.Addr(), tc, nil)
+	if err == nil {
+		// TLS 1.3 lets the client finish before the server checks its
+		// certificate; the server then closes the connection.
+		_, err = conn.AcceptStream(ctx)
+	}
+	if err == nil {
+		t.Fatal("connection without a client certificate was accepted")
+	}
+}
+
+// listen starts a QUIC listener for id on its own transport, closed (and
+// waited for) at cleanup.
+func listen(t *testing.T, id *Identity) *quic.Listener {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(id.ServerTLS(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); tr.Close(); udp.Close() })
+	return ln
+}
+
+// dial returns a client transport closed at cleanup.
+func dial(t *testing.T) *quic.Transport {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { tr.Close(); udp.Close() })
+	return tr
+}
+
+func TestKnownHosts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	k := OpenKnownHosts(path)
+	a, _ := Generate()
+	b, _ := Generate()
+	if err := k.Check("reg:7373", a.Fingerprint()); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	if err := k.Check("reg:7373", a.Fingerprint()); err != nil {
+		t.Fatalf("same key again: %v", err)
+	}
+	err := OpenKnownHosts(path).Check("reg:7373", b.Fingerprint())
+	var ce *ChangedError
+	if !errors.As(err, &ce) {
+		t.Fatalf("changed key: err = %v, want *ChangedError", err)
+	}
+	if ce.Pinned != a.Fingerprint() || ce.Presented != b.Fingerprint() {
+		t.Errorf("ChangedError = %+v", ce)
+	}
+	if ok, err := k.Forget("reg:7373"); !ok || err != nil {
+		t.Fatalf("Forget = %v, %v", ok, err)
+	}
+	if err := k.Check("reg:7373", b.Fingerprint()); err != nil {
+		t.Fatalf("after forget: %v", err)
+	}
+	got, ok, err := k.Lookup("reg:7373")
+	if err != nil || !ok || got != b.Fingerprint() {
+		t.Errorf("Lookup = %s, %v, %v; want %s", got, ok, err, b.Fingerprint())
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("mode = %v, want 0600", st.Mode().Perm())
+	}
+}

@@ -1,0 +1,164 @@
+package identity
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// KnownHostsFile is the name of the known-hosts file inside a user's
+// identity directory.
+const KnownHostsFile = "known_registries"
+
+// ChangedError is returned when a registry presents another fingerprint than
+// the one pinned for its name. It says, like ssh, what happened and how to
+// accept the new key if the change is expected.
+type ChangedError struct {
+	Name      string // the address or discovery name the pin is kept under
+	Pinned    wire.Fingerprint
+	Presented wire.Fingerprint
+	File      string
+}
+
+func (e *ChangedError) Error() string {
+	return fmt.Sprintf(`the registry at %s presented fingerprint
+    %s
+but %s pins it to
+    %s
+Someone may be impersonating the registry, or it was reinstalled with a new key.
+If you know the change is expected, run: huddle forget-registry %s`,
+		e.Name, e.Presented, e.File, e.Pinned, e.Name)
+}
+
+// KnownHosts remembers which fingerprint each registry presented the first
+// time it was used (trust on first use), in a text file of lines
+// "NAME FINGERPRINT". It is safe for concurrent use within a process.
+type KnownHosts struct {
+	path string
+	mu   sync.Mutex
+}
+
+// OpenKnownHosts returns the known-hosts file at path; the file is created
+// on the first pin.
+func OpenKnownHosts(path string) *KnownHosts { return &KnownHosts{path: path} }
+
+// Path returns the file's path.
+func (k *KnownHosts) Path() string { return k.path }
+
+// Lookup returns the fingerprint pinned for name, and whether there is one.
+func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	pins, err := k.read()
+	if err != nil {
+		return wire.Fingerprint{}, false, err
+	}
+	fp, ok := pins[name]
+	return fp, ok, nil
+}
+
+// Check pins fp for name if name has no pin yet, and returns a *ChangedError
+// if name is pinned to another fingerprint.
+func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	pins, err := k.read()
+	if err != nil {
+		return err
+	}
+	if old, ok := pins[name]; ok {
+		if old != fp {
+			return &ChangedError{Name: name, Pinned: old, Presented: fp, File: k.path}
+		}
+		return nil
+	}
+	pins[name] = fp
+	return k.write(pins)
+}
+
+// Forget removes name's pin, so the next use pins afresh. It reports whether
+// there was one.
+func (k *KnownHosts) Forget(name string) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	pins, err := k.read()
+	if err != nil {
+		return false, err
+	}
+	if _, ok := pins[name]; !ok {
+		return false, nil
+	}
+	delete(pins, name)
+	return true, k.write(pins)
+}
+
+func (k *KnownHosts) read() (map[string]wire.Fingerprint, error) {
+	pins := make(map[string]wire.Fingerprint)
+	f, err := os.Open(k.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return pins, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("known registries: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		name, fpText, ok := strings.Cut(text, " ")
+		fp, err := wire.ParseFingerprint(strings.TrimSpace(fpText))
+		if !ok || err != nil {
+			return nil, fmt.Errorf("known registries: %s:%d: want \"NAME FINGERPRINT\"", k.path, line)
+		}
+		pins[name] = fp
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("known registries: %w", err)
+	}
+	return pins, nil
+}
+
+// write replaces the file atomically (a temporary file renamed over it), so
+// a crash never leaves it half written.
+func (k *KnownHosts) write(pins map[string]wire.Fingerprint) error {
+	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
+		return fmt.Errorf("known registries: %w", err)
+	}
+	var b strings.Builder
+	b.WriteString("# huddle: registries this user trusts, pinned on first use (NAME FINGERPRINT)\n")
+	for _, name := range slices.Sorted(maps.Keys(pins)) {
+		fmt.Fprintf(&b, "%s %s\n", name, pins[name])
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(k.path), ".known_registries-*")
+	if err != nil {
+		return fmt.Errorf("known registries: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(b.String()); err != nil {
+		tmp.Close()
+		return fmt.Errorf("known registries: %w", err)
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("known registries: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("known registries: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), k.path); err != nil {
+		return fmt.Errorf("known registries: %w", err)
+	}
+	return nil
+}

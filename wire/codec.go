@@ -1,0 +1,248 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// ALPN is the TLS application protocol every huddle peer offers and requires.
+// A future incompatible protocol gets a new ALPN; within huddle/1, peers
+// ignore map keys they do not know and answer unknown operations with
+// CodeUnsupported.
+const ALPN = "huddle/1"
+
+// Limits of the codec. They bound what a peer can make us allocate before any
+// operation-level check runs.
+const (
+	// MaxFrameSize is the largest CBOR item a frame may carry, in bytes.
+	MaxFrameSize = 1 << 20
+	// MaxNesting is the deepest nesting of arrays and maps accepted.
+	MaxNesting = 8
+	// MaxArrayItems is the most elements an array may declare.
+	MaxArrayItems = 8192
+	// MaxMapPairs is the most pairs a map may declare.
+	MaxMapPairs = 32
+	// headerSize is the length prefix of every frame.
+	headerSize = 4
+)
+
+// Codec errors.
+var (
+	// ErrFrameTooLarge: a frame's declared length exceeds the limit.
+	ErrFrameTooLarge = errors.New("frame too large")
+	// ErrEmptyFrame: a frame declared length zero.
+	ErrEmptyFrame = errors.New("empty frame")
+	// ErrMalformed: a frame is not one well-formed, strictly encoded CBOR
+	// item of the expected shape. The wrapped error says what was wrong.
+	ErrMalformed = errors.New("malformed frame")
+)
+
+// The modes are built once and shared; cbor's EncMode and DecMode are
+// immutable and safe for concurrent use.
+var (
+	encMode = mustEncMode()
+	decMode = mustDecMode()
+)
+
+// mustEncMode builds the deterministic encoder. It fails only on invalid
+// options, a programming error every test run would catch.
+func mustEncMode() cbor.EncMode {
+	eo := cbor.CoreDetEncOptions()
+	eo.IndefLength = cbor.IndefLengthForbidden
+	em, err := eo.EncMode()
+	if err != nil {
+		panic(err)
+	}
+	return em
+}
+
+// mustDecMode builds the strict decoder every peer byte goes through.
+func mustDecMode() cbor.DecMode {
+	dm, err := cbor.DecOptions{
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
+		MaxNestedLevels:   MaxNesting,
+		MaxArrayElements:  MaxArrayItems,
+		MaxMapPairs:       MaxMapPairs,
+		UTF8:              cbor.UTF8RejectInvalid,
+		IntDec:            cbor.IntDecConvertNone,
+		ExtraReturnErrors: cbor.ExtraDecErrorNone,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+	return dm
+}
+
+// envelope is the outer map of every frame: {0: op or kind, 1: args or body}.
+type envelope struct {
+	Type uint64 `cbor:"0,keyasint"`
+	Body any    `cbor:"1,keyasint,omitempty"`
+}
+
+type envelopeIn struct {
+	Type uint64          `cbor:"0,keyasint"`
+	Body cbor.RawMessage `cbor:"1,keyasint,omitempty"`
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// AppendFrame appends the frame {0: typ, 1: body} (length prefix included)
+// to dst. It returns ErrFrameTooLarge if the encoding exceeds MaxFrameSize.
+func AppendFrame(dst []byte, typ uint64, body any) ([]byte, error) {
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	enc, err := encMode.Marshal(envelope{Type: typ, Body: body})
+	if err != nil {
+		return dst[:start], fmt.Errorf("encode frame: %w", err)
+	}
+	if len(enc) > MaxFrameSize {
+		return dst[:start], fmt.Errorf("encode frame of %d bytes: %w", len(enc), ErrFrameTooLarge)
+	}
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(enc)))
+	return append(dst, enc...), nil
+}
+
+// writeFrame encodes one frame and writes it with a single Write call, so a
+// frame is never interleaved with another writer's bytes.
+func writeFrame(w io.Writer, typ uint64, body any) error {
+	bp := bufPool.Get().(*[]byte)
+	buf, err := AppendFrame((*bp)[:0], typ, body)
+	if err == nil {
+		_, err = w.Write(buf)
+	}
+	if cap(buf) <= 64<<10 {
+		*bp = buf[:0]
+		bufPool.Put(bp)
+	}
+	return err
+}
+
+// WriteRequest writes the request frame for op with its args.
+func WriteRequest(w io.Writer, op Op, args any) error {
+	return writeFrame(w, uint64(op), args)
+}
+
+// WriteResponse writes one response frame of the given kind.
+func WriteResponse(w io.Writer, kind Kind, body any) error {
+	return writeFrame(w, uint64(kind), body)
+}
+
+// WriteError writes err as an Error frame, mapping it to its code with
+// ToError. It is the last frame a server writes on a stream.
+func WriteError(w io.Writer, err error) error {
+	return writeFrame(w, uint64(KindError), ToError(err))
+}
+
+// ReadFrame reads one frame from r and returns its CBOR item, using buf if it
+// is large enough. max bounds the declared length (0 means MaxFrameSize); the
+// length is checked before any allocation. It returns io.EOF if r ends before
+// the first byte of a frame, io.ErrUnexpectedEOF if it ends inside one,
+// ErrEmptyFrame or ErrFrameTooLarge for a bad length.
+func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
+	if max <= 0 || max > MaxFrameSize {
+		max = MaxFrameSize
+	}
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	switch {
+	case n == 0:
+		return nil, ErrEmptyFrame
+	case n > uint32(max):
+		return nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, max, ErrFrameTooLarge)
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// Raw is the undecoded args or body of a frame.
+type Raw []byte
+
+// Decode strictly decodes the raw args or body into v (a pointer to one of
+// this package's frame types) and checks the fields' protocol limits. An
+// absent body decodes as an empty map. A body that is not valid CBOR of the
+// right shape gives an error wrapping ErrMalformed; a field over its limit,
+// ErrTooLarge; any other invalid field, ErrBadRequest.
+func (r Raw) Decode(v any) error {
+	if len(r) == 0 {
+		return nil
+	}
+	if err := decMode.Unmarshal(r, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if c, ok := v.(interface{ check() error }); ok {
+		if err := c.check(); err != nil {
+			if errors.Is(err, ErrTooLarge) {
+				return err
+			}
+			return fmt.Errorf("%w: %v", ErrBadRequest, err)
+		}
+	}
+	return nil
+}
+
+// DecodeFrame splits a frame's CBOR item into its type (op or kind) and its
+// raw args or body. The whole item is checked for well-formedness, strict
+// encoding and trailing bytes first. Errors wrap ErrMalformed.
+func DecodeFrame(item []byte) (uint64, Raw, error) {
+	var env envelopeIn
+	if err := decMode.Unmarshal(item, &env); err != nil {
+		return 0, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if len(env.Body) > 0 && env.Body[0]>>5 != 5 { // major type 5: map
+		return 0, nil, fmt.Errorf("%w: body is not a map", ErrMalformed)
+	}
+	return env.Type, Raw(env.Body), nil
+}
+
+// ReadRequest reads and splits one request frame. Errors are those of
+// ReadFrame and DecodeFrame.
+func ReadRequest(r io.Reader, max int) (Op, Raw, error) {
+	item, err := ReadFrame(r, nil, max)
+	if err != nil {
+		return 0, nil, err
+	}
+	typ, raw, err := DecodeFrame(item)
+	return Op(typ), raw, err
+}
+
+// ReadResponse reads and splits one response frame, reusing buf when it is
+// large enough. An Error frame is returned as its *Error (which matches the
+// code's sentinel with errors.Is), with kind KindError. Other errors are
+// those of ReadFrame and DecodeFrame.
+func ReadResponse(r io.Reader, buf []byte) (Kind, Raw, error) {
+	item, err := ReadFrame(r, buf, 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	typ, raw, err := DecodeFrame(item)
+	if err != nil {
+		return 0, nil, err
+	}
+	if Kind(typ) == KindError {
+		var e Error
+		if err := raw.Decode(&e); err != nil {
+			return 0, nil, err
+		}
+		return KindError, raw, &e
+	}
+	return Kind(typ), raw, nil
+}

@@ -1,0 +1,156 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Code is an error code carried by an Error frame.
+type Code uint16
+
+// Error codes. Their numbers are part of the protocol.
+const (
+	CodeInternal      Code = 1  // the server failed; not the client's fault
+	CodeBadRequest    Code = 2  // malformed frame, missing or invalid field, both since and after
+	CodeUnauthorized  Code = 3  // this key may not do this (another key owns the UUID, wrong secret)
+	CodeNotMember     Code = 4  // the operation needs membership of the group
+	CodeNotFound      Code = 5  // no such group or lease
+	CodeTooLarge      Code = 6  // a frame, message, batch or name over its limit
+	CodeRateLimited   Code = 7  // slow down; RetryAfter says when to try again
+	CodeUnavailable   Code = 8  // shutting down, or a capacity limit was hit; try again later
+	CodeUnsupported   Code = 9  // unknown operation
+	CodeEpochMismatch Code = 10 // the cursor's or lease's epoch is not the current one; Epoch says which is
+)
+
+// Sentinel errors, one per code. Errors decoded from the wire match them with
+// errors.Is, and ToError maps any error wrapping one of them to its code.
+var (
+	ErrInternal      = errors.New("internal error")
+	ErrBadRequest    = errors.New("bad request")
+	ErrUnauthorized  = errors.New("unauthorized")
+	ErrNotMember     = errors.New("not a member")
+	ErrNotFound      = errors.New("not found")
+	ErrTooLarge      = errors.New("too large")
+	ErrRateLimited   = errors.New("rate limited")
+	ErrUnavailable   = errors.New("unavailable")
+	ErrUnsupported   = errors.New("unsupported operation")
+	ErrEpochMismatch = errors.New("epoch mismatch")
+)
+
+var codeErrs = [...]error{
+	CodeInternal:      ErrInternal,
+	CodeBadRequest:    ErrBadRequest,
+	CodeUnauthorized:  ErrUnauthorized,
+	CodeNotMember:     ErrNotMember,
+	CodeNotFound:      ErrNotFound,
+	CodeTooLarge:      ErrTooLarge,
+	CodeRateLimited:   ErrRateLimited,
+	CodeUnavailable:   ErrUnavailable,
+	CodeUnsupported:   ErrUnsupported,
+	CodeEpochMismatch: ErrEpochMismatch,
+}
+
+// Sentinel returns the sentinel error for c; unknown codes (from a newer
+// peer) map to ErrInternal.
+func (c Code) Sentinel() error {
+	if int(c) < len(codeErrs) && codeErrs[c] != nil {
+		return codeErrs[c]
+	}
+	return ErrInternal
+}
+
+// String returns the code's protocol name.
+func (c Code) String() string {
+	switch c {
+	case CodeInternal:
+		return "internal"
+	case CodeBadRequest:
+		return "bad_request"
+	case CodeUnauthorized:
+		return "unauthorized"
+	case CodeNotMember:
+		return "not_member"
+	case CodeNotFound:
+		return "not_found"
+	case CodeTooLarge:
+		return "too_large"
+	case CodeRateLimited:
+		return "rate_limited"
+	case CodeUnavailable:
+		return "unavailable"
+	case CodeUnsupported:
+		return "unsupported"
+	case CodeEpochMismatch:
+		return "epoch_mismatch"
+	}
+	return fmt.Sprintf("code_%d", uint16(c))
+}
+
+// Error is the body of an Error frame, and the error a client gets back for
+// it. It matches its code's sentinel with errors.Is.
+//
+//	{1: code uint, 2: message text, 3: retry_after_ms uint, 4: epoch uint}
+type Error struct {
+	Code    Code   `cbor:"1,keyasint"`
+	Message string `cbor:"2,keyasint,omitempty"`
+	// RetryAfterMS is set with CodeRateLimited (and may be with
+	// CodeUnavailable): milliseconds to wait before trying again.
+	RetryAfterMS uint64 `cbor:"3,keyasint,omitempty"`
+	// Epoch is set with CodeEpochMismatch: the current epoch.
+	Epoch uint64 `cbor:"4,keyasint,omitempty"`
+}
+
+func (e *Error) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = e.Code.Sentinel().Error()
+	}
+	if e.RetryAfterMS > 0 {
+		return fmt.Sprintf("%s (retry after %v)", msg, e.RetryAfter())
+	}
+	return msg
+}
+
+// Unwrap returns the code's sentinel, so errors.Is(err, ErrNotMember) works
+// on an error decoded from the wire.
+func (e *Error) Unwrap() error { return e.Code.Sentinel() }
+
+// RetryAfter is RetryAfterMS as a duration.
+func (e *Error) RetryAfter() time.Duration { return time.Duration(e.RetryAfterMS) * time.Millisecond }
+
+func (e *Error) check() error {
+	if e.Code == 0 {
+		return errors.New("error frame without a code")
+	}
+	return nil
+}
+
+// Errorf returns an *Error with code c and a formatted message. Servers use it
+// where the message adds to what the code says.
+func Errorf(c Code, format string, args ...any) *Error {
+	return &Error{Code: c, Message: fmt.Sprintf(format, args...)}
+}
+
+// ToError maps any error to what travels on the wire. An *Error in err's
+// chain is used as it is; an error wrapping a sentinel gets that sentinel's
+// code and err's text; anything else becomes CodeInternal with a generic
+// message, so internal details never leak to peers.
+func ToError(err error) *Error {
+	var we *Error
+	if errors.As(err, &we) {
+		return we
+	}
+	for c := range codeErrs {
+		if s := codeErrs[c]; s != nil && s != ErrInternal && errors.Is(err, s) {
+			return &Error{Code: Code(c), Message: err.Error()}
+		}
+	}
+	switch {
+	case errors.Is(err, ErrMalformed), errors.Is(err, ErrEmptyFrame):
+		return &Error{Code: CodeBadRequest, Message: err.Error()}
+	case errors.Is(err, ErrFrameTooLarge):
+		return &Error{Code: CodeTooLarge, Message: err.Error()}
+	}
+	return &Error{Code: CodeInternal, Message: "internal error"}
+}

@@ -1,0 +1,457 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Op names an operation; it is key 0 of a request frame.
+type Op uint16
+
+// Operations. Their numbers are part of the protocol: registry operations
+// are below 16, group operations from 16.
+const (
+	OpRegister   Op = 1
+	OpRenew      Op = 2
+	OpDeregister Op = 3
+	OpList       Op = 4
+
+	OpInfo    Op = 16
+	OpJoin    Op = 17
+	OpLeave   Op = 18
+	OpMembers Op = 19
+	OpSend    Op = 20
+	OpFetch   Op = 21
+	OpWatch   Op = 22
+)
+
+// String returns the operation's protocol name.
+func (o Op) String() string {
+	switch o {
+	case OpRegister:
+		return "register"
+	case OpRenew:
+		return "renew"
+	case OpDeregister:
+		return "deregister"
+	case OpList:
+		return "list"
+	case OpInfo:
+		return "info"
+	case OpJoin:
+		return "join"
+	case OpLeave:
+		return "leave"
+	case OpMembers:
+		return "members"
+	case OpSend:
+		return "send"
+	case OpFetch:
+		return "fetch"
+	case OpWatch:
+		return "watch"
+	}
+	return fmt.Sprintf("op_%d", uint16(o))
+}
+
+// Kind names a response frame; it is key 0 of a response frame.
+type Kind uint16
+
+// Response frame kinds. Their numbers are part of the protocol.
+const (
+	KindResult    Kind = 1 // the one reply of a single-reply operation
+	KindError     Kind = 2 // an Error; always the last frame on its stream
+	KindMessages  Kind = 3 // a batch of messages (fetch, watch)
+	KindEnd       Kind = 4 // the end of a fetch, with its cursor
+	KindHeartbeat Kind = 5 // a watch is idle but alive
+	KindGap       Kind = 6 // a watch skipped messages retention dropped
+	KindStart     Kind = 7 // the first frame of a watch
+)
+
+// Protocol limits on fields. A daemon may set lower limits of its own (see
+// Limits); these are the most any huddle/1 peer accepts.
+const (
+	MaxNameBytes   = 64   // a group's or a member's display name, UTF-8
+	MaxAddrs       = 16   // addresses in a registration
+	MaxAddrBytes   = 64   // one "host:port" address
+	MaxBatch       = 1024 // messages in one send
+	MaxSecretBytes = 256  // a private group's join secret
+)
+
+// Register asks the registry to list a group and starts its lease. The
+// group daemon's fingerprint is the one on the connection, never a field.
+//
+//	{1: group uuid, 2: name, 3: addrs [text], 4: port uint, 5: members uint, 6: last_seq uint}
+//
+// Addrs are "host:port" strings clients should dial; when empty the registry
+// lists the connection's source address with Port.
+type Register struct {
+	Group   UUID     `cbor:"1,keyasint"`
+	Name    string   `cbor:"2,keyasint"`
+	Addrs   []string `cbor:"3,keyasint,omitempty"`
+	Port    uint16   `cbor:"4,keyasint,omitempty"`
+	Members uint64   `cbor:"5,keyasint,omitempty"`
+	LastSeq uint64   `cbor:"6,keyasint,omitempty"`
+}
+
+func (r *Register) check() error {
+	if err := checkName("group name", r.Name); err != nil {
+		return err
+	}
+	if len(r.Addrs) > MaxAddrs {
+		return fmt.Errorf("%d addresses, at most %d: %w", len(r.Addrs), MaxAddrs, ErrTooLarge)
+	}
+	for _, a := range r.Addrs {
+		if len(a) == 0 || len(a) > MaxAddrBytes {
+			return fmt.Errorf("address %q: want 1..%d bytes", a, MaxAddrBytes)
+		}
+	}
+	if len(r.Addrs) == 0 && r.Port == 0 {
+		return errors.New("neither addrs nor port")
+	}
+	return nil
+}
+
+// Lease is the result of register and renew.
+//
+//	{1: epoch uint, 2: ttl_ms uint}
+//
+// Epoch is the registry's epoch, new at each registry start; TTLMS is how
+// long the lease lasts without a renew. Renew every third of it.
+type Lease struct {
+	Epoch uint64 `cbor:"1,keyasint"`
+	TTLMS uint64 `cbor:"2,keyasint"`
+}
+
+// Renew extends a group's lease and updates its counters.
+//
+//	{1: group uuid, 2: epoch uint, 3: members uint, 4: last_seq uint}
+//
+// An Epoch other than the registry's gets CodeEpochMismatch (the registry
+// restarted: register again); an unknown group gets CodeNotFound (the lease
+// lapsed: register again); a group owned by another key gets
+// CodeUnauthorized.
+type Renew struct {
+	Group   UUID   `cbor:"1,keyasint"`
+	Epoch   uint64 `cbor:"2,keyasint"`
+	Members uint64 `cbor:"3,keyasint,omitempty"`
+	LastSeq uint64 `cbor:"4,keyasint,omitempty"`
+}
+
+// Deregister removes a group from the registry at once. Removing a group
+// that is not listed succeeds; one owned by another key gets
+// CodeUnauthorized.
+//
+//	{1: group uuid}
+type Deregister struct {
+	Group UUID `cbor:"1,keyasint"`
+}
+
+// List asks the registry for every group whose lease is alive. It has no
+// fields; its result is a Groups.
+type List struct{}
+
+// Groups is the result of list.
+//
+//	{1: epoch uint, 2: groups [GroupEntry]}
+type Groups struct {
+	Epoch  uint64       `cbor:"1,keyasint"`
+	Groups []GroupEntry `cbor:"2,keyasint"`
+}
+
+// GroupEntry is one group in a registry listing.
+//
+//	{1: uuid, 2: name, 3: addrs [text], 4: fingerprint bytes(32),
+//	 5: members uint, 6: last_seq uint, 7: expires_ms uint}
+type GroupEntry struct {
+	Group       UUID        `cbor:"1,keyasint"`
+	Name        string      `cbor:"2,keyasint"`
+	Addrs       []string    `cbor:"3,keyasint"`
+	Fingerprint Fingerprint `cbor:"4,keyasint"`
+	Members     uint64      `cbor:"5,keyasint,omitempty"`
+	LastSeq     uint64      `cbor:"6,keyasint,omitempty"`
+	ExpiresMS   uint64      `cbor:"7,keyasint,omitempty"`
+}
+
+// GroupRef names the group of info, leave and members.
+//
+//	{1: group uuid}
+type GroupRef struct {
+	Group UUID `cbor:"1,keyasint"`
+}
+
+// Info describes a group; anyone may ask.
+//
+//	{1: group uuid, 2: name, 3: epoch uint, 4: first uint, 5: last uint,
+//	 6: members uint, 7: limits Limits, 8: private bool, 9: member bool,
+//	 10: fingerprint bytes(32)}
+type Info struct {
+	Group       UUID        `cbor:"1,keyasint"`
+	Name        string      `cbor:"2,keyasint"`
+	Epoch       uint64      `cbor:"3,keyasint"`
+	First       uint64      `cbor:"4,keyasint"`
+	Last        uint64      `cbor:"5,keyasint"`
+	Members     uint64      `cbor:"6,keyasint"`
+	Limits      Limits      `cbor:"7,keyasint"`
+	Private     bool        `cbor:"8,keyasint,omitempty"`
+	Member      bool        `cbor:"9,keyasint,omitempty"`
+	Fingerprint Fingerprint `cbor:"10,keyasint"`
+}
+
+// Limits are a group's limits as its daemon enforces them. Zero means no
+// limit for the retention fields.
+//
+//	{1: max_message_bytes, 2: max_batch, 3: max_messages, 4: max_bytes,
+//	 5: max_age_ms, 6: fetch_page, 7: max_members, 8: send_rate_milli,
+//	 9: send_burst, 10: heartbeat_ms}
+type Limits struct {
+	MaxMessageBytes uint64 `cbor:"1,keyasint"`
+	MaxBatch        uint64 `cbor:"2,keyasint"`
+	MaxMessages     uint64 `cbor:"3,keyasint,omitempty"`
+	MaxBytes        uint64 `cbor:"4,keyasint,omitempty"`
+	MaxAgeMS        uint64 `cbor:"5,keyasint,omitempty"`
+	FetchPage       uint64 `cbor:"6,keyasint"`
+	MaxMembers      uint64 `cbor:"7,keyasint,omitempty"`
+	// SendRateMilli is each member's sustained send rate in messages per
+	// 1000 seconds (so 5/s is 5000); zero means unlimited.
+	SendRateMilli uint64 `cbor:"8,keyasint,omitempty"`
+	SendBurst     uint64 `cbor:"9,keyasint,omitempty"`
+	HeartbeatMS   uint64 `cbor:"10,keyasint,omitempty"`
+}
+
+// Join makes the connection's key a member under a display name. Joining
+// again is not an error: it updates the name and reports Already.
+//
+//	{1: group uuid, 2: name text, 3: secret bytes}
+type Join struct {
+	Group  UUID   `cbor:"1,keyasint"`
+	Name   string `cbor:"2,keyasint"`
+	Secret []byte `cbor:"3,keyasint,omitempty"`
+}
+
+func (j *Join) check() error {
+	if len(j.Secret) > MaxSecretBytes {
+		return fmt.Errorf("secret of %d bytes, at most %d: %w", len(j.Secret), MaxSecretBytes, ErrTooLarge)
+	}
+	return checkName("member name", j.Name)
+}
+
+// Joined is the result of join.
+//
+//	{1: epoch uint, 2: last uint, 3: already bool}
+type Joined struct {
+	Epoch   uint64 `cbor:"1,keyasint"`
+	Last    uint64 `cbor:"2,keyasint"`
+	Already bool   `cbor:"3,keyasint,omitempty"`
+}
+
+// Left is the result of leave; leaving a group one is not in succeeds with
+// WasMember false.
+//
+//	{1: was_member bool}
+type Left struct {
+	WasMember bool `cbor:"1,keyasint,omitempty"`
+}
+
+// MemberList is the result of members.
+//
+//	{1: members [Member]}
+type MemberList struct {
+	Members []Member `cbor:"1,keyasint"`
+}
+
+// Member is one member of a group.
+//
+//	{1: fingerprint bytes(32), 2: name text, 3: joined int (Unix ns)}
+type Member struct {
+	Fingerprint Fingerprint `cbor:"1,keyasint"`
+	Name        string      `cbor:"2,keyasint"`
+	Joined      int64       `cbor:"3,keyasint"`
+}
+
+// Send appends messages to a group, all or none.
+//
+//	{1: group uuid, 2: messages [Outgoing]}
+type Send struct {
+	Group    UUID       `cbor:"1,keyasint"`
+	Messages []Outgoing `cbor:"2,keyasint"`
+}
+
+func (s *Send) check() error {
+	switch {
+	case len(s.Messages) == 0:
+		return errors.New("send carries no messages")
+	case len(s.Messages) > MaxBatch:
+		return fmt.Errorf("send carries %d messages, at most %d: %w", len(s.Messages), MaxBatch, ErrTooLarge)
+	}
+	for i := range s.Messages {
+		if s.Messages[i].ID.IsZero() {
+			return fmt.Errorf("message %d has no id", i)
+		}
+	}
+	return nil
+}
+
+// Outgoing is one message as a client sends it. ID is client-generated
+// (a UUIDv7) and makes the send idempotent: a retried ID is acknowledged with
+// its original sequence and timestamp.
+//
+//	{1: id bytes(16), 2: body bytes}
+type Outgoing struct {
+	ID   ID     `cbor:"1,keyasint"`
+	Body []byte `cbor:"2,keyasint"`
+}
+
+// Sent is the result of send: one Ack per message, in order.
+//
+//	{1: epoch uint, 2: acks [Ack]}
+type Sent struct {
+	Epoch uint64 `cbor:"1,keyasint"`
+	Acks  []Ack  `cbor:"2,keyasint"`
+}
+
+// Ack acknowledges one message: the group holds it under Seq and Time.
+//
+//	{1: seq uint, 2: ts int (Unix ns), 3: duplicate bool}
+type Ack struct {
+	Seq       uint64 `cbor:"1,keyasint"`
+	Time      int64  `cbor:"2,keyasint"`
+	Duplicate bool   `cbor:"3,keyasint,omitempty"`
+}
+
+// Fetch reads a group's messages: those at or after Since (a server
+// timestamp, inclusive), or those after After (a sequence, exclusive: a
+// resume cursor), or all of them when neither is set; never both. Limit caps
+// how many are returned (0: the daemon's fetch page). Epoch, when not zero,
+// must be the log's current epoch, or the fetch fails with
+// CodeEpochMismatch: a cursor is never matched against another epoch's
+// sequence numbers.
+//
+//	{1: group uuid, 2: since int, 3: after uint, 4: limit uint, 5: epoch uint}
+type Fetch struct {
+	Group UUID    `cbor:"1,keyasint"`
+	Since *int64  `cbor:"2,keyasint,omitempty"`
+	After *uint64 `cbor:"3,keyasint,omitempty"`
+	Limit uint64  `cbor:"4,keyasint,omitempty"`
+	Epoch uint64  `cbor:"5,keyasint,omitempty"`
+}
+
+func (f *Fetch) check() error { return checkSelection(f.Since, f.After) }
+
+// Watch is a fetch that does not end: the same selection, then live
+// messages as they arrive. Limit is not used.
+//
+//	{1: group uuid, 2: since int, 3: after uint, 5: epoch uint}
+type Watch struct {
+	Group UUID    `cbor:"1,keyasint"`
+	Since *int64  `cbor:"2,keyasint,omitempty"`
+	After *uint64 `cbor:"3,keyasint,omitempty"`
+	Epoch uint64  `cbor:"5,keyasint,omitempty"`
+}
+
+func (w *Watch) check() error { return checkSelection(w.Since, w.After) }
+
+// Messages carries a batch of messages in sequence order.
+//
+//	{1: messages [Message]}
+type Messages struct {
+	Messages []Message `cbor:"1,keyasint"`
+}
+
+// Message is one stored message. From is the fingerprint of the key that
+// sent it and Name its display name when it did; the server fills both.
+//
+//	{1: seq uint, 2: ts int (Unix ns), 3: id bytes(16), 4: from bytes(32),
+//	 5: name text, 6: body bytes}
+type Message struct {
+	Seq  uint64      `cbor:"1,keyasint"`
+	Time int64       `cbor:"2,keyasint"`
+	ID   ID          `cbor:"3,keyasint"`
+	From Fingerprint `cbor:"4,keyasint"`
+	Name string      `cbor:"5,keyasint"`
+	Body []byte      `cbor:"6,keyasint"`
+}
+
+// End is the last frame of a fetch.
+//
+//	{1: next uint, 2: more bool, 3: first uint, 4: last uint, 5: epoch uint}
+//
+// Next is the After to continue from; More says whether messages remain past
+// it; First is the first sequence the group still holds (a client that asked
+// for an earlier point has a gap); Last is the last sequence assigned.
+type End struct {
+	Next  uint64 `cbor:"1,keyasint"`
+	More  bool   `cbor:"2,keyasint,omitempty"`
+	First uint64 `cbor:"3,keyasint"`
+	Last  uint64 `cbor:"4,keyasint"`
+	Epoch uint64 `cbor:"5,keyasint"`
+}
+
+// Start is the first frame of a watch.
+//
+//	{1: epoch uint, 2: first uint, 3: last uint, 4: heartbeat_ms uint}
+type Start struct {
+	Epoch       uint64 `cbor:"1,keyasint"`
+	First       uint64 `cbor:"2,keyasint"`
+	Last        uint64 `cbor:"3,keyasint"`
+	HeartbeatMS uint64 `cbor:"4,keyasint"`
+}
+
+// Heartbeat is sent on an idle watch every heartbeat interval.
+//
+//	{1: last uint, 2: now int (Unix ns)}
+type Heartbeat struct {
+	Last uint64 `cbor:"1,keyasint"`
+	Now  int64  `cbor:"2,keyasint"`
+}
+
+// Gap tells a watcher that messages From..To (inclusive) were dropped by
+// retention before they could be delivered; delivery goes on after To.
+//
+//	{1: from uint, 2: to uint}
+type Gap struct {
+	From uint64 `cbor:"1,keyasint"`
+	To   uint64 `cbor:"2,keyasint"`
+}
+
+func checkSelection(since *int64, after *uint64) error {
+	if since != nil && after != nil {
+		return errors.New("both since and after: give one, or neither for everything")
+	}
+	return nil
+}
+
+// checkName enforces the rules for display names: 1..MaxNameBytes bytes of
+// UTF-8 with no control characters.
+func checkName(what, name string) error {
+	if name == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
+	if len(name) > MaxNameBytes {
+		return fmt.Errorf("%s of %d bytes, at most %d: %w", what, len(name), MaxNameBytes, ErrTooLarge)
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%s is not UTF-8", what)
+	}
+	for _, r := range name {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("%s contains a control character", what)
+		}
+	}
+	return nil
+}
+
+// CheckName reports whether name is acceptable as a group or member name,
+// with the same rules a server applies. Errors wrap ErrBadRequest or
+// ErrTooLarge.
+func CheckName(name string) error {
+	if err := checkName("name", name); err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package wire
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// Fingerprint identifies a peer: the SHA-256 of its certificate's
+// SubjectPublicKeyInfo. On the wire it is a 32-byte byte string; its one text
+// form is lowercase RFC 4648 base32 without padding, in groups of four
+// letters joined by '-' (64 characters).
+type Fingerprint [32]byte
+
+// ErrBadFingerprint: a fingerprint's text or bytes are not well formed.
+var ErrBadFingerprint = errors.New("bad fingerprint")
+
+var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// FingerprintOf returns the fingerprint of a certificate.
+func FingerprintOf(cert *x509.Certificate) Fingerprint {
+	return sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+}
+
+// String returns the text form.
+func (f Fingerprint) String() string {
+	s := strings.ToLower(b32.EncodeToString(f[:])) // 52 letters
+	var b strings.Builder
+	b.Grow(64)
+	for i := 0; i < len(s); i += 4 {
+		if i > 0 {
+			b.WriteByte('-')
+		}
+		b.WriteString(s[i:min(i+4, len(s))])
+	}
+	return b.String()
+}
+
+// Short returns the first two groups of the text form, for display where the
+// whole fingerprint does not fit. It is not an identity.
+func (f Fingerprint) Short() string { return f.String()[:9] }
+
+// IsZero reports whether f is unset.
+func (f Fingerprint) IsZero() bool { return f == Fingerprint{} }
+
+// ParseFingerprint parses the text form. Case and the '-' separators are
+// optional. It returns ErrBadFingerprint if s is not 32 bytes of base32.
+func ParseFingerprint(s string) (Fingerprint, error) {
+	var f Fingerprint
+	clean := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(s), "-", ""))
+	b, err := b32.DecodeString(clean)
+	if err != nil || len(b) != len(f) {
+		return f, fmt.Errorf("%w: %q is not a huddle fingerprint (52 base32 letters)", ErrBadFingerprint, s)
+	}
+	copy(f[:], b)
+	return f, nil
+}
+
+// MarshalText implements encoding.TextMarshaler (for JSON and flags).
+func (f Fingerprint) MarshalText() ([]byte, error) { return []byte(f.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (f *Fingerprint) UnmarshalText(b []byte) error {
+	p, err := ParseFingerprint(string(b))
+	*f = p
+	return err
+}
+
+// UnmarshalCBOR accepts exactly a 32-byte byte string.
+func (f *Fingerprint) UnmarshalCBOR(b []byte) error { return fixedBytes(f[:], b) }
+
+// UUID is a group's identity, a 16-byte byte string on the wire (decoding
+// rejects any other length).
+type UUID = uuid.UUID
+
+// ID is a client-generated message ID (a UUIDv7), a 16-byte byte string on
+// the wire. The zero ID is invalid.
+type ID [16]byte
+
+// NewID returns a fresh UUIDv7 message ID.
+func NewID() ID {
+	u, err := uuid.NewV7()
+	if err != nil { // only if the system's random source fails
+		u = uuid.New()
+	}
+	return ID(u)
+}
+
+// String returns the ID in UUID text form.
+func (id ID) String() string { return uuid.UUID(id).String() }
+
+// IsZero reports whether id is unset.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// MarshalText implements encoding.TextMarshaler.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalCBOR accepts exactly a 16-byte byte string.
+func (id *ID) UnmarshalCBOR(b []byte) error { return fixedBytes(id[:], b) }
+
+// fixedBytes decodes a CBOR byte string of exactly len(dst) bytes (at most
+// 255) into dst, allocating nothing.
+func fixedBytes(dst, item []byte) error {
+	n := len(dst)
+	var hdr int
+	switch {
+	case n < 24 && len(item) > 0 && item[0] == 0x40|byte(n):
+		hdr = 1
+	case n >= 24 && len(item) > 1 && item[0] == 0x58 && int(item[1]) == n:
+		hdr = 2
+	default:
+		return fmt.Errorf("want a %d-byte byte string", n)
+	}
+	if len(item) != hdr+n {
+		return fmt.Errorf("want a %d-byte byte string", n)
+	}
+	copy(dst, item[hdr:])
+	return nil
+}
