@@ -1,0 +1,435 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+	"time"
+)
+
+// clock is an injectable clock the test moves by hand.
+type clock struct{ ns int64 }
+
+func (c *clock) now() time.Time { return time.Unix(0, c.ns) }
+
+// newLog returns a log on cfg whose clock starts at 1e9 ns, with its clock.
+func newLog(t *testing.T, cfg Config) (*Log, *clock) {
+	t.Helper()
+	c := &clock{ns: 1e9}
+	if cfg.Now == nil {
+		cfg.Now = c.now
+	}
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New(%+v): %v", cfg, err)
+	}
+	return l, c
+}
+
+func id(n int) [16]byte {
+	var b [16]byte
+	b[0], b[1], b[2] = byte(n), byte(n>>8), byte(n>>16)
+	b[15] = 0xee
+	return b
+}
+
+func entry(n int, body string) Entry { return Entry{ID: id(n), From: uint32(n), Body: []byte(body)} }
+
+func mustAppend(t *testing.T, l *Log, batch ...Entry) []Ack {
+	t.Helper()
+	acks, err := l.Append(batch)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	return acks
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		ok   bool
+	}{
+		{"zero", Config{}, true},
+		{"all set", Config{MaxMessages: 10, MaxBytes: 100, MaxAge: time.Hour, SegmentSize: 2, DedupWindow: 5}, true},
+		{"negative MaxMessages", Config{MaxMessages: -1}, false},
+		{"negative MaxBytes", Config{MaxBytes: -1}, false},
+		{"negative MaxAge", Config{MaxAge: -time.Second}, false},
+		{"negative SegmentSize", Config{SegmentSize: -1}, false},
+		{"negative DedupWindow", Config{DedupWindow: -1}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if got := err == nil; got != tt.ok {
+				t.Fatalf("Validate() = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("Validate() = %v, not ErrInvalidConfig", err)
+			}
+			if _, nerr := New(tt.cfg); (nerr == nil) != tt.ok {
+				t.Fatalf("New() = %v, want ok=%v", nerr, tt.ok)
+			}
+		})
+	}
+}
+
+func TestLimitsDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want limits
+	}{
+		{"zero", Config{}, limits{maxMessages: 1_000_000, maxBytes: 256 << 20, segMessages: 4096, segBytes: 32 << 20, dedupWindow: 65536}},
+		{"small count caps segment", Config{MaxMessages: 80}, limits{maxMessages: 80, maxBytes: 256 << 20, segMessages: 10, segBytes: 32 << 20, dedupWindow: 65536}},
+		{"tiny count", Config{MaxMessages: 3, MaxBytes: 5, SegmentSize: 7, DedupWindow: 2}, limits{maxMessages: 3, maxBytes: 5, segMessages: 1, segBytes: 1, dedupWindow: 2}},
+		{"huge bytes", Config{MaxBytes: 1 << 40}, limits{maxMessages: 1_000_000, maxBytes: 1 << 40, segMessages: 4096, segBytes: 1 << 30, dedupWindow: 65536}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := tt.cfg.limits()
+			if got.now == nil {
+				t.Fatal("limits() left the clock nil")
+			}
+			got.now = nil
+			if got.maxMessages != tt.want.maxMessages || got.maxBytes != tt.want.maxBytes || got.maxAge != tt.want.maxAge ||
+				got.segMessages != tt.want.segMessages || got.segBytes != tt.want.segBytes || got.dedupWindow != tt.want.dedupWindow {
+				t.Fatalf("limits() = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestAppendErrors(t *testing.T) {
+	big := make([]byte, 101)
+	tests := []struct {
+		name  string
+		batch []Entry
+		want  error
+	}{
+		{"empty", nil, ErrEmptyBatch},
+		{"empty slice", []Entry{}, ErrEmptyBatch},
+		{"too many", []Entry{entry(1, ""), entry(2, ""), entry(3, ""), entry(4, ""), entry(5, ""), entry(6, ""), entry(7, ""), entry(8, ""), entry(9, ""), entry(10, ""), entry(11, "")}, ErrBatchTooLarge},
+		{"body too large", []Entry{entry(1, "ok"), {ID: id(2), Body: big}}, ErrBodyTooLarge},
+		{"bytes too many", []Entry{{ID: id(1), Body: big[:60]}, {ID: id(2), Body: big[:41]}}, ErrBatchTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, _ := newLog(t, Config{MaxMessages: 10, MaxBytes: 100})
+			mustAppend(t, l, entry(100, "before"))
+			prev := []Ack{{Seq: 7}}
+			acks, err := l.AppendTo(prev, tt.batch)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("AppendTo() error = %v, want %v", err, tt.want)
+			}
+			if len(acks) != 1 || acks[0] != prev[0] {
+				t.Fatalf("AppendTo() acks = %v, want unchanged %v", acks, prev)
+			}
+			got := l.Stats()
+			want := Stats{Messages: 1, Bytes: 6, Segments: 1, First: 1, Last: 1}
+			if got != want {
+				t.Fatalf("Stats() after failed append = %+v, want %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestTimeStrictlyIncreasing(t *testing.T) {
+	l, c := newLog(t, Config{})
+	steps := []struct {
+		clock int64 // clock before the append
+		batch int
+		want  []Ack
+	}{
+		{1000, 1, []Ack{{Seq: 1, Time: 1000}}},
+		{1000, 2, []Ack{{Seq: 2, Time: 1001}, {Seq: 3, Time: 1002}}},
+		{500, 1, []Ack{{Seq: 4, Time: 1003}}}, // clock stepped back
+		{1003, 1, []Ack{{Seq: 5, Time: 1004}}},
+		{5000, 2, []Ack{{Seq: 6, Time: 5000}, {Seq: 7, Time: 5001}}},
+		{-7, 1, []Ack{{Seq: 8, Time: 5002}}},
+	}
+	n := 0
+	for i, st := range steps {
+		c.ns = st.clock
+		var batch []Entry
+		for range st.batch {
+			n++
+			batch = append(batch, entry(n, "x"))
+		}
+		got := mustAppend(t, l, batch...)
+		if !equalAcks(got, st.want) {
+			t.Fatalf("step %d: acks = %v, want %v", i, got, st.want)
+		}
+	}
+	msgs, cur := l.After(0, 100, nil)
+	if len(msgs) != 8 || cur != (Cursor{Next: 8, First: 1, Last: 8}) {
+		t.Fatalf("After(0) = %d msgs, %+v", len(msgs), cur)
+	}
+	for i := 1; i < len(msgs); i++ {
+		if msgs[i].Time <= msgs[i-1].Time || msgs[i].Seq != msgs[i-1].Seq+1 {
+			t.Fatalf("messages %d and %d out of order: %+v %+v", i-1, i, msgs[i-1], msgs[i])
+		}
+	}
+}
+
+func equalAcks(a, b []Ack) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDuplicates(t *testing.T) {
+	l, c := newLog(t, Config{DedupWindow: 3})
+	c.ns = 100
+	steps := []struct {
+		ids  []int
+		want []Ack
+	}{
+		{[]int{1, 2, 1}, []Ack{{1, 100, false}, {2, 101, false}, {1, 100, true}}},
+		{[]int{2}, []Ack{{2, 101, true}}},
+		{[]int{3, 4}, []Ack{{3, 102, false}, {4, 103, false}}}, // 1 leaves the window
+		{[]int{1, 4}, []Ack{{5, 104, false}, {4, 103, true}}},
+		// 2 and 3 are forgotten as 6 and 7 are stored.
+		{[]int{2, 3, 3}, []Ack{{6, 105, false}, {7, 106, false}, {7, 106, true}}},
+	}
+	for i, st := range steps {
+		var batch []Entry
+		for _, n := range st.ids {
+			batch = append(batch, entry(n, "b"))
+		}
+		if got := mustAppend(t, l, batch...); !equalAcks(got, st.want) {
+			t.Fatalf("step %d: acks = %v, want %v", i, got, st.want)
+		}
+	}
+	if got := l.Stats(); got.Duplicates != 4 || got.Messages != 7 {
+		t.Fatalf("Stats() = %+v, want 4 duplicates, 7 messages", got)
+	}
+}
+
+func TestQueries(t *testing.T) {
+	l, c := newLog(t, Config{SegmentSize: 3, MaxMessages: 1000})
+	// 10 messages at times 10, 20, ..., 100 across 4 segments.
+	for i := 1; i <= 10; i++ {
+		c.ns = int64(10 * i)
+		mustAppend(t, l, entry(i, string(rune('a'+i-1))))
+	}
+	seqs := func(ms []Message) string {
+		var b []byte
+		for _, m := range ms {
+			b = append(b, m.Body...)
+		}
+		return string(b)
+	}
+	t.Run("After", func(t *testing.T) {
+		tests := []struct {
+			after uint64
+			limit int
+			want  string
+			cur   Cursor
+		}{
+			{0, 100, "abcdefghij", Cursor{Next: 10, First: 1, Last: 10}},
+			{0, 4, "abcd", Cursor{Next: 4, More: true, First: 1, Last: 10}},
+			{3, 3, "def", Cursor{Next: 6, More: true, First: 1, Last: 10}},
+			{9, 5, "j", Cursor{Next: 10, First: 1, Last: 10}},
+			{10, 5, "", Cursor{Next: 10, First: 1, Last: 10}},
+			{50, 5, "", Cursor{Next: 50, First: 1, Last: 10}},
+			{2, 0, "", Cursor{Next: 2, More: true, First: 1, Last: 10}},
+		}
+		for _, tt := range tests {
+			got, cur := l.After(tt.after, tt.limit, nil)
+			if seqs(got) != tt.want || cur != tt.cur {
+				t.Errorf("After(%d, %d) = %q %+v, want %q %+v", tt.after, tt.limit, seqs(got), cur, tt.want, tt.cur)
+			}
+		}
+	})
+	t.Run("Since", func(t *testing.T) {
+		tests := []struct {
+			ts    int64
+			limit int
+			want  string
+			cur   Cursor
+		}{
+			{0, 100, "abcdefghij", Cursor{Next: 10, First: 1, Last: 10}},
+			{10, 2, "ab", Cursor{Next: 2, More: true, First: 1, Last: 10}},
+			{11, 2, "bc", Cursor{Next: 3, More: true, First: 1, Last: 10}},
+			{30, 3, "cde", Cursor{Next: 5, More: true, First: 1, Last: 10}},
+			{40, 100, "defghij", Cursor{Next: 10, First: 1, Last: 10}},
+			{91, 100, "j", Cursor{Next: 10, First: 1, Last: 10}},
+			{101, 100, "", Cursor{Next: 10, First: 1, Last: 10}},
+			{70, 0, "", Cursor{Next: 6, More: true, First: 1, Last: 10}},
+		}
+		for _, tt := range tests {
+			got, cur := l.Since(tt.ts, tt.limit, nil)
+			if seqs(got) != tt.want || cur != tt.cur {
+				t.Errorf("Since(%d, %d) = %q %+v, want %q %+v", tt.ts, tt.limit, seqs(got), cur, tt.want, tt.cur)
+			}
+		}
+	})
+	t.Run("fields", func(t *testing.T) {
+		dst := make([]Message, 1, 4)
+		got, _ := l.After(6, 1, dst)
+		want := Message{Seq: 7, Time: 70, ID: id(7), From: 7, Body: []byte("g")}
+		if len(got) != 2 || got[1].Seq != want.Seq || got[1].Time != want.Time || got[1].ID != want.ID ||
+			got[1].From != want.From || !bytes.Equal(got[1].Body, want.Body) {
+			t.Fatalf("After(6, 1) = %+v, want %+v appended", got, want)
+		}
+		if cap(got[1].Body) != len(got[1].Body) {
+			t.Fatalf("Body cap %d, want %d: appending would overwrite the slab", cap(got[1].Body), len(got[1].Body))
+		}
+	})
+}
+
+func TestEmptyLog(t *testing.T) {
+	l, _ := newLog(t, Config{})
+	if got, cur := l.After(0, 10, nil); len(got) != 0 || cur != (Cursor{}) {
+		t.Fatalf("After on empty log = %v %+v", got, cur)
+	}
+	if got, cur := l.Since(0, 10, nil); len(got) != 0 || cur != (Cursor{}) {
+		t.Fatalf("Since on empty log = %v %+v", got, cur)
+	}
+	if got := l.Stats(); got != (Stats{}) {
+		t.Fatalf("Stats on empty log = %+v", got)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	t.Run("count", func(t *testing.T) {
+		// MaxMessages 16 caps segments at 2 messages.
+		l, _ := newLog(t, Config{MaxMessages: 16})
+		for i := 1; i <= 17; i++ {
+			mustAppend(t, l, entry(i, "x"))
+		}
+		got := l.Stats()
+		want := Stats{Messages: 15, Bytes: 15, Segments: 8, First: 3, Last: 17, Evicted: 2}
+		if got != want {
+			t.Fatalf("Stats() = %+v, want %+v", got, want)
+		}
+		_, cur := l.After(0, 1, nil)
+		if cur.Next != 3 || cur.First != 3 {
+			t.Fatalf("After(0) cursor %+v: want the gap reported (First 3)", cur)
+		}
+	})
+	t.Run("bytes", func(t *testing.T) {
+		// MaxBytes 80: segments seal past 10 bytes.
+		l, _ := newLog(t, Config{MaxBytes: 80})
+		for i := 1; i <= 9; i++ {
+			mustAppend(t, l, entry(i, "0123456789"))
+		}
+		got := l.Stats()
+		want := Stats{Messages: 8, Bytes: 80, Segments: 8, First: 2, Last: 9, Evicted: 1}
+		if got != want {
+			t.Fatalf("Stats() = %+v, want %+v", got, want)
+		}
+		// A body bigger than a segment's quota gets its own segment, and
+		// evicts what it must.
+		mustAppend(t, l, Entry{ID: id(50), Body: make([]byte, 75)})
+		got = l.Stats()
+		want = Stats{Messages: 1, Bytes: 75, Segments: 1, First: 10, Last: 10, Evicted: 9}
+		if got != want {
+			t.Fatalf("Stats() = %+v, want %+v", got, want)
+		}
+	})
+	t.Run("age", func(t *testing.T) {
+		l, c := newLog(t, Config{MaxAge: 100, SegmentSize: 2})
+		for i := 1; i <= 5; i++ {
+			c.ns = int64(i * 10)
+			mustAppend(t, l, entry(i, "x"))
+		}
+		c.ns = 131 // messages older than 31 are expired; segment [1,2] ends at 20
+		l.Expire()
+		if got := l.Stats(); got.First != 3 || got.Messages != 3 {
+			t.Fatalf("Stats() = %+v, want First 3, 3 messages", got)
+		}
+		c.ns = 1000
+		l.Expire()
+		got := l.Stats()
+		want := Stats{First: 6, Last: 5, Evicted: 5}
+		if got != want {
+			t.Fatalf("Stats() = %+v, want %+v", got, want)
+		}
+		if _, cur := l.After(2, 10, nil); cur != (Cursor{Next: 2, First: 6, Last: 5}) {
+			t.Fatalf("After(2) = %+v on an emptied log", cur)
+		}
+		acks := mustAppend(t, l, entry(6, "y"))
+		if acks[0].Seq != 6 {
+			t.Fatalf("Append after everything expired: seq %d, want 6", acks[0].Seq)
+		}
+		if got, cur := l.After(0, 10, nil); len(got) != 1 || cur != (Cursor{Next: 6, First: 6, Last: 6}) {
+			t.Fatalf("After(0) = %v %+v", got, cur)
+		}
+	})
+}
+
+func TestChanged(t *testing.T) {
+	l, _ := newLog(t, Config{})
+	c1 := l.Changed()
+	c2 := l.Changed()
+	if c1 != c2 {
+		t.Fatal("Changed() between appends returned different channels")
+	}
+	select {
+	case <-c1:
+		t.Fatal("Changed() closed before any append")
+	default:
+	}
+	done := make(chan uint64)
+	go func() {
+		<-c1
+		msgs, _ := l.After(0, 10, nil)
+		done <- msgs[0].Seq
+	}()
+	mustAppend(t, l, entry(1, "x"))
+	if got := <-done; got != 1 {
+		t.Fatalf("watcher saw seq %d, want 1", got)
+	}
+	c3 := l.Changed()
+	if c3 == c1 {
+		t.Fatal("Changed() after an append returned the closed channel")
+	}
+	// A duplicate stores nothing and wakes nobody.
+	mustAppend(t, l, entry(1, "x"))
+	select {
+	case <-c3:
+		t.Fatal("duplicate-only append closed Changed()")
+	default:
+	}
+	mustAppend(t, l, entry(2, "x"))
+	select {
+	case <-c3:
+	default:
+		t.Fatal("append did not close Changed()")
+	}
+}
+
+func TestAppendToNoAllocs(t *testing.T) {
+	l, _ := newLog(t, Config{SegmentSize: 1 << 20, MaxMessages: 1 << 24})
+	body := make([]byte, 256)
+	batch := make([]Entry, 8)
+	acks := make([]Ack, 0, len(batch))
+	n := 0
+	fill := func() {
+		for i := range batch {
+			n++
+			batch[i] = Entry{ID: id(n), Body: body}
+		}
+	}
+	// Warm up: let the segment, slab and dedup map grow past what the
+	// measured appends need.
+	for range 2000 {
+		fill()
+		acks, _ = l.AppendTo(acks[:0], batch)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		fill()
+		acks, _ = l.AppendTo(acks[:0], batch)
+	})
+	if allocs > 0.5 {
+		t.Fatalf("AppendTo: %.1f allocs per batch of 8, want ~0", allocs)
+	}
+}
