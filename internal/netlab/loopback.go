@@ -1,0 +1,79 @@
+package netlab
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// loopbackEnv marks the child process RunInLoopbackNS starts; its value is
+// the full name of the test the child must run.
+const loopbackEnv = "HUDDLE_NETLAB_LOOPBACK"
+
+// RunInLoopbackNS runs body inside a fresh network namespace that holds only
+// lo, set up (up, multicast on, 224.0.0.0/4 routed to it) so multicast
+// between processes or sockets of the namespace works and reaches nothing
+// else.
+//
+// It works by running the test binary again under unshare -n, selecting
+// only t (by its full name, subtests included), with an environment marker.
+// In that child, RunInLoopbackNS configures lo and calls body with the
+// child's t. In the parent it never calls body: it waits for the child,
+// logs the child's output line by line through t.Log, and fails t if the
+// child failed. Because body only ever runs in the child, a test cannot
+// forget to check which side it is on and multicast on the real network.
+//
+// Code outside body runs in both processes, so put everything in body. It
+// calls Require first (skipping, or failing under CI=true, without root).
+func RunInLoopbackNS(t *testing.T, body func(t *testing.T)) {
+	t.Helper()
+	if os.Getenv(loopbackEnv) == t.Name() {
+		for _, args := range [][]string{
+			{"link", "set", "lo", "up"},
+			{"link", "set", "lo", "multicast", "on"},
+			{"route", "add", "224.0.0.0/4", "dev", "lo"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("netlab: in namespace: ip %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		body(t)
+		return
+	}
+	Require(t)
+
+	parts := strings.Split(t.Name(), "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	args := []string{"-n", "--", os.Args[0], "-test.run=" + strings.Join(parts, "/"), "-test.v", "-test.count=1"}
+	cmd := exec.Command("unshare", args...)
+	cmd.Env = append(os.Environ(), loopbackEnv+"="+t.Name())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatalf("netlab: pipe: %v", err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("netlab: start unshare -n: %v", err)
+	}
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sawRun := false
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "=== RUN") {
+			sawRun = true
+		}
+		t.Log("ns| " + line)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("netlab: test in loopback namespace failed: %v", err)
+	}
+	if !sawRun {
+		t.Fatalf("netlab: child process ran no test (pattern %q)", strings.Join(parts, "/"))
+	}
+}

@@ -1,0 +1,294 @@
+// Package netlab builds small LANs out of Linux network namespaces so tests
+// can use real multicast (mDNS) and real sockets without touching the
+// machine's own interfaces.
+//
+// A LAN is a "switch" namespace holding a bridge, br0. Every host is its own
+// namespace joined to a bridge by a veth pair: the switch end (swpN) sits in
+// the switch namespace, the host end (eth0, eth1, ...) in the host's. Nothing
+// is created in the namespace the test runs in, so all traffic, multicast
+// included, stays inside namespaces the test made, and deleting those
+// namespaces (done by t.Cleanup) removes every link with them.
+//
+// Each host gets lo up with multicast on, and a route for 224.0.0.0/4 through
+// its first interface, so programs that join multicast groups without naming
+// an interface (as hashicorp/mdns's client does) work.
+//
+// Programs run in a host with Host.Command (any program) or Host.TestCommand
+// (this test binary again, running one test function as a helper process).
+// For a unit test that only needs multicast on loopback, RunInLoopbackNS
+// re-runs the test in a fresh namespace holding only lo.
+//
+// Everything here needs root and the ip(8) and unshare(1) programs; Require
+// skips a test without them, or fails it when the environment has CI=true,
+// so CI cannot silently pass by skipping.
+package netlab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// HostEnv is the environment variable TestCommand sets in a helper process
+// to the name of the host it runs in. Helper tests use InHost to read it.
+const HostEnv = "HUDDLE_NETLAB_HOST"
+
+// Require skips t unless the process is root and ip(8) and unshare(1) are on
+// PATH. When the environment variable CI is "true" it fails t instead, so a
+// CI run can never pass by skipping the network tests.
+func Require(t testing.TB) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (network namespaces need CAP_SYS_ADMIN)")
+	}
+	for _, prog := range []string{"ip", "unshare"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			missing = append(missing, prog+" on PATH")
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "netlab: test needs " + strings.Join(missing, ", ")
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg + " (CI=true, so this is a failure, not a skip)")
+	}
+	t.Skip(msg)
+}
+
+// InHost reports the host name a helper process started by
+// Host.TestCommand runs in, and whether this process is such a helper.
+func InHost() (string, bool) {
+	h := os.Getenv(HostEnv)
+	return h, h != ""
+}
+
+// LAN is a set of network namespaces joined by bridges. Create one with New;
+// its methods fail the test (t.Fatal) on error, so callers need not check.
+// A LAN is safe for use by one goroutine at a time.
+type LAN struct {
+	t      testing.TB
+	prefix string // unique per LAN: every namespace name starts with it
+	sw     string // the switch namespace
+
+	mu     sync.Mutex
+	nport  int // switch ports made so far, for unique swpN names
+	hosts  map[string]*Host
+	br0    *Segment
+	nbr    int
+	nsMade []string
+}
+
+// Segment is one bridge in the switch namespace: hosts attached to it share
+// a link (a broadcast and multicast domain).
+type Segment struct {
+	lan    *LAN
+	bridge string
+}
+
+// Bridge returns the bridge's interface name inside the switch namespace.
+func (s *Segment) Bridge() string { return s.bridge }
+
+// Host is one namespace attached to one or more segments.
+type Host struct {
+	lan    *LAN
+	name   string
+	ns     string
+	ifaces []string
+	addrs  []string
+}
+
+// New creates an empty LAN: a switch namespace with one bridge, br0, whose
+// names are unique to this call. t.Cleanup deletes every namespace the LAN
+// makes (and with them their links). New calls Require first.
+func New(t testing.TB) *LAN {
+	t.Helper()
+	Require(t)
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("netlab: random prefix: %v", err)
+	}
+	l := &LAN{
+		t:      t,
+		prefix: "hl" + hex.EncodeToString(b[:]),
+		hosts:  make(map[string]*Host),
+	}
+	l.sw = l.prefix + "-switch"
+	t.Cleanup(l.cleanup)
+	l.addNS(l.sw)
+	l.br0 = l.newBridge("br0")
+	return l
+}
+
+// Prefix returns the prefix shared by every namespace of this LAN, for
+// checking that nothing was left behind.
+func (l *LAN) Prefix() string { return l.prefix }
+
+// Segment returns the LAN's first bridge, br0, which AddHost attaches to.
+func (l *LAN) Segment() *Segment { return l.br0 }
+
+// AddBridge adds another bridge (another LAN segment) to the switch
+// namespace. name is for the test's readability; the bridge is named brN.
+func (l *LAN) AddBridge(name string) *Segment {
+	l.t.Helper()
+	l.mu.Lock()
+	l.nbr++
+	br := fmt.Sprintf("br%d", l.nbr)
+	l.mu.Unlock()
+	l.t.Logf("netlab: segment %q is bridge %s", name, br)
+	return l.newBridge(br)
+}
+
+func (l *LAN) newBridge(br string) *Segment {
+	l.t.Helper()
+	l.ip("-n", l.sw, "link", "add", br, "type", "bridge", "mcast_snooping", "0")
+	l.ip("-n", l.sw, "link", "set", br, "up")
+	return &Segment{lan: l, bridge: br}
+}
+
+// AddHost creates a host namespace joined to br0 by a veth pair, with
+// interface eth0 holding addrs (CIDR notation, such as "10.77.0.1/24"; use a
+// private range of the test's own). lo is up with multicast on, and
+// 224.0.0.0/4 is routed through eth0. Host names must be unique in the LAN
+// and short (they become part of a namespace name).
+func (l *LAN) AddHost(name string, addrs ...string) *Host {
+	l.t.Helper()
+	l.mu.Lock()
+	if _, dup := l.hosts[name]; dup {
+		l.mu.Unlock()
+		l.t.Fatalf("netlab: host %q already exists", name)
+	}
+	h := &Host{lan: l, name: name, ns: l.prefix + "-" + name}
+	l.hosts[name] = h
+	l.mu.Unlock()
+
+	l.addNS(h.ns)
+	l.ip("-n", h.ns, "link", "set", "lo", "up")
+	l.ip("-n", h.ns, "link", "set", "lo", "multicast", "on")
+	ifc := h.attach(l.br0, addrs...)
+	l.ip("-n", h.ns, "route", "add", "224.0.0.0/4", "dev", ifc)
+	return h
+}
+
+// Attach gives h another interface (eth1, eth2, ...) on seg, holding addrs.
+// It returns the new interface's name.
+func (h *Host) Attach(seg *Segment, addrs ...string) string {
+	h.lan.t.Helper()
+	return h.attach(seg, addrs...)
+}
+
+func (h *Host) attach(seg *Segment, addrs ...string) string {
+	l := h.lan
+	l.t.Helper()
+	l.mu.Lock()
+	l.nport++
+	port := fmt.Sprintf("swp%d", l.nport)
+	ifc := fmt.Sprintf("eth%d", len(h.ifaces))
+	h.ifaces = append(h.ifaces, ifc)
+	h.addrs = append(h.addrs, addrs...)
+	l.mu.Unlock()
+
+	l.ip("-n", l.sw, "link", "add", port, "type", "veth", "peer", "name", ifc, "netns", h.ns)
+	l.ip("-n", l.sw, "link", "set", port, "master", seg.bridge)
+	l.ip("-n", l.sw, "link", "set", port, "up")
+	for _, a := range addrs {
+		l.ip("-n", h.ns, "addr", "add", a, "dev", ifc)
+	}
+	l.ip("-n", h.ns, "link", "set", ifc, "up")
+	return ifc
+}
+
+// Name returns the host's name as given to AddHost.
+func (h *Host) Name() string { return h.name }
+
+// Namespace returns the name of the host's network namespace (as listed by
+// ip netns list).
+func (h *Host) Namespace() string { return h.ns }
+
+// IfaceNames returns the host's LAN interfaces in the order they were made
+// (eth0 first); lo is not included.
+func (h *Host) IfaceNames() []string {
+	h.lan.mu.Lock()
+	defer h.lan.mu.Unlock()
+	return append([]string(nil), h.ifaces...)
+}
+
+// Addr returns the host's first address without its prefix length (such as
+// "10.77.0.1"), or "" if it has none.
+func (h *Host) Addr() string {
+	h.lan.mu.Lock()
+	defer h.lan.mu.Unlock()
+	if len(h.addrs) == 0 {
+		return ""
+	}
+	a, _, _ := strings.Cut(h.addrs[0], "/")
+	return a
+}
+
+// Command returns a command that runs the program name inside the host's
+// namespace (through ip netns exec). The caller starts and waits for it;
+// ctx kills it.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+}
+
+// TestCommand returns a command that runs this test binary again inside the
+// host's namespace, running only the top-level test function named test,
+// with HostEnv set to the host's name and env added to the environment.
+// The helper test uses InHost to find out that it is the helper (and
+// should skip itself otherwise). Output goes to the caller's choice of
+// Stdout/Stderr; ctx kills the process.
+func (h *Host) TestCommand(ctx context.Context, test string, env ...string) *exec.Cmd {
+	cmd := h.Command(ctx, os.Args[0], "-test.run=^"+test+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), HostEnv+"="+h.name), env...)
+	return cmd
+}
+
+// Run runs the program name in the host's namespace and returns its
+// combined output, failing the test if it fails.
+func (h *Host) Run(ctx context.Context, name string, args ...string) string {
+	h.lan.t.Helper()
+	out, err := h.Command(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		h.lan.t.Fatalf("netlab: %s: %s %s: %v\n%s", h.name, name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (l *LAN) addNS(ns string) {
+	l.t.Helper()
+	l.ip("netns", "add", ns)
+	l.mu.Lock()
+	l.nsMade = append(l.nsMade, ns)
+	l.mu.Unlock()
+}
+
+// cleanup deletes the namespaces, hosts first: deleting a namespace
+// destroys the veth ends in it, and with them their peers.
+func (l *LAN) cleanup() {
+	l.mu.Lock()
+	made := l.nsMade
+	l.nsMade = nil
+	l.mu.Unlock()
+	for i := len(made) - 1; i >= 0; i-- {
+		if out, err := exec.Command("ip", "netns", "del", made[i]).CombinedOutput(); err != nil {
+			l.t.Errorf("netlab: delete namespace %s: %v: %s", made[i], err, bytes.TrimSpace(out))
+		}
+	}
+}
+
+func (l *LAN) ip(args ...string) {
+	l.t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("netlab: ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+}
