@@ -1,0 +1,200 @@
+package store
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+const benchBody = 256
+
+// benchClock is a clock that moves 1 ns..10 µs per reading, like the
+// anchors' mem suite, so timestamps are spread as in a busy log.
+func benchClock() func() time.Time {
+	rng := rand.New(rand.NewPCG(1, 2))
+	ns := time.Now().UnixNano()
+	return func() time.Time {
+		ns += 1 + rng.Int64N(10_000)
+		return time.Unix(0, ns)
+	}
+}
+
+// load appends n messages of benchBody bytes with distinct IDs, 64 a batch.
+func load(tb testing.TB, l *Log, n int) {
+	tb.Helper()
+	body := make([]byte, benchBody)
+	batch := make([]Entry, 0, 64)
+	var acks []Ack
+	for i := 0; i < n; {
+		batch = batch[:0]
+		for ; len(batch) < 64 && i < n; i++ {
+			e := Entry{From: uint32(i), Body: body}
+			binary.LittleEndian.PutUint64(e.ID[:], uint64(i)+1)
+			batch = append(batch, e)
+		}
+		var err error
+		if acks, err = l.AppendTo(acks[:0], batch); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	for _, size := range []int{1, 64} {
+		b.Run("batch="+strconv.Itoa(size), func(b *testing.B) {
+			l, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := make([]byte, benchBody)
+			batch := make([]Entry, size)
+			acks := make([]Ack, 0, size)
+			var n uint64
+			b.ReportAllocs()
+			b.SetBytes(int64(size * benchBody))
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			b.ResetTimer()
+			for range b.N {
+				for i := range batch {
+					n++
+					batch[i] = Entry{From: uint32(n), Body: body}
+					binary.LittleEndian.PutUint64(batch[i].ID[:], n)
+				}
+				if acks, err = l.AppendTo(acks[:0], batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			runtime.ReadMemStats(&after)
+			msgs := float64(b.N * size)
+			b.ReportMetric(msgs/b.Elapsed().Seconds(), "msgs/s")
+			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/msgs, "allocs/msg")
+		})
+	}
+}
+
+// million is a log of 1,000,000 messages of 256 B, built once.
+var (
+	millionOnce sync.Once
+	millionLog  *Log
+)
+
+func million(tb testing.TB) *Log {
+	tb.Helper()
+	millionOnce.Do(func() {
+		l, err := New(Config{Now: benchClock()})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		load(tb, l, 1_000_000)
+		runtime.GC()
+		millionLog = l
+	})
+	return millionLog
+}
+
+func BenchmarkSince1M(b *testing.B) {
+	l := million(b)
+	all, _ := l.After(0, 1_000_000, nil)
+	if len(all) != 1_000_000 {
+		b.Fatalf("log holds %d messages, want 1,000,000", len(all))
+	}
+	const want = 10_000 // the last 1%
+	T := all[len(all)-want].Time
+	rng := rand.New(rand.NewPCG(3, 4))
+	targets := make([]int64, 1<<16)
+	for i := range targets {
+		targets[i] = all[rng.IntN(len(all))].Time
+	}
+	all = nil
+
+	b.Run("find/fixed", func(b *testing.B) {
+		b.ReportAllocs()
+		dst := make([]Message, 0, 1)
+		for range b.N {
+			dst, _ = l.Since(T, 1, dst[:0])
+		}
+		if dst[0].Time != T {
+			b.Fatalf("found time %d, want %d", dst[0].Time, T)
+		}
+	})
+	b.Run("find/random", func(b *testing.B) {
+		b.ReportAllocs()
+		dst := make([]Message, 0, 1)
+		for i := range b.N {
+			dst, _ = l.Since(targets[i&(len(targets)-1)], 1, dst[:0])
+		}
+	})
+	b.Run("copy-last-1%", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(want * benchBody)
+		dst := make([]Message, 0, want)
+		buf := make([]byte, want*benchBody)
+		for range b.N {
+			var cur Cursor
+			dst, cur = l.Since(T, want, dst[:0])
+			off := 0
+			for i := range dst {
+				n := copy(buf[off:], dst[i].Body)
+				dst[i].Body = buf[off : off+n : off+n]
+				off += n
+			}
+			if len(dst) != want || cur.More {
+				b.Fatalf("got %d messages, More %v", len(dst), cur.More)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/query")
+	})
+}
+
+// BenchmarkOverhead measures the heap a log spends per message beyond its
+// body. The store's own overhead uses a dedup window of 1; the dedup map and
+// ring at the default window are measured apart, as they are bounded by the
+// window, not the log.
+func BenchmarkOverhead(b *testing.B) {
+	heap := func() uint64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	b.Run("store", func(b *testing.B) {
+		const n = 1_000_000
+		var per float64
+		for range b.N {
+			base := heap()
+			l, err := New(Config{DedupWindow: 1, Now: benchClock()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			load(b, l, n)
+			per = (float64(heap()) - float64(base) - n*benchBody) / n
+			runtime.KeepAlive(l)
+		}
+		b.ReportMetric(per, "overhead-B/msg")
+	})
+	b.Run("dedup", func(b *testing.B) {
+		const n = 3 * DefaultDedupWindow // well past the window: steady state
+		var per float64
+		for range b.N {
+			size := func(window int) float64 {
+				base := heap()
+				l, err := New(Config{DedupWindow: window, Now: benchClock()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				load(b, l, n)
+				h := heap()
+				runtime.KeepAlive(l)
+				return float64(h) - float64(base)
+			}
+			per = (size(DefaultDedupWindow) - size(1)) / DefaultDedupWindow
+		}
+		b.ReportMetric(per, "dedup-B/id")
+	})
+}
