@@ -1,0 +1,415 @@
+// Package client is huddle's Go API: what the CLI, group daemons (talking to
+// their registry) and other programs use to speak the protocol.
+//
+// A Client owns one UDP socket and keeps one QUIC connection per server it
+// talks to, opened on first use and opened again if it drops. Each call is
+// one QUIC stream, as PROTOCOL.md describes. Every call takes a context
+// first; cancelling it cancels the stream.
+//
+// Servers are always pinned: a registry by the fingerprint given, or else by
+// the known-registries file (trust on first use, like ssh's known_hosts); a
+// group daemon by the fingerprint the registry lists for it.
+//
+// Errors a server returns match this package's sentinels (the wire
+// package's) with errors.Is, for example errors.Is(err, client.ErrNotMember).
+// A server that cannot be reached gives an error matching ErrUnreachable.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Errors. The server's errors are the wire package's sentinels, repeated
+// here so that programs need import only this package.
+var (
+	ErrInternal      = wire.ErrInternal
+	ErrBadRequest    = wire.ErrBadRequest
+	ErrUnauthorized  = wire.ErrUnauthorized
+	ErrNotMember     = wire.ErrNotMember
+	ErrNotFound      = wire.ErrNotFound
+	ErrTooLarge      = wire.ErrTooLarge
+	ErrRateLimited   = wire.ErrRateLimited
+	ErrUnavailable   = wire.ErrUnavailable
+	ErrUnsupported   = wire.ErrUnsupported
+	ErrEpochMismatch = wire.ErrEpochMismatch
+
+	// ErrClosed: the Client was closed.
+	ErrClosed = errors.New("client closed")
+	// ErrUnreachable: no connection to the server could be made or kept
+	// (nothing answered, the handshake timed out, the connection died).
+	ErrUnreachable = errors.New("server unreachable")
+	// ErrProtocol: the server sent something this client does not
+	// understand (a frame of an unknown kind, or none where one was due).
+	ErrProtocol = errors.New("protocol error")
+)
+
+// Stream error codes a client uses when it abandons a stream.
+const codeCancelled quic.StreamErrorCode = 0x1
+
+// Config configures a Client. The zero value of each field but Identity
+// means its default.
+type Config struct {
+	// Identity is the key this client presents; servers know the user by
+	// its fingerprint. Required.
+	Identity *identity.Identity
+	// KnownHosts, if set, pins registries dialled without a fingerprint on
+	// first use and checks them afterwards. If nil, such registries are
+	// accepted unpinned.
+	KnownHosts *identity.KnownHosts
+	// DialTimeout bounds one connection attempt (handshake included).
+	// Default 5 s.
+	DialTimeout time.Duration
+	// Logger receives debug events (connections opened and lost). Default:
+	// discard.
+	Logger *slog.Logger
+}
+
+// Validate reports whether the configuration can be used.
+func (c Config) Validate() error {
+	if c.Identity == nil {
+		return errors.New("client: Config.Identity is required")
+	}
+	if c.DialTimeout < 0 {
+		return errors.New("client: Config.DialTimeout is negative")
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Client talks to huddle registries and group daemons. It is safe for
+// concurrent use; Close releases its socket and connections.
+type Client struct {
+	cfg Config
+
+	mu     sync.Mutex
+	tr     *quic.Transport // nil until first dial
+	udp    *net.UDPConn
+	peers  map[string]*peer
+	closed bool
+}
+
+// New returns a Client. It does no I/O: the socket is opened on first use.
+func New(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer)}, nil
+}
+
+// Fingerprint returns the fingerprint this client presents: the user's ID.
+func (c *Client) Fingerprint() wire.Fingerprint { return c.cfg.Identity.Fingerprint() }
+
+// Close closes every connection and the socket. It is safe to call twice;
+// calls on a closed Client return ErrClosed.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	peers := c.peers
+	c.peers = nil
+	tr, udp := c.tr, c.udp
+	c.mu.Unlock()
+	for _, p := range peers {
+		p.close()
+	}
+	if tr != nil {
+		tr.Close()
+		udp.Close()
+	}
+	return nil
+}
+
+// transport returns the client's QUIC transport, opening its socket on first
+// use.
+func (c *Client) transport() (*quic.Transport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.tr == nil {
+		udp, err := net.ListenUDP("udp", nil)
+		if err != nil {
+			return nil, fmt.Errorf("open UDP socket: %w", err)
+		}
+		c.udp = udp
+		c.tr = &quic.Transport{Conn: udp}
+	}
+	return c.tr, nil
+}
+
+// peer returns the shared connection holder for a server at addrs pinned to
+// pin (zero: verify decides).
+func (c *Client) peer(addrs []string, pin wire.Fingerprint, verify func(wire.Fingerprint) error) (*peer, error) {
+	key := strings.Join(addrs, ",") + "|" + pin.String()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if p, ok := c.peers[key]; ok && verify == nil {
+		return p, nil
+	}
+	p := &peer{c: c, addrs: addrs, pin: pin, verify: verify}
+	if verify == nil {
+		c.peers[key] = p
+	}
+	return p, nil
+}
+
+func (c *Client) quicConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout: c.cfg.DialTimeout,
+		MaxIdleTimeout:       30 * time.Second,
+		// Keep-alives let a long watch notice a dead daemon and keep NAT
+		// bindings open; they cost one small packet per period.
+		KeepAlivePeriod:       10 * time.Second,
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+	}
+}
+
+// peer holds the connection to one server, redialled when it drops.
+type peer struct {
+	c      *Client
+	addrs  []string
+	pin    wire.Fingerprint
+	verify func(wire.Fingerprint) error
+
+	mu   sync.Mutex
+	conn *quic.Conn
+	seen wire.Fingerprint // the fingerprint the server presented
+}
+
+// get returns a live connection, dialling the addresses in order if there
+// is none.
+func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil && p.conn.Context().Err() == nil {
+		return p.conn, nil
+	}
+	p.conn = nil
+	tr, err := p.c.transport()
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, addr := range p.addrs {
+		conn, err := p.dial(ctx, tr, addr)
+		if err == nil {
+			p.conn = conn
+			p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
+			p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
+			return conn, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var mm *identity.MismatchError
+		var ce *identity.ChangedError
+		if errors.As(err, &mm) || errors.As(err, &ce) {
+			return nil, err // a wrong key is not a reachability problem
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("no address to dial: %w", ErrUnreachable)
+	}
+	return nil, fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
+}
+
+func (p *peer) dial(ctx context.Context, tr *quic.Transport, addr string) (*quic.Conn, error) {
+	ua, err := resolve(addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.c.cfg.DialTimeout)
+	defer cancel()
+	conn, err := tr.Dial(ctx, ua, p.c.cfg.Identity.ClientTLS(p.pin, p.verify), p.c.quicConfig())
+	if err != nil {
+		var mm *identity.MismatchError
+		if errors.As(err, &mm) {
+			return nil, mm
+		}
+		var ce *identity.ChangedError
+		if errors.As(err, &ce) {
+			return nil, ce
+		}
+		return nil, err
+	}
+	return conn, nil
+}
+
+// drop forgets conn if it is still the current one, so the next call dials.
+func (p *peer) drop(conn *quic.Conn) {
+	p.mu.Lock()
+	if p.conn == conn {
+		p.conn = nil
+	}
+	p.mu.Unlock()
+	conn.CloseWithError(0, "")
+}
+
+func (p *peer) close() {
+	p.mu.Lock()
+	conn := p.conn
+	p.conn = nil
+	p.mu.Unlock()
+	if conn != nil {
+		conn.CloseWithError(0, "client closed")
+	}
+}
+
+// resolve turns "host:port" (or "host", meaning the registry's default
+// port) into a UDP address.
+func resolve(addr string) (*net.UDPAddr, error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(strings.Trim(addr, "[]"), strconv.Itoa(wire.DefaultRegistryPort))
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", addr, err)
+	}
+	return ua, nil
+}
+
+// call performs one operation: it opens a stream, writes the request, and
+// hands each response frame to handle until handle says it is done (or
+// returns an error), the server's Error frame arrives, or ctx ends. A call
+// that fails because the connection died is tried once more on a new
+// connection: every huddle operation may be repeated safely (sends carry
+// their message IDs).
+func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Raw) (bool, error)) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var conn *quic.Conn
+		conn, err = p.get(ctx)
+		if err != nil {
+			return err
+		}
+		var delivered bool
+		delivered, err = p.stream(ctx, conn, op, args, handle)
+		if err == nil || ctx.Err() != nil || !connectionLost(conn, err) {
+			return err
+		}
+		p.drop(conn)
+		if delivered {
+			// Part of a reply was handed out already: repeating the call
+			// would repeat it, so the caller decides.
+			break
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrUnreachable, err)
+}
+
+// stream runs one operation on one stream. delivered reports whether any
+// response frame reached handle.
+func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any, handle func(wire.Kind, wire.Raw) (bool, error)) (delivered bool, err error) {
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return false, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		st.CancelRead(codeCancelled)
+		st.CancelWrite(codeCancelled)
+	})
+	defer stop()
+	if err := wire.WriteRequest(st, op, args); err != nil {
+		st.CancelRead(codeCancelled)
+		st.CancelWrite(codeCancelled)
+		return false, ctxErr(ctx, err)
+	}
+	st.Close()
+	var buf []byte
+	for {
+		kind, raw, err := wire.ReadResponse(st, buf)
+		if err != nil {
+			st.CancelRead(codeCancelled)
+			var we *wire.Error
+			switch {
+			case errors.As(err, &we):
+				return delivered, we
+			case errors.Is(err, io.EOF):
+				return delivered, fmt.Errorf("%s: server closed the stream without a reply: %w", op, ErrProtocol)
+			case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrFrameTooLarge), errors.Is(err, wire.ErrEmptyFrame):
+				return delivered, fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+			}
+			return delivered, ctxErr(ctx, err)
+		}
+		buf = raw[:0:cap(raw)]
+		delivered = true
+		done, err := handle(kind, raw)
+		if err != nil || done {
+			// Nothing more is expected; STOP_SENDING tells the server so if
+			// it has not closed already.
+			st.CancelRead(codeCancelled)
+			return delivered, err
+		}
+	}
+}
+
+// ctxErr prefers the context's error when the context ended, since stream
+// errors caused by our own cancellation say less.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// connectionLost reports whether err means the connection (not just this
+// stream or this request) failed.
+func connectionLost(conn *quic.Conn, err error) bool {
+	if conn.Context().Err() != nil {
+		return true
+	}
+	var idle *quic.IdleTimeoutError
+	var app *quic.ApplicationError
+	var reset *quic.StatelessResetError
+	return errors.As(err, &idle) || errors.As(err, &app) || errors.As(err, &reset)
+}
+
+// single performs an operation whose reply is one Result frame decoded into
+// out.
+func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
+	err := p.call(ctx, op, args, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+		if kind != wire.KindResult {
+			return true, fmt.Errorf("%s: got frame kind %d, want a result: %w", op, kind, ErrProtocol)
+		}
+		if err := raw.Decode(out); err != nil {
+			return true, fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}

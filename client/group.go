@@ -1,0 +1,257 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Group is a handle on one group at its daemon. It does no I/O until used;
+// its methods are safe for concurrent use.
+type Group struct {
+	id   wire.UUID
+	name string
+	p    *peer
+}
+
+// Group returns a handle on a group listed by a registry, pinning the
+// daemon's fingerprint from the listing and dialling its addresses in order.
+func (c *Client) Group(e wire.GroupEntry) (*Group, error) {
+	if e.Fingerprint.IsZero() {
+		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
+	}
+	p, err := c.peer(e.Addrs, e.Fingerprint, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Group{id: e.Group, name: e.Name, p: p}, nil
+}
+
+// ID returns the group's UUID.
+func (g *Group) ID() wire.UUID { return g.id }
+
+// Name returns the group's name as listed.
+func (g *Group) Name() string { return g.name }
+
+// Info describes the group, its log and its limits. Anyone may ask.
+// Errors: ErrNotFound.
+func (g *Group) Info(ctx context.Context) (wire.Info, error) {
+	var info wire.Info
+	err := g.p.single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info)
+	return info, err
+}
+
+// Join makes this client's key a member under a display name; secret is
+// needed for private groups (nil otherwise). Joining again updates the name.
+// Errors: ErrUnauthorized (wrong or missing secret), ErrNotFound,
+// ErrUnavailable (the group is full), ErrBadRequest (bad name).
+func (g *Group) Join(ctx context.Context, name string, secret []byte) (wire.Joined, error) {
+	var j wire.Joined
+	err := g.p.single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j)
+	return j, err
+}
+
+// Leave ends membership, and reports whether this key was a member.
+// Errors: ErrNotFound.
+func (g *Group) Leave(ctx context.Context) (bool, error) {
+	var l wire.Left
+	err := g.p.single(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l)
+	return l.WasMember, err
+}
+
+// Members lists the group's members. Errors: ErrNotMember, ErrNotFound.
+func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
+	var m wire.MemberList
+	err := g.p.single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m)
+	return m.Members, err
+}
+
+// Send appends one message and returns its acknowledgement. The message
+// gets a fresh ID; a retry after a lost connection reuses it, so the message
+// is stored once however often it is tried. Errors: ErrNotMember,
+// ErrTooLarge, ErrRateLimited (see RetryAfter on the *wire.Error).
+func (g *Group) Send(ctx context.Context, body []byte) (wire.Ack, error) {
+	acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: wire.NewID(), Body: body}})
+	if err != nil {
+		return wire.Ack{}, err
+	}
+	return acks[0], nil
+}
+
+// SendMessages appends a batch atomically, all or nothing, and returns one
+// acknowledgement per message in order. Each message must carry its own ID
+// (wire.NewID); calling again with the same IDs returns the original
+// acknowledgements with Duplicate set and stores nothing twice.
+func (g *Group) SendMessages(ctx context.Context, msgs []wire.Outgoing) ([]wire.Ack, error) {
+	var s wire.Sent
+	if err := g.p.single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
+		return nil, err
+	}
+	if len(s.Acks) != len(msgs) {
+		return nil, fmt.Errorf("send: %d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)
+	}
+	return s.Acks, nil
+}
+
+// Message is one message of a group as a client sees it.
+type Message struct {
+	Seq  uint64           // gapless sequence number from 1, per epoch
+	Time time.Time        // server timestamp, strictly increasing in the group
+	ID   wire.ID          // the sender's message ID
+	From wire.Fingerprint // the key that sent it
+	Name string           // the sender's display name when it sent it
+	Body []byte
+}
+
+func messageFrom(m *wire.Message) Message {
+	return Message{Seq: m.Seq, Time: time.Unix(0, m.Time), ID: m.ID, From: m.From, Name: m.Name, Body: m.Body}
+}
+
+// Query selects messages: those at or after Since, or those after the
+// sequence After, or all held messages when both are zero. Setting both is
+// an error (ErrBadRequest).
+type Query struct {
+	Since time.Time
+	After uint64
+	// Limit caps how many messages a Fetch returns; 0 means all.
+	Limit int
+	// Epoch, if not zero, is the log epoch After belongs to; a fetch against
+	// another epoch fails with ErrEpochMismatch instead of matching the
+	// cursor against new sequence numbers.
+	Epoch uint64
+}
+
+func (q Query) selection() (*int64, *uint64, error) {
+	switch {
+	case !q.Since.IsZero() && q.After != 0:
+		return nil, nil, fmt.Errorf("query has both Since and After: %w", ErrBadRequest)
+	case !q.Since.IsZero():
+		ns := q.Since.UnixNano()
+		return &ns, nil, nil
+	case q.After != 0:
+		after := q.After
+		return nil, &after, nil
+	}
+	return nil, nil, nil
+}
+
+// Cursor is where a fetch ended and what the group held at the time.
+type Cursor struct {
+	Next  uint64 // the After to continue from
+	Epoch uint64 // the log epoch Next belongs to
+	First uint64 // the first sequence the group still holds
+	Last  uint64 // the last sequence assigned
+	More  bool   // messages remain past Next
+	// Gap reports that the query asked for messages retention has already
+	// dropped (an After below First-1, or everything while First > 1).
+	Gap bool
+}
+
+// Fetch streams the selected messages to yield in order, following the
+// server's cursor across pages until the selection (or q.Limit) is
+// exhausted or yield returns false, and returns where it stopped. Message
+// bodies belong to the caller. Errors: ErrNotMember, ErrEpochMismatch
+// (the log was reset under q.Epoch or while paging), ErrBadRequest.
+func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (Cursor, error) {
+	since, after, err := q.selection()
+	if err != nil {
+		return Cursor{}, fmt.Errorf("fetch: %w", err)
+	}
+	req := wire.Fetch{Group: g.id, Since: since, After: after, Epoch: q.Epoch}
+	var cur Cursor
+	first := true
+	left := q.Limit
+	for {
+		if q.Limit > 0 {
+			req.Limit = uint64(left)
+		}
+		var end wire.End
+		stopped := false
+		n := 0
+		err := g.p.call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+			switch kind {
+			case wire.KindMessages:
+				var ms wire.Messages
+				if err := raw.Decode(&ms); err != nil {
+					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				}
+				for i := range ms.Messages {
+					n++
+					if !stopped && !yield(messageFrom(&ms.Messages[i])) {
+						stopped = true
+					}
+				}
+				return stopped, nil
+			case wire.KindEnd:
+				if err := raw.Decode(&end); err != nil {
+					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				}
+				return true, nil
+			}
+			return true, fmt.Errorf("fetch: unexpected frame kind %d: %w", kind, ErrProtocol)
+		})
+		if err != nil {
+			return cur, fmt.Errorf("fetch: %w", err)
+		}
+		if stopped {
+			return cur, nil
+		}
+		if first {
+			from := uint64(0)
+			if after != nil {
+				from = *after
+			}
+			cur.Gap = since == nil && end.First > from+1
+			first = false
+		}
+		cur = Cursor{Next: end.Next, Epoch: end.Epoch, First: end.First, Last: end.Last, More: end.More, Gap: cur.Gap}
+		left -= n
+		if !end.More || (q.Limit > 0 && left <= 0) || n == 0 {
+			return cur, nil
+		}
+		next := end.Next
+		req.Since, req.After, req.Epoch = nil, &next, end.Epoch
+	}
+}
+
+// Messages is Fetch as an iterator, for range loops. The error, if any, is
+// the last pair yielded.
+func (g *Group) Messages(ctx context.Context, q Query) iter.Seq2[Message, error] {
+	return func(yield func(Message, error) bool) {
+		stopped := false
+		_, err := g.Fetch(ctx, q, func(m Message) bool {
+			if !yield(m, nil) {
+				stopped = true
+				return false
+			}
+			return true
+		})
+		if err != nil && !stopped {
+			yield(Message{}, err)
+		}
+	}
+}
+
+// RetryAfter returns how long a rate-limited server asked to wait, and
+// whether err carries such advice.
+func RetryAfter(err error) (time.Duration, bool) {
+	var we *wire.Error
+	if errors.As(err, &we) && we.RetryAfterMS > 0 {
+		return we.RetryAfter(), true
+	}
+	return 0, false
+}
+
+// EpochOf returns the current epoch a server reported with
+// ErrEpochMismatch, and whether err carries one.
+func EpochOf(err error) (uint64, bool) {
+	var we *wire.Error
+	if errors.As(err, &we) && we.Code == wire.CodeEpochMismatch {
+		return we.Epoch, true
+	}
+	return 0, false
+}
