@@ -1,0 +1,409 @@
+package netlab_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/discovery"
+	"github.com/huddle-chat/huddle/internal/netlab"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestHelperProcess is not a test: it is the program the other tests run
+// inside host namespaces (Host.TestCommand), chosen by ROLE.
+func TestHelperProcess(t *testing.T) {
+	host, ok := netlab.InHost()
+	if !ok {
+		t.Skip("helper process for the netlab tests")
+	}
+	var err error
+	switch role := os.Getenv("ROLE"); role {
+	case "echo":
+		err = helperEcho(os.Getenv("LISTEN"))
+	case "udpping":
+		err = helperPing(os.Getenv("TARGET"))
+	case "registry":
+		err = helperRegistry(os.Getenv("FP"))
+	case "find":
+		err = helperFind(os.Getenv("RUNS"))
+	case "diagnose":
+		err = helperDiagnose()
+	default:
+		err = fmt.Errorf("unknown ROLE %q", role)
+	}
+	if err != nil {
+		t.Fatalf("helper on %s: %v", host, err)
+	}
+}
+
+// helperEcho echoes UDP datagrams until stdin closes.
+func helperEcho(listen string) error {
+	pc, err := net.ListenPacket("udp4", listen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		pc.Close()
+	}()
+	fmt.Println("READY")
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return nil
+		}
+		pc.WriteTo(buf[:n], from)
+	}
+}
+
+// helperPing sends one datagram to target and waits for its echo.
+func helperPing(target string) error {
+	c, err := net.Dial("udp4", target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != "ping" {
+		return fmt.Errorf("echo %q", buf[:n])
+	}
+	return nil
+}
+
+const registryPort = 7373
+
+// helperRegistry stands in for a registry: a UDP socket on every address
+// answering with fp, advertised on every interface, until stdin closes.
+func helperRegistry(fp string) error {
+	pc, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", registryPort))
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(fp), from)
+		}
+	}()
+	a, err := discovery.NewAdvertiser(discovery.AdvertiserConfig{
+		Port: registryPort, Fingerprint: fp,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	fmt.Println("READY")
+	return a.Serve(ctx)
+}
+
+// helperFind runs Find and prints one RESULT line per run.
+func helperFind(runs string) error {
+	n := 1
+	fmt.Sscan(runs, &n)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		r, addr, err := discovery.Find(ctx, discovery.BrowseConfig{Verify: verifyFP, Logger: log})
+		elapsed := time.Since(start)
+		cancel()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("RESULT %s %s %s %d\n", r.Iface, addr, r.Fingerprint, elapsed.Microseconds())
+	}
+	return nil
+}
+
+// helperDiagnose prints one ANSWER line per address of every answer seen.
+func helperDiagnose() error {
+	_, answers, err := discovery.Diagnose(context.Background(), discovery.BrowseConfig{Verify: verifyFP}, 1500*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	for _, a := range answers {
+		for _, addr := range a.Registry.Addrs {
+			fmt.Printf("ANSWER %s %s %v\n", a.Registry.Iface, addr, a.Err)
+		}
+	}
+	return nil
+}
+
+func verifyFP(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := c.Write([]byte("fp?")); err != nil {
+		return err
+	}
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if got := string(buf[:n]); got != r.Fingerprint {
+		return fmt.Errorf("fingerprint mismatch: advertised %q, registry has %q", r.Fingerprint, got)
+	}
+	return nil
+}
+
+// startDaemon starts a long-running helper in h and waits for its READY
+// line; it is stopped (stdin closed, then waited for) when the test ends,
+// and its stderr is logged then.
+func startDaemon(t *testing.T, h *netlab.Host, env ...string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := h.TestCommand(ctx, "TestHelperProcess", env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	var out syncBuffer
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if sc.Text() == "READY" {
+				close(ready)
+			}
+			fmt.Fprintln(&out, sc.Text())
+		}
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s helper: %v", h.Name(), err)
+			}
+		case <-time.After(5 * time.Second):
+			cancel()
+			<-done
+			t.Errorf("%s helper did not stop", h.Name())
+		}
+		cancel()
+		t.Logf("%s helper output:\n%s%s", h.Name(), out.String(), stderr.String())
+	})
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s helper not ready: %s", h.Name(), stderr.String())
+	}
+}
+
+// runHelper runs a helper to completion and returns its stdout.
+func runHelper(t *testing.T, h *netlab.Host, env ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := h.TestCommand(ctx, "TestHelperProcess", env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("%s: %w\n%s%s", h.Name(), err, stdout.String(), stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func namespaces(t *testing.T, prefix string) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if name, _, _ := strings.Cut(line, " "); strings.HasPrefix(name, prefix) {
+			got = append(got, name)
+		}
+	}
+	return got
+}
+
+func TestLANEchoAndCleanup(t *testing.T) {
+	netlab.Require(t)
+	var prefix string
+	t.Run("lan", func(t *testing.T) {
+		lan := netlab.New(t)
+		prefix = lan.Prefix()
+		h1 := lan.AddHost("h1", "10.77.0.1/24")
+		h2 := lan.AddHost("h2", "10.77.0.2/24")
+		h3 := lan.AddHost("h3", "10.77.0.3/24")
+		b := lan.AddBridge("lan-b")
+		h1.Attach(b, "10.78.0.1/24")
+		h3.Attach(b, "10.78.0.3/24")
+
+		if got, want := fmt.Sprint(h1.IfaceNames()), "[eth0 eth1]"; got != want {
+			t.Errorf("h1 interfaces = %s, want %s", got, want)
+		}
+		if got := h2.Addr(); got != "10.77.0.2" {
+			t.Errorf("h2.Addr() = %q", got)
+		}
+		if got := len(namespaces(t, prefix)); got != 4 {
+			t.Errorf("%d namespaces with prefix %s, want 4 (switch and 3 hosts)", got, prefix)
+		}
+
+		startDaemon(t, h1, "ROLE=echo", "LISTEN=:9000")
+		for _, tc := range []struct {
+			from   *netlab.Host
+			target string
+			ok     bool
+		}{
+			{h2, "10.77.0.1:9000", true},
+			{h3, "10.77.0.1:9000", true},
+			{h3, "10.78.0.1:9000", true},
+			{h2, "10.78.0.1:9000", false}, // h2 is not on lan-b and has no route there
+		} {
+			_, err := runHelper(t, tc.from, "ROLE=udpping", "TARGET="+tc.target)
+			if (err == nil) != tc.ok {
+				t.Errorf("%s -> %s: err = %v, want ok=%v", tc.from.Name(), tc.target, err, tc.ok)
+			}
+		}
+	})
+	if left := namespaces(t, prefix); len(left) != 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+}
+
+// TestDiscoveryAcrossLAN advertises from h1, which sits on two LANs, and
+// finds the registry from hosts on either LAN and from a host whose second
+// interface leads to a LAN with no registry: each must get the address of
+// h1 on its own LAN.
+func TestDiscoveryAcrossLAN(t *testing.T) {
+	lan := netlab.New(t)
+	h1 := lan.AddHost("h1", "10.77.0.1/24")
+	h2 := lan.AddHost("h2", "10.77.0.2/24")
+	h3 := lan.AddHost("h3", "10.77.0.3/24")
+	b := lan.AddBridge("lan-b")
+	h1.Attach(b, "10.78.0.1/24")
+	h4 := lan.AddHost("h4")
+	h4.Attach(b, "10.78.0.4/24")
+	h4.Run(context.Background(), "ip", "link", "set", "eth0", "down") // h4 is on lan-b only
+	h4.Run(context.Background(), "ip", "route", "add", "224.0.0.0/4", "dev", "eth1")
+	empty := lan.AddBridge("empty")
+	h3.Attach(empty, "10.79.0.3/24")
+
+	startDaemon(t, h1, "ROLE=registry", "FP=fp-h1")
+
+	for _, tc := range []struct {
+		host *netlab.Host
+		want string
+	}{
+		{h2, "10.77.0.1:7373"},
+		{h3, "10.77.0.1:7373"},
+		{h4, "10.78.0.1:7373"},
+	} {
+		t.Run(tc.host.Name(), func(t *testing.T) {
+			out, err := runHelper(t, tc.host, "ROLE=find", "RUNS=5")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lat []string
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				var iface, addr, fp string
+				var us int64
+				if _, err := fmt.Sscanf(line, "RESULT %s %s %s %d", &iface, &addr, &fp, &us); err != nil {
+					continue
+				}
+				if addr != tc.want || fp != "fp-h1" {
+					t.Errorf("found %s %s on %s, want %s fp-h1", addr, fp, iface, tc.want)
+				}
+				lat = append(lat, (time.Duration(us) * time.Microsecond).Round(100*time.Microsecond).String())
+			}
+			if len(lat) != 5 {
+				t.Fatalf("want 5 results, got:\n%s", out)
+			}
+			t.Logf("Find latency from %s (5 runs, first verified answer): %s", tc.host.Name(), strings.Join(lat, " "))
+		})
+	}
+
+	// Every answer h2 hears, not just the first that verifies, must carry
+	// only h1's address on h2's LAN.
+	out, err := runHelper(t, h2, "ROLE=diagnose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.HasPrefix(line, "ANSWER ") {
+			continue
+		}
+		n++
+		if f := strings.Fields(line); len(f) < 3 || f[2] != "10.77.0.1:7373" {
+			t.Errorf("h2 heard an answer with an address not on its LAN: %s", line)
+		}
+	}
+	if n == 0 {
+		t.Errorf("Diagnose on h2 saw no answer:\n%s", out)
+	}
+}
