@@ -57,11 +57,12 @@
 // # Idempotency
 //
 // The IDs of the most recent DedupWindow stored messages are remembered in a
-// ring and a map, with the sequence number and time first assigned to each.
+// ring, with the sequence number and time first assigned to each, indexed by
+// an open-addressing hash table.
 // An entry whose ID is remembered is acknowledged with the original sequence
 // number and time and is not stored again, even if the original has since been
 // evicted. The memory this costs is bounded by the window, not by the traffic:
-// about 80 bytes per remembered ID (16 B in the ring, the rest in the map),
-// so about 5 MiB at the default window of 65536; it grows with use, up to that
+// at most 48 bytes per remembered ID (32 B in the ring, 8–16 B of index), so
+// at most 3 MiB at the default window of 65536; it grows with use, up to that
 // bound, so an idle log costs little.
 package store
