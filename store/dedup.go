@@ -57,7 +57,10 @@ func (d *dedup) add(id [16]byte, seq uint64, t int64) {
 	var pos int
 	if len(d.ring) < d.window {
 		pos = len(d.ring)
-		d.ring = append(d.ring, firstAck{})
+		if pos == cap(d.ring) { // grow, but never past the window
+			d.ring = append(make([]firstAck, 0, min(d.window, max(16, 2*pos))), d.ring...)
+		}
+		d.ring = d.ring[:pos+1]
 		if 2*len(d.ring) > len(d.index) {
 			d.rehash(max(16, 2*len(d.index)))
 		}

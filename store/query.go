@@ -132,15 +132,23 @@ func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Curs
 		if j > 0 {
 			start = c.ends[j-1]
 		}
-		for i := j; i < n; i++ {
-			end := c.ends[i]
-			dst = append(dst, Message{
-				Seq:  seg.base + uint64(i),
-				Time: c.times[i],
-				ID:   c.ids[i],
-				From: c.from[i],
-				Body: c.slab[start:end:end],
-			})
+		// Slice every column to the run first, so the loop has no bounds
+		// checks, and fill dst in place rather than append one by one.
+		times, ends, from, ids := c.times[j:n], c.ends[j:n], c.from[j:n], c.ids[j:n]
+		base := len(dst)
+		dst = dst[:base+len(times)]
+		out := dst[base:]
+		out = out[:len(times)]
+		ends, from, ids = ends[:len(times)], from[:len(times)], ids[:len(times)]
+		seq := seg.base + uint64(j)
+		for i := range out {
+			end := ends[i]
+			m := &out[i]
+			m.Seq = seq + uint64(i)
+			m.Time = times[i]
+			m.ID = ids[i]
+			m.From = from[i]
+			m.Body = c.slab[start:end:end]
 			start = end
 		}
 		want -= n - j
