@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -291,4 +290,46 @@ func TestNewAdvertiserValidates(t *testing.T) {
 	}
 }
 
-var _ = os.Getenv
+func TestBrowseReportsRestartWithNewKey(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		seen := make(chan string, 10)
+		done := make(chan error, 1)
+		go func() {
+			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond},
+				func(r discovery.Registry, addr netip.AddrPort) { seen <- r.Fingerprint })
+		}()
+		next := func() string {
+			select {
+			case fp := <-seen:
+				return fp
+			case <-ctx.Done():
+				t.Fatal("Browse reported nothing")
+				return ""
+			}
+		}
+
+		old := startFakeRegistry(t, "127.0.0.1:0", "fp-old")
+		a, err := discovery.NewAdvertiser(discovery.AdvertiserConfig{Instance: "reg", Host: "reg.local.", Port: int(old.addr.Port()), Fingerprint: "fp-old"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go a.Serve(ctx)
+		if got := next(); got != "fp-old" {
+			t.Fatalf("first report %q, want fp-old", got)
+		}
+		a.Close()
+
+		// The registry restarts with a new key (and port), same instance.
+		fresh := startFakeRegistry(t, "127.0.0.1:0", "fp-new")
+		advertise(t, discovery.AdvertiserConfig{Instance: "reg", Host: "reg.local.", Port: int(fresh.addr.Port()), Fingerprint: "fp-new"})
+		if got := next(); got != "fp-new" {
+			t.Fatalf("second report %q, want fp-new", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}

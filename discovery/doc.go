@@ -31,6 +31,9 @@
 // 100 ms, doubling up to QueryInterval. Answers are streamed through a
 // buffered channel that a dedicated goroutine drains, because the client's
 // send is non-blocking and drops what a slow reader does not take.
+// The client cannot end a query early (it returns only when its timeout has
+// passed), so Find returns without waiting for the query in flight; that
+// goroutine, and the client's receive goroutines, end within 250 ms.
 // Queries use IPv4 only: the client fails a whole query when an IPv6 send
 // fails, which is common on hosts without IPv6 multicast routes.
 //
@@ -38,6 +41,12 @@
 // caller's Verify (a QUIC handshake checking the fingerprint) succeeded on
 // one of the answer's addresses; answers that fail are logged and skipped,
 // and asked about again only after a pause.
+//
+// The client also keeps updating an entry after handing it over when a
+// second packet about the same instance arrives during one query (a data
+// race inside hashicorp/mdns). Entries are converted at once by the draining
+// goroutine; the advertiser sends everything in one packet per query and
+// per interface, so this does not happen between our own programs.
 //
 // Addresses are ordered so that those on a subnet of the interface the
 // answer came from are tried first. hashicorp/mdns keeps only the last A and

@@ -18,6 +18,26 @@
 // For a unit test that only needs multicast on loopback, RunInLoopbackNS
 // re-runs the test in a fresh namespace holding only lo.
 //
+// A test in another package uses it like this (the helper is a test
+// function of the same binary that skips itself unless InHost says it runs
+// as a helper):
+//
+//	func TestTwoHosts(t *testing.T) {
+//		lan := netlab.New(t) // skips without root; fails under CI=true
+//		srv := lan.AddHost("srv", "10.77.0.1/24")
+//		cli := lan.AddHost("cli", "10.77.0.2/24")
+//		daemon := srv.TestCommand(ctx, "TestHelperProcess", "ROLE=registry")
+//		// start daemon, then run the client side in cli the same way,
+//		// or any program with cli.Command(ctx, "huddle", "groups").
+//	}
+//
+//	func TestHelperProcess(t *testing.T) {
+//		if _, ok := netlab.InHost(); !ok {
+//			t.Skip("helper process")
+//		}
+//		switch os.Getenv("ROLE") { ... }
+//	}
+//
 // Everything here needs root and the ip(8) and unshare(1) programs; Require
 // skips a test without them, or fails it when the environment has CI=true,
 // so CI cannot silently pass by skipping.
