@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 
 	"github.com/fxamacker/cbor/v2"
@@ -15,6 +16,10 @@ import (
 // ignore map keys they do not know and answer unknown operations with
 // CodeUnsupported.
 const ALPN = "huddle/1"
+
+// DefaultRegistryPort is the UDP port a registry listens on unless told
+// otherwise, and the port clients assume when an address has none.
+const DefaultRegistryPort = 7373
 
 // Limits of the codec. They bound what a peer can make us allocate before any
 // operation-level check runs.
@@ -54,6 +59,9 @@ var (
 func mustEncMode() cbor.EncMode {
 	eo := cbor.CoreDetEncOptions()
 	eo.IndefLength = cbor.IndefLengthForbidden
+	// A nil slice is an empty array or byte string, never null: the format
+	// says [..] or bytes, and a peer may reject null there.
+	eo.NilContainers = cbor.NilContainerAsEmpty
 	em, err := eo.EncMode()
 	if err != nil {
 		panic(err)
@@ -143,14 +151,19 @@ func WriteError(w io.Writer, err error) error {
 // ReadFrame reads one frame from r and returns its CBOR item, using buf if it
 // is large enough. max bounds the declared length (0 means MaxFrameSize); the
 // length is checked before any allocation. It returns io.EOF if r ends before
-// the first byte of a frame, io.ErrUnexpectedEOF if it ends inside one,
-// ErrEmptyFrame or ErrFrameTooLarge for a bad length.
+// the first byte of a frame; an error matching both io.ErrUnexpectedEOF and
+// ErrMalformed if it ends inside one (a peer that closes mid-frame sent a bad
+// frame, so ToError answers bad_request); ErrEmptyFrame or ErrFrameTooLarge
+// for a bad length.
 func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 	if max <= 0 || max > MaxFrameSize {
 		max = MaxFrameSize
 	}
 	var hdr [headerSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			err = truncated(err)
+		}
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
@@ -165,28 +178,30 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 	}
 	buf = buf[:n]
 	if _, err := io.ReadFull(r, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			err = truncated(io.ErrUnexpectedEOF)
 		}
 		return nil, err
 	}
 	return buf, nil
 }
 
+// truncated is the error of a frame cut short by the end of its stream.
+func truncated(eof error) error { return fmt.Errorf("%w: truncated frame: %w", ErrMalformed, eof) }
+
 // Raw is the undecoded args or body of a frame.
 type Raw []byte
 
 // Decode strictly decodes the raw args or body into v (a pointer to one of
 // this package's frame types) and checks the fields' protocol limits. An
-// absent body decodes as an empty map. A body that is not valid CBOR of the
+// absent body decodes as an empty map, and is checked like one. A body that is not valid CBOR of the
 // right shape gives an error wrapping ErrMalformed; a field over its limit,
 // ErrTooLarge; any other invalid field, ErrBadRequest.
 func (r Raw) Decode(v any) error {
-	if len(r) == 0 {
-		return nil
-	}
-	if err := decMode.Unmarshal(r, v); err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	if len(r) > 0 {
+		if err := decMode.Unmarshal(r, v); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	if c, ok := v.(interface{ check() error }); ok {
 		if err := c.check(); err != nil {
@@ -213,19 +228,26 @@ func DecodeFrame(item []byte) (uint64, Raw, error) {
 	return env.Type, Raw(env.Body), nil
 }
 
-// ReadRequest reads and splits one request frame. Errors are those of
-// ReadFrame and DecodeFrame.
+// ReadRequest reads and splits one request frame. An op number too large for
+// an Op is returned as 0, which no operation uses, so it is answered
+// CodeUnsupported like any other unknown op. Errors are those of ReadFrame
+// and DecodeFrame.
 func ReadRequest(r io.Reader, max int) (Op, Raw, error) {
 	item, err := ReadFrame(r, nil, max)
 	if err != nil {
 		return 0, nil, err
 	}
 	typ, raw, err := DecodeFrame(item)
+	if typ > math.MaxUint16 {
+		typ = 0 // not Op(typ): truncation could turn an unknown op into a known one
+	}
 	return Op(typ), raw, err
 }
 
 // ReadResponse reads and splits one response frame, reusing buf when it is
-// large enough. An Error frame is returned as its *Error (which matches the
+// large enough (the returned Raw aliases buf: decode it before the next
+// read). A kind number too large for a Kind is returned as 0, an unknown
+// kind. An Error frame is returned as its *Error (which matches the
 // code's sentinel with errors.Is), with kind KindError. Other errors are
 // those of ReadFrame and DecodeFrame.
 func ReadResponse(r io.Reader, buf []byte) (Kind, Raw, error) {
@@ -236,6 +258,9 @@ func ReadResponse(r io.Reader, buf []byte) (Kind, Raw, error) {
 	typ, raw, err := DecodeFrame(item)
 	if err != nil {
 		return 0, nil, err
+	}
+	if typ > math.MaxUint16 {
+		typ = 0 // an unknown kind, as for ops in ReadRequest
 	}
 	if Kind(typ) == KindError {
 		var e Error
