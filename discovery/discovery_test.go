@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -326,6 +327,43 @@ func TestBrowseReportsRestartWithNewKey(t *testing.T) {
 		advertise(t, discovery.AdvertiserConfig{Instance: "reg", Host: "reg.local.", Port: int(fresh.addr.Port()), Fingerprint: "fp-new"})
 		if got := next(); got != "fp-new" {
 			t.Fatalf("second report %q, want fp-new", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestAdvertiserFollowsAddressChange(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		reg := startFakeRegistry(t, "0.0.0.0:0", "fp")
+		advertise(t, discovery.AdvertiserConfig{Host: "reg.local.", Port: int(reg.addr.Port()), Fingerprint: "fp", RescanInterval: 100 * time.Millisecond})
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		seen := make(chan netip.AddrPort, 10)
+		done := make(chan error, 1)
+		go func() {
+			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond},
+				func(r discovery.Registry, addr netip.AddrPort) { seen <- addr })
+		}()
+		want := []string{"127.0.0.1", "10.99.0.1"}
+		for i, w := range want {
+			select {
+			case addr := <-seen:
+				if addr.Addr().String() != w {
+					t.Fatalf("report %d at %v, want %s", i, addr, w)
+				}
+			case <-ctx.Done():
+				t.Fatalf("no report %d (want %s)", i, w)
+			}
+			if i == 0 {
+				// hashicorp/mdns keeps the last A record of an answer, so
+				// the new address is what browsers see once re-advertised.
+				if out, err := exec.Command("ip", "addr", "add", "10.99.0.1/24", "dev", "lo").CombinedOutput(); err != nil {
+					t.Fatalf("ip addr add: %v: %s", err, out)
+				}
+			}
 		}
 		cancel()
 		if err := <-done; err != nil {
