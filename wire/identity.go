@@ -49,12 +49,14 @@ func (f Fingerprint) Short() string { return f.String()[:9] }
 func (f Fingerprint) IsZero() bool { return f == Fingerprint{} }
 
 // ParseFingerprint parses the text form. Case and the '-' separators are
-// optional. It returns ErrBadFingerprint if s is not 32 bytes of base32.
+// optional. It returns ErrBadFingerprint if s is not 32 bytes of base32 in
+// canonical form (the 52nd letter's four padding bits zero, no line breaks),
+// so each fingerprint has one spelling up to case and dashes.
 func ParseFingerprint(s string) (Fingerprint, error) {
 	var f Fingerprint
 	clean := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(s), "-", ""))
 	b, err := b32.DecodeString(clean)
-	if err != nil || len(b) != len(f) {
+	if err != nil || len(b) != len(f) || b32.EncodeToString(b) != clean {
 		return f, fmt.Errorf("%w: %q is not a huddle fingerprint (52 base32 letters)", ErrBadFingerprint, s)
 	}
 	copy(f[:], b)

@@ -1,0 +1,148 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// allCodes lists every code of huddle/1 with its sentinel and name.
+var allCodes = []struct {
+	code Code
+	err  error
+	name string
+}{
+	{CodeInternal, ErrInternal, "internal"},
+	{CodeBadRequest, ErrBadRequest, "bad_request"},
+	{CodeUnauthorized, ErrUnauthorized, "unauthorized"},
+	{CodeNotMember, ErrNotMember, "not_member"},
+	{CodeNotFound, ErrNotFound, "not_found"},
+	{CodeTooLarge, ErrTooLarge, "too_large"},
+	{CodeRateLimited, ErrRateLimited, "rate_limited"},
+	{CodeUnavailable, ErrUnavailable, "unavailable"},
+	{CodeUnsupported, ErrUnsupported, "unsupported"},
+	{CodeEpochMismatch, ErrEpochMismatch, "epoch_mismatch"},
+}
+
+// roundTrip is a server writing err as an Error frame and a client reading it.
+func roundTrip(t *testing.T, err error) (*Error, error) {
+	t.Helper()
+	var stream bytes.Buffer
+	if werr := WriteError(&stream, err); werr != nil {
+		t.Fatalf("WriteError(%v): %v", err, werr)
+	}
+	kind, _, got := ReadResponse(&stream, nil)
+	if kind != KindError {
+		t.Fatalf("kind = %v, want KindError", kind)
+	}
+	var we *Error
+	if !errors.As(got, &we) {
+		t.Fatalf("ReadResponse: %v, want an *Error", got)
+	}
+	return we, got
+}
+
+func TestErrorRoundTrip(t *testing.T) {
+	for _, tc := range allCodes {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.code.String(); got != tc.name {
+				t.Errorf("String() = %q, want %q", got, tc.name)
+			}
+			if got := tc.code.Sentinel(); got != tc.err {
+				t.Errorf("Sentinel() = %v, want %v", got, tc.err)
+			}
+			// The sentinel itself, and wrapped with context as servers do.
+			for _, err := range []error{tc.err, fmt.Errorf("send group %s: %w", tGroup, tc.err)} {
+				if got := ToError(err).Code; got != tc.code {
+					t.Errorf("ToError(%v).Code = %v, want %v", err, got, tc.code)
+				}
+				we, got := roundTrip(t, err)
+				if !errors.Is(got, tc.err) {
+					t.Errorf("errors.Is(%v, %v) = false after the round trip", got, tc.err)
+				}
+				if we.Code != tc.code {
+					t.Errorf("code = %v, want %v", we.Code, tc.code)
+				}
+				for _, other := range allCodes {
+					if other.code != tc.code && errors.Is(got, other.err) {
+						t.Errorf("%v also matches %v", got, other.err)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestErrorFields(t *testing.T) {
+	we, got := roundTrip(t, &Error{Code: CodeRateLimited, RetryAfterMS: 1500})
+	if !errors.Is(got, ErrRateLimited) || we.RetryAfter() != 1500*time.Millisecond {
+		t.Errorf("got %v, retry after %v; want rate_limited, 1.5s", got, we.RetryAfter())
+	}
+	if s := got.Error(); !strings.Contains(s, "1.5s") {
+		t.Errorf("Error() = %q, want the retry delay in it", s)
+	}
+	we, got = roundTrip(t, fmt.Errorf("fetch: %w", &Error{Code: CodeEpochMismatch, Epoch: tEpoch}))
+	if !errors.Is(got, ErrEpochMismatch) || we.Epoch != tEpoch {
+		t.Errorf("got %v, epoch %#x; want epoch_mismatch, %#x", got, we.Epoch, tEpoch)
+	}
+	e := Errorf(CodeNotFound, "no group %s", tGroup)
+	if we, _ := roundTrip(t, e); *we != *e {
+		t.Errorf("Errorf round trip = %+v, want %+v", we, e)
+	}
+}
+
+// TestErrorUnknownCode: a code from a newer peer is an internal error here.
+func TestErrorUnknownCode(t *testing.T) {
+	we, got := roundTrip(t, &Error{Code: 4242, Message: "quota exceeded"})
+	if !errors.Is(got, ErrInternal) {
+		t.Errorf("errors.Is(%v, ErrInternal) = false", got)
+	}
+	if we.Code != 4242 || we.Code.String() != "code_4242" {
+		t.Errorf("code = %d %q, want 4242 kept", we.Code, we.Code)
+	}
+	if got.Error() != "quota exceeded" {
+		t.Errorf("Error() = %q, want the peer's message", got.Error())
+	}
+	if s := (&Error{Code: 4242}).Error(); s != ErrInternal.Error() {
+		t.Errorf("Error() without a message = %q", s)
+	}
+}
+
+// TestErrorNoLeak: an error wrapping no sentinel is internal, with a generic
+// message that says nothing of what failed.
+func TestErrorNoLeak(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("open /var/lib/huddle/secret.key: permission denied"),
+		fmt.Errorf("store: %w", errors.New("shard 3 corrupt at offset 4096")),
+		fmt.Errorf("context: %w", ErrInternal),
+		nil,
+	} {
+		we, got := roundTrip(t, err)
+		if we.Code != CodeInternal || !errors.Is(got, ErrInternal) {
+			t.Errorf("%v: code %v, want internal", err, we.Code)
+		}
+		if we.Message != "internal error" {
+			t.Errorf("%v: message %q leaks or differs from %q", err, we.Message, "internal error")
+		}
+	}
+}
+
+// TestToErrorCodecErrors: codec errors travel as bad_request or too_large.
+func TestToErrorCodecErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want Code
+	}{
+		{fmt.Errorf("%w: cbor: duplicate key", ErrMalformed), CodeBadRequest},
+		{ErrEmptyFrame, CodeBadRequest},
+		{fmt.Errorf("frame declares 2000000 bytes: %w", ErrFrameTooLarge), CodeTooLarge},
+		{fmt.Errorf("name: %w", ErrTooLarge), CodeTooLarge},
+	} {
+		if got := ToError(tc.err).Code; got != tc.want {
+			t.Errorf("ToError(%v).Code = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,397 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// malformedCases says, for each file of testdata/malformed, the error its
+// frame must give and the code ToError must put on the wire. Files named
+// resp-* are response frames (read as a client reads them, on a stream of
+// op); the others are requests (read as a server reads them).
+var malformedCases = map[string]struct {
+	want error
+	code Code
+	op   Op // for responses: the operation of the stream
+}{
+	"duplicate-map-key":                {want: ErrMalformed, code: CodeBadRequest},
+	"duplicate-envelope-key":           {want: ErrMalformed, code: CodeBadRequest},
+	"indefinite-length-map":            {want: ErrMalformed, code: CodeBadRequest},
+	"indefinite-length-array":          {want: ErrMalformed, code: CodeBadRequest},
+	"indefinite-length-string":         {want: ErrMalformed, code: CodeBadRequest},
+	"tag":                              {want: ErrMalformed, code: CodeBadRequest},
+	"invalid-utf8-name":                {want: ErrMalformed, code: CodeBadRequest},
+	"nesting-too-deep":                 {want: ErrMalformed, code: CodeBadRequest},
+	"array-declares-too-many":          {want: ErrMalformed, code: CodeBadRequest},
+	"array-declares-more-than-present": {want: ErrMalformed, code: CodeBadRequest},
+	"map-too-many-pairs":               {want: ErrMalformed, code: CodeBadRequest},
+	"trailing-bytes":                   {want: ErrMalformed, code: CodeBadRequest},
+	"frame-too-large":                  {want: ErrFrameTooLarge, code: CodeTooLarge},
+	"zero-length":                      {want: ErrEmptyFrame, code: CodeBadRequest},
+	"truncated-body":                   {want: io.ErrUnexpectedEOF, code: CodeBadRequest},
+	"truncated-header":                 {want: io.ErrUnexpectedEOF, code: CodeBadRequest},
+	"args-not-map":                     {want: ErrMalformed, code: CodeBadRequest},
+	"args-null":                        {want: ErrMalformed, code: CodeBadRequest},
+	"frame-not-map":                    {want: ErrMalformed, code: CodeBadRequest},
+	"op-as-text":                       {want: ErrMalformed, code: CodeBadRequest},
+	"text-for-uint":                    {want: ErrMalformed, code: CodeBadRequest},
+	"negative-for-uint":                {want: ErrMalformed, code: CodeBadRequest},
+	"int-overflows-int64":              {want: ErrMalformed, code: CodeBadRequest},
+	"uint-overflows-port":              {want: ErrMalformed, code: CodeBadRequest},
+	"message-id-15-bytes":              {want: ErrMalformed, code: CodeBadRequest},
+	"message-id-17-bytes":              {want: ErrMalformed, code: CodeBadRequest},
+	"message-id-as-array":              {want: ErrMalformed, code: CodeBadRequest},
+	"group-uuid-15-bytes":              {want: ErrMalformed, code: CodeBadRequest},
+	"group-uuid-as-text":               {want: ErrMalformed, code: CodeBadRequest},
+	"since-and-after":                  {want: ErrBadRequest, code: CodeBadRequest},
+	"watch-since-and-after":            {want: ErrBadRequest, code: CodeBadRequest},
+	"send-zero-messages":               {want: ErrBadRequest, code: CodeBadRequest},
+	"send-without-args":                {want: ErrBadRequest, code: CodeBadRequest},
+	"send-1025-messages":               {want: ErrTooLarge, code: CodeTooLarge},
+	"zero-message-id":                  {want: ErrBadRequest, code: CodeBadRequest},
+	"name-65-bytes":                    {want: ErrTooLarge, code: CodeTooLarge},
+	"name-control-character":           {want: ErrBadRequest, code: CodeBadRequest},
+	"name-empty":                       {want: ErrBadRequest, code: CodeBadRequest},
+	"secret-257-bytes":                 {want: ErrTooLarge, code: CodeTooLarge},
+	"register-17-addrs":                {want: ErrTooLarge, code: CodeTooLarge},
+	"register-without-address":         {want: ErrBadRequest, code: CodeBadRequest},
+	"register-empty-address":           {want: ErrBadRequest, code: CodeBadRequest},
+	"resp-fingerprint-31-bytes":        {want: ErrMalformed, code: CodeBadRequest, op: OpMembers},
+	"resp-error-without-code":          {want: ErrBadRequest, code: CodeBadRequest, op: OpSend},
+	"resp-body-not-map":                {want: ErrMalformed, code: CodeBadRequest, op: OpJoin},
+}
+
+// decodeRequest is what a server does with a request stream's bytes: read
+// the frame, then decode the args of the op it names.
+func decodeRequest(r io.Reader) (Op, any, error) {
+	op, raw, err := ReadRequest(r, 0)
+	if err != nil {
+		return op, nil, err
+	}
+	v := argsFor(op)
+	if v == nil {
+		return op, nil, fmt.Errorf("%v: %w", op, ErrUnsupported)
+	}
+	return op, v, raw.Decode(v)
+}
+
+// decodeResponse is what a client does with one frame of a stream of op.
+func decodeResponse(r io.Reader, op Op) (Kind, any, error) {
+	kind, raw, err := ReadResponse(r, nil)
+	if err != nil {
+		return kind, nil, err
+	}
+	v := bodyFor(op, kind)
+	if v == nil {
+		return kind, nil, fmt.Errorf("unexpected %d frame on a %v stream: %w", kind, op, ErrMalformed)
+	}
+	return kind, v, raw.Decode(v)
+}
+
+func TestMalformed(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "malformed", "*.hex"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, path := range files {
+		name := strings.TrimSuffix(filepath.Base(path), ".hex")
+		seen[name] = true
+		t.Run(name, func(t *testing.T) {
+			tc, ok := malformedCases[name]
+			if !ok {
+				t.Fatalf("%s has no entry in malformedCases", path)
+			}
+			frame := readHex(t, path)
+			var err error
+			if strings.HasPrefix(name, "resp-") {
+				_, _, err = decodeResponse(bytes.NewReader(frame), tc.op)
+			} else {
+				_, _, err = decodeRequest(bytes.NewReader(frame))
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got error %v, want one matching %v", err, tc.want)
+			}
+			if got := ToError(err).Code; got != tc.code {
+				t.Errorf("ToError(%v).Code = %v, want %v", err, got, tc.code)
+			}
+		})
+	}
+	for name := range malformedCases {
+		if !seen[name] {
+			t.Errorf("malformedCases[%q] has no file", name)
+		}
+	}
+}
+
+// headerOnly yields a frame header, then fails the test if anything reads
+// past it: a peer that declared a huge frame and then stalls.
+type headerOnly struct {
+	t   *testing.T
+	hdr []byte
+}
+
+func (h *headerOnly) Read(p []byte) (int, error) {
+	if len(h.hdr) == 0 {
+		h.t.Error("read past the header of an oversized frame")
+		return 0, io.ErrNoProgress
+	}
+	n := copy(p, h.hdr)
+	h.hdr = h.hdr[n:]
+	return n, nil
+}
+
+func TestReadFrameLengthCheckedFirst(t *testing.T) {
+	for _, n := range []uint32{MaxFrameSize + 1, 1 << 31, 1<<32 - 1} {
+		hdr := binary.BigEndian.AppendUint32(nil, n)
+		_, _, err := ReadRequest(&headerOnly{t: t, hdr: hdr}, 0)
+		if !errors.Is(err, ErrFrameTooLarge) {
+			t.Errorf("length %d: got %v, want ErrFrameTooLarge", n, err)
+		}
+	}
+	// A caller's lower limit is checked the same way.
+	hdr := binary.BigEndian.AppendUint32(nil, 1025)
+	if _, err := ReadFrame(&headerOnly{t: t, hdr: hdr}, nil, 1024); !errors.Is(err, ErrFrameTooLarge) {
+		t.Errorf("length 1025 with max 1024: got %v, want ErrFrameTooLarge", err)
+	}
+	// Exactly MaxFrameSize is a legal length (here cut short).
+	hdr = binary.BigEndian.AppendUint32(nil, MaxFrameSize)
+	if _, err := ReadFrame(bytes.NewReader(hdr), nil, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("length MaxFrameSize, no body: got %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func TestReadFrameEOF(t *testing.T) {
+	// A stream that ends between frames ends cleanly.
+	if _, _, err := ReadRequest(bytes.NewReader(nil), 0); err != io.EOF {
+		t.Errorf("empty stream: got %v, want io.EOF", err)
+	}
+}
+
+// TestHugeArrayNotAllocated decodes a frame whose array declares 2^32-1
+// elements and checks the decoder allocated nowhere near that.
+func TestHugeArrayNotAllocated(t *testing.T) {
+	frame := readHex(t, filepath.Join("testdata", "malformed", "array-declares-too-many.hex"))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range 10 {
+		if _, _, err := decodeRequest(bytes.NewReader(frame)); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("got %v, want ErrMalformed", err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
+		t.Errorf("10 decodes allocated %d bytes", got)
+	}
+}
+
+// TestNestingLimit checks the boundary: MaxNesting levels decode, one more
+// does not.
+func TestNestingLimit(t *testing.T) {
+	for _, tc := range []struct {
+		arrays int // nested arrays under an unknown key of info's args
+		ok     bool
+	}{
+		{arrays: MaxNesting - 2, ok: true}, // with the envelope and the args map: MaxNesting
+		{arrays: MaxNesting - 1, ok: false},
+	} {
+		item := []byte{0xa2, 0x00, byte(OpInfo), 0x01, 0xa2, 0x01, 0x50}
+		item = append(item, tGroup[:]...)
+		item = append(item, 0x07)
+		for range tc.arrays {
+			item = append(item, 0x81)
+		}
+		item = append(item, 0x00)
+		frame := binary.BigEndian.AppendUint32(nil, uint32(len(item)))
+		frame = append(frame, item...)
+		_, _, err := decodeRequest(bytes.NewReader(frame))
+		if (err == nil) != tc.ok {
+			t.Errorf("%d nested arrays: err = %v, want ok=%v", tc.arrays, err, tc.ok)
+		}
+	}
+}
+
+// TestLimitBoundaries checks that every limit's maximum itself is accepted.
+func TestLimitBoundaries(t *testing.T) {
+	msgs := make([]Outgoing, MaxBatch)
+	for i := range msgs {
+		msgs[i] = Outgoing{ID: NewID(), Body: []byte{byte(i)}}
+	}
+	addrs := make([]string, MaxAddrs)
+	for i := range addrs {
+		addrs[i] = strings.Repeat("a", MaxAddrBytes)
+	}
+	for _, tc := range []struct {
+		name string
+		op   Op
+		args any
+	}{
+		{"send MaxBatch", OpSend, &Send{Group: tGroup, Messages: msgs}},
+		{"name MaxNameBytes", OpJoin, &Join{Group: tGroup, Name: strings.Repeat("é", MaxNameBytes/2)}},
+		{"secret MaxSecretBytes", OpJoin, &Join{Group: tGroup, Name: "a", Secret: make([]byte, MaxSecretBytes)}},
+		{"MaxAddrs of MaxAddrBytes", OpRegister, &Register{Group: tGroup, Name: "a", Addrs: addrs}},
+	} {
+		var buf bytes.Buffer
+		if err := WriteRequest(&buf, tc.op, tc.args); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if _, _, err := decodeRequest(&buf); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
+
+func TestCheckName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want error
+	}{
+		{"alice", nil},
+		{"Zoë 🍕", nil},
+		{strings.Repeat("x", MaxNameBytes), nil},
+		{"", ErrBadRequest},
+		{strings.Repeat("x", MaxNameBytes+1), ErrTooLarge},
+		{"tab\there", ErrBadRequest},
+		{"del\x7f", ErrBadRequest},
+		{"c1\u0085", ErrBadRequest},
+		{"bad\xffutf8", ErrBadRequest},
+	} {
+		if err := CheckName(tc.name); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("CheckName(%q) = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestUnknownOp checks that op numbers this version does not know, including
+// ones too large for an Op, come out as unknown ops (answered unsupported)
+// and never as a known op.
+func TestUnknownOp(t *testing.T) {
+	for _, op := range []uint64{0, 5, 15, 23, 99, 0xffff, 0x10000 + uint64(OpInfo), 1<<64 - 1} {
+		frame, err := AppendFrame(nil, op, GroupRef{Group: tGroup})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, raw, err := ReadRequest(bytes.NewReader(frame), 0)
+		if err != nil {
+			t.Fatalf("op %d: %v", op, err)
+		}
+		if argsFor(got) != nil {
+			t.Errorf("op %d read as known op %v", op, got)
+		}
+		if len(raw) == 0 {
+			t.Errorf("op %d: args lost", op)
+		}
+		if _, _, err := decodeRequest(bytes.NewReader(frame)); ToError(err).Code != CodeUnsupported {
+			t.Errorf("op %d: ToError(%v) = %v, want unsupported", op, err, ToError(err).Code)
+		}
+	}
+	// The same for response kinds.
+	frame, _ := AppendFrame(nil, 0x10000+uint64(KindError), Error{Code: CodeInternal})
+	if kind, _, err := ReadResponse(bytes.NewReader(frame), nil); kind == KindError || err != nil {
+		t.Errorf("kind 0x10002: got kind %v, err %v; want an unknown kind", kind, err)
+	}
+}
+
+// TestUnknownKeysIgnored checks forward compatibility: keys a peer does not
+// know, in the envelope and in args, are skipped.
+func TestUnknownKeysIgnored(t *testing.T) {
+	// {0: 16, 1: {1: group, 99: "future", -1: [1, 2]}, 2: {}}
+	item := []byte{0xa3, 0x00, 0x10, 0x01, 0xa3, 0x01, 0x50}
+	item = append(item, tGroup[:]...)
+	item = append(item, 0x18, 99, 0x66, 'f', 'u', 't', 'u', 'r', 'e', 0x20, 0x82, 0x01, 0x02, 0x02, 0xa0)
+	frame := binary.BigEndian.AppendUint32(nil, uint32(len(item)))
+	frame = append(frame, item...)
+	op, v, err := decodeRequest(bytes.NewReader(frame))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := *v.(*GroupRef), (GroupRef{Group: tGroup}); op != OpInfo || got != want {
+		t.Errorf("got %v %+v, want info %+v", op, got, want)
+	}
+}
+
+func TestAppendFrameTooLarge(t *testing.T) {
+	big := &Send{Group: tGroup, Messages: []Outgoing{{ID: tID1, Body: make([]byte, MaxFrameSize)}}}
+	dst := []byte("keep")
+	got, err := AppendFrame(dst, uint64(OpSend), big)
+	if !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("got %v, want ErrFrameTooLarge", err)
+	}
+	if string(got) != "keep" {
+		t.Errorf("dst changed to %q", got)
+	}
+	var buf bytes.Buffer
+	if err := WriteRequest(&buf, OpSend, big); !errors.Is(err, ErrFrameTooLarge) || buf.Len() != 0 {
+		t.Errorf("WriteRequest: %v, %d bytes written; want ErrFrameTooLarge and nothing", err, buf.Len())
+	}
+}
+
+// TestDecodedBytesDoNotAlias checks that decoded byte strings are copies: a
+// client reusing its read buffer must not change messages already decoded.
+func TestDecodedBytesDoNotAlias(t *testing.T) {
+	c := goldenCases()
+	var frame []byte
+	for _, gc := range c {
+		if gc.name == "resp-messages" {
+			frame, _ = gc.encode()
+		}
+	}
+	buf := make([]byte, 0, 1024)
+	_, raw, err := ReadResponse(bytes.NewReader(frame), buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m Messages
+	if err := raw.Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	clear(buf[:cap(buf)])
+	if got := string(m.Messages[0].Body); got != "hi" {
+		t.Errorf("body after clearing the read buffer = %q, want %q", got, "hi")
+	}
+	if m.Messages[1].From != tBob || m.Messages[1].Name != "bob" {
+		t.Errorf("message 1 after clearing the read buffer = %+v", m.Messages[1])
+	}
+}
+
+// TestConcurrentWrites exercises the shared encode buffers under the race
+// detector: frames written at once from many goroutines stay intact.
+func TestConcurrentWrites(t *testing.T) {
+	cases := goldenCases()
+	errc := make(chan error, len(cases))
+	for _, c := range cases {
+		go func() {
+			for range 50 {
+				frame, err := c.encode()
+				if err != nil {
+					errc <- err
+					return
+				}
+				want, err := os.ReadFile(goldenPath(c.name))
+				if err != nil {
+					errc <- err
+					return
+				}
+				if got, _ := renderFrame(frame); got != string(want) {
+					errc <- fmt.Errorf("%s: concurrent encoding differs", c.name)
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range cases {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+}
