@@ -1,0 +1,433 @@
+package daemon
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Registry defaults.
+const (
+	DefaultRegistryListen = ":7373" // UDP 7373 is the registry's port (wire.DefaultRegistryPort)
+	DefaultLeaseTTL       = 15 * time.Second
+	DefaultMaxGroups      = 4096
+)
+
+// RegistryConfig configures a Registry. The zero value of each field but
+// StateDir means its default.
+type RegistryConfig struct {
+	// Listen is the UDP address to listen on. Default ":7373".
+	Listen string
+	// StateDir holds the registry's key (identity.KeyFile), created on first
+	// use, so its fingerprint survives restarts. Required.
+	StateDir string
+	// LeaseTTL is how long a registration lasts without a renew. Default 15 s.
+	LeaseTTL time.Duration
+	// MaxGroups is the most groups listed at once; registering one more
+	// gets CodeUnavailable. Default 4096.
+	MaxGroups int
+	// MaxIncomingStreams is how many streams (operations) one connection may
+	// have open at once. Default 1000.
+	MaxIncomingStreams int64
+	// RequestTimeout bounds the wait for a request frame. Default 10 s.
+	RequestTimeout time.Duration
+	// WriteTimeout bounds each reply frame's write. Default 30 s.
+	WriteTimeout time.Duration
+	// ShutdownTimeout bounds how long Close lets operations in flight
+	// finish. Default 5 s.
+	ShutdownTimeout time.Duration
+	// Logger receives registrations, expiries and errors. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock of leases. Default time.Now.
+	Now func() time.Time
+}
+
+// Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
+func (c RegistryConfig) Validate() error {
+	switch {
+	case c.StateDir == "":
+		return fmt.Errorf("%w: registry StateDir is required", ErrInvalidConfig)
+	case c.LeaseTTL < 0:
+		return fmt.Errorf("%w: LeaseTTL %v is negative", ErrInvalidConfig, c.LeaseTTL)
+	case c.MaxGroups < 0:
+		return fmt.Errorf("%w: MaxGroups %d is negative", ErrInvalidConfig, c.MaxGroups)
+	case c.MaxIncomingStreams < 0:
+		return fmt.Errorf("%w: MaxIncomingStreams %d is negative", ErrInvalidConfig, c.MaxIncomingStreams)
+	case c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
+		return fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
+	}
+	return nil
+}
+
+func (c RegistryConfig) withDefaults() RegistryConfig {
+	c.Listen = orDefault(c.Listen, DefaultRegistryListen)
+	c.LeaseTTL = orDefault(c.LeaseTTL, DefaultLeaseTTL)
+	c.MaxGroups = orDefault(c.MaxGroups, DefaultMaxGroups)
+	c.MaxIncomingStreams = orDefault(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
+	c.RequestTimeout = orDefault(c.RequestTimeout, DefaultRequestTimeout)
+	c.WriteTimeout = orDefault(c.WriteTimeout, DefaultWriteTimeout)
+	c.ShutdownTimeout = orDefault(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.Logger = logger(c.Logger)
+	c.Now = clock(c.Now)
+	return c
+}
+
+// Registry lists the groups group daemons host. A daemon registers each
+// group it hosts and renews the lease every third of the TTL; a group whose
+// lease lapses vanishes from the list.
+//
+// A group's UUID belongs to the key (fingerprint) that registered it, for as
+// long as its lease is alive: another key that registers, renews or
+// deregisters it gets CodeUnauthorized. Once the lease lapses (or the group
+// is deregistered) the UUID is free, and any key may register it. Leases
+// live in memory only: a restarted registry has a new epoch and no leases,
+// and daemons register again when a renew fails with CodeEpochMismatch.
+type Registry struct {
+	cfg   RegistryConfig
+	epoch uint64
+	srv   *server
+	life  lifecycle
+
+	mu     sync.Mutex
+	id     *identity.Identity // set by Listen
+	leases map[wire.UUID]*lease
+}
+
+// lease is one listed group.
+type lease struct {
+	entry   wire.GroupEntry // ExpiresMS is filled when listed
+	expires time.Time
+}
+
+// NewRegistry returns a registry for cfg. It does no I/O; Listen or Serve
+// load the key and bind the socket. It returns cfg.Validate's error.
+func NewRegistry(cfg RegistryConfig) (*Registry, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	r := &Registry{
+		cfg:    cfg,
+		epoch:  newEpoch(),
+		life:   newLifecycle(),
+		leases: make(map[wire.UUID]*lease),
+	}
+	r.srv = newServer(serverConfig{
+		listen:          cfg.Listen,
+		maxStreams:      cfg.MaxIncomingStreams,
+		requestTimeout:  cfg.RequestTimeout,
+		writeTimeout:    cfg.WriteTimeout,
+		shutdownTimeout: cfg.ShutdownTimeout,
+		log:             cfg.Logger,
+	}, r.handle)
+	return r, nil
+}
+
+// Listen loads (or creates) the registry's key in StateDir and binds the UDP
+// socket, so Addr and Fingerprint are known before Serve. Calling it again
+// does nothing. It returns ErrClosed after Close, and identity or socket
+// errors.
+func (r *Registry) Listen() error {
+	if r.life.isClosed() {
+		return ErrClosed
+	}
+	r.mu.Lock()
+	id := r.id
+	r.mu.Unlock()
+	if id == nil {
+		var err error
+		if id, err = identity.LoadOrCreate(r.cfg.StateDir); err != nil {
+			return fmt.Errorf("registry: %w", err)
+		}
+		r.mu.Lock()
+		r.id = id
+		r.mu.Unlock()
+	}
+	if err := r.srv.listen(id); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	return nil
+}
+
+// Serve listens (if Listen was not called) and serves until ctx ends or
+// Close is called; then it shuts down as Close does and returns nil once
+// everything has stopped. It returns ErrClosed after Close, ErrServing if
+// already serving, and Listen's errors.
+func (r *Registry) Serve(ctx context.Context) error {
+	if err := r.Listen(); err != nil {
+		return err
+	}
+	if err := r.life.begin(r.sweepLoop); err != nil {
+		return err
+	}
+	if err := r.srv.start(); err != nil {
+		r.Close()
+		return err
+	}
+	r.cfg.Logger.Info("registry serving", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String(), "epoch", r.epoch)
+	r.life.wait(ctx, r.Close)
+	return nil
+}
+
+// Close stops the registry (see the package comment for the order) and
+// waits for every goroutine it started. It is safe to call more than once;
+// every call returns nil once shutdown has finished.
+func (r *Registry) Close() error {
+	r.life.close(r.srv.close)
+	return nil
+}
+
+// Ready is closed once the registry listens.
+func (r *Registry) Ready() <-chan struct{} { return r.srv.ready }
+
+// Addr returns the address the registry listens on, or nil before it does.
+func (r *Registry) Addr() net.Addr { return r.srv.addr() }
+
+// Fingerprint returns the registry's fingerprint (what clients pin), or
+// zero before Listen.
+func (r *Registry) Fingerprint() wire.Fingerprint {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.id == nil {
+		return wire.Fingerprint{}
+	}
+	return r.id.Fingerprint()
+}
+
+// Epoch returns the registry's epoch: random, nonzero, new at each start.
+func (r *Registry) Epoch() uint64 { return r.epoch }
+
+func (r *Registry) handle(ctx context.Context, c *call) error {
+	switch c.op {
+	case wire.OpRegister:
+		return r.register(c)
+	case wire.OpRenew:
+		return r.renew(c)
+	case wire.OpDeregister:
+		return r.deregister(c)
+	case wire.OpList:
+		return r.list(c)
+	}
+	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.op)
+}
+
+func (r *Registry) lease() wire.Lease {
+	return wire.Lease{Epoch: r.epoch, TTLMS: uint64(r.cfg.LeaseTTL.Milliseconds())}
+}
+
+func (r *Registry) register(c *call) error {
+	var req wire.Register
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	if req.Group == (wire.UUID{}) {
+		return fmt.Errorf("register: %w: group UUID is zero", wire.ErrBadRequest)
+	}
+	addrs := req.Addrs
+	if len(addrs) == 0 {
+		a, err := sourceAddr(c.remote, req.Port)
+		if err != nil {
+			return fmt.Errorf("register: %w", err)
+		}
+		addrs = []string{a}
+	}
+	for _, a := range addrs {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return fmt.Errorf("register: %w: address %q is not host:port", wire.ErrBadRequest, a)
+		}
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	l, ok := r.leases[req.Group]
+	if ok && !now.Before(l.expires) {
+		r.expireLocked(l)
+		ok = false
+	}
+	if ok && l.entry.Fingerprint != c.peer {
+		r.mu.Unlock()
+		return fmt.Errorf("register group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
+	}
+	if !ok && len(r.leases) >= r.cfg.MaxGroups {
+		r.sweepLocked(now)
+		if len(r.leases) >= r.cfg.MaxGroups {
+			r.mu.Unlock()
+			r.cfg.Logger.Warn("registry full", "max_groups", r.cfg.MaxGroups, "group", req.Name, "uuid", req.Group, "fingerprint", c.peer.Short())
+			return fmt.Errorf("register: %w: the registry lists %d groups, its limit", wire.ErrUnavailable, r.cfg.MaxGroups)
+		}
+	}
+	r.leases[req.Group] = &lease{
+		entry: wire.GroupEntry{
+			Group:       req.Group,
+			Name:        req.Name,
+			Addrs:       addrs,
+			Fingerprint: c.peer,
+			Members:     req.Members,
+			LastSeq:     req.LastSeq,
+		},
+		expires: now.Add(r.cfg.LeaseTTL),
+	}
+	r.mu.Unlock()
+	if !ok {
+		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.peer.Short(), "addrs", addrs)
+	}
+	return c.result(r.lease())
+}
+
+// sourceAddr is the address a registration without addresses lists: the
+// connection's source IP with the registered port.
+func sourceAddr(remote net.Addr, port uint16) (string, error) {
+	ua, ok := remote.(*net.UDPAddr)
+	if !ok {
+		return "", fmt.Errorf("%w: no source address to list", wire.ErrBadRequest)
+	}
+	ip := ua.AddrPort().Addr().Unmap()
+	return net.JoinHostPort(ip.String(), strconv.Itoa(int(port))), nil
+}
+
+func (r *Registry) renew(c *call) error {
+	var req wire.Renew
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	if req.Epoch != r.epoch {
+		return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: r.epoch,
+			Message: fmt.Sprintf("renew group %s: the registry restarted (epoch %d): register again", req.Group, r.epoch)}
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	l, ok := r.leases[req.Group]
+	if ok && !now.Before(l.expires) {
+		r.expireLocked(l)
+		ok = false
+	}
+	switch {
+	case !ok:
+		r.mu.Unlock()
+		return fmt.Errorf("renew group %s: %w: no lease (it lapsed): register again", req.Group, wire.ErrNotFound)
+	case l.entry.Fingerprint != c.peer:
+		r.mu.Unlock()
+		return fmt.Errorf("renew group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
+	}
+	l.expires = now.Add(r.cfg.LeaseTTL)
+	l.entry.Members, l.entry.LastSeq = req.Members, req.LastSeq
+	r.mu.Unlock()
+	return c.result(r.lease())
+}
+
+func (r *Registry) deregister(c *call) error {
+	var req wire.Deregister
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	l, ok := r.leases[req.Group]
+	if ok && !now.Before(l.expires) {
+		r.expireLocked(l)
+		ok = false
+	}
+	if ok && l.entry.Fingerprint != c.peer {
+		r.mu.Unlock()
+		return fmt.Errorf("deregister group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
+	}
+	if ok {
+		delete(r.leases, req.Group)
+	}
+	r.mu.Unlock()
+	if ok {
+		r.cfg.Logger.Info("group deregistered", "group", l.entry.Name, "uuid", req.Group, "fingerprint", c.peer.Short())
+	}
+	return c.result(struct{}{})
+}
+
+// listFrameBudget keeps a listing within one frame (wire.MaxFrameSize) with
+// room to spare; see list.
+const listFrameBudget = wire.MaxFrameSize - 4096
+
+func (r *Registry) list(c *call) error {
+	var req wire.List
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	entries := make([]wire.GroupEntry, 0, len(r.leases))
+	for _, l := range r.leases {
+		left := l.expires.Sub(now)
+		if left <= 0 {
+			continue // the sweep will log and drop it
+		}
+		e := l.entry
+		e.ExpiresMS = uint64(max(1, left.Milliseconds()))
+		entries = append(entries, e)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(entries, func(a, b wire.GroupEntry) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), bytes.Compare(a.Group[:], b.Group[:]))
+	})
+	// The protocol has no paging for list yet: a listing too large for one
+	// frame is cut (with a warning) rather than failing every client.
+	if n := fitEntries(entries); n < len(entries) {
+		r.cfg.Logger.Warn("listing cut to fit one frame", "groups", len(entries), "listed", n)
+		entries = entries[:n]
+	}
+	return c.result(wire.Groups{Epoch: r.epoch, Groups: entries})
+}
+
+// fitEntries returns how many of entries fit in one frame, estimating each
+// entry's encoding from above.
+func fitEntries(entries []wire.GroupEntry) int {
+	size := 64
+	for i, e := range entries {
+		n := 128 + len(e.Name)
+		for _, a := range e.Addrs {
+			n += 3 + len(a)
+		}
+		if size += n; size > listFrameBudget || i >= wire.MaxArrayItems {
+			return i
+		}
+	}
+	return len(entries)
+}
+
+// sweepLoop drops lapsed leases periodically, so they are logged and freed
+// even when nobody lists.
+func (r *Registry) sweepLoop() {
+	t := time.NewTicker(max(r.cfg.LeaseTTL/2, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-r.life.closing:
+			return
+		case <-t.C:
+			r.mu.Lock()
+			r.sweepLocked(r.cfg.Now())
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *Registry) sweepLocked(now time.Time) {
+	for _, l := range r.leases {
+		if !now.Before(l.expires) {
+			r.expireLocked(l)
+		}
+	}
+}
+
+// expireLocked drops a lapsed lease. r.mu is held.
+func (r *Registry) expireLocked(l *lease) {
+	delete(r.leases, l.entry.Group)
+	r.cfg.Logger.Info("group lease expired", "group", l.entry.Name, "uuid", l.entry.Group, "fingerprint", l.entry.Fingerprint.Short())
+}
+

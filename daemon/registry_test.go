@@ -1,0 +1,285 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// startRegistry starts a registry on 127.0.0.1 port 0, serving until the
+// test ends. Zero fields of cfg get test values (StateDir: a new directory).
+func startRegistry(t *testing.T, cfg RegistryConfig) *Registry {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	r, err := NewRegistry(cfg)
+	must(t, err)
+	must(t, r.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- r.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, r.Close())
+		if err := <-errc; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return r
+}
+
+func listGroups(t *testing.T, p *peer) wire.Groups {
+	t.Helper()
+	var g wire.Groups
+	must(t, p.call(wire.OpList, wire.List{}, &g))
+	return g
+}
+
+func TestRegistryRegisterListRenewDeregister(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	g1, g2 := uuid.New(), uuid.New()
+
+	var lease wire.Lease
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g1, Name: "zeta", Addrs: []string{"10.0.0.1:7400"}, Members: 3, LastSeq: 9}, &lease))
+	if lease.Epoch != r.Epoch() || lease.TTLMS != uint64(DefaultLeaseTTL.Milliseconds()) {
+		t.Fatalf("lease %+v, want epoch %d ttl %v", lease, r.Epoch(), DefaultLeaseTTL)
+	}
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g2, Name: "alpha", Addrs: []string{"[fe80::1%eth0]:7400"}}, nil))
+
+	got := listGroups(t, p)
+	if got.Epoch != r.Epoch() || len(got.Groups) != 2 {
+		t.Fatalf("list %+v, want 2 groups in epoch %d", got, r.Epoch())
+	}
+	if got.Groups[0].Name != "alpha" || got.Groups[1].Name != "zeta" {
+		t.Fatalf("list order %q, %q: want alpha, zeta", got.Groups[0].Name, got.Groups[1].Name)
+	}
+	z := got.Groups[1]
+	if z.Group != g1 || z.Fingerprint != p.id.Fingerprint() || z.Members != 3 || z.LastSeq != 9 ||
+		len(z.Addrs) != 1 || z.Addrs[0] != "10.0.0.1:7400" || z.ExpiresMS == 0 || z.ExpiresMS > 15000 {
+		t.Fatalf("entry %+v", z)
+	}
+
+	must(t, p.call(wire.OpRenew, wire.Renew{Group: g1, Epoch: lease.Epoch, Members: 4, LastSeq: 12}, &lease))
+	if z := listGroups(t, p).Groups[1]; z.Members != 4 || z.LastSeq != 12 {
+		t.Fatalf("after renew: %+v", z)
+	}
+
+	must(t, p.call(wire.OpDeregister, wire.Deregister{Group: g1}, nil))
+	must(t, p.call(wire.OpDeregister, wire.Deregister{Group: g1}, nil)) // not listed: succeeds
+	if got := listGroups(t, p); len(got.Groups) != 1 || got.Groups[0].Group != g2 {
+		t.Fatalf("after deregister: %+v", got)
+	}
+	wantCode(t, p.call(wire.OpRenew, wire.Renew{Group: g1, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
+}
+
+func TestRegistrySameNameSortsByUUID(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	a := uuid.MustParse("00000000-0000-4000-8000-000000000001")
+	b := uuid.MustParse("00000000-0000-4000-8000-000000000002")
+	for _, g := range []uuid.UUID{b, a} {
+		must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "same", Port: 1}, nil))
+	}
+	got := listGroups(t, p).Groups
+	if len(got) != 2 || got[0].Group != a || got[1].Group != b {
+		t.Fatalf("got %v, want %v then %v", got, a, b)
+	}
+}
+
+func TestRegistryEmptyAddrsListsSourceAddress(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	g := uuid.New()
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "lan", Port: 7401}, nil))
+	got := listGroups(t, p).Groups
+	if len(got) != 1 || len(got[0].Addrs) != 1 || got[0].Addrs[0] != "127.0.0.1:7401" {
+		t.Fatalf("got %+v, want the source address 127.0.0.1:7401", got)
+	}
+}
+
+func TestRegistryRejectsBadRegistrations(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	tests := []struct {
+		name string
+		reg  wire.Register
+		want wire.Code
+	}{
+		{"zero uuid", wire.Register{Name: "x", Port: 1}, wire.CodeBadRequest},
+		{"no name", wire.Register{Group: uuid.New(), Port: 1}, wire.CodeBadRequest},
+		{"no port nor addrs", wire.Register{Group: uuid.New(), Name: "x"}, wire.CodeBadRequest},
+		{"addr without port", wire.Register{Group: uuid.New(), Name: "x", Addrs: []string{"10.0.0.1"}}, wire.CodeBadRequest},
+		{"long name", wire.Register{Group: uuid.New(), Name: string(make([]byte, 65)), Port: 1}, wire.CodeTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wantCode(t, p.call(wire.OpRegister, tt.reg, nil), tt.want)
+		})
+	}
+	if got := listGroups(t, p).Groups; len(got) != 0 {
+		t.Fatalf("listed %+v after rejected registrations", got)
+	}
+}
+
+func TestRegistryLeaseExpires(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{LeaseTTL: 300 * time.Millisecond})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	g := uuid.New()
+	var lease wire.Lease
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "brief", Port: 1}, &lease))
+	if lease.TTLMS != 300 {
+		t.Fatalf("TTLMS %d, want 300", lease.TTLMS)
+	}
+	eventually(t, "the lease to lapse", func() bool { return len(listGroups(t, p).Groups) == 0 })
+	wantCode(t, p.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
+
+	// A lapsed UUID is free: another key may take it.
+	q := dial(t, r.Addr(), r.Fingerprint(), nil)
+	must(t, q.call(wire.OpRegister, wire.Register{Group: g, Name: "taken", Port: 1}, nil))
+}
+
+// TestRegistryLeaseExpiresByClock checks expiry against the injected clock:
+// a listing hides a lease whose time has passed even before a sweep.
+func TestRegistryLeaseExpiresByClock(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	clk := make(chan time.Time, 1)
+	clk <- now
+	r := startRegistry(t, RegistryConfig{LeaseTTL: time.Hour, Now: func() time.Time {
+		t := <-clk
+		clk <- t
+		return t
+	}})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	must(t, p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "clocked", Port: 1}, nil))
+	if got := listGroups(t, p).Groups; len(got) != 1 || got[0].ExpiresMS != uint64(time.Hour.Milliseconds()) {
+		t.Fatalf("got %+v, want one group expiring in an hour", got)
+	}
+	<-clk
+	clk <- now.Add(time.Hour)
+	if got := listGroups(t, p).Groups; len(got) != 0 {
+		t.Fatalf("got %+v after the TTL passed, want none", got)
+	}
+}
+
+func TestRegistryOwnership(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{})
+	owner := dial(t, r.Addr(), r.Fingerprint(), nil)
+	thief := dial(t, r.Addr(), r.Fingerprint(), nil)
+	g := uuid.New()
+	var lease wire.Lease
+	must(t, owner.call(wire.OpRegister, wire.Register{Group: g, Name: "mine", Port: 1}, &lease))
+
+	wantCode(t, thief.call(wire.OpRegister, wire.Register{Group: g, Name: "theirs", Port: 2}, nil), wire.CodeUnauthorized)
+	wantCode(t, thief.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeUnauthorized)
+	wantCode(t, thief.call(wire.OpDeregister, wire.Deregister{Group: g}, nil), wire.CodeUnauthorized)
+
+	got := listGroups(t, thief).Groups
+	if len(got) != 1 || got[0].Name != "mine" || got[0].Fingerprint != owner.id.Fingerprint() {
+		t.Fatalf("got %+v, want the owner's registration untouched", got)
+	}
+	// The owner may register again (new name, same UUID).
+	must(t, owner.call(wire.OpRegister, wire.Register{Group: g, Name: "renamed", Port: 1}, nil))
+	if got := listGroups(t, owner).Groups; len(got) != 1 || got[0].Name != "renamed" {
+		t.Fatalf("got %+v after re-registering", got)
+	}
+}
+
+func TestRegistryEpochMismatchAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	r1, err := NewRegistry(RegistryConfig{StateDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+	must(t, err)
+	must(t, r1.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- r1.Serve(context.Background()) }()
+	p := dial(t, r1.Addr(), r1.Fingerprint(), nil)
+	g := uuid.New()
+	var lease wire.Lease
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "g", Port: 1}, &lease))
+	fp1, epoch1 := r1.Fingerprint(), r1.Epoch()
+	must(t, r1.Close())
+	must(t, <-errc)
+
+	r2 := startRegistry(t, RegistryConfig{StateDir: dir})
+	if r2.Fingerprint() != fp1 {
+		t.Fatalf("fingerprint changed across a restart: %v, was %v", r2.Fingerprint(), fp1)
+	}
+	if r2.Epoch() == epoch1 || r2.Epoch() == 0 {
+		t.Fatalf("epoch %d after a restart, was %d: want a new nonzero one", r2.Epoch(), epoch1)
+	}
+	q := dial(t, r2.Addr(), r2.Fingerprint(), p.id)
+	we := wantCode(t, q.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeEpochMismatch)
+	if we.Epoch != r2.Epoch() {
+		t.Fatalf("epoch_mismatch carries epoch %d, want %d", we.Epoch, r2.Epoch())
+	}
+	if !errors.Is(we, wire.ErrEpochMismatch) {
+		t.Fatalf("%v does not match wire.ErrEpochMismatch", we)
+	}
+}
+
+func TestRegistryMaxGroups(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{MaxGroups: 2})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	g := uuid.New()
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "a", Port: 1}, nil))
+	must(t, p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "b", Port: 1}, nil))
+	wantCode(t, p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "c", Port: 1}, nil), wire.CodeUnavailable)
+	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "a2", Port: 1}, nil)) // re-registering is not one more
+}
+
+func TestRegistryLifecycle(t *testing.T) {
+	if err := (RegistryConfig{}).Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("Validate without StateDir: %v, want ErrInvalidConfig", err)
+	}
+	r, err := NewRegistry(RegistryConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: testLogger(t)})
+	must(t, err)
+	if r.Addr() != nil || !r.Fingerprint().IsZero() {
+		t.Fatal("New did I/O: address or fingerprint known before Listen")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- r.Serve(ctx) }()
+	<-r.Ready()
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	listGroups(t, p)
+	if err := r.Serve(ctx); !errors.Is(err, ErrServing) {
+		t.Fatalf("second Serve: %v, want ErrServing", err)
+	}
+	cancel()
+	must(t, <-errc)
+	must(t, r.Close())
+	must(t, r.Close())
+	if err := r.Serve(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Serve after Close: %v, want ErrClosed", err)
+	}
+	if err := r.Listen(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Listen after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestRegistryCloseWithoutServe(t *testing.T) {
+	r, err := NewRegistry(RegistryConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	must(t, err)
+	must(t, r.Close())
+	r, err = NewRegistry(RegistryConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	must(t, err)
+	must(t, r.Listen())
+	addr := r.Addr().(*net.UDPAddr)
+	must(t, r.Close())
+	// The port is free again.
+	c, err := net.ListenUDP("udp", addr)
+	must(t, err)
+	c.Close()
+}
+
