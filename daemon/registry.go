@@ -430,4 +430,3 @@ func (r *Registry) expireLocked(l *lease) {
 	delete(r.leases, l.entry.Group)
 	r.cfg.Logger.Info("group lease expired", "group", l.entry.Name, "uuid", l.entry.Group, "fingerprint", l.entry.Fingerprint.Short())
 }
-

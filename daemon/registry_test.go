@@ -282,4 +282,3 @@ func TestRegistryCloseWithoutServe(t *testing.T) {
 	must(t, err)
 	c.Close()
 }
-
