@@ -413,3 +413,15 @@ func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
 	}
 	return nil
 }
+
+// dropCurrent forgets the current connection, whatever it is, so the next
+// call dials afresh.
+func (p *peer) dropCurrent() {
+	p.mu.Lock()
+	conn := p.conn
+	p.conn = nil
+	p.mu.Unlock()
+	if conn != nil {
+		conn.CloseWithError(0, "silent")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -15,11 +16,17 @@ import (
 type Group struct {
 	id   wire.UUID
 	name string
-	p    *peer
+	cl   *Client
+	reg  *Registry // nil: the group's address is fixed
+
+	mu sync.Mutex
+	p  *peer
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
 // daemon's fingerprint from the listing and dialling its addresses in order.
+// The handle keeps those addresses; Registry.Group returns one that follows
+// the daemon when it moves.
 func (c *Client) Group(e wire.GroupEntry) (*Group, error) {
 	if e.Fingerprint.IsZero() {
 		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
@@ -28,7 +35,53 @@ func (c *Client) Group(e wire.GroupEntry) (*Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Group{id: e.Group, name: e.Name, p: p}, nil
+	return &Group{id: e.Group, name: e.Name, cl: c, p: p}, nil
+}
+
+// Group returns a handle on a group from this registry's listing. When its
+// daemon cannot be reached, long-lived calls (Watch) ask the registry for
+// the daemon's current addresses and fingerprint.
+func (r *Registry) Group(e wire.GroupEntry) (*Group, error) {
+	g, err := r.p.c.Group(e)
+	if err != nil {
+		return nil, err
+	}
+	g.reg = r
+	return g, nil
+}
+
+// peer returns the connection holder for the group's daemon now.
+func (g *Group) peer() *peer {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.p
+}
+
+// refresh asks the registry where the group's daemon is now and points the
+// handle there. Failures are left to the caller's next attempt.
+func (g *Group) refresh(ctx context.Context) {
+	if g.reg == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cl.cfg.DialTimeout)
+	defer cancel()
+	list, err := g.reg.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, e := range list.Groups {
+		if e.Group != g.id {
+			continue
+		}
+		p, err := g.cl.peer(e.Addrs, e.Fingerprint, nil)
+		if err != nil {
+			return
+		}
+		g.mu.Lock()
+		g.p = p
+		g.mu.Unlock()
+		return
+	}
 }
 
 // ID returns the group's UUID.
@@ -41,7 +94,7 @@ func (g *Group) Name() string { return g.name }
 // Errors: ErrNotFound.
 func (g *Group) Info(ctx context.Context) (wire.Info, error) {
 	var info wire.Info
-	err := g.p.single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info)
+	err := g.peer().single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info)
 	return info, err
 }
 
@@ -51,7 +104,7 @@ func (g *Group) Info(ctx context.Context) (wire.Info, error) {
 // ErrUnavailable (the group is full), ErrBadRequest (bad name).
 func (g *Group) Join(ctx context.Context, name string, secret []byte) (wire.Joined, error) {
 	var j wire.Joined
-	err := g.p.single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j)
+	err := g.peer().single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j)
 	return j, err
 }
 
@@ -59,14 +112,14 @@ func (g *Group) Join(ctx context.Context, name string, secret []byte) (wire.Join
 // Errors: ErrNotFound.
 func (g *Group) Leave(ctx context.Context) (bool, error) {
 	var l wire.Left
-	err := g.p.single(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l)
+	err := g.peer().single(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l)
 	return l.WasMember, err
 }
 
 // Members lists the group's members. Errors: ErrNotMember, ErrNotFound.
 func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
 	var m wire.MemberList
-	err := g.p.single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m)
+	err := g.peer().single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m)
 	return m.Members, err
 }
 
@@ -88,7 +141,7 @@ func (g *Group) Send(ctx context.Context, body []byte) (wire.Ack, error) {
 // acknowledgements with Duplicate set and stores nothing twice.
 func (g *Group) SendMessages(ctx context.Context, msgs []wire.Outgoing) ([]wire.Ack, error) {
 	var s wire.Sent
-	if err := g.p.single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
+	if err := g.peer().single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
 		return nil, err
 	}
 	if len(s.Acks) != len(msgs) {
@@ -172,7 +225,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		var end wire.End
 		stopped := false
 		n := 0
-		err := g.p.call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+		err := g.peer().call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Raw) (bool, error) {
 			switch kind {
 			case wire.KindMessages:
 				var ms wire.Messages

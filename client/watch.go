@@ -1,0 +1,234 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"math/rand/v2"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// EventKind says what a watch Event carries.
+type EventKind int
+
+// Watch events.
+const (
+	// EventMessage: Message is the next message, in sequence order.
+	EventMessage EventKind = iota + 1
+	// EventGap: messages From..To were dropped by retention before this
+	// watcher could read them; delivery goes on after To.
+	EventGap
+	// EventReset: the group's history was lost (its daemon restarted with
+	// an in-memory log); sequence numbers start again under Epoch, and the
+	// watch follows the new log from its beginning.
+	EventReset
+	// EventLive: history is delivered and the watch is now following live
+	// messages (sent once per connection; Last is the last sequence then).
+	EventLive
+)
+
+// Event is one thing a watch reports.
+type Event struct {
+	Kind     EventKind
+	Message  Message // EventMessage
+	From, To uint64  // EventGap
+	Epoch    uint64  // the log epoch the event belongs to
+	Last     uint64  // EventLive: the last sequence when the watch caught up
+}
+
+// Backoff bounds for reconnecting watches.
+const (
+	watchBackoffMin = 100 * time.Millisecond
+	watchBackoffMax = 5 * time.Second
+)
+
+// Watch follows the group: the messages q selects (q.Limit is not used),
+// then live messages as they arrive, as a sequence of events. It survives a
+// dropped connection or a restarted daemon: it reconnects with backoff
+// (asking the registry for the daemon's current address when the group was
+// opened through one) and resumes after the last message it delivered, so
+// nothing is repeated or lost while the group still holds it. A restarted
+// daemon whose log was lost is reported as EventReset.
+//
+// The iteration ends when ctx ends (with no error) or on an error no retry
+// can fix, which is yielded last: ErrNotMember (including after leaving the
+// group from elsewhere), ErrNotFound, ErrUnauthorized, ErrBadRequest.
+func (g *Group) Watch(ctx context.Context, q Query) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		w := watcher{g: g, epoch: q.Epoch}
+		since, after, err := q.selection()
+		if err != nil {
+			yield(Event{}, fmt.Errorf("watch: %w", err))
+			return
+		}
+		w.since, w.after = since, after
+		w.run(ctx, yield)
+	}
+}
+
+type watcher struct {
+	g     *Group
+	since *int64  // the original selection, until a message is delivered
+	after *uint64 // the resume cursor
+	epoch uint64  // the epoch the cursor belongs to (0: not known yet)
+}
+
+func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
+	backoff := watchBackoffMin
+	for ctx.Err() == nil {
+		started, stop, err := w.attempt(ctx, yield)
+		if stop || ctx.Err() != nil {
+			return
+		}
+		if started {
+			backoff = watchBackoffMin
+		}
+		var we *wire.Error
+		switch {
+		case errors.Is(err, ErrEpochMismatch):
+			epoch, _ := EpochOf(err)
+			w.epoch, w.since, w.after = epoch, nil, nil
+			if !yield(Event{Kind: EventReset, Epoch: epoch}, nil) {
+				return
+			}
+			continue
+		case errors.As(err, &we) && !retryable(we):
+			yield(Event{}, fmt.Errorf("watch: %w", err))
+			return
+		case errors.Is(err, ErrProtocol), errors.Is(err, ErrClosed):
+			yield(Event{}, fmt.Errorf("watch: %w", err))
+			return
+		}
+		wait := backoff
+		if d, ok := RetryAfter(err); ok && d > wait {
+			wait = d
+		}
+		w.g.cl.cfg.Logger.Debug("watch interrupted; resuming", "group", w.g.id, "err", err, "in", wait)
+		if !sleep(ctx, jitter(wait)) {
+			return
+		}
+		backoff = min(2*backoff, watchBackoffMax)
+		if errors.Is(err, ErrUnreachable) {
+			w.g.refresh(ctx)
+		}
+	}
+}
+
+// retryable reports whether a server error may go away by trying again.
+func retryable(we *wire.Error) bool {
+	switch we.Code {
+	case wire.CodeUnavailable, wire.CodeRateLimited, wire.CodeInternal:
+		return true
+	}
+	return false
+}
+
+// attempt runs one watch stream. started reports that the server accepted
+// the watch; stop that the consumer stopped iterating.
+func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (started, stop bool, err error) {
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Liveness: the server sends a frame at least every heartbeat; three
+	// missed heartbeats mean the daemon or the path is gone.
+	silence := 30 * time.Second
+	timer := time.AfterFunc(silence, cancel)
+	defer timer.Stop()
+	deadAfter := silence
+
+	req := wire.Watch{Group: w.g.id, Since: w.since, After: w.after, Epoch: w.epoch}
+	p := w.g.peer()
+	err = p.call(actx, wire.OpWatch, req, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+		timer.Reset(deadAfter)
+		switch kind {
+		case wire.KindStart:
+			var s wire.Start
+			if err := raw.Decode(&s); err != nil {
+				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			started = true
+			w.epoch = s.Epoch
+			if s.HeartbeatMS > 0 {
+				deadAfter = 3 * time.Duration(s.HeartbeatMS) * time.Millisecond
+				timer.Reset(deadAfter)
+			}
+			if w.after != nil && *w.after+1 < s.First && *w.after < s.Last {
+				// Retention dropped messages this watcher never saw.
+				from, to := *w.after+1, min(s.First-1, s.Last)
+				if !yield(Event{Kind: EventGap, From: from, To: to, Epoch: s.Epoch}, nil) {
+					stop = true
+					return true, nil
+				}
+			}
+			return false, nil
+		case wire.KindMessages:
+			var ms wire.Messages
+			if err := raw.Decode(&ms); err != nil {
+				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			for i := range ms.Messages {
+				m := &ms.Messages[i]
+				if w.after != nil && m.Seq <= *w.after {
+					continue // never deliver twice, whatever the server sends
+				}
+				seq := m.Seq
+				w.after, w.since = &seq, nil
+				if !yield(Event{Kind: EventMessage, Message: messageFrom(m), Epoch: w.epoch}, nil) {
+					stop = true
+					return true, nil
+				}
+			}
+			return false, nil
+		case wire.KindGap:
+			var gp wire.Gap
+			if err := raw.Decode(&gp); err != nil {
+				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			to := gp.To
+			w.after, w.since = &to, nil
+			if !yield(Event{Kind: EventGap, From: gp.From, To: gp.To, Epoch: w.epoch}, nil) {
+				stop = true
+				return true, nil
+			}
+			return false, nil
+		case wire.KindHeartbeat:
+			var hb wire.Heartbeat
+			if err := raw.Decode(&hb); err != nil {
+				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			return false, nil
+		}
+		return true, fmt.Errorf("watch: unexpected frame kind %d: %w", kind, ErrProtocol)
+	})
+	if stop {
+		return started, true, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("watch ended by the server: %w", ErrUnavailable)
+	}
+	if actx.Err() != nil && ctx.Err() == nil {
+		// Our liveness timer fired: the connection is silent, so drop it
+		// rather than wait out QUIC's idle timeout.
+		p.dropCurrent()
+		err = fmt.Errorf("no word from the daemon for %v: %w", deadAfter, ErrUnreachable)
+	}
+	return started, false, err
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits for d or until ctx ends, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
