@@ -19,10 +19,15 @@ type lifecycle struct {
 	closing chan struct{} // closed when Close begins
 	done    chan struct{} // closed when Close has finished
 	wg      sync.WaitGroup
+	// ctx is the daemon's goroutines' context; it ends when Close begins.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
-func newLifecycle() lifecycle {
-	return lifecycle{closing: make(chan struct{}), done: make(chan struct{})}
+func newLifecycle() *lifecycle {
+	l := &lifecycle{closing: make(chan struct{}), done: make(chan struct{})}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	return l
 }
 
 // begin marks the daemon as serving and starts its goroutines. It returns
@@ -69,6 +74,7 @@ func (l *lifecycle) close(stop func()) {
 	l.mu.Unlock()
 	if first {
 		close(l.closing)
+		l.cancel()
 		l.wg.Wait()
 		stop()
 		close(l.done)

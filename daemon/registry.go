@@ -96,7 +96,7 @@ type Registry struct {
 	cfg   RegistryConfig
 	epoch uint64
 	srv   *server
-	life  lifecycle
+	life  *lifecycle
 
 	mu     sync.Mutex
 	id     *identity.Identity // set by Listen
@@ -407,7 +407,7 @@ func (r *Registry) sweepLoop() {
 	defer t.Stop()
 	for {
 		select {
-		case <-r.life.closing:
+		case <-r.life.ctx.Done():
 			return
 		case <-t.C:
 			r.mu.Lock()

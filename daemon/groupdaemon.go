@@ -1,0 +1,346 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Group daemon defaults.
+const (
+	DefaultGroupListen       = ":0"
+	DefaultMaxMessageBytes   = 64 << 10
+	DefaultMaxBatch          = 256
+	DefaultFetchPage         = 10000
+	DefaultHeartbeatInterval = 5 * time.Second
+	// DefaultMaxMembers is the most members a group may have, and also
+	// the most it can have: a members reply is one frame, an array of at
+	// most wire.MaxArrayItems entries.
+	DefaultMaxMembers = wire.MaxArrayItems
+)
+
+// MaxMessageBytesLimit is the largest MaxMessageBytes a daemon accepts: a
+// message must fit in one frame with room for its envelope.
+const MaxMessageBytesLimit = wire.MaxFrameSize - 4096
+
+// GroupSpec is one group a daemon hosts.
+type GroupSpec struct {
+	// Name is the group's display name (wire.CheckName's rules). The daemon
+	// keeps one UUID per name in its state directory.
+	Name string
+	// Secret, if not empty, makes the group private: join must present it.
+	// It is compared in constant time and never logged.
+	Secret []byte
+}
+
+// GroupConfig configures a GroupDaemon. The zero value of each field but
+// StateDir and Groups means its default.
+type GroupConfig struct {
+	// Listen is the UDP address to listen on. Default ":0" (any free port;
+	// the registry is told the port bound).
+	Listen string
+	// Advertise are the "host:port" addresses to register for each group.
+	// If empty, only the bound port is registered and the registry lists
+	// the address our packets come from.
+	Advertise []string
+	// Groups are the groups hosted. At least one is required.
+	Groups []GroupSpec
+	// StateDir holds the daemon's key, groups.json and the members files.
+	// Required.
+	StateDir string
+	// Registry is the address of the registry to register the groups with.
+	// If empty, the groups are not registered.
+	Registry string
+	// RegistryFingerprint, if not zero, pins the registry's key; if zero
+	// the first key it presents is accepted.
+	RegistryFingerprint wire.Fingerprint
+	// Retention bounds each group's log (MaxMessages, MaxBytes, MaxAge;
+	// store's defaults for zero fields: 1,000,000 messages, 256 MiB, no age
+	// limit). Its Now is ignored: the daemon's Now is used.
+	Retention store.Config
+	// MaxMessageBytes is the largest body a message may have. Default
+	// 65536; at most MaxMessageBytesLimit.
+	MaxMessageBytes int
+	// MaxBatch is the most messages one send may carry. Default 256; at
+	// most wire.MaxBatch.
+	MaxBatch int
+	// FetchPage is the most messages one fetch returns. Default 10000.
+	FetchPage int
+	// MaxMembers is the most members a group may have. Default and most
+	// DefaultMaxMembers (8192).
+	MaxMembers int
+	// HeartbeatInterval is how long a watch may be idle before a Heartbeat
+	// frame. Default 5 s.
+	HeartbeatInterval time.Duration
+	// MaxIncomingStreams is how many streams (operations) one connection may
+	// have open at once. Default 1000.
+	MaxIncomingStreams int64
+	// RequestTimeout bounds the wait for a request frame. Default 10 s.
+	RequestTimeout time.Duration
+	// WriteTimeout bounds each reply frame's write: a watcher that stops
+	// reading loses its watch after it. Default 30 s.
+	WriteTimeout time.Duration
+	// ShutdownTimeout bounds how long Close lets operations in flight
+	// finish. Default 5 s.
+	ShutdownTimeout time.Duration
+	// Logger receives joins, leaves, registration changes and errors,
+	// never message bodies or secrets. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock of message timestamps and join times. Default
+	// time.Now.
+	Now func() time.Time
+}
+
+// Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
+func (c GroupConfig) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.StateDir == "":
+		return bad("group daemon StateDir is required")
+	case len(c.Groups) == 0:
+		return bad("no groups to host")
+	case len(c.Advertise) > wire.MaxAddrs:
+		return bad("%d advertised addresses, at most %d", len(c.Advertise), wire.MaxAddrs)
+	case c.MaxMessageBytes < 0 || c.MaxMessageBytes > MaxMessageBytesLimit:
+		return bad("MaxMessageBytes %d: want 0..%d", c.MaxMessageBytes, MaxMessageBytesLimit)
+	case c.MaxBatch < 0 || c.MaxBatch > wire.MaxBatch:
+		return bad("MaxBatch %d: want 0..%d", c.MaxBatch, wire.MaxBatch)
+	case c.FetchPage < 0:
+		return bad("FetchPage %d is negative", c.FetchPage)
+	case c.MaxMembers < 0 || c.MaxMembers > DefaultMaxMembers:
+		return bad("MaxMembers %d: want 0..%d", c.MaxMembers, DefaultMaxMembers)
+	case c.HeartbeatInterval < 0, c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
+		return bad("negative interval or timeout")
+	case c.MaxIncomingStreams < 0:
+		return bad("MaxIncomingStreams %d is negative", c.MaxIncomingStreams)
+	}
+	for _, a := range c.Advertise {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || len(a) > wire.MaxAddrBytes {
+			return bad("advertised address %q: want host:port, at most %d bytes", a, wire.MaxAddrBytes)
+		}
+	}
+	seen := make(map[string]bool)
+	for _, g := range c.Groups {
+		if err := wire.CheckName(g.Name); err != nil {
+			return bad("group name %q: %v", g.Name, err)
+		}
+		if seen[g.Name] {
+			return bad("group %q listed twice", g.Name)
+		}
+		seen[g.Name] = true
+		if len(g.Secret) > wire.MaxSecretBytes {
+			return bad("group %q: secret of %d bytes, at most %d", g.Name, len(g.Secret), wire.MaxSecretBytes)
+		}
+	}
+	if err := c.Retention.Validate(); err != nil {
+		return fmt.Errorf("%w: retention: %v", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+func (c GroupConfig) withDefaults() GroupConfig {
+	c.Listen = orDefault(c.Listen, DefaultGroupListen)
+	c.MaxMessageBytes = orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes)
+	c.MaxBatch = orDefault(c.MaxBatch, DefaultMaxBatch)
+	c.FetchPage = orDefault(c.FetchPage, DefaultFetchPage)
+	c.MaxMembers = orDefault(c.MaxMembers, DefaultMaxMembers)
+	c.HeartbeatInterval = orDefault(c.HeartbeatInterval, DefaultHeartbeatInterval)
+	c.MaxIncomingStreams = orDefault(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
+	c.RequestTimeout = orDefault(c.RequestTimeout, DefaultRequestTimeout)
+	c.WriteTimeout = orDefault(c.WriteTimeout, DefaultWriteTimeout)
+	c.ShutdownTimeout = orDefault(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.Logger = logger(c.Logger)
+	c.Now = clock(c.Now)
+	c.Retention.Now = c.Now
+	return c
+}
+
+// HostedGroup names one group a daemon hosts.
+type HostedGroup struct {
+	ID      wire.UUID
+	Name    string
+	Private bool
+}
+
+// GroupDaemon hosts groups: their members (kept in the state directory)
+// and their message logs (in memory; each start is a new epoch). It
+// registers its groups with a registry when one is configured.
+type GroupDaemon struct {
+	cfg  GroupConfig
+	srv  *server
+	life *lifecycle
+
+	mu     sync.Mutex
+	id     *identity.Identity   // set by Listen
+	groups map[wire.UUID]*group // set by Listen, read-only after
+	order  []*group             // the groups in configuration order
+}
+
+// NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
+// load the state directory and bind the socket. It returns cfg.Validate's
+// error.
+func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	d := &GroupDaemon{cfg: cfg, life: newLifecycle()}
+	d.srv = newServer(serverConfig{
+		listen:          cfg.Listen,
+		maxStreams:      cfg.MaxIncomingStreams,
+		requestTimeout:  cfg.RequestTimeout,
+		writeTimeout:    cfg.WriteTimeout,
+		shutdownTimeout: cfg.ShutdownTimeout,
+		log:             cfg.Logger,
+	}, d.handle)
+	return d, nil
+}
+
+// Listen loads the state directory (the key, each group's UUID and members,
+// creating what is missing) and binds the UDP socket, so Addr, Fingerprint
+// and Groups are known before Serve. Calling it again does nothing. It
+// returns ErrClosed after Close, errors wrapping ErrBadState for unusable
+// state files, and identity or socket errors.
+func (d *GroupDaemon) Listen() error {
+	if d.life.isClosed() {
+		return ErrClosed
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.id == nil {
+		if err := d.loadLocked(); err != nil {
+			return fmt.Errorf("group daemon: %w", err)
+		}
+	}
+	if err := d.srv.listen(d.id); err != nil {
+		return fmt.Errorf("group daemon: %w", err)
+	}
+	return nil
+}
+
+func (d *GroupDaemon) loadLocked() error {
+	id, err := identity.LoadOrCreate(d.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(d.cfg.Groups))
+	for i, g := range d.cfg.Groups {
+		names[i] = g.Name
+	}
+	ids, err := loadGroupIDs(d.cfg.StateDir, names)
+	if err != nil {
+		return err
+	}
+	groups := make(map[wire.UUID]*group, len(names))
+	order := make([]*group, 0, len(names))
+	for _, spec := range d.cfg.Groups {
+		gid := ids[spec.Name]
+		records, err := loadMembers(d.cfg.StateDir, gid)
+		if err != nil {
+			return err
+		}
+		log, err := store.New(d.cfg.Retention)
+		if err != nil {
+			return err
+		}
+		g := newGroup(gid, spec, log, d.cfg.StateDir, records)
+		groups[gid] = g
+		order = append(order, g)
+	}
+	d.id, d.groups, d.order = id, groups, order
+	return nil
+}
+
+// Serve listens (if Listen was not called), registers the groups with the
+// registry if one is configured, and serves until ctx ends or Close is
+// called; then it shuts down as Close does and returns nil once everything
+// has stopped. It returns ErrClosed after Close, ErrServing if already
+// serving, and Listen's errors.
+func (d *GroupDaemon) Serve(ctx context.Context) error {
+	if err := d.Listen(); err != nil {
+		return err
+	}
+	var loops []func()
+	if d.cfg.Registry != "" {
+		loops = append(loops, d.registerLoop)
+	}
+	if d.cfg.Retention.MaxAge > 0 {
+		loops = append(loops, d.expireLoop)
+	}
+	if err := d.life.begin(loops...); err != nil {
+		return err
+	}
+	if err := d.srv.start(); err != nil {
+		d.Close()
+		return err
+	}
+	for _, g := range d.order {
+		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch, "private", g.private(), "members", g.memberCount())
+	}
+	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
+	d.life.wait(ctx, d.Close)
+	return nil
+}
+
+// Close deregisters the groups (bounded by a short timeout), stops the
+// daemon (see the package comment for the order) and waits for every
+// goroutine it started. It is safe to call more than once; every call
+// returns nil once shutdown has finished.
+func (d *GroupDaemon) Close() error {
+	d.life.close(d.srv.close)
+	return nil
+}
+
+// Ready is closed once the daemon listens.
+func (d *GroupDaemon) Ready() <-chan struct{} { return d.srv.ready }
+
+// Addr returns the address the daemon listens on, or nil before it does.
+func (d *GroupDaemon) Addr() net.Addr { return d.srv.addr() }
+
+// Fingerprint returns the daemon's fingerprint (what clients pin), or zero
+// before Listen.
+func (d *GroupDaemon) Fingerprint() wire.Fingerprint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.id == nil {
+		return wire.Fingerprint{}
+	}
+	return d.id.Fingerprint()
+}
+
+// Groups returns the hosted groups in configuration order, or nil before
+// Listen.
+func (d *GroupDaemon) Groups() []HostedGroup {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var hs []HostedGroup
+	for _, g := range d.order {
+		hs = append(hs, HostedGroup{ID: g.id, Name: g.name, Private: g.private()})
+	}
+	return hs
+}
+
+// expireLoop applies the age limit to idle logs.
+func (d *GroupDaemon) expireLoop() {
+	t := time.NewTicker(min(max(d.cfg.Retention.MaxAge/8, 10*time.Millisecond), time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-d.life.ctx.Done():
+			return
+		case <-t.C:
+			for _, g := range d.order {
+				g.log.Expire()
+			}
+		}
+	}
+}

@@ -1,0 +1,354 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Sizes of the frames fetch and watch write.
+const (
+	// frameBodyBudget is roughly how many bytes of messages one Messages
+	// frame carries; a single larger message gets a frame of its own.
+	frameBodyBudget = 256 << 10
+	// frameMaxMessages is the most messages per Messages frame, well under
+	// wire.MaxArrayItems.
+	frameMaxMessages = 1024
+	// queryChunk is how many messages fetch and watch take from the log
+	// per query.
+	queryChunk = 1024
+)
+
+func (d *GroupDaemon) handle(ctx context.Context, c *call) error {
+	switch c.op {
+	case wire.OpInfo:
+		return d.info(c)
+	case wire.OpJoin:
+		return d.join(c)
+	case wire.OpLeave:
+		return d.leave(c)
+	case wire.OpMembers:
+		return d.members(c)
+	case wire.OpSend:
+		return d.send(c)
+	case wire.OpFetch:
+		return d.fetch(c)
+	case wire.OpWatch:
+		return d.watch(ctx, c)
+	}
+	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.op)
+}
+
+// group returns the hosted group id. d.groups is read-only once Listen has
+// returned, before any handler runs.
+func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
+	if g := d.groups[id]; g != nil {
+		return g, nil
+	}
+	return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
+}
+
+// memberOf returns g's membership of the call's peer, or ErrNotMember.
+func memberOf(c *call, g *group) (from uint32, left <-chan struct{}, err error) {
+	from, left, ok := g.membership(c.peer)
+	if !ok {
+		return 0, nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
+	}
+	return from, left, nil
+}
+
+func epochMismatch(op wire.Op, g *group) error {
+	return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: g.epoch,
+		Message: fmt.Sprintf("%v group %s: the cursor's epoch is not the log's (%d): the daemon restarted", op, g.name, g.epoch)}
+}
+
+func (d *GroupDaemon) limits() wire.Limits {
+	r := d.cfg.Retention
+	return wire.Limits{
+		MaxMessageBytes: uint64(d.cfg.MaxMessageBytes),
+		MaxBatch:        uint64(d.cfg.MaxBatch),
+		MaxMessages:     uint64(orDefault(r.MaxMessages, store.DefaultMaxMessages)),
+		MaxBytes:        uint64(orDefault(r.MaxBytes, store.DefaultMaxBytes)),
+		MaxAgeMS:        uint64(r.MaxAge.Milliseconds()),
+		FetchPage:       uint64(d.cfg.FetchPage),
+		MaxMembers:      uint64(d.cfg.MaxMembers),
+		HeartbeatMS:     uint64(d.cfg.HeartbeatInterval.Milliseconds()),
+	}
+}
+
+func (d *GroupDaemon) info(c *call) error {
+	var req wire.GroupRef
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	st := g.log.Stats()
+	return c.result(wire.Info{
+		Group:       g.id,
+		Name:        g.name,
+		Epoch:       g.epoch,
+		First:       st.First,
+		Last:        st.Last,
+		Members:     uint64(g.memberCount()),
+		Limits:      d.limits(),
+		Private:     g.private(),
+		Member:      g.isMember(c.peer),
+		Fingerprint: d.id.Fingerprint(),
+	})
+}
+
+func (d *GroupDaemon) join(c *call) error {
+	var req wire.Join
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	if g.private() && !g.secretOK(req.Secret) {
+		d.cfg.Logger.Info("join refused: wrong secret", "group", g.name, "member", c.peer.Short())
+		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
+	}
+	already, full := g.join(c.peer, req.Name, d.cfg.Now().UnixNano(), d.cfg.MaxMembers)
+	if full {
+		d.cfg.Logger.Warn("join refused: group full", "group", g.name, "member", c.peer.Short(), "max_members", d.cfg.MaxMembers)
+		return fmt.Errorf("join group %s: %w: the group has %d members, its limit", g.name, wire.ErrUnavailable, d.cfg.MaxMembers)
+	}
+	if err := g.persist(); err != nil {
+		// The membership holds in memory; a retried join (idempotent)
+		// writes the file again.
+		return fmt.Errorf("join group %s: %w", g.name, err)
+	}
+	if !already {
+		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.peer.Short(), "name", req.Name)
+	}
+	return c.result(wire.Joined{Epoch: g.epoch, Last: g.log.Stats().Last, Already: already})
+}
+
+func (d *GroupDaemon) leave(c *call) error {
+	var req wire.GroupRef
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	was := g.leave(c.peer)
+	if err := g.persist(); err != nil {
+		return fmt.Errorf("leave group %s: %w", g.name, err)
+	}
+	if was {
+		d.cfg.Logger.Info("member left", "group", g.name, "member", c.peer.Short())
+	}
+	return c.result(wire.Left{WasMember: was})
+}
+
+func (d *GroupDaemon) members(c *call) error {
+	var req wire.GroupRef
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	if _, _, err := memberOf(c, g); err != nil {
+		return err
+	}
+	return c.result(wire.MemberList{Members: g.memberList()})
+}
+
+func (d *GroupDaemon) send(c *call) error {
+	var req wire.Send
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	from, _, err := memberOf(c, g)
+	if err != nil {
+		return err
+	}
+	if len(req.Messages) > d.cfg.MaxBatch {
+		return fmt.Errorf("send to %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
+	}
+	entries := make([]store.Entry, len(req.Messages))
+	for i, m := range req.Messages {
+		if len(m.Body) > d.cfg.MaxMessageBytes {
+			return fmt.Errorf("send to %s: %w: message %d has %d bytes, at most %d", g.name, wire.ErrTooLarge, i, len(m.Body), d.cfg.MaxMessageBytes)
+		}
+		entries[i] = store.Entry{ID: m.ID, From: from, Body: m.Body}
+	}
+	acks, err := g.log.AppendTo(make([]store.Ack, 0, len(entries)), entries)
+	if err != nil {
+		// Only a batch larger than the retention limits gets here.
+		return fmt.Errorf("send to %s: %w: %v", g.name, wire.ErrTooLarge, err)
+	}
+	out := make([]wire.Ack, len(acks))
+	for i, a := range acks {
+		out[i] = wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate}
+	}
+	return c.result(wire.Sent{Epoch: g.epoch, Acks: out})
+}
+
+// sendMessages writes msgs as Messages frames of bounded size.
+func sendMessages(c *call, g *group, msgs []store.Message, out []wire.Message) ([]wire.Message, error) {
+	for len(msgs) > 0 {
+		var n int
+		out, n = g.toWire(out[:0], msgs, frameMaxMessages, frameBodyBudget)
+		if err := c.send(wire.KindMessages, wire.Messages{Messages: out}); err != nil {
+			return out, err
+		}
+		clear(out) // drop the references to bodies
+		msgs = msgs[n:]
+	}
+	return out[:0], nil
+}
+
+func (d *GroupDaemon) fetch(c *call) error {
+	var req wire.Fetch
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	if _, _, err := memberOf(c, g); err != nil {
+		return err
+	}
+	if req.Epoch != 0 && req.Epoch != g.epoch {
+		return epochMismatch(c.op, g)
+	}
+	remain := d.cfg.FetchPage
+	if req.Limit != 0 && req.Limit < uint64(remain) {
+		remain = int(req.Limit)
+	}
+	buf := make([]store.Message, 0, min(remain, queryChunk))
+	var out []wire.Message
+	var msgs []store.Message
+	var cur store.Cursor
+	switch {
+	case req.Since != nil:
+		msgs, cur = g.log.Since(*req.Since, min(remain, queryChunk), buf)
+	case req.After != nil:
+		msgs, cur = g.log.After(*req.After, min(remain, queryChunk), buf)
+	default:
+		msgs, cur = g.log.After(0, min(remain, queryChunk), buf)
+	}
+	for {
+		if out, err = sendMessages(c, g, msgs, out); err != nil {
+			return err
+		}
+		remain -= len(msgs)
+		if remain <= 0 || !cur.More || len(msgs) == 0 {
+			break
+		}
+		msgs, cur = g.log.After(cur.Next, min(remain, queryChunk), buf[:0])
+	}
+	return c.send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch})
+}
+
+// watch sends the selected history, then follows the log with the
+// watcher's own cursor: it queries the log for what follows the cursor and,
+// when nothing does, waits on the log's Changed channel (taken before the
+// query, so no append between the query and the wait is missed). A slow
+// watcher therefore never slows senders and costs no queue: it falls behind
+// in the log, and learns of what retention dropped meanwhile from a Gap.
+func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
+	var req wire.Watch
+	if err := c.decode(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
+	if err != nil {
+		return err
+	}
+	_, left, err := memberOf(c, g)
+	if err != nil {
+		return err
+	}
+	if req.Epoch != 0 && req.Epoch != g.epoch {
+		return epochMismatch(c.op, g)
+	}
+	st := g.log.Stats()
+	if err := c.send(wire.KindStart, wire.Start{Epoch: g.epoch, First: st.First, Last: st.Last,
+		HeartbeatMS: uint64(d.cfg.HeartbeatInterval.Milliseconds())}); err != nil {
+		return err
+	}
+
+	buf := make([]store.Message, 0, queryChunk)
+	var out []wire.Message
+	var cursor uint64
+	switch {
+	case req.Since != nil:
+		msgs, cur := g.log.Since(*req.Since, queryChunk, buf)
+		if out, err = sendMessages(c, g, msgs, out); err != nil {
+			return err
+		}
+		cursor = cur.Next
+	case req.After != nil:
+		cursor = *req.After
+	}
+
+	stopped := func() error {
+		select {
+		case <-left:
+			return fmt.Errorf("watch group %s: %w: left the group", g.name, wire.ErrNotMember)
+		case <-c.stopping():
+			return fmt.Errorf("watch group %s: %w: the daemon is shutting down", g.name, wire.ErrUnavailable)
+		case <-ctx.Done():
+			return fmt.Errorf("watch group %s: %w: the daemon is shutting down", g.name, wire.ErrUnavailable)
+		case <-c.gone():
+			return &streamError{context.Cause(c.str.Context())}
+		default:
+			return nil
+		}
+	}
+	heartbeat := time.NewTimer(d.cfg.HeartbeatInterval)
+	defer heartbeat.Stop()
+	for {
+		if err := stopped(); err != nil {
+			return err
+		}
+		changed := g.log.Changed() // before the query: see the doc comment
+		msgs, cur := g.log.After(cursor, queryChunk, buf[:0])
+		if cur.First > 0 && cursor < cur.First-1 {
+			// Retention dropped messages the watcher had not been sent.
+			if err := c.send(wire.KindGap, wire.Gap{From: cursor + 1, To: cur.First - 1}); err != nil {
+				return err
+			}
+			cursor = cur.First - 1
+		}
+		if len(msgs) > 0 {
+			if out, err = sendMessages(c, g, msgs, out); err != nil {
+				return err
+			}
+			cursor = msgs[len(msgs)-1].Seq
+			heartbeat.Reset(d.cfg.HeartbeatInterval)
+			continue
+		}
+		select {
+		case <-changed:
+		case <-heartbeat.C:
+			if err := c.send(wire.KindHeartbeat, wire.Heartbeat{Last: cur.Last, Now: d.cfg.Now().UnixNano()}); err != nil {
+				return err
+			}
+			heartbeat.Reset(d.cfg.HeartbeatInterval)
+		case <-left:
+		case <-c.stopping():
+		case <-ctx.Done():
+		case <-c.gone():
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Registration timing.
+const (
+	// registryCallTimeout bounds one call to the registry.
+	registryCallTimeout = 5 * time.Second
+	// deregisterTimeout bounds deregistering every group on Close.
+	deregisterTimeout = 2 * time.Second
+	// retryMin and retryMax bound the backoff between failed attempts.
+	retryMin = 250 * time.Millisecond
+	retryMax = 5 * time.Second
+	// renewFallback is the renew period until a lease says its TTL.
+	renewFallback = 5 * time.Second
+)
+
+// registrar keeps the daemon's groups registered with one registry.
+type registrar struct {
+	d   *GroupDaemon
+	cl  *client.Client
+	reg *client.Registry // nil until the registry was reached
+
+	epochs  map[wire.UUID]uint64 // the registry epoch each group's lease is in; absent: not registered
+	ttl     time.Duration
+	failing bool  // the last attempt failed; logged once per change
+	lastErr error // what it failed with
+}
+
+// registerLoop registers every group, renews the leases every third of
+// their TTL, registers again at once when the registry restarted (epoch
+// mismatch) or forgot a lease (not found), retries failures with capped
+// backoff, and deregisters every group when the daemon closes.
+func (d *GroupDaemon) registerLoop() {
+	log := d.cfg.Logger.With("registry", d.cfg.Registry)
+	cl, err := client.New(client.Config{Identity: d.id, Logger: log, DialTimeout: registryCallTimeout})
+	if err != nil {
+		log.Error("registration disabled", "err", err)
+		return
+	}
+	defer cl.Close()
+	r := &registrar{d: d, cl: cl, epochs: make(map[wire.UUID]uint64)}
+	ctx := d.life.ctx
+	delay := time.Duration(0)
+	backoff := retryMin
+	for {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			r.deregisterAll()
+			return
+		case <-t.C:
+		}
+		if err := r.refresh(ctx); err != nil {
+			if ctx.Err() != nil {
+				continue // closing: the select above deregisters
+			}
+			r.failed(err)
+			delay, backoff = backoff, min(backoff*2, retryMax)
+			continue
+		}
+		r.succeeded()
+		delay, backoff = r.renewEvery(), retryMin
+	}
+}
+
+func (r *registrar) renewEvery() time.Duration {
+	if r.ttl <= 0 {
+		return renewFallback
+	}
+	return max(r.ttl/3, 10*time.Millisecond)
+}
+
+// refresh renews every group's lease, registering those without one.
+func (r *registrar) refresh(ctx context.Context) error {
+	if r.reg == nil {
+		cctx, cancel := context.WithTimeout(ctx, registryCallTimeout)
+		reg, err := r.cl.Registry(cctx, r.d.cfg.Registry, r.d.cfg.RegistryFingerprint)
+		cancel()
+		if err != nil {
+			return err
+		}
+		r.reg = reg
+	}
+	for _, g := range r.d.order {
+		if err := r.refreshGroup(ctx, g); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *registrar) refreshGroup(ctx context.Context, g *group) error {
+	ctx, cancel := context.WithTimeout(ctx, registryCallTimeout)
+	defer cancel()
+	members, last := uint64(g.memberCount()), g.log.Stats().Last
+	if epoch, ok := r.epochs[g.id]; ok {
+		lease, err := r.reg.Renew(ctx, wire.Renew{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
+		if err == nil {
+			r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
+			return nil
+		}
+		if !errors.Is(err, wire.ErrEpochMismatch) && !errors.Is(err, wire.ErrNotFound) {
+			return err
+		}
+		// The registry restarted or the lease lapsed: register again now.
+		delete(r.epochs, g.id)
+		r.d.cfg.Logger.Info("registry lost the lease; registering again", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id, "reason", err)
+	}
+	lease, err := r.reg.Register(ctx, r.registration(g, members, last))
+	if err != nil {
+		return err
+	}
+	r.epochs[g.id] = lease.Epoch
+	r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
+	r.d.cfg.Logger.Info("group registered", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)
+	return nil
+}
+
+// registration is what the daemon registers for g: the advertised
+// addresses, or only the bound port.
+func (r *registrar) registration(g *group, members, last uint64) wire.Register {
+	reg := wire.Register{Group: g.id, Name: g.name, Addrs: r.d.cfg.Advertise, Members: members, LastSeq: last}
+	if len(reg.Addrs) == 0 {
+		if ua, ok := r.d.Addr().(*net.UDPAddr); ok {
+			reg.Port = uint16(ua.Port)
+		}
+	}
+	return reg
+}
+
+func (r *registrar) failed(err error) {
+	if !r.failing || errors.Is(err, wire.ErrUnauthorized) != errors.Is(r.lastErr, wire.ErrUnauthorized) {
+		r.d.cfg.Logger.Warn("registration failing; retrying", "registry", r.d.cfg.Registry, "err", err)
+	}
+	r.failing, r.lastErr = true, err
+}
+
+func (r *registrar) succeeded() {
+	if r.failing {
+		r.d.cfg.Logger.Info("registration working again", "registry", r.d.cfg.Registry)
+	}
+	r.failing, r.lastErr = false, nil
+}
+
+// deregisterAll removes every registered group from the registry, bounded
+// by deregisterTimeout: a daemon that stops is unlisted at once rather than
+// when its leases lapse.
+func (r *registrar) deregisterAll() {
+	if r.reg == nil || len(r.epochs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
+	defer cancel()
+	for _, g := range r.d.order {
+		if _, ok := r.epochs[g.id]; !ok {
+			continue
+		}
+		if err := r.reg.Deregister(ctx, g.id); err != nil {
+			r.d.cfg.Logger.Warn("deregister failed; the lease will lapse", "registry", r.d.cfg.Registry, "group", g.name, "err", err)
+			continue
+		}
+		r.d.cfg.Logger.Info("group deregistered", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id)
+	}
+}

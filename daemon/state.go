@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// The group daemon's state directory:
+//
+//	key.pem                 the daemon's key (identity.KeyFile)
+//	groups.json             {"<group name>": "<uuid>", ...}: each name's UUID, kept forever
+//	members-<uuid>.json     one group's members, rewritten on each join and leave
+//
+// Messages are not kept: the log is in memory, and each start begins a new
+// epoch.
+const groupsFile = "groups.json"
+
+func membersFile(g wire.UUID) string { return "members-" + g.String() + ".json" }
+
+// membersDoc is the content of a members file.
+type membersDoc struct {
+	Group   wire.UUID      `json:"group"`
+	Members []memberRecord `json:"members"`
+}
+
+type memberRecord struct {
+	Fingerprint wire.Fingerprint `json:"fingerprint"`
+	Name        string           `json:"name"`
+	Joined      int64            `json:"joined_unix_ns"`
+}
+
+// loadGroupIDs reads groups.json and gives every name in names a UUID,
+// making a new (v4) one for a name seen for the first time and saving the
+// file if it did. Names no longer configured keep their UUIDs in the file, so
+// a group that comes back is the same group.
+func loadGroupIDs(dir string, names []string) (map[string]wire.UUID, error) {
+	path := filepath.Join(dir, groupsFile)
+	ids := make(map[string]wire.UUID)
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("load group ids: %w", err)
+	default:
+		if err := json.Unmarshal(data, &ids); err != nil {
+			return nil, fmt.Errorf("load group ids: %s: %v: %w", path, err, ErrBadState)
+		}
+	}
+	changed := false
+	for _, n := range names {
+		if id, ok := ids[n]; !ok || id == (wire.UUID{}) {
+			ids[n] = uuid.New()
+			changed = true
+		}
+	}
+	if changed {
+		data, err := json.MarshalIndent(ids, "", "  ")
+		if err != nil {
+			return nil, fmt.Errorf("save group ids: %w", err)
+		}
+		if err := writeFileAtomic(path, append(data, '\n')); err != nil {
+			return nil, fmt.Errorf("save group ids: %w", err)
+		}
+	}
+	return ids, nil
+}
+
+// loadMembers reads a group's members file; a missing file is no members.
+func loadMembers(dir string, g wire.UUID) ([]memberRecord, error) {
+	path := filepath.Join(dir, membersFile(g))
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load members: %w", err)
+	}
+	var doc membersDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("load members: %s: %v: %w", path, err, ErrBadState)
+	}
+	if doc.Group != g {
+		return nil, fmt.Errorf("load members: %s holds group %s: %w", path, doc.Group, ErrBadState)
+	}
+	for _, m := range doc.Members {
+		if m.Fingerprint.IsZero() || wire.CheckName(m.Name) != nil {
+			return nil, fmt.Errorf("load members: %s: member %s named %q: %w", path, m.Fingerprint, m.Name, ErrBadState)
+		}
+	}
+	return doc.Members, nil
+}
+
+// saveMembers rewrites a group's members file atomically.
+func saveMembers(dir string, g wire.UUID, members []memberRecord) error {
+	data, err := json.MarshalIndent(membersDoc{Group: g, Members: members}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save members: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, membersFile(g)), append(data, '\n')); err != nil {
+		return fmt.Errorf("save members: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data (mode 0600) through a synced
+// temporary file renamed over it, so a crash leaves the old file or the new
+// one, never half of one.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename, a no-op
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil { // make the rename durable too
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
