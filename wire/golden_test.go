@@ -75,7 +75,7 @@ func goldenCases() []goldenCase {
 				FetchPage: 10_000, MaxMembers: 1024, SendRateMilli: 50_000, SendBurst: 100, HeartbeatMS: 5000},
 			Member: true, Fingerprint: tDaemon}},
 		{name: "resp-info-private", op: OpInfo, kind: KindResult, v: &Info{Group: tGroup2, Name: "ops", Epoch: tEpoch,
-			Limits: Limits{MaxMessageBytes: 65536, MaxBatch: 256, FetchPage: 10_000, MaxAgeMS: 86_400_000},
+			Limits:  Limits{MaxMessageBytes: 65536, MaxBatch: 256, FetchPage: 10_000, MaxAgeMS: 86_400_000},
 			Private: true, Fingerprint: tDaemn2}},
 		{name: "resp-joined", op: OpJoin, kind: KindResult, v: &Joined{Epoch: tEpoch, Last: 57}},
 		{name: "resp-joined-already", op: OpJoin, kind: KindResult, v: &Joined{Epoch: tEpoch, Last: 57, Already: true}},

@@ -69,10 +69,10 @@ func TestParseFingerprintRejects(t *testing.T) {
 	}
 	for _, in := range []string{
 		"",
-		bare[:51],                 // 51 letters
-		bare + "a",                // 53 letters
-		bare[:48],                 // 30 bytes' worth
-		bare[:51] + "1",           // '1' is not in the alphabet
+		bare[:51],       // 51 letters
+		bare + "a",      // 53 letters
+		bare[:48],       // 30 bytes' worth
+		bare[:51] + "1", // '1' is not in the alphabet
 		bare[:50] + "0" + bare[51:],
 		bare[:51] + string(other), // nonzero padding bits
 		bare[:20] + "\n" + bare[20:],
