@@ -1,11 +1,17 @@
 // Package cli implements the huddle command: its verbs, their flags, and how
-// they report. Each verb lives in its own file; Main dispatches to them.
+// they report. Each verb lives in its own file as a small function that
+// parses its flags into a config, runs, and reports; Main dispatches to them.
+//
+// Exit codes are the same for every verb: 0 done, 1 the server refused (or a
+// local file was unusable), 2 usage, 3 unreachable or timed out.
 package cli
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 )
 
 // Exit codes, shared by every verb.
@@ -25,19 +31,61 @@ type Env struct {
 	Getenv func(string) string
 }
 
+// verb is one huddle subcommand.
+type verb struct {
+	summary string
+	run     func(ctx context.Context, env Env, args []string) int
+}
+
+var verbs = map[string]verb{
+	"up":              {"run a registry and a group daemon in one process", runUp},
+	"registry":        {"run a registry", runRegistry},
+	"serve":           {"run a group daemon hosting one or more groups", runServe},
+	"groups":          {"list the groups a registry knows", runGroups},
+	"join":            {"join a group", runJoin},
+	"leave":           {"leave a group", runLeave},
+	"send":            {"send messages to a group", runSend},
+	"fetch":           {"print a group's messages", runFetch},
+	"members":         {"list a group's members", runMembers},
+	"info":            {"describe a group and its limits", runInfo},
+	"watch":           {"follow groups as messages arrive", runWatch},
+	"chat":            {"chat in a group from the terminal", runChat},
+	"doctor":          {"check discovery and reachability, and say what to fix", runDoctor},
+	"id":              {"print your identity (fingerprint)", runID},
+	"forget-registry": {"drop the pinned fingerprint of a registry", runForgetRegistry},
+}
+
 // Main runs the huddle command line args and returns the process exit code.
 func Main(ctx context.Context, args []string, env Env) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(env.Stdout, usage)
+		fmt.Fprint(env.Stdout, usage())
 		return ExitOK
 	}
-	fmt.Fprintf(env.Stderr, "huddle: unknown command %q; run 'huddle --help' for the list\n", args[0])
-	return ExitUsage
+	v, ok := verbs[args[0]]
+	if !ok {
+		fmt.Fprintf(env.Stderr, "huddle: unknown command %q; run 'huddle --help' for the list\n", args[0])
+		return ExitUsage
+	}
+	return v.run(ctx, env, args[1:])
 }
 
-const usage = `huddle: group messaging for local networks and servers
-
-Usage: huddle COMMAND [flags]
-
+func usage() string {
+	var b strings.Builder
+	b.WriteString("huddle: group messaging for local networks and servers\n\nUsage: huddle COMMAND [flags]\n\nCommands:\n")
+	names := make([]string, 0, len(verbs))
+	for n := range verbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(&b, "  %-16s %s\n", n, verbs[n].summary)
+	}
+	b.WriteString(`
 Run 'huddle COMMAND --help' for a command's flags and an example.
-`
+
+Environment:
+  HUDDLE_HOME      where your key and pinned registries live (default: $XDG_CONFIG_HOME/huddle)
+  HUDDLE_REGISTRY  the registry address client commands use (default: this machine's, or one found over mDNS)
+`)
+	return b.String()
+}

@@ -1,0 +1,266 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+const chatHelp = `Type a line and press Enter to send it. Commands:
+  /members   who is in the group
+  /info      the group's limits and log
+  /help      this text
+  /quit      leave the chat (you stay a member; Ctrl-D works too)
+`
+
+func runChat(ctx context.Context, env Env, args []string) int {
+	var cf clientFlags
+	var as string
+	var history int
+	fs := newFlags(env, "chat", "GROUP [--as NAME] [--history N]",
+		"Chat in GROUP: lines you type are sent, messages from everyone appear as they arrive.\nWorks with standard input from a pipe too (each line is sent; messages print as they come).\n\n"+chatHelp,
+		"  huddle chat lobby\n  huddle chat lobby --as alice --history 50")
+	fs.StringVar(&as, "as", "", "join (or rename yourself) under this name first")
+	fs.IntVar(&history, "history", 20, "show this many earlier messages first")
+	cf.register(fs)
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	ref, code, ok := oneGroup(env, "chat", fs.Args())
+	if !ok {
+		return code
+	}
+	if history < 0 {
+		return usageErr(env, "chat", "--history must not be negative")
+	}
+
+	octx, cancel := context.WithTimeout(ctx, cf.timeout)
+	s, err := open(octx, env, "chat", &cf)
+	if err != nil {
+		cancel()
+		return fail(env, "chat", err)
+	}
+	defer s.Close()
+	g, _, err := s.group(octx, ref)
+	if err == nil && as != "" {
+		_, err = g.Join(octx, as, nil)
+	}
+	var info wire.Info
+	if err == nil {
+		info, err = g.Info(octx)
+	}
+	cancel()
+	if err != nil {
+		return fail(env, "chat", err)
+	}
+	if !info.Member {
+		return fail(env, "chat", fmt.Errorf("%s: you are not a member: %w", info.Name, client.ErrNotMember))
+	}
+
+	out, restore, readLine := chatTerminal(env)
+	defer restore()
+	c := &chat{env: env, out: out, g: g, info: info, me: s.client.Fingerprint(), timeout: cf.timeout}
+	fmt.Fprintf(out, "-- %s: %d members; /help for commands, /quit to leave --\n", info.Name, info.Members)
+
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	q := client.Query{After: info.Last - min(info.Last, uint64(history)), Epoch: info.Epoch}
+	var wg sync.WaitGroup
+	watchErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		watchErr <- c.follow(wctx, q)
+		stop()
+	}()
+	code = c.typeLoop(wctx, readLine)
+	stop()
+	wg.Wait()
+	if err := <-watchErr; err != nil && code == ExitOK {
+		return fail(env, "chat", err)
+	}
+	return code
+}
+
+// chat is one interactive session.
+type chat struct {
+	env     Env
+	out     io.Writer // serialized by mu
+	mu      sync.Mutex
+	g       *client.Group
+	info    wire.Info
+	me      wire.Fingerprint
+	timeout time.Duration
+}
+
+func (c *chat) printf(format string, args ...any) {
+	c.mu.Lock()
+	fmt.Fprintf(c.out, format, args...)
+	c.mu.Unlock()
+}
+
+// follow prints the group's messages as they arrive until ctx ends.
+func (c *chat) follow(ctx context.Context, q client.Query) error {
+	for ev, err := range c.g.Watch(ctx, q) {
+		if err != nil {
+			return err
+		}
+		switch ev.Kind {
+		case client.EventMessage:
+			m := ev.Message
+			name := m.Name
+			if m.From == c.me {
+				name += " (you)"
+			}
+			c.printf("%s %s: %s\n", m.Time.Local().Format("15:04:05"), name, printable(m.Body))
+		case client.EventGap:
+			c.printf("-- messages #%d..#%d were dropped by retention --\n", ev.From, ev.To)
+		case client.EventReset:
+			c.printf("-- the group's daemon restarted; its history was reset --\n")
+		}
+	}
+	return nil
+}
+
+// typeLoop reads lines and sends them until /quit, end of input, or ctx.
+func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) int {
+	lines := make(chan string)
+	done := make(chan error, 1)
+	go func() {
+		for {
+			l, err := readLine()
+			if err != nil {
+				done <- err
+				return
+			}
+			select {
+			case lines <- l:
+			case <-ctx.Done():
+				done <- ctx.Err()
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ExitOK
+		case <-done:
+			return ExitOK
+		case line := <-lines:
+			line = strings.TrimRight(line, "\r")
+			if strings.TrimSpace(line) == "" {
+				continue
+			}
+			if strings.HasPrefix(line, "/") {
+				if quit := c.command(ctx, line); quit {
+					return ExitOK
+				}
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, c.timeout)
+			_, err := c.g.Send(sctx, []byte(line))
+			cancel()
+			if err != nil {
+				msg, _ := explain(err)
+				c.printf("-- not sent: %s --\n", msg)
+			}
+		}
+	}
+}
+
+// command runs a slash command and reports whether it was /quit.
+func (c *chat) command(ctx context.Context, line string) bool {
+	cmd, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	switch cmd {
+	case "/quit", "/exit", "/q":
+		return true
+	case "/help", "/?":
+		c.printf("%s", chatHelp)
+	case "/members", "/who":
+		ms, err := c.g.Members(ctx)
+		if err != nil {
+			msg, _ := explain(err)
+			c.printf("-- %s --\n", msg)
+			return false
+		}
+		var names []string
+		for _, m := range ms {
+			n := m.Name
+			if m.Fingerprint == c.me {
+				n += " (you)"
+			}
+			names = append(names, n)
+		}
+		c.printf("-- %d members: %s --\n", len(ms), strings.Join(names, ", "))
+	case "/info":
+		in, err := c.g.Info(ctx)
+		if err != nil {
+			msg, _ := explain(err)
+			c.printf("-- %s --\n", msg)
+			return false
+		}
+		c.printf("-- %s: %d members, messages #%d..#%d, max message %s --\n",
+			in.Name, in.Members, in.First, in.Last, size(in.Limits.MaxMessageBytes))
+	default:
+		c.printf("-- unknown command %s; /help lists them --\n", cmd)
+	}
+	return false
+}
+
+// chatTerminal sets up input and output. On a terminal it switches to raw
+// mode with a line editor that redraws the line being typed when a message
+// is printed, and erases each sent line (the message comes back from the
+// group, once, with its time and name). Otherwise it reads plain lines.
+func chatTerminal(env Env) (out io.Writer, restore func(), readLine func() (string, error)) {
+	in, inOK := env.Stdin.(*os.File)
+	o, outOK := env.Stdout.(*os.File)
+	if inOK && outOK && term.IsTerminal(int(in.Fd())) && term.IsTerminal(int(o.Fd())) {
+		if state, err := term.MakeRaw(int(in.Fd())); err == nil {
+			t := term.NewTerminal(struct {
+				io.Reader
+				io.Writer
+			}{in, o}, "> ")
+			if w, h, err := term.GetSize(int(o.Fd())); err == nil {
+				t.SetSize(w, h)
+			}
+			read := func() (string, error) {
+				line, err := t.ReadLine()
+				if err == nil && line != "" {
+					// Move up over the echoed line and clear it.
+					o.WriteString("\x1b[1A\x1b[2K\r")
+				}
+				if errors.Is(err, term.ErrPasteIndicator) {
+					err = nil
+				}
+				return line, err
+			}
+			return t, func() { term.Restore(int(in.Fd()), state) }, read
+		}
+	}
+	sc := bufio.NewScanner(env.Stdin)
+	sc.Buffer(make([]byte, 64<<10), wire.MaxFrameSize)
+	read := func() (string, error) {
+		if sc.Scan() {
+			return sc.Text(), nil
+		}
+		if err := sc.Err(); err != nil {
+			return "", err
+		}
+		return "", io.EOF
+	}
+	return env.Stdout, func() {}, read
+}

@@ -1,0 +1,315 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// defaultRegistry is where client verbs look when neither --registry nor
+// HUDDLE_REGISTRY says otherwise: the registry `huddle up` starts.
+const defaultRegistry = "127.0.0.1:7373"
+
+// errUsage marks command-line mistakes (exit code 2).
+var errUsage = errors.New("usage")
+
+// clientFlags are the flags every client verb takes.
+type clientFlags struct {
+	registry string
+	ifaces   []string
+	json     bool
+	timeout  time.Duration
+}
+
+func (f *clientFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.registry, "registry", "", "registry address HOST[:PORT] (default $HUDDLE_REGISTRY, else this machine's or one found over mDNS)")
+	fs.StringArrayVar(&f.ifaces, "iface", nil, "look for the registry over mDNS on this interface only (repeatable; default: every up, multicast-capable one)")
+	fs.BoolVar(&f.json, "json", false, "print one JSON object per line")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up after this long")
+}
+
+// newFlags returns a verb's flag set with a usage text that shows the
+// synopsis, the flags and an example.
+func newFlags(env Env, name, synopsis, about, example string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprintf(env.Stdout, "Usage: huddle %s %s\n\n%s\n\nFlags:\n%s\nExample:\n%s\n",
+			name, synopsis, about, fs.FlagUsages(), example)
+	}
+	return fs
+}
+
+// parse parses args; it returns (code, false) when the verb should exit now
+// (help was asked for, or the flags were wrong).
+func parse(fs *pflag.FlagSet, args []string) (int, bool) {
+	err := fs.Parse(args)
+	if errors.Is(err, pflag.ErrHelp) {
+		return ExitOK, false
+	}
+	if err != nil {
+		fmt.Fprintf(fs.Output(), "huddle %s: %v; run 'huddle %s --help'\n", fs.Name(), err, fs.Name())
+		return ExitUsage, false
+	}
+	return 0, true
+}
+
+// usageErr reports a command-line mistake and returns the usage exit code.
+func usageErr(env Env, verb, format string, args ...any) int {
+	fmt.Fprintf(env.Stderr, "huddle %s: %s; run 'huddle %s --help'\n", verb, fmt.Sprintf(format, args...), verb)
+	return ExitUsage
+}
+
+// home returns the directory holding the user's key and pinned registries.
+func home(env Env) (string, error) {
+	if h := env.Getenv("HUDDLE_HOME"); h != "" {
+		return h, nil
+	}
+	if x := env.Getenv("XDG_CONFIG_HOME"); x != "" {
+		return filepath.Join(x, "huddle"), nil
+	}
+	if h := env.Getenv("HOME"); h != "" {
+		return filepath.Join(h, ".config", "huddle"), nil
+	}
+	return "", errors.New("cannot tell where to keep your key: set HUDDLE_HOME or HOME")
+}
+
+// stateDir returns the default state directory of a daemon component.
+func stateDir(env Env, component string) (string, error) {
+	if x := env.Getenv("XDG_STATE_HOME"); x != "" {
+		return filepath.Join(x, "huddle", component), nil
+	}
+	if h := env.Getenv("HOME"); h != "" {
+		return filepath.Join(h, ".local", "state", "huddle", component), nil
+	}
+	return "", errors.New("cannot tell where to keep state: give --state-dir or set HOME")
+}
+
+// session is what a client verb works with: the user's client and their
+// registry.
+type session struct {
+	env    Env
+	verb   string
+	flags  *clientFlags
+	client *client.Client
+	reg    *client.Registry
+}
+
+// open loads the user's identity and connects to the registry.
+func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, error) {
+	dir, err := home(env)
+	if err != nil {
+		return nil, err
+	}
+	id, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		return nil, err
+	}
+	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+	if err != nil {
+		return nil, err
+	}
+	reg, err := locateRegistry(ctx, env, f, c, kh)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &session{env: env, verb: verb, flags: f, client: c, reg: reg}, nil
+}
+
+func (s *session) Close() { s.client.Close() }
+
+// group resolves GROUP (a UUID, a unique UUID prefix, or a unique name)
+// against the registry's list.
+func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.GroupEntry, error) {
+	list, err := s.reg.List(ctx)
+	if err != nil {
+		return nil, wire.GroupEntry{}, err
+	}
+	e, err := resolveGroup(list.Groups, ref)
+	if err != nil {
+		return nil, e, err
+	}
+	g, err := s.reg.Group(e)
+	return g, e, err
+}
+
+// errNoGroup: GROUP matched nothing in the registry's list.
+var errNoGroup = errors.New("no such group")
+
+func resolveGroup(groups []wire.GroupEntry, ref string) (wire.GroupEntry, error) {
+	ref = strings.TrimSpace(ref)
+	lower := strings.ToLower(ref)
+	var byName, byPrefix []wire.GroupEntry
+	for _, g := range groups {
+		id := g.Group.String()
+		switch {
+		case id == lower:
+			return g, nil
+		case g.Name == ref:
+			byName = append(byName, g)
+		case len(lower) >= 4 && strings.HasPrefix(id, lower):
+			byPrefix = append(byPrefix, g)
+		}
+	}
+	for _, cands := range [][]wire.GroupEntry{byName, byPrefix} {
+		switch len(cands) {
+		case 0:
+			continue
+		case 1:
+			return cands[0], nil
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "%q matches %d groups; name one by UUID:", ref, len(cands))
+		for _, c := range cands {
+			fmt.Fprintf(&b, "\n    %s  %s  %s", c.Group, c.Name, strings.Join(c.Addrs, ","))
+		}
+		return wire.GroupEntry{}, &usageError{b.String()}
+	}
+	return wire.GroupEntry{}, fmt.Errorf("%w %q: 'huddle groups' lists the groups the registry knows", errNoGroup, ref)
+}
+
+// usageError is a mistake in what the user asked for (exit code 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// fail reports err for verb on stderr with advice, and returns the exit
+// code it deserves.
+func fail(env Env, verb string, err error) int {
+	msg, code := explain(err)
+	fmt.Fprintf(env.Stderr, "huddle %s: %s\n", verb, msg)
+	return code
+}
+
+// explain turns an error into a message that says what failed and what to
+// do, and the exit code for it.
+func explain(err error) (string, int) {
+	var ue *usageError
+	var ce *identity.ChangedError
+	var mm *identity.MismatchError
+	var we *wire.Error
+	switch {
+	case errors.As(err, &ue):
+		return ue.msg, ExitUsage
+	case errors.As(err, &ce):
+		return ce.Error(), ExitRefused
+	case errors.As(err, &mm):
+		return fmt.Sprintf("%v; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", err), ExitRefused
+	case errors.Is(err, client.ErrUnreachable):
+		return fmt.Sprintf("%v\n  is it running (huddle up, huddle registry, huddle serve) and reachable over UDP? give the registry's address with --registry HOST:PORT or HUDDLE_REGISTRY", err), ExitUnreachable
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("%v: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", err), ExitUnreachable
+	case errors.Is(err, errNoGroup):
+		return err.Error(), ExitRefused
+	case errors.As(err, &we):
+		return we.Error() + advice(we), ExitRefused
+	case errors.Is(err, context.Canceled):
+		return "interrupted", ExitUnreachable
+	}
+	var ne *net.OpError
+	if errors.As(err, &ne) {
+		return err.Error(), ExitUnreachable
+	}
+	return err.Error(), ExitRefused
+}
+
+func advice(we *wire.Error) string {
+	switch we.Code {
+	case wire.CodeNotMember:
+		return "; join the group first: huddle join GROUP"
+	case wire.CodeUnauthorized:
+		return "; this key may not do that (for a private group, give the right --secret-file)"
+	case wire.CodeNotFound:
+		return "; 'huddle groups' lists the groups that exist now"
+	case wire.CodeTooLarge:
+		return "; 'huddle info GROUP' shows the group's limits"
+	case wire.CodeRateLimited:
+		return "; slow down"
+	case wire.CodeUnavailable:
+		return "; the daemon is busy or shutting down, try again shortly"
+	case wire.CodeEpochMismatch:
+		return "; the group's history was reset (its daemon restarted): fetch again without --after"
+	}
+	return ""
+}
+
+// printJSON writes v as one line of JSON.
+func printJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	_, err = w.Write(b)
+	return err
+}
+
+// localTime formats a server timestamp for people.
+func localTime(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05.000") }
+
+// jsonTime formats a server timestamp for programs: RFC 3339 with
+// nanoseconds, in UTC.
+func jsonTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// parseTime reads TIME: RFC 3339, Unix seconds, or a duration meaning that
+// long ago ("10m").
+func parseTime(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("duration %q is negative; give how long ago, like 10m", s)
+		}
+		return now.Add(-d), nil
+	}
+	if secs, err := strconv.ParseFloat(s, 64); err == nil && secs >= 0 {
+		return time.Unix(0, int64(secs*1e9)), nil
+	}
+	return time.Time{}, fmt.Errorf("cannot read time %q: give RFC 3339 (2026-01-02T15:04:05Z), Unix seconds, or how long ago (10m, 2h)", s)
+}
+
+// withGroup runs fn against GROUP for a client verb, within --timeout, and
+// turns its error into a report and an exit code.
+func withGroup(ctx context.Context, env Env, verb string, cf *clientFlags, ref string,
+	fn func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error) int {
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	s, err := open(ctx, env, verb, cf)
+	if err != nil {
+		return fail(env, verb, err)
+	}
+	defer s.Close()
+	g, e, err := s.group(ctx, ref)
+	if err != nil {
+		return fail(env, verb, err)
+	}
+	if err := fn(ctx, s, g, e); err != nil {
+		return fail(env, verb, err)
+	}
+	return ExitOK
+}
+
+// oneGroup checks that exactly one GROUP argument was given.
+func oneGroup(env Env, verb string, args []string) (string, int, bool) {
+	if len(args) != 1 {
+		return "", usageErr(env, verb, "want one GROUP (a name, UUID or UUID prefix), got %d arguments", len(args)), false
+	}
+	return args[0], 0, true
+}

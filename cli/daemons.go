@@ -1,0 +1,400 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// daemonFlags are the flags every daemon verb takes.
+type daemonFlags struct {
+	stateDir  string
+	logFormat string
+	logLevel  string
+}
+
+func (f *daemonFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.stateDir, "state-dir", "", "where keys and group identities are kept (default $XDG_STATE_HOME/huddle)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.logLevel, "log-level", "info", "least severe level logged: debug, info, warn, error")
+}
+
+// logger builds the daemon's logger on stderr.
+func (f *daemonFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch f.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+}
+
+// dir returns the state directory of one component.
+func (f *daemonFlags) dir(env Env, component string) (string, error) {
+	if f.stateDir != "" {
+		return f.stateDir, nil
+	}
+	return stateDir(env, component)
+}
+
+// fromEnv fills every flag not given on the command line from the
+// environment: --state-dir from HUDDLE_STATE_DIR, and so on. Repeatable
+// flags take comma-separated lists.
+func fromEnv(env Env, fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		name := "HUDDLE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v := env.Getenv(name)
+		if v == "" {
+			return
+		}
+		values := []string{v}
+		if strings.HasSuffix(f.Value.Type(), "Array") || strings.HasSuffix(f.Value.Type(), "Slice") {
+			values = strings.Split(v, ",")
+		}
+		for _, one := range values {
+			if e := fs.Set(f.Name, strings.TrimSpace(one)); e != nil {
+				err = fmt.Errorf("%s=%q: %v", name, v, e)
+				return
+			}
+		}
+	})
+	return err
+}
+
+// parseDaemon parses a daemon verb's flags, then the environment.
+func parseDaemon(env Env, fs *pflag.FlagSet, args []string) (int, bool) {
+	if code, ok := parse(fs, args); !ok {
+		return code, false
+	}
+	if err := fromEnv(env, fs); err != nil {
+		return usageErr(env, fs.Name(), "%v", err), false
+	}
+	if fs.NArg() > 0 {
+		return usageErr(env, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
+	}
+	return 0, true
+}
+
+func runRegistry(ctx context.Context, env Env, args []string) int {
+	var df daemonFlags
+	var cfg daemon.RegistryConfig
+	fs := newFlags(env, "registry", "[--listen ADDR] [--lease DURATION] [--state-dir DIR]",
+		"Run a registry: the list of groups that group daemons register with and users list.\nEvery flag can also be set from the environment: --lease as HUDDLE_LEASE, and so on.",
+		"  huddle registry --listen :7373 --state-dir /var/lib/huddle/registry")
+	fs.StringVar(&cfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address to listen on")
+	fs.DurationVar(&cfg.LeaseTTL, "lease", daemon.DefaultLeaseTTL, "how long a group stays listed without a renewal")
+	fs.IntVar(&cfg.MaxGroups, "max-groups", daemon.DefaultMaxGroups, "most groups listed at once")
+	df.register(fs)
+	if code, ok := parseDaemon(env, fs, args); !ok {
+		return code
+	}
+	log, err := df.logger(env.Stderr)
+	if err != nil {
+		return usageErr(env, "registry", "%v", err)
+	}
+	if cfg.StateDir, err = df.dir(env, "registry"); err != nil {
+		return fail(env, "registry", err)
+	}
+	cfg.Logger = log
+	r, err := daemon.NewRegistry(cfg)
+	if err != nil {
+		return fail(env, "registry", err)
+	}
+	if err := r.Listen(); err != nil {
+		r.Close()
+		return fail(env, "registry", err)
+	}
+	fmt.Fprintf(env.Stdout, "huddle registry listening on %s, fingerprint %s\n  clients: huddle groups --registry %s\n",
+		r.Addr(), r.Fingerprint(), dialable(r.Addr()))
+	return serveUntilDone(ctx, env, "registry", r.Serve)
+}
+
+// groupFlags are the flags of a group daemon, shared by serve and up.
+type groupFlags struct {
+	groups      []string
+	secretFiles []string
+	maxMsgs     int
+	maxBytes    string
+	maxAge      time.Duration
+	maxMessage  string
+}
+
+func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
+	fs.StringArrayVar(&f.groups, "group", defaultGroups, "host a group of this name (repeatable)")
+	fs.StringArrayVar(&f.secretFiles, "secret-file", nil, "make a group private: NAME=FILE, or FILE when hosting one group (repeatable)")
+	fs.IntVar(&f.maxMsgs, "max-msgs", 0, "keep at most this many messages per group (default 1000000)")
+	fs.StringVar(&f.maxBytes, "max-bytes", "", "keep at most this many bytes of messages per group, e.g. 64MiB (default 256MiB)")
+	fs.DurationVar(&f.maxAge, "max-age", 0, "drop messages older than this (default: keep regardless of age)")
+	fs.StringVar(&f.maxMessage, "max-message", "", "largest message accepted, e.g. 16KiB (default 64KiB)")
+}
+
+// apply fills the group parts of cfg.
+func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
+	secrets := make(map[string][]byte)
+	for _, sf := range f.secretFiles {
+		name, file, ok := strings.Cut(sf, "=")
+		if !ok {
+			if len(f.groups) != 1 {
+				return fmt.Errorf("--secret-file %q: with several groups, say which: NAME=FILE", sf)
+			}
+			name, file = f.groups[0], sf
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("--secret-file: %w", err)
+		}
+		if b = trimNewline(b); len(b) == 0 {
+			return fmt.Errorf("--secret-file %s is empty", file)
+		}
+		secrets[name] = b
+	}
+	for _, g := range f.groups {
+		cfg.Groups = append(cfg.Groups, daemon.GroupSpec{Name: g, Secret: secrets[g]})
+		delete(secrets, g)
+	}
+	for name := range secrets {
+		return fmt.Errorf("--secret-file names group %q, which is not hosted (--group %s)", name, name)
+	}
+	cfg.Retention.MaxMessages = f.maxMsgs
+	cfg.Retention.MaxAge = f.maxAge
+	if f.maxBytes != "" {
+		n, err := parseSize(f.maxBytes)
+		if err != nil {
+			return fmt.Errorf("--max-bytes: %w", err)
+		}
+		cfg.Retention.MaxBytes = n
+	}
+	if f.maxMessage != "" {
+		n, err := parseSize(f.maxMessage)
+		if err != nil {
+			return fmt.Errorf("--max-message: %w", err)
+		}
+		cfg.MaxMessageBytes = int(min(n, int64(daemon.MaxMessageBytesLimit)+1))
+	}
+	return nil
+}
+
+func runServe(ctx context.Context, env Env, args []string) int {
+	var df daemonFlags
+	var gf groupFlags
+	var cfg daemon.GroupConfig
+	var registryPin string
+	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
+		"Run a group daemon hosting the named groups and register them with the registry.\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
+		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373")
+	fs.StringVar(&cfg.Listen, "listen", ":7374", "UDP address to listen on (port 0: any free port)")
+	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the address the registry sees)")
+	fs.StringVar(&cfg.Registry, "registry", "", "registry address HOST[:PORT]")
+	fs.StringVar(&registryPin, "registry-fingerprint", "", "the registry's fingerprint, to pin it (default: trust the key it presents)")
+	gf.register(fs, nil)
+	df.register(fs)
+	if code, ok := parseDaemon(env, fs, args); !ok {
+		return code
+	}
+	if len(gf.groups) == 0 {
+		return usageErr(env, "serve", "name at least one group with --group NAME")
+	}
+	if cfg.Registry == "" {
+		return usageErr(env, "serve", "give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY)")
+	}
+	if err := gf.apply(&cfg); err != nil {
+		return usageErr(env, "serve", "%v", err)
+	}
+	if registryPin != "" {
+		fp, err := wire.ParseFingerprint(registryPin)
+		if err != nil {
+			return usageErr(env, "serve", "--registry-fingerprint: %v", err)
+		}
+		cfg.RegistryFingerprint = fp
+	}
+	log, err := df.logger(env.Stderr)
+	if err != nil {
+		return usageErr(env, "serve", "%v", err)
+	}
+	if cfg.StateDir, err = df.dir(env, "daemon"); err != nil {
+		return fail(env, "serve", err)
+	}
+	cfg.Logger = log
+	d, err := daemon.NewGroupDaemon(cfg)
+	if err != nil {
+		return fail(env, "serve", err)
+	}
+	if err := d.Listen(); err != nil {
+		d.Close()
+		return fail(env, "serve", err)
+	}
+	announceGroups(env, d)
+	return serveUntilDone(ctx, env, "serve", d.Serve)
+}
+
+func runUp(ctx context.Context, env Env, args []string) int {
+	var df daemonFlags
+	var gf groupFlags
+	var rcfg daemon.RegistryConfig
+	fs := newFlags(env, "up", "[--listen ADDR] [--group NAME]... [--state-dir DIR]",
+		"Run a registry and a group daemon in one process: everything a LAN or a single machine needs.\nThe group daemon listens on the registry's port + 1. Flags can also be set from the environment (HUDDLE_LISTEN...).",
+		"  huddle up\n  huddle up --group lobby --group random --listen :7373")
+	fs.StringVar(&rcfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address of the registry")
+	gf.register(fs, []string{"lobby"})
+	df.register(fs)
+	if code, ok := parseDaemon(env, fs, args); !ok {
+		return code
+	}
+	var gcfg daemon.GroupConfig
+	if err := gf.apply(&gcfg); err != nil {
+		return usageErr(env, "up", "%v", err)
+	}
+	log, err := df.logger(env.Stderr)
+	if err != nil {
+		return usageErr(env, "up", "%v", err)
+	}
+	root := df.stateDir
+	if root == "" {
+		if root, err = stateDir(env, ""); err != nil {
+			return fail(env, "up", err)
+		}
+	}
+	rcfg.StateDir = root + "/registry"
+	rcfg.Logger = log.With("component", "registry")
+	r, err := daemon.NewRegistry(rcfg)
+	if err != nil {
+		return fail(env, "up", err)
+	}
+	defer r.Close()
+	if err := r.Listen(); err != nil {
+		return fail(env, "up", err)
+	}
+	fmt.Fprintf(env.Stdout, "huddle registry listening on %s, fingerprint %s\n", r.Addr(), r.Fingerprint())
+
+	ra := r.Addr().(*net.UDPAddr)
+	gport := 0
+	if ra.Port != 0 && ra.Port < 65535 {
+		gport = ra.Port + 1
+	}
+	host, _, _ := net.SplitHostPort(rcfg.Listen)
+	gcfg.Listen = net.JoinHostPort(host, strconv.Itoa(gport))
+	gcfg.Registry = dialable(r.Addr())
+	gcfg.RegistryFingerprint = r.Fingerprint()
+	gcfg.StateDir = root + "/daemon"
+	gcfg.Logger = log.With("component", "groups")
+	d, err := daemon.NewGroupDaemon(gcfg)
+	if err != nil {
+		return fail(env, "up", err)
+	}
+	defer d.Close()
+	if err := d.Listen(); err != nil && gport != 0 {
+		// The port after the registry's is taken: any port will do, the
+		// registry tells clients which.
+		d.Close()
+		gcfg.Listen = net.JoinHostPort(host, "0")
+		if d, err = daemon.NewGroupDaemon(gcfg); err == nil {
+			defer d.Close()
+			err = d.Listen()
+		}
+		if err != nil {
+			return fail(env, "up", err)
+		}
+	} else if err != nil {
+		return fail(env, "up", err)
+	}
+	announceGroups(env, d)
+	fmt.Fprintf(env.Stdout, "  try: huddle groups --registry %s\n", dialable(r.Addr()))
+
+	// The group daemon stops first, so it can still deregister its groups
+	// from the registry on the way out.
+	rctx, stopRegistry := context.WithCancel(context.Background())
+	defer stopRegistry()
+	regDone := make(chan error, 1)
+	go func() { regDone <- r.Serve(rctx) }()
+	gerr := d.Serve(ctx)
+	stopRegistry()
+	if err := errors.Join(gerr, <-regDone); err != nil {
+		return fail(env, "up", err)
+	}
+	return ExitOK
+}
+
+// announceGroups prints, once listening, where a group daemon is and what it
+// hosts, in lines a person can paste into a client.
+func announceGroups(env Env, d *daemon.GroupDaemon) {
+	fmt.Fprintf(env.Stdout, "huddle group daemon listening on %s, fingerprint %s\n", d.Addr(), d.Fingerprint())
+	for _, g := range d.Groups() {
+		private := ""
+		if g.Private {
+			private = "  (private)"
+		}
+		fmt.Fprintf(env.Stdout, "  group %s  %s%s\n", g.Name, g.ID, private)
+	}
+}
+
+// serveUntilDone runs serve until ctx ends (SIGINT or SIGTERM: main's
+// context), which shuts the daemon down gracefully; exit code 0 then.
+func serveUntilDone(ctx context.Context, env Env, verb string, serve func(context.Context) error) int {
+	if err := serve(ctx); err != nil {
+		return fail(env, verb, err)
+	}
+	return ExitOK
+}
+
+// dialable turns a listening address into one a client on this machine can
+// dial: the unspecified address becomes loopback.
+func dialable(a net.Addr) string {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip := ua.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(ua.Port))
+}
+
+// parseSize reads a byte count: 1048576, 64KiB, 256MiB, 1GiB (also KB, MB,
+// GB as powers of 1000, and K, M, G as powers of 1024).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+		{"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1},
+	}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(t), strings.ToUpper(u.suffix)) {
+			t = strings.TrimSpace(t[:len(t)-len(u.suffix)])
+			mult = u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("cannot read size %q: give bytes, or a number with KiB, MiB or GiB", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,61 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/huddle-chat/huddle/identity"
+)
+
+func runID(ctx context.Context, env Env, args []string) int {
+	var asJSON bool
+	fs := newFlags(env, "id", "[--json]",
+		"Print your fingerprint: your member ID in every group. The key behind it is created on first use\nin $HUDDLE_HOME (mode 0600); keep it, or you become someone else.",
+		"  huddle id")
+	fs.BoolVar(&asJSON, "json", false, "print one JSON object")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	dir, err := home(env)
+	if err != nil {
+		return fail(env, "id", err)
+	}
+	id, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		return fail(env, "id", err)
+	}
+	if asJSON {
+		printJSON(env.Stdout, map[string]string{"fingerprint": id.Fingerprint().String(), "key": filepath.Join(dir, identity.KeyFile)})
+		return ExitOK
+	}
+	fmt.Fprintln(env.Stdout, id.Fingerprint())
+	return ExitOK
+}
+
+func runForgetRegistry(ctx context.Context, env Env, args []string) int {
+	fs := newFlags(env, "forget-registry", "ADDR",
+		"Drop the fingerprint pinned for the registry at ADDR, so the next use trusts the key it presents then.\nDo this only when you know the registry's key changed (it was reinstalled).",
+		"  huddle forget-registry 192.168.1.20:7373")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		return usageErr(env, "forget-registry", "want one ADDR")
+	}
+	dir, err := home(env)
+	if err != nil {
+		return fail(env, "forget-registry", err)
+	}
+	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	ok, err := kh.Forget(fs.Arg(0))
+	if err != nil {
+		return fail(env, "forget-registry", err)
+	}
+	if !ok {
+		fmt.Fprintf(env.Stdout, "no fingerprint was pinned for %s\n", fs.Arg(0))
+		return ExitOK
+	}
+	fmt.Fprintf(env.Stdout, "forgot the fingerprint of %s; the next connection pins the key it presents\n", fs.Arg(0))
+	return ExitOK
+}

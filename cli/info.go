@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func runInfo(ctx context.Context, env Env, args []string) int {
+	var cf clientFlags
+	fs := newFlags(env, "info", "GROUP", "Describe GROUP: its log, its daemon and the limits it enforces.",
+		"  huddle info lobby")
+	cf.register(fs)
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	ref, code, ok := oneGroup(env, "info", fs.Args())
+	if !ok {
+		return code
+	}
+	return withGroup(ctx, env, "info", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
+		in, err := g.Info(ctx)
+		if err != nil {
+			return err
+		}
+		l := in.Limits
+		if cf.json {
+			return printJSON(env.Stdout, map[string]any{
+				"uuid": in.Group.String(), "name": in.Name, "epoch": in.Epoch, "first_seq": in.First,
+				"last_seq": in.Last, "members": in.Members, "private": in.Private, "member": in.Member,
+				"fingerprint": in.Fingerprint.String(), "addrs": e.Addrs,
+				"limits": map[string]any{
+					"max_message_bytes": l.MaxMessageBytes, "max_batch": l.MaxBatch,
+					"max_messages": l.MaxMessages, "max_bytes": l.MaxBytes, "max_age_ms": l.MaxAgeMS,
+					"fetch_page": l.FetchPage, "max_members": l.MaxMembers,
+					"send_rate_per_s": float64(l.SendRateMilli) / 1000, "send_burst": l.SendBurst,
+					"heartbeat_ms": l.HeartbeatMS,
+				},
+			})
+		}
+		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+		row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
+		row("name", in.Name)
+		row("uuid", in.Group)
+		row("daemon", fmt.Sprintf("%s at %s", in.Fingerprint, strings.Join(e.Addrs, ", ")))
+		row("private", yesNo(in.Private))
+		row("you are a member", yesNo(in.Member))
+		row("members", in.Members)
+		row("messages held", fmt.Sprintf("%d..%d (epoch %d)", in.First, in.Last, in.Epoch))
+		row("max message", size(l.MaxMessageBytes))
+		row("max per send", l.MaxBatch)
+		row("retention", retention(l))
+		row("fetch page", l.FetchPage)
+		row("max members", unlimited(l.MaxMembers, fmt.Sprint(l.MaxMembers)))
+		row("send rate", unlimited(l.SendRateMilli, fmt.Sprintf("%g msgs/s per member, burst %d", float64(l.SendRateMilli)/1000, l.SendBurst)))
+		row("heartbeat", time.Duration(l.HeartbeatMS)*time.Millisecond)
+		return tw.Flush()
+	})
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func unlimited(v uint64, s string) string {
+	if v == 0 {
+		return "unlimited"
+	}
+	return s
+}
+
+func retention(l wire.Limits) string {
+	var parts []string
+	if l.MaxMessages > 0 {
+		parts = append(parts, fmt.Sprintf("%d messages", l.MaxMessages))
+	}
+	if l.MaxBytes > 0 {
+		parts = append(parts, size(l.MaxBytes))
+	}
+	if l.MaxAgeMS > 0 {
+		parts = append(parts, (time.Duration(l.MaxAgeMS) * time.Millisecond).String())
+	}
+	if len(parts) == 0 {
+		return "unlimited (memory permitting)"
+	}
+	return "the newest " + strings.Join(parts, ", at most ")
+}
+
+// size formats a byte count for people.
+func size(n uint64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

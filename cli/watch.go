@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+)
+
+func runWatch(ctx context.Context, env Env, args []string) int {
+	var cf clientFlags
+	var since, after string
+	fs := newFlags(env, "watch", "GROUP... [--since TIME | --after SEQ] [--json]",
+		"Follow one or more groups: print the selected history (default: none, only new messages), then each message\nas it arrives, marked with its group. Survives daemon restarts and dropped connections. Members only.",
+		"  huddle watch lobby builds\n  huddle watch lobby --since 1h --json | jq -r .text")
+	fs.StringVar(&since, "since", "", "start with messages at or after TIME")
+	fs.StringVar(&after, "after", "", "start with messages after sequence number SEQ (one group only)")
+	cf.register(fs)
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	refs := fs.Args()
+	if len(refs) == 0 {
+		return usageErr(env, "watch", "want at least one GROUP")
+	}
+	if after != "" && len(refs) > 1 {
+		return usageErr(env, "watch", "--after is a sequence number of one group; with several groups use --since")
+	}
+	q, err := query(since, after, 0, time.Now())
+	if err != nil {
+		return usageErr(env, "watch", "%v", err)
+	}
+
+	octx, cancel := context.WithTimeout(ctx, cf.timeout)
+	s, err := open(octx, env, "watch", &cf)
+	if err != nil {
+		cancel()
+		return fail(env, "watch", err)
+	}
+	defer s.Close()
+	groups := make([]*client.Group, len(refs))
+	for i, ref := range refs {
+		if groups[i], _, err = s.group(octx, ref); err != nil {
+			cancel()
+			return fail(env, "watch", err)
+		}
+	}
+	cancel()
+	if q.Since.IsZero() && q.After == 0 {
+		// Default: only what arrives from now on.
+		q.Since = time.Now()
+	}
+
+	var (
+		mu   sync.Mutex // one line at a time on stdout
+		wg   sync.WaitGroup
+		code = ExitOK
+	)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	for _, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			label := ""
+			if len(groups) > 1 || cf.json {
+				label = g.Name()
+			}
+			for ev, err := range g.Watch(wctx, q) {
+				mu.Lock()
+				if err != nil {
+					code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
+					mu.Unlock()
+					stop()
+					return
+				}
+				printEvent(env, cf.json, label, g.Name(), ev)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return code
+}
+
+// printEvent prints a watch event: messages as fetch prints them, the rest
+// as notes on stderr (or objects with an "event" field under --json).
+func printEvent(env Env, asJSON bool, label, name string, ev client.Event) {
+	switch ev.Kind {
+	case client.EventMessage:
+		printMessage(env, asJSON, label, ev.Message)
+	case client.EventGap:
+		if asJSON {
+			printJSON(env.Stdout, map[string]any{"group": name, "event": "gap", "from": ev.From, "to": ev.To})
+			return
+		}
+		fmt.Fprintf(env.Stderr, "[%s] messages #%d..#%d were dropped by retention before they could be shown\n", name, ev.From, ev.To)
+	case client.EventReset:
+		if asJSON {
+			printJSON(env.Stdout, map[string]any{"group": name, "event": "reset", "epoch": ev.Epoch})
+			return
+		}
+		fmt.Fprintf(env.Stderr, "[%s] the group's daemon restarted and its history was reset; following the new log from its start\n", name)
+	}
+}
