@@ -1,0 +1,141 @@
+package daemon
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func hexBytes(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	must(t, err)
+	return b
+}
+
+func header(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
+
+// TestMalformedRequests sends requests that break the protocol in each way
+// a peer can, on one connection whose stream limit is small: each gets its
+// Error frame, the stream's credit comes back, and the daemon goes on
+// serving.
+func TestMalformedRequests(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{MaxIncomingStreams: 2})
+	p := dial(t, d.Addr(), d.Fingerprint(), nil)
+	g := gid(d)
+	info := request(t, wire.OpInfo, wire.GroupRef{Group: g})
+	item := func(hexItem string) []byte {
+		b := hexBytes(t, hexItem)
+		return append(header(uint32(len(b))), b...)
+	}
+	tests := []struct {
+		name string
+		raw  []byte
+		want wire.Code
+	}{
+		{"nothing", nil, wire.CodeBadRequest},
+		{"short header", []byte{0, 0}, wire.CodeBadRequest},
+		{"empty frame", header(0), wire.CodeBadRequest},
+		{"frame over the limit", header(wire.MaxFrameSize + 1), wire.CodeTooLarge},
+		{"truncated frame", append(header(10), 1, 2, 3), wire.CodeBadRequest},
+		{"not CBOR", item("ff"), wire.CodeBadRequest},
+		{"not a map", item("8110"), wire.CodeBadRequest},                               // [16]
+		{"args not a map", item("a200100105"), wire.CodeBadRequest},                    // {0: 16, 1: 5}
+		{"duplicate key", item("a200100010"), wire.CodeBadRequest},                     // {0: 16, 0: 16}
+		{"group of the wrong type", item("a2001001a10163616263"), wire.CodeBadRequest}, // {0:16, 1:{1:"abc"}}
+		{"trailing bytes", append(append([]byte(nil), info...), 'x'), wire.CodeBadRequest},
+		{"two frames", append(append([]byte(nil), info...), info...), wire.CodeBadRequest},
+		{"unknown op", request(t, 99, wire.GroupRef{Group: g}), wire.CodeUnsupported},
+		{"registry op at a group daemon", request(t, wire.OpList, wire.List{}), wire.CodeUnsupported},
+		{"op beyond uint16", item("a1001a00010010"), wire.CodeUnsupported}, // {0: 0x10010}: not info (16)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for range 3 { // more than the stream limit: credit must come back
+				fs := p.frames(p.open(tt.raw))
+				if len(fs) != 1 || fs[0].kind != wire.KindError {
+					t.Fatalf("got %+v, want one Error frame", fs)
+				}
+				if fs[0].err.Code != tt.want {
+					t.Fatalf("got %v (%v), want %v", fs[0].err.Code, fs[0].err, tt.want)
+				}
+			}
+			p.info(g) // still serving
+		})
+	}
+}
+
+// TestRequestTimeout checks that a stream whose request never ends is
+// cancelled with code 0x2 in both directions, and that its credit returns.
+func TestRequestTimeout(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{RequestTimeout: 50 * time.Millisecond, MaxIncomingStreams: 1})
+	p := dial(t, d.Addr(), d.Fingerprint(), nil)
+	for range 3 {
+		str, err := p.conn.OpenStreamSync(testCtx(t))
+		must(t, err)
+		_, err = str.Write(request(t, wire.OpInfo, wire.GroupRef{Group: gid(d)})) // no end of stream
+		must(t, err)
+		_, err = readFrame(str)
+		var se *quic.StreamError
+		if !errors.As(err, &se) || se.ErrorCode != streamTimeout || !se.Remote {
+			t.Fatalf("got %v, want the daemon to reset the stream with code 0x2", err)
+		}
+		str.CancelWrite(0)
+	}
+	p.info(gid(d))
+}
+
+// TestHandlerPanic checks that a panicking handler answers internal and the
+// server goes on.
+func TestHandlerPanic(t *testing.T) {
+	id := newKey(t)
+	s := newServer(serverConfig{
+		listen: "127.0.0.1:0", maxStreams: 10, requestTimeout: time.Second,
+		writeTimeout: time.Second, shutdownTimeout: time.Second, log: testLogger(t),
+	}, func(ctx context.Context, c *call) error {
+		if c.op == wire.OpInfo {
+			panic("boom")
+		}
+		return c.result(wire.Left{WasMember: true})
+	})
+	must(t, s.listen(id))
+	must(t, s.start())
+	t.Cleanup(s.close)
+	p := dial(t, s.addr(), id.Fingerprint(), nil)
+	wantCode(t, p.call(wire.OpInfo, wire.GroupRef{}, nil), wire.CodeInternal)
+	var l wire.Left
+	must(t, p.call(wire.OpLeave, wire.GroupRef{}, &l))
+	if !l.WasMember {
+		t.Fatal("second call not served")
+	}
+	if err := s.start(); !errors.Is(err, ErrServing) {
+		t.Fatalf("second start: %v", err)
+	}
+}
+
+// TestCloseWithPendingRequest checks that Close does not wait for a request
+// that has not arrived, and that the peer learns the server is going away.
+func TestCloseWithPendingRequest(t *testing.T) {
+	d, stop := startGroupDaemon(t, GroupConfig{RequestTimeout: time.Hour, ShutdownTimeout: time.Hour})
+	p := dial(t, d.Addr(), d.Fingerprint(), nil)
+	str, err := p.conn.OpenStreamSync(testCtx(t))
+	must(t, err)
+	_, err = str.Write([]byte{0, 0}) // half a header, then nothing
+	must(t, err)
+	p.info(gid(d)) // the stream above has been accepted by now
+	stop()         // would hang for an hour if Close waited for the request
+	_, err = readFrame(str)
+	if err == nil {
+		t.Fatal("read after Close: want an error")
+	}
+	if err := d.Serve(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Serve after Close: %v", err)
+	}
+}
