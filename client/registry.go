@@ -28,13 +28,14 @@ type Registry struct {
 // key than pin.
 func (c *Client) Registry(ctx context.Context, addr string, pin wire.Fingerprint) (*Registry, error) {
 	kh := c.cfg.KnownHosts
+	pinnedByFile := false
 	if pin.IsZero() && kh != nil {
 		known, ok, err := kh.Lookup(addr)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
-			pin = known
+			pin, pinnedByFile = known, true
 		}
 	}
 	if !pin.IsZero() {
@@ -44,7 +45,7 @@ func (c *Client) Registry(ctx context.Context, addr string, pin wire.Fingerprint
 		}
 		if _, err := p.get(ctx); err != nil {
 			var mm *identity.MismatchError
-			if errors.As(err, &mm) && kh != nil {
+			if errors.As(err, &mm) && pinnedByFile {
 				return nil, &identity.ChangedError{Name: addr, Pinned: mm.Want, Presented: mm.Got, File: kh.Path()}
 			}
 			return nil, fmt.Errorf("registry %s: %w", addr, err)

@@ -25,9 +25,6 @@ const (
 	// an in-memory log); sequence numbers start again under Epoch, and the
 	// watch follows the new log from its beginning.
 	EventReset
-	// EventLive: history is delivered and the watch is now following live
-	// messages (sent once per connection; Last is the last sequence then).
-	EventLive
 )
 
 // Event is one thing a watch reports.
@@ -36,7 +33,6 @@ type Event struct {
 	Message  Message // EventMessage
 	From, To uint64  // EventGap
 	Epoch    uint64  // the log epoch the event belongs to
-	Last     uint64  // EventLive: the last sequence when the watch caught up
 }
 
 // Backoff bounds for reconnecting watches.

@@ -1,0 +1,411 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testTimeout bounds each test's network steps so a bug fails instead of
+// hanging; it asserts nothing about speed.
+const testTimeout = 30 * time.Second
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// env is a registry and a group daemon on loopback.
+type env struct {
+	reg    *daemon.Registry
+	gd     *daemon.GroupDaemon
+	gdCfg  daemon.GroupConfig
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startRegistry(t *testing.T, dir string) *daemon.Registry {
+	t.Helper()
+	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: dir, LeaseTTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+// startGroups starts a group daemon for cfg (Listen, StateDir and Registry
+// filled in if empty) and returns it with a stop function.
+func startGroups(t *testing.T, cfg daemon.GroupConfig) (*daemon.GroupDaemon, func()) {
+	t.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	d, err := daemon.NewGroupDaemon(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Serve(ctx); close(done) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return d, stop
+}
+
+func newClient(t *testing.T) *client.Client {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known")),
+		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// openGroup lists the registry until name appears and opens it.
+func openGroup(t *testing.T, c *client.Client, regAddr string, name string) *client.Group {
+	t.Helper()
+	ctx := testCtx(t)
+	reg, err := c.Registry(ctx, regAddr, wire.Fingerprint{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		list, err := reg.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range list.Groups {
+			if e.Name == name {
+				g, err := reg.Group(e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return g
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("group %q never registered", name)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func setup(t *testing.T, cfg daemon.GroupConfig) (*daemon.Registry, *daemon.GroupDaemon, func()) {
+	t.Helper()
+	r := startRegistry(t, t.TempDir())
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	if len(cfg.Groups) == 0 {
+		cfg.Groups = []daemon.GroupSpec{{Name: "lobby"}}
+	}
+	cfg.Registry = r.Addr().String()
+	cfg.RegistryFingerprint = r.Fingerprint()
+	d, stop := startGroups(t, cfg)
+	return r, d, stop
+}
+
+func TestGroupOperations(t *testing.T) {
+	r, _, _ := setup(t, daemon.GroupConfig{MaxMessageBytes: 100, FetchPage: 7})
+	ctx := testCtx(t)
+	alice, bob := newClient(t), newClient(t)
+	ga := openGroup(t, alice, r.Addr().String(), "lobby")
+	gb := openGroup(t, bob, r.Addr().String(), "lobby")
+
+	if _, err := ga.Send(ctx, []byte("before joining")); !errors.Is(err, client.ErrNotMember) {
+		t.Fatalf("send before join: err = %v, want ErrNotMember", err)
+	}
+	if _, err := ga.Join(ctx, "alice", nil); err != nil {
+		t.Fatal(err)
+	}
+	j, err := ga.Join(ctx, "alice2", nil)
+	if err != nil || !j.Already {
+		t.Fatalf("second join = %+v, %v; want Already", j, err)
+	}
+	if _, err := gb.Join(ctx, "bob", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ga.Send(ctx, make([]byte, 101)); !errors.Is(err, client.ErrTooLarge) {
+		t.Fatalf("oversized send: err = %v, want ErrTooLarge", err)
+	}
+	for i := range 20 {
+		g := ga
+		if i%2 == 1 {
+			g = gb
+		}
+		ack, err := g.Send(ctx, fmt.Appendf(nil, "m%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := ack.Seq, uint64(i+1); got != want {
+			t.Fatalf("ack seq = %d, want %d", got, want)
+		}
+	}
+
+	// Fetch follows the cursor across pages of 7.
+	var got []string
+	cur, err := gb.Fetch(ctx, client.Query{}, func(m client.Message) bool {
+		got = append(got, string(m.Body))
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 20 || got[0] != "m1" || got[19] != "m20" {
+		t.Fatalf("fetched %d messages %v", len(got), got)
+	}
+	if cur.Next != 20 || cur.Last != 20 || cur.More || cur.Gap {
+		t.Errorf("cursor = %+v", cur)
+	}
+
+	// Names and senders come from the server, keyed by the client's key.
+	var names []string
+	for m, err := range gb.Messages(ctx, client.Query{After: 18}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, m.Name)
+		want := alice.Fingerprint()
+		if m.Seq%2 == 0 {
+			want = bob.Fingerprint()
+		}
+		if m.From != want {
+			t.Errorf("message %d from %s, want %s", m.Seq, m.From.Short(), want.Short())
+		}
+	}
+	if fmt.Sprint(names) != "[alice2 bob]" {
+		t.Errorf("names after 18 = %v", names)
+	}
+
+	// Limit, and a since query.
+	n := 0
+	if _, err := gb.Fetch(ctx, client.Query{Limit: 3}, func(client.Message) bool { n++; return true }); err != nil || n != 3 {
+		t.Errorf("limit 3: %d messages, %v", n, err)
+	}
+	if _, err := gb.Fetch(ctx, client.Query{Since: time.Now().Add(time.Hour)}, func(client.Message) bool { n++; return true }); err != nil || n != 3 {
+		t.Errorf("since the future: %d messages, %v", n-3, err)
+	}
+	if _, err := gb.Fetch(ctx, client.Query{Since: time.Now(), After: 3}, nil); !errors.Is(err, client.ErrBadRequest) {
+		t.Errorf("since and after: err = %v, want ErrBadRequest", err)
+	}
+	if _, err := gb.Fetch(ctx, client.Query{After: 3, Epoch: 12345}, nil); !errors.Is(err, client.ErrEpochMismatch) {
+		t.Errorf("wrong epoch: err = %v, want ErrEpochMismatch", err)
+	} else if e, ok := client.EpochOf(err); !ok || e == 0 {
+		t.Errorf("EpochOf = %d, %v", e, ok)
+	}
+
+	ms, err := ga.Members(ctx)
+	if err != nil || len(ms) != 2 {
+		t.Fatalf("members = %v, %v", ms, err)
+	}
+	if was, err := gb.Leave(ctx); err != nil || !was {
+		t.Fatalf("leave = %v, %v", was, err)
+	}
+	if was, err := gb.Leave(ctx); err != nil || was {
+		t.Fatalf("second leave = %v, %v", was, err)
+	}
+	if _, err := gb.Members(ctx); !errors.Is(err, client.ErrNotMember) {
+		t.Errorf("members after leave: err = %v, want ErrNotMember", err)
+	}
+}
+
+// TestSendIsIdempotent sends the same message IDs twice: the second send
+// gets the original acknowledgements, marked duplicate.
+func TestSendIsIdempotent(t *testing.T) {
+	r, _, _ := setup(t, daemon.GroupConfig{})
+	ctx := testCtx(t)
+	g := openGroup(t, newClient(t), r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "a", nil); err != nil {
+		t.Fatal(err)
+	}
+	msgs := []wire.Outgoing{{ID: wire.NewID(), Body: []byte("x")}, {ID: wire.NewID(), Body: []byte("y")}}
+	first, err := g.SendMessages(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := g.SendMessages(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range first {
+		if again[i].Seq != first[i].Seq || again[i].Time != first[i].Time || !again[i].Duplicate {
+			t.Errorf("retry ack %d = %+v, want %+v with Duplicate", i, again[i], first[i])
+		}
+	}
+	info, err := g.Info(ctx)
+	if err != nil || info.Last != 2 {
+		t.Errorf("info.Last = %d, %v; want 2", info.Last, err)
+	}
+}
+
+// TestRegistryPinning checks trust on first use and the error for a changed
+// key at the same address.
+func TestRegistryPinning(t *testing.T) {
+	ctx := testCtx(t)
+	r1 := startRegistry(t, t.TempDir())
+	addr := r1.Addr().String()
+	c := newClient(t)
+	reg, err := c.Registry(ctx, addr, wire.Fingerprint{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Fingerprint() != r1.Fingerprint() {
+		t.Fatalf("pinned %s, want %s", reg.Fingerprint(), r1.Fingerprint())
+	}
+	stranger, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mm *identity.MismatchError
+	if _, err := newClient(t).Registry(ctx, addr, stranger.Fingerprint()); !errors.As(err, &mm) {
+		t.Fatalf("wrong pin: err = %v, want *identity.MismatchError", err)
+	}
+
+	// Another key at a pinned address is refused, ssh-style.
+	id, _ := identity.Generate()
+	kh := identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
+	if err := kh.Check(addr, stranger.Fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	var ce *identity.ChangedError
+	if _, err := c2.Registry(ctx, addr, wire.Fingerprint{}); !errors.As(err, &ce) {
+		t.Fatalf("changed key: err = %v, want *identity.ChangedError", err)
+	}
+}
+
+// TestWatchResumesAcrossRestart runs a watch while the group daemon
+// restarts on the same port: the watcher sees every message of the first
+// log once, then an EventReset with the new epoch, then the new log from 1.
+func TestWatchResumesAcrossRestart(t *testing.T) {
+	stateDir := t.TempDir()
+	r, d, stop := setup(t, daemon.GroupConfig{StateDir: stateDir, HeartbeatInterval: 200 * time.Millisecond})
+	ctx := testCtx(t)
+	watcher, sender := newClient(t), newClient(t)
+	gw := openGroup(t, watcher, r.Addr().String(), "lobby")
+	gs := openGroup(t, sender, r.Addr().String(), "lobby")
+	for _, g := range []*client.Group{gw, gs} {
+		if _, err := g.Join(ctx, "x", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		if _, err := gs.Send(ctx, fmt.Appendf(nil, "old%d", i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	events := make(chan client.Event, 100)
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(events)
+		for ev, err := range gw.Watch(wctx, client.Query{}) {
+			if err != nil {
+				t.Errorf("watch: %v", err)
+				return
+			}
+			events <- ev
+		}
+	}()
+	defer func() { cancel(); wg.Wait() }()
+	next := func() client.Event {
+		t.Helper()
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatal("watch ended")
+			}
+			return ev
+		case <-ctx.Done():
+			t.Fatal("no watch event in time")
+		}
+		return client.Event{}
+	}
+	for i := 1; i <= 3; i++ {
+		if ev := next(); ev.Kind != client.EventMessage || ev.Message.Seq != uint64(i) {
+			t.Fatalf("event %d = %+v", i, ev)
+		}
+	}
+
+	// Restart the daemon on the same address with the same state.
+	addr := d.Addr().String()
+	stop()
+	cfg := daemon.GroupConfig{StateDir: stateDir, Listen: addr, Groups: []daemon.GroupSpec{{Name: "lobby"}},
+		Registry: r.Addr().String(), RegistryFingerprint: r.Fingerprint(), HeartbeatInterval: 200 * time.Millisecond}
+	startGroups(t, cfg)
+
+	// Send into the new log until the watcher reports the reset and the
+	// first new message.
+	sendErr := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := gs.Send(ctx, []byte("new1")); err == nil || ctx.Err() != nil {
+				sendErr <- err
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	var sawReset bool
+	for {
+		ev := next()
+		if ev.Kind == client.EventReset {
+			sawReset = true
+			continue
+		}
+		if ev.Kind != client.EventMessage {
+			continue
+		}
+		if !sawReset {
+			t.Fatalf("message %d (%q) before the reset", ev.Message.Seq, ev.Message.Body)
+		}
+		if ev.Message.Seq != 1 || string(ev.Message.Body) != "new1" {
+			t.Fatalf("first message after reset = %d %q, want 1 new1", ev.Message.Seq, ev.Message.Body)
+		}
+		break
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+}
