@@ -30,6 +30,7 @@ type registrar struct {
 	reg *client.Registry // nil until the registry was reached
 
 	epochs  map[wire.UUID]uint64 // the registry epoch each group's lease is in; absent: not registered
+	current uint64               // the registry's epoch as last seen
 	ttl     time.Duration
 	failing bool  // the last attempt failed; logged once per change
 	lastErr error // what it failed with
@@ -91,9 +92,18 @@ func (r *registrar) refresh(ctx context.Context) error {
 		}
 		r.reg = reg
 	}
-	for _, g := range r.d.order {
-		if err := r.refreshGroup(ctx, g); err != nil {
-			return err
+	// If the registry's epoch changes during a pass (it restarted), groups
+	// renewed earlier in the pass hold leases of the old epoch that the new
+	// registry never had: a second pass registers them at once.
+	for range 2 {
+		before := r.current
+		for _, g := range r.d.order {
+			if err := r.refreshGroup(ctx, g); err != nil {
+				return err
+			}
+		}
+		if r.current == before {
+			break
 		}
 	}
 	return nil
@@ -103,7 +113,7 @@ func (r *registrar) refreshGroup(ctx context.Context, g *group) error {
 	ctx, cancel := context.WithTimeout(ctx, registryCallTimeout)
 	defer cancel()
 	members, last := uint64(g.memberCount()), g.log.Stats().Last
-	if epoch, ok := r.epochs[g.id]; ok {
+	if epoch, ok := r.epochs[g.id]; ok && epoch == r.current {
 		lease, err := r.reg.Renew(ctx, wire.Renew{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
 		if err == nil {
 			r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
@@ -121,6 +131,7 @@ func (r *registrar) refreshGroup(ctx context.Context, g *group) error {
 		return err
 	}
 	r.epochs[g.id] = lease.Epoch
+	r.current = lease.Epoch
 	r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
 	r.d.cfg.Logger.Info("group registered", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)
 	return nil
