@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/huddle-chat/huddle/client"
+)
+
+// TestClientAgainstDaemons runs the Go client against a registry and a group
+// daemon, as the CLI does: find the group, join, send, fetch, watch, leave.
+func TestClientAgainstDaemons(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{})
+	d, _ := startGroupDaemon(t, GroupConfig{Registry: r.Addr().String(), RegistryFingerprint: r.Fingerprint()})
+	ctx := testCtx(t)
+
+	cl, err := client.New(client.Config{Identity: newKey(t), Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	reg, err := cl.Registry(ctx, r.Addr().String(), r.Fingerprint())
+	must(t, err)
+	var found bool
+	eventually(t, "the group listed", func() bool {
+		l, err := reg.List(ctx)
+		found = err == nil && len(l.Groups) == 1
+		return found
+	})
+	list, err := reg.List(ctx)
+	must(t, err)
+	g, err := reg.Group(list.Groups[0])
+	must(t, err)
+	if g.ID() != gid(d) {
+		t.Fatalf("listed %v, hosted %v", g.ID(), gid(d))
+	}
+
+	_, err = g.Send(ctx, []byte("too early"))
+	if !errors.Is(err, client.ErrNotMember) {
+		t.Fatalf("send before join: %v, want ErrNotMember", err)
+	}
+	_, err = g.Join(ctx, "me", nil)
+	must(t, err)
+	ack, err := g.Send(ctx, []byte("hello"))
+	must(t, err)
+
+	var got []string
+	for m, err := range g.Messages(ctx, client.Query{}) {
+		must(t, err)
+		got = append(got, string(m.Body))
+	}
+	if len(got) != 1 || got[0] != "hello" {
+		t.Fatalf("fetched %q", got)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sent := make(chan error, 1)
+	go func() { _, err := g.Send(ctx, []byte("live")); sent <- err }()
+	for ev, err := range g.Watch(wctx, client.Query{After: ack.Seq}) {
+		must(t, err)
+		if ev.Kind != client.EventMessage {
+			continue
+		}
+		if string(ev.Message.Body) != "live" || ev.Message.Seq != ack.Seq+1 || ev.Message.Name != "me" {
+			t.Fatalf("watched %+v", ev.Message)
+		}
+		cancel()
+	}
+	must(t, <-sent)
+
+	was, err := g.Leave(ctx)
+	must(t, err)
+	if !was {
+		t.Fatal("leave: want was a member")
+	}
+}
