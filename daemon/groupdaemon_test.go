@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
@@ -703,4 +704,76 @@ func TestGroupConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGroupWatchStalledReaderEnds checks that a watcher that stops reading
+// loses its watch once a write has blocked for WriteTimeout, without
+// slowing senders.
+func TestGroupWatchStalledReaderEnds(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{WriteTimeout: 100 * time.Millisecond, HeartbeatInterval: time.Hour})
+	g := gid(d)
+	w := joined(t, d, "stalled")
+	str := w.open(request(t, wire.OpWatch, wire.Watch{Group: g}))
+	f, err := readFrame(str)
+	must(t, err)
+	if f.kind != wire.KindStart {
+		t.Fatalf("first frame of kind %d", f.kind)
+	}
+	s := joined(t, d, "sender")
+	body := bytes.Repeat([]byte("x"), 60<<10)
+	for range 10 { // 3 MiB: far more than the stream's flow-control window
+		msgs := make([]wire.Outgoing, 5)
+		for i := range msgs {
+			msgs[i] = wire.Outgoing{ID: wire.NewID(), Body: body}
+		}
+		_, err := s.send(g, msgs)
+		must(t, err)
+	}
+	eventually(t, "the stalled watch to end", func() bool { return d.srv.active.Load() == 0 })
+	for {
+		_, err := readFrame(str)
+		if err == nil {
+			continue
+		}
+		var se *quic.StreamError
+		if !errors.As(err, &se) || se.ErrorCode != streamTimeout {
+			t.Fatalf("got %v, want the stream reset with code 0x2", err)
+		}
+		break
+	}
+}
+
+// TestGroupWatchCancelledByClient checks that a watch ends when its client
+// cancels the stream.
+func TestGroupWatchCancelledByClient(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{HeartbeatInterval: time.Hour})
+	p := joined(t, d, "p")
+	str := p.open(request(t, wire.OpWatch, wire.Watch{Group: gid(d)}))
+	_, err := readFrame(str)
+	must(t, err)
+	eventually(t, "only the watch running", func() bool { return d.srv.active.Load() == 1 })
+	str.CancelRead(0x1)
+	eventually(t, "the watch to end", func() bool { return d.srv.active.Load() == 0 })
+}
+
+func TestGroupBadState(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(dir, groupsFile), []byte("{not json"), 0o600))
+	d, err := NewGroupDaemon(GroupConfig{StateDir: dir, Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "g"}}})
+	must(t, err)
+	if err := d.Listen(); !errors.Is(err, ErrBadState) {
+		t.Fatalf("Listen with a corrupt groups.json: %v, want ErrBadState", err)
+	}
+	must(t, d.Close())
+
+	dir = t.TempDir()
+	ids, err := loadGroupIDs(dir, []string{"g"})
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(dir, membersFile(ids["g"])), []byte(`{"group":"`+ids["g"].String()+`","members":[{"fingerprint":"nope","name":"x"}]}`), 0o600))
+	d, err = NewGroupDaemon(GroupConfig{StateDir: dir, Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "g"}}})
+	must(t, err)
+	if err := d.Listen(); !errors.Is(err, ErrBadState) {
+		t.Fatalf("Listen with a corrupt members file: %v, want ErrBadState", err)
+	}
+	must(t, d.Close())
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -104,6 +105,7 @@ type server struct {
 
 	connWG   sync.WaitGroup // the accept loop and one goroutine per connection
 	streamWG sync.WaitGroup // one goroutine per stream
+	active   atomic.Int64   // stream goroutines running, for tests and metrics
 }
 
 func newServer(cfg serverConfig, handle handlerFunc) *server {
@@ -241,6 +243,8 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint) {
 // returned.
 func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) {
 	defer s.streamWG.Done()
+	s.active.Add(1)
+	defer s.active.Add(-1)
 	op, args, ok := s.readRequest(peer, str)
 	if !ok {
 		return
