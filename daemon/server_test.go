@@ -139,3 +139,61 @@ func TestCloseWithPendingRequest(t *testing.T) {
 		t.Fatalf("Serve after Close: %v", err)
 	}
 }
+
+// startTestServer runs the shared machinery with handler h.
+func startTestServer(t *testing.T, shutdown time.Duration, h handlerFunc) (*server, *peer) {
+	t.Helper()
+	id := newKey(t)
+	s := newServer(serverConfig{
+		listen: "127.0.0.1:0", maxStreams: 10, requestTimeout: time.Second,
+		writeTimeout: time.Second, shutdownTimeout: shutdown, log: testLogger(t),
+	}, h)
+	must(t, s.listen(id))
+	must(t, s.start())
+	t.Cleanup(s.close)
+	return s, dial(t, s.addr(), id.Fingerprint(), nil)
+}
+
+// TestCloseLetsOperationsFinish checks that an operation in flight when
+// Close begins still gets its reply.
+func TestCloseLetsOperationsFinish(t *testing.T) {
+	entered := make(chan struct{})
+	s, p := startTestServer(t, time.Hour, func(ctx context.Context, c *call) error {
+		close(entered)
+		<-c.stopping() // finish only once shutdown has begun
+		return c.result(wire.Left{WasMember: true})
+	})
+	str := p.open(request(t, wire.OpLeave, wire.GroupRef{}))
+	<-entered
+	closed := make(chan struct{})
+	go func() { s.close(); close(closed) }()
+	f, err := readFrame(str)
+	must(t, err)
+	var l wire.Left
+	if f.kind != wire.KindResult {
+		t.Fatalf("got %+v, want the result", f)
+	}
+	f.decode(t, &l)
+	if !l.WasMember {
+		t.Fatal("wrong result")
+	}
+	<-closed
+	// A new connection is refused now.
+	if _, err := quic.DialAddr(testCtx(t), s.addr().String(), p.id.ClientTLS(wire.Fingerprint{}, nil), &quic.Config{HandshakeIdleTimeout: 200 * time.Millisecond}); err == nil {
+		t.Fatal("dial after close succeeded")
+	}
+}
+
+// TestShutdownTimeoutCancelsOperations checks that an operation that does
+// not finish within ShutdownTimeout has its context cancelled.
+func TestShutdownTimeoutCancelsOperations(t *testing.T) {
+	entered := make(chan struct{})
+	s, p := startTestServer(t, 50*time.Millisecond, func(ctx context.Context, c *call) error {
+		close(entered)
+		<-ctx.Done()
+		return wire.ErrUnavailable
+	})
+	p.open(request(t, wire.OpLeave, wire.GroupRef{}))
+	<-entered
+	s.close() // returns only if the handler's context was cancelled
+}
