@@ -18,7 +18,7 @@ BENCHTIME ?= 1s
 all: build
 
 build:
-	$(GO) build -o $(BIN) .
+	$(GO) build -buildvcs=auto -o $(BIN) .
 
 run: build
 	./$(BIN) up

@@ -51,6 +51,7 @@ var verbs = map[string]verb{
 	"watch":           {"follow groups as messages arrive", runWatch},
 	"chat":            {"chat in a group from the terminal", runChat},
 	"doctor":          {"check discovery and reachability, and say what to fix", runDoctor},
+	"version":         {"print the version", runVersion},
 	"id":              {"print your identity (fingerprint)", runID},
 	"forget-registry": {"drop the pinned fingerprint of a registry", runForgetRegistry},
 }

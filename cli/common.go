@@ -263,9 +263,12 @@ func printJSON(w io.Writer, v any) error {
 // localTime formats a server timestamp for people.
 func localTime(t time.Time) string { return t.Local().Format("2006-01-02 15:04:05.000") }
 
-// jsonTime formats a server timestamp for programs: RFC 3339 with
-// nanoseconds, in UTC.
-func jsonTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+// jsonTime formats a server timestamp for programs: RFC 3339 in UTC with
+// all nine digits of nanoseconds. The fixed width (time.RFC3339Nano drops
+// trailing zeros) makes the strings sort as the times do.
+func jsonTime(t time.Time) string { return t.UTC().Format(jsonTimeLayout) }
+
+const jsonTimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
 // parseTime reads TIME: RFC 3339, Unix seconds, or a duration meaning that
 // long ago ("10m").

@@ -100,12 +100,14 @@ func parseDaemon(env Env, fs *pflag.FlagSet, args []string) (int, bool) {
 func runRegistry(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
 	var cfg daemon.RegistryConfig
-	fs := newFlags(env, "registry", "[--listen ADDR] [--lease DURATION] [--state-dir DIR]",
+	fs := newFlags(env, "registry", "[--listen ADDR] [--lease DURATION] [--state-dir DIR] [--no-mdns] [--iface NAME]...",
 		"Run a registry: the list of groups that group daemons register with and users list.\nEvery flag can also be set from the environment: --lease as HUDDLE_LEASE, and so on.",
 		"  huddle registry --listen :7373 --state-dir /var/lib/huddle/registry")
 	fs.StringVar(&cfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address to listen on")
 	fs.DurationVar(&cfg.LeaseTTL, "lease", daemon.DefaultLeaseTTL, "how long a group stays listed without a renewal")
 	fs.IntVar(&cfg.MaxGroups, "max-groups", daemon.DefaultMaxGroups, "most groups listed at once")
+	mf := mdnsFlags{}
+	mf.register(fs, "advertise the registry over mDNS")
 	df.register(fs)
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
@@ -118,6 +120,7 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 		return fail(env, "registry", err)
 	}
 	cfg.Logger = log
+	cfg.MDNS, cfg.Interfaces, cfg.Version = !mf.off, mf.ifaces, version()
 	r, err := daemon.NewRegistry(cfg)
 	if err != nil {
 		return fail(env, "registry", err)
@@ -129,6 +132,17 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	fmt.Fprintf(env.Stdout, "huddle registry listening on %s, fingerprint %s\n  clients: huddle groups --registry %s\n",
 		r.Addr(), r.Fingerprint(), dialable(r.Addr()))
 	return serveUntilDone(ctx, env, "registry", r.Serve)
+}
+
+// mdnsFlags select whether and where a daemon uses mDNS.
+type mdnsFlags struct {
+	off    bool
+	ifaces []string
+}
+
+func (f *mdnsFlags) register(fs *pflag.FlagSet, what string) {
+	fs.BoolVar(&f.off, "no-mdns", false, "do not "+what)
+	fs.StringArrayVar(&f.ifaces, "iface", nil, "use only this interface for mDNS (repeatable; default: every up, multicast-capable one)")
 }
 
 // groupFlags are the flags of a group daemon, shared by serve and up.
@@ -202,13 +216,15 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	var cfg daemon.GroupConfig
 	var registryPin string
 	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
-		"Run a group daemon hosting the named groups and register them with the registry.\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
+		"Run a group daemon hosting the named groups and register them with the registry (found over mDNS,\nand followed when it moves, unless --registry names it).\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
 		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373")
 	fs.StringVar(&cfg.Listen, "listen", ":7374", "UDP address to listen on (port 0: any free port)")
 	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the address the registry sees)")
-	fs.StringVar(&cfg.Registry, "registry", "", "registry address HOST[:PORT]")
+	fs.StringVar(&cfg.Registry, "registry", "", "registry address HOST[:PORT] (default: find it over mDNS)")
 	fs.StringVar(&registryPin, "registry-fingerprint", "", "the registry's fingerprint, to pin it (default: trust the key it presents)")
 	gf.register(fs, nil)
+	mf := mdnsFlags{}
+	mf.register(fs, "find the registry over mDNS when --registry is not given")
 	df.register(fs)
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
@@ -216,9 +232,10 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	if len(gf.groups) == 0 {
 		return usageErr(env, "serve", "name at least one group with --group NAME")
 	}
-	if cfg.Registry == "" {
-		return usageErr(env, "serve", "give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY)")
+	if cfg.Registry == "" && mf.off {
+		return usageErr(env, "serve", "with --no-mdns, give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY)")
 	}
+	cfg.Discover, cfg.Interfaces = cfg.Registry == "", mf.ifaces
 	if err := gf.apply(&cfg); err != nil {
 		return usageErr(env, "serve", "%v", err)
 	}
@@ -258,6 +275,8 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		"  huddle up\n  huddle up --group lobby --group random --listen :7373")
 	fs.StringVar(&rcfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address of the registry")
 	gf.register(fs, []string{"lobby"})
+	mf := mdnsFlags{}
+	mf.register(fs, "advertise the registry over mDNS")
 	df.register(fs)
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
@@ -278,6 +297,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	}
 	rcfg.StateDir = root + "/registry"
 	rcfg.Logger = log.With("component", "registry")
+	rcfg.MDNS, rcfg.Interfaces, rcfg.Version = !mf.off, mf.ifaces, version()
 	r, err := daemon.NewRegistry(rcfg)
 	if err != nil {
 		return fail(env, "up", err)

@@ -43,6 +43,12 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 		if cur.Gap && !cf.json {
 			fmt.Fprintf(env.Stderr, "note: messages before #%d are no longer held (retention)\n", cur.First)
 		}
+		if q.After > cur.Last {
+			// Most likely a cursor kept from before the daemon restarted:
+			// its log, and the numbering, started again from 1.
+			fmt.Fprintf(env.Stderr, "note: %s's messages end at #%d, before #%d; if its daemon restarted, the numbers started again from 1: fetch without --after to see what it holds\n",
+				e.Name, cur.Last, q.After+1)
+		}
 		return nil
 	})
 }

@@ -14,9 +14,9 @@ import (
 
 func runSend(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
-	fs := newFlags(env, "send", "GROUP [TEXT...]",
-		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.",
-		"  huddle send lobby hello everyone\n  tail -f build.log | huddle send builds")
+	fs := newFlags(env, "send", "GROUP [flags] [--] [TEXT...]",
+		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.\nFlags go before TEXT: from its first word on, everything is text (put -- before text that starts with -).",
+		"  huddle send lobby hello everyone\n  tail -f build.log | huddle send builds --json")
 	cf.register(fs)
 	fs.SetInterspersed(false) // TEXT may contain words that look like flags
 	if code, ok := parse(fs, args); !ok {
@@ -26,6 +26,14 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		return usageErr(env, "send", "want GROUP, then the text (or lines on standard input)")
 	}
 	ref, text := fs.Arg(0), fs.Args()[1:]
+	if fs.ArgsLenAtDash() < 0 {
+		// Flags may follow GROUP too (huddle send builds --json), as with
+		// every other verb; they end where the text begins.
+		if code, ok := parse(fs, text); !ok {
+			return code
+		}
+		text = fs.Args()
+	}
 	if len(text) == 0 {
 		// Reading standard input may take as long as its writer likes; only
 		// the connection and each send are bounded by --timeout.

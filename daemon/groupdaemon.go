@@ -56,8 +56,17 @@ type GroupConfig struct {
 	// Required.
 	StateDir string
 	// Registry is the address of the registry to register the groups with.
-	// If empty, the groups are not registered.
+	// If empty, the groups are registered with a registry found over mDNS
+	// when Discover is set, and not registered otherwise.
 	Registry string
+	// Discover finds the registry over mDNS when Registry is empty, and
+	// keeps browsing, so a registry that appears later, moves or restarts
+	// with another key is found again. Off by default in this package;
+	// huddle serve turns it on when no registry address is given.
+	Discover bool
+	// Interfaces are the interfaces to browse on. Default: every up,
+	// multicast-capable interface.
+	Interfaces []string
 	// RegistryFingerprint, if not zero, pins the registry's key; if zero
 	// the first key it presents is accepted.
 	RegistryFingerprint wire.Fingerprint
@@ -270,7 +279,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 		return err
 	}
 	var loops []func()
-	if d.cfg.Registry != "" {
+	if d.cfg.Registry != "" || d.cfg.Discover {
 		loops = append(loops, d.registerLoop)
 	}
 	if d.cfg.Retention.MaxAge > 0 {

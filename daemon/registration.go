@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -25,9 +27,11 @@ const (
 
 // registrar keeps the daemon's groups registered with one registry.
 type registrar struct {
-	d   *GroupDaemon
-	cl  *client.Client
-	reg *client.Registry // nil until the registry was reached
+	d    *GroupDaemon
+	cl   *client.Client
+	addr string           // the registry's address; empty until discovered
+	pin  wire.Fingerprint // its key, if known
+	reg  *client.Registry // nil until the registry was reached
 
 	epochs  map[wire.UUID]uint64 // the registry epoch each group's lease is in; absent: not registered
 	current uint64               // the registry's epoch as last seen
@@ -39,27 +43,55 @@ type registrar struct {
 // registerLoop registers every group, renews the leases every third of
 // their TTL, registers again at once when the registry restarted (epoch
 // mismatch) or forgot a lease (not found), retries failures with capped
-// backoff, and deregisters every group when the daemon closes.
+// backoff, and deregisters every group when the daemon closes. With
+// Discover and no Registry address it follows the registry mDNS finds: a
+// registry found anew (moved, or restarted with another key) gets every
+// group registered at once.
 func (d *GroupDaemon) registerLoop() {
-	log := d.cfg.Logger.With("registry", d.cfg.Registry)
+	log := d.cfg.Logger
 	cl, err := client.New(client.Config{Identity: d.id, Logger: log, DialTimeout: registryCallTimeout})
 	if err != nil {
 		log.Error("registration disabled", "err", err)
 		return
 	}
 	defer cl.Close()
-	r := &registrar{d: d, cl: cl, epochs: make(map[wire.UUID]uint64)}
+	r := &registrar{d: d, cl: cl, addr: d.cfg.Registry, pin: d.cfg.RegistryFingerprint, epochs: make(map[wire.UUID]uint64)}
 	ctx := d.life.ctx
+	var found <-chan registryTarget
+	if d.cfg.Registry == "" {
+		targets := make(chan registryTarget, 1)
+		found = targets
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			d.browse(ctx, cl, targets)
+		}()
+		defer func() { <-done }()
+	}
 	delay := time.Duration(0)
 	backoff := retryMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		t := time.NewTimer(delay)
+		var tick <-chan time.Time
+		if r.addr != "" {
+			timer.Reset(delay)
+			tick = timer.C
+		}
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			r.deregisterAll()
 			return
-		case <-t.C:
+		case t := <-found:
+			if t.addr == r.addr && t.pin == r.pin {
+				continue
+			}
+			log.Info("registry found over mDNS; registering there", "registry", t.addr, "fingerprint", t.pin.Short())
+			r.addr, r.pin, r.reg = t.addr, t.pin, nil
+			clear(r.epochs)
+			delay, backoff = 0, retryMin
+			continue
+		case <-tick:
 		}
 		if err := r.refresh(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -74,6 +106,42 @@ func (d *GroupDaemon) registerLoop() {
 	}
 }
 
+// registryTarget is a registry found over mDNS and verified by a handshake.
+type registryTarget struct {
+	addr string
+	pin  wire.Fingerprint
+}
+
+// browse reports every registry mDNS finds (and finds again when it moves
+// or changes key) on targets, keeping only the newest, until ctx ends.
+func (d *GroupDaemon) browse(ctx context.Context, cl *client.Client, targets chan registryTarget) {
+	err := discovery.Browse(ctx, discovery.BrowseConfig{
+		Interfaces: d.cfg.Interfaces,
+		Logger:     d.cfg.Logger.With("from", "mdns"),
+		Verify: func(ctx context.Context, reg discovery.Registry, addr netip.AddrPort) error {
+			fp, err := wire.ParseFingerprint(reg.Fingerprint)
+			if err != nil {
+				return err
+			}
+			_, err = cl.Registry(ctx, addr.String(), fp)
+			return err
+		},
+	}, func(reg discovery.Registry, addr netip.AddrPort) {
+		fp, err := wire.ParseFingerprint(reg.Fingerprint)
+		if err != nil {
+			return
+		}
+		select { // keep only the newest finding
+		case <-targets:
+		default:
+		}
+		targets <- registryTarget{addr: addr.String(), pin: fp}
+	})
+	if err != nil && ctx.Err() == nil {
+		d.cfg.Logger.Error("mDNS browsing stopped; give the registry's address instead", "err", err)
+	}
+}
+
 func (r *registrar) renewEvery() time.Duration {
 	if r.ttl <= 0 {
 		return renewFallback
@@ -85,7 +153,7 @@ func (r *registrar) renewEvery() time.Duration {
 func (r *registrar) refresh(ctx context.Context) error {
 	if r.reg == nil {
 		cctx, cancel := context.WithTimeout(ctx, registryCallTimeout)
-		reg, err := r.cl.Registry(cctx, r.d.cfg.Registry, r.d.cfg.RegistryFingerprint)
+		reg, err := r.cl.Registry(cctx, r.addr, r.pin)
 		cancel()
 		if err != nil {
 			return err
@@ -124,7 +192,7 @@ func (r *registrar) refreshGroup(ctx context.Context, g *group) error {
 		}
 		// The registry restarted or the lease lapsed: register again now.
 		delete(r.epochs, g.id)
-		r.d.cfg.Logger.Info("registry lost the lease; registering again", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id, "reason", err)
+		r.d.cfg.Logger.Info("registry lost the lease; registering again", "registry", r.addr, "group", g.name, "uuid", g.id, "reason", err)
 	}
 	lease, err := r.reg.Register(ctx, r.registration(g, members, last))
 	if err != nil {
@@ -133,7 +201,7 @@ func (r *registrar) refreshGroup(ctx context.Context, g *group) error {
 	r.epochs[g.id] = lease.Epoch
 	r.current = lease.Epoch
 	r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
-	r.d.cfg.Logger.Info("group registered", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)
+	r.d.cfg.Logger.Info("group registered", "registry", r.addr, "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)
 	return nil
 }
 
@@ -151,14 +219,14 @@ func (r *registrar) registration(g *group, members, last uint64) wire.Register {
 
 func (r *registrar) failed(err error) {
 	if !r.failing || errors.Is(err, wire.ErrUnauthorized) != errors.Is(r.lastErr, wire.ErrUnauthorized) {
-		r.d.cfg.Logger.Warn("registration failing; retrying", "registry", r.d.cfg.Registry, "err", err)
+		r.d.cfg.Logger.Warn("registration failing; retrying", "registry", r.addr, "err", err)
 	}
 	r.failing, r.lastErr = true, err
 }
 
 func (r *registrar) succeeded() {
 	if r.failing {
-		r.d.cfg.Logger.Info("registration working again", "registry", r.d.cfg.Registry)
+		r.d.cfg.Logger.Info("registration working again", "registry", r.addr)
 	}
 	r.failing, r.lastErr = false, nil
 }
@@ -177,9 +245,9 @@ func (r *registrar) deregisterAll() {
 			continue
 		}
 		if err := r.reg.Deregister(ctx, g.id); err != nil {
-			r.d.cfg.Logger.Warn("deregister failed; the lease will lapse", "registry", r.d.cfg.Registry, "group", g.name, "err", err)
+			r.d.cfg.Logger.Warn("deregister failed; the lease will lapse", "registry", r.addr, "group", g.name, "err", err)
 			continue
 		}
-		r.d.cfg.Logger.Info("group deregistered", "registry", r.d.cfg.Registry, "group", g.name, "uuid", g.id)
+		r.d.cfg.Logger.Info("group deregistered", "registry", r.addr, "group", g.name, "uuid", g.id)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -46,6 +47,19 @@ type RegistryConfig struct {
 	// ShutdownTimeout bounds how long Close lets operations in flight
 	// finish. Default 5 s.
 	ShutdownTimeout time.Duration
+	// MDNS advertises the registry over mDNS (service _huddle._udp) on
+	// Interfaces, so daemons and users on the LAN find it with no
+	// configuration. Off by default in this package; huddle registry and
+	// huddle up turn it on unless --no-mdns.
+	MDNS bool
+	// Interfaces are the interfaces to advertise on. Default: every up,
+	// multicast-capable interface (see package discovery).
+	Interfaces []string
+	// Instance is the readable mDNS instance name. Default "huddle registry
+	// on HOSTNAME".
+	Instance string
+	// Version is the huddle version advertised in TXT. Default "dev".
+	Version string
 	// Logger receives registrations, expiries and errors. Default: discard.
 	Logger *slog.Logger
 	// Now is the clock of leases. Default time.Now.
@@ -167,7 +181,11 @@ func (r *Registry) Serve(ctx context.Context) error {
 	if err := r.Listen(); err != nil {
 		return err
 	}
-	if err := r.life.begin(r.sweepLoop); err != nil {
+	loops := []func(){r.sweepLoop}
+	if r.cfg.MDNS {
+		loops = append(loops, r.advertiseLoop)
+	}
+	if err := r.life.begin(loops...); err != nil {
 		return err
 	}
 	if err := r.srv.start(); err != nil {
@@ -429,4 +447,30 @@ func (r *Registry) sweepLocked(now time.Time) {
 func (r *Registry) expireLocked(l *lease) {
 	delete(r.leases, l.entry.Group)
 	r.cfg.Logger.Info("group lease expired", "group", l.entry.Name, "uuid", l.entry.Group, "fingerprint", l.entry.Fingerprint.Short())
+}
+
+// advertiseLoop advertises the registry over mDNS until the registry
+// closes. A registry that cannot advertise (no multicast-capable interface)
+// still serves clients that know its address, so failure is logged, not
+// fatal; the advertiser keeps rescanning for interfaces that come up.
+func (r *Registry) advertiseLoop() {
+	ua, _ := r.Addr().(*net.UDPAddr)
+	if ua == nil {
+		return
+	}
+	a, err := discovery.NewAdvertiser(discovery.AdvertiserConfig{
+		Instance:    r.cfg.Instance,
+		Port:        ua.Port,
+		Fingerprint: r.Fingerprint().String(),
+		Version:     r.cfg.Version,
+		Interfaces:  r.cfg.Interfaces,
+		Logger:      r.cfg.Logger.With("from", "mdns"),
+	})
+	if err != nil {
+		r.cfg.Logger.Error("mDNS advertising disabled", "err", err)
+		return
+	}
+	if err := a.Serve(r.life.ctx); err != nil {
+		r.cfg.Logger.Error("mDNS advertising stopped", "err", err)
+	}
 }
