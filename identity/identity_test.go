@@ -181,6 +181,12 @@ func TestKnownHosts(t *testing.T) {
 	if err != nil || !ok || got != b.Fingerprint() {
 		t.Errorf("Lookup = %s, %v, %v; want %s", got, ok, err, b.Fingerprint())
 	}
+	if err := k.Check("mdns:huddle registry on host", a.Fingerprint()); err != nil {
+		t.Fatalf("name with spaces: %v", err)
+	}
+	if got, ok, err := OpenKnownHosts(path).Lookup("mdns:huddle registry on host"); err != nil || !ok || got != a.Fingerprint() {
+		t.Errorf("Lookup of a name with spaces = %s, %v, %v", got, ok, err)
+	}
 	st, _ := os.Stat(path)
 	if st.Mode().Perm() != 0o600 {
 		t.Errorf("mode = %v, want 0600", st.Mode().Perm())

@@ -117,9 +117,15 @@ func (k *KnownHosts) read() (map[string]wire.Fingerprint, error) {
 		if text == "" || strings.HasPrefix(text, "#") {
 			continue
 		}
-		name, fpText, ok := strings.Cut(text, " ")
-		fp, err := wire.ParseFingerprint(strings.TrimSpace(fpText))
-		if !ok || err != nil {
+		// The fingerprint is the last field; a name (an mDNS instance) may
+		// contain spaces.
+		i := strings.LastIndexByte(text, ' ')
+		if i < 0 {
+			return nil, fmt.Errorf("known registries: %s:%d: want \"NAME FINGERPRINT\"", k.path, line)
+		}
+		name := strings.TrimSpace(text[:i])
+		fp, err := wire.ParseFingerprint(text[i+1:])
+		if name == "" || err != nil {
 			return nil, fmt.Errorf("known registries: %s:%d: want \"NAME FINGERPRINT\"", k.path, line)
 		}
 		pins[name] = fp
