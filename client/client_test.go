@@ -15,6 +15,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -408,4 +409,145 @@ func TestWatchResumesAcrossRestart(t *testing.T) {
 	if err := <-sendErr; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestWatchSeam starts watchers at random moments while several clients
+// send: every watcher must see every message exactly once, in order, however
+// its history part and its live part meet.
+func TestWatchSeam(t *testing.T) {
+	const senders, each, watchers = 4, 60, 6
+	r, _, _ := setup(t, daemon.GroupConfig{HeartbeatInterval: time.Hour})
+	ctx := testCtx(t)
+	total := uint64(senders * each)
+
+	var sendWG, watchWG sync.WaitGroup
+	start := make(chan struct{})
+	for i := range senders {
+		g := openGroup(t, newClient(t), r.Addr().String(), "lobby")
+		if _, err := g.Join(ctx, fmt.Sprintf("s%d", i), nil); err != nil {
+			t.Fatal(err)
+		}
+		sendWG.Go(func() {
+			<-start
+			for j := range each {
+				if _, err := g.Send(ctx, fmt.Appendf(nil, "%d-%d", i, j)); err != nil {
+					t.Errorf("send: %v", err)
+					return
+				}
+			}
+		})
+	}
+	for w := range watchers {
+		g := openGroup(t, newClient(t), r.Addr().String(), "lobby")
+		if _, err := g.Join(ctx, fmt.Sprintf("w%d", w), nil); err != nil {
+			t.Fatal(err)
+		}
+		watchWG.Go(func() {
+			<-start
+			time.Sleep(time.Duration(w) * 7 * time.Millisecond) // start at different points of the sending
+			wctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			next := uint64(1)
+			for ev, err := range g.Watch(wctx, client.Query{}) {
+				if err != nil {
+					t.Errorf("watcher %d: %v", w, err)
+					return
+				}
+				if ev.Kind != client.EventMessage {
+					t.Errorf("watcher %d: event %+v", w, ev)
+					return
+				}
+				if ev.Message.Seq != next {
+					t.Errorf("watcher %d got seq %d, want %d: a gap or a duplicate", w, ev.Message.Seq, next)
+					return
+				}
+				if next++; next > total {
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	sendWG.Wait()
+	watchWG.Wait()
+}
+
+// TestWatchSurvivesCutPath cuts the network path under a watch (every
+// packet dropped), sends meanwhile, and restores it: the watch notices the
+// silence, reconnects when it can, and delivers every message exactly once.
+func TestWatchSurvivesCutPath(t *testing.T) {
+	r, d, _ := setup(t, daemon.GroupConfig{HeartbeatInterval: 100 * time.Millisecond})
+	ctx := testCtx(t)
+	proxy, err := udpproxy.New(d.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+
+	sender := openGroup(t, newClient(t), r.Addr().String(), "lobby")
+	if _, err := sender.Join(ctx, "sender", nil); err != nil {
+		t.Fatal(err)
+	}
+	wc := newClient(t)
+	gw, err := wc.Group(wire.GroupEntry{Group: sender.ID(), Name: "lobby", Addrs: []string{proxy.Addr()}, Fingerprint: d.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.Join(ctx, "watcher", nil); err != nil {
+		t.Fatal(err)
+	}
+	send := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := sender.Send(ctx, []byte("m")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	seqs := make(chan uint64, 100)
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(seqs)
+		for ev, err := range gw.Watch(wctx, client.Query{}) {
+			if err != nil {
+				t.Errorf("watch: %v", err)
+				return
+			}
+			if ev.Kind == client.EventMessage {
+				seqs <- ev.Message.Seq
+			}
+		}
+	})
+	defer func() { cancel(); wg.Wait() }()
+	expect := func(from, to uint64) {
+		t.Helper()
+		for want := from; want <= to; want++ {
+			select {
+			case got := <-seqs:
+				if got != want {
+					t.Fatalf("watch delivered %d, want %d", got, want)
+				}
+			case <-ctx.Done():
+				t.Fatalf("watch never delivered %d", want)
+			}
+		}
+	}
+
+	send(5)
+	expect(1, 5)
+	proxy.Cut()
+	send(5)
+	// Silence for longer than three heartbeats makes the watch give up on
+	// the connection and start redialling, which fails while cut.
+	time.Sleep(time.Second)
+	select {
+	case s := <-seqs:
+		t.Fatalf("delivered %d through a cut path", s)
+	default:
+	}
+	proxy.Restore()
+	send(5)
+	expect(6, 15)
 }
