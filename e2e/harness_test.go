@@ -181,7 +181,7 @@ func startProc(t *testing.T, name string, env []string, withStdin bool, args ...
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("%s %s\n--- stdout:\n%s\n--- stderr:\n%s", name, strings.Join(args, " "), p.stdout, tail(p.stderr.Lines(), 60))
+			t.Logf("%s (huddle %s)\n--- stdout:\n%s\n--- stderr:\n%s", name, strings.Join(args, " "), p.stdout, tail(p.stderr.Lines(), 60))
 		}
 	})
 	return p

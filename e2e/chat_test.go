@@ -1,0 +1,244 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+var chatLineRE = regexp.MustCompile(`^\d\d:\d\d:\d\d (.+?): (.*)$`)
+
+// chatLines returns the message lines chat printed, as "NAME: TEXT".
+func chatLines(lines []string) []string {
+	var msgs []string
+	for _, l := range lines {
+		if m := chatLineRE.FindStringSubmatch(strings.TrimPrefix(l, "> ")); m != nil {
+			msgs = append(msgs, m[1]+": "+m[2])
+		}
+	}
+	return msgs
+}
+
+// TestChatPipe drives chat from a pipe: each line on standard input is
+// sent, messages print with their time and sender's name as they arrive,
+// one's own once (marked "(you)"), and end of input ends the chat.
+func TestChatPipe(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	bob.join(t, "lobby")
+	bob.ok(t, "send", "lobby", "earlier")
+
+	// --as joins first; the last messages are shown on entry.
+	chat := alice.start(t, "chat", "lobby", "--as", "alice")
+	waitText(t, chat, "-- lobby: 2 members; /help for commands, /quit to leave --")
+	waitText(t, chat, "bob: earlier")
+	say := func(line string) {
+		t.Helper()
+		if _, err := io.WriteString(chat.stdin, line+"\n"); err != nil {
+			t.Fatalf("write to chat: %v", err)
+		}
+	}
+	say("hello from alice")
+	waitText(t, chat, "alice (you): hello from alice")
+	bob.ok(t, "send", "lobby", "hi alice")
+	waitText(t, chat, "bob: hi alice")
+	say("/members")
+	waitText(t, chat, "-- 2 members: alice (you), bob --")
+	say("/nonsense")
+	waitText(t, chat, "-- unknown command /nonsense; /help lists them --")
+	say("") // blank lines are not sent
+	say("last words")
+	waitText(t, chat, "alice (you): last words")
+	chat.stdin.Close() // end of input ends the chat, as Ctrl-D does
+	if code := chat.wait(t); code != 0 {
+		t.Errorf("chat exited with code %d at end of input, want 0\nstderr:\n%s", code, chat.stderr)
+	}
+	chat.noRaces(t)
+
+	want := []string{"bob: earlier", "alice (you): hello from alice", "bob: hi alice", "alice (you): last words"}
+	if got := chatLines(chat.stdout.Lines()); !slices.Equal(got, want) {
+		t.Errorf("chat printed messages %q, want %q\nstdout:\n%s", got, want, chat.stdout)
+	}
+	// What the group holds: each line sent once.
+	wantStored := []fetchLine{{1, "bob", "earlier"}, {2, "alice", "hello from alice"}, {3, "bob", "hi alice"}, {4, "alice", "last words"}}
+	if got := parseFetch(t, bob.ok(t, "fetch", "lobby")); !slices.Equal(got, wantStored) {
+		t.Errorf("the group holds %+v, want %+v", got, wantStored)
+	}
+
+	// chat refuses someone who is not a member.
+	if r := newUser(t, "carol", up.registry).run(t, "chat", "lobby"); r.code != 1 || !strings.Contains(r.stderr, "not a member") {
+		t.Errorf("carol: chat should refuse a non-member with exit code 1: %s", r)
+	}
+}
+
+// tmux is a tmux server of its own (its own socket), holding one session
+// whose pane runs a command on a pseudo-terminal.
+type tmux struct {
+	t      *testing.T
+	socket string
+}
+
+// newTmux starts a tmux server running command in a 120x30 pane. It skips
+// the test if tmux is missing (and fails it under CI=true), and kills the
+// server when the test ends.
+func newTmux(t *testing.T, command string) *tmux {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("tmux is not installed; the chat terminal test needs it (.ci/run installs it)")
+		}
+		t.Skip("tmux is not installed: skipping the chat terminal test (apt-get install tmux)")
+	}
+	tm := &tmux{t: t, socket: fmt.Sprintf("huddle-e2e-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))}
+	t.Cleanup(func() { tm.run("kill-server") })
+	if out, err := tm.cmd("-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "30", command).CombinedOutput(); err != nil {
+		t.Fatalf("tmux new-session: %v: %s", err, out)
+	}
+	return tm
+}
+
+func (tm *tmux) cmd(args ...string) *exec.Cmd {
+	cmd := exec.Command("tmux", append([]string{"-L", tm.socket}, args...)...)
+	cmd.Env = childEnv(tm.t.TempDir())
+	return cmd
+}
+
+func (tm *tmux) run(args ...string) (string, error) {
+	out, err := tm.cmd(args...).CombinedOutput()
+	return string(out), err
+}
+
+// keys types text literally, then presses the named keys (Enter...).
+func (tm *tmux) keys(text string, keys ...string) {
+	tm.t.Helper()
+	if text != "" {
+		if out, err := tm.run("send-keys", "-l", text); err != nil {
+			tm.t.Fatalf("tmux send-keys %q: %v: %s", text, err, out)
+		}
+	}
+	if len(keys) > 0 {
+		if out, err := tm.run(append([]string{"send-keys"}, keys...)...); err != nil {
+			tm.t.Fatalf("tmux send-keys %v: %v: %s", keys, err, out)
+		}
+	}
+}
+
+// screen returns the pane's visible lines, trailing blanks trimmed.
+func (tm *tmux) screen() []string {
+	tm.t.Helper()
+	out, err := tm.run("capture-pane", "-p")
+	if err != nil {
+		tm.t.Fatalf("tmux capture-pane: %v: %s", err, out)
+	}
+	lines := strings.Split(out, "\n")
+	for i := range lines {
+		lines[i] = strings.TrimRight(lines[i], " ")
+	}
+	for len(lines) > 0 && lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
+	}
+	return lines
+}
+
+// waitScreen polls the pane until ok holds for it.
+func (tm *tmux) waitScreen(what string, ok func(lines []string) bool) []string {
+	tm.t.Helper()
+	var lines []string
+	if !eventually(waitTimeout, func() bool { lines = tm.screen(); return ok(lines) }) {
+		tm.t.Fatalf("the terminal did not show %s within %v; it shows:\n%s", what, waitTimeout, strings.Join(lines, "\n"))
+	}
+	return lines
+}
+
+// TestChatTerminal drives chat on a terminal, as a person would: the typed
+// line is sent once and shown once, with "(you)"; a message arriving while
+// a line is half typed prints above it and leaves it intact; /members lists
+// the members; /quit leaves.
+func TestChatTerminal(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	bob.ok(t, "send", "lobby", "before the chat")
+
+	var words []string
+	for _, kv := range append(alice.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	command := fmt.Sprintf("env -i %s %s chat lobby; echo \"chat exited with code $?\"; exec sleep 600",
+		strings.Join(words, " "), shellQuote(huddleBin))
+	tm := newTmux(t, command)
+	tm.waitScreen("the prompt after the history", func(lines []string) bool {
+		return len(lines) >= 3 && lines[0] == "-- lobby: 2 members; /help for commands, /quit to leave --" &&
+			chatLineRE.MatchString(lines[1]) && strings.HasSuffix(lines[1], " bob: before the chat") && lines[len(lines)-1] == ">"
+	})
+
+	tm.keys("hello from alice", "Enter")
+	lines := tm.waitScreen("alice's line, sent", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, " alice (you): hello from alice") }) &&
+			lines[len(lines)-1] == ">"
+	})
+	if n := countSuffix(lines, "hello from alice"); n != 1 {
+		t.Errorf("the typed line shows %d times, want once (the message, not the echo):\n%s", n, strings.Join(lines, "\n"))
+	}
+
+	// A message arrives while alice is halfway through a line.
+	tm.keys("half typ")
+	tm.waitScreen("the half-typed line", func(lines []string) bool { return lines[len(lines)-1] == "> half typ" })
+	bob.ok(t, "send", "lobby", "bob says hi")
+	lines = tm.waitScreen("bob's message above the half-typed line", func(lines []string) bool {
+		n := len(lines)
+		return n >= 2 && strings.HasSuffix(lines[n-2], " bob: bob says hi") && lines[n-1] == "> half typ"
+	})
+	tm.keys("ed", "Enter")
+	lines = tm.waitScreen("the finished line, sent", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, " alice (you): half typed") }) &&
+			lines[len(lines)-1] == ">"
+	})
+
+	tm.keys("/members", "Enter")
+	tm.waitScreen("the members", func(lines []string) bool {
+		return slices.Contains(lines, "-- 2 members: alice (you), bob --")
+	})
+	tm.keys("/quit", "Enter")
+	lines = tm.waitScreen("chat exiting", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, "chat exited with code 0") })
+	})
+
+	want := []string{"bob: before the chat", "alice (you): hello from alice", "bob: bob says hi", "alice (you): half typed"}
+	if got := chatLines(lines); !slices.Equal(got, want) {
+		t.Errorf("the terminal shows messages %q, want %q:\n%s", got, want, strings.Join(lines, "\n"))
+	}
+	wantStored := []fetchLine{{1, "bob", "before the chat"}, {2, "alice", "hello from alice"}, {3, "bob", "bob says hi"}, {4, "alice", "half typed"}}
+	if got := parseFetch(t, bob.ok(t, "fetch", "lobby")); !slices.Equal(got, wantStored) {
+		t.Errorf("the group holds %+v, want %+v", got, wantStored)
+	}
+}
+
+func countSuffix(lines []string, s string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasSuffix(l, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// shellQuote quotes s as one word for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -1,0 +1,153 @@
+//go:build linux
+
+package e2e
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// infoJSON is `huddle info --json`, the fields a restart changes or keeps.
+type infoJSON struct {
+	UUID        string         `json:"uuid"`
+	Name        string         `json:"name"`
+	Epoch       uint64         `json:"epoch"`
+	FirstSeq    uint64         `json:"first_seq"`
+	LastSeq     uint64         `json:"last_seq"`
+	Members     uint64         `json:"members"`
+	Private     bool           `json:"private"`
+	Member      bool           `json:"member"`
+	Fingerprint string         `json:"fingerprint"`
+	Addrs       []string       `json:"addrs"`
+	Limits      map[string]any `json:"limits"`
+}
+
+var infoKeys = []string{"uuid", "name", "epoch", "first_seq", "last_seq", "members", "private", "member", "fingerprint", "addrs", "limits"}
+
+func info(t *testing.T, u *user, group string) infoJSON {
+	t.Helper()
+	infos := jsonLines[infoJSON](t, u.ok(t, "info", group, "--json"), infoKeys...)
+	if len(infos) != 1 {
+		t.Fatalf("info --json printed %d objects", len(infos))
+	}
+	return infos[0]
+}
+
+// TestDaemonRestart restarts `huddle up` on the same state directory and
+// address: the group keeps its UUID, the daemons their keys, the group its
+// members; the messages are gone and the log has a new epoch, which fetch
+// --after with an old cursor points out.
+func TestDaemonRestart(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
+	lobby := up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	alice.ok(t, "send", "lobby", "one")
+	alice.ok(t, "send", "lobby", "two")
+	before := info(t, alice, "lobby")
+	if before.LastSeq != 2 || before.Members != 2 {
+		t.Fatalf("before the restart: info = %+v, want 2 messages and 2 members", before)
+	}
+	up.stop(t)
+
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	defer up.stop(t)
+	if got := up.groups["lobby"]; got != lobby {
+		t.Errorf("lobby's UUID changed across the restart: %s, then %s", lobby, got)
+	}
+	if up.fp != before.Fingerprint {
+		t.Errorf("the group daemon's fingerprint changed across the restart: %s, then %s", before.Fingerprint, up.fp)
+	}
+	// The registry kept its key too: alice's pinned fingerprint still holds.
+	waitListed(t, alice, lobby)
+
+	after := info(t, alice, "lobby")
+	if after.UUID != lobby || after.Members != 2 || !after.Member || after.LastSeq != 0 {
+		t.Errorf("after the restart: info = %+v, want lobby with its 2 members and no messages", after)
+	}
+	if after.Epoch == before.Epoch {
+		t.Errorf("the log's epoch is %d before and after the restart; a new log needs a new epoch", after.Epoch)
+	}
+	type memberJSON struct {
+		Fingerprint string `json:"fingerprint"`
+		Name        string `json:"name"`
+		Joined      string `json:"joined"`
+		You         bool   `json:"you"`
+	}
+	var names []string
+	for _, m := range jsonLines[memberJSON](t, bob.ok(t, "members", "lobby", "--json")) {
+		names = append(names, m.Name)
+	}
+	if !slices.Equal(names, []string{"alice", "bob"}) {
+		t.Errorf("members after the restart: %v, want alice and bob", names)
+	}
+
+	if out := bob.ok(t, "fetch", "lobby"); out != "" {
+		t.Errorf("fetch after the restart printed messages of the old log:\n%s", out)
+	}
+	// A cursor from before the restart: nothing after it, and a note that
+	// the numbering may have started again.
+	r := bob.run(t, "fetch", "lobby", "--after", "2")
+	if r.code != 0 || r.stdout != "" || !strings.Contains(r.stderr, "messages end at #0") || !strings.Contains(r.stderr, "without --after") {
+		t.Errorf("fetch --after 2 after the restart: want nothing, exit code 0, and a note about the restart: %s", r)
+	}
+
+	// The new log numbers from 1.
+	bob.ok(t, "send", "lobby", "three")
+	acks := jsonLines[ackJSON](t, alice.ok(t, "send", "lobby", "--json", "four"), ackKeys...)
+	if len(acks) != 1 || acks[0].Seq != 2 {
+		t.Errorf("second message after the restart acknowledged as %+v, want seq 2", acks)
+	}
+	if got, want := parseFetch(t, alice.ok(t, "fetch", "lobby")), []fetchLine{{1, "bob", "three"}, {2, "alice", "four"}}; !slices.Equal(got, want) {
+		t.Errorf("fetch after the restart = %+v, want %+v", got, want)
+	}
+	if r := alice.run(t, "fetch", "lobby", "--after", "2"); r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Errorf("fetch --after the last message: want nothing at all: %s", r)
+	}
+}
+
+// TestRegistryKeyChange restarts a registry at the same address with a new
+// key: a client that pinned the old key refuses it, ssh-style, naming
+// huddle forget-registry; after that command it trusts the new key.
+func TestRegistryKeyChange(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	addr, oldFP := reg.registry, reg.regFP
+	alice := newUser(t, "alice", addr)
+	alice.ok(t, "groups") // pins the registry's key
+	reg.stop(t)
+
+	reg = startDaemon(t, "registry", "--listen", addr, "--state-dir", t.TempDir())
+	defer reg.stop(t)
+	if reg.regFP == oldFP {
+		t.Fatalf("a registry with a new state directory kept fingerprint %s", oldFP)
+	}
+	for _, args := range [][]string{{"groups"}, {"fetch", "lobby"}, {"groups", "--json"}} {
+		r := alice.run(t, args...)
+		if r.code != 1 || r.stdout != "" {
+			t.Errorf("alice, after the registry's key changed: want exit code 1: %s", r)
+		}
+		for _, want := range []string{addr, reg.regFP, oldFP, "huddle forget-registry " + addr} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("the refusal does not say %q: %s", want, r)
+			}
+		}
+	}
+	// Someone who never met the old key has nothing to object to.
+	newUser(t, "bob", addr).ok(t, "groups")
+
+	if out := alice.ok(t, "forget-registry", addr); !strings.Contains(out, "forgot the fingerprint of "+addr) {
+		t.Errorf("forget-registry printed %q", out)
+	}
+	alice.ok(t, "groups") // pins the new key
+	if out := alice.ok(t, "forget-registry", "127.0.0.1:1"); !strings.Contains(out, "no fingerprint was pinned for 127.0.0.1:1") {
+		t.Errorf("forget-registry of an unknown address printed %q", out)
+	}
+	alice.ok(t, "groups")
+}

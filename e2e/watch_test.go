@@ -1,0 +1,301 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// watchLine is one line of watch --json: a message, or an event (gap,
+// reset) when Event is set.
+type watchLine struct {
+	messageJSON
+	Event string `json:"event"`
+	Epoch uint64 `json:"epoch"`
+	From  uint64 `json:"from"` // gap
+	To    uint64 `json:"to"`   // gap
+}
+
+// UnmarshalJSON keeps the embedded message's "from" (a fingerprint) apart
+// from a gap's "from" (a sequence number).
+func (w *watchLine) UnmarshalJSON(b []byte) error {
+	var probe struct {
+		Event string `json:"event"`
+	}
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return err
+	}
+	if probe.Event == "" {
+		return json.Unmarshal(b, &w.messageJSON)
+	}
+	var ev struct {
+		Group string `json:"group"`
+		Event string `json:"event"`
+		Epoch uint64 `json:"epoch"`
+		From  uint64 `json:"from"`
+		To    uint64 `json:"to"`
+	}
+	if err := json.Unmarshal(b, &ev); err != nil {
+		return err
+	}
+	*w = watchLine{messageJSON: messageJSON{Group: ev.Group}, Event: ev.Event, Epoch: ev.Epoch, From: ev.From, To: ev.To}
+	return nil
+}
+
+func (w watchLine) String() string {
+	if w.Event != "" {
+		return fmt.Sprintf("[%s event %s epoch %d]", w.Group, w.Event, w.Epoch)
+	}
+	return fmt.Sprintf("[%s #%d %s: %s]", w.Group, w.Seq, w.Name, w.Text)
+}
+
+// watchJSON parses what a watch --json printed so far. Messages must have
+// the keys of fetch --json plus "group".
+func watchJSON(t *testing.T, p *proc) []watchLine {
+	t.Helper()
+	var out []watchLine
+	for _, l := range p.stdout.Lines() {
+		var w watchLine
+		if err := json.Unmarshal([]byte(l), &w); err != nil {
+			t.Fatalf("watch --json printed %q: %v", l, err)
+		}
+		if w.Event == "" {
+			checkKeys(t, l, append(slices.Clone(messageKeys), "group")...)
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// hasText returns a stream condition: some line contains text.
+func hasText(text string) func([]string) bool {
+	return func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, text) })
+	}
+}
+
+// waitText waits until p printed a line containing text.
+func waitText(t *testing.T, p *proc, text string) {
+	t.Helper()
+	if !p.stdout.waitFor(waitTimeout, hasText(text)) {
+		t.Fatalf("%s did not print %q within %v\nstdout:\n%s\nstderr:\n%s", p.name, text, waitTimeout, p.stdout, p.stderr)
+	}
+}
+
+// stopWatch ends a watch as Ctrl-C would and checks it exits 0.
+func stopWatch(t *testing.T, p *proc) {
+	t.Helper()
+	if code := p.stop(t, syscall.SIGINT); code != 0 {
+		t.Errorf("%s exited with code %d after SIGINT, want 0\nstderr:\n%s", p.name, code, p.stderr)
+	}
+	p.noRaces(t)
+}
+
+// TestWatch follows one group from now on: earlier messages are not shown,
+// and every message sent after the watch started is printed once, in
+// order, as JSON.
+func TestWatch(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	bob.ok(t, "send", "lobby", "before the watch")
+
+	w := alice.start(t, "watch", "lobby", "--json")
+	// The watch follows what arrives after it started, and nothing says when
+	// that was: send probes until one shows.
+	deadline := time.Now().Add(waitTimeout)
+	for i := 0; !w.stdout.waitFor(200*time.Millisecond, hasText(`"probe`)); i++ {
+		if time.Now().After(deadline) || !w.running() {
+			t.Fatalf("watch printed no probe within %v\nstdout:\n%s\nstderr:\n%s", waitTimeout, w.stdout, w.stderr)
+		}
+		bob.ok(t, "send", "lobby", "probe "+strconv.Itoa(i))
+	}
+	bob.okInput(t, "m1\nm2\nm3\n", "send", "lobby")
+	alice.ok(t, "send", "lobby", "m4")
+	waitText(t, w, `"m4"`)
+	stopWatch(t, w)
+
+	lines := watchJSON(t, w)
+	seen := make(map[string]bool)
+	var texts []string
+	for i, l := range lines {
+		if l.Event != "" || l.Group != "lobby" {
+			t.Errorf("line %d: %v, want a message of lobby", i, l)
+			continue
+		}
+		if seen[l.MsgID] {
+			t.Errorf("message %v printed twice", l)
+		}
+		seen[l.MsgID] = true
+		if i > 0 && l.Seq != lines[i-1].Seq+1 {
+			t.Errorf("message #%d follows #%d", l.Seq, lines[i-1].Seq)
+		}
+		parseTS(t, l.TS)
+		if !strings.HasPrefix(l.Text, "probe ") {
+			texts = append(texts, l.Name+": "+l.Text)
+		}
+	}
+	if len(lines) == 0 || lines[0].Seq < 2 {
+		t.Errorf("watch printed %v; it should start after the message sent before it", lines)
+	}
+	if want := []string{"bob: m1", "bob: m2", "bob: m3", "alice: m4"}; !slices.Equal(texts, want) {
+		t.Errorf("watch printed %v after the probes, want %v", texts, want)
+	}
+	if s := w.stderr.String(); s != "" {
+		t.Errorf("watch wrote to stderr:\n%s", s)
+	}
+}
+
+var watchLineRE = regexp.MustCompile(`^\[(\w+)\] +(\d+)  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  ([^:]+): (.*)$`)
+
+// TestWatchGroups follows two groups at once: each line says its group,
+// --since selects the history shown first, and each group's messages come
+// in order.
+func TestWatchGroups(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"], up.groups["dev"])
+	for _, g := range []string{"lobby", "dev"} {
+		alice.join(t, g)
+		bob.join(t, g)
+	}
+	bob.ok(t, "send", "lobby", "l1")
+	d1 := jsonLines[ackJSON](t, bob.ok(t, "send", "dev", "--json", "d1"), ackKeys...)[0]
+	bob.ok(t, "send", "lobby", "l2")
+
+	// History since d1: d1 and l2, not l1.
+	human := alice.start(t, "watch", "lobby", "dev", "--since", d1.TS)
+	asJSON := alice.start(t, "watch", "lobby", "dev", "--since", "10m", "--json")
+	waitText(t, human, "bob: l2")
+	waitText(t, asJSON, `"l2"`)
+	bob.ok(t, "send", "dev", "d2")
+	alice.ok(t, "send", "lobby", "l3")
+	waitText(t, human, "alice: l3")
+	waitText(t, human, "bob: d2")
+	waitText(t, asJSON, `"l3"`)
+	waitText(t, asJSON, `"d2"`)
+	stopWatch(t, human)
+	stopWatch(t, asJSON)
+
+	got := map[string][]string{}
+	for _, l := range human.stdout.Lines() {
+		m := watchLineRE.FindStringSubmatch(l)
+		if m == nil {
+			t.Errorf("watch printed %q, want [GROUP] SEQ TIME NAME: TEXT", l)
+			continue
+		}
+		got[m[1]] = append(got[m[1]], m[2]+" "+m[3]+": "+m[4])
+	}
+	want := map[string][]string{"lobby": {"2 bob: l2", "3 alice: l3"}, "dev": {"1 bob: d1", "2 bob: d2"}}
+	for g := range want {
+		if !slices.Equal(got[g], want[g]) {
+			t.Errorf("watch --since %s printed for %s: %q, want %q", d1.TS, g, got[g], want[g])
+		}
+	}
+
+	gotJSON := map[string][]string{}
+	for _, l := range watchJSON(t, asJSON) {
+		gotJSON[l.Group] = append(gotJSON[l.Group], fmt.Sprintf("%d %s: %s", l.Seq, l.Name, l.Text))
+	}
+	wantJSON := map[string][]string{
+		"lobby": {"1 bob: l1", "2 bob: l2", "3 alice: l3"},
+		"dev":   {"1 bob: d1", "2 bob: d2"},
+	}
+	for g := range wantJSON {
+		if !slices.Equal(gotJSON[g], wantJSON[g]) {
+			t.Errorf("watch --since 10m --json printed for %s: %q, want %q", g, gotJSON[g], wantJSON[g])
+		}
+	}
+}
+
+// TestWatchRestart restarts the group daemon under a running watch: the
+// watch says the group's history was reset, then prints the new log's
+// messages with their new sequence numbers, none twice.
+func TestWatchRestart(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer reg.stop(t)
+	state := t.TempDir()
+	serve := func(listen string) *daemon {
+		return startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", listen, "--state-dir", state)
+	}
+	srv := serve("127.0.0.1:0")
+	lobby := srv.groups["lobby"]
+	alice := newUser(t, "alice", reg.registry)
+	bob := newUser(t, "bob", reg.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	bob.ok(t, "send", "lobby", "old1")
+	bob.ok(t, "send", "lobby", "old2")
+
+	asJSON := alice.start(t, "watch", "lobby", "--since", "1h", "--json")
+	human := alice.start(t, "watch", "lobby", "--since", "1h")
+	waitText(t, asJSON, `"old2"`)
+	waitText(t, human, "bob: old2")
+
+	srv.stop(t)
+	srv = serve(srv.addr)
+	defer srv.stop(t)
+	if srv.groups["lobby"] != lobby {
+		t.Fatalf("lobby's UUID changed across the restart: %s, then %s", lobby, srv.groups["lobby"])
+	}
+	waitListed(t, bob, lobby)
+	bob.ok(t, "send", "lobby", "new1")
+	alice.ok(t, "send", "lobby", "new2")
+	waitText(t, asJSON, `"new2"`)
+	waitText(t, human, "alice: new2")
+	epoch := info(t, alice, "lobby").Epoch
+	stopWatch(t, asJSON)
+	stopWatch(t, human)
+
+	var got []string
+	for _, l := range watchJSON(t, asJSON) {
+		if l.Group != "lobby" {
+			t.Errorf("watch --json printed %v, not marked as lobby's", l)
+		}
+		if l.Event != "" {
+			if l.Event == "reset" && l.Epoch != epoch {
+				t.Errorf("reset to epoch %d, but the group's epoch is %d", l.Epoch, epoch)
+			}
+			got = append(got, l.Event)
+			continue
+		}
+		got = append(got, fmt.Sprintf("%d %s", l.Seq, l.Text))
+	}
+	if want := []string{"1 old1", "2 old2", "reset", "1 new1", "2 new2"}; !slices.Equal(got, want) {
+		t.Errorf("watch --json across the restart printed %q, want %q", got, want)
+	}
+
+	got = nil
+	for _, l := range human.stdout.Lines() {
+		m := fetchLineRE.FindStringSubmatch(l)
+		if m == nil {
+			t.Errorf("watch printed %q, want SEQ TIME NAME: TEXT", l)
+			continue
+		}
+		got = append(got, m[1]+" "+m[4])
+	}
+	if want := []string{"1 old1", "2 old2", "1 new1", "2 new2"}; !slices.Equal(got, want) {
+		t.Errorf("watch across the restart printed %q, want %q", got, want)
+	}
+	if s := human.stderr.String(); strings.Count(s, "history was reset") != 1 {
+		t.Errorf("watch's stderr should say once that the history was reset; it has:\n%s", s)
+	}
+}
