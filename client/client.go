@@ -76,6 +76,14 @@ type Config struct {
 	// Logger receives debug events (connections opened and lost). Default:
 	// discard.
 	Logger *slog.Logger
+	// NoBatching turns send batching off: each Group.Send is then its own
+	// send operation. By default concurrent Sends on one Group are gathered
+	// into one operation (see Group.Send).
+	NoBatching bool
+	// BatchLinger is the longest a Send waits for others to join its batch
+	// while another batch of the group is in flight; a Send with nothing in
+	// flight never waits. Default DefaultBatchLinger (500 µs).
+	BatchLinger time.Duration
 }
 
 // Validate reports whether the configuration can be used.
@@ -85,6 +93,9 @@ func (c Config) Validate() error {
 	}
 	if c.DialTimeout < 0 {
 		return errors.New("client: Config.DialTimeout is negative")
+	}
+	if c.BatchLinger < 0 {
+		return errors.New("client: Config.BatchLinger is negative")
 	}
 	return nil
 }
@@ -96,13 +107,23 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.BatchLinger == 0 {
+		c.BatchLinger = DefaultBatchLinger
+	}
 	return c
 }
 
 // Client talks to huddle registries and group daemons. It is safe for
-// concurrent use; Close releases its socket and connections.
+// concurrent use; Close releases its socket and connections and waits for
+// the goroutines it started (send batching's).
 type Client struct {
 	cfg Config
+
+	// ctx ends when Close begins; the batchers' goroutines, counted by wg,
+	// stop then.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu     sync.Mutex
 	tr     *quic.Transport // nil until first dial
@@ -116,14 +137,17 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer)}, nil
+	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer)}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
 }
 
 // Fingerprint returns the fingerprint this client presents: the user's ID.
 func (c *Client) Fingerprint() wire.Fingerprint { return c.cfg.Identity.Fingerprint() }
 
-// Close closes every connection and the socket. It is safe to call twice;
-// calls on a closed Client return ErrClosed.
+// Close fails queued sends, closes every connection and the socket, and
+// waits for the Client's goroutines. It is safe to call twice; calls on a
+// closed Client return ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -135,13 +159,27 @@ func (c *Client) Close() error {
 	c.peers = nil
 	tr, udp := c.tr, c.udp
 	c.mu.Unlock()
+	c.cancel()
 	for _, p := range peers {
 		p.close()
 	}
+	c.wg.Wait()
 	if tr != nil {
 		tr.Close()
 		udp.Close()
 	}
+	return nil
+}
+
+// start runs fn on a goroutine Close waits for, unless the Client is
+// closed (ErrClosed).
+func (c *Client) start(fn func(ctx context.Context)) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	c.wg.Go(func() { fn(c.ctx) })
 	return nil
 }
 

@@ -21,6 +21,7 @@ type Group struct {
 
 	mu sync.Mutex
 	p  *peer
+	b  *batcher // nil until the first batched Send
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
@@ -125,14 +126,51 @@ func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
 
 // Send appends one message and returns its acknowledgement. The message
 // gets a fresh ID; a retry after a lost connection reuses it, so the message
-// is stored once however often it is tried. Errors: ErrNotMember,
-// ErrTooLarge, ErrRateLimited (see RetryAfter on the *wire.Error).
+// is stored once however often it is tried.
+//
+// Concurrent Sends on one Group are gathered into one send operation (unless
+// Config.NoBatching): a Send with nothing else in flight goes out at once,
+// the others wait at most Config.BatchLinger for company. Each caller gets
+// its own Ack and its own error; messages of one caller keep their order,
+// since each Send returns only once its message is stored. A caller whose
+// ctx ends while its message is queued withdraws it.
+//
+// Errors: ErrNotMember, ErrTooLarge, ErrRateLimited (see RetryAfter on the
+// *wire.Error), ErrClosed.
 func (g *Group) Send(ctx context.Context, body []byte) (wire.Ack, error) {
-	acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: wire.NewID(), Body: body}})
+	m := wire.Outgoing{ID: wire.NewID(), Body: body}
+	if g.cl.cfg.NoBatching {
+		return g.sendOne(ctx, m)
+	}
+	b, err := g.batcher()
+	if err != nil {
+		return wire.Ack{}, fmt.Errorf("send: %w", err)
+	}
+	return b.send(ctx, m)
+}
+
+// sendOne sends m as an operation of its own.
+func (g *Group) sendOne(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
+	acks, err := g.SendMessages(ctx, []wire.Outgoing{m})
 	if err != nil {
 		return wire.Ack{}, err
 	}
 	return acks[0], nil
+}
+
+// batcher returns the group's batcher, starting it on first use.
+func (g *Group) batcher() (*batcher, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.b != nil {
+		return g.b, nil
+	}
+	b := newBatcher(g)
+	if err := g.cl.start(b.run); err != nil {
+		return nil, err
+	}
+	g.b = b
+	return b, nil
 }
 
 // SendMessages appends a batch atomically, all or nothing, and returns one

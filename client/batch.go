@@ -1,0 +1,285 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Send batching.
+//
+// Concurrent Group.Send calls on one Group handle are gathered into one send
+// operation carrying many messages, each caller still getting its own Ack.
+// The rules, in the order the batcher applies them:
+//
+//   - A Send with nothing in flight and nothing queued goes out at once, on
+//     the caller's goroutine: a lone sender pays nothing for batching.
+//   - Otherwise it joins the queue. The queue is sent as one operation when
+//     no batch is in flight, when it holds the group's max_batch messages or
+//     a frame's worth of bytes, or when its oldest message has waited
+//     Config.BatchLinger.
+//   - Every message keeps its own ID, so the operation is retried as safely
+//     as a single send. A batch the daemon refuses as too large is split in
+//     halves and each half sent again (nothing of a refused batch was
+//     stored), so a too-large message fails its own caller only; once the
+//     group's limits are known (asked once per handle), such a message is
+//     refused before it is queued.
+//
+// The batcher's goroutine and the goroutines of batches in flight belong to
+// the Client: Close ends them and waits for them.
+
+// DefaultBatchLinger is how long a queued Send waits for company while
+// another batch is in flight, unless Config.BatchLinger says otherwise.
+const DefaultBatchLinger = 500 * time.Microsecond
+
+const (
+	// defaultMaxBatch is the protocol's default max_batch (PROTOCOL.md §10),
+	// used until the group's own limits are known.
+	defaultMaxBatch = 256
+	// batchFrameBudget bounds the encoded size of one batch, leaving room
+	// for the envelope under wire.MaxFrameSize.
+	batchFrameBudget = wire.MaxFrameSize - 4096
+	// outgoingOverhead bounds from above the encoding of one Outgoing
+	// besides its body: map header, keys, a 16-byte ID, a byte string header.
+	outgoingOverhead = 32
+)
+
+// batcher gathers one Group handle's concurrent sends.
+type batcher struct {
+	g      *Group
+	linger time.Duration
+	wake   chan struct{} // capacity 1: "look at the queue"
+
+	mu       sync.Mutex
+	queue    []*queuedSend
+	bytes    int  // encoded size of the queue, estimated
+	inflight int  // operations in flight, direct sends included
+	warm     bool // the last operation carried several messages: sends are concurrent
+	closed   bool
+	maxBatch int // messages per operation: the group's max_batch once known
+	maxBody  int // the group's max_message_bytes; 0 until known
+}
+
+type queuedSend struct {
+	ctx  context.Context
+	msg  wire.Outgoing
+	at   time.Time
+	done chan sendResult // capacity 1: the batch never waits for its caller
+}
+
+type sendResult struct {
+	ack wire.Ack
+	err error
+}
+
+func newBatcher(g *Group) *batcher {
+	return &batcher{g: g, linger: g.cl.cfg.BatchLinger, wake: make(chan struct{}, 1), maxBatch: defaultMaxBatch}
+}
+
+// send sends m alone or with others, and returns its own acknowledgement.
+func (b *batcher) send(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
+	b.mu.Lock()
+	switch {
+	case b.closed:
+		b.mu.Unlock()
+		return wire.Ack{}, fmt.Errorf("send: %w", ErrClosed)
+	case b.maxBody > 0 && len(m.Body) > b.maxBody:
+		max := b.maxBody
+		b.mu.Unlock()
+		return wire.Ack{}, fmt.Errorf("send to %s: %w: message of %d bytes, the group's limit is %d", b.g.name, ErrTooLarge, len(m.Body), max)
+	case b.inflight == 0 && len(b.queue) == 0 && !b.warm:
+		b.inflight++
+		b.mu.Unlock()
+		ack, err := b.g.sendOne(ctx, m)
+		b.finished(1)
+		return ack, err
+	}
+	q := &queuedSend{ctx: ctx, msg: m, at: time.Now(), done: make(chan sendResult, 1)}
+	b.queue = append(b.queue, q)
+	b.bytes += len(m.Body) + outgoingOverhead
+	b.mu.Unlock()
+	b.signal()
+	select {
+	case r := <-q.done:
+		return r.ack, r.err
+	case <-ctx.Done():
+		b.mu.Lock()
+		if i := slices.Index(b.queue, q); i >= 0 {
+			// Not sent yet, and now never will be.
+			b.queue = slices.Delete(b.queue, i, i+1)
+			b.bytes -= len(m.Body) + outgoingOverhead
+		}
+		b.mu.Unlock()
+		// If the batch was in flight, the message may be stored or not:
+		// as with an unbatched send, a retry with its ID tells.
+		return wire.Ack{}, fmt.Errorf("send: %w", ctx.Err())
+	}
+}
+
+func (b *batcher) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// finished records the end of an operation of n messages.
+func (b *batcher) finished(n int) {
+	b.mu.Lock()
+	b.inflight--
+	b.warm = n > 1
+	more := len(b.queue) > 0
+	b.mu.Unlock()
+	if more {
+		b.signal()
+	}
+}
+
+// run sends the queue as batches until the Client closes, then fails what
+// is still queued with ErrClosed.
+func (b *batcher) run(ctx context.Context) {
+	b.g.cl.wg.Go(func() { b.learnLimits(ctx) })
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-b.wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			b.close()
+			return
+		}
+		// Senders woken by the last batch's acks are runnable now; letting
+		// them queue first makes the next batch whole instead of one
+		// message now and the rest after the linger.
+		runtime.Gosched()
+		for {
+			batch, wait := b.take(time.Now())
+			if batch == nil {
+				if wait > 0 {
+					timer.Reset(wait)
+				}
+				break
+			}
+			b.g.cl.wg.Go(func() { b.fly(ctx, batch) })
+		}
+	}
+}
+
+// take returns the next batch to send, or how long until the queue's
+// oldest message has waited the linger (0: nothing queued).
+func (b *batcher) take(now time.Time) ([]*queuedSend, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		return nil, 0
+	}
+	full := len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget
+	if waited := now.Sub(b.queue[0].at); b.inflight > 0 && !full && waited < b.linger {
+		return nil, b.linger - waited
+	}
+	n, size := 0, 0
+	for n < len(b.queue) && n < b.maxBatch {
+		s := len(b.queue[n].msg.Body) + outgoingOverhead
+		if n > 0 && size+s > batchFrameBudget {
+			break
+		}
+		size += s
+		n++
+	}
+	batch := slices.Clone(b.queue[:n])
+	b.queue = slices.Delete(b.queue, 0, n)
+	b.bytes -= size
+	b.inflight++
+	return batch, 0
+}
+
+// fly sends one batch and hands each caller its result. The operation is
+// abandoned when every caller has given up (or the Client closes).
+func (b *batcher) fly(ctx context.Context, batch []*queuedSend) {
+	defer b.finished(len(batch))
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	waiting := atomic.Int64{}
+	waiting.Store(int64(len(batch)))
+	for _, q := range batch {
+		if q.ctx.Done() == nil {
+			continue // this caller never gives up, so neither does the batch
+		}
+		stop := context.AfterFunc(q.ctx, func() {
+			if waiting.Add(-1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	b.sendBatch(fctx, ctx, batch)
+}
+
+// sendBatch sends batch as one operation, splitting it when the daemon
+// refuses it as too large.
+func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend) {
+	msgs := make([]wire.Outgoing, len(batch))
+	for i, q := range batch {
+		msgs[i] = q.msg
+	}
+	acks, err := b.g.SendMessages(ctx, msgs)
+	if err != nil && len(batch) > 1 && errors.Is(err, ErrTooLarge) {
+		half := len(batch) / 2
+		b.sendBatch(ctx, clientCtx, batch[:half])
+		b.sendBatch(ctx, clientCtx, batch[half:])
+		return
+	}
+	if err != nil && clientCtx.Err() != nil {
+		err = fmt.Errorf("send: %w", ErrClosed)
+	}
+	for i, q := range batch {
+		if err != nil {
+			q.done <- sendResult{err: err}
+		} else {
+			q.done <- sendResult{ack: acks[i]}
+		}
+	}
+}
+
+// learnLimits asks the group's limits once, so that batches respect its
+// max_batch and too-large messages are refused before they are queued.
+// Until it answers (or if it never does), batches hold at most the
+// protocol's default max_batch and the daemon's refusals are split.
+func (b *batcher) learnLimits(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, b.g.cl.cfg.DialTimeout)
+	defer cancel()
+	info, err := b.g.Info(ctx)
+	if err != nil {
+		b.g.cl.cfg.Logger.Debug("batching without the group's limits", "group", b.g.id, "err", err)
+		return
+	}
+	b.mu.Lock()
+	if m := info.Limits.MaxBatch; m > 0 && m <= wire.MaxBatch {
+		b.maxBatch = int(m)
+	}
+	if m := info.Limits.MaxMessageBytes; m > 0 && m <= wire.MaxFrameSize {
+		b.maxBody = int(m)
+	}
+	b.mu.Unlock()
+}
+
+// close fails every queued send with ErrClosed; sends after it fail too.
+func (b *batcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	queue := b.queue
+	b.queue, b.bytes = nil, 0
+	b.mu.Unlock()
+	for _, q := range queue {
+		q.done <- sendResult{err: fmt.Errorf("send: %w", ErrClosed)}
+	}
+}

@@ -1,0 +1,212 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// newClientWith is newClient with cfg's batching fields.
+func newClientWith(t *testing.T, cfg client.Config) *client.Client {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Identity = id
+	cfg.KnownHosts = identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// sent is one caller's view of one of its sends.
+type sent struct {
+	caller, n int
+	ack       wire.Ack
+	err       error
+}
+
+// sendConcurrently has callers goroutines send each messages of body(caller, n)
+// on g, one after another per caller, and returns every result.
+func sendConcurrently(ctx context.Context, g *client.Group, callers, each int, body func(caller, n int) []byte) []sent {
+	var mu sync.Mutex
+	var out []sent
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for n := range each {
+				ack, err := g.Send(ctx, body(c, n))
+				mu.Lock()
+				out = append(out, sent{c, n, ack, err})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+func TestBatchedSendsGetTheirOwnAcks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  client.Config
+	}{
+		{"batched", client.Config{}},
+		{"long linger", client.Config{BatchLinger: 20 * time.Millisecond}},
+		{"unbatched", client.Config{NoBatching: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _, _ := setup(t, daemon.GroupConfig{MaxBatch: 8})
+			ctx := testCtx(t)
+			c := newClientWith(t, tc.cfg)
+			g := openGroup(t, c, r.Addr().String(), "lobby")
+			if _, err := g.Join(ctx, "many", nil); err != nil {
+				t.Fatal(err)
+			}
+			const callers, each = 24, 15
+			results := sendConcurrently(ctx, g, callers, each, func(c, n int) []byte { return fmt.Appendf(nil, "%d/%d", c, n) })
+
+			// Every ack is the message's own: the log holds each caller's
+			// body at the seq its ack names, and callers' sends keep their order.
+			bySeq := make(map[uint64]string)
+			for m, err := range g.Messages(ctx, client.Query{}) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				bySeq[m.Seq] = string(m.Body)
+			}
+			if got, want := len(bySeq), callers*each; got != want {
+				t.Fatalf("log holds %d messages, want %d", got, want)
+			}
+			last := make(map[int]uint64)
+			slices.SortFunc(results, func(a, b sent) int { return a.n - b.n })
+			for _, s := range results {
+				if s.err != nil {
+					t.Fatalf("caller %d send %d: %v", s.caller, s.n, s.err)
+				}
+				if got, want := bySeq[s.ack.Seq], fmt.Sprintf("%d/%d", s.caller, s.n); got != want {
+					t.Errorf("caller %d send %d: ack seq %d holds %q, want %q", s.caller, s.n, s.ack.Seq, got, want)
+				}
+				if s.ack.Seq <= last[s.caller] {
+					t.Errorf("caller %d send %d: seq %d after %d", s.caller, s.n, s.ack.Seq, last[s.caller])
+				}
+				last[s.caller] = s.ack.Seq
+			}
+		})
+	}
+}
+
+func TestBatchedSendErrorsArePerCaller(t *testing.T) {
+	r, _, _ := setup(t, daemon.GroupConfig{MaxMessageBytes: 100})
+	ctx := testCtx(t)
+	c := newClientWith(t, client.Config{BatchLinger: 5 * time.Millisecond})
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+
+	// Not a member: every caller is told so.
+	for _, s := range sendConcurrently(ctx, g, 8, 2, func(int, int) []byte { return []byte("x") }) {
+		if !errors.Is(s.err, client.ErrNotMember) {
+			t.Fatalf("send before joining: err = %v, want ErrNotMember", s.err)
+		}
+	}
+	if _, err := g.Join(ctx, "mixed", nil); err != nil {
+		t.Fatal(err)
+	}
+	// Odd callers send too much: only they fail, in batches or not.
+	results := sendConcurrently(ctx, g, 16, 6, func(c, n int) []byte {
+		if c%2 == 1 {
+			return make([]byte, 101)
+		}
+		return fmt.Appendf(nil, "%d/%d", c, n)
+	})
+	ok := 0
+	for _, s := range results {
+		switch {
+		case s.caller%2 == 1 && !errors.Is(s.err, client.ErrTooLarge):
+			t.Errorf("caller %d send %d of 101 bytes: err = %v, want ErrTooLarge", s.caller, s.n, s.err)
+		case s.caller%2 == 0 && s.err != nil:
+			t.Errorf("caller %d send %d: %v", s.caller, s.n, s.err)
+		case s.err == nil:
+			ok++
+		}
+	}
+	info, err := g.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := info.Last, uint64(ok); got != want {
+		t.Errorf("log holds %d messages, want the %d acknowledged", got, want)
+	}
+}
+
+func TestBatchedSendCancelledCallerWithdraws(t *testing.T) {
+	r, _, _ := setup(t, daemon.GroupConfig{})
+	ctx := testCtx(t)
+	// A long linger keeps the second wave queued behind the first.
+	c := newClientWith(t, client.Config{BatchLinger: time.Hour})
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "quitter", nil); err != nil {
+		t.Fatal(err)
+	}
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := g.Send(gone, []byte("never")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("send with a cancelled context: err = %v, want context.Canceled", err)
+	}
+	results := sendConcurrently(ctx, g, 10, 3, func(c, n int) []byte { return []byte("kept") })
+	for _, s := range results {
+		if s.err != nil {
+			t.Fatal(s.err)
+		}
+	}
+	info, err := g.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := info.Last, uint64(30); got != want {
+		t.Errorf("log holds %d messages, want %d", got, want)
+	}
+}
+
+func TestBatchedSendAfterClose(t *testing.T) {
+	r, _, _ := setup(t, daemon.GroupConfig{})
+	ctx := testCtx(t)
+	c := newClientWith(t, client.Config{})
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "closer", nil); err != nil {
+		t.Fatal(err)
+	}
+	// Close while sends are in flight and queued: each caller gets an
+	// answer (its ack, or an error), and Close waits for the batcher.
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := g.Send(ctx, []byte("busy")); err != nil {
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	c.Close()
+	wg.Wait()
+	if _, err := g.Send(ctx, []byte("late")); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("send after Close: err = %v, want ErrClosed", err)
+	}
+}
