@@ -3,6 +3,9 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
+	"os"
 	"time"
 )
 
@@ -134,8 +137,10 @@ func Errorf(c Code, format string, args ...any) *Error {
 
 // ToError maps any error to what travels on the wire. An *Error in err's
 // chain is used as it is; an error wrapping a sentinel gets that sentinel's
-// code and err's text; anything else becomes CodeInternal with a generic
-// message, so internal details never leak to peers.
+// code and err's text (only the sentinel's own text if err also wraps a
+// file-system, system-call or network error, whose text names paths and
+// addresses of the server); anything else becomes CodeInternal with a
+// generic message, so internal details never leak to peers.
 func ToError(err error) *Error {
 	var we *Error
 	if errors.As(err, &we) {
@@ -143,7 +148,11 @@ func ToError(err error) *Error {
 	}
 	for c := range codeErrs {
 		if s := codeErrs[c]; s != nil && s != ErrInternal && errors.Is(err, s) {
-			return &Error{Code: Code(c), Message: err.Error()}
+			msg := err.Error()
+			if local(err) {
+				msg = s.Error()
+			}
+			return &Error{Code: Code(c), Message: msg}
 		}
 	}
 	switch {
@@ -154,3 +163,44 @@ func ToError(err error) *Error {
 	}
 	return &Error{Code: CodeInternal, Message: "internal error"}
 }
+
+// local reports whether err's chain holds an error whose text describes the
+// server's own machine: a path, a system call, a socket.
+func local(err error) bool {
+	var pe *fs.PathError
+	var le *os.LinkError
+	var se *os.SyscallError
+	var ne *net.OpError
+	return errors.As(err, &pe) || errors.As(err, &le) || errors.As(err, &se) || errors.As(err, &ne)
+}
+
+// Application error codes of the QUIC transport (PROTOCOL.md §3). They are
+// untyped so that they convert to quic-go's StreamErrorCode and
+// ApplicationErrorCode without this package importing it.
+const (
+	// StreamCancelled: a client abandoned the operation (RESET_STREAM and
+	// STOP_SENDING).
+	StreamCancelled = 0x1
+	// StreamTimeout: the server gave up on the stream: its request did not
+	// arrive in time, its reply could not be written in time, or the
+	// server is shutting down.
+	StreamTimeout = 0x2
+	// StreamProtocolViolation: the request was not one frame followed by
+	// the end of the stream.
+	StreamProtocolViolation = 0x3
+)
+
+// Connection close codes (CONNECTION_CLOSE of the application).
+const (
+	// ConnNoError: the connection ended normally.
+	ConnNoError = 0x0
+	// ConnProtocolViolation: the peer broke the protocol (no client
+	// certificate, for example).
+	ConnProtocolViolation = 0x1
+	// ConnShutdown: the server is shutting down.
+	ConnShutdown = 0x2
+	// ConnRefused: a connection limit was hit (connections per source
+	// address, or in all); the reason phrase says which. Retry later, with
+	// fewer connections.
+	ConnRefused = 0x3
+)

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +129,27 @@ func TestErrorNoLeak(t *testing.T) {
 		}
 		if we.Message != "internal error" {
 			t.Errorf("%v: message %q leaks or differs from %q", err, we.Message, "internal error")
+		}
+	}
+}
+
+// TestErrorNoLocalDetail: an error that wraps a sentinel and also a file or
+// network error keeps its code but travels with the sentinel's own text:
+// paths and addresses of the server stay on the server.
+func TestErrorNoLocalDetail(t *testing.T) {
+	pathErr := &fs.PathError{Op: "open", Path: "/var/lib/huddle/members.json", Err: fs.ErrPermission}
+	netErr := &net.OpError{Op: "dial", Net: "udp", Err: errors.New("10.1.2.3:7373: refused")}
+	for _, tc := range []struct {
+		err  error
+		want Code
+	}{
+		{fmt.Errorf("join: %w: %w", ErrUnavailable, pathErr), CodeUnavailable},
+		{fmt.Errorf("%w: %w", ErrNotFound, netErr), CodeNotFound},
+		{fmt.Errorf("%w: %w", ErrBadRequest, os.NewSyscallError("sendmsg", errors.New("EPERM"))), CodeBadRequest},
+	} {
+		we := ToError(tc.err)
+		if we.Code != tc.want || we.Message != tc.want.Sentinel().Error() {
+			t.Errorf("ToError(%v) = %v %q, want %v with the sentinel's text", tc.err, we.Code, we.Message, tc.want)
 		}
 	}
 }

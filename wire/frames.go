@@ -201,11 +201,13 @@ type Info struct {
 }
 
 // Limits are a group's limits as its daemon enforces them. Zero means no
-// limit for the retention fields.
+// limit for the retention fields and the send rate; for the connection
+// fields (11..15), added within huddle/1, zero means the daemon did not say.
 //
 //	{1: max_message_bytes, 2: max_batch, 3: max_messages, 4: max_bytes,
 //	 5: max_age_ms, 6: fetch_page, 7: max_members, 8: send_rate_milli,
-//	 9: send_burst, 10: heartbeat_ms}
+//	 9: send_burst, 10: heartbeat_ms, 11: max_frame_bytes, 12: max_streams,
+//	 13: max_conns_per_addr, 14: request_timeout_ms, 15: idle_timeout_ms}
 type Limits struct {
 	MaxMessageBytes uint64 `cbor:"1,keyasint"`
 	MaxBatch        uint64 `cbor:"2,keyasint"`
@@ -217,8 +219,23 @@ type Limits struct {
 	// SendRateMilli is each member's sustained send rate in messages per
 	// 1000 seconds (so 5/s is 5000); zero means unlimited.
 	SendRateMilli uint64 `cbor:"8,keyasint,omitempty"`
-	SendBurst     uint64 `cbor:"9,keyasint,omitempty"`
-	HeartbeatMS   uint64 `cbor:"10,keyasint,omitempty"`
+	// SendBurst is how many messages a member may send at once after
+	// being idle: the size of its token bucket.
+	SendBurst   uint64 `cbor:"9,keyasint,omitempty"`
+	HeartbeatMS uint64 `cbor:"10,keyasint,omitempty"`
+	// MaxFrameBytes is the largest request frame the daemon reads.
+	MaxFrameBytes uint64 `cbor:"11,keyasint,omitempty"`
+	// MaxStreams is how many operations one connection may have open at
+	// once.
+	MaxStreams uint64 `cbor:"12,keyasint,omitempty"`
+	// MaxConnsPerAddr is how many connections one source address (an IPv4
+	// address, or an IPv6 /64) may have open at once.
+	MaxConnsPerAddr uint64 `cbor:"13,keyasint,omitempty"`
+	// RequestTimeoutMS is how long a client has to deliver a whole request.
+	RequestTimeoutMS uint64 `cbor:"14,keyasint,omitempty"`
+	// IdleTimeoutMS is how long a connection may be silent before the
+	// daemon drops it.
+	IdleTimeoutMS uint64 `cbor:"15,keyasint,omitempty"`
 }
 
 // Join makes the connection's key a member under a display name. Joining
@@ -289,6 +306,17 @@ func (s *Send) check() error {
 	for i := range s.Messages {
 		if s.Messages[i].ID.IsZero() {
 			return fmt.Errorf("message %d has no id", i)
+		}
+	}
+	if len(s.Messages) > 1 {
+		// One ID for two messages of one batch would acknowledge the
+		// second as a duplicate of the first and silently drop its body.
+		seen := make(map[ID]struct{}, len(s.Messages))
+		for i := range s.Messages {
+			if _, dup := seen[s.Messages[i].ID]; dup {
+				return fmt.Errorf("message %d repeats the id of an earlier message of the batch", i)
+			}
+			seen[s.Messages[i].ID] = struct{}{}
 		}
 	}
 	return nil
@@ -424,7 +452,11 @@ func checkSelection(since *int64, after *uint64) error {
 }
 
 // checkName enforces the rules for display names: 1..MaxNameBytes bytes of
-// UTF-8 with no control characters.
+// UTF-8 with no control characters (Unicode Cc), no format characters (Cf:
+// bidirectional overrides such as U+202E, zero-width characters, the BOM)
+// and no line or paragraph separators (Zl, Zp). Format characters are
+// invisible or reorder the text around them, so they would let one name
+// pass for another, or make a line of output lie about who said what.
 func checkName(what, name string) error {
 	if name == "" {
 		return fmt.Errorf("%s is empty", what)
@@ -436,8 +468,11 @@ func checkName(what, name string) error {
 		return fmt.Errorf("%s is not UTF-8", what)
 	}
 	for _, r := range name {
-		if unicode.IsControl(r) {
+		switch {
+		case unicode.IsControl(r):
 			return fmt.Errorf("%s contains a control character", what)
+		case unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp):
+			return fmt.Errorf("%s contains an invisible format character (U+%04X)", what, r)
 		}
 	}
 	return nil

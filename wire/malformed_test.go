@@ -59,6 +59,8 @@ var malformedCases = map[string]struct {
 	"zero-message-id":                  {want: ErrBadRequest, code: CodeBadRequest},
 	"name-65-bytes":                    {want: ErrTooLarge, code: CodeTooLarge},
 	"name-control-character":           {want: ErrBadRequest, code: CodeBadRequest},
+	"name-bidi-override":               {want: ErrBadRequest, code: CodeBadRequest},
+	"send-duplicate-ids":               {want: ErrBadRequest, code: CodeBadRequest},
 	"name-empty":                       {want: ErrBadRequest, code: CodeBadRequest},
 	"secret-257-bytes":                 {want: ErrTooLarge, code: CodeTooLarge},
 	"register-17-addrs":                {want: ErrTooLarge, code: CodeTooLarge},
@@ -264,6 +266,13 @@ func TestCheckName(t *testing.T) {
 		{"del\x7f", ErrBadRequest},
 		{"c1\u0085", ErrBadRequest},
 		{"bad\xffutf8", ErrBadRequest},
+		{"evil\u202egnp.exe", ErrBadRequest}, // right-to-left override
+		{"al\u200bice", ErrBadRequest},       // zero-width space
+		{"\ufeffbom", ErrBadRequest},
+		{"iso\u2066late", ErrBadRequest},
+		{"line\u2028sep", ErrBadRequest},
+		{"soft\u00adhyphen", ErrBadRequest},
+		{"عربي", nil},
 	} {
 		if err := CheckName(tc.name); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 			t.Errorf("CheckName(%q) = %v, want %v", tc.name, err, tc.want)
