@@ -248,7 +248,12 @@ func chatTerminal(env Env) (out io.Writer, restore func(), readLine func() (stri
 				}
 				return line, err
 			}
-			return t, func() { term.Restore(int(in.Fd()), state) }, read
+			restore := func() {
+				// Clear the prompt, so the shell's comes back on a clean line.
+				o.WriteString("\r\x1b[2K")
+				term.Restore(int(in.Fd()), state)
+			}
+			return t, restore, read
 		}
 	}
 	sc := bufio.NewScanner(env.Stdin)
