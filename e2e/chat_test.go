@@ -217,8 +217,13 @@ func TestChatTerminal(t *testing.T) {
 	})
 	tm.keys("/quit", "Enter")
 	lines = tm.waitScreen("chat exiting", func(lines []string) bool {
-		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, "chat exited with code 0") })
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "chat exited with code") })
 	})
+	// The prompt is cleared on the way out: what runs next starts on a
+	// clean line.
+	if last := lines[len(lines)-1]; last != "chat exited with code 0" {
+		t.Errorf("after /quit the terminal's last line is %q, want \"chat exited with code 0\"", last)
+	}
 
 	want := []string{"bob: before the chat", "alice (you): hello from alice", "bob: bob says hi", "alice (you): half typed"}
 	if got := chatLines(lines); !slices.Equal(got, want) {

@@ -16,8 +16,13 @@ import (
 // candidates listed), 1 when a server refuses, 3 when nothing answers.
 func TestExitCodes(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer up.stop(t)
+	// A lease long enough that the registry still lists the group of the
+	// daemon killed below when the test asks for it, however slow the run.
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--lease", "10m")
+	defer reg.stop(t)
+	first := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry,
+		"--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer first.stop(t)
 
 	// A second daemon also hosts a lobby, and two groups whose UUIDs share a
 	// prefix (set through its groups.json, the file that keeps each name's
@@ -29,18 +34,18 @@ func TestExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := startDaemon(t, "serve", "--group", "lobby", "--group", "alpha", "--group", "beta",
-		"--registry", up.registry, "--listen", "127.0.0.1:0", "--state-dir", state, "--max-message", "1KiB")
+		"--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state, "--max-message", "1KiB")
 	defer second.stop(t)
 	if second.groups["alpha"] != alpha || second.groups["beta"] != beta {
 		t.Fatalf("serve hosts %v, want alpha and beta with the UUIDs of its groups.json", second.groups)
 	}
-	lobby1, lobby2 := up.groups["lobby"], second.groups["lobby"]
+	lobby1, lobby2 := first.groups["lobby"], second.groups["lobby"]
 
 	// A third daemon is killed without a chance to deregister, so the
 	// registry lists a group nothing answers for (until its lease ends).
-	third := startDaemon(t, "serve", "--group", "gone", "--registry", up.registry,
+	third := startDaemon(t, "serve", "--group", "gone", "--registry", reg.registry,
 		"--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	alice := newUser(t, "alice", up.registry)
+	alice := newUser(t, "alice", reg.registry)
 	waitListed(t, alice, lobby1, lobby2, alpha, beta, third.groups["gone"])
 	third.proc.stop(t, syscall.SIGKILL)
 
@@ -76,16 +81,16 @@ func TestExitCodes(t *testing.T) {
 		{"chat without group", alice, "", []string{"chat"}, 2, []string{"want one GROUP"}},
 		{"two groups", alice, "", []string{"fetch", alpha, "beta"}, 2, []string{"want one GROUP"}},
 		{"forget-registry without address", alice, "", []string{"forget-registry"}, 2, []string{"want one ADDR"}},
-		{"serve without group", alice, "", []string{"serve", "--registry", up.registry, "--listen", "127.0.0.1:0", "--no-mdns"}, 2, []string{"--group NAME"}},
+		{"serve without group", alice, "", []string{"serve", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--no-mdns"}, 2, []string{"--group NAME"}},
 		{"bad log level", alice, "", []string{"registry", "--listen", "127.0.0.1:0", "--log-level", "loud", "--no-mdns"}, 2, []string{"--log-level"}},
 		{"ambiguous name", alice, "", []string{"fetch", "lobby"}, 2,
-			[]string{`"lobby" matches 2 groups`, lobby1, lobby2, up.addr, second.addr}},
+			[]string{`"lobby" matches 2 groups`, lobby1, lobby2, first.addr, second.addr}},
 		{"ambiguous name, send", alice, "", []string{"send", "lobby", "hi"}, 2, []string{`"lobby" matches 2 groups`, lobby1, lobby2}},
 		{"ambiguous prefix", alice, "", []string{"fetch", "abcd"}, 2, []string{`"abcd" matches 2 groups`, alpha + "  alpha", beta + "  beta"}},
 		{"ambiguous prefix, watch", alice, "", []string{"watch", "abcd0000"}, 2, []string{"matches 2 groups", alpha, beta}},
 
 		// 1: refused.
-		{"not a member", newUser(t, "carol", up.registry), "", []string{"fetch", alpha}, 1, []string{"not a member", "huddle join GROUP"}},
+		{"not a member", newUser(t, "carol", reg.registry), "", []string{"fetch", alpha}, 1, []string{"not a member", "huddle join GROUP"}},
 		{"no such group", alice, "", []string{"fetch", "nosuchgroup"}, 1, []string{`no such group "nosuchgroup"`, "huddle groups"}},
 		{"short prefix", alice, "", []string{"fetch", "abc"}, 1, []string{`no such group "abc"`}},
 		{"too large", alice, "", []string{"send", alpha, big}, 1, []string{"too large", "at most 1024", "huddle info GROUP"}},

@@ -130,7 +130,7 @@ func TestWalkthrough(t *testing.T) {
 	if m := sentLineRE.FindStringSubmatch(strings.TrimSpace(out)); m == nil || m[1] != "1" {
 		t.Errorf("send printed %q, want sent #1 at TIME", out)
 	}
-	acks := jsonLines[ackJSON](t, bob.okInput(t, "hi alice\nbob here\n", "send", "--json", "lobby"), ackKeys...)
+	acks := jsonLines[ackJSON](t, bob.okInput(t, "hi alice\nbob here\n", "send", "lobby", "--json"), ackKeys...)
 	if len(acks) != 2 {
 		t.Fatalf("send --json of two lines acknowledged %d messages: %+v", len(acks), acks)
 	}
@@ -325,4 +325,50 @@ func TestWalkthrough(t *testing.T) {
 func groupEqual(a, b groupJSON) bool {
 	return a.UUID == b.UUID && a.Name == b.Name && slices.Equal(a.Addrs, b.Addrs) &&
 		a.Fingerprint == b.Fingerprint && a.Members == b.Members && a.LastSeq == b.LastSeq
+}
+
+// TestSendArguments checks where send's flags end and its text begins:
+// flags may come before or after GROUP, the text runs from its first word to
+// the end of the command line, and -- lets text start with a dash.
+func TestSendArguments(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+
+	for _, tc := range []struct {
+		input string
+		args  []string
+		json  bool
+	}{
+		{"", []string{"send", "lobby", "--json", "--", "--literal"}, true},
+		{"", []string{"send", "lobby", "hello", "--json"}, false},
+		{"", []string{"send", "--json", "lobby", "plain", "words"}, true},
+		{"line one\nline two\n", []string{"send", "lobby", "--json"}, true},
+		{"", []string{"send", "lobby", "--", "-x"}, false},
+	} {
+		r := alice.runInput(t, tc.input, tc.args...)
+		switch {
+		case r.code != 0:
+			t.Errorf("%s", r)
+		case tc.json:
+			jsonLines[ackJSON](t, r.stdout, ackKeys...)
+		case !sentLineRE.MatchString(strings.TrimSpace(r.stdout)):
+			t.Errorf("want one sent line: %s", r)
+		}
+	}
+	for _, args := range [][]string{{"send", "lobby", "--frobnicate", "x"}, {"send", "lobby", "-1", "degrees"}} {
+		if r := alice.run(t, args...); r.code != 2 || !strings.Contains(r.stderr, "huddle send --help") {
+			t.Errorf("a word like a flag right after GROUP (text starting with a dash goes after --): want exit code 2: %s", r)
+		}
+	}
+	var texts []string
+	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json"), messageKeys...) {
+		texts = append(texts, m.Text)
+	}
+	if want := []string{"--literal", "hello --json", "plain words", "line one", "line two", "-x"}; !slices.Equal(texts, want) {
+		t.Errorf("lobby holds %q, want %q", texts, want)
+	}
 }

@@ -114,6 +114,7 @@ func TestWatch(t *testing.T) {
 	bob.ok(t, "send", "lobby", "before the watch")
 
 	w := alice.start(t, "watch", "lobby", "--json")
+	bobs := bob.start(t, "watch", "lobby")
 	// The watch follows what arrives after it started, and nothing says when
 	// that was: send probes until one shows.
 	deadline := time.Now().Add(waitTimeout)
@@ -127,6 +128,13 @@ func TestWatch(t *testing.T) {
 	alice.ok(t, "send", "lobby", "m4")
 	waitText(t, w, `"m4"`)
 	stopWatch(t, w)
+
+	// Leaving the group (from elsewhere) ends a watch: exit code 1, advice.
+	waitText(t, bobs, "alice: m4")
+	bob.ok(t, "leave", "lobby")
+	if code := bobs.wait(t); code != 1 || !strings.Contains(bobs.stderr.String(), "not a member") {
+		t.Errorf("bob's watch after he left: exit code %d, want 1 and a note that he is not a member\nstderr:\n%s", code, bobs.stderr)
+	}
 
 	lines := watchJSON(t, w)
 	seen := make(map[string]bool)
