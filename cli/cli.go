@@ -54,6 +54,7 @@ var verbs = map[string]verb{
 	"version":         {"print the version", runVersion},
 	"id":              {"print your identity (fingerprint)", runID},
 	"forget-registry": {"drop the pinned fingerprint of a registry", runForgetRegistry},
+	"bench":           {"measure a group daemon under load (self-contained or --registry)", runBench},
 }
 
 // Main runs the huddle command line args and returns the process exit code.

@@ -1,0 +1,124 @@
+package loadgen
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Daemon is a `huddle up` process started for a self-contained run: a
+// registry and a group daemon on loopback, with mDNS off, in a state
+// directory of its own. Its CPU and memory are the run's server figures.
+type Daemon struct {
+	// Registry is the registry's address, and Fingerprint its key.
+	Registry    string
+	Fingerprint wire.Fingerprint
+	// PID is the process's ID.
+	PID int
+
+	cmd  *exec.Cmd
+	dir  string
+	done chan struct{}
+}
+
+// daemonStartTimeout bounds how long a started daemon may take to listen.
+const daemonStartTimeout = 20 * time.Second
+
+// StartDaemon starts exe (the huddle binary) as
+//
+//	huddle up --no-mdns --listen 127.0.0.1:0 --state-dir DIR --group GROUP --log-level warn
+//
+// with a fresh state directory, and returns once it listens. Its log goes
+// to logw. The environment's HUDDLE_* variables are not passed on, so the
+// daemon runs with its defaults. Stop stops it.
+func StartDaemon(exe, group string, logw io.Writer) (*Daemon, error) {
+	dir, err := os.MkdirTemp("", "huddle-bench-")
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", dir,
+		"--group", group, "--log-level", "warn")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "HUDDLE_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Stderr = logw
+	cmd.SysProcAttr = daemonProcAttr()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start %s up: %w", exe, err)
+	}
+	d := &Daemon{PID: cmd.Process.Pid, cmd: cmd, dir: dir, done: make(chan struct{})}
+	ready := make(chan error, 1)
+	go func() {
+		ready <- d.readAnnouncement(out)
+		io.Copy(io.Discard, out)
+		cmd.Wait()
+		close(d.done)
+	}()
+	select {
+	case err = <-ready:
+	case <-time.After(daemonStartTimeout):
+		err = fmt.Errorf("huddle up did not listen within %v", daemonStartTimeout)
+	}
+	if err != nil {
+		d.Stop()
+		return nil, err
+	}
+	return d, nil
+}
+
+// readAnnouncement reads what `huddle up` prints once listening: the
+// registry's address and fingerprint, then the group daemon's lines, then
+// a "try:" line.
+func (d *Daemon) readAnnouncement(r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "huddle registry listening on "); ok {
+			addr, fp, ok := strings.Cut(rest, ", fingerprint ")
+			if !ok {
+				return fmt.Errorf("huddle up said %q", line)
+			}
+			f, err := wire.ParseFingerprint(fp)
+			if err != nil {
+				return fmt.Errorf("huddle up said %q: %w", line, err)
+			}
+			d.Registry, d.Fingerprint = addr, f
+		}
+		if strings.HasPrefix(strings.TrimSpace(line), "try:") {
+			if d.Registry == "" {
+				return errors.New("huddle up did not say where its registry listens")
+			}
+			return nil
+		}
+	}
+	return errors.New("huddle up exited before listening")
+}
+
+// Stop asks the daemon to shut down (SIGTERM), kills it if it has not
+// within 10 s, and removes its state directory.
+func (d *Daemon) Stop() {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+	os.RemoveAll(d.dir)
+}

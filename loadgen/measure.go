@@ -1,0 +1,194 @@
+package loadgen
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Result is what one run measured. Ops counts what the scenario calls an
+// operation: a message sent (send, send-batched), a fetch of the last 1%
+// (fetch), a message delivered to one watcher (fanout), a connection (idle).
+type Result struct {
+	Scenario string  `json:"scenario"`
+	Conns    int     `json:"conns"`
+	InFlight int     `json:"inflight"`
+	Size     int     `json:"size"`
+	Seconds  float64 `json:"duration_s"`
+
+	Ops        int64   `json:"ops"`
+	OpsPerSec  float64 `json:"ops_per_sec"`
+	MsgsPerSec float64 `json:"msgs_per_sec"` // messages sent or fetched per second
+	P50us      float64 `json:"p50_us"`
+	P99us      float64 `json:"p99_us"`
+	P999us     float64 `json:"p999_us"`
+	Errors     int64   `json:"errors"`
+	FirstError string  `json:"first_error,omitempty"`
+
+	// Server figures are zero when the daemon's process is not known.
+	ServerMeasured   bool    `json:"server_measured"`
+	ServerCPUusPerOp float64 `json:"server_cpu_us_per_op"`
+	ServerCPUCores   float64 `json:"server_cpu_cores"`
+	ServerRSSBytes   int64   `json:"server_rss_bytes"`
+	ClientCPUCores   float64 `json:"client_cpu_cores"`
+
+	// ServerBytesPerConn is the idle scenario's daemon RSS growth per
+	// connection.
+	ServerBytesPerConn int64 `json:"server_bytes_per_conn,omitempty"`
+	// Messages is the fetch scenario's messages per fetch, and fanout's
+	// messages sent.
+	Messages int64  `json:"messages,omitempty"`
+	Note     string `json:"note,omitempty"`
+}
+
+// phase is the shared state of a run's workers: whether operations count
+// now, whether to stop, and the errors seen.
+type phase struct {
+	measuring atomic.Bool
+	stop      atomic.Bool
+	errs      atomic.Int64
+	mu        sync.Mutex
+	firstErr  error
+}
+
+func (p *phase) fail(err error) {
+	if p.errs.Add(1) == 1 {
+		p.mu.Lock()
+		p.firstErr = err
+		p.mu.Unlock()
+	}
+}
+
+func (p *phase) first() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.firstErr == nil {
+		return ""
+	}
+	return p.firstErr.Error()
+}
+
+// window is what happened while measuring.
+type window struct {
+	dur              time.Duration
+	srvCPU, cliCPU   float64 // seconds used
+	srvRSS           int64
+	serverMeasured   bool
+	srvCPU0, cliCPU0 float64
+	t0               time.Time
+}
+
+// start begins the measured window.
+func (w *window) start(pid int) {
+	w.t0 = time.Now()
+	w.cliCPU0 = selfCPU()
+	if pid > 0 {
+		if cpu, err := procCPU(pid); err == nil {
+			w.srvCPU0, w.serverMeasured = cpu, true
+		}
+	}
+}
+
+// end closes the measured window.
+func (w *window) end(pid int) {
+	w.dur = time.Since(w.t0)
+	w.cliCPU = selfCPU() - w.cliCPU0
+	if w.serverMeasured {
+		cpu, err := procCPU(pid)
+		rss, err2 := procRSS(pid)
+		if err != nil || err2 != nil {
+			w.serverMeasured = false
+			return
+		}
+		w.srvCPU, w.srvRSS = cpu-w.srvCPU0, rss
+	}
+}
+
+// measure runs the warm-up and the window while workers run, and stops
+// them after it.
+func measure(ph *phase, pid int, warmup, dur time.Duration) window {
+	time.Sleep(warmup)
+	var w window
+	w.start(pid)
+	ph.measuring.Store(true)
+	time.Sleep(dur)
+	ph.measuring.Store(false)
+	w.end(pid)
+	ph.stop.Store(true)
+	return w
+}
+
+// fill completes r from the latencies recorded in the window.
+func fill(r *Result, lats [][]time.Duration, w window, ph *phase) {
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	r.Seconds = w.dur.Seconds()
+	r.Ops = int64(len(all))
+	r.OpsPerSec = float64(r.Ops) / r.Seconds
+	r.P50us, r.P99us, r.P999us = pct(all, 0.50), pct(all, 0.99), pct(all, 0.999)
+	r.Errors = ph.errs.Load()
+	r.FirstError = ph.first()
+	r.ClientCPUCores = w.cliCPU / r.Seconds
+	if w.serverMeasured {
+		r.ServerMeasured = true
+		r.ServerCPUCores = w.srvCPU / r.Seconds
+		if r.Ops > 0 {
+			r.ServerCPUusPerOp = w.srvCPU * 1e6 / float64(r.Ops)
+		}
+		r.ServerRSSBytes = w.srvRSS
+	}
+}
+
+// pct returns the q-quantile of sorted, in microseconds.
+func pct(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return float64(sorted[int(q*float64(len(sorted)-1))]) / 1e3
+}
+
+// procCPU returns the user+system CPU seconds process pid has used.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')') // the command name may hold spaces
+	f := strings.Fields(s[i+1:])
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	return float64(ut+st) / 100, nil // USER_HZ is 100 on Linux
+}
+
+// procRSS returns process pid's resident set size in bytes.
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 2 && f[1] == "kB" {
+				kb, err := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+}
