@@ -211,6 +211,7 @@ func (s *server) acceptLoop() {
 // shutdown begins. On shutdown it leaves the connection for close to close.
 func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint) {
 	defer s.connWG.Done()
+	workers := s.newStreamWorkers(conn)
 	for {
 		str, err := conn.AcceptStream(s.acceptCtx)
 		if err != nil {
@@ -225,7 +226,7 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint) {
 		}
 		s.streamWG.Add(1)
 		s.mu.Unlock()
-		go s.serveStream(conn, peer, str)
+		workers.run(func() { s.serveStream(conn, peer, str) })
 	}
 	s.mu.Lock()
 	closed := s.closed
