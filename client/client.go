@@ -404,6 +404,9 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 		buf = raw[:0:cap(raw)]
 		delivered = true
 		done, err := handle(kind, raw)
+		if err == nil && done && (kind == wire.KindResult || kind == wire.KindEnd) && finished(st) {
+			return delivered, nil
+		}
 		if err != nil || done {
 			// Nothing more is expected; STOP_SENDING tells the server so if
 			// it has not closed already.
@@ -411,6 +414,22 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			return delivered, err
 		}
 	}
+}
+
+// finWait bounds how long a client waits for the end of a stream whose
+// last reply frame it has read.
+const finWait = 100 * time.Millisecond
+
+// finished reads the end of st after the last frame of a reply, and reports
+// whether it came. The server ends the stream right after that frame
+// (usually in the same packet): taking that end, rather than cancelling
+// the stream, spares both sides a STOP_SENDING and the RESET_STREAM it may
+// draw, a frame each way per operation.
+func finished(st *quic.Stream) bool {
+	st.SetReadDeadline(time.Now().Add(finWait))
+	var b [1]byte
+	n, err := st.Read(b[:])
+	return n == 0 && err == io.EOF
 }
 
 // ctxErr prefers the context's error when the context ended, since stream
