@@ -1,10 +1,6 @@
 package daemon
 
-import (
-	"errors"
-
-	"github.com/quic-go/quic-go"
-)
+import "errors"
 
 // Errors returned by the servers' methods.
 var (
@@ -16,23 +12,4 @@ var (
 	ErrServing = errors.New("daemon: already serving")
 	// ErrBadState: a file in the state directory cannot be used.
 	ErrBadState = errors.New("daemon: unusable state directory")
-)
-
-// Application error codes on streams (RESET_STREAM, STOP_SENDING) and
-// connections (CONNECTION_CLOSE). They belong in PROTOCOL.md beside the
-// Error frame codes.
-const (
-	// streamTimeout: the request did not arrive in time, or the server is
-	// shutting down.
-	streamTimeout quic.StreamErrorCode = 0x2
-	// streamProtocol: the request was not a frame followed by the end of
-	// the stream.
-	streamProtocol quic.StreamErrorCode = 0x3
-
-	// connNoError: the connection ended normally.
-	connNoError quic.ApplicationErrorCode = 0x0
-	// connShutdown: the server is shutting down.
-	connShutdown quic.ApplicationErrorCode = 0x2
-	// connProtocol: the peer broke the protocol (no certificate).
-	connProtocol quic.ApplicationErrorCode = 0x3
 )

@@ -4,8 +4,11 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"crypto/subtle"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -24,13 +27,20 @@ type group struct {
 	members map[wire.Fingerprint]*member
 	// senders interns (fingerprint, name) pairs: a stored message's From is
 	// an index here, so each message costs 4 bytes for its sender, and a
-	// message keeps the name its sender had when it was sent.
-	senders  []sender
+	// message keeps the name its sender had when it was sent. An entry no
+	// member uses and no held message refers to is reused (see
+	// internLocked), so a member that renames itself over and over cannot
+	// grow the table past the members and the messages the log holds.
+	senders  []*senderEntry
 	senderIx map[sender]uint32
-	version  uint64 // of members; bumped on each change
+	free     []uint32 // indexes of senders free for reuse
+	sweepAt  int      // len(senders) at which internLocked looks for free entries
+	version  uint64   // of members; bumped on each change
+	rate     *rateLimiter
 
 	persistMu sync.Mutex
 	persisted uint64 // the version last written to the members file
+	writes    bucket // paces members-file writes (see persist)
 }
 
 type member struct {
@@ -45,7 +55,23 @@ type sender struct {
 	name string
 }
 
-func newGroup(id wire.UUID, spec GroupSpec, log *store.Log, dir string, records []memberRecord) *group {
+// senderEntry is one interned sender and what keeps it alive.
+type senderEntry struct {
+	sender
+	// lastSeq is the last sequence number of a message stored from this
+	// entry (0: none): once retention has dropped it, no held message
+	// refers to the entry.
+	lastSeq atomic.Uint64
+	// pins counts sends in flight from this entry: their messages may be
+	// in the log before lastSeq says so.
+	pins atomic.Int32
+	free bool
+}
+
+// minSweep is the table size below which internLocked never sweeps.
+const minSweep = 64
+
+func newGroup(id wire.UUID, spec GroupSpec, log *store.Log, dir string, records []memberRecord, rate *rateLimiter) *group {
 	g := &group{
 		id:       id,
 		name:     spec.Name,
@@ -55,6 +81,8 @@ func newGroup(id wire.UUID, spec GroupSpec, log *store.Log, dir string, records 
 		dir:      dir,
 		members:  make(map[wire.Fingerprint]*member, len(records)),
 		senderIx: make(map[sender]uint32),
+		sweepAt:  minSweep,
+		rate:     rate,
 	}
 	for _, r := range records {
 		g.members[r.Fingerprint] = &member{
@@ -76,17 +104,58 @@ func (g *group) secretOK(s []byte) bool {
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
-// internLocked returns the sender index of (fp, name). g.mu is held for
-// writing.
+// internLocked returns the sender index of (fp, name), reusing a free
+// entry if there is one. When the table has grown since the last sweep, it
+// first sweeps for entries to free. g.mu is held for writing.
 func (g *group) internLocked(fp wire.Fingerprint, name string) uint32 {
 	s := sender{fp, name}
 	if i, ok := g.senderIx[s]; ok {
 		return i
 	}
-	i := uint32(len(g.senders))
-	g.senders = append(g.senders, s)
+	if len(g.free) == 0 && len(g.senders) >= g.sweepAt {
+		g.sweepLocked()
+	}
+	var i uint32
+	if n := len(g.free); n > 0 {
+		i = g.free[n-1]
+		g.free = g.free[:n-1]
+		e := g.senders[i]
+		e.sender, e.free = s, false
+		e.lastSeq.Store(0)
+	} else {
+		i = uint32(len(g.senders))
+		g.senders = append(g.senders, &senderEntry{sender: s})
+	}
 	g.senderIx[s] = i
 	return i
+}
+
+// sweepLocked frees every sender entry that no member uses, no send in
+// flight is storing messages from, and no held message refers to (its last
+// message is older than the log's first). Queries convert stored messages
+// to wire messages under g.mu's read lock (see query), so none can be
+// holding a message from a freed entry. g.mu is held for writing.
+func (g *group) sweepLocked() {
+	first := g.log.Stats().First
+	current := make(map[uint32]bool, len(g.members))
+	for _, m := range g.members {
+		current[m.from] = true
+	}
+	for i, e := range g.senders {
+		if e.free || current[uint32(i)] || e.pins.Load() > 0 {
+			continue
+		}
+		if last := e.lastSeq.Load(); last != 0 && last >= first {
+			continue
+		}
+		e.free = true
+		delete(g.senderIx, e.sender)
+		e.sender = sender{}
+		g.free = append(g.free, uint32(i))
+	}
+	// Sweep again once the table has doubled its live entries: amortised
+	// constant work per entry interned.
+	g.sweepAt = max(minSweep, 2*(len(g.senders)-len(g.free)))
 }
 
 // membership returns the sender index and the left channel of fp's
@@ -99,6 +168,42 @@ func (g *group) membership(fp wire.Fingerprint) (from uint32, left <-chan struct
 		return 0, nil, false
 	}
 	return m.from, m.left, true
+}
+
+// pinSender returns fp's sender index, pinned so that the entry is not
+// freed while a send stores messages from it; unpinSender ends the pin. ok
+// is false if fp is not a member.
+func (g *group) pinSender(fp wire.Fingerprint) (from uint32, ok bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	m := g.members[fp]
+	if m == nil {
+		return 0, false
+	}
+	g.senders[m.from].pins.Add(1)
+	return m.from, true
+}
+
+// unpinSender ends a pin, recording last (if not 0) as the last sequence
+// number stored from the entry.
+func (g *group) unpinSender(from uint32, last uint64) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	e := g.senders[from]
+	for {
+		old := e.lastSeq.Load()
+		if last <= old || e.lastSeq.CompareAndSwap(old, last) {
+			break
+		}
+	}
+	e.pins.Add(-1)
+}
+
+// senderCount returns how many sender entries are in use, for tests.
+func (g *group) senderCount() int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return len(g.senders) - len(g.free)
 }
 
 func (g *group) isMember(fp wire.Fingerprint) bool {
@@ -163,15 +268,24 @@ func (g *group) memberList() []wire.Member {
 	return list
 }
 
+// Members-file writes are paced: a burst of persistBurst, then at most
+// persistRate a second. A join or leave is acknowledged only once a write
+// holding it is on disk, and one write holds every change made before it
+// began, so under a flood of joins, leaves or renames (each rewriting a file
+// of up to MaxMembers entries, synced) callers wait a little longer and
+// share writes instead of making the disk do one each.
+const (
+	persistRate  = 20
+	persistBurst = 10
+)
+
 // persist writes the members file if the members changed since it was last
-// written. Concurrent callers never write an older list over a newer one.
+// written, and returns once the change the caller made is on disk.
+// Concurrent callers share writes and never write an older list over a
+// newer one.
 func (g *group) persist() error {
 	g.mu.RLock()
 	v := g.version
-	records := make([]memberRecord, 0, len(g.members))
-	for fp, m := range g.members {
-		records = append(records, memberRecord{Fingerprint: fp, Name: m.name, Joined: m.joined})
-	}
 	g.mu.RUnlock()
 
 	g.persistMu.Lock()
@@ -179,6 +293,26 @@ func (g *group) persist() error {
 	if g.persisted >= v {
 		return nil // a newer or the same list is on disk
 	}
+	if g.writes.at.IsZero() {
+		g.writes = bucket{tokens: persistBurst, at: time.Now()}
+	}
+	pace := rateLimiter{rate: persistRate, burst: persistBurst}
+	pace.refill(&g.writes, time.Now())
+	if g.writes.tokens < 1 {
+		time.Sleep(time.Duration((1 - g.writes.tokens) / persistRate * float64(time.Second)))
+		pace.refill(&g.writes, time.Now())
+	}
+	g.writes.tokens--
+
+	// The list as it is now: it holds the caller's change and every change
+	// made while the caller waited.
+	g.mu.RLock()
+	v = g.version
+	records := make([]memberRecord, 0, len(g.members))
+	for fp, m := range g.members {
+		records = append(records, memberRecord{Fingerprint: fp, Name: m.name, Joined: m.joined})
+	}
+	g.mu.RUnlock()
 	slices.SortFunc(records, func(a, b memberRecord) int {
 		return cmp.Or(cmp.Compare(a.Joined, b.Joined), slices.Compare(a.Fingerprint[:], b.Fingerprint[:]))
 	})
@@ -189,24 +323,101 @@ func (g *group) persist() error {
 	return nil
 }
 
-// toWire converts stored messages to wire messages, appending to out,
-// mapping each From back to its sender's fingerprint and name. It stops
-// after max messages or once the messages' estimated encoding passes budget
-// bytes (always taking at least one), and returns how many it took.
-func (g *group) toWire(out []wire.Message, msgs []store.Message, max, budget int) ([]wire.Message, int) {
+// query runs q (a query of g.log) and converts the messages it returns to
+// wire messages, appended to out, mapping each From back to its sender's
+// fingerprint and name. Both happen under g.mu's read lock, so no sender
+// entry the messages refer to can be freed and reused in between.
+func (g *group) query(out []wire.Message, q func() ([]store.Message, store.Cursor)) ([]wire.Message, store.Cursor) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
+	msgs, cur := q()
+	for i := range msgs {
+		m := &msgs[i]
+		s := g.senders[m.From]
+		out = append(out, wire.Message{Seq: m.Seq, Time: m.Time, ID: m.ID, From: s.fp, Name: s.name, Body: m.Body})
+	}
+	return out, cur
+}
+
+// frameCut returns how many of msgs go in one Messages frame: at most max,
+// and no more once their estimated encoding passes budget bytes (always at
+// least one).
+func frameCut(msgs []wire.Message, max, budget int) int {
 	size, n := 0, 0
 	for ; n < len(msgs) && n < max; n++ {
-		m := &msgs[n]
-		s := g.senders[m.From]
-		size += messageOverhead + len(s.name) + len(m.Body)
+		size += messageOverhead + len(msgs[n].Name) + len(msgs[n].Body)
 		if n > 0 && size > budget {
 			break
 		}
-		out = append(out, wire.Message{Seq: m.Seq, Time: m.Time, ID: m.ID, From: s.fp, Name: s.name, Body: m.Body})
 	}
-	return out, n
+	return n
+}
+
+// rateLimiter holds a group's per-key token buckets (PROTOCOL.md §8.5).
+// Buckets are kept by fingerprint, not membership, so leaving and joining
+// again does not refill one; a full bucket is the same as none, so full
+// ones are pruned when the map grows.
+type rateLimiter struct {
+	rate  float64 // tokens per second; <= 0: unlimited
+	burst float64
+
+	mu      sync.Mutex
+	buckets map[wire.Fingerprint]*bucket
+	pruneAt int
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time // when tokens was computed
+}
+
+func newRateLimiter(rate float64, burst int) *rateLimiter {
+	return &rateLimiter{rate: rate, burst: float64(burst), buckets: make(map[wire.Fingerprint]*bucket), pruneAt: minSweep}
+}
+
+// refill brings b up to now. A clock that stepped back refills nothing.
+func (r *rateLimiter) refill(b *bucket, now time.Time) {
+	if now.After(b.at) {
+		b.tokens = min(r.burst, b.tokens+now.Sub(b.at).Seconds()*r.rate)
+	}
+	b.at = now
+}
+
+// take takes n tokens from fp's bucket, or reports how long until the
+// bucket will hold n.
+func (r *rateLimiter) take(fp wire.Fingerprint, n int, now time.Time) (wait time.Duration, ok bool) {
+	if r.rate <= 0 {
+		return 0, true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b := r.buckets[fp]
+	if b == nil {
+		if len(r.buckets) >= r.pruneAt {
+			for k, o := range r.buckets {
+				if r.refill(o, now); o.tokens >= r.burst {
+					delete(r.buckets, k)
+				}
+			}
+			r.pruneAt = max(minSweep, 2*len(r.buckets))
+		}
+		b = &bucket{tokens: r.burst, at: now}
+		r.buckets[fp] = b
+	}
+	r.refill(b, now)
+	if b.tokens >= float64(n) {
+		b.tokens -= float64(n)
+		return 0, true
+	}
+	need := float64(n) - b.tokens
+	return time.Duration(math.Ceil(need / r.rate * float64(time.Second))), false
+}
+
+// size returns how many buckets are kept, for tests.
+func (r *rateLimiter) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.buckets)
 }
 
 // messageOverhead bounds from above the encoding of a wire.Message besides

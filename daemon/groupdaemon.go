@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -24,6 +25,13 @@ const (
 	// the most it can have: a members reply is one frame, an array of at
 	// most wire.MaxArrayItems entries.
 	DefaultMaxMembers = wire.MaxArrayItems
+	// DefaultSendRate is each member's sustained send rate, messages per
+	// second: far above what people type, low enough that one member
+	// cannot flush a group's history in minutes.
+	DefaultSendRate = 100
+	// DefaultSendBurst is each member's token bucket: what it may send at
+	// once after being idle.
+	DefaultSendBurst = 1000
 )
 
 // MaxMessageBytesLimit is the largest MaxMessageBytes a daemon accepts: a
@@ -85,12 +93,36 @@ type GroupConfig struct {
 	// MaxMembers is the most members a group may have. Default and most
 	// DefaultMaxMembers (8192).
 	MaxMembers int
+	// SendRate is each member's sustained send rate in messages per second:
+	// its token bucket refills at this rate, and a send that finds too few
+	// tokens gets CodeRateLimited with the time to wait. Default 100;
+	// negative: unlimited.
+	SendRate float64
+	// SendBurst is the size of each member's token bucket: how many
+	// messages it may send at once after being idle. Default 1000; at least
+	// MaxBatch, so that every batch allowed can eventually be sent.
+	SendBurst int
 	// HeartbeatInterval is how long a watch may be idle before a Heartbeat
 	// frame. Default 5 s.
 	HeartbeatInterval time.Duration
 	// MaxIncomingStreams is how many streams (operations) one connection may
 	// have open at once. Default 1000.
 	MaxIncomingStreams int64
+	// MaxRequestBytes is the largest request frame read. Default and most
+	// wire.MaxFrameSize (1 MiB); at least MinMaxRequestBytes.
+	MaxRequestBytes int
+	// MaxConnsPerAddr is how many connections one source address (an IPv4
+	// address, or an IPv6 /64) may have open at once; one more is closed
+	// after its handshake with wire.ConnRefused. Default 256.
+	MaxConnsPerAddr int
+	// MaxConns is how many connections the server holds at once. Default
+	// 4096.
+	MaxConns int
+	// HandshakeTimeout bounds a connection's TLS handshake. Default 10 s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout is how long a connection may be silent before it is
+	// dropped. Default 30 s.
+	IdleTimeout time.Duration
 	// RequestTimeout bounds the wait for a request frame. Default 10 s.
 	RequestTimeout time.Duration
 	// WriteTimeout bounds each reply frame's write: a watcher that stops
@@ -127,10 +159,19 @@ func (c GroupConfig) Validate() error {
 		return bad("FetchPage %d is negative", c.FetchPage)
 	case c.MaxMembers < 0 || c.MaxMembers > DefaultMaxMembers:
 		return bad("MaxMembers %d: want 0..%d", c.MaxMembers, DefaultMaxMembers)
-	case c.HeartbeatInterval < 0, c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
-		return bad("negative interval or timeout")
-	case c.MaxIncomingStreams < 0:
-		return bad("MaxIncomingStreams %d is negative", c.MaxIncomingStreams)
+	case c.SendBurst < 0:
+		return bad("SendBurst %d is negative", c.SendBurst)
+	case math.IsNaN(c.SendRate) || math.IsInf(c.SendRate, 0):
+		return bad("SendRate %v is not a number of messages per second", c.SendRate)
+	case c.SendRate >= 0 && orDefault(c.SendBurst, DefaultSendBurst) < orDefault(c.MaxBatch, DefaultMaxBatch):
+		return bad("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
+	case c.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
+		return bad("MaxMessageBytes %d does not fit in a request of MaxRequestBytes %d with its envelope (%d bytes)",
+			orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes), c.MaxRequestBytes, wire.MaxFrameSize-MaxMessageBytesLimit)
+	}
+	if err := validateServer(c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns,
+		c.HeartbeatInterval, c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout, c.HandshakeTimeout, c.IdleTimeout); err != nil {
+		return err
 	}
 	for _, a := range c.Advertise {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || len(a) > wire.MaxAddrBytes {
@@ -163,10 +204,11 @@ func (c GroupConfig) withDefaults() GroupConfig {
 	c.FetchPage = orDefault(c.FetchPage, DefaultFetchPage)
 	c.MaxMembers = orDefault(c.MaxMembers, DefaultMaxMembers)
 	c.HeartbeatInterval = orDefault(c.HeartbeatInterval, DefaultHeartbeatInterval)
-	c.MaxIncomingStreams = orDefault(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
-	c.RequestTimeout = orDefault(c.RequestTimeout, DefaultRequestTimeout)
-	c.WriteTimeout = orDefault(c.WriteTimeout, DefaultWriteTimeout)
-	c.ShutdownTimeout = orDefault(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.SendRate = orDefault(c.SendRate, DefaultSendRate)
+	c.SendBurst = orDefault(c.SendBurst, DefaultSendBurst)
+	sc := c.server().withDefaults()
+	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = sc.maxStreams, sc.maxRequestBytes, sc.maxConnsPerAddr, sc.maxConns
+	c.HandshakeTimeout, c.IdleTimeout, c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout = sc.handshakeTimeout, sc.idleTimeout, sc.requestTimeout, sc.writeTimeout, sc.shutdownTimeout
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
 	c.Retention.Now = c.Now
@@ -203,15 +245,25 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := &GroupDaemon{cfg: cfg, life: newLifecycle()}
-	d.srv = newServer(serverConfig{
-		listen:          cfg.Listen,
-		maxStreams:      cfg.MaxIncomingStreams,
-		requestTimeout:  cfg.RequestTimeout,
-		writeTimeout:    cfg.WriteTimeout,
-		shutdownTimeout: cfg.ShutdownTimeout,
-		log:             cfg.Logger,
-	}, d.handle)
+	d.srv = newServer(cfg.server().withDefaults(), d.handle)
 	return d, nil
+}
+
+// server is the shared machinery's part of the configuration.
+func (c GroupConfig) server() serverConfig {
+	return serverConfig{
+		listen:           c.Listen,
+		maxStreams:       c.MaxIncomingStreams,
+		maxRequestBytes:  c.MaxRequestBytes,
+		maxConnsPerAddr:  c.MaxConnsPerAddr,
+		maxConns:         c.MaxConns,
+		handshakeTimeout: c.HandshakeTimeout,
+		idleTimeout:      c.IdleTimeout,
+		requestTimeout:   c.RequestTimeout,
+		writeTimeout:     c.WriteTimeout,
+		shutdownTimeout:  c.ShutdownTimeout,
+		log:              c.Logger,
+	}
 }
 
 // Listen loads the state directory (the key, each group's UUID and members,
@@ -261,7 +313,7 @@ func (d *GroupDaemon) loadLocked() error {
 		if err != nil {
 			return err
 		}
-		g := newGroup(gid, spec, log, d.cfg.StateDir, records)
+		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst))
 		groups[gid] = g
 		order = append(order, g)
 	}

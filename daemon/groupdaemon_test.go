@@ -398,7 +398,7 @@ func TestGroupFetch(t *testing.T) {
 // TestGroupFetchFrames checks that a large fetch is cut into frames that fit
 // the protocol's limits.
 func TestGroupFetchFrames(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{MaxBatch: 100})
+	d, _ := startGroupDaemon(t, GroupConfig{MaxBatch: 100, SendRate: -1}) // 3015 messages from one member
 	p := joined(t, d, "p")
 	g := gid(d)
 	body := bytes.Repeat([]byte("x"), 60<<10)
@@ -736,7 +736,7 @@ func TestGroupWatchStalledReaderEnds(t *testing.T) {
 			continue
 		}
 		var se *quic.StreamError
-		if !errors.As(err, &se) || se.ErrorCode != streamTimeout {
+		if !errors.As(err, &se) || se.ErrorCode != wire.StreamTimeout {
 			t.Fatalf("got %v, want the stream reset with code 0x2", err)
 		}
 		break

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/huddle-chat/huddle/store"
@@ -67,15 +68,26 @@ func epochMismatch(op wire.Op, g *group) error {
 
 func (d *GroupDaemon) limits() wire.Limits {
 	r := d.cfg.Retention
+	burst := uint64(d.cfg.SendBurst)
+	if d.cfg.SendRate < 0 {
+		burst = 0 // unlimited
+	}
 	return wire.Limits{
-		MaxMessageBytes: uint64(d.cfg.MaxMessageBytes),
-		MaxBatch:        uint64(d.cfg.MaxBatch),
-		MaxMessages:     uint64(orDefault(r.MaxMessages, store.DefaultMaxMessages)),
-		MaxBytes:        uint64(orDefault(r.MaxBytes, store.DefaultMaxBytes)),
-		MaxAgeMS:        uint64(r.MaxAge.Milliseconds()),
-		FetchPage:       uint64(d.cfg.FetchPage),
-		MaxMembers:      uint64(d.cfg.MaxMembers),
-		HeartbeatMS:     uint64(d.cfg.HeartbeatInterval.Milliseconds()),
+		MaxMessageBytes:  uint64(d.cfg.MaxMessageBytes),
+		MaxBatch:         uint64(d.cfg.MaxBatch),
+		MaxMessages:      uint64(orDefault(r.MaxMessages, store.DefaultMaxMessages)),
+		MaxBytes:         uint64(orDefault(r.MaxBytes, store.DefaultMaxBytes)),
+		MaxAgeMS:         uint64(r.MaxAge.Milliseconds()),
+		FetchPage:        uint64(d.cfg.FetchPage),
+		MaxMembers:       uint64(d.cfg.MaxMembers),
+		HeartbeatMS:      uint64(d.cfg.HeartbeatInterval.Milliseconds()),
+		SendRateMilli:    uint64(max(0, math.Round(d.cfg.SendRate*1000))),
+		SendBurst:        burst,
+		MaxFrameBytes:    uint64(d.cfg.MaxRequestBytes),
+		MaxStreams:       uint64(d.cfg.MaxIncomingStreams),
+		MaxConnsPerAddr:  uint64(d.cfg.MaxConnsPerAddr),
+		RequestTimeoutMS: uint64(d.cfg.RequestTimeout.Milliseconds()),
+		IdleTimeoutMS:    uint64(d.cfg.IdleTimeout.Milliseconds()),
 	}
 }
 
@@ -175,10 +187,12 @@ func (d *GroupDaemon) send(c *call) error {
 	if err != nil {
 		return err
 	}
-	from, _, err := memberOf(c, g)
-	if err != nil {
-		return err
+	from, ok := g.pinSender(c.peer)
+	if !ok {
+		return fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
+	var last uint64 // the last sequence stored from this send
+	defer func() { g.unpinSender(from, last) }()
 	if len(req.Messages) > d.cfg.MaxBatch {
 		return fmt.Errorf("send to %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
 	}
@@ -189,6 +203,11 @@ func (d *GroupDaemon) send(c *call) error {
 		}
 		entries[i] = store.Entry{ID: m.ID, From: from, Body: m.Body}
 	}
+	if wait, ok := g.rate.take(c.peer, len(entries), d.cfg.Now()); !ok {
+		ms := max(1, uint64((wait+time.Millisecond-1)/time.Millisecond))
+		return &wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: ms,
+			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
+	}
 	acks, err := g.log.AppendTo(make([]store.Ack, 0, len(entries)), entries)
 	if err != nil {
 		// Only a batch larger than the retention limits gets here.
@@ -197,22 +216,25 @@ func (d *GroupDaemon) send(c *call) error {
 	out := make([]wire.Ack, len(acks))
 	for i, a := range acks {
 		out[i] = wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate}
+		if !a.Duplicate {
+			last = max(last, a.Seq)
+		}
 	}
 	return c.result(wire.Sent{Epoch: g.epoch, Acks: out})
 }
 
-// sendMessages writes msgs as Messages frames of bounded size.
-func sendMessages(c *call, g *group, msgs []store.Message, out []wire.Message) ([]wire.Message, error) {
-	for len(msgs) > 0 {
-		var n int
-		out, n = g.toWire(out[:0], msgs, frameMaxMessages, frameBodyBudget)
-		if err := c.send(wire.KindMessages, wire.Messages{Messages: out}); err != nil {
-			return out, err
+// sendMessages writes msgs as Messages frames of bounded size, and returns
+// msgs emptied, its references to bodies dropped, for reuse.
+func sendMessages(c *call, msgs []wire.Message) ([]wire.Message, error) {
+	defer clear(msgs)
+	for rest := msgs; len(rest) > 0; {
+		n := frameCut(rest, frameMaxMessages, frameBodyBudget)
+		if err := c.send(wire.KindMessages, wire.Messages{Messages: rest[:n]}); err != nil {
+			return msgs[:0], err
 		}
-		clear(out) // drop the references to bodies
-		msgs = msgs[n:]
+		rest = rest[n:]
 	}
-	return out[:0], nil
+	return msgs[:0], nil
 }
 
 func (d *GroupDaemon) fetch(c *call) error {
@@ -235,26 +257,28 @@ func (d *GroupDaemon) fetch(c *call) error {
 		remain = int(req.Limit)
 	}
 	buf := make([]store.Message, 0, min(remain, queryChunk))
-	var out []wire.Message
-	var msgs []store.Message
-	var cur store.Cursor
-	switch {
-	case req.Since != nil:
-		msgs, cur = g.log.Since(*req.Since, min(remain, queryChunk), buf)
-	case req.After != nil:
-		msgs, cur = g.log.After(*req.After, min(remain, queryChunk), buf)
-	default:
-		msgs, cur = g.log.After(0, min(remain, queryChunk), buf)
-	}
+	out, cur := g.query(nil, func() ([]store.Message, store.Cursor) {
+		switch {
+		case req.Since != nil:
+			return g.log.Since(*req.Since, min(remain, queryChunk), buf)
+		case req.After != nil:
+			return g.log.After(*req.After, min(remain, queryChunk), buf)
+		}
+		return g.log.After(0, min(remain, queryChunk), buf)
+	})
 	for {
-		if out, err = sendMessages(c, g, msgs, out); err != nil {
+		n := len(out)
+		if out, err = sendMessages(c, out); err != nil {
 			return err
 		}
-		remain -= len(msgs)
-		if remain <= 0 || !cur.More || len(msgs) == 0 {
+		remain -= n
+		if remain <= 0 || !cur.More || n == 0 {
 			break
 		}
-		msgs, cur = g.log.After(cur.Next, min(remain, queryChunk), buf[:0])
+		next := cur.Next
+		out, cur = g.query(out, func() ([]store.Message, store.Cursor) {
+			return g.log.After(next, min(remain, queryChunk), buf[:0])
+		})
 	}
 	return c.send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch})
 }
@@ -292,8 +316,9 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	var cursor uint64
 	switch {
 	case req.Since != nil:
-		msgs, cur := g.log.Since(*req.Since, queryChunk, buf)
-		if out, err = sendMessages(c, g, msgs, out); err != nil {
+		var cur store.Cursor
+		out, cur = g.query(out, func() ([]store.Message, store.Cursor) { return g.log.Since(*req.Since, queryChunk, buf) })
+		if out, err = sendMessages(c, out); err != nil {
 			return err
 		}
 		cursor = cur.Next
@@ -322,7 +347,8 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			return err
 		}
 		changed := g.log.Changed() // before the query: see the doc comment
-		msgs, cur := g.log.After(cursor, queryChunk, buf[:0])
+		var cur store.Cursor
+		out, cur = g.query(out, func() ([]store.Message, store.Cursor) { return g.log.After(cursor, queryChunk, buf[:0]) })
 		if cur.First > 0 && cursor < cur.First-1 {
 			// Retention dropped messages the watcher had not been sent.
 			if err := c.send(wire.KindGap, wire.Gap{From: cursor + 1, To: cur.First - 1}); err != nil {
@@ -330,11 +356,12 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			}
 			cursor = cur.First - 1
 		}
-		if len(msgs) > 0 {
-			if out, err = sendMessages(c, g, msgs, out); err != nil {
+		if len(out) > 0 {
+			last := out[len(out)-1].Seq
+			if out, err = sendMessages(c, out); err != nil {
 				return err
 			}
-			cursor = msgs[len(msgs)-1].Seq
+			cursor = last
 			heartbeat.Reset(d.cfg.HeartbeatInterval)
 			continue
 		}

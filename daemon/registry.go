@@ -40,6 +40,21 @@ type RegistryConfig struct {
 	// MaxIncomingStreams is how many streams (operations) one connection may
 	// have open at once. Default 1000.
 	MaxIncomingStreams int64
+	// MaxRequestBytes is the largest request frame read. Default and most
+	// wire.MaxFrameSize (1 MiB); at least MinMaxRequestBytes.
+	MaxRequestBytes int
+	// MaxConnsPerAddr is how many connections one source address (an IPv4
+	// address, or an IPv6 /64) may have open at once; one more is closed
+	// after its handshake with wire.ConnRefused. Default 256.
+	MaxConnsPerAddr int
+	// MaxConns is how many connections the server holds at once. Default
+	// 4096.
+	MaxConns int
+	// HandshakeTimeout bounds a connection's TLS handshake. Default 10 s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout is how long a connection may be silent before it is
+	// dropped. Default 30 s.
+	IdleTimeout time.Duration
 	// RequestTimeout bounds the wait for a request frame. Default 10 s.
 	RequestTimeout time.Duration
 	// WriteTimeout bounds each reply frame's write. Default 30 s.
@@ -75,22 +90,18 @@ func (c RegistryConfig) Validate() error {
 		return fmt.Errorf("%w: LeaseTTL %v is negative", ErrInvalidConfig, c.LeaseTTL)
 	case c.MaxGroups < 0:
 		return fmt.Errorf("%w: MaxGroups %d is negative", ErrInvalidConfig, c.MaxGroups)
-	case c.MaxIncomingStreams < 0:
-		return fmt.Errorf("%w: MaxIncomingStreams %d is negative", ErrInvalidConfig, c.MaxIncomingStreams)
-	case c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
-		return fmt.Errorf("%w: negative timeout", ErrInvalidConfig)
 	}
-	return nil
+	return validateServer(c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns,
+		c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout, c.HandshakeTimeout, c.IdleTimeout)
 }
 
 func (c RegistryConfig) withDefaults() RegistryConfig {
 	c.Listen = orDefault(c.Listen, DefaultRegistryListen)
 	c.LeaseTTL = orDefault(c.LeaseTTL, DefaultLeaseTTL)
 	c.MaxGroups = orDefault(c.MaxGroups, DefaultMaxGroups)
-	c.MaxIncomingStreams = orDefault(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
-	c.RequestTimeout = orDefault(c.RequestTimeout, DefaultRequestTimeout)
-	c.WriteTimeout = orDefault(c.WriteTimeout, DefaultWriteTimeout)
-	c.ShutdownTimeout = orDefault(c.ShutdownTimeout, DefaultShutdownTimeout)
+	sc := c.server().withDefaults()
+	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = sc.maxStreams, sc.maxRequestBytes, sc.maxConnsPerAddr, sc.maxConns
+	c.HandshakeTimeout, c.IdleTimeout, c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout = sc.handshakeTimeout, sc.idleTimeout, sc.requestTimeout, sc.writeTimeout, sc.shutdownTimeout
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
 	return c
@@ -136,15 +147,25 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 		life:   newLifecycle(),
 		leases: make(map[wire.UUID]*lease),
 	}
-	r.srv = newServer(serverConfig{
-		listen:          cfg.Listen,
-		maxStreams:      cfg.MaxIncomingStreams,
-		requestTimeout:  cfg.RequestTimeout,
-		writeTimeout:    cfg.WriteTimeout,
-		shutdownTimeout: cfg.ShutdownTimeout,
-		log:             cfg.Logger,
-	}, r.handle)
+	r.srv = newServer(cfg.server().withDefaults(), r.handle)
 	return r, nil
+}
+
+// server is the shared machinery's part of the configuration.
+func (c RegistryConfig) server() serverConfig {
+	return serverConfig{
+		listen:           c.Listen,
+		maxStreams:       c.MaxIncomingStreams,
+		maxRequestBytes:  c.MaxRequestBytes,
+		maxConnsPerAddr:  c.MaxConnsPerAddr,
+		maxConns:         c.MaxConns,
+		handshakeTimeout: c.HandshakeTimeout,
+		idleTimeout:      c.IdleTimeout,
+		requestTimeout:   c.RequestTimeout,
+		writeTimeout:     c.WriteTimeout,
+		shutdownTimeout:  c.ShutdownTimeout,
+		log:              c.Logger,
+	}
 }
 
 // Listen loads (or creates) the registry's key in StateDir and binds the UDP

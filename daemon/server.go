@@ -2,11 +2,15 @@ package daemon
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"net/netip"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -24,9 +28,23 @@ const (
 	DefaultRequestTimeout     = 10 * time.Second
 	DefaultWriteTimeout       = 30 * time.Second
 	DefaultShutdownTimeout    = 5 * time.Second
-
-	handshakeIdleTimeout = 5 * time.Second
-	maxIdleTimeout       = 30 * time.Second
+	// DefaultHandshakeTimeout bounds a TLS handshake; a peer silent for
+	// half of it during the handshake is dropped sooner.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultIdleTimeout is how long a connection may be silent. Clients
+	// keep a watching connection alive with QUIC PINGs more often.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultMaxRequestBytes is the largest request frame read: the
+	// protocol's maximum.
+	DefaultMaxRequestBytes = wire.MaxFrameSize
+	// MinMaxRequestBytes is the smallest MaxRequestBytes accepted: room
+	// for any registry request and a small send.
+	MinMaxRequestBytes = 4096
+	// DefaultMaxConnsPerAddr is how many connections one source address
+	// (an IPv4 address, or an IPv6 /64) may have at once.
+	DefaultMaxConnsPerAddr = 256
+	// DefaultMaxConns is how many connections a server holds at once.
+	DefaultMaxConns = 4096
 
 	// closeLinger is how long Close gives connections to send what the last
 	// handlers wrote before it closes them: quic-go drops stream data not
@@ -34,25 +52,35 @@ const (
 	closeLinger = 50 * time.Millisecond
 )
 
-// Flow-control windows. Zero keeps quic-go's defaults (stream 512 KiB
-// growing to 6 MiB, connection 512 KiB growing to 15 MiB); they are here,
-// in one place, to be tuned once load tests say how.
+// Flow control, sized for chat rather than bulk transfer. A stream carries
+// one request frame, so its window need never exceed one frame; a small
+// initial window keeps an idle connection cheap, and quic-go grows a
+// window that is used fast, up to its maximum. The connection window bounds
+// what all of a connection's streams together can make the server buffer
+// before its handlers read it.
 const (
-	initialStreamReceiveWindow     = 0
-	maxStreamReceiveWindow         = 0
-	initialConnectionReceiveWindow = 0
-	maxConnectionReceiveWindow     = 0
+	initialStreamReceiveWindow     = 64 << 10
+	initialConnectionReceiveWindow = 512 << 10
+	maxConnectionReceiveWindow     = 4 << 20
+	// connRequestBudget bounds the request frames a connection's streams
+	// may be reading at once (their declared lengths, allocated up front):
+	// thousands of streams each declaring a 1 MiB frame must not make the
+	// server allocate gigabytes. A stream over budget waits, within its
+	// request deadline, for others to finish.
+	connRequestBudget = 4 << 20
+	// serverRequestBudget bounds the same over every connection.
+	serverRequestBudget = 256 << 20
 )
 
 // quicConfig is the QUIC configuration of both servers.
-func quicConfig(maxStreams int64) *quic.Config {
+func quicConfig(cfg serverConfig) *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:           handshakeIdleTimeout,
-		MaxIdleTimeout:                 maxIdleTimeout,
-		MaxIncomingStreams:             maxStreams,
+		HandshakeIdleTimeout:           cfg.handshakeTimeout / 2, // quic-go aborts a handshake after twice this
+		MaxIdleTimeout:                 cfg.idleTimeout,
+		MaxIncomingStreams:             cfg.maxStreams,
 		MaxIncomingUniStreams:          -1, // the protocol uses bidirectional streams only
-		InitialStreamReceiveWindow:     initialStreamReceiveWindow,
-		MaxStreamReceiveWindow:         maxStreamReceiveWindow,
+		InitialStreamReceiveWindow:     min(initialStreamReceiveWindow, uint64(cfg.maxRequestBytes)+4),
+		MaxStreamReceiveWindow:         uint64(cfg.maxRequestBytes) + 4, // one frame and its header
 		InitialConnectionReceiveWindow: initialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     maxConnectionReceiveWindow,
 	}
@@ -61,12 +89,56 @@ func quicConfig(maxStreams int64) *quic.Config {
 // serverConfig is what both servers pass to the shared machinery, defaults
 // applied.
 type serverConfig struct {
-	listen          string
-	maxStreams      int64
-	requestTimeout  time.Duration
-	writeTimeout    time.Duration
-	shutdownTimeout time.Duration
-	log             *slog.Logger
+	listen           string
+	maxStreams       int64
+	maxRequestBytes  int
+	maxConnsPerAddr  int
+	maxConns         int
+	handshakeTimeout time.Duration
+	idleTimeout      time.Duration
+	requestTimeout   time.Duration
+	writeTimeout     time.Duration
+	shutdownTimeout  time.Duration
+	log              *slog.Logger
+}
+
+// withDefaults fills the zero fields the daemons' configs leave to the
+// shared machinery.
+func (c serverConfig) withDefaults() serverConfig {
+	c.maxStreams = orDefault(c.maxStreams, DefaultMaxIncomingStreams)
+	c.maxRequestBytes = orDefault(c.maxRequestBytes, DefaultMaxRequestBytes)
+	c.maxConnsPerAddr = orDefault(c.maxConnsPerAddr, DefaultMaxConnsPerAddr)
+	c.maxConns = orDefault(c.maxConns, DefaultMaxConns)
+	c.handshakeTimeout = orDefault(c.handshakeTimeout, DefaultHandshakeTimeout)
+	c.idleTimeout = orDefault(c.idleTimeout, DefaultIdleTimeout)
+	c.requestTimeout = orDefault(c.requestTimeout, DefaultRequestTimeout)
+	c.writeTimeout = orDefault(c.writeTimeout, DefaultWriteTimeout)
+	c.shutdownTimeout = orDefault(c.shutdownTimeout, DefaultShutdownTimeout)
+	c.log = logger(c.log)
+	return c
+}
+
+// validateServer checks the fields both daemons' configs share.
+func validateServer(maxStreams int64, maxRequestBytes, maxConnsPerAddr, maxConns int, timeouts ...time.Duration) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case maxStreams < 0:
+		return bad("MaxIncomingStreams %d is negative", maxStreams)
+	case maxRequestBytes != 0 && (maxRequestBytes < MinMaxRequestBytes || maxRequestBytes > wire.MaxFrameSize):
+		return bad("MaxRequestBytes %d: want %d..%d", maxRequestBytes, MinMaxRequestBytes, wire.MaxFrameSize)
+	case maxConnsPerAddr < 0:
+		return bad("MaxConnsPerAddr %d is negative", maxConnsPerAddr)
+	case maxConns < 0:
+		return bad("MaxConns %d is negative", maxConns)
+	}
+	for _, t := range timeouts {
+		if t < 0 {
+			return bad("negative interval or timeout")
+		}
+	}
+	return nil
 }
 
 // handlerFunc serves one operation. It writes its reply frames with
@@ -100,8 +172,12 @@ type server struct {
 	started   bool
 	closed    bool
 	conns     map[*quic.Conn]struct{}
+	perAddr   map[netip.Prefix]int      // connections open per source (see addrKey)
 	reading   map[*quic.Stream]struct{} // streams whose request is being read
 	closeOnce sync.Once
+
+	requests *budget    // request bytes being read, over every connection
+	refusals refusalLog // connections refused over a limit, logged sparingly
 
 	connWG   sync.WaitGroup // the accept loop and one goroutine per connection
 	streamWG sync.WaitGroup // one goroutine per stream
@@ -109,6 +185,7 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, handle handlerFunc) *server {
+	cfg = cfg.withDefaults()
 	s := &server{
 		cfg:      cfg,
 		handle:   handle,
@@ -116,7 +193,9 @@ func newServer(cfg serverConfig, handle handlerFunc) *server {
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
 		conns:    make(map[*quic.Conn]struct{}),
+		perAddr:  make(map[netip.Prefix]int),
 		reading:  make(map[*quic.Stream]struct{}),
+		requests: newBudget(serverRequestBudget),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
@@ -143,7 +222,7 @@ func (s *server) listen(id *identity.Identity) error {
 		return fmt.Errorf("listen on %q: %w", s.cfg.listen, err)
 	}
 	tr := &quic.Transport{Conn: udp}
-	ln, err := tr.Listen(id.ServerTLS(), quicConfig(s.cfg.maxStreams))
+	ln, err := tr.Listen(id.ServerTLS(), quicConfig(s.cfg))
 	if err != nil {
 		tr.Close()
 		udp.Close()
@@ -191,27 +270,82 @@ func (s *server) acceptLoop() {
 		}
 		peer, err := identity.PeerFingerprint(conn.ConnectionState().TLS)
 		if err != nil { // ServerTLS requires a certificate; this is defence in depth
-			conn.CloseWithError(connProtocol, "client certificate required")
+			conn.CloseWithError(wire.ConnProtocolViolation, "client certificate required")
 			continue
 		}
+		key := addrKey(conn.RemoteAddr())
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			conn.CloseWithError(connShutdown, "server shutting down")
+			conn.CloseWithError(wire.ConnShutdown, "server shutting down")
 			return
 		}
+		var refused string
+		switch {
+		case s.perAddr[key] >= s.cfg.maxConnsPerAddr:
+			refused = fmt.Sprintf("too many connections from your address (limit %d)", s.cfg.maxConnsPerAddr)
+		case len(s.conns) >= s.cfg.maxConns:
+			refused = fmt.Sprintf("the server holds its limit of %d connections", s.cfg.maxConns)
+		}
+		if refused != "" {
+			s.mu.Unlock()
+			s.refusals.note(s.cfg.log, key, peer, refused)
+			conn.CloseWithError(wire.ConnRefused, refused)
+			continue
+		}
 		s.conns[conn] = struct{}{}
+		s.perAddr[key]++
 		s.connWG.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(conn, peer)
+		go s.serveConn(conn, peer, key)
 	}
+}
+
+// addrKey is the unit the per-address connection limit counts: an IPv4
+// address, or the /64 prefix of an IPv6 address, since one host is given a
+// whole /64 and can pick any address in it.
+func addrKey(a net.Addr) netip.Prefix {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip := ua.AddrPort().Addr().Unmap().WithZone("")
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// refusalLog logs refused connections at most once a second, with a count
+// of those not logged, so a flood of refusals does not flood the log.
+type refusalLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *refusalLog) note(log *slog.Logger, from netip.Prefix, peer wire.Fingerprint, why string) {
+	r.mu.Lock()
+	now := time.Now()
+	if now.Sub(r.last) < time.Second {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	r.mu.Unlock()
+	log.Warn("connection refused", "from", from, "peer", peer.Short(), "reason", why, "refused_since_last_logged", n)
 }
 
 // serveConn accepts the streams of one connection until it ends or
 // shutdown begins. On shutdown it leaves the connection for close to close.
-func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint) {
+func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Prefix) {
 	defer s.connWG.Done()
 	workers := s.newStreamWorkers(conn)
+	cb := newBudget(connRequestBudget)
 	for {
 		str, err := conn.AcceptStream(s.acceptCtx)
 		if err != nil {
@@ -220,37 +354,41 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint) {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			str.CancelRead(streamTimeout)
-			str.CancelWrite(streamTimeout)
+			str.CancelRead(wire.StreamTimeout)
+			str.CancelWrite(wire.StreamTimeout)
 			break
 		}
 		s.streamWG.Add(1)
 		s.mu.Unlock()
-		workers.run(func() { s.serveStream(conn, peer, str) })
+		workers.run(func() { s.serveStream(conn, peer, str, cb) })
 	}
 	s.mu.Lock()
 	closed := s.closed
 	if !closed {
 		delete(s.conns, conn)
 	}
+	if s.perAddr[key]--; s.perAddr[key] <= 0 {
+		delete(s.perAddr, key)
+	}
 	s.mu.Unlock()
 	if !closed {
-		conn.CloseWithError(connNoError, "")
+		conn.CloseWithError(wire.ConnNoError, "")
 	}
 }
 
 // serveStream runs one operation. It owns the stream: whatever happens, both
 // directions end here (closed or cancelled), so the peer's stream credit is
 // returned.
-func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) {
+func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cb *budget) {
 	defer s.streamWG.Done()
 	s.active.Add(1)
 	defer s.active.Add(-1)
-	op, args, ok := s.readRequest(peer, str)
+	op, args, held, ok := s.readRequest(peer, str, cb)
 	if !ok {
 		return
 	}
-	c := &call{op: op, args: args, peer: peer, remote: conn.RemoteAddr(), str: str, srv: s}
+	c := &call{op: op, args: args, peer: peer, remote: conn.RemoteAddr(), str: str, srv: s, held: held}
+	defer c.release()
 	defer func() {
 		if r := recover(); r != nil {
 			s.cfg.log.Error("handler panicked", "op", op, "peer", peer.Short(), "panic", r, "stack", string(debug.Stack()))
@@ -260,21 +398,26 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 	s.finish(c, s.handle(s.ctx, c))
 }
 
-// readRequest reads the request frame and the end of stream after it. On
-// failure it answers or cancels the stream and returns false.
-func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream) (wire.Op, wire.Raw, bool) {
+// readRequest reads the request frame and the end of stream after it,
+// within the request deadline. On success the caller owns the grant of
+// request memory (released by call.release). On failure it answers or
+// cancels the stream and returns false.
+func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget) (wire.Op, wire.Raw, *grant, bool) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		str.CancelRead(streamTimeout)
-		str.CancelWrite(streamTimeout)
-		return 0, nil, false
+		str.CancelRead(wire.StreamTimeout)
+		str.CancelWrite(wire.StreamTimeout)
+		return 0, nil, nil, false
 	}
 	s.reading[str] = struct{}{}
 	s.mu.Unlock()
 
-	str.SetReadDeadline(time.Now().Add(s.cfg.requestTimeout))
-	op, args, err := wire.ReadRequest(str, wire.MaxFrameSize)
+	// One absolute deadline for the whole request: a peer that trickles
+	// bytes does not extend it.
+	deadline := time.Now().Add(s.cfg.requestTimeout)
+	str.SetReadDeadline(deadline)
+	op, args, held, err := s.readFrame(str, cb, deadline)
 	if err == nil {
 		var b [1]byte
 		switch n, rerr := io.ReadFull(str, b[:]); {
@@ -289,31 +432,164 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream) (wire.Op, 
 	s.mu.Unlock()
 	str.SetReadDeadline(time.Time{})
 	if err == nil {
-		return op, args, true
+		return op, args, held, true
 	}
+	held.release()
 
 	if ferr := frameError(err); ferr != nil {
 		// The peer sent bytes we can answer: say what was wrong. Stop
 		// reading whatever else it sends.
 		s.cfg.log.Debug("bad request", "peer", peer.Short(), "err", err)
-		str.CancelRead(streamProtocol)
+		str.CancelRead(wire.StreamProtocolViolation)
 		str.SetWriteDeadline(time.Now().Add(s.cfg.requestTimeout))
 		if werr := wire.WriteError(str, ferr); werr != nil {
-			str.CancelWrite(streamProtocol)
-			return 0, nil, false
+			str.CancelWrite(wire.StreamProtocolViolation)
+			return 0, nil, nil, false
 		}
 		str.Close()
-		return 0, nil, false
+		return 0, nil, nil, false
 	}
-	code := streamProtocol
+	var code quic.StreamErrorCode = wire.StreamProtocolViolation
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		code = streamTimeout
+		code = wire.StreamTimeout
 	}
 	s.cfg.log.Debug("request not read", "peer", peer.Short(), "err", err)
 	str.CancelRead(code)
 	str.CancelWrite(code)
-	return 0, nil, false
+	return 0, nil, nil, false
+}
+
+// readFrame reads one request frame as wire.ReadRequest does, but takes the
+// frame's declared length from the connection's and the server's request
+// budgets before allocating it, waiting until deadline if they are spent.
+// A peer that declares large frames and sends nothing, on thousands of
+// streams, so costs the server at most the budgets, not the sum of its
+// declarations.
+func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op, wire.Raw, *grant, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			err = fmt.Errorf("%w: truncated frame header: %w", wire.ErrMalformed, err)
+		}
+		return 0, nil, nil, err
+	}
+	n := int64(binary.BigEndian.Uint32(hdr[:]))
+	switch {
+	case n == 0:
+		return 0, nil, nil, wire.ErrEmptyFrame
+	case n > int64(s.cfg.maxRequestBytes):
+		return 0, nil, nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.maxRequestBytes, wire.ErrFrameTooLarge)
+	}
+	held, err := take(int(n), deadline, s.stopping, cb, s.requests)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	item := make([]byte, n)
+	if _, err := io.ReadFull(r, item); err != nil {
+		held.release()
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			err = fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
+		}
+		return 0, nil, nil, err
+	}
+	typ, raw, err := wire.DecodeFrame(item)
+	if err != nil {
+		held.release()
+		return 0, nil, nil, err
+	}
+	if typ > math.MaxUint16 {
+		typ = 0 // an unknown op, as in wire.ReadRequest
+	}
+	return wire.Op(typ), raw, held, nil
+}
+
+// budget is a count of bytes that readers take before allocating and give
+// back when done.
+type budget struct {
+	mu    sync.Mutex
+	avail int
+	freed chan struct{} // closed (and replaced) when bytes are given back
+}
+
+func newBudget(n int) *budget { return &budget{avail: n, freed: make(chan struct{})} }
+
+// tryTake takes n bytes if they are available; if not, it returns a channel
+// closed when some are given back.
+func (b *budget) tryTake(n int) (bool, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.avail >= n {
+		b.avail -= n
+		return true, nil
+	}
+	return false, b.freed
+}
+
+func (b *budget) give(n int) {
+	b.mu.Lock()
+	b.avail += n
+	close(b.freed)
+	b.freed = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// grant is bytes taken from budgets; release gives them back, once.
+type grant struct {
+	n    int
+	from []*budget
+	once sync.Once
+}
+
+func (g *grant) release() {
+	if g == nil {
+		return
+	}
+	g.once.Do(func() {
+		for _, b := range g.from {
+			b.give(g.n)
+		}
+	})
+}
+
+// take takes n bytes from every budget (all or none), waiting until
+// deadline, or until stop is closed, for them to be available. Its error
+// is a timeout (os.ErrDeadlineExceeded).
+func take(n int, deadline time.Time, stop <-chan struct{}, budgets ...*budget) (*grant, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		var wait <-chan struct{}
+		got := 0
+		for _, b := range budgets {
+			ok, w := b.tryTake(n)
+			if !ok {
+				wait = w
+				break
+			}
+			got++
+		}
+		if wait == nil {
+			return &grant{n: n, from: budgets}, nil
+		}
+		for _, b := range budgets[:got] {
+			b.give(n)
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+		}
+		select {
+		case <-wait:
+		case <-timer.C:
+			return nil, fmt.Errorf("wait for %d bytes of request memory: %w", n, os.ErrDeadlineExceeded)
+		case <-stop:
+			return nil, fmt.Errorf("wait for request memory: shutting down: %w", os.ErrDeadlineExceeded)
+		}
+	}
 }
 
 // frameError returns what to tell the peer if err says the request's bytes
@@ -343,7 +619,7 @@ func (s *server) finish(c *call, err error) {
 		// The peer stopped reading, the write deadline passed, or the
 		// connection ended: nothing more can be said on this stream.
 		s.cfg.log.Debug("stream failed", "op", c.op, "peer", c.peer.Short(), "err", gone.err)
-		c.str.CancelWrite(streamTimeout)
+		c.str.CancelWrite(wire.StreamTimeout)
 		return
 	}
 	we := wire.ToError(err)
@@ -351,7 +627,7 @@ func (s *server) finish(c *call, err error) {
 		s.cfg.log.Error("operation failed", "op", c.op, "peer", c.peer.Short(), "err", err)
 	}
 	if werr := c.send(wire.KindError, we); werr != nil {
-		c.str.CancelWrite(streamTimeout)
+		c.str.CancelWrite(wire.StreamTimeout)
 		return
 	}
 	c.str.Close()
@@ -407,7 +683,7 @@ func (s *server) shutdown() {
 	}
 	var wg sync.WaitGroup
 	for _, c := range conns {
-		wg.Go(func() { c.CloseWithError(connShutdown, "server shutting down") })
+		wg.Go(func() { c.CloseWithError(wire.ConnShutdown, "server shutting down") })
 	}
 	wg.Wait()
 	<-drained
@@ -425,6 +701,14 @@ type call struct {
 	str    *quic.Stream
 	srv    *server
 	buf    []byte // reused across frames
+	held   *grant // the request's memory, until its args are decoded
+}
+
+// release gives back the request's memory; its args are decoded (or never
+// will be) by now.
+func (c *call) release() {
+	c.args = nil
+	c.held.release()
 }
 
 // streamError is a failure of the stream itself (write deadline, the peer
@@ -455,8 +739,10 @@ func (c *call) send(kind wire.Kind, body any) error {
 // result writes the one Result frame of a single-reply operation.
 func (c *call) result(body any) error { return c.send(wire.KindResult, body) }
 
-// decode decodes the request's args into v.
+// decode decodes the request's args into v, then releases the request's
+// memory (decoded values never alias it).
 func (c *call) decode(v any) error {
+	defer c.release()
 	if err := c.args.Decode(v); err != nil {
 		return fmt.Errorf("%v: %w", c.op, err)
 	}

@@ -84,7 +84,7 @@ func TestRequestTimeout(t *testing.T) {
 		must(t, err)
 		_, err = readFrame(str)
 		var se *quic.StreamError
-		if !errors.As(err, &se) || se.ErrorCode != streamTimeout || !se.Remote {
+		if !errors.As(err, &se) || se.ErrorCode != wire.StreamTimeout || !se.Remote {
 			t.Fatalf("got %v, want the daemon to reset the stream with code 0x2", err)
 		}
 		str.CancelWrite(0)

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"unicode"
 
 	"github.com/google/uuid"
 
@@ -90,8 +92,18 @@ func loadMembers(dir string, g wire.UUID) ([]memberRecord, error) {
 	if doc.Group != g {
 		return nil, fmt.Errorf("load members: %s holds group %s: %w", path, doc.Group, ErrBadState)
 	}
-	for _, m := range doc.Members {
-		if m.Fingerprint.IsZero() || wire.CheckName(m.Name) != nil {
+	for i, m := range doc.Members {
+		if wire.CheckName(m.Name) != nil {
+			// Names from before the rules refused format characters
+			// (U+202E...) lose them rather than stop the daemon.
+			doc.Members[i].Name = strings.Map(func(r rune) rune {
+				if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+					return -1
+				}
+				return r
+			}, m.Name)
+		}
+		if m.Fingerprint.IsZero() || wire.CheckName(doc.Members[i].Name) != nil {
 			return nil, fmt.Errorf("load members: %s: member %s named %q: %w", path, m.Fingerprint, m.Name, ErrBadState)
 		}
 	}

@@ -1,0 +1,287 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_800_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// TestSendRateLimit checks the per-member token bucket: a burst passes, the
+// next send is refused whole with the time to wait, the bucket refills at
+// the rate, and leaving and joining again does not refill it.
+func TestSendRateLimit(t *testing.T) {
+	clock := newFakeClock()
+	d, _ := startGroupDaemon(t, GroupConfig{SendRate: 10, SendBurst: 20, MaxBatch: 20, Now: clock.Now})
+	g := gid(d)
+	alice := joined(t, d, "alice")
+	bob := joined(t, d, "bob")
+
+	in := alice.info(g)
+	if in.Limits.SendRateMilli != 10_000 || in.Limits.SendBurst != 20 {
+		t.Fatalf("info limits %+v, want send_rate_milli 10000, send_burst 20", in.Limits)
+	}
+	_, err := alice.send(g, outgoing(make([]string, 20)...))
+	must(t, err)
+	_, err = alice.send(g, outgoing("one too many", "and another"))
+	we := wantCode(t, err, wire.CodeRateLimited)
+	if we.RetryAfterMS != 200 {
+		t.Fatalf("retry after %d ms, want 200 (2 tokens at 10/s)", we.RetryAfterMS)
+	}
+	if !errors.Is(we, wire.ErrRateLimited) {
+		t.Fatalf("%v does not match ErrRateLimited", we)
+	}
+	// Another member has a bucket of its own.
+	_, err = bob.send(g, outgoing("bob is not limited by alice"))
+	must(t, err)
+
+	// Leaving and joining again keeps the empty bucket.
+	must(t, alice.call(wire.OpLeave, wire.GroupRef{Group: g}, nil))
+	must(t, alice.call(wire.OpJoin, wire.Join{Group: g, Name: "alice"}, nil))
+	wantCode(t, alice.callSend(g, outgoing("x")), wire.CodeRateLimited)
+
+	clock.advance(100 * time.Millisecond) // one token
+	_, err = alice.send(g, outgoing("after waiting"))
+	must(t, err)
+	wantCode(t, alice.callSend(g, outgoing("x")), wire.CodeRateLimited)
+
+	// Refused sends stored nothing.
+	msgs, _, err := bob.fetch(wire.Fetch{Group: g})
+	must(t, err)
+	if len(msgs) != 22 {
+		t.Fatalf("log holds %d messages, want 22", len(msgs))
+	}
+}
+
+func (p *peer) callSend(g wire.UUID, msgs []wire.Outgoing) error {
+	p.t.Helper()
+	_, err := p.send(g, msgs)
+	return err
+}
+
+// TestSendRateUnlimited checks that a negative rate turns the limit off
+// and info says so.
+func TestSendRateUnlimited(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{SendRate: -1, MaxBatch: 1000})
+	p := joined(t, d, "p")
+	for range 5 {
+		_, err := p.send(gid(d), outgoing(make([]string, 1000)...))
+		must(t, err)
+	}
+	if l := p.info(gid(d)).Limits; l.SendRateMilli != 0 || l.SendBurst != 0 {
+		t.Fatalf("limits %+v, want no send rate", l)
+	}
+}
+
+// TestRateLimiterPrunesFullBuckets checks that buckets of keys that stopped
+// sending do not pile up.
+func TestRateLimiterPrunesFullBuckets(t *testing.T) {
+	r := newRateLimiter(1000, 10)
+	now := time.Unix(0, 0)
+	for i := range 10_000 {
+		var fp wire.Fingerprint
+		fp[0], fp[1] = byte(i), byte(i>>8)
+		if _, ok := r.take(fp, 10, now); !ok {
+			t.Fatalf("key %d refused", i)
+		}
+		now = now.Add(10 * time.Millisecond) // refills a bucket of 10 at 1000/s
+	}
+	if n := r.size(); n > 2*minSweep {
+		t.Fatalf("%d buckets kept, want at most %d", n, 2*minSweep)
+	}
+}
+
+// TestConnsPerAddr checks the per-address connection limit: a connection
+// over it is closed after its handshake with ConnRefused and a reason, and
+// once one closes, a new one is served.
+func TestConnsPerAddr(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{MaxConnsPerAddr: 3})
+	g := gid(d)
+	var peers []*peer
+	for range 3 {
+		p := dial(t, d.Addr(), d.Fingerprint(), nil)
+		p.info(g) // accepted and served
+		peers = append(peers, p)
+	}
+	over := dial(t, d.Addr(), d.Fingerprint(), nil)
+	wantRefused(t, over.conn)
+	if l := peers[0].info(g).Limits; l.MaxConnsPerAddr != 3 {
+		t.Fatalf("info limits %+v, want max_conns_per_addr 3", l)
+	}
+
+	peers[0].conn.CloseWithError(0, "")
+	eventually(t, "a slot to free up", func() bool {
+		p := dialQuiet(t, d)
+		if p == nil {
+			return false
+		}
+		defer p.CloseWithError(0, "")
+		str, err := p.OpenStreamSync(testCtx(t))
+		if err != nil {
+			return false
+		}
+		str.Write(request(t, wire.OpInfo, wire.GroupRef{Group: g}))
+		str.Close()
+		f, err := readFrame(str)
+		return err == nil && f.kind == wire.KindResult
+	})
+}
+
+// wantRefused fails the test unless the daemon closes conn with
+// wire.ConnRefused.
+func wantRefused(t *testing.T, conn *quic.Conn) {
+	t.Helper()
+	select {
+	case <-conn.Context().Done():
+	case <-testCtx(t).Done():
+		t.Fatal("connection over the limit still open")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(conn.Context()); !errors.As(err, &ae) || ae.ErrorCode != wire.ConnRefused || !ae.Remote {
+		t.Fatalf("connection over the limit ended with %v, want the daemon's close with code 0x3", err)
+	}
+}
+
+// dialQuiet dials d with a new key, returning nil rather than failing.
+func dialQuiet(t *testing.T, d *GroupDaemon) *quic.Conn {
+	conn, err := quic.DialAddr(testCtx(t), d.Addr().String(), newKey(t).ClientTLS(d.Fingerprint(), nil), &quic.Config{})
+	if err != nil {
+		return nil
+	}
+	return conn
+}
+
+// TestSenderTableBounded checks that a member renaming itself over and
+// over does not grow the sender table past what members and held messages
+// need, and that every message keeps the name it was sent under. It drives
+// the group directly: each join over the network is a synced file write.
+func TestSenderTableBounded(t *testing.T) {
+	log, err := store.New(store.Config{MaxMessages: 10})
+	must(t, err)
+	g := newGroup(wire.UUID{1}, GroupSpec{Name: "g"}, log, t.TempDir(), nil, newRateLimiter(-1, 0))
+	fp := wire.Fingerprint{7}
+	for i := range 2000 { // renames without sending
+		g.join(fp, fmt.Sprintf("quiet-%d", i), 0, 10)
+	}
+	if n := g.senderCount(); n > 2*minSweep {
+		t.Fatalf("%d sender entries after 2000 renames, want at most %d", n, 2*minSweep)
+	}
+	for i := range 2000 { // renames, each followed by a message
+		name := fmt.Sprintf("loud-%d", i)
+		g.join(fp, name, 0, 10)
+		from, ok := g.pinSender(fp)
+		if !ok {
+			t.Fatal("not a member")
+		}
+		acks, err := log.Append([]store.Entry{{ID: wire.NewID(), From: from, Body: []byte(name)}})
+		must(t, err)
+		g.unpinSender(from, acks[0].Seq)
+	}
+	if n := g.senderCount(); n > 2*minSweep {
+		t.Fatalf("%d sender entries with 10 messages held, want at most %d", n, 2*minSweep)
+	}
+	msgs, _ := g.query(nil, func() ([]store.Message, store.Cursor) { return log.After(0, 100, nil) })
+	if len(msgs) != 10 {
+		t.Fatalf("%d messages held, want 10", len(msgs))
+	}
+	for _, m := range msgs {
+		if m.Name != string(m.Body) || m.From != fp {
+			t.Fatalf("message %d from %q (%s), want %q", m.Seq, m.Name, m.From.Short(), m.Body)
+		}
+	}
+}
+
+// TestSenderTableConcurrentRenames renames and sends from many members at
+// once while others fetch, so the race detector and the name check see
+// entries freed and reused under load.
+func TestSenderTableConcurrentRenames(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{Retention: store.Config{MaxMessages: 5}, SendRate: -1})
+	g := gid(d)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 4 {
+		p := joined(t, d, fmt.Sprintf("w%d", w))
+		wg.Go(func() {
+			for i := range 25 {
+				name := fmt.Sprintf("w%d-%d", w, i)
+				if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: name}, nil); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := p.send(g, outgoing(name)); err != nil {
+					errs <- err
+					return
+				}
+				msgs, _, err := p.fetch(wire.Fetch{Group: g})
+				if err != nil {
+					errs <- err
+					return
+				}
+				for _, m := range msgs {
+					if m.Name != string(m.Body) {
+						errs <- fmt.Errorf("message %d named %q, sent as %q", m.Seq, m.Name, m.Body)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestLegacyNamesLoad checks that a members file written before names
+// refused format characters loads, the characters dropped.
+func TestLegacyNamesLoad(t *testing.T) {
+	dir := t.TempDir()
+	d1, stop := startGroupDaemon(t, GroupConfig{StateDir: dir})
+	g := gid(d1)
+	joined(t, d1, "alice")
+	stop()
+	path := filepath.Join(dir, membersFile(g))
+	data, err := os.ReadFile(path)
+	must(t, err)
+	legacy := strings.Replace(string(data), `"name": "alice"`, `"name": "al\u202eice"`, 1)
+	if legacy == string(data) {
+		t.Fatalf("members file %s does not name alice as expected:\n%s", path, data)
+	}
+	must(t, os.WriteFile(path, []byte(legacy), 0o600))
+	d2, _ := startGroupDaemon(t, GroupConfig{StateDir: dir})
+	dial(t, d2.Addr(), d2.Fingerprint(), nil).info(g) // serving
+	if got := d2.groups[g].memberList(); len(got) != 1 || got[0].Name != "alice" {
+		t.Fatalf("members %+v, want alice, the format character dropped", got)
+	}
+}
