@@ -134,8 +134,12 @@ func (c *chat) follow(ctx context.Context, q client.Query) error {
 }
 
 // typeLoop reads lines and sends them until /quit, end of input, or ctx.
+// Lines are read on another goroutine, since reading cannot be cancelled,
+// but one at a time: the next read (which draws the next prompt) starts only
+// once the line before was handled, so nothing draws a prompt after /quit.
 func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) int {
 	lines := make(chan string)
+	next := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
 		for {
@@ -150,6 +154,12 @@ func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) in
 				done <- ctx.Err()
 				return
 			}
+			select {
+			case <-next:
+			case <-ctx.Done():
+				done <- ctx.Err()
+				return
+			}
 		}
 	}()
 	for {
@@ -159,25 +169,36 @@ func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) in
 		case <-done:
 			return ExitOK
 		case line := <-lines:
-			line = strings.TrimRight(line, "\r")
-			if strings.TrimSpace(line) == "" {
-				continue
+			if quit := c.handle(ctx, line); quit {
+				return ExitOK
 			}
-			if strings.HasPrefix(line, "/") {
-				if quit := c.command(ctx, line); quit {
-					return ExitOK
-				}
-				continue
-			}
-			sctx, cancel := context.WithTimeout(ctx, c.timeout)
-			_, err := c.g.Send(sctx, []byte(line))
-			cancel()
-			if err != nil {
-				msg, _ := explain(err)
-				c.printf("-- not sent: %s --\n", msg)
+			select {
+			case next <- struct{}{}:
+			case <-ctx.Done():
+				return ExitOK
 			}
 		}
 	}
+}
+
+// handle sends a typed line or runs the command it holds, and reports
+// whether it was /quit.
+func (c *chat) handle(ctx context.Context, line string) bool {
+	line = strings.TrimRight(line, "\r")
+	if strings.TrimSpace(line) == "" {
+		return false
+	}
+	if strings.HasPrefix(line, "/") {
+		return c.command(ctx, line)
+	}
+	sctx, cancel := context.WithTimeout(ctx, c.timeout)
+	_, err := c.g.Send(sctx, []byte(line))
+	cancel()
+	if err != nil {
+		msg, _ := explain(err)
+		c.printf("-- not sent: %s --\n", msg)
+	}
+	return false
 }
 
 // command runs a slash command and reports whether it was /quit.
