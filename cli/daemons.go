@@ -106,6 +106,8 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	fs.StringVar(&cfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address to listen on")
 	fs.DurationVar(&cfg.LeaseTTL, "lease", daemon.DefaultLeaseTTL, "how long a group stays listed without a renewal")
 	fs.IntVar(&cfg.MaxGroups, "max-groups", daemon.DefaultMaxGroups, "most groups listed at once")
+	var sf serverFlags
+	sf.register(fs)
 	mf := mdnsFlags{}
 	mf.register(fs, "advertise the registry over mDNS")
 	df.register(fs)
@@ -121,6 +123,10 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	}
 	cfg.Logger = log
 	cfg.MDNS, cfg.Interfaces, cfg.Version = !mf.off, mf.ifaces, version()
+	if err := sf.apply(&cfg.MaxIncomingStreams, &cfg.MaxRequestBytes, &cfg.MaxConnsPerAddr, &cfg.MaxConns,
+		&cfg.RequestTimeout, &cfg.IdleTimeout, &cfg.HandshakeTimeout); err != nil {
+		return usageErr(env, "registry", "%v", err)
+	}
 	r, err := daemon.NewRegistry(cfg)
 	if err != nil {
 		return fail(env, "registry", err)
@@ -145,6 +151,58 @@ func (f *mdnsFlags) register(fs *pflag.FlagSet, what string) {
 	fs.StringArrayVar(&f.ifaces, "iface", nil, "use only this interface for mDNS (repeatable; default: every up, multicast-capable one)")
 }
 
+// serverFlags are the connection and request limits of every daemon: they
+// bound what one peer can make a daemon hold.
+type serverFlags struct {
+	maxStreams       int64
+	maxFrame         string
+	maxConnsPerAddr  int
+	maxConns         int
+	requestTimeout   time.Duration
+	idleTimeout      time.Duration
+	handshakeTimeout time.Duration
+}
+
+func (f *serverFlags) register(fs *pflag.FlagSet) {
+	fs.Int64Var(&f.maxStreams, "max-streams", daemon.DefaultMaxIncomingStreams, "operations one connection may have open at once")
+	fs.StringVar(&f.maxFrame, "max-frame", "1MiB", "largest request frame read, e.g. 256KiB (at most 1MiB)")
+	fs.IntVar(&f.maxConnsPerAddr, "max-conns-per-addr", daemon.DefaultMaxConnsPerAddr, "connections one source address (IPv4 address or IPv6 /64) may have open at once")
+	fs.IntVar(&f.maxConns, "max-conns", daemon.DefaultMaxConns, "connections held at once in all")
+	fs.DurationVar(&f.requestTimeout, "request-timeout", daemon.DefaultRequestTimeout, "time a client has to deliver a whole request")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", daemon.DefaultIdleTimeout, "a connection silent this long is dropped")
+	fs.DurationVar(&f.handshakeTimeout, "handshake-timeout", daemon.DefaultHandshakeTimeout, "time a connection's TLS handshake may take")
+}
+
+// apply fills a daemon config's server fields.
+func (f *serverFlags) apply(streams *int64, frame, perAddr, conns *int, request, idle, handshake *time.Duration) error {
+	n, err := parseSize(f.maxFrame)
+	if err != nil {
+		return fmt.Errorf("--max-frame: %w", err)
+	}
+	if n < daemon.MinMaxRequestBytes || n > wire.MaxFrameSize {
+		return fmt.Errorf("--max-frame %s: want %d bytes to 1MiB", f.maxFrame, daemon.MinMaxRequestBytes)
+	}
+	for _, v := range []struct {
+		name string
+		v    int64
+	}{{"--max-streams", f.maxStreams}, {"--max-conns-per-addr", int64(f.maxConnsPerAddr)}, {"--max-conns", int64(f.maxConns)}} {
+		if v.v < 1 {
+			return fmt.Errorf("%s %d: want at least 1", v.name, v.v)
+		}
+	}
+	for _, v := range []struct {
+		name string
+		d    time.Duration
+	}{{"--request-timeout", f.requestTimeout}, {"--idle-timeout", f.idleTimeout}, {"--handshake-timeout", f.handshakeTimeout}} {
+		if v.d <= 0 {
+			return fmt.Errorf("%s %v: want a positive duration", v.name, v.d)
+		}
+	}
+	*streams, *frame, *perAddr, *conns = f.maxStreams, int(n), f.maxConnsPerAddr, f.maxConns
+	*request, *idle, *handshake = f.requestTimeout, f.idleTimeout, f.handshakeTimeout
+	return nil
+}
+
 // groupFlags are the flags of a group daemon, shared by serve and up.
 type groupFlags struct {
 	groups      []string
@@ -153,6 +211,12 @@ type groupFlags struct {
 	maxBytes    string
 	maxAge      time.Duration
 	maxMessage  string
+	maxBatch    int
+	maxMembers  int
+	fetchPage   int
+	sendRate    float64
+	sendBurst   int
+	server      serverFlags
 }
 
 func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
@@ -162,6 +226,12 @@ func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
 	fs.StringVar(&f.maxBytes, "max-bytes", "", "keep at most this many bytes of messages per group, e.g. 64MiB (default 256MiB)")
 	fs.DurationVar(&f.maxAge, "max-age", 0, "drop messages older than this (default: keep regardless of age)")
 	fs.StringVar(&f.maxMessage, "max-message", "", "largest message accepted, e.g. 16KiB (default 64KiB)")
+	fs.IntVar(&f.maxBatch, "max-batch", daemon.DefaultMaxBatch, fmt.Sprintf("most messages one send may carry (at most %d)", wire.MaxBatch))
+	fs.IntVar(&f.maxMembers, "max-members", daemon.DefaultMaxMembers, fmt.Sprintf("most members a group may have (at most %d)", daemon.DefaultMaxMembers))
+	fs.IntVar(&f.fetchPage, "fetch-page", daemon.DefaultFetchPage, "most messages one fetch returns")
+	fs.Float64Var(&f.sendRate, "send-rate", daemon.DefaultSendRate, "messages a second each member may send, sustained (0: unlimited)")
+	fs.IntVar(&f.sendBurst, "send-burst", daemon.DefaultSendBurst, "messages each member may send at once after being idle (at least --max-batch)")
+	f.server.register(fs)
 }
 
 // apply fills the group parts of cfg.
@@ -190,6 +260,26 @@ func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
 	}
 	for name := range secrets {
 		return fmt.Errorf("--secret-file names group %q, which is not hosted (--group %s)", name, name)
+	}
+	for _, v := range []struct {
+		name string
+		v    int
+	}{{"--max-batch", f.maxBatch}, {"--max-members", f.maxMembers}, {"--fetch-page", f.fetchPage}, {"--send-burst", f.sendBurst}} {
+		if v.v < 1 {
+			return fmt.Errorf("%s %d: want at least 1", v.name, v.v)
+		}
+	}
+	if f.sendRate < 0 {
+		return fmt.Errorf("--send-rate %g: want 0 (unlimited) or more", f.sendRate)
+	}
+	cfg.MaxBatch, cfg.MaxMembers, cfg.FetchPage, cfg.SendBurst = f.maxBatch, f.maxMembers, f.fetchPage, f.sendBurst
+	cfg.SendRate = f.sendRate
+	if f.sendRate == 0 {
+		cfg.SendRate = -1 // the daemon's spelling of unlimited
+	}
+	if err := f.server.apply(&cfg.MaxIncomingStreams, &cfg.MaxRequestBytes, &cfg.MaxConnsPerAddr, &cfg.MaxConns,
+		&cfg.RequestTimeout, &cfg.IdleTimeout, &cfg.HandshakeTimeout); err != nil {
+		return err
 	}
 	cfg.Retention.MaxMessages = f.maxMsgs
 	cfg.Retention.MaxAge = f.maxAge

@@ -39,7 +39,9 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 					"max_messages": l.MaxMessages, "max_bytes": l.MaxBytes, "max_age_ms": l.MaxAgeMS,
 					"fetch_page": l.FetchPage, "max_members": l.MaxMembers,
 					"send_rate_per_s": float64(l.SendRateMilli) / 1000, "send_burst": l.SendBurst,
-					"heartbeat_ms": l.HeartbeatMS,
+					"heartbeat_ms": l.HeartbeatMS, "max_frame_bytes": l.MaxFrameBytes,
+					"max_streams": l.MaxStreams, "max_conns_per_addr": l.MaxConnsPerAddr,
+					"request_timeout_ms": l.RequestTimeoutMS, "idle_timeout_ms": l.IdleTimeoutMS,
 				},
 			})
 		}
@@ -59,6 +61,13 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		row("max members", unlimited(l.MaxMembers, fmt.Sprint(l.MaxMembers)))
 		row("send rate", unlimited(l.SendRateMilli, fmt.Sprintf("%g msgs/s per member, burst %d", float64(l.SendRateMilli)/1000, l.SendBurst)))
 		row("heartbeat", time.Duration(l.HeartbeatMS)*time.Millisecond)
+		// Connection limits: reported by daemons since they were added to
+		// info (absent: not reported).
+		row("max request frame", reported(l.MaxFrameBytes, size(l.MaxFrameBytes)))
+		row("max streams per connection", reported(l.MaxStreams, fmt.Sprint(l.MaxStreams)))
+		row("max connections per address", reported(l.MaxConnsPerAddr, fmt.Sprint(l.MaxConnsPerAddr)))
+		row("request timeout", reported(l.RequestTimeoutMS, (time.Duration(l.RequestTimeoutMS)*time.Millisecond).String()))
+		row("idle timeout", reported(l.IdleTimeoutMS, (time.Duration(l.IdleTimeoutMS)*time.Millisecond).String()))
 		return tw.Flush()
 	})
 }
@@ -68,6 +77,13 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+func reported(v uint64, s string) string {
+	if v == 0 {
+		return "not reported"
+	}
+	return s
 }
 
 func unlimited(v uint64, s string) string {
