@@ -282,8 +282,8 @@ func parseTime(s string, now time.Time) (time.Time, error) {
 		}
 		return now.Add(-d), nil
 	}
-	if secs, err := strconv.ParseFloat(s, 64); err == nil && secs >= 0 {
-		return time.Unix(0, int64(secs*1e9)), nil
+	if t, ok := unixSeconds(s); ok {
+		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("cannot read time %q: give RFC 3339 (2026-01-02T15:04:05Z), Unix seconds, or how long ago (10m, 2h)", s)
 }
@@ -315,4 +315,23 @@ func oneGroup(env Env, verb string, args []string) (string, int, bool) {
 		return "", usageErr(env, verb, "want one GROUP (a name, UUID or UUID prefix), got %d arguments", len(args)), false
 	}
 	return args[0], 0, true
+}
+
+// unixSeconds reads "SECONDS[.FRACTION]" exactly (no float rounding: a
+// timestamp copied from --json output must select the same message).
+func unixSeconds(s string) (time.Time, bool) {
+	whole, frac, _ := strings.Cut(s, ".")
+	secs, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || secs < 0 || len(frac) > 9 {
+		return time.Time{}, false
+	}
+	var ns int64
+	if frac != "" {
+		n, err := strconv.ParseInt(frac+strings.Repeat("0", 9-len(frac)), 10, 64)
+		if err != nil || n < 0 {
+			return time.Time{}, false
+		}
+		ns = n
+	}
+	return time.Unix(secs, ns), true
 }
