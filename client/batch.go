@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -202,26 +201,35 @@ func (b *batcher) take(now time.Time) ([]*queuedSend, time.Duration) {
 	return batch, 0
 }
 
-// fly sends one batch and hands each caller its result. The operation is
-// abandoned when every caller has given up (or the Client closes).
+// fly sends one batch and hands each caller its result. The operation runs
+// until the latest of its callers' deadlines (or the Client closes): a
+// caller that gives up sooner has had its answer (its context's error), and
+// its message may be stored or not, as with an unbatched send it abandoned.
+// A caller without a deadline keeps the operation going.
 func (b *batcher) fly(ctx context.Context, batch []*queuedSend) {
 	defer b.finished(len(batch))
-	fctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	waiting := atomic.Int64{}
-	waiting.Store(int64(len(batch)))
-	for _, q := range batch {
-		if q.ctx.Done() == nil {
-			continue // this caller never gives up, so neither does the batch
-		}
-		stop := context.AfterFunc(q.ctx, func() {
-			if waiting.Add(-1) == 0 {
-				cancel()
-			}
-		})
-		defer stop()
+	if d, ok := latestDeadline(batch); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d)
+		defer cancel()
 	}
-	b.sendBatch(fctx, ctx, batch)
+	b.sendBatch(ctx, b.g.cl.ctx, batch)
+}
+
+// latestDeadline returns the latest deadline of the batch's callers, or
+// false if one of them has none.
+func latestDeadline(batch []*queuedSend) (time.Time, bool) {
+	var latest time.Time
+	for _, q := range batch {
+		d, ok := q.ctx.Deadline()
+		if !ok {
+			return time.Time{}, false
+		}
+		if d.After(latest) {
+			latest = d
+		}
+	}
+	return latest, true
 }
 
 // sendBatch sends batch as one operation, splitting it when the daemon

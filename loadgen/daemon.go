@@ -34,18 +34,22 @@ const daemonStartTimeout = 20 * time.Second
 
 // StartDaemon starts exe (the huddle binary) as
 //
-//	huddle up --no-mdns --listen 127.0.0.1:0 --state-dir DIR --group GROUP --log-level warn
+//	huddle up --no-mdns --listen 127.0.0.1:0 --state-dir DIR --group GROUP --log-level warn \
+//	          --send-rate 0 --max-conns-per-addr 65536
 //
 // with a fresh state directory, and returns once it listens. Its log goes
-// to logw. The environment's HUDDLE_* variables are not passed on, so the
-// daemon runs with its defaults. Stop stops it.
+// to logw. Every connection of a run comes from 127.0.0.1, and each member
+// sends as fast as it can, so the per-address connection limit and the
+// per-member send rate, which guard a daemon against abuse, are lifted;
+// every other setting is the default: the environment's HUDDLE_* variables
+// are not passed on. Stop stops it.
 func StartDaemon(exe, group string, logw io.Writer) (*Daemon, error) {
 	dir, err := os.MkdirTemp("", "huddle-bench-")
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", dir,
-		"--group", group, "--log-level", "warn")
+		"--group", group, "--log-level", "warn", "--send-rate", "0", "--max-conns-per-addr", "65536")
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "HUDDLE_") {
 			cmd.Env = append(cmd.Env, kv)
