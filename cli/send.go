@@ -96,7 +96,15 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	}()
 
 	for {
-		line, ok := <-lines
+		var line string
+		var ok bool
+		select {
+		case line, ok = <-lines:
+		case <-ctx.Done():
+			// Interrupted while waiting for input (a person typing, a quiet
+			// pipe): the reader is stuck in a read, so do not wait for it.
+			return fail(env, "send", ctx.Err())
+		}
 		if !ok {
 			break
 		}
