@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -327,10 +329,11 @@ func groupEqual(a, b groupJSON) bool {
 		a.Fingerprint == b.Fingerprint && a.Members == b.Members && a.LastSeq == b.LastSeq
 }
 
-// TestSendArguments checks where send's flags end and its text begins:
-// flags may come before or after GROUP, the text runs from its first word to
-// the end of the command line, and -- lets text start with a dash.
-func TestSendArguments(t *testing.T) {
+// TestSend checks where send's flags end and its text begins (flags may
+// come before or after GROUP, the text runs from its first word to the end
+// of the command line, and -- lets text start with a dash), and that a send
+// waiting for lines on standard input stops when interrupted.
+func TestSend(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	defer up.stop(t)
@@ -371,4 +374,16 @@ func TestSendArguments(t *testing.T) {
 	if want := []string{"--literal", "hello --json", "plain words", "line one", "line two", "-x"}; !slices.Equal(texts, want) {
 		t.Errorf("lobby holds %q, want %q", texts, want)
 	}
+
+	// Lines are sent as they come; Ctrl-C stops a send waiting for more.
+	send := alice.start(t, "send", "lobby")
+	if _, err := io.WriteString(send.stdin, "typed\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, send, "sent #7 at ")
+	code := send.stop(t, syscall.SIGINT)
+	if code == 0 || !strings.Contains(send.stderr.String(), "interrupted") {
+		t.Errorf("send interrupted while waiting for input: exit code %d, want an error saying so\nstderr:\n%s", code, send.stderr)
+	}
+	send.noRaces(t)
 }
