@@ -1,0 +1,97 @@
+package loadgen_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/loadgen"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// startDaemons runs a registry and a group daemon hosting "bench" on
+// loopback, in this process, and returns the registry's address.
+func startDaemons(t *testing.T) string {
+	t.Helper()
+	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := daemon.NewGroupDaemon(daemon.GroupConfig{
+		Listen:              "127.0.0.1:0",
+		StateDir:            t.TempDir(),
+		Groups:              []daemon.GroupSpec{{Name: "bench"}},
+		Registry:            r.Addr().String(),
+		RegistryFingerprint: r.Fingerprint(),
+		SendRate:            -1, // unlimited
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Serve(ctx) })
+	wg.Go(func() { g.Serve(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return r.Addr().String()
+}
+
+func TestScenarios(t *testing.T) {
+	reg := startDaemons(t)
+	for _, tc := range []loadgen.Config{
+		{Scenario: loadgen.Send, Conns: 2, InFlight: 3},
+		{Scenario: loadgen.SendBatched, Conns: 2, InFlight: 8},
+		{Scenario: loadgen.Fetch, Messages: 3000},
+		{Scenario: loadgen.Fanout, Conns: 3, Rate: 200},
+		{Scenario: loadgen.Idle, Conns: 5},
+	} {
+		t.Run(string(tc.Scenario), func(t *testing.T) {
+			tc.Registry = reg
+			tc.Duration, tc.Warmup = 300*time.Millisecond, 50*time.Millisecond
+			tc.ServerPID = 0 // the daemon is this process: nothing apart to measure
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			res, err := loadgen.Run(ctx, tc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Errors != 0 || res.Ops == 0 {
+				t.Fatalf("%+v", res)
+			}
+			if res.Scenario != string(tc.Scenario) || res.P50us <= 0 || res.P99us < res.P50us {
+				t.Errorf("%+v", res)
+			}
+			if tc.Scenario == loadgen.Fetch && res.Messages != 30 {
+				t.Errorf("fetch took %d messages each, want the last 1%% of 3000", res.Messages)
+			}
+		})
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  loadgen.Config
+	}{
+		{"no scenario", loadgen.Config{Registry: "x"}},
+		{"no registry", loadgen.Config{Scenario: loadgen.Send}},
+		{"unknown scenario", loadgen.Config{Scenario: "flood", Registry: "x"}},
+		{"negative conns", loadgen.Config{Scenario: loadgen.Send, Registry: "x", Conns: -1}},
+		{"fanout without room for a time", loadgen.Config{Scenario: loadgen.Fanout, Registry: "x", Size: 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.cfg.Validate(); !errors.Is(err, loadgen.ErrInvalidConfig) {
+				t.Errorf("Validate() = %v, want ErrInvalidConfig", err)
+			}
+		})
+	}
+}
