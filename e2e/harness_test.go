@@ -389,8 +389,9 @@ func (u *user) runInput(t *testing.T, input string, args ...string) result {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
-	if os.Getenv("E2E_TIMING") != "" {
-		t.Logf("%v huddle %s", time.Since(start).Round(time.Millisecond), strings.Join(args, " "))
+	if testing.Verbose() {
+		// Which verbs a slow run spent its time on.
+		t.Logf("%v: huddle %s", time.Since(start).Round(time.Millisecond), strings.Join(args, " "))
 	}
 	r := result{args: args, stdout: stdout.String(), stderr: stderr.String()}
 	var ee *exec.ExitError

@@ -281,9 +281,18 @@ func TestWalkthrough(t *testing.T) {
 		}
 	}
 	out = carol.ok(t, "info", "lobby")
-	for _, want := range []string{"lobby", lobby, up.fp, "you are a member  no", "members           2", "max message       64 KiB"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("carol: info printed\n%s\nwant it to contain %q", out, want)
+	rows := make(map[string]string)
+	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		if kv := regexp.MustCompile(`\s{2,}`).Split(l, 2); len(kv) == 2 {
+			rows[kv[0]] = kv[1]
+		}
+	}
+	for k, v := range map[string]string{
+		"name": "lobby", "uuid": lobby, "daemon": up.fp + " at " + up.addr, "private": "no",
+		"you are a member": "no", "members": "2", "max message": "64 KiB",
+	} {
+		if rows[k] != v {
+			t.Errorf("carol: info printed\n%s\nwant its row %q to say %q", out, k, v)
 		}
 	}
 
