@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
@@ -232,9 +233,10 @@ func TestWatchGroups(t *testing.T) {
 	}
 }
 
-// TestWatchRestart restarts the group daemon under a running watch: the
-// watch says the group's history was reset, then prints the new log's
-// messages with their new sequence numbers, none twice.
+// TestWatchRestart restarts the group daemon (same state directory, same
+// port) under running watches and a chat: each says once that the group's
+// history was reset, then prints the new log's messages with their new
+// sequence numbers, none twice; the chat goes on sending to the new log.
 func TestWatchRestart(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
@@ -255,8 +257,10 @@ func TestWatchRestart(t *testing.T) {
 
 	asJSON := alice.start(t, "watch", "lobby", "--since", "1h", "--json")
 	human := alice.start(t, "watch", "lobby", "--since", "1h")
+	chat := alice.start(t, "chat", "lobby")
 	waitText(t, asJSON, `"old2"`)
 	waitText(t, human, "bob: old2")
+	waitText(t, chat, "bob: old2")
 
 	srv.stop(t)
 	srv = serve(srv.addr)
@@ -305,5 +309,23 @@ func TestWatchRestart(t *testing.T) {
 	}
 	if s := human.stderr.String(); strings.Count(s, "history was reset") != 1 {
 		t.Errorf("watch's stderr should say once that the history was reset; it has:\n%s", s)
+	}
+
+	// chat went through the restart too, and sends to the new log.
+	waitText(t, chat, "alice (you): new2")
+	if _, err := io.WriteString(chat.stdin, "from the chat\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, chat, "alice (you): from the chat")
+	chat.stdin.Close()
+	if code := chat.wait(t); code != 0 {
+		t.Errorf("chat exited with code %d at end of input, want 0\nstderr:\n%s", code, chat.stderr)
+	}
+	chat.noRaces(t)
+	if want := []string{"bob: old1", "bob: old2", "bob: new1", "alice (you): new2", "alice (you): from the chat"}; !slices.Equal(chatLines(chat.stdout.Lines()), want) {
+		t.Errorf("chat across the restart printed messages %q, want %q", chatLines(chat.stdout.Lines()), want)
+	}
+	if n := strings.Count(chat.stdout.String(), "-- the group's daemon restarted; its history was reset --"); n != 1 {
+		t.Errorf("chat said %d times that the history was reset, want once:\n%s", n, chat.stdout)
 	}
 }
