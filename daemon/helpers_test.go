@@ -156,7 +156,7 @@ func (p *peer) call(op wire.Op, args any, out any) error {
 }
 
 // must fails the test if err is not nil.
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

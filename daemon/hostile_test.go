@@ -215,7 +215,7 @@ func wantRefusal(t *testing.T, p *peer, what string, raw []byte) *wire.Error {
 
 func frameOf(item []byte) []byte { return append(header(uint32(len(item))), item...) }
 
-func parseHex(t *testing.T, path string) []byte {
+func parseHex(t testing.TB, path string) []byte {
 	t.Helper()
 	text, err := os.ReadFile(path)
 	must(t, err)
