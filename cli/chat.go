@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -251,30 +252,33 @@ func chatTerminal(env Env) (out io.Writer, restore func(), readLine func() (stri
 	o, outOK := env.Stdout.(*os.File)
 	if inOK && outOK && term.IsTerminal(int(in.Fd())) && term.IsTerminal(int(o.Fd())) {
 		if state, err := term.MakeRaw(int(in.Fd())); err == nil {
+			g := newEnterGate()
 			t := term.NewTerminal(struct {
 				io.Reader
 				io.Writer
-			}{in, o}, "> ")
+			}{gatedReader{in, g}, o}, "> ")
 			if w, h, err := term.GetSize(int(o.Fd())); err == nil {
 				t.SetSize(w, h)
 			}
 			read := func() (string, error) {
 				line, err := t.ReadLine()
-				if err == nil && line != "" {
-					// Move up over the echoed line and clear it.
+				if err == nil || errors.Is(err, term.ErrPasteIndicator) {
+					// Move up over the echoed line and clear it: the
+					// message comes back from the group with its time and
+					// name. The gate kept every other print out of the way.
 					o.WriteString("\x1b[1A\x1b[2K\r")
-				}
-				if errors.Is(err, term.ErrPasteIndicator) {
+					g.erased()
 					err = nil
 				}
 				return line, err
 			}
 			restore := func() {
+				g.release()
 				// Clear the prompt, so the shell's comes back on a clean line.
 				o.WriteString("\r\x1b[2K")
 				term.Restore(int(in.Fd()), state)
 			}
-			return t, restore, read
+			return gatedWriter{t, g}, restore, read
 		}
 	}
 	sc := bufio.NewScanner(env.Stdin)
@@ -289,4 +293,77 @@ func chatTerminal(env Env) (out io.Writer, restore func(), readLine func() (stri
 		return "", io.EOF
 	}
 	return env.Stdout, func() {}, read
+}
+
+// enterGate holds messages back between the moment Enter reaches the line
+// editor (which echoes a new line) and the moment that echoed line is
+// erased, so the line erased is never a message printed in between.
+type enterGate struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	pending int // Enters read but not yet erased
+}
+
+func newEnterGate() *enterGate {
+	g := &enterGate{}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+// typed counts the Enters in keyboard input before the editor sees it.
+func (g *enterGate) typed(p []byte) {
+	n := bytes.Count(p, []byte{'\r'}) + bytes.Count(p, []byte{'\n'})
+	if n > 0 {
+		g.mu.Lock()
+		g.pending += n
+		g.mu.Unlock()
+	}
+}
+
+// erased records that one echoed line is gone.
+func (g *enterGate) erased() {
+	g.mu.Lock()
+	if g.pending > 0 {
+		g.pending--
+	}
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// release lets every waiting print through (at exit).
+func (g *enterGate) release() {
+	g.mu.Lock()
+	g.pending = 0
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// wait blocks while an echoed line awaits erasing.
+func (g *enterGate) wait() {
+	g.mu.Lock()
+	for g.pending > 0 {
+		g.cond.Wait()
+	}
+	g.mu.Unlock()
+}
+
+type gatedReader struct {
+	r io.Reader
+	g *enterGate
+}
+
+func (r gatedReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.g.typed(p[:n])
+	return n, err
+}
+
+type gatedWriter struct {
+	w io.Writer
+	g *enterGate
+}
+
+func (w gatedWriter) Write(p []byte) (int, error) {
+	w.g.wait()
+	return w.w.Write(p)
 }
