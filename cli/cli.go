@@ -3,7 +3,8 @@
 // parses its flags into a config, runs, and reports; Main dispatches to them.
 //
 // Exit codes are the same for every verb: 0 done, 1 the server refused (or a
-// local file was unusable), 2 usage, 3 unreachable or timed out.
+// local file was unusable), 2 usage, 3 unreachable or timed out, 130
+// interrupted.
 package cli
 
 import (
@@ -20,6 +21,9 @@ const (
 	ExitRefused     = 1 // the server refused (not a member, not found, too large...)
 	ExitUsage       = 2 // bad command line
 	ExitUnreachable = 3 // unreachable or timed out
+	// ExitInterrupted is the shell's convention for a command stopped by
+	// SIGINT (128 + 2), also used for SIGTERM while a client verb waits.
+	ExitInterrupted = 130
 )
 
 // Env is what a verb may touch of the outside world, so tests can run verbs

@@ -220,7 +220,7 @@ func explain(err error) (string, int) {
 	case errors.As(err, &we):
 		return we.Error() + advice(we), ExitRefused
 	case errors.Is(err, context.Canceled):
-		return "interrupted", ExitUnreachable
+		return "interrupted", ExitInterrupted
 	}
 	var ne *net.OpError
 	if errors.As(err, &ne) {
