@@ -1,0 +1,152 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// serveWith starts a group daemon whose handler is wrap(the daemon's own),
+// for tests that inject faults between the network and the operations.
+func serveWith(t *testing.T, cfg GroupConfig, wrap func(d *GroupDaemon, next handlerFunc) handlerFunc) *GroupDaemon {
+	t.Helper()
+	cfg.StateDir = orDefault(cfg.StateDir, t.TempDir())
+	cfg.Listen = orDefault(cfg.Listen, "127.0.0.1:0")
+	if len(cfg.Groups) == 0 {
+		cfg.Groups = []GroupSpec{{Name: "general"}}
+	}
+	cfg.Logger = logger(orDefault(cfg.Logger, testLogger(t)))
+	d, err := NewGroupDaemon(cfg)
+	must(t, err)
+	must(t, d.Listen())
+	if wrap != nil {
+		d.srv.handle = wrap(d, d.srv.handle) // before Serve starts any stream
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- d.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, d.Close())
+		if err := <-errc; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return d
+}
+
+// connFrom returns the server's connection from remote, or nil.
+func (s *server) connFrom(remote net.Addr) *quic.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.RemoteAddr().String() == remote.String() {
+			return c
+		}
+	}
+	return nil
+}
+
+func newTestClient(t *testing.T) *client.Client {
+	t.Helper()
+	cl, err := client.New(client.Config{Identity: newKey(t), Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// TestSendSurvivesDroppedConnection drops the client's connection after
+// the daemon has stored a send and before its acknowledgment can leave:
+// the client retries on a new connection with the same message IDs, gets
+// the original sequence number back, and the message is stored once.
+func TestSendSurvivesDroppedConnection(t *testing.T) {
+	dropped := make(chan struct{})
+	d := serveWith(t, GroupConfig{}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
+		return func(ctx context.Context, c *call) error {
+			select {
+			case <-dropped:
+			default:
+				if c.op == wire.OpSend {
+					close(dropped)
+					conn := c.srv.connFrom(c.remote)
+					if conn == nil {
+						t.Error("no connection to drop")
+						return wire.ErrInternal
+					}
+					conn.CloseWithError(wire.ConnShutdown, "dropped by the test")
+					return next(ctx, c) // stores the message; the ack has nowhere to go
+				}
+			}
+			return next(ctx, c)
+		}
+	})
+	ctx := testCtx(t)
+	g, err := newTestClient(t).Group(wire.GroupEntry{Group: gid(d), Name: "general", Addrs: []string{d.Addr().String()}, Fingerprint: d.Fingerprint()})
+	must(t, err)
+	_, err = g.Join(ctx, "sender", nil)
+	must(t, err)
+	ack, err := g.Send(ctx, []byte("exactly once"))
+	must(t, err)
+	select {
+	case <-dropped:
+	default:
+		t.Fatal("the send was never dropped")
+	}
+	if !ack.Duplicate || ack.Seq != 1 {
+		t.Fatalf("ack %+v: want the retry to find message 1 stored by the dropped attempt", ack)
+	}
+	var bodies []string
+	for m, err := range g.Messages(ctx, client.Query{}) {
+		must(t, err)
+		bodies = append(bodies, string(m.Body))
+	}
+	if len(bodies) != 1 || bodies[0] != "exactly once" {
+		t.Fatalf("log holds %q, want the message once", bodies)
+	}
+}
+
+// TestRestartedDaemonResetsOldConnections kills a daemon without a word to
+// its clients (its socket simply goes away, as with SIGKILL) and starts it
+// again on the same port with its state directory. A client's next call on
+// its old connection gets a stateless reset the client recognises (the
+// reset key derives from the daemon's key), so it redials at once instead
+// of waiting out its idle timeout, and its membership is still there.
+func TestRestartedDaemonResetsOldConnections(t *testing.T) {
+	dir := t.TempDir()
+	d1, err := NewGroupDaemon(GroupConfig{StateDir: dir, Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "general"}}, Logger: testLogger(t)})
+	must(t, err)
+	must(t, d1.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- d1.Serve(context.Background()) }()
+	addr := d1.Addr().String()
+
+	ctx := testCtx(t)
+	g, err := newTestClient(t).Group(wire.GroupEntry{Group: gid(d1), Name: "general", Addrs: []string{addr}, Fingerprint: d1.Fingerprint()})
+	must(t, err)
+	_, err = g.Join(ctx, "survivor", nil)
+	must(t, err)
+	_, err = g.Send(ctx, []byte("before"))
+	must(t, err)
+
+	// The daemon dies: its socket closes, its clients are told nothing.
+	d1.srv.udp.Close()
+	d1.Close()
+	must(t, <-errc)
+
+	d2, _ := startGroupDaemon(t, GroupConfig{StateDir: dir, Listen: addr})
+	if gid(d2) != gid(d1) || d2.Fingerprint() != d1.Fingerprint() {
+		t.Fatal("the restarted daemon has another group UUID or key")
+	}
+	// Well under the client's 30 s idle timeout: only a reset gets it here.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ack, err := g.Send(sctx, []byte("after"))
+	must(t, err)
+	if ack.Seq != 1 {
+		t.Fatalf("ack %+v: want the first message of the new epoch", ack)
+	}
+}
