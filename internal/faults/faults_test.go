@@ -1,0 +1,287 @@
+//go:build unix
+
+package faults
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// lease is the registry's lease in these tests: short, so that a lapse is
+// quick to see.
+const lease = time.Second
+
+// waitTimeout bounds every condition a test polls for; it bounds how long a
+// bug may hang the run, and asserts nothing about speed.
+const waitTimeout = 30 * time.Second
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// huddle builds the huddle binary once per test run.
+func huddle(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "huddle-faults-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "huddle")
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		out, err := exec.Command(gobin, "build", "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// proc is a running huddle process.
+type proc struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  []string
+	more chan struct{} // closed and replaced at each line
+	done chan struct{} // closed when the process has exited
+}
+
+// start runs huddle with args, its output collected line by line.
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(huddle(t), args...)
+	// No HUDDLE_* or XDG_* setting of the developer's may reach the
+	// daemons: they read every flag from the environment too.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); !strings.HasPrefix(k, "HUDDLE_") && !strings.HasPrefix(k, "XDG_") && k != "HOME" {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "HOME="+t.TempDir(), "HUDDLE_HOME="+t.TempDir())
+	r, w := io.Pipe()
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, more: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.out = append(p.out, sc.Text())
+			close(p.more)
+			p.more = make(chan struct{})
+			p.mu.Unlock()
+		}
+	}()
+	go func() {
+		cmd.Wait()
+		w.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("output of %s:\n%s", strings.Join(args, " "), strings.Join(p.out, "\n"))
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// kill sends sig and waits for the process to exit.
+func (p *proc) kill(sig syscall.Signal) {
+	p.cmd.Process.Signal(sig)
+	<-p.done
+}
+
+// line waits for an output line matching re and returns its submatches.
+func (p *proc) line(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	for i := 0; ; {
+		p.mu.Lock()
+		for ; i < len(p.out); i++ {
+			if m := re.FindStringSubmatch(p.out[i]); m != nil {
+				p.mu.Unlock()
+				return m
+			}
+		}
+		more := p.more
+		p.mu.Unlock()
+		select {
+		case <-more:
+		case <-p.done:
+			t.Fatalf("process exited before printing a line matching %v", re)
+		case <-deadline:
+			t.Fatalf("no line matching %v", re)
+		}
+	}
+}
+
+var listening = regexp.MustCompile(`listening on (\S+), fingerprint (\S+)`)
+
+func startRegistry(t *testing.T, listen, dir string) (addr string, fp wire.Fingerprint, p *proc) {
+	t.Helper()
+	p = start(t, "registry", "--no-mdns", "--listen", listen, "--lease", lease.String(), "--state-dir", dir)
+	m := p.line(t, listening)
+	fp, err := wire.ParseFingerprint(strings.TrimSuffix(m[2], ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m[1], fp, p
+}
+
+func startGroups(t *testing.T, registry, dir string) *proc {
+	t.Helper()
+	p := start(t, "serve", "--no-mdns", "--registry", registry, "--listen", "127.0.0.1:0",
+		"--group", "alpha", "--group", "beta", "--state-dir", dir)
+	p.line(t, listening)
+	return p
+}
+
+// user is a Go client with its own key and known-registries file.
+type user struct {
+	t  *testing.T
+	cl *client.Client
+}
+
+func newUser(t *testing.T) *user {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return &user{t: t, cl: cl}
+}
+
+// listed returns the registry's listing by group name, or nil if the
+// registry cannot be reached.
+func (u *user) listed(addr string) map[string]wire.GroupEntry {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reg, err := u.cl.Registry(ctx, addr, wire.Fingerprint{}) // pinned on first use
+	if err != nil {
+		u.t.Logf("registry: %v", err)
+		return nil
+	}
+	l, err := reg.List(ctx)
+	if err != nil {
+		return nil
+	}
+	m := make(map[string]wire.GroupEntry)
+	for _, e := range l.Groups {
+		m[e.Name] = e
+	}
+	return m
+}
+
+func eventually(t *testing.T, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// TestGroupDaemonKilled kills a group daemon with SIGKILL: its groups leave
+// the registry's listing when their leases lapse, with no deregistration.
+// Restarted with its state directory, it lists the same groups under the
+// same UUIDs and key, and its members are still members.
+func TestGroupDaemonKilled(t *testing.T) {
+	regAddr, _, reg := startRegistry(t, "127.0.0.1:0", t.TempDir())
+	defer reg.kill(syscall.SIGTERM)
+	dir := t.TempDir()
+	groups := startGroups(t, regAddr, dir)
+	u := newUser(t)
+	var before map[string]wire.GroupEntry
+	eventually(t, "both groups listed", func() bool { before = u.listed(regAddr); return len(before) == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	g, err := u.cl.Group(before["alpha"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Join(ctx, "stays", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	groups.kill(syscall.SIGKILL)
+	gone := eventually(t, "the killed daemon's groups to lapse", func() bool { return len(u.listed(regAddr)) == 0 })
+	t.Logf("listing empty %v after SIGKILL (lease %v)", gone.Round(time.Millisecond), lease)
+
+	startGroups(t, regAddr, dir)
+	var after map[string]wire.GroupEntry
+	eventually(t, "the groups listed again", func() bool { after = u.listed(regAddr); return len(after) == 2 })
+	for name, e := range before {
+		if after[name].Group != e.Group || after[name].Fingerprint != e.Fingerprint {
+			t.Fatalf("group %s came back as %+v, was %+v", name, after[name], e)
+		}
+	}
+	g, err = u.cl.Group(after["alpha"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Send(ctx, []byte("still a member")); err != nil {
+		t.Fatalf("send after the restart: %v", err)
+	}
+}
+
+// TestRegistryKilled kills the registry with SIGKILL and starts it again on
+// the same address with its state directory: within a renewal period the
+// group daemon has registered again, and a user who pinned the registry on
+// first use lists the groups as before, with no warning about its key.
+func TestRegistryKilled(t *testing.T) {
+	regDir := t.TempDir()
+	regAddr, fp, reg := startRegistry(t, "127.0.0.1:0", regDir)
+	groups := startGroups(t, regAddr, t.TempDir())
+	defer groups.kill(syscall.SIGTERM)
+	u := newUser(t)
+	var before map[string]wire.GroupEntry
+	eventually(t, "both groups listed", func() bool { before = u.listed(regAddr); return len(before) == 2 })
+
+	reg.kill(syscall.SIGKILL)
+	_, fp2, reg2 := startRegistry(t, regAddr, regDir)
+	defer reg2.kill(syscall.SIGTERM)
+	if fp2 != fp {
+		t.Fatalf("the restarted registry has key %s, was %s", fp2, fp)
+	}
+	back := eventually(t, "the groups listed again", func() bool {
+		after := u.listed(regAddr)
+		return len(after) == 2 && after["alpha"].Group == before["alpha"].Group && after["beta"].Group == before["beta"].Group
+	})
+	t.Logf("groups listed again %v after the registry restarted (lease %v, renewal every %v)", back.Round(time.Millisecond), lease, lease/3)
+}
