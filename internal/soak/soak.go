@@ -1,0 +1,343 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+type config struct {
+	duration time.Duration
+	sample   time.Duration
+	users    int
+	watchers int
+	groups   int
+}
+
+// counters are what the users did, for throughput.
+type counters struct {
+	joins, leaves, sent, fetched, watched, rateLimited, errs atomic.Int64
+}
+
+// sample is the process at one instant.
+type sample struct {
+	at         time.Duration
+	goroutines int
+	heap       uint64 // bytes, after a GC
+	sent       int64
+}
+
+func measure(start time.Time, c *counters) sample {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return sample{at: time.Since(start), goroutines: runtime.NumGoroutine(), heap: ms.HeapAlloc, sent: c.sent.Load()}
+}
+
+// run runs the soak and reports; it fails if memory or goroutines grow
+// after warm-up, or do not come back down at the end.
+func run(ctx context.Context, cfg config, out io.Writer) error {
+	base := measure(time.Now(), &counters{})
+	dir, err := os.MkdirTemp("", "huddle-soak-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	quiet := slog.New(slog.DiscardHandler)
+
+	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: dir + "/registry", Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if err := r.Listen(); err != nil {
+		return err
+	}
+	var specs []daemon.GroupSpec
+	for i := range cfg.groups {
+		specs = append(specs, daemon.GroupSpec{Name: fmt.Sprintf("soak-%d", i)})
+	}
+	d, err := daemon.NewGroupDaemon(daemon.GroupConfig{
+		Listen: "127.0.0.1:0", StateDir: dir + "/daemon", Groups: specs,
+		Registry: r.Addr().String(), RegistryFingerprint: r.Fingerprint(),
+		// Retention small enough that the logs fill during warm-up: after
+		// it, memory can only stay flat if nothing else grows.
+		Retention: store.Config{MaxMessages: 20_000},
+		Logger:    quiet,
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.Listen(); err != nil {
+		return err
+	}
+	var servers sync.WaitGroup
+	sctx, stopServers := context.WithCancel(context.Background())
+	servers.Go(func() { r.Serve(sctx) })
+	servers.Go(func() { d.Serve(sctx) })
+	defer func() { stopServers(); servers.Wait() }()
+
+	fmt.Fprintf(out, "soak: %d users, %d watchers, %d groups for %v; registry %s, group daemon %s\n",
+		cfg.users, cfg.watchers, cfg.groups, cfg.duration, r.Addr(), d.Addr())
+	var c counters
+	start := time.Now()
+	lctx, stopLoad := context.WithTimeout(ctx, cfg.duration)
+	defer stopLoad()
+	var load sync.WaitGroup
+	for i := range cfg.users {
+		load.Go(func() { user(lctx, i, r, &c) })
+	}
+	for i := range cfg.watchers {
+		load.Go(func() { watcher(lctx, i, r, &c) })
+	}
+
+	const row = "%6s %10s %8s %7s %7s %7s %9s %9s %12s %6s\n"
+	fmt.Fprintf(out, row, "time", "goroutines", "heap MiB", "msgs/s", "joins", "leaves", "fetched", "watched", "rate-limited", "errors")
+	var samples []sample
+	prev := measure(start, &c)
+	tick := time.NewTicker(cfg.sample)
+	for running := true; running; {
+		select {
+		case <-tick.C:
+		case <-lctx.Done():
+			running = false
+			continue // the users are leaving: not a sample of the load
+		}
+		s := measure(start, &c)
+		rate := float64(s.sent-prev.sent) / (s.at - prev.at).Seconds()
+		fmt.Fprintf(out, row, s.at.Round(time.Second), fmt.Sprint(s.goroutines), fmt.Sprintf("%.1f", float64(s.heap)/(1<<20)),
+			fmt.Sprintf("%.0f", rate), fmt.Sprint(c.joins.Load()), fmt.Sprint(c.leaves.Load()), fmt.Sprint(c.fetched.Load()),
+			fmt.Sprint(c.watched.Load()), fmt.Sprint(c.rateLimited.Load()), fmt.Sprint(c.errs.Load()))
+		samples = append(samples, s)
+		prev = s
+	}
+	tick.Stop()
+	load.Wait()
+	elapsed := time.Since(start)
+	fmt.Fprintf(out, "sent %d messages in %v: %.0f msgs/s; %d joins, %d leaves, %d messages fetched, %d watched, %d sends rate-limited, %d errors\n",
+		c.sent.Load(), elapsed.Round(time.Second), float64(c.sent.Load())/elapsed.Seconds(),
+		c.joins.Load(), c.leaves.Load(), c.fetched.Load(), c.watched.Load(), c.rateLimited.Load(), c.errs.Load())
+
+	var problems []error
+	if err := flat(samples); err != nil {
+		problems = append(problems, err)
+	}
+	if c.errs.Load() > 0 {
+		problems = append(problems, fmt.Errorf("%d operations failed", c.errs.Load()))
+	}
+	stopServers()
+	servers.Wait()
+	// Everything the run started has stopped: goroutines come back to where
+	// they were (give the runtime a moment to reap).
+	var end sample
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		end = measure(start, &c)
+		if end.goroutines <= base.goroutines || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "after: %d goroutines (%d before), heap %.1f MiB (%.1f before)\n",
+		end.goroutines, base.goroutines, float64(end.heap)/(1<<20), float64(base.heap)/(1<<20))
+	if end.goroutines > base.goroutines {
+		problems = append(problems, fmt.Errorf("%d goroutines left after everything stopped, %d before", end.goroutines, base.goroutines))
+	}
+	return errors.Join(problems...)
+}
+
+// flat checks the samples after warm-up (the first third of the run, when
+// the logs fill) against the last warm-up sample: the heap may not grow by
+// more than a quarter plus 16 MiB, the goroutines by more than a fifth
+// plus 32 (users come and go, so both wobble).
+func flat(samples []sample) error {
+	if len(samples) < 3 {
+		return fmt.Errorf("only %d samples: run longer or sample more often", len(samples))
+	}
+	warm := samples[len(samples)/3]
+	var maxHeap uint64
+	maxG := 0
+	for _, s := range samples[len(samples)/3:] {
+		maxHeap, maxG = max(maxHeap, s.heap), max(maxG, s.goroutines)
+	}
+	var errs []error
+	if maxHeap > warm.heap+warm.heap/4+16<<20 {
+		errs = append(errs, fmt.Errorf("heap grew after warm-up: %.1f MiB at %v, up to %.1f MiB",
+			float64(warm.heap)/(1<<20), warm.at.Round(time.Second), float64(maxHeap)/(1<<20)))
+	}
+	if maxG > warm.goroutines+warm.goroutines/5+32 {
+		errs = append(errs, fmt.Errorf("goroutines grew after warm-up: %d at %v, up to %d", warm.goroutines, warm.at.Round(time.Second), maxG))
+	}
+	return errors.Join(errs...)
+}
+
+// newClient returns a client with a new key.
+func newClient() (*client.Client, error) {
+	id, err := identity.Generate()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(client.Config{Identity: id})
+}
+
+// pick returns a handle on a random group of the registry's listing.
+func pick(ctx context.Context, cl *client.Client, r *daemon.Registry) (*client.Group, error) {
+	reg, err := cl.Registry(ctx, r.Addr().String(), r.Fingerprint())
+	if err != nil {
+		return nil, err
+	}
+	l, err := reg.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(l.Groups) == 0 {
+		return nil, errNotListed
+	}
+	return reg.Group(l.Groups[rand.IntN(len(l.Groups))])
+}
+
+var errNotListed = errors.New("no group listed yet")
+
+// user is one user slot: a new key each round, which joins a group, sends,
+// fetches what is new, watches briefly, and leaves.
+func user(ctx context.Context, n int, r *daemon.Registry, c *counters) {
+	for ctx.Err() == nil {
+		if err := round(ctx, n, r, c); err != nil && ctx.Err() == nil {
+			if errors.Is(err, errNotListed) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			c.errs.Add(1)
+			fmt.Fprintf(os.Stderr, "user %d: %v\n", n, err)
+		}
+	}
+}
+
+func round(ctx context.Context, n int, r *daemon.Registry, c *counters) error {
+	cl, err := newClient()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	g, err := pick(ctx, cl, r)
+	if err != nil {
+		return err
+	}
+	joined, err := g.Join(ctx, fmt.Sprintf("user-%d", n), nil)
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	c.joins.Add(1)
+	cursor := joined.Last
+	body := make([]byte, 64+rand.IntN(448))
+	for range 20 + rand.IntN(40) {
+		msgs := make([]wire.Outgoing, 1+rand.IntN(8))
+		for i := range msgs {
+			msgs[i] = wire.Outgoing{ID: wire.NewID(), Body: body}
+		}
+		if _, err := g.SendMessages(ctx, msgs); err != nil {
+			var we *wire.Error
+			if errors.As(err, &we) && we.Code == wire.CodeRateLimited {
+				c.rateLimited.Add(1)
+				sleep(ctx, we.RetryAfter())
+				continue
+			}
+			return ignoreEnd(ctx, fmt.Errorf("send: %w", err))
+		}
+		c.sent.Add(int64(len(msgs)))
+		if rand.IntN(4) == 0 {
+			cur, err := g.Fetch(ctx, client.Query{After: cursor, Limit: 500}, func(client.Message) bool { c.fetched.Add(1); return true })
+			if err != nil {
+				return ignoreEnd(ctx, fmt.Errorf("fetch: %w", err))
+			}
+			cursor = cur.Next
+		}
+	}
+	if rand.IntN(4) == 0 {
+		wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		for ev, err := range g.Watch(wctx, client.Query{After: cursor}) {
+			if err != nil {
+				break
+			}
+			if ev.Kind == client.EventMessage {
+				c.watched.Add(1)
+			}
+		}
+		cancel()
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := g.Leave(lctx); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	c.leaves.Add(1)
+	return nil
+}
+
+// watcher follows one group for the whole run.
+func watcher(ctx context.Context, n int, r *daemon.Registry, c *counters) {
+	cl, err := newClient()
+	if err != nil {
+		c.errs.Add(1)
+		return
+	}
+	defer cl.Close()
+	var g *client.Group
+	for g == nil && ctx.Err() == nil {
+		if g, err = pick(ctx, cl, r); err != nil {
+			g = nil
+			sleep(ctx, 50*time.Millisecond)
+		}
+	}
+	if g == nil {
+		return
+	}
+	if _, err := g.Join(ctx, fmt.Sprintf("watcher-%d", n), nil); err != nil {
+		if ctx.Err() == nil {
+			c.errs.Add(1)
+		}
+		return
+	}
+	for ev, err := range g.Watch(ctx, client.Query{}) {
+		if err != nil {
+			if ctx.Err() == nil {
+				c.errs.Add(1)
+				fmt.Fprintf(os.Stderr, "watcher %d: %v\n", n, err)
+			}
+			return
+		}
+		if ev.Kind == client.EventMessage {
+			c.watched.Add(1)
+		}
+	}
+}
+
+// ignoreEnd drops an error caused by the run ending.
+func ignoreEnd(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
