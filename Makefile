@@ -5,6 +5,7 @@
 #   make bench   package benchmarks (store, wire)
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
+#   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
 
 GO        ?= go
 BIN       := bin/huddle
@@ -12,8 +13,9 @@ PKGS      := ./...
 FUZZTIME  ?= 1m
 BRIEFFUZZ ?= 4s
 BENCHTIME ?= 1s
+SOAKTIME  ?= 2m
 
-.PHONY: all build run test vet lint unit fuzz-brief fuzz bench e2e clean
+.PHONY: all build run test vet lint unit fuzz-brief fuzz bench e2e soak clean
 
 all: build
 
@@ -46,6 +48,13 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./store/ ./wire/
+
+# soak runs users joining, sending, fetching, watching and leaving against
+# in-process daemons on 127.0.0.1 for SOAKTIME, printing goroutines, heap
+# and throughput as it goes; it fails if either grows after warm-up or does
+# not come back down at the end.
+soak:
+	$(GO) run ./internal/soak -duration $(SOAKTIME)
 
 clean:
 	rm -rf bin
