@@ -3,6 +3,7 @@
 #   make run     build and start an all-in-one registry + group daemon
 #   make test    vet, gofmt, race detector over every package, brief fuzzing, end-to-end tests
 #   make bench   package benchmarks (store, wire)
+#   make bench-e2e  huddle bench's scenarios beside the anchors, one run (BENCHMARKS.md)
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
@@ -14,8 +15,9 @@ FUZZTIME  ?= 1m
 BRIEFFUZZ ?= 4s
 BENCHTIME ?= 1s
 SOAKTIME  ?= 2m
+BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief fuzz bench e2e soak clean
+.PHONY: all build run test vet lint unit fuzz-brief fuzz bench bench-e2e e2e soak clean
 
 all: build
 
@@ -48,6 +50,12 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./store/ ./wire/
+
+# bench-e2e loads self-contained daemons on 127.0.0.1 with every huddle bench
+# scenario, after the anchors (ANCHORS_DIR, default ../shared/anchors) when
+# present, and writes bin/bench-e2e.txt. About 3 minutes; run on a quiet machine.
+bench-e2e:
+	@DUR=$(BENCHDUR) GO=$(GO) ./scripts/bench-e2e.sh
 
 # soak runs users joining, sending, fetching, watching and leaving against
 # in-process daemons on 127.0.0.1 for SOAKTIME, printing goroutines, heap
