@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,7 +133,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		c.joins.Load(), c.leaves.Load(), c.fetched.Load(), c.watched.Load(), c.rateLimited.Load(), c.errs.Load())
 
 	var problems []error
-	if err := flat(samples); err != nil {
+	if err := flat(samples, out); err != nil {
 		problems = append(problems, err)
 	}
 	if c.errs.Load() > 0 {
@@ -159,27 +160,36 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	return errors.Join(problems...)
 }
 
-// flat checks the samples after warm-up (the first third of the run, when
-// the logs fill) against the last warm-up sample: the heap may not grow by
-// more than a quarter plus 16 MiB, the goroutines by more than a fifth
-// plus 32 (users come and go, so both wobble).
-func flat(samples []sample) error {
-	if len(samples) < 3 {
-		return fmt.Errorf("only %d samples: run longer or sample more often", len(samples))
+// flat compares the medians of the last third of the samples with those of
+// the middle third (the first third is warm-up: the logs fill). A leak
+// moves the median; a passing spike (a burst of fetches in flight, a
+// watcher catching up) does not. The heap may grow by a quarter plus
+// 16 MiB, the goroutines by a fifth plus 32 (users come and go).
+func flat(samples []sample, out io.Writer) error {
+	n := len(samples)
+	if n < 6 {
+		return fmt.Errorf("only %d samples: run longer or sample more often", n)
 	}
-	warm := samples[len(samples)/3]
-	var maxHeap uint64
-	maxG := 0
-	for _, s := range samples[len(samples)/3:] {
-		maxHeap, maxG = max(maxHeap, s.heap), max(maxG, s.goroutines)
+	mid, last := samples[n/3:2*n/3], samples[2*n/3:]
+	median := func(ss []sample, f func(sample) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, s := range ss {
+			v[i] = f(s)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
 	}
+	heap := func(s sample) float64 { return float64(s.heap) / (1 << 20) }
+	gor := func(s sample) float64 { return float64(s.goroutines) }
+	mh, lh := median(mid, heap), median(last, heap)
+	mg, lg := median(mid, gor), median(last, gor)
+	fmt.Fprintf(out, "medians: heap %.1f MiB (middle third), %.1f MiB (last third); goroutines %.0f, %.0f\n", mh, lh, mg, lg)
 	var errs []error
-	if maxHeap > warm.heap+warm.heap/4+16<<20 {
-		errs = append(errs, fmt.Errorf("heap grew after warm-up: %.1f MiB at %v, up to %.1f MiB",
-			float64(warm.heap)/(1<<20), warm.at.Round(time.Second), float64(maxHeap)/(1<<20)))
+	if lh > mh*1.25+16 {
+		errs = append(errs, fmt.Errorf("heap grew after warm-up: median %.1f MiB, then %.1f MiB", mh, lh))
 	}
-	if maxG > warm.goroutines+warm.goroutines/5+32 {
-		errs = append(errs, fmt.Errorf("goroutines grew after warm-up: %d at %v, up to %d", warm.goroutines, warm.at.Round(time.Second), maxG))
+	if lg > mg*1.2+32 {
+		errs = append(errs, fmt.Errorf("goroutines grew after warm-up: median %.0f, then %.0f", mg, lg))
 	}
 	return errors.Join(errs...)
 }
