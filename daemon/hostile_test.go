@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -49,8 +51,13 @@ const (
 
 func TestHostilePeers(t *testing.T) {
 	h := &hostile{secret: []byte("correct horse battery staple")}
-	h.r = startRegistry(t, RegistryConfig{RequestTimeout: hostileRequestTimeout, IdleTimeout: hostileIdleTimeout, MaxConnsPerAddr: hostileConnsPerAddr})
+	// Everything the servers log, at debug level, to check at the end that
+	// no secret and no message body is in it.
+	var logged lockedBuffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.r = startRegistry(t, RegistryConfig{RequestTimeout: hostileRequestTimeout, IdleTimeout: hostileIdleTimeout, MaxConnsPerAddr: hostileConnsPerAddr, Logger: log})
 	h.d, _ = startGroupDaemon(t, GroupConfig{
+		Logger:          log,
 		Groups:          []GroupSpec{{Name: "general"}, {Name: "private", Secret: h.secret}},
 		RequestTimeout:  hostileRequestTimeout,
 		IdleTimeout:     hostileIdleTimeout,
@@ -93,6 +100,29 @@ func TestHostilePeers(t *testing.T) {
 		}
 		h.recovered(t, tc.name)
 	}
+	for _, never := range []string{string(h.secret), "hunter2-guess", "still here", "pay bob 10", "signed, alice"} {
+		if logged.contains(never) {
+			t.Errorf("the servers logged %q: secrets and message bodies are never logged", never)
+		}
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) contains(s string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Contains(b.buf.Bytes(), []byte(s))
 }
 
 // honest is a well-behaved user: a new key that joins, sends and fetches
@@ -645,7 +675,7 @@ func attackNonMember(t *testing.T, h *hostile) {
 
 func attackWrongSecret(t *testing.T, h *hostile) {
 	p := dial(t, h.d.Addr(), h.d.Fingerprint(), nil)
-	for _, secret := range [][]byte{nil, []byte("wrong"), h.secret[:len(h.secret)-1], append(append([]byte(nil), h.secret...), 0)} {
+	for _, secret := range [][]byte{nil, []byte("hunter2-guess"), h.secret[:len(h.secret)-1], append(append([]byte(nil), h.secret...), 0)} {
 		wantCode(t, p.call(wire.OpJoin, wire.Join{Group: h.priv, Name: "guess", Secret: secret}, nil), wire.CodeUnauthorized)
 	}
 	if p.info(h.priv).Member {

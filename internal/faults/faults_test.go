@@ -5,6 +5,7 @@ package faults
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -171,11 +172,18 @@ type user struct {
 
 func newUser(t *testing.T) *user {
 	t.Helper()
+	return userWith(t, filepath.Join(t.TempDir(), "known_registries"))
+}
+
+// userWith returns a user whose known-registries file is knownHosts: a
+// later run of the same person's client.
+func userWith(t *testing.T, knownHosts string) *user {
+	t.Helper()
 	id, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
+	cl, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(knownHosts)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,4 +292,34 @@ func TestRegistryKilled(t *testing.T) {
 		return len(after) == 2 && after["alpha"].Group == before["alpha"].Group && after["beta"].Group == before["beta"].Group
 	})
 	t.Logf("groups listed again %v after the registry restarted (lease %v, renewal every %v)", back.Round(time.Millisecond), lease, lease/3)
+}
+
+// TestRegistryImpostor replaces the registry with one of another key on
+// the same address (an attacker on the LAN, or a reinstall): a user who
+// pinned the first one is stopped with an ssh-style explanation, and its
+// pin is left as it was.
+func TestRegistryImpostor(t *testing.T) {
+	regAddr, fp, reg := startRegistry(t, "127.0.0.1:0", t.TempDir())
+	knownHosts := filepath.Join(t.TempDir(), "known_registries")
+	if userWith(t, knownHosts).listed(regAddr) == nil {
+		t.Fatal("the registry cannot be listed")
+	}
+	reg.kill(syscall.SIGKILL)
+	_, impostor, reg2 := startRegistry(t, regAddr, t.TempDir()) // a new key
+	defer reg2.kill(syscall.SIGTERM)
+	if impostor == fp {
+		t.Fatal("the impostor has the registry's key")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	_, err := userWith(t, knownHosts).cl.Registry(ctx, regAddr, wire.Fingerprint{}) // the user's next command
+	var ce *identity.ChangedError
+	if !errors.As(err, &ce) || ce.Pinned != fp || ce.Presented != impostor {
+		t.Fatalf("dialling the impostor: %v, want a ChangedError naming both keys", err)
+	}
+	for _, want := range []string{"impersonating", "huddle forget-registry " + regAddr} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("the explanation %q does not say %q", err, want)
+		}
+	}
 }
