@@ -20,6 +20,7 @@ func TestImportDirection(t *testing.T) {
 		"discovery": {"wire"},
 		"client":    {"wire", "identity"},
 		"daemon":    {"wire", "identity", "store", "client", "discovery", "metrics"},
+		"loadgen":   {"wire", "identity", "client"},
 	}
 	for pkg, ok := range allowed {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", "./"+pkg).Output()
