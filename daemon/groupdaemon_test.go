@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -692,8 +693,22 @@ func TestGroupConfigValidate(t *testing.T) {
 		{"advertise without port", func(c *GroupConfig) { c.Advertise = []string{"10.0.0.1"} }},
 		{"negative retention", func(c *GroupConfig) { c.Retention.MaxMessages = -1 }},
 		{"negative timeout", func(c *GroupConfig) { c.WriteTimeout = -1 }},
+		{"negative idle timeout", func(c *GroupConfig) { c.IdleTimeout = -1 }},
+		{"burst below a batch", func(c *GroupConfig) { c.SendRate, c.SendBurst, c.MaxBatch = 10, 5, 6 }},
+		{"default burst below a batch", func(c *GroupConfig) { c.MaxBatch, c.SendBurst = wire.MaxBatch, 0 }},
+		{"rate not a number", func(c *GroupConfig) { c.SendRate = math.NaN() }},
+		{"infinite rate", func(c *GroupConfig) { c.SendRate = math.Inf(1) }},
+		{"negative burst", func(c *GroupConfig) { c.SendBurst = -1 }},
+		{"request frame too small", func(c *GroupConfig) { c.MaxRequestBytes = MinMaxRequestBytes - 1 }},
+		{"request frame over the protocol's", func(c *GroupConfig) { c.MaxRequestBytes = wire.MaxFrameSize + 1 }},
+		{"message over the request frame", func(c *GroupConfig) { c.MaxRequestBytes = 64 << 10 }},
+		{"negative connections per address", func(c *GroupConfig) { c.MaxConnsPerAddr = -1 }},
+		{"negative connections", func(c *GroupConfig) { c.MaxConns = -1 }},
 	}
 	must(t, ok.Validate())
+	unlimited := ok
+	unlimited.SendRate, unlimited.MaxBatch = -1, wire.MaxBatch // no bucket: any batch size
+	must(t, unlimited.Validate())
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := ok

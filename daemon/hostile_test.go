@@ -64,6 +64,7 @@ func TestHostilePeers(t *testing.T) {
 		MaxConnsPerAddr: hostileConnsPerAddr,
 		MaxBatch:        16,
 		SendBurst:       64,
+		SendRate:        0.01, // one token per 100 s: the burst is all a test sees
 	})
 	hosted := h.d.Groups()
 	h.g, h.priv = hosted[0].ID, hosted[1].ID
