@@ -388,6 +388,12 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	rcfg.StateDir = root + "/registry"
 	rcfg.Logger = log.With("component", "registry")
 	rcfg.MDNS, rcfg.Interfaces, rcfg.Version = !mf.off, mf.ifaces, version()
+	// One process, one set of connection limits: the registry takes the
+	// same ones as the group daemon beside it.
+	if err := gf.server.apply(&rcfg.MaxIncomingStreams, &rcfg.MaxRequestBytes, &rcfg.MaxConnsPerAddr, &rcfg.MaxConns,
+		&rcfg.RequestTimeout, &rcfg.IdleTimeout, &rcfg.HandshakeTimeout); err != nil {
+		return usageErr(env, "up", "%v", err)
+	}
 	r, err := daemon.NewRegistry(rcfg)
 	if err != nil {
 		return fail(env, "up", err)
