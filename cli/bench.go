@@ -32,7 +32,8 @@ per operation and its memory. Each connection is a client of its own (its own ke
 
 Without --registry, bench starts its own daemons in a separate process (huddle up on 127.0.0.1, mDNS off,
 a temporary state directory), so the daemon's CPU and memory are measured apart from the load's. With
---registry it loads that registry's group (--group, default "bench"): its members gain one entry per
+--registry it loads that registry's group (--group, default "bench") under that daemon's limits (its
+per-member send rate and per-address connection limit show as errors): its members gain one entry per
 connection (they leave at the end), and fetch first fills the group to --messages. bench never looks for a
 registry over mDNS, nor uses HUDDLE_REGISTRY: it loads only a daemon you name. --server-pid lets it read
 a local daemon's CPU and memory from /proc.`,
