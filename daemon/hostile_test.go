@@ -154,7 +154,7 @@ func (h *hostile) idle() bool {
 		s.mu.Lock()
 		n := len(s.conns) + len(s.perAddr) + len(s.reading)
 		s.mu.Unlock()
-		if n > 0 || s.active.Load() > 0 {
+		if n > 0 || s.active.Load() > 0 || s.handshakes.Load() > 0 {
 			return false
 		}
 	}

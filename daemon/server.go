@@ -97,11 +97,14 @@ type serverConfig struct {
 	maxConnsPerAddr  int
 	maxConns         int
 	handshakeTimeout time.Duration
-	idleTimeout      time.Duration
-	requestTimeout   time.Duration
-	writeTimeout     time.Duration
-	shutdownTimeout  time.Duration
-	log              *slog.Logger
+	// retryAbove is how many handshakes may be in progress before new
+	// ones must prove their source address first (QUIC Retry).
+	retryAbove      int64
+	idleTimeout     time.Duration
+	requestTimeout  time.Duration
+	writeTimeout    time.Duration
+	shutdownTimeout time.Duration
+	log             *slog.Logger
 }
 
 // withDefaults fills the zero fields the daemons' configs leave to the
@@ -116,6 +119,7 @@ func (c serverConfig) withDefaults() serverConfig {
 	c.requestTimeout = orDefault(c.requestTimeout, DefaultRequestTimeout)
 	c.writeTimeout = orDefault(c.writeTimeout, DefaultWriteTimeout)
 	c.shutdownTimeout = orDefault(c.shutdownTimeout, DefaultShutdownTimeout)
+	c.retryAbove = orDefault(c.retryAbove, retryAboveHandshakes)
 	c.log = logger(c.log)
 	return c
 }
@@ -178,8 +182,11 @@ type server struct {
 	reading   map[*quic.Stream]struct{} // streams whose request is being read
 	closeOnce sync.Once
 
-	requests *budget    // request bytes being read, over every connection
-	refusals refusalLog // connections refused over a limit, logged sparingly
+	requests *budget // request bytes being read, over every connection
+	// handshakes counts handshakes in progress; retries counts the
+	// connection attempts sent a Retry because of it.
+	handshakes, retries atomic.Int64
+	refusals            refusalLog // connections refused over a limit, logged sparingly
 
 	connWG   sync.WaitGroup // the accept loop and one goroutine per connection
 	streamWG sync.WaitGroup // one goroutine per stream
@@ -228,7 +235,12 @@ func (s *server) listen(id *identity.Identity) error {
 		udp.Close()
 		return fmt.Errorf("listen on %q: %w", s.cfg.listen, err)
 	}
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: key}
+	tr := &quic.Transport{
+		Conn:                udp,
+		StatelessResetKey:   key,
+		ConnContext:         s.connContext,
+		VerifySourceAddress: s.verifySourceAddress,
+	}
 	ln, err := tr.Listen(id.ServerTLS(), quicConfig(s.cfg))
 	if err != nil {
 		tr.Close()
@@ -257,6 +269,46 @@ func statelessResetKey(id *identity.Identity) (*quic.StatelessResetKey, error) {
 	var key quic.StatelessResetKey
 	copy(key[:], h.Sum(nil))
 	return &key, nil
+}
+
+// retryAboveHandshakes is how many handshakes may be in progress at once
+// before the server asks new connection attempts to prove their source
+// address with a QUIC Retry. A flood of Initial packets from spoofed
+// addresses then costs the server one stateless Retry packet each, not a
+// connection's state and a TLS handshake; an honest client pays one round
+// trip more, and only while the server is under such a load.
+const retryAboveHandshakes = 128
+
+// handshake is a connection attempt counted in server.handshakes until its
+// handshake ends, one way or the other.
+type handshake struct {
+	s    *server
+	once sync.Once
+}
+
+func (h *handshake) done() { h.once.Do(func() { h.s.handshakes.Add(-1) }) }
+
+type handshakeKey struct{}
+
+// connContext counts a new connection attempt as a handshake in progress;
+// acceptLoop ends the count when the handshake completes, and the
+// connection's context ending (a failed handshake) ends it otherwise.
+func (s *server) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	h := &handshake{s: s}
+	s.handshakes.Add(1)
+	context.AfterFunc(ctx, h.done)
+	return context.WithValue(ctx, handshakeKey{}, h), nil
+}
+
+// verifySourceAddress asks for a Retry when too many handshakes are in
+// progress (quic-go calls it only for attempts whose address is not yet
+// validated).
+func (s *server) verifySourceAddress(net.Addr) bool {
+	if s.handshakes.Load() < s.cfg.retryAbove {
+		return false
+	}
+	s.retries.Add(1)
+	return true
 }
 
 // addr returns the bound address, or nil before listen.
@@ -293,6 +345,9 @@ func (s *server) acceptLoop() {
 		conn, err := s.ln.Accept(s.acceptCtx)
 		if err != nil {
 			return // closed or shutting down
+		}
+		if h, ok := conn.Context().Value(handshakeKey{}).(*handshake); ok {
+			h.done()
 		}
 		peer, err := identity.PeerFingerprint(conn.ConnectionState().TLS)
 		if err != nil { // ServerTLS requires a certificate; this is defence in depth

@@ -197,3 +197,32 @@ func TestShutdownTimeoutCancelsOperations(t *testing.T) {
 	<-entered
 	s.close() // returns only if the handler's context was cancelled
 }
+
+// TestRetryUnderHandshakeLoad checks that over its handshake threshold the
+// server asks connection attempts to prove their address with a Retry, that
+// an honest client gets through it, and that finished and failed handshakes
+// stop counting.
+func TestRetryUnderHandshakeLoad(t *testing.T) {
+	id := newKey(t)
+	s := newServer(serverConfig{
+		listen: "127.0.0.1:0", retryAbove: -1, // every attempt must retry
+		log: testLogger(t),
+	}, func(ctx context.Context, c *call) error { return c.result(wire.Left{WasMember: true}) })
+	must(t, s.listen(id))
+	must(t, s.start())
+	t.Cleanup(s.close)
+	p := dial(t, s.addr(), id.Fingerprint(), nil)
+	var l wire.Left
+	must(t, p.call(wire.OpLeave, wire.GroupRef{}, &l))
+	if s.retries.Load() == 0 {
+		t.Fatal("no Retry was asked for")
+	}
+	// A handshake that fails (wrong ALPN) stops counting too.
+	tc := newKey(t).ClientTLS(id.Fingerprint(), nil)
+	tc.NextProtos = []string{"h3"}
+	if c, err := quic.DialAddr(testCtx(t), s.addr().String(), tc, &quic.Config{}); err == nil {
+		c.CloseWithError(0, "")
+		t.Fatal("handshake with the wrong ALPN succeeded")
+	}
+	eventually(t, "no handshake in progress", func() bool { return s.handshakes.Load() == 0 })
+}
