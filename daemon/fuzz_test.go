@@ -36,6 +36,10 @@ func fuzzDial(f *testing.F, addr net.Addr, pin wire.Fingerprint) *fuzzPeer {
 	if err != nil {
 		f.Fatal(err)
 	}
+	return fuzzDialAs(f, addr, pin, id)
+}
+
+func fuzzDialAs(f *testing.F, addr net.Addr, pin wire.Fingerprint, id *identity.Identity) *fuzzPeer {
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	conn, err := quic.DialAddr(ctx, addr.String(), id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: 10 * time.Second})
@@ -144,13 +148,19 @@ func FuzzGroupRequest(f *testing.F) {
 	}
 	serveForFuzz(f, d.Listen, d.Serve, d.Close)
 	g := d.Groups()[0].ID
-	p := fuzzDial(f, d.Addr(), d.Fingerprint())
+	id, err := identity.Generate()
+	if err != nil {
+		f.Fatal(err)
+	}
+	p := fuzzDialAs(f, d.Addr(), d.Fingerprint(), id)
 	join, _ := wire.AppendFrame(nil, uint64(wire.OpJoin), wire.Join{Group: g, Name: "fuzzer"})
 	info, _ := wire.AppendFrame(nil, uint64(wire.OpInfo), wire.GroupRef{Group: g})
 	fuzzSeeds(f, g)
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		if _, we := p.exchange(t, join); we != nil {
-			t.Fatalf("join: %v", we)
+		if !d.groups[g].isMember(id.Fingerprint()) { // the last input left
+			if _, we := p.exchange(t, join); we != nil {
+				t.Fatalf("join: %v", we)
+			}
 		}
 		p.exchange(t, raw)
 		if kinds, we := p.exchange(t, info); we != nil || len(kinds) != 1 || kinds[0] != wire.KindResult {
