@@ -60,6 +60,9 @@ type Stats struct {
 	Last       uint64 // last sequence number assigned
 	Evicted    uint64 // messages evicted by retention, ever
 	Duplicates uint64 // entries acknowledged as duplicates, ever
+	// AppendedBytes is the body bytes of every message ever stored,
+	// evicted ones included (a counter, for metrics).
+	AppendedBytes uint64
 }
 
 // Log is the log of one group. Its methods are safe for concurrent use.
@@ -80,6 +83,7 @@ type Log struct {
 	bytes      atomic.Int64
 	evicted    atomic.Uint64
 	duplicates atomic.Uint64
+	appended   atomic.Uint64 // body bytes ever stored
 	notify     atomic.Pointer[notifier]
 }
 
@@ -155,6 +159,7 @@ func (l *Log) AppendTo(acks []Ack, batch []Entry) ([]Ack, error) {
 		l.lastSeq, l.lastTime = seq, t
 		l.held += stored
 		l.bytes.Add(int64(bytes))
+		l.appended.Add(uint64(bytes))
 		l.last.Store(seq) // commit: readers now see the batch
 		l.wake()
 	}
@@ -270,12 +275,13 @@ func (l *Log) retain(now int64) {
 func (l *Log) Stats() Stats {
 	s := l.snapshot()
 	return Stats{
-		Messages:   s.held(),
-		Bytes:      l.bytes.Load(),
-		Segments:   len(s.segs),
-		First:      s.first,
-		Last:       s.last,
-		Evicted:    l.evicted.Load(),
-		Duplicates: l.duplicates.Load(),
+		Messages:      s.held(),
+		Bytes:         l.bytes.Load(),
+		Segments:      len(s.segs),
+		First:         s.first,
+		Last:          s.last,
+		Evicted:       l.evicted.Load(),
+		Duplicates:    l.duplicates.Load(),
+		AppendedBytes: l.appended.Load(),
 	}
 }

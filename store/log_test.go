@@ -126,7 +126,7 @@ func TestAppendErrors(t *testing.T) {
 				t.Fatalf("AppendTo() acks = %v, want unchanged %v", acks, prev)
 			}
 			got := l.Stats()
-			want := Stats{Messages: 1, Bytes: 6, Segments: 1, First: 1, Last: 1}
+			want := Stats{Messages: 1, Bytes: 6, Segments: 1, First: 1, Last: 1, AppendedBytes: 6}
 			if got != want {
 				t.Fatalf("Stats() after failed append = %+v, want %+v", got, want)
 			}
@@ -306,7 +306,7 @@ func TestRetention(t *testing.T) {
 			mustAppend(t, l, entry(i, "x"))
 		}
 		got := l.Stats()
-		want := Stats{Messages: 15, Bytes: 15, Segments: 8, First: 3, Last: 17, Evicted: 2}
+		want := Stats{Messages: 15, Bytes: 15, Segments: 8, First: 3, Last: 17, Evicted: 2, AppendedBytes: 17}
 		if got != want {
 			t.Fatalf("Stats() = %+v, want %+v", got, want)
 		}
@@ -322,7 +322,7 @@ func TestRetention(t *testing.T) {
 			mustAppend(t, l, entry(i, "0123456789"))
 		}
 		got := l.Stats()
-		want := Stats{Messages: 8, Bytes: 80, Segments: 8, First: 2, Last: 9, Evicted: 1}
+		want := Stats{Messages: 8, Bytes: 80, Segments: 8, First: 2, Last: 9, Evicted: 1, AppendedBytes: 90}
 		if got != want {
 			t.Fatalf("Stats() = %+v, want %+v", got, want)
 		}
@@ -330,7 +330,7 @@ func TestRetention(t *testing.T) {
 		// evicts what it must.
 		mustAppend(t, l, Entry{ID: id(50), Body: make([]byte, 75)})
 		got = l.Stats()
-		want = Stats{Messages: 1, Bytes: 75, Segments: 1, First: 10, Last: 10, Evicted: 9}
+		want = Stats{Messages: 1, Bytes: 75, Segments: 1, First: 10, Last: 10, Evicted: 9, AppendedBytes: 165}
 		if got != want {
 			t.Fatalf("Stats() = %+v, want %+v", got, want)
 		}
@@ -349,7 +349,7 @@ func TestRetention(t *testing.T) {
 		c.ns = 1000
 		l.Expire()
 		got := l.Stats()
-		want := Stats{First: 6, Last: 5, Evicted: 5}
+		want := Stats{First: 6, Last: 5, Evicted: 5, AppendedBytes: 5}
 		if got != want {
 			t.Fatalf("Stats() = %+v, want %+v", got, want)
 		}

@@ -168,8 +168,12 @@ func (m *model) since(ts int64, limit int) ([]Message, Cursor) {
 
 func (m *model) stats() Stats {
 	held := m.held()
+	var appended uint64
+	for _, s := range m.stored {
+		appended += uint64(len(s.Body))
+	}
 	return Stats{Messages: len(held), Bytes: segBytes(held), Segments: len(m.segs), First: m.first(),
-		Last: m.lastSeq, Evicted: m.evicted, Duplicates: m.duplicates}
+		Last: m.lastSeq, Evicted: m.evicted, Duplicates: m.duplicates, AppendedBytes: appended}
 }
 
 func sameMessages(got, want []Message) error {
