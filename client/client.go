@@ -344,7 +344,7 @@ func resolve(addr string) (*net.UDPAddr, error) {
 // that fails because the connection died is tried once more on a new
 // connection: every huddle operation may be repeated safely (sends carry
 // their message IDs).
-func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Raw) (bool, error)) error {
+func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		var conn *quic.Conn
@@ -369,7 +369,7 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 
 // stream runs one operation on one stream. delivered reports whether any
 // response frame reached handle.
-func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any, handle func(wire.Kind, wire.Raw) (bool, error)) (delivered bool, err error) {
+func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (delivered bool, err error) {
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return false, err
@@ -387,7 +387,7 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 	st.Close()
 	var buf []byte
 	for {
-		kind, raw, err := wire.ReadResponse(st, buf)
+		kind, f, err := readResponse(st, &buf)
 		if err != nil {
 			st.CancelRead(codeCancelled)
 			var we *wire.Error
@@ -401,9 +401,8 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			}
 			return delivered, ctxErr(ctx, err)
 		}
-		buf = raw[:0:cap(raw)]
 		delivered = true
-		done, err := handle(kind, raw)
+		done, err := handle(kind, f)
 		if err == nil && done && (kind == wire.KindResult || kind == wire.KindEnd) && finished(st) {
 			return delivered, nil
 		}
@@ -414,6 +413,18 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			return delivered, err
 		}
 	}
+}
+
+// readResponse reads one response frame into *buf (growing it if need be)
+// and splits it; the body is decoded by the handler in the same pass that
+// checks it. Errors are those of wire.ReadResponse.
+func readResponse(r io.Reader, buf *[]byte) (wire.Kind, wire.Frame, error) {
+	item, err := wire.ReadFrame(r, *buf, 0)
+	if err != nil {
+		return 0, wire.Frame{}, err
+	}
+	*buf = item[:0:cap(item)]
+	return wire.SplitResponse(item)
 }
 
 // finWait bounds how long a client waits for the end of a stream whose
@@ -456,7 +467,7 @@ func connectionLost(conn *quic.Conn, err error) bool {
 // single performs an operation whose reply is one Result frame decoded into
 // out.
 func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
-	err := p.call(ctx, op, args, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+	err := p.call(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		if kind != wire.KindResult {
 			return true, fmt.Errorf("%s: got frame kind %d, want a result: %w", op, kind, ErrProtocol)
 		}

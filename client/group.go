@@ -256,6 +256,8 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	var cur Cursor
 	first := true
 	left := q.Limit
+	var md wire.MessagesDecoder
+	var msgs []wire.Message // reused from frame to frame; bodies are not
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
@@ -263,16 +265,16 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		var end wire.End
 		stopped := false
 		n := 0
-		err := g.peer().call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+		err := g.peer().call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 			switch kind {
 			case wire.KindMessages:
-				var ms wire.Messages
-				if err := raw.Decode(&ms); err != nil {
+				var err error
+				if msgs, err = md.Decode(raw, msgs); err != nil {
 					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 				}
-				for i := range ms.Messages {
+				for i := range msgs {
 					n++
-					if !stopped && !yield(messageFrom(&ms.Messages[i])) {
+					if !stopped && !yield(messageFrom(&msgs[i])) {
 						stopped = true
 					}
 				}

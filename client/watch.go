@@ -136,7 +136,9 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 
 	req := wire.Watch{Group: w.g.id, Since: w.since, After: w.after, Epoch: w.epoch}
 	p := w.g.peer()
-	err = p.call(actx, wire.OpWatch, req, func(kind wire.Kind, raw wire.Raw) (bool, error) {
+	var md wire.MessagesDecoder
+	var msgs []wire.Message // reused from frame to frame; bodies are not
+	err = p.call(actx, wire.OpWatch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		timer.Reset(deadAfter)
 		switch kind {
 		case wire.KindStart:
@@ -160,12 +162,12 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 			}
 			return false, nil
 		case wire.KindMessages:
-			var ms wire.Messages
-			if err := raw.Decode(&ms); err != nil {
+			var err error
+			if msgs, err = md.Decode(raw, msgs); err != nil {
 				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 			}
-			for i := range ms.Messages {
-				m := &ms.Messages[i]
+			for i := range msgs {
+				m := &msgs[i]
 				if w.after != nil && m.Seq <= *w.after {
 					continue // never deliver twice, whatever the server sends
 				}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -476,20 +475,28 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 			s.finish(c, wire.ErrInternal)
 		}
 	}()
-	s.finish(c, s.handle(s.ctx, c))
+	err := s.handle(s.ctx, c)
+	if !c.decoded {
+		// An op the handler does not serve: a malformed request is
+		// still answered as one, not as an unknown op.
+		if cerr := c.args.Check(); cerr != nil {
+			err = cerr
+		}
+	}
+	s.finish(c, err)
 }
 
 // readRequest reads the request frame and the end of stream after it,
 // within the request deadline. On success the caller owns the grant of
 // request memory (released by call.release). On failure it answers or
 // cancels the stream and returns false.
-func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget) (wire.Op, wire.Raw, *grant, bool) {
+func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget) (wire.Op, wire.Frame, *grant, bool) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		str.CancelRead(wire.StreamTimeout)
 		str.CancelWrite(wire.StreamTimeout)
-		return 0, nil, nil, false
+		return 0, wire.Frame{}, nil, false
 	}
 	s.reading[str] = struct{}{}
 	s.mu.Unlock()
@@ -525,10 +532,10 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 		str.SetWriteDeadline(time.Now().Add(s.cfg.requestTimeout))
 		if werr := wire.WriteError(str, ferr); werr != nil {
 			str.CancelWrite(wire.StreamProtocolViolation)
-			return 0, nil, nil, false
+			return 0, wire.Frame{}, nil, false
 		}
 		str.Close()
-		return 0, nil, nil, false
+		return 0, wire.Frame{}, nil, false
 	}
 	var code quic.StreamErrorCode = wire.StreamProtocolViolation
 	var ne net.Error
@@ -538,7 +545,7 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 	s.cfg.log.Debug("request not read", "peer", peer.Short(), "err", err)
 	str.CancelRead(code)
 	str.CancelWrite(code)
-	return 0, nil, nil, false
+	return 0, wire.Frame{}, nil, false
 }
 
 // readFrame reads one request frame as wire.ReadRequest does, but takes the
@@ -547,24 +554,24 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 // A peer that declares large frames and sends nothing, on thousands of
 // streams, so costs the server at most the budgets, not the sum of its
 // declarations.
-func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op, wire.Raw, *grant, error) {
+func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op, wire.Frame, *grant, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if err == io.ErrUnexpectedEOF {
 			err = fmt.Errorf("%w: truncated frame header: %w", wire.ErrMalformed, err)
 		}
-		return 0, nil, nil, err
+		return 0, wire.Frame{}, nil, err
 	}
 	n := int64(binary.BigEndian.Uint32(hdr[:]))
 	switch {
 	case n == 0:
-		return 0, nil, nil, wire.ErrEmptyFrame
+		return 0, wire.Frame{}, nil, wire.ErrEmptyFrame
 	case n > int64(s.cfg.maxRequestBytes):
-		return 0, nil, nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.maxRequestBytes, wire.ErrFrameTooLarge)
+		return 0, wire.Frame{}, nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.maxRequestBytes, wire.ErrFrameTooLarge)
 	}
 	held, err := take(int(n), deadline, s.stopping, cb, s.requests)
 	if err != nil {
-		return 0, nil, nil, err
+		return 0, wire.Frame{}, nil, err
 	}
 	item := make([]byte, n)
 	if _, err := io.ReadFull(r, item); err != nil {
@@ -572,17 +579,16 @@ func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			err = fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
 		}
-		return 0, nil, nil, err
+		return 0, wire.Frame{}, nil, err
 	}
-	typ, raw, err := wire.DecodeFrame(item)
+	// The args are checked and decoded in one pass by call.decode (or
+	// checked by serveStream, for an op no handler decodes).
+	op, args, err := wire.SplitRequest(item)
 	if err != nil {
 		held.release()
-		return 0, nil, nil, err
+		return 0, wire.Frame{}, nil, err
 	}
-	if typ > math.MaxUint16 {
-		typ = 0 // an unknown op, as in wire.ReadRequest
-	}
-	return wire.Op(typ), raw, held, nil
+	return op, args, held, nil
 }
 
 // budget is a count of bytes that readers take before allocating and give
@@ -776,19 +782,22 @@ func (s *server) shutdown() {
 // call is one operation on one stream.
 type call struct {
 	op     wire.Op
-	args   wire.Raw
+	args   wire.Frame
 	peer   wire.Fingerprint // from the connection's certificate, never from the peer's fields
 	remote net.Addr
 	str    *quic.Stream
 	srv    *server
 	buf    []byte // reused across frames
 	held   *grant // the request's memory, until its args are decoded
+	// decoded says a handler decoded the args (whether or not they were
+	// valid).
+	decoded bool
 }
 
 // release gives back the request's memory; its args are decoded (or never
 // will be) by now.
 func (c *call) release() {
-	c.args = nil
+	c.args = wire.Frame{}
 	c.held.release()
 }
 
@@ -824,6 +833,7 @@ func (c *call) result(body any) error { return c.send(wire.KindResult, body) }
 // memory (decoded values never alias it).
 func (c *call) decode(v any) error {
 	defer c.release()
+	c.decoded = true
 	if err := c.args.Decode(v); err != nil {
 		return fmt.Errorf("%v: %w", c.op, err)
 	}

@@ -6,10 +6,25 @@ import (
 )
 
 // BenchmarkSend is the cost per operation of a send request with one
-// 256-byte message: the client's encode and the server's read and decode.
+// 256-byte message: the client's encode and the server's read and decode
+// (in one pass, as the daemon does; decode-two-pass is DecodeFrame then
+// Raw.Decode, for comparison).
 func BenchmarkSend(b *testing.B) {
 	req := &Send{Group: tGroup, Messages: []Outgoing{{ID: tID1, Body: bytes.Repeat([]byte{'m'}, 256)}}}
+	buf := make([]byte, 0, 512)
 	benchFrame(b, func(w *bytes.Buffer) error { return WriteRequest(w, OpSend, req) },
+		func(r *bytes.Reader) error {
+			item, err := ReadFrame(r, buf, 0)
+			if err != nil {
+				return err
+			}
+			_, f, err := SplitRequest(item)
+			if err != nil {
+				return err
+			}
+			var s Send
+			return f.Decode(&s)
+		},
 		func(r *bytes.Reader) error {
 			_, raw, err := ReadRequest(r, 0)
 			if err != nil {
@@ -26,6 +41,18 @@ func BenchmarkSent(b *testing.B) {
 	buf := make([]byte, 0, 64)
 	benchFrame(b, func(w *bytes.Buffer) error { return WriteResponse(w, KindResult, ack) },
 		func(r *bytes.Reader) error {
+			item, err := ReadFrame(r, buf, 0)
+			if err != nil {
+				return err
+			}
+			_, f, err := SplitResponse(item)
+			if err != nil {
+				return err
+			}
+			var s Sent
+			return f.Decode(&s)
+		},
+		func(r *bytes.Reader) error {
 			_, raw, err := ReadResponse(r, buf)
 			if err != nil {
 				return err
@@ -35,7 +62,44 @@ func BenchmarkSent(b *testing.B) {
 		})
 }
 
-func benchFrame(b *testing.B, encode func(*bytes.Buffer) error, decode func(*bytes.Reader) error) {
+// BenchmarkMessages is a client's cost per Messages frame as a fetch sends
+// them: 1,000 messages of 256 bytes from 4 senders (about 256 KiB). decode
+// is MessagesDecoder; decode-two-pass is DecodeFrame then Raw.Decode into
+// a Messages.
+func BenchmarkMessages(b *testing.B) {
+	ms := &Messages{Messages: make([]Message, 1000)}
+	names := []string{"alice", "bob", "carol", "dave"}
+	for i := range ms.Messages {
+		ms.Messages[i] = Message{Seq: uint64(i + 1), Time: tT0 + int64(i), ID: tID1, From: tAlice,
+			Name: names[i%len(names)], Body: bytes.Repeat([]byte{'m'}, 256)}
+	}
+	buf := make([]byte, 0, 512<<10)
+	var md MessagesDecoder
+	var msgs []Message
+	benchFrame(b, func(w *bytes.Buffer) error { return WriteResponse(w, KindMessages, ms) },
+		func(r *bytes.Reader) error {
+			item, err := ReadFrame(r, buf, 0)
+			if err != nil {
+				return err
+			}
+			_, f, err := SplitResponse(item)
+			if err != nil {
+				return err
+			}
+			msgs, err = md.Decode(f, msgs)
+			return err
+		},
+		func(r *bytes.Reader) error {
+			_, raw, err := ReadResponse(r, buf)
+			if err != nil {
+				return err
+			}
+			var got Messages
+			return raw.Decode(&got)
+		})
+}
+
+func benchFrame(b *testing.B, encode func(*bytes.Buffer) error, decode, decodeTwoPass func(*bytes.Reader) error) {
 	var w bytes.Buffer
 	if err := encode(&w); err != nil {
 		b.Fatal(err)
@@ -57,6 +121,16 @@ func benchFrame(b *testing.B, encode func(*bytes.Buffer) error, decode func(*byt
 		for b.Loop() {
 			r.Reset(frame)
 			if err := decode(r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decode-two-pass", func(b *testing.B) {
+		b.ReportAllocs()
+		r := bytes.NewReader(frame)
+		for b.Loop() {
+			r.Reset(frame)
+			if err := decodeTwoPass(r); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -52,7 +52,10 @@ var (
 // immutable and safe for concurrent use.
 var (
 	encMode = mustEncMode()
-	decMode = mustDecMode()
+	decMode = mustDecMode(MaxNesting)
+	// bodyDecMode decodes a body cut out of its envelope (see SplitFrame):
+	// the envelope is one level of the frame's nesting.
+	bodyDecMode = mustDecMode(MaxNesting - 1)
 )
 
 // mustEncMode builds the deterministic encoder. It fails only on invalid
@@ -70,13 +73,14 @@ func mustEncMode() cbor.UserBufferEncMode {
 	return em
 }
 
-// mustDecMode builds the strict decoder every peer byte goes through.
-func mustDecMode() cbor.DecMode {
+// mustDecMode builds the strict decoder every peer byte goes through, for
+// items nested at most nesting levels deep.
+func mustDecMode(nesting int) cbor.DecMode {
 	dm, err := cbor.DecOptions{
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
 		IndefLength:       cbor.IndefLengthForbidden,
 		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   MaxNesting,
+		MaxNestedLevels:   nesting,
 		MaxArrayElements:  MaxArrayItems,
 		MaxMapPairs:       MaxMapPairs,
 		UTF8:              cbor.UTF8RejectInvalid,
@@ -213,12 +217,21 @@ type Raw []byte
 // absent body decodes as an empty map, and is checked like one. A body that is not valid CBOR of the
 // right shape gives an error wrapping ErrMalformed; a field over its limit,
 // ErrTooLarge; any other invalid field, ErrBadRequest.
-func (r Raw) Decode(v any) error {
-	if len(r) > 0 {
-		if err := decMode.Unmarshal(r, v); err != nil {
+func (r Raw) Decode(v any) error { return decodeBody(decMode, r, v) }
+
+// decodeBody is Raw.Decode with the decoding mode to use.
+func decodeBody(dm cbor.DecMode, body []byte, v any) error {
+	if len(body) > 0 {
+		if err := dm.Unmarshal(body, v); err != nil {
 			return fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 	}
+	return checkFields(v)
+}
+
+// checkFields checks a decoded value's protocol limits, if its type has
+// any.
+func checkFields(v any) error {
 	if c, ok := v.(interface{ check() error }); ok {
 		if err := c.check(); err != nil {
 			if errors.Is(err, ErrTooLarge) {
@@ -286,4 +299,141 @@ func ReadResponse(r io.Reader, buf []byte) (Kind, Raw, error) {
 		return KindError, raw, &e
 	}
 	return Kind(typ), raw, nil
+}
+
+// Frame is a frame's CBOR item split into its type (an op or a kind) and
+// its args or body, which Decode decodes.
+//
+// A request or reply used to be decoded twice: DecodeFrame checked the whole
+// item and cut the body out, then Raw.Decode checked and decoded the body
+// again. SplitFrame does that only for an item it cannot split cheaply; for
+// the envelope as every huddle peer writes it ({0: type, 1: body}, key 0
+// first) it reads the type from the first bytes and leaves every check of
+// the body to Decode (or Check), which then reads it once. Either way a
+// frame is accepted or rejected exactly as DecodeFrame and Raw.Decode would
+// (FuzzSplitFrame holds the two paths to that).
+type Frame struct {
+	Type uint64 // the op or kind
+	body []byte // the args or body within the frame, nil if absent
+	// unchecked says body was cut out without being checked: Decode and
+	// Check check it as a body nested in its envelope.
+	unchecked bool
+}
+
+// SplitFrame splits a frame's CBOR item into its type and its args or body.
+// Errors wrap ErrMalformed; an item SplitFrame accepts may still be
+// malformed in its body, which Decode and Check report.
+func SplitFrame(item []byte) (Frame, error) {
+	if typ, body, ok := splitEnvelope(item); ok {
+		return Frame{Type: typ, body: body, unchecked: body != nil}, nil
+	}
+	typ, raw, err := DecodeFrame(item)
+	if err != nil {
+		return Frame{}, err
+	}
+	return Frame{Type: typ, body: raw}, nil
+}
+
+// splitEnvelope splits item if it is an envelope as deterministic encoders
+// write it: a map of the one pair {0: type}, or of the two pairs {0: type,
+// 1: body} in that order, with one-byte keys, an unsigned type and a body
+// that starts as a map. It checks nothing past the body's first byte. Any
+// other item, well-formed or not, is left to DecodeFrame (ok false).
+func splitEnvelope(item []byte) (typ uint64, body []byte, ok bool) {
+	if len(item) < 3 || (item[0] != 0xa1 && item[0] != 0xa2) || item[1] != 0x00 {
+		return 0, nil, false
+	}
+	typ, n, ok := uintHead(item[2:])
+	if !ok {
+		return 0, nil, false
+	}
+	rest := item[2+n:]
+	if item[0] == 0xa1 {
+		return typ, nil, len(rest) == 0
+	}
+	if len(rest) < 2 || rest[0] != 0x01 || rest[1]>>5 != 5 { // key 1, then major type 5: a map
+		return 0, nil, false
+	}
+	return typ, rest[1:], true
+}
+
+// uintHead reads the head of a CBOR unsigned integer (major type 0) at the
+// start of b: its value and length in bytes.
+func uintHead(b []byte) (v uint64, n int, ok bool) {
+	if len(b) == 0 || b[0]>>5 != 0 {
+		return 0, 0, false
+	}
+	switch ai := b[0] & 0x1f; {
+	case ai < 24:
+		return uint64(ai), 1, true
+	case ai == 24 && len(b) >= 2:
+		return uint64(b[1]), 2, true
+	case ai == 25 && len(b) >= 3:
+		return uint64(binary.BigEndian.Uint16(b[1:])), 3, true
+	case ai == 26 && len(b) >= 5:
+		return uint64(binary.BigEndian.Uint32(b[1:])), 5, true
+	case ai == 27 && len(b) >= 9:
+		return binary.BigEndian.Uint64(b[1:]), 9, true
+	}
+	return 0, 0, false
+}
+
+// Decode decodes the frame's args or body into v and checks its fields, as
+// Raw.Decode does, with the same errors; for a frame SplitFrame did not
+// check, the checks of DecodeFrame come first (errors wrapping
+// ErrMalformed).
+func (f Frame) Decode(v any) error {
+	if f.unchecked {
+		return decodeBody(bodyDecMode, f.body, v)
+	}
+	return Raw(f.body).Decode(v)
+}
+
+// Check checks what DecodeFrame would have checked of a frame whose body
+// will not be decoded (an op a server does not serve, a kind a client does
+// not know). Errors wrap ErrMalformed.
+func (f Frame) Check() error {
+	if f.unchecked {
+		if err := bodyDecMode.Wellformed(f.body); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
+	}
+	return nil
+}
+
+// SplitRequest is ReadRequest's second half, for a request frame's item a
+// caller has read: its op (0 for one too large for an Op) and its args, to
+// decode with Frame.Decode. Errors are those of SplitFrame.
+func SplitRequest(item []byte) (Op, Frame, error) {
+	f, err := SplitFrame(item)
+	if err != nil {
+		return 0, Frame{}, err
+	}
+	if f.Type > math.MaxUint16 {
+		return 0, f, f.Check() // an unknown op, as in ReadRequest
+	}
+	return Op(f.Type), f, nil
+}
+
+// SplitResponse is ReadResponse's second half, for a response frame's item
+// a caller has read (with ReadFrame): its kind (0 for one too large for a
+// Kind) and its body, to decode with Frame.Decode. An Error frame is
+// returned as its *Error, with kind KindError. Other errors are those of
+// SplitFrame and Frame.Decode.
+func SplitResponse(item []byte) (Kind, Frame, error) {
+	f, err := SplitFrame(item)
+	if err != nil {
+		return 0, Frame{}, err
+	}
+	if f.Type > math.MaxUint16 {
+		return 0, f, f.Check() // an unknown kind, as in ReadResponse
+	}
+	if Kind(f.Type) == KindError {
+		var e Error
+		if err := f.Decode(&e); err != nil {
+			return 0, Frame{}, err
+		}
+		return KindError, f, &e
+	}
+	return Kind(f.Type), f, nil
 }

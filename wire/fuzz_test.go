@@ -12,7 +12,7 @@ import (
 
 // seedFrames returns every golden and malformed frame, with the op of its
 // stream (for responses; requests name their own).
-func seedFrames(f *testing.F) (reqs, resps []seedFrame) {
+func seedFrames(f testing.TB) (reqs, resps []seedFrame) {
 	f.Helper()
 	for _, c := range goldenCases() {
 		frame := readHex(f, goldenPath(c.name))
