@@ -15,36 +15,77 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 // daemonFlags are the flags every daemon verb takes.
 type daemonFlags struct {
-	stateDir  string
-	logFormat string
-	logLevel  string
+	stateDir    string
+	logFormat   string
+	logLevel    string
+	metricsAddr string
 }
 
 func (f *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.stateDir, "state-dir", "", "where keys and group identities are kept (default $XDG_STATE_HOME/huddle)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "least severe level logged: debug, info, warn, error")
+	fs.StringVar(&f.metricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz over HTTP on this TCP address, e.g. 127.0.0.1:9373 (default: off)")
 }
 
-// logger builds the daemon's logger on stderr.
+// metrics returns the daemon's collectors, or nil when --metrics is off.
+func (f *daemonFlags) metrics() *metrics.Metrics {
+	if f.metricsAddr == "" {
+		return nil
+	}
+	return metrics.New(version())
+}
+
+// serveTelemetry starts the --metrics listener when m is not nil. The
+// function it returns stops the listener and waits for it.
+func (f *daemonFlags) serveTelemetry(ctx context.Context, env Env, log *slog.Logger, m *metrics.Metrics, ready func() error) (func(), error) {
+	if m == nil {
+		return func() {}, nil
+	}
+	srv, err := metrics.Listen(metrics.ServerConfig{Addr: f.metricsAddr, Metrics: m, Ready: ready, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(env.Stdout, "  metrics: http://%s/metrics  health: /healthz  ready: /readyz\n", srv.Addr())
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			log.Error("metrics listener failed", "err", err)
+		}
+	}, nil
+}
+
+// logger builds the daemon's logger on stderr and makes it the process's
+// default logger.
 func (f *daemonFlags) logger(w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
 	switch f.logFormat {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		log = slog.New(slog.NewTextHandler(w, opts))
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		log = slog.New(slog.NewJSONHandler(w, opts))
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
 	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+	// quic-go writes its few messages (such as a UDP buffer it could not
+	// enlarge) through the standard log package; as the process default,
+	// this logger receives them in the daemon's format.
+	slog.SetDefault(log.With("from", "go"))
+	return log, nil
 }
 
 // dir returns the state directory of one component.
@@ -122,6 +163,7 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 		return fail(env, "registry", err)
 	}
 	cfg.Logger = log
+	cfg.Metrics = df.metrics()
 	cfg.MDNS, cfg.Interfaces, cfg.Version = !mf.off, mf.ifaces, version()
 	if err := sf.apply(&cfg.MaxIncomingStreams, &cfg.MaxRequestBytes, &cfg.MaxConnsPerAddr, &cfg.MaxConns,
 		&cfg.RequestTimeout, &cfg.IdleTimeout, &cfg.HandshakeTimeout); err != nil {
@@ -137,6 +179,12 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	}
 	fmt.Fprintf(env.Stdout, "huddle registry listening on %s, fingerprint %s\n  clients: huddle groups --registry %s\n",
 		r.Addr(), r.Fingerprint(), dialable(r.Addr()))
+	stopTelemetry, err := df.serveTelemetry(ctx, env, log, cfg.Metrics, r.Readiness)
+	if err != nil {
+		r.Close()
+		return fail(env, "registry", err)
+	}
+	defer stopTelemetry()
 	return serveUntilDone(ctx, env, "registry", r.Serve)
 }
 
@@ -344,6 +392,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 		return fail(env, "serve", err)
 	}
 	cfg.Logger = log
+	cfg.Metrics = df.metrics()
 	d, err := daemon.NewGroupDaemon(cfg)
 	if err != nil {
 		return fail(env, "serve", err)
@@ -353,6 +402,12 @@ func runServe(ctx context.Context, env Env, args []string) int {
 		return fail(env, "serve", err)
 	}
 	announceGroups(env, d)
+	stopTelemetry, err := df.serveTelemetry(ctx, env, log, cfg.Metrics, d.Readiness)
+	if err != nil {
+		d.Close()
+		return fail(env, "serve", err)
+	}
+	defer stopTelemetry()
 	return serveUntilDone(ctx, env, "serve", d.Serve)
 }
 
@@ -386,7 +441,8 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		}
 	}
 	rcfg.StateDir = root + "/registry"
-	rcfg.Logger = log.With("component", "registry")
+	m := df.metrics()
+	rcfg.Logger, rcfg.Metrics = log.With("component", "registry"), m
 	rcfg.MDNS, rcfg.Interfaces, rcfg.Version = !mf.off, mf.ifaces, version()
 	// One process, one set of connection limits: the registry takes the
 	// same ones as the group daemon beside it.
@@ -411,32 +467,32 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	}
 	host, _, _ := net.SplitHostPort(rcfg.Listen)
 	gcfg.Listen = net.JoinHostPort(host, strconv.Itoa(gport))
+	if gport != 0 && !udpFree(gcfg.Listen) {
+		// The port after the registry's is taken: any port will do, the
+		// registry tells clients which.
+		gcfg.Listen = net.JoinHostPort(host, "0")
+	}
 	gcfg.Registry = dialable(r.Addr())
 	gcfg.RegistryFingerprint = r.Fingerprint()
 	gcfg.StateDir = root + "/daemon"
-	gcfg.Logger = log.With("component", "groups")
+	gcfg.Logger, gcfg.Metrics = log.With("component", "groups"), m
 	d, err := daemon.NewGroupDaemon(gcfg)
 	if err != nil {
 		return fail(env, "up", err)
 	}
 	defer d.Close()
-	if err := d.Listen(); err != nil && gport != 0 {
-		// The port after the registry's is taken: any port will do, the
-		// registry tells clients which.
-		d.Close()
-		gcfg.Listen = net.JoinHostPort(host, "0")
-		if d, err = daemon.NewGroupDaemon(gcfg); err == nil {
-			defer d.Close()
-			err = d.Listen()
-		}
-		if err != nil {
-			return fail(env, "up", err)
-		}
-	} else if err != nil {
+	if err := d.Listen(); err != nil {
 		return fail(env, "up", err)
 	}
 	announceGroups(env, d)
 	fmt.Fprintf(env.Stdout, "  try: huddle groups --registry %s\n", dialable(r.Addr()))
+	stopTelemetry, err := df.serveTelemetry(ctx, env, log, m, func() error {
+		return errors.Join(r.Readiness(), d.Readiness())
+	})
+	if err != nil {
+		return fail(env, "up", err)
+	}
+	defer stopTelemetry()
 
 	// The group daemon stops first, so it can still deregister its groups
 	// from the registry on the way out.
@@ -450,6 +506,20 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		return fail(env, "up", err)
 	}
 	return ExitOK
+}
+
+// udpFree reports whether a UDP socket can be bound at addr now.
+func udpFree(addr string) bool {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return false
+	}
+	c, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // announceGroups prints, once listening, where a group daemon is and what it

@@ -7,9 +7,11 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -131,6 +133,9 @@ type GroupConfig struct {
 	// ShutdownTimeout bounds how long Close lets operations in flight
 	// finish. Default 5 s.
 	ShutdownTimeout time.Duration
+	// Metrics, if not nil, receives the daemon's operation timings and is
+	// given collectors for its connections and groups.
+	Metrics *metrics.Metrics
 	// Logger receives joins, leaves, registration changes and errors,
 	// never message bodies or secrets. Default: discard.
 	Logger *slog.Logger
@@ -234,6 +239,8 @@ type GroupDaemon struct {
 	id     *identity.Identity   // set by Listen
 	groups map[wire.UUID]*group // set by Listen, read-only after
 	order  []*group             // the groups in configuration order
+
+	registered atomic.Bool // the registry lists our groups now (see Readiness)
 }
 
 // NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -245,7 +252,9 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := &GroupDaemon{cfg: cfg, life: newLifecycle()}
-	d.srv = newServer(cfg.server().withDefaults(), d.handle)
+	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, d.handle))
+	cfg.Metrics.Server("groups", d.srv.stats)
+	cfg.Metrics.Groups(d.groupStats)
 	return d, nil
 }
 

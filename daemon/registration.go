@@ -89,6 +89,7 @@ func (d *GroupDaemon) registerLoop() {
 			log.Info("registry found over mDNS; registering there", "registry", t.addr, "fingerprint", t.pin.Short())
 			r.addr, r.pin, r.reg = t.addr, t.pin, nil
 			clear(r.epochs)
+			d.registered.Store(false)
 			delay, backoff = 0, retryMin
 			continue
 		case <-tick:
@@ -124,6 +125,7 @@ func (d *GroupDaemon) browse(ctx context.Context, cl *client.Client, targets cha
 				return err
 			}
 			_, err = cl.Registry(ctx, addr.String(), fp)
+			d.cfg.Metrics.DiscoveryAnswer(err == nil)
 			return err
 		},
 	}, func(reg discovery.Registry, addr netip.AddrPort) {
@@ -222,6 +224,7 @@ func (r *registrar) failed(err error) {
 		r.d.cfg.Logger.Warn("registration failing; retrying", "registry", r.addr, "err", err)
 	}
 	r.failing, r.lastErr = true, err
+	r.d.registered.Store(false)
 }
 
 func (r *registrar) succeeded() {
@@ -229,6 +232,7 @@ func (r *registrar) succeeded() {
 		r.d.cfg.Logger.Info("registration working again", "registry", r.addr)
 	}
 	r.failing, r.lastErr = false, nil
+	r.d.registered.Store(true)
 }
 
 // deregisterAll removes every registered group from the registry, bounded

@@ -14,6 +14,7 @@ import (
 
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -75,6 +76,10 @@ type RegistryConfig struct {
 	Instance string
 	// Version is the huddle version advertised in TXT. Default "dev".
 	Version string
+	// Metrics, if not nil, receives the registry's operation timings,
+	// registrations and expiries, and is given collectors for its
+	// connections and leases.
+	Metrics *metrics.Metrics
 	// Logger receives registrations, expiries and errors. Default: discard.
 	Logger *slog.Logger
 	// Now is the clock of leases. Default time.Now.
@@ -147,7 +152,9 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 		life:   newLifecycle(),
 		leases: make(map[wire.UUID]*lease),
 	}
-	r.srv = newServer(cfg.server().withDefaults(), r.handle)
+	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, r.handle))
+	cfg.Metrics.Server("registry", r.srv.stats)
+	cfg.Metrics.RegistryLeases(r.leaseCount)
 	return r, nil
 }
 
@@ -317,6 +324,7 @@ func (r *Registry) register(c *call) error {
 	}
 	r.mu.Unlock()
 	if !ok {
+		r.cfg.Metrics.Registered()
 		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.peer.Short(), "addrs", addrs)
 	}
 	return c.result(r.lease())
@@ -467,6 +475,7 @@ func (r *Registry) sweepLocked(now time.Time) {
 // expireLocked drops a lapsed lease. r.mu is held.
 func (r *Registry) expireLocked(l *lease) {
 	delete(r.leases, l.entry.Group)
+	r.cfg.Metrics.LeaseExpired()
 	r.cfg.Logger.Info("group lease expired", "group", l.entry.Name, "uuid", l.entry.Group, "fingerprint", l.entry.Fingerprint.Short())
 }
 

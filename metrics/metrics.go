@@ -9,6 +9,7 @@
 package metrics
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,127 +18,63 @@ import (
 
 // Metrics holds the collectors of one process, registered on their own
 // registry (never the global one, so tests and embedders stay independent).
+//
+// Events (an operation finished, a lease expired) are counted as they
+// happen; state (connections open, members, messages held) is read from its
+// owner at scrape time through the functions given to Server, Registry and
+// Groups, so nothing has to be kept in step on the hot path.
 type Metrics struct {
-	reg *prometheus.Registry
+	reg     *prometheus.Registry
+	servers serverCollector
 
 	opDuration    *prometheus.HistogramVec
-	connections   prometheus.Gauge
-	connsTotal    prometheus.Counter
-	connsRefused  *prometheus.CounterVec
-	streams       prometheus.Gauge
 	watchers      prometheus.Gauge
-	appended      *prometheus.CounterVec
-	appendedBytes *prometheus.CounterVec
-	duplicates    *prometheus.CounterVec
-	limitsHit     *prometheus.CounterVec
-
-	leases        prometheus.Gauge
 	registrations prometheus.Counter
 	expiries      prometheus.Counter
-
-	discovery *prometheus.CounterVec
+	discovery     *prometheus.CounterVec
 }
 
 // New returns collectors registered on a new registry, with the Go runtime
 // and process collectors and a huddle_build_info gauge for version.
 func New(version string) *Metrics {
 	reg := prometheus.NewRegistry()
-	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	f(collectors.NewGoCollector())
-	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "huddle_build_info", Help: "Always 1; the version label says which huddle runs.",
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	info.Set(1)
-	f(info)
-
 	m := &Metrics{
 		reg: reg,
 		opDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "huddle_operation_duration_seconds",
-			Help:    "Time from reading a request to its last reply frame, by operation and result (ok or the error code). Watches are not included.",
+			Name: "huddle_operation_duration_seconds",
+			Help: "Time from reading a request to its last reply frame, by operation and result (ok or the error code). " +
+				"Watches are counted when they end.",
 			Buckets: []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1},
 		}, []string{"op", "result"}),
-		connections:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "huddle_connections", Help: "QUIC connections open now."}),
-		connsTotal:   prometheus.NewCounter(prometheus.CounterOpts{Name: "huddle_connections_total", Help: "QUIC connections accepted."}),
-		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "huddle_connections_refused_total", Help: "QUIC connections closed at once, by reason."}, []string{"reason"}),
-		streams:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "huddle_streams_in_flight", Help: "Operations (streams) being served now, watches included."}),
-		watchers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "huddle_watchers", Help: "Watch operations open now."}),
-		appended:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "huddle_messages_appended_total", Help: "Messages stored, by group."}, []string{"group"}),
-		appendedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "huddle_message_bytes_appended_total", Help: "Message body bytes stored, by group.",
-		}, []string{"group"}),
-		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "huddle_messages_duplicate_total", Help: "Sent messages whose ID was already stored (retries), by group.",
-		}, []string{"group"}),
-		limitsHit: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "huddle_limits_hit_total", Help: "Requests refused because a limit was hit, by limit.",
-		}, []string{"limit"}),
-		leases:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "huddle_registry_leases", Help: "Groups listed by the registry now."}),
+		watchers:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "huddle_watchers", Help: "Watch operations open now."}),
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "huddle_registry_registrations_total", Help: "Successful register operations."}),
 		expiries:      prometheus.NewCounter(prometheus.CounterOpts{Name: "huddle_registry_lease_expiries_total", Help: "Leases that lapsed without a renewal."}),
 		discovery: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "huddle_discovery_answers_total", Help: "mDNS answers seen by a browsing daemon, by result (verified or rejected).",
+			Name: "huddle_discovery_answers_total", Help: "mDNS answers a browsing daemon checked, by result (verified or rejected).",
 		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{
-		m.opDuration, m.connections, m.connsTotal, m.connsRefused, m.streams, m.watchers, m.appended,
-		m.appendedBytes, m.duplicates, m.limitsHit, m.leases, m.registrations, m.expiries, m.discovery,
-	} {
-		f(c)
-	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), info,
+		m.opDuration, m.watchers, m.registrations, m.expiries, m.discovery, &m.servers)
 	return m
 }
 
 // Registry returns the Prometheus registry the collectors live in.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// Operation records one finished operation.
+// Operation records one finished operation; result is "ok" or the error
+// code's name.
 func (m *Metrics) Operation(op, result string, d time.Duration) {
 	if m != nil {
 		m.opDuration.WithLabelValues(op, result).Observe(d.Seconds())
 	}
 }
 
-// ConnOpened and ConnClosed track open connections.
-func (m *Metrics) ConnOpened() {
-	if m != nil {
-		m.connections.Inc()
-		m.connsTotal.Inc()
-	}
-}
-
-// ConnClosed records a connection's end.
-func (m *Metrics) ConnClosed() {
-	if m != nil {
-		m.connections.Dec()
-	}
-}
-
-// ConnRefused records a connection closed at once, for reason (a bounded
-// word such as "per_source_limit").
-func (m *Metrics) ConnRefused(reason string) {
-	if m != nil {
-		m.connsRefused.WithLabelValues(reason).Inc()
-	}
-}
-
-// StreamStarted and StreamDone track operations in flight.
-func (m *Metrics) StreamStarted() {
-	if m != nil {
-		m.streams.Inc()
-	}
-}
-
-// StreamDone records an operation's end.
-func (m *Metrics) StreamDone() {
-	if m != nil {
-		m.streams.Dec()
-	}
-}
-
-// WatchStarted and WatchDone track open watches.
+// WatchStarted records a watch that began.
 func (m *Metrics) WatchStarted() {
 	if m != nil {
 		m.watchers.Inc()
@@ -148,36 +85,6 @@ func (m *Metrics) WatchStarted() {
 func (m *Metrics) WatchDone() {
 	if m != nil {
 		m.watchers.Dec()
-	}
-}
-
-// Appended records messages stored in group: n new ones of bytes total, and
-// dups retries acknowledged without storing.
-func (m *Metrics) Appended(group string, n, bytes, dups int) {
-	if m == nil {
-		return
-	}
-	if n > 0 {
-		m.appended.WithLabelValues(group).Add(float64(n))
-		m.appendedBytes.WithLabelValues(group).Add(float64(bytes))
-	}
-	if dups > 0 {
-		m.duplicates.WithLabelValues(group).Add(float64(dups))
-	}
-}
-
-// LimitHit records a request refused by limit (a bounded name such as
-// "message_bytes" or "send_rate").
-func (m *Metrics) LimitHit(limit string) {
-	if m != nil {
-		m.limitsHit.WithLabelValues(limit).Inc()
-	}
-}
-
-// Leases sets how many groups the registry lists.
-func (m *Metrics) Leases(n int) {
-	if m != nil {
-		m.leases.Set(float64(n))
 	}
 }
 
@@ -207,49 +114,136 @@ func (m *Metrics) DiscoveryAnswer(verified bool) {
 	m.discovery.WithLabelValues(result).Inc()
 }
 
-// GroupStats is what a group's log reports at scrape time.
-type GroupStats struct {
-	Members  int
-	Messages int
-	Bytes    int64
-	LastSeq  uint64
-	Evicted  uint64
+// ServerStats is a QUIC server's state at scrape time.
+type ServerStats struct {
+	Connections int // open now
+	Streams     int // operations being served now, watches included
+	Handshakes  int // handshakes in progress
+	Retries     int // connection attempts sent a QUIC Retry, ever
 }
 
-// Groups registers a collector that asks stats for every hosted group at
-// each scrape, so gauges such as members and held messages are never stale
-// and cost nothing between scrapes.
+// Server registers a collector that reads a QUIC server's state at each
+// scrape. role ("registry" or "groups") labels it, so huddle up's two
+// servers stay apart.
+func (m *Metrics) Server(role string, stats func() ServerStats) {
+	if m != nil {
+		m.servers.add(role, stats)
+	}
+}
+
+// RegistryLeases registers a gauge of the groups a registry lists, read at
+// each scrape.
+func (m *Metrics) RegistryLeases(count func() int) {
+	if m != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "huddle_registry_leases", Help: "Groups the registry lists now.",
+		}, func() float64 { return float64(count()) }))
+	}
+}
+
+// GroupStats is one hosted group's state at scrape time. The counters start
+// from zero with each epoch (each daemon start), as Prometheus expects of a
+// restarted process.
+type GroupStats struct {
+	Members       int
+	Messages      int    // held now
+	Bytes         int64  // body bytes held now
+	LastSeq       uint64 // messages appended this epoch
+	AppendedBytes uint64 // body bytes appended this epoch
+	Duplicates    uint64 // retried messages acknowledged without storing
+	Evicted       uint64 // messages retention dropped
+}
+
+// Groups registers a collector that asks stats for every hosted group (by
+// name, a bounded label: the operator configures the groups) at each
+// scrape.
 func (m *Metrics) Groups(stats func() map[string]GroupStats) {
 	if m != nil {
 		m.reg.MustRegister(&groupCollector{stats: stats})
 	}
 }
 
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
 var (
-	descMembers  = prometheus.NewDesc("huddle_group_members", "Members of the group.", []string{"group"}, nil)
-	descHeld     = prometheus.NewDesc("huddle_group_messages", "Messages the group holds now.", []string{"group"}, nil)
-	descHeldB    = prometheus.NewDesc("huddle_group_message_bytes", "Body bytes the group holds now.", []string{"group"}, nil)
-	descLastSeq  = prometheus.NewDesc("huddle_group_last_seq", "The group's last sequence number.", []string{"group"}, nil)
-	descEvicted  = prometheus.NewDesc("huddle_group_evicted_messages_total", "Messages retention dropped.", []string{"group"}, nil)
-	descGroupsUp = prometheus.NewDesc("huddle_groups", "Groups hosted.", nil, nil)
+	descConns      = desc("huddle_connections", "QUIC connections open now.", "server")
+	descStreams    = desc("huddle_streams_in_flight", "Operations (streams) being served now, watches included.", "server")
+	descHandshakes = desc("huddle_handshakes_in_progress", "QUIC handshakes in progress.", "server")
+	descRetries    = desc("huddle_handshake_retries_total", "Connection attempts sent a QUIC Retry (address validation under load).", "server")
+
+	descGroups     = desc("huddle_groups", "Groups hosted.")
+	descMembers    = desc("huddle_group_members", "Members of the group.", "group")
+	descHeld       = desc("huddle_group_messages", "Messages the group holds now.", "group")
+	descHeldBytes  = desc("huddle_group_message_bytes", "Body bytes the group holds now.", "group")
+	descAppended   = desc("huddle_messages_appended_total", "Messages stored, by group.", "group")
+	descAppendedB  = desc("huddle_message_bytes_appended_total", "Message body bytes stored, by group.", "group")
+	descDuplicates = desc("huddle_messages_duplicate_total", "Sent messages whose ID was already stored (retries), by group.", "group")
+	descEvicted    = desc("huddle_messages_evicted_total", "Messages retention dropped, by group.", "group")
 )
+
+// serverCollector reads every QUIC server of the process (huddle up has
+// two) at scrape time, each under its role label.
+type serverCollector struct {
+	mu      sync.Mutex
+	roles   []string
+	servers []func() ServerStats
+}
+
+func (c *serverCollector) add(role string, stats func() ServerStats) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.roles = append(c.roles, role)
+	c.servers = append(c.servers, stats)
+}
+
+func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descConns
+	ch <- descStreams
+	ch <- descHandshakes
+	ch <- descRetries
+}
+
+func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	roles, servers := c.roles, c.servers
+	c.mu.Unlock()
+	for i, stats := range servers {
+		s, role := stats(), roles[i]
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(s.Connections), role)
+		ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(s.Streams), role)
+		ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(s.Handshakes), role)
+		ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.Retries), role)
+	}
+}
 
 type groupCollector struct{ stats func() map[string]GroupStats }
 
 func (c *groupCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMembers, descHeld, descHeldB, descLastSeq, descEvicted, descGroupsUp} {
+	for _, d := range []*prometheus.Desc{descGroups, descMembers, descHeld, descHeldBytes, descAppended, descAppendedB, descDuplicates, descEvicted} {
 		ch <- d
 	}
 }
 
 func (c *groupCollector) Collect(ch chan<- prometheus.Metric) {
 	all := c.stats()
-	ch <- prometheus.MustNewConstMetric(descGroupsUp, prometheus.GaugeValue, float64(len(all)))
+	ch <- prometheus.MustNewConstMetric(descGroups, prometheus.GaugeValue, float64(len(all)))
 	for name, s := range all {
-		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(s.Members), name)
-		ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(s.Messages), name)
-		ch <- prometheus.MustNewConstMetric(descHeldB, prometheus.GaugeValue, float64(s.Bytes), name)
-		ch <- prometheus.MustNewConstMetric(descLastSeq, prometheus.GaugeValue, float64(s.LastSeq), name)
-		ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(s.Evicted), name)
+		for _, v := range []struct {
+			d *prometheus.Desc
+			t prometheus.ValueType
+			v float64
+		}{
+			{descMembers, prometheus.GaugeValue, float64(s.Members)},
+			{descHeld, prometheus.GaugeValue, float64(s.Messages)},
+			{descHeldBytes, prometheus.GaugeValue, float64(s.Bytes)},
+			{descAppended, prometheus.CounterValue, float64(s.LastSeq)},
+			{descAppendedB, prometheus.CounterValue, float64(s.AppendedBytes)},
+			{descDuplicates, prometheus.CounterValue, float64(s.Duplicates)},
+			{descEvicted, prometheus.CounterValue, float64(s.Evicted)},
+		} {
+			ch <- prometheus.MustNewConstMetric(v.d, v.t, v.v, name)
+		}
 	}
 }

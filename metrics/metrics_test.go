@@ -114,13 +114,16 @@ func TestServe(t *testing.T) {
 	m.Operation("send", "ok", 300*time.Microsecond)
 	m.Operation("send", "ok", 2*time.Millisecond)
 	m.Operation("send", "not_member", time.Millisecond)
-	m.Appended("lobby", 3, 30, 1)
-	m.ConnOpened()
-	m.ConnOpened()
-	m.ConnClosed()
-	m.LimitHit("send_rate")
+	m.WatchStarted()
+	m.WatchStarted()
+	m.WatchDone()
+	m.Registered()
+	m.DiscoveryAnswer(false)
+	m.Server("groups", func() ServerStats { return ServerStats{Connections: 3, Streams: 5} })
+	m.Server("registry", func() ServerStats { return ServerStats{Connections: 1} })
+	m.RegistryLeases(func() int { return 7 })
 	m.Groups(func() map[string]GroupStats {
-		return map[string]GroupStats{"lobby": {Members: 2, Messages: 3, Bytes: 30, LastSeq: 3}}
+		return map[string]GroupStats{"lobby": {Members: 2, Messages: 3, Bytes: 30, LastSeq: 4, AppendedBytes: 40, Duplicates: 1, Evicted: 1}}
 	})
 	fams := scrape(t, addr)
 	for _, c := range []struct {
@@ -130,14 +133,19 @@ func TestServe(t *testing.T) {
 	}{
 		{"huddle_operation_duration_seconds", []string{"op", "send", "result", "ok"}, 2},
 		{"huddle_operation_duration_seconds", []string{"op", "send", "result", "not_member"}, 1},
-		{"huddle_messages_appended_total", []string{"group", "lobby"}, 3},
-		{"huddle_message_bytes_appended_total", []string{"group", "lobby"}, 30},
-		{"huddle_messages_duplicate_total", []string{"group", "lobby"}, 1},
-		{"huddle_connections", nil, 1},
-		{"huddle_connections_total", nil, 2},
-		{"huddle_limits_hit_total", []string{"limit", "send_rate"}, 1},
+		{"huddle_watchers", nil, 1},
+		{"huddle_registry_registrations_total", nil, 1},
+		{"huddle_discovery_answers_total", []string{"result", "rejected"}, 1},
+		{"huddle_connections", []string{"server", "groups"}, 3},
+		{"huddle_streams_in_flight", []string{"server", "groups"}, 5},
+		{"huddle_connections", []string{"server", "registry"}, 1},
+		{"huddle_registry_leases", nil, 7},
 		{"huddle_group_members", []string{"group", "lobby"}, 2},
 		{"huddle_group_messages", []string{"group", "lobby"}, 3},
+		{"huddle_messages_appended_total", []string{"group", "lobby"}, 4},
+		{"huddle_message_bytes_appended_total", []string{"group", "lobby"}, 40},
+		{"huddle_messages_duplicate_total", []string{"group", "lobby"}, 1},
+		{"huddle_messages_evicted_total", []string{"group", "lobby"}, 1},
 		{"huddle_build_info", []string{"version", "test"}, 1},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
@@ -151,18 +159,12 @@ func TestServe(t *testing.T) {
 func TestNilMetrics(t *testing.T) {
 	var m *Metrics
 	m.Operation("send", "ok", time.Millisecond)
-	m.ConnOpened()
-	m.ConnClosed()
-	m.StreamStarted()
-	m.StreamDone()
 	m.WatchStarted()
 	m.WatchDone()
-	m.Appended("g", 1, 1, 1)
-	m.LimitHit("x")
-	m.Leases(1)
 	m.Registered()
 	m.LeaseExpired()
 	m.DiscoveryAnswer(true)
-	m.ConnRefused("x")
+	m.Server("x", nil)
+	m.RegistryLeases(nil)
 	m.Groups(nil)
 }
