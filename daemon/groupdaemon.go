@@ -252,7 +252,7 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := &GroupDaemon{cfg: cfg, life: newLifecycle()}
-	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, d.handle))
+	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)
 	return d, nil
@@ -358,6 +358,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	}
 	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	d.life.wait(ctx, d.Close)
+	d.cfg.Logger.Info("group daemon stopped")
 	return nil
 }
 

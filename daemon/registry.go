@@ -152,7 +152,7 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 		life:   newLifecycle(),
 		leases: make(map[wire.UUID]*lease),
 	}
-	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, r.handle))
+	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, r.handle))
 	cfg.Metrics.Server("registry", r.srv.stats)
 	cfg.Metrics.RegistryLeases(r.leaseCount)
 	return r, nil
@@ -222,6 +222,7 @@ func (r *Registry) Serve(ctx context.Context) error {
 	}
 	r.cfg.Logger.Info("registry serving", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String(), "epoch", r.epoch)
 	r.life.wait(ctx, r.Close)
+	r.cfg.Logger.Info("registry stopped")
 	return nil
 }
 

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/metrics"
@@ -14,12 +16,11 @@ import (
 var ErrNotReady = errors.New("not ready")
 
 // instrument wraps a daemon's handler so every operation is timed by
-// operation and result (ok, or the error code it answers with), and open
-// watches are counted. With m nil it returns next unchanged.
-func instrument(m *metrics.Metrics, next handlerFunc) handlerFunc {
-	if m == nil {
-		return next
-	}
+// operation and result (ok, or the error code it answers with), open
+// watches are counted, and refusals for a limit are logged, sparingly: an
+// abusive peer must not be able to flood the log.
+func instrument(m *metrics.Metrics, log *slog.Logger, next handlerFunc) handlerFunc {
+	limits := &limitLog{log: log, last: make(map[wire.Code]time.Time), since: make(map[wire.Code]int)}
 	return func(ctx context.Context, c *call) error {
 		if c.op == wire.OpWatch {
 			m.WatchStarted()
@@ -29,11 +30,41 @@ func instrument(m *metrics.Metrics, next handlerFunc) handlerFunc {
 		err := next(ctx, c)
 		result := "ok"
 		if err != nil {
-			result = wire.ToError(err).Code.String()
+			code := wire.ToError(err).Code
+			result = code.String()
+			switch code {
+			case wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnavailable:
+				limits.note(code, c.op, c.peer)
+			}
 		}
 		m.Operation(c.op.String(), result, time.Since(start))
 		return err
 	}
+}
+
+// limitLog logs requests refused for a limit at most once every
+// limitLogEvery per error code, with how many were refused since.
+type limitLog struct {
+	log   *slog.Logger
+	mu    sync.Mutex
+	last  map[wire.Code]time.Time
+	since map[wire.Code]int
+}
+
+const limitLogEvery = 10 * time.Second
+
+func (l *limitLog) note(code wire.Code, op wire.Op, peer wire.Fingerprint) {
+	l.mu.Lock()
+	l.since[code]++
+	now := time.Now()
+	if now.Sub(l.last[code]) < limitLogEvery {
+		l.mu.Unlock()
+		return
+	}
+	n := l.since[code]
+	l.last[code], l.since[code] = now, 0
+	l.mu.Unlock()
+	l.log.Info("limit hit", "result", code.String(), "op", op.String(), "peer", peer.Short(), "refused_since_last_logged", n)
 }
 
 // stats is the server's state for metrics, read at scrape time.
