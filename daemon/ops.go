@@ -363,7 +363,12 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			}
 			cursor = last
 			heartbeat.Reset(d.cfg.HeartbeatInterval)
-			continue
+			if cur.More {
+				continue
+			}
+			// That was all the log held when changed was taken: wait on
+			// it rather than query again for what is most often nothing,
+			// one query and one poll of the stop channels fewer per wake.
 		}
 		select {
 		case <-changed:
