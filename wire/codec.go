@@ -122,16 +122,41 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }
 // to dst. It returns ErrFrameTooLarge if the encoding exceeds MaxFrameSize.
 func AppendFrame(dst []byte, typ uint64, body any) ([]byte, error) {
 	start := len(dst)
+	if ms, ok := messagesBody(typ, body); ok {
+		return finishFrame(appendMessages(append(dst, 0, 0, 0, 0), ms), start)
+	}
 	// Encoding straight into dst's spare capacity spares a buffer the size
 	// of the frame and a copy of it (Marshal returns a fresh slice).
 	buf := bytes.NewBuffer(append(dst, 0, 0, 0, 0))
 	if err := encMode.MarshalToBuffer(envelope{Type: typ, Body: body}, buf); err != nil {
 		return dst[:start], fmt.Errorf("encode frame: %w", err)
 	}
-	out := buf.Bytes()
+	return finishFrame(buf.Bytes(), start)
+}
+
+// messagesBody returns the messages of a Messages frame's body, which
+// appendMessages encodes without reflection.
+func messagesBody(typ uint64, body any) ([]Message, bool) {
+	if typ != uint64(KindMessages) {
+		return nil, false
+	}
+	switch b := body.(type) {
+	case Messages:
+		return b.Messages, true
+	case *Messages:
+		if b != nil {
+			return b.Messages, true
+		}
+	}
+	return nil, false
+}
+
+// finishFrame writes the length prefix of the frame encoded at out[start:],
+// or returns out[:start] and ErrFrameTooLarge if it is over the limit.
+func finishFrame(out []byte, start int) ([]byte, error) {
 	n := len(out) - start - headerSize
 	if n > MaxFrameSize {
-		return dst[:start], fmt.Errorf("encode frame of %d bytes: %w", n, ErrFrameTooLarge)
+		return out[:start], fmt.Errorf("encode frame of %d bytes: %w", n, ErrFrameTooLarge)
 	}
 	binary.BigEndian.PutUint32(out[start:], uint32(n))
 	return out, nil

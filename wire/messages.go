@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -149,4 +150,61 @@ func itemContent(item []byte, major byte) ([]byte, bool) {
 		return nil, false
 	}
 	return item[hdr:], true
+}
+
+// appendMessages appends the envelope {0: KindMessages, 1: ms} as the
+// deterministic encoder writes it. Fetch sends 10,000 messages as forty
+// 256 KiB frames and watch sends one frame per wake-up per watcher;
+// encoding them by reflection was most of the daemon's CPU per fetch
+// (1.5 ms per frame of 1,000 messages). TestAppendMessages and
+// FuzzAppendMessages hold it to encMode byte for byte.
+func appendMessages(dst []byte, ms []Message) []byte {
+	size := 16
+	for i := range ms {
+		size += 96 + len(ms[i].Name) + len(ms[i].Body) // 96: more than a message's heads and fixed fields take
+	}
+	dst = slices.Grow(dst, size)
+	dst = append(dst, 0xa2, 0x00)
+	dst = appendHead(dst, 0, uint64(KindMessages))
+	dst = append(dst, 0x01, 0xa1, 0x01)
+	dst = appendHead(dst, 4, uint64(len(ms)))
+	for i := range ms {
+		m := &ms[i]
+		dst = append(dst, 0xa6, 0x01)
+		dst = appendHead(dst, 0, m.Seq)
+		dst = append(dst, 0x02)
+		if m.Time >= 0 {
+			dst = appendHead(dst, 0, uint64(m.Time))
+		} else {
+			dst = appendHead(dst, 1, uint64(-(m.Time + 1)))
+		}
+		dst = append(dst, 0x03, 0x50)
+		dst = append(dst, m.ID[:]...)
+		dst = append(dst, 0x04, 0x58, 0x20)
+		dst = append(dst, m.From[:]...)
+		dst = append(dst, 0x05)
+		dst = appendHead(dst, 3, uint64(len(m.Name)))
+		dst = append(dst, m.Name...)
+		dst = append(dst, 0x06)
+		dst = appendHead(dst, 2, uint64(len(m.Body)))
+		dst = append(dst, m.Body...)
+	}
+	return dst
+}
+
+// appendHead appends the shortest head of a CBOR item of the given major
+// type and argument.
+func appendHead(dst []byte, major byte, v uint64) []byte {
+	m := major << 5
+	switch {
+	case v < 24:
+		return append(dst, m|byte(v))
+	case v <= 0xff:
+		return append(dst, m|24, byte(v))
+	case v <= 0xffff:
+		return append(dst, m|25, byte(v>>8), byte(v))
+	case v <= 0xffffffff:
+		return append(dst, m|26, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+	}
+	return append(dst, m|27, byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32), byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
 }

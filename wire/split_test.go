@@ -163,3 +163,42 @@ func FuzzSplitFrame(f *testing.F) {
 		checkSplit(t, item, int(sel))
 	})
 }
+
+// checkAppendMessages holds appendMessages to the deterministic encoder.
+func checkAppendMessages(t *testing.T, ms []Message) {
+	t.Helper()
+	want, err := encMode.Marshal(envelope{Type: uint64(KindMessages), Body: Messages{Messages: ms}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := appendMessages(nil, ms); !bytes.Equal(got, want) {
+		t.Fatalf("appendMessages:\n got %x\nwant %x", got, want)
+	}
+}
+
+func TestAppendMessages(t *testing.T) {
+	long := bytes.Repeat([]byte{'x'}, 70000)
+	for _, ms := range [][]Message{
+		nil, {},
+		{{}},
+		{{Seq: 1, Time: -1, Name: "a", Body: []byte{}}, {Seq: 23, Time: -24, ID: tID1, From: tAlice}},
+		{{Seq: 24, Time: -25, Name: string(long[:24]), Body: long[:255]}, {Seq: 255, Time: 256, Body: long[:256]}},
+		{{Seq: 65535, Time: -65537, Body: long[:65535]}, {Seq: 65536, Time: 1 << 32, Body: long}},
+		{{Seq: 1<<64 - 1, Time: -1 << 63}, {Seq: 1 << 32, Time: 1<<63 - 1}},
+		make([]Message, 24), make([]Message, 256),
+	} {
+		checkAppendMessages(t, ms)
+	}
+}
+
+func FuzzAppendMessages(f *testing.F) {
+	f.Add(uint64(1), int64(tT0), "alice", []byte("hi"), uint16(1))
+	f.Add(uint64(1<<40), int64(-1<<40), "", []byte{}, uint16(300))
+	f.Fuzz(func(t *testing.T, seq uint64, ts int64, name string, body []byte, n uint16) {
+		ms := make([]Message, n%1100)
+		for i := range ms {
+			ms[i] = Message{Seq: seq + uint64(i), Time: ts - int64(i), ID: tID2, From: tBob, Name: name, Body: body[:i%(len(body)+1)]}
+		}
+		checkAppendMessages(t, ms)
+	})
+}
