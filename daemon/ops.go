@@ -43,6 +43,16 @@ func (d *GroupDaemon) handle(ctx context.Context, c *call) error {
 	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.op)
 }
 
+// request decodes c's args into req, whose group field is id, and finds
+// that group. Errors: the decoding's (bad_request, too_large) and
+// not_found.
+func (d *GroupDaemon) request(c *call, req any, id *wire.UUID) (*group, error) {
+	if err := c.decode(req); err != nil {
+		return nil, err
+	}
+	return d.group(c.op, *id)
+}
+
 // group returns the hosted group id. d.groups is read-only once Listen has
 // returned, before any handler runs.
 func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
@@ -93,10 +103,7 @@ func (d *GroupDaemon) limits() wire.Limits {
 
 func (d *GroupDaemon) info(c *call) error {
 	var req wire.GroupRef
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
@@ -117,10 +124,7 @@ func (d *GroupDaemon) info(c *call) error {
 
 func (d *GroupDaemon) join(c *call) error {
 	var req wire.Join
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
@@ -146,10 +150,7 @@ func (d *GroupDaemon) join(c *call) error {
 
 func (d *GroupDaemon) leave(c *call) error {
 	var req wire.GroupRef
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
@@ -165,10 +166,7 @@ func (d *GroupDaemon) leave(c *call) error {
 
 func (d *GroupDaemon) members(c *call) error {
 	var req wire.GroupRef
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
@@ -180,10 +178,7 @@ func (d *GroupDaemon) members(c *call) error {
 
 func (d *GroupDaemon) send(c *call) error {
 	var req wire.Send
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
@@ -239,10 +234,7 @@ func sendMessages(c *call, msgs []wire.Message) ([]wire.Message, error) {
 
 func (d *GroupDaemon) fetch(c *call) error {
 	var req wire.Fetch
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
@@ -291,10 +283,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 // in the log, and learns of what retention dropped meanwhile from a Gap.
 func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	var req wire.Watch
-	if err := c.decode(&req); err != nil {
-		return err
-	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
