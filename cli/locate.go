@@ -53,7 +53,9 @@ func locateRegistry(ctx context.Context, env Env, f *clientFlags, c *client.Clie
 		case r := <-local:
 			if r.err == nil {
 				cancel()
-				<-found
+				if found != nil {
+					<-found
+				}
 				return r.reg, nil
 			}
 			localErr = r.err
