@@ -114,9 +114,12 @@ type registryTarget struct {
 }
 
 // browse reports every registry mDNS finds (and finds again when it moves
-// or changes key) on targets, keeping only the newest, until ctx ends.
+// or changes key) on targets, keeping only the newest, until ctx ends. When
+// browsing cannot run at all (no multicast-capable interface yet: a daemon
+// may start before the network) it says so once and tries again every
+// browseRetry.
 func (d *GroupDaemon) browse(ctx context.Context, cl *client.Client, targets chan registryTarget) {
-	err := discovery.Browse(ctx, discovery.BrowseConfig{
+	cfg := discovery.BrowseConfig{
 		Interfaces: d.cfg.Interfaces,
 		Logger:     d.cfg.Logger.With("from", "mdns"),
 		Verify: func(ctx context.Context, reg discovery.Registry, addr netip.AddrPort) error {
@@ -128,7 +131,8 @@ func (d *GroupDaemon) browse(ctx context.Context, cl *client.Client, targets cha
 			d.cfg.Metrics.DiscoveryAnswer(err == nil)
 			return err
 		},
-	}, func(reg discovery.Registry, addr netip.AddrPort) {
+	}
+	found := func(reg discovery.Registry, addr netip.AddrPort) {
 		fp, err := wire.ParseFingerprint(reg.Fingerprint)
 		if err != nil {
 			return
@@ -138,9 +142,36 @@ func (d *GroupDaemon) browse(ctx context.Context, cl *client.Client, targets cha
 		default:
 		}
 		targets <- registryTarget{addr: addr.String(), pin: fp}
-	})
-	if err != nil && ctx.Err() == nil {
-		d.cfg.Logger.Error("mDNS browsing stopped; give the registry's address instead", "err", err)
+	}
+	logged := false
+	for {
+		err := discovery.Browse(ctx, cfg, found)
+		if ctx.Err() != nil {
+			return
+		}
+		if !logged {
+			d.cfg.Logger.Warn("cannot look for the registry over mDNS; retrying (or give its address)", "every", browseRetry, "err", err)
+			logged = true
+		}
+		if !sleepCtx(ctx, browseRetry) {
+			return
+		}
+	}
+}
+
+// browseRetry is how long a daemon waits before trying to browse again
+// after browsing could not run.
+const browseRetry = 10 * time.Second
+
+// sleepCtx waits for d or until ctx ends, and reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -31,7 +31,8 @@ import (
 //
 //	LAN A (10.77.0.0/24): h1 registry (.1), h2 group daemon "alpha" (.2),
 //	                      h3 group daemon "beta" (.3), h4 CLI (.4),
-//	                      h5 spoofer (.5)
+//	                      h5 spoofer (.5), h6 group daemon "gamma" (.6),
+//	                      started before its interface could multicast
 //	LAN B (10.78.0.0/24): h1 (.1) and h4 (.4) again; no registry answers
 //	                      there from h4's point of view that works from A
 //
@@ -106,10 +107,19 @@ func TestLAN(t *testing.T) {
 	registry = startLANDaemon(t, h1, "registry", "--listen", ":7373", "--lease", "2s", "--state-dir", filepath.Join(state, "reg"))
 	cli.waitGroups("alpha", "beta")
 
+	// A group daemon that starts before its host can multicast (as a
+	// service may start before the network) keeps trying, and registers
+	// once the interface can.
+	late := lan.AddHost("late", "10.77.0.6/24")
+	late.Run(context.Background(), "ip", "link", "set", "eth0", "multicast", "off")
+	startLANDaemon(t, late, "serve", "--group", "gamma", "--listen", ":7374", "--state-dir", filepath.Join(state, "gamma"))
+	late.Run(context.Background(), "ip", "link", "set", "eth0", "multicast", "on")
+	cli.waitGroups("alpha", "beta", "gamma")
+
 	// Kill beta's daemon without a goodbye: its group vanishes once its
 	// lease lapses.
 	beta.kill()
-	cli.waitGroupsExactly("alpha")
+	cli.waitGroupsExactly("alpha", "gamma")
 
 	// Time from `huddle groups` starting to the groups printed, found over
 	// mDNS, 20 runs: a figure for the closing note, not an assertion.
