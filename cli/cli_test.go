@@ -171,3 +171,18 @@ func TestUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestHeld(t *testing.T) {
+	for _, c := range []struct {
+		in   wire.Info
+		want string
+	}{
+		{wire.Info{Epoch: 7}, "none yet (epoch 7)"},
+		{wire.Info{First: 1, Last: 3, Epoch: 7}, "#1..#3 (epoch 7)"},
+		{wire.Info{First: 6, Last: 5, Epoch: 7}, "none (retention dropped #1..#5; epoch 7)"},
+	} {
+		if got := held(c.in); got != c.want {
+			t.Errorf("held(%+v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

@@ -53,7 +53,7 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		row("private", yesNo(in.Private))
 		row("you are a member", yesNo(in.Member))
 		row("members", in.Members)
-		row("messages held", fmt.Sprintf("%d..%d (epoch %d)", in.First, in.Last, in.Epoch))
+		row("messages held", held(in))
 		row("max message", size(l.MaxMessageBytes))
 		row("max per send", l.MaxBatch)
 		row("retention", retention(l))
@@ -121,4 +121,15 @@ func size(n uint64) string {
 		return fmt.Sprintf("%d KiB", n>>10)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// held describes the range of messages a group holds.
+func held(in wire.Info) string {
+	switch {
+	case in.Last == 0:
+		return fmt.Sprintf("none yet (epoch %d)", in.Epoch)
+	case in.First == 0 || in.First > in.Last:
+		return fmt.Sprintf("none (retention dropped #1..#%d; epoch %d)", in.Last, in.Epoch)
+	}
+	return fmt.Sprintf("#%d..#%d (epoch %d)", in.First, in.Last, in.Epoch)
 }
