@@ -165,8 +165,7 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	cfg.Logger = log
 	cfg.Metrics = df.metrics()
 	cfg.MDNS, cfg.Interfaces, cfg.Version = !mf.off, mf.ifaces, version()
-	if err := sf.apply(&cfg.MaxIncomingStreams, &cfg.MaxRequestBytes, &cfg.MaxConnsPerAddr, &cfg.MaxConns,
-		&cfg.RequestTimeout, &cfg.IdleTimeout, &cfg.HandshakeTimeout); err != nil {
+	if err := sf.apply(&cfg.ServerConfig); err != nil {
 		return usageErr(env, "registry", "%v", err)
 	}
 	r, err := daemon.NewRegistry(cfg)
@@ -222,7 +221,7 @@ func (f *serverFlags) register(fs *pflag.FlagSet) {
 }
 
 // apply fills a daemon config's server fields.
-func (f *serverFlags) apply(streams *int64, frame, perAddr, conns *int, request, idle, handshake *time.Duration) error {
+func (f *serverFlags) apply(c *daemon.ServerConfig) error {
 	n, err := parseSize(f.maxFrame)
 	if err != nil {
 		return fmt.Errorf("--max-frame: %w", err)
@@ -246,8 +245,8 @@ func (f *serverFlags) apply(streams *int64, frame, perAddr, conns *int, request,
 			return fmt.Errorf("%s %v: want a positive duration", v.name, v.d)
 		}
 	}
-	*streams, *frame, *perAddr, *conns = f.maxStreams, int(n), f.maxConnsPerAddr, f.maxConns
-	*request, *idle, *handshake = f.requestTimeout, f.idleTimeout, f.handshakeTimeout
+	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = f.maxStreams, int(n), f.maxConnsPerAddr, f.maxConns
+	c.RequestTimeout, c.IdleTimeout, c.HandshakeTimeout = f.requestTimeout, f.idleTimeout, f.handshakeTimeout
 	return nil
 }
 
@@ -325,8 +324,7 @@ func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
 	if f.sendRate == 0 {
 		cfg.SendRate = -1 // the daemon's spelling of unlimited
 	}
-	if err := f.server.apply(&cfg.MaxIncomingStreams, &cfg.MaxRequestBytes, &cfg.MaxConnsPerAddr, &cfg.MaxConns,
-		&cfg.RequestTimeout, &cfg.IdleTimeout, &cfg.HandshakeTimeout); err != nil {
+	if err := f.server.apply(&cfg.ServerConfig); err != nil {
 		return err
 	}
 	cfg.Retention.MaxMessages = f.maxMsgs
@@ -446,8 +444,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	rcfg.MDNS, rcfg.Interfaces, rcfg.Version = !mf.off, mf.ifaces, version()
 	// One process, one set of connection limits: the registry takes the
 	// same ones as the group daemon beside it.
-	if err := gf.server.apply(&rcfg.MaxIncomingStreams, &rcfg.MaxRequestBytes, &rcfg.MaxConnsPerAddr, &rcfg.MaxConns,
-		&rcfg.RequestTimeout, &rcfg.IdleTimeout, &rcfg.HandshakeTimeout); err != nil {
+	if err := gf.server.apply(&rcfg.ServerConfig); err != nil {
 		return usageErr(env, "up", "%v", err)
 	}
 	r, err := daemon.NewRegistry(rcfg)

@@ -107,32 +107,8 @@ type GroupConfig struct {
 	// HeartbeatInterval is how long a watch may be idle before a Heartbeat
 	// frame. Default 5 s.
 	HeartbeatInterval time.Duration
-	// MaxIncomingStreams is how many streams (operations) one connection may
-	// have open at once. Default 1000.
-	MaxIncomingStreams int64
-	// MaxRequestBytes is the largest request frame read. Default and most
-	// wire.MaxFrameSize (1 MiB); at least MinMaxRequestBytes.
-	MaxRequestBytes int
-	// MaxConnsPerAddr is how many connections one source address (an IPv4
-	// address, or an IPv6 /64) may have open at once; one more is closed
-	// after its handshake with wire.ConnRefused. Default 256.
-	MaxConnsPerAddr int
-	// MaxConns is how many connections the server holds at once. Default
-	// 4096.
-	MaxConns int
-	// HandshakeTimeout bounds a connection's TLS handshake. Default 10 s.
-	HandshakeTimeout time.Duration
-	// IdleTimeout is how long a connection may be silent before it is
-	// dropped. Default 30 s.
-	IdleTimeout time.Duration
-	// RequestTimeout bounds the wait for a request frame. Default 10 s.
-	RequestTimeout time.Duration
-	// WriteTimeout bounds each reply frame's write: a watcher that stops
-	// reading loses its watch after it. Default 30 s.
-	WriteTimeout time.Duration
-	// ShutdownTimeout bounds how long Close lets operations in flight
-	// finish. Default 5 s.
-	ShutdownTimeout time.Duration
+	// ServerConfig holds the QUIC server's limits and deadlines.
+	ServerConfig
 	// Metrics, if not nil, receives the daemon's operation timings and is
 	// given collectors for its connections and groups.
 	Metrics *metrics.Metrics
@@ -173,9 +149,10 @@ func (c GroupConfig) Validate() error {
 	case c.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
 		return bad("MaxMessageBytes %d does not fit in a request of MaxRequestBytes %d with its envelope (%d bytes)",
 			orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes), c.MaxRequestBytes, wire.MaxFrameSize-MaxMessageBytesLimit)
+	case c.HeartbeatInterval < 0:
+		return bad("negative interval or timeout")
 	}
-	if err := validateServer(c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns,
-		c.HeartbeatInterval, c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout, c.HandshakeTimeout, c.IdleTimeout); err != nil {
+	if err := c.ServerConfig.validate(); err != nil {
 		return err
 	}
 	for _, a := range c.Advertise {
@@ -211,9 +188,7 @@ func (c GroupConfig) withDefaults() GroupConfig {
 	c.HeartbeatInterval = orDefault(c.HeartbeatInterval, DefaultHeartbeatInterval)
 	c.SendRate = orDefault(c.SendRate, DefaultSendRate)
 	c.SendBurst = orDefault(c.SendBurst, DefaultSendBurst)
-	sc := c.server().withDefaults()
-	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = sc.maxStreams, sc.maxRequestBytes, sc.maxConnsPerAddr, sc.maxConns
-	c.HandshakeTimeout, c.IdleTimeout, c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout = sc.handshakeTimeout, sc.idleTimeout, sc.requestTimeout, sc.writeTimeout, sc.shutdownTimeout
+	c.ServerConfig = c.ServerConfig.withDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
 	c.Retention.Now = c.Now
@@ -260,19 +235,7 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 
 // server is the shared machinery's part of the configuration.
 func (c GroupConfig) server() serverConfig {
-	return serverConfig{
-		listen:           c.Listen,
-		maxStreams:       c.MaxIncomingStreams,
-		maxRequestBytes:  c.MaxRequestBytes,
-		maxConnsPerAddr:  c.MaxConnsPerAddr,
-		maxConns:         c.MaxConns,
-		handshakeTimeout: c.HandshakeTimeout,
-		idleTimeout:      c.IdleTimeout,
-		requestTimeout:   c.RequestTimeout,
-		writeTimeout:     c.WriteTimeout,
-		shutdownTimeout:  c.ShutdownTimeout,
-		log:              c.Logger,
-	}
+	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger}
 }
 
 // Listen loads the state directory (the key, each group's UUID and members,

@@ -725,7 +725,7 @@ func TestGroupConfigValidate(t *testing.T) {
 // loses its watch once a write has blocked for WriteTimeout, without
 // slowing senders.
 func TestGroupWatchStalledReaderEnds(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{WriteTimeout: 100 * time.Millisecond, HeartbeatInterval: time.Hour})
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{WriteTimeout: 100 * time.Millisecond}, HeartbeatInterval: time.Hour})
 	g := gid(d)
 	w := joined(t, d, "stalled")
 	str := w.open(request(t, wire.OpWatch, wire.Watch{Group: g}))

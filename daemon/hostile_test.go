@@ -49,22 +49,23 @@ const (
 	hostileConnsPerAddr   = 24
 )
 
+// hostileServer is the server configuration of both daemons under attack.
+var hostileServer = ServerConfig{RequestTimeout: hostileRequestTimeout, IdleTimeout: hostileIdleTimeout, MaxConnsPerAddr: hostileConnsPerAddr}
+
 func TestHostilePeers(t *testing.T) {
 	h := &hostile{secret: []byte("correct horse battery staple")}
 	// Everything the servers log, at debug level, to check at the end that
 	// no secret and no message body is in it.
 	var logged lockedBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.r = startRegistry(t, RegistryConfig{RequestTimeout: hostileRequestTimeout, IdleTimeout: hostileIdleTimeout, MaxConnsPerAddr: hostileConnsPerAddr, Logger: log})
+	h.r = startRegistry(t, RegistryConfig{ServerConfig: hostileServer, Logger: log})
 	h.d, _ = startGroupDaemon(t, GroupConfig{
-		Logger:          log,
-		Groups:          []GroupSpec{{Name: "general"}, {Name: "private", Secret: h.secret}},
-		RequestTimeout:  hostileRequestTimeout,
-		IdleTimeout:     hostileIdleTimeout,
-		MaxConnsPerAddr: hostileConnsPerAddr,
-		MaxBatch:        16,
-		SendBurst:       64,
-		SendRate:        0.01, // one token per 100 s: the burst is all a test sees
+		Logger:       log,
+		Groups:       []GroupSpec{{Name: "general"}, {Name: "private", Secret: h.secret}},
+		ServerConfig: hostileServer,
+		MaxBatch:     16,
+		SendBurst:    64,
+		SendRate:     0.01, // one token per 100 s: the burst is all a test sees
 	})
 	hosted := h.d.Groups()
 	h.g, h.priv = hosted[0].ID, hosted[1].ID
@@ -489,7 +490,7 @@ func attackSlowloris(t *testing.T, h *hostile) {
 // allocate what they declare, must serve an honest user meanwhile, and
 // must let go of everything once the attacker leaves.
 func attackStreamFlood(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{RequestTimeout: time.Minute})
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
 	before := heapInUse()
 	hdr := header(wire.MaxFrameSize)
 	var attackers []*peer

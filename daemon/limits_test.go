@@ -125,7 +125,7 @@ func TestRateLimiterPrunesFullBuckets(t *testing.T) {
 // over it is closed after its handshake with ConnRefused and a reason, and
 // once one closes, a new one is served.
 func TestConnsPerAddr(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{MaxConnsPerAddr: 3})
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxConnsPerAddr: 3}})
 	g := gid(d)
 	var peers []*peer
 	for range 3 {

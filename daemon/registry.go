@@ -38,31 +38,8 @@ type RegistryConfig struct {
 	// MaxGroups is the most groups listed at once; registering one more
 	// gets CodeUnavailable. Default 4096.
 	MaxGroups int
-	// MaxIncomingStreams is how many streams (operations) one connection may
-	// have open at once. Default 1000.
-	MaxIncomingStreams int64
-	// MaxRequestBytes is the largest request frame read. Default and most
-	// wire.MaxFrameSize (1 MiB); at least MinMaxRequestBytes.
-	MaxRequestBytes int
-	// MaxConnsPerAddr is how many connections one source address (an IPv4
-	// address, or an IPv6 /64) may have open at once; one more is closed
-	// after its handshake with wire.ConnRefused. Default 256.
-	MaxConnsPerAddr int
-	// MaxConns is how many connections the server holds at once. Default
-	// 4096.
-	MaxConns int
-	// HandshakeTimeout bounds a connection's TLS handshake. Default 10 s.
-	HandshakeTimeout time.Duration
-	// IdleTimeout is how long a connection may be silent before it is
-	// dropped. Default 30 s.
-	IdleTimeout time.Duration
-	// RequestTimeout bounds the wait for a request frame. Default 10 s.
-	RequestTimeout time.Duration
-	// WriteTimeout bounds each reply frame's write. Default 30 s.
-	WriteTimeout time.Duration
-	// ShutdownTimeout bounds how long Close lets operations in flight
-	// finish. Default 5 s.
-	ShutdownTimeout time.Duration
+	// ServerConfig holds the QUIC server's limits and deadlines.
+	ServerConfig
 	// MDNS advertises the registry over mDNS (service _huddle._udp) on
 	// Interfaces, so daemons and users on the LAN find it with no
 	// configuration. Off by default in this package; huddle registry and
@@ -96,17 +73,14 @@ func (c RegistryConfig) Validate() error {
 	case c.MaxGroups < 0:
 		return fmt.Errorf("%w: MaxGroups %d is negative", ErrInvalidConfig, c.MaxGroups)
 	}
-	return validateServer(c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns,
-		c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout, c.HandshakeTimeout, c.IdleTimeout)
+	return c.ServerConfig.validate()
 }
 
 func (c RegistryConfig) withDefaults() RegistryConfig {
 	c.Listen = orDefault(c.Listen, DefaultRegistryListen)
 	c.LeaseTTL = orDefault(c.LeaseTTL, DefaultLeaseTTL)
 	c.MaxGroups = orDefault(c.MaxGroups, DefaultMaxGroups)
-	sc := c.server().withDefaults()
-	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = sc.maxStreams, sc.maxRequestBytes, sc.maxConnsPerAddr, sc.maxConns
-	c.HandshakeTimeout, c.IdleTimeout, c.RequestTimeout, c.WriteTimeout, c.ShutdownTimeout = sc.handshakeTimeout, sc.idleTimeout, sc.requestTimeout, sc.writeTimeout, sc.shutdownTimeout
+	c.ServerConfig = c.ServerConfig.withDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
 	return c
@@ -160,19 +134,7 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 
 // server is the shared machinery's part of the configuration.
 func (c RegistryConfig) server() serverConfig {
-	return serverConfig{
-		listen:           c.Listen,
-		maxStreams:       c.MaxIncomingStreams,
-		maxRequestBytes:  c.MaxRequestBytes,
-		maxConnsPerAddr:  c.MaxConnsPerAddr,
-		maxConns:         c.MaxConns,
-		handshakeTimeout: c.HandshakeTimeout,
-		idleTimeout:      c.IdleTimeout,
-		requestTimeout:   c.RequestTimeout,
-		writeTimeout:     c.WriteTimeout,
-		shutdownTimeout:  c.ShutdownTimeout,
-		log:              c.Logger,
-	}
+	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger}
 }
 
 // Listen loads (or creates) the registry's key in StateDir and binds the UDP

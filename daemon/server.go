@@ -76,74 +76,100 @@ const (
 // quicConfig is the QUIC configuration of both servers.
 func quicConfig(cfg serverConfig) *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout:           cfg.handshakeTimeout / 2, // quic-go aborts a handshake after twice this
-		MaxIdleTimeout:                 cfg.idleTimeout,
-		MaxIncomingStreams:             cfg.maxStreams,
+		HandshakeIdleTimeout:           cfg.HandshakeTimeout / 2, // quic-go aborts a handshake after twice this
+		MaxIdleTimeout:                 cfg.IdleTimeout,
+		MaxIncomingStreams:             cfg.MaxIncomingStreams,
 		MaxIncomingUniStreams:          -1, // the protocol uses bidirectional streams only
-		InitialStreamReceiveWindow:     min(initialStreamReceiveWindow, uint64(cfg.maxRequestBytes)+4),
-		MaxStreamReceiveWindow:         uint64(cfg.maxRequestBytes) + 4, // one frame and its header
+		InitialStreamReceiveWindow:     min(initialStreamReceiveWindow, uint64(cfg.MaxRequestBytes)+4),
+		MaxStreamReceiveWindow:         uint64(cfg.MaxRequestBytes) + 4, // one frame and its header
 		InitialConnectionReceiveWindow: initialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     maxConnectionReceiveWindow,
 	}
 }
 
-// serverConfig is what both servers pass to the shared machinery, defaults
-// applied.
-type serverConfig struct {
-	listen           string
-	maxStreams       int64
-	maxRequestBytes  int
-	maxConnsPerAddr  int
-	maxConns         int
-	handshakeTimeout time.Duration
-	// retryAbove is how many handshakes may be in progress before new
-	// ones must prove their source address first (QUIC Retry).
-	retryAbove      int64
-	idleTimeout     time.Duration
-	requestTimeout  time.Duration
-	writeTimeout    time.Duration
-	shutdownTimeout time.Duration
-	log             *slog.Logger
+// ServerConfig is the part of a daemon's configuration that its QUIC server
+// takes: stream, request and connection limits, and the deadline of each
+// stage. RegistryConfig and GroupConfig embed it. The zero value of each
+// field means its default.
+type ServerConfig struct {
+	// MaxIncomingStreams is how many streams (operations) one connection may
+	// have open at once. Default 1000.
+	MaxIncomingStreams int64
+	// MaxRequestBytes is the largest request frame read. Default and most
+	// wire.MaxFrameSize (1 MiB); at least MinMaxRequestBytes.
+	MaxRequestBytes int
+	// MaxConnsPerAddr is how many connections one source address (an IPv4
+	// address, or an IPv6 /64) may have open at once; more are closed with
+	// wire.ConnRefused. Default 256.
+	MaxConnsPerAddr int
+	// MaxConns is how many connections the server holds at once. Default
+	// 4096.
+	MaxConns int
+	// HandshakeTimeout bounds a connection's TLS handshake. Default 10 s.
+	HandshakeTimeout time.Duration
+	// IdleTimeout is how long a connection may be silent before it is
+	// dropped. Default 30 s.
+	IdleTimeout time.Duration
+	// RequestTimeout bounds the wait for a whole request frame. Default 10 s.
+	RequestTimeout time.Duration
+	// WriteTimeout bounds each reply frame's write: a watcher that stops
+	// reading loses its watch after it. Default 30 s.
+	WriteTimeout time.Duration
+	// ShutdownTimeout bounds how long Close lets operations in flight
+	// finish. Default 5 s.
+	ShutdownTimeout time.Duration
 }
 
-// withDefaults fills the zero fields the daemons' configs leave to the
-// shared machinery.
-func (c serverConfig) withDefaults() serverConfig {
-	c.maxStreams = orDefault(c.maxStreams, DefaultMaxIncomingStreams)
-	c.maxRequestBytes = orDefault(c.maxRequestBytes, DefaultMaxRequestBytes)
-	c.maxConnsPerAddr = orDefault(c.maxConnsPerAddr, DefaultMaxConnsPerAddr)
-	c.maxConns = orDefault(c.maxConns, DefaultMaxConns)
-	c.handshakeTimeout = orDefault(c.handshakeTimeout, DefaultHandshakeTimeout)
-	c.idleTimeout = orDefault(c.idleTimeout, DefaultIdleTimeout)
-	c.requestTimeout = orDefault(c.requestTimeout, DefaultRequestTimeout)
-	c.writeTimeout = orDefault(c.writeTimeout, DefaultWriteTimeout)
-	c.shutdownTimeout = orDefault(c.shutdownTimeout, DefaultShutdownTimeout)
-	c.retryAbove = orDefault(c.retryAbove, retryAboveHandshakes)
-	c.log = logger(c.log)
-	return c
-}
-
-// validateServer checks the fields both daemons' configs share.
-func validateServer(maxStreams int64, maxRequestBytes, maxConnsPerAddr, maxConns int, timeouts ...time.Duration) error {
+// validate checks the fields; its errors wrap ErrInvalidConfig.
+func (c ServerConfig) validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
 	}
 	switch {
-	case maxStreams < 0:
-		return bad("MaxIncomingStreams %d is negative", maxStreams)
-	case maxRequestBytes != 0 && (maxRequestBytes < MinMaxRequestBytes || maxRequestBytes > wire.MaxFrameSize):
-		return bad("MaxRequestBytes %d: want %d..%d", maxRequestBytes, MinMaxRequestBytes, wire.MaxFrameSize)
-	case maxConnsPerAddr < 0:
-		return bad("MaxConnsPerAddr %d is negative", maxConnsPerAddr)
-	case maxConns < 0:
-		return bad("MaxConns %d is negative", maxConns)
-	}
-	for _, t := range timeouts {
-		if t < 0 {
-			return bad("negative interval or timeout")
-		}
+	case c.MaxIncomingStreams < 0:
+		return bad("MaxIncomingStreams %d is negative", c.MaxIncomingStreams)
+	case c.MaxRequestBytes != 0 && (c.MaxRequestBytes < MinMaxRequestBytes || c.MaxRequestBytes > wire.MaxFrameSize):
+		return bad("MaxRequestBytes %d: want %d..%d", c.MaxRequestBytes, MinMaxRequestBytes, wire.MaxFrameSize)
+	case c.MaxConnsPerAddr < 0:
+		return bad("MaxConnsPerAddr %d is negative", c.MaxConnsPerAddr)
+	case c.MaxConns < 0:
+		return bad("MaxConns %d is negative", c.MaxConns)
+	case c.HandshakeTimeout < 0, c.IdleTimeout < 0, c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
+		return bad("negative interval or timeout")
 	}
 	return nil
+}
+
+// withDefaults fills the zero fields.
+func (c ServerConfig) withDefaults() ServerConfig {
+	c.MaxIncomingStreams = orDefault(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
+	c.MaxRequestBytes = orDefault(c.MaxRequestBytes, DefaultMaxRequestBytes)
+	c.MaxConnsPerAddr = orDefault(c.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
+	c.MaxConns = orDefault(c.MaxConns, DefaultMaxConns)
+	c.HandshakeTimeout = orDefault(c.HandshakeTimeout, DefaultHandshakeTimeout)
+	c.IdleTimeout = orDefault(c.IdleTimeout, DefaultIdleTimeout)
+	c.RequestTimeout = orDefault(c.RequestTimeout, DefaultRequestTimeout)
+	c.WriteTimeout = orDefault(c.WriteTimeout, DefaultWriteTimeout)
+	c.ShutdownTimeout = orDefault(c.ShutdownTimeout, DefaultShutdownTimeout)
+	return c
+}
+
+// serverConfig is what both daemons pass to the shared machinery.
+type serverConfig struct {
+	ServerConfig
+	listen string
+	// retryAbove is how many handshakes may be in progress before new
+	// ones must prove their source address first (QUIC Retry).
+	retryAbove int64
+	log        *slog.Logger
+}
+
+// withDefaults fills the zero fields.
+func (c serverConfig) withDefaults() serverConfig {
+	c.ServerConfig = c.ServerConfig.withDefaults()
+	c.retryAbove = orDefault(c.retryAbove, retryAboveHandshakes)
+	c.log = logger(c.log)
+	return c
 }
 
 // handlerFunc serves one operation. It writes its reply frames with
@@ -362,10 +388,10 @@ func (s *server) acceptLoop() {
 		}
 		var refused string
 		switch {
-		case s.perAddr[key] >= s.cfg.maxConnsPerAddr:
-			refused = fmt.Sprintf("too many connections from your address (limit %d)", s.cfg.maxConnsPerAddr)
-		case len(s.conns) >= s.cfg.maxConns:
-			refused = fmt.Sprintf("the server holds its limit of %d connections", s.cfg.maxConns)
+		case s.perAddr[key] >= s.cfg.MaxConnsPerAddr:
+			refused = fmt.Sprintf("too many connections from your address (limit %d)", s.cfg.MaxConnsPerAddr)
+		case len(s.conns) >= s.cfg.MaxConns:
+			refused = fmt.Sprintf("the server holds its limit of %d connections", s.cfg.MaxConns)
 		}
 		if refused != "" {
 			s.mu.Unlock()
@@ -503,7 +529,7 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 
 	// One absolute deadline for the whole request: a peer that trickles
 	// bytes does not extend it.
-	deadline := time.Now().Add(s.cfg.requestTimeout)
+	deadline := time.Now().Add(s.cfg.RequestTimeout)
 	str.SetReadDeadline(deadline)
 	op, args, held, err := s.readFrame(str, cb, deadline)
 	if err == nil {
@@ -529,7 +555,7 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 		// reading whatever else it sends.
 		s.cfg.log.Debug("bad request", "peer", peer.Short(), "err", err)
 		str.CancelRead(wire.StreamProtocolViolation)
-		str.SetWriteDeadline(time.Now().Add(s.cfg.requestTimeout))
+		str.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
 		if werr := wire.WriteError(str, ferr); werr != nil {
 			str.CancelWrite(wire.StreamProtocolViolation)
 			return 0, wire.Frame{}, nil, false
@@ -566,8 +592,8 @@ func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op
 	switch {
 	case n == 0:
 		return 0, wire.Frame{}, nil, wire.ErrEmptyFrame
-	case n > int64(s.cfg.maxRequestBytes):
-		return 0, wire.Frame{}, nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.maxRequestBytes, wire.ErrFrameTooLarge)
+	case n > int64(s.cfg.MaxRequestBytes):
+		return 0, wire.Frame{}, nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.MaxRequestBytes, wire.ErrFrameTooLarge)
 	}
 	held, err := take(int(n), deadline, s.stopping, cb, s.requests)
 	if err != nil {
@@ -749,11 +775,11 @@ func (s *server) shutdown() {
 
 	drained := make(chan struct{})
 	go func() { s.streamWG.Wait(); close(drained) }()
-	grace := time.NewTimer(s.cfg.shutdownTimeout)
+	grace := time.NewTimer(s.cfg.ShutdownTimeout)
 	select {
 	case <-drained:
 	case <-grace.C:
-		s.cfg.log.Warn("shutdown timeout: aborting operations in flight", "timeout", s.cfg.shutdownTimeout)
+		s.cfg.log.Warn("shutdown timeout: aborting operations in flight", "timeout", s.cfg.ShutdownTimeout)
 	}
 	grace.Stop()
 	s.cancel()
@@ -816,7 +842,7 @@ func (c *call) send(kind wire.Kind, body any) error {
 		return fmt.Errorf("encode %v reply: %w", c.op, err)
 	}
 	c.buf = buf
-	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.writeTimeout))
+	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	if _, err := c.str.Write(buf); err != nil {
 		return &streamError{err}
 	}

@@ -27,7 +27,7 @@ func header(n uint32) []byte { return binary.BigEndian.AppendUint32(nil, n) }
 // Error frame, the stream's credit comes back, and the daemon goes on
 // serving.
 func TestMalformedRequests(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{MaxIncomingStreams: 2})
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxIncomingStreams: 2}})
 	p := dial(t, d.Addr(), d.Fingerprint(), nil)
 	g := gid(d)
 	info := request(t, wire.OpInfo, wire.GroupRef{Group: g})
@@ -75,7 +75,7 @@ func TestMalformedRequests(t *testing.T) {
 // TestRequestTimeout checks that a stream whose request never ends is
 // cancelled with code 0x2 in both directions, and that its credit returns.
 func TestRequestTimeout(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{RequestTimeout: 50 * time.Millisecond, MaxIncomingStreams: 1})
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: 50 * time.Millisecond, MaxIncomingStreams: 1}})
 	p := dial(t, d.Addr(), d.Fingerprint(), nil)
 	for range 3 {
 		str, err := p.conn.OpenStreamSync(testCtx(t))
@@ -97,8 +97,8 @@ func TestRequestTimeout(t *testing.T) {
 func TestHandlerPanic(t *testing.T) {
 	id := newKey(t)
 	s := newServer(serverConfig{
-		listen: "127.0.0.1:0", maxStreams: 10, requestTimeout: time.Second,
-		writeTimeout: time.Second, shutdownTimeout: time.Second, log: testLogger(t),
+		listen: "127.0.0.1:0", log: testLogger(t),
+		ServerConfig: ServerConfig{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: time.Second},
 	}, func(ctx context.Context, c *call) error {
 		if c.op == wire.OpInfo {
 			panic("boom")
@@ -123,7 +123,7 @@ func TestHandlerPanic(t *testing.T) {
 // TestCloseWithPendingRequest checks that Close does not wait for a request
 // that has not arrived, and that the peer learns the server is going away.
 func TestCloseWithPendingRequest(t *testing.T) {
-	d, stop := startGroupDaemon(t, GroupConfig{RequestTimeout: time.Hour, ShutdownTimeout: time.Hour})
+	d, stop := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Hour, ShutdownTimeout: time.Hour}})
 	p := dial(t, d.Addr(), d.Fingerprint(), nil)
 	str, err := p.conn.OpenStreamSync(testCtx(t))
 	must(t, err)
@@ -145,8 +145,8 @@ func startTestServer(t *testing.T, shutdown time.Duration, h handlerFunc) (*serv
 	t.Helper()
 	id := newKey(t)
 	s := newServer(serverConfig{
-		listen: "127.0.0.1:0", maxStreams: 10, requestTimeout: time.Second,
-		writeTimeout: time.Second, shutdownTimeout: shutdown, log: testLogger(t),
+		listen: "127.0.0.1:0", log: testLogger(t),
+		ServerConfig: ServerConfig{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: shutdown},
 	}, h)
 	must(t, s.listen(id))
 	must(t, s.start())
