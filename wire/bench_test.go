@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 )
 
@@ -9,9 +10,26 @@ import (
 // 256-byte message: the client's encode and the server's read and decode
 // (in one pass, as the daemon does; decode-two-pass is DecodeFrame then
 // Raw.Decode, for comparison).
-func BenchmarkSend(b *testing.B) {
-	req := &Send{Group: tGroup, Messages: []Outgoing{{ID: tID1, Body: bytes.Repeat([]byte{'m'}, 256)}}}
-	buf := make([]byte, 0, 512)
+func BenchmarkSend(b *testing.B) { benchSend(b, 1) }
+
+// BenchmarkSend16 is BenchmarkSend for a batch of 16 messages of 256 bytes,
+// as a batching client sends them under load.
+func BenchmarkSend16(b *testing.B) { benchSend(b, 16) }
+
+// BenchmarkSent is the same for the one-ack reply of BenchmarkSend.
+func BenchmarkSent(b *testing.B) { benchSent(b, 1) }
+
+// BenchmarkSent16 is the reply of BenchmarkSend16: 16 acks.
+func BenchmarkSent16(b *testing.B) { benchSent(b, 16) }
+
+func benchSend(b *testing.B, n int) {
+	req := &Send{Group: tGroup, Messages: make([]Outgoing, n)}
+	for i := range req.Messages {
+		id := tID1
+		id[15] += byte(i)
+		req.Messages[i] = Outgoing{ID: id, Body: bytes.Repeat([]byte{'m'}, 256)}
+	}
+	buf := make([]byte, 0, 512*n)
 	benchFrame(b, func(w *bytes.Buffer) error { return WriteRequest(w, OpSend, req) },
 		func(r *bytes.Reader) error {
 			item, err := ReadFrame(r, buf, 0)
@@ -35,10 +53,12 @@ func BenchmarkSend(b *testing.B) {
 		})
 }
 
-// BenchmarkSent is the same for its one-ack reply.
-func BenchmarkSent(b *testing.B) {
-	ack := &Sent{Epoch: tEpoch, Acks: []Ack{{Seq: 1 << 20, Time: tT0}}}
-	buf := make([]byte, 0, 64)
+func benchSent(b *testing.B, n int) {
+	ack := &Sent{Epoch: tEpoch, Acks: make([]Ack, n)}
+	for i := range ack.Acks {
+		ack.Acks[i] = Ack{Seq: 1<<20 + uint64(i), Time: tT0 + int64(i)}
+	}
+	buf := make([]byte, 0, 64*n)
 	benchFrame(b, func(w *bytes.Buffer) error { return WriteResponse(w, KindResult, ack) },
 		func(r *bytes.Reader) error {
 			item, err := ReadFrame(r, buf, 0)
@@ -150,4 +170,35 @@ func benchFrame(b *testing.B, encode func(*bytes.Buffer) error, decode, decodeTw
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "frames/s")
 	})
+}
+
+// BenchmarkMessagesDecoder is MessagesDecoder.Decode alone, per frame: a
+// fetch's frame of 1,000 messages of 256 bytes from 4 senders, and a
+// watcher's frame of one message.
+func BenchmarkMessagesDecoder(b *testing.B) {
+	names := []string{"alice", "bob", "carol", "dave"}
+	for _, n := range []int{1000, 1} {
+		ms := make([]Message, n)
+		for i := range ms {
+			ms[i] = Message{Seq: uint64(i + 1), Time: tT0 + int64(i), ID: tID1, From: tAlice,
+				Name: names[i%len(names)], Body: bytes.Repeat([]byte{'m'}, 256)}
+		}
+		item := appendMessages(nil, ms)
+		f, err := SplitFrame(item)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("msgs=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(item)))
+			var d MessagesDecoder
+			var got []Message
+			for b.Loop() {
+				if got, err = d.Decode(f, got); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
 }
