@@ -125,6 +125,12 @@ func AppendFrame(dst []byte, typ uint64, body any) ([]byte, error) {
 	if ms, ok := messagesBody(typ, body); ok {
 		return finishFrame(appendMessages(append(dst, 0, 0, 0, 0), ms), start)
 	}
+	if group, ms, ok := sendBody(typ, body); ok {
+		return finishFrame(appendSend(append(dst, 0, 0, 0, 0), group, ms), start)
+	}
+	if epoch, acks, ok := sentBody(typ, body); ok {
+		return finishFrame(appendSent(append(dst, 0, 0, 0, 0), epoch, acks), start)
+	}
 	// Encoding straight into dst's spare capacity spares a buffer the size
 	// of the frame and a copy of it (Marshal returns a fresh slice).
 	buf := bytes.NewBuffer(append(dst, 0, 0, 0, 0))
