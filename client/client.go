@@ -385,9 +385,10 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 		return false, ctxErr(ctx, err)
 	}
 	st.Close()
-	var buf []byte
+	buf := responseBufs.Get().(*[]byte)
+	defer putResponseBuf(buf)
 	for {
-		kind, f, err := readResponse(st, &buf)
+		kind, f, err := readResponse(st, buf)
 		if err != nil {
 			st.CancelRead(codeCancelled)
 			var we *wire.Error
@@ -412,6 +413,21 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			st.CancelRead(codeCancelled)
 			return delivered, err
 		}
+	}
+}
+
+// responseBufs holds the buffers replies are read into: handlers copy what
+// they keep out of a frame, so a stream's buffer serves the next stream.
+var responseBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// maxPooledResponse bounds the buffers kept in responseBufs; a fetch's
+// 256 KiB frames are left to the garbage collector once the fetch ends.
+const maxPooledResponse = 64 << 10
+
+func putResponseBuf(b *[]byte) {
+	if cap(*b) <= maxPooledResponse {
+		*b = (*b)[:0]
+		responseBufs.Put(b)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/store"
@@ -178,7 +179,12 @@ func (d *GroupDaemon) members(c *call) error {
 
 func (d *GroupDaemon) send(c *call) error {
 	var req wire.Send
-	g, err := d.request(c, &req, &req.Group)
+	// In place: the bodies are read from the request frame, and the store
+	// copies them; nothing keeps them past this handler.
+	if err := c.decodeInPlace(&req); err != nil {
+		return err
+	}
+	g, err := d.group(c.op, req.Group)
 	if err != nil {
 		return err
 	}
@@ -191,31 +197,52 @@ func (d *GroupDaemon) send(c *call) error {
 	if len(req.Messages) > d.cfg.MaxBatch {
 		return fmt.Errorf("send to %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
 	}
-	entries := make([]store.Entry, len(req.Messages))
+	sc := sendScratches.Get().(*sendScratch)
+	defer sc.put()
 	for i, m := range req.Messages {
 		if len(m.Body) > d.cfg.MaxMessageBytes {
 			return fmt.Errorf("send to %s: %w: message %d has %d bytes, at most %d", g.name, wire.ErrTooLarge, i, len(m.Body), d.cfg.MaxMessageBytes)
 		}
-		entries[i] = store.Entry{ID: m.ID, From: from, Body: m.Body}
+		sc.entries = append(sc.entries, store.Entry{ID: m.ID, From: from, Body: m.Body})
 	}
-	if wait, ok := g.rate.take(c.peer, len(entries), d.cfg.Now()); !ok {
+	if wait, ok := g.rate.take(c.peer, len(sc.entries), d.cfg.Now()); !ok {
 		ms := max(1, uint64((wait+time.Millisecond-1)/time.Millisecond))
 		return &wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: ms,
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
 	}
-	acks, err := g.log.AppendTo(make([]store.Ack, 0, len(entries)), entries)
+	sc.acks, err = g.log.AppendTo(sc.acks, sc.entries)
 	if err != nil {
 		// Only a batch larger than the retention limits gets here.
 		return fmt.Errorf("send to %s: %w: %v", g.name, wire.ErrTooLarge, err)
 	}
-	out := make([]wire.Ack, len(acks))
-	for i, a := range acks {
-		out[i] = wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate}
+	for _, a := range sc.acks {
+		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
 		if !a.Duplicate {
 			last = max(last, a.Seq)
 		}
 	}
-	return c.result(wire.Sent{Epoch: g.epoch, Acks: out})
+	return c.result(wire.Sent{Epoch: g.epoch, Acks: sc.sent})
+}
+
+// sendScratch is the send handler's working space, pooled: three slices a
+// send used to allocate.
+type sendScratch struct {
+	entries []store.Entry
+	acks    []store.Ack
+	sent    []wire.Ack
+}
+
+var sendScratches = sync.Pool{New: func() any { return new(sendScratch) }}
+
+// put empties sc, dropping its references to the request's bodies, and
+// returns it to the pool unless it grew past a chat-sized batch.
+func (sc *sendScratch) put() {
+	if cap(sc.entries) > 256 {
+		return
+	}
+	clear(sc.entries)
+	sc.entries, sc.acks, sc.sent = sc.entries[:0], sc.acks[:0], sc.sent[:0]
+	sendScratches.Put(sc)
 }
 
 // sendMessages writes msgs as Messages frames of bounded size, and returns

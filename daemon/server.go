@@ -489,15 +489,14 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 	defer s.streamWG.Done()
 	s.active.Add(1)
 	defer s.active.Add(-1)
-	op, args, held, ok := s.readRequest(peer, str, cb)
-	if !ok {
+	c := newCall(s, conn, peer, str)
+	defer c.free()
+	if !s.readRequest(c, cb) {
 		return
 	}
-	c := &call{op: op, args: args, peer: peer, remote: conn.RemoteAddr(), str: str, srv: s, held: held}
-	defer c.release()
 	defer func() {
 		if r := recover(); r != nil {
-			s.cfg.log.Error("handler panicked", "op", op, "peer", peer.Short(), "panic", r, "stack", string(debug.Stack()))
+			s.cfg.log.Error("handler panicked", "op", c.op, "peer", peer.Short(), "panic", r, "stack", string(debug.Stack()))
 			s.finish(c, wire.ErrInternal)
 		}
 	}()
@@ -513,16 +512,17 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 }
 
 // readRequest reads the request frame and the end of stream after it,
-// within the request deadline. On success the caller owns the grant of
-// request memory (released by call.release). On failure it answers or
-// cancels the stream and returns false.
-func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget) (wire.Op, wire.Frame, *grant, bool) {
+// within the request deadline, into c (op, args, and the request's memory,
+// given back by call.release). On failure it answers or cancels the stream
+// and returns false.
+func (s *server) readRequest(c *call, cb *budget) bool {
+	str := c.str
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		str.CancelRead(wire.StreamTimeout)
 		str.CancelWrite(wire.StreamTimeout)
-		return 0, wire.Frame{}, nil, false
+		return false
 	}
 	s.reading[str] = struct{}{}
 	s.mu.Unlock()
@@ -531,7 +531,7 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 	// bytes does not extend it.
 	deadline := time.Now().Add(s.cfg.RequestTimeout)
 	str.SetReadDeadline(deadline)
-	op, args, held, err := s.readFrame(str, cb, deadline)
+	err := s.readFrame(c, cb, deadline)
 	if err == nil {
 		var b [1]byte
 		switch n, rerr := io.ReadFull(str, b[:]); {
@@ -546,75 +546,73 @@ func (s *server) readRequest(peer wire.Fingerprint, str *quic.Stream, cb *budget
 	s.mu.Unlock()
 	str.SetReadDeadline(time.Time{})
 	if err == nil {
-		return op, args, held, true
+		return true
 	}
-	held.release()
+	c.release()
 
 	if ferr := frameError(err); ferr != nil {
 		// The peer sent bytes we can answer: say what was wrong. Stop
 		// reading whatever else it sends.
-		s.cfg.log.Debug("bad request", "peer", peer.Short(), "err", err)
+		s.cfg.log.Debug("bad request", "peer", c.peer.Short(), "err", err)
 		str.CancelRead(wire.StreamProtocolViolation)
 		str.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
 		if werr := wire.WriteError(str, ferr); werr != nil {
 			str.CancelWrite(wire.StreamProtocolViolation)
-			return 0, wire.Frame{}, nil, false
+			return false
 		}
 		str.Close()
-		return 0, wire.Frame{}, nil, false
+		return false
 	}
 	var code quic.StreamErrorCode = wire.StreamProtocolViolation
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		code = wire.StreamTimeout
 	}
-	s.cfg.log.Debug("request not read", "peer", peer.Short(), "err", err)
+	s.cfg.log.Debug("request not read", "peer", c.peer.Short(), "err", err)
 	str.CancelRead(code)
 	str.CancelWrite(code)
-	return 0, wire.Frame{}, nil, false
+	return false
 }
 
-// readFrame reads one request frame as wire.ReadRequest does, but takes the
-// frame's declared length from the connection's and the server's request
-// budgets before allocating it, waiting until deadline if they are spent.
-// A peer that declares large frames and sends nothing, on thousands of
-// streams, so costs the server at most the budgets, not the sum of its
+// readFrame reads one request frame into c as wire.ReadRequest would, but
+// takes the frame's declared length from the connection's and the server's
+// request budgets before allocating it, waiting until deadline if they are
+// spent. A peer that declares large frames and sends nothing, on thousands
+// of streams, so costs the server at most the budgets, not the sum of its
 // declarations.
-func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op, wire.Frame, *grant, error) {
+func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	if _, err := io.ReadFull(c.str, hdr[:]); err != nil {
 		if err == io.ErrUnexpectedEOF {
 			err = fmt.Errorf("%w: truncated frame header: %w", wire.ErrMalformed, err)
 		}
-		return 0, wire.Frame{}, nil, err
+		return err
 	}
 	n := int64(binary.BigEndian.Uint32(hdr[:]))
 	switch {
 	case n == 0:
-		return 0, wire.Frame{}, nil, wire.ErrEmptyFrame
+		return wire.ErrEmptyFrame
 	case n > int64(s.cfg.MaxRequestBytes):
-		return 0, wire.Frame{}, nil, fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.MaxRequestBytes, wire.ErrFrameTooLarge)
+		return fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.MaxRequestBytes, wire.ErrFrameTooLarge)
 	}
-	held, err := take(int(n), deadline, s.stopping, cb, s.requests)
-	if err != nil {
-		return 0, wire.Frame{}, nil, err
+	if err := c.held.take(int(n), deadline, s.stopping, cb, s.requests); err != nil {
+		return err
 	}
-	item := make([]byte, n)
-	if _, err := io.ReadFull(r, item); err != nil {
-		held.release()
+	item := c.itemBuf(int(n))
+	if _, err := io.ReadFull(c.str, item); err != nil {
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			err = fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
 		}
-		return 0, wire.Frame{}, nil, err
+		return err
 	}
 	// The args are checked and decoded in one pass by call.decode (or
 	// checked by serveStream, for an op no handler decodes).
 	op, args, err := wire.SplitRequest(item)
 	if err != nil {
-		held.release()
-		return 0, wire.Frame{}, nil, err
+		return err
 	}
-	return op, args, held, nil
+	c.op, c.args = op, args
+	return nil
 }
 
 // budget is a count of bytes that readers take before allocating and give
@@ -622,7 +620,10 @@ func (s *server) readFrame(r io.Reader, cb *budget, deadline time.Time) (wire.Op
 type budget struct {
 	mu    sync.Mutex
 	avail int
-	freed chan struct{} // closed (and replaced) when bytes are given back
+	freed chan struct{} // closed (and replaced) when bytes are given back to a waiter
+	// waited says freed was handed to a reader that could not take: give
+	// replaces the channel only then, not on every operation.
+	waited bool
 }
 
 func newBudget(n int) *budget { return &budget{avail: n, freed: make(chan struct{})} }
@@ -636,39 +637,31 @@ func (b *budget) tryTake(n int) (bool, <-chan struct{}) {
 		b.avail -= n
 		return true, nil
 	}
+	b.waited = true
 	return false, b.freed
 }
 
 func (b *budget) give(n int) {
 	b.mu.Lock()
 	b.avail += n
-	close(b.freed)
-	b.freed = make(chan struct{})
+	if b.waited {
+		close(b.freed)
+		b.freed, b.waited = make(chan struct{}), false
+	}
 	b.mu.Unlock()
 }
 
-// grant is bytes taken from budgets; release gives them back, once.
+// grant is bytes taken from a connection's budget and the server's; release
+// gives them back. A grant belongs to one call, used by one goroutine.
 type grant struct {
-	n    int
-	from []*budget
-	once sync.Once
+	n        int
+	conn, sv *budget // nil: nothing held
 }
 
-func (g *grant) release() {
-	if g == nil {
-		return
-	}
-	g.once.Do(func() {
-		for _, b := range g.from {
-			b.give(g.n)
-		}
-	})
-}
-
-// take takes n bytes from every budget (all or none), waiting until
+// take takes n bytes from both budgets (both or neither), waiting until
 // deadline, or until stop is closed, for them to be available. Its error
 // is a timeout (os.ErrDeadlineExceeded).
-func take(n int, deadline time.Time, stop <-chan struct{}, budgets ...*budget) (*grant, error) {
+func (g *grant) take(n int, deadline time.Time, stop <-chan struct{}, conn, sv *budget) error {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -676,21 +669,13 @@ func take(n int, deadline time.Time, stop <-chan struct{}, budgets ...*budget) (
 		}
 	}()
 	for {
-		var wait <-chan struct{}
-		got := 0
-		for _, b := range budgets {
-			ok, w := b.tryTake(n)
-			if !ok {
-				wait = w
-				break
+		ok, wait := conn.tryTake(n)
+		if ok {
+			if ok, wait = sv.tryTake(n); ok {
+				g.n, g.conn, g.sv = n, conn, sv
+				return nil
 			}
-			got++
-		}
-		if wait == nil {
-			return &grant{n: n, from: budgets}, nil
-		}
-		for _, b := range budgets[:got] {
-			b.give(n)
+			conn.give(n)
 		}
 		if timer == nil {
 			timer = time.NewTimer(time.Until(deadline))
@@ -698,11 +683,21 @@ func take(n int, deadline time.Time, stop <-chan struct{}, budgets ...*budget) (
 		select {
 		case <-wait:
 		case <-timer.C:
-			return nil, fmt.Errorf("wait for %d bytes of request memory: %w", n, os.ErrDeadlineExceeded)
+			return fmt.Errorf("wait for %d bytes of request memory: %w", n, os.ErrDeadlineExceeded)
 		case <-stop:
-			return nil, fmt.Errorf("wait for request memory: shutting down: %w", os.ErrDeadlineExceeded)
+			return fmt.Errorf("wait for request memory: shutting down: %w", os.ErrDeadlineExceeded)
 		}
 	}
+}
+
+// release gives the bytes back, once.
+func (g *grant) release() {
+	if g.conn == nil {
+		return
+	}
+	g.conn.give(g.n)
+	g.sv.give(g.n)
+	g.conn, g.sv = nil, nil
 }
 
 // frameError returns what to tell the peer if err says the request's bytes
@@ -805,7 +800,10 @@ func (s *server) shutdown() {
 	s.udp.Close()
 }
 
-// call is one operation on one stream.
+// call is one operation on one stream. Calls, and the buffers of small
+// requests, are pooled: under `huddle bench send` the daemon's CPU profile
+// had a tenth in the allocator, and a call with its request and reply
+// buffers was a good part of that per operation.
 type call struct {
 	op     wire.Op
 	args   wire.Frame
@@ -813,18 +811,68 @@ type call struct {
 	remote net.Addr
 	str    *quic.Stream
 	srv    *server
-	buf    []byte // reused across frames
-	held   *grant // the request's memory, until its args are decoded
+	buf    []byte  // reply frames, reused across frames (and calls, when small)
+	item   *[]byte // the request frame: from requestBufs if small
+	held   grant   // the request's memory, until its args are decoded
 	// decoded says a handler decoded the args (whether or not they were
-	// valid).
-	decoded bool
+	// valid); inPlace, that the decoded values may alias the request, which
+	// is then held until the call ends.
+	decoded, inPlace bool
+}
+
+// Pool bounds: larger buffers are left to the garbage collector.
+const (
+	// pooledRequestBytes is the size of a pooled request buffer: a send of
+	// a few dozen chat-sized messages, and every other request.
+	pooledRequestBytes = 8 << 10
+	// maxPooledReplyBytes bounds the reply buffer a pooled call keeps.
+	maxPooledReplyBytes = 64 << 10
+)
+
+var (
+	calls       = sync.Pool{New: func() any { return new(call) }}
+	requestBufs = sync.Pool{New: func() any { b := make([]byte, pooledRequestBytes); return &b }}
+)
+
+func newCall(s *server, conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) *call {
+	c := calls.Get().(*call)
+	c.srv, c.peer, c.remote, c.str = s, peer, conn.RemoteAddr(), str
+	return c
+}
+
+// itemBuf returns a buffer of n bytes for the request frame.
+func (c *call) itemBuf(n int) []byte {
+	if n <= pooledRequestBytes {
+		c.item = requestBufs.Get().(*[]byte)
+		return (*c.item)[:n]
+	}
+	b := make([]byte, n)
+	c.item = &b
+	return b
 }
 
 // release gives back the request's memory; its args are decoded (or never
-// will be) by now.
+// will be) by now, and, unless they were decoded in place, nothing refers
+// to it.
 func (c *call) release() {
 	c.args = wire.Frame{}
 	c.held.release()
+	if c.item != nil && len(*c.item) == pooledRequestBytes {
+		requestBufs.Put(c.item)
+	}
+	c.item = nil
+}
+
+// free ends the call: it releases the request, and puts the call back in the
+// pool.
+func (c *call) free() {
+	c.release()
+	buf := c.buf[:0]
+	if cap(buf) > maxPooledReplyBytes {
+		buf = nil
+	}
+	*c = call{buf: buf}
+	calls.Put(c)
 }
 
 // streamError is a failure of the stream itself (write deadline, the peer
@@ -858,8 +906,21 @@ func (c *call) result(body any) error { return c.send(wire.KindResult, body) }
 // decode decodes the request's args into v, then releases the request's
 // memory (decoded values never alias it).
 func (c *call) decode(v any) error {
-	defer c.release()
 	c.decoded = true
+	err := c.args.Decode(v)
+	c.release()
+	if err != nil {
+		return fmt.Errorf("%v: %w", c.op, err)
+	}
+	return nil
+}
+
+// decodeInPlace decodes the request's args into v, whose byte strings may
+// alias the request (see wire.Frame.Decode): the request and its memory
+// are held until the call ends, so v must not be used after the handler
+// returns.
+func (c *call) decodeInPlace(v any) error {
+	c.decoded, c.inPlace = true, true
 	if err := c.args.Decode(v); err != nil {
 		return fmt.Errorf("%v: %w", c.op, err)
 	}
