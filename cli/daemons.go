@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strconv"
 	"strings"
@@ -25,6 +27,7 @@ type daemonFlags struct {
 	logFormat   string
 	logLevel    string
 	metricsAddr string
+	pprofAddr   tcpAddr
 }
 
 func (f *daemonFlags) register(fs *pflag.FlagSet) {
@@ -32,7 +35,32 @@ func (f *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.logLevel, "log-level", "info", "least severe level logged: debug, info, warn, error")
 	fs.StringVar(&f.metricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz over HTTP on this TCP address, e.g. 127.0.0.1:9373 (default: off)")
+	fs.Var(&f.pprofAddr, "pprof", "serve Go's profiles (net/http/pprof, /debug/pprof/) over HTTP on this TCP address, for diagnosis only: bind it to loopback, e.g. 127.0.0.1:6060, as whoever reaches it can read the process's memory (default: off)")
 }
+
+// tcpAddr is a flag holding a TCP HOST:PORT to listen on; Set refuses
+// anything else, so a mistake is a usage error from the command line or
+// the environment alike.
+type tcpAddr string
+
+func (a *tcpAddr) Set(s string) error {
+	if s != "" {
+		_, port, err := net.SplitHostPort(s)
+		if err != nil {
+			return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:6060: %v", err)
+		}
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:6060: %v", err)
+		}
+	}
+	*a = tcpAddr(s)
+	return nil
+}
+
+func (a *tcpAddr) String() string { return string(*a) }
+
+// Type is what the help shows after the flag's name.
+func (a *tcpAddr) Type() string { return "string" }
 
 // metrics returns the daemon's collectors, or nil when --metrics is off.
 func (f *daemonFlags) metrics() *metrics.Metrics {
@@ -42,9 +70,25 @@ func (f *daemonFlags) metrics() *metrics.Metrics {
 	return metrics.New(version())
 }
 
-// serveTelemetry starts the --metrics listener when m is not nil. The
-// function it returns stops the listener and waits for it.
+// serveTelemetry starts the --metrics listener when m is not nil, and the
+// --pprof listener when that flag is set. The function it returns stops
+// them and waits for them.
 func (f *daemonFlags) serveTelemetry(ctx context.Context, env Env, log *slog.Logger, m *metrics.Metrics, ready func() error) (func(), error) {
+	stopMetrics, err := f.serveMetrics(ctx, env, log, m, ready)
+	if err != nil {
+		return nil, err
+	}
+	stopPprof, err := f.servePprof(ctx, env, log)
+	if err != nil {
+		stopMetrics()
+		return nil, err
+	}
+	return func() { stopPprof(); stopMetrics() }, nil
+}
+
+// serveMetrics starts the --metrics listener when m is not nil. The
+// function it returns stops the listener and waits for it.
+func (f *daemonFlags) serveMetrics(ctx context.Context, env Env, log *slog.Logger, m *metrics.Metrics, ready func() error) (func(), error) {
 	if m == nil {
 		return func() {}, nil
 	}
@@ -60,6 +104,53 @@ func (f *daemonFlags) serveTelemetry(ctx context.Context, env Env, log *slog.Log
 		cancel()
 		if err := <-done; err != nil {
 			log.Error("metrics listener failed", "err", err)
+		}
+	}, nil
+}
+
+// servePprof starts the --pprof listener when the flag is set: the
+// handlers of net/http/pprof on a mux of their own, apart from --metrics,
+// so exposing metrics never exposes profiles. The function it returns stops
+// the listener and waits for it: a CPU profile or trace being taken ends
+// early, and is sent as far as it got.
+func (f *daemonFlags) servePprof(ctx context.Context, env Env, log *slog.Logger) (func(), error) {
+	if f.pprofAddr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", string(f.pprofAddr))
+	if err != nil {
+		return nil, fmt.Errorf("pprof listener: %w", err)
+	}
+	if a, ok := ln.Addr().(*net.TCPAddr); !ok || !a.IP.IsLoopback() {
+		log.Warn("the pprof listener is reachable beyond this machine: anyone who reaches it can read the process's memory and make it spend CPU", "addr", ln.Addr().String())
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // and every named profile: heap, goroutine, allocs...
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	ctx, cancel := context.WithCancel(ctx)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		// No WriteTimeout: a CPU profile or a trace takes the seconds the
+		// request asks for. Requests end with ctx instead.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	fmt.Fprintf(env.Stdout, "  pprof: http://%s/debug/pprof/\n", ln.Addr())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	return func() {
+		cancel()
+		sctx, stop := context.WithTimeout(context.Background(), 2*time.Second)
+		defer stop()
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+		}
+		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("pprof listener failed", "err", err)
 		}
 	}, nil
 }

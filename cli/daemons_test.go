@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// waitTimeout bounds how long a test waits for a daemon to do something; it
+// is a guard against a hang, not an assertion about speed.
+const waitTimeout = 30 * time.Second
+
+// syncBuffer is a bytes.Buffer a daemon's goroutines may write while a
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// daemonVerb is a daemon verb running in this process.
+type daemonVerb struct {
+	stdout, stderr *syncBuffer
+	cancel         context.CancelFunc
+	code           chan int
+}
+
+// startVerb runs `huddle ARGS...` in this process until stop or the test's
+// end. The verb makes its logger the process default: the test's cleanup
+// restores the one before.
+func startVerb(t *testing.T, getenv func(string) string, args ...string) *daemonVerb {
+	t.Helper()
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	prev := slog.Default()
+	ctx, cancel := context.WithCancel(context.Background())
+	v := &daemonVerb{stdout: &syncBuffer{}, stderr: &syncBuffer{}, cancel: cancel, code: make(chan int, 1)}
+	env := Env{Stdin: strings.NewReader(""), Stdout: v.stdout, Stderr: v.stderr, Getenv: getenv}
+	go func() { v.code <- Main(ctx, args, env) }()
+	t.Cleanup(func() {
+		v.stop(t)
+		slog.SetDefault(prev)
+	})
+	return v
+}
+
+// stop ends the verb as SIGTERM would and returns its exit code.
+func (v *daemonVerb) stop(t *testing.T) int {
+	t.Helper()
+	v.cancel()
+	select {
+	case code := <-v.code:
+		v.code <- code // for the next call
+		return code
+	case <-time.After(waitTimeout):
+		t.Fatalf("the daemon did not stop within %v\nstderr:\n%s", waitTimeout, v.stderr)
+		return 0
+	}
+}
+
+// waitLine waits for a line of the verb's stdout that re matches, and
+// returns re's first group in it.
+func (v *daemonVerb) waitLine(t *testing.T, re *regexp.Regexp) string {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(v.stdout.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case code := <-v.code:
+			v.code <- code
+			t.Fatalf("the daemon exited (code %d) before printing %v\nstdout:\n%s\nstderr:\n%s", code, re, v.stdout, v.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("the daemon printed nothing matching %v within %v\nstdout:\n%s\nstderr:\n%s", re, waitTimeout, v.stdout, v.stderr)
+	return ""
+}
+
+var (
+	pprofLine   = regexp.MustCompile(`(?m)^  pprof: http://(\S+)/debug/pprof/$`)
+	metricsLine = regexp.MustCompile(`(?m)^  metrics: http://(\S+)/metrics`)
+)
+
+// get fetches url and returns its status and body.
+func get(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, b
+}
+
+func TestPprofServesAndStops(t *testing.T) {
+	for _, verb := range []string{"registry", "up"} {
+		t.Run(verb, func(t *testing.T) {
+			defer http.DefaultClient.CloseIdleConnections()
+			v := startVerb(t, nil, verb, "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(),
+				"--log-level", "warn", "--pprof", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
+			addr := v.waitLine(t, pprofLine)
+			maddr := v.waitLine(t, metricsLine)
+
+			for _, c := range []struct {
+				url      string
+				status   int
+				contains string
+			}{
+				{"http://" + addr + "/debug/pprof/", http.StatusOK, "goroutine"},
+				{"http://" + addr + "/debug/pprof/heap", http.StatusOK, "\x1f\x8b"}, // gzipped protobuf
+				{"http://" + addr + "/debug/pprof/goroutine?debug=1", http.StatusOK, "servePprof"},
+				// Neither listener serves the other's handlers.
+				{"http://" + addr + "/metrics", http.StatusNotFound, ""},
+				{"http://" + maddr + "/debug/pprof/", http.StatusNotFound, ""},
+			} {
+				status, body := get(t, c.url)
+				if status != c.status || !bytes.Contains(body, []byte(c.contains)) {
+					t.Errorf("GET %s: %d, %.80q; want %d with %q", c.url, status, body, c.status, c.contains)
+				}
+			}
+
+			// A CPU profile being taken when the daemon stops ends with it,
+			// and is sent as far as it got.
+			type result struct {
+				status int
+				body   []byte
+				err    error
+			}
+			profiled := make(chan result, 1)
+			go func() {
+				resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=600")
+				if err != nil {
+					profiled <- result{err: err}
+					return
+				}
+				defer resp.Body.Close()
+				b, err := io.ReadAll(resp.Body)
+				profiled <- result{resp.StatusCode, b, err}
+			}()
+			waitProfiling(t, addr)
+			if code := v.stop(t); code != ExitOK {
+				t.Fatalf("exit code %d, want %d\nstderr:\n%s", code, ExitOK, v.stderr)
+			}
+			select {
+			case r := <-profiled:
+				if r.err != nil || r.status != http.StatusOK || !bytes.HasPrefix(r.body, []byte("\x1f\x8b")) {
+					t.Errorf("the profile in flight: %d, %v, %d bytes; want 200 and a gzipped profile", r.status, r.err, len(r.body))
+				}
+			case <-time.After(waitTimeout):
+				t.Fatal("the profile in flight did not end with the daemon")
+			}
+			if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+				t.Error("the pprof listener still accepts connections after the daemon stopped")
+			}
+		})
+	}
+}
+
+// waitProfiling waits until the daemon at addr is taking a CPU profile: one
+// of its goroutines is in net/http/pprof's Profile handler.
+func waitProfiling(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		_, body := get(t, "http://"+addr+"/debug/pprof/goroutine?debug=1")
+		if bytes.Contains(body, []byte("net/http/pprof.Profile")) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the daemon at %s started no CPU profile within %v", addr, waitTimeout)
+}
+
+func TestPprofRefusesBadAddress(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, c := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		code int // 0: any failure
+		want string
+	}{
+		{"no port", []string{"--pprof", "127.0.0.1"}, nil, ExitUsage, `invalid argument "127.0.0.1" for "--pprof" flag: want HOST:PORT`},
+		{"bad port", []string{"--pprof", "127.0.0.1:http-ish"}, nil, ExitUsage, `for "--pprof" flag: want HOST:PORT`},
+		{"from the environment", nil, map[string]string{"HUDDLE_PPROF": "localhost"}, ExitUsage, `HUDDLE_PPROF="localhost"`},
+		{"in use", []string{"--pprof", busy.Addr().String()}, nil, 0, "pprof listener: listen tcp " + busy.Addr().String()},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"registry", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir()}, c.args...)
+			v := startVerb(t, func(k string) string { return c.env[k] }, args...)
+			select {
+			case code := <-v.code:
+				v.code <- code
+				if code == ExitOK || (c.code != 0 && code != c.code) || !strings.Contains(v.stderr.String(), c.want) {
+					t.Errorf("exit code %d, stderr %q; want %d and %q", code, v.stderr, c.code, c.want)
+				}
+			case <-time.After(waitTimeout):
+				t.Fatalf("the registry ran with a bad --pprof\nstdout:\n%s", v.stdout)
+			}
+		})
+	}
+}
