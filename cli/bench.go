@@ -14,13 +14,13 @@ import (
 
 func runBench(ctx context.Context, env Env, args []string) int {
 	var cfg loadgen.Config
-	var registryPin string
+	var registryPin, profileDir string
 	var asJSON bool
 	names := make([]string, len(loadgen.Scenarios))
 	for i, s := range loadgen.Scenarios {
 		names[i] = string(s)
 	}
-	fs := newFlags(env, "bench", strings.Join(names, "|")+" [--conns C] [--inflight P] [--duration D]\n                    [--size BYTES] [--registry ADDR] [--json]",
+	fs := newFlags(env, "bench", strings.Join(names, "|")+" [--conns C] [--inflight P] [--duration D]\n                    [--size BYTES] [--registry ADDR] [--profile DIR] [--json]",
 		`Load a group daemon the way users would and report ops/s, latency (p50, p99, p99.9), the daemon's CPU
 per operation and its memory. Each connection is a client of its own (its own key and QUIC connection).
 
@@ -36,8 +36,14 @@ a temporary state directory), so the daemon's CPU and memory are measured apart 
 per-member send rate and per-address connection limit show as errors): its members gain one entry per
 connection (they leave at the end), and fetch first fills the group to --messages. bench never looks for a
 registry over mDNS, nor uses HUDDLE_REGISTRY: it loads only a daemon you name. --server-pid lets it read
-a local daemon's CPU and memory from /proc.`,
-		"  huddle bench send --conns 16 --inflight 16 --duration 10s\n  huddle bench fetch --json\n  huddle bench fanout --registry 127.0.0.1:7373 --group bench --server-pid $(pgrep -f 'huddle up')")
+a local daemon's CPU and memory from /proc.
+
+--profile DIR writes pprof profiles of exactly the measured window into DIR: the load's CPU (load.cpu.pprof)
+and, for its own daemon, the daemon's CPU (daemon.cpu.pprof, taken in whole seconds, so --duration is rounded
+up) and its heap at the window's end (daemon.heap.pprof); with --registry, only the load's. Read them with
+go tool pprof -top huddle DIR/daemon.cpu.pprof. Sampling adds a little CPU to both processes: quote figures
+from runs without it.`,
+		"  huddle bench send --conns 16 --inflight 16 --duration 10s\n  huddle bench send --profile /tmp/prof && go tool pprof -top $(which huddle) /tmp/prof/daemon.cpu.pprof\n  huddle bench fetch --json\n  huddle bench fanout --registry 127.0.0.1:7373 --group bench --server-pid $(pgrep -f 'huddle up')")
 	fs.IntVar(&cfg.Conns, "conns", 0, "connections (clients); default 16 for send, 1 for fetch, 100 for fanout, 1000 for idle")
 	fs.IntVar(&cfg.InFlight, "inflight", 0, "operations in flight per connection; default 16 for send, else 1")
 	fs.DurationVar(&cfg.Duration, "duration", 5*time.Second, "measured window")
@@ -49,6 +55,7 @@ a local daemon's CPU and memory from /proc.`,
 	fs.StringVar(&registryPin, "registry-fingerprint", "", "with --registry: the registry's fingerprint, to pin it")
 	fs.StringVar(&cfg.Group, "group", "bench", "the group to load")
 	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "with --registry: the daemon's process ID on this machine, to measure its CPU and memory")
+	fs.StringVar(&profileDir, "profile", "", "write CPU profiles of the window (the daemon's and the load's) and the daemon's heap into DIR")
 	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -76,17 +83,31 @@ a local daemon's CPU and memory from /proc.`,
 		return usageErr(env, "bench", "%v", err)
 	}
 
+	var prof *loadgen.Profiler
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			return fail(env, "bench", fmt.Errorf("--profile: %w", err))
+		}
+		prof = &loadgen.Profiler{Dir: profileDir}
+		cfg.Window = prof
+	}
 	if cfg.Registry == "" {
 		exe, err := os.Executable()
 		if err != nil {
 			return fail(env, "bench", fmt.Errorf("find the huddle binary to start daemons: %w", err))
 		}
-		d, err := loadgen.StartDaemon(exe, cfg.Group, env.Stderr)
+		d, err := loadgen.StartDaemon(exe, cfg.Group, env.Stderr, prof != nil)
 		if err != nil {
 			return fail(env, "bench", err)
 		}
 		defer d.Stop()
 		cfg.Registry, cfg.RegistryFingerprint, cfg.ServerPID = d.Registry, d.Fingerprint, d.PID
+		if prof != nil {
+			prof.Daemon = d.Pprof
+			// The daemon's CPU profile is taken in whole seconds: a window
+			// as long ends with it.
+			cfg.Duration = (cfg.Duration + time.Second - 1).Truncate(time.Second)
+		}
 	}
 	res, err := loadgen.Run(ctx, cfg)
 	if err != nil {
@@ -96,9 +117,18 @@ a local daemon's CPU and memory from /proc.`,
 		if err := printJSON(env.Stdout, res); err != nil {
 			return fail(env, "bench", err)
 		}
-		return ExitOK
+	} else {
+		printResult(env, res)
 	}
-	printResult(env, res)
+	if prof != nil {
+		// On stderr, so that with --json stdout holds the one object.
+		for _, path := range prof.Written() {
+			fmt.Fprintf(env.Stderr, "profile written: %s\n", path)
+		}
+		if err := prof.Err(); err != nil {
+			return fail(env, "bench", err)
+		}
+	}
 	return ExitOK
 }
 

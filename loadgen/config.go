@@ -63,6 +63,10 @@ type Config struct {
 	// ServerPID is the daemon's process ID, to read its CPU time and memory
 	// from /proc. Zero: not measured (StartDaemon's daemon sets it).
 	ServerPID int
+	// Window, if not nil, is told as the measured window opens and closes,
+	// e.g. a Profiler, so that what it records covers the window and
+	// neither the warm-up nor the filling of the log. Default: none.
+	Window WindowObserver
 	// Logger receives progress (setup, filling the log). Default: discard.
 	Logger *slog.Logger
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -23,6 +24,9 @@ type Daemon struct {
 	Fingerprint wire.Fingerprint
 	// PID is the process's ID.
 	PID int
+	// Pprof is where it serves net/http/pprof (HOST:PORT), when started
+	// with pprof; empty otherwise.
+	Pprof string
 
 	cmd  *exec.Cmd
 	dir  string
@@ -37,19 +41,24 @@ const daemonStartTimeout = 20 * time.Second
 //	huddle up --no-mdns --listen 127.0.0.1:0 --state-dir DIR --group GROUP --log-level warn \
 //	          --send-rate 0 --max-conns-per-addr 65536
 //
-// with a fresh state directory, and returns once it listens. Its log goes
-// to logw. Every connection of a run comes from 127.0.0.1, and each member
-// sends as fast as it can, so the per-address connection limit and the
-// per-member send rate, which guard a daemon against abuse, are lifted;
-// every other setting is the default: the environment's HUDDLE_* variables
-// are not passed on. Stop stops it.
-func StartDaemon(exe, group string, logw io.Writer) (*Daemon, error) {
+// with a fresh state directory, and returns once it listens. With pprof, it
+// also serves net/http/pprof on a loopback port (--pprof 127.0.0.1:0),
+// whose address is Daemon.Pprof, to profile it. Its log goes to logw.
+// Every connection of a run comes from 127.0.0.1, and each member sends as
+// fast as it can, so the per-address connection limit and the per-member
+// send rate, which guard a daemon against abuse, are lifted; every other
+// setting is the default: the environment's HUDDLE_* variables are not
+// passed on. Stop stops it.
+func StartDaemon(exe, group string, logw io.Writer, pprof bool) (*Daemon, error) {
 	dir, err := os.MkdirTemp("", "huddle-bench-")
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", dir,
 		"--group", group, "--log-level", "warn", "--send-rate", "0", "--max-conns-per-addr", "65536")
+	if pprof {
+		cmd.Args = append(cmd.Args, "--pprof", "127.0.0.1:0")
+	}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "HUDDLE_") {
 			cmd.Env = append(cmd.Env, kv)
@@ -69,7 +78,7 @@ func StartDaemon(exe, group string, logw io.Writer) (*Daemon, error) {
 	d := &Daemon{PID: cmd.Process.Pid, cmd: cmd, dir: dir, done: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
-		ready <- d.readAnnouncement(out)
+		ready <- d.readAnnouncement(out, pprof)
 		io.Copy(io.Discard, out)
 		cmd.Wait()
 		close(d.done)
@@ -88,11 +97,12 @@ func StartDaemon(exe, group string, logw io.Writer) (*Daemon, error) {
 
 // readAnnouncement reads what `huddle up` prints once listening: the
 // registry's address and fingerprint, then the group daemon's lines, then
-// a "try:" line.
-func (d *Daemon) readAnnouncement(r io.Reader) error {
+// a "try:" line, then with pprof a "pprof:" line with its URL.
+func (d *Daemon) readAnnouncement(r io.Reader, pprof bool) error {
 	sc := bufio.NewScanner(r)
+	tried := false
 	for sc.Scan() {
-		line := sc.Text()
+		line := strings.TrimSpace(sc.Text())
 		if rest, ok := strings.CutPrefix(line, "huddle registry listening on "); ok {
 			addr, fp, ok := strings.Cut(rest, ", fingerprint ")
 			if !ok {
@@ -104,10 +114,20 @@ func (d *Daemon) readAnnouncement(r io.Reader) error {
 			}
 			d.Registry, d.Fingerprint = addr, f
 		}
-		if strings.HasPrefix(strings.TrimSpace(line), "try:") {
+		if rest, ok := strings.CutPrefix(line, "pprof: "); ok {
+			u, err := url.Parse(rest)
+			if err != nil || u.Host == "" {
+				return fmt.Errorf("huddle up said %q", line)
+			}
+			d.Pprof = u.Host
+		}
+		if strings.HasPrefix(line, "try:") {
 			if d.Registry == "" {
 				return errors.New("huddle up did not say where its registry listens")
 			}
+			tried = true
+		}
+		if tried && (!pprof || d.Pprof != "") {
 			return nil
 		}
 	}

@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -83,42 +84,62 @@ type window struct {
 	t0               time.Time
 }
 
-// start begins the measured window.
-func (w *window) start(pid int) {
+// WindowObserver watches a run's measured window, e.g. to profile it
+// (Profiler). Run calls WindowOpened as the window opens, after the warm-up
+// (and for fetch, after the log is filled), and WindowClosed as it closes,
+// both from one goroutine. The time they take is outside the window's
+// figures, and the load keeps running, unmeasured, until WindowClosed
+// returns. Errors are the observer's to keep.
+type WindowObserver interface {
+	// WindowOpened is called as the window opens; d is its length.
+	WindowOpened(ctx context.Context, d time.Duration)
+	// WindowClosed is called as the window closes.
+	WindowClosed(ctx context.Context)
+}
+
+// start opens the measured window, after telling cfg.Window, so that
+// what the observer does to start is not measured.
+func (w *window) start(ctx context.Context, cfg Config) {
+	if cfg.Window != nil {
+		cfg.Window.WindowOpened(ctx, cfg.Duration)
+	}
 	w.t0 = time.Now()
 	w.cliCPU0 = selfCPU()
-	if pid > 0 {
+	if pid := cfg.ServerPID; pid > 0 {
 		if cpu, err := procCPU(pid); err == nil {
 			w.srvCPU0, w.serverMeasured = cpu, true
 		}
 	}
 }
 
-// end closes the measured window.
-func (w *window) end(pid int) {
+// end closes the measured window, then tells cfg.Window.
+func (w *window) end(ctx context.Context, cfg Config) {
 	w.dur = time.Since(w.t0)
 	w.cliCPU = selfCPU() - w.cliCPU0
-	if w.serverMeasured {
+	if pid := cfg.ServerPID; w.serverMeasured {
 		cpu, err := procCPU(pid)
 		rss, err2 := procRSS(pid)
 		if err != nil || err2 != nil {
 			w.serverMeasured = false
-			return
+		} else {
+			w.srvCPU, w.srvRSS = cpu-w.srvCPU0, rss
 		}
-		w.srvCPU, w.srvRSS = cpu-w.srvCPU0, rss
+	}
+	if cfg.Window != nil {
+		cfg.Window.WindowClosed(ctx)
 	}
 }
 
 // measure runs the warm-up and the window while workers run, and stops
 // them after it.
-func measure(ph *phase, pid int, warmup, dur time.Duration) window {
-	time.Sleep(warmup)
+func measure(ctx context.Context, ph *phase, cfg Config) window {
+	time.Sleep(cfg.Warmup)
 	var w window
-	w.start(pid)
+	w.start(ctx, cfg)
 	ph.measuring.Store(true)
-	time.Sleep(dur)
+	time.Sleep(cfg.Duration)
 	ph.measuring.Store(false)
-	w.end(pid)
+	w.end(ctx, cfg)
 	ph.stop.Store(true)
 	return w
 }

@@ -197,7 +197,7 @@ func (r *runner) send(ctx context.Context, res *Result) error {
 			})
 		}
 	}
-	w := measure(ph, r.cfg.ServerPID, r.cfg.Warmup, r.cfg.Duration)
+	w := measure(ctx, ph, r.cfg)
 	wg.Wait()
 	fill(res, lats, w, ph)
 	res.MsgsPerSec = res.OpsPerSec
@@ -258,7 +258,7 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 			})
 		}
 	}
-	w := measure(ph, r.cfg.ServerPID, r.cfg.Warmup, r.cfg.Duration)
+	w := measure(ctx, ph, r.cfg)
 	wg.Wait()
 	fill(res, lats, w, ph)
 	res.Messages = int64(want)
@@ -406,7 +406,7 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 			})
 		}
 	}()
-	w := measure(ph, r.cfg.ServerPID, r.cfg.Warmup, r.cfg.Duration)
+	w := measure(ctx, ph, r.cfg)
 	<-senderDone
 	// Let the watchers take what is still on its way, then stop them.
 	time.Sleep(200 * time.Millisecond)
@@ -457,12 +457,12 @@ func (r *runner) idle(ctx context.Context, res *Result) error {
 	wg.Wait()
 	// The window: every connection open, none doing anything.
 	var w window
-	w.start(pid)
+	w.start(ctx, r.cfg)
 	select {
 	case <-time.After(r.cfg.Duration):
 	case <-ctx.Done():
 	}
-	w.end(pid)
+	w.end(ctx, r.cfg)
 	fill(res, lats, w, ph)
 	res.OpsPerSec = 0 // connections are not operations per second
 	if w.serverMeasured && res.Ops > 0 {
