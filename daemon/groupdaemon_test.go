@@ -560,6 +560,54 @@ func TestGroupWatchHistoryThenLive(t *testing.T) {
 	wg.Wait()
 }
 
+// TestGroupWatchersShareFrames runs watchers that follow the log at the
+// same cursor while members send one message at a time and in batches:
+// most deliveries then take the frame another watcher published, and each
+// watcher must still see every message once, in order, with its contents.
+func TestGroupWatchersShareFrames(t *testing.T) {
+	const watchers, sends = 8, 60
+	d, _ := startGroupDaemon(t, GroupConfig{HeartbeatInterval: time.Hour})
+	g := gid(d)
+	ws := make([]*watcher, watchers)
+	for i := range ws {
+		p := joined(t, d, fmt.Sprintf("w%d", i))
+		w, err := p.watch(wire.Watch{Group: g, After: u64(0)})
+		must(t, err)
+		ws[i] = w
+	}
+	s := joined(t, d, "sender")
+	var bodies []string
+	for j := range sends {
+		batch := []string{fmt.Sprint("m", j)}
+		if j%10 == 9 {
+			batch = append(batch, fmt.Sprint("m", j, "b"), fmt.Sprint("m", j, "c"))
+		}
+		_, err := s.send(g, outgoing(batch...))
+		must(t, err)
+		bodies = append(bodies, batch...)
+	}
+	if d.groups[g].shared.Load() == nil {
+		t.Fatal("no frame was shared between watchers")
+	}
+	for i, w := range ws {
+		next := uint64(1)
+		for next <= uint64(len(bodies)) {
+			f := w.next()
+			if f.kind != wire.KindMessages {
+				t.Fatalf("watcher %d: frame of kind %d, want messages", i, f.kind)
+			}
+			var m wire.Messages
+			f.decode(t, &m)
+			for _, msg := range m.Messages {
+				if msg.Seq != next || string(msg.Body) != bodies[next-1] || msg.Name != "sender" {
+					t.Fatalf("watcher %d: got seq %d %q from %q, want seq %d %q from sender", i, msg.Seq, msg.Body, msg.Name, next, bodies[next-1])
+				}
+				next++
+			}
+		}
+	}
+}
+
 func TestGroupWatchSelections(t *testing.T) {
 	d, _ := startGroupDaemon(t, GroupConfig{HeartbeatInterval: time.Hour})
 	g := gid(d)

@@ -362,34 +362,52 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		if err := stopped(); err != nil {
 			return err
 		}
-		changed := g.log.Changed() // before the query: see the doc comment
-		var cur store.Cursor
-		out, cur = g.query(out, func() ([]store.Message, store.Cursor) { return g.log.After(cursor, queryChunk, buf[:0]) })
-		if cur.First > 0 && cursor < cur.First-1 {
-			// Retention dropped messages the watcher had not been sent.
-			if err := c.send(wire.KindGap, wire.Gap{From: cursor + 1, To: cur.First - 1}); err != nil {
+		changed := g.log.Changed() // before reading the log: see the doc comment
+		var logLast uint64         // the log's last sequence, for heartbeats
+		if f := g.sharedAfter(cursor); f != nil {
+			// Another watcher at this cursor has encoded what comes next.
+			if err := c.write(f.frame); err != nil {
 				return err
 			}
-			cursor = cur.First - 1
-		}
-		if len(out) > 0 {
-			last := out[len(out)-1].Seq
-			if out, err = sendMessages(c, out); err != nil {
-				return err
-			}
-			cursor = last
+			cursor = f.last
 			heartbeat.Reset(d.cfg.HeartbeatInterval)
-			if cur.More {
+			if logLast = g.log.Last(); logLast > cursor {
 				continue
 			}
-			// That was all the log held when changed was taken: wait on
-			// it rather than query again for what is most often nothing,
-			// one query and one poll of the stop channels fewer per wake.
+		} else {
+			var cur store.Cursor
+			out, cur = g.query(out, func() ([]store.Message, store.Cursor) { return g.log.After(cursor, queryChunk, buf[:0]) })
+			logLast = cur.Last
+			if cur.First > 0 && cursor < cur.First-1 {
+				// Retention dropped messages the watcher had not been sent.
+				if err := c.send(wire.KindGap, wire.Gap{From: cursor + 1, To: cur.First - 1}); err != nil {
+					return err
+				}
+				cursor = cur.First - 1
+			}
+			if len(out) > 0 {
+				first, last := out[0].Seq, out[len(out)-1].Seq
+				one := frameCut(out, frameMaxMessages, frameBodyBudget) == len(out)
+				if out, err = sendMessages(c, out); err != nil {
+					return err
+				}
+				if one && first == cursor+1 {
+					g.share(first, last, c.buf) // c.buf holds the frame just written
+				}
+				cursor = last
+				heartbeat.Reset(d.cfg.HeartbeatInterval)
+				if cur.More {
+					continue
+				}
+			}
 		}
+		// All the log held when changed was taken is sent: wait on it
+		// rather than read again for what is most often nothing, one query
+		// and one poll of the stop channels fewer per wake.
 		select {
 		case <-changed:
 		case <-heartbeat.C:
-			if err := c.send(wire.KindHeartbeat, wire.Heartbeat{Last: cur.Last, Now: d.cfg.Now().UnixNano()}); err != nil {
+			if err := c.send(wire.KindHeartbeat, wire.Heartbeat{Last: logLast, Now: d.cfg.Now().UnixNano()}); err != nil {
 				return err
 			}
 			heartbeat.Reset(d.cfg.HeartbeatInterval)

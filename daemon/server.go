@@ -890,12 +890,19 @@ func (c *call) send(kind wire.Kind, body any) error {
 		return fmt.Errorf("encode %v reply: %w", c.op, err)
 	}
 	c.buf = buf
-	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	if _, err := c.str.Write(buf); err != nil {
-		return &streamError{err}
-	}
+	err = c.write(buf)
 	if cap(c.buf) > 1<<20 {
 		c.buf = nil // do not keep an unusually large buffer alive
+	}
+	return err
+}
+
+// write writes an encoded frame, bounded by the write timeout. quic-go does
+// not keep frame past the call. Errors are *streamError.
+func (c *call) write(frame []byte) error {
+	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	if _, err := c.str.Write(frame); err != nil {
+		return &streamError{err}
 	}
 	return nil
 }

@@ -233,6 +233,10 @@ func (l *Log) Changed() <-chan struct{} {
 	return n.c
 }
 
+// Last returns the last committed sequence number (0: none yet). It is one
+// atomic load: a watcher uses it to tell whether it is caught up.
+func (l *Log) Last() uint64 { return l.last.Load() }
+
 // Expire applies MaxAge now: it evicts every segment whose newest message is
 // older than MaxAge, the active one included. Append applies it too; the
 // caller runs Expire periodically so that an idle log forgets.
