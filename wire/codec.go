@@ -413,8 +413,18 @@ func uintHead(b []byte) (v uint64, n int, ok bool) {
 // Raw.Decode does, with the same errors; for a frame SplitFrame did not
 // check, the checks of DecodeFrame come first (errors wrapping
 // ErrMalformed).
+//
+// A Send or a Sent encoded as huddle's encoder writes it is read by hand,
+// not by reflection (see decodeCanonical), to the same value. The bodies of
+// a Send so read are not copied: a decoded Send's bodies may alias the
+// frame's item, so the caller must keep the item alive and unmodified for
+// as long as it uses them (the daemon's send handler copies them into its
+// log before it returns).
 func (f Frame) Decode(v any) error {
 	if f.unchecked {
+		if decodeCanonical(f.body, v) {
+			return checkFields(v)
+		}
 		return decodeBody(bodyDecMode, f.body, v)
 	}
 	return Raw(f.body).Decode(v)

@@ -1,6 +1,9 @@
 package wire
 
-import "slices"
+import (
+	"math"
+	"slices"
+)
 
 // The send path without reflection.
 //
@@ -9,8 +12,25 @@ import "slices"
 // reflective CBOR work on that path was ~12% of the daemon's CPU (decoding
 // Send ~6-8%, encoding Sent ~5%) and ~11% of the load generator's (encoding
 // Send ~5.6%, decoding Sent ~5.7%). So AppendFrame encodes these two bodies
-// by hand (appendSend, appendSent), as encMode would, byte for byte
-// (TestAppendSend, FuzzAppendSend and the Sent ones hold them to it).
+// by hand (appendSend, appendSent), and Frame.Decode reads them by hand
+// (decodeSend, decodeSent) when they are encoded exactly as those write
+// them, which is how encMode writes them too.
+//
+// Neither changes a byte or a verdict: the encoders are held to encMode
+// byte for byte (TestAppendSend, FuzzAppendSend and the Sent ones); the
+// decoders accept only the canonical encoding, hand anything else, valid or
+// not, to the reflective decoder, and for what they accept produce what it
+// would, in the same target (FuzzDecodeSend, FuzzDecodeSent). One thing
+// differs, by design: a Send's bodies are not copied out of the frame but
+// alias it (see Frame.Decode), which spares an allocation and a copy per
+// message on the daemon, whose log copies them anyway.
+
+// Smallest encodings of one element, for bounding a declared count by the
+// bytes left before looking at the elements.
+const (
+	minOutgoingBytes = 21 // a2 01 50 <16 bytes> 02 40
+	minAckBytes      = 5  // a2 01 00 02 00
+)
 
 // sendBody returns the fields of a send request's args, which appendSend
 // encodes without reflection. A nil *Send (encoded as null) is left to
@@ -104,4 +124,198 @@ func appendSent(dst []byte, epoch uint64, acks []Ack) []byte {
 		}
 	}
 	return dst
+}
+
+// decodeCanonical decodes body into v, if v is a *Send or a *Sent and body
+// is its encoding exactly as appendSend or appendSent writes it, and
+// nothing after it. It reports false, with v untouched, for anything else,
+// which the reflective decoder then decides: other encodings it accepts
+// (longer heads, other key orders, unknown or missing keys), and all it
+// rejects, such as an array over MaxArrayItems. (The shapes read here nest
+// four deep with the envelope, within MaxNesting; their maps have at most
+// three pairs.) It does not check the fields.
+func decodeCanonical(body []byte, v any) bool {
+	switch v := v.(type) {
+	case *Send:
+		return v != nil && decodeSend(body, v)
+	case *Sent:
+		return v != nil && decodeSent(body, v)
+	}
+	return false
+}
+
+// decodeSend decodes a Send's args in two passes: the first checks the
+// encoding without touching s, the second fills s as cbor's decoder would.
+// The bodies alias b.
+func decodeSend(b []byte, s *Send) bool {
+	n, ok := scanSend(b)
+	if !ok {
+		return false
+	}
+	copy(s.Group[:], b[3:19])
+	ms := reuse(s.Messages, n)
+	_, off, _ := canonHead(b, 20, 4)
+	for i := range ms {
+		copy(ms[i].ID[:], b[off+3:off+19])
+		l, start, _ := canonHead(b, off+20, 2)
+		off = start + int(l)
+		ms[i].Body = b[start:off:off]
+	}
+	s.Messages = ms
+	return true
+}
+
+// scanSend reports whether b is exactly a Send's args as appendSend writes
+// them, and how many messages they carry.
+//
+//	a2 01 50 <group> 02 <array head> (a2 01 50 <id> 02 <bytes head> <body>)*
+func scanSend(b []byte) (int, bool) {
+	if len(b) < 21 || b[0] != 0xa2 || b[1] != 0x01 || b[2] != 0x50 || b[19] != 0x02 {
+		return 0, false
+	}
+	count, off, ok := canonHead(b, 20, 4)
+	// An array over MaxArrayItems is the reflective decoder's to reject.
+	if !ok || count > MaxArrayItems || count > uint64(len(b)-off)/minOutgoingBytes {
+		return 0, false
+	}
+	for range count {
+		if len(b)-off < minOutgoingBytes || b[off] != 0xa2 || b[off+1] != 0x01 || b[off+2] != 0x50 || b[off+19] != 0x02 {
+			return 0, false
+		}
+		l, start, ok := canonHead(b, off+20, 2)
+		if !ok || l > uint64(len(b)-start) {
+			return 0, false
+		}
+		off = start + int(l)
+	}
+	return int(count), off == len(b)
+}
+
+// decodeSent is decodeSend for a Sent.
+func decodeSent(b []byte, s *Sent) bool {
+	n, ok := scanSent(b)
+	if !ok {
+		return false
+	}
+	epoch, off, _ := canonHead(b, 2, 0)
+	_, off, _ = canonHead(b, off+1, 4)
+	acks := reuse(s.Acks, n)
+	for i := range acks {
+		var a Ack
+		a, off, _ = readAck(b, off)
+		acks[i].Seq, acks[i].Time = a.Seq, a.Time
+		// cbor's decoder sets only the fields present: in an element of a
+		// reused array, an absent key 3 leaves Duplicate as it was.
+		if a.Duplicate {
+			acks[i].Duplicate = true
+		}
+	}
+	s.Epoch, s.Acks = epoch, acks
+	return true
+}
+
+// scanSent reports whether b is exactly a Sent as appendSent writes it,
+// and how many acks it carries.
+//
+//	a2 01 <uint> 02 <array head> ((a2|a3) 01 <uint> 02 <int> [03 f5])*
+func scanSent(b []byte) (int, bool) {
+	if len(b) < 2 || b[0] != 0xa2 || b[1] != 0x01 {
+		return 0, false
+	}
+	_, off, ok := canonHead(b, 2, 0)
+	if !ok || off >= len(b) || b[off] != 0x02 {
+		return 0, false
+	}
+	count, off, ok := canonHead(b, off+1, 4)
+	if !ok || count > MaxArrayItems || count > uint64(len(b)-off)/minAckBytes {
+		return 0, false
+	}
+	for range count {
+		if _, off, ok = readAck(b, off); !ok {
+			return 0, false
+		}
+	}
+	return int(count), off == len(b)
+}
+
+// readAck reads an Ack as appendSent writes it, at b[off:].
+func readAck(b []byte, off int) (a Ack, next int, ok bool) {
+	if len(b)-off < minAckBytes || (b[off] != 0xa2 && b[off] != 0xa3) || b[off+1] != 0x01 {
+		return Ack{}, 0, false
+	}
+	dup := b[off] == 0xa3
+	if a.Seq, off, ok = canonHead(b, off+2, 0); !ok || off >= len(b) || b[off] != 0x02 {
+		return Ack{}, 0, false
+	}
+	if a.Time, off, ok = canonInt(b, off+1); !ok {
+		return Ack{}, 0, false
+	}
+	if dup {
+		if len(b)-off < 2 || b[off] != 0x03 || b[off+1] != 0xf5 {
+			return Ack{}, 0, false
+		}
+		a.Duplicate, off = true, off+2
+	}
+	return a, off, true
+}
+
+// reuse returns s with length n as cbor's decoder makes a slice it decodes
+// an array into: the same backing array when it is large enough and n > 0,
+// else a new one.
+func reuse[T any](s []T, n int) []T {
+	if s == nil || cap(s) < n || n == 0 {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// canonHead reads the shortest head of a definite-length item of the given
+// major type at b[off:]: its argument and the offset after the head.
+func canonHead(b []byte, off int, major byte) (v uint64, next int, ok bool) {
+	if off >= len(b) || b[off]>>5 != major {
+		return 0, 0, false
+	}
+	rest := b[off+1:]
+	switch ai := b[off] & 0x1f; {
+	case ai < 24:
+		return uint64(ai), off + 1, true
+	case ai == 24 && len(rest) >= 1:
+		v, next = uint64(rest[0]), off+2
+		ok = v >= 24
+	case ai == 25 && len(rest) >= 2:
+		v, next = uint64(rest[0])<<8|uint64(rest[1]), off+3
+		ok = v > math.MaxUint8
+	case ai == 26 && len(rest) >= 4:
+		v, next = uint64(rest[0])<<24|uint64(rest[1])<<16|uint64(rest[2])<<8|uint64(rest[3]), off+5
+		ok = v > math.MaxUint16
+	case ai == 27 && len(rest) >= 8:
+		for _, c := range rest[:8] {
+			v = v<<8 | uint64(c)
+		}
+		next, ok = off+9, v > math.MaxUint32
+	}
+	if !ok {
+		return 0, 0, false
+	}
+	return v, next, true
+}
+
+// canonInt reads a shortest-form CBOR integer (major type 0 or 1) that fits
+// an int64, as cbor's decoder decodes into one; any other is its to reject.
+func canonInt(b []byte, off int) (int64, int, bool) {
+	if off >= len(b) {
+		return 0, 0, false
+	}
+	major := b[off] >> 5
+	if major > 1 {
+		return 0, 0, false
+	}
+	v, next, ok := canonHead(b, off, major)
+	if !ok || v > math.MaxInt64 {
+		return 0, 0, false
+	}
+	if major == 1 {
+		return -1 - int64(v), next, true
+	}
+	return int64(v), next, true
 }
