@@ -911,7 +911,8 @@ func (c *call) write(frame []byte) error {
 func (c *call) result(body any) error { return c.send(wire.KindResult, body) }
 
 // decode decodes the request's args into v, then releases the request's
-// memory (decoded values never alias it).
+// memory: v must be a type whose decoded values do not alias the frame,
+// which is every frame type but wire.Send (see decodeInPlace).
 func (c *call) decode(v any) error {
 	c.decoded = true
 	err := c.args.Decode(v)
