@@ -1,19 +1,32 @@
 package wire
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
 	"slices"
 	"unicode/utf8"
 )
 
 // MessagesDecoder decodes Messages frames as Frame.Decode into a Messages
 // would, with the same checks and errors, but without an allocation per
-// message: a fetching client decodes 10,000 messages from forty 256 KiB
+// message: a fetching client decodes 10,000 messages from thirteen 256 KiB
 // frames, and decoding each body and name into an allocation of its own
 // (then collecting them) was a fifth of its CPU, and GC another fifth.
 // Here a frame's bodies share one allocation, names are shared between the
 // messages (and frames) of one sender, and the decoder's scratch space is
 // reused from one frame to the next.
+//
+// A frame as huddle's own encoder writes it (appendMessages) is read by
+// hand (decodeByHand). Walking each message's map by reflection took
+// 350-420 µs per 1,000 messages (BenchmarkMessagesDecoder), ~3.5 ms of the
+// ~23 ms of CPU a client spent per fetch of 10,000 against a target under
+// ~9 ms end to end (5x faster than NATS JetStream's ordered consumer), and
+// ~630 ns on every one-message frame a watcher receives. By hand it is
+// 80-90 µs per 1,000, most of it allocating and filling the bodies' slab,
+// and ~250 ns per one-message frame. Any other encoding, valid or not, goes
+// through the reflective decoder as before; FuzzMessagesDecoder holds the
+// two to the same result.
 //
 // A MessagesDecoder is meant for one stream; it is not safe for concurrent
 // use. Its zero value is ready.
@@ -52,6 +65,15 @@ const maxNames = 256
 // The messages' bodies share one new allocation, which they keep alive
 // together; they belong to the caller. Errors are those of Frame.Decode.
 func (d *MessagesDecoder) Decode(f Frame, dst []Message) ([]Message, error) {
+	if ms, ok := d.decodeByHand(f.body, dst); ok {
+		return ms, nil
+	}
+	return d.decodeGeneric(f, dst)
+}
+
+// decodeGeneric is Decode by reflection, for a frame in any encoding
+// Frame.Decode accepts.
+func (d *MessagesDecoder) decodeGeneric(f Frame, dst []Message) ([]Message, error) {
 	dst = dst[:0]
 	in := &d.in
 	// The decoder fills the elements of a slice it reuses field by field:
@@ -90,6 +112,164 @@ func (d *MessagesDecoder) Decode(f Frame, dst []Message) ([]Message, error) {
 	return dst, nil
 }
 
+// decodeByHand decodes body, a Messages frame's body, if it is in the
+// form appendMessages writes: {1: [message...]} and nothing after it, each
+// message a map {1: seq, 2: ts, 3: id, 4: from, 5: name, 6: body}, with
+// definite lengths and shortest-form heads. A message may leave keys out
+// (other encoders omit an empty name, say) as long as those it has come in
+// increasing order: the reflective decoder then leaves the missing fields
+// zero and a missing body nil, as this does. It appends the messages to
+// dst[:0], their bodies copied into one new allocation and their names
+// interned, as decodeGeneric does. For anything else, whether the
+// reflective decoder accepts it or not, it returns false and keeps no
+// reference into body, so that Decode can hand the frame to decodeGeneric:
+// this never rejects a frame itself. There are no field checks to call
+// after it: neither Messages nor messagesIn has a check method
+// (TestMessagesHaveNoCheck).
+func (d *MessagesDecoder) decodeByHand(body []byte, dst []Message) ([]Message, bool) {
+	if len(body) < 3 || body[0] != 0xa1 || body[1] != 0x01 {
+		return dst, false
+	}
+	major, n, i, ok := shortHead(body, 2)
+	// Every message takes at least a byte, so a count beyond the bytes
+	// left is malformed and must not size an allocation.
+	if !ok || major != 4 || n > MaxArrayItems || n > uint64(len(body)-i) {
+		return dst, false
+	}
+	dst = slices.Grow(dst[:0], int(n))[:n]
+	size := 0
+	for k := range dst {
+		m := &dst[k]
+		*m = Message{}
+		if i, ok = d.messageByHand(body, i, m); !ok {
+			break
+		}
+		size += len(m.Body) // m.Body aliases the frame until it is copied below
+	}
+	if !ok || i != len(body) {
+		clear(dst)
+		return dst[:0], false
+	}
+	slab := make([]byte, size)
+	off := 0
+	for k := range dst {
+		if b := dst[k].Body; b != nil {
+			end := off + copy(slab[off:], b)
+			dst[k].Body = slab[off:end:end]
+			off = end
+		}
+	}
+	return dst, true
+}
+
+// messageByHand decodes the message at b[i:] into m, which is zero, if
+// it is in decodeByHand's form, and returns the index after it. Its Body
+// aliases b.
+func (d *MessagesDecoder) messageByHand(b []byte, i int, m *Message) (next int, ok bool) {
+	if i >= len(b) || b[i] < 0xa0 || b[i] > 0xa6 { // a map of at most 6 pairs
+		return 0, false
+	}
+	pairs := int(b[i] - 0xa0)
+	i++
+	// Keys 1 to 6 are one byte each. Each is taken if it comes next, in
+	// increasing order: a key out of order, repeated or unknown is left
+	// over, and the frame is left to decodeGeneric.
+	key := func(k byte) bool {
+		if pairs > 0 && i < len(b) && b[i] == k {
+			pairs--
+			i++
+			return true
+		}
+		return false
+	}
+	var major byte
+	if key(1) {
+		if major, m.Seq, i, ok = shortHead(b, i); !ok || major != 0 {
+			return 0, false
+		}
+	}
+	if key(2) {
+		var v uint64
+		if major, v, i, ok = shortHead(b, i); !ok || major > 1 || v > math.MaxInt64 {
+			return 0, false
+		}
+		m.Time = int64(v)
+		if major == 1 {
+			m.Time = -1 - int64(v)
+		}
+	}
+	if key(3) { // exactly what ID.UnmarshalCBOR accepts
+		if len(b)-i < 1+len(m.ID) || b[i] != 0x40|byte(len(m.ID)) {
+			return 0, false
+		}
+		m.ID = ID(b[i+1:])
+		i += 1 + len(m.ID)
+	}
+	if key(4) { // exactly what Fingerprint.UnmarshalCBOR accepts
+		if len(b)-i < 2+len(m.From) || b[i] != 0x58 || b[i+1] != byte(len(m.From)) {
+			return 0, false
+		}
+		m.From = Fingerprint(b[i+2:])
+		i += 2 + len(m.From)
+	}
+	if key(5) {
+		var name []byte
+		if name, i, ok = shortString(b, i, 3); !ok {
+			return 0, false
+		}
+		if m.Name, ok = d.intern(name); !ok { // invalid UTF-8
+			return 0, false
+		}
+	}
+	if key(6) {
+		if m.Body, i, ok = shortString(b, i, 2); !ok {
+			return 0, false
+		}
+	}
+	return i, pairs == 0
+}
+
+// shortHead reads the head at b[i:] if it is definite and in shortest form:
+// its major type, its argument and the index after it.
+func shortHead(b []byte, i int) (major byte, arg uint64, next int, ok bool) {
+	if i >= len(b) {
+		return 0, 0, 0, false
+	}
+	major, ai := b[i]>>5, b[i]&0x1f
+	rest := b[i+1:]
+	switch {
+	case ai < 24:
+		return major, uint64(ai), i + 1, true
+	case ai == 24 && len(rest) >= 1 && rest[0] >= 24:
+		return major, uint64(rest[0]), i + 2, true
+	case ai == 25 && len(rest) >= 2:
+		arg, next = uint64(binary.BigEndian.Uint16(rest)), i+3
+		ok = arg > 0xff
+	case ai == 26 && len(rest) >= 4:
+		arg, next = uint64(binary.BigEndian.Uint32(rest)), i+5
+		ok = arg > 0xffff
+	case ai == 27 && len(rest) >= 8:
+		arg, next = binary.BigEndian.Uint64(rest), i+9
+		ok = arg > 0xffffffff
+	}
+	if !ok {
+		return 0, 0, 0, false
+	}
+	return major, arg, next, true
+}
+
+// shortString returns the content of the definite-length byte string
+// (major 2) or text string (major 3) at b[i:] whose head is in shortest
+// form, and the index after it. The content is never nil.
+func shortString(b []byte, i int, major byte) (content []byte, next int, ok bool) {
+	mj, n, next, ok := shortHead(b, i)
+	if !ok || mj != major || n > uint64(len(b)-next) {
+		return nil, 0, false
+	}
+	end := next + int(n)
+	return b[next:end:end], end, true
+}
+
 // otherBody decodes a body that is not a byte string as the field of a
 // Messages would be decoded.
 func otherBody(item rawItem) ([]byte, error) {
@@ -112,18 +292,28 @@ func (d *MessagesDecoder) name(item rawItem) (string, error) {
 		}
 		return s, nil
 	}
+	s, ok := d.intern(b)
+	if !ok {
+		return "", fmt.Errorf("%w: name: invalid UTF-8 string", ErrMalformed)
+	}
+	return s, nil
+}
+
+// intern returns b as a string shared with earlier messages of the same
+// name, or false if b is not valid UTF-8.
+func (d *MessagesDecoder) intern(b []byte) (string, bool) {
 	if s, ok := d.names[string(b)]; ok {
-		return s, nil
+		return s, true
 	}
 	if !utf8.Valid(b) {
-		return "", fmt.Errorf("%w: name: invalid UTF-8 string", ErrMalformed)
+		return "", false
 	}
 	if d.names == nil || len(d.names) >= maxNames {
 		d.names = make(map[string]string)
 	}
 	s := string(b)
 	d.names[s] = s
-	return s, nil
+	return s, true
 }
 
 // itemContent returns the content of a well-formed, definite-length CBOR
