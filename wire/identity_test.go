@@ -130,6 +130,23 @@ func TestID(t *testing.T) {
 	if v := uuid.UUID(a).Version(); v != 7 {
 		t.Errorf("NewID() is a version %d UUID, want 7", v)
 	}
+	if v := uuid.UUID(a).Variant(); v != uuid.RFC4122 {
+		t.Errorf("NewID() has variant %v, want RFC 4122", v)
+	}
+	before := time.Now().UnixMilli()
+	c := NewID()
+	after := time.Now().UnixMilli()
+	if sec, nsec := uuid.UUID(c).Time().UnixTime(); sec*1000+nsec/1e6 < before || sec*1000+nsec/1e6 > after {
+		t.Errorf("NewID()'s time is %d ms, want %d..%d", sec*1000+nsec/1e6, before, after)
+	}
+	seen := make(map[ID]bool)
+	for range 10000 {
+		id := NewID()
+		if seen[id] {
+			t.Fatalf("NewID() repeated %v", id)
+		}
+		seen[id] = true
+	}
 	if got, want := tID1.String(), "01933ba0-1c2d-7e3f-8a4b-5c6d7e8f9a01"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
 	}
