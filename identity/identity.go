@@ -172,6 +172,10 @@ func (id *Identity) ServerTLS() *tls.Config {
 		Certificates: []tls.Certificate{id.cert},
 		NextProtos:   []string{wire.ALPN},
 		ClientAuth:   tls.RequireAnyClientCert,
+		// huddle clients keep no session cache, so a ticket would never be
+		// used: sending one costs the server a ticket's encryption and a
+		// packet per connection for nothing.
+		SessionTicketsDisabled: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			_, err := PeerFingerprint(cs)
 			return err
