@@ -73,6 +73,16 @@ type queuedSend struct {
 	done chan sendResult // capacity 1: the batch never waits for its caller
 }
 
+// queuedSends recycles queued sends with their channels: a batched send
+// used to allocate both per message. A queued send is recycled only once
+// its result has been received, so no batch can write to it afterwards.
+var queuedSends = sync.Pool{New: func() any { return &queuedSend{done: make(chan sendResult, 1)} }}
+
+func (q *queuedSend) recycle() {
+	q.ctx, q.msg = nil, wire.Outgoing{}
+	queuedSends.Put(q)
+}
+
 type sendResult struct {
 	ack wire.Ack
 	err error
@@ -100,15 +110,30 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
 		b.finished(1)
 		return ack, err
 	}
-	q := &queuedSend{ctx: ctx, msg: m, at: time.Now(), done: make(chan sendResult, 1)}
+	q := queuedSends.Get().(*queuedSend)
+	q.ctx, q.msg, q.at = ctx, m, time.Now()
 	b.queue = append(b.queue, q)
 	b.bytes += len(m.Body) + outgoingOverhead
+	// The batcher looks at the queue when it is woken, when a batch in
+	// flight ends, and when the linger it set for the oldest message is
+	// over: it needs waking only for a queue that was empty (to set that
+	// linger) or that has just filled up.
+	wake := len(b.queue) == 1 || len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget
 	b.mu.Unlock()
-	b.signal()
+	if wake {
+		b.signal()
+	}
+	done := ctx.Done()
+	if done == nil {
+		r := <-q.done
+		q.recycle()
+		return r.ack, r.err
+	}
 	select {
 	case r := <-q.done:
+		q.recycle()
 		return r.ack, r.err
-	case <-ctx.Done():
+	case <-done:
 		b.mu.Lock()
 		if i := slices.Index(b.queue, q); i >= 0 {
 			// Not sent yet, and now never will be.
