@@ -2,7 +2,7 @@
 #
 #   make run     build and start an all-in-one registry + group daemon
 #   make test    vet, gofmt, race detector over every package, brief fuzzing, end-to-end tests
-#   make bench   package benchmarks (store, wire)
+#   make bench   package benchmarks (store, wire, and the transport floor under a fetch)
 #   make bench-e2e  huddle bench's scenarios beside the anchors, one run (BENCHMARKS.md)
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
@@ -50,6 +50,7 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./store/ ./wire/
+	$(GO) test -run '^$$' -bench QUICFloorTransfer -benchtime 3s ./daemon/
 
 # bench-e2e loads self-contained daemons on 127.0.0.1 with every huddle bench
 # scenario, after the anchors (ANCHORS_DIR, default ../shared/anchors) when

@@ -33,6 +33,9 @@ $GO build -o bin/huddle .
 	else
 		echo "## anchors: $ANCHORS_DIR not found, skipped"
 	fi
+	echo "## transport floor: bare quic-go moving a fetch's 3.4 MB, the daemon's QUIC configuration"
+	$GO test -run '^$' -bench QUICFloorTransfer -benchtime 3s ./daemon/ 2>/dev/null | grep '^Benchmark' || true
+	echo
 	echo "## huddle bench (self-contained: huddle up on 127.0.0.1, mDNS off)"
 	run() {
 		echo "\$ huddle bench $* --duration $DUR --json"
