@@ -363,11 +363,7 @@ func appendMessages(dst []byte, ms []Message) []byte {
 		dst = append(dst, 0xa6, 0x01)
 		dst = appendHead(dst, 0, m.Seq)
 		dst = append(dst, 0x02)
-		if m.Time >= 0 {
-			dst = appendHead(dst, 0, uint64(m.Time))
-		} else {
-			dst = appendHead(dst, 1, uint64(-(m.Time + 1)))
-		}
+		dst = appendInt(dst, m.Time)
 		dst = append(dst, 0x03, 0x50)
 		dst = append(dst, m.ID[:]...)
 		dst = append(dst, 0x04, 0x58, 0x20)
@@ -380,6 +376,15 @@ func appendMessages(dst []byte, ms []Message) []byte {
 		dst = append(dst, m.Body...)
 	}
 	return dst
+}
+
+// appendInt appends v as the shortest CBOR integer: major type 0, or 1 for a
+// negative v (encoded as -1 - v).
+func appendInt(dst []byte, v int64) []byte {
+	if v >= 0 {
+		return appendHead(dst, 0, uint64(v))
+	}
+	return appendHead(dst, 1, uint64(-(v + 1)))
 }
 
 // appendHead appends the shortest head of a CBOR item of the given major

@@ -114,11 +114,7 @@ func appendSent(dst []byte, epoch uint64, acks []Ack) []byte {
 		}
 		dst = appendHead(dst, 0, a.Seq)
 		dst = append(dst, 0x02)
-		if a.Time >= 0 {
-			dst = appendHead(dst, 0, uint64(a.Time))
-		} else {
-			dst = appendHead(dst, 1, uint64(-(a.Time + 1)))
-		}
+		dst = appendInt(dst, a.Time)
 		if a.Duplicate {
 			dst = append(dst, 0x03, 0xf5)
 		}
@@ -272,29 +268,8 @@ func reuse[T any](s []T, n int) []T {
 // canonHead reads the shortest head of a definite-length item of the given
 // major type at b[off:]: its argument and the offset after the head.
 func canonHead(b []byte, off int, major byte) (v uint64, next int, ok bool) {
-	if off >= len(b) || b[off]>>5 != major {
-		return 0, 0, false
-	}
-	rest := b[off+1:]
-	switch ai := b[off] & 0x1f; {
-	case ai < 24:
-		return uint64(ai), off + 1, true
-	case ai == 24 && len(rest) >= 1:
-		v, next = uint64(rest[0]), off+2
-		ok = v >= 24
-	case ai == 25 && len(rest) >= 2:
-		v, next = uint64(rest[0])<<8|uint64(rest[1]), off+3
-		ok = v > math.MaxUint8
-	case ai == 26 && len(rest) >= 4:
-		v, next = uint64(rest[0])<<24|uint64(rest[1])<<16|uint64(rest[2])<<8|uint64(rest[3]), off+5
-		ok = v > math.MaxUint16
-	case ai == 27 && len(rest) >= 8:
-		for _, c := range rest[:8] {
-			v = v<<8 | uint64(c)
-		}
-		next, ok = off+9, v > math.MaxUint32
-	}
-	if !ok {
+	m, v, next, ok := shortHead(b, off)
+	if !ok || m != major {
 		return 0, 0, false
 	}
 	return v, next, true
