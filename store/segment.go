@@ -1,6 +1,9 @@
 package store
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"unsafe"
+)
 
 // A segment holds a run of consecutive messages starting at base.
 //
@@ -17,6 +20,32 @@ type segment struct {
 	n        int      // slots written
 	used     int      // slab bytes written
 	lastTime int64    // time of slot n-1
+	faulted  int      // slab bytes made resident ahead of the writes (see prefault)
+}
+
+// prefaultChunk is how much of a slab is made resident at a time, ahead of
+// the writes: large enough that the madvise call is rare, small enough that
+// an idle group's slab is not made resident before it is used.
+const prefaultChunk = 1 << 20
+
+// prefaultSlab makes c.slab resident up to at least need bytes, a chunk at
+// a time.
+func (s *segment) prefaultSlab(c *columns, need int) {
+	if need <= s.faulted {
+		return
+	}
+	end := min(len(c.slab), max(need, s.faulted+prefaultChunk))
+	prefault(c.slab[s.faulted:end])
+	s.faulted = end
+}
+
+// prefaultColumns makes the arrays of c resident. They grow by doubling, so
+// each allocation is prefaulted whole, once.
+func prefaultColumns(c *columns) {
+	prefault(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(c.times))), len(c.times)*8))
+	prefault(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(c.ends))), len(c.ends)*4))
+	prefault(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(c.from))), len(c.from)*4))
+	prefault(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(c.ids))), len(c.ids)*16))
 }
 
 // columns are a segment's arrays. Slots 0..n-1 (and slab[:ends[n-1]]) are
@@ -48,6 +77,7 @@ func newSegment(seq uint64, t int64, bodyLen int, prev *segment, lim *limits) *s
 		ids:   make([][16]byte, slots),
 		slab:  make([]byte, max(bytes, bodyLen)),
 	}
+	prefaultColumns(s.w)
 	s.cols.Store(s.w)
 	return s
 }
@@ -65,6 +95,7 @@ func (s *segment) put(t int64, e *Entry, lim *limits) {
 	if s.n == len(c.times) || need > len(c.slab) {
 		c = s.grow(need, lim)
 	}
+	s.prefaultSlab(c, need)
 	i := s.n
 	copy(c.slab[s.used:need], e.Body)
 	c.times[i] = t
@@ -83,17 +114,25 @@ func (s *segment) grow(need int, lim *limits) *columns {
 	c := *old
 	if s.n == len(old.times) {
 		slots := min(max(2*s.n, 16), lim.segMessages)
-		c.times = append(make([]int64, 0, slots), old.times[:s.n]...)[:slots]
-		c.ends = append(make([]uint32, 0, slots), old.ends[:s.n]...)[:slots]
-		c.from = append(make([]uint32, 0, slots), old.from[:s.n]...)[:slots]
-		c.ids = append(make([][16]byte, 0, slots), old.ids[:s.n]...)[:slots]
+		c.times = make([]int64, slots)
+		c.ends = make([]uint32, slots)
+		c.from = make([]uint32, slots)
+		c.ids = make([][16]byte, slots)
+		prefaultColumns(&c)
+		copy(c.times, old.times[:s.n])
+		copy(c.ends, old.ends[:s.n])
+		copy(c.from, old.from[:s.n])
+		copy(c.ids, old.ids[:s.n])
 	}
 	if need > len(old.slab) {
 		size := max(need, 2*len(old.slab))
 		if size > lim.segBytes && need <= lim.segBytes {
 			size = lim.segBytes
 		}
-		c.slab = append(make([]byte, 0, size), old.slab[:s.used]...)[:size]
+		c.slab = make([]byte, size)
+		s.faulted = 0
+		s.prefaultSlab(&c, need)
+		copy(c.slab, old.slab[:s.used])
 	}
 	s.w = &c
 	s.cols.Store(s.w)

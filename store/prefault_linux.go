@@ -1,0 +1,34 @@
+package store
+
+import (
+	"os"
+	"runtime"
+	"syscall"
+	"unsafe"
+)
+
+// madvPopulateWrite is MADV_POPULATE_WRITE (Linux 5.14): fault a range in,
+// writable, in one call, as if each page had been written, without writing.
+const madvPopulateWrite = 23
+
+var pageSize = uintptr(os.Getpagesize())
+
+// prefault makes the whole pages of b resident in one madvise call instead
+// of one page fault per page as the log's writes reach them.
+//
+// A growing log writes into memory fresh from the kernel. On the test
+// machine (a VM) each first touch of a 4 KiB page cost ~11 µs: copying
+// 256-byte bodies into a fresh slab took 668 ns a message, against 23 ns
+// with the slab populated in one call first (and 5 ns into a slab already
+// touched), and segment.put's copy was 17% of the daemon's CPU under
+// `huddle bench send-batched`. Kernels without MADV_POPULATE_WRITE refuse
+// it; the writes then fault the pages in as before.
+func prefault(b []byte) {
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	start := (p + pageSize - 1) &^ (pageSize - 1)
+	end := (p + uintptr(len(b))) &^ (pageSize - 1)
+	if end > start {
+		syscall.Syscall(syscall.SYS_MADVISE, start, end-start, madvPopulateWrite)
+	}
+	runtime.KeepAlive(b)
+}
