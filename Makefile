@@ -50,7 +50,7 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./store/ ./wire/
-	$(GO) test -run '^$$' -bench QUICFloorTransfer -benchtime 3s ./daemon/
+	$(GO) test -run '^$$' -bench 'QUICFloor' -benchtime 3s ./daemon/
 
 # bench-e2e loads self-contained daemons on 127.0.0.1 with every huddle bench
 # scenario, after the anchors (ANCHORS_DIR, default ../shared/anchors) when

@@ -4,7 +4,10 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -116,4 +119,131 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 	conn.CloseWithError(0, "")
 	cancel()
 	<-served
+}
+
+// BenchmarkQUICFloorBatch is the transport's floor under batched sends
+// (target 2): bare quic-go on 127.0.0.1, 16 connections each with one
+// operation in flight at a time, every operation a stream carrying 16
+// messages' worth of request (16 x 288 bytes: a 256-byte body and its
+// framing) and a 16-ack reply (16 x 16 bytes), the shape of a full batch
+// from 16 callers. No CBOR, no store, no batcher and no caller goroutines to
+// wake: messages per second here bound what the protocol's shape allows on
+// this machine, to be compared with the JetStream anchor of the same run.
+func BenchmarkQUICFloorBatch(b *testing.B) {
+	const (
+		conns   = 16
+		batch   = 16
+		reqSize = batch * 288
+		repSize = batch * 16
+	)
+	srvID, err := identity.Generate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer udp.Close()
+	tr := &quic.Transport{Conn: udp}
+	defer tr.Close()
+	ln, err := tr.Listen(srvID.ServerTLS(), quicConfig(serverConfig{}.withDefaults()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var srvWG sync.WaitGroup
+	srvWG.Go(func() {
+		for {
+			conn, err := ln.Accept(ctx)
+			if err != nil {
+				return
+			}
+			srvWG.Go(func() {
+				for {
+					str, err := conn.AcceptStream(ctx)
+					if err != nil {
+						return
+					}
+					srvWG.Go(func() {
+						var req [reqSize]byte
+						var rep [repSize]byte
+						if _, err := io.ReadFull(str, req[:]); err != nil {
+							str.CancelWrite(1)
+							return
+						}
+						str.Write(rep[:])
+						str.Close()
+						io.Copy(io.Discard, str) // the request's end
+					})
+				}
+			})
+		}
+	})
+
+	type client struct {
+		tr   *quic.Transport
+		udp  *net.UDPConn
+		conn *quic.Conn
+	}
+	var clients []client
+	defer func() {
+		for _, c := range clients {
+			c.conn.CloseWithError(0, "")
+			c.tr.Close()
+			c.udp.Close()
+		}
+	}()
+	for range conns {
+		id, err := identity.Generate()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cu, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ct := &quic.Transport{Conn: cu}
+		conn, err := ct.Dial(ctx, udp.LocalAddr(), id.ClientTLS(srvID.Fingerprint(), nil), &quic.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		clients = append(clients, client{ct, cu, conn})
+	}
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		wg.Go(func() {
+			req := make([]byte, reqSize)
+			var rep [repSize]byte
+			for left.Add(-1) >= 0 {
+				str, err := c.conn.OpenStreamSync(ctx)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				str.Write(req)
+				str.Close()
+				if _, err := io.ReadFull(str, rep[:]); err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, str)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*batch)/elapsed.Seconds(), "msgs/s")
+	cancel()
+	for _, c := range clients {
+		c.conn.CloseWithError(0, "")
+	}
+	srvWG.Wait()
 }
