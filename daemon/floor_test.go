@@ -27,27 +27,7 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 		total = 3_400_000
 		chunk = 256 << 10
 	)
-	srvID, err := identity.Generate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cliID, err := identity.Generate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &quic.Transport{Conn: udp}
-	defer tr.Close()
-	cfg := serverConfig{}.withDefaults()
-	ln, err := tr.Listen(srvID.ServerTLS(), quicConfig(cfg))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
+	srvID, ln := floorListener(b)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -77,17 +57,7 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 		}
 	}()
 
-	ctr, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ctr.Close()
-	ct := &quic.Transport{Conn: ctr}
-	defer ct.Close()
-	conn, err := ct.Dial(ctx, udp.LocalAddr(), cliID.ClientTLS(srvID.Fingerprint(), nil), &quic.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	conn := floorDial(ctx, b, ln.Addr(), srvID)
 	buf := make([]byte, chunk)
 	b.SetBytes(total)
 	b.ResetTimer()
@@ -136,22 +106,7 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 		reqSize = batch * 288
 		repSize = batch * 16
 	)
-	srvID, err := identity.Generate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &quic.Transport{Conn: udp}
-	defer tr.Close()
-	ln, err := tr.Listen(srvID.ServerTLS(), quicConfig(serverConfig{}.withDefaults()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
+	srvID, ln := floorListener(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var srvWG sync.WaitGroup
@@ -183,46 +138,21 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 		}
 	})
 
-	type client struct {
-		tr   *quic.Transport
-		udp  *net.UDPConn
-		conn *quic.Conn
-	}
-	var clients []client
-	defer func() {
-		for _, c := range clients {
-			c.conn.CloseWithError(0, "")
-			c.tr.Close()
-			c.udp.Close()
-		}
-	}()
+	var dialled []*quic.Conn
 	for range conns {
-		id, err := identity.Generate()
-		if err != nil {
-			b.Fatal(err)
-		}
-		cu, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ct := &quic.Transport{Conn: cu}
-		conn, err := ct.Dial(ctx, udp.LocalAddr(), id.ClientTLS(srvID.Fingerprint(), nil), &quic.Config{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		clients = append(clients, client{ct, cu, conn})
+		dialled = append(dialled, floorDial(ctx, b, ln.Addr(), srvID))
 	}
 	var left atomic.Int64
 	left.Store(int64(b.N))
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for _, c := range clients {
+	for _, c := range dialled {
 		wg.Go(func() {
 			req := make([]byte, reqSize)
 			var rep [repSize]byte
 			for left.Add(-1) >= 0 {
-				str, err := c.conn.OpenStreamSync(ctx)
+				str, err := c.OpenStreamSync(ctx)
 				if err != nil {
 					b.Error(err)
 					return
@@ -242,8 +172,49 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*batch)/elapsed.Seconds(), "msgs/s")
 	cancel()
-	for _, c := range clients {
-		c.conn.CloseWithError(0, "")
+	for _, c := range dialled {
+		c.CloseWithError(0, "")
 	}
 	srvWG.Wait()
+}
+
+// floorListener listens on 127.0.0.1 with the daemon's QUIC configuration,
+// under a new identity, until the benchmark ends.
+func floorListener(b *testing.B) (*identity.Identity, *quic.Listener) {
+	id, err := identity.Generate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(id.ServerTLS(), quicConfig(serverConfig{}.withDefaults()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close(); tr.Close(); udp.Close() })
+	return id, ln
+}
+
+// floorDial connects to the listener at addr from a socket and identity of
+// its own, with a client's default QUIC configuration, until the benchmark
+// ends.
+func floorDial(ctx context.Context, b *testing.B, addr net.Addr, server *identity.Identity) *quic.Conn {
+	id, err := identity.Generate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	conn, err := tr.Dial(ctx, addr, id.ClientTLS(server.Fingerprint(), nil), &quic.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.CloseWithError(0, ""); tr.Close(); udp.Close() })
+	return conn
 }
