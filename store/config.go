@@ -12,6 +12,9 @@ const (
 	DefaultMaxBytes    = 256 << 20 // 256 MiB
 	DefaultSegmentSize = 4096
 	DefaultDedupWindow = 65536
+	// MaxDedupWindow is the largest DedupWindow: the index keeps 32 bits of
+	// each ID's hash, enough to place it in a table of up to 2^32 slots.
+	MaxDedupWindow = 1 << 30
 )
 
 // MaxBodySize is the largest body one entry may carry, whatever MaxBytes is:
@@ -48,9 +51,9 @@ type Config struct {
 	SegmentSize int
 
 	// DedupWindow is how many of the most recently stored message IDs are
-	// remembered for idempotency. 0 means DefaultDedupWindow (65536).
-	// It costs at most 48 bytes per remembered ID (3 MiB at the default),
-	// allocated as the window fills.
+	// remembered for idempotency. 0 means DefaultDedupWindow (65536); at
+	// most MaxDedupWindow. It costs at most 64 bytes per remembered ID
+	// (4 MiB at the default), allocated as the window fills.
 	DedupWindow int
 
 	// Now is the clock. nil means time.Now.
@@ -70,6 +73,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: SegmentSize %d is negative", ErrInvalidConfig, c.SegmentSize)
 	case c.DedupWindow < 0:
 		return fmt.Errorf("%w: DedupWindow %d is negative", ErrInvalidConfig, c.DedupWindow)
+	case c.DedupWindow > MaxDedupWindow:
+		return fmt.Errorf("%w: DedupWindow %d is over %d", ErrInvalidConfig, c.DedupWindow, MaxDedupWindow)
 	}
 	return nil
 }

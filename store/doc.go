@@ -62,7 +62,7 @@
 // An entry whose ID is remembered is acknowledged with the original sequence
 // number and time and is not stored again, even if the original has since been
 // evicted. The memory this costs is bounded by the window, not by the traffic:
-// at most 48 bytes per remembered ID (32 B in the ring, 8–16 B of index), so
-// at most 3 MiB at the default window of 65536; it grows with use, up to that
+// at most 64 bytes per remembered ID (32 B in the ring, 16–32 B of index), so
+// at most 4 MiB at the default window of 65536; it grows with use, up to that
 // bound, so an idle log costs little.
 package store
