@@ -1,18 +1,42 @@
 #!/usr/bin/env bash
 # Runs every native fuzz target in the module, one at a time (go test allows
 # only one -fuzz target per run). FUZZTIME sets how long each one runs.
+#
+# Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
+# exceeded" when -fuzztime ends while a worker is mid-call on a loaded
+# machine (go.dev/issue/75804, fixed in Go 1.27): no input is written and
+# nothing reproduces. A failure of exactly that shape is run again, up to
+# three runs in all; any other failure, or that one three times, fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-1m}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# deadline_flake says whether the log shows the coordinator's deadline race
+# and nothing else: no failing input written, no panic, no test error.
+deadline_flake() {
+	grep -q 'context deadline exceeded' "$log" &&
+		! grep -qE 'Failing input written|panic:|_test\.go:[0-9]+:' "$log"
+}
+
 n=0
 for pkg in $($GO list ./...); do
 	for target in $($GO test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
 		echo "fuzz $pkg $target ($FUZZTIME)"
-		$GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/huddle-fuzz.$$.log 2>&1 || {
-			cat /tmp/huddle-fuzz.$$.log; rm -f /tmp/huddle-fuzz.$$.log; exit 1; }
+		for attempt in 1 2 3; do
+			if $GO test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >"$log" 2>&1; then
+				break
+			fi
+			if [ "$attempt" -lt 3 ] && deadline_flake; then
+				echo "fuzz $target: the fuzz engine's deadline race (go.dev/issue/75804), no failing input; running it again"
+				continue
+			fi
+			cat "$log"
+			exit 1
+		done
 		n=$((n+1))
 	done
 done
-rm -f /tmp/huddle-fuzz.$$.log
 echo "fuzz: $n targets ran for $FUZZTIME each"
