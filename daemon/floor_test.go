@@ -181,20 +181,12 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 // floorListener listens on 127.0.0.1 with the daemon's QUIC configuration,
 // under a new identity, until the benchmark ends.
 func floorListener(b *testing.B) (*identity.Identity, *quic.Listener) {
-	id, err := identity.Generate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tr := &quic.Transport{Conn: udp}
+	id, tr := floorEndpoint(b)
 	ln, err := tr.Listen(id.ServerTLS(), quicConfig(serverConfig{}.withDefaults()))
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { ln.Close(); tr.Close(); udp.Close() })
+	b.Cleanup(func() { ln.Close() })
 	return id, ln
 }
 
@@ -202,6 +194,18 @@ func floorListener(b *testing.B) (*identity.Identity, *quic.Listener) {
 // its own, with a client's default QUIC configuration, until the benchmark
 // ends.
 func floorDial(ctx context.Context, b *testing.B, addr net.Addr, server *identity.Identity) *quic.Conn {
+	id, tr := floorEndpoint(b)
+	conn, err := tr.Dial(ctx, addr, id.ClientTLS(server.Fingerprint(), nil), &quic.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.CloseWithError(0, "") })
+	return conn
+}
+
+// floorEndpoint is a new identity and a QUIC transport on a UDP socket of
+// its own on 127.0.0.1, closed when the benchmark ends.
+func floorEndpoint(b *testing.B) (*identity.Identity, *quic.Transport) {
 	id, err := identity.Generate()
 	if err != nil {
 		b.Fatal(err)
@@ -211,10 +215,6 @@ func floorDial(ctx context.Context, b *testing.B, addr net.Addr, server *identit
 		b.Fatal(err)
 	}
 	tr := &quic.Transport{Conn: udp}
-	conn, err := tr.Dial(ctx, addr, id.ClientTLS(server.Fingerprint(), nil), &quic.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.CloseWithError(0, ""); tr.Close(); udp.Close() })
-	return conn
+	b.Cleanup(func() { tr.Close(); udp.Close() })
+	return id, tr
 }
