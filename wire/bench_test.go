@@ -135,26 +135,22 @@ func benchFrame(b *testing.B, encode func(*bytes.Buffer) error, decode, decodeTw
 			}
 		}
 	})
-	b.Run("decode", func(b *testing.B) {
-		b.ReportAllocs()
-		r := bytes.NewReader(frame)
-		for b.Loop() {
-			r.Reset(frame)
-			if err := decode(r); err != nil {
-				b.Fatal(err)
+	for _, d := range []struct {
+		name string
+		dec  func(*bytes.Reader) error
+	}{{"decode", decode}, {"decode-two-pass", decodeTwoPass}} {
+		dec := d.dec
+		b.Run(d.name, func(b *testing.B) {
+			b.ReportAllocs()
+			r := bytes.NewReader(frame)
+			for b.Loop() {
+				r.Reset(frame)
+				if err := dec(r); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-	})
-	b.Run("decode-two-pass", func(b *testing.B) {
-		b.ReportAllocs()
-		r := bytes.NewReader(frame)
-		for b.Loop() {
-			r.Reset(frame)
-			if err := decodeTwoPass(r); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+		})
+	}
 	b.Run("encode+decode", func(b *testing.B) {
 		b.ReportAllocs()
 		var r bytes.Reader

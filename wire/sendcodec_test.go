@@ -516,22 +516,27 @@ func mutate(b []byte, m uint32) []byte {
 	return b
 }
 
-// FuzzDecodeSend is the differential test of decodeSend (see checkDecode):
-// on data as a frame's item, on a valid Send built from data, which the
-// hand-written decoder must take, and on that Send's encoding mutated.
-func FuzzDecodeSend(f *testing.F) {
-	seeds := [][]byte{}
-	for _, c := range sendCases(f) {
+// addDecodeSeeds seeds a decoder's fuzz target with the small items of its
+// table cases and the envelopes of FuzzSplitFrame, each with a mutation and
+// a selector of its own.
+func addDecodeSeeds(f *testing.F, cases []decodeCase) {
+	var seeds [][]byte
+	for _, c := range cases {
 		if len(c.item) < 4096 {
 			seeds = append(seeds, c.item)
 		}
 	}
-	for _, item := range splitSeeds(f) {
-		seeds = append(seeds, item)
-	}
+	seeds = append(seeds, splitSeeds(f)...)
 	for i, item := range seeds {
 		f.Add(item, uint32(i*0x01010101), uint8(i))
 	}
+}
+
+// FuzzDecodeSend is the differential test of decodeSend (see checkDecode):
+// on data as a frame's item, on a valid Send built from data, which the
+// hand-written decoder must take, and on that Send's encoding mutated.
+func FuzzDecodeSend(f *testing.F) {
+	addDecodeSeeds(f, sendCases(f))
 	f.Fuzz(func(t *testing.T, data []byte, mut uint32, sel uint8) {
 		checkDecodeSend(t, data)
 		item := itemOf(t, uint64(OpSend), sendFromFuzz(data, sel))
@@ -544,18 +549,7 @@ func FuzzDecodeSend(f *testing.F) {
 
 // FuzzDecodeSent is FuzzDecodeSend for decodeSent.
 func FuzzDecodeSent(f *testing.F) {
-	seeds := [][]byte{}
-	for _, c := range sentCases(f) {
-		if len(c.item) < 4096 {
-			seeds = append(seeds, c.item)
-		}
-	}
-	for _, item := range splitSeeds(f) {
-		seeds = append(seeds, item)
-	}
-	for i, item := range seeds {
-		f.Add(item, uint32(i*0x01010101), uint8(i))
-	}
+	addDecodeSeeds(f, sentCases(f))
 	f.Fuzz(func(t *testing.T, data []byte, mut uint32, sel uint8) {
 		checkDecodeSent(t, data)
 		item := itemOf(t, uint64(KindResult), sentFromFuzz(data, sel))
