@@ -210,3 +210,51 @@ func TestBatchedSendAfterClose(t *testing.T) {
 		t.Fatalf("send after Close: err = %v, want ErrClosed", err)
 	}
 }
+
+// Requests are queued whole when QUIC flow control allows and written as a
+// stream otherwise: many concurrent sends of nearly a stream window each,
+// more than the connection's window together, all arrive, batched into
+// frames beyond what is queued whole or one per operation.
+func TestSendsBeyondTheFlowControlWindow(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  client.Config
+	}{
+		{"batched", client.Config{}},
+		{"unbatched", client.Config{NoBatching: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _, _ := setup(t, daemon.GroupConfig{SendRate: -1})
+			ctx := testCtx(t)
+			c := newClientWith(t, tc.cfg)
+			g := openGroup(t, c, r.Addr().String(), "lobby")
+			if _, err := g.Join(ctx, "bulk", nil); err != nil {
+				t.Fatal(err)
+			}
+			const callers, each, size = 24, 2, 60 << 10 // 2.8 MiB against a 512 KiB window
+			body := func(c, n int) []byte {
+				b := make([]byte, size)
+				copy(b, fmt.Appendf(nil, "%d/%d", c, n))
+				return b
+			}
+			for _, s := range sendConcurrently(ctx, g, callers, each, body) {
+				if s.err != nil {
+					t.Fatalf("caller %d send %d: %v", s.caller, s.n, s.err)
+				}
+			}
+			n := 0
+			for m, err := range g.Messages(ctx, client.Query{}) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(m.Body) != size {
+					t.Fatalf("message %d has %d bytes, want %d", m.Seq, len(m.Body), size)
+				}
+				n++
+			}
+			if n != callers*each {
+				t.Fatalf("log holds %d messages, want %d", n, callers*each)
+			}
+		})
+	}
+}
