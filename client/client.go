@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -230,6 +231,9 @@ func (c *Client) quicConfig() *quic.Config {
 		KeepAlivePeriod:       10 * time.Second,
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
+		// QLOGDIR=dir writes a qlog of each connection into dir (README,
+		// "Debugging"); unset, this tracer is nil and costs nothing.
+		Tracer: qlog.DefaultConnectionTracer,
 	}
 }
 

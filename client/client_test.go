@@ -551,3 +551,22 @@ func TestWatchSurvivesCutPath(t *testing.T) {
 	send(5)
 	expect(6, 15)
 }
+
+// QLOGDIR makes both ends write a qlog of each connection (README,
+// "Environment").
+func TestQLOGDIR(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("QLOGDIR", dir)
+	r, _, _ := setup(t, daemon.GroupConfig{})
+	c := newClient(t)
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	if _, err := g.Info(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	for _, side := range []string{"client", "server"} {
+		logs, err := filepath.Glob(filepath.Join(dir, "*_"+side+".sqlog"))
+		if err != nil || len(logs) == 0 {
+			t.Fatalf("no %s qlog in QLOGDIR (%v)", side, err)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -84,6 +85,9 @@ func quicConfig(cfg serverConfig) *quic.Config {
 		MaxStreamReceiveWindow:         uint64(cfg.MaxRequestBytes) + 4, // one frame and its header
 		InitialConnectionReceiveWindow: initialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     maxConnectionReceiveWindow,
+		// QLOGDIR=dir writes a qlog of each connection into dir (README,
+		// "Debugging"); unset, this tracer is nil and costs nothing.
+		Tracer: qlog.DefaultConnectionTracer,
 	}
 }
 
