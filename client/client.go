@@ -232,7 +232,7 @@ func (c *Client) quicConfig() *quic.Config {
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: -1,
 		// QLOGDIR=dir writes a qlog of each connection into dir (README,
-		// "Debugging"); unset, this tracer is nil and costs nothing.
+		// "Environment"); unset, this tracer is nil and costs nothing.
 		Tracer: qlog.DefaultConnectionTracer,
 	}
 }

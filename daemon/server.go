@@ -85,8 +85,9 @@ func quicConfig(cfg serverConfig) *quic.Config {
 		MaxStreamReceiveWindow:         uint64(cfg.MaxRequestBytes) + 4, // one frame and its header
 		InitialConnectionReceiveWindow: initialConnectionReceiveWindow,
 		MaxConnectionReceiveWindow:     maxConnectionReceiveWindow,
+		RequireStreamCreditRelease:     true, // see credit.go
 		// QLOGDIR=dir writes a qlog of each connection into dir (README,
-		// "Debugging"); unset, this tracer is nil and costs nothing.
+		// "Environment"); unset, this tracer is nil and costs nothing.
 		Tracer: qlog.DefaultConnectionTracer,
 	}
 }
@@ -456,6 +457,8 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 	defer s.connWG.Done()
 	workers := s.newStreamWorkers(conn)
 	cb := newBudget(connRequestBudget)
+	credits := newStreamCredits(s.cfg.MaxIncomingStreams)
+	defer credits.close()
 	for {
 		str, err := conn.AcceptStream(s.acceptCtx)
 		if err != nil {
@@ -466,11 +469,12 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 			s.mu.Unlock()
 			str.CancelRead(wire.StreamTimeout)
 			str.CancelWrite(wire.StreamTimeout)
+			str.ReleaseStreamCredit()
 			break
 		}
 		s.streamWG.Add(1)
 		s.mu.Unlock()
-		workers.run(func() { s.serveStream(conn, peer, str, cb) })
+		workers.run(func() { s.serveStream(conn, peer, str, cb, credits) })
 	}
 	s.mu.Lock()
 	closed := s.closed
@@ -487,13 +491,15 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 }
 
 // serveStream runs one operation. It owns the stream: whatever happens, both
-// directions end here (closed or cancelled), so the peer's stream credit is
-// returned.
-func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cb *budget) {
+// directions end here (closed or cancelled), and its credit goes to credits,
+// which gives it back to the peer.
+func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cb *budget, credits *streamCredits) {
 	defer s.streamWG.Done()
+	defer credits.hold(str)
 	s.active.Add(1)
 	defer s.active.Add(-1)
 	c := newCall(s, conn, peer, str)
+	c.credits = credits
 	defer c.free()
 	if !s.readRequest(c, cb) {
 		return
@@ -809,15 +815,16 @@ func (s *server) shutdown() {
 // had a tenth in the allocator, and a call with its request and reply
 // buffers was a good part of that per operation.
 type call struct {
-	op     wire.Op
-	args   wire.Frame
-	peer   wire.Fingerprint // from the connection's certificate, never from the peer's fields
-	remote net.Addr
-	str    *quic.Stream
-	srv    *server
-	buf    []byte  // reply frames, reused across frames (and calls, when small)
-	item   *[]byte // the request frame: from requestBufs if small
-	held   grant   // the request's memory, until its args are decoded
+	op      wire.Op
+	args    wire.Frame
+	peer    wire.Fingerprint // from the connection's certificate, never from the peer's fields
+	remote  net.Addr
+	str     *quic.Stream
+	srv     *server
+	credits *streamCredits
+	buf     []byte  // reply frames, reused across frames (and calls, when small)
+	item    *[]byte // the request frame: from requestBufs if small
+	held    grant   // the request's memory, until its args are decoded
 	// decoded says a handler decoded the args (whether or not they were
 	// valid); inPlace, that the decoded values may alias the request, which
 	// is then held until the call ends.
@@ -904,6 +911,7 @@ func (c *call) send(kind wire.Kind, body any) error {
 // write writes an encoded frame, bounded by the write timeout. quic-go does
 // not keep frame past the call. Errors are *streamError.
 func (c *call) write(frame []byte) error {
+	c.credits.release()
 	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	if _, err := c.str.Write(frame); err != nil {
 		return &streamError{err}

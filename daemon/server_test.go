@@ -92,6 +92,46 @@ func TestRequestTimeout(t *testing.T) {
 	p.info(gid(d))
 }
 
+// TestHeldStreamCreditComesBack checks that the credit a connection holds
+// for its finished streams (credit.go) comes back with no reply to carry
+// it: streams the peer abandons before their request end without one.
+func TestHeldStreamCreditComesBack(t *testing.T) {
+	const maxStreams = 8 // credits are held two at a time at most
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxIncomingStreams: maxStreams}})
+	p := dial(t, d.Addr(), d.Fingerprint(), nil)
+	// Well under the request timeout (10 s), which would end waiting
+	// streams with a reply and so give held credit back anyway.
+	open := func() *quic.Stream {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		str, err := p.conn.OpenStreamSync(ctx)
+		if err != nil {
+			t.Fatalf("open stream: %v (held credit not given back)", err)
+		}
+		return str
+	}
+	abandon := func(str *quic.Stream) {
+		str.CancelWrite(0)
+		str.CancelRead(0)
+	}
+	// More abandoned streams than the limit, one after another.
+	for range 3 * maxStreams {
+		abandon(open())
+	}
+	// One abandoned stream's credit is held, below the hold limit; then
+	// every stream the limit allows is opened and left waiting, so the last
+	// of them needs that credit.
+	abandon(open())
+	waiting := make([]*quic.Stream, maxStreams)
+	for i := range waiting {
+		waiting[i] = open()
+	}
+	for _, str := range waiting {
+		abandon(str)
+	}
+	p.info(gid(d))
+}
+
 // TestHandlerPanic checks that a panicking handler answers internal and the
 // server goes on.
 func TestHandlerPanic(t *testing.T) {
