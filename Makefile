@@ -1,7 +1,8 @@
 # huddle: group messaging for local networks and servers.
 #
 #   make run     build and start an all-in-one registry + group daemon
-#   make test    vet, gofmt, race detector over every package, brief fuzzing, end-to-end tests
+#   make test    vet, gofmt, race detector over every package, brief fuzzing, end-to-end tests,
+#                every benchmark run briefly
 #   make bench   package benchmarks (store, wire, and the transport floor under a fetch)
 #   make bench-e2e  huddle bench's scenarios beside the anchors, one run (BENCHMARKS.md)
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
@@ -17,7 +18,7 @@ BENCHTIME ?= 1s
 SOAKTIME  ?= 2m
 BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief fuzz bench bench-e2e e2e soak clean
+.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e e2e soak clean
 
 all: build
 
@@ -35,7 +36,7 @@ vet:
 	$(GO) vet $(PKGS)
 
 # test is what CI runs (.ci/run): everything a change must keep green.
-test: lint unit fuzz-brief
+test: lint unit fuzz-brief bench-smoke
 
 unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
@@ -44,6 +45,13 @@ unit:
 # decoder that panics on some input is caught by the ordinary test command.
 fuzz-brief:
 	@BRIEF=1 FUZZTIME=$(BRIEFFUZZ) GO=$(GO) ./scripts/fuzz.sh
+
+# bench-smoke runs every benchmark once, and the batch floor for more
+# streams than a connection may have open (so that stream credit must come
+# back), so that benchmark code cannot rot unnoticed between bench runs.
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m $(PKGS)
+	$(GO) test -run '^$$' -bench QUICFloorBatch -benchtime 20000x -timeout 2m ./daemon/
 
 fuzz:
 	@FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh

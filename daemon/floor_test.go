@@ -40,6 +40,8 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 		}
 		payload := make([]byte, chunk)
 		var req [1]byte
+		credits := newStreamCredits(DefaultMaxIncomingStreams) // as the daemon returns stream credit
+		defer credits.close()
 		for {
 			str, err := conn.AcceptStream(ctx)
 			if err != nil {
@@ -48,12 +50,14 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 			if _, err := io.ReadFull(str, req[:]); err != nil {
 				return
 			}
+			credits.release()
 			for sent := 0; sent < total; sent += chunk {
 				if _, err := str.Write(payload[:min(chunk, total-sent)]); err != nil {
 					return
 				}
 			}
 			str.Close()
+			credits.hold(str)
 		}
 	}()
 
@@ -117,18 +121,22 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 				return
 			}
 			srvWG.Go(func() {
+				credits := newStreamCredits(DefaultMaxIncomingStreams) // as the daemon returns stream credit
+				defer credits.close()
 				for {
 					str, err := conn.AcceptStream(ctx)
 					if err != nil {
 						return
 					}
 					srvWG.Go(func() {
+						defer credits.hold(str)
 						var req [reqSize]byte
 						var rep [repSize]byte
 						if _, err := io.ReadFull(str, req[:]); err != nil {
 							str.CancelWrite(1)
 							return
 						}
+						credits.release()
 						str.Write(rep[:])
 						str.Close()
 						io.Copy(io.Discard, str) // the request's end
@@ -157,7 +165,9 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				str.Write(req)
+				if err := str.TryWriteAll(req); err != nil { // as the client writes a request (requestWriter)
+					str.Write(req)
+				}
 				str.Close()
 				if _, err := io.ReadFull(str, rep[:]); err != nil {
 					b.Error(err)
