@@ -24,9 +24,9 @@ import (
 //     it holds the group's max_batch messages or a frame's worth of bytes;
 //     when its oldest message has waited Config.BatchLinger while another
 //     batch is in flight; and, with none in flight, at once, except right
-//     after a batch of several messages: then the next waits until those
-//     messages' callers are back in the queue (the batch's size plus what
-//     was queued when it ended), or regroupWait has passed.
+//     after a batch of several messages: then the next waits until half of
+//     those messages' callers are back in the queue (half the batch's size
+//     plus what was queued when it ended), or regroupWait has passed.
 //   - Every message keeps its own ID, so the operation is retried as safely
 //     as a single send. A batch the daemon refuses as too large is split in
 //     halves and each half sent again (nothing of a refused batch was
@@ -42,10 +42,16 @@ import (
 const DefaultBatchLinger = 500 * time.Microsecond
 
 // regroupWait bounds how long, after a batch of several messages ends, the
-// next batch waits for that batch's callers to send again (the linger, if
-// it is shorter). Sending as soon as the first caller is back made the
-// batches of 16 callers alternate between one message and fifteen under
-// load: they return over hundreds of microseconds when the CPU is busy. A
+// next batch waits for half of that batch's callers to send again (the
+// linger, if it is shorter).
+//
+// Sending as soon as the first caller was back made the batches of 16
+// callers alternate between one message and fifteen under load, when the
+// callers return over hundreds of microseconds. Waiting for all of them
+// instead did best with 16 connections sharing the CPU, but cost a single
+// connection 13-28%: its client and daemon then take turns, where two
+// batches in flight keep both busy. Half is as good as all with 16
+// connections and better than either alone on one (BENCHMARKS.md). A
 // caller that does not come back costs the others this wait, once.
 const regroupWait = 500 * time.Microsecond
 
@@ -74,7 +80,7 @@ type batcher struct {
 	warm     bool // the last operation carried several messages: sends are concurrent
 	// expect is how many queued messages the next batch waits for, for
 	// at most regroupWait from idleAt (when the last batch of several
-	// ended with none in flight): that batch's callers coming back.
+	// ended with none in flight): half of that batch's callers coming back.
 	expect   int
 	idleAt   time.Time
 	closed   bool
@@ -177,7 +183,7 @@ func (b *batcher) finished(n int) {
 	b.inflight--
 	b.warm = n > 1
 	if b.warm && b.inflight == 0 {
-		b.expect, b.idleAt = min(n+len(b.queue), b.maxBatch), time.Now()
+		b.expect, b.idleAt = min(n+len(b.queue), b.maxBatch)/2, time.Now()
 	}
 	more := len(b.queue) > 0
 	b.mu.Unlock()
