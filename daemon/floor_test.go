@@ -39,14 +39,9 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 			return
 		}
 		payload := make([]byte, chunk)
-		var req [1]byte
-		credits := newStreamCredits(DefaultMaxIncomingStreams) // as the daemon returns stream credit
-		defer credits.close()
-		for {
-			str, err := conn.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
+		floorStreams(ctx, conn, func(str *quic.Stream, credits *streamCredits) {
+			defer credits.hold(str)
+			var req [1]byte
 			if _, err := io.ReadFull(str, req[:]); err != nil {
 				return
 			}
@@ -57,8 +52,7 @@ func BenchmarkQUICFloorTransfer(b *testing.B) {
 				}
 			}
 			str.Close()
-			credits.hold(str)
-		}
+		})
 	}()
 
 	conn := floorDial(ctx, b, ln.Addr(), srvID)
@@ -121,13 +115,7 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 				return
 			}
 			srvWG.Go(func() {
-				credits := newStreamCredits(DefaultMaxIncomingStreams) // as the daemon returns stream credit
-				defer credits.close()
-				for {
-					str, err := conn.AcceptStream(ctx)
-					if err != nil {
-						return
-					}
+				floorStreams(ctx, conn, func(str *quic.Stream, credits *streamCredits) {
 					srvWG.Go(func() {
 						defer credits.hold(str)
 						var req [reqSize]byte
@@ -141,7 +129,7 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 						str.Close()
 						io.Copy(io.Discard, str) // the request's end
 					})
-				}
+				})
 			})
 		}
 	})
@@ -186,6 +174,21 @@ func BenchmarkQUICFloorBatch(b *testing.B) {
 		c.CloseWithError(0, "")
 	}
 	srvWG.Wait()
+}
+
+// floorStreams accepts conn's streams until it ends and hands each to serve
+// with the connection's stream credit, which serve returns as the daemon
+// does: credits.release before it replies, credits.hold when it is done.
+func floorStreams(ctx context.Context, conn *quic.Conn, serve func(*quic.Stream, *streamCredits)) {
+	credits := newStreamCredits(DefaultMaxIncomingStreams)
+	defer credits.close()
+	for {
+		str, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		serve(str, credits)
+	}
 }
 
 // floorListener listens on 127.0.0.1 with the daemon's QUIC configuration,
