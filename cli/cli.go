@@ -92,6 +92,7 @@ Run 'huddle COMMAND --help' for a command's flags and an example.
 Environment:
   HUDDLE_HOME      where your key and pinned registries live (default: $XDG_CONFIG_HOME/huddle)
   HUDDLE_REGISTRY  the registry address client commands use (default: this machine's, or one found over mDNS)
+  QLOGDIR          write a qlog of each QUIC connection into this directory (debugging; off when unset)
 `)
 	return b.String()
 }
