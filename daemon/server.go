@@ -455,10 +455,11 @@ func (r *refusalLog) note(log *slog.Logger, from netip.Prefix, peer wire.Fingerp
 // shutdown begins. On shutdown it leaves the connection for close to close.
 func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Prefix) {
 	defer s.connWG.Done()
-	workers := s.newStreamWorkers(conn)
 	cb := newBudget(connRequestBudget)
 	credits := newStreamCredits(s.cfg.MaxIncomingStreams)
 	defer credits.close()
+	workers := s.newStreamWorkers(func(str *quic.Stream) { s.serveStream(conn, peer, str, cb, credits) })
+	defer workers.close()
 	for {
 		str, err := conn.AcceptStream(s.acceptCtx)
 		if err != nil {
@@ -474,7 +475,7 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 		}
 		s.streamWG.Add(1)
 		s.mu.Unlock()
-		workers.run(func() { s.serveStream(conn, peer, str, cb, credits) })
+		workers.run(str)
 	}
 	s.mu.Lock()
 	closed := s.closed
