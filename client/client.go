@@ -430,8 +430,9 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 // marks the stream's end, so the FIN costs a packet of its own; the daemon
 // must acknowledge it as well. TryWriteAll queues the whole frame at once
 // (one copy), so Close comes first. Under send-batched 16x16 the client's
-// send syscalls fell from 0.22 to 0.15 per message this way. A frame too large to queue under flow control, or larger
-// than maxQueuedRequest, is written by Write as before.
+// send syscalls fell from 0.22 to 0.15 per message this way. A frame too
+// large to queue under flow control, or larger than maxQueuedRequest, is
+// written by Write as before.
 type requestWriter struct{ st *quic.Stream }
 
 // maxQueuedRequest bounds the frames requestWriter queues in one copy.
