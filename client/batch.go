@@ -209,7 +209,9 @@ func (b *batcher) run(ctx context.Context) {
 		}
 		// Senders woken by the last batch's acks are runnable now; letting
 		// them queue first makes the next batch whole instead of one
-		// message now and the rest after the linger.
+		// message now and the rest after the linger. The regroup in take
+		// does not replace this: without it send-batched lost 30-37% at
+		// 16x16, 1x16 and 1x64.
 		runtime.Gosched()
 		for {
 			batch, wait := b.take(time.Now())

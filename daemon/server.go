@@ -470,7 +470,7 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 			s.mu.Unlock()
 			str.CancelRead(wire.StreamTimeout)
 			str.CancelWrite(wire.StreamTimeout)
-			str.ReleaseStreamCredit()
+			credits.hold(str) // given back by credits.close, below
 			break
 		}
 		s.streamWG.Add(1)

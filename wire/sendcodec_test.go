@@ -222,22 +222,25 @@ func arrayOf(s any) uintptr {
 func sendMessages(s *Send) any { return s.Messages }
 func sentAcks(s *Sent) any     { return s.Acks }
 
-func checkDecodeSend(t *testing.T, item []byte) bool {
+// checkDecodeAll runs checkDecode into each of targets and reports whether
+// the hand-written decoder took the item.
+func checkDecodeAll[T any](t *testing.T, item []byte, targets []func() *T, elems func(*T) any) bool {
 	t.Helper()
 	var canon bool
-	for _, newV := range sendTargets {
-		canon = checkDecode(t, item, newV, sendMessages)
+	for _, newV := range targets {
+		canon = checkDecode(t, item, newV, elems)
 	}
 	return canon
 }
 
+func checkDecodeSend(t *testing.T, item []byte) bool {
+	t.Helper()
+	return checkDecodeAll(t, item, sendTargets, sendMessages)
+}
+
 func checkDecodeSent(t *testing.T, item []byte) bool {
 	t.Helper()
-	var canon bool
-	for _, newV := range sentTargets {
-		canon = checkDecode(t, item, newV, sentAcks)
-	}
-	return canon
+	return checkDecodeAll(t, item, sentTargets, sentAcks)
 }
 
 // sendCases are Send args the hand-written decoder takes (each way
