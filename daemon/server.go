@@ -539,23 +539,14 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	s.mu.Unlock()
 
 	// One absolute deadline for the whole request: a peer that trickles
-	// bytes does not extend it.
+	// bytes does not extend it. The read side ends with the request (or is
+	// cancelled), so the deadline is never cleared.
 	deadline := time.Now().Add(s.cfg.RequestTimeout)
 	str.SetReadDeadline(deadline)
 	err := s.readFrame(c, cb, deadline)
-	if err == nil {
-		var b [1]byte
-		switch n, rerr := io.ReadFull(str, b[:]); {
-		case n > 0:
-			err = fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
-		case rerr != io.EOF:
-			err = rerr
-		}
-	}
 	s.mu.Lock()
 	delete(s.reading, str)
 	s.mu.Unlock()
-	str.SetReadDeadline(time.Time{})
 	if err == nil {
 		return true
 	}
@@ -585,36 +576,62 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	return false
 }
 
-// readFrame reads one request frame into c as wire.ReadRequest would, but
-// takes the frame's declared length from the connection's and the server's
-// request budgets before allocating it, waiting until deadline if they are
-// spent. A peer that declares large frames and sends nothing, on thousands
-// of streams, so costs the server at most the budgets, not the sum of its
-// declarations.
+// readFrame reads one request frame and the end of the stream after it
+// into c, as wire.ReadRequest would, but takes the frame's declared length
+// from the connection's and the server's request budgets before allocating
+// it, waiting until deadline if they are spent. A peer that declares large
+// frames and sends nothing, on thousands of streams, so costs the server at
+// most the budgets, not the sum of its declarations.
+//
+// A small request has usually arrived whole, with its FIN, by the time its
+// stream is accepted. The first read takes up to len(c.head) bytes, so such
+// a request costs one quic-go Read instead of three (header, body, end).
 func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
-	var hdr [4]byte
-	if _, err := io.ReadFull(c.str, hdr[:]); err != nil {
-		if err == io.ErrUnexpectedEOF {
-			err = fmt.Errorf("%w: truncated frame header: %w", wire.ErrMalformed, err)
-		}
+	got, eof, err := readAtLeast(c.str, c.head[:], 4)
+	if err != nil {
 		return err
 	}
-	n := int64(binary.BigEndian.Uint32(hdr[:]))
+	if got < 4 {
+		return fmt.Errorf("%w: truncated frame header: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
+	}
+	n := int64(binary.BigEndian.Uint32(c.head[:4]))
 	switch {
 	case n == 0:
 		return wire.ErrEmptyFrame
 	case n > int64(s.cfg.MaxRequestBytes):
 		return fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.MaxRequestBytes, wire.ErrFrameTooLarge)
+	case int64(got) > 4+n:
+		return fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
 	}
 	if err := c.held.take(int(n), deadline, s.stopping, cb, s.requests); err != nil {
 		return err
 	}
-	item := c.itemBuf(int(n))
-	if _, err := io.ReadFull(c.str, item); err != nil {
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			err = fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
+	var item []byte
+	if 4+n <= int64(len(c.head)) {
+		item = c.head[4 : 4+n]
+	} else {
+		item = c.itemBuf(int(n))
+		copy(item, c.head[4:got])
+	}
+	if rest := item[got-4:]; len(rest) > 0 {
+		if eof {
+			return fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
 		}
-		return err
+		if _, err := io.ReadFull(c.str, rest); err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				err = fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
+			}
+			return err
+		}
+	}
+	if !eof {
+		var b [1]byte
+		switch n, err := io.ReadFull(c.str, b[:]); {
+		case n > 0:
+			return fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
+		case err != io.EOF:
+			return err
+		}
 	}
 	// The args are checked and decoded in one pass by call.decode (or
 	// checked by serveStream, for an op no handler decodes).
@@ -624,6 +641,23 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	}
 	c.op, c.args = op, args
 	return nil
+}
+
+// readAtLeast reads into buf until it holds min bytes, the stream ends, or a
+// read fails, and says whether it saw the end (io.EOF is not an error here,
+// as it is not from io.ReadAtLeast, which also drops it once min is read).
+func readAtLeast(r io.Reader, buf []byte, min int) (n int, eof bool, err error) {
+	for n < min {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
 }
 
 // budget is a count of bytes that readers take before allocating and give
@@ -824,8 +858,10 @@ type call struct {
 	srv     *server
 	credits *streamCredits
 	buf     []byte  // reply frames, reused across frames (and calls, when small)
-	item    *[]byte // the request frame: from requestBufs if small
-	held    grant   // the request's memory, until its args are decoded
+	item    *[]byte // the request frame, if larger than head: from requestBufs if small
+	// head is the first read of the request: the whole frame, if it fits.
+	head [requestHeadBytes]byte
+	held grant // the request's memory, until its args are decoded
 	// decoded says a handler decoded the args (whether or not they were
 	// valid); inPlace, that the decoded values may alias the request, which
 	// is then held until the call ends.
@@ -837,6 +873,10 @@ const (
 	// pooledRequestBytes is the size of a pooled request buffer: a send of
 	// a few dozen chat-sized messages, and every other request.
 	pooledRequestBytes = 8 << 10
+	// requestHeadBytes is the size of a call's first read, and of the
+	// largest request frame kept in the call itself: a send of a message of
+	// up to ~950 bytes, and every request but a batch.
+	requestHeadBytes = 1 << 10
 	// maxPooledReplyBytes bounds the reply buffer a pooled call keeps.
 	maxPooledReplyBytes = 64 << 10
 )

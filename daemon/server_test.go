@@ -35,6 +35,12 @@ func TestMalformedRequests(t *testing.T) {
 		b := hexBytes(t, hexItem)
 		return append(header(uint32(len(b))), b...)
 	}
+	// Frames larger than a call's first read (requestHeadBytes), one
+	// within the pooled request buffer and one beyond it.
+	send := func(size int) []byte {
+		return request(t, wire.OpSend, wire.Send{Group: g, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: make([]byte, size)}}})
+	}
+	large, huge := send(2*requestHeadBytes), send(2*pooledRequestBytes)
 	tests := []struct {
 		name string
 		raw  []byte
@@ -52,6 +58,12 @@ func TestMalformedRequests(t *testing.T) {
 		{"group of the wrong type", item("a2001001a10163616263"), wire.CodeBadRequest}, // {0:16, 1:{1:"abc"}}
 		{"trailing bytes", append(append([]byte(nil), info...), 'x'), wire.CodeBadRequest},
 		{"two frames", append(append([]byte(nil), info...), info...), wire.CodeBadRequest},
+		{"large frame from a stranger", large, wire.CodeNotMember},
+		{"large frame, trailing bytes", append(append([]byte(nil), large...), 'x'), wire.CodeBadRequest},
+		{"large frame, truncated", large[:len(large)-1], wire.CodeBadRequest},
+		{"huge frame from a stranger", huge, wire.CodeNotMember},
+		{"huge frame, trailing bytes", append(append([]byte(nil), huge...), 'x'), wire.CodeBadRequest},
+		{"huge frame, truncated", huge[:len(huge)-1], wire.CodeBadRequest},
 		{"unknown op", request(t, 99, wire.GroupRef{Group: g}), wire.CodeUnsupported},
 		{"registry op at a group daemon", request(t, wire.OpList, wire.List{}), wire.CodeUnsupported},
 		{"op beyond uint16", item("a1001a00010010"), wire.CodeUnsupported}, // {0: 0x10010}: not info (16)
