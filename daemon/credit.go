@@ -44,6 +44,7 @@ type streamCredits struct {
 	mu     sync.Mutex
 	held   []*quic.Stream
 	timer  *time.Timer // gives held credits back after creditHoldTime
+	armed  bool        // timer is set
 	closed bool
 }
 
@@ -68,13 +69,25 @@ func (sc *streamCredits) hold(str *quic.Stream) {
 	switch {
 	case len(sc.held) >= sc.limit:
 		sc.releaseLocked()
-	case len(sc.held) > 1:
-		// The timer already runs for the first.
+	case sc.armed:
+		// The timer set for an earlier credit gives this one back too,
+		// sooner than creditHoldTime. Not resetting it for every stream
+		// saves a timer update per operation under load.
 	case sc.timer == nil:
-		sc.timer = time.AfterFunc(creditHoldTime, sc.release)
+		sc.armed = true
+		sc.timer = time.AfterFunc(creditHoldTime, sc.expire)
 	default:
+		sc.armed = true
 		sc.timer.Reset(creditHoldTime)
 	}
+	sc.mu.Unlock()
+}
+
+// expire is the timer's: it gives back every held credit.
+func (sc *streamCredits) expire() {
+	sc.mu.Lock()
+	sc.armed = false
+	sc.releaseLocked()
 	sc.mu.Unlock()
 }
 
