@@ -21,14 +21,14 @@ func TestDedupChurn(t *testing.T) {
 					id[8*i+k] = byte(v >> (8 * k))
 				}
 			}
-			d.add(id, seq, int64(seq)*10)
+			d.add(id, d.hash(&id), seq, int64(seq)*10)
 			want[id] = seq
 			order = append(order, id)
 			if len(order) > window {
 				delete(want, order[len(order)-window-1])
 			}
 			probe := order[rng.IntN(len(order))]
-			got, ok := d.lookup(probe)
+			got, ok := d.lookup(probe, d.hash(&probe))
 			w, wok := want[probe]
 			if ok != wok || (ok && (got.seq != w || got.time != int64(w)*10 || got.id != probe)) {
 				t.Fatalf("window %d, seq %d: lookup = %+v %v, want seq %d %v", window, seq, got, ok, w, wok)

@@ -76,6 +76,7 @@ type Log struct {
 	lastSeq  uint64
 	lastTime int64
 	dedup    dedup
+	hashes   []uint64 // the batch's ID hashes, reused from one append to the next
 
 	// Published to readers.
 	view       atomic.Pointer[view]
@@ -136,10 +137,15 @@ func (l *Log) AppendTo(acks []Ack, batch []Entry) ([]Ack, error) {
 	defer l.mu.Unlock()
 	now := l.lim.now().UnixNano()
 	seq, t := l.lastSeq, l.lastTime
+	if cap(l.hashes) < len(batch) {
+		l.hashes = make([]uint64, len(batch))
+	}
+	hs := l.hashes[:len(batch)]
+	l.dedup.warm(batch, seq+1, hs)
 	var stored, bytes, dups int
 	for i := range batch {
 		e := &batch[i]
-		if a, ok := l.dedup.lookup(e.ID); ok {
+		if a, ok := l.dedup.lookup(e.ID, hs[i]); ok {
 			acks = append(acks, Ack{Seq: a.seq, Time: a.time, Duplicate: true})
 			dups++
 			continue
@@ -147,7 +153,7 @@ func (l *Log) AppendTo(acks []Ack, batch []Entry) ([]Ack, error) {
 		seq++
 		t = max(now, t+1)
 		l.put(seq, t, e)
-		l.dedup.add(e.ID, seq, t)
+		l.dedup.add(e.ID, hs[i], seq, t)
 		acks = append(acks, Ack{Seq: seq, Time: t})
 		stored++
 		bytes += len(e.Body)
