@@ -643,11 +643,12 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	return nil
 }
 
-// readAtLeast reads into buf until it holds min bytes, the stream ends, or a
-// read fails, and says whether it saw the end (io.EOF is not an error here,
-// as it is not from io.ReadAtLeast, which also drops it once min is read).
-func readAtLeast(r io.Reader, buf []byte, min int) (n int, eof bool, err error) {
-	for n < min {
+// readAtLeast reads into buf until it holds least bytes, the stream ends,
+// or a read fails, and says whether it saw the end (io.EOF is not an error
+// here, as it is not from io.ReadAtLeast, which also drops it once least
+// bytes are read).
+func readAtLeast(r io.Reader, buf []byte, least int) (n int, eof bool, err error) {
+	for n < least {
 		k, err := r.Read(buf[n:])
 		n += k
 		if err == io.EOF {
