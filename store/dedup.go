@@ -27,6 +27,7 @@ type dedup struct {
 	ring   []firstAck
 	index  []uint64
 	mask   uint64
+	warmed uint64 // what warm loaded, kept so the compiler keeps its loads
 }
 
 type firstAck struct {
@@ -111,11 +112,8 @@ func (d *dedup) warm(batch []Entry, next uint64, hs []uint64) {
 			sink += d.index[d.hash(&old.id)&d.mask]
 		}
 	}
-	warmSink = sink
+	d.warmed = sink
 }
-
-// warmSink keeps the compiler from dropping warm's loads.
-var warmSink uint64
 
 func (d *dedup) insert(pos int, h uint64) {
 	i := h & d.mask
