@@ -42,10 +42,9 @@ type streamWorkers struct {
 	fewest atomic.Int32 // fewest idle workers since the last sweep
 
 	mu     sync.Mutex  // guards the fields below, and sends of nil against close
-	live   int         // workers running
+	live   int         // workers running; sweep is set while there are any
 	starts int         // workers ever started
 	sweep  *time.Timer // runs retire; made with the first worker
-	armed  bool        // sweep is set: it is while live > 0
 	closed bool
 }
 
@@ -66,8 +65,7 @@ func (w *streamWorkers) run(str *quic.Stream) {
 	w.mu.Lock()
 	w.live++
 	w.starts++
-	if !w.armed {
-		w.armed = true
+	if w.live == 1 {
 		w.fewest.Store(w.idle.Load())
 		if w.sweep == nil {
 			w.sweep = time.AfterFunc(w.every, w.retire)
@@ -108,7 +106,7 @@ retiring:
 		}
 	}
 	w.fewest.Store(w.idle.Load())
-	if w.armed = w.live > 0; w.armed {
+	if w.live > 0 {
 		w.sweep.Reset(w.every)
 	}
 }
