@@ -601,7 +601,7 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	case n > int64(s.cfg.MaxRequestBytes):
 		return fmt.Errorf("frame declares %d bytes, limit %d: %w", n, s.cfg.MaxRequestBytes, wire.ErrFrameTooLarge)
 	case int64(got) > 4+n:
-		return fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
+		return errTrailingBytes
 	}
 	if err := c.held.take(int(n), deadline, s.stopping, cb, s.requests); err != nil {
 		return err
@@ -614,13 +614,14 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 		copy(item, c.head[4:got])
 	}
 	if rest := item[got-4:]; len(rest) > 0 {
-		if eof {
+		err := io.ErrUnexpectedEOF // the stream ended with the first read
+		if !eof {
+			_, err = io.ReadFull(c.str, rest)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
 		}
-		if _, err := io.ReadFull(c.str, rest); err != nil {
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				err = fmt.Errorf("%w: truncated frame: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
-			}
+		if err != nil {
 			return err
 		}
 	}
@@ -628,7 +629,7 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 		var b [1]byte
 		switch n, err := io.ReadFull(c.str, b[:]); {
 		case n > 0:
-			return fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
+			return errTrailingBytes
 		case err != io.EOF:
 			return err
 		}
@@ -642,6 +643,9 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	c.op, c.args = op, args
 	return nil
 }
+
+// errTrailingBytes is a request frame followed by more bytes.
+var errTrailingBytes = fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
 
 // readAtLeast reads into buf until it holds least bytes, the stream ends,
 // or a read fails, and says whether it saw the end (io.EOF is not an error
