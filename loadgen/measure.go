@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,17 +143,18 @@ func measure(ctx context.Context, ph *phase, cfg Config) window {
 	return w
 }
 
-// fill completes r from the latencies recorded in the window.
-func fill(r *Result, lats [][]time.Duration, w window, ph *phase) {
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
+// fill completes r from the latencies the workers recorded in the window.
+func fill(r *Result, hists []*hist, w window, ph *phase) {
+	var all hist
+	for _, h := range hists {
+		if h != nil {
+			all.merge(h)
+		}
 	}
-	slices.Sort(all)
 	r.Seconds = w.dur.Seconds()
-	r.Ops = int64(len(all))
+	r.Ops = all.n
 	r.OpsPerSec = float64(r.Ops) / r.Seconds
-	r.P50us, r.P99us, r.P999us = pct(all, 0.50), pct(all, 0.99), pct(all, 0.999)
+	r.P50us, r.P99us, r.P999us = all.quantile(0.50), all.quantile(0.99), all.quantile(0.999)
 	r.Errors = ph.errs.Load()
 	r.FirstError = ph.first()
 	r.ClientCPUCores = w.cliCPU / r.Seconds
@@ -166,14 +166,6 @@ func fill(r *Result, lats [][]time.Duration, w window, ph *phase) {
 		}
 		r.ServerRSSBytes = w.srvRSS
 	}
-}
-
-// pct returns the q-quantile of sorted, in microseconds.
-func pct(sorted []time.Duration, q float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return float64(sorted[int(q*float64(len(sorted)-1))]) / 1e3
 }
 
 // procCPU returns the user+system CPU seconds process pid has used.

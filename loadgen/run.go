@@ -175,31 +175,37 @@ func (r *runner) send(ctx context.Context, res *Result) error {
 		body[i] = 'a' + byte(i%26)
 	}
 	ph := &phase{}
-	lats := make([][]time.Duration, len(gs)*r.cfg.InFlight)
+	hists := make([]*hist, len(gs)*r.cfg.InFlight)
 	var wg sync.WaitGroup
 	for i, g := range gs {
 		for j := range r.cfg.InFlight {
 			wg.Go(func() {
-				lat := make([]time.Duration, 0, 1<<14)
+				h := new(hist)
+				// One clock read per send, a monotonic one: a send's
+				// latency runs from the end of the one before (the
+				// loop's own few ns included) to its own end.
+				base := time.Now()
+				last := time.Since(base)
 				for !ph.stop.Load() && ctx.Err() == nil {
-					t0 := time.Now()
 					_, err := g.Send(ctx, body)
-					d := time.Since(t0)
+					now := time.Since(base)
+					d := now - last
+					last = now
 					if err != nil {
 						ph.fail(err)
 						continue
 					}
 					if ph.measuring.Load() {
-						lat = append(lat, d)
+						h.add(d)
 					}
 				}
-				lats[i*r.cfg.InFlight+j] = lat
+				hists[i*r.cfg.InFlight+j] = h
 			})
 		}
 	}
 	w := measure(ctx, ph, r.cfg)
 	wg.Wait()
-	fill(res, lats, w, ph)
+	fill(res, hists, w, ph)
 	res.MsgsPerSec = res.OpsPerSec
 	return ctx.Err()
 }
@@ -231,12 +237,12 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 		return fmt.Errorf("fetch setup: message %d is not held", info.Last-uint64(want)+1)
 	}
 	ph := &phase{}
-	lats := make([][]time.Duration, len(gs)*r.cfg.InFlight)
+	hists := make([]*hist, len(gs)*r.cfg.InFlight)
 	var wg sync.WaitGroup
 	for i, g := range gs {
 		for j := range r.cfg.InFlight {
 			wg.Go(func() {
-				var lat []time.Duration
+				h := new(hist)
 				for !ph.stop.Load() && ctx.Err() == nil {
 					n := 0
 					t0 := time.Now()
@@ -251,16 +257,16 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 						continue
 					}
 					if ph.measuring.Load() {
-						lat = append(lat, d)
+						h.add(d)
 					}
 				}
-				lats[i*r.cfg.InFlight+j] = lat
+				hists[i*r.cfg.InFlight+j] = h
 			})
 		}
 	}
 	w := measure(ctx, ph, r.cfg)
 	wg.Wait()
-	fill(res, lats, w, ph)
+	fill(res, hists, w, ph)
 	res.Messages = int64(want)
 	res.MsgsPerSec = res.OpsPerSec * float64(want)
 	res.Note = fmt.Sprintf("each op fetches the %d messages since the timestamp of message %d of %d", want, info.Last-uint64(want)+1, info.Last)
@@ -331,13 +337,13 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 	wctx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
 	ph := &phase{}
-	lats := make([][]time.Duration, len(watchers))
+	hists := make([]*hist, len(watchers))
 	var started, wg sync.WaitGroup
 	for i, g := range watchers {
 		started.Add(1)
 		wg.Go(func() {
-			var lat []time.Duration
-			defer func() { lats[i] = lat }()
+			h := new(hist)
+			defer func() { hists[i] = h }()
 			first := true
 			for ev, err := range g.Watch(wctx, client.Query{After: info.Last, Epoch: info.Epoch}) {
 				if err != nil {
@@ -357,7 +363,7 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 				}
 				d := time.Duration(time.Now().UnixNano() - sentAt)
 				if ph.measuring.Load() {
-					lat = append(lat, d)
+					h.add(d)
 				}
 			}
 			if first {
@@ -412,7 +418,7 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 	time.Sleep(200 * time.Millisecond)
 	stopWatching()
 	wg.Wait()
-	fill(res, lats, w, ph)
+	fill(res, hists, w, ph)
 	res.Messages = sent.Load()
 	res.MsgsPerSec = float64(res.Messages) / res.Seconds
 	res.Note = fmt.Sprintf("%d watchers, one sender at %d msgs/s; ops are deliveries, latency is send to receipt", len(watchers), r.cfg.Rate)
@@ -427,10 +433,11 @@ func (r *runner) idle(ctx context.Context, res *Result) error {
 		rss0, _ = procRSS(pid)
 	}
 	ph := &phase{}
-	lats := make([][]time.Duration, r.cfg.Conns)
+	var mu sync.Mutex // guards connected
+	connected := new(hist)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
-	for i := range r.cfg.Conns {
+	for range r.cfg.Conns {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -451,7 +458,10 @@ func (r *runner) idle(ctx context.Context, res *Result) error {
 				ph.fail(err)
 				return
 			}
-			lats[i] = []time.Duration{time.Since(t0)}
+			d := time.Since(t0)
+			mu.Lock()
+			connected.add(d)
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
@@ -463,7 +473,7 @@ func (r *runner) idle(ctx context.Context, res *Result) error {
 	case <-ctx.Done():
 	}
 	w.end(ctx, r.cfg)
-	fill(res, lats, w, ph)
+	fill(res, []*hist{connected}, w, ph)
 	res.OpsPerSec = 0 // connections are not operations per second
 	if w.serverMeasured && res.Ops > 0 {
 		res.ServerBytesPerConn = (w.srvRSS - rss0) / res.Ops
