@@ -50,6 +50,17 @@ func (h *hist) add(d time.Duration) {
 	h.n++
 }
 
+// addAll adds a worker's buffered latencies. A worker that runs between
+// hundreds of others finds its histogram out of cache, and an increment
+// waits for the load where a store into a buffer does not: counted one at
+// a time, they were 3.3% of the load's CPU under send-batched 16x16.
+func (h *hist) addAll(ds []time.Duration) {
+	for _, d := range ds {
+		h.counts[bucket(d)]++
+	}
+	h.n += int64(len(ds))
+}
+
 func (h *hist) merge(o *hist) {
 	for i, c := range o.counts {
 		h.counts[i] += c

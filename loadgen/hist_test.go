@@ -27,16 +27,24 @@ func TestHistQuantiles(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			// Several workers' histograms, merged, as fill does.
+			// Several workers' histograms, merged, as fill does; half
+			// counted one at a time, half buffered as the send loop does.
 			var all hist
 			var exact []time.Duration
-			for range 4 {
+			for w := range 4 {
 				var h hist
+				buf := make([]time.Duration, 0, 512)
 				for range 25_000 {
 					d := tc.draw()
-					h.add(d)
 					exact = append(exact, d)
+					if w%2 == 0 {
+						h.add(d)
+					} else if buf = append(buf, d); len(buf) == cap(buf) {
+						h.addAll(buf)
+						buf = buf[:0]
+					}
 				}
+				h.addAll(buf)
 				all.merge(&h)
 			}
 			slices.Sort(exact)

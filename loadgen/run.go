@@ -181,6 +181,7 @@ func (r *runner) send(ctx context.Context, res *Result) error {
 		for j := range r.cfg.InFlight {
 			wg.Go(func() {
 				h := new(hist)
+				buf := make([]time.Duration, 0, 512)
 				// One clock read per send, a monotonic one: a send's
 				// latency runs from the end of the one before (the
 				// loop's own few ns included) to its own end.
@@ -196,9 +197,13 @@ func (r *runner) send(ctx context.Context, res *Result) error {
 						continue
 					}
 					if ph.measuring.Load() {
-						h.add(d)
+						if buf = append(buf, d); len(buf) == cap(buf) {
+							h.addAll(buf)
+							buf = buf[:0]
+						}
 					}
 				}
+				h.addAll(buf)
 				hists[i*r.cfg.InFlight+j] = h
 			})
 		}
