@@ -89,8 +89,13 @@ type batcher struct {
 }
 
 type queuedSend struct {
-	ctx  context.Context
-	msg  wire.Outgoing
+	ctx context.Context
+	msg wire.Outgoing
+	// at is when the message joined an empty queue, or, behind others, the
+	// at of the one before it: the clock is read once per busy spell, not
+	// per message. Only the oldest message's at counts (the linger), and a
+	// message that becomes the oldest when those before it leave without it
+	// has an at no later than when it joined, so it never waits longer.
 	at   time.Time
 	done chan sendResult // capacity 1: the batch never waits for its caller
 }
@@ -133,7 +138,12 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
 		return ack, err
 	}
 	q := queuedSends.Get().(*queuedSend)
-	q.ctx, q.msg, q.at = ctx, m, time.Now()
+	q.ctx, q.msg = ctx, m
+	if n := len(b.queue); n > 0 {
+		q.at = b.queue[n-1].at
+	} else {
+		q.at = time.Now()
+	}
 	b.queue = append(b.queue, q)
 	b.bytes += len(m.Body) + outgoingOverhead
 	// The batcher looks at the queue when it is woken, when a batch in
