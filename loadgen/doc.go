@@ -26,9 +26,9 @@
 // Workers run through a warm-up, then a measured window; only operations
 // completed inside the window count, and their latencies are counted in
 // log-linear histograms (exact below 256 ns, within 0.4% above), whose
-// memory does not grow with the run. When the daemon's process ID is known (Config.ServerPID, or a
-// daemon started by StartDaemon) its CPU time is read from /proc/PID/stat
-// before and after the window and its RSS from /proc/PID/status; the load
-// generator's own CPU is getrusage(RUSAGE_SELF). Nothing here browses mDNS:
-// the registry is always named.
+// memory does not grow with the run. When the daemon's process ID is known
+// (Config.ServerPID, or a daemon started by StartDaemon) its CPU time is
+// read from /proc/PID/stat before and after the window and its RSS from
+// /proc/PID/status; the load generator's own CPU is getrusage(RUSAGE_SELF).
+// Nothing here browses mDNS: the registry is always named.
 package loadgen
