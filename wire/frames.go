@@ -308,18 +308,41 @@ func (s *Send) check() error {
 			return fmt.Errorf("message %d has no id", i)
 		}
 	}
-	if len(s.Messages) > 1 {
-		// One ID for two messages of one batch would acknowledge the
-		// second as a duplicate of the first and silently drop its body.
-		seen := make(map[ID]struct{}, len(s.Messages))
-		for i := range s.Messages {
-			if _, dup := seen[s.Messages[i].ID]; dup {
-				return fmt.Errorf("message %d repeats the id of an earlier message of the batch", i)
-			}
-			seen[s.Messages[i].ID] = struct{}{}
-		}
+	// One ID for two messages of one batch would acknowledge the second as
+	// a duplicate of the first and silently drop its body.
+	if i := repeatedID(s.Messages); i > 0 {
+		return fmt.Errorf("message %d repeats the id of an earlier message of the batch", i)
 	}
 	return nil
+}
+
+// pairwiseIDs is the batch size up to which repeatedID compares every pair
+// of IDs instead of building a set: up to 496 comparisons of 16 bytes,
+// cheaper than a map's allocation and inserts (the map was 1.9% of the
+// daemon's CPU under send-batched 16x16).
+const pairwiseIDs = 32
+
+// repeatedID returns the index of the first message whose ID an earlier
+// message of msgs has, or 0 if none has.
+func repeatedID(msgs []Outgoing) int {
+	if len(msgs) <= pairwiseIDs {
+		for i := 1; i < len(msgs); i++ {
+			for j := range i {
+				if msgs[i].ID == msgs[j].ID {
+					return i
+				}
+			}
+		}
+		return 0
+	}
+	seen := make(map[ID]struct{}, len(msgs))
+	for i := range msgs {
+		if _, dup := seen[msgs[i].ID]; dup {
+			return i
+		}
+		seen[msgs[i].ID] = struct{}{}
+	}
+	return 0
 }
 
 // Outgoing is one message as a client sends it. ID is client-generated

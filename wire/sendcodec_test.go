@@ -562,3 +562,31 @@ func FuzzDecodeSent(f *testing.F) {
 		checkDecodeSent(t, mutate(item, mut))
 	})
 }
+
+// TestRepeatedID finds a repeated ID wherever it is, on both sides of the
+// batch size where repeatedID stops comparing pairs and builds a set.
+func TestRepeatedID(t *testing.T) {
+	batch := func(n int) []Outgoing {
+		msgs := make([]Outgoing, n)
+		for i := range msgs {
+			msgs[i].ID = ID{0x01, byte(i >> 8), byte(i), 0x70}
+		}
+		return msgs
+	}
+	for _, n := range []int{0, 1, 2, 16, pairwiseIDs, pairwiseIDs + 1, MaxBatch} {
+		if got := repeatedID(batch(n)); got != 0 {
+			t.Errorf("%d distinct IDs: repeatedID = %d, want 0", n, got)
+		}
+		for _, at := range [][2]int{{0, 1}, {0, n - 1}, {n / 2, n - 1}, {n - 2, n - 1}} {
+			first, second := at[0], at[1]
+			if n < 2 || first >= second {
+				continue
+			}
+			msgs := batch(n)
+			msgs[second].ID = msgs[first].ID
+			if got := repeatedID(msgs); got != second {
+				t.Errorf("%d messages, message %d repeating message %d: repeatedID = %d, want %d", n, second, first, got, second)
+			}
+		}
+	}
+}
