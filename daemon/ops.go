@@ -178,10 +178,14 @@ func (d *GroupDaemon) members(c *call) error {
 }
 
 func (d *GroupDaemon) send(c *call) error {
-	var req wire.Send
+	sc := sendScratches.Get().(*sendScratch)
+	defer sc.put()
 	// In place: the bodies are read from the request frame, and the store
 	// copies them; nothing keeps them past this handler.
-	if err := c.decodeInPlace(&req); err != nil {
+	req := wire.Send{Messages: sc.msgs[:0]}
+	err := c.decodeInPlace(&req)
+	sc.msgs = req.Messages
+	if err != nil {
 		return err
 	}
 	g, err := d.group(c.op, req.Group)
@@ -197,8 +201,6 @@ func (d *GroupDaemon) send(c *call) error {
 	if len(req.Messages) > d.cfg.MaxBatch {
 		return fmt.Errorf("send to %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
 	}
-	sc := sendScratches.Get().(*sendScratch)
-	defer sc.put()
 	for i, m := range req.Messages {
 		if len(m.Body) > d.cfg.MaxMessageBytes {
 			return fmt.Errorf("send to %s: %w: message %d has %d bytes, at most %d", g.name, wire.ErrTooLarge, i, len(m.Body), d.cfg.MaxMessageBytes)
@@ -224,9 +226,10 @@ func (d *GroupDaemon) send(c *call) error {
 	return c.result(wire.Sent{Epoch: g.epoch, Acks: sc.sent})
 }
 
-// sendScratch is the send handler's working space, pooled: three slices a
+// sendScratch is the send handler's working space, pooled: four slices a
 // send used to allocate.
 type sendScratch struct {
+	msgs    []wire.Outgoing // the request's messages, decoded
 	entries []store.Entry
 	acks    []store.Ack
 	sent    []wire.Ack
@@ -237,11 +240,12 @@ var sendScratches = sync.Pool{New: func() any { return new(sendScratch) }}
 // put empties sc, dropping its references to the request's bodies, and
 // returns it to the pool unless it grew past a chat-sized batch.
 func (sc *sendScratch) put() {
-	if cap(sc.entries) > 256 {
+	if cap(sc.entries) > 256 || cap(sc.msgs) > 256 {
 		return
 	}
+	clear(sc.msgs)
 	clear(sc.entries)
-	sc.entries, sc.acks, sc.sent = sc.entries[:0], sc.acks[:0], sc.sent[:0]
+	sc.msgs, sc.entries, sc.acks, sc.sent = sc.msgs[:0], sc.entries[:0], sc.acks[:0], sc.sent[:0]
 	sendScratches.Put(sc)
 }
 
