@@ -29,22 +29,54 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 		me := s.client.Fingerprint()
 		if cf.json {
 			for _, m := range ms {
-				printJSON(env.Stdout, map[string]any{
+				obj := map[string]any{
 					"fingerprint": m.Fingerprint.String(), "name": m.Name,
 					"joined": jsonTime(time.Unix(0, m.Joined)), "you": m.Fingerprint == me,
-				})
+					"online": m.Online, "last_seen": nil,
+				}
+				if m.LastSeen != 0 {
+					obj["last_seen"] = jsonTime(time.Unix(0, m.LastSeen))
+				}
+				printJSON(env.Stdout, obj)
 			}
 			return nil
 		}
+		now := time.Now()
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tJOINED\tFINGERPRINT")
+		fmt.Fprintln(tw, "NAME\tSEEN\tJOINED\tFINGERPRINT")
 		for _, m := range ms {
 			you := ""
 			if m.Fingerprint == me {
 				you = "  (you)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s%s\n", m.Name, localTime(time.Unix(0, m.Joined)), m.Fingerprint, you)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\n", m.Name, seen(m, now), localTime(time.Unix(0, m.Joined)), m.Fingerprint, you)
 		}
 		return tw.Flush()
 	})
+}
+
+// seen says when a member was last seen, for people: "online" while it
+// watches the group, "-" if the daemon has not seen it since it started
+// (or does not report presence).
+func seen(m wire.Member, now time.Time) string {
+	switch {
+	case m.Online:
+		return "online"
+	case m.LastSeen == 0:
+		return "-"
+	}
+	return ago(now.Sub(time.Unix(0, m.LastSeen))) + " ago"
+}
+
+// ago rounds d to the unit people would say: 40s, 5m, 3h, 2d.
+func ago(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", max(0, int(d/time.Second)))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	}
+	return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
 }

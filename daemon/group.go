@@ -52,6 +52,30 @@ type member struct {
 	joined int64         // Unix ns
 	from   uint32        // senders index of (fingerprint, name)
 	left   chan struct{} // closed when the member leaves; ends its watches
+	presence
+}
+
+// presence is what the daemon knows of a member's comings and goings, for
+// the members reply (PROTOCOL.md §8.4). It is kept in memory only: after a
+// restart nobody has been seen yet. Both fields change under g.mu's read
+// lock (the member cannot be swapped meanwhile), hence atomics.
+type presence struct {
+	watches atomic.Int32 // the member's watches on the group open now
+	// seen is when the member last made a request of the group that needs
+	// membership (or joined), or ended a watch on it: Unix ns, 0 if never
+	// since the daemon started.
+	seen atomic.Int64
+}
+
+// see records that the member was seen at now; an earlier time (a clock
+// that stepped back, or a slower request) never replaces a later one.
+func (p *presence) see(now int64) {
+	for {
+		old := p.seen.Load()
+		if now <= old || p.seen.CompareAndSwap(old, now) {
+			return
+		}
+	}
 }
 
 type sender struct {
@@ -175,15 +199,16 @@ func (g *group) membership(fp wire.Fingerprint) (from uint32, left <-chan struct
 }
 
 // pinSender returns fp's sender index, pinned so that the entry is not
-// freed while a send stores messages from it; unpinSender ends the pin. ok
-// is false if fp is not a member.
-func (g *group) pinSender(fp wire.Fingerprint) (from uint32, ok bool) {
+// freed while a send stores messages from it; unpinSender ends the pin. It
+// records fp as seen at now. ok is false if fp is not a member.
+func (g *group) pinSender(fp wire.Fingerprint, now int64) (from uint32, ok bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	m := g.members[fp]
 	if m == nil {
 		return 0, false
 	}
+	m.see(now)
 	g.senders[m.from].pins.Add(1)
 	return m.from, true
 }
@@ -210,6 +235,35 @@ func (g *group) senderCount() int {
 	return len(g.senders) - len(g.free)
 }
 
+// seen records that fp, if a member, made a request of the group at now.
+func (g *group) seen(fp wire.Fingerprint, now int64) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if m := g.members[fp]; m != nil {
+		m.see(now)
+	}
+}
+
+// watching counts a watch of fp's on the group as open, and returns what
+// marks it closed; fp is online (PROTOCOL.md §8.4) while it has one open. A
+// member that left meanwhile is not counted: its watch is ending anyway.
+func (g *group) watching(fp wire.Fingerprint, now int64) (closed func(now int64)) {
+	g.mu.RLock()
+	m := g.members[fp]
+	if m != nil {
+		m.watches.Add(1)
+		m.see(now)
+	}
+	g.mu.RUnlock()
+	if m == nil {
+		return func(int64) {}
+	}
+	return func(now int64) {
+		m.see(now)
+		m.watches.Add(-1)
+	}
+}
+
 func (g *group) isMember(fp wire.Fingerprint) bool {
 	_, _, ok := g.membership(fp)
 	return ok
@@ -228,6 +282,7 @@ func (g *group) join(fp wire.Fingerprint, name string, now int64, max int) (alre
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if m := g.members[fp]; m != nil {
+		m.see(now)
 		if m.name != name {
 			m.name = name
 			m.from = g.internLocked(fp, name)
@@ -238,7 +293,9 @@ func (g *group) join(fp wire.Fingerprint, name string, now int64, max int) (alre
 	if len(g.members) >= max {
 		return false, true
 	}
-	g.members[fp] = &member{name: name, joined: now, from: g.internLocked(fp, name), left: make(chan struct{})}
+	m := &member{name: name, joined: now, from: g.internLocked(fp, name), left: make(chan struct{})}
+	m.see(now)
+	g.members[fp] = m
 	g.version++
 	return false, false
 }
@@ -258,12 +315,18 @@ func (g *group) leave(fp wire.Fingerprint) bool {
 	return true
 }
 
-// memberList returns the members sorted by name, then fingerprint.
-func (g *group) memberList() []wire.Member {
+// memberList returns the members sorted by name, then fingerprint, with
+// their presence at now: a member with a watch open is online and last seen
+// now.
+func (g *group) memberList(now int64) []wire.Member {
 	g.mu.RLock()
 	list := make([]wire.Member, 0, len(g.members))
 	for fp, m := range g.members {
-		list = append(list, wire.Member{Fingerprint: fp, Name: m.name, Joined: m.joined})
+		e := wire.Member{Fingerprint: fp, Name: m.name, Joined: m.joined, LastSeen: m.seen.Load()}
+		if m.watches.Load() > 0 {
+			e.Online, e.LastSeen = true, max(e.LastSeen, now)
+		}
+		list = append(list, e)
 	}
 	g.mu.RUnlock()
 	slices.SortFunc(list, func(a, b wire.Member) int {

@@ -115,8 +115,8 @@ type GroupConfig struct {
 	// Logger receives joins, leaves, registration changes and errors,
 	// never message bodies or secrets. Default: discard.
 	Logger *slog.Logger
-	// Now is the clock of message timestamps and join times. Default
-	// time.Now.
+	// Now is the clock of message timestamps, join times and members'
+	// presence (when each was last seen). Default time.Now.
 	Now func() time.Time
 }
 

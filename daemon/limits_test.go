@@ -199,7 +199,7 @@ func TestSenderTableBounded(t *testing.T) {
 	for i := range 2000 { // renames, each followed by a message
 		name := fmt.Sprintf("loud-%d", i)
 		g.join(fp, name, 0, 10)
-		from, ok := g.pinSender(fp)
+		from, ok := g.pinSender(fp, 0)
 		if !ok {
 			t.Fatal("not a member")
 		}
@@ -281,7 +281,7 @@ func TestLegacyNamesLoad(t *testing.T) {
 	must(t, os.WriteFile(path, []byte(legacy), 0o600))
 	d2, _ := startGroupDaemon(t, GroupConfig{StateDir: dir})
 	dial(t, d2.Addr(), d2.Fingerprint(), nil).info(g) // serving
-	if got := d2.groups[g].memberList(); len(got) != 1 || got[0].Name != "alice" {
+	if got := d2.groups[g].memberList(0); len(got) != 1 || got[0].Name != "alice" {
 		t.Fatalf("members %+v, want alice, the format character dropped", got)
 	}
 }

@@ -174,7 +174,9 @@ func (d *GroupDaemon) members(c *call) error {
 	if _, _, err := memberOf(c, g); err != nil {
 		return err
 	}
-	return c.result(wire.MemberList{Members: g.memberList()})
+	now := d.cfg.Now().UnixNano()
+	g.seen(c.peer, now)
+	return c.result(wire.MemberList{Members: g.memberList(now)})
 }
 
 func (d *GroupDaemon) send(c *call) error {
@@ -192,7 +194,8 @@ func (d *GroupDaemon) send(c *call) error {
 	if err != nil {
 		return err
 	}
-	from, ok := g.pinSender(c.peer)
+	now := d.cfg.Now()
+	from, ok := g.pinSender(c.peer, now.UnixNano())
 	if !ok {
 		return fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
@@ -207,7 +210,7 @@ func (d *GroupDaemon) send(c *call) error {
 		}
 		sc.entries = append(sc.entries, store.Entry{ID: m.ID, From: from, Body: m.Body})
 	}
-	if wait, ok := g.rate.take(c.peer, len(sc.entries), d.cfg.Now()); !ok {
+	if wait, ok := g.rate.take(c.peer, len(sc.entries), now); !ok {
 		ms := max(1, uint64((wait+time.Millisecond-1)/time.Millisecond))
 		return &wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: ms,
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
@@ -272,6 +275,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 	if _, _, err := memberOf(c, g); err != nil {
 		return err
 	}
+	g.seen(c.peer, d.cfg.Now().UnixNano())
 	if req.Epoch != 0 && req.Epoch != g.epoch {
 		return epochMismatch(c.op, g)
 	}
@@ -325,6 +329,9 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	if req.Epoch != 0 && req.Epoch != g.epoch {
 		return epochMismatch(c.op, g)
 	}
+	// The member is online while this watch is open (PROTOCOL.md §8.4).
+	closed := g.watching(c.peer, d.cfg.Now().UnixNano())
+	defer func() { closed(d.cfg.Now().UnixNano()) }()
 	st := g.log.Stats()
 	if err := c.send(wire.KindStart, wire.Start{Epoch: g.epoch, First: st.First, Last: st.Last,
 		HeartbeatMS: uint64(d.cfg.HeartbeatInterval.Milliseconds())}); err != nil {

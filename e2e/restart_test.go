@@ -79,10 +79,17 @@ func TestDaemonRestart(t *testing.T) {
 		Name        string `json:"name"`
 		Joined      string `json:"joined"`
 		You         bool   `json:"you"`
+		Online      bool   `json:"online"`
+		LastSeen    string `json:"last_seen"`
 	}
 	var names []string
 	for _, m := range jsonLines[memberJSON](t, bob.ok(t, "members", "lobby", "--json")) {
 		names = append(names, m.Name)
+		// Presence is the daemon's memory: since the restart only bob (asking
+		// now) has been seen; alice's info does not need membership.
+		if m.Online || (m.Name == "alice") != (m.LastSeen == "") {
+			t.Errorf("after the restart: %s online %v, last seen %q; want offline, and only bob seen", m.Name, m.Online, m.LastSeen)
+		}
 	}
 	if !slices.Equal(names, []string{"alice", "bob"}) {
 		t.Errorf("members after the restart: %v, want alice and bob", names)

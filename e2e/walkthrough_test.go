@@ -237,16 +237,24 @@ func TestWalkthrough(t *testing.T) {
 		Name        string `json:"name"`
 		Joined      string `json:"joined"`
 		You         bool   `json:"you"`
+		Online      bool   `json:"online"`
+		LastSeen    string `json:"last_seen"`
 	}
-	members := jsonLines[memberJSON](t, alice.ok(t, "members", "lobby", "--json"), "fingerprint", "name", "joined", "you")
+	members := jsonLines[memberJSON](t, alice.ok(t, "members", "lobby", "--json"), "fingerprint", "name", "joined", "you", "online", "last_seen")
 	if len(members) != 2 ||
 		members[0].Name != "alice" || members[0].Fingerprint != aliceFP || !members[0].You ||
 		members[1].Name != "bob" || members[1].Fingerprint != bobFP || members[1].You {
 		t.Errorf("members --json = %+v, want alice (you) then bob", members)
 	}
 	for _, m := range members {
-		if joined := parseTS(t, m.Joined); !joined.Before(times[0]) {
+		joined := parseTS(t, m.Joined)
+		if !joined.Before(times[0]) {
 			t.Errorf("%s joined at %s, after the first message", m.Name, m.Joined)
+		}
+		// Nobody watches: both offline, last seen since they joined (alice
+		// asking for the list now, bob at his last send).
+		if seen := parseTS(t, m.LastSeen); m.Online || seen.Before(joined) {
+			t.Errorf("%s: online %v, last seen %s, joined %s: want offline, seen since joining", m.Name, m.Online, m.LastSeen, m.Joined)
 		}
 	}
 

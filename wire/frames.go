@@ -279,13 +279,19 @@ type MemberList struct {
 	Members []Member `cbor:"1,keyasint"`
 }
 
-// Member is one member of a group.
+// Member is one member of a group, with its presence: whether it has a
+// watch on the group open now, and when the daemon last saw it. Online and
+// LastSeen were added within huddle/1; an older daemon omits them, so a
+// zero LastSeen means "not known", not "never".
 //
-//	{1: fingerprint bytes(32), 2: name text, 3: joined int (Unix ns)}
+//	{1: fingerprint bytes(32), 2: name text, 3: joined int (Unix ns),
+//	 4: online bool, 5: last_seen int (Unix ns)}
 type Member struct {
 	Fingerprint Fingerprint `cbor:"1,keyasint"`
 	Name        string      `cbor:"2,keyasint"`
 	Joined      int64       `cbor:"3,keyasint"`
+	Online      bool        `cbor:"4,keyasint,omitempty"`
+	LastSeen    int64       `cbor:"5,keyasint,omitempty"`
 }
 
 // Send appends messages to a group, all or none.

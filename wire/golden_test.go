@@ -85,6 +85,10 @@ func goldenCases() []goldenCase {
 			{Fingerprint: tAlice, Name: "alice", Joined: tT0 - 3_600_000_000_000},
 			{Fingerprint: tBob, Name: "bob", Joined: tT0 - 60_000_000_000},
 		}}},
+		{name: "resp-member-list-presence", op: OpMembers, kind: KindResult, v: &MemberList{Members: []Member{
+			{Fingerprint: tAlice, Name: "alice", Joined: tT0 - 3_600_000_000_000, Online: true, LastSeen: tT0},
+			{Fingerprint: tBob, Name: "bob", Joined: tT0 - 60_000_000_000, LastSeen: tT0 - 30_000_000_000},
+		}}},
 		{name: "resp-sent", op: OpSend, kind: KindResult, v: &Sent{Epoch: tEpoch, Acks: []Ack{{Seq: 58, Time: tT0 + 1_500_000}}}},
 		{name: "resp-sent-duplicate", op: OpSend, kind: KindResult, v: &Sent{Epoch: tEpoch, Acks: []Ack{
 			{Seq: 58, Time: tT0 + 1_500_000, Duplicate: true}, {Seq: 59, Time: tT0 + 2_000_000}}}},

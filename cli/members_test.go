@@ -1,0 +1,29 @@
+package cli
+
+import (
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func TestMemberSeen(t *testing.T) {
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) int64 { return now.Add(-d).UnixNano() }
+	for _, c := range []struct {
+		m    wire.Member
+		want string
+	}{
+		{wire.Member{Online: true, LastSeen: at(time.Hour)}, "online"},
+		{wire.Member{}, "-"},
+		{wire.Member{LastSeen: at(40 * time.Second)}, "40s ago"},
+		{wire.Member{LastSeen: at(-time.Second)}, "0s ago"}, // the daemon's clock is ahead
+		{wire.Member{LastSeen: at(5*time.Minute + 59*time.Second)}, "5m ago"},
+		{wire.Member{LastSeen: at(47 * time.Hour)}, "47h ago"},
+		{wire.Member{LastSeen: at(50 * time.Hour)}, "2d ago"},
+	} {
+		if got := seen(c.m, now); got != c.want {
+			t.Errorf("seen(%+v) = %q, want %q", c.m, got, c.want)
+		}
+	}
+}
