@@ -358,8 +358,15 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 		if err != nil {
 			return err
 		}
+		heard := conn.ConnectionStats().PacketsReceived
 		var delivered bool
 		delivered, err = p.stream(ctx, conn, op, args, handle)
+		if err != nil && ctx.Err() != nil && !delivered && conn.ConnectionStats().PacketsReceived == heard {
+			// The whole call passed without a packet from the server: the
+			// connection is most likely dead (the server restarted and
+			// ignores it), so the next call dials afresh.
+			p.drop(conn)
+		}
 		if err == nil || ctx.Err() != nil || !connectionLost(conn, err) {
 			return err
 		}
@@ -376,6 +383,8 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 // stream runs one operation on one stream. delivered reports whether any
 // response frame reached handle.
 func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (delivered bool, err error) {
+	watch := watchSilence(conn, p.c.cfg.Logger)
+	defer watch.Stop()
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return false, err
@@ -408,7 +417,10 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			}
 			return delivered, ctxErr(ctx, err)
 		}
-		delivered = true
+		if !delivered {
+			watch.Stop() // the server is alive; a watch may now be quiet
+			delivered = true
+		}
 		done, err := handle(kind, f)
 		if err == nil && done && (kind == wire.KindResult || kind == wire.KindEnd) && finished(st) {
 			return delivered, nil
@@ -420,6 +432,32 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			return delivered, err
 		}
 	}
+}
+
+// silentAfter is how long a call waits without a single packet from the
+// server (not even the acknowledgment of its request, which a live server
+// sends within its 25 ms ack delay) before it takes the connection for dead.
+//
+// A server that restarted ignores the old connection's packets: it answers
+// a stateless reset only to packets of at least 42 bytes, and a client's
+// small requests and probes are shorter. Without this, calls would wait
+// out the 30 s idle timeout, and past it quic-go's backed-off probe timer
+// (100 s was measured, issue 15.11).
+const silentAfter = 1500 * time.Millisecond
+
+// watchSilence closes conn if nothing at all arrives on it within
+// silentAfter (longer on a slow path: four smoothed round trips), so the
+// streams waiting on it fail as a lost connection, which call retries on
+// a new one. Stop the returned timer once the server was heard.
+func watchSilence(conn *quic.Conn, log *slog.Logger) *time.Timer {
+	stats := conn.ConnectionStats()
+	heard, wait := stats.PacketsReceived, max(silentAfter, 4*stats.SmoothedRTT)
+	return time.AfterFunc(wait, func() {
+		if conn.ConnectionStats().PacketsReceived == heard {
+			log.Debug("server silent; dropping the connection", "remote", conn.RemoteAddr(), "after", wait)
+			conn.CloseWithError(0, "server silent")
+		}
+	})
 }
 
 // requestWriter writes a request frame so that the FIN the caller sends
