@@ -570,3 +570,97 @@ func TestQLOGDIR(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchStatus checks Query.Status: the watch reports EventLive when
+// the daemon accepts it, EventInterrupted (with why) when its path is cut,
+// and EventLive again once it has resumed, delivering what was sent
+// meanwhile once. Without Status none of these are yielded.
+func TestWatchStatus(t *testing.T) {
+	r, d, _ := setup(t, daemon.GroupConfig{HeartbeatInterval: 100 * time.Millisecond})
+	ctx := testCtx(t)
+	proxy, err := udpproxy.New(d.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	sender := openGroup(t, newClient(t), r.Addr().String(), "lobby")
+	if _, err := sender.Join(ctx, "sender", nil); err != nil {
+		t.Fatal(err)
+	}
+	gw, err := newClient(t).Group(wire.GroupEntry{Group: sender.ID(), Name: "lobby", Addrs: []string{proxy.Addr()}, Fingerprint: d.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.Join(ctx, "watcher", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, status := range []bool{false, true} {
+		events := make(chan client.Event, 100)
+		wctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for ev, err := range gw.Watch(wctx, client.Query{Status: status}) {
+				if err != nil {
+					t.Errorf("watch: %v", err)
+					return
+				}
+				events <- ev
+			}
+		})
+		next := func() client.Event {
+			t.Helper()
+			select {
+			case ev := <-events:
+				return ev
+			case <-ctx.Done():
+				t.Fatal("no watch event in time")
+			}
+			return client.Event{}
+		}
+		before := fmt.Sprintf("before, status %v", status)
+		if _, err := sender.Send(ctx, []byte(before)); err != nil {
+			t.Fatal(err)
+		}
+		if !status {
+			// The first event is the message: no status events.
+			if ev := next(); ev.Kind != client.EventMessage {
+				t.Fatalf("without Status: first event %+v, want the message", ev)
+			}
+			cancel()
+			wg.Wait()
+			continue
+		}
+		if ev := next(); ev.Kind != client.EventLive {
+			t.Fatalf("first event %+v, want EventLive", ev)
+		}
+		var last uint64
+		for ev := next(); ; ev = next() {
+			if ev.Kind != client.EventMessage {
+				t.Fatalf("event %+v, want the messages sent", ev)
+			}
+			if last = ev.Message.Seq; string(ev.Message.Body) == before {
+				break
+			}
+		}
+		proxy.Cut()
+		ev := next()
+		if ev.Kind != client.EventInterrupted || !errors.Is(ev.Err, client.ErrUnreachable) {
+			t.Fatalf("after the cut: %+v, want EventInterrupted, unreachable", ev)
+		}
+		if _, err := sender.Send(ctx, []byte("during")); err != nil {
+			t.Fatal(err)
+		}
+		proxy.Restore()
+		for ev = next(); ev.Kind == client.EventInterrupted; ev = next() {
+		}
+		if ev.Kind != client.EventLive {
+			t.Fatalf("after the restore: %+v, want EventLive", ev)
+		}
+		if ev = next(); ev.Kind != client.EventMessage || ev.Message.Seq != last+1 || string(ev.Message.Body) != "during" {
+			t.Fatalf("after resuming: %+v, want message %d \"during\"", ev, last+1)
+		}
+		cancel()
+		wg.Wait()
+	}
+}

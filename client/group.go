@@ -214,6 +214,10 @@ type Query struct {
 	// another epoch fails with ErrEpochMismatch instead of matching the
 	// cursor against new sequence numbers.
 	Epoch uint64
+	// Status, for Watch only, asks for the watch's own state as events too:
+	// EventLive when the daemon accepts it, EventInterrupted when it loses
+	// its stream and starts reconnecting. For programs that show it.
+	Status bool
 }
 
 func (q Query) selection() (*int64, *uint64, error) {

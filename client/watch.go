@@ -25,6 +25,13 @@ const (
 	// an in-memory log); sequence numbers start again under Epoch, and the
 	// watch follows the new log from its beginning.
 	EventReset
+	// EventLive (only with Query.Status): the daemon accepted the watch,
+	// at its start and again each time it resumes after EventInterrupted.
+	EventLive
+	// EventInterrupted (only with Query.Status): the watch lost its stream
+	// (Err says why) and is reconnecting; it resumes after the last event
+	// it delivered.
+	EventInterrupted
 )
 
 // Event is one thing a watch reports.
@@ -33,6 +40,7 @@ type Event struct {
 	Message  Message // EventMessage
 	From, To uint64  // EventGap
 	Epoch    uint64  // the log epoch the event belongs to
+	Err      error   // EventInterrupted: why
 }
 
 // Backoff bounds for reconnecting watches.
@@ -54,7 +62,7 @@ const (
 // group from elsewhere), ErrNotFound, ErrUnauthorized, ErrBadRequest.
 func (g *Group) Watch(ctx context.Context, q Query) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
-		w := watcher{g: g, epoch: q.Epoch}
+		w := watcher{g: g, epoch: q.Epoch, status: q.Status}
 		since, after, err := q.selection()
 		if err != nil {
 			yield(Event{}, fmt.Errorf("watch: %w", err))
@@ -70,6 +78,8 @@ type watcher struct {
 	since *int64  // the original selection, until a message is delivered
 	after *uint64 // the resume cursor
 	epoch uint64  // the epoch the cursor belongs to (0: not known yet)
+	// status asks for EventLive and EventInterrupted.
+	status bool
 }
 
 func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
@@ -101,6 +111,9 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 		wait := backoff
 		if d, ok := RetryAfter(err); ok && d > wait {
 			wait = d
+		}
+		if w.status && !yield(Event{Kind: EventInterrupted, Epoch: w.epoch, Err: err}, nil) {
+			return
 		}
 		w.g.cl.cfg.Logger.Debug("watch interrupted; resuming", "group", w.g.id, "err", err, "in", wait)
 		if !sleep(ctx, jitter(wait)) {
@@ -148,6 +161,10 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 			}
 			started = true
 			w.epoch = s.Epoch
+			if w.status && !yield(Event{Kind: EventLive, Epoch: s.Epoch}, nil) {
+				stop = true
+				return true, nil
+			}
 			if s.HeartbeatMS > 0 {
 				deadAfter = 3 * time.Duration(s.HeartbeatMS) * time.Millisecond
 				timer.Reset(deadAfter)
