@@ -99,14 +99,14 @@ func stateDir(env Env, component string) (string, error) {
 	return "", errors.New("cannot tell where to keep state: give --state-dir or set HOME")
 }
 
-// session is what a client verb works with: the user's client and their
-// registry.
+// session is what a client verb works with: the user's client and the
+// registries it asks.
 type session struct {
 	env    Env
 	verb   string
 	flags  *clientFlags
 	client *client.Client
-	reg    *client.Registry
+	regs   client.Registries
 }
 
 // open loads the user's identity and connects to the registry.
@@ -129,23 +129,34 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 		c.Close()
 		return nil, err
 	}
-	return &session{env: env, verb: verb, flags: f, client: c, reg: reg}, nil
+	return &session{env: env, verb: verb, flags: f, client: c, regs: client.Registries{reg}}, nil
 }
 
 func (s *session) Close() { s.client.Close() }
 
+// list asks the session's registries and merges their listings (one
+// entry per group UUID and daemon fingerprint). It fails only when no
+// registry answered.
+func (s *session) list(ctx context.Context) ([]client.ListedGroup, error) {
+	return client.Listed(s.regs.List(ctx))
+}
+
 // group resolves GROUP (a UUID, a unique UUID prefix, or a unique name)
-// against the registry's list.
+// against the merged listing.
 func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.GroupEntry, error) {
-	list, err := s.reg.List(ctx)
+	listed, err := s.list(ctx)
 	if err != nil {
 		return nil, wire.GroupEntry{}, err
 	}
-	e, err := resolveGroup(list.Groups, ref)
+	entries := make([]wire.GroupEntry, len(listed))
+	for i, g := range listed {
+		entries[i] = g.GroupEntry
+	}
+	e, err := resolveGroup(entries, ref)
 	if err != nil {
 		return nil, e, err
 	}
-	g, err := s.reg.Group(e)
+	g, err := s.regs.Group(e)
 	return g, e, err
 }
 

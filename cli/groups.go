@@ -26,12 +26,12 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		return fail(env, "groups", err)
 	}
 	defer s.Close()
-	list, err := s.reg.List(ctx)
+	list, err := s.list(ctx)
 	if err != nil {
 		return fail(env, "groups", err)
 	}
 	if cf.json {
-		for _, g := range list.Groups {
+		for _, g := range list {
 			printJSON(env.Stdout, groupJSON{
 				UUID: g.Group.String(), Name: g.Name, Addrs: g.Addrs,
 				Fingerprint: g.Fingerprint.String(), Members: g.Members, LastSeq: g.LastSeq,
@@ -39,13 +39,13 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		}
 		return ExitOK
 	}
-	if len(list.Groups) == 0 {
-		fmt.Fprintf(env.Stderr, "no groups registered at %s yet (start one with: huddle serve --group NAME)\n", s.reg.Addr())
+	if len(list) == 0 {
+		fmt.Fprintf(env.Stderr, "no groups registered at %s yet (start one with: huddle serve --group NAME)\n", s.regs[0].Addr())
 		return ExitOK
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tUUID\tMEMBERS\tMESSAGES\tADDRESS\tDAEMON")
-	for _, g := range list.Groups {
+	for _, g := range list {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", g.Name, g.Group, g.Members, g.LastSeq,
 			strings.Join(g.Addrs, ","), g.Fingerprint.Short())
 	}

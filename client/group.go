@@ -17,7 +17,7 @@ type Group struct {
 	id   wire.UUID
 	name string
 	cl   *Client
-	reg  *Registry // nil: the group's address is fixed
+	regs Registries // empty: the group's address is fixed
 
 	mu sync.Mutex
 	p  *peer
@@ -43,12 +43,7 @@ func (c *Client) Group(e wire.GroupEntry) (*Group, error) {
 // daemon cannot be reached, long-lived calls (Watch) ask the registry for
 // the daemon's current addresses and fingerprint.
 func (r *Registry) Group(e wire.GroupEntry) (*Group, error) {
-	g, err := r.p.c.Group(e)
-	if err != nil {
-		return nil, err
-	}
-	g.reg = r
-	return g, nil
+	return Registries{r}.Group(e)
 }
 
 // peer returns the connection holder for the group's daemon now.
@@ -58,30 +53,31 @@ func (g *Group) peer() *peer {
 	return g.p
 }
 
-// refresh asks the registry where the group's daemon is now and points the
-// handle there. Failures are left to the caller's next attempt.
+// refresh asks the registries where the group's daemon is now and points
+// the handle there: the first registry that lists the group under the same
+// daemon fingerprint wins. Failures are left to the caller's next attempt.
 func (g *Group) refresh(ctx context.Context) {
-	if g.reg == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, g.cl.cfg.DialTimeout)
 	defer cancel()
-	list, err := g.reg.List(ctx)
-	if err != nil {
-		return
-	}
-	for _, e := range list.Groups {
-		if e.Group != g.id {
+	fp := g.peer().pin
+	for _, r := range g.regs {
+		list, err := r.List(ctx)
+		if err != nil {
 			continue
 		}
-		p, err := g.cl.peer(e.Addrs, e.Fingerprint, nil)
-		if err != nil {
+		for _, e := range list.Groups {
+			if e.Group != g.id || e.Fingerprint != fp {
+				continue
+			}
+			p, err := g.cl.peer(e.Addrs, e.Fingerprint, nil)
+			if err != nil {
+				return
+			}
+			g.mu.Lock()
+			g.p = p
+			g.mu.Unlock()
 			return
 		}
-		g.mu.Lock()
-		g.p = p
-		g.mu.Unlock()
-		return
 	}
 }
 

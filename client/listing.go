@@ -1,0 +1,151 @@
+package client
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Registries is a set of registries asked together, so that none of them is
+// a single point of failure: List asks them all at once, Merge combines
+// what they answered, and a Group made from the set asks each of them where
+// its daemon went when it cannot be reached.
+type Registries []*Registry
+
+// RegistryListing is one registry's answer to List: its listing, or why it
+// gave none.
+type RegistryListing struct {
+	Registry *Registry
+	Groups   wire.Groups // valid when Err is nil
+	Err      error
+}
+
+// ListedGroup is one group of a merged listing.
+type ListedGroup struct {
+	wire.GroupEntry
+	// ListedBy are the fingerprints of the registries that list the group
+	// under this daemon fingerprint, in the order they were asked.
+	ListedBy []wire.Fingerprint
+}
+
+// List asks every registry of the set at once and returns their answers
+// in the set's order. It returns when every registry answered or failed,
+// each bounded by ctx.
+func (rs Registries) List(ctx context.Context) []RegistryListing {
+	out := make([]RegistryListing, len(rs))
+	var wg sync.WaitGroup
+	for i, r := range rs {
+		out[i].Registry = r
+		wg.Go(func() { out[i].Groups, out[i].Err = r.List(ctx) })
+	}
+	wg.Wait()
+	return out
+}
+
+// ErrNoListing is returned by Listed when no registry of a set answered. It
+// is joined with every registry's error.
+var ErrNoListing = errors.New("no registry answered")
+
+// Listed returns the merge of the answers that succeeded (see Merge), or,
+// when none did, an error wrapping ErrNoListing joined with each registry's
+// error (so errors.Is finds ErrUnreachable or an *identity.ChangedError).
+func Listed(answers []RegistryListing) ([]ListedGroup, error) {
+	var errs []error
+	ok := false
+	for _, a := range answers {
+		if a.Err != nil {
+			errs = append(errs, fmt.Errorf("registry %s: %w", a.Registry.Addr(), a.Err))
+			continue
+		}
+		ok = true
+	}
+	if !ok {
+		return nil, errors.Join(append([]error{ErrNoListing}, errs...)...)
+	}
+	return Merge(answers), nil
+}
+
+// Merge combines the listings of several registries into one entry per
+// group UUID and daemon fingerprint. The same UUID under two fingerprints
+// stays two entries: a group's identity is both (someone else may register
+// its UUID elsewhere), and a client choosing between them must say so.
+// Of one group's entries, the one with the most time left on its lease (the
+// latest renewed) gives the counters and the first addresses; the others'
+// addresses follow. Failed answers are skipped. Groups come sorted by name,
+// then UUID, then fingerprint.
+func Merge(answers []RegistryListing) []ListedGroup {
+	type key struct {
+		group wire.UUID
+		fp    wire.Fingerprint
+	}
+	byKey := make(map[key]*ListedGroup)
+	var out []*ListedGroup
+	for _, a := range answers {
+		if a.Err != nil {
+			continue
+		}
+		from := a.Registry.Fingerprint()
+		for _, e := range a.Groups.Groups {
+			k := key{e.Group, e.Fingerprint}
+			g := byKey[k]
+			if g == nil {
+				g = &ListedGroup{GroupEntry: e}
+				g.Addrs = slices.Clone(e.Addrs)
+				byKey[k] = g
+				out = append(out, g)
+			} else {
+				addrs := g.Addrs
+				if e.ExpiresMS > g.ExpiresMS {
+					addrs = e.Addrs
+					g.GroupEntry = e
+				}
+				g.Addrs = unionAddrs(addrs, g.Addrs, e.Addrs)
+			}
+			if !slices.Contains(g.ListedBy, from) {
+				g.ListedBy = append(g.ListedBy, from)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *ListedGroup) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), bytes.Compare(a.Group[:], b.Group[:]), bytes.Compare(a.Fingerprint[:], b.Fingerprint[:]))
+	})
+	groups := make([]ListedGroup, len(out))
+	for i, g := range out {
+		groups[i] = *g
+	}
+	return groups
+}
+
+// unionAddrs returns first's addresses, then the others' not yet listed.
+func unionAddrs(first []string, more ...[]string) []string {
+	out := slices.Clone(first)
+	for _, m := range more {
+		for _, a := range m {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// Group returns a handle on a group listed by the set: like Client.Group,
+// and when its daemon cannot be reached, long-lived calls (Watch) ask the
+// set's registries, in order, for the daemon's current addresses.
+func (rs Registries) Group(e wire.GroupEntry) (*Group, error) {
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("group %s: no registry: %w", e.Group, ErrBadRequest)
+	}
+	g, err := rs[0].p.c.Group(e)
+	if err != nil {
+		return nil, err
+	}
+	g.regs = slices.Clone(rs)
+	return g, nil
+}
