@@ -99,8 +99,9 @@ type envelope struct {
 	Body any    `cbor:"1,keyasint,omitempty"`
 }
 
+// envelopeIn is an envelope as received: Type is nil when key 0 is absent.
 type envelopeIn struct {
-	Type uint64  `cbor:"0,keyasint"`
+	Type *uint64 `cbor:"0,keyasint"`
 	Body rawBody `cbor:"1,keyasint,omitempty"`
 }
 
@@ -254,7 +255,7 @@ func (r Raw) Decode(v any) error { return decodeBody(decMode, r, v) }
 func decodeBody(dm cbor.DecMode, body []byte, v any) error {
 	if len(body) > 0 {
 		if err := dm.Unmarshal(body, v); err != nil {
-			return fmt.Errorf("%w: %v", ErrMalformed, err)
+			return malformed(err)
 		}
 	}
 	return checkFields(v)
@@ -276,17 +277,32 @@ func checkFields(v any) error {
 
 // DecodeFrame splits a frame's CBOR item into its type (op or kind) and its
 // raw args or body. The whole item is checked for well-formedness, strict
-// encoding and trailing bytes first. Errors wrap ErrMalformed.
+// encoding and trailing bytes first. An item without key 0 (no op or kind)
+// is malformed; args or a body of null or undefined are absent, as any
+// field's are (PROTOCOL.md §4). Errors wrap ErrMalformed.
 func DecodeFrame(item []byte) (uint64, Raw, error) {
 	var env envelopeIn
 	if err := decMode.Unmarshal(item, &env); err != nil {
-		return 0, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return 0, nil, malformed(err)
+	}
+	if env.Type == nil {
+		return 0, nil, fmt.Errorf("%w: no key 0 (the op or kind)", ErrMalformed)
+	}
+	if len(env.Body) == 1 && (env.Body[0] == cborNull || env.Body[0] == cborUndefined) {
+		env.Body = nil
 	}
 	if len(env.Body) > 0 && env.Body[0]>>5 != 5 { // major type 5: map
-		return 0, nil, fmt.Errorf("%w: body is not a map", ErrMalformed)
+		return 0, nil, fmt.Errorf("%w: key 1 (args or body) is not a map", ErrMalformed)
 	}
-	return env.Type, Raw(env.Body), nil
+	return *env.Type, Raw(env.Body), nil
 }
+
+// The simple values null and undefined, which a decoder takes for an
+// absent field.
+const (
+	cborNull      = 0xf6
+	cborUndefined = 0xf7
+)
 
 // ReadRequest reads and splits one request frame. An op number too large for
 // an Op is returned as 0, which no operation uses, so it is answered
@@ -436,7 +452,7 @@ func (f Frame) Decode(v any) error {
 func (f Frame) Check() error {
 	if f.unchecked {
 		if err := bodyDecMode.Wellformed(f.body); err != nil {
-			return fmt.Errorf("%w: %v", ErrMalformed, err)
+			return malformed(err)
 		}
 	}
 	return nil

@@ -104,8 +104,12 @@ func (r *Register) check() error {
 		return fmt.Errorf("%d addresses, at most %d: %w", len(r.Addrs), MaxAddrs, ErrTooLarge)
 	}
 	for _, a := range r.Addrs {
-		if len(a) == 0 || len(a) > MaxAddrBytes {
-			return fmt.Errorf("address %q: want 1..%d bytes", a, MaxAddrBytes)
+		switch {
+		case len(a) == 0:
+			return errors.New("an empty address")
+		case len(a) > MaxAddrBytes:
+			// Over a length limit, like a name: too_large.
+			return fmt.Errorf("an address of %d bytes, at most %d: %w", len(a), MaxAddrBytes, ErrTooLarge)
 		}
 	}
 	if len(r.Addrs) == 0 && r.Port == 0 {

@@ -39,7 +39,10 @@ var malformedCases = map[string]struct {
 	"truncated-body":                   {want: io.ErrUnexpectedEOF, code: CodeBadRequest},
 	"truncated-header":                 {want: io.ErrUnexpectedEOF, code: CodeBadRequest},
 	"args-not-map":                     {want: ErrMalformed, code: CodeBadRequest},
-	"args-null":                        {want: ErrMalformed, code: CodeBadRequest},
+	"no-op":                            {want: ErrMalformed, code: CodeBadRequest},
+	"args-without-op":                  {want: ErrMalformed, code: CodeBadRequest},
+	"op-null":                          {want: ErrMalformed, code: CodeBadRequest},
+	"map-key-bytes":                    {want: ErrMalformed, code: CodeBadRequest},
 	"frame-not-map":                    {want: ErrMalformed, code: CodeBadRequest},
 	"op-as-text":                       {want: ErrMalformed, code: CodeBadRequest},
 	"text-for-uint":                    {want: ErrMalformed, code: CodeBadRequest},
@@ -66,6 +69,7 @@ var malformedCases = map[string]struct {
 	"register-17-addrs":                {want: ErrTooLarge, code: CodeTooLarge},
 	"register-without-address":         {want: ErrBadRequest, code: CodeBadRequest},
 	"register-empty-address":           {want: ErrBadRequest, code: CodeBadRequest},
+	"register-65-byte-address":         {want: ErrTooLarge, code: CodeTooLarge},
 	"resp-fingerprint-31-bytes":        {want: ErrMalformed, code: CodeBadRequest, op: OpMembers},
 	"resp-error-without-code":          {want: ErrBadRequest, code: CodeBadRequest, op: OpSend},
 	"resp-body-not-map":                {want: ErrMalformed, code: CodeBadRequest, op: OpJoin},
@@ -122,8 +126,16 @@ func TestMalformed(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got error %v, want one matching %v", err, tc.want)
 			}
-			if got := ToError(err).Code; got != tc.code {
-				t.Errorf("ToError(%v).Code = %v, want %v", err, got, tc.code)
+			we := ToError(err)
+			if we.Code != tc.code {
+				t.Errorf("ToError(%v).Code = %v, want %v", err, we.Code, tc.code)
+			}
+			// The message travels to peers written in any language: it
+			// speaks of the protocol, not of this implementation's decoder.
+			for _, goText := range []string{"cbor:", "Go ", "unmarshal", "struct"} {
+				if strings.Contains(we.Message, goText) {
+					t.Errorf("error message %q speaks Go (%q)", we.Message, goText)
+				}
 			}
 		})
 	}
@@ -401,6 +413,30 @@ func TestConcurrentWrites(t *testing.T) {
 	for range cases {
 		if err := <-errc; err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// TestNullArgsAreAbsent: args (or a body) of null or undefined are an
+// absent field, as §4 says of every field: {0: 4, 1: null} is a list
+// request like {0: 4}.
+func TestNullArgsAreAbsent(t *testing.T) {
+	for _, item := range [][]byte{
+		{0xa2, 0x00, 0x04, 0x01, 0xf6}, // {0: 4, 1: null}
+		{0xa2, 0x00, 0x04, 0x01, 0xf7}, // {0: 4, 1: undefined}
+		{0xa1, 0x00, 0x04},             // {0: 4}
+	} {
+		op, f, err := SplitRequest(item)
+		if err != nil || op != OpList {
+			t.Fatalf("SplitRequest(% x) = %v, %v; want list", item, op, err)
+		}
+		// Absent args decode as an empty map, and are checked like one.
+		var l List
+		if err := f.Decode(&l); err != nil {
+			t.Errorf("% x: args decode with %v; want an empty list request", item, err)
+		}
+		if _, raw, err := DecodeFrame(item); err != nil || len(raw) != 0 {
+			t.Errorf("DecodeFrame(% x) = %x, %v; want no args", item, raw, err)
 		}
 	}
 }
