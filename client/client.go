@@ -395,11 +395,18 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 	})
 	defer stop()
 	if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
-		st.CancelRead(codeCancelled)
-		st.CancelWrite(codeCancelled)
-		return false, ctxErr(ctx, err)
+		if !stoppedByServer(err) || ctx.Err() != nil {
+			st.CancelRead(codeCancelled)
+			st.CancelWrite(codeCancelled)
+			return false, ctxErr(ctx, err)
+		}
+		// The server stopped reading (STOP_SENDING) because what it read
+		// already made it refuse the request, a frame over its limit for
+		// instance; its Error frame follows (PROTOCOL.md §3). quic-go has
+		// reset the sending side for us.
+	} else {
+		st.Close()
 	}
-	st.Close()
 	buf := responseBufs.Get().(*[]byte)
 	defer putResponseBuf(buf)
 	for {
@@ -458,6 +465,13 @@ func watchSilence(conn *quic.Conn, log *slog.Logger) *time.Timer {
 			conn.CloseWithError(0, "server silent")
 		}
 	})
+}
+
+// stoppedByServer reports whether a write failed because the server asked
+// the stream's sender to stop (STOP_SENDING).
+func stoppedByServer(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote
 }
 
 // requestWriter writes a request frame so that the FIN the caller sends
