@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"errors"
+	"math"
 	"testing"
 	"time"
 )
@@ -239,6 +240,8 @@ func TestQueries(t *testing.T) {
 			{9, 5, "j", Cursor{Next: 10, First: 1, Last: 10}},
 			{10, 5, "", Cursor{Next: 10, First: 1, Last: 10}},
 			{50, 5, "", Cursor{Next: 50, First: 1, Last: 10}},
+			{math.MaxUint64, 5, "", Cursor{Next: math.MaxUint64, First: 1, Last: 10}}, // seq+1 must not wrap to 0
+			{math.MaxUint64 - 1, 5, "", Cursor{Next: math.MaxUint64 - 1, First: 1, Last: 10}},
 			{2, 0, "", Cursor{Next: 2, More: true, First: 1, Last: 10}},
 		}
 		for _, tt := range tests {

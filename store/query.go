@@ -77,8 +77,13 @@ func (s *snap) count(k int) int {
 func (l *Log) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
 	s := l.snapshot()
 	cur := Cursor{Next: seq, First: s.first, Last: s.last}
+	// seq >= last is checked before seq+1 is computed: seq = 2^64-1 would
+	// wrap to 0 and select the whole log.
+	if s.held() == 0 || seq >= s.last {
+		return dst, cur
+	}
 	start := max(seq+1, s.first)
-	if s.held() == 0 || start > s.last {
+	if start > s.last {
 		return dst, cur
 	}
 	k := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > start }) - 1
