@@ -239,9 +239,6 @@ func (r *Registry) register(c *call) error {
 	if err := c.decode(&req); err != nil {
 		return err
 	}
-	if req.Group == (wire.UUID{}) {
-		return fmt.Errorf("register: %w: group UUID is zero", wire.ErrBadRequest)
-	}
 	addrs := req.Addrs
 	if len(addrs) == 0 {
 		a, err := sourceAddr(c.remote, req.Port)

@@ -257,6 +257,9 @@ func decodeBody(dm cbor.DecMode, body []byte, v any) error {
 		if err := dm.Unmarshal(body, v); err != nil {
 			return malformed(err)
 		}
+		if err := checkStrict(body); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	return checkFields(v)
 }
@@ -290,6 +293,9 @@ func DecodeFrame(item []byte) (uint64, Raw, error) {
 	}
 	if len(env.Body) == 1 && (env.Body[0] == cborNull || env.Body[0] == cborUndefined) {
 		env.Body = nil
+	}
+	if err := checkStrict(item); err != nil {
+		return 0, nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if len(env.Body) > 0 && env.Body[0]>>5 != 5 { // major type 5: map
 		return 0, nil, fmt.Errorf("%w: key 1 (args or body) is not a map", ErrMalformed)
@@ -453,6 +459,9 @@ func (f Frame) Check() error {
 	if f.unchecked {
 		if err := bodyDecMode.Wellformed(f.body); err != nil {
 			return malformed(err)
+		}
+		if err := checkStrict(f.body); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
 	}
 	return nil

@@ -97,6 +97,9 @@ type Register struct {
 }
 
 func (r *Register) check() error {
+	if err := requireGroup(r.Group); err != nil {
+		return err
+	}
 	if err := checkName("group name", r.Name); err != nil {
 		return err
 	}
@@ -144,6 +147,16 @@ type Renew struct {
 	LastSeq uint64 `cbor:"4,keyasint,omitempty"`
 }
 
+func (r *Renew) check() error {
+	if err := requireGroup(r.Group); err != nil {
+		return err
+	}
+	if r.Epoch == 0 {
+		return errors.New("epoch is required (a registry's epochs are never 0)")
+	}
+	return nil
+}
+
 // Deregister removes a group from the registry at once. Removing a group
 // that is not listed succeeds; one owned by another key gets
 // CodeUnauthorized.
@@ -152,6 +165,8 @@ type Renew struct {
 type Deregister struct {
 	Group UUID `cbor:"1,keyasint"`
 }
+
+func (d *Deregister) check() error { return requireGroup(d.Group) }
 
 // List asks the registry for every group whose lease is alive. It has no
 // fields; its result is a Groups.
@@ -184,6 +199,17 @@ type GroupEntry struct {
 //	{1: group uuid}
 type GroupRef struct {
 	Group UUID `cbor:"1,keyasint"`
+}
+
+func (g *GroupRef) check() error { return requireGroup(g.Group) }
+
+// requireGroup checks a request's required group field: an absent group
+// decodes as the zero UUID, which no group has.
+func requireGroup(g UUID) error {
+	if g == (UUID{}) {
+		return errors.New("group is required (absent or all zero)")
+	}
+	return nil
 }
 
 // Info describes a group; anyone may ask.
@@ -253,6 +279,9 @@ type Join struct {
 }
 
 func (j *Join) check() error {
+	if err := requireGroup(j.Group); err != nil {
+		return err
+	}
 	if len(j.Secret) > MaxSecretBytes {
 		return fmt.Errorf("secret of %d bytes, at most %d: %w", len(j.Secret), MaxSecretBytes, ErrTooLarge)
 	}
@@ -308,6 +337,8 @@ type Send struct {
 
 func (s *Send) check() error {
 	switch {
+	case s.Group == (UUID{}):
+		return requireGroup(s.Group)
 	case len(s.Messages) == 0:
 		return errors.New("send carries no messages")
 	case len(s.Messages) > MaxBatch:
@@ -399,7 +430,12 @@ type Fetch struct {
 	Epoch uint64  `cbor:"5,keyasint,omitempty"`
 }
 
-func (f *Fetch) check() error { return checkSelection(f.Since, f.After) }
+func (f *Fetch) check() error {
+	if err := requireGroup(f.Group); err != nil {
+		return err
+	}
+	return checkSelection(f.Since, f.After)
+}
 
 // Watch is a fetch that does not end: the same selection, then live
 // messages as they arrive. Limit is not used.
@@ -412,7 +448,12 @@ type Watch struct {
 	Epoch uint64  `cbor:"5,keyasint,omitempty"`
 }
 
-func (w *Watch) check() error { return checkSelection(w.Since, w.After) }
+func (w *Watch) check() error {
+	if err := requireGroup(w.Group); err != nil {
+		return err
+	}
+	return checkSelection(w.Since, w.After)
+}
 
 // Messages carries a batch of messages in sequence order.
 //
