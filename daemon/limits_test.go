@@ -285,3 +285,43 @@ func TestLegacyNamesLoad(t *testing.T) {
 		t.Fatalf("members %+v, want alice, the format character dropped", got)
 	}
 }
+
+// TestCancelledWaitersReturnCredit fills a connection's request memory with
+// streams that declare 1 MiB and stall, then opens streams that must wait
+// for that memory, and cancels them as a client that gives up does: their
+// stream credit must come back at once (PROTOCOL.md §3: within 25 ms), not
+// when their request deadline (a minute, here) passes, so the connection
+// can open as many streams again while the stallers still hold on.
+func TestCancelledWaitersReturnCredit(t *testing.T) {
+	const streams = 8
+	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxIncomingStreams: streams, RequestTimeout: time.Minute}})
+	p := dial(t, d.Addr(), d.Fingerprint(), nil)
+	hdr := header(wire.MaxFrameSize)
+	stall := func() *quic.Stream {
+		str, err := p.conn.OpenStreamSync(testCtx(t))
+		must(t, err)
+		_, err = str.Write(hdr)
+		must(t, err)
+		return str
+	}
+	holders := connRequestBudget / wire.MaxFrameSize
+	for range holders {
+		stall()
+	}
+	eventually(t, "the stallers to hold the connection's request memory", func() bool { return d.srv.active.Load() == int64(holders) })
+	for round := range 3 {
+		var waiters []*quic.Stream
+		for range streams - holders {
+			waiters = append(waiters, stall())
+		}
+		eventually(t, fmt.Sprintf("round %d's waiters to be accepted", round), func() bool { return d.srv.active.Load() == int64(streams) })
+		for _, str := range waiters {
+			str.CancelRead(wire.StreamCancelled)
+			str.CancelWrite(wire.StreamCancelled)
+		}
+		// The next round opens as many streams again: with OpenStreamSync,
+		// it waits for their credit, bounded by the test's deadline, well
+		// under the request deadline.
+	}
+	eventually(t, "the last waiters to end", func() bool { return d.srv.active.Load() == int64(holders) })
+}

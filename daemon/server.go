@@ -552,6 +552,12 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	}
 	c.release()
 
+	if err == errNoRequest {
+		// Nothing to answer: end our side at once, so the stream (and its
+		// credit) is done as soon as the peer has our FIN.
+		str.Close()
+		return false
+	}
 	if ferr := frameError(err); ferr != nil {
 		// The peer sent bytes we can answer: say what was wrong. Stop
 		// reading whatever else it sends.
@@ -591,6 +597,9 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	if err != nil {
 		return err
 	}
+	if got == 0 {
+		return errNoRequest
+	}
 	if got < 4 {
 		return fmt.Errorf("%w: truncated frame header: %w", wire.ErrMalformed, io.ErrUnexpectedEOF)
 	}
@@ -603,7 +612,7 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	case int64(got) > 4+n:
 		return errTrailingBytes
 	}
-	if err := c.held.take(int(n), deadline, s.stopping, cb, s.requests); err != nil {
+	if err := c.held.take(int(n), deadline, s.stopping, c.gone(), cb, s.requests); err != nil {
 		return err
 	}
 	var item []byte
@@ -643,6 +652,13 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	c.op, c.args = op, args
 	return nil
 }
+
+// errNoRequest is a stream that ended before any byte: it carries no
+// request, so it gets no answer (PROTOCOL.md §3).
+var errNoRequest = errors.New("stream ended before any byte of a request")
+
+// errCancelled is a stream the peer cancelled while its request waited.
+var errCancelled = errors.New("the peer cancelled the stream")
 
 // errTrailingBytes is a request frame followed by more bytes.
 var errTrailingBytes = fmt.Errorf("%w: bytes after the request frame", wire.ErrBadRequest)
@@ -709,9 +725,11 @@ type grant struct {
 }
 
 // take takes n bytes from both budgets (both or neither), waiting until
-// deadline, or until stop is closed, for them to be available. Its error
-// is a timeout (os.ErrDeadlineExceeded).
-func (g *grant) take(n int, deadline time.Time, stop <-chan struct{}, conn, sv *budget) error {
+// deadline, until stop is closed, or until gone is (the peer cancelled the
+// stream: it must get its stream credit back at once, not at the
+// deadline). Its error is a timeout (os.ErrDeadlineExceeded), or
+// errCancelled.
+func (g *grant) take(n int, deadline time.Time, stop, gone <-chan struct{}, conn, sv *budget) error {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -736,6 +754,8 @@ func (g *grant) take(n int, deadline time.Time, stop <-chan struct{}, conn, sv *
 			return fmt.Errorf("wait for %d bytes of request memory: %w", n, os.ErrDeadlineExceeded)
 		case <-stop:
 			return fmt.Errorf("wait for request memory: shutting down: %w", os.ErrDeadlineExceeded)
+		case <-gone:
+			return errCancelled
 		}
 	}
 }
