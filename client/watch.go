@@ -169,14 +169,8 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 				deadAfter = 3 * time.Duration(s.HeartbeatMS) * time.Millisecond
 				timer.Reset(deadAfter)
 			}
-			if w.after != nil && *w.after+1 < s.First && *w.after < s.Last {
-				// Retention dropped messages this watcher never saw.
-				from, to := *w.after+1, min(s.First-1, s.Last)
-				if !yield(Event{Kind: EventGap, From: from, To: to, Epoch: s.Epoch}, nil) {
-					stop = true
-					return true, nil
-				}
-			}
+			// What retention dropped after the cursor comes as a Gap frame
+			// next: the daemon reports it, once (PROTOCOL.md §8.7).
 			return false, nil
 		case wire.KindMessages:
 			var err error

@@ -3,9 +3,14 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestClientAgainstDaemons runs the Go client against a registry and a group
@@ -72,5 +77,55 @@ func TestClientAgainstDaemons(t *testing.T) {
 	must(t, err)
 	if !was {
 		t.Fatal("leave: want was a member")
+	}
+}
+
+// TestClientWatchGapOnce resumes a watch into history retention has
+// dropped: the client reports the gap once (the daemon's Gap frame), not a
+// second time from the Start frame's first sequence.
+func TestClientWatchGapOnce(t *testing.T) {
+	d, _ := startGroupDaemon(t, GroupConfig{Retention: store.Config{MaxMessages: 4}, HeartbeatInterval: time.Hour})
+	ctx := testCtx(t)
+	g, err := newTestClient(t).Group(wire.GroupEntry{Group: gid(d), Name: "general", Addrs: []string{d.Addr().String()}, Fingerprint: d.Fingerprint()})
+	must(t, err)
+	_, err = g.Join(ctx, "watcher", nil)
+	must(t, err)
+	for i := range 10 {
+		_, err := g.Send(ctx, []byte(fmt.Sprint(i+1)))
+		must(t, err)
+	}
+	info, err := g.Info(ctx)
+	must(t, err)
+	first := info.First
+	if first < 4 {
+		t.Fatalf("info %+v: want the first messages evicted", info)
+	}
+	for _, tc := range []struct {
+		q    client.Query
+		gaps []string // want, before the first message
+	}{
+		{client.Query{After: 2}, []string{fmt.Sprintf("3..%d", first-1)}},
+		{client.Query{}, nil},
+		{client.Query{After: first - 1}, nil},
+	} {
+		var gaps []string
+		wctx, cancel := context.WithCancel(ctx)
+	events:
+		for ev, err := range g.Watch(wctx, tc.q) {
+			must(t, err)
+			switch ev.Kind {
+			case client.EventGap:
+				gaps = append(gaps, fmt.Sprintf("%d..%d", ev.From, ev.To))
+			case client.EventMessage:
+				if ev.Message.Seq != first {
+					t.Fatalf("watch %+v: first message %d, want %d", tc.q, ev.Message.Seq, first)
+				}
+				break events
+			}
+		}
+		cancel()
+		if !slices.Equal(gaps, tc.gaps) {
+			t.Fatalf("watch %+v: gaps %q, want %q", tc.q, gaps, tc.gaps)
+		}
 	}
 }

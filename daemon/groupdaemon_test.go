@@ -691,6 +691,41 @@ func TestGroupWatchGap(t *testing.T) {
 	if m.Messages[0].Seq != in.First {
 		t.Fatalf("after the gap: seq %d, want %d", m.Messages[0].Seq, in.First)
 	}
+
+	// A Gap at the start of a watch is for a cursor only (PROTOCOL.md
+	// §8.7): after = 0 names a position whose next messages are gone; no
+	// selection, or a time, asks for what the log holds.
+	for _, tc := range []struct {
+		what    string
+		args    wire.Watch
+		gapFrom uint64 // 0: no gap
+	}{
+		{"after 0", wire.Watch{Group: g, After: u64(0)}, 1},
+		{"no selection", wire.Watch{Group: g}, 0},
+		{"since 0", wire.Watch{Group: g, Since: i64(0)}, 0},
+		{"after first-1", wire.Watch{Group: g, After: u64(in.First - 1)}, 0},
+	} {
+		w, err := p.watch(tc.args)
+		must(t, err)
+		f := w.next()
+		if tc.gapFrom != 0 {
+			if f.kind != wire.KindGap {
+				t.Fatalf("%s: frame of kind %d after Start, want a gap", tc.what, f.kind)
+			}
+			f.decode(t, &gap)
+			if gap.From != tc.gapFrom || gap.To != in.First-1 {
+				t.Fatalf("%s: gap %+v, want %d..%d", tc.what, gap, tc.gapFrom, in.First-1)
+			}
+			f = w.next()
+		}
+		if f.kind != wire.KindMessages {
+			t.Fatalf("%s: frame of kind %d, want the messages held", tc.what, f.kind)
+		}
+		f.decode(t, &m)
+		if m.Messages[0].Seq != in.First {
+			t.Fatalf("%s: first message %d, want %d", tc.what, m.Messages[0].Seq, in.First)
+		}
+	}
 }
 
 func TestGroupLeaveEndsWatch(t *testing.T) {

@@ -130,12 +130,10 @@ func (d *GroupDaemon) join(c *call) error {
 		return err
 	}
 	if g.private() && !g.secretOK(req.Secret) {
-		d.cfg.Logger.Info("join refused: wrong secret", "group", g.name, "member", c.peer.Short())
 		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
 	}
 	already, full := g.join(c.peer, req.Name, d.cfg.Now().UnixNano(), d.cfg.MaxMembers)
 	if full {
-		d.cfg.Logger.Warn("join refused: group full", "group", g.name, "member", c.peer.Short(), "max_members", d.cfg.MaxMembers)
 		return fmt.Errorf("join group %s: %w: the group has %d members, its limit", g.name, wire.ErrUnavailable, d.cfg.MaxMembers)
 	}
 	if err := g.persist(); err != nil {
@@ -350,7 +348,16 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		}
 		cursor = cur.Next
 	case req.After != nil:
+		// A cursor: what retention dropped after it is reported in a Gap
+		// (below), before any message.
 		cursor = *req.After
+	default:
+		// No selection: everything the log holds, from its first message.
+		// What retention dropped before the watch began is not a gap: the
+		// watcher never asked for it (PROTOCOL.md §8.7).
+		if st.First > 0 {
+			cursor = st.First - 1
+		}
 	}
 
 	stopped := func() error {
