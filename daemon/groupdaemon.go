@@ -227,7 +227,7 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := &GroupDaemon{cfg: cfg, life: newLifecycle()}
-	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, d.handle))
+	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)
 	return d, nil

@@ -66,6 +66,9 @@ func TestHostilePeers(t *testing.T) {
 		MaxBatch:     16,
 		SendBurst:    64,
 		SendRate:     0.01, // one token per 100 s: the burst is all a test sees
+		// Short, so that a test can wait for a heartbeat to show that
+		// nothing else was sent.
+		HeartbeatInterval: 200 * time.Millisecond,
 	})
 	hosted := h.d.Groups()
 	h.g, h.priv = hosted[0].ID, hosted[1].ID
@@ -95,6 +98,10 @@ func TestHostilePeers(t *testing.T) {
 		{"replayed message IDs", attackReplay},
 		{"forged fields", attackForgedFields},
 		{"a stranger at the registry", attackStrangerLease},
+		{"cursors and times at their extremes", attackCursorExtremes},
+		{"required fields left out", attackMissingFields},
+		{"strict CBOR under unknown keys", attackStrictUnknownKeys},
+		{"streams that end before a byte", attackEmptyStreams},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.attack(t, h) })
 		if t.Failed() {
@@ -119,6 +126,12 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func (b *lockedBuffer) contains(s string) bool {

@@ -126,7 +126,7 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 		life:   newLifecycle(),
 		leases: make(map[wire.UUID]*lease),
 	}
-	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, r.handle))
+	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, r.handle))
 	cfg.Metrics.Server("registry", r.srv.stats)
 	cfg.Metrics.RegistryLeases(r.leaseCount)
 	return r, nil
@@ -267,7 +267,6 @@ func (r *Registry) register(c *call) error {
 		r.sweepLocked(now)
 		if len(r.leases) >= r.cfg.MaxGroups {
 			r.mu.Unlock()
-			r.cfg.Logger.Warn("registry full", "max_groups", r.cfg.MaxGroups, "group", req.Name, "uuid", req.Group, "fingerprint", c.peer.Short())
 			return fmt.Errorf("register: %w: the registry lists %d groups, its limit", wire.ErrUnavailable, r.cfg.MaxGroups)
 		}
 	}

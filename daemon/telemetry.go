@@ -18,9 +18,10 @@ var ErrNotReady = errors.New("not ready")
 // instrument wraps a daemon's handler so every operation is timed by
 // operation and result (ok, or the error code it answers with), open
 // watches are counted, and refusals for a limit are logged, sparingly: an
-// abusive peer must not be able to flood the log.
-func instrument(m *metrics.Metrics, log *slog.Logger, next handlerFunc) handlerFunc {
-	limits := &limitLog{log: log, last: make(map[wire.Code]time.Time), since: make(map[wire.Code]int)}
+// abusive peer must not be able to flood the log. now is the daemon's
+// clock, which paces the refusals' log.
+func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next handlerFunc) handlerFunc {
+	limits := newLimitLog(log, now)
 	return func(ctx context.Context, c *call) error {
 		if c.op == wire.OpWatch {
 			m.WatchStarted()
@@ -33,8 +34,8 @@ func instrument(m *metrics.Metrics, log *slog.Logger, next handlerFunc) handlerF
 			code := wire.ToError(err).Code
 			result = code.String()
 			switch code {
-			case wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnavailable:
-				limits.note(code, c.op, c.peer)
+			case wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnavailable, wire.CodeUnauthorized:
+				limits.note(c.op, code, c.peer, err)
 			}
 		}
 		m.Operation(c.op.String(), result, time.Since(start))
@@ -42,29 +43,62 @@ func instrument(m *metrics.Metrics, log *slog.Logger, next handlerFunc) handlerF
 	}
 }
 
-// limitLog logs requests refused for a limit at most once every
-// limitLogEvery per error code, with how many were refused since.
+// limitLog logs requests refused for a limit (or for a wrong secret or
+// another key's lease) at most once every limitLogEvery per operation and
+// error code, with how many were refused since: a peer that is refused a
+// thousand times a second costs the log one line every ten seconds for
+// each kind of refusal, however many keys and addresses it uses.
 type limitLog struct {
-	log   *slog.Logger
+	log *slog.Logger
+	now func() time.Time
+
 	mu    sync.Mutex
-	last  map[wire.Code]time.Time
-	since map[wire.Code]int
+	kinds map[limitKind]*limitCount
+}
+
+// limitKind is what limitLog counts refusals by: the operation and the code.
+type limitKind struct {
+	op   wire.Op
+	code wire.Code
+}
+
+type limitCount struct {
+	last  time.Time // when this kind was last logged
+	since int       // refusals since then, the one logged included
 }
 
 const limitLogEvery = 10 * time.Second
 
-func (l *limitLog) note(code wire.Code, op wire.Op, peer wire.Fingerprint) {
+func newLimitLog(log *slog.Logger, now func() time.Time) *limitLog {
+	return &limitLog{log: log, now: now, kinds: make(map[limitKind]*limitCount)}
+}
+
+// note counts a refusal, and logs it if its kind was not logged within
+// limitLogEvery. err is the error the peer is told: it says which limit,
+// and never holds a secret or a message body.
+func (l *limitLog) note(op wire.Op, code wire.Code, peer wire.Fingerprint, err error) {
+	k := limitKind{op, code}
+	now := l.now()
 	l.mu.Lock()
-	l.since[code]++
-	now := time.Now()
-	if now.Sub(l.last[code]) < limitLogEvery {
+	n := l.kinds[k]
+	if n == nil {
+		n = &limitCount{} // the map holds at most one entry per (op, code)
+		l.kinds[k] = n
+	}
+	n.since++
+	if !n.last.IsZero() && now.Sub(n.last) < limitLogEvery && now.Sub(n.last) >= 0 {
 		l.mu.Unlock()
 		return
 	}
-	n := l.since[code]
-	l.last[code], l.since[code] = now, 0
+	suppressed := n.since - 1
+	n.last, n.since = now, 0
 	l.mu.Unlock()
-	l.log.Info("limit hit", "result", code.String(), "op", op.String(), "peer", peer.Short(), "refused_since_last_logged", n)
+	level := slog.LevelInfo
+	if code == wire.CodeUnavailable {
+		level = slog.LevelWarn // a capacity limit: the operator may want to raise it
+	}
+	l.log.Log(context.Background(), level, "limit hit", "op", op.String(), "result", code.String(), "peer", peer.Short(),
+		"reason", wire.ToError(err).Message, "refused_since_last_logged", suppressed)
 }
 
 // stats is the server's state for metrics, read at scrape time.

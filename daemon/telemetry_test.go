@@ -1,7 +1,7 @@
 package daemon
 
 import (
-	"bytes"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -10,23 +10,58 @@ import (
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// TestLimitLogIsSparing: a flood of refusals logs one line per code per
-// interval, with the count since the last line.
+// TestLimitLogIsSparing floods a daemon with refused joins (the group is
+// full) and wrong secrets, from new keys each time: each kind of refusal
+// is logged once per limitLogEvery of the daemon's clock (injected), with
+// how many were refused meanwhile, however many keys refuse.
 func TestLimitLogIsSparing(t *testing.T) {
-	var buf bytes.Buffer
-	l := &limitLog{log: slog.New(slog.NewTextHandler(&buf, nil)), last: map[wire.Code]time.Time{}, since: map[wire.Code]int{}}
-	for range 100 {
-		l.note(wire.CodeRateLimited, wire.OpSend, wire.Fingerprint{})
+	clock := newFakeClock()
+	var logged lockedBuffer
+	d, _ := startGroupDaemon(t, GroupConfig{
+		Groups:     []GroupSpec{{Name: "general"}, {Name: "private", Secret: []byte("s3cret")}},
+		MaxMembers: 1,
+		Now:        clock.Now,
+		Logger:     slog.New(slog.NewTextHandler(&logged, nil)),
+	})
+	g, priv := d.Groups()[0].ID, d.Groups()[1].ID
+	joined(t, d, "first")
+	lines := func(kind string) []string {
+		var out []string
+		for line := range strings.Lines(logged.String()) {
+			if strings.Contains(line, "limit hit") && strings.Contains(line, kind) {
+				out = append(out, line)
+			}
+		}
+		return out
 	}
-	l.note(wire.CodeTooLarge, wire.OpSend, wire.Fingerprint{})
-	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("%d log lines for 101 refusals, want 2 (one per code):\n%s", len(lines), buf.String())
+	refuse := func(n int) {
+		t.Helper()
+		for i := range n {
+			p := dial(t, d.Addr(), d.Fingerprint(), nil)
+			wantCode(t, p.call(wire.OpJoin, wire.Join{Group: g, Name: fmt.Sprint("late", i)}, nil), wire.CodeUnavailable)
+			wantCode(t, p.call(wire.OpJoin, wire.Join{Group: priv, Name: "guess", Secret: []byte("guess")}, nil), wire.CodeUnauthorized)
+			p.conn.CloseWithError(0, "")
+		}
 	}
-	l.last[wire.CodeRateLimited] = time.Now().Add(-limitLogEvery)
-	buf.Reset()
-	l.note(wire.CodeRateLimited, wire.OpSend, wire.Fingerprint{})
-	if !strings.Contains(buf.String(), "refused_since_last_logged=100") {
-		t.Errorf("after the interval: %q, want the 99 suppressed plus this one counted", buf.String())
+	before := strings.Count(logged.String(), "\n")
+	refuse(30)
+	full, secret := lines("result=unavailable"), lines("result=unauthorized")
+	if n := strings.Count(logged.String(), "\n") - before; n != 2 || len(full) != 1 || len(secret) != 1 {
+		t.Fatalf("30 refused joins of a full group and 30 wrong secrets logged %d lines, want 2, one of each kind:\n%s", n, logged.String())
+	}
+	if !strings.Contains(full[0], "op=join") || !strings.Contains(full[0], "limit") || strings.Contains(secret[0], "guess") {
+		t.Fatalf("limit lines %q %q: want the operation and the reason, never the secret tried", full[0], secret[0])
+	}
+
+	clock.advance(limitLogEvery - time.Millisecond)
+	refuse(1)
+	if n := len(lines("result=unavailable")); n != 1 {
+		t.Fatalf("%d lines before the interval is over, want 1", n)
+	}
+	clock.advance(time.Millisecond)
+	refuse(1)
+	full = lines("result=unavailable")
+	if len(full) != 2 || !strings.Contains(full[1], "refused_since_last_logged=30") {
+		t.Fatalf("after the interval: %q, want a second line counting the 30 refusals not logged", full)
 	}
 }
