@@ -35,16 +35,17 @@ type group struct {
 	senderIx map[sender]uint32
 	free     []uint32 // indexes of senders free for reuse
 	sweepAt  int      // len(senders) at which internLocked looks for free entries
-	version  uint64   // of members; bumped on each change
 	rate     *rateLimiter
 
 	// shared is the last small Messages frame a watcher wrote, for the
 	// watchers that follow the log from the same cursor (see watch).
 	shared atomic.Pointer[sharedFrame]
 
-	persistMu sync.Mutex
-	persisted uint64 // the version last written to the members file
-	writes    bucket // paces members-file writes (see persist)
+	// Membership changes are stored before they are applied (members.go).
+	pendingMu sync.Mutex
+	pending   []*memberChange // changes waiting for a writer
+	persistMu sync.Mutex      // held by the one writer at a time
+	writes    bucket          // paces members-file writes
 }
 
 type member struct {
@@ -275,18 +276,16 @@ func (g *group) memberCount() int {
 	return len(g.members)
 }
 
-// join adds fp as a member named name, or renames it if it is one. It
-// returns whether fp was a member already, and false for full if the group
-// has max members and fp is not one of them.
-func (g *group) join(fp wire.Fingerprint, name string, now int64, max int) (already, full bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+// joinLocked adds fp as a member named name, or renames it if it is one,
+// in memory only (see commit), and marks it seen at now. It returns whether
+// fp was a member already, and false for full if the group has max members
+// and fp is not one of them. g.mu is held for writing.
+func (g *group) joinLocked(fp wire.Fingerprint, name string, now int64, max int) (already, full bool) {
 	if m := g.members[fp]; m != nil {
 		m.see(now)
 		if m.name != name {
 			m.name = name
 			m.from = g.internLocked(fp, name)
-			g.version++
 		}
 		return true, false
 	}
@@ -296,22 +295,19 @@ func (g *group) join(fp wire.Fingerprint, name string, now int64, max int) (alre
 	m := &member{name: name, joined: now, from: g.internLocked(fp, name), left: make(chan struct{})}
 	m.see(now)
 	g.members[fp] = m
-	g.version++
 	return false, false
 }
 
-// leave removes fp's membership and ends its watches. It reports whether fp
-// was a member.
-func (g *group) leave(fp wire.Fingerprint) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+// leaveLocked removes fp's membership and ends its watches, in memory only
+// (see commit). It reports whether fp was a member. g.mu is held for
+// writing.
+func (g *group) leaveLocked(fp wire.Fingerprint) bool {
 	m := g.members[fp]
 	if m == nil {
 		return false
 	}
 	delete(g.members, fp)
 	close(m.left)
-	g.version++
 	return true
 }
 
@@ -333,61 +329,6 @@ func (g *group) memberList(now int64) []wire.Member {
 		return cmp.Or(cmp.Compare(a.Name, b.Name), slices.Compare(a.Fingerprint[:], b.Fingerprint[:]))
 	})
 	return list
-}
-
-// Members-file writes are paced: a burst of persistBurst, then at most
-// persistRate a second. A join or leave is acknowledged only once a write
-// holding it is on disk, and one write holds every change made before it
-// began, so under a flood of joins, leaves or renames (each rewriting a file
-// of up to MaxMembers entries, synced) callers wait a little longer and
-// share writes instead of making the disk do one each.
-const (
-	persistRate  = 20
-	persistBurst = 10
-)
-
-// persist writes the members file if the members changed since it was last
-// written, and returns once the change the caller made is on disk.
-// Concurrent callers share writes and never write an older list over a
-// newer one.
-func (g *group) persist() error {
-	g.mu.RLock()
-	v := g.version
-	g.mu.RUnlock()
-
-	g.persistMu.Lock()
-	defer g.persistMu.Unlock()
-	if g.persisted >= v {
-		return nil // a newer or the same list is on disk
-	}
-	if g.writes.at.IsZero() {
-		g.writes = bucket{tokens: persistBurst, at: time.Now()}
-	}
-	pace := rateLimiter{rate: persistRate, burst: persistBurst}
-	pace.refill(&g.writes, time.Now())
-	if g.writes.tokens < 1 {
-		time.Sleep(time.Duration((1 - g.writes.tokens) / persistRate * float64(time.Second)))
-		pace.refill(&g.writes, time.Now())
-	}
-	g.writes.tokens--
-
-	// The list as it is now: it holds the caller's change and every change
-	// made while the caller waited.
-	g.mu.RLock()
-	v = g.version
-	records := make([]memberRecord, 0, len(g.members))
-	for fp, m := range g.members {
-		records = append(records, memberRecord{Fingerprint: fp, Name: m.name, Joined: m.joined})
-	}
-	g.mu.RUnlock()
-	slices.SortFunc(records, func(a, b memberRecord) int {
-		return cmp.Or(cmp.Compare(a.Joined, b.Joined), slices.Compare(a.Fingerprint[:], b.Fingerprint[:]))
-	})
-	if err := saveMembers(g.dir, g.id, records); err != nil {
-		return err
-	}
-	g.persisted = v
-	return nil
 }
 
 // query runs q (a query of g.log) and converts the messages it returns to

@@ -216,6 +216,9 @@ type GroupDaemon struct {
 	order  []*group             // the groups in configuration order
 
 	registered atomic.Bool // the registry lists our groups now (see Readiness)
+	// stateLog paces the log of state files that cannot be written, per
+	// group: a flood of joins on a full disk must not flood the log too.
+	stateLog sparse[wire.UUID]
 }
 
 // NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -226,7 +229,7 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &GroupDaemon{cfg: cfg, life: newLifecycle()}
+	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), stateLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}}
 	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -191,14 +192,14 @@ func TestSenderTableBounded(t *testing.T) {
 	g := newGroup(wire.UUID{1}, GroupSpec{Name: "g"}, log, t.TempDir(), nil, newRateLimiter(-1, 0))
 	fp := wire.Fingerprint{7}
 	for i := range 2000 { // renames without sending
-		g.join(fp, fmt.Sprintf("quiet-%d", i), 0, 10)
+		join(g, fp, fmt.Sprintf("quiet-%d", i))
 	}
 	if n := g.senderCount(); n > 2*minSweep {
 		t.Fatalf("%d sender entries after 2000 renames, want at most %d", n, 2*minSweep)
 	}
 	for i := range 2000 { // renames, each followed by a message
 		name := fmt.Sprintf("loud-%d", i)
-		g.join(fp, name, 0, 10)
+		join(g, fp, name)
 		from, ok := g.pinSender(fp, 0)
 		if !ok {
 			t.Fatal("not a member")
@@ -219,6 +220,13 @@ func TestSenderTableBounded(t *testing.T) {
 			t.Fatalf("message %d from %q (%s), want %q", m.Seq, m.Name, m.From.Short(), m.Body)
 		}
 	}
+}
+
+// join makes fp a member of g named name, in memory only.
+func join(g *group, fp wire.Fingerprint, name string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.joinLocked(fp, name, 0, 10)
 }
 
 // TestSenderTableConcurrentRenames renames and sends from many members at
@@ -324,4 +332,64 @@ func TestCancelledWaitersReturnCredit(t *testing.T) {
 		// under the request deadline.
 	}
 	eventually(t, "the last waiters to end", func() bool { return d.srv.active.Load() == int64(holders) })
+}
+
+// TestMembershipNotStoredNotApplied makes the daemon's state directory
+// unwritable while it serves: a join or leave that cannot be stored is
+// refused as unavailable (with a time to wait), and changes nothing, in
+// memory or on disk; once the directory is back, the same requests work,
+// and a restart finds exactly the changes that were acknowledged.
+func TestMembershipNotStoredNotApplied(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	d, stop := startGroupDaemon(t, GroupConfig{StateDir: dir})
+	g := gid(d)
+	alice := joined(t, d, "alice")
+	bob := dial(t, d.Addr(), d.Fingerprint(), nil)
+
+	// The directory goes away and a file takes its place: every write of
+	// the members file fails, as on a full or failing disk (and even as
+	// root, unlike a read-only mode).
+	away := dir + ".away"
+	must(t, os.Rename(dir, away))
+	must(t, os.WriteFile(dir, nil, 0o600))
+	for _, tc := range []struct {
+		who  *peer
+		op   wire.Op
+		args any
+	}{
+		{bob, wire.OpJoin, wire.Join{Group: g, Name: "bob"}},
+		{alice, wire.OpLeave, wire.GroupRef{Group: g}},
+		{alice, wire.OpJoin, wire.Join{Group: g, Name: "alice renamed"}},
+	} {
+		we := wantCode(t, tc.who.call(tc.op, tc.args, nil), wire.CodeUnavailable)
+		if we.RetryAfterMS == 0 || !strings.Contains(we.Message, "nothing changed") || strings.Contains(we.Message, dir) {
+			t.Fatalf("%v: %+v: want unavailable, a time to wait, that nothing changed, and no path", tc.op, we)
+		}
+	}
+	// Nothing changed: bob is no member, alice still is, under her name.
+	wantCode(t, bob.callSend(g, outgoing("let me in")), wire.CodeNotMember)
+	if bob.info(g).Member {
+		t.Fatal("a join that was not stored made a member")
+	}
+	sent, err := alice.send(g, outgoing("still here"))
+	must(t, err)
+	msgs, _, err := alice.fetch(wire.Fetch{Group: g, After: u64(sent.Acks[0].Seq - 1)})
+	must(t, err)
+	if len(msgs) != 1 || msgs[0].Name != "alice" {
+		t.Fatalf("after a rename that was not stored: %+v, want alice's name unchanged", msgs)
+	}
+
+	must(t, os.Remove(dir))
+	must(t, os.Rename(away, dir))
+	must(t, bob.call(wire.OpJoin, wire.Join{Group: g, Name: "bob"}, nil))
+	stop()
+	d2, _ := startGroupDaemon(t, GroupConfig{StateDir: dir})
+	dial(t, d2.Addr(), d2.Fingerprint(), nil).info(g) // serving
+	var names []string
+	for _, m := range d2.groups[g].memberList(0) {
+		names = append(names, m.Name)
+	}
+	if !slices.Equal(names, []string{"alice", "bob"}) {
+		t.Fatalf("members after a restart: %q, want alice and bob", names)
+	}
 }

@@ -132,15 +132,15 @@ func (d *GroupDaemon) join(c *call) error {
 	if g.private() && !g.secretOK(req.Secret) {
 		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
 	}
-	already, full := g.join(c.peer, req.Name, d.cfg.Now().UnixNano(), d.cfg.MaxMembers)
-	if full {
+	ch := &memberChange{fp: c.peer, name: req.Name, joined: d.cfg.Now().UnixNano(), max: d.cfg.MaxMembers}
+	g.commit(ch)
+	switch {
+	case ch.err != nil:
+		return d.notStored(c.op, g, ch.err)
+	case ch.full:
 		return fmt.Errorf("join group %s: %w: the group has %d members, its limit", g.name, wire.ErrUnavailable, d.cfg.MaxMembers)
 	}
-	if err := g.persist(); err != nil {
-		// The membership holds in memory; a retried join (idempotent)
-		// writes the file again.
-		return fmt.Errorf("join group %s: %w", g.name, err)
-	}
+	already := ch.already
 	if !already {
 		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.peer.Short(), "name", req.Name)
 	}
@@ -153,14 +153,32 @@ func (d *GroupDaemon) leave(c *call) error {
 	if err != nil {
 		return err
 	}
-	was := g.leave(c.peer)
-	if err := g.persist(); err != nil {
-		return fmt.Errorf("leave group %s: %w", g.name, err)
+	ch := &memberChange{fp: c.peer, leave: true}
+	g.commit(ch)
+	if ch.err != nil {
+		return d.notStored(c.op, g, ch.err)
 	}
+	was := ch.was
 	if was {
 		d.cfg.Logger.Info("member left", "group", g.name, "member", c.peer.Short())
 	}
 	return c.result(wire.Left{WasMember: was})
+}
+
+// notStoredRetry is the retry_after_ms of a membership change that could
+// not be stored: a full or failing disk is not fixed in milliseconds.
+const notStoredRetry = 5 * time.Second
+
+// notStored logs, sparingly, why a membership change could not be stored
+// (the file-system error, which names paths and stays on the server), and
+// returns what its caller is told: unavailable, nothing changed.
+func (d *GroupDaemon) notStored(op wire.Op, g *group, err error) error {
+	if ok, suppressed := d.stateLog.allow(g.id); ok {
+		d.cfg.Logger.Error("cannot store a group's member list: joins and leaves are refused until it can be",
+			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
+	}
+	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notStoredRetry.Milliseconds()),
+		Message: fmt.Sprintf("%v group %s: the daemon cannot store its member list now (its disk may be full); nothing changed: try again later", op, g.name)}
 }
 
 func (d *GroupDaemon) members(c *call) error {

@@ -49,11 +49,8 @@ func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next
 // thousand times a second costs the log one line every ten seconds for
 // each kind of refusal, however many keys and addresses it uses.
 type limitLog struct {
-	log *slog.Logger
-	now func() time.Time
-
-	mu    sync.Mutex
-	kinds map[limitKind]*limitCount
+	log   *slog.Logger
+	kinds sparse[limitKind]
 }
 
 // limitKind is what limitLog counts refusals by: the operation and the code.
@@ -62,43 +59,66 @@ type limitKind struct {
 	code wire.Code
 }
 
-type limitCount struct {
-	last  time.Time // when this kind was last logged
-	since int       // refusals since then, the one logged included
-}
-
 const limitLogEvery = 10 * time.Second
 
 func newLimitLog(log *slog.Logger, now func() time.Time) *limitLog {
-	return &limitLog{log: log, now: now, kinds: make(map[limitKind]*limitCount)}
+	return &limitLog{log: log, kinds: sparse[limitKind]{every: limitLogEvery, now: now}}
 }
 
 // note counts a refusal, and logs it if its kind was not logged within
 // limitLogEvery. err is the error the peer is told: it says which limit,
 // and never holds a secret or a message body.
 func (l *limitLog) note(op wire.Op, code wire.Code, peer wire.Fingerprint, err error) {
-	k := limitKind{op, code}
-	now := l.now()
-	l.mu.Lock()
-	n := l.kinds[k]
-	if n == nil {
-		n = &limitCount{} // the map holds at most one entry per (op, code)
-		l.kinds[k] = n
-	}
-	n.since++
-	if !n.last.IsZero() && now.Sub(n.last) < limitLogEvery && now.Sub(n.last) >= 0 {
-		l.mu.Unlock()
+	ok, suppressed := l.kinds.allow(limitKind{op, code})
+	if !ok {
 		return
 	}
-	suppressed := n.since - 1
-	n.last, n.since = now, 0
-	l.mu.Unlock()
 	level := slog.LevelInfo
 	if code == wire.CodeUnavailable {
 		level = slog.LevelWarn // a capacity limit: the operator may want to raise it
 	}
 	l.log.Log(context.Background(), level, "limit hit", "op", op.String(), "result", code.String(), "peer", peer.Short(),
 		"reason", wire.ToError(err).Message, "refused_since_last_logged", suppressed)
+}
+
+// sparse picks which of a flood of like events to log: at most one per
+// every for each key, on the clock now. Its zero value (with every and now
+// set) is ready; it holds one entry per key, so its keys must be few.
+type sparse[K comparable] struct {
+	every time.Duration
+	now   func() time.Time
+
+	mu   sync.Mutex
+	keys map[K]*sparseCount
+}
+
+type sparseCount struct {
+	last  time.Time // when the key was last allowed
+	since int       // events since then
+}
+
+// allow counts an event of key k, and says whether to log it and how many
+// of k's events were not logged since the last one that was. A clock that
+// stepped back allows the event.
+func (s *sparse[K]) allow(k K) (ok bool, suppressed int) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil {
+		s.keys = make(map[K]*sparseCount)
+	}
+	n := s.keys[k]
+	if n == nil {
+		n = &sparseCount{}
+		s.keys[k] = n
+	}
+	n.since++
+	if d := now.Sub(n.last); !n.last.IsZero() && d >= 0 && d < s.every {
+		return false, 0
+	}
+	suppressed = n.since - 1
+	n.last, n.since = now, 0
+	return true, suppressed
 }
 
 // stats is the server's state for metrics, read at scrape time.
