@@ -354,6 +354,7 @@ type groupFlags struct {
 	fetchPage   int
 	sendRate    float64
 	sendBurst   int
+	newIdentity bool
 	server      serverFlags
 }
 
@@ -369,6 +370,7 @@ func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
 	fs.IntVar(&f.fetchPage, "fetch-page", daemon.DefaultFetchPage, "most messages one fetch returns")
 	fs.Float64Var(&f.sendRate, "send-rate", daemon.DefaultSendRate, "messages a second each member may send, sustained (0: unlimited)")
 	fs.IntVar(&f.sendBurst, "send-burst", daemon.DefaultSendBurst, "messages each member may send at once after being idle (at least --max-batch)")
+	fs.BoolVar(&f.newIdentity, "new-identity", false, "create a key in a --state-dir that holds groups but lost its key.pem (the daemon's fingerprint changes)")
 	f.server.register(fs)
 }
 
@@ -411,6 +413,7 @@ func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
 		return fmt.Errorf("--send-rate %g: want 0 (unlimited) or more", f.sendRate)
 	}
 	cfg.MaxBatch, cfg.MaxMembers, cfg.FetchPage, cfg.SendBurst = f.maxBatch, f.maxMembers, f.fetchPage, f.sendBurst
+	cfg.NewIdentity = f.newIdentity
 	cfg.SendRate = f.sendRate
 	if f.sendRate == 0 {
 		cfg.SendRate = -1 // the daemon's spelling of unlimited

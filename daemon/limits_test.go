@@ -393,3 +393,77 @@ func TestMembershipNotStoredNotApplied(t *testing.T) {
 		t.Fatalf("members after a restart: %q, want alice and bob", names)
 	}
 }
+
+// TestStateIdentityKept damages a state directory in the ways a fault run
+// did: a daemon's identity (its key, its groups' UUIDs) never changes
+// silently. A missing key.pem beside groups and members, an all-zero UUID
+// or one UUID for two groups in groups.json stop Listen with ErrBadState,
+// an explanation and how to recover, and write nothing; NewIdentity
+// accepts a new key on purpose, keeping the UUIDs and members.
+func TestStateIdentityKept(t *testing.T) {
+	dir := t.TempDir()
+	d1, stop := startGroupDaemon(t, GroupConfig{StateDir: dir, Groups: []GroupSpec{{Name: "general"}, {Name: "ops"}}})
+	g := gid(d1)
+	alice := joined(t, d1, "alice")
+	stop()
+	groupsJSON, err := os.ReadFile(filepath.Join(dir, groupsFile))
+	must(t, err)
+
+	listen := func(newIdentity bool) (*GroupDaemon, error) {
+		t.Helper()
+		d, err := NewGroupDaemon(GroupConfig{StateDir: dir, Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "general"}, {Name: "ops"}},
+			Logger: testLogger(t), NewIdentity: newIdentity})
+		must(t, err)
+		t.Cleanup(func() { d.Close() })
+		return d, d.Listen()
+	}
+	refused := func(what string, want ...string) {
+		t.Helper()
+		before, _ := os.ReadDir(dir)
+		_, err := listen(false)
+		if !errors.Is(err, ErrBadState) {
+			t.Fatalf("%s: Listen: %v, want ErrBadState", what, err)
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Fatalf("%s: %q does not say %q", what, err, w)
+			}
+		}
+		if after, _ := os.ReadDir(dir); len(after) != len(before) {
+			t.Fatalf("%s: the state directory went from %d to %d files: a refused start writes nothing", what, len(before), len(after))
+		}
+	}
+
+	key := filepath.Join(dir, "key.pem")
+	must(t, os.Rename(key, key+".lost"))
+	refused("no key.pem beside groups.json and members", "key.pem", "Restore", "--new-identity")
+	must(t, os.Remove(filepath.Join(dir, groupsFile)))
+	refused("no key.pem beside a members file", "key.pem", "members-")
+	must(t, os.WriteFile(filepath.Join(dir, groupsFile), groupsJSON, 0o600))
+	must(t, os.Rename(key+".lost", key))
+
+	for _, tc := range []struct{ what, from, to string }{
+		{"an all-zero UUID", g.String(), "00000000-0000-0000-0000-000000000000"},
+		{"one UUID for two groups", d1.Groups()[1].ID.String(), g.String()},
+	} {
+		damaged := strings.Replace(string(groupsJSON), tc.from, tc.to, 1)
+		must(t, os.WriteFile(filepath.Join(dir, groupsFile), []byte(damaged), 0o600))
+		refused(tc.what, groupsFile, "Restore")
+		if got, _ := os.ReadFile(filepath.Join(dir, groupsFile)); string(got) != damaged {
+			t.Fatalf("%s: groups.json was rewritten", tc.what)
+		}
+	}
+	must(t, os.WriteFile(filepath.Join(dir, groupsFile), groupsJSON, 0o600))
+
+	// A new key on purpose: same groups and members, another fingerprint.
+	must(t, os.Remove(key))
+	d2, err := listen(true)
+	must(t, err)
+	if d2.Fingerprint() == d1.Fingerprint() || gid(d2) != g {
+		t.Fatalf("with NewIdentity: fingerprint %s (was %s), group %s (was %s): want a new key, the same UUID",
+			d2.Fingerprint().Short(), d1.Fingerprint().Short(), gid(d2), g)
+	}
+	if m := d2.groups[g].memberList(0); len(m) != 1 || m[0].Fingerprint != alice.id.Fingerprint() {
+		t.Fatalf("with NewIdentity: members %+v, want alice", m)
+	}
+}

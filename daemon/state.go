@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode"
 
 	"github.com/google/uuid"
 
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -55,10 +58,13 @@ func loadGroupIDs(dir string, names []string) (map[string]wire.UUID, error) {
 		if err := json.Unmarshal(data, &ids); err != nil {
 			return nil, fmt.Errorf("load group ids: %s: %v: %w", path, err, ErrBadState)
 		}
+		if err := checkGroupIDs(path, ids); err != nil {
+			return nil, err
+		}
 	}
 	changed := false
 	for _, n := range names {
-		if id, ok := ids[n]; !ok || id == (wire.UUID{}) {
+		if _, ok := ids[n]; !ok {
 			ids[n] = uuid.New()
 			changed = true
 		}
@@ -73,6 +79,54 @@ func loadGroupIDs(dir string, names []string) (map[string]wire.UUID, error) {
 		}
 	}
 	return ids, nil
+}
+
+// checkGroupIDs refuses a groups.json whose UUIDs cannot be what the
+// daemon wrote: the all-zero UUID (no group has it), or one UUID for two
+// names (one group would hide the other). Replacing either silently would
+// give a group a new identity: its registrations, its members file and the
+// UUID its users know would all belong to another group.
+func checkGroupIDs(path string, ids map[string]wire.UUID) error {
+	names := make(map[wire.UUID]string, len(ids))
+	for _, name := range slices.Sorted(maps.Keys(ids)) {
+		id := ids[name]
+		if id == (wire.UUID{}) {
+			return fmt.Errorf("load group ids: %s gives group %q the all-zero UUID, which no group has: the file is damaged. "+
+				"Restore it from a backup; or, to give %q a new UUID (a new group to its users and the registry), remove its entry: %w",
+				path, name, name, ErrBadState)
+		}
+		if other, ok := names[id]; ok {
+			return fmt.Errorf("load group ids: %s gives groups %q and %q the same UUID %s: the file is damaged. "+
+				"Restore it from a backup; or remove the entry of the group that should get a new UUID: %w",
+				path, other, name, id, ErrBadState)
+		}
+		names[id] = name
+	}
+	return nil
+}
+
+// checkKeyKept refuses a state directory that holds groups or members but
+// no key, unless newIdentity: the daemon's key was lost (or the files were
+// copied without it), and creating one would silently change the
+// fingerprint its registrations and its users know it by.
+func checkKeyKept(dir string, newIdentity bool) error {
+	if newIdentity {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, identity.KeyFile)); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there is a key (or a problem LoadOrCreate will report)
+	}
+	held, _ := filepath.Glob(filepath.Join(dir, "members-*.json"))
+	if _, err := os.Stat(filepath.Join(dir, groupsFile)); err == nil {
+		held = append(held, filepath.Join(dir, groupsFile))
+	}
+	if len(held) == 0 {
+		return nil // a new state directory
+	}
+	return fmt.Errorf("state directory %s holds %s but no %s: the daemon's key is missing, and a new one would silently "+
+		"change its identity. Restore %s from a backup; or, to go on under a new key (the groups keep their UUIDs and members; "+
+		"users and registries learn the new fingerprint from the listing), start once with --new-identity: %w",
+		dir, filepath.Base(held[0]), identity.KeyFile, identity.KeyFile, ErrBadState)
 }
 
 // loadMembers reads a group's members file; a missing file is no members.
