@@ -45,7 +45,7 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
-		printAck(env, &cf, acks[0], id)
+		printAck(env, &cf, acks[0])
 		return nil
 	})
 }
@@ -127,8 +127,8 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		if err != nil {
 			return fail(env, "send", err)
 		}
-		for i, a := range acks {
-			printAck(env, cf, a, msgs[i].ID)
+		for _, a := range acks {
+			printAck(env, cf, a)
 		}
 	}
 	select {
@@ -141,10 +141,10 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	return ExitOK
 }
 
-func printAck(env Env, cf *clientFlags, a wire.Ack, id wire.ID) {
-	t := timeOf(a.Time)
+func printAck(env Env, cf *clientFlags, a client.Ack) {
+	t := a.Time
 	if cf.json {
-		printJSON(env.Stdout, ackJSON{Seq: a.Seq, TS: jsonTime(t), MsgID: id.String(), Duplicate: a.Duplicate})
+		printJSON(env.Stdout, ackJSON{Seq: a.Seq, TS: jsonTime(t), MsgID: a.ID.String(), Duplicate: a.Duplicate})
 		return
 	}
 	dup := ""

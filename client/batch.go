@@ -111,7 +111,7 @@ func (q *queuedSend) recycle() {
 }
 
 type sendResult struct {
-	ack wire.Ack
+	ack Ack
 	err error
 }
 
@@ -119,17 +119,18 @@ func newBatcher(g *Group) *batcher {
 	return &batcher{g: g, linger: g.cl.cfg.BatchLinger, wake: make(chan struct{}, 1), maxBatch: defaultMaxBatch}
 }
 
-// send sends m alone or with others, and returns its own acknowledgement.
-func (b *batcher) send(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
+// send sends m alone or with others, and returns its own acknowledgement
+// (with m's ID, whatever the error).
+func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 	b.mu.Lock()
 	switch {
 	case b.closed:
 		b.mu.Unlock()
-		return wire.Ack{}, fmt.Errorf("send: %w", ErrClosed)
+		return Ack{ID: m.ID}, fmt.Errorf("send: %w", ErrClosed)
 	case b.maxBody > 0 && len(m.Body) > b.maxBody:
 		max := b.maxBody
 		b.mu.Unlock()
-		return wire.Ack{}, fmt.Errorf("send to %s: %w: message of %d bytes, the group's limit is %d", b.g.name, ErrTooLarge, len(m.Body), max)
+		return Ack{ID: m.ID}, fmt.Errorf("send to %s: %w: message of %d bytes, the group's limit is %d", b.g.name, ErrTooLarge, len(m.Body), max)
 	case b.inflight == 0 && len(b.queue) == 0 && !b.warm:
 		b.inflight++
 		b.mu.Unlock()
@@ -176,7 +177,7 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
 		b.mu.Unlock()
 		// If the batch was in flight, the message may be stored or not:
 		// as with an unbatched send, a retry with its ID tells.
-		return wire.Ack{}, fmt.Errorf("send: %w", ctx.Err())
+		return Ack{ID: m.ID}, fmt.Errorf("send: %w", ctx.Err())
 	}
 }
 
@@ -309,7 +310,7 @@ func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend)
 	for i, q := range batch {
 		msgs[i] = q.msg
 	}
-	acks, err := b.g.SendMessages(ctx, msgs)
+	s, err := b.g.send(ctx, msgs)
 	if err != nil && len(batch) > 1 && errors.Is(err, ErrTooLarge) {
 		half := len(batch) / 2
 		b.sendBatch(ctx, clientCtx, batch[:half])
@@ -321,9 +322,9 @@ func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend)
 	}
 	for i, q := range batch {
 		if err != nil {
-			q.done <- sendResult{err: err}
+			q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: err}
 		} else {
-			q.done <- sendResult{ack: acks[i]}
+			q.done <- sendResult{ack: ackOf(q.msg.ID, s.Acks[i], s.Epoch)}
 		}
 	}
 }
@@ -358,6 +359,6 @@ func (b *batcher) close() {
 	b.queue, b.bytes = nil, 0
 	b.mu.Unlock()
 	for _, q := range queue {
-		q.done <- sendResult{err: fmt.Errorf("send: %w", ErrClosed)}
+		q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: fmt.Errorf("send: %w", ErrClosed)}
 	}
 }

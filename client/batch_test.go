@@ -14,7 +14,6 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
 	"github.com/huddle-chat/huddle/identity"
-	"github.com/huddle-chat/huddle/wire"
 )
 
 // newClientWith is newClient with cfg's batching fields.
@@ -38,7 +37,7 @@ func newClientWith(t *testing.T, cfg client.Config) *client.Client {
 // sent is one caller's view of one of its sends.
 type sent struct {
 	caller, n int
-	ack       wire.Ack
+	ack       client.Ack
 	err       error
 }
 

@@ -263,7 +263,7 @@ func TestSendIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range first {
-		if again[i].Seq != first[i].Seq || again[i].Time != first[i].Time || !again[i].Duplicate {
+		if again[i].Seq != first[i].Seq || !again[i].Time.Equal(first[i].Time) || !again[i].Duplicate {
 			t.Errorf("retry ack %d = %+v, want %+v with Duplicate", i, again[i], first[i])
 		}
 	}

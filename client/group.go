@@ -120,9 +120,29 @@ func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
 	return m.Members, err
 }
 
+// Ack is the acknowledgement of one message sent: the group holds it as
+// Seq, stamped Time, in the log epoch Epoch (sequence numbers of another
+// epoch are unrelated). ID is the message's ID: sending it again
+// (SendWithID, SendMessages) never stores the message twice, and returns
+// the original Seq and Time with Duplicate set.
+type Ack struct {
+	ID        wire.ID
+	Seq       uint64
+	Time      time.Time
+	Duplicate bool
+	Epoch     uint64
+}
+
+func ackOf(id wire.ID, a wire.Ack, epoch uint64) Ack {
+	return Ack{ID: id, Seq: a.Seq, Time: time.Unix(0, a.Time), Duplicate: a.Duplicate, Epoch: epoch}
+}
+
 // Send appends one message and returns its acknowledgement. The message
-// gets a fresh ID; a retry after a lost connection reuses it, so the message
-// is stored once however often it is tried.
+// gets a new ID, which the Ack carries even when err is not nil: a caller
+// that cannot tell whether a failed Send was stored (it timed out, the
+// connection died) retries with SendWithID(ctx, ack.ID, body), which stores
+// it at most once. Send itself retries once on a new connection with the
+// same ID.
 //
 // Concurrent Sends on one Group are gathered into one send operation (unless
 // Config.NoBatching): a Send with nothing else in flight goes out at once,
@@ -132,26 +152,35 @@ func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
 // ctx ends while its message is queued withdraws it.
 //
 // Errors: ErrNotMember, ErrTooLarge, ErrRateLimited (see RetryAfter on the
-// *wire.Error), ErrClosed.
-func (g *Group) Send(ctx context.Context, body []byte) (wire.Ack, error) {
-	m := wire.Outgoing{ID: wire.NewID(), Body: body}
+// *wire.Error), ErrUnavailable, ErrUnreachable, ErrClosed.
+func (g *Group) Send(ctx context.Context, body []byte) (Ack, error) {
+	return g.SendWithID(ctx, wire.NewID(), body)
+}
+
+// SendWithID is Send with an ID the caller chose (a UUIDv7 from
+// wire.NewID, not all-zero, never used for another message): sending the
+// same ID again returns the first acknowledgement, with Duplicate set, as
+// long as the group remembers it (at least its last 65,536 messages). The
+// Ack carries id even when err is not nil.
+func (g *Group) SendWithID(ctx context.Context, id wire.ID, body []byte) (Ack, error) {
+	m := wire.Outgoing{ID: id, Body: body}
 	if g.cl.cfg.NoBatching {
 		return g.sendOne(ctx, m)
 	}
 	b, err := g.batcher()
 	if err != nil {
-		return wire.Ack{}, fmt.Errorf("send: %w", err)
+		return Ack{ID: id}, fmt.Errorf("send: %w", err)
 	}
 	return b.send(ctx, m)
 }
 
 // sendOne sends m as an operation of its own.
-func (g *Group) sendOne(ctx context.Context, m wire.Outgoing) (wire.Ack, error) {
-	acks, err := g.SendMessages(ctx, []wire.Outgoing{m})
+func (g *Group) sendOne(ctx context.Context, m wire.Outgoing) (Ack, error) {
+	s, err := g.send(ctx, []wire.Outgoing{m})
 	if err != nil {
-		return wire.Ack{}, err
+		return Ack{ID: m.ID}, err
 	}
-	return acks[0], nil
+	return ackOf(m.ID, s.Acks[0], s.Epoch), nil
 }
 
 // batcher returns the group's batcher, starting it on first use.
@@ -170,18 +199,33 @@ func (g *Group) batcher() (*batcher, error) {
 }
 
 // SendMessages appends a batch atomically, all or nothing, and returns one
-// acknowledgement per message in order. Each message must carry its own ID
-// (wire.NewID); calling again with the same IDs returns the original
-// acknowledgements with Duplicate set and stores nothing twice.
-func (g *Group) SendMessages(ctx context.Context, msgs []wire.Outgoing) ([]wire.Ack, error) {
-	var s wire.Sent
-	if err := g.peer().single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
+// acknowledgement per message in order, each with its ID and the log's
+// epoch. Each message must carry its own ID (wire.NewID); calling again
+// with the same IDs returns the original acknowledgements with Duplicate
+// set and stores nothing twice. Errors: as Send's.
+func (g *Group) SendMessages(ctx context.Context, msgs []wire.Outgoing) ([]Ack, error) {
+	s, err := g.send(ctx, msgs)
+	if err != nil {
 		return nil, err
 	}
-	if len(s.Acks) != len(msgs) {
-		return nil, fmt.Errorf("send: %d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)
+	acks := make([]Ack, len(msgs))
+	for i, a := range s.Acks {
+		acks[i] = ackOf(msgs[i].ID, a, s.Epoch)
 	}
-	return s.Acks, nil
+	return acks, nil
+}
+
+// send performs one send operation of msgs and checks that its reply
+// acknowledges each.
+func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, error) {
+	var s wire.Sent
+	if err := g.peer().single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
+		return wire.Sent{}, err
+	}
+	if len(s.Acks) != len(msgs) {
+		return wire.Sent{}, fmt.Errorf("send: %d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)
+	}
+	return s, nil
 }
 
 // Message is one message of a group as a client sees it.

@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -148,5 +151,79 @@ func TestRestartedDaemonResetsOldConnections(t *testing.T) {
 	must(t, err)
 	if ack.Seq != 1 {
 		t.Fatalf("ack %+v: want the first message of the new epoch", ack)
+	}
+}
+
+// TestSendRetriedByID has the daemon store a send only after the client
+// gave up on it (its context ended): the client cannot tell whether the
+// message was stored, so it retries with the ID its failed Send returned,
+// and gets the stored message's acknowledgement back as a duplicate, with
+// the log's epoch; the message is stored once. With and without batching.
+func TestSendRetriedByID(t *testing.T) {
+	for _, batching := range []bool{true, false} {
+		t.Run(fmt.Sprintf("batching=%v", batching), func(t *testing.T) {
+			release := make(chan struct{})
+			var once sync.Once
+			d := serveWith(t, GroupConfig{}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
+				return func(ctx context.Context, c *call) error {
+					if c.op == wire.OpSend {
+						held := false
+						once.Do(func() { held = true })
+						if held {
+							<-release // until the client has given up
+						}
+					}
+					return next(ctx, c)
+				}
+			})
+			ctx := testCtx(t)
+			cl, err := client.New(client.Config{Identity: newKey(t), Logger: testLogger(t), NoBatching: !batching})
+			must(t, err)
+			t.Cleanup(func() { cl.Close() })
+			g, err := cl.Group(wire.GroupEntry{Group: gid(d), Name: "general", Addrs: []string{d.Addr().String()}, Fingerprint: d.Fingerprint()})
+			must(t, err)
+			_, err = g.Join(ctx, "sender", nil)
+			must(t, err)
+			info, err := g.Info(ctx)
+			must(t, err)
+
+			short, cancel := context.WithCancel(ctx)
+			failed := make(chan error, 1)
+			var ack client.Ack
+			go func() {
+				var err error
+				ack, err = g.Send(short, []byte("maybe stored"))
+				failed <- err
+			}()
+			eventually(t, "the send to reach the daemon", func() bool { return d.srv.active.Load() > 0 })
+			cancel()
+			if err := <-failed; !errors.Is(err, context.Canceled) {
+				t.Fatalf("the abandoned send: %v, want its context's error", err)
+			}
+			if ack.ID.IsZero() {
+				t.Fatal("a failed Send returned no message ID to retry with")
+			}
+			close(release) // the daemon stores it now, too late for the client
+			eventually(t, "the message to be stored", func() bool { return d.groups[gid(d)].log.Last() == 1 })
+
+			again, err := g.SendWithID(ctx, ack.ID, []byte("maybe stored"))
+			must(t, err)
+			if !again.Duplicate || again.Seq != 1 || again.ID != ack.ID || again.Epoch != info.Epoch || again.Time.IsZero() {
+				t.Fatalf("retry acknowledged as %+v: want message 1 as a duplicate, with its ID and epoch %d", again, info.Epoch)
+			}
+			acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: ack.ID, Body: []byte("maybe stored")}, {ID: wire.NewID(), Body: []byte("new")}})
+			must(t, err)
+			if a := acks[0]; a.ID != again.ID || a.Seq != 1 || !a.Duplicate || !a.Time.Equal(again.Time) || acks[1].Seq != 2 || acks[1].Epoch != info.Epoch || acks[1].Duplicate {
+				t.Fatalf("SendMessages acknowledged %+v, want the first as before and the second new, with the epoch", acks)
+			}
+			n := 0
+			for _, err := range g.Messages(ctx, client.Query{}) {
+				must(t, err)
+				n++
+			}
+			if n != 2 {
+				t.Fatalf("the log holds %d messages, want 2", n)
+			}
+		})
 	}
 }
