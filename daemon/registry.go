@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -447,9 +448,11 @@ func (r *Registry) advertiseLoop() {
 	if ua == nil {
 		return
 	}
+	listen, _ := netip.AddrFromSlice(ua.IP)
 	a, err := discovery.NewAdvertiser(discovery.AdvertiserConfig{
 		Instance:    r.cfg.Instance,
 		Port:        ua.Port,
+		Listen:      listen.Unmap(),
 		Fingerprint: r.Fingerprint().String(),
 		Version:     r.cfg.Version,
 		Interfaces:  r.cfg.Interfaces,

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/hashicorp/mdns"
 )
 
 // Service is the DNS-SD service type under which a huddle registry is
@@ -29,19 +27,28 @@ const DefaultRescanInterval = 10 * time.Second
 // AdvertiserConfig configures an Advertiser. Zero fields take the defaults
 // documented on them.
 type AdvertiserConfig struct {
-	// Instance is the readable instance name. Default: "huddle registry on
-	// <hostname>". Dots are replaced by '-' (hashicorp/mdns would read them
-	// as label separators).
+	// Instance is the readable part of the instance name. Default:
+	// "huddle registry on <hostname>". The name advertised adds the first
+	// two groups of the fingerprint, "huddle registry on box (abcd-efgh)",
+	// so two registries on hosts of one name never share an instance name;
+	// if another advertiser still uses the name (a copy of the same key),
+	// one of the two adds " #2" (see the package comment).
 	Instance string
 
-	// Host is the host name the address records are published under; it
-	// should end in ".local.". Default: "<short hostname>.local.". Two
-	// registries must not share one (hashicorp/mdns's client would mix
-	// their addresses).
+	// Host is the host name the address records are published under.
+	// Default: "<short hostname>-<the fingerprint's first 8 letters>.local.",
+	// unique for the same reason.
 	Host string
 
 	// Port is the registry's UDP (QUIC) port. Required.
 	Port int
+
+	// Listen is the address the registry's socket is bound to. Only
+	// addresses it accepts are advertised: all of an interface's for the
+	// unspecified IPv6 address "::" (a dual-stack socket) or the zero
+	// Addr, IPv4 ones for 0.0.0.0, and only itself otherwise, so a registry
+	// bound to 127.0.0.1 advertises nothing on the LAN.
+	Listen netip.Addr
 
 	// Fingerprint is the registry's key fingerprint, published as fp= in
 	// the TXT record. Required.
@@ -94,6 +101,11 @@ func NewAdvertiser(cfg AdvertiserConfig) (*Advertiser, error) {
 			return nil, fmt.Errorf("%w: TXT entry %.20q... longer than 255 bytes", ErrInvalidConfig, kv)
 		}
 	}
+	if len(cfg.Instance) > 50 {
+		// The label holds 63 bytes; the fingerprint's tag and a rename's
+		// suffix take the rest.
+		return nil, fmt.Errorf("%w: Instance %.20q... longer than 50 bytes", ErrInvalidConfig, cfg.Instance)
+	}
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
@@ -103,8 +115,7 @@ func NewAdvertiser(cfg AdvertiserConfig) (*Advertiser, error) {
 	if cfg.Host != "" && !strings.HasSuffix(cfg.Host, ".") {
 		cfg.Host += "."
 	}
-	cfg.Instance = strings.ReplaceAll(cfg.Instance, ".", "-")
-	cfg.Interfaces = append([]string(nil), cfg.Interfaces...)
+	cfg.Interfaces = slices.Clone(cfg.Interfaces)
 	return &Advertiser{cfg: cfg, log: orDiscard(cfg.Logger)}, nil
 }
 
@@ -115,13 +126,61 @@ func txtRecord(version, fp string) []string {
 	return []string{"v=" + version, "proto=" + Proto, "fp=" + fp}
 }
 
+// fingerprintTag is the part of a fingerprint's text form that makes names
+// unique: its first two groups ("abcd-efgh"), 40 bits.
+func fingerprintTag(fp string) string {
+	if len(fp) > 9 {
+		return fp[:9]
+	}
+	return fp
+}
+
+// names returns the instance and host names to advertise after renames
+// conflicts forced.
+func (a *Advertiser) names(renames int) (instance, host string) {
+	hn, err := os.Hostname()
+	if err != nil || hn == "" {
+		hn = "unknown"
+	}
+	short, _, _ := strings.Cut(hn, ".")
+	tag := fingerprintTag(a.cfg.Fingerprint)
+	instance = a.cfg.Instance
+	if instance == "" {
+		instance = "huddle registry on " + short
+	}
+	instance += " (" + tag + ")"
+	host = a.cfg.Host
+	if host == "" {
+		host = short + "-" + strings.ReplaceAll(tag, "-", "") + ".local."
+	}
+	if renames > 0 {
+		instance += fmt.Sprintf(" #%d", renames+1)
+		host = strings.TrimSuffix(host, ".local.") + fmt.Sprintf("-%d.local.", renames+1)
+	}
+	return instance, host
+}
+
+// accepts reports whether the registry's socket, bound to the configured
+// Listen address, accepts packets sent to addr.
+func (a *Advertiser) accepts(addr netip.Addr) bool {
+	l := a.cfg.Listen.Unmap()
+	switch {
+	case !l.IsValid(), l == netip.IPv6Unspecified():
+		return true
+	case l == netip.IPv4Unspecified():
+		return addr.Is4()
+	}
+	return addr.WithZone("") == l.WithZone("")
+}
+
 // Serve advertises until ctx ends or Close is called, then stops every
 // responder and returns nil. It runs one responder per selected interface,
-// each publishing only that interface's addresses, and every
-// RescanInterval restarts those whose addresses changed (an interface
-// coming up later is picked up then; while none is usable Serve logs and
-// keeps waiting). It returns ErrClosed after Close, and an error if called
-// while already serving.
+// each publishing only that interface's addresses that the registry's
+// socket accepts, and every RescanInterval restarts those whose addresses
+// changed (an interface coming up later is picked up then). A problem
+// (no usable interface, a socket that cannot join the group) is logged at
+// warn level once, and again only if it changes. It returns ErrClosed
+// after Close, and an error if called while already serving.
 func (a *Advertiser) Serve(ctx context.Context) error {
 	a.mu.Lock()
 	switch {
@@ -140,62 +199,89 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 	defer a.wg.Done()
 	defer cancel()
 
-	instance, host := a.cfg.Instance, a.cfg.Host
-	if instance == "" || host == "" {
-		hn, err := os.Hostname()
-		if err != nil {
-			hn = "unknown"
-		}
-		short, _, _ := strings.Cut(hn, ".")
-		if instance == "" {
-			instance = "huddle registry on " + short
-		}
-		if host == "" {
-			host = short + ".local."
+	var (
+		warn      = newWarnOnce(a.log)
+		renames   int
+		instance  string
+		host      string
+		running   = make(map[string]*responder) // by interface name
+		conflicts = make(chan *advert, 1)
+		hostAddrs []netip.Addr // every address of every interface, for telling ourselves apart
+		addrsMu   sync.Mutex
+	)
+	instance, host = a.names(renames)
+	txt := txtRecord(a.cfg.Version, a.cfg.Fingerprint)
+	ours := func(addr netip.Addr) bool {
+		addrsMu.Lock()
+		defer addrsMu.Unlock()
+		return slices.Contains(hostAddrs, addr)
+	}
+	lost := func(theirs *advert) {
+		select {
+		case conflicts <- theirs:
+		default:
 		}
 	}
-	txt := txtRecord(a.cfg.Version, a.cfg.Fingerprint)
-
-	running := make(map[string]*responder)
-	defer func() {
-		for _, r := range running {
+	stopAll := func() {
+		for name, r := range running {
 			r.stop()
+			delete(running, name)
 		}
-	}()
-	lastErr := ""
+	}
+	defer stopAll()
+
 	rescan := func() {
-		cands, _, err := selectInterfaces(a.cfg.Interfaces)
-		if err != nil && err.Error() != lastErr {
-			a.log.Warn("discovery: not advertising", "err", err)
-		}
-		lastErr = ""
+		cands, reports, err := selectInterfaces(a.cfg.Interfaces)
 		if err != nil {
-			lastErr = err.Error()
+			warn.warn("select", "discovery: not advertising the registry over mDNS", "err", err)
+		} else if warn.ok("select") {
+			a.log.Info("discovery: an interface for mDNS is usable again")
 		}
+		addrsMu.Lock()
+		hostAddrs = hostAddrs[:0]
+		for _, r := range reports {
+			for _, ad := range r.Addrs {
+				hostAddrs = append(hostAddrs, ad.WithZone(""))
+			}
+		}
+		addrsMu.Unlock()
 		seen := make(map[string]bool)
 		for _, c := range cands {
-			seen[c.iface.Name] = true
-			addrs := c.addrs()
-			sig := fmt.Sprint(addrs)
-			if r := running[c.iface.Name]; r != nil {
-				if r.sig == sig {
+			name := c.iface.Name
+			var addrs []netip.Addr
+			for _, ad := range c.addrs() {
+				if a.accepts(ad) {
+					addrs = append(addrs, ad)
+				}
+			}
+			if len(addrs) == 0 {
+				warn.warn("accept "+name, "discovery: not advertising the registry on "+name+": it listens on "+a.cfg.Listen.String()+" only, not on an address of "+name+"; listen on 0.0.0.0 or on "+name+"'s address to be found there",
+					"iface", name, "iface_addrs", c.addrs())
+				continue
+			}
+			warn.ok("accept " + name)
+			seen[name] = true
+			z := &zone{instance: instance, host: host, port: uint16(a.cfg.Port), txt: txt, addrs: addrs}
+			if r := running[name]; r != nil {
+				if slices.Equal(r.zone.addrs, addrs) {
 					continue
 				}
 				r.stop()
-				delete(running, c.iface.Name)
+				delete(running, name)
 			}
-			zone, err := mdns.NewMDNSService(instance, Service, "local.", host, a.cfg.Port, netIPs(addrs), txt)
+			r, err := startResponder(c.iface, z, a.cfg.Fingerprint, ours, lost, a.log)
 			if err != nil {
-				a.log.Warn("discovery: build mDNS records", "iface", c.iface.Name, "err", err)
+				var se *SocketError
+				advice := ""
+				if errors.As(err, &se) {
+					advice = se.Advice()
+				}
+				warn.warn("responder "+name, "discovery: cannot advertise the registry on "+name, "iface", name, "err", err, "fix", advice)
 				continue
 			}
-			r, err := startResponder(&c.iface, sig, zone, a.log)
-			if err != nil {
-				a.log.Warn("discovery: start mDNS responder", "iface", c.iface.Name, "err", err)
-				continue
-			}
-			running[c.iface.Name] = r
-			a.log.Info("discovery: advertising registry", "iface", c.iface.Name, "addrs", addrs, "port", a.cfg.Port, "instance", instance)
+			warn.ok("responder " + name)
+			running[name] = r
+			a.log.Info("discovery: advertising registry", "iface", name, "addrs", addrs, "port", a.cfg.Port, "instance", instance)
 		}
 		for name, r := range running {
 			if !seen[name] {
@@ -203,6 +289,11 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 				delete(running, name)
 				a.log.Info("discovery: stopped advertising", "iface", name)
 			}
+		}
+		if len(running) == 0 {
+			warn.warn("nowhere", "discovery: the registry is advertised on no interface; clients must be given its address", "listen", a.cfg.Listen)
+		} else {
+			warn.ok("nowhere")
 		}
 	}
 
@@ -214,6 +305,16 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			rescan()
+		case theirs := <-conflicts:
+			if !strings.EqualFold(theirs.instance, instance) {
+				continue // about a name already given up
+			}
+			renames++
+			old := instance
+			instance, host = a.names(renames)
+			a.log.Warn("discovery: renamed the registry's mDNS instance after a conflict", "was", old, "now", instance, "their_fp", txtValue(theirs.txt, "fp"), "their_addrs", theirs.addrs)
+			stopAll()
 			rescan()
 		}
 	}
@@ -231,12 +332,4 @@ func (a *Advertiser) Close() error {
 	a.mu.Unlock()
 	a.wg.Wait()
 	return nil
-}
-
-func netIPs(addrs []netip.Addr) []net.IP {
-	out := make([]net.IP, len(addrs))
-	for i, a := range addrs {
-		out[i] = net.IP(a.AsSlice())
-	}
-	return out
 }

@@ -4,16 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
 	"net/netip"
-	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/hashicorp/mdns"
 )
 
 // Defaults for BrowseConfig's zero fields.
@@ -22,15 +16,13 @@ const (
 	DefaultVerifyTimeout = 3 * time.Second
 	DefaultRetryAfter    = 5 * time.Second
 
-	firstQueryWait = 100 * time.Millisecond // pause after the first query, doubled up to QueryInterval
-	maxListen      = 250 * time.Millisecond // how long one query listens for answers
-	recheckOK      = 30 * time.Second       // how long a verified answer is trusted before it is verified again
+	recheckOK = 30 * time.Second // how long a verified answer is trusted before it is verified again
 )
 
 // Registry is one registry as advertised over mDNS.
 type Registry struct {
-	Instance    string           // instance name, such as "huddle registry on box"
-	Host        string           // host name from the SRV record, such as "box.local."
+	Instance    string           // instance name, such as "huddle registry on box (abcd-efgh)"
+	Host        string           // host name from the SRV record, such as "box-abcdefgh.local."
 	Addrs       []netip.AddrPort // addresses, those on a subnet of Iface first
 	Fingerprint string           // fp= from TXT (a claim until verified)
 	Version     string           // v= from TXT
@@ -120,7 +112,7 @@ func Find(ctx context.Context, cfg BrowseConfig) (Registry, netip.AddrPort, erro
 		default:
 		}
 	})
-	err = browse(ctx, cfg, v.consider)
+	err = browse(ctx, cfg, &states{}, v.consider)
 	v.wait()
 	select {
 	case res := <-found:
@@ -137,11 +129,13 @@ func Find(ctx context.Context, cfg BrowseConfig) (Registry, netip.AddrPort, erro
 }
 
 // Browse queries until ctx ends, calling found for every registry (by
-// instance name) the first time one of its answers verifies, and again
-// whenever it verifies with another address or fingerprint (a registry that
-// moved or restarted with a new key). Calls to found are serialized; a slow
-// found delays the following ones. Browse returns nil when ctx ends, or an
-// error wrapping ErrInvalidConfig or ErrNoInterface at once.
+// instance name, fingerprint and interface) the first time one of its
+// answers verifies, and again whenever it verifies at another address (a
+// registry that moved). A registry restarted with a new key is a new one
+// (its fingerprint is new). Two registries never replace each other, even
+// under one instance name. Calls to found are serialized; a slow found
+// delays the following ones. Browse returns nil when ctx ends, or an error
+// wrapping ErrInvalidConfig or ErrNoInterface at once.
 func Browse(ctx context.Context, cfg BrowseConfig, found func(Registry, netip.AddrPort)) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -149,19 +143,19 @@ func Browse(ctx context.Context, cfg BrowseConfig, found func(Registry, netip.Ad
 	}
 	var (
 		mu   sync.Mutex
-		last = make(map[string]string) // instance -> addr|fingerprint reported
+		last = make(map[string]netip.AddrPort) // instance|fingerprint|iface -> address reported
 	)
 	v := newVerifier(ctx, cfg, func(r Registry, addr netip.AddrPort) {
 		mu.Lock()
 		defer mu.Unlock()
-		id := addr.String() + "|" + r.Fingerprint
-		if last[r.Instance] == id {
+		k := r.Instance + "|" + r.Fingerprint + "|" + r.Iface
+		if prev, ok := last[k]; ok && prev == addr {
 			return
 		}
-		last[r.Instance] = id
+		last[k] = addr
 		found(r, addr)
 	})
-	err = browse(ctx, cfg, v.consider)
+	err = browse(ctx, cfg, &states{}, v.consider)
 	v.wait()
 	return err
 }
@@ -175,9 +169,11 @@ type Answer struct {
 }
 
 // Diagnose browses for wait (or until ctx ends) and returns the interface
-// reports and every distinct answer seen, each verified once, in the order
-// they arrived. It returns an error wrapping ErrInvalidConfig or
-// ErrNoInterface (with the reports) when it cannot browse at all.
+// reports, with what its sockets met on each interface used (joined or
+// not, queries sent or why not, responses heard), and every distinct answer
+// seen, each verified once, in the order they arrived. It returns an error
+// wrapping ErrInvalidConfig or ErrNoInterface (with the reports) when it
+// cannot browse at all.
 func Diagnose(ctx context.Context, cfg BrowseConfig, wait time.Duration) ([]InterfaceReport, []Answer, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -195,8 +191,9 @@ func Diagnose(ctx context.Context, cfg BrowseConfig, wait time.Duration) ([]Inte
 		answers []*Answer
 		seen    = make(map[string]bool)
 		wg      sync.WaitGroup
+		st      states
 	)
-	err = browse(ctx, cfg, func(r Registry, bad error) {
+	err = browse(ctx, cfg, &st, func(r Registry, bad error) {
 		k := answerKey(r)
 		mu.Lock()
 		defer mu.Unlock()
@@ -212,9 +209,7 @@ func Diagnose(ctx context.Context, cfg BrowseConfig, wait time.Duration) ([]Inte
 		if bad != nil {
 			return
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			// Verify outlives wait, bounded by VerifyTimeout: an answer
 			// that came at the last moment still gets its verdict.
 			addr, err := verifyAny(context.WithoutCancel(ctx), cfg, r)
@@ -224,219 +219,15 @@ func Diagnose(ctx context.Context, cfg BrowseConfig, wait time.Duration) ([]Inte
 				a.Addr = addr
 			}
 			mu.Unlock()
-		}()
+		})
 	})
 	wg.Wait()
+	st.fill(reports)
 	out := make([]Answer, len(answers))
 	for i, a := range answers {
 		out[i] = *a
 	}
 	return reports, out, err
-}
-
-// browse runs one query loop per selected interface until ctx ends,
-// calling consider (from several goroutines) with each answer, or with a
-// non-nil error for an answer that cannot be a registry.
-func browse(ctx context.Context, cfg BrowseConfig, consider func(Registry, error)) error {
-	cands, _, err := selectInterfaces(cfg.Interfaces)
-	if err != nil {
-		return err
-	}
-	std := stdLogger(cfg.Logger)
-	var wg sync.WaitGroup
-	loops := make(map[string]context.CancelFunc) // by interface name and addresses
-	defer func() {
-		for _, stop := range loops {
-			stop()
-		}
-		wg.Wait()
-	}()
-	update := func(cands []candidate) {
-		keep := make(map[string]bool)
-		for _, c := range cands {
-			k := c.iface.Name + fmt.Sprint(c.prefixes)
-			keep[k] = true
-			if loops[k] != nil {
-				continue
-			}
-			lctx, stop := context.WithCancel(ctx)
-			loops[k] = stop
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				queryLoop(lctx, cfg, c, std, consider)
-			}()
-		}
-		for k, stop := range loops {
-			if !keep[k] {
-				stop()
-				delete(loops, k)
-			}
-		}
-	}
-	update(cands)
-	t := time.NewTicker(cfg.RescanInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			cands, _, err := selectInterfaces(cfg.Interfaces)
-			if err != nil {
-				cfg.Logger.Warn("discovery: rescan interfaces", "err", err)
-				continue
-			}
-			update(cands)
-		}
-	}
-}
-
-// queryLoop queries on one interface until ctx ends. Each query listens
-// for at most maxListen; the next one goes after the current pause.
-//
-// hashicorp/mdns's QueryContext returns only when its timeout has passed,
-// even after ctx ends (cancelling just closes its sockets). So the loop does
-// not wait for the query in flight when ctx ends: that goroutine ends on its
-// own within maxListen, sending nothing more. Waiting for it would make Find
-// slower by up to maxListen every time.
-func queryLoop(ctx context.Context, cfg BrowseConfig, c candidate, std *log.Logger, consider func(Registry, error)) {
-	// hashicorp/mdns sends without blocking and drops entries nobody takes,
-	// so the channel is buffered and drained by its own goroutine. It is
-	// never closed: a query still running might send on it.
-	entries := make(chan *mdns.ServiceEntry, 64)
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		for {
-			select {
-			case e := <-entries:
-				r, err := toRegistry(e, c)
-				cfg.Logger.Debug("discovery: answer", "iface", c.iface.Name, "instance", r.Instance, "addrs", r.Addrs, "fp", r.Fingerprint)
-				consider(r, err)
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	defer func() { <-drained }()
-
-	pause := firstQueryWait
-	for ctx.Err() == nil {
-		listen := min(pause, maxListen)
-		params := &mdns.QueryParam{
-			Service:     Service,
-			Domain:      "local",
-			Timeout:     listen,
-			Interface:   &c.iface,
-			Entries:     entries,
-			DisableIPv6: true, // an IPv6 send error would fail the whole query
-			Logger:      std,
-		}
-		qdone := make(chan error, 1)
-		go func() { qdone <- mdns.QueryContext(ctx, params) }()
-		rest := pause - listen
-		select {
-		case err := <-qdone:
-			if err != nil {
-				cfg.Logger.Debug("discovery: mDNS query failed", "iface", c.iface.Name, "err", err)
-				rest = pause
-			}
-		case <-ctx.Done():
-			return
-		}
-		if rest > 0 {
-			t := time.NewTimer(rest)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-		}
-		pause = min(2*pause, cfg.QueryInterval)
-	}
-}
-
-// toRegistry converts a hashicorp/mdns entry heard on c. The error, wrapping
-// ErrBadAnswer, says why the answer cannot be a registry.
-func toRegistry(e *mdns.ServiceEntry, c candidate) (Registry, error) {
-	r := Registry{
-		Instance: instanceName(e.Name),
-		Host:     e.Host,
-		Iface:    c.iface.Name,
-	}
-	for _, f := range e.InfoFields {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "v":
-			r.Version = v
-		case "proto":
-			r.Proto = v
-		case "fp":
-			r.Fingerprint = v
-		}
-	}
-	var addrs []netip.Addr
-	if a, ok := netip.AddrFromSlice(e.AddrV4); ok {
-		addrs = append(addrs, a.Unmap())
-	}
-	if e.AddrV6IPAddr != nil {
-		if a, ok := netip.AddrFromSlice(e.AddrV6IPAddr.IP); ok && a.Is6() && !a.Is4In6() {
-			if a.IsLinkLocalUnicast() {
-				a = a.WithZone(c.iface.Name)
-			}
-			addrs = append(addrs, a)
-		}
-	}
-	// On-link addresses first: they are the ones this interface can reach.
-	slices.SortStableFunc(addrs, func(x, y netip.Addr) int {
-		switch ox, oy := c.onLink(x), c.onLink(y); {
-		case ox && !oy:
-			return -1
-		case oy && !ox:
-			return 1
-		}
-		return 0
-	})
-	for _, a := range addrs {
-		r.Addrs = append(r.Addrs, netip.AddrPortFrom(a, uint16(e.Port)))
-	}
-	switch {
-	case r.Fingerprint == "":
-		return r, fmt.Errorf("%w: %q has no fp= in its TXT record", ErrBadAnswer, r.Instance)
-	case r.Proto != "" && r.Proto != Proto:
-		return r, fmt.Errorf("%w: %q speaks %q, not %q", ErrBadAnswer, r.Instance, r.Proto, Proto)
-	case len(r.Addrs) == 0 || e.Port <= 0 || e.Port > 65535:
-		return r, fmt.Errorf("%w: %q has no usable address", ErrBadAnswer, r.Instance)
-	}
-	return r, nil
-}
-
-// instanceName strips the service and domain from an instance's DNS name
-// and undoes miekg/dns's presentation escapes ("\ " and "\DDD").
-func instanceName(name string) string {
-	name = strings.TrimSuffix(name, "."+Service+".local.")
-	if !strings.Contains(name, `\`) {
-		return name
-	}
-	var b strings.Builder
-	for i := 0; i < len(name); i++ {
-		if name[i] != '\\' || i+1 >= len(name) {
-			b.WriteByte(name[i])
-			continue
-		}
-		if i+3 < len(name) {
-			if n, err := strconv.Atoi(name[i+1 : i+4]); err == nil && n < 256 {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(name[i+1])
-		i++
-	}
-	return b.String()
 }
 
 func answerKey(r Registry) string {

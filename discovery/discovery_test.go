@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,6 +77,75 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// logWatch is a logger that also lets a test wait for log records: the
+// events the package logs (an answer heard, a responder started).
+type logWatch struct {
+	slog.Handler
+	mu      *sync.Mutex
+	records *[]slog.Record
+	changed *chan struct{}
+}
+
+func watchLog(t *testing.T) (*slog.Logger, logWatch) {
+	ch := make(chan struct{})
+	w := logWatch{Handler: testLogger(t).Handler(), mu: &sync.Mutex{}, records: &[]slog.Record{}, changed: &ch}
+	return slog.New(w), w
+}
+
+func (w logWatch) Handle(ctx context.Context, r slog.Record) error {
+	w.mu.Lock()
+	*w.records = append(*w.records, r.Clone())
+	close(*w.changed)
+	*w.changed = make(chan struct{})
+	w.mu.Unlock()
+	return w.Handler.Handle(ctx, r)
+}
+
+func (w logWatch) WithAttrs(as []slog.Attr) slog.Handler { return w } // not used by the package
+func (w logWatch) WithGroup(string) slog.Handler         { return w }
+
+// count returns how many records have message msg and, if key is not
+// empty, the attribute key with value val.
+func (w logWatch) count(msg, key, val string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, r := range *w.records {
+		if r.Message != msg {
+			continue
+		}
+		ok := key == ""
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == key && a.Value.String() == val {
+				ok = true
+			}
+			return !ok
+		})
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// wait waits until count(msg, key, val) reaches n, failing t at ctx's end.
+func (w logWatch) wait(ctx context.Context, t *testing.T, n int, msg, key, val string) {
+	t.Helper()
+	for {
+		w.mu.Lock()
+		changed := *w.changed
+		w.mu.Unlock()
+		if w.count(msg, key, val) >= n {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatalf("no %d log records %q with %s=%s", n, msg, key, val)
+		}
+	}
+}
+
 type tWriter struct{ t *testing.T }
 
 func (w tWriter) Write(p []byte) (int, error) {
@@ -122,7 +193,7 @@ func TestFindLoopback(t *testing.T) {
 			t.Errorf("addr = %v, want %v", addr, reg.addr)
 		}
 		want := discovery.Registry{
-			Instance: "huddle registry on test", Host: "real.local.",
+			Instance: "huddle registry on test (fp-real)", Host: "real.local.",
 			Addrs:       []netip.AddrPort{reg.addr, netip.AddrPortFrom(netip.IPv6Loopback(), reg.addr.Port())},
 			Fingerprint: "fp-real",
 			Version:     "1.2.3", Proto: discovery.Proto, Iface: "lo",
@@ -153,7 +224,7 @@ func TestFindSkipsSpoofed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r.Fingerprint != "fp-real" || r.Instance != "real" {
+			if r.Fingerprint != "fp-real" || r.Instance != "real (fp-real)" {
 				t.Errorf("Find #%d = %q %q, want the real registry", i, r.Instance, r.Fingerprint)
 			}
 		}
@@ -170,7 +241,7 @@ func TestFindSkipsSpoofed(t *testing.T) {
 			t.Logf("answer %+v", a)
 			got[a.Registry.Instance] = a.Err == nil
 		}
-		if want := map[string]bool{"real": true, "spoof": false}; fmt.Sprint(got) != fmt.Sprint(want) {
+		if want := map[string]bool{"real (fp-real)": true, "spoof (fp-spoof)": false}; fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("Diagnose verdicts = %v, want %v", got, want)
 		}
 	})
@@ -189,42 +260,46 @@ func TestFindNotFound(t *testing.T) {
 
 func TestBrowseSeesLateRegistry(t *testing.T) {
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		early := startFakeRegistry(t, "127.0.0.1:0", "fp-early")
 		reg := startFakeRegistry(t, "127.0.0.1:0", "fp-late")
+		advertise(t, discovery.AdvertiserConfig{Host: "early.local.", Port: int(early.addr.Port()), Fingerprint: "fp-early"})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		var (
-			mu    sync.Mutex
-			seen  []string
-			first = make(chan struct{})
-		)
+		log, w := watchLog(t)
+		found := make(chan string, 10)
 		done := make(chan error, 1)
 		go func() {
-			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond, Logger: testLogger(t)},
-				func(r discovery.Registry, addr netip.AddrPort) {
-					mu.Lock()
-					defer mu.Unlock()
-					seen = append(seen, r.Fingerprint+"@"+addr.String())
-					if len(seen) == 1 {
-						close(first)
-					}
-				})
+			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond, Logger: log},
+				func(r discovery.Registry, addr netip.AddrPort) { found <- r.Fingerprint + "@" + addr.String() })
 		}()
-		time.Sleep(500 * time.Millisecond) // browsing has started and found nothing
-		advertise(t, discovery.AdvertiserConfig{Host: "late.local.", Port: int(reg.addr.Port()), Fingerprint: "fp-late"})
-		select {
-		case <-first:
-		case <-ctx.Done():
-			t.Fatal("Browse never reported the registry that appeared later")
+		next := func() string {
+			t.Helper()
+			select {
+			case f := <-found:
+				return f
+			case <-ctx.Done():
+				t.Fatal("Browse reported nothing more")
+				return ""
+			}
 		}
-		time.Sleep(600 * time.Millisecond) // more queries answer; no duplicate reports
+		// Browsing runs and has reported what was there.
+		if got, want := next(), "fp-early@"+early.addr.String(); got != want {
+			t.Fatalf("first report %s, want %s", got, want)
+		}
+		advertise(t, discovery.AdvertiserConfig{Host: "late.local.", Port: int(reg.addr.Port()), Fingerprint: "fp-late"})
+		if got, want := next(), "fp-late@"+reg.addr.String(); got != want {
+			t.Fatalf("second report %s, want %s", got, want)
+		}
+		// Later queries answer again (each answer is logged), and are not
+		// reported again.
+		w.wait(ctx, t, 6, "discovery: answer", "fp", "fp-late")
 		cancel()
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if want := []string{"fp-late@" + reg.addr.String()}; fmt.Sprint(seen) != fmt.Sprint(want) {
-			t.Errorf("found calls = %v, want %v", seen, want)
+		close(found)
+		for f := range found {
+			t.Errorf("reported again: %s", f)
 		}
 	})
 }
@@ -248,13 +323,16 @@ func TestSelectInterfacesLoopbackFallback(t *testing.T) {
 
 func TestAdvertiserClose(t *testing.T) {
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
-		a, err := discovery.NewAdvertiser(discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp"})
+		log, w := watchLog(t)
+		a, err := discovery.NewAdvertiser(discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Logger: log})
 		if err != nil {
 			t.Fatal(err)
 		}
 		errc := make(chan error, 1)
 		go func() { errc <- a.Serve(context.Background()) }()
-		time.Sleep(50 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w.wait(ctx, t, 1, "discovery: advertising registry", "iface", "lo")
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -335,19 +413,41 @@ func TestBrowseReportsRestartWithNewKey(t *testing.T) {
 	})
 }
 
+// dummyIface makes an interface name in the test's namespace holding
+// addr, up and multicast-capable: one end of a veth pair whose other end
+// is up with no address, so what it sends goes nowhere that answers, and
+// its multicast loops back to the namespace's own sockets, which is all a
+// test needs.
+func dummyIface(t *testing.T, name, addr string) {
+	t.Helper()
+	ip(t, "link", "add", name, "type", "veth", "peer", "name", name+"p")
+	ip(t, "link", "set", name+"p", "up")
+	ip(t, "link", "set", name, "up", "multicast", "on")
+	ip(t, "addr", "add", addr, "dev", name)
+}
+
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %v: %v: %s", args, err, out)
+	}
+}
+
 func TestAdvertiserFollowsAddressChange(t *testing.T) {
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		dummyIface(t, "d0", "10.99.0.1/24")
 		reg := startFakeRegistry(t, "0.0.0.0:0", "fp")
-		advertise(t, discovery.AdvertiserConfig{Host: "reg.local.", Port: int(reg.addr.Port()), Fingerprint: "fp", RescanInterval: 100 * time.Millisecond})
+		on := []string{"d0"}
+		advertise(t, discovery.AdvertiserConfig{Host: "reg.local.", Port: int(reg.addr.Port()), Fingerprint: "fp", Interfaces: on, RescanInterval: 100 * time.Millisecond})
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		seen := make(chan netip.AddrPort, 10)
 		done := make(chan error, 1)
 		go func() {
-			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond},
+			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, Interfaces: on, QueryInterval: 200 * time.Millisecond},
 				func(r discovery.Registry, addr netip.AddrPort) { seen <- addr })
 		}()
-		want := []string{"127.0.0.1", "10.99.0.1"}
+		want := []string{"10.99.0.1", "10.98.0.2"}
 		for i, w := range want {
 			select {
 			case addr := <-seen:
@@ -358,16 +458,209 @@ func TestAdvertiserFollowsAddressChange(t *testing.T) {
 				t.Fatalf("no report %d (want %s)", i, w)
 			}
 			if i == 0 {
-				// hashicorp/mdns keeps the last A record of an answer, so
-				// the new address is what browsers see once re-advertised.
-				if out, err := exec.Command("ip", "addr", "add", "10.99.0.1/24", "dev", "lo").CombinedOutput(); err != nil {
-					t.Fatalf("ip addr add: %v: %s", err, out)
-				}
+				// The registry's host moves to another address.
+				ip(t, "addr", "add", "10.98.0.2/24", "dev", "d0")
+				ip(t, "addr", "del", "10.99.0.1/24", "dev", "d0")
 			}
 		}
 		cancel()
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
+	})
+}
+
+// TestNoMulticastRoute browses and advertises in a namespace with no route
+// at all for multicast (no default route, no 224.0.0.0/4): the sockets
+// join and send by interface index, so discovery still works (issue 17.3).
+func TestNoMulticastRoute(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		ip(t, "route", "del", "224.0.0.0/4", "dev", "lo")
+		if out, err := exec.Command("ip", "route", "get", "224.0.0.251").CombinedOutput(); err == nil {
+			t.Fatalf("a route to 224.0.0.251 is left: %s", out)
+		}
+		reg := startFakeRegistry(t, "127.0.0.1:0", "fp-real")
+		advertise(t, discovery.AdvertiserConfig{Port: int(reg.addr.Port()), Fingerprint: "fp-real"})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, addr, err := discovery.Find(ctx, discovery.BrowseConfig{Verify: verifyFP, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addr != reg.addr || r.Fingerprint != "fp-real" {
+			t.Errorf("found %s at %v, want fp-real at %v", r.Fingerprint, addr, reg.addr)
+		}
+		reports, _, err := discovery.Diagnose(ctx, discovery.BrowseConfig{Verify: verifyFP}, 500*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rep := range reports {
+			if rep.Used && (!rep.Joined || rep.JoinErr != nil || rep.SendErr != nil || rep.Queries == 0 || rep.Responses == 0) {
+				t.Errorf("interface report %+v: want joined, queries sent and responses heard", rep)
+			}
+		}
+	})
+}
+
+// TestAdvertiseOnlyAcceptedAddrs checks that only addresses the registry's
+// socket accepts are advertised: a registry bound to 127.0.0.1 advertises
+// nothing on d0 and says so; one bound to one of d0's addresses advertises
+// that address alone (issue 17.1).
+func TestAdvertiseOnlyAcceptedAddrs(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		dummyIface(t, "d0", "10.99.0.1/24")
+		ip(t, "addr", "add", "10.99.0.7/24", "dev", "d0")
+		on := []string{"d0"}
+		local := startFakeRegistry(t, "127.0.0.1:0", "fp-local")
+		one := startFakeRegistry(t, "10.99.0.7:0", "fp-one")
+		log, w := watchLog(t)
+		advertise(t, discovery.AdvertiserConfig{Port: int(local.addr.Port()), Listen: local.addr.Addr(), Fingerprint: "fp-local", Interfaces: on, Logger: log})
+		advertise(t, discovery.AdvertiserConfig{Port: int(one.addr.Port()), Listen: one.addr.Addr(), Fingerprint: "fp-one", Interfaces: on})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w.wait(ctx, t, 1, "discovery: the registry is advertised on no interface; clients must be given its address", "", "")
+		if n := w.count("discovery: advertising registry", "", ""); n != 0 {
+			t.Errorf("the loopback-only registry logged %d times that it advertises", n)
+		}
+
+		_, answers, err := discovery.Diagnose(ctx, discovery.BrowseConfig{Verify: verifyFP, Interfaces: on}, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, a := range answers {
+			got = append(got, fmt.Sprint(a.Registry.Fingerprint, a.Registry.Addrs, a.Err))
+		}
+		if want := []string{fmt.Sprint("fp-one", []netip.AddrPort{one.addr}, nil)}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("answers on d0: %v, want %v", got, want)
+		}
+	})
+}
+
+// TestInstanceNamesUnique runs two registries of different keys with the
+// same configured instance name on one host: each is advertised under a
+// name of its own, and browsing reports both (issue 17.2).
+func TestInstanceNamesUnique(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		a := startFakeRegistry(t, "127.0.0.1:0", "aaaa-aaaa-aaaa")
+		b := startFakeRegistry(t, "127.0.0.1:0", "bbbb-bbbb-bbbb")
+		advertise(t, discovery.AdvertiserConfig{Instance: "huddle registry on raspberrypi", Port: int(a.addr.Port()), Fingerprint: "aaaa-aaaa-aaaa"})
+		advertise(t, discovery.AdvertiserConfig{Instance: "huddle registry on raspberrypi", Port: int(b.addr.Port()), Fingerprint: "bbbb-bbbb-bbbb"})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		found := make(chan string, 10)
+		done := make(chan error, 1)
+		go func() {
+			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP},
+				func(r discovery.Registry, addr netip.AddrPort) {
+					found <- r.Instance + " " + r.Host + " " + addr.String()
+				})
+		}()
+		got := map[string]bool{}
+		for len(got) < 2 {
+			select {
+			case f := <-found:
+				got[f] = true
+			case <-ctx.Done():
+				t.Fatalf("Browse reported only %v", got)
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		host, _ := os.Hostname()
+		host, _, _ = strings.Cut(host, ".")
+		want := map[string]bool{
+			"huddle registry on raspberrypi (aaaa-aaaa) " + strings.ToLower(host) + "-aaaaaaaa.local. " + a.addr.String(): true,
+			"huddle registry on raspberrypi (bbbb-bbbb) " + strings.ToLower(host) + "-bbbbbbbb.local. " + b.addr.String(): true,
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("reports %v, want %v", got, want)
+		}
+	})
+}
+
+// TestConflictRenames runs two advertisers that would use one instance
+// name (the same key, copied to a second registry): one of them sees the
+// other's announcement, renames, and from then on every answer names two
+// instances (RFC 6762 §9; issue 17.2).
+func TestConflictRenames(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		a := startFakeRegistry(t, "127.0.0.1:0", "same-key")
+		b := startFakeRegistry(t, "127.0.0.1:0", "same-key")
+		log, w := watchLog(t) // both advertisers log here
+		advertise(t, discovery.AdvertiserConfig{Port: int(a.addr.Port()), Fingerprint: "same-key", Logger: log})
+		advertise(t, discovery.AdvertiserConfig{Port: int(b.addr.Port()), Fingerprint: "same-key", Logger: log})
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		const renamed = "discovery: renamed the registry's mDNS instance after a conflict"
+		w.wait(ctx, t, 1, renamed, "", "")
+		_, answers, err := discovery.Diagnose(ctx, discovery.BrowseConfig{Verify: verifyFP}, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string][]netip.AddrPort{}
+		for _, an := range answers {
+			names[an.Registry.Instance] = append(names[an.Registry.Instance], an.Registry.Addrs[0])
+		}
+		if len(names) != 2 {
+			t.Fatalf("instances answered: %v, want two names", names)
+		}
+		for name, addrs := range names {
+			if len(addrs) != 1 {
+				t.Errorf("instance %q answered with %v: two adverts under one name", name, addrs)
+			}
+		}
+		// Both registries announced twice by now, the renamed one under its
+		// new name: nothing renamed again.
+		if n := w.count(renamed, "", ""); n != 1 {
+			t.Errorf("%d renames, want 1", n)
+		}
+	})
+}
+
+// TestJoinFailureWarnsOnce makes every multicast join fail (the namespace's
+// limit of memberships per socket is 0): the advertiser warns once, with
+// what to do, however often it rescans; Diagnose says the join failed and
+// why, while its queries still go out.
+func TestJoinFailureWarnsOnce(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		if out, err := exec.Command("sysctl", "-w", "net.ipv4.igmp_max_memberships=0").CombinedOutput(); err != nil {
+			t.Fatalf("sysctl: %v: %s", err, out)
+		}
+		log, w := watchLog(t)
+		advertise(t, discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", RescanInterval: 20 * time.Millisecond, Logger: log})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		const cannot = "discovery: cannot advertise the registry on lo"
+		w.wait(ctx, t, 5, cannot, "iface", "lo") // five rescans
+		warned := 0
+		w.mu.Lock()
+		for _, r := range *w.records {
+			if r.Message == cannot && r.Level == slog.LevelWarn {
+				warned++
+				r.Attrs(func(a slog.Attr) bool {
+					if a.Key == "fix" && !strings.Contains(a.Value.String(), "igmp_max_memberships") {
+						t.Errorf("the warning's fix is %q, want the sysctl to raise", a.Value)
+					}
+					return true
+				})
+			}
+		}
+		w.mu.Unlock()
+		if warned != 1 {
+			t.Errorf("%d warnings for the same failure, want 1", warned)
+		}
+
+		reports, _, err := discovery.Diagnose(ctx, discovery.BrowseConfig{Verify: verifyFP}, 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var se *discovery.SocketError
+		if len(reports) != 1 || reports[0].Joined || !errors.As(reports[0].JoinErr, &se) || se.Op != "join" || reports[0].Queries == 0 || reports[0].SendErr != nil {
+			t.Fatalf("reports %+v: want lo not joined (a join SocketError), queries sent", reports)
+		}
+		t.Logf("join error: %v; advice: %s", se, se.Advice())
 	})
 }

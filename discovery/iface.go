@@ -9,12 +9,20 @@ import (
 )
 
 // InterfaceReport says whether an interface would be used for mDNS and, if
-// not, why.
+// not, why; Diagnose adds what its sockets met there.
 type InterfaceReport struct {
 	Name   string
-	Used   bool
+	Index  int          // the system's interface index, which sockets join and send by
+	Used   bool         // selected for mDNS
 	Reason string       // why it is not used: "down", "no multicast", "no IPv4 address", "not selected", "loopback", "no such interface"
 	Addrs  []netip.Addr // every address on the interface
+
+	// Filled by Diagnose for the interfaces it used.
+	Joined    bool  // joined 224.0.0.251 on it: announcements are heard
+	JoinErr   error // why not (a *SocketError, with Advice)
+	SendErr   error // why the last query could not be sent, nil if it went out (a *SocketError)
+	Queries   int   // queries sent
+	Responses int   // mDNS responses heard, huddle's or not
 }
 
 // candidate is a usable interface with the prefixes of its addresses.
@@ -69,7 +77,7 @@ func selectInterfaces(names []string) ([]candidate, []InterfaceReport, error) {
 		loopC   candidate
 	)
 	for _, ifc := range ifaces {
-		r := InterfaceReport{Name: ifc.Name}
+		r := InterfaceReport{Name: ifc.Name, Index: ifc.Index}
 		c := candidate{iface: ifc}
 		if as, err := ifc.Addrs(); err == nil {
 			for _, a := range as {

@@ -1,6 +1,13 @@
 package discovery
 
-import "testing"
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+)
 
 func TestInstanceName(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
@@ -8,10 +15,84 @@ func TestInstanceName(t *testing.T) {
 		{`huddle\ registry\ on\ box._huddle._udp.local.`, "huddle registry on box"},
 		{`caf\195\169._huddle._udp.local.`, "café"},
 		{`a\.b._huddle._udp.local.`, "a.b"},
+		{`A._HUDDLE._UDP.LOCAL.`, "A"},
 		{`trailing\`, `trailing\`},
 	} {
 		if got := instanceName(tc.in); got != tc.want {
 			t.Errorf("instanceName(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestZoneRoundTrip builds a registry's records, answers each kind of
+// question with them, packs and unpacks the answer as a browser would, and
+// reads the registry back, names with dots, backslashes, spaces and UTF-8
+// included.
+func TestZoneRoundTrip(t *testing.T) {
+	z := &zone{
+		instance: `huddle registry on a.b\c é (abcd-efgh)`,
+		host:     "box-abcdefgh.local.",
+		port:     7373,
+		txt:      txtRecord("1.2.3", "abcd-efgh-ijkl"),
+		addrs:    []netip.Addr{netip.MustParseAddr("10.77.0.1"), netip.MustParseAddr("10.77.0.9"), netip.MustParseAddr("fd00::1")},
+	}
+	q := func(name string, t uint16) dns.Question {
+		return dns.Question{Name: name, Qtype: t, Qclass: dns.ClassINET}
+	}
+	for _, tc := range []struct {
+		name  string
+		q     dns.Question
+		types string // the record types answered, in order
+	}{
+		{"browse", q(serviceName, dns.TypePTR), "PTR SRV TXT A A AAAA"},
+		{"browse, upper case", q(strings.ToUpper(serviceName), dns.TypePTR), "PTR SRV TXT A A AAAA"},
+		{"enumeration", q(enumName, dns.TypePTR), "PTR"},
+		{"instance SRV", q(z.instanceFQDN(), dns.TypeSRV), "SRV A A AAAA"},
+		{"instance ANY", q(z.instanceFQDN(), dns.TypeANY), "SRV TXT A A AAAA"},
+		{"host A", q(z.host, dns.TypeA), "A A"},
+		{"host AAAA", q(z.host, dns.TypeAAAA), "AAAA"},
+		{"another service", q("_http._tcp.local.", dns.TypePTR), ""},
+		{"another class", dns.Question{Name: serviceName, Qtype: dns.TypePTR, Qclass: dns.ClassCHAOS}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rrs := z.answer(tc.q)
+			var types []string
+			for _, rr := range rrs {
+				types = append(types, dns.TypeToString[rr.Header().Rrtype])
+			}
+			if got := strings.Join(types, " "); got != tc.types {
+				t.Fatalf("answer types %q, want %q", got, tc.types)
+			}
+		})
+	}
+
+	out, err := (&dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Compress: true, Answer: z.all()}).Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m dns.Msg
+	if err := m.Unpack(out); err != nil {
+		t.Fatal(err)
+	}
+	as := adverts(&m)
+	if len(as) != 1 {
+		t.Fatalf("%d adverts, want 1", len(as))
+	}
+	got := fmt.Sprintf("%+v", *as[0])
+	want := fmt.Sprintf("%+v", advert{instance: z.instance, host: z.host, port: 7373, txt: z.txt, addrs: z.addrs, hasSRV: true, hasTXT: true})
+	if got != want {
+		t.Errorf("advert read back:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestAdvertsKeepsInstancesApart checks that one response describing two
+// instances, on two hosts, gives each its own addresses.
+func TestAdvertsKeepsInstancesApart(t *testing.T) {
+	a := &zone{instance: "a", host: "a.local.", port: 1, txt: txtRecord("", "fa"), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+	b := &zone{instance: "b", host: "b.local.", port: 2, txt: txtRecord("", "fb"), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}}
+	m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Answer: append(a.all(), b.all()...)}
+	as := adverts(m)
+	if len(as) != 2 || fmt.Sprint(as[0].addrs) != "[10.0.0.1]" || fmt.Sprint(as[1].addrs) != "[10.0.0.2 10.0.0.3]" {
+		t.Fatalf("adverts %+v %+v", as[0], as[1])
 	}
 }

@@ -2,118 +2,228 @@ package discovery
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
 
-	"github.com/hashicorp/mdns"
 	"github.com/miekg/dns"
 )
 
-var (
-	mdnsGroup4 = &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353}
-	mdnsDest4  = netip.AddrPortFrom(netip.AddrFrom4([4]byte{224, 0, 0, 251}), 5353)
-)
+// announceGap is the pause between the two announcements a responder sends
+// when it starts (RFC 6762 §8.3: at least two, one second apart).
+const announceGap = time.Second
 
-// responder answers mDNS queries that arrive on one interface from a zone.
-// It replaces mdns.Server, whose socket also hears other interfaces' queries
-// (see the package comment). Only IPv4 is served.
+// responder answers the mDNS queries that arrive on one interface from its
+// zone, announces the zone when it starts, and watches others' responses
+// for its instance name (RFC 6762 §9): another advertiser using the name
+// with other records is a conflict, which the lower of the two settles by
+// renaming.
 type responder struct {
-	name string
-	sig  string // the addresses it was started with, to notice changes
-	conn *net.UDPConn
-	zone mdns.Zone
+	c    *conn
+	zone *zone
+	fp   string                // our fingerprint
+	ours func(netip.Addr) bool // reports whether an address is this host's
+	lost func(theirs *advert)  // called when we must rename; it must not block
 	log  *slog.Logger
-	done chan struct{}
+
+	mu          sync.Mutex
+	lastDefense time.Time
+
+	stopped chan struct{} // closed by stop
+	wg      sync.WaitGroup
 }
 
-// startResponder joins the mDNS group on ifc and answers from zone until
-// stop. It returns an error if the socket cannot be made.
-func startResponder(ifc *net.Interface, sig string, zone mdns.Zone, log *slog.Logger) (*responder, error) {
-	conn, err := net.ListenMulticastUDP("udp4", ifc, mdnsGroup4)
+// startResponder joins the mDNS group on ifc and answers from z until stop.
+// Errors are *SocketError.
+func startResponder(ifc net.Interface, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger) (*responder, error) {
+	c, err := listenGroup(ifc)
 	if err != nil {
 		return nil, err
 	}
-	if err := onlyJoinedGroups(conn); err != nil {
-		// Not fatal: answers may then carry this interface's addresses to
-		// other LANs, where the browser's on-link ordering and Verify
-		// still protect the caller.
-		log.Warn("discovery: cannot restrict mDNS socket to its interface", "iface", ifc.Name, "err", err)
-	}
-	r := &responder{name: ifc.Name, sig: sig, conn: conn, zone: zone, log: log, done: make(chan struct{})}
+	r := &responder{c: c, zone: z, fp: fp, ours: ours, lost: lost, log: log, stopped: make(chan struct{})}
+	r.wg.Add(2)
 	go r.serve()
+	go r.announce()
 	return r, nil
 }
 
-// stop closes the socket and waits for the serving goroutine.
+// stop closes the socket and waits for the responder's goroutines.
 func (r *responder) stop() {
-	r.conn.Close()
-	<-r.done
+	close(r.stopped)
+	r.c.close()
+	r.wg.Wait()
+}
+
+// announce sends every record to the group twice, announceGap apart, so
+// browsers that listen (group daemons) learn of the registry at once.
+func (r *responder) announce() {
+	defer r.wg.Done()
+	for i := range 2 {
+		if i > 0 {
+			t := time.NewTimer(announceGap)
+			select {
+			case <-r.stopped:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		r.send(&dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true, Answer: r.zone.all()}, mdnsDest)
+	}
 }
 
 func (r *responder) serve() {
-	defer close(r.done)
-	buf := make([]byte, 9000)
+	defer r.wg.Done()
+	buf := make([]byte, maxPacket)
 	for {
-		n, from, err := r.conn.ReadFromUDPAddrPort(buf)
+		n, from, ifindex, err := r.c.read(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			r.log.Debug("discovery: mDNS read", "iface", r.name, "err", err)
+			r.log.Debug("discovery: mDNS read", "iface", r.c.ifc.Name, "err", err)
 			continue
 		}
-		r.answer(buf[:n], from)
+		if !r.c.heard(ifindex) {
+			continue
+		}
+		var m dns.Msg
+		if err := m.Unpack(buf[:n]); err != nil {
+			r.log.Debug("discovery: undecodable mDNS packet", "iface", r.c.ifc.Name, "from", from, "err", err)
+			continue
+		}
+		// RFC 6762 §18: ignore non-zero opcodes and rcodes.
+		if m.Opcode != dns.OpcodeQuery || m.Rcode != 0 {
+			continue
+		}
+		if m.Response {
+			r.checkConflict(&m, from)
+			continue
+		}
+		r.answer(&m, from)
 	}
 }
 
 // answer replies to one query: to the querier directly when it asked from a
-// port other than 5353 (a "legacy unicast" query, RFC 6762 6.7, which is
-// what hashicorp/mdns sends) or set the unicast-response bit, otherwise to
-// the group.
-func (r *responder) answer(pkt []byte, from netip.AddrPort) {
-	var q dns.Msg
-	if err := q.Unpack(pkt); err != nil {
-		r.log.Debug("discovery: undecodable mDNS packet", "iface", r.name, "from", from, "err", err)
-		return
-	}
-	// RFC 6762 18: ignore responses, non-zero opcodes and rcodes. Truncated
-	// queries promise known answers in a later packet; answering at once
-	// just costs a duplicate answer.
-	if q.Response || q.Opcode != dns.OpcodeQuery || q.Rcode != 0 {
-		return
-	}
-	legacy := from.Port() != 5353
+// port other than 5353 (a "legacy unicast" query, RFC 6762 §6.7, which is
+// what our browsers send) or set the unicast-response bit, otherwise to the
+// group.
+func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
+	legacy := from.Port() != mdnsPort
 	unicast := legacy
 	var answers []dns.RR
 	for _, qq := range q.Question {
 		if qq.Qclass&(1<<15) != 0 {
 			unicast = true
 		}
-		answers = append(answers, r.zone.Records(qq)...)
+		for _, rr := range r.zone.answer(qq) {
+			if !slices.ContainsFunc(answers, func(have dns.RR) bool { return dns.IsDuplicate(have, rr) }) {
+				answers = append(answers, rr)
+			}
+		}
 	}
 	if len(answers) == 0 {
 		return
 	}
-	resp := &dns.Msg{
-		MsgHdr:   dns.MsgHdr{Response: true, Authoritative: true},
-		Compress: true,
-		Answer:   answers,
-	}
+	resp := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true, Answer: answers}
 	if legacy {
 		resp.Id = q.Id
 		resp.Question = q.Question
 	}
-	out, err := resp.Pack()
+	dst := from
+	if !unicast {
+		dst = mdnsDest
+	}
+	r.send(resp, dst)
+}
+
+func (r *responder) send(m *dns.Msg, dst netip.AddrPort) {
+	out, err := m.Pack()
 	if err != nil {
 		r.log.Warn("discovery: pack mDNS answer", "err", err)
 		return
 	}
-	dst := from
-	if !unicast {
-		dst = mdnsDest4
+	if err := r.c.send(out, dst); err != nil {
+		r.log.Debug("discovery: send mDNS answer", "iface", r.c.ifc.Name, "to", dst, "err", err)
 	}
-	if _, err := r.conn.WriteToUDPAddrPort(out, dst); err != nil {
-		r.log.Debug("discovery: send mDNS answer", "iface", r.name, "to", dst, "err", err)
+}
+
+// checkConflict looks for our instance name in another responder's
+// response. A copy of ourselves (same fingerprint, host, port, and only
+// this host's addresses: our responder on another interface of the same
+// link) is no conflict, nor is anyone else's instance. Otherwise the side
+// whose records sort lower renames, the other defends its name by
+// announcing it again (at most once a second).
+func (r *responder) checkConflict(m *dns.Msg, from netip.AddrPort) {
+	for _, a := range adverts(m) {
+		if !strings.EqualFold(a.instance, r.zone.instance) || !a.hasSRV && !a.hasTXT {
+			continue
+		}
+		if r.isSelf(a) {
+			continue
+		}
+		if r.losesTo(a) {
+			r.log.Warn("discovery: another registry advertises our mDNS instance name; renaming", "iface", r.c.ifc.Name,
+				"instance", r.zone.instance, "from", from, "their_fp", txtValue(a.txt, "fp"), "their_addrs", a.addrs)
+			r.lost(a)
+			return
+		}
+		r.mu.Lock()
+		defend := time.Since(r.lastDefense) >= announceGap
+		if defend {
+			r.lastDefense = time.Now()
+		}
+		r.mu.Unlock()
+		if defend {
+			r.log.Info("discovery: another registry advertises our mDNS instance name; it renames, we keep ours", "iface", r.c.ifc.Name, "instance", r.zone.instance, "from", from)
+			r.send(&dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true, Answer: r.zone.all()}, mdnsDest)
+		}
 	}
+}
+
+func (r *responder) isSelf(a *advert) bool {
+	if txtValue(a.txt, "fp") != r.fp || a.hasSRV && (a.host != strings.ToLower(r.zone.host) || a.port != r.zone.port) {
+		return false
+	}
+	for _, addr := range a.addrs {
+		if !r.ours(addr) {
+			return false
+		}
+	}
+	return true
+}
+
+// losesTo decides a conflict the same way on both sides: by fingerprint,
+// then by the sorted addresses, then by port and host; the lower renames.
+func (r *responder) losesTo(a *advert) bool {
+	ours := conflictKey(r.fp, r.zone.addrs, r.zone.port, strings.ToLower(r.zone.host))
+	return ours < conflictKey(txtValue(a.txt, "fp"), a.addrs, a.port, a.host)
+}
+
+func conflictKey(fp string, addrs []netip.Addr, port uint16, host string) string {
+	s := slices.Clone(addrs)
+	slices.SortFunc(s, netip.Addr.Compare)
+	var b strings.Builder
+	b.WriteString(fp)
+	for _, a := range s {
+		b.WriteByte(' ')
+		b.WriteString(a.String())
+	}
+	fmt.Fprintf(&b, " %05d %s", port, host)
+	return b.String()
+}
+
+// txtValue returns the value of key in TXT strings "key=value".
+func txtValue(txt []string, key string) string {
+	for _, kv := range txt {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.EqualFold(k, key) {
+			return v
+		}
+	}
+	return ""
 }

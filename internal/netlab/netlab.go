@@ -11,7 +11,7 @@
 //
 // Each host gets lo up with multicast on, and a route for 224.0.0.0/4 through
 // its first interface, so programs that join multicast groups without naming
-// an interface (as hashicorp/mdns's client does) work.
+// an interface work.
 //
 // Programs run in a host with Host.Command (any program) or Host.TestCommand
 // (this test binary again, running one test function as a helper process).
