@@ -88,8 +88,11 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	code = c.typeLoop(wctx, readLine)
 	stop()
 	wg.Wait()
-	if err := <-watchErr; err != nil && code == ExitOK {
+	if err := <-watchErr; err != nil && code == ExitOK && ctx.Err() == nil {
 		return fail(env, "chat", err)
+	}
+	if code == ExitOK && ctx.Err() != nil {
+		return ExitInterrupted // Ctrl-C or SIGTERM, not /quit or the end of input
 	}
 	return code
 }

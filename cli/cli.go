@@ -33,6 +33,9 @@ type Env struct {
 	Stdout io.Writer
 	Stderr io.Writer
 	Getenv func(string) string
+	// Environ lists the environment (os.Environ), for daemons to refuse
+	// HUDDLE_ variables they do not know; nil: not checked.
+	Environ func() []string
 }
 
 // verb is one huddle subcommand.
@@ -63,7 +66,13 @@ var verbs = map[string]verb{
 
 // Main runs the huddle command line args and returns the process exit code.
 func Main(ctx context.Context, args []string, env Env) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
+		// A bare huddle is a usage mistake, as a verb without its arguments
+		// is: the list goes to stderr, and the exit code says so.
+		fmt.Fprint(env.Stderr, usage())
+		return ExitUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(env.Stdout, usage())
 		return ExitOK
 	}

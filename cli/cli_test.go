@@ -158,8 +158,8 @@ func TestFromEnv(t *testing.T) {
 func TestUsage(t *testing.T) {
 	var out, errb bytes.Buffer
 	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-	if code := Main(context.Background(), nil, env); code != ExitOK || !strings.Contains(out.String(), "watch") {
-		t.Errorf("no arguments: code %d, usage %q", code, out.String())
+	if code := Main(context.Background(), nil, env); code != ExitUsage || !strings.Contains(errb.String(), "watch") {
+		t.Errorf("no arguments: code %d, usage %q on stderr", code, errb.String())
 	}
 	if code := Main(context.Background(), []string{"frobnicate"}, env); code != ExitUsage {
 		t.Errorf("unknown verb: code %d", code)

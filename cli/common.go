@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -35,10 +36,10 @@ type clientFlags struct {
 }
 
 func (f *clientFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.registry, "registry", "", "registry address HOST[:PORT] (default $HUDDLE_REGISTRY, else this machine's or one found over mDNS)")
+	fs.Var(registryAddrValue{&f.registry}, "registry", "registry address HOST[:PORT] (default $HUDDLE_REGISTRY, else this machine's or one found over mDNS)")
 	fs.StringArrayVar(&f.ifaces, "iface", nil, "look for the registry over mDNS on this interface only (repeatable; default: every up, multicast-capable one)")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object per line")
-	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up after this long")
+	fs.Var(newDuration(&f.timeout, 10*time.Second, time.Millisecond, false), "timeout", "give up after this long")
 }
 
 // newFlags returns a verb's flag set with a usage text that shows the
@@ -225,7 +226,7 @@ func explain(err error) (string, int) {
 	case errors.Is(err, client.ErrUnreachable):
 		return fmt.Sprintf("%v\n  is it running (huddle up, huddle registry, huddle serve) and reachable over UDP? give the registry's address with --registry HOST:PORT or HUDDLE_REGISTRY", err), ExitUnreachable
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("%v: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", err), ExitUnreachable
+		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", withoutGoText(err)), ExitUnreachable
 	case errors.Is(err, errNoGroup):
 		return err.Error(), ExitRefused
 	case errors.As(err, &we):
@@ -258,6 +259,31 @@ func advice(we *wire.Error) string {
 		return "; the group's history was reset (its daemon restarted): fetch again without --after"
 	}
 	return ""
+}
+
+// plainErr returns what an operating-system error says without the
+// operation and path Go puts before it ("open /x: permission denied"
+// becomes "permission denied"), for messages that name the file already.
+func plainErr(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// withoutGoText drops the Go runtime's own phrases from an error's text,
+// where the message goes on to say the same in words a user reads.
+func withoutGoText(err error) string {
+	msg := err.Error()
+	for _, goText := range []string{": context deadline exceeded", "context deadline exceeded: ", "context deadline exceeded",
+		": context canceled", "context canceled"} {
+		msg = strings.ReplaceAll(msg, goText, "")
+	}
+	if msg == "" {
+		msg = "no answer"
+	}
+	return msg
 }
 
 // printJSON writes v as one line of JSON.

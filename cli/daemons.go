@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -24,19 +28,49 @@ import (
 // daemonFlags are the flags every daemon verb takes.
 type daemonFlags struct {
 	stateDir    string
-	logFormat   string
-	logLevel    string
-	metricsAddr string
+	logFormat   choiceValue
+	logLevel    choiceValue
+	metricsAddr tcpAddr
 	pprofAddr   tcpAddr
+
+	// banner says where the daemon listens (see say); set by logger.
+	banner func(text, msg string, args ...any)
 }
 
 func (f *daemonFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.stateDir, "state-dir", "", "where keys and group identities are kept (default $XDG_STATE_HOME/huddle)")
-	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&f.logLevel, "log-level", "info", "least severe level logged: debug, info, warn, error")
-	fs.StringVar(&f.metricsAddr, "metrics", "", "serve Prometheus /metrics, /healthz and /readyz over HTTP on this TCP address, e.g. 127.0.0.1:9373 (default: off)")
+	f.logFormat = choiceValue{v: "text", choices: []string{"text", "json"}}
+	f.logLevel = choiceValue{v: "info", choices: []string{"debug", "info", "warn", "error"}}
+	fs.Var(&f.logFormat, "log-format", "log format: text or json (json: the start lines too)")
+	fs.Var(&f.logLevel, "log-level", "least severe level logged: debug, info, warn, error")
+	fs.Var(&f.metricsAddr, "metrics", "serve Prometheus /metrics, /healthz and /readyz over HTTP on this TCP address, e.g. 127.0.0.1:9373 (default: off)")
 	fs.Var(&f.pprofAddr, "pprof", "serve Go's profiles (net/http/pprof, /debug/pprof/) over HTTP on this TCP address, for diagnosis only: bind it to loopback, e.g. 127.0.0.1:6060, as whoever reaches it can read the process's memory (default: off)")
 }
+
+// say prints one line of the daemon's start banner: text, for people, on
+// stdout; or, under --log-format json, an info record msg with args, so
+// that everything the daemon writes is JSON (systemd puts both streams in
+// one journal).
+func (f *daemonFlags) say(text, msg string, args ...any) { f.banner(text, msg, args...) }
+
+// choiceValue is a flag taking one of a few words.
+type choiceValue struct {
+	v       string
+	choices []string
+}
+
+func (c *choiceValue) Set(s string) error {
+	for _, ch := range c.choices {
+		if s == ch {
+			c.v = s
+			return nil
+		}
+	}
+	return fmt.Errorf("want %s", strings.Join(c.choices, ", "))
+}
+
+func (c *choiceValue) String() string { return c.v }
+func (c *choiceValue) Type() string   { return "string" }
 
 // tcpAddr is a flag holding a TCP HOST:PORT to listen on; Set refuses
 // anything else, so a mistake is a usage error from the command line or
@@ -47,10 +81,10 @@ func (a *tcpAddr) Set(s string) error {
 	if s != "" {
 		_, port, err := net.SplitHostPort(s)
 		if err != nil {
-			return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:6060: %v", err)
+			return errors.New("want HOST:PORT, e.g. 127.0.0.1:6060")
 		}
 		if _, err := net.LookupPort("tcp", port); err != nil {
-			return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:6060: %v", err)
+			return fmt.Errorf("want HOST:PORT, e.g. 127.0.0.1:6060: port %q is not a number from 0 to 65535", port)
 		}
 	}
 	*a = tcpAddr(s)
@@ -92,11 +126,12 @@ func (f *daemonFlags) serveMetrics(ctx context.Context, env Env, log *slog.Logge
 	if m == nil {
 		return func() {}, nil
 	}
-	srv, err := metrics.Listen(metrics.ServerConfig{Addr: f.metricsAddr, Metrics: m, Ready: ready, Logger: log})
+	srv, err := metrics.Listen(metrics.ServerConfig{Addr: string(f.metricsAddr), Metrics: m, Ready: ready, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(env.Stdout, "  metrics: http://%s/metrics  health: /healthz  ready: /readyz\n", srv.Addr())
+	f.say(fmt.Sprintf("  metrics: http://%s/metrics  health: /healthz  ready: /readyz", srv.Addr()),
+		"metrics listening", "url", "http://"+srv.Addr().String()+"/metrics")
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
@@ -139,7 +174,7 @@ func (f *daemonFlags) servePprof(ctx context.Context, env Env, log *slog.Logger)
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	fmt.Fprintf(env.Stdout, "  pprof: http://%s/debug/pprof/\n", ln.Addr())
+	f.say(fmt.Sprintf("  pprof: http://%s/debug/pprof/", ln.Addr()), "pprof listening", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	return func() {
@@ -155,28 +190,25 @@ func (f *daemonFlags) servePprof(ctx context.Context, env Env, log *slog.Logger)
 	}, nil
 }
 
-// logger builds the daemon's logger on stderr and makes it the process's
-// default logger.
-func (f *daemonFlags) logger(w io.Writer) (*slog.Logger, error) {
+// logger builds the daemon's logger on stderr, makes it the process's
+// default logger, and sets where the start banner goes (see say).
+func (f *daemonFlags) logger(env Env) *slog.Logger {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
-	}
+	level.UnmarshalText([]byte(f.logLevel.v)) // one of the choices
 	opts := &slog.HandlerOptions{Level: level}
 	var log *slog.Logger
-	switch f.logFormat {
-	case "text":
-		log = slog.New(slog.NewTextHandler(w, opts))
-	case "json":
-		log = slog.New(slog.NewJSONHandler(w, opts))
-	default:
-		return nil, fmt.Errorf("--log-format %q: want text or json", f.logFormat)
+	if f.logFormat.v == "json" {
+		log = slog.New(slog.NewJSONHandler(env.Stderr, opts))
+		f.banner = func(_, msg string, args ...any) { log.Info(msg, args...) }
+	} else {
+		log = slog.New(slog.NewTextHandler(env.Stderr, opts))
+		f.banner = func(text, _ string, _ ...any) { fmt.Fprintln(env.Stdout, text) }
 	}
 	// quic-go writes its few messages (such as a UDP buffer it could not
 	// enlarge) through the standard log package; as the process default,
 	// this logger receives them in the daemon's format.
 	slog.SetDefault(log.With("from", "go"))
-	return log, nil
+	return log
 }
 
 // dir returns the state directory of one component.
@@ -220,6 +252,9 @@ func parseDaemon(env Env, fs *pflag.FlagSet, args []string) (int, bool) {
 	if code, ok := parse(fs, args); !ok {
 		return code, false
 	}
+	if err := unknownSettings(env); err != nil {
+		return usageErr(env, fs.Name(), "%v", err), false
+	}
 	if err := fromEnv(env, fs); err != nil {
 		return usageErr(env, fs.Name(), "%v", err), false
 	}
@@ -235,9 +270,9 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	fs := newFlags(env, "registry", "[--listen ADDR] [--lease DURATION] [--state-dir DIR] [--no-mdns] [--iface NAME]...",
 		"Run a registry: the list of groups that group daemons register with and users list.\nEvery flag can also be set from the environment: --lease as HUDDLE_LEASE, and so on.",
 		"  huddle registry --listen :7373 --state-dir /var/lib/huddle/registry")
-	fs.StringVar(&cfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address to listen on")
-	fs.DurationVar(&cfg.LeaseTTL, "lease", daemon.DefaultLeaseTTL, "how long a group stays listed without a renewal")
-	fs.IntVar(&cfg.MaxGroups, "max-groups", daemon.DefaultMaxGroups, "most groups listed at once")
+	fs.Var(newUDPAddr(&cfg.Listen, daemon.DefaultRegistryListen, true), "listen", "UDP address to listen on")
+	fs.Var(newDuration(&cfg.LeaseTTL, daemon.DefaultLeaseTTL, 3*time.Millisecond, false), "lease", "how long a group stays listed without a renewal")
+	fs.Var(newCount(&cfg.MaxGroups, daemon.DefaultMaxGroups, 1, math.MaxInt32), "max-groups", "most groups listed at once")
 	var sf serverFlags
 	sf.register(fs)
 	mf := mdnsFlags{}
@@ -246,30 +281,29 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
 	}
-	log, err := df.logger(env.Stderr)
-	if err != nil {
-		return usageErr(env, "registry", "%v", err)
-	}
+	var err error
 	if cfg.StateDir, err = df.dir(env, "registry"); err != nil {
 		return fail(env, "registry", err)
 	}
-	cfg.Logger = log
-	cfg.Metrics = df.metrics()
 	cfg.MDNS, cfg.Interfaces, cfg.Version = !mf.off, mf.ifaces, version()
-	if err := sf.apply(&cfg.ServerConfig); err != nil {
+	sf.apply(&cfg.ServerConfig)
+	if err := cfg.Validate(); err != nil {
 		return usageErr(env, "registry", "%v", err)
 	}
+	cfg.Logger = df.logger(env)
+	cfg.Metrics = df.metrics()
 	r, err := daemon.NewRegistry(cfg)
 	if err != nil {
 		return fail(env, "registry", err)
 	}
 	if err := r.Listen(); err != nil {
 		r.Close()
-		return fail(env, "registry", err)
+		return fail(env, "registry", listenErr(err, "--listen", cfg.Listen))
 	}
-	fmt.Fprintf(env.Stdout, "huddle registry listening on %s, fingerprint %s\n  clients: huddle groups --registry %s\n",
-		r.Addr(), r.Fingerprint(), dialable(r.Addr()))
-	stopTelemetry, err := df.serveTelemetry(ctx, env, log, cfg.Metrics, r.Readiness)
+	df.say(fmt.Sprintf("huddle registry listening on %s, fingerprint %s", r.Addr(), r.Fingerprint()),
+		"registry listening", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String())
+	tryLines(&df, "clients", r.Addr())
+	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, r.Readiness)
 	if err != nil {
 		r.Close()
 		return fail(env, "registry", err)
@@ -292,8 +326,8 @@ func (f *mdnsFlags) register(fs *pflag.FlagSet, what string) {
 // serverFlags are the connection and request limits of every daemon: they
 // bound what one peer can make a daemon hold.
 type serverFlags struct {
-	maxStreams       int64
-	maxFrame         string
+	maxStreams       int
+	maxFrame         int64
 	maxConnsPerAddr  int
 	maxConns         int
 	requestTimeout   time.Duration
@@ -302,43 +336,20 @@ type serverFlags struct {
 }
 
 func (f *serverFlags) register(fs *pflag.FlagSet) {
-	fs.Int64Var(&f.maxStreams, "max-streams", daemon.DefaultMaxIncomingStreams, "operations one connection may have open at once")
-	fs.StringVar(&f.maxFrame, "max-frame", "1MiB", "largest request frame read, e.g. 256KiB (at most 1MiB)")
-	fs.IntVar(&f.maxConnsPerAddr, "max-conns-per-addr", daemon.DefaultMaxConnsPerAddr, "connections one source address (IPv4 address or IPv6 /64) may have open at once")
-	fs.IntVar(&f.maxConns, "max-conns", daemon.DefaultMaxConns, "connections held at once in all")
-	fs.DurationVar(&f.requestTimeout, "request-timeout", daemon.DefaultRequestTimeout, "time a client has to deliver a whole request")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", daemon.DefaultIdleTimeout, "a connection silent this long is dropped")
-	fs.DurationVar(&f.handshakeTimeout, "handshake-timeout", daemon.DefaultHandshakeTimeout, "time a connection's TLS handshake may take")
+	fs.Var(newCount(&f.maxStreams, daemon.DefaultMaxIncomingStreams, 1, math.MaxInt32), "max-streams", "operations one connection may have open at once")
+	fs.Var(newSize(&f.maxFrame, wire.MaxFrameSize, daemon.MinMaxRequestBytes, wire.MaxFrameSize, false), "max-frame", "largest request frame read, e.g. 256KiB (at most 1MiB)")
+	fs.Var(newCount(&f.maxConnsPerAddr, daemon.DefaultMaxConnsPerAddr, 1, math.MaxInt32), "max-conns-per-addr", "connections one source address (IPv4 address or IPv6 /64) may have open at once")
+	fs.Var(newCount(&f.maxConns, daemon.DefaultMaxConns, 1, math.MaxInt32), "max-conns", "connections held at once in all")
+	fs.Var(newDuration(&f.requestTimeout, daemon.DefaultRequestTimeout, time.Millisecond, false), "request-timeout", "time a client has to deliver a whole request")
+	fs.Var(newDuration(&f.idleTimeout, daemon.DefaultIdleTimeout, time.Millisecond, false), "idle-timeout", "a connection silent this long is dropped")
+	fs.Var(newDuration(&f.handshakeTimeout, daemon.DefaultHandshakeTimeout, time.Millisecond, false), "handshake-timeout", "time a connection's TLS handshake may take")
 }
 
-// apply fills a daemon config's server fields.
-func (f *serverFlags) apply(c *daemon.ServerConfig) error {
-	n, err := parseSize(f.maxFrame)
-	if err != nil {
-		return fmt.Errorf("--max-frame: %w", err)
-	}
-	if n < daemon.MinMaxRequestBytes || n > wire.MaxFrameSize {
-		return fmt.Errorf("--max-frame %s: want %d bytes to 1MiB", f.maxFrame, daemon.MinMaxRequestBytes)
-	}
-	for _, v := range []struct {
-		name string
-		v    int64
-	}{{"--max-streams", f.maxStreams}, {"--max-conns-per-addr", int64(f.maxConnsPerAddr)}, {"--max-conns", int64(f.maxConns)}} {
-		if v.v < 1 {
-			return fmt.Errorf("%s %d: want at least 1", v.name, v.v)
-		}
-	}
-	for _, v := range []struct {
-		name string
-		d    time.Duration
-	}{{"--request-timeout", f.requestTimeout}, {"--idle-timeout", f.idleTimeout}, {"--handshake-timeout", f.handshakeTimeout}} {
-		if v.d <= 0 {
-			return fmt.Errorf("%s %v: want a positive duration", v.name, v.d)
-		}
-	}
-	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = f.maxStreams, int(n), f.maxConnsPerAddr, f.maxConns
+// apply fills a daemon config's server fields (each flag checked its value
+// as it was parsed).
+func (f *serverFlags) apply(c *daemon.ServerConfig) {
+	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = int64(f.maxStreams), int(f.maxFrame), f.maxConnsPerAddr, f.maxConns
 	c.RequestTimeout, c.IdleTimeout, c.HandshakeTimeout = f.requestTimeout, f.idleTimeout, f.handshakeTimeout
-	return nil
 }
 
 // groupFlags are the flags of a group daemon, shared by serve and up.
@@ -346,9 +357,9 @@ type groupFlags struct {
 	groups      []string
 	secretFiles []string
 	maxMsgs     int
-	maxBytes    string
+	maxBytes    int64
 	maxAge      time.Duration
-	maxMessage  string
+	maxMessage  int64
 	maxBatch    int
 	maxMembers  int
 	fetchPage   int
@@ -359,23 +370,23 @@ type groupFlags struct {
 }
 
 func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
-	fs.StringArrayVar(&f.groups, "group", defaultGroups, "host a group of this name (repeatable)")
+	fs.Var(newGroupNames(&f.groups, defaultGroups), "group", "host a group of this name (repeatable)")
 	fs.StringArrayVar(&f.secretFiles, "secret-file", nil, "make a group private: NAME=FILE, or FILE when hosting one group (repeatable)")
-	fs.IntVar(&f.maxMsgs, "max-msgs", 0, "keep at most this many messages per group (default 1000000)")
-	fs.StringVar(&f.maxBytes, "max-bytes", "", "keep at most this many bytes of messages per group, e.g. 64MiB (default 256MiB)")
-	fs.DurationVar(&f.maxAge, "max-age", 0, "drop messages older than this (default: keep regardless of age)")
-	fs.StringVar(&f.maxMessage, "max-message", "", "largest message accepted, e.g. 16KiB (default 64KiB)")
-	fs.IntVar(&f.maxBatch, "max-batch", daemon.DefaultMaxBatch, fmt.Sprintf("most messages one send may carry (at most %d)", wire.MaxBatch))
-	fs.IntVar(&f.maxMembers, "max-members", daemon.DefaultMaxMembers, fmt.Sprintf("most members a group may have (at most %d)", daemon.DefaultMaxMembers))
-	fs.IntVar(&f.fetchPage, "fetch-page", daemon.DefaultFetchPage, "most messages one fetch returns")
-	fs.Float64Var(&f.sendRate, "send-rate", daemon.DefaultSendRate, "messages a second each member may send, sustained (0: unlimited)")
-	fs.IntVar(&f.sendBurst, "send-burst", daemon.DefaultSendBurst, "messages each member may send at once after being idle (at least --max-batch)")
+	fs.Var(newCount(&f.maxMsgs, 0, 0, math.MaxInt), "max-msgs", "keep at most this many messages per group (default 1000000)")
+	fs.Var(newSize(&f.maxBytes, 0, 1, 1<<50, true), "max-bytes", "keep at most this many bytes of messages per group, e.g. 64MiB (default 256MiB)")
+	fs.Var(newDuration(&f.maxAge, 0, time.Millisecond, true), "max-age", "drop messages older than this (default: keep regardless of age)")
+	fs.Var(newSize(&f.maxMessage, 0, 1, daemon.MaxMessageBytesLimit, true), "max-message", fmt.Sprintf("largest message accepted, e.g. 16KiB (default 64KiB, at most %s: a message and its envelope fit in one 1MiB frame)", sizeText(daemon.MaxMessageBytesLimit)))
+	fs.Var(newCount(&f.maxBatch, daemon.DefaultMaxBatch, 1, wire.MaxBatch), "max-batch", fmt.Sprintf("most messages one send may carry (at most %d)", wire.MaxBatch))
+	fs.Var(newCount(&f.maxMembers, daemon.DefaultMaxMembers, 1, daemon.DefaultMaxMembers), "max-members", fmt.Sprintf("most members a group may have (at most %d)", daemon.DefaultMaxMembers))
+	fs.Var(newCount(&f.fetchPage, daemon.DefaultFetchPage, 1, math.MaxInt32), "fetch-page", "most messages one fetch returns")
+	fs.Var(newRate(&f.sendRate, daemon.DefaultSendRate), "send-rate", "messages a second each member may send, sustained (0: unlimited)")
+	fs.Var(newCount(&f.sendBurst, daemon.DefaultSendBurst, 1, math.MaxInt32), "send-burst", "messages each member may send at once after being idle (at least --max-batch)")
 	fs.BoolVar(&f.newIdentity, "new-identity", false, "create a key in a --state-dir that holds groups but lost its key.pem (the daemon's fingerprint changes)")
 	f.server.register(fs)
 }
 
 // apply fills the group parts of cfg.
-func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
+func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
 	secrets := make(map[string][]byte)
 	for _, sf := range f.secretFiles {
 		name, file, ok := strings.Cut(sf, "=")
@@ -387,8 +398,9 @@ func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
 		}
 		b, err := os.ReadFile(file)
 		if err != nil {
-			return fmt.Errorf("--secret-file: %w", err)
+			return fmt.Errorf("--secret-file %s: cannot read it (%v)", file, plainErr(err))
 		}
+		warnReadable(env, "--secret-file", file)
 		if b = trimNewline(b); len(b) == 0 {
 			return fmt.Errorf("--secret-file %s is empty", file)
 		}
@@ -401,16 +413,18 @@ func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
 	for name := range secrets {
 		return fmt.Errorf("--secret-file names group %q, which is not hosted (--group %s)", name, name)
 	}
-	for _, v := range []struct {
-		name string
-		v    int
-	}{{"--max-batch", f.maxBatch}, {"--max-members", f.maxMembers}, {"--fetch-page", f.fetchPage}, {"--send-burst", f.sendBurst}} {
-		if v.v < 1 {
-			return fmt.Errorf("%s %d: want at least 1", v.name, v.v)
-		}
+	// Each flag checked its own value as it was parsed; what is left are
+	// the rules between flags.
+	if f.sendRate > 0 && f.sendBurst < f.maxBatch {
+		return fmt.Errorf("--send-burst %d is below --max-batch %d: a full batch could never be sent", f.sendBurst, f.maxBatch)
 	}
-	if f.sendRate < 0 {
-		return fmt.Errorf("--send-rate %g: want 0 (unlimited) or more", f.sendRate)
+	msg, overhead := f.maxMessage, int64(wire.MaxFrameSize-daemon.MaxMessageBytesLimit)
+	if msg == 0 {
+		msg = daemon.DefaultMaxMessageBytes
+	}
+	if msg > f.server.maxFrame-overhead {
+		return fmt.Errorf("--max-message %s does not fit in a request of --max-frame %s with its envelope (%d bytes): raise --max-frame or lower --max-message",
+			sizeText(msg), sizeText(f.server.maxFrame), overhead)
 	}
 	cfg.MaxBatch, cfg.MaxMembers, cfg.FetchPage, cfg.SendBurst = f.maxBatch, f.maxMembers, f.fetchPage, f.sendBurst
 	cfg.NewIdentity = f.newIdentity
@@ -418,25 +432,11 @@ func (f *groupFlags) apply(cfg *daemon.GroupConfig) error {
 	if f.sendRate == 0 {
 		cfg.SendRate = -1 // the daemon's spelling of unlimited
 	}
-	if err := f.server.apply(&cfg.ServerConfig); err != nil {
-		return err
-	}
+	f.server.apply(&cfg.ServerConfig)
 	cfg.Retention.MaxMessages = f.maxMsgs
 	cfg.Retention.MaxAge = f.maxAge
-	if f.maxBytes != "" {
-		n, err := parseSize(f.maxBytes)
-		if err != nil {
-			return fmt.Errorf("--max-bytes: %w", err)
-		}
-		cfg.Retention.MaxBytes = n
-	}
-	if f.maxMessage != "" {
-		n, err := parseSize(f.maxMessage)
-		if err != nil {
-			return fmt.Errorf("--max-message: %w", err)
-		}
-		cfg.MaxMessageBytes = int(min(n, int64(daemon.MaxMessageBytesLimit)+1))
-	}
+	cfg.Retention.MaxBytes = f.maxBytes
+	cfg.MaxMessageBytes = int(f.maxMessage)
 	return nil
 }
 
@@ -448,9 +448,9 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
 		"Run a group daemon hosting the named groups and register them with the registry (found over mDNS,\nand followed when it moves, unless --registry names it).\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
 		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373")
-	fs.StringVar(&cfg.Listen, "listen", ":7374", "UDP address to listen on (port 0: any free port)")
+	fs.Var(newUDPAddr(&cfg.Listen, ":7374", true), "listen", "UDP address to listen on (port 0: any free port)")
 	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the address the registry sees)")
-	fs.StringVar(&cfg.Registry, "registry", "", "registry address HOST[:PORT] (default: find it over mDNS)")
+	fs.Var(registryAddrValue{&cfg.Registry}, "registry", "registry address HOST[:PORT] (default: find it over mDNS)")
 	fs.StringVar(&registryPin, "registry-fingerprint", "", "the registry's fingerprint, to pin it (default: trust the key it presents)")
 	gf.register(fs, nil)
 	mf := mdnsFlags{}
@@ -465,25 +465,30 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	if cfg.Registry == "" && mf.off {
 		return usageErr(env, "serve", "with --no-mdns, give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY)")
 	}
+	for _, a := range cfg.Advertise {
+		if err := checkUDPAddr(a, false); err != nil || len(a) > wire.MaxAddrBytes {
+			return usageErr(env, "serve", "--advertise %q: want HOST:PORT of at most %d bytes, like 192.168.1.20:7374", a, wire.MaxAddrBytes)
+		}
+	}
 	cfg.Discover, cfg.Interfaces = cfg.Registry == "", mf.ifaces
-	if err := gf.apply(&cfg); err != nil {
+	if err := gf.apply(env, &cfg); err != nil {
 		return usageErr(env, "serve", "%v", err)
 	}
 	if registryPin != "" {
 		fp, err := wire.ParseFingerprint(registryPin)
 		if err != nil {
-			return usageErr(env, "serve", "--registry-fingerprint: %v", err)
+			return usageErr(env, "serve", "--registry-fingerprint %q: want a fingerprint as 'huddle registry' prints it", registryPin)
 		}
 		cfg.RegistryFingerprint = fp
 	}
-	log, err := df.logger(env.Stderr)
-	if err != nil {
-		return usageErr(env, "serve", "%v", err)
-	}
+	var err error
 	if cfg.StateDir, err = df.dir(env, "daemon"); err != nil {
 		return fail(env, "serve", err)
 	}
-	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		return usageErr(env, "serve", "%v", err)
+	}
+	cfg.Logger = df.logger(env)
 	cfg.Metrics = df.metrics()
 	d, err := daemon.NewGroupDaemon(cfg)
 	if err != nil {
@@ -491,10 +496,10 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	}
 	if err := d.Listen(); err != nil {
 		d.Close()
-		return fail(env, "serve", err)
+		return fail(env, "serve", listenErr(err, "--listen", cfg.Listen))
 	}
-	announceGroups(env, d)
-	stopTelemetry, err := df.serveTelemetry(ctx, env, log, cfg.Metrics, d.Readiness)
+	announceGroups(&df, d)
+	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, d.Readiness)
 	if err != nil {
 		d.Close()
 		return fail(env, "serve", err)
@@ -507,10 +512,12 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
 	var gf groupFlags
 	var rcfg daemon.RegistryConfig
-	fs := newFlags(env, "up", "[--listen ADDR] [--group NAME]... [--state-dir DIR]",
-		"Run a registry and a group daemon in one process: everything a LAN or a single machine needs.\nThe group daemon listens on the registry's port + 1. Flags can also be set from the environment (HUDDLE_LISTEN...).",
+	var gcfg daemon.GroupConfig
+	fs := newFlags(env, "up", "[--listen ADDR] [--daemon-listen ADDR] [--group NAME]... [--state-dir DIR]",
+		"Run a registry and a group daemon in one process: everything a LAN or a single machine needs.\nThe group daemon listens on the registry's port + 1 unless --daemon-listen says otherwise.\nFlags can also be set from the environment (HUDDLE_LISTEN...).",
 		"  huddle up\n  huddle up --group lobby --group random --listen :7373")
-	fs.StringVar(&rcfg.Listen, "listen", daemon.DefaultRegistryListen, "UDP address of the registry")
+	fs.Var(newUDPAddr(&rcfg.Listen, daemon.DefaultRegistryListen, true), "listen", "UDP address of the registry")
+	fs.Var(newUDPAddr(&gcfg.Listen, "", true), "daemon-listen", "UDP address of the group daemon (default: the registry's host and port + 1; port 0: any free port)")
 	gf.register(fs, []string{"lobby"})
 	mf := mdnsFlags{}
 	mf.register(fs, "advertise the registry over mDNS")
@@ -518,65 +525,72 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
 	}
-	var gcfg daemon.GroupConfig
-	if err := gf.apply(&gcfg); err != nil {
-		return usageErr(env, "up", "%v", err)
-	}
-	log, err := df.logger(env.Stderr)
-	if err != nil {
+	if err := gf.apply(env, &gcfg); err != nil {
 		return usageErr(env, "up", "%v", err)
 	}
 	root := df.stateDir
 	if root == "" {
+		var err error
 		if root, err = stateDir(env, ""); err != nil {
 			return fail(env, "up", err)
 		}
 	}
-	rcfg.StateDir = root + "/registry"
-	m := df.metrics()
-	rcfg.Logger, rcfg.Metrics = log.With("component", "registry"), m
+	rcfg.StateDir = filepath.Join(root, "registry")
+	gcfg.StateDir = filepath.Join(root, "daemon")
 	rcfg.MDNS, rcfg.Interfaces, rcfg.Version = !mf.off, mf.ifaces, version()
 	// One process, one set of connection limits: the registry takes the
 	// same ones as the group daemon beside it.
-	if err := gf.server.apply(&rcfg.ServerConfig); err != nil {
-		return usageErr(env, "up", "%v", err)
+	gf.server.apply(&rcfg.ServerConfig)
+	explicit := gcfg.Listen != ""
+	if !explicit {
+		host, port, _ := net.SplitHostPort(rcfg.Listen)
+		gport := 0
+		if p, _ := strconv.Atoi(port); p != 0 {
+			if p == 65535 {
+				return usageErr(env, "up", "--listen %s: the group daemon goes on the next port, and there is none; give --daemon-listen", rcfg.Listen)
+			}
+			gport = p + 1
+		}
+		gcfg.Listen = net.JoinHostPort(host, strconv.Itoa(gport))
 	}
+	gcfg.Registry = "127.0.0.1:1" // set once the registry listens; Validate needs one
+	for _, err := range []error{rcfg.Validate(), gcfg.Validate()} {
+		if err != nil {
+			return usageErr(env, "up", "%v", err)
+		}
+	}
+	log := df.logger(env)
+	m := df.metrics()
+	rcfg.Logger, rcfg.Metrics = log.With("component", "registry"), m
+	gcfg.Logger, gcfg.Metrics = log.With("component", "groups"), m
+
+	// Both listen before either says so: a port in use fails the whole
+	// command, not half of it.
 	r, err := daemon.NewRegistry(rcfg)
 	if err != nil {
 		return fail(env, "up", err)
 	}
 	defer r.Close()
 	if err := r.Listen(); err != nil {
-		return fail(env, "up", err)
-	}
-	fmt.Fprintf(env.Stdout, "huddle registry listening on %s, fingerprint %s\n", r.Addr(), r.Fingerprint())
-
-	ra := r.Addr().(*net.UDPAddr)
-	gport := 0
-	if ra.Port != 0 && ra.Port < 65535 {
-		gport = ra.Port + 1
-	}
-	host, _, _ := net.SplitHostPort(rcfg.Listen)
-	gcfg.Listen = net.JoinHostPort(host, strconv.Itoa(gport))
-	if gport != 0 && !udpFree(gcfg.Listen) {
-		// The port after the registry's is taken: any port will do, the
-		// registry tells clients which.
-		gcfg.Listen = net.JoinHostPort(host, "0")
+		return fail(env, "up", listenErr(err, "--listen", rcfg.Listen))
 	}
 	gcfg.Registry = dialable(r.Addr())
 	gcfg.RegistryFingerprint = r.Fingerprint()
-	gcfg.StateDir = root + "/daemon"
-	gcfg.Logger, gcfg.Metrics = log.With("component", "groups"), m
 	d, err := daemon.NewGroupDaemon(gcfg)
 	if err != nil {
 		return fail(env, "up", err)
 	}
 	defer d.Close()
 	if err := d.Listen(); err != nil {
-		return fail(env, "up", err)
+		if !explicit && errors.Is(err, syscall.EADDRINUSE) {
+			return fail(env, "up", fmt.Errorf("the group daemon's port, the registry's + 1 (%s), is in use: stop what holds it, or give the group daemon another with --daemon-listen HOST:PORT (port 0: any free port)", gcfg.Listen))
+		}
+		return fail(env, "up", listenErr(err, "--daemon-listen", gcfg.Listen))
 	}
-	announceGroups(env, d)
-	fmt.Fprintf(env.Stdout, "  try: huddle groups --registry %s\n", dialable(r.Addr()))
+	df.say(fmt.Sprintf("huddle registry listening on %s, fingerprint %s", r.Addr(), r.Fingerprint()),
+		"registry listening", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String())
+	announceGroups(&df, d)
+	tryLines(&df, "try", r.Addr())
 	stopTelemetry, err := df.serveTelemetry(ctx, env, log, m, func() error {
 		return errors.Join(r.Readiness(), d.Readiness())
 	})
@@ -599,30 +613,17 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	return ExitOK
 }
 
-// udpFree reports whether a UDP socket can be bound at addr now.
-func udpFree(addr string) bool {
-	ua, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return false
-	}
-	c, err := net.ListenUDP("udp", ua)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
-// announceGroups prints, once listening, where a group daemon is and what it
+// announceGroups says, once listening, where a group daemon is and what it
 // hosts, in lines a person can paste into a client.
-func announceGroups(env Env, d *daemon.GroupDaemon) {
-	fmt.Fprintf(env.Stdout, "huddle group daemon listening on %s, fingerprint %s\n", d.Addr(), d.Fingerprint())
+func announceGroups(df *daemonFlags, d *daemon.GroupDaemon) {
+	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
+		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	for _, g := range d.Groups() {
 		private := ""
 		if g.Private {
 			private = "  (private)"
 		}
-		fmt.Fprintf(env.Stdout, "  group %s  %s%s\n", g.Name, g.ID, private)
+		df.say(fmt.Sprintf("  group %s  %s%s", g.Name, g.ID, private), "hosting group", "name", g.Name, "uuid", g.ID.String(), "private", g.Private)
 	}
 }
 
@@ -633,6 +634,54 @@ func serveUntilDone(ctx context.Context, env Env, verb string, serve func(contex
 		return fail(env, verb, err)
 	}
 	return ExitOK
+}
+
+// tryLines says how a client reaches the registry listening at a: from this
+// machine, and, when it listens on every address, from the LAN too (the
+// address of the first interface that is up and not loopback).
+func tryLines(df *daemonFlags, label string, a net.Addr) {
+	local := dialable(a)
+	df.say(fmt.Sprintf("  %s: huddle groups --registry %s", label, local), "clients", "command", "huddle groups --registry "+local)
+	if lan := lanAddr(a); lan != "" {
+		df.say(fmt.Sprintf("  from the LAN: huddle groups --registry %s", lan), "clients from the LAN", "command", "huddle groups --registry "+lan)
+	}
+}
+
+// lanAddr returns an address of this machine on its LAN with a's port, when
+// a listens on every address (the unspecified address), or "".
+func lanAddr(a net.Addr) string {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok || ua.IP != nil && !ua.IP.IsUnspecified() {
+		return ""
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return ""
+	}
+	var v6 string
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			ipn, ok := ad.(*net.IPNet)
+			if !ok || !ipn.IP.IsGlobalUnicast() {
+				continue
+			}
+			hp := net.JoinHostPort(ipn.IP.String(), strconv.Itoa(ua.Port))
+			if ipn.IP.To4() != nil {
+				return hp
+			}
+			if v6 == "" {
+				v6 = hp
+			}
+		}
+	}
+	return v6
 }
 
 // dialable turns a listening address into one a client on this machine can
@@ -674,4 +723,103 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("cannot read size %q: give bytes, or a number with KiB, MiB or GiB", s)
 	}
 	return n * mult, nil
+}
+
+// listenErr says why a daemon could not listen at addr (given by flag) in
+// words, when the socket was the problem: a port in use is the usual case.
+// Other errors (the state directory's) pass through.
+func listenErr(err error, flag, addr string) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%s %s: the address is in use (another huddle, or another program, listens there); stop it or choose another address", flag, addr)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%s %s: no interface of this machine has that address", flag, addr)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%s %s: not allowed to listen there (ports below 1024 need privileges)", flag, addr)
+	}
+	return err
+}
+
+// warnReadable warns when a secret file can be read by other users: the
+// secret is only as private as the file.
+func warnReadable(env Env, flag, file string) {
+	if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(env.Stderr, "huddle: warning: %s %s can be read by other users (mode %v); run chmod 600 %s\n",
+			flag, file, st.Mode().Perm(), file)
+	}
+}
+
+// unknownSettings refuses HUDDLE_* variables that no huddle command reads,
+// such as HUDDLE_GROUPS for HUDDLE_GROUP: ignored, they would leave a daemon
+// running with defaults its operator did not mean.
+func unknownSettings(env Env) error {
+	if env.Environ == nil {
+		return nil
+	}
+	known := knownSettings()
+	for _, kv := range env.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "HUDDLE_") || known[k] {
+			continue
+		}
+		msg := fmt.Sprintf("%s is not a huddle setting", k)
+		if near := nearest(k, known); near != "" {
+			msg += fmt.Sprintf(": did you mean %s?", near)
+		}
+		return errors.New(msg + " (HUDDLE_<FLAG> sets a daemon's --flag; see --help)")
+	}
+	return nil
+}
+
+// knownSettings is every variable huddle reads: HUDDLE_HOME,
+// HUDDLE_REGISTRY, and HUDDLE_<FLAG> for every flag of every daemon verb
+// (an environment file may hold one verb's settings beside another's).
+// The flags are read from each verb's --help, so the list cannot drift
+// from the flags.
+func knownSettings() map[string]bool {
+	known := map[string]bool{"HUDDLE_HOME": true, "HUDDLE_REGISTRY": true}
+	for _, run := range []func(context.Context, Env, []string) int{runUp, runRegistry, runServe} {
+		var help strings.Builder
+		run(context.Background(), Env{Stdin: strings.NewReader(""), Stdout: &help, Stderr: io.Discard, Getenv: func(string) string { return "" }}, []string{"--help"})
+		for _, m := range flagNameRE.FindAllStringSubmatch(help.String(), -1) {
+			known["HUDDLE_"+strings.ToUpper(strings.ReplaceAll(m[1], "-", "_"))] = true
+		}
+	}
+	return known
+}
+
+// flagNameRE finds the flags in a verb's usage text.
+var flagNameRE = regexp.MustCompile(`(?m)^\s+(?:-\w, )?--([a-z0-9-]+)`)
+
+// nearest returns the known name closest to k, if it is close (an edit or
+// two away).
+func nearest(k string, known map[string]bool) string {
+	best, bestD := "", 3
+	for name := range known {
+		if d := editDistance(k, name); d < bestD || d == bestD && name < best {
+			best, bestD = name, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

@@ -26,6 +26,9 @@ func locateRegistry(ctx context.Context, env Env, f *clientFlags, c *client.Clie
 		addr = env.Getenv("HUDDLE_REGISTRY")
 	}
 	if addr != "" {
+		if err := checkRegistryAddr(addr); err != nil {
+			return nil, &usageError{fmt.Sprintf("registry address %q: %v", addr, err)}
+		}
 		return c.Registry(ctx, addr, wire.Fingerprint{})
 	}
 

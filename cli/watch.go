@@ -82,6 +82,11 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 		}()
 	}
 	wg.Wait()
+	if code == ExitOK && ctx.Err() != nil {
+		// Ctrl-C or SIGTERM: a watch only ends that way, and says so as
+		// every interrupted command does.
+		return ExitInterrupted
+	}
 	return code
 }
 

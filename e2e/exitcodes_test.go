@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestExitCodes checks the exit code and the message of each kind of
@@ -83,6 +84,9 @@ func TestExitCodes(t *testing.T) {
 		{"forget-registry without address", alice, "", []string{"forget-registry"}, 2, []string{"want one ADDR"}},
 		{"serve without group", alice, "", []string{"serve", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--no-mdns"}, 2, []string{"--group NAME"}},
 		{"bad log level", alice, "", []string{"registry", "--listen", "127.0.0.1:0", "--log-level", "loud", "--no-mdns"}, 2, []string{"--log-level"}},
+		{"bad group name on a daemon", alice, "", []string{"serve", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--no-mdns", "--group", ""}, 2, []string{"--group", "empty"}},
+		{"registry port out of range", alice, "", []string{"groups", "--registry", "127.0.0.1:99999"}, 2, []string{`"127.0.0.1:99999"`, "65535"}},
+		{"bare huddle", alice, "", []string{}, 2, []string{"Usage: huddle COMMAND"}},
 		{"ambiguous name", alice, "", []string{"fetch", "lobby"}, 2,
 			[]string{`"lobby" matches 2 groups`, lobby1, lobby2, first.addr, second.addr}},
 		{"ambiguous name, send", alice, "", []string{"send", "lobby", "hi"}, 2, []string{`"lobby" matches 2 groups`, lobby1, lobby2}},
@@ -111,7 +115,7 @@ func TestExitCodes(t *testing.T) {
 					t.Errorf("stderr does not say %q: %s", w, r)
 				}
 			}
-			if !strings.HasPrefix(r.stderr, "huddle") {
+			if !strings.HasPrefix(r.stderr, "huddle") && len(tc.args) > 0 {
 				t.Errorf("stderr does not start with the command's name: %s", r)
 			}
 		})
@@ -123,9 +127,9 @@ func TestExitCodes(t *testing.T) {
 	}
 
 	// --help is not an error: usage on stdout, exit code 0.
-	for _, args := range [][]string{{"--help"}, {}, {"fetch", "--help"}, {"send", "lobby", "--help"}} {
+	for _, args := range [][]string{{"--help"}, {"help"}, {"fetch", "--help"}, {"send", "lobby", "--help"}} {
 		r := alice.run(t, args...)
-		if r.code != 0 || !strings.Contains(r.stdout, "Usage: huddle") || r.stderr != "" {
+		if r.code != 0 || !(strings.Contains(r.stdout, "Usage: huddle") || strings.Contains(r.stdout, "huddle: group messaging")) || r.stderr != "" {
 			t.Errorf("want usage on stdout and exit code 0: %s", r)
 		}
 	}
@@ -142,4 +146,34 @@ func freeUDPAddr(t *testing.T) string {
 	addr := c.LocalAddr().String()
 	c.Close()
 	return addr
+}
+
+// TestInterruptedExitCodes: Ctrl-C (SIGINT) or SIGTERM during watch or chat
+// exits 130, as README says of every client command stopped while it
+// waits; it was 0, as if the watch had ended by itself.
+func TestInterruptedExitCodes(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		watch := alice.start(t, "watch", "lobby", "--json")
+		// The watch is live once a message sent now reaches it.
+		if !eventually(waitTimeout, func() bool {
+			alice.ok(t, "send", "lobby", "ping "+sig.String())
+			return watch.stdout.waitFor(time.Second, func(lines []string) bool { return len(lines) > 0 })
+		}) {
+			t.Fatalf("the watch printed nothing\nstderr:\n%s", watch.stderr)
+		}
+		if code := watch.stop(t, sig); code != 130 {
+			t.Errorf("watch after %v: exit code %d, want 130", sig, code)
+		}
+		chat := alice.start(t, "chat", "lobby")
+		waitText(t, chat, "-- lobby:")
+		if code := chat.stop(t, sig); code != 130 {
+			t.Errorf("chat after %v: exit code %d, want 130", sig, code)
+		}
+	}
 }

@@ -91,11 +91,12 @@ func waitText(t *testing.T, p *proc, text string) {
 	}
 }
 
-// stopWatch ends a watch as Ctrl-C would and checks it exits 0.
+// stopWatch ends a watch as Ctrl-C would and checks it exits 130, as an
+// interrupted command does.
 func stopWatch(t *testing.T, p *proc) {
 	t.Helper()
-	if code := p.stop(t, syscall.SIGINT); code != 0 {
-		t.Errorf("%s exited with code %d after SIGINT, want 0\nstderr:\n%s", p.name, code, p.stderr)
+	if code := p.stop(t, syscall.SIGINT); code != 130 {
+		t.Errorf("%s exited with code %d after SIGINT, want 130\nstderr:\n%s", p.name, code, p.stderr)
 	}
 	p.noRaces(t)
 }
