@@ -28,6 +28,18 @@ func TestParseTime(t *testing.T) {
 		{in: "10m", want: now.Add(-10 * time.Minute)},
 		{in: "1795000000", want: time.Unix(1795000000, 0)},
 		{in: "1795000000.25", want: time.Unix(1795000000, 25e7)},
+		{in: "0", want: time.Unix(0, 0)}, // the epoch, not "0s ago"
+		{in: "10d", want: now.Add(-10 * 24 * time.Hour)},
+		{in: "1w", want: now.Add(-7 * 24 * time.Hour)},
+		{in: "1d12h", want: now.Add(-36 * time.Hour)},
+		{in: "1.5d", want: now.Add(-36 * time.Hour)},
+		{in: "2026-12-05", want: time.Date(2026, 12, 5, 0, 0, 0, 0, time.Local)},
+		{in: "2026-12-05 09:15", want: time.Date(2026, 12, 5, 9, 15, 0, 0, time.Local)},
+		{in: "2026-12-05T09:15:30", want: time.Date(2026, 12, 5, 9, 15, 30, 0, time.Local)},
+		{in: "2026-12-05 09:15:30.25", want: time.Date(2026, 12, 5, 9, 15, 30, 25e7, time.Local)},
+		{in: "-1d", bad: true},
+		{in: "10", want: time.Unix(10, 0)},
+		{in: "2026-13-05", bad: true},
 		{in: "-5m", bad: true},
 		{in: "yesterday", bad: true},
 		{in: "12abc", bad: true},
@@ -71,38 +83,65 @@ func TestParseSize(t *testing.T) {
 }
 
 func TestResolveGroup(t *testing.T) {
-	a := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-7c2e-7d3a-9b1e-5f2d8c6a4e10"), Name: "lobby"}
-	b := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-aaaa-7d3a-9b1e-5f2d8c6a4e11"), Name: "lobby"}
-	c := wire.GroupEntry{Group: uuid.MustParse("77777777-7c2e-7d3a-9b1e-5f2d8c6a4e12"), Name: "builds"}
+	d1, d2 := wire.Fingerprint{1}, wire.Fingerprint{2}
+	a := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-7c2e-7d3a-9b1e-5f2d8c6a4e10"), Name: "lobby", Fingerprint: d1}
+	b := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-aaaa-7d3a-9b1e-5f2d8c6a4e11"), Name: "lobby", Fingerprint: d2}
+	c := wire.GroupEntry{Group: uuid.MustParse("77777777-7c2e-7d3a-9b1e-5f2d8c6a4e12"), Name: "builds", Fingerprint: d1}
+	// A stranger's group named like the UUID prefix of builds, and one
+	// registered under builds' UUID by another key.
+	named := wire.GroupEntry{Group: uuid.MustParse("12345678-0000-4000-8000-000000000001"), Name: "7777", Fingerprint: d2}
+	stolen := wire.GroupEntry{Group: c.Group, Name: "builds", Fingerprint: d2}
 	groups := []wire.GroupEntry{a, b, c}
+	hijacked := []wire.GroupEntry{a, b, c, named, stolen}
+	joinedB := joinedSet{{b.Group, b.Fingerprint}: "lobby", {c.Group, c.Fingerprint}: "builds"}
 	for _, tc := range []struct {
+		groups    []wire.GroupEntry
+		joined    joinedSet
 		ref       string
-		want      uuid.UUID
+		want      wire.GroupEntry
 		ambiguous bool
 		missing   bool
+		short     bool
 	}{
-		{ref: "builds", want: c.Group},
-		{ref: "7777", want: c.Group},
-		{ref: a.Group.String(), want: a.Group},
-		{ref: strings.ToUpper(b.Group.String()), want: b.Group},
-		{ref: "lobby", ambiguous: true},
-		{ref: "0193a4f2", ambiguous: true},
-		{ref: "019", missing: true}, // prefixes need 4 characters
-		{ref: "nope", missing: true},
+		{groups: groups, ref: "builds", want: c},
+		{groups: groups, ref: "7777", want: c},
+		{groups: groups, ref: a.Group.String(), want: a},
+		{groups: groups, ref: strings.ToUpper(b.Group.String()), want: b},
+		{groups: groups, ref: "lobby", ambiguous: true},
+		{groups: groups, ref: "0193a4f2", ambiguous: true},
+		{groups: groups, ref: "019", short: true}, // prefixes need 4 characters
+		{groups: groups, ref: "zz", missing: true},
+		{groups: groups, ref: "nope", missing: true},
+		// Among joined groups first: a second lobby does not make the
+		// member's lobby ambiguous.
+		{groups: groups, joined: joinedB, ref: "lobby", want: b},
+		{groups: groups, joined: joinedB, ref: "0193a4f2", want: b},
+		// A name that is also a UUID prefix is ambiguous, not decided for
+		// the name...
+		{groups: hijacked, ref: "7777", ambiguous: true},
+		// ...unless the user joined one of them.
+		{groups: hijacked, joined: joinedB, ref: "7777", want: c},
+		// The same UUID under two daemon keys: the one joined, or neither.
+		{groups: hijacked, ref: c.Group.String(), ambiguous: true},
+		{groups: hijacked, joined: joinedB, ref: c.Group.String(), want: c},
 	} {
-		got, err := resolveGroup(groups, tc.ref)
+		got, err := resolveGroup(tc.groups, tc.ref, tc.joined)
 		var ue *usageError
 		switch {
 		case tc.ambiguous:
-			if !errors.As(err, &ue) || !strings.Contains(err.Error(), a.Group.String()) {
-				t.Errorf("resolveGroup(%q): err = %v, want an ambiguity listing the candidates", tc.ref, err)
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), "matches") || !strings.Contains(err.Error(), "daemon ") {
+				t.Errorf("resolveGroup(%q, joined %d): err = %v, want an ambiguity listing the candidates and their daemons", tc.ref, len(tc.joined), err)
+			}
+		case tc.short:
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), "too short") {
+				t.Errorf("resolveGroup(%q): err = %v, want prefix too short", tc.ref, err)
 			}
 		case tc.missing:
 			if !errors.Is(err, errNoGroup) {
 				t.Errorf("resolveGroup(%q): err = %v, want errNoGroup", tc.ref, err)
 			}
-		case err != nil || got.Group != tc.want:
-			t.Errorf("resolveGroup(%q) = %s, %v; want %s", tc.ref, got.Group, err, tc.want)
+		case err != nil || got.Group != tc.want.Group || got.Fingerprint != tc.want.Fingerprint:
+			t.Errorf("resolveGroup(%q, joined %d) = %s/%s, %v; want %s/%s", tc.ref, len(tc.joined), got.Group, got.Fingerprint.Short(), err, tc.want.Group, tc.want.Fingerprint.Short())
 		}
 	}
 }

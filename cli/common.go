@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -108,6 +109,8 @@ type session struct {
 	flags  *clientFlags
 	client *client.Client
 	regs   client.Registries
+	home   string    // $HUDDLE_HOME
+	joined joinedSet // the groups the user joined (joined.go); nil if unreadable
 }
 
 // open loads the user's identity and connects to the registry.
@@ -130,7 +133,11 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 		c.Close()
 		return nil, err
 	}
-	return &session{env: env, verb: verb, flags: f, client: c, regs: client.Registries{reg}}, nil
+	joined, err := loadJoined(dir)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "huddle %s: warning: cannot read the groups you joined (%s); names resolve among all groups\n", verb, plainErr(err))
+	}
+	return &session{env: env, verb: verb, flags: f, client: c, regs: client.Registries{reg}, home: dir, joined: joined}, nil
 }
 
 func (s *session) Close() { s.client.Close() }
@@ -143,7 +150,7 @@ func (s *session) list(ctx context.Context) ([]client.ListedGroup, error) {
 }
 
 // group resolves GROUP (a UUID, a unique UUID prefix, or a unique name)
-// against the merged listing.
+// against the merged listing, preferring the groups the user joined.
 func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.GroupEntry, error) {
 	listed, err := s.list(ctx)
 	if err != nil {
@@ -153,7 +160,7 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	for i, g := range listed {
 		entries[i] = g.GroupEntry
 	}
-	e, err := resolveGroup(entries, ref)
+	e, err := resolveGroup(entries, ref, s.joined)
 	if err != nil {
 		return nil, e, err
 	}
@@ -164,36 +171,64 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 // errNoGroup: GROUP matched nothing in the registry's list.
 var errNoGroup = errors.New("no such group")
 
-func resolveGroup(groups []wire.GroupEntry, ref string) (wire.GroupEntry, error) {
+// minPrefix is the shortest UUID prefix GROUP may be.
+const minPrefix = 4
+
+// resolveGroup chooses the group ref names among groups: the one whose
+// UUID it is, or else the one whose name it is or whose UUID it begins
+// (4 characters at least). Anyone may register a group under any name or
+// UUID, so a name matching one group and a prefix matching another is
+// ambiguous, not decided by a rule a stranger could exploit; and of the
+// candidates, the groups the user joined (the set joined, which may be nil)
+// win over the others. An ambiguous reference is a usage error listing the
+// candidates with their daemons' fingerprints.
+func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.GroupEntry, error) {
 	ref = strings.TrimSpace(ref)
 	lower := strings.ToLower(ref)
-	var byName, byPrefix []wire.GroupEntry
+	var exact, others []wire.GroupEntry
+	shortMatch := false
 	for _, g := range groups {
 		id := g.Group.String()
 		switch {
 		case id == lower:
-			return g, nil
+			exact = append(exact, g)
 		case g.Name == ref:
-			byName = append(byName, g)
-		case len(lower) >= 4 && strings.HasPrefix(id, lower):
-			byPrefix = append(byPrefix, g)
+			others = append(others, g)
+		case len(lower) >= minPrefix && strings.HasPrefix(id, lower):
+			others = append(others, g)
+		case lower != "" && strings.HasPrefix(id, lower):
+			shortMatch = true
 		}
 	}
-	for _, cands := range [][]wire.GroupEntry{byName, byPrefix} {
-		switch len(cands) {
-		case 0:
-			continue
-		case 1:
-			return cands[0], nil
-		}
-		var b strings.Builder
-		fmt.Fprintf(&b, "%q matches %d groups; name one by UUID:", ref, len(cands))
-		for _, c := range cands {
-			fmt.Fprintf(&b, "\n    %s  %s  %s", c.Group, c.Name, strings.Join(c.Addrs, ","))
-		}
-		return wire.GroupEntry{}, &usageError{b.String()}
+	cands := exact
+	if len(cands) == 0 {
+		cands = others
 	}
-	return wire.GroupEntry{}, fmt.Errorf("%w %q: 'huddle groups' lists the groups the registry knows", errNoGroup, ref)
+	if mine := slices.DeleteFunc(slices.Clone(cands), func(g wire.GroupEntry) bool { return !joined.has(g) }); len(mine) > 0 {
+		cands = mine
+	}
+	switch len(cands) {
+	case 1:
+		return cands[0], nil
+	case 0:
+		if shortMatch {
+			return wire.GroupEntry{}, &usageError{fmt.Sprintf("%q is too short for a UUID prefix: give at least %d characters of the UUID ('huddle groups' lists them)", ref, minPrefix)}
+		}
+		return wire.GroupEntry{}, fmt.Errorf("%w %q: 'huddle groups' lists the groups the registry knows", errNoGroup, ref)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%q matches %d groups; name one by UUID:", ref, len(cands))
+	for _, c := range cands {
+		mark := ""
+		if joined.has(c) {
+			mark = "  (joined)"
+		}
+		fmt.Fprintf(&b, "\n    %s  %s  %s  daemon %s%s", c.Group, c.Name, strings.Join(c.Addrs, ","), c.Fingerprint.Short(), mark)
+	}
+	if len(exact) > 1 {
+		b.WriteString("\n  the same UUID is listed under several daemon keys: someone registered a group under another's UUID; ask its owner which daemon is theirs")
+	}
+	return wire.GroupEntry{}, &usageError{b.String()}
 }
 
 // usageError is a mistake in what the user asked for (exit code 2).
@@ -307,22 +342,85 @@ func jsonTime(t time.Time) string { return t.UTC().Format(jsonTimeLayout) }
 
 const jsonTimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
-// parseTime reads TIME: RFC 3339, Unix seconds, or a duration meaning that
-// long ago ("10m").
+// parseTime reads TIME: RFC 3339; a date, or a date and time, without a
+// zone, in local time (2026-12-05, 2026-12-05 09:15, 2026-12-05T09:15:30);
+// Unix seconds (0 is 1970); or how long ago, as a Go duration or in days
+// and weeks (10m, 2h, 10d, 1w, 1d12h).
 func parseTime(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 		return t, nil
 	}
-	if d, err := time.ParseDuration(s); err == nil {
+	for _, layout := range localLayouts {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	// Unix seconds before durations: "0" is the epoch, not "0s ago".
+	if t, ok := unixSeconds(s); ok {
+		return t, nil
+	}
+	if d, ok := agoDuration(s); ok {
 		if d < 0 {
 			return time.Time{}, fmt.Errorf("duration %q is negative; give how long ago, like 10m", s)
 		}
 		return now.Add(-d), nil
 	}
-	if t, ok := unixSeconds(s); ok {
-		return t, nil
+	return time.Time{}, fmt.Errorf("cannot read time %q: give a date and time (2026-01-02T15:04:05Z, or 2026-01-02 15:04 in local time), a date (2026-01-02), Unix seconds, or how long ago (10m, 2h, 10d)", s)
+}
+
+// localLayouts are the times without a zone that TIME accepts, read in
+// local time.
+var localLayouts = []string{
+	"2006-01-02",
+	"2006-01-02 15:04",
+	"2006-01-02 15:04:05",
+	"2006-01-02 15:04:05.999999999",
+	"2006-01-02T15:04",
+	"2006-01-02T15:04:05",
+	"2006-01-02T15:04:05.999999999",
+}
+
+// agoDuration reads a Go duration whose largest units may also be days (d,
+// 24 h) and weeks (w, 7 d): "10d", "1w2d", "1d12h".
+func agoDuration(s string) (time.Duration, bool) {
+	var total time.Duration
+	rest := s
+	neg := strings.HasPrefix(rest, "-")
+	rest = strings.TrimPrefix(rest, "-")
+	for _, u := range []struct {
+		suffix byte
+		d      time.Duration
+	}{{'w', 7 * 24 * time.Hour}, {'d', 24 * time.Hour}} {
+		i := strings.IndexByte(rest, u.suffix)
+		if i < 0 {
+			continue
+		}
+		n, err := strconv.ParseFloat(rest[:i], 64)
+		if err != nil || n < 0 {
+			return 0, false
+		}
+		total += time.Duration(n * float64(u.d))
+		rest = rest[i+1:]
 	}
-	return time.Time{}, fmt.Errorf("cannot read time %q: give RFC 3339 (2026-01-02T15:04:05Z), Unix seconds, or how long ago (10m, 2h)", s)
+	if rest != "" {
+		d, err := time.ParseDuration(rest)
+		if err != nil || d < 0 {
+			return 0, false
+		}
+		total += d
+	}
+	if rest == s {
+		// Neither days nor weeks: a plain Go duration, which needs a unit
+		// (so "10" is not taken for 10 ns ago).
+		if _, err := time.ParseDuration(s); err != nil {
+			return 0, false
+		}
+	}
+	if neg {
+		total = -total
+	}
+	return total, true
 }
 
 // withGroup runs fn against GROUP for a client verb, within --timeout, and
@@ -371,4 +469,20 @@ func unixSeconds(s string) (time.Time, bool) {
 		ns = n
 	}
 	return time.Unix(secs, ns), true
+}
+
+// plural returns one when n is 1, else many.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// count says "n things", with the right form of thing.
+func count(n uint64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

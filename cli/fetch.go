@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -13,13 +14,14 @@ import (
 func runFetch(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
 	var since, after string
-	var limit int
-	fs := newFlags(env, "fetch", "GROUP [--since TIME | --after SEQ] [--limit N]",
-		"Print GROUP's messages: all it holds, those since TIME (RFC 3339, Unix seconds, or how long ago: 10m),\nor those after sequence number SEQ. Members only.",
-		"  huddle fetch lobby --since 10m\n  huddle fetch lobby --after 41 --json")
+	var limit, last int
+	fs := newFlags(env, "fetch", "GROUP [--since TIME | --after SEQ | --last N] [--limit N]",
+		"Print GROUP's messages: all it holds, those since TIME (a date and time, a date, Unix seconds, or how long\nago: 10m, 2h, 10d), those after sequence number SEQ, or the last N. Members only.",
+		"  huddle fetch lobby --since 10m\n  huddle fetch lobby --last 20\n  huddle fetch lobby --after 41 --json")
 	fs.StringVar(&since, "since", "", "messages at or after TIME")
 	fs.StringVar(&after, "after", "", "messages after sequence number SEQ")
-	fs.IntVar(&limit, "limit", 0, "print at most N messages (0: all)")
+	fs.Var(newCount(&last, 0, 1, math.MaxInt), "last", "the last N messages")
+	fs.Var(newCount(&limit, 0, 0, math.MaxInt), "limit", "print at most N messages, the oldest first (0: all)")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -32,7 +34,19 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return usageErr(env, "fetch", "%v", err)
 	}
+	if last > 0 && (since != "" || after != "" || limit > 0) {
+		return usageErr(env, "fetch", "--last is a selection of its own: give it without --since, --after or --limit")
+	}
 	return withGroup(ctx, env, "fetch", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
+		if last > 0 {
+			// The last N are those after last-N, in the log's epoch now (a
+			// log reset in between fails rather than mixing numbers).
+			in, err := g.Info(ctx)
+			if err != nil {
+				return err
+			}
+			q = client.Query{After: in.Last - min(in.Last, uint64(last)), Epoch: in.Epoch, Limit: last}
+		}
 		cur, err := g.Fetch(ctx, q, func(m client.Message) bool {
 			printMessage(env, cf.json, "", m)
 			return true
@@ -40,7 +54,8 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
-		if cur.Gap && !cf.json {
+		s.remember(e)
+		if cur.Gap && !cf.json && last == 0 {
 			fmt.Fprintf(env.Stderr, "note: messages before #%d are no longer held (retention)\n", cur.First)
 		}
 		if q.After > cur.Last {

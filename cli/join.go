@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -13,9 +14,9 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
 	var as, secretFile string
 	fs := newFlags(env, "join", "GROUP [--as NAME] [--secret-file FILE]",
-		"Join GROUP under a display name (default: your user name). Joining again changes the name.",
+		"Join GROUP under a display name (default: your user name). Joining again keeps your name, or changes it to --as.",
 		"  huddle join lobby --as alice")
-	fs.StringVar(&as, "as", "", "display name others see (default $USER)")
+	fs.StringVar(&as, "as", "", "display name others see (default: the name you have in the group, else $USER)")
 	fs.StringVar(&secretFile, "secret-file", "", "file holding a private group's join secret")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
@@ -25,40 +26,82 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 	if !ok {
 		return code
 	}
-	if as == "" {
-		as = env.Getenv("USER")
-	}
-	if as == "" {
-		as = "anonymous"
-	}
-	if err := wire.CheckName(as); err != nil {
-		return usageErr(env, "join", "--as %q: %v", as, err)
+	if as != "" {
+		if err := wire.CheckName(as); err != nil {
+			return usageErr(env, "join", "--as %q: %v", as, err)
+		}
 	}
 	var secret []byte
 	if secretFile != "" {
 		b, err := os.ReadFile(secretFile)
 		if err != nil {
-			return fail(env, "join", fmt.Errorf("read secret: %w", err))
+			return fail(env, "join", fmt.Errorf("--secret-file %s: cannot read it (%s)", secretFile, plainErr(err)))
 		}
 		secret = trimNewline(b)
+		warnReadable(env, "--secret-file", secretFile)
 	}
+	renamed := as != ""
 	return withGroup(ctx, env, "join", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
-		j, err := g.Join(ctx, as, secret)
+		name := as
+		if name == "" {
+			// Joining again keeps the name one has (README: join is
+			// idempotent); a newcomer gets their user name.
+			var err error
+			if name, err = currentName(ctx, g, s.client.Fingerprint()); err != nil {
+				return err
+			}
+			if name == "" {
+				name = defaultName(env)
+			}
+		}
+		j, err := g.Join(ctx, name, secret)
 		if err != nil {
 			return err
 		}
+		s.remember(e)
+		as := name
 		if cf.json {
 			return printJSON(env.Stdout, map[string]any{
 				"uuid": e.Group.String(), "name": e.Name, "as": as, "already": j.Already, "last_seq": j.Last,
 			})
 		}
-		if j.Already {
+		switch {
+		case j.Already && renamed:
 			fmt.Fprintf(env.Stdout, "already in %s; your name there is now %q\n", e.Name, as)
-		} else {
-			fmt.Fprintf(env.Stdout, "joined %s as %q (%d messages so far)\n", e.Name, as, j.Last)
+		case j.Already:
+			fmt.Fprintf(env.Stdout, "already in %s as %q\n", e.Name, as)
+		default:
+			fmt.Fprintf(env.Stdout, "joined %s as %q (%s so far)\n", e.Name, as, count(j.Last, "message", "messages"))
 		}
 		return nil
 	})
+}
+
+// currentName returns the name this key has in g, or "" if it is not a
+// member.
+func currentName(ctx context.Context, g *client.Group, me wire.Fingerprint) (string, error) {
+	ms, err := g.Members(ctx)
+	if errors.Is(err, client.ErrNotMember) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	for _, m := range ms {
+		if m.Fingerprint == me {
+			return m.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// defaultName is the name a newcomer joins under: the user's login name
+// if it is a valid name, else "anonymous".
+func defaultName(env Env) string {
+	if u := env.Getenv("USER"); u != "" && wire.CheckName(u) == nil {
+		return u
+	}
+	return "anonymous"
 }
 
 // trimNewline drops one trailing newline (and a carriage return before it),
@@ -90,6 +133,7 @@ func runLeave(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
+		s.forget(e)
 		if cf.json {
 			return printJSON(env.Stdout, map[string]any{"uuid": e.Group.String(), "name": e.Name, "was_member": was})
 		}

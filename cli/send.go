@@ -39,21 +39,37 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		// the connection and each send are bounded by --timeout.
 		return sendLines(ctx, env, &cf, ref)
 	}
+	body := strings.Join(text, " ")
+	if strings.TrimSpace(body) == "" {
+		return usageErr(env, "send", "the message is blank; nothing was sent")
+	}
 	return withGroup(ctx, env, "send", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
 		id := wire.NewID()
-		acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: id, Body: []byte(strings.Join(text, " "))}})
+		acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: id, Body: []byte(body)}})
 		if err != nil {
 			return err
 		}
+		s.remember(e)
 		printAck(env, &cf, acks[0])
 		return nil
 	})
 }
 
+// inputLine is one line of standard input to send: its number (from 1)
+// and text, or, for a line over the group's message limit, its size alone
+// (tooLong bytes: it was not kept).
+type inputLine struct {
+	n       int
+	text    string
+	tooLong int
+}
+
 // sendLines sends each line of stdin as a message. Lines that arrive
-// together go out together in one send (up to the group's batch limit), so
-// a pipe of many lines costs few round trips while a person typing sees
-// each line sent at once.
+// together go out together in one send (up to the group's batch and frame
+// limits), so a pipe of many lines costs few round trips while a person
+// typing sees each line sent at once. Blank lines are skipped. A line over
+// the group's message limit is refused by its line number and the rest are
+// sent; the exit code is then 1.
 func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	octx, cancel := context.WithTimeout(ctx, cf.timeout)
 	s, err := open(octx, env, "send", cf)
@@ -62,7 +78,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		return fail(env, "send", err)
 	}
 	defer s.Close()
-	g, _, err := s.group(octx, ref)
+	g, e, err := s.group(octx, ref)
 	if err != nil {
 		cancel()
 		return fail(env, "send", err)
@@ -76,70 +92,198 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	if batch <= 0 || batch > wire.MaxBatch {
 		batch = 64
 	}
+	maxMsg := int(info.Limits.MaxMessageBytes)
+	if maxMsg <= 0 {
+		maxMsg = wire.MaxFrameSize
+	}
+	// What one send may carry: the daemon's frame limit, less the
+	// envelope, and each message's own fields (an ID and small headers).
+	frame := int(info.Limits.MaxFrameBytes)
+	if frame <= 0 {
+		frame = wire.MaxFrameSize
+	}
+	const envelope, perMessage = 64, 32
+	budget := frame - envelope
 
-	lines := make(chan string, batch)
+	lines := make(chan inputLine, batch)
 	readErr := make(chan error, 1)
 	rctx, stopRead := context.WithCancel(ctx)
 	defer stopRead()
 	go func() {
 		defer close(lines)
-		sc := bufio.NewScanner(env.Stdin)
-		sc.Buffer(make([]byte, 64<<10), int(wire.MaxFrameSize))
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			case <-rctx.Done():
-				return
-			}
-		}
-		readErr <- sc.Err()
+		readErr <- readLines(rctx, env.Stdin, maxMsg, lines)
 	}()
 
-	for {
-		var line string
-		var ok bool
-		select {
-		case line, ok = <-lines:
-		case <-ctx.Done():
-			// Interrupted while waiting for input (a person typing, a quiet
-			// pipe): the reader is stuck in a read, so do not wait for it.
-			return fail(env, "send", ctx.Err())
-		}
-		if !ok {
-			break
-		}
-		msgs := []wire.Outgoing{{ID: wire.NewID(), Body: []byte(line)}}
-	drain:
-		for len(msgs) < batch {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					break drain
-				}
-				msgs = append(msgs, wire.Outgoing{ID: wire.NewID(), Body: []byte(l)})
-			default:
-				break drain
-			}
-		}
+	refused := 0
+	refuse := func(l inputLine, why string) {
+		refused++
+		fmt.Fprintf(env.Stderr, "huddle send: line %d %s: not sent\n", l.n, why)
+	}
+	tooLarge := func(l inputLine, size int) {
+		refuse(l, fmt.Sprintf("is too large (%d bytes; the group takes at most %s per message, see 'huddle info GROUP')", size, size64(maxMsg)))
+	}
+	send := func(msgs []wire.Outgoing, from []inputLine) error {
 		sctx, cancel := context.WithTimeout(ctx, cf.timeout)
 		acks, err := g.SendMessages(sctx, msgs)
 		cancel()
+		if errors.Is(err, client.ErrTooLarge) && len(msgs) > 1 {
+			// The daemon's limits are not the ones it reported: send one
+			// at a time, so only the lines at fault are refused.
+			for i := range msgs {
+				sctx, cancel := context.WithTimeout(ctx, cf.timeout)
+				acks, err := g.SendMessages(sctx, msgs[i:i+1])
+				cancel()
+				switch {
+				case errors.Is(err, client.ErrTooLarge):
+					tooLarge(from[i], len(msgs[i].Body))
+				case err != nil:
+					return err
+				default:
+					printAck(env, cf, acks[0])
+				}
+			}
+			return nil
+		}
+		if errors.Is(err, client.ErrTooLarge) {
+			tooLarge(from[0], len(msgs[0].Body))
+			return nil
+		}
 		if err != nil {
-			return fail(env, "send", err)
+			return err
 		}
 		for _, a := range acks {
 			printAck(env, cf, a)
 		}
+		return nil
 	}
-	select {
-	case err := <-readErr:
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fail(env, "send", fmt.Errorf("read standard input: %w", err))
+
+	var pending *inputLine // a line read that did not fit the last batch
+	for {
+		var l inputLine
+		if pending != nil {
+			l, pending = *pending, nil
+		} else {
+			var ok bool
+			select {
+			case l, ok = <-lines:
+			case <-ctx.Done():
+				// Interrupted while waiting for input (a person typing, a
+				// quiet pipe): the reader is stuck in a read, so do not wait
+				// for it.
+				return fail(env, "send", ctx.Err())
+			}
+			if !ok {
+				break
+			}
 		}
-	default:
+		var msgs []wire.Outgoing
+		var from []inputLine
+		size := 0
+		add := func(l inputLine) bool {
+			switch {
+			case l.tooLong > 0:
+				tooLarge(l, l.tooLong)
+				return true
+			case strings.TrimSpace(l.text) == "":
+				return true // blank lines are not messages
+			case len(msgs) > 0 && (len(msgs) == batch || size+len(l.text)+perMessage > budget):
+				return false
+			}
+			msgs = append(msgs, wire.Outgoing{ID: wire.NewID(), Body: []byte(l.text)})
+			from = append(from, l)
+			size += len(l.text) + perMessage
+			return true
+		}
+		add(l)
+	drain:
+		for len(msgs) < batch {
+			select {
+			case next, ok := <-lines:
+				if !ok {
+					break drain
+				}
+				if !add(next) {
+					pending = &next
+					break drain
+				}
+			default:
+				break drain
+			}
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		if err := send(msgs, from); err != nil {
+			return fail(env, "send", err)
+		}
+		s.remember(e)
+	}
+	if err := <-readErr; err != nil {
+		return fail(env, "send", fmt.Errorf("read standard input: %s", plainErr(err)))
+	}
+	if refused > 0 {
+		fmt.Fprintf(env.Stderr, "huddle send: %d %s not sent; every other line was\n", refused, plural(refused, "line", "lines"))
+		return ExitRefused
 	}
 	return ExitOK
 }
+
+// readLines reads r line by line onto lines until its end, numbering the
+// lines from 1. A line longer than maxLen bytes is not kept: it is passed
+// on with its size, however long it is, and reading goes on after it (a
+// long line in tail -f must not end the send). A trailing carriage return
+// (CRLF files) is dropped, as a final line without a newline is kept.
+func readLines(ctx context.Context, r io.Reader, maxLen int, lines chan<- inputLine) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	n := 0
+	for {
+		var buf []byte
+		size := 0
+		var err error
+		for {
+			var chunk []byte
+			chunk, err = br.ReadSlice('\n')
+			size += len(chunk)
+			if size <= maxLen+2 { // room for "\r\n"
+				buf = append(buf, chunk...)
+			}
+			if err != bufio.ErrBufferFull {
+				break
+			}
+		}
+		if size == 0 && err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		n++
+		line := inputLine{n: n}
+		text := strings.TrimSuffix(strings.TrimSuffix(string(buf), "\n"), "\r")
+		if size > len(buf) || len(text) > maxLen {
+			line.tooLong = size
+			if err == nil {
+				line.tooLong-- // the newline is not part of the message
+			}
+		} else {
+			line.text = text
+		}
+		select {
+		case lines <- line:
+		case <-ctx.Done():
+			return nil
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// size64 formats a byte limit for people.
+func size64(n int) string { return size(uint64(n)) }
 
 func printAck(env Env, cf *clientFlags, a client.Ack) {
 	t := a.Time

@@ -102,8 +102,9 @@ func TestSystemdUnits(t *testing.T) {
 			env = append(env, c.extra...)
 			env = append(env, "HUDDLE_LISTEN=127.0.0.1:0", "HUDDLE_NO_MDNS=true")
 			p := startProc(t, c.file, env, false, exec0[1:]...)
-			if !p.stdout.waitFor(waitTimeout, func(lines []string) bool {
-				return len(lines) > 0 && strings.Contains(strings.Join(lines, "\n"), " listening on ")
+			// The units log JSON, the start lines included (on stderr).
+			if !p.stderr.waitFor(waitTimeout, func(lines []string) bool {
+				return strings.Contains(strings.Join(lines, "\n"), ` listening","addr":`)
 			}) {
 				t.Fatalf("%s did not start:\n%s\n%s", c.file, p.stdout, p.stderr)
 			}

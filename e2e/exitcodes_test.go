@@ -68,7 +68,8 @@ func TestExitCodes(t *testing.T) {
 		{"unknown verb", alice, "", []string{"frobnicate"}, 2, []string{`unknown command "frobnicate"`, "huddle --help"}},
 		{"unknown flag", alice, "", []string{"fetch", lobby1, "--frobnicate"}, 2, []string{"unknown flag: --frobnicate", "huddle fetch --help"}},
 		{"flag without value", alice, "", []string{"fetch", lobby1, "--limit"}, 2, []string{"--limit"}},
-		{"bad limit", alice, "", []string{"fetch", lobby1, "--limit", "-1"}, 2, []string{"--limit must not be negative"}},
+		{"bad limit", alice, "", []string{"fetch", lobby1, "--limit", "-1"}, 2, []string{`invalid argument "-1" for "--limit" flag`}},
+		{"last with since", alice, "", []string{"fetch", lobby1, "--last", "2", "--since", "1h"}, 2, []string{"--last"}},
 		{"since and after", alice, "", []string{"fetch", lobby1, "--since", "10m", "--after", "1"}, 2, []string{"--since or --after, not both"}},
 		{"unreadable time", alice, "", []string{"fetch", lobby1, "--since", "yesterday"}, 2, []string{`cannot read time "yesterday"`}},
 		{"unreadable seq", alice, "", []string{"fetch", lobby1, "--after", "two"}, 2, []string{`--after "two"`}},
@@ -96,7 +97,8 @@ func TestExitCodes(t *testing.T) {
 		// 1: refused.
 		{"not a member", newUser(t, "carol", reg.registry), "", []string{"fetch", alpha}, 1, []string{"not a member", "huddle join GROUP"}},
 		{"no such group", alice, "", []string{"fetch", "nosuchgroup"}, 1, []string{`no such group "nosuchgroup"`, "huddle groups"}},
-		{"short prefix", alice, "", []string{"fetch", "abc"}, 1, []string{`no such group "abc"`}},
+		{"short prefix", alice, "", []string{"fetch", "abc"}, 2, []string{`"abc" is too short for a UUID prefix`, "at least 4"}},
+		{"short string matching no UUID", alice, "", []string{"fetch", "zz"}, 1, []string{`no such group "zz"`}},
 		{"too large", alice, "", []string{"send", alpha, big}, 1, []string{"too large", "at most 1024", "huddle info GROUP"}},
 		{"too large from stdin", alice, big + "\n", []string{"send", "beta"}, 1, []string{"too large", "huddle info GROUP"}},
 

@@ -291,7 +291,16 @@ func startDaemon(t *testing.T, verb string, args ...string) *daemon {
 	args = append(slices.Clone(args), "--no-mdns")
 	d.proc = startProc(t, "huddle "+verb, childEnv(t.TempDir()), false, append([]string{verb}, args...)...)
 
+	// Under --log-format json the start lines are log records on stderr.
+	jsonLogs := slices.Contains(args, "json") && slices.Contains(args, "--log-format")
+	out := d.stdout
+	if jsonLogs {
+		out = d.stderr
+	}
 	ready := func(lines []string) bool {
+		if jsonLogs {
+			lines = bannerLines(lines)
+		}
 		for _, l := range lines {
 			if m := registryLine.FindStringSubmatch(l); m != nil {
 				d.registry, d.regFP = m[1], m[2]
@@ -307,11 +316,42 @@ func startDaemon(t *testing.T, verb string, args ...string) *daemon {
 		haveDaemon := verb == "registry" || d.addr != ""
 		return haveReg && haveDaemon && len(d.groups) == len(groups)
 	}
-	if !d.stdout.waitFor(waitTimeout, ready) {
+	if !out.waitFor(waitTimeout, ready) {
 		t.Fatalf("huddle %s %s: did not report listening (exit code %d if it ended)\nstdout:\n%s\nstderr:\n%s",
 			verb, strings.Join(args, " "), d.exitCode(), d.stdout, d.stderr)
 	}
 	return d
+}
+
+// bannerLines turns the start records of a daemon logging JSON back into
+// the lines it prints as text.
+func bannerLines(records []string) []string {
+	var lines []string
+	for _, r := range records {
+		var rec struct {
+			Msg, Addr, Fingerprint, Name, UUID string
+			Private                            bool
+		}
+		if json.Unmarshal([]byte(r), &rec) != nil {
+			continue
+		}
+		switch rec.Msg {
+		case "registry listening":
+			lines = append(lines, fmt.Sprintf("huddle registry listening on %s, fingerprint %s", rec.Addr, rec.Fingerprint))
+		case "group daemon listening":
+			lines = append(lines, fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", rec.Addr, rec.Fingerprint))
+		case "hosting group":
+			if rec.Name == "" {
+				continue // the daemon's own record of the group, not the banner's
+			}
+			private := ""
+			if rec.Private {
+				private = "  (private)"
+			}
+			lines = append(lines, fmt.Sprintf("  group %s  %s%s", rec.Name, rec.UUID, private))
+		}
+	}
+	return lines
 }
 
 func (d *daemon) exitCode() int {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,12 +19,20 @@ import (
 var metricsLine = regexp.MustCompile(`^  metrics: http://(\S+)/metrics`)
 
 // metricsAddr returns the address a daemon started with --metrics printed.
+// metricsRecord is the metrics address in a JSON log.
+var metricsRecord = regexp.MustCompile(`"msg":"metrics listening","url":"http://([^/"]+)/metrics"`)
+
 func metricsAddr(t *testing.T, d *daemon) string {
 	t.Helper()
 	var addr string
-	d.stdout.waitFor(waitTimeout, func(lines []string) bool {
+	// With --log-format json the address is in a log record on stderr.
+	out, re := d.stdout, metricsLine
+	if slices.Contains(d.args, "json") {
+		out, re = d.stderr, metricsRecord
+	}
+	out.waitFor(waitTimeout, func(lines []string) bool {
 		for _, l := range lines {
-			if m := metricsLine.FindStringSubmatch(l); m != nil {
+			if m := re.FindStringSubmatch(l); m != nil {
 				addr = m[1]
 				return true
 			}
@@ -31,7 +40,7 @@ func metricsAddr(t *testing.T, d *daemon) string {
 		return false
 	})
 	if addr == "" {
-		t.Fatalf("%s printed no metrics address:\n%s", d.name, d.stdout)
+		t.Fatalf("%s printed no metrics address:\n%s\n%s", d.name, d.stdout, d.stderr)
 	}
 	return addr
 }

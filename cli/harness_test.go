@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// upLine is the line huddle up prints once its registry listens.
+var upLine = regexp.MustCompile(`(?m)^huddle registry listening on (\S+),`)
+
+// startUp runs huddle up in this process (mDNS off, on 127.0.0.1) with the
+// given groups, until the test ends, and returns its registry's address
+// once every group is listed.
+func startUp(t *testing.T, groups ...string) string {
+	t.Helper()
+	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn"}
+	for _, g := range groups {
+		args = append(args, "--group", g)
+	}
+	v := startVerb(t, nil, args...)
+	addr := strings.Replace(v.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
+	u := newTestUser(t, addr)
+	want := max(1, len(groups))
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		_, out, _ := u.run(t, "groups", "--json")
+		if strings.Count(out, "\n") >= want {
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the registry of huddle up did not list %d groups within %v", want, waitTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// testUser is a user (a HUDDLE_HOME of their own) whose verbs run in this
+// process against a registry.
+type testUser struct {
+	home, registry string
+}
+
+func newTestUser(t *testing.T, registry string) *testUser {
+	return &testUser{home: t.TempDir(), registry: registry}
+}
+
+// run runs a client verb as u and returns its exit code and outputs.
+func (u *testUser) run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	return u.runInput(t, "", args...)
+}
+
+// runInput is run with input on standard input.
+func (u *testUser) runInput(t *testing.T, input string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb syncBuffer
+	env := map[string]string{"HUDDLE_HOME": u.home, "HUDDLE_REGISTRY": u.registry}
+	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	code := Main(ctx, args, e)
+	return code, out.String(), errb.String()
+}
+
+// ok runs a verb that must succeed and returns its stdout.
+func (u *testUser) ok(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errs := u.run(t, args...)
+	if code != ExitOK {
+		t.Fatalf("huddle %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out, errs)
+	}
+	return out
+}

@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// joinedFile, in $HUDDLE_HOME, remembers the groups the user joined: one
+// line per group, "UUID DAEMON-FINGERPRINT NAME". GROUP references resolve
+// among these first, so that a stranger who registers another group of the
+// same name (or one named like a UUID prefix) cannot take a member's
+// commands elsewhere or make them ambiguous.
+const joinedFile = "joined"
+
+// joinedGroup is one group the user joined: its UUID under one daemon's key.
+type joinedGroup struct {
+	Group  wire.UUID
+	Daemon wire.Fingerprint
+}
+
+// joinedSet is the content of the joined file.
+type joinedSet map[joinedGroup]string // -> the group's name when joined
+
+func (j joinedSet) has(e wire.GroupEntry) bool {
+	_, ok := j[joinedGroup{e.Group, e.Fingerprint}]
+	return ok
+}
+
+// loadJoined reads the joined file in dir; a missing file is an empty set.
+// Lines it cannot read are skipped: the file is a hint, not the truth
+// (the daemon's membership is).
+func loadJoined(dir string) (joinedSet, error) {
+	set := joinedSet{}
+	f, err := os.Open(filepath.Join(dir, joinedFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return set, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.SplitN(sc.Text(), " ", 3)
+		if len(fields) < 2 {
+			continue
+		}
+		id, err1 := uuid.Parse(fields[0])
+		fp, err2 := wire.ParseFingerprint(fields[1])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		name := ""
+		if len(fields) == 3 {
+			name = fields[2]
+		}
+		set[joinedGroup{id, fp}] = name
+	}
+	return set, sc.Err()
+}
+
+// saveJoined writes set to the joined file in dir, atomically (a file
+// beside it, renamed over it).
+func saveJoined(dir string, set joinedSet) error {
+	var b strings.Builder
+	for k, name := range set {
+		fmt.Fprintf(&b, "%s %s %s\n", k.Group, k.Daemon, name)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, joinedFile+".*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.WriteString(b.String()); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, joinedFile))
+}
+
+// remember records that the user is a member of e (after a join, or any
+// operation only members may do). Failing to write the file costs only
+// the preference it gives: it is not an error of the command.
+func (s *session) remember(e wire.GroupEntry) {
+	if s.joined == nil || s.joined.has(e) {
+		return
+	}
+	s.joined[joinedGroup{e.Group, e.Fingerprint}] = e.Name
+	saveJoined(s.home, s.joined)
+}
+
+// forget records that the user left e.
+func (s *session) forget(e wire.GroupEntry) {
+	if s.joined == nil || !s.joined.has(e) {
+		return
+	}
+	delete(s.joined, joinedGroup{e.Group, e.Fingerprint})
+	saveJoined(s.home, s.joined)
+}

@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestJoinKeepsTheName: join without --as keeps the name one has (README:
+// join is idempotent); it used to rename the member to $USER.
+func TestJoinKeepsTheName(t *testing.T) {
+	u := newTestUser(t, startUp(t))
+	u.ok(t, "join", "lobby", "--as", "alice")
+	if out := u.ok(t, "join", "lobby"); !strings.Contains(out, `already in lobby as "alice"`) {
+		t.Errorf("join again: %q", out)
+	}
+	if out := u.ok(t, "members", "lobby"); !strings.Contains(out, "alice") {
+		t.Errorf("members after joining again: %q, want alice still", out)
+	}
+	if out := u.ok(t, "join", "lobby", "--as", "alicia"); !strings.Contains(out, `your name there is now "alicia"`) {
+		t.Errorf("join --as: %q", out)
+	}
+	// A newcomer without --as gets their user name (none here: anonymous).
+	if out := newTestUser(t, u.registry).ok(t, "join", "lobby"); !strings.Contains(out, `joined lobby as "anonymous" (0 messages so far)`) {
+		t.Errorf("newcomer: %q", out)
+	}
+}
+
+// TestGroupsResolveAmongJoinedFirst: a second group registered under a
+// member's group's name does not make the member's commands ambiguous (it
+// used to, exit 2 for everyone); a user who joined neither is told of both,
+// with their daemons' fingerprints.
+func TestGroupsResolveAmongJoinedFirst(t *testing.T) {
+	reg := startUp(t)
+	alice := newTestUser(t, reg)
+	alice.ok(t, "join", "lobby", "--as", "alice")
+	// A stranger's daemon registers another lobby.
+	v := startVerb(t, nil, "serve", "--no-mdns", "--registry", reg, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--log-level", "warn")
+	v.waitLine(t, regexp.MustCompile(`(?m)^  group lobby  (\S+)`))
+	carol := newTestUser(t, reg)
+	var code int
+	var stderr string
+	for range 500 { // until the registry lists both
+		if code, _, stderr = carol.run(t, "fetch", "lobby"); code == ExitUsage {
+			break
+		}
+	}
+	if code != ExitUsage || !strings.Contains(stderr, `"lobby" matches 2 groups`) || strings.Count(stderr, "daemon ") != 2 {
+		t.Fatalf("carol, who joined neither: exit %d, %q; want both lobbies listed with their daemons", code, stderr)
+	}
+	if out := alice.ok(t, "send", "lobby", "still mine"); !strings.Contains(out, "sent #1") {
+		t.Errorf("alice's send to her lobby: %q", out)
+	}
+	if out := alice.ok(t, "fetch", "lobby"); !strings.Contains(out, "alice: still mine") {
+		t.Errorf("alice's fetch: %q", out)
+	}
+	// Leaving forgets the preference.
+	alice.ok(t, "leave", "lobby")
+	if code, _, _ := alice.run(t, "fetch", "lobby"); code != ExitUsage {
+		t.Errorf("after leaving, fetch lobby: exit %d, want 2 (ambiguous)", code)
+	}
+}
+
+// TestSendLinesFromAPipe: each line of standard input is a message; blank
+// lines are skipped; a line over the group's limit is refused by its line
+// number (however long: a 2 MiB line too) and the lines after it are sent;
+// the exit code is then 1. A blank message as an argument is a usage error.
+func TestSendLinesFromAPipe(t *testing.T) {
+	u := newTestUser(t, startUp(t))
+	u.ok(t, "join", "lobby", "--as", "alice")
+	input := "a\nb\n" + strings.Repeat("x", 70<<10) + "\n\n   \nd\n" + strings.Repeat("y", 2<<20) + "\ne\r\nf"
+	code, stdout, stderr := u.runInput(t, input, "send", "lobby")
+	if code != ExitRefused {
+		t.Errorf("exit %d, want 1\nstderr: %s", code, stderr)
+	}
+	for _, want := range []string{"line 3 is too large (71680 bytes", "line 7 is too large (2097152 bytes", "2 lines not sent"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr)
+		}
+	}
+	if n := strings.Count(stdout, "sent #"); n != 5 {
+		t.Errorf("%d acks, want 5 (a, b, d, e, f):\n%s", n, stdout)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(u.ok(t, "fetch", "lobby")), "\n") {
+		_, text, _ := strings.Cut(line, "alice: ")
+		got = append(got, text)
+	}
+	if strings.Join(got, ",") != "a,b,d,e,f" {
+		t.Errorf("the group holds %q, want a, b, d, e, f", got)
+	}
+	for _, blank := range []string{"", "   "} {
+		if code, _, stderr := u.run(t, "send", "lobby", blank); code != ExitUsage || !strings.Contains(stderr, "blank") {
+			t.Errorf("send %q: exit %d, %q; want 2, blank", blank, code, stderr)
+		}
+	}
+}
