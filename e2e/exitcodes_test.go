@@ -55,6 +55,7 @@ func TestExitCodes(t *testing.T) {
 	alice.join(t, "beta")     // and so does a unique name
 
 	nowhere := newUser(t, "nobody", freeUDPAddr(t))
+	dave := newUser(t, "dave", reg.registry)
 	big := strings.Repeat("x", 2000)
 	for _, tc := range []struct {
 		name  string
@@ -88,9 +89,11 @@ func TestExitCodes(t *testing.T) {
 		{"bad group name on a daemon", alice, "", []string{"serve", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--no-mdns", "--group", ""}, 2, []string{"--group", "empty"}},
 		{"registry port out of range", alice, "", []string{"groups", "--registry", "127.0.0.1:99999"}, 2, []string{`"127.0.0.1:99999"`, "65535"}},
 		{"bare huddle", alice, "", []string{}, 2, []string{"Usage: huddle COMMAND"}},
-		{"ambiguous name", alice, "", []string{"fetch", "lobby"}, 2,
-			[]string{`"lobby" matches 2 groups`, lobby1, lobby2, first.addr, second.addr}},
-		{"ambiguous name, send", alice, "", []string{"send", "lobby", "hi"}, 2, []string{`"lobby" matches 2 groups`, lobby1, lobby2}},
+		// dave joined neither lobby; alice joined the first, so lobby is
+		// hers (below).
+		{"ambiguous name", dave, "", []string{"fetch", "lobby"}, 2,
+			[]string{`"lobby" matches 2 groups`, lobby1, lobby2, first.addr, second.addr, "daemon " + first.fp[:9], "daemon " + second.fp[:9]}},
+		{"ambiguous name, send", dave, "", []string{"send", "lobby", "hi"}, 2, []string{`"lobby" matches 2 groups`, lobby1, lobby2}},
 		{"ambiguous prefix", alice, "", []string{"fetch", "abcd"}, 2, []string{`"abcd" matches 2 groups`, alpha + "  alpha", beta + "  beta"}},
 		{"ambiguous prefix, watch", alice, "", []string{"watch", "abcd0000"}, 2, []string{"matches 2 groups", alpha, beta}},
 
@@ -121,6 +124,12 @@ func TestExitCodes(t *testing.T) {
 				t.Errorf("stderr does not start with the command's name: %s", r)
 			}
 		})
+	}
+
+	// alice joined the first lobby: the name is hers, whatever else is
+	// registered under it.
+	if r := alice.run(t, "send", "lobby", "mine"); r.code != 0 {
+		t.Errorf("alice's send to the lobby she joined: %s", r)
 	}
 
 	// Nothing too large was stored.
