@@ -225,6 +225,7 @@ type GroupDaemon struct {
 	// stateLog paces the log of state files that cannot be written, per
 	// group: a flood of joins on a full disk must not flood the log too.
 	stateLog sparse[wire.UUID]
+	lock     *stateLock // the state directory's, held from Listen to Close
 }
 
 // NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -258,6 +259,13 @@ func (d *GroupDaemon) Listen() error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.lock == nil {
+		l, err := lockStateDir(d.cfg.StateDir)
+		if err != nil {
+			return fmt.Errorf("group daemon: %w", err)
+		}
+		d.lock = l
+	}
 	if d.id == nil {
 		if err := d.loadLocked(); err != nil {
 			return fmt.Errorf("group daemon: %w", err)
@@ -343,6 +351,9 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 // returns nil once shutdown has finished.
 func (d *GroupDaemon) Close() error {
 	d.life.close(d.srv.close)
+	d.mu.Lock()
+	d.lock.release()
+	d.mu.Unlock()
 	return nil
 }
 

@@ -105,6 +105,7 @@ type Registry struct {
 
 	mu     sync.Mutex
 	id     *identity.Identity // set by Listen
+	lock   *stateLock         // the state directory's, held from Listen to Close
 	leases map[wire.UUID]*lease
 }
 
@@ -148,6 +149,14 @@ func (r *Registry) Listen() error {
 	}
 	r.mu.Lock()
 	id := r.id
+	if r.lock == nil {
+		l, err := lockStateDir(r.cfg.StateDir)
+		if err != nil {
+			r.mu.Unlock()
+			return fmt.Errorf("registry: %w", err)
+		}
+		r.lock = l
+	}
 	r.mu.Unlock()
 	if id == nil {
 		var err error
@@ -194,6 +203,9 @@ func (r *Registry) Serve(ctx context.Context) error {
 // every call returns nil once shutdown has finished.
 func (r *Registry) Close() error {
 	r.life.close(r.srv.close)
+	r.mu.Lock()
+	r.lock.release()
+	r.mu.Unlock()
 	return nil
 }
 

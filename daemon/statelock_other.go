@@ -1,0 +1,15 @@
+//go:build !unix
+
+package daemon
+
+import (
+	"errors"
+	"os"
+)
+
+// errLocked: another process holds the lock (never, here).
+var errLocked = errors.New("locked")
+
+// flock does nothing where the system has no flock: the state directory is
+// not protected from a second daemon there.
+func flock(*os.File) error { return nil }

@@ -1,0 +1,21 @@
+//go:build unix
+
+package daemon
+
+import (
+	"errors"
+	"os"
+	"syscall"
+)
+
+// errLocked: another open file description holds the lock.
+var errLocked = errors.New("locked")
+
+// flock takes an exclusive lock on f without waiting.
+func flock(f *os.File) error {
+	err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return errLocked
+	}
+	return err
+}
