@@ -47,8 +47,12 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 			}
 			q = client.Query{After: in.Last - min(in.Last, uint64(last)), Epoch: in.Epoch, Limit: last}
 		}
+		names := newNameBook()
+		if ms, err := g.Members(ctx); err == nil {
+			names.seeMembers(ms)
+		}
 		cur, err := g.Fetch(ctx, q, func(m client.Message) bool {
-			printMessage(env, cf.json, "", m)
+			printMessage(env, cf.json, "", "", names, m)
 			return true
 		})
 		if err != nil {
@@ -106,9 +110,11 @@ type messageJSON struct {
 	Text  string `json:"text"`
 }
 
-// printMessage prints one message; group, when not empty, marks which group
-// it belongs to (for commands following several).
-func printMessage(env Env, asJSON bool, group string, m client.Message) {
+// printMessage prints one message. group, when not empty, is the group it
+// belongs to in --json output (for commands following several), and label
+// the mark that says so to people ("[lobby] ", padded to line up); names
+// says how to show the sender's name (see nameBook).
+func printMessage(env Env, asJSON bool, group, label string, names *nameBook, m client.Message) {
 	if asJSON {
 		printJSON(env.Stdout, messageJSON{
 			Group: group, Seq: m.Seq, TS: jsonTime(m.Time), MsgID: m.ID.String(),
@@ -116,11 +122,7 @@ func printMessage(env Env, asJSON bool, group string, m client.Message) {
 		})
 		return
 	}
-	prefix := ""
-	if group != "" {
-		prefix = "[" + group + "] "
-	}
-	fmt.Fprintf(env.Stdout, "%s%6d  %s  %s: %s\n", prefix, m.Seq, localTime(m.Time), m.Name, printable(m.Body))
+	fmt.Fprintf(env.Stdout, "%s%6d  %s  %s: %s\n", label, m.Seq, localTime(m.Time), names.labelMessage(m), printable(m.Body))
 }
 
 // printable keeps control characters in a message from driving the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 )
 
 func runGroups(ctx context.Context, env Env, args []string) int {
@@ -43,13 +42,12 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "no groups registered at %s yet (start one with: huddle serve --group NAME)\n", s.regs[0].Addr())
 		return ExitOK
 	}
-	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tUUID\tMEMBERS\tMESSAGES\tADDRESS\tDAEMON")
+	rows := [][]string{{"NAME", "UUID", "MEMBERS", "MESSAGES", "ADDRESS", "DAEMON"}}
 	for _, g := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", g.Name, g.Group, g.Members, g.LastSeq,
-			strings.Join(g.Addrs, ","), g.Fingerprint.Short())
+		rows = append(rows, []string{g.Name, g.Group.String(), fmt.Sprint(g.Members), fmt.Sprint(g.LastSeq),
+			strings.Join(g.Addrs, ","), g.Fingerprint.Short()})
 	}
-	tw.Flush()
+	writeTable(env.Stdout, rows)
 	return ExitOK
 }
 

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
@@ -43,16 +42,17 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 			return nil
 		}
 		now := time.Now()
-		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSEEN\tJOINED\tFINGERPRINT")
+		names := newNameBook()
+		names.seeMembers(ms)
+		rows := [][]string{{"NAME", "SEEN", "JOINED", "FINGERPRINT"}}
 		for _, m := range ms {
 			you := ""
 			if m.Fingerprint == me {
 				you = "  (you)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\n", m.Name, seen(m, now), localTime(time.Unix(0, m.Joined)), m.Fingerprint, you)
+			rows = append(rows, []string{names.label(m.Fingerprint, m.Name), seen(m, now), localTime(time.Unix(0, m.Joined)), m.Fingerprint.String() + you})
 		}
-		return tw.Flush()
+		return writeTable(env.Stdout, rows)
 	})
 }
 

@@ -60,13 +60,26 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 	)
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
+	// With several groups each line is marked with its group, the marks
+	// padded to one width (in terminal columns: names may be CJK or emoji).
+	width := 0
+	for _, g := range groups {
+		width = max(width, displayWidth(g.Name()))
+	}
 	for _, g := range groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			label := ""
+			group, label := "", ""
 			if len(groups) > 1 || cf.json {
-				label = g.Name()
+				group = g.Name()
+			}
+			if len(groups) > 1 {
+				label = padRight("["+g.Name()+"]", width+2) + " "
+			}
+			names := newNameBook()
+			if ms, err := g.Members(wctx); err == nil {
+				names.seeMembers(ms)
 			}
 			for ev, err := range g.Watch(wctx, q) {
 				mu.Lock()
@@ -76,7 +89,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 					stop()
 					return
 				}
-				printEvent(env, cf.json, label, g.Name(), ev)
+				printEvent(env, cf.json, group, label, g.Name(), names, ev)
 				mu.Unlock()
 			}
 		}()
@@ -92,10 +105,10 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 
 // printEvent prints a watch event: messages as fetch prints them, the rest
 // as notes on stderr (or objects with an "event" field under --json).
-func printEvent(env Env, asJSON bool, label, name string, ev client.Event) {
+func printEvent(env Env, asJSON bool, group, label, name string, names *nameBook, ev client.Event) {
 	switch ev.Kind {
 	case client.EventMessage:
-		printMessage(env, asJSON, label, ev.Message)
+		printMessage(env, asJSON, group, label, names, ev.Message)
 	case client.EventGap:
 		if asJSON {
 			printJSON(env.Stdout, map[string]any{"group": name, "event": "gap", "from": ev.From, "to": ev.To})

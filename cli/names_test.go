@@ -1,0 +1,105 @@
+package cli
+
+import (
+	"context"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func TestNameBook(t *testing.T) {
+	alice, mallory, bob := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}
+	b := newNameBook()
+	b.seeMembers([]wire.Member{{Fingerprint: alice, Name: "alice"}, {Fingerprint: bob, Name: "bob"}})
+	for _, c := range []struct {
+		fp   wire.Fingerprint
+		name string
+		want string
+	}{
+		{alice, "alice", "alice"},
+		{bob, "bob", "bob"},
+		{mallory, "alice", "alice [" + mallory.Short() + "]"}, // a second key wears alice
+		{alice, "alice", "alice [" + alice.Short() + "]"},     // from then on, both are marked
+		{bob, "bobby", "bobby [" + bob.Short() + "]"},         // a key that changed its name
+		{bob, "bob", "bob [" + bob.Short() + "]"},
+	} {
+		if got := b.label(c.fp, c.name); got != c.want {
+			t.Errorf("label(%s, %q) = %q, want %q", c.fp.Short(), c.name, got, c.want)
+		}
+	}
+}
+
+func TestDisplayWidth(t *testing.T) {
+	for _, c := range []struct {
+		s    string
+		want int
+	}{{"lobby", 5}, {"大厅", 4}, {"🎉party", 7}, {"e\u0301", 1}, {"한국어", 6}} {
+		if got := displayWidth(c.s); got != c.want {
+			t.Errorf("displayWidth(%q) = %d, want %d", c.s, got, c.want)
+		}
+	}
+}
+
+// TestImpostorShownWithKey: a second key joining under a member's name
+// cannot pass for them: wherever people read names (fetch, members, watch)
+// both carry their short fingerprints. --json has "from" already.
+func TestImpostorShownWithKey(t *testing.T) {
+	reg := startUp(t, "lobby", "大厅")
+	alice, mallory, bob := newTestUser(t, reg), newTestUser(t, reg), newTestUser(t, reg)
+	for _, u := range []struct {
+		u    *testUser
+		name string
+	}{{alice, "alice"}, {mallory, "alice"}, {bob, "bob"}} {
+		u.u.ok(t, "join", "lobby", "--as", u.name)
+		u.u.ok(t, "join", "大厅", "--as", u.name)
+	}
+	alice.ok(t, "send", "lobby", "from the real alice")
+	mallory.ok(t, "send", "lobby", "pay mallory")
+	bob.ok(t, "send", "lobby", "hi")
+	keyed := regexp.MustCompile(`alice \[[a-z2-7]{4}-[a-z2-7]{4}\]: `)
+	out := bob.ok(t, "fetch", "lobby")
+	if n := len(keyed.FindAllString(out, -1)); n != 2 || !strings.Contains(out, "  bob: hi") {
+		t.Errorf("fetch shows %d alices with their keys, want 2, and bob plain:\n%s", n, out)
+	}
+	if members := bob.ok(t, "members", "lobby"); len(regexp.MustCompile(`(?m)^alice \[`).FindAllString(members, -1)) != 2 {
+		t.Errorf("members:\n%s", members)
+	}
+
+	// watch of two groups: each line marked with its group, the marks
+	// padded to one display width, wide characters counted as two.
+	ctx, cancel := context.WithCancel(context.Background())
+	var out2, errb syncBuffer
+	env := map[string]string{"HUDDLE_HOME": bob.home, "HUDDLE_REGISTRY": reg}
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"watch", "lobby", "大厅"}, Env{Stdin: strings.NewReader(""), Stdout: &out2, Stderr: &errb, Getenv: func(k string) string { return env[k] }})
+	}()
+	deadline := time.Now().Add(waitTimeout)
+	for strings.Count(out2.String(), "\n") < 2 && time.Now().Before(deadline) {
+		alice.ok(t, "send", "lobby", "to lobby")
+		alice.ok(t, "send", "大厅", "to the hall")
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != ExitInterrupted {
+		t.Errorf("watch ended with %d, want %d", code, ExitInterrupted)
+	}
+	var cols []int
+	for _, line := range strings.Split(strings.TrimSpace(out2.String()), "\n") {
+		label, rest, _ := strings.Cut(line, "]")
+		pad := len(rest) - len(strings.TrimLeft(rest, " "))
+		cols = append(cols, displayWidth(label+"]")+pad)
+	}
+	if len(cols) < 2 {
+		t.Fatalf("watch printed %q", out2.String())
+	}
+	for _, c := range cols {
+		if c != cols[0] {
+			t.Errorf("watch's lines start their columns at %v, want one column:\n%s", cols, out2.String())
+			break
+		}
+	}
+}
