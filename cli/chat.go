@@ -1,18 +1,14 @@
 package cli
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"math"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/term"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
@@ -21,19 +17,22 @@ import (
 const chatHelp = `Type a line and press Enter to send it. Commands:
   /members   who is in the group
   /info      the group's limits and log
+  /retry     send again the lines that could not be sent (done by itself on reconnecting)
+  /drop      forget the lines that could not be sent
   /help      this text
   /quit      leave the chat (you stay a member; Ctrl-D works too)
+A line that starts with / is a command; to send one that starts with /, double it: //like this.
 `
 
 func runChat(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
 	var as string
 	var history int
-	fs := newFlags(env, "chat", "GROUP [--as NAME] [--history N]",
-		"Chat in GROUP: lines you type are sent, messages from everyone appear as they arrive.\nWorks with standard input from a pipe too (each line is sent; messages print as they come).\n\n"+chatHelp,
-		"  huddle chat lobby\n  huddle chat lobby --as alice --history 50")
+	fs := newFlags(env, "chat", "GROUP [--as NAME] [--history N] [--json]",
+		"Chat in GROUP: lines you type are sent, messages from everyone appear as they arrive.\nWorks with standard input from a pipe too (each line is sent; messages print as they come; at the end of\nthe input, chat waits for its own messages to come back before it exits).\nWith --json, messages print as fetch --json prints them and notices as objects with an \"event\" field.\n\n"+chatHelp,
+		"  huddle chat lobby\n  huddle chat lobby --as alice --history 50\n  printf 'build passed\\n' | huddle chat builds --json")
 	fs.StringVar(&as, "as", "", "join (or rename yourself) under this name first")
-	fs.IntVar(&history, "history", 20, "show this many earlier messages first")
+	fs.Var(newCount(&history, 20, 0, math.MaxInt32), "history", "show this many earlier messages first")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -42,8 +41,10 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if !ok {
 		return code
 	}
-	if history < 0 {
-		return usageErr(env, "chat", "--history must not be negative")
+	if as != "" {
+		if err := wire.CheckName(as); err != nil {
+			return usageErr(env, "chat", "--as %q: %v", as, err)
+		}
 	}
 
 	octx, cancel := context.WithTimeout(ctx, cf.timeout)
@@ -53,13 +54,17 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		return fail(env, "chat", err)
 	}
 	defer s.Close()
-	g, _, err := s.group(octx, ref)
+	g, e, err := s.group(octx, ref)
 	if err == nil && as != "" {
 		_, err = g.Join(octx, as, nil)
 	}
 	var info wire.Info
 	if err == nil {
 		info, err = g.Info(octx)
+	}
+	var members []wire.Member
+	if err == nil && info.Member {
+		members, err = g.Members(octx)
 	}
 	cancel()
 	if err != nil {
@@ -68,15 +73,29 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if !info.Member {
 		return fail(env, "chat", fmt.Errorf("%s: you are not a member: %w", info.Name, client.ErrNotMember))
 	}
+	s.remember(e)
 
-	out, restore, readLine := chatTerminal(env)
-	defer restore()
-	c := &chat{env: env, out: out, g: g, info: info, me: s.client.Fingerprint(), timeout: cf.timeout}
-	fmt.Fprintf(out, "-- %s: %d members; /help for commands, /quit to leave --\n", info.Name, info.Members)
+	t := chatTerminal(env)
+	defer t.restore()
+	c := &chat{
+		env: env, out: t.out, json: cf.json, g: g, info: info, me: s.client.Fingerprint(), timeout: cf.timeout,
+		names: newNameBook(), historyDone: make(chan struct{}), delivered: make(chan struct{}, 1), retryNow: make(chan struct{}, 1),
+	}
+	c.names.seeMembers(members)
+	if c.json {
+		c.event("start", "group", info.Name, "uuid", info.Group.String(), "members", info.Members)
+	} else {
+		c.printf("-- %s: %s; /help for commands, /quit to leave --\n", info.Name, count(info.Members, "member", "members"))
+	}
 
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	q := client.Query{After: info.Last - min(info.Last, uint64(history)), Epoch: info.Epoch}
+	from := info.Last - min(info.Last, uint64(history))
+	c.historyTo = info.Last
+	if from == info.Last {
+		c.historyShown() // no history to show
+	}
+	q := client.Query{After: from, Epoch: info.Epoch, Status: true}
 	var wg sync.WaitGroup
 	watchErr := make(chan error, 1)
 	wg.Add(1)
@@ -85,16 +104,30 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		watchErr <- c.follow(wctx, q)
 		stop()
 	}()
-	code = c.typeLoop(wctx, readLine)
+	if !t.terminal {
+		// From a pipe, show the history before the input can end the chat
+		// (</dev/null used to exit before a line of it was printed).
+		c.wait(wctx, c.historyDone)
+	}
+	quit := c.typeLoop(wctx, t.readLine)
+	if !quit && !t.terminal && ctx.Err() == nil {
+		// The end of piped input: wait for our own last message to come
+		// back from the group, as it would have on a terminal.
+		c.waitOwn(wctx)
+	}
 	stop()
 	wg.Wait()
-	if err := <-watchErr; err != nil && code == ExitOK && ctx.Err() == nil {
-		return fail(env, "chat", err)
-	}
-	if code == ExitOK && ctx.Err() != nil {
+	if t.interrupted() || ctx.Err() != nil {
 		return ExitInterrupted // Ctrl-C or SIGTERM, not /quit or the end of input
 	}
-	return code
+	if err := <-watchErr; err != nil {
+		return fail(env, "chat", err)
+	}
+	if n := c.unsentCount(); n > 0 {
+		fmt.Fprintf(env.Stderr, "huddle chat: %s could not be sent\n", count(uint64(n), "line", "lines"))
+		return ExitUnreachable
+	}
+	return ExitOK
 }
 
 // chat is one interactive session.
@@ -102,10 +135,29 @@ type chat struct {
 	env     Env
 	out     io.Writer // serialized by mu
 	mu      sync.Mutex
+	json    bool
 	g       *client.Group
 	info    wire.Info
 	me      wire.Fingerprint
 	timeout time.Duration
+	names   *nameBook // used by follow and command, under mu
+
+	// historyTo is the last message of the history shown on entry;
+	// historyDone is closed once it (or what retention left of it) is shown.
+	historyTo   uint64
+	historyDone chan struct{}
+	historyOnce sync.Once
+
+	// lastSent is the sequence number of our last acknowledged message and
+	// lastShown the last shown, both under mu; delivered signals a new one
+	// shown.
+	lastSent, lastShown uint64
+	delivered           chan struct{}
+
+	// unsent are the lines that could not be sent, kept with their message
+	// IDs so that sending them again never stores one twice; under mu.
+	unsent   []wire.Outgoing
+	retryNow chan struct{} // the watch is back: typeLoop sends unsent again
 }
 
 func (c *chat) printf(format string, args ...any) {
@@ -114,34 +166,153 @@ func (c *chat) printf(format string, args ...any) {
 	c.mu.Unlock()
 }
 
-// follow prints the group's messages as they arrive until ctx ends.
+// event prints a notice for --json: an object with "event" and the given
+// keys and values.
+func (c *chat) event(kind string, kv ...any) {
+	obj := map[string]any{"event": kind, "group": c.info.Name}
+	for i := 0; i+1 < len(kv); i += 2 {
+		obj[kv[i].(string)] = kv[i+1]
+	}
+	c.mu.Lock()
+	printJSON(c.out, obj)
+	c.mu.Unlock()
+}
+
+// notice tells the user something: a line between dashes, or, under
+// --json, an event object.
+func (c *chat) notice(kind, text string, kv ...any) {
+	if c.json {
+		c.event(kind, kv...)
+		return
+	}
+	c.printf("-- %s --\n", text)
+}
+
+// wait waits for ch, at most the command's timeout, or until ctx ends.
+func (c *chat) wait(ctx context.Context, ch <-chan struct{}) {
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// waitOwn waits until the last message this chat sent has been shown, at
+// most the command's timeout.
+func (c *chat) waitOwn(ctx context.Context) {
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		done := c.lastShown >= c.lastSent
+		c.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-c.delivered:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// follow prints the group's messages as they arrive until ctx ends, and
+// says when the connection is lost and back.
 func (c *chat) follow(ctx context.Context, q client.Query) error {
+	lost := false
 	for ev, err := range c.g.Watch(ctx, q) {
 		if err != nil {
 			return err
 		}
 		switch ev.Kind {
 		case client.EventMessage:
-			m := ev.Message
-			name := m.Name
-			if m.From == c.me {
-				name += " (you)"
-			}
-			c.printf("%s %s: %s\n", m.Time.Local().Format("15:04:05"), name, printable(m.Body))
+			c.show(ev.Message)
 		case client.EventGap:
-			c.printf("-- messages #%d..#%d were dropped by retention --\n", ev.From, ev.To)
+			c.notice("gap", fmt.Sprintf("messages #%d..#%d were dropped by retention", ev.From, ev.To), "from", ev.From, "to", ev.To)
+			if ev.To >= c.historyTo {
+				c.historyShown()
+			}
 		case client.EventReset:
-			c.printf("-- the group's daemon restarted; its history was reset --\n")
+			c.notice("reset", "the group's daemon restarted; its history was reset", "epoch", ev.Epoch)
+			c.historyShown()
+		case client.EventInterrupted:
+			if !lost {
+				why := reason(ev.Err)
+				c.notice("connection_lost", "connection lost ("+why+"); reconnecting", "error", why)
+				lost = true
+			}
+		case client.EventLive:
+			if lost {
+				c.notice("reconnected", "reconnected")
+				lost = false
+				select {
+				case c.retryNow <- struct{}{}:
+				default:
+				}
+			}
 		}
 	}
 	return nil
 }
 
-// typeLoop reads lines and sends them until /quit, end of input, or ctx.
-// Lines are read on another goroutine, since reading cannot be cancelled,
-// but one at a time: the next read (which draws the next prompt) starts only
-// once the line before was handled, so nothing draws a prompt after /quit.
-func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) int {
+// show prints one message.
+func (c *chat) show(m client.Message) {
+	c.mu.Lock()
+	if c.json {
+		printJSON(c.out, messageJSON{Seq: m.Seq, TS: jsonTime(m.Time), MsgID: m.ID.String(), From: m.From.String(), Name: m.Name, Text: string(m.Body)})
+	} else {
+		name := c.names.labelMessage(m)
+		if m.From == c.me {
+			name += " (you)"
+		}
+		fmt.Fprintf(c.out, "%s %s: %s\n", m.Time.Local().Format("15:04:05"), name, printable(m.Body))
+	}
+	if m.Seq > c.lastShown {
+		c.lastShown = m.Seq
+	}
+	c.mu.Unlock()
+	select {
+	case c.delivered <- struct{}{}:
+	default:
+	}
+	if m.Seq >= c.historyTo {
+		c.historyShown()
+	}
+}
+
+func (c *chat) historyShown() { c.historyOnce.Do(func() { close(c.historyDone) }) }
+
+// reason says in a few words why the daemon could not be used.
+func reason(err error) string {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we):
+		return we.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "no answer in time"
+	case errors.Is(err, client.ErrUnreachable):
+		return "the daemon does not answer"
+	}
+	return firstLine(withoutGoText(err))
+}
+
+// firstLine is the first line of msg (explain's advice goes on others).
+func firstLine(msg string) string {
+	line, _, _ := strings.Cut(msg, "\n")
+	return line
+}
+
+// typeLoop reads lines and sends them until /quit (quit is true), the end
+// of input, or ctx. Lines are read on another goroutine, since reading
+// cannot be cancelled, but one at a time: the next read (which draws the
+// next prompt) starts only once the line before was handled, so nothing
+// draws a prompt after /quit.
+func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) (quit bool) {
 	lines := make(chan string)
 	next := make(chan struct{})
 	done := make(chan error, 1)
@@ -169,17 +340,19 @@ func (c *chat) typeLoop(ctx context.Context, readLine func() (string, error)) in
 	for {
 		select {
 		case <-ctx.Done():
-			return ExitOK
+			return false
 		case <-done:
-			return ExitOK
+			return false
+		case <-c.retryNow:
+			c.retry(ctx)
 		case line := <-lines:
 			if quit := c.handle(ctx, line); quit {
-				return ExitOK
+				return true
 			}
 			select {
 			case next <- struct{}{}:
 			case <-ctx.Done():
-				return ExitOK
+				return false
 			}
 		}
 	}
@@ -192,181 +365,148 @@ func (c *chat) handle(ctx context.Context, line string) bool {
 	if strings.TrimSpace(line) == "" {
 		return false
 	}
-	if strings.HasPrefix(line, "/") {
+	if strings.HasPrefix(line, "//") {
+		line = line[1:] // a line that starts with / , escaped
+	} else if strings.HasPrefix(line, "/") {
 		return c.command(ctx, line)
 	}
-	sctx, cancel := context.WithTimeout(ctx, c.timeout)
-	_, err := c.g.Send(sctx, []byte(line))
-	cancel()
-	if err != nil {
-		msg, _ := explain(err)
-		c.printf("-- not sent: %s --\n", msg)
-	}
+	c.send(ctx, []wire.Outgoing{{ID: wire.NewID(), Body: []byte(line)}})
 	return false
+}
+
+// send sends msgs (after any lines still unsent, so the order holds).
+// Those that fail for a reason a retry may cure (the daemon unreachable or
+// busy) are kept, with their IDs, for a retry; the others are dropped with
+// the reason.
+func (c *chat) send(ctx context.Context, msgs []wire.Outgoing) {
+	c.mu.Lock()
+	queued := len(c.unsent) > 0
+	if queued {
+		c.unsent = append(c.unsent, msgs...)
+	}
+	c.mu.Unlock()
+	if queued {
+		c.notice("queued", "not connected: kept to send when the connection is back (/retry, /drop)")
+		return
+	}
+	for i, m := range msgs {
+		sctx, cancel := context.WithTimeout(ctx, c.timeout)
+		acks, err := c.g.SendMessages(sctx, []wire.Outgoing{m})
+		cancel()
+		if err == nil {
+			c.mu.Lock()
+			c.lastSent = max(c.lastSent, acks[0].Seq)
+			c.mu.Unlock()
+			continue
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			msg, _ := explain(err)
+			c.notice("not_sent", "not sent: "+firstLine(msg), "msg_id", m.ID.String(), "error", firstLine(msg), "kept", false)
+			continue
+		}
+		c.mu.Lock()
+		c.unsent = append(c.unsent, msgs[i:]...)
+		c.mu.Unlock()
+		why := reason(err)
+		c.notice("not_sent", "not sent ("+why+"); kept to send again when the connection is back (/retry now, /drop to forget)",
+			"msg_id", m.ID.String(), "error", why, "kept", true)
+		return
+	}
+}
+
+// retryable reports whether err is one a later attempt may not get.
+func retryable(err error) bool {
+	return errors.Is(err, client.ErrUnreachable) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, client.ErrUnavailable) || errors.Is(err, client.ErrRateLimited)
+}
+
+// retry sends the unsent lines again, with their IDs: one the daemon had
+// stored after all is acknowledged, not stored twice.
+func (c *chat) retry(ctx context.Context) {
+	c.mu.Lock()
+	msgs := c.unsent
+	c.unsent = nil
+	c.mu.Unlock()
+	if len(msgs) > 0 {
+		c.notice("retrying", fmt.Sprintf("sending %s again", count(uint64(len(msgs)), "unsent line", "unsent lines")), "lines", len(msgs))
+		c.send(ctx, msgs)
+	}
+}
+
+func (c *chat) unsentCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.unsent)
 }
 
 // command runs a slash command and reports whether it was /quit.
 func (c *chat) command(ctx context.Context, line string) bool {
 	cmd, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	octx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	switch cmd {
 	case "/quit", "/exit", "/q":
 		return true
 	case "/help", "/?":
-		c.printf("%s", chatHelp)
+		if c.json {
+			c.event("help", "text", chatHelp)
+		} else {
+			c.printf("%s", chatHelp)
+		}
+	case "/retry":
+		if c.unsentCount() == 0 {
+			c.notice("retrying", "nothing to send again", "lines", 0)
+		}
+		c.retry(ctx)
+	case "/drop":
+		c.mu.Lock()
+		n := len(c.unsent)
+		c.unsent = nil
+		c.mu.Unlock()
+		c.notice("dropped", fmt.Sprintf("forgot %s", count(uint64(n), "unsent line", "unsent lines")), "lines", n)
 	case "/members", "/who":
-		ms, err := c.g.Members(ctx)
+		ms, err := c.g.Members(octx)
 		if err != nil {
 			msg, _ := explain(err)
-			c.printf("-- %s --\n", msg)
+			c.notice("error", firstLine(msg), "error", firstLine(msg))
 			return false
 		}
+		if c.json {
+			var list []map[string]any
+			for _, m := range ms {
+				list = append(list, map[string]any{"name": m.Name, "fingerprint": m.Fingerprint.String(), "you": m.Fingerprint == c.me, "online": m.Online})
+			}
+			c.event("members", "members", list)
+			return false
+		}
+		c.mu.Lock()
+		c.names.seeMembers(ms)
 		var names []string
 		for _, m := range ms {
-			n := m.Name
+			n := c.names.label(m.Fingerprint, m.Name)
 			if m.Fingerprint == c.me {
 				n += " (you)"
 			}
 			names = append(names, n)
 		}
-		c.printf("-- %d members: %s --\n", len(ms), strings.Join(names, ", "))
+		c.mu.Unlock()
+		c.printf("-- %s: %s --\n", count(uint64(len(ms)), "member", "members"), strings.Join(names, ", "))
 	case "/info":
-		in, err := c.g.Info(ctx)
+		in, err := c.g.Info(octx)
 		if err != nil {
 			msg, _ := explain(err)
-			c.printf("-- %s --\n", msg)
+			c.notice("error", firstLine(msg), "error", firstLine(msg))
 			return false
 		}
-		c.printf("-- %s: %d members, messages #%d..#%d, max message %s --\n",
-			in.Name, in.Members, in.First, in.Last, size(in.Limits.MaxMessageBytes))
+		if c.json {
+			c.event("info", "members", in.Members, "first_seq", in.First, "last_seq", in.Last, "max_message_bytes", in.Limits.MaxMessageBytes)
+			return false
+		}
+		c.printf("-- %s: %s, messages #%d..#%d, max message %s --\n",
+			in.Name, count(in.Members, "member", "members"), in.First, in.Last, size(in.Limits.MaxMessageBytes))
 	default:
-		c.printf("-- unknown command %s; /help lists them --\n", cmd)
+		c.notice("error", fmt.Sprintf("unknown command %s; /help lists them (//%s sends it as text)", cmd, strings.TrimPrefix(line, "/")),
+			"error", "unknown command "+cmd)
 	}
 	return false
-}
-
-// chatTerminal sets up input and output. On a terminal it switches to raw
-// mode with a line editor that redraws the line being typed when a message
-// is printed, and erases each sent line (the message comes back from the
-// group, once, with its time and name). Otherwise it reads plain lines.
-func chatTerminal(env Env) (out io.Writer, restore func(), readLine func() (string, error)) {
-	in, inOK := env.Stdin.(*os.File)
-	o, outOK := env.Stdout.(*os.File)
-	if inOK && outOK && term.IsTerminal(int(in.Fd())) && term.IsTerminal(int(o.Fd())) {
-		if state, err := term.MakeRaw(int(in.Fd())); err == nil {
-			g := newEnterGate()
-			t := term.NewTerminal(struct {
-				io.Reader
-				io.Writer
-			}{gatedReader{in, g}, o}, "> ")
-			if w, h, err := term.GetSize(int(o.Fd())); err == nil {
-				t.SetSize(w, h)
-			}
-			read := func() (string, error) {
-				line, err := t.ReadLine()
-				if err == nil || errors.Is(err, term.ErrPasteIndicator) {
-					// Move up over the echoed line and clear it: the
-					// message comes back from the group with its time and
-					// name. The gate kept every other print out of the way.
-					o.WriteString("\x1b[1A\x1b[2K\r")
-					g.erased()
-					err = nil
-				}
-				return line, err
-			}
-			restore := func() {
-				g.release()
-				// Clear the prompt, so the shell's comes back on a clean line.
-				o.WriteString("\r\x1b[2K")
-				term.Restore(int(in.Fd()), state)
-			}
-			return gatedWriter{t, g}, restore, read
-		}
-	}
-	sc := bufio.NewScanner(env.Stdin)
-	sc.Buffer(make([]byte, 64<<10), wire.MaxFrameSize)
-	read := func() (string, error) {
-		if sc.Scan() {
-			return sc.Text(), nil
-		}
-		if err := sc.Err(); err != nil {
-			return "", err
-		}
-		return "", io.EOF
-	}
-	return env.Stdout, func() {}, read
-}
-
-// enterGate holds messages back between the moment Enter reaches the line
-// editor (which echoes a new line) and the moment that echoed line is
-// erased, so the line erased is never a message printed in between.
-type enterGate struct {
-	mu      sync.Mutex
-	cond    *sync.Cond
-	pending int // Enters read but not yet erased
-}
-
-func newEnterGate() *enterGate {
-	g := &enterGate{}
-	g.cond = sync.NewCond(&g.mu)
-	return g
-}
-
-// typed counts the Enters in keyboard input before the editor sees it.
-func (g *enterGate) typed(p []byte) {
-	n := bytes.Count(p, []byte{'\r'}) + bytes.Count(p, []byte{'\n'})
-	if n > 0 {
-		g.mu.Lock()
-		g.pending += n
-		g.mu.Unlock()
-	}
-}
-
-// erased records that one echoed line is gone.
-func (g *enterGate) erased() {
-	g.mu.Lock()
-	if g.pending > 0 {
-		g.pending--
-	}
-	g.cond.Broadcast()
-	g.mu.Unlock()
-}
-
-// release lets every waiting print through (at exit).
-func (g *enterGate) release() {
-	g.mu.Lock()
-	g.pending = 0
-	g.cond.Broadcast()
-	g.mu.Unlock()
-}
-
-// wait blocks while an echoed line awaits erasing.
-func (g *enterGate) wait() {
-	g.mu.Lock()
-	for g.pending > 0 {
-		g.cond.Wait()
-	}
-	g.mu.Unlock()
-}
-
-type gatedReader struct {
-	r io.Reader
-	g *enterGate
-}
-
-func (r gatedReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	r.g.typed(p[:n])
-	return n, err
-}
-
-type gatedWriter struct {
-	w io.Writer
-	g *enterGate
-}
-
-func (w gatedWriter) Write(p []byte) (int, error) {
-	w.g.wait()
-	return w.w.Write(p)
 }

@@ -268,6 +268,8 @@ func (d *GroupDaemon) Listen() error {
 	}
 	if d.id == nil {
 		if err := d.loadLocked(); err != nil {
+			d.lock.release() // a daemon that did not start holds nothing
+			d.lock = nil
 			return fmt.Errorf("group daemon: %w", err)
 		}
 	}

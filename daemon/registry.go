@@ -161,6 +161,10 @@ func (r *Registry) Listen() error {
 	if id == nil {
 		var err error
 		if id, err = identity.LoadOrCreate(r.cfg.StateDir); err != nil {
+			r.mu.Lock()
+			r.lock.release() // a registry that did not start holds nothing
+			r.lock = nil
+			r.mu.Unlock()
 			return fmt.Errorf("registry: %w", err)
 		}
 		r.mu.Lock()

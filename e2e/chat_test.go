@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -56,7 +57,7 @@ func TestChatPipe(t *testing.T) {
 	say("/members")
 	waitText(t, chat, "-- 2 members: alice (you), bob --")
 	say("/nonsense")
-	waitText(t, chat, "-- unknown command /nonsense; /help lists them --")
+	waitText(t, chat, "-- unknown command /nonsense; /help lists them")
 	say("") // blank lines are not sent
 	say("last words")
 	waitText(t, chat, "alice (you): last words")
@@ -247,3 +248,109 @@ func countSuffix(lines []string, s string) int {
 
 // shellQuote quotes s as one word for sh.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// TestChatPipeEdges: chat from a pipe shows the history even when its
+// input is already over (</dev/null used to exit first), waits for its own
+// last line to come back before it exits, sends a line that starts with /
+// when the slash is doubled, and under --json prints objects.
+func TestChatPipeEdges(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	bob.ok(t, "send", "lobby", "earlier")
+
+	r := alice.run(t, "chat", "lobby")
+	if r.code != 0 || !strings.Contains(r.stdout, "bob: earlier") {
+		t.Errorf("chat with no input: want the history and exit 0: %s", r)
+	}
+	r = alice.runInput(t, "//etc/hosts is yours\nlast line\n", "chat", "lobby")
+	if r.code != 0 || !strings.Contains(r.stdout, "alice (you): /etc/hosts is yours") || !strings.Contains(r.stdout, "alice (you): last line") {
+		t.Errorf("piped chat: want its own lines back, the first with one slash: %s", r)
+	}
+	r = alice.runInput(t, "in json\n", "chat", "lobby", "--json", "--history", "0")
+	var sawStart, sawOwn bool
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("chat --json printed %q, not JSON", line)
+		}
+		sawStart = sawStart || obj["event"] == "start"
+		sawOwn = sawOwn || obj["text"] == "in json" && obj["name"] == "alice" && obj["from"] == alice.fingerprint(t)
+	}
+	if r.code != 0 || !sawStart || !sawOwn {
+		t.Errorf("chat --json: want a start event and the message as an object: %s", r)
+	}
+	want := []fetchLine{{1, "bob", "earlier"}, {2, "alice", "/etc/hosts is yours"}, {3, "alice", "last line"}, {4, "alice", "in json"}}
+	if got := parseFetch(t, bob.ok(t, "fetch", "lobby")); !slices.Equal(got, want) {
+		t.Errorf("the group holds %+v, want %+v", got, want)
+	}
+}
+
+// TestChatReconnects: when the daemon goes away, chat says the connection
+// is lost; a line typed meanwhile is kept, not lost, and sent when the
+// daemon is back, with a notice each way.
+func TestChatReconnects(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	chat := alice.start(t, "chat", "lobby", "--timeout", "2s")
+	waitText(t, chat, "-- lobby: 1 member;")
+	up.stop(t)
+	waitText(t, chat, "-- connection lost")
+	if _, err := io.WriteString(chat.stdin, "typed while down\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, chat, "kept to send again when the connection is back")
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	defer up.stop(t)
+	waitText(t, chat, "-- reconnected --")
+	waitText(t, chat, "alice (you): typed while down")
+	chat.stdin.Close()
+	if code := chat.wait(t); code != 0 {
+		t.Errorf("chat exited with %d, want 0\nstderr:\n%s", code, chat.stderr)
+	}
+	if got := parseFetch(t, alice.ok(t, "fetch", "lobby")); !slices.Equal(got, []fetchLine{{1, "alice", "typed while down"}}) {
+		t.Errorf("the group holds %+v, want the kept line once", got)
+	}
+}
+
+// TestChatTerminalCRLF: input with CRLF line ends (a paste from Windows, a
+// terminal that sends both) used to freeze the chat: its count of Enters
+// never came back to 0 and every message was held back for good.
+func TestChatTerminalCRLF(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	var words []string
+	for _, kv := range append(alice.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby; echo \"chat exited with code $?\"; exec sleep 600",
+		strings.Join(words, " "), shellQuote(huddleBin)))
+	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) > 0 && lines[len(lines)-1] == ">" })
+	tm.keys("hi\r\nthere\r")
+	tm.waitScreen("both lines sent", func(lines []string) bool {
+		return countSuffix(lines, "alice (you): hi") == 1 && countSuffix(lines, "alice (you): there") == 1
+	})
+	bob.ok(t, "send", "lobby", "still flowing")
+	tm.waitScreen("bob's message after the CRLF input", func(lines []string) bool {
+		return countSuffix(lines, "bob: still flowing") == 1
+	})
+	tm.keys("/quit", "Enter")
+	tm.waitScreen("chat exiting", func(lines []string) bool {
+		return slices.Contains(lines, "chat exited with code 0")
+	})
+}

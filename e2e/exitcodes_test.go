@@ -35,7 +35,8 @@ func TestExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := startDaemon(t, "serve", "--group", "lobby", "--group", "alpha", "--group", "beta",
-		"--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state, "--max-message", "1KiB")
+		"--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state, "--max-message", "1KiB",
+		"--new-identity") // a state dir seeded with groups.json but no key (15.19)
 	defer second.stop(t)
 	if second.groups["alpha"] != alpha || second.groups["beta"] != beta {
 		t.Fatalf("serve hosts %v, want alpha and beta with the UUIDs of its groups.json", second.groups)

@@ -1,0 +1,61 @@
+package cli
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestEntersCountedAsTheEditorReadsThem: CR and LF are each an Enter to
+// x/term, but a CRLF in one read is one.
+func TestEntersCountedAsTheEditorReadsThem(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+	}{{"hi\r", 1}, {"hi\n", 1}, {"hi\r\nthere\r", 2}, {"\r\n\r\n", 2}, {"\n\r", 2}, {"\r\r", 2}, {"plain", 0}} {
+		if got := enters([]byte(c.in)); got != c.want {
+			t.Errorf("enters(%q) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}
+
+// TestEnterGateNeverHoldsForever: a print waits for an echoed line to be
+// erased, but not for good should the count go wrong.
+func TestEnterGateNeverHoldsForever(t *testing.T) {
+	g := newEnterGate()
+	g.typed([]byte("a\rb\r"))
+	g.erased() // one of the two is never erased
+	done := make(chan struct{})
+	go func() { g.wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(waitTimeout):
+		t.Fatal("a print waited for good behind a miscounted Enter")
+	}
+	g.typed([]byte("c\r")) // and the count starts again from 0
+	g.erased()
+	g.wait()
+}
+
+// TestPipedLines: lines from a pipe, the last without its newline, and one
+// longer than a frame cut at the frame (the daemon refuses it) without
+// ending the input.
+func TestPipedLines(t *testing.T) {
+	long := strings.Repeat("x", 2<<20)
+	read := pipedLines(strings.NewReader("one\r\n" + long + "\nthree"))
+	var got []string
+	for {
+		l, err := read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, l)
+	}
+	if len(got) != 3 || got[0] != "one\r" || len(got[1]) < 1<<20 || len(got[1]) > 2<<20 || got[2] != "three" {
+		t.Errorf("lines %d: %q, %d bytes, %q", len(got), got[0], len(got[1]), got[len(got)-1])
+	}
+}
