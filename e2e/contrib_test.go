@@ -73,6 +73,22 @@ func TestSystemdUnits(t *testing.T) {
 					t.Errorf("%s=%q, want %q", key, got, want)
 				}
 			}
+			if u.get("RestartPreventExitStatus") != "2" {
+				t.Error("RestartPreventExitStatus is not 2: a usage error (a bad setting) would restart the daemon every few seconds, for ever")
+			}
+			if c.file == "huddle-groups.service" {
+				// The daemon needs its settings file; without it the unit
+				// must not start (nor restart-loop).
+				env := strings.TrimPrefix(u.get("EnvironmentFile"), "-")
+				if cond := u["Unit.ConditionPathExists"]; env == "" || len(cond) != 1 || cond[0] != env {
+					t.Errorf("ConditionPathExists=%v, want the EnvironmentFile %q, without which serve has no group", cond, env)
+				}
+				// And what it runs without the file is a usage error (2).
+				p := startProc(t, c.file+" without settings", append(childEnv(t.TempDir()), "HUDDLE_STATE_DIR="+t.TempDir(), "HUDDLE_NO_MDNS=true"), false, strings.Fields(u.get("ExecStart"))[1:]...)
+				if code := p.wait(t); code != 2 {
+					t.Errorf("%s without its settings: exit code %d, want 2", u.get("ExecStart"), code)
+				}
+			}
 			if u.get("StateDirectory") == "" {
 				t.Error("no StateDirectory: the daemon's key would not survive restarts")
 			}

@@ -58,6 +58,11 @@ func New(version string) *Metrics {
 			Name: "huddle_discovery_answers_total", Help: "mDNS answers a browsing daemon checked, by result (verified or rejected).",
 		}, []string{"result"}),
 	}
+	// Both results exist from the start, at 0: a counter that appears only
+	// after its first event makes rate() and alerts on it see nothing.
+	for _, result := range []string{"verified", "rejected"} {
+		m.discovery.WithLabelValues(result)
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), info,
 		m.opDuration, m.watchers, m.registrations, m.expiries, m.discovery, &m.servers)
 	return m

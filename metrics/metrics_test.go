@@ -168,3 +168,29 @@ func TestNilMetrics(t *testing.T) {
 	m.RegistryLeases(nil)
 	m.Groups(nil)
 }
+
+// TestDiscoveryAnswersFromTheStart: huddle_discovery_answers_total has both
+// results, at 0, before the first mDNS answer (it used to appear only after
+// one, so a dashboard or alert saw no series at all).
+func TestDiscoveryAnswersFromTheStart(t *testing.T) {
+	fams, err := New("test").Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := map[string]bool{}
+	for _, f := range fams {
+		if f.GetName() != "huddle_discovery_answers_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && m.GetCounter().GetValue() == 0 {
+					results[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	if !results["verified"] || !results["rejected"] {
+		t.Errorf("huddle_discovery_answers_total at start has results %v, want verified and rejected at 0", results)
+	}
+}
