@@ -272,3 +272,41 @@ func TestSendBurstReported(t *testing.T) {
 		}
 	}
 }
+
+// TestShuttingDown: what §3 says of a graceful shutdown: a watch ends with
+// the Error unavailable, then the connection closes with code 0x2; no
+// single-reply operation answers unavailable for it.
+func TestShuttingDown(t *testing.T) {
+	d, stop := startGroupDaemon(t, GroupConfig{})
+	p := joined(t, d, "watcher")
+	str := p.open(request(t, wire.OpWatch, wire.Watch{Group: gid(d)}))
+	if f, err := readFrame(str); err != nil || f.kind != wire.KindStart {
+		t.Fatalf("watch: %+v, %v; want Start", f, err)
+	}
+	closed := make(chan struct{})
+	go func() { stop(); close(closed) }()
+	var last frame
+	for {
+		f, err := readFrame(str)
+		if err != nil {
+			t.Fatalf("watch during shutdown: %v after %+v, want an Error frame", err, last)
+		}
+		if f.kind == wire.KindError {
+			if f.err.Code != wire.CodeUnavailable {
+				t.Fatalf("watch ended with %v, want unavailable", f.err)
+			}
+			break
+		}
+		last = f
+	}
+	select {
+	case <-p.conn.Context().Done():
+	case <-time.After(testTimeout):
+		t.Fatal("the connection stayed open after shutdown")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(p.conn.Context()); !errors.As(err, &ae) || ae.ErrorCode != wire.ConnShutdown || !ae.Remote {
+		t.Fatalf("connection ended with %v, want the server's close code 0x2", err)
+	}
+	<-closed
+}

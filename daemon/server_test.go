@@ -188,7 +188,14 @@ func TestCloseWithPendingRequest(t *testing.T) {
 	_, err = str.Write([]byte{0, 0}) // half a header, then nothing
 	must(t, err)
 	p.info(gid(d)) // the stream above has been accepted by now
-	stop()         // would hang for an hour if Close waited for the request
+	// Close must not wait for the request (it would for an hour).
+	closed := make(chan struct{})
+	go func() { stop(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(testTimeout):
+		t.Fatalf("Close waited %v for a request that never comes", testTimeout)
+	}
 	_, err = readFrame(str)
 	if err == nil {
 		t.Fatal("read after Close: want an error")
@@ -245,15 +252,30 @@ func TestCloseLetsOperationsFinish(t *testing.T) {
 // TestShutdownTimeoutCancelsOperations checks that an operation that does
 // not finish within ShutdownTimeout has its context cancelled.
 func TestShutdownTimeoutCancelsOperations(t *testing.T) {
-	entered := make(chan struct{})
+	entered, cancelled := make(chan struct{}), make(chan struct{})
 	s, p := startTestServer(t, 50*time.Millisecond, func(ctx context.Context, c *call) error {
 		close(entered)
 		<-ctx.Done()
+		close(cancelled)
 		return wire.ErrUnavailable
 	})
 	p.open(request(t, wire.OpLeave, wire.GroupRef{}))
 	<-entered
-	s.close() // returns only if the handler's context was cancelled
+	closed := make(chan struct{})
+	go func() { s.close(); close(closed) }()
+	// The handler's context ends once the 50 ms grace is over, and close
+	// returns then; a deadline turns a regression into a failure here
+	// instead of the test binary's timeout.
+	for _, ev := range []struct {
+		what string
+		ch   <-chan struct{}
+	}{{"the handler's context ended", cancelled}, {"close returned", closed}} {
+		select {
+		case <-ev.ch:
+		case <-time.After(testTimeout):
+			t.Fatalf("%s not within %v of a 50 ms shutdown timeout", ev.what, testTimeout)
+		}
+	}
 }
 
 // TestRetryUnderHandshakeLoad checks that over its handshake threshold the
