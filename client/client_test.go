@@ -506,17 +506,24 @@ func TestWatchSurvivesCutPath(t *testing.T) {
 	}
 
 	seqs := make(chan uint64, 100)
+	interrupted := make(chan error, 10)
 	wctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer close(seqs)
-		for ev, err := range gw.Watch(wctx, client.Query{}) {
+		for ev, err := range gw.Watch(wctx, client.Query{Status: true}) {
 			if err != nil {
 				t.Errorf("watch: %v", err)
 				return
 			}
-			if ev.Kind == client.EventMessage {
+			switch ev.Kind {
+			case client.EventMessage:
 				seqs <- ev.Message.Seq
+			case client.EventInterrupted:
+				select {
+				case interrupted <- ev.Err:
+				default:
+				}
 			}
 		}
 	})
@@ -540,8 +547,16 @@ func TestWatchSurvivesCutPath(t *testing.T) {
 	proxy.Cut()
 	send(5)
 	// Silence for longer than three heartbeats makes the watch give up on
-	// the connection and start redialling, which fails while cut.
-	time.Sleep(time.Second)
+	// the connection and start redialling, which fails while cut: wait for
+	// exactly that (a slow watch alone must not pass this test).
+	select {
+	case err := <-interrupted:
+		t.Logf("the watch gave up on the cut path: %v", err)
+	case s := <-seqs:
+		t.Fatalf("delivered %d through a cut path", s)
+	case <-ctx.Done():
+		t.Fatal("the watch never noticed the cut path")
+	}
 	select {
 	case s := <-seqs:
 		t.Fatalf("delivered %d through a cut path", s)
