@@ -251,6 +251,7 @@ func explain(err error) (string, int) {
 	var ce *identity.ChangedError
 	var mm *identity.MismatchError
 	var we *wire.Error
+	var dns *net.DNSError
 	switch {
 	case errors.As(err, &ue):
 		return ue.msg, ExitUsage
@@ -258,6 +259,8 @@ func explain(err error) (string, int) {
 		return ce.Error(), ExitRefused
 	case errors.As(err, &mm):
 		return fmt.Sprintf("%v; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", err), ExitRefused
+	case errors.As(err, &dns):
+		return fmt.Sprintf("cannot find the host %q (%s); check the name in --registry or HUDDLE_REGISTRY", dns.Name, dns.Err), ExitUnreachable
 	case errors.Is(err, client.ErrUnreachable):
 		return fmt.Sprintf("%v\n  is it running (huddle up, huddle registry, huddle serve) and reachable over UDP? give the registry's address with --registry HOST:PORT or HUDDLE_REGISTRY", err), ExitUnreachable
 	case errors.Is(err, context.DeadlineExceeded):
