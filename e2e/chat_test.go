@@ -324,7 +324,8 @@ func TestChatReconnects(t *testing.T) {
 
 // TestChatTerminalCRLF: input with CRLF line ends (a paste from Windows, a
 // terminal that sends both) used to freeze the chat: its count of Enters
-// never came back to 0 and every message was held back for good.
+// never came back to 0 and every message was held back for good. Ctrl-C
+// then ends it with 130.
 func TestChatTerminalCRLF(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
@@ -349,8 +350,10 @@ func TestChatTerminalCRLF(t *testing.T) {
 	tm.waitScreen("bob's message after the CRLF input", func(lines []string) bool {
 		return countSuffix(lines, "bob: still flowing") == 1
 	})
-	tm.keys("/quit", "Enter")
-	tm.waitScreen("chat exiting", func(lines []string) bool {
-		return slices.Contains(lines, "chat exited with code 0")
+	// Ctrl-C is a key in raw mode, not a signal: it ends the chat as an
+	// interrupt all the same (130), unlike /quit or Ctrl-D (0).
+	tm.keys("", "C-c")
+	tm.waitScreen("chat exiting on Ctrl-C", func(lines []string) bool {
+		return slices.Contains(lines, "chat exited with code 130")
 	})
 }
