@@ -381,7 +381,7 @@ func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
 	fs.Var(newCount(&f.fetchPage, daemon.DefaultFetchPage, 1, math.MaxInt32), "fetch-page", "most messages one fetch returns")
 	fs.Var(newRate(&f.sendRate, daemon.DefaultSendRate), "send-rate", "messages a second each member may send, sustained (0: unlimited)")
 	fs.Var(newCount(&f.sendBurst, daemon.DefaultSendBurst, 1, math.MaxInt32), "send-burst", "messages each member may send at once after being idle (at least --max-batch)")
-	fs.BoolVar(&f.newIdentity, "new-identity", false, "create a key in a --state-dir that holds groups but lost its key.pem (the daemon's fingerprint changes)")
+	fs.BoolVar(&f.newIdentity, "new-identity", false, "create a key in a --state-dir that holds members but lost its key.pem (the daemon's fingerprint changes)")
 	f.server.register(fs)
 }
 

@@ -63,13 +63,15 @@ type GroupConfig struct {
 	// Groups are the groups hosted. At least one is required.
 	Groups []GroupSpec
 	// StateDir holds the daemon's key, groups.json and the members files.
-	// Required. A state directory that holds groups or members but no key
-	// is refused (ErrBadState) unless NewIdentity is set: a key created
-	// there would silently give the daemon a new identity.
+	// Required. A state directory that holds members but no key is
+	// refused (ErrBadState) unless NewIdentity is set: a key created there
+	// would silently give the daemon a new identity. (One that holds only a
+	// groups.json, which an operator may write to choose UUIDs, gets a new
+	// key and a warning.)
 	StateDir string
 	// NewIdentity allows the daemon to create a key in a state directory
-	// that already holds groups or members (its key was lost): the groups
-	// keep their UUIDs and members, under the new key. Off by default.
+	// that already holds members (its key was lost): the groups keep their
+	// UUIDs and members, under the new key. Off by default.
 	NewIdentity bool
 	// Registry is the address of the registry to register the groups with.
 	// If empty, the groups are registered with a registry found over mDNS
@@ -280,8 +282,12 @@ func (d *GroupDaemon) Listen() error {
 }
 
 func (d *GroupDaemon) loadLocked() error {
-	if err := checkKeyKept(d.cfg.StateDir, d.cfg.NewIdentity); err != nil {
+	warn, err := checkKeyKept(d.cfg.StateDir, d.cfg.NewIdentity)
+	if err != nil {
 		return err
+	}
+	if warn != "" {
+		d.cfg.Logger.Warn(warn)
 	}
 	id, err := identity.LoadOrCreate(d.cfg.StateDir)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -436,7 +437,7 @@ func TestStateIdentityKept(t *testing.T) {
 
 	key := filepath.Join(dir, "key.pem")
 	must(t, os.Rename(key, key+".lost"))
-	refused("no key.pem beside groups.json and members", "key.pem", "Restore", "--new-identity")
+	refused("no key.pem beside groups.json and members", "key.pem", "members-", "Restore", "--new-identity")
 	must(t, os.Remove(filepath.Join(dir, groupsFile)))
 	refused("no key.pem beside a members file", "key.pem", "members-")
 	must(t, os.WriteFile(filepath.Join(dir, groupsFile), groupsJSON, 0o600))
@@ -454,6 +455,20 @@ func TestStateIdentityKept(t *testing.T) {
 		}
 	}
 	must(t, os.WriteFile(filepath.Join(dir, groupsFile), groupsJSON, 0o600))
+
+	// A groups.json alone (an operator choosing UUIDs) gets a key, and a
+	// warning in case the daemon ran before.
+	fresh := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(fresh, groupsFile), groupsJSON, 0o600))
+	var logged lockedBuffer
+	d3, err := NewGroupDaemon(GroupConfig{StateDir: fresh, Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "general"}},
+		Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	must(t, err)
+	t.Cleanup(func() { d3.Close() })
+	must(t, d3.Listen())
+	if gid(d3) != g || !logged.contains("no key.pem") {
+		t.Fatalf("a state dir with only groups.json: group %s (want %s), log %q: want its UUID and a warning", gid(d3), g, logged.String())
+	}
 
 	// A new key on purpose: same groups and members, another fingerprint.
 	must(t, os.Remove(key))

@@ -105,28 +105,31 @@ func checkGroupIDs(path string, ids map[string]wire.UUID) error {
 	return nil
 }
 
-// checkKeyKept refuses a state directory that holds groups or members but
-// no key, unless newIdentity: the daemon's key was lost (or the files were
-// copied without it), and creating one would silently change the
-// fingerprint its registrations and its users know it by.
-func checkKeyKept(dir string, newIdentity bool) error {
-	if newIdentity {
-		return nil
-	}
+// checkKeyKept refuses a state directory that holds members files but no
+// key, unless newIdentity: members joined the daemon under its key, which
+// was lost (or the files were copied without it), and creating one would
+// silently change the fingerprint its registrations and its users know it
+// by. A groups.json alone beside no key is allowed (an operator may write
+// one to choose the groups' UUIDs), but warned about, loudly: warn is set.
+func checkKeyKept(dir string, newIdentity bool) (warn string, err error) {
 	if _, err := os.Stat(filepath.Join(dir, identity.KeyFile)); !errors.Is(err, fs.ErrNotExist) {
-		return nil // there is a key (or a problem LoadOrCreate will report)
+		return "", nil // there is a key (or a problem LoadOrCreate will report)
 	}
-	held, _ := filepath.Glob(filepath.Join(dir, "members-*.json"))
+	members, _ := filepath.Glob(filepath.Join(dir, "members-*.json"))
+	switch {
+	case len(members) > 0 && !newIdentity:
+		return "", fmt.Errorf("state directory %s holds %s but no %s: the daemon's key is missing, and a new one would silently "+
+			"change its identity. Restore %s from a backup; or, to go on under a new key (the groups keep their UUIDs and members; "+
+			"users and registries learn the new fingerprint from the listing), start once with --new-identity: %w",
+			dir, filepath.Base(members[0]), identity.KeyFile, identity.KeyFile, ErrBadState)
+	case len(members) > 0:
+		return fmt.Sprintf("creating a new key in %s, which holds members: the daemon's fingerprint changes (--new-identity)", dir), nil
+	}
 	if _, err := os.Stat(filepath.Join(dir, groupsFile)); err == nil {
-		held = append(held, filepath.Join(dir, groupsFile))
+		return fmt.Sprintf("%s holds %s but no %s: creating a new key. If this daemon ran before, its identity changes: "+
+			"stop it and restore %s from a backup", dir, groupsFile, identity.KeyFile, identity.KeyFile), nil
 	}
-	if len(held) == 0 {
-		return nil // a new state directory
-	}
-	return fmt.Errorf("state directory %s holds %s but no %s: the daemon's key is missing, and a new one would silently "+
-		"change its identity. Restore %s from a backup; or, to go on under a new key (the groups keep their UUIDs and members; "+
-		"users and registries learn the new fingerprint from the listing), start once with --new-identity: %w",
-		dir, filepath.Base(held[0]), identity.KeyFile, identity.KeyFile, ErrBadState)
+	return "", nil
 }
 
 // loadMembers reads a group's members file; a missing file is no members.
