@@ -371,6 +371,11 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 			return err
 		}
 		p.drop(conn)
+		if shuttingDown(conn, err) {
+			// The server closed the connection because it is stopping:
+			// dialling it again would only wait for a server that is gone.
+			return fmt.Errorf("%w: the server is shutting down", ErrUnavailable)
+		}
 		if delivered {
 			// Part of a reply was handed out already: repeating the call
 			// would repeat it, so the caller decides.
@@ -565,6 +570,16 @@ func connectionLost(conn *quic.Conn, err error) bool {
 	var app *quic.ApplicationError
 	var reset *quic.StatelessResetError
 	return errors.As(err, &idle) || errors.As(err, &app) || errors.As(err, &reset)
+}
+
+// shuttingDown reports whether conn was closed by its server because the
+// server is shutting down (close code wire.ConnShutdown).
+func shuttingDown(conn *quic.Conn, err error) bool {
+	var app *quic.ApplicationError
+	if !errors.As(err, &app) {
+		errors.As(context.Cause(conn.Context()), &app)
+	}
+	return app != nil && app.Remote && app.ErrorCode == wire.ConnShutdown
 }
 
 // single performs an operation whose reply is one Result frame decoded into

@@ -21,11 +21,13 @@
 // it waits for every goroutine the server started. Listen and Serve after
 // Close return ErrClosed.
 //
-// Shutdown stops accepting connections and streams, lets single-reply
-// operations in flight finish (bounded by ShutdownTimeout), ends watches
-// with an Error frame carrying CodeUnavailable, closes every connection with
-// application code 0x2 ("server shutting down") and waits for every
-// goroutine.
+// Shutdown lets single-reply operations in flight finish (bounded by
+// ShutdownTimeout) and ends watches with an Error frame carrying
+// CodeUnavailable. Meanwhile it refuses what it will no longer serve, at
+// once: a new stream gets an unavailable Error frame, and a new connection
+// is closed after its handshake with application code 0x2 ("server
+// shutting down"). Then it closes every connection with code 0x2 and waits
+// for every goroutine.
 //
 // # Streams
 //

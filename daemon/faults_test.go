@@ -80,7 +80,7 @@ func TestSendSurvivesDroppedConnection(t *testing.T) {
 						t.Error("no connection to drop")
 						return wire.ErrInternal
 					}
-					conn.CloseWithError(wire.ConnShutdown, "dropped by the test")
+					conn.CloseWithError(wire.ConnNoError, "dropped by the test")
 					return next(ctx, c) // stores the message; the ack has nowhere to go
 				}
 			}
@@ -225,5 +225,101 @@ func TestSendRetriedByID(t *testing.T) {
 				t.Fatalf("the log holds %d messages, want 2", n)
 			}
 		})
+	}
+}
+
+// TestGracefulStopSaysUnavailable stops a daemon while an operation is in
+// flight: until it has finished (the grace period), the daemon keeps
+// answering, and what it no longer serves gets unavailable at once, never
+// a wait: a new call on a client's connection (an Error frame), a client
+// that dials it (close code 0x2, which the client reports as unavailable,
+// without dialling again), a watch (its Error frame). The operation in
+// flight completes; calls made as the connections close get unavailable
+// too.
+func TestGracefulStopSaysUnavailable(t *testing.T) {
+	release := make(chan struct{})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release) // the test failed before it let the send go
+		}
+	}()
+	held := make(chan struct{})
+	d := serveWith(t, GroupConfig{ServerConfig: ServerConfig{ShutdownTimeout: time.Minute}}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
+		return func(ctx context.Context, c *call) error {
+			if c.op == wire.OpSend {
+				select {
+				case <-held:
+				default:
+					close(held)
+					<-release
+				}
+			}
+			return next(ctx, c)
+		}
+	})
+	ctx := testCtx(t)
+	entry := wire.GroupEntry{Group: gid(d), Name: "general", Addrs: []string{d.Addr().String()}, Fingerprint: d.Fingerprint()}
+	cl := newTestClient(t)
+	g, err := cl.Group(entry)
+	must(t, err)
+	_, err = g.Join(ctx, "stayer", nil)
+	must(t, err)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	events := make(chan client.Event, 16)
+	go func() {
+		defer close(events)
+		for ev, err := range g.Watch(wctx, client.Query{Status: true}) {
+			if err != nil {
+				return
+			}
+			events <- ev
+		}
+	}()
+	if ev := recv(t, events); ev.Kind != client.EventLive {
+		t.Fatalf("watch: first event %+v, want live", ev)
+	}
+
+	inFlight := make(chan error, 1)
+	go func() { _, err := g.Send(ctx, []byte("in flight")); inFlight <- err }()
+	recv(t, held)
+	closed := make(chan struct{})
+	go func() { d.Close(); close(closed) }()
+	eventually(t, "shutdown to begin", func() bool { return d.srv.listening() != nil })
+
+	if ev := recv(t, events); ev.Kind != client.EventInterrupted || !errors.Is(ev.Err, client.ErrUnavailable) {
+		t.Fatalf("watch during shutdown: %+v, want interrupted with unavailable", ev)
+	}
+	if _, err := g.Info(ctx); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("a new call on an open connection during shutdown: %v, want unavailable", err)
+	}
+	other, err := newTestClient(t).Group(entry)
+	must(t, err)
+	if _, err := other.Info(ctx); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("a client dialling during shutdown: %v, want unavailable", err)
+	}
+	select {
+	case <-closed:
+		t.Fatal("Close returned with an operation in flight")
+	default:
+	}
+	close(release)
+	if err := recv(t, inFlight); err != nil {
+		t.Fatalf("the send in flight: %v, want it completed", err)
+	}
+	recv(t, closed)
+}
+
+// recv receives from c, failing the test after testTimeout.
+func recv[T any](t *testing.T, c <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(testTimeout):
+		t.Fatalf("timed out waiting for a %T", *new(T))
+		panic("unreachable")
 	}
 }

@@ -195,7 +195,9 @@ type server struct {
 	done     chan struct{} // closed when shutdown has finished
 
 	// ctx is every handler's context; cancel ends it when shutdown's grace
-	// period is over. acceptCtx ends when shutdown begins.
+	// period is over. acceptCtx ends once the connections are closed: until
+	// then, new connections and streams are told the server is shutting
+	// down (see refuseStream).
 	ctx          context.Context
 	cancel       context.CancelFunc
 	acceptCtx    context.Context
@@ -213,6 +215,9 @@ type server struct {
 	closeOnce sync.Once
 
 	requests *budget // request bytes being read, over every connection
+	// shuttingDown is the Error frame that refuses a stream once shutdown
+	// has begun (see refuseStream), encoded once.
+	shuttingDown []byte
 	// handshakes counts handshakes in progress; retries counts the
 	// connection attempts sent a Retry because of it.
 	handshakes, retries atomic.Int64
@@ -238,6 +243,8 @@ func newServer(cfg serverConfig, handle handlerFunc) *server {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
+	s.shuttingDown, _ = wire.AppendFrame(nil, uint64(wire.KindError),
+		&wire.Error{Code: wire.CodeUnavailable, Message: "the server is shutting down"})
 	return s
 }
 
@@ -387,9 +394,11 @@ func (s *server) acceptLoop() {
 		key := addrKey(conn.RemoteAddr())
 		s.mu.Lock()
 		if s.closed {
+			// Shutting down: say so at once, rather than leave the client
+			// to time out on a server that will not serve it.
 			s.mu.Unlock()
 			conn.CloseWithError(wire.ConnShutdown, "server shutting down")
-			return
+			continue
 		}
 		var refused string
 		switch {
@@ -468,10 +477,9 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			str.CancelRead(wire.StreamTimeout)
-			str.CancelWrite(wire.StreamTimeout)
+			s.refuseStream(str)
 			credits.hold(str) // given back by credits.close, below
-			break
+			continue
 		}
 		s.streamWG.Add(1)
 		s.mu.Unlock()
@@ -531,8 +539,7 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		str.CancelRead(wire.StreamTimeout)
-		str.CancelWrite(wire.StreamTimeout)
+		s.refuseStream(str)
 		return false
 	}
 	s.reading[str] = struct{}{}
@@ -575,6 +582,13 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		code = wire.StreamTimeout
+		select {
+		case <-s.stopping:
+			// Cut off by shutdown, not by the peer's slowness: say so.
+			s.refuseStream(str)
+			return false
+		default:
+		}
 	}
 	s.cfg.log.Debug("request not read", "peer", c.peer.Short(), "err", err)
 	str.CancelRead(code)
@@ -651,6 +665,20 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	}
 	c.op, c.args = op, args
 	return nil
+}
+
+// refuseStream answers a stream the server will not serve because it is
+// shutting down: one Error frame, unavailable, without reading the request
+// (STOP_SENDING 0x2). The frame is queued without blocking; if it cannot be
+// (the peer gave no flow-control credit), the stream is reset with 0x2.
+// The caller holds or releases the stream's credit.
+func (s *server) refuseStream(str *quic.Stream) {
+	str.CancelRead(wire.StreamTimeout)
+	if err := str.TryWriteAll(s.shuttingDown); err != nil {
+		str.CancelWrite(wire.StreamTimeout)
+		return
+	}
+	str.Close()
 }
 
 // errNoRequest is a stream that ended before any byte: it carries no
@@ -826,18 +854,22 @@ func (s *server) shutdown() {
 	close(s.stopping)
 	ln := s.ln
 	for str := range s.reading {
-		// Not an operation in flight yet: stop waiting for its request.
+		// Not an operation in flight yet: stop waiting for its request,
+		// and tell its client the server is shutting down.
 		str.SetReadDeadline(time.Now())
 	}
 	s.mu.Unlock()
 
-	s.acceptCancel()
 	if ln == nil {
+		s.acceptCancel()
 		s.cancel()
 		return
 	}
-	ln.Close()
-
+	// Operations in flight finish, within the grace period. Meanwhile
+	// connections and streams are still accepted, each told at once that
+	// the server is shutting down (acceptLoop, serveConn): a client learns
+	// it from an unavailable error or close code 0x2, instead of waiting
+	// for a server that no longer serves it.
 	drained := make(chan struct{})
 	go func() { s.streamWG.Wait(); close(drained) }()
 	grace := time.NewTimer(s.cfg.ShutdownTimeout)
@@ -855,15 +887,22 @@ func (s *server) shutdown() {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	linger := time.NewTimer(closeLinger)
 	if len(conns) > 0 {
-		linger := time.NewTimer(closeLinger)
 		<-linger.C
+		linger.Reset(closeLinger)
 	}
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Go(func() { c.CloseWithError(wire.ConnShutdown, "server shutting down") })
 	}
 	wg.Wait()
+	// A client whose connection was just closed may be dialling again: the
+	// accept loop tells it too, for a moment more, rather than leave its
+	// handshake unanswered.
+	<-linger.C
+	s.acceptCancel()
+	ln.Close()
 	<-drained
 	s.connWG.Wait()
 	s.tr.Close()
