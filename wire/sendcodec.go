@@ -24,6 +24,11 @@ import (
 // differs, by design: a Send's bodies are not copied out of the frame but
 // alias it (see Frame.Decode), which spares an allocation and a copy per
 // message on the daemon, whose log copies them anyway.
+//
+// A field added to Send, Outgoing, Sent or Ack (or to Messages and Message,
+// see messages.go) must be carried by these hand-written paths too:
+// TestFastPathsCarryEveryField fills every field of every struct they carry
+// and fails until they do.
 
 // Smallest encodings of one element, for bounding a declared count by the
 // bytes left before looking at the elements.
