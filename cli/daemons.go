@@ -444,17 +444,18 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
 	var gf groupFlags
 	var cfg daemon.GroupConfig
-	var registryPin string
-	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
-		"Run a group daemon hosting the named groups and register them with the registry (found over mDNS,\nand followed when it moves, unless --registry names it).\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
-		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373")
+	var registries registryAddrsValue
+	var registryPins []string
+	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]...\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
+		"Run a group daemon hosting the named groups and register them with every registry given (--registry)\nand every registry found over mDNS (unless --no-mdns), each on its own lease, so that no registry is\na single point of failure. A registry that moves or restarts is followed.\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
+		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373,192.168.1.21:7373")
 	fs.Var(newUDPAddr(&cfg.Listen, ":7374", true), "listen", "UDP address to listen on (port 0: any free port)")
 	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the address the registry sees)")
-	fs.Var(registryAddrValue{&cfg.Registry}, "registry", "registry address HOST[:PORT] (default: find it over mDNS)")
-	fs.StringVar(&registryPin, "registry-fingerprint", "", "the registry's fingerprint, to pin it (default: trust the key it presents)")
+	fs.Var(&registries, "registry", "register with the registry at HOST[:PORT] (repeatable, or comma-separated; as well as those found over mDNS)")
+	fs.StringSliceVar(&registryPins, "registry-fingerprint", nil, "trust only registries with this fingerprint (repeatable, or comma-separated; default: trust each given registry's first key and follow it if it changes, loudly)")
 	gf.register(fs, nil)
 	mf := mdnsFlags{}
-	mf.register(fs, "find the registry over mDNS when --registry is not given")
+	mf.register(fs, "look for registries over mDNS")
 	df.register(fs)
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
@@ -462,7 +463,8 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	if len(gf.groups) == 0 {
 		return usageErr(env, "serve", "name at least one group with --group NAME")
 	}
-	if cfg.Registry == "" && mf.off {
+	cfg.Registries = registries
+	if len(cfg.Registries) == 0 && mf.off {
 		return usageErr(env, "serve", "with --no-mdns, give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY)")
 	}
 	for _, a := range cfg.Advertise {
@@ -470,16 +472,16 @@ func runServe(ctx context.Context, env Env, args []string) int {
 			return usageErr(env, "serve", "--advertise %q: want HOST:PORT of at most %d bytes, like 192.168.1.20:7374", a, wire.MaxAddrBytes)
 		}
 	}
-	cfg.Discover, cfg.Interfaces = cfg.Registry == "", mf.ifaces
+	cfg.Discover, cfg.Interfaces = !mf.off, mf.ifaces
 	if err := gf.apply(env, &cfg); err != nil {
 		return usageErr(env, "serve", "%v", err)
 	}
-	if registryPin != "" {
-		fp, err := wire.ParseFingerprint(registryPin)
+	for _, pin := range registryPins {
+		fp, err := wire.ParseFingerprint(strings.TrimSpace(pin))
 		if err != nil {
-			return usageErr(env, "serve", "--registry-fingerprint %q: want a fingerprint as 'huddle registry' prints it", registryPin)
+			return usageErr(env, "serve", "--registry-fingerprint %q: want a fingerprint as 'huddle registry' prints it", pin)
 		}
-		cfg.RegistryFingerprint = fp
+		cfg.RegistryFingerprints = append(cfg.RegistryFingerprints, fp)
 	}
 	var err error
 	if cfg.StateDir, err = df.dir(env, "daemon"); err != nil {
@@ -520,7 +522,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	fs.Var(newUDPAddr(&gcfg.Listen, "", true), "daemon-listen", "UDP address of the group daemon (default: the registry's host and port + 1; port 0: any free port)")
 	gf.register(fs, []string{"lobby"})
 	mf := mdnsFlags{}
-	mf.register(fs, "advertise the registry over mDNS")
+	mf.register(fs, "advertise the registry over mDNS, nor register the groups with other registries found there")
 	df.register(fs)
 	if code, ok := parseDaemon(env, fs, args); !ok {
 		return code
@@ -553,7 +555,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		}
 		gcfg.Listen = net.JoinHostPort(host, strconv.Itoa(gport))
 	}
-	gcfg.Registry = "127.0.0.1:1" // set once the registry listens; Validate needs one
+	gcfg.Registries = []string{"127.0.0.1:1"} // set once the registry listens; Validate needs one
 	for _, err := range []error{rcfg.Validate(), gcfg.Validate()} {
 		if err != nil {
 			return usageErr(env, "up", "%v", err)
@@ -574,8 +576,11 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	if err := r.Listen(); err != nil {
 		return fail(env, "up", listenErr(err, "--listen", rcfg.Listen))
 	}
-	gcfg.Registry = dialable(r.Addr())
-	gcfg.RegistryFingerprint = r.Fingerprint()
+	// The group daemon registers with this registry, and with every other
+	// one mDNS finds unless --no-mdns. Its own registry needs no pin: it
+	// listens already, in this process.
+	gcfg.Registries = []string{dialable(r.Addr())}
+	gcfg.Discover, gcfg.Interfaces = !mf.off, mf.ifaces
 	d, err := daemon.NewGroupDaemon(gcfg)
 	if err != nil {
 		return fail(env, "up", err)

@@ -203,6 +203,26 @@ func (v registryAddrValue) Set(s string) error {
 func (v registryAddrValue) String() string { return *v.p }
 func (v registryAddrValue) Type() string   { return "addr" }
 
+// registryAddrsValue is a list of registry addresses, HOST or HOST:PORT:
+// the flag may be repeated, and each value may be a comma-separated list.
+type registryAddrsValue []string
+
+func (v *registryAddrsValue) Set(s string) error {
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if err := checkRegistryAddr(a); err != nil {
+			return fmt.Errorf("%q: %w", a, err)
+		}
+		*v = append(*v, a)
+	}
+	return nil
+}
+
+func (v *registryAddrsValue) String() string { return strings.Join(*v, ",") }
+func (v *registryAddrsValue) Type() string   { return "addrs" }
+
 // checkRegistryAddr checks HOST[:PORT]; an empty address means "find one".
 func checkRegistryAddr(s string) error {
 	if s == "" {

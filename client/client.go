@@ -273,6 +273,11 @@ func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
 			p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
 			return conn, nil
 		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The server did not answer in the time the caller gave: that
+			// is unreachable, and says so (errors.Is finds both).
+			return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, addr, ctx.Err())
+		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}

@@ -134,8 +134,8 @@ func setup(t *testing.T, cfg daemon.GroupConfig) (*daemon.Registry, *daemon.Grou
 	if len(cfg.Groups) == 0 {
 		cfg.Groups = []daemon.GroupSpec{{Name: "lobby"}}
 	}
-	cfg.Registry = r.Addr().String()
-	cfg.RegistryFingerprint = r.Fingerprint()
+	cfg.Registries = []string{r.Addr().String()}
+	cfg.RegistryFingerprints = []wire.Fingerprint{r.Fingerprint()}
 	d, stop := startGroups(t, cfg)
 	return r, d, stop
 }
@@ -373,7 +373,7 @@ func TestWatchResumesAcrossRestart(t *testing.T) {
 	addr := d.Addr().String()
 	stop()
 	cfg := daemon.GroupConfig{StateDir: stateDir, Listen: addr, Groups: []daemon.GroupSpec{{Name: "lobby"}},
-		Registry: r.Addr().String(), RegistryFingerprint: r.Fingerprint(), HeartbeatInterval: 200 * time.Millisecond}
+		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}, HeartbeatInterval: 200 * time.Millisecond}
 	startGroups(t, cfg)
 
 	// Send into the new log until the watcher reports the reset and the

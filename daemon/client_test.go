@@ -17,7 +17,7 @@ import (
 // daemon, as the CLI does: find the group, join, send, fetch, watch, leave.
 func TestClientAgainstDaemons(t *testing.T) {
 	r := startRegistry(t, RegistryConfig{})
-	d, _ := startGroupDaemon(t, GroupConfig{Registry: r.Addr().String(), RegistryFingerprint: r.Fingerprint()})
+	d, _ := startGroupDaemon(t, GroupConfig{Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}})
 	ctx := testCtx(t)
 
 	cl, err := client.New(client.Config{Identity: newKey(t), Logger: testLogger(t)})

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,21 +74,28 @@ type GroupConfig struct {
 	// that already holds members (its key was lost): the groups keep their
 	// UUIDs and members, under the new key. Off by default.
 	NewIdentity bool
-	// Registry is the address of the registry to register the groups with.
-	// If empty, the groups are registered with a registry found over mDNS
-	// when Discover is set, and not registered otherwise.
-	Registry string
-	// Discover finds the registry over mDNS when Registry is empty, and
-	// keeps browsing, so a registry that appears later, moves or restarts
-	// with another key is found again. Off by default in this package;
-	// huddle serve turns it on when no registry address is given.
+	// Registries are the addresses ("host:port", or "host" for port 7373)
+	// of the registries to register the groups with. The daemon registers
+	// with each of them, and with each Discover finds, independently: each
+	// has its own leases, renewals and retries, so none is a single point
+	// of failure.
+	Registries []string
+	// Discover also registers the groups with every registry found over
+	// mDNS, and keeps browsing, so a registry that appears later, moves or
+	// restarts with another key is found again. Off by default in this
+	// package; huddle serve turns it on unless --no-mdns.
 	Discover bool
 	// Interfaces are the interfaces to browse on. Default: every up,
 	// multicast-capable interface.
 	Interfaces []string
-	// RegistryFingerprint, if not zero, pins the registry's key; if zero
-	// the first key it presents is accepted.
-	RegistryFingerprint wire.Fingerprint
+	// RegistryFingerprints, if not empty, are the only registry keys
+	// trusted: a registry of Registries presenting another key is refused
+	// (and warned about every minute while it does), and a registry found
+	// over mDNS with another key is skipped. If empty, each registry of
+	// Registries is trusted on first use: pinned to the key it first
+	// presents, and if it later presents another (reinstalled), the daemon
+	// logs that at error level and follows the new key.
+	RegistryFingerprints []wire.Fingerprint
 	// Retention bounds each group's log (MaxMessages, MaxBytes, MaxAge;
 	// store's defaults for zero fields: 1,000,000 messages, 256 MiB, no age
 	// limit). Its Now is ignored: the daemon's Now is used.
@@ -163,6 +171,11 @@ func (c GroupConfig) Validate() error {
 	if err := c.ServerConfig.validate(); err != nil {
 		return err
 	}
+	for _, a := range c.Registries {
+		if strings.TrimSpace(a) == "" {
+			return bad("empty registry address")
+		}
+	}
 	for _, a := range c.Advertise {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || len(a) > wire.MaxAddrBytes {
 			return bad("advertised address %q: want host:port, at most %d bytes", a, wire.MaxAddrBytes)
@@ -223,7 +236,8 @@ type GroupDaemon struct {
 	groups map[wire.UUID]*group // set by Listen, read-only after
 	order  []*group             // the groups in configuration order
 
-	registered atomic.Bool // the registry lists our groups now (see Readiness)
+	registered atomic.Bool                   // some registry lists every group now (see Readiness)
+	regs       atomic.Pointer[registrations] // set once registration runs
 	// stateLog paces the log of state files that cannot be written, per
 	// group: a flood of joins on a full disk must not flood the log too.
 	stateLog sparse[wire.UUID]
@@ -331,7 +345,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 		return err
 	}
 	var loops []func()
-	if d.cfg.Registry != "" || d.cfg.Discover {
+	if len(d.cfg.Registries) > 0 || d.cfg.Discover {
 		loops = append(loops, d.registerLoop)
 	}
 	if d.cfg.Retention.MaxAge > 0 {

@@ -2,11 +2,20 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -24,9 +33,9 @@ func TestRegistration(t *testing.T) {
 	regAddr := r1.Addr().String()
 
 	d, stop := startGroupDaemon(t, GroupConfig{
-		Groups:              []GroupSpec{{Name: "general"}, {Name: "ops", Secret: []byte("s")}},
-		Registry:            regAddr,
-		RegistryFingerprint: r1.Fingerprint(),
+		Groups:               []GroupSpec{{Name: "general"}, {Name: "ops", Secret: []byte("s")}},
+		Registries:           []string{regAddr},
+		RegistryFingerprints: []wire.Fingerprint{r1.Fingerprint()},
 	})
 	port := d.Addr().(*net.UDPAddr).Port
 	lister := dial(t, r1.Addr(), r1.Fingerprint(), nil)
@@ -77,9 +86,9 @@ func TestRegistration(t *testing.T) {
 func TestRegistrationAdvertise(t *testing.T) {
 	r := startRegistry(t, RegistryConfig{})
 	startGroupDaemon(t, GroupConfig{
-		Registry:            r.Addr().String(),
-		RegistryFingerprint: r.Fingerprint(),
-		Advertise:           []string{"chat.example:7400", "[2001:db8::1]:7400"},
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+		Advertise:            []string{"chat.example:7400", "[2001:db8::1]:7400"},
 	})
 	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
 	eventually(t, "the group registered", func() bool { return len(listGroups(t, lister).Groups) == 1 })
@@ -89,15 +98,282 @@ func TestRegistrationAdvertise(t *testing.T) {
 	}
 }
 
-// TestRegistrationUnreachable checks that a daemon whose registry is down
-// serves anyway and closes promptly.
+// TestRegistrationUnreachable starts a group daemon whose registry cannot
+// be reached: the daemon serves anyway, retries with backoff (failures
+// counted, the error says the registry is unreachable), is not ready while
+// no registry lists its groups, and registers as soon as the registry
+// comes up at that address. Then it closes promptly (16.27).
+//
+// What answers at the address first is a QUIC server of another protocol,
+// so each attempt fails at once (nothing listening would cost a 5 s
+// handshake timeout per attempt).
 func TestRegistrationUnreachable(t *testing.T) {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	tlsConf := newKey(t).ServerTLS()
+	tlsConf.NextProtos = []string{"not-huddle"}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	must(t, err)
-	addr := c.LocalAddr().String()
-	c.Close() // nothing listens there now
-	d, stop := startGroupDaemon(t, GroupConfig{Registry: addr})
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(tlsConf, nil)
+	must(t, err)
+	addr := udp.LocalAddr().String()
+	d, stop := startGroupDaemon(t, GroupConfig{Registries: []string{addr}})
 	p := joined(t, d, "p")
 	p.info(gid(d))
+
+	var st RegistrationStatus
+	eventually(t, "three failed attempts", func() bool {
+		if s := d.Registrations(); len(s) == 1 {
+			st = s[0]
+		}
+		return st.Failures >= 3
+	})
+	if !errors.Is(st.Err, client.ErrUnreachable) || st.Listed != 0 || st.Addr != addr || !st.Fingerprint.IsZero() {
+		t.Fatalf("status while the registry is down: %+v", st)
+	}
+	if err := d.Readiness(); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("readiness with no registry: %v, want ErrNotReady", err)
+	}
+
+	must(t, ln.Close())
+	must(t, tr.Close())
+	must(t, udp.Close())
+	r := startRegistry(t, RegistryConfig{Listen: addr})
+	eventually(t, "the group registered once the registry came up", func() bool {
+		s := d.Registrations()
+		return len(s) == 1 && s[0].Listed == 1 && s[0].Err == nil && s[0].Fingerprint == r.Fingerprint()
+	})
+	if err := d.Readiness(); err != nil {
+		t.Fatalf("readiness once registered: %v", err)
+	}
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	if got := listGroups(t, lister).Groups; len(got) != 1 || got[0].Group != gid(d) {
+		t.Fatalf("listed %+v", got)
+	}
 	stop()
+}
+
+// TestRegistrationSeveralRegistries registers with two registries at once,
+// each on its own lease: with one closed, the other keeps listing the
+// group; started again at its address, the closed one lists it again
+// within one renewal period (the backoff never exceeds it).
+func TestRegistrationSeveralRegistries(t *testing.T) {
+	dirA := t.TempDir()
+	a1, err := NewRegistry(RegistryConfig{StateDir: dirA, Listen: "127.0.0.1:0", LeaseTTL: 600 * time.Millisecond, Logger: testLogger(t)})
+	must(t, err)
+	must(t, a1.Listen())
+	aDone := make(chan error, 1)
+	go func() { aDone <- a1.Serve(context.Background()) }()
+	addrA := a1.Addr().String()
+	b := startRegistry(t, RegistryConfig{LeaseTTL: 600 * time.Millisecond})
+	d, _ := startGroupDaemon(t, GroupConfig{Registries: []string{addrA, b.Addr().String()}})
+	listers := make(map[*Registry]*peer)
+	listedAt := func(r *Registry) bool {
+		if listers[r] == nil {
+			listers[r] = dial(t, r.Addr(), r.Fingerprint(), nil)
+		}
+		g := listGroups(t, listers[r]).Groups
+		return len(g) == 1 && g[0].Group == gid(d)
+	}
+	eventually(t, "listed by both", func() bool { return listedAt(a1) && listedAt(b) })
+
+	must(t, a1.Close())
+	must(t, <-aDone)
+	// Three failed attempts at a take at least 250 + 500 ms of backoff,
+	// more than b's 600 ms lease: b still lists the group only if its
+	// lease was renewed on its own meanwhile.
+	eventually(t, "three failed attempts at a", func() bool {
+		for _, s := range d.Registrations() {
+			if s.Addr == addrA && s.Failures >= 3 {
+				return true
+			}
+		}
+		return false
+	})
+	if !listedAt(b) {
+		t.Fatal("b stopped listing the group while a was down")
+	}
+
+	a2 := startRegistry(t, RegistryConfig{StateDir: dirA, Listen: addrA, LeaseTTL: time.Hour})
+	eventually(t, "listed by a again", func() bool { return listedAt(a2) })
+	statuses := d.Registrations()
+	if len(statuses) != 2 {
+		t.Fatalf("statuses %+v, want two registries", statuses)
+	}
+	for _, s := range statuses {
+		if s.Err != nil || s.Listed != 1 || s.Discovered {
+			t.Errorf("status %+v", s)
+		}
+	}
+}
+
+// logRecorder is a slog handler that keeps every record's message, level
+// and attributes (as text), and passes them on to the test's log.
+type logRecorder struct {
+	next slog.Handler
+	mu   *sync.Mutex
+	recs *[]string // "LEVEL message key=value ..."
+}
+
+func recordLogs(t *testing.T) (*slog.Logger, logRecorder) {
+	r := logRecorder{next: testLogger(t).Handler(), mu: &sync.Mutex{}, recs: &[]string{}}
+	return slog.New(r), r
+}
+
+func (r logRecorder) Enabled(ctx context.Context, l slog.Level) bool { return true }
+func (r logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return logRecorder{next: r.next.WithAttrs(as), mu: r.mu, recs: r.recs}
+}
+func (r logRecorder) WithGroup(g string) slog.Handler {
+	return logRecorder{next: r.next.WithGroup(g), mu: r.mu, recs: r.recs}
+}
+
+func (r logRecorder) Handle(ctx context.Context, rec slog.Record) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", rec.Level, rec.Message)
+	rec.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	r.mu.Lock()
+	*r.recs = append(*r.recs, b.String())
+	r.mu.Unlock()
+	return r.next.Handle(ctx, rec)
+}
+
+// matching returns the records that contain every one of parts.
+func (r logRecorder) matching(parts ...string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, rec := range *r.recs {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(rec, p)
+		}
+		if ok {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// TestRegistrationRefusedGroups hosts five groups at a registry that takes
+// three and where another key holds the first group's UUID: the pass does
+// not stop at the first refused group (15.18), the registry lists every
+// group it accepts, and every group it does not list is named, with why,
+// in the daemon's status and its log.
+func TestRegistrationRefusedGroups(t *testing.T) {
+	names := []string{"taken", "b", "c", "d", "e"}
+	var specs []GroupSpec
+	for _, n := range names {
+		specs = append(specs, GroupSpec{Name: n})
+	}
+	dir := t.TempDir()
+	first, err := NewGroupDaemon(GroupConfig{StateDir: dir, Groups: specs, Listen: "127.0.0.1:0"})
+	must(t, err)
+	must(t, first.Listen()) // creates the groups' UUIDs
+	taken := first.Groups()[0].ID
+	must(t, first.Close())
+
+	r := startRegistry(t, RegistryConfig{MaxGroups: 3})
+	stranger := dial(t, r.Addr(), r.Fingerprint(), nil)
+	must(t, stranger.call(wire.OpRegister, wire.Register{Group: taken, Name: "mine", Port: 9}, nil))
+
+	log, rec := recordLogs(t)
+	d, _ := startGroupDaemon(t, GroupConfig{StateDir: dir, Groups: specs, Registries: []string{r.Addr().String()}, Logger: log})
+	var st RegistrationStatus
+	eventually(t, "a pass over every group", func() bool {
+		if s := d.Registrations(); len(s) == 1 {
+			st = s[0]
+		}
+		return st.Listed+len(st.Refused) == len(names)
+	})
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	var listed []string
+	for _, e := range listGroups(t, lister).Groups {
+		if e.Fingerprint == d.Fingerprint() {
+			listed = append(listed, e.Name)
+		}
+	}
+	slices.Sort(listed)
+	if fmt.Sprint(listed) != "[b c]" {
+		t.Errorf("the registry lists %v of ours, want [b c]", listed)
+	}
+	if len(st.Refused) != 3 || !errors.Is(st.Refused["taken"], wire.ErrUnauthorized) ||
+		!errors.Is(st.Refused["d"], wire.ErrUnavailable) || !errors.Is(st.Refused["e"], wire.ErrUnavailable) {
+		t.Errorf("refused %v, want taken unauthorized, d and e unavailable", st.Refused)
+	}
+	if st.Err != nil {
+		t.Errorf("the registry counts as failing: %v", st.Err)
+	}
+	for _, want := range [][]string{{"WARN", "refused groups", "reason=unauthorized", "groups=taken"}, {"WARN", "refused groups", "reason=unavailable", "groups=d,e"}} {
+		if len(rec.matching(want...)) == 0 {
+			t.Errorf("no log record with %q", want)
+		}
+	}
+	if err := d.Readiness(); !errors.Is(err, ErrNotReady) {
+		t.Errorf("readiness with groups unlisted everywhere: %v, want ErrNotReady", err)
+	}
+}
+
+// TestRegistrationKeyChange replaces the registry at the daemon's registry
+// address by one with another key (a reinstall), as 15.10 found: a daemon
+// given the address alone says so at error level and registers with the
+// new key; a daemon given the registry's fingerprint refuses the new key,
+// says so, and registers again only once the right key answers there.
+func TestRegistrationKeyChange(t *testing.T) {
+	for _, pinned := range []bool{false, true} {
+		t.Run(fmt.Sprint("pinned=", pinned), func(t *testing.T) {
+			oldDir := t.TempDir()
+			r1, err := NewRegistry(RegistryConfig{StateDir: oldDir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+			must(t, err)
+			must(t, r1.Listen())
+			done := make(chan error, 1)
+			go func() { done <- r1.Serve(context.Background()) }()
+			addr, oldFP := r1.Addr().String(), r1.Fingerprint()
+			cfg := GroupConfig{Registries: []string{addr}}
+			if pinned {
+				cfg.RegistryFingerprints = []wire.Fingerprint{oldFP}
+			}
+			log, rec := recordLogs(t)
+			cfg.Logger = log
+			d, _ := startGroupDaemon(t, cfg)
+			listers := make(map[*Registry]*peer)
+			listedBy := func(r *Registry) bool {
+				if listers[r] == nil {
+					listers[r] = dial(t, r.Addr(), r.Fingerprint(), nil)
+				}
+				g := listGroups(t, listers[r]).Groups
+				return len(g) == 1 && g[0].Group == gid(d)
+			}
+			eventually(t, "listed by the first registry", func() bool { return listedBy(r1) })
+
+			must(t, r1.Close())
+			must(t, <-done)
+			r2 := startRegistry(t, RegistryConfig{Listen: addr}) // a new key
+			if !pinned {
+				eventually(t, "listed by the reinstalled registry", func() bool { return listedBy(r2) })
+				if got := rec.matching("ERROR", "REGISTRY KEY CHANGED", "was="+oldFP.String(), "now="+r2.Fingerprint().String()); len(got) != 1 {
+					t.Errorf("key change logged %d times at error level, want once: %q", len(got), got)
+				}
+				if s := d.Registrations(); len(s) != 1 || s[0].Fingerprint != r2.Fingerprint() || s[0].Err != nil {
+					t.Errorf("status %+v", s)
+				}
+				return
+			}
+			eventually(t, "the new key refused", func() bool {
+				return len(rec.matching("ERROR", "REGISTRY KEY REFUSED", "presented="+r2.Fingerprint().String())) > 0
+			})
+			var mm *identity.MismatchError
+			if s := d.Registrations(); len(s) != 1 || !errors.As(s[0].Err, &mm) || mm.Got != r2.Fingerprint() {
+				t.Fatalf("status %+v, want a key mismatch", s)
+			}
+			if listedBy(r2) {
+				t.Fatal("the registry with the refused key lists the group")
+			}
+			must(t, r2.Close())
+			r3 := startRegistry(t, RegistryConfig{StateDir: oldDir, Listen: addr}) // the right key again
+			eventually(t, "listed once the pinned key answers again", func() bool { return listedBy(r3) })
+		})
+	}
 }

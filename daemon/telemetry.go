@@ -167,14 +167,14 @@ func (d *GroupDaemon) groupStats() map[string]metrics.GroupStats {
 }
 
 // Readiness reports whether the daemon can do its job: it listens, is not
-// shutting down, and, when it registers its groups, the registry has them
-// now. The error wraps ErrNotReady and says why.
+// shutting down, and, when it registers its groups, some registry lists
+// every group now. The error wraps ErrNotReady and says why.
 func (d *GroupDaemon) Readiness() error {
 	if err := d.srv.listening(); err != nil {
 		return errors.Join(ErrNotReady, err)
 	}
-	if (d.cfg.Registry != "" || d.cfg.Discover) && !d.registered.Load() {
-		return errors.Join(ErrNotReady, errors.New("groups not registered with a registry"))
+	if (len(d.cfg.Registries) > 0 || d.cfg.Discover) && !d.registered.Load() {
+		return errors.Join(ErrNotReady, errors.New("no registry lists every group"))
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/huddle-chat/huddle/daemon"
 	"github.com/huddle-chat/huddle/loadgen"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -27,12 +28,12 @@ func startDaemons(t *testing.T) string {
 		t.Fatal(err)
 	}
 	g, err := daemon.NewGroupDaemon(daemon.GroupConfig{
-		Listen:              "127.0.0.1:0",
-		StateDir:            t.TempDir(),
-		Groups:              []daemon.GroupSpec{{Name: "bench"}},
-		Registry:            r.Addr().String(),
-		RegistryFingerprint: r.Fingerprint(),
-		SendRate:            -1, // unlimited
+		Listen:               "127.0.0.1:0",
+		StateDir:             t.TempDir(),
+		Groups:               []daemon.GroupSpec{{Name: "bench"}},
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+		SendRate:             -1, // unlimited
 	})
 	if err != nil {
 		t.Fatal(err)

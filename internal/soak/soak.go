@@ -73,7 +73,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	d, err := daemon.NewGroupDaemon(daemon.GroupConfig{
 		Listen: "127.0.0.1:0", StateDir: dir + "/daemon", Groups: specs,
-		Registry: r.Addr().String(), RegistryFingerprint: r.Fingerprint(),
+		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
 		// Retention small enough that the logs fill during warm-up: after
 		// it, memory can only stay flat if nothing else grows.
 		Retention: store.Config{MaxMessages: 20_000},
