@@ -261,10 +261,11 @@ func explain(err error) (string, int) {
 		return fmt.Sprintf("%v; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", err), ExitRefused
 	case errors.As(err, &dns):
 		return fmt.Sprintf("cannot find the host %q (%s); check the name in --registry or HUDDLE_REGISTRY", dns.Name, dns.Err), ExitUnreachable
+	case errors.Is(err, context.DeadlineExceeded):
+		// Before ErrUnreachable: a dial the deadline cut short is both.
+		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", withoutGoText(err)), ExitUnreachable
 	case errors.Is(err, client.ErrUnreachable):
 		return fmt.Sprintf("%v\n  is it running (huddle up, huddle registry, huddle serve) and reachable over UDP? give the registry's address with --registry HOST:PORT or HUDDLE_REGISTRY", err), ExitUnreachable
-	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", withoutGoText(err)), ExitUnreachable
 	case errors.Is(err, errNoGroup):
 		return err.Error(), ExitRefused
 	case errors.As(err, &we):

@@ -363,13 +363,16 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 		if err != nil {
 			return err
 		}
-		heard := conn.ConnectionStats().PacketsReceived
+		heard, start := conn.ConnectionStats().PacketsReceived, time.Now()
 		var delivered bool
 		delivered, err = p.stream(ctx, conn, op, args, handle)
-		if err != nil && ctx.Err() != nil && !delivered && conn.ConnectionStats().PacketsReceived == heard {
-			// The whole call passed without a packet from the server: the
-			// connection is most likely dead (the server restarted and
-			// ignores it), so the next call dials afresh.
+		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !delivered &&
+			time.Since(start) >= silentAfter/3 && conn.ConnectionStats().PacketsReceived == heard {
+			// The whole call, long enough for any live server to have
+			// acknowledged its request, passed without a packet from the
+			// server: the connection is most likely dead (the server
+			// restarted and ignores it), so the next call dials afresh. A
+			// call its caller cancelled says nothing of the kind.
 			p.drop(conn)
 		}
 		if err == nil || ctx.Err() != nil || !connectionLost(conn, err) {

@@ -352,12 +352,12 @@ func TestRegistrationKeyChange(t *testing.T) {
 			must(t, <-done)
 			r2 := startRegistry(t, RegistryConfig{Listen: addr}) // a new key
 			if !pinned {
-				eventually(t, "listed by the reinstalled registry", func() bool { return listedBy(r2) })
+				eventually(t, "listed by the reinstalled registry, and working", func() bool {
+					s := d.Registrations()
+					return listedBy(r2) && len(s) == 1 && s[0].Fingerprint == r2.Fingerprint() && s[0].Err == nil
+				})
 				if got := rec.matching("ERROR", "REGISTRY KEY CHANGED", "was="+oldFP.String(), "now="+r2.Fingerprint().String()); len(got) != 1 {
 					t.Errorf("key change logged %d times at error level, want once: %q", len(got), got)
-				}
-				if s := d.Registrations(); len(s) != 1 || s[0].Fingerprint != r2.Fingerprint() || s[0].Err != nil {
-					t.Errorf("status %+v", s)
 				}
 				return
 			}
