@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -55,7 +56,10 @@ const (
 // (asking the registry for the daemon's current address when the group was
 // opened through one) and resumes after the last message it delivered, so
 // nothing is repeated or lost while the group still holds it. A restarted
-// daemon whose log was lost is reported as EventReset.
+// daemon whose log was lost is reported as EventReset. A heartbeat late by
+// a quarter of its interval makes the watch probe the daemon (see
+// latePing), so a daemon that restarted is noticed within seconds, not
+// after three heartbeats of silence.
 //
 // The iteration ends when ctx ends (with no error) or on an error no retry
 // can fix, which is yielded last: ErrNotMember (including after leaving the
@@ -149,10 +153,15 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 
 	req := wire.Watch{Group: w.g.id, Since: w.since, After: w.after, Epoch: w.epoch}
 	p := w.g.peer()
+	// A heartbeat that is late by a quarter starts a probe (see latePing);
+	// it is armed once Start says how often heartbeats come.
+	late := newLatePing(actx, w, p)
+	defer late.stop()
 	var md wire.MessagesDecoder
 	var msgs []wire.Message // reused from frame to frame; bodies are not
 	err = p.call(actx, wire.OpWatch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		timer.Reset(deadAfter)
+		late.heard()
 		switch kind {
 		case wire.KindStart:
 			var s wire.Start
@@ -166,8 +175,10 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 				return true, nil
 			}
 			if s.HeartbeatMS > 0 {
-				deadAfter = 3 * time.Duration(s.HeartbeatMS) * time.Millisecond
+				hb := time.Duration(s.HeartbeatMS) * time.Millisecond
+				deadAfter = 3 * hb
 				timer.Reset(deadAfter)
+				late.arm(hb + hb/4)
 			}
 			// What retention dropped after the cursor comes as a Gap frame
 			// next: the daemon reports it, once (PROTOCOL.md §8.7).
@@ -224,6 +235,92 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 		err = fmt.Errorf("no word from the daemon for %v: %w", deadAfter, ErrUnreachable)
 	}
 	return started, false, err
+}
+
+// latePing probes a watch's connection when a heartbeat is late.
+//
+// A daemon killed and restarted on the same address ignores the old
+// connection: the watcher, which only receives, learned of it from its last
+// resort, three heartbeats of silence (15 s by default; issue 15.15). When
+// no frame has come for a heartbeat and a quarter, latePing asks the daemon
+// for the group's info on the same connection. A live daemon answers (and
+// the watch carries on; the probe is armed again); a restarted one answers
+// the request's packet with a stateless reset, which ends the connection
+// and the watch at once; a dead or unreachable one stays silent, and the
+// call's own silence check (silentAfter) closes the connection. Either way
+// the watch reconnects seconds sooner. A probe costs one small operation,
+// only while a heartbeat is overdue.
+type latePing struct {
+	w      *watcher
+	p      *peer
+	ctx    context.Context // ends with the watch attempt, or stop
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	after   time.Duration // 0 until armed
+	timer   *time.Timer
+	stopped bool
+	probes  sync.WaitGroup
+}
+
+func newLatePing(ctx context.Context, w *watcher, p *peer) *latePing {
+	l := &latePing{w: w, p: p}
+	l.ctx, l.cancel = context.WithCancel(ctx)
+	return l
+}
+
+// arm starts probing after a silence of after.
+func (l *latePing) arm(after time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return
+	}
+	l.after = after
+	if l.timer == nil {
+		l.timer = time.AfterFunc(after, l.fire)
+	} else {
+		l.timer.Reset(after)
+	}
+}
+
+// heard pushes the probe back: a frame arrived.
+func (l *latePing) heard() {
+	l.mu.Lock()
+	if l.timer != nil && !l.stopped {
+		l.timer.Reset(l.after)
+	}
+	l.mu.Unlock()
+}
+
+func (l *latePing) fire() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return
+	}
+	l.probes.Go(func() {
+		ctx, cancel := context.WithTimeout(l.ctx, l.after)
+		defer cancel()
+		var info wire.Info
+		err := l.p.single(ctx, wire.OpInfo, wire.GroupRef{Group: l.w.g.id}, &info)
+		l.w.g.cl.cfg.Logger.Debug("watch heartbeat late; probed the daemon", "group", l.w.g.id, "err", err)
+		if err == nil {
+			l.heard() // alive: probe again if the silence goes on
+		}
+	})
+}
+
+// stop ends probing, and a probe in flight, and waits for it.
+func (l *latePing) stop() {
+	l.mu.Lock()
+	l.stopped = true
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.mu.Unlock()
+	l.cancel()
+	l.probes.Wait()
 }
 
 func jitter(d time.Duration) time.Duration {

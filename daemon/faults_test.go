@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -163,6 +164,7 @@ func TestSendRetriedByID(t *testing.T) {
 	for _, batching := range []bool{true, false} {
 		t.Run(fmt.Sprintf("batching=%v", batching), func(t *testing.T) {
 			release := make(chan struct{})
+			arrived := make(chan struct{})
 			var once sync.Once
 			d := serveWith(t, GroupConfig{}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
 				return func(ctx context.Context, c *call) error {
@@ -170,6 +172,7 @@ func TestSendRetriedByID(t *testing.T) {
 						held := false
 						once.Do(func() { held = true })
 						if held {
+							close(arrived)
 							<-release // until the client has given up
 						}
 					}
@@ -195,7 +198,7 @@ func TestSendRetriedByID(t *testing.T) {
 				ack, err = g.Send(short, []byte("maybe stored"))
 				failed <- err
 			}()
-			eventually(t, "the send to reach the daemon", func() bool { return d.srv.active.Load() > 0 })
+			recv(t, arrived)
 			cancel()
 			if err := <-failed; !errors.Is(err, context.Canceled) {
 				t.Fatalf("the abandoned send: %v, want its context's error", err)
@@ -321,5 +324,56 @@ func recv[T any](t *testing.T, c <-chan T) T {
 	case <-time.After(testTimeout):
 		t.Fatalf("timed out waiting for a %T", *new(T))
 		panic("unreachable")
+	}
+}
+
+// TestWatchLearnsOfRestart kills a daemon without a word to its clients
+// (its socket goes away, as with SIGKILL) and starts it again on the same
+// address while a client watches: the watcher, which only receives, must
+// learn of it from a probe when a heartbeat is late (the restarted daemon
+// answers it with a stateless reset), not from its last resort, three
+// heartbeats of silence; then it follows the new log.
+func TestWatchLearnsOfRestart(t *testing.T) {
+	const heartbeat = time.Second
+	dir := t.TempDir()
+	cfg := GroupConfig{StateDir: dir, Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "general"}}, Logger: testLogger(t), HeartbeatInterval: heartbeat}
+	d1, err := NewGroupDaemon(cfg)
+	must(t, err)
+	must(t, d1.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- d1.Serve(context.Background()) }()
+	cfg.Listen = d1.Addr().String()
+
+	ctx := testCtx(t)
+	g, err := newTestClient(t).Group(wire.GroupEntry{Group: gid(d1), Name: "general", Addrs: []string{cfg.Listen}, Fingerprint: d1.Fingerprint()})
+	must(t, err)
+	_, err = g.Join(ctx, "watcher", nil)
+	must(t, err)
+	events := make(chan client.Event, 16)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		defer close(events)
+		for ev, err := range g.Watch(wctx, client.Query{Status: true}) {
+			if err != nil {
+				return
+			}
+			events <- ev
+		}
+	}()
+	if ev := recv(t, events); ev.Kind != client.EventLive {
+		t.Fatalf("first event %+v, want live", ev)
+	}
+
+	d1.srv.udp.Close()
+	d1.Close()
+	must(t, <-errc)
+	d2, _ := startGroupDaemon(t, cfg)
+	ev := recv(t, events)
+	if ev.Kind != client.EventInterrupted || strings.Contains(ev.Err.Error(), "no word from the daemon") {
+		t.Fatalf("after the restart: %+v, want the watch interrupted by a probe of the late heartbeat, not by its silence timer", ev)
+	}
+	if ev := recv(t, events); ev.Kind != client.EventReset || ev.Epoch != d2.groups[gid(d2)].epoch {
+		t.Fatalf("then %+v, want a reset to the new daemon's epoch", ev)
 	}
 }

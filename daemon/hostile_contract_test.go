@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -140,7 +141,14 @@ func attackStrictUnknownKeys(t *testing.T, h *hostile) {
 // once go through one after another. A stream that ends after one byte
 // is a truncated frame: bad_request.
 func attackEmptyStreams(t *testing.T, h *hostile) {
-	for _, p := range []*peer{dial(t, h.d.Addr(), h.d.Fingerprint(), nil), dial(t, h.r.Addr(), h.r.Fingerprint(), nil)} {
+	for _, s := range []struct {
+		addr net.Addr
+		fp   wire.Fingerprint
+	}{{h.d.Addr(), h.d.Fingerprint()}, {h.r.Addr(), h.r.Fingerprint()}} {
+		// Dialled just before use: a connection left idle past the
+		// servers' idle timeout (2 s here) while the other server's
+		// streams run would be gone.
+		p := dial(t, s.addr, s.fp, nil)
 		for i := range int(DefaultMaxIncomingStreams) + 50 {
 			str, err := p.conn.OpenStreamSync(testCtx(t))
 			must(t, err)
