@@ -21,6 +21,7 @@ func TestImportDirection(t *testing.T) {
 		"client":    {"wire", "identity"},
 		"daemon":    {"wire", "identity", "store", "client", "discovery", "metrics"},
 		"loadgen":   {"wire", "identity", "client"},
+		"web":       {"wire", "identity", "client"},
 	}
 	for pkg, ok := range allowed {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", "./"+pkg).Output()

@@ -57,6 +57,7 @@ var verbs = map[string]verb{
 	"info":            {"describe a group and its limits", runInfo},
 	"watch":           {"follow groups as messages arrive", runWatch},
 	"chat":            {"chat in a group from the terminal", runChat},
+	"web":             {"chat in your browser: a local web page for your groups", runWeb},
 	"doctor":          {"check discovery and reachability, and say what to fix", runDoctor},
 	"version":         {"print the version", runVersion},
 	"id":              {"print your identity (fingerprint)", runID},

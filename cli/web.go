@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/discovery"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/web"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+func runWeb(ctx context.Context, env Env, args []string) int {
+	var (
+		listen      string
+		openBrowser bool
+		allowRemote bool
+		hosts       []string
+		registries  []string
+		ifaces      []string
+		noMDNS      bool
+		logLevel    string
+	)
+	fs := newFlags(env, "web", "[--listen ADDR] [--open] [--registry ADDR]...",
+		"Serve your groups to a browser: a chat page on this machine, acting with your key ($HUDDLE_HOME).\n"+
+			"It prints a link with a secret; open it (or pass --open). The page lists the groups of every\n"+
+			"registry it knows, live, and lets you join, read and send. Ctrl-C stops it.",
+		"  huddle web --open\n  huddle web --listen 127.0.0.1:8080 --registry 192.168.1.20:7373")
+	fs.StringVar(&listen, "listen", web.DefaultListen, "address to serve on (loopback unless --allow-remote)")
+	fs.BoolVar(&openBrowser, "open", false, "open the page in your browser")
+	fs.BoolVar(&allowRemote, "allow-remote", false, "allow a --listen address other machines can reach (plain HTTP: read the warning it prints)")
+	fs.StringArrayVar(&hosts, "host", nil, "a host name the page may be opened under, besides IP addresses and localhost (repeatable)")
+	fs.StringArrayVar(&registries, "registry", nil, "registry to list groups from, HOST[:PORT] (repeatable; default $HUDDLE_REGISTRY, else this machine's and those found over mDNS)")
+	fs.StringArrayVar(&ifaces, "iface", nil, "look for registries over mDNS on this interface only (repeatable)")
+	fs.BoolVar(&noMDNS, "no-mdns", false, "do not look for registries over mDNS")
+	fs.StringVar(&logLevel, "log-level", "warn", "least severe level logged to stderr: debug, info, warn, error")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() != 0 {
+		return usageErr(env, "web", "unexpected argument %q", fs.Arg(0))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return usageErr(env, "web", "--log-level %q: want debug, info, warn or error", logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
+	if len(registries) == 0 {
+		if r := env.Getenv("HUDDLE_REGISTRY"); r != "" {
+			registries = strings.Split(r, ",")
+		}
+	}
+	discover := len(registries) == 0 && !noMDNS
+	if len(registries) == 0 {
+		registries = []string{defaultRegistry}
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return usageErr(env, "web", "--listen %q: want HOST:PORT (%v)", listen, err)
+	}
+	if !web.Loopback(host) && !allowRemote {
+		return usageErr(env, "web", "--listen %s reaches beyond this machine, and the page acts as you: "+
+			"add --allow-remote if you mean it (and read what it exposes)", listen)
+	}
+
+	dir, err := home(env)
+	if err != nil {
+		return fail(env, "web", err)
+	}
+	id, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		return fail(env, "web", err)
+	}
+	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	c, err := client.New(client.Config{Identity: id, KnownHosts: kh, Logger: log})
+	if err != nil {
+		return fail(env, "web", err)
+	}
+	defer c.Close()
+	cfg := web.Config{Listen: listen, AllowRemote: allowRemote, Hosts: hosts, Client: c, Registries: registries, Logger: log}
+	if discover {
+		cfg.Discover = func(ctx context.Context, found func(*client.Registry)) error {
+			return discoverRegistries(ctx, ifaces, c, kh, found)
+		}
+	}
+	srv, err := web.New(cfg)
+	if err != nil {
+		return usageErr(env, "web", "%v", err)
+	}
+	if err := srv.Listen(); err != nil {
+		srv.Close()
+		return fail(env, "web", err)
+	}
+	url := srv.URL()
+	fmt.Fprintf(env.Stdout, "huddle web: %s\n", url)
+	fmt.Fprintf(env.Stdout, "  acting as %s (%s); groups from %s%s\n", id.Fingerprint().Short(), dir,
+		strings.Join(registries, ", "), map[bool]string{true: " and registries found over mDNS", false: ""}[discover])
+	fmt.Fprintf(env.Stdout, "  the link carries this run's secret: whoever has it can read and send as you; Ctrl-C stops\n")
+	if !web.Loopback(host) {
+		fmt.Fprintf(env.Stderr, "huddle web: WARNING: listening on %s, beyond this machine. Anyone who can reach it and has the\n"+
+			"  link can read every group you joined and send, join and leave as you (key %s). It is plain\n"+
+			"  HTTP: the link's secret, the cookie and every message cross the network unencrypted. Prefer\n"+
+			"  127.0.0.1 with an SSH tunnel (ssh -L 7380:127.0.0.1:7380 HOST).\n", srv.Addr(), id.Fingerprint().Short())
+	}
+	var launcher string
+	if openBrowser {
+		if launcher, err = openPage(url); err != nil {
+			fmt.Fprintf(env.Stderr, "huddle web: could not open a browser (%v); open the link yourself\n", err)
+		}
+	}
+	err = srv.Serve(ctx)
+	if launcher != "" {
+		os.RemoveAll(filepath.Dir(launcher))
+	}
+	if err != nil {
+		return fail(env, "web", err)
+	}
+	return ExitOK
+}
+
+// discoverRegistries reports every registry mDNS finds and verifies, until
+// ctx ends.
+func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, found func(*client.Registry)) error {
+	return discovery.Browse(ctx, discovery.BrowseConfig{
+		Interfaces: ifaces,
+		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+			return verifyAdvertised(ctx, c, kh, r, addr)
+		},
+	}, func(r discovery.Registry, ap netip.AddrPort) {
+		fp, err := wire.ParseFingerprint(r.Fingerprint)
+		if err != nil {
+			return
+		}
+		reg, err := c.Registry(ctx, ap.String(), fp)
+		if err == nil {
+			found(reg)
+		}
+	})
+}
+
+// openPage opens url in the user's browser through a file only this user
+// can read, which redirects to it: a browser started with the URL itself on
+// its command line would show the secret to every local user (ps, /proc).
+// It returns the file's path (the caller removes its directory).
+func openPage(url string) (string, error) {
+	dir, err := os.MkdirTemp("", "huddle-web-")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "open.html")
+	page := fmt.Sprintf("<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url=%s\"><title>huddle</title>"+
+		"<p>Opening <a href=\"%s\">huddle web</a>…</p>\n", html.EscapeString(url), html.EscapeString(url))
+	if err := os.WriteFile(path, []byte(page), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	var cmd *exec.Cmd
+	switch runtime.GOOS {
+	case "darwin":
+		cmd = exec.Command("open", path)
+	case "windows":
+		cmd = exec.Command("rundll32", "url.dll,FileProtocolHandler", path)
+	default:
+		cmd = exec.Command("xdg-open", path)
+	}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return "", errors.New(cmd.Path + ": " + err.Error())
+	}
+	go cmd.Wait() // reap it; xdg-open returns at once
+	return path, nil
+}

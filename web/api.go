@@ -1,0 +1,349 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Bounds of the API.
+const (
+	// callTimeout bounds each request the server makes of a daemon for one
+	// API call.
+	callTimeout = 15 * time.Second
+	// maxBody bounds a request body: a message of the protocol's largest
+	// frame, escaped in JSON.
+	maxBody = 8 << 20
+	// defaultPage and maxPage bound a page of messages.
+	defaultPage = 200
+	maxPage     = 10_000
+)
+
+func (s *Server) routes() *http.ServeMux {
+	m := http.NewServeMux()
+	m.Handle("/", staticHandler())
+	m.HandleFunc("GET /api/me", s.apiMe)
+	m.HandleFunc("GET /api/groups", s.apiGroups)
+	m.HandleFunc("GET /api/groups/{id}", s.apiGroup)
+	m.HandleFunc("POST /api/groups/{id}/join", s.apiJoin)
+	m.HandleFunc("POST /api/groups/{id}/leave", s.apiLeave)
+	m.HandleFunc("GET /api/groups/{id}/members", s.apiMembers)
+	m.HandleFunc("GET /api/groups/{id}/messages", s.apiMessages)
+	m.HandleFunc("POST /api/groups/{id}/messages", s.apiSend)
+	m.HandleFunc("GET /api/events", s.apiEvents)
+	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, apiError{Status: http.StatusNotFound, Code: "not_found", Message: "no such API route: " + r.Method + " " + r.URL.Path})
+	})
+	return m
+}
+
+// apiError is an error as the API reports it.
+type apiError struct {
+	Status       int    `json:"-"`
+	Code         string `json:"code"`
+	Message      string `json:"message"`
+	RetryAfterMS uint64 `json:"retry_after_ms,omitempty"`
+	Epoch        uint64 `json:"epoch,string,omitempty"`
+}
+
+func (e apiError) Error() string { return e.Code + ": " + e.Message }
+
+// toAPIError maps an error to the API's vocabulary: the protocol's codes
+// for what a daemon said, unreachable for what could not be asked.
+func toAPIError(err error) apiError {
+	var ae apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	var we *wire.Error
+	if errors.As(err, &we) {
+		e := apiError{Code: we.Code.String(), Message: err.Error(), RetryAfterMS: we.RetryAfterMS, Epoch: we.Epoch}
+		switch we.Code {
+		case wire.CodeBadRequest:
+			e.Status = http.StatusBadRequest
+		case wire.CodeUnauthorized, wire.CodeNotMember:
+			e.Status = http.StatusForbidden
+		case wire.CodeNotFound:
+			e.Status = http.StatusNotFound
+		case wire.CodeTooLarge:
+			e.Status = http.StatusRequestEntityTooLarge
+		case wire.CodeRateLimited:
+			e.Status = http.StatusTooManyRequests
+		case wire.CodeUnavailable:
+			e.Status = http.StatusServiceUnavailable
+		case wire.CodeEpochMismatch:
+			e.Status = http.StatusConflict
+		default:
+			e.Status = http.StatusInternalServerError
+		}
+		return e
+	}
+	if isUnreachable(err) {
+		return apiError{Status: http.StatusBadGateway, Code: "unreachable", Message: err.Error()}
+	}
+	if errors.Is(err, context.Canceled) {
+		return apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "huddle web is shutting down"}
+	}
+	return apiError{Status: http.StatusInternalServerError, Code: "internal", Message: err.Error()}
+}
+
+func writeError(w http.ResponseWriter, e apiError) {
+	if e.RetryAfterMS > 0 {
+		w.Header().Set("Retry-After", strconv.FormatUint((e.RetryAfterMS+999)/1000, 10))
+	}
+	writeJSON(w, e.Status, map[string]apiError{"error": e})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"encode reply"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func badRequest(format string, args ...any) apiError {
+	return apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: fmt.Sprintf(format, args...)}
+}
+
+// groupOf finds the {id} of a request's path among the listed groups.
+func (s *Server) groupOf(ctx context.Context, r *http.Request) (*client.Group, wire.UUID, error) {
+	id, err := uuid.Parse(r.PathValue("id"))
+	if err != nil {
+		return nil, id, badRequest("group %q is not a UUID", r.PathValue("id"))
+	}
+	g, err := s.dir.group(ctx, id)
+	return g, id, err
+}
+
+// readJSON decodes a request body of at most maxBody bytes into v.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return badRequest("send the body as application/json, not %s", ct)
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return apiError{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: fmt.Sprintf("request body over %d bytes", maxBody)}
+		}
+		return badRequest("read the body: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badRequest("the body holds more than one JSON value")
+	}
+	return nil
+}
+
+func (s *Server) apiMe(w http.ResponseWriter, r *http.Request) {
+	fp := s.cfg.Client.Fingerprint()
+	writeJSON(w, http.StatusOK, map[string]string{"fingerprint": fp.String(), "short": fp.Short()})
+}
+
+func (s *Server) apiGroups(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	l, _, _ := s.dir.current(ctx)
+	writeJSON(w, http.StatusOK, l)
+}
+
+// apiGroup returns one listed group, its info asked again now.
+func (s *Server) apiGroup(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	_, id, err := s.groupOf(ctx, r)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	s.dir.refreshGroup(ctx, id)
+	l, _, _ := s.dir.current(ctx)
+	for _, g := range l.Groups {
+		if g.UUID == id.String() {
+			writeJSON(w, http.StatusOK, g)
+			return
+		}
+	}
+	writeError(w, toAPIError(fmt.Errorf("group %s: %w: no registry lists it now", id, wire.ErrNotFound)))
+}
+
+func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	var req struct {
+		Name   string `json:"name"`
+		Secret string `json:"secret"`
+	}
+	if err := readJSON(w, r, &req); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	if err := wire.CheckName(req.Name); err != nil {
+		writeError(w, badRequest("name %q: %v", req.Name, err))
+		return
+	}
+	g, id, err := s.groupOf(ctx, r)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	var secret []byte
+	if req.Secret != "" {
+		secret = []byte(req.Secret)
+	}
+	j, err := g.Join(ctx, req.Name, secret)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	s.dir.refreshGroup(ctx, id)
+	writeJSON(w, http.StatusOK, map[string]any{"epoch": strconv.FormatUint(j.Epoch, 10), "last_seq": j.Last, "already": j.Already})
+}
+
+func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	g, id, err := s.groupOf(ctx, r)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	was, err := g.Leave(ctx)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	s.dir.refreshGroup(ctx, id)
+	writeJSON(w, http.StatusOK, map[string]bool{"was_member": was})
+}
+
+func (s *Server) apiMembers(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	g, _, err := s.groupOf(ctx, r)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	ms, err := members(ctx, g, s.cfg.Client.Fingerprint())
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"members": ms})
+}
+
+// apiMessages returns a page of messages: ?before=SEQ (the page that ends
+// just before SEQ; absent: the last messages) or ?after=SEQ, with
+// ?limit=N (default 200, at most 10,000) and ?epoch=E (the page must be
+// of that log, or 409 epoch_mismatch).
+func (s *Server) apiMessages(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	q := r.URL.Query()
+	num := func(name string, def uint64) (uint64, error) {
+		v := q.Get(name)
+		if v == "" {
+			return def, nil
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, badRequest("%s=%q is not a number", name, v)
+		}
+		return n, nil
+	}
+	before, err1 := num("before", 0)
+	after, err2 := num("after", 0)
+	limit, err3 := num("limit", defaultPage)
+	epoch, err4 := num("epoch", 0)
+	if err := firstErr(err1, err2, err3, err4); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	if q.Has("before") && q.Has("after") {
+		writeError(w, badRequest("give before or after, not both"))
+		return
+	}
+	if limit == 0 || limit > maxPage {
+		writeError(w, badRequest("limit=%d: want 1..%d", limit, maxPage))
+		return
+	}
+	g, _, err := s.groupOf(ctx, r)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	var p page
+	if q.Has("after") {
+		p, err = pageAfter(ctx, g, after, int(limit), epoch)
+	} else {
+		p, err = pageBefore(ctx, g, before, int(limit), epoch)
+	}
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// apiSend sends {"text": ..., "id": UUIDv7 (optional)}: a page that
+// retries with the same id after a lost reply gets the first ack back.
+func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	defer cancel()
+	var req struct {
+		Text string `json:"text"`
+		ID   string `json:"id"`
+	}
+	if err := readJSON(w, r, &req); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	if strings.TrimSpace(req.Text) == "" {
+		writeError(w, badRequest("the message is empty"))
+		return
+	}
+	var id wire.ID
+	if req.ID != "" {
+		u, err := uuid.Parse(req.ID)
+		if err != nil || u == (uuid.UUID{}) {
+			writeError(w, badRequest("id %q is not a UUID", req.ID))
+			return
+		}
+		id = wire.ID(u)
+	}
+	g, _, err := s.groupOf(ctx, r)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	ack, err := send(ctx, g, id, req.Text)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, ack)
+}

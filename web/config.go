@@ -1,0 +1,125 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultListen       = "127.0.0.1:7380"
+	DefaultPollInterval = 2 * time.Second
+	// DefaultMaxStreams bounds the event streams open at once: a page
+	// holds one.
+	DefaultMaxStreams = 64
+)
+
+// ErrInvalidConfig: a Config field is unusable. Validate's errors wrap it.
+var ErrInvalidConfig = errors.New("invalid config")
+
+// ErrClosed: the Server was closed.
+var ErrClosed = errors.New("web server closed")
+
+// Config configures a Server. The zero value of each field but Client and
+// the registry sources means its default.
+type Config struct {
+	// Listen is the TCP address to serve on. Default DefaultListen
+	// (127.0.0.1:7380); port 0 picks a free port.
+	Listen string
+	// AllowRemote permits a Listen address that is not a loopback one.
+	// Without it, Validate refuses such an address: the server acts as the
+	// user, over plain HTTP.
+	AllowRemote bool
+	// Hosts are host names, besides IP addresses and "localhost", that
+	// requests may name in their Host header (the machine's name, for
+	// AllowRemote). Any other name is refused, against DNS rebinding.
+	Hosts []string
+
+	// Client is the user's huddle client: the key the server acts with.
+	// Required; the Server does not close it.
+	Client *client.Client
+	// Registries are registry addresses to list groups from, opened (and
+	// pinned) through Client.
+	Registries []string
+	// Discover, if set, finds further registries until ctx ends (mDNS),
+	// calling found for each one it has verified. Its error ends only
+	// discovery, and is logged.
+	Discover func(ctx context.Context, found func(*client.Registry)) error
+
+	// Secret is the per-launch secret requests must carry. Default: 32
+	// random bytes, base64url. Tests set it.
+	Secret string
+	// PollInterval is how often registries are asked for their groups
+	// while a page is open. Default DefaultPollInterval (2 s).
+	PollInterval time.Duration
+	// MaxStreams bounds the event streams open at once; one more gets 503.
+	// Default DefaultMaxStreams (64).
+	MaxStreams int
+	// Logger receives the server's notable events (start, refused
+	// requests at debug level). Default: discard.
+	Logger *slog.Logger
+}
+
+// Validate reports whether c can be used. Its errors wrap ErrInvalidConfig.
+func (c Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	if c.Client == nil {
+		return bad("Client is required")
+	}
+	if len(c.Registries) == 0 && c.Discover == nil {
+		return bad("no registry: give Registries or Discover")
+	}
+	if c.PollInterval < 0 || c.MaxStreams < 0 {
+		return bad("negative PollInterval or MaxStreams")
+	}
+	if c.Secret != "" && len(c.Secret) < 16 {
+		return bad("Secret of %d bytes: want at least 16", len(c.Secret))
+	}
+	listen := c.Listen
+	if listen == "" {
+		listen = DefaultListen
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return bad("listen address %q: %v", listen, err)
+	}
+	if !c.AllowRemote && !Loopback(host) {
+		return bad("listen address %q is not loopback: the page acts as you, so listening beyond this machine needs AllowRemote (huddle web --allow-remote)", listen)
+	}
+	return nil
+}
+
+// Loopback reports whether host (an IP address or "localhost") names this
+// machine only.
+func Loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}

@@ -1,0 +1,264 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Bounds and timings of event streams.
+const (
+	// maxWatches bounds the groups one event stream follows.
+	maxWatches = 256
+	// pingEvery is how often an idle stream sends a comment, so that the
+	// page and proxies see it alive.
+	pingEvery = 15 * time.Second
+	// streamWriteTimeout bounds each write to the browser: a page that
+	// stops reading loses its stream (it reconnects, resuming by cursor).
+	streamWriteTimeout = 30 * time.Second
+	// streamQueue is how many events may wait for the browser before the
+	// watches feeding them wait in turn.
+	streamQueue = 1024
+)
+
+// watchSpec is one group an event stream follows and where it resumes.
+type watchSpec struct {
+	group  wire.UUID
+	cursor bool   // after and epoch given
+	after  uint64 // resume after this sequence...
+	epoch  uint64 // ...of this log epoch (0: the current one)
+}
+
+// parseWatch reads a watch parameter: UUID (new messages only) or
+// UUID:EPOCH:SEQ (after SEQ of EPOCH; EPOCH 0 means the current log, so
+// UUID:0:0 is every message held).
+func parseWatch(s string) (watchSpec, error) {
+	parts := strings.Split(s, ":")
+	id, err := uuid.Parse(parts[0])
+	if err != nil {
+		return watchSpec{}, badRequest("watch=%q: %q is not a group UUID", s, parts[0])
+	}
+	w := watchSpec{group: id}
+	switch len(parts) {
+	case 1:
+		return w, nil
+	case 3:
+		e, err1 := strconv.ParseUint(parts[1], 10, 64)
+		a, err2 := strconv.ParseUint(parts[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return watchSpec{}, badRequest("watch=%q: want UUID:EPOCH:SEQ with numbers", s)
+		}
+		w.cursor, w.epoch, w.after = true, e, a
+		return w, nil
+	}
+	return watchSpec{}, badRequest("watch=%q: want UUID or UUID:EPOCH:SEQ", s)
+}
+
+// streamEvent is one event for the browser: its SSE name and JSON data.
+type streamEvent struct {
+	name string
+	data any
+}
+
+// apiEvents is GET /api/events: a text/event-stream of the group list
+// ("groups", at the start and on each change) and, for each group named by
+// a watch parameter, its messages and watch state ("message", "gap",
+// "reset", "status"). See README.md, "huddle web's API".
+func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
+	var specs []watchSpec
+	seen := map[wire.UUID]bool{}
+	for _, v := range r.URL.Query()["watch"] {
+		for _, one := range strings.Split(v, ",") {
+			if one == "" {
+				continue
+			}
+			ws, err := parseWatch(one)
+			if err != nil {
+				writeError(w, toAPIError(err))
+				return
+			}
+			if seen[ws.group] {
+				writeError(w, badRequest("group %s is watched twice", ws.group))
+				return
+			}
+			seen[ws.group] = true
+			specs = append(specs, ws)
+		}
+	}
+	if len(specs) > maxWatches {
+		writeError(w, badRequest("%d groups to watch; at most %d per stream", len(specs), maxWatches))
+		return
+	}
+	select {
+	case s.stream <- struct{}{}:
+		defer func() { <-s.stream }()
+	default:
+		writeError(w, apiError{Status: http.StatusServiceUnavailable, Code: "unavailable",
+			Message: fmt.Sprintf("%d event streams are open, the most this server serves", cap(s.stream))})
+		return
+	}
+	defer s.dir.stream()()
+
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+
+	ctx, cancel := context.WithCancel(r.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel, below: every watch ends first
+	defer cancel()
+	events := make(chan streamEvent, streamQueue)
+	for _, ws := range specs {
+		wg.Go(func() { s.follow(ctx, ws, events) })
+	}
+
+	write := func(ev streamEvent) error {
+		b, err := json.Marshal(ev.data)
+		if err != nil {
+			return err
+		}
+		rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, b)
+		return err
+	}
+	flush := func() error {
+		rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		return rc.Flush()
+	}
+	fp := s.cfg.Client.Fingerprint()
+	if write(streamEvent{"hello", map[string]string{"fingerprint": fp.String(), "short": fp.Short()}}) != nil {
+		return
+	}
+	list, changed := s.dir.watchList()
+	if list == nil {
+		_, list, changed = s.dir.current(ctx)
+	}
+	if write(streamEvent{"groups", json.RawMessage(list)}) != nil || flush() != nil {
+		return
+	}
+	ping := time.NewTicker(pingEvery)
+	defer ping.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			err = write(ev)
+			// Write what else is waiting, then flush once.
+			for more := true; more && err == nil; {
+				select {
+				case ev := <-events:
+					err = write(ev)
+				default:
+					more = false
+				}
+			}
+		case <-changed:
+			list, changed = s.dir.watchList()
+			err = write(streamEvent{"groups", json.RawMessage(list)})
+		case <-ping.C:
+			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+			_, err = fmt.Fprint(w, ": ping\n\n")
+		}
+		if err == nil {
+			err = flush()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// follow runs one group's watch for an event stream until ctx ends or the
+// watch ends for good, sending what happens to out.
+func (s *Server) follow(ctx context.Context, ws watchSpec, out chan<- streamEvent) {
+	id := ws.group.String()
+	emit := func(name string, data map[string]any) bool {
+		data["group"] = id
+		select {
+		case out <- streamEvent{name, data}:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	status := func(state string, epoch uint64, err error) bool {
+		d := map[string]any{"state": state}
+		if epoch != 0 {
+			d["epoch"] = epochString(epoch)
+		}
+		if err != nil {
+			d["error"] = toAPIError(err)
+		}
+		return emit("status", d)
+	}
+	var g *client.Group
+	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		var err error
+		g, err = s.dir.group(ctx, ws.group)
+		if err == nil && !ws.cursor {
+			// New messages only: from the log's end now.
+			ws.after, ws.epoch, err = position(ctx, g)
+		}
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		ae := toAPIError(err)
+		if ae.Code != "unreachable" && ae.Code != "unavailable" && ae.Code != "not_found" {
+			status("ended", 0, err)
+			return
+		}
+		if !status("reconnecting", 0, err) || !sleep(ctx, backoff) {
+			return
+		}
+	}
+	for e := range watch(ctx, g, ws.after, ws.epoch) {
+		var ok bool
+		switch e.kind {
+		case "message":
+			ok = emit("message", map[string]any{"epoch": epochString(e.epoch), "seq": e.message.Seq, "ts": e.message.TS,
+				"id": e.message.ID, "from": e.message.From, "name": e.message.Name, "text": e.message.Text})
+		case "gap":
+			ok = emit("gap", map[string]any{"epoch": epochString(e.epoch), "from": e.from, "to": e.to})
+		case "reset":
+			ok = emit("reset", map[string]any{"epoch": epochString(e.epoch)})
+		case "status":
+			ok = status(e.state, e.epoch, e.err)
+		}
+		if !ok {
+			return
+		}
+	}
+}
+
+// epochString writes a log epoch for JSON as a string: epochs are random
+// 64-bit numbers, and JavaScript's numbers hold 53 bits.
+func epochString(e uint64) string { return strconv.FormatUint(e, 10) }
+
+// sleep waits for d or until ctx ends, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

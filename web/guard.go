@@ -1,0 +1,167 @@
+package web
+
+import (
+	"crypto/subtle"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// guard is the check every request passes before any route (see the
+// package comment, "Security").
+type guard struct {
+	secret string
+	hosts  []string // extra host names allowed in Host
+	port   string   // the listening port: names the cookie
+	log    *slog.Logger
+}
+
+// secretParam is the query parameter of the URL the Server prints.
+const secretParam = "k"
+
+// cookieName is the secret's cookie. Cookies are not kept apart by port,
+// so each port gets its own name: two servers on one host (two users, or
+// one user twice) do not overwrite each other's.
+func (g guard) cookieName() string { return "huddle-" + g.port }
+
+// contentSecurityPolicy lets the page load scripts, styles and data only
+// from the server itself, and be framed by nobody.
+const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+func (g guard) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cross-Origin-Opener-Policy", "same-origin")
+		h.Set("Cross-Origin-Resource-Policy", "same-origin")
+		h.Set("Cache-Control", "no-store")
+
+		if !g.hostOK(r.Host) {
+			g.refuse(w, r, http.StatusForbidden, "forbidden_host", "the Host header names "+quote(r.Host)+
+				", not this server's address (a DNS name pointing at it is refused, against DNS rebinding)")
+			return
+		}
+		if why := g.foreign(r); why != "" {
+			g.refuse(w, r, http.StatusForbidden, "foreign_origin", why)
+			return
+		}
+		if !isAPI(r) {
+			// The page's files are the same in every huddle binary and hold
+			// nothing of the user's: they need no secret. The link the
+			// server printed trades its secret for the cookie the API
+			// needs, and is taken out of the address bar.
+			if k := r.URL.Query().Get(secretParam); k != "" {
+				if !g.match(k) {
+					g.refuse(w, r, http.StatusUnauthorized, "no_secret", "this link's secret is not this server's: "+
+						"huddle web prints a new link each time it starts")
+					return
+				}
+				http.SetCookie(w, &http.Cookie{Name: g.cookieName(), Value: g.secret, Path: "/",
+					HttpOnly: true, SameSite: http.SameSiteStrictMode})
+				q := r.URL.Query()
+				q.Del(secretParam)
+				u := *r.URL
+				u.RawQuery = q.Encode()
+				http.Redirect(w, r, u.RequestURI(), http.StatusSeeOther)
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		if !g.authorized(r) {
+			g.refuse(w, r, http.StatusUnauthorized, "no_secret", "this server needs the secret of the link huddle web printed "+
+				"(open that link once; scripts send Authorization: Bearer SECRET)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// hostOK accepts a Host that is an IP address, localhost, or a configured
+// name, with any port.
+func (g guard) hostOK(host string) bool {
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
+	}
+	name = strings.TrimSuffix(strings.Trim(name, "[]"), ".")
+	if name == "" {
+		return false
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return true
+	}
+	name = strings.ToLower(name)
+	return name == "localhost" || slices.ContainsFunc(g.hosts, func(h string) bool { return strings.EqualFold(h, name) })
+}
+
+// foreign says why r comes from another site, or "" if it does not. A
+// browser sends Origin with every request a script makes across origins
+// and with every POST, and Sec-Fetch-Site with every request; programs
+// that send neither are judged by the secret alone. Another port of
+// localhost is "same-site" (and cookies do not tell ports apart), so only
+// same-origin requests may use the API. A page may be navigated to from
+// anywhere (a link, the file --open writes): its files are public.
+func (g guard) foreign(r *http.Request) string {
+	if o := r.Header.Get("Origin"); o != "" && o != "http://"+r.Host {
+		return "requests from " + quote(o) + " are refused: only this server's own page may use it"
+	}
+	if !isAPI(r) && r.Method == http.MethodGet {
+		return ""
+	}
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "", "same-origin", "none":
+		return ""
+	default:
+		return "a " + site + " request is refused: only this server's own page may use it"
+	}
+}
+
+// authorized reports whether r carries the secret, in the cookie or as a
+// bearer token.
+func (g guard) authorized(r *http.Request) bool {
+	if c, err := r.Cookie(g.cookieName()); err == nil && g.match(c.Value) {
+		return true
+	}
+	auth := r.Header.Get("Authorization")
+	if token, ok := strings.CutPrefix(auth, "Bearer "); ok && g.match(strings.TrimSpace(token)) {
+		return true
+	}
+	return false
+}
+
+func (g guard) match(s string) bool {
+	return subtle.ConstantTimeCompare([]byte(s), []byte(g.secret)) == 1
+}
+
+// refuse answers a request the guard turned away: JSON for the API, a
+// short page for a browser.
+func (g guard) refuse(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	g.log.Debug("web request refused", "code", code, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+	if isAPI(r) {
+		writeError(w, apiError{Status: status, Code: code, Message: msg})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write([]byte("huddle web: " + msg + "\n"))
+}
+
+func isAPI(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/api/") }
+
+// quote quotes s for an error message, bounded so a huge header cannot
+// make a huge reply.
+func quote(s string) string {
+	if len(s) > 100 {
+		s = s[:100] + "..."
+	}
+	return strconv.Quote(s)
+}

@@ -1,0 +1,901 @@
+// huddle web's page: the group list, a conversation per group, members,
+// and the event stream that keeps them live. Plain ES modules, no build.
+
+import {api, APIError, Stream, newID} from './api.js';
+import {VList} from './vlist.js';
+import * as fmt from './format.js';
+
+const $ = id => document.getElementById(id);
+
+const firstPage = 500;     // messages loaded when a group opens
+const olderPage = 1000;    // messages per page scrolling back
+const keepLive = 5000;     // messages kept when following the end
+const trimAt = 6000;       // ...trimmed to keepLive past this
+const backlogFrom = 800;   // px from the top at which older pages load
+const membersEvery = 20000; // ms between members refreshes while shown
+
+const state = {
+  me: null,            // {fingerprint, short}
+  groups: new Map(),   // uuid -> group, as GET /api/groups lists it
+  registries: [],
+  convs: new Map(),    // uuid -> Conv
+  active: null,        // uuid of the open group
+  watched: '',         // the joined groups the stream follows, sorted, joined
+  fatal: false,
+};
+// For debugging from the browser's console (and the browser tests).
+window.huddle = {state};
+
+// Conv is one group's conversation as the page holds it.
+class Conv {
+  constructor(id) {
+    this.id = id;
+    this.items = [{k: 'top', key: 'top', ei: -1, seq: 0}];
+    this.keys = new Set(['top']);
+    this.epochs = [];       // every log epoch seen, in order
+    this.epoch = '';        // the stream's cursor: epoch (a string: 64 bits)...
+    this.cursor = 0;        // ...and last sequence delivered
+    this.cursorKnown = false;
+    this.loaded = false;    // its last page was fetched
+    this.loading = false;
+    this.pageEpoch = '';    // the epoch pages are fetched from
+    this.lowest = 0;        // lowest sequence loaded of pageEpoch
+    this.moreBefore = false;
+    this.unread = 0;
+    this.status = '';       // the watch: live, reconnecting, ended
+    this.statusError = null;
+    this.members = [];
+    this.myName = '';
+    this.names = new fmt.Names();
+    this.pending = new Map(); // message ID -> pending item
+    this.seqCounter = 0;
+  }
+
+  epochIndex(epoch) {
+    let i = this.epochs.indexOf(epoch);
+    if (i < 0) { this.epochs.push(epoch); i = this.epochs.length - 1; }
+    return i;
+  }
+
+  // insert adds items not held yet, in order: by epoch (in the order they
+  // were seen), then sequence.
+  insert(items) {
+    const fresh = items.filter(it => !this.keys.has(it.key));
+    if (fresh.length === 0) return false;
+    for (const it of fresh) this.keys.add(it.key);
+    fresh.sort(order);
+    const last = this.items[this.items.length - 1];
+    if (order(fresh[0], last) > 0) {
+      for (const it of fresh) this.items.push(it);
+      return true;
+    }
+    const out = [];
+    let i = 0, j = 0;
+    while (i < this.items.length || j < fresh.length) {
+      if (j >= fresh.length || (i < this.items.length && order(this.items[i], fresh[j]) <= 0)) out.push(this.items[i++]);
+      else out.push(fresh[j++]);
+    }
+    this.items = out;
+    return true;
+  }
+
+  remove(key) {
+    if (!this.keys.delete(key)) return;
+    const i = this.items.findIndex(it => it.key === key);
+    if (i >= 0) this.items.splice(i, 1);
+  }
+
+  // trim drops the oldest messages past trimAt, so a page left open on a
+  // busy group keeps a bounded memory; scrolling up loads them again.
+  trim() {
+    const msgs = this.items.length;
+    if (msgs <= trimAt) return false;
+    const drop = this.items.splice(1, msgs - keepLive);
+    for (const it of drop) this.keys.delete(it.key);
+    const firstMsg = this.items.find(it => it.k === 'msg' && it.ei === this.epochs.indexOf(this.pageEpoch));
+    if (firstMsg) this.lowest = firstMsg.seq;
+    this.moreBefore = true;
+    return true;
+  }
+}
+
+function order(a, b) { return a.ei - b.ei || a.seq - b.seq; }
+
+function conv(id) {
+  let c = state.convs.get(id);
+  if (!c) state.convs.set(id, c = new Conv(id));
+  return c;
+}
+
+function messageItem(c, m) {
+  return {k: 'msg', key: `m${m.epoch}:${m.seq}`, ei: c.epochIndex(m.epoch), epoch: m.epoch, seq: m.seq,
+    ts: Date.parse(m.ts), id: m.id, from: m.from, name: m.name, text: m.text};
+}
+
+// ---- read positions, kept per key and group in localStorage ----
+
+function readKey(id) { return `huddle.read.${state.me ? state.me.fingerprint : ''}.${id}`; }
+
+function loadRead(id) {
+  const v = localStorage.getItem(readKey(id));
+  if (!v) return null;
+  const [epoch, seq] = v.split(':');
+  return {epoch, seq: Number(seq)};
+}
+
+function markRead(c) {
+  c.unread = 0;
+  if (c.cursorKnown) localStorage.setItem(readKey(c.id), `${c.epoch}:${c.cursor}`);
+  renderSidebar();
+}
+
+// ---- the event stream ----
+
+const stream = new Stream(watches, onEvent, onStreamState);
+
+// watches lists every joined group with the cursor to resume from.
+function watches() {
+  const out = [];
+  for (const g of state.groups.values()) {
+    if (!g.member) continue;
+    const c = conv(g.uuid);
+    if (c.cursorKnown) out.push(`${g.uuid}:${c.epoch}:${c.cursor}`);
+    else if (g.epoch) out.push(`${g.uuid}:${g.epoch}:${g.last_seq}`);
+    else out.push(g.uuid);
+  }
+  return out;
+}
+
+function watchedSet() {
+  return [...state.groups.values()].filter(g => g.member).map(g => g.uuid).sort().join(',');
+}
+
+function onStreamState(s, detail) {
+  const el = $('conn');
+  el.className = 'conn';
+  if (s === 'live') {
+    el.textContent = 'connected';
+    el.classList.add('live');
+  } else if (s === 'reconnecting') {
+    el.textContent = `reconnecting… (next try in ${detail} s)`;
+    el.classList.add('down');
+    // Is it the secret? A stream refused with 401 looks like any error.
+    api.me().then(() => {}, err => { if (err.code === 'no_secret') fatal(err); });
+  }
+}
+
+function fatal(err) {
+  state.fatal = true;
+  stream.close();
+  const el = $('conn');
+  el.className = 'conn fatal';
+  el.textContent = fmt.describe(err);
+  $('empty').querySelector('p').textContent = fmt.describe(err);
+}
+
+function onEvent(name, d) {
+  switch (name) {
+    case 'hello':
+      state.me = {fingerprint: d.fingerprint, short: d.short};
+      $('me').textContent = `you: ${d.short}`;
+      return;
+    case 'groups':
+      setGroups(d);
+      return;
+  }
+  const c = conv(d.group);
+  const g = state.groups.get(d.group);
+  switch (name) {
+    case 'message': {
+      c.epoch = d.epoch; c.cursor = d.seq; c.cursorKnown = true;
+      const item = messageItem(c, d);
+      const ambiguous = c.names.add(d.name, d.from);
+      const p = c.pending.get(d.id);
+      if (p) { c.pending.delete(d.id); c.remove(p.key); }
+      if (c.loaded) c.insert([item]);
+      const mine = state.me && d.from === state.me.fingerprint;
+      const visible = state.active === d.group && !document.hidden;
+      if (!mine && !visible) c.unread++;
+      if (!mine && document.hidden && fmt.mentions(d.text, c.myName)) notify(g, d);
+      if (state.active === d.group) {
+        if (ambiguous) list.refresh();
+        updateList(c);
+        if (visible) markRead(c);
+      }
+      scheduleSidebar();
+      break;
+    }
+    case 'gap':
+      c.epoch = d.epoch; c.cursor = d.to; c.cursorKnown = true;
+      if (c.loaded) c.insert([{k: 'gap', key: `g${d.epoch}:${d.from}`, ei: c.epochIndex(d.epoch), seq: d.from - 0.5, from: d.from, to: d.to}]);
+      if (state.active === d.group) updateList(c);
+      break;
+    case 'reset':
+      c.epoch = d.epoch; c.cursor = 0; c.cursorKnown = true;
+      if (c.loaded) {
+        c.insert([{k: 'reset', key: `r${d.epoch}`, ei: c.epochIndex(d.epoch), seq: 0}]);
+        c.pageEpoch = d.epoch; c.lowest = 1; c.moreBefore = false;
+      }
+      if (state.active === d.group) updateList(c);
+      break;
+    case 'status':
+      c.status = d.state;
+      c.statusError = d.error || null;
+      if (d.state === 'ended' && d.error && d.error.code === 'not_member' && g) g.member = false;
+      if (state.active === d.group) renderHead();
+      scheduleSidebar();
+      break;
+  }
+}
+
+// ---- groups ----
+
+function setGroups(list) {
+  const seen = new Set();
+  for (const g of list.groups) {
+    const old = state.groups.get(g.uuid);
+    // A join or leave made here is known before the list says so.
+    if (old && old.memberOverride !== undefined) {
+      if (old.memberOverride === g.member || !g.reachable) delete old.memberOverride;
+      else g.member = old.memberOverride, g.memberOverride = old.memberOverride;
+    }
+    state.groups.set(g.uuid, g);
+    seen.add(g.uuid);
+    if (g.member && !state.convs.has(g.uuid)) {
+      const c = conv(g.uuid);
+      const read = loadRead(g.uuid);
+      if (read && g.epoch && read.epoch === g.epoch) c.unread = Math.max(0, g.last_seq - read.seq);
+    }
+  }
+  for (const id of [...state.groups.keys()]) if (!seen.has(id)) state.groups.delete(id);
+  state.registries = list.registries;
+  renderSidebar();
+  if (state.active) renderHead();
+  const w = watchedSet();
+  if (w !== state.watched) {
+    state.watched = w;
+    stream.reopen();
+  }
+  if (!state.active && location.hash.length > 1 && state.groups.has(location.hash.slice(1))) open(location.hash.slice(1));
+}
+
+let sidebarTimer = 0;
+function scheduleSidebar() {
+  if (sidebarTimer) return;
+  sidebarTimer = setTimeout(() => { sidebarTimer = 0; renderSidebar(); }, 100);
+}
+
+function renderSidebar() {
+  const filter = $('filter').value.trim().toLowerCase();
+  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.group : null;
+  const joined = [], others = [];
+  const groups = [...state.groups.values()].sort((a, b) => a.name.localeCompare(b.name) || a.uuid.localeCompare(b.uuid));
+  const nameCount = new Map();
+  for (const g of groups) nameCount.set(g.name, (nameCount.get(g.name) || 0) + 1);
+  let total = 0;
+  for (const g of groups) {
+    if (filter && !g.name.toLowerCase().includes(filter) && !g.uuid.startsWith(filter)) continue;
+    const c = state.convs.get(g.uuid);
+    const unread = g.member && c ? c.unread : 0;
+    total += unread;
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.dataset.group = g.uuid;
+    if (g.uuid === state.active) b.setAttribute('aria-current', 'true');
+    const name = document.createElement('span');
+    name.className = 'gname';
+    name.textContent = g.name;
+    b.append(name);
+    // Two groups of one name: tell them apart by UUID and daemon.
+    if (nameCount.get(g.name) > 1) b.append(tag(`${g.uuid.slice(0, 8)} · ${fmt.short(g.fingerprint)}`));
+    if (g.private) b.append(tag('private'));
+    if (g.member && c && c.status === 'reconnecting') b.append(tag('reconnecting', 'down'));
+    if (!g.reachable && !(c && c.status === 'live')) b.append(tag('unreachable', 'down'));
+    if (unread > 0) {
+      li.className = 'unread';
+      const badge = document.createElement('span');
+      badge.className = 'badge';
+      badge.textContent = unread > 999 ? '999+' : String(unread);
+      b.append(badge);
+    }
+    b.setAttribute('aria-label', `${g.name}${g.private ? ', private' : ''}${unread ? `, ${unread} unread` : ''}, ${g.members} members`);
+    b.addEventListener('click', () => { open(g.uuid); closeDrawers(); });
+    li.append(b);
+    (g.member ? joined : others).push(li);
+  }
+  if (joined.length === 0) joined.push(note(state.groups.size ? 'none yet: pick one below to join' : 'no groups yet'));
+  if (others.length === 0) others.push(note(filter ? 'no match' : 'none'));
+  $('joined').replaceChildren(...joined);
+  $('others').replaceChildren(...others);
+  const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : ' (not answering)'}`);
+  $('registries').textContent = regs.length ? `Groups from ${regs.join(', ')}` : '';
+  document.title = total ? `(${total}) huddle` : 'huddle';
+  if (focused) {
+    const b = document.querySelector(`.group-list button[data-group="${focused}"]`);
+    if (b) b.focus();
+  }
+}
+
+function tag(text, cls) {
+  const s = document.createElement('span');
+  s.className = 'tag' + (cls ? ' ' + cls : '');
+  s.textContent = text;
+  return s;
+}
+
+function note(text) {
+  const li = document.createElement('li');
+  li.className = 'empty-note';
+  li.textContent = text;
+  return li;
+}
+
+// ---- the open conversation ----
+
+const list = new VList($('messages'), {
+  key: it => it.key,
+  sig: (it, i) => sig(active(), it, i),
+  render: (it, i) => renderItem(active(), it, i),
+  estimate: (it, width) => estimate(it, width),
+  onScroll: () => {
+    const c = active();
+    if (c && c.moreBefore && !c.loading && $('messages').scrollTop < backlogFrom) loadOlder(c);
+  },
+});
+
+function active() { return state.active ? state.convs.get(state.active) : null; }
+
+function open(id) {
+  const g = state.groups.get(id);
+  if (!g) return;
+  state.active = id;
+  if (location.hash !== '#' + id) history.replaceState(null, '', '#' + id);
+  hideNotice();
+  $('empty').hidden = true;
+  $('conv-head').hidden = false;
+  renderHead();
+  renderSidebar();
+  if (!g.member) {
+    showJoin(g);
+    return;
+  }
+  $('join-form').hidden = true;
+  $('messages').hidden = false;
+  $('composer').hidden = false;
+  $('input').placeholder = `Message ${g.name} (Enter to send, Shift+Enter for a new line)`;
+  const c = conv(id);
+  list.reset();
+  list.setItems(c.items);
+  list.scrollToBottom();
+  if (!c.loaded) loadLast(c);
+  if (!document.hidden) markRead(c);
+  refreshMembers(c);
+  $('input').focus();
+}
+
+async function loadLast(c) {
+  c.loading = true;
+  try {
+    const p = await api.before(c.id, 0, firstPage);
+    c.loading = false;
+    c.loaded = true;
+    c.pageEpoch = p.epoch;
+    c.epochIndex(p.epoch);
+    const items = p.messages.map(m => messageItem(c, {...m, epoch: p.epoch}));
+    for (const m of p.messages) c.names.add(m.name, m.from);
+    c.lowest = p.messages.length ? p.messages[0].seq : p.last + 1;
+    c.moreBefore = p.more;
+    if (!c.cursorKnown || (c.epoch === p.epoch && c.cursor < p.last)) {
+      // The stream follows from where this page ends.
+      const was = c.cursorKnown;
+      c.epoch = p.epoch; c.cursor = p.last; c.cursorKnown = true;
+      if (!was) stream.reopen();
+    }
+    c.insert(items);
+    if (state.active === c.id) {
+      list.setItems(c.items);
+      list.scrollToBottom();
+      if (!document.hidden) markRead(c);
+    }
+  } catch (err) {
+    c.loading = false;
+    if (state.active === c.id) showNotice(err, () => loadLast(c));
+  }
+}
+
+async function loadOlder(c) {
+  c.loading = true;
+  list.refresh();
+  try {
+    const p = await api.before(c.id, c.lowest, olderPage, c.pageEpoch);
+    c.loading = false;
+    for (const m of p.messages) c.names.add(m.name, m.from);
+    c.insert(p.messages.map(m => messageItem(c, {...m, epoch: p.epoch})));
+    if (p.messages.length) c.lowest = p.messages[0].seq;
+    c.moreBefore = p.more && p.messages.length > 0;
+  } catch (err) {
+    c.loading = false;
+    if (err.code === 'epoch_mismatch') c.moreBefore = false;
+    else if (state.active === c.id) showNotice(err, () => loadOlder(c));
+  }
+  if (state.active === c.id) list.setItems(c.items);
+}
+
+function updateList(c) {
+  if (list.atBottom(8) && !document.hidden && c.trim()) {
+    // Trimmed while following the end: nothing in view moved.
+  }
+  list.setItems(c.items);
+}
+
+// sig is what a row's look depends on: it is re-rendered when it changes.
+function sig(c, it, i) {
+  switch (it.k) {
+    case 'top':
+      return `top|${c.loading}|${c.moreBefore}|${c.loaded}`;
+    case 'msg': {
+      const prev = c.items[i - 1];
+      return `${it.key}|${newDay(prev, it)}|${continues(prev, it)}|${c.names.ambiguous(it.name)}|${c.myName}`;
+    }
+    case 'pending':
+      return `${it.key}|${it.state}|${it.error ? it.error.code : ''}`;
+  }
+  return it.key;
+}
+
+function newDay(prev, it) {
+  return !prev || !prev.ts || fmt.dayKey(prev.ts) !== fmt.dayKey(it.ts);
+}
+
+function continues(prev, it) {
+  return !!prev && prev.k === 'msg' && prev.from === it.from && prev.name === it.name &&
+    it.ts - prev.ts < 5 * 60000 && !newDay(prev, it);
+}
+
+function estimate(it, width) {
+  if (it.k !== 'msg' && it.k !== 'pending') return 36;
+  const perLine = Math.max(20, Math.floor((width - 60) / 8));
+  let lines = 0;
+  for (const part of it.text.split('\n')) lines += Math.max(1, Math.ceil(part.length / perLine));
+  return 30 + lines * 21;
+}
+
+function renderItem(c, it, i) {
+  const el = document.createElement('div');
+  const g = state.groups.get(c.id);
+  switch (it.k) {
+    case 'top': {
+      el.className = 'marker';
+      el.textContent = c.loading ? 'Loading older messages…'
+        : c.moreBefore ? 'Scroll up for older messages'
+        : c.loaded ? `This is the beginning of ${g ? g.name : 'the group'}'s history on its daemon.` : '';
+      return el;
+    }
+    case 'reset':
+      el.className = 'marker reset';
+      el.textContent = 'The group’s daemon restarted and its history was reset: messages above are no longer held by it.';
+      return el;
+    case 'gap':
+      el.className = 'marker';
+      el.textContent = `Messages #${it.from}–#${it.to} were dropped by the group’s retention before they could be shown.`;
+      return el;
+  }
+  const prev = c.items[i - 1];
+  if (it.k === 'msg' && newDay(prev, it)) {
+    const day = document.createElement('div');
+    day.className = 'day';
+    day.setAttribute('role', 'separator');
+    day.textContent = fmt.dayLabel(it.ts);
+    el.append(day);
+  }
+  const m = document.createElement('div');
+  m.className = 'msg';
+  const mine = it.k === 'pending' || (state.me && it.from === state.me.fingerprint);
+  if (mine) m.classList.add('own');
+  if (it.k === 'msg') {
+    m.dataset.seq = String(it.seq);
+    m.dataset.epoch = String(it.epoch);
+    m.dataset.from = it.from;
+    if (!mine && fmt.mentions(it.text, c.myName)) m.classList.add('mention');
+  }
+  if (it.k === 'msg' && continues(prev, it)) {
+    m.classList.add('cont');
+    m.title = fmt.full(it.ts);
+  } else {
+    const meta = document.createElement('div');
+    meta.className = 'meta';
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = it.k === 'pending' ? (c.myName || 'you') : it.name;
+    meta.append(name);
+    if (it.k === 'msg' && c.names.ambiguous(it.name)) {
+      const fp = document.createElement('span');
+      fp.className = 'fp';
+      fp.textContent = fmt.short(it.from);
+      fp.title = it.from;
+      meta.append(fp);
+    }
+    if (mine) {
+      const you = document.createElement('span');
+      you.className = 'you';
+      you.textContent = 'you';
+      meta.append(you);
+    }
+    if (it.k === 'msg') {
+      const t = document.createElement('time');
+      t.dateTime = new Date(it.ts).toISOString();
+      t.title = fmt.full(it.ts);
+      t.textContent = fmt.clock(it.ts);
+      meta.append(t);
+    }
+    m.append(meta);
+  }
+  const text = document.createElement('div');
+  text.className = 'text';
+  text.textContent = it.text;
+  m.append(text);
+  if (it.k === 'pending') {
+    m.classList.add('pending');
+    m.append(pendingState(c, it));
+  }
+  el.append(m);
+  return el;
+}
+
+function pendingState(c, p) {
+  const s = document.createElement('div');
+  s.className = 'state';
+  const g = state.groups.get(c.id);
+  switch (p.state) {
+    case 'sending': s.textContent = 'sending…'; break;
+    case 'sent': s.textContent = 'sent'; break;
+    case 'retrying':
+      s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
+      break;
+    case 'failed': {
+      s.classList.add('bad');
+      s.textContent = `not sent: ${fmt.describe(p.error, g)} `;
+      const edit = document.createElement('button');
+      edit.className = 'link-button';
+      edit.textContent = 'Edit';
+      edit.addEventListener('click', () => { discard(c, p); $('input').value = p.text; $('input').focus(); grow(); });
+      const drop = document.createElement('button');
+      drop.className = 'link-button';
+      drop.textContent = 'Discard';
+      drop.addEventListener('click', () => discard(c, p));
+      s.append(edit, drop);
+      break;
+    }
+  }
+  return s;
+}
+
+function discard(c, p) {
+  c.pending.delete(p.id);
+  c.remove(p.key);
+  if (state.active === c.id) list.setItems(c.items);
+}
+
+function renderHead() {
+  const g = state.groups.get(state.active);
+  const c = state.convs.get(state.active);
+  if (!g) return;
+  $('title').textContent = g.name;
+  $('title').title = `${g.uuid} · daemon ${g.fingerprint}`;
+  const st = $('group-state');
+  st.className = 'group-state';
+  $('leave').hidden = !g.member;
+  $('members-toggle').hidden = !g.member;
+  if (g.member && c && c.status === 'reconnecting') {
+    st.classList.add('down');
+    st.textContent = c.statusError ? `reconnecting… ${fmt.describe(apiErr(c.statusError), g)}` : 'reconnecting to its daemon…';
+  } else if (g.member && c && c.status === 'ended' && c.statusError) {
+    st.classList.add('down');
+    st.textContent = fmt.describe(apiErr(c.statusError), g);
+  } else {
+    st.textContent = `${g.members} member${g.members === 1 ? '' : 's'}${g.private ? ' · private' : ''}`;
+  }
+}
+
+function apiErr(e) { return new APIError(0, e); }
+
+// ---- notices ----
+
+function showNotice(err, retry) {
+  const n = $('notice');
+  const g = state.groups.get(state.active);
+  n.replaceChildren(document.createTextNode(fmt.describe(err, g)));
+  if (retry) {
+    const b = document.createElement('button');
+    b.className = 'link-button';
+    b.textContent = 'Try again';
+    b.addEventListener('click', () => { hideNotice(); retry(); });
+    n.append(b);
+  }
+  n.hidden = false;
+  if (err.code === 'no_secret') fatal(err);
+}
+
+function hideNotice() { $('notice').hidden = true; }
+
+// ---- joining and leaving ----
+
+function showJoin(g) {
+  $('messages').hidden = true;
+  $('composer').hidden = true;
+  $('members').hidden = true;
+  const f = $('join-form');
+  f.hidden = false;
+  $('join-title').textContent = `Join ${g.name}`;
+  $('join-about').textContent = `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} messages so far · ` +
+    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}`;
+  $('join-secret-label').hidden = !g.private;
+  $('join-secret').required = g.private;
+  $('join-secret').value = '';
+  const name = $('join-name');
+  if (!name.value) name.value = localStorage.getItem('huddle.name') || '';
+  name.focus();
+}
+
+$('join-form').addEventListener('submit', async ev => {
+  ev.preventDefault();
+  const id = state.active;
+  const g = state.groups.get(id);
+  const name = $('join-name').value.trim();
+  if (!g || !name) return;
+  const button = $('join-form').querySelector('button');
+  button.disabled = true;
+  try {
+    await api.join(id, name, g.private ? $('join-secret').value : '');
+    localStorage.setItem('huddle.name', name);
+    g.member = true;
+    g.memberOverride = true;
+    const c = conv(id);
+    c.myName = name;
+    state.watched = watchedSet();
+    stream.reopen();
+    open(id);
+  } catch (err) {
+    showNotice(err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$('leave').addEventListener('click', async () => {
+  const id = state.active;
+  const g = state.groups.get(id);
+  if (!g || !confirm(`Leave ${g.name}? You can join again later.`)) return;
+  try {
+    await api.leave(id);
+    g.member = false;
+    g.memberOverride = false;
+    state.convs.delete(id);
+    state.watched = watchedSet();
+    stream.reopen();
+    open(id);
+  } catch (err) {
+    showNotice(err);
+  }
+});
+
+// ---- sending ----
+
+$('composer').addEventListener('submit', ev => {
+  ev.preventDefault();
+  sendInput();
+});
+
+$('input').addEventListener('keydown', ev => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    sendInput();
+  }
+});
+$('input').addEventListener('input', grow);
+
+function grow() {
+  const t = $('input');
+  t.style.height = 'auto';
+  t.style.height = Math.min(t.scrollHeight + 2, window.innerHeight * 0.4) + 'px';
+}
+
+function sendInput() {
+  const c = active();
+  const t = $('input');
+  const text = t.value;
+  if (!c || text.trim() === '') return;
+  t.value = '';
+  grow();
+  const id = newID();
+  const p = {k: 'pending', key: `p${id}`, ei: Infinity, seq: ++c.seqCounter, id, text, state: 'sending', error: null, tries: 0};
+  c.pending.set(id, p);
+  c.insert([p]);
+  list.setItems(c.items);
+  list.scrollToBottom();
+  deliver(c, p);
+}
+
+// deliver sends a pending message, retrying with the same ID (so that it
+// is stored once) while the failure may pass.
+async function deliver(c, p) {
+  p.tries++;
+  try {
+    await api.send(c.id, p.text, p.id);
+    if (c.pending.has(p.id)) setPending(c, p, 'sent', null);
+  } catch (err) {
+    if (!c.pending.has(p.id)) return;
+    const transient = ['offline', 'unreachable', 'unavailable', 'internal', 'rate_limited'].includes(err.code);
+    if (!transient) {
+      setPending(c, p, 'failed', err);
+      return;
+    }
+    setPending(c, p, 'retrying', err);
+    const wait = err.code === 'rate_limited' ? Math.max(err.retryAfterMS, 100) : Math.min(1000 * 2 ** Math.min(p.tries - 1, 3), 8000);
+    setTimeout(() => { if (c.pending.has(p.id)) deliver(c, p); }, wait);
+  }
+}
+
+function setPending(c, p, s, err) {
+  p.state = s;
+  p.error = err;
+  if (state.active === c.id) list.refresh();
+}
+
+// ---- members ----
+
+let membersTimer = 0;
+
+async function refreshMembers(c) {
+  clearTimeout(membersTimer);
+  try {
+    const r = await api.members(c.id);
+    c.members = r.members;
+    let ambiguous = false;
+    for (const m of r.members) {
+      if (c.names.add(m.name, m.fingerprint)) ambiguous = true;
+      if (m.you) c.myName = m.name;
+    }
+    if (state.active === c.id) {
+      renderMembers(c);
+      if (ambiguous) list.refresh();
+    }
+  } catch (err) {
+    if (err.code === 'not_member') {
+      const g = state.groups.get(c.id);
+      if (g) { g.member = false; open(c.id); }
+      return;
+    }
+  }
+  if (state.active === c.id) membersTimer = setTimeout(() => { if (!document.hidden) refreshMembers(c); }, membersEvery);
+}
+
+function renderMembers(c) {
+  const ms = [...c.members].sort((a, b) => (b.online - a.online) || a.name.localeCompare(b.name));
+  const now = Date.now();
+  $('member-list').replaceChildren(...ms.map(m => {
+    const li = document.createElement('li');
+    if (m.online) li.className = 'online';
+    const dot = document.createElement('span');
+    dot.className = 'dot';
+    dot.setAttribute('aria-hidden', 'true');
+    const name = document.createElement('span');
+    name.className = 'mname';
+    name.textContent = m.name + (m.you ? ' (you)' : '');
+    const detail = document.createElement('span');
+    detail.className = 'detail';
+    const seen = m.online ? 'online' : m.last_seen ? `seen ${fmt.ago(Date.parse(m.last_seen), now)}` : 'not seen lately';
+    detail.textContent = `${m.short} · ${seen}`;
+    detail.title = m.fingerprint;
+    li.setAttribute('aria-label', `${m.name}${m.you ? ' (you)' : ''}, ${seen}, key ${m.short}`);
+    li.append(dot, name, detail);
+    return li;
+  }));
+  $('members-heading').textContent = `Members (${ms.filter(m => m.online).length} online of ${ms.length})`;
+}
+
+$('members-toggle').addEventListener('click', () => {
+  const m = $('members');
+  m.hidden = !m.hidden;
+  $('members-toggle').setAttribute('aria-expanded', String(!m.hidden));
+  const c = active();
+  if (!m.hidden && c) { renderMembers(c); refreshMembers(c); }
+});
+
+// ---- notifications ----
+
+function notify(g, d) {
+  if (!('Notification' in window) || Notification.permission !== 'granted') return;
+  const n = new Notification(`${d.name} in ${g ? g.name : 'huddle'}`, {body: d.text.slice(0, 200), tag: `${d.group}:${d.seq}`});
+  n.onclick = () => { window.focus(); open(d.group); n.close(); };
+}
+
+if ('Notification' in window && Notification.permission === 'default') {
+  $('notify').hidden = false;
+  $('notify').addEventListener('click', async () => {
+    await Notification.requestPermission();
+    $('notify').hidden = Notification.permission !== 'default';
+  });
+}
+
+// ---- keyboard and narrow windows ----
+
+function closeDrawers() {
+  $('sidebar').classList.remove('open');
+  $('sidebar-toggle').setAttribute('aria-expanded', 'false');
+}
+
+$('sidebar-toggle').addEventListener('click', () => {
+  const open = $('sidebar').classList.toggle('open');
+  $('sidebar-toggle').setAttribute('aria-expanded', String(open));
+  if (open) $('filter').focus();
+});
+
+$('filter').addEventListener('input', renderSidebar);
+$('filter').addEventListener('keydown', ev => {
+  const first = document.querySelector('.group-list button');
+  if ((ev.key === 'Enter' || ev.key === 'ArrowDown') && first) {
+    ev.preventDefault();
+    if (ev.key === 'Enter') { first.click(); } else first.focus();
+  }
+});
+
+$('sidebar').addEventListener('keydown', ev => {
+  if (ev.key !== 'ArrowDown' && ev.key !== 'ArrowUp') return;
+  const buttons = [...document.querySelectorAll('.group-list button')];
+  const i = buttons.indexOf(document.activeElement);
+  if (i < 0) return;
+  ev.preventDefault();
+  const next = buttons[i + (ev.key === 'ArrowDown' ? 1 : -1)];
+  if (next) next.focus(); else if (ev.key === 'ArrowUp') $('filter').focus();
+});
+
+document.addEventListener('keydown', ev => {
+  if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === 'k') {
+    ev.preventDefault();
+    $('sidebar').classList.add('open');
+    $('sidebar-toggle').setAttribute('aria-expanded', 'true');
+    $('filter').focus();
+    $('filter').select();
+  } else if (ev.altKey && (ev.key === 'ArrowUp' || ev.key === 'ArrowDown')) {
+    ev.preventDefault();
+    const ids = [...document.querySelectorAll('.group-list button')].map(b => b.dataset.group);
+    const i = ids.indexOf(state.active);
+    const next = ids[(i + (ev.key === 'ArrowDown' ? 1 : ids.length - 1)) % ids.length];
+    if (next) open(next);
+  } else if (ev.key === 'Escape') {
+    if (!$('members').hidden) { $('members').hidden = true; $('members-toggle').setAttribute('aria-expanded', 'false'); }
+    closeDrawers();
+  }
+});
+
+document.addEventListener('visibilitychange', () => {
+  const c = active();
+  if (!document.hidden && c) {
+    markRead(c);
+    updateList(c);
+    refreshMembers(c);
+  }
+});
+
+window.addEventListener('hashchange', () => {
+  const id = location.hash.slice(1);
+  if (id && id !== state.active && state.groups.has(id)) open(id);
+});
+
+// ---- start ----
+
+async function start() {
+  try {
+    state.me = await api.me();
+    $('me').textContent = `you: ${state.me.short}`;
+    setGroups(await api.groups());
+  } catch (err) {
+    if (err.code === 'no_secret') { fatal(err); return; }
+    onStreamState('reconnecting', 1);
+  }
+  if (!state.fatal && !stream.es) stream.open();
+}
+
+start();

@@ -1,0 +1,99 @@
+// Formatting for people: times, days, sizes, names, and the daemon's
+// errors in words.
+
+const timeFmt = new Intl.DateTimeFormat(undefined, {hour: '2-digit', minute: '2-digit'});
+const dayFmt = new Intl.DateTimeFormat(undefined, {weekday: 'long', day: 'numeric', month: 'long', year: 'numeric'});
+const fullFmt = new Intl.DateTimeFormat(undefined, {dateStyle: 'medium', timeStyle: 'medium'});
+
+export const clock = ms => timeFmt.format(ms);
+export const full = ms => fullFmt.format(ms);
+
+// dayKey names the local calendar day of ms.
+export function dayKey(ms) {
+  const d = new Date(ms);
+  return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+}
+
+// dayLabel says "Today", "Yesterday", or the date.
+export function dayLabel(ms, now = Date.now()) {
+  if (dayKey(ms) === dayKey(now)) return 'Today';
+  if (dayKey(ms) === dayKey(now - 86400000)) return 'Yesterday';
+  return dayFmt.format(ms);
+}
+
+export function ago(ms, now = Date.now()) {
+  const s = Math.max(0, Math.round((now - ms) / 1000));
+  if (s < 60) return 'just now';
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+export function bytes(n) {
+  if (n >= 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(n % 1024 ? 1 : 0)} KiB`;
+  return `${n} bytes`;
+}
+
+export function seconds(ms) {
+  const s = ms / 1000;
+  return s < 10 ? `${s.toFixed(1)} s` : `${Math.round(s)} s`;
+}
+
+// Names: who shares a display name with another key.
+export class Names {
+  constructor() { this.keys = new Map(); } // name -> Set of fingerprints
+  add(name, fp) {
+    let s = this.keys.get(name);
+    if (!s) this.keys.set(name, s = new Set());
+    if (s.has(fp)) return false;
+    s.add(fp);
+    return s.size === 2; // a name became ambiguous
+  }
+  ambiguous(name) {
+    const s = this.keys.get(name);
+    return !!s && s.size > 1;
+  }
+}
+
+// short is the short form of a fingerprint, as huddle prints it.
+export const short = fp => fp.slice(0, 9);
+
+// describe turns an API error into what a person should read.
+export function describe(err, group) {
+  const g = group ? group.name : 'the group';
+  switch (err.code) {
+    case 'not_member':
+      return `You are not a member of ${g}: join it to read and send.`;
+    case 'rate_limited':
+      return `Slow down: ${g} limits how fast each member sends. You can send again in ${seconds(err.retryAfterMS || 1000)}.`;
+    case 'too_large':
+      return group && group.max_message_bytes
+        ? `Too large: messages in ${g} may be at most ${bytes(group.max_message_bytes)}.`
+        : `Too large for ${g}.`;
+    case 'unauthorized':
+      return `${g} is private and the secret is wrong or missing: ask a member for it.`;
+    case 'unreachable':
+      return `${g}'s daemon cannot be reached right now; huddle keeps trying.`;
+    case 'unavailable':
+      return `${g}'s daemon is busy or restarting; try again in a moment.`;
+    case 'not_found':
+      return `${g} is no longer listed by any registry.`;
+    case 'epoch_mismatch':
+      return `${g}'s history was reset (its daemon restarted).`;
+    case 'offline':
+      return err.message;
+    case 'no_secret':
+      return 'This page needs the link huddle web printed when it started (it carries a secret). Open that link.';
+    case 'bad_request':
+      return err.message;
+  }
+  return `Something went wrong: ${err.message}`;
+}
+
+// mentions reports whether text mentions name as a word (with or without @).
+export function mentions(text, name) {
+  if (!name) return false;
+  const esc = name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return new RegExp(`(^|[^\\p{L}\\p{N}_])@?${esc}(?![\\p{L}\\p{N}_])`, 'iu').test(text);
+}
