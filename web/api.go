@@ -66,10 +66,14 @@ func toAPIError(err error) apiError {
 	if errors.As(err, &ae) {
 		return ae
 	}
-	var we *wire.Error
-	if errors.As(err, &we) {
-		e := apiError{Code: we.Code.String(), Message: err.Error(), RetryAfterMS: we.RetryAfterMS, Epoch: we.Epoch}
-		switch we.Code {
+	code, ok := protocolCode(err)
+	if ok {
+		e := apiError{Code: code.String(), Message: err.Error()}
+		var we *wire.Error
+		if errors.As(err, &we) {
+			e.RetryAfterMS, e.Epoch = we.RetryAfterMS, we.Epoch
+		}
+		switch code {
 		case wire.CodeBadRequest:
 			e.Status = http.StatusBadRequest
 		case wire.CodeUnauthorized, wire.CodeNotMember:
@@ -96,6 +100,16 @@ func toAPIError(err error) apiError {
 		return apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "huddle web is shutting down"}
 	}
 	return apiError{Status: http.StatusInternalServerError, Code: "internal", Message: err.Error()}
+}
+
+// protocolCode returns the protocol error code err matches, if any.
+func protocolCode(err error) (wire.Code, bool) {
+	for c := wire.CodeInternal; c <= wire.CodeEpochMismatch; c++ {
+		if errors.Is(err, c.Sentinel()) {
+			return c, true
+		}
+	}
+	return 0, false
 }
 
 func writeError(w http.ResponseWriter, e apiError) {

@@ -36,14 +36,18 @@ const (
 
 // directory keeps the groups every known registry lists, merged by UUID,
 // with what each group's daemon says of it, and publishes the list when it
-// changes.
+// changes. Each registry is polled by a goroutine of its own, so a registry
+// that does not answer delays nothing but its own listing; each group's
+// info is asked on a goroutine of its own too. run owns them all.
 type directory struct {
 	c        *client.Client
 	poll     time.Duration
 	log      *slog.Logger
 	discover func(context.Context, func(*client.Registry)) error
 
-	refreshMu sync.Mutex // one refresh at a time
+	ctx  context.Context // run's, once it started
+	wg   sync.WaitGroup  // every goroutine run started
+	info chan struct{}   // a token per info request in flight
 
 	mu        sync.Mutex
 	regs      []*registryState // given first, in order, then discovered
@@ -51,9 +55,11 @@ type directory struct {
 	list      listJSON
 	listBytes []byte
 	changed   chan struct{} // closed and replaced when list changes
-	refreshed time.Time     // when the last refresh ended
+	merged    chan struct{} // closed and replaced after each merge
+	mergedAny bool          // a merge has happened
 	streams   int           // event streams open
 	demand    time.Time     // last API read of the list
+	wake      chan struct{} // closed and replaced to make pollers poll now
 }
 
 type registryState struct {
@@ -62,6 +68,7 @@ type registryState struct {
 	entries []wire.GroupEntry
 	at      time.Time // of entries
 	err     error     // of the last attempt
+	polled  bool      // an attempt has ended
 }
 
 type groupState struct {
@@ -72,6 +79,7 @@ type groupState struct {
 	info   *wire.Info
 	infoAt time.Time
 	infoOK bool // the last info request succeeded
+	asking bool // an info request is in flight
 }
 
 // groupJSON is a group as the API lists it.
@@ -110,48 +118,64 @@ type listJSON struct {
 
 func newDirectory(cfg Config) *directory {
 	d := &directory{c: cfg.Client, poll: cfg.PollInterval, log: cfg.Logger, discover: cfg.Discover,
-		groups: make(map[wire.UUID]*groupState), changed: make(chan struct{})}
+		info:   make(chan struct{}, infoConcurrency),
+		groups: make(map[wire.UUID]*groupState), changed: make(chan struct{}), merged: make(chan struct{}),
+		wake: make(chan struct{})}
 	for _, a := range cfg.Registries {
 		d.regs = append(d.regs, &registryState{addr: a})
 	}
 	d.list = listJSON{Groups: []groupJSON{}, Registries: []registryJSON{}}
+	d.listBytes, _ = json.Marshal(d.list)
 	return d
 }
 
-// run polls the registries while there is demand, and runs discovery,
-// until ctx ends.
+// run polls every registry while there is demand, and runs discovery,
+// until ctx ends; it returns once every goroutine it started has ended.
 func (d *directory) run(ctx context.Context) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	d.mu.Lock()
+	d.ctx = ctx
+	regs := slices.Clone(d.regs)
+	d.mu.Unlock()
+	for _, rs := range regs {
+		d.wg.Go(func() { d.pollRegistry(ctx, rs) })
+	}
 	if d.discover != nil {
-		wg.Go(func() {
+		d.wg.Go(func() {
 			err := d.discover(ctx, d.addRegistry)
 			if err != nil && ctx.Err() == nil {
 				d.log.Warn("registry discovery ended", "err", err)
 			}
 		})
 	}
-	t := time.NewTicker(d.poll)
+	<-ctx.Done()
+	d.wg.Wait()
+}
+
+// pollRegistry lists rs every poll interval while the list is wanted.
+func (d *directory) pollRegistry(ctx context.Context, rs *registryState) {
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
+		d.mu.Lock()
+		wake := d.wake
+		wanted := d.streams > 0 || time.Since(d.demand) < demandWindow
+		d.mu.Unlock()
+		if wanted {
+			d.listRegistry(ctx, rs)
+			d.merge()
+		}
+		t.Reset(d.poll)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		d.mu.Lock()
-		wanted := d.streams > 0 || time.Since(d.demand) < demandWindow
-		d.mu.Unlock()
-		if wanted {
-			d.refresh(ctx)
+		case <-wake:
 		}
 	}
 }
 
-func (d *directory) close() {}
-
 // addRegistry adds a discovered registry, unless one at its address is
-// known.
+// known, and starts polling it.
 func (d *directory) addRegistry(r *client.Registry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -160,14 +184,19 @@ func (d *directory) addRegistry(r *client.Registry) {
 			return
 		}
 	}
-	d.regs = append(d.regs, &registryState{addr: r.Addr(), reg: r})
+	rs := &registryState{addr: r.Addr(), reg: r}
+	d.regs = append(d.regs, rs)
 	d.log.Info("registry found", "addr", r.Addr(), "fingerprint", r.Fingerprint().Short())
+	if ctx := d.ctx; ctx != nil && ctx.Err() == nil {
+		d.wg.Go(func() { d.pollRegistry(ctx, rs) })
+	}
 }
 
 // stream counts an event stream as open until the returned func is called.
 func (d *directory) stream() (done func()) {
 	d.mu.Lock()
 	d.streams++
+	d.wakeLocked()
 	d.mu.Unlock()
 	return func() {
 		d.mu.Lock()
@@ -176,37 +205,67 @@ func (d *directory) stream() (done func()) {
 	}
 }
 
-// current returns the list, refreshing it first if it is older than a poll
-// interval, and the channel closed when it next changes.
+// wakeLocked makes the pollers poll now, if the list was not wanted a
+// moment ago (they poll on their own while it is).
+func (d *directory) wakeLocked() {
+	if d.streams > 1 || time.Since(d.demand) < d.poll {
+		return
+	}
+	close(d.wake)
+	d.wake = make(chan struct{})
+}
+
+// current returns the list (waiting for the first poll of every registry
+// if none has ended yet, at most registryTimeout) and the channel closed
+// when it next changes.
 func (d *directory) current(ctx context.Context) (listJSON, []byte, <-chan struct{}) {
 	d.mu.Lock()
+	d.wakeLocked()
 	d.demand = time.Now()
-	fresh := time.Since(d.refreshed) < d.poll
+	first := !d.mergedAny
 	d.mu.Unlock()
-	if !fresh {
-		d.refresh(ctx)
+	if first {
+		d.awaitMerge(ctx)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.list, d.listBytes, d.changed
 }
 
+// awaitMerge waits for the next merge, at most registryTimeout.
+func (d *directory) awaitMerge(ctx context.Context) {
+	d.mu.Lock()
+	merged := d.merged
+	d.mu.Unlock()
+	t := time.NewTimer(registryTimeout)
+	defer t.Stop()
+	select {
+	case <-merged:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // watchList returns the list as JSON and the channel closed when it next
-// changes, without refreshing.
+// changes, without waiting.
 func (d *directory) watchList() ([]byte, <-chan struct{}) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.listBytes, d.changed
 }
 
-// group returns the handle of a listed group, refreshing the list once if
-// it is not in it. Errors: wire.ErrNotFound.
+// group returns the handle of a listed group, waiting for the next merge
+// once if it is not in the list. Errors: wire.ErrNotFound.
 func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, error) {
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()
 		var h *client.Group
 		if gs := d.groups[id]; gs != nil {
 			h = gs.handle
+		}
+		if h == nil && attempt == 0 {
+			d.wakeLocked()
+			d.demand = time.Now()
 		}
 		d.mu.Unlock()
 		if h != nil {
@@ -215,29 +274,18 @@ func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, err
 		if attempt > 0 {
 			return nil, fmt.Errorf("group %s: %w: no registry lists it", id, wire.ErrNotFound)
 		}
-		d.refresh(ctx)
+		d.awaitMerge(ctx)
 	}
 }
 
-// refresh lists every registry, merges the listings, asks new and stale
-// groups for their info, and publishes the list if it changed.
-func (d *directory) refresh(ctx context.Context) {
-	d.refreshMu.Lock()
-	defer d.refreshMu.Unlock()
-
-	d.mu.Lock()
-	regs := slices.Clone(d.regs)
-	d.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, rs := range regs {
-		wg.Go(func() { d.listRegistry(ctx, rs) })
-	}
-	wg.Wait()
-
+// merge rebuilds the groups from every registry's last good listing, asks
+// new and stale groups for their info (in the background), and publishes
+// the list if it changed.
+func (d *directory) merge() {
 	now := time.Now()
 	d.mu.Lock()
 	seen := make(map[wire.UUID]bool)
-	for _, rs := range regs {
+	for _, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
@@ -270,16 +318,22 @@ func (d *directory) refresh(ctx context.Context) {
 			delete(d.groups, id)
 		}
 	}
-	var ask []*groupState
 	for _, gs := range d.groups {
-		if gs.info == nil || now.Sub(gs.infoAt) > infoEvery {
-			ask = append(ask, gs)
+		if !gs.asking && (gs.info == nil || now.Sub(gs.infoAt) > infoEvery) {
+			d.askInfoLocked(gs)
 		}
 	}
+	all := true
+	for _, rs := range d.regs {
+		all = all && rs.polled
+	}
+	d.publishLocked()
+	if all {
+		d.mergedAny = true
+	}
+	close(d.merged)
+	d.merged = make(chan struct{})
 	d.mu.Unlock()
-
-	d.askInfo(ctx, ask)
-	d.publish(regs)
 }
 
 // listRegistry opens rs if need be and lists its groups.
@@ -302,26 +356,36 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	if reg != nil {
 		rs.reg = reg
 	}
-	rs.err = err
+	rs.err, rs.polled = err, true
 	if err == nil {
 		rs.entries, rs.at = list.Groups, time.Now()
-	} else if ctx.Err() == nil || rs.at.IsZero() {
+	} else {
 		d.log.Debug("registry did not list", "addr", rs.addr, "err", err)
 	}
 }
 
-// askInfo asks each group's daemon for its info, a few at a time.
-func (d *directory) askInfo(ctx context.Context, groups []*groupState) {
-	sem := make(chan struct{}, infoConcurrency)
-	var wg sync.WaitGroup
-	for _, gs := range groups {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			d.updateInfo(ctx, gs)
-		})
+// askInfoLocked asks gs's daemon for its info on a goroutine of run's, at
+// most infoConcurrency at once, and publishes the list when it answers.
+// d.mu is held.
+func (d *directory) askInfoLocked(gs *groupState) {
+	ctx := d.ctx
+	if ctx == nil || ctx.Err() != nil {
+		return
 	}
-	wg.Wait()
+	gs.asking = true
+	d.wg.Go(func() {
+		select {
+		case d.info <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-d.info }()
+		d.updateInfo(ctx, gs)
+		d.mu.Lock()
+		gs.asking = false
+		d.publishLocked()
+		d.mu.Unlock()
+	})
 }
 
 // updateInfo asks gs's daemon for its info now.
@@ -340,25 +404,25 @@ func (d *directory) updateInfo(ctx context.Context, gs *groupState) {
 	}
 }
 
-// refreshGroup asks one group's daemon for its info and publishes the list
-// (after a join or leave).
+// refreshGroup asks one group's daemon for its info now and publishes the
+// list (after a join or leave).
 func (d *directory) refreshGroup(ctx context.Context, id wire.UUID) {
 	d.mu.Lock()
 	gs := d.groups[id]
-	regs := slices.Clone(d.regs)
 	d.mu.Unlock()
 	if gs == nil {
 		return
 	}
 	d.updateInfo(ctx, gs)
-	d.publish(regs)
+	d.mu.Lock()
+	d.publishLocked()
+	d.mu.Unlock()
 }
 
-// publish rebuilds the list and, if it changed, wakes whoever waits.
-func (d *directory) publish(regs []*registryState) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	l := listJSON{Groups: make([]groupJSON, 0, len(d.groups)), Registries: make([]registryJSON, 0, len(regs))}
+// publishLocked rebuilds the list and, if it changed, wakes whoever waits.
+// d.mu is held.
+func (d *directory) publishLocked() {
+	l := listJSON{Groups: make([]groupJSON, 0, len(d.groups)), Registries: make([]registryJSON, 0, len(d.regs))}
 	for id, gs := range d.groups {
 		e := gs.entry
 		g := groupJSON{UUID: id.String(), Name: e.Name, Fingerprint: e.Fingerprint.String(), Addrs: e.Addrs,
@@ -376,7 +440,7 @@ func (d *directory) publish(regs []*registryState) {
 		l.Groups = append(l.Groups, g)
 	}
 	slices.SortFunc(l.Groups, func(a, b groupJSON) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.UUID, b.UUID)) })
-	for _, rs := range regs {
+	for _, rs := range d.regs {
 		r := registryJSON{Addr: rs.addr, OK: rs.err == nil && !rs.at.IsZero()}
 		if rs.reg != nil {
 			r.Fingerprint = rs.reg.Fingerprint().String()
@@ -387,12 +451,8 @@ func (d *directory) publish(regs []*registryState) {
 		l.Registries = append(l.Registries, r)
 	}
 	b, err := json.Marshal(l)
-	if err != nil {
-		return // cannot happen: plain values
-	}
-	d.refreshed = time.Now()
-	if bytes.Equal(b, d.listBytes) {
-		return
+	if err != nil || bytes.Equal(b, d.listBytes) {
+		return // err cannot happen: plain values
 	}
 	d.list, d.listBytes = l, b
 	close(d.changed)

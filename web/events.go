@@ -141,10 +141,7 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 	if write(streamEvent{"hello", map[string]string{"fingerprint": fp.String(), "short": fp.Short()}}) != nil {
 		return
 	}
-	list, changed := s.dir.watchList()
-	if list == nil {
-		_, list, changed = s.dir.current(ctx)
-	}
+	_, list, changed := s.dir.current(ctx)
 	if write(streamEvent{"groups", json.RawMessage(list)}) != nil || flush() != nil {
 		return
 	}

@@ -70,8 +70,8 @@ func members(ctx context.Context, g *client.Group, me wire.Fingerprint) ([]membe
 type page struct {
 	Messages []messageJSON `json:"messages"`
 	Epoch    uint64        `json:"epoch,string"` // a string: it does not fit a JavaScript number
-	First    uint64        `json:"first"` // first sequence the group holds
-	Last     uint64        `json:"last"`  // last sequence assigned
+	First    uint64        `json:"first"`        // first sequence the group holds
+	Last     uint64        `json:"last"`         // last sequence assigned
 	// More: messages remain before the page (for before=) or after it.
 	More bool `json:"more"`
 }

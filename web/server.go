@@ -167,6 +167,5 @@ func (s *Server) Close() error {
 		err = ln.Close()
 	}
 	s.wg.Wait()
-	s.dir.close()
 	return err
 }
