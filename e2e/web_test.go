@@ -3,28 +3,185 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 )
 
-// TestWebLook is a first look: alice's page with lobby open.
-func TestWebLook(t *testing.T) {
+// The page's elements the tests read. A message row is a .msg with
+// data-seq, data-from, a .name (unless it continues the previous one from
+// the same sender) and a .text.
+const (
+	// msgTexts lists the texts of the message rows in the document, in order.
+	msgTexts = `[...document.querySelectorAll('#messages .msg')].map(m => m.querySelector('.text').textContent)`
+)
+
+// hasMessage is a JavaScript condition: a message row with this text.
+func hasMessage(text string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('#messages .msg[data-seq] .text')].some(e => e.textContent === %s)`, jsString(text))
+}
+
+// groupButton selects the sidebar button of a group.
+func groupButton(uuid string) string { return `.group-list button[data-group="` + uuid + `"]` }
+
+// badge is a JavaScript expression: a group's unread badge ("" if none).
+func badge(uuid string) string {
+	return fmt.Sprintf(`(document.querySelector(%s)?.querySelector('.badge')?.textContent || '')`, jsString(groupButton(uuid)))
+}
+
+// typeMessage types text into the message box and presses Enter; newlines
+// in text are typed as Shift+Enter.
+func (b *browser) typeMessage(text string) {
+	b.t.Helper()
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	for i, line := range strings.Split(text, "\n") {
+		if i > 0 {
+			b.do("Shift+Enter", chromedp.KeyEvent("\r", chromedp.KeyModifiers(chromedp.ModifierShift)))
+		}
+		b.do("type", chromedp.KeyEvent(line))
+	}
+	b.do("Enter", pressEnter())
+}
+
+// pressEnter presses Enter as a keyboard does, with no separate character
+// event: chromedp.KeyEvent("\r") also sends one, which a real browser does
+// not after the page handled the keydown, and which would type a newline
+// into the emptied message box.
+func pressEnter() chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		for _, typ := range []input.DispatchKeyEventType{input.DispatchKeyEventTypeRawKeyDown, input.DispatchKeyEventTypeKeyUp} {
+			_, err := cdp.Call(ctx, t, input.DispatchKeyEvent, input.DispatchKeyEventParams{
+				Type: typ, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// joinByClick opens a group of the "other groups" list and joins it as
+// name, with the mouse.
+func (b *browser) joinByClick(uuid, name string) {
+	b.t.Helper()
+	sel := `#others button[data-group="` + uuid + `"]`
+	b.waitFor("the group listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
+	b.do("open the group", chromedp.Click(chromedp.CSS(sel)))
+	b.waitFor("the join form", `!document.getElementById('join-form').hidden`)
+	eval[bool](b, `(() => { document.getElementById('join-name').value = ''; return true; })()`)
+	b.do("type a name", chromedp.SendKeys(chromedp.ID("join-name"), name), chromedp.Click(chromedp.CSS("#join-form button")))
+	b.waitFor("the conversation", `!document.getElementById('composer').hidden && document.activeElement.id === 'input'`)
+}
+
+// TestWebTwoUsers runs the page as two people would, in two browsers:
+// alice joins with the keyboard alone, bob with the mouse; each sees the
+// other's messages live, own messages marked; a message sent with the CLI
+// appears; unread counts rise and clear; the members panel shows who is
+// online; two keys with one name are told apart; a mention notifies a
+// hidden page; and a refused message is explained in words.
+func TestWebTwoUsers(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	lobby, dev := up.groups["lobby"], up.groups["dev"]
 	alice := newUser(t, "alice", up.registry)
 	bob := newUser(t, "bob", up.registry)
-	waitListed(t, alice, up.groups["lobby"], up.groups["dev"])
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
-	alice.okInput(t, "good morning\nanyone up for lunch?\n", "send", "lobby")
-	bob.ok(t, "send", "lobby", "yes! 12:30 at the usual place")
-	ws := alice.web(t)
-	b := newBrowser(t, 1200, 760)
-	b.open(ws)
-	b.waitFor("lobby listed", `[...document.querySelectorAll('#joined button')].some(b => b.textContent.includes('lobby'))`)
-	b.do("open lobby", chromedp.Click(chromedp.CSS(`#joined button[data-group="`+up.groups["lobby"]+`"]`)))
-	b.waitFor("the messages", `document.querySelectorAll('.msg').length >= 3`)
-	b.screenshot("look")
-	t.Log(b.text())
+	carol := newUser(t, "carol", up.registry)
+	waitListed(t, alice, lobby, dev)
+	aliceWeb, bobWeb := alice.web(t), bob.web(t)
+	ab, bb := newBrowser(t, 1200, 800), newBrowser(t, 1200, 800)
+	ab.open(aliceWeb)
+	bb.open(bobWeb)
+
+	// alice, keyboard only: Ctrl+K, the group's name, Enter; her name, Enter.
+	ab.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(groupButton(lobby))))
+	ab.screenshot("join")
+	ab.do("Ctrl+K", chromedp.KeyEvent("k", chromedp.KeyModifiers(chromedp.ModifierCtrl)))
+	ab.waitFor("the filter focused", `document.activeElement.id === 'filter'`)
+	ab.do("type lobby, Enter", chromedp.KeyEvent("lobby"), pressEnter())
+	ab.waitFor("the join form, name focused", `document.activeElement.id === 'join-name'`)
+	ab.do("type alice, Enter", chromedp.KeyEvent("alice\r"))
+	ab.waitFor("the message box focused", `document.activeElement.id === 'input'`)
+
+	bb.joinByClick(lobby, "bob")
+
+	ab.typeMessage("hi bob")
+	bb.waitFor("alice's message at bob's", hasMessage("hi bob"))
+	ab.waitFor("alice's own message, marked", `[...document.querySelectorAll('.msg.own .text')].some(e => e.textContent === 'hi bob')`)
+	if own := eval[bool](bb, `[...document.querySelectorAll('.msg.own .text')].some(e => e.textContent === 'hi bob')`); own {
+		t.Error("bob's page marks alice's message as his own")
+	}
+	bb.typeMessage("hello alice\nlunch at noon?")
+	ab.waitFor("bob's two-line message at alice's", hasMessage("hello alice\nlunch at noon?"))
+
+	carol.join(t, "lobby")
+	carol.join(t, "dev")
+	carol.ok(t, "send", "lobby", "carol here, from the terminal")
+	ab.waitFor("carol's CLI message at alice's", hasMessage("carol here, from the terminal"))
+	bb.waitFor("carol's CLI message at bob's", hasMessage("carol here, from the terminal"))
+
+	// Unread counts: bob joins dev, goes back to lobby; carol writes in dev.
+	bb.joinByClick(dev, "bob")
+	bb.do("back to lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	bb.waitFor("lobby open", `document.getElementById('title').textContent === 'lobby'`)
+	for i := 1; i <= 3; i++ {
+		carol.ok(t, "send", "dev", fmt.Sprintf("dev news %d", i))
+		bb.waitFor(fmt.Sprintf("dev's unread count at %d", i), badge(dev)+fmt.Sprintf(` === '%d'`, i))
+	}
+	if got := eval[string](bb, `document.title`); got != "(3) huddle" {
+		t.Errorf("page title %q, want the unread total", got)
+	}
+	bb.screenshot("unread")
+	bb.do("open dev", chromedp.Click(chromedp.CSS(groupButton(dev))))
+	bb.waitFor("dev's messages", hasMessage("dev news 3"))
+	bb.waitFor("dev's unread count cleared", badge(dev)+` === ''`)
+
+	// Members: alice and bob have pages open (watches): online; carol not.
+	ab.do("open the members", chromedp.Click(chromedp.ID("members-toggle")))
+	ab.waitFor("three members, two online", `document.getElementById('members-heading').textContent === 'Members (2 online of 3)'`)
+	online := eval[[]string](ab, `[...document.querySelectorAll('#member-list li.online .mname')].map(e => e.textContent)`)
+	if strings.Join(online, ",") != "alice (you),bob" {
+		t.Errorf("online members %v, want alice (you) and bob", online)
+	}
+
+	// Another key takes the name alice: both alices show their key.
+	dave := newUser(t, "dave", up.registry)
+	dave.ok(t, "join", "lobby", "--as", "alice")
+	dave.ok(t, "send", "lobby", "i am alice too")
+	ab.waitFor("dave's message", hasMessage("i am alice too"))
+	ab.waitFor("both alices told apart by key", `(() => {
+		const names = [...document.querySelectorAll('#messages .msg .meta')].filter(m => m.querySelector('.name').textContent === 'alice');
+		return names.length >= 2 && names.every(m => m.querySelector('.fp') && /^[a-z2-7]{4}-[a-z2-7]{4}$/.test(m.querySelector('.fp').textContent));
+	})()`)
+	fps := eval[[]string](ab, `[...new Set([...document.querySelectorAll('#messages .msg .fp')].map(e => e.textContent))]`)
+	if len(fps) != 2 || !strings.HasPrefix(alice.fingerprint(t), fps[0]) && !strings.HasPrefix(alice.fingerprint(t), fps[1]) {
+		t.Errorf("short fingerprints shown %v, want alice's and dave's", fps)
+	}
+	ab.do("close the members", chromedp.KeyEvent("\x1b"))
+	ab.screenshot("conversation")
+
+	// A mention notifies bob while his page is hidden. Headless chromium
+	// shows no notifications, so the page's Notification is a recorder.
+	bb.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	eval[bool](bb, `(() => {
+		window.notes = [];
+		window.Notification = class { constructor(title, opts) { notes.push({title, body: opts.body}); } static get permission() { return 'granted'; } };
+		Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+		return true;
+	})()`)
+	carol.ok(t, "send", "lobby", "no mention in this one")
+	carol.ok(t, "send", "lobby", "@bob lunch is ready")
+	bb.waitFor("a notification", `notes.length > 0`)
+	if notes := eval[[]map[string]string](bb, `notes`); len(notes) != 1 || notes[0]["title"] != "carol in lobby" || notes[0]["body"] != "@bob lunch is ready" {
+		t.Errorf("notifications %v, want one for the mention", notes)
+	}
+
+	// A message over the group's limit is refused, in words.
+	eval[bool](ab, `(() => { document.getElementById('input').value = 'x'.repeat(70000); return true; })()`)
+	ab.do("Enter", chromedp.Focus(chromedp.ID("input")), pressEnter())
+	ab.waitFor("the refusal in words", `[...document.querySelectorAll('.msg.pending .state.bad')].some(e => e.textContent.includes('Too large: messages in lobby may be at most 64 KiB'))`)
 }

@@ -265,56 +265,79 @@ function scheduleSidebar() {
   sidebarTimer = setTimeout(() => { sidebarTimer = 0; renderSidebar(); }, 100);
 }
 
+// The sidebar's rows, by group: updated in place, so that focus, hover and
+// a click in progress survive the updates that arrive all the time.
+const rows = new Map(); // uuid -> {li, sig}
+
 function renderSidebar() {
   const filter = $('filter').value.trim().toLowerCase();
-  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.group : null;
   const joined = [], others = [];
   const groups = [...state.groups.values()].sort((a, b) => a.name.localeCompare(b.name) || a.uuid.localeCompare(b.uuid));
   const nameCount = new Map();
   for (const g of groups) nameCount.set(g.name, (nameCount.get(g.name) || 0) + 1);
   let total = 0;
+  const keep = new Set();
   for (const g of groups) {
-    if (filter && !g.name.toLowerCase().includes(filter) && !g.uuid.startsWith(filter)) continue;
     const c = state.convs.get(g.uuid);
     const unread = g.member && c ? c.unread : 0;
     total += unread;
-    const li = document.createElement('li');
-    const b = document.createElement('button');
-    b.type = 'button';
-    b.dataset.group = g.uuid;
-    if (g.uuid === state.active) b.setAttribute('aria-current', 'true');
-    const name = document.createElement('span');
-    name.className = 'gname';
-    name.textContent = g.name;
-    b.append(name);
-    // Two groups of one name: tell them apart by UUID and daemon.
-    if (nameCount.get(g.name) > 1) b.append(tag(`${g.uuid.slice(0, 8)} · ${fmt.short(g.fingerprint)}`));
-    if (g.private) b.append(tag('private'));
-    if (g.member && c && c.status === 'reconnecting') b.append(tag('reconnecting', 'down'));
-    if (!g.reachable && !(c && c.status === 'live')) b.append(tag('unreachable', 'down'));
-    if (unread > 0) {
-      li.className = 'unread';
-      const badge = document.createElement('span');
-      badge.className = 'badge';
-      badge.textContent = unread > 999 ? '999+' : String(unread);
-      b.append(badge);
+    if (filter && !g.name.toLowerCase().includes(filter) && !g.uuid.startsWith(filter)) continue;
+    const twin = nameCount.get(g.name) > 1;
+    const down = g.member && c && c.status === 'reconnecting' ? 'reconnecting'
+      : !g.reachable && !(c && c.status === 'live') ? 'unreachable' : '';
+    const sig = [g.name, twin, g.private, down, unread, g.members, g.uuid === state.active].join('|');
+    keep.add(g.uuid);
+    let row = rows.get(g.uuid);
+    if (!row || row.sig !== sig) {
+      const li = row ? row.li : document.createElement('li');
+      const b = row ? li.firstChild : document.createElement('button');
+      if (!row) {
+        b.type = 'button';
+        b.dataset.group = g.uuid;
+        b.addEventListener('click', () => { open(g.uuid); closeDrawers(); });
+        li.append(b);
+      }
+      if (g.uuid === state.active) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
+      const name = document.createElement('span');
+      name.className = 'gname';
+      name.textContent = g.name;
+      const parts = [name];
+      // Two groups of one name: tell them apart by UUID and daemon.
+      if (twin) parts.push(tag(`${g.uuid.slice(0, 8)} · ${fmt.short(g.fingerprint)}`));
+      if (g.private) parts.push(tag('private'));
+      if (down) parts.push(tag(down, 'down'));
+      li.className = unread > 0 ? 'unread' : '';
+      if (unread > 0) {
+        const badge = document.createElement('span');
+        badge.className = 'badge';
+        badge.textContent = unread > 999 ? '999+' : String(unread);
+        parts.push(badge);
+      }
+      b.replaceChildren(...parts);
+      b.setAttribute('aria-label', `${g.name}${g.private ? ', private' : ''}${unread ? `, ${unread} unread` : ''}, ${g.members} members`);
+      row = {li, sig};
+      rows.set(g.uuid, row);
     }
-    b.setAttribute('aria-label', `${g.name}${g.private ? ', private' : ''}${unread ? `, ${unread} unread` : ''}, ${g.members} members`);
-    b.addEventListener('click', () => { open(g.uuid); closeDrawers(); });
-    li.append(b);
-    (g.member ? joined : others).push(li);
+    (g.member ? joined : others).push(row.li);
   }
+  for (const id of [...rows.keys()]) if (!keep.has(id)) rows.delete(id);
   if (joined.length === 0) joined.push(note(state.groups.size ? 'none yet: pick one below to join' : 'no groups yet'));
   if (others.length === 0) others.push(note(filter ? 'no match' : 'none'));
-  $('joined').replaceChildren(...joined);
-  $('others').replaceChildren(...others);
+  reconcile($('joined'), joined);
+  reconcile($('others'), others);
   const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : ' (not answering)'}`);
-  $('registries').textContent = regs.length ? `Groups from ${regs.join(', ')}` : '';
-  document.title = total ? `(${total}) huddle` : 'huddle';
-  if (focused) {
-    const b = document.querySelector(`.group-list button[data-group="${focused}"]`);
-    if (b) b.focus();
-  }
+  const text = regs.length ? `Groups from ${regs.join(', ')}` : '';
+  if ($('registries').textContent !== text) $('registries').textContent = text;
+  const title = total ? `(${total}) huddle` : 'huddle';
+  if (document.title !== title) document.title = title;
+}
+
+// reconcile makes el's children the nodes given, moving only if the order
+// changed.
+function reconcile(el, nodes) {
+  const cur = [...el.children];
+  if (cur.length === nodes.length && cur.every((n, i) => n === nodes[i] || (n.className === 'empty-note' && nodes[i].className === 'empty-note' && n.textContent === nodes[i].textContent))) return;
+  el.replaceChildren(...nodes);
 }
 
 function tag(text, cls) {
@@ -594,7 +617,9 @@ function renderHead() {
     st.classList.add('down');
     st.textContent = fmt.describe(apiErr(c.statusError), g);
   } else {
-    st.textContent = `${g.members} member${g.members === 1 ? '' : 's'}${g.private ? ' · private' : ''}`;
+    const n = c && c.members.length ? c.members.length : g.members;
+    const online = c && c.members.length ? c.members.filter(m => m.online).length : 0;
+    st.textContent = `${n} member${n === 1 ? '' : 's'}${online ? `, ${online} online` : ''}${g.private ? ' · private' : ''}`;
   }
 }
 
@@ -759,6 +784,7 @@ async function refreshMembers(c) {
     }
     if (state.active === c.id) {
       renderMembers(c);
+      renderHead();
       if (ambiguous) list.refresh();
     }
   } catch (err) {
@@ -837,7 +863,11 @@ $('filter').addEventListener('keydown', ev => {
   const first = document.querySelector('.group-list button');
   if ((ev.key === 'Enter' || ev.key === 'ArrowDown') && first) {
     ev.preventDefault();
-    if (ev.key === 'Enter') { first.click(); } else first.focus();
+    if (ev.key === 'ArrowDown') { first.focus(); return; }
+    // Open the first match, and show every group again.
+    $('filter').value = '';
+    first.click();
+    renderSidebar();
   }
 });
 

@@ -165,18 +165,26 @@ export class VList {
         row.el.style.transform = `translateY(${this.offsets[i]}px)`;
         placed.push([item, key, row.el]);
       }
+      for (const [key, row] of this.rows) {
+        if (!keep.has(key)) {
+          row.el.remove();
+          this.rows.delete(key);
+        }
+      }
+      // The document's order is the list's, for screen readers and for
+      // whoever reads the rows in order.
+      let prev = null;
+      for (const [, , el] of placed) {
+        const want = prev ? prev.nextSibling : this.inner.firstChild;
+        if (want !== el) this.inner.insertBefore(el, want);
+        prev = el;
+      }
       let changed = false;
       for (const [item, key, el] of placed) {
         const h = el.offsetHeight;
         if (h > 0 && this.heights.get(key) !== h) {
           if (this.height(item) !== h) changed = true;
           this.heights.set(key, h);
-        }
-      }
-      for (const [key, row] of this.rows) {
-        if (!keep.has(key)) {
-          row.el.remove();
-          this.rows.delete(key);
         }
       }
       if (!changed) return;

@@ -1,0 +1,298 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+)
+
+// scrollBack is run in the page: it scrolls the open conversation up a
+// screen at a time, waiting for each frame and each older page to load,
+// until the start of the history shows, and returns what was in the
+// document at each step (each row's sequence number) and the most rows
+// the document held at once.
+const scrollBack = `(async () => {
+	const el = document.getElementById('messages');
+	const c = window.huddle.state.convs.get(window.huddle.state.active);
+	const frame = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+	const rendered = () => [...el.querySelectorAll('.msg[data-seq]')].map(m => Number(m.dataset.seq));
+	const steps = [];
+	let most = 0;
+	for (let i = 0; i < 100000; i++) {
+		const seqs = rendered();
+		steps.push(seqs);
+		most = Math.max(most, el.querySelectorAll('.row').length);
+		if (el.scrollTop === 0 && !c.loading && !c.moreBefore) break;
+		el.scrollTop = Math.max(0, el.scrollTop - el.clientHeight * 0.8);
+		await frame();
+		while (c.loading) await frame();
+	}
+	return {steps, most};
+})()`
+
+// TestWebScrollBack5000 scrolls a page back through a group of 5,000
+// messages: every one is shown, in order, while the document holds only
+// the rows on screen.
+func TestWebScrollBack5000(t *testing.T) {
+	t.Parallel()
+	const n = 5000
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--send-rate", "0")
+	lobby := up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	var lines strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&lines, "message %d\n", i)
+	}
+	alice.okInput(t, lines.String(), "send", "lobby")
+
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	b.waitFor("the last message", hasMessage(fmt.Sprint("message ", n)))
+	type result struct {
+		Steps [][]int `json:"steps"`
+		Most  int     `json:"most"`
+	}
+	r := eval[result](b, scrollBack)
+	seen := make([]bool, n+1)
+	for _, step := range r.Steps {
+		if !slices.IsSorted(step) {
+			t.Fatalf("rows out of order on screen: %v", step)
+		}
+		for i, s := range step {
+			if i > 0 && step[i-1] == s {
+				t.Fatalf("message %d shown twice on screen", s)
+			}
+			seen[s] = true
+		}
+	}
+	for s := 1; s <= n; s++ {
+		if !seen[s] {
+			t.Fatalf("message %d never shown while scrolling back (%d steps)", s, len(r.Steps))
+		}
+	}
+	if r.Most > 200 {
+		t.Errorf("the document held %d rows at once: rows off screen are not rendered", r.Most)
+	}
+	texts := eval[[]string](b, msgTexts)
+	if len(texts) == 0 || texts[0] != "message 1" {
+		t.Errorf("at the top, rows %v, want message 1 first", texts[:min(3, len(texts))])
+	}
+	t.Logf("scrolled back through %d messages in %d steps; at most %d rows in the document", n, len(r.Steps), r.Most)
+}
+
+// tcpCut is a TCP relay between the browser and huddle web that can drop
+// every connection and refuse new ones, then let them through again: the
+// page losing its server for a while.
+type tcpCut struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]bool
+	wg     sync.WaitGroup
+}
+
+func newTCPCut(t *testing.T, target string) *tcpCut {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpCut{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	p.wg.Go(p.accept)
+	t.Cleanup(func() {
+		ln.Close()
+		p.setCut(true)
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *tcpCut) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns[c] = true
+		p.mu.Unlock()
+		p.wg.Go(func() { p.relay(c) })
+	}
+}
+
+func (p *tcpCut) relay(c net.Conn) {
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, c)
+		p.mu.Unlock()
+		c.Close()
+	}()
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	p.conns[s] = true
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, s)
+		p.mu.Unlock()
+		s.Close()
+	}()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(s, c); done <- struct{}{} }()
+	go func() { io.Copy(c, s); done <- struct{}{} }()
+	<-done
+	c.Close()
+	s.Close()
+	<-done
+}
+
+// setCut drops every connection and refuses new ones (true), or lets them
+// through again (false).
+func (p *tcpCut) setCut(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	if cut {
+		for c := range p.conns {
+			c.Close()
+		}
+	}
+}
+
+// messagesOf returns, from the page's own state, the texts it holds for a
+// group in order (reset markers as "--reset--").
+func messagesOf(b *browser, group string) []string {
+	return eval[[]string](b, fmt.Sprintf(`window.huddle.state.convs.get(%s).items
+		.filter(it => it.k === 'msg' || it.k === 'reset').map(it => it.k === 'reset' ? '--reset--' : it.text)`, jsString(group)))
+}
+
+// TestWebRecovers checks that the page recovers by itself, losing and
+// repeating nothing, when its connection to huddle web breaks for a while
+// and when the group daemon restarts (a new, empty log): it says so while
+// it waits, delivers a message typed meanwhile once, and shows what was
+// sent meanwhile once.
+func TestWebRecovers(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
+	lobby := up.groups["lobby"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	ws := alice.web(t)
+	relay := newTCPCut(t, strings.TrimPrefix(ws.base, "http://"))
+	via := "http://" + relay.ln.Addr().String()
+
+	b := newBrowser(t, 1000, 700)
+	b.do("open the page through the relay", chromedp.Navigate(via+"/?k="+ws.secret))
+	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected'`)
+	b.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	bob.ok(t, "send", "lobby", "one")
+	b.waitFor("the first message", hasMessage("one"))
+
+	// The page loses huddle web for a while.
+	relay.setCut(true)
+	b.waitFor("the page to say it is reconnecting", `document.getElementById('conn').textContent.startsWith('reconnecting')`)
+	bob.ok(t, "send", "lobby", "two, while the page was cut off")
+	relay.setCut(false)
+	b.waitFor("the page to reconnect", `document.getElementById('conn').textContent === 'connected'`)
+	b.waitFor("what was sent meanwhile", hasMessage("two, while the page was cut off"))
+
+	// The group daemon restarts with an empty log.
+	up.stop(t)
+	b.waitFor("the group said to be reconnecting", `document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	b.screenshot("reconnecting")
+	b.typeMessage("three, typed while the daemon was down")
+	b.waitFor("the message waiting to be sent", `[...document.querySelectorAll('.msg.pending .state')].some(e => e.textContent.startsWith('not sent yet'))`)
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	defer up.stop(t)
+	b.waitFor("the typed message delivered", hasMessage("three, typed while the daemon was down"))
+	b.waitFor("the group live again", `!document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	bob.ok(t, "send", "lobby", "four")
+	b.waitFor("a message of the new log", hasMessage("four"))
+
+	want := []string{"one", "two, while the page was cut off", "--reset--", "three, typed while the daemon was down", "four"}
+	if got := messagesOf(b, lobby); !slices.Equal(got, want) {
+		t.Fatalf("the page holds %q, want %q", got, want)
+	}
+	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {
+		t.Errorf("%d messages still pending", n)
+	}
+	// The daemon stored the typed message once.
+	if out := bob.ok(t, "fetch", "lobby"); strings.Count(out, "three, typed while the daemon was down") != 1 {
+		t.Errorf("the daemon holds:\n%s\nwant the typed message once", out)
+	}
+}
+
+// TestWebRefusesOthers checks, from a real browser, that the API refuses
+// a page without the link's secret (401) and another site's page using
+// the user's cookie (403), and that such a page sent nothing.
+func TestWebRefusesOthers(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	lobby := up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	ws := alice.web(t, "--log-level", "debug")
+
+	// Without the link: the page says what it needs; the API says 401.
+	stranger := newBrowser(t, 900, 600)
+	stranger.do("open the page without the link", chromedp.Navigate(ws.base+"/"))
+	stranger.waitFor("the page to ask for the link", `document.getElementById('conn').textContent.includes('needs the link huddle web printed')`)
+	if st := eval[int](stranger, `fetch('/api/groups').then(r => r.status)`); st != http.StatusUnauthorized {
+		t.Errorf("the API without the secret: HTTP %d, want 401", st)
+	}
+
+	// Another site, in the browser that holds alice's cookie, tries to
+	// read her groups and send in her name.
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `<!doctype html><title>evil</title><script>
+			window.results = {};
+			fetch(%[1]q + '/api/groups', {credentials: 'include'}).then(r => r.status, e => 'blocked: ' + e).then(s => results.read = s);
+			fetch(%[1]q + '/api/groups/%[2]s/messages', {method: 'POST', mode: 'no-cors', credentials: 'include',
+				headers: {'Content-Type': 'text/plain'}, body: JSON.stringify({text: 'sent by another site'})})
+				.then(r => 'done', e => 'blocked: ' + e).then(s => results.send = s);
+		</script>`, ws.base, lobby)
+	}))
+	defer evil.Close()
+	b := newBrowser(t, 900, 600)
+	b.open(ws) // alice's cookie, in this browser
+	b.do("visit another site", chromedp.Navigate(evil.URL))
+	b.waitFor("the other site's attempts", `window.results && results.read !== undefined && results.send !== undefined`)
+	if st := eval[string](b, `String(results.read)`); !strings.HasPrefix(st, "blocked") && st != "403" {
+		t.Errorf("another site reading alice's groups: %s", st)
+	}
+	ws.stderr.waitFor(waitTimeout, func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "web request refused") && strings.Contains(l, "code=foreign_origin") })
+	})
+	if !strings.Contains(ws.stderr.String(), "code=foreign_origin") {
+		t.Errorf("huddle web did not refuse the other site as a foreign origin:\n%s", ws.stderr)
+	}
+	if out := alice.ok(t, "fetch", "lobby"); strings.Contains(out, "sent by another site") {
+		t.Errorf("another site sent a message as alice:\n%s", out)
+	}
+}
