@@ -287,7 +287,9 @@ func TestWebRefusesOthers(t *testing.T) {
 		t.Errorf("another site reading alice's groups: %s", st)
 	}
 	ws.stderr.waitFor(waitTimeout, func(lines []string) bool {
-		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "web request refused") && strings.Contains(l, "code=foreign_origin") })
+		return slices.ContainsFunc(lines, func(l string) bool {
+			return strings.Contains(l, "web request refused") && strings.Contains(l, "code=foreign_origin")
+		})
 	})
 	if !strings.Contains(ws.stderr.String(), "code=foreign_origin") {
 		t.Errorf("huddle web did not refuse the other site as a foreign origin:\n%s", ws.stderr)
