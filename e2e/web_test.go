@@ -161,8 +161,9 @@ func TestWebTwoUsers(t *testing.T) {
 	if len(fps) != 2 || !strings.HasPrefix(alice.fingerprint(t), fps[0]) && !strings.HasPrefix(alice.fingerprint(t), fps[1]) {
 		t.Errorf("short fingerprints shown %v, want alice's and dave's", fps)
 	}
-	ab.do("close the members", chromedp.KeyEvent("\x1b"))
 	ab.screenshot("conversation")
+	ab.do("close the members", chromedp.KeyEvent("\x1b"))
+	ab.waitFor("the members closed", `document.getElementById('members').hidden`)
 
 	// A mention notifies bob while his page is hidden. Headless chromium
 	// shows no notifications, so the page's Notification is a recorder.
@@ -184,4 +185,35 @@ func TestWebTwoUsers(t *testing.T) {
 	eval[bool](ab, `(() => { document.getElementById('input').value = 'x'.repeat(70000); return true; })()`)
 	ab.do("Enter", chromedp.Focus(chromedp.ID("input")), pressEnter())
 	ab.waitFor("the refusal in words", `[...document.querySelectorAll('.msg.pending .state.bad')].some(e => e.textContent.includes('Too large: messages in lobby may be at most 64 KiB'))`)
+}
+
+// TestWebNarrow uses the page in a phone-sized window, with the keyboard:
+// the group list is a drawer that Ctrl+K opens and choosing a group
+// closes, and the members panel is one too.
+func TestWebNarrow(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	lobby := up.groups["lobby"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	alice.okInput(t, "are we still on for friday?\n", "send", "lobby")
+	bob.okInput(t, "yes, 7pm\nI'll bring the projector\n", "send", "lobby")
+	b := newBrowser(t, 800, 760)
+	b.do("a phone-sized viewport", chromedp.EmulateViewport(390, 760))
+	b.open(alice.web(t))
+	if eval[bool](b, `getComputedStyle(document.getElementById('sidebar')).display !== 'none'`) {
+		t.Fatal("the group list takes the narrow window")
+	}
+	b.do("Ctrl+K", chromedp.KeyEvent("k", chromedp.KeyModifiers(chromedp.ModifierCtrl)))
+	b.waitFor("the group list open, filter focused", `getComputedStyle(document.getElementById('sidebar')).display !== 'none' && document.activeElement.id === 'filter'`)
+	b.screenshot("narrow-groups")
+	b.do("type lobby, Enter", chromedp.KeyEvent("lobby"), pressEnter())
+	b.waitFor("the conversation, the list closed", hasMessage("I'll bring the projector")+` && getComputedStyle(document.getElementById('sidebar')).display === 'none'`)
+	width := eval[int](b, `document.getElementById('messages').clientWidth`)
+	if width < 300 {
+		t.Errorf("the conversation is %d px wide in a 390 px window", width)
+	}
+	b.screenshot("narrow")
 }

@@ -386,7 +386,7 @@ function open(id) {
   $('join-form').hidden = true;
   $('messages').hidden = false;
   $('composer').hidden = false;
-  $('input').placeholder = `Message ${g.name} (Enter to send, Shift+Enter for a new line)`;
+  $('input').placeholder = `Message ${g.name}`;
   const c = conv(id);
   list.reset();
   list.setItems(c.items);
@@ -612,7 +612,7 @@ function renderHead() {
   $('members-toggle').hidden = !g.member;
   if (g.member && c && c.status === 'reconnecting') {
     st.classList.add('down');
-    st.textContent = c.statusError ? `reconnecting… ${fmt.describe(apiErr(c.statusError), g)}` : 'reconnecting to its daemon…';
+    st.textContent = fmt.reconnecting(c.statusError, g);
   } else if (g.member && c && c.status === 'ended' && c.statusError) {
     st.classList.add('down');
     st.textContent = fmt.describe(apiErr(c.statusError), g);
@@ -913,6 +913,11 @@ window.addEventListener('hashchange', () => {
   const id = location.hash.slice(1);
   if (id && id !== state.active && state.groups.has(id)) open(id);
 });
+
+// The drawers of narrow windows open under the top bar, whatever its height.
+new ResizeObserver(() => {
+  document.documentElement.style.setProperty('--top', document.querySelector('.top').offsetHeight + 'px');
+}).observe(document.querySelector('.top'));
 
 // ---- start ----
 

@@ -97,3 +97,15 @@ export function mentions(text, name) {
   const esc = name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   return new RegExp(`(^|[^\\p{L}\\p{N}_])@?${esc}(?![\\p{L}\\p{N}_])`, 'iu').test(text);
 }
+
+// reconnecting says why a group's watch is reconnecting (err: the API
+// error of the status event, or null).
+export function reconnecting(err, group) {
+  const g = group ? group.name : 'the group';
+  switch (err && err.code) {
+    case 'unavailable': return `reconnecting… ${g}'s daemon is restarting or busy`;
+    case 'unreachable': return `reconnecting… ${g}'s daemon cannot be reached`;
+    case 'not_found': return `reconnecting… no registry lists ${g} right now`;
+  }
+  return `reconnecting to ${g}'s daemon…`;
+}
