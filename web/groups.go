@@ -143,6 +143,7 @@ type sentJSON struct {
 	Seq       uint64 `json:"seq"`
 	TS        string `json:"ts"`
 	ID        string `json:"id"`
+	Epoch     uint64 `json:"epoch,string"` // a string: it does not fit a JavaScript number
 	Duplicate bool   `json:"duplicate"`
 }
 
@@ -152,12 +153,11 @@ func send(ctx context.Context, g *client.Group, id wire.ID, text string) (sentJS
 	if id.IsZero() {
 		id = wire.NewID()
 	}
-	acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: id, Body: []byte(text)}})
+	a, err := g.SendWithID(ctx, id, []byte(text))
 	if err != nil {
 		return sentJSON{}, err
 	}
-	a := acks[0]
-	return sentJSON{Seq: a.Seq, TS: jsonTime(time.Unix(0, a.Time)), ID: id.String(), Duplicate: a.Duplicate}, nil
+	return sentJSON{Seq: a.Seq, TS: jsonTime(a.Time), ID: id.String(), Epoch: a.Epoch, Duplicate: a.Duplicate}, nil
 }
 
 // event is one thing an event stream reports about a group's watch.
