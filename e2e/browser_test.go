@@ -82,10 +82,17 @@ func (b *browser) do(what string, actions ...chromedp.Action[chromedp.Void]) {
 	}
 }
 
-// eval evaluates a JavaScript expression and decodes its value into T.
+// eval evaluates a JavaScript expression (awaiting it, if it is a
+// promise) and decodes its value into T.
 func eval[T any](b *browser, expr string) T {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, waitTimeout)
+	return evalWithin[T](b, expr, waitTimeout)
+}
+
+// evalWithin is eval with a deadline of its own, for long page scripts.
+func evalWithin[T any](b *browser, expr string, timeout time.Duration) T {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, timeout)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {

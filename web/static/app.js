@@ -361,11 +361,15 @@ const list = new VList($('messages'), {
   sig: (it, i) => sig(active(), it, i),
   render: (it, i) => renderItem(active(), it, i),
   estimate: (it, width) => estimate(it, width),
-  onScroll: () => {
-    const c = active();
-    if (c && c.moreBefore && !c.loading && $('messages').scrollTop < backlogFrom) loadOlder(c);
-  },
+  onScroll: () => maybeLoadOlder(active()),
 });
+
+// maybeLoadOlder loads the page before the oldest message when the top of
+// the conversation is near: on scrolling, and after each load (a page that
+// does not fill the window gives nothing to scroll).
+function maybeLoadOlder(c) {
+  if (c && state.active === c.id && c.moreBefore && !c.loading && $('messages').scrollTop < backlogFrom) loadOlder(c);
+}
 
 function active() { return state.active ? state.convs.get(state.active) : null; }
 
@@ -420,6 +424,7 @@ async function loadLast(c) {
       list.setItems(c.items);
       list.scrollToBottom();
       if (!document.hidden) markRead(c);
+      maybeLoadOlder(c);
     }
   } catch (err) {
     c.loading = false;
@@ -437,12 +442,16 @@ async function loadOlder(c) {
     c.insert(p.messages.map(m => messageItem(c, {...m, epoch: p.epoch})));
     if (p.messages.length) c.lowest = p.messages[0].seq;
     c.moreBefore = p.more && p.messages.length > 0;
+    if (state.active === c.id) {
+      list.setItems(c.items);
+      maybeLoadOlder(c);
+    }
   } catch (err) {
     c.loading = false;
     if (err.code === 'epoch_mismatch') c.moreBefore = false;
     else if (state.active === c.id) showNotice(err, () => loadOlder(c));
+    if (state.active === c.id) list.refresh();
   }
-  if (state.active === c.id) list.setItems(c.items);
 }
 
 function updateList(c) {

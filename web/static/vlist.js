@@ -89,12 +89,12 @@ export class VList {
   }
 
   // anchor returns the first row in view and its distance from the top.
+  // The first item is a header that stays first when items are inserted
+  // before the rest (older messages): the anchor is the row after it.
   anchor() {
     if (this.items.length === 0) return null;
     this.layout();
-    const i = this.indexAt(this.el.scrollTop);
-    const key = this.opts.key(this.items[i]);
-    return {key, delta: this.offsets[i] - this.el.scrollTop};
+    return this.anchorFromRows();
   }
 
   height(item) {
@@ -196,7 +196,8 @@ export class VList {
   // anchorFromRows is anchor() computed from the offsets before a change.
   anchorFromRows() {
     if (this.items.length === 0) return null;
-    const i = this.indexAt(this.el.scrollTop);
+    let i = this.indexAt(this.el.scrollTop);
+    if (i === 0 && this.items.length > 1) i = 1;
     return {key: this.opts.key(this.items[i]), delta: this.offsets[i] - this.el.scrollTop};
   }
 
