@@ -23,7 +23,7 @@ import (
 
 // chromiumPath finds chromium, or skips t (fails it under CI=true, where
 // .ci/run installs it).
-func chromiumPath(t *testing.T) string {
+func chromiumPath(t testing.TB) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -40,13 +40,13 @@ func chromiumPath(t *testing.T) string {
 
 // browser is one chromium with a profile of its own: a person's browser.
 type browser struct {
-	t   *testing.T
+	t   testing.TB
 	ctx context.Context // the first tab's; actions run here
 }
 
 // newBrowser starts a headless chromium with a window of w x h pixels; it
 // is stopped when the test ends.
-func newBrowser(t *testing.T, w, h int) *browser {
+func newBrowser(t testing.TB, w, h int) *browser {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromiumPath(t)),
@@ -160,7 +160,7 @@ var webLine = regexp.MustCompile(`^huddle web: (http://(127\.0\.0\.1:\d+)/\?k=(\
 
 // web starts `huddle web` as u on a free loopback port and waits for its
 // link. Its registry is u's.
-func (u *user) web(t *testing.T, args ...string) *webServer {
+func (u *user) web(t testing.TB, args ...string) *webServer {
 	t.Helper()
 	p := startProc(t, u.name+": huddle web", u.env(t), false, append([]string{"web", "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)...)
 	ws := &webServer{proc: p}

@@ -136,7 +136,7 @@ type proc struct {
 // startProc starts the huddle binary with args and env. t.Cleanup kills it
 // if it is still running when the test ends, and logs its output if the
 // test failed.
-func startProc(t *testing.T, name string, env []string, withStdin bool, args ...string) *proc {
+func startProc(t testing.TB, name string, env []string, withStdin bool, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(huddleBin, args...)
 	cmd.Env = env
@@ -206,7 +206,7 @@ func (p *proc) running() bool {
 
 // stop sends sig and waits for the process to exit, failing t if it does
 // not within stopTimeout (it is killed then), and returns the exit code.
-func (p *proc) stop(t *testing.T, sig os.Signal) int {
+func (p *proc) stop(t testing.TB, sig os.Signal) int {
 	t.Helper()
 	if p.running() {
 		if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
@@ -217,7 +217,7 @@ func (p *proc) stop(t *testing.T, sig os.Signal) int {
 }
 
 // wait waits for the process to exit by itself and returns its exit code.
-func (p *proc) wait(t *testing.T) int {
+func (p *proc) wait(t testing.TB) int {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -231,7 +231,7 @@ func (p *proc) wait(t *testing.T) int {
 
 // noRaces fails t if the process reported a data race (its binary is built
 // with -race when the tests are).
-func (p *proc) noRaces(t *testing.T) {
+func (p *proc) noRaces(t testing.TB) {
 	t.Helper()
 	if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
 		t.Errorf("%s reported a data race", p.name)
@@ -261,7 +261,7 @@ var (
 // serve) and waits until it printed where it listens and, for up and serve,
 // every group it hosts. The daemon must listen on 127.0.0.1 (args must say
 // --listen 127.0.0.1:PORT), and serve must be given --registry.
-func startDaemon(t *testing.T, verb string, args ...string) *daemon {
+func startDaemon(t testing.TB, verb string, args ...string) *daemon {
 	t.Helper()
 	i := slices.Index(args, "--listen")
 	if i < 0 || i+1 >= len(args) || !strings.HasPrefix(args[i+1], "127.0.0.1:") {
@@ -363,7 +363,7 @@ func (d *daemon) exitCode() int {
 
 // stop shuts the daemon down with SIGTERM and checks that it exited 0, as a
 // graceful shutdown should.
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	t.Helper()
 	if code := d.proc.stop(t, syscall.SIGTERM); code != 0 {
 		t.Errorf("%s exited with code %d after SIGTERM, want 0\nstderr:\n%s", d.name, code, tail(d.stderr.Lines(), 40))
@@ -382,7 +382,7 @@ type user struct {
 
 // newUser makes a user whose verbs go to registry. registry must not be
 // empty: a client verb without one would browse mDNS.
-func newUser(t *testing.T, name, registry string) *user {
+func newUser(t testing.TB, name, registry string) *user {
 	t.Helper()
 	dir := t.TempDir()
 	return &user{name: name, home: filepath.Join(dir, "huddle-home"), dir: dir, registry: registry}
@@ -390,7 +390,7 @@ func newUser(t *testing.T, name, registry string) *user {
 
 // env is the environment of the user's client verbs. HUDDLE_REGISTRY is
 // always set.
-func (u *user) env(t *testing.T) []string {
+func (u *user) env(t testing.TB) []string {
 	t.Helper()
 	if u.registry == "" {
 		t.Fatalf("user %s has no registry; refusing to run a client verb that would browse mDNS", u.name)
@@ -411,13 +411,13 @@ func (r result) String() string {
 }
 
 // run runs a client verb to its end with nothing on standard input.
-func (u *user) run(t *testing.T, args ...string) result {
+func (u *user) run(t testing.TB, args ...string) result {
 	t.Helper()
 	return u.runInput(t, "", args...)
 }
 
 // runInput runs a client verb to its end with input on standard input.
-func (u *user) runInput(t *testing.T, input string, args ...string) result {
+func (u *user) runInput(t testing.TB, input string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
@@ -450,7 +450,7 @@ func (u *user) runInput(t *testing.T, input string, args ...string) result {
 }
 
 // ok runs a client verb that must succeed and returns its standard output.
-func (u *user) ok(t *testing.T, args ...string) string {
+func (u *user) ok(t testing.TB, args ...string) string {
 	t.Helper()
 	r := u.run(t, args...)
 	if r.code != 0 {
@@ -460,7 +460,7 @@ func (u *user) ok(t *testing.T, args ...string) string {
 }
 
 // okInput is ok with input on standard input.
-func (u *user) okInput(t *testing.T, input string, args ...string) string {
+func (u *user) okInput(t testing.TB, input string, args ...string) string {
 	t.Helper()
 	r := u.runInput(t, input, args...)
 	if r.code != 0 {
@@ -471,19 +471,19 @@ func (u *user) okInput(t *testing.T, input string, args ...string) string {
 
 // start runs a client verb in the background (watch, chat), with a pipe to
 // its standard input.
-func (u *user) start(t *testing.T, args ...string) *proc {
+func (u *user) start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	return startProc(t, u.name+": huddle "+strings.Join(args, " "), u.env(t), true, args...)
 }
 
 // join makes the user a member of group under their name.
-func (u *user) join(t *testing.T, group string) {
+func (u *user) join(t testing.TB, group string) {
 	t.Helper()
 	u.ok(t, "join", group, "--as", u.name)
 }
 
 // fingerprint returns the user's fingerprint (huddle id).
-func (u *user) fingerprint(t *testing.T) string {
+func (u *user) fingerprint(t testing.TB) string {
 	t.Helper()
 	return strings.TrimSpace(u.ok(t, "id"))
 }
@@ -503,7 +503,7 @@ var groupKeys = []string{"uuid", "name", "addrs", "fingerprint", "members", "las
 // waitListed polls the registry (as u) until it lists every UUID in uuids,
 // and returns the listing then. Group daemons register a moment after they
 // print that they listen.
-func waitListed(t *testing.T, u *user, uuids ...string) []groupJSON {
+func waitListed(t testing.TB, u *user, uuids ...string) []groupJSON {
 	t.Helper()
 	var groups []groupJSON
 	var last result
@@ -543,7 +543,7 @@ func eventually(timeout time.Duration, cond func() bool) bool {
 
 // jsonLines decodes out as one JSON object per line into Ts. Each object
 // must have exactly the keys given (when any are), no more and no fewer.
-func jsonLines[T any](t *testing.T, out string, keys ...string) []T {
+func jsonLines[T any](t testing.TB, out string, keys ...string) []T {
 	t.Helper()
 	var vs []T
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
@@ -568,7 +568,7 @@ func jsonLines[T any](t *testing.T, out string, keys ...string) []T {
 }
 
 // checkKeys fails t unless the JSON object line has exactly keys.
-func checkKeys(t *testing.T, line string, keys ...string) {
+func checkKeys(t testing.TB, line string, keys ...string) {
 	t.Helper()
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(line), &obj); err != nil {

@@ -9,8 +9,8 @@ const $ = id => document.getElementById(id);
 
 const firstPage = 500;     // messages loaded when a group opens
 const olderPage = 1000;    // messages per page scrolling back
-const keepLive = 5000;     // messages kept when following the end
-const trimAt = 6000;       // ...trimmed to keepLive past this
+const keepLive = 1000;     // messages kept when following the end
+const trimAt = 1500;       // ...trimmed to keepLive past this
 const backlogFrom = 800;   // px from the top at which older pages load
 const membersEvery = 20000; // ms between members refreshes while shown
 
