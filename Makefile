@@ -8,6 +8,8 @@
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
+#   make bench-web  huddle web in chromium: open 10,000 messages, CLI to page, memory over WEBSOAK (10m)
+#   make screenshots  the pictures of huddle web in docs/, from its browser tests
 
 GO        ?= go
 BIN       := bin/huddle
@@ -16,9 +18,10 @@ FUZZTIME  ?= 1m
 BRIEFFUZZ ?= 4s
 BENCHTIME ?= 1s
 SOAKTIME  ?= 2m
+WEBSOAK   ?= 10m
 BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e e2e soak clean
+.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-web screenshots e2e soak clean
 
 all: build
 
@@ -65,6 +68,20 @@ bench:
 # present, and writes bin/bench-e2e.txt. About 3 minutes; run on a quiet machine.
 bench-e2e:
 	@DUR=$(BENCHDUR) GO=$(GO) ./scripts/bench-e2e.sh
+
+# bench-web runs huddle web's browser benchmarks at length (BENCHMARKS.md,
+# "huddle web"): a group of 10,000 messages opened 20 times, 200 messages
+# from the CLI to the page, and the page's memory over WEBSOAK of 20 msgs/s.
+# It needs chromium; make test runs each of them once, briefly.
+bench-web:
+	$(GO) test -run '^$$' -bench 'WebOpen10k' -benchtime 20x -timeout 30m -v ./e2e/
+	$(GO) test -run '^$$' -bench 'WebCLIToPage' -benchtime 200x -timeout 30m -v ./e2e/
+	HUDDLE_WEB_SOAK=$(WEBSOAK) $(GO) test -run '^$$' -bench 'WebMemory' -benchtime 1x -timeout 60m -v ./e2e/
+
+# screenshots refreshes the pictures of huddle web in docs/ (README shows
+# them) from the browser tests, which take them when HUDDLE_SCREENSHOTS is set.
+screenshots:
+	HUDDLE_SCREENSHOTS=$(CURDIR)/docs $(GO) test -count=1 -run 'TestWeb' ./e2e/
 
 # soak runs users joining, sending, fetching, watching and leaving against
 # in-process daemons on 127.0.0.1 for SOAKTIME, printing goroutines, heap

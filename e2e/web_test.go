@@ -99,11 +99,11 @@ func TestWebTwoUsers(t *testing.T) {
 
 	// alice, keyboard only: Ctrl+K, the group's name, Enter; her name, Enter.
 	ab.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(groupButton(lobby))))
-	ab.screenshot("join")
 	ab.do("Ctrl+K", chromedp.KeyEvent("k", chromedp.KeyModifiers(chromedp.ModifierCtrl)))
 	ab.waitFor("the filter focused", `document.activeElement.id === 'filter'`)
 	ab.do("type lobby, Enter", chromedp.KeyEvent("lobby"), pressEnter())
 	ab.waitFor("the join form, name focused", `document.activeElement.id === 'join-name'`)
+	ab.screenshot("join")
 	ab.do("type alice, Enter", chromedp.KeyEvent("alice\r"))
 	ab.waitFor("the message box focused", `document.activeElement.id === 'input'`)
 

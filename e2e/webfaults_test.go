@@ -233,9 +233,9 @@ func TestWebRecovers(t *testing.T) {
 	// The group daemon restarts with an empty log.
 	up.stop(t)
 	b.waitFor("the group said to be reconnecting", `document.getElementById('group-state').textContent.startsWith('reconnecting')`)
-	b.screenshot("reconnecting")
 	b.typeMessage("three, typed while the daemon was down")
 	b.waitFor("the message waiting to be sent", `[...document.querySelectorAll('.msg.pending .state')].some(e => e.textContent.startsWith('not sent yet'))`)
+	b.screenshot("reconnecting")
 	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
 	defer up.stop(t)
 	b.waitFor("the typed message delivered", hasMessage("three, typed while the daemon was down"))
