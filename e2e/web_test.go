@@ -161,6 +161,10 @@ func TestWebTwoUsers(t *testing.T) {
 	if len(fps) != 2 || !strings.HasPrefix(alice.fingerprint(t), fps[0]) && !strings.HasPrefix(alice.fingerprint(t), fps[1]) {
 		t.Errorf("short fingerprints shown %v, want alice's and dave's", fps)
 	}
+	// One day, one separator, above its first message.
+	if days := eval[[]string](ab, `[...document.querySelectorAll('#messages .day')].map(d => d.textContent)`); len(days) != 1 || days[0] != "Today" {
+		t.Errorf("day separators %q, want one, Today", days)
+	}
 	ab.screenshot("conversation")
 	ab.do("close the members", chromedp.KeyEvent("\x1b"))
 	ab.waitFor("the members closed", `document.getElementById('members').hidden`)

@@ -1,6 +1,8 @@
 package web
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -10,14 +12,27 @@ import (
 // waitGroups reads groups events until ok holds for one's list.
 func (s *sse) waitGroups(what string, ok func(listJSON) bool) listJSON {
 	s.t.Helper()
+	timer := time.NewTimer(testTimeout)
+	defer timer.Stop()
+	var last string
 	for {
-		ev := s.next("groups")
-		var l listJSON
-		must(s.t, jsonDecodeString(ev.raw, &l))
-		if ok(l) {
-			return l
+		select {
+		case ev, open := <-s.events:
+			if !open {
+				s.t.Fatalf("event stream ended while waiting for %s", what)
+			}
+			if ev.name != "groups" {
+				continue
+			}
+			var l listJSON
+			must(s.t, jsonDecodeString(ev.raw, &l))
+			if ok(l) {
+				return l
+			}
+			last = ev.raw
+		case <-timer.C:
+			s.t.Fatalf("waiting for %s: the last list was %s", what, last)
 		}
-		_ = what
 	}
 }
 
@@ -50,22 +65,51 @@ func TestDirectoryEveryRegistry(t *testing.T) {
 	}
 
 	_, stopDev := startGroups(t, r2, daemon.GroupConfig{Groups: []daemon.GroupSpec{{Name: "dev"}}})
-	t.Log("dev started", time.Now().Format("05.000"))
 	s.waitGroups("dev to appear", func(l listJSON) bool { _, ok := names(l)["dev"]; return ok })
 
 	// r1 stops: lobby stays listed (its last good listing), r1 is reported.
 	r1Stop := time.Now()
-	t.Log("stopping r1", time.Now().Format("05.000"))
 	stopRegistry(t, r1)
-	t.Log("stopped r1", time.Now().Format("05.000"))
 	l = s.waitGroups("r1 reported down", func(l listJSON) bool { return !l.Registries[0].OK })
 	if _, ok := names(l)["lobby"]; !ok && time.Since(r1Stop) < staleListing {
 		t.Fatalf("lobby dropped as soon as its registry stopped answering: %+v", l)
 	}
 
 	// dev's daemon stops: it deregisters, and leaves the list.
-	t.Log("r1 down seen", time.Now().Format("05.000"))
 	stopDev()
-	t.Log("dev stopped", time.Now().Format("05.000"))
 	s.waitGroups("dev to go", func(l listJSON) bool { _, ok := names(l)["dev"]; return !ok })
+
+	// ops is private: its secret is needed to join.
+	ops := names(l)["ops"].UUID
+	var e errorReply
+	if st := a.do("POST", "/api/groups/"+ops+"/join", map[string]string{"name": "me"}, e.reset()); st != 403 || e.Error.Code != "unauthorized" {
+		t.Fatalf("join ops without its secret: HTTP %d %+v, want 403 unauthorized", st, e.Error)
+	}
+	if st := a.do("POST", "/api/groups/"+ops+"/join", map[string]string{"name": "me", "secret": "s3cret"}, nil); st != 200 {
+		t.Fatalf("join ops with its secret: HTTP %d", st)
+	}
+}
+
+// TestDirectoryClash lists a group UUID that two registries list with two
+// different daemon keys (one of them an impostor, or a daemon moved under a
+// new key): once, with the first registry's daemon, marked as a clash.
+func TestDirectoryClash(t *testing.T) {
+	r1, r2 := startRegistry(t), startRegistry(t)
+	d1 := t.TempDir()
+	real, _ := startGroups(t, r1, daemon.GroupConfig{StateDir: d1})
+	d2 := t.TempDir()
+	groups, err := os.ReadFile(filepath.Join(d1, "groups.json"))
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(d2, "groups.json"), groups, 0o600))
+	impostor, _ := startGroups(t, r2, daemon.GroupConfig{StateDir: d2})
+	if real.Groups()[0].ID != impostor.Groups()[0].ID {
+		t.Fatal("the two daemons host different UUIDs")
+	}
+	a := newAPI(t, startWeb(t, newClient(t), r1.Addr().String(), r2.Addr().String()))
+	s := a.events("")
+	l := s.waitGroups("lobby listed by both", func(l listJSON) bool { return len(l.Groups) == 1 && len(l.Groups[0].Registries) == 2 })
+	g := l.Groups[0]
+	if !g.Clash || g.Fingerprint != real.Fingerprint().String() {
+		t.Fatalf("lobby %+v: want a clash, with the first registry's daemon %s", g, real.Fingerprint())
+	}
 }

@@ -285,7 +285,7 @@ function renderSidebar() {
     const twin = nameCount.get(g.name) > 1;
     const down = g.member && c && c.status === 'reconnecting' ? 'reconnecting'
       : !g.reachable && !(c && c.status === 'live') ? 'unreachable' : '';
-    const sig = [g.name, twin, g.private, down, unread, g.members, g.uuid === state.active].join('|');
+    const sig = [g.name, twin, g.private, g.clash, down, unread, g.members, g.uuid === state.active].join('|');
     keep.add(g.uuid);
     let row = rows.get(g.uuid);
     if (!row || row.sig !== sig) {
@@ -305,6 +305,7 @@ function renderSidebar() {
       // Two groups of one name: tell them apart by UUID and daemon.
       if (twin) parts.push(tag(`${g.uuid.slice(0, 8)} · ${fmt.short(g.fingerprint)}`));
       if (g.private) parts.push(tag('private'));
+      if (g.clash) parts.push(tag('two daemons', 'down'));
       if (down) parts.push(tag(down, 'down'));
       li.className = unread > 0 ? 'unread' : '';
       if (unread > 0) {
@@ -614,7 +615,8 @@ function renderHead() {
   const c = state.convs.get(state.active);
   if (!g) return;
   $('title').textContent = g.name;
-  $('title').title = `${g.uuid} · daemon ${g.fingerprint}`;
+  $('title').title = `${g.uuid} · daemon ${g.fingerprint}` +
+    (g.clash ? ` · registries list this group with two different daemons: this page uses the one ${g.registries[0]} lists` : '');
   const st = $('group-state');
   st.className = 'group-state';
   $('leave').hidden = !g.member;
