@@ -148,13 +148,13 @@ func BenchmarkWebCLIToPage(b *testing.B) {
 }
 
 // BenchmarkWebMemory streams 20 messages a second into the open group for
-// HUDDLE_WEB_SOAK (default 10 s; make bench-web: 10 minutes) and samples,
+// HUDDLE_WEB_SOAK (default 5 s; make bench-web: 10 minutes) and samples,
 // after a forced garbage collection, the page's JavaScript heap and DOM
 // nodes and huddle web's resident memory. It fails if the page's heap at
 // the end is more than 1.5 times what it was after the first fifth (the
 // page keeps a bounded window of a followed conversation).
 func BenchmarkWebMemory(b *testing.B) {
-	dur := 10 * time.Second
+	dur := 5 * time.Second
 	if v := os.Getenv("HUDDLE_WEB_SOAK"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {

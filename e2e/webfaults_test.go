@@ -25,7 +25,7 @@ import (
 const scrollBack = `(async () => {
 	const el = document.getElementById('messages');
 	const c = window.huddle.state.convs.get(window.huddle.state.active);
-	const frame = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+	const frame = () => new Promise(r => requestAnimationFrame(r));
 	const rendered = () => [...el.querySelectorAll('.msg[data-seq]')].map(m => Number(m.dataset.seq));
 	const steps = [];
 	let most = 0;

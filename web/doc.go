@@ -37,7 +37,9 @@
 //
 // server.go runs the HTTP server and owns every goroutine; guard.go is the
 // security check every request passes; directory.go keeps the group list
-// from every registry; groups.go is the thin layer over the client API (the
-// only file that speaks in client types); api.go and events.go are the
-// routes; static/ is the page, plain ES modules with no build step.
+// from every registry; groups.go is the thin layer over the client API's
+// group operations (with directory.go, the only code that speaks in the
+// client's types, so that a change of the client's vocabulary stays
+// there); api.go and events.go are the routes; static/ is the page, plain
+// ES modules with no build step (README.md says why).
 package web

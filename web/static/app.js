@@ -221,8 +221,12 @@ function onEvent(name, d) {
     case 'status':
       c.status = d.state;
       c.statusError = d.error || null;
-      if (d.state === 'ended' && d.error && d.error.code === 'not_member' && g) g.member = false;
-      if (state.active === d.group) renderHead();
+      if (d.state === 'ended' && d.error && d.error.code === 'not_member' && g) {
+        // Left from elsewhere (or removed): offer to join again.
+        g.member = false;
+        state.convs.delete(d.group);
+        if (state.active === d.group) open(d.group);
+      } else if (state.active === d.group) renderHead();
       scheduleSidebar();
       break;
   }

@@ -23,9 +23,10 @@ export class VList {
     this.offsets = new Float64Array(1);
     this.dirty = true;
     this.rows = new Map(); // key -> {el, sig, i}
-    this.frame = 0;
+    // Scroll events come once a frame: rendering in the handler puts the
+    // rows in place in the frame that shows them.
     this.el.addEventListener('scroll', () => {
-      this.schedule();
+      this.render(false, null);
       if (this.opts.onScroll) this.opts.onScroll();
     }, {passive: true});
     new ResizeObserver(() => {
@@ -78,14 +79,6 @@ export class VList {
     this.layout();
     this.el.scrollTop = this.el.scrollHeight;
     this.render(true, null);
-  }
-
-  schedule() {
-    if (this.frame) return;
-    this.frame = requestAnimationFrame(() => {
-      this.frame = 0;
-      this.render(false, null);
-    });
   }
 
   // anchor returns the first row in view and its distance from the top.
