@@ -29,6 +29,17 @@ func hasMessage(text string) string {
 // groupButton selects the sidebar button of a group.
 func groupButton(uuid string) string { return `.group-list button[data-group="` + uuid + `"]` }
 
+// openJoined waits until the page lists uuid among the groups the user
+// joined (the list moves a group there once its daemon confirms the
+// membership) and clicks it.
+func (b *browser) openJoined(uuid string) {
+	b.t.Helper()
+	sel := `#joined button[data-group="` + uuid + `"]`
+	b.waitFor("the group among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
+	b.do("open the group", chromedp.Click(chromedp.CSS(sel)))
+	b.waitFor("the group open", fmt.Sprintf(`window.huddle.state.active === %s && !document.getElementById('messages').hidden`, jsString(uuid)))
+}
+
 // badge is a JavaScript expression: a group's unread badge ("" if none).
 func badge(uuid string) string {
 	return fmt.Sprintf(`(document.querySelector(%s)?.querySelector('.badge')?.textContent || '')`, jsString(groupButton(uuid)))
@@ -126,7 +137,7 @@ func TestWebTwoUsers(t *testing.T) {
 
 	// Unread counts: bob joins dev, goes back to lobby; carol writes in dev.
 	bb.joinByClick(dev, "bob")
-	bb.do("back to lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	bb.openJoined(lobby)
 	bb.waitFor("lobby open", `document.getElementById('title').textContent === 'lobby'`)
 	for i := 1; i <= 3; i++ {
 		carol.ok(t, "send", "dev", fmt.Sprintf("dev news %d", i))
@@ -136,7 +147,7 @@ func TestWebTwoUsers(t *testing.T) {
 		t.Errorf("page title %q, want the unread total", got)
 	}
 	bb.screenshot("unread")
-	bb.do("open dev", chromedp.Click(chromedp.CSS(groupButton(dev))))
+	bb.openJoined(dev)
 	bb.waitFor("dev's messages", hasMessage("dev news 3"))
 	bb.waitFor("dev's unread count cleared", badge(dev)+` === ''`)
 
@@ -171,7 +182,7 @@ func TestWebTwoUsers(t *testing.T) {
 
 	// A mention notifies bob while his page is hidden. Headless chromium
 	// shows no notifications, so the page's Notification is a recorder.
-	bb.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	bb.openJoined(lobby)
 	eval[bool](bb, `(() => {
 		window.notes = [];
 		window.Notification = class { constructor(title, opts) { notes.push({title, body: opts.body}); } static get permission() { return 'granted'; } };

@@ -61,7 +61,7 @@ func newWebBench(b *testing.B, messages int) *webBench {
 	w.ws = w.alice.web(b)
 	w.b = newBrowser(b, 1200, 800)
 	w.b.open(w.ws)
-	w.b.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(groupButton(w.lobby))))
+	w.b.waitFor("lobby among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(`#joined button[data-group="`+w.lobby+`"]`)))
 	return w
 }
 
@@ -76,7 +76,7 @@ func BenchmarkWebOpen10k(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		// A fresh page each time: nothing of the group held.
 		w.b.open(w.ws)
-		w.b.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(groupButton(w.lobby))))
+		w.b.waitFor("lobby among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(`#joined button[data-group="`+w.lobby+`"]`)))
 		type result struct {
 			Open, All float64
 			Rows      int
@@ -114,7 +114,7 @@ const seenAt = `(() => {
 // event stream, the page). The target is a p50 under 50 ms on loopback.
 func BenchmarkWebCLIToPage(b *testing.B) {
 	w := newWebBench(b, 0)
-	w.b.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(w.lobby))))
+	w.b.openJoined(w.lobby)
 	w.b.waitFor("lobby open", `window.huddle.state.convs.get(window.huddle.state.active)?.loaded === true`)
 	eval[bool](w.b, seenAt)
 	type sample struct {
@@ -164,7 +164,7 @@ func BenchmarkWebMemory(b *testing.B) {
 	}
 	const rate = 20
 	w := newWebBench(b, 0)
-	w.b.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(w.lobby))))
+	w.b.openJoined(w.lobby)
 	w.b.waitFor("lobby open", `window.huddle.state.convs.get(window.huddle.state.active)?.loaded === true`)
 	w.b.do("performance metrics on", chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 		_, err := cdp.Call(ctx, t, performance.Enable, performance.EnableParams{})

@@ -60,7 +60,7 @@ func TestWebScrollBack5000(t *testing.T) {
 
 	b := newBrowser(t, 1000, 1400) // tall: fewer steps to scroll through
 	b.open(alice.web(t))
-	b.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	b.openJoined(lobby)
 	b.waitFor("the last message", hasMessage(fmt.Sprint("message ", n)))
 	type result struct {
 		Steps [][]int `json:"steps"`
@@ -218,7 +218,7 @@ func TestWebRecovers(t *testing.T) {
 	b := newBrowser(t, 1000, 700)
 	b.do("open the page through the relay", chromedp.Navigate(via+"/?k="+ws.secret))
 	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected'`)
-	b.do("open lobby", chromedp.Click(chromedp.CSS(groupButton(lobby))))
+	b.openJoined(lobby)
 	bob.ok(t, "send", "lobby", "one")
 	b.waitFor("the first message", hasMessage("one"))
 

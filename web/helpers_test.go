@@ -16,6 +16,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // testTimeout bounds each network step of a test so that a bug fails it
@@ -66,7 +67,7 @@ func startGroups(t *testing.T, r *daemon.Registry, cfg daemon.GroupConfig) (*dae
 	if len(cfg.Groups) == 0 {
 		cfg.Groups = []daemon.GroupSpec{{Name: "lobby"}}
 	}
-	cfg.Registry, cfg.RegistryFingerprint = r.Addr().String(), r.Fingerprint()
+	cfg.Registries, cfg.RegistryFingerprints = []string{r.Addr().String()}, []wire.Fingerprint{r.Fingerprint()}
 	d, err := daemon.NewGroupDaemon(cfg)
 	must(t, err)
 	must(t, d.Listen())
