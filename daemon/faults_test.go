@@ -373,7 +373,7 @@ func TestWatchLearnsOfRestart(t *testing.T) {
 	if ev.Kind != client.EventInterrupted || strings.Contains(ev.Err.Error(), "no word from the daemon") {
 		t.Fatalf("after the restart: %+v, want the watch interrupted by a probe of the late heartbeat, not by its silence timer", ev)
 	}
-	if ev := recv(t, events); ev.Kind != client.EventReset || ev.Epoch != d2.groups[gid(d2)].epoch {
+	if ev := recv(t, events); ev.Kind != client.EventReset || ev.Epoch != d2.groups[gid(d2)].epoch() {
 		t.Fatalf("then %+v, want a reset to the new daemon's epoch", ev)
 	}
 }

@@ -14,28 +14,25 @@ import (
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// group is one hosted group: its log, epoch and members.
+// group is one hosted group: its log and members.
 type group struct {
 	id     wire.UUID
 	name   string
 	secret []byte // empty: a public group
-	epoch  uint64 // random at each start: the log does not survive one
 	log    *store.Log
-	dir    string // the state directory
+	dir    string           // the state directory
+	now    func() time.Time // the daemon's clock: stamps, presence
+
+	// seqMu serialises the sequencing step and the append after it
+	// (sequence.go), which seq is; duplicates counts the messages it
+	// acknowledged as already stored.
+	seqMu      sync.Mutex
+	seq        store.Sequencer
+	duplicates atomic.Uint64
 
 	mu      sync.RWMutex
 	members map[wire.Fingerprint]*member
-	// senders interns (fingerprint, name) pairs: a stored message's From is
-	// an index here, so each message costs 4 bytes for its sender, and a
-	// message keeps the name its sender had when it was sent. An entry no
-	// member uses and no held message refers to is reused (see
-	// internLocked), so a member that renames itself over and over cannot
-	// grow the table past the members and the messages the log holds.
-	senders  []*senderEntry
-	senderIx map[sender]uint32
-	free     []uint32 // indexes of senders free for reuse
-	sweepAt  int      // len(senders) at which internLocked looks for free entries
-	rate     *rateLimiter
+	rate    *rateLimiter
 
 	// shared is the last small Messages frame a watcher wrote, for the
 	// watchers that follow the log from the same cursor (see watch).
@@ -51,7 +48,6 @@ type group struct {
 type member struct {
 	name   string
 	joined int64         // Unix ns
-	from   uint32        // senders index of (fingerprint, name)
 	left   chan struct{} // closed when the member leaves; ends its watches
 	presence
 }
@@ -79,50 +75,25 @@ func (p *presence) see(now int64) {
 	}
 }
 
-type sender struct {
-	fp   wire.Fingerprint
-	name string
-}
-
-// senderEntry is one interned sender and what keeps it alive.
-type senderEntry struct {
-	sender
-	// lastSeq is the last sequence number of a message stored from this
-	// entry (0: none): once retention has dropped it, no held message
-	// refers to the entry.
-	lastSeq atomic.Uint64
-	// pins counts sends in flight from this entry: their messages may be
-	// in the log before lastSeq says so.
-	pins atomic.Int32
-	free bool
-}
-
-// minSweep is the table size below which internLocked never sweeps.
-const minSweep = 64
-
-func newGroup(id wire.UUID, spec GroupSpec, log *store.Log, dir string, records []memberRecord, rate *rateLimiter) *group {
+func newGroup(id wire.UUID, spec GroupSpec, log *store.Log, dir string, records []memberRecord, rate *rateLimiter, now func() time.Time) *group {
 	g := &group{
-		id:       id,
-		name:     spec.Name,
-		secret:   spec.Secret,
-		epoch:    newEpoch(),
-		log:      log,
-		dir:      dir,
-		members:  make(map[wire.Fingerprint]*member, len(records)),
-		senderIx: make(map[sender]uint32),
-		sweepAt:  minSweep,
-		rate:     rate,
+		id:      id,
+		name:    spec.Name,
+		secret:  spec.Secret,
+		log:     log,
+		dir:     dir,
+		now:     now,
+		members: make(map[wire.Fingerprint]*member, len(records)),
+		rate:    rate,
 	}
 	for _, r := range records {
-		g.members[r.Fingerprint] = &member{
-			name:   r.Name,
-			joined: r.Joined,
-			from:   g.internLocked(r.Fingerprint, r.Name),
-			left:   make(chan struct{}),
-		}
+		g.members[r.Fingerprint] = &member{name: r.Name, joined: r.Joined, left: make(chan struct{})}
 	}
 	return g
 }
+
+// epoch names the log's history (store.Log.Epoch).
+func (g *group) epoch() uint64 { return g.log.Epoch() }
 
 func (g *group) private() bool { return len(g.secret) > 0 }
 
@@ -133,107 +104,30 @@ func (g *group) secretOK(s []byte) bool {
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
-// internLocked returns the sender index of (fp, name), reusing a free
-// entry if there is one. When the table has grown since the last sweep, it
-// first sweeps for entries to free. g.mu is held for writing.
-func (g *group) internLocked(fp wire.Fingerprint, name string) uint32 {
-	s := sender{fp, name}
-	if i, ok := g.senderIx[s]; ok {
-		return i
-	}
-	if len(g.free) == 0 && len(g.senders) >= g.sweepAt {
-		g.sweepLocked()
-	}
-	var i uint32
-	if n := len(g.free); n > 0 {
-		i = g.free[n-1]
-		g.free = g.free[:n-1]
-		e := g.senders[i]
-		e.sender, e.free = s, false
-		e.lastSeq.Store(0)
-	} else {
-		i = uint32(len(g.senders))
-		g.senders = append(g.senders, &senderEntry{sender: s})
-	}
-	g.senderIx[s] = i
-	return i
-}
-
-// sweepLocked frees every sender entry that no member uses, no send in
-// flight is storing messages from, and no held message refers to (its last
-// message is older than the log's first). Queries convert stored messages
-// to wire messages under g.mu's read lock (see query), so none can be
-// holding a message from a freed entry. g.mu is held for writing.
-func (g *group) sweepLocked() {
-	first := g.log.Stats().First
-	current := make(map[uint32]bool, len(g.members))
-	for _, m := range g.members {
-		current[m.from] = true
-	}
-	for i, e := range g.senders {
-		if e.free || current[uint32(i)] || e.pins.Load() > 0 {
-			continue
-		}
-		if last := e.lastSeq.Load(); last != 0 && last >= first {
-			continue
-		}
-		e.free = true
-		delete(g.senderIx, e.sender)
-		e.sender = sender{}
-		g.free = append(g.free, uint32(i))
-	}
-	// Sweep again once the table has doubled its live entries: amortised
-	// constant work per entry interned.
-	g.sweepAt = max(minSweep, 2*(len(g.senders)-len(g.free)))
-}
-
-// membership returns the sender index and the left channel of fp's
-// membership, or ok false if fp is not a member.
-func (g *group) membership(fp wire.Fingerprint) (from uint32, left <-chan struct{}, ok bool) {
+// membership returns the left channel of fp's membership, or ok false if
+// fp is not a member.
+func (g *group) membership(fp wire.Fingerprint) (left <-chan struct{}, ok bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	m := g.members[fp]
 	if m == nil {
-		return 0, nil, false
+		return nil, false
 	}
-	return m.from, m.left, true
+	return m.left, true
 }
 
-// pinSender returns fp's sender index, pinned so that the entry is not
-// freed while a send stores messages from it; unpinSender ends the pin. It
+// sender returns fp as the sender of a message sent now: its fingerprint
+// and its name as a member, which the log keeps with the message. It
 // records fp as seen at now. ok is false if fp is not a member.
-func (g *group) pinSender(fp wire.Fingerprint, now int64) (from uint32, ok bool) {
+func (g *group) sender(fp wire.Fingerprint, now int64) (from store.Sender, ok bool) {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	m := g.members[fp]
 	if m == nil {
-		return 0, false
+		return store.Sender{}, false
 	}
 	m.see(now)
-	g.senders[m.from].pins.Add(1)
-	return m.from, true
-}
-
-// unpinSender ends a pin, recording last (if not 0) as the last sequence
-// number stored from the entry.
-func (g *group) unpinSender(from uint32, last uint64) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	e := g.senders[from]
-	for {
-		old := e.lastSeq.Load()
-		if last <= old || e.lastSeq.CompareAndSwap(old, last) {
-			break
-		}
-	}
-	e.pins.Add(-1)
-}
-
-// senderCount returns how many sender entries are in use, for tests.
-func (g *group) senderCount() int {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	return len(g.senders) - len(g.free)
+	return store.Sender{Fingerprint: fp, Name: m.name}, true
 }
 
 // seen records that fp, if a member, made a request of the group at now.
@@ -266,7 +160,7 @@ func (g *group) watching(fp wire.Fingerprint, now int64) (closed func(now int64)
 }
 
 func (g *group) isMember(fp wire.Fingerprint) bool {
-	_, _, ok := g.membership(fp)
+	_, ok := g.membership(fp)
 	return ok
 }
 
@@ -283,16 +177,13 @@ func (g *group) memberCount() int {
 func (g *group) joinLocked(fp wire.Fingerprint, name string, now int64, max int) (already, full bool) {
 	if m := g.members[fp]; m != nil {
 		m.see(now)
-		if m.name != name {
-			m.name = name
-			m.from = g.internLocked(fp, name)
-		}
+		m.name = name
 		return true, false
 	}
 	if len(g.members) >= max {
 		return false, true
 	}
-	m := &member{name: name, joined: now, from: g.internLocked(fp, name), left: make(chan struct{})}
+	m := &member{name: name, joined: now, left: make(chan struct{})}
 	m.see(now)
 	g.members[fp] = m
 	return false, false
@@ -331,18 +222,13 @@ func (g *group) memberList(now int64) []wire.Member {
 	return list
 }
 
-// query runs q (a query of g.log) and converts the messages it returns to
-// wire messages, appended to out, mapping each From back to its sender's
-// fingerprint and name. Both happen under g.mu's read lock, so no sender
-// entry the messages refer to can be freed and reused in between.
-func (g *group) query(out []wire.Message, q func() ([]store.Message, store.Cursor)) ([]wire.Message, store.Cursor) {
-	g.mu.RLock()
-	defer g.mu.RUnlock()
+// query runs q (a query of g.log) and appends the messages it returns to
+// out as wire messages.
+func query(out []wire.Message, q func() ([]store.Message, store.Cursor)) ([]wire.Message, store.Cursor) {
 	msgs, cur := q()
 	for i := range msgs {
 		m := &msgs[i]
-		s := g.senders[m.From]
-		out = append(out, wire.Message{Seq: m.Seq, Time: m.Time, ID: m.ID, From: s.fp, Name: s.name, Body: m.Body})
+		out = append(out, wire.Message{Seq: m.Seq, Time: m.Time, ID: m.ID, From: m.From.Fingerprint, Name: m.From.Name, Body: m.Body})
 	}
 	return out, cur
 }
@@ -411,13 +297,16 @@ type rateLimiter struct {
 	pruneAt int
 }
 
+// minPrune is the number of buckets below which take never prunes.
+const minPrune = 64
+
 type bucket struct {
 	tokens float64
 	at     time.Time // when tokens was computed
 }
 
 func newRateLimiter(rate float64, burst int) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: float64(burst), buckets: make(map[wire.Fingerprint]*bucket), pruneAt: minSweep}
+	return &rateLimiter{rate: rate, burst: float64(burst), buckets: make(map[wire.Fingerprint]*bucket), pruneAt: minPrune}
 }
 
 // refill brings b up to now. A clock that stepped back refills nothing.
@@ -444,7 +333,7 @@ func (r *rateLimiter) take(fp wire.Fingerprint, n int, now time.Time) (wait time
 					delete(r.buckets, k)
 				}
 			}
-			r.pruneAt = max(minSweep, 2*len(r.buckets))
+			r.pruneAt = max(minPrune, 2*len(r.buckets))
 		}
 		b = &bucket{tokens: r.burst, at: now}
 		r.buckets[fp] = b
@@ -456,13 +345,6 @@ func (r *rateLimiter) take(fp wire.Fingerprint, n int, now time.Time) (wait time
 	}
 	need := float64(n) - b.tokens
 	return time.Duration(math.Ceil(need / r.rate * float64(time.Second))), false
-}
-
-// size returns how many buckets are kept, for tests.
-func (r *rateLimiter) size() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.buckets)
 }
 
 // messageOverhead bounds from above the encoding of a wire.Message besides

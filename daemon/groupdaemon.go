@@ -98,7 +98,7 @@ type GroupConfig struct {
 	RegistryFingerprints []wire.Fingerprint
 	// Retention bounds each group's log (MaxMessages, MaxBytes, MaxAge;
 	// store's defaults for zero fields: 1,000,000 messages, 256 MiB, no age
-	// limit). Its Now is ignored: the daemon's Now is used.
+	// limit). Age is measured on the daemon's Now.
 	Retention store.Config
 	// MaxMessageBytes is the largest body a message may have. Default
 	// 65536; at most MaxMessageBytesLimit.
@@ -212,7 +212,6 @@ func (c GroupConfig) withDefaults() GroupConfig {
 	c.ServerConfig = c.ServerConfig.withDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
-	c.Retention.Now = c.Now
 	return c
 }
 
@@ -327,7 +326,7 @@ func (d *GroupDaemon) loadLocked() error {
 		if err != nil {
 			return err
 		}
-		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst))
+		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 		groups[gid] = g
 		order = append(order, g)
 	}
@@ -359,7 +358,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 		return err
 	}
 	for _, g := range d.order {
-		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch, "private", g.private(), "members", g.memberCount())
+		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
 	}
 	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	d.life.wait(ctx, d.Close)
@@ -417,8 +416,9 @@ func (d *GroupDaemon) expireLoop() {
 		case <-d.life.ctx.Done():
 			return
 		case <-t.C:
+			now := d.cfg.Now()
 			for _, g := range d.order {
-				g.log.Expire()
+				g.log.Expire(now)
 			}
 		}
 	}

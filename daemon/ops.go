@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -64,17 +65,18 @@ func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
 }
 
 // memberOf returns g's membership of the call's peer, or ErrNotMember.
-func memberOf(c *call, g *group) (from uint32, left <-chan struct{}, err error) {
-	from, left, ok := g.membership(c.peer)
+func memberOf(c *call, g *group) (left <-chan struct{}, err error) {
+	left, ok := g.membership(c.peer)
 	if !ok {
-		return 0, nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
+		return nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
-	return from, left, nil
+	return left, nil
 }
 
 func epochMismatch(op wire.Op, g *group) error {
-	return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: g.epoch,
-		Message: fmt.Sprintf("%v group %s: the cursor's epoch is not the log's (%d): the daemon restarted", op, g.name, g.epoch)}
+	epoch := g.epoch()
+	return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: epoch,
+		Message: fmt.Sprintf("%v group %s: the cursor's epoch is not the log's (%d): the daemon restarted", op, g.name, epoch)}
 }
 
 func (d *GroupDaemon) limits() wire.Limits {
@@ -112,7 +114,7 @@ func (d *GroupDaemon) info(c *call) error {
 	return c.result(wire.Info{
 		Group:       g.id,
 		Name:        g.name,
-		Epoch:       g.epoch,
+		Epoch:       g.epoch(),
 		First:       st.First,
 		Last:        st.Last,
 		Members:     uint64(g.memberCount()),
@@ -144,7 +146,7 @@ func (d *GroupDaemon) join(c *call) error {
 	if !already {
 		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.peer.Short(), "name", req.Name)
 	}
-	return c.result(wire.Joined{Epoch: g.epoch, Last: g.log.Stats().Last, Already: already})
+	return c.result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
 }
 
 func (d *GroupDaemon) leave(c *call) error {
@@ -187,7 +189,7 @@ func (d *GroupDaemon) members(c *call) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := memberOf(c, g); err != nil {
+	if _, err := memberOf(c, g); err != nil {
 		return err
 	}
 	now := d.cfg.Now().UnixNano()
@@ -211,12 +213,10 @@ func (d *GroupDaemon) send(c *call) error {
 		return err
 	}
 	now := d.cfg.Now()
-	from, ok := g.pinSender(c.peer, now.UnixNano())
+	from, ok := g.sender(c.peer, now.UnixNano())
 	if !ok {
 		return fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
-	var last uint64 // the last sequence stored from this send
-	defer func() { g.unpinSender(from, last) }()
 	if len(req.Messages) > d.cfg.MaxBatch {
 		return fmt.Errorf("send to %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
 	}
@@ -231,18 +231,18 @@ func (d *GroupDaemon) send(c *call) error {
 		return &wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: ms,
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
 	}
-	sc.acks, err = g.log.AppendTo(sc.acks, sc.entries)
-	if err != nil {
-		// Only a batch larger than the retention limits gets here.
+	sc.acks, err = g.append(sc.entries, sc.acks)
+	switch {
+	case errors.Is(err, store.ErrBatchTooLarge), errors.Is(err, store.ErrBodyTooLarge):
+		// A batch larger than the retention limits.
 		return fmt.Errorf("send to %s: %w: %v", g.name, wire.ErrTooLarge, err)
+	case err != nil:
+		return fmt.Errorf("send to %s: %w", g.name, err)
 	}
 	for _, a := range sc.acks {
 		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
-		if !a.Duplicate {
-			last = max(last, a.Seq)
-		}
 	}
-	return c.result(wire.Sent{Epoch: g.epoch, Acks: sc.sent})
+	return c.result(wire.Sent{Epoch: g.epoch(), Acks: sc.sent})
 }
 
 // sendScratch is the send handler's working space, pooled: four slices a
@@ -288,11 +288,11 @@ func (d *GroupDaemon) fetch(c *call) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := memberOf(c, g); err != nil {
+	if _, err := memberOf(c, g); err != nil {
 		return err
 	}
 	g.seen(c.peer, d.cfg.Now().UnixNano())
-	if req.Epoch != 0 && req.Epoch != g.epoch {
+	if req.Epoch != 0 && req.Epoch != g.epoch() {
 		return epochMismatch(c.op, g)
 	}
 	remain := d.cfg.FetchPage
@@ -300,7 +300,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 		remain = int(req.Limit)
 	}
 	buf := make([]store.Message, 0, min(remain, queryChunk))
-	out, cur := g.query(nil, func() ([]store.Message, store.Cursor) {
+	out, cur := query(nil, func() ([]store.Message, store.Cursor) {
 		switch {
 		case req.Since != nil:
 			return g.log.Since(*req.Since, min(remain, queryChunk), buf)
@@ -319,11 +319,11 @@ func (d *GroupDaemon) fetch(c *call) error {
 			break
 		}
 		next := cur.Next
-		out, cur = g.query(out, func() ([]store.Message, store.Cursor) {
+		out, cur = query(out, func() ([]store.Message, store.Cursor) {
 			return g.log.After(next, min(remain, queryChunk), buf[:0])
 		})
 	}
-	return c.send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch})
+	return c.send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch()})
 }
 
 // watch sends the selected history, then follows the log with the
@@ -338,18 +338,18 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	if err != nil {
 		return err
 	}
-	_, left, err := memberOf(c, g)
+	left, err := memberOf(c, g)
 	if err != nil {
 		return err
 	}
-	if req.Epoch != 0 && req.Epoch != g.epoch {
+	if req.Epoch != 0 && req.Epoch != g.epoch() {
 		return epochMismatch(c.op, g)
 	}
 	// The member is online while this watch is open (PROTOCOL.md §8.4).
 	closed := g.watching(c.peer, d.cfg.Now().UnixNano())
 	defer func() { closed(d.cfg.Now().UnixNano()) }()
 	st := g.log.Stats()
-	if err := c.send(wire.KindStart, wire.Start{Epoch: g.epoch, First: st.First, Last: st.Last,
+	if err := c.send(wire.KindStart, wire.Start{Epoch: g.epoch(), First: st.First, Last: st.Last,
 		HeartbeatMS: uint64(d.cfg.HeartbeatInterval.Milliseconds())}); err != nil {
 		return err
 	}
@@ -360,7 +360,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	switch {
 	case req.Since != nil:
 		var cur store.Cursor
-		out, cur = g.query(out, func() ([]store.Message, store.Cursor) { return g.log.Since(*req.Since, queryChunk, buf) })
+		out, cur = query(out, func() ([]store.Message, store.Cursor) { return g.log.Since(*req.Since, queryChunk, buf) })
 		if out, err = sendMessages(c, out); err != nil {
 			return err
 		}
@@ -412,7 +412,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			}
 		} else {
 			var cur store.Cursor
-			out, cur = g.query(out, func() ([]store.Message, store.Cursor) { return g.log.After(cursor, queryChunk, buf[:0]) })
+			out, cur = query(out, func() ([]store.Message, store.Cursor) { return g.log.After(cursor, queryChunk, buf[:0]) })
 			logLast = cur.Last
 			if cur.First > 0 && cursor < cur.First-1 {
 				// Retention dropped messages the watcher had not been sent.

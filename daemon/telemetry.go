@@ -160,7 +160,7 @@ func (d *GroupDaemon) groupStats() map[string]metrics.GroupStats {
 		st := g.log.Stats()
 		out[g.name] = metrics.GroupStats{
 			Members: g.memberCount(), Messages: st.Messages, Bytes: st.Bytes, LastSeq: st.Last,
-			AppendedBytes: st.AppendedBytes, Duplicates: st.Duplicates, Evicted: st.Evicted,
+			AppendedBytes: st.AppendedBytes, Duplicates: g.duplicates.Load(), Evicted: st.Evicted,
 		}
 	}
 	return out

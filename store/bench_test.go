@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"strconv"
@@ -23,23 +24,45 @@ func benchClock() func() time.Time {
 	}
 }
 
-// load appends n messages of benchBody bytes with distinct IDs, 64 a batch.
-func load(tb testing.TB, l *Log, n int) {
+// benchSenders are the senders of the benchmarks' messages: each batch
+// comes from one of them, in turn, as each send comes from one member.
+var benchSenders = func() []Sender {
+	s := make([]Sender, 16)
+	for i := range s {
+		s[i].Fingerprint[0], s[i].Name = byte(i), "member-"+strconv.Itoa(i)
+	}
+	return s
+}()
+
+// sequence is what the group daemon does with a send's batch: the log's
+// duplicates, the sequencing step at now, and Append.
+func sequence(tb testing.TB, l *Log, sq *Sequencer, now int64, batch []Entry, acks []Ack) []Ack {
+	acks = l.Lookup(batch, acks[:0])
+	sq.Last, sq.LastTime = l.Tail()
+	n := sq.Stamp(now, batch, acks)
+	if err := l.Append(batch[:n]); err != nil {
+		tb.Fatal(err)
+	}
+	return acks
+}
+
+// load appends n messages of benchBody bytes with distinct IDs, 64 a batch,
+// at the times of clock.
+func load(tb testing.TB, l *Log, n int, clock func() time.Time) {
 	tb.Helper()
 	body := make([]byte, benchBody)
 	batch := make([]Entry, 0, 64)
 	var acks []Ack
+	var sq Sequencer
 	for i := 0; i < n; {
 		batch = batch[:0]
+		from := benchSenders[(i/64)%len(benchSenders)]
 		for ; len(batch) < 64 && i < n; i++ {
-			e := Entry{From: uint32(i), Body: body}
+			e := Entry{From: from, Body: body}
 			binary.LittleEndian.PutUint64(e.ID[:], uint64(i)+1)
 			batch = append(batch, e)
 		}
-		var err error
-		if acks, err = l.AppendTo(acks[:0], batch); err != nil {
-			tb.Fatal(err)
-		}
+		acks = sequence(tb, l, &sq, clock().UnixNano(), batch, acks)
 	}
 }
 
@@ -53,6 +76,7 @@ func BenchmarkAppend(b *testing.B) {
 			body := make([]byte, benchBody)
 			batch := make([]Entry, size)
 			acks := make([]Ack, 0, size)
+			var sq Sequencer
 			var n uint64
 			b.ReportAllocs()
 			b.SetBytes(int64(size * benchBody))
@@ -60,14 +84,13 @@ func BenchmarkAppend(b *testing.B) {
 			runtime.ReadMemStats(&before)
 			b.ResetTimer()
 			for range b.N {
+				from := benchSenders[n%uint64(len(benchSenders))]
 				for i := range batch {
 					n++
-					batch[i] = Entry{From: uint32(n), Body: body}
+					batch[i] = Entry{From: from, Body: body}
 					binary.LittleEndian.PutUint64(batch[i].ID[:], n)
 				}
-				if acks, err = l.AppendTo(acks[:0], batch); err != nil {
-					b.Fatal(err)
-				}
+				acks = sequence(b, l, &sq, time.Now().UnixNano(), batch, acks)
 			}
 			b.StopTimer()
 			runtime.ReadMemStats(&after)
@@ -87,11 +110,11 @@ var (
 func million(tb testing.TB) *Log {
 	tb.Helper()
 	millionOnce.Do(func() {
-		l, err := New(Config{Now: benchClock()})
+		l, err := New(Config{})
 		if err != nil {
 			tb.Fatal(err)
 		}
-		load(tb, l, 1_000_000)
+		load(tb, l, 1_000_000, benchClock())
 		runtime.GC()
 		millionLog = l
 	})
@@ -168,27 +191,63 @@ func BenchmarkOverhead(b *testing.B) {
 		var per float64
 		for range b.N {
 			base := heap()
-			l, err := New(Config{DedupWindow: 1, Now: benchClock()})
+			l, err := New(Config{DedupWindow: 1})
 			if err != nil {
 				b.Fatal(err)
 			}
-			load(b, l, n)
+			load(b, l, n, benchClock())
 			per = (float64(heap()) - float64(base) - n*benchBody) / n
 			runtime.KeepAlive(l)
 		}
 		b.ReportMetric(per, "overhead-B/msg")
 	})
+	// Many senders in every segment: a thousand members sending one
+	// message each in turn, and the worst case, every message from a
+	// sender (or a name) of its own. Names are 12 bytes, each its own
+	// string.
+	for _, senders := range []int{1000, 1_000_000} {
+		b.Run(fmt.Sprintf("store/senders=%d,in-turn", senders), func(b *testing.B) {
+			const n = 1_000_000
+			from := make([]Sender, senders)
+			for i := range from {
+				from[i].Name = fmt.Sprintf("member-%05d", i%100_000)
+				binary.LittleEndian.PutUint64(from[i].Fingerprint[:], uint64(i))
+			}
+			var per float64
+			for range b.N {
+				base := heap()
+				l, err := New(Config{DedupWindow: 1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				body := make([]byte, benchBody)
+				clock := benchClock()
+				var sq Sequencer
+				batch := make([]Entry, 1)
+				var acks []Ack
+				for i := range n {
+					batch[0] = Entry{From: from[i%senders], Body: body}
+					binary.LittleEndian.PutUint64(batch[0].ID[:], uint64(i)+1)
+					acks = sequence(b, l, &sq, clock().UnixNano(), batch, acks)
+				}
+				// The senders' names are the members', not the log's.
+				per = (float64(heap()) - float64(base) - n*benchBody) / n
+				runtime.KeepAlive(l)
+			}
+			b.ReportMetric(per, "overhead-B/msg")
+		})
+	}
 	b.Run("dedup", func(b *testing.B) {
 		const n = 3 * DefaultDedupWindow // well past the window: steady state
 		var per float64
 		for range b.N {
 			size := func(window int) float64 {
 				base := heap()
-				l, err := New(Config{DedupWindow: window, Now: benchClock()})
+				l, err := New(Config{DedupWindow: window})
 				if err != nil {
 					b.Fatal(err)
 				}
-				load(b, l, n)
+				load(b, l, n, benchClock())
 				h := heap()
 				runtime.KeepAlive(l)
 				return float64(h) - float64(base)

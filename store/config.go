@@ -55,9 +55,6 @@ type Config struct {
 	// most MaxDedupWindow. It costs at most 64 bytes per remembered ID
 	// (4 MiB at the default), allocated as the window fills.
 	DedupWindow int
-
-	// Now is the clock. nil means time.Now.
-	Now func() time.Time
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -87,7 +84,6 @@ type limits struct {
 	segMessages int   // effective messages per segment
 	segBytes    int   // bytes after which a segment is sealed
 	dedupWindow int
-	now         func() time.Time
 }
 
 func (c Config) limits() limits {
@@ -97,7 +93,6 @@ func (c Config) limits() limits {
 		maxAge:      int64(c.MaxAge),
 		segMessages: c.SegmentSize,
 		dedupWindow: c.DedupWindow,
-		now:         c.Now,
 	}
 	if l.maxMessages == 0 {
 		l.maxMessages = DefaultMaxMessages
@@ -112,9 +107,6 @@ func (c Config) limits() limits {
 	l.segBytes = int(min(max(1, l.maxBytes/8), maxSegmentBytes))
 	if l.dedupWindow == 0 {
 		l.dedupWindow = DefaultDedupWindow
-	}
-	if l.now == nil {
-		l.now = time.Now
 	}
 	return l
 }

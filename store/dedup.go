@@ -16,8 +16,8 @@ import "hash/maphash"
 // 32 bits and the low 32 bits of the ID's hash in its high ones. Lookups
 // compare the hash bits before reading the ring, and removals find each
 // entry's home slot from them: the ring is 2 MiB at the default window, and
-// reading it at random for every entry probed was cache misses that made
-// the dedup index ~8% of the daemon's CPU under `huddle bench send-batched`.
+// reading it at random for every entry probed was cache misses that showed
+// in the daemon's profile under `huddle bench send-batched` (BENCHMARKS.md).
 //
 // Memory: 32 B per ring record plus 16–32 B of index per ID, allocated as the
 // window fills: at most 64 B per remembered ID, 4 MiB at the default window.
@@ -90,27 +90,32 @@ func (d *dedup) add(id [16]byte, h uint64, seq uint64, t int64) {
 	d.insert(pos, h)
 }
 
-// warm hashes the IDs of a batch about to be stored from seq next on into
-// hs, and loads the index slots their lookups will probe first, and those
-// of the IDs the batch will make the window forget. The loads do not
-// depend on each other, so their cache misses overlap; one message after
-// another, each lookup and each removal waited for its own. (The index and
-// the ring are 3 MiB at the default window, and the daemon's other work
-// leaves little of them in the caches.)
-func (d *dedup) warm(batch []Entry, next uint64, hs []uint64) {
-	var sink uint64
-	for i := range batch {
-		h := d.hash(&batch[i].ID)
-		hs[i] = h
-		if len(d.index) > 0 {
-			sink += d.index[h&d.mask]
-		}
+// warmLookups loads the index slots that the lookups of IDs hashed to hs
+// will probe first, and warmRemovals those of the n IDs the window will
+// forget as messages from seq next on are added. The loads do not depend
+// on each other, so their cache misses overlap; one message after another,
+// each lookup and each removal waited for its own. (The index and the ring
+// are 3 MiB at the default window, and the daemon's other work leaves
+// little of them in the caches.)
+func (d *dedup) warmLookups(hs []uint64) {
+	if len(d.index) == 0 {
+		return
 	}
-	if len(d.ring) == d.window {
-		for i := range batch {
-			old := &d.ring[int((next+uint64(i)-1)%uint64(d.window))]
-			sink += d.index[d.hash(&old.id)&d.mask]
-		}
+	var sink uint64
+	for _, h := range hs {
+		sink += d.index[h&d.mask]
+	}
+	d.warmed = sink
+}
+
+func (d *dedup) warmRemovals(next uint64, n int) {
+	if len(d.ring) < d.window {
+		return
+	}
+	var sink uint64
+	for i := range n {
+		old := &d.ring[int((next+uint64(i)-1)%uint64(d.window))]
+		sink += d.index[d.hash(&old.id)&d.mask]
 	}
 	d.warmed = sink
 }

@@ -1,15 +1,40 @@
 // Package store is the in-memory log of one group: an append-only run of
-// messages, each given a gapless sequence number (from 1) and a server
-// timestamp (Unix ns, strictly increasing), queried by sequence ([Log.After])
-// or by time ([Log.Since]).
+// messages, each with a gapless sequence number (from 1), a server
+// timestamp (Unix ns, strictly increasing) and its sender, queried by
+// sequence ([Log.After]) or by time ([Log.Since]).
+//
+// # Sequencing
+//
+// The log stores what it is given. A [Sequencer] is the one step that
+// decides a batch's sequence numbers and timestamps (the next numbers, and
+// max(now, previous+1), from a clock reading its caller passes in); the
+// caller asks the log which of the batch's IDs it already holds
+// ([Log.Lookup]), stamps the rest from the log's [Log.Tail], and appends
+// them ([Log.Append]), which checks that they follow on and stamps
+// nothing. Nothing in the log reads a clock: retention by age is applied as
+// of the newest message appended, or of the time [Log.Expire] is given. A
+// batch stamped once is therefore stored as the same messages by every log
+// it is appended to.
+//
+// # Identity
+//
+// A log has an epoch ([Log.Epoch]) naming its history: sequence numbers
+// are meaningful only within one. This log lives in memory, so each [New]
+// starts a new history with a new random epoch.
 //
 // # Layout
 //
 // The log is a list of segments, oldest first. A segment holds up to a fixed
 // number of messages in four parallel columns (8 B time, 4 B body end offset,
-// 4 B sender, 16 B ID: 32 B per message) and one byte slab holding the
-// bodies back to back; a body's start is the previous message's end. A million
-// messages are therefore a few hundred heap objects, not a million. A segment
+// 4 B sender, 16 B ID: 32 B per message), one byte slab holding the bodies
+// back to back (a body's start is the previous message's end), and a sender
+// dictionary: each sender (key fingerprint and display name at the time)
+// of the segment's messages once, which the sender column indexes. A
+// message is thus self-contained within its segment. The dictionaries
+// point to senders interned for the whole log, counted by the segments
+// that hold them, so a sender costs one object while any held message
+// names it, and a pointer per segment (see senders.go). A million messages
+// are a few hundred heap objects, not a million. A segment
 // is sealed when it holds its quota of messages, or when the next body would
 // take its slab past its byte quota (see [Config]); the next message opens a
 // new segment. Only the newest segment (the active one) is ever written.
@@ -58,11 +83,13 @@
 //
 // The IDs of the most recent DedupWindow stored messages are remembered in a
 // ring, with the sequence number and time first assigned to each, indexed by
-// an open-addressing hash table.
-// An entry whose ID is remembered is acknowledged with the original sequence
-// number and time and is not stored again, even if the original has since been
-// evicted. The memory this costs is bounded by the window, not by the traffic:
-// at most 64 bytes per remembered ID (32 B in the ring, 16–32 B of index), so
-// at most 4 MiB at the default window of 65536; it grows with use, up to that
-// bound, so an idle log costs little.
+// an open-addressing hash table. [Log.Lookup] answers from it: an entry whose
+// ID is remembered is acknowledged with the original sequence number and time
+// and is not stored again, even if the original has since been evicted. The
+// window is the one the batch finds when it is looked up, and a batch that
+// repeats an ID stores it once ([Sequencer.Stamp]). The memory this costs is
+// bounded by the window, not by the traffic: at most 64 bytes per remembered
+// ID (32 B in the ring, 16–32 B of index), so at most 4 MiB at the default
+// window of 65536; it grows with use, up to that bound, so an idle log costs
+// little.
 package store

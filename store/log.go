@@ -1,37 +1,56 @@
 package store
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// Errors returned by [Log.Append] and [Log.AppendTo]. On any error the log is
-// unchanged.
+// Errors returned by [Log.Append]. On any error the log is unchanged.
 var (
 	// ErrEmptyBatch: the batch has no entries.
 	ErrEmptyBatch = errors.New("store: empty batch")
 	// ErrBatchTooLarge: the batch has more entries than MaxMessages, or its
-	// bodies (duplicates included) sum to more than MaxBytes, so retention
-	// could not hold it whole.
+	// bodies sum to more than MaxBytes, so retention could not hold it
+	// whole.
 	ErrBatchTooLarge = errors.New("store: batch larger than the log may hold")
 	// ErrBodyTooLarge: an entry's body is longer than MaxBytes or
 	// MaxBodySize. The error names the entry's index in the batch.
 	ErrBodyTooLarge = errors.New("store: body larger than the log may hold")
+	// ErrOutOfOrder: the batch does not follow on from the log's tail: its
+	// sequence numbers are not the next ones, gapless, or its times do not
+	// strictly increase from the last one stored. The error names the
+	// entry. Only a sequencing bug gets it (see [Sequencer]).
+	ErrOutOfOrder = errors.New("store: batch out of order")
 )
 
-// Entry is a message as a caller appends it.
+// Sender is who sent a message, as it was when they sent it: the
+// fingerprint of their key and the display name they had then. The log
+// keeps both with the message, so that what it holds means the same
+// wherever it is read, written or replayed.
+type Sender struct {
+	Fingerprint [32]byte
+	Name        string
+}
+
+// Entry is a message as it is appended: stamped by a [Sequencer], with
+// its sender.
 type Entry struct {
+	Seq  uint64 // its sequence number: the log's last + 1, and so on
+	Time int64  // its timestamp, Unix ns: after the log's last
 	// ID identifies the message for idempotency; the sender chooses it.
-	ID [16]byte
-	// From is an opaque sender index, interpreted by the caller.
-	From uint32
+	ID   [16]byte
+	From Sender
 	// Body is copied into the log; the caller may reuse it after Append.
 	Body []byte
 }
 
-// Ack is the log's answer to one appended entry.
+// Ack is what a sender is told of one message it sent: where the log holds
+// it, and whether it was held already.
 type Ack struct {
 	Seq       uint64 // sequence number given to the message
 	Time      int64  // server timestamp, Unix ns
@@ -43,7 +62,7 @@ type Message struct {
 	Seq  uint64
 	Time int64 // server timestamp, Unix ns
 	ID   [16]byte
-	From uint32
+	From Sender
 	// Body aliases the log's memory: read-only, valid for as long as the
 	// caller holds it. Its capacity ends at its length, so appending to it
 	// copies.
@@ -53,13 +72,12 @@ type Message struct {
 // Stats are counters for metrics. Each field is read atomically; under
 // concurrent appends they may come from slightly different instants.
 type Stats struct {
-	Messages   int    // messages held
-	Bytes      int64  // body bytes held
-	Segments   int    // segments held
-	First      uint64 // first sequence number held (see Cursor.First)
-	Last       uint64 // last sequence number assigned
-	Evicted    uint64 // messages evicted by retention, ever
-	Duplicates uint64 // entries acknowledged as duplicates, ever
+	Messages int    // messages held
+	Bytes    int64  // body bytes held
+	Segments int    // segments held
+	First    uint64 // first sequence number held (see Cursor.First)
+	Last     uint64 // last sequence number stored
+	Evicted  uint64 // messages evicted by retention, ever
 	// AppendedBytes is the body bytes of every message ever stored,
 	// evicted ones included (a counter, for metrics).
 	AppendedBytes uint64
@@ -68,7 +86,8 @@ type Stats struct {
 // Log is the log of one group. Its methods are safe for concurrent use.
 // Appends serialise among themselves; queries take no lock.
 type Log struct {
-	lim limits
+	lim   limits
+	epoch uint64
 
 	mu       sync.Mutex // serialises writers; guards the fields below
 	segs     []*segment // == view.Load().segs
@@ -76,16 +95,16 @@ type Log struct {
 	lastSeq  uint64
 	lastTime int64
 	dedup    dedup
-	hashes   []uint64 // the batch's ID hashes, reused from one append to the next
+	hashes   []uint64                 // a batch's ID hashes, reused from one call to the next
+	senders  map[Sender]*sharedSender // the held messages' senders (senders.go)
 
 	// Published to readers.
-	view       atomic.Pointer[view]
-	last       atomic.Uint64 // last committed sequence number
-	bytes      atomic.Int64
-	evicted    atomic.Uint64
-	duplicates atomic.Uint64
-	appended   atomic.Uint64 // body bytes ever stored
-	notify     atomic.Pointer[notifier]
+	view     atomic.Pointer[view]
+	last     atomic.Uint64 // last committed sequence number
+	bytes    atomic.Int64
+	evicted  atomic.Uint64
+	appended atomic.Uint64 // body bytes ever stored
+	notify   atomic.Pointer[notifier]
 }
 
 // view is an immutable list of segments, oldest first.
@@ -100,80 +119,118 @@ type notifier struct {
 	taken atomic.Bool
 }
 
-// New returns an empty log. It starts no goroutine and does no I/O.
-// It returns cfg.Validate's error, which wraps ErrInvalidConfig.
+// New returns an empty log with a new random epoch. It starts no
+// goroutine and does no I/O. It returns cfg.Validate's error, which wraps
+// ErrInvalidConfig.
 func New(cfg Config) (*Log, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	l := &Log{lim: cfg.limits()}
+	l := &Log{lim: cfg.limits(), epoch: newEpoch(), senders: make(map[Sender]*sharedSender)}
 	l.dedup = newDedup(l.lim.dedupWindow)
 	l.view.Store(&view{next: 1})
 	l.notify.Store(&notifier{c: make(chan struct{})})
 	return l, nil
 }
 
-// Append appends batch atomically and returns one Ack per entry, in order.
-// See AppendTo.
-func (l *Log) Append(batch []Entry) ([]Ack, error) {
-	return l.AppendTo(make([]Ack, 0, len(batch)), batch)
+// newEpoch returns a random nonzero epoch.
+func newEpoch() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+		if e := binary.BigEndian.Uint64(b[:]); e != 0 {
+			return e
+		}
+	}
 }
 
-// AppendTo appends batch atomically and appends one Ack per entry, in order,
-// to acks. Stored messages get the next sequence numbers (gapless from 1)
-// and times max(now, previous+1), so times strictly increase even if the
-// clock steps back. An entry whose ID is among the last DedupWindow stored
-// is not stored: its Ack carries the original's Seq and Time and
-// Duplicate set; this holds within the batch too. Readers see the whole
-// batch or none of it. Retention is then applied.
-//
-// It returns ErrEmptyBatch, ErrBatchTooLarge or (wrapped, naming the entry)
-// ErrBodyTooLarge, with acks unchanged and the log untouched.
-func (l *Log) AppendTo(acks []Ack, batch []Entry) ([]Ack, error) {
-	if err := l.check(batch); err != nil {
-		return acks, err
-	}
+// Epoch identifies the log's history: a client's cursor (a sequence
+// number) means something only within the epoch it was given in. This log
+// lives in memory, so each New is a new history and a new random epoch.
+func (l *Log) Epoch() uint64 { return l.epoch }
+
+// Tail returns the sequence number and time of the last message stored (0,
+// 0 for none), evicted or not: where the next batch's stamps start from
+// (see Sequencer).
+func (l *Log) Tail() (seq uint64, time int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.lim.now().UnixNano()
-	seq, t := l.lastSeq, l.lastTime
+	return l.lastSeq, l.lastTime
+}
+
+// Lookup appends to acks one ack per entry of batch: if the log remembers
+// a stored message with the entry's ID (among the last DedupWindow stored,
+// even if since evicted), that message's Seq and Time with Duplicate set;
+// if not, the zero Ack. It does not look within the batch: Stamp does.
+func (l *Log) Lookup(batch []Entry, acks []Ack) []Ack {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	hs := l.hashBatch(batch)
+	l.dedup.warmLookups(hs)
+	for i := range batch {
+		a, ok := l.dedup.lookup(batch[i].ID, hs[i])
+		if !ok {
+			acks = append(acks, Ack{})
+			continue
+		}
+		acks = append(acks, Ack{Seq: a.seq, Time: a.time, Duplicate: true})
+	}
+	return acks
+}
+
+// hashBatch returns the dedup hashes of batch's IDs, in l.hashes. l.mu is
+// held.
+func (l *Log) hashBatch(batch []Entry) []uint64 {
 	if cap(l.hashes) < len(batch) {
 		l.hashes = make([]uint64, len(batch))
 	}
 	hs := l.hashes[:len(batch)]
-	l.dedup.warm(batch, seq+1, hs)
-	var stored, bytes, dups int
 	for i := range batch {
-		e := &batch[i]
-		if a, ok := l.dedup.lookup(e.ID, hs[i]); ok {
-			acks = append(acks, Ack{Seq: a.seq, Time: a.time, Duplicate: true})
-			dups++
-			continue
-		}
-		seq++
-		t = max(now, t+1)
-		l.put(seq, t, e)
-		l.dedup.add(e.ID, hs[i], seq, t)
-		acks = append(acks, Ack{Seq: seq, Time: t})
-		stored++
-		bytes += len(e.Body)
+		hs[i] = l.dedup.hash(&batch[i].ID)
 	}
-	if dups > 0 {
-		l.duplicates.Add(uint64(dups))
-	}
-	if stored > 0 {
-		l.lastSeq, l.lastTime = seq, t
-		l.held += stored
-		l.bytes.Add(int64(bytes))
-		l.appended.Add(uint64(bytes))
-		l.last.Store(seq) // commit: readers now see the batch
-		l.wake()
-	}
-	l.retain(now)
-	return acks, nil
+	return hs
 }
 
-// check validates a batch before anything changes.
+// Append stores batch, stamped, as it is: it does not assign sequence
+// numbers or times, nor look for duplicates (see Sequencer). The batch
+// must follow on from the log's tail: batch[0].Seq is Tail's seq + 1, each
+// next entry's one more, and the times strictly increase from Tail's. Each
+// entry's ID is then remembered for Lookup. Readers see the whole batch or
+// none of it. Retention is then applied, the age limit as of the batch's
+// last time.
+//
+// It returns ErrEmptyBatch, ErrBatchTooLarge, or (wrapped, naming the
+// entry) ErrBodyTooLarge or ErrOutOfOrder, with the log untouched.
+func (l *Log) Append(batch []Entry) error {
+	if err := l.check(batch); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.follows(batch); err != nil {
+		return err
+	}
+	hs := l.hashBatch(batch)
+	l.dedup.warmRemovals(batch[0].Seq, len(batch))
+	var bytes int
+	for i := range batch {
+		e := &batch[i]
+		l.put(e)
+		l.dedup.add(e.ID, hs[i], e.Seq, e.Time)
+		bytes += len(e.Body)
+	}
+	last := &batch[len(batch)-1]
+	l.lastSeq, l.lastTime = last.Seq, last.Time
+	l.held += len(batch)
+	l.bytes.Add(int64(bytes))
+	l.appended.Add(uint64(bytes))
+	l.last.Store(last.Seq) // commit: readers now see the batch
+	l.wake()
+	l.retain(last.Time)
+	return nil
+}
+
+// check validates a batch's sizes before anything changes.
 func (l *Log) check(batch []Entry) error {
 	if len(batch) == 0 {
 		return ErrEmptyBatch
@@ -195,19 +252,32 @@ func (l *Log) check(batch []Entry) error {
 	return nil
 }
 
+// follows checks that batch follows on from the log's tail. l.mu is held.
+func (l *Log) follows(batch []Entry) error {
+	seq, t := l.lastSeq, l.lastTime
+	for i := range batch {
+		e := &batch[i]
+		if e.Seq != seq+1 || e.Time <= t {
+			return fmt.Errorf("store: append: entry %d has seq %d at %d, want seq %d after %d: %w", i, e.Seq, e.Time, seq+1, t, ErrOutOfOrder)
+		}
+		seq, t = e.Seq, e.Time
+	}
+	return nil
+}
+
 // put stores one message, opening (and publishing) a new segment if the
 // active one is full. l.mu is held.
-func (l *Log) put(seq uint64, t int64, e *Entry) {
+func (l *Log) put(e *Entry) {
 	var s *segment
 	if n := len(l.segs); n > 0 {
 		s = l.segs[n-1]
 	}
-	if s == nil || s.base+uint64(s.n) != seq || !s.fits(len(e.Body), &l.lim) {
-		s = newSegment(seq, t, len(e.Body), s, &l.lim)
+	if s == nil || s.base+uint64(s.n) != e.Seq || !s.fits(len(e.Body), &l.lim) {
+		s = newSegment(e.Seq, e.Time, len(e.Body), s, &l.lim)
 		// Appending in place is safe: readers' lists end before the new slot.
 		l.publish(append(l.segs, s))
 	}
-	s.put(t, e, &l.lim)
+	s.put(e, l.senderIndex(s, &e.From), &l.lim)
 }
 
 // publish makes segs the readers' list. l.mu is held.
@@ -243,13 +313,13 @@ func (l *Log) Changed() <-chan struct{} {
 // atomic load: a watcher uses it to tell whether it is caught up.
 func (l *Log) Last() uint64 { return l.last.Load() }
 
-// Expire applies MaxAge now: it evicts every segment whose newest message is
-// older than MaxAge, the active one included. Append applies it too; the
-// caller runs Expire periodically so that an idle log forgets.
-func (l *Log) Expire() {
+// Expire applies MaxAge as of now: it evicts every segment whose newest
+// message is older than MaxAge, the active one included. Append applies it
+// too; the caller runs Expire periodically so that an idle log forgets.
+func (l *Log) Expire(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.retain(l.lim.now().UnixNano())
+	l.retain(now.UnixNano())
 }
 
 // retain evicts the oldest segments while a limit is exceeded. The active
@@ -266,6 +336,7 @@ func (l *Log) retain(now int64) {
 		}
 		msgs += s.n
 		bytes -= int64(s.used)
+		l.forgetSenders(s)
 		k++
 	}
 	if k == 0 {
@@ -291,7 +362,6 @@ func (l *Log) Stats() Stats {
 		First:         s.first,
 		Last:          s.last,
 		Evicted:       l.evicted.Load(),
-		Duplicates:    l.duplicates.Load(),
 		AppendedBytes: l.appended.Load(),
 	}
 }

@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
+	"sync"
 	"testing"
 	"time"
 )
@@ -13,18 +15,55 @@ type clock struct{ ns int64 }
 
 func (c *clock) now() time.Time { return time.Unix(0, c.ns) }
 
+// testLog is a Log with the sequencing step in front of it, as the group
+// daemon puts it: under one lock, the log's Lookup, a Sequencer from the
+// log's Tail stamping at the clock's reading, and Append of what is new.
+type testLog struct {
+	*Log
+	clock *clock // nil: time.Now
+
+	mu      sync.Mutex
+	seq     Sequencer
+	dups    int // entries acknowledged as duplicates
+	stamped []Entry
+}
+
 // newLog returns a log on cfg whose clock starts at 1e9 ns, with its clock.
-func newLog(t *testing.T, cfg Config) (*Log, *clock) {
+func newLog(t *testing.T, cfg Config) (*testLog, *clock) {
 	t.Helper()
-	c := &clock{ns: 1e9}
-	if cfg.Now == nil {
-		cfg.Now = c.now
-	}
 	l, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New(%+v): %v", cfg, err)
 	}
-	return l, c
+	c := &clock{ns: 1e9}
+	return &testLog{Log: l, clock: c}, c
+}
+
+// appendTo sequences and appends batch, leaving it as it was, and appends
+// one ack per entry to acks. On error, acks and the log are unchanged.
+func (l *testLog) appendTo(acks []Ack, batch []Entry) ([]Ack, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now().UnixNano()
+	if l.clock != nil {
+		now = l.clock.ns
+	}
+	start := len(acks)
+	acks = l.Lookup(batch, acks)
+	l.stamped = append(l.stamped[:0], batch...)
+	l.seq.Last, l.seq.LastTime = l.Tail()
+	n := l.seq.Stamp(now, l.stamped, acks[start:])
+	if n > 0 {
+		if err := l.Append(l.stamped[:n]); err != nil {
+			return acks[:start], err
+		}
+	}
+	l.dups += len(batch) - n
+	return acks, nil
+}
+
+func (l *testLog) append(batch []Entry) ([]Ack, error) {
+	return l.appendTo(make([]Ack, 0, len(batch)), batch)
 }
 
 func id(n int) [16]byte {
@@ -34,11 +73,18 @@ func id(n int) [16]byte {
 	return b
 }
 
-func entry(n int, body string) Entry { return Entry{ID: id(n), From: uint32(n), Body: []byte(body)} }
+// sender is the n-th of a few senders.
+func sender(n int) Sender {
+	s := Sender{Name: fmt.Sprintf("user %d", n%5)}
+	s.Fingerprint[0] = byte(n % 5)
+	return s
+}
 
-func mustAppend(t *testing.T, l *Log, batch ...Entry) []Ack {
+func entry(n int, body string) Entry { return Entry{ID: id(n), From: sender(n), Body: []byte(body)} }
+
+func mustAppend(t *testing.T, l *testLog, batch ...Entry) []Ack {
 	t.Helper()
-	acks, err := l.Append(batch)
+	acks, err := l.append(batch)
 	if err != nil {
 		t.Fatalf("Append: %v", err)
 	}
@@ -89,10 +135,6 @@ func TestLimitsDefaults(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := tt.cfg.limits()
-			if got.now == nil {
-				t.Fatal("limits() left the clock nil")
-			}
-			got.now = nil
 			if got.maxMessages != tt.want.maxMessages || got.maxBytes != tt.want.maxBytes || got.maxAge != tt.want.maxAge ||
 				got.segMessages != tt.want.segMessages || got.segBytes != tt.want.segBytes || got.dedupWindow != tt.want.dedupWindow {
 				t.Fatalf("limits() = %+v, want %+v", got, tt.want)
@@ -103,6 +145,13 @@ func TestLimitsDefaults(t *testing.T) {
 
 func TestAppendErrors(t *testing.T) {
 	big := make([]byte, 101)
+	// stamped stamps entries from 2 on, after the one appended first.
+	stamped := func(es ...Entry) []Entry {
+		for i := range es {
+			es[i].Seq, es[i].Time = uint64(2+i), int64(2e9+i)
+		}
+		return es
+	}
 	tests := []struct {
 		name  string
 		batch []Entry
@@ -110,26 +159,35 @@ func TestAppendErrors(t *testing.T) {
 	}{
 		{"empty", nil, ErrEmptyBatch},
 		{"empty slice", []Entry{}, ErrEmptyBatch},
-		{"too many", []Entry{entry(1, ""), entry(2, ""), entry(3, ""), entry(4, ""), entry(5, ""), entry(6, ""), entry(7, ""), entry(8, ""), entry(9, ""), entry(10, ""), entry(11, "")}, ErrBatchTooLarge},
-		{"body too large", []Entry{entry(1, "ok"), {ID: id(2), Body: big}}, ErrBodyTooLarge},
-		{"bytes too many", []Entry{{ID: id(1), Body: big[:60]}, {ID: id(2), Body: big[:41]}}, ErrBatchTooLarge},
+		{"too many", stamped(entry(1, ""), entry(2, ""), entry(3, ""), entry(4, ""), entry(5, ""), entry(6, ""), entry(7, ""), entry(8, ""), entry(9, ""), entry(10, ""), entry(11, "")), ErrBatchTooLarge},
+		{"body too large", stamped(entry(1, "ok"), Entry{ID: id(2), Body: big}), ErrBodyTooLarge},
+		{"bytes too many", stamped(Entry{ID: id(1), Body: big[:60]}, Entry{ID: id(2), Body: big[:41]}), ErrBatchTooLarge},
+		{"not the next seq", []Entry{{Seq: 3, Time: 2e9, ID: id(1)}}, ErrOutOfOrder},
+		{"seq again", []Entry{{Seq: 1, Time: 2e9, ID: id(1)}}, ErrOutOfOrder},
+		{"seq 0", []Entry{{Time: 2e9, ID: id(1)}}, ErrOutOfOrder},
+		{"a gap within", []Entry{{Seq: 2, Time: 2e9, ID: id(1)}, {Seq: 4, Time: 3e9, ID: id(2)}}, ErrOutOfOrder},
+		{"time not after the tail", []Entry{{Seq: 2, Time: 1e9, ID: id(1)}}, ErrOutOfOrder},
+		{"time not increasing", []Entry{{Seq: 2, Time: 2e9, ID: id(1)}, {Seq: 3, Time: 2e9, ID: id(2)}}, ErrOutOfOrder},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l, _ := newLog(t, Config{MaxMessages: 10, MaxBytes: 100})
 			mustAppend(t, l, entry(100, "before"))
-			prev := []Ack{{Seq: 7}}
-			acks, err := l.AppendTo(prev, tt.batch)
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("AppendTo() error = %v, want %v", err, tt.want)
-			}
-			if len(acks) != 1 || acks[0] != prev[0] {
-				t.Fatalf("AppendTo() acks = %v, want unchanged %v", acks, prev)
+			if err := l.Append(tt.batch); !errors.Is(err, tt.want) {
+				t.Fatalf("Append() error = %v, want %v", err, tt.want)
 			}
 			got := l.Stats()
 			want := Stats{Messages: 1, Bytes: 6, Segments: 1, First: 1, Last: 1, AppendedBytes: 6}
 			if got != want {
 				t.Fatalf("Stats() after failed append = %+v, want %+v", got, want)
+			}
+			if seq, ts := l.Tail(); seq != 1 || ts != 1e9 {
+				t.Fatalf("Tail() after failed append = %d, %d, want 1, 1e9", seq, ts)
+			}
+			for i, a := range l.Lookup(tt.batch, nil) {
+				if a.Duplicate && tt.batch[i].ID != id(100) {
+					t.Fatalf("a failed append left entry %d's ID remembered: %+v", i, a)
+				}
 			}
 		})
 	}
@@ -196,8 +254,10 @@ func TestDuplicates(t *testing.T) {
 		{[]int{2}, []Ack{{2, 101, true}}},
 		{[]int{3, 4}, []Ack{{3, 102, false}, {4, 103, false}}}, // 1 leaves the window
 		{[]int{1, 4}, []Ack{{5, 104, false}, {4, 103, true}}},
-		// 2 and 3 are forgotten as 6 and 7 are stored.
-		{[]int{2, 3, 3}, []Ack{{6, 105, false}, {7, 106, false}, {7, 106, true}}},
+		// 2 is forgotten; 3 is remembered when the batch is looked up,
+		// though storing 6 forgets it.
+		{[]int{2, 3, 3}, []Ack{{6, 105, false}, {3, 102, true}, {3, 102, true}}},
+		{[]int{3}, []Ack{{7, 106, false}}},
 	}
 	for i, st := range steps {
 		var batch []Entry
@@ -208,8 +268,8 @@ func TestDuplicates(t *testing.T) {
 			t.Fatalf("step %d: acks = %v, want %v", i, got, st.want)
 		}
 	}
-	if got := l.Stats(); got.Duplicates != 4 || got.Messages != 7 {
-		t.Fatalf("Stats() = %+v, want 4 duplicates, 7 messages", got)
+	if got := l.Stats(); l.dups != 5 || got.Messages != 7 {
+		t.Fatalf("Stats() = %+v, %d duplicates, want 5 duplicates, 7 messages", got, l.dups)
 	}
 }
 
@@ -277,7 +337,7 @@ func TestQueries(t *testing.T) {
 	t.Run("fields", func(t *testing.T) {
 		dst := make([]Message, 1, 4)
 		got, _ := l.After(6, 1, dst)
-		want := Message{Seq: 7, Time: 70, ID: id(7), From: 7, Body: []byte("g")}
+		want := Message{Seq: 7, Time: 70, ID: id(7), From: sender(7), Body: []byte("g")}
 		if len(got) != 2 || got[1].Seq != want.Seq || got[1].Time != want.Time || got[1].ID != want.ID ||
 			got[1].From != want.From || !bytes.Equal(got[1].Body, want.Body) {
 			t.Fatalf("After(6, 1) = %+v, want %+v appended", got, want)
@@ -345,12 +405,12 @@ func TestRetention(t *testing.T) {
 			mustAppend(t, l, entry(i, "x"))
 		}
 		c.ns = 131 // messages older than 31 are expired; segment [1,2] ends at 20
-		l.Expire()
+		l.Expire(c.now())
 		if got := l.Stats(); got.First != 3 || got.Messages != 3 {
 			t.Fatalf("Stats() = %+v, want First 3, 3 messages", got)
 		}
 		c.ns = 1000
-		l.Expire()
+		l.Expire(c.now())
 		got := l.Stats()
 		want := Stats{First: 6, Last: 5, Evicted: 5, AppendedBytes: 5}
 		if got != want {
@@ -410,29 +470,105 @@ func TestChanged(t *testing.T) {
 	}
 }
 
-func TestAppendToNoAllocs(t *testing.T) {
-	l, _ := newLog(t, Config{SegmentSize: 1 << 20, MaxMessages: 1 << 24})
+func TestAppendNoAllocs(t *testing.T) {
+	l, err := New(Config{SegmentSize: 1 << 20, MaxMessages: 1 << 24})
+	if err != nil {
+		t.Fatal(err)
+	}
 	body := make([]byte, 256)
-	batch := make([]Entry, 8)
+	batch := make([]Entry, 64) // large enough for Stamp's table
 	acks := make([]Ack, 0, len(batch))
+	senders := []Sender{sender(1), sender(2), sender(3)}
+	var sq Sequencer
 	n := 0
-	fill := func() {
+	// Each round is what the group daemon does for a send: Lookup, Stamp
+	// and Append.
+	round := func() {
+		from := senders[n%len(senders)]
 		for i := range batch {
 			n++
-			batch[i] = Entry{ID: id(n), Body: body}
+			batch[i] = Entry{ID: id(n), From: from, Body: body}
+		}
+		acks = l.Lookup(batch, acks[:0])
+		sq.Last, sq.LastTime = l.Tail()
+		k := sq.Stamp(int64(n), batch, acks)
+		if err := l.Append(batch[:k]); err != nil {
+			t.Fatal(err)
 		}
 	}
 	// Warm up: let the segment, slab and dedup map grow past what the
 	// measured appends need.
 	for range 2000 {
-		fill()
-		acks, _ = l.AppendTo(acks[:0], batch)
+		round()
 	}
-	allocs := testing.AllocsPerRun(100, func() {
-		fill()
-		acks, _ = l.AppendTo(acks[:0], batch)
-	})
-	if allocs > 0.5 {
-		t.Fatalf("AppendTo: %.1f allocs per batch of 8, want ~0", allocs)
+	if allocs := testing.AllocsPerRun(100, round); allocs > 0.5 {
+		t.Fatalf("Lookup, Stamp, Append: %.1f allocs per batch of 64, want ~0", allocs)
+	}
+}
+
+// heldSenders counts the sender dictionary entries of the segments held.
+func heldSenders(l *Log) int {
+	n := 0
+	for _, s := range l.view.Load().segs {
+		n += len(s.cols.Load().senders)
+	}
+	return n
+}
+
+// TestSenders checks that every message keeps the sender it was appended
+// with, a renamed sender's older messages their old name included, and that
+// the dictionaries the log keeps for them are bounded by the messages held:
+// a member that renames itself before every message, thousands of times,
+// costs the log no more than the messages retention keeps. (This was the
+// daemon's sender table and its TestSenderTableBounded.)
+func TestSenders(t *testing.T) {
+	l, _ := newLog(t, Config{MaxMessages: 80}) // segments of 10
+	fp := [32]byte{7}
+	for i := range 2000 {
+		name := fmt.Sprintf("loud-%d", i)
+		mustAppend(t, l, Entry{ID: id(i), From: Sender{Fingerprint: fp, Name: name}, Body: []byte(name)})
+	}
+	msgs, _ := l.After(0, 1000, nil)
+	if len(msgs) < 70 || len(msgs) > 80 {
+		t.Fatalf("%d messages held, want 70..80", len(msgs))
+	}
+	for _, m := range msgs {
+		if m.From.Name != string(m.Body) || m.From.Fingerprint != fp {
+			t.Fatalf("message %d from %q (%x), want %q", m.Seq, m.From.Name, m.From.Fingerprint[:2], m.Body)
+		}
+	}
+	if n, interned := heldSenders(l.Log), len(l.senders); n != len(msgs) || interned != len(msgs) {
+		t.Fatalf("%d senders in dictionaries, %d interned, for %d messages each from another name", n, interned, len(msgs))
+	}
+
+	// Many messages from few senders: a few entries per segment.
+	for i := range 2000 {
+		mustAppend(t, l, entry(10_000+i, "x"))
+	}
+	st := l.Stats()
+	if n, interned := heldSenders(l.Log), len(l.senders); n > 5*st.Segments || interned != 5 {
+		t.Fatalf("%d senders in the dictionaries of %d segments, %d interned, from 5 senders", n, st.Segments, interned)
+	}
+	msgs, _ = l.After(0, 1000, nil)
+	for _, m := range msgs {
+		if n := int(m.ID[0]) | int(m.ID[1])<<8 | int(m.ID[2])<<16; m.From != sender(n) {
+			t.Fatalf("message %d from %+v, want %+v", m.Seq, m.From, sender(n))
+		}
+	}
+}
+
+// TestEpoch checks that each log has its own nonzero epoch, kept for its
+// life.
+func TestEpoch(t *testing.T) {
+	a, _ := newLog(t, Config{})
+	b, _ := newLog(t, Config{})
+	if a.Epoch() == 0 || a.Epoch() == b.Epoch() {
+		t.Fatalf("epochs %d and %d: want two nonzero, different", a.Epoch(), b.Epoch())
+	}
+	e := a.Epoch()
+	mustAppend(t, a, entry(1, "x"))
+	a.Expire(time.Unix(1e6, 0))
+	if a.Epoch() != e {
+		t.Fatalf("epoch changed from %d to %d", e, a.Epoch())
 	}
 }

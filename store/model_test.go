@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -62,48 +63,58 @@ func (m *model) held() (msgs []Message) {
 	return msgs
 }
 
+// append is the log's append as the sequencing step feeds it: entries whose
+// ID is remembered, in the log or earlier in the batch, are acknowledged as
+// duplicates; the others are checked (all or none stored), stamped and
+// stored.
 func (m *model) append(now int64, batch []Entry) ([]Ack, error) {
-	if len(batch) == 0 {
-		return nil, ErrEmptyBatch
+	var acks []Ack
+	var fresh []Message
+	seq, t := m.lastSeq, m.lastTime
+next:
+	for _, e := range batch {
+		recent := slices.Concat(m.stored[max(0, len(m.stored)-m.window):], fresh)
+		for _, s := range recent {
+			if s.ID == e.ID {
+				acks = append(acks, Ack{Seq: s.Seq, Time: s.Time, Duplicate: true})
+				continue next
+			}
+		}
+		seq++
+		t = max(now, t+1)
+		fresh = append(fresh, Message{Seq: seq, Time: t, ID: e.ID, From: e.From, Body: bytes.Clone(e.Body)})
+		acks = append(acks, Ack{Seq: seq, Time: t})
 	}
-	if len(batch) > m.maxMessages {
+	if len(fresh) == 0 {
+		m.duplicates += uint64(len(batch))
+		return acks, nil
+	}
+	if len(fresh) > m.maxMessages {
 		return nil, ErrBatchTooLarge
 	}
 	var total int64
-	for _, e := range batch {
-		if int64(len(e.Body)) > m.maxBytes {
+	for _, msg := range fresh {
+		if int64(len(msg.Body)) > m.maxBytes {
 			return nil, ErrBodyTooLarge
 		}
-		total += int64(len(e.Body))
+		total += int64(len(msg.Body))
 	}
 	if total > m.maxBytes {
 		return nil, ErrBatchTooLarge
 	}
-	var acks []Ack
-next:
-	for _, e := range batch {
-		recent := m.stored[max(0, len(m.stored)-m.window):]
-		for _, s := range recent {
-			if s.ID == e.ID {
-				acks = append(acks, Ack{Seq: s.Seq, Time: s.Time, Duplicate: true})
-				m.duplicates++
-				continue next
-			}
-		}
-		m.lastSeq++
-		m.lastTime = max(now, m.lastTime+1)
-		msg := Message{Seq: m.lastSeq, Time: m.lastTime, ID: e.ID, From: e.From, Body: bytes.Clone(e.Body)}
+	m.duplicates += uint64(len(batch) - len(fresh))
+	m.lastSeq, m.lastTime = seq, t
+	for _, msg := range fresh {
 		m.stored = append(m.stored, msg)
-		acks = append(acks, Ack{Seq: msg.Seq, Time: msg.Time})
 		n := len(m.segs)
 		if n == 0 || len(m.segs[n-1]) == m.segMessages ||
-			(segBytes(m.segs[n-1]) > 0 && segBytes(m.segs[n-1])+int64(len(e.Body)) > m.segBytes) {
+			(segBytes(m.segs[n-1]) > 0 && segBytes(m.segs[n-1])+int64(len(msg.Body)) > m.segBytes) {
 			m.segs = append(m.segs, nil)
 			n++
 		}
 		m.segs[n-1] = append(m.segs[n-1], msg)
 	}
-	m.retain(now)
+	m.retain(t)
 	return acks, nil
 }
 
@@ -173,7 +184,7 @@ func (m *model) stats() Stats {
 		appended += uint64(len(s.Body))
 	}
 	return Stats{Messages: len(held), Bytes: segBytes(held), Segments: len(m.segs), First: m.first(),
-		Last: m.lastSeq, Evicted: m.evicted, Duplicates: m.duplicates, AppendedBytes: appended}
+		Last: m.lastSeq, Evicted: m.evicted, AppendedBytes: appended}
 }
 
 func sameMessages(got, want []Message) error {
@@ -205,11 +216,11 @@ func TestModel(t *testing.T) {
 			DedupWindow: rapid.IntRange(0, 8).Draw(t, "DedupWindow"),
 		}
 		clk := &clock{ns: rapid.Int64Range(-100, 1000).Draw(t, "clock")}
-		cfg.Now = clk.now
-		l, err := New(cfg)
+		log, err := New(cfg)
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
+		l := &testLog{Log: log, clock: clk}
 		m := newModel(cfg)
 		var acks []Ack // reused, as the daemon would
 		entryGen := rapid.Custom(func(t *rapid.T) Entry {
@@ -218,19 +229,19 @@ func TestModel(t *testing.T) {
 			for i := range body {
 				body[i] = byte(n + i)
 			}
-			return Entry{ID: id(n), From: uint32(n), Body: body}
+			return Entry{ID: id(n), From: sender(n), Body: body}
 		})
 		t.Repeat(map[string]func(*rapid.T){
 			"append": func(t *rapid.T) {
 				batch := rapid.SliceOfN(entryGen, 0, 8).Draw(t, "batch")
 				want, wantErr := m.append(clk.ns, batch)
-				got, err := l.AppendTo(acks[:0], batch)
+				got, err := l.appendTo(acks[:0], batch)
 				acks = got
 				if !errors.Is(err, wantErr) || (err == nil) != (wantErr == nil) {
-					t.Fatalf("AppendTo error %v, want %v", err, wantErr)
+					t.Fatalf("append error %v, want %v", err, wantErr)
 				}
 				if err == nil && !equalAcks(got, want) {
-					t.Fatalf("AppendTo = %v, want %v", got, want)
+					t.Fatalf("append = %v, want %v", got, want)
 				}
 			},
 			"clock": func(t *rapid.T) {
@@ -238,7 +249,7 @@ func TestModel(t *testing.T) {
 			},
 			"expire": func(t *rapid.T) {
 				m.retain(clk.ns)
-				l.Expire()
+				l.Expire(clk.now())
 			},
 			"after": func(t *rapid.T) {
 				seq := rapid.Uint64Range(0, m.lastSeq+2).Draw(t, "seq")
@@ -265,6 +276,9 @@ func TestModel(t *testing.T) {
 			"": func(t *rapid.T) {
 				if got, want := l.Stats(), m.stats(); got != want {
 					t.Fatalf("Stats() = %+v, want %+v", got, want)
+				}
+				if l.dups != int(m.duplicates) {
+					t.Fatalf("%d duplicates acknowledged, want %d", l.dups, m.duplicates)
 				}
 				if err := sameMessages(func() []Message { g, _ := l.After(0, 1<<20, nil); return g }(), m.held()); err != nil {
 					t.Fatalf("After(0): %v", err)

@@ -139,7 +139,7 @@ func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Curs
 		}
 		// Slice every column to the run first, so the loop has no bounds
 		// checks, and fill dst in place rather than append one by one.
-		times, ends, from, ids := c.times[j:n], c.ends[j:n], c.from[j:n], c.ids[j:n]
+		times, ends, from, ids, senders := c.times[j:n], c.ends[j:n], c.from[j:n], c.ids[j:n], c.senders
 		base := len(dst)
 		dst = dst[:base+len(times)]
 		out := dst[base:]
@@ -152,7 +152,7 @@ func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Curs
 			m.Seq = seq + uint64(i)
 			m.Time = times[i]
 			m.ID = ids[i]
-			m.From = from[i]
+			m.From = senders[from[i]].Sender
 			m.Body = c.slab[start:end:end]
 			start = end
 		}

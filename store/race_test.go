@@ -41,6 +41,9 @@ func checkRun(msgs []Message, from uint64, cur Cursor) error {
 		if !bytes.Equal(m.Body, raceBody(m.ID)) {
 			return fmt.Errorf("seq %d: body corrupted", m.Seq)
 		}
+		if m.From != sender(int(m.ID[4])) {
+			return fmt.Errorf("seq %d: from %+v, want %+v", m.Seq, m.From, sender(int(m.ID[4])))
+		}
 	}
 	if len(msgs) > 0 && cur.Next != msgs[len(msgs)-1].Seq {
 		return fmt.Errorf("cursor Next %d, last returned %d", cur.Next, msgs[len(msgs)-1].Seq)
@@ -54,10 +57,11 @@ func checkRun(msgs []Message, from uint64, cur Cursor) error {
 // TestConcurrent runs writers, After and Since readers and a watcher at once
 // under eviction; run it with -race.
 func TestConcurrent(t *testing.T) {
-	l, err := New(Config{MaxMessages: 4000, SegmentSize: 64, DedupWindow: 500})
+	log, err := New(Config{MaxMessages: 4000, SegmentSize: 64, DedupWindow: 500})
 	if err != nil {
 		t.Fatal(err)
 	}
+	l := &testLog{Log: log}
 	const writers, readers, batches = 4, 4, 300
 	var (
 		wg      sync.WaitGroup
@@ -86,15 +90,15 @@ func TestConcurrent(t *testing.T) {
 					var id [16]byte
 					binary.LittleEndian.PutUint32(id[:], nextID.Add(1))
 					id[4] = byte(w)
-					batch = append(batch, Entry{ID: id, Body: raceBody(id)})
+					batch = append(batch, Entry{ID: id, From: sender(w), Body: raceBody(id)})
 				}
 				if b%5 == 0 && b > 0 {
-					batch = append(batch, Entry{ID: prev, Body: raceBody(prev)}) // a retry
+					batch = append(batch, Entry{ID: prev, From: sender(w), Body: raceBody(prev)}) // a retry
 					retries.Add(1)
 				}
 				prev = batch[0].ID
 				var err error
-				if acks, err = l.AppendTo(acks[:0], batch); err != nil {
+				if acks, err = l.appendTo(acks[:0], batch); err != nil {
 					fail(err)
 					return
 				}
@@ -160,7 +164,7 @@ func TestConcurrent(t *testing.T) {
 	})
 	writing.Wait()
 	stop.Store(true)
-	l.Append([]Entry{{ID: [16]byte{0xff}, Body: raceBody([16]byte{0xff})}}) // wake the watcher
+	l.append([]Entry{{ID: [16]byte{0xff}, From: sender(0), Body: raceBody([16]byte{0xff})}}) // wake the watcher
 	wg.Wait()
 	close(failure)
 	for err := range failure {
@@ -168,7 +172,7 @@ func TestConcurrent(t *testing.T) {
 	}
 	st := l.Stats()
 	// Retries are stored again once they leave the dedup window.
-	want := uint64(nextID.Load()) + 1 + retries.Load() - st.Duplicates
+	want := uint64(nextID.Load()) + 1 + retries.Load() - uint64(l.dups)
 	if st.Messages > 4000 || st.Last != want {
 		t.Errorf("Stats() = %+v, want ≤ 4000 messages and Last %d", st, want)
 	}

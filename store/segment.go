@@ -5,7 +5,8 @@ import (
 	"unsafe"
 )
 
-// A segment holds a run of consecutive messages starting at base.
+// A segment holds a run of consecutive messages starting at base, and the
+// senders of those messages.
 //
 // Readers see it only through cols, loaded after the log's committed
 // sequence number; they read slots below that number, which the writer has
@@ -21,6 +22,7 @@ type segment struct {
 	used     int      // slab bytes written
 	lastTime int64    // time of slot n-1
 	faulted  int      // slab bytes made resident ahead of the writes (see prefault)
+	lastFrom uint32   // the index of slot n-1's sender in w.senders
 }
 
 // prefaultChunk is how much of a slab is made resident at a time, ahead of
@@ -51,12 +53,18 @@ func prefaultColumns(c *columns) {
 // columns are a segment's arrays. Slots 0..n-1 (and slab[:ends[n-1]]) are
 // never written again once stored, so readers may alias them; growing copies
 // them into new arrays published as a new *columns.
+//
+// senders is the segment's sender dictionary (senders.go): each sender of
+// its messages, once, in the order of their first message here; from[i] is
+// the index of message i's sender in it. A sender is added (and a new
+// *columns published) before the first message that names it is committed.
 type columns struct {
-	times []int64
-	ends  []uint32 // body i is slab[ends[i-1]:ends[i]], with ends[-1] = 0
-	from  []uint32
-	ids   [][16]byte
-	slab  []byte
+	times   []int64
+	ends    []uint32 // body i is slab[ends[i-1]:ends[i]], with ends[-1] = 0
+	from    []uint32 // index in senders
+	ids     [][16]byte
+	slab    []byte
+	senders []*sharedSender
 }
 
 // newSegment makes a segment whose slot 0 will hold a message at seq and t
@@ -87,9 +95,10 @@ func (s *segment) fits(bodyLen int, lim *limits) bool {
 	return s.n < lim.segMessages && (s.used == 0 || s.used+bodyLen <= lim.segBytes)
 }
 
-// put stores a message in the next slot, growing the arrays if needed; the
-// caller has checked fits. Growth is published before the caller commits.
-func (s *segment) put(t int64, e *Entry, lim *limits) {
+// put stores a message from the sender at index from of the dictionary in
+// the next slot, growing the arrays if needed; the caller has checked fits.
+// Growth is published before the caller commits.
+func (s *segment) put(e *Entry, from uint32, lim *limits) {
 	c := s.w
 	need := s.used + len(e.Body)
 	if s.n == len(c.times) || need > len(c.slab) {
@@ -98,13 +107,13 @@ func (s *segment) put(t int64, e *Entry, lim *limits) {
 	s.prefaultSlab(c, need)
 	i := s.n
 	copy(c.slab[s.used:need], e.Body)
-	c.times[i] = t
+	c.times[i] = e.Time
 	c.ends[i] = uint32(need)
-	c.from[i] = e.From
+	c.from[i] = from
 	c.ids[i] = e.ID
 	s.n++
 	s.used = need
-	s.lastTime = t
+	s.lastTime = e.Time
 }
 
 // grow copies s's columns into larger ones with room for one more slot and
