@@ -7,12 +7,14 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -375,5 +377,76 @@ func TestWatchLearnsOfRestart(t *testing.T) {
 	}
 	if ev := recv(t, events); ev.Kind != client.EventReset || ev.Epoch != d2.groups[gid(d2)].epoch() {
 		t.Fatalf("then %+v, want a reset to the new daemon's epoch", ev)
+	}
+}
+
+// refusingLog is a group log whose appends fail while refuse is set, as a
+// log on a full disk's would.
+type refusingLog struct {
+	Log
+	refuse atomic.Bool
+}
+
+var errLogFull = errors.New("no space left on device")
+
+func (l *refusingLog) Append(batch []store.Entry) error {
+	if l.refuse.Load() {
+		return errLogFull
+	}
+	return l.Log.Append(batch)
+}
+
+// TestLogRefusesAppends reaches the group's log through the daemon's Log
+// seam: while the log cannot store, a send is told unavailable (with a
+// retry time), nothing is stored, reads keep working, and once the log
+// stores again the sequence goes on without a gap, a retried message
+// stored once.
+func TestLogRefusesAppends(t *testing.T) {
+	cfg := GroupConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []GroupSpec{{Name: "general"}}, Logger: testLogger(t)}
+	d, err := NewGroupDaemon(cfg)
+	must(t, err)
+	var log *refusingLog
+	d.openLog = func(id wire.UUID, retention store.Config) (Log, error) {
+		inner, err := openMemoryLog(id, retention)
+		log = &refusingLog{Log: inner}
+		return log, err
+	}
+	must(t, d.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, d.Close())
+		must(t, <-errc)
+	})
+	p := joined(t, d, "alice")
+	g := gid(d)
+	first := outgoing("one")
+	if _, err := p.send(g, first); err != nil {
+		t.Fatal(err)
+	}
+
+	log.refuse.Store(true)
+	retry := outgoing("two", "three")
+	_, err = p.send(g, retry)
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
+		t.Fatalf("send while the log refuses: %v, want unavailable with a retry time", err)
+	}
+	if strings.Contains(we.Message, errLogFull.Error()) {
+		t.Fatalf("the log's own error reached the peer: %q", we.Message)
+	}
+	msgs, end, err := p.fetch(wire.Fetch{Group: g})
+	must(t, err)
+	if len(msgs) != 1 || end.Last != 1 {
+		t.Fatalf("fetch while the log refuses: %d messages, last %d; want the one stored", len(msgs), end.Last)
+	}
+
+	log.refuse.Store(false)
+	sent, err := p.send(g, retry)
+	must(t, err)
+	again, err := p.send(g, retry[1:])
+	must(t, err)
+	if sent.Acks[0].Seq != 2 || sent.Acks[1].Seq != 3 || !again.Acks[0].Duplicate || again.Acks[0].Seq != 3 {
+		t.Fatalf("acks after the log recovered: %+v then %+v; want 2, 3, then 3 again as a duplicate", sent.Acks, again.Acks)
 	}
 }

@@ -19,7 +19,7 @@ type group struct {
 	id     wire.UUID
 	name   string
 	secret []byte // empty: a public group
-	log    *store.Log
+	log    Log
 	dir    string           // the state directory
 	now    func() time.Time // the daemon's clock: stamps, presence
 
@@ -75,7 +75,7 @@ func (p *presence) see(now int64) {
 	}
 }
 
-func newGroup(id wire.UUID, spec GroupSpec, log *store.Log, dir string, records []memberRecord, rate *rateLimiter, now func() time.Time) *group {
+func newGroup(id wire.UUID, spec GroupSpec, log Log, dir string, records []memberRecord, rate *rateLimiter, now func() time.Time) *group {
 	g := &group{
 		id:      id,
 		name:    spec.Name,

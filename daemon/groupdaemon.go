@@ -235,12 +235,18 @@ type GroupDaemon struct {
 	groups map[wire.UUID]*group // set by Listen, read-only after
 	order  []*group             // the groups in configuration order
 
+	// openLog opens a group's log: an in-memory store.Log with the
+	// configured retention. (A disk-backed log will be chosen here.)
+	openLog func(group wire.UUID, retention store.Config) (Log, error)
+
 	registered atomic.Bool                   // some registry lists every group now (see Readiness)
 	regs       atomic.Pointer[registrations] // set once registration runs
 	// stateLog paces the log of state files that cannot be written, per
 	// group: a flood of joins on a full disk must not flood the log too.
 	stateLog sparse[wire.UUID]
-	lock     *stateLock // the state directory's, held from Listen to Close
+	// logLog does the same for logs that cannot store a send.
+	logLog sparse[wire.UUID]
+	lock   *stateLock // the state directory's, held from Listen to Close
 }
 
 // NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -251,11 +257,17 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), stateLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}}
+	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), openLog: openMemoryLog,
+		stateLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}, logLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}}
 	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)
 	return d, nil
+}
+
+// openMemoryLog opens a group's log in memory: a new history at each start.
+func openMemoryLog(_ wire.UUID, retention store.Config) (Log, error) {
+	return store.New(retention)
 }
 
 // server is the shared machinery's part of the configuration.
@@ -322,9 +334,9 @@ func (d *GroupDaemon) loadLocked() error {
 		if err != nil {
 			return err
 		}
-		log, err := store.New(d.cfg.Retention)
+		log, err := d.openLog(gid, d.cfg.Retention)
 		if err != nil {
-			return err
+			return fmt.Errorf("open the log of group %s: %w", spec.Name, err)
 		}
 		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 		groups[gid] = g

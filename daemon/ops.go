@@ -236,13 +236,31 @@ func (d *GroupDaemon) send(c *call) error {
 	case errors.Is(err, store.ErrBatchTooLarge), errors.Is(err, store.ErrBodyTooLarge):
 		// A batch larger than the retention limits.
 		return fmt.Errorf("send to %s: %w: %v", g.name, wire.ErrTooLarge, err)
+	case errors.Is(err, store.ErrOutOfOrder):
+		return fmt.Errorf("send to %s: %w", g.name, err) // a bug: internal
 	case err != nil:
-		return fmt.Errorf("send to %s: %w", g.name, err)
+		return d.notAppended(g, err)
 	}
 	for _, a := range sc.acks {
 		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
 	}
 	return c.result(wire.Sent{Epoch: g.epoch(), Acks: sc.sent})
+}
+
+// notAppendedRetry is the retry_after_ms of a send the log could not
+// store.
+const notAppendedRetry = time.Second
+
+// notAppended logs, sparingly, why a group's log could not store a send
+// (its error stays on the server), and returns what the sender is told:
+// unavailable, nothing stored.
+func (d *GroupDaemon) notAppended(g *group, err error) error {
+	if ok, suppressed := d.logLog.allow(g.id); ok {
+		d.cfg.Logger.Error("a group's log cannot store messages: sends are refused until it can",
+			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
+	}
+	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notAppendedRetry.Milliseconds()),
+		Message: fmt.Sprintf("send to %s: the group's log cannot store messages now; nothing was stored: try again later", g.name)}
 }
 
 // sendScratch is the send handler's working space, pooled: four slices a
