@@ -56,6 +56,11 @@ var (
 	// ErrProtocol: the server sent something this client does not
 	// understand (a frame of an unknown kind, or none where one was due).
 	ErrProtocol = errors.New("protocol error")
+	// ErrShuttingDown: the server closed the connection because it is
+	// stopping (close code 0x2). It matches ErrUnavailable too: try again
+	// later, possibly elsewhere. A server stopping also refuses new calls
+	// with an unavailable error that carries a time to wait (RetryAfter).
+	ErrShuttingDown = fmt.Errorf("%w: the server is shutting down", ErrUnavailable)
 )
 
 // Stream error codes a client uses when it abandons a stream.
@@ -382,7 +387,7 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 		if shuttingDown(conn, err) {
 			// The server closed the connection because it is stopping:
 			// dialling it again would only wait for a server that is gone.
-			return fmt.Errorf("%w: the server is shutting down", ErrUnavailable)
+			return ErrShuttingDown
 		}
 		if delivered {
 			// Part of a reply was handed out already: repeating the call

@@ -511,6 +511,11 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 // groupRefusal reports whether err is the registry refusing one group
 // rather than failing as a whole.
 func groupRefusal(err error) bool {
+	if _, wait := client.RetryAfter(err); wait || errors.Is(err, client.ErrShuttingDown) {
+		// A registry shutting down refuses everything, for a while: not a
+		// refusal of this group (PROTOCOL.md §3).
+		return false
+	}
 	for _, e := range []error{wire.ErrUnavailable, wire.ErrUnauthorized, wire.ErrBadRequest, wire.ErrTooLarge, wire.ErrRateLimited} {
 		if errors.Is(err, e) {
 			return true

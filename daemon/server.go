@@ -243,8 +243,8 @@ func newServer(cfg serverConfig, handle handlerFunc) *server {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
-	s.shuttingDown, _ = wire.AppendFrame(nil, uint64(wire.KindError),
-		&wire.Error{Code: wire.CodeUnavailable, Message: "the server is shutting down"})
+	s.shuttingDown, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
+		RetryAfterMS: uint64(shutdownRetryAfter.Milliseconds()), Message: "the server is shutting down"})
 	return s
 }
 
@@ -666,6 +666,11 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	c.op, c.args = op, args
 	return nil
 }
+
+// shutdownRetryAfter is the retry_after_ms of the refusals of a server
+// shutting down: it may be back soon (a restart), and a wait that says when
+// to retry tells the refusal from a standing one (a registry that is full).
+const shutdownRetryAfter = time.Second
 
 // refuseStream answers a stream the server will not serve because it is
 // shutting down: one Error frame, unavailable, without reading the request
