@@ -30,15 +30,15 @@ var errUsage = errors.New("usage")
 
 // clientFlags are the flags every client verb takes.
 type clientFlags struct {
-	registry string
-	ifaces   []string
-	json     bool
-	timeout  time.Duration
+	registries registryAddrsValue
+	ifaces     []string
+	json       bool
+	timeout    time.Duration
 }
 
 func (f *clientFlags) register(fs *pflag.FlagSet) {
-	fs.Var(registryAddrValue{&f.registry}, "registry", "registry address HOST[:PORT] (default $HUDDLE_REGISTRY, else this machine's or one found over mDNS)")
-	fs.StringArrayVar(&f.ifaces, "iface", nil, "look for the registry over mDNS on this interface only (repeatable; default: every up, multicast-capable one)")
+	fs.Var(&f.registries, "registry", "ask the registry at HOST[:PORT] (repeatable, or comma-separated; default $HUDDLE_REGISTRY, else this machine's, those that answered last time and every one found over mDNS)")
+	fs.StringArrayVar(&f.ifaces, "iface", nil, "look for registries over mDNS on this interface only (repeatable; default: every up, multicast-capable one)")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object per line")
 	fs.Var(newDuration(&f.timeout, 10*time.Second, time.Millisecond, false), "timeout", "give up after this long")
 }
@@ -108,13 +108,24 @@ type session struct {
 	verb   string
 	flags  *clientFlags
 	client *client.Client
-	regs   client.Registries
+	kh     *identity.KnownHosts
 	home   string    // $HUDDLE_HOME
 	joined joinedSet // the groups the user joined (joined.go); nil if unreadable
+	listed *listing  // set by the first call of listing (locate.go)
+	// looking makes the session only look (huddle doctor): it pins no
+	// registry and writes no cached listing.
+	looking bool
 }
 
-// open loads the user's identity and connects to the registry.
+// open loads the user's identity; the registries are asked on first use
+// (listing). A HUDDLE_REGISTRY that is not a list of addresses is a usage
+// error.
 func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, error) {
+	for _, a := range strings.Split(env.Getenv("HUDDLE_REGISTRY"), ",") {
+		if err := checkRegistryAddr(strings.TrimSpace(a)); err != nil {
+			return nil, &usageError{fmt.Sprintf("HUDDLE_REGISTRY: %q: %v", a, err)}
+		}
+	}
 	dir, err := home(env)
 	if err != nil {
 		return nil, err
@@ -128,43 +139,47 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 	if err != nil {
 		return nil, err
 	}
-	reg, err := locateRegistry(ctx, env, f, c, kh)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
 	joined, err := loadJoined(dir)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "huddle %s: warning: cannot read the groups you joined (%s); names resolve among all groups\n", verb, plainErr(err))
 	}
-	return &session{env: env, verb: verb, flags: f, client: c, regs: client.Registries{reg}, home: dir, joined: joined}, nil
+	return &session{env: env, verb: verb, flags: f, client: c, kh: kh, home: dir, joined: joined}, nil
 }
 
 func (s *session) Close() { s.client.Close() }
 
-// list asks the session's registries and merges their listings (one
-// entry per group UUID and daemon fingerprint). It fails only when no
-// registry answered.
+// list returns the merged listing of every registry the session knows
+// (see listing): one entry per group UUID and daemon fingerprint.
 func (s *session) list(ctx context.Context) ([]client.ListedGroup, error) {
-	return client.Listed(s.regs.List(ctx))
+	l, err := s.listing(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.groups, nil
 }
 
 // group resolves GROUP (a UUID, a unique UUID prefix, or a unique name)
-// against the merged listing, preferring the groups the user joined.
+// against the merged listing, preferring the groups the user joined. The
+// handle asks the registries that answered where its daemon went, if it
+// moves; from a cached listing it keeps the listed addresses.
 func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.GroupEntry, error) {
-	listed, err := s.list(ctx)
+	l, err := s.listing(ctx)
 	if err != nil {
 		return nil, wire.GroupEntry{}, err
 	}
-	entries := make([]wire.GroupEntry, len(listed))
-	for i, g := range listed {
+	entries := make([]wire.GroupEntry, len(l.groups))
+	for i, g := range l.groups {
 		entries[i] = g.GroupEntry
 	}
 	e, err := resolveGroup(entries, ref, s.joined)
 	if err != nil {
 		return nil, e, err
 	}
-	g, err := s.regs.Group(e)
+	if len(l.regs) == 0 {
+		g, err := s.client.Group(e)
+		return g, e, err
+	}
+	g, err := l.regs.Group(e)
 	return g, e, err
 }
 
@@ -252,6 +267,7 @@ func explain(err error) (string, int) {
 	var mm *identity.MismatchError
 	var we *wire.Error
 	var dns *net.DNSError
+	var nre *noRegistryError
 	switch {
 	case errors.As(err, &ue):
 		return ue.msg, ExitUsage
@@ -259,6 +275,8 @@ func explain(err error) (string, int) {
 		return ce.Error(), ExitRefused
 	case errors.As(err, &mm):
 		return fmt.Sprintf("%v; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", err), ExitRefused
+	case errors.As(err, &nre):
+		return nre.Error(), ExitUnreachable
 	case errors.As(err, &dns):
 		return fmt.Sprintf("cannot find the host %q (%s); check the name in --registry or HUDDLE_REGISTRY", dns.Name, dns.Err), ExitUnreachable
 	case errors.Is(err, context.DeadlineExceeded):

@@ -18,13 +18,20 @@ import (
 func runDoctor(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
 	var wait time.Duration
-	fs := newFlags(env, "doctor", "[--iface NAME]... [--registry ADDR] [--wait DURATION]",
-		"Check that huddle can find and reach its registry and group daemons, and say what to fix when not:\nthe interfaces mDNS uses (and why others are skipped), every mDNS answer and how fast it came,\nwhether the registry and each group daemon answer over QUIC with the expected key.",
-		"  huddle doctor\n  huddle doctor --iface eth0 --wait 5s")
+	fs := newFlags(env, "doctor", "[--iface NAME]... [--registry ADDR]... [--wait DURATION] [--json]",
+		"Check that huddle can find and reach its registries and group daemons, and say what to fix when not:\n"+
+			"for each interface, whether mDNS could join the group and send there, and why not; every mDNS answer;\n"+
+			"every registry asked (as other commands ask them), where, whether it answered and whether its key is\n"+
+			"the one pinned; and whether each group daemon answers with the key its registries list.\n"+
+			"It only looks: it pins no key and writes no cached listing.",
+		"  huddle doctor\n  huddle doctor --iface eth0 --wait 5s\n  huddle doctor --json | jq .advice")
 	fs.DurationVar(&wait, "wait", 2*time.Second, "how long to listen for mDNS answers")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	if fs.NArg() > 0 {
+		return usageErr(env, "doctor", "unexpected argument %q", fs.Arg(0))
 	}
 	dir, err := home(env)
 	if err != nil {
@@ -35,150 +42,470 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 		return fail(env, "doctor", err)
 	}
 	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
-	c, err := client.New(client.Config{Identity: id, KnownHosts: kh, DialTimeout: 3 * time.Second})
+	// No KnownHosts in the client: the doctor checks pins itself, and pins
+	// nothing.
+	c, err := client.New(client.Config{Identity: id, DialTimeout: 3 * time.Second})
 	if err != nil {
 		return fail(env, "doctor", err)
 	}
 	defer c.Close()
-	d := &doctor{env: env, c: c, kh: kh}
-	return d.run(ctx, &cf, wait)
-}
-
-type doctor struct {
-	env    Env
-	c      *client.Client
-	kh     *identity.KnownHosts
-	advice []string
-}
-
-func (d *doctor) say(format string, args ...any) { fmt.Fprintf(d.env.Stdout, format+"\n", args...) }
-
-func (d *doctor) advise(format string, args ...any) {
-	d.advice = append(d.advice, fmt.Sprintf(format, args...))
-}
-
-func (d *doctor) run(ctx context.Context, cf *clientFlags, wait time.Duration) int {
-	d.say("you: %s", d.c.Fingerprint())
-
-	// 1. Interfaces and mDNS.
-	d.say("\ninterfaces for mDNS:")
-	reports, ifErr := discovery.SelectInterfaces(cf.ifaces)
-	for _, r := range reports {
-		if r.Used {
-			d.say("  %-12s used     %s", r.Name, addrList(r.Addrs))
-		} else {
-			d.say("  %-12s skipped  %s", r.Name, r.Reason)
-		}
-	}
-	var answers []discovery.Answer
-	if ifErr != nil {
-		d.say("  none usable: %v", ifErr)
-		d.advise("no multicast-capable interface is up, so the registry cannot be discovered: connect to the LAN, or give --registry HOST:PORT")
-	} else {
-		d.say("\nmDNS answers for %s (listening %v):", discovery.Service, wait)
-		var err error
-		_, answers, err = discovery.Diagnose(ctx, discovery.BrowseConfig{
-			Interfaces: cf.ifaces,
-			Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
-				return verifyAdvertised(ctx, d.c, d.kh, r, addr)
-			},
-		}, wait)
-		if err != nil {
-			d.say("  browsing failed: %v", err)
-		}
-		for _, a := range answers {
-			status := "verified"
-			if a.Err != nil {
-				status = "REJECTED: " + a.Err.Error()
-			}
-			d.say("  after %-8v %q at %s (fingerprint %s, via %s): %s",
-				a.After.Round(time.Millisecond), a.Registry.Instance, a.Addr, shortText(a.Registry.Fingerprint), a.Registry.Iface, status)
-			var ce *identity.ChangedError
-			var mm *identity.MismatchError
-			switch {
-			case errors.As(a.Err, &ce):
-				d.advise("the registry %q now has another key than the one pinned: if it was reinstalled, run huddle forget-registry mdns:%s", a.Registry.Instance, a.Registry.Instance)
-			case errors.As(a.Err, &mm):
-				d.advise("%s answered mDNS with a fingerprint its QUIC handshake does not show: a stale answer or a spoofer; it is ignored", a.Addr)
-			case errors.Is(a.Err, client.ErrUnreachable), errors.Is(a.Err, context.DeadlineExceeded):
-				d.advise("%s answered mDNS but not QUIC: a firewall may drop UDP port %d; allow it", a.Addr, a.Addr.Port())
-			}
-		}
-		if len(answers) == 0 && err == nil {
-			d.say("  nothing answered")
-			d.advise("no registry answered mDNS: is one running on this LAN (huddle up / huddle registry)? multicast may be filtered (Wi-Fi client isolation, VPNs, container networks); give --registry HOST:PORT to skip discovery")
-		}
-	}
-
-	// 2. The registry.
-	d.say("\nregistry:")
-	start := time.Now()
-	lctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	reg, err := locateRegistry(lctx, d.env, cf, d.c, d.kh)
-	if err != nil {
-		cancel()
-		msg, _ := explain(err)
-		d.say("  not reachable: %s", msg)
-		return d.finish(ExitUnreachable)
-	}
-	list, err := reg.List(lctx)
-	cancel()
-	if err != nil {
-		msg, _ := explain(err)
-		d.say("  %s answered the handshake but not list: %s", reg.Addr(), msg)
-		return d.finish(ExitUnreachable)
-	}
-	d.say("  %s  fingerprint %s  answered in %v, %d groups, epoch %d",
-		reg.Addr(), reg.Fingerprint(), time.Since(start).Round(time.Millisecond), len(list.Groups), list.Epoch)
-
-	// 3. Every group daemon.
-	code := ExitOK
-	if len(list.Groups) > 0 {
-		d.say("\ngroup daemons:")
-	}
-	for _, e := range list.Groups {
-		g, err := d.c.Group(e)
-		if err == nil {
-			gctx, cancel := context.WithTimeout(ctx, cf.timeout)
-			start := time.Now()
-			_, err = g.Info(gctx)
-			cancel()
-			if err == nil {
-				d.say("  %-16s %s  ok in %v", e.Name, strings.Join(e.Addrs, ","), time.Since(start).Round(time.Millisecond))
-				continue
-			}
-		}
-		code = ExitUnreachable
-		msg, _ := explain(err)
-		d.say("  %-16s %s  FAILED: %s", e.Name, strings.Join(e.Addrs, ","), msg)
-		var mm *identity.MismatchError
-		if errors.As(err, &mm) {
-			d.advise("group %q: the daemon at %s has another key than the registry lists: a stale listing (wait one lease) or an impostor", e.Name, strings.Join(e.Addrs, ","))
-		} else {
-			d.advise("group %q: its daemon registered %s but does not answer there: it may advertise an address unreachable from here (set --advertise on the daemon) or a firewall drops UDP", e.Name, strings.Join(e.Addrs, ","))
-		}
-	}
-	return d.finish(code)
-}
-
-func (d *doctor) finish(code int) int {
-	if len(d.advice) == 0 {
-		d.say("\nall good")
-		return code
-	}
-	d.say("\nadvice:")
-	for _, a := range d.advice {
-		d.say("  - %s", a)
+	s := &session{env: env, verb: "doctor", flags: &cf, client: c, kh: kh, home: dir, looking: true}
+	d := &doctor{s: s, report: doctorReport{You: id.Fingerprint().String()}}
+	code := d.run(ctx, wait)
+	if cf.json {
+		d.report.OK = code == ExitOK
+		printJSON(env.Stdout, d.report)
 	}
 	return code
 }
 
-func addrList(addrs []netip.Addr) string {
-	s := make([]string, len(addrs))
-	for i, a := range addrs {
-		s[i] = a.String()
+// doctor collects what it checks into a report, and prints it as it goes
+// unless --json.
+type doctor struct {
+	s      *session
+	report doctorReport
+}
+
+// doctorReport is huddle doctor's findings, and its --json output.
+type doctorReport struct {
+	You        string           `json:"you"`
+	Interfaces []doctorIface    `json:"interfaces"`
+	MDNS       []doctorAnswer   `json:"mdns"`
+	Registries []doctorRegistry `json:"registries"`
+	Cache      *doctorCache     `json:"cache,omitempty"`
+	Groups     []doctorGroup    `json:"groups"`
+	Advice     []string         `json:"advice"`
+	OK         bool             `json:"ok"`
+}
+
+type doctorIface struct {
+	Name      string   `json:"name"`
+	Used      bool     `json:"used"`
+	Reason    string   `json:"reason,omitempty"` // why it is not used
+	Addrs     []string `json:"addrs"`
+	Joined    bool     `json:"joined"`               // the mDNS group was joined on it
+	JoinError string   `json:"join_error,omitempty"` // why not
+	SendError string   `json:"send_error,omitempty"` // why queries could not be sent
+	Queries   int      `json:"queries"`
+	Responses int      `json:"responses"` // mDNS responses heard, huddle's or not
+}
+
+type doctorAnswer struct {
+	Instance    string `json:"instance"`
+	Addr        string `json:"addr"`
+	Fingerprint string `json:"fingerprint"`
+	Iface       string `json:"iface"`
+	AfterMS     int64  `json:"after_ms"`
+	Pin         string `json:"pin"`             // "pinned", "new", "changed"
+	Error       string `json:"error,omitempty"` // why it was rejected
+}
+
+type doctorRegistry struct {
+	Addr        string `json:"addr"`
+	From        string `json:"from"` // "given", "this machine", "cached", "mDNS"
+	Name        string `json:"name"` // the name its key is pinned under
+	Fingerprint string `json:"fingerprint,omitempty"`
+	Pin         string `json:"pin,omitempty"` // "pinned", "new", "changed"
+	Answered    bool   `json:"answered"`
+	AfterMS     int64  `json:"after_ms"`
+	Groups      int    `json:"groups"`
+	Same        bool   `json:"same,omitempty"` // the same registry as one above (same key): not asked twice
+	Error       string `json:"error,omitempty"`
+}
+
+type doctorCache struct {
+	AgeMS      int64 `json:"age_ms"`
+	Registries int   `json:"registries"`
+	Groups     int   `json:"groups"`
+	Used       bool  `json:"used"` // no registry answered: the cached listing stood in
+}
+
+type doctorGroup struct {
+	Name        string   `json:"name"`
+	UUID        string   `json:"uuid"`
+	Addrs       []string `json:"addrs"`
+	Fingerprint string   `json:"fingerprint"`
+	OK          bool     `json:"ok"`
+	AfterMS     int64    `json:"after_ms"`
+	Error       string   `json:"error,omitempty"`
+}
+
+func (d *doctor) say(format string, args ...any) {
+	if !d.s.flags.json {
+		fmt.Fprintf(d.s.env.Stdout, format+"\n", args...)
 	}
-	return strings.Join(s, ", ")
+}
+
+func (d *doctor) table(rows [][]string) {
+	if d.s.flags.json {
+		return
+	}
+	for i := range rows {
+		rows[i][0] = "  " + rows[i][0]
+	}
+	writeTable(d.s.env.Stdout, rows)
+}
+
+// adviseMDNS adds advice about mDNS, which matters only when no registry
+// is given.
+func (d *doctor) adviseMDNS(format string, args ...any) {
+	if len(d.s.given()) == 0 {
+		d.advise(format, args...)
+	}
+}
+
+// advise adds advice once: the same finding on several interfaces or
+// registries is one thing to do.
+func (d *doctor) advise(format string, args ...any) {
+	a := fmt.Sprintf(format, args...)
+	for _, have := range d.report.Advice {
+		if have == a {
+			return
+		}
+	}
+	d.report.Advice = append(d.report.Advice, a)
+}
+
+func (d *doctor) run(ctx context.Context, wait time.Duration) int {
+	d.say("you: %s", d.report.You)
+	d.mdns(ctx, wait)
+	l, code := d.registries(ctx)
+	if l != nil {
+		if c := d.daemons(ctx, l); c != ExitOK {
+			code = c
+		}
+	}
+	d.finish()
+	return code
+}
+
+// mdns reports the interfaces and every answer mDNS gives in wait.
+func (d *doctor) mdns(ctx context.Context, wait time.Duration) {
+	s := d.s
+	reports, answers, err := discovery.Diagnose(ctx, discovery.BrowseConfig{
+		Interfaces: s.flags.ifaces,
+		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
+			return err
+		},
+	}, wait)
+	d.say("\ninterfaces for mDNS (listened %v):", wait)
+	if given := s.given(); len(given) > 0 {
+		d.say("  (not needed: the registries are given, %s)", strings.Join(given, ", "))
+	}
+	rows := [][]string{{"INTERFACE", "USED", "ADDRESSES", "MULTICAST", "QUERIES", "RESPONSES"}}
+	usable := false
+	for _, r := range reports {
+		j := doctorIface{Name: r.Name, Used: r.Used, Reason: r.Reason, Joined: r.Joined, Queries: r.Queries, Responses: r.Responses}
+		for _, a := range r.Addrs {
+			j.Addrs = append(j.Addrs, a.String())
+		}
+		if !r.Used {
+			d.report.Interfaces = append(d.report.Interfaces, j)
+			rows = append(rows, []string{r.Name, "no: " + r.Reason, strings.Join(j.Addrs, ", "), "", "", ""})
+			continue
+		}
+		usable = true
+		multicast, queries := "joined", fmt.Sprint(r.Queries)
+		if r.JoinErr != nil {
+			j.JoinError = r.JoinErr.Error()
+			multicast = "NOT JOINED: " + plainErr(errors.Unwrap(r.JoinErr))
+			d.adviseMDNS("mDNS cannot hear announcements on %s (%v): %s", r.Name, r.JoinErr, adviceOf(r.JoinErr))
+		}
+		if r.SendErr != nil {
+			j.SendError = r.SendErr.Error()
+			queries = fmt.Sprintf("%d, FAILING: %s", r.Queries, plainErr(errors.Unwrap(r.SendErr)))
+			d.adviseMDNS("mDNS queries cannot be sent on %s (%v): %s", r.Name, r.SendErr, adviceOf(r.SendErr))
+		}
+		d.report.Interfaces = append(d.report.Interfaces, j)
+		rows = append(rows, []string{r.Name, "yes", strings.Join(j.Addrs, ", "), multicast, queries, fmt.Sprint(r.Responses)})
+	}
+	d.table(rows)
+	if !usable {
+		if err != nil {
+			d.say("  none usable: %v", err)
+		}
+		d.adviseMDNS("no interface can be used for mDNS (up, multicast-capable, with an IPv4 address), so registries cannot be found on the LAN: connect to it, or give --registry HOST:PORT")
+		return
+	}
+
+	d.say("\nmDNS answers for %s:", discovery.Service)
+	if len(answers) == 0 {
+		d.say("  none")
+		d.adviseSilence(reports)
+		return
+	}
+	rows = [][]string{{"AFTER", "INSTANCE", "ADDRESS", "KEY", "VIA", "PIN", "VERDICT"}}
+	unanswered := make(map[string][]string) // instance -> "ADDR via IFACE" that answered mDNS but not QUIC
+	var order []string
+	for _, a := range answers {
+		if a.Err != nil && onLinkOf(a) && (errors.Is(a.Err, client.ErrUnreachable) || errors.Is(a.Err, context.DeadlineExceeded)) {
+			if unanswered[a.Registry.Instance] == nil {
+				order = append(order, a.Registry.Instance)
+			}
+			unanswered[a.Registry.Instance] = append(unanswered[a.Registry.Instance], a.Addr.String()+" via "+a.Registry.Iface)
+		}
+	}
+	// One piece of advice per registry, however many interfaces it was
+	// heard on.
+	for _, inst := range order {
+		d.adviseMDNS("%q answered mDNS but not QUIC (at %s): a firewall on its host may drop its UDP port; allow it", inst, strings.Join(unanswered[inst], ", "))
+	}
+	for _, a := range answers {
+		j := doctorAnswer{Instance: a.Registry.Instance, Addr: a.Addr.String(), Fingerprint: a.Registry.Fingerprint,
+			Iface: a.Registry.Iface, AfterMS: a.After.Milliseconds(), Pin: "new"}
+		if fp, err := wire.ParseFingerprint(a.Registry.Fingerprint); err == nil {
+			if pinned, ok, _ := s.kh.Lookup(mdnsPinPrefix + a.Registry.Instance); ok {
+				j.Pin = "pinned"
+				if pinned != fp {
+					j.Pin = "changed"
+				}
+			}
+		}
+		verdict := "verified"
+		if a.Err != nil {
+			j.Error = a.Err.Error()
+			verdict = "REJECTED: " + d.adviseAnswer(a)
+		}
+		d.report.MDNS = append(d.report.MDNS, j)
+		rows = append(rows, []string{a.After.Round(time.Millisecond).String(), a.Registry.Instance, a.Addr.String(),
+			shortText(a.Registry.Fingerprint), a.Registry.Iface, j.Pin, verdict})
+	}
+	d.table(rows)
+}
+
+// adviseSilence explains an mDNS that heard no registry, from what the
+// sockets met: problems with the sockets were advised already.
+func (d *doctor) adviseSilence(reports []discovery.InterfaceReport) {
+	var fine, heard []string
+	for _, r := range reports {
+		if !r.Used || r.SendErr != nil {
+			continue
+		}
+		fine = append(fine, r.Name)
+		if r.Responses > 0 {
+			heard = append(heard, r.Name)
+		}
+	}
+	switch {
+	case len(fine) == 0:
+		// The queries could not be sent: advised with the interfaces.
+	case len(heard) > 0:
+		d.adviseMDNS("other mDNS responders answered on %s, but no huddle registry: is one running on this LAN (huddle up, huddle registry)? if it is, it may listen on loopback only (its log says so) or not advertise (--no-mdns)", strings.Join(heard, ", "))
+	default:
+		d.adviseMDNS("queries went out on %s and nothing answered: is a registry running on this LAN (huddle up, huddle registry)? multicast may be filtered between hosts (Wi-Fi client isolation, VPNs, container networks); --registry HOST:PORT works without it", strings.Join(fine, ", "))
+	}
+}
+
+// adviseAnswer explains a rejected mDNS answer, advises what to do, and
+// returns the short verdict.
+func (d *doctor) adviseAnswer(a discovery.Answer) string {
+	var ce *identity.ChangedError
+	var mm *identity.MismatchError
+	switch {
+	case errors.As(a.Err, &ce):
+		d.adviseMDNS("the registry advertised as %q presents another key than the one pinned for that name: if it was reinstalled, run: huddle forget-registry %s", a.Registry.Instance, ce.ForgetCommand())
+		return "KEY CHANGED (pinned " + ce.Pinned.Short() + ")"
+	case errors.As(a.Err, &mm):
+		d.adviseMDNS("%s answered mDNS with a key its QUIC handshake does not show (%s advertised, %s presented): a stale answer or a spoofer; it is ignored", a.Addr, mm.Want.Short(), mm.Got.Short())
+		return "advertised key not presented"
+	case errors.Is(a.Err, discovery.ErrBadAnswer):
+		return "malformed: " + a.Err.Error()
+	case errors.Is(a.Err, client.ErrUnreachable), errors.Is(a.Err, context.DeadlineExceeded):
+		if !onLinkOf(a) {
+			d.adviseMDNS("%q advertises %s, which is not on a subnet of %s: it advertises an address unreachable from here (give it a LAN address to listen on)", a.Registry.Instance, a.Addr, a.Registry.Iface)
+			return "no QUIC answer (address not on this LAN)"
+		}
+		return "no QUIC answer" // advised once per registry by mdns
+	}
+	return plainErr(a.Err)
+}
+
+// onLinkOf reports whether a's address is on a subnet of the interface it
+// answered on.
+func onLinkOf(a discovery.Answer) bool {
+	for i, addr := range a.Registry.Addrs {
+		if addr == a.Addr {
+			return i < a.Registry.OnLink
+		}
+	}
+	return false
+}
+
+// registries asks every registry as other commands would, and reports each.
+func (d *doctor) registries(ctx context.Context) (*listing, int) {
+	s := d.s
+	d.say("\nregistries:")
+	lctx, cancel := context.WithTimeout(ctx, s.flags.timeout)
+	defer cancel()
+	cache, _ := loadListCache(s.home, scopeOf(s.given()))
+	l, err := s.listing(lctx)
+	var reports []registryReport
+	var nre *noRegistryError
+	switch {
+	case err == nil:
+		reports = l.reports
+	case errors.As(err, &nre):
+		reports = nre.reports
+	}
+	rows := [][]string{{"REGISTRY", "FROM", "KEY", "PIN", "ANSWER", "GROUPS"}}
+	code := ExitOK
+	for _, r := range reports {
+		if r.addr == "" {
+			continue // browsing failed: the interfaces above say why
+		}
+		j := doctorRegistry{Addr: r.addr, From: r.from, Name: r.name, Pin: r.pin, Answered: r.err == nil, AfterMS: r.after.Milliseconds(), Groups: r.groups, Same: r.same}
+		if !r.fp.IsZero() {
+			j.Fingerprint = r.fp.String()
+		}
+		answer := fmt.Sprintf("in %v", r.after.Round(time.Millisecond))
+		if r.same {
+			answer += " (the same registry as above)"
+		}
+		if r.err != nil {
+			j.Error = r.err.Error()
+			answer = "NO: " + d.adviseRegistry(r)
+			if r.pin == "changed" {
+				code = ExitRefused
+			}
+		}
+		d.report.Registries = append(d.report.Registries, j)
+		key := ""
+		if !r.fp.IsZero() {
+			key = r.fp.Short()
+		}
+		groups := fmt.Sprint(r.groups)
+		if r.err != nil {
+			groups = ""
+		}
+		rows = append(rows, []string{r.addr, r.from, key, r.pin, answer, groups})
+	}
+	if len(reports) == 0 {
+		d.say("  none found: nothing answers at %s, and no registry answered over mDNS", defaultRegistry)
+	} else {
+		d.table(rows)
+	}
+	if cache != nil {
+		dc := &doctorCache{AgeMS: time.Since(cache.Saved).Milliseconds(), Registries: len(cache.Registries), Groups: len(cache.Groups), Used: l != nil && l.cached != nil}
+		d.report.Cache = dc
+		used := ""
+		if dc.Used {
+			used = "; standing in, as no registry answered"
+		}
+		d.say("  cached listing: %s from %s, %v old%s", count(uint64(dc.Groups), "group", "groups"), count(uint64(dc.Registries), "registry", "registries"), time.Since(cache.Saved).Round(time.Second), used)
+	}
+	if err != nil {
+		var ce *identity.ChangedError
+		if errors.As(err, &ce) {
+			d.advise("the registry at %s presents another key than the one pinned: if it was reinstalled, run: huddle forget-registry %s", ce.Name, ce.ForgetCommand())
+			return nil, ExitRefused
+		}
+		if nre == nil {
+			msg, _ := explain(err)
+			d.say("  %s", msg)
+		}
+		if len(s.given()) == 0 && len(reports) == 0 {
+			d.advise("no registry was found: start one (huddle up, or huddle registry) on this machine or the LAN, or give its address with --registry HOST:PORT")
+		}
+		return nil, ExitUnreachable
+	}
+	if l.cached != nil {
+		code = ExitUnreachable
+	}
+	return l, code
+}
+
+// adviseRegistry explains a registry that did not answer, advises what to
+// do, and returns the short verdict.
+func (d *doctor) adviseRegistry(r registryReport) string {
+	var ce *identity.ChangedError
+	switch {
+	case errors.As(r.err, &ce):
+		d.advise("the registry at %s presents another key than the one pinned for %s: someone may be impersonating it; if it was reinstalled, run: huddle forget-registry %s", r.addr, ce.Name, ce.ForgetCommand())
+		return "KEY CHANGED (pinned " + ce.Pinned.Short() + ", presents " + ce.Presented.Short() + ")"
+	case r.from == fromLocal:
+		return "no registry runs on this machine"
+	case errors.Is(r.err, client.ErrUnreachable), errors.Is(r.err, context.DeadlineExceeded):
+		switch r.from {
+		case fromGiven:
+			d.advise("the registry at %s does not answer: is it running, and does its host let UDP port %s in?", r.addr, portOf(r.addr))
+		case fromCached:
+			d.advise("the registry at %s answered last time, not now: it may have stopped or moved (other commands ask it for %v at most)", r.addr, straggle)
+		}
+		return "no answer"
+	}
+	return plainErr(r.err)
+}
+
+func portOf(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return fmt.Sprint(ap.Port())
+	}
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
+		return addr[i+1:]
+	}
+	return fmt.Sprint(wire.DefaultRegistryPort)
+}
+
+// daemons checks every listed group's daemon.
+func (d *doctor) daemons(ctx context.Context, l *listing) int {
+	if len(l.groups) == 0 {
+		d.say("\ngroup daemons: no group is registered")
+		return ExitOK
+	}
+	d.say("\ngroup daemons:")
+	rows := [][]string{{"GROUP", "ADDRESS", "DAEMON", "ANSWER"}}
+	code := ExitOK
+	for _, e := range l.groups {
+		j := doctorGroup{Name: e.Name, UUID: e.Group.String(), Addrs: e.Addrs, Fingerprint: e.Fingerprint.String()}
+		g, err := d.s.client.Group(e.GroupEntry)
+		start := time.Now()
+		if err == nil {
+			gctx, cancel := context.WithTimeout(ctx, d.s.flags.timeout)
+			_, err = g.Info(gctx)
+			cancel()
+		}
+		j.AfterMS = time.Since(start).Milliseconds()
+		answer := fmt.Sprintf("ok in %v", time.Since(start).Round(time.Millisecond))
+		if err != nil {
+			code = ExitUnreachable
+			j.Error = err.Error()
+			var mm *identity.MismatchError
+			if errors.As(err, &mm) {
+				answer = "WRONG KEY"
+				d.advise("group %q: the daemon at %s has another key than its registries list: a stale listing (wait one lease) or an impostor", e.Name, strings.Join(e.Addrs, ","))
+			} else {
+				answer = "NO: " + withoutGoText(err)
+				d.advise("group %q: its daemon registered %s but does not answer there: it may register an address unreachable from here (set --advertise on the daemon), or a firewall drops UDP", e.Name, strings.Join(e.Addrs, ","))
+			}
+		} else {
+			j.OK = true
+		}
+		d.report.Groups = append(d.report.Groups, j)
+		rows = append(rows, []string{e.Name, strings.Join(e.Addrs, ","), e.Fingerprint.Short(), answer})
+	}
+	d.table(rows)
+	return code
+}
+
+func (d *doctor) finish() {
+	if len(d.report.Advice) == 0 {
+		d.say("\nall good")
+		return
+	}
+	d.say("\nadvice:")
+	for _, a := range d.report.Advice {
+		d.say("  - %s", a)
+	}
+}
+
+// adviceOf returns a socket error's advice.
+func adviceOf(err error) string {
+	var se *discovery.SocketError
+	if errors.As(err, &se) {
+		return se.Advice()
+	}
+	return "give the registry's address explicitly (--registry HOST:PORT)"
 }
 
 // shortText shortens a fingerprint's text form for display, leaving

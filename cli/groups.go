@@ -8,8 +8,8 @@ import (
 
 func runGroups(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
-	fs := newFlags(env, "groups", "[--registry ADDR] [--json]",
-		"List the groups whose daemons are registered with the registry now.",
+	fs := newFlags(env, "groups", "[--registry ADDR]... [--json]",
+		"List the groups whose daemons are registered now, with every registry asked: those given, else this\nmachine's, those that answered last time and those found over mDNS, merged by group UUID and daemon\nkey. When no registry answers, the last listing (cached in $HUDDLE_HOME) is shown, with its age.",
 		"  huddle groups\n  huddle groups --json | jq -r .name")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
@@ -25,29 +25,45 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		return fail(env, "groups", err)
 	}
 	defer s.Close()
-	list, err := s.list(ctx)
+	l, err := s.listing(ctx)
 	if err != nil {
 		return fail(env, "groups", err)
 	}
 	if cf.json {
-		for _, g := range list {
-			printJSON(env.Stdout, groupJSON{
+		for _, g := range l.groups {
+			j := groupJSON{
 				UUID: g.Group.String(), Name: g.Name, Addrs: g.Addrs,
 				Fingerprint: g.Fingerprint.String(), Members: g.Members, LastSeq: g.LastSeq,
-			})
+			}
+			for _, fp := range g.ListedBy {
+				j.ListedBy = append(j.ListedBy, fp.String())
+			}
+			printJSON(env.Stdout, j)
 		}
 		return ExitOK
 	}
-	if len(list) == 0 {
-		fmt.Fprintf(env.Stderr, "no groups registered at %s yet (start one with: huddle serve --group NAME)\n", s.regs[0].Addr())
+	if len(l.groups) == 0 {
+		fmt.Fprintf(env.Stderr, "no groups registered at %s yet (start one with: huddle serve --group NAME)\n", l.where())
 		return ExitOK
 	}
-	rows := [][]string{{"NAME", "UUID", "MEMBERS", "MESSAGES", "ADDRESS", "DAEMON"}}
-	for _, g := range list {
-		rows = append(rows, []string{g.Name, g.Group.String(), fmt.Sprint(g.Members), fmt.Sprint(g.LastSeq),
-			strings.Join(g.Addrs, ","), g.Fingerprint.Short()})
+	head := []string{"NAME", "UUID", "MEMBERS", "MESSAGES", "ADDRESS", "DAEMON"}
+	several := len(l.regs) > 1
+	if several {
+		head = append(head, "REGISTRIES")
+	}
+	rows := [][]string{head}
+	for _, g := range l.groups {
+		row := []string{g.Name, g.Group.String(), fmt.Sprint(g.Members), fmt.Sprint(g.LastSeq),
+			strings.Join(g.Addrs, ","), g.Fingerprint.Short()}
+		if several {
+			row = append(row, fmt.Sprintf("%d of %d", len(g.ListedBy), len(l.regs)))
+		}
+		rows = append(rows, row)
 	}
 	writeTable(env.Stdout, rows)
+	if failed := l.failed(); len(failed) > 0 && l.cached == nil {
+		fmt.Fprintf(env.Stderr, "listed by %s; not answering: %s\n", l.where(), strings.Join(failed, "; "))
+	}
 	return ExitOK
 }
 
@@ -59,4 +75,5 @@ type groupJSON struct {
 	Fingerprint string   `json:"fingerprint"`
 	Members     uint64   `json:"members"`
 	LastSeq     uint64   `json:"last_seq"`
+	ListedBy    []string `json:"listed_by,omitempty"` // the fingerprints of the registries that list it
 }

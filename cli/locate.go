@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
@@ -13,122 +16,553 @@ import (
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// discoverTimeout bounds how long a client verb browses mDNS for a registry
-// before giving up.
-const discoverTimeout = 3 * time.Second
+// How long a client verb looks for registries. None is a promise of speed:
+// they bound how long a verb waits for registries that may not exist.
+const (
+	// discoverTimeout bounds browsing mDNS when no registry has answered.
+	discoverTimeout = 3 * time.Second
+	// localTimeout bounds asking this machine's registry (127.0.0.1:7373),
+	// which may well not run.
+	localTimeout = time.Second
+	// browseAtLeast is how long answers to mDNS queries are waited for
+	// before the listing may be complete: on a LAN they come within a few
+	// milliseconds of the first query.
+	browseAtLeast = 40 * time.Millisecond
+	// straggle is how long, after the first registry answered, the others
+	// still being asked are waited for. One that is down costs at most
+	// this.
+	straggle = 250 * time.Millisecond
+)
 
-// locateRegistry connects to the registry the user means: --registry, else
-// $HUDDLE_REGISTRY, else whichever answers first of a registry on this
-// machine (127.0.0.1:7373, as `huddle up` runs) and one found over mDNS.
-func locateRegistry(ctx context.Context, env Env, f *clientFlags, c *client.Client, kh *identity.KnownHosts) (*client.Registry, error) {
-	addr := f.registry
-	if addr == "" {
-		addr = env.Getenv("HUDDLE_REGISTRY")
-	}
-	if addr != "" {
-		if err := checkRegistryAddr(addr); err != nil {
-			return nil, &usageError{fmt.Sprintf("registry address %q: %v", addr, err)}
-		}
-		return c.Registry(ctx, addr, wire.Fingerprint{})
-	}
+// Where a client verb learned of a registry.
+const (
+	fromGiven  = "given"        // --registry or HUDDLE_REGISTRY
+	fromLocal  = "this machine" // 127.0.0.1:7373, where huddle up runs
+	fromCached = "cached"       // answered last time (the cached listing)
+	fromMDNS   = "mDNS"
+)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type result struct {
-		reg *client.Registry
-		err error
-	}
-	local, found := make(chan result, 1), make(chan result, 1)
-	go func() {
-		lctx, lcancel := context.WithTimeout(ctx, time.Second)
-		defer lcancel()
-		reg, err := c.Registry(lctx, defaultRegistry, wire.Fingerprint{})
-		local <- result{reg, err}
-	}()
-	go func() {
-		reg, err := discoverRegistry(ctx, f.ifaces, c, kh)
-		found <- result{reg, err}
-	}()
-
-	var localErr, mdnsErr error
-	for localErr == nil || mdnsErr == nil {
-		select {
-		case r := <-local:
-			if r.err == nil {
-				cancel()
-				if found != nil {
-					<-found
-				}
-				return r.reg, nil
-			}
-			localErr = r.err
-			local = nil
-		case r := <-found:
-			if r.err == nil {
-				cancel()
-				if local != nil {
-					<-local
-				}
-				return r.reg, nil
-			}
-			mdnsErr = r.err
-			found = nil
-		}
-	}
-	var ce *identity.ChangedError
-	if errors.As(mdnsErr, &ce) {
-		return nil, mdnsErr
-	}
-	return nil, fmt.Errorf("%w: no registry found: nothing answered at %s, and over mDNS: %v\n"+
-		"  give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY); 'huddle doctor' explains what discovery saw",
-		client.ErrUnreachable, defaultRegistry, mdnsErr)
+// registryReport is what one registry a client verb asked did.
+type registryReport struct {
+	from   string           // one of the from constants
+	name   string           // the name its key is pinned under: its address, or mdns:INSTANCE
+	addr   string           // where it was asked
+	iface  string           // for mDNS: the interface it answered on
+	fp     wire.Fingerprint // the key it presented; zero if never reached
+	groups int              // groups it listed
+	err    error            // nil if it answered
+	pin    string           // "pinned", "new" (pinned now), "changed" (refused), or "" (not pinned by name)
+	after  time.Duration    // from the start to its answer or failure
+	same   bool             // the same registry (key) as an earlier report: not asked again
 }
 
-// discoverRegistry browses mDNS for a registry and returns the first whose
-// advertised fingerprint the handshake confirms. Registries found this way
-// are pinned by instance name, so a different key under a known name is
-// refused like a changed key at a known address.
-func discoverRegistry(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts) (*client.Registry, error) {
-	ctx, cancel := context.WithTimeout(ctx, discoverTimeout)
+// listing is what a client verb knows of the groups: the merge of every
+// registry that answered, or, when none did, the cached listing.
+type listing struct {
+	groups  []client.ListedGroup
+	regs    client.Registries // the registries that answered
+	reports []registryReport  // every registry tried, in the order they settled
+	cached  *listCache        // the cache that stood in, when no registry answered
+}
+
+// registryAnswer is one registry's outcome, sent to gather's loop.
+type registryAnswer struct {
+	registryReport
+	reg      *client.Registry
+	list     wire.Groups
+	expected bool // counted among the registries the listing waits for
+}
+
+// gatherer collects the registries of one listing.
+type gatherer struct {
+	s        *session
+	start    time.Time
+	answers  chan registryAnswer
+	inflight atomic.Int32 // expected sources not yet settled
+	optional atomic.Int32 // other sources not yet settled (this machine's registry)
+	browsing atomic.Bool  // mDNS browsing runs
+	wg       sync.WaitGroup
+
+	mu       sync.Mutex
+	claimed  map[wire.Fingerprint]bool // keys being asked or answered, so each is asked once
+	refusals map[string]bool           // names whose changed key was reported
+	pending  map[string]registryReport // expected registries not yet answered, by source and address
+}
+
+// listing asks every registry the session knows and merges what they list
+// (once per session). With --registry or HUDDLE_REGISTRY (each a list),
+// those registries are asked, and nothing else; otherwise this machine's,
+// those the cached listing names, and every one mDNS finds. A registry
+// whose key changed is refused wherever it answers (it is not trusted
+// under another name in the same run), and said so on stderr when others
+// answered. When no registry answers, the cached listing of the same
+// registries stands in, with its age said on stderr; without one the
+// error says what each registry did.
+func (s *session) listing(ctx context.Context) (*listing, error) {
+	if s.listed != nil {
+		return s.listed, nil
+	}
+	l, err := s.gather(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.listed = l
+	return l, nil
+}
+
+func (s *session) gather(ctx context.Context) (*listing, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var changed error
-	r, ap, err := discovery.Find(ctx, discovery.BrowseConfig{
-		Interfaces: ifaces,
-		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
-			err := verifyAdvertised(ctx, c, kh, r, addr)
+	g := &gatherer{s: s, start: time.Now(), answers: make(chan registryAnswer, 16), claimed: make(map[wire.Fingerprint]bool), refusals: make(map[string]bool), pending: make(map[string]registryReport)}
+	defer g.wg.Wait() // after cancel: every source has ended when gather returns
+
+	given := s.given()
+	cache, cacheErr := loadListCache(s.home, scopeOf(given))
+	if cacheErr != nil {
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: ignoring the cached listing: %v\n", s.verb, cacheErr)
+	}
+	browsing := false
+	if len(given) > 0 {
+		for _, addr := range given {
+			g.ask(ctx, registryReport{from: fromGiven, name: addr, addr: addr}, wire.Fingerprint{}, true, 0)
+		}
+	} else {
+		if cache != nil {
+			for _, r := range cache.Registries {
+				if g.claim(r.Fingerprint) {
+					g.ask(ctx, registryReport{from: fromCached, name: r.Name, addr: r.Addr, iface: r.Iface}, r.Fingerprint, true, 0)
+				}
+			}
+		}
+		g.ask(ctx, registryReport{from: fromLocal, name: defaultRegistry, addr: defaultRegistry}, wire.Fingerprint{}, false, localTimeout)
+		browsing = true
+		g.browsing.Store(true)
+		bctx, stopBrowse := context.WithTimeout(ctx, discoverTimeout)
+		defer stopBrowse()
+		g.wg.Go(func() { g.browse(bctx) })
+	}
+
+	var (
+		answered []registryAnswer
+		reports  []registryReport
+		refused  = make(map[wire.Fingerprint]*identity.ChangedError)
+		first    time.Time
+		timer    = time.NewTimer(time.Hour)
+	)
+	defer timer.Stop()
+	for {
+		elapsed := time.Since(g.start)
+		var wake time.Duration // from now; 0: none
+		if !first.IsZero() {
+			if time.Since(first) >= straggle || g.inflight.Load() == 0 && (!browsing || elapsed >= browseAtLeast) {
+				break
+			}
+			wake = straggle - time.Since(first)
+			if browsing && elapsed < browseAtLeast {
+				wake = min(wake, browseAtLeast-elapsed)
+			}
+		} else {
+			if g.inflight.Load() == 0 && g.optional.Load() == 0 && (!g.browsing.Load() || elapsed >= discoverTimeout) {
+				return g.fallback(ctx, reports, cache, refused)
+			}
+			if g.browsing.Load() {
+				wake = max(discoverTimeout-elapsed, time.Millisecond)
+			}
+		}
+		if wake > 0 {
+			timer.Reset(wake)
+		}
+		select {
+		case a := <-g.answers:
+			if a.err == errBrowseEnded {
+				continue
+			}
+			if a.expected {
+				g.settle(a.registryReport)
+			} else if a.from == fromLocal {
+				g.optional.Add(-1)
+			}
+			a.after = time.Since(g.start)
 			var ce *identity.ChangedError
-			if errors.As(err, &ce) {
-				changed = err
+			if errors.As(a.err, &ce) {
+				refused[ce.Presented] = ce
+				a.pin = "changed"
+			}
+			if a.err == nil {
+				if hasKey(answered, a.fp) {
+					a.same = true
+				} else {
+					answered = append(answered, a)
+					if first.IsZero() {
+						first = time.Now()
+					}
+				}
+			}
+			reports = append(reports, a.registryReport)
+		case <-timer.C:
+		case <-ctx.Done():
+			if first.IsZero() {
+				return g.fallback(ctx, reports, cache, refused)
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	reports = append(reports, g.late()...)
+	cancel()
+
+	// A key refused under one name is refused under every other: it must not
+	// be trusted on first use under an mDNS name in the same run.
+	l := &listing{}
+	var parts []client.RegistryListing
+	for _, a := range answered {
+		if ce := refused[a.fp]; ce != nil {
+			for i := range reports {
+				if reports[i].fp == a.fp && reports[i].err == nil {
+					reports[i].err, reports[i].pin = ce, "changed"
+				}
+			}
+			continue
+		}
+		if strings.HasPrefix(a.name, mdnsPinPrefix) && a.pin == "new" && !s.looking {
+			if err := s.kh.Check(a.name, a.fp); err != nil {
+				continue
+			}
+		}
+		parts = append(parts, client.RegistryListing{Registry: a.reg, Groups: a.list})
+		l.regs = append(l.regs, a.reg)
+	}
+	l.reports = reports
+	if len(parts) == 0 {
+		return g.fallback(ctx, reports, cache, refused)
+	}
+	l.groups = client.Merge(parts)
+	for _, ce := range refused {
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: a registry was not asked: %v\n", s.verb, ce)
+	}
+	if s.looking {
+		return l, nil
+	}
+	if err := saveListCache(s.home, scopeOf(given), l); err != nil {
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: cannot cache the listing: %v\n", s.verb, err)
+	}
+	return l, nil
+}
+
+// hasKey reports whether a registry of key fp is among as.
+func hasKey(as []registryAnswer, fp wire.Fingerprint) bool {
+	for _, a := range as {
+		if a.fp == fp {
+			return true
+		}
+	}
+	return false
+}
+
+// given returns the registries the user named: --registry (repeatable,
+// each a comma-separated list), else $HUDDLE_REGISTRY (a comma-separated
+// list).
+func (s *session) given() []string {
+	if len(s.flags.registries) > 0 {
+		return s.flags.registries
+	}
+	var out []string
+	for _, a := range strings.Split(s.env.Getenv("HUDDLE_REGISTRY"), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// claimRefusal reports whether name's changed key was not yet reported,
+// and marks it.
+func (g *gatherer) claimRefusal(name string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.refusals[name] {
+		return false
+	}
+	g.refusals[name] = true
+	return true
+}
+
+// claim reports whether fp was not yet being asked, and marks it.
+func (g *gatherer) claim(fp wire.Fingerprint) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.claimed[fp] {
+		return false
+	}
+	g.claimed[fp] = true
+	return true
+}
+
+// ask asks one registry for its listing on a goroutine of its own. The
+// key it must present is pin if not zero (a cached or advertised key), else
+// the one known_registries holds for its name (an address), else any (on
+// first use: pinned then, unless the session only looks). A registry
+// presenting another key than the one pinned for its address answers a
+// *identity.ChangedError. An expected registry is waited for.
+func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerprint, expected bool, timeout time.Duration) {
+	if expected {
+		g.inflight.Add(1)
+		g.mu.Lock()
+		g.pending[rep.from+" "+rep.addr] = rep
+		g.mu.Unlock()
+	} else {
+		g.optional.Add(1) // counted down when the loop takes the answer
+	}
+	g.wg.Go(func() {
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		a := registryAnswer{registryReport: rep, expected: expected}
+		byName := !strings.HasPrefix(rep.name, mdnsPinPrefix)
+		var pinned wire.Fingerprint
+		if byName {
+			if known, ok, err := g.s.kh.Lookup(rep.name); err != nil {
+				a.err = err
+			} else if ok {
+				pinned, a.pin = known, "pinned"
+			} else {
+				a.pin = "new"
+			}
+		}
+		want := pin
+		if want.IsZero() {
+			want = pinned
+		}
+		if a.err == nil {
+			a.reg, a.err = g.s.client.Registry(ctx, rep.addr, want)
+		}
+		var mm *identity.MismatchError
+		var ce *identity.ChangedError
+		switch {
+		case a.err == nil:
+			a.fp = a.reg.Fingerprint()
+			if a.pin == "new" && !g.s.looking {
+				a.err = g.s.kh.Check(rep.name, a.fp)
+			}
+			if a.err == nil {
+				a.list, a.err = a.reg.List(ctx)
+				a.groups = len(a.list.Groups)
+			}
+		case errors.As(a.err, &ce):
+			a.fp = ce.Presented
+		case errors.As(a.err, &mm):
+			a.fp = mm.Got
+			if !pinned.IsZero() && mm.Got != pinned {
+				a.err = &identity.ChangedError{Name: rep.name, Pinned: pinned, Presented: mm.Got, File: g.s.kh.Path()}
+			}
+		}
+		select {
+		case g.answers <- a:
+		case <-ctx.Done(): // gather is over; late reports what never answered
+		}
+	})
+}
+
+// settle marks an expected registry as no longer awaited.
+func (g *gatherer) settle(rep registryReport) {
+	g.inflight.Add(-1)
+	g.mu.Lock()
+	delete(g.pending, rep.from+" "+rep.addr)
+	g.mu.Unlock()
+}
+
+// late returns a report for every expected registry that has not answered.
+func (g *gatherer) late() []registryReport {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []registryReport
+	for _, rep := range g.pending {
+		rep.err = fmt.Errorf("%w: no answer within %v", client.ErrUnreachable, time.Since(g.start).Round(time.Millisecond))
+		rep.after = time.Since(g.start)
+		out = append(out, rep)
+	}
+	return out
+}
+
+// mdnsPinPrefix starts the names registries found over mDNS are pinned
+// under in known_registries.
+const mdnsPinPrefix = "mdns:"
+
+// browse asks every registry mDNS finds, once per key, until ctx ends.
+// When browsing cannot run (no usable interface), that is reported as an
+// answer that says why.
+func (g *gatherer) browse(ctx context.Context) {
+	s := g.s
+	defer func() {
+		g.browsing.Store(false)
+		select { // wake the loop: it may be waiting for browsing to end
+		case g.answers <- registryAnswer{registryReport: registryReport{from: fromMDNS, err: errBrowseEnded}}:
+		case <-ctx.Done():
+		}
+	}()
+	err := discovery.Browse(ctx, discovery.BrowseConfig{
+		Interfaces: s.flags.ifaces,
+		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
+			var ce *identity.ChangedError
+			if errors.As(err, &ce) && g.claimRefusal(ce.Name) {
+				// Not an answer to wait for, but a key to refuse everywhere.
+				a := registryAnswer{registryReport: registryReport{from: fromMDNS, name: ce.Name, addr: addr.String(), iface: r.Iface, fp: ce.Presented, err: err}}
+				select {
+				case g.answers <- a:
+				case <-ctx.Done():
+				}
 			}
 			return err
 		},
+	}, func(r discovery.Registry, addr netip.AddrPort) {
+		fp, err := wire.ParseFingerprint(r.Fingerprint)
+		if err != nil || !g.claim(fp) {
+			return
+		}
+		rep := registryReport{from: fromMDNS, name: mdnsPinPrefix + r.Instance, addr: addr.String(), iface: r.Iface}
+		rep.pin = "new"
+		if _, ok, _ := s.kh.Lookup(rep.name); ok {
+			rep.pin = "pinned"
+		}
+		g.ask(ctx, rep, fp, true, 0)
 	})
 	if err != nil {
-		if changed != nil {
-			return nil, changed
+		select {
+		case g.answers <- registryAnswer{registryReport: registryReport{from: fromMDNS, err: fmt.Errorf("cannot browse: %w", err)}}:
+		case <-ctx.Done():
 		}
-		return nil, err
 	}
-	// Verify dialled this address with this pin; opening it again reuses
-	// the connection.
-	fp, err := wire.ParseFingerprint(r.Fingerprint)
-	if err != nil {
-		return nil, err
-	}
-	return c.Registry(ctx, ap.String(), fp)
 }
 
-// verifyAdvertised checks an mDNS answer: the registry at addr must present
-// the fingerprint its TXT record claims, and that must be the one pinned for
-// its instance name, if any.
-func verifyAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Registry, addr netip.AddrPort) error {
+// errBrowseEnded marks the answer that only says browsing has ended.
+var errBrowseEnded = errors.New("browsing ended")
+
+// checkAdvertised checks an mDNS answer: the registry at addr must present
+// the fingerprint its TXT record claims, and that must be the one pinned
+// for its instance name, if any (a *identity.ChangedError otherwise). It
+// pins nothing: a new name is pinned once the whole listing is known to
+// hold no refused key. It returns the registry handle.
+func checkAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Registry, addr netip.AddrPort) (*client.Registry, error) {
 	fp, err := wire.ParseFingerprint(r.Fingerprint)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := kh.Check("mdns:"+r.Instance, fp); err != nil {
-		return err
+	name := mdnsPinPrefix + r.Instance
+	if pinned, ok, err := kh.Lookup(name); err != nil {
+		return nil, err
+	} else if ok && pinned != fp {
+		return nil, &identity.ChangedError{Name: name, Pinned: pinned, Presented: fp, File: kh.Path()}
 	}
-	_, err = c.Registry(ctx, addr.String(), fp)
-	return err
+	return c.Registry(ctx, addr.String(), fp)
+}
+
+// fallback is gather's answer when no registry answered: the cached
+// listing of the same registries, said with its age on stderr, or an error
+// that says what each registry did.
+func (g *gatherer) fallback(ctx context.Context, reports []registryReport, cache *listCache, refused map[wire.Fingerprint]*identity.ChangedError) (*listing, error) {
+	s := g.s
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return nil, ctx.Err()
+	}
+	// A key change stops the command, ssh-style: the cached listing stands
+	// in for registries that are away, not for one that changed its key.
+	for _, ce := range refused {
+		return nil, ce
+	}
+	timedOut := ctx.Err() != nil
+	if timedOut {
+		reports = append(reports, g.late()...)
+	}
+	if cache != nil {
+		age := time.Since(cache.Saved).Round(time.Second)
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: no registry answered; using the listing cached %v ago (%s)\n", s.verb, age, summarize(reports))
+		return &listing{groups: cache.groups(), reports: reports, cached: cache}, nil
+	}
+	return nil, &noRegistryError{reports: reports, given: len(s.given()) > 0, timedOut: timedOut}
+}
+
+// noRegistryError says that no registry answered, and what each did.
+type noRegistryError struct {
+	reports  []registryReport
+	given    bool
+	timedOut bool // the command's --timeout ended the wait
+}
+
+func (e *noRegistryError) Error() string {
+	var b strings.Builder
+	b.WriteString("no registry answered:")
+	for _, line := range strings.Split(summarize(e.reports), "; ") {
+		b.WriteString("\n  " + line)
+	}
+	if e.given {
+		b.WriteString("\n  is it running (huddle up, huddle registry), and does its host let UDP in?")
+	} else {
+		b.WriteString("\n  give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY); 'huddle doctor' explains what discovery saw")
+	}
+	if e.timedOut {
+		b.WriteString(" (raise --timeout for slow links)")
+	}
+	return b.String()
+}
+
+func (e *noRegistryError) Unwrap() error { return client.ErrUnreachable }
+
+// summarize says in one line what each registry tried did.
+func summarize(reports []registryReport) string {
+	if len(reports) == 0 {
+		return "none was found (nothing answers at " + defaultRegistry + ", and none answered over mDNS)"
+	}
+	var parts []string
+	for _, r := range reports {
+		what := "answered"
+		if r.err != nil {
+			what = withoutGoText(r.err)
+		}
+		if r.addr == "" {
+			parts = append(parts, fmt.Sprintf("%s: %s", r.from, what))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s): %s", r.addr, r.from, what))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// where names the registries that answered, for people.
+func (l *listing) where() string {
+	if l.cached != nil {
+		return fmt.Sprintf("the registries cached %v ago", time.Since(l.cached.Saved).Round(time.Second))
+	}
+	var names []string
+	for _, r := range l.reports {
+		if r.err == nil && !r.same {
+			names = append(names, fmt.Sprintf("%s (%s)", r.addr, r.fp.Short()))
+		}
+	}
+	if len(names) == 0 {
+		return "no registry"
+	}
+	return strings.Join(names, ", ")
+}
+
+// failed says, for each registry that was expected to answer and did not,
+// where it is and why (this machine's registry, which may well not run, is
+// left out).
+func (l *listing) failed() []string {
+	var out []string
+	for _, r := range l.reports {
+		if r.err != nil && r.from != fromLocal && r.addr != "" {
+			out = append(out, fmt.Sprintf("%s (%s): %s", r.addr, r.from, plainErr(r.err)))
+		}
+	}
+	return out
 }

@@ -24,6 +24,7 @@ type Registry struct {
 	Instance    string           // instance name, such as "huddle registry on box (abcd-efgh)"
 	Host        string           // host name from the SRV record, such as "box-abcdefgh.local."
 	Addrs       []netip.AddrPort // addresses, those on a subnet of Iface first
+	OnLink      int              // how many of Addrs (the first) are on a subnet of Iface
 	Fingerprint string           // fp= from TXT (a claim until verified)
 	Version     string           // v= from TXT
 	Proto       string           // proto= from TXT

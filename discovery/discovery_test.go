@@ -195,6 +195,7 @@ func TestFindLoopback(t *testing.T) {
 		want := discovery.Registry{
 			Instance: "huddle registry on test (fp-real)", Host: "real.local.",
 			Addrs:       []netip.AddrPort{reg.addr, netip.AddrPortFrom(netip.IPv6Loopback(), reg.addr.Port())},
+			OnLink:      2,
 			Fingerprint: "fp-real",
 			Version:     "1.2.3", Proto: discovery.Proto, Iface: "lo",
 		}

@@ -96,3 +96,28 @@ func TestAdvertsKeepsInstancesApart(t *testing.T) {
 		t.Fatalf("adverts %+v %+v", as[0], as[1])
 	}
 }
+
+// TestNameTag checks that an answer whose instance name carries another
+// key's tag than the key it advertises is refused: a registry's name says
+// which key it has, so a spoofer cannot borrow a real registry's name.
+func TestNameTag(t *testing.T) {
+	c := candidate{}
+	for _, tc := range []struct {
+		instance, fp string
+		ok           bool
+	}{
+		{"huddle registry on box (abcd-efgh)", "abcd-efgh-ijkl", true},
+		{"huddle registry on box (abcd-efgh) #2", "abcd-efgh-ijkl", true},
+		{"huddle registry on box (zzzz-zzzz)", "abcd-efgh-ijkl", false},
+		{"huddle registry on box (zzzz-zzzz) #3", "abcd-efgh-ijkl", false},
+		{"a registry of another program", "abcd-efgh-ijkl", true}, // no tag: nothing to check
+		{"box (a b)", "abcd-efgh-ijkl", true},                     // not a tag
+	} {
+		a := &advert{instance: tc.instance, host: "h.local.", port: 7373, txt: txtRecord("", tc.fp), hasSRV: true, hasTXT: true,
+			addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+		_, err := toRegistry(a, c)
+		if (err == nil) != tc.ok {
+			t.Errorf("%q advertising %s: err %v, want ok=%v", tc.instance, tc.fp, err, tc.ok)
+		}
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -264,6 +266,9 @@ func toRegistry(a *advert, c candidate) (Registry, error) {
 	})
 	for _, ad := range addrs {
 		r.Addrs = append(r.Addrs, netip.AddrPortFrom(ad, a.port))
+		if c.onLink(ad) {
+			r.OnLink++
+		}
 	}
 	switch {
 	case !a.hasSRV || !a.hasTXT:
@@ -275,5 +280,27 @@ func toRegistry(a *advert, c candidate) (Registry, error) {
 	case len(r.Addrs) == 0 || a.port == 0:
 		return r, fmt.Errorf("%w: %q has no usable address", ErrBadAnswer, r.Instance)
 	}
+	if tag, ok := nameTag(r.Instance); ok && tag != fingerprintTag(r.Fingerprint) {
+		return r, fmt.Errorf("%w: %q is named for key %s but advertises %s", ErrBadAnswer, r.Instance, tag, fingerprintTag(r.Fingerprint))
+	}
 	return r, nil
+}
+
+// nameTag returns the fingerprint tag an instance name carries ("NAME
+// (TAG)" or "NAME (TAG) #N", as Advertiser names them), if it has one.
+func nameTag(instance string) (string, bool) {
+	if i := strings.LastIndex(instance, ") #"); i >= 0 {
+		if _, err := strconv.Atoi(instance[i+3:]); err == nil {
+			instance = instance[:i+1]
+		}
+	}
+	if !strings.HasSuffix(instance, ")") {
+		return "", false
+	}
+	i := strings.LastIndex(instance, " (")
+	if i < 0 {
+		return "", false
+	}
+	tag := instance[i+2 : len(instance)-1]
+	return tag, tag != "" && !strings.ContainsAny(tag, " ()")
 }

@@ -496,9 +496,10 @@ type groupJSON struct {
 	Fingerprint string   `json:"fingerprint"`
 	Members     uint64   `json:"members"`
 	LastSeq     uint64   `json:"last_seq"`
+	ListedBy    []string `json:"listed_by"`
 }
 
-var groupKeys = []string{"uuid", "name", "addrs", "fingerprint", "members", "last_seq"}
+var groupKeys = []string{"uuid", "name", "addrs", "fingerprint", "members", "last_seq", "listed_by"}
 
 // waitListed polls the registry (as u) until it lists every UUID in uuids,
 // and returns the listing then. Group daemons register a moment after they

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,5 +192,36 @@ func TestKnownHosts(t *testing.T) {
 	st, _ := os.Stat(path)
 	if st.Mode().Perm() != 0o600 {
 		t.Errorf("mode = %v, want 0600", st.Mode().Perm())
+	}
+}
+
+// TestForgetCommandPastes checks that the forget-registry command a key
+// change suggests survives a POSIX shell: each name comes back as one
+// argument, unchanged (16.10: an mDNS name has spaces and parentheses).
+func TestForgetCommandPastes(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Fatal("no sh to paste into")
+	}
+	for _, name := range []string{
+		"127.0.0.1:7373",
+		"registry.example:7373",
+		"[::1]:7373",
+		"mdns:huddle registry on vm (abcd-efgh)",
+		"mdns:huddle registry on vm (abcd-efgh) #2",
+		`mdns:it's "quoted" $HOME \ *`,
+	} {
+		cmd := (&ChangedError{Name: name}).ForgetCommand()
+		arg, ok := strings.CutPrefix(cmd, "huddle forget-registry ")
+		if !ok {
+			t.Fatalf("command %q", cmd)
+		}
+		out, err := exec.Command(sh, "-c", `printf '%s|' `+arg).Output()
+		if err != nil {
+			t.Fatalf("sh: %v", err)
+		}
+		if got := strings.TrimSuffix(string(out), "|"); got != name {
+			t.Errorf("pasting %q gives the argument %q, want %q", cmd, got, name)
+		}
 	}
 }

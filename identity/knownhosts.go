@@ -35,8 +35,31 @@ func (e *ChangedError) Error() string {
 but %s pins it to
     %s
 Someone may be impersonating the registry, or it was reinstalled with a new key.
-If you know the change is expected, run: huddle forget-registry %s`,
-		e.Name, e.Presented, e.File, e.Pinned, e.Name)
+If you know the change is expected, run: %s`,
+		e.Name, e.Presented, e.File, e.Pinned, e.ForgetCommand())
+}
+
+// ForgetCommand is the command that drops the pin, ready to paste into a
+// POSIX shell: the name is quoted when it holds anything a shell would
+// read otherwise (an mDNS instance name has spaces and parentheses).
+func (e *ChangedError) ForgetCommand() string {
+	return "huddle forget-registry " + shellQuote(e.Name)
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it: in single quotes,
+// with each single quote written as '\”.
+func shellQuote(s string) string {
+	safe := s != ""
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.:/@%+=,", r)) {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // KnownHosts remembers which fingerprint each registry presented the first

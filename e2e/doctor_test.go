@@ -1,0 +1,125 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestDoctor runs huddle doctor against a registry listing three groups,
+// one with a wide-character name and one whose daemon was killed: the
+// tables line up by display width, each piece of advice is given once,
+// doctor never tells the user to run doctor, and --json gives the same
+// findings as one object (16.7, 16.14).
+func TestDoctor(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--lease", "10m", "--state-dir", t.TempDir())
+	startDaemon(t, "serve", "--group", "日本語🎉", "--group", "plain", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	gone := startDaemon(t, "serve", "--group", "gone", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	alice := newUser(t, "alice", reg.registry)
+	waitListed(t, alice, gone.groups["gone"])
+	gone.proc.stop(t, syscall.SIGKILL) // listed for ten minutes more, answering nothing
+
+	r := alice.run(t, "doctor", "--wait", "200ms", "--timeout", "3s")
+	t.Logf("huddle doctor:\n%s", r.stdout)
+	if r.code != 3 {
+		t.Errorf("doctor with a daemon gone: exit %d, want 3", r.code)
+	}
+	if strings.Contains(r.stdout, "huddle doctor") || strings.Contains(r.stderr, "huddle doctor") {
+		t.Errorf("doctor tells the user to run doctor:\n%s%s", r.stdout, r.stderr)
+	}
+	// The group daemons' table: the ADDRESS column starts at one display
+	// column on every line, whatever the width of the names before it.
+	var cols []int
+	section := false
+	for _, line := range strings.Split(r.stdout, "\n") {
+		switch {
+		case line == "group daemons:":
+			section = true
+			continue
+		case !strings.HasPrefix(line, "  "):
+			section = false
+		}
+		if !section {
+			continue
+		}
+		i := strings.Index(line, "127.0.0.1:")
+		if strings.HasPrefix(line, "  GROUP") {
+			i = strings.Index(line, "ADDRESS")
+		}
+		if i < 0 {
+			t.Fatalf("group daemons' line without an address: %q", line)
+		}
+		cols = append(cols, displayWidth(line[:i]))
+	}
+	if len(cols) != 4 {
+		t.Fatalf("group daemons' table has %d lines, want a header and 3 groups:\n%s", len(cols), r.stdout)
+	}
+	for _, c := range cols[1:] {
+		if c != cols[0] {
+			t.Errorf("the ADDRESS column starts at display columns %v, not one:\n%s", cols, r.stdout)
+			break
+		}
+	}
+	advice := r.stdout[strings.Index(r.stdout, "\nadvice:"):]
+	lines := strings.Split(strings.TrimSpace(advice), "\n")[1:]
+	if len(lines) != 1 || !strings.Contains(lines[0], `group "gone"`) {
+		t.Errorf("advice %q: want once, about the daemon gone", lines)
+	}
+	if n := strings.Count(r.stdout, "does not answer there"); n != 1 || strings.Contains(r.stdout, "is it running") {
+		t.Errorf("the advice about the daemon gone is printed %d times, or the table repeats advice of its own:\n%s", n, r.stdout)
+	}
+
+	r = alice.run(t, "doctor", "--json", "--wait", "200ms", "--timeout", "3s")
+	if r.code != 3 || strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
+		t.Fatalf("doctor --json: want one line and exit 3: %s", r)
+	}
+	var rep struct {
+		You        string `json:"you"`
+		Registries []struct {
+			Addr, From, Fingerprint string
+			Answered                bool
+			Groups                  int
+		} `json:"registries"`
+		Groups []struct {
+			Name string
+			OK   bool
+		} `json:"groups"`
+		Advice []string `json:"advice"`
+		OK     bool     `json:"ok"`
+	}
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	dec.DisallowUnknownFields()
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
+	}
+	if rep.OK || rep.You == "" || len(rep.Registries) != 1 || !rep.Registries[0].Answered || rep.Registries[0].From != "given" ||
+		rep.Registries[0].Fingerprint != reg.regFP || rep.Registries[0].Groups != 3 || len(rep.Advice) != 1 {
+		t.Errorf("doctor --json: %+v", rep)
+	}
+	ok := map[string]bool{}
+	for _, g := range rep.Groups {
+		ok[g.Name] = g.OK
+	}
+	if len(ok) != 3 || !ok["plain"] || !ok["日本語🎉"] || ok["gone"] {
+		t.Errorf("doctor --json groups: %v", ok)
+	}
+}
+
+// displayWidth counts East Asian wide characters and emoji as two columns,
+// as a terminal shows them (enough for the names of TestDoctor).
+func displayWidth(s string) int {
+	n := 0
+	for _, r := range s {
+		switch {
+		case r >= 0x1100 && (r <= 0x115f || r >= 0x2e80 && r <= 0xa4cf || r >= 0xac00 && r <= 0xd7a3 || r >= 0xf900 && r <= 0xfaff || r >= 0xfe30 && r <= 0xfe4f || r >= 0xff00 && r <= 0xff60 || r >= 0xffe0 && r <= 0xffe6 || r >= 0x1f300 && r <= 0x1faff):
+			n += 2
+		default:
+			n++
+		}
+	}
+	return n
+}
