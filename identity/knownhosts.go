@@ -47,7 +47,7 @@ func (e *ChangedError) ForgetCommand() string {
 }
 
 // shellQuote quotes s for a POSIX shell when it needs it: in single quotes,
-// with each single quote closed, escaped and reopened ('\'' in the output).
+// each single quote in s written as quote, backslash, quote, quote.
 func shellQuote(s string) string {
 	safe := s != ""
 	for _, r := range s {
