@@ -26,8 +26,10 @@ const (
 	localTimeout = time.Second
 	// browseAtLeast is how long answers to mDNS queries are waited for
 	// before the listing may be complete: on a LAN they come within a few
-	// milliseconds of the first query.
-	browseAtLeast = 40 * time.Millisecond
+	// milliseconds of the first query, and every registry that answered by
+	// then is waited for. Registries cached from the last run are asked
+	// directly meanwhile; their handshakes take longer than this.
+	browseAtLeast = 15 * time.Millisecond
 	// straggle is how long, after the first registry answered, the others
 	// still being asked are waited for. One that is down costs at most
 	// this.
