@@ -215,5 +215,3 @@ func missingIn(t *testing.T, r lanResult, names []string) []string {
 	}
 	return out
 }
-
-
