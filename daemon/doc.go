@@ -14,8 +14,9 @@
 //	err = d.Serve(ctx)                   // blocks until ctx ends or Close is called
 //
 // Serve calls Listen itself if it was not called, so a caller that does not
-// need the address before serving can skip it; Ready is closed once the
-// server listens, for callers that run Serve on another goroutine. When ctx
+// need the address before serving can skip it; one that runs Serve on
+// another goroutine calls Listen first, and knows the address once it
+// returns. When ctx
 // ends, Serve shuts down gracefully (as Close) and returns nil once every
 // goroutine has stopped. Close is safe to call twice and from any goroutine;
 // it waits for every goroutine the server started. Listen and Serve after

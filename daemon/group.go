@@ -41,8 +41,8 @@ type group struct {
 	// Membership changes are stored before they are applied (members.go).
 	pendingMu sync.Mutex
 	pending   []*memberChange // changes waiting for a writer
-	persistMu sync.Mutex      // held by the one writer at a time
-	writes    bucket          // paces members-file writes
+	writer    chan struct{}   // holds a token while a writer stores changes
+	writes    bucket          // paces members-file writes; the writer's
 }
 
 type member struct {
@@ -85,6 +85,7 @@ func newGroup(id wire.UUID, spec GroupSpec, log Log, dir string, records []membe
 		now:     now,
 		members: make(map[wire.Fingerprint]*member, len(records)),
 		rate:    rate,
+		writer:  make(chan struct{}, 1),
 	}
 	for _, r := range records {
 		g.members[r.Fingerprint] = &member{name: r.Name, joined: r.Joined, left: make(chan struct{})}

@@ -390,9 +390,6 @@ func (d *GroupDaemon) Close() error {
 	return nil
 }
 
-// Ready is closed once the daemon listens.
-func (d *GroupDaemon) Ready() <-chan struct{} { return d.srv.ready }
-
 // Addr returns the address the daemon listens on, or nil before it does.
 func (d *GroupDaemon) Addr() net.Addr { return d.srv.addr() }
 

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"cmp"
+	"context"
 	"slices"
 	"time"
 
@@ -54,21 +55,36 @@ func (e *errMembersNotStored) Unwrap() error { return e.err }
 
 // commit stores ch with the changes waiting beside it, then applies them,
 // and returns once ch is stored and applied, or could not be stored (its
-// err). Concurrent callers share writes.
-func (g *group) commit(ch *memberChange) {
+// err). Concurrent callers share writes: one of them at a time, holding
+// g.writer, is the writer. If ctx ends while ch waits (for the writer
+// before it, or for pacing), ch is withdrawn and commit returns ctx's
+// cause: nothing changed.
+func (g *group) commit(ctx context.Context, ch *memberChange) error {
 	ch.done = make(chan struct{})
 	g.pendingMu.Lock()
 	g.pending = append(g.pending, ch)
 	g.pendingMu.Unlock()
 
-	g.persistMu.Lock()
-	defer g.persistMu.Unlock()
+	select {
+	case g.writer <- struct{}{}:
+	default: // a writer is busy: wait for it
+		select {
+		case g.writer <- struct{}{}:
+		case <-ch.done:
+			return nil // that writer stored it
+		case <-ctx.Done():
+			return g.withdraw(ctx, ch)
+		}
+	}
+	defer func() { <-g.writer }()
 	select {
 	case <-ch.done:
-		return // the writer before us stored it
+		return nil // the writer before us stored it
 	default:
 	}
-	g.pace()
+	if err := g.pace(ctx); err != nil {
+		return g.withdraw(ctx, ch)
+	}
 	g.pendingMu.Lock()
 	batch := g.pending
 	g.pending = nil
@@ -111,7 +127,7 @@ func (g *group) commit(ch *memberChange) {
 				c.err = &errMembersNotStored{err}
 				close(c.done)
 			}
-			return
+			return nil // ch.err says why
 		}
 	}
 	g.mu.Lock()
@@ -127,22 +143,51 @@ func (g *group) commit(ch *memberChange) {
 	for _, c := range batch {
 		close(c.done)
 	}
+	return nil
 }
 
-// pace waits, if need be, for the members file's next write to be allowed.
-// g.persistMu is held.
-func (g *group) pace() {
-	now := time.Now()
+// withdraw takes ch, whose caller's ctx ended while it waited, out of the
+// changes waiting, and returns ctx's cause. If a writer has taken ch
+// already, it waits for that write instead (writes are not paced once
+// taken) and returns nil.
+func (g *group) withdraw(ctx context.Context, ch *memberChange) error {
+	g.pendingMu.Lock()
+	i := slices.Index(g.pending, ch)
+	if i >= 0 {
+		g.pending = slices.Delete(g.pending, i, i+1)
+	}
+	g.pendingMu.Unlock()
+	if i < 0 {
+		<-ch.done
+		return nil
+	}
+	return context.Cause(ctx)
+}
+
+// pace waits, if need be, for the members file's next write to be
+// allowed, on the daemon's clock, or until ctx ends (its error). g.writer
+// is held.
+func (g *group) pace(ctx context.Context) error {
+	now := g.now()
 	if g.writes.at.IsZero() {
 		g.writes = bucket{tokens: persistBurst, at: now}
 	}
 	pace := rateLimiter{rate: persistRate, burst: persistBurst}
 	pace.refill(&g.writes, now)
 	if g.writes.tokens < 1 {
-		time.Sleep(time.Duration((1 - g.writes.tokens) / persistRate * float64(time.Second)))
-		pace.refill(&g.writes, time.Now())
+		t := time.NewTimer(time.Duration((1 - g.writes.tokens) / persistRate * float64(time.Second)))
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		pace.refill(&g.writes, g.now())
 	}
-	g.writes.tokens--
+	// Never below empty: a clock that stood still while we waited (a
+	// test's) makes the next write wait one interval, not longer each time.
+	g.writes.tokens = max(0, g.writes.tokens-1)
+	return nil
 }
 
 // sortedRecords returns the members file's entries, in the order of

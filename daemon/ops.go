@@ -30,9 +30,9 @@ func (d *GroupDaemon) handle(ctx context.Context, c *call) error {
 	case wire.OpInfo:
 		return d.info(c)
 	case wire.OpJoin:
-		return d.join(c)
+		return d.join(ctx, c)
 	case wire.OpLeave:
-		return d.leave(c)
+		return d.leave(ctx, c)
 	case wire.OpMembers:
 		return d.members(c)
 	case wire.OpSend:
@@ -64,13 +64,18 @@ func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
 	return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
 }
 
-// memberOf returns g's membership of the call's peer, or ErrNotMember.
-func memberOf(c *call, g *group) (left <-chan struct{}, err error) {
+// memberRequest is request for an operation only members may make: it
+// also requires the call's peer to be a member of the group, and returns
+// the channel closed when it leaves. Errors: request's, and not_member.
+func (d *GroupDaemon) memberRequest(c *call, req any, id *wire.UUID) (g *group, left <-chan struct{}, err error) {
+	if g, err = d.request(c, req, id); err != nil {
+		return nil, nil, err
+	}
 	left, ok := g.membership(c.peer)
 	if !ok {
-		return nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
+		return nil, nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
-	return left, nil
+	return g, left, nil
 }
 
 func epochMismatch(op wire.Op, g *group) error {
@@ -125,7 +130,7 @@ func (d *GroupDaemon) info(c *call) error {
 	})
 }
 
-func (d *GroupDaemon) join(c *call) error {
+func (d *GroupDaemon) join(ctx context.Context, c *call) error {
 	var req wire.Join
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
@@ -135,7 +140,9 @@ func (d *GroupDaemon) join(c *call) error {
 		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
 	}
 	ch := &memberChange{fp: c.peer, name: req.Name, joined: d.cfg.Now().UnixNano(), max: d.cfg.MaxMembers}
-	g.commit(ch)
+	if err := g.commit(ctx, ch); err != nil {
+		return shuttingDown(c.op, g, err)
+	}
 	switch {
 	case ch.err != nil:
 		return d.notStored(c.op, g, ch.err)
@@ -149,14 +156,16 @@ func (d *GroupDaemon) join(c *call) error {
 	return c.result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
 }
 
-func (d *GroupDaemon) leave(c *call) error {
+func (d *GroupDaemon) leave(ctx context.Context, c *call) error {
 	var req wire.GroupRef
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
 	ch := &memberChange{fp: c.peer, leave: true}
-	g.commit(ch)
+	if err := g.commit(ctx, ch); err != nil {
+		return shuttingDown(c.op, g, err)
+	}
 	if ch.err != nil {
 		return d.notStored(c.op, g, ch.err)
 	}
@@ -165,6 +174,12 @@ func (d *GroupDaemon) leave(c *call) error {
 		d.cfg.Logger.Info("member left", "group", g.name, "member", c.peer.Short())
 	}
 	return c.result(wire.Left{WasMember: was})
+}
+
+// shuttingDown is the error of an operation the daemon stopped waiting
+// for because it is shutting down (the handler's ctx ended with err).
+func shuttingDown(op wire.Op, g *group, err error) error {
+	return fmt.Errorf("%v group %s: %w: the daemon is shutting down (%v); nothing changed", op, g.name, wire.ErrUnavailable, err)
 }
 
 // notStoredRetry is the retry_after_ms of a membership change that could
@@ -185,11 +200,8 @@ func (d *GroupDaemon) notStored(op wire.Op, g *group, err error) error {
 
 func (d *GroupDaemon) members(c *call) error {
 	var req wire.GroupRef
-	g, err := d.request(c, &req, &req.Group)
+	g, _, err := d.memberRequest(c, &req, &req.Group)
 	if err != nil {
-		return err
-	}
-	if _, err := memberOf(c, g); err != nil {
 		return err
 	}
 	now := d.cfg.Now().UnixNano()
@@ -302,11 +314,8 @@ func sendMessages(c *call, msgs []wire.Message) ([]wire.Message, error) {
 
 func (d *GroupDaemon) fetch(c *call) error {
 	var req wire.Fetch
-	g, err := d.request(c, &req, &req.Group)
+	g, _, err := d.memberRequest(c, &req, &req.Group)
 	if err != nil {
-		return err
-	}
-	if _, err := memberOf(c, g); err != nil {
 		return err
 	}
 	g.seen(c.peer, d.cfg.Now().UnixNano())
@@ -352,11 +361,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 // in the log, and learns of what retention dropped meanwhile from a Gap.
 func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	var req wire.Watch
-	g, err := d.request(c, &req, &req.Group)
-	if err != nil {
-		return err
-	}
-	left, err := memberOf(c, g)
+	g, left, err := d.memberRequest(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}

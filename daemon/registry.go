@@ -213,9 +213,6 @@ func (r *Registry) Close() error {
 	return nil
 }
 
-// Ready is closed once the registry listens.
-func (r *Registry) Ready() <-chan struct{} { return r.srv.ready }
-
 // Addr returns the address the registry listens on, or nil before it does.
 func (r *Registry) Addr() net.Addr { return r.srv.addr() }
 
@@ -229,9 +226,6 @@ func (r *Registry) Fingerprint() wire.Fingerprint {
 	}
 	return r.id.Fingerprint()
 }
-
-// Epoch returns the registry's epoch: random, nonzero, new at each start.
-func (r *Registry) Epoch() uint64 { return r.epoch }
 
 func (r *Registry) handle(ctx context.Context, c *call) error {
 	switch c.op {
@@ -271,11 +265,7 @@ func (r *Registry) register(c *call) error {
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
-	l, ok := r.leases[req.Group]
-	if ok && !now.Before(l.expires) {
-		r.expireLocked(l)
-		ok = false
-	}
+	l, ok := r.leaseLocked(req.Group, now)
 	if ok && l.entry.Fingerprint != c.peer {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
@@ -328,11 +318,7 @@ func (r *Registry) renew(c *call) error {
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
-	l, ok := r.leases[req.Group]
-	if ok && !now.Before(l.expires) {
-		r.expireLocked(l)
-		ok = false
-	}
+	l, ok := r.leaseLocked(req.Group, now)
 	switch {
 	case !ok:
 		r.mu.Unlock()
@@ -354,11 +340,7 @@ func (r *Registry) deregister(c *call) error {
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
-	l, ok := r.leases[req.Group]
-	if ok && !now.Before(l.expires) {
-		r.expireLocked(l)
-		ok = false
-	}
+	l, ok := r.leaseLocked(req.Group, now)
 	if ok && l.entry.Fingerprint != c.peer {
 		r.mu.Unlock()
 		return fmt.Errorf("deregister group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
@@ -446,6 +428,18 @@ func (r *Registry) sweepLocked(now time.Time) {
 			r.expireLocked(l)
 		}
 	}
+}
+
+// leaseLocked returns group's lease if it is alive at now. A lease found
+// lapsed is dropped (and logged) here rather than left for the sweep, so
+// that its group is free at once. r.mu is held.
+func (r *Registry) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
+	l, ok := r.leases[group]
+	if ok && !now.Before(l.expires) {
+		r.expireLocked(l)
+		return nil, false
+	}
+	return l, ok
 }
 
 // expireLocked drops a lapsed lease. r.mu is held.

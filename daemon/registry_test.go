@@ -53,14 +53,14 @@ func TestRegistryRegisterListRenewDeregister(t *testing.T) {
 
 	var lease wire.Lease
 	must(t, p.call(wire.OpRegister, wire.Register{Group: g1, Name: "zeta", Addrs: []string{"10.0.0.1:7400"}, Members: 3, LastSeq: 9}, &lease))
-	if lease.Epoch != r.Epoch() || lease.TTLMS != uint64(DefaultLeaseTTL.Milliseconds()) {
-		t.Fatalf("lease %+v, want epoch %d ttl %v", lease, r.Epoch(), DefaultLeaseTTL)
+	if lease.Epoch != r.epoch || lease.TTLMS != uint64(DefaultLeaseTTL.Milliseconds()) {
+		t.Fatalf("lease %+v, want epoch %d ttl %v", lease, r.epoch, DefaultLeaseTTL)
 	}
 	must(t, p.call(wire.OpRegister, wire.Register{Group: g2, Name: "alpha", Addrs: []string{"[fe80::1%eth0]:7400"}}, nil))
 
 	got := listGroups(t, p)
-	if got.Epoch != r.Epoch() || len(got.Groups) != 2 {
-		t.Fatalf("list %+v, want 2 groups in epoch %d", got, r.Epoch())
+	if got.Epoch != r.epoch || len(got.Groups) != 2 {
+		t.Fatalf("list %+v, want 2 groups in epoch %d", got, r.epoch)
 	}
 	if got.Groups[0].Name != "alpha" || got.Groups[1].Name != "zeta" {
 		t.Fatalf("list order %q, %q: want alpha, zeta", got.Groups[0].Name, got.Groups[1].Name)
@@ -207,7 +207,7 @@ func TestRegistryEpochMismatchAfterRestart(t *testing.T) {
 	g := uuid.New()
 	var lease wire.Lease
 	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "g", Port: 1}, &lease))
-	fp1, epoch1 := r1.Fingerprint(), r1.Epoch()
+	fp1, epoch1 := r1.Fingerprint(), r1.epoch
 	must(t, r1.Close())
 	must(t, <-errc)
 
@@ -215,13 +215,13 @@ func TestRegistryEpochMismatchAfterRestart(t *testing.T) {
 	if r2.Fingerprint() != fp1 {
 		t.Fatalf("fingerprint changed across a restart: %v, was %v", r2.Fingerprint(), fp1)
 	}
-	if r2.Epoch() == epoch1 || r2.Epoch() == 0 {
-		t.Fatalf("epoch %d after a restart, was %d: want a new nonzero one", r2.Epoch(), epoch1)
+	if r2.epoch == epoch1 || r2.epoch == 0 {
+		t.Fatalf("epoch %d after a restart, was %d: want a new nonzero one", r2.epoch, epoch1)
 	}
 	q := dial(t, r2.Addr(), r2.Fingerprint(), p.id)
 	we := wantCode(t, q.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeEpochMismatch)
-	if we.Epoch != r2.Epoch() {
-		t.Fatalf("epoch_mismatch carries epoch %d, want %d", we.Epoch, r2.Epoch())
+	if we.Epoch != r2.epoch {
+		t.Fatalf("epoch_mismatch carries epoch %d, want %d", we.Epoch, r2.epoch)
 	}
 	if !errors.Is(we, wire.ErrEpochMismatch) {
 		t.Fatalf("%v does not match wire.ErrEpochMismatch", we)
@@ -250,7 +250,7 @@ func TestRegistryLifecycle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- r.Serve(ctx) }()
-	<-r.Ready()
+	eventually(t, "the registry to listen", func() bool { return r.Readiness() == nil })
 	p := dial(t, r.Addr(), r.Fingerprint(), nil)
 	listGroups(t, p)
 	if err := r.Serve(ctx); !errors.Is(err, ErrServing) {
