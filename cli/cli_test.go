@@ -151,7 +151,7 @@ func TestExplainExitCodes(t *testing.T) {
 		err  error
 		want int
 	}{
-		{fmt.Errorf("send: %w", wire.Errorf(wire.CodeNotMember, "not a member")), ExitRefused},
+		{fmt.Errorf("send: %w", &wire.Error{Code: wire.CodeNotMember, Message: "not a member"}), ExitRefused},
 		{fmt.Errorf("x: %w", client.ErrUnreachable), ExitUnreachable},
 		{context.DeadlineExceeded, ExitUnreachable},
 		{&usageError{"ambiguous"}, ExitUsage},
@@ -162,7 +162,7 @@ func TestExplainExitCodes(t *testing.T) {
 			t.Errorf("explain(%v) exit code = %d, want %d", c.err, got, c.want)
 		}
 	}
-	msg, _ := explain(wire.Errorf(wire.CodeNotMember, "fetch group lobby: not a member"))
+	msg, _ := explain(&wire.Error{Code: wire.CodeNotMember, Message: "fetch group lobby: not a member"})
 	if !strings.Contains(msg, "huddle join") {
 		t.Errorf("not-member message %q gives no advice", msg)
 	}

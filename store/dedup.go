@@ -16,8 +16,7 @@ import "hash/maphash"
 // 32 bits and the low 32 bits of the ID's hash in its high ones. Lookups
 // compare the hash bits before reading the ring, and removals find each
 // entry's home slot from them: the ring is 2 MiB at the default window, and
-// reading it at random for every entry probed was cache misses that showed
-// in the daemon's profile under `huddle bench send-batched` (BENCHMARKS.md).
+// reading it at random for every entry probed cost a cache miss each.
 //
 // Memory: 32 B per ring record plus 16–32 B of index per ID, allocated as the
 // window fills: at most 64 B per remembered ID, 4 MiB at the default window.

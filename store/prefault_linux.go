@@ -16,12 +16,10 @@ var pageSize = uintptr(os.Getpagesize())
 // prefault makes the whole pages of b resident in one madvise call instead
 // of one page fault per page as the log's writes reach them.
 //
-// A growing log writes into memory fresh from the kernel. On the test
-// machine (a VM) each first touch of a 4 KiB page cost ~11 µs: copying
-// 256-byte bodies into a fresh slab took 668 ns a message, against 23 ns
-// with the slab populated in one call first (and 5 ns into a slab already
-// touched), and segment.put's copy was 17% of the daemon's CPU under
-// `huddle bench send-batched`. Kernels without MADV_POPULATE_WRITE refuse
+// A growing log writes into memory fresh from the kernel, and on a VM each
+// first touch of a page is expensive: a page fault per page made copying
+// bodies into a fresh slab many times slower than into one populated in one
+// call first (BENCHMARKS.md). Kernels without MADV_POPULATE_WRITE refuse
 // it; the writes then fault the pages in as before.
 func prefault(b []byte) {
 	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))

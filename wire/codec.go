@@ -107,8 +107,8 @@ type envelopeIn struct {
 
 // rawBody is an envelope's body as it was received. Unlike cbor.RawMessage
 // it aliases the frame instead of copying it: a fetch reply's frames are
-// 256 KiB, and the copy (and the garbage it made) was a tenth of a client's
-// CPU while fetching.
+// 256 KiB, and the copy, and the garbage it made, showed in a fetching
+// client's CPU.
 type rawBody []byte
 
 // UnmarshalCBOR keeps b, the body's encoding within the frame being decoded.
@@ -190,6 +190,13 @@ func WriteRequest(w io.Writer, op Op, args any) error {
 }
 
 // WriteResponse writes one response frame of the given kind.
+//
+// WriteResponse, ReadRequest and ReadResponse are the plain forms of a
+// peer's framing over any io.Reader or io.Writer, for tools that speak
+// huddle/1, and what huddle's tests read and write raw frames with. The
+// daemon and the client have faster paths of their own (a request reader
+// that takes its memory from budgets, pooled buffers, AppendFrame) that
+// make the same checks.
 func WriteResponse(w io.Writer, kind Kind, body any) error {
 	return writeFrame(w, uint64(kind), body)
 }
@@ -310,7 +317,8 @@ const (
 	cborUndefined = 0xf7
 )
 
-// ReadRequest reads and splits one request frame. An op number too large for
+// ReadRequest reads and splits one request frame (see WriteResponse for
+// who uses it). An op number too large for
 // an Op is returned as 0, which no operation uses, so it is answered
 // CodeUnsupported like any other unknown op. Errors are those of ReadFrame
 // and DecodeFrame.
@@ -326,7 +334,8 @@ func ReadRequest(r io.Reader, max int) (Op, Raw, error) {
 	return Op(typ), raw, err
 }
 
-// ReadResponse reads and splits one response frame, reusing buf when it is
+// ReadResponse reads and splits one response frame (see WriteResponse for
+// who uses it), reusing buf when it is
 // large enough (the returned Raw aliases buf: decode it before the next
 // read). A kind number too large for a Kind is returned as 0, an unknown
 // kind. An Error frame is returned as its *Error (which matches the

@@ -129,12 +129,6 @@ func (e *Error) check() error {
 	return nil
 }
 
-// Errorf returns an *Error with code c and a formatted message. Servers use it
-// where the message adds to what the code says.
-func Errorf(c Code, format string, args ...any) *Error {
-	return &Error{Code: c, Message: fmt.Sprintf(format, args...)}
-}
-
 // ToError maps any error to what travels on the wire. An *Error in err's
 // chain is used as it is; an error wrapping a sentinel gets that sentinel's
 // code and err's text (only the sentinel's own text if err also wraps a

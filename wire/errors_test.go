@@ -91,9 +91,9 @@ func TestErrorFields(t *testing.T) {
 	if !errors.Is(got, ErrEpochMismatch) || we.Epoch != tEpoch {
 		t.Errorf("got %v, epoch %#x; want epoch_mismatch, %#x", got, we.Epoch, tEpoch)
 	}
-	e := Errorf(CodeNotFound, "no group %s", tGroup)
+	e := &Error{Code: CodeNotFound, Message: fmt.Sprintf("no group %s", tGroup)}
 	if we, _ := roundTrip(t, e); *we != *e {
-		t.Errorf("Errorf round trip = %+v, want %+v", we, e)
+		t.Errorf("an *Error's round trip = %+v, want %+v", we, e)
 	}
 }
 

@@ -11,22 +11,17 @@ import (
 // MessagesDecoder decodes Messages frames as Frame.Decode into a Messages
 // would, with the same checks and errors, but without an allocation per
 // message: a fetching client decodes 10,000 messages from thirteen 256 KiB
-// frames, and decoding each body and name into an allocation of its own
-// (then collecting them) was a fifth of its CPU, and GC another fifth.
-// Here a frame's bodies share one allocation, names are shared between the
-// messages (and frames) of one sender, and the decoder's scratch space is
-// reused from one frame to the next.
+// frames, and an allocation per body and name (and the garbage collector
+// collecting them) was most of its CPU. Here a frame's bodies share one
+// allocation, names are shared between the messages (and frames) of one
+// sender, and the decoder's scratch space is reused from one frame to the
+// next.
 //
 // A frame as huddle's own encoder writes it (appendMessages) is read by
-// hand (decodeByHand). Walking each message's map by reflection took
-// 350-420 µs per 1,000 messages (BenchmarkMessagesDecoder), ~3.5 ms of the
-// ~23 ms of CPU a client spent per fetch of 10,000 against a target under
-// ~9 ms end to end (5x faster than NATS JetStream's ordered consumer), and
-// ~630 ns on every one-message frame a watcher receives. By hand it is
-// 80-90 µs per 1,000, most of it allocating and filling the bodies' slab,
-// and ~250 ns per one-message frame. Any other encoding, valid or not, goes
-// through the reflective decoder as before; FuzzMessagesDecoder holds the
-// two to the same result.
+// hand (decodeByHand), about four times faster than walking each message's
+// map by reflection (BenchmarkMessagesDecoder; BENCHMARKS.md). Any other
+// encoding, valid or not, goes through the reflective decoder as before;
+// FuzzMessagesDecoder holds the two to the same result.
 //
 // A MessagesDecoder is meant for one stream; it is not safe for concurrent
 // use. Its zero value is ready.
@@ -345,9 +340,9 @@ func itemContent(item []byte, major byte) ([]byte, bool) {
 // appendMessages appends the envelope {0: KindMessages, 1: ms} as the
 // deterministic encoder writes it. Fetch sends 10,000 messages as forty
 // 256 KiB frames and watch sends one frame per wake-up per watcher;
-// encoding them by reflection was most of the daemon's CPU per fetch
-// (1.5 ms per frame of 1,000 messages). TestAppendMessages and
-// FuzzAppendMessages hold it to encMode byte for byte.
+// encoding them by reflection was most of the daemon's CPU per fetch.
+// TestAppendMessages and FuzzAppendMessages hold it to encMode byte for
+// byte.
 func appendMessages(dst []byte, ms []Message) []byte {
 	size := 16
 	for i := range ms {

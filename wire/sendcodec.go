@@ -7,12 +7,11 @@ import (
 
 // The send path without reflection.
 //
-// Every message goes through a Send request and a Sent reply. Profiled
-// under `huddle bench send` (16 connections x 16 sends in flight), the
-// reflective CBOR work on that path was ~12% of the daemon's CPU (decoding
-// Send ~6-8%, encoding Sent ~5%) and ~11% of the load generator's (encoding
-// Send ~5.6%, decoding Sent ~5.7%). So AppendFrame encodes these two bodies
-// by hand (appendSend, appendSent), and Frame.Decode reads them by hand
+// Every message goes through a Send request and a Sent reply, and
+// reflective CBOR on that path was a large share of both ends' CPU
+// (BENCHMARKS.md, "Measurements behind the code"). So AppendFrame encodes
+// these two bodies by hand (appendSend, appendSent), and Frame.Decode reads
+// them by hand
 // (decodeSend, decodeSent) when they are encoded exactly as those write
 // them, which is how encMode writes them too.
 //
