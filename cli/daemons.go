@@ -273,6 +273,8 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	fs.Var(newUDPAddr(&cfg.Listen, daemon.DefaultRegistryListen, true), "listen", "UDP address to listen on")
 	fs.Var(newDuration(&cfg.LeaseTTL, daemon.DefaultLeaseTTL, 3*time.Millisecond, false), "lease", "how long a group stays listed without a renewal")
 	fs.Var(newCount(&cfg.MaxGroups, daemon.DefaultMaxGroups, 1, math.MaxInt32), "max-groups", "most groups listed at once")
+	fs.Var(newCount(&cfg.MaxGroupsPerKey, daemon.DefaultMaxGroupsPerKey, 1, math.MaxInt32), "max-groups-per-key", "most groups one key (a group daemon) may have listed at once")
+	fs.Var(newCount(&cfg.MaxGroupsPerAddr, daemon.DefaultMaxGroupsPerAddr, 1, math.MaxInt32), "max-groups-per-addr", "most groups registered from one address (IPv4, or IPv6 /64) listed at once")
 	var sf serverFlags
 	sf.register(fs)
 	mf := mdnsFlags{}

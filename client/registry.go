@@ -1,6 +1,8 @@
 package client
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,9 +107,62 @@ func (r *Registry) Deregister(ctx context.Context, group wire.UUID) error {
 	return r.p.single(ctx, wire.OpDeregister, wire.Deregister{Group: group}, &res)
 }
 
-// List returns every group whose lease is alive, sorted by name.
+// Bounds on a listing, against a registry that would page forever.
+const (
+	maxListed    = 1 << 16 // groups in one listing
+	maxListPages = 4096
+)
+
+// List returns every group whose lease is alive, sorted by name, reading
+// the registry's listing page by page (PROTOCOL.md §7.4); the result has
+// no Next. If the registry restarts while the pages are read (its epoch
+// changes), the listing starts over, once. Errors: those of a call, and
+// ErrProtocol for a registry whose pages go backwards, or that lists more
+// than 65,536 groups.
 func (r *Registry) List(ctx context.Context) (wire.Groups, error) {
-	var g wire.Groups
-	err := r.p.single(ctx, wire.OpList, wire.List{}, &g)
-	return g, err
+	for restarts := 0; ; restarts++ {
+		all, err := r.list(ctx)
+		if errors.Is(err, errListRestarted) && restarts == 0 {
+			continue
+		}
+		return all, err
+	}
+}
+
+var errListRestarted = errors.New("the registry restarted while its listing was read")
+
+func (r *Registry) list(ctx context.Context) (wire.Groups, error) {
+	var all wire.Groups
+	var after []byte
+	for pages := 0; ; pages++ {
+		var g wire.Groups
+		if err := r.p.single(ctx, wire.OpList, wire.List{After: after}, &g); err != nil {
+			return wire.Groups{}, err
+		}
+		switch {
+		case pages == 0:
+			all.Epoch = g.Epoch
+		case g.Epoch != all.Epoch:
+			return wire.Groups{}, fmt.Errorf("list: %w", errListRestarted)
+		}
+		for _, e := range g.Groups {
+			if n := len(all.Groups); n > 0 && listedOrder(&all.Groups[n-1], &e) >= 0 {
+				return wire.Groups{}, fmt.Errorf("list: group %s is not after %s in name order: %w", e.Group, all.Groups[n-1].Group, ErrProtocol)
+			}
+			all.Groups = append(all.Groups, e)
+		}
+		if len(g.Next) == 0 {
+			return all, nil
+		}
+		if len(g.Groups) == 0 || pages+1 >= maxListPages || len(all.Groups) > maxListed {
+			return wire.Groups{}, fmt.Errorf("list: a listing of more than %d groups or %d pages, or an empty page with more to come: %w", maxListed, maxListPages, ErrProtocol)
+		}
+		after = g.Next
+	}
+}
+
+// listedOrder compares two entries in the order of a listing: by name,
+// then UUID.
+func listedOrder(a, b *wire.GroupEntry) int {
+	return cmp.Or(cmp.Compare(a.Name, b.Name), bytes.Compare(a.Group[:], b.Group[:]))
 }

@@ -8,9 +8,11 @@ import (
 	"math"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -179,4 +181,65 @@ func attackEmptyStreams(t *testing.T, h *hostile) {
 func spacedHex(t *testing.T, s string) []byte {
 	t.Helper()
 	return hexBytes(t, strings.ReplaceAll(s, " ", ""))
+}
+
+// attackListingFlood registers groups whose names sort first, under many
+// keys from one address, to push a real group out of the listing: the
+// registry stops each key and the address at their limits, and a client
+// still lists the real group, reading every page.
+func attackListingFlood(t *testing.T, h *hostile) {
+	honest := dialFrom(t, "127.0.0.3", h.r.Addr(), h.r.Fingerprint())
+	real := uuid.New()
+	must(t, honest.call(wire.OpRegister, wire.Register{Group: real, Name: "zz real group", Port: 9}, nil))
+	defer honest.call(wire.OpDeregister, wire.Deregister{Group: real}, nil)
+
+	var mine []*peer
+	var held [][]wire.UUID
+	refusedKey, refusedAddr := 0, 0
+	for k := 0; refusedAddr == 0 || k < 2; k++ {
+		p := dial(t, h.r.Addr(), h.r.Fingerprint(), nil)
+		mine, held = append(mine, p), append(held, nil)
+		for i := 0; ; i++ {
+			g := uuid.New()
+			err := p.call(wire.OpRegister, wire.Register{Group: g, Name: fmt.Sprintf("!!! %02d %04d", k, i), Port: 1}, nil)
+			if err != nil {
+				we := wantCode(t, err, wire.CodeUnavailable)
+				if strings.Contains(we.Message, "per address") {
+					refusedAddr++
+				} else {
+					refusedKey++
+				}
+				break
+			}
+			held[k] = append(held[k], g)
+		}
+		if k > 64 {
+			t.Fatal("the registry never stopped one address")
+		}
+	}
+	defer func() {
+		for k, p := range mine {
+			for _, g := range held[k] {
+				p.call(wire.OpDeregister, wire.Deregister{Group: g}, nil)
+			}
+		}
+	}()
+	total := 0
+	for _, gs := range held {
+		if len(gs) > hostileGroupsPerKey {
+			t.Fatalf("one key registered %d groups, limit %d", len(gs), hostileGroupsPerKey)
+		}
+		total += len(gs)
+	}
+	if total != hostileGroupsPerAddr || refusedKey == 0 || refusedAddr == 0 {
+		t.Fatalf("one address registered %d groups (limit %d); refused %d times per key, %d per address", total, hostileGroupsPerAddr, refusedKey, refusedAddr)
+	}
+	cl := newTestClient(t)
+	reg, err := cl.Registry(testCtx(t), h.r.Addr().String(), h.r.Fingerprint())
+	must(t, err)
+	l, err := reg.List(testCtx(t))
+	must(t, err)
+	if i := slices.IndexFunc(l.Groups, func(e wire.GroupEntry) bool { return e.Group == real }); i < 0 {
+		t.Fatalf("the real group is missing from a listing of %d groups", len(l.Groups))
+	}
 }

@@ -47,6 +47,8 @@ const (
 	hostileRequestTimeout = 500 * time.Millisecond
 	hostileIdleTimeout    = 2 * time.Second
 	hostileConnsPerAddr   = 24
+	hostileGroupsPerKey   = 40
+	hostileGroupsPerAddr  = 100
 )
 
 // hostileServer is the server configuration of both daemons under attack.
@@ -58,7 +60,8 @@ func TestHostilePeers(t *testing.T) {
 	// no secret and no message body is in it.
 	var logged lockedBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.r = startRegistry(t, RegistryConfig{ServerConfig: hostileServer, Logger: log})
+	h.r = startRegistry(t, RegistryConfig{ServerConfig: hostileServer, Logger: log,
+		MaxGroupsPerKey: hostileGroupsPerKey, MaxGroupsPerAddr: hostileGroupsPerAddr})
 	h.d, _ = startGroupDaemon(t, GroupConfig{
 		Logger:       log,
 		Groups:       []GroupSpec{{Name: "general"}, {Name: "private", Secret: h.secret}},
@@ -102,6 +105,7 @@ func TestHostilePeers(t *testing.T) {
 		{"required fields left out", attackMissingFields},
 		{"strict CBOR under unknown keys", attackStrictUnknownKeys},
 		{"streams that end before a byte", attackEmptyStreams},
+		{"a flood of registrations that sort first", attackListingFlood},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.attack(t, h) })
 		if t.Failed() {

@@ -1,14 +1,11 @@
 package daemon
 
 import (
-	"bytes"
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -24,6 +21,11 @@ const (
 	DefaultRegistryListen = ":7373" // UDP 7373 is the registry's port (wire.DefaultRegistryPort)
 	DefaultLeaseTTL       = 15 * time.Second
 	DefaultMaxGroups      = 4096
+	// DefaultMaxGroupsPerKey and DefaultMaxGroupsPerAddr are the most
+	// groups one key, and one source address (an IPv4 address or an IPv6
+	// /64), may have listed at once: a quarter of the registry each.
+	DefaultMaxGroupsPerKey  = 1024
+	DefaultMaxGroupsPerAddr = 1024
 )
 
 // RegistryConfig configures a Registry. The zero value of each field but
@@ -39,6 +41,13 @@ type RegistryConfig struct {
 	// MaxGroups is the most groups listed at once; registering one more
 	// gets CodeUnavailable. Default 4096.
 	MaxGroups int
+	// MaxGroupsPerKey is the most groups one key may have listed at once;
+	// registering one more gets CodeUnavailable. Default 1024.
+	MaxGroupsPerKey int
+	// MaxGroupsPerAddr is the most groups registered from one source
+	// address (an IPv4 address, or an IPv6 /64) listed at once; one more
+	// gets CodeUnavailable. Default 1024.
+	MaxGroupsPerAddr int
 	// ServerConfig holds the QUIC server's limits and deadlines.
 	ServerConfig
 	// MDNS advertises the registry over mDNS (service _huddle._udp) on
@@ -71,8 +80,9 @@ func (c RegistryConfig) Validate() error {
 		return fmt.Errorf("%w: registry StateDir is required", ErrInvalidConfig)
 	case c.LeaseTTL < 0:
 		return fmt.Errorf("%w: LeaseTTL %v is negative", ErrInvalidConfig, c.LeaseTTL)
-	case c.MaxGroups < 0:
-		return fmt.Errorf("%w: MaxGroups %d is negative", ErrInvalidConfig, c.MaxGroups)
+	case c.MaxGroups < 0, c.MaxGroupsPerKey < 0, c.MaxGroupsPerAddr < 0:
+		return fmt.Errorf("%w: MaxGroups %d, MaxGroupsPerKey %d or MaxGroupsPerAddr %d is negative",
+			ErrInvalidConfig, c.MaxGroups, c.MaxGroupsPerKey, c.MaxGroupsPerAddr)
 	}
 	return c.ServerConfig.validate()
 }
@@ -81,6 +91,8 @@ func (c RegistryConfig) withDefaults() RegistryConfig {
 	c.Listen = orDefault(c.Listen, DefaultRegistryListen)
 	c.LeaseTTL = orDefault(c.LeaseTTL, DefaultLeaseTTL)
 	c.MaxGroups = orDefault(c.MaxGroups, DefaultMaxGroups)
+	c.MaxGroupsPerKey = orDefault(c.MaxGroupsPerKey, DefaultMaxGroupsPerKey)
+	c.MaxGroupsPerAddr = orDefault(c.MaxGroupsPerAddr, DefaultMaxGroupsPerAddr)
 	c.ServerConfig = c.ServerConfig.withDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
@@ -106,13 +118,7 @@ type Registry struct {
 	mu     sync.Mutex
 	id     *identity.Identity // set by Listen
 	lock   *stateLock         // the state directory's, held from Listen to Close
-	leases map[wire.UUID]*lease
-}
-
-// lease is one listed group.
-type lease struct {
-	entry   wire.GroupEntry // ExpiresMS is filled when listed
-	expires time.Time
+	leases *leaseTable
 }
 
 // NewRegistry returns a registry for cfg. It does no I/O; Listen or Serve
@@ -126,7 +132,7 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 		cfg:    cfg,
 		epoch:  newEpoch(),
 		life:   newLifecycle(),
-		leases: make(map[wire.UUID]*lease),
+		leases: newLeaseTable(),
 	}
 	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, r.handle))
 	cfg.Metrics.Server("registry", r.srv.stats)
@@ -264,20 +270,18 @@ func (r *Registry) register(c *call) error {
 		}
 	}
 	now := r.cfg.Now()
+	from := addrKey(c.remote)
 	r.mu.Lock()
 	l, ok := r.leaseLocked(req.Group, now)
 	if ok && l.entry.Fingerprint != c.peer {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
-	if !ok && len(r.leases) >= r.cfg.MaxGroups {
-		r.sweepLocked(now)
-		if len(r.leases) >= r.cfg.MaxGroups {
-			r.mu.Unlock()
-			return fmt.Errorf("register: %w: the registry lists %d groups, its limit", wire.ErrUnavailable, r.cfg.MaxGroups)
-		}
+	if err := r.roomLocked(ok, l, c.peer, from, now); err != nil {
+		r.mu.Unlock()
+		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
-	r.leases[req.Group] = &lease{
+	r.leases.put(&lease{
 		entry: wire.GroupEntry{
 			Group:       req.Group,
 			Name:        req.Name,
@@ -287,13 +291,39 @@ func (r *Registry) register(c *call) error {
 			LastSeq:     req.LastSeq,
 		},
 		expires: now.Add(r.cfg.LeaseTTL),
-	}
+		from:    from,
+	})
 	r.mu.Unlock()
 	if !ok {
 		r.cfg.Metrics.Registered()
 		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.peer.Short(), "addrs", addrs)
 	}
 	return c.result(r.lease())
+}
+
+// roomLocked says whether a registration by key from address from fits
+// the registry's limits: in all, per key and per address. held says the
+// registration replaces old, a lease the key holds already (which frees
+// its place, unless it moves to another address). Over a limit, it sweeps
+// lapsed leases once before refusing. r.mu is held.
+func (r *Registry) roomLocked(held bool, old *lease, key wire.Fingerprint, from netip.Prefix, now time.Time) error {
+	check := func() error {
+		t := r.leases
+		switch {
+		case !held && t.len() >= r.cfg.MaxGroups:
+			return fmt.Errorf("%w: the registry lists %d groups, its limit", wire.ErrUnavailable, r.cfg.MaxGroups)
+		case !held && t.byKey[key] >= r.cfg.MaxGroupsPerKey:
+			return fmt.Errorf("%w: your key has %d groups listed, the registry's limit per key", wire.ErrUnavailable, r.cfg.MaxGroupsPerKey)
+		case (!held || old.from != from) && t.byAddr[from] >= r.cfg.MaxGroupsPerAddr:
+			return fmt.Errorf("%w: your address has %d groups listed, the registry's limit per address", wire.ErrUnavailable, r.cfg.MaxGroupsPerAddr)
+		}
+		return nil
+	}
+	if check() == nil {
+		return nil
+	}
+	r.sweepLocked(now)
+	return check()
 }
 
 // sourceAddr is the address a registration without addresses lists: the
@@ -346,7 +376,7 @@ func (r *Registry) deregister(c *call) error {
 		return fmt.Errorf("deregister group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
 	if ok {
-		delete(r.leases, req.Group)
+		r.leases.remove(l)
 	}
 	r.mu.Unlock()
 	if ok {
@@ -355,10 +385,6 @@ func (r *Registry) deregister(c *call) error {
 	return c.result(struct{}{})
 }
 
-// listFrameBudget keeps a listing within one frame (wire.MaxFrameSize) with
-// room to spare; see list.
-const listFrameBudget = wire.MaxFrameSize - 4096
-
 func (r *Registry) list(c *call) error {
 	var req wire.List
 	if err := c.decode(&req); err != nil {
@@ -366,43 +392,12 @@ func (r *Registry) list(c *call) error {
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
-	entries := make([]wire.GroupEntry, 0, len(r.leases))
-	for _, l := range r.leases {
-		left := l.expires.Sub(now)
-		if left <= 0 {
-			continue // the sweep will log and drop it
-		}
-		e := l.entry
-		e.ExpiresMS = uint64(max(1, left.Milliseconds()))
-		entries = append(entries, e)
-	}
+	entries, next, err := r.leases.page(req.After, now)
 	r.mu.Unlock()
-	slices.SortFunc(entries, func(a, b wire.GroupEntry) int {
-		return cmp.Or(cmp.Compare(a.Name, b.Name), bytes.Compare(a.Group[:], b.Group[:]))
-	})
-	// The protocol has no paging for list yet: a listing too large for one
-	// frame is cut (with a warning) rather than failing every client.
-	if n := fitEntries(entries); n < len(entries) {
-		r.cfg.Logger.Warn("listing cut to fit one frame", "groups", len(entries), "listed", n)
-		entries = entries[:n]
+	if err != nil {
+		return fmt.Errorf("list: %w: %v", wire.ErrBadRequest, err)
 	}
-	return c.result(wire.Groups{Epoch: r.epoch, Groups: entries})
-}
-
-// fitEntries returns how many of entries fit in one frame, estimating each
-// entry's encoding from above.
-func fitEntries(entries []wire.GroupEntry) int {
-	size := 64
-	for i, e := range entries {
-		n := 128 + len(e.Name)
-		for _, a := range e.Addrs {
-			n += 3 + len(a)
-		}
-		if size += n; size > listFrameBudget || i >= wire.MaxArrayItems {
-			return i
-		}
-	}
-	return len(entries)
+	return c.result(wire.Groups{Epoch: r.epoch, Groups: entries, Next: next})
 }
 
 // sweepLoop drops lapsed leases periodically, so they are logged and freed
@@ -423,7 +418,7 @@ func (r *Registry) sweepLoop() {
 }
 
 func (r *Registry) sweepLocked(now time.Time) {
-	for _, l := range r.leases {
+	for _, l := range r.leases.byID {
 		if !now.Before(l.expires) {
 			r.expireLocked(l)
 		}
@@ -434,7 +429,7 @@ func (r *Registry) sweepLocked(now time.Time) {
 // lapsed is dropped (and logged) here rather than left for the sweep, so
 // that its group is free at once. r.mu is held.
 func (r *Registry) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
-	l, ok := r.leases[group]
+	l, ok := r.leases.byID[group]
 	if ok && !now.Before(l.expires) {
 		r.expireLocked(l)
 		return nil, false
@@ -444,7 +439,7 @@ func (r *Registry) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
 
 // expireLocked drops a lapsed lease. r.mu is held.
 func (r *Registry) expireLocked(l *lease) {
-	delete(r.leases, l.entry.Group)
+	r.leases.remove(l)
 	r.cfg.Metrics.LeaseExpired()
 	r.cfg.Logger.Info("group lease expired", "group", l.entry.Name, "uuid", l.entry.Group, "fingerprint", l.entry.Fingerprint.Short())
 }

@@ -3,11 +3,14 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -281,4 +284,121 @@ func TestRegistryCloseWithoutServe(t *testing.T) {
 	c, err := net.ListenUDP("udp", addr)
 	must(t, err)
 	c.Close()
+}
+
+// TestRegistryGroupsPerKeyAndAddr checks the registration limits per key
+// and per source address: one key registers up to its limit, a second key
+// from the same address up to the address's, a key from another address
+// is not held back by either, re-registering is never one more, and a
+// deregistration frees a place.
+func TestRegistryGroupsPerKeyAndAddr(t *testing.T) {
+	r := startRegistry(t, RegistryConfig{MaxGroupsPerKey: 3, MaxGroupsPerAddr: 5})
+	register := func(p *peer, name string) error {
+		return p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: name, Port: 1}, nil)
+	}
+	a := dial(t, r.Addr(), r.Fingerprint(), nil)
+	first := uuid.New()
+	must(t, a.call(wire.OpRegister, wire.Register{Group: first, Name: "a0", Port: 1}, nil))
+	for i := 1; i < 3; i++ {
+		must(t, register(a, fmt.Sprint("a", i)))
+	}
+	if we := wantCode(t, register(a, "a3"), wire.CodeUnavailable); !strings.Contains(we.Message, "per key") {
+		t.Fatalf("the key's fourth group: %q, want the per-key limit named", we.Message)
+	}
+	must(t, a.call(wire.OpRegister, wire.Register{Group: first, Name: "a0 renamed", Port: 1}, nil)) // not one more
+	b := dial(t, r.Addr(), r.Fingerprint(), nil)                                                    // same address, another key
+	must(t, register(b, "b0"))
+	must(t, register(b, "b1"))
+	if we := wantCode(t, register(b, "b2"), wire.CodeUnavailable); !strings.Contains(we.Message, "per address") {
+		t.Fatalf("the address's sixth group: %q, want the per-address limit named", we.Message)
+	}
+	elsewhere := dialFrom(t, "127.0.0.2", r.Addr(), r.Fingerprint())
+	must(t, register(elsewhere, "c0"))
+	must(t, a.call(wire.OpDeregister, wire.Deregister{Group: first}, nil))
+	must(t, register(b, "b2")) // the address has room again
+	if n := len(listGroups(t, a).Groups); n != 6 {
+		t.Fatalf("%d groups listed, want 6", n)
+	}
+}
+
+// dialFrom connects to addr from the local address local (another
+// loopback address: another source address to the daemon).
+func dialFrom(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint) *peer {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(local)})
+	must(t, err)
+	tr := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { tr.Close(); udp.Close() })
+	id := newKey(t)
+	conn, err := tr.Dial(testCtx(t), addr, id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	must(t, err)
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return &peer{t: t, id: id, conn: conn}
+}
+
+// TestRegistryListingPages registers more groups than one page holds,
+// some with the longest names and address lists: the listing comes in
+// pages, each within a frame, in name order, with no group twice or
+// missing, and the Go client reads them all. A cursor the registry did not
+// issue is bad_request.
+func TestRegistryListingPages(t *testing.T) {
+	const groups = 3000
+	r := startRegistry(t, RegistryConfig{MaxGroups: groups, MaxGroupsPerKey: groups, MaxGroupsPerAddr: groups})
+	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	addrs := make([]string, wire.MaxAddrs)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("%s:%d", strings.Repeat("h", wire.MaxAddrBytes-6), 10000+i)
+	}
+	want := make(map[wire.UUID]bool)
+	for i := range groups {
+		reg := wire.Register{Group: uuid.New(), Name: fmt.Sprintf("g%05d", i), Port: 1}
+		if i%10 == 0 {
+			reg.Name, reg.Addrs = fmt.Sprintf("g%05d%s", i, strings.Repeat("x", wire.MaxNameBytes-6)), addrs
+		}
+		must(t, p.call(wire.OpRegister, reg, nil))
+		want[reg.Group] = true
+	}
+
+	var after []byte
+	var listed []wire.GroupEntry
+	pages := 0
+	for {
+		fs := p.do(wire.OpList, wire.List{After: after})
+		if len(fs) != 1 || fs[0].kind != wire.KindResult || len(fs[0].raw) > wire.MaxFrameSize {
+			t.Fatalf("page %d: %+v, want one result within a frame", pages, fs)
+		}
+		var g wire.Groups
+		fs[0].decode(t, &g)
+		pages++
+		listed = append(listed, g.Groups...)
+		if len(g.Next) == 0 {
+			break
+		}
+		after = g.Next
+	}
+	if pages < 3 || len(listed) != groups {
+		t.Fatalf("%d groups in %d pages, want %d in several", len(listed), pages, groups)
+	}
+	for i, e := range listed {
+		if !want[e.Group] {
+			t.Fatalf("group %s listed twice or never registered", e.Group)
+		}
+		delete(want, e.Group)
+		if i > 0 && listed[i-1].Name >= e.Name {
+			t.Fatalf("%q listed after %q: want name order", e.Name, listed[i-1].Name)
+		}
+	}
+
+	cl := newTestClient(t)
+	reg, err := cl.Registry(testCtx(t), r.Addr().String(), r.Fingerprint())
+	must(t, err)
+	all, err := reg.List(testCtx(t))
+	must(t, err)
+	if len(all.Groups) != groups || len(all.Next) != 0 || all.Epoch != r.epoch {
+		t.Fatalf("client List: %d groups (next %x, epoch %d), want all %d", len(all.Groups), all.Next, all.Epoch, groups)
+	}
+
+	for _, bad := range [][]byte{{1}, make([]byte, 16), append(make([]byte, 16), strings.Repeat("n", wire.MaxNameBytes+1)...), make([]byte, wire.MaxCursorBytes+1)} {
+		wantCode(t, p.call(wire.OpList, wire.List{After: bad}, nil), wire.CodeBadRequest)
+	}
 }

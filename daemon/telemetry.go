@@ -192,5 +192,5 @@ func (r *Registry) Readiness() error {
 func (r *Registry) leaseCount() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.leases)
+	return r.leases.len()
 }

@@ -168,16 +168,34 @@ type Deregister struct {
 
 func (d *Deregister) check() error { return requireGroup(d.Group) }
 
-// List asks the registry for every group whose lease is alive. It has no
-// fields; its result is a Groups.
-type List struct{}
-
-// Groups is the result of list.
+// List asks the registry for a page of the groups whose lease is alive, in
+// name order: the first page, or the one after the cursor After (a
+// previous page's Groups.Next). Its result is a Groups.
 //
-//	{1: epoch uint, 2: groups [GroupEntry]}
+//	{1: after bytes}
+type List struct {
+	After []byte `cbor:"1,keyasint,omitempty"`
+}
+
+// MaxCursorBytes bounds a list cursor: opaque bytes the registry issues.
+const MaxCursorBytes = 256
+
+func (l *List) check() error {
+	if len(l.After) > MaxCursorBytes {
+		return fmt.Errorf("list cursor of %d bytes, at most %d", len(l.After), MaxCursorBytes)
+	}
+	return nil
+}
+
+// Groups is the result of list: one page of the listing. Next, when not
+// empty, is the cursor of the page after this one: list again with
+// After = Next until it is empty.
+//
+//	{1: epoch uint, 2: groups [GroupEntry], 3: next bytes}
 type Groups struct {
 	Epoch  uint64       `cbor:"1,keyasint"`
 	Groups []GroupEntry `cbor:"2,keyasint"`
+	Next   []byte       `cbor:"3,keyasint,omitempty"`
 }
 
 // GroupEntry is one group in a registry listing.

@@ -1,0 +1,163 @@
+package daemon
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// The registry's leases, with what bounds them and what pages them.
+//
+// Registrations are bounded three ways: MaxGroups in all, and
+// MaxGroupsPerKey and MaxGroupsPerAddr for any one key and any one source
+// address (an IPv4 address or an IPv6 /64, as for connections), so a peer
+// that registers groups by the thousand, under any names, can take at most
+// a share of the registry. And the listing is paged (PROTOCOL.md §7.4): a
+// client reads every page, in name order, so groups whose names sort first
+// cannot push others out of a listing cut at one frame, as they could.
+
+// Listing pages: at most listPageEntries entries, and no more once their
+// estimated encoding passes listPageBytes. A page is a reply being built:
+// the bound keeps what an unread listing holds small (issue 15.2).
+const (
+	listPageEntries = 1024
+	listPageBytes   = 128 << 10
+)
+
+// lease is one listed group.
+type lease struct {
+	entry   wire.GroupEntry // ExpiresMS is filled when listed
+	expires time.Time
+	from    netip.Prefix // the source address that registered it (addrKey)
+}
+
+// leaseTable holds the live leases, counts them by key and by source
+// address, and keeps them in listing order. The registry's mutex guards it.
+type leaseTable struct {
+	byID   map[wire.UUID]*lease
+	byKey  map[wire.Fingerprint]int
+	byAddr map[netip.Prefix]int
+	// sorted is the leases in listing order (name, then UUID), rebuilt
+	// when the set of leases or a name has changed since (sorted == nil);
+	// a renew changes neither.
+	sorted []*lease
+}
+
+func newLeaseTable() *leaseTable {
+	return &leaseTable{byID: make(map[wire.UUID]*lease), byKey: make(map[wire.Fingerprint]int), byAddr: make(map[netip.Prefix]int)}
+}
+
+func (t *leaseTable) len() int { return len(t.byID) }
+
+// put adds l, or replaces the lease of the same group (which the same key
+// holds).
+func (t *leaseTable) put(l *lease) {
+	if old := t.byID[l.entry.Group]; old != nil {
+		t.remove(old)
+	}
+	t.byID[l.entry.Group] = l
+	t.byKey[l.entry.Fingerprint]++
+	t.byAddr[l.from]++
+	t.sorted = nil
+}
+
+// remove drops l.
+func (t *leaseTable) remove(l *lease) {
+	if t.byID[l.entry.Group] != l {
+		return
+	}
+	delete(t.byID, l.entry.Group)
+	if t.byKey[l.entry.Fingerprint]--; t.byKey[l.entry.Fingerprint] <= 0 {
+		delete(t.byKey, l.entry.Fingerprint)
+	}
+	if t.byAddr[l.from]--; t.byAddr[l.from] <= 0 {
+		delete(t.byAddr, l.from)
+	}
+	t.sorted = nil
+}
+
+// order returns the leases in listing order.
+func (t *leaseTable) order() []*lease {
+	if t.sorted == nil {
+		t.sorted = make([]*lease, 0, len(t.byID))
+		for _, l := range t.byID {
+			t.sorted = append(t.sorted, l)
+		}
+		slices.SortFunc(t.sorted, func(a, b *lease) int { return compareListed(a.entry.Name, a.entry.Group, b.entry.Name, b.entry.Group) })
+	}
+	return t.sorted
+}
+
+func compareListed(aName string, aID wire.UUID, bName string, bID wire.UUID) int {
+	return cmp.Or(cmp.Compare(aName, bName), bytes.Compare(aID[:], bID[:]))
+}
+
+// page returns the live leases after the cursor after (nil: from the
+// first), up to a page, as listed at now, and the cursor of the next page
+// (nil if this is the last).
+func (t *leaseTable) page(after []byte, now time.Time) ([]wire.GroupEntry, []byte, error) {
+	name, id, err := parseListCursor(after)
+	if err != nil {
+		return nil, nil, err
+	}
+	order := t.order()
+	i := 0
+	if after != nil {
+		i, _ = slices.BinarySearchFunc(order, struct{}{}, func(l *lease, _ struct{}) int {
+			if compareListed(l.entry.Name, l.entry.Group, name, id) <= 0 {
+				return -1
+			}
+			return 1
+		})
+	}
+	var entries []wire.GroupEntry
+	size := 64
+	for ; i < len(order); i++ {
+		l := order[i]
+		left := l.expires.Sub(now)
+		if left <= 0 {
+			continue // the sweep will log and drop it
+		}
+		if size += entrySize(&l.entry); len(entries) > 0 && (size > listPageBytes || len(entries) == listPageEntries) {
+			last := entries[len(entries)-1]
+			return entries, listCursor(last.Name, last.Group), nil
+		}
+		e := l.entry
+		e.ExpiresMS = uint64(max(1, left.Milliseconds()))
+		entries = append(entries, e)
+	}
+	return entries, nil, nil
+}
+
+// entrySize estimates a GroupEntry's encoding from above.
+func entrySize(e *wire.GroupEntry) int {
+	n := 128 + len(e.Name)
+	for _, a := range e.Addrs {
+		n += 3 + len(a)
+	}
+	return n
+}
+
+// A list cursor is the last entry of a page: its group UUID (16 bytes),
+// then its name. Clients treat it as opaque bytes.
+
+func listCursor(name string, id wire.UUID) []byte {
+	return append(id[:], name...)
+}
+
+var errBadCursor = errors.New("list cursor is not one this registry issued")
+
+func parseListCursor(c []byte) (string, wire.UUID, error) {
+	if c == nil {
+		return "", wire.UUID{}, nil
+	}
+	if len(c) <= 16 || len(c) > 16+wire.MaxNameBytes {
+		return "", wire.UUID{}, errBadCursor
+	}
+	return string(c[16:]), wire.UUID(c[:16]), nil
+}
