@@ -1,0 +1,56 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestListingAcrossRegistries runs, in this process, two huddle up (each a
+// registry and a group daemon) and asks both, given as a list: the
+// listing merges their groups; with one of them stopped, the other's
+// groups are listed and the stopped one is named on stderr; with both
+// stopped, the cached listing stands in, its age said; and every goroutine
+// the gathering started has ended (goleak, in TestMain).
+func TestListingAcrossRegistries(t *testing.T) {
+	a, stopA := startUpStoppable(t, "lobby")
+	b, stopB := startUpStoppable(t, "dev")
+	u := newTestUser(t, a+","+b)
+	out := u.ok(t, "groups", "--json")
+	if !strings.Contains(out, `"name":"lobby"`) || !strings.Contains(out, `"name":"dev"`) || strings.Count(out, "\n") != 2 {
+		t.Fatalf("groups from both registries:\n%s", out)
+	}
+
+	stopA()
+	code, out, errs := u.run(t, "groups", "--timeout", "5s")
+	if code != ExitOK || !strings.Contains(out, "dev") || strings.Contains(out, "lobby") || !strings.Contains(errs, "not answering: "+a) {
+		t.Fatalf("groups with %s stopped: exit %d\nstdout:\n%s\nstderr:\n%s", a, code, out, errs)
+	}
+
+	stopB()
+	code, out, errs = u.run(t, "groups", "--timeout", "5s")
+	if code != ExitOK || !strings.Contains(out, "dev") || !strings.Contains(errs, "using the listing cached") {
+		t.Fatalf("groups with both stopped: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+}
+
+// startUpStoppable is startUp with a function that stops the daemons
+// before the test ends.
+func startUpStoppable(t *testing.T, group string) (string, func()) {
+	t.Helper()
+	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn", "--group", group}
+	v := startVerb(t, nil, args...)
+	addr := strings.Replace(v.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
+	u := newTestUser(t, addr)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		if _, out, _ := u.run(t, "groups", "--json"); strings.Contains(out, `"name":"`+group+`"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("huddle up never listed %s", group)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return addr, func() { v.stop(t) }
+}
