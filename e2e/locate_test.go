@@ -9,21 +9,28 @@ import (
 	"testing"
 )
 
+// requireOwnNetNS skips t (fails it under CI=true) unless the tests run in
+// a network namespace of their own. Outside it, a verb without a registry
+// would browse mDNS on the machine's interfaces: never do that.
+func requireOwnNetNS(t *testing.T) {
+	t.Helper()
+	if os.Getenv(netnsEnv) != "" {
+		return
+	}
+	const msg = "needs the test's own network namespace (root, with ip and unshare)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg + " (CI=true, so this is a failure, not a skip)")
+	}
+	t.Skip(msg)
+}
+
 // TestLocalRegistryWithoutMulticast runs a client verb with no registry
 // address on a machine where mDNS cannot work (this test's own network
 // namespace: loopback only, without multicast), next to huddle up on the
 // default address. Discovery fails at once; the verb must still find the
 // registry on this machine, and return.
 func TestLocalRegistryWithoutMulticast(t *testing.T) {
-	if os.Getenv(netnsEnv) == "" {
-		// Outside our own namespace a verb without a registry would browse
-		// mDNS on the machine's interfaces: never do that.
-		const msg = "needs the test's own network namespace (root, with ip and unshare)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true, so this is a failure, not a skip)")
-		}
-		t.Skip(msg)
-	}
+	requireOwnNetNS(t)
 	d := startDaemon(t, "up", "--listen", "127.0.0.1:7373", "--state-dir", filepath.Join(t.TempDir(), "state"))
 	u := newUser(t, "alice", d.registry)
 	env := []string{}

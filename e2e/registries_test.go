@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -87,13 +86,7 @@ func sameSet(a, b []string) bool {
 // pasted, instead of skipping the address and saying that nothing answered
 // (16.10).
 func TestLocalKeyChangeNotSkipped(t *testing.T) {
-	if os.Getenv(netnsEnv) == "" {
-		const msg = "needs the test's own network namespace (root, with ip and unshare)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg + " (CI=true, so this is a failure, not a skip)")
-		}
-		t.Skip(msg)
-	}
+	requireOwnNetNS(t)
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:7373", "--state-dir", filepath.Join(t.TempDir(), "state"))
 	alice := newUser(t, "alice", up.registry)
 	env := []string{}
