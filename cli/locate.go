@@ -191,6 +191,7 @@ func (s *session) gather(ctx context.Context) (*listing, error) {
 				a.pin = "changed"
 			}
 			if a.err == nil {
+				g.claim(a.fp) // found over mDNS too, it is not asked again
 				if hasKey(answered, a.fp) {
 					a.same = true
 				} else {

@@ -30,6 +30,7 @@ type responder struct {
 	ours func(netip.Addr) bool // reports whether an address is this host's
 	lost func(theirs *advert)  // called when we must rename; it must not block
 	log  *slog.Logger
+	warn *warnOnce // send failures, once
 
 	mu          sync.Mutex
 	lastDefense time.Time
@@ -40,12 +41,12 @@ type responder struct {
 
 // startResponder joins the mDNS group on ifc and answers from z until stop.
 // Errors are *SocketError.
-func startResponder(ifc net.Interface, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger) (*responder, error) {
+func startResponder(ifc net.Interface, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger, warn *warnOnce) (*responder, error) {
 	c, err := listenGroup(ifc)
 	if err != nil {
 		return nil, err
 	}
-	r := &responder{c: c, zone: z, fp: fp, ours: ours, lost: lost, log: log, stopped: make(chan struct{})}
+	r := &responder{c: c, zone: z, fp: fp, ours: ours, lost: lost, log: log, warn: warn, stopped: make(chan struct{})}
 	r.wg.Add(2)
 	go r.serve()
 	go r.announce()
@@ -148,8 +149,11 @@ func (r *responder) send(m *dns.Msg, dst netip.AddrPort) {
 		r.log.Warn("discovery: pack mDNS answer", "err", err)
 		return
 	}
+	key := "send " + r.c.ifc.Name
 	if err := r.c.send(out, dst); err != nil {
-		r.log.Debug("discovery: send mDNS answer", "iface", r.c.ifc.Name, "to", dst, "err", err)
+		r.warn.warn(key, "discovery: cannot send mDNS answers on "+r.c.ifc.Name, "iface", r.c.ifc.Name, "err", err, "fix", advice(err))
+	} else if r.warn.ok(key) {
+		r.log.Info("discovery: mDNS answers go out again", "iface", r.c.ifc.Name)
 	}
 }
 
