@@ -188,7 +188,7 @@ func queryLoop(ctx context.Context, cfg BrowseConfig, c candidate, st *ifaceStat
 				}
 			})
 			if err != nil {
-				warn.warn("send "+name, "discovery: cannot send mDNS queries on "+name, "iface", name, "err", err, "fix", advice(err))
+				warn.warn("send "+name, "discovery: cannot send mDNS queries on "+name, "iface", name, "err", cause(err), "fix", advice(err))
 			} else if warn.ok("send " + name) {
 				cfg.Logger.Info("discovery: mDNS queries go out again", "iface", name)
 			}

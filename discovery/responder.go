@@ -151,7 +151,7 @@ func (r *responder) send(m *dns.Msg, dst netip.AddrPort) {
 	}
 	key := "send " + r.c.ifc.Name
 	if err := r.c.send(out, dst); err != nil {
-		r.warn.warn(key, "discovery: cannot send mDNS answers on "+r.c.ifc.Name, "iface", r.c.ifc.Name, "err", err, "fix", advice(err))
+		r.warn.warn(key, "discovery: cannot send mDNS answers on "+r.c.ifc.Name, "iface", r.c.ifc.Name, "err", cause(err), "fix", advice(err))
 	} else if r.warn.ok(key) {
 		r.log.Info("discovery: mDNS answers go out again", "iface", r.c.ifc.Name)
 	}

@@ -67,6 +67,16 @@ func (e *SocketError) Advice() string {
 	return "give the registry's address explicitly (--registry HOST:PORT) to work without discovery"
 }
 
+// cause is what an error comes down to, for logging a failure once: its
+// errno when it has one (a send error's text names each destination).
+func cause(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
 // conn is an mDNS socket tied to one interface: it sends out of that
 // interface (IP_MULTICAST_IF by index, with the interface's index in each
 // packet's IP_PKTINFO, so no route is needed, not even for multicast) with
