@@ -665,3 +665,66 @@ func TestJoinFailureWarnsOnce(t *testing.T) {
 		t.Logf("join error: %v; advice: %s", se, se.Advice())
 	})
 }
+
+// TestSendRefusedWarnsOnce drops every packet to the mDNS group in the
+// namespace's firewall (an nftables OUTPUT rule, as a host firewall
+// would): queries fail with a permission error, the browser warns once
+// however often it queries, and Diagnose says the queries could not be
+// sent, with advice that names the firewall.
+func TestSendRefusedWarnsOnce(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		nft, err := exec.LookPath("nft")
+		if err != nil {
+			const msg = "needs nft (Debian package nftables)"
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg + " (CI=true, so this is a failure, not a skip)")
+			}
+			t.Skip(msg)
+		}
+		for _, rule := range []string{
+			"add table inet huddletest",
+			`add chain inet huddletest out { type filter hook output priority 0; }`,
+			"add rule inet huddletest out ip daddr 224.0.0.251 udp dport 5353 drop",
+		} {
+			if out, err := exec.Command(nft, rule).CombinedOutput(); err != nil {
+				t.Fatalf("nft %s: %v: %s", rule, err, out)
+			}
+		}
+		log, w := watchLog(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		const cannot = "discovery: cannot send mDNS queries on lo"
+		bctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			done <- discovery.Browse(bctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 20 * time.Millisecond, Logger: log},
+				func(discovery.Registry, netip.AddrPort) {})
+		}()
+		w.wait(ctx, t, 5, cannot, "iface", "lo") // five queries refused
+		stop()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		warned := 0
+		w.mu.Lock()
+		for _, r := range *w.records {
+			if r.Message == cannot && r.Level == slog.LevelWarn {
+				warned++
+			}
+		}
+		w.mu.Unlock()
+		if warned != 1 {
+			t.Errorf("%d warnings for the same refusal, want 1", warned)
+		}
+
+		reports, _, err := discovery.Diagnose(ctx, discovery.BrowseConfig{Verify: verifyFP}, 200*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var se *discovery.SocketError
+		if len(reports) != 1 || !errors.As(reports[0].SendErr, &se) || se.Op != "send" || !strings.Contains(se.Advice(), "firewall") || !reports[0].Joined {
+			t.Fatalf("reports %+v: want lo joined, its sends refused with firewall advice", reports)
+		}
+		t.Logf("send error: %v; advice: %s", se, se.Advice())
+	})
+}
