@@ -304,7 +304,7 @@ func (d *doctor) adviseAnswer(a discovery.Answer) string {
 	var mm *identity.MismatchError
 	switch {
 	case errors.As(a.Err, &ce):
-		d.adviseMDNS("the registry advertised as %q presents another key than the one pinned for that name: if it was reinstalled, run: huddle forget-registry %s", a.Registry.Instance, ce.ForgetCommand())
+		d.adviseMDNS("the registry advertised as %q presents another key than the one pinned for that name: if it was reinstalled, run: %s", a.Registry.Instance, ce.ForgetCommand())
 		return "KEY CHANGED (pinned " + ce.Pinned.Short() + ")"
 	case errors.As(a.Err, &mm):
 		d.adviseMDNS("%s answered mDNS with a key its QUIC handshake does not show (%s advertised, %s presented): a stale answer or a spoofer; it is ignored", a.Addr, mm.Want.Short(), mm.Got.Short())
@@ -342,11 +342,14 @@ func (d *doctor) registries(ctx context.Context) (*listing, int) {
 	l, err := s.listing(lctx)
 	var reports []registryReport
 	var nre *noRegistryError
+	var re *refusalError
 	switch {
 	case err == nil:
 		reports = l.reports
 	case errors.As(err, &nre):
 		reports = nre.reports
+	case errors.As(err, &re):
+		reports = re.reports
 	}
 	rows := [][]string{{"REGISTRY", "FROM", "KEY", "PIN", "ANSWER", "GROUPS"}}
 	code := ExitOK
@@ -395,10 +398,8 @@ func (d *doctor) registries(ctx context.Context) (*listing, int) {
 		d.say("  cached listing: %s from %s, %v old%s", count(uint64(dc.Groups), "group", "groups"), count(uint64(dc.Registries), "registry", "registries"), time.Since(cache.Saved).Round(time.Second), used)
 	}
 	if err != nil {
-		var ce *identity.ChangedError
-		if errors.As(err, &ce) {
-			d.advise("the registry at %s presents another key than the one pinned: if it was reinstalled, run: huddle forget-registry %s", ce.Name, ce.ForgetCommand())
-			return nil, ExitRefused
+		if re != nil {
+			return nil, ExitRefused // the registries' rows advised already
 		}
 		if nre == nil {
 			msg, _ := explain(err)
@@ -421,7 +422,7 @@ func (d *doctor) adviseRegistry(r registryReport) string {
 	var ce *identity.ChangedError
 	switch {
 	case errors.As(r.err, &ce):
-		d.advise("the registry at %s presents another key than the one pinned for %s: someone may be impersonating it; if it was reinstalled, run: huddle forget-registry %s", r.addr, ce.Name, ce.ForgetCommand())
+		d.advise("the registry at %s presents another key than the one pinned for %s: someone may be impersonating it; if it was reinstalled, run: %s", r.addr, ce.Name, ce.ForgetCommand())
 		return "KEY CHANGED (pinned " + ce.Pinned.Short() + ", presents " + ce.Presented.Short() + ")"
 	case r.from == fromLocal:
 		return "no registry runs on this machine"

@@ -96,8 +96,9 @@ type gatherer struct {
 // those registries are asked, and nothing else; otherwise this machine's,
 // those the cached listing names, and every one mDNS finds. A registry
 // whose key changed is refused wherever it answers (it is not trusted
-// under another name in the same run), and said so on stderr when others
-// answered. When no registry answers, the cached listing of the same
+// under another name in the same run), and the command stops with its
+// *identity.ChangedError, whatever else answered. When no registry
+// answers, the cached listing of the same
 // registries stands in, with its age said on stderr; without one the
 // error says what each registry did.
 func (s *session) listing(ctx context.Context) (*listing, error) {
@@ -112,8 +113,8 @@ func (s *session) listing(ctx context.Context) (*listing, error) {
 	return l, nil
 }
 
-func (s *session) gather(ctx context.Context) (*listing, error) {
-	ctx, cancel := context.WithCancel(ctx)
+func (s *session) gather(outer context.Context) (*listing, error) {
+	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
 	g := &gatherer{s: s, start: time.Now(), answers: make(chan registryAnswer, 16), claimed: make(map[wire.Fingerprint]bool), refusals: make(map[string]bool), pending: make(map[string]registryReport)}
 	defer g.wg.Wait() // after cancel: every source has ended when gather returns
@@ -222,18 +223,14 @@ func (s *session) gather(ctx context.Context) (*listing, error) {
 	cancel()
 
 	// A key refused under one name is refused under every other: it must not
-	// be trusted on first use under an mDNS name in the same run.
+	// be trusted on first use under an mDNS name in the same run. And the
+	// command stops, ssh-style, whatever else answered.
+	if ce := firstRefusal(refused); ce != nil {
+		return nil, &refusalError{ChangedError: ce, reports: reports}
+	}
 	l := &listing{}
 	var parts []client.RegistryListing
 	for _, a := range answered {
-		if ce := refused[a.fp]; ce != nil {
-			for i := range reports {
-				if reports[i].fp == a.fp && reports[i].err == nil {
-					reports[i].err, reports[i].pin = ce, "changed"
-				}
-			}
-			continue
-		}
 		if strings.HasPrefix(a.name, mdnsPinPrefix) && a.pin == "new" && !s.looking {
 			if err := s.kh.Check(a.name, a.fp); err != nil {
 				continue
@@ -244,12 +241,9 @@ func (s *session) gather(ctx context.Context) (*listing, error) {
 	}
 	l.reports = reports
 	if len(parts) == 0 {
-		return g.fallback(ctx, reports, cache, refused)
+		return g.fallback(outer, reports, cache, refused)
 	}
 	l.groups = client.Merge(parts)
-	for _, ce := range refused {
-		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: a registry was not asked: %v\n", s.verb, ce)
-	}
 	if s.looking {
 		return l, nil
 	}
@@ -257,6 +251,27 @@ func (s *session) gather(ctx context.Context) (*listing, error) {
 		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: cannot cache the listing: %v\n", s.verb, err)
 	}
 	return l, nil
+}
+
+// refusalError stops a command because a registry's key changed; it is
+// the *identity.ChangedError (errors.As finds it), with what every registry
+// asked did, for huddle doctor.
+type refusalError struct {
+	*identity.ChangedError
+	reports []registryReport
+}
+
+func (e *refusalError) Unwrap() error { return e.ChangedError }
+
+// firstRefusal returns the refusal of the first name in order, if any.
+func firstRefusal(refused map[wire.Fingerprint]*identity.ChangedError) *identity.ChangedError {
+	var first *identity.ChangedError
+	for _, ce := range refused {
+		if first == nil || ce.Name < first.Name {
+			first = ce
+		}
+	}
+	return first
 }
 
 // hasKey reports whether a registry of key fp is among as.
@@ -489,8 +504,8 @@ func (g *gatherer) fallback(ctx context.Context, reports []registryReport, cache
 	}
 	// A key change stops the command, ssh-style: the cached listing stands
 	// in for registries that are away, not for one that changed its key.
-	for _, ce := range refused {
-		return nil, ce
+	if ce := firstRefusal(refused); ce != nil {
+		return nil, &refusalError{ChangedError: ce, reports: reports}
 	}
 	timedOut := ctx.Err() != nil
 	if timedOut {

@@ -123,3 +123,30 @@ func displayWidth(s string) int {
 	}
 	return n
 }
+
+// TestDoctorKeyChange runs doctor after the registry a user pinned came back
+// with another key: doctor shows the registry's row as a key change and
+// advises, once, the forget-registry command to paste; it exits 1 as the
+// other commands do.
+func TestDoctorKeyChange(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	addr, oldFP := reg.registry, reg.regFP
+	alice := newUser(t, "alice", addr)
+	alice.ok(t, "groups") // pins the registry's key
+	reg.stop(t)
+	reg = startDaemon(t, "registry", "--listen", addr, "--state-dir", t.TempDir())
+	defer reg.stop(t)
+
+	r := alice.run(t, "doctor", "--wait", "200ms", "--timeout", "3s")
+	t.Logf("huddle doctor:\n%s", r.stdout)
+	if r.code != 1 {
+		t.Errorf("doctor after a key change: exit %d, want 1", r.code)
+	}
+	if !strings.Contains(r.stdout, "KEY CHANGED") || !strings.Contains(r.stdout, oldFP[:9]) || !strings.Contains(r.stdout, reg.regFP[:9]) {
+		t.Errorf("doctor's registry row does not show the key change from %s to %s", oldFP, reg.regFP)
+	}
+	if n := strings.Count(r.stdout, "run: huddle forget-registry "+addr+"\n"); n != 1 {
+		t.Errorf("the forget-registry command is advised %d times, want once, ready to paste", n)
+	}
+}
