@@ -62,7 +62,9 @@ type Message struct {
 	Seq  uint64
 	Time int64 // server timestamp, Unix ns
 	ID   [16]byte
-	From Sender
+	// From is who sent it: the log's own copy, shared by the messages it
+	// holds from that sender; read-only.
+	From *Sender
 	// Body aliases the log's memory: read-only, valid for as long as the
 	// caller holds it. Its capacity ends at its length, so appending to it
 	// copies.

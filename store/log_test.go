@@ -337,9 +337,10 @@ func TestQueries(t *testing.T) {
 	t.Run("fields", func(t *testing.T) {
 		dst := make([]Message, 1, 4)
 		got, _ := l.After(6, 1, dst)
-		want := Message{Seq: 7, Time: 70, ID: id(7), From: sender(7), Body: []byte("g")}
+		from := sender(7)
+		want := Message{Seq: 7, Time: 70, ID: id(7), From: &from, Body: []byte("g")}
 		if len(got) != 2 || got[1].Seq != want.Seq || got[1].Time != want.Time || got[1].ID != want.ID ||
-			got[1].From != want.From || !bytes.Equal(got[1].Body, want.Body) {
+			*got[1].From != *want.From || !bytes.Equal(got[1].Body, want.Body) {
 			t.Fatalf("After(6, 1) = %+v, want %+v appended", got, want)
 		}
 		if cap(got[1].Body) != len(got[1].Body) {
@@ -551,7 +552,7 @@ func TestSenders(t *testing.T) {
 	}
 	msgs, _ = l.After(0, 1000, nil)
 	for _, m := range msgs {
-		if n := int(m.ID[0]) | int(m.ID[1])<<8 | int(m.ID[2])<<16; m.From != sender(n) {
+		if n := int(m.ID[0]) | int(m.ID[1])<<8 | int(m.ID[2])<<16; *m.From != sender(n) {
 			t.Fatalf("message %d from %+v, want %+v", m.Seq, m.From, sender(n))
 		}
 	}

@@ -82,7 +82,8 @@ next:
 		}
 		seq++
 		t = max(now, t+1)
-		fresh = append(fresh, Message{Seq: seq, Time: t, ID: e.ID, From: e.From, Body: bytes.Clone(e.Body)})
+		from := e.From
+		fresh = append(fresh, Message{Seq: seq, Time: t, ID: e.ID, From: &from, Body: bytes.Clone(e.Body)})
 		acks = append(acks, Ack{Seq: seq, Time: t})
 	}
 	if len(fresh) == 0 {
@@ -193,7 +194,7 @@ func sameMessages(got, want []Message) error {
 	}
 	for i := range got {
 		g, w := got[i], want[i]
-		if g.Seq != w.Seq || g.Time != w.Time || g.ID != w.ID || g.From != w.From || !bytes.Equal(g.Body, w.Body) {
+		if g.Seq != w.Seq || g.Time != w.Time || g.ID != w.ID || *g.From != *w.From || !bytes.Equal(g.Body, w.Body) {
 			return fmt.Errorf("message %d = %+v, want %+v", i, g, w)
 		}
 		if cap(g.Body) != len(g.Body) {

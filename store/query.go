@@ -152,7 +152,7 @@ func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Curs
 			m.Seq = seq + uint64(i)
 			m.Time = times[i]
 			m.ID = ids[i]
-			m.From = senders[from[i]].Sender
+			m.From = &senders[from[i]].Sender
 			m.Body = c.slab[start:end:end]
 			start = end
 		}

@@ -41,7 +41,7 @@ func checkRun(msgs []Message, from uint64, cur Cursor) error {
 		if !bytes.Equal(m.Body, raceBody(m.ID)) {
 			return fmt.Errorf("seq %d: body corrupted", m.Seq)
 		}
-		if m.From != sender(int(m.ID[4])) {
+		if *m.From != sender(int(m.ID[4])) {
 			return fmt.Errorf("seq %d: from %+v, want %+v", m.Seq, m.From, sender(int(m.ID[4])))
 		}
 	}

@@ -34,7 +34,7 @@ type Sequencer struct {
 
 // smallBatch is the batch size up to which Stamp finds repeated IDs by
 // comparing each ID with those before it.
-const smallBatch = 8
+const smallBatch = 16
 
 // Stamp stamps batch at now. acks holds one ack per entry, as Log.Lookup
 // returns them: an entry whose ack has Duplicate set is already stored and
@@ -68,7 +68,9 @@ func (s *Sequencer) Stamp(now int64, batch []Entry, acks []Ack) (n int) {
 		s.LastTime = max(now, s.LastTime+1)
 		batch[i].Seq, batch[i].Time = s.Last, s.LastTime
 		acks[i] = Ack{Seq: s.Last, Time: s.LastTime}
-		batch[n] = batch[i]
+		if n != i {
+			batch[n] = batch[i]
+		}
 		if slot >= 0 {
 			table[slot] = int32(n + 1)
 		}
