@@ -39,3 +39,28 @@ func TestImportDirection(t *testing.T) {
 		}
 	}
 }
+
+// TestBinaryDoesNotLinkTesting keeps the package testing (its flags, its
+// init) out of the huddle binary. It came in once through a dependency's
+// dependency: prometheus/common's expfmt parses OpenMetrics with go-abnf,
+// whose releases before v0.5.4 had fuzz helpers importing testing in
+// non-test files.
+func TestBinaryDoesNotLinkTesting(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if dep == "testing" {
+			why, _ := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}: {{join .Imports " "}}`, ".").Output()
+			var importers []string
+			for _, line := range strings.Split(string(why), "\n") {
+				pkg, imports, _ := strings.Cut(line, ": ")
+				if slices.Contains(strings.Fields(imports), "testing") {
+					importers = append(importers, pkg)
+				}
+			}
+			t.Fatalf("the huddle binary links the package testing, imported by %v", importers)
+		}
+	}
+}
