@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/huddle-chat/huddle/client"
@@ -104,14 +105,19 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	}
 	url := srv.URL()
 	fmt.Fprintf(env.Stdout, "huddle web: %s\n", url)
-	fmt.Fprintf(env.Stdout, "  acting as %s (%s); groups from %s%s\n", id.Fingerprint().Short(), dir,
-		strings.Join(registries, ", "), map[bool]string{true: " and registries found over mDNS", false: ""}[discover])
+	from := strings.Join(registries, ", ")
+	if discover {
+		from += " and registries found over mDNS"
+	}
+	fmt.Fprintf(env.Stdout, "  acting as %s (%s); groups from %s\n", id.Fingerprint().Short(), dir, from)
 	fmt.Fprintf(env.Stdout, "  the link carries this run's secret: whoever has it can read and send as you; Ctrl-C stops\n")
 	if !web.Loopback(host) {
+		port := strconv.Itoa(srv.Addr().(*net.TCPAddr).Port)
 		fmt.Fprintf(env.Stderr, "huddle web: WARNING: listening on %s, beyond this machine. Anyone who can reach it and has the\n"+
 			"  link can read every group you joined and send, join and leave as you (key %s). It is plain\n"+
 			"  HTTP: the link's secret, the cookie and every message cross the network unencrypted. Prefer\n"+
-			"  127.0.0.1 with an SSH tunnel (ssh -L 7380:127.0.0.1:7380 HOST).\n", srv.Addr(), id.Fingerprint().Short())
+			"  127.0.0.1 with an SSH tunnel (ssh -L %s:127.0.0.1:%s HOST).\n",
+			net.JoinHostPort(host, port), id.Fingerprint().Short(), port, port)
 	}
 	var launcher string
 	if openBrowser {

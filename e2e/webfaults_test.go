@@ -307,3 +307,31 @@ func TestWebRefusesOthers(t *testing.T) {
 		t.Errorf("another site sent a message as alice:\n%s", out)
 	}
 }
+
+// TestWebListenBeyondLoopback checks that huddle web refuses an address
+// other machines can reach unless told so, and then says what it exposes.
+func TestWebListenBeyondLoopback(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	alice := newUser(t, "alice", up.registry)
+	r := alice.run(t, "web", "--listen", "0.0.0.0:0")
+	if r.code != 2 || !strings.Contains(r.stderr, "--allow-remote") {
+		t.Fatalf("web on 0.0.0.0 without --allow-remote: want exit code 2 and advice; got %s", r)
+	}
+	ws := alice.web(t, "--listen", "0.0.0.0:0", "--allow-remote")
+	if !ws.stderr.waitFor(waitTimeout, func(lines []string) bool {
+		return strings.Contains(strings.Join(lines, "\n"), "WARNING: listening on 0.0.0.0:") &&
+			strings.Contains(strings.Join(lines, "\n"), "plain\n  HTTP")
+	}) {
+		t.Fatalf("no warning of what --allow-remote exposes:\n%s", ws.stderr)
+	}
+	// Still only with the secret.
+	res, err := http.Get(ws.base + "/api/groups")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the API without the secret: HTTP %d, want 401", res.StatusCode)
+	}
+}
