@@ -62,8 +62,12 @@ func TestEventsResumeByCursor(t *testing.T) {
 	a.sendN(id, "live", 1, 2)
 	s.expectMessages("live", 1, 2)
 
-	// New messages only, with no cursor.
+	// New messages only, with no cursor: from where the log ended when the
+	// watch went live.
 	s2 := a.events("watch=" + id)
+	if ev := s2.next("status"); ev.data["state"] != "live" {
+		t.Fatalf("status %s, want live", ev.raw)
+	}
 	a.sendN(id, "new", 1, 1)
 	s2.expectMessages("new", 1, 1)
 
