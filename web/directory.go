@@ -254,9 +254,11 @@ func (d *directory) watchList() ([]byte, <-chan struct{}) {
 	return d.listBytes, d.changed
 }
 
-// group returns the handle of a listed group, waiting for the next merge
-// once if it is not in the list. Errors: wire.ErrNotFound.
+// group returns the handle of a listed group, waiting up to registryTimeout
+// for the registries to list it (a daemon that just restarted registers
+// again a moment after it serves). Errors: wire.ErrNotFound.
 func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, error) {
+	deadline := time.Now().Add(registryTimeout)
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()
 		var h *client.Group
@@ -267,14 +269,22 @@ func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, err
 			d.wakeLocked()
 			d.demand = time.Now()
 		}
+		merged := d.merged
 		d.mu.Unlock()
 		if h != nil {
 			return h, nil
 		}
-		if attempt > 0 {
+		wait := time.Until(deadline)
+		if wait <= 0 || ctx.Err() != nil {
 			return nil, fmt.Errorf("group %s: %w: no registry lists it", id, wire.ErrNotFound)
 		}
-		d.awaitMerge(ctx)
+		t := time.NewTimer(wait)
+		select {
+		case <-merged:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
 	}
 }
 
