@@ -72,6 +72,12 @@ func (d *dedup) lookup(id [16]byte, h uint64) (firstAck, bool) {
 // follow the previous add's, and id must not be remembered.
 func (d *dedup) add(id [16]byte, h uint64, seq uint64, t int64) {
 	var pos int
+	if len(d.ring) < d.window && uint64(len(d.ring)) != seq-1 {
+		// A log that does not start at 1 (a disk log read back from
+		// past its retention): take the whole window at once, so that
+		// seq's place is (seq-1) % window from the first.
+		d.fill()
+	}
 	if len(d.ring) < d.window {
 		pos = len(d.ring)
 		if pos == cap(d.ring) { // grow, but never past the window
@@ -83,7 +89,9 @@ func (d *dedup) add(id [16]byte, h uint64, seq uint64, t int64) {
 		}
 	} else {
 		pos = int((seq - 1) % uint64(d.window))
-		d.remove(pos)
+		if d.ring[pos].seq != 0 {
+			d.remove(pos)
+		}
 	}
 	d.ring[pos] = firstAck{id: id, seq: seq, time: t}
 	d.insert(pos, h)
@@ -143,6 +151,26 @@ func (d *dedup) remove(pos int) {
 		}
 	}
 	d.index[i] = 0
+}
+
+// fill grows the ring to the whole window, its empty records seq 0, and
+// indexes it to match. Records already held stay where they are: the ring
+// was filled from seq 1, so record i holds seq i+1 = (seq-1) % window + 1.
+func (d *dedup) fill() {
+	ring := make([]firstAck, d.window)
+	copy(ring, d.ring)
+	d.ring = ring
+	size := 16
+	for size < 2*d.window {
+		size *= 2
+	}
+	d.index = make([]uint64, size)
+	d.mask = uint64(size - 1)
+	for pos := range d.ring {
+		if d.ring[pos].seq != 0 {
+			d.insert(pos, d.hash(&d.ring[pos].id))
+		}
+	}
 }
 
 func (d *dedup) rehash(size int) {

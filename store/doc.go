@@ -1,4 +1,4 @@
-// Package store is the in-memory log of one group: an append-only run of
+// Package store is the log of one group: an append-only run of
 // messages, each with a gapless sequence number (from 1), a server
 // timestamp (Unix ns, strictly increasing) and its sender, queried by
 // sequence ([Log.After]) or by time ([Log.Since]).
@@ -19,8 +19,21 @@
 // # Identity
 //
 // A log has an epoch ([Log.Epoch]) naming its history: sequence numbers
-// are meaningful only within one. This log lives in memory, so each [New]
-// starts a new history with a new random epoch.
+// are meaningful only within one. A [Log] lives in memory, so each [New]
+// starts a new history with a new random epoch; a [DiskLog] keeps its
+// epoch in its files.
+//
+// # On disk
+//
+// A [DiskLog] ([Open]) is a Log whose every batch is first written as one
+// record to a segment file (the format: STORAGE.md, and diskformat.go, the
+// only code that reads or writes it). The in-memory Log still serves every
+// query: bodies stay in memory within retention, the files are read only
+// when the log is opened, and so a durable log answers as fast as a memory
+// one and costs the same memory (about 33 bytes a message beyond its body),
+// plus the page cache the kernel keeps of its files. Its [FsyncPolicy]
+// says what an append promises: written to the OS (fsynced every interval),
+// or on the device, with one fsync for every append waiting for it.
 //
 // # Layout
 //

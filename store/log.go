@@ -99,6 +99,14 @@ type Log struct {
 	dedup    dedup
 	hashes   []uint64                 // a batch's ID hashes, reused from one call to the next
 	senders  map[Sender]*sharedSender // the held messages' senders (senders.go)
+	// held back: Append stores a batch without publishing it to readers;
+	// commit publishes. A disk log syncing before each ack sets it, so
+	// that readers see only what is on the device.
+	holdBack bool
+	// dedupFrom: messages before it are not remembered for Lookup. A
+	// disk log reading itself back sets it to skip what falls out of the
+	// window anyway.
+	dedupFrom uint64
 
 	// Published to readers.
 	view     atomic.Pointer[view]
@@ -218,7 +226,9 @@ func (l *Log) Append(batch []Entry) error {
 	for i := range batch {
 		e := &batch[i]
 		l.put(e)
-		l.dedup.add(e.ID, hs[i], e.Seq, e.Time)
+		if e.Seq >= l.dedupFrom {
+			l.dedup.add(e.ID, hs[i], e.Seq, e.Time)
+		}
 		bytes += len(e.Body)
 	}
 	last := &batch[len(batch)-1]
@@ -226,10 +236,52 @@ func (l *Log) Append(batch []Entry) error {
 	l.held += len(batch)
 	l.bytes.Add(int64(bytes))
 	l.appended.Add(uint64(bytes))
-	l.last.Store(last.Seq) // commit: readers now see the batch
-	l.wake()
+	if !l.holdBack {
+		l.last.Store(last.Seq) // commit: readers now see the batch
+		l.wake()
+	}
 	l.retain(last.Time)
 	return nil
+}
+
+// commit publishes to readers the messages up to seq, which Append has
+// stored, if they are not published yet (see holdBack).
+func (l *Log) commit(seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if seq > l.last.Load() && seq <= l.lastSeq {
+		l.last.Store(seq)
+		l.wake()
+	}
+}
+
+// startAt evicts everything the log holds and makes it stand after seq,
+// stamped t: the next message appended is seq+1, after t. A disk log whose
+// retained history begins past 1 starts its memory there; seq is at least
+// the log's tail.
+func (l *Log) startAt(seq uint64, t int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.segs {
+		l.forgetSenders(s)
+	}
+	l.evicted.Add(uint64(l.held))
+	l.held = 0
+	l.bytes.Store(0)
+	l.lastSeq, l.lastTime = seq, t
+	l.last.Store(seq)
+	l.publish(nil)
+}
+
+// firstHeld returns the first sequence number the log holds, published
+// or not; the next one if it holds none.
+func (l *Log) firstHeld() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.segs) == 0 {
+		return l.lastSeq + 1
+	}
+	return l.segs[0].base
 }
 
 // check validates a batch's sizes before anything changes.
@@ -367,3 +419,10 @@ func (l *Log) Stats() Stats {
 		AppendedBytes: l.appended.Load(),
 	}
 }
+
+// Durable returns nil at once: what a memory log holds is as durable as
+// it will ever be once Append returns (see [DiskLog.Durable]).
+func (l *Log) Durable(seq uint64) error { return nil }
+
+// Close does nothing and returns nil: a memory log holds no files.
+func (l *Log) Close() error { return nil }

@@ -1,0 +1,572 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultFsyncInterval is the fsync interval of a disk log that does not
+// sync before each ack.
+const DefaultFsyncInterval = time.Second
+
+// DefaultSegmentBytes caps the size of a disk log's segment files.
+const DefaultSegmentBytes = 64 << 20
+
+// FsyncPolicy says when a disk log's writes reach the device, and so what
+// an acknowledged message survives.
+type FsyncPolicy struct {
+	// Always: a message is acknowledged, and readers see it, only once an
+	// fsync covers it ([DiskLog.Durable]): it survives power loss. One
+	// fsync serves every append waiting for it (group commit).
+	//
+	// Otherwise a message is acknowledged, and readers see it, once it is
+	// written to the operating system: it survives the daemon's crash (kill
+	// -9); the log fsyncs every Interval, so an OS crash or power cut
+	// loses at most the last Interval of messages.
+	Always bool
+	// Interval is how often a log that does not sync always fsyncs what
+	// it has written. 0 means DefaultFsyncInterval (1 s).
+	Interval time.Duration
+}
+
+func (p FsyncPolicy) String() string {
+	if p.Always {
+		return "always"
+	}
+	return "every " + p.interval().String()
+}
+
+func (p FsyncPolicy) interval() time.Duration {
+	if p.Interval == 0 {
+		return DefaultFsyncInterval
+	}
+	return p.Interval
+}
+
+// DiskConfig configures a log kept on disk. The zero value of each field
+// but Dir means its default.
+type DiskConfig struct {
+	// Config is the log's retention and dedup window, as for [New]. Files
+	// are deleted whole once retention has dropped every message they hold.
+	Config
+	// Dir is the log's directory, created if missing. Required. One log
+	// per directory; the caller makes sure one process uses it.
+	Dir string
+	// Fsync is the durability policy.
+	Fsync FsyncPolicy
+	// SegmentBytes is the size past which a segment file is sealed and
+	// the next begun. 0 means min(DefaultSegmentBytes, MaxBytes/8), at
+	// least 1 MiB. A segment is also sealed once it holds MaxMessages/8
+	// messages, so that retention deletes files an eighth of the log at a
+	// time.
+	SegmentBytes int64
+}
+
+// Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
+func (c DiskConfig) Validate() error {
+	switch {
+	case c.Dir == "":
+		return fmt.Errorf("%w: Dir is required", ErrInvalidConfig)
+	case c.Fsync.Interval < 0:
+		return fmt.Errorf("%w: fsync interval %v is negative", ErrInvalidConfig, c.Fsync.Interval)
+	case c.SegmentBytes < 0:
+		return fmt.Errorf("%w: SegmentBytes %d is negative", ErrInvalidConfig, c.SegmentBytes)
+	}
+	return c.Config.Validate()
+}
+
+// Errors of appending to a disk log, beyond those of [Log.Append]. Each is
+// wrapped with the cause (a full disk, a read-only file system...).
+var (
+	// ErrNotWritable: the log's files cannot be written now; nothing was
+	// stored. Appends are tried again (the directory is reopened at most
+	// once a second), so a freed disk or a directory writable again brings
+	// the log back.
+	ErrNotWritable = errors.New("store: log cannot be written")
+	// ErrFailed: a write could not be undone, or an fsync failed, so what
+	// is on disk is no longer known; the log refuses appends until it is
+	// opened again (its reads go on).
+	ErrFailed = errors.New("store: log failed")
+)
+
+// DiskLog is a group's log kept on disk: the in-memory [Log] serves every
+// query, and each batch appended is first written as one record to the
+// newest segment file. Bodies stay in memory within retention, as in a
+// memory log, so reads never touch the disk; the files are read only when
+// the log is opened. Its methods are safe for concurrent use.
+type DiskLog struct {
+	mem    *Log
+	dir    string
+	policy FsyncPolicy
+	epoch  uint64
+	segMax int64 // seal a segment file past this many bytes,
+	segMsg int   // or this many messages
+
+	wmu     sync.Mutex // serialises writers; guards the fields below
+	f       *os.File   // the active segment, open for writing; nil when not writable
+	fbase   uint64     // its base
+	fsize   int64      // its length: the end of its last whole record
+	fcount  int        // messages in it
+	enc     *recordEncoder
+	idx     []idxEntry // its index so far
+	idxAt   int64      // offset of its last index entry
+	segs    []segFile  // every segment file, oldest first; the last is active
+	tailSeq uint64     // last message written (== mem's)
+	tailT   int64
+	buf     []byte
+	failed  error     // sticky: ErrFailed
+	roErr   error     // why f is nil (ErrNotWritable)
+	roTried time.Time // when f was last tried
+
+	fmu sync.RWMutex // held for reading while f is synced; for writing to swap f
+
+	smu     sync.Mutex // group commit
+	scond   *sync.Cond
+	syncing bool
+	synced  uint64 // the last sequence number known on the device
+	syncErr error  // sticky: ErrFailed
+	syncs   atomic.Uint64
+	cpt     *os.File
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+// segFile is one segment file of the log.
+type segFile struct {
+	base, last uint64 // last: base-1 while empty
+	lastTime   int64
+}
+
+func segName(base uint64) string { return fmt.Sprintf("%020d.seg", base) }
+func idxName(base uint64) string { return fmt.Sprintf("%020d.idx", base) }
+
+const cptName = "checkpoint"
+
+// Open opens the log in cfg.Dir, creating it if need be, and reads it back
+// into memory (see [Recovery] for what it found). If the files cannot be
+// written (a read-only file system), the log opens for reading and its
+// appends fail with ErrNotWritable until they can be. Unless the policy
+// syncs always, it starts a goroutine that fsyncs every interval, until
+// Close.
+//
+// Errors: cfg.Validate's (ErrInvalidConfig), ErrCorrupt and
+// ErrFutureVersion (naming the file and offset: the log must not serve
+// what it holds), and the file system's.
+func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, Recovery{}, err
+	}
+	mem, err := New(cfg.Config)
+	if err != nil {
+		return nil, Recovery{}, err
+	}
+	d := &DiskLog{mem: mem, dir: cfg.Dir, policy: cfg.Fsync, stop: make(chan struct{}), done: make(chan struct{})}
+	d.scond = sync.NewCond(&d.smu)
+	d.segMax = cfg.SegmentBytes
+	if d.segMax == 0 {
+		d.segMax = min(DefaultSegmentBytes, max(1<<20, mem.lim.maxBytes/8))
+	}
+	d.segMsg = max(1, mem.lim.maxMessages/8)
+	start := time.Now()
+	rec, err := d.recover()
+	if err != nil {
+		d.closeFiles()
+		return nil, rec, fmt.Errorf("open log %s: %w", cfg.Dir, err)
+	}
+	rec.Took = time.Since(start)
+	mem.epoch = d.epoch
+	mem.holdBack = cfg.Fsync.Always
+	if !cfg.Fsync.Always {
+		go d.syncLoop(cfg.Fsync.interval())
+	} else {
+		close(d.done)
+	}
+	return d, rec, nil
+}
+
+// Epoch names the log's history; it is kept in the files, and changes only
+// when they are lost (see Recovery.NewEpoch).
+func (d *DiskLog) Epoch() uint64 { return d.epoch }
+
+// Policy returns the log's durability policy.
+func (d *DiskLog) Policy() FsyncPolicy { return d.policy }
+
+// Lookup is [Log.Lookup].
+func (d *DiskLog) Lookup(batch []Entry, acks []Ack) []Ack { return d.mem.Lookup(batch, acks) }
+
+// Tail is [Log.Tail]: the last message appended, synced or not.
+func (d *DiskLog) Tail() (uint64, int64) { return d.mem.Tail() }
+
+// After is [Log.After]. Under FsyncPolicy.Always it sees only what is
+// synced.
+func (d *DiskLog) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
+	return d.mem.After(seq, limit, dst)
+}
+
+// Since is [Log.Since].
+func (d *DiskLog) Since(ts int64, limit int, dst []Message) ([]Message, Cursor) {
+	return d.mem.Since(ts, limit, dst)
+}
+
+// Changed is [Log.Changed].
+func (d *DiskLog) Changed() <-chan struct{} { return d.mem.Changed() }
+
+// Last is [Log.Last].
+func (d *DiskLog) Last() uint64 { return d.mem.Last() }
+
+// Stats is [Log.Stats].
+func (d *DiskLog) Stats() Stats { return d.mem.Stats() }
+
+// Append writes batch, stamped, as one record to the newest segment file,
+// then stores it in memory (see [Log.Append] for what it checks). Once it
+// returns the batch is written to the operating system; under
+// FsyncPolicy.Always, readers see it only once [DiskLog.Durable] has
+// synced it. Retention then deletes the files whose messages are all gone.
+//
+// Errors: Log.Append's (the log untouched), ErrNotWritable (wrapping the
+// cause; nothing stored) and ErrFailed.
+func (d *DiskLog) Append(batch []Entry) error {
+	if err := d.mem.check(batch); err != nil {
+		return err
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	if d.failed != nil {
+		return d.failed
+	}
+	if err := d.mem.follows(batch); err != nil {
+		return err
+	}
+	if err := d.writable(); err != nil {
+		return err
+	}
+	if d.fcount > 0 && (d.fsize >= d.segMax || d.fcount+len(batch) > d.segMsg) {
+		if err := d.rotate(); err != nil {
+			return err
+		}
+	}
+	d.buf = d.enc.encode(d.buf[:0], batch)
+	if int64(len(d.buf))-recHeaderSize > maxRecord {
+		d.enc.undo()
+		return fmt.Errorf("store: append a record of %d bytes: %w", len(d.buf), ErrBatchTooLarge)
+	}
+	if n, err := d.f.WriteAt(d.buf, d.fsize); err != nil {
+		d.enc.undo()
+		if n > 0 {
+			if terr := d.f.Truncate(d.fsize); terr != nil {
+				d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
+				return d.failed
+			}
+		}
+		return fmt.Errorf("%w: write %s: %w", ErrNotWritable, d.f.Name(), err)
+	}
+	if d.fcount == 0 || d.fsize-d.idxAt >= indexInterval {
+		d.idx = append(d.idx, idxEntry{seq: batch[0].Seq, time: batch[0].Time, offset: d.fsize})
+		d.idxAt = d.fsize
+	}
+	d.fsize += int64(len(d.buf))
+	d.fcount += len(batch)
+	last := &batch[len(batch)-1]
+	d.tailSeq, d.tailT = last.Seq, last.Time
+	d.segs[len(d.segs)-1].last, d.segs[len(d.segs)-1].lastTime = last.Seq, last.Time
+	if err := d.mem.Append(batch); err != nil {
+		// Checked above: a bug. The file holds what memory does not.
+		d.failed = fmt.Errorf("%w: stored on disk but not in memory: %v", ErrFailed, err)
+		return d.failed
+	}
+	d.retain()
+	return nil
+}
+
+// writable makes sure d.f is open for writing, trying again at most once
+// a second after a failure. d.wmu is held.
+func (d *DiskLog) writable() error {
+	if d.f != nil {
+		return nil
+	}
+	if time.Since(d.roTried) < time.Second {
+		return d.roErr
+	}
+	d.roTried = time.Now()
+	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
+	if err == nil {
+		err = f.Truncate(d.fsize) // a torn tail found while read-only
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		d.roErr = fmt.Errorf("%w: open %s: %w", ErrNotWritable, segName(d.fbase), err)
+		return d.roErr
+	}
+	if d.cpt == nil {
+		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
+	}
+	d.fmu.Lock()
+	d.f = f
+	d.fmu.Unlock()
+	d.roErr = nil
+	return nil
+}
+
+// rotate seals the active segment (synced, its index written) and begins
+// the next, empty but for its header, synced with its directory entry. On
+// error the active segment stays as it was. d.wmu is held.
+func (d *DiskLog) rotate() error {
+	if err := d.f.Sync(); err != nil {
+		d.failed = fmt.Errorf("%w: fsync %s: %v", ErrFailed, d.f.Name(), err)
+		return d.failed
+	}
+	x := segIndex{base: d.fbase, last: d.tailSeq, segLen: d.fsize, entries: d.idx}
+	// The index is an aid: a missing or damaged one is rebuilt on open.
+	writeSynced(filepath.Join(d.dir, idxName(d.fbase)), x.encode(nil))
+
+	base := d.tailSeq + 1
+	path := filepath.Join(d.dir, segName(base))
+	f, err := createSegment(path, segHeader{epoch: d.epoch, base: base, prevTime: d.tailT})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotWritable, err)
+	}
+	syncDir(d.dir)
+	d.fmu.Lock()
+	old := d.f
+	d.f = f
+	d.fmu.Unlock()
+	old.Close()
+	d.fbase, d.fsize, d.fcount = base, segHeaderSize, 0
+	d.enc = newRecordEncoder()
+	d.idx, d.idxAt = nil, 0
+	d.segs = append(d.segs, segFile{base: base, last: base - 1, lastTime: d.tailT})
+	return nil
+}
+
+// createSegment creates a segment file holding only its header, synced.
+func createSegment(path string, h segHeader) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(h.encode(nil)); err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("create %s: %w", filepath.Base(path), err)
+	}
+	return f, nil
+}
+
+// retain deletes the sealed segment files whose messages retention has
+// all dropped; and when it has dropped all the active one holds, begins a
+// new one so that the old can go too (an age limit empties files). d.wmu
+// is held.
+func (d *DiskLog) retain() {
+	floor := d.mem.firstHeld()
+	if len(d.segs) == 1 && d.fcount > 0 && floor > d.tailSeq && d.f != nil {
+		if d.rotate() != nil {
+			return
+		}
+	}
+	for len(d.segs) > 1 && d.segs[0].last < floor {
+		base := d.segs[0].base
+		os.Remove(filepath.Join(d.dir, segName(base)))
+		os.Remove(filepath.Join(d.dir, idxName(base)))
+		d.segs = d.segs[1:]
+	}
+}
+
+// Expire applies the age limit as of now ([Log.Expire]) and deletes the
+// files it emptied.
+func (d *DiskLog) Expire(now time.Time) {
+	d.mem.Expire(now)
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	d.retain()
+}
+
+// Durable returns once the messages up to seq are as durable as an ack
+// promises: at once unless the policy syncs always; else once an fsync
+// covers them, one fsync for every caller waiting meanwhile (group commit),
+// and then readers see them. Errors: ErrFailed (the fsync failed: the log
+// refuses appends from then on).
+func (d *DiskLog) Durable(seq uint64) error {
+	if !d.policy.Always {
+		return nil
+	}
+	return d.syncTo(seq)
+}
+
+// Sync fsyncs everything appended so far (and publishes it under
+// FsyncPolicy.Always), sharing the fsync with concurrent callers.
+func (d *DiskLog) Sync() error {
+	d.wmu.Lock()
+	seq := d.tailSeq
+	d.wmu.Unlock()
+	return d.syncTo(seq)
+}
+
+// syncTo returns once an fsync has covered seq: it runs one if none is
+// running, or waits for the running one and, if that started too early,
+// for the next.
+func (d *DiskLog) syncTo(seq uint64) error {
+	d.smu.Lock()
+	defer d.smu.Unlock()
+	for d.synced < seq {
+		if d.syncErr != nil {
+			return d.syncErr
+		}
+		if d.syncing {
+			d.scond.Wait()
+			continue
+		}
+		d.syncing = true
+		d.smu.Unlock()
+		target, err := d.fsync()
+		d.smu.Lock()
+		d.syncing = false
+		d.scond.Broadcast()
+		if err != nil {
+			d.syncErr = err
+			d.wmu.Lock()
+			d.failed = err
+			d.wmu.Unlock()
+			return err
+		}
+		if target > d.synced {
+			d.synced = target
+			d.checkpoint()
+		}
+		if target < seq { // asked for more than was written: a bug
+			return fmt.Errorf("store: sync to %d: only %d written", seq, target)
+		}
+	}
+	return nil
+}
+
+// fsync syncs the active segment and returns the last sequence number it
+// covers; it publishes them under FsyncPolicy.Always. (Sealed segments were
+// synced when sealed.)
+func (d *DiskLog) fsync() (uint64, error) {
+	d.wmu.Lock()
+	target, f := d.tailSeq, d.f
+	d.fmu.RLock()
+	d.wmu.Unlock()
+	var err error
+	if f != nil {
+		err = f.Sync()
+		d.syncs.Add(1)
+	}
+	d.fmu.RUnlock()
+	if err != nil {
+		return 0, fmt.Errorf("%w: fsync %s: %v", ErrFailed, f.Name(), err)
+	}
+	if d.policy.Always {
+		d.mem.commit(target)
+	}
+	return target, nil
+}
+
+// checkpoint rewrites the checkpoint with what is synced. It is an aid to
+// recovery, not synced itself: a stale one errs on the safe side. d.smu is
+// held.
+func (d *DiskLog) checkpoint() {
+	if d.cpt == nil {
+		return
+	}
+	c := checkpoint{epoch: d.epoch, synced: d.synced, first: d.mem.firstHeld()}
+	p := c.encode()
+	d.cpt.WriteAt(p[:], 0)
+}
+
+// syncLoop fsyncs every interval while something is written but not
+// synced.
+func (d *DiskLog) syncLoop(every time.Duration) {
+	defer close(d.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+			d.Sync()
+		}
+	}
+}
+
+// Close stops the sync loop, syncs what is written, and closes the files.
+// Appends after Close fail with ErrFailed. It is safe to call more than
+// once; it returns the final sync's error.
+func (d *DiskLog) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		close(d.stop)
+		<-d.done
+		if d.writableNow() {
+			err = d.Sync()
+		}
+		d.wmu.Lock()
+		if d.failed == nil {
+			d.failed = fmt.Errorf("%w: closed", ErrFailed)
+		}
+		d.wmu.Unlock()
+		d.closeFiles()
+	})
+	return err
+}
+
+func (d *DiskLog) writableNow() bool {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	return d.f != nil && d.failed == nil
+}
+
+func (d *DiskLog) closeFiles() {
+	d.fmu.Lock()
+	defer d.fmu.Unlock()
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
+	}
+	if d.cpt != nil {
+		d.cpt.Close()
+		d.cpt = nil
+	}
+}
+
+// writeSynced writes a small file whole and syncs it.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
+
+// syncDir makes the directory's entries (a file created) durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}

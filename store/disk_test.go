@@ -1,0 +1,563 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// diskLog opens a disk log in dir, failing the test on error, and closes
+// it at cleanup.
+func diskLog(t *testing.T, cfg DiskConfig) (*DiskLog, Recovery) {
+	t.Helper()
+	d, rec, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", cfg.Dir, err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, rec
+}
+
+// crash stops d as a SIGKILL would: its files are closed without a sync,
+// and the checkpoint says what the last sync covered.
+func (d *DiskLog) crash() {
+	d.closeOnce.Do(func() {
+		close(d.stop)
+		<-d.done
+		d.closeFiles()
+	})
+}
+
+// writer appends stamped batches to a log, as the group daemon's
+// sequencing step does, from the log's tail.
+type writer struct {
+	rng *rand.Rand
+	n   int // messages made, for IDs
+}
+
+func newWriter(seed uint64) *writer { return &writer{rng: rand.New(rand.NewPCG(seed, 1))} }
+
+// batch makes k entries stamped after seq and t: random bodies of up to
+// maxBody bytes from a few senders.
+func (w *writer) batch(k, maxBody int, seq uint64, t int64) []Entry {
+	b := make([]Entry, k)
+	for i := range b {
+		w.n++
+		seq++
+		t += 1 + w.rng.Int64N(1e6)
+		body := make([]byte, w.rng.IntN(maxBody+1))
+		for j := range body {
+			body[j] = byte(w.rng.Uint32())
+		}
+		b[i] = Entry{Seq: seq, Time: t, ID: id(w.n), From: sender(w.rng.IntN(7)), Body: body}
+	}
+	return b
+}
+
+type appender interface {
+	Tail() (uint64, int64)
+	Append([]Entry) error
+}
+
+// fill appends n messages in batches of up to 16 and returns them.
+func (w *writer) fill(t *testing.T, l appender, n, maxBody int) []Entry {
+	t.Helper()
+	var all []Entry
+	for len(all) < n {
+		seq, ts := l.Tail()
+		b := w.batch(min(1+w.rng.IntN(16), n-len(all)), maxBody, seq, ts)
+		if err := l.Append(b); err != nil {
+			t.Fatalf("append at %d: %v", seq, err)
+		}
+		all = append(all, b...)
+	}
+	return all
+}
+
+type querier interface {
+	After(uint64, int, []Message) ([]Message, Cursor)
+}
+
+// checkHolds fails unless l holds exactly want, in order.
+func checkHolds(t *testing.T, l querier, want []Entry) {
+	t.Helper()
+	got, cur := l.After(0, len(want)+10, nil)
+	if len(got) != len(want) {
+		t.Fatalf("log holds %d messages (first %d, last %d), want %d", len(got), cur.First, cur.Last, len(want))
+	}
+	for i := range want {
+		g, w := &got[i], &want[i]
+		if g.Seq != w.Seq || g.Time != w.Time || g.ID != w.ID || *g.From != w.From || !bytes.Equal(g.Body, w.Body) {
+			t.Fatalf("message %d: got seq %d time %d id %x from %q, want seq %d time %d id %x from %q (or the body differs)",
+				i, g.Seq, g.Time, g.ID, g.From.Name, w.Seq, w.Time, w.ID, w.From.Name)
+		}
+	}
+}
+
+func TestDiskReopen(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir, SegmentBytes: 64 << 10}
+	d, rec := diskLog(t, cfg)
+	if !rec.Created || rec.NewEpoch != "" {
+		t.Fatalf("first open: %+v, want Created", rec)
+	}
+	epoch := d.Epoch()
+	w := newWriter(1)
+	all := w.fill(t, d, 3000, 200)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, rec := diskLog(t, cfg)
+	if rec.Created || rec.NewEpoch != "" || rec.TornBytes != 0 || rec.Messages != len(all) || rec.Segments < 2 {
+		t.Fatalf("reopen: %+v, want %d messages in several segments, nothing torn, same epoch", rec, len(all))
+	}
+	if d2.Epoch() != epoch {
+		t.Fatalf("epoch %d after reopening, want %d", d2.Epoch(), epoch)
+	}
+	checkHolds(t, d2, all)
+	if seq, ts := d2.Tail(); seq != all[len(all)-1].Seq || ts != all[len(all)-1].Time {
+		t.Fatalf("tail %d %d, want %d %d", seq, ts, all[len(all)-1].Seq, all[len(all)-1].Time)
+	}
+	// The dedup window came back: a retried ID gets its original stamps.
+	acks := d2.Lookup([]Entry{{ID: all[10].ID}, {ID: id(1 << 22)}}, nil)
+	if want := (Ack{Seq: all[10].Seq, Time: all[10].Time, Duplicate: true}); acks[0] != want || acks[1] != (Ack{}) {
+		t.Fatalf("lookup after reopening: %+v, want %+v then a new ID", acks, want)
+	}
+	// Appends continue from the tail, in the newest segment's dictionary.
+	more := w.fill(t, d2, 100, 50)
+	d2.Close()
+	d3, _ := diskLog(t, cfg)
+	checkHolds(t, d3, append(all, more...))
+}
+
+// TestDiskRetention: whole segment files go once retention dropped every
+// message they hold, and a reopened log holds what it held before.
+func TestDiskRetention(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir, Config: Config{MaxMessages: 800, SegmentSize: 50}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(2)
+	all := w.fill(t, d, 5000, 20)
+	st := d.Stats()
+	if st.Messages > 800 || st.Messages < 700 {
+		t.Fatalf("holds %d messages, want 700..800", st.Messages)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	// Files of up to 100 messages (MaxMessages/8), deleted once all gone
+	// from memory: the held messages and at most one file more.
+	if len(segs) > 10 {
+		t.Fatalf("%d segment files for %d messages held, want at most 10", len(segs), st.Messages)
+	}
+	held := all[st.First-1:]
+	d.Close()
+	d2, rec := diskLog(t, cfg)
+	if got := d2.Stats(); got.First != st.First || got.Last != st.Last {
+		t.Fatalf("reopened: first %d last %d, want %d %d (%+v)", got.First, got.Last, st.First, st.Last, rec)
+	}
+	checkHolds(t, d2, held)
+}
+
+// TestDiskExpire: an age limit empties files, the newest included, and
+// the sequence goes on after a reopen.
+func TestDiskExpire(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir, Config: Config{MaxAge: time.Second}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(3)
+	all := w.fill(t, d, 100, 10)
+	last := all[len(all)-1]
+	d.Expire(time.Unix(0, last.Time+int64(2*time.Second)))
+	if st := d.Stats(); st.Messages != 0 || st.First != last.Seq+1 {
+		t.Fatalf("after expiry: %+v, want nothing held, first %d", st, last.Seq+1)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if len(segs) != 1 || filepath.Base(segs[0]) != segName(last.Seq+1) {
+		t.Fatalf("segment files %v, want only an empty %s", segs, segName(last.Seq+1))
+	}
+	d.Close()
+	d2, _ := diskLog(t, cfg)
+	if seq, ts := d2.Tail(); seq != last.Seq || ts != last.Time {
+		t.Fatalf("tail after reopening %d %d, want %d %d", seq, ts, last.Seq, last.Time)
+	}
+	more := w.fill(t, d2, 5, 10)
+	if more[0].Seq != last.Seq+1 {
+		t.Fatalf("next message %d, want %d", more[0].Seq, last.Seq+1)
+	}
+}
+
+// TestDiskTornTail cuts the newest segment of a crashed log at random
+// offsets: it reopens with every whole record before the cut, appends go
+// on from there, and nothing else is lost.
+func TestDiskTornTail(t *testing.T) {
+	src := t.TempDir()
+	cfg := DiskConfig{Dir: src, SegmentBytes: 32 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(4)
+	all := w.fill(t, d, 600, 100)
+	d.crash()
+	newest := filepath.Join(src, segName(d.fbase))
+	data, err := os.ReadFile(newest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The records of the newest segment: where each ends, and the
+	// messages held once it is whole.
+	ends := map[int64]uint64{segHeaderSize: d.fbase - 1}
+	for off := int64(segHeaderSize); off < int64(len(data)); {
+		_, size, _, err := frame(data[off:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		off += int64(size)
+		ends[off] = 0
+	}
+	rng := rand.New(rand.NewPCG(4, 4))
+	for range 40 {
+		cut := segHeaderSize + rng.Int64N(int64(len(data))-segHeaderSize)
+		dir := t.TempDir()
+		copyDir(t, src, dir)
+		if err := os.Truncate(filepath.Join(dir, filepath.Base(newest)), cut); err != nil {
+			t.Fatal(err)
+		}
+		c := cfg
+		c.Dir = dir
+		d2, rec, err := Open(c)
+		if err != nil {
+			t.Fatalf("cut at %d of %d: %v", cut, len(data), err)
+		}
+		// Whole records before the cut survive.
+		whole := int64(segHeaderSize)
+		for e := range ends {
+			if e <= cut && e > whole {
+				whole = e
+			}
+		}
+		if _, ok := ends[cut]; ok != (rec.TornBytes == 0) {
+			t.Fatalf("cut at %d: torn %d bytes, want some exactly when the cut is mid-record", cut, rec.TornBytes)
+		}
+		if rec.TornBytes != cut-whole {
+			t.Fatalf("cut at %d: %d bytes torn, want %d", cut, rec.TornBytes, cut-whole)
+		}
+		seq, _ := d2.Tail()
+		checkHolds(t, d2, all[:seq])
+		more := w.fill(t, d2, 3, 10)
+		d2.Close()
+		d3, _, err := Open(c)
+		if err != nil {
+			t.Fatalf("reopen after the cut at %d: %v", cut, err)
+		}
+		checkHolds(t, d3, append(slices.Clone(all[:seq]), more...))
+		d3.Close()
+	}
+}
+
+// TestDiskSyncedTailMissing: a newest segment shorter than what was synced
+// lost acknowledged data, which is not a torn tail: the log refuses.
+func TestDiskSyncedTailMissing(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir}
+	d, _ := diskLog(t, cfg)
+	newWriter(5).fill(t, d, 100, 100)
+	d.Close() // syncs: the checkpoint says all 100
+	path := filepath.Join(dir, segName(1))
+	st, _ := os.Stat(path)
+	os.Truncate(path, st.Size()-50)
+	_, _, err := Open(cfg)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestDiskCorrupt flips bytes in the middle of segments: the log refuses
+// to open, naming the file and the offset, rather than serve wrong history.
+func TestDiskCorrupt(t *testing.T) {
+	src := t.TempDir()
+	cfg := DiskConfig{Dir: src, SegmentBytes: 16 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	newWriter(6).fill(t, d, 800, 100)
+	d.crash() // nothing synced since open: only checksums tell
+	segs, _ := filepath.Glob(filepath.Join(src, "*.seg"))
+	if len(segs) < 3 {
+		t.Fatalf("%d segments, want several", len(segs))
+	}
+	rng := rand.New(rand.NewPCG(6, 6))
+	for i, seg := range []string{segs[0], segs[len(segs)/2], segs[len(segs)-1]} {
+		for range 10 {
+			dir := t.TempDir()
+			copyDir(t, src, dir)
+			path := filepath.Join(dir, filepath.Base(seg))
+			data, _ := os.ReadFile(path)
+			// Mid-file: past the header, and (in the newest segment)
+			// before its last record, so that whole records follow.
+			end := len(data)
+			if i == 2 {
+				end = lastRecordStart(t, data)
+			}
+			at := segHeaderSize + rng.IntN(end-segHeaderSize)
+			data[at] ^= byte(1 + rng.IntN(255))
+			os.WriteFile(path, data, 0o600)
+			c := cfg
+			c.Dir = dir
+			_, _, err := Open(c)
+			if !errors.Is(err, ErrCorrupt) || !bytes.Contains([]byte(err.Error()), []byte(filepath.Base(seg))) || !bytes.Contains([]byte(err.Error()), []byte("offset")) {
+				t.Fatalf("byte %d of %s flipped: Open: %v, want ErrCorrupt naming the file and offset", at, filepath.Base(seg), err)
+			}
+		}
+	}
+}
+
+func lastRecordStart(t *testing.T, data []byte) int {
+	t.Helper()
+	last := segHeaderSize
+	for off := segHeaderSize; off < len(data); {
+		_, size, _, err := frame(data[off:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = off
+		off += size
+	}
+	return last
+}
+
+// TestDiskFutureVersion: a file from a newer format is refused, not
+// misread.
+func TestDiskFutureVersion(t *testing.T) {
+	for _, name := range []string{segName(1), cptName} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := DiskConfig{Dir: dir}
+			d, _ := diskLog(t, cfg)
+			newWriter(7).fill(t, d, 10, 10)
+			d.Close()
+			path := filepath.Join(dir, name)
+			data, _ := os.ReadFile(path)
+			binary.LittleEndian.PutUint32(data[8:], diskVersion+1)
+			binary.LittleEndian.PutUint32(data[44:], crc32.Checksum(data[:44], castagnoli))
+			os.WriteFile(path, data, 0o600)
+			if _, _, err := Open(cfg); !errors.Is(err, ErrFutureVersion) {
+				t.Fatalf("Open: %v, want ErrFutureVersion", err)
+			}
+		})
+	}
+}
+
+// TestDiskIndexRebuilt: a sealed segment's missing or damaged index is
+// written again, the same as before.
+func TestDiskIndexRebuilt(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir, SegmentBytes: 32 << 10}
+	d, _ := diskLog(t, cfg)
+	all := newWriter(8).fill(t, d, 2000, 100)
+	d.Close()
+	idxs, _ := filepath.Glob(filepath.Join(dir, "*.idx"))
+	if len(idxs) < 3 {
+		t.Fatalf("%d index files, want several", len(idxs))
+	}
+	before := make(map[string][]byte)
+	for _, p := range idxs {
+		before[p], _ = os.ReadFile(p)
+	}
+	os.Remove(idxs[0])
+	data := slices.Clone(before[idxs[1]])
+	data[len(data)-7] ^= 1
+	os.WriteFile(idxs[1], data, 0o600)
+	d2, rec := diskLog(t, cfg)
+	if rec.IndexesRebuilt != 2 {
+		t.Fatalf("%d indexes rebuilt, want 2", rec.IndexesRebuilt)
+	}
+	checkHolds(t, d2, all)
+	for _, p := range idxs {
+		if got, _ := os.ReadFile(p); !bytes.Equal(got, before[p]) {
+			t.Fatalf("%s differs after the rebuild", filepath.Base(p))
+		}
+	}
+	x, err := readIndex(idxs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every entry points at a record starting with the message it names.
+	seg, _ := os.ReadFile(filepath.Join(dir, segName(x.base)))
+	for _, e := range x.entries {
+		payload, _, _, err := frame(seg[e.offset:])
+		if err != nil || binary.LittleEndian.Uint64(payload[1:]) != e.seq {
+			t.Fatalf("index entry %+v: %v", e, err)
+		}
+	}
+}
+
+// TestDiskHistoryLost: segment files deleted under a checkpoint are a new
+// epoch, said so; a missing directory is a new log; a missing middle
+// segment is refused.
+func TestDiskHistoryLost(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir, SegmentBytes: 16 << 10}
+	d, _ := diskLog(t, cfg)
+	newWriter(9).fill(t, d, 1000, 100)
+	epoch := d.Epoch()
+	d.Close()
+
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	mid := t.TempDir()
+	copyDir(t, dir, mid)
+	os.Remove(filepath.Join(mid, filepath.Base(segs[len(segs)/2])))
+	c := cfg
+	c.Dir = mid
+	if _, _, err := Open(c); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a middle segment missing: %v, want ErrCorrupt", err)
+	}
+
+	for _, s := range segs {
+		os.Remove(s)
+	}
+	d2, rec := diskLog(t, cfg)
+	if rec.NewEpoch == "" || d2.Epoch() == epoch || d2.Stats().Last != 0 {
+		t.Fatalf("segments deleted: %+v epoch %d (was %d), want a new epoch, said why", rec, d2.Epoch(), epoch)
+	}
+	d2.Close()
+	os.RemoveAll(dir)
+	_, rec = diskLog(t, cfg)
+	if !rec.Created {
+		t.Fatalf("directory deleted: %+v, want Created", rec)
+	}
+}
+
+// TestDiskDurable: under fsync always, readers see an append only once
+// it is synced, and one fsync serves every caller waiting for it.
+func TestDiskDurable(t *testing.T) {
+	dir := t.TempDir()
+	d, _ := diskLog(t, DiskConfig{Dir: dir, Fsync: FsyncPolicy{Always: true}})
+	w := newWriter(10)
+	var all []Entry
+	for range 10 {
+		all = append(all, w.fill(t, d, 4, 10)...)
+	}
+	if got, _ := d.After(0, 100, nil); len(got) != 0 || d.Last() != 0 {
+		t.Fatalf("before a sync readers see %d messages, want none", len(got))
+	}
+	changed := d.Changed()
+	before := d.syncs.Load()
+	var wg sync.WaitGroup
+	for i := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.Durable(all[i].Seq); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := d.syncs.Load() - before; n != 1 {
+		t.Fatalf("%d fsyncs for %d callers waiting on what was written before any, want 1", n, len(all))
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("readers not woken by the sync")
+	}
+	checkHolds(t, d, all)
+	d.Close()
+	d2, _ := diskLog(t, DiskConfig{Dir: dir, Fsync: FsyncPolicy{Always: true}})
+	checkHolds(t, d2, all)
+}
+
+// TestDiskConcurrent appends from several goroutines through Durable
+// while readers follow, under both policies.
+func TestDiskConcurrent(t *testing.T) {
+	for _, always := range []bool{false, true} {
+		t.Run(fmt.Sprint("always=", always), func(t *testing.T) {
+			cfg := DiskConfig{Dir: t.TempDir(), SegmentBytes: 8 << 10, Fsync: FsyncPolicy{Always: always, Interval: time.Millisecond}}
+			d, _ := diskLog(t, cfg)
+			var mu sync.Mutex
+			w := newWriter(11)
+			var all []Entry
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range 50 {
+						mu.Lock()
+						seq, ts := d.Tail()
+						b := w.batch(1+w.rng.IntN(4), 64, seq, ts)
+						err := d.Append(b)
+						all = append(all, b...)
+						mu.Unlock()
+						if err == nil {
+							err = d.Durable(b[len(b)-1].Seq)
+						}
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if d.Last() < b[len(b)-1].Seq {
+							t.Errorf("acknowledged %d, readers see up to %d", b[len(b)-1].Seq, d.Last())
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			checkHolds(t, d, all)
+			d.Close()
+			d2, _ := diskLog(t, cfg)
+			checkHolds(t, d2, all)
+		})
+	}
+}
+
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestDiskDedupWindow: a log read back from past its retention remembers
+// exactly the last DedupWindow IDs, then and as it goes on.
+func TestDiskDedupWindow(t *testing.T) {
+	cfg := DiskConfig{Dir: t.TempDir(), SegmentBytes: 4 << 10, Config: Config{MaxMessages: 300, DedupWindow: 100}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(12)
+	all := w.fill(t, d, 1000, 30)
+	d.Close()
+	d2, _ := diskLog(t, cfg)
+	if st := d2.Stats(); st.First <= 1 {
+		t.Fatalf("first held %d, want retention to have dropped the start", st.First)
+	}
+	check := func(all []Entry) {
+		t.Helper()
+		n := len(all)
+		for i := n - 150; i < n; i++ {
+			a := d2.Lookup([]Entry{{ID: all[i].ID}}, nil)[0]
+			if remembered := i >= n-100; a.Duplicate != remembered || remembered && (a.Seq != all[i].Seq || a.Time != all[i].Time) {
+				t.Fatalf("message %d of %d: lookup %+v, remembered want %v", i+1, n, a, remembered)
+			}
+		}
+	}
+	check(all)
+	for range 3 {
+		all = append(all, w.fill(t, d2, 70, 30)...)
+		check(all)
+	}
+}

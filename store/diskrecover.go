@@ -1,0 +1,487 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Recovery is what opening a disk log found, for its owner to log.
+type Recovery struct {
+	// Created: the directory held no log; a new one was begun.
+	Created bool
+	// NewEpoch, if not empty, says why the log's history was lost and a
+	// new epoch begun: a checkpoint with no segment beside it (the segment
+	// files were deleted).
+	NewEpoch string
+	// Torn is set when the newest segment ended in a record cut short (a
+	// crash mid-write, never acknowledged under the policy that wrote it):
+	// the file and the bytes cut from it.
+	TornFile  string
+	TornBytes int64
+	// Segments and Messages are what was read back into memory.
+	Segments int
+	Messages int
+	// IndexesRebuilt counts sealed segments whose missing or damaged
+	// index was written again.
+	IndexesRebuilt int
+	// ReadOnly, if not nil, is why the log cannot be written: it serves
+	// what it holds and refuses appends until it can.
+	ReadOnly error
+	// Took is how long opening took.
+	Took time.Duration
+}
+
+// recover reads the directory back: segments into memory, the newest one's
+// torn tail cut, missing indexes rebuilt; or begins a new log.
+func (d *DiskLog) recover() (Recovery, error) {
+	var rec Recovery
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		return rec, err
+	}
+	bases, idxs, err := listDir(d.dir)
+	if err != nil {
+		return rec, err
+	}
+	cpt, cptErr := readCheckpoint(d.dir)
+	if errors.Is(cptErr, ErrFutureVersion) {
+		return rec, fmt.Errorf("%s: %w", cptName, cptErr)
+	}
+	if len(bases) == 0 {
+		return rec, d.create(&rec, cpt, cptErr)
+	}
+	// Headers first: every segment must belong to one history, and name
+	// its base as its file does.
+	headers := make([]segHeader, len(bases))
+	for i, base := range bases {
+		h, err := readSegHeader(filepath.Join(d.dir, segName(base)))
+		if err != nil {
+			return rec, fmt.Errorf("%s: %w", segName(base), err)
+		}
+		if h.base != base {
+			return rec, fmt.Errorf("%s: header says base %d: %w", segName(base), h.base, ErrCorrupt)
+		}
+		if h.epoch != headers[0].epoch && i > 0 {
+			return rec, fmt.Errorf("%s: epoch %d, %s has %d: segments of two histories: %w", segName(base), h.epoch, segName(bases[0]), headers[0].epoch, ErrCorrupt)
+		}
+		headers[i] = h
+	}
+	d.epoch = headers[0].epoch
+	var synced, floor uint64
+	if cptErr == nil {
+		if cpt.epoch != d.epoch {
+			return rec, fmt.Errorf("%s: epoch %d, the segments' is %d: %w", cptName, cpt.epoch, d.epoch, ErrCorrupt)
+		}
+		synced, floor = cpt.synced, cpt.first
+	}
+	// Retention deletes the oldest files first: files older than the
+	// retained history are leftovers of a deletion a crash interrupted.
+	// Any other gap between files is history lost.
+	keep := 0
+	for i := len(bases) - 1; i > 0; i-- {
+		if bases[i] <= floor {
+			keep = i
+			break
+		}
+	}
+	for _, base := range bases[:keep] {
+		os.Remove(filepath.Join(d.dir, segName(base)))
+		os.Remove(filepath.Join(d.dir, idxName(base)))
+	}
+	bases, headers = bases[keep:], headers[keep:]
+
+	r := replay{d: d, floor: floor, entries: make([]Entry, 0, 256)}
+	// Only the last DedupWindow messages are remembered: those before the
+	// newest segment's base less the window need not be.
+	if w := uint64(d.mem.lim.dedupWindow); bases[len(bases)-1] > w {
+		d.mem.dedupFrom = bases[len(bases)-1] - w
+	}
+	defer func() { d.mem.dedupFrom = 0 }()
+	for i, base := range bases {
+		last := i == len(bases)-1
+		if i > 0 && r.seq+1 != base {
+			return rec, fmt.Errorf("%s follows messages up to %d: the segment files between are missing: %w", segName(base), r.seq, ErrCorrupt)
+		}
+		var x *segIndex
+		if idxs[base] && !last {
+			if v, err := readIndex(filepath.Join(d.dir, idxName(base))); err == nil && v.base == base {
+				x = &v
+			}
+		}
+		res, err := r.segment(headers[i], x, last, synced)
+		if err != nil {
+			return rec, fmt.Errorf("%s: %w", segName(base), err)
+		}
+		rec.Segments++
+		if !last && (x == nil || x.last != res.index.last || x.segLen != res.index.segLen) {
+			if writeSynced(filepath.Join(d.dir, idxName(base)), res.index.encode(nil)) == nil {
+				rec.IndexesRebuilt++
+			}
+		}
+		d.segs = append(d.segs, segFile{base: base, last: r.seq, lastTime: r.time})
+		if last {
+			d.fbase, d.fsize, d.fcount = base, res.size, int(r.seq+1-base)
+			d.idx = res.index.entries
+			if n := len(d.idx); n > 0 {
+				d.idxAt = d.idx[n-1].offset
+			}
+			d.enc = newRecordEncoder()
+			for j, s := range r.dec.dict {
+				d.enc.dict[s] = uint32(j)
+			}
+			if res.torn > 0 {
+				rec.TornFile, rec.TornBytes = segName(base), res.torn
+			}
+		}
+	}
+	if synced > r.seq {
+		return rec, fmt.Errorf("%s ends at message %d, but %d were synced: its end is missing: %w", segName(d.fbase), r.seq, synced, ErrCorrupt)
+	}
+	r.finish()
+	rec.Messages = d.mem.Stats().Messages
+	d.tailSeq, d.tailT = r.seq, r.time
+
+	// Open the newest segment for appends: cut its torn tail and sync it,
+	// so that everything recovered is on the device.
+	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
+	if err == nil {
+		if err = f.Truncate(d.fsize); err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		d.roErr = fmt.Errorf("%w: open %s: %w", ErrNotWritable, segName(d.fbase), err)
+		d.roTried = time.Now()
+		rec.ReadOnly = d.roErr
+	} else {
+		d.f = f
+		d.synced = r.seq
+		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
+		d.checkpoint()
+	}
+	return rec, nil
+}
+
+// create begins a new log: a new epoch, the first segment, the checkpoint.
+func (d *DiskLog) create(rec *Recovery, cpt checkpoint, cptErr error) error {
+	d.epoch = newEpoch()
+	switch {
+	case cptErr == nil:
+		rec.NewEpoch = fmt.Sprintf("the segment files of epoch %d are missing (its checkpoint says %d messages were synced): its history is lost", cpt.epoch, cpt.synced)
+	case !errors.Is(cptErr, fs.ErrNotExist):
+		rec.NewEpoch = fmt.Sprintf("no segment files, and the checkpoint is unreadable (%v)", cptErr)
+	default:
+		rec.Created = true
+	}
+	f, err := createSegment(filepath.Join(d.dir, segName(1)), segHeader{epoch: d.epoch, base: 1})
+	if err != nil {
+		return err
+	}
+	c := checkpoint{epoch: d.epoch}
+	p := c.encode()
+	if err := writeSynced(filepath.Join(d.dir, cptName), p[:]); err != nil {
+		f.Close()
+		return err
+	}
+	syncDir(d.dir)
+	d.cpt, err = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY, 0)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	d.f, d.fbase, d.fsize = f, 1, segHeaderSize
+	d.enc = newRecordEncoder()
+	d.segs = []segFile{{base: 1}}
+	return nil
+}
+
+// listDir returns the bases of the segment files in dir, sorted, and
+// which have an index file.
+func listDir(dir string) ([]uint64, map[uint64]bool, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var bases []uint64
+	idxs := make(map[uint64]bool)
+	for _, e := range ents {
+		name := e.Name()
+		num, ext, ok := strings.Cut(name, ".")
+		if !ok || len(num) != 20 || (ext != "seg" && ext != "idx") {
+			continue
+		}
+		base, err := strconv.ParseUint(num, 10, 64)
+		if err != nil || base == 0 {
+			continue
+		}
+		if ext == "seg" {
+			bases = append(bases, base)
+		} else {
+			idxs[base] = true
+		}
+	}
+	slices.Sort(bases)
+	return bases, idxs, nil
+}
+
+func readCheckpoint(dir string) (checkpoint, error) {
+	p, err := readSmall(filepath.Join(dir, cptName), cptSize)
+	if err != nil {
+		return checkpoint{}, err
+	}
+	return decodeCheckpoint(p)
+}
+
+func readSegHeader(path string) (segHeader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return segHeader{}, err
+	}
+	defer f.Close()
+	var p [segHeaderSize]byte
+	n, err := io.ReadFull(f, p[:])
+	if err != nil && n < segHeaderSize {
+		return segHeader{}, fmt.Errorf("header of %d bytes: %w", n, ErrCorrupt)
+	}
+	return decodeSegHeader(p[:])
+}
+
+// maxIndexFile bounds an index file read: entries for a segment of up to
+// 4 GiB at one per indexInterval.
+const maxIndexFile = idxHeaderSize + 4 + (4<<30/indexInterval)*idxEntrySize
+
+func readIndex(path string) (segIndex, error) {
+	p, err := readSmall(path, maxIndexFile)
+	if err != nil {
+		return segIndex{}, err
+	}
+	return decodeIndex(p)
+}
+
+// readSmall reads a file of at most max bytes (more is ErrCorrupt).
+func readSmall(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%s has %d bytes, at most %d: %w", filepath.Base(path), st.Size(), max, ErrCorrupt)
+	}
+	p := make([]byte, st.Size())
+	_, err = io.ReadFull(f, p)
+	return p, err
+}
+
+// replay reads segments back into the memory log, in order.
+type replay struct {
+	d       *DiskLog
+	floor   uint64 // messages before it were dropped by retention
+	seq     uint64 // the last message read
+	time    int64
+	started bool // the memory log stands at its first message
+	dec     recordDecoder
+	entries []Entry
+	release func() // unmaps the segment being read
+}
+
+// segmentResult is what reading one segment found.
+type segmentResult struct {
+	size  int64 // the end of its last whole record
+	torn  int64 // bytes after it, cut (the newest segment only)
+	index segIndex
+}
+
+// segment reads one segment whose header is h: every record from the
+// index's entry at or before the floor (if x is given) to the end, into
+// memory. A record that does not read back whole is a torn tail if it is
+// in the newest segment (last), past the synced messages, and nothing
+// whole follows it; otherwise the segment is corrupt.
+func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (segmentResult, error) {
+	path := filepath.Join(r.d.dir, segName(h.base))
+	p, err := r.read(path)
+	if err != nil {
+		return segmentResult{}, err
+	}
+	defer r.release()
+	res := segmentResult{index: segIndex{base: h.base, last: h.base - 1}}
+	r.dec = recordDecoder{}
+	off := int64(segHeaderSize)
+	r.seq, r.time = h.base-1, h.prevTime
+	if x != nil && r.floor > h.base {
+		// Start at the record holding the floor; the records before it
+		// are retention's, never served again. The dictionary, though, is
+		// built by every record: read the senders they define.
+		if e, ok := x.find(r.floor); ok && e.offset > off {
+			if err := r.skim(p, off, e.offset); err != nil {
+				return res, err
+			}
+			res.index.entries = append(res.index.entries, x.entries[:slices.IndexFunc(x.entries, func(y idxEntry) bool { return y.offset >= e.offset })]...)
+			off, r.seq, r.time = e.offset, e.seq-1, e.time-1
+		}
+	}
+	idxAt := int64(-indexInterval)
+	if n := len(res.index.entries); n > 0 {
+		idxAt = res.index.entries[n-1].offset
+	}
+	for off < int64(len(p)) {
+		payload, size, short, ferr := frame(p[off:])
+		if ferr == nil {
+			r.entries, ferr = r.dec.decode(payload, r.seq, r.time, r.entries[:0])
+		}
+		if ferr != nil {
+			if last && r.seq >= synced && torn(p[off:], short) {
+				res.size, res.torn = off, int64(len(p))-off
+				res.index.segLen = off
+				return res, nil
+			}
+			return res, fmt.Errorf("offset %d (after message %d): %w", off, r.seq, ferr)
+		}
+		if off-idxAt >= indexInterval {
+			res.index.entries = append(res.index.entries, idxEntry{seq: r.entries[0].Seq, time: r.entries[0].Time, offset: off})
+			idxAt = off
+		}
+		if err := r.apply(r.entries); err != nil {
+			return res, fmt.Errorf("offset %d: %w", off, err)
+		}
+		off += int64(size)
+	}
+	res.size = off
+	res.index.last, res.index.segLen = r.seq, off
+	return res, nil
+}
+
+// skim reads the records of p[from:to] for the senders they define, and
+// checks them, without storing their messages.
+func (r *replay) skim(p []byte, from, to int64) error {
+	for off := from; off < to; {
+		payload, size, _, err := frame(p[off:])
+		if err == nil {
+			r.entries, err = r.dec.decode(payload, r.seq, r.time, r.entries[:0])
+		}
+		if err != nil {
+			return fmt.Errorf("offset %d (after message %d): %w", off, r.seq, err)
+		}
+		e := &r.entries[len(r.entries)-1]
+		r.seq, r.time = e.Seq, e.Time
+		off += int64(size)
+	}
+	return nil
+}
+
+// torn reports whether the bytes from a record that did not read back are
+// a tail cut short by a crash: the record runs past the end (short), or
+// nothing but zeros follows (pages never written), or the record is the
+// last thing in the file and nothing whole follows it.
+func torn(p []byte, short bool) bool {
+	if short {
+		return true
+	}
+	zeros := true
+	for _, b := range p {
+		if b != 0 {
+			zeros = false
+			break
+		}
+	}
+	if zeros {
+		return true
+	}
+	// A whole-length record with a bad checksum at the very end: its
+	// pages were only partly written.
+	if len(p) >= recHeaderSize {
+		n := int64(p[0]) | int64(p[1])<<8 | int64(p[2])<<16 | int64(p[3])<<24
+		if recHeaderSize+n == int64(len(p)) {
+			return true
+		}
+	}
+	return false
+}
+
+// read maps a segment file whole (see mapFile); r.release unmaps it.
+func (r *replay) read(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	n := st.Size()
+	if n < segHeaderSize || n > maxSegmentFile {
+		return nil, fmt.Errorf("%d bytes, want %d to %d: %w", n, segHeaderSize, int64(maxSegmentFile), ErrCorrupt)
+	}
+	p, release, err := mapFile(f, n)
+	if err != nil {
+		return nil, err
+	}
+	r.release = release
+	return p, nil
+}
+
+// maxSegmentFile bounds a segment file read back: the largest segment, one
+// record past SegmentBytes.
+const maxSegmentFile = 4<<30 + maxRecord + recHeaderSize
+
+// apply stores the messages of a record in memory, skipping those before
+// the floor.
+func (r *replay) apply(batch []Entry) error {
+	last := &batch[len(batch)-1]
+	defer func() { r.seq, r.time = last.Seq, last.Time }()
+	if last.Seq < r.floor {
+		return nil
+	}
+	i := 0
+	for i < len(batch) && batch[i].Seq < r.floor {
+		i++
+	}
+	if !r.started {
+		prevT := r.time
+		if i > 0 {
+			prevT = batch[i-1].Time
+		}
+		r.d.mem.startAt(batch[i].Seq-1, prevT)
+		r.started = true
+	}
+	batch = batch[i:]
+	if err := r.d.mem.Append(batch); err == nil || !(errors.Is(err, ErrBatchTooLarge) || errors.Is(err, ErrBodyTooLarge)) {
+		return err
+	}
+	// Retention was made smaller than a batch since it was written: one
+	// message at a time, and one larger than the log may hold empties it.
+	for j := range batch {
+		err := r.d.mem.Append(batch[j : j+1])
+		if errors.Is(err, ErrBodyTooLarge) {
+			r.d.mem.startAt(batch[j].Seq, batch[j].Time)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish makes the memory log stand at the last message read if none was
+// stored (retention dropped them all, or there were none).
+func (r *replay) finish() {
+	if !r.started {
+		r.d.mem.startAt(r.seq, r.time)
+	}
+}
