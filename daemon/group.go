@@ -273,16 +273,17 @@ func (g *group) sharedAfter(cursor uint64) *sharedFrame {
 
 // frameCut returns how many of msgs go in one Messages frame: at most max,
 // and no more once their estimated encoding passes budget bytes (always at
-// least one).
-func frameCut(msgs []wire.Message, max, budget int) int {
-	size, n := 0, 0
+// least one); and that frame's estimated size, from above.
+func frameCut(msgs []wire.Message, max, budget int) (n, size int) {
+	size = 16 // the envelope and the array's head
 	for ; n < len(msgs) && n < max; n++ {
-		size += messageOverhead + len(msgs[n].Name) + len(msgs[n].Body)
-		if n > 0 && size > budget {
+		m := messageOverhead + len(msgs[n].Name) + len(msgs[n].Body)
+		if n > 0 && size+m > budget {
 			break
 		}
+		size += m
 	}
-	return n
+	return n, size
 }
 
 // rateLimiter holds a group's per-key token buckets (PROTOCOL.md §8.5).

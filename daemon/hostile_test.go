@@ -106,6 +106,10 @@ func TestHostilePeers(t *testing.T) {
 		{"strict CBOR under unknown keys", attackStrictUnknownKeys},
 		{"streams that end before a byte", attackEmptyStreams},
 		{"a flood of registrations that sort first", attackListingFlood},
+		{"request memory held from one address", attackRequestMemory},
+		{"request memory held from ten addresses", attackRequestMemoryFromMany},
+		{"replies nobody reads", attackUnreadReplies},
+		{"operations held from ten addresses", attackOperationsFromMany},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.attack(t, h) })
 		if t.Failed() {
@@ -504,13 +508,16 @@ func attackSlowloris(t *testing.T, h *hostile) {
 // attackStreamFlood opens every stream three connections may have, each
 // declaring a 1 MiB request and sending nothing more, against a daemon of
 // its own whose request deadline outlasts the attack. The daemon must not
-// allocate what they declare, must serve an honest user meanwhile, and
-// must let go of everything once the attacker leaves.
+// allocate what they declare; it runs at most its per-address share of
+// operations for them (the others are refused at once, unavailable with a
+// time to wait); it serves an honest user from another address meanwhile;
+// and it lets go of everything once the attacker leaves.
 func attackStreamFlood(t *testing.T, h *hostile) {
 	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
 	before := heapInUse()
 	hdr := header(wire.MaxFrameSize)
 	var attackers []*peer
+	var last *quic.Stream
 	total := 0
 	for range 3 {
 		p := dial(t, d.Addr(), d.Fingerprint(), nil)
@@ -520,15 +527,22 @@ func attackStreamFlood(t *testing.T, h *hostile) {
 			must(t, err)
 			_, err = str.Write(hdr)
 			must(t, err)
+			last = str
 			total++
 		}
 	}
-	eventually(t, "the streams to be accepted", func() bool { return d.srv.active.Load() == int64(total) })
-	p := joined(t, d, "honest") // served while the flood waits
-	_, err := p.send(gid(d), outgoing("still here"))
+	limit := int64(defaultShares.addr[resOps])
+	eventually(t, "the address's share of streams to be running", func() bool { return d.srv.active.Load() == limit })
+	f, err := readFrame(last)
+	must(t, err)
+	if f.kind != wire.KindError || f.err.Code != wire.CodeUnavailable || f.err.RetryAfterMS == 0 {
+		t.Fatalf("a stream over the address's share: %+v, want unavailable with a time to wait", f)
+	}
+	p := joinedFrom(t, "127.0.0.2", d, "honest") // served while the flood waits
+	_, err = p.send(gid(d), outgoing("still here"))
 	must(t, err)
 	grew := int64(heapInUse()) - int64(before)
-	t.Logf("%d streams declaring 1 MiB each: heap grew by %.1f MiB, %d goroutines", total, float64(grew)/(1<<20), runtime.NumGoroutine())
+	t.Logf("%d streams declaring 1 MiB each, %d run: heap grew by %.1f MiB, %d goroutines", total, limit, float64(grew)/(1<<20), runtime.NumGoroutine())
 	if grew > 64<<20 {
 		t.Fatalf("heap grew by %d bytes for %d streams declaring 1 MiB each", grew, total)
 	}
@@ -536,6 +550,15 @@ func attackStreamFlood(t *testing.T, h *hostile) {
 		a.conn.CloseWithError(0, "")
 	}
 	eventually(t, "the flood's streams to end", func() bool { return d.srv.active.Load() == 0 })
+}
+
+// joinedFrom dials d from the local address local with a new key and
+// joins its first group as name.
+func joinedFrom(t *testing.T, local string, d *GroupDaemon, name string) *peer {
+	t.Helper()
+	p := dialFrom(t, local, d.Addr(), d.Fingerprint())
+	must(t, p.call(wire.OpJoin, wire.Join{Group: gid(d), Name: name}, nil))
+	return p
 }
 
 // attackManyConnections opens more connections than one address may have.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+	"unsafe"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -28,6 +29,10 @@ const (
 	listPageEntries = 1024
 	listPageBytes   = 128 << 10
 )
+
+// listPageReply bounds a page's reply memory from above: its entries (the
+// strings they share with the leases are not copied) and its frame.
+var listPageReply = listPageEntries*int(unsafe.Sizeof(wire.GroupEntry{})) + listPageBytes
 
 // lease is one listed group.
 type lease struct {

@@ -306,7 +306,7 @@ func TestCancelledWaitersReturnCredit(t *testing.T) {
 		must(t, err)
 		return str
 	}
-	holders := connRequestBudget / wire.MaxFrameSize
+	holders := defaultShares.conn[resRequest] / wire.MaxFrameSize
 	for range holders {
 		stall()
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -206,6 +207,11 @@ func (d *GroupDaemon) members(c *call) error {
 	}
 	now := d.cfg.Now().UnixNano()
 	g.seen(c.peer, now)
+	// The list and its frame: up to MaxMembers entries of a name and a
+	// fingerprint each.
+	if err := c.need(g.memberCount() * memberReplySize); err != nil {
+		return err
+	}
 	return c.result(wire.MemberList{Members: g.memberList(now)})
 }
 
@@ -300,10 +306,18 @@ func (sc *sendScratch) put() {
 
 // sendMessages writes msgs as Messages frames of bounded size, and returns
 // msgs emptied, its references to bodies dropped, for reuse.
-func sendMessages(c *call, msgs []wire.Message) ([]wire.Message, error) {
+//
+// Each frame's reply memory is taken before it is encoded (call.need):
+// working is what the caller holds meanwhile (its query buffers), and the
+// frame is the larger of its estimate and the encoding buffer the call
+// keeps from earlier frames.
+func sendMessages(c *call, msgs []wire.Message, working int) ([]wire.Message, error) {
 	defer clear(msgs)
 	for rest := msgs; len(rest) > 0; {
-		n := frameCut(rest, frameMaxMessages, frameBodyBudget)
+		n, size := frameCut(rest, frameMaxMessages, frameBodyBudget)
+		if err := c.need(working + max(size, cap(c.buf))); err != nil {
+			return msgs[:0], err
+		}
 		if err := c.send(wire.KindMessages, wire.Messages{Messages: rest[:n]}); err != nil {
 			return msgs[:0], err
 		}
@@ -311,6 +325,26 @@ func sendMessages(c *call, msgs []wire.Message) ([]wire.Message, error) {
 	}
 	return msgs[:0], nil
 }
+
+// memberReplySize bounds from above the reply memory of one member in a
+// members reply: its wire.Member and its encoding.
+var memberReplySize = int(unsafe.Sizeof(wire.Member{})) + 2*wire.MaxNameBytes + 64
+
+// Reply memory of the query buffers of fetch and watch, per message.
+var (
+	storeMessageSize = int(unsafe.Sizeof(store.Message{}))
+	wireMessageSize  = int(unsafe.Sizeof(wire.Message{}))
+)
+
+// working returns the reply memory of query buffers of these capacities.
+func working(buf []store.Message, out []wire.Message) int {
+	return cap(buf)*storeMessageSize + cap(out)*wireMessageSize
+}
+
+// keepBuffers is the most messages a watch keeps its query buffers sized
+// for while it waits: an idle watcher holds little, and live traffic (a
+// few messages per wake) reuses them.
+const keepBuffers = 64
 
 func (d *GroupDaemon) fetch(c *call) error {
 	var req wire.Fetch
@@ -326,8 +360,12 @@ func (d *GroupDaemon) fetch(c *call) error {
 	if req.Limit != 0 && req.Limit < uint64(remain) {
 		remain = int(req.Limit)
 	}
-	buf := make([]store.Message, 0, min(remain, queryChunk))
-	out, cur := query(nil, func() ([]store.Message, store.Cursor) {
+	chunk := min(remain, queryChunk)
+	if err := c.need(chunk * (storeMessageSize + wireMessageSize)); err != nil {
+		return err
+	}
+	buf := make([]store.Message, 0, chunk)
+	out, cur := query(make([]wire.Message, 0, chunk), func() ([]store.Message, store.Cursor) {
 		switch {
 		case req.Since != nil:
 			return g.log.Since(*req.Since, min(remain, queryChunk), buf)
@@ -338,7 +376,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 	})
 	for {
 		n := len(out)
-		if out, err = sendMessages(c, out); err != nil {
+		if out, err = sendMessages(c, out, working(buf, out)); err != nil {
 			return err
 		}
 		remain -= n
@@ -377,14 +415,25 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		return err
 	}
 
-	buf := make([]store.Message, 0, queryChunk)
+	// The query buffers are sized by what each query returns (a catch-up
+	// chunk, or the few messages of a live wake), and shrunk again while
+	// the watch waits (keepBuffers).
+	var buf []store.Message
 	var out []wire.Message
 	var cursor uint64
 	switch {
 	case req.Since != nil:
+		if err := c.need(queryChunk * (storeMessageSize + wireMessageSize)); err != nil {
+			return err
+		}
 		var cur store.Cursor
-		out, cur = query(out, func() ([]store.Message, store.Cursor) { return g.log.Since(*req.Since, queryChunk, buf) })
-		if out, err = sendMessages(c, out); err != nil {
+		out, cur = query(out, func() ([]store.Message, store.Cursor) {
+			var msgs []store.Message
+			msgs, cur = g.log.Since(*req.Since, queryChunk, buf)
+			buf = msgs
+			return msgs, cur
+		})
+		if out, err = sendMessages(c, out, working(buf, out)); err != nil {
 			return err
 		}
 		cursor = cur.Next
@@ -434,8 +483,18 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 				continue
 			}
 		} else {
+			// The most this query may return, and the buffers it needs.
+			want := int(min(uint64(queryChunk), g.log.Last()-min(cursor, g.log.Last())))
+			if err := c.need(working(buf, out) + max(0, want-cap(buf))*(storeMessageSize+wireMessageSize)); err != nil {
+				return err
+			}
 			var cur store.Cursor
-			out, cur = query(out, func() ([]store.Message, store.Cursor) { return g.log.After(cursor, queryChunk, buf[:0]) })
+			out, cur = query(out, func() ([]store.Message, store.Cursor) {
+				var msgs []store.Message
+				msgs, cur = g.log.After(cursor, queryChunk, buf[:0])
+				buf = msgs
+				return msgs, cur
+			})
 			logLast = cur.Last
 			if cur.First > 0 && cursor < cur.First-1 {
 				// Retention dropped messages the watcher had not been sent.
@@ -446,8 +505,9 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			}
 			if len(out) > 0 {
 				first, last := out[0].Seq, out[len(out)-1].Seq
-				one := frameCut(out, frameMaxMessages, frameBodyBudget) == len(out)
-				if out, err = sendMessages(c, out); err != nil {
+				n, _ := frameCut(out, frameMaxMessages, frameBodyBudget)
+				one := n == len(out)
+				if out, err = sendMessages(c, out, working(buf, out)); err != nil {
 					return err
 				}
 				if one && first == cursor+1 {
@@ -462,10 +522,22 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		}
 		// All the log held when changed was taken is sent: wait on it
 		// rather than read again for what is most often nothing, one query
-		// and one poll of the stop channels fewer per wake.
+		// and one poll of the stop channels fewer per wake. The buffers
+		// kept for the next wake count in the call's reply memory.
+		if err := c.need(working(buf, out) + cap(c.buf)); err != nil {
+			return err
+		}
 		select {
 		case <-changed:
 		case <-heartbeat.C:
+			// Idle for a whole heartbeat: give back large buffers (a
+			// catch-up's), which live traffic does not need.
+			if cap(buf) > keepBuffers {
+				buf, out = nil, nil
+			}
+			if cap(c.buf) > maxSharedFrame {
+				c.buf = nil
+			}
 			if err := c.send(wire.KindHeartbeat, wire.Heartbeat{Last: logLast, Now: d.cfg.Now().UnixNano()}); err != nil {
 				return err
 			}

@@ -390,6 +390,10 @@ func (r *Registry) list(c *call) error {
 	if err := c.decode(&req); err != nil {
 		return err
 	}
+	// A page and its frame, in reply memory (call.need).
+	if err := c.need(listPageReply); err != nil {
+		return err
+	}
 	now := r.cfg.Now()
 	r.mu.Lock()
 	entries, next, err := r.leases.page(req.After, now)

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -64,14 +63,8 @@ const (
 	initialStreamReceiveWindow     = 64 << 10
 	initialConnectionReceiveWindow = 512 << 10
 	maxConnectionReceiveWindow     = 4 << 20
-	// connRequestBudget bounds the request frames a connection's streams
-	// may be reading at once (their declared lengths, allocated up front):
-	// thousands of streams each declaring a 1 MiB frame must not make the
-	// server allocate gigabytes. A stream over budget waits, within its
-	// request deadline, for others to finish.
-	connRequestBudget = 4 << 20
-	// serverRequestBudget bounds the same over every connection.
-	serverRequestBudget = 256 << 20
+	// What peers may make a server hold in requests, replies and
+	// operations is bounded by shares (shares.go).
 )
 
 // quicConfig is the QUIC configuration of both servers.
@@ -214,10 +207,11 @@ type server struct {
 	reading   map[*quic.Stream]struct{} // streams whose request is being read
 	closeOnce sync.Once
 
-	requests *budget // request bytes being read, over every connection
+	shares *shares // what each peer holds: operations, request and reply bytes
 	// shuttingDown is the Error frame that refuses a stream once shutdown
-	// has begun (see refuseStream), encoded once.
-	shuttingDown []byte
+	// has begun, and busy the one that refuses an operation over its
+	// shares (see refuseStream); each encoded once.
+	shuttingDown, busy []byte
 	// handshakes counts handshakes in progress; retries counts the
 	// connection attempts sent a Retry because of it.
 	handshakes, retries atomic.Int64
@@ -239,12 +233,15 @@ func newServer(cfg serverConfig, handle handlerFunc) *server {
 		conns:    make(map[*quic.Conn]struct{}),
 		perAddr:  make(map[netip.Prefix]int),
 		reading:  make(map[*quic.Stream]struct{}),
-		requests: newBudget(serverRequestBudget),
+		shares:   newShares(sharesFor(cfg.ServerConfig)),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
 	s.shuttingDown, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
 		RetryAfterMS: uint64(shutdownRetryAfter.Milliseconds()), Message: "the server is shutting down"})
+	s.busy, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
+		RetryAfterMS: uint64(busyRetryAfter.Milliseconds()),
+		Message:      "the server runs as many operations for your address, your key or in all as it allows: wait for some to finish"})
 	return s
 }
 
@@ -464,10 +461,11 @@ func (r *refusalLog) note(log *slog.Logger, from netip.Prefix, peer wire.Fingerp
 // shutdown begins. On shutdown it leaves the connection for close to close.
 func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Prefix) {
 	defer s.connWG.Done()
-	cb := newBudget(connRequestBudget)
+	cs := s.shares.attach(key, peer)
+	defer cs.detach()
 	credits := newStreamCredits(s.cfg.MaxIncomingStreams)
 	defer credits.close()
-	workers := s.newStreamWorkers(func(str *quic.Stream) { s.serveStream(conn, peer, str, cb, credits) })
+	workers := s.newStreamWorkers(func(str *quic.Stream) { s.serveStream(conn, peer, str, cs, credits) })
 	defer workers.close()
 	for {
 		str, err := conn.AcceptStream(s.acceptCtx)
@@ -477,7 +475,7 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			s.refuseStream(str)
+			s.refuseStream(str, s.shuttingDown)
 			credits.hold(str) // given back by credits.close, below
 			continue
 		}
@@ -502,15 +500,22 @@ func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 // serveStream runs one operation. It owns the stream: whatever happens, both
 // directions end here (closed or cancelled), and its credit goes to credits,
 // which gives it back to the peer.
-func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cb *budget, credits *streamCredits) {
+func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cs *connShare, credits *streamCredits) {
 	defer s.streamWG.Done()
 	defer credits.hold(str)
 	s.active.Add(1)
 	defer s.active.Add(-1)
 	c := newCall(s, conn, peer, str)
-	c.credits = credits
+	c.credits, c.shares = credits, cs
 	defer c.free()
-	if !s.readRequest(c, cb) {
+	if !cs.admit(c) {
+		// Over its operations' share: refused at once, its request not
+		// read.
+		s.refuseStream(str, s.busy)
+		return
+	}
+	defer cs.end(c) // before c.free
+	if !s.readRequest(c) {
 		return
 	}
 	defer func() {
@@ -534,12 +539,12 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 // within the request deadline, into c (op, args, and the request's memory,
 // given back by call.release). On failure it answers or cancels the stream
 // and returns false.
-func (s *server) readRequest(c *call, cb *budget) bool {
+func (s *server) readRequest(c *call) bool {
 	str := c.str
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.refuseStream(str)
+		s.refuseStream(str, s.shuttingDown)
 		return false
 	}
 	s.reading[str] = struct{}{}
@@ -550,7 +555,8 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	// cancelled), so the deadline is never cleared.
 	deadline := time.Now().Add(s.cfg.RequestTimeout)
 	str.SetReadDeadline(deadline)
-	err := s.readFrame(c, cb, deadline)
+	err := s.readFrame(c, deadline)
+	c.reading.Store(false)
 	s.mu.Lock()
 	delete(s.reading, str)
 	s.mu.Unlock()
@@ -580,12 +586,14 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 	}
 	var code quic.StreamErrorCode = wire.StreamProtocolViolation
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if c.cut.Load() {
+		code = wire.StreamTimeout // cut off for a newcomer (shares.go)
+	} else if errors.As(err, &ne) && ne.Timeout() {
 		code = wire.StreamTimeout
 		select {
 		case <-s.stopping:
 			// Cut off by shutdown, not by the peer's slowness: say so.
-			s.refuseStream(str)
+			s.refuseStream(str, s.shuttingDown)
 			return false
 		default:
 		}
@@ -597,16 +605,18 @@ func (s *server) readRequest(c *call, cb *budget) bool {
 }
 
 // readFrame reads one request frame and the end of the stream after it
-// into c, as wire.ReadRequest would, but takes the frame's declared length
-// from the connection's and the server's request budgets before allocating
-// it, waiting until deadline if they are spent. A peer that declares large
-// frames and sends nothing, on thousands of streams, so costs the server at
-// most the budgets, not the sum of its declarations.
+// into c, as wire.ReadRequest would, but takes a frame's declared length
+// from the connection's request shares before allocating it, waiting until
+// deadline if they are spent. A peer that declares large frames and sends
+// nothing, on thousands of streams, so costs the server at most its shares,
+// not the sum of its declarations. A frame that fits in the call's first
+// read (requestHeadBytes) takes nothing: the call holds that buffer anyway,
+// and the operation's share counts it.
 //
 // A small request has usually arrived whole, with its FIN, by the time its
 // stream is accepted. The first read takes up to len(c.head) bytes, so such
 // a request costs one quic-go Read instead of three (header, body, end).
-func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
+func (s *server) readFrame(c *call, deadline time.Time) error {
 	got, eof, err := readAtLeast(c.str, c.head[:], 4)
 	if err != nil {
 		return err
@@ -626,13 +636,14 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 	case int64(got) > 4+n:
 		return errTrailingBytes
 	}
-	if err := c.held.take(int(n), deadline, s.stopping, c.gone(), cb, s.requests); err != nil {
-		return err
-	}
 	var item []byte
 	if 4+n <= int64(len(c.head)) {
 		item = c.head[4 : 4+n]
 	} else {
+		if err := c.shares.take(c, resRequest, int(n), deadline, s.stopping, c.gone()); err != nil {
+			return err
+		}
+		c.requestHeld = int(n)
 		item = c.itemBuf(int(n))
 		copy(item, c.head[4:got])
 	}
@@ -672,14 +683,20 @@ func (s *server) readFrame(c *call, cb *budget, deadline time.Time) error {
 // to retry tells the refusal from a standing one (a registry that is full).
 const shutdownRetryAfter = time.Second
 
-// refuseStream answers a stream the server will not serve because it is
-// shutting down: one Error frame, unavailable, without reading the request
-// (STOP_SENDING 0x2). The frame is queued without blocking; if it cannot be
-// (the peer gave no flow-control credit), the stream is reset with 0x2.
-// The caller holds or releases the stream's credit.
-func (s *server) refuseStream(str *quic.Stream) {
+// busyRetryAfter is the retry_after_ms of an operation refused for its
+// shares: operations finish in milliseconds, unless the peer's own unread
+// replies hold them.
+const busyRetryAfter = 250 * time.Millisecond
+
+// refuseStream answers a stream the server will not serve (it is shutting
+// down, or the operation is over its shares) with frame, an encoded Error,
+// without reading the request (STOP_SENDING 0x2). The frame is queued
+// without blocking; if it cannot be (the peer gave no flow-control
+// credit), the stream is reset with 0x2. The caller holds or releases the
+// stream's credit.
+func (s *server) refuseStream(str *quic.Stream, frame []byte) {
 	str.CancelRead(wire.StreamTimeout)
-	if err := str.TryWriteAll(s.shuttingDown); err != nil {
+	if err := str.TryWriteAll(frame); err != nil {
 		str.CancelWrite(wire.StreamTimeout)
 		return
 	}
@@ -712,95 +729,6 @@ func readAtLeast(r io.Reader, buf []byte, least int) (n int, eof bool, err error
 		}
 	}
 	return n, false, nil
-}
-
-// budget is a count of bytes that readers take before allocating and give
-// back when done.
-type budget struct {
-	mu    sync.Mutex
-	avail int
-	freed chan struct{} // closed (and replaced) when bytes are given back to a waiter
-	// waited says freed was handed to a reader that could not take: give
-	// replaces the channel only then, not on every operation.
-	waited bool
-}
-
-func newBudget(n int) *budget { return &budget{avail: n, freed: make(chan struct{})} }
-
-// tryTake takes n bytes if they are available; if not, it returns a channel
-// closed when some are given back.
-func (b *budget) tryTake(n int) (bool, <-chan struct{}) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.avail >= n {
-		b.avail -= n
-		return true, nil
-	}
-	b.waited = true
-	return false, b.freed
-}
-
-func (b *budget) give(n int) {
-	b.mu.Lock()
-	b.avail += n
-	if b.waited {
-		close(b.freed)
-		b.freed, b.waited = make(chan struct{}), false
-	}
-	b.mu.Unlock()
-}
-
-// grant is bytes taken from a connection's budget and the server's; release
-// gives them back. A grant belongs to one call, used by one goroutine.
-type grant struct {
-	n        int
-	conn, sv *budget // nil: nothing held
-}
-
-// take takes n bytes from both budgets (both or neither), waiting until
-// deadline, until stop is closed, or until gone is (the peer cancelled the
-// stream: it must get its stream credit back at once, not at the
-// deadline). Its error is a timeout (os.ErrDeadlineExceeded), or
-// errCancelled.
-func (g *grant) take(n int, deadline time.Time, stop, gone <-chan struct{}, conn, sv *budget) error {
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		ok, wait := conn.tryTake(n)
-		if ok {
-			if ok, wait = sv.tryTake(n); ok {
-				g.n, g.conn, g.sv = n, conn, sv
-				return nil
-			}
-			conn.give(n)
-		}
-		if timer == nil {
-			timer = time.NewTimer(time.Until(deadline))
-		}
-		select {
-		case <-wait:
-		case <-timer.C:
-			return fmt.Errorf("wait for %d bytes of request memory: %w", n, os.ErrDeadlineExceeded)
-		case <-stop:
-			return fmt.Errorf("wait for request memory: shutting down: %w", os.ErrDeadlineExceeded)
-		case <-gone:
-			return errCancelled
-		}
-	}
-}
-
-// release gives the bytes back, once.
-func (g *grant) release() {
-	if g.conn == nil {
-		return
-	}
-	g.conn.give(g.n)
-	g.sv.give(g.n)
-	g.conn, g.sv = nil, nil
 }
 
 // frameError returns what to tell the peer if err says the request's bytes
@@ -930,7 +858,18 @@ type call struct {
 	item    *[]byte // the request frame, if larger than head: from requestBufs if small
 	// head is the first read of the request: the whole frame, if it fits.
 	head [requestHeadBytes]byte
-	held grant // the request's memory, until its args are decoded
+	// shares is the connection's: requestHeld and replyHeld are what the
+	// call holds of them (request bytes until its args are decoded, reply
+	// bytes until the call ends).
+	shares                 *connShare
+	requestHeld, replyHeld int
+	// What the shares count for the call, and its place in its address's
+	// list of calls (guarded by the shares' mutex); and whether it reads
+	// its request or writes a large reply, in which it may stall, and
+	// whether it was cut off for a newcomer (shares.go).
+	shareHeld             amounts
+	prev, next            *call
+	reading, writing, cut atomic.Bool
 	// decoded says a handler decoded the args (whether or not they were
 	// valid); inPlace, that the decoded values may alias the request, which
 	// is then held until the call ends.
@@ -977,7 +916,10 @@ func (c *call) itemBuf(n int) []byte {
 // to it.
 func (c *call) release() {
 	c.args = wire.Frame{}
-	c.held.release()
+	if c.requestHeld > 0 {
+		c.shares.give(c, resRequest, c.requestHeld)
+		c.requestHeld = 0
+	}
 	if c.item != nil && len(*c.item) == pooledRequestBytes {
 		requestBufs.Put(c.item)
 	}
@@ -994,6 +936,16 @@ func (c *call) free() {
 	}
 	*c = call{buf: buf}
 	calls.Put(c)
+}
+
+// stalled reports whether the call is in a state in which a peer can
+// stall it while it holds r: reading its request (operations, request
+// bytes) or writing a large reply (reply bytes).
+func (c *call) stalled(r resource) bool {
+	if r == resReply {
+		return c.writing.Load()
+	}
+	return c.reading.Load()
 }
 
 // streamError is a failure of the stream itself (write deadline, the peer
@@ -1023,9 +975,54 @@ func (c *call) send(kind wire.Kind, body any) error {
 func (c *call) write(frame []byte) error {
 	c.credits.release()
 	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	if c.replyHeld > 0 {
+		// A large reply: while its write waits for the peer, the call is
+		// a candidate to be cut off for a newcomer (shares.go).
+		c.writing.Store(true)
+		defer c.writing.Store(false)
+	}
 	if _, err := c.str.Write(frame); err != nil {
 		return &streamError{err}
 	}
+	return nil
+}
+
+// smallReply is the most reply memory a call holds without counting it in
+// its shares: the operation's own share covers it.
+const smallReply = 16 << 10
+
+// replyRetryAfter is the retry_after_ms of an operation that found no
+// reply memory: the replies its peer has not read hold it.
+const replyRetryAfter = time.Second
+
+// need sets the reply memory the call holds to n bytes (its working set:
+// the reply it builds, the frame it writes, and the buffers it keeps
+// between frames), taking more from the connection's shares or giving some
+// back. Taking waits within the write timeout, as a blocked write would:
+// while the peer's earlier replies, unread, hold the connection's or the
+// address's share, the call waits for them, and then gives up with
+// unavailable (and a time to wait). A call under smallReply holds nothing.
+// Its errors are one to tell the peer, or a *streamError.
+func (c *call) need(n int) error {
+	if n <= smallReply {
+		n = 0
+	}
+	switch d := n - c.replyHeld; {
+	case d > 0:
+		err := c.shares.take(c, resReply, d, time.Now().Add(c.srv.cfg.WriteTimeout), c.srv.stopping, c.gone())
+		switch {
+		case errors.Is(err, errCancelled):
+			return &streamError{err}
+		case errors.Is(err, errOverShare):
+			return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(replyRetryAfter.Milliseconds()),
+				Message: fmt.Sprintf("%v: the replies your connection, address or key has not read hold the reply memory this server allows them: read them first", c.op)}
+		case err != nil:
+			return fmt.Errorf("%v: %w: the server is shutting down", c.op, wire.ErrUnavailable)
+		}
+	case d < 0:
+		c.shares.give(c, resReply, -d)
+	}
+	c.replyHeld = n
 	return nil
 }
 
