@@ -225,3 +225,21 @@ func TestHeld(t *testing.T) {
 		}
 	}
 }
+
+func TestStorageText(t *testing.T) {
+	for _, c := range []struct {
+		in   wire.Info
+		want string
+	}{
+		{wire.Info{Storage: wire.StorageMemory}, "memory (a daemon restart loses every message)"},
+		{wire.Info{Storage: wire.StorageDisk, Fsync: wire.FsyncAlways}, "disk, fsync always (an acknowledged message survives power loss)"},
+		{wire.Info{Storage: wire.StorageDisk, Fsync: wire.FsyncInterval, FsyncIntervalMS: 1000},
+			"disk, fsync every 1s (an acknowledged message survives a daemon crash; an OS crash or power cut loses at most the last 1s)"},
+		{wire.Info{}, "not reported (an older daemon)"},
+		{wire.Info{Storage: "tape", Fsync: "weekly"}, "tape weekly"},
+	} {
+		if got := storage(c.in); got != c.want {
+			t.Errorf("storage(%+v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

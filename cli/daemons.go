@@ -22,6 +22,7 @@ import (
 
 	"github.com/huddle-chat/huddle/daemon"
 	"github.com/huddle-chat/huddle/metrics"
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -369,6 +370,29 @@ type groupFlags struct {
 	sendBurst   int
 	newIdentity bool
 	server      serverFlags
+	storage     storageFlags
+}
+
+// storageFlags choose where a group daemon keeps its logs.
+type storageFlags struct {
+	kind     choiceValue // disk | memory
+	dataDir  string
+	fsync    choiceValue // interval | always
+	interval time.Duration
+}
+
+func (f *storageFlags) register(fs *pflag.FlagSet) {
+	f.kind = choiceValue{v: "disk", choices: []string{"disk", "memory"}}
+	f.fsync = choiceValue{v: "interval", choices: []string{"interval", "always"}}
+	fs.Var(&f.kind, "storage", "where messages are kept: disk (they survive restarts and crashes) or memory (a restart loses them)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "where messages are kept on disk (default: the --state-dir)")
+	fs.Var(&f.fsync, "fsync", "when messages reach the disk: interval (acked once written to the OS: survives kill -9; synced every --fsync-interval) or always (acked once synced: survives power loss)")
+	fs.Var(newDuration(&f.interval, store.DefaultFsyncInterval, time.Millisecond, false), "fsync-interval", "with --fsync interval: how often written messages are synced to the disk (an OS crash or power cut loses at most this much)")
+}
+
+func (f *storageFlags) apply(cfg *daemon.StorageConfig) {
+	*cfg = daemon.StorageConfig{Memory: f.kind.v == "memory", DataDir: f.dataDir,
+		Fsync: store.FsyncPolicy{Always: f.fsync.v == "always", Interval: f.interval}}
 }
 
 func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
@@ -384,6 +408,7 @@ func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
 	fs.Var(newRate(&f.sendRate, daemon.DefaultSendRate), "send-rate", "messages a second each member may send, sustained (0: unlimited)")
 	fs.Var(newCount(&f.sendBurst, daemon.DefaultSendBurst, 1, math.MaxInt32), "send-burst", "messages each member may send at once after being idle (at least --max-batch)")
 	fs.BoolVar(&f.newIdentity, "new-identity", false, "create a key in a --state-dir that holds members but lost its key.pem (the daemon's fingerprint changes)")
+	f.storage.register(fs)
 	f.server.register(fs)
 }
 
@@ -439,6 +464,7 @@ func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
 	cfg.Retention.MaxAge = f.maxAge
 	cfg.Retention.MaxBytes = f.maxBytes
 	cfg.MaxMessageBytes = int(f.maxMessage)
+	f.storage.apply(&cfg.Storage)
 	return nil
 }
 
@@ -449,7 +475,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	var registries registryAddrsValue
 	var registryPins []string
 	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]...\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
-		"Run a group daemon hosting the named groups and register them with every registry given (--registry)\nand every registry found over mDNS (unless --no-mdns), each on its own lease, so that no registry is\na single point of failure. A registry that moves or restarts is followed.\nEach group keeps its UUID across restarts (in --state-dir); members persist, messages are kept in memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
+		"Run a group daemon hosting the named groups and register them with every registry given (--registry)\nand every registry found over mDNS (unless --no-mdns), each on its own lease, so that no registry is\na single point of failure. A registry that moves or restarts is followed.\nEach group keeps its UUID, members and messages across restarts and crashes (in --state-dir, messages in\n--data-dir), unless --storage memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
 		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373,192.168.1.21:7373")
 	fs.Var(newUDPAddr(&cfg.Listen, ":7374", true), "listen", "UDP address to listen on (port 0: any free port)")
 	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the address the registry sees)")

@@ -34,6 +34,7 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 				"uuid": in.Group.String(), "name": in.Name, "epoch": in.Epoch, "first_seq": in.First,
 				"last_seq": in.Last, "members": in.Members, "private": in.Private, "member": in.Member,
 				"fingerprint": in.Fingerprint.String(), "addrs": e.Addrs,
+				"storage": in.Storage, "fsync": in.Fsync, "fsync_interval_ms": in.FsyncIntervalMS,
 				"limits": map[string]any{
 					"max_message_bytes": l.MaxMessageBytes, "max_batch": l.MaxBatch,
 					"max_messages": l.MaxMessages, "max_bytes": l.MaxBytes, "max_age_ms": l.MaxAgeMS,
@@ -54,6 +55,7 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		row("you are a member", yesNo(in.Member))
 		row("members", in.Members)
 		row("messages held", held(in))
+		row("storage", storage(in))
 		row("max message", size(l.MaxMessageBytes))
 		row("max per send", l.MaxBatch)
 		row("retention", retention(l))
@@ -132,4 +134,21 @@ func held(in wire.Info) string {
 		return fmt.Sprintf("none (retention dropped #1..#%d; epoch %d)", in.Last, in.Epoch)
 	}
 	return fmt.Sprintf("#%d..#%d (epoch %d)", in.First, in.Last, in.Epoch)
+}
+
+// storage says where the daemon keeps the group's messages and what an
+// acknowledged one survives.
+func storage(in wire.Info) string {
+	switch {
+	case in.Storage == wire.StorageMemory:
+		return "memory (a daemon restart loses every message)"
+	case in.Storage == wire.StorageDisk && in.Fsync == wire.FsyncAlways:
+		return "disk, fsync always (an acknowledged message survives power loss)"
+	case in.Storage == wire.StorageDisk && in.Fsync == wire.FsyncInterval:
+		d := time.Duration(in.FsyncIntervalMS) * time.Millisecond
+		return fmt.Sprintf("disk, fsync every %v (an acknowledged message survives a daemon crash; an OS crash or power cut loses at most the last %v)", d, d)
+	case in.Storage == "":
+		return "not reported (an older daemon)"
+	}
+	return strings.TrimSpace(in.Storage + " " + in.Fsync)
 }

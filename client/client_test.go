@@ -315,10 +315,19 @@ func TestRegistryPinning(t *testing.T) {
 
 // TestWatchResumesAcrossRestart runs a watch while the group daemon
 // restarts on the same port: the watcher sees every message of the first
-// log once, then an EventReset with the new epoch, then the new log from 1.
+// log once, then, with the log in memory, an EventReset with the new epoch
+// and the new log from 1; with the log on disk, the next message, #4, in
+// the same epoch, with no reset.
 func TestWatchResumesAcrossRestart(t *testing.T) {
+	for _, memory := range []bool{true, false} {
+		t.Run(fmt.Sprint("memory=", memory), func(t *testing.T) { testWatchResumesAcrossRestart(t, memory) })
+	}
+}
+
+func testWatchResumesAcrossRestart(t *testing.T, memory bool) {
 	stateDir := t.TempDir()
-	r, d, stop := setup(t, daemon.GroupConfig{StateDir: stateDir, HeartbeatInterval: 200 * time.Millisecond})
+	storage := daemon.StorageConfig{Memory: memory}
+	r, d, stop := setup(t, daemon.GroupConfig{StateDir: stateDir, HeartbeatInterval: 200 * time.Millisecond, Storage: storage})
 	ctx := testCtx(t)
 	watcher, sender := newClient(t), newClient(t)
 	gw := openGroup(t, watcher, r.Addr().String(), "lobby")
@@ -373,7 +382,8 @@ func TestWatchResumesAcrossRestart(t *testing.T) {
 	addr := d.Addr().String()
 	stop()
 	cfg := daemon.GroupConfig{StateDir: stateDir, Listen: addr, Groups: []daemon.GroupSpec{{Name: "lobby"}},
-		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}, HeartbeatInterval: 200 * time.Millisecond}
+		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}, HeartbeatInterval: 200 * time.Millisecond,
+		Storage: storage}
 	startGroups(t, cfg)
 
 	// Send into the new log until the watcher reports the reset and the
@@ -398,11 +408,15 @@ func TestWatchResumesAcrossRestart(t *testing.T) {
 		if ev.Kind != client.EventMessage {
 			continue
 		}
-		if !sawReset {
-			t.Fatalf("message %d (%q) before the reset", ev.Message.Seq, ev.Message.Body)
+		if sawReset != memory {
+			t.Fatalf("message %d (%q); a reset before it: %v, want %v", ev.Message.Seq, ev.Message.Body, sawReset, memory)
 		}
-		if ev.Message.Seq != 1 || string(ev.Message.Body) != "new1" {
-			t.Fatalf("first message after reset = %d %q, want 1 new1", ev.Message.Seq, ev.Message.Body)
+		want := uint64(1)
+		if !memory {
+			want = 4
+		}
+		if ev.Message.Seq != want || string(ev.Message.Body) != "new1" {
+			t.Fatalf("first message after the restart = %d %q, want %d new1", ev.Message.Seq, ev.Message.Body, want)
 		}
 		break
 	}

@@ -20,6 +20,7 @@ type group struct {
 	name   string
 	secret []byte // empty: a public group
 	log    Log
+	broken error            // the log could not be opened: the group is not served
 	dir    string           // the state directory
 	now    func() time.Time // the daemon's clock: stamps, presence
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,6 +101,10 @@ type GroupConfig struct {
 	// store's defaults for zero fields: 1,000,000 messages, 256 MiB, no age
 	// limit). Age is measured on the daemon's Now.
 	Retention store.Config
+	// Storage is where the logs are kept: by default on disk, under
+	// StateDir, written to the OS before each ack and fsynced every
+	// second (see StorageConfig).
+	Storage StorageConfig
 	// MaxMessageBytes is the largest body a message may have. Default
 	// 65536; at most MaxMessageBytesLimit.
 	MaxMessageBytes int
@@ -194,6 +199,9 @@ func (c GroupConfig) Validate() error {
 			return bad("group %q: secret of %d bytes, at most %d", g.Name, len(g.Secret), wire.MaxSecretBytes)
 		}
 	}
+	if err := c.Storage.validate(); err != nil {
+		return err
+	}
 	if err := c.Retention.Validate(); err != nil {
 		return fmt.Errorf("%w: retention: %v", ErrInvalidConfig, err)
 	}
@@ -212,6 +220,7 @@ func (c GroupConfig) withDefaults() GroupConfig {
 	c.ServerConfig = c.ServerConfig.withDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
+	c.Storage.DataDir = orDefault(c.Storage.DataDir, c.StateDir)
 	return c
 }
 
@@ -223,7 +232,7 @@ type HostedGroup struct {
 }
 
 // GroupDaemon hosts groups: their members (kept in the state directory)
-// and their message logs (in memory; each start is a new epoch). It
+// and their message logs (on disk by default, see StorageConfig). It
 // registers its groups with a registry when one is configured.
 type GroupDaemon struct {
 	cfg  GroupConfig
@@ -233,11 +242,11 @@ type GroupDaemon struct {
 	mu     sync.Mutex
 	id     *identity.Identity   // set by Listen
 	groups map[wire.UUID]*group // set by Listen, read-only after
-	order  []*group             // the groups in configuration order
+	order  []*group             // the groups served, in configuration order (not those whose log is broken)
 
-	// openLog opens a group's log: an in-memory store.Log with the
-	// configured retention. (A disk-backed log will be chosen here.)
-	openLog func(group wire.UUID, retention store.Config) (Log, error)
+	// openLog opens a group's log as the storage configuration says
+	// (openStorageLog).
+	openLog func(group wire.UUID, name string, retention store.Config) (Log, error)
 
 	registered atomic.Bool                   // some registry lists every group now (see Readiness)
 	regs       atomic.Pointer[registrations] // set once registration runs
@@ -247,6 +256,9 @@ type GroupDaemon struct {
 	// logLog does the same for logs that cannot store a send.
 	logLog sparse[wire.UUID]
 	lock   *stateLock // the state directory's, held from Listen to Close
+	// dataLock is the data directory's, when it is not the state
+	// directory.
+	dataLock *stateLock
 }
 
 // NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -257,17 +269,13 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), openLog: openMemoryLog,
+	d := &GroupDaemon{cfg: cfg, life: newLifecycle(),
 		stateLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}, logLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}}
+	d.openLog = d.openStorageLog
 	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)
 	return d, nil
-}
-
-// openMemoryLog opens a group's log in memory: a new history at each start.
-func openMemoryLog(_ wire.UUID, retention store.Config) (Log, error) {
-	return store.New(retention)
 }
 
 // server is the shared machinery's part of the configuration.
@@ -292,11 +300,16 @@ func (d *GroupDaemon) Listen() error {
 			return fmt.Errorf("group daemon: %w", err)
 		}
 		d.lock = l
+		if s := d.cfg.Storage; !s.Memory && filepath.Clean(s.DataDir) != filepath.Clean(d.cfg.StateDir) {
+			if d.dataLock, err = lockStateDir(s.DataDir); err != nil {
+				d.releaseLocked()
+				return fmt.Errorf("group daemon: data dir: %w", err)
+			}
+		}
 	}
 	if d.id == nil {
 		if err := d.loadLocked(); err != nil {
-			d.lock.release() // a daemon that did not start holds nothing
-			d.lock = nil
+			d.releaseLocked() // a daemon that did not start holds nothing
 			return fmt.Errorf("group daemon: %w", err)
 		}
 	}
@@ -304,6 +317,13 @@ func (d *GroupDaemon) Listen() error {
 		return fmt.Errorf("group daemon: %w", err)
 	}
 	return nil
+}
+
+// releaseLocked gives up the directory locks. d.mu is held.
+func (d *GroupDaemon) releaseLocked() {
+	d.lock.release()
+	d.dataLock.release()
+	d.lock, d.dataLock = nil, nil
 }
 
 func (d *GroupDaemon) loadLocked() error {
@@ -334,16 +354,36 @@ func (d *GroupDaemon) loadLocked() error {
 		if err != nil {
 			return err
 		}
-		log, err := d.openLog(gid, d.cfg.Retention)
+		log, err := d.openLog(gid, spec.Name, d.cfg.Retention)
 		if err != nil {
-			return fmt.Errorf("open the log of group %s: %w", spec.Name, err)
+			log = nil
 		}
 		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+		if err != nil {
+			// This group is not served; the others are.
+			g.broken = err
+			logBroken(d.cfg.Logger, spec.Name, gid, d.cfg.Storage.logDir(gid), err)
+		} else {
+			order = append(order, g)
+		}
 		groups[gid] = g
-		order = append(order, g)
+	}
+	if len(order) == 0 {
+		closeLogs(groups)
+		first := groups[ids[d.cfg.Groups[0].Name]]
+		return fmt.Errorf("no group can be served: the log of each cannot be read; group %s's: %w", first.name, first.broken)
 	}
 	d.id, d.groups, d.order = id, groups, order
 	return nil
+}
+
+// closeLogs closes the logs of groups (syncing those on disk).
+func closeLogs(groups map[wire.UUID]*group) {
+	for _, g := range groups {
+		if g.log != nil {
+			g.log.Close()
+		}
+	}
 }
 
 // Serve listens (if Listen was not called), registers the groups with the
@@ -372,6 +412,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	for _, g := range d.order {
 		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
 	}
+	d.cfg.Logger.Info("message storage", "storage", d.cfg.Storage.String())
 	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	d.life.wait(ctx, d.Close)
 	d.cfg.Logger.Info("group daemon stopped")
@@ -385,7 +426,8 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 func (d *GroupDaemon) Close() error {
 	d.life.close(d.srv.close)
 	d.mu.Lock()
-	d.lock.release()
+	closeLogs(d.groups) // after the server: no handler uses them now
+	d.releaseLocked()
 	d.mu.Unlock()
 	return nil
 }

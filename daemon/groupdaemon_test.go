@@ -137,7 +137,7 @@ func TestGroupStateSurvivesRestart(t *testing.T) {
 	bob := joined(t, d1, "bob")
 	must(t, bob.call(wire.OpLeave, wire.GroupRef{Group: gid(d1)}, nil))
 	carol := joined(t, d1, "carol")
-	_, err := alice.send(gid(d1), outgoing("before restart"))
+	sent, err := alice.send(gid(d1), outgoing("before restart"))
 	must(t, err)
 	fp1, epoch1 := d1.Fingerprint(), alice.info(gid(d1)).Epoch
 	stop1()
@@ -153,8 +153,13 @@ func TestGroupStateSurvivesRestart(t *testing.T) {
 	}
 	a2 := dial(t, d2.Addr(), d2.Fingerprint(), alice.id)
 	in := a2.info(hosted1[0].ID)
-	if !in.Member || in.Epoch == epoch1 || in.Last != 0 || in.Members != 2 {
-		t.Fatalf("info after restart %+v: want a member, a new epoch, an empty log, 2 members", in)
+	if !in.Member || in.Epoch != epoch1 || in.Last != 1 || in.Members != 2 || in.Storage != wire.StorageDisk {
+		t.Fatalf("info after restart %+v: want a member, the same epoch, the message, 2 members, on disk", in)
+	}
+	msgs, _, err := a2.fetch(wire.Fetch{Group: hosted1[0].ID})
+	must(t, err)
+	if len(msgs) != 1 || msgs[0].Seq != sent.Acks[0].Seq || msgs[0].Time != sent.Acks[0].Time || string(msgs[0].Body) != "before restart" || msgs[0].Name != "alice" {
+		t.Fatalf("messages after restart %+v, want the one sent before, as acknowledged (%+v)", msgs, sent)
 	}
 	var ml wire.MemberList
 	must(t, a2.call(wire.OpMembers, wire.GroupRef{Group: hosted1[0].ID}, &ml))

@@ -6,8 +6,8 @@ import (
 	"github.com/huddle-chat/huddle/store"
 )
 
-// Log is a group's message log, as the group daemon uses it. store.Log, in
-// memory, is one; a log kept on disk will be another.
+// Log is a group's message log, as the group daemon uses it: store.Log in
+// memory, or store.DiskLog on disk (StorageConfig).
 //
 // The daemon calls Lookup, Tail and Append for one batch at a time, under
 // the group's sequencing lock (sequence.go); the queries, Changed, Last and
@@ -44,6 +44,17 @@ type Log interface {
 	Stats() store.Stats
 	// Expire applies the log's age limit as of now.
 	Expire(now time.Time)
+	// Durable returns once the messages up to seq are as durable as an
+	// ack promises (store.FsyncPolicy); the daemon calls it after Append,
+	// outside the sequencing lock, so that one fsync serves every send
+	// waiting for it. An error means they may not be: the send is refused.
+	Durable(seq uint64) error
+	// Close syncs and closes the log's files, if any. The daemon calls it
+	// once no handler uses the log.
+	Close() error
 }
 
-var _ Log = (*store.Log)(nil)
+var (
+	_ Log = (*store.Log)(nil)
+	_ Log = (*store.DiskLog)(nil)
+)

@@ -60,6 +60,9 @@ func (d *GroupDaemon) request(c *call, req any, id *wire.UUID) (*group, error) {
 // returned, before any handler runs.
 func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
 	if g := d.groups[id]; g != nil {
+		if g.broken != nil {
+			return nil, brokenGroup(op, g)
+		}
 		return g, nil
 	}
 	return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
@@ -82,7 +85,7 @@ func (d *GroupDaemon) memberRequest(c *call, req any, id *wire.UUID) (g *group, 
 func epochMismatch(op wire.Op, g *group) error {
 	epoch := g.epoch()
 	return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: epoch,
-		Message: fmt.Sprintf("%v group %s: the cursor's epoch is not the log's (%d): the daemon restarted", op, g.name, epoch)}
+		Message: fmt.Sprintf("%v group %s: the cursor's epoch is not the log's (%d): the group's history was lost (a daemon keeping it in memory restarted, or its files were deleted)", op, g.name, epoch)}
 }
 
 func (d *GroupDaemon) limits() wire.Limits {
@@ -117,17 +120,21 @@ func (d *GroupDaemon) info(c *call) error {
 		return err
 	}
 	st := g.log.Stats()
+	storage, fsync, interval := d.cfg.Storage.wire()
 	return c.result(wire.Info{
-		Group:       g.id,
-		Name:        g.name,
-		Epoch:       g.epoch(),
-		First:       st.First,
-		Last:        st.Last,
-		Members:     uint64(g.memberCount()),
-		Limits:      d.limits(),
-		Private:     g.private(),
-		Member:      g.isMember(c.peer),
-		Fingerprint: d.id.Fingerprint(),
+		Storage:         storage,
+		Fsync:           fsync,
+		FsyncIntervalMS: interval,
+		Group:           g.id,
+		Name:            g.name,
+		Epoch:           g.epoch(),
+		First:           st.First,
+		Last:            st.Last,
+		Members:         uint64(g.memberCount()),
+		Limits:          d.limits(),
+		Private:         g.private(),
+		Member:          g.isMember(c.peer),
+		Fingerprint:     d.id.Fingerprint(),
 	})
 }
 
@@ -250,6 +257,15 @@ func (d *GroupDaemon) send(c *call) error {
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
 	}
 	sc.acks, err = g.append(sc.entries, sc.acks)
+	if err == nil {
+		// Outside the sequencing lock: one fsync serves every send
+		// waiting here (under fsync always; else at once).
+		var last uint64
+		for _, a := range sc.acks {
+			last = max(last, a.Seq)
+		}
+		err = g.log.Durable(last)
+	}
 	switch {
 	case errors.Is(err, store.ErrBatchTooLarge), errors.Is(err, store.ErrBodyTooLarge):
 		// A batch larger than the retention limits.

@@ -21,9 +21,13 @@ type infoJSON struct {
 	Fingerprint string         `json:"fingerprint"`
 	Addrs       []string       `json:"addrs"`
 	Limits      map[string]any `json:"limits"`
+	Storage     string         `json:"storage"`
+	Fsync       string         `json:"fsync"`
+	FsyncMS     uint64         `json:"fsync_interval_ms"`
 }
 
-var infoKeys = []string{"uuid", "name", "epoch", "first_seq", "last_seq", "members", "private", "member", "fingerprint", "addrs", "limits"}
+var infoKeys = []string{"uuid", "name", "epoch", "first_seq", "last_seq", "members", "private", "member", "fingerprint", "addrs", "limits",
+	"storage", "fsync", "fsync_interval_ms"}
 
 func info(t *testing.T, u *user, group string) infoJSON {
 	t.Helper()
@@ -34,14 +38,59 @@ func info(t *testing.T, u *user, group string) infoJSON {
 	return infos[0]
 }
 
-// TestDaemonRestart restarts `huddle up` on the same state directory and
-// address: the group keeps its UUID, the daemons their keys, the group its
-// members; the messages are gone and the log has a new epoch, which fetch
-// --after with an old cursor points out.
+// TestDaemonRestart restarts `huddle up` (its logs on disk, the default)
+// on the same state directory and address: the group keeps its UUID, the
+// daemons their keys, the group its members, its messages and its epoch;
+// a cursor from before the restart goes on, and the numbering too.
 func TestDaemonRestart(t *testing.T) {
 	t.Parallel()
 	state := t.TempDir()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
+	lobby := up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	alice.ok(t, "send", "lobby", "one")
+	bob.ok(t, "send", "lobby", "two")
+	before := info(t, alice, "lobby")
+	if before.Storage != "disk" || before.Fsync != "interval" || before.FsyncMS != 1000 {
+		t.Fatalf("info before the restart: %+v, want disk storage, fsync every 1000 ms", before)
+	}
+	fetched := alice.ok(t, "fetch", "lobby")
+	up.stop(t)
+
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	defer up.stop(t)
+	waitListed(t, alice, lobby)
+	after := info(t, alice, "lobby")
+	if after.Epoch != before.Epoch || after.FirstSeq != 1 || after.LastSeq != 2 || after.Members != 2 {
+		t.Errorf("after the restart: info = %+v, want the same epoch, messages #1..#2 and 2 members (before: %+v)", after, before)
+	}
+	if out := bob.ok(t, "fetch", "lobby"); out != fetched {
+		t.Errorf("fetch after the restart:\n%s\nbefore:\n%s", out, fetched)
+	}
+	if r := bob.run(t, "fetch", "lobby", "--after", "2"); r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Errorf("fetch --after 2 after the restart: want nothing at all: %s", r)
+	}
+	acks := jsonLines[ackJSON](t, alice.ok(t, "send", "lobby", "--json", "three"), ackKeys...)
+	if len(acks) != 1 || acks[0].Seq != 3 {
+		t.Errorf("the message after the restart acknowledged as %+v, want seq 3", acks)
+	}
+	if got, want := parseFetch(t, bob.ok(t, "fetch", "lobby", "--after", "2")), []fetchLine{{3, "alice", "three"}}; !slices.Equal(got, want) {
+		t.Errorf("fetch --after 2 = %+v, want %+v", got, want)
+	}
+}
+
+// TestDaemonRestartMemory restarts `huddle up --storage memory` on the
+// same state directory and address: the group keeps its UUID, the daemons
+// their keys, the group its members; the messages are gone and the log has
+// a new epoch, which fetch --after with an old cursor points out.
+func TestDaemonRestartMemory(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state, "--storage", "memory")
 	lobby := up.groups["lobby"]
 	alice := newUser(t, "alice", up.registry)
 	bob := newUser(t, "bob", up.registry)
@@ -56,7 +105,7 @@ func TestDaemonRestart(t *testing.T) {
 	}
 	up.stop(t)
 
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state, "--storage", "memory")
 	defer up.stop(t)
 	if got := up.groups["lobby"]; got != lobby {
 		t.Errorf("lobby's UUID changed across the restart: %s, then %s", lobby, got)

@@ -271,20 +271,25 @@ func TestWalkthrough(t *testing.T) {
 		Fingerprint string         `json:"fingerprint"`
 		Addrs       []string       `json:"addrs"`
 		Limits      map[string]any `json:"limits"`
+		Storage     string         `json:"storage"`
+		Fsync       string         `json:"fsync"`
+		FsyncMS     uint64         `json:"fsync_interval_ms"`
 	}
 	for _, tc := range []struct {
 		u      *user
 		member bool
 	}{{alice, true}, {carol, false}} {
 		infos := jsonLines[infoJSON](t, tc.u.ok(t, "info", "lobby", "--json"),
-			"uuid", "name", "epoch", "first_seq", "last_seq", "members", "private", "member", "fingerprint", "addrs", "limits")
+			"uuid", "name", "epoch", "first_seq", "last_seq", "members", "private", "member", "fingerprint", "addrs", "limits",
+			"storage", "fsync", "fsync_interval_ms")
 		if len(infos) != 1 {
 			t.Fatalf("info --json printed %d objects", len(infos))
 		}
 		in := infos[0]
 		if in.UUID != lobby || in.Name != "lobby" || in.Epoch == 0 || in.FirstSeq != 1 || in.LastSeq != 3 ||
 			in.Members != 2 || in.Private || in.Member != tc.member || in.Fingerprint != up.fp ||
-			!slices.Equal(in.Addrs, []string{up.addr}) || in.Limits["max_message_bytes"] != float64(64<<10) {
+			!slices.Equal(in.Addrs, []string{up.addr}) || in.Limits["max_message_bytes"] != float64(64<<10) ||
+			in.Storage != "disk" || in.Fsync != "interval" || in.FsyncMS != 1000 {
 			t.Errorf("%s: info --json = %+v", tc.u.name, in)
 		}
 	}

@@ -235,16 +235,28 @@ func TestWatchGroups(t *testing.T) {
 }
 
 // TestWatchRestart restarts the group daemon (same state directory, same
-// port) under running watches and a chat: each says once that the group's
-// history was reset, then prints the new log's messages with their new
-// sequence numbers, none twice; the chat goes on sending to the new log.
+// port) under running watches and a chat. With its log in memory, each
+// says once that the group's history was reset, then prints the new log's
+// messages with their new sequence numbers, none twice; with its log on
+// disk (the default) each goes on with the next messages, no reset said.
+// The chat goes on sending either way.
 func TestWatchRestart(t *testing.T) {
 	t.Parallel()
+	for _, storage := range []string{"memory", "disk"} {
+		t.Run(storage, func(t *testing.T) {
+			t.Parallel()
+			testWatchRestart(t, storage)
+		})
+	}
+}
+
+func testWatchRestart(t *testing.T, storage string) {
+	memory := storage == "memory"
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	defer reg.stop(t)
 	state := t.TempDir()
 	serve := func(listen string) *daemon {
-		return startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", listen, "--state-dir", state)
+		return startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", listen, "--state-dir", state, "--storage", storage)
 	}
 	srv := serve("127.0.0.1:0")
 	lobby := srv.groups["lobby"]
@@ -292,7 +304,11 @@ func TestWatchRestart(t *testing.T) {
 		}
 		got = append(got, fmt.Sprintf("%d %s", l.Seq, l.Text))
 	}
-	if want := []string{"1 old1", "2 old2", "reset", "1 new1", "2 new2"}; !slices.Equal(got, want) {
+	want := []string{"1 old1", "2 old2", "3 new1", "4 new2"}
+	if memory {
+		want = []string{"1 old1", "2 old2", "reset", "1 new1", "2 new2"}
+	}
+	if !slices.Equal(got, want) {
 		t.Errorf("watch --json across the restart printed %q, want %q", got, want)
 	}
 
@@ -305,11 +321,16 @@ func TestWatchRestart(t *testing.T) {
 		}
 		got = append(got, m[1]+" "+m[4])
 	}
-	if want := []string{"1 old1", "2 old2", "1 new1", "2 new2"}; !slices.Equal(got, want) {
+	want = []string{"1 old1", "2 old2", "3 new1", "4 new2"}
+	resets := 0
+	if memory {
+		want, resets = []string{"1 old1", "2 old2", "1 new1", "2 new2"}, 1
+	}
+	if !slices.Equal(got, want) {
 		t.Errorf("watch across the restart printed %q, want %q", got, want)
 	}
-	if s := human.stderr.String(); strings.Count(s, "history was reset") != 1 {
-		t.Errorf("watch's stderr should say once that the history was reset; it has:\n%s", s)
+	if s := human.stderr.String(); strings.Count(s, "history was reset") != resets {
+		t.Errorf("watch's stderr should say %d times that the history was reset; it has:\n%s", resets, s)
 	}
 
 	// chat went through the restart too, and sends to the new log.
@@ -326,7 +347,7 @@ func TestWatchRestart(t *testing.T) {
 	if want := []string{"bob: old1", "bob: old2", "bob: new1", "alice (you): new2", "alice (you): from the chat"}; !slices.Equal(chatLines(chat.stdout.Lines()), want) {
 		t.Errorf("chat across the restart printed messages %q, want %q", chatLines(chat.stdout.Lines()), want)
 	}
-	if n := strings.Count(chat.stdout.String(), "-- the group's daemon restarted; its history was reset --"); n != 1 {
-		t.Errorf("chat said %d times that the history was reset, want once:\n%s", n, chat.stdout)
+	if n := strings.Count(chat.stdout.String(), "-- the group's daemon restarted; its history was reset --"); n != resets {
+		t.Errorf("chat said %d times that the history was reset, want %d:\n%s", n, resets, chat.stdout)
 	}
 }

@@ -199,13 +199,13 @@ func messagesOf(b *browser, group string) []string {
 
 // TestWebRecovers checks that the page recovers by itself, losing and
 // repeating nothing, when its connection to huddle web breaks for a while
-// and when the group daemon restarts (a new, empty log): it says so while
-// it waits, delivers a message typed meanwhile once, and shows what was
-// sent meanwhile once.
+// and when the group daemon restarts (with --storage memory: a new, empty
+// log): it says so while it waits, delivers a message typed meanwhile once,
+// and shows what was sent meanwhile once.
 func TestWebRecovers(t *testing.T) {
 	t.Parallel()
 	state := t.TempDir()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state, "--storage", "memory")
 	lobby := up.groups["lobby"]
 	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
 	waitListed(t, alice, lobby)
@@ -236,7 +236,7 @@ func TestWebRecovers(t *testing.T) {
 	b.typeMessage("three, typed while the daemon was down")
 	b.waitFor("the message waiting to be sent", `[...document.querySelectorAll('.msg.pending .state')].some(e => e.textContent.startsWith('not sent yet'))`)
 	b.screenshot("reconnecting")
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state, "--storage", "memory")
 	defer up.stop(t)
 	b.waitFor("the typed message delivered", hasMessage("three, typed while the daemon was down"))
 	b.waitFor("the group live again", `!document.getElementById('group-state').textContent.startsWith('reconnecting')`)

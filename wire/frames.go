@@ -234,7 +234,11 @@ func requireGroup(g UUID) error {
 //
 //	{1: group uuid, 2: name, 3: epoch uint, 4: first uint, 5: last uint,
 //	 6: members uint, 7: limits Limits, 8: private bool, 9: member bool,
-//	 10: fingerprint bytes(32)}
+//	 10: fingerprint bytes(32), 11: storage text, 12: fsync text,
+//	 13: fsync_interval_ms uint}
+//
+// Keys 11..13 were added within huddle/1 (absent from older daemons: not
+// reported).
 type Info struct {
 	Group       UUID        `cbor:"1,keyasint"`
 	Name        string      `cbor:"2,keyasint"`
@@ -246,7 +250,27 @@ type Info struct {
 	Private     bool        `cbor:"8,keyasint,omitempty"`
 	Member      bool        `cbor:"9,keyasint,omitempty"`
 	Fingerprint Fingerprint `cbor:"10,keyasint"`
+	// Storage is where the daemon keeps the log: StorageMemory or
+	// StorageDisk ("" from a daemon that does not say).
+	Storage string `cbor:"11,keyasint,omitempty"`
+	// Fsync is a disk log's policy: FsyncAlways or FsyncInterval.
+	Fsync string `cbor:"12,keyasint,omitempty"`
+	// FsyncIntervalMS is the interval of FsyncInterval.
+	FsyncIntervalMS uint64 `cbor:"13,keyasint,omitempty"`
 }
+
+// Values of Info.Storage and Info.Fsync.
+const (
+	// StorageMemory: the log is in memory; a restart loses it (new epoch).
+	StorageMemory = "memory"
+	// StorageDisk: the log is on disk; restarts keep it and its epoch.
+	StorageDisk = "disk"
+	// FsyncInterval: an ack means written to the OS (survives the
+	// daemon's crash); the device is synced every FsyncIntervalMS.
+	FsyncInterval = "interval"
+	// FsyncAlways: an ack means on the device (survives power loss).
+	FsyncAlways = "always"
+)
 
 // Limits are a group's limits as its daemon enforces them. Zero means no
 // limit for the retention fields and the send rate; for the connection
