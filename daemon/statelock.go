@@ -52,6 +52,12 @@ func lockStateDir(dir string) (*stateLock, error) {
 	}
 	path := filepath.Join(dir, lockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil && readOnlyFS(err) {
+		// A read-only file system (a data directory that cannot be
+		// written: the daemon serves what it holds): flock works on a
+		// file open for reading, if the lock file is there.
+		f, err = os.Open(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("state dir lock: %w", err)
 	}

@@ -19,3 +19,6 @@ func flock(f *os.File) error {
 	}
 	return err
 }
+
+// readOnlyFS reports whether err says the file system is read-only.
+func readOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }

@@ -257,13 +257,14 @@ func (d *DiskLog) Append(batch []Entry) error {
 		d.enc.undo()
 		return fmt.Errorf("store: append a record of %d bytes: %w", len(d.buf), ErrBatchTooLarge)
 	}
-	if n, err := d.f.WriteAt(d.buf, d.fsize); err != nil {
+	if _, err := d.f.WriteAt(d.buf, d.fsize); err != nil {
 		d.enc.undo()
-		if n > 0 {
-			if terr := d.f.Truncate(d.fsize); terr != nil {
-				d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
-				return d.failed
-			}
+		// Cut back what part of the record was written, whatever the
+		// count says: os.File.WriteAt does not count the bytes of a
+		// short write that ended in an error.
+		if terr := d.f.Truncate(d.fsize); terr != nil {
+			d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
+			return d.failed
 		}
 		return fmt.Errorf("%w: write %s: %w", ErrNotWritable, d.f.Name(), err)
 	}

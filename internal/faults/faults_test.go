@@ -72,7 +72,17 @@ type proc struct {
 // start runs huddle with args, its output collected line by line.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startWith(t, nil, args...)
+}
+
+// startWith runs huddle with args under the command prefix (nsenter...),
+// which must exec it in its own place: the process is huddle's.
+func startWith(t *testing.T, prefix []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(huddle(t), args...)
+	if len(prefix) > 0 {
+		cmd = exec.Command(prefix[0], append(append(prefix[1:], huddle(t)), args...)...)
+	}
 	// No HUDDLE_* or XDG_* setting of the developer's may reach the
 	// daemons: they read every flag from the environment too.
 	for _, kv := range os.Environ() {
