@@ -8,6 +8,7 @@
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
+#   make crashloop  the crash loop at length: CRASHKILLS (default 500) SIGKILLs of a group daemon under load
 #   make bench-web  huddle web in chromium: open 10,000 messages, CLI to page, memory over WEBSOAK (10m)
 #   make screenshots  the pictures of huddle web in docs/, from its browser tests
 
@@ -18,10 +19,11 @@ FUZZTIME  ?= 1m
 BRIEFFUZZ ?= 4s
 BENCHTIME ?= 1s
 SOAKTIME  ?= 2m
+CRASHKILLS ?= 500
 WEBSOAK   ?= 10m
 BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-web screenshots e2e soak clean
+.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-web screenshots e2e soak crashloop clean
 
 all: build
 
@@ -89,6 +91,11 @@ screenshots:
 # not come back down at the end.
 soak:
 	$(GO) run ./internal/soak -duration $(SOAKTIME)
+
+# crashloop runs internal/faults' TestCrashLoop with CRASHKILLS kills (make
+# test runs 50): every acknowledged message must survive, once, in order.
+crashloop:
+	HUDDLE_CRASH_KILLS=$(CRASHKILLS) $(GO) test -count=1 -run '^TestCrashLoop$$' -timeout 60m -v ./internal/faults/
 
 clean:
 	rm -rf bin
