@@ -55,6 +55,13 @@ type Config struct {
 	// most MaxDedupWindow. It costs at most 64 bytes per remembered ID
 	// (4 MiB at the default), allocated as the window fills.
 	DedupWindow int
+
+	// Epoch, if not zero, is the log's epoch rather than a new random
+	// one: a replica of a cell's group has the group's epoch, the same on
+	// every replica. A disk log that holds another epoch fails to open
+	// (ErrOtherEpoch); one whose files are lost begins again, empty, under
+	// this epoch.
+	Epoch uint64
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.

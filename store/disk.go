@@ -92,6 +92,9 @@ var (
 	// is on disk is no longer known; the log refuses appends until it is
 	// opened again (its reads go on).
 	ErrFailed = errors.New("store: log failed")
+	// ErrOtherEpoch: the directory holds a log of another epoch than the
+	// one configured (Config.Epoch): another history.
+	ErrOtherEpoch = errors.New("store: log of another epoch")
 )
 
 // DiskLog is a group's log kept on disk: the in-memory [Log] serves every
@@ -181,6 +184,10 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 		return nil, rec, fmt.Errorf("open log %s: %w", cfg.Dir, err)
 	}
 	rec.Took = time.Since(start)
+	if cfg.Epoch != 0 && d.epoch != cfg.Epoch {
+		d.closeFiles()
+		return nil, rec, fmt.Errorf("open log %s: it holds epoch %d, want %d: %w", cfg.Dir, d.epoch, cfg.Epoch, ErrOtherEpoch)
+	}
 	mem.epoch = d.epoch
 	mem.holdBack = cfg.Fsync.Always
 	if !cfg.Fsync.Always {

@@ -174,7 +174,7 @@ func (d *DiskLog) recover() (Recovery, error) {
 
 // create begins a new log: a new epoch, the first segment, the checkpoint.
 func (d *DiskLog) create(rec *Recovery, cpt checkpoint, cptErr error) error {
-	d.epoch = newEpoch()
+	d.epoch = d.mem.epoch // new and random, or the configured one
 	switch {
 	case cptErr == nil:
 		rec.NewEpoch = fmt.Sprintf("the segment files of epoch %d are missing (its checkpoint says %d messages were synced): its history is lost", cpt.epoch, cpt.synced)

@@ -129,14 +129,18 @@ type notifier struct {
 	taken atomic.Bool
 }
 
-// New returns an empty log with a new random epoch. It starts no
+// New returns an empty log with a new random epoch, or cfg.Epoch. It starts no
 // goroutine and does no I/O. It returns cfg.Validate's error, which wraps
 // ErrInvalidConfig.
 func New(cfg Config) (*Log, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	l := &Log{lim: cfg.limits(), epoch: newEpoch(), senders: make(map[Sender]*sharedSender)}
+	epoch := cfg.Epoch
+	if epoch == 0 {
+		epoch = newEpoch()
+	}
+	l := &Log{lim: cfg.limits(), epoch: epoch, senders: make(map[Sender]*sharedSender)}
 	l.dedup = newDedup(l.lim.dedupWindow)
 	l.view.Store(&view{next: 1})
 	l.notify.Store(&notifier{c: make(chan struct{})})
