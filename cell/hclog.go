@@ -1,0 +1,103 @@
+package cell
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// hclogFor returns l as the hclog.Logger hashicorp/raft logs to, under
+// name. Raft's trace and debug lines go to slog's debug level.
+func hclogFor(l *slog.Logger, name string) hclog.Logger {
+	return &hclogAdapter{l: l.With("component", name), name: name}
+}
+
+// hclogAdapter is an hclog.Logger writing to a *slog.Logger.
+type hclogAdapter struct {
+	l    *slog.Logger
+	name string
+	args []any
+}
+
+func level(l hclog.Level) slog.Level {
+	switch {
+	case l <= hclog.Debug:
+		return slog.LevelDebug
+	case l == hclog.Info:
+		return slog.LevelInfo
+	case l == hclog.Warn:
+		return slog.LevelWarn
+	}
+	return slog.LevelError
+}
+
+func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
+	a.l.Log(context.Background(), level(l), msg, args...)
+}
+func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
+func (a *hclogAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
+func (a *hclogAdapter) Info(msg string, args ...any)  { a.Log(hclog.Info, msg, args...) }
+func (a *hclogAdapter) Warn(msg string, args ...any)  { a.Log(hclog.Warn, msg, args...) }
+func (a *hclogAdapter) Error(msg string, args ...any) { a.Log(hclog.Error, msg, args...) }
+
+func (a *hclogAdapter) enabled(l slog.Level) bool { return a.l.Enabled(context.Background(), l) }
+func (a *hclogAdapter) IsTrace() bool             { return a.enabled(slog.LevelDebug) }
+func (a *hclogAdapter) IsDebug() bool             { return a.enabled(slog.LevelDebug) }
+func (a *hclogAdapter) IsInfo() bool              { return a.enabled(slog.LevelInfo) }
+func (a *hclogAdapter) IsWarn() bool              { return a.enabled(slog.LevelWarn) }
+func (a *hclogAdapter) IsError() bool             { return a.enabled(slog.LevelError) }
+
+func (a *hclogAdapter) ImpliedArgs() []any { return a.args }
+func (a *hclogAdapter) With(args ...any) hclog.Logger {
+	return &hclogAdapter{l: a.l.With(args...), name: a.name, args: append(append([]any(nil), a.args...), args...)}
+}
+func (a *hclogAdapter) Name() string { return a.name }
+func (a *hclogAdapter) Named(name string) hclog.Logger {
+	return &hclogAdapter{l: a.l.With("sub", name), name: a.name + "." + name, args: a.args}
+}
+func (a *hclogAdapter) ResetNamed(name string) hclog.Logger {
+	return &hclogAdapter{l: a.l, name: name, args: a.args}
+}
+
+// SetLevel does nothing: the slog handler decides what is written.
+func (a *hclogAdapter) SetLevel(hclog.Level) {}
+
+// GetLevel returns the most verbose level the handler writes.
+func (a *hclogAdapter) GetLevel() hclog.Level {
+	switch {
+	case a.IsDebug():
+		return hclog.Debug
+	case a.IsInfo():
+		return hclog.Info
+	case a.IsWarn():
+		return hclog.Warn
+	}
+	return hclog.Error
+}
+
+func (a *hclogAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger {
+	return slog.NewLogLogger(a.l.Handler(), slog.LevelInfo)
+}
+
+func (a *hclogAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
+	return writerFunc(func(p []byte) (int, error) {
+		a.l.Info(fmt.Sprintf("%s", p))
+		return len(p), nil
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// logger returns l, or a logger that discards.
+func logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

@@ -1,0 +1,581 @@
+package cell
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// ALPN is the TLS application protocol of the traffic between a cell's
+// daemons. It shares the daemon's UDP port with huddle/1: the daemon's
+// QUIC listener offers both, and hands connections that chose this one to
+// Transport.Handle.
+const ALPN = "huddle-cell/1"
+
+// Stream kinds. A daemon that opens a stream to a peer first writes one
+// byte saying what the stream carries.
+const (
+	// kindRaft: a connection of raft's network transport (hashicorp/raft's
+	// msgpack RPCs), for as long as the stream lasts.
+	kindRaft byte = 'r'
+	// kindCatchUp: one catch-up request and its reply (catchup.go).
+	kindCatchUp byte = 'c'
+)
+
+// Connection close codes of the cell ALPN.
+const (
+	connRefused   quic.ApplicationErrorCode = 1 // the peer's key is not a member of the cell
+	connShutdown  quic.ApplicationErrorCode = 2 // the daemon is stopping
+	streamBadKind quic.StreamErrorCode      = 1
+	streamClosed  quic.StreamErrorCode      = 2
+)
+
+// kindTimeout bounds the wait for an accepted stream's kind byte.
+const kindTimeout = 10 * time.Second
+
+// Errors of the transport.
+var (
+	// ErrUnknownPeer: an address or key that is not a member of the cell.
+	ErrUnknownPeer = errors.New("cell: not a member of the cell")
+	// ErrTransportClosed: the transport was closed.
+	ErrTransportClosed = errors.New("cell: transport closed")
+)
+
+// TransportConfig configures a Transport.
+type TransportConfig struct {
+	// Identity is the daemon's key: it is presented to peers, and peers know
+	// the daemon by its fingerprint. Required.
+	Identity *identity.Identity
+	// QUIC is the QUIC transport raft connections are dialed from: the
+	// daemon's own, so that peers see its packets come from the address
+	// they know it by, and one UDP socket carries everything. Required.
+	QUIC *quic.Transport
+	// Advertise is this daemon's address as the cell knows it ("host:port",
+	// its entry in the cell's peers). Required.
+	Advertise string
+	// Peers are the cell's members as configured, this daemon included:
+	// only their keys are accepted, and each address is dialed only if it
+	// presents its key. SetPeers replaces them as the cell's membership
+	// changes.
+	Peers []Peer
+	// Logger receives refused connections. Default: discard.
+	Logger *slog.Logger
+}
+
+// Transport carries a cell's traffic over QUIC, under ALPN: it is raft's
+// StreamLayer (each raft connection is a QUIC stream, many of them on one
+// QUIC connection per peer and direction), and it serves and dials the
+// catch-up streams of replicas brought up to date (catchup.go). Both ends
+// present their keys (mutual TLS), and only keys of the cell's members are
+// accepted.
+//
+// Its methods are safe for concurrent use. Close closes every connection,
+// dialed or handled, and waits for the goroutines it started.
+type Transport struct {
+	cfg   TransportConfig
+	local net.Addr
+	quic  *quic.Config
+	log   *slog.Logger
+
+	accepted chan net.Conn // raft streams, for Accept
+	done     chan struct{} // closed by Close
+	catchUp  func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream)
+
+	mu       sync.Mutex
+	peers    map[string]wire.Fingerprint // by address
+	keys     map[wire.Fingerprint]bool
+	out      map[string]*dialed // by address
+	in       map[*quic.Conn]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
+	refusals refusals
+}
+
+// dialed is the QUIC connection to one peer, or the dial in progress.
+type dialed struct {
+	ready chan struct{} // closed once conn or err is set
+	conn  *quic.Conn
+	err   error
+}
+
+// NewTransport returns a transport for cfg. It does no I/O.
+func NewTransport(cfg TransportConfig) (*Transport, error) {
+	switch {
+	case cfg.Identity == nil:
+		return nil, fmt.Errorf("%w: transport needs the daemon's identity", ErrInvalidConfig)
+	case cfg.QUIC == nil:
+		return nil, fmt.Errorf("%w: transport needs a QUIC transport to dial from", ErrInvalidConfig)
+	}
+	local, err := net.ResolveUDPAddr("udp", cfg.Advertise)
+	if err != nil {
+		return nil, fmt.Errorf("%w: advertised address %q: %v", ErrInvalidConfig, cfg.Advertise, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &Transport{
+		cfg:      cfg,
+		local:    local,
+		quic:     dialConfig(),
+		log:      logger(cfg.Logger),
+		accepted: make(chan net.Conn),
+		done:     make(chan struct{}),
+		out:      make(map[string]*dialed),
+		in:       make(map[*quic.Conn]struct{}),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	t.SetPeers(cfg.Peers)
+	return t, nil
+}
+
+// dialConfig is the QUIC configuration of the connections a daemon dials
+// to its peers. The peer opens no streams on them.
+func dialConfig() *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:  5 * time.Second,
+		MaxIdleTimeout:        15 * time.Second,
+		KeepAlivePeriod:       2 * time.Second,
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+		// Raft ships batches of entries: let a stream and the connection
+		// open their windows wide enough for a few batches in flight.
+		InitialStreamReceiveWindow:     512 << 10,
+		MaxStreamReceiveWindow:         8 << 20,
+		InitialConnectionReceiveWindow: 1 << 20,
+		MaxConnectionReceiveWindow:     16 << 20,
+		Tracer:                         qlog.DefaultConnectionTracer,
+	}
+}
+
+// SetPeers makes peers the cell's members: the keys accepted, and the key
+// each address must present. Connections to addresses no longer listed,
+// or whose key changed, are closed.
+func (t *Transport) SetPeers(peers []Peer) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	byAddr := make(map[string]wire.Fingerprint, len(peers))
+	keys := make(map[wire.Fingerprint]bool, len(peers))
+	for _, p := range peers {
+		byAddr[p.Addr] = p.Fingerprint
+		keys[p.Fingerprint] = true
+	}
+	for addr, d := range t.out {
+		if fp, ok := byAddr[addr]; !ok || fp != t.peers[addr] {
+			delete(t.out, addr)
+			go d.close(connRefused, "no longer a member of the cell")
+		}
+	}
+	t.peers, t.keys = byAddr, keys
+}
+
+// peerList returns the cell's members as the transport knows them.
+func (t *Transport) peerList() []Peer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	peers := make([]Peer, 0, len(t.peers))
+	for addr, fp := range t.peers {
+		peers = append(peers, Peer{Addr: addr, Fingerprint: fp})
+	}
+	return peers
+}
+
+// Member reports whether fp is the key of one of the cell's members.
+func (t *Transport) Member(fp wire.Fingerprint) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.keys[fp]
+}
+
+// VerifyPeer is the TLS check of a connection under ALPN, for the daemon's
+// listener: the peer must present a member's key. It returns an error
+// wrapping ErrUnknownPeer otherwise.
+func (t *Transport) VerifyPeer(cs tls.ConnectionState) error {
+	fp, err := identity.PeerFingerprint(cs)
+	if err != nil {
+		return err
+	}
+	if !t.Member(fp) {
+		t.refusals.note(t.log, fp, "key not a member of the cell")
+		return fmt.Errorf("key %s: %w", fp.Short(), ErrUnknownPeer)
+	}
+	return nil
+}
+
+// ServerTLS returns the TLS configuration of a listener that serves the
+// cell's ALPN alone. (The daemon's listener offers huddle/1 too, and checks
+// the keys of connections under ALPN with VerifyPeer.)
+func (t *Transport) ServerTLS() *tls.Config {
+	c := t.cfg.Identity.ServerTLS()
+	c.NextProtos = []string{ALPN}
+	c.VerifyConnection = t.VerifyPeer
+	return c
+}
+
+// clientTLS returns the TLS configuration for dialing the member whose key
+// is want.
+func (t *Transport) clientTLS(want wire.Fingerprint) *tls.Config {
+	c := t.cfg.Identity.ClientTLS(want, nil)
+	c.NextProtos = []string{ALPN}
+	return c
+}
+
+// Handle serves conn, a connection the daemon's listener accepted under
+// ALPN: it accepts the peer's streams until the connection or the
+// transport ends. It returns at once; the transport owns the goroutine.
+// A peer whose key is not a member's is refused.
+func (t *Transport) Handle(conn *quic.Conn) {
+	fp, err := identity.PeerFingerprint(conn.ConnectionState().TLS)
+	if err != nil || !t.Member(fp) {
+		conn.CloseWithError(connRefused, "not a member of the cell")
+		return
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		conn.CloseWithError(connShutdown, "shutting down")
+		return
+	}
+	t.in[conn] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		defer func() {
+			t.mu.Lock()
+			delete(t.in, conn)
+			t.mu.Unlock()
+		}()
+		t.serve(conn, fp)
+	}()
+}
+
+func (t *Transport) serve(conn *quic.Conn, peer wire.Fingerprint) {
+	for {
+		str, err := conn.AcceptStream(t.ctx)
+		if err != nil {
+			return
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			t.dispatch(conn, peer, str)
+		}()
+	}
+}
+
+// dispatch reads an accepted stream's kind and hands it on.
+func (t *Transport) dispatch(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) {
+	var kind [1]byte
+	str.SetReadDeadline(time.Now().Add(kindTimeout))
+	if _, err := io.ReadFull(str, kind[:]); err != nil {
+		str.CancelRead(streamBadKind)
+		str.CancelWrite(streamBadKind)
+		str.ReleaseStreamCredit()
+		return
+	}
+	str.SetReadDeadline(time.Time{})
+	switch kind[0] {
+	case kindRaft:
+		c := &streamConn{str: str, conn: conn, accepted: true}
+		select {
+		case t.accepted <- c:
+		case <-t.done:
+			c.Close()
+		}
+	case kindCatchUp:
+		t.mu.Lock()
+		serve := t.catchUp
+		t.mu.Unlock()
+		if serve == nil {
+			str.CancelRead(streamBadKind)
+			str.CancelWrite(streamBadKind)
+			str.ReleaseStreamCredit()
+			return
+		}
+		serve(t.ctx, peer, str)
+		str.CancelRead(streamClosed)
+		str.Close()
+		str.ReleaseStreamCredit()
+	default:
+		str.CancelRead(streamBadKind)
+		str.CancelWrite(streamBadKind)
+		str.ReleaseStreamCredit()
+	}
+}
+
+// serveCatchUp sets the handler of catch-up streams. It runs on a
+// goroutine of the transport; the transport closes the stream after it.
+func (t *Transport) serveCatchUp(h func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream)) {
+	t.mu.Lock()
+	t.catchUp = h
+	t.mu.Unlock()
+}
+
+// Accept returns the next raft connection a peer opened (net.Listener).
+func (t *Transport) Accept() (net.Conn, error) {
+	select {
+	case c := <-t.accepted:
+		return c, nil
+	case <-t.done:
+		return nil, ErrTransportClosed
+	}
+}
+
+// Addr returns this daemon's address as the cell knows it (net.Listener):
+// raft takes it for the local server's address.
+func (t *Transport) Addr() net.Addr { return t.local }
+
+// Dial opens a raft connection to the member at address (raft's
+// StreamLayer): a new stream on the QUIC connection to it, dialed first if
+// there is none. It returns an error wrapping ErrUnknownPeer for an
+// address that is not a member's, and *identity.MismatchError if the
+// daemon there presents another key than the member's.
+func (t *Transport) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(t.ctx, timeout)
+	defer cancel()
+	str, conn, err := t.open(ctx, string(address), kindRaft)
+	if err != nil {
+		return nil, err
+	}
+	return &streamConn{str: str, conn: conn}, nil
+}
+
+// open opens a stream of kind to the member at addr. A stream that cannot
+// be opened on a connection dialed earlier (it has died: the peer
+// restarted, or was unreachable for longer than the idle timeout) is tried
+// once more on a new connection.
+func (t *Transport) open(ctx context.Context, addr string, kind byte) (*quic.Stream, *quic.Conn, error) {
+	for attempt := 0; ; attempt++ {
+		d, fresh, err := t.conn(ctx, addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		str, err := d.conn.OpenStreamSync(ctx)
+		if err == nil {
+			if _, err = str.Write([]byte{kind}); err == nil {
+				return str, d.conn, nil
+			}
+			str.CancelWrite(streamClosed)
+			str.CancelRead(streamClosed)
+		}
+		t.forget(addr, d)
+		if fresh || attempt > 0 || ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("cell: open a stream to %s: %w", addr, err)
+		}
+	}
+}
+
+// conn returns the QUIC connection to addr, dialing it if there is none
+// (or it has ended); fresh says it was dialed by this call. Callers that
+// find a dial in progress wait for it rather than dial too.
+func (t *Transport) conn(ctx context.Context, addr string) (d *dialed, fresh bool, err error) {
+	for {
+		t.mu.Lock()
+		if t.closed {
+			t.mu.Unlock()
+			return nil, false, ErrTransportClosed
+		}
+		want, ok := t.peers[addr]
+		if !ok {
+			t.mu.Unlock()
+			return nil, false, fmt.Errorf("cell: dial %s: %w", addr, ErrUnknownPeer)
+		}
+		d = t.out[addr]
+		if d == nil {
+			d = &dialed{ready: make(chan struct{})}
+			t.out[addr] = d
+			t.mu.Unlock()
+			return d, true, t.dialInto(ctx, addr, want, d)
+		}
+		t.mu.Unlock()
+		select {
+		case <-d.ready:
+		case <-ctx.Done():
+			return nil, false, fmt.Errorf("cell: dial %s: %w", addr, context.Cause(ctx))
+		}
+		if d.err != nil {
+			return nil, false, d.err // that dial just failed: so would ours
+		}
+		if d.conn.Context().Err() == nil {
+			return d, false, nil
+		}
+		t.forget(addr, d) // it has ended: dial again
+	}
+}
+
+// dialInto dials addr for d, which conn has made the connection to it.
+func (t *Transport) dialInto(ctx context.Context, addr string, want wire.Fingerprint, d *dialed) error {
+	d.conn, d.err = t.dial(ctx, addr, want)
+	close(d.ready)
+	if d.err != nil {
+		t.forget(addr, d)
+		return d.err
+	}
+	t.mu.Lock()
+	gone := t.closed || t.out[addr] != d // closed, or the peer left the cell, while we dialed
+	t.mu.Unlock()
+	if gone {
+		d.conn.CloseWithError(connShutdown, "shutting down")
+		return fmt.Errorf("cell: dial %s: %w", addr, ErrTransportClosed)
+	}
+	return nil
+}
+
+func (t *Transport) dial(ctx context.Context, addr string, want wire.Fingerprint) (*quic.Conn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("cell: dial %s: %w", addr, err)
+	}
+	conn, err := t.cfg.QUIC.Dial(ctx, ua, t.clientTLS(want), t.quic)
+	if err != nil {
+		return nil, fmt.Errorf("cell: dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// forget drops d as the connection to addr, if it still is, and closes it.
+func (t *Transport) forget(addr string, d *dialed) {
+	t.mu.Lock()
+	if t.out[addr] == d {
+		delete(t.out, addr)
+	}
+	t.mu.Unlock()
+	d.close(connShutdown, "connection replaced")
+}
+
+func (d *dialed) close(code quic.ApplicationErrorCode, why string) {
+	<-d.ready
+	if d.conn != nil {
+		d.conn.CloseWithError(code, why)
+	}
+}
+
+// stopDialing makes dials in progress, and any after, fail at once: a
+// closing node's raft must not wait out a dial to a member that is down.
+func (t *Transport) stopDialing() { t.cancel() }
+
+// Close closes every connection, ends Accept, and waits for the
+// goroutines the transport started. It is safe to call more than once.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		t.wg.Wait()
+		return nil
+	}
+	t.closed = true
+	close(t.done)
+	t.cancel()
+	out := t.out
+	t.out = make(map[string]*dialed)
+	in := make([]*quic.Conn, 0, len(t.in))
+	for c := range t.in {
+		in = append(in, c)
+	}
+	t.mu.Unlock()
+	for _, d := range out {
+		select {
+		case <-d.ready:
+			if d.conn != nil {
+				d.conn.CloseWithError(connShutdown, "shutting down")
+			}
+		default: // its dialer sees t.closed and closes it
+		}
+	}
+	for _, c := range in {
+		c.CloseWithError(connShutdown, "shutting down")
+	}
+	t.wg.Wait()
+	return nil
+}
+
+// streamConn is a QUIC stream as a net.Conn: one raft connection.
+type streamConn struct {
+	str      *quic.Stream
+	conn     *quic.Conn
+	accepted bool // opened by the peer: its credit is released on close
+	once     sync.Once
+}
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	n, err := c.str.Read(p)
+	if err != nil {
+	}
+	return n, closedAsEOF(err)
+}
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	n, err := c.str.Write(p)
+	if err != nil {
+	}
+	return n, closedAsEOF(err)
+}
+
+// closedAsEOF reports a stream or connection a member closed on purpose
+// (it stopped, or is done with the stream) as io.EOF, which raft's
+// transport takes for the end of a connection rather than an error to log.
+func closedAsEOF(err error) error {
+	var app *quic.ApplicationError
+	var str *quic.StreamError
+	switch {
+	case errors.As(err, &app) && (app.ErrorCode == connShutdown):
+		return io.EOF
+	case errors.As(err, &str) && str.ErrorCode == streamClosed:
+		return io.EOF
+	}
+	return err
+}
+func (c *streamConn) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
+func (c *streamConn) RemoteAddr() net.Addr               { return c.conn.RemoteAddr() }
+func (c *streamConn) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }
+func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }
+
+// Close ends both directions of the stream: raft closes a connection it
+// is done with, and never reads from it again.
+func (c *streamConn) Close() error {
+	c.once.Do(func() {
+		c.str.CancelRead(streamClosed)
+		c.str.Close()
+		if c.accepted {
+			c.str.ReleaseStreamCredit()
+		}
+	})
+	return nil
+}
+
+// refusals logs refused peers at most once a minute, with a count of those
+// not logged.
+type refusals struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *refusals) note(log *slog.Logger, fp wire.Fingerprint, why string) {
+	r.mu.Lock()
+	now := time.Now()
+	if now.Sub(r.last) < time.Minute {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	r.mu.Unlock()
+	log.Warn("cell connection refused", "peer", fp.Short(), "reason", why, "refused_since_last_logged", n)
+}
