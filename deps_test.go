@@ -17,6 +17,7 @@ func TestImportDirection(t *testing.T) {
 		"store":     nil,
 		"metrics":   nil,
 		"identity":  {"wire"},
+		"cell":      {"wire", "identity", "store"},
 		"discovery": {"wire"},
 		"client":    {"wire", "identity"},
 		"daemon":    {"wire", "identity", "store", "client", "discovery", "metrics"},

@@ -1,0 +1,292 @@
+package cell
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Catch-up: a replica whose log is behind a snapshot it restores (a new
+// member, a replica back after lagging past what the leader keeps of its
+// raft log, or one whose data directory was lost) copies the messages it
+// lacks from a peer's log, group by group, over a stream of kind
+// kindCatchUp. The cell goes on meanwhile; only this replica's state
+// machine waits.
+//
+// The request (after the kind byte): group [16], epoch u64, after u64,
+// upto u64: the messages after..upto of the group's history of that
+// epoch. The reply is frames, each a u32 length then a payload whose
+// first byte says what it is:
+//
+//	'h' status u8 (0: ok; 1: this peer's log ends before upto; 2: this
+//	    peer has no such group, or another epoch of it), first u64: the
+//	    first message it will send (after+1, or later if its retention
+//	    dropped the messages before)
+//	'b' a batch of messages, as a send command carries them from its
+//	    count on
+//	'e' the end: every message up to upto was sent
+//
+// A replica tries the leader first, then the other members.
+const (
+	catchUpRequestSize = 16 + 8 + 8 + 8
+	catchUpChunk       = 1024
+	catchUpFrameBytes  = 1 << 20
+	maxCatchUpFrame    = 4 << 20
+	catchUpTimeout     = 30 * time.Second // without progress
+
+	catchUpOK     = 0
+	catchUpBehind = 1
+	catchUpNone   = 2
+)
+
+var errCatchUp = errors.New("cell: catch-up")
+
+// catchUp brings g's log up to seq (at time t) from a peer.
+func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-n.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var errs []error
+	for _, p := range n.catchUpOrder() {
+		from, _ := g.log.Tail()
+		if from >= seq {
+			return nil
+		}
+		err := n.catchUpFrom(ctx, p, g, from, seq)
+		if err == nil {
+			n.cfg.Logger.Info("cell: caught up a group from a peer", "group", g.spec.Name, "peer", p.Addr, "from", from, "to", seq)
+			return nil
+		}
+		n.cfg.Logger.Warn("cell: could not catch up a group from a peer", "group", g.spec.Name, "peer", p.Addr, "err", err)
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return fmt.Errorf("catch up to message %d: %w", seq, errors.Join(append(errs, errCatchUp)...))
+}
+
+// catchUpOrder returns the members to catch up from: the leader first.
+func (n *Node) catchUpOrder() []Peer {
+	var order []Peer
+	leader, ok := n.Leader()
+	if ok && leader != n.self {
+		order = append(order, leader)
+	}
+	for _, p := range n.tr.peerList() {
+		if p != n.self && p != leader {
+			order = append(order, p)
+		}
+	}
+	return order
+}
+
+func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, upto uint64) error {
+	dctx, cancel := context.WithTimeout(ctx, n.cfg.RPCTimeout)
+	str, _, err := n.tr.open(dctx, p.Addr, kindCatchUp)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer str.CancelRead(streamClosed)
+	defer str.Close()
+	stop := context.AfterFunc(ctx, func() { str.CancelRead(streamClosed) })
+	defer stop()
+	var req [catchUpRequestSize]byte
+	copy(req[:16], g.spec.ID[:])
+	binary.LittleEndian.PutUint64(req[16:], g.spec.Epoch)
+	binary.LittleEndian.PutUint64(req[24:], after)
+	binary.LittleEndian.PutUint64(req[32:], upto)
+	str.SetWriteDeadline(time.Now().Add(catchUpTimeout))
+	if _, err := str.Write(req[:]); err != nil {
+		return err
+	}
+	str.Close()
+	r := bufio.NewReaderSize(str, 64<<10)
+	var buf []byte
+	next := func() (byte, []byte, error) {
+		str.SetReadDeadline(time.Now().Add(catchUpTimeout))
+		var h [4]byte
+		if _, err := io.ReadFull(r, h[:]); err != nil {
+			return 0, nil, err
+		}
+		size := binary.LittleEndian.Uint32(h[:])
+		if size == 0 || size > maxCatchUpFrame {
+			return 0, nil, fmt.Errorf("%w: a frame of %d bytes", errCatchUp, size)
+		}
+		if cap(buf) < int(size) {
+			buf = make([]byte, size)
+		}
+		buf = buf[:size]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return 0, nil, err
+		}
+		return buf[0], buf[1:], nil
+	}
+	kind, p1, err := next()
+	if err != nil {
+		return err
+	}
+	if kind != 'h' || len(p1) != 9 {
+		return fmt.Errorf("%w: no header", errCatchUp)
+	}
+	switch p1[0] {
+	case catchUpOK:
+	case catchUpBehind:
+		return fmt.Errorf("%w: the peer's log ends before message %d", errCatchUp, upto)
+	default:
+		return fmt.Errorf("%w: the peer has no such group of epoch %d", errCatchUp, g.spec.Epoch)
+	}
+	first := binary.LittleEndian.Uint64(p1[1:])
+	if first <= after || first > upto+1 {
+		return fmt.Errorf("%w: the peer starts at %d, for messages %d..%d", errCatchUp, first, after+1, upto)
+	}
+	reset := first > after+1 // the peer's retention dropped what we lack
+	var entries []store.Entry
+	for {
+		kind, body, err := next()
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case 'e':
+			if seq, _ := g.log.Tail(); seq != upto {
+				return fmt.Errorf("%w: ended at %d, want %d", errCatchUp, seq, upto)
+			}
+			return nil
+		case 'b':
+		default:
+			return fmt.Errorf("%w: a frame of kind %q", errCatchUp, kind)
+		}
+		rd := reader{p: body}
+		entries = decodeEntries(&rd, entries[:0])
+		if rd.err == nil && len(rd.p) != 0 {
+			rd.fail("%d bytes after the batch", len(rd.p))
+		}
+		if rd.err != nil {
+			return rd.err
+		}
+		if reset {
+			if entries[0].Seq != first {
+				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, first)
+			}
+			if err := g.log.Reset(first-1, entries[0].Time-1); err != nil {
+				return err
+			}
+			reset = false
+		}
+		if entries[len(entries)-1].Seq > upto {
+			return fmt.Errorf("%w: a batch past %d", errCatchUp, upto)
+		}
+		if err := g.log.Append(entries); err != nil {
+			return err
+		}
+		clear(entries)
+	}
+}
+
+// serveCatchUp answers a peer's catch-up request from this replica's log.
+func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *quic.Stream) {
+	var req [catchUpRequestSize]byte
+	str.SetReadDeadline(time.Now().Add(kindTimeout))
+	if _, err := io.ReadFull(str, req[:]); err != nil {
+		return
+	}
+	var id wire.UUID
+	copy(id[:], req[:16])
+	epoch := binary.LittleEndian.Uint64(req[16:])
+	after := binary.LittleEndian.Uint64(req[24:])
+	upto := binary.LittleEndian.Uint64(req[32:])
+	w := bufio.NewWriterSize(str, 64<<10)
+	frame := func(kind byte, body []byte) error {
+		var h [5]byte
+		binary.LittleEndian.PutUint32(h[:], uint32(len(body)+1))
+		h[4] = kind
+		str.SetWriteDeadline(time.Now().Add(catchUpTimeout))
+		if _, err := w.Write(h[:]); err != nil {
+			return err
+		}
+		_, err := w.Write(body)
+		return err
+	}
+	header := func(status byte, first uint64) error {
+		var b [9]byte
+		b[0] = status
+		binary.LittleEndian.PutUint64(b[1:], first)
+		if err := frame('h', b[:]); err != nil {
+			return err
+		}
+		return w.Flush()
+	}
+	g := n.fsm.group(id)
+	if g == nil || g.spec.Epoch != epoch || after >= upto {
+		header(catchUpNone, 0)
+		return
+	}
+	if tail, _ := g.log.Tail(); tail < upto {
+		header(catchUpBehind, 0)
+		return
+	}
+	msgs, cur := g.log.After(after, catchUpChunk, nil)
+	first := after + 1
+	if len(msgs) > 0 {
+		first = msgs[0].Seq
+	} else if cur.First > first {
+		first = cur.First
+	}
+	if err := header(catchUpOK, first); err != nil {
+		return
+	}
+	enc := newEncoder()
+	var entries []store.Entry
+	var out []byte
+	for len(msgs) > 0 && ctx.Err() == nil {
+		for i := range msgs {
+			m := &msgs[i]
+			if m.Seq > upto {
+				msgs = msgs[:i]
+				break
+			}
+		}
+		for len(msgs) > 0 {
+			entries = entries[:0]
+			size := 0
+			for _, m := range msgs {
+				if len(entries) > 0 && size+len(m.Body) > catchUpFrameBytes {
+					break
+				}
+				entries = append(entries, store.Entry{Seq: m.Seq, Time: m.Time, ID: m.ID, From: *m.From, Body: m.Body})
+				size += len(m.Body) + 64
+			}
+			out = enc.appendEntries(out[:0], entries)
+			if err := frame('b', out); err != nil {
+				return
+			}
+			msgs = msgs[len(entries):]
+		}
+		last := entries[len(entries)-1].Seq
+		clear(entries)
+		if last >= upto {
+			break
+		}
+		msgs, _ = g.log.After(last, catchUpChunk, msgs[:0])
+	}
+	if frame('e', nil) == nil && w.Flush() == nil {
+		n.cfg.Logger.Info("cell: a peer caught up a group from this replica", "peer", peer.Short(), "group", g.spec.Name, "from", after, "to", upto)
+	}
+}

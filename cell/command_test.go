@@ -1,0 +1,156 @@
+package cell
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+var testGroup = uuid.MustParse("0190a5d2-7c4e-7b3a-9f10-2c3d4e5f6a7b")
+
+func testEntries() []store.Entry {
+	bob := store.Sender{Fingerprint: [32]byte{2}, Name: "bob"}
+	return []store.Entry{
+		{Seq: 7, Time: 1000, ID: [16]byte{1}, From: alice, Body: []byte("hi")},
+		{Seq: 8, Time: 1001, ID: [16]byte{2}, From: bob, Body: []byte("")},
+		{Seq: 9, Time: 5000, ID: [16]byte{3}, From: alice, Body: []byte("third")},
+	}
+}
+
+// testCommands are one command of each kind, encoded.
+func testCommands() map[string][]byte {
+	return map[string][]byte{
+		"create":         encodeCreate(nil, GroupSpec{ID: testGroup, Name: "lobby", Epoch: 9, DedupWindow: 65536}),
+		"create private": encodeCreate(nil, GroupSpec{ID: testGroup, Name: "den", Epoch: 9, DedupWindow: 16, Private: true, SecretSHA256: [32]byte{0xaa}}),
+		"send":           newEncoder().encodeSend(nil, testGroup, 3, testEntries()),
+		"join":           encodeJoin(nil, testGroup, Member{Fingerprint: wire.Fingerprint{5}, Name: "carol", Joined: 77}, 8192),
+		"leave":          encodeLeave(nil, testGroup, wire.Fingerprint{5}),
+	}
+}
+
+func TestCommandRoundTrip(t *testing.T) {
+	for name, data := range testCommands() {
+		c, err := decodeCommand(data, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var again []byte
+		switch c.kind {
+		case cmdCreate:
+			again = encodeCreate(nil, c.spec)
+		case cmdSend:
+			again = newEncoder().encodeSend(nil, c.group, c.term, c.entries)
+			if !reflect.DeepEqual(c.entries, testEntries()) {
+				t.Fatalf("send decoded to %+v", c.entries)
+			}
+		case cmdJoin:
+			again = encodeJoin(nil, c.group, c.member, c.max)
+		case cmdLeave:
+			again = encodeLeave(nil, c.group, c.member.Fingerprint)
+		}
+		if !bytes.Equal(again, data) {
+			t.Fatalf("%s: re-encoded\n%x\nwant\n%x", name, again, data)
+		}
+	}
+}
+
+// TestCommandBytes pins the send layout PROTOCOL.md documents.
+func TestCommandBytes(t *testing.T) {
+	e := []store.Entry{{Seq: 1, Time: 2, ID: [16]byte{0xee}, From: store.Sender{Fingerprint: [32]byte{0xff}, Name: "a"}, Body: []byte("b")}}
+	got := hex.EncodeToString(newEncoder().encodeSend(nil, testGroup, 4, e))
+	want := "02" + "0190a5d27c4e7b3a9f102c3d4e5f6a7b" + "0400000000000000" + "01" + "0100000000000000" + "0200000000000000" +
+		"01" + "ff" + "00000000000000000000000000000000000000000000000000000000000000" + "0161" +
+		"00" + "ee000000000000000000000000000000" + "00" + "0162"
+	if got != want {
+		t.Fatalf("send\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestCommandMalformed(t *testing.T) {
+	send := testCommands()["send"]
+	cases := map[string][]byte{
+		"empty":         nil,
+		"unknown kind":  append([]byte{9}, testGroup[:]...),
+		"truncated":     send[:len(send)-1],
+		"trailing byte": append(bytes.Clone(send), 0),
+		"zero epoch":    encodeCreate(nil, GroupSpec{ID: testGroup, Name: "x"}),
+		"bad private": func() []byte {
+			b := encodeCreate(nil, GroupSpec{ID: testGroup, Name: "x", Epoch: 1})
+			b[1+16+8+1] = 2
+			return b
+		}(),
+		"zero count": func() []byte { b := bytes.Clone(send); b[1+16+8] = 0; return b }(),
+		"first dt": func() []byte {
+			e := []store.Entry{{Seq: 1, Time: 2, From: store.Sender{Name: "a"}}}
+			b := newEncoder().encodeSend(nil, testGroup, 1, e)
+			b[1+16+8+1+8+8+1+32+1+1] = 1 // the first message's dt
+			return b
+		}(),
+		"name not utf8": encodeJoin(nil, testGroup, Member{Name: "\xff"}, 1),
+		"huge body len": append(append([]byte{cmdSend}, testGroup[:]...), make([]byte, 8+1)...),
+	}
+	for name, data := range cases {
+		if _, err := decodeCommand(data, nil); !errors.Is(err, ErrBadCommand) {
+			t.Errorf("%s: %v, want ErrBadCommand", name, err)
+		}
+	}
+}
+
+func FuzzDecodeCommand(f *testing.F) {
+	for _, c := range testCommands() {
+		f.Add(c)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := decodeCommand(data, nil)
+		if err != nil {
+			if !errors.Is(err, ErrBadCommand) {
+				t.Fatalf("error %v does not wrap ErrBadCommand", err)
+			}
+			return
+		}
+		// What decodes is well formed: a send's stamps follow on.
+		for i := 1; i < len(c.entries); i++ {
+			if c.entries[i].Seq != c.entries[i-1].Seq+1 || c.entries[i].Time <= c.entries[i-1].Time {
+				t.Fatalf("decoded entries out of order: %+v", c.entries)
+			}
+		}
+	})
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	groups := []snapGroup{
+		{spec: GroupSpec{ID: testGroup, Name: "lobby", Epoch: 3, DedupWindow: 10}, seq: 100, time: 5,
+			members: []Member{{Fingerprint: wire.Fingerprint{1}, Name: "a", Joined: 1}, {Fingerprint: wire.Fingerprint{2}, Name: "b", Joined: 2}}},
+		{spec: GroupSpec{ID: uuid.New(), Name: "den", Epoch: 4, DedupWindow: 10, Private: true, SecretSHA256: [32]byte{9}}},
+	}
+	p := encodeSnapshot(nil, groups)
+	got, err := decodeSnapshot(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range groups {
+		if got[i].spec != groups[i].spec || got[i].seq != groups[i].seq || got[i].time != groups[i].time || len(got[i].members) != len(groups[i].members) {
+			t.Fatalf("group %d: %+v, want %+v", i, got[i], groups[i])
+		}
+	}
+	p[20] ^= 1
+	if _, err := decodeSnapshot(p); !errors.Is(err, ErrBadSnapshot) {
+		t.Fatalf("a flipped byte: %v, want ErrBadSnapshot", err)
+	}
+}
+
+func FuzzDecodeSnapshot(f *testing.F) {
+	f.Add(encodeSnapshot(nil, []snapGroup{{spec: GroupSpec{ID: testGroup, Name: "x", Epoch: 1}, members: []Member{{Name: "m"}}}}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := decodeSnapshot(data); err != nil && !errors.Is(err, ErrBadSnapshot) {
+			t.Fatalf("error %v does not wrap ErrBadSnapshot", err)
+		}
+	})
+}

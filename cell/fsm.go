@@ -1,0 +1,427 @@
+package cell
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Log is a replicated group's log, as the cell's state machine uses it:
+// store.Log in memory, store.DiskLog on disk. The state machine appends
+// what the leader stamped, in raft's order; the leader looks IDs up in it
+// before stamping; a replica catching up is served from it.
+type Log interface {
+	// Epoch names the log's history; a replica's log must have the
+	// group's (GroupSpec.Epoch).
+	Epoch() uint64
+	// Tail returns the sequence number and time of the last message
+	// appended (0, 0 for none).
+	Tail() (seq uint64, time int64)
+	// Lookup appends one ack per entry of batch: the original's stamps,
+	// Duplicate set, for an ID the log remembers; else the zero Ack.
+	Lookup(batch []store.Entry, acks []store.Ack) []store.Ack
+	// Append stores batch as stamped, all of it or none.
+	Append(batch []store.Entry) error
+	// After appends up to limit messages after seq to dst.
+	After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor)
+	// Sync returns once everything appended is on the device.
+	Sync() error
+	// Reset empties the log and makes it stand after seq, at time t: the
+	// next message appended is seq+1, after t. A replica catching up from
+	// a peer whose retention dropped what it lacks starts there.
+	Reset(seq uint64, t int64) error
+}
+
+// Host is where the cell's state machine applies what the cell decided:
+// the group daemon that serves the cell's groups to clients.
+type Host interface {
+	// OpenGroup returns the daemon's replica of the group spec describes,
+	// opening it if it has none: its log opened (on disk: read back) or
+	// created empty with spec.Epoch. A log that exists with another epoch
+	// is an error: it holds another history.
+	OpenGroup(spec GroupSpec) (Replica, error)
+}
+
+// Replica is one group of the cell as the daemon serves it. The state
+// machine calls its methods in raft's order, one at a time.
+type Replica interface {
+	// Log is the group's log.
+	Log() Log
+	// Joined says m is a member now (joined, or renamed).
+	Joined(m Member)
+	// Left says fp is no longer a member.
+	Left(fp wire.Fingerprint)
+	// SetMembers says the members are ms, after a restore: those not in
+	// ms have left.
+	SetMembers(ms []Member)
+}
+
+// Results of applying a command, which the proposer's future returns.
+type (
+	joinResult  struct{ already, full bool }
+	leaveResult struct{ was bool }
+)
+
+// errGap is the result of a send that does not follow on from its group's
+// log: its proposer stamped from a tail that is not the log's (a bug).
+// Every replica rejects it alike.
+var errGap = errors.New("cell: send does not follow on from the log")
+
+// errStale is the result of a send stamped in another raft term than the
+// one its entry was appended in: the leadership that stamped it ended
+// before raft appended it, and the tail it stamped from may not be the
+// log's. Every replica refuses it alike; its sender is told to retry.
+var errStale = errors.New("cell: send stamped by an earlier leadership")
+
+// errNoGroup is the result of a command for a group the cell has not
+// created.
+var errNoGroup = errors.New("cell: no such group")
+
+// fsm is the cell's state machine (raft.BatchingFSM): the groups the cell
+// created, their members, and their logs, which are durable on their own.
+//
+// A send is applied by appending its messages, as the leader stamped them,
+// to the group's log. The log's tail says how far it is applied: when raft
+// replays entries after a restart, a send whose messages the log holds
+// already is skipped. So a snapshot need not hold messages: it records
+// each group's position (and members), after syncing the logs to it; a
+// replica whose log is behind a snapshot it restores catches up from a
+// peer (catchup.go), and then raft replays what follows.
+type fsm struct {
+	host    Host
+	log     *slog.Logger
+	closing <-chan struct{}
+	// onConfig is told each configuration raft commits.
+	onConfig func(raft.Configuration)
+	// catchUp brings a replica's log up to a position from a peer.
+	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64) error
+
+	mu     sync.RWMutex // Apply and Restore write; the rest read
+	groups map[wire.UUID]*groupState
+
+	// Working space of ApplyBatch, which raft calls from one goroutine
+	// (as it does Snapshot and Restore).
+	entries []store.Entry
+	pending map[*groupState]*pendingAppend
+}
+
+// groupState is one group of the cell.
+type groupState struct {
+	spec    GroupSpec
+	replica Replica
+	log     Log
+	members map[wire.Fingerprint]Member // under fsm.mu
+
+	propMu sync.Mutex // serialises the leader's sequencing of the group
+	prop   proposer   // under propMu (propose.go)
+}
+
+// pendingAppend is what one ApplyBatch appends to one group: the sends of
+// the batch merged, so that one write (one fsync, under an always policy)
+// carries them all.
+type pendingAppend struct {
+	entries []store.Entry
+	seq     uint64 // where the log will stand after entries
+	time    int64
+	resps   []int // the responses that wait on the append
+}
+
+func newFSM(host Host, log *slog.Logger, closing <-chan struct{}) *fsm {
+	return &fsm{host: host, log: log, closing: closing,
+		groups: make(map[wire.UUID]*groupState), pending: make(map[*groupState]*pendingAppend)}
+}
+
+// group returns the group with id, or nil.
+func (f *fsm) group(id wire.UUID) *groupState {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.groups[id]
+}
+
+// groupsByName returns the cell's groups, sorted by name.
+func (f *fsm) list() []*groupState {
+	f.mu.RLock()
+	gs := make([]*groupState, 0, len(f.groups))
+	for _, g := range f.groups {
+		gs = append(gs, g)
+	}
+	f.mu.RUnlock()
+	slices.SortFunc(gs, func(a, b *groupState) int {
+		return cmp.Or(cmp.Compare(a.spec.Name, b.spec.Name), slices.Compare(a.spec.ID[:], b.spec.ID[:]))
+	})
+	return gs
+}
+
+// Apply applies one entry (raft.FSM).
+func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch applies entries in order (raft.BatchingFSM). Sends to the same
+// group are merged into one append.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	resps := make([]any, len(logs))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.entries = f.entries[:0]
+	for i, l := range logs {
+		switch l.Type {
+		case raft.LogConfiguration:
+			if f.onConfig != nil {
+				f.onConfig(raft.DecodeConfiguration(l.Data))
+			}
+			continue
+		case raft.LogCommand:
+		default:
+			continue
+		}
+		c, err := decodeCommand(l.Data, f.entries[:0])
+		if err != nil {
+			// Every replica decodes the same bytes alike: a command this
+			// daemon cannot read is skipped everywhere that runs this
+			// version. (A newer leader's kind: see PROTOCOL.md, "Cells".)
+			f.log.Error("cell: skipping an entry this daemon cannot read", "index", l.Index, "err", err)
+			resps[i] = err
+			continue
+		}
+		f.entries = c.entries[:0] // stage copies what it keeps
+		resps[i] = f.applyLocked(&c, i, l.Index, l.Term)
+	}
+	f.flush(resps)
+	return resps
+}
+
+// applyLocked applies c, the command of entry index, whose response is
+// resps[i]; a send's is set when its append is flushed. f.mu is held.
+func (f *fsm) applyLocked(c *command, i int, index, term uint64) any {
+	if c.kind == cmdCreate {
+		return f.create(c.spec)
+	}
+	g := f.groups[c.group]
+	if g == nil {
+		return errNoGroup
+	}
+	switch c.kind {
+	case cmdSend:
+		if c.term != term {
+			return errStale
+		}
+		return f.stage(g, c.entries, i, index)
+	case cmdJoin:
+		m, ok := g.members[c.member.Fingerprint]
+		switch {
+		case ok:
+			if m.Name != c.member.Name {
+				m.Name = c.member.Name
+				g.members[m.Fingerprint] = m
+				g.replica.Joined(m)
+			}
+			return joinResult{already: true}
+		case len(g.members) >= c.max:
+			return joinResult{full: true}
+		}
+		g.members[c.member.Fingerprint] = c.member
+		g.replica.Joined(c.member)
+		return joinResult{}
+	case cmdLeave:
+		fp := c.member.Fingerprint
+		if _, ok := g.members[fp]; !ok {
+			return leaveResult{}
+		}
+		delete(g.members, fp)
+		g.replica.Left(fp)
+		return leaveResult{was: true}
+	}
+	return nil
+}
+
+// create adds the group spec describes, unless the cell has it. f.mu is
+// held.
+func (f *fsm) create(spec GroupSpec) any {
+	for _, g := range f.groups {
+		if g.spec.ID == spec.ID || g.spec.Name == spec.Name {
+			return nil // created twice: the first stands
+		}
+	}
+	r, err := f.host.OpenGroup(spec)
+	if err != nil {
+		// This replica cannot serve the group (its log is unusable); the
+		// others can. It is logged, and every command for the group is
+		// refused here (errNoGroup) until the daemon restarts.
+		f.log.Error("cell: cannot open a group the cell created: this replica does not serve it", "group", spec.Name, "uuid", spec.ID, "err", err)
+		return err
+	}
+	f.groups[spec.ID] = &groupState{spec: spec, replica: r, log: r.Log(), members: make(map[wire.Fingerprint]Member)}
+	return nil
+}
+
+// stage adds a send's entries to its group's pending append. Entries the
+// log holds already (raft replaying what was applied before a restart)
+// are skipped; a send that does not follow on is refused (errGap). f.mu is
+// held.
+func (f *fsm) stage(g *groupState, entries []store.Entry, i int, index uint64) any {
+	p := f.pending[g]
+	if p == nil {
+		p = &pendingAppend{entries: make([]store.Entry, 0, len(entries))}
+		p.seq, p.time = g.log.Tail()
+		f.pending[g] = p
+	}
+	skip := 0
+	for skip < len(entries) && entries[skip].Seq <= p.seq {
+		skip++
+	}
+	if skip == len(entries) {
+		return nil // applied before
+	}
+	if e := entries[skip]; e.Seq != p.seq+1 || e.Time <= p.time {
+		f.log.Error("cell: a send does not follow on from its group's log: refused (a sequencing bug)",
+			"group", g.spec.Name, "index", index, "seq", e.Seq, "time", e.Time, "log_seq", p.seq, "log_time", p.time)
+		return errGap
+	}
+	p.entries = append(p.entries, entries[skip:]...)
+	last := entries[len(entries)-1]
+	p.seq, p.time = last.Seq, last.Time
+	p.resps = append(p.resps, i)
+	return nil
+}
+
+// retryAppend is how long the state machine waits before trying again an
+// append its log refused (a full or failing disk).
+const retryAppend = 100 * time.Millisecond
+
+// flush appends each group's pending entries. An append the log refuses
+// (a full disk) is tried again until it succeeds or the daemon stops: a
+// committed entry must be applied, in order, and the cell goes on without
+// this replica meanwhile. f.mu is held.
+func (f *fsm) flush(resps []any) {
+	for g, p := range f.pending {
+		delete(f.pending, g)
+		if len(p.entries) == 0 {
+			continue
+		}
+		for attempt := 0; ; attempt++ {
+			err := g.log.Append(p.entries)
+			if err == nil {
+				break
+			}
+			if attempt == 0 || attempt%100 == 0 {
+				f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",
+					"group", g.spec.Name, "err", err, "attempts", attempt+1)
+			}
+			select {
+			case <-f.closing:
+				for _, i := range p.resps {
+					resps[i] = ErrClosed
+				}
+				return
+			case <-time.After(retryAppend):
+			}
+		}
+		clear(p.entries)
+	}
+}
+
+// Snapshot captures each group's position and members (raft.FSM). Apply
+// is not running meanwhile.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := &fsmSnapshot{groups: make([]snapGroup, 0, len(f.groups))}
+	for _, g := range f.groups {
+		sg := snapGroup{spec: g.spec, log: g.log}
+		sg.seq, sg.time = g.log.Tail()
+		sg.members = make([]Member, 0, len(g.members))
+		for _, m := range g.members {
+			sg.members = append(sg.members, m)
+		}
+		slices.SortFunc(sg.members, func(a, b Member) int { return slices.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
+		s.groups = append(s.groups, sg)
+	}
+	slices.SortFunc(s.groups, func(a, b snapGroup) int { return slices.Compare(a.spec.ID[:], b.spec.ID[:]) })
+	return s, nil
+}
+
+// Restore replaces the state with a snapshot's (raft.FSM): each group is
+// opened, its members set, and its log brought up to the snapshot's
+// position from a peer if it is behind (a new replica, or one that lagged
+// past what the leader keeps of its raft log).
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	groups, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	// Apply does not run during Restore: only the daemon's lookups
+	// (f.group) need the lock, and not while a log catches up.
+	next := make(map[wire.UUID]*groupState, len(groups))
+	for _, sg := range groups {
+		g := f.group(sg.spec.ID)
+		if g == nil {
+			r, err := f.host.OpenGroup(sg.spec)
+			if err != nil {
+				return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
+			}
+			g = &groupState{spec: sg.spec, replica: r, log: r.Log()}
+		}
+		g.members = make(map[wire.Fingerprint]Member, len(sg.members))
+		for _, m := range sg.members {
+			g.members[m.Fingerprint] = m
+		}
+		g.replica.SetMembers(sg.members)
+		if seq, _ := g.log.Tail(); seq < sg.seq {
+			if f.catchUp == nil {
+				return fmt.Errorf("cell: restore group %s: its log stands at %d, the snapshot at %d, and there is no peer to catch up from", sg.spec.Name, seq, sg.seq)
+			}
+			if err := f.catchUp(context.Background(), g, sg.seq, sg.time); err != nil {
+				return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
+			}
+		}
+		next[sg.spec.ID] = g
+	}
+	f.mu.Lock()
+	f.groups = next
+	f.mu.Unlock()
+	return nil
+}
+
+// fsmSnapshot is what Snapshot captured.
+type fsmSnapshot struct {
+	groups []snapGroup
+}
+
+type snapGroup struct {
+	spec    GroupSpec
+	seq     uint64 // the log's position
+	time    int64
+	members []Member
+	log     Log // to sync before the snapshot is written
+}
+
+// Persist syncs every group's log up to (at least) the position recorded,
+// then writes the snapshot: a snapshot never says more is applied than
+// the logs hold on the device.
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	for _, g := range s.groups {
+		if err := g.log.Sync(); err != nil {
+			sink.Cancel()
+			return fmt.Errorf("cell: snapshot: sync group %s: %w", g.spec.Name, err)
+		}
+	}
+	if _, err := sink.Write(encodeSnapshot(nil, s.groups)); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("cell: snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release does nothing: the snapshot holds no resources.
+func (s *fsmSnapshot) Release() {}

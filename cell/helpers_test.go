@@ -1,0 +1,347 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// testHost is a Host whose replicas keep their logs in memory, or on disk
+// under dir, and their members in a map: what the group daemon does, less
+// the serving.
+type testHost struct {
+	dir string // "" for memory logs
+
+	mu     sync.Mutex
+	groups map[wire.UUID]*testReplica
+}
+
+func newTestHost(dir string) *testHost {
+	return &testHost{dir: dir, groups: make(map[wire.UUID]*testReplica)}
+}
+
+func (h *testHost) OpenGroup(spec GroupSpec) (Replica, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r := h.groups[spec.ID]; r != nil {
+		return r, nil
+	}
+	cfg := store.Config{Epoch: spec.Epoch, DedupWindow: spec.DedupWindow}
+	var l Log
+	if h.dir == "" {
+		m, err := store.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		l = m
+	} else {
+		d, _, err := store.Open(store.DiskConfig{Config: cfg, Dir: filepath.Join(h.dir, spec.ID.String())})
+		if err != nil {
+			return nil, err
+		}
+		l = d
+	}
+	r := &testReplica{log: l, members: make(map[wire.Fingerprint]Member)}
+	h.groups[spec.ID] = r
+	return r, nil
+}
+
+func (h *testHost) replica(id wire.UUID) *testReplica {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.groups[id]
+}
+
+func (h *testHost) close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.groups {
+		if c, ok := r.log.(interface{ Close() error }); ok {
+			c.Close()
+		}
+	}
+}
+
+type testReplica struct {
+	log     Log
+	mu      sync.Mutex
+	members map[wire.Fingerprint]Member
+}
+
+func (r *testReplica) Log() Log { return r.log }
+func (r *testReplica) Joined(m Member) {
+	r.mu.Lock()
+	r.members[m.Fingerprint] = m
+	r.mu.Unlock()
+}
+func (r *testReplica) Left(fp wire.Fingerprint) {
+	r.mu.Lock()
+	delete(r.members, fp)
+	r.mu.Unlock()
+}
+func (r *testReplica) SetMembers(ms []Member) {
+	r.mu.Lock()
+	clear(r.members)
+	for _, m := range ms {
+		r.members[m.Fingerprint] = m
+	}
+	r.mu.Unlock()
+}
+func (r *testReplica) memberCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.members)
+}
+
+// testMember is one daemon of a test cell: its key, its UDP socket and
+// QUIC listener on 127.0.0.1, and its node.
+type testMember struct {
+	t    *testing.T
+	id   *identity.Identity
+	addr string
+	dir  string
+	host *testHost
+
+	udp  *net.UDPConn
+	qt   *quic.Transport
+	ln   *quic.Listener
+	node *Node
+	done chan struct{} // closed when the accept loop ends
+}
+
+// testCell is a cell of members on 127.0.0.1.
+type testCell struct {
+	t       *testing.T
+	members []*testMember
+	peers   []Peer
+	groups  []GroupConfig
+	mutate  func(*Config)
+}
+
+// newTestCell makes n members (keys, sockets and directories) and starts
+// them; each member's logs are on disk when disk is set.
+func newTestCell(t *testing.T, n int, disk bool, mutate func(*Config)) *testCell {
+	t.Helper()
+	c := &testCell{t: t, groups: []GroupConfig{{ID: uuid.New(), Name: "lobby"}}, mutate: mutate}
+	for range n {
+		c.members = append(c.members, c.newMember(disk))
+	}
+	for _, m := range c.members {
+		c.peers = append(c.peers, Peer{Addr: m.addr, Fingerprint: m.id.Fingerprint()})
+	}
+	for _, m := range c.members {
+		c.start(m, false)
+	}
+	return c
+}
+
+func (c *testCell) newMember(disk bool) *testMember {
+	t := c.t
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := udp.LocalAddr().String()
+	udp.Close() // bound again by start
+	m := &testMember{t: t, id: id, addr: addr, dir: t.TempDir()}
+	if disk {
+		m.host = newTestHost(filepath.Join(m.dir, "logs"))
+	} else {
+		m.host = newTestHost("")
+	}
+	return m
+}
+
+// start binds m's socket and starts its node; join starts it to join a
+// running cell.
+func (c *testCell) start(m *testMember, join bool) {
+	t := c.t
+	t.Helper()
+	ua, _ := net.ResolveUDPAddr("udp", m.addr)
+	var err error
+	for deadline := time.Now().Add(waitTimeout); ; {
+		if m.udp, err = net.ListenUDP("udp", ua); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the port of a member just closed
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.qt = &quic.Transport{Conn: m.udp}
+	cfg := Config{
+		Identity:  m.id,
+		QUIC:      m.qt,
+		Advertise: m.addr,
+		Peers:     c.peers,
+		Join:      join,
+		Dir:       filepath.Join(m.dir, "raft"),
+		Host:      m.host,
+		Groups:    c.groups,
+		Logger:    testLogger(t, m.addr),
+	}
+	if c.mutate != nil {
+		c.mutate(&cfg)
+	}
+	m.node, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ln, err = m.qt.Listen(m.node.Transport().ServerTLS(), &quic.Config{MaxIncomingStreams: 1000, MaxIdleTimeout: 15 * time.Second, Tracer: qlog.DefaultConnectionTracer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.done = make(chan struct{})
+	go func(ln *quic.Listener, tr *Transport, done chan struct{}) {
+		defer close(done)
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			tr.Handle(conn)
+		}
+	}(m.ln, m.node.Transport(), m.done)
+	if err := m.node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.stop)
+}
+
+// stop closes m's node and socket, as a daemon's shutdown (or, for raft's
+// peers, its crash: nothing is said to them) would.
+func (m *testMember) stop() {
+	if m.node == nil {
+		return
+	}
+	m.node.Close()
+	m.ln.Close()
+	<-m.done
+	m.qt.Close()
+	m.udp.Close()
+	m.host.close()
+	m.node = nil
+}
+
+// restart stops m and starts it again with the same key, address and
+// directories.
+func (c *testCell) restart(m *testMember) {
+	m.stop()
+	if m.host.dir != "" {
+		m.host = newTestHost(m.host.dir)
+	} else {
+		m.host = newTestHost("")
+	}
+	c.start(m, false)
+}
+
+// leader waits for a member that leads, ready to stamp, and returns it.
+func (c *testCell) leader() *testMember {
+	c.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		for _, m := range c.members {
+			if m.node == nil {
+				continue
+			}
+			if _, err := m.node.leading(); err == nil {
+				return m
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatal("no leader within the deadline")
+	return nil
+}
+
+// group waits until m's node has the cell's group named name, and returns
+// its spec.
+func (m *testMember) group(name string) GroupSpec {
+	m.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		for _, g := range m.node.Groups() {
+			if g.Name == name {
+				return g
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.t.Fatalf("%s has no group %q", m.addr, name)
+	return GroupSpec{}
+}
+
+// waitLast waits until m's replica of group holds messages up to seq.
+func (m *testMember) waitLast(group wire.UUID, seq uint64) {
+	m.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		if r := m.host.replica(group); r != nil {
+			if last, _ := r.log.Tail(); last >= seq {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.t.Fatalf("%s: group log never reached %d", m.addr, seq)
+}
+
+// sendVia sends bodies to group through whichever member leads, retrying
+// as a client would (same IDs) until acknowledged.
+func (c *testCell) send(group wire.UUID, from store.Sender, ids [][16]byte, bodies []string) []store.Ack {
+	c.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		m := c.leader()
+		entries := make([]store.Entry, len(ids))
+		for i := range ids {
+			entries[i] = store.Entry{ID: ids[i], From: from, Body: []byte(bodies[i])}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		acks, err := m.node.Send(ctx, group, entries, nil)
+		cancel()
+		if err == nil {
+			return acks
+		}
+		var nl *NotLeaderError
+		if !errors.As(err, &nl) && !errors.Is(err, ErrUnavailable) {
+			c.t.Fatalf("send: %v", err)
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("send: still failing at the deadline: %v", err)
+		}
+	}
+}
+
+// messages returns what m's replica of group holds.
+func (m *testMember) messages(group wire.UUID) []store.Message {
+	r := m.host.replica(group)
+	if r == nil {
+		return nil
+	}
+	msgs, _ := r.log.After(0, 1<<30, nil)
+	return msgs
+}
+
+func newID(i int) [16]byte {
+	var id [16]byte
+	copy(id[:], fmt.Sprintf("msg-%012d", i))
+	return id
+}

@@ -1,0 +1,611 @@
+package cell
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Defaults of Config's zero fields. The timeouts suit a LAN or one data
+// centre: a follower that hears nothing from the leader for
+// HeartbeatTimeout (to twice it, at random) stands for election, so a
+// killed leader is replaced in about a second.
+const (
+	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	DefaultElectionTimeout    = 500 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
+	DefaultCommitTimeout      = 5 * time.Millisecond
+	DefaultMaxAppendEntries   = 256
+	DefaultSnapshotThreshold  = 16384
+	DefaultSnapshotInterval   = 30 * time.Second
+	DefaultTrailingLogs       = 16384
+	DefaultRPCTimeout         = 5 * time.Second
+	DefaultDedupWindow        = store.DefaultDedupWindow
+	DefaultMaxMembers         = wire.MaxArrayItems
+)
+
+// Errors of a Node's operations.
+var (
+	// ErrClosed: the node was closed.
+	ErrClosed = errors.New("cell: closed")
+	// ErrUnavailable: the cell cannot decide now (no leader, no majority,
+	// or the leadership changed while an operation was in flight: its
+	// outcome is unknown, and a retry with the same IDs is safe).
+	ErrUnavailable = errors.New("cell: unavailable")
+	// ErrNoGroup: the cell has no such group.
+	ErrNoGroup = errors.New("cell: no such group")
+	// ErrFull: the group has its most members.
+	ErrFull = errors.New("cell: group full")
+)
+
+// NotLeaderError is the error of an operation only the leader runs, asked
+// of another member. Leader is the member this one follows, if it knows of
+// one (zero otherwise: an election is under way).
+type NotLeaderError struct {
+	Leader Peer
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.Leader.Addr == "" {
+		return "cell: not the leader, and no leader is known (an election is under way)"
+	}
+	return "cell: not the leader; the leader is " + e.Leader.String()
+}
+
+// GroupConfig is a group the daemon is configured to host in its cell. The
+// cell creates it, the first time a leader configured with it leads, under
+// the leader's ID for it; every replica then hosts the cell's.
+type GroupConfig struct {
+	// ID is the UUID the group gets if this daemon creates it.
+	ID wire.UUID
+	// Name is its name; the cell hosts one group per name.
+	Name string
+	// Secret, if not empty, makes it private: the cell keeps its SHA-256.
+	Secret []byte
+}
+
+// Config configures a Node. The zero value of each field but Identity,
+// QUIC, Advertise, Peers, Host and Dir means its default.
+type Config struct {
+	// Identity is the daemon's key; the cell knows the daemon by its
+	// fingerprint.
+	Identity *identity.Identity
+	// QUIC is the daemon's QUIC transport: the cell dials its peers from it.
+	QUIC *quic.Transport
+	// Advertise is this daemon's address in Peers.
+	Advertise string
+	// Peers are the cell's members, this daemon among them: 3 or 5 to
+	// start a cell (every member is started with the same list), any to
+	// join one (Join).
+	Peers []Peer
+	// Join starts a daemon that joins a running cell instead of starting
+	// one: it waits for the leader to add it (AddMember), and never
+	// bootstraps a configuration of its own.
+	Join bool
+	// Dir holds raft's state: raft.db (its log and votes, bbolt) and
+	// snapshots/. Required unless InMemory.
+	Dir string
+	// InMemory keeps raft's state in memory: for cells whose groups keep
+	// their logs in memory too (nothing of either survives a restart, and
+	// a restarted member comes back as a new one, brought up to date by
+	// its peers).
+	InMemory bool
+	// Host opens the groups the cell creates. Required.
+	Host Host
+	// Groups are the groups this daemon is configured to host; a leader
+	// creates in the cell those it lacks.
+	Groups []GroupConfig
+	// DedupWindow is the dedup window of the groups this daemon creates.
+	// Default store's (65536).
+	DedupWindow int
+	// MaxMembers is the member limit joins are held to. Default 8192.
+	MaxMembers int
+
+	// Raft's timing. See the constants for the defaults.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// RPCTimeout bounds each raft RPC's I/O. Default 5 s.
+	RPCTimeout time.Duration
+	// SnapshotThreshold is how many raft entries since the last snapshot
+	// make the next; SnapshotInterval how often raft checks.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	// TrailingLogs is how many raft entries a snapshot leaves in the log,
+	// so that a follower that lagged less catches up from the log.
+	TrailingLogs uint64
+	// MaxAppendEntries is the most entries in one raft batch (one fsync of
+	// the raft log, one AppendEntries RPC). Default 256.
+	MaxAppendEntries int
+
+	// Logger receives the cell's events. Default: discard.
+	Logger *slog.Logger
+	// Now stamps messages and joins on the leader. Default time.Now.
+	Now func() time.Time
+}
+
+// Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
+func (c Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.Identity == nil:
+		return bad("no identity")
+	case c.QUIC == nil:
+		return bad("no QUIC transport")
+	case c.Host == nil:
+		return bad("no host")
+	case c.Dir == "" && !c.InMemory:
+		return bad("no directory for raft's state")
+	case !c.Join && len(c.Peers) != 3 && len(c.Peers) != 5:
+		return bad("a cell starts with 3 or 5 members, not %d", len(c.Peers))
+	case c.DedupWindow < 0 || c.DedupWindow > store.MaxDedupWindow:
+		return bad("dedup window %d: want 0..%d", c.DedupWindow, store.MaxDedupWindow)
+	case c.MaxMembers < 0:
+		return bad("max members %d is negative", c.MaxMembers)
+	case c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.LeaderLeaseTimeout < 0 || c.CommitTimeout < 0 ||
+		c.RPCTimeout < 0 || c.SnapshotInterval < 0:
+		return bad("negative timeout")
+	case c.MaxAppendEntries < 0 || c.MaxAppendEntries > 1024:
+		return bad("MaxAppendEntries %d: want 0..1024", c.MaxAppendEntries)
+	}
+	if err := checkPeers(c.Peers); err != nil {
+		return err
+	}
+	self := false
+	for _, p := range c.Peers {
+		if p.Fingerprint == c.Identity.Fingerprint() {
+			if p.Addr != c.Advertise {
+				return bad("this daemon's key is listed at %s, but it advertises %s", p.Addr, c.Advertise)
+			}
+			self = true
+		}
+	}
+	if !self && !c.Join {
+		return bad("this daemon (%s) is not among the cell's peers", c.Identity.Fingerprint().Short())
+	}
+	names := make(map[string]bool)
+	for _, g := range c.Groups {
+		if err := wire.CheckName(g.Name); err != nil {
+			return bad("group name %q: %v", g.Name, err)
+		}
+		if names[g.Name] {
+			return bad("group %q listed twice", g.Name)
+		}
+		names[g.Name] = true
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	c.HeartbeatTimeout = or(c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	c.ElectionTimeout = or(c.ElectionTimeout, DefaultElectionTimeout)
+	c.LeaderLeaseTimeout = or(c.LeaderLeaseTimeout, DefaultLeaderLeaseTimeout)
+	c.CommitTimeout = or(c.CommitTimeout, DefaultCommitTimeout)
+	c.RPCTimeout = or(c.RPCTimeout, DefaultRPCTimeout)
+	c.SnapshotThreshold = or(c.SnapshotThreshold, DefaultSnapshotThreshold)
+	c.SnapshotInterval = or(c.SnapshotInterval, DefaultSnapshotInterval)
+	c.TrailingLogs = or(c.TrailingLogs, DefaultTrailingLogs)
+	c.MaxAppendEntries = or(c.MaxAppendEntries, DefaultMaxAppendEntries)
+	c.DedupWindow = or(c.DedupWindow, DefaultDedupWindow)
+	c.MaxMembers = or(c.MaxMembers, DefaultMaxMembers)
+	c.Logger = logger(c.Logger)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Node is this daemon's membership of a cell: a raft server whose state
+// machine is the cell's groups. It proposes the sends, joins and leaves
+// the daemon receives while it leads, and tells the daemon who leads
+// otherwise.
+type Node struct {
+	cfg  Config
+	tr   *Transport
+	fsm  *fsm
+	self Peer
+
+	raft  *raft.Raft
+	net   *raft.NetworkTransport
+	bolt  *raftboltdb.BoltStore // nil in memory
+	snaps raft.SnapshotStore
+
+	closing chan struct{}
+	wg      sync.WaitGroup // await goroutines and the leader loop
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	// ready is the term in which this node leads and has applied
+	// everything earlier terms committed (its barrier ran); 0 otherwise.
+	ready uint64
+}
+
+// New returns a node for cfg. It does no I/O; Start opens raft's state and
+// joins the cell. It returns cfg.Validate's error.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	n := &Node{cfg: cfg, closing: make(chan struct{}),
+		self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
+		Peers: cfg.Peers, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	n.tr = tr
+	n.fsm = newFSM(cfg.Host, cfg.Logger, n.closing)
+	n.fsm.onConfig = n.configured
+	n.fsm.catchUp = n.catchUp
+	tr.serveCatchUp(n.serveCatchUp)
+	return n, nil
+}
+
+// Transport returns the node's transport: the daemon's listener hands it
+// the connections that chose ALPN, and checks their keys with VerifyPeer.
+func (n *Node) Transport() *Transport { return n.tr }
+
+// Self returns this daemon as a member of the cell.
+func (n *Node) Self() Peer { return n.self }
+
+// Start opens raft's state (cfg.Dir), starts raft over the transport and,
+// for a new cell, bootstraps it with cfg.Peers. It returns at once; the
+// cell elects a leader in the background. Errors: ErrClosed, and those of
+// opening raft's state.
+func (n *Node) Start() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.closed:
+		return ErrClosed
+	case n.started:
+		return nil
+	}
+	var logs raft.LogStore
+	var stable raft.StableStore
+	if n.cfg.InMemory {
+		mem := raft.NewInmemStore()
+		logs, stable, n.snaps = mem, mem, raft.NewInmemSnapshotStore()
+	} else {
+		if err := os.MkdirAll(n.cfg.Dir, 0o700); err != nil {
+			return fmt.Errorf("cell: %w", err)
+		}
+		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.Dir, "raft.db")})
+		if err != nil {
+			return fmt.Errorf("cell: open raft's log: %w", err)
+		}
+		snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.Dir, 2, hclogFor(n.cfg.Logger, "snapshots"))
+		if err != nil {
+			bolt.Close()
+			return fmt.Errorf("cell: open raft's snapshots: %w", err)
+		}
+		n.bolt, logs, stable, n.snaps = bolt, bolt, bolt, snaps
+	}
+	cached, err := raft.NewLogCache(4*n.cfg.MaxAppendEntries, logs)
+	if err != nil {
+		n.closeStores()
+		return fmt.Errorf("cell: %w", err)
+	}
+	existing, err := raft.HasExistingState(cached, stable, n.snaps)
+	if err != nil {
+		n.closeStores()
+		return fmt.Errorf("cell: read raft's state: %w", err)
+	}
+	n.net = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  n.tr,
+		MaxPool: 4,
+		Timeout: n.cfg.RPCTimeout,
+		Logger:  hclogFor(n.cfg.Logger, "transport"),
+	})
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())
+	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = n.cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = n.cfg.CommitTimeout
+	rc.MaxAppendEntries = n.cfg.MaxAppendEntries
+	rc.BatchApplyCh = true
+	rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	rc.SnapshotInterval = n.cfg.SnapshotInterval
+	rc.TrailingLogs = n.cfg.TrailingLogs
+	rc.Logger = hclogFor(n.cfg.Logger, "raft")
+	rc.NoLegacyTelemetry = true
+	r, err := raft.NewRaft(rc, n.fsm, cached, stable, n.snaps, n.net)
+	if err != nil {
+		n.net.Close()
+		n.tr.Close()
+		n.closeStores()
+		return fmt.Errorf("cell: start raft: %w", err)
+	}
+	n.raft = r
+	if !existing && !n.cfg.Join {
+		var servers []raft.Server
+		for _, p := range n.cfg.Peers {
+			servers = append(servers, raft.Server{ID: raft.ServerID(p.Fingerprint.String()), Address: raft.ServerAddress(p.Addr)})
+		}
+		// Every member bootstraps the same configuration; the one entry
+		// they write is identical, so whichever is elected, they agree.
+		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			n.cfg.Logger.Warn("cell: bootstrap", "err", err)
+		}
+	}
+	if f := r.GetConfiguration(); f.Error() == nil {
+		n.configured(f.Configuration())
+	}
+	n.started = true
+	n.wg.Add(1)
+	go n.leaderLoop()
+	return nil
+}
+
+func (n *Node) closeStores() {
+	if n.bolt != nil {
+		n.bolt.Close()
+	}
+}
+
+// configured updates the transport's members to configuration's servers,
+// with the peers this daemon was started with.
+func (n *Node) configured(c raft.Configuration) {
+	peers := append([]Peer(nil), n.cfg.Peers...)
+	known := make(map[wire.Fingerprint]bool)
+	for _, p := range peers {
+		known[p.Fingerprint] = true
+	}
+	for _, s := range c.Servers {
+		fp, err := wire.ParseFingerprint(string(s.ID))
+		if err != nil || known[fp] {
+			continue
+		}
+		peers = append(peers, Peer{Addr: string(s.Address), Fingerprint: fp})
+		known[fp] = true
+	}
+	// A member added under an address another key held before: the
+	// configuration wins.
+	byAddr := make(map[string]int)
+	out := peers[:0]
+	for _, p := range peers {
+		if i, ok := byAddr[p.Addr]; ok {
+			out[i] = p
+			continue
+		}
+		byAddr[p.Addr] = len(out)
+		out = append(out, p)
+	}
+	n.tr.SetPeers(out)
+}
+
+// leaderLoop follows this node's leadership: on becoming leader it runs a
+// barrier (so the groups' logs hold everything committed before), then
+// marks the node ready to stamp sends, and creates the configured groups
+// the cell lacks.
+func (n *Node) leaderLoop() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.closing:
+			return
+		case leader := <-n.raft.LeaderCh():
+			n.setReady(0)
+			if !leader {
+				continue
+			}
+			for n.raft.State() == raft.Leader {
+				term := n.raft.CurrentTerm()
+				if err := n.raft.Barrier(n.cfg.RPCTimeout).Error(); err == nil {
+					if n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term {
+						n.setReady(term)
+						n.cfg.Logger.Info("cell: leading", "term", term)
+						n.createGroups()
+					}
+					break
+				}
+				select {
+				case <-n.closing:
+					return
+				case <-time.After(n.cfg.HeartbeatTimeout / 4):
+				}
+			}
+		}
+	}
+}
+
+func (n *Node) setReady(term uint64) {
+	n.mu.Lock()
+	n.ready = term
+	n.mu.Unlock()
+}
+
+// leading returns the term this node leads in, ready to stamp, or the
+// error to answer with: a *NotLeaderError, or ErrClosed.
+func (n *Node) leading() (uint64, error) {
+	n.mu.Lock()
+	ready, closed, started := n.ready, n.closed, n.started
+	n.mu.Unlock()
+	switch {
+	case closed:
+		return 0, ErrClosed
+	case !started:
+		return 0, &NotLeaderError{}
+	}
+	if ready != 0 && n.raft.State() == raft.Leader && n.raft.CurrentTerm() == ready {
+		return ready, nil
+	}
+	leader, _ := n.Leader()
+	if leader == n.self {
+		// Elected, but the barrier has not run yet: not ready to stamp.
+		leader = Peer{}
+	}
+	return 0, &NotLeaderError{Leader: leader}
+}
+
+// Leader returns the member that leads the cell, as this node knows it;
+// ok is false if it knows of none.
+func (n *Node) Leader() (p Peer, ok bool) {
+	if n.raft == nil {
+		return Peer{}, false
+	}
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" {
+		return Peer{}, false
+	}
+	fp, err := wire.ParseFingerprint(string(id))
+	if err != nil {
+		return Peer{}, false
+	}
+	return Peer{Addr: string(addr), Fingerprint: fp}, true
+}
+
+// createGroups proposes the configured groups the cell lacks.
+func (n *Node) createGroups() {
+	have := make(map[string]bool)
+	for _, g := range n.fsm.list() {
+		have[g.spec.Name] = true
+	}
+	for _, gc := range n.cfg.Groups {
+		if have[gc.Name] {
+			continue
+		}
+		id := gc.ID
+		if id == (wire.UUID{}) {
+			id = uuid.New()
+		}
+		spec := GroupSpec{ID: id, Name: gc.Name, Epoch: newEpoch(), DedupWindow: n.cfg.DedupWindow}
+		if len(gc.Secret) > 0 {
+			spec.Private, spec.SecretSHA256 = true, sha256.Sum256(gc.Secret)
+		}
+		if err := n.raft.Apply(encodeCreate(nil, spec), n.cfg.RPCTimeout).Error(); err != nil {
+			n.cfg.Logger.Warn("cell: could not create a group; the next leader will", "group", gc.Name, "err", err)
+			return
+		}
+		n.cfg.Logger.Info("cell: created group", "group", gc.Name, "uuid", id, "epoch", spec.Epoch)
+	}
+}
+
+// newEpoch returns a random nonzero epoch.
+func newEpoch() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:])
+		if e := binary.LittleEndian.Uint64(b[:]); e != 0 {
+			return e
+		}
+	}
+}
+
+// Join proposes that m join group id, with the leader's clock as its join
+// time, and returns once the cell decided: already is set if m was a
+// member (renamed, if its name differs). Errors: as Send's, and ErrFull.
+func (n *Node) Join(ctx context.Context, id wire.UUID, fp wire.Fingerprint, name string) (already bool, err error) {
+	m := Member{Fingerprint: fp, Name: name, Joined: n.cfg.Now().UnixNano()}
+	resp, err := n.propose(ctx, "join", func() []byte { return encodeJoin(nil, id, m, n.cfg.MaxMembers) })
+	if err != nil {
+		return false, err
+	}
+	r, _ := resp.(joinResult)
+	if r.full {
+		return false, fmt.Errorf("join: %w: %d members", ErrFull, n.cfg.MaxMembers)
+	}
+	return r.already, nil
+}
+
+// Leave proposes that fp leave group id; was says it was a member.
+// Errors: as Send's.
+func (n *Node) Leave(ctx context.Context, id wire.UUID, fp wire.Fingerprint) (was bool, err error) {
+	resp, err := n.propose(ctx, "leave", func() []byte { return encodeLeave(nil, id, fp) })
+	if err != nil {
+		return false, err
+	}
+	r, _ := resp.(leaveResult)
+	return r.was, nil
+}
+
+// propose applies one command that needs no stamping and returns its
+// result.
+func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, error) {
+	if _, err := n.leading(); err != nil {
+		return nil, err
+	}
+	f := n.raft.Apply(cmd(), 0)
+	done := make(chan struct{})
+	var err error
+	var resp any
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer close(done)
+		if err = f.Error(); err == nil {
+			resp = f.Response()
+			if rerr, ok := resp.(error); ok {
+				err = rerr
+			}
+		}
+		err = proposeError(op, err)
+	}()
+	select {
+	case <-done:
+		return resp, err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s: %w: %v", op, ErrUnavailable, context.Cause(ctx))
+	}
+}
+
+// Close leaves the cell's raft (the others go on: a leader closing hands
+// over to the next election), closes the transport and raft's state, and
+// waits for every goroutine. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		n.wg.Wait()
+		return nil
+	}
+	n.closed = true
+	started := n.started
+	n.mu.Unlock()
+	close(n.closing)
+	// Dials to members that are down would hold raft's shutdown for their
+	// timeout: they fail at once from now on.
+	n.tr.stopDialing()
+	var err error
+	if started {
+		err = n.raft.Shutdown().Error()
+		n.net.Close()
+	}
+	n.tr.Close()
+	n.wg.Wait()
+	if started {
+		n.closeStores()
+	}
+	return err
+}

@@ -1,0 +1,308 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+var alice = store.Sender{Fingerprint: [32]byte{1}, Name: "alice"}
+
+// TestCellReplicates: a three-member cell over QUIC elects a leader,
+// creates its configured group on every member, and a send acknowledged
+// by the leader is on every member's log, identically stamped.
+func TestCellReplicates(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	acks := c.send(g.ID, alice, [][16]byte{newID(1), newID(2)}, []string{"one", "two"})
+	if len(acks) != 2 || acks[0].Seq != 1 || acks[1].Seq != 2 || acks[1].Time <= acks[0].Time {
+		t.Fatalf("acks %+v", acks)
+	}
+	want := l.messages(g.ID)
+	for _, m := range c.members {
+		if got := m.group("lobby"); got != g {
+			t.Fatalf("%s hosts %+v, the leader %+v", m.addr, got, g)
+		}
+		m.waitLast(g.ID, 2)
+		if r := m.host.replica(g.ID); r.log.Epoch() != g.Epoch {
+			t.Fatalf("%s: epoch %d, want the cell's %d", m.addr, r.log.Epoch(), g.Epoch)
+		}
+		got := m.messages(g.ID)
+		if len(got) != 2 {
+			t.Fatalf("%s holds %d messages", m.addr, len(got))
+		}
+		for i := range got {
+			a, b := got[i], want[i]
+			if a.Seq != b.Seq || a.Time != b.Time || a.ID != b.ID || *a.From != *b.From || string(a.Body) != string(b.Body) {
+				t.Fatalf("%s message %d: %+v, leader's %+v", m.addr, i, a, b)
+			}
+		}
+	}
+}
+
+// TestFollowerNamesLeader: a follower refuses a send with the leader's
+// address and key.
+func TestFollowerNamesLeader(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	for _, m := range c.members {
+		if m == l {
+			continue
+		}
+		deadline := time.Now().Add(waitTimeout)
+		for {
+			_, err := m.node.Send(context.Background(), g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("x")}}, nil)
+			var nl *NotLeaderError
+			if !errors.As(err, &nl) {
+				t.Fatalf("send to a follower: %v, want a NotLeaderError", err)
+			}
+			if nl.Leader == l.node.Self() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("follower names %v as leader, want %v", nl.Leader, l.node.Self())
+			}
+			time.Sleep(10 * time.Millisecond) // the follower learns of the leader with its first heartbeat
+		}
+	}
+}
+
+// TestDuplicatesAcrossLeaders: a retry of acknowledged IDs, on the leader
+// or on the next one after the first is stopped, gets the original acks
+// and stores nothing twice; timestamps keep increasing across the change.
+func TestDuplicatesAcrossLeaders(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	ids := [][16]byte{newID(1), newID(2), newID(3)}
+	first := c.send(g.ID, alice, ids, []string{"a", "b", "c"})
+	again := c.send(g.ID, alice, ids, []string{"a", "b", "c"})
+	for i := range first {
+		if again[i].Seq != first[i].Seq || again[i].Time != first[i].Time || !again[i].Duplicate {
+			t.Fatalf("retry on the same leader: %+v, want %+v as duplicates", again, first)
+		}
+	}
+	for _, m := range c.members {
+		m.waitLast(g.ID, 3)
+	}
+	l.stop()
+	next := c.leader()
+	if next == l {
+		t.Fatal("the stopped member still leads")
+	}
+	retry := c.send(g.ID, alice, append(ids, newID(4)), []string{"a", "b", "c", "d"})
+	for i := range first {
+		if retry[i].Seq != first[i].Seq || retry[i].Time != first[i].Time || !retry[i].Duplicate {
+			t.Fatalf("retry on the new leader: %+v, want %+v as duplicates", retry, first)
+		}
+	}
+	if retry[3].Duplicate || retry[3].Seq != 4 || retry[3].Time <= first[2].Time {
+		t.Fatalf("new message on the new leader: %+v after %+v", retry[3], first[2])
+	}
+	if n := len(next.messages(g.ID)); n != 4 {
+		t.Fatalf("the new leader holds %d messages, want 4", n)
+	}
+}
+
+// TestJoinLeave: joins and leaves are decided by the cell and applied on
+// every member; a join beyond the member limit is refused.
+func TestJoinLeave(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.MaxMembers = 2 })
+	l := c.leader()
+	g := l.group("lobby")
+	ctx := context.Background()
+	fps := []wire.Fingerprint{{1}, {2}, {3}}
+	for i, fp := range fps[:2] {
+		already, err := l.node.Join(ctx, g.ID, fp, "member")
+		if err != nil || already {
+			t.Fatalf("join %d: already %v, %v", i, already, err)
+		}
+	}
+	if already, err := l.node.Join(ctx, g.ID, fps[0], "renamed"); err != nil || !already {
+		t.Fatalf("join again: already %v, %v", already, err)
+	}
+	if _, err := l.node.Join(ctx, g.ID, fps[2], "third"); !errors.Is(err, ErrFull) {
+		t.Fatalf("join past the limit: %v, want ErrFull", err)
+	}
+	if was, err := l.node.Leave(ctx, g.ID, fps[1]); err != nil || !was {
+		t.Fatalf("leave: was %v, %v", was, err)
+	}
+	if was, err := l.node.Leave(ctx, g.ID, fps[1]); err != nil || was {
+		t.Fatalf("leave again: was %v, %v", was, err)
+	}
+	// A send after the changes, to know every member applied them.
+	c.send(g.ID, alice, [][16]byte{newID(1)}, []string{"x"})
+	for _, m := range c.members {
+		m.waitLast(g.ID, 1)
+		r := m.host.replica(g.ID)
+		r.mu.Lock()
+		got, ok := r.members[fps[0]]
+		n := len(r.members)
+		r.mu.Unlock()
+		if n != 1 || !ok || got.Name != "renamed" {
+			t.Fatalf("%s: members %d, %+v", m.addr, n, got)
+		}
+	}
+}
+
+// compacting makes raft snapshot and truncate its log often, so that a
+// member that misses a few hundred entries must be sent a snapshot.
+func compacting(cfg *Config) {
+	cfg.SnapshotThreshold = 32
+	cfg.SnapshotInterval = 50 * time.Millisecond
+	cfg.TrailingLogs = 8
+}
+
+// sendMany sends n messages from id base on, in sends of 5.
+func (c *testCell) sendMany(group wire.UUID, base, n int) {
+	c.t.Helper()
+	for i := 0; i < n; i += 5 {
+		ids := make([][16]byte, 5)
+		bodies := make([]string, 5)
+		for j := range ids {
+			ids[j] = newID(base + i + j)
+			bodies[j] = "body"
+		}
+		c.send(group, alice, ids, bodies)
+	}
+}
+
+// waitSnapshot waits until m's raft has snapshotted past index.
+func (m *testMember) waitSnapshot(index uint64) {
+	m.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		if s, _ := strconv.ParseUint(m.node.raft.Stats()["last_snapshot_index"], 10, 64); s > index {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.t.Fatalf("%s never snapshotted past %d", m.addr, index)
+}
+
+// sameLogs checks that every running member's log holds exactly the
+// leader's messages, identically.
+func (c *testCell) sameLogs(group wire.UUID, n int) {
+	c.t.Helper()
+	want := c.leader().messages(group)
+	if len(want) != n {
+		c.t.Fatalf("the leader holds %d messages, want %d", len(want), n)
+	}
+	for _, m := range c.members {
+		if m.node == nil {
+			continue
+		}
+		m.waitLast(group, uint64(n))
+		got := m.messages(group)
+		if len(got) != n {
+			c.t.Fatalf("%s holds %d messages, want %d", m.addr, len(got), n)
+		}
+		for i := range got {
+			a, b := got[i], want[i]
+			if a.Seq != b.Seq || a.Time != b.Time || a.ID != b.ID || string(a.Body) != string(b.Body) {
+				c.t.Fatalf("%s message %d: %+v, the leader's %+v", m.addr, i, a, b)
+			}
+		}
+	}
+}
+
+// TestRestartReplays: a member restarted on its directories (disk logs)
+// replays raft's entries over its log, skipping what it holds, and ends
+// with the same history as the others.
+func TestRestartReplays(t *testing.T) {
+	c := newTestCell(t, 3, true, nil)
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 50)
+	var follower *testMember
+	for _, m := range c.members {
+		if m != c.leader() {
+			follower = m
+			break
+		}
+	}
+	follower.waitLast(g.ID, 50)
+	c.restart(follower)
+	c.sendMany(g.ID, 50, 25)
+	c.sameLogs(g.ID, 75)
+	if r := follower.host.replica(g.ID); r.memberCount() != 0 || r.log.Epoch() != g.Epoch {
+		t.Fatalf("restarted: epoch %d, want %d", r.log.Epoch(), g.Epoch)
+	}
+}
+
+// TestLaggingMemberCatchesUp: a member stopped while the others go on past
+// what raft keeps of its log is sent a snapshot when it comes back; its
+// group log catches up from a peer, then raft's log, and the cell never
+// stopped meanwhile.
+func TestLaggingMemberCatchesUp(t *testing.T) {
+	c := newTestCell(t, 3, true, compacting)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 20)
+	var lagger *testMember
+	for _, m := range c.members {
+		if m != l {
+			lagger = m
+			break
+		}
+	}
+	lagger.waitLast(g.ID, 20)
+	lagger.stop()
+	c.sendMany(g.ID, 20, 400)
+	c.leader().waitSnapshot(60)
+	lagger.host = newTestHost(lagger.host.dir)
+	c.start(lagger, false)
+	c.sendMany(g.ID, 420, 10)
+	c.sameLogs(g.ID, 430)
+}
+
+// TestAddRemoveMember: a fourth daemon started to join is added by the
+// leader, brought up to date from a snapshot and a peer's log, and then
+// takes part; a member removed leaves the configuration.
+func TestAddRemoveMember(t *testing.T) {
+	c := newTestCell(t, 3, false, compacting)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 300)
+	l.waitSnapshot(20) // raft's log no longer starts at 1: the new member needs a snapshot
+
+	d := c.newMember(false)
+	self := Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}
+	c.peers = append(c.peers, self)
+	c.start(d, true)
+	c.members = append(c.members, d)
+	ctx := context.Background()
+	if err := c.leader().node.AddMember(ctx, self); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLast(g.ID, 300)
+	c.sendMany(g.ID, 300, 10)
+	c.sameLogs(g.ID, 310)
+	if st := d.node.Status(); len(st.Members) != 4 || st.Leader != c.leader().node.Self() {
+		t.Fatalf("the new member's status: %+v", st)
+	}
+
+	// Remove a follower that is not d.
+	var gone *testMember
+	for _, m := range c.members[:3] {
+		if m != c.leader() {
+			gone = m
+			break
+		}
+	}
+	if err := c.leader().node.RemoveMember(ctx, gone.id.Fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.leader().node.Status(); len(st.Members) != 3 {
+		t.Fatalf("after removing a member: %d members", len(st.Members))
+	}
+	gone.stop()
+	c.sendMany(g.ID, 310, 5)
+	c.sameLogs(g.ID, 315)
+}
