@@ -16,6 +16,7 @@ func runBench(ctx context.Context, env Env, args []string) int {
 	var cfg loadgen.Config
 	var registryPin, profileDir string
 	var asJSON bool
+	var storage storageFlags
 	names := make([]string, len(loadgen.Scenarios))
 	for i, s := range loadgen.Scenarios {
 		names[i] = string(s)
@@ -29,9 +30,12 @@ per operation and its memory. Each connection is a client of its own (its own ke
   fetch         fill the group to --messages, then fetch the last 1% by time, over and over
   fanout        C watchers; one sender at --rate msgs/s; latency is send to receipt
   idle          C connections open and idle; the daemon's memory per connection
+  recovery      fill the group to --messages, kill the daemon (SIGKILL), start it again on the same state
+                directory, and time the restart until the first fetch of the last 1% is answered
 
 Without --registry, bench starts its own daemons in a separate process (huddle up on 127.0.0.1, mDNS off,
-a temporary state directory), so the daemon's CPU and memory are measured apart from the load's. With
+a temporary state directory, --storage, --fsync and --fsync-interval as given), so the daemon's CPU and
+memory are measured apart from the load's. With
 --registry it loads that registry's group (--group, default "bench") under that daemon's limits (its
 per-member send rate and per-address connection limit show as errors): its members gain one entry per
 connection (they leave at the end), and fetch first fills the group to --messages. bench never looks for a
@@ -57,6 +61,8 @@ from runs without it.`,
 	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "with --registry: the daemon's process ID on this machine, to measure its CPU and memory")
 	fs.StringVar(&profileDir, "profile", "", "write CPU profiles of the window (the daemon's and the load's) and the daemon's heap into DIR")
 	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
+	storage.register(fs)
+	fs.Lookup("data-dir").Hidden = true // its own daemon keeps everything in a temporary directory
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -74,10 +80,20 @@ from runs without it.`,
 	if cfg.Registry == "" && cfg.ServerPID != 0 {
 		return usageErr(env, "bench", "--server-pid goes with --registry; without it bench measures its own daemon")
 	}
+	if cfg.Registry != "" && (fs.Changed("storage") || fs.Changed("fsync") || fs.Changed("fsync-interval")) {
+		return usageErr(env, "bench", "--storage, --fsync and --fsync-interval choose how bench's own daemon stores messages; with --registry, the daemon named decides (huddle info shows it)")
+	}
+	if cfg.Scenario == loadgen.Recovery && cfg.Registry != "" {
+		return usageErr(env, "bench", "recovery kills and restarts the daemon: it runs only on a daemon of its own (no --registry)")
+	}
+	if cfg.Scenario == loadgen.Recovery && profileDir != "" {
+		return usageErr(env, "bench", "--profile does not apply to recovery (the daemon is killed)")
+	}
 	cfg.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	check := cfg
 	if check.Registry == "" {
 		check.Registry = "self-contained" // filled in once the daemon listens
+		check.Daemon = &loadgen.Daemon{}
 	}
 	if err := check.Validate(); err != nil {
 		return usageErr(env, "bench", "%v", err)
@@ -96,12 +112,12 @@ from runs without it.`,
 		if err != nil {
 			return fail(env, "bench", fmt.Errorf("find the huddle binary to start daemons: %w", err))
 		}
-		d, err := loadgen.StartDaemon(exe, cfg.Group, env.Stderr, prof != nil)
+		d, err := loadgen.StartDaemon(exe, cfg.Group, env.Stderr, prof != nil, storage.args()...)
 		if err != nil {
 			return fail(env, "bench", err)
 		}
 		defer d.Stop()
-		cfg.Registry, cfg.RegistryFingerprint, cfg.ServerPID = d.Registry, d.Fingerprint, d.PID
+		cfg.Registry, cfg.RegistryFingerprint, cfg.ServerPID, cfg.Daemon = d.Registry, d.Fingerprint, d.PID, d
 		if prof != nil {
 			prof.Daemon = d.Pprof
 			// The daemon's CPU profile is taken in whole seconds: a window
@@ -140,6 +156,8 @@ func printResult(env Env, r loadgen.Result) {
 	case string(loadgen.Idle):
 		fmt.Fprintf(w, "  connections   %d\n", r.Ops)
 		fmt.Fprintf(w, "  connect p50   %.0f us   p99 %.0f us\n", r.P50us, r.P99us)
+	case string(loadgen.Recovery):
+		fmt.Fprintf(w, "  first fetch   %.0f ms after the restart (%.0f msgs/s of history)\n", r.P50us/1e3, r.MsgsPerSec)
 	case string(loadgen.Fetch):
 		fmt.Fprintf(w, "  fetches/s     %.1f   (%.0f msgs/s, %d messages each)\n", r.OpsPerSec, r.MsgsPerSec, r.Messages)
 		fmt.Fprintf(w, "  latency       p50 %.2f ms   p99 %.2f ms   p99.9 %.2f ms\n", r.P50us/1e3, r.P99us/1e3, r.P999us/1e3)

@@ -173,3 +173,44 @@ func protoFields(b []byte, fn func(num int, v uint64, msg []byte) error) error {
 	}
 	return nil
 }
+
+// TestBenchRecovery: the recovery scenario kills bench's own daemon and
+// times its restart to the first fetch of the last 1%; on a daemon that
+// keeps its log in memory, that fetch finds nothing, and bench says so.
+func TestBenchRecovery(t *testing.T) {
+	t.Setenv(runAsHuddle, "1")
+	run := func(args ...string) (int, string, string) {
+		var stdout bytes.Buffer
+		var stderr syncBuffer
+		env := Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }}
+		code := runBench(context.Background(), env, args)
+		return code, stdout.String(), stderr.String()
+	}
+	for _, fsync := range []string{"interval", "always"} {
+		t.Run(fsync, func(t *testing.T) {
+			code, out, errs := run("recovery", "--messages", "3000", "--fsync", fsync, "--json")
+			if code != ExitOK {
+				t.Fatalf("exit code %d\nstderr:\n%s", code, errs)
+			}
+			var res loadgen.Result
+			if err := json.Unmarshal([]byte(out), &res); err != nil {
+				t.Fatalf("stdout is not one JSON object (%v): %s", err, out)
+			}
+			if res.Scenario != "recovery" || res.Ops != 1 || res.Errors != 0 || res.Messages != 3000 || res.P50us <= 0 {
+				t.Fatalf("%+v, want one restart of a log of 3000 messages", res)
+			}
+		})
+	}
+	t.Run("memory", func(t *testing.T) {
+		code, _, errs := run("recovery", "--messages", "3000", "--storage", "memory")
+		if code == ExitOK || !strings.Contains(errs, "the first fetch after the restart returned 0 messages, want 30") {
+			t.Fatalf("exit code %d, want a failure: the restarted daemon lost its log\nstderr:\n%s", code, errs)
+		}
+	})
+	t.Run("with --registry", func(t *testing.T) {
+		code, _, errs := run("recovery", "--registry", "127.0.0.1:1")
+		if code != ExitUsage || !strings.Contains(errs, "recovery kills and restarts the daemon") {
+			t.Fatalf("exit code %d, want a usage error\nstderr:\n%s", code, errs)
+		}
+	})
+}

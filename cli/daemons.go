@@ -390,6 +390,12 @@ func (f *storageFlags) register(fs *pflag.FlagSet) {
 	fs.Var(newDuration(&f.interval, store.DefaultFsyncInterval, time.Millisecond, false), "fsync-interval", "with --fsync interval: how often written messages are synced to the disk (an OS crash or power cut loses at most this much)")
 }
 
+// args returns the flags as huddle up takes them, for a daemon bench
+// starts.
+func (f *storageFlags) args() []string {
+	return []string{"--storage", f.kind.v, "--fsync", f.fsync.v, "--fsync-interval", f.interval.String()}
+}
+
 func (f *storageFlags) apply(cfg *daemon.StorageConfig) {
 	*cfg = daemon.StorageConfig{Memory: f.kind.v == "memory", DataDir: f.dataDir,
 		Fsync: store.FsyncPolicy{Always: f.fsync.v == "always", Interval: f.interval}}

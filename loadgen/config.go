@@ -19,10 +19,11 @@ const (
 	Fetch       Scenario = "fetch"
 	Fanout      Scenario = "fanout"
 	Idle        Scenario = "idle"
+	Recovery    Scenario = "recovery"
 )
 
 // Scenarios lists every scenario, in the order the help shows them.
-var Scenarios = []Scenario{Send, SendBatched, Fetch, Fanout, Idle}
+var Scenarios = []Scenario{Send, SendBatched, Fetch, Fanout, Idle, Recovery}
 
 // ErrInvalidConfig is wrapped by Validate's errors.
 var ErrInvalidConfig = errors.New("invalid load configuration")
@@ -69,6 +70,9 @@ type Config struct {
 	Window WindowObserver
 	// Logger receives progress (setup, filling the log). Default: discard.
 	Logger *slog.Logger
+	// Daemon is the daemon under load when the run started it (StartDaemon);
+	// recovery kills and restarts it, and needs it.
+	Daemon *Daemon
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -89,6 +93,8 @@ func (c Config) Validate() error {
 		return bad("message size %d: at most 1 MiB", c.Size)
 	case c.Scenario == Fanout && c.Size != 0 && c.Size < 8:
 		return bad("fanout messages carry their send time: size at least 8")
+	case c.Scenario == Recovery && c.Daemon == nil:
+		return bad("recovery kills and restarts the daemon: it needs one of its own (no --registry)")
 	}
 	for _, s := range Scenarios {
 		if s == c.Scenario {

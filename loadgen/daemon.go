@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -28,9 +29,13 @@ type Daemon struct {
 	// with pprof; empty otherwise.
 	Pprof string
 
-	cmd  *exec.Cmd
-	dir  string
-	done chan struct{}
+	exe   string
+	args  []string // huddle up's arguments
+	pprof bool
+	logw  io.Writer
+	cmd   *exec.Cmd
+	dir   string
+	done  chan struct{}
 }
 
 // daemonStartTimeout bounds how long a started daemon may take to listen.
@@ -39,9 +44,10 @@ const daemonStartTimeout = 20 * time.Second
 // StartDaemon starts exe (the huddle binary) as
 //
 //	huddle up --no-mdns --listen 127.0.0.1:0 --state-dir DIR --group GROUP --log-level warn \
-//	          --send-rate 0 --max-conns-per-addr 65536
+//	          --send-rate 0 --max-conns-per-addr 65536 [EXTRA...]
 //
-// with a fresh state directory, and returns once it listens. With pprof, it
+// with a fresh state directory, and returns once it listens. extra are
+// more flags of huddle up (--storage, --fsync...). With pprof, it
 // also serves net/http/pprof on a loopback port (--pprof 127.0.0.1:0),
 // whose address is Daemon.Pprof, to profile it. Its log goes to logw.
 // Every connection of a run comes from 127.0.0.1, and each member sends as
@@ -49,39 +55,53 @@ const daemonStartTimeout = 20 * time.Second
 // send rate, which guard a daemon against abuse, are lifted; every other
 // setting is the default: the environment's HUDDLE_* variables are not
 // passed on. Stop stops it.
-func StartDaemon(exe, group string, logw io.Writer, pprof bool) (*Daemon, error) {
+func StartDaemon(exe, group string, logw io.Writer, pprof bool, extra ...string) (*Daemon, error) {
 	dir, err := os.MkdirTemp("", "huddle-bench-")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", dir,
-		"--group", group, "--log-level", "warn", "--send-rate", "0", "--max-conns-per-addr", "65536")
-	if pprof {
-		cmd.Args = append(cmd.Args, "--pprof", "127.0.0.1:0")
+	d := &Daemon{exe: exe, dir: dir, pprof: pprof, logw: logw,
+		args: append([]string{"up", "--no-mdns", "--state-dir", dir, "--group", group, "--log-level", "warn",
+			"--send-rate", "0", "--max-conns-per-addr", "65536"}, extra...)}
+	if err := d.start("127.0.0.1:0", ""); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
+	return d, nil
+}
+
+// start runs huddle up with its registry on listen and, if daemonListen is
+// not empty, its group daemon there, and returns once it listens.
+func (d *Daemon) start(listen, daemonListen string) error {
+	args := append(slices.Clone(d.args), "--listen", listen)
+	if daemonListen != "" {
+		args = append(args, "--daemon-listen", daemonListen)
+	}
+	if d.pprof {
+		args = append(args, "--pprof", "127.0.0.1:0")
+	}
+	cmd := exec.Command(d.exe, args...)
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "HUDDLE_") {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Stderr = logw
+	cmd.Stderr = d.logw
 	cmd.SysProcAttr = daemonProcAttr()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s up: %w", exe, err)
+		return fmt.Errorf("start %s up: %w", d.exe, err)
 	}
-	d := &Daemon{PID: cmd.Process.Pid, cmd: cmd, dir: dir, done: make(chan struct{})}
-	ready := make(chan error, 1)
+	d.PID, d.cmd, d.done = cmd.Process.Pid, cmd, make(chan struct{})
+	ready, done := make(chan error, 1), d.done
 	go func() {
-		ready <- d.readAnnouncement(out, pprof)
+		ready <- d.readAnnouncement(out, d.pprof)
 		io.Copy(io.Discard, out)
 		cmd.Wait()
-		close(d.done)
+		close(done)
 	}()
 	select {
 	case err = <-ready:
@@ -89,10 +109,25 @@ func StartDaemon(exe, group string, logw io.Writer, pprof bool) (*Daemon, error)
 		err = fmt.Errorf("huddle up did not listen within %v", daemonStartTimeout)
 	}
 	if err != nil {
-		d.Stop()
-		return nil, err
+		d.kill()
+		return err
 	}
-	return d, nil
+	return nil
+}
+
+// Restart kills the daemon with SIGKILL and starts it again on the same
+// state directory, its registry on registry and its group daemon on group
+// (the addresses it had), as a service manager restarts a crashed daemon;
+// it returns once the new one listens.
+func (d *Daemon) Restart(registry, group string) error {
+	d.kill()
+	return d.start(registry, group)
+}
+
+// kill kills the process with SIGKILL and waits for it.
+func (d *Daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.done
 }
 
 // readAnnouncement reads what `huddle up` prints once listening: the

@@ -16,6 +16,11 @@
 //	              messages per second; latency is send to receipt
 //	idle          C clients connect and stay idle; the daemon's memory per
 //	              connection is the growth of its RSS divided by C
+//	recovery      the group is filled to Messages; the daemon (one the run
+//	              started) is killed with SIGKILL and started again on the
+//	              same state directory and addresses; the one operation is
+//	              the restart until the first fetch of the last 1% (by time)
+//	              is answered whole
 //
 // Every client is a client.Client of its own: its own key, UDP socket and
 // QUIC connection. Each joins the group (idle clients only ask its info), and

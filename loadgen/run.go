@@ -44,6 +44,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		err = r.fanout(ctx, &res)
 	case Idle:
 		err = r.idle(ctx, &res)
+	case Recovery:
+		err = r.recovery(ctx, &res)
 	}
 	return res, err
 }

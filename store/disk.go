@@ -17,6 +17,10 @@ const DefaultFsyncInterval = time.Second
 // DefaultSegmentBytes caps the size of a disk log's segment files.
 const DefaultSegmentBytes = 64 << 20
 
+// maxDiskSegment is the largest SegmentBytes: a segment file, one record
+// past it at most, stays addressable by 32-bit offsets (maxSegmentFile).
+const maxDiskSegment = 1 << 30
+
 // FsyncPolicy says when a disk log's writes reach the device, and so what
 // an acknowledged message survives.
 type FsyncPolicy struct {
@@ -63,7 +67,7 @@ type DiskConfig struct {
 	// the next begun. 0 means min(DefaultSegmentBytes, MaxBytes/8), at
 	// least 1 MiB. A segment is also sealed once it holds MaxMessages/8
 	// messages, so that retention deletes files an eighth of the log at a
-	// time.
+	// time. At most 1 GiB.
 	SegmentBytes int64
 }
 
@@ -74,8 +78,8 @@ func (c DiskConfig) Validate() error {
 		return fmt.Errorf("%w: Dir is required", ErrInvalidConfig)
 	case c.Fsync.Interval < 0:
 		return fmt.Errorf("%w: fsync interval %v is negative", ErrInvalidConfig, c.Fsync.Interval)
-	case c.SegmentBytes < 0:
-		return fmt.Errorf("%w: SegmentBytes %d is negative", ErrInvalidConfig, c.SegmentBytes)
+	case c.SegmentBytes < 0 || c.SegmentBytes > maxDiskSegment:
+		return fmt.Errorf("%w: SegmentBytes %d: want 0 to %d", ErrInvalidConfig, c.SegmentBytes, maxDiskSegment)
 	}
 	return c.Config.Validate()
 }
@@ -99,9 +103,11 @@ var (
 
 // DiskLog is a group's log kept on disk: the in-memory [Log] serves every
 // query, and each batch appended is first written as one record to the
-// newest segment file. Bodies stay in memory within retention, as in a
-// memory log, so reads never touch the disk; the files are read only when
-// the log is opened. Its methods are safe for concurrent use.
+// newest segment file. The index of every message held (time, ID, sender,
+// where its body is) is in memory, so reads never search the disk: bodies
+// appended since the log was opened are in memory too, and those of the
+// history read back at Open are the files themselves, mapped (mapped.go),
+// read from the page cache. Its methods are safe for concurrent use.
 type DiskLog struct {
 	mem    *Log
 	dir    string
@@ -181,6 +187,7 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	rec, err := d.recover()
 	if err != nil {
 		d.closeFiles()
+		mem.unmapAll()
 		return nil, rec, fmt.Errorf("open log %s: %w", cfg.Dir, err)
 	}
 	rec.Took = time.Since(start)
@@ -511,8 +518,10 @@ func (d *DiskLog) syncLoop(every time.Duration) {
 }
 
 // Close stops the sync loop, syncs what is written, and closes the files.
-// Appends after Close fail with ErrFailed. It is safe to call more than
-// once; it returns the final sync's error.
+// Appends after Close fail with ErrFailed. Messages read from the log
+// must not be used after Close: the bodies of history read back at Open
+// are the files' mappings, unmapped here (mapped.go). It is safe to call
+// more than once; it returns the final sync's error.
 func (d *DiskLog) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
@@ -527,6 +536,7 @@ func (d *DiskLog) Close() error {
 		}
 		d.wmu.Unlock()
 		d.closeFiles()
+		d.mem.unmapAll()
 	})
 	return err
 }

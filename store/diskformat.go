@@ -227,6 +227,11 @@ func frame(p []byte) (payload []byte, size int, short bool, err error) {
 // dictionary.
 type recordDecoder struct {
 	dict []Sender
+	// Of the last record decoded, per message: its sender's index in dict,
+	// and where its body starts in the payload (a read back maps bodies in
+	// place: mapped.go).
+	from   []uint32
+	bodyAt []uint32
 }
 
 // decode parses a record's payload (checked by frame) into entries appended
@@ -255,6 +260,7 @@ func (d *recordDecoder) decode(payload []byte, seq uint64, t int64, dst []Entry)
 		r.err = errors.New("no messages")
 	}
 	start := len(dst)
+	d.from, d.bodyAt = d.from[:0], d.bodyAt[:0]
 	for i := uint64(0); i < count && r.err == nil; i++ {
 		dt := r.uvarint(math.MaxInt64)
 		if r.err == nil && (i == 0) != (dt == 0) {
@@ -274,8 +280,11 @@ func (d *recordDecoder) decode(payload []byte, seq uint64, t int64, dst []Entry)
 				break
 			}
 			e.From = d.dict[ix]
+			d.from = append(d.from, uint32(ix))
 		}
-		e.Body = r.bytes(int(r.uvarint(uint64(len(payload)))))
+		n := int(r.uvarint(uint64(len(payload))))
+		d.bodyAt = append(d.bodyAt, uint32(len(payload)-len(r.p)))
+		e.Body = r.bytes(n)
 		dst = append(dst, e)
 	}
 	if r.err == nil && len(r.p) != 0 {

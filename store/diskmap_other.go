@@ -8,7 +8,7 @@ import (
 )
 
 // mapFile reads the first n bytes of f into a new buffer (Linux maps them
-// instead).
+// instead); the memory log keeps the buffer as it would the mapping.
 func mapFile(f *os.File, n int64) (p []byte, release func(), err error) {
 	p = make([]byte, n)
 	if _, err := io.ReadFull(f, p); err != nil {

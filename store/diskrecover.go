@@ -148,14 +148,14 @@ func (d *DiskLog) recover() (Recovery, error) {
 	rec.Messages = d.mem.Stats().Messages
 	d.tailSeq, d.tailT = r.seq, r.time
 
-	// Open the newest segment for appends: cut its torn tail and sync it,
-	// so that everything recovered is on the device.
+	// Open the newest segment for appends, its torn tail cut. It is not
+	// synced here: after a crash the kernel may hold a second of writes
+	// (under the interval policy) that an fsync would make the start wait
+	// for; the next sync covers them, and until then the checkpoint says
+	// only what it said.
 	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
-		if err = f.Truncate(d.fsize); err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
+		if err = f.Truncate(d.fsize); err != nil {
 			f.Close()
 		}
 	}
@@ -165,9 +165,8 @@ func (d *DiskLog) recover() (Recovery, error) {
 		rec.ReadOnly = d.roErr
 	} else {
 		d.f = f
-		d.synced = r.seq
+		d.synced = synced
 		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
-		d.checkpoint()
 	}
 	return rec, nil
 }
@@ -296,7 +295,7 @@ type replay struct {
 	started bool // the memory log stands at its first message
 	dec     recordDecoder
 	entries []Entry
-	release func() // unmaps the segment being read
+	mf      *mappedFile // the messages kept from the segment being read
 }
 
 // segmentResult is what reading one segment found.
@@ -308,17 +307,31 @@ type segmentResult struct {
 
 // segment reads one segment whose header is h: every record from the
 // index's entry at or before the floor (if x is given) to the end, into
-// memory. A record that does not read back whole is a torn tail if it is
-// in the newest segment (last), past the synced messages, and nothing
-// whole follows it; otherwise the segment is corrupt.
-func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (segmentResult, error) {
+// memory, the bodies left in the file's mapping (mapped.go). A record that
+// does not read back whole is a torn tail if it is in the newest segment
+// (last), past the synced messages, and nothing whole follows it;
+// otherwise the segment is corrupt.
+func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (res segmentResult, err error) {
 	path := filepath.Join(r.d.dir, segName(h.base))
-	p, err := r.read(path)
+	p, release, err := readSegment(path)
 	if err != nil {
-		return segmentResult{}, err
+		return res, err
 	}
-	defer r.release()
-	res := segmentResult{index: segIndex{base: h.base, last: h.base - 1}}
+	r.mf = &mappedFile{file: p, m: &mapping{release: release}}
+	defer func() {
+		if err != nil {
+			release()
+			return
+		}
+		r.mf.dict = r.dec.dict
+		r.d.mem.appendMapped(r.mf) // releases it if it kept nothing
+	}()
+	if x != nil && x.last >= max(h.base, r.floor) {
+		n := x.last + 1 - max(h.base, r.floor)
+		r.mf.times, r.mf.starts, r.mf.ends = make([]int64, 0, n), make([]uint32, 0, n), make([]uint32, 0, n)
+		r.mf.from, r.mf.ids = make([]uint32, 0, n), make([][16]byte, 0, n)
+	}
+	res.index = segIndex{base: h.base, last: h.base - 1}
 	r.dec = recordDecoder{}
 	off := int64(segHeaderSize)
 	r.seq, r.time = h.base-1, h.prevTime
@@ -355,9 +368,7 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (se
 			res.index.entries = append(res.index.entries, idxEntry{seq: r.entries[0].Seq, time: r.entries[0].Time, offset: off})
 			idxAt = off
 		}
-		if err := r.apply(r.entries); err != nil {
-			return res, fmt.Errorf("offset %d: %w", off, err)
-		}
+		r.keep(r.entries, uint32(off+recHeaderSize))
 		off += int64(size)
 	}
 	res.size = off
@@ -412,40 +423,37 @@ func torn(p []byte, short bool) bool {
 	return false
 }
 
-// read maps a segment file whole (see mapFile); r.release unmaps it.
-func (r *replay) read(path string) ([]byte, error) {
+// readSegment maps a segment file whole (see mapFile); release unmaps it.
+func readSegment(path string) (p []byte, release func(), err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	n := st.Size()
 	if n < segHeaderSize || n > maxSegmentFile {
-		return nil, fmt.Errorf("%d bytes, want %d to %d: %w", n, segHeaderSize, int64(maxSegmentFile), ErrCorrupt)
+		return nil, nil, fmt.Errorf("%d bytes, want %d to %d: %w", n, segHeaderSize, int64(maxSegmentFile), ErrCorrupt)
 	}
-	p, release, err := mapFile(f, n)
-	if err != nil {
-		return nil, err
-	}
-	r.release = release
-	return p, nil
+	return mapFile(f, n)
 }
 
-// maxSegmentFile bounds a segment file read back: the largest segment, one
-// record past SegmentBytes.
-const maxSegmentFile = 4<<30 + maxRecord + recHeaderSize
+// maxSegmentFile bounds a segment file read back: bodies are placed in it
+// by 32-bit offsets. The largest a log writes is one record past
+// maxDiskSegment.
+const maxSegmentFile = 1<<32 - 1
 
-// apply stores the messages of a record in memory, skipping those before
-// the floor.
-func (r *replay) apply(batch []Entry) error {
+// keep adds the messages of a record, read from the file at payloadAt,
+// to the segment's mapped messages, skipping those before the floor; the
+// first kept makes the memory log stand just before it.
+func (r *replay) keep(batch []Entry, payloadAt uint32) {
 	last := &batch[len(batch)-1]
 	defer func() { r.seq, r.time = last.Seq, last.Time }()
 	if last.Seq < r.floor {
-		return nil
+		return
 	}
 	i := 0
 	for i < len(batch) && batch[i].Seq < r.floor {
@@ -459,23 +467,19 @@ func (r *replay) apply(batch []Entry) error {
 		r.d.mem.startAt(batch[i].Seq-1, prevT)
 		r.started = true
 	}
-	batch = batch[i:]
-	if err := r.d.mem.Append(batch); err == nil || !(errors.Is(err, ErrBatchTooLarge) || errors.Is(err, ErrBodyTooLarge)) {
-		return err
+	mf := r.mf
+	if mf.len() == 0 {
+		mf.base = batch[i].Seq
 	}
-	// Retention was made smaller than a batch since it was written: one
-	// message at a time, and one larger than the log may hold empties it.
-	for j := range batch {
-		err := r.d.mem.Append(batch[j : j+1])
-		if errors.Is(err, ErrBodyTooLarge) {
-			r.d.mem.startAt(batch[j].Seq, batch[j].Time)
-			continue
-		}
-		if err != nil {
-			return err
-		}
+	for ; i < len(batch); i++ {
+		e := &batch[i]
+		start := payloadAt + r.dec.bodyAt[i]
+		mf.times = append(mf.times, e.Time)
+		mf.starts = append(mf.starts, start)
+		mf.ends = append(mf.ends, start+uint32(len(e.Body)))
+		mf.from = append(mf.from, r.dec.from[i])
+		mf.ids = append(mf.ids, e.ID)
 	}
-	return nil
 }
 
 // finish makes the memory log stand at the last message read if none was

@@ -28,9 +28,12 @@
 // A [DiskLog] ([Open]) is a Log whose every batch is first written as one
 // record to a segment file (the format: STORAGE.md, and diskformat.go, the
 // only code that reads or writes it). The in-memory Log still serves every
-// query: bodies stay in memory within retention, the files are read only
-// when the log is opened, and so a durable log answers as fast as a memory
-// one and costs the same memory (about 33 bytes a message beyond its body),
+// query: its columns index every message held, bodies appended since the
+// open stay in memory within retention, and the history read back at the
+// open is served from the segment files, mapped read-only (a 4 B body start
+// column more, and the bodies in the page cache: mapped.go). The files are
+// otherwise read only when the log is opened, and so a durable log answers
+// as fast as a memory one and costs the same memory or less,
 // plus the page cache the kernel keeps of its files. Its [FsyncPolicy]
 // says what an append promises: written to the OS (fsynced every interval),
 // or on the device, with one fsync for every append waiting for it.

@@ -107,6 +107,9 @@ type Log struct {
 	// disk log reading itself back sets it to skip what falls out of the
 	// window anyway.
 	dedupFrom uint64
+	// retired: mappings of files read back whose segments were all
+	// evicted, oldest first, unmapped after a grace (mapped.go).
+	retired []retired
 
 	// Published to readers.
 	view     atomic.Pointer[view]
@@ -268,6 +271,7 @@ func (l *Log) startAt(seq uint64, t int64) {
 	defer l.mu.Unlock()
 	for _, s := range l.segs {
 		l.forgetSenders(s)
+		l.evictedSeg(s)
 	}
 	l.evicted.Add(uint64(l.held))
 	l.held = 0
@@ -395,6 +399,7 @@ func (l *Log) retain(now int64) {
 		msgs += s.n
 		bytes -= int64(s.used)
 		l.forgetSenders(s)
+		l.evictedSeg(s)
 		k++
 	}
 	if k == 0 {

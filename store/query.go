@@ -137,6 +137,12 @@ func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Curs
 		if j > 0 {
 			start = c.ends[j-1]
 		}
+		if c.starts != nil {
+			dst = s.mappedPage(dst, seg, c, j, n)
+			want -= n - j
+			cur.Next = seg.base + uint64(n) - 1
+			continue
+		}
 		// Slice every column to the run first, so the loop has no bounds
 		// checks, and fill dst in place rather than append one by one.
 		times, ends, from, ids, senders := c.times[j:n], c.ends[j:n], c.from[j:n], c.ids[j:n], c.senders
@@ -161,4 +167,14 @@ func (s *snap) page(k, j, limit int, dst []Message, cur Cursor) ([]Message, Curs
 	}
 	cur.More = cur.Next < s.last
 	return dst, cur
+}
+
+// mappedPage appends slots j..n-1 of a mapped segment (bodies at starts).
+func (s *snap) mappedPage(dst []Message, seg *segment, c *columns, j, n int) []Message {
+	for i := j; i < n; i++ {
+		start, end := c.starts[i], c.ends[i]
+		dst = append(dst, Message{Seq: seg.base + uint64(i), Time: c.times[i], ID: c.ids[i],
+			From: &c.senders[c.from[i]].Sender, Body: c.slab[start:end:end]})
+	}
+	return dst
 }

@@ -23,6 +23,9 @@ type segment struct {
 	lastTime int64    // time of slot n-1
 	faulted  int      // slab bytes made resident ahead of the writes (see prefault)
 	lastFrom uint32   // the index of slot n-1's sender in w.senders
+	// mapped: the segment was read back from a disk log's file, whose
+	// mapping its slab is; it is never written (see mapped.go).
+	mapped *mapping
 }
 
 // prefaultChunk is how much of a slab is made resident at a time, ahead of
@@ -59,8 +62,11 @@ func prefaultColumns(c *columns) {
 // the index of message i's sender in it. A sender is added (and a new
 // *columns published) before the first message that names it is committed.
 type columns struct {
-	times   []int64
-	ends    []uint32 // body i is slab[ends[i-1]:ends[i]], with ends[-1] = 0
+	times []int64
+	ends  []uint32 // body i is slab[ends[i-1]:ends[i]], with ends[-1] = 0
+	// starts, in a mapped segment only, are where bodies start: body i is
+	// slab[starts[i]:ends[i]] (the file holds more than bodies).
+	starts  []uint32
 	from    []uint32 // index in senders
 	ids     [][16]byte
 	slab    []byte
@@ -92,7 +98,7 @@ func newSegment(seq uint64, t int64, bodyLen int, prev *segment, lim *limits) *s
 
 // fits reports whether a body of bodyLen bytes may go in s.
 func (s *segment) fits(bodyLen int, lim *limits) bool {
-	return s.n < lim.segMessages && (s.used == 0 || s.used+bodyLen <= lim.segBytes)
+	return s.mapped == nil && s.n < lim.segMessages && (s.used == 0 || s.used+bodyLen <= lim.segBytes)
 }
 
 // put stores a message from the sender at index from of the dictionary in
