@@ -58,11 +58,11 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if err == nil && as != "" {
 		_, err = g.Join(octx, as, nil)
 	}
-	var info wire.Info
+	var info client.Info
 	if err == nil {
 		info, err = g.Info(octx)
 	}
-	var members []wire.Member
+	var members []client.Member
 	if err == nil && info.Member {
 		members, err = g.Members(octx)
 	}
@@ -137,7 +137,7 @@ type chat struct {
 	mu      sync.Mutex
 	json    bool
 	g       *client.Group
-	info    wire.Info
+	info    client.Info
 	me      wire.Fingerprint
 	timeout time.Duration
 	names   *nameBook // used by follow and command, under mu
@@ -156,7 +156,7 @@ type chat struct {
 
 	// unsent are the lines that could not be sent, kept with their message
 	// IDs so that sending them again never stores one twice; under mu.
-	unsent   []wire.Outgoing
+	unsent   []client.Outgoing
 	retryNow chan struct{} // the watch is back: typeLoop sends unsent again
 }
 
@@ -370,7 +370,7 @@ func (c *chat) handle(ctx context.Context, line string) bool {
 	} else if strings.HasPrefix(line, "/") {
 		return c.command(ctx, line)
 	}
-	c.send(ctx, []wire.Outgoing{{ID: wire.NewID(), Body: []byte(line)}})
+	c.send(ctx, []client.Outgoing{{ID: client.NewID(), Body: []byte(line)}})
 	return false
 }
 
@@ -378,7 +378,7 @@ func (c *chat) handle(ctx context.Context, line string) bool {
 // Those that fail for a reason a retry may cure (the daemon unreachable or
 // busy) are kept, with their IDs, for a retry; the others are dropped with
 // the reason.
-func (c *chat) send(ctx context.Context, msgs []wire.Outgoing) {
+func (c *chat) send(ctx context.Context, msgs []client.Outgoing) {
 	c.mu.Lock()
 	queued := len(c.unsent) > 0
 	if queued {
@@ -391,7 +391,7 @@ func (c *chat) send(ctx context.Context, msgs []wire.Outgoing) {
 	}
 	for i, m := range msgs {
 		sctx, cancel := context.WithTimeout(ctx, c.timeout)
-		acks, err := c.g.SendMessages(sctx, []wire.Outgoing{m})
+		acks, err := c.g.SendMessages(sctx, []client.Outgoing{m})
 		cancel()
 		if err == nil {
 			c.mu.Lock()

@@ -213,12 +213,12 @@ func TestUsage(t *testing.T) {
 
 func TestHeld(t *testing.T) {
 	for _, c := range []struct {
-		in   wire.Info
+		in   client.Info
 		want string
 	}{
-		{wire.Info{Epoch: 7}, "none yet (epoch 7)"},
-		{wire.Info{First: 1, Last: 3, Epoch: 7}, "#1..#3 (epoch 7)"},
-		{wire.Info{First: 6, Last: 5, Epoch: 7}, "none (retention dropped #1..#5; epoch 7)"},
+		{client.Info{Epoch: 7}, "none yet (epoch 7)"},
+		{client.Info{First: 1, Last: 3, Epoch: 7}, "#1..#3 (epoch 7)"},
+		{client.Info{First: 6, Last: 5, Epoch: 7}, "none (retention dropped #1..#5; epoch 7)"},
 	} {
 		if got := held(c.in); got != c.want {
 			t.Errorf("held(%+v) = %q, want %q", c.in, got, c.want)
@@ -228,15 +228,15 @@ func TestHeld(t *testing.T) {
 
 func TestStorageText(t *testing.T) {
 	for _, c := range []struct {
-		in   wire.Info
+		in   client.Info
 		want string
 	}{
-		{wire.Info{Storage: wire.StorageMemory}, "memory (a daemon restart loses every message)"},
-		{wire.Info{Storage: wire.StorageDisk, Fsync: wire.FsyncAlways}, "disk, fsync always (an acknowledged message survives power loss)"},
-		{wire.Info{Storage: wire.StorageDisk, Fsync: wire.FsyncInterval, FsyncIntervalMS: 1000},
+		{client.Info{Storage: client.StorageMemory}, "memory (a daemon restart loses every message)"},
+		{client.Info{Storage: client.StorageDisk, Fsync: client.FsyncAlways}, "disk, fsync always (an acknowledged message survives power loss)"},
+		{client.Info{Storage: client.StorageDisk, Fsync: client.FsyncInterval, FsyncInterval: time.Second},
 			"disk, fsync every 1s (an acknowledged message survives a daemon crash; an OS crash or power cut loses at most the last 1s)"},
-		{wire.Info{}, "not reported (an older daemon)"},
-		{wire.Info{Storage: "tape", Fsync: "weekly"}, "tape weekly"},
+		{client.Info{}, "not reported (an older daemon)"},
+		{client.Info{Storage: "tape", Fsync: "weekly"}, "tape weekly"},
 	} {
 		if got := storage(c.in); got != c.want {
 			t.Errorf("storage(%+v) = %q, want %q", c.in, got, c.want)

@@ -33,16 +33,16 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 			return printJSON(env.Stdout, map[string]any{
 				"uuid": in.Group.String(), "name": in.Name, "epoch": in.Epoch, "first_seq": in.First,
 				"last_seq": in.Last, "members": in.Members, "private": in.Private, "member": in.Member,
-				"fingerprint": in.Fingerprint.String(), "addrs": e.Addrs,
-				"storage": in.Storage, "fsync": in.Fsync, "fsync_interval_ms": in.FsyncIntervalMS,
+				"fingerprint": in.Daemon.String(), "addrs": e.Addrs,
+				"storage": in.Storage, "fsync": in.Fsync, "fsync_interval_ms": in.FsyncInterval.Milliseconds(),
 				"limits": map[string]any{
 					"max_message_bytes": l.MaxMessageBytes, "max_batch": l.MaxBatch,
-					"max_messages": l.MaxMessages, "max_bytes": l.MaxBytes, "max_age_ms": l.MaxAgeMS,
+					"max_messages": l.MaxMessages, "max_bytes": l.MaxBytes, "max_age_ms": l.MaxAge.Milliseconds(),
 					"fetch_page": l.FetchPage, "max_members": l.MaxMembers,
-					"send_rate_per_s": float64(l.SendRateMilli) / 1000, "send_burst": l.SendBurst,
-					"heartbeat_ms": l.HeartbeatMS, "max_frame_bytes": l.MaxFrameBytes,
+					"send_rate_per_s": l.SendRate, "send_burst": l.SendBurst,
+					"heartbeat_ms": l.Heartbeat.Milliseconds(), "max_frame_bytes": l.MaxFrameBytes,
 					"max_streams": l.MaxStreams, "max_conns_per_addr": l.MaxConnsPerAddr,
-					"request_timeout_ms": l.RequestTimeoutMS, "idle_timeout_ms": l.IdleTimeoutMS,
+					"request_timeout_ms": l.RequestTimeout.Milliseconds(), "idle_timeout_ms": l.IdleTimeout.Milliseconds(),
 				},
 			})
 		}
@@ -50,7 +50,7 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
 		row("name", in.Name)
 		row("uuid", in.Group)
-		row("daemon", fmt.Sprintf("%s at %s", in.Fingerprint, strings.Join(e.Addrs, ", ")))
+		row("daemon", fmt.Sprintf("%s at %s", in.Daemon, strings.Join(e.Addrs, ", ")))
 		row("private", yesNo(in.Private))
 		row("you are a member", yesNo(in.Member))
 		row("members", in.Members)
@@ -61,15 +61,15 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		row("retention", retention(l))
 		row("fetch page", l.FetchPage)
 		row("max members", unlimited(l.MaxMembers, fmt.Sprint(l.MaxMembers)))
-		row("send rate", unlimited(l.SendRateMilli, fmt.Sprintf("%g msgs/s per member, burst %d", float64(l.SendRateMilli)/1000, l.SendBurst)))
-		row("heartbeat", time.Duration(l.HeartbeatMS)*time.Millisecond)
+		row("send rate", unlimited(l.SendRate, fmt.Sprintf("%g msgs/s per member, burst %d", l.SendRate, l.SendBurst)))
+		row("heartbeat", l.Heartbeat)
 		// Connection limits: reported by daemons since they were added to
 		// info (absent: not reported).
 		row("max request frame", reported(l.MaxFrameBytes, size(l.MaxFrameBytes)))
 		row("max streams per connection", reported(l.MaxStreams, fmt.Sprint(l.MaxStreams)))
 		row("max connections per address", reported(l.MaxConnsPerAddr, fmt.Sprint(l.MaxConnsPerAddr)))
-		row("request timeout", reported(l.RequestTimeoutMS, (time.Duration(l.RequestTimeoutMS)*time.Millisecond).String()))
-		row("idle timeout", reported(l.IdleTimeoutMS, (time.Duration(l.IdleTimeoutMS)*time.Millisecond).String()))
+		row("request timeout", reported(l.RequestTimeout, l.RequestTimeout.String()))
+		row("idle timeout", reported(l.IdleTimeout, l.IdleTimeout.String()))
 		return tw.Flush()
 	})
 }
@@ -81,21 +81,21 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func reported(v uint64, s string) string {
+func reported[N uint64 | time.Duration](v N, s string) string {
 	if v == 0 {
 		return "not reported"
 	}
 	return s
 }
 
-func unlimited(v uint64, s string) string {
+func unlimited[N uint64 | float64](v N, s string) string {
 	if v == 0 {
 		return "unlimited"
 	}
 	return s
 }
 
-func retention(l wire.Limits) string {
+func retention(l client.Limits) string {
 	var parts []string
 	if l.MaxMessages > 0 {
 		parts = append(parts, fmt.Sprintf("%d messages", l.MaxMessages))
@@ -103,8 +103,8 @@ func retention(l wire.Limits) string {
 	if l.MaxBytes > 0 {
 		parts = append(parts, size(l.MaxBytes))
 	}
-	if l.MaxAgeMS > 0 {
-		parts = append(parts, (time.Duration(l.MaxAgeMS) * time.Millisecond).String())
+	if l.MaxAge > 0 {
+		parts = append(parts, l.MaxAge.String())
 	}
 	if len(parts) == 0 {
 		return "unlimited (memory permitting)"
@@ -126,7 +126,7 @@ func size(n uint64) string {
 }
 
 // held describes the range of messages a group holds.
-func held(in wire.Info) string {
+func held(in client.Info) string {
 	switch {
 	case in.Last == 0:
 		return fmt.Sprintf("none yet (epoch %d)", in.Epoch)
@@ -138,14 +138,14 @@ func held(in wire.Info) string {
 
 // storage says where the daemon keeps the group's messages and what an
 // acknowledged one survives.
-func storage(in wire.Info) string {
+func storage(in client.Info) string {
 	switch {
-	case in.Storage == wire.StorageMemory:
+	case in.Storage == client.StorageMemory:
 		return "memory (a daemon restart loses every message)"
-	case in.Storage == wire.StorageDisk && in.Fsync == wire.FsyncAlways:
+	case in.Storage == client.StorageDisk && in.Fsync == client.FsyncAlways:
 		return "disk, fsync always (an acknowledged message survives power loss)"
-	case in.Storage == wire.StorageDisk && in.Fsync == wire.FsyncInterval:
-		d := time.Duration(in.FsyncIntervalMS) * time.Millisecond
+	case in.Storage == client.StorageDisk && in.Fsync == client.FsyncInterval:
+		d := in.FsyncInterval
 		return fmt.Sprintf("disk, fsync every %v (an acknowledged message survives a daemon crash; an OS crash or power cut loses at most the last %v)", d, d)
 	case in.Storage == "":
 		return "not reported (an older daemon)"

@@ -71,7 +71,7 @@ type listing struct {
 type registryAnswer struct {
 	registryReport
 	reg      *client.Registry
-	list     wire.Groups
+	list     client.Listing
 	expected bool // counted among the registries the listing waits for
 }
 
@@ -236,7 +236,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 				continue
 			}
 		}
-		parts = append(parts, client.RegistryListing{Registry: a.reg, Groups: a.list})
+		parts = append(parts, client.RegistryListing{Registry: a.reg, Listing: a.list})
 		l.regs = append(l.regs, a.reg)
 	}
 	l.reports = reports

@@ -31,11 +31,11 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 			for _, m := range ms {
 				obj := map[string]any{
 					"fingerprint": m.Fingerprint.String(), "name": m.Name,
-					"joined": jsonTime(time.Unix(0, m.Joined)), "you": m.Fingerprint == me,
+					"joined": jsonTime(m.Joined), "you": m.Fingerprint == me,
 					"online": m.Online, "last_seen": nil,
 				}
-				if m.LastSeen != 0 {
-					obj["last_seen"] = jsonTime(time.Unix(0, m.LastSeen))
+				if !m.LastSeen.IsZero() {
+					obj["last_seen"] = jsonTime(m.LastSeen)
 				}
 				printJSON(env.Stdout, obj)
 			}
@@ -50,7 +50,7 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 			if m.Fingerprint == me {
 				you = "  (you)"
 			}
-			rows = append(rows, []string{names.label(m.Fingerprint, m.Name), seen(m, now), localTime(time.Unix(0, m.Joined)), m.Fingerprint.String() + you})
+			rows = append(rows, []string{names.label(m.Fingerprint, m.Name), seen(m, now), localTime(m.Joined), m.Fingerprint.String() + you})
 		}
 		return writeTable(env.Stdout, rows)
 	})
@@ -59,14 +59,14 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 // seen says when a member was last seen, for people: "online" while it
 // watches the group, "-" if the daemon has not seen it since it started
 // (or does not report presence).
-func seen(m wire.Member, now time.Time) string {
+func seen(m client.Member, now time.Time) string {
 	switch {
 	case m.Online:
 		return "online"
-	case m.LastSeen == 0:
+	case m.LastSeen.IsZero():
 		return "-"
 	}
-	return ago(now.Sub(time.Unix(0, m.LastSeen))) + " ago"
+	return ago(now.Sub(m.LastSeen)) + " ago"
 }
 
 // ago rounds d to the unit people would say: 40s, 5m, 3h, 2d.

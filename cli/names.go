@@ -38,7 +38,7 @@ func (b *nameBook) see(fp wire.Fingerprint, name string) {
 }
 
 // seeMembers records the group's members under their current names.
-func (b *nameBook) seeMembers(ms []wire.Member) {
+func (b *nameBook) seeMembers(ms []client.Member) {
 	for _, m := range ms {
 		b.see(m.Fingerprint, m.Name)
 	}

@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 func TestNameBook(t *testing.T) {
 	alice, mallory, bob := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}
 	b := newNameBook()
-	b.seeMembers([]wire.Member{{Fingerprint: alice, Name: "alice"}, {Fingerprint: bob, Name: "bob"}})
+	b.seeMembers([]client.Member{{Fingerprint: alice, Name: "alice"}, {Fingerprint: bob, Name: "bob"}})
 	for _, c := range []struct {
 		fp   wire.Fingerprint
 		name string

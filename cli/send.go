@@ -44,8 +44,8 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		return usageErr(env, "send", "the message is blank; nothing was sent")
 	}
 	return withGroup(ctx, env, "send", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
-		id := wire.NewID()
-		acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: id, Body: []byte(body)}})
+		id := client.NewID()
+		acks, err := g.SendMessages(ctx, []client.Outgoing{{ID: id, Body: []byte(body)}})
 		if err != nil {
 			return err
 		}
@@ -122,7 +122,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	tooLarge := func(l inputLine, size int) {
 		refuse(l, fmt.Sprintf("is too large (%d bytes; the group takes at most %s per message, see 'huddle info GROUP')", size, size64(maxMsg)))
 	}
-	send := func(msgs []wire.Outgoing, from []inputLine) error {
+	send := func(msgs []client.Outgoing, from []inputLine) error {
 		sctx, cancel := context.WithTimeout(ctx, cf.timeout)
 		acks, err := g.SendMessages(sctx, msgs)
 		cancel()
@@ -176,7 +176,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				break
 			}
 		}
-		var msgs []wire.Outgoing
+		var msgs []client.Outgoing
 		var from []inputLine
 		size := 0
 		add := func(l inputLine) bool {
@@ -189,7 +189,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			case len(msgs) > 0 && (len(msgs) == batch || size+len(l.text)+perMessage > budget):
 				return false
 			}
-			msgs = append(msgs, wire.Outgoing{ID: wire.NewID(), Body: []byte(l.text)})
+			msgs = append(msgs, client.Outgoing{ID: client.NewID(), Body: []byte(l.text)})
 			from = append(from, l)
 			size += len(l.text) + perMessage
 			return true

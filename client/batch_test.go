@@ -84,11 +84,11 @@ func TestBatchedSendsGetTheirOwnAcks(t *testing.T) {
 			// Every ack is the message's own: the log holds each caller's
 			// body at the seq its ack names, and callers' sends keep their order.
 			bySeq := make(map[uint64]string)
-			for m, err := range g.Messages(ctx, client.Query{}) {
-				if err != nil {
-					t.Fatal(err)
-				}
+			if _, err := g.Fetch(ctx, client.Query{}, func(m client.Message) bool {
 				bySeq[m.Seq] = string(m.Body)
+				return true
+			}); err != nil {
+				t.Fatal(err)
 			}
 			if got, want := len(bySeq), callers*each; got != want {
 				t.Fatalf("log holds %d messages, want %d", got, want)
@@ -242,14 +242,14 @@ func TestSendsBeyondTheFlowControlWindow(t *testing.T) {
 				}
 			}
 			n := 0
-			for m, err := range g.Messages(ctx, client.Query{}) {
-				if err != nil {
-					t.Fatal(err)
-				}
+			if _, err := g.Fetch(ctx, client.Query{}, func(m client.Message) bool {
 				if len(m.Body) != size {
 					t.Fatalf("message %d has %d bytes, want %d", m.Seq, len(m.Body), size)
 				}
 				n++
+				return true
+			}); err != nil {
+				t.Fatal(err)
 			}
 			if n != callers*each {
 				t.Fatalf("log holds %d messages, want %d", n, callers*each)

@@ -10,9 +10,17 @@
 // the known-registries file (trust on first use, like ssh's known_hosts); a
 // group daemon by the fingerprint the registry lists for it.
 //
+// The package speaks its own vocabulary: a program imports client (and
+// identity, for its key) and nothing else of huddle's. Where the protocol's
+// type already says the right thing it is re-exported under the same name
+// (Fingerprint, UUID, ID, GroupEntry); results that the wire carries in
+// protocol units (Unix nanoseconds, milliseconds) come as time.Time and
+// time.Duration (Info, Limits, Member, Lease).
+//
 // Errors a server returns match this package's sentinels (the wire
 // package's) with errors.Is, for example errors.Is(err, client.ErrNotMember).
-// A server that cannot be reached gives an error matching ErrUnreachable.
+// A server that cannot be reached gives an error matching ErrUnreachable;
+// a Config that cannot be used, one matching ErrInvalidConfig.
 package client
 
 import (
@@ -61,7 +69,27 @@ var (
 	// later, possibly elsewhere. A server stopping also refuses new calls
 	// with an unavailable error that carries a time to wait (RetryAfter).
 	ErrShuttingDown = fmt.Errorf("%w: the server is shutting down", ErrUnavailable)
+	// ErrInvalidConfig: New was given a Config it cannot use; the error
+	// names the field.
+	ErrInvalidConfig = errors.New("invalid client configuration")
 )
+
+// Names the protocol already gets right, re-exported so that programs need
+// import only this package.
+type (
+	// Fingerprint is the SHA-256 of a key's public half: a user's member
+	// ID, a daemon's or a registry's identity. The zero Fingerprint means
+	// "none given".
+	Fingerprint = wire.Fingerprint
+	// UUID is a group's identity, stable across its daemon's restarts.
+	UUID = wire.UUID
+	// ID is a message's ID, chosen by its sender (see NewID).
+	ID = wire.ID
+)
+
+// NewID returns a new message ID (a UUIDv7) for SendWithID or
+// SendMessages.
+func NewID() ID { return wire.NewID() }
 
 // Stream error codes a client uses when it abandons a stream.
 const codeCancelled quic.StreamErrorCode = 0x1
@@ -94,16 +122,16 @@ type Config struct {
 	BatchLinger time.Duration
 }
 
-// Validate reports whether the configuration can be used.
+// Validate reports whether the configuration can be used: nil, or an error
+// matching ErrInvalidConfig that names the field.
 func (c Config) Validate() error {
-	if c.Identity == nil {
-		return errors.New("client: Config.Identity is required")
-	}
-	if c.DialTimeout < 0 {
-		return errors.New("client: Config.DialTimeout is negative")
-	}
-	if c.BatchLinger < 0 {
-		return errors.New("client: Config.BatchLinger is negative")
+	switch {
+	case c.Identity == nil:
+		return fmt.Errorf("%w: Identity is required", ErrInvalidConfig)
+	case c.DialTimeout < 0:
+		return fmt.Errorf("%w: DialTimeout %v is negative", ErrInvalidConfig, c.DialTimeout)
+	case c.BatchLinger < 0:
+		return fmt.Errorf("%w: BatchLinger %v is negative", ErrInvalidConfig, c.BatchLinger)
 	}
 	return nil
 }
@@ -151,7 +179,7 @@ func New(cfg Config) (*Client, error) {
 }
 
 // Fingerprint returns the fingerprint this client presents: the user's ID.
-func (c *Client) Fingerprint() wire.Fingerprint { return c.cfg.Identity.Fingerprint() }
+func (c *Client) Fingerprint() Fingerprint { return c.cfg.Identity.Fingerprint() }
 
 // Close fails queued sends, closes every connection and the socket, and
 // waits for the Client's goroutines. It is safe to call twice; calls on a

@@ -195,10 +195,7 @@ func TestGroupOperations(t *testing.T) {
 
 	// Names and senders come from the server, keyed by the client's key.
 	var names []string
-	for m, err := range gb.Messages(ctx, client.Query{After: 18}) {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if _, err := gb.Fetch(ctx, client.Query{After: 18}, func(m client.Message) bool {
 		names = append(names, m.Name)
 		want := alice.Fingerprint()
 		if m.Seq%2 == 0 {
@@ -207,6 +204,9 @@ func TestGroupOperations(t *testing.T) {
 		if m.From != want {
 			t.Errorf("message %d from %s, want %s", m.Seq, m.From.Short(), want.Short())
 		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if fmt.Sprint(names) != "[alice2 bob]" {
 		t.Errorf("names after 18 = %v", names)
@@ -253,7 +253,7 @@ func TestSendIsIdempotent(t *testing.T) {
 	if _, err := g.Join(ctx, "a", nil); err != nil {
 		t.Fatal(err)
 	}
-	msgs := []wire.Outgoing{{ID: wire.NewID(), Body: []byte("x")}, {ID: wire.NewID(), Body: []byte("y")}}
+	msgs := []client.Outgoing{{ID: wire.NewID(), Body: []byte("x")}, {ID: wire.NewID(), Body: []byte("y")}}
 	first, err := g.SendMessages(ctx, msgs)
 	if err != nil {
 		t.Fatal(err)

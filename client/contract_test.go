@@ -43,7 +43,7 @@ func TestRequestOverTheFrameLimit(t *testing.T) {
 	// Small enough to be queued whole, and large enough that the write
 	// blocks on the daemon's flow control until STOP_SENDING ends it.
 	for _, size := range []int{16 << 10, 512 << 10} {
-		_, err := g.SendMessages(ctx, []wire.Outgoing{{ID: wire.NewID(), Body: make([]byte, size)}})
+		_, err := g.SendMessages(ctx, []client.Outgoing{{ID: wire.NewID(), Body: make([]byte, size)}})
 		if !errors.Is(err, client.ErrTooLarge) {
 			t.Errorf("send of %d bytes over a %d-byte frame limit: %v, want ErrTooLarge", size, frameLimit, err)
 		}

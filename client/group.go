@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"iter"
 	"sync"
 	"time"
 
@@ -28,7 +27,7 @@ type Group struct {
 // daemon's fingerprint from the listing and dialling its addresses in order.
 // The handle keeps those addresses; Registry.Group returns one that follows
 // the daemon when it moves.
-func (c *Client) Group(e wire.GroupEntry) (*Group, error) {
+func (c *Client) Group(e GroupEntry) (*Group, error) {
 	if e.Fingerprint.IsZero() {
 		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
 	}
@@ -42,7 +41,7 @@ func (c *Client) Group(e wire.GroupEntry) (*Group, error) {
 // Group returns a handle on a group from this registry's listing. When its
 // daemon cannot be reached, long-lived calls (Watch) ask the registry for
 // the daemon's current addresses and fingerprint.
-func (r *Registry) Group(e wire.GroupEntry) (*Group, error) {
+func (r *Registry) Group(e GroupEntry) (*Group, error) {
 	return Registries{r}.Group(e)
 }
 
@@ -82,27 +81,31 @@ func (g *Group) refresh(ctx context.Context) {
 }
 
 // ID returns the group's UUID.
-func (g *Group) ID() wire.UUID { return g.id }
+func (g *Group) ID() UUID { return g.id }
 
 // Name returns the group's name as listed.
 func (g *Group) Name() string { return g.name }
 
 // Info describes the group, its log and its limits. Anyone may ask.
 // Errors: ErrNotFound.
-func (g *Group) Info(ctx context.Context) (wire.Info, error) {
+func (g *Group) Info(ctx context.Context) (Info, error) {
 	var info wire.Info
-	err := g.peer().single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info)
-	return info, err
+	if err := g.peer().single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
+		return Info{}, err
+	}
+	return infoFrom(&info), nil
 }
 
 // Join makes this client's key a member under a display name; secret is
 // needed for private groups (nil otherwise). Joining again updates the name.
 // Errors: ErrUnauthorized (wrong or missing secret), ErrNotFound,
 // ErrUnavailable (the group is full), ErrBadRequest (bad name).
-func (g *Group) Join(ctx context.Context, name string, secret []byte) (wire.Joined, error) {
+func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, error) {
 	var j wire.Joined
-	err := g.peer().single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j)
-	return j, err
+	if err := g.peer().single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
+		return Joined{}, err
+	}
+	return Joined{Epoch: j.Epoch, Last: j.Last, Already: j.Already}, nil
 }
 
 // Leave ends membership, and reports whether this key was a member.
@@ -114,10 +117,16 @@ func (g *Group) Leave(ctx context.Context) (bool, error) {
 }
 
 // Members lists the group's members. Errors: ErrNotMember, ErrNotFound.
-func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
+func (g *Group) Members(ctx context.Context) ([]Member, error) {
 	var m wire.MemberList
-	err := g.peer().single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m)
-	return m.Members, err
+	if err := g.peer().single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m); err != nil {
+		return nil, err
+	}
+	out := make([]Member, len(m.Members))
+	for i := range m.Members {
+		out[i] = memberFrom(&m.Members[i])
+	}
+	return out, nil
 }
 
 // Ack is the acknowledgement of one message sent: the group holds it as
@@ -126,14 +135,14 @@ func (g *Group) Members(ctx context.Context) ([]wire.Member, error) {
 // (SendWithID, SendMessages) never stores the message twice, and returns
 // the original Seq and Time with Duplicate set.
 type Ack struct {
-	ID        wire.ID
+	ID        ID
 	Seq       uint64
 	Time      time.Time
 	Duplicate bool
 	Epoch     uint64
 }
 
-func ackOf(id wire.ID, a wire.Ack, epoch uint64) Ack {
+func ackOf(id ID, a wire.Ack, epoch uint64) Ack {
 	return Ack{ID: id, Seq: a.Seq, Time: time.Unix(0, a.Time), Duplicate: a.Duplicate, Epoch: epoch}
 }
 
@@ -151,18 +160,18 @@ func ackOf(id wire.ID, a wire.Ack, epoch uint64) Ack {
 // since each Send returns only once its message is stored. A caller whose
 // ctx ends while its message is queued withdraws it.
 //
-// Errors: ErrNotMember, ErrTooLarge, ErrRateLimited (see RetryAfter on the
-// *wire.Error), ErrUnavailable, ErrUnreachable, ErrClosed.
+// Errors: ErrNotMember, ErrTooLarge, ErrRateLimited (RetryAfter says how
+// long to wait), ErrUnavailable, ErrUnreachable, ErrClosed.
 func (g *Group) Send(ctx context.Context, body []byte) (Ack, error) {
 	return g.SendWithID(ctx, wire.NewID(), body)
 }
 
 // SendWithID is Send with an ID the caller chose (a UUIDv7 from
-// wire.NewID, not all-zero, never used for another message): sending the
+// NewID, not all-zero, never used for another message): sending the
 // same ID again returns the first acknowledgement, with Duplicate set, as
 // long as the group remembers it (at least its last 65,536 messages). The
 // Ack carries id even when err is not nil.
-func (g *Group) SendWithID(ctx context.Context, id wire.ID, body []byte) (Ack, error) {
+func (g *Group) SendWithID(ctx context.Context, id ID, body []byte) (Ack, error) {
 	m := wire.Outgoing{ID: id, Body: body}
 	if g.cl.cfg.NoBatching {
 		return g.sendOne(ctx, m)
@@ -200,11 +209,15 @@ func (g *Group) batcher() (*batcher, error) {
 
 // SendMessages appends a batch atomically, all or nothing, and returns one
 // acknowledgement per message in order, each with its ID and the log's
-// epoch. Each message must carry its own ID (wire.NewID); calling again
+// epoch. Each message must carry its own ID (NewID); calling again
 // with the same IDs returns the original acknowledgements with Duplicate
 // set and stores nothing twice. Errors: as Send's.
-func (g *Group) SendMessages(ctx context.Context, msgs []wire.Outgoing) ([]Ack, error) {
-	s, err := g.send(ctx, msgs)
+func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error) {
+	out := make([]wire.Outgoing, len(msgs))
+	for i, m := range msgs {
+		out[i] = wire.Outgoing(m)
+	}
+	s, err := g.send(ctx, out)
 	if err != nil {
 		return nil, err
 	}
@@ -230,11 +243,11 @@ func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, erro
 
 // Message is one message of a group as a client sees it.
 type Message struct {
-	Seq  uint64           // gapless sequence number from 1, per epoch
-	Time time.Time        // server timestamp, strictly increasing in the group
-	ID   wire.ID          // the sender's message ID
-	From wire.Fingerprint // the key that sent it
-	Name string           // the sender's display name when it sent it
+	Seq  uint64      // gapless sequence number from 1, per epoch
+	Time time.Time   // server timestamp, strictly increasing in the group
+	ID   ID          // the sender's message ID
+	From Fingerprint // the key that sent it
+	Name string      // the sender's display name when it sent it
 	Body []byte
 }
 
@@ -289,8 +302,11 @@ type Cursor struct {
 // Fetch streams the selected messages to yield in order, following the
 // server's cursor across pages until the selection (or q.Limit) is
 // exhausted or yield returns false, and returns where it stopped. Message
-// bodies belong to the caller. Errors: ErrNotMember, ErrEpochMismatch
-// (the log was reset under q.Epoch or while paging), ErrBadRequest.
+// bodies belong to the caller. Cursor.Next continues a later Fetch (as
+// Query.After, with Query.Epoch set to Cursor.Epoch). For a watch that
+// goes on with live messages, see Watch. Errors: ErrNotMember,
+// ErrEpochMismatch (the log was reset under q.Epoch or while paging),
+// ErrBadRequest.
 func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (Cursor, error) {
 	since, after, err := q.selection()
 	if err != nil {
@@ -352,24 +368,6 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		}
 		next := end.Next
 		req.Since, req.After, req.Epoch = nil, &next, end.Epoch
-	}
-}
-
-// Messages is Fetch as an iterator, for range loops. The error, if any, is
-// the last pair yielded.
-func (g *Group) Messages(ctx context.Context, q Query) iter.Seq2[Message, error] {
-	return func(yield func(Message, error) bool) {
-		stopped := false
-		_, err := g.Fetch(ctx, q, func(m Message) bool {
-			if !yield(m, nil) {
-				stopped = true
-				return false
-			}
-			return true
-		})
-		if err != nil && !stopped {
-			yield(Message{}, err)
-		}
 	}
 }
 

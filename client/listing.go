@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-
-	"github.com/huddle-chat/huddle/wire"
 )
 
 // Registries is a set of registries asked together, so that none of them is
@@ -22,16 +20,16 @@ type Registries []*Registry
 // gave none.
 type RegistryListing struct {
 	Registry *Registry
-	Groups   wire.Groups // valid when Err is nil
+	Listing  Listing // valid when Err is nil
 	Err      error
 }
 
 // ListedGroup is one group of a merged listing.
 type ListedGroup struct {
-	wire.GroupEntry
+	GroupEntry
 	// ListedBy are the fingerprints of the registries that list the group
 	// under this daemon fingerprint, in the order they were asked.
-	ListedBy []wire.Fingerprint
+	ListedBy []Fingerprint
 }
 
 // List asks every registry of the set at once and returns their answers
@@ -42,7 +40,7 @@ func (rs Registries) List(ctx context.Context) []RegistryListing {
 	var wg sync.WaitGroup
 	for i, r := range rs {
 		out[i].Registry = r
-		wg.Go(func() { out[i].Groups, out[i].Err = r.List(ctx) })
+		wg.Go(func() { out[i].Listing, out[i].Err = r.List(ctx) })
 	}
 	wg.Wait()
 	return out
@@ -81,8 +79,8 @@ func Listed(answers []RegistryListing) ([]ListedGroup, error) {
 // then UUID, then fingerprint.
 func Merge(answers []RegistryListing) []ListedGroup {
 	type key struct {
-		group wire.UUID
-		fp    wire.Fingerprint
+		group UUID
+		fp    Fingerprint
 	}
 	byKey := make(map[key]*ListedGroup)
 	var out []*ListedGroup
@@ -91,7 +89,7 @@ func Merge(answers []RegistryListing) []ListedGroup {
 			continue
 		}
 		from := a.Registry.Fingerprint()
-		for _, e := range a.Groups.Groups {
+		for _, e := range a.Listing.Groups {
 			k := key{e.Group, e.Fingerprint}
 			g := byKey[k]
 			if g == nil {
@@ -138,7 +136,7 @@ func unionAddrs(first []string, more ...[]string) []string {
 // Group returns a handle on a group listed by the set: like Client.Group,
 // and when its daemon cannot be reached, long-lived calls (Watch) ask the
 // set's registries, in order, for the daemon's current addresses.
-func (rs Registries) Group(e wire.GroupEntry) (*Group, error) {
+func (rs Registries) Group(e GroupEntry) (*Group, error) {
 	if len(rs) == 0 {
 		return nil, fmt.Errorf("group %s: no registry: %w", e.Group, ErrBadRequest)
 	}

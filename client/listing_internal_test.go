@@ -18,12 +18,12 @@ func TestMerge(t *testing.T) {
 	uuid := func(b byte) wire.UUID { return wire.UUID{b} }
 	daemonA, daemonB := wire.Fingerprint{0xa}, wire.Fingerprint{0xb}
 	answers := []RegistryListing{
-		{Registry: r1, Groups: wire.Groups{Groups: []wire.GroupEntry{
+		{Registry: r1, Listing: Listing{Groups: []wire.GroupEntry{
 			{Group: uuid(1), Name: "lobby", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemonA, Members: 1, LastSeq: 5, ExpiresMS: 3000},
 			{Group: uuid(2), Name: "dev", Addrs: []string{"10.0.0.2:7374"}, Fingerprint: daemonA, ExpiresMS: 9000},
 		}}},
 		{Registry: r2, Err: fmt.Errorf("list: %w", ErrUnreachable)},
-		{Registry: r3, Groups: wire.Groups{Groups: []wire.GroupEntry{
+		{Registry: r3, Listing: Listing{Groups: []wire.GroupEntry{
 			// Renewed later here: its counters win, and its address comes first.
 			{Group: uuid(1), Name: "lobby", Addrs: []string{"10.1.0.1:7374", "10.0.0.1:7374"}, Fingerprint: daemonA, Members: 2, LastSeq: 7, ExpiresMS: 14000},
 			// The same UUID under another daemon key: a separate entry.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -28,7 +29,7 @@ type Registry struct {
 // It returns an error matching ErrUnreachable if no connection could be
 // made, and an *identity.MismatchError if the registry presented another
 // key than pin.
-func (c *Client) Registry(ctx context.Context, addr string, pin wire.Fingerprint) (*Registry, error) {
+func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*Registry, error) {
 	kh := c.cfg.KnownHosts
 	pinnedByFile := false
 	if pin.IsZero() && kh != nil {
@@ -56,8 +57,8 @@ func (c *Client) Registry(ctx context.Context, addr string, pin wire.Fingerprint
 	}
 
 	// First use: accept what the registry presents, then pin it.
-	var seen wire.Fingerprint
-	first, err := c.peer([]string{addr}, wire.Fingerprint{}, func(fp wire.Fingerprint) error {
+	var seen Fingerprint
+	first, err := c.peer([]string{addr}, Fingerprint{}, func(fp Fingerprint) error {
 		seen = fp
 		return nil
 	})
@@ -80,29 +81,77 @@ func (c *Client) Registry(ctx context.Context, addr string, pin wire.Fingerprint
 func (r *Registry) Addr() string { return r.addr }
 
 // Fingerprint returns the registry's fingerprint (pinned).
-func (r *Registry) Fingerprint() wire.Fingerprint { return r.p.pin }
+func (r *Registry) Fingerprint() Fingerprint { return r.p.pin }
+
+// GroupEntry is one group of a registry's listing: its UUID and name, the
+// addresses and fingerprint of the daemon that hosts it, its counters as
+// the daemon last reported them, and the milliseconds left on its lease.
+type GroupEntry = wire.GroupEntry
+
+// Listing is a registry's list of groups.
+type Listing struct {
+	// Epoch is the registry's epoch, new at each start of it.
+	Epoch  uint64
+	Groups []GroupEntry // sorted by name, then UUID
+}
+
+// Registration is what a group daemon tells a registry about one of its
+// groups (Register). The daemon's fingerprint is the one its client
+// presents, never a field.
+type Registration struct {
+	Group UUID
+	Name  string
+	// Addrs are the "host:port" addresses clients should dial; when empty
+	// the registry lists the connection's source address with Port.
+	Addrs   []string
+	Port    uint16
+	Members uint64
+	LastSeq uint64
+}
+
+// Renewal extends a registration's lease (Renew). Epoch is the registry's
+// epoch from the Lease being renewed.
+type Renewal struct {
+	Group   UUID
+	Epoch   uint64
+	Members uint64
+	LastSeq uint64
+}
+
+// Lease is a registry's answer to Register and Renew: its epoch, and how
+// long the listing lasts without a renewal (renew every third of it).
+type Lease struct {
+	Epoch uint64
+	TTL   time.Duration
+}
+
+func leaseFrom(l wire.Lease) Lease { return Lease{Epoch: l.Epoch, TTL: ms(l.TTLMS)} }
 
 // Register lists a group and starts its lease. The fingerprint listed is
 // this client's. Errors: ErrUnauthorized (another key owns the UUID),
 // ErrUnavailable (the registry is full), ErrBadRequest, ErrTooLarge.
-func (r *Registry) Register(ctx context.Context, reg wire.Register) (wire.Lease, error) {
+func (r *Registry) Register(ctx context.Context, reg Registration) (Lease, error) {
 	var l wire.Lease
-	err := r.p.single(ctx, wire.OpRegister, reg, &l)
-	return l, err
+	if err := r.p.single(ctx, wire.OpRegister, wire.Register(reg), &l); err != nil {
+		return Lease{}, err
+	}
+	return leaseFrom(l), nil
 }
 
 // Renew extends a lease. Errors: ErrEpochMismatch (the registry restarted)
 // and ErrNotFound (the lease lapsed) both mean: Register again;
 // ErrUnauthorized (another key owns the UUID).
-func (r *Registry) Renew(ctx context.Context, rn wire.Renew) (wire.Lease, error) {
+func (r *Registry) Renew(ctx context.Context, rn Renewal) (Lease, error) {
 	var l wire.Lease
-	err := r.p.single(ctx, wire.OpRenew, rn, &l)
-	return l, err
+	if err := r.p.single(ctx, wire.OpRenew, wire.Renew(rn), &l); err != nil {
+		return Lease{}, err
+	}
+	return leaseFrom(l), nil
 }
 
 // Deregister removes a group at once. Removing an unlisted group succeeds.
 // Errors: ErrUnauthorized (another key owns the UUID).
-func (r *Registry) Deregister(ctx context.Context, group wire.UUID) error {
+func (r *Registry) Deregister(ctx context.Context, group UUID) error {
 	var res struct{}
 	return r.p.single(ctx, wire.OpDeregister, wire.Deregister{Group: group}, &res)
 }
@@ -114,12 +163,11 @@ const (
 )
 
 // List returns every group whose lease is alive, sorted by name, reading
-// the registry's listing page by page (PROTOCOL.md §7.4); the result has
-// no Next. If the registry restarts while the pages are read (its epoch
+// the registry's listing page by page (PROTOCOL.md §7.4). If the registry restarts while the pages are read (its epoch
 // changes), the listing starts over, once. Errors: those of a call, and
 // ErrProtocol for a registry whose pages go backwards, or that lists more
 // than 65,536 groups.
-func (r *Registry) List(ctx context.Context) (wire.Groups, error) {
+func (r *Registry) List(ctx context.Context) (Listing, error) {
 	for restarts := 0; ; restarts++ {
 		all, err := r.list(ctx)
 		if errors.Is(err, errListRestarted) && restarts == 0 {
@@ -131,23 +179,23 @@ func (r *Registry) List(ctx context.Context) (wire.Groups, error) {
 
 var errListRestarted = errors.New("the registry restarted while its listing was read")
 
-func (r *Registry) list(ctx context.Context) (wire.Groups, error) {
-	var all wire.Groups
+func (r *Registry) list(ctx context.Context) (Listing, error) {
+	var all Listing
 	var after []byte
 	for pages := 0; ; pages++ {
 		var g wire.Groups
 		if err := r.p.single(ctx, wire.OpList, wire.List{After: after}, &g); err != nil {
-			return wire.Groups{}, err
+			return Listing{}, err
 		}
 		switch {
 		case pages == 0:
 			all.Epoch = g.Epoch
 		case g.Epoch != all.Epoch:
-			return wire.Groups{}, fmt.Errorf("list: %w", errListRestarted)
+			return Listing{}, errListRestarted
 		}
 		for _, e := range g.Groups {
 			if n := len(all.Groups); n > 0 && listedOrder(&all.Groups[n-1], &e) >= 0 {
-				return wire.Groups{}, fmt.Errorf("list: group %s is not after %s in name order: %w", e.Group, all.Groups[n-1].Group, ErrProtocol)
+				return Listing{}, fmt.Errorf("group %s is not after %s in name order: %w", e.Group, all.Groups[n-1].Group, ErrProtocol)
 			}
 			all.Groups = append(all.Groups, e)
 		}
@@ -155,7 +203,7 @@ func (r *Registry) list(ctx context.Context) (wire.Groups, error) {
 			return all, nil
 		}
 		if len(g.Groups) == 0 || pages+1 >= maxListPages || len(all.Groups) > maxListed {
-			return wire.Groups{}, fmt.Errorf("list: a listing of more than %d groups or %d pages, or an empty page with more to come: %w", maxListed, maxListPages, ErrProtocol)
+			return Listing{}, fmt.Errorf("a listing of more than %d groups or %d pages, or an empty page with more to come: %w", maxListed, maxListPages, ErrProtocol)
 		}
 		after = g.Next
 	}

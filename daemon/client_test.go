@@ -49,9 +49,11 @@ func TestClientAgainstDaemons(t *testing.T) {
 	must(t, err)
 
 	var got []string
-	for m, err := range g.Messages(ctx, client.Query{}) {
-		must(t, err)
+	if _, err := g.Fetch(ctx, client.Query{}, func(m client.Message) bool {
 		got = append(got, string(m.Body))
+		return true
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if len(got) != 1 || got[0] != "hello" {
 		t.Fatalf("fetched %q", got)

@@ -106,9 +106,11 @@ func TestSendSurvivesDroppedConnection(t *testing.T) {
 		t.Fatalf("ack %+v: want the retry to find message 1 stored by the dropped attempt", ack)
 	}
 	var bodies []string
-	for m, err := range g.Messages(ctx, client.Query{}) {
-		must(t, err)
+	if _, err := g.Fetch(ctx, client.Query{}, func(m client.Message) bool {
 		bodies = append(bodies, string(m.Body))
+		return true
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if len(bodies) != 1 || bodies[0] != "exactly once" {
 		t.Fatalf("log holds %q, want the message once", bodies)
@@ -216,15 +218,14 @@ func TestSendRetriedByID(t *testing.T) {
 			if !again.Duplicate || again.Seq != 1 || again.ID != ack.ID || again.Epoch != info.Epoch || again.Time.IsZero() {
 				t.Fatalf("retry acknowledged as %+v: want message 1 as a duplicate, with its ID and epoch %d", again, info.Epoch)
 			}
-			acks, err := g.SendMessages(ctx, []wire.Outgoing{{ID: ack.ID, Body: []byte("maybe stored")}, {ID: wire.NewID(), Body: []byte("new")}})
+			acks, err := g.SendMessages(ctx, []client.Outgoing{{ID: ack.ID, Body: []byte("maybe stored")}, {ID: wire.NewID(), Body: []byte("new")}})
 			must(t, err)
 			if a := acks[0]; a.ID != again.ID || a.Seq != 1 || !a.Duplicate || !a.Time.Equal(again.Time) || acks[1].Seq != 2 || acks[1].Epoch != info.Epoch || acks[1].Duplicate {
 				t.Fatalf("SendMessages acknowledged %+v, want the first as before and the second new, with the epoch", acks)
 			}
 			n := 0
-			for _, err := range g.Messages(ctx, client.Query{}) {
-				must(t, err)
-				n++
+			if _, err := g.Fetch(ctx, client.Query{}, func(client.Message) bool { n++; return true }); err != nil {
+				t.Fatal(err)
 			}
 			if n != 2 {
 				t.Fatalf("the log holds %d messages, want 2", n)

@@ -467,9 +467,9 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	defer cancel()
 	members, last := uint64(g.memberCount()), g.log.Stats().Last
 	if epoch, ok := r.epochs[g.id]; ok && epoch == r.current {
-		lease, err := r.reg.Renew(ctx, wire.Renew{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
+		lease, err := r.reg.Renew(ctx, client.Renewal{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
 		if err == nil {
-			r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
+			r.ttl = lease.TTL
 			return false, nil
 		}
 		if !errors.Is(err, wire.ErrEpochMismatch) && !errors.Is(err, wire.ErrNotFound) {
@@ -503,7 +503,7 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	}
 	r.epochs[g.id] = lease.Epoch
 	r.current = lease.Epoch
-	r.ttl = time.Duration(lease.TTLMS) * time.Millisecond
+	r.ttl = lease.TTL
 	r.rs.d.cfg.Logger.Info("group registered", append(r.log(), "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)...)
 	return false, nil
 }
@@ -558,8 +558,8 @@ func (r *registrar) reportRefused(newly []string) {
 
 // registration is what the daemon registers for g: the advertised
 // addresses, or only the bound port.
-func (r *registrar) registration(g *group, members, last uint64) wire.Register {
-	reg := wire.Register{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last}
+func (r *registrar) registration(g *group, members, last uint64) client.Registration {
+	reg := client.Registration{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last}
 	if len(reg.Addrs) == 0 {
 		if ua, ok := r.rs.d.Addr().(*net.UDPAddr); ok {
 			reg.Port = uint16(ua.Port)

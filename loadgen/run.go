@@ -304,9 +304,9 @@ func (r *runner) fill(ctx context.Context, g *client.Group) error {
 	for k := range errs {
 		wg.Go(func() {
 			for n := range work {
-				msgs := make([]wire.Outgoing, n)
+				msgs := make([]client.Outgoing, n)
 				for i := range msgs {
-					msgs[i] = wire.Outgoing{ID: wire.NewID(), Body: body}
+					msgs[i] = client.Outgoing{ID: client.NewID(), Body: body}
 				}
 				if _, err := g.SendMessages(ctx, msgs); err != nil && errs[k] == nil {
 					errs[k] = err

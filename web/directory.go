@@ -76,7 +76,7 @@ type groupState struct {
 	regs   []string // addresses of the registries listing it
 	clash  bool     // another registry lists the UUID with another daemon key
 	handle *client.Group
-	info   *wire.Info
+	info   *client.Info
 	infoAt time.Time
 	infoOK bool // the last info request succeeded
 	asking bool // an info request is in flight
@@ -357,7 +357,7 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	if reg == nil {
 		reg, err = d.c.Registry(ctx, rs.addr, wire.Fingerprint{})
 	}
-	var list wire.Groups
+	var list client.Listing
 	if err == nil {
 		list, err = reg.List(ctx)
 	}

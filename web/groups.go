@@ -57,9 +57,9 @@ func members(ctx context.Context, g *client.Group, me wire.Fingerprint) ([]membe
 	out := make([]memberJSON, len(ms))
 	for i, m := range ms {
 		out[i] = memberJSON{Fingerprint: m.Fingerprint.String(), Short: m.Fingerprint.Short(), Name: m.Name,
-			Joined: jsonTime(time.Unix(0, m.Joined)), Online: m.Online, You: m.Fingerprint == me}
-		if m.LastSeen != 0 {
-			s := jsonTime(time.Unix(0, m.LastSeen))
+			Joined: jsonTime(m.Joined), Online: m.Online, You: m.Fingerprint == me}
+		if !m.LastSeen.IsZero() {
+			s := jsonTime(m.LastSeen)
 			out[i].LastSeen = &s
 		}
 	}

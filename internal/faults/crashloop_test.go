@@ -231,11 +231,11 @@ func TestCrashLoop(t *testing.T) {
 
 	checker, _ := member("checker", false)
 	var held []client.Message
-	for m, err := range checker.Messages(ctx, client.Query{}) {
-		if err != nil {
-			t.Fatalf("fetch the log: %v", err)
-		}
+	if _, err := checker.Fetch(ctx, client.Query{}, func(m client.Message) bool {
 		held = append(held, m)
+		return true
+	}); err != nil {
+		t.Fatalf("fetch the log: %v", err)
 	}
 	eventually(t, "the watcher caught up", func() bool {
 		wmu.Lock()

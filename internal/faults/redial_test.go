@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestRegistryHandleRedials keeps one Go Registry handle across a SIGKILL
@@ -45,7 +44,7 @@ func TestRegistryHandleRedials(t *testing.T) {
 // registryHandle starts a registry, opens a handle on it and lists once,
 // then kills the registry with SIGKILL. restart starts it again on the same
 // address with the same state directory.
-func registryHandle(t *testing.T) (h *client.Registry, before wire.Groups, restart func()) {
+func registryHandle(t *testing.T) (h *client.Registry, before client.Listing, restart func()) {
 	t.Helper()
 	regDir := t.TempDir()
 	regAddr, fp, reg := startRegistry(t, "127.0.0.1:0", regDir)
@@ -71,7 +70,7 @@ func registryHandle(t *testing.T) (h *client.Registry, before wire.Groups, resta
 
 // checkNewEpoch lists once with ctx and fails unless the restarted
 // registry (a new epoch) answered.
-func checkNewEpoch(t *testing.T, ctx context.Context, h *client.Registry, before wire.Groups) {
+func checkNewEpoch(t *testing.T, ctx context.Context, h *client.Registry, before client.Listing) {
 	start := time.Now()
 	after, err := h.List(ctx)
 	if err != nil {

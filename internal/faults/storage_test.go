@@ -163,11 +163,11 @@ func (r *storageRun) refused(when string) {
 func (r *storageRun) holds(when string) {
 	r.t.Helper()
 	var got []client.Message
-	for m, err := range r.g.Messages(r.ctx, client.Query{}) {
-		if err != nil {
-			r.t.Fatalf("%s: fetch: %v", when, err)
-		}
+	if _, err := r.g.Fetch(r.ctx, client.Query{}, func(m client.Message) bool {
 		got = append(got, m)
+		return true
+	}); err != nil {
+		r.t.Fatalf("%s: fetch: %v", when, err)
 	}
 	if len(got) != len(r.acked) {
 		r.t.Fatalf("%s: %d messages held, %d acknowledged", when, len(got), len(r.acked))

@@ -254,9 +254,9 @@ func round(ctx context.Context, n int, r *daemon.Registry, c *counters) error {
 	cursor := joined.Last
 	body := make([]byte, 64+rand.IntN(448))
 	for range 20 + rand.IntN(40) {
-		msgs := make([]wire.Outgoing, 1+rand.IntN(8))
+		msgs := make([]client.Outgoing, 1+rand.IntN(8))
 		for i := range msgs {
-			msgs[i] = wire.Outgoing{ID: wire.NewID(), Body: body}
+			msgs[i] = client.Outgoing{ID: client.NewID(), Body: body}
 		}
 		if _, err := g.SendMessages(ctx, msgs); err != nil {
 			var we *wire.Error
