@@ -9,6 +9,7 @@
 #   make lint    gofmt + go vet
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
 #   make crashloop  the crash loop at length: CRASHKILLS (default 500) SIGKILLs of a group daemon under load
+#   make jepsen  the Jepsen-style fault schedules at length: JEPSENROUNDS (default 100) rounds of faults each
 #   make bench-web  huddle web in chromium: open 10,000 messages, CLI to page, memory over WEBSOAK (10m)
 #   make screenshots  the pictures of huddle web in docs/, from its browser tests
 
@@ -20,10 +21,11 @@ BRIEFFUZZ ?= 4s
 BENCHTIME ?= 1s
 SOAKTIME  ?= 2m
 CRASHKILLS ?= 500
+JEPSENROUNDS ?= 100
 WEBSOAK   ?= 10m
 BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-web screenshots e2e soak crashloop clean
+.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-web screenshots e2e soak crashloop jepsen clean
 
 all: build
 
@@ -96,6 +98,13 @@ soak:
 # test runs 50): every acknowledged message must survive, once, in order.
 crashloop:
 	HUDDLE_CRASH_KILLS=$(CRASHKILLS) $(GO) test -count=1 -run '^TestCrashLoop$$' -timeout 60m -v ./internal/faults/
+
+# jepsen runs internal/jepsen's fault schedules with JEPSENROUNDS rounds of
+# faults each (make test runs 12): daemons as processes on a LAN of network
+# namespaces, SIGKILLed, partitioned, losing 5% of packets and filling their
+# disks under a recorded workload, and the history checked. Needs root and nft.
+jepsen:
+	HUDDLE_JEPSEN_ROUNDS=$(JEPSENROUNDS) $(GO) test -count=1 -run 'Faults$$' -timeout 90m -v ./internal/jepsen/
 
 clean:
 	rm -rf bin

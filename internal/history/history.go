@@ -144,6 +144,13 @@ func (h *History) Acked() int {
 	return len(ids)
 }
 
+// Sends returns a copy of the send attempts recorded so far.
+func (h *History) Sends() []Send {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Send(nil), h.sends...)
+}
+
 // Watch is one watch's deliveries, in order. Its methods are safe for
 // concurrent use.
 type Watch struct {

@@ -49,6 +49,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -224,6 +225,37 @@ func (h *Host) attach(seg *Segment, addrs ...string) string {
 	}
 	l.ip("-n", h.ns, "link", "set", ifc, "up")
 	return ifc
+}
+
+// AttachHere joins the network namespace this process runs in to br0 by a
+// veth pair (interface name, up, holding addrs), so that the test itself
+// can speak to the LAN's hosts, through the Go client API say, with no
+// helper process. It refuses (t.Fatal) unless the namespace holds nothing
+// but lo, as one RunInLoopbackNS made does: the machine's own namespace
+// never gets a link to the LAN. The pair goes with the LAN's switch
+// namespace. Call it once per process.
+func (l *LAN) AttachHere(name string, addrs ...string) {
+	l.t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		l.t.Fatalf("netlab: AttachHere: %v", err)
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagLoopback == 0 {
+			l.t.Fatalf("netlab: AttachHere in a namespace with interface %s: only one holding lo alone (RunInLoopbackNS's) may be joined to a LAN", ifc.Name)
+		}
+	}
+	l.mu.Lock()
+	l.nport++
+	port := fmt.Sprintf("swp%d", l.nport)
+	l.mu.Unlock()
+	l.ip("-n", l.sw, "link", "add", port, "type", "veth", "peer", "name", name, "netns", fmt.Sprint(os.Getpid()))
+	l.ip("-n", l.sw, "link", "set", port, "master", l.br0.bridge)
+	l.ip("-n", l.sw, "link", "set", port, "up")
+	for _, a := range addrs {
+		l.ip("addr", "add", a, "dev", name)
+	}
+	l.ip("link", "set", name, "up")
 }
 
 // Name returns the host's name as given to AddHost.

@@ -407,3 +407,31 @@ func TestDiscoveryAcrossLAN(t *testing.T) {
 		t.Errorf("Diagnose on h2 saw no answer:\n%s", out)
 	}
 }
+
+// TestAttachHere joins the test's own (throwaway) namespace to a LAN and
+// receives a datagram a host of the LAN sends to it.
+func TestAttachHere(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		lan := netlab.New(t)
+		lan.AttachHere("ctl0", "10.99.7.100/24")
+		h := lan.AddHost("a", "10.99.7.1/24")
+		pc, err := net.ListenPacket("udp4", "10.99.7.100:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h.Run(ctx, "bash", "-c", fmt.Sprintf("echo hello > /dev/udp/10.99.7.100/%d", port))
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("nothing from host a: %v", err)
+		}
+		if got := string(buf[:n]); got != "hello\n" || from.(*net.UDPAddr).IP.String() != "10.99.7.1" {
+			t.Fatalf("got %q from %v, want hello from 10.99.7.1", got, from)
+		}
+	})
+}

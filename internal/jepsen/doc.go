@@ -1,0 +1,20 @@
+// Package jepsen holds huddle's Jepsen-style fault tests: a LAN of network
+// namespaces (internal/netlab) with a registry and group daemons on hosts
+// of their own, run as real processes (the huddle binary, built once per
+// run); a workload of Go clients that records every send attempt, fetch
+// result and watch delivery into an internal/history.History; a nemesis
+// that injects faults while the workload runs (SIGKILL and restart,
+// partitions and 5% packet loss with nftables inside the namespaces, a
+// disk filling up on a small tmpfs); and the history's checker over all of
+// it once the faults stop and every replica has caught up.
+//
+// The test process itself runs in a namespace of its own (RunInLoopbackNS)
+// joined to the LAN as the host "ctl", where the clients live, so no packet
+// reaches the machine's interfaces. There is no sch_netem in the kernels
+// this runs on: loss is an nftables `numgen random` drop on each host's
+// input, a partition an nftables drop of the peers' addresses.
+//
+// The package has no code besides this comment; everything is in _test.go
+// files. It needs root, ip(8), unshare(1), nft(8) and mount(8): without
+// them the tests skip, except under CI=true, where they fail.
+package jepsen

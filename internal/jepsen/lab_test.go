@@ -1,0 +1,322 @@
+//go:build linux
+
+package jepsen
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/internal/netlab"
+)
+
+// waitTimeout bounds every condition the tests wait for: how long a bug
+// may hang a run, not a claim about speed.
+const waitTimeout = 60 * time.Second
+
+// The LAN's addresses: the test process (where the clients run), the
+// registry, and the daemons d1, d2, ... from .11 up.
+const (
+	subnet   = "10.77.20."
+	ctlAddr  = subnet + "100"
+	regAddr  = subnet + "1:7373"
+	daemonIP = 10 // d1 is .11
+)
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// huddle builds the huddle binary once per test process.
+func huddle(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "huddle-jepsen-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "huddle")
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		out, err := exec.Command(gobin, "build", "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// lab is the LAN a run uses: the registry on host "reg", group daemons on
+// hosts of their own, the test process joined as "ctl".
+type lab struct {
+	t     *testing.T
+	lan   *netlab.LAN
+	hosts map[string]*netlab.Host
+	reg   *node
+}
+
+// newLab builds the LAN with the registry running and no daemon yet. It
+// must run inside netlab.RunInLoopbackNS. It fails without nft(8) (or
+// skips, outside CI).
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		msg := "jepsen: the fault tests need nft(8) (Debian package nftables)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg + " (CI=true, so this is a failure, not a skip)")
+		}
+		t.Skip(msg)
+	}
+	l := &lab{t: t, lan: netlab.New(t), hosts: make(map[string]*netlab.Host)}
+	l.lan.AttachHere("ctl0", ctlAddr+"/24")
+	host := l.host("reg", strings.TrimSuffix(regAddr, ":7373"))
+	l.reg = &node{t: t, name: "registry", host: host,
+		args: []string{"registry", "--no-mdns", "--listen", regAddr, "--lease", "2s", "--state-dir", t.TempDir()}}
+	l.reg.start()
+	return l
+}
+
+func (l *lab) host(name, ip string) *netlab.Host {
+	h := l.lan.AddHost(name, ip+"/24")
+	l.hosts[name] = h
+	return h
+}
+
+// daemonAddr returns the listening address of daemon i (from 1).
+func daemonAddr(i int) string { return fmt.Sprintf("%s%d:7374", subnet, daemonIP+i) }
+
+// addNode puts a host for daemon i (from 1) on the LAN and returns its node,
+// not started; args are its huddle arguments.
+func (l *lab) addNode(i int, args ...string) *node {
+	name := fmt.Sprint("d", i)
+	h := l.host(name, strings.TrimSuffix(daemonAddr(i), ":7374"))
+	return &node{t: l.t, name: name, host: h, args: args}
+}
+
+// node is one huddle process on one host, which the nemesis kills and
+// starts again with the same arguments.
+type node struct {
+	t    *testing.T
+	name string
+	host *netlab.Host
+	args []string
+
+	mu sync.Mutex
+	p  *proc
+}
+
+var listening = regexp.MustCompile(`listening on (\S+), fingerprint (\S+)`)
+
+// start runs the node's process and waits until it listens.
+func (n *node) start() {
+	n.t.Helper()
+	p := startProc(n.t, n.host, n.args...)
+	n.mu.Lock()
+	n.p = p
+	n.mu.Unlock()
+	p.waitLine(n.t, listening)
+}
+
+// kill sends sig to the running process and waits for it to exit.
+func (n *node) kill(sig syscall.Signal) {
+	n.mu.Lock()
+	p := n.p
+	n.mu.Unlock()
+	if p != nil {
+		p.kill(sig)
+	}
+}
+
+// proc is a running huddle process in a host's namespace (ip netns exec
+// execs huddle in its own place, so the pid is huddle's).
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	out  *lines
+}
+
+// lines keeps a process's output, a line at a time, and wakes waiters.
+type lines struct {
+	mu      sync.Mutex
+	partial []byte
+	all     []string
+	more    chan struct{}
+}
+
+func (l *lines) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.partial = append(l.partial, b...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		l.all = append(l.all, string(l.partial[:i]))
+		l.partial = l.partial[i+1:]
+	}
+	close(l.more)
+	l.more = make(chan struct{})
+	return len(b), nil
+}
+
+func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Namespace(), huddle(t)}, args...)...)
+	// No HUDDLE_* or XDG_* setting of the developer's may reach the
+	// daemons: they read every flag from the environment too.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); !strings.HasPrefix(k, "HUDDLE_") && !strings.HasPrefix(k, "XDG_") && k != "HOME" {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "HOME="+t.TempDir())
+	p := &proc{cmd: cmd, done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill(syscall.SIGKILL)
+		if t.Failed() {
+			p.out.mu.Lock()
+			tail := p.out.all[max(0, len(p.out.all)-40):]
+			t.Logf("%s: huddle %s, last lines:\n%s", h.Name(), strings.Join(args, " "), strings.Join(tail, "\n"))
+			p.out.mu.Unlock()
+		}
+	})
+	return p
+}
+
+func (p *proc) kill(sig syscall.Signal) {
+	p.cmd.Process.Signal(sig)
+	<-p.done
+}
+
+// waitLine waits for an output line matching re.
+func (p *proc) waitLine(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	for i := 0; ; {
+		p.out.mu.Lock()
+		for ; i < len(p.out.all); i++ {
+			if m := re.FindStringSubmatch(p.out.all[i]); m != nil {
+				p.out.mu.Unlock()
+				return m
+			}
+		}
+		more := p.out.more
+		p.out.mu.Unlock()
+		select {
+		case <-more:
+		case <-p.done:
+			t.Fatalf("huddle %s exited before printing a line matching %v", strings.Join(p.cmd.Args[5:], " "), re)
+		case <-deadline:
+			t.Fatalf("huddle %s printed no line matching %v", strings.Join(p.cmd.Args[5:], " "), re)
+		}
+	}
+}
+
+// firewall is the nftables state of one host: the addresses it cannot
+// reach (a partition) and the share of packets it drops on input (loss).
+// Apply replaces the host's whole table, so faults compose and heal
+// exactly.
+type firewall struct {
+	blocked []string
+	lossPct int
+}
+
+// setFirewall installs fw in the host's namespace (an empty one removes
+// the table). host nil means the test's own namespace (ctl).
+func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
+	l.t.Helper()
+	var rules strings.Builder
+	rules.WriteString("table inet jepsen\ndelete table inet jepsen\n")
+	if len(fw.blocked) > 0 || fw.lossPct > 0 {
+		rules.WriteString("table inet jepsen {\n chain in { type filter hook input priority 0; policy accept;\n")
+		for _, a := range fw.blocked {
+			fmt.Fprintf(&rules, "  ip saddr %s drop\n", a)
+		}
+		if fw.lossPct > 0 {
+			fmt.Fprintf(&rules, "  meta l4proto udp numgen random mod 100 < %d drop\n", fw.lossPct)
+		}
+		rules.WriteString(" }\n chain out { type filter hook output priority 0; policy accept;\n")
+		for _, a := range fw.blocked {
+			fmt.Fprintf(&rules, "  ip daddr %s drop\n", a)
+		}
+		rules.WriteString(" }\n}\n")
+	}
+	cmd := exec.Command("nft", "-f", "-")
+	if h != nil {
+		cmd = h.Command(l.t.Context(), "nft", "-f", "-")
+	}
+	cmd.Stdin = strings.NewReader(rules.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		l.t.Fatalf("nft on %v: %v: %s\n%s", h, err, out, rules.String())
+	}
+}
+
+// smallDisk mounts a tmpfs of size bytes on a new directory (in the mount
+// namespace the daemons' namespaces copy theirs from), unmounted when the
+// test ends, and returns it with a function that fills it with a ballast
+// file and returns the function that removes the ballast.
+func smallDisk(t *testing.T, size string) (dir string, fill func() (free func())) {
+	t.Helper()
+	dir = t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	fill = func() func() {
+		t.Helper()
+		ballast := filepath.Join(dir, "ballast")
+		f, err := os.Create(ballast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block := make([]byte, 64<<10)
+		for {
+			if _, err := f.Write(block); err != nil {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Fatalf("fill the disk: %v", err)
+				}
+				break
+			}
+		}
+		for small := block[:512]; ; {
+			if _, err := f.Write(small); err != nil {
+				break
+			}
+		}
+		f.Close()
+		return func() {
+			if err := os.Remove(ballast); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir, fill
+}

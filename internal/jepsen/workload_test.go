@@ -1,0 +1,313 @@
+//go:build linux
+
+package jepsen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/history"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// attemptTimeout bounds one send or fetch attempt: a client that hears
+// nothing for this long gives up on the attempt and tries again (with the
+// same message ID, for a send).
+const attemptTimeout = 5 * time.Second
+
+// member is one user of the group: its own key, its own client.
+type member struct {
+	name string
+	cl   *client.Client
+	g    *client.Group
+}
+
+// listing returns the registry's entry for the group named name, waiting
+// until it is listed.
+func listing(ctx context.Context, t *testing.T, name string) wire.GroupEntry {
+	t.Helper()
+	cl := newClient(t, true)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		c, cancel := context.WithTimeout(ctx, attemptTimeout)
+		reg, err := cl.Registry(c, regAddr, wire.Fingerprint{})
+		if err == nil {
+			var l wire.Groups
+			if l, err = reg.List(c); err == nil {
+				for _, e := range l.Groups {
+					if e.Name == name {
+						cancel()
+						return e
+					}
+				}
+				err = fmt.Errorf("%q not listed yet", name)
+			}
+		}
+		cancel()
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("the registry's listing of %q: %v", name, err)
+		}
+		<-time.After(100 * time.Millisecond) // the daemon registers within a lease renewal
+	}
+}
+
+func newClient(t *testing.T, batching bool) *client.Client {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{Identity: id, NoBatching: !batching, DialTimeout: 2 * time.Second,
+		KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// join makes a new member of the group at entry, retrying until the join
+// is acknowledged.
+func join(ctx context.Context, t *testing.T, entry wire.GroupEntry, name string, batching bool) *member {
+	t.Helper()
+	cl := newClient(t, batching)
+	g, err := cl.Group(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		c, cancel := context.WithTimeout(ctx, attemptTimeout)
+		_, err := g.Join(c, name, nil)
+		cancel()
+		if err == nil {
+			return &member{name: name, cl: cl, g: g}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("join %s: %v", name, err)
+		}
+	}
+}
+
+// workload is the clients of a run, recording into h.
+type workload struct {
+	h        *history.History
+	senders  sync.WaitGroup
+	watchers sync.WaitGroup
+	stop     chan struct{} // closed: senders finish the message in flight and return
+	// progress receives a value (dropping it when full) at each ack.
+	progress chan struct{}
+
+	mu       sync.Mutex
+	problems []string // what the workload saw that the checker cannot (a duplicate ack of a new ID...)
+}
+
+func newWorkload(h *history.History) *workload {
+	return &workload{h: h, stop: make(chan struct{}), progress: make(chan struct{}, 1)}
+}
+
+func (w *workload) problem(format string, args ...any) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.problems) < 20 {
+		w.problems = append(w.problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// send runs m as a sender until stop: each message is sent under one ID
+// until acknowledged, each attempt recorded; an acknowledged ID is sent
+// again now and then (it must get its original ack); after some acks the
+// sender fetches from just before its message (read-your-writes). ctx ends
+// it at once.
+func (w *workload) send(ctx context.Context, m *member, seed uint64) {
+	w.senders.Go(func() {
+		rng := rand.New(rand.NewPCG(seed, 20))
+		for n := 0; ; n++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			id, body := wire.NewID(), fmt.Appendf(nil, "%s/%d %x", m.name, n, rng.Uint64())
+			ack, ok := w.sendUntilAcked(ctx, m, id, body)
+			if !ok {
+				return
+			}
+			select {
+			case w.progress <- struct{}{}:
+			default:
+			}
+			if rng.IntN(10) == 0 {
+				if again, ok := w.sendUntilAcked(ctx, m, id, body); ok && (!again.Duplicate || again.Seq != ack.Seq) {
+					w.problem("%s sent %s again: ack %+v, want a duplicate of #%d", m.name, id, again, ack.Seq)
+				}
+			}
+			if rng.IntN(8) == 0 {
+				w.read(ctx, m, "", ack.Seq-min(ack.Seq, uint64(rng.IntN(20)+1)), false)
+			}
+		}
+	})
+}
+
+// sendUntilAcked sends body under id until an attempt is acknowledged,
+// recording every attempt. It returns false if ctx ended first.
+func (w *workload) sendUntilAcked(ctx context.Context, m *member, id wire.ID, body []byte) (client.Ack, bool) {
+	for {
+		c, cancel := context.WithTimeout(ctx, attemptTimeout)
+		start := time.Now()
+		ack, err := m.g.SendWithID(c, id, body)
+		end := time.Now()
+		cancel()
+		s := history.Send{Client: m.name, ID: id, Body: body, Start: start, End: end}
+		if err == nil {
+			s.Acked, s.Seq, s.Time, s.Epoch, s.Duplicate = true, ack.Seq, ack.Time.UnixNano(), ack.Epoch, ack.Duplicate
+			w.h.Send(s)
+			return ack, true
+		}
+		s.Err = errClass(err) + ": " + err.Error()
+		w.h.Send(s)
+		if ctx.Err() != nil {
+			return client.Ack{}, false
+		}
+		if errors.Is(err, client.ErrNotMember) || errors.Is(err, client.ErrBadRequest) || errors.Is(err, client.ErrTooLarge) {
+			w.problem("%s: send %s: %v (no retry can fix it)", m.name, id, err)
+			return client.Ack{}, false
+		}
+		select {
+		case <-time.After(50 * time.Millisecond): // a caller backing off, not a wait for an event
+		case <-ctx.Done():
+			return client.Ack{}, false
+		}
+	}
+}
+
+// errClass names the kind of a failed attempt, for the test log and for
+// waiting on a refusal: "unavailable" (refused, nothing stored),
+// "unreachable", "timeout", or "error".
+func errClass(err error) string {
+	switch {
+	case errors.Is(err, client.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, client.ErrUnreachable):
+		return "unreachable"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "error"
+}
+
+// read fetches every message after after from m's daemon and records the
+// result; a fetch that fails is not recorded (it says nothing). replica
+// names the daemon m reads from ("" means m's group entry names one).
+func (w *workload) read(ctx context.Context, m *member, replica string, after uint64, final bool) ([]history.Message, bool) {
+	c, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	r := history.Read{Client: m.name, Replica: replica, After: after, Start: time.Now(), Final: final}
+	if r.Replica == "" {
+		r.Replica = "the daemon"
+	}
+	cur, err := m.g.Fetch(c, client.Query{After: after}, func(msg client.Message) bool {
+		r.Messages = append(r.Messages, history.Message{Seq: msg.Seq, Time: msg.Time.UnixNano(), ID: msg.ID, Body: msg.Body})
+		return true
+	})
+	if err != nil {
+		return nil, false
+	}
+	r.End, r.Epoch = time.Now(), cur.Epoch
+	w.h.Read(r)
+	return r.Messages, true
+}
+
+// watch follows the group from after with m until ctx ends, recording
+// every event.
+func (w *workload) watch(ctx context.Context, m *member, replica string, after uint64) *history.Watch {
+	rec := w.h.Watch(m.name, replica, after)
+	w.watchers.Go(func() {
+		for ev, err := range m.g.Watch(ctx, client.Query{After: after}) {
+			if err != nil {
+				if ctx.Err() == nil {
+					w.problem("watch by %s ended: %v", m.name, err)
+				}
+				return
+			}
+			switch ev.Kind {
+			case client.EventMessage:
+				msg := ev.Message
+				rec.Message(history.Message{Seq: msg.Seq, Time: msg.Time.UnixNano(), ID: msg.ID, Body: msg.Body})
+			case client.EventReset:
+				rec.Reset()
+			case client.EventGap:
+				rec.Gap()
+			}
+		}
+	})
+	return rec
+}
+
+// waitProgress waits for the next ack after the call (at least one more
+// acknowledged ID than now), failing the test after waitTimeout.
+func (w *workload) waitProgress(t *testing.T, after string) {
+	t.Helper()
+	before := w.h.Acked()
+	deadline := time.After(waitTimeout)
+	for w.h.Acked() <= before {
+		select {
+		case <-w.progress:
+		case <-deadline:
+			t.Fatalf("no send acknowledged within %v after %s", waitTimeout, after)
+		}
+	}
+}
+
+// finish stops the senders, each finishing the message it has in flight,
+// and waits for them.
+func (w *workload) finish(t *testing.T) {
+	t.Helper()
+	close(w.stop)
+	done := make(chan struct{})
+	go func() { w.senders.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(waitTimeout):
+		t.Fatal("the senders did not finish their last messages")
+	}
+}
+
+// waitWatches waits until every watch has delivered up to last.
+func waitWatches(t *testing.T, last uint64, watches ...*history.Watch) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for _, w := range watches {
+		for w.Last() < last {
+			if time.Now().After(deadline) {
+				t.Fatalf("a watch by %s stopped at #%d of %d", w.Client, w.Last(), last)
+			}
+			<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+		}
+	}
+}
+
+// report checks the history, logs what it checked, and fails the test on
+// any violation or workload problem.
+func (w *workload) report(t *testing.T) history.Result {
+	t.Helper()
+	res := w.h.Check()
+	t.Logf("checked: %v", res)
+	if err := res.Err(); err != nil {
+		t.Error(err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.problems {
+		t.Error(p)
+	}
+	return res
+}
