@@ -40,7 +40,7 @@ func listing(ctx context.Context, t *testing.T, name string) wire.GroupEntry {
 		c, cancel := context.WithTimeout(ctx, attemptTimeout)
 		reg, err := cl.Registry(c, regAddr, wire.Fingerprint{})
 		if err == nil {
-			var l wire.Groups
+			var l client.Listing
 			if l, err = reg.List(c); err == nil {
 				for _, e := range l.Groups {
 					if e.Name == name {
