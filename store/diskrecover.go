@@ -7,9 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -97,43 +99,58 @@ func (d *DiskLog) recover() (Recovery, error) {
 	}
 	bases, headers = bases[keep:], headers[keep:]
 
-	r := replay{d: d, floor: floor, entries: make([]Entry, 0, 256)}
 	// Only the last DedupWindow messages are remembered: those before the
 	// newest segment's base less the window need not be.
 	if w := uint64(d.mem.lim.dedupWindow); bases[len(bases)-1] > w {
 		d.mem.dedupFrom = bases[len(bases)-1] - w
 	}
 	defer func() { d.mem.dedupFrom = 0 }()
-	for i, base := range bases {
-		last := i == len(bases)-1
-		if i > 0 && r.seq+1 != base {
-			return rec, fmt.Errorf("%s follows messages up to %d: the segment files between are missing: %w", segName(base), r.seq, ErrCorrupt)
-		}
-		var x *segIndex
-		if idxs[base] && !last {
-			if v, err := readIndex(filepath.Join(d.dir, idxName(base))); err == nil && v.base == base {
-				x = &v
+	reads := d.readSegments(bases, headers, idxs, floor, synced)
+	// Each read's mapping is the memory log's once appended; those not
+	// appended when an error stops the loop are released here.
+	applied := 0
+	defer func() {
+		for _, rd := range reads[applied:] {
+			if rd.mf != nil {
+				rd.mf.m.unmap()
 			}
 		}
-		res, err := r.segment(headers[i], x, last, synced)
-		if err != nil {
-			return rec, fmt.Errorf("%s: %w", segName(base), err)
+	}()
+	var seq uint64
+	var t int64
+	started := false // the memory log stands at its first message
+	for i, base := range bases {
+		rd := &reads[i]
+		last := i == len(bases)-1
+		if rd.err != nil {
+			return rec, fmt.Errorf("%s: %w", segName(base), rd.err)
 		}
+		if i > 0 && seq+1 != base {
+			return rec, fmt.Errorf("%s follows messages up to %d: the segment files between are missing: %w", segName(base), seq, ErrCorrupt)
+		}
+		if rd.mf.len() > 0 && !started {
+			d.mem.startAt(rd.mf.base-1, rd.mf.prevTime)
+			started = true
+		}
+		d.mem.appendMapped(rd.mf)
+		applied++
+		seq, t = rd.seq, rd.time
 		rec.Segments++
+		x, res := rd.x, &rd.res
 		if !last && (x == nil || x.last != res.index.last || x.segLen != res.index.segLen) {
 			if writeSynced(filepath.Join(d.dir, idxName(base)), res.index.encode(nil)) == nil {
 				rec.IndexesRebuilt++
 			}
 		}
-		d.segs = append(d.segs, segFile{base: base, last: r.seq, lastTime: r.time})
+		d.segs = append(d.segs, segFile{base: base, last: seq, lastTime: t})
 		if last {
-			d.fbase, d.fsize, d.fcount = base, res.size, int(r.seq+1-base)
+			d.fbase, d.fsize, d.fcount = base, res.size, int(seq+1-base)
 			d.idx = res.index.entries
 			if n := len(d.idx); n > 0 {
 				d.idxAt = d.idx[n-1].offset
 			}
 			d.enc = newRecordEncoder()
-			for j, s := range r.dec.dict {
+			for j, s := range rd.dict {
 				d.enc.dict[s] = uint32(j)
 			}
 			if res.torn > 0 {
@@ -141,12 +158,15 @@ func (d *DiskLog) recover() (Recovery, error) {
 			}
 		}
 	}
-	if synced > r.seq {
-		return rec, fmt.Errorf("%s ends at message %d, but %d were synced: its end is missing: %w", segName(d.fbase), r.seq, synced, ErrCorrupt)
+	if synced > seq {
+		return rec, fmt.Errorf("%s ends at message %d, but %d were synced: its end is missing: %w", segName(d.fbase), seq, synced, ErrCorrupt)
 	}
-	r.finish()
+	if !started {
+		// Retention dropped every message, or there were none.
+		d.mem.startAt(seq, t)
+	}
 	rec.Messages = d.mem.Stats().Messages
-	d.tailSeq, d.tailT = r.seq, r.time
+	d.tailSeq, d.tailT = seq, t
 
 	// Open the newest segment for appends, its torn tail cut. It is not
 	// synced here: after a crash the kernel may hold a second of writes
@@ -286,13 +306,56 @@ func readSmall(path string, max int64) ([]byte, error) {
 	return p, err
 }
 
-// replay reads segments back into the memory log, in order.
+// segRead is one segment read back (readSegments).
+type segRead struct {
+	x    *segIndex   // its index file, if one was read
+	mf   *mappedFile // its messages kept (not before the floor); nil on error
+	res  segmentResult
+	seq  uint64 // its last message
+	time int64
+	dict []Sender // its sender dictionary
+	err  error
+}
+
+// readSegments reads the segments of bases (whose headers are given), each
+// alone, in parallel (a segment is readable alone: its header says where it
+// starts, its dictionary is its own); the caller applies them in order.
+func (d *DiskLog) readSegments(bases []uint64, headers []segHeader, idxs map[uint64]bool, floor, synced uint64) []segRead {
+	reads := make([]segRead, len(bases))
+	next := make(chan int, len(bases))
+	for i := range bases {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(bases)) {
+		wg.Go(func() {
+			r := replay{dir: d.dir, floor: floor, entries: make([]Entry, 0, 256)}
+			for i := range next {
+				base, last := bases[i], i == len(bases)-1
+				rd := &reads[i]
+				if idxs[base] && !last {
+					if v, err := readIndex(filepath.Join(d.dir, idxName(base))); err == nil && v.base == base {
+						rd.x = &v
+					}
+				}
+				rd.res, rd.err = r.segment(headers[i], rd.x, last, synced)
+				if rd.err == nil {
+					rd.mf, rd.seq, rd.time, rd.dict = r.mf, r.seq, r.time, r.dec.dict
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return reads
+}
+
+// replay reads segments back, one at a time.
 type replay struct {
-	d       *DiskLog
+	dir     string
 	floor   uint64 // messages before it were dropped by retention
 	seq     uint64 // the last message read
 	time    int64
-	started bool // the memory log stands at its first message
 	dec     recordDecoder
 	entries []Entry
 	mf      *mappedFile // the messages kept from the segment being read
@@ -307,12 +370,12 @@ type segmentResult struct {
 
 // segment reads one segment whose header is h: every record from the
 // index's entry at or before the floor (if x is given) to the end, into
-// memory, the bodies left in the file's mapping (mapped.go). A record that
+// r.mf, the bodies left in the file's mapping (mapped.go). A record that
 // does not read back whole is a torn tail if it is in the newest segment
 // (last), past the synced messages, and nothing whole follows it;
 // otherwise the segment is corrupt.
 func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (res segmentResult, err error) {
-	path := filepath.Join(r.d.dir, segName(h.base))
+	path := filepath.Join(r.dir, segName(h.base))
 	p, release, err := readSegment(path)
 	if err != nil {
 		return res, err
@@ -321,10 +384,10 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 	defer func() {
 		if err != nil {
 			release()
+			r.mf = nil
 			return
 		}
 		r.mf.dict = r.dec.dict
-		r.d.mem.appendMapped(r.mf) // releases it if it kept nothing
 	}()
 	if x != nil && x.last >= max(h.base, r.floor) {
 		n := x.last + 1 - max(h.base, r.floor)
@@ -447,8 +510,7 @@ func readSegment(path string) (p []byte, release func(), err error) {
 const maxSegmentFile = 1<<32 - 1
 
 // keep adds the messages of a record, read from the file at payloadAt,
-// to the segment's mapped messages, skipping those before the floor; the
-// first kept makes the memory log stand just before it.
+// to the segment's mapped messages, skipping those before the floor.
 func (r *replay) keep(batch []Entry, payloadAt uint32) {
 	last := &batch[len(batch)-1]
 	defer func() { r.seq, r.time = last.Seq, last.Time }()
@@ -459,17 +521,12 @@ func (r *replay) keep(batch []Entry, payloadAt uint32) {
 	for i < len(batch) && batch[i].Seq < r.floor {
 		i++
 	}
-	if !r.started {
-		prevT := r.time
-		if i > 0 {
-			prevT = batch[i-1].Time
-		}
-		r.d.mem.startAt(batch[i].Seq-1, prevT)
-		r.started = true
-	}
 	mf := r.mf
 	if mf.len() == 0 {
-		mf.base = batch[i].Seq
+		mf.base, mf.prevTime = batch[i].Seq, r.time
+		if i > 0 {
+			mf.prevTime = batch[i-1].Time
+		}
 	}
 	for ; i < len(batch); i++ {
 		e := &batch[i]
@@ -479,13 +536,5 @@ func (r *replay) keep(batch []Entry, payloadAt uint32) {
 		mf.ends = append(mf.ends, start+uint32(len(e.Body)))
 		mf.from = append(mf.from, r.dec.from[i])
 		mf.ids = append(mf.ids, e.ID)
-	}
-}
-
-// finish makes the memory log stand at the last message read if none was
-// stored (retention dropped them all, or there were none).
-func (r *replay) finish() {
-	if !r.started {
-		r.d.mem.startAt(r.seq, r.time)
 	}
 }

@@ -56,15 +56,16 @@ type retired struct {
 // i is message base+i, its body file[starts[i]:ends[i]] and its sender
 // dict[from[i]].
 type mappedFile struct {
-	base   uint64
-	times  []int64
-	starts []uint32
-	ends   []uint32
-	from   []uint32
-	ids    [][16]byte
-	dict   []Sender
-	file   []byte
-	m      *mapping
+	base     uint64
+	prevTime int64 // the time of message base-1
+	times    []int64
+	starts   []uint32
+	ends     []uint32
+	from     []uint32
+	ids      [][16]byte
+	dict     []Sender
+	file     []byte
+	m        *mapping
 }
 
 func (mf *mappedFile) len() int { return len(mf.times) }
