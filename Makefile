@@ -5,6 +5,7 @@
 #                every benchmark run briefly
 #   make bench   package benchmarks (store, wire, and the transport floor under a fetch)
 #   make bench-e2e  huddle bench's scenarios beside the anchors, one run (BENCHMARKS.md)
+#   make bench-durable  issue 19's targets: durable storage beside JetStream's file storage, ABBA (BENCHMARKS.md)
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
@@ -25,7 +26,7 @@ JEPSENROUNDS ?= 100
 WEBSOAK   ?= 10m
 BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-web screenshots e2e soak crashloop jepsen clean
+.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-durable bench-web screenshots e2e soak crashloop jepsen clean
 
 all: build
 
@@ -72,6 +73,13 @@ bench:
 # present, and writes bin/bench-e2e.txt. About 3 minutes; run on a quiet machine.
 bench-e2e:
 	@DUR=$(BENCHDUR) GO=$(GO) ./scripts/bench-e2e.sh
+
+# bench-durable runs huddle bench with --storage disk, memory and --fsync
+# always, its recovery scenario, and the JetStream file-storage anchors
+# they are held against (ANCHORS_DIR), in ABBA order, and writes
+# bin/bench-durable.txt. About 10 minutes; run on a quiet machine.
+bench-durable:
+	@DUR=$(BENCHDUR) GO=$(GO) ./scripts/bench-durable.sh
 
 # bench-web runs huddle web's browser benchmarks at length (BENCHMARKS.md,
 # "huddle web"): a group of 10,000 messages opened 20 times, 200 messages

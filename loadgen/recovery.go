@@ -3,6 +3,9 @@ package loadgen
 import (
 	"context"
 	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
@@ -94,5 +97,26 @@ func (r *runner) recovery(ctx context.Context, res *Result) error {
 	res.MsgsPerSec = float64(info.Last) / took.Seconds()
 	res.Note = fmt.Sprintf("SIGKILL with %d messages held; restarted, listening after %.0f ms, the first fetch of the last %d (since a timestamp) answered %.0f ms after the restart",
 		info.Last, float64(listening.Microseconds())/1e3, want, float64(took.Microseconds())/1e3)
+	if n, err := segmentBytes(d.dir); err == nil && n > 0 {
+		over := float64(n)/float64(info.Last) - float64(r.cfg.Size)
+		res.Note += fmt.Sprintf("; on disk %d bytes of segments, %.1f bytes a message beyond its body", n, over)
+	}
 	return nil
+}
+
+// segmentBytes sums the sizes of the segment files (*.seg, STORAGE.md)
+// under dir.
+func segmentBytes(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || !strings.HasSuffix(path, ".seg") {
+			return err
+		}
+		info, err := e.Info()
+		if err == nil {
+			n += info.Size()
+		}
+		return err
+	})
+	return n, err
 }
