@@ -39,9 +39,13 @@ var (
 	buildErr  error
 )
 
-// huddle builds the huddle binary once per test process.
+// huddle builds the huddle binary once per test process, or returns
+// HUDDLE_JEPSEN_BINARY when set (to put another build through the faults).
 func huddle(t *testing.T) string {
 	t.Helper()
+	if b := os.Getenv("HUDDLE_JEPSEN_BINARY"); b != "" {
+		return b
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "huddle-jepsen-")
 		if err != nil {
@@ -140,6 +144,18 @@ func (n *node) kill(sig syscall.Signal) {
 	if p != nil {
 		p.kill(sig)
 	}
+}
+
+// pause stops the running process (SIGSTOP) for d, then lets it go on
+// (SIGCONT): a daemon frozen by a long GC pause, a swap storm or a VM
+// migration, whose sockets stay open.
+func (n *node) pause(d time.Duration) {
+	n.mu.Lock()
+	p := n.p
+	n.mu.Unlock()
+	p.cmd.Process.Signal(syscall.SIGSTOP)
+	<-time.After(d) // the pause's length
+	p.cmd.Process.Signal(syscall.SIGCONT)
 }
 
 // proc is a running huddle process in a host's namespace (ip netns exec

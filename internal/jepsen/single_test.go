@@ -38,8 +38,8 @@ func envInt(t *testing.T, name string, def int) int {
 // daemon, and the clients' host; the daemon's disk a small tmpfs), while a
 // nemesis, round after round, SIGKILLs the daemon and starts it again on the
 // same directory (alternating --fsync interval and always), partitions it
-// from the clients, drops 5% of the packets it receives, and fills its
-// disk. Four senders (two batching) retry each message under its ID until
+// from the clients, drops 5% of the packets it receives, fills its disk,
+// and freezes it (SIGSTOP, SIGCONT two seconds later). Four senders (two batching) retry each message under its ID until
 // it is acknowledged, and read back what they wrote; two watchers follow
 // from the start and from a later point. The checker then proves, over the
 // whole history: nothing acknowledged lost, no duplicate, one gapless
@@ -89,7 +89,7 @@ func TestDurableDaemonFaults(t *testing.T) {
 		}
 
 		rng := rand.New(rand.NewPCG(20, 19))
-		faults := []string{"kill", "kill", "partition", "kill", "loss", "kill", "disk"}
+		faults := []string{"kill", "kill", "partition", "kill", "loss", "kill", "disk", "pause"}
 		counts := make(map[string]int)
 		policies := []string{"interval", "always"}
 		for round := range rounds {
@@ -114,6 +114,9 @@ func TestDurableDaemonFaults(t *testing.T) {
 				<-time.After(3 * time.Second) // the loss's length
 				l.setFirewall(d.host, firewall{})
 				l.setFirewall(nil, firewall{})
+			case "pause":
+				h.Fault(time.Now(), "pause", "d1 stopped")
+				d.pause(2 * time.Second)
 			case "disk":
 				h.Fault(time.Now(), "disk", "d1's disk full")
 				free := fill()
