@@ -48,10 +48,10 @@ const DefaultBatchLinger = 500 * time.Microsecond
 // Sending as soon as the first caller was back made the batches of 16
 // callers alternate between one message and fifteen under load, when the
 // callers return over hundreds of microseconds. Waiting for all of them
-// instead did best with 16 connections sharing the CPU, but cost a single
-// connection 13-28%: its client and daemon then take turns, where two
-// batches in flight keep both busy. Half is as good as all with 16
-// connections and better than either alone on one (BENCHMARKS.md). A
+// instead did best with 16 connections sharing the CPU, but slowed a single
+// connection: its client and daemon then take turns, where two batches in
+// flight keep both busy. Half is as good as all with 16 connections and
+// better than either alone on one (BENCHMARKS.md has the figures). A
 // caller that does not come back costs the others this wait, once.
 const regroupWait = 500 * time.Microsecond
 
@@ -126,11 +126,11 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 	switch {
 	case b.closed:
 		b.mu.Unlock()
-		return Ack{ID: m.ID}, fmt.Errorf("send: %w", ErrClosed)
+		return Ack{ID: m.ID}, b.g.fail("send", ErrClosed)
 	case b.maxBody > 0 && len(m.Body) > b.maxBody:
 		max := b.maxBody
 		b.mu.Unlock()
-		return Ack{ID: m.ID}, fmt.Errorf("send to %s: %w: message of %d bytes, the group's limit is %d", b.g.name, ErrTooLarge, len(m.Body), max)
+		return Ack{ID: m.ID}, b.g.fail("send", fmt.Errorf("%w: message of %d bytes, the group's limit is %d", ErrTooLarge, len(m.Body), max))
 	case b.inflight == 0 && len(b.queue) == 0 && !b.warm:
 		b.inflight++
 		b.mu.Unlock()
@@ -177,7 +177,7 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 		b.mu.Unlock()
 		// If the batch was in flight, the message may be stored or not:
 		// as with an unbatched send, a retry with its ID tells.
-		return Ack{ID: m.ID}, fmt.Errorf("send: %w", ctx.Err())
+		return Ack{ID: m.ID}, b.g.fail("send", ctx.Err())
 	}
 }
 
@@ -221,8 +221,8 @@ func (b *batcher) run(ctx context.Context) {
 		// Senders woken by the last batch's acks are runnable now; letting
 		// them queue first makes the next batch whole instead of one
 		// message now and the rest after the linger. The regroup in take
-		// does not replace this: without it send-batched lost 30-37% at
-		// 16x16, 1x16 and 1x64.
+		// does not replace this (BENCHMARKS.md: what send-batched lost
+		// without it).
 		runtime.Gosched()
 		for {
 			batch, wait := b.take(time.Now())
@@ -318,7 +318,7 @@ func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend)
 		return
 	}
 	if err != nil && clientCtx.Err() != nil {
-		err = fmt.Errorf("send: %w", ErrClosed)
+		err = b.g.fail("send", ErrClosed)
 	}
 	for i, q := range batch {
 		if err != nil {
@@ -359,6 +359,6 @@ func (b *batcher) close() {
 	b.queue, b.bytes = nil, 0
 	b.mu.Unlock()
 	for _, q := range queue {
-		q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: fmt.Errorf("send: %w", ErrClosed)}
+		q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: b.g.fail("send", ErrClosed)}
 	}
 }

@@ -71,7 +71,7 @@ var (
 	ErrShuttingDown = fmt.Errorf("%w: the server is shutting down", ErrUnavailable)
 	// ErrInvalidConfig: New was given a Config it cannot use; the error
 	// names the field.
-	ErrInvalidConfig = errors.New("invalid client configuration")
+	ErrInvalidConfig = errors.New("client: invalid config")
 )
 
 // Names the protocol already gets right, re-exported so that programs need
@@ -624,21 +624,25 @@ func shuttingDown(conn *quic.Conn, err error) bool {
 }
 
 // single performs an operation whose reply is one Result frame decoded into
-// out.
+// out. Its errors do not name the operation: the caller's do (Group.fail,
+// Registry.fail).
 func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
-	err := p.call(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
+	return p.call(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		if kind != wire.KindResult {
-			return true, fmt.Errorf("%s: got frame kind %d, want a result: %w", op, kind, ErrProtocol)
+			return true, fmt.Errorf("got frame kind %d, want a result: %w", kind, ErrProtocol)
 		}
 		if err := raw.Decode(out); err != nil {
-			return true, fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+			return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
 		return true, nil
 	})
-	if err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return nil
+}
+
+// serverSaid reports whether err is a server's error, whose message names
+// the operation and its subject already ("join group lobby: ...").
+func serverSaid(err error) bool {
+	var we *wire.Error
+	return errors.As(err, &we)
 }
 
 // dropCurrent forgets the current connection, whatever it is, so the next

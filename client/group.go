@@ -91,7 +91,7 @@ func (g *Group) Name() string { return g.name }
 func (g *Group) Info(ctx context.Context) (Info, error) {
 	var info wire.Info
 	if err := g.peer().single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
-		return Info{}, err
+		return Info{}, g.fail("info", err)
 	}
 	return infoFrom(&info), nil
 }
@@ -103,7 +103,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, error) {
 	var j wire.Joined
 	if err := g.peer().single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
-		return Joined{}, err
+		return Joined{}, g.fail("join", err)
 	}
 	return Joined{Epoch: j.Epoch, Last: j.Last, Already: j.Already}, nil
 }
@@ -112,15 +112,17 @@ func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, e
 // Errors: ErrNotFound.
 func (g *Group) Leave(ctx context.Context) (bool, error) {
 	var l wire.Left
-	err := g.peer().single(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l)
-	return l.WasMember, err
+	if err := g.peer().single(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l); err != nil {
+		return false, g.fail("leave", err)
+	}
+	return l.WasMember, nil
 }
 
 // Members lists the group's members. Errors: ErrNotMember, ErrNotFound.
 func (g *Group) Members(ctx context.Context) ([]Member, error) {
 	var m wire.MemberList
 	if err := g.peer().single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m); err != nil {
-		return nil, err
+		return nil, g.fail("members", err)
 	}
 	out := make([]Member, len(m.Members))
 	for i := range m.Members {
@@ -178,7 +180,7 @@ func (g *Group) SendWithID(ctx context.Context, id ID, body []byte) (Ack, error)
 	}
 	b, err := g.batcher()
 	if err != nil {
-		return Ack{ID: id}, fmt.Errorf("send: %w", err)
+		return Ack{ID: id}, g.fail("send", err)
 	}
 	return b.send(ctx, m)
 }
@@ -233,10 +235,10 @@ func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error
 func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, error) {
 	var s wire.Sent
 	if err := g.peer().single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
-		return wire.Sent{}, err
+		return wire.Sent{}, g.fail("send", err)
 	}
 	if len(s.Acks) != len(msgs) {
-		return wire.Sent{}, fmt.Errorf("send: %d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)
+		return wire.Sent{}, g.fail("send", fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol))
 	}
 	return s, nil
 }
@@ -310,7 +312,7 @@ type Cursor struct {
 func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (Cursor, error) {
 	since, after, err := q.selection()
 	if err != nil {
-		return Cursor{}, fmt.Errorf("fetch: %w", err)
+		return Cursor{}, g.fail("fetch", err)
 	}
 	req := wire.Fetch{Group: g.id, Since: since, After: after, Epoch: q.Epoch}
 	var cur Cursor
@@ -345,10 +347,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 				}
 				return true, nil
 			}
-			return true, fmt.Errorf("fetch: unexpected frame kind %d: %w", kind, ErrProtocol)
+			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
 		})
 		if err != nil {
-			return cur, fmt.Errorf("fetch: %w", err)
+			return cur, g.fail("fetch", err)
 		}
 		if stopped {
 			return cur, nil
@@ -369,6 +371,17 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		next := end.Next
 		req.Since, req.After, req.Epoch = nil, &next, end.Epoch
 	}
+}
+
+// fail names the operation and the group in an error of the client's
+// own (a closed client, a context ended, a reply it cannot use). A
+// server's error is returned as it is: its message names them already
+// ("fetch group lobby: not a member"), and naming them twice is noise.
+func (g *Group) fail(op string, err error) error {
+	if serverSaid(err) {
+		return err
+	}
+	return fmt.Errorf("%s group %s: %w", op, g.name, err)
 }
 
 // RetryAfter returns how long a rate-limited server asked to wait, and

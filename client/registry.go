@@ -133,7 +133,7 @@ func leaseFrom(l wire.Lease) Lease { return Lease{Epoch: l.Epoch, TTL: ms(l.TTLM
 func (r *Registry) Register(ctx context.Context, reg Registration) (Lease, error) {
 	var l wire.Lease
 	if err := r.p.single(ctx, wire.OpRegister, wire.Register(reg), &l); err != nil {
-		return Lease{}, err
+		return Lease{}, r.fail("register", err)
 	}
 	return leaseFrom(l), nil
 }
@@ -144,7 +144,7 @@ func (r *Registry) Register(ctx context.Context, reg Registration) (Lease, error
 func (r *Registry) Renew(ctx context.Context, rn Renewal) (Lease, error) {
 	var l wire.Lease
 	if err := r.p.single(ctx, wire.OpRenew, wire.Renew(rn), &l); err != nil {
-		return Lease{}, err
+		return Lease{}, r.fail("renew", err)
 	}
 	return leaseFrom(l), nil
 }
@@ -153,7 +153,20 @@ func (r *Registry) Renew(ctx context.Context, rn Renewal) (Lease, error) {
 // Errors: ErrUnauthorized (another key owns the UUID).
 func (r *Registry) Deregister(ctx context.Context, group UUID) error {
 	var res struct{}
-	return r.p.single(ctx, wire.OpDeregister, wire.Deregister{Group: group}, &res)
+	if err := r.p.single(ctx, wire.OpDeregister, wire.Deregister{Group: group}, &res); err != nil {
+		return r.fail("deregister", err)
+	}
+	return nil
+}
+
+// fail names the operation in an error of the client's own; a server's
+// error names it already. The registry's address is in the error (an
+// unreachable one says it) or the caller's context.
+func (r *Registry) fail(op string, err error) error {
+	if serverSaid(err) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 // Bounds on a listing, against a registry that would page forever.
@@ -173,7 +186,10 @@ func (r *Registry) List(ctx context.Context) (Listing, error) {
 		if errors.Is(err, errListRestarted) && restarts == 0 {
 			continue
 		}
-		return all, err
+		if err != nil {
+			return Listing{}, r.fail("list", err)
+		}
+		return all, nil
 	}
 }
 

@@ -69,7 +69,7 @@ func (g *Group) Watch(ctx context.Context, q Query) iter.Seq2[Event, error] {
 		w := watcher{g: g, epoch: q.Epoch, status: q.Status}
 		since, after, err := q.selection()
 		if err != nil {
-			yield(Event{}, fmt.Errorf("watch: %w", err))
+			yield(Event{}, g.fail("watch", err))
 			return
 		}
 		w.since, w.after = since, after
@@ -106,10 +106,10 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 			}
 			continue
 		case errors.As(err, &we) && !retryable(we):
-			yield(Event{}, fmt.Errorf("watch: %w", err))
+			yield(Event{}, w.g.fail("watch", err))
 			return
 		case errors.Is(err, ErrProtocol), errors.Is(err, ErrClosed):
-			yield(Event{}, fmt.Errorf("watch: %w", err))
+			yield(Event{}, w.g.fail("watch", err))
 			return
 		}
 		wait := backoff
@@ -220,7 +220,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 			}
 			return false, nil
 		}
-		return true, fmt.Errorf("watch: unexpected frame kind %d: %w", kind, ErrProtocol)
+		return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
 	})
 	if stop {
 		return started, true, nil

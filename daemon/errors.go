@@ -1,6 +1,9 @@
 package daemon
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Errors returned by the servers' methods.
 var (
@@ -13,3 +16,9 @@ var (
 	// ErrBadState: a file in the state directory cannot be used.
 	ErrBadState = errors.New("daemon: unusable state directory")
 )
+
+// invalid returns an error wrapping ErrInvalidConfig that says which field
+// is wrong and why: every Validate of the package speaks through it.
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+}

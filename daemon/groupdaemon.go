@@ -143,67 +143,65 @@ type GroupConfig struct {
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
 func (c GroupConfig) Validate() error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
-	}
 	switch {
 	case c.StateDir == "":
-		return bad("group daemon StateDir is required")
+		return invalid("group daemon StateDir is required")
 	case len(c.Groups) == 0:
-		return bad("no groups to host")
+		return invalid("no groups to host")
 	case len(c.Advertise) > wire.MaxAddrs:
-		return bad("%d advertised addresses, at most %d", len(c.Advertise), wire.MaxAddrs)
+		return invalid("%d advertised addresses, at most %d", len(c.Advertise), wire.MaxAddrs)
 	case c.MaxMessageBytes < 0 || c.MaxMessageBytes > MaxMessageBytesLimit:
-		return bad("MaxMessageBytes %d: want 0..%d", c.MaxMessageBytes, MaxMessageBytesLimit)
+		return invalid("MaxMessageBytes %d: want 0..%d", c.MaxMessageBytes, MaxMessageBytesLimit)
 	case c.MaxBatch < 0 || c.MaxBatch > wire.MaxBatch:
-		return bad("MaxBatch %d: want 0..%d", c.MaxBatch, wire.MaxBatch)
+		return invalid("MaxBatch %d: want 0..%d", c.MaxBatch, wire.MaxBatch)
 	case c.FetchPage < 0:
-		return bad("FetchPage %d is negative", c.FetchPage)
+		return invalid("FetchPage %d is negative", c.FetchPage)
 	case c.MaxMembers < 0 || c.MaxMembers > DefaultMaxMembers:
-		return bad("MaxMembers %d: want 0..%d", c.MaxMembers, DefaultMaxMembers)
+		return invalid("MaxMembers %d: want 0..%d", c.MaxMembers, DefaultMaxMembers)
 	case c.SendBurst < 0:
-		return bad("SendBurst %d is negative", c.SendBurst)
+		return invalid("SendBurst %d is negative", c.SendBurst)
 	case math.IsNaN(c.SendRate) || math.IsInf(c.SendRate, 0):
-		return bad("SendRate %v is not a number of messages per second", c.SendRate)
+		return invalid("SendRate %v is not a number of messages per second", c.SendRate)
 	case c.SendRate >= 0 && orDefault(c.SendBurst, DefaultSendBurst) < orDefault(c.MaxBatch, DefaultMaxBatch):
-		return bad("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
+		return invalid("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
 	case c.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
-		return bad("MaxMessageBytes %d does not fit in a request of MaxRequestBytes %d with its envelope (%d bytes)",
+		return invalid("MaxMessageBytes %d does not fit in a request of MaxRequestBytes %d with its envelope (%d bytes)",
 			orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes), c.MaxRequestBytes, wire.MaxFrameSize-MaxMessageBytesLimit)
 	case c.HeartbeatInterval < 0:
-		return bad("negative interval or timeout")
+		return invalid("negative interval or timeout")
 	}
 	if err := c.ServerConfig.validate(); err != nil {
 		return err
 	}
 	for _, a := range c.Registries {
 		if strings.TrimSpace(a) == "" {
-			return bad("empty registry address")
+			return invalid("empty registry address")
 		}
 	}
 	for _, a := range c.Advertise {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || len(a) > wire.MaxAddrBytes {
-			return bad("advertised address %q: want host:port, at most %d bytes", a, wire.MaxAddrBytes)
+			return invalid("advertised address %q: want host:port, at most %d bytes", a, wire.MaxAddrBytes)
 		}
 	}
 	seen := make(map[string]bool)
 	for _, g := range c.Groups {
 		if err := wire.CheckName(g.Name); err != nil {
-			return bad("group name %q: %v", g.Name, err)
+			return invalid("group name %q: %v", g.Name, err)
 		}
 		if seen[g.Name] {
-			return bad("group %q listed twice", g.Name)
+			return invalid("group %q listed twice", g.Name)
 		}
 		seen[g.Name] = true
 		if len(g.Secret) > wire.MaxSecretBytes {
-			return bad("group %q: secret of %d bytes, at most %d", g.Name, len(g.Secret), wire.MaxSecretBytes)
+			return invalid("group %q: secret of %d bytes, at most %d", g.Name, len(g.Secret), wire.MaxSecretBytes)
 		}
 	}
 	if err := c.Storage.validate(); err != nil {
 		return err
 	}
 	if err := c.Retention.Validate(); err != nil {
-		return fmt.Errorf("%w: retention: %v", ErrInvalidConfig, err)
+		// Both sentinels match: the daemon's, and the store's that says why.
+		return fmt.Errorf("%w: retention: %w", ErrInvalidConfig, err)
 	}
 	return nil
 }
@@ -280,7 +278,7 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 
 // server is the shared machinery's part of the configuration.
 func (c GroupConfig) server() serverConfig {
-	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger}
+	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger, now: c.Now}
 }
 
 // Listen loads the state directory (the key, each group's UUID and members,

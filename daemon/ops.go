@@ -65,7 +65,7 @@ func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
 		}
 		return g, nil
 	}
-	return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
+	return nil, fmt.Errorf("%v group %s: %w: no such group here", op, id, wire.ErrNotFound)
 }
 
 // memberRequest is request for an operation only members may make: it
@@ -243,11 +243,11 @@ func (d *GroupDaemon) send(c *call) error {
 		return fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
 	if len(req.Messages) > d.cfg.MaxBatch {
-		return fmt.Errorf("send to %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
+		return fmt.Errorf("send group %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
 	}
 	for i, m := range req.Messages {
 		if len(m.Body) > d.cfg.MaxMessageBytes {
-			return fmt.Errorf("send to %s: %w: message %d has %d bytes, at most %d", g.name, wire.ErrTooLarge, i, len(m.Body), d.cfg.MaxMessageBytes)
+			return fmt.Errorf("send group %s: %w: message %d has %d bytes, at most %d", g.name, wire.ErrTooLarge, i, len(m.Body), d.cfg.MaxMessageBytes)
 		}
 		sc.entries = append(sc.entries, store.Entry{ID: m.ID, From: from, Body: m.Body})
 	}
@@ -269,9 +269,9 @@ func (d *GroupDaemon) send(c *call) error {
 	switch {
 	case errors.Is(err, store.ErrBatchTooLarge), errors.Is(err, store.ErrBodyTooLarge):
 		// A batch larger than the retention limits.
-		return fmt.Errorf("send to %s: %w: %v", g.name, wire.ErrTooLarge, err)
+		return fmt.Errorf("send group %s: %w: %v", g.name, wire.ErrTooLarge, err)
 	case errors.Is(err, store.ErrOutOfOrder):
-		return fmt.Errorf("send to %s: %w", g.name, err) // a bug: internal
+		return fmt.Errorf("send group %s: %w", g.name, err) // a bug: internal
 	case err != nil:
 		return d.notAppended(g, err)
 	}

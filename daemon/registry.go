@@ -77,12 +77,12 @@ type RegistryConfig struct {
 func (c RegistryConfig) Validate() error {
 	switch {
 	case c.StateDir == "":
-		return fmt.Errorf("%w: registry StateDir is required", ErrInvalidConfig)
+		return invalid("registry StateDir is required")
 	case c.LeaseTTL < 0:
-		return fmt.Errorf("%w: LeaseTTL %v is negative", ErrInvalidConfig, c.LeaseTTL)
+		return invalid("LeaseTTL %v is negative", c.LeaseTTL)
 	case c.MaxGroups < 0, c.MaxGroupsPerKey < 0, c.MaxGroupsPerAddr < 0:
-		return fmt.Errorf("%w: MaxGroups %d, MaxGroupsPerKey %d or MaxGroupsPerAddr %d is negative",
-			ErrInvalidConfig, c.MaxGroups, c.MaxGroupsPerKey, c.MaxGroupsPerAddr)
+		return invalid("MaxGroups %d, MaxGroupsPerKey %d or MaxGroupsPerAddr %d is negative",
+			c.MaxGroups, c.MaxGroupsPerKey, c.MaxGroupsPerAddr)
 	}
 	return c.ServerConfig.validate()
 }
@@ -142,7 +142,7 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 
 // server is the shared machinery's part of the configuration.
 func (c RegistryConfig) server() serverConfig {
-	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger}
+	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger, now: c.Now}
 }
 
 // Listen loads (or creates) the registry's key in StateDir and binds the UDP
@@ -260,13 +260,13 @@ func (r *Registry) register(c *call) error {
 	if len(addrs) == 0 {
 		a, err := sourceAddr(c.remote, req.Port)
 		if err != nil {
-			return fmt.Errorf("register: %w", err)
+			return fmt.Errorf("register group %s: %w", req.Group, err)
 		}
 		addrs = []string{a}
 	}
 	for _, a := range addrs {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
-			return fmt.Errorf("register: %w: address %q is not host:port", wire.ErrBadRequest, a)
+			return fmt.Errorf("register group %s: %w: address %q is not host:port", req.Group, wire.ErrBadRequest, a)
 		}
 	}
 	now := r.cfg.Now()

@@ -37,9 +37,9 @@ type StorageConfig struct {
 func (c StorageConfig) validate() error {
 	switch {
 	case c.Fsync.Interval < 0:
-		return fmt.Errorf("%w: fsync interval %v is negative", ErrInvalidConfig, c.Fsync.Interval)
+		return invalid("fsync interval %v is negative", c.Fsync.Interval)
 	case c.SegmentBytes < 0:
-		return fmt.Errorf("%w: SegmentBytes %d is negative", ErrInvalidConfig, c.SegmentBytes)
+		return invalid("SegmentBytes %d is negative", c.SegmentBytes)
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ var (
 
 	// ErrInvalidConfig is returned by NewAdvertiser, Find, Browse and
 	// Diagnose for a configuration that cannot work (wrapped with the field).
-	ErrInvalidConfig = errors.New("discovery: invalid configuration")
+	ErrInvalidConfig = errors.New("discovery: invalid config")
 
 	// ErrClosed is returned by Advertiser.Serve after Close.
 	ErrClosed = errors.New("discovery: advertiser closed")

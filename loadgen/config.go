@@ -26,7 +26,7 @@ const (
 var Scenarios = []Scenario{Send, SendBatched, Fetch, Fanout, Idle, Recovery}
 
 // ErrInvalidConfig is wrapped by Validate's errors.
-var ErrInvalidConfig = errors.New("invalid load configuration")
+var ErrInvalidConfig = errors.New("loadgen: invalid config")
 
 // Config configures one run. The zero value of each field but Scenario and
 // Registry means its default.

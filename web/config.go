@@ -22,7 +22,7 @@ const (
 )
 
 // ErrInvalidConfig: a Config field is unusable. Validate's errors wrap it.
-var ErrInvalidConfig = errors.New("invalid config")
+var ErrInvalidConfig = errors.New("web: invalid config")
 
 // ErrClosed: the Server was closed.
 var ErrClosed = errors.New("web server closed")
