@@ -485,7 +485,7 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	r.mu.Lock()
 	rf, wasRefused := r.refused[g.id]
 	r.mu.Unlock()
-	if wasRefused && time.Now().Before(rf.until) {
+	if wasRefused && r.rs.d.cfg.Now().Before(rf.until) {
 		return false, nil
 	}
 	lease, err := r.reg.Register(ctx, r.registration(g, members, last))
@@ -531,7 +531,7 @@ func (r *registrar) refuse(g *group, err error) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	prev, was := r.refused[g.id]
-	r.refused[g.id] = refusal{err: err, until: time.Now().Add(refusedRetry)}
+	r.refused[g.id] = refusal{err: err, until: r.rs.d.cfg.Now().Add(refusedRetry)}
 	return !was || prev.err.Error() != err.Error()
 }
 
@@ -595,8 +595,8 @@ func (r *registrar) keyChanged(mm *identity.MismatchError) bool {
 	log := r.rs.d.cfg.Logger
 	switch {
 	case len(r.rs.d.cfg.RegistryFingerprints) > 0:
-		if time.Since(r.keyWarn) >= keyWarnEvery {
-			r.keyWarn = time.Now()
+		if now := r.rs.d.cfg.Now(); now.Sub(r.keyWarn) >= keyWarnEvery || now.Before(r.keyWarn) {
+			r.keyWarn = now
 			log.Error("REGISTRY KEY REFUSED: the registry presents a key that is not one of the registry fingerprints given; not registering there (someone may be impersonating it; if it was reinstalled, give its new fingerprint)",
 				append(r.log(), "presented", mm.Got, "trusted", r.rs.d.cfg.RegistryFingerprints)...)
 		}

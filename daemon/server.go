@@ -49,7 +49,9 @@ const (
 
 	// closeLinger is how long Close gives connections to send what the last
 	// handlers wrote before it closes them: quic-go drops stream data not
-	// yet packed into a packet when a connection closes.
+	// yet packed into a packet when a connection closes, and says nothing
+	// when it has packed it. A server with no connections left does not
+	// linger.
 	closeLinger = 50 * time.Millisecond
 )
 
@@ -120,20 +122,17 @@ type ServerConfig struct {
 
 // validate checks the fields; its errors wrap ErrInvalidConfig.
 func (c ServerConfig) validate() error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
-	}
 	switch {
 	case c.MaxIncomingStreams < 0:
-		return bad("MaxIncomingStreams %d is negative", c.MaxIncomingStreams)
+		return invalid("MaxIncomingStreams %d is negative", c.MaxIncomingStreams)
 	case c.MaxRequestBytes != 0 && (c.MaxRequestBytes < MinMaxRequestBytes || c.MaxRequestBytes > wire.MaxFrameSize):
-		return bad("MaxRequestBytes %d: want %d..%d", c.MaxRequestBytes, MinMaxRequestBytes, wire.MaxFrameSize)
+		return invalid("MaxRequestBytes %d: want %d..%d", c.MaxRequestBytes, MinMaxRequestBytes, wire.MaxFrameSize)
 	case c.MaxConnsPerAddr < 0:
-		return bad("MaxConnsPerAddr %d is negative", c.MaxConnsPerAddr)
+		return invalid("MaxConnsPerAddr %d is negative", c.MaxConnsPerAddr)
 	case c.MaxConns < 0:
-		return bad("MaxConns %d is negative", c.MaxConns)
+		return invalid("MaxConns %d is negative", c.MaxConns)
 	case c.HandshakeTimeout < 0, c.IdleTimeout < 0, c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
-		return bad("negative interval or timeout")
+		return invalid("negative interval or timeout")
 	}
 	return nil
 }
@@ -160,6 +159,7 @@ type serverConfig struct {
 	// ones must prove their source address first (QUIC Retry).
 	retryAbove int64
 	log        *slog.Logger
+	now        func() time.Time // the daemon's clock, which paces the refusals' log
 }
 
 // withDefaults fills the zero fields.
@@ -167,6 +167,7 @@ func (c serverConfig) withDefaults() serverConfig {
 	c.ServerConfig = c.ServerConfig.withDefaults()
 	c.retryAbove = orDefault(c.retryAbove, retryAboveHandshakes)
 	c.log = logger(c.log)
+	c.now = clock(c.now)
 	return c
 }
 
@@ -406,7 +407,7 @@ func (s *server) acceptLoop() {
 		}
 		if refused != "" {
 			s.mu.Unlock()
-			s.refusals.note(s.cfg.log, key, peer, refused)
+			s.refusals.note(s.cfg.log, s.cfg.now(), key, peer, refused)
 			conn.CloseWithError(wire.ConnRefused, refused)
 			continue
 		}
@@ -443,10 +444,9 @@ type refusalLog struct {
 	suppressed int
 }
 
-func (r *refusalLog) note(log *slog.Logger, from netip.Prefix, peer wire.Fingerprint, why string) {
+func (r *refusalLog) note(log *slog.Logger, now time.Time, from netip.Prefix, peer wire.Fingerprint, why string) {
 	r.mu.Lock()
-	now := time.Now()
-	if now.Sub(r.last) < time.Second {
+	if d := now.Sub(r.last); d >= 0 && d < time.Second { // a clock that stepped back logs
 		r.suppressed++
 		r.mu.Unlock()
 		return
@@ -820,20 +820,18 @@ func (s *server) shutdown() {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	linger := time.NewTimer(closeLinger)
 	if len(conns) > 0 {
-		<-linger.C
-		linger.Reset(closeLinger)
+		<-time.After(closeLinger)
+		var wg sync.WaitGroup
+		for _, c := range conns {
+			wg.Go(func() { c.CloseWithError(wire.ConnShutdown, "server shutting down") })
+		}
+		wg.Wait()
+		// A client whose connection was just closed may be dialling again:
+		// the accept loop tells it too, for a moment more, rather than leave
+		// its handshake unanswered.
+		<-time.After(closeLinger)
 	}
-	var wg sync.WaitGroup
-	for _, c := range conns {
-		wg.Go(func() { c.CloseWithError(wire.ConnShutdown, "server shutting down") })
-	}
-	wg.Wait()
-	// A client whose connection was just closed may be dialling again: the
-	// accept loop tells it too, for a moment more, rather than leave its
-	// handshake unanswered.
-	<-linger.C
 	s.acceptCancel()
 	ln.Close()
 	<-drained
@@ -843,9 +841,8 @@ func (s *server) shutdown() {
 }
 
 // call is one operation on one stream. Calls, and the buffers of small
-// requests, are pooled: under `huddle bench send` the daemon's CPU profile
-// had a tenth in the allocator, and a call with its request and reply
-// buffers was a good part of that per operation.
+// requests, are pooled: a call with its request and reply buffers was a
+// good part of what the daemon allocated per operation (BENCHMARKS.md).
 type call struct {
 	op      wire.Op
 	args    wire.Frame
