@@ -17,16 +17,15 @@ const workerIdle = 2 * time.Second
 // are reused from one stream to the next.
 //
 // Handlers decode CBOR by reflection, which needs a deeper stack than a new
-// goroutine starts with. With a fresh goroutine per stream the runtime grew
-// (copied) a stack for nearly every operation: runtime.newstack was 22% of
-// the daemon's CPU under `huddle bench send` (16 connections x 16 in
-// flight). A worker keeps its grown stack for the next stream.
+// goroutine starts with: with a fresh goroutine per stream the runtime grew
+// (copied) a stack for nearly every operation (BENCHMARKS.md, "Measurements
+// behind the code"). A worker keeps its grown stack for the next stream.
 //
 // An idle worker waits on the work channel alone. The pool shrinks by a
 // sweep every workerIdle, which retires as many workers as stayed idle
 // throughout the period before it (the fewest idle at any moment of it).
-// Waiting on a per-worker timer instead cost ~4% of the daemon's CPU under
-// send 16x16: a select on two channels, and a timer reset per stream.
+// A per-worker timer instead would cost a select on two channels and a
+// timer reset per stream, which showed in profiles.
 //
 // Workers count in the server's connWG, which shutdown waits for; they exit
 // when the sweep retires them, or, after the stream they are serving, once

@@ -7,11 +7,11 @@ import (
 
 // hist counts latencies in log-linear buckets: exact below 256 ns, then 128
 // buckets to each power of two, so a quantile read from it is within 0.4% of
-// the latency it stands for. It takes the same 34 KiB however long the run;
-// keeping every latency took 8 bytes per operation (2.4 GB for a ten-minute
-// run at 500,000 msgs/s), and the store into that cold slice was 2.4% of
-// the load's CPU under send-batched. Each worker keeps its own; merge adds
-// them up after the workers stop.
+// the latency it stands for. It takes the same 34 KiB however long the run,
+// where keeping every latency took 8 bytes per operation (2.4 GB for a
+// ten-minute run at 500,000 msgs/s), and storing into that cold slice
+// showed in the load's profile. Each worker keeps its own; merge adds them
+// up after the workers stop.
 type hist struct {
 	n      int64
 	counts [histBuckets]uint64
@@ -52,8 +52,8 @@ func (h *hist) add(d time.Duration) {
 
 // addAll adds a worker's buffered latencies. A worker that runs between
 // hundreds of others finds its histogram out of cache, and an increment
-// waits for the load where a store into a buffer does not: counted one at
-// a time, they were 3.3% of the load's CPU under send-batched 16x16.
+// waits for the load where a store into a buffer does not (BENCHMARKS.md
+// has what counting them one at a time cost).
 func (h *hist) addAll(ds []time.Duration) {
 	for _, d := range ds {
 		h.counts[bucket(d)]++
