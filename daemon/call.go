@@ -1,0 +1,235 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// A call: one operation on one stream, pooled with its buffers, and how a
+// handler decodes its request and writes its reply.
+
+// call is one operation on one stream. Calls, and the buffers of small
+// requests, are pooled: a call with its request and reply buffers was a
+// good part of what the daemon allocated per operation (BENCHMARKS.md).
+type call struct {
+	op      wire.Op
+	args    wire.Frame
+	peer    wire.Fingerprint // from the connection's certificate, never from the peer's fields
+	remote  net.Addr
+	str     *quic.Stream
+	srv     *server
+	credits *streamCredits
+	buf     []byte  // reply frames, reused across frames (and calls, when small)
+	item    *[]byte // the request frame, if larger than head: from requestBufs if small
+	// head is the first read of the request: the whole frame, if it fits.
+	head [requestHeadBytes]byte
+	// shares is the connection's: requestHeld and replyHeld are what the
+	// call holds of them (request bytes until its args are decoded, reply
+	// bytes until the call ends).
+	shares                 *connShare
+	requestHeld, replyHeld int
+	// What the shares count for the call, and its place in its address's
+	// list of calls (guarded by the shares' mutex); and whether it reads
+	// its request or writes a large reply, in which it may stall, and
+	// whether it was cut off for a newcomer (shares.go).
+	shareHeld             amounts
+	prev, next            *call
+	reading, writing, cut atomic.Bool
+	// decoded says a handler decoded the args (whether or not they were
+	// valid); inPlace, that the decoded values may alias the request, which
+	// is then held until the call ends.
+	decoded, inPlace bool
+}
+
+// Pool bounds: larger buffers are left to the garbage collector.
+const (
+	// pooledRequestBytes is the size of a pooled request buffer: a send of
+	// a few dozen chat-sized messages, and every other request.
+	pooledRequestBytes = 8 << 10
+	// requestHeadBytes is the size of a call's first read, and of the
+	// largest request frame kept in the call itself: a send of a message of
+	// up to ~950 bytes, and every request but a batch.
+	requestHeadBytes = 1 << 10
+	// maxPooledReplyBytes bounds the reply buffer a pooled call keeps.
+	maxPooledReplyBytes = 64 << 10
+)
+
+var (
+	calls       = sync.Pool{New: func() any { return new(call) }}
+	requestBufs = sync.Pool{New: func() any { b := make([]byte, pooledRequestBytes); return &b }}
+)
+
+func newCall(s *server, conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) *call {
+	c := calls.Get().(*call)
+	c.srv, c.peer, c.remote, c.str = s, peer, conn.RemoteAddr(), str
+	return c
+}
+
+// itemBuf returns a buffer of n bytes for the request frame.
+func (c *call) itemBuf(n int) []byte {
+	if n <= pooledRequestBytes {
+		c.item = requestBufs.Get().(*[]byte)
+		return (*c.item)[:n]
+	}
+	b := make([]byte, n)
+	c.item = &b
+	return b
+}
+
+// release gives back the request's memory; its args are decoded (or never
+// will be) by now, and, unless they were decoded in place, nothing refers
+// to it.
+func (c *call) release() {
+	c.args = wire.Frame{}
+	if c.requestHeld > 0 {
+		c.shares.give(c, resRequest, c.requestHeld)
+		c.requestHeld = 0
+	}
+	if c.item != nil && len(*c.item) == pooledRequestBytes {
+		requestBufs.Put(c.item)
+	}
+	c.item = nil
+}
+
+// free ends the call: it releases the request, and puts the call back in the
+// pool.
+func (c *call) free() {
+	c.release()
+	buf := c.buf[:0]
+	if cap(buf) > maxPooledReplyBytes {
+		buf = nil
+	}
+	*c = call{buf: buf}
+	calls.Put(c)
+}
+
+// stalled reports whether the call is in a state in which a peer can
+// stall it while it holds r: reading its request (operations, request
+// bytes) or writing a large reply (reply bytes).
+func (c *call) stalled(r resource) bool {
+	if r == resReply {
+		return c.writing.Load()
+	}
+	return c.reading.Load()
+}
+
+// streamError is a failure of the stream itself (write deadline, the peer
+// cancelled, the connection ended), as opposed to an error to tell the peer.
+type streamError struct{ err error }
+
+func (e *streamError) Error() string { return "stream: " + e.err.Error() }
+func (e *streamError) Unwrap() error { return e.err }
+
+// send writes one response frame, bounded by the write timeout. Errors are
+// *streamError, except an encoding failure, which is internal.
+func (c *call) send(kind wire.Kind, body any) error {
+	buf, err := wire.AppendFrame(c.buf[:0], uint64(kind), body)
+	if err != nil {
+		return fmt.Errorf("encode %v reply: %w", c.op, err)
+	}
+	c.buf = buf
+	err = c.write(buf)
+	if cap(c.buf) > 1<<20 {
+		c.buf = nil // do not keep an unusually large buffer alive
+	}
+	return err
+}
+
+// write writes an encoded frame, bounded by the write timeout. quic-go does
+// not keep frame past the call. Errors are *streamError.
+func (c *call) write(frame []byte) error {
+	c.credits.release()
+	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	if c.replyHeld > 0 {
+		// A large reply: while its write waits for the peer, the call is
+		// a candidate to be cut off for a newcomer (shares.go).
+		c.writing.Store(true)
+		defer c.writing.Store(false)
+	}
+	if _, err := c.str.Write(frame); err != nil {
+		return &streamError{err}
+	}
+	return nil
+}
+
+// smallReply is the most reply memory a call holds without counting it in
+// its shares: the operation's own share covers it.
+const smallReply = 16 << 10
+
+// replyRetryAfter is the retry_after_ms of an operation that found no
+// reply memory: the replies its peer has not read hold it.
+const replyRetryAfter = time.Second
+
+// need sets the reply memory the call holds to n bytes (its working set:
+// the reply it builds, the frame it writes, and the buffers it keeps
+// between frames), taking more from the connection's shares or giving some
+// back. Taking waits within the write timeout, as a blocked write would:
+// while the peer's earlier replies, unread, hold the connection's or the
+// address's share, the call waits for them, and then gives up with
+// unavailable (and a time to wait). A call under smallReply holds nothing.
+// Its errors are one to tell the peer, or a *streamError.
+func (c *call) need(n int) error {
+	if n <= smallReply {
+		n = 0
+	}
+	switch d := n - c.replyHeld; {
+	case d > 0:
+		err := c.shares.take(c, resReply, d, time.Now().Add(c.srv.cfg.WriteTimeout), c.srv.stopping, c.gone())
+		switch {
+		case errors.Is(err, errCancelled):
+			return &streamError{err}
+		case errors.Is(err, errOverShare):
+			return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(replyRetryAfter.Milliseconds()),
+				Message: fmt.Sprintf("%v: the replies your connection, address or key has not read hold the reply memory this server allows them: read them first", c.op)}
+		case err != nil:
+			return fmt.Errorf("%v: %w: the server is shutting down", c.op, wire.ErrUnavailable)
+		}
+	case d < 0:
+		c.shares.give(c, resReply, -d)
+	}
+	c.replyHeld = n
+	return nil
+}
+
+// result writes the one Result frame of a single-reply operation.
+func (c *call) result(body any) error { return c.send(wire.KindResult, body) }
+
+// decode decodes the request's args into v, then releases the request's
+// memory: v must be a type whose decoded values do not alias the frame,
+// which is every frame type but wire.Send (see decodeInPlace).
+func (c *call) decode(v any) error {
+	c.decoded = true
+	err := c.args.Decode(v)
+	c.release()
+	if err != nil {
+		return fmt.Errorf("%v: %w", c.op, err)
+	}
+	return nil
+}
+
+// decodeInPlace decodes the request's args into v, whose byte strings may
+// alias the request (see wire.Frame.Decode): the request and its memory
+// are held until the call ends, so v must not be used after the handler
+// returns.
+func (c *call) decodeInPlace(v any) error {
+	c.decoded, c.inPlace = true, true
+	if err := c.args.Decode(v); err != nil {
+		return fmt.Errorf("%v: %w", c.op, err)
+	}
+	return nil
+}
+
+// gone is closed when the stream can no longer be written: the peer
+// cancelled it or the connection ended.
+func (c *call) gone() <-chan struct{} { return c.str.Context().Done() }
+
+// stopping is closed when the server begins to shut down.
+func (c *call) stopping() <-chan struct{} { return c.srv.stopping }

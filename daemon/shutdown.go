@@ -1,0 +1,81 @@
+package daemon
+
+import (
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Shutdown: operations in flight finish within the grace period, new ones
+// are told the server is shutting down, then connections close.
+
+// close shuts the server down (see the package comment) and waits for
+// every goroutine. It is safe to call more than once and concurrently; every
+// call returns once shutdown has finished.
+func (s *server) close() {
+	s.closeOnce.Do(s.shutdown)
+	<-s.done
+}
+
+func (s *server) shutdown() {
+	defer close(s.done)
+	s.mu.Lock()
+	s.closed = true
+	close(s.stopping)
+	ln := s.ln
+	for str := range s.reading {
+		// Not an operation in flight yet: stop waiting for its request,
+		// and tell its client the server is shutting down.
+		str.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+
+	if ln == nil {
+		s.acceptCancel()
+		s.cancel()
+		return
+	}
+	// Operations in flight finish, within the grace period. Meanwhile
+	// connections and streams are still accepted, each told at once that
+	// the server is shutting down (acceptLoop, serveConn): a client learns
+	// it from an unavailable error or close code 0x2, instead of waiting
+	// for a server that no longer serves it.
+	drained := make(chan struct{})
+	go func() { s.streamWG.Wait(); close(drained) }()
+	grace := time.NewTimer(s.cfg.ShutdownTimeout)
+	select {
+	case <-drained:
+	case <-grace.C:
+		s.cfg.log.Warn("shutdown timeout: aborting operations in flight", "timeout", s.cfg.ShutdownTimeout)
+	}
+	grace.Stop()
+	s.cancel()
+
+	s.mu.Lock()
+	conns := make([]*quic.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	if len(conns) > 0 {
+		<-time.After(closeLinger)
+		var wg sync.WaitGroup
+		for _, c := range conns {
+			wg.Go(func() { c.CloseWithError(wire.ConnShutdown, "server shutting down") })
+		}
+		wg.Wait()
+		// A client whose connection was just closed may be dialling again:
+		// the accept loop tells it too, for a moment more, rather than leave
+		// its handshake unanswered.
+		<-time.After(closeLinger)
+	}
+	s.acceptCancel()
+	ln.Close()
+	<-drained
+	s.connWG.Wait()
+	s.tr.Close()
+	s.udp.Close()
+}
