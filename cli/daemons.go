@@ -127,7 +127,7 @@ func (f *daemonFlags) serveMetrics(ctx context.Context, env Env, log *slog.Logge
 	if m == nil {
 		return func() {}, nil
 	}
-	srv, err := metrics.Listen(metrics.ServerConfig{Addr: string(f.metricsAddr), Metrics: m, Ready: ready, Logger: log})
+	srv, err := metrics.Listen(metrics.HTTPConfig{Addr: string(f.metricsAddr), Metrics: m, Ready: ready, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -184,7 +184,7 @@ func (d *doctor) mdns(ctx context.Context, wait time.Duration) {
 	s := d.s
 	reports, answers, err := discovery.Diagnose(ctx, discovery.BrowseConfig{
 		Interfaces: s.flags.ifaces,
-		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
 			return err
 		},

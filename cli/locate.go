@@ -429,7 +429,7 @@ func (g *gatherer) browse(ctx context.Context) {
 	}()
 	err := discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: s.flags.ifaces,
-		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
 			var ce *identity.ChangedError
 			if errors.As(err, &ce) && g.claimRefusal(ce.Name) {
@@ -442,7 +442,7 @@ func (g *gatherer) browse(ctx context.Context) {
 			}
 			return err
 		},
-	}, func(r discovery.Registry, addr netip.AddrPort) {
+	}, func(r discovery.Advertised, addr netip.AddrPort) {
 		fp, err := wire.ParseFingerprint(r.Fingerprint)
 		if err != nil || !g.claim(fp) {
 			return
@@ -470,7 +470,7 @@ var errBrowseEnded = errors.New("browsing ended")
 // for its instance name, if any (a *identity.ChangedError otherwise). It
 // pins nothing: a new name is pinned once the whole listing is known to
 // hold no refused key. It returns the registry handle.
-func checkAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Registry, addr netip.AddrPort) (*client.Registry, error) {
+func checkAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Advertised, addr netip.AddrPort) (*client.Registry, error) {
 	fp, err := wire.ParseFingerprint(r.Fingerprint)
 	if err != nil {
 		return nil, err
@@ -486,7 +486,7 @@ func checkAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHo
 
 // verifyAdvertised is checkAdvertised for a browser that keeps running
 // (huddle web): a new name is pinned as soon as its key is verified.
-func verifyAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Registry, addr netip.AddrPort) error {
+func verifyAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Advertised, addr netip.AddrPort) error {
 	reg, err := checkAdvertised(ctx, c, kh, r, addr)
 	if err != nil {
 		return err

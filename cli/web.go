@@ -140,10 +140,10 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, found func(*client.Registry)) error {
 	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: ifaces,
-		Verify: func(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			return verifyAdvertised(ctx, c, kh, r, addr)
 		},
-	}, func(r discovery.Registry, ap netip.AddrPort) {
+	}, func(r discovery.Advertised, ap netip.AddrPort) {
 		fp, err := wire.ParseFingerprint(r.Fingerprint)
 		if err != nil {
 			return

@@ -191,7 +191,7 @@ func (rs *registrations) browse(ctx context.Context) {
 	cfg := discovery.BrowseConfig{
 		Interfaces: d.cfg.Interfaces,
 		Logger:     d.cfg.Logger.With("from", "mdns"),
-		Verify: func(ctx context.Context, reg discovery.Registry, addr netip.AddrPort) error {
+		Verify: func(ctx context.Context, reg discovery.Advertised, addr netip.AddrPort) error {
 			fp, err := wire.ParseFingerprint(reg.Fingerprint)
 			if err != nil {
 				return err
@@ -211,7 +211,7 @@ func (rs *registrations) browse(ctx context.Context) {
 			return err
 		},
 	}
-	found := func(reg discovery.Registry, addr netip.AddrPort) {
+	found := func(reg discovery.Advertised, addr netip.AddrPort) {
 		if fp, err := wire.ParseFingerprint(reg.Fingerprint); err == nil {
 			rs.found(ctx, fp, addr.String())
 		}

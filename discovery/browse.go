@@ -19,8 +19,8 @@ const (
 	recheckOK = 30 * time.Second // how long a verified answer is trusted before it is verified again
 )
 
-// Registry is one registry as advertised over mDNS.
-type Registry struct {
+// Advertised is one registry as advertised over mDNS.
+type Advertised struct {
 	Instance    string           // instance name, such as "huddle registry on box (abcd-efgh)"
 	Host        string           // host name from the SRV record, such as "box-abcdefgh.local."
 	Addrs       []netip.AddrPort // addresses, those on a subnet of Iface first
@@ -48,7 +48,7 @@ type BrowseConfig struct {
 	// and return an error if not. An answer is reported only once Verify
 	// succeeded for one of its addresses. It is called from several
 	// goroutines at once, with a context bounded by VerifyTimeout.
-	Verify func(ctx context.Context, r Registry, addr netip.AddrPort) error
+	Verify func(ctx context.Context, r Advertised, addr netip.AddrPort) error
 
 	// VerifyTimeout bounds each Verify call. Default: DefaultVerifyTimeout.
 	VerifyTimeout time.Duration
@@ -94,19 +94,19 @@ func (cfg BrowseConfig) withDefaults() (BrowseConfig, error) {
 // ends first, the error wraps ErrNotFound and ctx's error, and mentions the
 // last rejection. Errors wrapping ErrInvalidConfig or ErrNoInterface are
 // returned before any query.
-func Find(ctx context.Context, cfg BrowseConfig) (Registry, netip.AddrPort, error) {
+func Find(ctx context.Context, cfg BrowseConfig) (Advertised, netip.AddrPort, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
-		return Registry{}, netip.AddrPort{}, err
+		return Advertised{}, netip.AddrPort{}, err
 	}
 	type result struct {
-		r    Registry
+		r    Advertised
 		addr netip.AddrPort
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	found := make(chan result, 1)
-	v := newVerifier(ctx, cfg, func(r Registry, addr netip.AddrPort) {
+	v := newVerifier(ctx, cfg, func(r Advertised, addr netip.AddrPort) {
 		select {
 		case found <- result{r, addr}:
 			cancel()
@@ -121,12 +121,12 @@ func Find(ctx context.Context, cfg BrowseConfig) (Registry, netip.AddrPort, erro
 	default:
 	}
 	if err != nil {
-		return Registry{}, netip.AddrPort{}, err
+		return Advertised{}, netip.AddrPort{}, err
 	}
 	if last := v.lastError(); last != nil {
-		return Registry{}, netip.AddrPort{}, fmt.Errorf("%w: %w (last answer rejected: %v)", ErrNotFound, context.Cause(ctx), last)
+		return Advertised{}, netip.AddrPort{}, fmt.Errorf("%w: %w (last answer rejected: %v)", ErrNotFound, context.Cause(ctx), last)
 	}
-	return Registry{}, netip.AddrPort{}, fmt.Errorf("%w: %w (no answer)", ErrNotFound, context.Cause(ctx))
+	return Advertised{}, netip.AddrPort{}, fmt.Errorf("%w: %w (no answer)", ErrNotFound, context.Cause(ctx))
 }
 
 // Browse queries until ctx ends, calling found for every registry (by
@@ -137,7 +137,7 @@ func Find(ctx context.Context, cfg BrowseConfig) (Registry, netip.AddrPort, erro
 // under one instance name. Calls to found are serialized; a slow found
 // delays the following ones. Browse returns nil when ctx ends, or an error
 // wrapping ErrInvalidConfig or ErrNoInterface at once.
-func Browse(ctx context.Context, cfg BrowseConfig, found func(Registry, netip.AddrPort)) error {
+func Browse(ctx context.Context, cfg BrowseConfig, found func(Advertised, netip.AddrPort)) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
@@ -146,7 +146,7 @@ func Browse(ctx context.Context, cfg BrowseConfig, found func(Registry, netip.Ad
 		mu   sync.Mutex
 		last = make(map[string]netip.AddrPort) // instance|fingerprint|iface -> address reported
 	)
-	v := newVerifier(ctx, cfg, func(r Registry, addr netip.AddrPort) {
+	v := newVerifier(ctx, cfg, func(r Advertised, addr netip.AddrPort) {
 		mu.Lock()
 		defer mu.Unlock()
 		k := r.Instance + "|" + r.Fingerprint + "|" + r.Iface
@@ -163,7 +163,7 @@ func Browse(ctx context.Context, cfg BrowseConfig, found func(Registry, netip.Ad
 
 // Answer is one mDNS answer seen by Diagnose.
 type Answer struct {
-	Registry Registry
+	Registry Advertised
 	Addr     netip.AddrPort // the address that verified, or the first one tried
 	After    time.Duration  // from the start of Diagnose to the answer's arrival
 	Err      error          // nil if verified; why not otherwise (wrapping ErrBadAnswer for malformed answers)
@@ -194,7 +194,7 @@ func Diagnose(ctx context.Context, cfg BrowseConfig, wait time.Duration) ([]Inte
 		wg      sync.WaitGroup
 		st      states
 	)
-	err = browse(ctx, cfg, &st, func(r Registry, bad error) {
+	err = browse(ctx, cfg, &st, func(r Advertised, bad error) {
 		k := answerKey(r)
 		mu.Lock()
 		defer mu.Unlock()
@@ -231,13 +231,13 @@ func Diagnose(ctx context.Context, cfg BrowseConfig, wait time.Duration) ([]Inte
 	return reports, out, err
 }
 
-func answerKey(r Registry) string {
+func answerKey(r Advertised) string {
 	return fmt.Sprint(r.Iface, "|", r.Instance, "|", r.Fingerprint, "|", r.Addrs)
 }
 
 // verifyAny calls Verify on r's addresses in order and returns the first
 // that succeeds, or the joined errors.
-func verifyAny(ctx context.Context, cfg BrowseConfig, r Registry) (netip.AddrPort, error) {
+func verifyAny(ctx context.Context, cfg BrowseConfig, r Advertised) (netip.AddrPort, error) {
 	var errs []error
 	for _, addr := range r.Addrs {
 		vctx, cancel := context.WithTimeout(ctx, cfg.VerifyTimeout)
@@ -259,7 +259,7 @@ func verifyAny(ctx context.Context, cfg BrowseConfig, r Registry) (netip.AddrPor
 // again until its verdict is stale.
 type verifier struct {
 	cfg BrowseConfig
-	ok  func(Registry, netip.AddrPort)
+	ok  func(Advertised, netip.AddrPort)
 	ctx context.Context
 
 	mu      sync.Mutex
@@ -274,13 +274,13 @@ type vstate struct {
 }
 
 // newVerifier returns a verifier whose Verify calls end with ctx.
-func newVerifier(ctx context.Context, cfg BrowseConfig, ok func(Registry, netip.AddrPort)) *verifier {
+func newVerifier(ctx context.Context, cfg BrowseConfig, ok func(Advertised, netip.AddrPort)) *verifier {
 	return &verifier{ctx: ctx, cfg: cfg, ok: ok, state: make(map[string]*vstate)}
 }
 
 // consider is browse's callback. Verification runs on its own goroutine so
 // one slow or spoofed answer does not hold up the others.
-func (v *verifier) consider(r Registry, bad error) {
+func (v *verifier) consider(r Advertised, bad error) {
 	if bad != nil {
 		v.reject(r, bad, "malformed answer")
 		return
@@ -322,7 +322,7 @@ func (v *verifier) consider(r Registry, bad error) {
 	}()
 }
 
-func (v *verifier) reject(r Registry, err error, why string) {
+func (v *verifier) reject(r Advertised, err error, why string) {
 	v.mu.Lock()
 	v.lastErr = err
 	v.mu.Unlock()

@@ -49,7 +49,7 @@ func startFakeRegistry(t *testing.T, listen, fp string) *fakeRegistry {
 
 // verifyFP is a Verify that asks the fake registry at addr for its
 // fingerprint and compares it to the advertised one.
-func verifyFP(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+func verifyFP(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "udp", addr.String())
 	if err != nil {
@@ -192,7 +192,7 @@ func TestFindLoopback(t *testing.T) {
 		if addr != reg.addr {
 			t.Errorf("addr = %v, want %v", addr, reg.addr)
 		}
-		want := discovery.Registry{
+		want := discovery.Advertised{
 			Instance: "huddle registry on test (fp-real)", Host: "real.local.",
 			Addrs:       []netip.AddrPort{reg.addr, netip.AddrPortFrom(netip.IPv6Loopback(), reg.addr.Port())},
 			OnLink:      2,
@@ -271,7 +271,7 @@ func TestBrowseSeesLateRegistry(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond, Logger: log},
-				func(r discovery.Registry, addr netip.AddrPort) { found <- r.Fingerprint + "@" + addr.String() })
+				func(r discovery.Advertised, addr netip.AddrPort) { found <- r.Fingerprint + "@" + addr.String() })
 		}()
 		next := func() string {
 			t.Helper()
@@ -378,7 +378,7 @@ func TestBrowseReportsRestartWithNewKey(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond},
-				func(r discovery.Registry, addr netip.AddrPort) { seen <- r.Fingerprint })
+				func(r discovery.Advertised, addr netip.AddrPort) { seen <- r.Fingerprint })
 		}()
 		next := func() string {
 			select {
@@ -446,7 +446,7 @@ func TestAdvertiserFollowsAddressChange(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, Interfaces: on, QueryInterval: 200 * time.Millisecond},
-				func(r discovery.Registry, addr netip.AddrPort) { seen <- addr })
+				func(r discovery.Advertised, addr netip.AddrPort) { seen <- addr })
 		}()
 		want := []string{"10.99.0.1", "10.98.0.2"}
 		for i, w := range want {
@@ -553,7 +553,7 @@ func TestInstanceNamesUnique(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP},
-				func(r discovery.Registry, addr netip.AddrPort) {
+				func(r discovery.Advertised, addr netip.AddrPort) {
 					found <- r.Instance + " " + r.Host + " " + addr.String()
 				})
 		}()
@@ -698,7 +698,7 @@ func TestSendRefusedWarnsOnce(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- discovery.Browse(bctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 20 * time.Millisecond, Logger: log},
-				func(discovery.Registry, netip.AddrPort) {})
+				func(discovery.Advertised, netip.AddrPort) {})
 		}()
 		w.wait(ctx, t, 5, cannot, "iface", "lo") // five queries refused
 		stop()

@@ -78,7 +78,7 @@ func (s *states) fill(reports []InterfaceReport) {
 // calling consider (from several goroutines) with each answer, or with a
 // non-nil error for an answer that cannot be a registry. Every goroutine
 // it starts has ended when it returns.
-func browse(ctx context.Context, cfg BrowseConfig, st *states, consider func(Registry, error)) error {
+func browse(ctx context.Context, cfg BrowseConfig, st *states, consider func(Advertised, error)) error {
 	cands, _, err := selectInterfaces(cfg.Interfaces)
 	if err != nil {
 		return err
@@ -136,7 +136,7 @@ func browse(ctx context.Context, cfg BrowseConfig, st *states, consider func(Reg
 // socket joined to the group on this interface hears announcements and
 // answers to others' queries. When the join fails, queries still work: the
 // failure is logged once, with what to do about it.
-func queryLoop(ctx context.Context, cfg BrowseConfig, c candidate, st *ifaceState, warn *warnOnce, consider func(Registry, error)) {
+func queryLoop(ctx context.Context, cfg BrowseConfig, c candidate, st *ifaceState, warn *warnOnce, consider func(Advertised, error)) {
 	name := c.iface.Name
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -214,7 +214,7 @@ func advice(err error) string {
 
 // readAnswers reads s until it is closed, handing every huddle registry a
 // response describes to consider.
-func readAnswers(s *conn, c candidate, st *ifaceState, cfg BrowseConfig, consider func(Registry, error)) {
+func readAnswers(s *conn, c candidate, st *ifaceState, cfg BrowseConfig, consider func(Advertised, error)) {
 	buf := make([]byte, maxPacket)
 	for {
 		n, from, ifindex, err := s.read(buf)
@@ -243,8 +243,8 @@ func readAnswers(s *conn, c candidate, st *ifaceState, cfg BrowseConfig, conside
 
 // toRegistry converts an advert heard on c. The error, wrapping
 // ErrBadAnswer, says why it cannot be a registry.
-func toRegistry(a *advert, c candidate) (Registry, error) {
-	r := Registry{Instance: a.instance, Host: a.host, Iface: c.iface.Name}
+func toRegistry(a *advert, c candidate) (Advertised, error) {
+	r := Advertised{Instance: a.instance, Host: a.host, Iface: c.iface.Name}
 	for k, p := range map[string]*string{"v": &r.Version, "proto": &r.Proto, "fp": &r.Fingerprint} {
 		*p = txtValue(a.txt, k)
 	}

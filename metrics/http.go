@@ -12,8 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// ServerConfig configures the HTTP listener of a daemon's telemetry.
-type ServerConfig struct {
+// HTTPConfig configures the HTTP listener of a daemon's telemetry.
+type HTTPConfig struct {
 	// Addr is the TCP address to listen on, e.g. "127.0.0.1:9373".
 	// Required.
 	Addr string
@@ -29,13 +29,13 @@ type ServerConfig struct {
 // Server serves /metrics, /healthz (the process is alive) and /readyz (the
 // daemon can do its job) over HTTP.
 type Server struct {
-	cfg ServerConfig
+	cfg HTTPConfig
 	ln  net.Listener
 	srv *http.Server
 }
 
 // Listen binds cfg.Addr; the server answers once Serve runs.
-func Listen(cfg ServerConfig) (*Server, error) {
+func Listen(cfg HTTPConfig) (*Server, error) {
 	if cfg.Addr == "" || cfg.Metrics == nil {
 		return nil, errors.New("metrics: Addr and Metrics are required")
 	}
@@ -47,7 +47,7 @@ func Listen(cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.Registry(), promhttp.HandlerOpts{
+	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.Prometheus(), promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

@@ -68,8 +68,8 @@ func New(version string) *Metrics {
 	return m
 }
 
-// Registry returns the Prometheus registry the collectors live in.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+// Prometheus returns the Prometheus registry the collectors live in.
+func (m *Metrics) Prometheus() *prometheus.Registry { return m.reg }
 
 // Operation records one finished operation; result is "ok" or the error
 // code's name.

@@ -70,7 +70,7 @@ next:
 func TestServe(t *testing.T) {
 	m := New("test")
 	var ready atomic.Bool
-	s, err := Listen(ServerConfig{Addr: "127.0.0.1:0", Metrics: m, Ready: func() error {
+	s, err := Listen(HTTPConfig{Addr: "127.0.0.1:0", Metrics: m, Ready: func() error {
 		if !ready.Load() {
 			return errors.New("groups not registered yet")
 		}
@@ -173,7 +173,7 @@ func TestNilMetrics(t *testing.T) {
 // results, at 0, before the first mDNS answer (it used to appear only after
 // one, so a dashboard or alert saw no series at all).
 func TestDiscoveryAnswersFromTheStart(t *testing.T) {
-	fams, err := New("test").Registry().Gather()
+	fams, err := New("test").Prometheus().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

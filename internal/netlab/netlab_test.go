@@ -164,7 +164,7 @@ func helperDiagnose() error {
 	return nil
 }
 
-func verifyFP(ctx context.Context, r discovery.Registry, addr netip.AddrPort) error {
+func verifyFP(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "udp", addr.String())
 	if err != nil {
