@@ -190,7 +190,15 @@ func logRecoveries(t *testing.T, h *history.History, kind string) []time.Duratio
 	}
 	slices.Sort(ds)
 	pct := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))] }
-	t.Logf("sends succeeded again after %d %s faults: p50 %v, p99 %v, max %v", len(ds), kind,
-		pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
+	within := 0
+	all := make([]string, len(ds))
+	for i, d := range ds {
+		if d <= 3*time.Second {
+			within++
+		}
+		all[i] = d.Round(10 * time.Millisecond).String()
+	}
+	t.Logf("sends succeeded again after %d %s faults: p50 %v, p99 %v, max %v; %d within 3 s; each: %s", len(ds), kind,
+		pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), within, strings.Join(all, " "))
 	return ds
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -262,7 +263,14 @@ func (w *workload) waitProgress(t *testing.T, after string) {
 		select {
 		case <-w.progress:
 		case <-deadline:
-			t.Fatalf("no send acknowledged within %v after %s", waitTimeout, after)
+			sends := w.h.Sends()
+			var last []string
+			for i := len(sends) - 1; i >= 0 && len(last) < 5; i-- {
+				if !sends[i].Acked {
+					last = append(last, sends[i].Client+": "+sends[i].Err)
+				}
+			}
+			t.Fatalf("no send acknowledged within %v after %s; the last failures:\n%s", waitTimeout, after, strings.Join(last, "\n"))
 		}
 	}
 }
