@@ -4,6 +4,22 @@
 // the operations of PROTOCOL.md (info, join, leave, members, send, fetch,
 // watch).
 //
+// # The house
+//
+// Three concerns live here, each in files of its own. The QUIC server
+// machinery both servers share: configuration and construction (server.go),
+// listening and accepting connections (accept.go), reading requests
+// (request.go), one operation's state and replies (call.go), fair shares of
+// what peers hold (shares.go), stream credit (credit.go), reused stream
+// workers (workers.go), shutdown (shutdown.go) and telemetry
+// (telemetry.go). The registry: registry.go and its leases (leases.go).
+// The group daemon: groupdaemon.go, its groups (group.go), the operations
+// (ops.go), membership (members.go), the log it needs (log.go) and the one
+// sequencing step (sequence.go), storage (storage.go), state files
+// (state.go, statelock*.go) and registration with registries
+// (registration.go). Both servers use the lifecycle helpers
+// (lifecycle.go) and the package's errors (errors.go).
+//
 // # Lifecycle
 //
 // Both servers follow the same shape:
