@@ -51,6 +51,9 @@ func (r *runner) recovery(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
+	// The daemon's memory holding the log it wrote: anonymous memory (the
+	// heap), and file pages mapped.
+	anonBefore, _ := procStatus(d.PID, "RssAnon")
 	regAddr := r.cfg.Registry
 	if len(r.entry.Addrs) == 0 {
 		return fmt.Errorf("recovery: the registry lists no address for group %s", r.cfg.Group)
@@ -97,6 +100,12 @@ func (r *runner) recovery(ctx context.Context, res *Result) error {
 	res.MsgsPerSec = float64(info.Last) / took.Seconds()
 	res.Note = fmt.Sprintf("SIGKILL with %d messages held; restarted, listening after %.0f ms, the first fetch of the last %d (since a timestamp) answered %.0f ms after the restart",
 		info.Last, float64(listening.Microseconds())/1e3, want, float64(took.Microseconds())/1e3)
+	anonAfter, err1 := procStatus(d.PID, "RssAnon")
+	fileAfter, err2 := procStatus(d.PID, "RssFile")
+	if anonBefore > 0 && err1 == nil && err2 == nil {
+		res.Note += fmt.Sprintf("; daemon's anonymous memory %.0f MiB before the kill, %.0f MiB after the restart (file pages mapped: %.0f MiB)",
+			float64(anonBefore)/(1<<20), float64(anonAfter)/(1<<20), float64(fileAfter)/(1<<20))
+	}
 	if n, err := segmentBytes(d.dir); err == nil && n > 0 {
 		over := float64(n)/float64(info.Last) - float64(r.cfg.Size)
 		res.Note += fmt.Sprintf("; on disk %d bytes of segments, %.1f bytes a message beyond its body", n, over)
