@@ -115,12 +115,15 @@ func (d *Daemon) start(listen, daemonListen string) error {
 	return nil
 }
 
-// Restart kills the daemon with SIGKILL and starts it again on the same
-// state directory, its registry on registry and its group daemon on group
-// (the addresses it had), as a service manager restarts a crashed daemon;
-// it returns once the new one listens.
-func (d *Daemon) Restart(registry, group string) error {
-	d.kill()
+// Kill kills the daemon with SIGKILL and waits for its process to end,
+// as a crash would end it; Start starts it again.
+func (d *Daemon) Kill() { d.kill() }
+
+// Start starts a killed daemon again on the same state directory, its
+// registry on registry and its group daemon on group (the addresses it
+// had), as a service manager restarts a crashed daemon; it returns once
+// the new one listens.
+func (d *Daemon) Start(registry, group string) error {
 	return d.start(registry, group)
 }
 

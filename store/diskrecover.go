@@ -327,19 +327,26 @@ func (d *DiskLog) readSegments(bases []uint64, headers []segHeader, idxs map[uin
 		next <- i
 	}
 	close(next)
+	// The sealed segments' indexes first: they size the columns, and the
+	// last one says how many bytes a message takes, to size the newest's.
+	perMsg := 0.0
+	for i, base := range bases[:len(bases)-1] {
+		if idxs[base] {
+			if v, err := readIndex(filepath.Join(d.dir, idxName(base))); err == nil && v.base == base {
+				reads[i].x = &v
+				if v.last >= base {
+					perMsg = float64(v.segLen-segHeaderSize) / float64(v.last+1-base)
+				}
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(bases)) {
 		wg.Go(func() {
-			r := replay{dir: d.dir, floor: floor, entries: make([]Entry, 0, 256)}
+			r := replay{dir: d.dir, floor: floor, entries: make([]Entry, 0, 256), perMsg: perMsg}
 			for i := range next {
-				base, last := bases[i], i == len(bases)-1
 				rd := &reads[i]
-				if idxs[base] && !last {
-					if v, err := readIndex(filepath.Join(d.dir, idxName(base))); err == nil && v.base == base {
-						rd.x = &v
-					}
-				}
-				rd.res, rd.err = r.segment(headers[i], rd.x, last, synced)
+				rd.res, rd.err = r.segment(headers[i], rd.x, i == len(bases)-1, synced)
 				if rd.err == nil {
 					rd.mf, rd.seq, rd.time, rd.dict = r.mf, r.seq, r.time, r.dec.dict
 				}
@@ -359,6 +366,7 @@ type replay struct {
 	dec     recordDecoder
 	entries []Entry
 	mf      *mappedFile // the messages kept from the segment being read
+	perMsg  float64     // bytes a message takes in a segment, if known
 }
 
 // segmentResult is what reading one segment found.
@@ -389,10 +397,21 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 		}
 		r.mf.dict = r.dec.dict
 	}()
-	if x != nil && x.last >= max(h.base, r.floor) {
-		n := x.last + 1 - max(h.base, r.floor)
+	// Size the columns once and fault them in with one call each: on a VM
+	// a page fault per page of fresh memory, as appends grow them, costs
+	// more than filling them.
+	n := 0
+	switch {
+	case x != nil && x.last >= max(h.base, r.floor):
+		n = int(x.last + 1 - max(h.base, r.floor))
+	case x == nil && r.perMsg > 0:
+		n = int(float64(len(p)-segHeaderSize)/r.perMsg*1.1) + 16
+	}
+	if n > 0 {
 		r.mf.times, r.mf.starts, r.mf.ends = make([]int64, 0, n), make([]uint32, 0, n), make([]uint32, 0, n)
 		r.mf.from, r.mf.ids = make([]uint32, 0, n), make([][16]byte, 0, n)
+		prefaultColumns(&columns{times: r.mf.times[:n], ends: r.mf.ends[:n], from: r.mf.from[:n], ids: r.mf.ids[:n]})
+		prefaultColumns(&columns{ends: r.mf.starts[:n]})
 	}
 	res.index = segIndex{base: h.base, last: h.base - 1}
 	r.dec = recordDecoder{}
