@@ -215,6 +215,12 @@ func (s *shares) fairLocked(r resource) int {
 }
 
 func (cs *connShare) addLocked(c *call, r resource, n int) {
+	if c.cut.Load() {
+		// What a call cut off holds is on its way back (cutLocked): as
+		// it gives back (or, in a race with the cut, takes), so does
+		// cutting, which comes back to zero when the call ends.
+		cs.s.cutting[r] += n
+	}
 	c.shareHeld[r] += n
 	cs.held[r] += n
 	cs.addr.held[r] += n
@@ -256,9 +262,6 @@ func (cs *connShare) end(c *call) {
 	cs.addr.calls.remove(c)
 	held := c.shareHeld
 	for r := range nResources {
-		if c.cut.Load() {
-			s.cutting[r] -= held[r]
-		}
 		cs.addLocked(c, r, -held[r])
 	}
 	c.requestHeld, c.replyHeld = 0, 0
