@@ -59,9 +59,12 @@ const (
 // initial window keeps an idle connection cheap, and quic-go grows a
 // window that is used fast, up to its maximum. The connection window bounds
 // what all of a connection's streams together can make the server buffer
-// before its handlers read it.
+// before its handlers read it. A stream's initial window is also what a
+// stalled stream (a request that never completes) makes quic-go buffer for
+// it: 16 KiB holds every request but a large batch, which gets more as it
+// is read, and keeps a stalled operation's cost near 40 KiB (memory.go).
 const (
-	initialStreamReceiveWindow     = 64 << 10
+	initialStreamReceiveWindow     = 16 << 10
 	initialConnectionReceiveWindow = 512 << 10
 	maxConnectionReceiveWindow     = 4 << 20
 	// What peers may make a server hold in requests, replies and
