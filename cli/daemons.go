@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -306,6 +307,7 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	df.say(fmt.Sprintf("huddle registry listening on %s, fingerprint %s", r.Addr(), r.Fingerprint()),
 		"registry listening", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String())
 	tryLines(&df, "clients", r.Addr())
+	limitMemory(cfg.Logger, cfg.Memory())
 	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, r.Readiness)
 	if err != nil {
 		r.Close()
@@ -535,6 +537,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 		return fail(env, "serve", listenErr(err, "--listen", cfg.Listen))
 	}
 	announceGroups(&df, d)
+	limitMemory(cfg.Logger, cfg.Memory())
 	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, d.Readiness)
 	if err != nil {
 		d.Close()
@@ -630,6 +633,8 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		"registry listening", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String())
 	announceGroups(&df, d)
 	tryLines(&df, "try", r.Addr())
+	rm, gm := rcfg.Memory(), gcfg.Memory()
+	limitMemory(log, daemon.Memory{Base: gm.Base, Peers: rm.Peers + gm.Peers, PerAddr: rm.PerAddr + gm.PerAddr, Retained: gm.Retained})
 	stopTelemetry, err := df.serveTelemetry(ctx, env, log, m, func() error {
 		return errors.Join(r.Readiness(), d.Readiness())
 	})
@@ -650,6 +655,19 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		return fail(env, "up", err)
 	}
 	return ExitOK
+}
+
+// limitMemory sets the process's soft memory limit (debug.SetMemoryLimit)
+// to the most its daemons may use, so that the garbage a burst leaves is
+// collected before the process grows past what SECURITY.md promises;
+// GOMEMLIMIT, if set, wins.
+func limitMemory(log *slog.Logger, m daemon.Memory) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		log.Info("memory limit from GOMEMLIMIT", "mib", debug.SetMemoryLimit(-1)>>20)
+		return
+	}
+	debug.SetMemoryLimit(m.Total())
+	log.Info("memory limit", "mib", m.Total()>>20, "peers_mib", m.Peers>>20, "per_address_mib", m.PerAddr>>20, "logs_mib", m.Retained>>20)
 }
 
 // announceGroups says, once listening, where a group daemon is and what it

@@ -145,8 +145,9 @@ func (s *server) start() error {
 		return errors.New("daemon: serve before listen")
 	}
 	s.started = true
-	s.connWG.Add(1)
+	s.connWG.Add(2)
 	go s.acceptLoop()
+	go s.reclaimLoop()
 	return nil
 }
 
@@ -188,6 +189,7 @@ func (s *server) acceptLoop() {
 			continue
 		}
 		s.conns[conn] = struct{}{}
+		s.peakConns = max(s.peakConns, len(s.conns))
 		s.perAddr[key]++
 		s.connWG.Add(1)
 		s.mu.Unlock()

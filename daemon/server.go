@@ -206,6 +206,7 @@ type server struct {
 	started   bool
 	closed    bool
 	conns     map[*quic.Conn]struct{}
+	peakConns int                       // most connections since the memory reclaimer last looked
 	perAddr   map[netip.Prefix]int      // connections open per source (see addrKey)
 	reading   map[*quic.Stream]struct{} // streams whose request is being read
 	closeOnce sync.Once

@@ -144,6 +144,9 @@ type shares struct {
 	// cutting is what calls cut off but not ended yet still hold: it is
 	// on its way back, so it is not cut for twice.
 	cutting amounts
+	// peak is the most held since the memory reclaimer last looked, in
+	// bytes (heldBytesLocked).
+	peak int64
 }
 
 func newShares(l shareLimits) *shares {
@@ -226,6 +229,9 @@ func (cs *connShare) addLocked(c *call, r resource, n int) {
 	cs.addr.held[r] += n
 	cs.key.held[r] += n
 	cs.s.held[r] += n
+	if n > 0 {
+		cs.s.peak = max(cs.s.peak, cs.s.heldBytesLocked())
+	}
 }
 
 // admit starts operation c: it takes one of resOps, and lists c among its
