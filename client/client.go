@@ -166,6 +166,8 @@ type Client struct {
 	udp    *net.UDPConn
 	peers  map[string]*peer
 	closed bool
+
+	now func() time.Time // the clock; tests set it (export_test.go)
 }
 
 // New returns a Client. It does no I/O: the socket is opened on first use.
@@ -173,7 +175,7 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer)}
+	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), now: time.Now}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -282,17 +284,53 @@ type peer struct {
 	mu   sync.Mutex
 	conn *quic.Conn
 	seen wire.Fingerprint // the fingerprint the server presented
+	// stopped is when the server last closed the connection because it is
+	// shutting down (close code 0x2): for shutdownWait after it, calls
+	// fail at once with ErrShuttingDown instead of dialling a server that
+	// is going away.
+	stopped time.Time
+	dialled time.Time // when conn was dialled
 }
+
+// noticeClose records when conn was closed, if its server closed it
+// because it is shutting down.
+func (p *peer) noticeClose(conn *quic.Conn) {
+	if !shuttingDown(conn, nil) {
+		return
+	}
+	p.mu.Lock()
+	p.stopped = p.c.now()
+	p.mu.Unlock()
+}
+
+// shutdownWait is how long after a server closed its connection because
+// it is shutting down the client takes it at its word, the time to wait
+// its own refusals give while it stops (PROTOCOL.md §3, "Shutting
+// down": do not dial the same server again at once): a call in that
+// time gets ErrShuttingDown at once. Without it, a call made after the
+// close but before the server was gone dialled again, and waited for the
+// dial to time out (issue 15.14; TestGracefulStop saw 5 of 64 callers do
+// so under load). After it, the next call dials: a server restarted is
+// reached as soon as it is back.
+const shutdownWait = time.Second
 
 // get returns a live connection, dialling the addresses in order if there
 // is none.
 func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.conn != nil && p.conn.Context().Err() == nil {
-		return p.conn, nil
+	if p.conn != nil {
+		if p.conn.Context().Err() == nil {
+			return p.conn, nil
+		}
+		if shuttingDown(p.conn, nil) && p.stopped.Before(p.dialled) {
+			p.stopped = p.c.now() // before noticeClose could say so
+		}
 	}
 	p.conn = nil
+	if !p.stopped.Before(p.dialled) && p.c.now().Sub(p.stopped) < shutdownWait {
+		return nil, ErrShuttingDown
+	}
 	tr, err := p.c.transport()
 	if err != nil {
 		return nil, err
@@ -301,7 +339,8 @@ func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
 	for _, addr := range p.addrs {
 		conn, err := p.dial(ctx, tr, addr)
 		if err == nil {
-			p.conn = conn
+			p.conn, p.dialled = conn, p.c.now()
+			context.AfterFunc(conn.Context(), func() { p.noticeClose(conn) })
 			p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
 			p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
 			return conn, nil
@@ -411,12 +450,14 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 		if err == nil || ctx.Err() != nil || !connectionLost(conn, err) {
 			return err
 		}
-		p.drop(conn)
 		if shuttingDown(conn, err) {
 			// The server closed the connection because it is stopping:
 			// dialling it again would only wait for a server that is gone.
+			p.noticeClose(conn)
+			p.drop(conn)
 			return ErrShuttingDown
 		}
+		p.drop(conn)
 		if delivered {
 			// Part of a reply was handed out already: repeating the call
 			// would repeat it, so the caller decides.
