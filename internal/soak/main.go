@@ -3,7 +3,8 @@
 // fetching, watching and leaving for a few minutes, with new keys all the
 // time. It samples the process's goroutines and heap (after a GC) as it
 // goes, prints them with the throughput, and fails unless both are flat
-// after warm-up and come back down once the users leave.
+// after warm-up and come back down once the daemons have stopped (the
+// heap to within 4 MiB of where it was before they started).
 //
 // Everything stays on loopback: the daemons' mDNS is off and the users
 // dial the registry's address.

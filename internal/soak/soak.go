@@ -50,22 +50,62 @@ func measure(start time.Time, c *counters) sample {
 }
 
 // run runs the soak and reports; it fails if memory or goroutines grow
-// after warm-up, or do not come back down at the end.
+// after warm-up, or do not come back down once everything has stopped.
 func run(ctx context.Context, cfg config, out io.Writer) error {
 	base := measure(time.Now(), &counters{})
+	start := time.Now()
+	var c counters
+	// load owns the daemons: once it returns they are closed and nothing
+	// of ours refers to them, so what the heap still holds after it is
+	// what they failed to give back.
+	problems := load(ctx, cfg, out, start, &c)
+
+	// Everything the run started has stopped: goroutines and the heap come
+	// back to where they were (give the runtime a moment to reap).
+	var end sample
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		end = measure(start, &c)
+		if (end.goroutines <= base.goroutines && end.heap <= base.heap+heapLeftover) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "after: %d goroutines (%d before), heap %.1f MiB (%.1f before)\n",
+		end.goroutines, base.goroutines, float64(end.heap)/(1<<20), float64(base.heap)/(1<<20))
+	if end.goroutines > base.goroutines {
+		problems = append(problems, fmt.Errorf("%d goroutines left after everything stopped, %d before", end.goroutines, base.goroutines))
+	}
+	if end.heap > base.heap+heapLeftover {
+		problems = append(problems, fmt.Errorf("heap %.1f MiB after everything stopped, %.1f MiB before: more than %d MiB was not given back",
+			float64(end.heap)/(1<<20), float64(base.heap)/(1<<20), heapLeftover>>20))
+	}
+	return errors.Join(problems...)
+}
+
+// heapLeftover is what the heap may hold after the run beyond what it held
+// before: the pools (calls, buffers, scratch) that a burst leaves, which
+// the next two collections empty, and the runtime's own tables. The issue
+// that asked for this check (15.20) saw 54 MiB left, against 0.3 MiB before.
+const heapLeftover = 4 << 20
+
+// load starts a registry and a group daemon, runs the users against them
+// for cfg.duration, sampling as it goes, then closes the daemons. It
+// returns what went wrong.
+func load(ctx context.Context, cfg config, out io.Writer, start time.Time, c *counters) []error {
 	dir, err := os.MkdirTemp("", "huddle-soak-")
 	if err != nil {
-		return err
+		return []error{err}
 	}
 	defer os.RemoveAll(dir)
 	quiet := slog.New(slog.DiscardHandler)
 
 	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: dir + "/registry", Logger: quiet})
 	if err != nil {
-		return err
+		return []error{err}
 	}
 	if err := r.Listen(); err != nil {
-		return err
+		return []error{err}
 	}
 	var specs []daemon.GroupSpec
 	for i := range cfg.groups {
@@ -80,10 +120,12 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		Logger:    quiet,
 	})
 	if err != nil {
-		return err
+		r.Close()
+		return []error{err}
 	}
 	if err := d.Listen(); err != nil {
-		return err
+		r.Close()
+		return []error{err}
 	}
 	var servers sync.WaitGroup
 	sctx, stopServers := context.WithCancel(context.Background())
@@ -93,22 +135,20 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 
 	fmt.Fprintf(out, "soak: %d users, %d watchers, %d groups for %v; registry %s, group daemon %s\n",
 		cfg.users, cfg.watchers, cfg.groups, cfg.duration, r.Addr(), d.Addr())
-	var c counters
-	start := time.Now()
 	lctx, stopLoad := context.WithTimeout(ctx, cfg.duration)
 	defer stopLoad()
-	var load sync.WaitGroup
+	var users sync.WaitGroup
 	for i := range cfg.users {
-		load.Go(func() { user(lctx, i, r, &c) })
+		users.Go(func() { user(lctx, i, r, c) })
 	}
 	for i := range cfg.watchers {
-		load.Go(func() { watcher(lctx, i, r, &c) })
+		users.Go(func() { watcher(lctx, i, r, c) })
 	}
 
 	const row = "%6s %10s %8s %7s %7s %7s %9s %9s %12s %6s\n"
 	fmt.Fprintf(out, row, "time", "goroutines", "heap MiB", "msgs/s", "joins", "leaves", "fetched", "watched", "rate-limited", "errors")
 	var samples []sample
-	prev := measure(start, &c)
+	prev := measure(start, c)
 	tick := time.NewTicker(cfg.sample)
 	for running := true; running; {
 		select {
@@ -117,7 +157,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			running = false
 			continue // the users are leaving: not a sample of the load
 		}
-		s := measure(start, &c)
+		s := measure(start, c)
 		rate := float64(s.sent-prev.sent) / (s.at - prev.at).Seconds()
 		fmt.Fprintf(out, row, s.at.Round(time.Second), fmt.Sprint(s.goroutines), fmt.Sprintf("%.1f", float64(s.heap)/(1<<20)),
 			fmt.Sprintf("%.0f", rate), fmt.Sprint(c.joins.Load()), fmt.Sprint(c.leaves.Load()), fmt.Sprint(c.fetched.Load()),
@@ -126,7 +166,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		prev = s
 	}
 	tick.Stop()
-	load.Wait()
+	users.Wait()
 	elapsed := time.Since(start)
 	fmt.Fprintf(out, "sent %d messages in %v: %.0f msgs/s; %d joins, %d leaves, %d messages fetched, %d watched, %d sends rate-limited, %d errors\n",
 		c.sent.Load(), elapsed.Round(time.Second), float64(c.sent.Load())/elapsed.Seconds(),
@@ -139,25 +179,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if c.errs.Load() > 0 {
 		problems = append(problems, fmt.Errorf("%d operations failed", c.errs.Load()))
 	}
-	stopServers()
-	servers.Wait()
-	// Everything the run started has stopped: goroutines come back to where
-	// they were (give the runtime a moment to reap).
-	var end sample
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		end = measure(start, &c)
-		if end.goroutines <= base.goroutines || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	fmt.Fprintf(out, "after: %d goroutines (%d before), heap %.1f MiB (%.1f before)\n",
-		end.goroutines, base.goroutines, float64(end.heap)/(1<<20), float64(base.heap)/(1<<20))
-	if end.goroutines > base.goroutines {
-		problems = append(problems, fmt.Errorf("%d goroutines left after everything stopped, %d before", end.goroutines, base.goroutines))
-	}
-	return errors.Join(problems...)
+	return problems
 }
 
 // flat compares the medians of the last third of the samples with those of
