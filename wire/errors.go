@@ -93,7 +93,7 @@ func (c Code) String() string {
 // Error is the body of an Error frame, and the error a client gets back for
 // it. It matches its code's sentinel with errors.Is.
 //
-//	{1: code uint, 2: message text, 3: retry_after_ms uint, 4: epoch uint}
+//	{1: code uint, 2: message text, 3: retry_after_ms uint, 4: epoch uint, 5: leader Replica}
 type Error struct {
 	Code    Code   `cbor:"1,keyasint"`
 	Message string `cbor:"2,keyasint,omitempty"`
@@ -102,6 +102,10 @@ type Error struct {
 	RetryAfterMS uint64 `cbor:"3,keyasint,omitempty"`
 	// Epoch is set with CodeEpochMismatch: the current epoch.
 	Epoch uint64 `cbor:"4,keyasint,omitempty"`
+	// Leader may be set with CodeUnavailable by a member of a cell that
+	// does not lead it, for an operation only the leader runs (send, join,
+	// leave): the member that leads, to send it to (PROTOCOL.md §10).
+	Leader *Replica `cbor:"5,keyasint,omitempty"`
 }
 
 func (e *Error) Error() string {
@@ -125,6 +129,9 @@ func (e *Error) RetryAfter() time.Duration { return time.Duration(e.RetryAfterMS
 func (e *Error) check() error {
 	if e.Code == 0 {
 		return errors.New("error frame without a code")
+	}
+	if e.Leader != nil {
+		return e.Leader.check()
 	}
 	return nil
 }

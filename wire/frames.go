@@ -52,6 +52,12 @@ func (o Op) String() string {
 		return "fetch"
 	case OpWatch:
 		return "watch"
+	case OpCellStatus:
+		return "cell_status"
+	case OpCellAdd:
+		return "cell_add"
+	case OpCellRemove:
+		return "cell_remove"
 	}
 	return fmt.Sprintf("op_%d", uint16(o))
 }
@@ -83,7 +89,8 @@ const (
 // Register asks the registry to list a group and starts its lease. The
 // group daemon's fingerprint is the one on the connection, never a field.
 //
-//	{1: group uuid, 2: name, 3: addrs [text], 4: port uint, 5: members uint, 6: last_seq uint}
+//	{1: group uuid, 2: name, 3: addrs [text], 4: port uint, 5: members uint, 6: last_seq uint,
+//	 7: replicas [Replica]}
 //
 // Addrs are "host:port" strings clients should dial; when empty the registry
 // lists the connection's source address with Port.
@@ -94,9 +101,17 @@ type Register struct {
 	Port    uint16   `cbor:"4,keyasint,omitempty"`
 	Members uint64   `cbor:"5,keyasint,omitempty"`
 	LastSeq uint64   `cbor:"6,keyasint,omitempty"`
+	// Replicas, from a member of a cell, are the cell's members, the
+	// leader marked; every member registers the group, and the registry
+	// lists it once (PROTOCOL.md §10). One of them must be the
+	// registering daemon's key.
+	Replicas []Replica `cbor:"7,keyasint,omitempty"`
 }
 
 func (r *Register) check() error {
+	if err := checkReplicas(r.Replicas); err != nil {
+		return err
+	}
 	if err := requireGroup(r.Group); err != nil {
 		return err
 	}
@@ -201,7 +216,7 @@ type Groups struct {
 // GroupEntry is one group in a registry listing.
 //
 //	{1: uuid, 2: name, 3: addrs [text], 4: fingerprint bytes(32),
-//	 5: members uint, 6: last_seq uint, 7: expires_ms uint}
+//	 5: members uint, 6: last_seq uint, 7: expires_ms uint, 8: replicas [Replica]}
 type GroupEntry struct {
 	Group       UUID        `cbor:"1,keyasint"`
 	Name        string      `cbor:"2,keyasint"`
@@ -210,6 +225,10 @@ type GroupEntry struct {
 	Members     uint64      `cbor:"5,keyasint,omitempty"`
 	LastSeq     uint64      `cbor:"6,keyasint,omitempty"`
 	ExpiresMS   uint64      `cbor:"7,keyasint,omitempty"`
+	// Replicas, for a group replicated by a cell, are the cell's members,
+	// the leader marked; Addrs and Fingerprint are then the leader's (a
+	// member's while none is known). Absent for a group of one daemon.
+	Replicas []Replica `cbor:"8,keyasint,omitempty"`
 }
 
 // GroupRef names the group of info, leave and members.
@@ -235,7 +254,7 @@ func requireGroup(g UUID) error {
 //	{1: group uuid, 2: name, 3: epoch uint, 4: first uint, 5: last uint,
 //	 6: members uint, 7: limits Limits, 8: private bool, 9: member bool,
 //	 10: fingerprint bytes(32), 11: storage text, 12: fsync text,
-//	 13: fsync_interval_ms uint}
+//	 13: fsync_interval_ms uint, 14: replicas [Replica]}
 //
 // Keys 11..13 were added within huddle/1 (absent from older daemons: not
 // reported).
@@ -257,6 +276,10 @@ type Info struct {
 	Fsync string `cbor:"12,keyasint,omitempty"`
 	// FsyncIntervalMS is the interval of FsyncInterval.
 	FsyncIntervalMS uint64 `cbor:"13,keyasint,omitempty"`
+	// Replicas, for a group replicated by a cell, are the cell's members,
+	// the leader marked (PROTOCOL.md §10); absent for a group of one
+	// daemon.
+	Replicas []Replica `cbor:"14,keyasint,omitempty"`
 }
 
 // Values of Info.Storage and Info.Fsync.
@@ -462,13 +485,17 @@ type Ack struct {
 // CodeEpochMismatch: a cursor is never matched against another epoch's
 // sequence numbers.
 //
-//	{1: group uuid, 2: since int, 3: after uint, 4: limit uint, 5: epoch uint}
+//	{1: group uuid, 2: since int, 3: after uint, 4: limit uint, 5: epoch uint, 6: min_seq uint}
 type Fetch struct {
 	Group UUID    `cbor:"1,keyasint"`
 	Since *int64  `cbor:"2,keyasint,omitempty"`
 	After *uint64 `cbor:"3,keyasint,omitempty"`
 	Limit uint64  `cbor:"4,keyasint,omitempty"`
 	Epoch uint64  `cbor:"5,keyasint,omitempty"`
+	// MinSeq, if not zero, asks a replica of a cell's group to answer only
+	// once its log holds message MinSeq (read-your-writes: the client was
+	// acknowledged it); see PROTOCOL.md §10.
+	MinSeq uint64 `cbor:"6,keyasint,omitempty"`
 }
 
 func (f *Fetch) check() error {
@@ -481,12 +508,14 @@ func (f *Fetch) check() error {
 // Watch is a fetch that does not end: the same selection, then live
 // messages as they arrive. Limit is not used.
 //
-//	{1: group uuid, 2: since int, 3: after uint, 5: epoch uint}
+//	{1: group uuid, 2: since int, 3: after uint, 5: epoch uint, 6: min_seq uint}
 type Watch struct {
 	Group UUID    `cbor:"1,keyasint"`
 	Since *int64  `cbor:"2,keyasint,omitempty"`
 	After *uint64 `cbor:"3,keyasint,omitempty"`
 	Epoch uint64  `cbor:"5,keyasint,omitempty"`
+	// MinSeq: as Fetch's.
+	MinSeq uint64 `cbor:"6,keyasint,omitempty"`
 }
 
 func (w *Watch) check() error {

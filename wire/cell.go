@@ -1,0 +1,138 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Operations of a cell's members (PROTOCOL.md §10): a group daemon that is
+// a member of a cell answers them on huddle/1.
+const (
+	// OpCellStatus asks a member for its view of its cell (CellStatus).
+	// Anyone may ask: it names addresses and keys the registry lists too.
+	OpCellStatus Op = 23
+	// OpCellAdd asks the leader to add a member (CellMember); only a key of
+	// one of the cell's members may.
+	OpCellAdd Op = 24
+	// OpCellRemove asks the leader to remove a member (CellMember); only a
+	// key of one of the cell's members may.
+	OpCellRemove Op = 25
+)
+
+// MaxReplicas is the most replicas a cell lists: raft cells have 3 or 5
+// members, and a few more while one is being replaced.
+const MaxReplicas = 9
+
+// Replica is one member of the cell that hosts a replicated group: the
+// address its group daemon serves huddle/1 (and the cell's traffic) on,
+// its key's fingerprint, and whether it leads the cell.
+//
+//	{1: addr text, 2: fingerprint bytes(32), 3: leader bool}
+type Replica struct {
+	Addr        string      `cbor:"1,keyasint"`
+	Fingerprint Fingerprint `cbor:"2,keyasint"`
+	Leader      bool        `cbor:"3,keyasint,omitempty"`
+}
+
+func (r *Replica) check() error {
+	switch {
+	case r.Addr == "":
+		return errors.New("a replica without an address")
+	case len(r.Addr) > MaxAddrBytes:
+		return fmt.Errorf("a replica address of %d bytes, at most %d: %w", len(r.Addr), MaxAddrBytes, ErrTooLarge)
+	case r.Fingerprint.IsZero():
+		return errors.New("a replica without a fingerprint")
+	}
+	return nil
+}
+
+func checkReplicas(rs []Replica) error {
+	if len(rs) > MaxReplicas {
+		return fmt.Errorf("%d replicas, at most %d: %w", len(rs), MaxReplicas, ErrTooLarge)
+	}
+	leaders := 0
+	for i := range rs {
+		if err := rs[i].check(); err != nil {
+			return err
+		}
+		if rs[i].Leader {
+			leaders++
+		}
+	}
+	if leaders > 1 {
+		return fmt.Errorf("%d replicas marked leader", leaders)
+	}
+	return nil
+}
+
+// CellQuery is the request of cell_status: empty today.
+//
+//	{}
+type CellQuery struct{}
+
+// CellMember is the request of cell_add and cell_remove: the member to add
+// (address and fingerprint) or remove (fingerprint; the address is
+// ignored).
+//
+//	{1: addr text, 2: fingerprint bytes(32)}
+type CellMember struct {
+	Addr        string      `cbor:"1,keyasint,omitempty"`
+	Fingerprint Fingerprint `cbor:"2,keyasint"`
+}
+
+func (m *CellMember) check() error {
+	if m.Fingerprint.IsZero() {
+		return errors.New("a member without a fingerprint")
+	}
+	if len(m.Addr) > MaxAddrBytes {
+		return fmt.Errorf("an address of %d bytes, at most %d: %w", len(m.Addr), MaxAddrBytes, ErrTooLarge)
+	}
+	return nil
+}
+
+// CellChanged is the result of cell_add and cell_remove: the members of the
+// cell once the change is committed.
+//
+//	{1: members [Replica]}
+type CellChanged struct {
+	Members []Replica `cbor:"1,keyasint"`
+}
+
+// CellStatus is the result of cell_status: one member's view of its cell.
+//
+//	{1: self Replica, 2: state text, 3: term uint, 4: leader Replica,
+//	 5: commit_index uint, 6: applied_index uint, 7: last_index uint,
+//	 8: last_contact_ms int (-1: never; 0 on the leader),
+//	 9: members [Replica], 10: groups [CellGroup]}
+type CellStatus struct {
+	Self         Replica     `cbor:"1,keyasint"`
+	State        string      `cbor:"2,keyasint"` // "leader", "follower", "candidate", "shutdown"
+	Term         uint64      `cbor:"3,keyasint"`
+	Leader       *Replica    `cbor:"4,keyasint,omitempty"`
+	CommitIndex  uint64      `cbor:"5,keyasint"`
+	AppliedIndex uint64      `cbor:"6,keyasint"`
+	LastIndex    uint64      `cbor:"7,keyasint"`
+	LastContact  int64       `cbor:"8,keyasint"`
+	Members      []Replica   `cbor:"9,keyasint"`
+	Groups       []CellGroup `cbor:"10,keyasint"`
+}
+
+func (s *CellStatus) check() error {
+	if s.Leader != nil {
+		if err := s.Leader.check(); err != nil {
+			return err
+		}
+	}
+	return checkReplicas(s.Members)
+}
+
+// CellGroup is one of a cell's groups as one member holds it.
+//
+//	{1: group uuid, 2: name text, 3: epoch uint, 4: last uint, 5: members uint}
+type CellGroup struct {
+	Group   UUID   `cbor:"1,keyasint"`
+	Name    string `cbor:"2,keyasint"`
+	Epoch   uint64 `cbor:"3,keyasint"`
+	Last    uint64 `cbor:"4,keyasint"`
+	Members uint64 `cbor:"5,keyasint"`
+}
