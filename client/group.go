@@ -21,6 +21,10 @@ type Group struct {
 	mu sync.Mutex
 	p  *peer
 	b  *batcher // nil until the first batched Send
+	// A group replicated by a cell (cell.go): its members, the highest
+	// sequence number acknowledged and its epoch.
+	replicas         []wire.Replica
+	ackEpoch, ackSeq uint64
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
@@ -35,7 +39,9 @@ func (c *Client) Group(e GroupEntry) (*Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Group{id: e.Group, name: e.Name, cl: c, p: p}, nil
+	g := &Group{id: e.Group, name: e.Name, cl: c, p: p}
+	g.learnReplicas(e.Replicas)
+	return g, nil
 }
 
 // Group returns a handle on a group from this registry's listing. When its
@@ -93,6 +99,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 	if err := g.peer().single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
 		return Info{}, g.fail("info", err)
 	}
+	g.learnReplicas(info.Replicas)
 	return infoFrom(&info), nil
 }
 
@@ -102,7 +109,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 // ErrUnavailable (the group is full), ErrBadRequest (bad name).
 func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, error) {
 	var j wire.Joined
-	if err := g.peer().single(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
+	if err := g.leaderCall(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
 		return Joined{}, g.fail("join", err)
 	}
 	return Joined{Epoch: j.Epoch, Last: j.Last, Already: j.Already}, nil
@@ -112,7 +119,7 @@ func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, e
 // Errors: ErrNotFound.
 func (g *Group) Leave(ctx context.Context) (bool, error) {
 	var l wire.Left
-	if err := g.peer().single(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l); err != nil {
+	if err := g.leaderCall(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l); err != nil {
 		return false, g.fail("leave", err)
 	}
 	return l.WasMember, nil
@@ -234,11 +241,14 @@ func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error
 // acknowledges each.
 func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, error) {
 	var s wire.Sent
-	if err := g.peer().single(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
+	if err := g.leaderCall(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
 		return wire.Sent{}, g.fail("send", err)
 	}
 	if len(s.Acks) != len(msgs) {
 		return wire.Sent{}, g.fail("send", fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol))
+	}
+	for _, a := range s.Acks {
+		g.sawSeq(s.Epoch, a.Seq)
 	}
 	return s, nil
 }
@@ -314,7 +324,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	if err != nil {
 		return Cursor{}, g.fail("fetch", err)
 	}
-	req := wire.Fetch{Group: g.id, Since: since, After: after, Epoch: q.Epoch}
+	req := wire.Fetch{Group: g.id, Since: since, After: after, Epoch: q.Epoch, MinSeq: g.minSeq(q.Epoch)}
 	var cur Cursor
 	first := true
 	left := q.Limit

@@ -107,6 +107,10 @@ type Registration struct {
 	Port    uint16
 	Members uint64
 	LastSeq uint64
+	// Replicas, for a group replicated by a cell, are the cell's members,
+	// the leader marked; the registry lists the group once, and any
+	// replica's key may renew it (PROTOCOL.md §13).
+	Replicas []Replica
 }
 
 // Renewal extends a registration's lease (Renew). Epoch is the registry's

@@ -124,7 +124,12 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 			return
 		}
 		backoff = min(2*backoff, watchBackoffMax)
-		if errors.Is(err, ErrUnreachable) {
+		switch {
+		case w.g.replicated() && w.g.cellRetryable(err):
+			// Any replica serves the watch, from the same cursor in the
+			// same epoch: no gap, no repeat, no reset.
+			w.g.nextReplica()
+		case errors.Is(err, ErrUnreachable):
 			w.g.refresh(ctx)
 		}
 	}
@@ -151,7 +156,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 	defer timer.Stop()
 	deadAfter := silence
 
-	req := wire.Watch{Group: w.g.id, Since: w.since, After: w.after, Epoch: w.epoch}
+	req := wire.Watch{Group: w.g.id, Since: w.since, After: w.after, Epoch: w.epoch, MinSeq: w.g.minSeq(w.epoch)}
 	p := w.g.peer()
 	// A heartbeat that is late by a quarter starts a probe (see latePing);
 	// it is armed once Start says how often heartbeats come.

@@ -1,0 +1,176 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// A group replicated by a cell (PROTOCOL.md §10) is served by each of the
+// cell's members: sends, joins and leaves by its leader, fetches and
+// watches by any. A Group follows the leader by itself: a member that
+// does not lead answers unavailable naming the leader, and the call is
+// repeated there with the same arguments (a send's message IDs included,
+// so a send the old leader stored is acknowledged once, as a duplicate).
+// While the cell elects a leader, or when the member it knew is
+// unreachable, it tries the other replicas it knows of (from the
+// registry's listing, Info, and the leaders it was sent to) until the
+// call's context ends, at most cellFollowFor.
+
+// Replica is a member of the cell that replicates a group: its address,
+// its key's fingerprint, and whether it leads the cell.
+type Replica = wire.Replica
+
+// cellFollowFor bounds how long a call to a replicated group keeps
+// looking for its leader when its context has no deadline.
+const cellFollowFor = 15 * time.Second
+
+// cellRetryMin is the least wait before trying the next replica.
+const cellRetryMin = 50 * time.Millisecond
+
+// Replicas returns the members of the cell that replicates the group, as
+// this handle knows them (the leader marked), or nil for a group of one
+// daemon.
+func (g *Group) Replicas() []Replica {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]Replica(nil), g.replicas...)
+}
+
+// learnReplicas records rs as the cell's members, if there are any.
+func (g *Group) learnReplicas(rs []wire.Replica) {
+	if len(rs) == 0 {
+		return
+	}
+	g.mu.Lock()
+	g.replicas = append(g.replicas[:0], rs...)
+	g.mu.Unlock()
+}
+
+// follow points the handle at r, the cell's leader.
+func (g *Group) follow(r wire.Replica) error {
+	p, err := g.cl.peer([]string{r.Addr}, r.Fingerprint, nil)
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.p = p
+	known := false
+	for i := range g.replicas {
+		g.replicas[i].Leader = g.replicas[i].Fingerprint == r.Fingerprint
+		known = known || g.replicas[i].Leader
+	}
+	if !known && len(g.replicas) > 0 {
+		g.replicas = append(g.replicas, wire.Replica{Addr: r.Addr, Fingerprint: r.Fingerprint, Leader: true})
+	}
+	return nil
+}
+
+// nextReplica points the handle at the replica after the one it uses, and
+// reports whether there is another to try.
+func (g *Group) nextReplica() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.replicas) < 2 {
+		return false
+	}
+	at := -1
+	for i, r := range g.replicas {
+		if r.Fingerprint == g.p.pin {
+			at = i
+		}
+	}
+	r := g.replicas[(at+1)%len(g.replicas)]
+	p, err := g.cl.peer([]string{r.Addr}, r.Fingerprint, nil)
+	if err != nil {
+		return false
+	}
+	g.p = p
+	return true
+}
+
+// replicated reports whether the group is known to be replicated by a
+// cell.
+func (g *Group) replicated() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.replicas) > 0
+}
+
+// leaderCall performs an operation only a cell's leader runs (send, join,
+// leave): on a group of one daemon, it is single; on a replicated group,
+// it follows the leader as the package comment above says.
+func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error {
+	if _, ok := ctx.Deadline(); !ok && g.replicated() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cellFollowFor)
+		defer cancel()
+	}
+	for redirects := 0; ; redirects++ {
+		err := g.peer().single(ctx, op, args, out)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		var we *wire.Error
+		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
+		if leader && redirects < 2*wire.MaxReplicas {
+			if ferr := g.follow(*we.Leader); ferr != nil {
+				return err
+			}
+			continue
+		}
+		if !g.replicated() || !g.cellRetryable(err) {
+			return err
+		}
+		wait := cellRetryMin
+		if d, ok := RetryAfter(err); ok && d > wait {
+			wait = d
+		}
+		if !sleep(ctx, jitter(wait)) {
+			return err
+		}
+		if !leader {
+			g.nextReplica()
+		}
+	}
+}
+
+// cellRetryable reports whether another replica, or the same one a moment
+// later, may do what err refused: the cell had no leader, or the member
+// was unreachable or stopping.
+func (g *Group) cellRetryable(err error) bool {
+	var we *wire.Error
+	switch {
+	case errors.Is(err, ErrUnreachable), errors.Is(err, ErrShuttingDown):
+		return true
+	case errors.As(err, &we):
+		return we.Code == wire.CodeUnavailable
+	}
+	return false
+}
+
+// sawSeq records that the group acknowledged seq under epoch: fetches and
+// watches of a replicated group then ask for it (MinSeq), so that any
+// replica answers with it (read-your-writes).
+func (g *Group) sawSeq(epoch, seq uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if epoch != g.ackEpoch {
+		g.ackEpoch, g.ackSeq = epoch, 0
+	}
+	g.ackSeq = max(g.ackSeq, seq)
+}
+
+// minSeq returns the MinSeq to ask of a replica for a read under epoch (0:
+// the current one, whatever it is).
+func (g *Group) minSeq(epoch uint64) uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.replicas) == 0 || (epoch != 0 && epoch != g.ackEpoch) {
+		return 0
+	}
+	return g.ackSeq
+}
