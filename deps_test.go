@@ -35,19 +35,19 @@ var importRules = map[string][]string{
 	"cell":      {"wire", "identity", "store"},
 	// daemon is today both daemons and their server machinery; issue 18's
 	// split gives each its own package and rule.
-	"daemon":  {"wire", "identity", "store", "client", "discovery", "metrics"},
+	"daemon":  {"wire", "identity", "store", "cell", "client", "discovery", "metrics"},
 	"loadgen": {"wire", "identity", "client"},
 	"web":     {"wire", "identity", "client"},
-	"cli": {"wire", "identity", "store", "client", "discovery", "metrics",
+	"cli": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
 		"daemon", "loadgen", "web"},
-	"": {"cli", "wire", "identity", "store", "client", "discovery", "metrics",
+	"": {"cli", "wire", "identity", "store", "cell", "client", "discovery", "metrics",
 		"daemon", "loadgen", "web"},
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
-	"internal/soak":     {"wire", "identity", "store", "client", "daemon", "discovery", "metrics"},
+	"internal/soak":     {"wire", "identity", "store", "cell", "client", "daemon", "discovery", "metrics"},
 	"internal/faults":   nil,
 	"internal/jepsen":   nil,
 	"e2e":               nil,

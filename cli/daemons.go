@@ -482,6 +482,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	var cfg daemon.GroupConfig
 	var registries registryAddrsValue
 	var registryPins []string
+	var cf cellFlags
 	fs := newFlags(env, "serve", "--group NAME [--group NAME]... [--listen ADDR] [--advertise ADDR] [--registry ADDR]...\n                    [--state-dir DIR] [--max-msgs N] [--max-bytes SIZE] [--max-age DURATION]",
 		"Run a group daemon hosting the named groups and register them with every registry given (--registry)\nand every registry found over mDNS (unless --no-mdns), each on its own lease, so that no registry is\na single point of failure. A registry that moves or restarts is followed.\nEach group keeps its UUID, members and messages across restarts and crashes (in --state-dir, messages in\n--data-dir), unless --storage memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
 		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373,192.168.1.21:7373")
@@ -490,6 +491,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	fs.Var(&registries, "registry", "register with the registry at HOST[:PORT] (repeatable, or comma-separated; as well as those found over mDNS)")
 	fs.StringSliceVar(&registryPins, "registry-fingerprint", nil, "trust only registries with this fingerprint (repeatable, or comma-separated; default: trust each given registry's first key and follow it if it changes, loudly)")
 	gf.register(fs, nil)
+	cf.register(fs)
 	mf := mdnsFlags{}
 	mf.register(fs, "look for registries over mDNS")
 	df.register(fs)
@@ -510,6 +512,9 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	}
 	cfg.Discover, cfg.Interfaces = !mf.off, mf.ifaces
 	if err := gf.apply(env, &cfg); err != nil {
+		return usageErr(env, "serve", "%v", err)
+	}
+	if err := cf.apply(&cfg); err != nil {
 		return usageErr(env, "serve", "%v", err)
 	}
 	for _, pin := range registryPins {

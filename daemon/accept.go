@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -52,7 +54,7 @@ func (s *server) listen(id *identity.Identity) error {
 		ConnContext:         s.connContext,
 		VerifySourceAddress: s.verifySourceAddress,
 	}
-	ln, err := tr.Listen(id.ServerTLS(), quicConfig(s.cfg))
+	ln, err := tr.Listen(s.tlsConfig(id), quicConfig(s.cfg))
 	if err != nil {
 		tr.Close()
 		udp.Close()
@@ -61,6 +63,33 @@ func (s *server) listen(id *identity.Identity) error {
 	s.udp, s.tr, s.ln = udp, tr, ln
 	close(s.ready)
 	return nil
+}
+
+// tlsConfig is the listener's TLS configuration: huddle/1, and for a
+// member of a cell the cell's ALPN too, whose peers must present a
+// member's key.
+func (s *server) tlsConfig(id *identity.Identity) *tls.Config {
+	c := id.ServerTLS()
+	if s.cfg.cell == nil {
+		return c
+	}
+	c.NextProtos = append(c.NextProtos, cell.ALPN)
+	verify := c.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.NegotiatedProtocol == cell.ALPN {
+			return s.cfg.cell.verify(cs)
+		}
+		return verify(cs)
+	}
+	return c
+}
+
+// transport returns the server's QUIC transport (nil before listen): a
+// cell's node dials its peers from it.
+func (s *server) transport() *quic.Transport {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tr
 }
 
 // statelessResetKey derives the key of the QUIC stateless resets the
@@ -164,6 +193,11 @@ func (s *server) acceptLoop() {
 		peer, err := identity.PeerFingerprint(conn.ConnectionState().TLS)
 		if err != nil { // ServerTLS requires a certificate; this is defence in depth
 			conn.CloseWithError(wire.ConnProtocolViolation, "client certificate required")
+			continue
+		}
+		if s.cfg.cell != nil && conn.ConnectionState().TLS.NegotiatedProtocol == cell.ALPN {
+			// A member of the cell: its transport owns the connection.
+			s.cfg.cell.handle(conn)
 			continue
 		}
 		key := addrKey(conn.RemoteAddr())

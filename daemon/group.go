@@ -23,6 +23,10 @@ type group struct {
 	broken error            // the log could not be opened: the group is not served
 	dir    string           // the state directory
 	now    func() time.Time // the daemon's clock: stamps, presence
+	// cell is set for a group replicated by a cell (cell.go): its sends,
+	// joins and leaves go through the cell's leader, and its members are
+	// the cell's.
+	cell *cellGroup
 
 	// seqMu serialises the sequencing step and the append after it
 	// (sequence.go), which seq is; duplicates counts the messages it
@@ -97,7 +101,7 @@ func newGroup(id wire.UUID, spec GroupSpec, log Log, dir string, records []membe
 // epoch names the log's history (store.Log.Epoch).
 func (g *group) epoch() uint64 { return g.log.Epoch() }
 
-func (g *group) private() bool { return len(g.secret) > 0 }
+func (g *group) private() bool { return len(g.secret) > 0 || (g.cell != nil && g.cell.spec.Private) }
 
 // secretOK compares a join's secret with the group's in constant time;
 // hashing both first keeps the comparison from revealing the length.

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
@@ -128,6 +129,9 @@ type GroupConfig struct {
 	// HeartbeatInterval is how long a watch may be idle before a Heartbeat
 	// frame. Default 5 s.
 	HeartbeatInterval time.Duration
+	// Cell, if set, makes the daemon a member of a cell that replicates
+	// its groups (see CellConfig). Listen must then name a fixed port.
+	Cell *CellConfig
 	// ServerConfig holds the QUIC server's limits and deadlines.
 	ServerConfig
 	// Metrics, if not nil, receives the daemon's operation timings and is
@@ -199,6 +203,11 @@ func (c GroupConfig) Validate() error {
 	if err := c.Storage.validate(); err != nil {
 		return err
 	}
+	if c.Cell != nil {
+		if err := c.Cell.validate(); err != nil {
+			return err
+		}
+	}
 	if err := c.Retention.Validate(); err != nil {
 		// Both sentinels match: the daemon's, and the store's that says why.
 		return fmt.Errorf("%w: retention: %w", ErrInvalidConfig, err)
@@ -257,6 +266,13 @@ type GroupDaemon struct {
 	// dataLock is the data directory's, when it is not the state
 	// directory.
 	dataLock *stateLock
+
+	// A member of a cell (cfg.Cell): its node, set by Listen, and the
+	// groups the cell created (cell.go); cellReady is closed once the
+	// configured groups are among them.
+	node      *cell.Node
+	host      *cellHost
+	cellReady chan struct{}
 }
 
 // NewGroupDaemon returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -267,10 +283,14 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &GroupDaemon{cfg: cfg, life: newLifecycle(),
+	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), cellReady: make(chan struct{}),
 		stateLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}, logLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}}
 	d.openLog = d.openStorageLog
-	d.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
+	sc := cfg.server().withDefaults()
+	if cfg.Cell != nil {
+		sc.cell = cellHook{d: d}
+	}
+	d.srv = newServer(sc, instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)
 	return d, nil
@@ -314,6 +334,11 @@ func (d *GroupDaemon) Listen() error {
 	if err := d.srv.listen(d.id); err != nil {
 		return fmt.Errorf("group daemon: %w", err)
 	}
+	if d.cfg.Cell != nil && d.node == nil {
+		if err := d.newCellNode(); err != nil {
+			return fmt.Errorf("group daemon: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -335,6 +360,11 @@ func (d *GroupDaemon) loadLocked() error {
 	id, err := identity.LoadOrCreate(d.cfg.StateDir)
 	if err != nil {
 		return err
+	}
+	if d.cfg.Cell != nil {
+		// The cell creates the groups and opens their logs (cell.go).
+		d.id, d.groups = id, make(map[wire.UUID]*group)
+		return nil
 	}
 	names := make([]string, len(d.cfg.Groups))
 	for i, g := range d.cfg.Groups {
@@ -395,10 +425,13 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	}
 	var loops []func()
 	if len(d.cfg.Registries) > 0 || d.cfg.Discover {
-		loops = append(loops, d.registerLoop)
+		loops = append(loops, d.afterCellGroups(d.registerLoop))
 	}
 	if d.cfg.Retention.MaxAge > 0 {
-		loops = append(loops, d.expireLoop)
+		loops = append(loops, d.afterCellGroups(d.expireLoop))
+	}
+	if d.cfg.Cell != nil {
+		loops = append(loops, func() { d.awaitCellGroups() })
 	}
 	if err := d.life.begin(loops...); err != nil {
 		return err
@@ -406,6 +439,13 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	if err := d.srv.start(); err != nil {
 		d.Close()
 		return err
+	}
+	if d.node != nil {
+		if err := d.node.Start(); err != nil {
+			d.Close()
+			return fmt.Errorf("group daemon: %w", err)
+		}
+		d.cfg.Logger.Info("cell member started", "self", d.node.Self().String(), "peers", len(d.cfg.Cell.Peers), "join", d.cfg.Cell.Join)
 	}
 	for _, g := range d.order {
 		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
@@ -424,6 +464,14 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 func (d *GroupDaemon) Close() error {
 	d.life.close(d.srv.close)
 	d.mu.Lock()
+	if d.node != nil {
+		// After the server (no handler waits on the cell now); before the
+		// logs, which the cell's state machine applies to.
+		d.node.Close()
+		for _, g := range d.host.all() {
+			d.groups[g.id] = g
+		}
+	}
 	closeLogs(d.groups) // after the server: no handler uses them now
 	d.releaseLocked()
 	d.mu.Unlock()

@@ -39,6 +39,17 @@ type lease struct {
 	entry   wire.GroupEntry // ExpiresMS is filled when listed
 	expires time.Time
 	from    netip.Prefix // the source address that registered it (addrKey)
+	// owner is the key that registered the group first: the per-key limit
+	// counts the lease against it. For a group replicated by a cell,
+	// replicas are the keys of the cell's members, any of which may
+	// register, renew and deregister it (PROTOCOL.md §10); nil otherwise.
+	owner    wire.Fingerprint
+	replicas map[wire.Fingerprint]bool
+}
+
+// heldBy reports whether key may register, renew or deregister l.
+func (l *lease) heldBy(key wire.Fingerprint) bool {
+	return key == l.owner || l.replicas[key]
 }
 
 // leaseTable holds the live leases, counts them by key and by source
@@ -66,7 +77,7 @@ func (t *leaseTable) put(l *lease) {
 		t.remove(old)
 	}
 	t.byID[l.entry.Group] = l
-	t.byKey[l.entry.Fingerprint]++
+	t.byKey[l.owner]++
 	t.byAddr[l.from]++
 	t.sorted = nil
 }
@@ -77,8 +88,8 @@ func (t *leaseTable) remove(l *lease) {
 		return
 	}
 	delete(t.byID, l.entry.Group)
-	if t.byKey[l.entry.Fingerprint]--; t.byKey[l.entry.Fingerprint] <= 0 {
-		delete(t.byKey, l.entry.Fingerprint)
+	if t.byKey[l.owner]--; t.byKey[l.owner] <= 0 {
+		delete(t.byKey, l.owner)
 	}
 	if t.byAddr[l.from]--; t.byAddr[l.from] <= 0 {
 		delete(t.byAddr, l.from)
@@ -144,6 +155,9 @@ func entrySize(e *wire.GroupEntry) int {
 	n := 128 + len(e.Name)
 	for _, a := range e.Addrs {
 		n += 3 + len(a)
+	}
+	for _, r := range e.Replicas {
+		n += 48 + len(r.Addr)
 	}
 	return n
 }

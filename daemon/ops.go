@@ -37,11 +37,15 @@ func (d *GroupDaemon) handle(ctx context.Context, c *call) error {
 	case wire.OpMembers:
 		return d.members(c)
 	case wire.OpSend:
-		return d.send(c)
+		return d.send(ctx, c)
 	case wire.OpFetch:
 		return d.fetch(c)
 	case wire.OpWatch:
 		return d.watch(ctx, c)
+	case wire.OpCellStatus:
+		return d.cellStatus(c)
+	case wire.OpCellAdd, wire.OpCellRemove:
+		return d.cellChange(ctx, c)
 	}
 	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.op)
 }
@@ -57,8 +61,15 @@ func (d *GroupDaemon) request(c *call, req any, id *wire.UUID) (*group, error) {
 }
 
 // group returns the hosted group id. d.groups is read-only once Listen has
-// returned, before any handler runs.
+// returned, before any handler runs; a member of a cell finds the groups
+// the cell created in d.host, which grows as the cell creates them.
 func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
+	if d.host != nil {
+		if g := d.host.group(id); g != nil {
+			return g, nil
+		}
+		return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
+	}
 	if g := d.groups[id]; g != nil {
 		if g.broken != nil {
 			return nil, brokenGroup(op, g)
@@ -76,6 +87,10 @@ func (d *GroupDaemon) memberRequest(c *call, req any, id *wire.UUID) (g *group, 
 		return nil, nil, err
 	}
 	left, ok := g.membership(c.peer)
+	if !ok && g.cell != nil && awaitMember(c.str.Context(), g, c.peer) {
+		// A join the leader acknowledged, not yet applied here.
+		left, ok = g.membership(c.peer)
+	}
 	if !ok {
 		return nil, nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
 	}
@@ -135,6 +150,7 @@ func (d *GroupDaemon) info(c *call) error {
 		Private:         g.private(),
 		Member:          g.isMember(c.peer),
 		Fingerprint:     d.id.Fingerprint(),
+		Replicas:        d.replicaList(),
 	})
 }
 
@@ -143,6 +159,9 @@ func (d *GroupDaemon) join(ctx context.Context, c *call) error {
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
+	}
+	if g.cell != nil {
+		return d.cellJoin(ctx, c, g, &req)
 	}
 	if g.private() && !g.secretOK(req.Secret) {
 		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
@@ -169,6 +188,9 @@ func (d *GroupDaemon) leave(ctx context.Context, c *call) error {
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
 		return err
+	}
+	if g.cell != nil {
+		return d.cellLeave(ctx, c, g)
 	}
 	ch := &memberChange{fp: c.peer, leave: true}
 	if err := g.commit(ctx, ch); err != nil {
@@ -222,7 +244,7 @@ func (d *GroupDaemon) members(c *call) error {
 	return c.result(wire.MemberList{Members: g.memberList(now)})
 }
 
-func (d *GroupDaemon) send(c *call) error {
+func (d *GroupDaemon) send(ctx context.Context, c *call) error {
 	sc := sendScratches.Get().(*sendScratch)
 	defer sc.put()
 	// In place: the bodies are read from the request frame, and the store
@@ -256,8 +278,11 @@ func (d *GroupDaemon) send(c *call) error {
 		return &wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: ms,
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
 	}
-	sc.acks, err = g.append(sc.entries, sc.acks)
-	if err == nil {
+	if g.cell != nil {
+		if sc.acks, err = d.cellSend(ctx, g, sc.entries, sc.acks); err != nil {
+			return err
+		}
+	} else if sc.acks, err = g.append(sc.entries, sc.acks); err == nil {
 		// Outside the sequencing lock: one fsync serves every send
 		// waiting here (under fsync always; else at once).
 		var last uint64
@@ -372,6 +397,9 @@ func (d *GroupDaemon) fetch(c *call) error {
 	if req.Epoch != 0 && req.Epoch != g.epoch() {
 		return epochMismatch(c.op, g)
 	}
+	if err := d.awaitSeq(c.str.Context(), c, g, req.MinSeq); err != nil {
+		return err
+	}
 	remain := d.cfg.FetchPage
 	if req.Limit != 0 && req.Limit < uint64(remain) {
 		remain = int(req.Limit)
@@ -421,6 +449,9 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	}
 	if req.Epoch != 0 && req.Epoch != g.epoch() {
 		return epochMismatch(c.op, g)
+	}
+	if err := d.awaitSeq(ctx, c, g, req.MinSeq); err != nil {
+		return err
 	}
 	// The member is online while this watch is open (PROTOCOL.md §8.4).
 	closed := g.watching(c.peer, d.cfg.Now().UnixNano())

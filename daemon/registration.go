@@ -560,6 +560,9 @@ func (r *registrar) reportRefused(newly []string) {
 // addresses, or only the bound port.
 func (r *registrar) registration(g *group, members, last uint64) client.Registration {
 	reg := client.Registration{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last}
+	if g.cell != nil {
+		reg.Replicas = r.rs.d.replicaList() // every member registers it; the registry lists it once
+	}
 	if len(reg.Addrs) == 0 {
 		if ua, ok := r.rs.d.Addr().(*net.UDPAddr); ok {
 			reg.Port = uint16(ua.Port)

@@ -273,15 +273,19 @@ func (r *Registry) register(c *call) error {
 	from := addrKey(c.remote)
 	r.mu.Lock()
 	l, ok := r.leaseLocked(req.Group, now)
-	if ok && l.entry.Fingerprint != c.peer {
+	if ok && !l.heldBy(c.peer) {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
-	if err := r.roomLocked(ok, l, c.peer, from, now); err != nil {
+	owner := c.peer
+	if ok {
+		owner = l.owner
+	}
+	if err := r.roomLocked(ok, l, owner, from, now); err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
-	r.leases.put(&lease{
+	nl := &lease{
 		entry: wire.GroupEntry{
 			Group:       req.Group,
 			Name:        req.Name,
@@ -292,7 +296,13 @@ func (r *Registry) register(c *call) error {
 		},
 		expires: now.Add(r.cfg.LeaseTTL),
 		from:    from,
-	})
+		owner:   owner,
+	}
+	if err := replicated(nl, &req, c.peer); err != nil {
+		r.mu.Unlock()
+		return fmt.Errorf("register group %s: %w", req.Group, err)
+	}
+	r.leases.put(nl)
 	r.mu.Unlock()
 	if !ok {
 		r.cfg.Metrics.Registered()
@@ -353,7 +363,7 @@ func (r *Registry) renew(c *call) error {
 	case !ok:
 		r.mu.Unlock()
 		return fmt.Errorf("renew group %s: %w: no lease (it lapsed): register again", req.Group, wire.ErrNotFound)
-	case l.entry.Fingerprint != c.peer:
+	case !l.heldBy(c.peer):
 		r.mu.Unlock()
 		return fmt.Errorf("renew group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
@@ -371,7 +381,7 @@ func (r *Registry) deregister(c *call) error {
 	now := r.cfg.Now()
 	r.mu.Lock()
 	l, ok := r.leaseLocked(req.Group, now)
-	if ok && l.entry.Fingerprint != c.peer {
+	if ok && !l.heldBy(c.peer) {
 		r.mu.Unlock()
 		return fmt.Errorf("deregister group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
@@ -474,4 +484,30 @@ func (r *Registry) advertiseLoop() {
 	if err := a.Serve(r.life.ctx); err != nil {
 		r.cfg.Logger.Error("mDNS advertising stopped", "err", err)
 	}
+}
+
+// replicated fills l, a registration by key, for a group replicated by a
+// cell (req.Replicas): the group is listed once, with every replica, and
+// its addresses and fingerprint are its leader's (a replica's while none
+// is known), so that a client that knows nothing of cells dials the
+// leader. Every replica's key may then register and renew it. The
+// registering key must be one of the replicas.
+func replicated(l *lease, req *wire.Register, key wire.Fingerprint) error {
+	if len(req.Replicas) == 0 {
+		return nil
+	}
+	l.replicas = make(map[wire.Fingerprint]bool, len(req.Replicas))
+	for _, rp := range req.Replicas {
+		l.replicas[rp.Fingerprint] = true
+	}
+	if !l.replicas[key] {
+		return fmt.Errorf("%w: the replicas listed do not include the registering daemon's key", wire.ErrBadRequest)
+	}
+	l.entry.Replicas = req.Replicas
+	for _, rp := range req.Replicas {
+		if rp.Leader {
+			l.entry.Addrs, l.entry.Fingerprint = []string{rp.Addr}, rp.Fingerprint
+		}
+	}
+	return nil
 }

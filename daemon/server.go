@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -162,6 +163,12 @@ type serverConfig struct {
 	retryAbove int64
 	log        *slog.Logger
 	now        func() time.Time // the daemon's clock, which paces the refusals' log
+	// cell, if set, takes the connections of a cell's members (ALPN
+	// cell.ALPN) off the listener (cell.go).
+	cell interface {
+		verify(tls.ConnectionState) error
+		handle(*quic.Conn)
+	}
 }
 
 // withDefaults fills the zero fields.

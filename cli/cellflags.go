@@ -1,0 +1,47 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon"
+)
+
+// cellFlags make huddle serve a member of a cell that replicates its
+// groups (README, "A three-host cell").
+type cellFlags struct {
+	peers     []string
+	join      bool
+	dir       string
+	heartbeat time.Duration
+}
+
+func (f *cellFlags) register(fs *pflag.FlagSet) {
+	fs.StringArrayVar(&f.peers, "cell-peer", nil, "replicate the groups over a cell of 3 or 5 daemons: FINGERPRINT@HOST:PORT of each member, this daemon included (repeatable; every member gets the same list)")
+	fs.BoolVar(&f.join, "cell-join", false, "join a running cell as a new member (then run 'huddle cell add' on a member); --cell-peer lists the cell's members and this daemon")
+	fs.StringVar(&f.dir, "cell-dir", "", "where the cell's raft state is kept (default: STATE_DIR/cell)")
+	fs.Var(newDuration(&f.heartbeat, 0, 10*time.Millisecond, true), "cell-heartbeat", "how long a member waits without hearing from the leader before it stands for election (default 500ms)")
+}
+
+// apply fills cfg.Cell if any cell flag was given.
+func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
+	if len(f.peers) == 0 {
+		if f.join || f.dir != "" {
+			return fmt.Errorf("--cell-join and --cell-dir need the cell's members: --cell-peer FINGERPRINT@HOST:PORT")
+		}
+		return nil
+	}
+	cc := &daemon.CellConfig{Join: f.join, Dir: f.dir, HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.heartbeat}
+	for _, s := range f.peers {
+		p, err := cell.ParsePeer(s)
+		if err != nil {
+			return fmt.Errorf("--cell-peer %q: want FINGERPRINT@HOST:PORT, the fingerprint as 'huddle id --state-dir DIR' prints a daemon's", s)
+		}
+		cc.Peers = append(cc.Peers, p)
+	}
+	cfg.Cell = cc
+	return nil
+}

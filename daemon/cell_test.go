@@ -1,0 +1,285 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// testCellMember is one group daemon of a test cell.
+type testCellMember struct {
+	d    *GroupDaemon
+	stop func()
+	addr string
+	fp   wire.Fingerprint
+	dir  string
+	cfg  GroupConfig
+}
+
+// startTestCell starts n group daemons on 127.0.0.1, each on a port of its
+// own, as a cell hosting the group "general"; mutate, if set, adjusts
+// each daemon's configuration.
+func startTestCell(t *testing.T, n int, mutate func(*GroupConfig)) []*testCellMember {
+	t.Helper()
+	members := make([]*testCellMember, n)
+	var peers []cell.Peer
+	for i := range members {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		must(t, err)
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		must(t, err)
+		addr := udp.LocalAddr().String()
+		udp.Close() // bound again by the daemon
+		members[i] = &testCellMember{addr: addr, fp: id.Fingerprint(), dir: dir}
+		peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
+	}
+	for _, m := range members {
+		m.cfg = GroupConfig{StateDir: m.dir, Listen: m.addr, Groups: []GroupSpec{{Name: "general"}}, Cell: &CellConfig{Peers: peers}}
+		if mutate != nil {
+			mutate(&m.cfg)
+		}
+		m.d, m.stop = startGroupDaemon(t, m.cfg)
+	}
+	return members
+}
+
+// cellLeader waits for a member that leads and hosts the cell's group,
+// and returns it with the group's UUID.
+func cellLeader(t *testing.T, members []*testCellMember) (*testCellMember, wire.UUID) {
+	t.Helper()
+	var leader *testCellMember
+	eventually(t, "a leader hosting the group", func() bool {
+		for _, m := range members {
+			if m.d == nil || m.d.node == nil {
+				continue
+			}
+			if st := m.d.node.Status(); st.State == "leader" && len(st.Groups) == 1 && len(m.d.Groups()) == 1 {
+				leader = m
+				return true
+			}
+		}
+		return false
+	})
+	return leader, leader.d.Groups()[0].ID
+}
+
+// TestCellServesGroup: three group daemons as a cell host one group under
+// one UUID and epoch. A follower answers a send with unavailable naming
+// the leader; the leader acknowledges it once the cell holds it, and
+// every replica serves it, a follower after waiting for MinSeq; info and
+// cell_status list the replicas with the leader marked.
+func TestCellServesGroup(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, g := cellLeader(t, members)
+	key := newKey(t)
+	lp := dial(t, leader.d.Addr(), leader.fp, key)
+	must(t, lp.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+
+	var followers []*testCellMember
+	for _, m := range members {
+		if m != leader {
+			followers = append(followers, m)
+		}
+	}
+	fp := dial(t, followers[0].d.Addr(), followers[0].fp, key)
+	err := fp.call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("to a follower")}, nil)
+	we := wantCode(t, err, wire.CodeUnavailable)
+	if we.Leader == nil || we.Leader.Addr != leader.addr || we.Leader.Fingerprint != leader.fp {
+		t.Fatalf("a follower's refusal names leader %+v, want %s at %s", we.Leader, leader.fp.Short(), leader.addr)
+	}
+
+	msgs := outgoing("one", "two", "three")
+	var sent wire.Sent
+	must(t, lp.call(wire.OpSend, wire.Send{Group: g, Messages: msgs}, &sent))
+	if len(sent.Acks) != 3 || sent.Acks[2].Seq != 3 {
+		t.Fatalf("acks %+v", sent.Acks)
+	}
+	var again wire.Sent
+	must(t, lp.call(wire.OpSend, wire.Send{Group: g, Messages: msgs}, &again))
+	for i := range again.Acks {
+		if !again.Acks[i].Duplicate || again.Acks[i].Seq != sent.Acks[i].Seq || again.Acks[i].Time != sent.Acks[i].Time {
+			t.Fatalf("a retry got %+v, want the original acks %+v as duplicates", again.Acks, sent.Acks)
+		}
+	}
+
+	for _, m := range members {
+		p := dial(t, m.d.Addr(), m.fp, key)
+		fs := p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: 3})
+		var got []wire.Message
+		for _, f := range fs {
+			switch f.kind {
+			case wire.KindMessages:
+				var ms wire.Messages
+				f.decode(t, &ms)
+				got = append(got, ms.Messages...)
+			case wire.KindError:
+				t.Fatalf("fetch from %s: %v", m.addr, f.err)
+			}
+		}
+		if len(got) != 3 {
+			t.Fatalf("%s serves %d messages, want 3", m.addr, len(got))
+		}
+		for i, msg := range got {
+			if msg.Seq != sent.Acks[i].Seq || msg.Time != sent.Acks[i].Time || msg.ID != msgs[i].ID || string(msg.Body) != string(msgs[i].Body) {
+				t.Fatalf("%s message %d: %+v, acked %+v", m.addr, i, msg, sent.Acks[i])
+			}
+		}
+		var info wire.Info
+		must(t, p.call(wire.OpInfo, wire.GroupRef{Group: g}, &info))
+		if !info.Member || info.Epoch != sent.Epoch || len(info.Replicas) != 3 {
+			t.Fatalf("%s info: member %v epoch %d (acked under %d), %d replicas", m.addr, info.Member, info.Epoch, sent.Epoch, len(info.Replicas))
+		}
+		var st wire.CellStatus
+		must(t, p.call(wire.OpCellStatus, wire.CellQuery{}, &st))
+		if st.Self.Fingerprint != m.fp || len(st.Members) != 3 || len(st.Groups) != 1 || st.Groups[0].Group != g {
+			t.Fatalf("%s cell status %+v", m.addr, st)
+		}
+		if (m == leader) != (st.State == "leader") {
+			t.Fatalf("%s says it is %s", m.addr, st.State)
+		}
+	}
+}
+
+// TestCellChangeNeedsMemberKey: cell_add and cell_remove are refused to a
+// key that is not a member's, and change nothing.
+func TestCellChangeNeedsMemberKey(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, _ := cellLeader(t, members)
+	p := dial(t, leader.d.Addr(), leader.fp, nil)
+	stranger := newKey(t)
+	err := p.call(wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1:9", Fingerprint: stranger.Fingerprint()}, nil)
+	wantCode(t, err, wire.CodeUnauthorized)
+	err = p.call(wire.OpCellRemove, wire.CellMember{Fingerprint: members[0].fp}, nil)
+	wantCode(t, err, wire.CodeUnauthorized)
+	if n := len(leader.d.node.Status().Members); n != 3 {
+		t.Fatalf("the cell has %d members after refused changes, want 3", n)
+	}
+}
+
+// TestCellClientFollowsLeader: a Go client pointed at a follower joins
+// and sends through the leader by itself. When the leader stops, a watch
+// opened before goes on from another replica with no gap, no repeat and
+// no reset; a retry of acknowledged IDs on the new leader gets the
+// original acks; new messages are stamped after the old ones; and a
+// fetch from any replica sees everything acknowledged.
+func TestCellClientFollowsLeader(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, g := cellLeader(t, members)
+	var follower *testCellMember
+	var replicas []wire.Replica
+	for _, m := range members {
+		replicas = append(replicas, wire.Replica{Addr: m.addr, Fingerprint: m.fp, Leader: m == leader})
+		if m != leader {
+			follower = m
+		}
+	}
+	ctx := testCtx(t)
+	key := newKey(t)
+	cl, err := client.New(client.Config{Identity: key, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	h, err := cl.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{follower.addr}, Fingerprint: follower.fp, Replicas: replicas})
+	must(t, err)
+	_, err = h.Join(ctx, "ann", nil)
+	must(t, err)
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	events := make(chan client.Event, 100)
+	watchErr := make(chan error, 1)
+	go func() {
+		defer close(events)
+		for ev, err := range h.Watch(watchCtx, client.Query{}) {
+			if err != nil {
+				watchErr <- err
+				return
+			}
+			events <- ev
+		}
+	}()
+
+	var ids []wire.ID
+	var acks []client.Ack
+	for i := range 5 {
+		id := wire.NewID()
+		a, err := h.SendWithID(ctx, id, []byte(fmt.Sprintf("before %d", i)))
+		must(t, err)
+		ids, acks = append(ids, id), append(acks, a)
+	}
+	for _, a := range acks {
+		want(t, <-events, a)
+	}
+
+	leader.stop()
+	leader.d = nil
+	for i, id := range ids {
+		a, err := h.SendWithID(ctx, id, []byte(fmt.Sprintf("before %d", i)))
+		must(t, err)
+		if !a.Duplicate || a.Seq != acks[i].Seq || !a.Time.Equal(acks[i].Time) {
+			t.Fatalf("retry of message %d on the new leader: %+v, want the original %+v as a duplicate", i, a, acks[i])
+		}
+	}
+	for i := range 5 {
+		a, err := h.Send(ctx, []byte(fmt.Sprintf("after %d", i)))
+		must(t, err)
+		last := acks[len(acks)-1]
+		if a.Seq != last.Seq+1 || !a.Time.After(last.Time) || a.Epoch != last.Epoch {
+			t.Fatalf("message after the failover: %+v, after %+v", a, last)
+		}
+		acks = append(acks, a)
+		want(t, <-events, a)
+	}
+	for _, m := range members {
+		if m.d == nil {
+			continue
+		}
+		// Any replica serves what the client was acknowledged (MinSeq).
+		p := dial(t, m.d.Addr(), m.fp, key)
+		var got []wire.Message
+		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: acks[len(acks)-1].Seq}) {
+			switch f.kind {
+			case wire.KindMessages:
+				var ms wire.Messages
+				f.decode(t, &ms)
+				got = append(got, ms.Messages...)
+			case wire.KindError:
+				t.Fatalf("fetch from %s: %v", m.addr, f.err)
+			}
+		}
+		if len(got) != len(acks) {
+			t.Fatalf("%s serves %d messages, want %d", m.addr, len(got), len(acks))
+		}
+		for i, msg := range got {
+			if msg.Seq != acks[i].Seq || msg.ID != acks[i].ID || msg.Time != acks[i].Time.UnixNano() {
+				t.Fatalf("%s message %d: %+v, acked %+v", m.addr, i, msg, acks[i])
+			}
+		}
+	}
+	stopWatch()
+	for ev := range events {
+		if ev.Kind != client.EventMessage {
+			t.Fatalf("watch event %+v after the last message", ev)
+		}
+		t.Fatalf("watch delivered an extra message %+v", ev.Message)
+	}
+	select {
+	case err := <-watchErr:
+		t.Fatalf("watch ended with %v", err)
+	default:
+	}
+}
+
+// want fails the test unless ev is the message a acknowledged.
+func want(t *testing.T, ev client.Event, a client.Ack) {
+	t.Helper()
+	if ev.Kind != client.EventMessage || ev.Message.Seq != a.Seq || ev.Message.ID != a.ID || ev.Epoch != a.Epoch {
+		t.Fatalf("watch event %+v (message seq %d), want the message acked %+v", ev, ev.Message.Seq, a)
+	}
+}
