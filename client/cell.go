@@ -8,7 +8,7 @@ import (
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// A group replicated by a cell (PROTOCOL.md §10) is served by each of the
+// A group replicated by a cell (PROTOCOL.md §13) is served by each of the
 // cell's members: sends, joins and leaves by its leader, fetches and
 // watches by any. A Group follows the leader by itself: a member that
 // does not lead answers unavailable naming the leader, and the call is

@@ -12,7 +12,7 @@ import (
 )
 
 // cellError maps what a cell's node answered to what the client is told
-// (PROTOCOL.md §10): a member that does not lead answers unavailable
+// (PROTOCOL.md §13): a member that does not lead answers unavailable
 // naming the leader, so that the client sends there; an operation whose
 // outcome the cell could not decide (an election, a lost majority)
 // answers unavailable, and a retry with the same message IDs is safe.

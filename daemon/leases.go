@@ -42,7 +42,7 @@ type lease struct {
 	// owner is the key that registered the group first: the per-key limit
 	// counts the lease against it. For a group replicated by a cell,
 	// replicas are the keys of the cell's members, any of which may
-	// register, renew and deregister it (PROTOCOL.md §10); nil otherwise.
+	// register, renew and deregister it (PROTOCOL.md §13); nil otherwise.
 	owner    wire.Fingerprint
 	replicas map[wire.Fingerprint]bool
 }

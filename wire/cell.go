@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// Operations of a cell's members (PROTOCOL.md §10): a group daemon that is
+// Operations of a cell's members (PROTOCOL.md §13): a group daemon that is
 // a member of a cell answers them on huddle/1.
 const (
 	// OpCellStatus asks a member for its view of its cell (CellStatus).

@@ -104,7 +104,7 @@ type Error struct {
 	Epoch uint64 `cbor:"4,keyasint,omitempty"`
 	// Leader may be set with CodeUnavailable by a member of a cell that
 	// does not lead it, for an operation only the leader runs (send, join,
-	// leave): the member that leads, to send it to (PROTOCOL.md §10).
+	// leave): the member that leads, to send it to (PROTOCOL.md §13).
 	Leader *Replica `cbor:"5,keyasint,omitempty"`
 }
 

@@ -103,7 +103,7 @@ type Register struct {
 	LastSeq uint64   `cbor:"6,keyasint,omitempty"`
 	// Replicas, from a member of a cell, are the cell's members, the
 	// leader marked; every member registers the group, and the registry
-	// lists it once (PROTOCOL.md §10). One of them must be the
+	// lists it once (PROTOCOL.md §13). One of them must be the
 	// registering daemon's key.
 	Replicas []Replica `cbor:"7,keyasint,omitempty"`
 }
@@ -277,7 +277,7 @@ type Info struct {
 	// FsyncIntervalMS is the interval of FsyncInterval.
 	FsyncIntervalMS uint64 `cbor:"13,keyasint,omitempty"`
 	// Replicas, for a group replicated by a cell, are the cell's members,
-	// the leader marked (PROTOCOL.md §10); absent for a group of one
+	// the leader marked (PROTOCOL.md §13); absent for a group of one
 	// daemon.
 	Replicas []Replica `cbor:"14,keyasint,omitempty"`
 }
@@ -494,7 +494,7 @@ type Fetch struct {
 	Epoch uint64  `cbor:"5,keyasint,omitempty"`
 	// MinSeq, if not zero, asks a replica of a cell's group to answer only
 	// once its log holds message MinSeq (read-your-writes: the client was
-	// acknowledged it); see PROTOCOL.md §10.
+	// acknowledged it); see PROTOCOL.md §13.
 	MinSeq uint64 `cbor:"6,keyasint,omitempty"`
 }
 
