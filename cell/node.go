@@ -469,13 +469,24 @@ func (n *Node) leading() (uint64, error) {
 	return 0, &NotLeaderError{Leader: leader}
 }
 
+// running returns raft once Start has started it, else nil.
+func (n *Node) running() *raft.Raft {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.started {
+		return nil
+	}
+	return n.raft
+}
+
 // Leader returns the member that leads the cell, as this node knows it;
 // ok is false if it knows of none.
 func (n *Node) Leader() (p Peer, ok bool) {
-	if n.raft == nil {
+	r := n.running()
+	if r == nil {
 		return Peer{}, false
 	}
-	addr, id := n.raft.LeaderWithID()
+	addr, id := r.LeaderWithID()
 	if addr == "" {
 		return Peer{}, false
 	}

@@ -50,20 +50,21 @@ type GroupStatus struct {
 // Status returns this member's view of its cell.
 func (n *Node) Status() Status {
 	s := Status{Self: n.self, State: "shutdown", LastContact: -1}
-	if n.raft == nil {
+	r := n.running()
+	if r == nil {
 		return s
 	}
-	s.State = stateName(n.raft.State())
-	s.Term = n.raft.CurrentTerm()
+	s.State = stateName(r.State())
+	s.Term = r.CurrentTerm()
 	s.Leader, _ = n.Leader()
-	s.CommitIndex, s.AppliedIndex, s.LastIndex = n.raft.CommitIndex(), n.raft.AppliedIndex(), n.raft.LastIndex()
-	switch last := n.raft.LastContact(); {
+	s.CommitIndex, s.AppliedIndex, s.LastIndex = r.CommitIndex(), r.AppliedIndex(), r.LastIndex()
+	switch last := r.LastContact(); {
 	case s.State == "leader":
 		s.LastContact = 0
 	case !last.IsZero():
 		s.LastContact = time.Since(last)
 	}
-	if f := n.raft.GetConfiguration(); f.Error() == nil {
+	if f := r.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			fp, err := wire.ParseFingerprint(string(srv.ID))
 			if err != nil {
