@@ -63,6 +63,7 @@ var verbs = map[string]verb{
 	"id":              {"print your identity (fingerprint)", runID},
 	"forget-registry": {"drop the pinned fingerprint of a registry", runForgetRegistry},
 	"bench":           {"measure a group daemon under load (self-contained or --registry)", runBench},
+	"cell":            {"operate a cell of group daemons that replicate their groups", runCell},
 }
 
 // Main runs the huddle command line args and returns the process exit code.

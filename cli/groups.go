@@ -38,6 +38,9 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 			for _, fp := range g.ListedBy {
 				j.ListedBy = append(j.ListedBy, fp.String())
 			}
+			for _, r := range g.Replicas {
+				j.Replicas = append(j.Replicas, replicaJSON{Addr: r.Addr, Fingerprint: r.Fingerprint.String(), Leader: r.Leader})
+			}
 			printJSON(env.Stdout, j)
 		}
 		return ExitOK
@@ -53,8 +56,12 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	}
 	rows := [][]string{head}
 	for _, g := range l.groups {
+		daemon := g.Fingerprint.Short()
+		if len(g.Replicas) > 0 {
+			daemon += fmt.Sprintf(" (leads a cell of %d)", len(g.Replicas))
+		}
 		row := []string{g.Name, g.Group.String(), fmt.Sprint(g.Members), fmt.Sprint(g.LastSeq),
-			strings.Join(g.Addrs, ","), g.Fingerprint.Short()}
+			strings.Join(g.Addrs, ","), daemon}
 		if several {
 			row = append(row, fmt.Sprintf("%d of %d", len(g.ListedBy), len(l.regs)))
 		}
@@ -76,4 +83,15 @@ type groupJSON struct {
 	Members     uint64   `json:"members"`
 	LastSeq     uint64   `json:"last_seq"`
 	ListedBy    []string `json:"listed_by,omitempty"` // the fingerprints of the registries that list it
+	// Replicas are the members of the cell that replicates the group
+	// (absent for a group of one daemon); addrs and fingerprint are then
+	// its leader's.
+	Replicas []replicaJSON `json:"replicas,omitempty"`
+}
+
+// replicaJSON is a member of a group's cell in --json output.
+type replicaJSON struct {
+	Addr        string `json:"addr"`
+	Fingerprint string `json:"fingerprint"`
+	Leader      bool   `json:"leader,omitempty"`
 }

@@ -28,6 +28,9 @@ type Info struct {
 	Storage       string
 	Fsync         string
 	FsyncInterval time.Duration
+	// Replicas, for a group replicated by a cell, are the cell's members,
+	// the leader marked; nil for a group of one daemon.
+	Replicas []Replica
 }
 
 // Where a daemon keeps a group's log (Info.Storage), and a disk log's
@@ -78,7 +81,7 @@ func infoFrom(in *wire.Info) Info {
 	return Info{
 		Group: in.Group, Name: in.Name, Daemon: in.Fingerprint, Epoch: in.Epoch,
 		First: in.First, Last: in.Last, Members: in.Members, Private: in.Private, Member: in.Member,
-		Storage: in.Storage, Fsync: in.Fsync, FsyncInterval: ms(in.FsyncIntervalMS),
+		Storage: in.Storage, Fsync: in.Fsync, FsyncInterval: ms(in.FsyncIntervalMS), Replicas: in.Replicas,
 		Limits: Limits{
 			MaxMessageBytes: l.MaxMessageBytes, MaxBatch: l.MaxBatch,
 			MaxMessages: l.MaxMessages, MaxBytes: l.MaxBytes, MaxAge: ms(l.MaxAgeMS),

@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -374,4 +375,17 @@ func (d *GroupDaemon) replicaList() []wire.Replica {
 		return nil
 	}
 	return replicas(d.node.Status())
+}
+
+// cellStats reports the daemon's view of its cell for metrics.
+func (d *GroupDaemon) cellStats() metrics.CellStats {
+	d.mu.Lock()
+	n := d.node
+	d.mu.Unlock()
+	if n == nil {
+		return metrics.CellStats{LastContact: -1}
+	}
+	st := n.Status()
+	return metrics.CellStats{Leader: st.State == "leader", Term: st.Term, CommitIndex: st.CommitIndex,
+		AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex, LastContact: st.LastContact, Members: len(st.Members)}
 }

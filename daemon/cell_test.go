@@ -9,6 +9,7 @@ import (
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -76,8 +77,20 @@ func cellLeader(t *testing.T, members []*testCellMember) (*testCellMember, wire.
 // every replica serves it, a follower after waiting for MinSeq; info and
 // cell_status list the replicas with the leader marked.
 func TestCellServesGroup(t *testing.T) {
-	members := startTestCell(t, 3, nil)
+	members := startTestCell(t, 3, func(cfg *GroupConfig) { cfg.Metrics = metrics.New("test") })
 	leader, g := cellLeader(t, members)
+	for _, m := range members {
+		want := 0.0
+		if m == leader {
+			want = 1
+		}
+		if got := gauge(t, m.cfg.Metrics, "huddle_cell_leader"); got != want {
+			t.Fatalf("%s: huddle_cell_leader %v, want %v", m.addr, got, want)
+		}
+		if got := gauge(t, m.cfg.Metrics, "huddle_cell_members"); got != 3 {
+			t.Fatalf("%s: huddle_cell_members %v, want 3", m.addr, got)
+		}
+	}
 	key := newKey(t)
 	lp := dial(t, leader.d.Addr(), leader.fp, key)
 	must(t, lp.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
@@ -274,6 +287,20 @@ func TestCellClientFollowsLeader(t *testing.T) {
 		t.Fatalf("watch ended with %v", err)
 	default:
 	}
+}
+
+// gauge returns the value of the unlabelled gauge name in m.
+func gauge(t *testing.T, m *metrics.Metrics, name string) float64 {
+	t.Helper()
+	fams, err := m.Registry().Gather()
+	must(t, err)
+	for _, f := range fams {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }
 
 // want fails the test unless ev is the message a acknowledged.

@@ -293,6 +293,9 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 	d.srv = newServer(sc, instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
 	cfg.Metrics.Server("groups", d.srv.stats)
 	cfg.Metrics.Groups(d.groupStats)
+	if cfg.Cell != nil {
+		cfg.Metrics.Cell(d.cellStats)
+	}
 	return d, nil
 }
 

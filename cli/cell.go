@@ -1,0 +1,245 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// runCell runs huddle cell status|add|remove: operating a cell of group
+// daemons that replicates their groups (README, "A three-host cell").
+func runCell(ctx context.Context, env Env, args []string) int {
+	const synopsis = "status|add|remove --server HOST:PORT [FINGERPRINT@HOST:PORT | FINGERPRINT]"
+	if len(args) == 0 || (args[0] != "status" && args[0] != "add" && args[0] != "remove") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintf(env.Stdout, "Usage: huddle cell %s\n\n%s\n", synopsis, cellAbout)
+			return ExitOK
+		}
+		return usageErr(env, "cell", "say status, add or remove")
+	}
+	sub := args[0]
+	var f cellCommandFlags
+	fs := newFlags(env, "cell "+sub, synopsis, cellAbout, cellExample)
+	f.register(fs)
+	if code, ok := parse(fs, args[1:]); !ok {
+		return code
+	}
+	verb := "cell " + sub
+	if f.server == "" {
+		return usageErr(env, verb, "name a member of the cell with --server HOST:PORT")
+	}
+	var pin wire.Fingerprint
+	if f.fingerprint != "" {
+		var err error
+		if pin, err = wire.ParseFingerprint(f.fingerprint); err != nil {
+			return usageErr(env, verb, "--fingerprint %q: want a daemon's fingerprint", f.fingerprint)
+		}
+	}
+	want := 0
+	if sub != "status" {
+		want = 1
+	}
+	if fs.NArg() != want {
+		return usageErr(env, verb, "want %d argument(s), got %d", want, fs.NArg())
+	}
+	s, err := open(ctx, env, verb, &clientFlags{json: f.json, timeout: f.timeout})
+	if err != nil {
+		return fail(env, verb, err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	switch sub {
+	case "status":
+		err = cellStatus(ctx, env, s.client, f.server, pin, f.json)
+	case "add":
+		p, perr := cell.ParsePeer(fs.Arg(0))
+		if perr != nil {
+			return usageErr(env, verb, "%q: want FINGERPRINT@HOST:PORT of the daemon to add", fs.Arg(0))
+		}
+		var members []client.Replica
+		members, err = s.client.CellAdd(ctx, f.server, pin, client.Replica{Addr: p.Addr, Fingerprint: p.Fingerprint})
+		if err == nil {
+			err = printMembers(env, members, f.json)
+		}
+	case "remove":
+		fp, perr := wire.ParseFingerprint(fs.Arg(0))
+		if perr != nil {
+			return usageErr(env, verb, "%q: want the fingerprint of the member to remove", fs.Arg(0))
+		}
+		var members []client.Replica
+		members, err = s.client.CellRemove(ctx, f.server, pin, fp)
+		if err == nil {
+			err = printMembers(env, members, f.json)
+		}
+	}
+	if err != nil {
+		return fail(env, verb, err)
+	}
+	return ExitOK
+}
+
+const cellAbout = `Operate a cell: 3 or 5 group daemons (huddle serve --cell-peer ...) that replicate their groups.
+  status   the cell as each member sees it: leader, term, each member's applied index, lag and last contact
+  add      add a daemon started with --cell-join (FINGERPRINT@HOST:PORT)
+  remove   remove a member (FINGERPRINT)
+add and remove must be run with a member daemon's key: HUDDLE_HOME=that daemon's --state-dir.`
+
+const cellExample = `  huddle cell status --server 10.0.0.1:7374
+  HUDDLE_HOME=/var/lib/huddle huddle cell add --server 10.0.0.1:7374 ie6o-...-fy4q@10.0.0.4:7374`
+
+type cellCommandFlags struct {
+	server, fingerprint string
+	json                bool
+	timeout             time.Duration
+}
+
+func (f *cellCommandFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.server, "server", "", "HOST:PORT of a member of the cell")
+	fs.StringVar(&f.fingerprint, "fingerprint", "", "the fingerprint that member must present (default: any)")
+	fs.BoolVar(&f.json, "json", false, "print one JSON object")
+	fs.Var(newDuration(&f.timeout, 10*time.Second, time.Millisecond, false), "timeout", "give up after this long")
+}
+
+// memberView is one member's status, or why it could not be had.
+type memberView struct {
+	replica wire.Replica
+	status  *client.CellStatus
+	err     error
+}
+
+// cellStatus asks server for the cell's members, then each member for its
+// own view, and prints them: the lag of a member is how many raft entries
+// the leader applied that it has not.
+func cellStatus(ctx context.Context, env Env, c *client.Client, server string, pin wire.Fingerprint, asJSON bool) error {
+	first, err := c.CellStatus(ctx, server, pin)
+	if err != nil {
+		return err
+	}
+	views := make([]memberView, len(first.Members))
+	var wg sync.WaitGroup
+	for i, m := range first.Members {
+		views[i].replica = m
+		if m.Fingerprint == first.Self.Fingerprint {
+			st := first
+			views[i].status = &st
+			continue
+		}
+		wg.Go(func() {
+			st, err := c.CellStatus(ctx, m.Addr, m.Fingerprint)
+			if err != nil {
+				views[i].err = err
+				return
+			}
+			views[i].status = &st
+		})
+	}
+	wg.Wait()
+	var leader *client.CellStatus
+	for _, v := range views {
+		if v.status != nil && v.status.State == "leader" {
+			leader = v.status
+		}
+	}
+	lag := func(st *client.CellStatus) (uint64, bool) {
+		if leader == nil || st == nil {
+			return 0, false
+		}
+		return leader.AppliedIndex - min(leader.AppliedIndex, st.AppliedIndex), true
+	}
+	if asJSON {
+		var members []map[string]any
+		for _, v := range views {
+			m := map[string]any{"addr": v.replica.Addr, "fingerprint": v.replica.Fingerprint.String()}
+			if v.err != nil {
+				m["error"] = plainErr(v.err)
+			} else {
+				st := v.status
+				m["state"], m["term"], m["applied_index"], m["commit_index"], m["last_index"] = st.State, st.Term, st.AppliedIndex, st.CommitIndex, st.LastIndex
+				m["last_contact_ms"] = st.LastContact
+				if l, ok := lag(st); ok {
+					m["lag"] = l
+				}
+			}
+			members = append(members, m)
+		}
+		out := map[string]any{"members": members}
+		if leader != nil {
+			out["leader"] = map[string]any{"addr": leader.Self.Addr, "fingerprint": leader.Self.Fingerprint.String()}
+			out["term"] = leader.Term
+			var groups []map[string]any
+			for _, g := range leader.Groups {
+				groups = append(groups, map[string]any{"uuid": g.Group.String(), "name": g.Name, "epoch": g.Epoch, "last_seq": g.Last, "members": g.Members})
+			}
+			out["groups"] = groups
+		}
+		return printJSON(env.Stdout, out)
+	}
+	if leader != nil {
+		fmt.Fprintf(env.Stdout, "cell of %d members; leader %s at %s, term %d\n", len(views), leader.Self.Fingerprint.Short(), leader.Self.Addr, leader.Term)
+	} else {
+		fmt.Fprintf(env.Stdout, "cell of %d members; no member leads now (an election, or no majority)\n", len(views))
+	}
+	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tADDRESS\tSTATE\tTERM\tAPPLIED\tLAG\tLAST CONTACT")
+	for _, v := range views {
+		if v.err != nil {
+			fmt.Fprintf(tw, "%s\t%s\tunreachable: %s\t\t\t\t\n", v.replica.Fingerprint.Short(), v.replica.Addr, plainErr(v.err))
+			continue
+		}
+		st := v.status
+		lagText := "?"
+		if l, ok := lag(st); ok {
+			lagText = fmt.Sprint(l)
+		}
+		contact := "-"
+		switch {
+		case st.State == "leader":
+			contact = "(leader)"
+		case st.LastContact >= 0:
+			contact = (time.Duration(st.LastContact) * time.Millisecond).String() + " ago"
+		case st.LastContact < 0:
+			contact = "never"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", st.Self.Fingerprint.Short(), st.Self.Addr, st.State, st.Term, st.AppliedIndex, lagText, contact)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if leader != nil && len(leader.Groups) > 0 {
+		var names []string
+		for _, g := range leader.Groups {
+			names = append(names, fmt.Sprintf("%s (%d messages, %d members)", g.Name, g.Last, g.Members))
+		}
+		fmt.Fprintf(env.Stdout, "groups: %s\n", strings.Join(names, ", "))
+	}
+	return nil
+}
+
+func printMembers(env Env, members []client.Replica, asJSON bool) error {
+	if asJSON {
+		var out []map[string]any
+		for _, m := range members {
+			out = append(out, map[string]any{"addr": m.Addr, "fingerprint": m.Fingerprint.String(), "leader": m.Leader})
+		}
+		return printJSON(env.Stdout, map[string]any{"members": out})
+	}
+	fmt.Fprintf(env.Stdout, "the cell's members now:\n")
+	for _, m := range members {
+		leader := ""
+		if m.Leader {
+			leader = "  (leader)"
+		}
+		fmt.Fprintf(env.Stdout, "  %s@%s%s\n", m.Fingerprint, m.Addr, leader)
+	}
+	return nil
+}

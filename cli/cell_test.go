@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/identity"
+)
+
+// TestCellThreeDaemons walks README's three-host cell on loopback: three
+// huddle serve verbs with the same --cell-peer list register one group
+// that the registry lists once, with its three replicas; a user joins,
+// sends and fetches through it; huddle cell status shows one leader and
+// every member applied as far, in text and in --json.
+func TestCellThreeDaemons(t *testing.T) {
+	reg := startVerb(t, nil, "registry", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn")
+	regAddr := strings.Replace(reg.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
+	type host struct{ dir, addr, fp string }
+	var hosts []host
+	var peers []string
+	for range 3 {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := udp.LocalAddr().String()
+		udp.Close()
+		hosts = append(hosts, host{dir, addr, id.Fingerprint().String()})
+		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+addr)
+	}
+	for _, h := range hosts {
+		args := append([]string{"serve", "--no-mdns", "--registry", regAddr, "--listen", h.addr, "--state-dir", h.dir,
+			"--group", "general", "--log-level", "warn"}, peers...)
+		startVerb(t, nil, args...)
+	}
+	u := newTestUser(t, regAddr)
+	var listed groupJSON
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		_, out, _ := u.run(t, "groups", "--json")
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) == 1 && lines[0] != "" {
+			if err := json.Unmarshal([]byte(lines[0]), &listed); err != nil {
+				t.Fatalf("groups --json: %v\n%s", err, out)
+			}
+			if len(listed.Replicas) == 3 && leaderOf(listed) != "" {
+				break
+			}
+		} else if len(lines) > 1 {
+			t.Fatalf("the registry lists the cell's group %d times, want once:\n%s", len(lines), out)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the registry did not list the group with 3 replicas and a leader within %v:\n%s", waitTimeout, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if listed.Fingerprint != leaderOf(listed) {
+		t.Fatalf("the listing names daemon %s, its leader is %s", listed.Fingerprint, leaderOf(listed))
+	}
+	u.ok(t, "join", "general", "--as", "ann")
+	u.ok(t, "send", "general", "hello cell")
+	out := u.ok(t, "fetch", "general", "--json")
+	if !strings.Contains(out, "hello cell") {
+		t.Fatalf("fetch after send:\n%s", out)
+	}
+
+	var st struct {
+		Leader  struct{ Addr, Fingerprint string }
+		Term    uint64
+		Members []struct {
+			Addr, Fingerprint, State string
+			AppliedIndex             uint64 `json:"applied_index"`
+			Lag                      *uint64
+		}
+		Groups []struct {
+			Name    string
+			LastSeq uint64 `json:"last_seq"`
+		}
+	}
+	deadline = time.Now().Add(waitTimeout)
+	for {
+		out := u.ok(t, "cell", "status", "--server", hosts[2].addr, "--json")
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("cell status --json: %v\n%s", err, out)
+		}
+		caughtUp := len(st.Members) == 3
+		leaders := 0
+		for _, m := range st.Members {
+			caughtUp = caughtUp && m.Lag != nil && *m.Lag == 0
+			if m.State == "leader" {
+				leaders++
+			}
+		}
+		if caughtUp && leaders == 1 && st.Leader.Fingerprint == leaderOf(listed) && len(st.Groups) == 1 && st.Groups[0].LastSeq == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cell status never showed one leader and three members caught up:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	text := u.ok(t, "cell", "status", "--server", hosts[0].addr)
+	for _, want := range []string{"cell of 3 members; leader", "APPLIED", "LAG", "(leader)", "general (1 messages, 1 members)"} {
+		if !strings.Contains(text, want) {
+			t.Fatalf("cell status lacks %q:\n%s", want, text)
+		}
+	}
+	// Changing the cell needs a member's key: the user's is refused.
+	code, _, errs := u.run(t, "cell", "remove", "--server", hosts[0].addr, hosts[1].fp)
+	if code == ExitOK || !strings.Contains(errs, "member") {
+		t.Fatalf("cell remove with a user's key: exit %d, stderr:\n%s", code, errs)
+	}
+}
+
+func leaderOf(g groupJSON) string {
+	for _, r := range g.Replicas {
+		if r.Leader {
+			return r.Fingerprint
+		}
+	}
+	return ""
+}

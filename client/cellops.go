@@ -1,0 +1,64 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// CellStatus is one member's view of its cell (PROTOCOL.md §13,
+// cell_status).
+type CellStatus = wire.CellStatus
+
+// CellStatus asks the group daemon at addr, a member of a cell, for its
+// view of the cell. pin, if not zero, is the key the daemon must present.
+// Errors: ErrUnsupported (the daemon is not a member of a cell),
+// ErrUnreachable.
+func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (CellStatus, error) {
+	p, err := c.peer([]string{addr}, pin, nil)
+	if err != nil {
+		return CellStatus{}, err
+	}
+	var st CellStatus
+	err = p.single(ctx, wire.OpCellStatus, wire.CellQuery{}, &st)
+	return st, err
+}
+
+// CellAdd asks the cell the daemon at addr belongs to to add member (its
+// daemon must be running, started to join the cell), and returns the
+// cell's members once the change is committed. The request is sent on to
+// the leader if addr does not lead. This client's key must be one of the
+// cell's members' (run it with a member daemon's state directory as
+// HUDDLE_HOME). Errors: ErrUnauthorized, ErrBadRequest, ErrUnavailable,
+// ErrUnsupported.
+func (c *Client) CellAdd(ctx context.Context, addr string, pin Fingerprint, member Replica) ([]Replica, error) {
+	return c.cellChange(ctx, wire.OpCellAdd, addr, pin, wire.CellMember{Addr: member.Addr, Fingerprint: member.Fingerprint})
+}
+
+// CellRemove asks the cell to remove the member whose key is fp; as
+// CellAdd otherwise.
+func (c *Client) CellRemove(ctx context.Context, addr string, pin Fingerprint, fp Fingerprint) ([]Replica, error) {
+	return c.cellChange(ctx, wire.OpCellRemove, addr, pin, wire.CellMember{Fingerprint: fp})
+}
+
+func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fingerprint, req wire.CellMember) ([]Replica, error) {
+	for redirects := 0; ; redirects++ {
+		p, err := c.peer([]string{addr}, pin, nil)
+		if err != nil {
+			return nil, err
+		}
+		var out wire.CellChanged
+		err = p.single(ctx, op, req, &out)
+		var we *wire.Error
+		if errors.As(err, &we) && we.Leader != nil && redirects < wire.MaxReplicas {
+			addr, pin = we.Leader.Addr, we.Leader.Fingerprint
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%v: %w", op, err)
+		}
+		return out.Members, nil
+	}
+}

@@ -1,0 +1,70 @@
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// CellStats is a member's view of its cell at scrape time (huddle cell
+// status shows the same, for every member).
+type CellStats struct {
+	Leader       bool
+	Term         uint64
+	CommitIndex  uint64
+	AppliedIndex uint64
+	LastIndex    uint64
+	// LastContact is how long ago the member heard from the leader: 0 on
+	// the leader, negative if never.
+	LastContact time.Duration
+	Members     int
+}
+
+// Cell registers a collector that reads a member's view of its cell at
+// each scrape. A member's lag is how far its applied index is behind the
+// leader's: max(huddle_cell_applied_index) - huddle_cell_applied_index
+// across the members.
+func (m *Metrics) Cell(stats func() CellStats) {
+	if m != nil {
+		m.reg.MustRegister(&cellCollector{stats: stats})
+	}
+}
+
+var (
+	descCellLeader  = desc("huddle_cell_leader", "1 if this daemon leads its cell, else 0.")
+	descCellTerm    = desc("huddle_cell_term", "The cell's raft term as this member knows it.")
+	descCellCommit  = desc("huddle_cell_commit_index", "The last raft entry this member knows is committed.")
+	descCellApplied = desc("huddle_cell_applied_index", "The last raft entry this member applied to its groups.")
+	descCellLast    = desc("huddle_cell_last_index", "The last raft entry in this member's log.")
+	descCellContact = desc("huddle_cell_last_contact_seconds", "Since this member last heard from the leader (0 on the leader; -1: never).")
+	descCellMembers = desc("huddle_cell_members", "Members in the cell's configuration.")
+)
+
+type cellCollector struct{ stats func() CellStats }
+
+func (c *cellCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers} {
+		ch <- d
+	}
+}
+
+func (c *cellCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	leader, contact := 0.0, s.LastContact.Seconds()
+	if s.Leader {
+		leader = 1
+	}
+	if s.LastContact < 0 {
+		contact = -1
+	}
+	for _, v := range []struct {
+		d *prometheus.Desc
+		v float64
+	}{
+		{descCellLeader, leader}, {descCellTerm, float64(s.Term)}, {descCellCommit, float64(s.CommitIndex)},
+		{descCellApplied, float64(s.AppliedIndex)}, {descCellLast, float64(s.LastIndex)},
+		{descCellContact, contact}, {descCellMembers, float64(s.Members)},
+	} {
+		ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.v)
+	}
+}
