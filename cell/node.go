@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -241,6 +242,16 @@ type Node struct {
 	closing chan struct{}
 	wg      sync.WaitGroup // await goroutines and the leader loop
 
+	// gate keeps entries from being handed to raft once Close began
+	// (gated), and futures counts those handed over and not answered yet:
+	// with BatchApplyCh, raft buffers them, and one buffered when raft
+	// shuts down is never answered. Close waits for the count to drop to
+	// zero (raft answers every entry it took while it runs) before it
+	// shuts raft down.
+	gate    sync.RWMutex
+	gated   bool
+	futures atomic.Int64
+
 	mu      sync.Mutex
 	started bool
 	closed  bool
@@ -422,7 +433,7 @@ func (n *Node) leaderLoop() {
 			}
 			for n.raft.State() == raft.Leader {
 				term := n.raft.CurrentTerm()
-				if err := n.raft.Barrier(n.cfg.RPCTimeout).Error(); err == nil {
+				if err := n.barrier(); err == nil {
 					if n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term {
 						n.setReady(term)
 						n.cfg.Logger.Info("cell: leading", "term", term)
@@ -515,7 +526,7 @@ func (n *Node) createGroups() {
 		if len(gc.Secret) > 0 {
 			spec.Private, spec.SecretSHA256 = true, sha256.Sum256(gc.Secret)
 		}
-		if err := n.raft.Apply(encodeCreate(nil, spec), n.cfg.RPCTimeout).Error(); err != nil {
+		if err := n.applyWait(encodeCreate(nil, spec)); err != nil {
 			n.cfg.Logger.Warn("cell: could not create a group; the next leader will", "group", gc.Name, "err", err)
 			return
 		}
@@ -567,15 +578,19 @@ func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, 
 	if _, err := n.leading(); err != nil {
 		return nil, err
 	}
-	f := n.raft.Apply(cmd(), 0)
+	f, err := n.apply(cmd())
+	if err != nil {
+		return nil, err
+	}
 	done := make(chan struct{})
-	var err error
 	var resp any
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		defer close(done)
-		if err = f.Error(); err == nil {
+		err = f.Error()
+		n.futures.Add(-1)
+		if err == nil {
 			resp = f.Response()
 			if rerr, ok := resp.(error); ok {
 				err = rerr
@@ -605,6 +620,7 @@ func (n *Node) Close() error {
 	started := n.started
 	n.mu.Unlock()
 	close(n.closing)
+	n.settle()
 	// Dials to members that are down would hold raft's shutdown for their
 	// timeout: they fail at once from now on.
 	n.tr.stopDialing()
@@ -619,4 +635,63 @@ func (n *Node) Close() error {
 		n.closeStores()
 	}
 	return err
+}
+
+// apply hands cmd to raft, unless the node is closing (ErrClosed). The
+// caller waits for the future's Error, then calls n.futures.Add(-1).
+func (n *Node) apply(cmd []byte) (raft.ApplyFuture, error) {
+	n.gate.RLock()
+	defer n.gate.RUnlock()
+	if n.gated {
+		return nil, ErrClosed
+	}
+	n.futures.Add(1)
+	return n.raft.Apply(cmd, 0), nil
+}
+
+// applyWait applies cmd and waits for raft's verdict.
+func (n *Node) applyWait(cmd []byte) error {
+	f, err := n.apply(cmd)
+	if err != nil {
+		return err
+	}
+	err = f.Error()
+	n.futures.Add(-1)
+	return err
+}
+
+// barrier waits until raft applied every entry before it.
+func (n *Node) barrier() error {
+	n.gate.RLock()
+	if n.gated {
+		n.gate.RUnlock()
+		return ErrClosed
+	}
+	n.futures.Add(1)
+	f := n.raft.Barrier(n.cfg.RPCTimeout)
+	n.gate.RUnlock()
+	err := f.Error()
+	n.futures.Add(-1)
+	return err
+}
+
+// settleWait bounds how long Close waits for raft to answer the entries
+// it was handed: a leader that lost its majority answers them when it
+// steps down, within its lease.
+const settleWait = 10 * time.Second
+
+// settle closes the gate and waits (at most settleWait) until raft has
+// answered every entry it was handed, so that none is left in its buffer
+// when it shuts down.
+func (n *Node) settle() {
+	n.gate.Lock()
+	n.gated = true
+	n.gate.Unlock()
+	deadline := time.Now().Add(settleWait)
+	for n.futures.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	if k := n.futures.Load(); k > 0 {
+		n.cfg.Logger.Warn("cell: closing with raft entries unanswered", "entries", k)
+	}
 }

@@ -142,7 +142,13 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		prop.acks[entries[i].ID] = a
 		p.inflight[entries[i].ID] = prop
 	}
-	f := n.raft.Apply(data, 0)
+	f, err := n.apply(data)
+	if err != nil {
+		for i := range entries[:k] {
+			delete(p.inflight, entries[i].ID)
+		}
+		return nil, nil, err
+	}
 	n.wg.Add(1)
 	go n.await(g, prop, f)
 	return prop, waits, nil
@@ -161,6 +167,7 @@ func commandSize(entries []store.Entry) int {
 func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	defer n.wg.Done()
 	err := f.Error()
+	n.futures.Add(-1)
 	if err == nil {
 		if rerr, ok := f.Response().(error); ok {
 			err = rerr
