@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -109,8 +110,9 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		ctx, cancel = context.WithTimeout(ctx, cellFollowFor)
 		defer cancel()
 	}
+	attempt := cellAttemptMin
 	for redirects := 0; ; redirects++ {
-		err := g.peer().single(ctx, op, args, out)
+		err := g.attempt(ctx, attempt, op, args, out)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
@@ -125,6 +127,13 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		if !g.replicated() || !g.cellRetryable(err) {
 			return err
 		}
+		if errors.Is(err, errAttemptTimeout) {
+			// A member that says nothing (killed, or cut off): the next
+			// one at once, and more patience with it.
+			attempt = min(2*attempt, cellAttemptMax)
+			g.nextReplica()
+			continue
+		}
 		wait := cellRetryMin
 		if d, ok := RetryAfter(err); ok && d > wait {
 			wait = d
@@ -136,6 +145,35 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			g.nextReplica()
 		}
 	}
+}
+
+// Each attempt of a call to a replicated group gets cellAttemptMin to be
+// answered, doubling up to cellAttemptMax: a member killed with SIGKILL
+// answers nothing, and its QUIC connection would take seconds to be
+// declared dead, while the cell has a new leader within about a second.
+// A slow answer costs a repeat on another member, with the same message
+// IDs: never a duplicate.
+const (
+	cellAttemptMin = time.Second
+	cellAttemptMax = 8 * time.Second
+)
+
+var errAttemptTimeout = errors.New("no answer in time")
+
+// attempt is one try of a call: single, bounded by d on a replicated group.
+func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, out any) error {
+	p := g.peer()
+	if !g.replicated() {
+		return p.single(ctx, op, args, out)
+	}
+	actx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := p.single(actx, op, args, out)
+	if err != nil && actx.Err() != nil && ctx.Err() == nil {
+		p.dropCurrent()
+		return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errAttemptTimeout)
+	}
+	return err
 }
 
 // cellRetryable reports whether another replica, or the same one a moment
