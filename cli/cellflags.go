@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -44,4 +45,28 @@ func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
 	}
 	cfg.Cell = cc
 	return nil
+}
+
+
+// announceCell says where a member of a cell listens, then, once the cell
+// has created the groups (its first leader does, once a majority runs),
+// the groups, as announceGroups does; the wait ends with ctx.
+func announceCell(ctx context.Context, df *daemonFlags, d *daemon.GroupDaemon) {
+	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
+		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
+	df.say("  waiting for the cell to elect a leader and create the groups", "waiting for the cell")
+	go func() {
+		select {
+		case <-d.CellGroups():
+		case <-ctx.Done():
+			return
+		}
+		for _, g := range d.Groups() {
+			private := ""
+			if g.Private {
+				private = "  (private)"
+			}
+			df.say(fmt.Sprintf("  group %s  %s%s", g.Name, g.ID, private), "hosting group", "name", g.Name, "uuid", g.ID.String(), "private", g.Private)
+		}
+	}()
 }

@@ -541,7 +541,11 @@ func runServe(ctx context.Context, env Env, args []string) int {
 		d.Close()
 		return fail(env, "serve", listenErr(err, "--listen", cfg.Listen))
 	}
-	announceGroups(&df, d)
+	if cfg.Cell == nil {
+		announceGroups(&df, d)
+	} else {
+		announceCell(ctx, &df, d)
+	}
 	limitMemory(cfg.Logger, cfg.Memory())
 	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, d.Readiness)
 	if err != nil {

@@ -368,6 +368,20 @@ func (d *GroupDaemon) afterCellGroups(loop func()) func() {
 	}
 }
 
+// CellGroups returns a channel closed once the daemon hosts its configured
+// groups: at once for a daemon of its own (after Listen), and for a member
+// of a cell once the cell created them (its first leader does); Groups
+// lists them from then on. It is never closed for a member of a cell that
+// closes first.
+func (d *GroupDaemon) CellGroups() <-chan struct{} {
+	if d.cfg.Cell == nil {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	return d.cellReady
+}
+
 // replicaList returns the cell's members for Info, or nil for a daemon
 // that is no member of a cell.
 func (d *GroupDaemon) replicaList() []wire.Replica {
