@@ -47,7 +47,6 @@ func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
 	return nil
 }
 
-
 // announceCell says where a member of a cell listens, then, once the cell
 // has created the groups (its first leader does, once a majority runs),
 // the groups, as announceGroups does; the wait ends with ctx.

@@ -310,7 +310,7 @@ func TestCellClientFollowsLeader(t *testing.T) {
 // gauge returns the value of the unlabelled gauge name in m.
 func gauge(t *testing.T, m *metrics.Metrics, name string) float64 {
 	t.Helper()
-	fams, err := m.Registry().Gather()
+	fams, err := m.Prometheus().Gather()
 	must(t, err)
 	for _, f := range fams {
 		if f.GetName() == name && len(f.GetMetric()) == 1 {
