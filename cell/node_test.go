@@ -306,3 +306,42 @@ func TestAddRemoveMember(t *testing.T) {
 	c.sendMany(g.ID, 310, 5)
 	c.sameLogs(g.ID, 315)
 }
+
+// TestMinorityRefusesSends: a leader left alone (its two followers
+// stopped) neither acknowledges a send nor hangs on it: the send in flight
+// and the ones after are answered unavailable (or not-leader, naming no
+// one) once the leader's lease runs out, well before the caller's own
+// deadline, and nothing is stored.
+func TestMinorityRefusesSends(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	c.send(g.ID, alice, [][16]byte{newID(1)}, []string{"before"})
+	for _, m := range c.members {
+		if m != l {
+			m.stop()
+		}
+	}
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		_, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(10 + i), From: alice, Body: []byte("alone")}}, nil)
+		expired := ctx.Err()
+		cancel()
+		var nl *NotLeaderError
+		switch {
+		case err == nil:
+			t.Fatalf("send %d: acknowledged by a leader without a majority", i)
+		case expired != nil:
+			t.Fatalf("send %d: hung until the caller's deadline: %v", i, err)
+		case errors.As(err, &nl):
+			if nl.Leader.Addr != "" && nl.Leader != l.node.Self() {
+				t.Fatalf("send %d: a minority names leader %v", i, nl.Leader)
+			}
+		case !errors.Is(err, ErrUnavailable):
+			t.Fatalf("send %d: %v, want unavailable", i, err)
+		}
+	}
+	if n := len(l.messages(g.ID)); n != 1 {
+		t.Fatalf("the lone member holds %d messages, want 1", n)
+	}
+}

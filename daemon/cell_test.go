@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/client"
@@ -327,4 +328,44 @@ func want(t *testing.T, ev client.Event, a client.Ack) {
 	if ev.Kind != client.EventMessage || ev.Message.Seq != a.Seq || ev.Message.ID != a.ID || ev.Epoch != a.Epoch {
 		t.Fatalf("watch event %+v (message seq %d), want the message acked %+v", ev, ev.Message.Seq, a)
 	}
+}
+
+// TestCellRegistryListsLeader: every member of a cell registers its
+// group; the registry lists it once, with the three replicas, under the
+// leader's address and key; once the leader stops, the listing names the
+// new leader (each member registers again at every renewal).
+func TestCellRegistryListsLeader(t *testing.T) {
+	reg := startRegistry(t, RegistryConfig{LeaseTTL: 600 * time.Millisecond})
+	members := startTestCell(t, 3, func(cfg *GroupConfig) { cfg.Registries = []string{reg.Addr().String()} })
+	cl := newTestClient(t)
+	ctx := testCtx(t)
+	r, err := cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+	must(t, err)
+	listed := func(want *testCellMember) bool {
+		l, err := r.List(ctx)
+		must(t, err)
+		if len(l.Groups) > 1 {
+			t.Fatalf("the registry lists the cell's group %d times: %+v", len(l.Groups), l.Groups)
+		}
+		if len(l.Groups) == 0 {
+			return false
+		}
+		e := l.Groups[0]
+		leaders := 0
+		for _, rp := range e.Replicas {
+			if rp.Leader {
+				leaders++
+			}
+		}
+		return len(e.Replicas) == 3 && leaders == 1 && e.Fingerprint == want.fp && len(e.Addrs) == 1 && e.Addrs[0] == want.addr
+	}
+	leader, _ := cellLeader(t, members)
+	eventually(t, "the group listed once under its leader", func() bool { return listed(leader) })
+	leader.stop()
+	leader.d = nil
+	var next *testCellMember
+	eventually(t, "the group listed under the new leader", func() bool {
+		next, _ = cellLeader(t, members)
+		return listed(next)
+	})
 }

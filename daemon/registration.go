@@ -466,7 +466,9 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
 	defer cancel()
 	members, last := uint64(g.memberCount()), g.log.Stats().Last
-	if epoch, ok := r.epochs[g.id]; ok && epoch == r.current {
+	// A cell's group registers again at each renewal: the registration
+	// carries the cell's members and its leader, which change.
+	if epoch, ok := r.epochs[g.id]; ok && epoch == r.current && g.cell == nil {
 		lease, err := r.reg.Renew(ctx, client.Renewal{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
 		if err == nil {
 			r.ttl = lease.TTL
