@@ -21,7 +21,7 @@ func runCell(ctx context.Context, env Env, args []string) int {
 	const synopsis = "status|add|remove --server HOST:PORT [FINGERPRINT@HOST:PORT | FINGERPRINT]"
 	if len(args) == 0 || (args[0] != "status" && args[0] != "add" && args[0] != "remove") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintf(env.Stdout, "Usage: huddle cell %s\n\n%s\n", synopsis, cellAbout)
+			fmt.Fprintf(env.Stdout, "Usage: huddle cell %s\n\n%s\n\nExample:\n%s\n", synopsis, cellAbout, cellExample)
 			return ExitOK
 		}
 		return usageErr(env, "cell", "say status, add or remove")
