@@ -118,7 +118,13 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		}
 		var we *wire.Error
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
-		if leader && redirects < 2*wire.MaxReplicas {
+		if leader {
+			// Members may name a leader that just lost its leadership
+			// (an election under way): after the first hops, wait a
+			// little more at each, until the call's context ends.
+			if redirects >= 2 && !sleep(ctx, jitter(cellRetryMin*time.Duration(min(redirects, 20)))) {
+				return err
+			}
 			if ferr := g.follow(*we.Leader); ferr != nil {
 				return err
 			}
