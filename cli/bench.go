@@ -40,7 +40,8 @@ memory are measured apart from the load's. With
 per-member send rate and per-address connection limit show as errors): its members gain one entry per
 connection (they leave at the end), and fetch first fills the group to --messages. bench never looks for a
 registry over mDNS, nor uses HUDDLE_REGISTRY: it loads only a daemon you name. --server-pid lets it read
-a local daemon's CPU and memory from /proc.
+a local daemon's CPU and memory from /proc. A group a cell replicates is loaded through its leader (clients
+follow it); --replica follower makes fetch read from one of the cell's followers instead.
 
 --profile DIR writes pprof profiles of exactly the measured window into DIR: the load's CPU (load.cpu.pprof)
 and, for its own daemon, the daemon's CPU (daemon.cpu.pprof, taken in whole seconds, so --duration is rounded
@@ -58,6 +59,7 @@ from runs without it.`,
 	fs.StringVar(&cfg.Registry, "registry", "", "load the group of the registry at HOST[:PORT] (default: start daemons of its own)")
 	fs.StringVar(&registryPin, "registry-fingerprint", "", "with --registry: the registry's fingerprint, to pin it")
 	fs.StringVar(&cfg.Group, "group", "bench", "the group to load")
+	fs.StringVar(&cfg.Replica, "replica", "", "with --registry, for a group a cell replicates: fetch from the cell's leader (default) or from a follower")
 	fs.IntVar(&cfg.ServerPID, "server-pid", 0, "with --registry: the daemon's process ID on this machine, to measure its CPU and memory")
 	fs.StringVar(&profileDir, "profile", "", "write CPU profiles of the window (the daemon's and the load's) and the daemon's heap into DIR")
 	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object")

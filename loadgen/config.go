@@ -22,6 +22,12 @@ const (
 	Recovery    Scenario = "recovery"
 )
 
+// Replicas a fetch may read from (Config.Replica).
+const (
+	ReplicaLeader   = "leader"
+	ReplicaFollower = "follower"
+)
+
 // Scenarios lists every scenario, in the order the help shows them.
 var Scenarios = []Scenario{Send, SendBatched, Fetch, Fanout, Idle, Recovery}
 
@@ -61,6 +67,13 @@ type Config struct {
 	Messages int
 	// Rate is the sender's messages per second in fanout. Default 1000.
 	Rate int
+	// Replica, for a group replicated by a cell, chooses which member
+	// serves fetch's reads: ReplicaLeader (the default: the member the
+	// registry's entry points to, which for a cell is its leader) or
+	// ReplicaFollower (the first member that does not lead). Sends, joins
+	// and the fill always go to the leader. A follower of a group that is
+	// not replicated is an error of the run.
+	Replica string
 	// ServerPID is the daemon's process ID, to read its CPU time and memory
 	// from /proc. Zero: not measured (StartDaemon's daemon sets it).
 	ServerPID int
@@ -93,6 +106,10 @@ func (c Config) Validate() error {
 		return bad("message size %d: at most 1 MiB", c.Size)
 	case c.Scenario == Fanout && c.Size != 0 && c.Size < 8:
 		return bad("fanout messages carry their send time: size at least 8")
+	case c.Replica != "" && c.Replica != ReplicaLeader && c.Replica != ReplicaFollower:
+		return bad("replica %q: want %s or %s", c.Replica, ReplicaLeader, ReplicaFollower)
+	case c.Replica == ReplicaFollower && c.Scenario != Fetch:
+		return bad("a follower serves reads: --replica follower goes with fetch")
 	case c.Scenario == Recovery && c.Daemon == nil:
 		return bad("recovery kills and restarts the daemon: it needs one of its own (no --registry)")
 	}

@@ -3,13 +3,17 @@ package loadgen_test
 import (
 	"context"
 	"errors"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/loadgen"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -88,11 +92,87 @@ func TestConfigValidate(t *testing.T) {
 		{"unknown scenario", loadgen.Config{Scenario: "flood", Registry: "x"}},
 		{"negative conns", loadgen.Config{Scenario: loadgen.Send, Registry: "x", Conns: -1}},
 		{"fanout without room for a time", loadgen.Config{Scenario: loadgen.Fanout, Registry: "x", Size: 4}},
+		{"unknown replica", loadgen.Config{Scenario: loadgen.Fetch, Registry: "x", Replica: "candidate"}},
+		{"send to a follower", loadgen.Config{Scenario: loadgen.Send, Registry: "x", Replica: loadgen.ReplicaFollower}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := tc.cfg.Validate(); !errors.Is(err, loadgen.ErrInvalidConfig) {
 				t.Errorf("Validate() = %v, want ErrInvalidConfig", err)
 			}
 		})
+	}
+}
+
+// startCell runs a registry and three group daemons replicating "bench"
+// as a cell, on loopback in this process, and returns the registry's
+// address.
+func startCell(t *testing.T) string {
+	t.Helper()
+	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	var peers []cell.Peer
+	var dirs []string
+	for range 3 {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers = append(peers, cell.Peer{Addr: udp.LocalAddr().String(), Fingerprint: id.Fingerprint()})
+		udp.Close() // bound again by the daemon
+		dirs = append(dirs, dir)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() { r.Serve(ctx) })
+	for i, p := range peers {
+		g, err := daemon.NewGroupDaemon(daemon.GroupConfig{
+			Listen:               p.Addr,
+			StateDir:             dirs[i],
+			Groups:               []daemon.GroupSpec{{Name: "bench"}},
+			Registries:           []string{r.Addr().String()},
+			RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+			SendRate:             -1, // unlimited
+			Cell:                 &daemon.CellConfig{Peers: peers},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { g.Serve(ctx) })
+	}
+	return r.Addr().String()
+}
+
+// TestFetchFromFollower loads a cell's group and fetches from a follower
+// (the fill going to the leader): every fetch returns the last 1%, and the
+// result says which member answered. A group no cell replicates has no
+// follower to read from.
+func TestFetchFromFollower(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cfg := loadgen.Config{Scenario: loadgen.Fetch, Messages: 3000, Replica: loadgen.ReplicaFollower,
+		Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond}
+	cfg.Registry = startCell(t)
+	res, err := loadgen.Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors != 0 || res.Ops == 0 || res.Messages != 30 || !strings.Contains(res.Note, "from the follower at 127.0.0.1:") {
+		t.Fatalf("%+v", res)
+	}
+
+	cfg.Registry = startDaemons(t)
+	if _, err := loadgen.Run(ctx, cfg); err == nil || !strings.Contains(err.Error(), "not replicated") {
+		t.Fatalf("a follower of a group no cell replicates: %v, want an error saying so", err)
 	}
 }

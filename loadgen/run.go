@@ -58,6 +58,7 @@ type runner struct {
 	mu      sync.Mutex
 	clients []*client.Client
 	joined  []*client.Group
+	owner   map[*client.Group]*client.Client // each joined group's client
 }
 
 // newClient returns a client with a fresh key, closed by r.close.
@@ -145,8 +146,64 @@ func (r *runner) member(ctx context.Context, batching bool, name string) (*clien
 	}
 	r.mu.Lock()
 	r.joined = append(r.joined, g)
+	if r.owner == nil {
+		r.owner = make(map[*client.Group]*client.Client)
+	}
+	r.owner[g] = c
 	r.mu.Unlock()
 	return g, nil
+}
+
+// caughtUp waits until g's replica holds message last: a follower
+// applies what the leader commits a moment later.
+func caughtUp(ctx context.Context, g *client.Group, last uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	for {
+		held := false
+		_, err := g.Fetch(ctx, client.Query{After: last - 1, Limit: 1}, func(client.Message) bool { held = true; return false })
+		if err == nil && held {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("message %d not held after %v: %w", last, setupTimeout, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// readers returns handles on gs's members that read from the replica
+// cfg.Replica names: gs themselves for the leader, else handles of the
+// same clients on a follower alone (no other replica to fall back on, so
+// that every read is the follower's), and that replica's address.
+func (r *runner) readers(gs []*client.Group) ([]*client.Group, string, error) {
+	if r.cfg.Replica != ReplicaFollower {
+		return gs, "", nil
+	}
+	var follower *wire.Replica
+	for i := range r.entry.Replicas {
+		if !r.entry.Replicas[i].Leader {
+			follower = &r.entry.Replicas[i]
+			break
+		}
+	}
+	if follower == nil {
+		return nil, "", fmt.Errorf("--replica follower: group %q is not replicated by a cell (the registry lists no follower)", r.cfg.Group)
+	}
+	e := wire.GroupEntry{Group: r.entry.Group, Name: r.entry.Name, Addrs: []string{follower.Addr}, Fingerprint: follower.Fingerprint}
+	out := make([]*client.Group, len(gs))
+	for i, g := range gs {
+		r.mu.Lock()
+		c := r.owner[g]
+		r.mu.Unlock()
+		fg, err := c.Group(e)
+		if err != nil {
+			return nil, "", err
+		}
+		out[i] = fg
+	}
+	return out, follower.Addr, nil
 }
 
 // members makes n members, joining a few at a time.
@@ -243,6 +300,15 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 	if since.IsZero() {
 		return fmt.Errorf("fetch setup: message %d is not held", info.Last-uint64(want)+1)
 	}
+	gs, from, err := r.readers(gs)
+	if err != nil {
+		return err
+	}
+	if from != "" {
+		if err := caughtUp(ctx, gs[0], info.Last); err != nil {
+			return fmt.Errorf("fetch setup: the follower at %s: %w", from, err)
+		}
+	}
 	ph := &phase{}
 	hists := make([]*hist, len(gs)*r.cfg.InFlight)
 	var wg sync.WaitGroup
@@ -277,6 +343,9 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 	res.Messages = int64(want)
 	res.MsgsPerSec = res.OpsPerSec * float64(want)
 	res.Note = fmt.Sprintf("each op fetches the %d messages since the timestamp of message %d of %d", want, info.Last-uint64(want)+1, info.Last)
+	if from != "" {
+		res.Note += ", from the follower at " + from
+	}
 	return ctx.Err()
 }
 
