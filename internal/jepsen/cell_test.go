@@ -1,0 +1,399 @@
+//go:build linux
+
+package jepsen
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/history"
+	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// cell is three group daemons replicating the group "jepsen" over raft,
+// each on a host of its own with its state on a small disk of its own.
+type cell struct {
+	l     *lab
+	nodes []*cellNode
+}
+
+type cellNode struct {
+	*node
+	addr string
+	fp   wire.Fingerprint
+	fill func() (free func())
+	up   bool // running (not killed and not yet restarted)
+}
+
+// leading matches the line a member logs when it becomes the cell's
+// leader, and its raft term.
+var leading = regexp.MustCompile(`msg="cell: leading".* term=(\d+)`)
+
+// newCell starts a cell of n members. Each member's key is made in its
+// state directory before it starts, so that every member can be given
+// the whole list of peers (FINGERPRINT@HOST:PORT) from its first start.
+func newCell(t *testing.T, l *lab, n int) *cell {
+	t.Helper()
+	c := &cell{l: l}
+	var peers []string
+	for i := 1; i <= n; i++ {
+		dir, fill := smallDisk(t, "64m")
+		id, err := identity.LoadOrCreate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill}
+		cn.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", cn.addr, "--advertise", cn.addr,
+			"--group", "jepsen", "--state-dir", dir, "--storage", "disk", "--send-rate", "0"}
+		c.nodes = append(c.nodes, cn)
+		peers = append(peers, "--cell-peer", cn.fp.String()+"@"+cn.addr)
+	}
+	for _, cn := range c.nodes {
+		cn.args = append(cn.args, peers...)
+	}
+	// Started together: each waits for the others to elect a leader.
+	var wg sync.WaitGroup
+	for _, cn := range c.nodes {
+		wg.Go(func() { cn.startQuiet(t) })
+	}
+	wg.Wait()
+	for _, cn := range c.nodes {
+		cn.up = true
+	}
+	return c
+}
+
+// startQuiet starts the node's process without waiting for its listening
+// line on the test's goroutine (so that members can start together); it
+// reports a failure with t.Error.
+func (n *node) startQuiet(t *testing.T) {
+	p := startProc(t, n.host, n.args...)
+	n.mu.Lock()
+	n.p = p
+	n.mu.Unlock()
+	deadline := time.After(waitTimeout)
+	for i := 0; ; {
+		p.out.mu.Lock()
+		for ; i < len(p.out.all); i++ {
+			if listening.MatchString(p.out.all[i]) {
+				p.out.mu.Unlock()
+				return
+			}
+		}
+		more := p.out.more
+		p.out.mu.Unlock()
+		select {
+		case <-more:
+		case <-p.done:
+			t.Errorf("%s exited before listening", n.name)
+			return
+		case <-deadline:
+			t.Errorf("%s did not listen within %v", n.name, waitTimeout)
+			return
+		}
+	}
+}
+
+// term returns the highest raft term in which the node's running process
+// has logged that it leads, 0 if none.
+func (n *cellNode) term() uint64 {
+	n.mu.Lock()
+	p := n.p
+	n.mu.Unlock()
+	p.out.mu.Lock()
+	defer p.out.mu.Unlock()
+	var best uint64
+	for _, line := range p.out.all {
+		if m := leading.FindStringSubmatch(line); m != nil {
+			if term, err := strconv.ParseUint(m[1], 10, 64); err == nil && term > best {
+				best = term
+			}
+		}
+	}
+	return best
+}
+
+// leader waits for a running member to lead in a term after after, and
+// returns it and its term.
+func (c *cell) leader(t *testing.T, after uint64) (*cellNode, uint64) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		var best *cellNode
+		var term uint64
+		for _, cn := range c.nodes {
+			if tm := cn.term(); cn.up && tm > term {
+				best, term = cn, tm
+			}
+		}
+		if best != nil && term > after {
+			return best, term
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no member led in a term after %d within %v", after, waitTimeout)
+		}
+		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// others returns the members other than n.
+func (c *cell) others(n *cellNode) []*cellNode {
+	return slices.DeleteFunc(slices.Clone(c.nodes), func(o *cellNode) bool { return o == n })
+}
+
+// entryOf returns entry pointing at member n alone: a client that reads
+// from that replica.
+func entryOf(entry wire.GroupEntry, n *cellNode) wire.GroupEntry {
+	return wire.GroupEntry{Group: entry.Group, Name: entry.Name, Addrs: []string{n.addr}, Fingerprint: n.fp}
+}
+
+// TestCellFaults runs the Jepsen workload against a cell of three group
+// daemons replicating a group over raft, on a LAN of five hosts (a
+// registry, three members, the clients), while the nemesis, round after
+// round: SIGKILLs the leader (and restarts it once another leads), SIGKILLs
+// a follower, partitions the leader from the majority (a client that can
+// reach only the old leader must be answered unavailable, not left
+// hanging), drops 5% of the packets every host receives, and fills a
+// member's disk (a follower's, then the leader's), and freezes the leader
+// past the election timeout (SIGSTOP, SIGCONT 3 s later). Senders follow the
+// leader and retry under the same IDs; one watcher follows through the
+// leader, another through a follower. Once the faults stop and every
+// member has caught up, the checker proves over the whole history: nothing
+// acknowledged lost on any replica, no duplicate, the same gapless log on
+// every replica, strictly increasing timestamps across leaders, acks that
+// match, read-your-writes, and watches with no gap, repeat or reset. The
+// log names how long sends took to succeed again after each leader kill
+// (target 3 of issue 20: p99 within 3 s).
+//
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 12; make jepsen: 100, so
+// more than 20 leader kills).
+func TestCellFaults(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		rounds := envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12)
+		l := newLab(t)
+		c := newCell(t, l, 3)
+		_, term := c.leader(t, 0)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
+		defer cancel()
+		entry := listing(ctx, t, "jepsen")
+		h := history.New()
+		w := newWorkload(h)
+		wctx, stopWatches := context.WithCancel(ctx)
+		defer w.watchers.Wait()
+		defer stopWatches()
+
+		var senders []*member
+		for i := range 4 {
+			senders = append(senders, join(ctx, t, entry, fmt.Sprint("sender", i), i%2 == 0))
+		}
+		checker := join(ctx, t, entry, "checker", false)
+		probe := join(ctx, t, entry, "probe", false)
+		watches := []*history.Watch{w.watch(wctx, join(ctx, t, entry, "watcher0", false), "the leader", 0)}
+		for i, m := range senders {
+			w.send(ctx, m, uint64(i))
+		}
+		w.waitProgress(t, "the start")
+		// A watcher through a follower (membership is replicated: any
+		// member serves it).
+		leader, _ := c.leader(t, 0)
+		follower := c.others(leader)[0]
+		fw := join(ctx, t, entry, "watcher1", false)
+		fw.g, _ = fw.cl.Group(entryOf(entry, follower))
+		watches = append(watches, w.watch(wctx, fw, follower.name, 0))
+
+		rng := rand.New(rand.NewPCG(20, 3))
+		faults := []string{"kill-leader", "kill-follower", "kill-leader", "partition-leader", "kill-leader", "loss", "kill-leader", "disk", "kill-leader", "pause-leader"}
+		counts := make(map[string]int)
+		var unavailableAfter []time.Duration
+		for round := range rounds {
+			kind := faults[round%len(faults)]
+			w.waitProgress(t, fmt.Sprintf("round %d", round))
+			<-time.After(time.Duration(rng.IntN(200)) * time.Millisecond) // the fault's moment, not a wait for an event
+			leader, term = c.leader(t, 0)
+			switch kind {
+			case "kill-leader":
+				h.Fault(time.Now(), "kill-leader", leader.name)
+				leader.kill(syscall.SIGKILL)
+				leader.up = false
+				_, term = c.leader(t, term)
+				leader.start()
+				leader.up = true
+			case "kill-follower":
+				f := c.others(leader)[rng.IntN(2)]
+				h.Fault(time.Now(), "kill-follower", f.name)
+				f.kill(syscall.SIGKILL)
+				f.up = false
+				w.waitProgress(t, "a follower was killed")
+				f.start()
+				f.up = true
+			case "partition-leader":
+				var majority []string
+				for _, o := range c.others(leader) {
+					majority = append(majority, strings.TrimSuffix(o.addr, ":7374"))
+				}
+				l.setFirewall(leader.host, firewall{blocked: majority})
+				h.Fault(time.Now(), "partition-leader", leader.name) // once the rules are in
+				unavailableAfter = append(unavailableAfter, minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				_, term = c.leader(t, term)
+				w.waitProgress(t, "the majority elected a leader")
+				l.setFirewall(leader.host, firewall{})
+			case "pause-leader":
+				// Frozen past the election timeout: the others elect a
+				// leader, and the old one, woken, must follow it.
+				h.Fault(time.Now(), "pause-leader", leader.name)
+				leader.pause(3 * time.Second)
+				_, term = c.leader(t, term)
+			case "loss":
+				h.Fault(time.Now(), "loss", "5% on every host")
+				for _, cn := range c.nodes {
+					l.setFirewall(cn.host, firewall{lossPct: 5})
+				}
+				l.setFirewall(nil, firewall{lossPct: 5})
+				w.waitProgress(t, "5% loss began")
+				<-time.After(3 * time.Second) // the loss's length
+				for _, cn := range c.nodes {
+					l.setFirewall(cn.host, firewall{})
+				}
+				l.setFirewall(nil, firewall{})
+			case "disk":
+				victim := c.others(leader)[0]
+				if counts[kind]%2 == 1 {
+					victim = leader
+				}
+				h.Fault(time.Now(), "disk", victim.name+"'s disk full")
+				free := victim.fill()
+				w.waitProgress(t, victim.name+"'s disk filled")
+				w.waitProgress(t, victim.name+"'s disk filled, again")
+				free()
+			}
+			counts[kind]++
+		}
+		w.waitProgress(t, "the last fault healed")
+		w.finish(t)
+
+		// Every member must catch up to the same log.
+		final := c.finalReads(ctx, t, w, checker, entry)
+		waitWatches(t, uint64(final), watches...)
+		stopWatches()
+		w.watchers.Wait()
+		res := w.report(t)
+		t.Logf("faults survived: %v", counts)
+		logRecoveries(t, h, "kill-leader")
+		logRecoveries(t, h, "partition-leader")
+		if len(unavailableAfter) > 0 {
+			slices.Sort(unavailableAfter)
+			t.Logf("a leader cut off from the majority answered unavailable after %v (median of %d), at most %v",
+				unavailableAfter[len(unavailableAfter)/2].Round(time.Millisecond), len(unavailableAfter), unavailableAfter[len(unavailableAfter)-1].Round(time.Millisecond))
+		}
+		if res.Acked < rounds {
+			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)
+		}
+	})
+}
+
+// minorityRefuses sends through a client that can reach only the old
+// leader, now cut off from the majority, until a send is answered
+// unavailable: a minority must refuse, never acknowledge and never leave
+// the client hanging past its attempt timeout. It returns when the first
+// refusal came. Every attempt goes into the history (one that was
+// acknowledged by a minority would show as lost).
+func minorityRefuses(ctx context.Context, t *testing.T, w *workload, m *member, only wire.GroupEntry) time.Duration {
+	t.Helper()
+	g, err := m.cl.Group(only)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for {
+		c, cancel := context.WithTimeout(ctx, attemptTimeout)
+		id, body := wire.NewID(), []byte("from the minority's side")
+		s := history.Send{Client: m.name, ID: id, Body: body, Start: time.Now()}
+		ack, err := g.SendWithID(c, id, body)
+		cancel()
+		s.End = time.Now()
+		if err == nil {
+			s.Acked, s.Seq, s.Time, s.Epoch = true, ack.Seq, ack.Time.UnixNano(), ack.Epoch
+		} else {
+			s.Err = errClass(err) + ": " + err.Error()
+		}
+		w.h.Send(s)
+		switch {
+		case err == nil:
+			// Acknowledged before the old leader noticed: allowed only
+			// if a majority has it, which the final reads check.
+		case errClass(err) == "unavailable":
+			return time.Since(start)
+		case errClass(err) == "timeout":
+			t.Errorf("a send to a leader cut off from the majority hung for %v: want unavailable (%v)", attemptTimeout, err)
+		}
+		if time.Since(start) > waitTimeout {
+			t.Fatalf("the old leader never answered unavailable within %v", waitTimeout)
+		}
+	}
+}
+
+// finalReads waits until every member holds the same log, at least up to
+// the last acknowledged sequence, then records one final read from each,
+// and returns the log's length. A member that does not catch up within
+// waitTimeout gets its last read recorded as final: the checker then says
+// what it lacks.
+func (c *cell) finalReads(ctx context.Context, t *testing.T, w *workload, checker *member, entry wire.GroupEntry) int {
+	t.Helper()
+	var last uint64
+	for _, s := range w.h.Sends() {
+		if s.Acked {
+			last = max(last, s.Seq)
+		}
+	}
+	readers := make([]*member, len(c.nodes))
+	for i, cn := range c.nodes {
+		g, err := checker.cl.Group(entryOf(entry, cn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readers[i] = &member{name: checker.name, cl: checker.cl, g: g}
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		logs := make([][]client.Message, len(c.nodes))
+		same := true
+		for i, r := range readers {
+			c2, cancel := context.WithTimeout(ctx, attemptTimeout)
+			_, err := r.g.Fetch(c2, client.Query{}, func(m client.Message) bool {
+				logs[i] = append(logs[i], m)
+				return true
+			})
+			cancel()
+			same = same && err == nil
+			same = same && uint64(len(logs[i])) >= last && len(logs[i]) == len(logs[0])
+		}
+		if same || time.Now().After(deadline) {
+			if !same {
+				t.Errorf("the members did not converge within %v: they hold %d, %d and %d messages", waitTimeout, len(logs[0]), len(logs[1]), len(logs[2]))
+			}
+			n := 0
+			for i, r := range readers {
+				msgs, ok := w.read(ctx, r, c.nodes[i].name, 0, true)
+				if !ok {
+					t.Errorf("the final read of %s failed", c.nodes[i].name)
+				}
+				n = max(n, len(msgs))
+			}
+			return n
+		}
+		<-time.After(100 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
