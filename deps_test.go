@@ -134,9 +134,11 @@ var daemonPackages = []string{"daemon"}
 
 // daemonAPI is what code outside the daemons may name in their packages:
 // constructors, their configurations (and the types inside them), the
-// daemons' own types (to hold one and call its methods), and the constants
-// and errors configurations are documented with.
-var daemonAPI = regexp.MustCompile(`^(New[A-Z]\w*|\w*Config|\w*Spec|Registry|GroupDaemon|Default\w+|Max\w+|Min\w+|Err\w+)$`)
+// daemons' own types (to hold one and call its methods), the memory budget
+// a configuration adds up to (Memory, which the CLI turns into the process's
+// soft memory limit), and the constants and errors configurations are
+// documented with.
+var daemonAPI = regexp.MustCompile(`^(New[A-Z]\w*|\w*Config|\w*Spec|Registry|GroupDaemon|Memory|Default\w+|Max\w+|Min\w+|Err\w+)$`)
 
 // TestCLIUsesDaemonsThroughConfigs: the CLI starts daemons and does not
 // reach into them: every name it uses from a daemon package is a
