@@ -265,3 +265,66 @@ func attackOperationsFromMany(t *testing.T, h *hostile) {
 		t.Fatal("no stalled stream was reset with 0x2")
 	}
 }
+
+// attackUnreadRepliesFromMany has ten addresses fetch a large history and
+// read nothing, with the server's reply memory scaled down so that they
+// spend it all: an honest user from an eleventh address still has its
+// large fetch served, its reply taking the place of a stalled reply of the
+// address that holds the most, which is reset with 0x2 (the reply side of
+// attackRequestMemoryFromMany).
+func attackUnreadRepliesFromMany(t *testing.T, h *hostile) {
+	d, _ := startGroupDaemon(t, GroupConfig{SendRate: -1, MaxBatch: 1024, ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
+	d.srv.shares.mu.Lock()
+	d.srv.shares.limits.conn[resReply] = 2 << 20
+	d.srv.shares.limits.addr[resReply] = 2 << 20
+	d.srv.shares.limits.total[resReply] = 16 << 20
+	d.srv.shares.mu.Unlock()
+	g := gid(d)
+	filler := joinedFrom(t, "127.0.0.3", d, "filler")
+	for range 16 { // 8 MiB of history, in 2 KiB messages
+		msgs := make([]wire.Outgoing, 256)
+		for i := range msgs {
+			msgs[i] = wire.Outgoing{ID: wire.NewID(), Body: make([]byte, 2<<10)}
+		}
+		_, err := filler.send(g, msgs)
+		must(t, err)
+	}
+	var strs []*quic.Stream
+	for i := range 10 {
+		p := joinedFrom(t, fmt.Sprintf("127.0.0.%d", 50+i), d, fmt.Sprint("reads nothing ", i))
+		for range 4 {
+			strs = append(strs, p.open(request(t, wire.OpFetch, wire.Fetch{Group: g})))
+		}
+	}
+	eventually(t, "the unread replies to spend the server's reply memory", func() bool {
+		return d.srv.shares.total(resReply) >= 15<<20
+	})
+	honest := joinedFrom(t, "127.0.0.2", d, "honest")
+	msgs, _, err := honest.fetch(wire.Fetch{Group: g, Limit: 400}) // 800 KiB: a large reply
+	must(t, err)
+	if len(msgs) != 400 {
+		t.Fatalf("the honest user fetched %d messages, want 400", len(msgs))
+	}
+	if cuts := d.srv.shares.cutCount(resReply); cuts == 0 {
+		t.Fatal("the honest user was served, but no unread reply was cut off for it")
+	}
+	if held := d.srv.shares.total(resReply); held > 16<<20 {
+		t.Fatalf("%d bytes of reply memory held, the server's budget is 16 MiB", held)
+	}
+	cut := 0
+	for _, str := range strs {
+		// A stream reset reads as its reset at once, whatever was
+		// buffered; one still held reads a frame, or nothing before this
+		// deadline.
+		str.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _, err := wire.ReadResponse(str, nil)
+		var se *quic.StreamError
+		if errors.As(err, &se) && se.Remote && se.ErrorCode == wire.StreamTimeout {
+			cut++
+		}
+	}
+	t.Logf("%d of the attackers' unread replies cut off (for the honest user, and for each other: an equal part each)", cut)
+	if cut == 0 {
+		t.Fatal("no unread reply was reset with 0x2")
+	}
+}

@@ -110,6 +110,7 @@ func TestHostilePeers(t *testing.T) {
 		{"request memory held from ten addresses", attackRequestMemoryFromMany},
 		{"replies nobody reads", attackUnreadReplies},
 		{"operations held from ten addresses", attackOperationsFromMany},
+		{"replies nobody reads from ten addresses", attackUnreadRepliesFromMany},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.attack(t, h) })
 		if t.Failed() {
