@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -369,3 +370,80 @@ func TestCellRegistryListsLeader(t *testing.T) {
 		return listed(next)
 	})
 }
+
+// TestCellAddMember: a daemon started to join a running cell is added by
+// cell_add, asked with a member's key of a member that need not lead; it
+// then hosts the group with every message sent before, identically, and
+// serves what is sent after. cell_remove takes a member out again.
+func TestCellAddMember(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	_, g := cellLeader(t, members)
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	var before wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two")}, &before))
+
+	dir := t.TempDir()
+	id, err := identity.LoadOrCreate(dir)
+	must(t, err)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	must(t, err)
+	addr := udp.LocalAddr().String()
+	udp.Close()
+	peers := append([]cell.Peer(nil), members[0].cfg.Cell.Peers...)
+	peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
+	nd, _ := startGroupDaemon(t, GroupConfig{StateDir: dir, Listen: addr, Groups: []GroupSpec{{Name: "general"}},
+		Cell: &CellConfig{Peers: peers, Join: true}})
+
+	// A member's key (the operator runs huddle cell add with a member's
+	// state directory), asking a member that may not lead.
+	memberKey, err := identity.LoadOrCreate(members[0].dir)
+	must(t, err)
+	cl, err := client.New(client.Config{Identity: memberKey, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	ctx := testCtx(t)
+	got, err := cl.CellAdd(ctx, members[1].addr, members[1].fp, client.Replica{Addr: addr, Fingerprint: id.Fingerprint()})
+	must(t, err)
+	if len(got) != 4 {
+		t.Fatalf("members after cell_add: %+v, want 4", got)
+	}
+	newcomer := &testCellMember{d: nd, addr: addr, fp: id.Fingerprint(), dir: dir}
+	p := dial(t, nd.Addr(), newcomer.fp, key)
+	var fetched []wire.Message
+	eventually(t, "the new member to serve the messages sent before it joined", func() bool {
+		fetched = fetched[:0]
+		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: 2}) {
+			if f.kind == wire.KindMessages {
+				var ms wire.Messages
+				f.decode(t, &ms)
+				fetched = append(fetched, ms.Messages...)
+			}
+		}
+		return len(fetched) == 2
+	})
+	for i, m := range fetched {
+		if m.Seq != before.Acks[i].Seq || m.Time != before.Acks[i].Time {
+			t.Fatalf("the new member's message %d: %+v, acked %+v", i, m, before.Acks[i])
+		}
+	}
+	all := append(members, newcomer)
+	var after wire.Sent
+	must(t, callLeader(t, all, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("three")}, &after))
+	eventually(t, "the new member to serve a message sent after it joined", func() bool {
+		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, After: ptrTo(uint64(2))}) {
+			if f.kind == wire.KindMessages {
+				return true
+			}
+		}
+		return false
+	})
+
+	got, err = cl.CellRemove(ctx, members[2].addr, members[2].fp, newcomer.fp)
+	must(t, err)
+	if len(got) != 3 || slices.ContainsFunc(got, func(r client.Replica) bool { return r.Fingerprint == newcomer.fp }) {
+		t.Fatalf("members after cell_remove: %+v", got)
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
