@@ -29,7 +29,8 @@ func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (
 // CellAdd asks the cell the daemon at addr belongs to to add member (its
 // daemon must be running, started to join the cell), and returns the
 // cell's members once the change is committed. The request is sent on to
-// the leader if addr does not lead. This client's key must be one of the
+// the leader if addr does not lead, and asked again while the cell elects
+// one, until ctx ends. This client's key must be one of the
 // cell's members' (run it with a member daemon's state directory as
 // HUDDLE_HOME). Errors: ErrUnauthorized, ErrBadRequest, ErrUnavailable,
 // ErrUnsupported.
@@ -52,9 +53,19 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 		var out wire.CellChanged
 		err = p.single(ctx, op, req, &out)
 		var we *wire.Error
-		if errors.As(err, &we) && we.Leader != nil && redirects < wire.MaxReplicas {
-			addr, pin = we.Leader.Addr, we.Leader.Fingerprint
-			continue
+		if errors.As(err, &we) && we.Code == wire.CodeUnavailable && redirects < 64 {
+			if we.Leader != nil {
+				addr, pin = we.Leader.Addr, we.Leader.Fingerprint
+				if redirects < 2 {
+					continue
+				}
+			}
+			// An election under way (or a leader just deposed): ask
+			// again shortly, until ctx ends.
+			wait := max(cellRetryMin, we.RetryAfter())
+			if sleep(ctx, jitter(wait)) {
+				continue
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%v: %w", op, err)
