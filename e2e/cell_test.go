@@ -34,12 +34,14 @@ func (m *cellMember) start(t *testing.T) {
 }
 
 // TestCellLeaderKill runs a cell of three huddle serve processes and kills
-// its leader with SIGKILL three times, restarting each killed member,
+// its leader with SIGKILL three times, then each member in turn,
+// restarting each killed member,
 // while one client sends. Every send is retried with its message ID until
 // it is acknowledged; in the end every replica holds exactly the
 // acknowledged messages, once each, with their acknowledged sequence
 // numbers and timestamps, gapless and strictly increasing: nothing
-// acknowledged was lost, nothing duplicated.
+// acknowledged was lost, nothing duplicated. A watch opened before the
+// first kill delivers every message once, in order, with no reset.
 func TestCellLeaderKill(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
@@ -99,6 +101,26 @@ func TestCellLeaderKill(t *testing.T) {
 		t.Fatalf("join: %v", err)
 	}
 
+	// A watch from the start, on its own handle: it must see every
+	// message once, in order, across the kills (it moves to another
+	// member when its own dies), with no gap and no reset.
+	w, err := cl.Group(wire.GroupEntry{Group: gid, Name: "general", Addrs: []string{members[0].addr}, Fingerprint: members[0].fp, Replicas: replicas})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	events := make(chan client.Event, 1024)
+	go func() {
+		defer close(events)
+		for ev, err := range w.Watch(watchCtx, client.Query{}) {
+			if err != nil {
+				return
+			}
+			events <- ev
+		}
+	}()
+
 	var acks []client.Ack
 	send := func(n int) (firstAfter time.Duration) {
 		start := time.Now()
@@ -151,6 +173,13 @@ func TestCellLeaderKill(t *testing.T) {
 		t.Logf("kill %d: leader %s killed with SIGKILL; sends succeeded again after %v", k+1, l.addr, took.Round(time.Millisecond))
 		l.start(t) // same key, state and address: it catches up from the others
 	}
+	// Then each member in turn, follower or leader: the watch's own
+	// member dies at least once, and the watch moves on.
+	for _, m := range members {
+		m.p.stop(t, syscall.SIGKILL)
+		send(10)
+		m.start(t)
+	}
 	send(20)
 
 	// Every replica, restarted ones included, holds exactly what was
@@ -194,6 +223,18 @@ func TestCellLeaderKill(t *testing.T) {
 			}
 		}
 	}
+	for i := range acks {
+		var ev client.Event
+		select {
+		case ev = <-events:
+		case <-time.After(waitTimeout):
+			t.Fatalf("the watch delivered %d of %d messages", i, len(acks))
+		}
+		if ev.Kind != client.EventMessage || ev.Message.Seq != acks[i].Seq || ev.Message.ID != acks[i].ID || ev.Epoch != acks[i].Epoch {
+			t.Fatalf("watch event %d: %+v (seq %d), want the message acknowledged %+v: a gap, a repeat or a reset", i, ev, ev.Message.Seq, acks[i])
+		}
+	}
+	stopWatch()
 	ids := make([]wire.ID, len(acks))
 	for i, a := range acks {
 		ids[i] = a.ID
@@ -202,5 +243,5 @@ func TestCellLeaderKill(t *testing.T) {
 	if len(slices.Compact(ids)) != len(acks) {
 		t.Fatal("an ID was acknowledged twice")
 	}
-	t.Logf("%d leader kills survived; %d acknowledged messages checked on each of %d replicas: none lost, none duplicated", kills, len(acks), len(members))
+	t.Logf("%d leader kills and %d member kills survived; %d acknowledged messages checked on each of %d replicas: none lost, none duplicated; one watch saw them all, in order, with no gap, repeat or reset", kills, len(members), len(acks), len(members))
 }
