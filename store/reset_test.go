@@ -1,0 +1,89 @@
+package store
+
+import (
+	"errors"
+	"testing"
+)
+
+// resettable is what both logs offer a replica that catches up.
+type resettable interface {
+	appender
+	querier
+	Reset(seq uint64, t int64) error
+	Epoch() uint64
+}
+
+// testReset: a log that held messages 1..n is reset to stand after 1000:
+// it holds nothing, the next message is 1001 (after the time given), a
+// reset behind the tail is refused, and appends follow on.
+func testReset(t *testing.T, l resettable) []Entry {
+	t.Helper()
+	w := newWriter(7)
+	w.fill(t, l, 50, 100)
+	epoch := l.Epoch()
+	const at, tAt = 1000, int64(5e18)
+	if err := l.Reset(at, tAt); err != nil {
+		t.Fatalf("reset: %v", err)
+	}
+	if seq, ts := l.Tail(); seq != at || ts != tAt {
+		t.Fatalf("tail after reset: %d %d, want %d %d", seq, ts, at, tAt)
+	}
+	if got, cur := l.After(0, 10, nil); len(got) != 0 || cur.First != at+1 || cur.Last != at {
+		t.Fatalf("after reset: %d messages, cursor %+v; want none, first %d, last %d", len(got), cur, at+1, at)
+	}
+	if err := l.Reset(at-1, tAt); !errors.Is(err, ErrOutOfOrder) {
+		t.Fatalf("reset behind the tail: %v, want ErrOutOfOrder", err)
+	}
+	if l.Epoch() != epoch {
+		t.Fatalf("epoch %d after reset, want %d", l.Epoch(), epoch)
+	}
+	more := w.fill(t, l, 20, 100)
+	if more[0].Seq != at+1 || more[0].Time <= tAt {
+		t.Fatalf("first message after the reset: seq %d time %d, want %d after %d", more[0].Seq, more[0].Time, at+1, tAt)
+	}
+	checkHolds(t, l, more)
+	return more
+}
+
+func TestLogReset(t *testing.T) {
+	l, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testReset(t, l)
+}
+
+// TestDiskLogReset: the same on disk, and the reset log reads back as it
+// stands: its messages, its tail and its epoch.
+func TestDiskLogReset(t *testing.T) {
+	cfg := DiskConfig{Dir: t.TempDir(), SegmentBytes: 4 << 10}
+	d, _ := diskLog(t, cfg)
+	epoch := d.Epoch()
+	more := testReset(t, d)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, rec := diskLog(t, cfg)
+	if rec.NewEpoch != "" || d2.Epoch() != epoch {
+		t.Fatalf("reopened after a reset: %+v, epoch %d, want epoch %d kept", rec, d2.Epoch(), epoch)
+	}
+	checkHolds(t, d2, more)
+	last := more[len(more)-1]
+	if seq, ts := d2.Tail(); seq != last.Seq || ts != last.Time {
+		t.Fatalf("tail after reopening: %d %d, want %d %d", seq, ts, last.Seq, last.Time)
+	}
+}
+
+// TestDiskLogConfiguredEpoch: a disk log created under a configured epoch
+// has it; one that holds another epoch refuses to open (ErrOtherEpoch).
+func TestDiskLogConfiguredEpoch(t *testing.T) {
+	dir := t.TempDir()
+	d, _ := diskLog(t, DiskConfig{Dir: dir, Config: Config{Epoch: 42}})
+	if d.Epoch() != 42 {
+		t.Fatalf("epoch %d, want the configured 42", d.Epoch())
+	}
+	d.Close()
+	if _, _, err := Open(DiskConfig{Dir: dir, Config: Config{Epoch: 43}}); !errors.Is(err, ErrOtherEpoch) {
+		t.Fatalf("open under another epoch: %v, want ErrOtherEpoch", err)
+	}
+}
