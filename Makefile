@@ -11,6 +11,7 @@
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
 #   make crashloop  the crash loop at length: CRASHKILLS (default 500) SIGKILLs of a group daemon under load
 #   make jepsen  the Jepsen-style fault schedules at length: JEPSENROUNDS (default 100) rounds of faults each
+#   make bench-cell  issue 20's targets: a three-member cell beside JetStream R3, ABBA (bin/bench-cell.txt)
 #   make bench-web  huddle web in chromium: open 10,000 messages, CLI to page, memory over WEBSOAK (10m)
 #   make screenshots  the pictures of huddle web in docs/, from its browser tests
 
@@ -26,7 +27,7 @@ JEPSENROUNDS ?= 100
 WEBSOAK   ?= 10m
 BENCHDUR  ?= 5s
 
-.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-durable bench-web screenshots e2e soak crashloop jepsen clean
+.PHONY: all build run test vet lint unit fuzz-brief bench-smoke fuzz bench bench-e2e bench-durable bench-web screenshots e2e soak crashloop jepsen bench-cell clean
 
 all: build
 
@@ -114,6 +115,13 @@ crashloop:
 # disks under a recorded workload, and the history checked. Needs root and nft.
 jepsen:
 	HUDDLE_JEPSEN_ROUNDS=$(JEPSENROUNDS) $(GO) test -count=1 -run 'Faults$$' -timeout 90m -v ./internal/jepsen/
+
+# bench-cell runs a three-member cell on 127.0.0.1 (three huddle serve
+# processes and a registry) against the anchors' three-server JetStream
+# cluster, ABBA, and fetches from a follower and from the leader: issue
+# 20's targets 1, 2 and 4 (bin/bench-cell.txt). About 8 minutes.
+bench-cell:
+	@DUR=$(BENCHDUR) GO=$(GO) ./scripts/bench-cell.sh
 
 clean:
 	rm -rf bin
