@@ -130,6 +130,13 @@ func (h *cellHost) group(id wire.UUID) *group {
 	return h.groups[id]
 }
 
+// count returns how many of the cell's groups this daemon hosts so far.
+func (h *cellHost) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.groups)
+}
+
 // byName returns the groups named names, and the channel closed when the
 // next group is added.
 func (h *cellHost) byName(names []string) (found []*group, added <-chan struct{}) {

@@ -447,3 +447,36 @@ func TestCellAddMember(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestCellMemberBeforeItsGroups: a member of a cell that has not yet
+// applied its groups (alone of three, it has no leader to create them; a
+// member just restarted is in the same state until it catches up) answers
+// an operation on a group it does not know with unavailable, which a
+// client retries, not not_found, which ends a watch. Once a cell has
+// applied its groups, an unknown group is not_found.
+func TestCellMemberBeforeItsGroups(t *testing.T) {
+	var peers []cell.Peer
+	dirs := make([]string, 3)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		id, err := identity.LoadOrCreate(dirs[i])
+		must(t, err)
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		must(t, err)
+		peers = append(peers, cell.Peer{Addr: udp.LocalAddr().String(), Fingerprint: id.Fingerprint()})
+		udp.Close() // bound again by the daemon
+	}
+	alone, _ := startGroupDaemon(t, GroupConfig{StateDir: dirs[0], Listen: peers[0].Addr, Groups: []GroupSpec{{Name: "general"}},
+		Cell: &CellConfig{Peers: peers}})
+	key := newKey(t)
+	p := dial(t, alone.Addr(), peers[0].Fingerprint, key)
+	err := p.call(wire.OpInfo, wire.GroupRef{Group: wire.UUID(wire.NewID())}, nil)
+	if we := wantCode(t, err, wire.CodeUnavailable); we.RetryAfterMS == 0 {
+		t.Fatalf("a member without its groups: %v, want unavailable with a time to retry", we)
+	}
+
+	members := startTestCell(t, 3, nil)
+	leader, _ := cellLeader(t, members)
+	p = dial(t, leader.d.Addr(), leader.fp, key)
+	wantCode(t, p.call(wire.OpInfo, wire.GroupRef{Group: wire.UUID(wire.NewID())}, nil), wire.CodeNotFound)
+}

@@ -68,6 +68,14 @@ func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
 		if g := d.host.group(id); g != nil {
 			return g, nil
 		}
+		if d.host.count() < len(d.cfg.Groups) {
+			// A member that has not yet applied the cell's groups (it is
+			// starting, or the cell has no leader to create them): the
+			// group may well be one of them, so not_found, which a client
+			// takes as final, would be wrong.
+			return nil, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+				Message: fmt.Sprintf("%v group %s: this member of a cell has not yet applied all its groups: try again shortly", op, id)}
+		}
 		return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
 	}
 	if g := d.groups[id]; g != nil {
