@@ -286,7 +286,7 @@ func TestCellFaults(t *testing.T) {
 
 		// Every member must catch up to the same log.
 		final := c.finalReads(ctx, t, w, checker, entry)
-		waitWatches(t, uint64(final), watches...)
+		w.waitWatches(t, uint64(final), watches...)
 		stopWatches()
 		w.watchers.Wait()
 		res := w.report(t)

@@ -137,7 +137,7 @@ func TestDurableDaemonFaults(t *testing.T) {
 		if !ok {
 			t.Fatal("the final read failed")
 		}
-		waitWatches(t, uint64(len(final)), watches...)
+		w.waitWatches(t, uint64(len(final)), watches...)
 		stopWatches()
 		w.watchers.Wait()
 		res := w.report(t)

@@ -289,14 +289,18 @@ func (w *workload) finish(t *testing.T) {
 	}
 }
 
-// waitWatches waits until every watch has delivered up to last.
-func waitWatches(t *testing.T, last uint64, watches ...*history.Watch) {
+// waitWatches waits until every watch has delivered up to last. A watch
+// that does not is reported (t.Error), with what the workload saw of it,
+// and the run goes on to the checker, which still checks what it
+// delivered.
+func (w *workload) waitWatches(t *testing.T, last uint64, watches ...*history.Watch) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
-	for _, w := range watches {
-		for w.Last() < last {
+	for _, wt := range watches {
+		for wt.Last() < last {
 			if time.Now().After(deadline) {
-				t.Fatalf("a watch by %s stopped at #%d of %d", w.Client, w.Last(), last)
+				t.Errorf("a watch by %s on %s stopped at #%d of %d", wt.Client, wt.Replica, wt.Last(), last)
+				break
 			}
 			<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
 		}
