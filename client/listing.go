@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -75,8 +76,10 @@ func Listed(answers []RegistryListing) ([]ListedGroup, error) {
 // its UUID elsewhere), and a client choosing between them must say so.
 // Of one group's entries, the one with the most time left on its lease (the
 // latest renewed) gives the counters and the first addresses; the others'
-// addresses follow. Failed answers are skipped. Groups come sorted by name,
-// then UUID, then fingerprint.
+// addresses follow. A group replicated by a cell is one entry per UUID and
+// set of replicas, whichever leader each registry names: the entry with
+// the most time left is taken whole. Failed answers are skipped. Groups
+// come sorted by name, then UUID, then fingerprint.
 func Merge(answers []RegistryListing) []ListedGroup {
 	type key struct {
 		group UUID
@@ -91,13 +94,26 @@ func Merge(answers []RegistryListing) []ListedGroup {
 		from := a.Registry.Fingerprint()
 		for _, e := range a.Listing.Groups {
 			k := key{e.Group, e.Fingerprint}
+			if len(e.Replicas) > 0 {
+				// A cell's group: the registries may name different
+				// leaders; entries with the same replicas are one group.
+				k.fp = replicaSet(e.Replicas)
+			}
 			g := byKey[k]
-			if g == nil {
+			switch {
+			case g == nil:
 				g = &ListedGroup{GroupEntry: e}
 				g.Addrs = slices.Clone(e.Addrs)
 				byKey[k] = g
 				out = append(out, g)
-			} else {
+			case len(e.Replicas) > 0:
+				// The latest registration's view of the leader, whole:
+				// one leader's addresses never go with another's key.
+				if e.ExpiresMS > g.ExpiresMS {
+					g.GroupEntry = e
+					g.Addrs = slices.Clone(e.Addrs)
+				}
+			default:
 				addrs := g.Addrs
 				if e.ExpiresMS > g.ExpiresMS {
 					addrs = e.Addrs
@@ -146,4 +162,21 @@ func (rs Registries) Group(e GroupEntry) (*Group, error) {
 	}
 	g.regs = slices.Clone(rs)
 	return g, nil
+}
+
+// replicaSet names a set of replicas by their keys, whatever their order
+// and whichever leads.
+func replicaSet(rs []Replica) Fingerprint {
+	fps := make([]Fingerprint, len(rs))
+	for i, r := range rs {
+		fps[i] = r.Fingerprint
+	}
+	slices.SortFunc(fps, func(a, b Fingerprint) int { return bytes.Compare(a[:], b[:]) })
+	h := sha256.New()
+	for _, fp := range fps {
+		h.Write(fp[:])
+	}
+	var out Fingerprint
+	copy(out[:], h.Sum(nil))
+	return out
 }

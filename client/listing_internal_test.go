@@ -50,3 +50,44 @@ func TestMerge(t *testing.T) {
 		t.Errorf("Listed with no answer: %v, want ErrNoListing and the registry's ErrUnreachable", err)
 	}
 }
+
+// TestMergeCell: registries that list a cell's group under different
+// leaders give one entry, the latest registration's, whole (never one
+// leader's addresses with another's key); a listing of the same UUID with
+// other replicas stays apart.
+func TestMergeCell(t *testing.T) {
+	r1, r2, r3 := fakeRegistry("r1", 1), fakeRegistry("r2", 2), fakeRegistry("r3", 3)
+	a, b, c, x := wire.Fingerprint{0xa}, wire.Fingerprint{0xb}, wire.Fingerprint{0xc}, wire.Fingerprint{0xe}
+	cellOf := func(leader wire.Fingerprint, fps ...wire.Fingerprint) []wire.Replica {
+		var rs []wire.Replica
+		for _, fp := range fps {
+			rs = append(rs, wire.Replica{Addr: fmt.Sprintf("10.0.0.%d:7374", fp[0]), Fingerprint: fp, Leader: fp == leader})
+		}
+		return rs
+	}
+	g := wire.UUID{1}
+	answers := []RegistryListing{
+		{Registry: r1, Listing: Listing{Groups: []wire.GroupEntry{
+			{Group: g, Name: "lobby", Addrs: []string{"10.0.0.10:7374"}, Fingerprint: a, ExpiresMS: 3000, Replicas: cellOf(a, a, b, c)},
+		}}},
+		{Registry: r2, Listing: Listing{Groups: []wire.GroupEntry{
+			{Group: g, Name: "lobby", Addrs: []string{"10.0.0.11:7374"}, Fingerprint: b, ExpiresMS: 9000, Replicas: cellOf(b, c, b, a)},
+		}}},
+		{Registry: r3, Listing: Listing{Groups: []wire.GroupEntry{
+			{Group: g, Name: "lobby", Addrs: []string{"10.0.0.14:7374"}, Fingerprint: x, ExpiresMS: 12000, Replicas: cellOf(x, x, b, c)},
+		}}},
+	}
+	got := Merge(answers)
+	if len(got) != 2 {
+		t.Fatalf("Merge gave %d entries, want 2: %+v", len(got), got)
+	}
+	var cell ListedGroup
+	for _, e := range got {
+		if e.Fingerprint != x {
+			cell = e
+		}
+	}
+	if cell.Fingerprint != b || fmt.Sprint(cell.Addrs) != "[10.0.0.11:7374]" || len(cell.ListedBy) != 2 {
+		t.Fatalf("the cell's entry: %+v, want r2's (leader b at 10.0.0.11:7374), listed by r1 and r2", cell)
+	}
+}
