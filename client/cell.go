@@ -85,12 +85,40 @@ func (g *Group) nextReplica() bool {
 		}
 	}
 	r := g.replicas[(at+1)%len(g.replicas)]
+	if g.suspectedLocked(r.Fingerprint) && len(g.replicas) > 2 {
+		r = g.replicas[(at+2)%len(g.replicas)] // the member that went silent: the one after
+	}
 	p, err := g.cl.peer([]string{r.Addr}, r.Fingerprint, nil)
 	if err != nil {
 		return false
 	}
 	g.p = p
 	return true
+}
+
+// suspectFor is how long a member that left an attempt unanswered is
+// passed over, and not followed when others still name it leader: until
+// the cell elects another (about a second), its followers name the dead
+// leader, and following them there cost an attempt's timeout again. It
+// is short: a dead leader restarted may well be elected again.
+const suspectFor = 1500 * time.Millisecond
+
+// suspect marks fp as a member that went silent.
+func (g *Group) suspect(fp Fingerprint) {
+	g.mu.Lock()
+	g.suspectFP, g.suspectUntil = fp, time.Now().Add(suspectFor)
+	g.mu.Unlock()
+}
+
+// suspected reports whether fp went silent a moment ago.
+func (g *Group) suspected(fp Fingerprint) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.suspectedLocked(fp)
+}
+
+func (g *Group) suspectedLocked(fp Fingerprint) bool {
+	return fp == g.suspectFP && time.Now().Before(g.suspectUntil)
 }
 
 // replicated reports whether the group is known to be replicated by a
@@ -118,7 +146,11 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		}
 		var we *wire.Error
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
-		if leader {
+		if leader && g.suspected(we.Leader.Fingerprint) {
+			// The member named went silent a moment ago: the cell is
+			// electing another. Ask the others again shortly.
+			leader = false
+		} else if leader {
 			// Members may name a leader that just lost its leadership
 			// (an election under way): after the first hops, wait a
 			// little more at each, until the call's context ends.
@@ -137,6 +169,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			// A member that says nothing (killed, or cut off): the next
 			// one at once, and more patience with it.
 			attempt = min(2*attempt, cellAttemptMax)
+			g.suspect(g.peer().pin)
 			g.nextReplica()
 			continue
 		}

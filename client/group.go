@@ -25,6 +25,10 @@ type Group struct {
 	// sequence number acknowledged and its epoch.
 	replicas         []wire.Replica
 	ackEpoch, ackSeq uint64
+	// suspectFP went silent on an attempt; it is passed over until
+	// suspectUntil (cell.go).
+	suspectFP    Fingerprint
+	suspectUntil time.Time
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
