@@ -103,6 +103,14 @@ type Config struct {
 	// Dir holds raft's state: raft.db (its log and votes, bbolt) and
 	// snapshots/. Required unless InMemory.
 	Dir string
+	// Fsync is how raft's log and votes reach the device, as the groups'
+	// logs do (store.FsyncPolicy): with Always, a member fsyncs each
+	// append before it acknowledges it, so an ack (a majority's) survives
+	// power loss on a majority; otherwise each append is written to the
+	// operating system before it is acknowledged (it survives the
+	// daemon's kill -9) and raft's state is fsynced every Interval
+	// (default 1 s). Not used InMemory.
+	Fsync store.FsyncPolicy
 	// InMemory keeps raft's state in memory: for cells whose groups keep
 	// their logs in memory too (nothing of either survives a restart, and
 	// a restarted member comes back as a new one, brought up to date by
@@ -311,7 +319,7 @@ func (n *Node) Start() error {
 		if err := os.MkdirAll(n.cfg.Dir, 0o700); err != nil {
 			return fmt.Errorf("cell: %w", err)
 		}
-		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.Dir, "raft.db")})
+		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.Dir, "raft.db"), NoSync: !n.cfg.Fsync.Always})
 		if err != nil {
 			return fmt.Errorf("cell: open raft's log: %w", err)
 		}
@@ -376,11 +384,16 @@ func (n *Node) Start() error {
 	n.started = true
 	n.wg.Add(1)
 	go n.leaderLoop()
+	if n.bolt != nil && !n.cfg.Fsync.Always {
+		n.wg.Add(1)
+		go n.syncLoop()
+	}
 	return nil
 }
 
 func (n *Node) closeStores() {
 	if n.bolt != nil {
+		n.bolt.Sync() // what NoSync left to the OS reaches the device
 		n.bolt.Close()
 	}
 }
@@ -488,6 +501,15 @@ func (n *Node) running() *raft.Raft {
 		return nil
 	}
 	return n.raft
+}
+
+// Leading returns nil if this member leads the cell, ready to stamp
+// sends; else a *NotLeaderError naming the leader it knows of, or
+// ErrClosed. A daemon asks it before anything that only the leader knows
+// for sure (whether a key that just joined is a member).
+func (n *Node) Leading() error {
+	_, err := n.leading()
+	return err
 }
 
 // Leader returns the member that leads the cell, as this node knows it;
@@ -693,5 +715,23 @@ func (n *Node) settle() {
 	}
 	if k := n.futures.Load(); k > 0 {
 		n.cfg.Logger.Warn("cell: closing with raft entries unanswered", "entries", k)
+	}
+}
+
+// syncLoop fsyncs raft's state every Fsync.Interval, when appends are
+// only written to the operating system (Fsync.Always unset).
+func (n *Node) syncLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-n.closing:
+			return
+		case <-t.C:
+			if err := n.bolt.Sync(); err != nil {
+				n.cfg.Logger.Error("cell: cannot sync raft's log", "err", err)
+			}
+		}
 	}
 }

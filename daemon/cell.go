@@ -250,6 +250,7 @@ func (d *GroupDaemon) newCellNode() error {
 		Join:               cc.Join,
 		Dir:                dir,
 		InMemory:           d.cfg.Storage.Memory,
+		Fsync:              d.cfg.Storage.Fsync,
 		Host:               d.host,
 		Groups:             groups,
 		DedupWindow:        d.cfg.Retention.DedupWindow,
