@@ -267,6 +267,13 @@ func (d *GroupDaemon) send(ctx context.Context, c *call) error {
 	if err != nil {
 		return err
 	}
+	if g.cell != nil {
+		// Sent to the leader first: a follower may not have applied a
+		// join the leader acknowledged a moment ago.
+		if err := g.cell.node.Leading(); err != nil {
+			return cellError(c.op, g, err)
+		}
+	}
 	now := d.cfg.Now()
 	from, ok := g.sender(c.peer, now.UnixNano())
 	if !ok {
