@@ -101,7 +101,7 @@ type Config struct {
 	// bootstraps a configuration of its own.
 	Join bool
 	// Dir holds raft's state: raft.db (its log and votes, bbolt) and
-	// snapshots/. Required unless InMemory.
+	// snapshots/. Required.
 	Dir string
 	// Fsync is how raft's log and votes reach the device, as the groups'
 	// logs do (store.FsyncPolicy): with Always, a member fsyncs each
@@ -109,13 +109,8 @@ type Config struct {
 	// power loss on a majority; otherwise each append is written to the
 	// operating system before it is acknowledged (it survives the
 	// daemon's kill -9) and raft's state is fsynced every Interval
-	// (default 1 s). Not used InMemory.
+	// (default 1 s).
 	Fsync store.FsyncPolicy
-	// InMemory keeps raft's state in memory: for cells whose groups keep
-	// their logs in memory too (nothing of either survives a restart, and
-	// a restarted member comes back as a new one, brought up to date by
-	// its peers).
-	InMemory bool
 	// Host opens the groups the cell creates. Required.
 	Host Host
 	// Groups are the groups this daemon is configured to host; a leader
@@ -163,7 +158,7 @@ func (c Config) Validate() error {
 		return bad("no QUIC transport")
 	case c.Host == nil:
 		return bad("no host")
-	case c.Dir == "" && !c.InMemory:
+	case c.Dir == "":
 		return bad("no directory for raft's state")
 	case !c.Join && len(c.Peers) != 3 && len(c.Peers) != 5:
 		return bad("a cell starts with 3 or 5 members, not %d", len(c.Peers))
@@ -310,32 +305,25 @@ func (n *Node) Start() error {
 	case n.started:
 		return nil
 	}
-	var logs raft.LogStore
-	var stable raft.StableStore
-	if n.cfg.InMemory {
-		mem := raft.NewInmemStore()
-		logs, stable, n.snaps = mem, mem, raft.NewInmemSnapshotStore()
-	} else {
-		if err := os.MkdirAll(n.cfg.Dir, 0o700); err != nil {
-			return fmt.Errorf("cell: %w", err)
-		}
-		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.Dir, "raft.db"), NoSync: !n.cfg.Fsync.Always})
-		if err != nil {
-			return fmt.Errorf("cell: open raft's log: %w", err)
-		}
-		snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.Dir, 2, hclogFor(n.cfg.Logger, "snapshots"))
-		if err != nil {
-			bolt.Close()
-			return fmt.Errorf("cell: open raft's snapshots: %w", err)
-		}
-		n.bolt, logs, stable, n.snaps = bolt, bolt, bolt, snaps
+	if err := os.MkdirAll(n.cfg.Dir, 0o700); err != nil {
+		return fmt.Errorf("cell: %w", err)
 	}
-	cached, err := raft.NewLogCache(4*n.cfg.MaxAppendEntries, logs)
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.Dir, "raft.db"), NoSync: !n.cfg.Fsync.Always})
+	if err != nil {
+		return fmt.Errorf("cell: open raft's log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.Dir, 2, hclogFor(n.cfg.Logger, "snapshots"))
+	if err != nil {
+		bolt.Close()
+		return fmt.Errorf("cell: open raft's snapshots: %w", err)
+	}
+	n.bolt, n.snaps = bolt, snaps
+	cached, err := raft.NewLogCache(4*n.cfg.MaxAppendEntries, bolt)
 	if err != nil {
 		n.closeStores()
 		return fmt.Errorf("cell: %w", err)
 	}
-	existing, err := raft.HasExistingState(cached, stable, n.snaps)
+	existing, err := raft.HasExistingState(cached, bolt, n.snaps)
 	if err != nil {
 		n.closeStores()
 		return fmt.Errorf("cell: read raft's state: %w", err)
@@ -359,7 +347,7 @@ func (n *Node) Start() error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.Logger = hclogFor(n.cfg.Logger, "raft")
 	rc.NoLegacyTelemetry = true
-	r, err := raft.NewRaft(rc, n.fsm, cached, stable, n.snaps, n.net)
+	r, err := raft.NewRaft(rc, n.fsm, cached, bolt, n.snaps, n.net)
 	if err != nil {
 		n.net.Close()
 		n.tr.Close()

@@ -249,7 +249,6 @@ func (d *GroupDaemon) newCellNode() error {
 		Peers:              cc.Peers,
 		Join:               cc.Join,
 		Dir:                dir,
-		InMemory:           d.cfg.Storage.Memory,
 		Fsync:              d.cfg.Storage.Fsync,
 		Host:               d.host,
 		Groups:             groups,

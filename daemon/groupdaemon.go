@@ -207,6 +207,13 @@ func (c GroupConfig) Validate() error {
 		if err := c.Cell.validate(); err != nil {
 			return err
 		}
+		if c.Storage.Memory {
+			// Raft counts a member's vote and its copy of an entry on the
+			// member remembering both: one that restarted empty could
+			// vote twice in a term, or elect a leader that lacks an
+			// acknowledged message.
+			return invalid("a cell's members keep their groups on disk (--storage disk): a member that restarted empty could elect a leader without acknowledged messages")
+		}
 	}
 	if err := c.Retention.Validate(); err != nil {
 		// Both sentinels match: the daemon's, and the store's that says why.

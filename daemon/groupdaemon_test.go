@@ -792,6 +792,10 @@ func TestGroupConfigValidate(t *testing.T) {
 		{"message over the request frame", func(c *GroupConfig) { c.MaxRequestBytes = 64 << 10 }},
 		{"negative connections per address", func(c *GroupConfig) { c.MaxConnsPerAddr = -1 }},
 		{"negative connections", func(c *GroupConfig) { c.MaxConns = -1 }},
+		{"cell in memory", func(c *GroupConfig) {
+			c.Storage.Memory = true
+			c.Cell = &CellConfig{Join: true}
+		}},
 	}
 	must(t, ok.Validate())
 	unlimited := ok
