@@ -48,6 +48,7 @@ var importRules = map[string][]string{
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
 	"internal/soak":     {"wire", "identity", "store", "cell", "client", "daemon", "discovery", "metrics"},
+	"internal/testbin":  nil,
 	"internal/faults":   nil,
 	"internal/jepsen":   nil,
 	"e2e":               nil,
@@ -64,6 +65,7 @@ var neverImports = [][2]string{
 	{"", "internal/netlab"},
 	{"", "internal/history"},
 	{"", "internal/jepsen"},
+	{"", "internal/testbin"},
 }
 
 // TestImportRules checks every package of the module against importRules

@@ -6,13 +6,11 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testbin"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -32,33 +31,8 @@ const lease = time.Second
 // bug may hang the run, and asserts nothing about speed.
 const waitTimeout = 30 * time.Second
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// huddle builds the huddle binary once per test run.
-func huddle(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "huddle-faults-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "huddle")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		out, err := exec.Command(gobin, "build", "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
-}
+// huddle returns the huddle binary, built once per test run.
+func huddle(t *testing.T) string { return testbin.Huddle(t) }
 
 // proc is a running huddle process.
 type proc struct {

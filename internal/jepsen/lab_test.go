@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // waitTimeout bounds every condition the tests wait for: how long a bug
@@ -33,36 +33,13 @@ const (
 	daemonIP = 10 // d1 is .11
 )
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// huddle builds the huddle binary once per test process, or returns
+// huddle returns the huddle binary, built once per test process, or
 // HUDDLE_JEPSEN_BINARY when set (to put another build through the faults).
 func huddle(t *testing.T) string {
-	t.Helper()
 	if b := os.Getenv("HUDDLE_JEPSEN_BINARY"); b != "" {
 		return b
 	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "huddle-jepsen-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "huddle")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		out, err := exec.Command(gobin, "build", "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
+	return testbin.Huddle(t)
 }
 
 // lab is the LAN a run uses: the registry on host "reg", group daemons on

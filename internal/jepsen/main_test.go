@@ -3,22 +3,13 @@
 package jepsen
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(cleanup{m}) }
-
-// cleanup removes the binary the tests built once they have run.
-type cleanup struct{ m *testing.M }
-
-func (c cleanup) Run() int {
-	code := c.m.Run()
-	if binary != "" {
-		os.RemoveAll(filepath.Dir(binary))
-	}
-	return code
-}
+// TestMain checks for leaked goroutines and removes the binary the tests
+// built once they have run.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(testbin.Main{M: m}) }

@@ -1,0 +1,56 @@
+// Package testbin builds the huddle binary for tests that run it as a
+// process (the fault and Jepsen-style tests), once per test process, and
+// removes it when the tests have run.
+package testbin
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	once   sync.Once
+	binary string
+	err    error
+)
+
+// Huddle returns the path of a huddle binary built from this module's
+// sources, building it on the first call; a failed build fails t.
+func Huddle(t testing.TB) string {
+	t.Helper()
+	once.Do(func() {
+		dir, mkErr := os.MkdirTemp("", "huddle-test-")
+		if mkErr != nil {
+			err = mkErr
+			return
+		}
+		binary = filepath.Join(dir, "huddle")
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		out, buildErr := exec.Command(gobin, "build", "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
+		if buildErr != nil {
+			err = fmt.Errorf("go build: %v\n%s", buildErr, out)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return binary
+}
+
+// Main is a testing.M's Run that removes the binary Huddle built once the
+// tests have run: TestMain passes it on, e.g. to goleak.VerifyTestMain.
+type Main struct{ M *testing.M }
+
+// Run runs the tests, then removes the binary.
+func (m Main) Run() int {
+	code := m.M.Run()
+	if binary != "" {
+		os.RemoveAll(filepath.Dir(binary))
+	}
+	return code
+}
