@@ -49,6 +49,7 @@ var importRules = map[string][]string{
 	"internal/history":  {"wire"},
 	"internal/soak":     {"wire", "identity", "store", "cell", "client", "daemon", "discovery", "metrics"},
 	"internal/testbin":  nil,
+	"internal/testdisk": nil,
 	"internal/faults":   nil,
 	"internal/jepsen":   nil,
 	"e2e":               nil,
@@ -66,6 +67,7 @@ var neverImports = [][2]string{
 	{"", "internal/history"},
 	{"", "internal/jepsen"},
 	{"", "internal/testbin"},
+	{"", "internal/testdisk"},
 }
 
 // TestImportRules checks every package of the module against importRules

@@ -6,12 +6,11 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/testdisk"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -34,39 +33,7 @@ func requireRoot(t *testing.T) {
 func smallDisk(t *testing.T) (dir string, fill func() (free func())) {
 	t.Helper()
 	requireRoot(t)
-	dir = t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	fill = func() func() {
-		t.Helper()
-		ballast := filepath.Join(dir, "ballast")
-		f, err := os.Create(ballast)
-		if err != nil {
-			t.Fatal(err)
-		}
-		block := make([]byte, 4096)
-		for {
-			if _, err := f.Write(block); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatalf("fill the disk: %v", err)
-				}
-				break
-			}
-		}
-		f.Close()
-		return func() {
-			if err := os.Remove(ballast); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dir, fill
+	return testdisk.Small(t, "256k")
 }
 
 // TestFullDiskMembership runs a group daemon whose state directory is on a

@@ -19,6 +19,7 @@ import (
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/history"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testdisk"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -49,7 +50,7 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 	c := &cell{l: l}
 	var peers []string
 	for i := 1; i <= n; i++ {
-		dir, fill := smallDisk(t, "64m")
+		dir, fill := testdisk.Small(t, "64m")
 		id, err := identity.LoadOrCreate(dir)
 		if err != nil {
 			t.Fatal(err)

@@ -4,11 +4,9 @@ package jepsen
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -266,50 +264,4 @@ func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		l.t.Fatalf("nft on %v: %v: %s\n%s", h, err, out, rules.String())
 	}
-}
-
-// smallDisk mounts a tmpfs of size bytes on a new directory (in the mount
-// namespace the daemons' namespaces copy theirs from), unmounted when the
-// test ends, and returns it with a function that fills it with a ballast
-// file and returns the function that removes the ballast.
-func smallDisk(t *testing.T, size string) (dir string, fill func() (free func())) {
-	t.Helper()
-	dir = t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	fill = func() func() {
-		t.Helper()
-		ballast := filepath.Join(dir, "ballast")
-		f, err := os.Create(ballast)
-		if err != nil {
-			t.Fatal(err)
-		}
-		block := make([]byte, 64<<10)
-		for {
-			if _, err := f.Write(block); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatalf("fill the disk: %v", err)
-				}
-				break
-			}
-		}
-		for small := block[:512]; ; {
-			if _, err := f.Write(small); err != nil {
-				break
-			}
-		}
-		f.Close()
-		return func() {
-			if err := os.Remove(ballast); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dir, fill
 }

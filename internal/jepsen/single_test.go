@@ -16,6 +16,7 @@ import (
 
 	"github.com/huddle-chat/huddle/internal/history"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testdisk"
 )
 
 // envInt reads a count from the environment variable name (make jepsen
@@ -53,7 +54,7 @@ func TestDurableDaemonFaults(t *testing.T) {
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
 		rounds := envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12)
 		l := newLab(t)
-		dir, fill := smallDisk(t, "64m")
+		dir, fill := testdisk.Small(t, "64m")
 		d := l.addNode(1)
 		serve := func(fsync string) {
 			d.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", daemonAddr(1), "--group", "jepsen",

@@ -1,0 +1,59 @@
+// Package testdisk gives fault tests a small disk that they can fill up:
+// a tmpfs mounted for one test.
+package testdisk
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// Small mounts a tmpfs of size (as mount(8) reads it: "256k", "64m") on a
+// new directory, in the test's mount namespace (which namespaces made after
+// copy), unmounted when the test ends. It returns the directory and a
+// function that fills it to the last byte with a ballast file and returns
+// the function that removes the ballast. It needs root.
+func Small(t testing.TB, size string) (dir string, fill func() (free func())) {
+	t.Helper()
+	dir = t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	fill = func() func() {
+		t.Helper()
+		ballast := filepath.Join(dir, "ballast")
+		f, err := os.Create(ballast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block := make([]byte, 64<<10)
+		for {
+			if _, err := f.Write(block); err != nil {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Fatalf("fill the disk: %v", err)
+				}
+				break
+			}
+		}
+		for small := block[:512]; ; {
+			if _, err := f.Write(small); err != nil {
+				break
+			}
+		}
+		f.Close()
+		return func() {
+			if err := os.Remove(ballast); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir, fill
+}
