@@ -140,6 +140,14 @@ type Config struct {
 	// the raft log, one AppendEntries RPC). Default 256.
 	MaxAppendEntries int
 
+	// LeaderChanged, if set, is called each time the leader this member
+	// knows of changes: with the new leader, or ok false while none is
+	// known (an election). It is called from one goroutine of the node, in
+	// order, and must not block: the daemon re-registers its groups from
+	// it, so that registries name a new leader within a round trip of its
+	// election rather than at the next lease renewal.
+	LeaderChanged func(leader Peer, ok bool)
+
 	// Logger receives the cell's events. Default: discard.
 	Logger *slog.Logger
 	// Now stamps messages and joins on the leader. Default time.Now.
@@ -372,6 +380,18 @@ func (n *Node) Start() error {
 	n.started = true
 	n.wg.Add(1)
 	go n.leaderLoop()
+	if n.cfg.LeaderChanged != nil {
+		// A wake-up, not a record: the watcher reads the leader raft knows
+		// now, so an observation dropped while one is pending loses nothing.
+		wake := make(chan raft.Observation, 1)
+		obs := raft.NewObserver(wake, false, func(o *raft.Observation) bool {
+			_, ok := o.Data.(raft.LeaderObservation)
+			return ok
+		})
+		r.RegisterObserver(obs)
+		n.wg.Add(1)
+		go n.watchLeader(obs, wake)
+	}
 	if n.bolt != nil && !n.cfg.Fsync.Always {
 		n.wg.Add(1)
 		go n.syncLoop()
@@ -448,6 +468,32 @@ func (n *Node) leaderLoop() {
 				case <-time.After(n.cfg.HeartbeatTimeout / 4):
 				}
 			}
+		}
+	}
+}
+
+// watchLeader calls cfg.LeaderChanged with each leader this node comes to
+// know of, until the node closes.
+func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
+	defer n.wg.Done()
+	defer n.raft.DeregisterObserver(obs)
+	var last Peer
+	known := false
+	report := func() {
+		p, ok := n.Leader()
+		if ok == known && p == last {
+			return
+		}
+		last, known = p, ok
+		n.cfg.LeaderChanged(p, ok)
+	}
+	report()
+	for {
+		select {
+		case <-n.closing:
+			return
+		case <-wake:
+			report()
 		}
 	}
 }

@@ -259,6 +259,7 @@ func (d *GroupDaemon) newCellNode() error {
 		LeaderLeaseTimeout: cc.LeaderLeaseTimeout,
 		SnapshotThreshold:  cc.SnapshotThreshold,
 		TrailingLogs:       cc.TrailingLogs,
+		LeaderChanged:      d.leaderChanged,
 		Logger:             d.cfg.Logger.With("component", "cell"),
 		Now:                d.cfg.Now,
 	})
@@ -267,6 +268,19 @@ func (d *GroupDaemon) newCellNode() error {
 	}
 	d.node = node
 	return nil
+}
+
+// leaderChanged registers the cell's groups again at once when this
+// member learns of a new leader, so that registries list it within a round
+// trip of its election instead of at the next renewal (a third of the
+// lease's TTL): the new leader registers itself as leading, and the
+// others, the member that stopped leading among them, name it too. While
+// no leader is known (an election) nothing is registered: the listing
+// keeps the last leader until a member knows the next.
+func (d *GroupDaemon) leaderChanged(_ cell.Peer, ok bool) {
+	if rs := d.regs.Load(); rs != nil && ok {
+		rs.refreshNow()
+	}
 }
 
 func groupNames(specs []GroupSpec) []string {

@@ -480,3 +480,73 @@ func TestCellMemberBeforeItsGroups(t *testing.T) {
 	p = dial(t, leader.d.Addr(), leader.fp, key)
 	wantCode(t, p.call(wire.OpInfo, wire.GroupRef{Group: wire.UUID(wire.NewID())}, nil), wire.CodeNotFound)
 }
+
+// TestCellRegistryFollowsLeaderAtOnce: when a cell's leader stops, the
+// registry names the new leader as soon as the cell elected it, not at
+// the members' next renewal: each member registers again when it learns
+// of a new leader. The lease's TTL makes renewals 20 s apart; the listing
+// must name the new leader within 10 s of the old one stopping (an
+// election takes about a second), and the group must stay listed
+// throughout, though the stopped leader deregistered it.
+func TestCellRegistryFollowsLeaderAtOnce(t *testing.T) {
+	const ttl = 60 * time.Second // renewals every 20 s
+	reg := startRegistry(t, RegistryConfig{LeaseTTL: ttl})
+	members := startTestCell(t, 3, func(cfg *GroupConfig) { cfg.Registries = []string{reg.Addr().String()} })
+	cl := newTestClient(t)
+	ctx := testCtx(t)
+	r, err := cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+	must(t, err)
+	// named returns the member the listing names as leading, or nil.
+	named := func() *testCellMember {
+		t.Helper()
+		l, err := r.List(ctx)
+		must(t, err)
+		if len(l.Groups) != 1 {
+			t.Fatalf("the registry lists %d groups, want the cell's once: %+v", len(l.Groups), l.Groups)
+		}
+		e := l.Groups[0]
+		for _, rp := range e.Replicas {
+			for _, m := range members {
+				if rp.Leader && rp.Fingerprint == m.fp && e.Fingerprint == m.fp && len(e.Addrs) == 1 && e.Addrs[0] == m.addr {
+					return m
+				}
+			}
+		}
+		return nil
+	}
+	leader, _ := cellLeader(t, members)
+	eventually(t, "the group listed under its leader", func() bool {
+		l, err := r.List(ctx)
+		must(t, err)
+		return len(l.Groups) == 1 && named() == leader
+	})
+	// Every member has registered (the registry keeps the group listed
+	// while any of them holds it).
+	eventually(t, "every member registered", func() bool {
+		for _, m := range members {
+			if rs := m.d.Registrations(); len(rs) != 1 || rs[0].Listed != 1 {
+				return false
+			}
+		}
+		return true
+	})
+
+	stopped := time.Now()
+	leader.stop()
+	leader.d = nil
+	deadline := stopped.Add(ttl / 3 / 2)
+	for {
+		next := named()
+		if next != nil && next != leader {
+			if st := next.d.node.Status(); st.State != "leader" {
+				t.Fatalf("the listing names %s, in state %s", next.addr, st.State)
+			}
+			t.Logf("the listing named the new leader %v after the old one stopped", time.Since(stopped).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the listing still names %v %v after the leader stopped; want the new leader well before the next renewal (%v)", next, time.Since(stopped), ttl/3)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -45,6 +45,10 @@ type lease struct {
 	// register, renew and deregister it (PROTOCOL.md §13); nil otherwise.
 	owner    wire.Fingerprint
 	replicas map[wire.Fingerprint]bool
+	// holders are the replicas that registered the group and have not
+	// deregistered it since: a replica that stops (deregisters) leaves the
+	// group listed while another holds it.
+	holders map[wire.Fingerprint]bool
 }
 
 // heldBy reports whether key may register, renew or deregister l.

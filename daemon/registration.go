@@ -260,6 +260,7 @@ type registrar struct {
 	discovered bool
 	ctx        context.Context
 	cancel     context.CancelFunc
+	now        chan struct{} // a pending request to refresh at once (refreshNow)
 
 	mu       sync.Mutex // guards retired, addrs, pin and the status fields below
 	retired  bool       // stopped for another registrar: no deregistering (set before cancel)
@@ -288,7 +289,23 @@ type refusal struct {
 }
 
 func newRegistrar(rs *registrations, addrs []string, discovered bool) *registrar {
-	return &registrar{rs: rs, discovered: discovered, addrs: addrs, epochs: make(map[wire.UUID]uint64), refused: make(map[wire.UUID]refusal)}
+	return &registrar{rs: rs, discovered: discovered, addrs: addrs, now: make(chan struct{}, 1),
+		epochs: make(map[wire.UUID]uint64), refused: make(map[wire.UUID]refusal)}
+}
+
+// refreshNow asks every registrar to register the groups again at once
+// rather than at the next renewal: a cell's leader changed, and what the
+// registries list (the leader flag, the entry's address) is out of date.
+// Requests made while one is pending are one.
+func (rs *registrations) refreshNow() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, r := range rs.all {
+		select {
+		case r.now <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (r *registrar) key() wire.Fingerprint {
@@ -366,6 +383,7 @@ func (r *registrar) run() {
 			}
 			return
 		case <-timer.C:
+		case <-r.now:
 		}
 		if err := r.refresh(); err != nil {
 			if r.ctx.Err() != nil {
@@ -490,6 +508,7 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	if wasRefused && r.rs.d.cfg.Now().Before(rf.until) {
 		return false, nil
 	}
+	prevEpoch, again := r.epochs[g.id]
 	lease, err := r.reg.Register(ctx, r.registration(g, members, last))
 	if err != nil {
 		delete(r.epochs, g.id)
@@ -506,6 +525,9 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	r.epochs[g.id] = lease.Epoch
 	r.current = lease.Epoch
 	r.ttl = lease.TTL
+	if again && prevEpoch == lease.Epoch {
+		return false, nil // a cell's group, registered again as it is renewed: nothing new to say
+	}
 	r.rs.d.cfg.Logger.Info("group registered", append(r.log(), "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)...)
 	return false, nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -298,7 +299,11 @@ func (r *Registry) register(c *call) error {
 		from:    from,
 		owner:   owner,
 	}
-	if err := replicated(nl, &req, c.peer); err != nil {
+	var prev *lease
+	if ok {
+		prev = l
+	}
+	if err := replicated(nl, prev, &req, c.peer); err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
@@ -386,6 +391,13 @@ func (r *Registry) deregister(c *call) error {
 		return fmt.Errorf("deregister group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
 	if ok {
+		if kept := l.without(c.peer); kept != nil {
+			// Another replica of the cell still holds the group.
+			r.leases.put(kept)
+			r.mu.Unlock()
+			r.cfg.Logger.Info("replica deregistered; the group stays listed for the others", "group", l.entry.Name, "uuid", req.Group, "fingerprint", c.peer.Short())
+			return c.result(struct{}{})
+		}
 		r.leases.remove(l)
 	}
 	r.mu.Unlock()
@@ -491,8 +503,12 @@ func (r *Registry) advertiseLoop() {
 // its addresses and fingerprint are its leader's (a replica's while none
 // is known), so that a client that knows nothing of cells dials the
 // leader. Every replica's key may then register and renew it. The
-// registering key must be one of the replicas.
-func replicated(l *lease, req *wire.Register, key wire.Fingerprint) error {
+// registering key must be one of the replicas. prev is the lease it
+// replaces, if any: a registration that names no leader (its member knows
+// of none: an election, or it is cut off from the others) keeps the leader
+// prev named, if that one is still a replica, rather than erase what
+// another member reported.
+func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error {
 	if len(req.Replicas) == 0 {
 		return nil
 	}
@@ -503,11 +519,66 @@ func replicated(l *lease, req *wire.Register, key wire.Fingerprint) error {
 	if !l.replicas[key] {
 		return fmt.Errorf("%w: the replicas listed do not include the registering daemon's key", wire.ErrBadRequest)
 	}
-	l.entry.Replicas = req.Replicas
-	for _, rp := range req.Replicas {
+	l.holders = map[wire.Fingerprint]bool{key: true}
+	if prev != nil {
+		for fp := range prev.holders {
+			if l.replicas[fp] {
+				l.holders[fp] = true
+			}
+		}
+	}
+	rs := req.Replicas
+	if !slices.ContainsFunc(rs, func(rp wire.Replica) bool { return rp.Leader }) && prev != nil {
+		if i := slices.IndexFunc(prev.entry.Replicas, func(rp wire.Replica) bool { return rp.Leader }); i >= 0 {
+			was := prev.entry.Replicas[i].Fingerprint
+			if l.replicas[was] {
+				rs = slices.Clone(rs)
+				for j := range rs {
+					rs[j].Leader = rs[j].Fingerprint == was
+				}
+			}
+		}
+	}
+	l.entry.Replicas = rs
+	for _, rp := range rs {
 		if rp.Leader {
 			l.entry.Addrs, l.entry.Fingerprint = []string{rp.Addr}, rp.Fingerprint
 		}
 	}
 	return nil
+}
+
+// without returns l as listed once key, one of its holders, deregistered
+// it, or nil if no other replica holds it (or it is not a cell's group):
+// the group stays listed while another member of its cell runs. If key
+// led, the listing names no leader (and lists a holder's address) until
+// a member registers the next.
+func (l *lease) without(key wire.Fingerprint) *lease {
+	if l.replicas == nil {
+		return nil
+	}
+	kept := *l
+	kept.holders = make(map[wire.Fingerprint]bool, len(l.holders))
+	for fp := range l.holders {
+		if fp != key {
+			kept.holders[fp] = true
+		}
+	}
+	if len(kept.holders) == 0 {
+		return nil
+	}
+	if l.entry.Fingerprint == key {
+		rs := slices.Clone(l.entry.Replicas)
+		for i := range rs {
+			rs[i].Leader = false
+		}
+		kept.entry.Replicas = rs
+		for _, rp := range rs {
+			if kept.holders[rp.Fingerprint] {
+				kept.entry.Addrs, kept.entry.Fingerprint = []string{rp.Addr}, rp.Fingerprint
+				break
+			}
+		}
+	}
+	return &kept
 }

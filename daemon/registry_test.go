@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -404,4 +406,83 @@ func TestRegistryListingPages(t *testing.T) {
 	for _, bad := range [][]byte{{1}, make([]byte, 16), append(make([]byte, 16), strings.Repeat("n", wire.MaxNameBytes+1)...), make([]byte, wire.MaxCursorBytes+1)} {
 		wantCode(t, p.call(wire.OpList, wire.List{After: bad}, nil), wire.CodeBadRequest)
 	}
+}
+
+// TestRegistryCellReplicas: the registry's rules for a group replicated by
+// a cell (PROTOCOL.md §13): a registration that names no leader keeps the
+// leader an earlier one named; a replica's deregistration leaves the
+// group listed while another replica holds it (under no leader, if the
+// one leaving led), and the last one's removes it.
+func TestRegistryCellReplicas(t *testing.T) {
+	reg := startRegistry(t, RegistryConfig{})
+	ctx := testCtx(t)
+	var keys [3]*client.Registry
+	var replicas []client.Replica
+	for i := range keys {
+		id := newKey(t)
+		cl, err := client.New(client.Config{Identity: id, Logger: testLogger(t)})
+		must(t, err)
+		t.Cleanup(func() { cl.Close() })
+		keys[i], err = cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+		must(t, err)
+		replicas = append(replicas, client.Replica{Addr: fmt.Sprintf("10.0.0.%d:7374", i+1), Fingerprint: id.Fingerprint()})
+	}
+	g := uuid.New()
+	register := func(i, leader int) {
+		t.Helper()
+		rs := slices.Clone(replicas)
+		if leader >= 0 {
+			rs[leader].Leader = true
+		}
+		_, err := keys[i].Register(ctx, client.Registration{Group: g, Name: "lobby", Addrs: []string{replicas[i].Addr}, Replicas: rs})
+		must(t, err)
+	}
+	// listed returns the leader listed (-1: none), or -2 if the group is
+	// not listed.
+	listed := func() int {
+		t.Helper()
+		l, err := keys[0].List(ctx)
+		must(t, err)
+		if len(l.Groups) == 0 {
+			return -2
+		}
+		e := l.Groups[0]
+		lead := -1
+		for i, rp := range e.Replicas {
+			if rp.Leader {
+				if lead != -1 {
+					t.Fatalf("two leaders listed: %+v", e.Replicas)
+				}
+				lead = i
+				if e.Fingerprint != rp.Fingerprint || len(e.Addrs) != 1 || e.Addrs[0] != rp.Addr {
+					t.Fatalf("the entry is under %s %v, but %s leads", e.Fingerprint.Short(), e.Addrs, rp.Fingerprint.Short())
+				}
+			}
+		}
+		return lead
+	}
+	check := func(what string, want int) {
+		t.Helper()
+		if got := listed(); got != want {
+			t.Fatalf("%s: listed leader %d, want %d (-1 none, -2 not listed)", what, got, want)
+		}
+	}
+	register(0, 0)
+	register(1, 0)
+	register(2, 0)
+	check("all three name replica 0", 0)
+	register(1, -1)
+	check("replica 1 knows no leader", 0)
+	register(2, 1)
+	check("replica 2 names replica 1", 1)
+	must(t, keys[0].Deregister(ctx, g))
+	check("replica 0 deregistered", 1)
+	must(t, keys[1].Deregister(ctx, g))
+	check("the leader, replica 1, deregistered", -1)
+	register(0, 2)
+	check("replica 0 back, naming replica 2", 2)
+	must(t, keys[2].Deregister(ctx, g))
+	check("replica 2 deregistered", -1)
+	must(t, keys[0].Deregister(ctx, g))
+	check("the last holder deregistered", -2)
 }
