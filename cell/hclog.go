@@ -2,12 +2,14 @@ package cell
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // hclogFor returns l as the hclog.Logger hashicorp/raft logs to, under
@@ -36,7 +38,30 @@ func level(l hclog.Level) slog.Level {
 }
 
 func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
-	a.l.Log(context.Background(), level(l), msg, args...)
+	lv := level(l)
+	if lv > slog.LevelDebug && aboutLink(msg, args) {
+		lv = slog.LevelDebug
+	}
+	a.l.Log(context.Background(), lv, msg, args...)
+}
+
+// aboutLink reports whether raft's line msg is about the link to a member
+// failing or coming back, which the transport reports itself, once per
+// change (links.go): an RPC whose error is the link's (every heartbeat to
+// a member that is down fails), or raft's own notes of a member it has not
+// heard from or replicates to again. Raft's errors at its own shutdown
+// are not news either.
+func aboutLink(msg string, args []any) bool {
+	switch msg {
+	case "failed to contact", "aborting pipeline replication", "pipelining replication":
+		return true
+	}
+	for _, a := range args {
+		if err, ok := a.(error); ok && (isLinkError(err) || errors.Is(err, raft.ErrTransportShutdown)) {
+			return true
+		}
+	}
+	return false
 }
 func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
 func (a *hclogAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }

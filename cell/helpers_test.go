@@ -2,6 +2,7 @@ package cell
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -115,11 +116,12 @@ type testMember struct {
 	dir  string
 	host *testHost
 
-	udp  *net.UDPConn
-	qt   *quic.Transport
-	ln   *quic.Listener
-	node *Node
-	done chan struct{} // closed when the accept loop ends
+	udp   *net.UDPConn
+	qt    *quic.Transport
+	reset quic.StatelessResetKey // the same across restarts, as a daemon's
+	ln    *quic.Listener
+	node  *Node
+	done  chan struct{} // closed when the accept loop ends
 }
 
 // testCell is a cell of members on 127.0.0.1.
@@ -161,6 +163,7 @@ func (c *testCell) newMember(disk bool) *testMember {
 	addr := udp.LocalAddr().String()
 	udp.Close() // bound again by start
 	m := &testMember{t: t, id: id, addr: addr, dir: t.TempDir()}
+	rand.Read(m.reset[:])
 	if disk {
 		m.host = newTestHost(filepath.Join(m.dir, "logs"))
 	} else {
@@ -185,7 +188,7 @@ func (c *testCell) start(m *testMember, join bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.qt = &quic.Transport{Conn: m.udp}
+	m.qt = &quic.Transport{Conn: m.udp, StatelessResetKey: &m.reset}
 	cfg := Config{
 		Identity:  m.id,
 		QUIC:      m.qt,
@@ -238,6 +241,14 @@ func (m *testMember) stop() {
 	m.udp.Close()
 	m.host.close()
 	m.node = nil
+}
+
+// crash stops m as a SIGKILL would: its socket closes first, so its peers
+// are told nothing and find its connections dead only when the restarted
+// member answers them with a stateless reset.
+func (m *testMember) crash() {
+	m.udp.Close()
+	m.stop()
 }
 
 // restart stops m and starts it again with the same key, address and

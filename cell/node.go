@@ -378,6 +378,7 @@ func (n *Node) Start() error {
 		n.configured(f.Configuration())
 	}
 	n.started = true
+	n.tr.warm()
 	n.wg.Add(1)
 	go n.leaderLoop()
 	if n.cfg.LeaderChanged != nil {

@@ -33,6 +33,9 @@ const (
 	kindRaft byte = 'r'
 	// kindCatchUp: one catch-up request and its reply (catchup.go).
 	kindCatchUp byte = 'c'
+	// kindProbe: nothing; the stream is closed at once. Opened on a
+	// connection that may be dead, to find out (links.go).
+	kindProbe byte = 'p'
 )
 
 // Connection close codes of the cell ALPN.
@@ -104,6 +107,9 @@ type Transport struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	refusals refusals
+
+	linksMu sync.Mutex
+	links   map[string]*link // by address (links.go)
 }
 
 // dialed is the QUIC connection to one peer, or the dial in progress.
@@ -135,6 +141,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		done:     make(chan struct{}),
 		out:      make(map[string]*dialed),
 		in:       make(map[*quic.Conn]struct{}),
+		links:    make(map[string]*link),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -250,8 +257,12 @@ func (t *Transport) Handle(conn *quic.Conn) {
 		return
 	}
 	t.in[conn] = struct{}{}
-	t.wg.Add(1)
+	t.wg.Add(2)
 	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		t.probe(fp)
+	}()
 	go func() {
 		defer t.wg.Done()
 		defer func() {
@@ -296,6 +307,10 @@ func (t *Transport) dispatch(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 		case <-t.done:
 			c.Close()
 		}
+	case kindProbe:
+		str.CancelRead(streamClosed)
+		str.Close()
+		str.ReleaseStreamCredit()
 	case kindCatchUp:
 		t.mu.Lock()
 		serve := t.catchUp
@@ -349,9 +364,9 @@ func (t *Transport) Dial(address raft.ServerAddress, timeout time.Duration) (net
 	defer cancel()
 	str, conn, err := t.open(ctx, string(address), kindRaft)
 	if err != nil {
-		return nil, err
+		return nil, asLinkError(err)
 	}
-	return &streamConn{str: str, conn: conn}, nil
+	return &streamConn{str: str, conn: conn, t: t, addr: string(address), l: t.link(string(address))}, nil
 }
 
 // open opens a stream of kind to the member at addr. A stream that cannot
@@ -423,15 +438,23 @@ func (t *Transport) dialInto(ctx context.Context, addr string, want wire.Fingerp
 	close(d.ready)
 	if d.err != nil {
 		t.forget(addr, d)
+		if ctx.Err() == nil || errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			t.linkDown(addr, d.err)
+		}
 		return d.err
 	}
 	t.mu.Lock()
 	gone := t.closed || t.out[addr] != d // closed, or the peer left the cell, while we dialed
+	if !gone {
+		t.wg.Add(1)
+	}
 	t.mu.Unlock()
 	if gone {
 		d.conn.CloseWithError(connShutdown, "shutting down")
 		return fmt.Errorf("cell: dial %s: %w", addr, ErrTransportClosed)
 	}
+	go t.watch(addr, d)
+	t.linkUp(addr)
 	return nil
 }
 
@@ -509,20 +532,36 @@ type streamConn struct {
 	conn     *quic.Conn
 	accepted bool // opened by the peer: its credit is released on close
 	once     sync.Once
+
+	// Of a stream this daemon opened: the link it reports to (links.go).
+	t    *Transport
+	addr string
+	l    *link
 }
 
+// Read and Write return a failure of the link as a *linkError, and a
+// connection or stream the peer closed on purpose as io.EOF.
 func (c *streamConn) Read(p []byte) (int, error) {
 	n, err := c.str.Read(p)
-	if err != nil {
+	c.noteIO(n, err)
+	if err != nil && c.t != nil {
+		// Raft's server side (an accepted stream) alone tells the end
+		// of a connection by io.EOF itself; on a dialed one, the peer
+		// stopping is the link's failure too.
+		return n, &linkError{closedAsEOF(err)}
 	}
-	return n, closedAsEOF(err)
+	return n, asLinkError(closedAsEOF(err))
 }
 
 func (c *streamConn) Write(p []byte) (int, error) {
 	n, err := c.str.Write(p)
 	if err != nil {
+		c.noteIO(0, err)
+		// Raft tells a connection's end by Read's io.EOF alone: a write
+		// to a stream the peer ended fails as the link's failure.
+		return n, &linkError{closedAsEOF(err)}
 	}
-	return n, closedAsEOF(err)
+	return n, nil
 }
 
 // closedAsEOF reports a stream or connection a member closed on purpose
