@@ -256,6 +256,70 @@ func TestWebRecovers(t *testing.T) {
 	}
 }
 
+// TestWebKeepsUnlistedGroup checks that the page keeps a joined group that
+// no registry lists for a while (its daemon stopped and deregistered it,
+// while the registry goes on), shown as offline with its conversation and
+// what is typed meanwhile, and brings it back once the daemon is listed
+// again. (A poll of huddle web landing between `huddle up` deregistering
+// its groups and its registry stopping made the page drop the group and
+// say "no groups yet": TestWebRecovers failed so under load.)
+func TestWebKeepsUnlistedGroup(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	state := t.TempDir()
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state)
+	lobby := gd.groups["lobby"]
+	alice, bob := newUser(t, "alice", reg.registry), newUser(t, "bob", reg.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	bob.ok(t, "send", "lobby", "one")
+	b.waitFor("the first message", hasMessage("one"))
+
+	// The daemon stops: it deregisters lobby, and the registry, still up,
+	// lists nothing. The page hears so at its next poll.
+	gd.stop(t)
+	g := fmt.Sprintf(`window.huddle.state.groups.get(%s)`, jsString(lobby))
+	b.waitFor("a list without lobby", fmt.Sprintf(`!%[1]s || %[1]s.listed === false`, g))
+	sel := jsString(`#joined button[data-group="` + lobby + `"]`)
+	if !eval[bool](b, fmt.Sprintf(`!!document.querySelector(%s)`, sel)) {
+		t.Fatalf("the page dropped the joined group when no registry listed it; it shows:\n%s", b.text())
+	}
+	b.waitFor("the group shown offline", fmt.Sprintf(`document.querySelector(%s).textContent.includes('offline')`, sel))
+	b.waitFor("the conversation said to be down", `document.getElementById('group-state').classList.contains('down') &&
+		document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	if got := messagesOf(b, lobby); !slices.Equal(got, []string{"one"}) {
+		t.Errorf("while offline the page holds %q, want the conversation kept", got)
+	}
+	b.typeMessage("two, typed while lobby was not listed")
+	b.waitFor("the message waiting to be sent", `[...document.querySelectorAll('.msg.pending .state')].some(e => e.textContent.startsWith('not sent yet'))`)
+	b.screenshot("offline")
+
+	// The daemon comes back where it was, with its log: listed again.
+	gd = startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", gd.addr, "--state-dir", state)
+	defer gd.stop(t)
+	b.waitFor("the typed message delivered", hasMessage("two, typed while lobby was not listed"))
+	b.waitFor("lobby listed and live again", fmt.Sprintf(`%[1]s.listed && %[1]s.member &&
+		!document.querySelector(%[2]s).textContent.includes('offline') &&
+		!document.getElementById('group-state').classList.contains('down')`, g, sel))
+	bob.ok(t, "send", "lobby", "three")
+	b.waitFor("a message sent after the return", hasMessage("three"))
+	want := []string{"one", "two, typed while lobby was not listed", "three"}
+	if got := messagesOf(b, lobby); !slices.Equal(got, want) {
+		t.Fatalf("the page holds %q, want %q", got, want)
+	}
+	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {
+		t.Errorf("%d messages still pending", n)
+	}
+	if out := bob.ok(t, "fetch", "lobby"); strings.Count(out, "two, typed while lobby was not listed") != 1 {
+		t.Errorf("the daemon holds:\n%s\nwant the typed message once", out)
+	}
+}
+
 // TestWebRefusesOthers checks, from a real browser, that the API refuses
 // a page without the link's secret (401) and another site's page using
 // the user's cookie (403), and that such a page sent nothing.

@@ -238,11 +238,16 @@ function setGroups(list) {
   const seen = new Set();
   for (const g of list.groups) {
     const old = state.groups.get(g.uuid);
+    g.listed = true;
     // A join or leave made here is known before the list says so.
     if (old && old.memberOverride !== undefined) {
       if (old.memberOverride === g.member || !g.reachable) delete old.memberOverride;
       else g.member = old.memberOverride, g.memberOverride = old.memberOverride;
     }
+    // Only the group's daemon says who is a member: until it answers (a
+    // group listed again after its daemon restarted), what the page knew
+    // stands, so the group neither leaves the joined list nor its watch.
+    if (old && old.member && !g.reachable) g.member = true;
     state.groups.set(g.uuid, g);
     seen.add(g.uuid);
     if (g.member && !state.convs.has(g.uuid)) {
@@ -251,7 +256,15 @@ function setGroups(list) {
       if (read && g.epoch && read.epoch === g.epoch) c.unread = Math.max(0, g.last_seq - read.seq);
     }
   }
-  for (const id of [...state.groups.keys()]) if (!seen.has(id)) state.groups.delete(id);
+  for (const [id, g] of [...state.groups]) {
+    if (seen.has(id)) continue;
+    // A joined group no registry lists now (its daemon stopping, a lease
+    // lapsing, a registry restarting) is kept, offline, with its
+    // conversation and its watch, until it is listed again: only groups
+    // one has not joined come and go with the list.
+    if (g.member) g.listed = false, g.reachable = false;
+    else state.groups.delete(id);
+  }
   state.registries = list.registries;
   renderSidebar();
   if (state.active) renderHead();
@@ -287,8 +300,10 @@ function renderSidebar() {
     total += unread;
     if (filter && !g.name.toLowerCase().includes(filter) && !g.uuid.startsWith(filter)) continue;
     const twin = nameCount.get(g.name) > 1;
-    const down = g.member && c && c.status === 'reconnecting' ? 'reconnecting'
-      : !g.reachable && !(c && c.status === 'live') ? 'unreachable' : '';
+    const live = c && c.status === 'live';
+    const down = g.member && !g.listed && !live ? 'offline'
+      : g.member && c && c.status === 'reconnecting' ? 'reconnecting'
+      : !g.reachable && !live ? 'unreachable' : '';
     const sig = [g.name, twin, g.private, g.clash, down, unread, g.members, g.uuid === state.active].join('|');
     keep.add(g.uuid);
     let row = rows.get(g.uuid);
@@ -631,6 +646,9 @@ function renderHead() {
   } else if (g.member && c && c.status === 'ended' && c.statusError) {
     st.classList.add('down');
     st.textContent = fmt.describe(apiErr(c.statusError), g);
+  } else if (g.member && !g.listed && !(c && c.status === 'live')) {
+    st.classList.add('down');
+    st.textContent = fmt.reconnecting({code: 'not_found'}, g);
   } else {
     const n = c && c.members.length ? c.members.length : g.members;
     const online = c && c.members.length ? c.members.filter(m => m.online).length : 0;
@@ -766,7 +784,9 @@ async function deliver(c, p) {
     if (c.pending.has(p.id)) setPending(c, p, 'sent', null);
   } catch (err) {
     if (!c.pending.has(p.id)) return;
-    const transient = ['offline', 'unreachable', 'unavailable', 'internal', 'rate_limited'].includes(err.code);
+    // not_found: no registry lists the group right now; the page keeps
+    // it, offline, until one does again.
+    const transient = ['offline', 'unreachable', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
     if (!transient) {
       setPending(c, p, 'failed', err);
       return;

@@ -78,7 +78,7 @@ export function describe(err, group) {
     case 'unavailable':
       return `${g}'s daemon is busy or restarting; try again in a moment.`;
     case 'not_found':
-      return `${g} is no longer listed by any registry.`;
+      return `No registry lists ${g} right now (its daemon stopped or is restarting).`;
     case 'epoch_mismatch':
       return `${g}'s history was reset (its daemon restarted).`;
     case 'offline':
