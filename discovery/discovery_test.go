@@ -128,6 +128,27 @@ func (w logWatch) count(msg, key, val string) int {
 	return n
 }
 
+// attr returns the value of attribute key in the first record with
+// message msg ("" if none).
+func (w logWatch) attr(msg, key string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range *w.records {
+		if r.Message != msg {
+			continue
+		}
+		val := ""
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == key {
+				val = a.Value.String()
+			}
+			return val == ""
+		})
+		return val
+	}
+	return ""
+}
+
 // wait waits until count(msg, key, val) reaches n, failing t at ctx's end.
 func (w logWatch) wait(ctx context.Context, t *testing.T, n int, msg, key, val string) {
 	t.Helper()
@@ -597,6 +618,10 @@ func TestConflictRenames(t *testing.T) {
 		defer cancel()
 		const renamed = "discovery: renamed the registry's mDNS instance after a conflict"
 		w.wait(ctx, t, 1, renamed, "", "")
+		// The rename is logged when decided; the old name's responder
+		// stops, and answers a query until it has, a moment later. Ask
+		// once the new name is advertised.
+		w.wait(ctx, t, 1, "discovery: advertising registry", "instance", w.attr(renamed, "now"))
 		_, answers, err := discovery.Diagnose(ctx, discovery.BrowseConfig{Verify: verifyFP}, time.Second)
 		if err != nil {
 			t.Fatal(err)
