@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -107,8 +108,11 @@ type fsm struct {
 	// catchUp brings a replica's log up to a position from a peer.
 	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64) error
 
-	mu     sync.RWMutex // Apply and Restore write; the rest read
-	groups map[wire.UUID]*groupState
+	mu sync.RWMutex // Apply and Restore write the groups' members; the rest read
+	// groups is the cell's groups, replaced whole (under mu) when one is
+	// created or restored: a send looks its group up without waiting for
+	// an apply in progress.
+	groups atomic.Pointer[map[wire.UUID]*groupState]
 
 	// Working space of ApplyBatch, which raft calls from one goroutine
 	// (as it does Snapshot and Restore).
@@ -138,25 +142,23 @@ type pendingAppend struct {
 }
 
 func newFSM(host Host, log *slog.Logger, closing <-chan struct{}) *fsm {
-	return &fsm{host: host, log: log, closing: closing,
-		groups: make(map[wire.UUID]*groupState), pending: make(map[*groupState]*pendingAppend)}
+	f := &fsm{host: host, log: log, closing: closing, pending: make(map[*groupState]*pendingAppend)}
+	f.groups.Store(&map[wire.UUID]*groupState{})
+	return f
 }
 
 // group returns the group with id, or nil.
 func (f *fsm) group(id wire.UUID) *groupState {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.groups[id]
+	return (*f.groups.Load())[id]
 }
 
-// groupsByName returns the cell's groups, sorted by name.
+// list returns the cell's groups, sorted by name.
 func (f *fsm) list() []*groupState {
-	f.mu.RLock()
-	gs := make([]*groupState, 0, len(f.groups))
-	for _, g := range f.groups {
+	groups := *f.groups.Load()
+	gs := make([]*groupState, 0, len(groups))
+	for _, g := range groups {
 		gs = append(gs, g)
 	}
-	f.mu.RUnlock()
 	slices.SortFunc(gs, func(a, b *groupState) int {
 		return cmp.Or(cmp.Compare(a.spec.Name, b.spec.Name), slices.Compare(a.spec.ID[:], b.spec.ID[:]))
 	})
@@ -206,7 +208,7 @@ func (f *fsm) applyLocked(c *command, i int, index, term uint64) any {
 	if c.kind == cmdCreate {
 		return f.create(c.spec)
 	}
-	g := f.groups[c.group]
+	g := f.group(c.group)
 	if g == nil {
 		return errNoGroup
 	}
@@ -247,7 +249,8 @@ func (f *fsm) applyLocked(c *command, i int, index, term uint64) any {
 // create adds the group spec describes, unless the cell has it. f.mu is
 // held.
 func (f *fsm) create(spec GroupSpec) any {
-	for _, g := range f.groups {
+	groups := *f.groups.Load()
+	for _, g := range groups {
 		if g.spec.ID == spec.ID || g.spec.Name == spec.Name {
 			return nil // created twice: the first stands
 		}
@@ -260,7 +263,12 @@ func (f *fsm) create(spec GroupSpec) any {
 		f.log.Error("cell: cannot open a group the cell created: this replica does not serve it", "group", spec.Name, "uuid", spec.ID, "err", err)
 		return err
 	}
-	f.groups[spec.ID] = &groupState{spec: spec, replica: r, log: r.Log(), members: make(map[wire.Fingerprint]Member)}
+	next := make(map[wire.UUID]*groupState, len(groups)+1)
+	for id, g := range groups {
+		next[id] = g
+	}
+	next[spec.ID] = &groupState{spec: spec, replica: r, log: r.Log(), members: make(map[wire.Fingerprint]Member)}
+	f.groups.Store(&next)
 	return nil
 }
 
@@ -335,8 +343,9 @@ func (f *fsm) flush(resps []any) {
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	s := &fsmSnapshot{groups: make([]snapGroup, 0, len(f.groups))}
-	for _, g := range f.groups {
+	groups := *f.groups.Load()
+	s := &fsmSnapshot{groups: make([]snapGroup, 0, len(groups))}
+	for _, g := range groups {
 		sg := snapGroup{spec: g.spec, log: g.log}
 		sg.seq, sg.time = g.log.Tail()
 		sg.members = make([]Member, 0, len(g.members))
@@ -388,7 +397,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		next[sg.spec.ID] = g
 	}
 	f.mu.Lock()
-	f.groups = next
+	f.groups.Store(&next)
 	f.mu.Unlock()
 	return nil
 }

@@ -28,6 +28,55 @@ type testHost struct {
 
 	mu     sync.Mutex
 	groups map[wire.UUID]*testReplica
+	// hold, while not nil, holds the state machine's appends until it is
+	// closed; held counts the appends it holds.
+	hold chan struct{}
+	held int
+}
+
+// holdAppends holds the state machine's appends to h's logs until the
+// function it returns is called (once or more).
+func (h *testHost) holdAppends() (release func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ch := make(chan struct{})
+	h.hold = ch
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			h.mu.Lock()
+			h.hold = nil
+			h.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// heldAppends returns how many appends h holds.
+func (h *testHost) heldAppends() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.held
+}
+
+// heldLog is a replica's log as the state machine sees it: its appends
+// wait while the host holds them.
+type heldLog struct {
+	Log
+	h *testHost
+}
+
+func (l heldLog) Append(batch []store.Entry) error {
+	l.h.mu.Lock()
+	ch := l.h.hold
+	if ch != nil {
+		l.h.held++
+	}
+	l.h.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+	return l.Log.Append(batch)
 }
 
 func newTestHost(dir string) *testHost {
@@ -55,7 +104,7 @@ func (h *testHost) OpenGroup(spec GroupSpec) (Replica, error) {
 		}
 		l = d
 	}
-	r := &testReplica{log: l, members: make(map[wire.Fingerprint]Member)}
+	r := &testReplica{log: l, h: h, members: make(map[wire.Fingerprint]Member)}
 	h.groups[spec.ID] = r
 	return r, nil
 }
@@ -78,11 +127,12 @@ func (h *testHost) close() {
 
 type testReplica struct {
 	log     Log
+	h       *testHost
 	mu      sync.Mutex
 	members map[wire.Fingerprint]Member
 }
 
-func (r *testReplica) Log() Log { return r.log }
+func (r *testReplica) Log() Log { return heldLog{r.log, r.h} }
 func (r *testReplica) Joined(m Member) {
 	r.mu.Lock()
 	r.members[m.Fingerprint] = m

@@ -111,6 +111,108 @@ func TestDuplicatesAcrossLeaders(t *testing.T) {
 	}
 }
 
+// TestConcurrentSendsShareEntries: while maxProposing of a group's raft
+// entries are in flight (the leader's state machine is held), concurrent
+// sends gather into one entry; each gets its own ack, a repeated ID the
+// original's, and every member holds the same messages.
+func TestConcurrentSendsShareEntries(t *testing.T) {
+	// Slow elections: the test holds one leader's state machine, and needs
+	// that leader to stay, whatever the machine's load.
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
+	})
+	l := c.leader()
+	g := l.group("lobby")
+	gs := l.node.fsm.group(g.ID)
+	index := func() uint64 { return l.node.raft.LastIndex() }
+	before := index()
+	release := l.host.holdAppends()
+	defer release()
+
+	type result struct {
+		i    int
+		acks []store.Ack
+		err  error
+	}
+	results := make(chan result)
+	send := func(i int, id [16]byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		acks, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: id, From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil)
+		results <- result{i, acks, err}
+	}
+	proposing := func() (int, int) {
+		gs.propMu.Lock()
+		defer gs.propMu.Unlock()
+		open := 0
+		if gs.prop.open != nil {
+			open = len(gs.prop.open.entries)
+		}
+		return gs.prop.proposing, open
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for !ok() {
+			if time.Now().After(deadline) {
+				p, o := proposing()
+				t.Fatalf("waiting for %s: %d entries in flight, %d messages gathered; leading: %v", what, p, o, l.node.Leading())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// maxProposing sends, each its own entry, held in the leader's apply.
+	for i := 0; i < maxProposing; i++ {
+		go send(i, newID(i))
+	}
+	waitFor("the first entries in flight", func() bool { p, _ := proposing(); return p == maxProposing })
+	// Then 20 more, one repeating an ID in flight and one repeating an ID
+	// of the gathering entry: 18 new messages gathered into one entry.
+	const more = 20
+	for i := maxProposing; i < maxProposing+more-2; i++ {
+		go send(i, newID(i))
+	}
+	waitFor("the gathered entry", func() bool { _, o := proposing(); return o == more-2 })
+	go send(100, newID(0))            // in flight
+	go send(101, newID(maxProposing)) // gathered
+	byID := make(map[int]store.Ack)
+	for k := 0; k < 2; k++ { // the two repeats wait; the others do too
+		select {
+		case r := <-results:
+			t.Fatalf("send %d answered while the leader's state machine is held: %+v, %v", r.i, r.acks, r.err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if p, o := proposing(); p != maxProposing || o != more-2 {
+		t.Fatalf("%d entries in flight and %d messages gathered, want %d and %d", p, o, maxProposing, more-2)
+	}
+	release()
+	for k := 0; k < maxProposing+more; k++ {
+		r := <-results
+		if r.err != nil || len(r.acks) != 1 {
+			t.Fatalf("send %d: %+v, %v", r.i, r.acks, r.err)
+		}
+		byID[r.i] = r.acks[0]
+	}
+	seen := make(map[uint64]bool)
+	for i := 0; i < maxProposing+more-2; i++ {
+		a := byID[i]
+		if a.Duplicate || a.Seq == 0 || a.Seq > maxProposing+more-2 || seen[a.Seq] {
+			t.Fatalf("send %d: ack %+v (acks %+v)", i, a, byID)
+		}
+		seen[a.Seq] = true
+	}
+	for dup, orig := range map[int]int{100: 0, 101: maxProposing} {
+		if a, o := byID[dup], byID[orig]; !a.Duplicate || a.Seq != o.Seq || a.Time != o.Time {
+			t.Fatalf("repeat %d: %+v, want the original's %+v as a duplicate", dup, a, o)
+		}
+	}
+	if got, want := index()-before, uint64(maxProposing+1); got != want {
+		t.Fatalf("%d sends took %d raft entries, want %d", maxProposing+more, got, want)
+	}
+	c.sameLogs(g.ID, maxProposing+more-2)
+}
+
 // TestJoinLeave: joins and leaves are decided by the cell and applied on
 // every member; a join beyond the member limit is refused.
 func TestJoinLeave(t *testing.T) {

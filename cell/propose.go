@@ -24,6 +24,12 @@ import (
 // ended between stamping and appending) is refused by every replica
 // (errStale), never applied from a stale tail.
 //
+// Sends stamped while maxProposing of the group's raft entries are in
+// flight are gathered into one proposal, handed to raft as one entry when
+// one of those is answered: concurrent sends then cost raft one entry (one
+// log record, one AppendEntries item, one apply) rather than one each. A
+// lone send goes to raft at once.
+//
 // Duplicates are found in the log (applied sends) and among the sends in
 // flight (proposed, not yet applied): a retry of a message in flight waits
 // for the original's outcome and gets its ack.
@@ -32,15 +38,36 @@ type proposer struct {
 	seq      store.Sequencer
 	inflight map[[16]byte]*proposal
 	enc      *encoder
+	// open gathers what was stamped while maxProposing entries were in
+	// flight; nil if nothing waits. proposing counts the group's entries
+	// handed to raft and not answered yet.
+	open      *proposal
+	proposing int
 }
 
-// proposal is one send in flight: raft's future, and its entries' acks,
-// valid once done is closed and err is nil.
+// proposal is one raft entry of sends: their entries until it is handed
+// to raft, then raft's verdict (err) and the entries' acks, valid once
+// done is closed and err is nil.
 type proposal struct {
-	done chan struct{}
-	err  error
-	acks map[[16]byte]store.Ack
+	term    uint64
+	entries []store.Entry // stamped, in order; bodies alias the senders' requests until handed
+	size    int           // commandSize of entries
+	done    chan struct{}
+	err     error
+	acks    map[[16]byte]store.Ack
 }
+
+// How many raft entries each group keeps in flight before it gathers sends
+// into the next, and how large a gathered entry grows: one that reaches
+// either limit is handed to raft at once. Four in flight keep raft's
+// pipeline full (the leader's log write, AppendEntries to each follower,
+// the apply overlap); maxProposalMessages is the most a send command
+// carries.
+const (
+	maxProposing        = 4
+	maxProposalMessages = maxCommandMessages
+	maxProposalBytes    = 512 << 10
+)
 
 // Send proposes entries to group id's log and returns one ack per entry,
 // appended to acks, once a majority of the cell holds them (the raft entry
@@ -100,14 +127,20 @@ type wait struct {
 }
 
 // stamp runs the sequencing step for one send under the group's proposer
-// lock and hands the stamped entries to raft, in stamping order. It
-// returns the proposal, if any entry is new, and, per ack (the entries'
-// order before stamping), the send in flight a duplicate waits for.
+// lock, and adds the stamped entries to the group's open proposal, which
+// goes to raft at once unless maxProposing are in flight. It returns the
+// proposal, if any entry is new, and, per ack (the entries' order before
+// stamping), the send in flight a duplicate waits for. The caller waits
+// for the proposal to be done (which ends its hold on entries' bodies).
 func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack) (*proposal, []wait, error) {
 	g.propMu.Lock()
 	defer g.propMu.Unlock()
 	p := &g.prop
 	if p.term != term {
+		if p.open != nil {
+			// Stamped by a leadership that has ended: its senders retry.
+			n.fail(p, p.open, fmt.Errorf("send: %w: the cell's leadership changed while it was in flight; retry with the same IDs", ErrUnavailable))
+		}
 		p.seq.Last, p.seq.LastTime = g.log.Tail()
 		p.inflight = make(map[[16]byte]*proposal)
 		p.term = term
@@ -135,23 +168,60 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 	if k == 0 {
 		return nil, waits, nil
 	}
-	data := p.enc.encodeSend(make([]byte, 0, commandSize(entries[:k])), g.spec.ID, term, entries[:k])
-	prop := &proposal{done: make(chan struct{}), acks: make(map[[16]byte]store.Ack, k)}
+	size := commandSize(entries[:k])
+	if o := p.open; o != nil && (len(o.entries)+k > maxProposalMessages || o.size+size > maxProposalBytes) {
+		n.propose1(g, p) // full: it goes now, whatever is in flight
+	}
+	prop := p.open
+	if prop == nil {
+		prop = &proposal{term: term, done: make(chan struct{}), acks: make(map[[16]byte]store.Ack, k), size: commandSize(nil)}
+		p.open = prop
+	}
+	prop.entries = append(prop.entries, entries[:k]...)
+	prop.size += size - commandSize(nil)
 	for i := range entries[:k] {
-		a := store.Ack{Seq: entries[i].Seq, Time: entries[i].Time}
-		prop.acks[entries[i].ID] = a
+		prop.acks[entries[i].ID] = store.Ack{Seq: entries[i].Seq, Time: entries[i].Time}
 		p.inflight[entries[i].ID] = prop
 	}
+	if p.proposing < maxProposing {
+		n.propose1(g, p)
+	}
+	return prop, waits, nil
+}
+
+// propose1 hands the group's open proposal to raft as one entry. If raft
+// cannot take it (the node is closing), the proposal fails. g.propMu is
+// held.
+func (n *Node) propose1(g *groupState, p *proposer) {
+	prop := p.open
+	p.open = nil
+	data := p.enc.encodeSend(make([]byte, 0, prop.size), g.spec.ID, prop.term, prop.entries)
+	clear(prop.entries) // the senders' bodies are copied into data
+	prop.entries = nil
 	f, err := n.apply(data)
 	if err != nil {
-		for i := range entries[:k] {
-			delete(p.inflight, entries[i].ID)
-		}
-		return nil, nil, err
+		n.fail(p, prop, proposeError("send", err))
+		return
 	}
+	p.proposing++
 	n.wg.Add(1)
 	go n.await(g, prop, f)
-	return prop, waits, nil
+}
+
+// fail ends prop, which raft never took, with err. g.propMu is held.
+func (n *Node) fail(p *proposer, prop *proposal, err error) {
+	if p.open == prop {
+		p.open = nil
+	}
+	clear(prop.entries)
+	prop.entries = nil
+	prop.err = err
+	for id := range prop.acks {
+		if p.inflight[id] == prop {
+			delete(p.inflight, id)
+		}
+	}
+	close(prop.done)
 }
 
 // commandSize bounds a send command's size from above.
@@ -163,7 +233,8 @@ func commandSize(entries []store.Entry) int {
 	return n
 }
 
-// await waits for raft's verdict on a proposal, then forgets its IDs.
+// await waits for raft's verdict on a proposal, then forgets its IDs, and
+// hands the group's open proposal to raft if one waits.
 func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	defer n.wg.Done()
 	err := f.Error()
@@ -176,12 +247,17 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	prop.err = proposeError("send", err)
 	close(prop.done)
 	g.propMu.Lock()
+	defer g.propMu.Unlock()
+	p := &g.prop
 	for id := range prop.acks {
-		if g.prop.inflight[id] == prop {
-			delete(g.prop.inflight, id)
+		if p.inflight[id] == prop {
+			delete(p.inflight, id)
 		}
 	}
-	g.propMu.Unlock()
+	p.proposing--
+	if p.open != nil && p.proposing < maxProposing {
+		n.propose1(g, p)
+	}
 }
 
 // proposeError is what a proposer is told of raft's verdict.
