@@ -175,7 +175,8 @@ func waitSendError(t *testing.T, h *history.History, since time.Time, want strin
 }
 
 // logRecoveries logs how long sends took to succeed again after each fault
-// of kind: the median, the 99th percentile and the longest.
+// of kind: the median, the 99th percentile and the longest. It returns
+// them in the faults' order.
 func logRecoveries(t *testing.T, h *history.History, kind string) []time.Duration {
 	t.Helper()
 	var ds []time.Duration
@@ -189,17 +190,17 @@ func logRecoveries(t *testing.T, h *history.History, kind string) []time.Duratio
 	if len(ds) == 0 {
 		return nil
 	}
-	slices.Sort(ds)
-	pct := func(p float64) time.Duration { return ds[min(len(ds)-1, int(p*float64(len(ds))))] }
+	sorted := slices.Sorted(slices.Values(ds))
+	pct := func(p float64) time.Duration { return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))] }
 	within := 0
-	all := make([]string, len(ds))
-	for i, d := range ds {
+	all := make([]string, len(sorted))
+	for i, d := range sorted {
 		if d <= 3*time.Second {
 			within++
 		}
 		all[i] = d.Round(10 * time.Millisecond).String()
 	}
-	t.Logf("sends succeeded again after %d %s faults: p50 %v, p99 %v, max %v; %d within 3 s; each: %s", len(ds), kind,
-		pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), within, strings.Join(all, " "))
+	t.Logf("sends succeeded again after %d %s faults: p50 %v, p99 %v, max %v; %d within 3 s; each: %s", len(sorted), kind,
+		pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond), within, strings.Join(all, " "))
 	return ds
 }

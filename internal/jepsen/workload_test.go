@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -66,8 +68,20 @@ func newClient(t *testing.T, batching bool) *client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := client.New(client.Config{Identity: id, NoBatching: !batching, DialTimeout: 2 * time.Second,
-		KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
+	cfg := client.Config{Identity: id, NoBatching: !batching, DialTimeout: 2 * time.Second,
+		KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))}
+	if name := os.Getenv("HUDDLE_JEPSEN_CLIENT_LOG"); name != "" {
+		// The clients' debug events (connections, leader following),
+		// each client's lines marked with its own c=, for a run whose
+		// recoveries need explaining.
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		cfg.Logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})).With("c", id.Fingerprint().Short())
+	}
+	cl, err := client.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
