@@ -146,7 +146,9 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		}
 		var we *wire.Error
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
+		log := g.cl.cfg.Logger
 		if leader && g.suspected(we.Leader.Fingerprint) {
+			log.Debug("cell: passing over the leader named, silent a moment ago", "op", op, "leader", we.Leader.Addr)
 			// The member named went silent a moment ago: the cell is
 			// electing another. Ask the others again shortly.
 			leader = false
@@ -157,6 +159,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			if redirects >= 2 && !sleep(ctx, jitter(cellRetryMin*time.Duration(min(redirects, 20)))) {
 				return err
 			}
+			log.Debug("cell: following the leader named", "op", op, "leader", we.Leader.Addr)
 			if ferr := g.follow(*we.Leader); ferr != nil {
 				return err
 			}
@@ -165,10 +168,14 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		if !g.replicated() || !g.cellRetryable(err) {
 			return err
 		}
-		if errors.Is(err, errAttemptTimeout) {
+		if errors.Is(err, errAttemptTimeout) || errors.Is(err, errNoHandshake) {
 			// A member that says nothing (killed, or cut off): the next
-			// one at once, and more patience with it.
-			attempt = min(2*attempt, cellAttemptMax)
+			// one at once, and, if it took the request but did not answer
+			// it, more patience with the next request.
+			if errors.Is(err, errAttemptTimeout) {
+				attempt = min(2*attempt, cellAttemptMax)
+			}
+			log.Debug("cell: no answer in time; trying the next replica", "op", op, "addr", g.peer().addrs)
 			g.suspect(g.peer().pin)
 			g.nextReplica()
 			continue
@@ -177,6 +184,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		if d, ok := RetryAfter(err); ok && d > wait {
 			wait = d
 		}
+		log.Debug("cell: refused; trying again", "op", op, "addr", g.peer().addrs, "in", wait, "err", err)
 		if !sleep(ctx, jitter(wait)) {
 			return err
 		}
@@ -192,12 +200,21 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 // declared dead, while the cell has a new leader within about a second.
 // A slow answer costs a repeat on another member, with the same message
 // IDs: never a duplicate.
+//
+// An attempt that must dial first gets cellDialFor for the handshake: a
+// live member completes one in a round trip and a little CPU, and the
+// member most often dialled in a failover is the dead leader its
+// followers still name, which answers nothing until the attempt's end.
 const (
 	cellAttemptMin = time.Second
 	cellAttemptMax = 8 * time.Second
+	cellDialFor    = 500 * time.Millisecond
 )
 
-var errAttemptTimeout = errors.New("no answer in time")
+var (
+	errAttemptTimeout = errors.New("no answer in time")
+	errNoHandshake    = errors.New("no handshake in time")
+)
 
 // attempt is one try of a call: single, bounded by d on a replicated group.
 func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, out any) error {
@@ -207,6 +224,17 @@ func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, 
 	}
 	actx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	if !p.connected() {
+		dctx, cancel := context.WithTimeout(actx, min(d, cellDialFor))
+		_, err := p.get(dctx)
+		cancel()
+		if err != nil && dctx.Err() != nil && ctx.Err() == nil {
+			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errNoHandshake)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	err := p.single(actx, op, args, out)
 	if err != nil && actx.Err() != nil && ctx.Err() == nil {
 		p.dropCurrent()

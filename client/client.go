@@ -314,6 +314,13 @@ func (p *peer) noticeClose(conn *quic.Conn) {
 // reached as soon as it is back.
 const shutdownWait = time.Second
 
+// connected reports whether the peer has a connection that is not closed.
+func (p *peer) connected() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conn != nil && p.conn.Context().Err() == nil
+}
+
 // get returns a live connection, dialling the addresses in order if there
 // is none.
 func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
