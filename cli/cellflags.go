@@ -24,7 +24,7 @@ func (f *cellFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.peers, "cell-peer", nil, "replicate the groups over a cell of 3 or 5 daemons: FINGERPRINT@HOST:PORT of each member, this daemon included (repeatable; every member gets the same list)")
 	fs.BoolVar(&f.join, "cell-join", false, "join a running cell as a new member (then run 'huddle cell add' on a member); --cell-peer lists the cell's members and this daemon")
 	fs.StringVar(&f.dir, "cell-dir", "", "where the cell's raft state is kept (default: STATE_DIR/cell)")
-	fs.Var(newDuration(&f.heartbeat, 0, 10*time.Millisecond, true), "cell-heartbeat", "how long a member waits without hearing from the leader before it stands for election (default 500ms)")
+	fs.Var(newDuration(&f.heartbeat, 0, 10*time.Millisecond, true), "cell-heartbeat", "how long a member waits without hearing from the leader before it stands for election (default 300ms)")
 }
 
 // apply fills cfg.Cell if any cell flag was given.

@@ -98,9 +98,9 @@ func (g *Group) nextReplica() bool {
 
 // suspectFor is how long a member that left an attempt unanswered is
 // passed over, and not followed when others still name it leader: until
-// the cell elects another (about a second), its followers name the dead
-// leader, and following them there cost an attempt's timeout again. It
-// is short: a dead leader restarted may well be elected again.
+// the cell elects another (within a second or so), its followers name
+// the dead leader, and following them there cost an attempt's timeout
+// again. It is short: a dead leader restarted may well be elected again.
 const suspectFor = 1500 * time.Millisecond
 
 // suspect marks fp as a member that went silent.

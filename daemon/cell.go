@@ -40,7 +40,7 @@ type CellConfig struct {
 	// by the others.
 	Dir string
 	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout and
-	// SnapshotThreshold tune raft (package cell's defaults: 500 ms, 500 ms,
+	// SnapshotThreshold tune raft (package cell's defaults: 300 ms, 300 ms,
 	// 250 ms, 16384 entries).
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
