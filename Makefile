@@ -60,14 +60,14 @@ fuzz-brief:
 # back), so that benchmark code cannot rot unnoticed between bench runs.
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 5m $(PKGS)
-	$(GO) test -run '^$$' -bench QUICFloorBatch -benchtime 20000x -timeout 2m ./daemon/
+	$(GO) test -run '^$$' -bench QUICFloorBatch -benchtime 20000x -timeout 2m ./daemon/server/
 
 fuzz:
 	@FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./store/ ./wire/
-	$(GO) test -run '^$$' -bench 'QUICFloor' -benchtime 3s ./daemon/
+	$(GO) test -run '^$$' -bench 'QUICFloor' -benchtime 3s ./daemon/server/
 
 # bench-e2e loads self-contained daemons on 127.0.0.1 with every huddle bench
 # scenario, after the anchors (ANCHORS_DIR, default ../shared/anchors) when

@@ -33,21 +33,25 @@ var importRules = map[string][]string{
 	"discovery": {"wire"},
 	"client":    {"wire", "identity"},
 	"cell":      {"wire", "identity", "store"},
-	// daemon is today both daemons and their server machinery; issue 18's
-	// split gives each its own package and rule.
-	"daemon":  {"wire", "identity", "store", "cell", "client", "discovery", "metrics"},
+	// The QUIC server machinery the daemons share: it knows nothing of
+	// either daemon (cell only for the ALPN of a cell's members).
+	"daemon/server":          {"wire", "identity", "store", "cell", "metrics", "daemon/internal/sparse"},
+	"daemon/internal/sparse": nil,
+	// daemon is today both daemons; issue 18's split gives each its own
+	// package and rule.
+	"daemon":  {"wire", "identity", "store", "cell", "client", "discovery", "metrics", "daemon/server", "daemon/internal/sparse"},
 	"loadgen": {"wire", "identity", "client"},
 	"web":     {"wire", "identity", "client"},
 	"cli": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "loadgen", "web"},
+		"daemon", "daemon/server", "daemon/internal/sparse", "loadgen", "web"},
 	"": {"cli", "wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "loadgen", "web"},
+		"daemon", "daemon/server", "daemon/internal/sparse", "loadgen", "web"},
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
-	"internal/soak":     {"wire", "identity", "store", "cell", "client", "daemon", "discovery", "metrics"},
+	"internal/soak":     {"wire", "identity", "store", "cell", "client", "daemon", "daemon/server", "daemon/internal/sparse", "discovery", "metrics"},
 	"internal/testbin":  nil,
 	"internal/testdisk": nil,
 	"internal/faults":   nil,
@@ -61,6 +65,7 @@ var neverImports = [][2]string{
 	{"store", "wire"},
 	{"wire", "store"},
 	{"client", "daemon"},
+	{"daemon/server", "daemon"},
 	{"cli", "internal/soak"},
 	{"", "internal/udpproxy"},
 	{"", "internal/netlab"},
@@ -134,7 +139,7 @@ func name(pkg string) string {
 }
 
 // daemonPackages are the packages whose daemons the CLI starts.
-var daemonPackages = []string{"daemon"}
+var daemonPackages = []string{"daemon", "daemon/server"}
 
 // daemonAPI is what code outside the daemons may name in their packages:
 // constructors, their configurations (and the types inside them), the

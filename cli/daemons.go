@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -290,7 +291,7 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 		return fail(env, "registry", err)
 	}
 	cfg.MDNS, cfg.Interfaces, cfg.Version = !mf.off, mf.ifaces, version()
-	sf.apply(&cfg.ServerConfig)
+	sf.apply(&cfg.Server)
 	if err := cfg.Validate(); err != nil {
 		return usageErr(env, "registry", "%v", err)
 	}
@@ -341,18 +342,18 @@ type serverFlags struct {
 }
 
 func (f *serverFlags) register(fs *pflag.FlagSet) {
-	fs.Var(newCount(&f.maxStreams, daemon.DefaultMaxIncomingStreams, 1, math.MaxInt32), "max-streams", "operations one connection may have open at once")
-	fs.Var(newSize(&f.maxFrame, wire.MaxFrameSize, daemon.MinMaxRequestBytes, wire.MaxFrameSize, false), "max-frame", "largest request frame read, e.g. 256KiB (at most 1MiB)")
-	fs.Var(newCount(&f.maxConnsPerAddr, daemon.DefaultMaxConnsPerAddr, 1, math.MaxInt32), "max-conns-per-addr", "connections one source address (IPv4 address or IPv6 /64) may have open at once")
-	fs.Var(newCount(&f.maxConns, daemon.DefaultMaxConns, 1, math.MaxInt32), "max-conns", "connections held at once in all")
-	fs.Var(newDuration(&f.requestTimeout, daemon.DefaultRequestTimeout, time.Millisecond, false), "request-timeout", "time a client has to deliver a whole request")
-	fs.Var(newDuration(&f.idleTimeout, daemon.DefaultIdleTimeout, time.Millisecond, false), "idle-timeout", "a connection silent this long is dropped")
-	fs.Var(newDuration(&f.handshakeTimeout, daemon.DefaultHandshakeTimeout, time.Millisecond, false), "handshake-timeout", "time a connection's TLS handshake may take")
+	fs.Var(newCount(&f.maxStreams, server.DefaultMaxIncomingStreams, 1, math.MaxInt32), "max-streams", "operations one connection may have open at once")
+	fs.Var(newSize(&f.maxFrame, wire.MaxFrameSize, server.MinMaxRequestBytes, wire.MaxFrameSize, false), "max-frame", "largest request frame read, e.g. 256KiB (at most 1MiB)")
+	fs.Var(newCount(&f.maxConnsPerAddr, server.DefaultMaxConnsPerAddr, 1, math.MaxInt32), "max-conns-per-addr", "connections one source address (IPv4 address or IPv6 /64) may have open at once")
+	fs.Var(newCount(&f.maxConns, server.DefaultMaxConns, 1, math.MaxInt32), "max-conns", "connections held at once in all")
+	fs.Var(newDuration(&f.requestTimeout, server.DefaultRequestTimeout, time.Millisecond, false), "request-timeout", "time a client has to deliver a whole request")
+	fs.Var(newDuration(&f.idleTimeout, server.DefaultIdleTimeout, time.Millisecond, false), "idle-timeout", "a connection silent this long is dropped")
+	fs.Var(newDuration(&f.handshakeTimeout, server.DefaultHandshakeTimeout, time.Millisecond, false), "handshake-timeout", "time a connection's TLS handshake may take")
 }
 
 // apply fills a daemon config's server fields (each flag checked its value
 // as it was parsed).
-func (f *serverFlags) apply(c *daemon.ServerConfig) {
+func (f *serverFlags) apply(c *server.Config) {
 	c.MaxIncomingStreams, c.MaxRequestBytes, c.MaxConnsPerAddr, c.MaxConns = int64(f.maxStreams), int(f.maxFrame), f.maxConnsPerAddr, f.maxConns
 	c.RequestTimeout, c.IdleTimeout, c.HandshakeTimeout = f.requestTimeout, f.idleTimeout, f.handshakeTimeout
 }
@@ -467,7 +468,7 @@ func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
 	if f.sendRate == 0 {
 		cfg.SendRate = -1 // the daemon's spelling of unlimited
 	}
-	f.server.apply(&cfg.ServerConfig)
+	f.server.apply(&cfg.Server)
 	cfg.Retention.MaxMessages = f.maxMsgs
 	cfg.Retention.MaxAge = f.maxAge
 	cfg.Retention.MaxBytes = f.maxBytes
@@ -588,7 +589,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	rcfg.MDNS, rcfg.Interfaces, rcfg.Version = !mf.off, mf.ifaces, version()
 	// One process, one set of connection limits: the registry takes the
 	// same ones as the group daemon beside it.
-	gf.server.apply(&rcfg.ServerConfig)
+	gf.server.apply(&rcfg.Server)
 	explicit := gcfg.Listen != ""
 	if !explicit {
 		host, port, _ := net.SplitHostPort(rcfg.Listen)

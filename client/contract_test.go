@@ -6,6 +6,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -32,7 +33,7 @@ func TestRequestOverTheFrameLimit(t *testing.T) {
 		StateDir:        t.TempDir(),
 		Groups:          []daemon.GroupSpec{{Name: "lobby"}},
 		MaxMessageBytes: 1024,
-		ServerConfig:    daemon.ServerConfig{MaxRequestBytes: frameLimit},
+		Server:          server.Config{MaxRequestBytes: frameLimit},
 	})
 	c := newClient(t)
 	g := directGroup(t, c, d)
@@ -59,9 +60,9 @@ func TestRequestOverTheFrameLimit(t *testing.T) {
 func TestOperationsQueueAtTheStreamLimit(t *testing.T) {
 	const limit, ops = 2, 64
 	d, _ := startGroups(t, daemon.GroupConfig{
-		StateDir:     t.TempDir(),
-		Groups:       []daemon.GroupSpec{{Name: "lobby"}},
-		ServerConfig: daemon.ServerConfig{MaxIncomingStreams: limit},
+		StateDir: t.TempDir(),
+		Groups:   []daemon.GroupSpec{{Name: "lobby"}},
+		Server:   server.Config{MaxIncomingStreams: limit},
 	})
 	g := directGroup(t, newClient(t), d)
 	ctx := testCtx(t)

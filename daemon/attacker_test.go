@@ -18,6 +18,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/netlab"
 	"github.com/huddle-chat/huddle/wire"
@@ -148,8 +149,8 @@ func runAttacker() int {
 			c.CloseWithError(0, "")
 		}
 	}()
-	total := int64(DefaultMaxConnsPerAddr + 16) // more than the address may have
-	for range 8 {                               // handshakes eight at a time
+	total := int64(server.DefaultMaxConnsPerAddr + 16) // more than the address may have
+	for range 8 {                                      // handshakes eight at a time
 		wg.Go(func() {
 			for i := next.Add(1) - 1; i < total; i = next.Add(1) - 1 {
 				id, err := identity.Generate()
@@ -238,7 +239,7 @@ const (
 )
 
 func testOneAddressAtItsBound(t *testing.T, listen string, attackers []string, honest string) {
-	cfg := GroupConfig{Listen: listen, SendRate: -1, MaxBatch: 1024, ServerConfig: ServerConfig{RequestTimeout: attackerRequestTimeout, HandshakeTimeout: 30 * time.Second}}
+	cfg := GroupConfig{Listen: listen, SendRate: -1, MaxBatch: 1024, Server: server.Config{RequestTimeout: attackerRequestTimeout, HandshakeTimeout: 30 * time.Second}}
 	d, _ := startGroupDaemon(t, cfg)
 	g := gid(d)
 	filler := joined(t, d, "filler")
@@ -251,7 +252,7 @@ func testOneAddressAtItsBound(t *testing.T, listen string, attackers []string, h
 		must(t, err)
 	}
 	filler.conn.CloseWithError(0, "")
-	eventually(t, "the daemon to be idle", func() bool { return d.srv.active.Load() == 0 })
+	eventually(t, "the daemon to be idle", func() bool { return int64(d.srv.Stats().Streams) == 0 })
 	user := joinedFrom(t, honest, d, "honest")
 	before := heapInUse()
 
@@ -294,7 +295,7 @@ func testOneAddressAtItsBound(t *testing.T, listen string, attackers []string, h
 		}
 		if got {
 			during++
-			peakOps = max(peakOps, d.srv.shares.total(resOps))
+			peakOps = max(peakOps, d.srv.Stats().Held.Operations)
 			continue
 		}
 		select {
@@ -306,36 +307,37 @@ func testOneAddressAtItsBound(t *testing.T, listen string, attackers []string, h
 	}
 	grew := int64(heapInUse()) - int64(before)
 	m := cfg.Memory()
-	s := d.srv.shares
+	held := d.srv.Stats().Held
 	t.Logf("one address: %d connections opened, %d refused (as the attacker saw it); %d operations (%d at most), %d MiB of request and %d MiB of reply memory held; heap grew by %.1f MiB, its bound is %d MiB; the honest user did %d rounds, %d of them with the attack at full",
-		r.opened, r.refused, s.total(resOps), peakOps, s.total(resRequest)>>20, s.total(resReply)>>20, float64(grew)/(1<<20), m.PerAddr>>20, rounds, during)
+		r.opened, r.refused, held.Operations, peakOps, held.RequestBytes>>20, held.ReplyBytes>>20, float64(grew)/(1<<20), m.PerAddr>>20, rounds, during)
 	// (The attacker cannot tell every refusal: a stream written before the
 	// refusal arrives looks open. The server counts.)
-	d.srv.mu.Lock()
-	conns := d.srv.perAddr[addrKey(&net.UDPAddr{IP: net.ParseIP(attackers[0])})]
-	d.srv.mu.Unlock()
-	if conns > DefaultMaxConnsPerAddr || r.refused == 0 {
-		t.Errorf("the attacker holds %d connections and saw %d refused, want at most %d and some refused", conns, r.refused, DefaultMaxConnsPerAddr)
+	sources := d.srv.Sources()
+	conns := sources[server.Source(&net.UDPAddr{IP: net.ParseIP(attackers[0])})].Conns
+	if conns > server.DefaultMaxConnsPerAddr || r.refused == 0 {
+		t.Errorf("the attacker holds %d connections and saw %d refused, want at most %d and some refused", conns, r.refused, server.DefaultMaxConnsPerAddr)
 	}
 	// What the attacker holds, and the honest user's round (one operation
 	// at most). Its unread fetches that found no reply memory end after
 	// the write timeout, so its operations were at their most earlier.
-	if ops := s.total(resOps); ops > defaultShares.addr[resOps]+1 || peakOps < defaultShares.addr[resOps]*9/10 {
-		t.Errorf("%d operations running (%d at most during the attack), want the address's share of %d", ops, peakOps, defaultShares.addr[resOps])
+	share := cfg.Server.Bounds().Addr
+	if ops := held.Operations; ops > share.Operations+1 || peakOps < share.Operations*9/10 {
+		t.Errorf("%d operations running (%d at most during the attack), want the address's share of %d", ops, peakOps, share.Operations)
 	}
-	for _, res := range []resource{resRequest, resReply} {
-		if held := s.total(res); held > defaultShares.addr[res] {
-			t.Errorf("%d bytes of %v held, more than the address's share of %d", held, res, defaultShares.addr[res])
+	for _, res := range []struct {
+		what       string
+		held, most int
+	}{{"request memory", held.RequestBytes, share.RequestBytes}, {"reply memory", held.ReplyBytes, share.ReplyBytes}} {
+		if res.held > res.most {
+			t.Errorf("%d bytes of %v held, more than the address's share of %d", res.held, res.what, res.most)
 		}
 	}
-	s.mu.Lock()
 	var holding []netip.Prefix
-	for p, a := range s.addrs {
-		if a.held[resOps] > 0 && !p.Contains(netip.MustParseAddr(honest)) {
+	for p, a := range sources {
+		if a.Held.Operations > 0 && !p.Contains(netip.MustParseAddr(honest)) {
 			holding = append(holding, p)
 		}
 	}
-	s.mu.Unlock()
 	if len(holding) != 1 {
 		t.Errorf("the attacker's addresses were counted as %v, want one", holding)
 	}

@@ -244,7 +244,7 @@ func (d *GroupDaemon) newCellNode() error {
 	d.host = newCellHost(d)
 	node, err := cell.New(cell.Config{
 		Identity:           d.id,
-		QUIC:               d.srv.transport(),
+		QUIC:               d.srv.Transport(),
 		Advertise:          advertise,
 		Peers:              cc.Peers,
 		Join:               cc.Join,
@@ -303,9 +303,9 @@ func (h cellHook) node() *cell.Node {
 	return h.d.node
 }
 
-// verify is the TLS check of a connection under the cell's ALPN: only the
+// Verify is the TLS check of a connection under the cell's ALPN: only the
 // keys of the cell's members.
-func (h cellHook) verify(cs tls.ConnectionState) error {
+func (h cellHook) Verify(cs tls.ConnectionState) error {
 	n := h.node()
 	if n == nil {
 		return fmt.Errorf("cell: %w", ErrClosed)
@@ -313,7 +313,7 @@ func (h cellHook) verify(cs tls.ConnectionState) error {
 	return n.Transport().VerifyPeer(cs)
 }
 
-func (h cellHook) handle(conn *quic.Conn) {
+func (h cellHook) Handle(conn *quic.Conn) {
 	if n := h.node(); n != nil {
 		n.Transport().Handle(conn)
 		return

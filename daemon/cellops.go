@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -59,29 +60,29 @@ func (d *GroupDaemon) cellSend(ctx context.Context, g *group, entries []store.En
 	return out, nil
 }
 
-func (d *GroupDaemon) cellJoin(ctx context.Context, c *call, g *group, req *wire.Join) error {
+func (d *GroupDaemon) cellJoin(ctx context.Context, c *server.Call, g *group, req *wire.Join) error {
 	if g.cell.spec.Private && !g.cell.secretOK(req.Secret) {
 		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
 	}
-	already, err := g.cell.node.Join(ctx, g.id, c.peer, req.Name)
+	already, err := g.cell.node.Join(ctx, g.id, c.Peer(), req.Name)
 	if err != nil {
-		return cellError(c.op, g, err)
+		return cellError(c.Op(), g, err)
 	}
 	if !already {
-		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.peer.Short(), "name", req.Name)
+		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.Peer().Short(), "name", req.Name)
 	}
-	return c.result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
+	return c.Result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
 }
 
-func (d *GroupDaemon) cellLeave(ctx context.Context, c *call, g *group) error {
-	was, err := g.cell.node.Leave(ctx, g.id, c.peer)
+func (d *GroupDaemon) cellLeave(ctx context.Context, c *server.Call, g *group) error {
+	was, err := g.cell.node.Leave(ctx, g.id, c.Peer())
 	if err != nil {
-		return cellError(c.op, g, err)
+		return cellError(c.Op(), g, err)
 	}
 	if was {
-		d.cfg.Logger.Info("member left", "group", g.name, "member", c.peer.Short())
+		d.cfg.Logger.Info("member left", "group", g.name, "member", c.Peer().Short())
 	}
-	return c.result(wire.Left{WasMember: was})
+	return c.Result(wire.Left{WasMember: was})
 }
 
 // awaitMember waits, on a replica of a cell's group, for fp's join to
@@ -114,7 +115,7 @@ const cellMemberWait = 500 * time.Millisecond
 // Watch.MinSeq: read-your-writes on any replica), at most cellReadWait.
 // A group of one daemon holds every message it acknowledged: it never
 // waits.
-func (d *GroupDaemon) awaitSeq(ctx context.Context, c *call, g *group, seq uint64) error {
+func (d *GroupDaemon) awaitSeq(ctx context.Context, c *server.Call, g *group, seq uint64) error {
 	if seq == 0 || g.cell == nil {
 		return nil
 	}
@@ -129,30 +130,30 @@ func (d *GroupDaemon) awaitSeq(ctx context.Context, c *call, g *group, seq uint6
 		case <-changed:
 		case <-deadline.C:
 			err := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
-				Message: fmt.Sprintf("%v group %s: this replica does not hold message %d yet (it lags the cell): try another replica", c.op, g.name, seq)}
+				Message: fmt.Sprintf("%v group %s: this replica does not hold message %d yet (it lags the cell): try another replica", c.Op(), g.name, seq)}
 			if l, ok := g.cell.node.Leader(); ok {
 				err.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
 			}
 			return err
 		case <-ctx.Done():
-			return fmt.Errorf("%v group %s: %w: the daemon is shutting down", c.op, g.name, wire.ErrUnavailable)
-		case <-c.gone():
-			return &streamError{context.Cause(c.str.Context())}
+			return fmt.Errorf("%v group %s: %w: the daemon is shutting down", c.Op(), g.name, wire.ErrUnavailable)
+		case <-c.Gone():
+			return c.Lost()
 		}
 	}
 }
 
 // cellStatus answers cell_status: this member's view of its cell.
-func (d *GroupDaemon) cellStatus(c *call) error {
+func (d *GroupDaemon) cellStatus(c *server.Call) error {
 	var req wire.CellQuery
-	if err := c.decode(&req); err != nil {
+	if err := c.Decode(&req); err != nil {
 		return err
 	}
 	if d.node == nil {
 		// As any daemon that knows no such operation answers.
-		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.op)
+		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
 	}
-	return c.result(cellStatusFrame(d.node.Status()))
+	return c.Result(cellStatusFrame(d.node.Status()))
 }
 
 // cellStatusFrame is st as cell_status answers it.
@@ -181,22 +182,22 @@ func cellStatusFrame(st cell.Status) wire.CellStatus {
 
 // cellChange answers cell_add and cell_remove. Only a member's key may
 // change the cell: an operator runs them with a member daemon's key.
-func (d *GroupDaemon) cellChange(ctx context.Context, c *call) error {
+func (d *GroupDaemon) cellChange(ctx context.Context, c *server.Call) error {
 	var req wire.CellMember
-	if err := c.decode(&req); err != nil {
+	if err := c.Decode(&req); err != nil {
 		return err
 	}
 	if d.node == nil {
-		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.op)
+		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
 	}
-	if !d.node.Transport().Member(c.peer) {
-		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.op, wire.ErrUnauthorized)
+	if !d.node.Transport().Member(c.Peer()) {
+		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
 	}
 	var err error
-	if c.op == wire.OpCellAdd {
+	if c.Op() == wire.OpCellAdd {
 		var p cell.Peer
 		if p, err = cell.ParsePeer(req.Fingerprint.String() + "@" + req.Addr); err != nil {
-			return fmt.Errorf("%v: %w: %v", c.op, wire.ErrBadRequest, err)
+			return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrBadRequest, err)
 		}
 		err = d.node.AddMember(ctx, p)
 	} else {
@@ -206,16 +207,16 @@ func (d *GroupDaemon) cellChange(ctx context.Context, c *call) error {
 	switch {
 	case errors.As(err, &nl):
 		we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
-			Message: fmt.Sprintf("%v: this daemon does not lead the cell", c.op)}
+			Message: fmt.Sprintf("%v: this daemon does not lead the cell", c.Op())}
 		if nl.Leader.Addr != "" {
 			we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
 		}
 		return we
 	case errors.Is(err, cell.ErrInvalidConfig):
-		return fmt.Errorf("%v: %w: %v", c.op, wire.ErrBadRequest, err)
+		return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrBadRequest, err)
 	case err != nil:
-		return fmt.Errorf("%v: %w: %v", c.op, wire.ErrUnavailable, err)
+		return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrUnavailable, err)
 	}
-	d.cfg.Logger.Info("cell membership changed", "op", c.op.String(), "member", req.Fingerprint.Short(), "addr", req.Addr, "by", c.peer.Short())
-	return c.result(wire.CellChanged{Members: replicas(d.node.Status())})
+	d.cfg.Logger.Info("cell membership changed", "op", c.Op().String(), "member", req.Fingerprint.Short(), "addr", req.Addr, "by", c.Peer().Short())
+	return c.Result(wire.CellChanged{Members: replicas(d.node.Status())})
 }

@@ -3,16 +3,19 @@ package daemon
 import (
 	"errors"
 	"fmt"
+
+	"github.com/huddle-chat/huddle/daemon/server"
 )
 
-// Errors returned by the servers' methods.
+// Errors returned by the daemons' methods. ErrClosed, ErrInvalidConfig and
+// ErrServing are their servers' (package server): the same values.
 var (
-	// ErrClosed: the server was closed; it cannot listen or serve again.
-	ErrClosed = errors.New("daemon: closed")
+	// ErrClosed: the daemon was closed; it cannot listen or serve again.
+	ErrClosed = server.ErrClosed
 	// ErrInvalidConfig is wrapped by every error of a Config's Validate.
-	ErrInvalidConfig = errors.New("daemon: invalid config")
-	// ErrServing: Serve was called while the server was already serving.
-	ErrServing = errors.New("daemon: already serving")
+	ErrInvalidConfig = server.ErrInvalidConfig
+	// ErrServing: Serve was called while the daemon was already serving.
+	ErrServing = server.ErrServing
 	// ErrBadState: a file in the state directory cannot be used.
 	ErrBadState = errors.New("daemon: unusable state directory")
 )

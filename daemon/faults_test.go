@@ -4,23 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 // serveWith starts a group daemon whose handler is wrap(the daemon's own),
 // for tests that inject faults between the network and the operations.
-func serveWith(t *testing.T, cfg GroupConfig, wrap func(d *GroupDaemon, next handlerFunc) handlerFunc) *GroupDaemon {
+func serveWith(t *testing.T, cfg GroupConfig, wrap func(next server.Handler) server.Handler) *GroupDaemon {
 	t.Helper()
 	cfg.StateDir = orDefault(cfg.StateDir, t.TempDir())
 	cfg.Listen = orDefault(cfg.Listen, "127.0.0.1:0")
@@ -28,12 +26,10 @@ func serveWith(t *testing.T, cfg GroupConfig, wrap func(d *GroupDaemon, next han
 		cfg.Groups = []GroupSpec{{Name: "general"}}
 	}
 	cfg.Logger = logger(orDefault(cfg.Logger, testLogger(t)))
+	cfg.wrap = wrap
 	d, err := NewGroupDaemon(cfg)
 	must(t, err)
 	must(t, d.Listen())
-	if wrap != nil {
-		d.srv.handle = wrap(d, d.srv.handle) // before Serve starts any stream
-	}
 	errc := make(chan error, 1)
 	go func() { errc <- d.Serve(context.Background()) }()
 	t.Cleanup(func() {
@@ -43,18 +39,6 @@ func serveWith(t *testing.T, cfg GroupConfig, wrap func(d *GroupDaemon, next han
 		}
 	})
 	return d
-}
-
-// connFrom returns the server's connection from remote, or nil.
-func (s *server) connFrom(remote net.Addr) *quic.Conn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		if c.RemoteAddr().String() == remote.String() {
-			return c
-		}
-	}
-	return nil
 }
 
 func newTestClient(t *testing.T) *client.Client {
@@ -71,19 +55,14 @@ func newTestClient(t *testing.T) *client.Client {
 // the original sequence number back, and the message is stored once.
 func TestSendSurvivesDroppedConnection(t *testing.T) {
 	dropped := make(chan struct{})
-	d := serveWith(t, GroupConfig{}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
-		return func(ctx context.Context, c *call) error {
+	d := serveWith(t, GroupConfig{}, func(next server.Handler) server.Handler {
+		return func(ctx context.Context, c *server.Call) error {
 			select {
 			case <-dropped:
 			default:
-				if c.op == wire.OpSend {
+				if c.Op() == wire.OpSend {
 					close(dropped)
-					conn := c.srv.connFrom(c.remote)
-					if conn == nil {
-						t.Error("no connection to drop")
-						return wire.ErrInternal
-					}
-					conn.CloseWithError(wire.ConnNoError, "dropped by the test")
+					c.Conn().CloseWithError(wire.ConnNoError, "dropped by the test")
 					return next(ctx, c) // stores the message; the ack has nowhere to go
 				}
 			}
@@ -141,7 +120,7 @@ func TestRestartedDaemonResetsOldConnections(t *testing.T) {
 	must(t, err)
 
 	// The daemon dies: its socket closes, its clients are told nothing.
-	d1.srv.udp.Close()
+	d1.srv.Transport().Conn.Close()
 	d1.Close()
 	must(t, <-errc)
 
@@ -170,9 +149,9 @@ func TestSendRetriedByID(t *testing.T) {
 			release := make(chan struct{})
 			arrived := make(chan struct{})
 			var once sync.Once
-			d := serveWith(t, GroupConfig{}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
-				return func(ctx context.Context, c *call) error {
-					if c.op == wire.OpSend {
+			d := serveWith(t, GroupConfig{}, func(next server.Handler) server.Handler {
+				return func(ctx context.Context, c *server.Call) error {
+					if c.Op() == wire.OpSend {
 						held := false
 						once.Do(func() { held = true })
 						if held {
@@ -252,9 +231,9 @@ func TestGracefulStopSaysUnavailable(t *testing.T) {
 		}
 	}()
 	held := make(chan struct{})
-	d := serveWith(t, GroupConfig{ServerConfig: ServerConfig{ShutdownTimeout: time.Minute}}, func(d *GroupDaemon, next handlerFunc) handlerFunc {
-		return func(ctx context.Context, c *call) error {
-			if c.op == wire.OpSend {
+	d := serveWith(t, GroupConfig{Server: server.Config{ShutdownTimeout: time.Minute}}, func(next server.Handler) server.Handler {
+		return func(ctx context.Context, c *server.Call) error {
+			if c.Op() == wire.OpSend {
 				select {
 				case <-held:
 				default:
@@ -293,7 +272,7 @@ func TestGracefulStopSaysUnavailable(t *testing.T) {
 	recv(t, held)
 	closed := make(chan struct{})
 	go func() { d.Close(); close(closed) }()
-	eventually(t, "shutdown to begin", func() bool { return d.srv.listening() != nil })
+	eventually(t, "shutdown to begin", func() bool { return d.srv.Listening() != nil })
 
 	if ev := recv(t, events); ev.Kind != client.EventInterrupted || !errors.Is(ev.Err, client.ErrUnavailable) {
 		t.Fatalf("watch during shutdown: %+v, want interrupted with unavailable", ev)
@@ -370,7 +349,7 @@ func TestWatchLearnsOfRestart(t *testing.T) {
 		t.Fatalf("first event %+v, want live", ev)
 	}
 
-	d1.srv.udp.Close()
+	d1.srv.Transport().Conn.Close()
 	d1.Close()
 	must(t, <-errc)
 	d2, _ := startGroupDaemon(t, cfg)

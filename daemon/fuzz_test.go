@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -134,13 +135,13 @@ func fuzzSeeds(f *testing.F, g wire.UUID) {
 // arbitrary request bytes.
 func FuzzGroupRequest(f *testing.F) {
 	d, err := NewGroupDaemon(GroupConfig{
-		Listen:       "127.0.0.1:0",
-		StateDir:     f.TempDir(),
-		Groups:       []GroupSpec{{Name: "fuzz"}},
-		Retention:    store.Config{MaxMessages: 1000},
-		SendRate:     -1,
-		ServerConfig: ServerConfig{RequestTimeout: time.Second, MaxConnsPerAddr: 4},
-		Logger:       slog.New(slog.DiscardHandler),
+		Listen:    "127.0.0.1:0",
+		StateDir:  f.TempDir(),
+		Groups:    []GroupSpec{{Name: "fuzz"}},
+		Retention: store.Config{MaxMessages: 1000},
+		SendRate:  -1,
+		Server:    server.Config{RequestTimeout: time.Second, MaxConnsPerAddr: 4},
+		Logger:    slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		f.Fatal(err)
@@ -172,10 +173,10 @@ func FuzzGroupRequest(f *testing.F) {
 // arbitrary request bytes.
 func FuzzRegistryRequest(f *testing.F) {
 	r, err := NewRegistry(RegistryConfig{
-		Listen:       "127.0.0.1:0",
-		StateDir:     f.TempDir(),
-		ServerConfig: ServerConfig{RequestTimeout: time.Second},
-		Logger:       slog.New(slog.DiscardHandler),
+		Listen:   "127.0.0.1:0",
+		StateDir: f.TempDir(),
+		Server:   server.Config{RequestTimeout: time.Second},
+		Logger:   slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		f.Fatal(err)

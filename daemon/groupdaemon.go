@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/internal/sparse"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
@@ -132,8 +134,8 @@ type GroupConfig struct {
 	// Cell, if set, makes the daemon a member of a cell that replicates
 	// its groups (see CellConfig). Listen must then name a fixed port.
 	Cell *CellConfig
-	// ServerConfig holds the QUIC server's limits and deadlines.
-	ServerConfig
+	// Server holds the QUIC server's limits and deadlines.
+	Server server.Config
 	// Metrics, if not nil, receives the daemon's operation timings and is
 	// given collectors for its connections and groups.
 	Metrics *metrics.Metrics
@@ -143,6 +145,10 @@ type GroupConfig struct {
 	// Now is the clock of message timestamps, join times and members'
 	// presence (when each was last seen). Default time.Now.
 	Now func() time.Time
+
+	// wrap, if set, wraps the daemon's handler: tests inject faults
+	// between the network and the operations with it.
+	wrap func(server.Handler) server.Handler
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -168,13 +174,13 @@ func (c GroupConfig) Validate() error {
 		return invalid("SendRate %v is not a number of messages per second", c.SendRate)
 	case c.SendRate >= 0 && orDefault(c.SendBurst, DefaultSendBurst) < orDefault(c.MaxBatch, DefaultMaxBatch):
 		return invalid("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
-	case c.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
+	case c.Server.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.Server.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
 		return invalid("MaxMessageBytes %d does not fit in a request of MaxRequestBytes %d with its envelope (%d bytes)",
-			orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes), c.MaxRequestBytes, wire.MaxFrameSize-MaxMessageBytesLimit)
+			orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes), c.Server.MaxRequestBytes, wire.MaxFrameSize-MaxMessageBytesLimit)
 	case c.HeartbeatInterval < 0:
 		return invalid("negative interval or timeout")
 	}
-	if err := c.ServerConfig.validate(); err != nil {
+	if err := c.Server.Validate(); err != nil {
 		return err
 	}
 	for _, a := range c.Registries {
@@ -231,7 +237,7 @@ func (c GroupConfig) withDefaults() GroupConfig {
 	c.HeartbeatInterval = orDefault(c.HeartbeatInterval, DefaultHeartbeatInterval)
 	c.SendRate = orDefault(c.SendRate, DefaultSendRate)
 	c.SendBurst = orDefault(c.SendBurst, DefaultSendBurst)
-	c.ServerConfig = c.ServerConfig.withDefaults()
+	c.Server = c.Server.WithDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
 	c.Storage.DataDir = orDefault(c.Storage.DataDir, c.StateDir)
@@ -250,7 +256,7 @@ type HostedGroup struct {
 // registers its groups with a registry when one is configured.
 type GroupDaemon struct {
 	cfg  GroupConfig
-	srv  *server
+	srv  *server.Server
 	life *lifecycle
 
 	mu     sync.Mutex
@@ -266,9 +272,9 @@ type GroupDaemon struct {
 	regs       atomic.Pointer[registrations] // set once registration runs
 	// stateLog paces the log of state files that cannot be written, per
 	// group: a flood of joins on a full disk must not flood the log too.
-	stateLog sparse[wire.UUID]
+	stateLog sparse.Sampler[wire.UUID]
 	// logLog does the same for logs that cannot store a send.
-	logLog sparse[wire.UUID]
+	logLog sparse.Sampler[wire.UUID]
 	lock   *stateLock // the state directory's, held from Listen to Close
 	// dataLock is the data directory's, when it is not the state
 	// directory.
@@ -291,24 +297,22 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), cellReady: make(chan struct{}),
-		stateLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}, logLog: sparse[wire.UUID]{every: limitLogEvery, now: cfg.Now}}
+		stateLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}, logLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}}
 	d.openLog = d.openStorageLog
-	sc := cfg.server().withDefaults()
+	setup := server.Setup{Listen: cfg.Listen, Role: "groups", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}
 	if cfg.Cell != nil {
-		sc.cell = cellHook{d: d}
+		setup.Cell = cellHook{d: d}
 	}
-	d.srv = newServer(sc, instrument(cfg.Metrics, cfg.Logger, cfg.Now, d.handle))
-	cfg.Metrics.Server("groups", d.srv.stats)
+	handle := d.handle
+	if cfg.wrap != nil {
+		handle = cfg.wrap(handle)
+	}
+	d.srv = server.New(cfg.Server, setup, handle)
 	cfg.Metrics.Groups(d.groupStats)
 	if cfg.Cell != nil {
 		cfg.Metrics.Cell(d.cellStats)
 	}
 	return d, nil
-}
-
-// server is the shared machinery's part of the configuration.
-func (c GroupConfig) server() serverConfig {
-	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger, now: c.Now}
 }
 
 // Listen loads the state directory (the key, each group's UUID and members,
@@ -341,7 +345,7 @@ func (d *GroupDaemon) Listen() error {
 			return fmt.Errorf("group daemon: %w", err)
 		}
 	}
-	if err := d.srv.listen(d.id); err != nil {
+	if err := d.srv.Listen(d.id); err != nil {
 		return fmt.Errorf("group daemon: %w", err)
 	}
 	if d.cfg.Cell != nil && d.node == nil {
@@ -446,7 +450,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	if err := d.life.begin(loops...); err != nil {
 		return err
 	}
-	if err := d.srv.start(); err != nil {
+	if err := d.srv.Start(); err != nil {
 		d.Close()
 		return err
 	}
@@ -472,7 +476,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 // goroutine it started. It is safe to call more than once; every call
 // returns nil once shutdown has finished.
 func (d *GroupDaemon) Close() error {
-	d.life.close(d.srv.close)
+	d.life.close(d.srv.Close)
 	d.mu.Lock()
 	if d.node != nil {
 		// After the server (no handler waits on the cell now); before the
@@ -489,7 +493,7 @@ func (d *GroupDaemon) Close() error {
 }
 
 // Addr returns the address the daemon listens on, or nil before it does.
-func (d *GroupDaemon) Addr() net.Addr { return d.srv.addr() }
+func (d *GroupDaemon) Addr() net.Addr { return d.srv.Addr() }
 
 // Fingerprint returns the daemon's fingerprint (what clients pin), or zero
 // before Listen.

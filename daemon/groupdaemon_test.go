@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -780,18 +781,18 @@ func TestGroupConfigValidate(t *testing.T) {
 		{"members over a frame", func(c *GroupConfig) { c.MaxMembers = wire.MaxArrayItems + 1 }},
 		{"advertise without port", func(c *GroupConfig) { c.Advertise = []string{"10.0.0.1"} }},
 		{"negative retention", func(c *GroupConfig) { c.Retention.MaxMessages = -1 }},
-		{"negative timeout", func(c *GroupConfig) { c.WriteTimeout = -1 }},
-		{"negative idle timeout", func(c *GroupConfig) { c.IdleTimeout = -1 }},
+		{"negative timeout", func(c *GroupConfig) { c.Server.WriteTimeout = -1 }},
+		{"negative idle timeout", func(c *GroupConfig) { c.Server.IdleTimeout = -1 }},
 		{"burst below a batch", func(c *GroupConfig) { c.SendRate, c.SendBurst, c.MaxBatch = 10, 5, 6 }},
 		{"default burst below a batch", func(c *GroupConfig) { c.MaxBatch, c.SendBurst = wire.MaxBatch, 0 }},
 		{"rate not a number", func(c *GroupConfig) { c.SendRate = math.NaN() }},
 		{"infinite rate", func(c *GroupConfig) { c.SendRate = math.Inf(1) }},
 		{"negative burst", func(c *GroupConfig) { c.SendBurst = -1 }},
-		{"request frame too small", func(c *GroupConfig) { c.MaxRequestBytes = MinMaxRequestBytes - 1 }},
-		{"request frame over the protocol's", func(c *GroupConfig) { c.MaxRequestBytes = wire.MaxFrameSize + 1 }},
-		{"message over the request frame", func(c *GroupConfig) { c.MaxRequestBytes = 64 << 10 }},
-		{"negative connections per address", func(c *GroupConfig) { c.MaxConnsPerAddr = -1 }},
-		{"negative connections", func(c *GroupConfig) { c.MaxConns = -1 }},
+		{"request frame too small", func(c *GroupConfig) { c.Server.MaxRequestBytes = server.MinMaxRequestBytes - 1 }},
+		{"request frame over the protocol's", func(c *GroupConfig) { c.Server.MaxRequestBytes = wire.MaxFrameSize + 1 }},
+		{"message over the request frame", func(c *GroupConfig) { c.Server.MaxRequestBytes = 64 << 10 }},
+		{"negative connections per address", func(c *GroupConfig) { c.Server.MaxConnsPerAddr = -1 }},
+		{"negative connections", func(c *GroupConfig) { c.Server.MaxConns = -1 }},
 		{"cell in memory", func(c *GroupConfig) {
 			c.Storage.Memory = true
 			c.Cell = &CellConfig{Join: true}
@@ -817,7 +818,7 @@ func TestGroupConfigValidate(t *testing.T) {
 // loses its watch once a write has blocked for WriteTimeout, without
 // slowing senders.
 func TestGroupWatchStalledReaderEnds(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{WriteTimeout: 100 * time.Millisecond}, HeartbeatInterval: time.Hour})
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{WriteTimeout: 100 * time.Millisecond}, HeartbeatInterval: time.Hour})
 	g := gid(d)
 	w := joined(t, d, "stalled")
 	str := w.open(request(t, wire.OpWatch, wire.Watch{Group: g}))
@@ -836,7 +837,7 @@ func TestGroupWatchStalledReaderEnds(t *testing.T) {
 		_, err := s.send(g, msgs)
 		must(t, err)
 	}
-	eventually(t, "the stalled watch to end", func() bool { return d.srv.active.Load() == 0 })
+	eventually(t, "the stalled watch to end", func() bool { return int64(d.srv.Stats().Streams) == 0 })
 	for {
 		_, err := readFrame(str)
 		if err == nil {
@@ -858,9 +859,9 @@ func TestGroupWatchCancelledByClient(t *testing.T) {
 	str := p.open(request(t, wire.OpWatch, wire.Watch{Group: gid(d)}))
 	_, err := readFrame(str)
 	must(t, err)
-	eventually(t, "only the watch running", func() bool { return d.srv.active.Load() == 1 })
+	eventually(t, "only the watch running", func() bool { return int64(d.srv.Stats().Streams) == 1 })
 	str.CancelRead(0x1)
-	eventually(t, "the watch to end", func() bool { return d.srv.active.Load() == 0 })
+	eventually(t, "the watch to end", func() bool { return int64(d.srv.Stats().Streams) == 0 })
 }
 
 func TestGroupBadState(t *testing.T) {

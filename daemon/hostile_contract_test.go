@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -151,7 +152,7 @@ func attackEmptyStreams(t *testing.T, h *hostile) {
 		// servers' idle timeout (2 s here) while the other server's
 		// streams run would be gone.
 		p := dial(t, s.addr, s.fp, nil)
-		for i := range int(DefaultMaxIncomingStreams) + 50 {
+		for i := range int(server.DefaultMaxIncomingStreams) + 50 {
 			str, err := p.conn.OpenStreamSync(testCtx(t))
 			must(t, err)
 			str.Close()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -69,25 +70,25 @@ func honestUser(t *testing.T, d *GroupDaemon, local string) {
 // streams wait; and an honest user from another address is
 // served at once, not after the attacker's request deadline (a minute).
 func attackRequestMemory(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{RequestTimeout: time.Minute}})
 	before := heapInUse()
 	// 12 KiB of each, not 60: the server grants a stalled stream 16 KiB.
 	attackers := stallRequests(t, d, "127.0.0.1", 65, 6, wire.MaxFrameSize, 12<<10)
-	limit := defaultShares.addr[resRequest]
-	eventually(t, "the attacker to hold its address's share", func() bool { return d.srv.shares.total(resRequest) >= limit-wire.MaxFrameSize })
+	limit := d.cfg.Server.Bounds().Addr.RequestBytes
+	eventually(t, "the attacker to hold its address's share", func() bool { return d.srv.Stats().Held.RequestBytes >= limit-wire.MaxFrameSize })
 	honestUser(t, d, "127.0.0.2")
-	if held := d.srv.shares.total(resRequest); held > limit+128<<10 {
+	if held := d.srv.Stats().Held.RequestBytes; held > limit+128<<10 {
 		t.Fatalf("%d bytes of request memory held, more than one address's share (%d) and the honest request", held, limit)
 	}
 	grew := int64(heapInUse()) - int64(before)
-	t.Logf("390 stalled 1 MiB requests: %d MiB of request memory held, heap grew by %.1f MiB", d.srv.shares.total(resRequest)>>20, float64(grew)/(1<<20))
+	t.Logf("390 stalled 1 MiB requests: %d MiB of request memory held, heap grew by %.1f MiB", d.srv.Stats().Held.RequestBytes>>20, float64(grew)/(1<<20))
 	if grew > 96<<20 {
 		t.Fatalf("heap grew by %d MiB", grew>>20)
 	}
 	for _, a := range attackers {
 		a.conn.CloseWithError(0, "")
 	}
-	eventually(t, "the stalled requests to end", func() bool { return d.srv.active.Load() == 0 && d.srv.shares.total(resRequest) == 0 })
+	eventually(t, "the stalled requests to end", func() bool { return int64(d.srv.Stats().Streams) == 0 && d.srv.Stats().Held.RequestBytes == 0 })
 }
 
 // attackRequestMemoryFromMany attacks from ten addresses at once, with
@@ -96,29 +97,28 @@ func attackRequestMemory(t *testing.T, h *hostile) {
 // addresses under an equal part of it, so the honest user's address still
 // finds room, and the server never holds more than its budget.
 func attackRequestMemoryFromMany(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
-	d.srv.shares.mu.Lock()
-	d.srv.shares.limits.conn[resRequest] = 1 << 20
-	d.srv.shares.limits.addr[resRequest] = 2 << 20
-	d.srv.shares.limits.total[resRequest] = 8 << 20
-	d.srv.shares.mu.Unlock()
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{RequestTimeout: time.Minute, Shares: server.Shares{
+		Conn:  server.Amounts{RequestBytes: 1 << 20},
+		Addr:  server.Amounts{RequestBytes: 2 << 20},
+		Total: server.Amounts{RequestBytes: 8 << 20},
+	}}})
 	var attackers []*peer
 	for i := range 10 {
 		attackers = append(attackers, stallRequests(t, d, fmt.Sprintf("127.0.0.%d", 10+i), 3, 4, 256<<10, 12<<10)...)
 	}
 	// The first half (4 MiB) fills, then each address may hold up to an
 	// equal part of the second half (4 MiB / 11 addresses).
-	eventually(t, "the attackers to fill the first half", func() bool { return d.srv.shares.total(resRequest) >= 4<<20 })
-	t.Logf("%d KiB held", d.srv.shares.total(resRequest)>>10)
+	eventually(t, "the attackers to fill the first half", func() bool { return d.srv.Stats().Held.RequestBytes >= 4<<20 })
+	t.Logf("%d KiB held", d.srv.Stats().Held.RequestBytes>>10)
 	honestUser(t, d, "127.0.0.2")
-	t.Logf("honest served; %d KiB held", d.srv.shares.total(resRequest)>>10)
-	if held := d.srv.shares.total(resRequest); held > 8<<20 {
+	t.Logf("honest served; %d KiB held", d.srv.Stats().Held.RequestBytes>>10)
+	if held := d.srv.Stats().Held.RequestBytes; held > 8<<20 {
 		t.Fatalf("%d bytes of request memory held, more than the server's budget", held)
 	}
 	for _, a := range attackers {
 		a.conn.CloseWithError(0, "")
 	}
-	eventually(t, "the stalled requests to end", func() bool { return d.srv.active.Load() == 0 && d.srv.shares.total(resRequest) == 0 })
+	eventually(t, "the stalled requests to end", func() bool { return int64(d.srv.Stats().Streams) == 0 && d.srv.Stats().Held.RequestBytes == 0 })
 }
 
 // attackUnreadReplies is issue 15.2's attack: a member opens hundreds of
@@ -132,7 +132,7 @@ func attackRequestMemoryFromMany(t *testing.T, h *hostile) {
 func attackUnreadReplies(t *testing.T, h *hostile) {
 	const writeTimeout = 2 * time.Second
 	d, _ := startGroupDaemon(t, GroupConfig{SendRate: -1, MaxBatch: 1024,
-		ServerConfig: ServerConfig{RequestTimeout: time.Minute, WriteTimeout: writeTimeout}})
+		Server: server.Config{RequestTimeout: time.Minute, WriteTimeout: writeTimeout}})
 	g := gid(d)
 	filler := joinedFrom(t, "127.0.0.3", d, "filler")
 	for range 16 { // 8 MiB of history, in 2 KiB messages
@@ -164,20 +164,20 @@ func attackUnreadReplies(t *testing.T, h *hostile) {
 			strs = append(strs, attacker.open(req))
 		}
 	}
-	limit := defaultShares.addr[resReply]
-	eventually(t, "the unread replies to hold the address's share", func() bool { return d.srv.shares.total(resReply) >= limit*3/4 })
+	limit := d.cfg.Server.Bounds().Addr.ReplyBytes
+	eventually(t, "the unread replies to hold the address's share", func() bool { return d.srv.Stats().Held.ReplyBytes >= limit*3/4 })
 	honest := joinedFrom(t, "127.0.0.2", d, "honest")
 	msgs, _, err := honest.fetch(wire.Fetch{Group: g, Limit: 1000})
 	must(t, err)
 	if len(msgs) != 1000 {
 		t.Fatalf("the honest user fetched %d messages", len(msgs))
 	}
-	if held := d.srv.shares.total(resReply); held > limit {
+	if held := d.srv.Stats().Held.ReplyBytes; held > limit {
 		t.Fatalf("%d bytes of reply memory held for one address, its share is %d", held, limit)
 	}
 	grew := int64(heapInUse()) - int64(before)
 	t.Logf("300 unread fetches, watches and member lists on 6 connections: %.1f MiB of reply memory held, heap grew by %.1f MiB",
-		float64(d.srv.shares.total(resReply))/(1<<20), float64(grew)/(1<<20))
+		float64(d.srv.Stats().Held.ReplyBytes)/(1<<20), float64(grew)/(1<<20))
 	if grew > 64<<20 {
 		t.Fatalf("heap grew by %d MiB for unread replies", grew>>20)
 	}
@@ -216,7 +216,7 @@ func attackUnreadReplies(t *testing.T, h *hostile) {
 	for _, a := range attackers {
 		a.conn.CloseWithError(0, "")
 	}
-	eventually(t, "the reply memory to be given back", func() bool { return d.srv.shares.total(resReply) == 0 && d.srv.active.Load() == 0 })
+	eventually(t, "the reply memory to be given back", func() bool { return d.srv.Stats().Held.ReplyBytes == 0 && int64(d.srv.Stats().Streams) == 0 })
 }
 
 // attackOperationsFromMany holds operations open from ten addresses (each
@@ -226,11 +226,10 @@ func attackUnreadReplies(t *testing.T, h *hostile) {
 // operations served, each taking the place of a stalled stream of the
 // address that holds the most, which is cut off with 0x2.
 func attackOperationsFromMany(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
-	d.srv.shares.mu.Lock()
-	d.srv.shares.limits.addr[resOps] = 16
-	d.srv.shares.limits.total[resOps] = 64
-	d.srv.shares.mu.Unlock()
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{RequestTimeout: time.Minute, Shares: server.Shares{
+		Addr:  server.Amounts{Operations: 16},
+		Total: server.Amounts{Operations: 64},
+	}}})
 	var stalled []*quic.Stream
 	for i := range 10 {
 		p := dialFrom(t, fmt.Sprintf("127.0.0.%d", 30+i), d.Addr(), d.Fingerprint())
@@ -242,12 +241,12 @@ func attackOperationsFromMany(t *testing.T, h *hostile) {
 			stalled = append(stalled, str)
 		}
 	}
-	eventually(t, "the attackers to hold every operation", func() bool { return d.srv.shares.total(resOps) == 64 })
+	eventually(t, "the attackers to hold every operation", func() bool { return d.srv.Stats().Held.Operations == 64 })
 	honestUser(t, d, "127.0.0.2")
-	if cuts := d.srv.shares.cutCount(resOps); cuts == 0 {
+	if cuts := d.srv.Stats().Cuts.Operations; cuts == 0 {
 		t.Fatal("the honest user was served, but no stalled stream was cut off for it")
 	}
-	if held := d.srv.shares.total(resOps); held > 64 {
+	if held := d.srv.Stats().Held.Operations; held > 64 {
 		t.Fatalf("%d operations running, the server's budget is 64", held)
 	}
 	cut := 0
@@ -273,12 +272,11 @@ func attackOperationsFromMany(t *testing.T, h *hostile) {
 // address that holds the most, which is reset with 0x2 (the reply side of
 // attackRequestMemoryFromMany).
 func attackUnreadRepliesFromMany(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{SendRate: -1, MaxBatch: 1024, ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
-	d.srv.shares.mu.Lock()
-	d.srv.shares.limits.conn[resReply] = 2 << 20
-	d.srv.shares.limits.addr[resReply] = 2 << 20
-	d.srv.shares.limits.total[resReply] = 16 << 20
-	d.srv.shares.mu.Unlock()
+	d, _ := startGroupDaemon(t, GroupConfig{SendRate: -1, MaxBatch: 1024, Server: server.Config{RequestTimeout: time.Minute, Shares: server.Shares{
+		Conn:  server.Amounts{ReplyBytes: 2 << 20},
+		Addr:  server.Amounts{ReplyBytes: 2 << 20},
+		Total: server.Amounts{ReplyBytes: 16 << 20},
+	}}})
 	g := gid(d)
 	filler := joinedFrom(t, "127.0.0.3", d, "filler")
 	for range 16 { // 8 MiB of history, in 2 KiB messages
@@ -297,7 +295,7 @@ func attackUnreadRepliesFromMany(t *testing.T, h *hostile) {
 		}
 	}
 	eventually(t, "the unread replies to spend the server's reply memory", func() bool {
-		return d.srv.shares.total(resReply) >= 15<<20
+		return d.srv.Stats().Held.ReplyBytes >= 15<<20
 	})
 	honest := joinedFrom(t, "127.0.0.2", d, "honest")
 	msgs, _, err := honest.fetch(wire.Fetch{Group: g, Limit: 400}) // 800 KiB: a large reply
@@ -305,10 +303,10 @@ func attackUnreadRepliesFromMany(t *testing.T, h *hostile) {
 	if len(msgs) != 400 {
 		t.Fatalf("the honest user fetched %d messages, want 400", len(msgs))
 	}
-	if cuts := d.srv.shares.cutCount(resReply); cuts == 0 {
+	if cuts := d.srv.Stats().Cuts.ReplyBytes; cuts == 0 {
 		t.Fatal("the honest user was served, but no unread reply was cut off for it")
 	}
-	if held := d.srv.shares.total(resReply); held > 16<<20 {
+	if held := d.srv.Stats().Held.ReplyBytes; held > 16<<20 {
 		t.Fatalf("%d bytes of reply memory held, the server's budget is 16 MiB", held)
 	}
 	cut := 0

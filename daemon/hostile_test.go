@@ -23,6 +23,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -52,7 +53,7 @@ const (
 )
 
 // hostileServer is the server configuration of both daemons under attack.
-var hostileServer = ServerConfig{RequestTimeout: hostileRequestTimeout, IdleTimeout: hostileIdleTimeout, MaxConnsPerAddr: hostileConnsPerAddr}
+var hostileServer = server.Config{RequestTimeout: hostileRequestTimeout, IdleTimeout: hostileIdleTimeout, MaxConnsPerAddr: hostileConnsPerAddr}
 
 func TestHostilePeers(t *testing.T) {
 	h := &hostile{secret: []byte("correct horse battery staple")}
@@ -60,15 +61,15 @@ func TestHostilePeers(t *testing.T) {
 	// no secret and no message body is in it.
 	var logged lockedBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.r = startRegistry(t, RegistryConfig{ServerConfig: hostileServer, Logger: log,
+	h.r = startRegistry(t, RegistryConfig{Server: hostileServer, Logger: log,
 		MaxGroupsPerKey: hostileGroupsPerKey, MaxGroupsPerAddr: hostileGroupsPerAddr})
 	h.d, _ = startGroupDaemon(t, GroupConfig{
-		Logger:       log,
-		Groups:       []GroupSpec{{Name: "general"}, {Name: "private", Secret: h.secret}},
-		ServerConfig: hostileServer,
-		MaxBatch:     16,
-		SendBurst:    64,
-		SendRate:     0.01, // one token per 100 s: the burst is all a test sees
+		Logger:    log,
+		Groups:    []GroupSpec{{Name: "general"}, {Name: "private", Secret: h.secret}},
+		Server:    hostileServer,
+		MaxBatch:  16,
+		SendBurst: 64,
+		SendRate:  0.01, // one token per 100 s: the burst is all a test sees
 		// Short, so that a test can wait for a heartbeat to show that
 		// nothing else was sent.
 		HeartbeatInterval: 200 * time.Millisecond,
@@ -173,12 +174,15 @@ func (h *hostile) honest(t *testing.T) {
 // idle reports whether the servers hold no connections and run no
 // operations.
 func (h *hostile) idle() bool {
-	for _, s := range []*server{h.d.srv, h.r.srv} {
-		s.mu.Lock()
-		n := len(s.conns) + len(s.perAddr) + len(s.reading)
-		s.mu.Unlock()
-		if n > 0 || s.active.Load() > 0 || s.handshakes.Load() > 0 {
+	for _, s := range []*server.Server{h.d.srv, h.r.srv} {
+		// A stream whose request is being read counts in Streams.
+		if st := s.Stats(); st.Connections > 0 || st.Streams > 0 || st.Handshakes > 0 {
 			return false
+		}
+		for _, src := range s.Sources() {
+			if src.Conns > 0 {
+				return false
+			}
 		}
 	}
 	return true
@@ -514,7 +518,7 @@ func attackSlowloris(t *testing.T, h *hostile) {
 // time to wait); it serves an honest user from another address meanwhile;
 // and it lets go of everything once the attacker leaves.
 func attackStreamFlood(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{RequestTimeout: time.Minute}})
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{RequestTimeout: time.Minute}})
 	before := heapInUse()
 	hdr := header(wire.MaxFrameSize)
 	var attackers []*peer
@@ -523,7 +527,7 @@ func attackStreamFlood(t *testing.T, h *hostile) {
 	for range 3 {
 		p := dial(t, d.Addr(), d.Fingerprint(), nil)
 		attackers = append(attackers, p)
-		for range DefaultMaxIncomingStreams {
+		for range server.DefaultMaxIncomingStreams {
 			str, err := p.conn.OpenStreamSync(testCtx(t))
 			must(t, err)
 			_, err = str.Write(hdr)
@@ -532,8 +536,8 @@ func attackStreamFlood(t *testing.T, h *hostile) {
 			total++
 		}
 	}
-	limit := int64(defaultShares.addr[resOps])
-	eventually(t, "the address's share of streams to be running", func() bool { return d.srv.active.Load() == limit })
+	limit := int64(d.cfg.Server.Bounds().Addr.Operations)
+	eventually(t, "the address's share of streams to be running", func() bool { return int64(d.srv.Stats().Streams) == limit })
 	f, err := readFrame(last)
 	must(t, err)
 	if f.kind != wire.KindError || f.err.Code != wire.CodeUnavailable || f.err.RetryAfterMS == 0 {
@@ -550,7 +554,7 @@ func attackStreamFlood(t *testing.T, h *hostile) {
 	for _, a := range attackers {
 		a.conn.CloseWithError(0, "")
 	}
-	eventually(t, "the flood's streams to end", func() bool { return d.srv.active.Load() == 0 })
+	eventually(t, "the flood's streams to end", func() bool { return int64(d.srv.Stats().Streams) == 0 })
 }
 
 // joinedFrom dials d from the local address local with a new key and
@@ -571,7 +575,7 @@ func joinedFrom(t *testing.T, local string, d *GroupDaemon, name string) *peer {
 // stateless reset (the flake this once was, 2 runs in 6 under load average
 // 13). The connections also keep themselves alive, as a client's do.
 func attackManyConnections(t *testing.T, h *hostile) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxConnsPerAddr: hostileConnsPerAddr}})
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{MaxConnsPerAddr: hostileConnsPerAddr}})
 	var conns []*quic.Conn
 	defer func() {
 		for _, c := range conns {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -127,7 +128,7 @@ func TestRateLimiterPrunesFullBuckets(t *testing.T) {
 // over it is closed after its handshake with ConnRefused and a reason, and
 // once one closes, a new one is served.
 func TestConnsPerAddr(t *testing.T) {
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxConnsPerAddr: 3}})
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{MaxConnsPerAddr: 3}})
 	g := gid(d)
 	var peers []*peer
 	for range 3 {
@@ -296,7 +297,7 @@ func TestLegacyNamesLoad(t *testing.T) {
 // can open as many streams again while the stallers still hold on.
 func TestCancelledWaitersReturnCredit(t *testing.T) {
 	const streams = 8
-	d, _ := startGroupDaemon(t, GroupConfig{ServerConfig: ServerConfig{MaxIncomingStreams: streams, RequestTimeout: time.Minute}})
+	d, _ := startGroupDaemon(t, GroupConfig{Server: server.Config{MaxIncomingStreams: streams, RequestTimeout: time.Minute}})
 	p := dial(t, d.Addr(), d.Fingerprint(), nil)
 	hdr := header(wire.MaxFrameSize)
 	stall := func() *quic.Stream {
@@ -306,17 +307,17 @@ func TestCancelledWaitersReturnCredit(t *testing.T) {
 		must(t, err)
 		return str
 	}
-	holders := defaultShares.conn[resRequest] / wire.MaxFrameSize
+	holders := d.cfg.Server.Bounds().Conn.RequestBytes / wire.MaxFrameSize
 	for range holders {
 		stall()
 	}
-	eventually(t, "the stallers to hold the connection's request memory", func() bool { return d.srv.active.Load() == int64(holders) })
+	eventually(t, "the stallers to hold the connection's request memory", func() bool { return int64(d.srv.Stats().Streams) == int64(holders) })
 	for round := range 3 {
 		var waiters []*quic.Stream
 		for range streams - holders {
 			waiters = append(waiters, stall())
 		}
-		eventually(t, fmt.Sprintf("round %d's waiters to be accepted", round), func() bool { return d.srv.active.Load() == int64(streams) })
+		eventually(t, fmt.Sprintf("round %d's waiters to be accepted", round), func() bool { return int64(d.srv.Stats().Streams) == int64(streams) })
 		for _, str := range waiters {
 			str.CancelRead(wire.StreamCancelled)
 			str.CancelWrite(wire.StreamCancelled)
@@ -325,7 +326,7 @@ func TestCancelledWaitersReturnCredit(t *testing.T) {
 		// it waits for their credit, bounded by the test's deadline, well
 		// under the request deadline.
 	}
-	eventually(t, "the last waiters to end", func() bool { return d.srv.active.Load() == int64(holders) })
+	eventually(t, "the last waiters to end", func() bool { return int64(d.srv.Stats().Streams) == int64(holders) })
 }
 
 // TestMembershipNotStoredNotApplied makes the daemon's state directory

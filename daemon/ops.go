@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -26,8 +27,8 @@ const (
 	queryChunk = 1024
 )
 
-func (d *GroupDaemon) handle(ctx context.Context, c *call) error {
-	switch c.op {
+func (d *GroupDaemon) handle(ctx context.Context, c *server.Call) error {
+	switch c.Op() {
 	case wire.OpInfo:
 		return d.info(c)
 	case wire.OpJoin:
@@ -47,17 +48,17 @@ func (d *GroupDaemon) handle(ctx context.Context, c *call) error {
 	case wire.OpCellAdd, wire.OpCellRemove:
 		return d.cellChange(ctx, c)
 	}
-	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.op)
+	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.Op())
 }
 
 // request decodes c's args into req, whose group field is id, and finds
 // that group. Errors: the decoding's (bad_request, too_large) and
 // not_found.
-func (d *GroupDaemon) request(c *call, req any, id *wire.UUID) (*group, error) {
-	if err := c.decode(req); err != nil {
+func (d *GroupDaemon) request(c *server.Call, req any, id *wire.UUID) (*group, error) {
+	if err := c.Decode(req); err != nil {
 		return nil, err
 	}
-	return d.group(c.op, *id)
+	return d.group(c.Op(), *id)
 }
 
 // group returns the hosted group id. d.groups is read-only once Listen has
@@ -90,17 +91,17 @@ func (d *GroupDaemon) group(op wire.Op, id wire.UUID) (*group, error) {
 // memberRequest is request for an operation only members may make: it
 // also requires the call's peer to be a member of the group, and returns
 // the channel closed when it leaves. Errors: request's, and not_member.
-func (d *GroupDaemon) memberRequest(c *call, req any, id *wire.UUID) (g *group, left <-chan struct{}, err error) {
+func (d *GroupDaemon) memberRequest(c *server.Call, req any, id *wire.UUID) (g *group, left <-chan struct{}, err error) {
 	if g, err = d.request(c, req, id); err != nil {
 		return nil, nil, err
 	}
-	left, ok := g.membership(c.peer)
-	if !ok && g.cell != nil && awaitMember(c.str.Context(), g, c.peer) {
+	left, ok := g.membership(c.Peer())
+	if !ok && g.cell != nil && awaitMember(c.Context(), g, c.Peer()) {
 		// A join the leader acknowledged, not yet applied here.
-		left, ok = g.membership(c.peer)
+		left, ok = g.membership(c.Peer())
 	}
 	if !ok {
-		return nil, nil, fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
+		return nil, nil, fmt.Errorf("%v group %s: %w", c.Op(), g.name, wire.ErrNotMember)
 	}
 	return g, left, nil
 }
@@ -128,15 +129,15 @@ func (d *GroupDaemon) limits() wire.Limits {
 		HeartbeatMS:      uint64(d.cfg.HeartbeatInterval.Milliseconds()),
 		SendRateMilli:    uint64(max(0, math.Round(d.cfg.SendRate*1000))),
 		SendBurst:        burst,
-		MaxFrameBytes:    uint64(d.cfg.MaxRequestBytes),
-		MaxStreams:       uint64(d.cfg.MaxIncomingStreams),
-		MaxConnsPerAddr:  uint64(d.cfg.MaxConnsPerAddr),
-		RequestTimeoutMS: uint64(d.cfg.RequestTimeout.Milliseconds()),
-		IdleTimeoutMS:    uint64(d.cfg.IdleTimeout.Milliseconds()),
+		MaxFrameBytes:    uint64(d.cfg.Server.MaxRequestBytes),
+		MaxStreams:       uint64(d.cfg.Server.MaxIncomingStreams),
+		MaxConnsPerAddr:  uint64(d.cfg.Server.MaxConnsPerAddr),
+		RequestTimeoutMS: uint64(d.cfg.Server.RequestTimeout.Milliseconds()),
+		IdleTimeoutMS:    uint64(d.cfg.Server.IdleTimeout.Milliseconds()),
 	}
 }
 
-func (d *GroupDaemon) info(c *call) error {
+func (d *GroupDaemon) info(c *server.Call) error {
 	var req wire.GroupRef
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
@@ -144,7 +145,7 @@ func (d *GroupDaemon) info(c *call) error {
 	}
 	st := g.log.Stats()
 	storage, fsync, interval := d.cfg.Storage.wire()
-	return c.result(wire.Info{
+	return c.Result(wire.Info{
 		Storage:         storage,
 		Fsync:           fsync,
 		FsyncIntervalMS: interval,
@@ -156,13 +157,13 @@ func (d *GroupDaemon) info(c *call) error {
 		Members:         uint64(g.memberCount()),
 		Limits:          d.limits(),
 		Private:         g.private(),
-		Member:          g.isMember(c.peer),
+		Member:          g.isMember(c.Peer()),
 		Fingerprint:     d.id.Fingerprint(),
 		Replicas:        d.replicaList(),
 	})
 }
 
-func (d *GroupDaemon) join(ctx context.Context, c *call) error {
+func (d *GroupDaemon) join(ctx context.Context, c *server.Call) error {
 	var req wire.Join
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
@@ -174,24 +175,24 @@ func (d *GroupDaemon) join(ctx context.Context, c *call) error {
 	if g.private() && !g.secretOK(req.Secret) {
 		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
 	}
-	ch := &memberChange{fp: c.peer, name: req.Name, joined: d.cfg.Now().UnixNano(), max: d.cfg.MaxMembers}
+	ch := &memberChange{fp: c.Peer(), name: req.Name, joined: d.cfg.Now().UnixNano(), max: d.cfg.MaxMembers}
 	if err := g.commit(ctx, ch); err != nil {
-		return shuttingDown(c.op, g, err)
+		return shuttingDown(c.Op(), g, err)
 	}
 	switch {
 	case ch.err != nil:
-		return d.notStored(c.op, g, ch.err)
+		return d.notStored(c.Op(), g, ch.err)
 	case ch.full:
 		return fmt.Errorf("join group %s: %w: the group has %d members, its limit", g.name, wire.ErrUnavailable, d.cfg.MaxMembers)
 	}
 	already := ch.already
 	if !already {
-		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.peer.Short(), "name", req.Name)
+		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.Peer().Short(), "name", req.Name)
 	}
-	return c.result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
+	return c.Result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
 }
 
-func (d *GroupDaemon) leave(ctx context.Context, c *call) error {
+func (d *GroupDaemon) leave(ctx context.Context, c *server.Call) error {
 	var req wire.GroupRef
 	g, err := d.request(c, &req, &req.Group)
 	if err != nil {
@@ -200,18 +201,18 @@ func (d *GroupDaemon) leave(ctx context.Context, c *call) error {
 	if g.cell != nil {
 		return d.cellLeave(ctx, c, g)
 	}
-	ch := &memberChange{fp: c.peer, leave: true}
+	ch := &memberChange{fp: c.Peer(), leave: true}
 	if err := g.commit(ctx, ch); err != nil {
-		return shuttingDown(c.op, g, err)
+		return shuttingDown(c.Op(), g, err)
 	}
 	if ch.err != nil {
-		return d.notStored(c.op, g, ch.err)
+		return d.notStored(c.Op(), g, ch.err)
 	}
 	was := ch.was
 	if was {
-		d.cfg.Logger.Info("member left", "group", g.name, "member", c.peer.Short())
+		d.cfg.Logger.Info("member left", "group", g.name, "member", c.Peer().Short())
 	}
-	return c.result(wire.Left{WasMember: was})
+	return c.Result(wire.Left{WasMember: was})
 }
 
 // shuttingDown is the error of an operation the daemon stopped waiting
@@ -228,7 +229,7 @@ const notStoredRetry = 5 * time.Second
 // (the file-system error, which names paths and stays on the server), and
 // returns what its caller is told: unavailable, nothing changed.
 func (d *GroupDaemon) notStored(op wire.Op, g *group, err error) error {
-	if ok, suppressed := d.stateLog.allow(g.id); ok {
+	if ok, suppressed := d.stateLog.Allow(g.id); ok {
 		d.cfg.Logger.Error("cannot store a group's member list: joins and leaves are refused until it can be",
 			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
 	}
@@ -236,34 +237,34 @@ func (d *GroupDaemon) notStored(op wire.Op, g *group, err error) error {
 		Message: fmt.Sprintf("%v group %s: the daemon cannot store its member list now (its disk may be full); nothing changed: try again later", op, g.name)}
 }
 
-func (d *GroupDaemon) members(c *call) error {
+func (d *GroupDaemon) members(c *server.Call) error {
 	var req wire.GroupRef
 	g, _, err := d.memberRequest(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
 	now := d.cfg.Now().UnixNano()
-	g.seen(c.peer, now)
+	g.seen(c.Peer(), now)
 	// The list and its frame: up to MaxMembers entries of a name and a
 	// fingerprint each.
-	if err := c.need(g.memberCount() * memberReplySize); err != nil {
+	if err := c.Need(g.memberCount() * memberReplySize); err != nil {
 		return err
 	}
-	return c.result(wire.MemberList{Members: g.memberList(now)})
+	return c.Result(wire.MemberList{Members: g.memberList(now)})
 }
 
-func (d *GroupDaemon) send(ctx context.Context, c *call) error {
+func (d *GroupDaemon) send(ctx context.Context, c *server.Call) error {
 	sc := sendScratches.Get().(*sendScratch)
 	defer sc.put()
 	// In place: the bodies are read from the request frame, and the store
 	// copies them; nothing keeps them past this handler.
 	req := wire.Send{Messages: sc.msgs[:0]}
-	err := c.decodeInPlace(&req)
+	err := c.DecodeInPlace(&req)
 	sc.msgs = req.Messages
 	if err != nil {
 		return err
 	}
-	g, err := d.group(c.op, req.Group)
+	g, err := d.group(c.Op(), req.Group)
 	if err != nil {
 		return err
 	}
@@ -271,13 +272,13 @@ func (d *GroupDaemon) send(ctx context.Context, c *call) error {
 		// Sent to the leader first: a follower may not have applied a
 		// join the leader acknowledged a moment ago.
 		if err := g.cell.node.Leading(); err != nil {
-			return cellError(c.op, g, err)
+			return cellError(c.Op(), g, err)
 		}
 	}
 	now := d.cfg.Now()
-	from, ok := g.sender(c.peer, now.UnixNano())
+	from, ok := g.sender(c.Peer(), now.UnixNano())
 	if !ok {
-		return fmt.Errorf("%v group %s: %w", c.op, g.name, wire.ErrNotMember)
+		return fmt.Errorf("%v group %s: %w", c.Op(), g.name, wire.ErrNotMember)
 	}
 	if len(req.Messages) > d.cfg.MaxBatch {
 		return fmt.Errorf("send group %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
@@ -288,7 +289,7 @@ func (d *GroupDaemon) send(ctx context.Context, c *call) error {
 		}
 		sc.entries = append(sc.entries, store.Entry{ID: m.ID, From: from, Body: m.Body})
 	}
-	if wait, ok := g.rate.take(c.peer, len(sc.entries), now); !ok {
+	if wait, ok := g.rate.take(c.Peer(), len(sc.entries), now); !ok {
 		ms := max(1, uint64((wait+time.Millisecond-1)/time.Millisecond))
 		return &wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: ms,
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
@@ -318,7 +319,7 @@ func (d *GroupDaemon) send(ctx context.Context, c *call) error {
 	for _, a := range sc.acks {
 		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
 	}
-	return c.result(wire.Sent{Epoch: g.epoch(), Acks: sc.sent})
+	return c.Result(wire.Sent{Epoch: g.epoch(), Acks: sc.sent})
 }
 
 // notAppendedRetry is the retry_after_ms of a send the log could not
@@ -329,7 +330,7 @@ const notAppendedRetry = time.Second
 // (its error stays on the server), and returns what the sender is told:
 // unavailable, nothing stored.
 func (d *GroupDaemon) notAppended(g *group, err error) error {
-	if ok, suppressed := d.logLog.allow(g.id); ok {
+	if ok, suppressed := d.logLog.Allow(g.id); ok {
 		d.cfg.Logger.Error("a group's log cannot store messages: sends are refused until it can",
 			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
 	}
@@ -367,14 +368,14 @@ func (sc *sendScratch) put() {
 // working is what the caller holds meanwhile (its query buffers), and the
 // frame is the larger of its estimate and the encoding buffer the call
 // keeps from earlier frames.
-func sendMessages(c *call, msgs []wire.Message, working int) ([]wire.Message, error) {
+func sendMessages(c *server.Call, msgs []wire.Message, working int) ([]wire.Message, error) {
 	defer clear(msgs)
 	for rest := msgs; len(rest) > 0; {
 		n, size := frameCut(rest, frameMaxMessages, frameBodyBudget)
-		if err := c.need(working + max(size, cap(c.buf))); err != nil {
+		if err := c.Need(working + max(size, c.Buffered())); err != nil {
 			return msgs[:0], err
 		}
-		if err := c.send(wire.KindMessages, wire.Messages{Messages: rest[:n]}); err != nil {
+		if err := c.Send(wire.KindMessages, wire.Messages{Messages: rest[:n]}); err != nil {
 			return msgs[:0], err
 		}
 		rest = rest[n:]
@@ -402,17 +403,17 @@ func working(buf []store.Message, out []wire.Message) int {
 // few messages per wake) reuses them.
 const keepBuffers = 64
 
-func (d *GroupDaemon) fetch(c *call) error {
+func (d *GroupDaemon) fetch(c *server.Call) error {
 	var req wire.Fetch
 	g, _, err := d.memberRequest(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
-	g.seen(c.peer, d.cfg.Now().UnixNano())
+	g.seen(c.Peer(), d.cfg.Now().UnixNano())
 	if req.Epoch != 0 && req.Epoch != g.epoch() {
-		return epochMismatch(c.op, g)
+		return epochMismatch(c.Op(), g)
 	}
-	if err := d.awaitSeq(c.str.Context(), c, g, req.MinSeq); err != nil {
+	if err := d.awaitSeq(c.Context(), c, g, req.MinSeq); err != nil {
 		return err
 	}
 	remain := d.cfg.FetchPage
@@ -420,7 +421,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 		remain = int(req.Limit)
 	}
 	chunk := min(remain, queryChunk)
-	if err := c.need(chunk * (storeMessageSize + wireMessageSize)); err != nil {
+	if err := c.Need(chunk * (storeMessageSize + wireMessageSize)); err != nil {
 		return err
 	}
 	buf := make([]store.Message, 0, chunk)
@@ -447,7 +448,7 @@ func (d *GroupDaemon) fetch(c *call) error {
 			return g.log.After(next, min(remain, queryChunk), buf[:0])
 		})
 	}
-	return c.send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch()})
+	return c.Send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch()})
 }
 
 // watch sends the selected history, then follows the log with the
@@ -456,23 +457,23 @@ func (d *GroupDaemon) fetch(c *call) error {
 // query, so no append between the query and the wait is missed). A slow
 // watcher therefore never slows senders and costs no queue: it falls behind
 // in the log, and learns of what retention dropped meanwhile from a Gap.
-func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
+func (d *GroupDaemon) watch(ctx context.Context, c *server.Call) error {
 	var req wire.Watch
 	g, left, err := d.memberRequest(c, &req, &req.Group)
 	if err != nil {
 		return err
 	}
 	if req.Epoch != 0 && req.Epoch != g.epoch() {
-		return epochMismatch(c.op, g)
+		return epochMismatch(c.Op(), g)
 	}
 	if err := d.awaitSeq(ctx, c, g, req.MinSeq); err != nil {
 		return err
 	}
 	// The member is online while this watch is open (PROTOCOL.md §8.4).
-	closed := g.watching(c.peer, d.cfg.Now().UnixNano())
+	closed := g.watching(c.Peer(), d.cfg.Now().UnixNano())
 	defer func() { closed(d.cfg.Now().UnixNano()) }()
 	st := g.log.Stats()
-	if err := c.send(wire.KindStart, wire.Start{Epoch: g.epoch(), First: st.First, Last: st.Last,
+	if err := c.Send(wire.KindStart, wire.Start{Epoch: g.epoch(), First: st.First, Last: st.Last,
 		HeartbeatMS: uint64(d.cfg.HeartbeatInterval.Milliseconds())}); err != nil {
 		return err
 	}
@@ -485,7 +486,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 	var cursor uint64
 	switch {
 	case req.Since != nil:
-		if err := c.need(queryChunk * (storeMessageSize + wireMessageSize)); err != nil {
+		if err := c.Need(queryChunk * (storeMessageSize + wireMessageSize)); err != nil {
 			return err
 		}
 		var cur store.Cursor
@@ -516,12 +517,12 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		select {
 		case <-left:
 			return fmt.Errorf("watch group %s: %w: left the group", g.name, wire.ErrNotMember)
-		case <-c.stopping():
+		case <-c.Stopping():
 			return fmt.Errorf("watch group %s: %w: the daemon is shutting down", g.name, wire.ErrUnavailable)
 		case <-ctx.Done():
 			return fmt.Errorf("watch group %s: %w: the daemon is shutting down", g.name, wire.ErrUnavailable)
-		case <-c.gone():
-			return &streamError{context.Cause(c.str.Context())}
+		case <-c.Gone():
+			return c.Lost()
 		default:
 			return nil
 		}
@@ -536,7 +537,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		var logLast uint64         // the log's last sequence, for heartbeats
 		if f := g.sharedAfter(cursor); f != nil {
 			// Another watcher at this cursor has encoded what comes next.
-			if err := c.write(f.frame); err != nil {
+			if err := c.Write(f.frame); err != nil {
 				return err
 			}
 			cursor = f.last
@@ -547,7 +548,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		} else {
 			// The most this query may return, and the buffers it needs.
 			want := int(min(uint64(queryChunk), g.log.Last()-min(cursor, g.log.Last())))
-			if err := c.need(working(buf, out) + max(0, want-cap(buf))*(storeMessageSize+wireMessageSize)); err != nil {
+			if err := c.Need(working(buf, out) + max(0, want-cap(buf))*(storeMessageSize+wireMessageSize)); err != nil {
 				return err
 			}
 			var cur store.Cursor
@@ -560,7 +561,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			logLast = cur.Last
 			if cur.First > 0 && cursor < cur.First-1 {
 				// Retention dropped messages the watcher had not been sent.
-				if err := c.send(wire.KindGap, wire.Gap{From: cursor + 1, To: cur.First - 1}); err != nil {
+				if err := c.Send(wire.KindGap, wire.Gap{From: cursor + 1, To: cur.First - 1}); err != nil {
 					return err
 				}
 				cursor = cur.First - 1
@@ -573,7 +574,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 					return err
 				}
 				if one && first == cursor+1 {
-					g.share(first, last, c.buf) // c.buf holds the frame just written
+					g.share(first, last, c.Frame()) // the frame just written
 				}
 				cursor = last
 				heartbeat.Reset(d.cfg.HeartbeatInterval)
@@ -586,7 +587,7 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 		// rather than read again for what is most often nothing, one query
 		// and one poll of the stop channels fewer per wake. The buffers
 		// kept for the next wake count in the call's reply memory.
-		if err := c.need(working(buf, out) + cap(c.buf)); err != nil {
+		if err := c.Need(working(buf, out) + c.Buffered()); err != nil {
 			return err
 		}
 		select {
@@ -597,17 +598,17 @@ func (d *GroupDaemon) watch(ctx context.Context, c *call) error {
 			if cap(buf) > keepBuffers {
 				buf, out = nil, nil
 			}
-			if cap(c.buf) > maxSharedFrame {
-				c.buf = nil
+			if c.Buffered() > maxSharedFrame {
+				c.DropBuffer()
 			}
-			if err := c.send(wire.KindHeartbeat, wire.Heartbeat{Last: logLast, Now: d.cfg.Now().UnixNano()}); err != nil {
+			if err := c.Send(wire.KindHeartbeat, wire.Heartbeat{Last: logLast, Now: d.cfg.Now().UnixNano()}); err != nil {
 				return err
 			}
 			heartbeat.Reset(d.cfg.HeartbeatInterval)
 		case <-left:
-		case <-c.stopping():
+		case <-c.Stopping():
 		case <-ctx.Done():
-		case <-c.gone():
+		case <-c.Gone():
 		}
 	}
 }

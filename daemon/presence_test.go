@@ -75,14 +75,14 @@ func TestGroupPresence(t *testing.T) {
 	clock.set(t0 + 5e9)
 	w1.CancelRead(0x1)
 	w1.CancelWrite(0x1)
-	eventually(t, "the first watch to end", func() bool { return d.srv.active.Load() == 1 })
+	eventually(t, "the first watch to end", func() bool { return int64(d.srv.Stats().Streams) == 1 })
 	if a := bob.members(g)["alice"]; !a.Online {
 		t.Fatalf("alice with one watch left: %+v, want online", a)
 	}
 	clock.set(t0 + 6e9)
 	w2.CancelRead(0x1)
 	w2.CancelWrite(0x1)
-	eventually(t, "the second watch to end", func() bool { return d.srv.active.Load() == 0 })
+	eventually(t, "the second watch to end", func() bool { return int64(d.srv.Stats().Streams) == 0 })
 	clock.set(t0 + 7e9)
 	if a := bob.members(g)["alice"]; a.Online || a.LastSeen != t0+6e9 {
 		t.Fatalf("alice after her watches ended: %+v, want offline, last seen when the last ended %d", a, t0+6e9)
@@ -116,7 +116,7 @@ func TestGroupPresenceAfterLeave(t *testing.T) {
 	if _, ok := bob.members(g)["alice"]; ok {
 		t.Fatal("alice listed after leaving")
 	}
-	eventually(t, "the watch to end", func() bool { return d.srv.active.Load() == 0 })
+	eventually(t, "the watch to end", func() bool { return int64(d.srv.Stats().Streams) == 0 })
 	must(t, alice.call(wire.OpJoin, wire.Join{Group: g, Name: "alice"}, nil))
 	if a := bob.members(g)["alice"]; a.Online {
 		t.Fatalf("alice joined again without a watch: %+v, want offline", a)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/metrics"
@@ -49,8 +50,8 @@ type RegistryConfig struct {
 	// address (an IPv4 address, or an IPv6 /64) listed at once; one more
 	// gets CodeUnavailable. Default 1024.
 	MaxGroupsPerAddr int
-	// ServerConfig holds the QUIC server's limits and deadlines.
-	ServerConfig
+	// Server holds the QUIC server's limits and deadlines.
+	Server server.Config
 	// MDNS advertises the registry over mDNS (service _huddle._udp) on
 	// Interfaces, so daemons and users on the LAN find it with no
 	// configuration. Off by default in this package; huddle registry and
@@ -85,7 +86,7 @@ func (c RegistryConfig) Validate() error {
 		return invalid("MaxGroups %d, MaxGroupsPerKey %d or MaxGroupsPerAddr %d is negative",
 			c.MaxGroups, c.MaxGroupsPerKey, c.MaxGroupsPerAddr)
 	}
-	return c.ServerConfig.validate()
+	return c.Server.Validate()
 }
 
 func (c RegistryConfig) withDefaults() RegistryConfig {
@@ -94,7 +95,7 @@ func (c RegistryConfig) withDefaults() RegistryConfig {
 	c.MaxGroups = orDefault(c.MaxGroups, DefaultMaxGroups)
 	c.MaxGroupsPerKey = orDefault(c.MaxGroupsPerKey, DefaultMaxGroupsPerKey)
 	c.MaxGroupsPerAddr = orDefault(c.MaxGroupsPerAddr, DefaultMaxGroupsPerAddr)
-	c.ServerConfig = c.ServerConfig.withDefaults()
+	c.Server = c.Server.WithDefaults()
 	c.Logger = logger(c.Logger)
 	c.Now = clock(c.Now)
 	return c
@@ -113,7 +114,7 @@ func (c RegistryConfig) withDefaults() RegistryConfig {
 type Registry struct {
 	cfg   RegistryConfig
 	epoch uint64
-	srv   *server
+	srv   *server.Server
 	life  *lifecycle
 
 	mu     sync.Mutex
@@ -135,15 +136,9 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 		life:   newLifecycle(),
 		leases: newLeaseTable(),
 	}
-	r.srv = newServer(cfg.server().withDefaults(), instrument(cfg.Metrics, cfg.Logger, cfg.Now, r.handle))
-	cfg.Metrics.Server("registry", r.srv.stats)
+	r.srv = server.New(cfg.Server, server.Setup{Listen: cfg.Listen, Role: "registry", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}, r.handle)
 	cfg.Metrics.RegistryLeases(r.leaseCount)
 	return r, nil
-}
-
-// server is the shared machinery's part of the configuration.
-func (c RegistryConfig) server() serverConfig {
-	return serverConfig{ServerConfig: c.ServerConfig, listen: c.Listen, log: c.Logger, now: c.Now}
 }
 
 // Listen loads (or creates) the registry's key in StateDir and binds the UDP
@@ -178,7 +173,7 @@ func (r *Registry) Listen() error {
 		r.id = id
 		r.mu.Unlock()
 	}
-	if err := r.srv.listen(id); err != nil {
+	if err := r.srv.Listen(id); err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
 	return nil
@@ -199,7 +194,7 @@ func (r *Registry) Serve(ctx context.Context) error {
 	if err := r.life.begin(loops...); err != nil {
 		return err
 	}
-	if err := r.srv.start(); err != nil {
+	if err := r.srv.Start(); err != nil {
 		r.Close()
 		return err
 	}
@@ -213,7 +208,7 @@ func (r *Registry) Serve(ctx context.Context) error {
 // waits for every goroutine it started. It is safe to call more than once;
 // every call returns nil once shutdown has finished.
 func (r *Registry) Close() error {
-	r.life.close(r.srv.close)
+	r.life.close(r.srv.Close)
 	r.mu.Lock()
 	r.lock.release()
 	r.mu.Unlock()
@@ -221,7 +216,7 @@ func (r *Registry) Close() error {
 }
 
 // Addr returns the address the registry listens on, or nil before it does.
-func (r *Registry) Addr() net.Addr { return r.srv.addr() }
+func (r *Registry) Addr() net.Addr { return r.srv.Addr() }
 
 // Fingerprint returns the registry's fingerprint (what clients pin), or
 // zero before Listen.
@@ -234,8 +229,8 @@ func (r *Registry) Fingerprint() wire.Fingerprint {
 	return r.id.Fingerprint()
 }
 
-func (r *Registry) handle(ctx context.Context, c *call) error {
-	switch c.op {
+func (r *Registry) handle(ctx context.Context, c *server.Call) error {
+	switch c.Op() {
 	case wire.OpRegister:
 		return r.register(c)
 	case wire.OpRenew:
@@ -245,21 +240,21 @@ func (r *Registry) handle(ctx context.Context, c *call) error {
 	case wire.OpList:
 		return r.list(c)
 	}
-	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.op)
+	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.Op())
 }
 
 func (r *Registry) lease() wire.Lease {
 	return wire.Lease{Epoch: r.epoch, TTLMS: uint64(r.cfg.LeaseTTL.Milliseconds())}
 }
 
-func (r *Registry) register(c *call) error {
+func (r *Registry) register(c *server.Call) error {
 	var req wire.Register
-	if err := c.decode(&req); err != nil {
+	if err := c.Decode(&req); err != nil {
 		return err
 	}
 	addrs := req.Addrs
 	if len(addrs) == 0 {
-		a, err := sourceAddr(c.remote, req.Port)
+		a, err := sourceAddr(c.Remote(), req.Port)
 		if err != nil {
 			return fmt.Errorf("register group %s: %w", req.Group, err)
 		}
@@ -271,14 +266,14 @@ func (r *Registry) register(c *call) error {
 		}
 	}
 	now := r.cfg.Now()
-	from := addrKey(c.remote)
+	from := server.Source(c.Remote())
 	r.mu.Lock()
 	l, ok := r.leaseLocked(req.Group, now)
-	if ok && !l.heldBy(c.peer) {
+	if ok && !l.heldBy(c.Peer()) {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
-	owner := c.peer
+	owner := c.Peer()
 	if ok {
 		owner = l.owner
 	}
@@ -291,7 +286,7 @@ func (r *Registry) register(c *call) error {
 			Group:       req.Group,
 			Name:        req.Name,
 			Addrs:       addrs,
-			Fingerprint: c.peer,
+			Fingerprint: c.Peer(),
 			Members:     req.Members,
 			LastSeq:     req.LastSeq,
 		},
@@ -303,7 +298,7 @@ func (r *Registry) register(c *call) error {
 	if ok {
 		prev = l
 	}
-	if err := replicated(nl, prev, &req, c.peer); err != nil {
+	if err := replicated(nl, prev, &req, c.Peer()); err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
@@ -311,9 +306,9 @@ func (r *Registry) register(c *call) error {
 	r.mu.Unlock()
 	if !ok {
 		r.cfg.Metrics.Registered()
-		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.peer.Short(), "addrs", addrs)
+		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.Peer().Short(), "addrs", addrs)
 	}
-	return c.result(r.lease())
+	return c.Result(r.lease())
 }
 
 // roomLocked says whether a registration by key from address from fits
@@ -352,9 +347,9 @@ func sourceAddr(remote net.Addr, port uint16) (string, error) {
 	return net.JoinHostPort(ip.String(), strconv.Itoa(int(port))), nil
 }
 
-func (r *Registry) renew(c *call) error {
+func (r *Registry) renew(c *server.Call) error {
 	var req wire.Renew
-	if err := c.decode(&req); err != nil {
+	if err := c.Decode(&req); err != nil {
 		return err
 	}
 	if req.Epoch != r.epoch {
@@ -368,52 +363,52 @@ func (r *Registry) renew(c *call) error {
 	case !ok:
 		r.mu.Unlock()
 		return fmt.Errorf("renew group %s: %w: no lease (it lapsed): register again", req.Group, wire.ErrNotFound)
-	case !l.heldBy(c.peer):
+	case !l.heldBy(c.Peer()):
 		r.mu.Unlock()
 		return fmt.Errorf("renew group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
 	l.expires = now.Add(r.cfg.LeaseTTL)
 	l.entry.Members, l.entry.LastSeq = req.Members, req.LastSeq
 	r.mu.Unlock()
-	return c.result(r.lease())
+	return c.Result(r.lease())
 }
 
-func (r *Registry) deregister(c *call) error {
+func (r *Registry) deregister(c *server.Call) error {
 	var req wire.Deregister
-	if err := c.decode(&req); err != nil {
+	if err := c.Decode(&req); err != nil {
 		return err
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
 	l, ok := r.leaseLocked(req.Group, now)
-	if ok && !l.heldBy(c.peer) {
+	if ok && !l.heldBy(c.Peer()) {
 		r.mu.Unlock()
 		return fmt.Errorf("deregister group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
 	if ok {
-		if kept := l.without(c.peer); kept != nil {
+		if kept := l.without(c.Peer()); kept != nil {
 			// Another replica of the cell still holds the group.
 			r.leases.put(kept)
 			r.mu.Unlock()
-			r.cfg.Logger.Info("replica deregistered; the group stays listed for the others", "group", l.entry.Name, "uuid", req.Group, "fingerprint", c.peer.Short())
-			return c.result(struct{}{})
+			r.cfg.Logger.Info("replica deregistered; the group stays listed for the others", "group", l.entry.Name, "uuid", req.Group, "fingerprint", c.Peer().Short())
+			return c.Result(struct{}{})
 		}
 		r.leases.remove(l)
 	}
 	r.mu.Unlock()
 	if ok {
-		r.cfg.Logger.Info("group deregistered", "group", l.entry.Name, "uuid", req.Group, "fingerprint", c.peer.Short())
+		r.cfg.Logger.Info("group deregistered", "group", l.entry.Name, "uuid", req.Group, "fingerprint", c.Peer().Short())
 	}
-	return c.result(struct{}{})
+	return c.Result(struct{}{})
 }
 
-func (r *Registry) list(c *call) error {
+func (r *Registry) list(c *server.Call) error {
 	var req wire.List
-	if err := c.decode(&req); err != nil {
+	if err := c.Decode(&req); err != nil {
 		return err
 	}
 	// A page and its frame, in reply memory (call.need).
-	if err := c.need(listPageReply); err != nil {
+	if err := c.Need(listPageReply); err != nil {
 		return err
 	}
 	now := r.cfg.Now()
@@ -423,7 +418,7 @@ func (r *Registry) list(c *call) error {
 	if err != nil {
 		return fmt.Errorf("list: %w: %v", wire.ErrBadRequest, err)
 	}
-	return c.result(wire.Groups{Epoch: r.epoch, Groups: entries, Next: next})
+	return c.Result(wire.Groups{Epoch: r.epoch, Groups: entries, Next: next})
 }
 
 // sweepLoop drops lapsed leases periodically, so they are logged and freed

@@ -75,7 +75,7 @@ func TestWatchContinuesAcrossRestart(t *testing.T) {
 		}
 	}
 
-	d1.srv.udp.Close() // gone without a word, as with SIGKILL
+	d1.srv.Transport().Conn.Close() // gone without a word, as with SIGKILL
 	d1.Close()
 	must(t, <-errc)
 	d2, _ := startGroupDaemon(t, cfg)

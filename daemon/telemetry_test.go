@@ -3,17 +3,17 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestLimitLogIsSparing floods a daemon with refused joins (the group is
 // full) and wrong secrets, from new keys each time: each kind of refusal
-// is logged once per limitLogEvery of the daemon's clock (injected), with
+// is logged once per server.LimitLogEvery of the daemon's clock (injected), with
 // how many were refused meanwhile, however many keys refuse.
 func TestLimitLogIsSparing(t *testing.T) {
 	clock := newFakeClock()
@@ -54,7 +54,7 @@ func TestLimitLogIsSparing(t *testing.T) {
 		t.Fatalf("limit lines %q %q: want the operation and the reason, never the secret tried", full[0], secret[0])
 	}
 
-	clock.advance(limitLogEvery - time.Millisecond)
+	clock.advance(server.LimitLogEvery - time.Millisecond)
 	refuse(1)
 	if n := len(lines("result=unavailable")); n != 1 {
 		t.Fatalf("%d lines before the interval is over, want 1", n)
@@ -64,30 +64,5 @@ func TestLimitLogIsSparing(t *testing.T) {
 	full = lines("result=unavailable")
 	if len(full) != 2 || !strings.Contains(full[1], "refused_since_last_logged=30") {
 		t.Fatalf("after the interval: %q, want a second line counting the 30 refusals not logged", full)
-	}
-}
-
-// TestRefusalLogOnTheDaemonsClock: connections refused over a limit are
-// logged at most once a second of the daemon's clock (not the machine's),
-// with how many were refused meanwhile; a clock that stepped back logs.
-func TestRefusalLogOnTheDaemonsClock(t *testing.T) {
-	var logged lockedBuffer
-	log := slog.New(slog.NewTextHandler(&logged, nil))
-	var r refusalLog
-	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
-	lines := func() int { return strings.Count(logged.String(), "connection refused") }
-	for i := range 5 {
-		r.note(log, at.Add(time.Duration(i)*time.Millisecond), netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1}, "too many")
-	}
-	if n := lines(); n != 1 {
-		t.Fatalf("5 refusals within a second logged %d lines, want 1:\n%s", n, logged.String())
-	}
-	r.note(log, at.Add(time.Second), netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1}, "too many")
-	if n := lines(); n != 2 || !strings.Contains(logged.String(), "refused_since_last_logged=4") {
-		t.Fatalf("a second later: %d lines, want 2, the second counting 4 not logged:\n%s", n, logged.String())
-	}
-	r.note(log, at.Add(-time.Hour), netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1}, "too many")
-	if n := lines(); n != 3 {
-		t.Fatalf("a clock stepped back: %d lines, want 3 (it logs)", n)
 	}
 }

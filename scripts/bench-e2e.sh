@@ -34,7 +34,7 @@ $GO build -o bin/huddle .
 		echo "## anchors: $ANCHORS_DIR not found, skipped"
 	fi
 	echo "## transport floors: bare quic-go with the daemon's QUIC configuration, moving a fetch's 3.4 MB (Transfer) and full 16-message batches on 16 connections (Batch)"
-	$GO test -run '^$' -bench 'QUICFloor' -benchtime 3s ./daemon/ 2>/dev/null | grep '^Benchmark' || true
+	$GO test -run '^$' -bench 'QUICFloor' -benchtime 3s ./daemon/server/ 2>/dev/null | grep '^Benchmark' || true
 	echo
 	echo "## huddle bench (self-contained: huddle up on 127.0.0.1, mDNS off)"
 	run() {

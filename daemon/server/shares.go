@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"cmp"
@@ -67,23 +67,75 @@ type shareLimits struct {
 // bounds scale with MaxConnsPerAddr above its default: an operator who
 // lets one address hold more connections (a NAT, a load generator) lets it
 // hold more of the rest too.
-var defaultShares = shareLimits{
-	conn:  amounts{resOps: 1 << 30, resRequest: 4 << 20, resReply: 4 << 20},
-	addr:  amounts{resOps: 1024, resRequest: 16 << 20, resReply: 16 << 20},
-	key:   amounts{resOps: 1024, resRequest: 16 << 20, resReply: 16 << 20},
-	total: amounts{resOps: 8192, resRequest: 256 << 20, resReply: 256 << 20},
+func defaultShares() shareLimits {
+	return shareLimits{
+		conn:  amounts{resOps: 1 << 30, resRequest: 4 << 20, resReply: 4 << 20},
+		addr:  amounts{resOps: 1024, resRequest: 16 << 20, resReply: 16 << 20},
+		key:   amounts{resOps: 1024, resRequest: 16 << 20, resReply: 16 << 20},
+		total: amounts{resOps: 8192, resRequest: 256 << 20, resReply: 256 << 20},
+	}
 }
 
-// sharesFor returns the shares of a server with these limits.
-func sharesFor(c ServerConfig) shareLimits {
-	l := defaultShares
+// Amounts is a count of each resource the shares bound.
+type Amounts struct {
+	Operations   int // operations running
+	RequestBytes int // request frame bytes held
+	ReplyBytes   int // reply bytes held
+}
+
+// Shares bounds what peers may make a server hold: per connection, per
+// source address (an IPv4 address, or an IPv6 /64), per key, and in all.
+type Shares struct {
+	Conn, Addr, Key, Total Amounts
+}
+
+// Bounds returns the shares a server of this configuration applies:
+// c.Shares' nonzero amounts, and the defaults for the rest.
+func (c Config) Bounds() Shares {
+	l := defaultShares()
 	if scale := c.MaxConnsPerAddr / DefaultMaxConnsPerAddr; scale > 1 {
 		for r := range nResources {
 			l.addr[r] = min(l.addr[r]*scale, l.total[r])
 			l.key[r] = min(l.key[r]*scale, l.total[r])
 		}
 	}
-	return l
+	set := c.Shares.limits()
+	for _, p := range []struct{ set, l *amounts }{{&set.conn, &l.conn}, {&set.addr, &l.addr}, {&set.key, &l.key}, {&set.total, &l.total}} {
+		for r := range nResources {
+			if p.set[r] != 0 {
+				p.l[r] = p.set[r]
+			}
+		}
+	}
+	return l.exported()
+}
+
+func (s Shares) valid() bool {
+	l := s.limits()
+	for _, a := range []amounts{l.conn, l.addr, l.key, l.total} {
+		for _, n := range a {
+			if n < 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (s Shares) limits() shareLimits {
+	return shareLimits{conn: s.Conn.amounts(), addr: s.Addr.amounts(), key: s.Key.amounts(), total: s.Total.amounts()}
+}
+
+func (l shareLimits) exported() Shares {
+	return Shares{Conn: l.conn.exported(), Addr: l.addr.exported(), Key: l.key.exported(), Total: l.total.exported()}
+}
+
+func (a Amounts) amounts() amounts {
+	return amounts{resOps: a.Operations, resRequest: a.RequestBytes, resReply: a.ReplyBytes}
+}
+
+func (a amounts) exported() Amounts {
+	return Amounts{Operations: a[resOps], RequestBytes: a[resRequest], ReplyBytes: a[resReply]}
 }
 
 // share is what one source address or one key holds.
@@ -100,9 +152,9 @@ type share struct {
 }
 
 // callList is an intrusive list of calls, through call.prev and call.next.
-type callList struct{ head, tail *call }
+type callList struct{ head, tail *Call }
 
-func (l *callList) push(c *call) {
+func (l *callList) push(c *Call) {
 	c.prev, c.next = l.tail, nil
 	if l.tail != nil {
 		l.tail.next = c
@@ -112,7 +164,7 @@ func (l *callList) push(c *call) {
 	l.tail = c
 }
 
-func (l *callList) remove(c *call) {
+func (l *callList) remove(c *Call) {
 	if c.prev != nil {
 		c.prev.next = c.next
 	} else {
@@ -217,7 +269,7 @@ func (s *shares) fairLocked(r resource) int {
 	return s.limits.total[r] / max(1, len(s.addrs))
 }
 
-func (cs *connShare) addLocked(c *call, r resource, n int) {
+func (cs *connShare) addLocked(c *Call, r resource, n int) {
 	if c.cut.Load() {
 		// What a call cut off holds is on its way back (cutLocked): as
 		// it gives back (or, in a race with the cut, takes), so does
@@ -237,7 +289,7 @@ func (cs *connShare) addLocked(c *call, r resource, n int) {
 // admit starts operation c: it takes one of resOps, and lists c among its
 // address's calls (reading its request). It reports false if the
 // operation is over its shares.
-func (cs *connShare) admit(c *call) bool {
+func (cs *connShare) admit(c *Call) bool {
 	s := cs.s
 	s.mu.Lock()
 	ok := cs.capsLocked(resOps, 1)
@@ -262,7 +314,7 @@ func (cs *connShare) admit(c *call) bool {
 }
 
 // end ends operation c: it gives back everything c still holds.
-func (cs *connShare) end(c *call) {
+func (cs *connShare) end(c *Call) {
 	s := cs.s
 	s.mu.Lock()
 	cs.addr.calls.remove(c)
@@ -295,7 +347,7 @@ var errOverShare = errors.New("over its share")
 // budget is spent, an address under its equal part cuts off another's
 // stalled streams (see the package comment) rather than wait for them. Its
 // errors wrap os.ErrDeadlineExceeded (a timeout), or are errCancelled.
-func (cs *connShare) take(c *call, r resource, n int, deadline time.Time, stop, gone <-chan struct{}) error {
+func (cs *connShare) take(c *Call, r resource, n int, deadline time.Time, stop, gone <-chan struct{}) error {
 	s := cs.s
 	var timer *time.Timer
 	defer func() {
@@ -334,7 +386,7 @@ func (cs *connShare) take(c *call, r resource, n int, deadline time.Time, stop, 
 }
 
 // give gives back n of r that c holds.
-func (cs *connShare) give(c *call, r resource, n int) {
+func (cs *connShare) give(c *Call, r resource, n int) {
 	if n == 0 {
 		return
 	}

@@ -1,6 +1,7 @@
-package daemon
+package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -16,16 +17,22 @@ import (
 // A call: one operation on one stream, pooled with its buffers, and how a
 // handler decodes its request and writes its reply.
 
-// call is one operation on one stream. Calls, and the buffers of small
-// requests, are pooled: a call with its request and reply buffers was a
-// good part of what the daemon allocated per operation (BENCHMARKS.md).
-type call struct {
+// Call is one operation on one stream, as its Handler sees it: who asks
+// (Peer, Remote), what (Op, Decode), and how to answer (Send, Result,
+// Need). A Call is the server's: a handler must not keep it, nor anything
+// DecodeInPlace gave it, after it returns.
+//
+// Calls, and the buffers of small requests, are pooled: a call with its
+// request and reply buffers was a good part of what the daemon allocated
+// per operation (BENCHMARKS.md).
+type Call struct {
 	op      wire.Op
 	args    wire.Frame
 	peer    wire.Fingerprint // from the connection's certificate, never from the peer's fields
+	conn    *quic.Conn
 	remote  net.Addr
 	str     *quic.Stream
-	srv     *server
+	srv     *Server
 	credits *streamCredits
 	buf     []byte  // reply frames, reused across frames (and calls, when small)
 	item    *[]byte // the request frame, if larger than head: from requestBufs if small
@@ -41,7 +48,7 @@ type call struct {
 	// its request or writes a large reply, in which it may stall, and
 	// whether it was cut off for a newcomer (shares.go).
 	shareHeld             amounts
-	prev, next            *call
+	prev, next            *Call
 	reading, writing, cut atomic.Bool
 	// decoded says a handler decoded the args (whether or not they were
 	// valid); inPlace, that the decoded values may alias the request, which
@@ -63,18 +70,31 @@ const (
 )
 
 var (
-	calls       = sync.Pool{New: func() any { return new(call) }}
+	calls       = sync.Pool{New: func() any { return new(Call) }}
 	requestBufs = sync.Pool{New: func() any { b := make([]byte, pooledRequestBytes); return &b }}
 )
 
-func newCall(s *server, conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) *call {
-	c := calls.Get().(*call)
-	c.srv, c.peer, c.remote, c.str = s, peer, conn.RemoteAddr(), str
+func newCall(s *Server, conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) *Call {
+	c := calls.Get().(*Call)
+	c.srv, c.peer, c.conn, c.remote, c.str = s, peer, conn, conn.RemoteAddr(), str
 	return c
 }
 
+// Op is the operation the peer asked for.
+func (c *Call) Op() wire.Op { return c.op }
+
+// Peer is the fingerprint of the key on the peer's certificate: the only
+// identity a handler may take from a peer.
+func (c *Call) Peer() wire.Fingerprint { return c.peer }
+
+// Remote is the peer's address.
+func (c *Call) Remote() net.Addr { return c.remote }
+
+// Conn is the connection the call came on.
+func (c *Call) Conn() *quic.Conn { return c.conn }
+
 // itemBuf returns a buffer of n bytes for the request frame.
-func (c *call) itemBuf(n int) []byte {
+func (c *Call) itemBuf(n int) []byte {
 	if n <= pooledRequestBytes {
 		c.item = requestBufs.Get().(*[]byte)
 		return (*c.item)[:n]
@@ -87,7 +107,7 @@ func (c *call) itemBuf(n int) []byte {
 // release gives back the request's memory; its args are decoded (or never
 // will be) by now, and, unless they were decoded in place, nothing refers
 // to it.
-func (c *call) release() {
+func (c *Call) release() {
 	c.args = wire.Frame{}
 	if c.requestHeld > 0 {
 		c.shares.give(c, resRequest, c.requestHeld)
@@ -101,20 +121,20 @@ func (c *call) release() {
 
 // free ends the call: it releases the request, and puts the call back in the
 // pool.
-func (c *call) free() {
+func (c *Call) free() {
 	c.release()
 	buf := c.buf[:0]
 	if cap(buf) > maxPooledReplyBytes {
 		buf = nil
 	}
-	*c = call{buf: buf}
+	*c = Call{buf: buf}
 	calls.Put(c)
 }
 
 // stalled reports whether the call is in a state in which a peer can
 // stall it while it holds r: reading its request (operations, request
 // bytes) or writing a large reply (reply bytes).
-func (c *call) stalled(r resource) bool {
+func (c *Call) stalled(r resource) bool {
 	if r == resReply {
 		return c.writing.Load()
 	}
@@ -128,24 +148,26 @@ type streamError struct{ err error }
 func (e *streamError) Error() string { return "stream: " + e.err.Error() }
 func (e *streamError) Unwrap() error { return e.err }
 
-// send writes one response frame, bounded by the write timeout. Errors are
-// *streamError, except an encoding failure, which is internal.
-func (c *call) send(kind wire.Kind, body any) error {
+// Send writes one response frame, bounded by the write timeout. Its
+// errors are failures of the stream (which the server answers no more),
+// except an encoding failure, which is internal.
+func (c *Call) Send(kind wire.Kind, body any) error {
 	buf, err := wire.AppendFrame(c.buf[:0], uint64(kind), body)
 	if err != nil {
 		return fmt.Errorf("encode %v reply: %w", c.op, err)
 	}
 	c.buf = buf
-	err = c.write(buf)
+	err = c.Write(buf)
 	if cap(c.buf) > 1<<20 {
 		c.buf = nil // do not keep an unusually large buffer alive
 	}
 	return err
 }
 
-// write writes an encoded frame, bounded by the write timeout. quic-go does
-// not keep frame past the call. Errors are *streamError.
-func (c *call) write(frame []byte) error {
+// Write writes an encoded frame (one Frame returned, maybe on another
+// call), bounded by the write timeout. quic-go does not keep frame past
+// the call. Its errors are failures of the stream.
+func (c *Call) Write(frame []byte) error {
 	c.credits.release()
 	c.str.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	if c.replyHeld > 0 {
@@ -168,21 +190,21 @@ const smallReply = 16 << 10
 // reply memory: the replies its peer has not read hold it.
 const replyRetryAfter = time.Second
 
-// need sets the reply memory the call holds to n bytes (its working set:
+// Need sets the reply memory the call holds to n bytes (its working set:
 // the reply it builds, the frame it writes, and the buffers it keeps
 // between frames), taking more from the connection's shares or giving some
 // back. Taking waits within the write timeout, as a blocked write would:
 // while the peer's earlier replies, unread, hold the connection's or the
 // address's share, the call waits for them, and then gives up with
 // unavailable (and a time to wait). A call under smallReply holds nothing.
-// Its errors are one to tell the peer, or a *streamError.
-func (c *call) need(n int) error {
+// Its errors are one to tell the peer, or a failure of the stream.
+func (c *Call) Need(n int) error {
 	if n <= smallReply {
 		n = 0
 	}
 	switch d := n - c.replyHeld; {
 	case d > 0:
-		err := c.shares.take(c, resReply, d, time.Now().Add(c.srv.cfg.WriteTimeout), c.srv.stopping, c.gone())
+		err := c.shares.take(c, resReply, d, time.Now().Add(c.srv.cfg.WriteTimeout), c.srv.stopping, c.Gone())
 		switch {
 		case errors.Is(err, errCancelled):
 			return &streamError{err}
@@ -199,13 +221,13 @@ func (c *call) need(n int) error {
 	return nil
 }
 
-// result writes the one Result frame of a single-reply operation.
-func (c *call) result(body any) error { return c.send(wire.KindResult, body) }
+// Result writes the one Result frame of a single-reply operation.
+func (c *Call) Result(body any) error { return c.Send(wire.KindResult, body) }
 
-// decode decodes the request's args into v, then releases the request's
+// Decode decodes the request's args into v, then releases the request's
 // memory: v must be a type whose decoded values do not alias the frame,
-// which is every frame type but wire.Send (see decodeInPlace).
-func (c *call) decode(v any) error {
+// which is every frame type but wire.Send (see DecodeInPlace).
+func (c *Call) Decode(v any) error {
 	c.decoded = true
 	err := c.args.Decode(v)
 	c.release()
@@ -215,11 +237,11 @@ func (c *call) decode(v any) error {
 	return nil
 }
 
-// decodeInPlace decodes the request's args into v, whose byte strings may
+// DecodeInPlace decodes the request's args into v, whose byte strings may
 // alias the request (see wire.Frame.Decode): the request and its memory
 // are held until the call ends, so v must not be used after the handler
 // returns.
-func (c *call) decodeInPlace(v any) error {
+func (c *Call) DecodeInPlace(v any) error {
 	c.decoded, c.inPlace = true, true
 	if err := c.args.Decode(v); err != nil {
 		return fmt.Errorf("%v: %w", c.op, err)
@@ -227,9 +249,28 @@ func (c *call) decodeInPlace(v any) error {
 	return nil
 }
 
-// gone is closed when the stream can no longer be written: the peer
+// Gone is closed when the stream can no longer be written: the peer
 // cancelled it or the connection ended.
-func (c *call) gone() <-chan struct{} { return c.str.Context().Done() }
+func (c *Call) Gone() <-chan struct{} { return c.str.Context().Done() }
 
-// stopping is closed when the server begins to shut down.
-func (c *call) stopping() <-chan struct{} { return c.srv.stopping }
+// Context is the stream's: it ends when Gone is closed.
+func (c *Call) Context() context.Context { return c.str.Context() }
+
+// Lost is what a handler returns when it finds Gone closed: a failure of
+// the stream, on which the server writes nothing more.
+func (c *Call) Lost() error { return &streamError{context.Cause(c.str.Context())} }
+
+// Stopping is closed when the server begins to shut down.
+func (c *Call) Stopping() <-chan struct{} { return c.srv.stopping }
+
+// Frame is the last frame Send encoded, valid until the next Send: a
+// handler may copy it for other calls to Write.
+func (c *Call) Frame() []byte { return c.buf }
+
+// Buffered is the capacity of the reply buffer the call keeps between
+// frames, which Need must count.
+func (c *Call) Buffered() int { return cap(c.buf) }
+
+// DropBuffer lets the reply buffer go (the next Send allocates one): a
+// call that waits long keeps none.
+func (c *Call) DropBuffer() { c.buf = nil }

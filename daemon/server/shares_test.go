@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"net/netip"
@@ -13,12 +13,12 @@ import (
 // its way back (cutting) must come back to zero, or every later newcomer
 // would find less to cut and wait instead.
 func TestCutCallGivesBack(t *testing.T) {
-	l := defaultShares
+	l := defaultShares()
 	l.addr[resRequest], l.total[resRequest] = 100, 100
 	s := newShares(l)
 	attacker := s.attach(netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1})
 	newcomer := s.attach(netip.MustParsePrefix("192.0.2.2/32"), wire.Fingerprint{2})
-	c := &call{}
+	c := &Call{}
 	if !attacker.admit(c) {
 		t.Fatal("admit refused")
 	}

@@ -1,6 +1,7 @@
-package daemon
+package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -13,17 +14,11 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/qlog"
 
+	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// The QUIC server machinery both daemons share, by concern: its
-// configuration and construction (here), listening and accepting
-// connections (accept.go), reading requests and finishing streams
-// (request.go), one operation's state and replies (call.go), fair shares
-// of what peers hold (shares.go), stream credit (credit.go), stream
-// workers (workers.go), and shutdown (shutdown.go).
-
-// Defaults shared by both servers.
+// Defaults of Config.
 const (
 	DefaultMaxIncomingStreams = 1000
 	DefaultRequestTimeout     = 10 * time.Second
@@ -72,8 +67,8 @@ const (
 	// operations is bounded by shares (shares.go).
 )
 
-// quicConfig is the QUIC configuration of both servers.
-func quicConfig(cfg serverConfig) *quic.Config {
+// quicConfig is the QUIC configuration of the daemons' servers.
+func quicConfig(cfg Config) *quic.Config {
 	return &quic.Config{
 		HandshakeIdleTimeout:           cfg.HandshakeTimeout / 2, // quic-go aborts a handshake after twice this
 		MaxIdleTimeout:                 cfg.IdleTimeout,
@@ -90,11 +85,11 @@ func quicConfig(cfg serverConfig) *quic.Config {
 	}
 }
 
-// ServerConfig is the part of a daemon's configuration that its QUIC server
+// Config is the part of a daemon's configuration that its QUIC server
 // takes: stream, request and connection limits, and the deadline of each
-// stage. RegistryConfig and GroupConfig embed it. The zero value of each
+// stage. The daemons' configurations embed it. The zero value of each
 // field means its default.
-type ServerConfig struct {
+type Config struct {
 	// MaxIncomingStreams is how many streams (operations) one connection may
 	// have open at once. Default 1000.
 	MaxIncomingStreams int64
@@ -121,10 +116,14 @@ type ServerConfig struct {
 	// ShutdownTimeout bounds how long Close lets operations in flight
 	// finish. Default 5 s.
 	ShutdownTimeout time.Duration
+	// Shares bounds what peers may make the server hold (shares.go): each
+	// nonzero amount replaces its default (SECURITY.md, "Limits"), which
+	// scales with MaxConnsPerAddr above its default. See Config.Bounds.
+	Shares Shares
 }
 
-// validate checks the fields; its errors wrap ErrInvalidConfig.
-func (c ServerConfig) validate() error {
+// Validate checks the fields; its errors wrap ErrInvalidConfig.
+func (c Config) Validate() error {
 	switch {
 	case c.MaxIncomingStreams < 0:
 		return invalid("MaxIncomingStreams %d is negative", c.MaxIncomingStreams)
@@ -136,62 +135,85 @@ func (c ServerConfig) validate() error {
 		return invalid("MaxConns %d is negative", c.MaxConns)
 	case c.HandshakeTimeout < 0, c.IdleTimeout < 0, c.RequestTimeout < 0, c.WriteTimeout < 0, c.ShutdownTimeout < 0:
 		return invalid("negative interval or timeout")
+	case !c.Shares.valid():
+		return invalid("negative share in %+v", c.Shares)
 	}
 	return nil
 }
 
-// withDefaults fills the zero fields.
-func (c ServerConfig) withDefaults() ServerConfig {
-	c.MaxIncomingStreams = orDefault(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
-	c.MaxRequestBytes = orDefault(c.MaxRequestBytes, DefaultMaxRequestBytes)
-	c.MaxConnsPerAddr = orDefault(c.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
-	c.MaxConns = orDefault(c.MaxConns, DefaultMaxConns)
-	c.HandshakeTimeout = orDefault(c.HandshakeTimeout, DefaultHandshakeTimeout)
-	c.IdleTimeout = orDefault(c.IdleTimeout, DefaultIdleTimeout)
-	c.RequestTimeout = orDefault(c.RequestTimeout, DefaultRequestTimeout)
-	c.WriteTimeout = orDefault(c.WriteTimeout, DefaultWriteTimeout)
-	c.ShutdownTimeout = orDefault(c.ShutdownTimeout, DefaultShutdownTimeout)
+// WithDefaults returns c with its zero fields filled.
+func (c Config) WithDefaults() Config {
+	c.MaxIncomingStreams = cmp.Or(c.MaxIncomingStreams, DefaultMaxIncomingStreams)
+	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, DefaultMaxRequestBytes)
+	c.MaxConnsPerAddr = cmp.Or(c.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
+	c.MaxConns = cmp.Or(c.MaxConns, DefaultMaxConns)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultHandshakeTimeout)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, DefaultRequestTimeout)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, DefaultWriteTimeout)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	return c
 }
 
-// serverConfig is what both daemons pass to the shared machinery.
-type serverConfig struct {
-	ServerConfig
-	listen string
+// Setup is how a daemon runs its server, beside the limits of Config:
+// where it listens, what it logs and measures, and on which clock.
+type Setup struct {
+	// Listen is the UDP address to bind, host:port.
+	Listen string
+	// Role names the server in its metrics ("registry" or "groups").
+	Role string
+	// Metrics, if set, times every operation and reads the server's
+	// Stats at each scrape (telemetry.go).
+	Metrics *metrics.Metrics
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the daemon's clock, which paces the logs of refusals; nil
+	// means time.Now.
+	Now func() time.Time
+	// Cell, if set, takes the connections of a cell's members (ALPN
+	// cell.ALPN) off the listener.
+	Cell Cell
+
 	// retryAbove is how many handshakes may be in progress before new
-	// ones must prove their source address first (QUIC Retry).
+	// ones must prove their source address first (QUIC Retry); tests set
+	// it.
 	retryAbove int64
-	log        *slog.Logger
-	now        func() time.Time // the daemon's clock, which paces the refusals' log
-	// cell, if set, takes the connections of a cell's members (ALPN
-	// cell.ALPN) off the listener (cell.go).
-	cell interface {
-		verify(tls.ConnectionState) error
-		handle(*quic.Conn)
-	}
+}
+
+// Cell takes the connections of a cell's members off a server's listener:
+// a member's handshake is checked by Verify, and its connection given to
+// Handle, which owns it from then on.
+type Cell interface {
+	Verify(tls.ConnectionState) error
+	Handle(*quic.Conn)
 }
 
 // withDefaults fills the zero fields.
-func (c serverConfig) withDefaults() serverConfig {
-	c.ServerConfig = c.ServerConfig.withDefaults()
-	c.retryAbove = orDefault(c.retryAbove, retryAboveHandshakes)
-	c.log = logger(c.log)
-	c.now = clock(c.now)
-	return c
+func (s Setup) withDefaults() Setup {
+	s.retryAbove = cmp.Or(s.retryAbove, retryAboveHandshakes)
+	if s.Logger == nil {
+		s.Logger = slog.New(slog.DiscardHandler)
+	}
+	if s.Now == nil {
+		s.Now = time.Now
+	}
+	return s
 }
 
-// handlerFunc serves one operation. It writes its reply frames with
-// c.send; if it returns an error, the server writes it as the stream's last
-// frame (an Error frame) unless the stream itself failed. The server closes
-// the stream either way. ctx ends when shutdown's grace period is over.
-type handlerFunc func(ctx context.Context, c *call) error
+// Handler serves one operation. It writes its reply frames with c.Send
+// (or c.Result); if it returns an error, the server writes it as the
+// stream's last frame (an Error frame) unless the stream itself failed.
+// The server closes the stream either way. ctx ends when shutdown's grace
+// period is over.
+type Handler func(ctx context.Context, c *Call) error
 
-// server is the QUIC machinery both daemons share: listening, accepting
+// Server is the QUIC machinery the daemons share: listening, accepting
 // connections and streams, reading requests, writing errors, and shutdown.
-// Each daemon supplies a handlerFunc.
-type server struct {
-	cfg    serverConfig
-	handle handlerFunc
+// Each daemon supplies a Handler.
+type Server struct {
+	cfg    Config
+	setup  Setup
+	handle Handler
 
 	ready    chan struct{} // closed once listening
 	stopping chan struct{} // closed when shutdown begins
@@ -214,7 +236,7 @@ type server struct {
 	closed    bool
 	conns     map[*quic.Conn]struct{}
 	peakConns int                       // most connections since the memory reclaimer last looked
-	perAddr   map[netip.Prefix]int      // connections open per source (see addrKey)
+	perAddr   map[netip.Prefix]int      // connections open per source (see Source)
 	reading   map[*quic.Stream]struct{} // streams whose request is being read
 	closeOnce sync.Once
 
@@ -233,18 +255,23 @@ type server struct {
 	active   atomic.Int64   // stream goroutines running, for tests and metrics
 }
 
-func newServer(cfg serverConfig, handle handlerFunc) *server {
-	cfg = cfg.withDefaults()
-	s := &server{
+// New returns a server of cfg (which Validate must have accepted) with
+// handler h, instrumented by setup.Metrics. It does no I/O: Listen binds
+// its socket, Start serves, Close shuts it down.
+func New(cfg Config, setup Setup, h Handler) *Server {
+	cfg = cfg.WithDefaults()
+	setup = setup.withDefaults()
+	s := &Server{
 		cfg:      cfg,
-		handle:   handle,
+		setup:    setup,
+		handle:   instrument(setup.Metrics, setup.Logger, setup.Now, h),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
 		conns:    make(map[*quic.Conn]struct{}),
 		perAddr:  make(map[netip.Prefix]int),
 		reading:  make(map[*quic.Stream]struct{}),
-		shares:   newShares(sharesFor(cfg.ServerConfig)),
+		shares:   newShares(cfg.Bounds().limits()),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
@@ -253,5 +280,6 @@ func newServer(cfg serverConfig, handle handlerFunc) *server {
 	s.busy, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
 		RetryAfterMS: uint64(busyRetryAfter.Milliseconds()),
 		Message:      "the server runs as many operations for your address, your key or in all as it allows: wait for some to finish"})
+	setup.Metrics.Server(setup.Role, s.metricsStats)
 	return s
 }

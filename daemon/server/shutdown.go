@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"sync"
@@ -12,15 +12,15 @@ import (
 // Shutdown: operations in flight finish within the grace period, new ones
 // are told the server is shutting down, then connections close.
 
-// close shuts the server down (see the package comment) and waits for
+// Close shuts the server down (see the package comment) and waits for
 // every goroutine. It is safe to call more than once and concurrently; every
 // call returns once shutdown has finished.
-func (s *server) close() {
+func (s *Server) Close() {
 	s.closeOnce.Do(s.shutdown)
 	<-s.done
 }
 
-func (s *server) shutdown() {
+func (s *Server) shutdown() {
 	defer close(s.done)
 	s.mu.Lock()
 	s.closed = true
@@ -49,7 +49,7 @@ func (s *server) shutdown() {
 	select {
 	case <-drained:
 	case <-grace.C:
-		s.cfg.log.Warn("shutdown timeout: aborting operations in flight", "timeout", s.cfg.ShutdownTimeout)
+		s.setup.Logger.Warn("shutdown timeout: aborting operations in flight", "timeout", s.cfg.ShutdownTimeout)
 	}
 	grace.Stop()
 	s.cancel()

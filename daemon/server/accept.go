@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"context"
@@ -24,9 +24,10 @@ import (
 // (and Retry under a flood of them), connections per source address, and
 // each connection's accept loop.
 
-// listen binds the UDP socket and starts QUIC on it. It is a no-op if the
-// server already listens.
-func (s *server) listen(id *identity.Identity) error {
+// Listen binds the UDP socket and starts QUIC on it, under the key id. It
+// is a no-op if the server already listens; after Close it returns
+// ErrClosed.
+func (s *Server) Listen(id *identity.Identity) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -35,18 +36,18 @@ func (s *server) listen(id *identity.Identity) error {
 	if s.ln != nil {
 		return nil
 	}
-	ua, err := net.ResolveUDPAddr("udp", s.cfg.listen)
+	ua, err := net.ResolveUDPAddr("udp", s.setup.Listen)
 	if err != nil {
-		return fmt.Errorf("listen on %q: %w", s.cfg.listen, err)
+		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
 	udp, err := net.ListenUDP("udp", ua)
 	if err != nil {
-		return fmt.Errorf("listen on %q: %w", s.cfg.listen, err)
+		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
 	key, err := statelessResetKey(id)
 	if err != nil {
 		udp.Close()
-		return fmt.Errorf("listen on %q: %w", s.cfg.listen, err)
+		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
 	tr := &quic.Transport{
 		Conn:                udp,
@@ -58,7 +59,7 @@ func (s *server) listen(id *identity.Identity) error {
 	if err != nil {
 		tr.Close()
 		udp.Close()
-		return fmt.Errorf("listen on %q: %w", s.cfg.listen, err)
+		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
 	s.udp, s.tr, s.ln = udp, tr, ln
 	close(s.ready)
@@ -68,25 +69,25 @@ func (s *server) listen(id *identity.Identity) error {
 // tlsConfig is the listener's TLS configuration: huddle/1, and for a
 // member of a cell the cell's ALPN too, whose peers must present a
 // member's key.
-func (s *server) tlsConfig(id *identity.Identity) *tls.Config {
+func (s *Server) tlsConfig(id *identity.Identity) *tls.Config {
 	c := id.ServerTLS()
-	if s.cfg.cell == nil {
+	if s.setup.Cell == nil {
 		return c
 	}
 	c.NextProtos = append(c.NextProtos, cell.ALPN)
 	verify := c.VerifyConnection
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
 		if cs.NegotiatedProtocol == cell.ALPN {
-			return s.cfg.cell.verify(cs)
+			return s.setup.Cell.Verify(cs)
 		}
 		return verify(cs)
 	}
 	return c
 }
 
-// transport returns the server's QUIC transport (nil before listen): a
+// Transport returns the server's QUIC transport (nil before Listen): a
 // cell's node dials its peers from it.
-func (s *server) transport() *quic.Transport {
+func (s *Server) Transport() *quic.Transport {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.tr
@@ -119,10 +120,10 @@ func statelessResetKey(id *identity.Identity) (*quic.StatelessResetKey, error) {
 // trip more, and only while the server is under such a load.
 const retryAboveHandshakes = 128
 
-// handshake is a connection attempt counted in server.handshakes until its
+// handshake is a connection attempt counted in Server.handshakes until its
 // handshake ends, one way or the other.
 type handshake struct {
-	s    *server
+	s    *Server
 	once sync.Once
 }
 
@@ -133,7 +134,7 @@ type handshakeKey struct{}
 // connContext counts a new connection attempt as a handshake in progress;
 // acceptLoop ends the count when the handshake completes, and the
 // connection's context ending (a failed handshake) ends it otherwise.
-func (s *server) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+func (s *Server) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
 	h := &handshake{s: s}
 	s.handshakes.Add(1)
 	context.AfterFunc(ctx, h.done)
@@ -143,16 +144,16 @@ func (s *server) connContext(ctx context.Context, _ *quic.ClientInfo) (context.C
 // verifySourceAddress asks for a Retry when too many handshakes are in
 // progress (quic-go calls it only for attempts whose address is not yet
 // validated).
-func (s *server) verifySourceAddress(net.Addr) bool {
-	if s.handshakes.Load() < s.cfg.retryAbove {
+func (s *Server) verifySourceAddress(net.Addr) bool {
+	if s.handshakes.Load() < s.setup.retryAbove {
 		return false
 	}
 	s.retries.Add(1)
 	return true
 }
 
-// addr returns the bound address, or nil before listen.
-func (s *server) addr() net.Addr {
+// Addr returns the bound address, or nil before Listen.
+func (s *Server) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.udp == nil {
@@ -161,8 +162,9 @@ func (s *server) addr() net.Addr {
 	return s.udp.LocalAddr()
 }
 
-// start starts accepting connections. listen must have succeeded.
-func (s *server) start() error {
+// Start starts accepting connections; Listen must have succeeded. It
+// returns ErrClosed after Close, and ErrServing if already started.
+func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -171,7 +173,7 @@ func (s *server) start() error {
 	case s.started:
 		return ErrServing
 	case s.ln == nil:
-		return errors.New("daemon: serve before listen")
+		return errors.New("server: serve before listen")
 	}
 	s.started = true
 	s.connWG.Add(2)
@@ -180,7 +182,7 @@ func (s *server) start() error {
 	return nil
 }
 
-func (s *server) acceptLoop() {
+func (s *Server) acceptLoop() {
 	defer s.connWG.Done()
 	for {
 		conn, err := s.ln.Accept(s.acceptCtx)
@@ -195,12 +197,12 @@ func (s *server) acceptLoop() {
 			conn.CloseWithError(wire.ConnProtocolViolation, "client certificate required")
 			continue
 		}
-		if s.cfg.cell != nil && conn.ConnectionState().TLS.NegotiatedProtocol == cell.ALPN {
+		if s.setup.Cell != nil && conn.ConnectionState().TLS.NegotiatedProtocol == cell.ALPN {
 			// A member of the cell: its transport owns the connection.
-			s.cfg.cell.handle(conn)
+			s.setup.Cell.Handle(conn)
 			continue
 		}
-		key := addrKey(conn.RemoteAddr())
+		key := Source(conn.RemoteAddr())
 		s.mu.Lock()
 		if s.closed {
 			// Shutting down: say so at once, rather than leave the client
@@ -218,7 +220,7 @@ func (s *server) acceptLoop() {
 		}
 		if refused != "" {
 			s.mu.Unlock()
-			s.refusals.note(s.cfg.log, s.cfg.now(), key, peer, refused)
+			s.refusals.note(s.setup.Logger, s.setup.Now(), key, peer, refused)
 			conn.CloseWithError(wire.ConnRefused, refused)
 			continue
 		}
@@ -234,7 +236,7 @@ func (s *server) acceptLoop() {
 // addrKey is the unit the per-address connection limit counts: an IPv4
 // address, or the /64 prefix of an IPv6 address, since one host is given a
 // whole /64 and can pick any address in it.
-func addrKey(a net.Addr) netip.Prefix {
+func Source(a net.Addr) netip.Prefix {
 	ua, ok := a.(*net.UDPAddr)
 	if !ok {
 		return netip.Prefix{}
@@ -271,7 +273,7 @@ func (r *refusalLog) note(log *slog.Logger, now time.Time, from netip.Prefix, pe
 
 // serveConn accepts the streams of one connection until it ends or
 // shutdown begins. On shutdown it leaves the connection for close to close.
-func (s *server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Prefix) {
+func (s *Server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Prefix) {
 	defer s.connWG.Done()
 	cs := s.shares.attach(key, peer)
 	defer cs.detach()

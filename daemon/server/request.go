@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"encoding/binary"
@@ -21,7 +21,7 @@ import (
 // serveStream runs one operation. It owns the stream: whatever happens, both
 // directions end here (closed or cancelled), and its credit goes to credits,
 // which gives it back to the peer.
-func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cs *connShare, credits *streamCredits) {
+func (s *Server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cs *connShare, credits *streamCredits) {
 	defer s.streamWG.Done()
 	defer credits.hold(str)
 	s.active.Add(1)
@@ -41,7 +41,7 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			s.cfg.log.Error("handler panicked", "op", c.op, "peer", peer.Short(), "panic", r, "stack", string(debug.Stack()))
+			s.setup.Logger.Error("handler panicked", "op", c.op, "peer", peer.Short(), "panic", r, "stack", string(debug.Stack()))
 			s.finish(c, wire.ErrInternal)
 		}
 	}()
@@ -58,9 +58,9 @@ func (s *server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 
 // readRequest reads the request frame and the end of stream after it,
 // within the request deadline, into c (op, args, and the request's memory,
-// given back by call.release). On failure it answers or cancels the stream
+// given back by Call.release). On failure it answers or cancels the stream
 // and returns false.
-func (s *server) readRequest(c *call) bool {
+func (s *Server) readRequest(c *Call) bool {
 	str := c.str
 	s.mu.Lock()
 	if s.closed {
@@ -95,7 +95,7 @@ func (s *server) readRequest(c *call) bool {
 	if ferr := frameError(err); ferr != nil {
 		// The peer sent bytes we can answer: say what was wrong. Stop
 		// reading whatever else it sends.
-		s.cfg.log.Debug("bad request", "peer", c.peer.Short(), "err", err)
+		s.setup.Logger.Debug("bad request", "peer", c.peer.Short(), "err", err)
 		str.CancelRead(wire.StreamProtocolViolation)
 		str.SetWriteDeadline(time.Now().Add(s.cfg.RequestTimeout))
 		if werr := wire.WriteError(str, ferr); werr != nil {
@@ -119,7 +119,7 @@ func (s *server) readRequest(c *call) bool {
 		default:
 		}
 	}
-	s.cfg.log.Debug("request not read", "peer", c.peer.Short(), "err", err)
+	s.setup.Logger.Debug("request not read", "peer", c.peer.Short(), "err", err)
 	str.CancelRead(code)
 	str.CancelWrite(code)
 	return false
@@ -137,7 +137,7 @@ func (s *server) readRequest(c *call) bool {
 // A small request has usually arrived whole, with its FIN, by the time its
 // stream is accepted. The first read takes up to len(c.head) bytes, so such
 // a request costs one quic-go Read instead of three (header, body, end).
-func (s *server) readFrame(c *call, deadline time.Time) error {
+func (s *Server) readFrame(c *Call, deadline time.Time) error {
 	got, eof, err := readAtLeast(c.str, c.head[:], 4)
 	if err != nil {
 		return err
@@ -161,7 +161,7 @@ func (s *server) readFrame(c *call, deadline time.Time) error {
 	if 4+n <= int64(len(c.head)) {
 		item = c.head[4 : 4+n]
 	} else {
-		if err := c.shares.take(c, resRequest, int(n), deadline, s.stopping, c.gone()); err != nil {
+		if err := c.shares.take(c, resRequest, int(n), deadline, s.stopping, c.Gone()); err != nil {
 			return err
 		}
 		c.requestHeld = int(n)
@@ -189,7 +189,7 @@ func (s *server) readFrame(c *call, deadline time.Time) error {
 			return err
 		}
 	}
-	// The args are checked and decoded in one pass by call.decode (or
+	// The args are checked and decoded in one pass by Call.Decode (or
 	// checked by serveStream, for an op no handler decodes).
 	op, args, err := wire.SplitRequest(item)
 	if err != nil {
@@ -215,7 +215,7 @@ const busyRetryAfter = 250 * time.Millisecond
 // without blocking; if it cannot be (the peer gave no flow-control
 // credit), the stream is reset with 0x2. The caller holds or releases the
 // stream's credit.
-func (s *server) refuseStream(str *quic.Stream, frame []byte) {
+func (s *Server) refuseStream(str *quic.Stream, frame []byte) {
 	str.CancelRead(wire.StreamTimeout)
 	if err := str.TryWriteAll(frame); err != nil {
 		str.CancelWrite(wire.StreamTimeout)
@@ -269,7 +269,7 @@ func frameError(err error) error {
 
 // finish ends a call: it writes err as an Error frame if there is one, and
 // closes the stream.
-func (s *server) finish(c *call, err error) {
+func (s *Server) finish(c *Call, err error) {
 	if err == nil {
 		c.str.Close()
 		return
@@ -278,15 +278,15 @@ func (s *server) finish(c *call, err error) {
 	if errors.As(err, &gone) {
 		// The peer stopped reading, the write deadline passed, or the
 		// connection ended: nothing more can be said on this stream.
-		s.cfg.log.Debug("stream failed", "op", c.op, "peer", c.peer.Short(), "err", gone.err)
+		s.setup.Logger.Debug("stream failed", "op", c.op, "peer", c.peer.Short(), "err", gone.err)
 		c.str.CancelWrite(wire.StreamTimeout)
 		return
 	}
 	we := wire.ToError(err)
 	if we.Code == wire.CodeInternal {
-		s.cfg.log.Error("operation failed", "op", c.op, "peer", c.peer.Short(), "err", err)
+		s.setup.Logger.Error("operation failed", "op", c.op, "peer", c.peer.Short(), "err", err)
 	}
-	if werr := c.send(wire.KindError, we); werr != nil {
+	if werr := c.Send(wire.KindError, we); werr != nil {
 		c.str.CancelWrite(wire.StreamTimeout)
 		return
 	}

@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"context"
@@ -195,7 +195,7 @@ func floorStreams(ctx context.Context, conn *quic.Conn, serve func(*quic.Stream,
 // under a new identity, until the benchmark ends.
 func floorListener(b *testing.B) (*identity.Identity, *quic.Listener) {
 	id, tr := floorEndpoint(b)
-	ln, err := tr.Listen(id.ServerTLS(), quicConfig(serverConfig{}.withDefaults()))
+	ln, err := tr.Listen(id.ServerTLS(), quicConfig(Config{}.WithDefaults()))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package daemon
+package server
 
 import (
 	"sync"
@@ -50,7 +50,7 @@ type streamWorkers struct {
 // newStreamWorkers returns workers that serve conn's streams with serve.
 // The caller holds a count in s.connWG while it calls run, and calls close
 // once it will call run no more.
-func (s *server) newStreamWorkers(serve func(*quic.Stream)) *streamWorkers {
+func (s *Server) newStreamWorkers(serve func(*quic.Stream)) *streamWorkers {
 	return &streamWorkers{work: make(chan *quic.Stream), serve: serve, wg: &s.connWG, every: workerIdle}
 }
 

@@ -1,0 +1,209 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// testTimeout bounds each network step of a test, so a bug fails the test
+// instead of hanging it. It is not a timing assertion.
+const testTimeout = 20 * time.Second
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// frame is one response frame as a test peer read it.
+type frame struct {
+	kind wire.Kind
+	raw  wire.Raw
+	err  *wire.Error // for KindError
+}
+
+// decode decodes the frame's body into v, failing the test if it cannot.
+func (f frame) decode(t *testing.T, v any) {
+	t.Helper()
+	if err := f.raw.Decode(v); err != nil {
+		t.Fatalf("decode %v frame: %v", f.kind, err)
+	}
+}
+
+// The helpers below are the daemons' test peers (daemon/helpers_test.go),
+// cut to what the server's own tests use.
+
+// peer is a raw protocol client: one QUIC connection with its own key,
+// speaking frames directly.
+type peer struct {
+	t    *testing.T
+	id   *identity.Identity
+	conn *quic.Conn
+}
+
+func newKey(t *testing.T) *identity.Identity {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// dial connects to addr with key id (a new one if nil), pinning pin.
+func dial(t *testing.T, addr net.Addr, pin wire.Fingerprint, id *identity.Identity) *peer {
+	t.Helper()
+	if id == nil {
+		id = newKey(t)
+	}
+	conn, err := quic.DialAddr(testCtx(t), addr.String(), id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("dial %v: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return &peer{t: t, id: id, conn: conn}
+}
+
+// open opens a stream and writes raw as the request bytes, then ends the
+// stream's send side.
+func (p *peer) open(raw []byte) *quic.Stream {
+	p.t.Helper()
+	str, err := p.conn.OpenStreamSync(testCtx(p.t))
+	if err != nil {
+		p.t.Fatalf("open stream: %v", err)
+	}
+	if _, err := str.Write(raw); err != nil {
+		p.t.Fatalf("write request: %v", err)
+	}
+	str.Close()
+	return str
+}
+
+func request(t *testing.T, op wire.Op, args any) []byte {
+	t.Helper()
+	b, err := wire.AppendFrame(nil, uint64(op), args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// readFrame reads the next response frame; io.EOF at the stream's end.
+func readFrame(str *quic.Stream) (frame, error) {
+	str.SetReadDeadline(time.Now().Add(testTimeout))
+	kind, raw, err := wire.ReadResponse(str, nil)
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return frame{kind: wire.KindError, raw: raw, err: we}, nil
+	}
+	return frame{kind: kind, raw: raw}, err
+}
+
+// frames reads every frame of a stream until its end.
+func (p *peer) frames(str *quic.Stream) []frame {
+	p.t.Helper()
+	var fs []frame
+	for {
+		f, err := readFrame(str)
+		if err == io.EOF {
+			return fs
+		}
+		if err != nil {
+			p.t.Fatalf("read reply: %v (after %d frames)", err, len(fs))
+		}
+		fs = append(fs, f)
+	}
+}
+
+// do performs one operation and returns every reply frame.
+func (p *peer) do(op wire.Op, args any) []frame {
+	p.t.Helper()
+	return p.frames(p.open(request(p.t, op, args)))
+}
+
+// call performs a single-reply operation: it decodes the Result into out
+// (if not nil) or returns the Error frame's error.
+func (p *peer) call(op wire.Op, args any, out any) error {
+	p.t.Helper()
+	fs := p.do(op, args)
+	if len(fs) != 1 {
+		p.t.Fatalf("%v: got %d frames, want 1", op, len(fs))
+	}
+	switch f := fs[0]; f.kind {
+	case wire.KindError:
+		return f.err
+	case wire.KindResult:
+		if out != nil {
+			f.decode(p.t, out)
+		}
+		return nil
+	default:
+		p.t.Fatalf("%v: got a frame of kind %d, want a result", op, f.kind)
+		return nil
+	}
+}
+
+// must fails the test if err is not nil.
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantCode fails the test unless err is a *wire.Error with code want.
+func wantCode(t *testing.T, err error, want wire.Code) *wire.Error {
+	t.Helper()
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != want {
+		t.Fatalf("got error %v, want code %v", err, want)
+	}
+	return we
+}
+
+// eventually polls cond until it holds, failing the test after testTimeout.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

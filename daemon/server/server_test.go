@@ -1,0 +1,166 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestHandlerPanic checks that a panicking handler answers internal and the
+// server goes on.
+func TestHandlerPanic(t *testing.T) {
+	id := newKey(t)
+	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: time.Second},
+		Setup{Listen: "127.0.0.1:0", Logger: testLogger(t)}, func(ctx context.Context, c *Call) error {
+			if c.Op() == wire.OpInfo {
+				panic("boom")
+			}
+			return c.Result(wire.Left{WasMember: true})
+		})
+	must(t, s.Listen(id))
+	must(t, s.Start())
+	t.Cleanup(s.Close)
+	p := dial(t, s.Addr(), id.Fingerprint(), nil)
+	wantCode(t, p.call(wire.OpInfo, wire.GroupRef{}, nil), wire.CodeInternal)
+	var l wire.Left
+	must(t, p.call(wire.OpLeave, wire.GroupRef{}, &l))
+	if !l.WasMember {
+		t.Fatal("second call not served")
+	}
+	if err := s.Start(); !errors.Is(err, ErrServing) {
+		t.Fatalf("second start: %v", err)
+	}
+}
+
+// startTestServer runs the shared machinery with handler h.
+func startTestServer(t *testing.T, shutdown time.Duration, h Handler) (*Server, *peer) {
+	t.Helper()
+	id := newKey(t)
+	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: shutdown},
+		Setup{Listen: "127.0.0.1:0", Logger: testLogger(t)}, h)
+	must(t, s.Listen(id))
+	must(t, s.Start())
+	t.Cleanup(s.Close)
+	return s, dial(t, s.Addr(), id.Fingerprint(), nil)
+}
+
+// TestCloseLetsOperationsFinish checks that an operation in flight when
+// Close begins still gets its reply.
+func TestCloseLetsOperationsFinish(t *testing.T) {
+	entered := make(chan struct{})
+	s, p := startTestServer(t, time.Hour, func(ctx context.Context, c *Call) error {
+		close(entered)
+		<-c.Stopping() // finish only once shutdown has begun
+		return c.Result(wire.Left{WasMember: true})
+	})
+	str := p.open(request(t, wire.OpLeave, wire.GroupRef{}))
+	<-entered
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	f, err := readFrame(str)
+	must(t, err)
+	var l wire.Left
+	if f.kind != wire.KindResult {
+		t.Fatalf("got %+v, want the result", f)
+	}
+	f.decode(t, &l)
+	if !l.WasMember {
+		t.Fatal("wrong result")
+	}
+	<-closed
+	// A new connection is refused now.
+	if _, err := quic.DialAddr(testCtx(t), s.Addr().String(), p.id.ClientTLS(wire.Fingerprint{}, nil), &quic.Config{HandshakeIdleTimeout: 200 * time.Millisecond}); err == nil {
+		t.Fatal("dial after close succeeded")
+	}
+}
+
+// TestShutdownTimeoutCancelsOperations checks that an operation that does
+// not finish within ShutdownTimeout has its context cancelled.
+func TestShutdownTimeoutCancelsOperations(t *testing.T) {
+	entered, cancelled := make(chan struct{}), make(chan struct{})
+	s, p := startTestServer(t, 50*time.Millisecond, func(ctx context.Context, c *Call) error {
+		close(entered)
+		<-ctx.Done()
+		close(cancelled)
+		return wire.ErrUnavailable
+	})
+	p.open(request(t, wire.OpLeave, wire.GroupRef{}))
+	<-entered
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	// The handler's context ends once the 50 ms grace is over, and close
+	// returns then; a deadline turns a regression into a failure here
+	// instead of the test binary's timeout.
+	for _, ev := range []struct {
+		what string
+		ch   <-chan struct{}
+	}{{"the handler's context ended", cancelled}, {"close returned", closed}} {
+		select {
+		case <-ev.ch:
+		case <-time.After(testTimeout):
+			t.Fatalf("%s not within %v of a 50 ms shutdown timeout", ev.what, testTimeout)
+		}
+	}
+}
+
+// TestRetryUnderHandshakeLoad checks that over its handshake threshold the
+// server asks connection attempts to prove their address with a Retry, that
+// an honest client gets through it, and that finished and failed handshakes
+// stop counting.
+func TestRetryUnderHandshakeLoad(t *testing.T) {
+	id := newKey(t)
+	s := New(Config{}, Setup{
+		Listen: "127.0.0.1:0", retryAbove: -1, // every attempt must retry
+		Logger: testLogger(t),
+	}, func(ctx context.Context, c *Call) error { return c.Result(wire.Left{WasMember: true}) })
+	must(t, s.Listen(id))
+	must(t, s.Start())
+	t.Cleanup(s.Close)
+	p := dial(t, s.Addr(), id.Fingerprint(), nil)
+	var l wire.Left
+	must(t, p.call(wire.OpLeave, wire.GroupRef{}, &l))
+	if s.retries.Load() == 0 {
+		t.Fatal("no Retry was asked for")
+	}
+	// A handshake that fails (wrong ALPN) stops counting too.
+	tc := newKey(t).ClientTLS(id.Fingerprint(), nil)
+	tc.NextProtos = []string{"h3"}
+	if c, err := quic.DialAddr(testCtx(t), s.Addr().String(), tc, &quic.Config{}); err == nil {
+		c.CloseWithError(0, "")
+		t.Fatal("handshake with the wrong ALPN succeeded")
+	}
+	eventually(t, "no handshake in progress", func() bool { return s.handshakes.Load() == 0 })
+}
+
+// TestRefusalLogOnTheDaemonsClock: connections refused over a limit are
+// logged at most once a second of the daemon's clock (not the machine's),
+// with how many were refused meanwhile; a clock that stepped back logs.
+func TestRefusalLogOnTheDaemonsClock(t *testing.T) {
+	var logged lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logged, nil))
+	var r refusalLog
+	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	lines := func() int { return strings.Count(logged.String(), "connection refused") }
+	for i := range 5 {
+		r.note(log, at.Add(time.Duration(i)*time.Millisecond), netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1}, "too many")
+	}
+	if n := lines(); n != 1 {
+		t.Fatalf("5 refusals within a second logged %d lines, want 1:\n%s", n, logged.String())
+	}
+	r.note(log, at.Add(time.Second), netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1}, "too many")
+	if n := lines(); n != 2 || !strings.Contains(logged.String(), "refused_since_last_logged=4") {
+		t.Fatalf("a second later: %d lines, want 2, the second counting 4 not logged:\n%s", n, logged.String())
+	}
+	r.note(log, at.Add(-time.Hour), netip.MustParsePrefix("192.0.2.1/32"), wire.Fingerprint{1}, "too many")
+	if n := lines(); n != 3 {
+		t.Fatalf("a clock stepped back: %d lines, want 3 (it logs)", n)
+	}
+}
