@@ -35,23 +35,34 @@ var importRules = map[string][]string{
 	"cell":      {"wire", "identity", "store"},
 	// The QUIC server machinery the daemons share: it knows nothing of
 	// either daemon (cell only for the ALPN of a cell's members).
-	"daemon/server":          {"wire", "identity", "store", "cell", "metrics", "daemon/internal/sparse"},
-	"daemon/internal/sparse": nil,
-	// daemon is today both daemons; issue 18's split gives each its own
-	// package and rule.
-	"daemon":  {"wire", "identity", "store", "cell", "client", "discovery", "metrics", "daemon/server", "daemon/internal/sparse"},
+	"daemon/server": {"wire", "identity", "store", "cell", "metrics", "daemon/internal/sparse"},
+	// What the daemons share besides their server: their lifecycle, the
+	// state directory's lock, pacing of like log lines, and the raw
+	// protocol peer of their tests.
+	"daemon/internal/lifecycle": {"wire", "identity", "store", "cell", "metrics", "daemon/server", "daemon/internal/sparse"},
+	"daemon/internal/statedir":  nil,
+	"daemon/internal/sparse":    nil,
+	"daemon/internal/peertest":  {"wire", "identity"},
+	// The registry daemon: never the group daemon.
+	"daemon/registry": {"wire", "identity", "store", "cell", "metrics", "discovery",
+		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
+	// daemon is today the group daemon; issue 18's split moves it to a
+	// package of its own.
+	"daemon": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
+		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"loadgen": {"wire", "identity", "client"},
 	"web":     {"wire", "identity", "client"},
 	"cli": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "daemon/server", "daemon/internal/sparse", "loadgen", "web"},
+		"daemon", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
 	"": {"cli", "wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "daemon/server", "daemon/internal/sparse", "loadgen", "web"},
+		"daemon", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
-	"internal/soak":     {"wire", "identity", "store", "cell", "client", "daemon", "daemon/server", "daemon/internal/sparse", "discovery", "metrics"},
+	"internal/soak": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
+		"daemon", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"internal/testbin":  nil,
 	"internal/testdisk": nil,
 	"internal/faults":   nil,
@@ -66,6 +77,10 @@ var neverImports = [][2]string{
 	{"wire", "store"},
 	{"client", "daemon"},
 	{"daemon/server", "daemon"},
+	{"daemon/server", "daemon/registry"},
+	{"daemon/registry", "daemon"},
+	{"daemon", "daemon/registry"},
+	{"", "daemon/internal/peertest"},
 	{"cli", "internal/soak"},
 	{"", "internal/udpproxy"},
 	{"", "internal/netlab"},
@@ -139,15 +154,16 @@ func name(pkg string) string {
 }
 
 // daemonPackages are the packages whose daemons the CLI starts.
-var daemonPackages = []string{"daemon", "daemon/server"}
+var daemonPackages = []string{"daemon", "daemon/registry", "daemon/server"}
 
 // daemonAPI is what code outside the daemons may name in their packages:
 // constructors, their configurations (and the types inside them), the
-// daemons' own types (to hold one and call its methods), the memory budget
+// daemons' own types (to hold one and call its methods: GroupDaemon,
+// and the registry's Daemon), the memory budget
 // a configuration adds up to (Memory, which the CLI turns into the process's
 // soft memory limit), and the constants and errors configurations are
 // documented with.
-var daemonAPI = regexp.MustCompile(`^(New[A-Z]\w*|\w*Config|\w*Spec|Registry|GroupDaemon|Memory|Default\w+|Max\w+|Min\w+|Err\w+)$`)
+var daemonAPI = regexp.MustCompile(`^(New|New[A-Z]\w*|\w*Config|\w*Spec|Daemon|GroupDaemon|Memory|Default\w+|Max\w+|Min\w+|Err\w+)$`)
 
 // TestCLIUsesDaemonsThroughConfigs: the CLI starts daemons and does not
 // reach into them: every name it uses from a daemon package is a

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
@@ -269,15 +270,15 @@ func parseDaemon(env Env, fs *pflag.FlagSet, args []string) (int, bool) {
 
 func runRegistry(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
-	var cfg daemon.RegistryConfig
+	var cfg registry.Config
 	fs := newFlags(env, "registry", "[--listen ADDR] [--lease DURATION] [--state-dir DIR] [--no-mdns] [--iface NAME]...",
 		"Run a registry: the list of groups that group daemons register with and users list.\nEvery flag can also be set from the environment: --lease as HUDDLE_LEASE, and so on.",
 		"  huddle registry --listen :7373 --state-dir /var/lib/huddle/registry")
-	fs.Var(newUDPAddr(&cfg.Listen, daemon.DefaultRegistryListen, true), "listen", "UDP address to listen on")
-	fs.Var(newDuration(&cfg.LeaseTTL, daemon.DefaultLeaseTTL, 3*time.Millisecond, false), "lease", "how long a group stays listed without a renewal")
-	fs.Var(newCount(&cfg.MaxGroups, daemon.DefaultMaxGroups, 1, math.MaxInt32), "max-groups", "most groups listed at once")
-	fs.Var(newCount(&cfg.MaxGroupsPerKey, daemon.DefaultMaxGroupsPerKey, 1, math.MaxInt32), "max-groups-per-key", "most groups one key (a group daemon) may have listed at once")
-	fs.Var(newCount(&cfg.MaxGroupsPerAddr, daemon.DefaultMaxGroupsPerAddr, 1, math.MaxInt32), "max-groups-per-addr", "most groups registered from one address (IPv4, or IPv6 /64) listed at once")
+	fs.Var(newUDPAddr(&cfg.Listen, registry.DefaultListen, true), "listen", "UDP address to listen on")
+	fs.Var(newDuration(&cfg.LeaseTTL, registry.DefaultLeaseTTL, 3*time.Millisecond, false), "lease", "how long a group stays listed without a renewal")
+	fs.Var(newCount(&cfg.MaxGroups, registry.DefaultMaxGroups, 1, math.MaxInt32), "max-groups", "most groups listed at once")
+	fs.Var(newCount(&cfg.MaxGroupsPerKey, registry.DefaultMaxGroupsPerKey, 1, math.MaxInt32), "max-groups-per-key", "most groups one key (a group daemon) may have listed at once")
+	fs.Var(newCount(&cfg.MaxGroupsPerAddr, registry.DefaultMaxGroupsPerAddr, 1, math.MaxInt32), "max-groups-per-addr", "most groups registered from one address (IPv4, or IPv6 /64) listed at once")
 	var sf serverFlags
 	sf.register(fs)
 	mf := mdnsFlags{}
@@ -297,7 +298,7 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	}
 	cfg.Logger = df.logger(env)
 	cfg.Metrics = df.metrics()
-	r, err := daemon.NewRegistry(cfg)
+	r, err := registry.New(cfg)
 	if err != nil {
 		return fail(env, "registry", err)
 	}
@@ -560,12 +561,12 @@ func runServe(ctx context.Context, env Env, args []string) int {
 func runUp(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
 	var gf groupFlags
-	var rcfg daemon.RegistryConfig
+	var rcfg registry.Config
 	var gcfg daemon.GroupConfig
 	fs := newFlags(env, "up", "[--listen ADDR] [--daemon-listen ADDR] [--group NAME]... [--state-dir DIR]",
 		"Run a registry and a group daemon in one process: everything a LAN or a single machine needs.\nThe group daemon listens on the registry's port + 1 unless --daemon-listen says otherwise.\nFlags can also be set from the environment (HUDDLE_LISTEN...).",
 		"  huddle up\n  huddle up --group lobby --group random --listen :7373")
-	fs.Var(newUDPAddr(&rcfg.Listen, daemon.DefaultRegistryListen, true), "listen", "UDP address of the registry")
+	fs.Var(newUDPAddr(&rcfg.Listen, registry.DefaultListen, true), "listen", "UDP address of the registry")
 	fs.Var(newUDPAddr(&gcfg.Listen, "", true), "daemon-listen", "UDP address of the group daemon (default: the registry's host and port + 1; port 0: any free port)")
 	gf.register(fs, []string{"lobby"})
 	mf := mdnsFlags{}
@@ -615,7 +616,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 
 	// Both listen before either says so: a port in use fails the whole
 	// command, not half of it.
-	r, err := daemon.NewRegistry(rcfg)
+	r, err := registry.New(rcfg)
 	if err != nil {
 		return fail(env, "up", err)
 	}
@@ -644,7 +645,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	announceGroups(&df, d)
 	tryLines(&df, "try", r.Addr())
 	rm, gm := rcfg.Memory(), gcfg.Memory()
-	limitMemory(log, daemon.Memory{Base: gm.Base, Peers: rm.Peers + gm.Peers, PerAddr: rm.PerAddr + gm.PerAddr, Retained: gm.Retained})
+	limitMemory(log, server.Memory{Base: gm.Base, Peers: rm.Peers + gm.Peers, PerAddr: rm.PerAddr + gm.PerAddr, Retained: gm.Retained})
 	stopTelemetry, err := df.serveTelemetry(ctx, env, log, m, func() error {
 		return errors.Join(r.Readiness(), d.Readiness())
 	})
@@ -671,7 +672,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 // to the most its daemons may use, so that the garbage a burst leaves is
 // collected before the process grows past what SECURITY.md promises;
 // GOMEMLIMIT, if set, wins.
-func limitMemory(log *slog.Logger, m daemon.Memory) {
+func limitMemory(log *slog.Logger, m server.Memory) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		log.Info("memory limit from GOMEMLIMIT", "mib", debug.SetMemoryLimit(-1)>>20)
 		return

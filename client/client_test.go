@@ -15,6 +15,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
@@ -35,16 +36,16 @@ func testCtx(t *testing.T) context.Context {
 
 // env is a registry and a group daemon on loopback.
 type env struct {
-	reg    *daemon.Registry
+	reg    *registry.Daemon
 	gd     *daemon.GroupDaemon
 	gdCfg  daemon.GroupConfig
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func startRegistry(t *testing.T, dir string) *daemon.Registry {
+func startRegistry(t *testing.T, dir string) *registry.Daemon {
 	t.Helper()
-	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: dir, LeaseTTL: 2 * time.Second})
+	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: dir, LeaseTTL: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func openGroup(t *testing.T, c *client.Client, regAddr string, name string) *cli
 	}
 }
 
-func setup(t *testing.T, cfg daemon.GroupConfig) (*daemon.Registry, *daemon.GroupDaemon, func()) {
+func setup(t *testing.T, cfg daemon.GroupConfig) (*registry.Daemon, *daemon.GroupDaemon, func()) {
 	t.Helper()
 	r := startRegistry(t, t.TempDir())
 	if cfg.StateDir == "" {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 )
 
@@ -62,9 +63,9 @@ func startExampleServers(gcfg daemon.GroupConfig, registries int) ([]string, fun
 		go func() { defer close(d); run(ctx) }()
 	}
 
-	var regs []*daemon.Registry
+	var regs []*registry.Daemon
 	for i := range registries {
-		reg, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: fmt.Sprintf("%s/registry%d", dir, i)})
+		reg, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: fmt.Sprintf("%s/registry%d", dir, i)})
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -97,7 +98,7 @@ func startExampleServers(gcfg daemon.GroupConfig, registries int) ([]string, fun
 }
 
 // waitListed waits until reg lists n groups.
-func waitListed(ctx context.Context, c *client.Client, reg *daemon.Registry, n int) error {
+func waitListed(ctx context.Context, c *client.Client, reg *registry.Daemon, n int) error {
 	h, err := c.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
 	for err == nil {
 		var l client.Listing

@@ -342,7 +342,7 @@ func (d *GroupDaemon) awaitCellGroups() bool {
 		}
 		select {
 		case <-added:
-		case <-d.life.ctx.Done():
+		case <-d.life.Ctx().Done():
 			return false
 		}
 	}
@@ -384,7 +384,7 @@ func (d *GroupDaemon) afterCellGroups(loop func()) func() {
 		select {
 		case <-d.cellReady:
 			loop()
-		case <-d.life.ctx.Done():
+		case <-d.life.Ctx().Done():
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
@@ -336,7 +337,7 @@ func want(t *testing.T, ev client.Event, a client.Ack) {
 // leader's address and key; once the leader stops, the listing names the
 // new leader (each member registers again at every renewal).
 func TestCellRegistryListsLeader(t *testing.T) {
-	reg := startRegistry(t, RegistryConfig{LeaseTTL: 600 * time.Millisecond})
+	reg := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond})
 	members := startTestCell(t, 3, func(cfg *GroupConfig) { cfg.Registries = []string{reg.Addr().String()} })
 	cl := newTestClient(t)
 	ctx := testCtx(t)
@@ -490,7 +491,7 @@ func TestCellMemberBeforeItsGroups(t *testing.T) {
 // throughout, though the stopped leader deregistered it.
 func TestCellRegistryFollowsLeaderAtOnce(t *testing.T) {
 	const ttl = 60 * time.Second // renewals every 20 s
-	reg := startRegistry(t, RegistryConfig{LeaseTTL: ttl})
+	reg := startRegistry(t, registry.Config{LeaseTTL: ttl})
 	members := startTestCell(t, 3, func(cfg *GroupConfig) { cfg.Registries = []string{reg.Addr().String()} })
 	cl := newTestClient(t)
 	ctx := testCtx(t)

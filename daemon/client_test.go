@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -16,7 +17,7 @@ import (
 // TestClientAgainstDaemons runs the Go client against a registry and a group
 // daemon, as the CLI does: find the group, join, send, fetch, watch, leave.
 func TestClientAgainstDaemons(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
+	r := startRegistry(t, registry.Config{})
 	d, _ := startGroupDaemon(t, GroupConfig{Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}})
 	ctx := testCtx(t)
 

@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -115,7 +116,7 @@ func TestServerNameIsNotChecked(t *testing.T) {
 // certificates, so a client stack must verify Ed25519 signatures (§2).
 func TestServersPresentEd25519(t *testing.T) {
 	d, _ := startGroupDaemon(t, GroupConfig{})
-	r := startRegistry(t, RegistryConfig{})
+	r := startRegistry(t, registry.Config{})
 	for _, addr := range []string{d.Addr().String(), r.Addr().String()} {
 		conn, err := dialWith(t, addr, newKey(t).ClientTLS(wire.Fingerprint{}, nil))
 		must(t, err)
@@ -197,7 +198,7 @@ func TestNoUnidirectionalStreams(t *testing.T) {
 // args of null are absent, a map key of a type no field could have (a
 // byte string) is bad_request with a message in the protocol's words.
 func TestEnvelopeRules(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
+	r := startRegistry(t, registry.Config{})
 	p := dial(t, r.Addr(), r.Fingerprint(), nil)
 	for _, tc := range []struct {
 		name string
@@ -235,7 +236,7 @@ func TestEnvelopeRules(t *testing.T) {
 // TestRegisterLengthLimits: an address over 64 bytes is too_large, as a
 // name over 64 bytes is (§7.1); an empty one is bad_request.
 func TestRegisterLengthLimits(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
+	r := startRegistry(t, registry.Config{})
 	p := dial(t, r.Addr(), r.Fingerprint(), nil)
 	for _, tc := range []struct {
 		reg  wire.Register

@@ -1,25 +1,24 @@
-// Package daemon runs huddle's two servers: the Registry, which lists the
-// groups group daemons host (each under a lease they renew), and the
-// GroupDaemon, which hosts groups: their members, their message logs, and
-// the operations of PROTOCOL.md (info, join, leave, members, send, fetch,
-// watch).
+// Package daemon is huddle's group daemon, the GroupDaemon: it hosts
+// groups, their members, their message logs, and the operations of
+// PROTOCOL.md (info, join, leave, members, send, fetch, watch), and
+// registers its groups with registries (package daemon/registry).
 //
 // # The house
 //
-// The QUIC server machinery both daemons share is package server
-// (daemon/server): each daemon gives it a Handler and serves its
-// operations from a server.Call. Here, the registry: registry.go and its
-// leases (leases.go). The group daemon: groupdaemon.go, its groups
+// The QUIC server machinery the daemons share is package server
+// (daemon/server): the daemon gives it a Handler and serves each
+// operation from a server.Call. Here: groupdaemon.go, its groups
 // (group.go), the operations (ops.go), membership (members.go), the log it
 // needs (log.go) and the one sequencing step (sequence.go), storage
-// (storage.go), state files (state.go, statelock*.go), registration with
-// registries (registration.go) and a cell's replication (cell.go,
-// cellops.go). Both daemons use the lifecycle helpers (lifecycle.go), the
-// memory budget (memory.go) and the package's errors (errors.go).
+// (storage.go), state files (state.go), registration with registries
+// (registration.go), a cell's replication (cell.go, cellops.go), the
+// memory budget (memory.go) and telemetry (telemetry.go). What it shares
+// with the registry besides the server is in daemon/internal: its
+// lifecycle, the state directory's lock, pacing of like log lines.
 //
 // # Lifecycle
 //
-// Both servers follow the same shape:
+// The daemons (this one and the registry) follow the same shape:
 //
 //	d, err := daemon.NewGroupDaemon(cfg) // validates cfg; no I/O
 //	err = d.Listen()                     // optional: loads state, binds the socket

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/huddle-chat/huddle/daemon/internal/statedir"
 	"github.com/huddle-chat/huddle/daemon/server"
 )
 
@@ -16,9 +17,18 @@ var (
 	ErrInvalidConfig = server.ErrInvalidConfig
 	// ErrServing: Serve was called while the daemon was already serving.
 	ErrServing = server.ErrServing
+	// ErrNotReady is what Readiness returns, wrapped with the reason,
+	// while a daemon cannot do its job yet.
+	ErrNotReady = server.ErrNotReady
+	// ErrStateDirInUse is matched by every *StateDirInUseError.
+	ErrStateDirInUse = statedir.ErrInUse
 	// ErrBadState: a file in the state directory cannot be used.
 	ErrBadState = errors.New("daemon: unusable state directory")
 )
+
+// StateDirInUseError is returned by Listen when another process holds the
+// state directory.
+type StateDirInUseError = statedir.InUseError
 
 // invalid returns an error wrapping ErrInvalidConfig that says which field
 // is wrong and why: every Validate of the package speaks through it.

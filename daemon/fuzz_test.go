@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
@@ -172,7 +173,7 @@ func FuzzGroupRequest(f *testing.F) {
 // FuzzRegistryRequest drives the registry's request handling with
 // arbitrary request bytes.
 func FuzzRegistryRequest(f *testing.F) {
-	r, err := NewRegistry(RegistryConfig{
+	r, err := registry.New(registry.Config{
 		Listen:   "127.0.0.1:0",
 		StateDir: f.TempDir(),
 		Server:   server.Config{RequestTimeout: time.Second},

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/internal/lifecycle"
 	"github.com/huddle-chat/huddle/daemon/internal/sparse"
+	"github.com/huddle-chat/huddle/daemon/internal/statedir"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/metrics"
@@ -257,7 +259,7 @@ type HostedGroup struct {
 type GroupDaemon struct {
 	cfg  GroupConfig
 	srv  *server.Server
-	life *lifecycle
+	life *lifecycle.Lifecycle
 
 	mu     sync.Mutex
 	id     *identity.Identity   // set by Listen
@@ -275,10 +277,10 @@ type GroupDaemon struct {
 	stateLog sparse.Sampler[wire.UUID]
 	// logLog does the same for logs that cannot store a send.
 	logLog sparse.Sampler[wire.UUID]
-	lock   *stateLock // the state directory's, held from Listen to Close
+	lock   *statedir.Held // the state directory's, held from Listen to Close
 	// dataLock is the data directory's, when it is not the state
 	// directory.
-	dataLock *stateLock
+	dataLock *statedir.Held
 
 	// A member of a cell (cfg.Cell): its node, set by Listen, and the
 	// groups the cell created (cell.go); cellReady is closed once the
@@ -296,7 +298,7 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &GroupDaemon{cfg: cfg, life: newLifecycle(), cellReady: make(chan struct{}),
+	d := &GroupDaemon{cfg: cfg, life: lifecycle.New(), cellReady: make(chan struct{}),
 		stateLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}, logLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}}
 	d.openLog = d.openStorageLog
 	setup := server.Setup{Listen: cfg.Listen, Role: "groups", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}
@@ -321,19 +323,19 @@ func NewGroupDaemon(cfg GroupConfig) (*GroupDaemon, error) {
 // returns ErrClosed after Close, errors wrapping ErrBadState for unusable
 // state files, and identity or socket errors.
 func (d *GroupDaemon) Listen() error {
-	if d.life.isClosed() {
+	if d.life.IsClosed() {
 		return ErrClosed
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.lock == nil {
-		l, err := lockStateDir(d.cfg.StateDir)
+		l, err := statedir.Lock(d.cfg.StateDir)
 		if err != nil {
 			return fmt.Errorf("group daemon: %w", err)
 		}
 		d.lock = l
 		if s := d.cfg.Storage; !s.Memory && filepath.Clean(s.DataDir) != filepath.Clean(d.cfg.StateDir) {
-			if d.dataLock, err = lockStateDir(s.DataDir); err != nil {
+			if d.dataLock, err = statedir.Lock(s.DataDir); err != nil {
 				d.releaseLocked()
 				return fmt.Errorf("group daemon: data dir: %w", err)
 			}
@@ -358,8 +360,8 @@ func (d *GroupDaemon) Listen() error {
 
 // releaseLocked gives up the directory locks. d.mu is held.
 func (d *GroupDaemon) releaseLocked() {
-	d.lock.release()
-	d.dataLock.release()
+	d.lock.Release()
+	d.dataLock.Release()
 	d.lock, d.dataLock = nil, nil
 }
 
@@ -447,7 +449,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	if d.cfg.Cell != nil {
 		loops = append(loops, func() { d.awaitCellGroups() })
 	}
-	if err := d.life.begin(loops...); err != nil {
+	if err := d.life.Begin(loops...); err != nil {
 		return err
 	}
 	if err := d.srv.Start(); err != nil {
@@ -466,7 +468,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 	}
 	d.cfg.Logger.Info("message storage", "storage", d.cfg.Storage.String())
 	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
-	d.life.wait(ctx, d.Close)
+	d.life.Wait(ctx, d.Close)
 	d.cfg.Logger.Info("group daemon stopped")
 	return nil
 }
@@ -476,7 +478,7 @@ func (d *GroupDaemon) Serve(ctx context.Context) error {
 // goroutine it started. It is safe to call more than once; every call
 // returns nil once shutdown has finished.
 func (d *GroupDaemon) Close() error {
-	d.life.close(d.srv.Close)
+	d.life.Close(d.srv.Close)
 	d.mu.Lock()
 	if d.node != nil {
 		// After the server (no handler waits on the cell now); before the
@@ -524,7 +526,7 @@ func (d *GroupDaemon) expireLoop() {
 	defer t.Stop()
 	for {
 		select {
-		case <-d.life.ctx.Done():
+		case <-d.life.Ctx().Done():
 			return
 		case <-t.C:
 			now := d.cfg.Now()

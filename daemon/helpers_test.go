@@ -11,6 +11,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -190,4 +192,46 @@ func (r *rateLimiter) size() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.buckets)
+}
+
+// startRegistry starts a registry on 127.0.0.1 port 0, serving until the
+// test ends. Zero fields of cfg get test values (StateDir: a new directory).
+func startRegistry(t *testing.T, cfg registry.Config) *registry.Daemon {
+	t.Helper()
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	r, err := registry.New(cfg)
+	must(t, err)
+	must(t, r.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- r.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, r.Close())
+		if err := <-errc; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return r
+}
+
+// dialFrom connects to addr from the local address local (another
+// loopback address: another source address to the daemon).
+func dialFrom(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint) *peer {
+	t.Helper()
+	p := peertest.DialFrom(t, local, addr, pin)
+	return &peer{t: t, id: p.ID, conn: p.Conn}
+}
+
+func listGroups(t *testing.T, p *peer) wire.Groups {
+	t.Helper()
+	var g wire.Groups
+	must(t, p.call(wire.OpList, wire.List{}, &g))
+	return g
 }

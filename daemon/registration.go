@@ -95,7 +95,7 @@ func (d *GroupDaemon) registerLoop() {
 	defer cl.Close()
 	rs := &registrations{d: d, cl: cl, discovered: make(map[wire.Fingerprint]*registrar)}
 	d.regs.Store(rs)
-	ctx := d.life.ctx
+	ctx := d.life.Ctx()
 	for _, addr := range d.cfg.Registries {
 		rs.start(ctx, newRegistrar(rs, []string{addr}, false))
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -25,7 +26,7 @@ import (
 // on Close.
 func TestRegistration(t *testing.T) {
 	regDir := t.TempDir()
-	r1, err := NewRegistry(RegistryConfig{StateDir: regDir, Listen: "127.0.0.1:0", LeaseTTL: 300 * time.Millisecond, Logger: testLogger(t)})
+	r1, err := registry.New(registry.Config{StateDir: regDir, Listen: "127.0.0.1:0", LeaseTTL: 300 * time.Millisecond, Logger: testLogger(t)})
 	must(t, err)
 	must(t, r1.Listen())
 	r1done := make(chan error, 1)
@@ -67,7 +68,7 @@ func TestRegistration(t *testing.T) {
 	// daemon's next renew gets epoch_mismatch and it registers again.
 	must(t, r1.Close())
 	must(t, <-r1done)
-	r2 := startRegistry(t, RegistryConfig{StateDir: regDir, Listen: regAddr, LeaseTTL: time.Hour})
+	r2 := startRegistry(t, registry.Config{StateDir: regDir, Listen: regAddr, LeaseTTL: time.Hour})
 	lister2 := dial(t, r2.Addr(), r2.Fingerprint(), nil)
 	eventually(t, "the groups registered again", func() bool { return len(listed(lister2)) == 2 })
 	if e := listed(lister2)[gid(d)]; e.LastSeq != 2 || e.Members != 1 {
@@ -84,7 +85,7 @@ func TestRegistration(t *testing.T) {
 // TestRegistrationAdvertise checks that advertised addresses are what the
 // registry lists.
 func TestRegistrationAdvertise(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
+	r := startRegistry(t, registry.Config{})
 	startGroupDaemon(t, GroupConfig{
 		Registries:           []string{r.Addr().String()},
 		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
@@ -137,7 +138,7 @@ func TestRegistrationUnreachable(t *testing.T) {
 	must(t, ln.Close())
 	must(t, tr.Close())
 	must(t, udp.Close())
-	r := startRegistry(t, RegistryConfig{Listen: addr})
+	r := startRegistry(t, registry.Config{Listen: addr})
 	eventually(t, "the group registered once the registry came up", func() bool {
 		s := d.Registrations()
 		return len(s) == 1 && s[0].Listed == 1 && s[0].Err == nil && s[0].Fingerprint == r.Fingerprint()
@@ -158,16 +159,16 @@ func TestRegistrationUnreachable(t *testing.T) {
 // within one renewal period (the backoff never exceeds it).
 func TestRegistrationSeveralRegistries(t *testing.T) {
 	dirA := t.TempDir()
-	a1, err := NewRegistry(RegistryConfig{StateDir: dirA, Listen: "127.0.0.1:0", LeaseTTL: 600 * time.Millisecond, Logger: testLogger(t)})
+	a1, err := registry.New(registry.Config{StateDir: dirA, Listen: "127.0.0.1:0", LeaseTTL: 600 * time.Millisecond, Logger: testLogger(t)})
 	must(t, err)
 	must(t, a1.Listen())
 	aDone := make(chan error, 1)
 	go func() { aDone <- a1.Serve(context.Background()) }()
 	addrA := a1.Addr().String()
-	b := startRegistry(t, RegistryConfig{LeaseTTL: 600 * time.Millisecond})
+	b := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond})
 	d, _ := startGroupDaemon(t, GroupConfig{Registries: []string{addrA, b.Addr().String()}})
-	listers := make(map[*Registry]*peer)
-	listedAt := func(r *Registry) bool {
+	listers := make(map[*registry.Daemon]*peer)
+	listedAt := func(r *registry.Daemon) bool {
 		if listers[r] == nil {
 			listers[r] = dial(t, r.Addr(), r.Fingerprint(), nil)
 		}
@@ -193,7 +194,7 @@ func TestRegistrationSeveralRegistries(t *testing.T) {
 		t.Fatal("b stopped listing the group while a was down")
 	}
 
-	a2 := startRegistry(t, RegistryConfig{StateDir: dirA, Listen: addrA, LeaseTTL: time.Hour})
+	a2 := startRegistry(t, registry.Config{StateDir: dirA, Listen: addrA, LeaseTTL: time.Hour})
 	eventually(t, "listed by a again", func() bool { return listedAt(a2) })
 	// The registry lists the group as soon as it has the registration; the
 	// daemon records the success when the reply reaches it, a moment later.
@@ -283,7 +284,7 @@ func TestRegistrationRefusedGroups(t *testing.T) {
 	taken := first.Groups()[0].ID
 	must(t, first.Close())
 
-	r := startRegistry(t, RegistryConfig{MaxGroups: 3})
+	r := startRegistry(t, registry.Config{MaxGroups: 3})
 	stranger := dial(t, r.Addr(), r.Fingerprint(), nil)
 	must(t, stranger.call(wire.OpRegister, wire.Register{Group: taken, Name: "mine", Port: 9}, nil))
 
@@ -333,7 +334,7 @@ func TestRegistrationKeyChange(t *testing.T) {
 	for _, pinned := range []bool{false, true} {
 		t.Run(fmt.Sprint("pinned=", pinned), func(t *testing.T) {
 			oldDir := t.TempDir()
-			r1, err := NewRegistry(RegistryConfig{StateDir: oldDir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+			r1, err := registry.New(registry.Config{StateDir: oldDir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
 			must(t, err)
 			must(t, r1.Listen())
 			done := make(chan error, 1)
@@ -346,8 +347,8 @@ func TestRegistrationKeyChange(t *testing.T) {
 			log, rec := recordLogs(t)
 			cfg.Logger = log
 			d, _ := startGroupDaemon(t, cfg)
-			listers := make(map[*Registry]*peer)
-			listedBy := func(r *Registry) bool {
+			listers := make(map[*registry.Daemon]*peer)
+			listedBy := func(r *registry.Daemon) bool {
 				if listers[r] == nil {
 					listers[r] = dial(t, r.Addr(), r.Fingerprint(), nil)
 				}
@@ -358,7 +359,7 @@ func TestRegistrationKeyChange(t *testing.T) {
 
 			must(t, r1.Close())
 			must(t, <-done)
-			r2 := startRegistry(t, RegistryConfig{Listen: addr}) // a new key
+			r2 := startRegistry(t, registry.Config{Listen: addr}) // a new key
 			if !pinned {
 				eventually(t, "listed by the reinstalled registry, and working", func() bool {
 					s := d.Registrations()
@@ -380,7 +381,7 @@ func TestRegistrationKeyChange(t *testing.T) {
 				t.Fatal("the registry with the refused key lists the group")
 			}
 			must(t, r2.Close())
-			r3 := startRegistry(t, RegistryConfig{StateDir: oldDir, Listen: addr}) // the right key again
+			r3 := startRegistry(t, registry.Config{StateDir: oldDir, Listen: addr}) // the right key again
 			eventually(t, "listed once the pinned key answers again", func() bool { return listedBy(r3) })
 		})
 	}

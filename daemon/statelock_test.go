@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"testing"
+
+	"github.com/huddle-chat/huddle/daemon/registry"
 )
 
 // TestStateDirLock: a second daemon on a state directory in use refuses to
@@ -33,11 +35,11 @@ func TestStateDirLock(t *testing.T) {
 	must(t, second.Close())
 
 	rdir := t.TempDir()
-	r1, err := NewRegistry(RegistryConfig{StateDir: rdir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+	r1, err := registry.New(registry.Config{StateDir: rdir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
 	must(t, err)
 	must(t, r1.Listen())
 	defer r1.Close()
-	r2, err := NewRegistry(RegistryConfig{StateDir: rdir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+	r2, err := registry.New(registry.Config{StateDir: rdir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
 	must(t, err)
 	defer r2.Close()
 	if err := r2.Listen(); !errors.Is(err, ErrStateDirInUse) {

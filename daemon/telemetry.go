@@ -6,10 +6,6 @@ import (
 	"github.com/huddle-chat/huddle/metrics"
 )
 
-// ErrNotReady is what Readiness returns, wrapped with the reason, while a
-// daemon cannot do its job yet.
-var ErrNotReady = errors.New("not ready")
-
 // groupStats reports every hosted group for metrics, read at scrape time.
 func (d *GroupDaemon) groupStats() map[string]metrics.GroupStats {
 	d.mu.Lock()
@@ -37,20 +33,4 @@ func (d *GroupDaemon) Readiness() error {
 		return errors.Join(ErrNotReady, errors.New("no registry lists every group"))
 	}
 	return nil
-}
-
-// Readiness reports whether the registry serves: it listens and is not
-// shutting down. The error wraps ErrNotReady and says why.
-func (r *Registry) Readiness() error {
-	if err := r.srv.Listening(); err != nil {
-		return errors.Join(ErrNotReady, err)
-	}
-	return nil
-}
-
-// leaseCount is the number of groups listed, for metrics.
-func (r *Registry) leaseCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.leases.len()
 }

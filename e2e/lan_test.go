@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	hdaemon "github.com/huddle-chat/huddle/daemon"
+	hregistry "github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/netlab"
@@ -351,7 +351,7 @@ func TestLANSpoofer(t *testing.T) {
 	if _, ok := netlab.InHost(); !ok || os.Getenv("HUDDLE_SPOOF_STATE") == "" {
 		t.Skip("helper process of TestLAN")
 	}
-	r, err := hdaemon.NewRegistry(hdaemon.RegistryConfig{Listen: ":7373", StateDir: os.Getenv("HUDDLE_SPOOF_STATE")})
+	r, err := hregistry.New(hregistry.Config{Listen: ":7373", StateDir: os.Getenv("HUDDLE_SPOOF_STATE")})
 	if err != nil {
 		t.Fatal(err)
 	}

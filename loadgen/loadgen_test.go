@@ -13,6 +13,7 @@ import (
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/loadgen"
 	"github.com/huddle-chat/huddle/wire"
@@ -24,7 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // loopback, in this process, and returns the registry's address.
 func startDaemons(t *testing.T) string {
 	t.Helper()
-	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: t.TempDir()})
+	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestConfigValidate(t *testing.T) {
 // address.
 func startCell(t *testing.T) string {
 	t.Helper()
-	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: t.TempDir()})
+	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -36,9 +37,9 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-func startRegistry(t *testing.T) *daemon.Registry {
+func startRegistry(t *testing.T) *registry.Daemon {
 	t.Helper()
-	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: t.TempDir(), LeaseTTL: 3 * time.Second})
+	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: t.TempDir(), LeaseTTL: 3 * time.Second})
 	must(t, err)
 	must(t, r.Listen())
 	done := make(chan struct{})
@@ -48,7 +49,7 @@ func startRegistry(t *testing.T) *daemon.Registry {
 }
 
 // stopRegistry stops r now (Close is safe twice: the cleanup's too).
-func stopRegistry(t *testing.T, r *daemon.Registry) {
+func stopRegistry(t *testing.T, r *registry.Daemon) {
 	t.Helper()
 	must(t, r.Close())
 }
@@ -56,7 +57,7 @@ func stopRegistry(t *testing.T, r *daemon.Registry) {
 // startGroups starts a group daemon registered with r; zero fields get a
 // state dir of the test's, 127.0.0.1:0 and one group "lobby". It returns
 // the daemon and its stop function.
-func startGroups(t *testing.T, r *daemon.Registry, cfg daemon.GroupConfig) (*daemon.GroupDaemon, func()) {
+func startGroups(t *testing.T, r *registry.Daemon, cfg daemon.GroupConfig) (*daemon.GroupDaemon, func()) {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"

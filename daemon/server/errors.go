@@ -16,6 +16,10 @@ var (
 	// ErrServing: Start (a daemon's Serve) was called while the server
 	// was already serving.
 	ErrServing = errors.New("daemon: already serving")
+	// ErrNotReady is what a daemon's Readiness returns, wrapped with the
+	// reason, while it cannot do its job yet (Listening says why, for the
+	// server's part).
+	ErrNotReady = errors.New("not ready")
 )
 
 // invalid returns an error wrapping ErrInvalidConfig that says which field

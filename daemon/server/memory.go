@@ -23,6 +23,38 @@ const (
 	opMemory = 40 << 10
 )
 
+// baseMemory is a daemon's process at rest, with its code, runtime and
+// pools.
+const baseMemory = 64 << 20
+
+// Memory is the most memory a daemon may use, by its configuration.
+type Memory struct {
+	// Base is the process at rest.
+	Base int64
+	// Peers is the most that all its peers together can make it hold.
+	Peers int64
+	// PerAddr is the most that one source address (an IPv4 address or an
+	// IPv6 /64) can make it hold, with any number of keys; a key, from any
+	// number of addresses, can make it hold no more.
+	PerAddr int64
+	// Retained is what the daemon keeps of its own: its groups' logs,
+	// full (0 for a registry; a registry's leases are within Base).
+	Retained int64
+}
+
+// Total is the most the daemon uses: Base + Peers + Retained. Garbage
+// the runtime has not collected yet comes on top, within the memory limit
+// that huddle's daemons set from this total (debug.SetMemoryLimit).
+func (m Memory) Total() int64 { return m.Base + m.Peers + m.Retained }
+
+// Memory returns the most memory a daemon with a server of this
+// configuration may use, when it retains at most retained bytes of its
+// own.
+func (c Config) Memory(retained int64) Memory {
+	all, perAddr := c.PeerMemory()
+	return Memory{Base: baseMemory, Peers: all, PerAddr: perAddr, Retained: retained}
+}
+
 // PeerMemory returns the most memory that a server of this configuration
 // can be made to hold by all its peers together, and by one source address
 // (an IPv4 address or an IPv6 /64) with any number of keys; a key, from

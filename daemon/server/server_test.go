@@ -11,27 +11,28 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestHandlerPanic checks that a panicking handler answers internal and the
 // server goes on.
 func TestHandlerPanic(t *testing.T) {
-	id := newKey(t)
+	id := peertest.NewKey(t)
 	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: time.Second},
-		Setup{Listen: "127.0.0.1:0", Logger: testLogger(t)}, func(ctx context.Context, c *Call) error {
+		Setup{Listen: "127.0.0.1:0", Logger: peertest.Logger(t)}, func(ctx context.Context, c *Call) error {
 			if c.Op() == wire.OpInfo {
 				panic("boom")
 			}
 			return c.Result(wire.Left{WasMember: true})
 		})
-	must(t, s.Listen(id))
-	must(t, s.Start())
+	peertest.Must(t, s.Listen(id))
+	peertest.Must(t, s.Start())
 	t.Cleanup(s.Close)
-	p := dial(t, s.Addr(), id.Fingerprint(), nil)
-	wantCode(t, p.call(wire.OpInfo, wire.GroupRef{}, nil), wire.CodeInternal)
+	p := peertest.Dial(t, s.Addr(), id.Fingerprint(), nil)
+	peertest.WantCode(t, p.Call(wire.OpInfo, wire.GroupRef{}, nil), wire.CodeInternal)
 	var l wire.Left
-	must(t, p.call(wire.OpLeave, wire.GroupRef{}, &l))
+	peertest.Must(t, p.Call(wire.OpLeave, wire.GroupRef{}, &l))
 	if !l.WasMember {
 		t.Fatal("second call not served")
 	}
@@ -41,15 +42,15 @@ func TestHandlerPanic(t *testing.T) {
 }
 
 // startTestServer runs the shared machinery with handler h.
-func startTestServer(t *testing.T, shutdown time.Duration, h Handler) (*Server, *peer) {
+func startTestServer(t *testing.T, shutdown time.Duration, h Handler) (*Server, *peertest.Peer) {
 	t.Helper()
-	id := newKey(t)
+	id := peertest.NewKey(t)
 	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: shutdown},
-		Setup{Listen: "127.0.0.1:0", Logger: testLogger(t)}, h)
-	must(t, s.Listen(id))
-	must(t, s.Start())
+		Setup{Listen: "127.0.0.1:0", Logger: peertest.Logger(t)}, h)
+	peertest.Must(t, s.Listen(id))
+	peertest.Must(t, s.Start())
 	t.Cleanup(s.Close)
-	return s, dial(t, s.Addr(), id.Fingerprint(), nil)
+	return s, peertest.Dial(t, s.Addr(), id.Fingerprint(), nil)
 }
 
 // TestCloseLetsOperationsFinish checks that an operation in flight when
@@ -61,23 +62,23 @@ func TestCloseLetsOperationsFinish(t *testing.T) {
 		<-c.Stopping() // finish only once shutdown has begun
 		return c.Result(wire.Left{WasMember: true})
 	})
-	str := p.open(request(t, wire.OpLeave, wire.GroupRef{}))
+	str := p.Open(peertest.Request(t, wire.OpLeave, wire.GroupRef{}))
 	<-entered
 	closed := make(chan struct{})
 	go func() { s.Close(); close(closed) }()
-	f, err := readFrame(str)
-	must(t, err)
+	f, err := peertest.ReadFrame(str)
+	peertest.Must(t, err)
 	var l wire.Left
-	if f.kind != wire.KindResult {
+	if f.Kind != wire.KindResult {
 		t.Fatalf("got %+v, want the result", f)
 	}
-	f.decode(t, &l)
+	f.Decode(t, &l)
 	if !l.WasMember {
 		t.Fatal("wrong result")
 	}
 	<-closed
 	// A new connection is refused now.
-	if _, err := quic.DialAddr(testCtx(t), s.Addr().String(), p.id.ClientTLS(wire.Fingerprint{}, nil), &quic.Config{HandshakeIdleTimeout: 200 * time.Millisecond}); err == nil {
+	if _, err := quic.DialAddr(peertest.Ctx(t), s.Addr().String(), p.ID.ClientTLS(wire.Fingerprint{}, nil), &quic.Config{HandshakeIdleTimeout: 200 * time.Millisecond}); err == nil {
 		t.Fatal("dial after close succeeded")
 	}
 }
@@ -92,7 +93,7 @@ func TestShutdownTimeoutCancelsOperations(t *testing.T) {
 		close(cancelled)
 		return wire.ErrUnavailable
 	})
-	p.open(request(t, wire.OpLeave, wire.GroupRef{}))
+	p.Open(peertest.Request(t, wire.OpLeave, wire.GroupRef{}))
 	<-entered
 	closed := make(chan struct{})
 	go func() { s.Close(); close(closed) }()
@@ -105,8 +106,8 @@ func TestShutdownTimeoutCancelsOperations(t *testing.T) {
 	}{{"the handler's context ended", cancelled}, {"close returned", closed}} {
 		select {
 		case <-ev.ch:
-		case <-time.After(testTimeout):
-			t.Fatalf("%s not within %v of a 50 ms shutdown timeout", ev.what, testTimeout)
+		case <-time.After(peertest.Timeout):
+			t.Fatalf("%s not within %v of a 50 ms shutdown timeout", ev.what, peertest.Timeout)
 		}
 	}
 }
@@ -116,35 +117,35 @@ func TestShutdownTimeoutCancelsOperations(t *testing.T) {
 // an honest client gets through it, and that finished and failed handshakes
 // stop counting.
 func TestRetryUnderHandshakeLoad(t *testing.T) {
-	id := newKey(t)
+	id := peertest.NewKey(t)
 	s := New(Config{}, Setup{
 		Listen: "127.0.0.1:0", retryAbove: -1, // every attempt must retry
-		Logger: testLogger(t),
+		Logger: peertest.Logger(t),
 	}, func(ctx context.Context, c *Call) error { return c.Result(wire.Left{WasMember: true}) })
-	must(t, s.Listen(id))
-	must(t, s.Start())
+	peertest.Must(t, s.Listen(id))
+	peertest.Must(t, s.Start())
 	t.Cleanup(s.Close)
-	p := dial(t, s.Addr(), id.Fingerprint(), nil)
+	p := peertest.Dial(t, s.Addr(), id.Fingerprint(), nil)
 	var l wire.Left
-	must(t, p.call(wire.OpLeave, wire.GroupRef{}, &l))
+	peertest.Must(t, p.Call(wire.OpLeave, wire.GroupRef{}, &l))
 	if s.retries.Load() == 0 {
 		t.Fatal("no Retry was asked for")
 	}
 	// A handshake that fails (wrong ALPN) stops counting too.
-	tc := newKey(t).ClientTLS(id.Fingerprint(), nil)
+	tc := peertest.NewKey(t).ClientTLS(id.Fingerprint(), nil)
 	tc.NextProtos = []string{"h3"}
-	if c, err := quic.DialAddr(testCtx(t), s.Addr().String(), tc, &quic.Config{}); err == nil {
+	if c, err := quic.DialAddr(peertest.Ctx(t), s.Addr().String(), tc, &quic.Config{}); err == nil {
 		c.CloseWithError(0, "")
 		t.Fatal("handshake with the wrong ALPN succeeded")
 	}
-	eventually(t, "no handshake in progress", func() bool { return s.handshakes.Load() == 0 })
+	peertest.Eventually(t, "no handshake in progress", func() bool { return s.handshakes.Load() == 0 })
 }
 
 // TestRefusalLogOnTheDaemonsClock: connections refused over a limit are
 // logged at most once a second of the daemon's clock (not the machine's),
 // with how many were refused meanwhile; a clock that stepped back logs.
 func TestRefusalLogOnTheDaemonsClock(t *testing.T) {
-	var logged lockedBuffer
+	var logged peertest.LockedBuffer
 	log := slog.New(slog.NewTextHandler(&logged, nil))
 	var r refusalLog
 	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -100,7 +101,7 @@ func load(ctx context.Context, cfg config, out io.Writer, start time.Time, c *co
 	defer os.RemoveAll(dir)
 	quiet := slog.New(slog.DiscardHandler)
 
-	r, err := daemon.NewRegistry(daemon.RegistryConfig{Listen: "127.0.0.1:0", StateDir: dir + "/registry", Logger: quiet})
+	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: dir + "/registry", Logger: quiet})
 	if err != nil {
 		return []error{err}
 	}
@@ -226,7 +227,7 @@ func newClient() (*client.Client, error) {
 }
 
 // pick returns a handle on a random group of the registry's listing.
-func pick(ctx context.Context, cl *client.Client, r *daemon.Registry) (*client.Group, error) {
+func pick(ctx context.Context, cl *client.Client, r *registry.Daemon) (*client.Group, error) {
 	reg, err := cl.Registry(ctx, r.Addr().String(), r.Fingerprint())
 	if err != nil {
 		return nil, err
@@ -245,7 +246,7 @@ var errNotListed = errors.New("no group listed yet")
 
 // user is one user slot: a new key each round, which joins a group, sends,
 // fetches what is new, watches briefly, and leaves.
-func user(ctx context.Context, n int, r *daemon.Registry, c *counters) {
+func user(ctx context.Context, n int, r *registry.Daemon, c *counters) {
 	for ctx.Err() == nil {
 		if err := round(ctx, n, r, c); err != nil && ctx.Err() == nil {
 			if errors.Is(err, errNotListed) {
@@ -258,7 +259,7 @@ func user(ctx context.Context, n int, r *daemon.Registry, c *counters) {
 	}
 }
 
-func round(ctx context.Context, n int, r *daemon.Registry, c *counters) error {
+func round(ctx context.Context, n int, r *registry.Daemon, c *counters) error {
 	cl, err := newClient()
 	if err != nil {
 		return err
@@ -320,7 +321,7 @@ func round(ctx context.Context, n int, r *daemon.Registry, c *counters) error {
 }
 
 // watcher follows one group for the whole run.
-func watcher(ctx context.Context, n int, r *daemon.Registry, c *counters) {
+func watcher(ctx context.Context, n int, r *registry.Daemon, c *counters) {
 	cl, err := newClient()
 	if err != nil {
 		c.errs.Add(1)

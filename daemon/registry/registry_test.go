@@ -1,4 +1,4 @@
-package daemon
+package registry
 
 import (
 	"context"
@@ -11,15 +11,15 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 // startRegistry starts a registry on 127.0.0.1 port 0, serving until the
 // test ends. Zero fields of cfg get test values (StateDir: a new directory).
-func startRegistry(t *testing.T, cfg RegistryConfig) *Registry {
+func startRegistry(t *testing.T, cfg Config) *Daemon {
 	t.Helper()
 	if cfg.StateDir == "" {
 		cfg.StateDir = t.TempDir()
@@ -28,15 +28,15 @@ func startRegistry(t *testing.T, cfg RegistryConfig) *Registry {
 		cfg.Listen = "127.0.0.1:0"
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
+		cfg.Logger = peertest.Logger(t)
 	}
-	r, err := NewRegistry(cfg)
-	must(t, err)
-	must(t, r.Listen())
+	r, err := New(cfg)
+	peertest.Must(t, err)
+	peertest.Must(t, r.Listen())
 	errc := make(chan error, 1)
 	go func() { errc <- r.Serve(context.Background()) }()
 	t.Cleanup(func() {
-		must(t, r.Close())
+		peertest.Must(t, r.Close())
 		if err := <-errc; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
@@ -44,24 +44,24 @@ func startRegistry(t *testing.T, cfg RegistryConfig) *Registry {
 	return r
 }
 
-func listGroups(t *testing.T, p *peer) wire.Groups {
+func listGroups(t *testing.T, p *peertest.Peer) wire.Groups {
 	t.Helper()
 	var g wire.Groups
-	must(t, p.call(wire.OpList, wire.List{}, &g))
+	peertest.Must(t, p.Call(wire.OpList, wire.List{}, &g))
 	return g
 }
 
 func TestRegistryRegisterListRenewDeregister(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	g1, g2 := uuid.New(), uuid.New()
 
 	var lease wire.Lease
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g1, Name: "zeta", Addrs: []string{"10.0.0.1:7400"}, Members: 3, LastSeq: 9}, &lease))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g1, Name: "zeta", Addrs: []string{"10.0.0.1:7400"}, Members: 3, LastSeq: 9}, &lease))
 	if lease.Epoch != r.epoch || lease.TTLMS != uint64(DefaultLeaseTTL.Milliseconds()) {
 		t.Fatalf("lease %+v, want epoch %d ttl %v", lease, r.epoch, DefaultLeaseTTL)
 	}
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g2, Name: "alpha", Addrs: []string{"[fe80::1%eth0]:7400"}}, nil))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g2, Name: "alpha", Addrs: []string{"[fe80::1%eth0]:7400"}}, nil))
 
 	got := listGroups(t, p)
 	if got.Epoch != r.epoch || len(got.Groups) != 2 {
@@ -71,31 +71,31 @@ func TestRegistryRegisterListRenewDeregister(t *testing.T) {
 		t.Fatalf("list order %q, %q: want alpha, zeta", got.Groups[0].Name, got.Groups[1].Name)
 	}
 	z := got.Groups[1]
-	if z.Group != g1 || z.Fingerprint != p.id.Fingerprint() || z.Members != 3 || z.LastSeq != 9 ||
+	if z.Group != g1 || z.Fingerprint != p.ID.Fingerprint() || z.Members != 3 || z.LastSeq != 9 ||
 		len(z.Addrs) != 1 || z.Addrs[0] != "10.0.0.1:7400" || z.ExpiresMS == 0 || z.ExpiresMS > 15000 {
 		t.Fatalf("entry %+v", z)
 	}
 
-	must(t, p.call(wire.OpRenew, wire.Renew{Group: g1, Epoch: lease.Epoch, Members: 4, LastSeq: 12}, &lease))
+	peertest.Must(t, p.Call(wire.OpRenew, wire.Renew{Group: g1, Epoch: lease.Epoch, Members: 4, LastSeq: 12}, &lease))
 	if z := listGroups(t, p).Groups[1]; z.Members != 4 || z.LastSeq != 12 {
 		t.Fatalf("after renew: %+v", z)
 	}
 
-	must(t, p.call(wire.OpDeregister, wire.Deregister{Group: g1}, nil))
-	must(t, p.call(wire.OpDeregister, wire.Deregister{Group: g1}, nil)) // not listed: succeeds
+	peertest.Must(t, p.Call(wire.OpDeregister, wire.Deregister{Group: g1}, nil))
+	peertest.Must(t, p.Call(wire.OpDeregister, wire.Deregister{Group: g1}, nil)) // not listed: succeeds
 	if got := listGroups(t, p); len(got.Groups) != 1 || got.Groups[0].Group != g2 {
 		t.Fatalf("after deregister: %+v", got)
 	}
-	wantCode(t, p.call(wire.OpRenew, wire.Renew{Group: g1, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
+	peertest.WantCode(t, p.Call(wire.OpRenew, wire.Renew{Group: g1, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
 }
 
 func TestRegistrySameNameSortsByUUID(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	a := uuid.MustParse("00000000-0000-4000-8000-000000000001")
 	b := uuid.MustParse("00000000-0000-4000-8000-000000000002")
 	for _, g := range []uuid.UUID{b, a} {
-		must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "same", Port: 1}, nil))
+		peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g, Name: "same", Port: 1}, nil))
 	}
 	got := listGroups(t, p).Groups
 	if len(got) != 2 || got[0].Group != a || got[1].Group != b {
@@ -104,10 +104,10 @@ func TestRegistrySameNameSortsByUUID(t *testing.T) {
 }
 
 func TestRegistryEmptyAddrsListsSourceAddress(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	g := uuid.New()
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "lan", Port: 7401}, nil))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g, Name: "lan", Port: 7401}, nil))
 	got := listGroups(t, p).Groups
 	if len(got) != 1 || len(got[0].Addrs) != 1 || got[0].Addrs[0] != "127.0.0.1:7401" {
 		t.Fatalf("got %+v, want the source address 127.0.0.1:7401", got)
@@ -115,8 +115,8 @@ func TestRegistryEmptyAddrsListsSourceAddress(t *testing.T) {
 }
 
 func TestRegistryRejectsBadRegistrations(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	tests := []struct {
 		name string
 		reg  wire.Register
@@ -130,7 +130,7 @@ func TestRegistryRejectsBadRegistrations(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			wantCode(t, p.call(wire.OpRegister, tt.reg, nil), tt.want)
+			peertest.WantCode(t, p.Call(wire.OpRegister, tt.reg, nil), tt.want)
 		})
 	}
 	if got := listGroups(t, p).Groups; len(got) != 0 {
@@ -139,20 +139,20 @@ func TestRegistryRejectsBadRegistrations(t *testing.T) {
 }
 
 func TestRegistryLeaseExpires(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{LeaseTTL: 300 * time.Millisecond})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{LeaseTTL: 300 * time.Millisecond})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	g := uuid.New()
 	var lease wire.Lease
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "brief", Port: 1}, &lease))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g, Name: "brief", Port: 1}, &lease))
 	if lease.TTLMS != 300 {
 		t.Fatalf("TTLMS %d, want 300", lease.TTLMS)
 	}
-	eventually(t, "the lease to lapse", func() bool { return len(listGroups(t, p).Groups) == 0 })
-	wantCode(t, p.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
+	peertest.Eventually(t, "the lease to lapse", func() bool { return len(listGroups(t, p).Groups) == 0 })
+	peertest.WantCode(t, p.Call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
 
 	// A lapsed UUID is free: another key may take it.
-	q := dial(t, r.Addr(), r.Fingerprint(), nil)
-	must(t, q.call(wire.OpRegister, wire.Register{Group: g, Name: "taken", Port: 1}, nil))
+	q := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	peertest.Must(t, q.Call(wire.OpRegister, wire.Register{Group: g, Name: "taken", Port: 1}, nil))
 }
 
 // TestRegistryLeaseExpiresByClock checks expiry against the injected clock:
@@ -161,13 +161,13 @@ func TestRegistryLeaseExpiresByClock(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	clk := make(chan time.Time, 1)
 	clk <- now
-	r := startRegistry(t, RegistryConfig{LeaseTTL: time.Hour, Now: func() time.Time {
+	r := startRegistry(t, Config{LeaseTTL: time.Hour, Now: func() time.Time {
 		t := <-clk
 		clk <- t
 		return t
 	}})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
-	must(t, p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "clocked", Port: 1}, nil))
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "clocked", Port: 1}, nil))
 	if got := listGroups(t, p).Groups; len(got) != 1 || got[0].ExpiresMS != uint64(time.Hour.Milliseconds()) {
 		t.Fatalf("got %+v, want one group expiring in an hour", got)
 	}
@@ -179,23 +179,23 @@ func TestRegistryLeaseExpiresByClock(t *testing.T) {
 }
 
 func TestRegistryOwnership(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{})
-	owner := dial(t, r.Addr(), r.Fingerprint(), nil)
-	thief := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{})
+	owner := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	thief := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	g := uuid.New()
 	var lease wire.Lease
-	must(t, owner.call(wire.OpRegister, wire.Register{Group: g, Name: "mine", Port: 1}, &lease))
+	peertest.Must(t, owner.Call(wire.OpRegister, wire.Register{Group: g, Name: "mine", Port: 1}, &lease))
 
-	wantCode(t, thief.call(wire.OpRegister, wire.Register{Group: g, Name: "theirs", Port: 2}, nil), wire.CodeUnauthorized)
-	wantCode(t, thief.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeUnauthorized)
-	wantCode(t, thief.call(wire.OpDeregister, wire.Deregister{Group: g}, nil), wire.CodeUnauthorized)
+	peertest.WantCode(t, thief.Call(wire.OpRegister, wire.Register{Group: g, Name: "theirs", Port: 2}, nil), wire.CodeUnauthorized)
+	peertest.WantCode(t, thief.Call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeUnauthorized)
+	peertest.WantCode(t, thief.Call(wire.OpDeregister, wire.Deregister{Group: g}, nil), wire.CodeUnauthorized)
 
 	got := listGroups(t, thief).Groups
-	if len(got) != 1 || got[0].Name != "mine" || got[0].Fingerprint != owner.id.Fingerprint() {
+	if len(got) != 1 || got[0].Name != "mine" || got[0].Fingerprint != owner.ID.Fingerprint() {
 		t.Fatalf("got %+v, want the owner's registration untouched", got)
 	}
 	// The owner may register again (new name, same UUID).
-	must(t, owner.call(wire.OpRegister, wire.Register{Group: g, Name: "renamed", Port: 1}, nil))
+	peertest.Must(t, owner.Call(wire.OpRegister, wire.Register{Group: g, Name: "renamed", Port: 1}, nil))
 	if got := listGroups(t, owner).Groups; len(got) != 1 || got[0].Name != "renamed" {
 		t.Fatalf("got %+v after re-registering", got)
 	}
@@ -203,28 +203,28 @@ func TestRegistryOwnership(t *testing.T) {
 
 func TestRegistryEpochMismatchAfterRestart(t *testing.T) {
 	dir := t.TempDir()
-	r1, err := NewRegistry(RegistryConfig{StateDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
-	must(t, err)
-	must(t, r1.Listen())
+	r1, err := New(Config{StateDir: dir, Listen: "127.0.0.1:0", Logger: peertest.Logger(t)})
+	peertest.Must(t, err)
+	peertest.Must(t, r1.Listen())
 	errc := make(chan error, 1)
 	go func() { errc <- r1.Serve(context.Background()) }()
-	p := dial(t, r1.Addr(), r1.Fingerprint(), nil)
+	p := peertest.Dial(t, r1.Addr(), r1.Fingerprint(), nil)
 	g := uuid.New()
 	var lease wire.Lease
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "g", Port: 1}, &lease))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g, Name: "g", Port: 1}, &lease))
 	fp1, epoch1 := r1.Fingerprint(), r1.epoch
-	must(t, r1.Close())
-	must(t, <-errc)
+	peertest.Must(t, r1.Close())
+	peertest.Must(t, <-errc)
 
-	r2 := startRegistry(t, RegistryConfig{StateDir: dir})
+	r2 := startRegistry(t, Config{StateDir: dir})
 	if r2.Fingerprint() != fp1 {
 		t.Fatalf("fingerprint changed across a restart: %v, was %v", r2.Fingerprint(), fp1)
 	}
 	if r2.epoch == epoch1 || r2.epoch == 0 {
 		t.Fatalf("epoch %d after a restart, was %d: want a new nonzero one", r2.epoch, epoch1)
 	}
-	q := dial(t, r2.Addr(), r2.Fingerprint(), p.id)
-	we := wantCode(t, q.call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeEpochMismatch)
+	q := peertest.Dial(t, r2.Addr(), r2.Fingerprint(), p.ID)
+	we := peertest.WantCode(t, q.Call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch}, nil), wire.CodeEpochMismatch)
 	if we.Epoch != r2.epoch {
 		t.Fatalf("epoch_mismatch carries epoch %d, want %d", we.Epoch, r2.epoch)
 	}
@@ -234,37 +234,37 @@ func TestRegistryEpochMismatchAfterRestart(t *testing.T) {
 }
 
 func TestRegistryMaxGroups(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{MaxGroups: 2})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{MaxGroups: 2})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	g := uuid.New()
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "a", Port: 1}, nil))
-	must(t, p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "b", Port: 1}, nil))
-	wantCode(t, p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "c", Port: 1}, nil), wire.CodeUnavailable)
-	must(t, p.call(wire.OpRegister, wire.Register{Group: g, Name: "a2", Port: 1}, nil)) // re-registering is not one more
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g, Name: "a", Port: 1}, nil))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "b", Port: 1}, nil))
+	peertest.WantCode(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "c", Port: 1}, nil), wire.CodeUnavailable)
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: g, Name: "a2", Port: 1}, nil)) // re-registering is not one more
 }
 
 func TestRegistryLifecycle(t *testing.T) {
-	if err := (RegistryConfig{}).Validate(); !errors.Is(err, ErrInvalidConfig) {
+	if err := (Config{}).Validate(); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("Validate without StateDir: %v, want ErrInvalidConfig", err)
 	}
-	r, err := NewRegistry(RegistryConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: testLogger(t)})
-	must(t, err)
+	r, err := New(Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: peertest.Logger(t)})
+	peertest.Must(t, err)
 	if r.Addr() != nil || !r.Fingerprint().IsZero() {
 		t.Fatal("New did I/O: address or fingerprint known before Listen")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- r.Serve(ctx) }()
-	eventually(t, "the registry to listen", func() bool { return r.Readiness() == nil })
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	peertest.Eventually(t, "the registry to listen", func() bool { return r.Readiness() == nil })
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	listGroups(t, p)
 	if err := r.Serve(ctx); !errors.Is(err, ErrServing) {
 		t.Fatalf("second Serve: %v, want ErrServing", err)
 	}
 	cancel()
-	must(t, <-errc)
-	must(t, r.Close())
-	must(t, r.Close())
+	peertest.Must(t, <-errc)
+	peertest.Must(t, r.Close())
+	peertest.Must(t, r.Close())
 	if err := r.Serve(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Serve after Close: %v, want ErrClosed", err)
 	}
@@ -274,17 +274,17 @@ func TestRegistryLifecycle(t *testing.T) {
 }
 
 func TestRegistryCloseWithoutServe(t *testing.T) {
-	r, err := NewRegistry(RegistryConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	must(t, err)
-	must(t, r.Close())
-	r, err = NewRegistry(RegistryConfig{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
-	must(t, err)
-	must(t, r.Listen())
+	r, err := New(Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	peertest.Must(t, err)
+	peertest.Must(t, r.Close())
+	r, err = New(Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	peertest.Must(t, err)
+	peertest.Must(t, r.Listen())
 	addr := r.Addr().(*net.UDPAddr)
-	must(t, r.Close())
+	peertest.Must(t, r.Close())
 	// The port is free again.
 	c, err := net.ListenUDP("udp", addr)
-	must(t, err)
+	peertest.Must(t, err)
 	c.Close()
 }
 
@@ -294,48 +294,33 @@ func TestRegistryCloseWithoutServe(t *testing.T) {
 // is not held back by either, re-registering is never one more, and a
 // deregistration frees a place.
 func TestRegistryGroupsPerKeyAndAddr(t *testing.T) {
-	r := startRegistry(t, RegistryConfig{MaxGroupsPerKey: 3, MaxGroupsPerAddr: 5})
-	register := func(p *peer, name string) error {
-		return p.call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: name, Port: 1}, nil)
+	r := startRegistry(t, Config{MaxGroupsPerKey: 3, MaxGroupsPerAddr: 5})
+	register := func(p *peertest.Peer, name string) error {
+		return p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: name, Port: 1}, nil)
 	}
-	a := dial(t, r.Addr(), r.Fingerprint(), nil)
+	a := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	first := uuid.New()
-	must(t, a.call(wire.OpRegister, wire.Register{Group: first, Name: "a0", Port: 1}, nil))
+	peertest.Must(t, a.Call(wire.OpRegister, wire.Register{Group: first, Name: "a0", Port: 1}, nil))
 	for i := 1; i < 3; i++ {
-		must(t, register(a, fmt.Sprint("a", i)))
+		peertest.Must(t, register(a, fmt.Sprint("a", i)))
 	}
-	if we := wantCode(t, register(a, "a3"), wire.CodeUnavailable); !strings.Contains(we.Message, "per key") {
+	if we := peertest.WantCode(t, register(a, "a3"), wire.CodeUnavailable); !strings.Contains(we.Message, "per key") {
 		t.Fatalf("the key's fourth group: %q, want the per-key limit named", we.Message)
 	}
-	must(t, a.call(wire.OpRegister, wire.Register{Group: first, Name: "a0 renamed", Port: 1}, nil)) // not one more
-	b := dial(t, r.Addr(), r.Fingerprint(), nil)                                                    // same address, another key
-	must(t, register(b, "b0"))
-	must(t, register(b, "b1"))
-	if we := wantCode(t, register(b, "b2"), wire.CodeUnavailable); !strings.Contains(we.Message, "per address") {
+	peertest.Must(t, a.Call(wire.OpRegister, wire.Register{Group: first, Name: "a0 renamed", Port: 1}, nil)) // not one more
+	b := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)                                                    // same address, another key
+	peertest.Must(t, register(b, "b0"))
+	peertest.Must(t, register(b, "b1"))
+	if we := peertest.WantCode(t, register(b, "b2"), wire.CodeUnavailable); !strings.Contains(we.Message, "per address") {
 		t.Fatalf("the address's sixth group: %q, want the per-address limit named", we.Message)
 	}
-	elsewhere := dialFrom(t, "127.0.0.2", r.Addr(), r.Fingerprint())
-	must(t, register(elsewhere, "c0"))
-	must(t, a.call(wire.OpDeregister, wire.Deregister{Group: first}, nil))
-	must(t, register(b, "b2")) // the address has room again
+	elsewhere := peertest.DialFrom(t, "127.0.0.2", r.Addr(), r.Fingerprint())
+	peertest.Must(t, register(elsewhere, "c0"))
+	peertest.Must(t, a.Call(wire.OpDeregister, wire.Deregister{Group: first}, nil))
+	peertest.Must(t, register(b, "b2")) // the address has room again
 	if n := len(listGroups(t, a).Groups); n != 6 {
 		t.Fatalf("%d groups listed, want 6", n)
 	}
-}
-
-// dialFrom connects to addr from the local address local (another
-// loopback address: another source address to the daemon).
-func dialFrom(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint) *peer {
-	t.Helper()
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(local)})
-	must(t, err)
-	tr := &quic.Transport{Conn: udp}
-	t.Cleanup(func() { tr.Close(); udp.Close() })
-	id := newKey(t)
-	conn, err := tr.Dial(testCtx(t), addr, id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
-	must(t, err)
-	t.Cleanup(func() { conn.CloseWithError(0, "") })
-	return &peer{t: t, id: id, conn: conn}
 }
 
 // TestRegistryListingPages registers more groups than one page holds,
@@ -347,8 +332,8 @@ func TestRegistryListingPages(t *testing.T) {
 	const groups = 3000
 	// Leases outlast the registrations however loaded the machine: the subject
 	// is paging, not expiry.
-	r := startRegistry(t, RegistryConfig{MaxGroups: groups, MaxGroupsPerKey: groups, MaxGroupsPerAddr: groups, LeaseTTL: time.Hour})
-	p := dial(t, r.Addr(), r.Fingerprint(), nil)
+	r := startRegistry(t, Config{MaxGroups: groups, MaxGroupsPerKey: groups, MaxGroupsPerAddr: groups, LeaseTTL: time.Hour})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	addrs := make([]string, wire.MaxAddrs)
 	for i := range addrs {
 		addrs[i] = fmt.Sprintf("%s:%d", strings.Repeat("h", wire.MaxAddrBytes-6), 10000+i)
@@ -359,7 +344,7 @@ func TestRegistryListingPages(t *testing.T) {
 		if i%10 == 0 {
 			reg.Name, reg.Addrs = fmt.Sprintf("g%05d%s", i, strings.Repeat("x", wire.MaxNameBytes-6)), addrs
 		}
-		must(t, p.call(wire.OpRegister, reg, nil))
+		peertest.Must(t, p.Call(wire.OpRegister, reg, nil))
 		want[reg.Group] = true
 	}
 
@@ -367,12 +352,12 @@ func TestRegistryListingPages(t *testing.T) {
 	var listed []wire.GroupEntry
 	pages := 0
 	for {
-		fs := p.do(wire.OpList, wire.List{After: after})
-		if len(fs) != 1 || fs[0].kind != wire.KindResult || len(fs[0].raw) > wire.MaxFrameSize {
+		fs := p.Do(wire.OpList, wire.List{After: after})
+		if len(fs) != 1 || fs[0].Kind != wire.KindResult || len(fs[0].Raw) > wire.MaxFrameSize {
 			t.Fatalf("page %d: %+v, want one result within a frame", pages, fs)
 		}
 		var g wire.Groups
-		fs[0].decode(t, &g)
+		fs[0].Decode(t, &g)
 		pages++
 		listed = append(listed, g.Groups...)
 		if len(g.Next) == 0 {
@@ -393,18 +378,20 @@ func TestRegistryListingPages(t *testing.T) {
 		}
 	}
 
-	cl := newTestClient(t)
-	reg, err := cl.Registry(testCtx(t), r.Addr().String(), r.Fingerprint())
-	must(t, err)
-	all, err := reg.List(testCtx(t))
-	must(t, err)
+	cl, err := client.New(client.Config{Identity: peertest.NewKey(t), Logger: peertest.Logger(t)})
+	peertest.Must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	reg, err := cl.Registry(peertest.Ctx(t), r.Addr().String(), r.Fingerprint())
+	peertest.Must(t, err)
+	all, err := reg.List(peertest.Ctx(t))
+	peertest.Must(t, err)
 	// (A client.Listing has no Next: the client follows it to the end.)
 	if len(all.Groups) != groups || all.Epoch != r.epoch {
 		t.Fatalf("client List: %d groups (epoch %d), want all %d", len(all.Groups), all.Epoch, groups)
 	}
 
 	for _, bad := range [][]byte{{1}, make([]byte, 16), append(make([]byte, 16), strings.Repeat("n", wire.MaxNameBytes+1)...), make([]byte, wire.MaxCursorBytes+1)} {
-		wantCode(t, p.call(wire.OpList, wire.List{After: bad}, nil), wire.CodeBadRequest)
+		peertest.WantCode(t, p.Call(wire.OpList, wire.List{After: bad}, nil), wire.CodeBadRequest)
 	}
 }
 
@@ -414,17 +401,17 @@ func TestRegistryListingPages(t *testing.T) {
 // group listed while another replica holds it (under no leader, if the
 // one leaving led), and the last one's removes it.
 func TestRegistryCellReplicas(t *testing.T) {
-	reg := startRegistry(t, RegistryConfig{})
-	ctx := testCtx(t)
+	reg := startRegistry(t, Config{})
+	ctx := peertest.Ctx(t)
 	var keys [3]*client.Registry
 	var replicas []client.Replica
 	for i := range keys {
-		id := newKey(t)
-		cl, err := client.New(client.Config{Identity: id, Logger: testLogger(t)})
-		must(t, err)
+		id := peertest.NewKey(t)
+		cl, err := client.New(client.Config{Identity: id, Logger: peertest.Logger(t)})
+		peertest.Must(t, err)
 		t.Cleanup(func() { cl.Close() })
 		keys[i], err = cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
-		must(t, err)
+		peertest.Must(t, err)
 		replicas = append(replicas, client.Replica{Addr: fmt.Sprintf("10.0.0.%d:7374", i+1), Fingerprint: id.Fingerprint()})
 	}
 	g := uuid.New()
@@ -435,14 +422,14 @@ func TestRegistryCellReplicas(t *testing.T) {
 			rs[leader].Leader = true
 		}
 		_, err := keys[i].Register(ctx, client.Registration{Group: g, Name: "lobby", Addrs: []string{replicas[i].Addr}, Replicas: rs})
-		must(t, err)
+		peertest.Must(t, err)
 	}
 	// listed returns the leader listed (-1: none), or -2 if the group is
 	// not listed.
 	listed := func() int {
 		t.Helper()
 		l, err := keys[0].List(ctx)
-		must(t, err)
+		peertest.Must(t, err)
 		if len(l.Groups) == 0 {
 			return -2
 		}
@@ -475,14 +462,14 @@ func TestRegistryCellReplicas(t *testing.T) {
 	check("replica 1 knows no leader", 0)
 	register(2, 1)
 	check("replica 2 names replica 1", 1)
-	must(t, keys[0].Deregister(ctx, g))
+	peertest.Must(t, keys[0].Deregister(ctx, g))
 	check("replica 0 deregistered", 1)
-	must(t, keys[1].Deregister(ctx, g))
+	peertest.Must(t, keys[1].Deregister(ctx, g))
 	check("the leader, replica 1, deregistered", -1)
 	register(0, 2)
 	check("replica 0 back, naming replica 2", 2)
-	must(t, keys[2].Deregister(ctx, g))
+	peertest.Must(t, keys[2].Deregister(ctx, g))
 	check("replica 2 deregistered", -1)
-	must(t, keys[0].Deregister(ctx, g))
+	peertest.Must(t, keys[0].Deregister(ctx, g))
 	check("the last holder deregistered", -2)
 }

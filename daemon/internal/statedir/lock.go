@@ -1,4 +1,7 @@
-package daemon
+// Package statedir is the lock on a daemon's state directory: one daemon
+// per directory, so that a second one started on it refuses instead of
+// sharing its key and files.
+package statedir
 
 import (
 	"errors"
@@ -17,36 +20,36 @@ import (
 // write the same state.
 const lockFile = "lock"
 
-// StateDirInUseError is returned by Listen when another process holds the
-// state directory.
-type StateDirInUseError struct {
+// InUseError is returned by Lock when another process holds the state
+// directory.
+type InUseError struct {
 	Dir string
 	PID int // 0 if the holder's ID could not be read
 }
 
-func (e *StateDirInUseError) Error() string {
+func (e *InUseError) Error() string {
 	if e.PID == 0 {
 		return fmt.Sprintf("state dir %s in use by another process", e.Dir)
 	}
 	return fmt.Sprintf("state dir %s in use by PID %d", e.Dir, e.PID)
 }
 
-// ErrStateDirInUse is matched by every *StateDirInUseError.
-var ErrStateDirInUse = errors.New("state dir in use")
+// ErrInUse is matched by every *InUseError.
+var ErrInUse = errors.New("state dir in use")
 
-// Is makes errors.Is(err, ErrStateDirInUse) hold.
-func (e *StateDirInUseError) Is(target error) bool { return target == ErrStateDirInUse }
+// Is makes errors.Is(err, ErrInUse) hold.
+func (e *InUseError) Is(target error) bool { return target == ErrInUse }
 
-// stateLock is a held state-directory lock; release gives it up, once.
-type stateLock struct {
+// Held is a held state-directory lock; Release gives it up, once.
+type Held struct {
 	f    *os.File
 	once sync.Once
 }
 
-// lockStateDir creates dir if need be and takes its lock, or returns a
-// *StateDirInUseError naming the holder. The lock is the kernel's: it goes
+// Lock creates dir if need be and takes its lock, or returns an
+// *InUseError naming the holder. The lock is the kernel's: it goes
 // with the process, so a daemon killed with SIGKILL leaves nothing to clean.
-func lockStateDir(dir string) (*stateLock, error) {
+func Lock(dir string) (*Held, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
@@ -68,19 +71,20 @@ func lockStateDir(dir string) (*stateLock, error) {
 		}
 		f.Close()
 		if errors.Is(err, errLocked) {
-			return nil, &StateDirInUseError{Dir: dir, PID: pid}
+			return nil, &InUseError{Dir: dir, PID: pid}
 		}
 		return nil, fmt.Errorf("state dir lock: %w", err)
 	}
 	if err := f.Truncate(0); err == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
-	return &stateLock{f: f}, nil
+	return &Held{f: f}, nil
 }
 
-// release unlocks and closes the lock file (which stays, empty of
-// meaning: the lock, not the file, says the directory is in use).
-func (l *stateLock) release() {
+// Release unlocks and closes the lock file (which stays, empty of
+// meaning: the lock, not the file, says the directory is in use). A nil
+// Held releases nothing.
+func (l *Held) Release() {
 	if l == nil {
 		return
 	}

@@ -1,7 +1,24 @@
-package daemon
+// Package registry is huddle's registry daemon: it lists the groups that
+// group daemons host, each under a lease they renew, and answers users who
+// ask for the list (PROTOCOL.md: register, renew, deregister, list). It
+// can advertise itself over mDNS so that daemons and users on a LAN find it
+// with no configuration. It serves through the shared QUIC machinery of
+// package server, and never imports the group daemon.
+//
+// The registry's concerns, by file: its configuration, lifecycle and
+// operations (registry.go), its lease table (leases.go), and its telemetry
+// (telemetry.go).
+//
+//	r, err := registry.New(cfg) // validates cfg; no I/O
+//	err = r.Listen()            // optional: loads the key, binds the socket
+//	err = r.Serve(ctx)          // blocks until ctx ends or Close is called
+package registry
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +28,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/huddle-chat/huddle/daemon/internal/lifecycle"
+	"github.com/huddle-chat/huddle/daemon/internal/statedir"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
@@ -18,11 +37,11 @@ import (
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// Registry defaults.
+// Defaults of Config.
 const (
-	DefaultRegistryListen = ":7373" // UDP 7373 is the registry's port (wire.DefaultRegistryPort)
-	DefaultLeaseTTL       = 15 * time.Second
-	DefaultMaxGroups      = 4096
+	DefaultListen    = ":7373" // UDP 7373 is the registry's port (wire.DefaultRegistryPort)
+	DefaultLeaseTTL  = 15 * time.Second
+	DefaultMaxGroups = 4096
 	// DefaultMaxGroupsPerKey and DefaultMaxGroupsPerAddr are the most
 	// groups one key, and one source address (an IPv4 address or an IPv6
 	// /64), may have listed at once: a quarter of the registry each.
@@ -30,9 +49,9 @@ const (
 	DefaultMaxGroupsPerAddr = 1024
 )
 
-// RegistryConfig configures a Registry. The zero value of each field but
+// Config configures a registry Daemon. The zero value of each field but
 // StateDir means its default.
-type RegistryConfig struct {
+type Config struct {
 	// Listen is the UDP address to listen on. Default ":7373".
 	Listen string
 	// StateDir holds the registry's key (identity.KeyFile), created on first
@@ -76,32 +95,36 @@ type RegistryConfig struct {
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
-func (c RegistryConfig) Validate() error {
+func (c Config) Validate() error {
 	switch {
 	case c.StateDir == "":
-		return invalid("registry StateDir is required")
+		return fmt.Errorf("%w: registry StateDir is required", ErrInvalidConfig)
 	case c.LeaseTTL < 0:
-		return invalid("LeaseTTL %v is negative", c.LeaseTTL)
+		return fmt.Errorf("%w: LeaseTTL %v is negative", ErrInvalidConfig, c.LeaseTTL)
 	case c.MaxGroups < 0, c.MaxGroupsPerKey < 0, c.MaxGroupsPerAddr < 0:
-		return invalid("MaxGroups %d, MaxGroupsPerKey %d or MaxGroupsPerAddr %d is negative",
-			c.MaxGroups, c.MaxGroupsPerKey, c.MaxGroupsPerAddr)
+		return fmt.Errorf("%w: MaxGroups %d, MaxGroupsPerKey %d or MaxGroupsPerAddr %d is negative",
+			ErrInvalidConfig, c.MaxGroups, c.MaxGroupsPerKey, c.MaxGroupsPerAddr)
 	}
 	return c.Server.Validate()
 }
 
-func (c RegistryConfig) withDefaults() RegistryConfig {
-	c.Listen = orDefault(c.Listen, DefaultRegistryListen)
-	c.LeaseTTL = orDefault(c.LeaseTTL, DefaultLeaseTTL)
-	c.MaxGroups = orDefault(c.MaxGroups, DefaultMaxGroups)
-	c.MaxGroupsPerKey = orDefault(c.MaxGroupsPerKey, DefaultMaxGroupsPerKey)
-	c.MaxGroupsPerAddr = orDefault(c.MaxGroupsPerAddr, DefaultMaxGroupsPerAddr)
+func (c Config) withDefaults() Config {
+	c.Listen = cmp.Or(c.Listen, DefaultListen)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, DefaultLeaseTTL)
+	c.MaxGroups = cmp.Or(c.MaxGroups, DefaultMaxGroups)
+	c.MaxGroupsPerKey = cmp.Or(c.MaxGroupsPerKey, DefaultMaxGroupsPerKey)
+	c.MaxGroupsPerAddr = cmp.Or(c.MaxGroupsPerAddr, DefaultMaxGroupsPerAddr)
 	c.Server = c.Server.WithDefaults()
-	c.Logger = logger(c.Logger)
-	c.Now = clock(c.Now)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	return c
 }
 
-// Registry lists the groups group daemons host. A daemon registers each
+// Daemon is a registry: it lists the groups group daemons host. A daemon registers each
 // group it hosts and renews the lease every third of the TTL; a group whose
 // lease lapses vanishes from the list.
 //
@@ -111,29 +134,29 @@ func (c RegistryConfig) withDefaults() RegistryConfig {
 // is deregistered) the UUID is free, and any key may register it. Leases
 // live in memory only: a restarted registry has a new epoch and no leases,
 // and daemons register again when a renew fails with CodeEpochMismatch.
-type Registry struct {
-	cfg   RegistryConfig
+type Daemon struct {
+	cfg   Config
 	epoch uint64
 	srv   *server.Server
-	life  *lifecycle
+	life  *lifecycle.Lifecycle
 
 	mu     sync.Mutex
 	id     *identity.Identity // set by Listen
-	lock   *stateLock         // the state directory's, held from Listen to Close
+	lock   *statedir.Held     // the state directory's, held from Listen to Close
 	leases *leaseTable
 }
 
-// NewRegistry returns a registry for cfg. It does no I/O; Listen or Serve
-// load the key and bind the socket. It returns cfg.Validate's error.
-func NewRegistry(cfg RegistryConfig) (*Registry, error) {
+// New returns a registry for cfg. It does no I/O; Listen or Serve load the
+// key and bind the socket. It returns cfg.Validate's error.
+func New(cfg Config) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	r := &Registry{
+	r := &Daemon{
 		cfg:    cfg,
 		epoch:  newEpoch(),
-		life:   newLifecycle(),
+		life:   lifecycle.New(),
 		leases: newLeaseTable(),
 	}
 	r.srv = server.New(cfg.Server, server.Setup{Listen: cfg.Listen, Role: "registry", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}, r.handle)
@@ -145,14 +168,14 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 // socket, so Addr and Fingerprint are known before Serve. Calling it again
 // does nothing. It returns ErrClosed after Close, and identity or socket
 // errors.
-func (r *Registry) Listen() error {
-	if r.life.isClosed() {
+func (r *Daemon) Listen() error {
+	if r.life.IsClosed() {
 		return ErrClosed
 	}
 	r.mu.Lock()
 	id := r.id
 	if r.lock == nil {
-		l, err := lockStateDir(r.cfg.StateDir)
+		l, err := statedir.Lock(r.cfg.StateDir)
 		if err != nil {
 			r.mu.Unlock()
 			return fmt.Errorf("registry: %w", err)
@@ -164,7 +187,7 @@ func (r *Registry) Listen() error {
 		var err error
 		if id, err = identity.LoadOrCreate(r.cfg.StateDir); err != nil {
 			r.mu.Lock()
-			r.lock.release() // a registry that did not start holds nothing
+			r.lock.Release() // a registry that did not start holds nothing
 			r.lock = nil
 			r.mu.Unlock()
 			return fmt.Errorf("registry: %w", err)
@@ -183,7 +206,7 @@ func (r *Registry) Listen() error {
 // Close is called; then it shuts down as Close does and returns nil once
 // everything has stopped. It returns ErrClosed after Close, ErrServing if
 // already serving, and Listen's errors.
-func (r *Registry) Serve(ctx context.Context) error {
+func (r *Daemon) Serve(ctx context.Context) error {
 	if err := r.Listen(); err != nil {
 		return err
 	}
@@ -191,7 +214,7 @@ func (r *Registry) Serve(ctx context.Context) error {
 	if r.cfg.MDNS {
 		loops = append(loops, r.advertiseLoop)
 	}
-	if err := r.life.begin(loops...); err != nil {
+	if err := r.life.Begin(loops...); err != nil {
 		return err
 	}
 	if err := r.srv.Start(); err != nil {
@@ -199,7 +222,7 @@ func (r *Registry) Serve(ctx context.Context) error {
 		return err
 	}
 	r.cfg.Logger.Info("registry serving", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String(), "epoch", r.epoch)
-	r.life.wait(ctx, r.Close)
+	r.life.Wait(ctx, r.Close)
 	r.cfg.Logger.Info("registry stopped")
 	return nil
 }
@@ -207,20 +230,20 @@ func (r *Registry) Serve(ctx context.Context) error {
 // Close stops the registry (see the package comment for the order) and
 // waits for every goroutine it started. It is safe to call more than once;
 // every call returns nil once shutdown has finished.
-func (r *Registry) Close() error {
-	r.life.close(r.srv.Close)
+func (r *Daemon) Close() error {
+	r.life.Close(r.srv.Close)
 	r.mu.Lock()
-	r.lock.release()
+	r.lock.Release()
 	r.mu.Unlock()
 	return nil
 }
 
 // Addr returns the address the registry listens on, or nil before it does.
-func (r *Registry) Addr() net.Addr { return r.srv.Addr() }
+func (r *Daemon) Addr() net.Addr { return r.srv.Addr() }
 
 // Fingerprint returns the registry's fingerprint (what clients pin), or
 // zero before Listen.
-func (r *Registry) Fingerprint() wire.Fingerprint {
+func (r *Daemon) Fingerprint() wire.Fingerprint {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.id == nil {
@@ -229,7 +252,7 @@ func (r *Registry) Fingerprint() wire.Fingerprint {
 	return r.id.Fingerprint()
 }
 
-func (r *Registry) handle(ctx context.Context, c *server.Call) error {
+func (r *Daemon) handle(ctx context.Context, c *server.Call) error {
 	switch c.Op() {
 	case wire.OpRegister:
 		return r.register(c)
@@ -243,11 +266,11 @@ func (r *Registry) handle(ctx context.Context, c *server.Call) error {
 	return fmt.Errorf("%w: %v", wire.ErrUnsupported, c.Op())
 }
 
-func (r *Registry) lease() wire.Lease {
+func (r *Daemon) lease() wire.Lease {
 	return wire.Lease{Epoch: r.epoch, TTLMS: uint64(r.cfg.LeaseTTL.Milliseconds())}
 }
 
-func (r *Registry) register(c *server.Call) error {
+func (r *Daemon) register(c *server.Call) error {
 	var req wire.Register
 	if err := c.Decode(&req); err != nil {
 		return err
@@ -316,7 +339,7 @@ func (r *Registry) register(c *server.Call) error {
 // registration replaces old, a lease the key holds already (which frees
 // its place, unless it moves to another address). Over a limit, it sweeps
 // lapsed leases once before refusing. r.mu is held.
-func (r *Registry) roomLocked(held bool, old *lease, key wire.Fingerprint, from netip.Prefix, now time.Time) error {
+func (r *Daemon) roomLocked(held bool, old *lease, key wire.Fingerprint, from netip.Prefix, now time.Time) error {
 	check := func() error {
 		t := r.leases
 		switch {
@@ -347,7 +370,7 @@ func sourceAddr(remote net.Addr, port uint16) (string, error) {
 	return net.JoinHostPort(ip.String(), strconv.Itoa(int(port))), nil
 }
 
-func (r *Registry) renew(c *server.Call) error {
+func (r *Daemon) renew(c *server.Call) error {
 	var req wire.Renew
 	if err := c.Decode(&req); err != nil {
 		return err
@@ -373,7 +396,7 @@ func (r *Registry) renew(c *server.Call) error {
 	return c.Result(r.lease())
 }
 
-func (r *Registry) deregister(c *server.Call) error {
+func (r *Daemon) deregister(c *server.Call) error {
 	var req wire.Deregister
 	if err := c.Decode(&req); err != nil {
 		return err
@@ -402,7 +425,7 @@ func (r *Registry) deregister(c *server.Call) error {
 	return c.Result(struct{}{})
 }
 
-func (r *Registry) list(c *server.Call) error {
+func (r *Daemon) list(c *server.Call) error {
 	var req wire.List
 	if err := c.Decode(&req); err != nil {
 		return err
@@ -423,12 +446,12 @@ func (r *Registry) list(c *server.Call) error {
 
 // sweepLoop drops lapsed leases periodically, so they are logged and freed
 // even when nobody lists.
-func (r *Registry) sweepLoop() {
+func (r *Daemon) sweepLoop() {
 	t := time.NewTicker(max(r.cfg.LeaseTTL/2, 10*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
-		case <-r.life.ctx.Done():
+		case <-r.life.Ctx().Done():
 			return
 		case <-t.C:
 			r.mu.Lock()
@@ -438,7 +461,7 @@ func (r *Registry) sweepLoop() {
 	}
 }
 
-func (r *Registry) sweepLocked(now time.Time) {
+func (r *Daemon) sweepLocked(now time.Time) {
 	for _, l := range r.leases.byID {
 		if !now.Before(l.expires) {
 			r.expireLocked(l)
@@ -449,7 +472,7 @@ func (r *Registry) sweepLocked(now time.Time) {
 // leaseLocked returns group's lease if it is alive at now. A lease found
 // lapsed is dropped (and logged) here rather than left for the sweep, so
 // that its group is free at once. r.mu is held.
-func (r *Registry) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
+func (r *Daemon) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
 	l, ok := r.leases.byID[group]
 	if ok && !now.Before(l.expires) {
 		r.expireLocked(l)
@@ -459,7 +482,7 @@ func (r *Registry) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
 }
 
 // expireLocked drops a lapsed lease. r.mu is held.
-func (r *Registry) expireLocked(l *lease) {
+func (r *Daemon) expireLocked(l *lease) {
 	r.leases.remove(l)
 	r.cfg.Metrics.LeaseExpired()
 	r.cfg.Logger.Info("group lease expired", "group", l.entry.Name, "uuid", l.entry.Group, "fingerprint", l.entry.Fingerprint.Short())
@@ -469,7 +492,7 @@ func (r *Registry) expireLocked(l *lease) {
 // closes. A registry that cannot advertise (no multicast-capable interface)
 // still serves clients that know its address, so failure is logged, not
 // fatal; the advertiser keeps rescanning for interfaces that come up.
-func (r *Registry) advertiseLoop() {
+func (r *Daemon) advertiseLoop() {
 	ua, _ := r.Addr().(*net.UDPAddr)
 	if ua == nil {
 		return
@@ -488,7 +511,7 @@ func (r *Registry) advertiseLoop() {
 		r.cfg.Logger.Error("mDNS advertising disabled", "err", err)
 		return
 	}
-	if err := a.Serve(r.life.ctx); err != nil {
+	if err := a.Serve(r.life.Ctx()); err != nil {
 		r.cfg.Logger.Error("mDNS advertising stopped", "err", err)
 	}
 }
@@ -577,3 +600,19 @@ func (l *lease) without(key wire.Fingerprint) *lease {
 	}
 	return &kept
 }
+
+// newEpoch returns a random nonzero epoch.
+func newEpoch() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+		if e := binary.BigEndian.Uint64(b[:]); e != 0 {
+			return e
+		}
+	}
+}
+
+// Memory returns the most memory a registry with this configuration may
+// use: what its peers can make it hold (its leases are within the
+// process's base).
+func (c Config) Memory() server.Memory { return c.Server.Memory(0) }

@@ -1,0 +1,230 @@
+// Package peertest is a raw protocol client for the tests of the daemons
+// and their server: QUIC connections, each with a key of its own, that
+// speak huddle's frames directly (PROTOCOL.md), and the few helpers around
+// them. Only tests import it.
+package peertest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Timeout bounds each network step of a test, so a bug fails the test
+// instead of hanging it. It is not a timing assertion.
+const Timeout = 20 * time.Second
+
+// Logger logs to the test's output, at debug level.
+func Logger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Ctx is the test's context, ending after Timeout.
+func Ctx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Frame is one response frame as a test peer read it.
+type Frame struct {
+	Kind wire.Kind
+	Raw  wire.Raw
+	Err  *wire.Error // for KindError
+}
+
+// Decode decodes the frame's body into v, failing the test if it cannot.
+func (f Frame) Decode(t *testing.T, v any) {
+	t.Helper()
+	if err := f.Raw.Decode(v); err != nil {
+		t.Fatalf("decode %v frame: %v", f.Kind, err)
+	}
+}
+
+// Peer is a raw protocol client: one QUIC connection with its own key,
+// speaking frames directly.
+type Peer struct {
+	T    *testing.T
+	ID   *identity.Identity
+	Conn *quic.Conn
+}
+
+// NewKey returns a new key.
+func NewKey(t *testing.T) *identity.Identity {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// Dial connects to addr with key id (a new one if nil), pinning pin.
+func Dial(t *testing.T, addr net.Addr, pin wire.Fingerprint, id *identity.Identity) *Peer {
+	t.Helper()
+	if id == nil {
+		id = NewKey(t)
+	}
+	conn, err := quic.DialAddr(Ctx(t), addr.String(), id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("dial %v: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return &Peer{T: t, ID: id, Conn: conn}
+}
+
+// DialFrom connects to addr from the local address local (another
+// loopback address: another source address to the server), with a new
+// key.
+func DialFrom(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint) *Peer {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(local)})
+	Must(t, err)
+	tr := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { tr.Close(); udp.Close() })
+	id := NewKey(t)
+	conn, err := tr.Dial(Ctx(t), addr, id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	Must(t, err)
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return &Peer{T: t, ID: id, Conn: conn}
+}
+
+// Open opens a stream and writes raw as the request bytes, then ends the
+// stream's send side.
+func (p *Peer) Open(raw []byte) *quic.Stream {
+	p.T.Helper()
+	str, err := p.Conn.OpenStreamSync(Ctx(p.T))
+	if err != nil {
+		p.T.Fatalf("open stream: %v", err)
+	}
+	if _, err := str.Write(raw); err != nil {
+		p.T.Fatalf("write request: %v", err)
+	}
+	str.Close()
+	return str
+}
+
+// Request encodes a request frame.
+func Request(t *testing.T, op wire.Op, args any) []byte {
+	t.Helper()
+	b, err := wire.AppendFrame(nil, uint64(op), args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ReadFrame reads the next response frame; io.EOF at the stream's end.
+func ReadFrame(str *quic.Stream) (Frame, error) {
+	str.SetReadDeadline(time.Now().Add(Timeout))
+	kind, raw, err := wire.ReadResponse(str, nil)
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return Frame{Kind: wire.KindError, Raw: raw, Err: we}, nil
+	}
+	return Frame{Kind: kind, Raw: raw}, err
+}
+
+// Frames reads every frame of a stream until its end.
+func (p *Peer) Frames(str *quic.Stream) []Frame {
+	p.T.Helper()
+	var fs []Frame
+	for {
+		f, err := ReadFrame(str)
+		if err == io.EOF {
+			return fs
+		}
+		if err != nil {
+			p.T.Fatalf("read reply: %v (after %d frames)", err, len(fs))
+		}
+		fs = append(fs, f)
+	}
+}
+
+// Do performs one operation and returns every reply frame.
+func (p *Peer) Do(op wire.Op, args any) []Frame {
+	p.T.Helper()
+	return p.Frames(p.Open(Request(p.T, op, args)))
+}
+
+// Call performs a single-reply operation: it decodes the Result into out
+// (if not nil) or returns the Error frame's error.
+func (p *Peer) Call(op wire.Op, args any, out any) error {
+	p.T.Helper()
+	fs := p.Do(op, args)
+	if len(fs) != 1 {
+		p.T.Fatalf("%v: got %d frames, want 1", op, len(fs))
+	}
+	switch f := fs[0]; f.Kind {
+	case wire.KindError:
+		return f.Err
+	case wire.KindResult:
+		if out != nil {
+			f.Decode(p.T, out)
+		}
+		return nil
+	default:
+		p.T.Fatalf("%v: got a frame of kind %d, want a result", op, f.Kind)
+		return nil
+	}
+}
+
+// Must fails the test if err is not nil.
+func Must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WantCode fails the test unless err is a *wire.Error with code want.
+func WantCode(t *testing.T, err error, want wire.Code) *wire.Error {
+	t.Helper()
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != want {
+		t.Fatalf("got error %v, want code %v", err, want)
+	}
+	return we
+}
+
+// Eventually polls cond until it holds, failing the test after Timeout.
+func Eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// LockedBuffer is a log destination safe for concurrent writers.
+type LockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
