@@ -41,9 +41,9 @@ const (
 	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
 	DefaultCommitTimeout      = 5 * time.Millisecond
 	DefaultMaxAppendEntries   = 256
-	DefaultSnapshotThreshold  = 16384
+	DefaultSnapshotThreshold  = 4096
 	DefaultSnapshotInterval   = 30 * time.Second
-	DefaultTrailingLogs       = 16384
+	DefaultTrailingLogs       = 4096
 	DefaultRPCTimeout         = 5 * time.Second
 	DefaultDedupWindow        = store.DefaultDedupWindow
 	DefaultMaxMembers         = wire.MaxArrayItems
@@ -141,7 +141,10 @@ type Config struct {
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	// TrailingLogs is how many raft entries a snapshot leaves in the log,
-	// so that a follower that lagged less catches up from the log.
+	// so that a follower that lagged less catches up from the log. An
+	// entry gathers the sends to a group while others are in flight (up to
+	// 1024 messages, 256 KiB): 4096 entries of a loaded cell hold about as
+	// many messages as 16384 of one send each.
 	TrailingLogs uint64
 	// MaxAppendEntries is the most entries in one raft batch (one fsync of
 	// the raft log, one AppendEntries RPC). Default 256.
@@ -333,7 +336,9 @@ func (n *Node) Start() error {
 		return fmt.Errorf("cell: open raft's snapshots: %w", err)
 	}
 	n.bolt, n.snaps = bolt, snaps
-	cached, err := raft.NewLogCache(4*n.cfg.MaxAppendEntries, bolt)
+	// The entries raft replicates next are read from memory: one batch
+	// of them (entries are up to 256 KiB: at most 64 MiB).
+	cached, err := raft.NewLogCache(n.cfg.MaxAppendEntries, bolt)
 	if err != nil {
 		n.closeStores()
 		return fmt.Errorf("cell: %w", err)

@@ -66,7 +66,7 @@ type proposal struct {
 const (
 	maxProposing        = 4
 	maxProposalMessages = maxCommandMessages
-	maxProposalBytes    = 512 << 10
+	maxProposalBytes    = 256 << 10
 )
 
 // Send proposes entries to group id's log and returns one ack per entry,
