@@ -170,9 +170,21 @@ func TestCloseWithPendingRequest(t *testing.T) {
 	case <-time.After(testTimeout):
 		t.Fatalf("Close waited %v for a request that never comes", testTimeout)
 	}
-	_, err = readFrame(str)
-	if err == nil {
-		t.Fatal("read after Close: want an error")
+	// Close returning means the server has refused the stream (an
+	// unavailable Error frame) and closed the connection with 0x2, not
+	// that the peer has taken either in: a read before the close arrives
+	// returns the refusal. Once the connection has ended, reads fail.
+	select {
+	case <-p.conn.Context().Done():
+	case <-time.After(testTimeout):
+		t.Fatal("the connection stayed open after Close")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(p.conn.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != wire.ConnShutdown {
+		t.Fatalf("the connection ended with %v, want the server's close code 0x2", err)
+	}
+	if f, err := readFrame(str); err == nil {
+		t.Fatalf("read after Close: %+v, want an error", f)
 	}
 	if err := d.Serve(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Serve after Close: %v", err)
