@@ -168,14 +168,14 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		if !g.replicated() || !g.cellRetryable(err) {
 			return err
 		}
-		if errors.Is(err, errAttemptTimeout) || errors.Is(err, errNoHandshake) {
+		if errors.Is(err, errAttemptTimeout) || errors.Is(err, errNoHandshake) || errors.Is(err, errSilent) {
 			// A member that says nothing (killed, or cut off): the next
 			// one at once, and, if it took the request but did not answer
 			// it, more patience with the next request.
 			if errors.Is(err, errAttemptTimeout) {
 				attempt = min(2*attempt, cellAttemptMax)
 			}
-			log.Debug("cell: no answer in time; trying the next replica", "op", op, "addr", g.peer().addrs)
+			log.Debug("cell: no answer in time; trying the next replica", "op", op, "addr", g.peer().addrs, "err", err)
 			g.suspect(g.peer().pin)
 			g.nextReplica()
 			continue
@@ -205,15 +205,24 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 // live member completes one in a round trip and a little CPU, and the
 // member most often dialled in a failover is the dead leader its
 // followers still name, which answers nothing until the attempt's end.
+//
+// And an attempt on a connection from which not one packet arrives for
+// cellSilentFor after the request went out ends there: a live member
+// acknowledges the request's packets within its 25 ms ack delay, however
+// long the operation then takes (a raft commit under load), so silence
+// means the member is gone (killed, frozen, cut off), and the next one
+// is asked at once rather than after the attempt's second.
 const (
 	cellAttemptMin = time.Second
 	cellAttemptMax = 8 * time.Second
 	cellDialFor    = 500 * time.Millisecond
+	cellSilentFor  = 400 * time.Millisecond
 )
 
 var (
 	errAttemptTimeout = errors.New("no answer in time")
 	errNoHandshake    = errors.New("no handshake in time")
+	errSilent         = errors.New("not a packet in time")
 )
 
 // attempt is one try of a call: single, bounded by d on a replicated group.
@@ -235,9 +244,24 @@ func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, 
 			return err
 		}
 	}
-	err := p.single(actx, op, args, out)
-	if err != nil && actx.Err() != nil && ctx.Err() == nil {
+	sctx, silent := context.WithCancelCause(actx)
+	defer silent(nil)
+	if conn := p.current(); conn != nil && cellSilentFor < d {
+		// conn is the one the call uses unless it dies meanwhile.
+		heard := conn.ConnectionStats().PacketsReceived
+		watch := time.AfterFunc(cellSilentFor, func() {
+			if conn.ConnectionStats().PacketsReceived == heard {
+				silent(errSilent)
+			}
+		})
+		defer watch.Stop()
+	}
+	err := p.single(sctx, op, args, out)
+	if err != nil && sctx.Err() != nil && ctx.Err() == nil {
 		p.dropCurrent()
+		if errors.Is(context.Cause(sctx), errSilent) {
+			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errSilent)
+		}
 		return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errAttemptTimeout)
 	}
 	return err

@@ -3,11 +3,16 @@ package client
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -44,5 +49,101 @@ func TestCellAttemptGivesUpOnHandshake(t *testing.T) {
 	err = g.attempt(ctx, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
 	if !errors.Is(err, errNoHandshake) || !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("attempt at a member that answers nothing: %v, want unreachable, no handshake in time", err)
+	}
+}
+
+// TestCellAttemptGivesUpOnSilence: an attempt on a live connection to a
+// cell's member from which not one packet comes back after the request
+// went out (the member killed, frozen or cut off: here a relay that stops
+// passing packets) ends once cellSilentFor has passed, however long the
+// attempt may take, and says so (errSilent, ErrUnreachable), so that the
+// client asks another member at once. A member that is alive acknowledges
+// the request's packets even while the operation takes long: the
+// server here reads requests and never answers them, and an attempt on it
+// is still waiting, not given up as silent, when its own deadline ends it.
+func TestCellAttemptGivesUpOnSilence(t *testing.T) {
+	srv, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(srv.ServerTLS(), &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer tr.Close() // and every connection on it
+	// A member that takes requests and never answers them.
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.CloseWithError(0, "")
+				for {
+					st, err := conn.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					wg.Go(func() { io.Copy(io.Discard, st) })
+				}
+			})
+		}
+	})
+	relay, err := udpproxy.New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := New(Config{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{relay.Addr()}, Fingerprint: srv.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: relay.Addr(), Fingerprint: srv.Fingerprint(), Leader: true}, {Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{2}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	send := wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}
+	var sent wire.Sent
+	// Alive, but slow to answer: the attempt's own deadline ends it.
+	if err := g.attempt(ctx, 2*cellSilentFor, wire.OpSend, send, &sent); !errors.Is(err, errAttemptTimeout) {
+		t.Fatalf("attempt at a member that acknowledges but does not answer: %v, want %v", err, errAttemptTimeout)
+	}
+	conn, err := g.peer().get(ctx) // connected again, through the relay
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut once the handshake's last packets (tickets, connection IDs) are
+	// in, so that nothing sent before the cut arrives after the request.
+	for heard := uint64(0); ; {
+		<-time.After(100 * time.Millisecond) // polling a condition, with a deadline (ctx)
+		n := conn.ConnectionStats().PacketsReceived
+		if n == heard {
+			break
+		}
+		if heard = n; ctx.Err() != nil {
+			t.Fatal(ctx.Err())
+		}
+	}
+	relay.Cut()
+	err = g.attempt(ctx, time.Minute, wire.OpSend, send, &sent)
+	if !errors.Is(err, errSilent) || !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("attempt at a member gone silent: %v, want unreachable, not a packet in time", err)
 	}
 }

@@ -315,10 +315,17 @@ func (p *peer) noticeClose(conn *quic.Conn) {
 const shutdownWait = time.Second
 
 // connected reports whether the peer has a connection that is not closed.
-func (p *peer) connected() bool {
+func (p *peer) connected() bool { return p.current() != nil }
+
+// current returns the peer's connection if it has one that is not
+// closed, else nil.
+func (p *peer) current() *quic.Conn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.conn != nil && p.conn.Context().Err() == nil
+	if p.conn != nil && p.conn.Context().Err() == nil {
+		return p.conn
+	}
+	return nil
 }
 
 // get returns a live connection, dialling the addresses in order if there
