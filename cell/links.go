@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -114,9 +115,16 @@ func (t *Transport) peerAttrs(addr string) []any {
 // or went silent past the idle timeout) rather than this daemon's, the
 // link is down, and d is forgotten so that the next stream is opened on a
 // new connection.
+//
+// The link is up once the peer answered on the connection: a probe's end
+// (with TLS 1.3 a dial succeeds before the peer checked this daemon's key,
+// and a peer that refuses it closes the connection just after).
 func (t *Transport) watch(addr string, d *dialed) {
 	defer t.wg.Done()
 	ctx := d.conn.Context()
+	if t.answers(d.conn) {
+		t.linkUp(addr)
+	}
 	select {
 	case <-ctx.Done():
 	case <-t.done:
@@ -128,13 +136,39 @@ func (t *Transport) watch(addr string, d *dialed) {
 		return // closed here: replaced, or the peer left the cell
 	}
 	t.forget(addr, d)
+	var tr *quic.TransportError
+	if errors.As(cause, &tr) && tr.Remote && tr.ErrorCode.IsCryptoError() || errors.As(cause, &app) && app.ErrorCode == connRefused {
+		// Refused: not a member of the peer's cell (yet, or any more).
+		// Dialing again now would be refused again.
+		t.linkDown(addr, fmt.Errorf("it refuses this daemon's key (not a member of its cell, yet or any more): %w", cause))
+		return
+	}
 	t.linkDown(addr, cause)
 	// Dial again at once, quietly: a member that restarted is reached
 	// again (and said so) without waiting for raft's next RPC to it; one
 	// that is down fails this dial, and the link stays down.
-	ctx, cancel := context.WithTimeout(t.ctx, warmTimeout)
+	dctx, cancel := context.WithTimeout(t.ctx, warmTimeout)
 	defer cancel()
-	t.conn(ctx, addr)
+	t.conn(dctx, addr)
+}
+
+// answers reports whether the peer answers on conn: it ends a probe
+// stream (kindProbe) this daemon opens.
+func (t *Transport) answers(conn *quic.Conn) bool {
+	ctx, cancel := context.WithTimeout(t.ctx, probeTimeout)
+	defer cancel()
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return false
+	}
+	defer str.CancelRead(streamClosed)
+	str.SetDeadline(time.Now().Add(probeTimeout))
+	if _, err := str.Write([]byte{kindProbe}); err != nil {
+		return false
+	}
+	str.Close()
+	_, err = io.Copy(io.Discard, str)
+	return err == nil
 }
 
 // probeTimeout bounds a probe of a connection.

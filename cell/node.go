@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +158,10 @@ type Config struct {
 	// it, so that registries name a new leader within a round trip of its
 	// election rather than at the next lease renewal.
 	LeaderChanged func(leader Peer, ok bool)
+	// MembersChanged, if set, is called with the cell's members each time
+	// raft commits a new configuration (a member added or removed), from
+	// raft's apply goroutine: it must not block.
+	MembersChanged func(members []Peer)
 
 	// Logger receives the cell's events. Default: discard.
 	Logger *slog.Logger
@@ -272,6 +277,10 @@ type Node struct {
 	gate    sync.RWMutex
 	gated   bool
 	futures atomic.Int64
+
+	// member says this daemon is in the cell's configuration, as last
+	// applied: a daemon removed from the cell says so once.
+	member atomic.Bool
 
 	mu      sync.Mutex
 	started bool
@@ -422,6 +431,16 @@ func (n *Node) closeStores() {
 // configured updates the transport's members to configuration's servers,
 // with the peers this daemon was started with.
 func (n *Node) configured(c raft.Configuration) {
+	n.noteMembership(c)
+	if n.cfg.MembersChanged != nil && len(c.Servers) > 0 {
+		var members []Peer
+		for _, s := range c.Servers {
+			if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
+				members = append(members, Peer{Addr: string(s.Address), Fingerprint: fp})
+			}
+		}
+		n.cfg.MembersChanged(members)
+	}
 	peers := append([]Peer(nil), n.cfg.Peers...)
 	known := make(map[wire.Fingerprint]bool)
 	for _, p := range peers {
@@ -448,6 +467,19 @@ func (n *Node) configured(c raft.Configuration) {
 		out = append(out, p)
 	}
 	n.tr.SetPeers(out)
+}
+
+// noteMembership records whether configuration c lists this daemon, and
+// says so once when it no longer does: it was removed from the cell. (A
+// removed member may never learn that its removal was committed; it sees
+// it in raft's latest configuration, which watchLeader checks when the
+// leader's heartbeats stop reaching it.)
+func (n *Node) noteMembership(c raft.Configuration) {
+	self := raft.ServerID(n.self.Fingerprint.String())
+	in := slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self })
+	if was := n.member.Swap(in); was && !in {
+		n.cfg.Logger.Warn("cell: this daemon was removed from the cell; it takes no part in it any more (stop it, or add it again with huddle cell add)")
+	}
 }
 
 // leaderLoop follows this node's leadership: on becoming leader it runs a
@@ -499,6 +531,9 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 		}
 		last, known = p, ok
 		n.cfg.LeaderChanged(p, ok)
+		if f := n.raft.GetConfiguration(); !ok && f.Error() == nil {
+			n.noteMembership(f.Configuration())
+		}
 	}
 	report()
 	for {

@@ -454,7 +454,6 @@ func (t *Transport) dialInto(ctx context.Context, addr string, want wire.Fingerp
 		return fmt.Errorf("cell: dial %s: %w", addr, ErrTransportClosed)
 	}
 	go t.watch(addr, d)
-	t.linkUp(addr)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -156,6 +157,10 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		}
 		return leader.AppliedIndex - min(leader.AppliedIndex, st.AppliedIndex), true
 	}
+	// A daemon removed from the cell still answers with the configuration
+	// it last applied, which no longer lists it: say so, rather than show
+	// the cell as if the daemon asked were part of it.
+	removed := !slices.ContainsFunc(first.Members, func(m wire.Replica) bool { return m.Fingerprint == first.Self.Fingerprint })
 	if asJSON {
 		var members []map[string]any
 		for _, v := range views {
@@ -173,6 +178,9 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			members = append(members, m)
 		}
 		out := map[string]any{"members": members}
+		if removed {
+			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false}
+		}
 		if leader != nil {
 			out["leader"] = map[string]any{"addr": leader.Self.Addr, "fingerprint": leader.Self.Fingerprint.String()}
 			out["term"] = leader.Term
@@ -183,6 +191,9 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			out["groups"] = groups
 		}
 		return printJSON(env.Stdout, out)
+	}
+	if removed {
+		fmt.Fprintf(env.Stdout, "%s at %s is not a member of this cell (it was removed); the cell it left:\n", first.Self.Fingerprint.Short(), first.Self.Addr)
 	}
 	if leader != nil {
 		fmt.Fprintf(env.Stdout, "cell of %d members; leader %s at %s, term %d\n", len(views), leader.Self.Fingerprint.Short(), leader.Self.Addr, leader.Term)

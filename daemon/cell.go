@@ -260,6 +260,7 @@ func (d *GroupDaemon) newCellNode() error {
 		SnapshotThreshold:  cc.SnapshotThreshold,
 		TrailingLogs:       cc.TrailingLogs,
 		LeaderChanged:      d.leaderChanged,
+		MembersChanged:     d.membersChanged,
 		Logger:             d.cfg.Logger.With("component", "cell"),
 		Now:                d.cfg.Now,
 	})
@@ -279,6 +280,15 @@ func (d *GroupDaemon) newCellNode() error {
 // keeps the last leader until a member knows the next.
 func (d *GroupDaemon) leaderChanged(_ cell.Peer, ok bool) {
 	if rs := d.regs.Load(); rs != nil && ok {
+		rs.refreshNow()
+	}
+}
+
+// membersChanged registers the cell's groups again at once when a member
+// was added or removed: the listing's replicas follow the cell's
+// configuration, rather than lag until the next renewal.
+func (d *GroupDaemon) membersChanged([]cell.Peer) {
+	if rs := d.regs.Load(); rs != nil {
 		rs.refreshNow()
 	}
 }

@@ -525,7 +525,8 @@ func (r *Daemon) advertiseLoop() {
 // replaces, if any: a registration that names no leader (its member knows
 // of none: an election, or it is cut off from the others) keeps the leader
 // prev named, if that one is still a replica, rather than erase what
-// another member reported.
+// another member reported; and one by a member that does not lead keeps
+// prev's counts (members, and the highest last sequence number).
 func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error {
 	if len(req.Replicas) == 0 {
 		return nil
@@ -558,10 +559,19 @@ func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error 
 		}
 	}
 	l.entry.Replicas = rs
+	leads := false
 	for _, rp := range rs {
 		if rp.Leader {
 			l.entry.Addrs, l.entry.Fingerprint = []string{rp.Addr}, rp.Fingerprint
+			leads = rp.Fingerprint == key
 		}
+	}
+	if prev != nil && !leads {
+		// A member that does not lead may lag (a new member registers
+		// before it has copied the history): the counts listed are the
+		// leader's, and the last sequence number never goes back.
+		l.entry.Members = prev.entry.Members
+		l.entry.LastSeq = max(prev.entry.LastSeq, l.entry.LastSeq)
 	}
 	return nil
 }

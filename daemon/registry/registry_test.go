@@ -472,4 +472,31 @@ func TestRegistryCellReplicas(t *testing.T) {
 	check("replica 2 deregistered", -1)
 	peertest.Must(t, keys[0].Deregister(ctx, g))
 	check("the last holder deregistered", -2)
+
+	// The counts listed are the leader's: a lagging member's registration
+	// (a new one that has not copied the history yet) does not lower them.
+	counts := func(i, leader int, members, last uint64) (uint64, uint64) {
+		t.Helper()
+		rs := slices.Clone(replicas)
+		rs[leader].Leader = true
+		_, err := keys[i].Register(ctx, client.Registration{Group: g, Name: "lobby", Addrs: []string{replicas[i].Addr}, Replicas: rs, Members: members, LastSeq: last})
+		peertest.Must(t, err)
+		l, err := keys[0].List(ctx)
+		peertest.Must(t, err)
+		return l.Groups[0].Members, l.Groups[0].LastSeq
+	}
+	for _, c := range []struct {
+		who, leader          int
+		members, last        uint64
+		wantMembers, wantSeq uint64
+	}{
+		{0, 0, 3, 10, 3, 10},
+		{1, 0, 0, 0, 3, 10},  // lagging
+		{2, 0, 0, 12, 3, 12}, // ahead of the leader's last registration
+		{0, 0, 2, 12, 2, 12}, // the leader: a member left
+	} {
+		if m, seq := counts(c.who, c.leader, c.members, c.last); m != c.wantMembers || seq != c.wantSeq {
+			t.Fatalf("replica %d registered %d members, last %d: listed %d, %d; want %d, %d", c.who, c.members, c.last, m, seq, c.wantMembers, c.wantSeq)
+		}
+	}
 }

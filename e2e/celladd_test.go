@@ -1,0 +1,289 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// cellMemberJSON is a member in `huddle cell status --json`.
+type cellMemberJSON struct {
+	Addr          string `json:"addr"`
+	Fingerprint   string `json:"fingerprint"`
+	State         string `json:"state"`
+	Term          uint64 `json:"term"`
+	AppliedIndex  uint64 `json:"applied_index"`
+	CommitIndex   uint64 `json:"commit_index"`
+	LastIndex     uint64 `json:"last_index"`
+	LastContactMS int64  `json:"last_contact_ms"`
+	Lag           *int64 `json:"lag"`
+	Error         string `json:"error"`
+}
+
+// cellStatusJSON is `huddle cell status --json`.
+type cellStatusJSON struct {
+	Leader *struct{ Addr, Fingerprint string } `json:"leader"`
+	Asked  *struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+		Member      bool   `json:"member"`
+	} `json:"asked"`
+	Term    uint64           `json:"term"`
+	Members []cellMemberJSON `json:"members"`
+	Groups  []struct {
+		UUID    string `json:"uuid"`
+		Name    string `json:"name"`
+		Epoch   uint64 `json:"epoch"`
+		LastSeq uint64 `json:"last_seq"`
+		Members uint64 `json:"members"`
+	} `json:"groups"`
+}
+
+// TestCellAddRemoveCLI operates a cell through the CLI, with processes, as
+// README's walkthrough does: three members serve a group with history; a
+// fourth daemon started with --cell-join is added with `huddle cell add`
+// (run with a member's state directory as HUDDLE_HOME, beside the running
+// daemon); `huddle cell status` (text and --json) then shows four members,
+// the new one caught up (its applied index the leader's, lag 0), and the
+// new member serves the history sent before it joined. `huddle cell
+// remove` takes one member out; status shows three, and the cell goes on
+// taking sends.
+func TestCellAddRemoveCLI(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	members := make([]*cellMember, 4)
+	var peers []string
+	for i := range members {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members[i] = &cellMember{dir: dir, addr: freeUDPAddr(t), fp: id.Fingerprint()}
+		if i < 3 {
+			peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+members[i].addr)
+		}
+	}
+	for _, m := range members[:3] {
+		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
+			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
+		m.start(t)
+	}
+	group := cellGroupLine(t, members[0])
+
+	ann := newUser(t, "ann", reg.registry)
+	ann.join(t, "general")
+	var history []string
+	for i := range 5 {
+		body := fmt.Sprintf("before the fourth member %d", i)
+		ann.ok(t, "send", "general", body)
+		history = append(history, body)
+	}
+
+	// The fourth: started to join, with the members and itself as peers.
+	newcomer := members[3]
+	newcomer.args = append([]string{"--no-mdns", "--listen", newcomer.addr, "--registry", reg.registry, "--state-dir", newcomer.dir,
+		"--group", "general", "--cell-heartbeat", "300ms", "--cell-join",
+		"--cell-peer", newcomer.fp.String() + "@" + newcomer.addr}, peers...)
+	newcomer.start(t)
+	if !newcomer.p.stdout.waitFor(waitTimeout, func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "waiting") })
+	}) {
+		t.Fatalf("the joining daemon did not start\nstdout:\n%s\nstderr:\n%s", newcomer.p.stdout, tail(newcomer.p.stderr.Lines(), 40))
+	}
+
+	// The operator, on the first member's host: its key, from its state
+	// directory, while its daemon runs.
+	op := &user{name: "operator", home: members[0].dir, dir: t.TempDir(), registry: reg.registry}
+	out := op.ok(t, "cell", "add", "--server", members[1].addr, newcomer.fp.String()+"@"+newcomer.addr)
+	if !strings.Contains(out, newcomer.fp.String()+"@"+newcomer.addr) || strings.Count(out, "@") != 4 {
+		t.Fatalf("huddle cell add printed:\n%s\nwant the four members, the new one among them", out)
+	}
+	if got := cellGroupLine(t, newcomer); got != group {
+		t.Fatalf("the new member hosts group %s, want the cell's %s", got, group)
+	}
+
+	// Status, from any member: four, the new one caught up.
+	var st cellStatusJSON
+	if !eventually(waitTimeout, func() bool { return len(listedReplicas(t, ann, group)) == 4 }) {
+		t.Fatalf("huddle groups --json lists replicas %v, want the four members", listedReplicas(t, ann, group))
+	}
+	if !eventually(waitTimeout, func() bool {
+		st = cellStatus(t, op, members[0].addr)
+		if st.Leader == nil || len(st.Members) != 4 {
+			return false
+		}
+		for _, m := range st.Members {
+			if m.Error != "" || m.Lag == nil || *m.Lag != 0 {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("huddle cell status --json never showed four members caught up: %+v", st)
+	}
+	var leaderApplied, newApplied uint64
+	for _, m := range st.Members {
+		if m.State == "leader" {
+			leaderApplied = m.AppliedIndex
+		}
+		if m.Fingerprint == newcomer.fp.String() {
+			newApplied = m.AppliedIndex
+			if m.Addr != newcomer.addr || m.State != "follower" {
+				t.Fatalf("the new member in status: %+v", m)
+			}
+		}
+	}
+	if newApplied == 0 || newApplied != leaderApplied {
+		t.Fatalf("the new member applied %d, the leader %d", newApplied, leaderApplied)
+	}
+	if len(st.Groups) != 1 || st.Groups[0].UUID != group || st.Groups[0].LastSeq != uint64(len(history)) {
+		t.Fatalf("status groups %+v, want general (%s) with %d messages", st.Groups, group, len(history))
+	}
+	text := op.ok(t, "cell", "status", "--server", newcomer.addr)
+	if !strings.HasPrefix(text, "cell of 4 members; leader ") || !strings.Contains(text, newcomer.addr) {
+		t.Fatalf("huddle cell status (text) at the new member:\n%s", text)
+	}
+
+	// The new member serves the history sent before it joined, itself
+	// (no leader to follow: asked alone).
+	got := fetchFrom(t, ann, newcomer, group)
+	if !slices.Equal(got, history) {
+		t.Fatalf("the new member serves %q, want %q", got, history)
+	}
+
+	// Remove the third original member; the cell goes on with three.
+	gone := members[2]
+	out = op.ok(t, "cell", "remove", "--server", members[0].addr, gone.fp.String())
+	if strings.Contains(out, gone.fp.String()) || strings.Count(out, "@") != 3 {
+		t.Fatalf("huddle cell remove printed:\n%s\nwant the three members left", out)
+	}
+	if !eventually(waitTimeout, func() bool {
+		st = cellStatus(t, op, members[0].addr)
+		return st.Leader != nil && len(st.Members) == 3 && !slices.ContainsFunc(st.Members, func(m cellMemberJSON) bool {
+			return m.Fingerprint == gone.fp.String() || m.Error != ""
+		})
+	}) {
+		t.Fatalf("huddle cell status --json after the removal: %+v", st)
+	}
+	left := []string{members[0].addr, members[1].addr, newcomer.addr}
+	slices.Sort(left)
+	if !eventually(waitTimeout, func() bool { return slices.Equal(listedReplicas(t, ann, group), left) }) {
+		t.Fatalf("huddle groups --json still lists the removed member: %v", listedReplicas(t, ann, group))
+	}
+	// The removed daemon runs on; asked, it says it is no member.
+	if !gone.p.stderr.waitFor(waitTimeout, func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "this daemon was removed from the cell") })
+	}) {
+		t.Fatalf("the removed daemon did not say it was removed:\n%s", tail(gone.p.stderr.Lines(), 30))
+	}
+	text = op.ok(t, "cell", "status", "--server", gone.addr)
+	if !strings.HasPrefix(text, gone.fp.Short()+" at "+gone.addr+" is not a member of this cell") || !strings.Contains(text, "cell of 3 members") {
+		t.Fatalf("huddle cell status at the removed member:\n%s", text)
+	}
+	if st = cellStatus(t, op, gone.addr); st.Asked == nil || st.Asked.Member || st.Asked.Addr != gone.addr {
+		t.Fatalf("huddle cell status --json at the removed member: asked %+v", st.Asked)
+	}
+	ann.ok(t, "send", "general", "after the removal")
+	history = append(history, "after the removal")
+	if got := fetchFrom(t, ann, newcomer, group); !slices.Equal(got, history) {
+		t.Fatalf("after the removal the new member serves %q, want %q", got, history)
+	}
+}
+
+// cellGroupLine waits for m to print the line of the cell's group, and
+// returns its UUID.
+func cellGroupLine(t *testing.T, m *cellMember) string {
+	t.Helper()
+	var group string
+	if !m.p.stdout.waitFor(waitTimeout, func(lines []string) bool {
+		for _, l := range lines {
+			if g := groupLine.FindStringSubmatch(l); g != nil {
+				group = g[2]
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("%s never hosted the cell's group\nstdout:\n%s\nstderr:\n%s", m.addr, m.p.stdout, tail(m.p.stderr.Lines(), 40))
+	}
+	return group
+}
+
+// cellStatus runs huddle cell status --json at server.
+func cellStatus(t *testing.T, u *user, server string) cellStatusJSON {
+	t.Helper()
+	out := u.ok(t, "cell", "status", "--json", "--server", server)
+	var st cellStatusJSON
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		t.Fatalf("huddle cell status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// listedReplicas returns the addresses of the replicas `huddle groups
+// --json` lists for the cell's group, sorted.
+func listedReplicas(t *testing.T, u *user, group string) []string {
+	t.Helper()
+	var addrs []string
+	for _, line := range strings.Split(strings.TrimSpace(u.ok(t, "groups", "--json")), "\n") {
+		var g struct {
+			UUID     string `json:"uuid"`
+			Replicas []struct {
+				Addr string `json:"addr"`
+			} `json:"replicas"`
+		}
+		if err := json.Unmarshal([]byte(line), &g); err != nil {
+			t.Fatalf("huddle groups --json: %v: %s", err, line)
+		}
+		if g.UUID == group {
+			for _, r := range g.Replicas {
+				addrs = append(addrs, r.Addr)
+			}
+		}
+	}
+	slices.Sort(addrs)
+	return addrs
+}
+
+// fetchFrom fetches the group's bodies from m alone, as u (a member).
+func fetchFrom(t *testing.T, u *user, m *cellMember, group string) []string {
+	t.Helper()
+	key, err := identity.LoadOrCreate(u.home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{Identity: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	gid := uuid.MustParse(group)
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	var got []string
+	h, err := cl.Group(wire.GroupEntry{Group: gid, Name: "general", Addrs: []string{m.addr}, Fingerprint: m.fp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Fetch(ctx, client.Query{}, func(msg client.Message) bool {
+		got = append(got, string(msg.Body))
+		return true
+	}); err != nil {
+		t.Fatalf("fetch from %s: %v", m.addr, err)
+	}
+	return got
+}
