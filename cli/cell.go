@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -61,7 +62,11 @@ func runCell(ctx context.Context, env Env, args []string) int {
 	defer cancel()
 	switch sub {
 	case "status":
-		err = cellStatus(ctx, env, s.client, f.server, pin, f.json)
+		wait := min(f.timeout, cellMemberWait)
+		if fs.Changed("timeout") {
+			wait = f.timeout
+		}
+		err = cellStatus(ctx, env, s.client, f.server, pin, f.json, wait)
 	case "add":
 		p, perr := cell.ParsePeer(fs.Arg(0))
 		if perr != nil {
@@ -111,6 +116,15 @@ func (f *cellCommandFlags) register(fs *pflag.FlagSet) {
 	fs.Var(newDuration(&f.timeout, 10*time.Second, time.Millisecond, false), "timeout", "give up after this long")
 }
 
+// errNoAnswer is the cause of a member's wait running out.
+var errNoAnswer = errors.New("no answer")
+
+// explainedUnreachable is a server that did not answer, with what to do
+// about it already said: printed as it is (exit code ExitUnreachable).
+type explainedUnreachable struct{ msg string }
+
+func (e *explainedUnreachable) Error() string { return e.msg }
+
 // memberView is one member's status, or why it could not be had.
 type memberView struct {
 	replica wire.Replica
@@ -118,11 +132,29 @@ type memberView struct {
 	err     error
 }
 
+// cellMemberWait bounds how long huddle cell status waits for each member
+// (unless --timeout says otherwise): a cell's members share a LAN, where a
+// member that has not answered within it is down or cut off (raft gives up
+// on one after a few hundred milliseconds), and the status of the others
+// should not wait on it.
+const cellMemberWait = 2 * time.Second
+
 // cellStatus asks server for the cell's members, then each member for its
-// own view, and prints them: the lag of a member is how many raft entries
-// the leader applied that it has not.
-func cellStatus(ctx context.Context, env Env, c *client.Client, server string, pin wire.Fingerprint, asJSON bool) error {
-	first, err := c.CellStatus(ctx, server, pin)
+// own view, waiting for each at most wait, and prints them: the lag of a
+// member is how many raft entries the leader applied that it has not.
+func cellStatus(ctx context.Context, env Env, c *client.Client, server string, pin wire.Fingerprint, asJSON bool, wait time.Duration) error {
+	ask := func(addr string, pin wire.Fingerprint) (client.CellStatus, error) {
+		ctx, cancel := context.WithTimeoutCause(ctx, wait, errNoAnswer)
+		defer cancel()
+		start := time.Now()
+		st, err := c.CellStatus(ctx, addr, pin)
+		if err != nil && (errors.Is(context.Cause(ctx), errNoAnswer) || errors.Is(err, client.ErrUnreachable)) {
+			err = &explainedUnreachable{fmt.Sprintf("%s: no answer after %v: is it running, and reachable from here? (--timeout waits longer)",
+				addr, time.Since(start).Round(100*time.Millisecond))}
+		}
+		return st, err
+	}
+	first, err := ask(server, pin)
 	if err != nil {
 		return err
 	}
@@ -136,7 +168,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			continue
 		}
 		wg.Go(func() {
-			st, err := c.CellStatus(ctx, m.Addr, m.Fingerprint)
+			st, err := ask(m.Addr, m.Fingerprint)
 			if err != nil {
 				views[i].err = err
 				return
@@ -202,9 +234,11 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tADDRESS\tSTATE\tTERM\tAPPLIED\tLAG\tLAST CONTACT")
+	var unreachable []string
 	for _, v := range views {
 		if v.err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tunreachable: %s\t\t\t\t\n", v.replica.Fingerprint.Short(), v.replica.Addr, plainErr(v.err))
+			fmt.Fprintf(tw, "%s\t%s\tunreachable\t-\t-\t-\t-\n", v.replica.Fingerprint.Short(), v.replica.Addr)
+			unreachable = append(unreachable, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), plainErr(v.err)))
 			continue
 		}
 		st := v.status
@@ -225,6 +259,9 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(unreachable) > 0 {
+		fmt.Fprintf(env.Stdout, "unreachable:\n%s\n", strings.Join(unreachable, "\n"))
 	}
 	if leader != nil && len(leader.Groups) > 0 {
 		var names []string

@@ -39,7 +39,7 @@ func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
 	for _, s := range f.peers {
 		p, err := cell.ParsePeer(s)
 		if err != nil {
-			return fmt.Errorf("--cell-peer %q: want FINGERPRINT@HOST:PORT, the fingerprint as 'huddle id --state-dir DIR' prints a daemon's", s)
+			return fmt.Errorf("--cell-peer %q: want FINGERPRINT@HOST:PORT, the fingerprint as 'HUDDLE_HOME=STATE_DIR huddle id' prints a daemon's", s)
 		}
 		cc.Peers = append(cc.Peers, p)
 	}
@@ -50,10 +50,17 @@ func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
 // announceCell says where a member of a cell listens, then, once the cell
 // has created the groups (its first leader does, once a majority runs),
 // the groups, as announceGroups does; the wait ends with ctx.
-func announceCell(ctx context.Context, df *daemonFlags, d *daemon.GroupDaemon) {
+// A daemon that joins (--cell-join) waits to be added instead, and says how:
+// joinAs is its FINGERPRINT@HOST:PORT then, else empty.
+func announceCell(ctx context.Context, df *daemonFlags, d *daemon.GroupDaemon, joinAs string) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
-	df.say("  waiting for the cell to elect a leader and create the groups", "waiting for the cell")
+	if joinAs != "" {
+		df.say("  waiting to be added to the cell: on a member's host, HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER "+joinAs,
+			"waiting to be added to the cell", "peer", joinAs)
+	} else {
+		df.say("  waiting for the cell to elect a leader and create the groups", "waiting for the cell")
+	}
 	go func() {
 		select {
 		case <-d.CellGroups():

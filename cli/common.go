@@ -268,9 +268,12 @@ func explain(err error) (string, int) {
 	var we *wire.Error
 	var dns *net.DNSError
 	var nre *noRegistryError
+	var eu *explainedUnreachable
 	switch {
 	case errors.As(err, &ue):
 		return ue.msg, ExitUsage
+	case errors.As(err, &eu):
+		return eu.msg, ExitUnreachable
 	case errors.As(err, &ce):
 		return ce.Error(), ExitRefused
 	case errors.As(err, &mm):

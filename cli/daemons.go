@@ -546,7 +546,16 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	if cfg.Cell == nil {
 		announceGroups(&df, d)
 	} else {
-		announceCell(ctx, &df, d)
+		joinAs := ""
+		if cfg.Cell.Join {
+			joinAs = d.Fingerprint().String() + "@ADDR"
+			for _, p := range cfg.Cell.Peers {
+				if p.Fingerprint == d.Fingerprint() {
+					joinAs = p.String()
+				}
+			}
+		}
+		announceCell(ctx, &df, d, joinAs)
 	}
 	limitMemory(cfg.Logger, cfg.Memory())
 	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, d.Readiness)
