@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
@@ -286,4 +287,91 @@ func fetchFrom(t *testing.T, u *user, m *cellMember, group string) []string {
 		t.Fatalf("fetch from %s: %v", m.addr, err)
 	}
 	return got
+}
+
+// TestCellMetricsMatchStatus: each member's /metrics cell gauges say what
+// `huddle cell status --json` says of it: which member leads, its term,
+// its commit, applied and last indexes, how many members the cell has,
+// and a last contact of 0 on the leader alone. The gauges are compared
+// with a status taken before and after the scrape that agree (an election
+// between them would move the term).
+func TestCellMetricsMatchStatus(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	members := make([]*cellMember, 3)
+	var peers []string
+	for i := range members {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members[i] = &cellMember{dir: dir, addr: freeUDPAddr(t), fp: id.Fingerprint()}
+		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+members[i].addr)
+	}
+	metrics := make(map[string]string) // by member address
+	for _, m := range members {
+		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
+			"--group", "general", "--metrics", "127.0.0.1:0"}, peers...)
+		m.start(t)
+		metrics[m.addr] = metricsAddr(t, &daemon{proc: m.p, args: m.args})
+	}
+	cellGroupLine(t, members[0])
+	ann := newUser(t, "ann", reg.registry)
+	ann.join(t, "general")
+	ann.ok(t, "send", "general", "one")
+	ann.ok(t, "send", "general", "two")
+
+	agreed := eventually(waitTimeout, func() bool {
+		before := cellStatus(t, ann, members[0].addr)
+		fams := make(map[string]map[string]*dto.MetricFamily)
+		for _, m := range members {
+			fams[m.addr] = scrape(t, metrics[m.addr])
+		}
+		after := cellStatus(t, ann, members[0].addr)
+		if before.Leader == nil || len(before.Members) != 3 || !slices.Equal(statusKey(before), statusKey(after)) {
+			return false // an election, or entries applied meanwhile: again
+		}
+		for _, m := range before.Members {
+			f := fams[m.Addr]
+			want := map[string]float64{
+				"huddle_cell_term":          float64(m.Term),
+				"huddle_cell_commit_index":  float64(m.CommitIndex),
+				"huddle_cell_applied_index": float64(m.AppliedIndex),
+				"huddle_cell_last_index":    float64(m.LastIndex),
+				"huddle_cell_members":       3,
+				"huddle_cell_leader":        0,
+			}
+			if m.State == "leader" {
+				want["huddle_cell_leader"] = 1
+			}
+			for name, w := range want {
+				got, ok := sample(f, name)
+				if !ok {
+					t.Fatalf("%s: no %s in /metrics", m.Addr, name)
+				}
+				if got != w {
+					t.Fatalf("%s: %s is %v, huddle cell status says %v", m.Addr, name, got, w)
+				}
+			}
+			contact, ok := sample(f, "huddle_cell_last_contact_seconds")
+			if !ok || (m.State == "leader") != (contact == 0) || contact < 0 {
+				t.Fatalf("%s (%s): huddle_cell_last_contact_seconds %v (present %v)", m.Addr, m.State, contact, ok)
+			}
+		}
+		return true
+	})
+	if !agreed {
+		t.Fatal("no two status views in a row agreed before the deadline (the cell kept changing)")
+	}
+}
+
+// statusKey is what must not change between two status views for a
+// scrape between them to be compared with them.
+func statusKey(st cellStatusJSON) []string {
+	var k []string
+	for _, m := range st.Members {
+		k = append(k, fmt.Sprintf("%s %s %d %d %d %d %s", m.Addr, m.State, m.Term, m.CommitIndex, m.AppliedIndex, m.LastIndex, m.Error))
+	}
+	return k
 }
