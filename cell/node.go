@@ -482,6 +482,11 @@ func (n *Node) noteMembership(c raft.Configuration) {
 	}
 }
 
+// Member reports whether this daemon is in the cell's configuration as it
+// last saw it: false for a daemon waiting to be added (Join) and for one
+// removed from the cell.
+func (n *Node) Member() bool { return n.member.Load() }
+
 // leaderLoop follows this node's leadership: on becoming leader it runs a
 // barrier (so the groups' logs hold everything committed before), then
 // marks the node ready to stamp sends, and creates the configured groups

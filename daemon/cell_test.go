@@ -377,7 +377,8 @@ func TestCellRegistryListsLeader(t *testing.T) {
 // then hosts the group with every message sent before, identically, and
 // serves what is sent after. cell_remove takes a member out again.
 func TestCellAddMember(t *testing.T) {
-	members := startTestCell(t, 3, nil)
+	reg := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond}) // renewals every 200 ms
+	members := startTestCell(t, 3, func(cfg *GroupConfig) { cfg.Registries = []string{reg.Addr().String()} })
 	_, g := cellLeader(t, members)
 	key := newKey(t)
 	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
@@ -394,7 +395,7 @@ func TestCellAddMember(t *testing.T) {
 	peers := append([]cell.Peer(nil), members[0].cfg.Cell.Peers...)
 	peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
 	nd, _ := startGroupDaemon(t, GroupConfig{StateDir: dir, Listen: addr, Groups: []GroupSpec{{Name: "general"}},
-		Cell: &CellConfig{Peers: peers, Join: true}})
+		Cell: &CellConfig{Peers: peers, Join: true}, Registries: []string{reg.Addr().String()}})
 
 	// A member's key (the operator runs huddle cell add with a member's
 	// state directory), asking a member that may not lead.
@@ -445,6 +446,12 @@ func TestCellAddMember(t *testing.T) {
 	if len(got) != 3 || slices.ContainsFunc(got, func(r client.Replica) bool { return r.Fingerprint == newcomer.fp }) {
 		t.Fatalf("members after cell_remove: %+v", got)
 	}
+	// The removed daemon stops registering the group (the registry would
+	// refuse its key for it now): it lists nothing and is refused nothing.
+	eventually(t, "the removed daemon to stop registering the cell's group", func() bool {
+		rs := nd.Registrations()
+		return !nd.node.Member() && len(rs) == 1 && rs[0].Listed == 0 && len(rs[0].Refused) == 0 && rs[0].Err == nil
+	})
 }
 
 func ptrTo[T any](v T) *T { return &v }

@@ -483,6 +483,15 @@ func (r *registrar) refresh() error {
 func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
 	defer cancel()
+	if g.cell != nil && !g.cell.node.Member() {
+		// Removed from the cell: the group is the others' to list, and
+		// the registry would refuse this daemon's key for it.
+		delete(r.epochs, g.id)
+		r.mu.Lock()
+		delete(r.refused, g.id)
+		r.mu.Unlock()
+		return false, nil
+	}
 	members, last := uint64(g.memberCount()), g.log.Stats().Last
 	// A cell's group registers again at each renewal: the registration
 	// carries the cell's members and its leader, which change.
