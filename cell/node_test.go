@@ -213,6 +213,93 @@ func TestConcurrentSendsShareEntries(t *testing.T) {
 	c.sameLogs(g.ID, maxProposing+more-2)
 }
 
+// TestGatheredSendsAcrossLeaderStop: a leader that stops with entries in
+// flight and sends gathered for the next answers every sender (acked, or
+// unavailable or closed: none waits forever), and the senders' retries
+// with the same IDs on the next leader store each message exactly once,
+// an acked one with its original ack.
+func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
+	})
+	l := c.leader()
+	g := l.group("lobby")
+	gs := l.node.fsm.group(g.ID)
+	release := l.host.holdAppends()
+	defer release()
+	type result struct {
+		i   int
+		ack store.Ack
+		err error
+	}
+	results := make(chan result, 32)
+	send := func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		acks, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(i), From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil)
+		r := result{i: i, err: err}
+		if err == nil {
+			r.ack = acks[0]
+		}
+		results <- r
+	}
+	state := func() (proposing, open int) {
+		gs.propMu.Lock()
+		defer gs.propMu.Unlock()
+		if gs.prop.open != nil {
+			open = len(gs.prop.open.entries)
+		}
+		return gs.prop.proposing, open
+	}
+	waitFor := func(what string, ok func(proposing, open int) bool) {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for p, o := state(); !ok(p, o); p, o = state() {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s: %d entries in flight, %d messages gathered", what, p, o)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	const n = maxProposing + 18
+	for i := 0; i < maxProposing; i++ {
+		go send(i)
+	}
+	waitFor("the first entries in flight", func(p, _ int) bool { return p == maxProposing })
+	for i := maxProposing; i < n; i++ {
+		go send(i)
+	}
+	waitFor("the gathered entry", func(_, o int) bool { return o == n-maxProposing })
+	release()
+	l.stop()
+
+	first := make(map[int]result)
+	for k := 0; k < n; k++ {
+		select {
+		case r := <-results:
+			var nl *NotLeaderError
+			if r.err != nil && !errors.Is(r.err, ErrUnavailable) && !errors.Is(r.err, ErrClosed) && !errors.As(r.err, &nl) {
+				t.Fatalf("send %d on the stopping leader: %v", r.i, r.err)
+			}
+			first[r.i] = r
+		case <-time.After(waitTimeout):
+			t.Fatalf("%d of %d sends still unanswered after the leader stopped", n-k, n)
+		}
+	}
+	acked := 0
+	for i := 0; i < n; i++ {
+		acks := c.send(g.ID, alice, [][16]byte{newID(i)}, []string{"m" + strconv.Itoa(i)})
+		if r := first[i]; r.err == nil {
+			acked++
+			if a := acks[0]; !a.Duplicate || a.Seq != r.ack.Seq || a.Time != r.ack.Time {
+				t.Fatalf("send %d, acked %+v by the stopped leader, retried: %+v", i, r.ack, a)
+			}
+		}
+	}
+	t.Logf("%d of %d sends acked by the stopping leader; all %d retried on the next", acked, n, n)
+	c.sameLogs(g.ID, n)
+}
+
 // TestJoinLeave: joins and leaves are decided by the cell and applied on
 // every member; a join beyond the member limit is refused.
 func TestJoinLeave(t *testing.T) {
