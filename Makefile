@@ -120,6 +120,7 @@ jepsen:
 # processes and a registry) against the anchors' three-server JetStream
 # cluster, ABBA, and fetches from a follower and from the leader: issue
 # 20's targets 1, 2 and 4 (bin/bench-cell.txt). About 8 minutes.
+# PARTS=fetch FETCHREPS=4 make bench-cell: target 4 alone, LFFL four times.
 bench-cell:
 	@DUR=$(BENCHDUR) GO=$(GO) ./scripts/bench-cell.sh
 
