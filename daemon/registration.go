@@ -245,7 +245,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // registrar keeps the daemon's groups registered with one registry: it
-// registers every group, renews the leases every third of their TTL,
+// registers every group, renews the leases every third of their TTL (from
+// the start of one pass over the groups to the start of the next),
 // registers again at once when the registry restarted (epoch mismatch) or
 // forgot a lease (not found), retries failures with capped backoff, and
 // deregisters every group when the daemon closes.
@@ -385,6 +386,7 @@ func (r *registrar) run() {
 		case <-timer.C:
 		case <-r.now:
 		}
+		start := time.Now()
 		if err := r.refresh(); err != nil {
 			if r.ctx.Err() != nil {
 				continue // closing: the select above deregisters
@@ -395,9 +397,16 @@ func (r *registrar) run() {
 		}
 		r.succeeded()
 		d.registered.Store(r.rs.someListsAll())
-		delay, backoff = r.renewEvery(), retryMin
+		delay, backoff = renewDelay(r.renewEvery(), time.Since(start)), retryMin
 	}
 }
+
+// renewDelay is the wait before the next pass after one that took took:
+// passes begin every third of the TTL, one start to the next. Waiting a
+// third after each pass ended instead stretched the time between a
+// lease's renewals, as the registry sees them, by the pass's length (its
+// round trips, one per group): with a 3 s lease at load 26, past the TTL.
+func renewDelay(every, took time.Duration) time.Duration { return max(every-took, 0) }
 
 func (r *registrar) renewEvery() time.Duration {
 	if r.ttl <= 0 {

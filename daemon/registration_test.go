@@ -386,3 +386,21 @@ func TestRegistrationKeyChange(t *testing.T) {
 		})
 	}
 }
+
+// TestRenewDelay checks that passes of renewals begin every third of the
+// TTL, one start to the next: a pass's length (its round trips, one per
+// group, slow under load) is not added to the time between a lease's
+// renewals. (TestLANRegistries saw leases of 3 s lapse at load 26, with
+// renewals 1 s after the previous pass ended and passes of up to 1.4 s.)
+func TestRenewDelay(t *testing.T) {
+	for _, tc := range []struct{ every, took, want time.Duration }{
+		{time.Second, 0, time.Second},
+		{time.Second, 400 * time.Millisecond, 600 * time.Millisecond},
+		{time.Second, time.Second, 0},
+		{time.Second, 1400 * time.Millisecond, 0}, // late already: at once
+	} {
+		if got := renewDelay(tc.every, tc.took); got != tc.want {
+			t.Errorf("renewDelay(%v, %v) = %v, want %v", tc.every, tc.took, got, tc.want)
+		}
+	}
+}
