@@ -46,23 +46,22 @@ var importRules = map[string][]string{
 	// The registry daemon: never the group daemon.
 	"daemon/registry": {"wire", "identity", "store", "cell", "metrics", "discovery",
 		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
-	// daemon is today the group daemon; issue 18's split moves it to a
-	// package of its own.
-	"daemon": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
+	// The group daemon: never the registry.
+	"daemon/groupd": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
 		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"loadgen": {"wire", "identity", "client"},
 	"web":     {"wire", "identity", "client"},
 	"cli": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
+		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
 	"": {"cli", "wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
+		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
 	"internal/soak": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
-		"daemon", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
+		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"internal/testbin":  nil,
 	"internal/testdisk": nil,
 	"internal/faults":   nil,
@@ -75,11 +74,13 @@ var importRules = map[string][]string{
 var neverImports = [][2]string{
 	{"store", "wire"},
 	{"wire", "store"},
-	{"client", "daemon"},
-	{"daemon/server", "daemon"},
+	{"client", "daemon/groupd"},
+	{"client", "daemon/registry"},
+	{"client", "daemon/server"},
+	{"daemon/server", "daemon/groupd"},
 	{"daemon/server", "daemon/registry"},
-	{"daemon/registry", "daemon"},
-	{"daemon", "daemon/registry"},
+	{"daemon/registry", "daemon/groupd"},
+	{"daemon/groupd", "daemon/registry"},
 	{"", "daemon/internal/peertest"},
 	{"cli", "internal/soak"},
 	{"", "internal/udpproxy"},
@@ -154,16 +155,16 @@ func name(pkg string) string {
 }
 
 // daemonPackages are the packages whose daemons the CLI starts.
-var daemonPackages = []string{"daemon", "daemon/registry", "daemon/server"}
+var daemonPackages = []string{"daemon/groupd", "daemon/registry", "daemon/server"}
 
 // daemonAPI is what code outside the daemons may name in their packages:
 // constructors, their configurations (and the types inside them), the
-// daemons' own types (to hold one and call its methods: GroupDaemon,
-// and the registry's Daemon), the memory budget
+// daemons' own types (to hold one and call its methods: each package's
+// Daemon), the memory budget
 // a configuration adds up to (Memory, which the CLI turns into the process's
 // soft memory limit), and the constants and errors configurations are
 // documented with.
-var daemonAPI = regexp.MustCompile(`^(New|New[A-Z]\w*|\w*Config|\w*Spec|Daemon|GroupDaemon|Memory|Default\w+|Max\w+|Min\w+|Err\w+)$`)
+var daemonAPI = regexp.MustCompile(`^(New|New[A-Z]\w*|\w*Config|\w*Spec|Daemon|Memory|Default\w+|Max\w+|Min\w+|Err\w+)$`)
 
 // TestCLIUsesDaemonsThroughConfigs: the CLI starts daemons and does not
 // reach into them: every name it uses from a daemon package is a

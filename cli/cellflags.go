@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/huddle-chat/huddle/cell"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 )
 
 // cellFlags make huddle serve a member of a cell that replicates its
@@ -28,14 +28,14 @@ func (f *cellFlags) register(fs *pflag.FlagSet) {
 }
 
 // apply fills cfg.Cell if any cell flag was given.
-func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
+func (f *cellFlags) apply(cfg *groupd.Config) error {
 	if len(f.peers) == 0 {
 		if f.join || f.dir != "" {
 			return fmt.Errorf("--cell-join and --cell-dir need the cell's members: --cell-peer FINGERPRINT@HOST:PORT")
 		}
 		return nil
 	}
-	cc := &daemon.CellConfig{Join: f.join, Dir: f.dir, HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.heartbeat}
+	cc := &groupd.CellConfig{Join: f.join, Dir: f.dir, HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.heartbeat}
 	for _, s := range f.peers {
 		p, err := cell.ParsePeer(s)
 		if err != nil {
@@ -52,7 +52,7 @@ func (f *cellFlags) apply(cfg *daemon.GroupConfig) error {
 // the groups, as announceGroups does; the wait ends with ctx.
 // A daemon that joins (--cell-join) waits to be added instead, and says how:
 // joinAs is its FINGERPRINT@HOST:PORT then, else empty.
-func announceCell(ctx context.Context, df *daemonFlags, d *daemon.GroupDaemon, joinAs string) {
+func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs string) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	if joinAs != "" {

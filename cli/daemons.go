@@ -21,7 +21,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/metrics"
@@ -400,8 +400,8 @@ func (f *storageFlags) args() []string {
 	return []string{"--storage", f.kind.v, "--fsync", f.fsync.v, "--fsync-interval", f.interval.String()}
 }
 
-func (f *storageFlags) apply(cfg *daemon.StorageConfig) {
-	*cfg = daemon.StorageConfig{Memory: f.kind.v == "memory", DataDir: f.dataDir,
+func (f *storageFlags) apply(cfg *groupd.StorageConfig) {
+	*cfg = groupd.StorageConfig{Memory: f.kind.v == "memory", DataDir: f.dataDir,
 		Fsync: store.FsyncPolicy{Always: f.fsync.v == "always", Interval: f.interval}}
 }
 
@@ -411,19 +411,19 @@ func (f *groupFlags) register(fs *pflag.FlagSet, defaultGroups []string) {
 	fs.Var(newCount(&f.maxMsgs, 0, 0, math.MaxInt), "max-msgs", "keep at most this many messages per group (default 1000000)")
 	fs.Var(newSize(&f.maxBytes, 0, 1, 1<<50, true), "max-bytes", "keep at most this many bytes of messages per group, e.g. 64MiB (default 256MiB)")
 	fs.Var(newDuration(&f.maxAge, 0, time.Millisecond, true), "max-age", "drop messages older than this (default: keep regardless of age)")
-	fs.Var(newSize(&f.maxMessage, 0, 1, daemon.MaxMessageBytesLimit, true), "max-message", fmt.Sprintf("largest message accepted, e.g. 16KiB (default 64KiB, at most %s: a message and its envelope fit in one 1MiB frame)", sizeText(daemon.MaxMessageBytesLimit)))
-	fs.Var(newCount(&f.maxBatch, daemon.DefaultMaxBatch, 1, wire.MaxBatch), "max-batch", fmt.Sprintf("most messages one send may carry (at most %d)", wire.MaxBatch))
-	fs.Var(newCount(&f.maxMembers, daemon.DefaultMaxMembers, 1, daemon.DefaultMaxMembers), "max-members", fmt.Sprintf("most members a group may have (at most %d)", daemon.DefaultMaxMembers))
-	fs.Var(newCount(&f.fetchPage, daemon.DefaultFetchPage, 1, math.MaxInt32), "fetch-page", "most messages one fetch returns")
-	fs.Var(newRate(&f.sendRate, daemon.DefaultSendRate), "send-rate", "messages a second each member may send, sustained (0: unlimited)")
-	fs.Var(newCount(&f.sendBurst, daemon.DefaultSendBurst, 1, math.MaxInt32), "send-burst", "messages each member may send at once after being idle (at least --max-batch)")
+	fs.Var(newSize(&f.maxMessage, 0, 1, groupd.MaxMessageBytesLimit, true), "max-message", fmt.Sprintf("largest message accepted, e.g. 16KiB (default 64KiB, at most %s: a message and its envelope fit in one 1MiB frame)", sizeText(groupd.MaxMessageBytesLimit)))
+	fs.Var(newCount(&f.maxBatch, groupd.DefaultMaxBatch, 1, wire.MaxBatch), "max-batch", fmt.Sprintf("most messages one send may carry (at most %d)", wire.MaxBatch))
+	fs.Var(newCount(&f.maxMembers, groupd.DefaultMaxMembers, 1, groupd.DefaultMaxMembers), "max-members", fmt.Sprintf("most members a group may have (at most %d)", groupd.DefaultMaxMembers))
+	fs.Var(newCount(&f.fetchPage, groupd.DefaultFetchPage, 1, math.MaxInt32), "fetch-page", "most messages one fetch returns")
+	fs.Var(newRate(&f.sendRate, groupd.DefaultSendRate), "send-rate", "messages a second each member may send, sustained (0: unlimited)")
+	fs.Var(newCount(&f.sendBurst, groupd.DefaultSendBurst, 1, math.MaxInt32), "send-burst", "messages each member may send at once after being idle (at least --max-batch)")
 	fs.BoolVar(&f.newIdentity, "new-identity", false, "create a key in a --state-dir that holds members but lost its key.pem (the daemon's fingerprint changes)")
 	f.storage.register(fs)
 	f.server.register(fs)
 }
 
 // apply fills the group parts of cfg.
-func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
+func (f *groupFlags) apply(env Env, cfg *groupd.Config) error {
 	secrets := make(map[string][]byte)
 	for _, sf := range f.secretFiles {
 		name, file, ok := strings.Cut(sf, "=")
@@ -444,7 +444,7 @@ func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
 		secrets[name] = b
 	}
 	for _, g := range f.groups {
-		cfg.Groups = append(cfg.Groups, daemon.GroupSpec{Name: g, Secret: secrets[g]})
+		cfg.Groups = append(cfg.Groups, groupd.Spec{Name: g, Secret: secrets[g]})
 		delete(secrets, g)
 	}
 	for name := range secrets {
@@ -455,9 +455,9 @@ func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
 	if f.sendRate > 0 && f.sendBurst < f.maxBatch {
 		return fmt.Errorf("--send-burst %d is below --max-batch %d: a full batch could never be sent", f.sendBurst, f.maxBatch)
 	}
-	msg, overhead := f.maxMessage, int64(wire.MaxFrameSize-daemon.MaxMessageBytesLimit)
+	msg, overhead := f.maxMessage, int64(wire.MaxFrameSize-groupd.MaxMessageBytesLimit)
 	if msg == 0 {
-		msg = daemon.DefaultMaxMessageBytes
+		msg = groupd.DefaultMaxMessageBytes
 	}
 	if msg > f.server.maxFrame-overhead {
 		return fmt.Errorf("--max-message %s does not fit in a request of --max-frame %s with its envelope (%d bytes): raise --max-frame or lower --max-message",
@@ -481,7 +481,7 @@ func (f *groupFlags) apply(env Env, cfg *daemon.GroupConfig) error {
 func runServe(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
 	var gf groupFlags
-	var cfg daemon.GroupConfig
+	var cfg groupd.Config
 	var registries registryAddrsValue
 	var registryPins []string
 	var cf cellFlags
@@ -535,7 +535,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	}
 	cfg.Logger = df.logger(env)
 	cfg.Metrics = df.metrics()
-	d, err := daemon.NewGroupDaemon(cfg)
+	d, err := groupd.New(cfg)
 	if err != nil {
 		return fail(env, "serve", err)
 	}
@@ -571,7 +571,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	var df daemonFlags
 	var gf groupFlags
 	var rcfg registry.Config
-	var gcfg daemon.GroupConfig
+	var gcfg groupd.Config
 	fs := newFlags(env, "up", "[--listen ADDR] [--daemon-listen ADDR] [--group NAME]... [--state-dir DIR]",
 		"Run a registry and a group daemon in one process: everything a LAN or a single machine needs.\nThe group daemon listens on the registry's port + 1 unless --daemon-listen says otherwise.\nFlags can also be set from the environment (HUDDLE_LISTEN...).",
 		"  huddle up\n  huddle up --group lobby --group random --listen :7373")
@@ -638,7 +638,7 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	// listens already, in this process.
 	gcfg.Registries = []string{dialable(r.Addr())}
 	gcfg.Discover, gcfg.Interfaces = !mf.off, mf.ifaces
-	d, err := daemon.NewGroupDaemon(gcfg)
+	d, err := groupd.New(gcfg)
 	if err != nil {
 		return fail(env, "up", err)
 	}
@@ -692,7 +692,7 @@ func limitMemory(log *slog.Logger, m server.Memory) {
 
 // announceGroups says, once listening, where a group daemon is and what it
 // hosts, in lines a person can paste into a client.
-func announceGroups(df *daemonFlags, d *daemon.GroupDaemon) {
+func announceGroups(df *daemonFlags, d *groupd.Daemon) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	for _, g := range d.Groups() {

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/identity"
 )
 
@@ -71,7 +71,7 @@ func TestBatchedSendsGetTheirOwnAcks(t *testing.T) {
 		{"unbatched", client.Config{NoBatching: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _, _ := setup(t, daemon.GroupConfig{MaxBatch: 8})
+			r, _, _ := setup(t, groupd.Config{MaxBatch: 8})
 			ctx := testCtx(t)
 			c := newClientWith(t, tc.cfg)
 			g := openGroup(t, c, r.Addr().String(), "lobby")
@@ -112,7 +112,7 @@ func TestBatchedSendsGetTheirOwnAcks(t *testing.T) {
 }
 
 func TestBatchedSendErrorsArePerCaller(t *testing.T) {
-	r, _, _ := setup(t, daemon.GroupConfig{MaxMessageBytes: 100})
+	r, _, _ := setup(t, groupd.Config{MaxMessageBytes: 100})
 	ctx := testCtx(t)
 	c := newClientWith(t, client.Config{BatchLinger: 5 * time.Millisecond})
 	g := openGroup(t, c, r.Addr().String(), "lobby")
@@ -154,7 +154,7 @@ func TestBatchedSendErrorsArePerCaller(t *testing.T) {
 }
 
 func TestBatchedSendCancelledCallerWithdraws(t *testing.T) {
-	r, _, _ := setup(t, daemon.GroupConfig{})
+	r, _, _ := setup(t, groupd.Config{})
 	ctx := testCtx(t)
 	// A long linger keeps the second wave queued behind the first.
 	c := newClientWith(t, client.Config{BatchLinger: time.Hour})
@@ -183,7 +183,7 @@ func TestBatchedSendCancelledCallerWithdraws(t *testing.T) {
 }
 
 func TestBatchedSendAfterClose(t *testing.T) {
-	r, _, _ := setup(t, daemon.GroupConfig{})
+	r, _, _ := setup(t, groupd.Config{})
 	ctx := testCtx(t)
 	c := newClientWith(t, client.Config{})
 	g := openGroup(t, c, r.Addr().String(), "lobby")
@@ -223,7 +223,7 @@ func TestSendsBeyondTheFlowControlWindow(t *testing.T) {
 		{"unbatched", client.Config{NoBatching: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _, _ := setup(t, daemon.GroupConfig{SendRate: -1})
+			r, _, _ := setup(t, groupd.Config{SendRate: -1})
 			ctx := testCtx(t)
 			c := newClientWith(t, tc.cfg)
 			g := openGroup(t, c, r.Addr().String(), "lobby")

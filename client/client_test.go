@@ -14,7 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/udpproxy"
@@ -37,8 +37,8 @@ func testCtx(t *testing.T) context.Context {
 // env is a registry and a group daemon on loopback.
 type env struct {
 	reg    *registry.Daemon
-	gd     *daemon.GroupDaemon
-	gdCfg  daemon.GroupConfig
+	gd     *groupd.Daemon
+	gdCfg  groupd.Config
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -61,12 +61,12 @@ func startRegistry(t *testing.T, dir string) *registry.Daemon {
 
 // startGroups starts a group daemon for cfg (Listen, StateDir and Registry
 // filled in if empty) and returns it with a stop function.
-func startGroups(t *testing.T, cfg daemon.GroupConfig) (*daemon.GroupDaemon, func()) {
+func startGroups(t *testing.T, cfg groupd.Config) (*groupd.Daemon, func()) {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	d, err := daemon.NewGroupDaemon(cfg)
+	d, err := groupd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,14 +127,14 @@ func openGroup(t *testing.T, c *client.Client, regAddr string, name string) *cli
 	}
 }
 
-func setup(t *testing.T, cfg daemon.GroupConfig) (*registry.Daemon, *daemon.GroupDaemon, func()) {
+func setup(t *testing.T, cfg groupd.Config) (*registry.Daemon, *groupd.Daemon, func()) {
 	t.Helper()
 	r := startRegistry(t, t.TempDir())
 	if cfg.StateDir == "" {
 		cfg.StateDir = t.TempDir()
 	}
 	if len(cfg.Groups) == 0 {
-		cfg.Groups = []daemon.GroupSpec{{Name: "lobby"}}
+		cfg.Groups = []groupd.Spec{{Name: "lobby"}}
 	}
 	cfg.Registries = []string{r.Addr().String()}
 	cfg.RegistryFingerprints = []wire.Fingerprint{r.Fingerprint()}
@@ -143,7 +143,7 @@ func setup(t *testing.T, cfg daemon.GroupConfig) (*registry.Daemon, *daemon.Grou
 }
 
 func TestGroupOperations(t *testing.T) {
-	r, _, _ := setup(t, daemon.GroupConfig{MaxMessageBytes: 100, FetchPage: 7})
+	r, _, _ := setup(t, groupd.Config{MaxMessageBytes: 100, FetchPage: 7})
 	ctx := testCtx(t)
 	alice, bob := newClient(t), newClient(t)
 	ga := openGroup(t, alice, r.Addr().String(), "lobby")
@@ -249,7 +249,7 @@ func TestGroupOperations(t *testing.T) {
 // TestSendIsIdempotent sends the same message IDs twice: the second send
 // gets the original acknowledgements, marked duplicate.
 func TestSendIsIdempotent(t *testing.T) {
-	r, _, _ := setup(t, daemon.GroupConfig{})
+	r, _, _ := setup(t, groupd.Config{})
 	ctx := testCtx(t)
 	g := openGroup(t, newClient(t), r.Addr().String(), "lobby")
 	if _, err := g.Join(ctx, "a", nil); err != nil {
@@ -328,8 +328,8 @@ func TestWatchResumesAcrossRestart(t *testing.T) {
 
 func testWatchResumesAcrossRestart(t *testing.T, memory bool) {
 	stateDir := t.TempDir()
-	storage := daemon.StorageConfig{Memory: memory}
-	r, d, stop := setup(t, daemon.GroupConfig{StateDir: stateDir, HeartbeatInterval: 200 * time.Millisecond, Storage: storage})
+	storage := groupd.StorageConfig{Memory: memory}
+	r, d, stop := setup(t, groupd.Config{StateDir: stateDir, HeartbeatInterval: 200 * time.Millisecond, Storage: storage})
 	ctx := testCtx(t)
 	watcher, sender := newClient(t), newClient(t)
 	gw := openGroup(t, watcher, r.Addr().String(), "lobby")
@@ -383,7 +383,7 @@ func testWatchResumesAcrossRestart(t *testing.T, memory bool) {
 	// Restart the daemon on the same address with the same state.
 	addr := d.Addr().String()
 	stop()
-	cfg := daemon.GroupConfig{StateDir: stateDir, Listen: addr, Groups: []daemon.GroupSpec{{Name: "lobby"}},
+	cfg := groupd.Config{StateDir: stateDir, Listen: addr, Groups: []groupd.Spec{{Name: "lobby"}},
 		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}, HeartbeatInterval: 200 * time.Millisecond,
 		Storage: storage}
 	startGroups(t, cfg)
@@ -432,7 +432,7 @@ func testWatchResumesAcrossRestart(t *testing.T, memory bool) {
 // its history part and its live part meet.
 func TestWatchSeam(t *testing.T) {
 	const senders, each, watchers = 4, 60, 6
-	r, _, _ := setup(t, daemon.GroupConfig{HeartbeatInterval: time.Hour})
+	r, _, _ := setup(t, groupd.Config{HeartbeatInterval: time.Hour})
 	ctx := testCtx(t)
 	total := uint64(senders * each)
 
@@ -492,7 +492,7 @@ func TestWatchSeam(t *testing.T) {
 // packet dropped), sends meanwhile, and restores it: the watch notices the
 // silence, reconnects when it can, and delivers every message exactly once.
 func TestWatchSurvivesCutPath(t *testing.T) {
-	r, d, _ := setup(t, daemon.GroupConfig{HeartbeatInterval: 100 * time.Millisecond})
+	r, d, _ := setup(t, groupd.Config{HeartbeatInterval: 100 * time.Millisecond})
 	ctx := testCtx(t)
 	proxy, err := udpproxy.New(d.Addr().String())
 	if err != nil {
@@ -588,7 +588,7 @@ func TestWatchSurvivesCutPath(t *testing.T) {
 func TestQLOGDIR(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("QLOGDIR", dir)
-	r, _, _ := setup(t, daemon.GroupConfig{})
+	r, _, _ := setup(t, groupd.Config{})
 	c := newClient(t)
 	g := openGroup(t, c, r.Addr().String(), "lobby")
 	if _, err := g.Info(testCtx(t)); err != nil {
@@ -607,7 +607,7 @@ func TestQLOGDIR(t *testing.T) {
 // and EventLive again once it has resumed, delivering what was sent
 // meanwhile once. Without Status none of these are yielded.
 func TestWatchStatus(t *testing.T) {
-	r, d, _ := setup(t, daemon.GroupConfig{HeartbeatInterval: 100 * time.Millisecond})
+	r, d, _ := setup(t, groupd.Config{HeartbeatInterval: 100 * time.Millisecond})
 	ctx := testCtx(t)
 	proxy, err := udpproxy.New(d.Addr().String())
 	if err != nil {
@@ -706,7 +706,7 @@ func TestWatchStatus(t *testing.T) {
 // client's clock is frozen and then moved on, so no timing is assumed.
 func TestStoppedServerNotDialledAtOnce(t *testing.T) {
 	stateDir := t.TempDir()
-	d, stop := startGroups(t, daemon.GroupConfig{StateDir: stateDir, Groups: []daemon.GroupSpec{{Name: "lobby"}}})
+	d, stop := startGroups(t, groupd.Config{StateDir: stateDir, Groups: []groupd.Spec{{Name: "lobby"}}})
 	addr := d.Addr().String()
 	entry := wire.GroupEntry{Group: d.Groups()[0].ID, Name: "lobby", Addrs: []string{addr}, Fingerprint: d.Fingerprint()}
 	c := newClient(t)
@@ -727,7 +727,7 @@ func TestStoppedServerNotDialledAtOnce(t *testing.T) {
 			t.Fatalf("call %d after the daemon stopped: %v, want it shutting down", i, err)
 		}
 	}
-	startGroups(t, daemon.GroupConfig{StateDir: stateDir, Listen: addr, Groups: []daemon.GroupSpec{{Name: "lobby"}}})
+	startGroups(t, groupd.Config{StateDir: stateDir, Listen: addr, Groups: []groupd.Spec{{Name: "lobby"}}})
 	now.Add(int64(2 * time.Second))
 	if _, err := g.Info(ctx); err != nil {
 		t.Fatalf("a call once the daemon is back: %v", err)

@@ -5,14 +5,14 @@ import (
 	"testing"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 // directGroup opens the first group of d by its address and key, without a
 // registry.
-func directGroup(t *testing.T, c *client.Client, d *daemon.GroupDaemon) *client.Group {
+func directGroup(t *testing.T, c *client.Client, d *groupd.Daemon) *client.Group {
 	t.Helper()
 	h := d.Groups()[0]
 	g, err := c.Group(wire.GroupEntry{Group: h.ID, Name: h.Name, Addrs: []string{d.Addr().String()}, Fingerprint: d.Fingerprint()})
@@ -29,9 +29,9 @@ func directGroup(t *testing.T, c *client.Client, d *daemon.GroupDaemon) *client.
 // learns its send was too large, not that the stream broke.
 func TestRequestOverTheFrameLimit(t *testing.T) {
 	const frameLimit = 8 << 10
-	d, _ := startGroups(t, daemon.GroupConfig{
+	d, _ := startGroups(t, groupd.Config{
 		StateDir:        t.TempDir(),
-		Groups:          []daemon.GroupSpec{{Name: "lobby"}},
+		Groups:          []groupd.Spec{{Name: "lobby"}},
 		MaxMessageBytes: 1024,
 		Server:          server.Config{MaxRequestBytes: frameLimit},
 	})
@@ -59,9 +59,9 @@ func TestRequestOverTheFrameLimit(t *testing.T) {
 // failing them (PROTOCOL.md §3): every one completes.
 func TestOperationsQueueAtTheStreamLimit(t *testing.T) {
 	const limit, ops = 2, 64
-	d, _ := startGroups(t, daemon.GroupConfig{
+	d, _ := startGroups(t, groupd.Config{
 		StateDir: t.TempDir(),
-		Groups:   []daemon.GroupSpec{{Name: "lobby"}},
+		Groups:   []groupd.Spec{{Name: "lobby"}},
 		Server:   server.Config{MaxIncomingStreams: limit},
 	})
 	g := directGroup(t, newClient(t), d)

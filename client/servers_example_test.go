@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 )
@@ -22,24 +22,24 @@ import (
 // both, and returns the registry's address and a function that stops
 // everything and removes its state.
 func exampleServers() (registryAddr string, stop func()) {
-	addrs, stop := startExampleServers(daemon.GroupConfig{}, 1)
+	addrs, stop := startExampleServers(groupd.Config{}, 1)
 	return addrs[0], stop
 }
 
 // exampleTwoRegistries is exampleServers with two registries, the daemon
 // registered with both.
 func exampleTwoRegistries() (registryAddrs []string, stop func()) {
-	return startExampleServers(daemon.GroupConfig{}, 2)
+	return startExampleServers(groupd.Config{}, 2)
 }
 
 // exampleRateLimitedServers is exampleServers with each member limited to
 // one message a second, in bursts of two.
 func exampleRateLimitedServers() (registryAddr string, stop func()) {
-	addrs, stop := startExampleServers(daemon.GroupConfig{SendRate: 1, SendBurst: 2, MaxBatch: 2}, 1)
+	addrs, stop := startExampleServers(groupd.Config{SendRate: 1, SendBurst: 2, MaxBatch: 2}, 1)
 	return addrs[0], stop
 }
 
-func startExampleServers(gcfg daemon.GroupConfig, registries int) ([]string, func()) {
+func startExampleServers(gcfg groupd.Config, registries int) ([]string, func()) {
 	dir, err := os.MkdirTemp("", "huddle-example")
 	if err != nil {
 		log.Fatal(err)
@@ -74,10 +74,10 @@ func startExampleServers(gcfg daemon.GroupConfig, registries int) ([]string, fun
 		gcfg.Registries = append(gcfg.Registries, reg.Addr().String())
 	}
 	gcfg.Listen, gcfg.StateDir = "127.0.0.1:0", dir+"/daemon"
-	gcfg.Groups = []daemon.GroupSpec{{Name: "lobby"}, {Name: "ops", Secret: []byte("hunter2")}}
+	gcfg.Groups = []groupd.Spec{{Name: "lobby"}, {Name: "ops", Secret: []byte("hunter2")}}
 	gcfg.Storage.Memory = true
 	gcfg.MaxMessageBytes = 4096
-	gd, err := daemon.NewGroupDaemon(gcfg)
+	gd, err := groupd.New(gcfg)
 	if err != nil {
 		log.Fatal(err)
 	}

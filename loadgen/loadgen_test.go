@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/huddle-chat/huddle/cell"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/loadgen"
@@ -32,10 +32,10 @@ func startDaemons(t *testing.T) string {
 	if err := r.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	g, err := daemon.NewGroupDaemon(daemon.GroupConfig{
+	g, err := groupd.New(groupd.Config{
 		Listen:               "127.0.0.1:0",
 		StateDir:             t.TempDir(),
-		Groups:               []daemon.GroupSpec{{Name: "bench"}},
+		Groups:               []groupd.Spec{{Name: "bench"}},
 		Registries:           []string{r.Addr().String()},
 		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
 		SendRate:             -1, // unlimited
@@ -137,14 +137,14 @@ func startCell(t *testing.T) string {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	wg.Go(func() { r.Serve(ctx) })
 	for i, p := range peers {
-		g, err := daemon.NewGroupDaemon(daemon.GroupConfig{
+		g, err := groupd.New(groupd.Config{
 			Listen:               p.Addr,
 			StateDir:             dirs[i],
-			Groups:               []daemon.GroupSpec{{Name: "bench"}},
+			Groups:               []groupd.Spec{{Name: "bench"}},
 			Registries:           []string{r.Addr().String()},
 			RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
 			SendRate:             -1, // unlimited
-			Cell:                 &daemon.CellConfig{Peers: peers},
+			Cell:                 &groupd.CellConfig{Peers: peers},
 		})
 		if err != nil {
 			t.Fatal(err)

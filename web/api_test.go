@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 )
 
 type pageReply struct {
@@ -32,7 +32,7 @@ func seqsOf(ms []messageJSON) []uint64 {
 // with the right HTTP status.
 func TestAPIConversation(t *testing.T) {
 	r := startRegistry(t)
-	startGroups(t, r, daemon.GroupConfig{MaxMessageBytes: 1000, SendRate: 5, SendBurst: 30, MaxBatch: 30})
+	startGroups(t, r, groupd.Config{MaxMessageBytes: 1000, SendRate: 5, SendBurst: 30, MaxBatch: 30})
 	c := newClient(t)
 	a := newAPI(t, startWeb(t, c, r.Addr().String()))
 	id := a.groupID("lobby")

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 )
 
 // waitGroups reads groups events until ok holds for one's list.
@@ -51,8 +51,8 @@ func names(l listJSON) map[string]groupJSON {
 // leaves the list once its lease is gone.
 func TestDirectoryEveryRegistry(t *testing.T) {
 	r1, r2 := startRegistry(t), startRegistry(t)
-	startGroups(t, r1, daemon.GroupConfig{Groups: []daemon.GroupSpec{{Name: "lobby"}}})
-	startGroups(t, r2, daemon.GroupConfig{Groups: []daemon.GroupSpec{{Name: "ops", Secret: []byte("s3cret")}}})
+	startGroups(t, r1, groupd.Config{Groups: []groupd.Spec{{Name: "lobby"}}})
+	startGroups(t, r2, groupd.Config{Groups: []groupd.Spec{{Name: "ops", Secret: []byte("s3cret")}}})
 	a := newAPI(t, startWeb(t, newClient(t), r1.Addr().String(), r2.Addr().String()))
 	s := a.events("")
 	l := s.waitGroups("lobby and ops", func(l listJSON) bool { n := names(l); return n["lobby"].Reachable && n["ops"].Reachable })
@@ -64,7 +64,7 @@ func TestDirectoryEveryRegistry(t *testing.T) {
 		t.Fatalf("registries %+v", l.Registries)
 	}
 
-	_, stopDev := startGroups(t, r2, daemon.GroupConfig{Groups: []daemon.GroupSpec{{Name: "dev"}}})
+	_, stopDev := startGroups(t, r2, groupd.Config{Groups: []groupd.Spec{{Name: "dev"}}})
 	s.waitGroups("dev to appear", func(l listJSON) bool { _, ok := names(l)["dev"]; return ok })
 
 	// r1 stops: lobby stays listed (its last good listing), r1 is reported.
@@ -96,12 +96,12 @@ func TestDirectoryEveryRegistry(t *testing.T) {
 func TestDirectoryClash(t *testing.T) {
 	r1, r2 := startRegistry(t), startRegistry(t)
 	d1 := t.TempDir()
-	real, _ := startGroups(t, r1, daemon.GroupConfig{StateDir: d1})
+	real, _ := startGroups(t, r1, groupd.Config{StateDir: d1})
 	d2 := t.TempDir()
 	groups, err := os.ReadFile(filepath.Join(d1, "groups.json"))
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(d2, "groups.json"), groups, 0o600))
-	impostor, _ := startGroups(t, r2, daemon.GroupConfig{StateDir: d2})
+	impostor, _ := startGroups(t, r2, groupd.Config{StateDir: d2})
 	if real.Groups()[0].ID != impostor.Groups()[0].ID {
 		t.Fatal("the two daemons host different UUIDs")
 	}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 )
 
 // sendN sends texts prefix1..prefixN through the API.
@@ -37,7 +37,7 @@ func (s *sse) expectMessages(prefix string, from, to int) (epoch string, last ui
 // was sent while it was closed arrives once, then live messages.
 func TestEventsResumeByCursor(t *testing.T) {
 	r := startRegistry(t)
-	startGroups(t, r, daemon.GroupConfig{})
+	startGroups(t, r, groupd.Config{})
 	a := newAPI(t, startWeb(t, newClient(t), r.Addr().String()))
 	id := a.groupID("lobby")
 	a.do("POST", "/api/groups/"+id+"/join", map[string]string{"name": "me"}, nil)
@@ -86,8 +86,8 @@ func TestEventsResumeByCursor(t *testing.T) {
 func TestEventsDaemonRestart(t *testing.T) {
 	r := startRegistry(t)
 	state := t.TempDir()
-	memory := daemon.StorageConfig{Memory: true}
-	d, stop := startGroups(t, r, daemon.GroupConfig{StateDir: state, Storage: memory})
+	memory := groupd.StorageConfig{Memory: true}
+	d, stop := startGroups(t, r, groupd.Config{StateDir: state, Storage: memory})
 	addr := d.Addr().String()
 	a := newAPI(t, startWeb(t, newClient(t), r.Addr().String()))
 	id := a.groupID("lobby")
@@ -100,7 +100,7 @@ func TestEventsDaemonRestart(t *testing.T) {
 	if ev := s.next("status"); ev.data["state"] != "reconnecting" {
 		t.Fatalf("after the daemon stopped: %s, want reconnecting", ev.raw)
 	}
-	startGroups(t, r, daemon.GroupConfig{StateDir: state, Listen: addr, Storage: memory})
+	startGroups(t, r, groupd.Config{StateDir: state, Listen: addr, Storage: memory})
 	ev := s.next("reset")
 	if ev.data["epoch"] == oldEpoch {
 		t.Fatalf("reset to the same epoch %s", ev.raw)
@@ -121,7 +121,7 @@ func TestEventsDaemonRestart(t *testing.T) {
 func TestEventsDaemonRestartDisk(t *testing.T) {
 	r := startRegistry(t)
 	state := t.TempDir()
-	d, stop := startGroups(t, r, daemon.GroupConfig{StateDir: state})
+	d, stop := startGroups(t, r, groupd.Config{StateDir: state})
 	addr := d.Addr().String()
 	a := newAPI(t, startWeb(t, newClient(t), r.Addr().String()))
 	id := a.groupID("lobby")
@@ -134,7 +134,7 @@ func TestEventsDaemonRestartDisk(t *testing.T) {
 	if ev := s.next("status"); ev.data["state"] != "reconnecting" {
 		t.Fatalf("after the daemon stopped: %s, want reconnecting", ev.raw)
 	}
-	startGroups(t, r, daemon.GroupConfig{StateDir: state, Listen: addr})
+	startGroups(t, r, groupd.Config{StateDir: state, Listen: addr})
 	for {
 		ev := s.next("status", "reset")
 		if ev.name == "status" && ev.data["state"] == "reconnecting" {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -57,7 +57,7 @@ func stopRegistry(t *testing.T, r *registry.Daemon) {
 // startGroups starts a group daemon registered with r; zero fields get a
 // state dir of the test's, 127.0.0.1:0 and one group "lobby". It returns
 // the daemon and its stop function.
-func startGroups(t *testing.T, r *registry.Daemon, cfg daemon.GroupConfig) (*daemon.GroupDaemon, func()) {
+func startGroups(t *testing.T, r *registry.Daemon, cfg groupd.Config) (*groupd.Daemon, func()) {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
@@ -66,10 +66,10 @@ func startGroups(t *testing.T, r *registry.Daemon, cfg daemon.GroupConfig) (*dae
 		cfg.StateDir = t.TempDir()
 	}
 	if len(cfg.Groups) == 0 {
-		cfg.Groups = []daemon.GroupSpec{{Name: "lobby"}}
+		cfg.Groups = []groupd.Spec{{Name: "lobby"}}
 	}
 	cfg.Registries, cfg.RegistryFingerprints = []string{r.Addr().String()}, []wire.Fingerprint{r.Fingerprint()}
-	d, err := daemon.NewGroupDaemon(cfg)
+	d, err := groupd.New(cfg)
 	must(t, err)
 	must(t, d.Listen())
 	ctx, cancel := context.WithCancel(context.Background())

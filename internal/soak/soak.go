@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/daemon"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
@@ -108,11 +108,11 @@ func load(ctx context.Context, cfg config, out io.Writer, start time.Time, c *co
 	if err := r.Listen(); err != nil {
 		return []error{err}
 	}
-	var specs []daemon.GroupSpec
+	var specs []groupd.Spec
 	for i := range cfg.groups {
-		specs = append(specs, daemon.GroupSpec{Name: fmt.Sprintf("soak-%d", i)})
+		specs = append(specs, groupd.Spec{Name: fmt.Sprintf("soak-%d", i)})
 	}
-	d, err := daemon.NewGroupDaemon(daemon.GroupConfig{
+	d, err := groupd.New(groupd.Config{
 		Listen: "127.0.0.1:0", StateDir: dir + "/daemon", Groups: specs,
 		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
 		// Retention small enough that the logs fill during warm-up: after

@@ -1,0 +1,436 @@
+package groupd
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/metrics"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// CellConfig makes a group daemon a member of a cell: 3 or 5 daemons that
+// host the same groups, replicated by one raft group (package cell). The
+// zero value of each field but Peers means its default.
+type CellConfig struct {
+	// Peers are the cell's members, this daemon among them (its entry is
+	// the address the others reach it at, on the daemon's fixed UDP
+	// port): 3 or 5 to start a cell, every member started with the same
+	// list. With Join, the members of the running cell and this daemon.
+	Peers []cell.Peer
+	// Join starts the daemon as a new member of a running cell: it waits
+	// to be added (huddle cell add) and never starts a cell of its own.
+	Join bool
+	// Advertise is this daemon's address in the cell when Join is set
+	// and Peers does not list its key. Default: the first of
+	// Config.Advertise.
+	Advertise string
+	// Dir holds raft's state (its log, votes and snapshots). Default
+	// StateDir/cell. With Storage.Memory, raft's state is kept in memory
+	// too: a restarted member comes back empty and is brought up to date
+	// by the others.
+	Dir string
+	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout and
+	// SnapshotThreshold tune raft (package cell's defaults: 300 ms, 300 ms,
+	// 250 ms, 4096 entries; TrailingLogs 4096 entries).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+}
+
+// cellReadWait bounds how long a replica of a cell's group waits for its
+// log to hold what a reader was acknowledged (Fetch.MinSeq), or for a join
+// the leader acknowledged to reach it, before answering unavailable.
+const cellReadWait = 5 * time.Second
+
+// cellRetry is the retry_after_ms of an operation a cell cannot decide now
+// (an election, a lost majority).
+const cellRetry = 200 * time.Millisecond
+
+// cellGroup is what a group replicated by a cell adds to a hosted group.
+type cellGroup struct {
+	spec cell.GroupSpec
+	node *cell.Node
+	log  cell.Log
+}
+
+// cellLog is a log a cell's group can be kept in: the daemon's Log, with
+// what the cell's state machine needs.
+type cellLog interface {
+	Log
+	cell.Log
+}
+
+// cellHost is the daemon as the cell's Host: it opens the groups the cell
+// creates. Groups are added as the cell creates them (its state machine
+// calls OpenGroup), so the hosted set changes while the daemon serves:
+// handlers find them in groups, a copy-on-write map.
+type cellHost struct {
+	d *Daemon
+
+	mu     sync.Mutex
+	groups map[wire.UUID]*group
+	added  chan struct{} // closed and replaced when a group is added
+}
+
+func newCellHost(d *Daemon) *cellHost {
+	return &cellHost{d: d, groups: make(map[wire.UUID]*group), added: make(chan struct{})}
+}
+
+// OpenGroup opens (or creates) this daemon's replica of a group of the
+// cell: its log under the cell's epoch and dedup window. It is called from
+// raft's apply goroutine.
+func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if g := h.groups[spec.ID]; g != nil {
+		return cellReplica{g}, nil
+	}
+	d := h.d
+	retention := d.cfg.Retention
+	retention.Epoch, retention.DedupWindow = spec.Epoch, spec.DedupWindow
+	l, err := d.openLog(spec.ID, spec.Name, retention)
+	if err != nil {
+		return nil, err
+	}
+	cl, ok := l.(cellLog)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("group %s: its log cannot be replicated", spec.Name)
+	}
+	g := newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+	g.cell = &cellGroup{spec: spec, node: d.node, log: cl}
+	next := make(map[wire.UUID]*group, len(h.groups)+1)
+	for id, o := range h.groups {
+		next[id] = o
+	}
+	next[spec.ID] = g
+	h.groups = next
+	close(h.added)
+	h.added = make(chan struct{})
+	d.cfg.Logger.Info("hosting group of the cell", "group", spec.Name, "uuid", spec.ID, "epoch", spec.Epoch, "private", spec.Private)
+	return cellReplica{g}, nil
+}
+
+// group returns the cell's group id, or nil.
+func (h *cellHost) group(id wire.UUID) *group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.groups[id]
+}
+
+// count returns how many of the cell's groups this daemon hosts so far.
+func (h *cellHost) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.groups)
+}
+
+// byName returns the groups named names, and the channel closed when the
+// next group is added.
+func (h *cellHost) byName(names []string) (found []*group, added <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, n := range names {
+		for _, g := range h.groups {
+			if g.name == n {
+				found = append(found, g)
+			}
+		}
+	}
+	return found, h.added
+}
+
+// all returns every group of the cell this daemon hosts.
+func (h *cellHost) all() []*group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	gs := make([]*group, 0, len(h.groups))
+	for _, g := range h.groups {
+		gs = append(gs, g)
+	}
+	return gs
+}
+
+// cellReplica is a hosted group as the cell's state machine applies to it.
+// Membership lives in the cell's replicated state: the member files of a
+// daemon's own groups are not used.
+type cellReplica struct{ g *group }
+
+func (r cellReplica) Log() cell.Log { return r.g.cell.log }
+
+func (r cellReplica) Joined(m cell.Member) {
+	g := r.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if o := g.members[m.Fingerprint]; o != nil {
+		o.name = m.Name
+		return
+	}
+	g.members[m.Fingerprint] = &member{name: m.Name, joined: m.Joined, left: make(chan struct{})}
+}
+
+func (r cellReplica) Left(fp wire.Fingerprint) {
+	g := r.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.leaveLocked(fp)
+}
+
+func (r cellReplica) SetMembers(ms []cell.Member) {
+	g := r.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	keep := make(map[wire.Fingerprint]bool, len(ms))
+	for _, m := range ms {
+		keep[m.Fingerprint] = true
+		if o := g.members[m.Fingerprint]; o != nil {
+			o.name = m.Name
+			continue
+		}
+		g.members[m.Fingerprint] = &member{name: m.Name, joined: m.Joined, left: make(chan struct{})}
+	}
+	for fp := range g.members {
+		if !keep[fp] {
+			g.leaveLocked(fp)
+		}
+	}
+}
+
+// cellSecretOK compares a join's secret with a private cell group's, by
+// its SHA-256 (the cell keeps no secret), in constant time.
+func (c *cellGroup) secretOK(s []byte) bool {
+	sum := sha256.Sum256(s)
+	return subtle.ConstantTimeCompare(sum[:], c.spec.SecretSHA256[:]) == 1
+}
+
+// newCellNode makes the daemon's cell member, once its key and socket are
+// known (Listen). d.mu is held.
+func (d *Daemon) newCellNode() error {
+	cc := d.cfg.Cell
+	fp := d.id.Fingerprint()
+	advertise := cc.Advertise
+	for _, p := range cc.Peers {
+		if p.Fingerprint == fp {
+			advertise = p.Addr
+		}
+	}
+	if advertise == "" && len(d.cfg.Advertise) > 0 {
+		advertise = d.cfg.Advertise[0]
+	}
+	if advertise == "" {
+		return fmt.Errorf("%w: cell: this daemon's key %s is not among the cell's peers (add FINGERPRINT@HOST:PORT for it)", ErrInvalidConfig, fp)
+	}
+	ids, err := loadGroupIDs(d.cfg.StateDir, groupNames(d.cfg.Groups))
+	if err != nil {
+		return err
+	}
+	var groups []cell.GroupConfig
+	for _, g := range d.cfg.Groups {
+		groups = append(groups, cell.GroupConfig{ID: ids[g.Name], Name: g.Name, Secret: g.Secret})
+	}
+	dir := orDefault(cc.Dir, filepath.Join(d.cfg.StateDir, "cell"))
+	d.host = newCellHost(d)
+	node, err := cell.New(cell.Config{
+		Identity:           d.id,
+		QUIC:               d.srv.Transport(),
+		Advertise:          advertise,
+		Peers:              cc.Peers,
+		Join:               cc.Join,
+		Dir:                dir,
+		Fsync:              d.cfg.Storage.Fsync,
+		Host:               d.host,
+		Groups:             groups,
+		DedupWindow:        d.cfg.Retention.DedupWindow,
+		MaxMembers:         d.cfg.MaxMembers,
+		HeartbeatTimeout:   cc.HeartbeatTimeout,
+		ElectionTimeout:    cc.ElectionTimeout,
+		LeaderLeaseTimeout: cc.LeaderLeaseTimeout,
+		SnapshotThreshold:  cc.SnapshotThreshold,
+		TrailingLogs:       cc.TrailingLogs,
+		LeaderChanged:      d.leaderChanged,
+		MembersChanged:     d.membersChanged,
+		Logger:             d.cfg.Logger.With("component", "cell"),
+		Now:                d.cfg.Now,
+	})
+	if err != nil {
+		return err
+	}
+	d.node = node
+	return nil
+}
+
+// leaderChanged registers the cell's groups again at once when this
+// member learns of a new leader, so that registries list it within a round
+// trip of its election instead of at the next renewal (a third of the
+// lease's TTL): the new leader registers itself as leading, and the
+// others, the member that stopped leading among them, name it too. While
+// no leader is known (an election) nothing is registered: the listing
+// keeps the last leader until a member knows the next.
+func (d *Daemon) leaderChanged(_ cell.Peer, ok bool) {
+	if rs := d.regs.Load(); rs != nil && ok {
+		rs.refreshNow()
+	}
+}
+
+// membersChanged registers the cell's groups again at once when a member
+// was added or removed: the listing's replicas follow the cell's
+// configuration, rather than lag until the next renewal.
+func (d *Daemon) membersChanged([]cell.Peer) {
+	if rs := d.regs.Load(); rs != nil {
+		rs.refreshNow()
+	}
+}
+
+func groupNames(specs []Spec) []string {
+	names := make([]string, len(specs))
+	for i, g := range specs {
+		names[i] = g.Name
+	}
+	return names
+}
+
+// cellHook routes the connections of a cell's members (ALPN cell.ALPN) on
+// the daemon's listener to the node's transport.
+type cellHook struct {
+	d *Daemon
+}
+
+func (h cellHook) node() *cell.Node {
+	h.d.mu.Lock()
+	defer h.d.mu.Unlock()
+	return h.d.node
+}
+
+// Verify is the TLS check of a connection under the cell's ALPN: only the
+// keys of the cell's members.
+func (h cellHook) Verify(cs tls.ConnectionState) error {
+	n := h.node()
+	if n == nil {
+		return fmt.Errorf("cell: %w", ErrClosed)
+	}
+	return n.Transport().VerifyPeer(cs)
+}
+
+func (h cellHook) Handle(conn *quic.Conn) {
+	if n := h.node(); n != nil {
+		n.Transport().Handle(conn)
+		return
+	}
+	conn.CloseWithError(0, "not ready")
+}
+
+// awaitCellGroups waits until the cell holds every configured group (the
+// first leader creates them), then makes them the daemon's groups: the
+// ones it registers, reports and expires. It returns false if the daemon
+// closed first.
+func (d *Daemon) awaitCellGroups() bool {
+	names := groupNames(d.cfg.Groups)
+	for {
+		found, added := d.host.byName(names)
+		if len(found) == len(names) {
+			byID := make(map[wire.UUID]*group, len(found))
+			for _, g := range found {
+				byID[g.id] = g
+			}
+			d.mu.Lock()
+			d.groups, d.order = byID, found
+			d.mu.Unlock()
+			close(d.cellReady)
+			return true
+		}
+		select {
+		case <-added:
+		case <-d.life.Ctx().Done():
+			return false
+		}
+	}
+}
+
+// replicas returns the cell's members as the wire lists them, the leader
+// marked.
+func replicas(st cell.Status) []wire.Replica {
+	rs := make([]wire.Replica, 0, len(st.Members))
+	for _, m := range st.Members {
+		rs = append(rs, wire.Replica{Addr: m.Addr, Fingerprint: m.Fingerprint, Leader: m.Peer == st.Leader})
+	}
+	slices.SortFunc(rs, func(a, b wire.Replica) int { return slices.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
+	return rs
+}
+
+// keep the store import for the interface assertion below.
+var _ cell.Log = (*store.DiskLog)(nil)
+
+// validate checks what can be checked before the daemon's key is known;
+// the cell checks the rest when the daemon listens.
+func (c *CellConfig) validate() error {
+	switch {
+	case !c.Join && len(c.Peers) != 3 && len(c.Peers) != 5:
+		return fmt.Errorf("%w: a cell starts with 3 or 5 members, not %d (or join a running one)", ErrInvalidConfig, len(c.Peers))
+	case c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.LeaderLeaseTimeout < 0:
+		return fmt.Errorf("%w: cell: negative timeout", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// afterCellGroups returns loop, run once the cell holds the configured
+// groups when the daemon is a member of a cell.
+func (d *Daemon) afterCellGroups(loop func()) func() {
+	if d.cfg.Cell == nil {
+		return loop
+	}
+	return func() {
+		select {
+		case <-d.cellReady:
+			loop()
+		case <-d.life.Ctx().Done():
+		}
+	}
+}
+
+// CellGroups returns a channel closed once the daemon hosts its configured
+// groups: at once for a daemon of its own (after Listen), and for a member
+// of a cell once the cell created them (its first leader does); Groups
+// lists them from then on. It is never closed for a member of a cell that
+// closes first.
+func (d *Daemon) CellGroups() <-chan struct{} {
+	if d.cfg.Cell == nil {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	return d.cellReady
+}
+
+// replicaList returns the cell's members for Info, or nil for a daemon
+// that is no member of a cell.
+func (d *Daemon) replicaList() []wire.Replica {
+	if d.node == nil {
+		return nil
+	}
+	return replicas(d.node.Status())
+}
+
+// cellStats reports the daemon's view of its cell for metrics.
+func (d *Daemon) cellStats() metrics.CellStats {
+	d.mu.Lock()
+	n := d.node
+	d.mu.Unlock()
+	if n == nil {
+		return metrics.CellStats{LastContact: -1}
+	}
+	st := n.Status()
+	return metrics.CellStats{Leader: st.State == "leader", Term: st.Term, CommitIndex: st.CommitIndex,
+		AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex, LastContact: st.LastContact, Members: len(st.Members)}
+}

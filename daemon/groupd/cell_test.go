@@ -1,0 +1,560 @@
+package groupd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/metrics"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// testCellMember is one group daemon of a test cell.
+type testCellMember struct {
+	d    *Daemon
+	stop func()
+	addr string
+	fp   wire.Fingerprint
+	dir  string
+	cfg  Config
+}
+
+// startTestCell starts n group daemons on 127.0.0.1, each on a port of its
+// own, as a cell hosting the group "general"; mutate, if set, adjusts
+// each daemon's configuration.
+func startTestCell(t *testing.T, n int, mutate func(*Config)) []*testCellMember {
+	t.Helper()
+	members := make([]*testCellMember, n)
+	var peers []cell.Peer
+	for i := range members {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		must(t, err)
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		must(t, err)
+		addr := udp.LocalAddr().String()
+		udp.Close() // bound again by the daemon
+		members[i] = &testCellMember{addr: addr, fp: id.Fingerprint(), dir: dir}
+		peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
+	}
+	for _, m := range members {
+		m.cfg = Config{StateDir: m.dir, Listen: m.addr, Groups: []Spec{{Name: "general"}}, Cell: &CellConfig{Peers: peers}}
+		if mutate != nil {
+			mutate(&m.cfg)
+		}
+		m.d, m.stop = startGroupDaemon(t, m.cfg)
+	}
+	return members
+}
+
+// cellLeader waits for a member that leads and hosts the cell's group,
+// and returns it with the group's UUID.
+func cellLeader(t *testing.T, members []*testCellMember) (*testCellMember, wire.UUID) {
+	t.Helper()
+	var leader *testCellMember
+	eventually(t, "a leader hosting the group", func() bool {
+		for _, m := range members {
+			if m.d == nil || m.d.node == nil {
+				continue
+			}
+			if st := m.d.node.Status(); st.State == "leader" && len(st.Groups) == 1 && len(m.d.Groups()) == 1 {
+				leader = m
+				return true
+			}
+		}
+		return false
+	})
+	return leader, leader.d.Groups()[0].ID
+}
+
+// callLeader performs op at the cell's leader with key, following the
+// leader if the leadership moves meanwhile (a loaded machine may miss a
+// heartbeat); it returns the last error if none would take it.
+func callLeader(t *testing.T, members []*testCellMember, key *identity.Identity, op wire.Op, args, out any) error {
+	t.Helper()
+	var err error
+	for range 20 {
+		leader, _ := cellLeader(t, members)
+		err = dial(t, leader.d.Addr(), leader.fp, key).call(op, args, out)
+		var we *wire.Error
+		if !errors.As(err, &we) || we.Code != wire.CodeUnavailable {
+			return err
+		}
+	}
+	return err
+}
+
+// TestCellServesGroup: three group daemons as a cell host one group under
+// one UUID and epoch. A follower answers a send with unavailable naming
+// the leader; the leader acknowledges it once the cell holds it, and
+// every replica serves it, a follower after waiting for MinSeq; info and
+// cell_status list the replicas with the leader marked.
+func TestCellServesGroup(t *testing.T) {
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Metrics = metrics.New("test") })
+	leader, g := cellLeader(t, members)
+	for _, m := range members {
+		want := 0.0
+		if m == leader {
+			want = 1
+		}
+		if got := gauge(t, m.cfg.Metrics, "huddle_cell_leader"); got != want {
+			t.Fatalf("%s: huddle_cell_leader %v, want %v", m.addr, got, want)
+		}
+		if got := gauge(t, m.cfg.Metrics, "huddle_cell_members"); got != 3 {
+			t.Fatalf("%s: huddle_cell_members %v, want 3", m.addr, got)
+		}
+	}
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	leader, _ = cellLeader(t, members)
+
+	var followers []*testCellMember
+	for _, m := range members {
+		if m != leader {
+			followers = append(followers, m)
+		}
+	}
+	fp := dial(t, followers[0].d.Addr(), followers[0].fp, key)
+	err := fp.call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("to a follower")}, nil)
+	we := wantCode(t, err, wire.CodeUnavailable)
+	if we.Leader == nil || we.Leader.Addr != leader.addr || we.Leader.Fingerprint != leader.fp {
+		t.Fatalf("a follower's refusal names leader %+v, want %s at %s", we.Leader, leader.fp.Short(), leader.addr)
+	}
+
+	msgs := outgoing("one", "two", "three")
+	var sent wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: msgs}, &sent))
+	if len(sent.Acks) != 3 || sent.Acks[2].Seq != 3 {
+		t.Fatalf("acks %+v", sent.Acks)
+	}
+	var again wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: msgs}, &again))
+	for i := range again.Acks {
+		if !again.Acks[i].Duplicate || again.Acks[i].Seq != sent.Acks[i].Seq || again.Acks[i].Time != sent.Acks[i].Time {
+			t.Fatalf("a retry got %+v, want the original acks %+v as duplicates", again.Acks, sent.Acks)
+		}
+	}
+
+	for _, m := range members {
+		p := dial(t, m.d.Addr(), m.fp, key)
+		fs := p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: 3})
+		var got []wire.Message
+		for _, f := range fs {
+			switch f.kind {
+			case wire.KindMessages:
+				var ms wire.Messages
+				f.decode(t, &ms)
+				got = append(got, ms.Messages...)
+			case wire.KindError:
+				t.Fatalf("fetch from %s: %v", m.addr, f.err)
+			}
+		}
+		if len(got) != 3 {
+			t.Fatalf("%s serves %d messages, want 3", m.addr, len(got))
+		}
+		for i, msg := range got {
+			if msg.Seq != sent.Acks[i].Seq || msg.Time != sent.Acks[i].Time || msg.ID != msgs[i].ID || string(msg.Body) != string(msgs[i].Body) {
+				t.Fatalf("%s message %d: %+v, acked %+v", m.addr, i, msg, sent.Acks[i])
+			}
+		}
+		var info wire.Info
+		must(t, p.call(wire.OpInfo, wire.GroupRef{Group: g}, &info))
+		if !info.Member || info.Epoch != sent.Epoch || len(info.Replicas) != 3 {
+			t.Fatalf("%s info: member %v epoch %d (acked under %d), %d replicas", m.addr, info.Member, info.Epoch, sent.Epoch, len(info.Replicas))
+		}
+		var st wire.CellStatus
+		must(t, p.call(wire.OpCellStatus, wire.CellQuery{}, &st))
+		if st.Self.Fingerprint != m.fp || len(st.Members) != 3 || len(st.Groups) != 1 || st.Groups[0].Group != g {
+			t.Fatalf("%s cell status %+v", m.addr, st)
+		}
+		if st.State != "leader" && st.State != "follower" {
+			t.Fatalf("%s says it is %s", m.addr, st.State)
+		}
+	}
+}
+
+// TestCellChangeNeedsMemberKey: cell_add and cell_remove are refused to a
+// key that is not a member's, and change nothing.
+func TestCellChangeNeedsMemberKey(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, _ := cellLeader(t, members)
+	p := dial(t, leader.d.Addr(), leader.fp, nil)
+	stranger := newKey(t)
+	err := p.call(wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1:9", Fingerprint: stranger.Fingerprint()}, nil)
+	wantCode(t, err, wire.CodeUnauthorized)
+	err = p.call(wire.OpCellRemove, wire.CellMember{Fingerprint: members[0].fp}, nil)
+	wantCode(t, err, wire.CodeUnauthorized)
+	if n := len(leader.d.node.Status().Members); n != 3 {
+		t.Fatalf("the cell has %d members after refused changes, want 3", n)
+	}
+}
+
+// TestCellClientFollowsLeader: a Go client pointed at a follower joins
+// and sends through the leader by itself. When the leader stops, a watch
+// opened before goes on from another replica with no gap, no repeat and
+// no reset; a retry of acknowledged IDs on the new leader gets the
+// original acks; new messages are stamped after the old ones; and a
+// fetch from any replica sees everything acknowledged.
+func TestCellClientFollowsLeader(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, g := cellLeader(t, members)
+	var follower *testCellMember
+	var replicas []wire.Replica
+	for _, m := range members {
+		replicas = append(replicas, wire.Replica{Addr: m.addr, Fingerprint: m.fp, Leader: m == leader})
+		if m != leader {
+			follower = m
+		}
+	}
+	ctx := testCtx(t)
+	key := newKey(t)
+	cl, err := client.New(client.Config{Identity: key, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	h, err := cl.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{follower.addr}, Fingerprint: follower.fp, Replicas: replicas})
+	must(t, err)
+	_, err = h.Join(ctx, "ann", nil)
+	must(t, err)
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	events := make(chan client.Event, 100)
+	watchErr := make(chan error, 1)
+	go func() {
+		defer close(events)
+		for ev, err := range h.Watch(watchCtx, client.Query{}) {
+			if err != nil {
+				watchErr <- err
+				return
+			}
+			events <- ev
+		}
+	}()
+
+	var ids []wire.ID
+	var acks []client.Ack
+	for i := range 5 {
+		id := wire.NewID()
+		a, err := h.SendWithID(ctx, id, []byte(fmt.Sprintf("before %d", i)))
+		must(t, err)
+		ids, acks = append(ids, id), append(acks, a)
+	}
+	for _, a := range acks {
+		want(t, <-events, a)
+	}
+
+	leader.stop()
+	leader.d = nil
+	for i, id := range ids {
+		a, err := h.SendWithID(ctx, id, []byte(fmt.Sprintf("before %d", i)))
+		must(t, err)
+		if !a.Duplicate || a.Seq != acks[i].Seq || !a.Time.Equal(acks[i].Time) {
+			t.Fatalf("retry of message %d on the new leader: %+v, want the original %+v as a duplicate", i, a, acks[i])
+		}
+	}
+	for i := range 5 {
+		a, err := h.Send(ctx, []byte(fmt.Sprintf("after %d", i)))
+		must(t, err)
+		last := acks[len(acks)-1]
+		if a.Seq != last.Seq+1 || !a.Time.After(last.Time) || a.Epoch != last.Epoch {
+			t.Fatalf("message after the failover: %+v, after %+v", a, last)
+		}
+		acks = append(acks, a)
+		want(t, <-events, a)
+	}
+	for _, m := range members {
+		if m.d == nil {
+			continue
+		}
+		// Any replica serves what the client was acknowledged (MinSeq).
+		p := dial(t, m.d.Addr(), m.fp, key)
+		var got []wire.Message
+		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: acks[len(acks)-1].Seq}) {
+			switch f.kind {
+			case wire.KindMessages:
+				var ms wire.Messages
+				f.decode(t, &ms)
+				got = append(got, ms.Messages...)
+			case wire.KindError:
+				t.Fatalf("fetch from %s: %v", m.addr, f.err)
+			}
+		}
+		if len(got) != len(acks) {
+			t.Fatalf("%s serves %d messages, want %d", m.addr, len(got), len(acks))
+		}
+		for i, msg := range got {
+			if msg.Seq != acks[i].Seq || msg.ID != acks[i].ID || msg.Time != acks[i].Time.UnixNano() {
+				t.Fatalf("%s message %d: %+v, acked %+v", m.addr, i, msg, acks[i])
+			}
+		}
+	}
+	stopWatch()
+	for ev := range events {
+		if ev.Kind != client.EventMessage {
+			t.Fatalf("watch event %+v after the last message", ev)
+		}
+		t.Fatalf("watch delivered an extra message %+v", ev.Message)
+	}
+	select {
+	case err := <-watchErr:
+		t.Fatalf("watch ended with %v", err)
+	default:
+	}
+}
+
+// gauge returns the value of the unlabelled gauge name in m.
+func gauge(t *testing.T, m *metrics.Metrics, name string) float64 {
+	t.Helper()
+	fams, err := m.Prometheus().Gather()
+	must(t, err)
+	for _, f := range fams {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
+}
+
+// want fails the test unless ev is the message a acknowledged.
+func want(t *testing.T, ev client.Event, a client.Ack) {
+	t.Helper()
+	if ev.Kind != client.EventMessage || ev.Message.Seq != a.Seq || ev.Message.ID != a.ID || ev.Epoch != a.Epoch {
+		t.Fatalf("watch event %+v (message seq %d), want the message acked %+v", ev, ev.Message.Seq, a)
+	}
+}
+
+// TestCellRegistryListsLeader: every member of a cell registers its
+// group; the registry lists it once, with the three replicas, under the
+// leader's address and key; once the leader stops, the listing names the
+// new leader (each member registers again at every renewal).
+func TestCellRegistryListsLeader(t *testing.T) {
+	reg := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond})
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Registries = []string{reg.Addr().String()} })
+	cl := newTestClient(t)
+	ctx := testCtx(t)
+	r, err := cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+	must(t, err)
+	listed := func(want *testCellMember) bool {
+		l, err := r.List(ctx)
+		must(t, err)
+		if len(l.Groups) > 1 {
+			t.Fatalf("the registry lists the cell's group %d times: %+v", len(l.Groups), l.Groups)
+		}
+		if len(l.Groups) == 0 {
+			return false
+		}
+		e := l.Groups[0]
+		leaders := 0
+		for _, rp := range e.Replicas {
+			if rp.Leader {
+				leaders++
+			}
+		}
+		return len(e.Replicas) == 3 && leaders == 1 && e.Fingerprint == want.fp && len(e.Addrs) == 1 && e.Addrs[0] == want.addr
+	}
+	leader, _ := cellLeader(t, members)
+	eventually(t, "the group listed once under its leader", func() bool { return listed(leader) })
+	leader.stop()
+	leader.d = nil
+	var next *testCellMember
+	eventually(t, "the group listed under the new leader", func() bool {
+		next, _ = cellLeader(t, members)
+		return listed(next)
+	})
+}
+
+// TestCellAddMember: a daemon started to join a running cell is added by
+// cell_add, asked with a member's key of a member that need not lead; it
+// then hosts the group with every message sent before, identically, and
+// serves what is sent after. cell_remove takes a member out again.
+func TestCellAddMember(t *testing.T) {
+	reg := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond}) // renewals every 200 ms
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Registries = []string{reg.Addr().String()} })
+	_, g := cellLeader(t, members)
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	var before wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two")}, &before))
+
+	dir := t.TempDir()
+	id, err := identity.LoadOrCreate(dir)
+	must(t, err)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	must(t, err)
+	addr := udp.LocalAddr().String()
+	udp.Close()
+	peers := append([]cell.Peer(nil), members[0].cfg.Cell.Peers...)
+	peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
+	nd, _ := startGroupDaemon(t, Config{StateDir: dir, Listen: addr, Groups: []Spec{{Name: "general"}},
+		Cell: &CellConfig{Peers: peers, Join: true}, Registries: []string{reg.Addr().String()}})
+
+	// A member's key (the operator runs huddle cell add with a member's
+	// state directory), asking a member that may not lead.
+	memberKey, err := identity.LoadOrCreate(members[0].dir)
+	must(t, err)
+	cl, err := client.New(client.Config{Identity: memberKey, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	ctx := testCtx(t)
+	got, err := cl.CellAdd(ctx, members[1].addr, members[1].fp, client.Replica{Addr: addr, Fingerprint: id.Fingerprint()})
+	must(t, err)
+	if len(got) != 4 {
+		t.Fatalf("members after cell_add: %+v, want 4", got)
+	}
+	newcomer := &testCellMember{d: nd, addr: addr, fp: id.Fingerprint(), dir: dir}
+	p := dial(t, nd.Addr(), newcomer.fp, key)
+	var fetched []wire.Message
+	eventually(t, "the new member to serve the messages sent before it joined", func() bool {
+		fetched = fetched[:0]
+		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: 2}) {
+			if f.kind == wire.KindMessages {
+				var ms wire.Messages
+				f.decode(t, &ms)
+				fetched = append(fetched, ms.Messages...)
+			}
+		}
+		return len(fetched) == 2
+	})
+	for i, m := range fetched {
+		if m.Seq != before.Acks[i].Seq || m.Time != before.Acks[i].Time {
+			t.Fatalf("the new member's message %d: %+v, acked %+v", i, m, before.Acks[i])
+		}
+	}
+	all := append(members, newcomer)
+	var after wire.Sent
+	must(t, callLeader(t, all, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("three")}, &after))
+	eventually(t, "the new member to serve a message sent after it joined", func() bool {
+		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, After: ptrTo(uint64(2))}) {
+			if f.kind == wire.KindMessages {
+				return true
+			}
+		}
+		return false
+	})
+
+	got, err = cl.CellRemove(ctx, members[2].addr, members[2].fp, newcomer.fp)
+	must(t, err)
+	if len(got) != 3 || slices.ContainsFunc(got, func(r client.Replica) bool { return r.Fingerprint == newcomer.fp }) {
+		t.Fatalf("members after cell_remove: %+v", got)
+	}
+	// The removed daemon stops registering the group (the registry would
+	// refuse its key for it now): it lists nothing and is refused nothing.
+	eventually(t, "the removed daemon to stop registering the cell's group", func() bool {
+		rs := nd.Registrations()
+		return !nd.node.Member() && len(rs) == 1 && rs[0].Listed == 0 && len(rs[0].Refused) == 0 && rs[0].Err == nil
+	})
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// TestCellMemberBeforeItsGroups: a member of a cell that has not yet
+// applied its groups (alone of three, it has no leader to create them; a
+// member just restarted is in the same state until it catches up) answers
+// an operation on a group it does not know with unavailable, which a
+// client retries, not not_found, which ends a watch. Once a cell has
+// applied its groups, an unknown group is not_found.
+func TestCellMemberBeforeItsGroups(t *testing.T) {
+	var peers []cell.Peer
+	dirs := make([]string, 3)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		id, err := identity.LoadOrCreate(dirs[i])
+		must(t, err)
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		must(t, err)
+		peers = append(peers, cell.Peer{Addr: udp.LocalAddr().String(), Fingerprint: id.Fingerprint()})
+		udp.Close() // bound again by the daemon
+	}
+	alone, _ := startGroupDaemon(t, Config{StateDir: dirs[0], Listen: peers[0].Addr, Groups: []Spec{{Name: "general"}},
+		Cell: &CellConfig{Peers: peers}})
+	key := newKey(t)
+	p := dial(t, alone.Addr(), peers[0].Fingerprint, key)
+	err := p.call(wire.OpInfo, wire.GroupRef{Group: wire.UUID(wire.NewID())}, nil)
+	if we := wantCode(t, err, wire.CodeUnavailable); we.RetryAfterMS == 0 {
+		t.Fatalf("a member without its groups: %v, want unavailable with a time to retry", we)
+	}
+
+	members := startTestCell(t, 3, nil)
+	leader, _ := cellLeader(t, members)
+	p = dial(t, leader.d.Addr(), leader.fp, key)
+	wantCode(t, p.call(wire.OpInfo, wire.GroupRef{Group: wire.UUID(wire.NewID())}, nil), wire.CodeNotFound)
+}
+
+// TestCellRegistryFollowsLeaderAtOnce: when a cell's leader stops, the
+// registry names the new leader as soon as the cell elected it, not at
+// the members' next renewal: each member registers again when it learns
+// of a new leader. The lease's TTL makes renewals 20 s apart; the listing
+// must name the new leader within 10 s of the old one stopping (an
+// election takes about a second), and the group must stay listed
+// throughout, though the stopped leader deregistered it.
+func TestCellRegistryFollowsLeaderAtOnce(t *testing.T) {
+	const ttl = 60 * time.Second // renewals every 20 s
+	reg := startRegistry(t, registry.Config{LeaseTTL: ttl})
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Registries = []string{reg.Addr().String()} })
+	cl := newTestClient(t)
+	ctx := testCtx(t)
+	r, err := cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+	must(t, err)
+	// named returns the member the listing names as leading, or nil.
+	named := func() *testCellMember {
+		t.Helper()
+		l, err := r.List(ctx)
+		must(t, err)
+		if len(l.Groups) != 1 {
+			t.Fatalf("the registry lists %d groups, want the cell's once: %+v", len(l.Groups), l.Groups)
+		}
+		e := l.Groups[0]
+		for _, rp := range e.Replicas {
+			for _, m := range members {
+				if rp.Leader && rp.Fingerprint == m.fp && e.Fingerprint == m.fp && len(e.Addrs) == 1 && e.Addrs[0] == m.addr {
+					return m
+				}
+			}
+		}
+		return nil
+	}
+	leader, _ := cellLeader(t, members)
+	eventually(t, "the group listed under its leader", func() bool {
+		l, err := r.List(ctx)
+		must(t, err)
+		return len(l.Groups) == 1 && named() == leader
+	})
+	// Every member has registered (the registry keeps the group listed
+	// while any of them holds it).
+	eventually(t, "every member registered", func() bool {
+		for _, m := range members {
+			if rs := m.d.Registrations(); len(rs) != 1 || rs[0].Listed != 1 {
+				return false
+			}
+		}
+		return true
+	})
+
+	stopped := time.Now()
+	leader.stop()
+	leader.d = nil
+	deadline := stopped.Add(ttl / 3 / 2)
+	for {
+		next := named()
+		if next != nil && next != leader {
+			if st := next.d.node.Status(); st.State != "leader" {
+				t.Fatalf("the listing names %s, in state %s", next.addr, st.State)
+			}
+			t.Logf("the listing named the new leader %v after the old one stopped", time.Since(stopped).Round(time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the listing still names %v %v after the leader stopped; want the new leader well before the next renewal (%v)", next, time.Since(stopped), ttl/3)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

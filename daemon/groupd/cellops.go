@@ -1,0 +1,222 @@
+package groupd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// cellError maps what a cell's node answered to what the client is told
+// (PROTOCOL.md §13): a member that does not lead answers unavailable
+// naming the leader, so that the client sends there; an operation whose
+// outcome the cell could not decide (an election, a lost majority)
+// answers unavailable, and a retry with the same message IDs is safe.
+func cellError(op wire.Op, g *group, err error) error {
+	var nl *cell.NotLeaderError
+	switch {
+	case errors.As(err, &nl):
+		we := &wire.Error{Code: wire.CodeUnavailable}
+		if nl.Leader.Addr == "" {
+			we.RetryAfterMS = uint64(cellRetry.Milliseconds())
+			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell, and no leader is known (an election is under way): try again shortly", op, g.name)
+		} else {
+			we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
+			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell: send to its leader at %s", op, g.name, nl.Leader.Addr)
+		}
+		return we
+	case errors.Is(err, cell.ErrUnavailable):
+		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+			Message: fmt.Sprintf("%v group %s: the group's cell could not decide it now (its leadership changed, or it lacks a majority); its outcome is unknown: retry with the same message IDs", op, g.name)}
+	case errors.Is(err, cell.ErrClosed):
+		return fmt.Errorf("%v group %s: %w: the daemon is shutting down", op, g.name, wire.ErrUnavailable)
+	case errors.Is(err, cell.ErrNoGroup):
+		return fmt.Errorf("%v group %s: %w: the cell has no such group", op, g.name, wire.ErrNotFound)
+	case errors.Is(err, cell.ErrFull):
+		return fmt.Errorf("join group %s: %w: the group has its most members", g.name, wire.ErrUnavailable)
+	}
+	return fmt.Errorf("%v group %s: %w", op, g.name, err)
+}
+
+// cellSend proposes a send's stamped entries to the cell. The ack it
+// returns means a majority of the cell holds the raft entry on its
+// device (raft's log is fsynced before a member acknowledges it), and
+// this replica applied it to the group's log.
+func (d *Daemon) cellSend(ctx context.Context, g *group, entries []store.Entry, acks []store.Ack) ([]store.Ack, error) {
+	out, err := g.cell.node.Send(ctx, g.id, entries, acks)
+	if err != nil {
+		return acks, cellError(wire.OpSend, g, err)
+	}
+	for _, a := range out[len(acks):] {
+		if a.Duplicate {
+			g.duplicates.Add(1)
+		}
+	}
+	return out, nil
+}
+
+func (d *Daemon) cellJoin(ctx context.Context, c *server.Call, g *group, req *wire.Join) error {
+	if g.cell.spec.Private && !g.cell.secretOK(req.Secret) {
+		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
+	}
+	already, err := g.cell.node.Join(ctx, g.id, c.Peer(), req.Name)
+	if err != nil {
+		return cellError(c.Op(), g, err)
+	}
+	if !already {
+		d.cfg.Logger.Info("member joined", "group", g.name, "member", c.Peer().Short(), "name", req.Name)
+	}
+	return c.Result(wire.Joined{Epoch: g.epoch(), Last: g.log.Stats().Last, Already: already})
+}
+
+func (d *Daemon) cellLeave(ctx context.Context, c *server.Call, g *group) error {
+	was, err := g.cell.node.Leave(ctx, g.id, c.Peer())
+	if err != nil {
+		return cellError(c.Op(), g, err)
+	}
+	if was {
+		d.cfg.Logger.Info("member left", "group", g.name, "member", c.Peer().Short())
+	}
+	return c.Result(wire.Left{WasMember: was})
+}
+
+// awaitMember waits, on a replica of a cell's group, for fp's join to
+// reach this replica: the leader acknowledged it once a majority held
+// it, and this replica may apply it a heartbeat later. It returns false if
+// fp is still no member after cellMemberWait.
+func awaitMember(ctx context.Context, g *group, fp wire.Fingerprint) bool {
+	deadline := time.NewTimer(cellMemberWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if g.isMember(fp) {
+			return true
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// cellMemberWait bounds awaitMember: a few of raft's heartbeats.
+const cellMemberWait = 500 * time.Millisecond
+
+// awaitSeq waits until g's log holds message seq (Fetch.MinSeq and
+// Watch.MinSeq: read-your-writes on any replica), at most cellReadWait.
+// A group of one daemon holds every message it acknowledged: it never
+// waits.
+func (d *Daemon) awaitSeq(ctx context.Context, c *server.Call, g *group, seq uint64) error {
+	if seq == 0 || g.cell == nil {
+		return nil
+	}
+	deadline := time.NewTimer(cellReadWait)
+	defer deadline.Stop()
+	for {
+		changed := g.log.Changed()
+		if g.log.Last() >= seq {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			err := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+				Message: fmt.Sprintf("%v group %s: this replica does not hold message %d yet (it lags the cell): try another replica", c.Op(), g.name, seq)}
+			if l, ok := g.cell.node.Leader(); ok {
+				err.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
+			}
+			return err
+		case <-ctx.Done():
+			return fmt.Errorf("%v group %s: %w: the daemon is shutting down", c.Op(), g.name, wire.ErrUnavailable)
+		case <-c.Gone():
+			return c.Lost()
+		}
+	}
+}
+
+// cellStatus answers cell_status: this member's view of its cell.
+func (d *Daemon) cellStatus(c *server.Call) error {
+	var req wire.CellQuery
+	if err := c.Decode(&req); err != nil {
+		return err
+	}
+	if d.node == nil {
+		// As any daemon that knows no such operation answers.
+		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
+	}
+	return c.Result(cellStatusFrame(d.node.Status()))
+}
+
+// cellStatusFrame is st as cell_status answers it.
+func cellStatusFrame(st cell.Status) wire.CellStatus {
+	out := wire.CellStatus{
+		Self:         wire.Replica{Addr: st.Self.Addr, Fingerprint: st.Self.Fingerprint, Leader: st.Self == st.Leader},
+		State:        st.State,
+		Term:         st.Term,
+		CommitIndex:  st.CommitIndex,
+		AppliedIndex: st.AppliedIndex,
+		LastIndex:    st.LastIndex,
+		LastContact:  st.LastContact.Milliseconds(),
+		Members:      replicas(st),
+	}
+	if st.LastContact < 0 {
+		out.LastContact = -1
+	}
+	if st.Leader.Addr != "" {
+		out.Leader = &wire.Replica{Addr: st.Leader.Addr, Fingerprint: st.Leader.Fingerprint, Leader: true}
+	}
+	for _, g := range st.Groups {
+		out.Groups = append(out.Groups, wire.CellGroup{Group: g.ID, Name: g.Name, Epoch: g.Epoch, Last: g.Last, Members: uint64(g.Members)})
+	}
+	return out
+}
+
+// cellChange answers cell_add and cell_remove. Only a member's key may
+// change the cell: an operator runs them with a member daemon's key.
+func (d *Daemon) cellChange(ctx context.Context, c *server.Call) error {
+	var req wire.CellMember
+	if err := c.Decode(&req); err != nil {
+		return err
+	}
+	if d.node == nil {
+		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
+	}
+	if !d.node.Transport().Member(c.Peer()) {
+		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
+	}
+	var err error
+	if c.Op() == wire.OpCellAdd {
+		var p cell.Peer
+		if p, err = cell.ParsePeer(req.Fingerprint.String() + "@" + req.Addr); err != nil {
+			return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrBadRequest, err)
+		}
+		err = d.node.AddMember(ctx, p)
+	} else {
+		err = d.node.RemoveMember(ctx, req.Fingerprint)
+	}
+	var nl *cell.NotLeaderError
+	switch {
+	case errors.As(err, &nl):
+		we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+			Message: fmt.Sprintf("%v: this daemon does not lead the cell", c.Op())}
+		if nl.Leader.Addr != "" {
+			we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
+		}
+		return we
+	case errors.Is(err, cell.ErrInvalidConfig):
+		return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrBadRequest, err)
+	case err != nil:
+		return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrUnavailable, err)
+	}
+	d.cfg.Logger.Info("cell membership changed", "op", c.Op().String(), "member", req.Fingerprint.Short(), "addr", req.Addr, "by", c.Peer().Short())
+	return c.Result(wire.CellChanged{Members: replicas(d.node.Status())})
+}

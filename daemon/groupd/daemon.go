@@ -1,0 +1,538 @@
+package groupd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/internal/lifecycle"
+	"github.com/huddle-chat/huddle/daemon/internal/sparse"
+	"github.com/huddle-chat/huddle/daemon/internal/statedir"
+	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/metrics"
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Group daemon defaults.
+const (
+	DefaultListen            = ":0"
+	DefaultMaxMessageBytes   = 64 << 10
+	DefaultMaxBatch          = 256
+	DefaultFetchPage         = 10000
+	DefaultHeartbeatInterval = 5 * time.Second
+	// DefaultMaxMembers is the most members a group may have, and also
+	// the most it can have: a members reply is one frame, an array of at
+	// most wire.MaxArrayItems entries.
+	DefaultMaxMembers = wire.MaxArrayItems
+	// DefaultSendRate is each member's sustained send rate, messages per
+	// second: far above what people type, low enough that one member
+	// cannot flush a group's history in minutes.
+	DefaultSendRate = 100
+	// DefaultSendBurst is each member's token bucket: what it may send at
+	// once after being idle.
+	DefaultSendBurst = 1000
+)
+
+// MaxMessageBytesLimit is the largest MaxMessageBytes a daemon accepts: a
+// message must fit in one frame with room for its envelope.
+const MaxMessageBytesLimit = wire.MaxFrameSize - 4096
+
+// Spec is one group a daemon hosts.
+type Spec struct {
+	// Name is the group's display name (wire.CheckName's rules). The daemon
+	// keeps one UUID per name in its state directory.
+	Name string
+	// Secret, if not empty, makes the group private: join must present it.
+	// It is compared in constant time and never logged.
+	Secret []byte
+}
+
+// Config configures a Daemon. The zero value of each field but
+// StateDir and Groups means its default.
+type Config struct {
+	// Listen is the UDP address to listen on. Default ":0" (any free port;
+	// the registry is told the port bound).
+	Listen string
+	// Advertise are the "host:port" addresses to register for each group.
+	// If empty, only the bound port is registered and the registry lists
+	// the address our packets come from.
+	Advertise []string
+	// Groups are the groups hosted. At least one is required.
+	Groups []Spec
+	// StateDir holds the daemon's key, groups.json and the members files.
+	// Required. A state directory that holds members but no key is
+	// refused (ErrBadState) unless NewIdentity is set: a key created there
+	// would silently give the daemon a new identity. (One that holds only a
+	// groups.json, which an operator may write to choose UUIDs, gets a new
+	// key and a warning.)
+	StateDir string
+	// NewIdentity allows the daemon to create a key in a state directory
+	// that already holds members (its key was lost): the groups keep their
+	// UUIDs and members, under the new key. Off by default.
+	NewIdentity bool
+	// Registries are the addresses ("host:port", or "host" for port 7373)
+	// of the registries to register the groups with. The daemon registers
+	// with each of them, and with each Discover finds, independently: each
+	// has its own leases, renewals and retries, so none is a single point
+	// of failure.
+	Registries []string
+	// Discover also registers the groups with every registry found over
+	// mDNS, and keeps browsing, so a registry that appears later, moves or
+	// restarts with another key is found again. Off by default in this
+	// package; huddle serve turns it on unless --no-mdns.
+	Discover bool
+	// Interfaces are the interfaces to browse on. Default: every up,
+	// multicast-capable interface.
+	Interfaces []string
+	// RegistryFingerprints, if not empty, are the only registry keys
+	// trusted: a registry of Registries presenting another key is refused
+	// (and warned about every minute while it does), and a registry found
+	// over mDNS with another key is skipped. If empty, each registry of
+	// Registries is trusted on first use: pinned to the key it first
+	// presents, and if it later presents another (reinstalled), the daemon
+	// logs that at error level and follows the new key.
+	RegistryFingerprints []wire.Fingerprint
+	// Retention bounds each group's log (MaxMessages, MaxBytes, MaxAge;
+	// store's defaults for zero fields: 1,000,000 messages, 256 MiB, no age
+	// limit). Age is measured on the daemon's Now.
+	Retention store.Config
+	// Storage is where the logs are kept: by default on disk, under
+	// StateDir, written to the OS before each ack and fsynced every
+	// second (see StorageConfig).
+	Storage StorageConfig
+	// MaxMessageBytes is the largest body a message may have. Default
+	// 65536; at most MaxMessageBytesLimit.
+	MaxMessageBytes int
+	// MaxBatch is the most messages one send may carry. Default 256; at
+	// most wire.MaxBatch.
+	MaxBatch int
+	// FetchPage is the most messages one fetch returns. Default 10000.
+	FetchPage int
+	// MaxMembers is the most members a group may have. Default and most
+	// DefaultMaxMembers (8192).
+	MaxMembers int
+	// SendRate is each member's sustained send rate in messages per second:
+	// its token bucket refills at this rate, and a send that finds too few
+	// tokens gets CodeRateLimited with the time to wait. Default 100;
+	// negative: unlimited.
+	SendRate float64
+	// SendBurst is the size of each member's token bucket: how many
+	// messages it may send at once after being idle. Default 1000; at least
+	// MaxBatch, so that every batch allowed can eventually be sent.
+	SendBurst int
+	// HeartbeatInterval is how long a watch may be idle before a Heartbeat
+	// frame. Default 5 s.
+	HeartbeatInterval time.Duration
+	// Cell, if set, makes the daemon a member of a cell that replicates
+	// its groups (see CellConfig). Listen must then name a fixed port.
+	Cell *CellConfig
+	// Server holds the QUIC server's limits and deadlines.
+	Server server.Config
+	// Metrics, if not nil, receives the daemon's operation timings and is
+	// given collectors for its connections and groups.
+	Metrics *metrics.Metrics
+	// Logger receives joins, leaves, registration changes and errors,
+	// never message bodies or secrets. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock of message timestamps, join times and members'
+	// presence (when each was last seen). Default time.Now.
+	Now func() time.Time
+
+	// wrap, if set, wraps the daemon's handler: tests inject faults
+	// between the network and the operations with it.
+	wrap func(server.Handler) server.Handler
+}
+
+// Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
+func (c Config) Validate() error {
+	switch {
+	case c.StateDir == "":
+		return invalid("group daemon StateDir is required")
+	case len(c.Groups) == 0:
+		return invalid("no groups to host")
+	case len(c.Advertise) > wire.MaxAddrs:
+		return invalid("%d advertised addresses, at most %d", len(c.Advertise), wire.MaxAddrs)
+	case c.MaxMessageBytes < 0 || c.MaxMessageBytes > MaxMessageBytesLimit:
+		return invalid("MaxMessageBytes %d: want 0..%d", c.MaxMessageBytes, MaxMessageBytesLimit)
+	case c.MaxBatch < 0 || c.MaxBatch > wire.MaxBatch:
+		return invalid("MaxBatch %d: want 0..%d", c.MaxBatch, wire.MaxBatch)
+	case c.FetchPage < 0:
+		return invalid("FetchPage %d is negative", c.FetchPage)
+	case c.MaxMembers < 0 || c.MaxMembers > DefaultMaxMembers:
+		return invalid("MaxMembers %d: want 0..%d", c.MaxMembers, DefaultMaxMembers)
+	case c.SendBurst < 0:
+		return invalid("SendBurst %d is negative", c.SendBurst)
+	case math.IsNaN(c.SendRate) || math.IsInf(c.SendRate, 0):
+		return invalid("SendRate %v is not a number of messages per second", c.SendRate)
+	case c.SendRate >= 0 && orDefault(c.SendBurst, DefaultSendBurst) < orDefault(c.MaxBatch, DefaultMaxBatch):
+		return invalid("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
+	case c.Server.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.Server.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
+		return invalid("MaxMessageBytes %d does not fit in a request of MaxRequestBytes %d with its envelope (%d bytes)",
+			orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes), c.Server.MaxRequestBytes, wire.MaxFrameSize-MaxMessageBytesLimit)
+	case c.HeartbeatInterval < 0:
+		return invalid("negative interval or timeout")
+	}
+	if err := c.Server.Validate(); err != nil {
+		return err
+	}
+	for _, a := range c.Registries {
+		if strings.TrimSpace(a) == "" {
+			return invalid("empty registry address")
+		}
+	}
+	for _, a := range c.Advertise {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || len(a) > wire.MaxAddrBytes {
+			return invalid("advertised address %q: want host:port, at most %d bytes", a, wire.MaxAddrBytes)
+		}
+	}
+	seen := make(map[string]bool)
+	for _, g := range c.Groups {
+		if err := wire.CheckName(g.Name); err != nil {
+			return invalid("group name %q: %v", g.Name, err)
+		}
+		if seen[g.Name] {
+			return invalid("group %q listed twice", g.Name)
+		}
+		seen[g.Name] = true
+		if len(g.Secret) > wire.MaxSecretBytes {
+			return invalid("group %q: secret of %d bytes, at most %d", g.Name, len(g.Secret), wire.MaxSecretBytes)
+		}
+	}
+	if err := c.Storage.validate(); err != nil {
+		return err
+	}
+	if c.Cell != nil {
+		if err := c.Cell.validate(); err != nil {
+			return err
+		}
+		if c.Storage.Memory {
+			// Raft counts a member's vote and its copy of an entry on the
+			// member remembering both: one that restarted empty could
+			// vote twice in a term, or elect a leader that lacks an
+			// acknowledged message.
+			return invalid("a cell's members keep their groups on disk (--storage disk): a member that restarted empty could elect a leader without acknowledged messages")
+		}
+	}
+	if err := c.Retention.Validate(); err != nil {
+		// Both sentinels match: the daemon's, and the store's that says why.
+		return fmt.Errorf("%w: retention: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	c.Listen = orDefault(c.Listen, DefaultListen)
+	c.MaxMessageBytes = orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes)
+	c.MaxBatch = orDefault(c.MaxBatch, DefaultMaxBatch)
+	c.FetchPage = orDefault(c.FetchPage, DefaultFetchPage)
+	c.MaxMembers = orDefault(c.MaxMembers, DefaultMaxMembers)
+	c.HeartbeatInterval = orDefault(c.HeartbeatInterval, DefaultHeartbeatInterval)
+	c.SendRate = orDefault(c.SendRate, DefaultSendRate)
+	c.SendBurst = orDefault(c.SendBurst, DefaultSendBurst)
+	c.Server = c.Server.WithDefaults()
+	c.Logger = logger(c.Logger)
+	c.Now = clock(c.Now)
+	c.Storage.DataDir = orDefault(c.Storage.DataDir, c.StateDir)
+	return c
+}
+
+// HostedGroup names one group a daemon hosts.
+type HostedGroup struct {
+	ID      wire.UUID
+	Name    string
+	Private bool
+}
+
+// Daemon hosts groups: their members (kept in the state directory)
+// and their message logs (on disk by default, see StorageConfig). It
+// registers its groups with a registry when one is configured.
+type Daemon struct {
+	cfg  Config
+	srv  *server.Server
+	life *lifecycle.Lifecycle
+
+	mu     sync.Mutex
+	id     *identity.Identity   // set by Listen
+	groups map[wire.UUID]*group // set by Listen, read-only after
+	order  []*group             // the groups served, in configuration order (not those whose log is broken)
+
+	// openLog opens a group's log as the storage configuration says
+	// (openStorageLog).
+	openLog func(group wire.UUID, name string, retention store.Config) (Log, error)
+
+	registered atomic.Bool                   // some registry lists every group now (see Readiness)
+	regs       atomic.Pointer[registrations] // set once registration runs
+	// stateLog paces the log of state files that cannot be written, per
+	// group: a flood of joins on a full disk must not flood the log too.
+	stateLog sparse.Sampler[wire.UUID]
+	// logLog does the same for logs that cannot store a send.
+	logLog sparse.Sampler[wire.UUID]
+	lock   *statedir.Held // the state directory's, held from Listen to Close
+	// dataLock is the data directory's, when it is not the state
+	// directory.
+	dataLock *statedir.Held
+
+	// A member of a cell (cfg.Cell): its node, set by Listen, and the
+	// groups the cell created (cell.go); cellReady is closed once the
+	// configured groups are among them.
+	node      *cell.Node
+	host      *cellHost
+	cellReady chan struct{}
+}
+
+// New returns a daemon for cfg. It does no I/O; Listen or Serve
+// load the state directory and bind the socket. It returns cfg.Validate's
+// error.
+func New(cfg Config) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	d := &Daemon{cfg: cfg, life: lifecycle.New(), cellReady: make(chan struct{}),
+		stateLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}, logLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}}
+	d.openLog = d.openStorageLog
+	setup := server.Setup{Listen: cfg.Listen, Role: "groups", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}
+	if cfg.Cell != nil {
+		setup.Cell = cellHook{d: d}
+	}
+	handle := d.handle
+	if cfg.wrap != nil {
+		handle = cfg.wrap(handle)
+	}
+	d.srv = server.New(cfg.Server, setup, handle)
+	cfg.Metrics.Groups(d.groupStats)
+	if cfg.Cell != nil {
+		cfg.Metrics.Cell(d.cellStats)
+	}
+	return d, nil
+}
+
+// Listen loads the state directory (the key, each group's UUID and members,
+// creating what is missing) and binds the UDP socket, so Addr, Fingerprint
+// and Groups are known before Serve. Calling it again does nothing. It
+// returns ErrClosed after Close, errors wrapping ErrBadState for unusable
+// state files, and identity or socket errors.
+func (d *Daemon) Listen() error {
+	if d.life.IsClosed() {
+		return ErrClosed
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lock == nil {
+		l, err := statedir.Lock(d.cfg.StateDir)
+		if err != nil {
+			return fmt.Errorf("group daemon: %w", err)
+		}
+		d.lock = l
+		if s := d.cfg.Storage; !s.Memory && filepath.Clean(s.DataDir) != filepath.Clean(d.cfg.StateDir) {
+			if d.dataLock, err = statedir.Lock(s.DataDir); err != nil {
+				d.releaseLocked()
+				return fmt.Errorf("group daemon: data dir: %w", err)
+			}
+		}
+	}
+	if d.id == nil {
+		if err := d.loadLocked(); err != nil {
+			d.releaseLocked() // a daemon that did not start holds nothing
+			return fmt.Errorf("group daemon: %w", err)
+		}
+	}
+	if err := d.srv.Listen(d.id); err != nil {
+		return fmt.Errorf("group daemon: %w", err)
+	}
+	if d.cfg.Cell != nil && d.node == nil {
+		if err := d.newCellNode(); err != nil {
+			return fmt.Errorf("group daemon: %w", err)
+		}
+	}
+	return nil
+}
+
+// releaseLocked gives up the directory locks. d.mu is held.
+func (d *Daemon) releaseLocked() {
+	d.lock.Release()
+	d.dataLock.Release()
+	d.lock, d.dataLock = nil, nil
+}
+
+func (d *Daemon) loadLocked() error {
+	warn, err := checkKeyKept(d.cfg.StateDir, d.cfg.NewIdentity)
+	if err != nil {
+		return err
+	}
+	if warn != "" {
+		d.cfg.Logger.Warn(warn)
+	}
+	id, err := identity.LoadOrCreate(d.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if d.cfg.Cell != nil {
+		// The cell creates the groups and opens their logs (cell.go).
+		d.id, d.groups = id, make(map[wire.UUID]*group)
+		return nil
+	}
+	names := make([]string, len(d.cfg.Groups))
+	for i, g := range d.cfg.Groups {
+		names[i] = g.Name
+	}
+	ids, err := loadGroupIDs(d.cfg.StateDir, names)
+	if err != nil {
+		return err
+	}
+	groups := make(map[wire.UUID]*group, len(names))
+	order := make([]*group, 0, len(names))
+	for _, spec := range d.cfg.Groups {
+		gid := ids[spec.Name]
+		records, err := loadMembers(d.cfg.StateDir, gid)
+		if err != nil {
+			return err
+		}
+		log, err := d.openLog(gid, spec.Name, d.cfg.Retention)
+		if err != nil {
+			log = nil
+		}
+		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+		if err != nil {
+			// This group is not served; the others are.
+			g.broken = err
+			logBroken(d.cfg.Logger, spec.Name, gid, d.cfg.Storage.logDir(gid), err)
+		} else {
+			order = append(order, g)
+		}
+		groups[gid] = g
+	}
+	if len(order) == 0 {
+		closeLogs(groups)
+		first := groups[ids[d.cfg.Groups[0].Name]]
+		return fmt.Errorf("no group can be served: the log of each cannot be read; group %s's: %w", first.name, first.broken)
+	}
+	d.id, d.groups, d.order = id, groups, order
+	return nil
+}
+
+// closeLogs closes the logs of groups (syncing those on disk).
+func closeLogs(groups map[wire.UUID]*group) {
+	for _, g := range groups {
+		if g.log != nil {
+			g.log.Close()
+		}
+	}
+}
+
+// Serve listens (if Listen was not called), registers the groups with the
+// registry if one is configured, and serves until ctx ends or Close is
+// called; then it shuts down as Close does and returns nil once everything
+// has stopped. It returns ErrClosed after Close, ErrServing if already
+// serving, and Listen's errors.
+func (d *Daemon) Serve(ctx context.Context) error {
+	if err := d.Listen(); err != nil {
+		return err
+	}
+	var loops []func()
+	if len(d.cfg.Registries) > 0 || d.cfg.Discover {
+		loops = append(loops, d.afterCellGroups(d.registerLoop))
+	}
+	if d.cfg.Retention.MaxAge > 0 {
+		loops = append(loops, d.afterCellGroups(d.expireLoop))
+	}
+	if d.cfg.Cell != nil {
+		loops = append(loops, func() { d.awaitCellGroups() })
+	}
+	if err := d.life.Begin(loops...); err != nil {
+		return err
+	}
+	if err := d.srv.Start(); err != nil {
+		d.Close()
+		return err
+	}
+	if d.node != nil {
+		if err := d.node.Start(); err != nil {
+			d.Close()
+			return fmt.Errorf("group daemon: %w", err)
+		}
+		d.cfg.Logger.Info("cell member started", "self", d.node.Self().String(), "peers", len(d.cfg.Cell.Peers), "join", d.cfg.Cell.Join)
+	}
+	for _, g := range d.order {
+		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
+	}
+	d.cfg.Logger.Info("message storage", "storage", d.cfg.Storage.String())
+	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
+	d.life.Wait(ctx, d.Close)
+	d.cfg.Logger.Info("group daemon stopped")
+	return nil
+}
+
+// Close deregisters the groups (bounded by a short timeout), stops the
+// daemon (see the package comment for the order) and waits for every
+// goroutine it started. It is safe to call more than once; every call
+// returns nil once shutdown has finished.
+func (d *Daemon) Close() error {
+	d.life.Close(d.srv.Close)
+	d.mu.Lock()
+	if d.node != nil {
+		// After the server (no handler waits on the cell now); before the
+		// logs, which the cell's state machine applies to.
+		d.node.Close()
+		for _, g := range d.host.all() {
+			d.groups[g.id] = g
+		}
+	}
+	closeLogs(d.groups) // after the server: no handler uses them now
+	d.releaseLocked()
+	d.mu.Unlock()
+	return nil
+}
+
+// Addr returns the address the daemon listens on, or nil before it does.
+func (d *Daemon) Addr() net.Addr { return d.srv.Addr() }
+
+// Fingerprint returns the daemon's fingerprint (what clients pin), or zero
+// before Listen.
+func (d *Daemon) Fingerprint() wire.Fingerprint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.id == nil {
+		return wire.Fingerprint{}
+	}
+	return d.id.Fingerprint()
+}
+
+// Groups returns the hosted groups in configuration order, or nil before
+// Listen.
+func (d *Daemon) Groups() []HostedGroup {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var hs []HostedGroup
+	for _, g := range d.order {
+		hs = append(hs, HostedGroup{ID: g.id, Name: g.name, Private: g.private()})
+	}
+	return hs
+}
+
+// expireLoop applies the age limit to idle logs.
+func (d *Daemon) expireLoop() {
+	t := time.NewTicker(min(max(d.cfg.Retention.MaxAge/8, 10*time.Millisecond), time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-d.life.Ctx().Done():
+			return
+		case <-t.C:
+			now := d.cfg.Now()
+			for _, g := range d.order {
+				g.log.Expire(now)
+			}
+		}
+	}
+}

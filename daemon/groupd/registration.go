@@ -1,0 +1,701 @@
+package groupd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/discovery"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Registration timing.
+const (
+	// registryCallTimeout bounds one call to a registry.
+	registryCallTimeout = 5 * time.Second
+	// deregisterTimeout bounds deregistering every group on Close.
+	deregisterTimeout = 2 * time.Second
+	// retryMin and retryMax bound the backoff between failed attempts; a
+	// registry that comes back is registered with again within one
+	// renewal period, as the backoff never exceeds it.
+	retryMin = 250 * time.Millisecond
+	retryMax = 5 * time.Second
+	// renewFallback is the renew period until a lease says its TTL.
+	renewFallback = 5 * time.Second
+	// refusedRetry is how long a group a registry refused (full, or its
+	// UUID held by another key) waits before it is offered again.
+	refusedRetry = 30 * time.Second
+	// keyWarnEvery is how often a registry that presents a key the daemon
+	// refuses is warned about again.
+	keyWarnEvery = time.Minute
+	// browseRetry is how long a daemon waits before trying to browse again
+	// after browsing could not run.
+	browseRetry = 10 * time.Second
+)
+
+// RegistrationStatus is what a group daemon knows of its groups' listing at
+// one registry.
+type RegistrationStatus struct {
+	Addr        string           // the address used (the last that answered, for a discovered registry)
+	Fingerprint wire.Fingerprint // the registry's key; zero until it was reached
+	Discovered  bool             // found over mDNS rather than configured
+	Listed      int              // groups with a live lease there
+	Refused     map[string]error // groups the registry refused, by name, and why
+	Err         error            // why the last attempt failed; nil while it works
+	Failures    int              // attempts failed in a row
+}
+
+// Registrations returns the state of every registry the daemon registers
+// with: those configured, then those discovered, in the order they were
+// found.
+func (d *Daemon) Registrations() []RegistrationStatus {
+	rs := d.regs.Load()
+	if rs == nil {
+		return nil
+	}
+	return rs.statuses()
+}
+
+// registrations keeps the daemon's groups registered with every registry
+// it knows: each configured one (Config.Registries) and, with
+// Discover, each one mDNS finds. Every registry has its own registrar: its
+// own goroutine, leases, renewals and backoff, so no registry's trouble
+// delays another's. A discovered registry is known by its fingerprint
+// (its addresses are those it was found at); one that turns out to be a
+// configured one, reached at another address, is left to the configured
+// registrar.
+type registrations struct {
+	d  *Daemon
+	cl *client.Client
+
+	mu         sync.Mutex
+	all        []*registrar
+	discovered map[wire.Fingerprint]*registrar
+
+	wg sync.WaitGroup // the registrars
+}
+
+// registerLoop runs the registrations until the daemon closes, then
+// deregisters every group from every registry that lists it.
+func (d *Daemon) registerLoop() {
+	log := d.cfg.Logger
+	cl, err := client.New(client.Config{Identity: d.id, Logger: log, DialTimeout: registryCallTimeout})
+	if err != nil {
+		log.Error("registration disabled", "err", err)
+		return
+	}
+	defer cl.Close()
+	rs := &registrations{d: d, cl: cl, discovered: make(map[wire.Fingerprint]*registrar)}
+	d.regs.Store(rs)
+	ctx := d.life.Ctx()
+	for _, addr := range d.cfg.Registries {
+		rs.start(ctx, newRegistrar(rs, []string{addr}, false))
+	}
+	if d.cfg.Discover {
+		rs.wg.Go(func() { rs.browse(ctx) })
+	}
+	rs.wg.Wait()
+}
+
+func (rs *registrations) start(ctx context.Context, r *registrar) {
+	rs.mu.Lock()
+	rs.all = append(rs.all, r)
+	rs.mu.Unlock()
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	rs.wg.Go(r.run)
+}
+
+func (rs *registrations) statuses() []RegistrationStatus {
+	rs.mu.Lock()
+	all := slices.Clone(rs.all)
+	rs.mu.Unlock()
+	out := make([]RegistrationStatus, 0, len(all))
+	for _, r := range all {
+		if s, ok := r.status(); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// someListsAll reports whether some registry lists every group: what
+// readiness asks.
+func (rs *registrations) someListsAll() bool {
+	for _, s := range rs.statuses() {
+		if s.Err == nil && s.Listed == len(rs.d.order) {
+			return true
+		}
+	}
+	return false
+}
+
+// found is browse's report of a registry at addr with key fp: a new
+// registry gets a registrar; a known one learns the address.
+func (rs *registrations) found(ctx context.Context, fp wire.Fingerprint, addr string) {
+	rs.mu.Lock()
+	for _, r := range rs.all {
+		if !r.discovered && r.key() == fp {
+			rs.mu.Unlock()
+			return // a configured registry, reached there already
+		}
+	}
+	if r := rs.discovered[fp]; r != nil {
+		rs.mu.Unlock()
+		r.addAddr(addr)
+		return
+	}
+	r := newRegistrar(rs, []string{addr}, true)
+	r.pin = fp
+	rs.discovered[fp] = r
+	rs.mu.Unlock()
+	rs.d.cfg.Logger.Info("registry found over mDNS; registering there too", "registry", addr, "fingerprint", fp.Short())
+	rs.start(ctx, r)
+}
+
+// learned is a configured registrar's report that its registry presents
+// fp: a discovered registrar for the same key stops (without deregistering:
+// the leases are the same ones, now renewed by the configured registrar).
+func (rs *registrations) learned(fp wire.Fingerprint) {
+	rs.mu.Lock()
+	r := rs.discovered[fp]
+	if r != nil {
+		delete(rs.discovered, fp)
+		rs.all = slices.DeleteFunc(rs.all, func(x *registrar) bool { return x == r })
+	}
+	rs.mu.Unlock()
+	if r != nil {
+		rs.d.cfg.Logger.Info("a registry found over mDNS is one given by address; registering there once", "registry", r.addrNow(), "fingerprint", fp.Short())
+		r.retire()
+	}
+}
+
+// browse reports every registry mDNS finds (and finds again when it
+// moves) to found, until ctx ends. When browsing cannot run at all (no
+// multicast-capable interface yet: a daemon may start before the network)
+// it says so once and tries again every browseRetry.
+func (rs *registrations) browse(ctx context.Context) {
+	d := rs.d
+	trusted := func(fp wire.Fingerprint) bool {
+		return len(d.cfg.RegistryFingerprints) == 0 || slices.Contains(d.cfg.RegistryFingerprints, fp)
+	}
+	skipped := make(map[wire.Fingerprint]bool)
+	var skippedMu sync.Mutex
+	cfg := discovery.BrowseConfig{
+		Interfaces: d.cfg.Interfaces,
+		Logger:     d.cfg.Logger.With("from", "mdns"),
+		Verify: func(ctx context.Context, reg discovery.Advertised, addr netip.AddrPort) error {
+			fp, err := wire.ParseFingerprint(reg.Fingerprint)
+			if err != nil {
+				return err
+			}
+			if !trusted(fp) {
+				skippedMu.Lock()
+				first := !skipped[fp]
+				skipped[fp] = true
+				skippedMu.Unlock()
+				if first {
+					d.cfg.Logger.Warn("skipping a registry found over mDNS: its key is not one of the registry fingerprints given", "registry", addr, "fingerprint", fp)
+				}
+				return fmt.Errorf("key %s is not trusted", fp.Short())
+			}
+			_, err = rs.cl.Registry(ctx, addr.String(), fp)
+			d.cfg.Metrics.DiscoveryAnswer(err == nil)
+			return err
+		},
+	}
+	found := func(reg discovery.Advertised, addr netip.AddrPort) {
+		if fp, err := wire.ParseFingerprint(reg.Fingerprint); err == nil {
+			rs.found(ctx, fp, addr.String())
+		}
+	}
+	logged := false
+	for {
+		err := discovery.Browse(ctx, cfg, found)
+		if ctx.Err() != nil {
+			return
+		}
+		if !logged {
+			d.cfg.Logger.Warn("cannot look for registries over mDNS; retrying (or give their addresses)", "every", browseRetry, "err", err)
+			logged = true
+		}
+		if !sleepCtx(ctx, browseRetry) {
+			return
+		}
+	}
+}
+
+// sleepCtx waits for d or until ctx ends, and reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// registrar keeps the daemon's groups registered with one registry: it
+// registers every group, renews the leases every third of their TTL (from
+// the start of one pass over the groups to the start of the next),
+// registers again at once when the registry restarted (epoch mismatch) or
+// forgot a lease (not found), retries failures with capped backoff, and
+// deregisters every group when the daemon closes.
+//
+// A configured registry given without a trusted fingerprint is pinned to
+// the key it first presents (in memory); if it later presents another key
+// (reinstalled) the registrar says so loudly and follows it, as documented
+// for an unpinned registry. With Config.RegistryFingerprints it
+// refuses any other key, warning every keyWarnEvery while that lasts.
+type registrar struct {
+	rs         *registrations
+	discovered bool
+	ctx        context.Context
+	cancel     context.CancelFunc
+	now        chan struct{} // a pending request to refresh at once (refreshNow)
+
+	mu       sync.Mutex // guards retired, addrs, pin and the status fields below
+	retired  bool       // stopped for another registrar: no deregistering (set before cancel)
+	addrs    []string   // where the registry is: the first that answers is used
+	pin      wire.Fingerprint
+	addr     string // the address of the handle reg
+	listed   int
+	refused  map[wire.UUID]refusal
+	lastErr  error
+	failures int
+	reached  bool
+
+	// Owned by run's goroutine.
+	reg      *client.Registry // nil until reached, and after a key change
+	epochs   map[wire.UUID]uint64
+	current  uint64 // the registry's epoch as last seen
+	ttl      time.Duration
+	keyWarn  time.Time // when a refused key was last warned about
+	wasError string    // the last failure logged, to log each change once
+}
+
+// refusal is a group a registry would not list.
+type refusal struct {
+	err   error
+	until time.Time // offered again then
+}
+
+func newRegistrar(rs *registrations, addrs []string, discovered bool) *registrar {
+	return &registrar{rs: rs, discovered: discovered, addrs: addrs, now: make(chan struct{}, 1),
+		epochs: make(map[wire.UUID]uint64), refused: make(map[wire.UUID]refusal)}
+}
+
+// refreshNow asks every registrar to register the groups again at once
+// rather than at the next renewal: a cell's leader changed, and what the
+// registries list (the leader flag, the entry's address) is out of date.
+// Requests made while one is pending are one.
+func (rs *registrations) refreshNow() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for _, r := range rs.all {
+		select {
+		case r.now <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (r *registrar) key() wire.Fingerprint {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pin
+}
+
+func (r *registrar) addrNow() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.addr != "" {
+		return r.addr
+	}
+	return r.addrs[0]
+}
+
+// addAddr adds an address the registry was found at, tried first from now
+// on if the registry cannot be reached where it was.
+func (r *registrar) addAddr(addr string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !slices.Contains(r.addrs, addr) {
+		r.addrs = append([]string{addr}, r.addrs...)
+	}
+}
+
+func (r *registrar) retire() {
+	r.mu.Lock()
+	r.retired = true
+	r.mu.Unlock()
+	r.cancel()
+}
+
+func (r *registrar) status() (RegistrationStatus, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.retired {
+		return RegistrationStatus{}, false
+	}
+	s := RegistrationStatus{Addr: r.addr, Discovered: r.discovered, Listed: r.listed, Err: r.lastErr, Failures: r.failures}
+	if s.Addr == "" {
+		s.Addr = r.addrs[0]
+	}
+	if r.reached {
+		s.Fingerprint = r.pin
+	}
+	for id, rf := range r.refused {
+		if s.Refused == nil {
+			s.Refused = make(map[string]error)
+		}
+		s.Refused[r.rs.d.groups[id].name] = rf.err
+	}
+	return s, true
+}
+
+func (r *registrar) log() []any {
+	return []any{"registry", r.addrNow()}
+}
+
+func (r *registrar) run() {
+	d := r.rs.d
+	delay, backoff := time.Duration(0), retryMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		timer.Reset(delay)
+		select {
+		case <-r.ctx.Done():
+			r.mu.Lock()
+			retired := r.retired
+			r.mu.Unlock()
+			if !retired {
+				r.deregisterAll()
+			}
+			return
+		case <-timer.C:
+		case <-r.now:
+		}
+		start := time.Now()
+		if err := r.refresh(); err != nil {
+			if r.ctx.Err() != nil {
+				continue // closing: the select above deregisters
+			}
+			r.failed(err)
+			delay, backoff = backoff, min(backoff*2, retryMax, r.renewEvery())
+			continue
+		}
+		r.succeeded()
+		d.registered.Store(r.rs.someListsAll())
+		delay, backoff = renewDelay(r.renewEvery(), time.Since(start)), retryMin
+	}
+}
+
+// renewDelay is the wait before the next pass after one that took took:
+// passes begin every third of the TTL, one start to the next. Waiting a
+// third after each pass ended instead stretched the time between a
+// lease's renewals, as the registry sees them, by the pass's length (its
+// round trips, one per group): with a 3 s lease at load 26, past the TTL.
+func renewDelay(every, took time.Duration) time.Duration { return max(every-took, 0) }
+
+func (r *registrar) renewEvery() time.Duration {
+	if r.ttl <= 0 {
+		return renewFallback
+	}
+	return max(r.ttl/3, 10*time.Millisecond)
+}
+
+// connect opens the handle on the registry, trying its addresses in order.
+func (r *registrar) connect() error {
+	r.mu.Lock()
+	addrs, pin := slices.Clone(r.addrs), r.pin
+	r.mu.Unlock()
+	var errs []error
+	for _, addr := range addrs {
+		ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
+		reg, err := r.rs.cl.Registry(ctx, addr, pin)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			var mm *identity.MismatchError
+			if errors.As(err, &mm) {
+				return err // a key question, not a reachability one: handled by failed
+			}
+			continue
+		}
+		fp := reg.Fingerprint()
+		if trusted := r.rs.d.cfg.RegistryFingerprints; len(trusted) > 0 && !slices.Contains(trusted, fp) {
+			return &identity.MismatchError{Want: trusted[0], Got: fp}
+		}
+		r.mu.Lock()
+		r.pin, r.addr, r.reached = fp, addr, true
+		r.mu.Unlock()
+		r.reg = reg
+		if !r.discovered && pin.IsZero() {
+			r.rs.learned(fp)
+		}
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+// refresh renews every group's lease, registering those without one. A
+// group the registry refuses (full, or its UUID is another key's) is
+// remembered and offered again after refusedRetry; the others go on. It
+// fails only for what concerns the whole registry: it cannot be reached,
+// or presents another key.
+func (r *registrar) refresh() error {
+	if r.reg == nil {
+		if err := r.connect(); err != nil {
+			return err
+		}
+	}
+	// If the registry's epoch changes during a pass (it restarted), groups
+	// renewed earlier in the pass hold leases of the old epoch that the new
+	// registry never had: a second pass registers them at once.
+	var newlyRefused []string
+	for range 2 {
+		before := r.current
+		for _, g := range r.rs.d.order {
+			refused, err := r.refreshGroup(g)
+			if err != nil {
+				return err
+			}
+			if refused {
+				newlyRefused = append(newlyRefused, g.name)
+			}
+		}
+		if r.current == before {
+			break
+		}
+	}
+	r.reportRefused(newlyRefused)
+	r.mu.Lock()
+	r.listed = len(r.epochs)
+	r.mu.Unlock()
+	return nil
+}
+
+// refreshGroup renews or registers g. It reports whether the registry
+// refused the group just now, and returns an error only for a failure of
+// the whole registry.
+func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
+	ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
+	defer cancel()
+	if g.cell != nil && !g.cell.node.Member() {
+		// Removed from the cell: the group is the others' to list, and
+		// the registry would refuse this daemon's key for it.
+		delete(r.epochs, g.id)
+		r.mu.Lock()
+		delete(r.refused, g.id)
+		r.mu.Unlock()
+		return false, nil
+	}
+	members, last := uint64(g.memberCount()), g.log.Stats().Last
+	// A cell's group registers again at each renewal: the registration
+	// carries the cell's members and its leader, which change.
+	if epoch, ok := r.epochs[g.id]; ok && epoch == r.current && g.cell == nil {
+		lease, err := r.reg.Renew(ctx, client.Renewal{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
+		if err == nil {
+			r.ttl = lease.TTL
+			return false, nil
+		}
+		if !errors.Is(err, wire.ErrEpochMismatch) && !errors.Is(err, wire.ErrNotFound) {
+			if groupRefusal(err) {
+				return r.refuse(g, err), nil
+			}
+			return false, err
+		}
+		// The registry restarted or the lease lapsed: register again now.
+		delete(r.epochs, g.id)
+		r.rs.d.cfg.Logger.Info("registry lost the lease; registering again", append(r.log(), "group", g.name, "uuid", g.id, "reason", err)...)
+	}
+	r.mu.Lock()
+	rf, wasRefused := r.refused[g.id]
+	r.mu.Unlock()
+	if wasRefused && r.rs.d.cfg.Now().Before(rf.until) {
+		return false, nil
+	}
+	prevEpoch, again := r.epochs[g.id]
+	lease, err := r.reg.Register(ctx, r.registration(g, members, last))
+	if err != nil {
+		delete(r.epochs, g.id)
+		if groupRefusal(err) {
+			return r.refuse(g, err), nil
+		}
+		return false, err
+	}
+	if wasRefused {
+		r.mu.Lock()
+		delete(r.refused, g.id)
+		r.mu.Unlock()
+	}
+	r.epochs[g.id] = lease.Epoch
+	r.current = lease.Epoch
+	r.ttl = lease.TTL
+	if again && prevEpoch == lease.Epoch {
+		return false, nil // a cell's group, registered again as it is renewed: nothing new to say
+	}
+	r.rs.d.cfg.Logger.Info("group registered", append(r.log(), "group", g.name, "uuid", g.id, "registry_epoch", lease.Epoch, "ttl", r.ttl)...)
+	return false, nil
+}
+
+// groupRefusal reports whether err is the registry refusing one group
+// rather than failing as a whole.
+func groupRefusal(err error) bool {
+	if _, wait := client.RetryAfter(err); wait || errors.Is(err, client.ErrShuttingDown) {
+		// A registry shutting down refuses everything, for a while: not a
+		// refusal of this group (PROTOCOL.md §3).
+		return false
+	}
+	for _, e := range []error{wire.ErrUnavailable, wire.ErrUnauthorized, wire.ErrBadRequest, wire.ErrTooLarge, wire.ErrRateLimited} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse remembers that the registry refused g, and reports whether that
+// is news (it was not refused for the same reason before).
+func (r *registrar) refuse(g *group, err error) bool {
+	delete(r.epochs, g.id)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prev, was := r.refused[g.id]
+	r.refused[g.id] = refusal{err: err, until: r.rs.d.cfg.Now().Add(refusedRetry)}
+	return !was || prev.err.Error() != err.Error()
+}
+
+// reportRefused logs, once per pass that refused anything new, every group
+// the registry does not list, grouped by reason: each is named (a daemon
+// hosting more groups than a registry takes must not lose some quietly).
+func (r *registrar) reportRefused(newly []string) {
+	if len(newly) == 0 {
+		return
+	}
+	r.mu.Lock()
+	byReason := make(map[string][]string)
+	for id, rf := range r.refused {
+		reason := wire.ToError(rf.err).Code.String()
+		byReason[reason] = append(byReason[reason], r.rs.d.groups[id].name)
+	}
+	r.mu.Unlock()
+	for reason, names := range byReason {
+		slices.Sort(names)
+		r.rs.d.cfg.Logger.Warn("registry refused groups; they are not listed there", append(r.log(),
+			"refused", len(names), "of", len(r.rs.d.order), "reason", reason, "groups", strings.Join(names, ","), "retry_in", refusedRetry)...)
+	}
+}
+
+// registration is what the daemon registers for g: the advertised
+// addresses, or only the bound port.
+func (r *registrar) registration(g *group, members, last uint64) client.Registration {
+	reg := client.Registration{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last}
+	if g.cell != nil {
+		reg.Replicas = r.rs.d.replicaList() // every member registers it; the registry lists it once
+	}
+	if len(reg.Addrs) == 0 {
+		if ua, ok := r.rs.d.Addr().(*net.UDPAddr); ok {
+			reg.Port = uint16(ua.Port)
+		}
+	}
+	return reg
+}
+
+// failed records a failed attempt and logs it when it differs from the
+// last one logged. A registry presenting another key than the one pinned
+// is handled as Config documents: loudly, every time.
+func (r *registrar) failed(err error) {
+	d := r.rs.d
+	r.mu.Lock()
+	r.lastErr = err
+	r.failures++
+	r.mu.Unlock()
+	d.registered.Store(r.rs.someListsAll())
+	var mm *identity.MismatchError
+	if errors.As(err, &mm) && r.keyChanged(mm) {
+		return
+	}
+	if msg := err.Error(); msg != r.wasError {
+		r.wasError = msg
+		d.cfg.Logger.Warn("registration failing; retrying", append(r.log(), "err", err)...)
+	}
+}
+
+// keyChanged handles a registry that presented mm.Got instead of the key
+// pinned for it, and reports whether it logged about it (a discovered
+// registry's is logged as any other failure, once).
+func (r *registrar) keyChanged(mm *identity.MismatchError) bool {
+	log := r.rs.d.cfg.Logger
+	switch {
+	case len(r.rs.d.cfg.RegistryFingerprints) > 0:
+		if now := r.rs.d.cfg.Now(); now.Sub(r.keyWarn) >= keyWarnEvery || now.Before(r.keyWarn) {
+			r.keyWarn = now
+			log.Error("REGISTRY KEY REFUSED: the registry presents a key that is not one of the registry fingerprints given; not registering there (someone may be impersonating it; if it was reinstalled, give its new fingerprint)",
+				append(r.log(), "presented", mm.Got, "trusted", r.rs.d.cfg.RegistryFingerprints)...)
+		}
+		return true
+	case r.discovered:
+		// Another registry answers where this one was found: mDNS reports
+		// it under its own key, with a registrar of its own. This one keeps
+		// its other addresses, if it has any.
+		r.mu.Lock()
+		if len(r.addrs) > 1 {
+			r.addrs = slices.DeleteFunc(r.addrs, func(a string) bool { return a == r.addr })
+		}
+		r.mu.Unlock()
+		return false
+	}
+	log.Error("REGISTRY KEY CHANGED: the registry now presents another key; following it, as a registry given without --registry-fingerprint is trusted on first use (give --registry-fingerprint to refuse a changed key instead)",
+		append(r.log(), "was", mm.Want, "now", mm.Got)...)
+	r.mu.Lock()
+	r.pin = mm.Got
+	r.mu.Unlock()
+	r.reg = nil
+	clear(r.epochs)
+	r.current = 0
+	return true
+}
+
+func (r *registrar) succeeded() {
+	r.mu.Lock()
+	failing := r.lastErr != nil
+	r.lastErr, r.failures = nil, 0
+	r.mu.Unlock()
+	if failing {
+		r.wasError = ""
+		r.rs.d.cfg.Logger.Info("registration working again", r.log()...)
+	}
+}
+
+// deregisterAll removes every registered group from the registry, bounded
+// by deregisterTimeout: a daemon that stops is unlisted at once rather than
+// when its leases lapse.
+func (r *registrar) deregisterAll() {
+	if r.reg == nil || len(r.epochs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
+	defer cancel()
+	for _, g := range r.rs.d.order {
+		if _, ok := r.epochs[g.id]; !ok {
+			continue
+		}
+		if err := r.reg.Deregister(ctx, g.id); err != nil {
+			r.rs.d.cfg.Logger.Warn("deregister failed; the lease will lapse", append(r.log(), "group", g.name, "err", err)...)
+			continue
+		}
+		r.rs.d.cfg.Logger.Info("group deregistered", append(r.log(), "group", g.name, "uuid", g.id)...)
+	}
+}

@@ -1,0 +1,406 @@
+package groupd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestRegistration runs a group daemon against a real registry: it
+// registers its groups, renews them with fresh counters, registers again
+// after the registry restarts (same key, new epoch), and deregisters them
+// on Close.
+func TestRegistration(t *testing.T) {
+	regDir := t.TempDir()
+	r1, err := registry.New(registry.Config{StateDir: regDir, Listen: "127.0.0.1:0", LeaseTTL: 300 * time.Millisecond, Logger: testLogger(t)})
+	must(t, err)
+	must(t, r1.Listen())
+	r1done := make(chan error, 1)
+	go func() { r1done <- r1.Serve(context.Background()) }()
+	regAddr := r1.Addr().String()
+
+	d, stop := startGroupDaemon(t, Config{
+		Groups:               []Spec{{Name: "general"}, {Name: "ops", Secret: []byte("s")}},
+		Registries:           []string{regAddr},
+		RegistryFingerprints: []wire.Fingerprint{r1.Fingerprint()},
+	})
+	port := d.Addr().(*net.UDPAddr).Port
+	lister := dial(t, r1.Addr(), r1.Fingerprint(), nil)
+	listed := func(p *peer) map[wire.UUID]wire.GroupEntry {
+		m := make(map[wire.UUID]wire.GroupEntry)
+		for _, e := range listGroups(t, p).Groups {
+			m[e.Group] = e
+		}
+		return m
+	}
+	eventually(t, "both groups registered", func() bool { return len(listed(lister)) == 2 })
+	for _, h := range d.Groups() {
+		e := listed(lister)[h.ID]
+		if e.Name != h.Name || e.Fingerprint != d.Fingerprint() || len(e.Addrs) != 1 || e.Addrs[0] != fmt.Sprintf("127.0.0.1:%d", port) {
+			t.Fatalf("entry %+v for %+v", e, h)
+		}
+	}
+
+	// Renewals carry the counters.
+	p := joined(t, d, "p")
+	_, err = p.send(gid(d), outgoing("a", "b"))
+	must(t, err)
+	eventually(t, "a renew with the new counters", func() bool {
+		e := listed(lister)[gid(d)]
+		return e.Members == 1 && e.LastSeq == 2
+	})
+
+	// The registry restarts on the same address with the same key: the
+	// daemon's next renew gets epoch_mismatch and it registers again.
+	must(t, r1.Close())
+	must(t, <-r1done)
+	r2 := startRegistry(t, registry.Config{StateDir: regDir, Listen: regAddr, LeaseTTL: time.Hour})
+	lister2 := dial(t, r2.Addr(), r2.Fingerprint(), nil)
+	eventually(t, "the groups registered again", func() bool { return len(listed(lister2)) == 2 })
+	if e := listed(lister2)[gid(d)]; e.LastSeq != 2 || e.Members != 1 {
+		t.Fatalf("after re-registering: %+v", e)
+	}
+
+	// Close deregisters at once (the new leases last an hour).
+	stop()
+	if got := listGroups(t, lister2).Groups; len(got) != 0 {
+		t.Fatalf("listed after the daemon closed: %+v", got)
+	}
+}
+
+// TestRegistrationAdvertise checks that advertised addresses are what the
+// registry lists.
+func TestRegistrationAdvertise(t *testing.T) {
+	r := startRegistry(t, registry.Config{})
+	startGroupDaemon(t, Config{
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+		Advertise:            []string{"chat.example:7400", "[2001:db8::1]:7400"},
+	})
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	eventually(t, "the group registered", func() bool { return len(listGroups(t, lister).Groups) == 1 })
+	e := listGroups(t, lister).Groups[0]
+	if fmt.Sprint(e.Addrs) != "[chat.example:7400 [2001:db8::1]:7400]" {
+		t.Fatalf("addrs %v", e.Addrs)
+	}
+}
+
+// TestRegistrationUnreachable starts a group daemon whose registry cannot
+// be reached: the daemon serves anyway, retries with backoff (failures
+// counted, the error says the registry is unreachable), is not ready while
+// no registry lists its groups, and registers as soon as the registry
+// comes up at that address. Then it closes promptly (16.27).
+//
+// What answers at the address first is a QUIC server of another protocol,
+// so each attempt fails at once (nothing listening would cost a 5 s
+// handshake timeout per attempt).
+func TestRegistrationUnreachable(t *testing.T) {
+	tlsConf := newKey(t).ServerTLS()
+	tlsConf.NextProtos = []string{"not-huddle"}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	must(t, err)
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(tlsConf, nil)
+	must(t, err)
+	addr := udp.LocalAddr().String()
+	d, stop := startGroupDaemon(t, Config{Registries: []string{addr}})
+	p := joined(t, d, "p")
+	p.info(gid(d))
+
+	var st RegistrationStatus
+	eventually(t, "three failed attempts", func() bool {
+		if s := d.Registrations(); len(s) == 1 {
+			st = s[0]
+		}
+		return st.Failures >= 3
+	})
+	if !errors.Is(st.Err, client.ErrUnreachable) || st.Listed != 0 || st.Addr != addr || !st.Fingerprint.IsZero() {
+		t.Fatalf("status while the registry is down: %+v", st)
+	}
+	if err := d.Readiness(); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("readiness with no registry: %v, want ErrNotReady", err)
+	}
+
+	must(t, ln.Close())
+	must(t, tr.Close())
+	must(t, udp.Close())
+	r := startRegistry(t, registry.Config{Listen: addr})
+	eventually(t, "the group registered once the registry came up", func() bool {
+		s := d.Registrations()
+		return len(s) == 1 && s[0].Listed == 1 && s[0].Err == nil && s[0].Fingerprint == r.Fingerprint()
+	})
+	if err := d.Readiness(); err != nil {
+		t.Fatalf("readiness once registered: %v", err)
+	}
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	if got := listGroups(t, lister).Groups; len(got) != 1 || got[0].Group != gid(d) {
+		t.Fatalf("listed %+v", got)
+	}
+	stop()
+}
+
+// TestRegistrationSeveralRegistries registers with two registries at once,
+// each on its own lease: with one closed, the other keeps listing the
+// group; started again at its address, the closed one lists it again
+// within one renewal period (the backoff never exceeds it).
+func TestRegistrationSeveralRegistries(t *testing.T) {
+	dirA := t.TempDir()
+	a1, err := registry.New(registry.Config{StateDir: dirA, Listen: "127.0.0.1:0", LeaseTTL: 600 * time.Millisecond, Logger: testLogger(t)})
+	must(t, err)
+	must(t, a1.Listen())
+	aDone := make(chan error, 1)
+	go func() { aDone <- a1.Serve(context.Background()) }()
+	addrA := a1.Addr().String()
+	b := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond})
+	d, _ := startGroupDaemon(t, Config{Registries: []string{addrA, b.Addr().String()}})
+	listers := make(map[*registry.Daemon]*peer)
+	listedAt := func(r *registry.Daemon) bool {
+		if listers[r] == nil {
+			listers[r] = dial(t, r.Addr(), r.Fingerprint(), nil)
+		}
+		g := listGroups(t, listers[r]).Groups
+		return len(g) == 1 && g[0].Group == gid(d)
+	}
+	eventually(t, "listed by both", func() bool { return listedAt(a1) && listedAt(b) })
+
+	must(t, a1.Close())
+	must(t, <-aDone)
+	// Three failed attempts at a take at least 250 + 500 ms of backoff,
+	// more than b's 600 ms lease: b still lists the group only if its
+	// lease was renewed on its own meanwhile.
+	eventually(t, "three failed attempts at a", func() bool {
+		for _, s := range d.Registrations() {
+			if s.Addr == addrA && s.Failures >= 3 {
+				return true
+			}
+		}
+		return false
+	})
+	if !listedAt(b) {
+		t.Fatal("b stopped listing the group while a was down")
+	}
+
+	a2 := startRegistry(t, registry.Config{StateDir: dirA, Listen: addrA, LeaseTTL: time.Hour})
+	eventually(t, "listed by a again", func() bool { return listedAt(a2) })
+	// The registry lists the group as soon as it has the registration; the
+	// daemon records the success when the reply reaches it, a moment later.
+	var statuses []RegistrationStatus
+	eventually(t, "both registrations working", func() bool {
+		statuses = d.Registrations()
+		for _, s := range statuses {
+			if s.Err != nil {
+				return false
+			}
+		}
+		return len(statuses) == 2
+	})
+	for _, s := range statuses {
+		if s.Err != nil || s.Listed != 1 || s.Discovered {
+			t.Errorf("status %+v", s)
+		}
+	}
+}
+
+// logRecorder is a slog handler that keeps every record's message, level
+// and attributes (as text), and passes them on to the test's log.
+type logRecorder struct {
+	next slog.Handler
+	mu   *sync.Mutex
+	recs *[]string // "LEVEL message key=value ..."
+}
+
+func recordLogs(t *testing.T) (*slog.Logger, logRecorder) {
+	r := logRecorder{next: testLogger(t).Handler(), mu: &sync.Mutex{}, recs: &[]string{}}
+	return slog.New(r), r
+}
+
+func (r logRecorder) Enabled(ctx context.Context, l slog.Level) bool { return true }
+func (r logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
+	return logRecorder{next: r.next.WithAttrs(as), mu: r.mu, recs: r.recs}
+}
+func (r logRecorder) WithGroup(g string) slog.Handler {
+	return logRecorder{next: r.next.WithGroup(g), mu: r.mu, recs: r.recs}
+}
+
+func (r logRecorder) Handle(ctx context.Context, rec slog.Record) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", rec.Level, rec.Message)
+	rec.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	r.mu.Lock()
+	*r.recs = append(*r.recs, b.String())
+	r.mu.Unlock()
+	return r.next.Handle(ctx, rec)
+}
+
+// matching returns the records that contain every one of parts.
+func (r logRecorder) matching(parts ...string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, rec := range *r.recs {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(rec, p)
+		}
+		if ok {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// TestRegistrationRefusedGroups hosts five groups at a registry that takes
+// three and where another key holds the first group's UUID: the pass does
+// not stop at the first refused group (15.18), the registry lists every
+// group it accepts, and every group it does not list is named, with why,
+// in the daemon's status and its log.
+func TestRegistrationRefusedGroups(t *testing.T) {
+	names := []string{"taken", "b", "c", "d", "e"}
+	var specs []Spec
+	for _, n := range names {
+		specs = append(specs, Spec{Name: n})
+	}
+	dir := t.TempDir()
+	first, err := New(Config{StateDir: dir, Groups: specs, Listen: "127.0.0.1:0"})
+	must(t, err)
+	must(t, first.Listen()) // creates the groups' UUIDs
+	taken := first.Groups()[0].ID
+	must(t, first.Close())
+
+	r := startRegistry(t, registry.Config{MaxGroups: 3})
+	stranger := dial(t, r.Addr(), r.Fingerprint(), nil)
+	must(t, stranger.call(wire.OpRegister, wire.Register{Group: taken, Name: "mine", Port: 9}, nil))
+
+	log, rec := recordLogs(t)
+	d, _ := startGroupDaemon(t, Config{StateDir: dir, Groups: specs, Registries: []string{r.Addr().String()}, Logger: log})
+	var st RegistrationStatus
+	eventually(t, "a pass over every group", func() bool {
+		if s := d.Registrations(); len(s) == 1 {
+			st = s[0]
+		}
+		return st.Listed+len(st.Refused) == len(names)
+	})
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	var listed []string
+	for _, e := range listGroups(t, lister).Groups {
+		if e.Fingerprint == d.Fingerprint() {
+			listed = append(listed, e.Name)
+		}
+	}
+	slices.Sort(listed)
+	if fmt.Sprint(listed) != "[b c]" {
+		t.Errorf("the registry lists %v of ours, want [b c]", listed)
+	}
+	if len(st.Refused) != 3 || !errors.Is(st.Refused["taken"], wire.ErrUnauthorized) ||
+		!errors.Is(st.Refused["d"], wire.ErrUnavailable) || !errors.Is(st.Refused["e"], wire.ErrUnavailable) {
+		t.Errorf("refused %v, want taken unauthorized, d and e unavailable", st.Refused)
+	}
+	if st.Err != nil {
+		t.Errorf("the registry counts as failing: %v", st.Err)
+	}
+	for _, want := range [][]string{{"WARN", "refused groups", "reason=unauthorized", "groups=taken"}, {"WARN", "refused groups", "reason=unavailable", "groups=d,e"}} {
+		if len(rec.matching(want...)) == 0 {
+			t.Errorf("no log record with %q", want)
+		}
+	}
+	if err := d.Readiness(); !errors.Is(err, ErrNotReady) {
+		t.Errorf("readiness with groups unlisted everywhere: %v, want ErrNotReady", err)
+	}
+}
+
+// TestRegistrationKeyChange replaces the registry at the daemon's registry
+// address by one with another key (a reinstall), as 15.10 found: a daemon
+// given the address alone says so at error level and registers with the
+// new key; a daemon given the registry's fingerprint refuses the new key,
+// says so, and registers again only once the right key answers there.
+func TestRegistrationKeyChange(t *testing.T) {
+	for _, pinned := range []bool{false, true} {
+		t.Run(fmt.Sprint("pinned=", pinned), func(t *testing.T) {
+			oldDir := t.TempDir()
+			r1, err := registry.New(registry.Config{StateDir: oldDir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+			must(t, err)
+			must(t, r1.Listen())
+			done := make(chan error, 1)
+			go func() { done <- r1.Serve(context.Background()) }()
+			addr, oldFP := r1.Addr().String(), r1.Fingerprint()
+			cfg := Config{Registries: []string{addr}}
+			if pinned {
+				cfg.RegistryFingerprints = []wire.Fingerprint{oldFP}
+			}
+			log, rec := recordLogs(t)
+			cfg.Logger = log
+			d, _ := startGroupDaemon(t, cfg)
+			listers := make(map[*registry.Daemon]*peer)
+			listedBy := func(r *registry.Daemon) bool {
+				if listers[r] == nil {
+					listers[r] = dial(t, r.Addr(), r.Fingerprint(), nil)
+				}
+				g := listGroups(t, listers[r]).Groups
+				return len(g) == 1 && g[0].Group == gid(d)
+			}
+			eventually(t, "listed by the first registry", func() bool { return listedBy(r1) })
+
+			must(t, r1.Close())
+			must(t, <-done)
+			r2 := startRegistry(t, registry.Config{Listen: addr}) // a new key
+			if !pinned {
+				eventually(t, "listed by the reinstalled registry, and working", func() bool {
+					s := d.Registrations()
+					return listedBy(r2) && len(s) == 1 && s[0].Fingerprint == r2.Fingerprint() && s[0].Err == nil
+				})
+				if got := rec.matching("ERROR", "REGISTRY KEY CHANGED", "was="+oldFP.String(), "now="+r2.Fingerprint().String()); len(got) != 1 {
+					t.Errorf("key change logged %d times at error level, want once: %q", len(got), got)
+				}
+				return
+			}
+			eventually(t, "the new key refused", func() bool {
+				return len(rec.matching("ERROR", "REGISTRY KEY REFUSED", "presented="+r2.Fingerprint().String())) > 0
+			})
+			var mm *identity.MismatchError
+			if s := d.Registrations(); len(s) != 1 || !errors.As(s[0].Err, &mm) || mm.Got != r2.Fingerprint() {
+				t.Fatalf("status %+v, want a key mismatch", s)
+			}
+			if listedBy(r2) {
+				t.Fatal("the registry with the refused key lists the group")
+			}
+			must(t, r2.Close())
+			r3 := startRegistry(t, registry.Config{StateDir: oldDir, Listen: addr}) // the right key again
+			eventually(t, "listed once the pinned key answers again", func() bool { return listedBy(r3) })
+		})
+	}
+}
+
+// TestRenewDelay checks that passes of renewals begin every third of the
+// TTL, one start to the next: a pass's length (its round trips, one per
+// group, slow under load) is not added to the time between a lease's
+// renewals. (TestLANRegistries saw leases of 3 s lapse at load 26, with
+// renewals 1 s after the previous pass ended and passes of up to 1.4 s.)
+func TestRenewDelay(t *testing.T) {
+	for _, tc := range []struct{ every, took, want time.Duration }{
+		{time.Second, 0, time.Second},
+		{time.Second, 400 * time.Millisecond, 600 * time.Millisecond},
+		{time.Second, time.Second, 0},
+		{time.Second, 1400 * time.Millisecond, 0}, // late already: at once
+	} {
+		if got := renewDelay(tc.every, tc.took); got != tc.want {
+			t.Errorf("renewDelay(%v, %v) = %v, want %v", tc.every, tc.took, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package groupd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// StorageConfig says where a group daemon keeps its groups' logs. Its zero
+// value keeps them on disk under the state directory, written to the OS
+// before each ack and fsynced every second.
+type StorageConfig struct {
+	// Memory keeps the logs in memory only: a restart loses every message
+	// and begins a new epoch (clients see a reset). Off by default.
+	Memory bool
+	// DataDir holds the logs on disk, one directory per group
+	// (logs/<uuid>/, STORAGE.md). Default: the StateDir. A DataDir other
+	// than the StateDir is locked as the StateDir is, so a second daemon
+	// on it refuses to start.
+	DataDir string
+	// Fsync is the durability policy of logs on disk (store.FsyncPolicy):
+	// by default an ack means written to the OS (it survives kill -9), and
+	// every second an fsync puts it on the device; Always acknowledges only
+	// what an fsync covered (it survives power loss), one fsync serving
+	// every send waiting for it.
+	Fsync store.FsyncPolicy
+	// SegmentBytes is the size of segment files on disk (0: store's
+	// default, 64 MiB or an eighth of retention).
+	SegmentBytes int64
+}
+
+func (c StorageConfig) validate() error {
+	switch {
+	case c.Fsync.Interval < 0:
+		return invalid("fsync interval %v is negative", c.Fsync.Interval)
+	case c.SegmentBytes < 0:
+		return invalid("SegmentBytes %d is negative", c.SegmentBytes)
+	}
+	return nil
+}
+
+// String says what the storage is and what an ack survives, for logs.
+func (c StorageConfig) String() string {
+	switch {
+	case c.Memory:
+		return "memory: a restart loses every message"
+	case c.Fsync.Always:
+		return "disk, fsync always: an ack survives power loss"
+	}
+	return fmt.Sprintf("disk, fsync every %v: an ack survives kill -9; an OS crash or power cut loses at most the last %v", c.interval(), c.interval())
+}
+
+func (c StorageConfig) interval() time.Duration {
+	return orDefault(c.Fsync.Interval, store.DefaultFsyncInterval)
+}
+
+// wire returns the storage as the info reply says it (PROTOCOL.md §8.1).
+func (c StorageConfig) wire() (storage, fsync string, intervalMS uint64) {
+	switch {
+	case c.Memory:
+		return wire.StorageMemory, "", 0
+	case c.Fsync.Always:
+		return wire.StorageDisk, wire.FsyncAlways, 0
+	}
+	return wire.StorageDisk, wire.FsyncInterval, uint64(c.interval().Milliseconds())
+}
+
+// logDir is the directory of group id's log.
+func (c StorageConfig) logDir(id wire.UUID) string {
+	return filepath.Join(c.DataDir, "logs", id.String())
+}
+
+// openLog opens a group's log as cfg.Storage says: in memory, or on disk,
+// read back and reported on (a torn tail cut, history lost and a new
+// epoch begun, a read-only directory).
+func (d *Daemon) openStorageLog(id wire.UUID, name string, retention store.Config) (Log, error) {
+	s := d.cfg.Storage
+	if s.Memory {
+		return store.New(retention)
+	}
+	l, rec, err := store.Open(store.DiskConfig{Config: retention, Dir: s.logDir(id), Fsync: s.Fsync, SegmentBytes: s.SegmentBytes})
+	if err != nil {
+		return nil, err
+	}
+	lg := d.cfg.Logger.With("group", name, "uuid", id)
+	switch {
+	case rec.Created:
+		lg.Info("group log created", "dir", s.logDir(id), "epoch", l.Epoch())
+	case rec.NewEpoch != "":
+		lg.Error("group history lost: a new epoch begins (clients see a reset)", "why", rec.NewEpoch, "dir", s.logDir(id), "epoch", l.Epoch())
+	default:
+		lg.Info("group log read back", "messages", rec.Messages, "segments", rec.Segments, "took", rec.Took.Round(time.Millisecond), "epoch", l.Epoch())
+	}
+	if rec.TornBytes > 0 {
+		lg.Warn("cut a torn tail from the group log: a write a crash interrupted, never acknowledged", "file", rec.TornFile, "bytes", rec.TornBytes)
+	}
+	if rec.IndexesRebuilt > 0 {
+		lg.Info("rebuilt missing segment indexes", "indexes", rec.IndexesRebuilt)
+	}
+	if rec.ReadOnly != nil {
+		lg.Error("group log cannot be written: sends are refused until it can be, reads are served", "err", rec.ReadOnly)
+	}
+	return l, nil
+}
+
+// brokenRetry is the retry_after_ms of an operation on a group whose log
+// could not be opened: an operator has to act.
+const brokenRetry = time.Minute
+
+// brokenGroup is the error of every operation on a group whose log could
+// not be opened (corrupt, from a newer huddle, unreadable): it is not
+// served, rather than serve wrong history.
+func brokenGroup(op wire.Op, g *group) error {
+	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(brokenRetry.Milliseconds()),
+		Message: fmt.Sprintf("%v group %s: the daemon cannot read the group's history and does not serve it (its log says why); other groups are served", op, g.name)}
+}
+
+// logBroken logs why a group's log could not be opened, with what to do.
+func logBroken(lg *slog.Logger, name string, id wire.UUID, dir string, err error) {
+	advice := "restore the directory from a backup, or move it aside to start the group afresh (a new epoch: its history is lost)"
+	if errors.Is(err, store.ErrFutureVersion) {
+		advice = "it was written by a newer huddle: run that version"
+	}
+	lg.Error("group not served: its log cannot be read", "group", name, "uuid", id, "dir", dir, "err", err, "advice", advice)
+}
