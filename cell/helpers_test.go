@@ -391,6 +391,38 @@ func (c *testCell) send(group wire.UUID, from store.Sender, ids [][16]byte, bodi
 	}
 }
 
+// change asks m, then whichever member leads, for a change of the cell
+// (op calls one of Node's methods), as the client does with cell_add,
+// cell_remove, join and leave: a leader deposed before the change is
+// committed answers NotLeaderError or ErrUnavailable, and the change is
+// asked again of the new leader until the deadline. It returns how many
+// times the change was asked: after a retry, a change may already have
+// been made by the attempt that failed. Any other error fails the test.
+func (c *testCell) change(what string, m *testMember, op func(n *Node) error) (asked int) {
+	c.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		if m == nil || m.node == nil {
+			m = c.leader()
+		}
+		err := op(m.node)
+		asked++
+		if err == nil {
+			return asked
+		}
+		var nl *NotLeaderError
+		if !errors.As(err, &nl) && !errors.Is(err, ErrUnavailable) {
+			c.t.Fatalf("%s: %v", what, err)
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s: still failing at the deadline: %v", what, err)
+		}
+		c.t.Logf("%s: asked again after: %v", what, err)
+		m = nil
+		time.Sleep(20 * time.Millisecond) // an election under way
+	}
+}
+
 // messages returns what m's replica of group holds.
 func (m *testMember) messages(group wire.UUID) []store.Message {
 	r := m.host.replica(group)

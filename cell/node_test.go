@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -304,27 +305,37 @@ func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
 // every member; a join beyond the member limit is refused.
 func TestJoinLeave(t *testing.T) {
 	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.MaxMembers = 2 })
-	l := c.leader()
-	g := l.group("lobby")
+	g := c.leader().group("lobby")
 	ctx := context.Background()
 	fps := []wire.Fingerprint{{1}, {2}, {3}}
+	// Each is asked of whichever member leads, again if the leadership
+	// moves meanwhile; an attempt that failed may have been applied, so a
+	// change asked again may find itself made.
+	var already, was bool
 	for i, fp := range fps[:2] {
-		already, err := l.node.Join(ctx, g.ID, fp, "member")
-		if err != nil || already {
-			t.Fatalf("join %d: already %v, %v", i, already, err)
+		asked := c.change("join", nil, func(n *Node) (err error) { already, err = n.Join(ctx, g.ID, fp, "member"); return })
+		if already && asked == 1 {
+			t.Fatalf("join %d: already a member", i)
 		}
 	}
-	if already, err := l.node.Join(ctx, g.ID, fps[0], "renamed"); err != nil || !already {
-		t.Fatalf("join again: already %v, %v", already, err)
+	if c.change("join again", nil, func(n *Node) (err error) { already, err = n.Join(ctx, g.ID, fps[0], "renamed"); return }); !already {
+		t.Fatal("join again: not already a member")
 	}
-	if _, err := l.node.Join(ctx, g.ID, fps[2], "third"); !errors.Is(err, ErrFull) {
-		t.Fatalf("join past the limit: %v, want ErrFull", err)
+	c.change("join past the limit", nil, func(n *Node) error {
+		_, err := n.Join(ctx, g.ID, fps[2], "third")
+		if errors.Is(err, ErrFull) {
+			return nil
+		}
+		if err == nil {
+			t.Fatal("join past the limit: admitted, want ErrFull")
+		}
+		return err
+	})
+	if asked := c.change("leave", nil, func(n *Node) (err error) { was, err = n.Leave(ctx, g.ID, fps[1]); return }); !was && asked == 1 {
+		t.Fatal("leave: was not a member")
 	}
-	if was, err := l.node.Leave(ctx, g.ID, fps[1]); err != nil || !was {
-		t.Fatalf("leave: was %v, %v", was, err)
-	}
-	if was, err := l.node.Leave(ctx, g.ID, fps[1]); err != nil || was {
-		t.Fatalf("leave again: was %v, %v", was, err)
+	if c.change("leave again", nil, func(n *Node) (err error) { was, err = n.Leave(ctx, g.ID, fps[1]); return }); was {
+		t.Fatal("leave again: was a member")
 	}
 	// A send after the changes, to know every member applied them.
 	c.send(g.ID, alice, [][16]byte{newID(1)}, []string{"x"})
@@ -453,7 +464,11 @@ func TestLaggingMemberCatchesUp(t *testing.T) {
 
 // TestAddRemoveMember: a fourth daemon started to join is added by the
 // leader, brought up to date from a snapshot and a peer's log, and then
-// takes part; a member removed leaves the configuration.
+// takes part; a member removed leaves the configuration. The leader is
+// deposed as the member is added: the change is asked again of the new
+// leader, as the client asks cell_add again (a change in flight when
+// the leadership moves is answered ErrUnavailable; under load an
+// election can come at any time).
 func TestAddRemoveMember(t *testing.T) {
 	c := newTestCell(t, 3, false, compacting)
 	l := c.leader()
@@ -467,27 +482,27 @@ func TestAddRemoveMember(t *testing.T) {
 	c.start(d, true)
 	c.members = append(c.members, d)
 	ctx := context.Background()
-	if err := c.leader().node.AddMember(ctx, self); err != nil {
-		t.Fatal(err)
-	}
+	l = c.leader()
+	transfer := l.node.raft.LeadershipTransfer()
+	asked := c.change("add member", l, func(n *Node) error { return n.AddMember(ctx, self) })
+	t.Logf("add member: asked %d times; leadership transfer: %v", asked, transfer.Error())
 	d.waitLast(g.ID, 300)
 	c.sendMany(g.ID, 300, 10)
 	c.sameLogs(g.ID, 310)
-	if st := d.node.Status(); len(st.Members) != 4 || st.Leader != c.leader().node.Self() {
+	if st := d.node.Status(); len(st.Members) != 4 || !slices.Contains(c.peers, st.Leader) {
 		t.Fatalf("the new member's status: %+v", st)
 	}
 
 	// Remove a follower that is not d.
 	var gone *testMember
+	l = c.leader()
 	for _, m := range c.members[:3] {
-		if m != c.leader() {
+		if m != l {
 			gone = m
 			break
 		}
 	}
-	if err := c.leader().node.RemoveMember(ctx, gone.id.Fingerprint()); err != nil {
-		t.Fatal(err)
-	}
+	c.change("remove member", nil, func(n *Node) error { return n.RemoveMember(ctx, gone.id.Fingerprint()) })
 	if st := c.leader().node.Status(); len(st.Members) != 3 {
 		t.Fatalf("after removing a member: %d members", len(st.Members))
 	}

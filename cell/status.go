@@ -109,7 +109,12 @@ func (n *Node) Groups() []GroupSpec {
 // been started to join (Config.Join) with the cell's peers. The leader
 // brings it up to date (a snapshot, then raft's log; its groups' logs
 // from a peer) while the cell goes on. Errors: a *NotLeaderError,
-// ErrUnavailable (wrapped), ErrInvalidConfig for a malformed peer.
+// ErrUnavailable (wrapped), ErrInvalidConfig for a malformed peer. Like a
+// send, a change may meet a leadership change (an election, a transfer)
+// and is then answered ErrUnavailable, committed or not: the caller asks
+// the leader again (the daemon's cell_add answers unavailable and the
+// client asks again); adding a member present, or removing one absent,
+// changes nothing.
 func (n *Node) AddMember(ctx context.Context, p Peer) error {
 	if err := p.check(); err != nil {
 		return err
