@@ -99,35 +99,42 @@ func callLeader(t *testing.T, members []*testCellMember, key *identity.Identity,
 // cell_status list the replicas with the leader marked.
 func TestCellServesGroup(t *testing.T) {
 	members := startTestCell(t, 3, func(cfg *Config) { cfg.Metrics = metrics.New("test") })
-	leader, g := cellLeader(t, members)
+	_, g := cellLeader(t, members)
+	// The leadership may move while the gauges are read (a loaded machine
+	// misses heartbeats): read them again until one names the member that
+	// leads, and only it.
+	eventually(t, "huddle_cell_leader 1 on the leader alone", func() bool {
+		leaders := 0
+		for _, m := range members {
+			if gauge(t, m.cfg.Metrics, "huddle_cell_leader") == 1 {
+				leaders++
+				if m.d.node.Status().State != "leader" {
+					return false
+				}
+			}
+		}
+		return leaders == 1
+	})
 	for _, m := range members {
-		want := 0.0
-		if m == leader {
-			want = 1
-		}
-		if got := gauge(t, m.cfg.Metrics, "huddle_cell_leader"); got != want {
-			t.Fatalf("%s: huddle_cell_leader %v, want %v", m.addr, got, want)
-		}
 		if got := gauge(t, m.cfg.Metrics, "huddle_cell_members"); got != 3 {
 			t.Fatalf("%s: huddle_cell_members %v, want 3", m.addr, got)
 		}
 	}
 	key := newKey(t)
 	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
-	leader, _ = cellLeader(t, members)
-
-	var followers []*testCellMember
-	for _, m := range members {
-		if m != leader {
-			followers = append(followers, m)
+	// A follower refuses a send naming the leader; asked again if an
+	// election came between finding the leader and asking (the refusal
+	// then names none, or the one before).
+	eventually(t, "a follower's refusal naming the leader", func() bool {
+		leader, _ := cellLeader(t, members)
+		follower := members[0]
+		if follower == leader {
+			follower = members[1]
 		}
-	}
-	fp := dial(t, followers[0].d.Addr(), followers[0].fp, key)
-	err := fp.call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("to a follower")}, nil)
-	we := wantCode(t, err, wire.CodeUnavailable)
-	if we.Leader == nil || we.Leader.Addr != leader.addr || we.Leader.Fingerprint != leader.fp {
-		t.Fatalf("a follower's refusal names leader %+v, want %s at %s", we.Leader, leader.fp.Short(), leader.addr)
-	}
+		err := dial(t, follower.d.Addr(), follower.fp, key).call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("to a follower")}, nil)
+		we := wantCode(t, err, wire.CodeUnavailable)
+		return we.Leader != nil && we.Leader.Addr == leader.addr && we.Leader.Fingerprint == leader.fp
+	})
 
 	msgs := outgoing("one", "two", "three")
 	var sent wire.Sent
@@ -545,15 +552,18 @@ func TestCellRegistryFollowsLeaderAtOnce(t *testing.T) {
 	deadline := stopped.Add(ttl / 3 / 2)
 	for {
 		next := named()
+		state := ""
 		if next != nil && next != leader {
-			if st := next.d.node.Status(); st.State != "leader" {
-				t.Fatalf("the listing names %s, in state %s", next.addr, st.State)
+			// The new leader may already have been deposed (a loaded
+			// machine misses heartbeats): the listing must then follow
+			// the next one, as promptly.
+			if state = next.d.node.Status().State; state == "leader" {
+				t.Logf("the listing named the new leader %v after the old one stopped", time.Since(stopped).Round(time.Millisecond))
+				return
 			}
-			t.Logf("the listing named the new leader %v after the old one stopped", time.Since(stopped).Round(time.Millisecond))
-			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the listing still names %v %v after the leader stopped; want the new leader well before the next renewal (%v)", next, time.Since(stopped), ttl/3)
+			t.Fatalf("the listing still names %v (in state %q) %v after the leader stopped; want the new leader well before the next renewal (%v)", next, state, time.Since(stopped), ttl/3)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
