@@ -46,6 +46,11 @@ const (
 	streamClosed  quic.StreamErrorCode      = 2
 )
 
+// leaveGrace is how long the connection to a member removed from the cell
+// stays open after the removal is applied, for raft's last replication to
+// it.
+const leaveGrace = 2 * time.Second
+
 // kindTimeout bounds the wait for an accepted stream's kind byte.
 const kindTimeout = 10 * time.Second
 
@@ -181,9 +186,26 @@ func (t *Transport) SetPeers(peers []Peer) {
 		keys[p.Fingerprint] = true
 	}
 	for addr, d := range t.out {
-		if fp, ok := byAddr[addr]; !ok || fp != t.peers[addr] {
-			delete(t.out, addr)
+		fp, ok := byAddr[addr]
+		switch {
+		case ok && fp == t.peers[addr]:
+		case ok || t.closed:
+			delete(t.out, addr) // another key at that address now
 			go d.close(connRefused, "no longer a member of the cell")
+		default:
+			// A member removed: raft's last replication to it (the entry
+			// that removes it, so that it learns it was removed) may still
+			// be in flight on this connection. Close it a moment later.
+			delete(t.out, addr)
+			t.wg.Add(1)
+			go func() {
+				defer t.wg.Done()
+				select {
+				case <-time.After(leaveGrace):
+				case <-t.done:
+				}
+				d.close(connRefused, "no longer a member of the cell")
+			}()
 		}
 	}
 	t.peers, t.keys = byAddr, keys
