@@ -149,8 +149,14 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		start := time.Now()
 		st, err := c.CellStatus(ctx, addr, pin)
 		if err != nil && (errors.Is(context.Cause(ctx), errNoAnswer) || errors.Is(err, client.ErrUnreachable)) {
+			// The wait that ran out is what the user set (or the default); the
+			// clock read after it only adds how late this process was scheduled.
+			waited := wait
+			if !errors.Is(context.Cause(ctx), errNoAnswer) {
+				waited = time.Since(start).Round(100 * time.Millisecond)
+			}
 			err = &explainedUnreachable{fmt.Sprintf("%s: no answer after %v: is it running, and reachable from here? (--timeout waits longer)",
-				addr, time.Since(start).Round(100*time.Millisecond))}
+				addr, waited)}
 		}
 		return st, err
 	}
