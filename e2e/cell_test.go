@@ -28,6 +28,27 @@ type cellMember struct {
 	p    *proc
 }
 
+// newCellMembers makes n members, each with its own state directory, key
+// and free UDP address, and returns them with the --cell-peer flags that
+// name the first listed of them (those the cell starts with).
+func newCellMembers(t *testing.T, n, listed int) ([]*cellMember, []string) {
+	t.Helper()
+	members := make([]*cellMember, n)
+	var peers []string
+	for i := range members {
+		dir := t.TempDir()
+		id, err := identity.LoadOrCreate(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		members[i] = &cellMember{dir: dir, addr: freeUDPAddr(t), fp: id.Fingerprint()}
+		if i < listed {
+			peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+members[i].addr)
+		}
+	}
+	return members, peers
+}
+
 func (m *cellMember) start(t *testing.T) {
 	t.Helper()
 	m.p = startProc(t, "huddle serve "+m.addr, childEnv(t.TempDir()), false, append([]string{"serve"}, m.args...)...)
@@ -45,17 +66,7 @@ func (m *cellMember) start(t *testing.T) {
 func TestCellLeaderKill(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	members := make([]*cellMember, 3)
-	var peers []string
-	for i := range members {
-		dir := t.TempDir()
-		id, err := identity.LoadOrCreate(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		members[i] = &cellMember{dir: dir, addr: freeUDPAddr(t), fp: id.Fingerprint()}
-		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+members[i].addr)
-	}
+	members, peers := newCellMembers(t, 3, 3)
 	var replicas []wire.Replica
 	for _, m := range members {
 		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
