@@ -152,17 +152,9 @@ func TestCellServesGroup(t *testing.T) {
 
 	for _, m := range members {
 		p := dial(t, m.d.Addr(), m.fp, key)
-		fs := p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: 3})
-		var got []wire.Message
-		for _, f := range fs {
-			switch f.kind {
-			case wire.KindMessages:
-				var ms wire.Messages
-				f.decode(t, &ms)
-				got = append(got, ms.Messages...)
-			case wire.KindError:
-				t.Fatalf("fetch from %s: %v", m.addr, f.err)
-			}
+		got, _, err := p.fetch(wire.Fetch{Group: g, MinSeq: 3})
+		if err != nil {
+			t.Fatalf("fetch from %s: %v", m.addr, err)
 		}
 		if len(got) != 3 {
 			t.Fatalf("%s serves %d messages, want 3", m.addr, len(got))
@@ -283,16 +275,9 @@ func TestCellClientFollowsLeader(t *testing.T) {
 		}
 		// Any replica serves what the client was acknowledged (MinSeq).
 		p := dial(t, m.d.Addr(), m.fp, key)
-		var got []wire.Message
-		for _, f := range p.do(wire.OpFetch, wire.Fetch{Group: g, MinSeq: acks[len(acks)-1].Seq}) {
-			switch f.kind {
-			case wire.KindMessages:
-				var ms wire.Messages
-				f.decode(t, &ms)
-				got = append(got, ms.Messages...)
-			case wire.KindError:
-				t.Fatalf("fetch from %s: %v", m.addr, f.err)
-			}
+		got, _, err := p.fetch(wire.Fetch{Group: g, MinSeq: acks[len(acks)-1].Seq})
+		if err != nil {
+			t.Fatalf("fetch from %s: %v", m.addr, err)
 		}
 		if len(got) != len(acks) {
 			t.Fatalf("%s serves %d messages, want %d", m.addr, len(got), len(acks))
