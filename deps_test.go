@@ -32,35 +32,37 @@ var importRules = map[string][]string{
 	// discovery speaks mDNS only; it learns nothing of huddle's frames.
 	"discovery": {"wire"},
 	"client":    {"wire", "identity"},
-	"cell":      {"wire", "identity", "store"},
+	"cell":      {"wire", "identity", "store", "cell/raftlog"},
+	// raft's log and votes on disk: nothing of ours.
+	"cell/raftlog": nil,
 	// The QUIC server machinery the daemons share: it knows nothing of
 	// either daemon (cell only for the ALPN of a cell's members).
-	"daemon/server": {"wire", "identity", "store", "cell", "metrics", "daemon/internal/sparse"},
+	"daemon/server": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/internal/sparse"},
 	// What the daemons share besides their server: their lifecycle, the
 	// state directory's lock, pacing of like log lines, and the raw
 	// protocol peer of their tests.
-	"daemon/internal/lifecycle": {"wire", "identity", "store", "cell", "metrics", "daemon/server", "daemon/internal/sparse"},
+	"daemon/internal/lifecycle": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/server", "daemon/internal/sparse"},
 	"daemon/internal/statedir":  nil,
 	"daemon/internal/sparse":    nil,
 	"daemon/internal/peertest":  {"wire", "identity"},
 	// The registry daemon: never the group daemon.
-	"daemon/registry": {"wire", "identity", "store", "cell", "metrics", "discovery",
+	"daemon/registry": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "discovery",
 		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	// The group daemon: never the registry.
-	"daemon/groupd": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
+	"daemon/groupd": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
 		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"loadgen": {"wire", "identity", "client"},
 	"web":     {"wire", "identity", "client"},
-	"cli": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
+	"cli": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
-	"": {"cli", "wire", "identity", "store", "cell", "client", "discovery", "metrics",
+	"": {"cli", "wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
-	"internal/soak": {"wire", "identity", "store", "cell", "client", "discovery", "metrics",
+	"internal/soak": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"internal/testbin":  nil,
 	"internal/testdisk": nil,
