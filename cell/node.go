@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,9 +16,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/cell/raftlog"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -108,7 +107,8 @@ type Config struct {
 	// one: it waits for the leader to add it (AddMember), and never
 	// bootstraps a configuration of its own.
 	Join bool
-	// Dir holds raft's state: raft.db (its log and votes, bbolt) and
+	// Dir holds raft's state: raftlog/ (its log and votes, package
+	// raftlog; a raft.db of an older daemon is imported once) and
 	// snapshots/. Required.
 	Dir string
 	// Fsync is how raft's log and votes reach the device, as the groups'
@@ -262,7 +262,7 @@ type Node struct {
 
 	raft  *raft.Raft
 	net   *raft.NetworkTransport
-	bolt  *raftboltdb.BoltStore // nil in memory
+	log   *raftlog.Store
 	snaps raft.SnapshotStore
 
 	closing chan struct{}
@@ -335,24 +335,24 @@ func (n *Node) Start() error {
 	if err := os.MkdirAll(n.cfg.Dir, 0o700); err != nil {
 		return fmt.Errorf("cell: %w", err)
 	}
-	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.Dir, "raft.db"), NoSync: !n.cfg.Fsync.Always})
+	logs, err := openRaftStore(n.cfg.Dir, raftlog.Options{Sync: n.cfg.Fsync.Always})
 	if err != nil {
 		return fmt.Errorf("cell: open raft's log: %w", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.Dir, 2, hclogFor(n.cfg.Logger, "snapshots"))
 	if err != nil {
-		bolt.Close()
+		logs.Close()
 		return fmt.Errorf("cell: open raft's snapshots: %w", err)
 	}
-	n.bolt, n.snaps = bolt, snaps
+	n.log, n.snaps = logs, snaps
 	// The entries raft replicates next are read from memory: one batch
 	// of them (entries are up to 256 KiB: at most 64 MiB).
-	cached, err := raft.NewLogCache(n.cfg.MaxAppendEntries, bolt)
+	cached, err := raft.NewLogCache(n.cfg.MaxAppendEntries, logs)
 	if err != nil {
 		n.closeStores()
 		return fmt.Errorf("cell: %w", err)
 	}
-	existing, err := raft.HasExistingState(cached, bolt, n.snaps)
+	existing, err := raft.HasExistingState(cached, logs, n.snaps)
 	if err != nil {
 		n.closeStores()
 		return fmt.Errorf("cell: read raft's state: %w", err)
@@ -376,7 +376,7 @@ func (n *Node) Start() error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.Logger = hclogFor(n.cfg.Logger, "raft")
 	rc.NoLegacyTelemetry = true
-	r, err := raft.NewRaft(rc, n.fsm, cached, bolt, n.snaps, n.net)
+	r, err := raft.NewRaft(rc, n.fsm, cached, logs, n.snaps, n.net)
 	if err != nil {
 		n.net.Close()
 		n.tr.Close()
@@ -414,7 +414,7 @@ func (n *Node) Start() error {
 		n.wg.Add(1)
 		go n.watchLeader(obs, wake)
 	}
-	if n.bolt != nil && !n.cfg.Fsync.Always {
+	if !n.cfg.Fsync.Always {
 		n.wg.Add(1)
 		go n.syncLoop()
 	}
@@ -422,9 +422,8 @@ func (n *Node) Start() error {
 }
 
 func (n *Node) closeStores() {
-	if n.bolt != nil {
-		n.bolt.Sync() // what NoSync left to the OS reaches the device
-		n.bolt.Close()
+	if n.log != nil {
+		n.log.Close() // what reached only the OS reaches the device
 	}
 }
 
@@ -816,7 +815,7 @@ func (n *Node) syncLoop() {
 		case <-n.closing:
 			return
 		case <-t.C:
-			if err := n.bolt.Sync(); err != nil {
+			if err := n.log.Sync(); err != nil {
 				n.cfg.Logger.Error("cell: cannot sync raft's log", "err", err)
 			}
 		}
