@@ -18,15 +18,25 @@ import "hash/maphash"
 // entry's home slot from them: the ring is 2 MiB at the default window, and
 // reading it at random for every entry probed cost a cache miss each.
 //
-// Memory: 32 B per ring record plus 16–32 B of index per ID, allocated as the
-// window fills: at most 64 B per remembered ID, 4 MiB at the default window.
+// The index is built at the first lookup, and kept from then on: a log
+// whose IDs are never looked up pays for the ring alone. A cell's
+// followers are such logs (the leader alone looks IDs up, before it
+// stamps a send): keeping their index cost each follower two random
+// accesses to a table of megabytes per message, to no use. A follower that
+// becomes leader builds it at its first send, from the ring (about a
+// millisecond per 65,536 IDs).
+//
+// Memory: 32 B per ring record plus, once indexed, 16–32 B of index per
+// ID, allocated as the window fills: at most 64 B per remembered ID, 4 MiB
+// at the default window.
 type dedup struct {
-	window int
-	seed   maphash.Seed
-	ring   []firstAck
-	index  []uint64
-	mask   uint64
-	warmed uint64 // what warm loaded, kept so the compiler keeps its loads
+	window  int
+	seed    maphash.Seed
+	ring    []firstAck
+	indexed bool // index is built and kept
+	index   []uint64
+	mask    uint64
+	warmed  uint64 // what warm loaded, kept so the compiler keeps its loads
 }
 
 type firstAck struct {
@@ -49,8 +59,11 @@ func indexEntry(pos int, h uint64) uint64 { return h<<32 | uint64(pos+1) }
 // home is the slot an entry's probe run starts from.
 func (d *dedup) home(e uint64) uint64 { return (e >> 32) & d.mask }
 
-// lookup finds id, whose hash is h.
+// lookup finds id, whose hash is h, building the index if it is not.
 func (d *dedup) lookup(id [16]byte, h uint64) (firstAck, bool) {
+	if !d.indexed {
+		d.build()
+	}
 	if len(d.index) == 0 {
 		return firstAck{}, false
 	}
@@ -68,9 +81,9 @@ func (d *dedup) lookup(id [16]byte, h uint64) (firstAck, bool) {
 	}
 }
 
-// add remembers id, whose hash is h, as stored at seq and t; seq must
-// follow the previous add's, and id must not be remembered.
-func (d *dedup) add(id [16]byte, h uint64, seq uint64, t int64) {
+// add remembers id as stored at seq and t; seq must follow the previous
+// add's, and id must not be remembered.
+func (d *dedup) add(id [16]byte, seq uint64, t int64) {
 	var pos int
 	if len(d.ring) < d.window && uint64(len(d.ring)) != seq-1 {
 		// A log that does not start at 1 (a disk log read back from
@@ -84,17 +97,19 @@ func (d *dedup) add(id [16]byte, h uint64, seq uint64, t int64) {
 			d.ring = append(make([]firstAck, 0, min(d.window, max(16, 2*pos))), d.ring...)
 		}
 		d.ring = d.ring[:pos+1]
-		if 2*len(d.ring) > len(d.index) {
+		if d.indexed && 2*len(d.ring) > len(d.index) {
 			d.rehash(max(16, 2*len(d.index)))
 		}
 	} else {
 		pos = int((seq - 1) % uint64(d.window))
-		if d.ring[pos].seq != 0 {
+		if d.indexed && d.ring[pos].seq != 0 {
 			d.remove(pos)
 		}
 	}
 	d.ring[pos] = firstAck{id: id, seq: seq, time: t}
-	d.insert(pos, h)
+	if d.indexed {
+		d.insert(pos, d.hash(&id))
+	}
 }
 
 // warmLookups loads the index slots that the lookups of IDs hashed to hs
@@ -116,7 +131,7 @@ func (d *dedup) warmLookups(hs []uint64) {
 }
 
 func (d *dedup) warmRemovals(next uint64, n int) {
-	if len(d.ring) < d.window {
+	if !d.indexed || len(d.ring) < d.window {
 		return
 	}
 	var sink uint64
@@ -154,14 +169,23 @@ func (d *dedup) remove(pos int) {
 }
 
 // fill grows the ring to the whole window, its empty records seq 0, and
-// indexes it to match. Records already held stay where they are: the ring
-// was filled from seq 1, so record i holds seq i+1 = (seq-1) % window + 1.
+// indexes it to match if it is indexed. Records already held stay where
+// they are: the ring was filled from seq 1, so record i holds seq i+1 =
+// (seq-1) % window + 1.
 func (d *dedup) fill() {
 	ring := make([]firstAck, d.window)
 	copy(ring, d.ring)
 	d.ring = ring
+	if d.indexed {
+		d.build()
+	}
+}
+
+// build indexes every record of the ring, in an index at most half full,
+// and keeps the index from then on.
+func (d *dedup) build() {
 	size := 16
-	for size < 2*d.window {
+	for size < 2*len(d.ring) {
 		size *= 2
 	}
 	d.index = make([]uint64, size)
@@ -171,8 +195,11 @@ func (d *dedup) fill() {
 			d.insert(pos, d.hash(&d.ring[pos].id))
 		}
 	}
+	d.indexed = true
 }
 
+// rehash indexes the ring anew in an index of size slots, but for its last
+// record, which add is filling.
 func (d *dedup) rehash(size int) {
 	d.index = make([]uint64, size)
 	d.mask = uint64(size - 1)

@@ -291,11 +291,7 @@ func (d *DiskLog) Append(batch []Entry) error {
 	last := &batch[len(batch)-1]
 	d.tailSeq, d.tailT = last.Seq, last.Time
 	d.segs[len(d.segs)-1].last, d.segs[len(d.segs)-1].lastTime = last.Seq, last.Time
-	if err := d.mem.Append(batch); err != nil {
-		// Checked above: a bug. The file holds what memory does not.
-		d.failed = fmt.Errorf("%w: stored on disk but not in memory: %v", ErrFailed, err)
-		return d.failed
-	}
+	d.mem.appendChecked(batch) // checked above, under d.wmu: memory's one writer
 	d.retain()
 	return nil
 }

@@ -42,7 +42,7 @@ func dirBytes(b *testing.B, dir string) int64 {
 // default policy (written to the OS before Append returns), and reports
 // the bytes on disk per message beyond its body.
 func BenchmarkDiskAppend(b *testing.B) {
-	for _, k := range []int{1, 16} {
+	for _, k := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("batch=%d", k), func(b *testing.B) {
 			dir := b.TempDir()
 			d, _, err := Open(DiskConfig{Dir: dir})

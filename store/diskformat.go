@@ -146,9 +146,14 @@ func (e *recordEncoder) encode(b []byte, batch []Entry) []byte {
 	b = append(b, recMessages)
 	b = binary.LittleEndian.AppendUint64(b, batch[0].Seq)
 	b = binary.LittleEndian.AppendUint64(b, uint64(batch[0].Time))
-	// Senders first: count the new ones, then define them.
+	// Senders first: count the new ones, then define them. A batch holds
+	// runs of messages from one sender (clients batch their sends): a
+	// message from the sender of the one before needs no lookup.
 	for i := range batch {
 		f := &batch[i].From
+		if i > 0 && *f == batch[i-1].From {
+			continue
+		}
 		if _, ok := e.dict[*f]; !ok {
 			e.dict[*f] = uint32(len(e.dict))
 			e.added = append(e.added, *f)
@@ -163,12 +168,16 @@ func (e *recordEncoder) encode(b []byte, batch []Entry) []byte {
 	}
 	b = binary.AppendUvarint(b, uint64(len(batch)))
 	prev := batch[0].Time
+	var from uint32
 	for i := range batch {
 		m := &batch[i]
 		b = binary.AppendUvarint(b, uint64(m.Time-prev))
 		prev = m.Time
 		b = append(b, m.ID[:]...)
-		b = binary.AppendUvarint(b, uint64(e.dict[m.From]))
+		if i == 0 || m.From != batch[i-1].From {
+			from = e.dict[m.From]
+		}
+		b = binary.AppendUvarint(b, uint64(from))
 		b = binary.AppendUvarint(b, uint64(len(m.Body)))
 		b = append(b, m.Body...)
 	}

@@ -179,6 +179,9 @@ func (l *Log) Tail() (seq uint64, time int64) {
 // a stored message with the entry's ID (among the last DedupWindow stored,
 // even if since evicted), that message's Seq and Time with Duplicate set;
 // if not, the zero Ack. It does not look within the batch: Stamp does.
+// The first Lookup indexes the IDs the log remembers, which it then keeps
+// indexed: until then, appends only record them (a cell's followers never
+// look up).
 func (l *Log) Lookup(batch []Entry, acks []Ack) []Ack {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -227,14 +230,27 @@ func (l *Log) Append(batch []Entry) error {
 	if err := l.follows(batch); err != nil {
 		return err
 	}
-	hs := l.hashBatch(batch)
+	l.add(batch)
+	return nil
+}
+
+// appendChecked is Append for a batch the caller has checked (check and
+// follows), with nothing appended since.
+func (l *Log) appendChecked(batch []Entry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.add(batch)
+}
+
+// add stores a checked batch. l.mu is held.
+func (l *Log) add(batch []Entry) {
 	l.dedup.warmRemovals(batch[0].Seq, len(batch))
 	var bytes int
 	for i := range batch {
 		e := &batch[i]
 		l.put(e)
 		if e.Seq >= l.dedupFrom {
-			l.dedup.add(e.ID, hs[i], e.Seq, e.Time)
+			l.dedup.add(e.ID, e.Seq, e.Time)
 		}
 		bytes += len(e.Body)
 	}
@@ -248,7 +264,6 @@ func (l *Log) Append(batch []Entry) error {
 		l.wake()
 	}
 	l.retain(last.Time)
-	return nil
 }
 
 // commit publishes to readers the messages up to seq, which Append has

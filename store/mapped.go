@@ -121,7 +121,7 @@ func (l *Log) appendMapped(mf *mappedFile) {
 	for i := range n {
 		seq := mf.base + uint64(i)
 		if seq >= l.dedupFrom {
-			l.dedup.add(mf.ids[i], l.dedup.hash(&mf.ids[i]), seq, mf.times[i])
+			l.dedup.add(mf.ids[i], seq, mf.times[i])
 		}
 	}
 	l.lastSeq, l.lastTime = mf.base+uint64(n-1), mf.times[n-1]
