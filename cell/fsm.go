@@ -117,7 +117,7 @@ type fsm struct {
 	// Working space of ApplyBatch, which raft calls from one goroutine
 	// (as it does Snapshot and Restore).
 	entries []store.Entry
-	pending map[*groupState]*pendingAppend
+	pending []*groupState // the groups whose pend the batch staged
 }
 
 // groupState is one group of the cell.
@@ -129,20 +129,38 @@ type groupState struct {
 
 	propMu sync.Mutex // serialises the leader's sequencing of the group
 	prop   proposer   // under propMu (propose.go)
+
+	pend pendingAppend // ApplyBatch's, under fsm.mu; kept for its capacity
 }
 
 // pendingAppend is what one ApplyBatch appends to one group: the sends of
 // the batch merged, so that one write (one fsync, under an always policy)
 // carries them all.
 type pendingAppend struct {
+	staged  bool // by the batch being applied
 	entries []store.Entry
 	seq     uint64 // where the log will stand after entries
 	time    int64
 	resps   []int // the responses that wait on the append
 }
 
+// maxKeptEntries bounds the capacity a group's pendingAppend keeps from
+// one batch to the next.
+const maxKeptEntries = 4 * maxCommandMessages
+
+// reset empties p for the next batch, keeping its arrays unless they grew
+// past what a usual batch needs. The entries' bodies alias raft's entries:
+// they are let go.
+func (p *pendingAppend) reset() {
+	clear(p.entries)
+	if cap(p.entries) > maxKeptEntries {
+		p.entries = nil
+	}
+	p.staged, p.entries, p.resps = false, p.entries[:0], p.resps[:0]
+}
+
 func newFSM(host Host, log *slog.Logger, closing <-chan struct{}) *fsm {
-	f := &fsm{host: host, log: log, closing: closing, pending: make(map[*groupState]*pendingAppend)}
+	f := &fsm{host: host, log: log, closing: closing}
 	f.groups.Store(&map[wire.UUID]*groupState{})
 	return f
 }
@@ -277,11 +295,11 @@ func (f *fsm) create(spec GroupSpec) any {
 // are skipped; a send that does not follow on is refused (errGap). f.mu is
 // held.
 func (f *fsm) stage(g *groupState, entries []store.Entry, i int, index uint64) any {
-	p := f.pending[g]
-	if p == nil {
-		p = &pendingAppend{entries: make([]store.Entry, 0, len(entries))}
+	p := &g.pend
+	if !p.staged {
+		p.staged = true
 		p.seq, p.time = g.log.Tail()
-		f.pending[g] = p
+		f.pending = append(f.pending, g)
 	}
 	skip := 0
 	for skip < len(entries) && entries[skip].Seq <= p.seq {
@@ -311,30 +329,40 @@ const retryAppend = 100 * time.Millisecond
 // committed entry must be applied, in order, and the cell goes on without
 // this replica meanwhile. f.mu is held.
 func (f *fsm) flush(resps []any) {
-	for g, p := range f.pending {
-		delete(f.pending, g)
-		if len(p.entries) == 0 {
-			continue
+	closed := false
+	for _, g := range f.pending {
+		p := &g.pend
+		if !closed && len(p.entries) > 0 {
+			closed = !f.append(g, p.entries)
 		}
-		for attempt := 0; ; attempt++ {
-			err := g.log.Append(p.entries)
-			if err == nil {
-				break
-			}
-			if attempt == 0 || attempt%100 == 0 {
-				f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",
-					"group", g.spec.Name, "err", err, "attempts", attempt+1)
-			}
-			select {
-			case <-f.closing:
-				for _, i := range p.resps {
-					resps[i] = ErrClosed
-				}
-				return
-			case <-time.After(retryAppend):
+		if closed { // this group's sends and the rest are not applied here
+			for _, i := range p.resps {
+				resps[i] = ErrClosed
 			}
 		}
-		clear(p.entries)
+		p.reset()
+	}
+	clear(f.pending)
+	f.pending = f.pending[:0]
+}
+
+// append appends entries to g's log, trying again until it succeeds (true)
+// or the daemon stops (false). f.mu is held.
+func (f *fsm) append(g *groupState, entries []store.Entry) bool {
+	for attempt := 0; ; attempt++ {
+		err := g.log.Append(entries)
+		if err == nil {
+			return true
+		}
+		if attempt == 0 || attempt%100 == 0 {
+			f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",
+				"group", g.spec.Name, "err", err, "attempts", attempt+1)
+		}
+		select {
+		case <-f.closing:
+			return false
+		case <-time.After(retryAppend):
+		}
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 
 // fsmFixture is a state machine with one group, fed raft entries by hand.
 type fsmFixture struct {
-	t     *testing.T
+	t     testing.TB
 	f     *fsm
 	host  *testHost
 	spec  GroupSpec
@@ -23,7 +23,7 @@ type fsmFixture struct {
 	enc   *encoder
 }
 
-func newFSMFixture(t *testing.T, host *testHost) *fsmFixture {
+func newFSMFixture(t testing.TB, host *testHost) *fsmFixture {
 	x := &fsmFixture{t: t, host: host, enc: newEncoder(),
 		spec: GroupSpec{ID: uuid.New(), Name: "lobby", Epoch: 42, DedupWindow: 1024}}
 	x.f = newFSM(host, slog.New(slog.DiscardHandler), make(chan struct{}))
@@ -119,6 +119,70 @@ func TestFSMRefusesStaleAndGaps(t *testing.T) {
 	}
 	if r := x.apply(3, x.send(3, 3, 200, 1)); r[0] != nil {
 		t.Fatalf("the send that follows on: %v", r[0])
+	}
+}
+
+// TestFSMBatchesGroups: a batch whose sends go to two groups, interleaved,
+// appends each group's once, and the next batches start afresh from each
+// log's tail.
+func TestFSMBatchesGroups(t *testing.T) {
+	x := newFSMFixture(t, newTestHost(""))
+	a := x.spec
+	b := GroupSpec{ID: uuid.New(), Name: "annex", Epoch: 43, DedupWindow: 16}
+	if r := x.apply(1, encodeCreate(nil, b)); r[0] != nil {
+		t.Fatalf("create: %v", r[0])
+	}
+	sendTo := func(g GroupSpec, seq uint64, t int64, n int) []byte {
+		x.spec = g
+		defer func() { x.spec = a }()
+		return x.send(2, seq, t, n)
+	}
+	tails := func() (uint64, uint64) {
+		ta, _ := x.host.replica(a.ID).log.Tail()
+		tb, _ := x.host.replica(b.ID).log.Tail()
+		return ta, tb
+	}
+	for round := range uint64(3) {
+		r := x.apply(2, sendTo(a, 1+5*round, 100+100*int64(round), 2), sendTo(b, 1+4*round, 100+100*int64(round), 4),
+			sendTo(a, 3+5*round, 150+100*int64(round), 3))
+		for i, v := range r {
+			if v != nil {
+				t.Fatalf("round %d, send %d: %v", round, i, v)
+			}
+		}
+		if ta, tb := tails(); ta != 5*(round+1) || tb != 4*(round+1) {
+			t.Fatalf("round %d: tails %d and %d, want %d and %d", round, ta, tb, 5*(round+1), 4*(round+1))
+		}
+	}
+}
+
+// failingLog is a log whose appends fail, as on a full disk.
+type failingLog struct{ Log }
+
+func (failingLog) Append([]store.Entry) error { return errors.New("no space left on device") }
+
+// TestFSMClosingWhileAppendFails: a batch whose append keeps failing
+// when the daemon stops answers ErrClosed for its sends, those to other
+// groups of the batch included (never success for a send not applied).
+func TestFSMClosingWhileAppendFails(t *testing.T) {
+	closing := make(chan struct{})
+	x := newFSMFixture(t, newTestHost(""))
+	x.f.closing = closing
+	a := x.spec
+	b := GroupSpec{ID: uuid.New(), Name: "annex", Epoch: 43, DedupWindow: 16}
+	if r := x.apply(1, encodeCreate(nil, b)); r[0] != nil {
+		t.Fatalf("create: %v", r[0])
+	}
+	x.f.group(a.ID).log = failingLog{x.f.group(a.ID).log}
+	close(closing)
+	sa := x.send(2, 1, 100, 2)
+	x.spec = b
+	sb := x.send(2, 1, 100, 2)
+	r := x.apply(2, sa, sb, x.send(2, 3, 200, 1))
+	for i, v := range r {
+		if err, _ := v.(error); !errors.Is(err, ErrClosed) {
+			t.Errorf("send %d: %v, want ErrClosed", i, v)
+		}
 	}
 }
 
