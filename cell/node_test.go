@@ -131,16 +131,19 @@ func TestConcurrentSendsShareEntries(t *testing.T) {
 	defer release()
 
 	type result struct {
-		i    int
-		acks []store.Ack
-		err  error
+		i        int
+		acks     []store.Ack
+		err      error
+		answered []store.Ack // what SendAnswered's answer was given, if it was called
 	}
 	results := make(chan result)
 	send := func(i int, id [16]byte) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		acks, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: id, From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil)
-		results <- result{i, acks, err}
+		var answered []store.Ack
+		answer := func(acks []store.Ack) { answered = append([]store.Ack{}, acks...) }
+		acks, err := l.node.SendAnswered(ctx, g.ID, []store.Entry{{ID: id, From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil, answer)
+		results <- result{i, acks, err, answered}
 	}
 	proposing := func() (int, int) {
 		gs.propMu.Lock()
@@ -176,7 +179,7 @@ func TestConcurrentSendsShareEntries(t *testing.T) {
 	waitFor("the gathered entry", func() bool { _, o := proposing(); return o == more-2 })
 	go send(100, newID(0))            // in flight
 	go send(101, newID(maxProposing)) // gathered
-	byID := make(map[int]store.Ack)
+	byID := make(map[int]result)
 	for k := 0; k < 2; k++ { // the two repeats wait; the others do too
 		select {
 		case r := <-results:
@@ -193,19 +196,30 @@ func TestConcurrentSendsShareEntries(t *testing.T) {
 		if r.err != nil || len(r.acks) != 1 {
 			t.Fatalf("send %d: %+v, %v", r.i, r.acks, r.err)
 		}
-		byID[r.i] = r.acks[0]
+		byID[r.i] = r
 	}
 	seen := make(map[uint64]bool)
 	for i := 0; i < maxProposing+more-2; i++ {
-		a := byID[i]
+		r := byID[i]
+		a := r.acks[0]
 		if a.Duplicate || a.Seq == 0 || a.Seq > maxProposing+more-2 || seen[a.Seq] {
-			t.Fatalf("send %d: ack %+v (acks %+v)", i, a, byID)
+			t.Fatalf("send %d: ack %+v (results %+v)", i, a, byID)
 		}
 		seen[a.Seq] = true
+		// Each send carried by an entry of its own is answered with its
+		// acks as soon as the entry is applied.
+		if len(r.answered) != 1 || r.answered[0] != a {
+			t.Fatalf("send %d: answered %+v, want its ack %+v", i, r.answered, a)
+		}
 	}
 	for dup, orig := range map[int]int{100: 0, 101: maxProposing} {
-		if a, o := byID[dup], byID[orig]; !a.Duplicate || a.Seq != o.Seq || a.Time != o.Time {
+		a, o := byID[dup].acks[0], byID[orig].acks[0]
+		if !a.Duplicate || a.Seq != o.Seq || a.Time != o.Time {
 			t.Fatalf("repeat %d: %+v, want the original's %+v as a duplicate", dup, a, o)
+		}
+		// A repeat waits for the original's outcome: Send answers it.
+		if byID[dup].answered != nil {
+			t.Fatalf("repeat %d of a send in flight answered early: %+v", dup, byID[dup].answered)
 		}
 	}
 	if got, want := index()-before, uint64(maxProposing+1); got != want {
@@ -229,16 +243,19 @@ func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
 	release := l.host.holdAppends()
 	defer release()
 	type result struct {
-		i   int
-		ack store.Ack
-		err error
+		i        int
+		ack      store.Ack
+		err      error
+		answered []store.Ack
 	}
 	results := make(chan result, 32)
 	send := func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		acks, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(i), From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil)
-		r := result{i: i, err: err}
+		var answered []store.Ack
+		answer := func(acks []store.Ack) { answered = append([]store.Ack{}, acks...) }
+		acks, err := l.node.SendAnswered(ctx, g.ID, []store.Entry{{ID: newID(i), From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil, answer)
+		r := result{i: i, err: err, answered: answered}
 		if err == nil {
 			r.ack = acks[0]
 		}
@@ -281,6 +298,11 @@ func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
 			var nl *NotLeaderError
 			if r.err != nil && !errors.Is(r.err, ErrUnavailable) && !errors.Is(r.err, ErrClosed) && !errors.As(r.err, &nl) {
 				t.Fatalf("send %d on the stopping leader: %v", r.i, r.err)
+			}
+			// Answered exactly when acknowledged, with the same ack: an
+			// entry that failed answers none of its sends.
+			if r.err == nil && (len(r.answered) != 1 || r.answered[0] != r.ack) || r.err != nil && r.answered != nil {
+				t.Fatalf("send %d on the stopping leader: %+v, %v; answered %+v", r.i, r.ack, r.err, r.answered)
 			}
 			first[r.i] = r
 		case <-time.After(waitTimeout):

@@ -55,6 +55,16 @@ type proposal struct {
 	done    chan struct{}
 	err     error
 	acks    map[[16]byte]store.Ack
+	// answers are the sends to answer once raft has applied the entry,
+	// on the goroutine that learns it, before done is closed.
+	answers []answer
+}
+
+// answer is a send answered as soon as its proposal is applied: its acks
+// and the caller's function that writes them.
+type answer struct {
+	fn   func([]store.Ack)
+	acks []store.Ack
 }
 
 // How many raft entries each group keeps in flight before it gathers sends
@@ -81,6 +91,19 @@ const (
 // ended or the cell lost its majority while the send was in flight; its
 // outcome is unknown, and a retry with the same IDs is safe), ErrClosed.
 func (n *Node) Send(ctx context.Context, id wire.UUID, entries []store.Entry, acks []store.Ack) ([]store.Ack, error) {
+	return n.SendAnswered(ctx, id, entries, acks, nil)
+}
+
+// SendAnswered is Send, and, if answer is not nil and the send's entries
+// all go to raft in one entry (none repeats a send still in flight), it
+// calls answer with the acks Send returns as soon as that entry is
+// applied, before Send returns. answer runs on the goroutine that learns
+// raft's verdict, one call after another for every send the entry
+// carries, so it must not block: it is where the replies of the sends
+// an entry gathered are written together, and so leave together (one
+// packet per connection rather than one per reply). answer must not keep
+// the acks.
+func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.Entry, acks []store.Ack, answer func([]store.Ack)) ([]store.Ack, error) {
 	term, err := n.leading()
 	if err != nil {
 		return acks, err
@@ -90,7 +113,7 @@ func (n *Node) Send(ctx context.Context, id wire.UUID, entries []store.Entry, ac
 		return acks, fmt.Errorf("send to %s: %w", id, ErrNoGroup)
 	}
 	start := len(acks)
-	prop, waits, err := n.stamp(g, term, entries, &acks)
+	prop, waits, err := n.stamp(g, term, entries, &acks, answer)
 	if err != nil {
 		return acks[:start], err
 	}
@@ -132,7 +155,9 @@ type wait struct {
 // proposal, if any entry is new, and, per ack (the entries' order before
 // stamping), the send in flight a duplicate waits for. The caller waits
 // for the proposal to be done (which ends its hold on entries' bodies).
-func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack) (*proposal, []wait, error) {
+// If fn is not nil and no entry waits for another send, the proposal
+// calls it with the send's acks once it is applied.
+func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack, fn func([]store.Ack)) (*proposal, []wait, error) {
 	g.propMu.Lock()
 	defer g.propMu.Unlock()
 	p := &g.prop
@@ -183,6 +208,9 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		prop.acks[entries[i].ID] = store.Ack{Seq: entries[i].Seq, Time: entries[i].Time}
 		p.inflight[entries[i].ID] = prop
 	}
+	if fn != nil && waits == nil {
+		prop.answers = append(prop.answers, answer{fn: fn, acks: batchAcks})
+	}
 	if p.proposing < maxProposing {
 		n.propose1(g, p)
 	}
@@ -215,6 +243,7 @@ func (n *Node) fail(p *proposer, prop *proposal, err error) {
 	}
 	clear(prop.entries)
 	prop.entries = nil
+	prop.answers = nil
 	prop.err = err
 	for id := range prop.acks {
 		if p.inflight[id] == prop {
@@ -245,6 +274,13 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 		}
 	}
 	prop.err = proposeError("send", err)
+	if prop.err == nil {
+		for _, a := range prop.answers {
+			a.fn(a.acks)
+		}
+	}
+	clear(prop.answers)
+	prop.answers = nil
 	close(prop.done)
 	g.propMu.Lock()
 	defer g.propMu.Unlock()

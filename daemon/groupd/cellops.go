@@ -47,8 +47,12 @@ func cellError(op wire.Op, g *group, err error) error {
 // returns means a majority of the cell holds the raft entry on its
 // device (raft's log is fsynced before a member acknowledges it), and
 // this replica applied it to the group's log.
-func (d *Daemon) cellSend(ctx context.Context, g *group, entries []store.Entry, acks []store.Ack) ([]store.Ack, error) {
-	out, err := g.cell.node.Send(ctx, g.id, entries, acks)
+func (d *Daemon) cellSend(ctx context.Context, c *server.Call, g *group, sc *sendScratch) ([]store.Ack, error) {
+	acks := sc.acks
+	// Answered as soon as the send's raft entry is applied, together with
+	// the other sends it carries (server.Call.TryResult).
+	answer := func(acks []store.Ack) { c.TryResult(sc.reply(g, acks)) }
+	out, err := g.cell.node.SendAnswered(ctx, g.id, sc.entries, acks, answer)
 	if err != nil {
 		return acks, cellError(wire.OpSend, g, err)
 	}

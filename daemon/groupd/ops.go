@@ -295,7 +295,7 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
 	}
 	if g.cell != nil {
-		if sc.acks, err = d.cellSend(ctx, g, sc.entries, sc.acks); err != nil {
+		if sc.acks, err = d.cellSend(ctx, c, g, sc); err != nil || c.Answered() {
 			return err
 		}
 	} else if sc.acks, err = g.append(sc.entries, sc.acks); err == nil {
@@ -316,10 +316,7 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 	case err != nil:
 		return d.notAppended(g, err)
 	}
-	for _, a := range sc.acks {
-		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
-	}
-	return c.Result(wire.Sent{Epoch: g.epoch(), Acks: sc.sent})
+	return c.Result(sc.reply(g, sc.acks))
 }
 
 // notAppendedRetry is the retry_after_ms of a send the log could not
@@ -348,6 +345,15 @@ type sendScratch struct {
 }
 
 var sendScratches = sync.Pool{New: func() any { return new(sendScratch) }}
+
+// reply is the Sent frame that acknowledges acks, built in sc.sent.
+func (sc *sendScratch) reply(g *group, acks []store.Ack) wire.Sent {
+	sc.sent = sc.sent[:0]
+	for _, a := range acks {
+		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
+	}
+	return wire.Sent{Epoch: g.epoch(), Acks: sc.sent}
+}
 
 // put empties sc, dropping its references to the request's bodies, and
 // returns it to the pool unless it grew past a chat-sized batch.

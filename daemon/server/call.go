@@ -52,8 +52,9 @@ type Call struct {
 	reading, writing, cut atomic.Bool
 	// decoded says a handler decoded the args (whether or not they were
 	// valid); inPlace, that the decoded values may alias the request, which
-	// is then held until the call ends.
-	decoded, inPlace bool
+	// is then held until the call ends; answered, that TryResult answered
+	// the call and ended its stream.
+	decoded, inPlace, answered bool
 }
 
 // Pool bounds: larger buffers are left to the garbage collector.
@@ -223,6 +224,38 @@ func (c *Call) Need(n int) error {
 
 // Result writes the one Result frame of a single-reply operation.
 func (c *Call) Result(body any) error { return c.Send(wire.KindResult, body) }
+
+// TryResult answers a single-reply operation with the Result frame of body
+// and ends the stream, if the frame can be queued at once (the peer's flow
+// control allows it), and reports whether it did. Once it has, the
+// handler writes nothing more and returns nil; if it has not, the handler
+// answers as usual (Result), and meets whatever failed here.
+//
+// It is for replies that are ready on another goroutine while the handler
+// waits: a cell's sends, answered as their raft entry is applied
+// (cell.Node.SendAnswered). That goroutine writes the replies of every
+// send the entry carried one after another, without waiting between them,
+// so a connection's replies leave together, in one packet, rather than
+// each in its own: the connection's sender runs once they are all queued,
+// not after each. The handler must not touch the call until TryResult has
+// returned.
+func (c *Call) TryResult(body any) bool {
+	buf, err := wire.AppendFrame(c.buf[:0], uint64(wire.KindResult), body)
+	if err != nil {
+		return false // Result says what failed
+	}
+	c.buf = buf
+	c.credits.release()
+	if c.str.TryWriteAll(buf) != nil {
+		return false
+	}
+	c.str.Close()
+	c.answered = true
+	return true
+}
+
+// Answered reports whether TryResult answered the call.
+func (c *Call) Answered() bool { return c.answered }
 
 // Decode decodes the request's args into v, then releases the request's
 // memory: v must be a type whose decoded values do not alias the frame,

@@ -270,6 +270,13 @@ func frameError(err error) error {
 // finish ends a call: it writes err as an Error frame if there is one, and
 // closes the stream.
 func (s *Server) finish(c *Call, err error) {
+	if c.answered {
+		// TryResult answered, and ended the stream.
+		if err != nil {
+			s.setup.Logger.Error("operation failed after it was answered", "op", c.op, "peer", c.peer.Short(), "err", err)
+		}
+		return
+	}
 	if err == nil {
 		c.str.Close()
 		return

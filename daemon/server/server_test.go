@@ -165,3 +165,61 @@ func TestRefusalLogOnTheDaemonsClock(t *testing.T) {
 		t.Fatalf("a clock stepped back: %d lines, want 3 (it logs)", n)
 	}
 }
+
+// TestTryResult: a reply written by TryResult on another goroutine, while
+// the handler waits, reaches the peer whole with the stream's end, and
+// nothing the handler does after cuts it off (an error it returns is
+// logged, not written over a reply already queued); on a stream the peer
+// gave up, TryResult writes nothing and says so, and the handler answers
+// as usual.
+func TestTryResult(t *testing.T) {
+	type outcome struct {
+		ok, answered bool
+	}
+	outcomes := make(chan outcome, 1)
+	var logged peertest.LockedBuffer
+	id := peertest.NewKey(t)
+	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: time.Second},
+		Setup{Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(&logged, nil))}, func(ctx context.Context, c *Call) error {
+			var req wire.Join
+			if err := c.Decode(&req); err != nil {
+				return err
+			}
+			if req.Name == "gone" {
+				<-c.Gone() // the peer stopped reading
+			}
+			done := make(chan bool)
+			go func() { done <- c.TryResult(wire.Left{WasMember: true}) }()
+			ok := <-done
+			outcomes <- outcome{ok, c.Answered()}
+			switch {
+			case !ok:
+				return c.Result(wire.Left{})
+			case req.Name == "fails":
+				return wire.ErrUnavailable // after the reply: must not reach the peer
+			}
+			return nil
+		})
+	peertest.Must(t, s.Listen(id))
+	peertest.Must(t, s.Start())
+	t.Cleanup(s.Close)
+	p := peertest.Dial(t, s.Addr(), id.Fingerprint(), nil)
+	for _, name := range []string{"answered", "fails"} {
+		var l wire.Left
+		peertest.Must(t, p.Call(wire.OpJoin, wire.Join{Group: wire.UUID{1}, Name: name}, &l)) // one Result, then the end
+		if !l.WasMember {
+			t.Fatalf("%s: got %+v, want TryResult's reply", name, l)
+		}
+		if o := <-outcomes; !o.ok || !o.answered {
+			t.Fatalf("%s: TryResult %v, Answered %v; want both true", name, o.ok, o.answered)
+		}
+	}
+	peertest.Eventually(t, "the error after the reply logged", func() bool {
+		return strings.Contains(logged.String(), "operation failed after it was answered")
+	})
+	str := p.Open(peertest.Request(t, wire.OpJoin, wire.Join{Group: wire.UUID{1}, Name: "gone"}))
+	str.CancelRead(0x100)
+	if o := <-outcomes; o.ok || o.answered {
+		t.Fatalf("on a stream the peer stopped reading: TryResult %v, Answered %v; want both false", o.ok, o.answered)
+	}
+}
