@@ -262,8 +262,9 @@ func commandSize(entries []store.Entry) int {
 	return n
 }
 
-// await waits for raft's verdict on a proposal, then forgets its IDs, and
-// hands the group's open proposal to raft if one waits.
+// await waits for raft's verdict on a proposal, forgets its IDs, hands
+// the group's open proposal to raft if one waits, and then answers the
+// proposal's senders: the next entry is on its way meanwhile.
 func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	defer n.wg.Done()
 	err := f.Error()
@@ -273,17 +274,7 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 			err = rerr
 		}
 	}
-	prop.err = proposeError("send", err)
-	if prop.err == nil {
-		for _, a := range prop.answers {
-			a.fn(a.acks)
-		}
-	}
-	clear(prop.answers)
-	prop.answers = nil
-	close(prop.done)
 	g.propMu.Lock()
-	defer g.propMu.Unlock()
 	p := &g.prop
 	for id := range prop.acks {
 		if p.inflight[id] == prop {
@@ -294,6 +285,18 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	if p.open != nil && p.proposing < maxProposing {
 		n.propose1(g, p)
 	}
+	g.propMu.Unlock()
+	// A retry of an ID forgotten just now finds it in the log if the
+	// entry was applied: raft's verdict comes after the apply.
+	prop.err = proposeError("send", err)
+	if prop.err == nil {
+		for _, a := range prop.answers {
+			a.fn(a.acks)
+		}
+	}
+	clear(prop.answers)
+	prop.answers = nil
+	close(prop.done)
 }
 
 // proposeError is what a proposer is told of raft's verdict.
