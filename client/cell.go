@@ -133,15 +133,17 @@ func (g *Group) replicated() bool {
 // leave): on a group of one daemon, it is single; on a replicated group,
 // it follows the leader as the package comment above says.
 func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error {
+	// The bound on following the leader, if ctx sets none, ends the
+	// attempts and the waits between them, rather than a context of its
+	// own: that was a timer per call.
+	var until time.Time
 	if _, ok := ctx.Deadline(); !ok && g.replicated() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cellFollowFor)
-		defer cancel()
+		until = time.Now().Add(cellFollowFor)
 	}
 	attempt := cellAttemptMin
 	for redirects := 0; ; redirects++ {
-		err := g.attempt(ctx, attempt, op, args, out)
-		if err == nil || ctx.Err() != nil {
+		err := g.attempt(ctx, until, attempt, op, args, out)
+		if err == nil || ctx.Err() != nil || past(until) {
 			return err
 		}
 		var we *wire.Error
@@ -156,7 +158,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			// Members may name a leader that just lost its leadership
 			// (an election under way): after the first hops, wait a
 			// little more at each, until the call's context ends.
-			if redirects >= 2 && !sleep(ctx, jitter(cellRetryMin*time.Duration(min(redirects, 20)))) {
+			if redirects >= 2 && !pause(ctx, until, jitter(cellRetryMin*time.Duration(min(redirects, 20)))) {
 				return err
 			}
 			log.Debug("cell: following the leader named", "op", op, "leader", we.Leader.Addr)
@@ -185,7 +187,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			wait = d
 		}
 		log.Debug("cell: refused; trying again", "op", op, "addr", g.peer().addrs, "in", wait, "err", err)
-		if !sleep(ctx, jitter(wait)) {
+		if !pause(ctx, until, jitter(wait)) {
 			return err
 		}
 		if !leader {
@@ -225,18 +227,43 @@ var (
 	errSilent         = errors.New("not a packet in time")
 )
 
-// attempt is one try of a call: single, bounded by d on a replicated group.
-func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, out any) error {
+// past reports whether until is set and has passed.
+func past(until time.Time) bool { return !until.IsZero() && !time.Now().Before(until) }
+
+// pause waits d, and reports false instead if ctx ends first, or until
+// (if set) comes first.
+func pause(ctx context.Context, until time.Time, d time.Duration) bool {
+	if !until.IsZero() {
+		if left := time.Until(until); left < d {
+			sleep(ctx, left)
+			return false
+		}
+	}
+	return sleep(ctx, d)
+}
+
+// attempt is one try of a call: single, bounded by d on a replicated group,
+// and by until, if set (leaderCall's bound on following the leader: the
+// attempt then ends with ctx's error, as if ctx had that deadline).
+func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any) error {
 	p := g.peer()
 	if !g.replicated() {
 		return p.single(ctx, op, args, out)
 	}
-	actx, cancel := context.WithTimeout(ctx, d)
+	end := time.Now().Add(d)
+	bounded := !until.IsZero() && until.Before(end)
+	if bounded {
+		end = until
+	}
+	actx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 	if !p.connected() {
 		dctx, cancel := context.WithTimeout(actx, min(d, cellDialFor))
 		_, err := p.get(dctx)
 		cancel()
+		if err != nil && bounded && past(until) && ctx.Err() == nil {
+			return context.DeadlineExceeded
+		}
 		if err != nil && dctx.Err() != nil && ctx.Err() == nil {
 			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errNoHandshake)
 		}
@@ -244,10 +271,18 @@ func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, 
 			return err
 		}
 	}
-	sctx, silent := context.WithCancelCause(actx)
+	// conn is the one the call uses unless it dies meanwhile. The attempt
+	// watches it for silence, sooner than the call's own watch would
+	// (watchSilence), which it then spares.
+	conn := p.current()
+	watched := conn != nil && cellSilentFor < d
+	wctx := context.Context(actx)
+	if watched {
+		wctx = context.WithValue(actx, silenceWatched{}, true)
+	}
+	sctx, silent := context.WithCancelCause(wctx)
 	defer silent(nil)
-	if conn := p.current(); conn != nil && cellSilentFor < d {
-		// conn is the one the call uses unless it dies meanwhile.
+	if watched {
 		heard := conn.ConnectionStats().PacketsReceived
 		watch := time.AfterFunc(cellSilentFor, func() {
 			if conn.ConnectionStats().PacketsReceived == heard {
@@ -258,6 +293,9 @@ func (g *Group) attempt(ctx context.Context, d time.Duration, op wire.Op, args, 
 	}
 	err := p.single(sctx, op, args, out)
 	if err != nil && sctx.Err() != nil && ctx.Err() == nil {
+		if bounded && actx.Err() != nil && !errors.Is(context.Cause(sctx), errSilent) {
+			return context.DeadlineExceeded // until, not the attempt's own bound
+		}
 		p.dropCurrent()
 		if errors.Is(context.Cause(sctx), errSilent) {
 			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errSilent)

@@ -46,7 +46,7 @@ func TestCellAttemptGivesUpOnHandshake(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var sent wire.Sent
-	err = g.attempt(ctx, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
 	if !errors.Is(err, errNoHandshake) || !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("attempt at a member that answers nothing: %v, want unreachable, no handshake in time", err)
 	}
@@ -122,12 +122,21 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	send := wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}
 	var sent wire.Sent
 	// Alive, but slow to answer: the attempt's own deadline ends it.
-	if err := g.attempt(ctx, 2*cellSilentFor, wire.OpSend, send, &sent); !errors.Is(err, errAttemptTimeout) {
+	if err := g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent); !errors.Is(err, errAttemptTimeout) {
 		t.Fatalf("attempt at a member that acknowledges but does not answer: %v, want %v", err, errAttemptTimeout)
 	}
 	conn, err := g.peer().get(ctx) // connected again, through the relay
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Ended by the call's bound on following the leader (leaderCall's
+	// until), sooner than by its own: the error of a context with that
+	// deadline, and the connection kept, the member being alive.
+	if err := g.attempt(ctx, time.Now().Add(2*cellSilentFor), time.Minute, wire.OpSend, send, &sent); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnreachable) {
+		t.Fatalf("attempt ended by the call's bound: %v, want %v alone", err, context.DeadlineExceeded)
+	}
+	if g.peer().current() != conn {
+		t.Fatal("attempt ended by the call's bound dropped the member's connection")
 	}
 	// Cut once the handshake's last packets (tickets, connection IDs) are
 	// in, so that nothing sent before the cut arrives after the request.
@@ -142,8 +151,24 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 		}
 	}
 	relay.Cut()
-	err = g.attempt(ctx, time.Minute, wire.OpSend, send, &sent)
+	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, send, &sent)
 	if !errors.Is(err, errSilent) || !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("attempt at a member gone silent: %v, want unreachable, not a packet in time", err)
+	}
+}
+
+// TestPauseEndsAtTheBound: a wait between a call's attempts ends when the
+// call's bound on following the leader comes first, and says so.
+func TestPauseEndsAtTheBound(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if pause(ctx, time.Now().Add(10*time.Millisecond), time.Hour) {
+		t.Fatal("a wait of an hour past the bound went on")
+	}
+	if !pause(ctx, time.Time{}, time.Millisecond) || !pause(ctx, time.Now().Add(time.Hour), time.Millisecond) {
+		t.Fatal("a wait within the bound (or with none) reported it ended early")
+	}
+	if past(time.Time{}) || !past(time.Now().Add(-time.Millisecond)) {
+		t.Fatal("past: wrong about no bound or a bound passed")
 	}
 }

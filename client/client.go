@@ -484,8 +484,11 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 // stream runs one operation on one stream. delivered reports whether any
 // response frame reached handle.
 func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (delivered bool, err error) {
-	watch := watchSilence(conn, p.c.cfg.Logger)
-	defer watch.Stop()
+	var watch *time.Timer
+	if ctx.Value(silenceWatched{}) == nil {
+		watch = watchSilence(conn, p.c.cfg.Logger)
+		defer watch.Stop()
+	}
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return false, err
@@ -526,7 +529,9 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			return delivered, ctxErr(ctx, err)
 		}
 		if !delivered {
-			watch.Stop() // the server is alive; a watch may now be quiet
+			if watch != nil {
+				watch.Stop() // the server is alive; a watch may now be quiet
+			}
 			delivered = true
 		}
 		done, err := handle(kind, f)
@@ -567,6 +572,12 @@ func watchSilence(conn *quic.Conn, log *slog.Logger) *time.Timer {
 		}
 	})
 }
+
+// silenceWatched is the key of a context value that says the call's
+// caller watches the connection for silence itself, sooner than
+// watchSilence would (a cell's attempts, cellSilentFor): the call then
+// spares the timer.
+type silenceWatched struct{}
 
 // stoppedByServer reports whether a write failed because the server asked
 // the stream's sender to stop (STOP_SENDING).
