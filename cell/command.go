@@ -131,8 +131,14 @@ func (e *encoder) appendEntries(dst []byte, entries []store.Entry) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(entries[0].Time))
 	clear(e.senders)
 	e.order = e.order[:0]
+	// Entries come in runs from one sender (each send of a proposal is
+	// one client's batch): a message from the sender of the one before
+	// needs no lookup.
 	for i := range entries {
 		s := entries[i].From
+		if i > 0 && s == entries[i-1].From {
+			continue
+		}
 		if _, ok := e.senders[s]; !ok {
 			e.senders[s] = len(e.order)
 			e.order = append(e.order, s)
@@ -144,12 +150,16 @@ func (e *encoder) appendEntries(dst []byte, entries []store.Entry) []byte {
 		dst = appendString(dst, s.Name)
 	}
 	prev := entries[0].Time
+	from := 0
 	for i := range entries {
 		m := &entries[i]
 		dst = binary.AppendUvarint(dst, uint64(m.Time-prev))
 		prev = m.Time
 		dst = append(dst, m.ID[:]...)
-		dst = binary.AppendUvarint(dst, uint64(e.senders[m.From]))
+		if i == 0 || m.From != entries[i-1].From {
+			from = e.senders[m.From]
+		}
+		dst = binary.AppendUvarint(dst, uint64(from))
 		dst = binary.AppendUvarint(dst, uint64(len(m.Body)))
 		dst = append(dst, m.Body...)
 	}

@@ -154,3 +154,29 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		}
 	})
 }
+
+// TestSendRunsOfSenders: a send whose messages come in runs from one
+// sender, as gathered client batches do, names each sender once and
+// decodes to the same messages.
+func TestSendRunsOfSenders(t *testing.T) {
+	bob := store.Sender{Fingerprint: [32]byte{2}, Name: "bob"}
+	renamed := store.Sender{Fingerprint: alice.Fingerprint, Name: "alice2"}
+	var entries []store.Entry
+	for i, from := range []store.Sender{alice, alice, bob, bob, bob, alice, renamed, renamed, bob} {
+		entries = append(entries, store.Entry{Seq: 10 + uint64(i), Time: 100 + int64(i), ID: [16]byte{byte(i + 1)}, From: from, Body: []byte{byte(i)}})
+	}
+	e := newEncoder()
+	for range 2 { // the encoder's dictionary is reused
+		data := e.encodeSend(nil, testGroup, 3, entries)
+		c, err := decodeCommand(data, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(c.entries, entries) {
+			t.Fatalf("decoded to %+v, want %+v", c.entries, entries)
+		}
+		if got := bytes.Count(data, []byte("bob")); got != 1 {
+			t.Fatalf("bob named %d times, want once", got)
+		}
+	}
+}

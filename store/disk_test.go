@@ -47,7 +47,7 @@ type writer struct {
 func newWriter(seed uint64) *writer { return &writer{rng: rand.New(rand.NewPCG(seed, 1))} }
 
 // batch makes k entries stamped after seq and t: random bodies of up to
-// maxBody bytes from a few senders.
+// maxBody bytes from a few senders, often several in a row from one.
 func (w *writer) batch(k, maxBody int, seq uint64, t int64) []Entry {
 	b := make([]Entry, k)
 	for i := range b {
@@ -58,7 +58,11 @@ func (w *writer) batch(k, maxBody int, seq uint64, t int64) []Entry {
 		for j := range body {
 			body[j] = byte(w.rng.Uint32())
 		}
-		b[i] = Entry{Seq: seq, Time: t, ID: id(w.n), From: sender(w.rng.IntN(7)), Body: body}
+		from := sender(w.rng.IntN(7))
+		if i > 0 && w.rng.IntN(2) == 0 {
+			from = b[i-1].From // runs from one sender, as clients batch
+		}
+		b[i] = Entry{Seq: seq, Time: t, ID: id(w.n), From: from, Body: body}
 	}
 	return b
 }
