@@ -18,13 +18,15 @@ type cellFlags struct {
 	join      bool
 	dir       string
 	heartbeat time.Duration
+	lease     time.Duration
 }
 
 func (f *cellFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.peers, "cell-peer", nil, "replicate the groups over a cell of 3 or 5 daemons: FINGERPRINT@HOST:PORT of each member, this daemon included (repeatable; every member gets the same list)")
 	fs.BoolVar(&f.join, "cell-join", false, "join a running cell as a new member (then run 'huddle cell add' on a member); --cell-peer lists the cell's members and this daemon")
 	fs.StringVar(&f.dir, "cell-dir", "", "where the cell's raft state is kept (default: STATE_DIR/cell)")
-	fs.Var(newDuration(&f.heartbeat, 0, 10*time.Millisecond, true), "cell-heartbeat", "how long a member waits without hearing from the leader before it stands for election (default 300ms)")
+	fs.Var(newDuration(&f.heartbeat, cell.DefaultHeartbeatTimeout, 10*time.Millisecond, false), "cell-heartbeat", "how long a member waits without hearing from the leader before it stands for election")
+	fs.Var(newDuration(&f.lease, 0, 10*time.Millisecond, true), "cell-lease", "how long a leader goes on leading without hearing from a majority, at most --cell-heartbeat (default: --cell-heartbeat)")
 }
 
 // apply fills cfg.Cell if any cell flag was given.
@@ -35,7 +37,10 @@ func (f *cellFlags) apply(cfg *groupd.Config) error {
 		}
 		return nil
 	}
-	cc := &groupd.CellConfig{Join: f.join, Dir: f.dir, HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.heartbeat}
+	if f.lease > f.heartbeat {
+		return fmt.Errorf("--cell-lease %v is longer than --cell-heartbeat %v: a leader must step down before the others stand for election", f.lease, f.heartbeat)
+	}
+	cc := &groupd.CellConfig{Join: f.join, Dir: f.dir, HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.heartbeat, LeaderLeaseTimeout: f.lease}
 	for _, s := range f.peers {
 		p, err := cell.ParsePeer(s)
 		if err != nil {

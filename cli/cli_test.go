@@ -208,6 +208,13 @@ func TestUsage(t *testing.T) {
 		if code := Main(context.Background(), []string{name, "--help"}, env); code != ExitOK || !strings.Contains(out.String(), "Example:") {
 			t.Errorf("huddle %s --help: code %d, no example in %q", name, code, out.String())
 		}
+		// A flag whose text names its default gets no second one from
+		// pflag (a zero duration printed "(default 0s)" after it).
+		for _, line := range strings.Split(out.String(), "\n") {
+			if strings.Count(line, "(default") > 1 {
+				t.Errorf("huddle %s --help: two defaults in %q", name, strings.TrimSpace(line))
+			}
+		}
 	}
 }
 

@@ -115,8 +115,16 @@ func (v *durationValue) Set(s string) error {
 	return nil
 }
 
-func (v *durationValue) String() string { return v.p.String() }
-func (v *durationValue) Type() string   { return "duration" }
+// String is the value as help shows it: "0" for none, which pflag takes
+// for a zero default and leaves to the flag's text (time.Duration says
+// "0s", which help would print as "(default 0s)" after that text).
+func (v *durationValue) String() string {
+	if *v.p == 0 {
+		return "0"
+	}
+	return v.p.String()
+}
+func (v *durationValue) Type() string { return "duration" }
 
 // rateValue is a non-negative number of messages a second.
 type rateValue struct{ p *float64 }

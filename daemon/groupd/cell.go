@@ -41,7 +41,7 @@ type CellConfig struct {
 	Dir string
 	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout and
 	// SnapshotThreshold tune raft (package cell's defaults: 300 ms, 300 ms,
-	// 250 ms, 4096 entries; TrailingLogs 4096 entries).
+	// HeartbeatTimeout, 4096 entries; TrailingLogs 4096 entries).
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
