@@ -288,8 +288,9 @@ type Node struct {
 	futures atomic.Int64
 
 	// member says this daemon is in the cell's configuration, as last
-	// applied: a daemon removed from the cell says so once.
-	member atomic.Bool
+	// applied: a daemon removed from the cell says so once. voter says
+	// it votes there: not while it is catching up (members.go).
+	member, voter atomic.Bool
 
 	mu      sync.Mutex
 	started bool
@@ -297,6 +298,9 @@ type Node struct {
 	// ready is the term in which this node leads and has applied
 	// everything earlier terms committed (its barrier ran); 0 otherwise.
 	ready uint64
+	// behind is, on the leader, how far each member catching up was
+	// behind when last asked (members.go).
+	behind map[wire.Fingerprint]behind
 }
 
 // New returns a node for cfg. It does no I/O; Start opens raft's state and
@@ -317,7 +321,8 @@ func New(cfg Config) (*Node, error) {
 	n.fsm = newFSM(cfg.Host, cfg.Logger, n.closing)
 	n.fsm.onConfig = n.configured
 	n.fsm.catchUp = n.catchUp
-	tr.serveCatchUp(n.serveCatchUp)
+	tr.handle(kindCatchUp, n.serveCatchUp)
+	tr.handle(kindProgress, n.serveProgress)
 	return n, nil
 }
 
@@ -409,8 +414,9 @@ func (n *Node) Start() error {
 	}
 	n.started = true
 	n.tr.warm()
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.leaderLoop()
+	go n.promoteLoop()
 	if n.cfg.LeaderChanged != nil {
 		// A wake-up, not a record: the watcher reads the leader raft knows
 		// now, so an observation dropped while one is pending loses nothing.
@@ -485,6 +491,7 @@ func (n *Node) configured(c raft.Configuration) {
 func (n *Node) noteMembership(c raft.Configuration) {
 	self := raft.ServerID(n.self.Fingerprint.String())
 	in := slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self })
+	n.voter.Store(slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
 	if was := n.member.Swap(in); was && !in {
 		n.cfg.Logger.Warn("cell: this daemon was removed from the cell; it takes no part in it any more (stop it, or add it again with huddle cell add)")
 	}
@@ -494,6 +501,10 @@ func (n *Node) noteMembership(c raft.Configuration) {
 // last saw it: false for a daemon waiting to be added (Join) and for one
 // removed from the cell.
 func (n *Node) Member() bool { return n.member.Load() }
+
+// Voter reports whether this daemon votes in the cell's configuration as
+// it last saw it: Member, and not catching up (AddMember).
+func (n *Node) Voter() bool { return n.voter.Load() }
 
 // leaderLoop follows this node's leadership: on becoming leader it runs a
 // barrier (so the groups' logs hold everything committed before), then

@@ -1,8 +1,6 @@
 package cell
 
 import (
-	"context"
-	"fmt"
 	"slices"
 	"time"
 
@@ -35,7 +33,12 @@ type Status struct {
 // MemberStatus is a member of the cell's configuration.
 type MemberStatus struct {
 	Peer
+	// Voter is false for a member added and still catching up: it takes
+	// no part in the cell's decisions yet (AddMember).
 	Voter bool
+	// Behind, on the leader, for a member catching up: how many raft
+	// entries it lacked when the leader last asked; -1 before it answered.
+	Behind int64
 }
 
 // GroupStatus is one group of the cell on one member.
@@ -70,7 +73,13 @@ func (n *Node) Status() Status {
 			if err != nil {
 				continue
 			}
-			s.Members = append(s.Members, MemberStatus{Peer: Peer{Addr: string(srv.Address), Fingerprint: fp}, Voter: srv.Suffrage == raft.Voter})
+			m := MemberStatus{Peer: Peer{Addr: string(srv.Address), Fingerprint: fp}, Voter: srv.Suffrage == raft.Voter}
+			if b, ok := n.behindOf(fp); ok && !m.Voter {
+				m.Behind = int64(b.entries)
+			} else if !m.Voter {
+				m.Behind = -1
+			}
+			s.Members = append(s.Members, m)
 		}
 	}
 	slices.SortFunc(s.Members, func(a, b MemberStatus) int { return slices.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
@@ -103,70 +112,4 @@ func (n *Node) Groups() []GroupSpec {
 		specs = append(specs, g.spec)
 	}
 	return specs
-}
-
-// AddMember adds p to the cell as a voting member; p's daemon must have
-// been started to join (Config.Join) with the cell's peers. The leader
-// brings it up to date (a snapshot, then raft's log; its groups' logs
-// from a peer) while the cell goes on. Errors: a *NotLeaderError,
-// ErrUnavailable (wrapped), ErrInvalidConfig for a malformed peer. Like a
-// send, a change may meet a leadership change (an election, a transfer)
-// and is then answered ErrUnavailable, committed or not: the caller asks
-// the leader again (the daemon's cell_add answers unavailable and the
-// client asks again); adding a member present, or removing one absent,
-// changes nothing.
-func (n *Node) AddMember(ctx context.Context, p Peer) error {
-	if err := p.check(); err != nil {
-		return err
-	}
-	if _, err := n.leading(); err != nil {
-		return err
-	}
-	// The transport must accept and dial the new member before raft
-	// replicates to it.
-	c := n.raft.GetConfiguration()
-	if err := c.Error(); err != nil {
-		return proposeError("add member", err)
-	}
-	conf := c.Configuration()
-	conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(p.Fingerprint.String()), Address: raft.ServerAddress(p.Addr)})
-	n.configured(conf)
-	return n.change(ctx, "add member", n.raft.AddVoter(raft.ServerID(p.Fingerprint.String()), raft.ServerAddress(p.Addr), 0, n.timeout(ctx)))
-}
-
-// RemoveMember removes the member whose key is fp from the cell. A leader
-// that removes itself steps down once the change is committed. Errors: as
-// AddMember's.
-func (n *Node) RemoveMember(ctx context.Context, fp wire.Fingerprint) error {
-	if _, err := n.leading(); err != nil {
-		return err
-	}
-	return n.change(ctx, "remove member", n.raft.RemoveServer(raft.ServerID(fp.String()), 0, n.timeout(ctx)))
-}
-
-// timeout is the time left before ctx's deadline, or RPCTimeout.
-func (n *Node) timeout(ctx context.Context) time.Duration {
-	if d, ok := ctx.Deadline(); ok {
-		return max(time.Until(d), time.Millisecond)
-	}
-	return n.cfg.RPCTimeout
-}
-
-func (n *Node) change(ctx context.Context, op string, f raft.IndexFuture) error {
-	done := make(chan error, 1)
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		done <- f.Error() // raft answers by the future's timeout
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			return proposeError(op, err)
-		}
-		n.cfg.Logger.Info("cell: membership changed", "op", op)
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%s: %w: %v", op, ErrUnavailable, context.Cause(ctx))
-	}
 }

@@ -36,6 +36,9 @@ const (
 	// kindProbe: nothing; the stream is closed at once. Opened on a
 	// connection that may be dead, to find out (links.go).
 	kindProbe byte = 'p'
+	// kindProgress: how far a member got: its applied and last raft
+	// index (members.go). The leader asks a member catching up.
+	kindProgress byte = 'i'
 )
 
 // Connection close codes of the cell ALPN.
@@ -100,10 +103,10 @@ type Transport struct {
 
 	accepted chan net.Conn // raft streams, for Accept
 	done     chan struct{} // closed by Close
-	catchUp  func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream)
 
 	mu       sync.Mutex
-	peers    map[string]wire.Fingerprint // by address
+	handlers map[byte]func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream) // by stream kind
+	peers    map[string]wire.Fingerprint                                               // by address
 	keys     map[wire.Fingerprint]bool
 	out      map[string]*dialed // by address
 	in       map[*quic.Conn]struct{}
@@ -333,9 +336,9 @@ func (t *Transport) dispatch(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 		str.CancelRead(streamClosed)
 		str.Close()
 		str.ReleaseStreamCredit()
-	case kindCatchUp:
+	case kindCatchUp, kindProgress:
 		t.mu.Lock()
-		serve := t.catchUp
+		serve := t.handlers[kind[0]]
 		t.mu.Unlock()
 		if serve == nil {
 			str.CancelRead(streamBadKind)
@@ -354,11 +357,15 @@ func (t *Transport) dispatch(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 	}
 }
 
-// serveCatchUp sets the handler of catch-up streams. It runs on a
-// goroutine of the transport; the transport closes the stream after it.
-func (t *Transport) serveCatchUp(h func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream)) {
+// handle sets the handler of the streams of kind (kindCatchUp,
+// kindProgress). It runs on a goroutine of the transport; the transport
+// closes the stream after it.
+func (t *Transport) handle(kind byte, h func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream)) {
 	t.mu.Lock()
-	t.catchUp = h
+	if t.handlers == nil {
+		t.handlers = make(map[byte]func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream))
+	}
+	t.handlers[kind] = h
 	t.mu.Unlock()
 }
 

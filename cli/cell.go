@@ -58,6 +58,7 @@ func runCell(ctx context.Context, env Env, args []string) int {
 		return fail(env, verb, err)
 	}
 	defer s.Close()
+	base := ctx // add's wait for the new member has a bound of its own
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	switch sub {
@@ -74,6 +75,11 @@ func runCell(ctx context.Context, env Env, args []string) int {
 		}
 		var members []client.Replica
 		members, err = s.client.CellAdd(ctx, f.server, pin, client.Replica{Addr: p.Addr, Fingerprint: p.Fingerprint})
+		if err == nil && f.wait > 0 && catchingUp(members, p.Fingerprint) {
+			wctx, cancel := context.WithTimeout(base, f.wait)
+			members, err = awaitVoter(wctx, env, s.client, f.server, pin, p, f.json)
+			cancel()
+		}
 		if err == nil {
 			err = printMembers(env, members, f.json)
 		}
@@ -96,7 +102,10 @@ func runCell(ctx context.Context, env Env, args []string) int {
 
 const cellAbout = `Operate a cell: 3 or 5 group daemons (huddle serve --cell-peer ...) that replicate their groups.
   status   the cell as each member sees it: leader, term, each member's applied index, lag and last contact
-  add      add a daemon started with --cell-join (FINGERPRINT@HOST:PORT)
+  add      add a daemon started with --cell-join (FINGERPRINT@HOST:PORT). It joins as a member that does not
+           vote (the cell's majority is unchanged) while it is brought up to date, and the leader makes it a
+           voter once it has caught up; add waits for that, printing its progress, up to --wait (0: return
+           once it is added, catching up; huddle cell status shows it)
   remove   remove a member (FINGERPRINT)
 add and remove must be run with a member daemon's key: HUDDLE_HOME=that daemon's --state-dir.`
 
@@ -106,7 +115,7 @@ const cellExample = `  huddle cell status --server 10.0.0.1:7374
 type cellCommandFlags struct {
 	server, fingerprint string
 	json                bool
-	timeout             time.Duration
+	timeout, wait       time.Duration
 }
 
 func (f *cellCommandFlags) register(fs *pflag.FlagSet) {
@@ -114,6 +123,68 @@ func (f *cellCommandFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.fingerprint, "fingerprint", "", "the fingerprint that member must present (default: any)")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object")
 	fs.Var(newDuration(&f.timeout, 10*time.Second, time.Millisecond, false), "timeout", "give up after this long")
+	fs.Var(newDuration(&f.wait, cellAddWait, time.Millisecond, true), "wait", "add: how long to wait for the new member to catch up and vote (0: do not wait)")
+}
+
+// cellAddWait is how long huddle cell add waits for the new member to
+// catch up by default: a member that copies gigabytes of history over a
+// LAN takes minutes.
+const cellAddWait = 10 * time.Minute
+
+// catchingUp reports whether fp is among members, catching up.
+func catchingUp(members []client.Replica, fp wire.Fingerprint) bool {
+	return slices.ContainsFunc(members, func(m client.Replica) bool { return m.Fingerprint == fp && m.CatchingUp })
+}
+
+// awaitVoter waits until the member p added votes, asking server (and
+// whichever member leads) for the cell's configuration and p for how far
+// it got every second, and printing its progress when it changes (to
+// stderr under --json). It returns the cell's members once p votes.
+func awaitVoter(ctx context.Context, env Env, c *client.Client, server string, pin wire.Fingerprint, p cell.Peer, asJSON bool) ([]client.Replica, error) {
+	out := env.Stdout
+	if asJSON {
+		out = env.Stderr
+	}
+	ask := func(addr string, pin wire.Fingerprint) (client.CellStatus, error) {
+		ctx, cancel := context.WithTimeout(ctx, cellMemberWait)
+		defer cancel()
+		return c.CellStatus(ctx, addr, pin)
+	}
+	said := ""
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		st, err := ask(server, pin)
+		if err == nil && st.Leader != nil && st.Leader.Fingerprint != st.Self.Fingerprint {
+			if lst, lerr := ask(st.Leader.Addr, st.Leader.Fingerprint); lerr == nil {
+				st = lst // the leader knows the configuration first
+			}
+		}
+		if err == nil {
+			if !catchingUp(st.Members, p.Fingerprint) {
+				if !slices.ContainsFunc(st.Members, func(m client.Replica) bool { return m.Fingerprint == p.Fingerprint }) {
+					return nil, fmt.Errorf("%s is no longer a member of the cell (removed meanwhile?)", p.Fingerprint.Short())
+				}
+				fmt.Fprintf(out, "%s caught up and votes now\n", p.Fingerprint.Short())
+				return st.Members, nil
+			}
+			progress := "catching up: not answering yet"
+			if nst, nerr := ask(p.Addr, p.Fingerprint); nerr == nil {
+				progress = fmt.Sprintf("catching up: applied %d of the cell's %d raft entries", nst.AppliedIndex, st.CommitIndex)
+			}
+			if progress != said {
+				fmt.Fprintf(out, "%s %s\n", p.Fingerprint.Short(), progress)
+				said = progress
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			// Timed out (exit code 3), with what to do already said.
+			return nil, &explainedUnreachable{fmt.Sprintf("%s was added but is still catching up (%s); the leader makes it a voter by itself once it has: huddle cell status shows it, huddle cell add again waits again",
+				p.Fingerprint.Short(), strings.TrimPrefix(said, "catching up: "))}
+		}
+	}
 }
 
 // errNoAnswer is the cause of a member's wait running out.
@@ -202,7 +273,10 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	if asJSON {
 		var members []map[string]any
 		for _, v := range views {
-			m := map[string]any{"addr": v.replica.Addr, "fingerprint": v.replica.Fingerprint.String()}
+			m := map[string]any{"addr": v.replica.Addr, "fingerprint": v.replica.Fingerprint.String(), "voter": !v.replica.CatchingUp}
+			if v.replica.CatchingUp {
+				m["catching_up"] = true
+			}
 			if v.err != nil {
 				m["error"] = plainErr(v.err)
 			} else {
@@ -248,6 +322,10 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			continue
 		}
 		st := v.status
+		state := st.State
+		if v.replica.CatchingUp {
+			state = "catching up (no vote)"
+		}
 		lagText := "?"
 		if l, ok := lag(st); ok {
 			lagText = fmt.Sprint(l)
@@ -261,7 +339,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		case st.LastContact < 0:
 			contact = "never"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", st.Self.Fingerprint.Short(), st.Self.Addr, st.State, st.Term, st.AppliedIndex, lagText, contact)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", st.Self.Fingerprint.Short(), st.Self.Addr, state, st.Term, st.AppliedIndex, lagText, contact)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -283,15 +361,18 @@ func printMembers(env Env, members []client.Replica, asJSON bool) error {
 	if asJSON {
 		var out []map[string]any
 		for _, m := range members {
-			out = append(out, map[string]any{"addr": m.Addr, "fingerprint": m.Fingerprint.String(), "leader": m.Leader})
+			out = append(out, map[string]any{"addr": m.Addr, "fingerprint": m.Fingerprint.String(), "leader": m.Leader, "voter": !m.CatchingUp})
 		}
 		return printJSON(env.Stdout, map[string]any{"members": out})
 	}
 	fmt.Fprintf(env.Stdout, "the cell's members now:\n")
 	for _, m := range members {
 		leader := ""
-		if m.Leader {
+		switch {
+		case m.Leader:
 			leader = "  (leader)"
+		case m.CatchingUp:
+			leader = "  (catching up: no vote yet)"
 		}
 		fmt.Fprintf(env.Stdout, "  %s@%s%s\n", m.Fingerprint, m.Addr, leader)
 	}

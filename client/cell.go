@@ -50,6 +50,33 @@ func (g *Group) learnReplicas(rs []wire.Replica) {
 	g.mu.Unlock()
 }
 
+// learnFrom records the replicas a member that does not serve the group
+// named in its refusal (removed from the cell, or still catching up):
+// they replace the list the handle holds.
+func (g *Group) learnFrom(err error) {
+	var we *wire.Error
+	if errors.As(err, &we) && len(we.Replicas) > 0 {
+		g.learnReplicas(we.Replicas)
+	}
+}
+
+// otherReplica decides, for a read of a replicated group that a member
+// refused or left unanswered before any message came (err), whether to ask
+// another member: each once (tries counts them), learning the members
+// from the refusal first. It points the handle at the next one.
+func (g *Group) otherReplica(err error, tries *int) bool {
+	if !g.replicated() || !g.cellRetryable(err) {
+		return false
+	}
+	g.learnFrom(err)
+	*tries++
+	if *tries >= len(g.Replicas()) {
+		return false
+	}
+	g.cl.cfg.Logger.Debug("cell: read refused; asking the next replica", "addr", g.peer().addrs, "err", err)
+	return g.nextReplica()
+}
+
 // follow points the handle at r, the cell's leader.
 func (g *Group) follow(r wire.Replica) error {
 	p, err := g.cl.peer([]string{r.Addr}, r.Fingerprint, nil)

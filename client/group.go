@@ -334,6 +334,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	left := q.Limit
 	var md wire.MessagesDecoder
 	var msgs []wire.Message // reused from frame to frame; bodies are not
+	tries := 0              // replicas that refused the page at hand
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
@@ -363,9 +364,13 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			}
 			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
 		})
+		if err != nil && n == 0 && g.otherReplica(err, &tries) {
+			continue // the same page from another member of the cell
+		}
 		if err != nil {
 			return cur, g.fail("fetch", err)
 		}
+		tries = 0
 		if stopped {
 			return cur, nil
 		}

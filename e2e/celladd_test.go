@@ -29,6 +29,8 @@ type cellMemberJSON struct {
 	LastIndex     uint64 `json:"last_index"`
 	LastContactMS int64  `json:"last_contact_ms"`
 	Lag           *int64 `json:"lag"`
+	Voter         bool   `json:"voter"`
+	CatchingUp    bool   `json:"catching_up"`
 	Error         string `json:"error"`
 }
 
@@ -96,9 +98,11 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	// directory, while its daemon runs.
 	op := &user{name: "operator", home: members[0].dir, dir: t.TempDir(), registry: reg.registry}
 	out := op.ok(t, "cell", "add", "--server", members[1].addr, newcomer.fp.String()+"@"+newcomer.addr)
-	if !strings.Contains(out, newcomer.fp.String()+"@"+newcomer.addr) || strings.Count(out, "@") != 4 {
-		t.Fatalf("huddle cell add printed:\n%s\nwant the four members, the new one among them", out)
+	if !strings.Contains(out, newcomer.fp.String()+"@"+newcomer.addr) || strings.Count(out, "@") != 4 ||
+		!strings.Contains(out, "caught up and votes now") || strings.Contains(out, "no vote yet") {
+		t.Fatalf("huddle cell add printed:\n%s\nwant the four members, the new one among them, voting (add waits until the leader made it a voter)", out)
 	}
+
 	if got := cellGroupLine(t, newcomer); got != group {
 		t.Fatalf("the new member hosts group %s, want the cell's %s", got, group)
 	}
@@ -114,7 +118,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 			return false
 		}
 		for _, m := range st.Members {
-			if m.Error != "" || m.Lag == nil || *m.Lag != 0 {
+			if m.Error != "" || m.Lag == nil || *m.Lag != 0 || !m.Voter || m.CatchingUp {
 				return false
 			}
 		}
@@ -323,6 +327,8 @@ func TestCellMetricsMatchStatus(t *testing.T) {
 				"huddle_cell_last_index":    float64(m.LastIndex),
 				"huddle_cell_members":       3,
 				"huddle_cell_leader":        0,
+				"huddle_cell_voter":         1,
+				"huddle_cell_catching_up":   0,
 			}
 			if m.State == "leader" {
 				want["huddle_cell_leader"] = 1

@@ -18,6 +18,11 @@ type CellStats struct {
 	// the leader, negative if never.
 	LastContact time.Duration
 	Members     int
+	// Voter: this member votes (not while it is catching up after being
+	// added, nor once removed). CatchingUp: members added and still being
+	// brought up to date, which do not vote yet.
+	Voter      bool
+	CatchingUp int
 }
 
 // Cell registers a collector that reads a member's view of its cell at
@@ -38,21 +43,26 @@ var (
 	descCellLast    = desc("huddle_cell_last_index", "The last raft entry in this member's log.")
 	descCellContact = desc("huddle_cell_last_contact_seconds", "Since this member last heard from the leader (0 on the leader; -1: never).")
 	descCellMembers = desc("huddle_cell_members", "Members in the cell's configuration.")
+	descCellVoter   = desc("huddle_cell_voter", "1 if this daemon votes in its cell; 0 while it catches up after being added, or once removed.")
+	descCellCatchUp = desc("huddle_cell_catching_up", "Members of the cell's configuration added and still catching up: they do not vote yet.")
 )
 
 type cellCollector struct{ stats func() CellStats }
 
 func (c *cellCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers} {
+	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers, descCellVoter, descCellCatchUp} {
 		ch <- d
 	}
 }
 
 func (c *cellCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
-	leader, contact := 0.0, s.LastContact.Seconds()
+	leader, voter, contact := 0.0, 0.0, s.LastContact.Seconds()
 	if s.Leader {
 		leader = 1
+	}
+	if s.Voter {
+		voter = 1
 	}
 	if s.LastContact < 0 {
 		contact = -1
@@ -64,6 +74,7 @@ func (c *cellCollector) Collect(ch chan<- prometheus.Metric) {
 		{descCellLeader, leader}, {descCellTerm, float64(s.Term)}, {descCellCommit, float64(s.CommitIndex)},
 		{descCellApplied, float64(s.AppliedIndex)}, {descCellLast, float64(s.LastIndex)},
 		{descCellContact, contact}, {descCellMembers, float64(s.Members)},
+		{descCellVoter, voter}, {descCellCatchUp, float64(s.CatchingUp)},
 	} {
 		ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.v)
 	}

@@ -25,13 +25,16 @@ const MaxReplicas = 9
 
 // Replica is one member of the cell that hosts a replicated group: the
 // address its group daemon serves huddle/1 (and the cell's traffic) on,
-// its key's fingerprint, and whether it leads the cell.
+// its key's fingerprint, whether it leads the cell, and (in cell_status,
+// cell_add and cell_remove only) whether it was added and is still being
+// brought up to date: it does not vote, nor serve the groups, until then.
 //
-//	{1: addr text, 2: fingerprint bytes(32), 3: leader bool}
+//	{1: addr text, 2: fingerprint bytes(32), 3: leader bool, 4: catching_up bool}
 type Replica struct {
 	Addr        string      `cbor:"1,keyasint"`
 	Fingerprint Fingerprint `cbor:"2,keyasint"`
 	Leader      bool        `cbor:"3,keyasint,omitempty"`
+	CatchingUp  bool        `cbor:"4,keyasint,omitempty"`
 }
 
 func (r *Replica) check() error {

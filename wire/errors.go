@@ -106,6 +106,11 @@ type Error struct {
 	// does not lead it, for an operation only the leader runs (send, join,
 	// leave): the member that leads, to send it to (PROTOCOL.md §13).
 	Leader *Replica `cbor:"5,keyasint,omitempty"`
+	// Replicas may be set with CodeUnavailable by a daemon that does not
+	// serve a cell's group (it was removed from the cell, or is still
+	// catching up after being added): the members that serve it, as the
+	// daemon knows them, to use instead of the list the client holds.
+	Replicas []Replica `cbor:"6,keyasint,omitempty"`
 }
 
 func (e *Error) Error() string {
@@ -131,9 +136,11 @@ func (e *Error) check() error {
 		return errors.New("error frame without a code")
 	}
 	if e.Leader != nil {
-		return e.Leader.check()
+		if err := e.Leader.check(); err != nil {
+			return err
+		}
 	}
-	return nil
+	return checkReplicas(e.Replicas)
 }
 
 // ToError maps any error to what travels on the wire. An *Error in err's

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -92,8 +93,14 @@ func TestErrorFields(t *testing.T) {
 		t.Errorf("got %v, epoch %#x; want epoch_mismatch, %#x", got, we.Epoch, tEpoch)
 	}
 	e := &Error{Code: CodeNotFound, Message: fmt.Sprintf("no group %s", tGroup)}
-	if we, _ := roundTrip(t, e); *we != *e {
+	if we, _ := roundTrip(t, e); !reflect.DeepEqual(we, e) {
 		t.Errorf("an *Error's round trip = %+v, want %+v", we, e)
+	}
+	// A member that no longer serves a cell's group names those that do.
+	e = &Error{Code: CodeUnavailable, Leader: &Replica{Addr: "10.0.0.2:7374", Fingerprint: tDaemon, Leader: true},
+		Replicas: []Replica{{Addr: "10.0.0.2:7374", Fingerprint: tDaemon, Leader: true}, {Addr: "10.0.0.3:7374", Fingerprint: tBob}}}
+	if we, _ := roundTrip(t, e); !reflect.DeepEqual(we, e) {
+		t.Errorf("an *Error with replicas: round trip = %+v, want %+v", we, e)
 	}
 }
 

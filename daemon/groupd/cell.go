@@ -287,10 +287,25 @@ func (d *Daemon) leaderChanged(_ cell.Peer, ok bool) {
 // membersChanged registers the cell's groups again at once when a member
 // was added or removed: the listing's replicas follow the cell's
 // configuration, rather than lag until the next renewal.
+// It also wakes the watches of the cell's groups: on a daemon removed
+// from the cell they end, so that their clients go on at the members that
+// serve the groups.
 func (d *Daemon) membersChanged([]cell.Peer) {
+	d.cellMu.Lock()
+	close(d.cellChanged)
+	d.cellChanged = make(chan struct{})
+	d.cellMu.Unlock()
 	if rs := d.regs.Load(); rs != nil {
 		rs.refreshNow()
 	}
+}
+
+// membership returns the channel closed at the cell's next change of
+// configuration.
+func (d *Daemon) membership() <-chan struct{} {
+	d.cellMu.Lock()
+	defer d.cellMu.Unlock()
+	return d.cellChanged
 }
 
 func groupNames(specs []Spec) []string {
@@ -363,7 +378,7 @@ func (d *Daemon) awaitCellGroups() bool {
 func replicas(st cell.Status) []wire.Replica {
 	rs := make([]wire.Replica, 0, len(st.Members))
 	for _, m := range st.Members {
-		rs = append(rs, wire.Replica{Addr: m.Addr, Fingerprint: m.Fingerprint, Leader: m.Peer == st.Leader})
+		rs = append(rs, wire.Replica{Addr: m.Addr, Fingerprint: m.Fingerprint, Leader: m.Peer == st.Leader, CatchingUp: !m.Voter})
 	}
 	slices.SortFunc(rs, func(a, b wire.Replica) int { return slices.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
 	return rs
@@ -419,7 +434,13 @@ func (d *Daemon) replicaList() []wire.Replica {
 	if d.node == nil {
 		return nil
 	}
-	return replicas(d.node.Status())
+	return serving(replicas(d.node.Status()))
+}
+
+// serving returns the replicas that serve the cell's groups: not those
+// still catching up.
+func serving(rs []wire.Replica) []wire.Replica {
+	return slices.DeleteFunc(rs, func(r wire.Replica) bool { return r.CatchingUp })
 }
 
 // cellStats reports the daemon's view of its cell for metrics.
@@ -431,6 +452,13 @@ func (d *Daemon) cellStats() metrics.CellStats {
 		return metrics.CellStats{LastContact: -1}
 	}
 	st := n.Status()
+	catchingUp := 0
+	for _, m := range st.Members {
+		if !m.Voter {
+			catchingUp++
+		}
+	}
 	return metrics.CellStats{Leader: st.State == "leader", Term: st.Term, CommitIndex: st.CommitIndex,
-		AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex, LastContact: st.LastContact, Members: len(st.Members)}
+		AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex, LastContact: st.LastContact, Members: len(st.Members),
+		Voter: n.Voter(), CatchingUp: catchingUp}
 }

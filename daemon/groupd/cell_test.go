@@ -404,6 +404,9 @@ func TestCellAddMember(t *testing.T) {
 	}
 	newcomer := &testCellMember{d: nd, addr: addr, fp: id.Fingerprint(), dir: dir}
 	p := dial(t, nd.Addr(), newcomer.fp, key)
+	// cell_add returns once the member is added, catching up: the leader
+	// makes it a voter, and only then does it serve the group.
+	eventually(t, "the new member to vote", nd.node.Voter)
 	var fetched []wire.Message
 	eventually(t, "the new member to serve the messages sent before it joined", func() bool {
 		fetched = fetched[:0]
@@ -433,6 +436,34 @@ func TestCellAddMember(t *testing.T) {
 		return false
 	})
 
+	// A client that will still hold the four members, the removed one
+	// first, after the removal; and a watch at the member to be removed.
+	var old []wire.Replica
+	for _, m := range all {
+		old = append(old, wire.Replica{Addr: m.addr, Fingerprint: m.fp})
+	}
+	slices.Reverse(old)
+	reader, err := client.New(client.Config{Identity: key, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { reader.Close() })
+	h, err := reader.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{addr}, Fingerprint: newcomer.fp, Replicas: old})
+	must(t, err)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	events := make(chan client.Event, 10)
+	go func() {
+		defer close(events)
+		for ev, err := range h.Watch(watchCtx, client.Query{After: 3, Status: true}) {
+			if err != nil {
+				return
+			}
+			events <- ev
+		}
+	}()
+	if ev := <-events; ev.Kind != client.EventLive {
+		t.Fatalf("the watch at the member to be removed began with %+v, want it live", ev)
+	}
+
 	got, err = cl.CellRemove(ctx, members[2].addr, members[2].fp, newcomer.fp)
 	must(t, err)
 	if len(got) != 3 || slices.ContainsFunc(got, func(r client.Replica) bool { return r.Fingerprint == newcomer.fp }) {
@@ -444,6 +475,36 @@ func TestCellAddMember(t *testing.T) {
 		rs := nd.Registrations()
 		return !nd.node.Member() && len(rs) == 1 && rs[0].Listed == 0 && len(rs[0].Refused) == 0 && rs[0].Err == nil
 	})
+
+	// The removed daemon serves the group no more: it names the members
+	// that do, so that a client holding the old list moves on.
+	_, _, err = p.fetch(wire.Fetch{Group: g})
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || len(we.Replicas) != 3 ||
+		slices.ContainsFunc(we.Replicas, func(r wire.Replica) bool { return r.Fingerprint == newcomer.fp }) {
+		t.Fatalf("fetch from the removed member: %v (replicas %+v), want unavailable naming the three members", err, we)
+	}
+	var seqs []uint64
+	_, err = h.Fetch(ctx, client.Query{}, func(m client.Message) bool { seqs = append(seqs, m.Seq); return true })
+	must(t, err)
+	if !slices.Equal(seqs, []uint64{1, 2, 3}) {
+		t.Fatalf("a client holding the old members fetched %v, want 1..3", seqs)
+	}
+	if rs := h.Replicas(); len(rs) != 3 || slices.ContainsFunc(rs, func(r client.Replica) bool { return r.Fingerprint == newcomer.fp }) {
+		t.Fatalf("the client's replicas after the refusal: %+v, want the three members", rs)
+	}
+	// The watch at the removed member goes on at another.
+	var four wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("four")}, &four))
+	for ev := range events {
+		if ev.Kind == client.EventMessage {
+			if ev.Message.Seq != 4 {
+				t.Fatalf("the watch went on with message %d, want 4", ev.Message.Seq)
+			}
+			return
+		}
+	}
+	t.Fatal("the watch at the removed member ended")
 }
 
 func ptrTo[T any](v T) *T { return &v }

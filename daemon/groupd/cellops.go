@@ -43,6 +43,25 @@ func cellError(op wire.Op, g *group, err error) error {
 	return fmt.Errorf("%v group %s: %w", op, g.name, err)
 }
 
+// notServing is the answer of a daemon that holds a cell's group but does
+// not serve it: it was removed from the cell (its copy no longer follows
+// the cell's), or it was added and is still catching up. Either way it
+// names the members that serve the group (and the leader, if it knows
+// it), so that a client holding an older list of replicas moves on.
+func (d *Daemon) notServing(op wire.Op, g *group) error {
+	we := &wire.Error{Code: wire.CodeUnavailable, Replicas: d.replicaList()}
+	if l, ok := d.node.Leader(); ok && l != d.node.Self() {
+		we.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
+	}
+	if d.node.Member() {
+		we.RetryAfterMS = uint64(cellRetry.Milliseconds())
+		we.Message = fmt.Sprintf("%v group %s: this daemon was just added to the group's cell and is still catching up: ask another of its members", op, g.name)
+	} else {
+		we.Message = fmt.Sprintf("%v group %s: this daemon was removed from the group's cell and no longer serves the group: ask the cell's members", op, g.name)
+	}
+	return we
+}
+
 // cellSend proposes a send's stamped entries to the cell. The ack it
 // returns means a majority of the cell holds the raft entry on its
 // device (raft's log is fsynced before a member acknowledges it), and

@@ -288,6 +288,11 @@ type Daemon struct {
 	node      *cell.Node
 	host      *cellHost
 	cellReady chan struct{}
+	// cellChanged is closed, and replaced, each time the cell's
+	// configuration changes (membersChanged): a watch of the cell's group
+	// on a daemon removed from the cell ends then.
+	cellMu      sync.Mutex
+	cellChanged chan struct{}
 }
 
 // New returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -298,7 +303,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &Daemon{cfg: cfg, life: lifecycle.New(), cellReady: make(chan struct{}),
+	d := &Daemon{cfg: cfg, life: lifecycle.New(), cellReady: make(chan struct{}), cellChanged: make(chan struct{}),
 		stateLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}, logLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}}
 	d.openLog = d.openStorageLog
 	setup := server.Setup{Listen: cfg.Listen, Role: "groups", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}

@@ -67,6 +67,9 @@ func (d *Daemon) request(c *server.Call, req any, id *wire.UUID) (*group, error)
 func (d *Daemon) group(op wire.Op, id wire.UUID) (*group, error) {
 	if d.host != nil {
 		if g := d.host.group(id); g != nil {
+			if !d.node.Voter() {
+				return nil, d.notServing(op, g)
+			}
 			return g, nil
 		}
 		if d.host.count() < len(d.cfg.Groups) {
@@ -523,6 +526,7 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 		select {
 		case <-left:
 			return fmt.Errorf("watch group %s: %w: left the group", g.name, wire.ErrNotMember)
+
 		case <-c.Stopping():
 			return fmt.Errorf("watch group %s: %w: the daemon is shutting down", g.name, wire.ErrUnavailable)
 		case <-ctx.Done():
@@ -530,8 +534,11 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 		case <-c.Gone():
 			return c.Lost()
 		default:
-			return nil
 		}
+		if g.cell != nil && !d.node.Voter() {
+			return d.notServing(c.Op(), g) // removed from the cell
+		}
+		return nil
 	}
 	heartbeat := time.NewTimer(d.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()
@@ -540,7 +547,11 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 			return err
 		}
 		changed := g.log.Changed() // before reading the log: see the doc comment
-		var logLast uint64         // the log's last sequence, for heartbeats
+		var membership <-chan struct{}
+		if g.cell != nil {
+			membership = d.membership()
+		}
+		var logLast uint64 // the log's last sequence, for heartbeats
 		if f := g.sharedAfter(cursor); f != nil {
 			// Another watcher at this cursor has encoded what comes next.
 			if err := c.Write(f.frame); err != nil {
@@ -612,6 +623,7 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 			}
 			heartbeat.Reset(d.cfg.HeartbeatInterval)
 		case <-left:
+		case <-membership:
 		case <-c.Stopping():
 		case <-ctx.Done():
 		case <-c.Gone():

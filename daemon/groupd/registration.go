@@ -492,9 +492,17 @@ func (r *registrar) refresh() error {
 func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
 	defer cancel()
-	if g.cell != nil && !g.cell.node.Member() {
-		// Removed from the cell: the group is the others' to list, and
-		// the registry would refuse this daemon's key for it.
+	if g.cell != nil && !g.cell.node.Voter() {
+		// Removed from the cell (the group is the others' to list, and
+		// the registry would refuse this daemon's key for it), or still
+		// catching up (it serves the group once it votes). A replica
+		// removed takes its registration back, so the listing stops
+		// naming it at once; the others keep the group listed.
+		if _, ok := r.epochs[g.id]; ok && !g.cell.node.Member() {
+			if err := r.reg.Deregister(ctx, g.id); err == nil {
+				r.rs.d.cfg.Logger.Info("group deregistered: this daemon left the cell", append(r.log(), "group", g.name, "uuid", g.id)...)
+			}
+		}
 		delete(r.epochs, g.id)
 		r.mu.Lock()
 		delete(r.refused, g.id)

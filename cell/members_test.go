@@ -1,0 +1,128 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// addCatchingUp starts a fourth daemon to join c, whose state machine is
+// held (its appends wait: it restores the cell's snapshot and copies the
+// groups' messages from a peer, and gets no further), asks the leader to
+// add it, and waits until its state machine is held. It returns the new
+// member and what lets its state machine go on.
+func addCatchingUp(t *testing.T, c *testCell) (d *testMember, release func()) {
+	t.Helper()
+	d = c.newMember(false)
+	release = d.host.holdAppends()
+	self := Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}
+	c.peers = append(c.peers, self)
+	c.start(d, true)
+	t.Cleanup(release) // before d stops (cleanups run last first)
+	c.members = append(c.members, d)
+	c.change("add member", nil, func(n *Node) error { return n.AddMember(context.Background(), self) })
+	waitUntil(t, "the new member's state machine to be held, catching up", func() bool { return d.host.heldAppends() > 0 })
+	return d, release
+}
+
+// TestNewMemberVotesOnceCaughtUp: a member added to a cell with history
+// takes no part in its decisions while it is brought up to date (a
+// snapshot, then the groups' messages from a peer), and votes once it
+// has caught up, with no one asking again.
+func TestNewMemberVotesOnceCaughtUp(t *testing.T) {
+	c := newTestCell(t, 3, false, compacting)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 300)
+	l.waitSnapshot(20) // raft's log no longer starts at 1: the new member needs a snapshot
+
+	d, release := addCatchingUp(t, c)
+	fp := d.id.Fingerprint()
+	var st Status
+	waitUntil(t, "the leader to ask the new member how far it got", func() bool {
+		st = c.leader().node.Status()
+		m, _ := memberOf(st, fp)
+		return m.Voter || m.Behind > 0
+	})
+	if m, _ := memberOf(st, fp); m.Voter || len(st.Members) != 4 {
+		t.Fatalf("a member still catching up (%d entries behind): voter %v, in a configuration of %d", m.Behind, m.Voter, len(st.Members))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err := c.leader().node.AwaitVoter(ctx, fp)
+	cancel()
+	if !errors.Is(err, ErrCatchingUp) {
+		t.Fatalf("AwaitVoter while the member catches up: %v, want ErrCatchingUp", err)
+	}
+
+	release()
+	ctx, cancel = context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for {
+		err := c.leader().node.AwaitVoter(ctx, fp)
+		if err == nil {
+			break
+		}
+		var nl *NotLeaderError
+		if !errors.As(err, &nl) && !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("AwaitVoter once the member caught up: %v", err)
+		}
+	}
+	if m, ok := memberOf(c.leader().node.Status(), fp); !ok || !m.Voter || m.Behind != 0 {
+		t.Fatalf("the member that caught up: %+v", m)
+	}
+	c.sendMany(g.ID, 300, 10)
+	c.sameLogs(g.ID, 310)
+}
+
+// TestCatchingUpMemberKeepsQuorum: a cell of three that loses a member
+// while a fourth is still catching up goes on deciding with the two left
+// (a majority of the three voters): had the fourth been made a voter at
+// once, two of four could not decide until it caught up.
+func TestCatchingUpMemberKeepsQuorum(t *testing.T) {
+	c := newTestCell(t, 3, false, compacting)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 300)
+	l.waitSnapshot(20)
+
+	d, release := addCatchingUp(t, c)
+	l = c.leader()
+	for _, m := range c.members {
+		if m != l && m != d {
+			m.stop()
+			t.Logf("stopped %s while %s catches up", m.addr, d.addr)
+			break
+		}
+	}
+	c.sendMany(g.ID, 300, 10) // fails the test if the cell cannot decide
+	if m, _ := memberOf(c.leader().node.Status(), d.id.Fingerprint()); m.Voter {
+		t.Fatal("the member catching up votes")
+	}
+	release()
+	d.waitLast(g.ID, 310)
+}
+
+// memberOf returns fp's entry in st's members.
+func memberOf(st Status, fp wire.Fingerprint) (MemberStatus, bool) {
+	for _, m := range st.Members {
+		if m.Fingerprint == fp {
+			return m, true
+		}
+	}
+	return MemberStatus{}, false
+}
+
+// waitUntil waits until cond holds, or fails the test at waitTimeout.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not by the deadline", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
