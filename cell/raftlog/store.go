@@ -186,10 +186,8 @@ func (s *Store) load() error {
 	}
 	if len(s.segs) > 0 {
 		g, l := s.segs[0], s.segs[len(s.segs)-1]
+		// (A last segment rolled to and never written ends before its first.)
 		s.first, s.last = max(g.first, s.state.head), l.first+uint64(len(l.offs))-1
-		if len(l.offs) == 0 { // a segment rolled to and never written
-			s.last = l.first - 1
-		}
 		if s.last < s.first {
 			s.first, s.last = 0, 0
 		}
@@ -377,6 +375,9 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	next := logs[0].Index
 	if s.last != 0 {
 		next = s.last + 1
+	}
+	if next == 0 {
+		return fmt.Errorf("%w: index 0 (raft's first is 1)", ErrNotContiguous)
 	}
 	size := 0
 	for i, l := range logs {

@@ -474,6 +474,9 @@ func TestRefusals(t *testing.T) {
 	if err := s.StoreLogs([]*raft.Log{entry(4, 1), big}); !errors.Is(err, ErrNotContiguous) {
 		t.Fatalf("StoreLogs with a repeated index: %v, want ErrNotContiguous", err)
 	}
+	if err := open(t, t.TempDir(), Options{}).StoreLog(entry(0, 1)); !errors.Is(err, ErrNotContiguous) {
+		t.Fatalf("StoreLog of index 0: %v, want ErrNotContiguous", err)
+	}
 	if err := s.StoreLogs([]*raft.Log{big}); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("StoreLogs of %d bytes: %v, want ErrTooLarge", len(big.Data), err)
 	}
