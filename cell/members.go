@@ -176,7 +176,11 @@ func (n *Node) promoteLoop() {
 		}
 		if _, err := n.leading(); err == nil {
 			n.promote()
+			continue
 		}
+		n.mu.Lock()
+		n.behind = nil // a leader's, stale on a follower
+		n.mu.Unlock()
 	}
 }
 

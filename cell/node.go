@@ -37,13 +37,13 @@ import (
 // The leader sends heartbeats every tenth of HeartbeatTimeout.
 //
 // The leader's lease (LeaderLeaseTimeout) defaults to HeartbeatTimeout: a
-// leader that has heard from no majority for that long steps down. It was
-// 250 ms below a 300 ms heartbeat, and on a saturated host nearly every
-// election nobody asked for began with such a step-down: 6-11 terms in
-// 10 minutes per cell at 300 ms, 4-7 at 1 s, against 2 and 0 with the
-// lease equal to the heartbeat (BENCHMARKS.md, "Elections nobody asked
-// for"). A leader cut off from the majority still steps down within
-// HeartbeatTimeout.
+// leader that has heard from no majority for that long steps down. On a
+// saturated host nearly every election nobody asked for began with such a
+// step-down; with the lease fixed at 250 ms, a longer heartbeat did little
+// (4-9 terms in 10 minutes per cell at 500 ms and 1 s), while with the
+// lease following it, 500 ms and 1 s gave 0-1 (BENCHMARKS.md, "Elections
+// nobody asked for"). A leader cut off from the majority still steps down
+// within HeartbeatTimeout.
 const (
 	DefaultHeartbeatTimeout   = 300 * time.Millisecond
 	DefaultElectionTimeout    = 300 * time.Millisecond
