@@ -160,7 +160,7 @@ func (r *testReplica) memberCount() int {
 // testMember is one daemon of a test cell: its key, its UDP socket and
 // QUIC listener on 127.0.0.1, and its node.
 type testMember struct {
-	t    *testing.T
+	t    testing.TB
 	id   *identity.Identity
 	addr string
 	dir  string
@@ -176,7 +176,7 @@ type testMember struct {
 
 // testCell is a cell of members on 127.0.0.1.
 type testCell struct {
-	t       *testing.T
+	t       testing.TB
 	members []*testMember
 	peers   []Peer
 	groups  []GroupConfig
@@ -185,7 +185,7 @@ type testCell struct {
 
 // newTestCell makes n members (keys, sockets and directories) and starts
 // them; each member's logs are on disk when disk is set.
-func newTestCell(t *testing.T, n int, disk bool, mutate func(*Config)) *testCell {
+func newTestCell(t testing.TB, n int, disk bool, mutate func(*Config)) *testCell {
 	t.Helper()
 	c := &testCell{t: t, groups: []GroupConfig{{ID: uuid.New(), Name: "lobby"}}, mutate: mutate}
 	for range n {

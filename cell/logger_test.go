@@ -9,7 +9,7 @@ import (
 
 // testLogger writes the node's warnings and errors to the test's log, so a
 // failing test shows what raft said.
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("CELL_DEBUG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 	}
@@ -21,7 +21,7 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 // tWriter writes to a test's log until the test ends (raft's goroutines
 // may log a closed connection a moment after).
 type tWriter struct {
-	t     *testing.T
+	t     testing.TB
 	mu    sync.Mutex
 	ended bool
 }

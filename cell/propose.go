@@ -36,13 +36,23 @@ import (
 type proposer struct {
 	term     uint64 // the term seq stands for; 0: none yet
 	seq      store.Sequencer
-	inflight map[[16]byte]*proposal
+	inflight map[[16]byte]pending // the sends in flight by ID
 	enc      *encoder
 	// open gathers what was stamped while maxProposing entries were in
 	// flight; nil if nothing waits. proposing counts the group's entries
 	// handed to raft and not answered yet.
 	open      *proposal
 	proposing int
+	// spare is the entries slice of the last proposal handed to raft,
+	// emptied, for the next; sized is how many sends that one carried.
+	spare []store.Entry
+	sized int
+}
+
+// pending is a send in flight: its proposal, and its place there.
+type pending struct {
+	p *proposal
+	i int
 }
 
 // proposal is one raft entry of sends: their entries until it is handed
@@ -54,7 +64,9 @@ type proposal struct {
 	size    int           // commandSize of entries
 	done    chan struct{}
 	err     error
-	acks    map[[16]byte]store.Ack
+	// ids and acks are the entries' IDs and acks, in the order stamped.
+	ids  [][16]byte
+	acks []store.Ack
 	// answers are the sends to answer once raft has applied the entry,
 	// on the goroutine that learns it, before done is closed.
 	answers []answer
@@ -135,7 +147,7 @@ func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.E
 		if w.p.err != nil {
 			return acks[:start], w.p.err
 		}
-		a := w.p.acks[w.id]
+		a := w.p.acks[w.i]
 		a.Duplicate = true
 		acks[start+i] = a
 	}
@@ -144,10 +156,7 @@ func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.E
 
 // wait is an entry that repeats the ID of a send in flight: its ack is
 // that send's, once it is done.
-type wait struct {
-	p  *proposal
-	id [16]byte
-}
+type wait pending
 
 // stamp runs the sequencing step for one send under the group's proposer
 // lock, and adds the stamped entries to the group's open proposal, which
@@ -167,7 +176,7 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 			n.fail(p, p.open, fmt.Errorf("send: %w: the cell's leadership changed while it was in flight; retry with the same IDs", ErrUnavailable))
 		}
 		p.seq.Last, p.seq.LastTime = g.log.Tail()
-		p.inflight = make(map[[16]byte]*proposal)
+		p.inflight = make(map[[16]byte]pending)
 		p.term = term
 		if p.enc == nil {
 			p.enc = newEncoder()
@@ -181,11 +190,11 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		if batchAcks[i].Duplicate {
 			continue
 		}
-		if w := p.inflight[entries[i].ID]; w != nil {
+		if w, ok := p.inflight[entries[i].ID]; ok {
 			if waits == nil {
 				waits = make([]wait, len(entries))
 			}
-			waits[i] = wait{p: w, id: entries[i].ID}
+			waits[i] = wait(w)
 			batchAcks[i].Duplicate = true // not stamped again; filled in once w is done
 		}
 	}
@@ -199,14 +208,20 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 	}
 	prop := p.open
 	if prop == nil {
-		prop = &proposal{term: term, done: make(chan struct{}), acks: make(map[[16]byte]store.Ack, k), size: commandSize(nil)}
+		// Sized like the last one: a proposal gathers about as many
+		// sends as the one before it.
+		room := max(p.sized, k)
+		prop = &proposal{term: term, done: make(chan struct{}), size: commandSize(nil), entries: p.spare,
+			ids: make([][16]byte, 0, room), acks: make([]store.Ack, 0, room)}
+		p.spare = nil
 		p.open = prop
 	}
 	prop.entries = append(prop.entries, entries[:k]...)
 	prop.size += size - commandSize(nil)
 	for i := range entries[:k] {
-		prop.acks[entries[i].ID] = store.Ack{Seq: entries[i].Seq, Time: entries[i].Time}
-		p.inflight[entries[i].ID] = prop
+		p.inflight[entries[i].ID] = pending{prop, len(prop.acks)}
+		prop.ids = append(prop.ids, entries[i].ID)
+		prop.acks = append(prop.acks, store.Ack{Seq: entries[i].Seq, Time: entries[i].Time})
 	}
 	if fn != nil && waits == nil {
 		prop.answers = append(prop.answers, answer{fn: fn, acks: batchAcks})
@@ -225,6 +240,7 @@ func (n *Node) propose1(g *groupState, p *proposer) {
 	p.open = nil
 	data := p.enc.encodeSend(make([]byte, 0, prop.size), g.spec.ID, prop.term, prop.entries)
 	clear(prop.entries) // the senders' bodies are copied into data
+	p.spare, p.sized = prop.entries[:0], len(prop.entries)
 	prop.entries = nil
 	f, err := n.apply(data)
 	if err != nil {
@@ -245,8 +261,8 @@ func (n *Node) fail(p *proposer, prop *proposal, err error) {
 	prop.entries = nil
 	prop.answers = nil
 	prop.err = err
-	for id := range prop.acks {
-		if p.inflight[id] == prop {
+	for _, id := range prop.ids {
+		if p.inflight[id].p == prop {
 			delete(p.inflight, id)
 		}
 	}
@@ -276,8 +292,8 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	}
 	g.propMu.Lock()
 	p := &g.prop
-	for id := range prop.acks {
-		if p.inflight[id] == prop {
+	for _, id := range prop.ids {
+		if p.inflight[id].p == prop {
 			delete(p.inflight, id)
 		}
 	}
