@@ -59,7 +59,11 @@ func newFlags(env Env, name, synopsis, about, example string) *pflag.FlagSet {
 // parse parses args; it returns (code, false) when the verb should exit now
 // (help was asked for, or the flags were wrong).
 func parse(fs *pflag.FlagSet, args []string) (int, bool) {
-	err := fs.Parse(args)
+	return parsed(fs, fs.Parse(args))
+}
+
+// parsed is parse for a verb that looked at the error of fs.Parse first.
+func parsed(fs *pflag.FlagSet, err error) (int, bool) {
 	if errors.Is(err, pflag.ErrHelp) {
 		return ExitOK, false
 	}

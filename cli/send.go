@@ -8,32 +8,30 @@ import (
 	"io"
 	"strings"
 
+	"github.com/spf13/pflag"
+
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
 )
 
 func runSend(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
-	fs := newFlags(env, "send", "GROUP [flags] [--] [TEXT...]",
-		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.\nFlags go before TEXT: from its first word on, everything is text (put -- before text that starts with -).",
-		"  huddle send lobby hello everyone\n  tail -f build.log | huddle send builds --json")
+	fs := newFlags(env, "send", "GROUP [TEXT...] [flags] [-- TEXT...]",
+		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.\nFlags may go before or after TEXT. Everything after -- is text: put -- before text with a word that starts with -.",
+		"  huddle send lobby hello everyone\n  huddle send lobby running late --registry 10.0.0.9:7373\n  huddle send lobby -- -5 degrees out, bring a coat\n  tail -f build.log | huddle send builds --json")
 	cf.register(fs)
-	fs.SetInterspersed(false) // TEXT may contain words that look like flags
-	if code, ok := parse(fs, args); !ok {
+	err := fs.Parse(args)
+	if nf := (*pflag.NotExistError)(nil); errors.As(err, &nf) {
+		// Most likely a word of the text, not a mistyped flag.
+		return usageErr(env, "send", "%v (if that is part of the message, put -- before the text: huddle send GROUP -- TEXT)", err)
+	}
+	if code, ok := parsed(fs, err); !ok {
 		return code
 	}
 	if fs.NArg() < 1 {
 		return usageErr(env, "send", "want GROUP, then the text (or lines on standard input)")
 	}
 	ref, text := fs.Arg(0), fs.Args()[1:]
-	if fs.ArgsLenAtDash() < 0 {
-		// Flags may follow GROUP too (huddle send builds --json), as with
-		// every other verb; they end where the text begins.
-		if code, ok := parse(fs, text); !ok {
-			return code
-		}
-		text = fs.Args()
-	}
 	if len(text) == 0 {
 		// Reading standard input may take as long as its writer likes; only
 		// the connection and each send are bounded by --timeout.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -93,5 +94,33 @@ func TestSendLinesFromAPipe(t *testing.T) {
 		if code, _, stderr := u.run(t, "send", "lobby", blank); code != ExitUsage || !strings.Contains(stderr, "blank") {
 			t.Errorf("send %q: exit %d, %q; want 2, blank", blank, code, stderr)
 		}
+	}
+}
+
+// TestSendFlagsAfterText: flags after the text are flags (they used to be
+// sent as words of the message: huddle send lobby hi --registry X sent
+// "hi --registry X"), -- ends the flags for text with words that start
+// with -, and a word that looks like an unknown flag is refused, saying
+// to put -- before the text.
+func TestSendFlagsAfterText(t *testing.T) {
+	reg := startUp(t)
+	u := newTestUser(t, reg)
+	u.ok(t, "join", "lobby", "--as", "alice")
+	if out := u.ok(t, "send", "lobby", "running", "late", "--registry", reg, "--json"); !strings.HasPrefix(out, `{"seq":1,`) {
+		t.Errorf("send with --registry and --json after the text printed %q, want a JSON ack", out)
+	}
+	u.ok(t, "send", "lobby", "--json", "--", "-5", "degrees", "--json")
+	u.ok(t, "send", "lobby", "two", "--timeout", "20s", "--", "--words")
+	code, _, stderr := u.run(t, "send", "lobby", "it", "is", "-5", "out")
+	if code != ExitUsage || !strings.Contains(stderr, "put -- before the text") {
+		t.Errorf("send with -5 in the text: exit %d, %q; want 2 and a word about --", code, stderr)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(u.ok(t, "fetch", "lobby")), "\n") {
+		_, text, _ := strings.Cut(line, "alice: ")
+		got = append(got, text)
+	}
+	if want := []string{"running late", "-5 degrees --json", "two --words"}; !slices.Equal(got, want) {
+		t.Errorf("the group holds %q, want %q", got, want)
 	}
 }
