@@ -24,7 +24,13 @@ func TestSeveralRegistries(t *testing.T) {
 	groups := startDaemon(t, "serve", "--group", "lobby", "--group", "dev", "--registry", both, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	alice := newUser(t, "alice", both)
 
-	listed := waitListed(t, alice, groups.groups["lobby"], groups.groups["dev"])
+	// The daemon registers with each registry on its own: wait until both
+	// list both groups, not only until the first does.
+	var listed []groupJSON
+	eventually(waitTimeout, func() bool {
+		listed = waitListed(t, alice, groups.groups["lobby"], groups.groups["dev"])
+		return !slices.ContainsFunc(listed, func(g groupJSON) bool { return len(g.ListedBy) < 2 })
+	})
 	for _, g := range listed {
 		if want := []string{regA.regFP, regB.regFP}; !sameSet(g.ListedBy, want) {
 			t.Errorf("group %s listed by %v, want both registries %v", g.Name, g.ListedBy, want)
