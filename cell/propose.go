@@ -213,6 +213,9 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		room := max(p.sized, k)
 		prop = &proposal{term: term, done: make(chan struct{}), size: commandSize(nil), entries: p.spare,
 			ids: make([][16]byte, 0, room), acks: make([]store.Ack, 0, room)}
+		if fn != nil {
+			prop.answers = make([]answer, 0, room)
+		}
 		p.spare = nil
 		p.open = prop
 	}

@@ -68,10 +68,8 @@ func (d *Daemon) notServing(op wire.Op, g *group) error {
 // this replica applied it to the group's log.
 func (d *Daemon) cellSend(ctx context.Context, c *server.Call, g *group, sc *sendScratch) ([]store.Ack, error) {
 	acks := sc.acks
-	// Answered as soon as the send's raft entry is applied, together with
-	// the other sends it carries (server.Call.TryResult).
-	answer := func(acks []store.Ack) { c.TryResult(sc.reply(g, acks)) }
-	out, err := g.cell.node.SendAnswered(ctx, g.id, sc.entries, acks, answer)
+	sc.call, sc.group = c, g
+	out, err := g.cell.node.SendAnswered(ctx, g.id, sc.entries, acks, sc.answer)
 	if err != nil {
 		return acks, cellError(wire.OpSend, g, err)
 	}

@@ -261,10 +261,9 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 	defer sc.put()
 	// In place: the bodies are read from the request frame, and the store
 	// copies them; nothing keeps them past this handler.
-	req := wire.Send{Messages: sc.msgs[:0]}
-	err := c.DecodeInPlace(&req)
-	sc.msgs = req.Messages
-	if err != nil {
+	sc.req = wire.Send{Messages: sc.req.Messages[:0]}
+	req := &sc.req
+	if err := c.DecodeInPlace(req); err != nil {
 		return err
 	}
 	g, err := d.group(c.Op(), req.Group)
@@ -338,35 +337,55 @@ func (d *Daemon) notAppended(g *group, err error) error {
 		Message: fmt.Sprintf("send to %s: the group's log cannot store messages now; nothing was stored: try again later", g.name)}
 }
 
-// sendScratch is the send handler's working space, pooled: four slices a
-// send used to allocate.
+// sendScratch is the send handler's working space, pooled: what a send
+// used to allocate (four slices, the request and the reply, which an
+// interface argument moved to the heap, and a cell's answer function).
 type sendScratch struct {
-	msgs    []wire.Outgoing // the request's messages, decoded
+	req     wire.Send // the request, its messages decoded in place
 	entries []store.Entry
 	acks    []store.Ack
 	sent    []wire.Ack
+	out     wire.Sent // the reply, built by reply
+	// call and group are a cell's send's, for answer: sc.answerCall,
+	// bound once when the scratch is made.
+	call   *server.Call
+	group  *group
+	answer func([]store.Ack)
 }
 
-var sendScratches = sync.Pool{New: func() any { return new(sendScratch) }}
+var sendScratches = sync.Pool{New: func() any {
+	sc := new(sendScratch)
+	sc.answer = sc.answerCall
+	return sc
+}}
 
-// reply is the Sent frame that acknowledges acks, built in sc.sent.
-func (sc *sendScratch) reply(g *group, acks []store.Ack) wire.Sent {
+// reply is the Sent frame that acknowledges acks, built in sc.
+func (sc *sendScratch) reply(g *group, acks []store.Ack) *wire.Sent {
 	sc.sent = sc.sent[:0]
 	for _, a := range acks {
 		sc.sent = append(sc.sent, wire.Ack{Seq: a.Seq, Time: a.Time, Duplicate: a.Duplicate})
 	}
-	return wire.Sent{Epoch: g.epoch(), Acks: sc.sent}
+	sc.out = wire.Sent{Epoch: g.epoch(), Acks: sc.sent}
+	return &sc.out
 }
 
-// put empties sc, dropping its references to the request's bodies, and
-// returns it to the pool unless it grew past a chat-sized batch.
+// answerCall answers a cell's send (sc.call) with acks as soon as its raft
+// entry is applied, together with the other sends the entry carries
+// (server.Call.TryResult).
+func (sc *sendScratch) answerCall(acks []store.Ack) { sc.call.TryResult(sc.reply(sc.group, acks)) }
+
+// put empties sc, dropping its references to the request's bodies and
+// the call, and returns it to the pool unless it grew past a chat-sized
+// batch.
 func (sc *sendScratch) put() {
-	if cap(sc.entries) > 256 || cap(sc.msgs) > 256 {
+	if cap(sc.entries) > 256 || cap(sc.req.Messages) > 256 {
 		return
 	}
-	clear(sc.msgs)
+	clear(sc.req.Messages)
 	clear(sc.entries)
-	sc.msgs, sc.entries, sc.acks, sc.sent = sc.msgs[:0], sc.entries[:0], sc.acks[:0], sc.sent[:0]
+	sc.req = wire.Send{Messages: sc.req.Messages[:0]}
+	sc.entries, sc.acks, sc.sent = sc.entries[:0], sc.acks[:0], sc.sent[:0]
+	sc.out, sc.call, sc.group = wire.Sent{}, nil, nil
 	sendScratches.Put(sc)
 }
 

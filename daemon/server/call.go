@@ -38,6 +38,9 @@ type Call struct {
 	item    *[]byte // the request frame, if larger than head: from requestBufs if small
 	// head is the first read of the request: the whole frame, if it fits.
 	head [requestHeadBytes]byte
+	// end is where the end of the stream after the request is read (a
+	// local array would escape to the heap: an allocation per request).
+	end [1]byte
 	// shares is the connection's: requestHeld and replyHeld are what the
 	// call holds of them (request bytes until its args are decoded, reply
 	// bytes until the call ends).

@@ -181,8 +181,7 @@ func (s *Server) readFrame(c *Call, deadline time.Time) error {
 		}
 	}
 	if !eof {
-		var b [1]byte
-		switch n, err := io.ReadFull(c.str, b[:]); {
+		switch n, err := io.ReadFull(c.str, c.end[:]); {
 		case n > 0:
 			return errTrailingBytes
 		case err != io.EOF:
