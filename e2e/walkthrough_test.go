@@ -369,7 +369,8 @@ func TestSend(t *testing.T) {
 		json  bool
 	}{
 		{"", []string{"send", "lobby", "--json", "--", "--literal"}, true},
-		{"", []string{"send", "lobby", "hello", "--json"}, false},
+		{"", []string{"send", "lobby", "hello", "--json"}, true},
+		{"", []string{"send", "lobby", "--", "hello", "--json"}, false},
 		{"", []string{"send", "--json", "lobby", "plain", "words"}, true},
 		{"line one\nline two\n", []string{"send", "lobby", "--json"}, true},
 		{"", []string{"send", "lobby", "--", "-x"}, false},
@@ -393,7 +394,7 @@ func TestSend(t *testing.T) {
 	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json"), messageKeys...) {
 		texts = append(texts, m.Text)
 	}
-	if want := []string{"--literal", "hello --json", "plain words", "line one", "line two", "-x"}; !slices.Equal(texts, want) {
+	if want := []string{"--literal", "hello", "hello --json", "plain words", "line one", "line two", "-x"}; !slices.Equal(texts, want) {
 		t.Errorf("lobby holds %q, want %q", texts, want)
 	}
 
@@ -402,7 +403,7 @@ func TestSend(t *testing.T) {
 	if _, err := io.WriteString(send.stdin, "typed\n"); err != nil {
 		t.Fatal(err)
 	}
-	waitText(t, send, "sent #7 at ")
+	waitText(t, send, "sent #8 at ")
 	code := send.stop(t, syscall.SIGINT)
 	if code == 0 || !strings.Contains(send.stderr.String(), "interrupted") {
 		t.Errorf("send interrupted while waiting for input: exit code %d, want an error saying so\nstderr:\n%s", code, send.stderr)
