@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -397,5 +400,87 @@ func TestWebListenBeyondLoopback(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusUnauthorized {
 		t.Errorf("the API without the secret: HTTP %d, want 401", res.StatusCode)
+	}
+}
+
+// TestWebFollowsMovedGroup checks that the page follows a joined group
+// whose daemon came back at another address, with its key and its log:
+// after a stop (it deregistered the group, and huddle web saw it unlisted
+// for a while) and after a SIGKILL (the registry lists the group at its new
+// address as soon as the daemon is back: huddle web never sees it unlisted,
+// only its address change). The live view resumes there with what was sent
+// meanwhile, and a message typed meanwhile is sent there, once each.
+func TestWebFollowsMovedGroup(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"stopped", "killed", "new key"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			webFollowsMovedGroup(t, how == "killed", how == "new key")
+		})
+	}
+}
+
+func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	state := t.TempDir()
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state)
+	lobby := gd.groups["lobby"]
+	alice, bob := newUser(t, "alice", reg.registry), newUser(t, "bob", reg.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	bob.ok(t, "send", "lobby", "one")
+	b.waitFor("the first message", hasMessage("one"))
+
+	g := fmt.Sprintf(`window.huddle.state.groups.get(%s)`, jsString(lobby))
+	if kill {
+		gd.proc.stop(t, syscall.SIGKILL)
+	} else {
+		gd.stop(t)
+		b.waitFor("a list without lobby", fmt.Sprintf(`!%[1]s || %[1]s.listed === false`, g))
+	}
+	b.waitFor("the conversation said to be down", `document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	b.typeMessage("two, typed while lobby was away")
+
+	// The daemon comes back at another port, with its key and its log.
+	if newKey {
+		// ... or with its log and a new key (its host replaced, the
+		// state directory restored without its key: --new-identity).
+		if err := os.Remove(filepath.Join(state, "key.pem")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state}
+	if newKey {
+		args = append(args, "--new-identity")
+	}
+	moved := startDaemon(t, "serve", args...)
+	defer moved.stop(t)
+	if moved.addr == gd.addr || (moved.fp == gd.fp) == newKey {
+		t.Fatalf("the daemon came back at %s (key %s), was at %s (key %s): the test needs another address", moved.addr, moved.fp, gd.addr, gd.fp)
+	}
+	if !eventually(waitTimeout, func() bool {
+		r := bob.run(t, "groups", "--json")
+		return r.code == 0 && strings.Contains(r.stdout, moved.addr)
+	}) {
+		t.Fatalf("the registry never listed lobby at %s", moved.addr)
+	}
+	bob.ok(t, "send", "lobby", "three, at the new address")
+	b.waitFor("the typed message delivered", hasMessage("two, typed while lobby was away"))
+	b.waitFor("what was sent at the new address", hasMessage("three, at the new address"))
+	b.waitFor("lobby listed and live again", fmt.Sprintf(`%[1]s.listed && %[1]s.member && %[1]s.reachable &&
+		!document.getElementById('group-state').classList.contains('down')`, g))
+	bob.ok(t, "send", "lobby", "four")
+	b.waitFor("a message sent after the move", hasMessage("four"))
+	got := messagesOf(b, lobby)
+	if len(got) != 4 || got[0] != "one" || got[3] != "four" || !slices.Contains(got, "two, typed while lobby was away") || !slices.Contains(got, "three, at the new address") {
+		t.Fatalf("the page holds %q, want one, two and three (in the order the daemon took them), four, once each", got)
+	}
+	if out := bob.ok(t, "fetch", "lobby"); strings.Count(out, "two, typed while lobby was away") != 1 {
+		t.Errorf("the daemon holds:\n%s\nwant the typed message once", out)
 	}
 }

@@ -288,6 +288,17 @@ func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, err
 	}
 }
 
+// handle returns the handle on a listed group the directory holds now, or
+// nil if no registry lists the group.
+func (d *directory) handle(id wire.UUID) *client.Group {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if gs := d.groups[id]; gs != nil {
+		return gs.handle
+	}
+	return nil
+}
+
 // merge rebuilds the groups from every registry's last good listing, asks
 // new and stale groups for their info (in the background), and publishes
 // the list if it changed.

@@ -202,46 +202,93 @@ func (s *Server) follow(ctx context.Context, ws watchSpec, out chan<- streamEven
 		}
 		return emit("status", d)
 	}
-	var g *client.Group
+	for {
+		g, ok := s.acquire(ctx, &ws, status)
+		if !ok {
+			return
+		}
+		// From here on the cursor is known: where the watch began, then
+		// the last event it delivered.
+		ws.cursor = true
+		if !s.watchHandle(ctx, g, &ws, emit, status) {
+			return
+		}
+		// The directory holds another handle on the group now (it came
+		// back under another key, or at another address after it was
+		// unlisted): watch through that one, from the cursor.
+	}
+}
+
+// acquire returns the directory's handle on ws's group, waiting with
+// backoff (and saying "reconnecting") while no registry lists it or its
+// daemon cannot be reached, and sets ws's cursor to the log's end now if
+// it has none. It reports false once ctx ends or the group is gone for
+// good (said as "ended").
+func (s *Server) acquire(ctx context.Context, ws *watchSpec, status func(string, uint64, error) bool) (*client.Group, bool) {
 	for backoff := 250 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		var err error
-		g, err = s.dir.group(ctx, ws.group)
+		g, err := s.dir.group(ctx, ws.group)
 		if err == nil && !ws.cursor {
 			// New messages only: from the log's end now.
 			ws.after, ws.epoch, err = position(ctx, g)
 		}
 		if err == nil {
-			break
+			return g, true
 		}
 		if ctx.Err() != nil {
-			return
+			return nil, false
 		}
 		ae := toAPIError(err)
 		if ae.Code != "unreachable" && ae.Code != "unavailable" && ae.Code != "not_found" {
 			status("ended", 0, err)
-			return
+			return nil, false
 		}
 		if !status("reconnecting", 0, err) || !sleep(ctx, backoff) {
-			return
+			return nil, false
 		}
 	}
+}
+
+// watchHandle runs the watch of ws's group through g from ws's cursor,
+// moving the cursor past each event it passes on. It reports true when it
+// stopped because the directory's handle on the group is no longer g (the
+// watch should go on through the new one), false when ctx ended, the page
+// went away or the watch ended for good.
+func (s *Server) watchHandle(ctx context.Context, g *client.Group, ws *watchSpec, emit func(string, map[string]any) bool, status func(string, uint64, error) bool) bool {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the watch when the loop below leaves it early
 	for e := range watch(ctx, g, ws.after, ws.epoch) {
 		var ok bool
 		switch e.kind {
 		case "message":
+			ws.after, ws.epoch = e.message.Seq, e.epoch
 			ok = emit("message", map[string]any{"epoch": epochString(e.epoch), "seq": e.message.Seq, "ts": e.message.TS,
 				"id": e.message.ID, "from": e.message.From, "name": e.message.Name, "text": e.message.Text})
 		case "gap":
+			ws.after, ws.epoch = e.to, e.epoch
 			ok = emit("gap", map[string]any{"epoch": epochString(e.epoch), "from": e.from, "to": e.to})
 		case "reset":
+			ws.after, ws.epoch = 0, e.epoch
 			ok = emit("reset", map[string]any{"epoch": epochString(e.epoch)})
 		case "status":
+			if e.state == "live" && ws.epoch == 0 {
+				ws.epoch = e.epoch
+			}
 			ok = status(e.state, e.epoch, e.err)
+			// A watch that cannot reach the daemon it was opened on follows
+			// it by its key (client.Group.Watch); a group the registries now
+			// list under another key, or that was unlisted meanwhile, has a
+			// new handle in the directory.
+			if ok && e.state == "reconnecting" {
+				if h := s.dir.handle(ws.group); h != nil && h != g {
+					return true
+				}
+			}
 		}
 		if !ok {
-			return
+			return false
 		}
 	}
+	return false
 }
 
 // epochString writes a log epoch for JSON as a string: epochs are random
