@@ -317,7 +317,13 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	var unreachable []string
 	for _, v := range views {
 		if v.err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tunreachable\t-\t-\t-\t-\n", v.replica.Fingerprint.Short(), v.replica.Addr)
+			state := "unreachable"
+			if v.replica.CatchingUp {
+				// Added and not caught up yet (its daemon down, or never
+				// started): say so, or it looks like a voter that is down.
+				state = "unreachable, catching up (no vote)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\n", v.replica.Fingerprint.Short(), v.replica.Addr, state)
 			unreachable = append(unreachable, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), plainErr(v.err)))
 			continue
 		}

@@ -88,7 +88,7 @@ func TestCellThreeDaemons(t *testing.T) {
 	}
 	deadline = time.Now().Add(waitTimeout)
 	for {
-		out := u.ok(t, "cell", "status", "--server", hosts[2].addr, "--json")
+		out = u.ok(t, "cell", "status", "--server", hosts[2].addr, "--json")
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatalf("cell status --json: %v\n%s", err, out)
 		}
@@ -152,6 +152,53 @@ func TestCellThreeDaemons(t *testing.T) {
 	code, _, errs = u.run(t, "cell", "status", "--server", hosts[1].addr)
 	if code != ExitUnreachable || !strings.Contains(errs, hosts[1].addr+": no answer after 2s: is it running") {
 		t.Fatalf("cell status at a member that is down: exit %d, stderr:\n%s", code, errs)
+	}
+
+	// A member added whose daemon does not run: it stays a member that
+	// does not vote, and status says so in its row, in text as in --json
+	// (the text used to say only "unreachable", like a voter that is down).
+	dir := t.TempDir()
+	id, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	absent := id.Fingerprint().String() + "@" + udp.LocalAddr().String()
+	udp.Close()
+	op := &testUser{home: hosts[0].dir, registry: regAddr} // a member's key
+	if out := op.ok(t, "cell", "add", "--wait", "0", "--server", hosts[0].addr, absent); !strings.Contains(out, absent+"  (catching up: no vote yet)") {
+		t.Fatalf("cell add --wait 0 of a daemon that does not run printed:\n%s", out)
+	}
+	short := id.Fingerprint().Short()
+	text = u.ok(t, "cell", "status", "--server", hosts[2].addr)
+	if !strings.Contains(text, "cell of 4 members") || !strings.Contains(text, "unreachable, catching up (no vote)  -") || !strings.Contains(text, "unreachable:\n  "+gone) || !strings.Contains(text, "\n  "+short+": ") {
+		t.Fatalf("cell status with a member added that does not run:\n%s", text)
+	}
+	var js struct {
+		Members []struct {
+			Fingerprint, Error string
+			Voter              bool
+			CatchingUp         bool `json:"catching_up"`
+		}
+	}
+	out = u.ok(t, "cell", "status", "--server", hosts[2].addr, "--json")
+	if err := json.Unmarshal([]byte(out), &js); err != nil {
+		t.Fatalf("cell status --json: %v\n%s", err, out)
+	}
+	found := false
+	for _, m := range js.Members {
+		if m.Fingerprint == id.Fingerprint().String() {
+			found = true
+			if m.Voter || !m.CatchingUp || m.Error == "" {
+				t.Errorf("cell status --json shows the member added that does not run as %+v, want no vote, catching up, an error", m)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("cell status --json does not list the member added:\n%s", out)
 	}
 }
 
