@@ -493,11 +493,13 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 	if err != nil {
 		return false, err
 	}
-	stop := context.AfterFunc(ctx, func() {
-		st.CancelRead(codeCancelled)
-		st.CancelWrite(codeCancelled)
-	})
-	defer stop()
+	if a, ok := ctx.(*attemptCtx); ok {
+		a.cancelOnEnd(st) // a cell's attempt cancels st itself
+		defer a.cancelOnEnd(nil)
+	} else {
+		stop := context.AfterFunc(ctx, func() { cancelStream(st) })
+		defer stop()
+	}
 	if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
 		if !stoppedByServer(err) || ctx.Err() != nil {
 			st.CancelRead(codeCancelled)
@@ -545,6 +547,12 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			return delivered, err
 		}
 	}
+}
+
+// cancelStream cancels both directions of st: the call's context ended.
+func cancelStream(st *quic.Stream) {
+	st.CancelRead(codeCancelled)
+	st.CancelWrite(codeCancelled)
 }
 
 // silentAfter is how long a call waits without a single packet from the
