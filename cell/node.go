@@ -270,7 +270,7 @@ type Node struct {
 	self Peer
 
 	raft  *raft.Raft
-	net   *raft.NetworkTransport
+	net   *raftNet
 	log   *raftlog.Store
 	snaps raft.SnapshotStore
 
@@ -371,12 +371,7 @@ func (n *Node) Start() error {
 		n.closeStores()
 		return fmt.Errorf("cell: read raft's state: %w", err)
 	}
-	n.net = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  n.tr,
-		MaxPool: 4,
-		Timeout: n.cfg.RPCTimeout,
-		Logger:  hclogFor(n.cfg.Logger, "transport"),
-	})
+	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())
 	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout

@@ -28,9 +28,12 @@ const ALPN = "huddle-cell/1"
 // Stream kinds. A daemon that opens a stream to a peer first writes one
 // byte saying what the stream carries.
 const (
-	// kindRaft: a connection of raft's network transport (hashicorp/raft's
-	// msgpack RPCs), for as long as the stream lasts.
-	kindRaft byte = 'r'
+	// kindRaft: raft's RPCs and their responses (raftnet.go, in the
+	// encoding of raftwire.go), for as long as the stream lasts. ('r'
+	// was hashicorp/raft's msgpack RPCs, before: a member of that version
+	// has its raft streams refused, as all members of a cell run the same
+	// version.)
+	kindRaft byte = 'R'
 	// kindCatchUp: one catch-up request and its reply (catchup.go).
 	kindCatchUp byte = 'c'
 	// kindProbe: nothing; the stream is closed at once. Opened on a
@@ -294,6 +297,13 @@ func (t *Transport) Handle(conn *quic.Conn) {
 			t.mu.Lock()
 			delete(t.in, conn)
 			t.mu.Unlock()
+			if t.ctx.Err() != nil {
+				// Accepting stopped with the transport's context
+				// (stopDialing, Close): the connection is no longer
+				// the transport's to close, so close it now, ending the
+				// streams raft serves on it.
+				conn.CloseWithError(connShutdown, "shutting down")
+			}
 		}()
 		t.serve(conn, fp)
 	}()

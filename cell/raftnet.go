@@ -1,0 +1,521 @@
+package cell
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// raftNet is raft's transport between a cell's members: raft's RPCs in
+// the encoding of raftwire.go, on QUIC streams of the Transport
+// (kindRaft). It replaces hashicorp/raft's NetworkTransport, whose msgpack
+// decoding by reflection was the largest part of a follower's CPU after
+// the disk, and which wrote an RPC to a stream in as many writes as its
+// buffer took.
+//
+// As NetworkTransport does, it keeps a few idle streams per member for
+// RPCs one at a time (a stream carries one RPC and its response, then
+// the next), gives each AppendEntries pipeline a stream of its own, and
+// serves each stream a member opens on a goroutine of its own, which hands
+// each request to raft's main loop (Consumer) or, for a heartbeat, to
+// raft's heartbeat handler, and writes raft's response back.
+//
+// Close (raft calls it as it shuts down) closes the Transport, ends every
+// stream, and waits for the goroutines it started.
+type raftNet struct {
+	tr      *Transport
+	timeout time.Duration // of each RPC's I/O; 0: none
+	log     hclog.Logger
+
+	consume chan raft.RPC
+	done    chan struct{} // closed by Close
+	wg      sync.WaitGroup
+
+	hbMu      sync.Mutex
+	heartbeat func(raft.RPC)
+
+	mu     sync.Mutex
+	closed bool
+	idle   map[raft.ServerAddress][]*rpcConn
+	pipes  map[*rpcPipeline]struct{}
+}
+
+var (
+	_ raft.Transport   = (*raftNet)(nil)
+	_ raft.WithClose   = (*raftNet)(nil)
+	_ raft.WithPreVote = (*raftNet)(nil)
+)
+
+// maxIdleStreams is how many idle streams raftNet keeps per member, as
+// NetworkTransport's MaxPool did: one for heartbeats, one for
+// replication that is not pipelined, and spares for elections.
+const maxIdleStreams = 4
+
+// pipelineDepth is how many AppendEntries requests a pipeline queues
+// besides the one whose response is being read and the one being written:
+// as NetworkTransport's default MaxRPCsInFlight (2), none. (Session 3
+// measured no gain from more in flight.)
+const pipelineDepth = 0
+
+// readBuffer is the size of a stream's read buffer: frames longer than
+// what it holds are read into a buffer of their own.
+const readBuffer = 64 << 10
+
+func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger) *raftNet {
+	n := &raftNet{
+		tr:      tr,
+		timeout: timeout,
+		log:     log,
+		consume: make(chan raft.RPC),
+		done:    make(chan struct{}),
+		idle:    make(map[raft.ServerAddress][]*rpcConn),
+		pipes:   make(map[*rpcPipeline]struct{}),
+	}
+	n.wg.Add(1)
+	go n.listen()
+	return n
+}
+
+// errNetClosed is the error of the RPCs of a closed raftNet: raft's own,
+// which the logging of raft's lines takes for no news (hclog.go).
+var errNetClosed = raft.ErrTransportShutdown
+
+// Consumer returns the channel of the RPCs members send (raft.Transport).
+func (n *raftNet) Consumer() <-chan raft.RPC { return n.consume }
+
+// LocalAddr returns this member's address (raft.Transport).
+func (n *raftNet) LocalAddr() raft.ServerAddress { return raft.ServerAddress(n.tr.Addr().String()) }
+
+// SetHeartbeatHandler sets the function heartbeats are handed to, on the
+// goroutine of the stream that carried them (raft.Transport).
+func (n *raftNet) SetHeartbeatHandler(cb func(raft.RPC)) {
+	n.hbMu.Lock()
+	n.heartbeat = cb
+	n.hbMu.Unlock()
+}
+
+// EncodePeer and DecodePeer: a member's address is its own encoding.
+func (n *raftNet) EncodePeer(_ raft.ServerID, addr raft.ServerAddress) []byte { return []byte(addr) }
+func (n *raftNet) DecodePeer(b []byte) raft.ServerAddress                     { return raft.ServerAddress(b) }
+
+// Close closes the transport's streams and the Transport under it, and
+// waits for raftNet's goroutines. It is safe to call more than once
+// (raft.WithClose).
+func (n *raftNet) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		n.wg.Wait()
+		return nil
+	}
+	n.closed = true
+	close(n.done)
+	idle := n.idle
+	n.idle = nil
+	pipes := n.pipes
+	n.pipes = nil
+	n.mu.Unlock()
+	for _, conns := range idle {
+		for _, c := range conns {
+			c.close()
+		}
+	}
+	for p := range pipes {
+		p.Close()
+	}
+	n.tr.Close()
+	n.wg.Wait()
+	return nil
+}
+
+// rpcConn is a stream this member opened to another for RPCs.
+type rpcConn struct {
+	target raft.ServerAddress
+	conn   net.Conn
+	r      *bufio.Reader
+	buf    []byte // the last request's frame, kept for the next
+}
+
+func (c *rpcConn) close() { c.conn.Close() }
+
+// send writes req's frame in one write, and returns its type.
+func (c *rpcConn) send(req any) (byte, error) {
+	if ae, ok := req.(*raft.AppendEntriesRequest); ok && cap(c.buf) < appendEntriesBytes(ae) {
+		c.buf = make([]byte, 0, appendEntriesBytes(ae))
+	}
+	buf, typ := appendRequest(c.buf[:0], req)
+	if cap(buf) <= readBuffer {
+		c.buf = buf // a long one is not kept
+	}
+	_, err := c.conn.Write(buf)
+	return typ, err
+}
+
+// receive reads the response to a request of typ into resp.
+func (c *rpcConn) receive(typ byte, resp any) error {
+	rtyp, body, err := readFrame(c.r)
+	if err != nil {
+		return err
+	}
+	return decodeResponse(typ, rtyp, body, resp)
+}
+
+// readFrame reads a frame: its type, and its body in a buffer of its own,
+// which what is decoded from it may refer to.
+func readFrame(r *bufio.Reader) (byte, []byte, error) {
+	h, err := r.Peek(frameHeader)
+	if err != nil {
+		if err == io.EOF && len(h) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	typ, n := h[0], binary.BigEndian.Uint32(h[1:])
+	if n > maxFrameBytes {
+		return 0, nil, fmt.Errorf("%w: a frame of %d bytes, more than %d", errMalformed, n, maxFrameBytes)
+	}
+	r.Discard(frameHeader)
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return typ, body, nil
+}
+
+// getConn returns an idle stream to target, or opens one.
+func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil, errNetClosed
+	}
+	if conns := n.idle[target]; len(conns) > 0 {
+		c := conns[len(conns)-1]
+		conns[len(conns)-1] = nil
+		n.idle[target] = conns[:len(conns)-1]
+		n.mu.Unlock()
+		return c, nil
+	}
+	n.mu.Unlock()
+	conn, err := n.tr.Dial(target, n.dialTimeout())
+	if err != nil {
+		return nil, err
+	}
+	return &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)}, nil
+}
+
+func (n *raftNet) dialTimeout() time.Duration {
+	if n.timeout > 0 {
+		return n.timeout
+	}
+	return DefaultRPCTimeout
+}
+
+// putConn keeps c for the next RPC to its member, or closes it.
+func (n *raftNet) putConn(c *rpcConn) {
+	n.mu.Lock()
+	if !n.closed && len(n.idle[c.target]) < maxIdleStreams {
+		n.idle[c.target] = append(n.idle[c.target], c)
+		c = nil
+	}
+	n.mu.Unlock()
+	if c != nil {
+		c.close()
+	}
+}
+
+// call runs one RPC on an idle stream to target. A stream whose I/O
+// failed, or that carried bytes that do not decode, is closed; one that
+// carried the peer's error is kept.
+func (n *raftNet) call(target raft.ServerAddress, req, resp any) error {
+	c, err := n.getConn(target)
+	if err != nil {
+		return err
+	}
+	if n.timeout > 0 {
+		c.conn.SetDeadline(time.Now().Add(n.timeout))
+	}
+	typ, err := c.send(req)
+	if err == nil {
+		err = c.receive(typ, resp)
+	}
+	var remote remoteError
+	if err != nil && !errors.As(err, &remote) {
+		c.close()
+		return err
+	}
+	n.putConn(c)
+	return err
+}
+
+// AppendEntries sends one AppendEntries request (raft.Transport).
+func (n *raftNet) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	return n.call(target, args, resp)
+}
+
+// RequestVote sends a vote request (raft.Transport).
+func (n *raftNet) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	return n.call(target, args, resp)
+}
+
+// RequestPreVote sends a pre-vote request (raft.WithPreVote: raft runs
+// pre-votes with a transport that has it).
+func (n *raftNet) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return n.call(target, args, resp)
+}
+
+// TimeoutNow asks target to stand for election now (raft.Transport).
+func (n *raftNet) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	return n.call(target, args, resp)
+}
+
+// snapshotTimeoutScale: a snapshot's I/O gets the RPC timeout for each
+// this many bytes of it, as NetworkTransport's TimeoutScale.
+const snapshotTimeoutScale = 256 << 10
+
+// InstallSnapshot sends a snapshot on a stream of its own, closed after
+// it (raft.Transport).
+func (n *raftNet) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	c, err := n.getConn(target)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if n.timeout > 0 {
+		c.conn.SetDeadline(time.Now().Add(max(n.timeout, n.timeout*time.Duration(args.Size/snapshotTimeoutScale))))
+	}
+	typ, err := c.send(args)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyN(c.conn, data, args.Size); err != nil {
+		return fmt.Errorf("cell: send a snapshot: %w", err)
+	}
+	return c.receive(typ, resp)
+}
+
+// AppendEntriesPipeline opens a stream to target for pipelined
+// AppendEntries requests (raft.Transport).
+func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	conn, err := n.tr.Dial(target, n.dialTimeout())
+	if err != nil {
+		return nil, err
+	}
+	p := &rpcPipeline{
+		n:        n,
+		c:        &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)},
+		inflight: make(chan *appendFuture, pipelineDepth),
+		done:     make(chan raft.AppendFuture, pipelineDepth),
+		stop:     make(chan struct{}),
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		conn.Close()
+		return nil, errNetClosed
+	}
+	n.pipes[p] = struct{}{}
+	n.wg.Add(1)
+	n.mu.Unlock()
+	go p.receive()
+	return p, nil
+}
+
+// rpcPipeline is a stream of pipelined AppendEntries requests: raft's
+// replication goroutine writes them (AppendEntries), and a goroutine of
+// the pipeline reads their responses in order and hands them to raft
+// (Consumer).
+type rpcPipeline struct {
+	n        *raftNet
+	c        *rpcConn
+	inflight chan *appendFuture     // written, awaiting their responses
+	done     chan raft.AppendFuture // answered, for raft
+	stop     chan struct{}          // closed by Close
+	once     sync.Once
+}
+
+// AppendEntries writes a request and returns at once; its future is
+// answered on Consumer in order (raft.AppendPipeline).
+func (p *rpcPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	f := &appendFuture{start: time.Now(), req: args, resp: resp, answered: make(chan struct{})}
+	if t := p.n.timeout; t > 0 {
+		p.c.conn.SetWriteDeadline(time.Now().Add(t))
+	}
+	if _, err := p.c.send(args); err != nil {
+		p.c.close()
+		return nil, err
+	}
+	select {
+	case p.inflight <- f:
+		return f, nil
+	case <-p.stop:
+		return nil, raft.ErrPipelineShutdown
+	}
+}
+
+// Consumer returns the answered requests, in order (raft.AppendPipeline).
+func (p *rpcPipeline) Consumer() <-chan raft.AppendFuture { return p.done }
+
+// Close ends the pipeline's stream and its goroutine; it does not wait
+// for it (raft.AppendPipeline).
+func (p *rpcPipeline) Close() error {
+	p.once.Do(func() {
+		close(p.stop)
+		p.c.close()
+		p.n.mu.Lock()
+		if p.n.pipes != nil {
+			delete(p.n.pipes, p)
+		}
+		p.n.mu.Unlock()
+	})
+	return nil
+}
+
+// receive reads the responses of the requests in flight, until the
+// pipeline closes. After a failure it answers every request with it.
+func (p *rpcPipeline) receive() {
+	defer p.n.wg.Done()
+	var failed error
+	for {
+		var f *appendFuture
+		select {
+		case f = <-p.inflight:
+		case <-p.stop:
+			return
+		}
+		if failed == nil {
+			if t := p.n.timeout; t > 0 {
+				p.c.conn.SetReadDeadline(time.Now().Add(t))
+			}
+			failed = p.c.receive(rpcAppendEntries, f.resp)
+			if failed != nil {
+				p.c.close()
+			}
+		}
+		f.err = failed
+		close(f.answered)
+		select {
+		case p.done <- f:
+		case <-p.stop:
+			return
+		}
+	}
+}
+
+// appendFuture is a pipelined AppendEntries request (raft.AppendFuture).
+type appendFuture struct {
+	start    time.Time
+	req      *raft.AppendEntriesRequest
+	resp     *raft.AppendEntriesResponse
+	err      error
+	answered chan struct{}
+}
+
+func (f *appendFuture) Error() error {
+	<-f.answered
+	return f.err
+}
+func (f *appendFuture) Start() time.Time                      { return f.start }
+func (f *appendFuture) Request() *raft.AppendEntriesRequest   { return f.req }
+func (f *appendFuture) Response() *raft.AppendEntriesResponse { return f.resp }
+
+// listen serves the raft streams members open, until Close.
+func (n *raftNet) listen() {
+	defer n.wg.Done()
+	for {
+		conn, err := n.tr.Accept()
+		if err != nil {
+			return // the Transport closed
+		}
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			conn.Close()
+			return
+		}
+		n.wg.Add(1)
+		n.mu.Unlock()
+		go func() {
+			defer n.wg.Done()
+			defer conn.Close()
+			n.serve(conn)
+		}()
+	}
+}
+
+// serve answers the requests on a stream a member opened, one after
+// another, until the stream ends or raftNet closes.
+func (n *raftNet) serve(conn net.Conn) {
+	r := bufio.NewReaderSize(conn, readBuffer)
+	respCh := make(chan raft.RPCResponse, 1)
+	var out []byte
+	for {
+		typ, body, err := readFrame(r)
+		if err != nil {
+			if err != io.EOF && !isLinkError(err) {
+				n.log.Warn("cell: a member's raft stream", "error", err)
+			}
+			return
+		}
+		req, err := decodeRequest(typ, body)
+		if err != nil {
+			n.log.Warn("cell: a member's raft stream", "error", err)
+			return
+		}
+		rpc := raft.RPC{Command: req, RespChan: respCh}
+		snapshot, _ := req.(*raft.InstallSnapshotRequest)
+		if snapshot != nil {
+			rpc.Reader = io.LimitReader(r, snapshot.Size)
+		}
+		if !n.dispatch(rpc) {
+			return
+		}
+		var resp raft.RPCResponse
+		select {
+		case resp = <-respCh:
+		case <-n.done:
+			return
+		}
+		out = appendResponse(out[:0], typ, resp.Response, resp.Error)
+		if _, err := conn.Write(out); err != nil {
+			return
+		}
+		if cap(out) > readBuffer {
+			out = nil
+		}
+		if snapshot != nil {
+			return // the stream carries nothing after a snapshot
+		}
+	}
+}
+
+// dispatch hands rpc to raft: a heartbeat to its heartbeat handler, any
+// other to its main loop. It returns false if raftNet closed meanwhile.
+func (n *raftNet) dispatch(rpc raft.RPC) bool {
+	if ae, ok := rpc.Command.(*raft.AppendEntriesRequest); ok && isHeartbeat(ae) {
+		n.hbMu.Lock()
+		fn := n.heartbeat
+		n.hbMu.Unlock()
+		if fn != nil {
+			fn(rpc)
+			return true
+		}
+	}
+	select {
+	case n.consume <- rpc:
+		return true
+	case <-n.done:
+		return false
+	}
+}

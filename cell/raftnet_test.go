@@ -1,0 +1,173 @@
+package cell
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// raftNetPair is a raftNet dialing from a to b, and b's, whose RPCs a
+// goroutine answers as serveTestRPC does.
+func raftNetPair(t *testing.T) (a, b *raftNet, bAddr raft.ServerAddress, heartbeats *atomic.Int64) {
+	t.Helper()
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	ta, _ := newTransport(t, aID, []Peer{{Addr: addr, Fingerprint: bID.Fingerprint()}}, false)
+	a, b = newRaftNet(ta, waitTimeout, hclog.NewNullLogger()), newRaftNet(tb, waitTimeout, hclog.NewNullLogger())
+	heartbeats = new(atomic.Int64)
+	b.SetHeartbeatHandler(func(rpc raft.RPC) {
+		heartbeats.Add(1)
+		rpc.Respond(&raft.AppendEntriesResponse{Term: rpc.Command.(*raft.AppendEntriesRequest).Term, Success: true}, nil)
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for rpc := range b.Consumer() {
+			serveTestRPC(rpc)
+		}
+	}()
+	t.Cleanup(func() {
+		a.Close()
+		b.Close()
+		close(b.consume) // nothing sends on it once b is closed
+		<-done
+	})
+	return a, b, toAddr(addr), heartbeats
+}
+
+// serveTestRPC answers AppendEntries with its last entry's index, a vote
+// with an error, a snapshot with its bytes' length as the term.
+func serveTestRPC(rpc raft.RPC) {
+	switch req := rpc.Command.(type) {
+	case *raft.AppendEntriesRequest:
+		last := req.PrevLogEntry
+		if n := len(req.Entries); n > 0 {
+			last = req.Entries[n-1].Index
+		}
+		rpc.Respond(&raft.AppendEntriesResponse{Term: req.Term, LastLog: last, Success: true}, nil)
+	case *raft.RequestVoteRequest:
+		rpc.Respond(nil, errors.New("no vote for you"))
+	case *raft.RequestPreVoteRequest:
+		rpc.Respond(&raft.RequestPreVoteResponse{Term: req.Term, Granted: true}, nil)
+	case *raft.TimeoutNowRequest:
+		rpc.Respond(&raft.TimeoutNowResponse{RPCHeader: req.RPCHeader}, nil)
+	case *raft.InstallSnapshotRequest:
+		n, err := io.Copy(io.Discard, rpc.Reader)
+		rpc.Respond(&raft.InstallSnapshotResponse{Term: uint64(n), Success: err == nil && n == req.Size}, nil)
+	default:
+		rpc.Respond(nil, fmt.Errorf("unexpected %T", req))
+	}
+}
+
+func entries(first uint64, n int) []*raft.Log {
+	var logs []*raft.Log
+	for i := range n {
+		logs = append(logs, &raft.Log{Index: first + uint64(i), Term: 2, Data: bytes.Repeat([]byte{byte(i)}, 10_000)})
+	}
+	return logs
+}
+
+// TestRaftNetRPCs: each RPC reaches the other member's raft and its
+// answer comes back; a heartbeat goes to the heartbeat handler; raft's
+// error comes back as an error.
+func TestRaftNetRPCs(t *testing.T) {
+	a, _, b, heartbeats := raftNetPair(t)
+	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("a"), Addr: []byte("127.0.0.1:1")}
+
+	var resp raft.AppendEntriesResponse
+	req := &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 2, PrevLogEntry: 9, PrevLogTerm: 1, LeaderCommitIndex: 9, Entries: entries(10, 3)}
+	if err := a.AppendEntries("b", b, req, &resp); err != nil || resp.LastLog != 12 || !resp.Success {
+		t.Fatalf("append entries: %+v, %v", resp, err)
+	}
+	if err := a.AppendEntries("b", b, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 2}, &resp); err != nil || heartbeats.Load() != 1 {
+		t.Fatalf("heartbeat: %+v, %v; handler saw %d", resp, err, heartbeats.Load())
+	}
+	err := a.RequestVote("b", b, &raft.RequestVoteRequest{RPCHeader: hdr, Term: 3}, new(raft.RequestVoteResponse))
+	if err == nil || err.Error() != "no vote for you" {
+		t.Fatalf("request vote: %v, want the peer's error", err)
+	}
+	var pre raft.RequestPreVoteResponse
+	if err := a.RequestPreVote("b", b, &raft.RequestPreVoteRequest{RPCHeader: hdr, Term: 3}, &pre); err != nil || !pre.Granted || pre.Term != 3 {
+		t.Fatalf("request pre-vote: %+v, %v", pre, err)
+	}
+	var tn raft.TimeoutNowResponse
+	if err := a.TimeoutNow("b", b, &raft.TimeoutNowRequest{RPCHeader: hdr}, &tn); err != nil || !reflect.DeepEqual(tn.RPCHeader, hdr) {
+		t.Fatalf("timeout now: %+v, %v", tn, err)
+	}
+	// One stream carried them all, one after another (the peer's error
+	// does not end it).
+	a.mu.Lock()
+	idle := len(a.idle[b])
+	a.mu.Unlock()
+	if idle != 1 {
+		t.Fatalf("%d idle streams, want 1", idle)
+	}
+	snap := bytes.Repeat([]byte("s"), 300_000)
+	var is raft.InstallSnapshotResponse
+	err = a.InstallSnapshot("b", b, &raft.InstallSnapshotRequest{RPCHeader: hdr, Term: 3, Size: int64(len(snap))}, &is, bytes.NewReader(snap))
+	if err != nil || !is.Success || is.Term != uint64(len(snap)) {
+		t.Fatalf("install snapshot: %+v, %v", is, err)
+	}
+	// A snapshot's stream is not kept.
+	a.mu.Lock()
+	idle = len(a.idle[b])
+	a.mu.Unlock()
+	if idle != 0 {
+		t.Fatalf("%d idle streams after a snapshot, want 0", idle)
+	}
+}
+
+// TestRaftNetPipeline: pipelined requests are answered in order.
+func TestRaftNetPipeline(t *testing.T) {
+	a, _, b, _ := raftNetPair(t)
+	p, err := a.AppendEntriesPipeline("b", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const n = 20
+	go func() {
+		for i := range n {
+			req := &raft.AppendEntriesRequest{Term: 2, PrevLogEntry: uint64(10 * i), Entries: entries(uint64(10*i+1), 10)}
+			if _, err := p.AppendEntries(req, new(raft.AppendEntriesResponse)); err != nil {
+				return
+			}
+		}
+	}()
+	for i := range n {
+		var f raft.AppendFuture
+		select {
+		case f = <-p.Consumer():
+		case <-time.After(waitTimeout):
+			t.Fatalf("response %d not received", i)
+		}
+		if err := f.Error(); err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		if got, want := f.Response().LastLog, uint64(10*i+10); got != want || f.Request().Entries[9].Index != want {
+			t.Fatalf("response %d: last log %d, want %d", i, got, want)
+		}
+	}
+}
+
+// TestRaftNetClosed: RPCs after Close fail with raft's error for it, and
+// Close is safe twice.
+func TestRaftNetClosed(t *testing.T) {
+	a, _, b, _ := raftNetPair(t)
+	a.Close()
+	if err := a.AppendEntries("b", b, &raft.AppendEntriesRequest{Term: 1}, new(raft.AppendEntriesResponse)); !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("after close: %v", err)
+	}
+	if _, err := a.AppendEntriesPipeline("b", b); err == nil {
+		t.Fatal("a pipeline opened after close")
+	}
+	a.Close()
+}

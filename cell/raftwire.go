@@ -1,0 +1,522 @@
+package cell
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The encoding of raft's RPCs on a cell's raft streams (kindRaft), written
+// by raftNet (raftnet.go) in place of hashicorp/raft's msgpack: no
+// reflection, one buffer and one stream write per RPC, and the entries of
+// an AppendEntries request read into one buffer that their Data refers to.
+//
+// A stream carries requests one way and their responses the other, in
+// order. Every message is a frame:
+//
+//	type  uint8    the RPC (rpcAppendEntries...); in a response, the
+//	               request's type, or rpcError
+//	len   uint32   the body's length, big-endian; at most maxFrameBytes
+//	body  len bytes
+//
+// An InstallSnapshot request's frame is followed by the snapshot itself,
+// as many bytes as its size field says; the stream carries nothing after
+// its response. An rpcError body is the text of the error raft answered
+// the request with.
+//
+// Bodies are sequences of fields with no names: a number is an unsigned
+// varint (encoding/binary's uvarint; only its shortest encoding is
+// accepted), bytes are a varint length and the bytes, flags a byte of
+// bits (an unknown bit is an error). Every body starts with raft's RPC
+// header:
+//
+//	header:        version, id bytes, addr bytes
+//	AppendEntries: header, term, leader bytes, prev index, prev term,
+//	               commit index, entries (a count, then each entry:
+//	               index, term, type byte, appended (Unix ns as a zigzag
+//	               varint, 0 for none), extensions bytes, data bytes)
+//	  response:    header, term, last log, flags (1 success, 2 no retry
+//	               backoff)
+//	RequestVote:   header, term, candidate bytes, last index, last term,
+//	               flags (1 leadership transfer)
+//	  response:    header, term, peers bytes, flags (1 granted)
+//	RequestPreVote: header, term, last index, last term
+//	  response:    header, term, flags (1 granted)
+//	TimeoutNow:    header; its response: header
+//	InstallSnapshot: header, snapshot version, term, leader bytes, last
+//	               index, last term, peers bytes, configuration bytes,
+//	               configuration index, size
+//	  response:    header, term, flags (1 success)
+//
+// A body with bytes left over after its last field is malformed, as is one
+// that ends inside a field.
+
+// RPC types of a frame: the first four as hashicorp/raft numbers them.
+const (
+	rpcAppendEntries   byte = 0
+	rpcRequestVote     byte = 1
+	rpcInstallSnapshot byte = 2
+	rpcTimeoutNow      byte = 3
+	rpcRequestPreVote  byte = 4
+	rpcError           byte = 0xff
+)
+
+const (
+	// frameHeader is a frame's type and length.
+	frameHeader = 5
+	// maxFrameBytes bounds a frame's body: an AppendEntries request of
+	// MaxAppendEntries (at most 1024) entries of a proposal each (at most
+	// 256 KiB) fits, with room for raft's configuration entries. A peer is
+	// a member whose key the cell lists, but a longer length is refused
+	// before anything is allocated for it.
+	maxFrameBytes = 1024 * (256<<10 + 64)
+	// minEntryBytes is the shortest an entry's encoding can be: a count of
+	// entries is checked against it before the entries are allocated.
+	minEntryBytes = 6
+)
+
+// errMalformed is wrapped by the errors of decoding a frame's body.
+var errMalformed = errors.New("cell: malformed raft RPC")
+
+// appendFrame appends a frame of typ whose body encode appends.
+func appendFrame(buf []byte, typ byte, encode func([]byte) []byte) []byte {
+	start := len(buf)
+	buf = append(buf, typ, 0, 0, 0, 0)
+	buf = encode(buf)
+	binary.BigEndian.PutUint32(buf[start+1:], uint32(len(buf)-start-frameHeader))
+	return buf
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+func appendFlags(b []byte, flags ...bool) []byte {
+	var v byte
+	for i, f := range flags {
+		if f {
+			v |= 1 << i
+		}
+	}
+	return append(b, v)
+}
+
+func appendHeader(b []byte, h raft.RPCHeader) []byte {
+	b = binary.AppendUvarint(b, uint64(h.ProtocolVersion))
+	b = appendBytes(b, h.ID)
+	return appendBytes(b, h.Addr)
+}
+
+func appendAppendEntriesRequest(b []byte, r *raft.AppendEntriesRequest) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Leader)
+	b = binary.AppendUvarint(b, r.PrevLogEntry)
+	b = binary.AppendUvarint(b, r.PrevLogTerm)
+	b = binary.AppendUvarint(b, r.LeaderCommitIndex)
+	b = binary.AppendUvarint(b, uint64(len(r.Entries)))
+	for _, e := range r.Entries {
+		b = binary.AppendUvarint(b, e.Index)
+		b = binary.AppendUvarint(b, e.Term)
+		b = append(b, byte(e.Type))
+		var at int64
+		if !e.AppendedAt.IsZero() {
+			at = e.AppendedAt.UnixNano()
+		}
+		b = binary.AppendVarint(b, at)
+		b = appendBytes(b, e.Extensions)
+		b = appendBytes(b, e.Data)
+	}
+	return b
+}
+
+// appendEntriesBytes is the length of r's encoding, near enough to size
+// the buffer it is encoded into.
+func appendEntriesBytes(r *raft.AppendEntriesRequest) int {
+	n := 64 + len(r.ID) + len(r.Addr) + len(r.Leader)
+	for _, e := range r.Entries {
+		n += 40 + len(e.Extensions) + len(e.Data)
+	}
+	return n
+}
+
+func appendAppendEntriesResponse(b []byte, r *raft.AppendEntriesResponse) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = binary.AppendUvarint(b, r.LastLog)
+	return appendFlags(b, r.Success, r.NoRetryBackoff)
+}
+
+func appendRequestVoteRequest(b []byte, r *raft.RequestVoteRequest) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Candidate)
+	b = binary.AppendUvarint(b, r.LastLogIndex)
+	b = binary.AppendUvarint(b, r.LastLogTerm)
+	return appendFlags(b, r.LeadershipTransfer)
+}
+
+func appendRequestVoteResponse(b []byte, r *raft.RequestVoteResponse) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Peers)
+	return appendFlags(b, r.Granted)
+}
+
+func appendRequestPreVoteRequest(b []byte, r *raft.RequestPreVoteRequest) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = binary.AppendUvarint(b, r.LastLogIndex)
+	return binary.AppendUvarint(b, r.LastLogTerm)
+}
+
+func appendRequestPreVoteResponse(b []byte, r *raft.RequestPreVoteResponse) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	return appendFlags(b, r.Granted)
+}
+
+func appendInstallSnapshotRequest(b []byte, r *raft.InstallSnapshotRequest) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, uint64(r.SnapshotVersion))
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Leader)
+	b = binary.AppendUvarint(b, r.LastLogIndex)
+	b = binary.AppendUvarint(b, r.LastLogTerm)
+	b = appendBytes(b, r.Peers)
+	b = appendBytes(b, r.Configuration)
+	b = binary.AppendUvarint(b, r.ConfigurationIndex)
+	return binary.AppendUvarint(b, uint64(r.Size))
+}
+
+func appendInstallSnapshotResponse(b []byte, r *raft.InstallSnapshotResponse) []byte {
+	b = appendHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	return appendFlags(b, r.Success)
+}
+
+// appendRequest appends the frame of a request raft hands the transport;
+// typ says which.
+func appendRequest(buf []byte, req any) (b []byte, typ byte) {
+	switch r := req.(type) {
+	case *raft.AppendEntriesRequest:
+		return appendFrame(buf, rpcAppendEntries, func(b []byte) []byte { return appendAppendEntriesRequest(b, r) }), rpcAppendEntries
+	case *raft.RequestVoteRequest:
+		return appendFrame(buf, rpcRequestVote, func(b []byte) []byte { return appendRequestVoteRequest(b, r) }), rpcRequestVote
+	case *raft.RequestPreVoteRequest:
+		return appendFrame(buf, rpcRequestPreVote, func(b []byte) []byte { return appendRequestPreVoteRequest(b, r) }), rpcRequestPreVote
+	case *raft.TimeoutNowRequest:
+		return appendFrame(buf, rpcTimeoutNow, func(b []byte) []byte { return appendHeader(b, r.RPCHeader) }), rpcTimeoutNow
+	case *raft.InstallSnapshotRequest:
+		return appendFrame(buf, rpcInstallSnapshot, func(b []byte) []byte { return appendInstallSnapshotRequest(b, r) }), rpcInstallSnapshot
+	}
+	panic(fmt.Sprintf("cell: no encoding for raft request %T", req))
+}
+
+// appendResponse appends the frame of raft's answer to a request of typ:
+// its response, or its error.
+func appendResponse(buf []byte, typ byte, resp any, err error) []byte {
+	if err != nil {
+		return appendFrame(buf, rpcError, func(b []byte) []byte { return append(b, err.Error()...) })
+	}
+	switch r := resp.(type) {
+	case *raft.AppendEntriesResponse:
+		return appendFrame(buf, typ, func(b []byte) []byte { return appendAppendEntriesResponse(b, r) })
+	case *raft.RequestVoteResponse:
+		return appendFrame(buf, typ, func(b []byte) []byte { return appendRequestVoteResponse(b, r) })
+	case *raft.RequestPreVoteResponse:
+		return appendFrame(buf, typ, func(b []byte) []byte { return appendRequestPreVoteResponse(b, r) })
+	case *raft.TimeoutNowResponse:
+		return appendFrame(buf, typ, func(b []byte) []byte { return appendHeader(b, r.RPCHeader) })
+	case *raft.InstallSnapshotResponse:
+		return appendFrame(buf, typ, func(b []byte) []byte { return appendInstallSnapshotResponse(b, r) })
+	}
+	return appendFrame(buf, rpcError, func(b []byte) []byte {
+		return fmt.Appendf(b, "cell: no encoding for raft response %T", resp)
+	})
+}
+
+// decoder reads the fields of a body. Its first failure sticks: later
+// reads return zero values, and err says what failed first. Bytes it
+// returns refer to the body.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", errMalformed, what)
+	}
+	d.b = nil
+}
+
+// uvarint returns the next number. Only its shortest encoding is
+// accepted, so that a body has one encoding.
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 || n > 1 && d.b[n-1] == 0 {
+		d.fail("bad or missing number")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	u := d.uvarint()
+	return int64(u>>1) ^ -int64(u&1) // zigzag, as binary.AppendVarint
+}
+
+// bytes returns the next bytes field, nil if it is empty.
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.fail("bytes longer than the body")
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) == 0 {
+		d.fail("body cut short")
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+// flags returns the bits of the next flags byte, of which only the lowest
+// n may be set.
+func (d *decoder) flags(n int) byte {
+	v := d.byte()
+	if v>>n != 0 {
+		d.fail("unknown flag")
+		return 0
+	}
+	return v
+}
+
+func (d *decoder) header() raft.RPCHeader {
+	v := d.uvarint()
+	if v > math.MaxInt {
+		d.fail("protocol version out of range")
+	}
+	return raft.RPCHeader{ProtocolVersion: raft.ProtocolVersion(v), ID: d.bytes(), Addr: d.bytes()}
+}
+
+// end returns the decoder's error, or one if bytes are left over.
+func (d *decoder) end() error {
+	if d.err == nil && len(d.b) > 0 {
+		d.fail("bytes after the last field")
+	}
+	return d.err
+}
+
+func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error) {
+	d := decoder{b: body}
+	r := &raft.AppendEntriesRequest{RPCHeader: d.header()}
+	r.Term = d.uvarint()
+	r.Leader = d.bytes()
+	r.PrevLogEntry = d.uvarint()
+	r.PrevLogTerm = d.uvarint()
+	r.LeaderCommitIndex = d.uvarint()
+	n := d.uvarint()
+	if n > uint64(len(d.b)/minEntryBytes) {
+		d.fail("more entries than the body holds")
+		return nil, d.err
+	}
+	if n > 0 {
+		logs := make([]raft.Log, n)
+		r.Entries = make([]*raft.Log, n)
+		for i := range logs {
+			l := &logs[i]
+			l.Index = d.uvarint()
+			l.Term = d.uvarint()
+			l.Type = raft.LogType(d.byte())
+			if at := d.varint(); at != 0 {
+				l.AppendedAt = time.Unix(0, at)
+			}
+			l.Extensions = d.bytes()
+			l.Data = d.bytes()
+			r.Entries[i] = l
+		}
+	}
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func decodeAppendEntriesResponse(body []byte, r *raft.AppendEntriesResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.header()
+	r.Term = d.uvarint()
+	r.LastLog = d.uvarint()
+	f := d.flags(2)
+	r.Success, r.NoRetryBackoff = f&1 != 0, f&2 != 0
+	return d.end()
+}
+
+func decodeRequestVoteRequest(body []byte) (*raft.RequestVoteRequest, error) {
+	d := decoder{b: body}
+	r := &raft.RequestVoteRequest{RPCHeader: d.header()}
+	r.Term = d.uvarint()
+	r.Candidate = d.bytes()
+	r.LastLogIndex = d.uvarint()
+	r.LastLogTerm = d.uvarint()
+	r.LeadershipTransfer = d.flags(1) != 0
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func decodeRequestVoteResponse(body []byte, r *raft.RequestVoteResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.header()
+	r.Term = d.uvarint()
+	r.Peers = d.bytes()
+	r.Granted = d.flags(1) != 0
+	return d.end()
+}
+
+func decodeRequestPreVoteRequest(body []byte) (*raft.RequestPreVoteRequest, error) {
+	d := decoder{b: body}
+	r := &raft.RequestPreVoteRequest{RPCHeader: d.header()}
+	r.Term = d.uvarint()
+	r.LastLogIndex = d.uvarint()
+	r.LastLogTerm = d.uvarint()
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func decodeRequestPreVoteResponse(body []byte, r *raft.RequestPreVoteResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.header()
+	r.Term = d.uvarint()
+	r.Granted = d.flags(1) != 0
+	return d.end()
+}
+
+func decodeTimeoutNowRequest(body []byte) (*raft.TimeoutNowRequest, error) {
+	d := decoder{b: body}
+	r := &raft.TimeoutNowRequest{RPCHeader: d.header()}
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func decodeTimeoutNowResponse(body []byte, r *raft.TimeoutNowResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.header()
+	return d.end()
+}
+
+func decodeInstallSnapshotRequest(body []byte) (*raft.InstallSnapshotRequest, error) {
+	d := decoder{b: body}
+	r := &raft.InstallSnapshotRequest{RPCHeader: d.header()}
+	v := d.uvarint()
+	if v > math.MaxInt {
+		d.fail("snapshot version out of range")
+	}
+	r.SnapshotVersion = raft.SnapshotVersion(v)
+	r.Term = d.uvarint()
+	r.Leader = d.bytes()
+	r.LastLogIndex = d.uvarint()
+	r.LastLogTerm = d.uvarint()
+	r.Peers = d.bytes()
+	r.Configuration = d.bytes()
+	r.ConfigurationIndex = d.uvarint()
+	size := d.uvarint()
+	if size > math.MaxInt64 {
+		d.fail("snapshot size out of range")
+	}
+	r.Size = int64(size)
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func decodeInstallSnapshotResponse(body []byte, r *raft.InstallSnapshotResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.header()
+	r.Term = d.uvarint()
+	r.Success = d.flags(1) != 0
+	return d.end()
+}
+
+// decodeRequest decodes the body of a request frame of typ.
+func decodeRequest(typ byte, body []byte) (any, error) {
+	switch typ {
+	case rpcAppendEntries:
+		return decodeAppendEntriesRequest(body)
+	case rpcRequestVote:
+		return decodeRequestVoteRequest(body)
+	case rpcRequestPreVote:
+		return decodeRequestPreVoteRequest(body)
+	case rpcTimeoutNow:
+		return decodeTimeoutNowRequest(body)
+	case rpcInstallSnapshot:
+		return decodeInstallSnapshotRequest(body)
+	}
+	return nil, fmt.Errorf("%w: unknown RPC type %d", errMalformed, typ)
+}
+
+// remoteError is the error a peer's raft answered a request with.
+type remoteError string
+
+func (e remoteError) Error() string { return string(e) }
+
+// decodeResponse decodes a response frame of typ into resp, which is of
+// the type raft expects for a request of want: an rpcError frame is the
+// peer's error, returned as a remoteError.
+func decodeResponse(want, typ byte, body []byte, resp any) error {
+	if typ == rpcError {
+		return remoteError(body)
+	}
+	if typ != want {
+		return fmt.Errorf("%w: response of type %d to a request of type %d", errMalformed, typ, want)
+	}
+	switch r := resp.(type) {
+	case *raft.AppendEntriesResponse:
+		return decodeAppendEntriesResponse(body, r)
+	case *raft.RequestVoteResponse:
+		return decodeRequestVoteResponse(body, r)
+	case *raft.RequestPreVoteResponse:
+		return decodeRequestPreVoteResponse(body, r)
+	case *raft.TimeoutNowResponse:
+		return decodeTimeoutNowResponse(body, r)
+	case *raft.InstallSnapshotResponse:
+		return decodeInstallSnapshotResponse(body, r)
+	}
+	panic(fmt.Sprintf("cell: no decoding for raft response %T", resp))
+}
+
+// isHeartbeat reports whether r is a leader's heartbeat, which raft
+// handles without its main loop (its heartbeat handler): as
+// hashicorp/raft's NetworkTransport tells one.
+func isHeartbeat(r *raft.AppendEntriesRequest) bool {
+	leader := r.Addr
+	if len(leader) == 0 {
+		leader = r.Leader
+	}
+	return r.Term != 0 && leader != nil && r.PrevLogEntry == 0 && r.PrevLogTerm == 0 &&
+		len(r.Entries) == 0 && r.LeaderCommitIndex == 0
+}

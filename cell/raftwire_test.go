@@ -1,0 +1,217 @@
+package cell
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+func testHeader() raft.RPCHeader {
+	return raft.RPCHeader{ProtocolVersion: 3, ID: []byte("ID"), Addr: []byte("a:1")}
+}
+
+// raftRequests are one request of each type, and the hex of its frame.
+var raftRequests = []struct {
+	name string
+	req  any
+	hex  string
+}{
+	{"append entries", &raft.AppendEntriesRequest{
+		RPCHeader: testHeader(), Term: 5, Leader: []byte("a:1"), PrevLogEntry: 300, PrevLogTerm: 4, LeaderCommitIndex: 299,
+		Entries: []*raft.Log{
+			{Index: 301, Term: 5, Type: raft.LogCommand, Data: []byte("hi"), AppendedAt: time.Unix(0, 1000)},
+			{Index: 302, Term: 5, Type: raft.LogNoop, Extensions: []byte{9}},
+		},
+	},
+		"00" + "00000025" + "03024944" + "03613a31" + "05" + "03613a31" + "ac02" + "04" + "ab02" + "02" +
+			"ad02" + "05" + "00" + "d00f" + "00" + "026869" +
+			"ae02" + "05" + "01" + "00" + "0109" + "00"},
+	{"heartbeat", &raft.AppendEntriesRequest{RPCHeader: testHeader(), Term: 5, Leader: []byte("a:1")},
+		"00" + "00000011" + "03024944" + "03613a31" + "05" + "03613a31" + "00" + "00" + "00" + "00"},
+	{"request vote", &raft.RequestVoteRequest{RPCHeader: testHeader(), Term: 6, Candidate: []byte("a:1"),
+		LastLogIndex: 302, LastLogTerm: 5, LeadershipTransfer: true},
+		"01" + "00000011" + "03024944" + "03613a31" + "06" + "03613a31" + "ae02" + "05" + "01"},
+	{"request pre-vote", &raft.RequestPreVoteRequest{RPCHeader: testHeader(), Term: 6, LastLogIndex: 302, LastLogTerm: 5},
+		"04" + "0000000c" + "03024944" + "03613a31" + "06" + "ae02" + "05"},
+	{"timeout now", &raft.TimeoutNowRequest{RPCHeader: testHeader()},
+		"03" + "00000008" + "03024944" + "03613a31"},
+	{"install snapshot", &raft.InstallSnapshotRequest{RPCHeader: testHeader(), SnapshotVersion: 1, Term: 6,
+		Leader: []byte("a:1"), LastLogIndex: 400, LastLogTerm: 6, Configuration: []byte{1, 2}, ConfigurationIndex: 7, Size: 3},
+		"02" + "00000017" + "03024944" + "03613a31" + "01" + "06" + "03613a31" + "9003" + "06" + "00" + "020102" + "07" + "03"},
+}
+
+// raftResponses are one response of each type, the type of the request
+// it answers, and the hex of its frame.
+var raftResponses = []struct {
+	name string
+	typ  byte
+	resp any
+	hex  string
+}{
+	{"append entries", rpcAppendEntries, &raft.AppendEntriesResponse{RPCHeader: testHeader(), Term: 5, LastLog: 302, Success: true, NoRetryBackoff: true},
+		"00" + "0000000c" + "03024944" + "03613a31" + "05" + "ae02" + "03"},
+	{"request vote", rpcRequestVote, &raft.RequestVoteResponse{RPCHeader: testHeader(), Term: 6, Granted: true},
+		"01" + "0000000b" + "03024944" + "03613a31" + "06" + "00" + "01"},
+	{"request pre-vote", rpcRequestPreVote, &raft.RequestPreVoteResponse{RPCHeader: testHeader(), Term: 6},
+		"04" + "0000000a" + "03024944" + "03613a31" + "06" + "00"},
+	{"timeout now", rpcTimeoutNow, &raft.TimeoutNowResponse{RPCHeader: testHeader()},
+		"03" + "00000008" + "03024944" + "03613a31"},
+	{"install snapshot", rpcInstallSnapshot, &raft.InstallSnapshotResponse{RPCHeader: testHeader(), Term: 6, Success: true},
+		"02" + "0000000a" + "03024944" + "03613a31" + "06" + "01"},
+}
+
+// readTestFrame reads the one frame in b.
+func readTestFrame(t *testing.T, b []byte) (byte, []byte) {
+	t.Helper()
+	typ, body, err := readFrame(bufio.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		t.Fatalf("read frame: %v", err)
+	}
+	return typ, body
+}
+
+func TestRaftRequestEncoding(t *testing.T) {
+	for _, tc := range raftRequests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, typ := appendRequest(nil, tc.req)
+			if got := hex.EncodeToString(b); got != tc.hex {
+				t.Fatalf("encoding:\n got %s\nwant %s", got, tc.hex)
+			}
+			gotTyp, body := readTestFrame(t, b)
+			if gotTyp != typ {
+				t.Fatalf("frame type %d, want %d", gotTyp, typ)
+			}
+			got, err := decodeRequest(typ, body)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.req) {
+				t.Fatalf("decoded:\n got %#v\nwant %#v", got, tc.req)
+			}
+		})
+	}
+}
+
+func TestRaftResponseEncoding(t *testing.T) {
+	for _, tc := range raftResponses {
+		t.Run(tc.name, func(t *testing.T) {
+			b := appendResponse(nil, tc.typ, tc.resp, nil)
+			if got := hex.EncodeToString(b); got != tc.hex {
+				t.Fatalf("encoding:\n got %s\nwant %s", got, tc.hex)
+			}
+			typ, body := readTestFrame(t, b)
+			got := reflect.New(reflect.TypeOf(tc.resp).Elem()).Interface()
+			if err := decodeResponse(tc.typ, typ, body, got); err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.resp) {
+				t.Fatalf("decoded:\n got %#v\nwant %#v", got, tc.resp)
+			}
+		})
+	}
+}
+
+func TestRaftErrorResponse(t *testing.T) {
+	b := appendResponse(nil, rpcAppendEntries, nil, errors.New("no"))
+	if got, want := hex.EncodeToString(b), "ff"+"00000002"+"6e6f"; got != want {
+		t.Fatalf("encoding: got %s, want %s", got, want)
+	}
+	typ, body := readTestFrame(t, b)
+	err := decodeResponse(rpcAppendEntries, typ, body, new(raft.AppendEntriesResponse))
+	var remote remoteError
+	if !errors.As(err, &remote) || err.Error() != "no" {
+		t.Fatalf("got %v, want the peer's error", err)
+	}
+	// A response of another type than the request's is malformed.
+	b = appendResponse(nil, rpcRequestVote, &raft.RequestVoteResponse{}, nil)
+	typ, body = readTestFrame(t, b)
+	if err := decodeResponse(rpcAppendEntries, typ, body, new(raft.AppendEntriesResponse)); !errors.Is(err, errMalformed) {
+		t.Fatalf("got %v, want errMalformed", err)
+	}
+}
+
+func TestHeartbeatTold(t *testing.T) {
+	hb := raftRequests[1].req.(*raft.AppendEntriesRequest)
+	if !isHeartbeat(hb) {
+		t.Fatal("a heartbeat not told")
+	}
+	if isHeartbeat(raftRequests[0].req.(*raft.AppendEntriesRequest)) {
+		t.Fatal("entries taken for a heartbeat")
+	}
+}
+
+// TestRaftFrameMalformed decodes the frames under testdata/raftwire: each
+// is refused with errMalformed (or as cut short), never a panic.
+func TestRaftFrameMalformed(t *testing.T) {
+	files, err := filepath.Glob("testdata/raftwire/*.hex")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no malformed frames: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			text, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := hex.DecodeString(string(bytes.TrimSpace(text)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			typ, body, err := readFrame(bufio.NewReader(bytes.NewReader(b)))
+			if err == nil {
+				_, err = decodeRequest(typ, body)
+			}
+			if err == nil {
+				t.Fatal("decoded")
+			}
+		})
+	}
+}
+
+// FuzzDecodeRaftRequest decodes any bytes as a frame from a member: it
+// never panics, and what decodes encodes back to the same bytes.
+func FuzzDecodeRaftRequest(f *testing.F) {
+	for _, tc := range raftRequests {
+		b, _ := appendRequest(nil, tc.req)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		typ, body, err := readFrame(bufio.NewReader(bytes.NewReader(b)))
+		if err != nil {
+			return
+		}
+		req, err := decodeRequest(typ, body)
+		if err != nil {
+			return
+		}
+		again, _ := appendRequest(nil, req)
+		if !bytes.Equal(again, b[:len(again)]) {
+			t.Fatalf("re-encoded differently:\n got %x\nwant %x", again, b[:len(again)])
+		}
+	})
+}
+
+// FuzzDecodeRaftResponse decodes any bytes as a response from a member.
+func FuzzDecodeRaftResponse(f *testing.F) {
+	for _, tc := range raftResponses {
+		f.Add(tc.typ, appendResponse(nil, tc.typ, tc.resp, nil))
+	}
+	f.Fuzz(func(t *testing.T, want byte, b []byte) {
+		typ, body, err := readFrame(bufio.NewReader(bytes.NewReader(b)))
+		if err != nil {
+			return
+		}
+		for _, resp := range []any{new(raft.AppendEntriesResponse), new(raft.RequestVoteResponse),
+			new(raft.RequestPreVoteResponse), new(raft.TimeoutNowResponse), new(raft.InstallSnapshotResponse)} {
+			decodeResponse(want, typ, body, resp)
+		}
+	})
+}
