@@ -236,6 +236,7 @@ function onEvent(name, d) {
 
 function setGroups(list) {
   const seen = new Set();
+  const wasMember = state.active ? !!state.groups.get(state.active)?.member : false;
   for (const g of list.groups) {
     const old = state.groups.get(g.uuid);
     g.listed = true;
@@ -267,7 +268,14 @@ function setGroups(list) {
   }
   state.registries = list.registries;
   renderSidebar();
-  if (state.active) renderHead();
+  if (state.active) {
+    // The group open shows the form to join it, or the conversation, by
+    // what was known when it was opened; a group opened before its daemon
+    // said who is a member (from a link, or chosen at once) changes over.
+    const g = state.groups.get(state.active);
+    if (g && !!g.member !== wasMember) open(state.active);
+    else renderHead();
+  }
   const w = watchedSet();
   if (w !== state.watched) {
     state.watched = w;
