@@ -8,7 +8,7 @@
 //
 //	00000000000000000001.seg  segments of the log, each named by the index of its first record
 //	state                     the term, the vote and the log's head (see below)
-//	state.tmp                 a state being written (removed at open)
+//	state.tmp                 a state file being created (removed at open)
 //
 // A segment starts with a 24-byte header: the magic "hudrlog\x00", the
 // format version (uint32, 1), four zero bytes, and the index of the
@@ -30,13 +30,22 @@
 // write call at the end of the last segment; a segment past
 // Options.SegmentBytes is closed (fsynced) and the batch starts a new one.
 //
-// The state file holds the magic "hudrstat", the version (uint32, 1), the
-// head (uint64: records below it are deleted, 0 for none), the number of
-// keys (uint32), each key and value (uint32 length, bytes; uint32 length,
-// bytes), and a CRC-32C of all that (uint32). It is written whole to
-// state.tmp, fsynced, renamed over state, and the directory fsynced: a
-// vote or a term is on the device before raft acts on it, whatever the
-// log's fsync policy, as raft's safety needs.
+// The state file is two slots of 4096 bytes, written in turn. A slot
+// holds the magic "hudrstat", the version (uint32, 2), a sequence (uint64,
+// one more each write), the body's length (uint32), the body: the head
+// (uint64: records below it are deleted, 0 for none), the number of keys
+// (uint32), each key and value (uint32 length, bytes; uint32 length,
+// bytes); then a CRC-32C of all that (uint32), and zeros to the slot's
+// end. The state in force is the slot with the higher sequence of those
+// that check out. A write overwrites the older slot in place and fsyncs
+// the file: a vote or a term is on the device before raft acts on it,
+// whatever the log's fsync policy, as raft's safety needs; a crash during
+// the write leaves that slot failing its checksum, and the state before
+// in force (raft never acted on the one cut). Writing in place takes no
+// new space: a member whose disk is full still saves its term, where
+// hashicorp/raft stops the process on a failure to. The file is created
+// (and a version 1 file, one record rewritten through state.tmp and a
+// rename, is converted) at Open, through state.tmp and a rename.
 //
 // # Deleting
 //

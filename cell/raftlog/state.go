@@ -11,11 +11,22 @@ import (
 )
 
 const (
-	stateFile    = "state"
-	stateMagic   = "hudrstat"
-	stateVersion = 1
-	// maxStateBytes bounds the state file: raft keeps three small keys.
+	stateFile  = "state"
+	stateMagic = "hudrstat"
+	// stateVersion 2: two slots written in turn, in place. (Version 1,
+	// a single record rewritten through state.tmp and a rename, needed
+	// free space for every vote: on a full disk raft could not save a
+	// term and stopped the daemon. It is read, and rewritten as 2, at
+	// Open.)
+	stateVersion   = 2
+	stateVersionV1 = 1
+	// stateSlotBytes is the size of each of the two slots: raft keeps three
+	// small keys.
+	stateSlotBytes = 4096
+	// maxStateBytes bounds a version 1 state file.
 	maxStateBytes = 1 << 20
+	// slotHeader is a slot's magic, version, sequence and body length.
+	slotHeader = 8 + 4 + 8 + 4
 )
 
 // ErrKeyNotFound is what Get and GetUint64 return for a key never set. Its
@@ -23,20 +34,22 @@ const (
 // member from a failing store.
 var ErrKeyNotFound = errors.New("not found")
 
+// errStateTooLarge: a state that does not fit a slot.
+var errStateTooLarge = errors.New("raftlog: state larger than its slot")
+
 // state is what the state file holds.
 type state struct {
 	head uint64
 	kv   map[string][]byte
 }
 
-func (st state) encode() []byte {
+// appendBody appends st's head and keys, sorted.
+func (st state) appendBody(b []byte) []byte {
 	keys := make([]string, 0, len(st.kv))
 	for k := range st.kv {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	b := append([]byte(stateMagic), 0, 0, 0, 0)
-	binary.LittleEndian.PutUint32(b[len(stateMagic):], stateVersion)
 	b = binary.LittleEndian.AppendUint64(b, st.head)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(keys)))
 	for _, k := range keys {
@@ -45,25 +58,18 @@ func (st state) encode() []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(st.kv[k])))
 		b = append(b, st.kv[k]...)
 	}
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	return b
 }
 
-func decodeState(b []byte) (state, error) {
+// decodeBody decodes what appendBody appended.
+func decodeBody(p []byte) (state, error) {
 	st := state{kv: map[string][]byte{}}
-	if len(b) < len(stateMagic)+4+8+4+4 || string(b[:len(stateMagic)]) != stateMagic {
-		return st, errors.New("not a state file")
+	if len(p) < 12 {
+		return st, errors.New("cut short")
 	}
-	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
-	if crc32.Checksum(body, castagnoli) != sum {
-		return st, errors.New("checksum mismatch")
-	}
-	p := body[len(stateMagic):]
-	if v := binary.LittleEndian.Uint32(p); v != stateVersion {
-		return st, fmt.Errorf("format version %d, want %d", v, stateVersion)
-	}
-	st.head = binary.LittleEndian.Uint64(p[4:])
-	n := binary.LittleEndian.Uint32(p[12:])
-	p = p[16:]
+	st.head = binary.LittleEndian.Uint64(p)
+	n := binary.LittleEndian.Uint32(p[8:])
+	p = p[12:]
 	field := func() ([]byte, bool) {
 		if len(p) < 4 {
 			return nil, false
@@ -76,11 +82,16 @@ func decodeState(b []byte) (state, error) {
 		p = p[4+l:]
 		return f, true
 	}
-	for range n {
+	var prev []byte
+	for i := range n {
 		k, ok := field()
 		if !ok {
 			return st, errors.New("key past the end")
 		}
+		if i > 0 && string(k) <= string(prev) {
+			return st, errors.New("keys out of order") // written sorted, each once
+		}
+		prev = k
 		v, ok := field()
 		if !ok {
 			return st, errors.New("value past the end")
@@ -93,52 +104,145 @@ func decodeState(b []byte) (state, error) {
 	return st, nil
 }
 
-// readState reads dir's state file; a directory without one has the zero
-// state.
-func readState(dir string) (state, error) {
+// encodeSlot returns the slot of st written as the seq-th state: its
+// header, body and checksum, padded to stateSlotBytes.
+func encodeSlot(st state, seq uint64) ([]byte, error) {
+	b := make([]byte, slotHeader, stateSlotBytes)
+	copy(b, stateMagic)
+	binary.LittleEndian.PutUint32(b[8:], stateVersion)
+	binary.LittleEndian.PutUint64(b[12:], seq)
+	b = st.appendBody(b)
+	if len(b)+4 > stateSlotBytes {
+		return nil, fmt.Errorf("%w: %d bytes", errStateTooLarge, len(b)+4)
+	}
+	binary.LittleEndian.PutUint32(b[20:], uint32(len(b)-slotHeader))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	return b[:stateSlotBytes], nil
+}
+
+// decodeSlot decodes a slot: its state and sequence.
+func decodeSlot(b []byte) (state, uint64, error) {
+	if len(b) < slotHeader+4 || string(b[:len(stateMagic)]) != stateMagic {
+		return state{}, 0, errors.New("not a state slot")
+	}
+	if v := binary.LittleEndian.Uint32(b[8:]); v != stateVersion {
+		return state{}, 0, fmt.Errorf("format version %d, want %d", v, stateVersion)
+	}
+	seq := binary.LittleEndian.Uint64(b[12:])
+	n := binary.LittleEndian.Uint32(b[20:])
+	if uint64(n) > uint64(len(b)-slotHeader-4) {
+		return state{}, 0, errors.New("body past the slot's end")
+	}
+	end := slotHeader + int(n)
+	if crc32.Checksum(b[:end], castagnoli) != binary.LittleEndian.Uint32(b[end:]) {
+		return state{}, 0, errors.New("checksum mismatch")
+	}
+	st, err := decodeBody(b[slotHeader:end])
+	return st, seq, err
+}
+
+// decodeStateV1 decodes a version 1 state file: magic, version, body,
+// checksum.
+func decodeStateV1(b []byte) (state, error) {
+	if len(b) < len(stateMagic)+4+8+4+4 || string(b[:len(stateMagic)]) != stateMagic {
+		return state{}, errors.New("not a state file")
+	}
+	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return state{}, errors.New("checksum mismatch")
+	}
+	if v := binary.LittleEndian.Uint32(body[len(stateMagic):]); v != stateVersionV1 {
+		return state{}, fmt.Errorf("format version %d, want %d", v, stateVersionV1)
+	}
+	return decodeBody(body[len(stateMagic)+4:])
+}
+
+// stateFileOf is the open state file of a store: two slots, the state
+// written last in the slot of its sequence's parity.
+type stateFileOf struct {
+	f   *os.File
+	seq uint64 // the sequence of the state written last
+}
+
+// openState opens dir's state file and returns the state it holds: the
+// slot with the higher sequence of those that check out (the other is an
+// older state, or one whose write a crash cut). A directory without a
+// state file gets one, holding the zero state; a version 1 file is
+// rewritten as version 2 (once, through state.tmp and a rename).
+func openState(dir string) (*stateFileOf, state, error) {
 	path := filepath.Join(dir, stateFile)
 	os.Remove(path + ".tmp") // a write that did not reach its rename
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return state{kv: map[string][]byte{}}, nil
+	b, err := readStateBytes(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return createState(dir, state{kv: map[string][]byte{}})
+	case err != nil:
+		return nil, state{}, err
+	case len(b) != 2*stateSlotBytes:
+		st, err := decodeStateV1(b)
+		if err != nil {
+			return nil, state{}, &CorruptError{Path: path, Reason: err.Error()}
+		}
+		return createState(dir, st)
 	}
+	st0, seq0, err0 := decodeSlot(b[:stateSlotBytes])
+	st1, seq1, err1 := decodeSlot(b[stateSlotBytes:])
+	var st state
+	var seq uint64
+	switch {
+	case err0 != nil && err1 != nil:
+		return nil, state{}, &CorruptError{Path: path, Reason: "neither slot checks out: " + err0.Error() + "; " + err1.Error()}
+	case err1 != nil || err0 == nil && seq0 > seq1:
+		st, seq = st0, seq0
+	default:
+		st, seq = st1, seq1
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return state{}, err
+		return nil, state{}, fmt.Errorf("raftlog: %w", err)
+	}
+	return &stateFileOf{f: f, seq: seq}, st, nil
+}
+
+// readStateBytes reads the state file at path, at most maxStateBytes.
+func readStateBytes(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return state{}, err
+		return nil, err
 	}
 	if fi.Size() > maxStateBytes {
-		return state{}, &CorruptError{Path: path, Reason: fmt.Sprintf("%d bytes, more than %d", fi.Size(), maxStateBytes)}
+		return nil, &CorruptError{Path: path, Reason: fmt.Sprintf("%d bytes, more than %d", fi.Size(), maxStateBytes)}
 	}
 	b := make([]byte, fi.Size())
 	if _, err := f.ReadAt(b, 0); err != nil {
-		return state{}, err
+		return nil, err
 	}
-	st, err := decodeState(b)
-	if err != nil {
-		return state{}, &CorruptError{Path: path, Reason: err.Error()}
-	}
-	return st, nil
+	return b, nil
 }
 
-// writeState replaces dir's state file with st, on the device when it
-// returns: written to a temporary file, fsynced, renamed over the old one,
-// and the directory fsynced.
-func writeState(dir string, st state) error {
+// createState writes a state file holding st in both slots (sequences 0
+// and 1): written to state.tmp, fsynced, renamed over state, and the
+// directory fsynced. It takes the file's space once; every later write
+// overwrites a slot in place.
+func createState(dir string, st state) (*stateFileOf, state, error) {
 	path := filepath.Join(dir, stateFile)
-	f, err := os.OpenFile(path+".tmp", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	s0, err := encodeSlot(st, 0)
 	if err != nil {
-		return err
+		return nil, state{}, err
 	}
-	_, err = f.Write(st.encode())
+	s1, _ := encodeSlot(st, 1)
+	f, err := os.OpenFile(path+".tmp", os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, state{}, fmt.Errorf("raftlog: %w", err)
+	}
+	_, err = f.Write(append(s0, s1...))
 	if err == nil {
 		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	if err == nil {
 		err = os.Rename(path+".tmp", path)
@@ -147,9 +251,29 @@ func writeState(dir string, st state) error {
 		err = syncDir(dir)
 	}
 	if err != nil {
+		f.Close()
 		os.Remove(path + ".tmp")
-		return fmt.Errorf("raftlog: write %s: %w", path, err)
+		return nil, state{}, fmt.Errorf("raftlog: write %s: %w", path, err)
 	}
+	return &stateFileOf{f: f, seq: 1}, st, nil
+}
+
+// write makes st the state, on the device when it returns: written over
+// the older slot, and fsynced. A crash while it writes leaves that slot
+// failing its checksum and the other, the state before, in force.
+func (sf *stateFileOf) write(st state) error {
+	seq := sf.seq + 1
+	b, err := encodeSlot(st, seq)
+	if err != nil {
+		return err
+	}
+	if _, err := sf.f.WriteAt(b, int64(seq%2)*stateSlotBytes); err != nil {
+		return fmt.Errorf("raftlog: write %s: %w", sf.f.Name(), err)
+	}
+	if err := sf.f.Sync(); err != nil {
+		return fmt.Errorf("raftlog: sync %s: %w", sf.f.Name(), err)
+	}
+	sf.seq = seq
 	return nil
 }
 
@@ -178,7 +302,7 @@ func (s *Store) Set(key, val []byte) error {
 		st.kv[k] = v
 	}
 	st.kv[string(key)] = append([]byte(nil), val...)
-	if err := writeState(s.dir, st); err != nil {
+	if err := s.stateFile.write(st); err != nil {
 		return err
 	}
 	s.state = st

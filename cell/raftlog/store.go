@@ -83,6 +83,8 @@ type Store struct {
 	// failed and left the files in a state the store no longer knows.
 	failed error
 	state  state
+	// stateFile holds state (state.go).
+	stateFile *stateFileOf
 	// segs are the log's segments in index order; the last one is written.
 	segs []*segment
 	// first and last are the log's first and last indexes, 0 if empty.
@@ -122,11 +124,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("raftlog: %w", err)
 	}
-	st, err := readState(dir)
+	sf, st, err := openState(dir)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, opts: opts, state: st}
+	s := &Store{dir: dir, opts: opts, state: st, stateFile: sf}
 	if err := s.load(); err != nil {
 		s.closeFiles()
 		return nil, err
@@ -394,7 +396,7 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 		// An emptied log starts again below its old head: drop the head.
 		st := s.state
 		st.head = 0
-		if err := writeState(s.dir, st); err != nil {
+		if err := s.stateFile.write(st); err != nil {
 			return err
 		}
 		s.state = st
@@ -522,7 +524,7 @@ func (s *Store) DeleteRange(min, max uint64) error {
 func (s *Store) deleteHead(head uint64) error {
 	st := s.state
 	st.head = head
-	if err := writeState(s.dir, st); err != nil {
+	if err := s.stateFile.write(st); err != nil {
 		return err
 	}
 	s.state = st
@@ -614,6 +616,7 @@ func (s *Store) Close() error {
 }
 
 func (s *Store) closeFiles() {
+	s.stateFile.f.Close()
 	for _, g := range s.segs {
 		g.f.Close()
 	}

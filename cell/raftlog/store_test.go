@@ -2,8 +2,10 @@ package raftlog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -250,14 +252,80 @@ func TestStable(t *testing.T) {
 	if _, err := s.Get([]byte("CurrentTerm")); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Get after Close: %v, want ErrClosed", err)
 	}
-	// A state file that does not check out refuses the store: raft's
-	// vote cannot be guessed.
+	// A slot that does not check out is a write a crash cut short: the
+	// other slot, the state before it, is in force.
 	path := filepath.Join(dir, stateFile)
-	b, _ := os.ReadFile(path)
-	b[len(b)/2] ^= 1
+	good, _ := os.ReadFile(path)
+	if len(good) != 2*stateSlotBytes {
+		t.Fatalf("state file of %d bytes, want two slots of %d", len(good), stateSlotBytes)
+	}
+	_, seq0, _ := decodeSlot(good[:stateSlotBytes])
+	_, seq1, _ := decodeSlot(good[stateSlotBytes:])
+	newer := 0
+	if seq1 > seq0 {
+		newer = stateSlotBytes
+	}
+	b := append([]byte(nil), good...)
+	b[newer+30] ^= 1
+	os.WriteFile(path, b, 0o600)
+	s = open(t, dir, Options{})
+	if v, err := s.GetUint64([]byte("CurrentTerm")); err != nil || v != 7 {
+		t.Fatalf("CurrentTerm with its last write cut = %d, %v, want 7", v, err)
+	}
+	if _, err := s.Get([]byte("LastVoteCand")); err == nil {
+		t.Fatal("LastVoteCand read from a slot that does not check out")
+	}
+	s.Close()
+	// Neither slot checks out: the store is refused, as raft's vote
+	// cannot be guessed.
+	b = append([]byte(nil), good...)
+	b[30] ^= 1
+	b[stateSlotBytes+30] ^= 1
 	os.WriteFile(path, b, 0o600)
 	if _, err := Open(dir, Options{}); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Open with a corrupt state file: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestStateV1 opens a store whose state file is of version 1 (one record,
+// rewritten whole by rename): it is read, and rewritten as two slots.
+func TestStateV1(t *testing.T) {
+	dir := t.TempDir()
+	st := state{head: 5, kv: map[string][]byte{"CurrentTerm": {9, 0, 0, 0, 0, 0, 0, 0}}}
+	b := append([]byte(stateMagic), 1, 0, 0, 0)
+	b = st.appendBody(b)
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	if err := os.WriteFile(filepath.Join(dir, stateFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, dir, Options{})
+	if v, err := s.GetUint64([]byte("CurrentTerm")); err != nil || v != 9 {
+		t.Fatalf("CurrentTerm = %d, %v, want 9", v, err)
+	}
+	if err := s.SetUint64([]byte("CurrentTerm"), 10); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if fi, err := os.Stat(filepath.Join(dir, stateFile)); err != nil || fi.Size() != 2*stateSlotBytes {
+		t.Fatalf("state file after open: %v, %v; want two slots", fi, err)
+	}
+	s = open(t, dir, Options{})
+	if v, err := s.GetUint64([]byte("CurrentTerm")); err != nil || v != 10 {
+		t.Fatalf("CurrentTerm after reopen = %d, %v, want 10", v, err)
+	}
+	s.Close()
+}
+
+// TestStateTooLarge: a state that does not fit its slot is refused, and
+// the state before it stays.
+func TestStateTooLarge(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	defer s.Close()
+	if err := s.Set([]byte("big"), make([]byte, stateSlotBytes)); !errors.Is(err, errStateTooLarge) {
+		t.Fatalf("Set of %d bytes: %v, want errStateTooLarge", stateSlotBytes, err)
+	}
+	if _, err := s.Get([]byte("big")); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("Get after a refused Set: %v", err)
 	}
 }
 
