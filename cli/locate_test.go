@@ -16,8 +16,23 @@ func TestListingAcrossRegistries(t *testing.T) {
 	a, stopA := startUpStoppable(t, "lobby")
 	b, stopB := startUpStoppable(t, "dev")
 	u := newTestUser(t, a+","+b)
-	out := u.ok(t, "groups", "--json")
-	if !strings.Contains(out, `"name":"lobby"`) || !strings.Contains(out, `"name":"dev"`) || strings.Count(out, "\n") != 2 {
+	// A registry that answers more than 250 ms after the first is left out
+	// of that command's listing (README: one that is down costs a command
+	// at most that; the text names it on stderr, below): with the machine
+	// loaded, the second of two cold handshakes can be that late (this
+	// failed 2 runs in 16, eight at once), so ask until one command hears
+	// both.
+	var out string
+	for deadline := time.Now().Add(waitTimeout); ; {
+		out = u.ok(t, "groups", "--json")
+		if strings.Contains(out, `"name":"lobby"`) && strings.Contains(out, `"name":"dev"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("groups from both registries, for %v:\n%s", waitTimeout, out)
+		}
+	}
+	if strings.Count(out, "\n") != 2 {
 		t.Fatalf("groups from both registries:\n%s", out)
 	}
 
