@@ -174,7 +174,7 @@ func TestCellThreeDaemons(t *testing.T) {
 	}
 	short := id.Fingerprint().Short()
 	text = u.ok(t, "cell", "status", "--server", hosts[2].addr)
-	if !strings.Contains(text, "cell of 4 members") || !strings.Contains(text, "unreachable, catching up (no vote)  -") || !strings.Contains(text, "\nunreachable:\n") || !strings.Contains(text, "\n  "+gone+": ") || !strings.Contains(text, "\n  "+short+": ") {
+	if !strings.Contains(text, "cell of 4 members") || !strings.Contains(text, "unreachable, catching up (no vote)  -") || !strings.Contains(text, "\nunreachable:\n") || !strings.Contains(text, "\n  "+gone) || !strings.Contains(text, "\n  "+short+": ") {
 		t.Fatalf("cell status with a member added that does not run:\n%s", text)
 	}
 	var js struct {
