@@ -63,6 +63,15 @@ type DiskConfig struct {
 	Dir string
 	// Fsync is the durability policy.
 	Fsync FsyncPolicy
+	// WriteBehind lets appends leave their records in memory, to be
+	// written together: once this many bytes are pending, at every sync
+	// (each Fsync.Interval, [DiskLog.Durable], [DiskLog.Sync]), before a
+	// segment is sealed, and at Close. 0, the default, writes each
+	// record before Append returns. Only for a log whose every append is
+	// kept durable elsewhere until a Sync covers it: a crash (kill -9)
+	// loses the pending records, which the log's owner must append again
+	// (a cell's state machine replays them from raft's log).
+	WriteBehind int
 	// SegmentBytes is the size past which a segment file is sealed and
 	// the next begun. 0 means min(DefaultSegmentBytes, MaxBytes/8), at
 	// least 1 MiB. A segment is also sealed once it holds MaxMessages/8
@@ -78,6 +87,8 @@ func (c DiskConfig) Validate() error {
 		return fmt.Errorf("%w: Dir is required", ErrInvalidConfig)
 	case c.Fsync.Interval < 0:
 		return fmt.Errorf("%w: fsync interval %v is negative", ErrInvalidConfig, c.Fsync.Interval)
+	case c.WriteBehind < 0:
+		return fmt.Errorf("%w: WriteBehind %d is negative", ErrInvalidConfig, c.WriteBehind)
 	case c.SegmentBytes < 0 || c.SegmentBytes > maxDiskSegment:
 		return fmt.Errorf("%w: SegmentBytes %d: want 0 to %d", ErrInvalidConfig, c.SegmentBytes, maxDiskSegment)
 	}
@@ -115,11 +126,13 @@ type DiskLog struct {
 	epoch  uint64
 	segMax int64 // seal a segment file past this many bytes,
 	segMsg int   // or this many messages
+	behind int   // write once this many bytes are pending (WriteBehind)
 
 	wmu     sync.Mutex // serialises writers; guards the fields below
 	f       *os.File   // the active segment, open for writing; nil when not writable
 	fbase   uint64     // its base
-	fsize   int64      // its length: the end of its last whole record
+	fsize   int64      // the end of its last record, pending or written
+	pend    []byte     // records encoded, not written yet: the file ends at fsize-len(pend)
 	fcount  int        // messages in it
 	enc     *recordEncoder
 	idx     []idxEntry // its index so far
@@ -127,7 +140,6 @@ type DiskLog struct {
 	segs    []segFile  // every segment file, oldest first; the last is active
 	tailSeq uint64     // last message written (== mem's)
 	tailT   int64
-	buf     []byte
 	failed  error     // sticky: ErrFailed
 	roErr   error     // why f is nil (ErrNotWritable)
 	roTried time.Time // when f was last tried
@@ -183,6 +195,7 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 		d.segMax = min(DefaultSegmentBytes, max(1<<20, mem.lim.maxBytes/8))
 	}
 	d.segMsg = max(1, mem.lim.maxMessages/8)
+	d.behind = cfg.WriteBehind
 	start := time.Now()
 	rec, err := d.recover()
 	if err != nil {
@@ -238,9 +251,11 @@ func (d *DiskLog) Last() uint64 { return d.mem.Last() }
 // Stats is [Log.Stats].
 func (d *DiskLog) Stats() Stats { return d.mem.Stats() }
 
-// Append writes batch, stamped, as one record to the newest segment file,
-// then stores it in memory (see [Log.Append] for what it checks). Once it
-// returns the batch is written to the operating system; under
+// Append encodes batch, stamped, as one record of the newest segment file,
+// writes it, then stores it in memory (see [Log.Append] for what it
+// checks). Once it returns the batch is written to the operating system,
+// unless the log lets writes lag (DiskConfig.WriteBehind): then the record
+// may wait in memory, with the records after it, for the next write. Under
 // FsyncPolicy.Always, readers see it only once [DiskLog.Durable] has
 // synced it. Retention then deletes the files whose messages are all gone.
 //
@@ -266,33 +281,60 @@ func (d *DiskLog) Append(batch []Entry) error {
 			return err
 		}
 	}
-	d.buf = d.enc.encode(d.buf[:0], batch)
-	if int64(len(d.buf))-recHeaderSize > maxRecord {
+	start := len(d.pend)
+	d.pend = d.enc.encode(d.pend, batch)
+	n := int64(len(d.pend) - start)
+	if n-recHeaderSize > maxRecord {
+		d.pend = d.pend[:start]
 		d.enc.undo()
-		return fmt.Errorf("store: append a record of %d bytes: %w", len(d.buf), ErrBatchTooLarge)
+		return fmt.Errorf("store: append a record of %d bytes: %w", n, ErrBatchTooLarge)
 	}
-	if _, err := d.f.WriteAt(d.buf, d.fsize); err != nil {
-		d.enc.undo()
-		// Cut back what part of the record was written, whatever the
-		// count says: os.File.WriteAt does not count the bytes of a
-		// short write that ended in an error.
-		if terr := d.f.Truncate(d.fsize); terr != nil {
-			d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
-			return d.failed
+	at := d.fsize
+	d.fsize += n
+	if len(d.pend) >= d.behind {
+		if err := d.write(); err != nil {
+			d.pend, d.fsize = d.pend[:start], at
+			d.enc.undo()
+			return err
 		}
-		return fmt.Errorf("%w: write %s: %w", ErrNotWritable, d.f.Name(), err)
 	}
-	if d.fcount == 0 || d.fsize-d.idxAt >= indexInterval {
-		d.idx = append(d.idx, idxEntry{seq: batch[0].Seq, time: batch[0].Time, offset: d.fsize})
-		d.idxAt = d.fsize
+	if d.fcount == 0 || at-d.idxAt >= indexInterval {
+		d.idx = append(d.idx, idxEntry{seq: batch[0].Seq, time: batch[0].Time, offset: at})
+		d.idxAt = at
 	}
-	d.fsize += int64(len(d.buf))
 	d.fcount += len(batch)
 	last := &batch[len(batch)-1]
 	d.tailSeq, d.tailT = last.Seq, last.Time
 	d.segs[len(d.segs)-1].last, d.segs[len(d.segs)-1].lastTime = last.Seq, last.Time
 	d.mem.appendChecked(batch) // checked above, under d.wmu: memory's one writer
 	d.retain()
+	return nil
+}
+
+// maxKeptPend bounds the buffer of pending records kept from one write to
+// the next.
+const maxKeptPend = 4 << 20
+
+// write writes the pending records at the end of the active segment. On
+// error none of them is in the file (a partial write is cut back) and
+// they stay pending, unless the cut failed: then the log has failed. d.wmu
+// is held.
+func (d *DiskLog) write() error {
+	at := d.fsize - int64(len(d.pend))
+	if _, err := d.f.WriteAt(d.pend, at); err != nil {
+		// Cut back what part of the records was written, whatever the
+		// count says: os.File.WriteAt does not count the bytes of a
+		// short write that ended in an error.
+		if terr := d.f.Truncate(at); terr != nil {
+			d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
+			return d.failed
+		}
+		return fmt.Errorf("%w: write %s: %w", ErrNotWritable, d.f.Name(), err)
+	}
+	if cap(d.pend) > maxKeptPend {
+		d.pend = nil
+	}
+	d.pend = d.pend[:0]
 	return nil
 }
 
@@ -308,7 +350,7 @@ func (d *DiskLog) writable() error {
 	d.roTried = time.Now()
 	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
-		err = f.Truncate(d.fsize) // a torn tail found while read-only
+		err = f.Truncate(d.fsize) // a torn tail found while read-only (nothing is pending)
 		if err != nil {
 			f.Close()
 		}
@@ -331,6 +373,11 @@ func (d *DiskLog) writable() error {
 // the next, empty but for its header, synced with its directory entry. On
 // error the active segment stays as it was. d.wmu is held.
 func (d *DiskLog) rotate() error {
+	if len(d.pend) > 0 {
+		if err := d.write(); err != nil {
+			return err
+		}
+	}
 	if err := d.f.Sync(); err != nil {
 		d.failed = fmt.Errorf("%w: fsync %s: %v", ErrFailed, d.f.Name(), err)
 		return d.failed
@@ -406,8 +453,11 @@ func (d *DiskLog) Expire(now time.Time) {
 // Durable returns once the messages up to seq are as durable as an ack
 // promises: at once unless the policy syncs always; else once an fsync
 // covers them, one fsync for every caller waiting meanwhile (group commit),
-// and then readers see them. Errors: ErrFailed (the fsync failed: the log
-// refuses appends from then on).
+// and then readers see them. (With WriteBehind under the interval policy,
+// they may not be written yet: the log's owner keeps them durable.)
+// Errors: ErrNotWritable (the pending records could not be written: tried
+// again at the next call) and ErrFailed (the fsync failed: the log refuses
+// appends from then on).
 func (d *DiskLog) Durable(seq uint64) error {
 	if !d.policy.Always {
 		return nil
@@ -415,8 +465,10 @@ func (d *DiskLog) Durable(seq uint64) error {
 	return d.syncTo(seq)
 }
 
-// Sync fsyncs everything appended so far (and publishes it under
-// FsyncPolicy.Always), sharing the fsync with concurrent callers.
+// Sync writes what is pending, then fsyncs everything appended so far (and
+// publishes it under FsyncPolicy.Always), sharing the fsync with concurrent
+// callers. Errors: ErrNotWritable (the pending records could not be
+// written: they stay pending) and ErrFailed.
 func (d *DiskLog) Sync() error {
 	d.wmu.Lock()
 	seq := d.tailSeq
@@ -444,6 +496,9 @@ func (d *DiskLog) syncTo(seq uint64) error {
 		d.smu.Lock()
 		d.syncing = false
 		d.scond.Broadcast()
+		if errors.Is(err, ErrNotWritable) {
+			return err // pending records not written (a full disk): tried again
+		}
 		if err != nil {
 			d.syncErr = err
 			d.wmu.Lock()
@@ -462,11 +517,17 @@ func (d *DiskLog) syncTo(seq uint64) error {
 	return nil
 }
 
-// fsync syncs the active segment and returns the last sequence number it
-// covers; it publishes them under FsyncPolicy.Always. (Sealed segments were
-// synced when sealed.)
+// fsync writes the pending records, syncs the active segment and returns
+// the last sequence number it covers; it publishes them under
+// FsyncPolicy.Always. (Sealed segments were synced when sealed.)
 func (d *DiskLog) fsync() (uint64, error) {
 	d.wmu.Lock()
+	if len(d.pend) > 0 {
+		if err := d.write(); err != nil {
+			d.wmu.Unlock()
+			return 0, err
+		}
+	}
 	target, f := d.tailSeq, d.f
 	d.fmu.RLock()
 	d.wmu.Unlock()
@@ -513,7 +574,8 @@ func (d *DiskLog) syncLoop(every time.Duration) {
 	}
 }
 
-// Close stops the sync loop, syncs what is written, and closes the files.
+// Close stops the sync loop, writes and syncs what is appended, and closes
+// the files.
 // Appends after Close fail with ErrFailed. Messages read from the log
 // must not be used after Close: the bodies of history read back at Open
 // are the files' mappings, unmapped here (mapped.go). It is safe to call

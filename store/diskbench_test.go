@@ -2,8 +2,6 @@ package store
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -22,21 +20,6 @@ func benchBatch(dst []Entry, k int, seq uint64, t int64, n int) []Entry {
 }
 
 var diskBody [256]byte
-
-// dirBytes returns the bytes of the segment files in dir.
-func dirBytes(b *testing.B, dir string) int64 {
-	b.Helper()
-	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
-	var n int64
-	for _, s := range segs {
-		st, err := os.Stat(s)
-		if err != nil {
-			b.Fatal(err)
-		}
-		n += st.Size()
-	}
-	return n
-}
 
 // BenchmarkDiskAppend appends batches of 256-byte messages under the
 // default policy (written to the OS before Append returns), and reports

@@ -36,6 +36,7 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 	case seq < d.tailSeq:
 		return fmt.Errorf("store: reset to %d, behind the tail %d: %w", seq, d.tailSeq, ErrOutOfOrder)
 	}
+	d.pend = d.pend[:0] // records of the files deleted below
 	d.fmu.Lock()
 	if d.f != nil {
 		d.f.Close()
