@@ -32,11 +32,15 @@ type Log interface {
 	// Lookup appends one ack per entry of batch: the original's stamps,
 	// Duplicate set, for an ID the log remembers; else the zero Ack.
 	Lookup(batch []store.Entry, acks []store.Ack) []store.Ack
-	// Append stores batch as stamped, all of it or none.
+	// Append stores batch as stamped, all of it or none. Readers see it
+	// at once; its write to a file may wait until Sync (a group log on
+	// disk lets its writes lag, store.DiskConfig.WriteBehind): raft's log
+	// holds the entry meanwhile, and a restart replays what the log lost.
 	Append(batch []store.Entry) error
 	// After appends up to limit messages after seq to dst.
 	After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor)
-	// Sync returns once everything appended is on the device.
+	// Sync returns once everything appended is written and on the
+	// device. A snapshot waits for it before raft may drop the entries.
 	Sync() error
 	// Reset empties the log and makes it stand after seq, at time t: the
 	// next message appended is seq+1, after t. A replica catching up from
@@ -95,10 +99,13 @@ var errNoGroup = errors.New("cell: no such group")
 // A send is applied by appending its messages, as the leader stamped them,
 // to the group's log. The log's tail says how far it is applied: when raft
 // replays entries after a restart, a send whose messages the log holds
-// already is skipped. So a snapshot need not hold messages: it records
-// each group's position (and members), after syncing the logs to it; a
-// replica whose log is behind a snapshot it restores catches up from a
-// peer (catchup.go), and then raft replays what follows.
+// already is skipped, and one whose messages it lost (appended, but not
+// written to its files before the daemon died: Log.Append) is appended
+// again. So a snapshot need not hold messages: it records each group's
+// position (and members), after syncing the logs to it, and only then may
+// raft drop the entries before it; a replica whose log is behind a
+// snapshot it restores catches up from a peer (catchup.go), and then raft
+// replays what follows.
 type fsm struct {
 	host    Host
 	log     *slog.Logger
@@ -419,6 +426,11 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 				return fmt.Errorf("cell: restore group %s: its log stands at %d, the snapshot at %d, and there is no peer to catch up from", sg.spec.Name, seq, sg.seq)
 			}
 			if err := f.catchUp(context.Background(), g, sg.seq, sg.time); err != nil {
+				return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
+			}
+			// What a peer sent is in no raft entry of this member's:
+			// written and synced now, not left for a later sync.
+			if err := g.log.Sync(); err != nil {
 				return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
 			}
 		}

@@ -5,8 +5,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -98,7 +101,12 @@ func (h *testHost) OpenGroup(spec GroupSpec) (Replica, error) {
 		}
 		l = m
 	} else {
-		d, _, err := store.Open(store.DiskConfig{Config: cfg, Dir: filepath.Join(h.dir, spec.ID.String())})
+		// As a daemon opens a cell's group log (groupd), but for the
+		// interval: records stay pending until a snapshot, WriteBehind
+		// bytes or Close, so that a member's crash loses them (see
+		// testMember.crashLosing) and raft must replay them.
+		d, _, err := store.Open(store.DiskConfig{Config: cfg, Dir: filepath.Join(h.dir, spec.ID.String()),
+			WriteBehind: 256 << 10, Fsync: store.FsyncPolicy{Interval: time.Hour}})
 		if err != nil {
 			return nil, err
 		}
@@ -299,6 +307,78 @@ func (m *testMember) stop() {
 func (m *testMember) crash() {
 	m.udp.Close()
 	m.stop()
+}
+
+// crashLosing stops m as a SIGKILL would, and leaves its group logs' files
+// as they were before it stopped: the records their logs held pending
+// (not written yet, as WriteBehind lets them) are lost. The logs must be
+// quiet meanwhile (no append): the files are copied one by one.
+func (m *testMember) crashLosing() {
+	m.t.Helper()
+	if m.host.dir == "" {
+		m.t.Fatal("crashLosing: the member's logs are in memory")
+	}
+	files := m.t.TempDir()
+	copyTree(m.t, m.host.dir, files)
+	m.crash() // closes the logs: pending records are written
+	if err := os.RemoveAll(m.host.dir); err != nil {
+		m.t.Fatal(err)
+	}
+	copyTree(m.t, files, m.host.dir)
+}
+
+// heldOnDisk returns the last message the files of a stopped member's
+// log of group hold.
+func (m *testMember) heldOnDisk(group wire.UUID) uint64 {
+	m.t.Helper()
+	d, _, err := store.Open(store.DiskConfig{Dir: filepath.Join(m.host.dir, group.String())})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer d.Close()
+	seq, _ := d.Tail()
+	return seq
+}
+
+// snapshotIndex returns the index of m's latest raft snapshot.
+func (m *testMember) snapshotIndex() uint64 {
+	s, _ := strconv.ParseUint(m.node.raft.Stats()["last_snapshot_index"], 10, 64)
+	return s
+}
+
+// follower waits for a leader and returns another running member.
+func (c *testCell) follower() *testMember {
+	c.t.Helper()
+	l := c.leader()
+	for _, m := range c.members {
+		if m != l && m.node != nil {
+			return m
+		}
+	}
+	c.t.Fatal("no follower running")
+	return nil
+}
+
+// copyTree copies the directory tree from into to.
+func copyTree(t testing.TB, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(to, rel), 0o700)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(to, rel), data, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // restart stops m and starts it again with the same key, address and

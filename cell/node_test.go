@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -455,6 +456,49 @@ func TestRestartReplays(t *testing.T) {
 	c.sameLogs(g.ID, 75)
 	if r := follower.host.replica(g.ID); r.memberCount() != 0 || r.log.Epoch() != g.Epoch {
 		t.Fatalf("restarted: epoch %d, want %d", r.log.Epoch(), g.Epoch)
+	}
+}
+
+// TestRestartAfterLostWrites: a member killed while its group log held
+// records not written yet (WriteBehind) comes back with its files alone,
+// behind what it had applied and acknowledged; raft replays the entries
+// the log lacks, and every replica ends with the same gapless history.
+// A follower first, then the leader; then again after the logs were
+// synced by snapshots (compaction), with records pending since.
+func TestRestartAfterLostWrites(t *testing.T) {
+	for _, compact := range []bool{false, true} {
+		t.Run(fmt.Sprint("compacting=", compact), func(t *testing.T) {
+			var mutate func(*Config)
+			if compact {
+				mutate = compacting
+			}
+			c := newTestCell(t, 3, true, mutate)
+			g := c.leader().group("lobby")
+			n := 0
+			for _, victim := range []string{"follower", "leader"} {
+				before := c.leader().snapshotIndex()
+				c.sendMany(g.ID, n, 300) // 60 raft entries: past the threshold
+				n += 300
+				if compact {
+					c.leader().waitSnapshot(before)
+					c.sendMany(g.ID, n, 20) // pending since the snapshot
+					n += 20
+				}
+				m := c.leader()
+				if victim == "follower" {
+					m = c.follower()
+				}
+				m.waitLast(g.ID, uint64(n))
+				m.crashLosing()
+				if got := m.heldOnDisk(g.ID); got >= uint64(n) {
+					t.Fatalf("%s %s: its files hold all %d messages: nothing pending was lost", victim, m.addr, got)
+				}
+				c.restart(m)
+				c.sendMany(g.ID, n, 25)
+				n += 25
+				c.sameLogs(g.ID, n)
+			}
+		})
 	}
 }
 
