@@ -100,7 +100,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	d := h.d
 	retention := d.cfg.Retention
 	retention.Epoch, retention.DedupWindow = spec.Epoch, spec.DedupWindow
-	l, err := d.openLog(spec.ID, spec.Name, retention)
+	l, err := d.openLog(spec.ID, spec.Name, retention, true)
 	if err != nil {
 		return nil, err
 	}

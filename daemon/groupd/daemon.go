@@ -267,8 +267,8 @@ type Daemon struct {
 	order  []*group             // the groups served, in configuration order (not those whose log is broken)
 
 	// openLog opens a group's log as the storage configuration says
-	// (openStorageLog).
-	openLog func(group wire.UUID, name string, retention store.Config) (Log, error)
+	// (openStorageLog); replicated for a cell's group.
+	openLog func(group wire.UUID, name string, retention store.Config, replicated bool) (Log, error)
 
 	registered atomic.Bool                   // some registry lists every group now (see Readiness)
 	regs       atomic.Pointer[registrations] // set once registration runs
@@ -403,7 +403,7 @@ func (d *Daemon) loadLocked() error {
 		if err != nil {
 			return err
 		}
-		log, err := d.openLog(gid, spec.Name, d.cfg.Retention)
+		log, err := d.openLog(gid, spec.Name, d.cfg.Retention, false)
 		if err != nil {
 			log = nil
 		}

@@ -388,8 +388,8 @@ func TestLogRefusesAppends(t *testing.T) {
 	d, err := New(cfg)
 	must(t, err)
 	var log *refusingLog
-	d.openLog = func(id wire.UUID, name string, retention store.Config) (Log, error) {
-		inner, err := d.openStorageLog(id, name, retention)
+	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
+		inner, err := d.openStorageLog(id, name, retention, replicated)
 		log = &refusingLog{Log: inner}
 		return log, err
 	}
