@@ -614,3 +614,26 @@ func TestCellRegistryFollowsLeaderAtOnce(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestCellFsyncAlways: under --fsync always a cell's acks rest on raft's
+// log, fsynced; the group logs are copies that sync on their own schedule.
+// A message acknowledged is served at once by every replica (it once
+// waited, unseen, for the next snapshot to sync the group log).
+func TestCellFsyncAlways(t *testing.T) {
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Storage.Fsync.Always = true })
+	_, g := cellLeader(t, members)
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	msgs := outgoing("one", "two")
+	var sent wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: msgs}, &sent))
+	for _, m := range members {
+		got, _, err := dial(t, m.d.Addr(), m.fp, key).fetch(wire.Fetch{Group: g, MinSeq: sent.Acks[1].Seq})
+		if err != nil {
+			t.Fatalf("fetch from %s: %v", m.addr, err)
+		}
+		if len(got) != 2 || got[1].Seq != sent.Acks[1].Seq {
+			t.Fatalf("%s serves %d messages, want the 2 acknowledged", m.addr, len(got))
+		}
+	}
+}

@@ -87,7 +87,8 @@ const cellWriteBehind = 256 << 10
 // openLog opens a group's log as cfg.Storage says: in memory, or on disk,
 // read back and reported on (a torn tail cut, history lost and a new
 // epoch begun, a read-only directory). replicated says the group is a
-// cell's: its writes may lag behind its appends (cellWriteBehind).
+// cell's: its writes may lag behind its appends (cellWriteBehind), and
+// it syncs every interval whatever the policy (STORAGE.md, "Durability").
 func (d *Daemon) openStorageLog(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
 	s := d.cfg.Storage
 	if s.Memory {
@@ -95,6 +96,11 @@ func (d *Daemon) openStorageLog(id wire.UUID, name string, retention store.Confi
 	}
 	cfg := store.DiskConfig{Config: retention, Dir: s.logDir(id), Fsync: s.Fsync, SegmentBytes: s.SegmentBytes}
 	if replicated {
+		// A copy of what raft's log holds durably (fsynced per append
+		// under always): it syncs every interval and before each raft
+		// snapshot, and never holds messages back from readers until a
+		// sync, which a cell's ack does not wait for.
+		cfg.Fsync = store.FsyncPolicy{Interval: s.Fsync.Interval}
 		cfg.WriteBehind = cellWriteBehind
 	}
 	l, rec, err := store.Open(cfg)
