@@ -266,12 +266,15 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		}
 		return leader.AppliedIndex - min(leader.AppliedIndex, st.AppliedIndex), true
 	}
-	// A daemon removed from the cell still answers with the configuration
-	// it last applied, which no longer lists it: say so, rather than show
-	// the cell as if the daemon asked were part of it.
-	removed := !slices.ContainsFunc(first.Members, func(m wire.Replica) bool { return m.Fingerprint == first.Self.Fingerprint })
+	// A daemon started to join a cell (--cell-join) that no member has
+	// added yet knows of no configuration at all; one removed from the
+	// cell still answers with the configuration it last applied, which no
+	// longer lists it. Say which, rather than show the cell as if the
+	// daemon asked were part of it.
+	waiting := len(first.Members) == 0
+	removed := !waiting && !slices.ContainsFunc(first.Members, func(m wire.Replica) bool { return m.Fingerprint == first.Self.Fingerprint })
 	if asJSON {
-		var members []map[string]any
+		members := []map[string]any{}
 		for _, v := range views {
 			m := map[string]any{"addr": v.replica.Addr, "fingerprint": v.replica.Fingerprint.String(), "voter": !v.replica.CatchingUp}
 			if v.replica.CatchingUp {
@@ -290,7 +293,10 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			members = append(members, m)
 		}
 		out := map[string]any{"members": members}
-		if removed {
+		switch {
+		case waiting:
+			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false, "waiting": true}
+		case removed:
 			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false}
 		}
 		if leader != nil {
@@ -303,6 +309,11 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			out["groups"] = groups
 		}
 		return printJSON(env.Stdout, out)
+	}
+	if waiting {
+		fmt.Fprintf(env.Stdout, "%s at %s is waiting to be added to a cell (it knows of no member yet): on a member's host, HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER %s@%s\n",
+			first.Self.Fingerprint.Short(), first.Self.Addr, first.Self.Fingerprint, first.Self.Addr)
+		return nil
 	}
 	if removed {
 		fmt.Fprintf(env.Stdout, "%s at %s is not a member of this cell (it was removed); the cell it left:\n", first.Self.Fingerprint.Short(), first.Self.Addr)

@@ -41,6 +41,7 @@ type cellStatusJSON struct {
 		Addr        string `json:"addr"`
 		Fingerprint string `json:"fingerprint"`
 		Member      bool   `json:"member"`
+		Waiting     bool   `json:"waiting"`
 	} `json:"asked"`
 	Term    uint64           `json:"term"`
 	Members []cellMemberJSON `json:"members"`
@@ -97,6 +98,15 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	// The operator, on the first member's host: its key, from its state
 	// directory, while its daemon runs.
 	op := &user{name: "operator", home: members[0].dir, dir: t.TempDir(), registry: reg.registry}
+	// Asked before it is added, the newcomer says it waits to be (it used
+	// to say it had been removed, above an empty table).
+	if text := op.ok(t, "cell", "status", "--server", newcomer.addr); !strings.HasPrefix(text, newcomer.fp.Short()+" at "+newcomer.addr+" is waiting to be added") ||
+		!strings.Contains(text, "huddle cell add --server MEMBER "+newcomer.fp.String()+"@"+newcomer.addr) {
+		t.Fatalf("huddle cell status at the daemon waiting to be added:\n%s", text)
+	}
+	if st := cellStatus(t, op, newcomer.addr); st.Asked == nil || st.Asked.Member || !st.Asked.Waiting || len(st.Members) != 0 {
+		t.Fatalf("huddle cell status --json at the daemon waiting to be added: %+v", st)
+	}
 	out := op.ok(t, "cell", "add", "--server", members[1].addr, newcomer.fp.String()+"@"+newcomer.addr)
 	if !strings.Contains(out, newcomer.fp.String()+"@"+newcomer.addr) || strings.Count(out, "@") != 4 ||
 		!strings.Contains(out, "caught up and votes now") || strings.Contains(out, "no vote yet") {
