@@ -33,6 +33,10 @@ func TestLocalRegistryWithoutMulticast(t *testing.T) {
 	requireOwnNetNS(t)
 	d := startDaemon(t, "up", "--listen", "127.0.0.1:7373", "--state-dir", filepath.Join(t.TempDir(), "state"))
 	u := newUser(t, "alice", d.registry)
+	// The daemon registers lobby a moment after it prints it: under load
+	// (20) over a second later, after a verb run at once had listed
+	// nothing. Wait for the listing, through the registry's address.
+	waitListed(t, u, d.groups["lobby"])
 	env := []string{}
 	for _, e := range u.env(t) {
 		if !strings.HasPrefix(e, "HUDDLE_REGISTRY=") {
