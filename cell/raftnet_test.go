@@ -16,7 +16,7 @@ import (
 
 // raftNetPair is a raftNet dialing from a to b, and b's, whose RPCs a
 // goroutine answers as serveTestRPC does.
-func raftNetPair(t *testing.T) (a, b *raftNet, bAddr raft.ServerAddress, heartbeats *atomic.Int64) {
+func raftNetPair(t testing.TB) (a, b *raftNet, bAddr raft.ServerAddress, heartbeats *atomic.Int64) {
 	t.Helper()
 	aID, bID := mustIdentity(t), mustIdentity(t)
 	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)

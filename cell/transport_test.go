@@ -21,7 +21,7 @@ type transportPair struct {
 	bAddr    string
 }
 
-func newTransport(t *testing.T, id *identity.Identity, peers []Peer, listen bool) (*Transport, string) {
+func newTransport(t testing.TB, id *identity.Identity, peers []Peer, listen bool) (*Transport, string) {
 	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -65,7 +65,7 @@ func newTransport(t *testing.T, id *identity.Identity, peers []Peer, listen bool
 	return tr, addr
 }
 
-func mustIdentity(t *testing.T) *identity.Identity {
+func mustIdentity(t testing.TB) *identity.Identity {
 	id, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
