@@ -582,7 +582,10 @@ type streamConn struct {
 func (c *streamConn) Read(p []byte) (int, error) {
 	n, err := c.str.Read(p)
 	c.noteIO(n, err)
-	if err != nil && c.t != nil {
+	if err == nil {
+		return n, nil // closedAsEOF's and asLinkError's targets would each cost an allocation
+	}
+	if c.t != nil {
 		// Raft's server side (an accepted stream) alone tells the end
 		// of a connection by io.EOF itself; on a dialed one, the peer
 		// stopping is the link's failure too.
