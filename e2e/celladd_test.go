@@ -75,6 +75,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	group := cellGroupLine(t, members[0])
 
 	ann := newUser(t, "ann", reg.registry)
+	waitCellListed(t, ann, group)
 	ann.join(t, "general")
 	var history []string
 	for i := range 5 {
@@ -234,6 +235,20 @@ func cellGroupLine(t *testing.T, m *cellMember) string {
 	return group
 }
 
+// waitCellListed waits until the registry lists the cell's group. Its
+// members register it a moment after they print it: at load 23 a join
+// right after the line came first ('no such group', TestCellMetricsMatchStatus
+// in 1 full e2e run of 3).
+func waitCellListed(t *testing.T, u *user, group string) {
+	t.Helper()
+	if !eventually(waitTimeout, func() bool {
+		r := u.run(t, "groups", "--json")
+		return r.code == 0 && strings.Contains(r.stdout, `"uuid":"`+group+`"`)
+	}) {
+		t.Fatalf("the registry never listed the cell's group %s", group)
+	}
+}
+
 // cellStatus runs huddle cell status --json at server.
 func cellStatus(t *testing.T, u *user, server string) cellStatusJSON {
 	t.Helper()
@@ -318,8 +333,9 @@ func TestCellMetricsMatchStatus(t *testing.T) {
 		m.start(t)
 		metrics[m.addr] = metricsAddr(t, &daemon{proc: m.p, args: m.args})
 	}
-	cellGroupLine(t, members[0])
+	group := cellGroupLine(t, members[0])
 	ann := newUser(t, "ann", reg.registry)
+	waitCellListed(t, ann, group)
 	ann.join(t, "general")
 	ann.ok(t, "send", "general", "one")
 	ann.ok(t, "send", "general", "two")

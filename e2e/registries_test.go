@@ -39,7 +39,15 @@ func TestSeveralRegistries(t *testing.T) {
 	if len(listed) != 2 {
 		t.Errorf("listing %+v: want each group once", listed)
 	}
-	if out := alice.ok(t, "groups"); !strings.Contains(out, "REGISTRIES") || !strings.Contains(out, "2 of 2") {
+	// A registry that answers more than 250 ms after the first is left out
+	// of that command's listing (README): under load (23) the second of two
+	// cold handshakes was that late and one command listed one registry's
+	// groups. Ask until one hears both.
+	var out string
+	if !eventually(waitTimeout, func() bool {
+		out = alice.ok(t, "groups")
+		return strings.Contains(out, "REGISTRIES") && strings.Contains(out, "2 of 2")
+	}) {
 		t.Errorf("groups with two registries answering:\n%s", out)
 	}
 	alice.ok(t, "join", "lobby", "--as", "alice")
