@@ -290,6 +290,8 @@ type peer struct {
 	// is going away.
 	stopped time.Time
 	dialled time.Time // when conn was dialled
+
+	requests requestQueue // small requests, written together (requests.go)
 }
 
 // noticeClose records when conn was closed, if its server closed it
@@ -500,24 +502,38 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 		stop := context.AfterFunc(ctx, func() { cancelStream(st) })
 		defer stop()
 	}
-	if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
-		if !stoppedByServer(err) || ctx.Err() != nil {
-			st.CancelRead(codeCancelled)
-			st.CancelWrite(codeCancelled)
-			return false, ctxErr(ctx, err)
+	// A small request is queued, and written with the others queued with
+	// it by whichever caller flushes the queue (this one, maybe, already);
+	// a larger one is written here.
+	queued := p.requests.queue(st, op, args)
+	if queued == nil {
+		if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
+			if !stoppedByServer(err) || ctx.Err() != nil {
+				cancelStream(st)
+				return false, ctxErr(ctx, err)
+			}
+			// The server stopped reading (STOP_SENDING) because what it
+			// read already made it refuse the request, a frame over its
+			// limit for instance; its Error frame follows (PROTOCOL.md
+			// §3). quic-go has reset the sending side for us.
+		} else {
+			st.Close()
 		}
-		// The server stopped reading (STOP_SENDING) because what it read
-		// already made it refuse the request, a frame over its limit for
-		// instance; its Error frame follows (PROTOCOL.md §3). quic-go has
-		// reset the sending side for us.
-	} else {
-		st.Close()
 	}
 	buf := responseBufs.Get().(*[]byte)
 	defer putResponseBuf(buf)
 	for {
 		kind, f, err := readResponse(st, buf)
 		if err != nil {
+			if handed, werr := queued.writeHandedBack(); handed {
+				// The flusher could not write the request without
+				// blocking, and woke this read to have it written here.
+				if werr != nil && (!stoppedByServer(werr) || ctx.Err() != nil) {
+					cancelStream(st)
+					return false, ctxErr(ctx, werr)
+				}
+				continue
+			}
 			st.CancelRead(codeCancelled)
 			var we *wire.Error
 			switch {
