@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -183,15 +184,29 @@ func readFrame(r *bufio.Reader) (byte, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: a frame of %d bytes, more than %d", errMalformed, n, maxFrameBytes)
 	}
 	r.Discard(frameHeader)
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	// The body's buffer grows with the bytes that arrive, past the first
+	// MiB: a length alone does not make a member allocate.
+	body := make([]byte, min(n, frameAllocStep))
+	for read := 0; ; {
+		k, err := io.ReadFull(r, body[read:])
+		read += k
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, nil, err
 		}
-		return 0, nil, err
+		if read == int(n) {
+			return typ, body, nil
+		}
+		more := min(int(n)-read, len(body))
+		body = slices.Grow(body, more)[:len(body)+more]
 	}
-	return typ, body, nil
 }
+
+// frameAllocStep is the most a frame's buffer is allocated ahead of its
+// bytes: beyond it the buffer doubles as they arrive.
+const frameAllocStep = 1 << 20
 
 // getConn returns an idle stream to target, or opens one.
 func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {

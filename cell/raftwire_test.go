@@ -3,8 +3,10 @@ package cell
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -214,4 +216,21 @@ func FuzzDecodeRaftResponse(f *testing.F) {
 			decodeResponse(want, typ, body, resp)
 		}
 	})
+}
+
+// TestReadFrameGrows reads frames longer than frameAllocStep whole, and
+// refuses one whose bytes end before its length.
+func TestReadFrameGrows(t *testing.T) {
+	for _, n := range []int{frameAllocStep, frameAllocStep + 1, 3*frameAllocStep + 7} {
+		body := bytes.Repeat([]byte{7}, n)
+		b := append([]byte{rpcAppendEntries, 0, 0, 0, 0}, body...)
+		binary.BigEndian.PutUint32(b[1:], uint32(n))
+		typ, got, err := readFrame(bufio.NewReader(bytes.NewReader(b)))
+		if err != nil || typ != rpcAppendEntries || !bytes.Equal(got, body) {
+			t.Fatalf("frame of %d bytes: type %d, %d bytes, %v", n, typ, len(got), err)
+		}
+		if _, _, err := readFrame(bufio.NewReader(bytes.NewReader(b[:len(b)-1]))); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("frame of %d bytes cut short: %v", n, err)
+		}
+	}
 }
