@@ -89,12 +89,12 @@ type TransportConfig struct {
 	Logger *slog.Logger
 }
 
-// Transport carries a cell's traffic over QUIC, under ALPN: it is raft's
-// StreamLayer (each raft connection is a QUIC stream, many of them on one
-// QUIC connection per peer and direction), and it serves and dials the
-// catch-up streams of replicas brought up to date (catchup.go). Both ends
-// present their keys (mutual TLS), and only keys of the cell's members are
-// accepted.
+// Transport carries a cell's traffic over QUIC, under ALPN: it dials and
+// accepts the streams raft's RPCs ride (raftNet's: each a QUIC stream,
+// many of them on one QUIC connection per peer and direction), and it
+// serves and dials the catch-up streams of replicas brought up to date
+// (catchup.go). Both ends present their keys (mutual TLS), and only keys
+// of the cell's members are accepted.
 //
 // Its methods are safe for concurrent use. Close closes every connection,
 // dialed or handled, and waits for the goroutines it started.
@@ -379,7 +379,7 @@ func (t *Transport) handle(kind byte, h func(ctx context.Context, peer wire.Fing
 	t.mu.Unlock()
 }
 
-// Accept returns the next raft connection a peer opened (net.Listener).
+// Accept returns the next raft stream a peer opened (for raftNet).
 func (t *Transport) Accept() (net.Conn, error) {
 	select {
 	case c := <-t.accepted:
@@ -393,8 +393,8 @@ func (t *Transport) Accept() (net.Conn, error) {
 // raft takes it for the local server's address.
 func (t *Transport) Addr() net.Addr { return t.local }
 
-// Dial opens a raft connection to the member at address (raft's
-// StreamLayer): a new stream on the QUIC connection to it, dialed first if
+// Dial opens a raft stream to the member at address (for raftNet): a new
+// stream on the QUIC connection to it, dialed first if
 // there is none. It returns an error wrapping ErrUnknownPeer for an
 // address that is not a member's, and *identity.MismatchError if the
 // daemon there presents another key than the member's.
