@@ -7,6 +7,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"slices"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -42,7 +43,29 @@ func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 	if lv > slog.LevelDebug && aboutLink(msg, args) {
 		lv = slog.LevelDebug
 	}
-	a.l.Log(context.Background(), lv, msg, args...)
+	a.l.Log(context.Background(), lv, msg, formatted(args)...)
+}
+
+// formatted replaces raft's hclog.Fmt values (a format and its operands,
+// which slog would print as the bare list) with the text they stand for.
+// The caller's args are not changed.
+func formatted(args []any) []any {
+	out := args
+	for i, v := range args {
+		f, ok := v.(hclog.Format)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		format, ok := f[0].(string)
+		if !ok {
+			continue
+		}
+		if &out[0] == &args[0] {
+			out = slices.Clone(args)
+		}
+		out[i] = fmt.Sprintf(format, f[1:]...)
+	}
+	return out
 }
 
 // aboutLink reports whether raft's line msg is about the link to a member
