@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -476,17 +478,26 @@ func TestRestartAfterLostWrites(t *testing.T) {
 			g := c.leader().group("lobby")
 			n := 0
 			for _, victim := range []string{"follower", "leader"} {
-				before := c.leader().snapshotIndex()
-				c.sendMany(g.ID, n, 300) // 60 raft entries: past the threshold
-				n += 300
-				if compact {
-					c.leader().waitSnapshot(before)
-					c.sendMany(g.ID, n, 20) // pending since the snapshot
-					n += 20
-				}
 				m := c.leader()
 				if victim == "follower" {
 					m = c.follower()
+				}
+				c.sendMany(g.ID, n, 300) // 60 raft entries: past the threshold
+				n += 300
+				if compact {
+					// The victim's snapshot, which writes its logs out, must
+					// cover all of these and come before the messages meant
+					// to be pending (4 entries: under the threshold). Each
+					// member snapshots on its own timer, and under load a
+					// follower's came after them, leaving nothing pending to
+					// lose (2 of 3 runs of the package at load 20, when the
+					// test waited for the leader's): take it now.
+					m.waitLast(g.ID, uint64(n))
+					if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+						t.Fatalf("%s %s: snapshot: %v", victim, m.addr, err)
+					}
+					c.sendMany(g.ID, n, 20) // pending since the snapshot
+					n += 20
 				}
 				m.waitLast(g.ID, uint64(n))
 				m.crashLosing()
