@@ -506,19 +506,19 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 	// it by whichever caller flushes the queue (this one, maybe, already);
 	// a larger one is written here.
 	queued := p.requests.queue(st, op, args)
-	if queued == nil {
-		if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
-			if !stoppedByServer(err) || ctx.Err() != nil {
-				cancelStream(st)
-				return false, ctxErr(ctx, err)
-			}
-			// The server stopped reading (STOP_SENDING) because what it
-			// read already made it refuse the request, a frame over its
-			// limit for instance; its Error frame follows (PROTOCOL.md
-			// §3). quic-go has reset the sending side for us.
-		} else {
-			st.Close()
+	if queued != nil {
+		defer p.requests.done()
+	} else if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
+		if !stoppedByServer(err) || ctx.Err() != nil {
+			cancelStream(st)
+			return false, ctxErr(ctx, err)
 		}
+		// The server stopped reading (STOP_SENDING) because what it read
+		// already made it refuse the request, a frame over its limit for
+		// instance; its Error frame follows (PROTOCOL.md §3). quic-go has
+		// reset the sending side for us.
+	} else {
+		st.Close()
 	}
 	buf := responseBufs.Get().(*[]byte)
 	defer putResponseBuf(buf)

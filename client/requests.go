@@ -28,7 +28,9 @@ import (
 // the goroutines ready before it (runtime.Gosched puts it behind them):
 // the callers woken with it queue their requests meanwhile, and the
 // flusher writes them all before the sender runs, in one packet where they
-// fit. The others read their replies without waiting for it.
+// fit. The others read their replies without waiting for it. A caller
+// whose call is the peer's only one does not yield: no other request is
+// coming, and a program's other goroutines would delay it for nothing.
 //
 // A request the flusher cannot write without blocking (the connection's
 // flow-control credit is spent) is handed back to its caller, woken from
@@ -43,6 +45,8 @@ const maxCoalescedRequest = 1200
 // requestQueue holds the small requests of a peer's callers until one of
 // them flushes it.
 type requestQueue struct {
+	calls atomic.Int32 // calls whose request was queued and which have not ended (done)
+
 	mu       sync.Mutex
 	queued   []*queuedRequest
 	spare    []*queuedRequest // the slice the flusher took last time, emptied
@@ -64,7 +68,8 @@ var queuedFrames = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalesced
 // queue encodes op's request and queues it for st, flushing the queue if
 // no other caller is, and returns the queued request; or it returns nil
 // if the frame is too large to queue or does not encode: the caller then
-// writes it itself (wire.WriteRequest, which reports the error).
+// writes it itself (wire.WriteRequest, which reports the error). A caller
+// given a request calls done when its call ends.
 func (q *requestQueue) queue(st *quic.Stream, op wire.Op, args any) *queuedRequest {
 	bp := queuedFrames.Get().(*[]byte)
 	frame, err := wire.AppendFrame((*bp)[:0], uint64(op), args)
@@ -77,17 +82,23 @@ func (q *requestQueue) queue(st *quic.Stream, op wire.Op, args any) *queuedReque
 	}
 	*bp = frame
 	r := &queuedRequest{st: st, frame: bp}
+	others := q.calls.Add(1) > 1
 	q.mu.Lock()
 	q.queued = append(q.queued, r)
 	flush := !q.flushing
 	q.flushing = true
 	q.mu.Unlock()
 	if flush {
-		runtime.Gosched() // behind the callers ready now: their requests join this one
+		if others {
+			runtime.Gosched() // behind the callers ready now: their requests join this one
+		}
 		q.flush()
 	}
 	return r
 }
+
+// done ends a call whose request was queued.
+func (q *requestQueue) done() { q.calls.Add(-1) }
 
 // flush writes every queued request, and those queued meanwhile, and ends
 // their streams' sending sides.
