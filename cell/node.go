@@ -292,6 +292,9 @@ type Node struct {
 	// it votes there: not while it is catching up (members.go).
 	member, voter atomic.Bool
 
+	// live is raft once Start has started it (running).
+	live atomic.Pointer[raft.Raft]
+
 	mu      sync.Mutex
 	started bool
 	closed  bool
@@ -408,6 +411,7 @@ func (n *Node) Start() error {
 		n.configured(f.Configuration())
 	}
 	n.started = true
+	n.live.Store(r)
 	n.tr.warm()
 	n.wg.Add(2)
 	go n.leaderLoop()
@@ -594,15 +598,10 @@ func (n *Node) leading() (uint64, error) {
 	return 0, &NotLeaderError{Leader: leader}
 }
 
-// running returns raft once Start has started it, else nil.
-func (n *Node) running() *raft.Raft {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if !n.started {
-		return nil
-	}
-	return n.raft
-}
+// running returns raft once Start has started it, else nil. It takes no
+// lock: Start holds n.mu while raft restores its snapshot, and the state
+// machine's restore may catch a group up from a peer, which asks Leader.
+func (n *Node) running() *raft.Raft { return n.live.Load() }
 
 // Leading returns nil if this member leads the cell, ready to stamp
 // sends; else a *NotLeaderError naming the leader it knows of, or
