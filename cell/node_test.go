@@ -123,9 +123,11 @@ func TestDuplicatesAcrossLeaders(t *testing.T) {
 // original's, and every member holds the same messages.
 func TestConcurrentSendsShareEntries(t *testing.T) {
 	// Slow elections: the test holds one leader's state machine, and needs
-	// that leader to stay, whatever the machine's load.
+	// that leader to stay, whatever the machine's load. A 1 s lease was
+	// not enough under -race at load 20: the leader stepped down twice
+	// (failed to contact quorum) before the test's sends reached it.
 	c := newTestCell(t, 3, false, func(cfg *Config) {
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 3*time.Second
 	})
 	l := c.leader()
 	g := l.group("lobby")
