@@ -534,9 +534,15 @@ func TestLaggingMemberCatchesUp(t *testing.T) {
 		}
 	}
 	lagger.waitLast(g.ID, 20)
+	// The leader must snapshot past what its log keeps beyond the
+	// lagger's last entry (TrailingLogs), so that the lagger needs the
+	// snapshot. (A fixed 60 was flaky under load: when raft's snapshot
+	// check came late, the first snapshot fell near 60 and the 80
+	// entries sent did not reach the threshold for a second one.)
+	lagged := lagger.node.raft.LastIndex()
 	lagger.stop()
 	c.sendMany(g.ID, 20, 400)
-	c.leader().waitSnapshot(60)
+	c.leader().waitSnapshot(lagged + 8 + 1) // compacting's TrailingLogs
 	lagger.host = newTestHost(lagger.host.dir)
 	c.start(lagger, false)
 	c.sendMany(g.ID, 420, 10)
