@@ -268,20 +268,8 @@ func TestWebRecovers(t *testing.T) {
 // say "no groups yet": TestWebRecovers failed so under load.)
 func TestWebKeepsUnlistedGroup(t *testing.T) {
 	t.Parallel()
-	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	state := t.TempDir()
-	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state)
-	lobby := gd.groups["lobby"]
-	alice, bob := newUser(t, "alice", reg.registry), newUser(t, "bob", reg.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
-
-	b := newBrowser(t, 1000, 700)
-	b.open(alice.web(t))
-	b.openJoined(lobby)
-	bob.ok(t, "send", "lobby", "one")
-	b.waitFor("the first message", hasMessage("one"))
+	w := startLobbyPage(t)
+	reg, state, gd, lobby, bob, b := w.reg, w.state, w.gd, w.lobby, w.bob, w.b
 
 	// The daemon stops: it deregisters lobby, and the registry, still up,
 	// lists nothing. The page hears so at its next poll.
@@ -421,20 +409,8 @@ func TestWebFollowsMovedGroup(t *testing.T) {
 }
 
 func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
-	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	state := t.TempDir()
-	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state)
-	lobby := gd.groups["lobby"]
-	alice, bob := newUser(t, "alice", reg.registry), newUser(t, "bob", reg.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
-
-	b := newBrowser(t, 1000, 700)
-	b.open(alice.web(t))
-	b.openJoined(lobby)
-	bob.ok(t, "send", "lobby", "one")
-	b.waitFor("the first message", hasMessage("one"))
+	w := startLobbyPage(t)
+	reg, state, gd, lobby, bob, b := w.reg, w.state, w.gd, w.lobby, w.bob, w.b
 
 	g := fmt.Sprintf(`window.huddle.state.groups.get(%s)`, jsString(lobby))
 	if kill {
@@ -483,4 +459,33 @@ func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
 	if out := bob.ok(t, "fetch", "lobby"); strings.Count(out, "two, typed while lobby was away") != 1 {
 		t.Errorf("the daemon holds:\n%s\nwant the typed message once", out)
 	}
+}
+
+// lobbyPage is a registry, a daemon hosting lobby (its state in state),
+// alice and bob joined, and alice's huddle web open on lobby, showing the
+// message "one" bob sent.
+type lobbyPage struct {
+	reg, gd    *daemon
+	state      string
+	lobby      string
+	alice, bob *user
+	b          *browser
+}
+
+func startLobbyPage(t *testing.T) lobbyPage {
+	t.Helper()
+	w := lobbyPage{reg: startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir()), state: t.TempDir()}
+	w.gd = startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", "127.0.0.1:0", "--state-dir", w.state)
+	w.lobby = w.gd.groups["lobby"]
+	w.alice, w.bob = newUser(t, "alice", w.reg.registry), newUser(t, "bob", w.reg.registry)
+	waitListed(t, w.alice, w.lobby)
+	w.alice.join(t, "lobby")
+	w.bob.join(t, "lobby")
+
+	w.b = newBrowser(t, 1000, 700)
+	w.b.open(w.alice.web(t))
+	w.b.openJoined(w.lobby)
+	w.bob.ok(t, "send", "lobby", "one")
+	w.b.waitFor("the first message", hasMessage("one"))
+	return w
 }
