@@ -23,16 +23,7 @@ func TestCellThreeDaemons(t *testing.T) {
 	var peers []string
 	for range 3 {
 		dir := t.TempDir()
-		id, err := identity.LoadOrCreate(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := udp.LocalAddr().String()
-		udp.Close()
+		id, addr := cellHost(t, dir)
 		hosts = append(hosts, host{dir, addr, id.Fingerprint().String()})
 		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+addr)
 	}
@@ -157,17 +148,8 @@ func TestCellThreeDaemons(t *testing.T) {
 	// A member added whose daemon does not run: it stays a member that
 	// does not vote, and status says so in its row, in text as in --json
 	// (the text used to say only "unreachable", like a voter that is down).
-	dir := t.TempDir()
-	id, err := identity.LoadOrCreate(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	absent := id.Fingerprint().String() + "@" + udp.LocalAddr().String()
-	udp.Close()
+	id, addr := cellHost(t, t.TempDir())
+	absent := id.Fingerprint().String() + "@" + addr
 	op := &testUser{home: hosts[0].dir, registry: regAddr} // a member's key
 	if out := op.ok(t, "cell", "add", "--wait", "0", "--server", hosts[0].addr, absent); !strings.Contains(out, absent+"  (catching up: no vote yet)") {
 		t.Fatalf("cell add --wait 0 of a daemon that does not run printed:\n%s", out)
@@ -209,4 +191,20 @@ func leaderOf(g groupJSON) string {
 		}
 	}
 	return ""
+}
+
+// cellHost makes a member's key in dir and picks a free UDP address on
+// 127.0.0.1 for it (closed again: the member's daemon binds it).
+func cellHost(t *testing.T, dir string) (*identity.Identity, string) {
+	t.Helper()
+	id, err := identity.LoadOrCreate(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	return id, udp.LocalAddr().String()
 }
