@@ -319,9 +319,9 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		fmt.Fprintf(env.Stdout, "%s at %s is not a member of this cell (it was removed); the cell it left:\n", first.Self.Fingerprint.Short(), first.Self.Addr)
 	}
 	if leader != nil {
-		fmt.Fprintf(env.Stdout, "cell of %d members; leader %s at %s, term %d\n", len(views), leader.Self.Fingerprint.Short(), leader.Self.Addr, leader.Term)
+		fmt.Fprintf(env.Stdout, "cell of %s; leader %s at %s, term %d\n", count(uint64(len(views)), "member", "members"), leader.Self.Fingerprint.Short(), leader.Self.Addr, leader.Term)
 	} else {
-		fmt.Fprintf(env.Stdout, "cell of %d members; no member leads now (an election, or no majority)\n", len(views))
+		fmt.Fprintf(env.Stdout, "cell of %s; no member leads now (an election, or no majority)\n", count(uint64(len(views)), "member", "members"))
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tADDRESS\tSTATE\tTERM\tAPPLIED\tLAG\tLAST CONTACT")
@@ -351,7 +351,9 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		switch {
 		case st.State == "leader":
 			contact = "(leader)"
-		case st.LastContact >= 0:
+		case st.LastContact == 0:
+			contact = "under 1ms ago" // the status is in whole milliseconds
+		case st.LastContact > 0:
 			contact = (time.Duration(st.LastContact) * time.Millisecond).String() + " ago"
 		case st.LastContact < 0:
 			contact = "never"
@@ -367,7 +369,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	if leader != nil && len(leader.Groups) > 0 {
 		var names []string
 		for _, g := range leader.Groups {
-			names = append(names, fmt.Sprintf("%s (%d messages, %d members)", g.Name, g.Last, g.Members))
+			names = append(names, fmt.Sprintf("%s (%s, %s)", g.Name, count(g.Last, "message", "messages"), count(uint64(g.Members), "member", "members")))
 		}
 		fmt.Fprintf(env.Stdout, "groups: %s\n", strings.Join(names, ", "))
 	}

@@ -105,7 +105,7 @@ func TestCellThreeDaemons(t *testing.T) {
 	for deadline = time.Now().Add(waitTimeout); ; {
 		text := u.ok(t, "cell", "status", "--server", hosts[0].addr)
 		var lacks string
-		for _, want := range []string{"cell of 3 members; leader", "APPLIED", "LAG", "(leader)", "general (1 messages, 1 members)"} {
+		for _, want := range []string{"cell of 3 members; leader", "APPLIED", "LAG", "(leader)", "general (1 message, 1 member)"} {
 			if !strings.Contains(text, want) {
 				lacks = want
 				break
