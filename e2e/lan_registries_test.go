@@ -99,6 +99,11 @@ func TestLANRegistries(t *testing.T) {
 			t.Errorf("%s: %d leases expired while the LAN was steady", reg.name, n)
 		}
 	}
+	if t.Failed() {
+		for _, d := range append([]*lanDaemon{regA, regB}, groupDaemons...) {
+			t.Logf("%s log:\n%s", d.name, d.log())
+		}
+	}
 	t.Logf("steady for %v: each group registered once at each registry, 0 lease expiries", steadyFor)
 	for _, d := range groupDaemons {
 		if n := strings.Count(d.log(), "registry found over mDNS"); n != 2 {

@@ -144,6 +144,9 @@ type Daemon struct {
 	id     *identity.Identity // set by Listen
 	lock   *statedir.Held     // the state directory's, held from Listen to Close
 	leases *leaseTable
+	// awake is when the registry last looked at its leases' clock
+	// (resumedLocked): a sweep, or a call that finds a lease.
+	awake time.Time
 }
 
 // New returns a registry for cfg. It does no I/O; Listen or Serve load the
@@ -445,9 +448,10 @@ func (r *Daemon) list(c *server.Call) error {
 }
 
 // sweepLoop drops lapsed leases periodically, so they are logged and freed
-// even when nobody lists.
+// even when nobody lists. It ticks often (sweepEvery) so that a tick much
+// later than that tells the registry it was not running (resumedLocked).
 func (r *Daemon) sweepLoop() {
-	t := time.NewTicker(max(r.cfg.LeaseTTL/2, 10*time.Millisecond))
+	t := time.NewTicker(r.sweepEvery())
 	defer t.Stop()
 	for {
 		select {
@@ -461,7 +465,31 @@ func (r *Daemon) sweepLoop() {
 	}
 }
 
+// sweepEvery is the period of sweepLoop: a tenth of the TTL.
+func (r *Daemon) sweepEvery() time.Duration { return max(r.cfg.LeaseTTL/10, 10*time.Millisecond) }
+
+// resumedLocked moves every lease's expiry on by the time the registry
+// itself was not running, as seen at now: the time since it last looked
+// (awake), less one sweep period, when that is more than two sweep periods
+// (sweepLoop looks every period while the registry runs). A registry
+// descheduled or stopped for a while (a loaded machine, SIGSTOP) would
+// otherwise drop, on resuming, the leases whose renewals wait unread in its
+// socket: with a 3 s TTL renewed every second, a 2.5 s pause of the
+// registry alone lapsed every lease (e2e TestLANRegistries). A daemon that
+// stopped renewing still lapses one TTL of the registry's running time
+// after its last renewal. r.mu is held.
+func (r *Daemon) resumedLocked(now time.Time) {
+	every := r.sweepEvery()
+	if gap := now.Sub(r.awake); !r.awake.IsZero() && gap > 2*every {
+		for _, l := range r.leases.byID {
+			l.expires = l.expires.Add(gap - every)
+		}
+	}
+	r.awake = now
+}
+
 func (r *Daemon) sweepLocked(now time.Time) {
+	r.resumedLocked(now)
 	for _, l := range r.leases.byID {
 		if !now.Before(l.expires) {
 			r.expireLocked(l)
@@ -473,6 +501,7 @@ func (r *Daemon) sweepLocked(now time.Time) {
 // lapsed is dropped (and logged) here rather than left for the sweep, so
 // that its group is free at once. r.mu is held.
 func (r *Daemon) leaseLocked(group wire.UUID, now time.Time) (*lease, bool) {
+	r.resumedLocked(now)
 	l, ok := r.leases.byID[group]
 	if ok && !now.Before(l.expires) {
 		r.expireLocked(l)

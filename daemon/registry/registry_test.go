@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,6 +176,42 @@ func TestRegistryLeaseExpiresByClock(t *testing.T) {
 	clk <- now.Add(time.Hour)
 	if got := listGroups(t, p).Groups; len(got) != 0 {
 		t.Fatalf("got %+v after the TTL passed, want none", got)
+	}
+}
+
+// TestRegistryLeaseSurvivesItsPause checks that time the registry itself
+// was not running does not lapse leases: a registry paused longer than a
+// renewal's slack (a loaded machine, SIGSTOP) finds, on resuming, renewals
+// waiting in its socket for leases its clock says lapsed. Leases of a
+// registry that kept running still lapse one TTL after their last renewal.
+func TestRegistryLeaseSurvivesItsPause(t *testing.T) {
+	const ttl = 3 * time.Second
+	var mu sync.Mutex
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	r := startRegistry(t, Config{LeaseTTL: ttl, Now: clock})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	kept, dropped := uuid.New(), uuid.New()
+	var lease wire.Lease
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: kept, Name: "kept", Port: 1}, &lease))
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: dropped, Name: "dropped", Port: 1}, nil))
+
+	// The registry does not run for 5 s, longer than the TTL; the renewals
+	// sent meanwhile are read on resuming.
+	advance(5 * time.Second)
+	peertest.Must(t, p.Call(wire.OpRenew, wire.Renew{Group: kept, Epoch: lease.Epoch}, nil))
+	peertest.Must(t, p.Call(wire.OpRenew, wire.Renew{Group: dropped, Epoch: lease.Epoch}, nil))
+
+	// Running, the registry sees the time pass in steps shorter than its
+	// sweep period; kept is renewed, dropped is not, and lapses.
+	for range 2 * ttl / (100 * time.Millisecond) {
+		advance(100 * time.Millisecond)
+		peertest.Must(t, p.Call(wire.OpRenew, wire.Renew{Group: kept, Epoch: lease.Epoch}, nil))
+	}
+	peertest.WantCode(t, p.Call(wire.OpRenew, wire.Renew{Group: dropped, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
+	if got := listGroups(t, p).Groups; len(got) != 1 || got[0].Name != "kept" {
+		t.Fatalf("got %+v, want kept only", got)
 	}
 }
 
