@@ -449,13 +449,7 @@ func TestRestartReplays(t *testing.T) {
 	c := newTestCell(t, 3, true, nil)
 	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 50)
-	var follower *testMember
-	for _, m := range c.members {
-		if m != c.leader() {
-			follower = m
-			break
-		}
-	}
+	follower := c.follower()
 	follower.waitLast(g.ID, 50)
 	c.restart(follower)
 	c.sendMany(g.ID, 50, 25)

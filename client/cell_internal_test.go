@@ -62,20 +62,7 @@ func TestCellAttemptGivesUpOnHandshake(t *testing.T) {
 // server here reads requests and never answers them, and an attempt on it
 // is still waiting, not given up as silent, when its own deadline ends it.
 func TestCellAttemptGivesUpOnSilence(t *testing.T) {
-	srv, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &quic.Transport{Conn: udp}
-	ln, err := tr.Listen(srv.ServerTLS(), &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, tr, ln := rawServer(t, &quic.Config{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer tr.Close() // and every connection on it
@@ -171,4 +158,26 @@ func TestPauseEndsAtTheBound(t *testing.T) {
 	if past(time.Time{}) || !past(time.Now().Add(-time.Millisecond)) {
 		t.Fatal("past: wrong about no bound or a bound passed")
 	}
+}
+
+// rawServer listens with quic-go alone on 127.0.0.1, under a new key, for
+// tests that play a member by hand. The caller closes tr (and with it every
+// connection) before it waits for the goroutines serving them.
+func rawServer(t *testing.T, cfg *quic.Config) (*identity.Identity, *quic.Transport, *quic.Listener) {
+	t.Helper()
+	srv, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	tr := &quic.Transport{Conn: udp}
+	ln, err := tr.Listen(srv.ServerTLS(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, tr, ln
 }

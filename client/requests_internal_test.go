@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"sync"
 	"testing"
@@ -24,20 +23,7 @@ import (
 // gets its reply.
 func TestQueuedRequestHandedBack(t *testing.T) {
 	const window = 4096
-	srv, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &quic.Transport{Conn: udp}
-	ln, err := tr.Listen(srv.ServerTLS(), &quic.Config{InitialConnectionReceiveWindow: window, MaxConnectionReceiveWindow: window})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, tr, ln := rawServer(t, &quic.Config{InitialConnectionReceiveWindow: window, MaxConnectionReceiveWindow: window})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer tr.Close() // and every connection on it
