@@ -145,7 +145,7 @@ type Daemon struct {
 	lock   *statedir.Held     // the state directory's, held from Listen to Close
 	leases *leaseTable
 	// awake is when the registry last looked at its leases' clock
-	// (resumedLocked): a sweep, or a call that finds a lease.
+	// (resumedLocked): a sweep, a listing, or a call that finds a lease.
 	awake time.Time
 }
 
@@ -439,6 +439,9 @@ func (r *Daemon) list(c *server.Call) error {
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
+	// A list read first on resuming, before the renewals queued behind it,
+	// judges the leases by the registry's running time, as the sweep does.
+	r.resumedLocked(now)
 	entries, next, err := r.leases.page(req.After, now)
 	r.mu.Unlock()
 	if err != nil {

@@ -157,23 +157,29 @@ func TestRegistryLeaseExpires(t *testing.T) {
 }
 
 // TestRegistryLeaseExpiresByClock checks expiry against the injected clock:
-// a listing hides a lease whose time has passed even before a sweep.
+// a listing hides a lease whose time has passed even before a sweep. The
+// registry sees the hour pass in steps shorter than its sweep period, as a
+// running registry does: one step of an hour would be a pause of the
+// registry, which lapses nothing (TestRegistryListsLeasesAfterItsPause).
 func TestRegistryLeaseExpiresByClock(t *testing.T) {
+	var mu sync.Mutex
 	now := time.Unix(1_700_000_000, 0)
-	clk := make(chan time.Time, 1)
-	clk <- now
-	r := startRegistry(t, Config{LeaseTTL: time.Hour, Now: func() time.Time {
-		t := <-clk
-		clk <- t
-		return t
-	}})
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	r := startRegistry(t, Config{LeaseTTL: time.Hour, Now: clock})
 	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "clocked", Port: 1}, nil))
 	if got := listGroups(t, p).Groups; len(got) != 1 || got[0].ExpiresMS != uint64(time.Hour.Milliseconds()) {
 		t.Fatalf("got %+v, want one group expiring in an hour", got)
 	}
-	<-clk
-	clk <- now.Add(time.Hour)
+	step := r.sweepEvery() / 2
+	for left := time.Hour - step; left > 0; left -= step {
+		advance(step)
+		if got := listGroups(t, p).Groups; len(got) != 1 || got[0].ExpiresMS != uint64(left.Milliseconds()) {
+			t.Fatalf("got %+v, want one group expiring in %v", got, left)
+		}
+	}
+	advance(step)
 	if got := listGroups(t, p).Groups; len(got) != 0 {
 		t.Fatalf("got %+v after the TTL passed, want none", got)
 	}
@@ -212,6 +218,32 @@ func TestRegistryLeaseSurvivesItsPause(t *testing.T) {
 	peertest.WantCode(t, p.Call(wire.OpRenew, wire.Renew{Group: dropped, Epoch: lease.Epoch}, nil), wire.CodeNotFound)
 	if got := listGroups(t, p).Groups; len(got) != 1 || got[0].Name != "kept" {
 		t.Fatalf("got %+v, want kept only", got)
+	}
+}
+
+// TestRegistryListsLeasesAfterItsPause checks that a listing right after
+// the registry itself was not running shows the leases the sweep keeps: a
+// list read first on resuming, before the renewals queued behind it, used
+// to judge the leases by the clock alone and leave them out. The TTL is
+// long so that no sweep tick (a tenth of it) comes between the pause and
+// the listing to move the leases on in its place.
+func TestRegistryListsLeasesAfterItsPause(t *testing.T) {
+	const ttl = time.Minute
+	var mu sync.Mutex
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	r := startRegistry(t, Config{LeaseTTL: ttl, Now: clock})
+	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "paused", Port: 1}, nil))
+
+	advance(2 * ttl)
+	got := listGroups(t, p).Groups
+	if len(got) != 1 || got[0].Name != "paused" {
+		t.Fatalf("listed right after a %v pause of the registry: %+v, want paused", 2*ttl, got)
+	}
+	if left := time.Duration(got[0].ExpiresMS) * time.Millisecond; left < ttl-r.sweepEvery() {
+		t.Errorf("listed with %v left, want the %v it had when the registry stopped, less a sweep period", left, ttl)
 	}
 }
 
