@@ -236,15 +236,10 @@ func (t *Transport) warm() {
 // warmTimeout bounds warm's dials.
 const warmTimeout = 5 * time.Second
 
-// noteIO records what a raft connection's I/O says of its link: an
-// answer means the member is reachable, a timeout that it is not.
-func (c *streamConn) noteIO(n int, err error) {
-	if c.t == nil {
-		return
-	}
-	if err == nil && n > 0 && c.l.down.Load() {
-		c.t.linkUp(c.addr)
-	} else if errors.Is(err, os.ErrDeadlineExceeded) {
-		c.t.linkDown(c.addr, errors.New("no answer within raft's RPC timeout"))
+// noteIO records what a failed I/O of a raft connection to addr says of
+// the link: a timeout, that the member does not answer.
+func (t *Transport) noteIO(addr string, err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.linkDown(addr, errors.New("no answer within raft's RPC timeout"))
 	}
 }

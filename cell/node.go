@@ -374,6 +374,10 @@ func (n *Node) Start() error {
 		n.closeStores()
 		return fmt.Errorf("cell: read raft's state: %w", err)
 	}
+	if err := n.tr.Listen(); err != nil {
+		n.closeStores()
+		return err
+	}
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())

@@ -16,21 +16,21 @@ import (
 )
 
 // raftNet is raft's transport between a cell's members: raft's RPCs in
-// the encoding of raftwire.go, on QUIC streams of the Transport
-// (kindRaft). It replaces hashicorp/raft's NetworkTransport, whose msgpack
+// the encoding of raftwire.go, on TLS connections over TCP that the
+// Transport dials and accepts (tcp.go). It replaces hashicorp/raft's NetworkTransport, whose msgpack
 // decoding by reflection was the largest part of a follower's CPU after
-// the disk, and which wrote an RPC to a stream in as many writes as its
+// the disk, and which wrote an RPC to a connection in as many writes as its
 // buffer took.
 //
-// As NetworkTransport does, it keeps a few idle streams per member for
-// RPCs one at a time (a stream carries one RPC and its response, then
-// the next), gives each AppendEntries pipeline a stream of its own, and
-// serves each stream a member opens on a goroutine of its own, which hands
+// As NetworkTransport does, it keeps a few idle connections per member for
+// RPCs one at a time (a connection carries one RPC and its response, then
+// the next), gives each AppendEntries pipeline a connection of its own, and
+// serves each connection a member opens on a goroutine of its own, which hands
 // each request to raft's main loop (Consumer) or, for a heartbeat, to
 // raft's heartbeat handler, and writes raft's response back.
 //
 // Close (raft calls it as it shuts down) closes the Transport, ends every
-// stream, and waits for the goroutines it started.
+// connection, and waits for the goroutines it started.
 type raftNet struct {
 	tr      *Transport
 	timeout time.Duration // of each RPC's I/O; 0: none
@@ -55,10 +55,10 @@ var (
 	_ raft.WithPreVote = (*raftNet)(nil)
 )
 
-// maxIdleStreams is how many idle streams raftNet keeps per member, as
+// maxIdleConns is how many idle connections raftNet keeps per member, as
 // NetworkTransport's MaxPool did: one for heartbeats, one for
 // replication that is not pipelined, and spares for elections.
-const maxIdleStreams = 4
+const maxIdleConns = 4
 
 // pipelineDepth is how many AppendEntries requests a pipeline queues
 // besides the one whose response is being read and the one being written:
@@ -66,7 +66,7 @@ const maxIdleStreams = 4
 // measured no gain from more in flight.)
 const pipelineDepth = 0
 
-// readBuffer is the size of a stream's read buffer: frames longer than
+// readBuffer is the size of a connection's read buffer: frames longer than
 // what it holds are read into a buffer of their own.
 const readBuffer = 64 << 10
 
@@ -96,7 +96,7 @@ func (n *raftNet) Consumer() <-chan raft.RPC { return n.consume }
 func (n *raftNet) LocalAddr() raft.ServerAddress { return raft.ServerAddress(n.tr.Addr().String()) }
 
 // SetHeartbeatHandler sets the function heartbeats are handed to, on the
-// goroutine of the stream that carried them (raft.Transport).
+// goroutine of the connection that carried them (raft.Transport).
 func (n *raftNet) SetHeartbeatHandler(cb func(raft.RPC)) {
 	n.hbMu.Lock()
 	n.heartbeat = cb
@@ -107,7 +107,7 @@ func (n *raftNet) SetHeartbeatHandler(cb func(raft.RPC)) {
 func (n *raftNet) EncodePeer(_ raft.ServerID, addr raft.ServerAddress) []byte { return []byte(addr) }
 func (n *raftNet) DecodePeer(b []byte) raft.ServerAddress                     { return raft.ServerAddress(b) }
 
-// Close closes the transport's streams and the Transport under it, and
+// Close closes the transport's connections and the Transport under it, and
 // waits for raftNet's goroutines. It is safe to call more than once
 // (raft.WithClose).
 func (n *raftNet) Close() error {
@@ -137,7 +137,7 @@ func (n *raftNet) Close() error {
 	return nil
 }
 
-// rpcConn is a stream this member opened to another for RPCs.
+// rpcConn is a connection this member opened to another for RPCs.
 type rpcConn struct {
 	target raft.ServerAddress
 	conn   net.Conn
@@ -208,7 +208,7 @@ func readFrame(r *bufio.Reader) (byte, []byte, error) {
 // bytes: beyond it the buffer doubles as they arrive.
 const frameAllocStep = 1 << 20
 
-// getConn returns an idle stream to target, or opens one.
+// getConn returns an idle connection to target, or opens one.
 func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
 	n.mu.Lock()
 	if n.closed {
@@ -240,7 +240,7 @@ func (n *raftNet) dialTimeout() time.Duration {
 // putConn keeps c for the next RPC to its member, or closes it.
 func (n *raftNet) putConn(c *rpcConn) {
 	n.mu.Lock()
-	if !n.closed && len(n.idle[c.target]) < maxIdleStreams {
+	if !n.closed && len(n.idle[c.target]) < maxIdleConns {
 		n.idle[c.target] = append(n.idle[c.target], c)
 		c = nil
 	}
@@ -250,7 +250,7 @@ func (n *raftNet) putConn(c *rpcConn) {
 	}
 }
 
-// call runs one RPC on an idle stream to target. A stream whose I/O
+// call runs one RPC on an idle connection to target. One whose I/O
 // failed, or that carried bytes that do not decode, is closed; one that
 // carried the peer's error is kept.
 func (n *raftNet) call(target raft.ServerAddress, req, resp any) error {
@@ -299,7 +299,7 @@ func (n *raftNet) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *r
 // this many bytes of it, as NetworkTransport's TimeoutScale.
 const snapshotTimeoutScale = 256 << 10
 
-// InstallSnapshot sends a snapshot on a stream of its own, closed after
+// InstallSnapshot sends a snapshot on a connection of its own, closed after
 // it (raft.Transport).
 func (n *raftNet) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
 	c, err := n.getConn(target)
@@ -320,7 +320,7 @@ func (n *raftNet) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, ar
 	return c.receive(typ, resp)
 }
 
-// AppendEntriesPipeline opens a stream to target for pipelined
+// AppendEntriesPipeline opens a connection to target for pipelined
 // AppendEntries requests (raft.Transport).
 func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
 	conn, err := n.tr.Dial(target, n.dialTimeout())
@@ -347,7 +347,7 @@ func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 	return p, nil
 }
 
-// rpcPipeline is a stream of pipelined AppendEntries requests: raft's
+// rpcPipeline is a connection of pipelined AppendEntries requests: raft's
 // replication goroutine writes them (AppendEntries), and a goroutine of
 // the pipeline reads their responses in order and hands them to raft
 // (Consumer).
@@ -382,7 +382,7 @@ func (p *rpcPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.
 // Consumer returns the answered requests, in order (raft.AppendPipeline).
 func (p *rpcPipeline) Consumer() <-chan raft.AppendFuture { return p.done }
 
-// Close ends the pipeline's stream and its goroutine; it does not wait
+// Close ends the pipeline's connection and its goroutine; it does not wait
 // for it (raft.AppendPipeline).
 func (p *rpcPipeline) Close() error {
 	p.once.Do(func() {
@@ -445,7 +445,7 @@ func (f *appendFuture) Start() time.Time                      { return f.start }
 func (f *appendFuture) Request() *raft.AppendEntriesRequest   { return f.req }
 func (f *appendFuture) Response() *raft.AppendEntriesResponse { return f.resp }
 
-// listen serves the raft streams members open, until Close.
+// listen serves the raft connections members open, until Close.
 func (n *raftNet) listen() {
 	defer n.wg.Done()
 	for {
@@ -469,8 +469,8 @@ func (n *raftNet) listen() {
 	}
 }
 
-// serve answers the requests on a stream a member opened, one after
-// another, until the stream ends or raftNet closes.
+// serve answers the requests on a connection a member opened, one after
+// another, until the connection ends or raftNet closes.
 func (n *raftNet) serve(conn net.Conn) {
 	r := bufio.NewReaderSize(conn, readBuffer)
 	respCh := make(chan raft.RPCResponse, 1)
@@ -479,13 +479,13 @@ func (n *raftNet) serve(conn net.Conn) {
 		typ, body, err := readFrame(r)
 		if err != nil {
 			if err != io.EOF && !isLinkError(err) {
-				n.log.Warn("cell: a member's raft stream", "error", err)
+				n.log.Warn("cell: a member's raft connection", "error", err)
 			}
 			return
 		}
 		req, err := decodeRequest(typ, body)
 		if err != nil {
-			n.log.Warn("cell: a member's raft stream", "error", err)
+			n.log.Warn("cell: a member's raft connection", "error", err)
 			return
 		}
 		rpc := raft.RPC{Command: req, RespChan: respCh}
@@ -510,7 +510,7 @@ func (n *raftNet) serve(conn net.Conn) {
 			out = nil
 		}
 		if snapshot != nil {
-			return // the stream carries nothing after a snapshot
+			return // the connection carries nothing after a snapshot
 		}
 	}
 }

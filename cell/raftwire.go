@@ -10,12 +10,13 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// The encoding of raft's RPCs on a cell's raft streams (kindRaft), written
-// by raftNet (raftnet.go) in place of hashicorp/raft's msgpack: no
-// reflection, one buffer and one stream write per RPC, and the entries of
-// an AppendEntries request read into one buffer that their Data refers to.
+// The encoding of raft's RPCs on a cell's raft connections (RaftALPN, TLS
+// over TCP: tcp.go), written by raftNet (raftnet.go) in place of
+// hashicorp/raft's msgpack: no reflection, one buffer and one write per
+// RPC, and the entries of an AppendEntries request read into one buffer
+// that their Data refers to.
 //
-// A stream carries requests one way and their responses the other, in
+// A connection carries requests one way and their responses the other, in
 // order. Every message is a frame:
 //
 //	type  uint8    the RPC (rpcAppendEntries...); in a response, the
@@ -24,7 +25,7 @@ import (
 //	body  len bytes
 //
 // An InstallSnapshot request's frame is followed by the snapshot itself,
-// as many bytes as its size field says; the stream carries nothing after
+// as many bytes as its size field says; the connection carries nothing after
 // its response. An rpcError body is the text of the error raft answered
 // the request with.
 //

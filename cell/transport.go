@@ -20,20 +20,17 @@ import (
 )
 
 // ALPN is the TLS application protocol of the traffic between a cell's
-// daemons. It shares the daemon's UDP port with huddle/1: the daemon's
-// QUIC listener offers both, and hands connections that chose this one to
+// daemons over QUIC: all of it but raft's RPCs, which ride TCP (RaftALPN).
+// It shares the daemon's UDP port with huddle/1: the daemon's QUIC
+// listener offers both, and hands connections that chose this one to
 // Transport.Handle.
 const ALPN = "huddle-cell/1"
 
 // Stream kinds. A daemon that opens a stream to a peer first writes one
-// byte saying what the stream carries.
+// byte saying what the stream carries. Raft's RPCs are not among them:
+// they ride TCP (tcp.go). ('r' and 'R' were raft's streams of earlier
+// versions, which are refused: a cell's members run the same version.)
 const (
-	// kindRaft: raft's RPCs and their responses (raftnet.go, in the
-	// encoding of raftwire.go), for as long as the stream lasts. ('r'
-	// was hashicorp/raft's msgpack RPCs, before: a member of that version
-	// has its raft streams refused, as all members of a cell run the same
-	// version.)
-	kindRaft byte = 'R'
 	// kindCatchUp: one catch-up request and its reply (catchup.go).
 	kindCatchUp byte = 'c'
 	// kindProbe: nothing; the stream is closed at once. Opened on a
@@ -89,22 +86,24 @@ type TransportConfig struct {
 	Logger *slog.Logger
 }
 
-// Transport carries a cell's traffic over QUIC, under ALPN: it dials and
-// accepts the streams raft's RPCs ride (raftNet's: each a QUIC stream,
-// many of them on one QUIC connection per peer and direction), and it
-// serves and dials the catch-up streams of replicas brought up to date
-// (catchup.go). Both ends present their keys (mutual TLS), and only keys
-// of the cell's members are accepted.
+// Transport carries a cell's traffic between its members: raft's RPCs on
+// TLS over TCP (raftNet's connections, dialed and accepted by Dial and
+// Accept; tcp.go), the rest over QUIC under ALPN, on the daemon's UDP
+// socket (the catch-up streams of replicas brought up to date,
+// catchup.go, and a member's progress, members.go). Both ends present
+// their keys (mutual TLS), and only keys of the cell's members are
+// accepted, on either carrier.
 //
-// Its methods are safe for concurrent use. Close closes every connection,
-// dialed or handled, and waits for the goroutines it started.
+// Its methods are safe for concurrent use. Listen opens raft's TCP
+// listener. Close closes it and every connection, dialed or handled, and
+// waits for the goroutines it started.
 type Transport struct {
 	cfg   TransportConfig
 	local net.Addr
 	quic  *quic.Config
 	log   *slog.Logger
 
-	accepted chan net.Conn // raft streams, for Accept
+	accepted chan net.Conn // raft's connections, for Accept
 	done     chan struct{} // closed by Close
 
 	mu       sync.Mutex
@@ -121,6 +120,11 @@ type Transport struct {
 
 	linksMu sync.Mutex
 	links   map[string]*link // by address (links.go)
+
+	tcp      net.Listener          // raft's (tcp.go); nil until Listen
+	tcpConns map[*tcpConn]struct{} // raft's connections, dialed and accepted
+
+	handshakeTimeout time.Duration // of raft's accepted connections; 0: handshakeTimeout (tests)
 }
 
 // dialed is the QUIC connection to one peer, or the dial in progress.
@@ -214,6 +218,7 @@ func (t *Transport) SetPeers(peers []Peer) {
 			}()
 		}
 	}
+	t.dropTCP(byAddr, keys)
 	t.peers, t.keys = byAddr, keys
 }
 
@@ -318,13 +323,13 @@ func (t *Transport) serve(conn *quic.Conn, peer wire.Fingerprint) {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			t.dispatch(conn, peer, str)
+			t.dispatch(peer, str)
 		}()
 	}
 }
 
 // dispatch reads an accepted stream's kind and hands it on.
-func (t *Transport) dispatch(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream) {
+func (t *Transport) dispatch(peer wire.Fingerprint, str *quic.Stream) {
 	var kind [1]byte
 	str.SetReadDeadline(time.Now().Add(kindTimeout))
 	if _, err := io.ReadFull(str, kind[:]); err != nil {
@@ -335,13 +340,6 @@ func (t *Transport) dispatch(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 	}
 	str.SetReadDeadline(time.Time{})
 	switch kind[0] {
-	case kindRaft:
-		c := &streamConn{str: str, conn: conn, accepted: true}
-		select {
-		case t.accepted <- c:
-		case <-t.done:
-			c.Close()
-		}
 	case kindProbe:
 		str.CancelRead(streamClosed)
 		str.Close()
@@ -379,7 +377,8 @@ func (t *Transport) handle(kind byte, h func(ctx context.Context, peer wire.Fing
 	t.mu.Unlock()
 }
 
-// Accept returns the next raft stream a peer opened (for raftNet).
+// Accept returns the next raft connection a member opened (for raftNet):
+// one whose TLS handshake presented a member's key.
 func (t *Transport) Accept() (net.Conn, error) {
 	select {
 	case c := <-t.accepted:
@@ -393,19 +392,19 @@ func (t *Transport) Accept() (net.Conn, error) {
 // raft takes it for the local server's address.
 func (t *Transport) Addr() net.Addr { return t.local }
 
-// Dial opens a raft stream to the member at address (for raftNet): a new
-// stream on the QUIC connection to it, dialed first if
-// there is none. It returns an error wrapping ErrUnknownPeer for an
-// address that is not a member's, and *identity.MismatchError if the
-// daemon there presents another key than the member's.
+// Dial opens a raft connection to the member at address (for raftNet): a
+// TCP connection to it, and its TLS handshake, within timeout. It returns
+// an error wrapping ErrUnknownPeer for an address that is not a member's,
+// and *identity.MismatchError if the daemon there presents another key
+// than the member's.
 func (t *Transport) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(t.ctx, timeout)
 	defer cancel()
-	str, conn, err := t.open(ctx, string(address), kindRaft)
+	c, err := t.dialTCP(ctx, string(address))
 	if err != nil {
 		return nil, asLinkError(err)
 	}
-	return &streamConn{str: str, conn: conn, t: t, addr: string(address), l: t.link(string(address))}, nil
+	return c, nil
 }
 
 // open opens a stream of kind to the member at addr. A stream that cannot
@@ -547,7 +546,16 @@ func (t *Transport) Close() error {
 	for c := range t.in {
 		in = append(in, c)
 	}
+	ln := t.tcp
+	tcpConns := t.tcpConns
+	t.tcpConns = nil
 	t.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	for c := range tcpConns {
+		c.raw.Close()
+	}
 	for _, d := range out {
 		select {
 		case <-d.ready:
@@ -561,80 +569,6 @@ func (t *Transport) Close() error {
 		c.CloseWithError(connShutdown, "shutting down")
 	}
 	t.wg.Wait()
-	return nil
-}
-
-// streamConn is a QUIC stream as a net.Conn: one raft connection.
-type streamConn struct {
-	str      *quic.Stream
-	conn     *quic.Conn
-	accepted bool // opened by the peer: its credit is released on close
-	once     sync.Once
-
-	// Of a stream this daemon opened: the link it reports to (links.go).
-	t    *Transport
-	addr string
-	l    *link
-}
-
-// Read and Write return a failure of the link as a *linkError, and a
-// connection or stream the peer closed on purpose as io.EOF.
-func (c *streamConn) Read(p []byte) (int, error) {
-	n, err := c.str.Read(p)
-	c.noteIO(n, err)
-	if err == nil {
-		return n, nil // closedAsEOF's and asLinkError's targets would each cost an allocation
-	}
-	if c.t != nil {
-		// Raft's server side (an accepted stream) alone tells the end
-		// of a connection by io.EOF itself; on a dialed one, the peer
-		// stopping is the link's failure too.
-		return n, &linkError{closedAsEOF(err)}
-	}
-	return n, asLinkError(closedAsEOF(err))
-}
-
-func (c *streamConn) Write(p []byte) (int, error) {
-	n, err := c.str.Write(p)
-	if err != nil {
-		c.noteIO(0, err)
-		// Raft tells a connection's end by Read's io.EOF alone: a write
-		// to a stream the peer ended fails as the link's failure.
-		return n, &linkError{closedAsEOF(err)}
-	}
-	return n, nil
-}
-
-// closedAsEOF reports a stream or connection a member closed on purpose
-// (it stopped, or is done with the stream) as io.EOF, which raft's
-// transport takes for the end of a connection rather than an error to log.
-func closedAsEOF(err error) error {
-	var app *quic.ApplicationError
-	var str *quic.StreamError
-	switch {
-	case errors.As(err, &app) && (app.ErrorCode == connShutdown):
-		return io.EOF
-	case errors.As(err, &str) && str.ErrorCode == streamClosed:
-		return io.EOF
-	}
-	return err
-}
-func (c *streamConn) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
-func (c *streamConn) RemoteAddr() net.Addr               { return c.conn.RemoteAddr() }
-func (c *streamConn) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }
-func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
-func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }
-
-// Close ends both directions of the stream: raft closes a connection it
-// is done with, and never reads from it again.
-func (c *streamConn) Close() error {
-	c.once.Do(func() {
-		c.str.CancelRead(streamClosed)
-		c.str.Close()
-		if c.accepted {
-			c.str.ReleaseStreamCredit()
-		}
-	})
 	return nil
 }
 

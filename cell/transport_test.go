@@ -2,8 +2,11 @@ package cell
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,10 +26,14 @@ type transportPair struct {
 
 func newTransport(t testing.TB, id *identity.Identity, peers []Peer, listen bool) (*Transport, string) {
 	t.Helper()
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	return newTransportOn(t, memberSocket(t, net.IPv4(127, 0, 0, 1)), id, peers, listen)
+}
+
+// newTransportOn is newTransport on the UDP socket udp, which it closes at
+// the test's end; listen opens raft's TCP listener and the QUIC listener.
+func newTransportOn(t testing.TB, udp *net.UDPConn, id *identity.Identity, peers []Peer, listen bool) (*Transport, string) {
+	t.Helper()
+	var err error
 	qt := &quic.Transport{Conn: udp}
 	addr := udp.LocalAddr().String()
 	tr, err := NewTransport(TransportConfig{Identity: id, QUIC: qt, Advertise: addr, Peers: peers, Logger: testLogger(t, addr)})
@@ -36,6 +43,9 @@ func newTransport(t testing.TB, id *identity.Identity, peers []Peer, listen bool
 	done := make(chan struct{})
 	var ln *quic.Listener
 	if listen {
+		if err := tr.Listen(); err != nil {
+			t.Fatal(err)
+		}
 		ln, err = qt.Listen(tr.ServerTLS(), &quic.Config{MaxIdleTimeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -73,9 +83,9 @@ func mustIdentity(t testing.TB) *identity.Identity {
 	return id
 }
 
-// TestTransportCarriesStreams: a raft connection dialed from one member is
+// TestTransportCarriesRaft: a raft connection dialed from one member is
 // accepted by the other, and carries bytes both ways.
-func TestTransportCarriesStreams(t *testing.T) {
+func TestTransportCarriesRaft(t *testing.T) {
 	aID, bID := mustIdentity(t), mustIdentity(t)
 	// b must know a's key; a's address does not matter to b.
 	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
@@ -84,7 +94,14 @@ func TestTransportCarriesStreams(t *testing.T) {
 	if !errors.Is(err, ErrUnknownPeer) {
 		t.Fatalf("dial an unknown address: %v, %v", c, err)
 	}
-	c, err = a.Dial(toAddr(bAddr), 5*time.Second)
+	pingPong(t, a, b, bAddr)
+}
+
+// pingPong dials a raft connection from a to b (at bAddr), and checks that
+// b accepts it and that it carries bytes both ways.
+func pingPong(t *testing.T, a, b *Transport, bAddr string) {
+	t.Helper()
+	c, err := a.Dial(toAddr(bAddr), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,23 +109,7 @@ func TestTransportCarriesStreams(t *testing.T) {
 	if _, err := c.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		s, err := b.Accept()
-		if err == nil {
-			accepted <- s
-		}
-		close(accepted)
-	}()
-	var s net.Conn
-	select {
-	case s = <-accepted:
-	case <-time.After(waitTimeout):
-		t.Fatal("no stream accepted")
-	}
-	if s == nil {
-		t.Fatal("accept failed")
-	}
+	s := accept(t, b)
 	defer s.Close()
 	buf := make([]byte, 4)
 	s.SetDeadline(time.Now().Add(waitTimeout))
@@ -122,28 +123,172 @@ func TestTransportCarriesStreams(t *testing.T) {
 	}
 }
 
+// accept returns the next raft connection tr accepts.
+func accept(t *testing.T, tr *Transport) net.Conn {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		s, err := tr.Accept()
+		if err == nil {
+			accepted <- s
+		}
+		close(accepted)
+	}()
+	var s net.Conn
+	select {
+	case s = <-accepted:
+	case <-time.After(waitTimeout):
+		t.Fatal("no connection accepted")
+	}
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	return s
+}
+
+// TestTransportIPv6: raft's listener and dials work on an IPv6 address.
+func TestTransportIPv6(t *testing.T) {
+	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	probe.Close()
+	udp := memberSocket(t, net.IPv6loopback)
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	b, bAddr := newTransportOn(t, udp, bID, []Peer{{Addr: "[::1]:1", Fingerprint: aID.Fingerprint()}}, true)
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	pingPong(t, a, b, bAddr)
+}
+
+// TestTransportPortTaken: a TCP port held by another process makes Listen
+// fail, and say which port.
+func TestTransportPortTaken(t *testing.T) {
+	var udp *net.UDPConn
+	var held net.Listener
+	for range 20 { // a UDP port whose TCP twin is free to take, first
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		udp, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: ln.Addr().(*net.TCPAddr).Port})
+		if err == nil {
+			held = ln
+			break
+		}
+		ln.Close()
+	}
+	if held == nil {
+		t.Fatal("no port free on both TCP and UDP")
+	}
+	defer held.Close()
+	defer udp.Close()
+	port := strconv.Itoa(udp.LocalAddr().(*net.UDPAddr).Port)
+	tr, err := NewTransport(TransportConfig{Identity: mustIdentity(t), QUIC: &quic.Transport{Conn: udp}, Advertise: udp.LocalAddr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	err = tr.Listen()
+	if err == nil || !strings.Contains(err.Error(), "TCP port "+port) {
+		t.Fatalf("Listen on a TCP port taken: %v, want an error naming port %s", err, port)
+	}
+}
+
+// TestTransportHandshakeBounds: an accepted connection that says nothing
+// is closed once its handshake's time is up, and connections beyond
+// maxHandshakes whose handshakes are under way are closed at once.
+func TestTransportHandshakeBounds(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	setHandshakeTimeout := func(d time.Duration) {
+		b.mu.Lock()
+		b.handshakeTimeout = d
+		b.mu.Unlock()
+	}
+	closed := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(waitTimeout))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+
+	setHandshakeTimeout(10 * time.Millisecond)
+	silent, err := net.Dial("tcp", bAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	if !closed(silent) {
+		t.Fatal("a silent connection outlived its handshake's time")
+	}
+
+	setHandshakeTimeout(time.Hour)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range maxHandshakes {
+		c, err := net.Dial("tcp", bAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	extra, err := net.Dial("tcp", bAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if !closed(extra) {
+		t.Fatalf("a connection beyond %d unauthenticated ones was kept", maxHandshakes)
+	}
+}
+
 // TestTransportRefusesStrangers: a key that is not a member's is refused
-// by the listener, and a member's address answered by another key is
-// refused by the dialer.
+// by the listener, and nothing it sends reaches raft; a connection that
+// does not choose RaftALPN is refused too; a member's address answered by
+// another key is refused by the dialer.
 func TestTransportRefusesStrangers(t *testing.T) {
 	aID, bID, strangerID := mustIdentity(t), mustIdentity(t), mustIdentity(t)
-	_, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	refused := func(c net.Conn) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(waitTimeout))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("b kept a refused connection open: read %v", err)
+		}
+		c.Close()
+	}
 
 	// A stranger dials b: b refuses its certificate. (Under TLS 1.3 the
 	// client finishes its handshake first; the refusal then closes the
 	// connection, and the stream fails.)
 	stranger, _ := newTransport(t, strangerID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
 	if c, err := stranger.Dial(toAddr(bAddr), 5*time.Second); err == nil {
-		c.SetDeadline(time.Now().Add(waitTimeout))
-		_, err := c.Read(make([]byte, 1))
-		var ne net.Error
-		if err == nil || errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("b kept a stranger's connection open: read %v", err)
-		}
-		c.Close()
+		// A raft frame, which must not reach b's raft.
+		frame, _ := appendRequest(nil, &raft.TimeoutNowRequest{})
+		c.Write(frame)
+		refused(c)
 	}
+	// A member's key, but another protocol (none, and the cell's QUIC
+	// ALPN): refused.
+	for _, protos := range [][]string{nil, {ALPN}} {
+		tc := aID.ClientTLS(bID.Fingerprint(), nil)
+		tc.NextProtos = protos
+		if c, err := tls.Dial("tcp", bAddr, tc); err == nil {
+			refused(c)
+		}
+	}
+	// The first connection b hands to raft is a member's, dialed last.
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	pingPong(t, a, b, bAddr)
+
 	// a believes another key is at b's address: its dial fails too.
-	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: strangerID.Fingerprint()}}, false)
+	a, _ = newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: strangerID.Fingerprint()}}, false)
 	_, err := a.Dial(toAddr(bAddr), 5*time.Second)
 	var mismatch *identity.MismatchError
 	if !errors.As(err, &mismatch) {
@@ -164,3 +309,66 @@ func readFull(c net.Conn, buf []byte) (int, error) {
 }
 
 func toAddr(s string) raft.ServerAddress { return raft.ServerAddress(s) }
+
+// TestTransportRefusesRaftStreams: raft's QUIC streams of earlier versions
+// ('r', 'R') are refused: raft rides TCP now.
+func TestTransportRefusesRaftStreams(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	_, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	for _, kind := range []byte{'r', 'R'} {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		str, _, err := a.open(ctx, bAddr, kind)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		str.SetReadDeadline(time.Now().Add(waitTimeout))
+		_, err = str.Read(make([]byte, 1))
+		var se *quic.StreamError
+		if !errors.As(err, &se) || se.ErrorCode != streamBadKind {
+			t.Fatalf("a stream of kind %q: read %v, want the stream refused", kind, err)
+		}
+		str.CancelWrite(streamClosed)
+	}
+}
+
+// TestTransportDropsRemovedMembers: once a member is removed from the
+// cell, the raft connections it dialed are closed, and those dialed to it
+// are closed after leaveGrace (as the QUIC connection to it is).
+func TestTransportDropsRemovedMembers(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	ended := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(waitTimeout))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+
+	c, err := a.Dial(toAddr(bAddr), waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := accept(t, b)
+	defer s.Close()
+	b.SetPeers(nil) // a removed, in b's view
+	if !ended(c) {
+		t.Fatal("a removed member's raft connection was kept open")
+	}
+
+	b.SetPeers([]Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}})
+	c, err = a.Dial(toAddr(bAddr), waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s = accept(t, b)
+	defer s.Close()
+	a.SetPeers(nil) // b removed, in a's view
+	if !ended(s) {
+		t.Fatal("the raft connection to a removed member was kept open")
+	}
+}

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,10 +203,29 @@ func cellHost(t *testing.T, dir string) (*identity.Identity, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	return id, cellAddr(t)
+}
+
+// cellAddr returns a 127.0.0.1 address for a cell member, at a port free
+// on both UDP and TCP (a member's raft listens on TCP at its UDP port's
+// number), below Linux's ephemeral range (32768 up), where outgoing TCP
+// connections and their TIME_WAITs take theirs.
+func cellAddr(t testing.TB) string {
+	t.Helper()
+	for range 1000 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
+		udp, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		udp.Close()
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return addr
 	}
-	defer udp.Close()
-	return id, udp.LocalAddr().String()
+	t.Fatal("no port free on both UDP and TCP")
+	return ""
 }

@@ -248,7 +248,7 @@ func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 			fmt.Fprintf(&rules, "  ip saddr %s drop\n", a)
 		}
 		if fw.lossPct > 0 {
-			fmt.Fprintf(&rules, "  meta l4proto udp numgen random mod 100 < %d drop\n", fw.lossPct)
+			fmt.Fprintf(&rules, "  meta l4proto { udp, tcp } numgen random mod 100 < %d drop\n", fw.lossPct)
 		}
 		rules.WriteString(" }\n chain out { type filter hook output priority 0; policy accept;\n")
 		for _, a := range fw.blocked {

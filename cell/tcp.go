@@ -1,0 +1,311 @@
+package cell
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// RaftALPN is the TLS application protocol of raft's connections between
+// a cell's members, which ride TCP rather than QUIC: each member listens
+// on TCP at the IP address and port number of its UDP socket (TCP's ports
+// and UDP's are apart), and a member dials another at the address the
+// cell knows it by. The keys and their checks are the cell ALPN's: mutual
+// TLS 1.3, only the keys of the cell's members accepted, each address
+// answered by its member's key. A connection carries raftNet's frames
+// (raftwire.go) from its first byte, one RPC and its response after
+// another.
+//
+// Why TCP: an AppendEntries of 10-40 KB went out as 8-30 QUIC packets of
+// at most 1452 bytes, each sealed, sent, received, opened and acknowledged
+// in user space (quic-go was half of a loaded leader's CPU, its raft
+// traffic much of it); over TCP the kernel carries it in a few large
+// segments (64 KiB on loopback; TSO and GRO do the cutting on a LAN) and
+// TLS seals it in 16 KiB records. BENCHMARKS.md has the figures.
+const RaftALPN = "huddle-raft/1"
+
+// handshakeTimeout bounds an accepted connection's TLS handshake: a peer
+// that says nothing cannot hold a goroutine longer.
+const handshakeTimeout = 5 * time.Second
+
+// maxHandshakes bounds the accepted connections whose handshake is under
+// way; those beyond it are closed at once, so that strangers cannot make
+// a member hold more unauthenticated connections than this.
+const maxHandshakes = 64
+
+// Listen opens the TCP listener raft's connections arrive on, at the IP
+// address and port number of the QUIC transport's UDP socket, and accepts
+// them until Close. Its error names the port (another process holds it,
+// most likely). It returns ErrTransportClosed after Close.
+func (t *Transport) Listen() error {
+	udp := t.cfg.QUIC.Conn.LocalAddr()
+	host, port, err := net.SplitHostPort(udp.String())
+	if err != nil {
+		return fmt.Errorf("cell: raft's TCP listener: UDP address %s: %w", udp, err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.closed:
+		return ErrTransportClosed
+	case t.tcp != nil:
+		return nil
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, port))
+	if err != nil {
+		return fmt.Errorf("cell: raft listens on TCP port %s, the number of the daemon's UDP port: %w", port, err)
+	}
+	t.tcp = ln
+	t.wg.Add(1)
+	go t.acceptTCP(ln)
+	return nil
+}
+
+// acceptTCP accepts raft's connections on ln until it closes, and hands
+// each to Accept once its peer presented a member's key.
+func (t *Transport) acceptTCP(ln net.Listener) {
+	defer t.wg.Done()
+	handshakes := make(chan struct{}, maxHandshakes)
+	for backoff := time.Duration(0); ; {
+		raw, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors, most likely: wait, as net/http
+			// does, rather than spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-t.done:
+				return
+			}
+		}
+		backoff = 0
+		select {
+		case handshakes <- struct{}{}:
+		default:
+			raw.Close()
+			continue
+		}
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			c := t.handshake(raw)
+			<-handshakes
+			if c == nil {
+				return
+			}
+			select {
+			case t.accepted <- c:
+			case <-t.done:
+				c.Close()
+			}
+		}()
+	}
+}
+
+// handshake runs an accepted connection's TLS handshake, within
+// handshakeTimeout. It returns nil, having closed raw, unless the peer
+// presented a member's key and chose RaftALPN.
+func (t *Transport) handshake(raw net.Conn) *tcpConn {
+	t.mu.Lock()
+	timeout := cmp.Or(t.handshakeTimeout, handshakeTimeout)
+	t.mu.Unlock()
+	raw.SetDeadline(time.Now().Add(timeout))
+	c := tls.Server(raw, t.raftServerTLS())
+	if err := c.HandshakeContext(t.ctx); err != nil || c.ConnectionState().NegotiatedProtocol != RaftALPN {
+		raw.Close()
+		return nil
+	}
+	raw.SetDeadline(time.Time{})
+	fp, _ := identity.PeerFingerprint(c.ConnectionState()) // VerifyPeer found it
+	tc := &tcpConn{Conn: c, raw: raw, t: t, peer: fp}
+	if !t.track(tc) {
+		return nil
+	}
+	return tc
+}
+
+// dialTCP dials a raft connection to the member at addr.
+func (t *Transport) dialTCP(ctx context.Context, addr string) (*tcpConn, error) {
+	t.mu.Lock()
+	closed := t.closed
+	want, ok := t.peers[addr]
+	t.mu.Unlock()
+	switch {
+	case closed:
+		return nil, ErrTransportClosed
+	case !ok:
+		return nil, fmt.Errorf("cell: dial %s: %w", addr, ErrUnknownPeer)
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, t.dialFailed(ctx, addr, err)
+	}
+	c := tls.Client(raw, t.raftClientTLS(want))
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, t.dialFailed(ctx, addr, err)
+	}
+	tc := &tcpConn{Conn: c, raw: raw, t: t, peer: want, addr: addr, l: t.link(addr)}
+	if !t.track(tc) {
+		return nil, ErrTransportClosed
+	}
+	return tc, nil
+}
+
+// dialFailed records that a dial to addr failed for err, unless the
+// transport is closing, and returns the dial's error.
+func (t *Transport) dialFailed(ctx context.Context, addr string, err error) error {
+	err = fmt.Errorf("cell: dial %s: %w", addr, err)
+	if ctx.Err() == nil || errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		t.linkDown(addr, err)
+	}
+	return err
+}
+
+// raftServerTLS is the TLS configuration of raft's listener: a member's
+// key, checked by VerifyPeer, and RaftALPN alone.
+func (t *Transport) raftServerTLS() *tls.Config {
+	c := t.cfg.Identity.ServerTLS()
+	c.NextProtos = []string{RaftALPN}
+	c.VerifyConnection = t.VerifyPeer
+	// Full records from the first byte: the connection lasts, and is
+	// not a browser's waiting on its first paint.
+	c.DynamicRecordSizingDisabled = true
+	return c
+}
+
+// raftClientTLS is the TLS configuration for dialing the raft listener of
+// the member whose key is want.
+func (t *Transport) raftClientTLS(want wire.Fingerprint) *tls.Config {
+	c := t.cfg.Identity.ClientTLS(want, nil)
+	c.NextProtos = []string{RaftALPN}
+	c.DynamicRecordSizingDisabled = true
+	return c
+}
+
+// track records c among the connections Close closes. It returns false,
+// having closed c, if the transport is closed.
+func (t *Transport) track(c *tcpConn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		c.raw.Close()
+		return false
+	}
+	if t.tcpConns == nil {
+		t.tcpConns = make(map[*tcpConn]struct{})
+	}
+	t.tcpConns[c] = struct{}{}
+	return true
+}
+
+// dropTCP closes the raft connections of members no longer in the cell,
+// whose members are now byAddr and keys (t.mu held): those a removed
+// member dialed at once, those dialed to it a moment later (raft's last
+// replication to it, the entry that removes it, may be in flight on one),
+// as SetPeers does with QUIC connections.
+func (t *Transport) dropTCP(byAddr map[string]wire.Fingerprint, keys map[wire.Fingerprint]bool) {
+	var now, later []*tcpConn
+	for c := range t.tcpConns {
+		fp, listed := byAddr[c.addr]
+		switch {
+		case c.addr == "":
+			if !keys[c.peer] {
+				now = append(now, c)
+			}
+		case !listed:
+			later = append(later, c)
+		case fp != c.peer: // another key at that address now
+			now = append(now, c)
+		}
+	}
+	if len(now)+len(later) == 0 {
+		return
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		for _, c := range now {
+			c.Close()
+		}
+		if len(later) > 0 {
+			select {
+			case <-time.After(leaveGrace):
+			case <-t.done:
+			}
+			for _, c := range later {
+				c.Close()
+			}
+		}
+	}()
+}
+
+// tcpConn is one raft connection: TLS over TCP.
+type tcpConn struct {
+	*tls.Conn
+	raw  net.Conn // under Conn
+	t    *Transport
+	peer wire.Fingerprint // its key
+	once sync.Once
+
+	// Of a connection this member dialed: the member's address, and the
+	// link it reports to (links.go).
+	addr string
+	l    *link
+}
+
+// Read and Write return a failure of the link as a *linkError. Read
+// returns the end of a connection the peer closed as io.EOF on an accepted
+// connection (raft's server side tells a connection's end by it); on a
+// dialed one, the peer stopping is the link's failure too.
+func (c *tcpConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err == nil {
+		if c.l != nil && n > 0 && c.l.down.Load() {
+			c.t.linkUp(c.addr)
+		}
+		return n, nil
+	}
+	if c.l == nil {
+		return n, asLinkError(err)
+	}
+	c.t.noteIO(c.addr, err)
+	return n, &linkError{err}
+}
+
+func (c *tcpConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		if c.l != nil {
+			c.t.noteIO(c.addr, err)
+		}
+		return n, &linkError{err}
+	}
+	return n, nil
+}
+
+// Close closes the TCP connection without TLS's close_notify alert, whose
+// write would wait up to 5 s on a peer that reads nothing: the peer reads
+// the end of the connection as io.EOF all the same.
+func (c *tcpConn) Close() error {
+	c.once.Do(func() {
+		c.raw.Close()
+		c.t.mu.Lock()
+		delete(c.t.tcpConns, c)
+		c.t.mu.Unlock()
+	})
+	return nil
+}
