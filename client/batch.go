@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -81,11 +80,15 @@ type batcher struct {
 	// expect is how many queued messages the next batch waits for, for
 	// at most regroupWait from idleAt (when the last batch of several
 	// ended with none in flight): half of that batch's callers coming back.
-	expect   int
-	idleAt   time.Time
-	closed   bool
-	maxBatch int // messages per operation: the group's max_batch once known
-	maxBody  int // the group's max_message_bytes; 0 until known
+	expect int
+	idleAt time.Time
+	// returning counts the callers of ended batches that have not queued
+	// again: woken by their acks, they are on their way back (sendBatch
+	// adds them, send counts them back).
+	returning int
+	closed    bool
+	maxBatch  int // messages per operation: the group's max_batch once known
+	maxBody   int // the group's max_message_bytes; 0 until known
 }
 
 type queuedSend struct {
@@ -147,12 +150,17 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 	}
 	b.queue = append(b.queue, q)
 	b.bytes += len(m.Body) + outgoingOverhead
+	back := false
+	if b.returning > 0 {
+		b.returning--
+		back = b.returning == 0
+	}
 	// The batcher looks at the queue when it is woken, when a batch in
 	// flight ends, and when the linger it set for the oldest message is
 	// over: it needs waking only for a queue that was empty (to set that
-	// linger), that has just filled up, or that now holds the messages a
-	// regroup waits for.
-	wake := len(b.queue) == 1 || len(b.queue) == b.expect || len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget
+	// linger), that has just filled up, that now holds the messages a
+	// regroup waits for, or whose last caller on its way back came.
+	wake := back || len(b.queue) == 1 || len(b.queue) == b.expect || len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget
 	b.mu.Unlock()
 	if wake {
 		b.signal()
@@ -210,6 +218,9 @@ func (b *batcher) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	back := time.NewTimer(time.Hour)
+	back.Stop()
+	defer back.Stop()
 	for {
 		select {
 		case <-b.wake:
@@ -218,12 +229,7 @@ func (b *batcher) run(ctx context.Context) {
 			b.close()
 			return
 		}
-		// Senders woken by the last batch's acks are runnable now; letting
-		// them queue first makes the next batch whole instead of one
-		// message now and the rest after the linger. The regroup in take
-		// does not replace this (BENCHMARKS.md: what send-batched lost
-		// without it).
-		runtime.Gosched()
+		b.awaitReturning(ctx, back)
 		for {
 			batch, wait := b.take(time.Now())
 			if batch == nil {
@@ -235,6 +241,48 @@ func (b *batcher) run(ctx context.Context) {
 			b.g.cl.wg.Go(func() { b.fly(ctx, batch) })
 		}
 	}
+}
+
+// awaitReturning waits until the callers woken by the last batches' acks
+// have queued their next sends, regroupWait (or the linger, if shorter) at
+// most, so that the next batch takes them all rather than one message now
+// and the rest after the linger. The regroup in take does not replace
+// this (BENCHMARKS.md: what send-batched lost without it).
+//
+// It used to yield once (runtime.Gosched) for them instead, but a yield
+// puts the batcher behind every goroutine of the program that is ready,
+// not only those callers: under send-batched 16x16, sixteen clients in one
+// process, a batch was taken ~215 us after its last message was queued,
+// ~400 us after its first (BENCHMARKS.md, issue 20, session 6).
+func (b *batcher) awaitReturning(ctx context.Context, t *time.Timer) {
+	if b.gathered() {
+		return
+	}
+	t.Reset(min(b.linger, regroupWait))
+	defer t.Stop()
+	for {
+		select {
+		case <-b.wake:
+			if b.gathered() {
+				return
+			}
+		case <-t.C:
+			b.mu.Lock()
+			b.returning = 0 // those not back by now are not waited for again
+			b.mu.Unlock()
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// gathered reports whether every caller of the ended batches is back, or
+// the queue is full anyway.
+func (b *batcher) gathered() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.returning == 0 || len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget
 }
 
 // take returns the next batch to send, or how long until the queue's
@@ -320,6 +368,9 @@ func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend)
 	if err != nil && clientCtx.Err() != nil {
 		err = b.g.fail("send", ErrClosed)
 	}
+	b.mu.Lock()
+	b.returning += len(batch)
+	b.mu.Unlock()
 	for i, q := range batch {
 		if err != nil {
 			q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: err}
