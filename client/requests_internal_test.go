@@ -28,6 +28,8 @@ func TestQueuedRequestHandedBack(t *testing.T) {
 	defer wg.Wait()
 	defer tr.Close() // and every connection on it
 	gate := make(chan struct{})
+	openGate := sync.OnceFunc(func() { close(gate) })
+	defer openGate() // a test that fails before opening it does not hang in wg.Wait
 	// The server leaves its first stream (the large request) unread until
 	// the gate opens, and answers every other request with a Result.
 	wg.Go(func() {
@@ -77,8 +79,11 @@ func TestQueuedRequestHandedBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := large.Write(make([]byte, window)); err != nil { // all the credit there is
-		t.Fatal(err)
+	// All the credit there is, taken at once: Write would leave its last
+	// packet's worth for the sender to take later, and the request below
+	// could take credit meanwhile (1 run in 3 of the package under load).
+	if err := large.TryWriteAll(make([]byte, window)); err != nil {
+		t.Fatalf("a write of the connection's whole credit: %v", err)
 	}
 	large.Close()
 
@@ -97,7 +102,7 @@ func TestQueuedRequestHandedBack(t *testing.T) {
 	if _, err := st.Read(b[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read of a handed-back request's stream: %v, want the deadline that wakes it", err)
 	}
-	close(gate) // the server reads the large request: credit comes back
+	openGate() // the server reads the large request: credit comes back
 	if handed, err := r.writeHandedBack(); !handed || err != nil {
 		t.Fatalf("write of the handed-back request: handed %v, %v", handed, err)
 	}
