@@ -282,10 +282,14 @@ func pause(ctx context.Context, until time.Time, d time.Duration) bool {
 // context.AfterFunc were, under unbatched 16x16 to a cell, ~20% of the
 // client's CPU (BENCHMARKS.md, issue 20, session 5).
 func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any) error {
-	p := g.peer()
 	if !g.replicated() {
+		p, err := g.reach(ctx)
+		if err != nil {
+			return err
+		}
 		return p.single(ctx, op, args, out)
 	}
+	p := g.peer()
 	end := time.Now().Add(d)
 	bounded := !until.IsZero() && until.Before(end)
 	if bounded {

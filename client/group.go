@@ -100,7 +100,11 @@ func (g *Group) Name() string { return g.name }
 // Errors: ErrNotFound.
 func (g *Group) Info(ctx context.Context) (Info, error) {
 	var info wire.Info
-	if err := g.peer().single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
+	p, err := g.reach(ctx)
+	if err == nil {
+		err = p.single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info)
+	}
+	if err != nil {
 		return Info{}, g.fail("info", err)
 	}
 	g.learnReplicas(info.Replicas)
@@ -132,7 +136,11 @@ func (g *Group) Leave(ctx context.Context) (bool, error) {
 // Members lists the group's members. Errors: ErrNotMember, ErrNotFound.
 func (g *Group) Members(ctx context.Context) ([]Member, error) {
 	var m wire.MemberList
-	if err := g.peer().single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m); err != nil {
+	p, err := g.reach(ctx)
+	if err == nil {
+		err = p.single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m)
+	}
+	if err != nil {
 		return nil, g.fail("members", err)
 	}
 	out := make([]Member, len(m.Members))
@@ -342,7 +350,11 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		var end wire.End
 		stopped := false
 		n := 0
-		err := g.peer().call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
+		p, err := g.reach(ctx)
+		if err != nil {
+			return cur, g.fail("fetch", err)
+		}
+		err = p.call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 			switch kind {
 			case wire.KindMessages:
 				var err error

@@ -1,0 +1,154 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A daemon killed and started again elsewhere (another port, another host)
+// under the same key registers its groups at the new address at once, but
+// a listing read before that still names the old one, which answers
+// nothing: a dial there waits out DialTimeout and fails. A handle from a
+// registry listing (Registries.Group) therefore, when a call needs a new
+// connection to a group of one daemon, dials the listed addresses and,
+// for as long as no dial succeeds, asks the registries every
+// relookEvery where the group is now: listed under the same key at other
+// addresses, the handle dials there too and the first connection made
+// wins; listed nowhere, the call fails at once, saying so; listed where
+// it was, the handle keeps dialling until the call's context ends (a
+// context without a deadline: until one dial of the addresses listed has
+// failed), and the error says the registries still list it there. A
+// group replicated by a cell follows its replicas instead (cell.go).
+
+// relookEvery is how long a dial goes unanswered before the registries
+// are asked again where the group is. A live daemon completes the
+// handshake in a round trip; one restarted registers within a moment.
+const relookEvery = time.Second
+
+// reach returns the peer to call for g, connected if g's daemon was found:
+// the handle's peer as it is when it has a connection, or when the handle
+// has no registries to ask or follows a cell's replicas; otherwise the
+// result of looking for the daemon as above (locate). Errors: those of a
+// dial (ErrUnreachable, a key mismatch, ErrShuttingDown, ErrClosed).
+func (g *Group) reach(ctx context.Context) (*peer, error) {
+	p := g.peer()
+	if len(g.regs) == 0 || p.connected() || g.replicated() {
+		return p, nil
+	}
+	return g.locate(ctx, p)
+}
+
+// dialled is the outcome of one dial of locate's.
+type dialled struct {
+	p   *peer
+	err error
+}
+
+// locate dials p's addresses, and those the registries list g at while
+// no dial succeeds, as the comment at the top of this file says. The peer
+// that connects becomes the handle's.
+func (g *Group) locate(ctx context.Context, p *peer) (*peer, error) {
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel: every dial has ended when locate returns
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan dialled)
+	inflight := make(map[*peer]bool)
+	dial := func(p *peer) {
+		inflight[p] = true
+		wg.Go(func() {
+			_, err := p.get(ctx)
+			select {
+			case results <- dialled{p, err}:
+			case <-ctx.Done():
+			}
+		})
+	}
+	_, deadline := ctx.Deadline()
+	cur, fp := p, p.pin
+	failed := false   // a dial of cur's addresses failed
+	var listed string // what the registries said when last asked
+	dial(cur)
+	tick := time.NewTicker(relookEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case d := <-results:
+			delete(inflight, d.p)
+			switch {
+			case d.err == nil:
+				g.mu.Lock()
+				g.p = d.p
+				g.mu.Unlock()
+				return d.p, nil
+			case !errors.Is(d.err, ErrUnreachable):
+				return nil, d.err // a wrong key, a server shutting down, a closed client
+			case ctx.Err() != nil || !deadline && len(inflight) == 0:
+				return nil, withListing(d.err, listed)
+			}
+			failed = failed || d.p == cur
+		case <-tick.C:
+			addrs, left, found := g.listedAt(ctx, fp)
+			switch {
+			case found == listedNowhere:
+				return nil, fmt.Errorf("%w: %s: no registry lists group %s of daemon %s any more: its daemon stopped", ErrUnreachable, strings.Join(cur.addrs, ","), g.name, fp.Short())
+			case found == listedThere && !slices.Equal(addrs, cur.addrs):
+				np, err := g.cl.peer(addrs, fp, nil)
+				if err != nil {
+					return nil, err
+				}
+				g.cl.cfg.Logger.Debug("group listed at other addresses; dialling them", "group", g.id, "from", cur.addrs, "to", addrs)
+				cur, failed, listed = np, false, ""
+			case found == listedThere:
+				listed = fmt.Sprintf("the registries still list it there, for another %v: its daemon may have stopped without deregistering, or be cut off from here", left.Round(time.Second))
+			}
+			if !inflight[cur] && (!failed || deadline) {
+				dial(cur) // where it moved, or again where it is listed: a daemon may come back there
+			}
+		case <-ctx.Done():
+			return nil, withListing(fmt.Errorf("%w: %s: %w", ErrUnreachable, strings.Join(cur.addrs, ","), ctx.Err()), listed)
+		}
+	}
+}
+
+// withListing adds what the registries said of the group to a dial's
+// error.
+func withListing(err error, listed string) error {
+	if listed == "" {
+		return err
+	}
+	return fmt.Errorf("%w (%s)", err, listed)
+}
+
+// Where the registries list a group (listedAt).
+const (
+	listedUnknown = iota // no registry answered
+	listedThere          // listed under the daemon's key
+	listedNowhere        // the registries that answered do not list it under that key
+)
+
+// listedAt asks g's registries where its daemon, key fp, is listed now:
+// the addresses, most time left first, as Merge gives them, and the time
+// left on that listing.
+func (g *Group) listedAt(ctx context.Context, fp Fingerprint) ([]string, time.Duration, int) {
+	ctx, cancel := context.WithTimeout(ctx, relookEvery)
+	defer cancel()
+	answers := g.regs.List(ctx)
+	found := listedUnknown
+	for _, a := range answers {
+		if a.Err == nil {
+			found = listedNowhere
+		}
+	}
+	for _, e := range Merge(answers) {
+		if e.Group == g.id && e.Fingerprint == fp && len(e.Replicas) == 0 {
+			return e.Addrs, ms(e.ExpiresMS), listedThere
+		}
+	}
+	return nil, 0, found
+}
