@@ -255,15 +255,16 @@ func (b *batcher) run(ctx context.Context) {
 // process, a batch was taken ~215 us after its last message was queued,
 // ~400 us after its first (BENCHMARKS.md, issue 20, session 6).
 func (b *batcher) awaitReturning(ctx context.Context, t *time.Timer) {
-	if b.gathered() {
+	wait := b.returnWait(time.Now())
+	if wait <= 0 {
 		return
 	}
-	t.Reset(min(b.linger, regroupWait))
+	t.Reset(wait)
 	defer t.Stop()
 	for {
 		select {
 		case <-b.wake:
-			if b.gathered() {
+			if b.returnWait(time.Now()) <= 0 {
 				return
 			}
 		case <-t.C:
@@ -277,12 +278,22 @@ func (b *batcher) awaitReturning(ctx context.Context, t *time.Timer) {
 	}
 }
 
-// gathered reports whether every caller of the ended batches is back, or
-// the queue is full anyway.
-func (b *batcher) gathered() bool {
+// returnWait is how long awaitReturning may still wait at now: 0 once
+// every caller of the ended batches is back or the queue is full;
+// otherwise regroupWait (or the linger, if shorter), and no longer than
+// the queue's oldest message has left of the linger, so that no message
+// waits longer than Config.BatchLinger says.
+func (b *batcher) returnWait(now time.Time) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.returning == 0 || len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget
+	if b.returning == 0 || len(b.queue) >= b.maxBatch || b.bytes >= batchFrameBudget {
+		return 0
+	}
+	wait := min(b.linger, regroupWait)
+	if len(b.queue) > 0 {
+		wait = min(wait, b.linger-now.Sub(b.queue[0].at))
+	}
+	return wait
 }
 
 // take returns the next batch to send, or how long until the queue's
