@@ -301,7 +301,13 @@ func TestChatReconnects(t *testing.T) {
 	alice := newUser(t, "alice", up.registry)
 	waitListed(t, alice, up.groups["lobby"])
 	alice.join(t, "lobby")
-	chat := alice.start(t, "chat", "lobby", "--timeout", "2s")
+	// --timeout bounds the chat's start-up (listing, dial, info, members)
+	// and each send, the one that resends the kept line once reconnected
+	// included: the default 10 s, as every other verb here gets, not 2 s,
+	// which a loaded machine's stall can take whole. The line typed while
+	// the daemon is down is kept at once while the client takes the
+	// daemon's shutdown at its word (1 s), or once its send gives up.
+	chat := alice.start(t, "chat", "lobby")
 	waitText(t, chat, "-- lobby: 1 member;")
 	up.stop(t)
 	waitText(t, chat, "-- connection lost")
