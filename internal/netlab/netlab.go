@@ -38,6 +38,14 @@
 //		switch os.Getenv("ROLE") { ... }
 //	}
 //
+// Every namespace's name says which process made it (see New), and New
+// first removes the namespaces of processes that are gone: a test binary
+// killed mid-run (by hand, or by its own -timeout panic) runs no cleanup,
+// and its namespaces stayed behind. A namespace whose maker still runs, or
+// that still holds processes, is left alone. Programs a host runs
+// (Command, TestCommand) are killed if the test process dies, so none is
+// left running in a namespace nobody will delete.
+//
 // Everything here needs root and the ip(8) and unshare(1) programs; Require
 // skips a test without them, or fails it when the environment has CI=true,
 // so CI cannot silently pass by skipping.
@@ -52,8 +60,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -129,17 +140,29 @@ type Host struct {
 
 // New creates an empty LAN: a switch namespace with one bridge, br0, whose
 // names are unique to this call. t.Cleanup deletes every namespace the LAN
-// makes (and with them their links). New calls Require first.
+// makes (and with them their links). New calls Require first, then removes
+// the namespaces left by processes that are gone (removeStale).
+//
+// A LAN's namespaces are named PREFIX-NAME, where PREFIX is "hl", this
+// process's ID, "t", its start time (in clock ticks since boot, as
+// /proc/PID/stat gives it: a process ID used again by another process is
+// not taken for the one that made the namespace), "r" and random hex.
 func New(t testing.TB) *LAN {
 	t.Helper()
 	Require(t)
+	removeStale(t)
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		t.Fatalf("netlab: random prefix: %v", err)
 	}
+	pid := os.Getpid()
+	start, ok := startTime(pid)
+	if !ok {
+		t.Fatalf("netlab: cannot read this process's start time from /proc/%d/stat", pid)
+	}
 	l := &LAN{
 		t:      t,
-		prefix: "hl" + hex.EncodeToString(b[:]),
+		prefix: fmt.Sprintf("hl%dt%dr%s", pid, start, hex.EncodeToString(b[:])),
 		hosts:  make(map[string]*Host),
 	}
 	l.sw = l.prefix + "-switch"
@@ -289,7 +312,12 @@ func (h *Host) Addr() string {
 // namespace (through ip netns exec). The caller starts and waits for it;
 // ctx kills it.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	// ip netns exec becomes the program (execve), which keeps this: the
+	// program dies with the test process rather than outlive it in a
+	// namespace the test can no longer delete.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
 
 // TestCommand returns a command that runs this test binary again inside the
@@ -343,4 +371,69 @@ func (l *LAN) ip(args ...string) {
 	if err != nil {
 		l.t.Fatalf("netlab: ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
+}
+
+// madeBy matches the name of a namespace New made, capturing the ID and
+// the start time of the process that made it.
+var madeBy = regexp.MustCompile(`^hl([0-9]+)t([0-9]+)r[0-9a-f]+-`)
+
+// removeStale deletes the namespaces New made in processes that are gone:
+// no process has the ID and start time the name gives. One that still
+// holds processes (a program a killed test started, before Command killed
+// them with it) is left, and said so in t's log. Failures are logged, not
+// fatal: another test process may be removing the same namespaces.
+func removeStale(t testing.TB) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Logf("netlab: ip netns list: %v", err)
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		m := madeBy.FindStringSubmatch(name)
+		if m == nil {
+			continue
+		}
+		pid, err1 := strconv.Atoi(m[1])
+		start, err2 := strconv.ParseUint(m[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if now, ok := startTime(pid); ok && now == start {
+			continue // its maker runs
+		}
+		if pids, err := exec.Command("ip", "netns", "pids", name).Output(); err != nil || len(bytes.TrimSpace(pids)) > 0 {
+			t.Logf("netlab: namespace %s, left by process %d (gone), still holds processes %q (%v): left alone", name, pid, bytes.Fields(pids), err)
+			continue
+		}
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Logf("netlab: delete namespace %s, left by process %d (gone): %v: %s", name, pid, err, bytes.TrimSpace(out))
+			continue
+		}
+		t.Logf("netlab: deleted namespace %s, left by process %d (gone)", name, pid)
+	}
+}
+
+// startTime returns the start time of process pid in clock ticks since
+// boot (field 22 of /proc/PID/stat), and false if there is no such
+// process.
+func startTime(pid int) (uint64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The command name, field 2, is in parentheses and may hold spaces
+	// and parentheses itself: the fields after it follow the last ")".
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	const field = 22 - 3 // fields[0] is field 3, the state
+	if len(fields) <= field {
+		return 0, false
+	}
+	start, err := strconv.ParseUint(fields[field], 10, 64)
+	return start, err == nil
 }

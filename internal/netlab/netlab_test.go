@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +13,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -434,4 +438,91 @@ func TestAttachHere(t *testing.T) {
 			t.Fatalf("got %q from %v, want hello from 10.99.7.1", got, from)
 		}
 	})
+}
+
+// TestNewRemovesStaleNamespaces makes namespaces named as New names them,
+// for processes in every state, and checks that New deletes those whose
+// maker is gone and leaves the others: a test binary killed mid-run left
+// its namespaces behind for good.
+func TestNewRemovesStaleNamespaces(t *testing.T) {
+	netlab.Require(t)
+	// A live maker: a process that waits for its standard input to close.
+	live := exec.Command("cat")
+	stdin, err := live.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); live.Wait() })
+	liveStart := startTimeOf(t, live.Process.Pid)
+	// A dead one: a process that has exited and been waited for.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+
+	var b [3]byte
+	rand.Read(b[:])
+	tag := hex.EncodeToString(b[:])
+	name := func(pid int, start uint64, host string) string {
+		return fmt.Sprintf("hl%dt%dr%s-%s", pid, start, tag, host)
+	}
+	var (
+		running  = name(live.Process.Pid, liveStart, "running")
+		reused   = name(live.Process.Pid, liveStart+1, "reused") // the ID is another process's now
+		gone     = name(dead.Process.Pid, 1, "gone")
+		occupied = name(dead.Process.Pid, 1, "occupied") // its maker is gone, a program it ran is not
+		oldStyle = "hl" + tag + "ab-old"                 // named before names said who made them
+	)
+	for _, ns := range []string{running, reused, gone, occupied, oldStyle} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	// A program in occupied, which says so once it runs there.
+	inside := exec.Command("ip", "netns", "exec", occupied, "sh", "-c", "echo inside; exec cat")
+	insideIn, err := inside.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	insideOut, err := inside.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inside.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { insideIn.Close(); inside.Wait() })
+	if line, err := bufio.NewReader(insideOut).ReadString('\n'); line != "inside\n" {
+		t.Fatalf("program in namespace %s: %q, %v", occupied, line, err)
+	}
+
+	netlab.New(t)
+	left := namespaces(t, "hl")
+	for _, tc := range []struct {
+		ns   string
+		kept bool
+	}{{running, true}, {reused, false}, {gone, false}, {occupied, true}, {oldStyle, true}} {
+		if got := slices.Contains(left, tc.ns); got != tc.kept {
+			t.Errorf("namespace %s kept: %v, want %v", tc.ns, got, tc.kept)
+		}
+	}
+}
+
+// startTimeOf is field 22 of /proc/PID/stat: the process's start time.
+func startTimeOf(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	start, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return start
 }
