@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -19,8 +20,11 @@ import (
 // for a cell, not an error: raft retries it on its own, and fails one RPC
 // after another meanwhile (every heartbeat, with backoff). The transport
 // reports each change of a member's reachability once, at warn (lost) and
-// info (reached again) level, and raft's own lines about those failed RPCs
-// go to debug level (hclog.go): their error is a *linkError.
+// info (reached again) level, as raft's TCP connections see it (tcp.go: a
+// dial that fails, an RPC that times out, a refusal of this daemon's key,
+// a read that succeeds), and raft's own lines about those failed RPCs go
+// to debug level (hclog.go): their error is a *linkError. The QUIC
+// connections' ends are logged at debug level.
 
 // linkError is a failure of the link to a member: a raft connection's I/O
 // or a dial. Its message is the cause's.
@@ -110,21 +114,15 @@ func (t *Transport) peerAttrs(addr string) []any {
 	return []any{"peer", fp.Short(), "addr", addr}
 }
 
-// watch waits for d's connection to addr to end. If it ended by the
+// watch waits for d's QUIC connection to addr to end. If it ended by the
 // peer's doing (it stopped, restarted and answered with a stateless reset,
-// or went silent past the idle timeout) rather than this daemon's, the
-// link is down, and d is forgotten so that the next stream is opened on a
-// new connection.
-//
-// The link is up once the peer answered on the connection: a probe's end
-// (with TLS 1.3 a dial succeeds before the peer checked this daemon's key,
-// and a peer that refuses it closes the connection just after).
+// or went silent past the idle timeout) rather than this daemon's, d is
+// forgotten so that the next stream is opened on a new connection. The
+// member's link is raft's to report (its TCP connections, tcp.go): the
+// QUIC connection's end is logged at debug level only.
 func (t *Transport) watch(addr string, d *dialed) {
 	defer t.wg.Done()
 	ctx := d.conn.Context()
-	if t.answers(d.conn) {
-		t.linkUp(addr)
-	}
 	select {
 	case <-ctx.Done():
 	case <-t.done:
@@ -140,35 +138,16 @@ func (t *Transport) watch(addr string, d *dialed) {
 	if errors.As(cause, &tr) && tr.Remote && tr.ErrorCode.IsCryptoError() || errors.As(cause, &app) && app.ErrorCode == connRefused {
 		// Refused: not a member of the peer's cell (yet, or any more).
 		// Dialing again now would be refused again.
-		t.linkDown(addr, fmt.Errorf("it refuses this daemon's key (not a member of its cell, yet or any more): %w", cause))
+		t.log.Debug("cell: member refuses this daemon's key on QUIC", append(t.peerAttrs(addr), "reason", cause)...)
 		return
 	}
-	t.linkDown(addr, cause)
+	t.log.Debug("cell: QUIC connection to member ended", append(t.peerAttrs(addr), "reason", cause)...)
 	// Dial again at once, quietly: a member that restarted is reached
 	// again (and said so) without waiting for raft's next RPC to it; one
 	// that is down fails this dial, and the link stays down.
 	dctx, cancel := context.WithTimeout(t.ctx, warmTimeout)
 	defer cancel()
 	t.conn(dctx, addr)
-}
-
-// answers reports whether the peer answers on conn: it ends a probe
-// stream (kindProbe) this daemon opens.
-func (t *Transport) answers(conn *quic.Conn) bool {
-	ctx, cancel := context.WithTimeout(t.ctx, probeTimeout)
-	defer cancel()
-	str, err := conn.OpenStreamSync(ctx)
-	if err != nil {
-		return false
-	}
-	defer str.CancelRead(streamClosed)
-	str.SetDeadline(time.Now().Add(probeTimeout))
-	if _, err := str.Write([]byte{kindProbe}); err != nil {
-		return false
-	}
-	str.Close()
-	_, err = io.Copy(io.Discard, str)
-	return err == nil
 }
 
 // probeTimeout bounds a probe of a connection.
@@ -237,9 +216,15 @@ func (t *Transport) warm() {
 const warmTimeout = 5 * time.Second
 
 // noteIO records what a failed I/O of a raft connection to addr says of
-// the link: a timeout, that the member does not answer.
+// the link: a timeout, that the member does not answer; a TLS alert, that
+// it refused this daemon's key (with TLS 1.3 a dial succeeds before the
+// peer checked it, and the refusal comes with the first read).
 func (t *Transport) noteIO(addr string, err error) {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	var op *net.OpError
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		t.linkDown(addr, errors.New("no answer within raft's RPC timeout"))
+	case errors.As(err, &op) && op.Op == "remote error":
+		t.linkDown(addr, fmt.Errorf("it refuses this daemon's key (not a member of its cell, yet or any more): %w", err))
 	}
 }

@@ -476,9 +476,7 @@ func (t *Transport) dialInto(ctx context.Context, addr string, want wire.Fingerp
 	close(d.ready)
 	if d.err != nil {
 		t.forget(addr, d)
-		if ctx.Err() == nil || errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
-			t.linkDown(addr, d.err)
-		}
+		t.log.Debug("cell: QUIC dial to member failed", append(t.peerAttrs(addr), "reason", d.err)...)
 		return d.err
 	}
 	t.mu.Lock()
