@@ -52,8 +52,9 @@ type Config struct {
 
 	// DedupWindow is how many of the most recently stored message IDs are
 	// remembered for idempotency. 0 means DefaultDedupWindow (65536); at
-	// most MaxDedupWindow. It costs at most 64 bytes per remembered ID
-	// (4 MiB at the default), allocated as the window fills.
+	// most MaxDedupWindow. It costs 64 bytes per remembered ID at the
+	// default (4 MiB), at most 96 for a window not a power of two,
+	// allocated as the window fills.
 	DedupWindow int
 
 	// Epoch, if not zero, is the log's epoch rather than a new random

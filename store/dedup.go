@@ -6,37 +6,48 @@ import "hash/maphash"
 // sequence number and time each was given.
 //
 // ring[(seq-1)%window] is the record of the message stored at seq; adding
-// seq forgets seq-window. The index is an open-addressing hash table with
-// linear probing, kept at most half full, and deletion by backward shift, so
-// no tombstones pile up under the steady forget-one-remember-one churn (Go's
-// map slows down under it). IDs are chosen by clients, so they are hashed
-// with a per-log random seed.
+// seq forgets seq-window. The index is two open-addressing hash tables with
+// linear probing, each kept at most half full: cur, into which add
+// inserts, and prev, the table cur was before it. Once cur has taken window
+// IDs it becomes prev, and the old prev, emptied, becomes cur. So every ID
+// of the last window is in one of the two, and a forgotten ID is never
+// deleted from the index: it stays in a table until that table is emptied,
+// and a lookup that finds it there checks the ring, whose record at that
+// position has since been overwritten. Deleting each forgotten ID (backward
+// shift) cost the leader a random access to the index and a walk of the
+// probe run per message stored, 3-6% of its CPU in profiles; the two tables cost a
+// lookup a second probe and the index twice the memory. IDs are chosen by
+// clients, so they are hashed with a per-log random seed.
 //
 // An index entry holds the ring position (plus one; 0 is empty) in its low
 // 32 bits and the low 32 bits of the ID's hash in its high ones. Lookups
-// compare the hash bits before reading the ring, and removals find each
-// entry's home slot from them: the ring is 2 MiB at the default window, and
-// reading it at random for every entry probed cost a cache miss each.
+// compare the hash bits before reading the ring: the ring is 2 MiB at the
+// default window, and reading it at random for every entry probed cost a
+// cache miss each.
 //
 // The index is built at the first lookup, and kept from then on: a log
 // whose IDs are never looked up pays for the ring alone. A cell's
 // followers are such logs (the leader alone looks IDs up, before it
-// stamps a send): keeping their index cost each follower two random
-// accesses to a table of megabytes per message, to no use. A follower that
-// becomes leader builds it at its first send, from the ring (about a
-// millisecond per 65,536 IDs).
+// stamps a send): keeping their index cost each follower random accesses
+// to a table of megabytes per message, to no use. A follower that becomes
+// leader builds it at its first send, from the ring (about a millisecond
+// per 65,536 IDs).
 //
-// Memory: 32 B per ring record plus, once indexed, 16–32 B of index per
-// ID, allocated as the window fills: at most 64 B per remembered ID, 4 MiB
-// at the default window.
+// Memory: 32 B per ring record plus, once indexed, 16-32 B of index per ID
+// while the window fills and 32-64 B once it is full: at most 96 B per
+// remembered ID, 4 MiB at the default window.
 type dedup struct {
 	window  int
 	seed    maphash.Seed
 	ring    []firstAck
-	indexed bool // index is built and kept
-	index   []uint64
-	mask    uint64
-	warmed  uint64 // what warm loaded, kept so the compiler keeps its loads
+	indexed bool // the index is built and kept
+	// cur and prev are the index's tables, of the same size (a power of
+	// two, mask+1); prev is nil until cur first fills. taken counts the
+	// IDs inserted into cur.
+	cur, prev []uint64
+	mask      uint64
+	taken     int
+	warmed    uint64 // what warm loaded, kept so the compiler keeps its loads
 }
 
 type firstAck struct {
@@ -56,25 +67,31 @@ func (d *dedup) hash(id *[16]byte) uint64 {
 // indexEntry is the index entry of ring position pos for an ID hashed to h.
 func indexEntry(pos int, h uint64) uint64 { return h<<32 | uint64(pos+1) }
 
-// home is the slot an entry's probe run starts from.
-func (d *dedup) home(e uint64) uint64 { return (e >> 32) & d.mask }
-
 // lookup finds id, whose hash is h, building the index if it is not.
 func (d *dedup) lookup(id [16]byte, h uint64) (firstAck, bool) {
 	if !d.indexed {
 		d.build()
 	}
-	if len(d.index) == 0 {
+	if a, ok := d.find(d.cur, id, h); ok {
+		return a, true
+	}
+	return d.find(d.prev, id, h)
+}
+
+// find looks id, hashed to h, up in the index table t: an entry whose ring
+// record holds another ID is one the window forgot.
+func (d *dedup) find(t []uint64, id [16]byte, h uint64) (firstAck, bool) {
+	if len(t) == 0 {
 		return firstAck{}, false
 	}
 	tag := h << 32
 	for i := h & d.mask; ; i = (i + 1) & d.mask {
-		e := d.index[i]
+		e := t[i]
 		if e == 0 {
 			return firstAck{}, false
 		}
 		if e&^0xffffffff == tag {
-			if a := &d.ring[uint32(e)-1]; a.id == id {
+			if a := &d.ring[uint32(e)-1]; a.id == id && a.seq != 0 {
 				return *a, true
 			}
 		}
@@ -97,75 +114,60 @@ func (d *dedup) add(id [16]byte, seq uint64, t int64) {
 			d.ring = append(make([]firstAck, 0, min(d.window, max(16, 2*pos))), d.ring...)
 		}
 		d.ring = d.ring[:pos+1]
-		if d.indexed && 2*len(d.ring) > len(d.index) {
-			d.rehash(max(16, 2*len(d.index)))
+		if d.indexed && 2*len(d.ring) > len(d.cur) {
+			d.rehash(max(16, 2*len(d.cur)))
 		}
 	} else {
 		pos = int((seq - 1) % uint64(d.window))
-		if d.indexed && d.ring[pos].seq != 0 {
-			d.remove(pos)
-		}
 	}
 	d.ring[pos] = firstAck{id: id, seq: seq, time: t}
 	if d.indexed {
+		if d.taken == d.window {
+			d.rotate()
+		}
 		d.insert(pos, d.hash(&id))
 	}
 }
 
+// rotate makes cur, which holds window IDs, prev, and the old prev,
+// emptied, cur: what the old prev alone held, the window has forgotten.
+func (d *dedup) rotate() {
+	if d.prev == nil {
+		d.prev = make([]uint64, len(d.cur))
+	} else {
+		clear(d.prev)
+	}
+	d.cur, d.prev = d.prev, d.cur
+	d.taken = 0
+}
+
 // warmLookups loads the index slots that the lookups of IDs hashed to hs
-// will probe first, and warmRemovals those of the n IDs the window will
-// forget as messages from seq next on are added. The loads do not depend
-// on each other, so their cache misses overlap; one message after another,
-// each lookup and each removal waited for its own. (The index and the ring
-// are 3 MiB at the default window, and the daemon's other work leaves
-// little of them in the caches.)
+// will probe first. The loads do not depend on each other, so their cache
+// misses overlap; one message after another, each lookup waited for its
+// own. (The index and the ring are 4 MiB at the default window, and the
+// daemon's other work leaves little of them in the caches.)
 func (d *dedup) warmLookups(hs []uint64) {
-	if len(d.index) == 0 {
+	if len(d.cur) == 0 {
 		return
 	}
 	var sink uint64
 	for _, h := range hs {
-		sink += d.index[h&d.mask]
-	}
-	d.warmed = sink
-}
-
-func (d *dedup) warmRemovals(next uint64, n int) {
-	if !d.indexed || len(d.ring) < d.window {
-		return
-	}
-	var sink uint64
-	for i := range n {
-		old := &d.ring[int((next+uint64(i)-1)%uint64(d.window))]
-		sink += d.index[d.hash(&old.id)&d.mask]
-	}
-	d.warmed = sink
-}
-
-func (d *dedup) insert(pos int, h uint64) {
-	i := h & d.mask
-	for d.index[i] != 0 {
-		i = (i + 1) & d.mask
-	}
-	d.index[i] = indexEntry(pos, h)
-}
-
-// remove drops ring position pos from the index, shifting later entries of
-// its probe run back so lookups need no tombstones.
-func (d *dedup) remove(pos int) {
-	i := d.hash(&d.ring[pos].id) & d.mask
-	for uint32(d.index[i]) != uint32(pos)+1 {
-		i = (i + 1) & d.mask
-	}
-	for j := (i + 1) & d.mask; d.index[j] != 0; j = (j + 1) & d.mask {
-		// The entry at j may move to the hole at i if its home slot is
-		// not cyclically within (i, j].
-		if (j-d.home(d.index[j]))&d.mask >= (j-i)&d.mask {
-			d.index[i] = d.index[j]
-			i = j
+		sink += d.cur[h&d.mask]
+		if d.prev != nil {
+			sink += d.prev[h&d.mask]
 		}
 	}
-	d.index[i] = 0
+	d.warmed = sink
+}
+
+// insert indexes ring position pos, for an ID hashed to h, in cur.
+func (d *dedup) insert(pos int, h uint64) {
+	i := h & d.mask
+	for d.cur[i] != 0 {
+		i = (i + 1) & d.mask
+	}
+	d.cur[i] = indexEntry(pos, h)
+	d.taken++
 }
 
 // fill grows the ring to the whole window, its empty records seq 0, and
@@ -181,15 +183,16 @@ func (d *dedup) fill() {
 	}
 }
 
-// build indexes every record of the ring, in an index at most half full,
+// build indexes every record of the ring, in a table at most half full,
 // and keeps the index from then on.
 func (d *dedup) build() {
 	size := 16
 	for size < 2*len(d.ring) {
 		size *= 2
 	}
-	d.index = make([]uint64, size)
+	d.cur, d.prev = make([]uint64, size), nil
 	d.mask = uint64(size - 1)
+	d.taken = 0
 	for pos := range d.ring {
 		if d.ring[pos].seq != 0 {
 			d.insert(pos, d.hash(&d.ring[pos].id))
@@ -198,11 +201,13 @@ func (d *dedup) build() {
 	d.indexed = true
 }
 
-// rehash indexes the ring anew in an index of size slots, but for its last
-// record, which add is filling.
+// rehash indexes the ring anew in a table of size slots, but for its last
+// record, which add is filling. It runs only while the window fills, when
+// cur holds every ID remembered and prev is nil.
 func (d *dedup) rehash(size int) {
-	d.index = make([]uint64, size)
+	d.cur = make([]uint64, size)
 	d.mask = uint64(size - 1)
+	d.taken = 0
 	for pos := range d.ring[:len(d.ring)-1] { // the last slot is being filled
 		d.insert(pos, d.hash(&d.ring[pos].id))
 	}

@@ -33,7 +33,7 @@ func TestDedupChurn(t *testing.T) {
 						delete(want, order[len(order)-window-1])
 					}
 					if seq < first {
-						if d.indexed || len(d.index) != 0 {
+						if d.indexed || len(d.cur) != 0 {
 							t.Fatalf("seq %d: indexed before the first lookup", seq)
 						}
 						continue
@@ -71,6 +71,37 @@ func TestDedupFromPastOne(t *testing.T) {
 				got, ok := d.lookup(k, d.hash(&k))
 				if want := seq >= 1042+50; ok != want || (ok && got.seq != seq) {
 					t.Fatalf("seq %d: lookup = %+v %v, want found %v", seq, got, ok, want)
+				}
+			}
+		})
+	}
+}
+
+// TestDedupReusedID: an ID the window forgot may be stored again; the
+// index then finds its new record, never the old one's position (whose
+// record another message's overwrote), through many turns of the index's
+// two tables.
+func TestDedupReusedID(t *testing.T) {
+	for _, window := range []int{1, 7, 64} {
+		t.Run(fmt.Sprintf("window=%d", window), func(t *testing.T) {
+			d := newDedup(window)
+			ids := window + 3 // each ID is forgotten 3 messages before it comes back
+			id := func(n int) [16]byte { return [16]byte{byte(n), byte(n >> 8), 0x5e} }
+			last := map[int]uint64{} // ID -> the seq it was last stored at
+			for seq := uint64(1); seq <= uint64(50*ids); seq++ {
+				n := int(seq-1) % ids
+				k := id(n)
+				if _, ok := d.lookup(k, d.hash(&k)); ok {
+					t.Fatalf("seq %d: ID %d, stored last at %d, is remembered", seq, n, last[n])
+				}
+				d.add(k, seq, int64(seq))
+				last[n] = seq
+				for m, at := range last {
+					k := id(m)
+					got, ok := d.lookup(k, d.hash(&k))
+					if want := at+uint64(window) > seq; ok != want || (ok && (got.seq != at || got.id != k)) {
+						t.Fatalf("seq %d: ID %d stored at %d: lookup = %+v %v, want found %v", seq, m, at, got, ok, want)
+					}
 				}
 			}
 		})

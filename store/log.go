@@ -244,7 +244,6 @@ func (l *Log) appendChecked(batch []Entry) {
 
 // add stores a checked batch. l.mu is held.
 func (l *Log) add(batch []Entry) {
-	l.dedup.warmRemovals(batch[0].Seq, len(batch))
 	var bytes int
 	for i := range batch {
 		e := &batch[i]
