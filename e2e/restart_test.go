@@ -3,8 +3,10 @@
 package e2e
 
 import (
+	"net"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -206,4 +208,44 @@ func TestRegistryKeyChange(t *testing.T) {
 		t.Errorf("forget-registry of an unknown address printed %q", out)
 	}
 	alice.ok(t, "groups")
+}
+
+// TestCommandFollowsRestartedDaemon kills a group daemon with SIGKILL
+// (no deregistration: the registry still lists its address) and starts it
+// again on another port, with the same state, while a send is under way
+// from the old listing: the send must reach the group where it is listed
+// now. It used to dial the old address until the dial timed out (5 s) and
+// fail. The daemon is started again only once the send's dial has reached
+// the old address (a socket of the test's there, which answers nothing),
+// so the send cannot have read the new listing first.
+func TestCommandFollowsRestartedDaemon(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer reg.stop(t)
+	state := t.TempDir()
+	serve := []string{"--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state}
+	gd := startDaemon(t, "serve", serve...)
+	alice := newUser(t, "alice", reg.registry)
+	waitListed(t, alice, gd.groups["lobby"])
+	alice.join(t, "lobby")
+	alice.ok(t, "send", "lobby", "before")
+	gd.proc.stop(t, syscall.SIGKILL)
+
+	old, err := net.ListenPacket("udp", gd.addr)
+	if err != nil {
+		t.Fatalf("the killed daemon's address %s: %v", gd.addr, err)
+	}
+	defer old.Close()
+	send := alice.start(t, "send", "lobby", "after")
+	if _, _, err := old.ReadFrom(make([]byte, 2048)); err != nil {
+		t.Fatal(err)
+	}
+	gd = startDaemon(t, "serve", serve...)
+	defer gd.stop(t)
+	if code := send.wait(t); code != 0 {
+		t.Fatalf("send from the old listing exited %d, want 0\nstderr:\n%s", code, send.stderr)
+	}
+	if got, want := parseFetch(t, alice.ok(t, "fetch", "lobby")), []fetchLine{{1, "alice", "before"}, {2, "alice", "after"}}; !slices.Equal(got, want) {
+		t.Errorf("the group holds %+v, want %+v", got, want)
+	}
 }
