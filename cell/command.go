@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"unicode/utf8"
 
 	"github.com/huddle-chat/huddle/store"
@@ -338,6 +339,59 @@ func decodeEntries(r *reader, entries []store.Entry) []store.Entry {
 		r.fixed(senders[i].Fingerprint[:], "sender fingerprint")
 		senders[i].Name = r.name("sender name")
 	}
+	if out, rest, ok := appendMessages(entries, r.p, count, seq, t, senders); ok {
+		r.p = rest
+		return out
+	}
+	return readMessages(r, entries, count, seq, t, senders)
+}
+
+// appendMessages is decodeEntries' loop over a send's messages for a
+// well-formed send: it appends the count messages at the head of p, stamped
+// from seq and t on, to entries, and returns them and what follows them.
+// At the first thing amiss it returns ok false, and readMessages, which
+// checks each field through a reader, says what. Both accept the same
+// sends, alike (FuzzAppendMessages). Every replica decodes every message
+// (3-8% of a follower's CPU in profiles); this loop takes a third less
+// time than the reader's (BenchmarkDecodeSend).
+func appendMessages(entries []store.Entry, p []byte, count, seq uint64, t int64, senders []store.Sender) (_ []store.Entry, rest []byte, ok bool) {
+	start := len(entries)
+	entries = slices.Grow(entries, int(count))
+	for i := range count {
+		dt, n := binary.Uvarint(p)
+		if n <= 0 || (dt == 0) != (i == 0) || dt > 1<<62 || int64(dt) > 1<<62-t || len(p)-n < len(store.Entry{}.ID) {
+			return entries[:start], nil, false
+		}
+		t += int64(dt)
+		var id [16]byte
+		p = p[n+copy(id[:], p[n:]):]
+		s, n := binary.Uvarint(p)
+		if n <= 0 || s >= uint64(len(senders)) {
+			return entries[:start], nil, false
+		}
+		p = p[n:]
+		size, n := binary.Uvarint(p)
+		if n <= 0 || size > maxCommandBody || size > uint64(len(p)-n) {
+			return entries[:start], nil, false
+		}
+		body := p[n : n+int(size) : n+int(size)]
+		p = p[n+int(size):]
+		// Set field by field in place: a whole Entry copied into the
+		// slice takes the GC's bulk write barrier while it marks.
+		entries = entries[:len(entries)+1]
+		m := &entries[len(entries)-1]
+		m.Seq, m.Time, m.ID = seq+i, t, id
+		m.From.Fingerprint = senders[s].Fingerprint
+		m.From.Name = senders[s].Name
+		m.Body = body
+	}
+	return entries, p, true
+}
+
+// readMessages is decodeEntries' loop over a send's messages, each field
+// checked as it is read: the first thing amiss fails r.
+func readMessages(r *reader, entries []store.Entry, count, seq uint64, t int64, senders []store.Sender) []store.Entry {
+	nsenders := uint64(len(senders))
 	start := len(entries)
 	for i := uint64(0); i < count && r.err == nil; i++ {
 		dt := r.uvarint("dt", 1<<62)

@@ -2,6 +2,7 @@ package cell
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"reflect"
@@ -179,4 +180,47 @@ func TestSendRunsOfSenders(t *testing.T) {
 			t.Fatalf("bob named %d times, want once", got)
 		}
 	}
+}
+
+// FuzzAppendMessages: a send's messages decode alike by the fast loop
+// (appendMessages) and the careful one (readMessages): the same messages
+// and the same rest when both accept them, and neither accepts what the
+// other refuses. The fuzzer picks the loop's bytes and the header's
+// values, within what decodeEntries checks before the loop.
+func FuzzAppendMessages(f *testing.F) {
+	msg := func(p []byte, dt uint64, id byte, sender uint64, body string) []byte {
+		p = binary.AppendUvarint(p, dt)
+		p = append(p, bytes.Repeat([]byte{id}, 16)...)
+		p = binary.AppendUvarint(p, sender)
+		p = binary.AppendUvarint(p, uint64(len(body)))
+		return append(p, body...)
+	}
+	two := msg(msg(nil, 0, 1, 0, "hi"), 5, 2, 1, "there")
+	f.Add(two, uint16(2), uint64(7), int64(100), uint8(2))
+	f.Add(append(two, 9), uint16(2), uint64(7), int64(100), uint8(2)) // a byte left over
+	f.Add(two, uint16(3), uint64(7), int64(100), uint8(2))            // one message short
+	f.Add(two, uint16(2), uint64(7), int64(100), uint8(1))            // a sender out of range
+	f.Add(msg(nil, 1, 1, 0, ""), uint16(1), uint64(1), int64(0), uint8(1))
+	f.Add(msg(msg(nil, 0, 1, 0, ""), 1<<62, 2, 0, ""), uint16(2), uint64(1), int64(1), uint8(1))
+	f.Fuzz(func(t *testing.T, p []byte, count uint16, seq uint64, t0 int64, nsenders uint8) {
+		if count == 0 || count > maxCommandMessages || seq == 0 || seq > 1<<62 || t0 < 0 || t0 > 1<<62 || nsenders == 0 {
+			t.Skip("decodeEntries refuses these before the loop")
+		}
+		senders := make([]store.Sender, nsenders)
+		for i := range senders {
+			senders[i] = store.Sender{Fingerprint: [32]byte{byte(i)}, Name: string(rune('a' + i%26))}
+		}
+		got, rest, ok := appendMessages(nil, p, uint64(count), seq, t0, senders)
+		r := reader{p: p}
+		want := readMessages(&r, nil, uint64(count), seq, t0, senders)
+		if ok != (r.err == nil) {
+			t.Fatalf("appendMessages ok %v, readMessages %v", ok, r.err)
+		}
+		if !ok {
+			return
+		}
+		if !reflect.DeepEqual(got, want) || !bytes.Equal(rest, r.p) {
+			t.Fatalf("appendMessages = %+v, rest %x; readMessages = %+v, rest %x", got, rest, want, r.p)
+		}
+	})
 }
