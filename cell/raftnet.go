@@ -66,6 +66,16 @@ const maxIdleConns = 4
 // measured no gain from more in flight.)
 const pipelineDepth = 0
 
+// pipelineAnswered is how many answered requests a pipeline holds for raft
+// to take (Consumer). Raft stops taking them when a response says no (a
+// follower whose log differs, a newer term), and only notices, and closes
+// the pipeline, between two AppendEntries calls: were the answers not
+// held, the next call would wait for the reader, the reader for raft, and
+// raft for the call, for ever (a leader's shutdown hung so once in the
+// cell's tests, TestAddRemoveMember). hashicorp/raft's NetworkTransport
+// has the same shape.
+const pipelineAnswered = 16
+
 // readBuffer is the size of a connection's read buffer: frames longer than
 // what it holds are read into a buffer of their own.
 const readBuffer = 64 << 10
@@ -331,7 +341,7 @@ func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 		n:        n,
 		c:        &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)},
 		inflight: make(chan *appendFuture, pipelineDepth),
-		done:     make(chan raft.AppendFuture, pipelineDepth),
+		done:     make(chan raft.AppendFuture, pipelineAnswered),
 		stop:     make(chan struct{}),
 	}
 	n.mu.Lock()
@@ -374,10 +384,31 @@ func (p *rpcPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.
 	select {
 	case p.inflight <- f:
 		return f, nil
+	default:
+	}
+	// The reader is busy with the previous response, for up to the RPC
+	// timeout; past it (the reader is stuck on raft: pipelineAnswered),
+	// this pipeline is done.
+	var timeout <-chan time.Time
+	if t := p.n.timeout; t > 0 {
+		timer := time.NewTimer(t)
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	select {
+	case p.inflight <- f:
+		return f, nil
 	case <-p.stop:
 		return nil, raft.ErrPipelineShutdown
+	case <-timeout:
+		p.c.close()
+		return nil, fmt.Errorf("cell: a pipelined AppendEntries: %w", errPipelineStuck)
 	}
 }
+
+// errPipelineStuck: a pipeline's reader did not take a request within the
+// RPC timeout.
+var errPipelineStuck = errors.New("its responses are not being taken")
 
 // Consumer returns the answered requests, in order (raft.AppendPipeline).
 func (p *rpcPipeline) Consumer() <-chan raft.AppendFuture { return p.done }

@@ -158,6 +158,38 @@ func TestRaftNetPipeline(t *testing.T) {
 	}
 }
 
+// TestRaftNetPipelineUnread: once raft stops taking a pipeline's answers
+// (it does after a response that says no, and closes the pipeline only
+// between two calls), AppendEntries still returns: the answers wait for
+// it, rather than the reader for raft and raft for the reader.
+func TestRaftNetPipelineUnread(t *testing.T) {
+	a, _, b, _ := raftNetPair(t)
+	p, err := a.AppendEntriesPipeline("b", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	returned := make(chan error, 1)
+	go func() {
+		for i := range 8 {
+			req := &raft.AppendEntriesRequest{Term: 2, PrevLogEntry: uint64(i), Entries: entries(uint64(i+1), 1)}
+			if _, err := p.AppendEntries(req, new(raft.AppendEntriesResponse)); err != nil {
+				returned <- fmt.Errorf("request %d: %w", i, err)
+				return
+			}
+		}
+		returned <- nil
+	}()
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("AppendEntries blocked while nobody took the pipeline's answers")
+	}
+}
+
 // TestRaftNetClosed: RPCs after Close fail with raft's error for it, and
 // Close is safe twice.
 func TestRaftNetClosed(t *testing.T) {
