@@ -456,3 +456,26 @@ func TestRecoveries(t *testing.T) {
 		t.Fatalf("partition recoveries %+v, want one not recovered", got)
 	}
 }
+
+// TestAckedSinceLastFault counts only attempts started after the last
+// fault: an attempt under way when it struck may be acknowledged after it.
+func TestAckedSinceLastFault(t *testing.T) {
+	h := New()
+	if h.AckedSinceLastFault() {
+		t.Fatal("acked with no sends")
+	}
+	h.Send(Send{ID: idOf(1, 1), Start: at(1), End: at(2), Acked: true, Seq: 1})
+	if !h.AckedSinceLastFault() {
+		t.Fatal("an ack with no fault yet not counted")
+	}
+	h.Fault(at(10), "kill", "d1")
+	h.Send(Send{ID: idOf(1, 2), Start: at(9), End: at(30), Acked: true, Seq: 2}) // under way at the kill
+	h.Send(Send{ID: idOf(1, 3), Start: at(31), End: at(40), Err: "timeout"})
+	if h.AckedSinceLastFault() {
+		t.Fatal("an attempt started before the fault counted")
+	}
+	h.Send(Send{ID: idOf(1, 3), Start: at(40), End: at(45), Acked: true, Seq: 3})
+	if !h.AckedSinceLastFault() {
+		t.Fatal("an ack of an attempt started after the fault not counted")
+	}
+}

@@ -144,6 +144,23 @@ func (h *History) Acked() int {
 	return len(ids)
 }
 
+// AckedSinceLastFault reports whether an attempt that started at or after
+// the last fault was acknowledged (with no fault yet: any attempt).
+func (h *History) AckedSinceLastFault() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var last time.Time
+	if len(h.faults) > 0 {
+		last = h.faults[len(h.faults)-1].At
+	}
+	for _, s := range h.sends {
+		if s.Acked && !s.Start.Before(last) {
+			return true
+		}
+	}
+	return false
+}
+
 // Sends returns a copy of the send attempts recorded so far.
 func (h *History) Sends() []Send {
 	h.mu.Lock()

@@ -367,7 +367,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 			}
 			counts[kind]++
 		}
-		w.waitProgress(t, "the last fault healed")
+		w.waitRecovered(t)
 		w.finish(t)
 
 		// Every member must catch up to the same log.

@@ -131,7 +131,7 @@ func TestDurableDaemonFaults(t *testing.T) {
 			}
 			counts[kind]++
 		}
-		w.waitProgress(t, "the last fault healed")
+		w.waitRecovered(t)
 		w.finish(t)
 
 		final, ok := w.read(ctx, checker, "d1", 0, true)

@@ -289,6 +289,23 @@ func (w *workload) waitProgress(t *testing.T, after string) {
 	}
 }
 
+// waitRecovered waits for an ack of an attempt that started after the
+// last fault, failing the test after waitTimeout. waitProgress would not
+// do before finish: an attempt under way when the fault struck may be
+// acknowledged after it (retried on a new connection), and says nothing
+// of whether sends succeed again, which the recoveries check.
+func (w *workload) waitRecovered(t *testing.T) {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	for !w.h.AckedSinceLastFault() {
+		select {
+		case <-w.progress:
+		case <-deadline:
+			t.Fatalf("no send started after the last fault was acknowledged within %v", waitTimeout)
+		}
+	}
+}
+
 // finish stops the senders, each finishing the message it has in flight,
 // and waits for them.
 func (w *workload) finish(t *testing.T) {
