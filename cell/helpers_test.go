@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go/qlog"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -215,10 +215,7 @@ func (c *testCell) newMember(disk bool) *testMember {
 	if err != nil {
 		t.Fatal(err)
 	}
-	udp := memberSocket(t, net.IPv4(127, 0, 0, 1))
-	addr := udp.LocalAddr().String()
-	udp.Close() // bound again by start
-	m := &testMember{t: t, id: id, addr: addr, dir: t.TempDir()}
+	m := &testMember{t: t, id: id, addr: testport.Cell(t), dir: t.TempDir()} // bound by start
 	rand.Read(m.reset[:])
 	if disk {
 		m.host = newTestHost(filepath.Join(m.dir, "logs"))
@@ -226,31 +223,6 @@ func (c *testCell) newMember(disk bool) *testMember {
 		m.host = newTestHost("")
 	}
 	return m
-}
-
-// memberSocket returns a UDP socket on ip at a port whose TCP twin is
-// free too, for a member (raft listens on TCP at its UDP port's number).
-// The port is below Linux's ephemeral range (32768 up), where outgoing TCP
-// connections take theirs: a UDP port the kernel chose could be held on
-// TCP by a connection (or its TIME_WAIT) of this or another process.
-func memberSocket(t testing.TB, ip net.IP) *net.UDPConn {
-	t.Helper()
-	for range 1000 {
-		port := 20000 + mrand.IntN(12000)
-		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip, Port: port})
-		if err != nil {
-			continue
-		}
-		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: ip, Port: port})
-		if err != nil {
-			udp.Close()
-			continue
-		}
-		ln.Close()
-		return udp
-	}
-	t.Fatal("no port free on both UDP and TCP")
-	return nil
 }
 
 // start binds m's socket and starts its node; join starts it to join a

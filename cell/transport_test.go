@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 )
 
 // transportPair is two transports on 127.0.0.1, b listening with the cell
@@ -27,7 +28,7 @@ type transportPair struct {
 
 func newTransport(t testing.TB, id *identity.Identity, peers []Peer, listen bool) (*Transport, string) {
 	t.Helper()
-	return newTransportOn(t, memberSocket(t, net.IPv4(127, 0, 0, 1)), id, peers, listen)
+	return newTransportOn(t, testport.UDP(t, net.IPv4(127, 0, 0, 1)), id, peers, listen)
 }
 
 // newTransportOn is newTransport on the UDP socket udp, which it closes at
@@ -157,7 +158,7 @@ func TestTransportIPv6(t *testing.T) {
 		t.Skipf("no IPv6 loopback here: %v", err)
 	}
 	probe.Close()
-	udp := memberSocket(t, net.IPv6loopback)
+	udp := testport.UDP(t, net.IPv6loopback)
 	aID, bID := mustIdentity(t), mustIdentity(t)
 	b, bAddr := newTransportOn(t, udp, bID, []Peer{{Addr: "[::1]:1", Fingerprint: aID.Fingerprint()}}, true)
 	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)

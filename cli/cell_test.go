@@ -2,14 +2,12 @@ package cli
 
 import (
 	"encoding/json"
-	"math/rand/v2"
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 )
 
 // TestCellThreeDaemons walks README's three-host cell on loopback: three
@@ -203,29 +201,5 @@ func cellHost(t *testing.T, dir string) (*identity.Identity, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return id, cellAddr(t)
-}
-
-// cellAddr returns a 127.0.0.1 address for a cell member, at a port free
-// on both UDP and TCP (a member's raft listens on TCP at its UDP port's
-// number), below Linux's ephemeral range (32768 up), where outgoing TCP
-// connections and their TIME_WAITs take theirs.
-func cellAddr(t testing.TB) string {
-	t.Helper()
-	for range 1000 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
-		udp, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		ln, err := net.Listen("tcp", addr)
-		udp.Close()
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no port free on both UDP and TCP")
-	return ""
+	return id, testport.Cell(t)
 }

@@ -6,10 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +16,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -44,7 +42,7 @@ func newCellMembers(t *testing.T, n, listed int) ([]*cellMember, []string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		members[i] = &cellMember{dir: dir, addr: cellAddr(t), fp: id.Fingerprint()}
+		members[i] = &cellMember{dir: dir, addr: testport.Cell(t), fp: id.Fingerprint()}
 		if i < listed {
 			peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+members[i].addr)
 		}
@@ -258,28 +256,4 @@ func TestCellLeaderKill(t *testing.T) {
 		t.Fatal("an ID was acknowledged twice")
 	}
 	t.Logf("%d leader kills and %d member kills survived; %d acknowledged messages checked on each of %d replicas: none lost, none duplicated; one watch saw them all, in order, with no gap, repeat or reset", kills, len(members), len(acks), len(members))
-}
-
-// cellAddr returns a 127.0.0.1 address for a cell member, at a port free
-// on both UDP and TCP (a member's raft listens on TCP at its UDP port's
-// number), below Linux's ephemeral range (32768 up), where outgoing TCP
-// connections and their TIME_WAITs take theirs.
-func cellAddr(t testing.TB) string {
-	t.Helper()
-	for range 1000 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
-		udp, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		ln, err := net.Listen("tcp", addr)
-		udp.Close()
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no port free on both UDP and TCP")
-	return ""
 }

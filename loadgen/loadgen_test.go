@@ -3,9 +3,6 @@ package loadgen_test
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
-	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +14,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/loadgen"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -126,7 +124,7 @@ func startCell(t *testing.T) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		peers = append(peers, cell.Peer{Addr: cellAddr(t), Fingerprint: id.Fingerprint()})
+		peers = append(peers, cell.Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
 		dirs = append(dirs, dir)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -173,28 +171,4 @@ func TestFetchFromFollower(t *testing.T) {
 	if _, err := loadgen.Run(ctx, cfg); err == nil || !strings.Contains(err.Error(), "not replicated") {
 		t.Fatalf("a follower of a group no cell replicates: %v, want an error saying so", err)
 	}
-}
-
-// cellAddr returns a 127.0.0.1 address for a cell member, at a port free
-// on both UDP and TCP (a member's raft listens on TCP at its UDP port's
-// number), below Linux's ephemeral range (32768 up), where outgoing TCP
-// connections and their TIME_WAITs take theirs.
-func cellAddr(t testing.TB) string {
-	t.Helper()
-	for range 1000 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
-		udp, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		ln, err := net.Listen("tcp", addr)
-		udp.Close()
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no port free on both UDP and TCP")
-	return ""
 }

@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -16,6 +13,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -41,7 +39,7 @@ func startTestCell(t *testing.T, n int, mutate func(*Config)) []*testCellMember 
 		dir := t.TempDir()
 		id, err := identity.LoadOrCreate(dir)
 		must(t, err)
-		addr := cellAddr(t)
+		addr := testport.Cell(t)
 		members[i] = &testCellMember{addr: addr, fp: id.Fingerprint(), dir: dir}
 		peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
 	}
@@ -380,7 +378,7 @@ func TestCellAddMember(t *testing.T) {
 	dir := t.TempDir()
 	id, err := identity.LoadOrCreate(dir)
 	must(t, err)
-	addr := cellAddr(t)
+	addr := testport.Cell(t)
 	peers := append([]cell.Peer(nil), members[0].cfg.Cell.Peers...)
 	peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
 	nd, _ := startGroupDaemon(t, Config{StateDir: dir, Listen: addr, Groups: []Spec{{Name: "general"}},
@@ -519,7 +517,7 @@ func TestCellMemberBeforeItsGroups(t *testing.T) {
 		dirs[i] = t.TempDir()
 		id, err := identity.LoadOrCreate(dirs[i])
 		must(t, err)
-		peers = append(peers, cell.Peer{Addr: cellAddr(t), Fingerprint: id.Fingerprint()})
+		peers = append(peers, cell.Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
 	}
 	alone, _ := startGroupDaemon(t, Config{StateDir: dirs[0], Listen: peers[0].Addr, Groups: []Spec{{Name: "general"}},
 		Cell: &CellConfig{Peers: peers}})
@@ -643,28 +641,4 @@ func TestCellFsyncAlways(t *testing.T) {
 			t.Fatalf("%s serves %d messages, want the 2 acknowledged", m.addr, len(got))
 		}
 	}
-}
-
-// cellAddr returns a 127.0.0.1 address for a cell member, at a port free
-// on both UDP and TCP (a member's raft listens on TCP at its UDP port's
-// number), below Linux's ephemeral range (32768 up), where outgoing TCP
-// connections and their TIME_WAITs take theirs.
-func cellAddr(t testing.TB) string {
-	t.Helper()
-	for range 1000 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(12000)))
-		udp, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		ln, err := net.Listen("tcp", addr)
-		udp.Close()
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no port free on both UDP and TCP")
-	return ""
 }

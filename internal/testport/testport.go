@@ -1,0 +1,45 @@
+// Package testport picks ports for tests that start cell members. A member
+// listens on UDP (QUIC) and, for raft, on TCP at the same port number, so
+// its port must be free on both. The ports are below Linux's ephemeral
+// range (32768 up), where outgoing TCP connections take theirs: a UDP port
+// the kernel chose could be held on TCP by a connection (or its TIME_WAIT)
+// of this or another process.
+package testport
+
+import (
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"testing"
+)
+
+// UDP returns a UDP socket on ip at a port whose TCP twin is free too.
+func UDP(t testing.TB, ip net.IP) *net.UDPConn {
+	t.Helper()
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip, Port: port})
+		if err != nil {
+			continue
+		}
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: ip, Port: port})
+		if err != nil {
+			udp.Close()
+			continue
+		}
+		ln.Close()
+		return udp
+	}
+	t.Fatal("no port free on both UDP and TCP")
+	return nil
+}
+
+// Cell returns a 127.0.0.1 address for a cell member started as a
+// process, at a port free on both UDP and TCP when it returns.
+func Cell(t testing.TB) string {
+	t.Helper()
+	udp := UDP(t, net.IPv4(127, 0, 0, 1))
+	addr := udp.LocalAddr().(*net.UDPAddr)
+	udp.Close()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
+}
