@@ -66,6 +66,7 @@ var importRules = map[string][]string{
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"internal/testbin":  nil,
 	"internal/testdisk": nil,
+	"internal/testport": nil,
 	"internal/faults":   nil,
 	"internal/jepsen":   nil,
 	"e2e":               nil,
@@ -91,6 +92,7 @@ var neverImports = [][2]string{
 	{"", "internal/jepsen"},
 	{"", "internal/testbin"},
 	{"", "internal/testdisk"},
+	{"", "internal/testport"},
 }
 
 // TestImportRules checks every package of the module against importRules
