@@ -156,16 +156,23 @@ func TestRegistryLeaseExpires(t *testing.T) {
 	peertest.Must(t, q.Call(wire.OpRegister, wire.Register{Group: g, Name: "taken", Port: 1}, nil))
 }
 
+// manualClock returns a clock for Config.Now that stands still until
+// advance moves it on.
+func manualClock() (clock func() time.Time, advance func(time.Duration)) {
+	var mu sync.Mutex
+	now := time.Unix(1_700_000_000, 0)
+	clock = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance = func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	return clock, advance
+}
+
 // TestRegistryLeaseExpiresByClock checks expiry against the injected clock:
 // a listing hides a lease whose time has passed even before a sweep. The
 // registry sees the hour pass in steps shorter than its sweep period, as a
 // running registry does: one step of an hour would be a pause of the
 // registry, which lapses nothing (TestRegistryListsLeasesAfterItsPause).
 func TestRegistryLeaseExpiresByClock(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Unix(1_700_000_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	clock, advance := manualClock()
 	r := startRegistry(t, Config{LeaseTTL: time.Hour, Now: clock})
 	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "clocked", Port: 1}, nil))
@@ -192,10 +199,7 @@ func TestRegistryLeaseExpiresByClock(t *testing.T) {
 // registry that kept running still lapse one TTL after their last renewal.
 func TestRegistryLeaseSurvivesItsPause(t *testing.T) {
 	const ttl = 3 * time.Second
-	var mu sync.Mutex
-	now := time.Unix(1_700_000_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	clock, advance := manualClock()
 	r := startRegistry(t, Config{LeaseTTL: ttl, Now: clock})
 	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	kept, dropped := uuid.New(), uuid.New()
@@ -229,10 +233,7 @@ func TestRegistryLeaseSurvivesItsPause(t *testing.T) {
 // the listing to move the leases on in its place.
 func TestRegistryListsLeasesAfterItsPause(t *testing.T) {
 	const ttl = time.Minute
-	var mu sync.Mutex
-	now := time.Unix(1_700_000_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	clock, advance := manualClock()
 	r := startRegistry(t, Config{LeaseTTL: ttl, Now: clock})
 	p := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
 	peertest.Must(t, p.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "paused", Port: 1}, nil))
