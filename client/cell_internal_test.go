@@ -28,14 +28,7 @@ func TestCellAttemptGivesUpOnHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := New(Config{Identity: id, DialTimeout: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := newTestClient(t, Config{DialTimeout: time.Minute})
 	defer cl.Close()
 	dead, other := wire.Fingerprint{1}, wire.Fingerprint{2}
 	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{silent.LocalAddr().String()}, Fingerprint: dead,
@@ -90,14 +83,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer relay.Close()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := New(Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := newTestClient(t, Config{})
 	defer cl.Close()
 	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{relay.Addr()}, Fingerprint: srv.Fingerprint(),
 		Replicas: []wire.Replica{{Addr: relay.Addr(), Fingerprint: srv.Fingerprint(), Leader: true}, {Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{2}}}})
@@ -158,6 +144,22 @@ func TestPauseEndsAtTheBound(t *testing.T) {
 	if past(time.Time{}) || !past(time.Now().Add(-time.Millisecond)) {
 		t.Fatal("past: wrong about no bound or a bound passed")
 	}
+}
+
+// newTestClient returns a client of cfg with a key of its own; the caller
+// closes it.
+func newTestClient(t *testing.T, cfg Config) *Client {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Identity = id
+	cl, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
 }
 
 // rawServer listens with quic-go alone on 127.0.0.1, under a new key, for

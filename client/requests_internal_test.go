@@ -11,7 +11,6 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -56,14 +55,7 @@ func TestQueuedRequestHandedBack(t *testing.T) {
 		}
 	})
 
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := New(Config{Identity: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := newTestClient(t, Config{})
 	defer cl.Close()
 	p, err := cl.peer([]string{ln.Addr().String()}, srv.Fingerprint(), nil)
 	if err != nil {
