@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -47,9 +48,9 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 			}
 			q = client.Query{After: in.Last - min(in.Last, uint64(last)), Epoch: in.Epoch, Limit: last}
 		}
-		names := newNameBook()
-		if ms, err := g.Members(ctx); err == nil {
-			names.seeMembers(ms)
+		names, err := fetchNames(ctx, env, cf.json, g)
+		if err != nil {
+			return err
 		}
 		cur, err := g.Fetch(ctx, q, func(m client.Message) bool {
 			printMessage(env, cf.json, "", "", names, m)
@@ -70,6 +71,35 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 		}
 		return nil
 	})
+}
+
+// fetchNames returns the name book fetch labels senders with, seeded with
+// the group's members. --json prints every sender's key and needs no
+// member list, so it asks for none: a script's fetch waits on nothing but
+// its messages. A member list that could not be had is the command's error
+// when the daemon refused it for good (not a member: the fetch would be
+// refused too) or when asking used up the time the command had (the fetch
+// would only fail after it, naming the wrong call); otherwise (a member of
+// a cell that does not serve the group, or is down: the fetch steps past
+// it to another) it is said on stderr, and names are shown as the
+// messages carry them.
+func fetchNames(ctx context.Context, env Env, asJSON bool, g *client.Group) (*nameBook, error) {
+	names := newNameBook()
+	if asJSON {
+		return names, nil
+	}
+	ms, err := g.Members(ctx)
+	var we *wire.Error
+	switch {
+	case err != nil && (ctx.Err() != nil || errors.As(err, &we) && we.Code != wire.CodeUnavailable):
+		return nil, err
+	case err != nil:
+		msg, _ := explain(err)
+		fmt.Fprintf(env.Stderr, "note: no member list (%s): a name worn by two keys may show without its key\n", firstLine(msg))
+	default:
+		names.seeMembers(ms)
+	}
+	return names, nil
 }
 
 // query builds a client.Query from the selection flags shared by fetch and
