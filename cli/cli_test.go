@@ -153,6 +153,7 @@ func TestExplainExitCodes(t *testing.T) {
 	}{
 		{fmt.Errorf("send: %w", &wire.Error{Code: wire.CodeNotMember, Message: "not a member"}), ExitRefused},
 		{fmt.Errorf("x: %w", client.ErrUnreachable), ExitUnreachable},
+		{fmt.Errorf("send group lobby: %w", &client.NotListedError{Group: "lobby", Registries: []string{"10.0.0.9:7373"}}), ExitUnreachable},
 		{context.DeadlineExceeded, ExitUnreachable},
 		{&usageError{"ambiguous"}, ExitUsage},
 		{fmt.Errorf("%w \"x\"", errNoGroup), ExitRefused},

@@ -273,6 +273,7 @@ func explain(err error) (string, int) {
 	var dns *net.DNSError
 	var nre *noRegistryError
 	var eu *explainedUnreachable
+	var nl *client.NotListedError
 	switch {
 	case errors.As(err, &ue):
 		return ue.msg, ExitUsage
@@ -286,6 +287,10 @@ func explain(err error) (string, int) {
 		return nre.Error(), ExitUnreachable
 	case errors.As(err, &dns):
 		return fmt.Sprintf("cannot find the host %q (%s); check the name in --registry or HUDDLE_REGISTRY", dns.Name, dns.Err), ExitUnreachable
+	case errors.As(err, &nl):
+		// Before ErrUnreachable, whose advice (give a registry's address)
+		// is wrong here: registries answered, and said the group is gone.
+		return fmt.Sprintf("%v; 'huddle groups' lists the groups listed now", err), ExitUnreachable
 	case errors.Is(err, context.DeadlineExceeded):
 		// Before ErrUnreachable: a dial the deadline cut short is both.
 		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", withoutGoText(err)), ExitUnreachable

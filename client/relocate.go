@@ -93,10 +93,10 @@ func (g *Group) locate(ctx context.Context, p *peer) (*peer, error) {
 			}
 			failed = failed || d.p == cur
 		case <-tick.C:
-			addrs, left, found := g.listedAt(ctx, fp)
+			addrs, left, found, asked := g.listedAt(ctx, fp)
 			switch {
 			case found == listedNowhere:
-				return nil, fmt.Errorf("%w: %s: no registry lists group %s of daemon %s any more: its daemon stopped", ErrUnreachable, strings.Join(cur.addrs, ","), g.name, fp.Short())
+				return nil, &NotListedError{Group: g.name, Daemon: fp, Addrs: cur.addrs, Registries: asked}
 			case found == listedThere && !slices.Equal(addrs, cur.addrs):
 				np, err := g.cl.peer(addrs, fp, nil)
 				if err != nil {
@@ -125,6 +125,25 @@ func withListing(err error, listed string) error {
 	return fmt.Errorf("%w (%s)", err, listed)
 }
 
+// NotListedError is the error of a call on a handle from a registry
+// listing whose daemon did not answer, when the registries that answered
+// no longer list the group under that daemon's key: the daemon stopped
+// and deregistered, or its listing lapsed. It matches ErrUnreachable.
+type NotListedError struct {
+	Group      string      // the group's name
+	Daemon     Fingerprint // the key it was listed under
+	Addrs      []string    // where it was listed, and dialled
+	Registries []string    // the addresses of the registries that answered
+}
+
+func (e *NotListedError) Error() string {
+	return fmt.Sprintf("%v: %s: group %s of daemon %s is no longer listed by the registries that answered (%s): its daemon stopped, or no longer reaches them",
+		ErrUnreachable, strings.Join(e.Addrs, ","), e.Group, e.Daemon.Short(), strings.Join(e.Registries, ", "))
+}
+
+// Unwrap makes errors.Is(err, ErrUnreachable) true.
+func (e *NotListedError) Unwrap() error { return ErrUnreachable }
+
 // Where the registries list a group (listedAt).
 const (
 	listedUnknown = iota // no registry answered
@@ -134,21 +153,23 @@ const (
 
 // listedAt asks g's registries where its daemon, key fp, is listed now:
 // the addresses, most time left first, as Merge gives them, and the time
-// left on that listing.
-func (g *Group) listedAt(ctx context.Context, fp Fingerprint) ([]string, time.Duration, int) {
+// left on that listing; and the addresses of the registries that
+// answered.
+func (g *Group) listedAt(ctx context.Context, fp Fingerprint) (addrs []string, left time.Duration, found int, answered []string) {
 	ctx, cancel := context.WithTimeout(ctx, relookEvery)
 	defer cancel()
 	answers := g.regs.List(ctx)
-	found := listedUnknown
+	found = listedUnknown
 	for _, a := range answers {
 		if a.Err == nil {
 			found = listedNowhere
+			answered = append(answered, a.Registry.Addr())
 		}
 	}
 	for _, e := range Merge(answers) {
 		if e.Group == g.id && e.Fingerprint == fp && len(e.Replicas) == 0 {
-			return e.Addrs, ms(e.ExpiresMS), listedThere
+			return e.Addrs, ms(e.ExpiresMS), listedThere, answered
 		}
 	}
-	return nil, 0, found
+	return nil, 0, found, answered
 }

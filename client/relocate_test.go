@@ -100,7 +100,11 @@ func TestGroupUnlistedWhileDialled(t *testing.T) {
 
 	g := openGroup(t, c, r.Addr().String(), "lobby")
 	_, err := g.Info(testCtx(t))
-	if !errors.Is(err, client.ErrUnreachable) || !strings.Contains(err.Error(), "no registry lists group lobby") {
+	if !errors.Is(err, client.ErrUnreachable) || !strings.Contains(err.Error(), "group lobby of daemon "+d.Fingerprint().Short()+" is no longer listed by the registries that answered ("+r.Addr().String()+")") {
 		t.Fatalf("info of a group whose listing lapsed while its dead daemon was dialled: %v, want unreachable, no registry lists it", err)
+	}
+	var nl *client.NotListedError
+	if !errors.As(err, &nl) || nl.Group != "lobby" || nl.Daemon != d.Fingerprint() || len(nl.Registries) != 1 || nl.Registries[0] != r.Addr().String() {
+		t.Fatalf("info of a group no registry lists: %#v, want a NotListedError naming lobby, daemon %s and registry %s", nl, d.Fingerprint().Short(), r.Addr())
 	}
 }

@@ -249,3 +249,36 @@ func TestCommandFollowsRestartedDaemon(t *testing.T) {
 		t.Errorf("the group holds %+v, want %+v", got, want)
 	}
 }
+
+// TestCommandSaysDaemonUnlisted checks what a command says when the daemon
+// it dials was SIGKILLed and, while it dials, the registry's listing of it
+// lapses: exit code 3, and that the registry that answered (named) no
+// longer lists the group, not the advice for a registry that cannot be
+// reached (give its address with --registry), which it was.
+func TestCommandSaysDaemonUnlisted(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--lease", "6s")
+	defer reg.stop(t)
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	alice := newUser(t, "alice", reg.registry)
+	waitListed(t, alice, gd.groups["lobby"])
+	alice.join(t, "lobby")
+	gd.proc.stop(t, syscall.SIGKILL)
+
+	old, err := net.ListenPacket("udp", gd.addr)
+	if err != nil {
+		t.Fatalf("the killed daemon's address %s: %v", gd.addr, err)
+	}
+	defer old.Close()
+	send := alice.start(t, "send", "lobby", "anyone?", "--timeout", "1m")
+	if _, _, err := old.ReadFrom(make([]byte, 2048)); err != nil {
+		t.Fatal(err)
+	}
+	code := send.wait(t)
+	msg := send.stderr.String()
+	if code != 3 || !strings.Contains(msg, "group lobby of daemon ") || !strings.Contains(msg, "is no longer listed by the registries that answered ("+reg.registry+")") ||
+		strings.Contains(msg, "--registry") {
+		t.Fatalf("send to a daemon whose listing lapsed while it was dialled: exit %d, want 3, saying registry %s no longer lists it (and no advice to give --registry)\nstderr:\n%s",
+			code, reg.registry, msg)
+	}
+}
