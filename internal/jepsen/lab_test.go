@@ -4,6 +4,7 @@ package jepsen
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -168,7 +169,9 @@ func (l *lines) Write(b []byte) (int, error) {
 
 func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Namespace(), huddle(t)}, args...)...)
+	// netlab's Command: the process dies with the test process (Pdeathsig),
+	// however that ends, rather than outlive it in the host's namespace.
+	cmd := h.Command(context.Background(), huddle(t), args...)
 	// No HUDDLE_* or XDG_* setting of the developer's may reach the
 	// daemons: they read every flag from the environment too.
 	for _, kv := range os.Environ() {

@@ -1,0 +1,85 @@
+//go:build linux
+
+package jepsen
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/internal/netlab"
+)
+
+// orphanEnv marks the copy of this test binary TestProcsDieWithTest runs.
+const orphanEnv = "HUDDLE_JEPSEN_ORPHAN"
+
+// TestProcsDieWithTest runs this test binary again, which starts a huddle
+// process on a host of a LAN as the lab does (startProc) and is then
+// killed with SIGKILL, its cleanups never run (go test's -timeout, the OOM
+// killer, a developer's kill -9). The huddle process must die with it: it
+// used to live on in the host's namespace, which removeStale then could
+// not delete either.
+func TestProcsDieWithTest(t *testing.T) {
+	if os.Getenv(orphanEnv) != "" {
+		lan := netlab.New(t)
+		h := lan.AddHost("orphan", "10.77.21.1/24")
+		p := startProc(t, h, "registry", "--no-mdns", "--listen", "10.77.21.1:7373", "--state-dir", t.TempDir())
+		p.waitLine(t, listening)
+		fmt.Printf("orphan: pid %d namespace %s switch %s\n", p.cmd.Process.Pid, h.Namespace(), lan.Prefix()+"-switch")
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal ends the process
+	}
+	netlab.Require(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProcsDieWithTest$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), orphanEnv+"=1", "HUDDLE_JEPSEN_BINARY="+huddle(t))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("the test that starts huddle and is killed: %v, want killed by SIGKILL\n%s", err, out.String())
+	}
+	var pid int
+	var ns, sw string
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "orphan: "); ok {
+			if _, err := fmt.Sscanf(rest, "pid %d namespace %s switch %s", &pid, &ns, &sw); err != nil {
+				t.Fatalf("%q: %v", rest, err)
+			}
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("the killed test did not say what it started:\n%s", out.String())
+	}
+	t.Cleanup(func() {
+		syscall.Kill(pid, syscall.SIGKILL) // if the check below failed
+		for _, n := range []string{ns, sw} {
+			if out, err := exec.Command("ip", "netns", "del", n).CombinedOutput(); err != nil {
+				t.Errorf("ip netns del %s: %v: %s", n, err, out)
+			}
+		}
+	})
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		pids, err := exec.Command("ip", "netns", "pids", ns).Output()
+		if err != nil {
+			t.Fatalf("ip netns pids %s: %v", ns, err)
+		}
+		if len(bytes.TrimSpace(pids)) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("huddle (pid %d) still runs in namespace %s %v after the test that started it was killed (processes there: %s)",
+				pid, ns, waitTimeout, strings.Join(strings.Fields(string(pids)), " "))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
