@@ -55,7 +55,7 @@ func openRaftStore(dir string, opts raftlog.Options) (*raftlog.Store, error) {
 		if err := os.Rename(db, filepath.Join(dir, importedDB)); err != nil {
 			return nil, err
 		}
-		if err := syncDir(dir); err != nil {
+		if err := raftlog.SyncDir(dir); err != nil {
 			return nil, err
 		}
 	}
@@ -88,7 +88,7 @@ func importBolt(db, logDir string) error {
 	if err := os.Rename(tmp, logDir); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(logDir))
+	return raftlog.SyncDir(filepath.Dir(logDir))
 }
 
 // copyRaftState copies every log entry and the votes from one store to
@@ -154,16 +154,4 @@ func copyRaftState(from *raftboltdb.BoltStore, to *raftlog.Store) error {
 		}
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -248,7 +248,7 @@ func createState(dir string, st state) (*stateFileOf, state, error) {
 		err = os.Rename(path+".tmp", path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = SyncDir(dir)
 	}
 	if err != nil {
 		f.Close()
@@ -277,7 +277,12 @@ func (sf *stateFileOf) write(st state) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir makes dir's entries durable: a file created, renamed into
+// place or removed in it is there after a crash once SyncDir returns (the
+// step after a rename that replaces a file whole). The store uses it for
+// its own files; a caller that renames a store's directory into place
+// syncs the parent with it.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

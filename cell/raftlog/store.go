@@ -195,7 +195,7 @@ func (s *Store) load() error {
 		}
 	}
 	if s.dirty {
-		if err := syncDir(s.dir); err != nil {
+		if err := SyncDir(s.dir); err != nil {
 			return fmt.Errorf("raftlog: %w", err)
 		}
 		s.dirty = false
@@ -593,7 +593,7 @@ func (s *Store) syncLocked() error {
 		}
 	}
 	if s.dirty {
-		if err := syncDir(s.dir); err != nil {
+		if err := SyncDir(s.dir); err != nil {
 			s.failed = fmt.Errorf("raftlog: sync %s: %w", s.dir, err)
 			return s.failed
 		}
