@@ -287,7 +287,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		if err != nil {
 			return err
 		}
-		return p.single(ctx, op, args, out)
+		return p.singleThen(ctx, op, args, out, g.redial())
 	}
 	p := g.peer()
 	end := time.Now().Add(d)

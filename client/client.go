@@ -444,8 +444,21 @@ func resolve(addr string) (*net.UDPAddr, error) {
 // connection: every huddle operation may be repeated safely (sends carry
 // their message IDs).
 func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) error {
+	return p.callThen(ctx, op, args, handle, nil)
+}
+
+// callThen is call whose second attempt, when the connection died under
+// the first, goes to the peer next returns rather than to p dialled
+// again (next nil: p). A group handle that follows its daemon passes its
+// reach: the daemon that died may be running again elsewhere.
+func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error)) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
+		if attempt > 0 && next != nil {
+			if p, err = next(ctx); err != nil {
+				return err
+			}
+		}
 		var conn *quic.Conn
 		conn, err = p.get(ctx)
 		if err != nil {
@@ -717,7 +730,13 @@ func shuttingDown(conn *quic.Conn, err error) bool {
 // out. Its errors do not name the operation: the caller's do (Group.fail,
 // Registry.fail).
 func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
-	return p.call(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
+	return p.singleThen(ctx, op, args, out, nil)
+}
+
+// singleThen is single, its second attempt going where next says (see
+// callThen).
+func (p *peer) singleThen(ctx context.Context, op wire.Op, args, out any, next func(context.Context) (*peer, error)) error {
+	return p.callThen(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		if kind != wire.KindResult {
 			return true, fmt.Errorf("got frame kind %d, want a result: %w", kind, ErrProtocol)
 		}
@@ -725,7 +744,7 @@ func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
 			return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
 		return true, nil
-	})
+	}, next)
 }
 
 // serverSaid reports whether err is a server's error, whose message names

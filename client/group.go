@@ -102,7 +102,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 	var info wire.Info
 	p, err := g.reach(ctx)
 	if err == nil {
-		err = p.single(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info)
+		err = p.singleThen(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info, g.redial())
 	}
 	if err != nil {
 		return Info{}, g.fail("info", err)
@@ -138,7 +138,7 @@ func (g *Group) Members(ctx context.Context) ([]Member, error) {
 	var m wire.MemberList
 	p, err := g.reach(ctx)
 	if err == nil {
-		err = p.single(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m)
+		err = p.singleThen(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m, g.redial())
 	}
 	if err != nil {
 		return nil, g.fail("members", err)
@@ -354,7 +354,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		if err != nil {
 			return cur, g.fail("fetch", err)
 		}
-		err = p.call(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
+		err = p.callThen(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 			switch kind {
 			case wire.KindMessages:
 				var err error
@@ -375,7 +375,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 				return true, nil
 			}
 			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
-		})
+		}, g.redial())
 		if err != nil && n == 0 && g.otherReplica(err, &tries) {
 			continue // the same page from another member of the cell
 		}

@@ -15,7 +15,8 @@ import (
 // a listing read before that still names the old one, which answers
 // nothing: a dial there waits out DialTimeout and fails. A handle from a
 // registry listing (Registries.Group) therefore, when a call needs a new
-// connection to a group of one daemon, dials the listed addresses and,
+// connection to a group of one daemon (none yet, or the one it held died
+// under the call: redial), dials the listed addresses and,
 // for as long as no dial succeeds, asks the registries every
 // relookEvery where the group is now: listed under the same key at other
 // addresses, the handle dials there too and the first connection made
@@ -41,6 +42,18 @@ func (g *Group) reach(ctx context.Context) (*peer, error) {
 		return p, nil
 	}
 	return g.locate(ctx, p)
+}
+
+// redial returns where the second attempt of a call whose connection died
+// goes (peer.callThen): for a handle that follows its daemon, reach, so
+// that the daemon's addresses are dialled again and, while they do not
+// answer, the registries asked where the group is now (a daemon killed
+// and started elsewhere); else nil, the same peer dialled again.
+func (g *Group) redial() func(context.Context) (*peer, error) {
+	if len(g.regs) == 0 || g.replicated() {
+		return nil
+	}
+	return g.reach
 }
 
 // dialled is the outcome of one dial of locate's.

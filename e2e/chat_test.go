@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -362,4 +364,54 @@ func TestChatTerminalCRLF(t *testing.T) {
 	tm.waitScreen("chat exiting on Ctrl-C", func(lines []string) bool {
 		return slices.Contains(lines, "chat exited with code 130")
 	})
+}
+
+// TestChatFollowsRestartedDaemon: a chat whose daemon is killed with
+// SIGKILL and started again on another port (same key, same state) sends
+// the next line typed at the daemon's new address: the send that finds
+// the connection dead asks the registry where the group is while it dials
+// again. It used to dial the old address alone, until its DialTimeout,
+// and keep the line as not sent; only the call after it asked the
+// registry.
+func TestChatFollowsRestartedDaemon(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer reg.stop(t)
+	state := t.TempDir()
+	serve := []string{"--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state}
+	gd := startDaemon(t, "serve", serve...)
+	alice := newUser(t, "alice", reg.registry)
+	waitListed(t, alice, gd.groups["lobby"])
+	alice.join(t, "lobby")
+	chat := alice.start(t, "chat", "lobby")
+	waitText(t, chat, "-- lobby: 1 member;")
+	if _, err := io.WriteString(chat.stdin, "before\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, chat, "alice (you): before")
+
+	gd.proc.stop(t, syscall.SIGKILL)
+	// The old address reads what is sent to it and answers nothing, as a
+	// host whose daemon died does (no port-unreachable to cut a dial short).
+	old, err := net.ListenPacket("udp", gd.addr)
+	if err != nil {
+		t.Fatalf("the killed daemon's address %s: %v", gd.addr, err)
+	}
+	defer old.Close()
+	gd = startDaemon(t, "serve", serve...)
+	defer gd.stop(t)
+	if _, err := io.WriteString(chat.stdin, "after the move\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitText(t, chat, "alice (you): after the move")
+	if out := chat.stdout.String(); strings.Contains(out, "not sent") {
+		t.Errorf("the line typed after the daemon moved was not sent at once:\n%s", out)
+	}
+	chat.stdin.Close()
+	if code := chat.wait(t); code != 0 {
+		t.Errorf("chat exited with %d, want 0\nstderr:\n%s", code, chat.stderr)
+	}
+	if got := parseFetch(t, alice.ok(t, "fetch", "lobby")); !slices.Equal(got, []fetchLine{{1, "alice", "before"}, {2, "alice", "after the move"}}) {
+		t.Errorf("the group holds %+v, want both lines once", got)
+	}
 }
