@@ -504,8 +504,17 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 		watch = watchSilence(conn, p.c.cfg.Logger)
 		defer watch.Stop()
 	}
+	// The request is encoded once, before its stream is opened: a small
+	// one is queued, and written with the others queued with it by
+	// whichever caller flushes the queue (this one, maybe, already); a
+	// larger one is written here, from the same buffer.
+	frame, err := encodeRequest(op, args)
+	if err != nil {
+		return false, err
+	}
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
+		putRequestFrame(frame)
 		return false, err
 	}
 	if a, ok := ctx.(*attemptCtx); ok {
@@ -515,13 +524,12 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 		stop := context.AfterFunc(ctx, func() { cancelStream(st) })
 		defer stop()
 	}
-	// A small request is queued, and written with the others queued with
-	// it by whichever caller flushes the queue (this one, maybe, already);
-	// a larger one is written here.
-	queued := p.requests.queue(st, op, args)
-	if queued != nil {
+	var queued *queuedRequest
+	if len(*frame) <= maxCoalescedRequest {
+		queued = p.requests.queue(st, frame)
 		defer p.requests.done()
-	} else if err := wire.WriteRequest(requestWriter{st}, op, args); err != nil {
+	} else if _, err := (requestWriter{st}).Write(*frame); err != nil {
+		putRequestFrame(frame)
 		if !stoppedByServer(err) || ctx.Err() != nil {
 			cancelStream(st)
 			return false, ctxErr(ctx, err)
@@ -531,6 +539,7 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 		// instance; its Error frame follows (PROTOCOL.md §3). quic-go has
 		// reset the sending side for us.
 	} else {
+		putRequestFrame(frame)
 		st.Close()
 	}
 	buf := responseBufs.Get().(*[]byte)

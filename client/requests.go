@@ -57,31 +57,47 @@ type requestQueue struct {
 // stream.
 type queuedRequest struct {
 	st    *quic.Stream
-	frame *[]byte // from queuedFrames; the flusher or the caller puts it back
+	frame *[]byte // from requestFrames; the flusher or the caller puts it back
 	// handedBack is set when the flusher could not write the frame without
 	// blocking: the caller writes it (writeHandedBack).
 	handedBack atomic.Bool
 }
 
-var queuedFrames = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalescedRequest); return &b }}
+// requestFrames holds the buffers requests are encoded into. A request is
+// encoded once (encodeRequest): a small one is queued in its buffer, a
+// larger one written from it by its caller. A batch's request used to be
+// encoded twice, once to learn it was too large to queue, in a buffer that
+// grew for nothing, and again to be written.
+var requestFrames = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalescedRequest); return &b }}
 
-// queue encodes op's request and queues it for st, flushing the queue if
-// no other caller is, and returns the queued request; or it returns nil
-// if the frame is too large to queue or does not encode: the caller then
-// writes it itself (wire.WriteRequest, which reports the error). A caller
-// given a request calls done when its call ends.
-func (q *requestQueue) queue(st *quic.Stream, op wire.Op, args any) *queuedRequest {
-	bp := queuedFrames.Get().(*[]byte)
+// encodeRequest returns op's request frame in a buffer of requestFrames,
+// which the caller hands on to a requestQueue or puts back
+// (putRequestFrame).
+func encodeRequest(op wire.Op, args any) (*[]byte, error) {
+	bp := requestFrames.Get().(*[]byte)
 	frame, err := wire.AppendFrame((*bp)[:0], uint64(op), args)
-	if err != nil || len(frame) > maxCoalescedRequest {
-		if cap(frame) <= maxCoalescedRequest {
-			*bp = frame[:0]
-			queuedFrames.Put(bp)
-		}
-		return nil
-	}
 	*bp = frame
-	r := &queuedRequest{st: st, frame: bp}
+	if err != nil {
+		putRequestFrame(bp)
+		return nil, err
+	}
+	return bp, nil
+}
+
+// putRequestFrame puts a request's buffer back, unless it grew past the
+// largest request that is written in one copy (maxQueuedRequest).
+func putRequestFrame(bp *[]byte) {
+	if cap(*bp) <= maxQueuedRequest {
+		*bp = (*bp)[:0]
+		requestFrames.Put(bp)
+	}
+}
+
+// queue queues frame (from encodeRequest, at most maxCoalescedRequest
+// bytes) for st, flushing the queue if no other caller is, and returns the
+// queued request. The caller calls done when its call ends.
+func (q *requestQueue) queue(st *quic.Stream, frame *[]byte) *queuedRequest {
+	r := &queuedRequest{st: st, frame: frame}
 	others := q.calls.Add(1) > 1
 	q.mu.Lock()
 	q.queued = append(q.queued, r)
@@ -117,7 +133,7 @@ func (q *requestQueue) flush() {
 			switch err := r.st.TryWriteAll(*r.frame); err {
 			case nil:
 				r.st.Close()
-				queuedFrames.Put(r.frame)
+				putRequestFrame(r.frame)
 			case quic.ErrWouldBlock:
 				// Out of flow-control credit: the caller waits for it, not
 				// the flusher (whose own caller may not wait that long).
@@ -127,7 +143,7 @@ func (q *requestQueue) flush() {
 				// The stream or the connection ended (the caller's context,
 				// say): the caller's read says so.
 				cancelStream(r.st)
-				queuedFrames.Put(r.frame)
+				putRequestFrame(r.frame)
 			}
 			rs[i] = nil
 		}
@@ -146,7 +162,7 @@ func (r *queuedRequest) writeHandedBack() (bool, error) {
 	}
 	r.st.SetReadDeadline(time.Time{})
 	_, err := requestWriter{r.st}.Write(*r.frame)
-	queuedFrames.Put(r.frame)
+	putRequestFrame(r.frame)
 	if err == nil {
 		r.st.Close()
 	}

@@ -83,10 +83,11 @@ func TestQueuedRequestHandedBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := p.requests.queue(st, wire.OpLeave, wire.GroupRef{Group: wire.UUID{7}}) // this caller flushes
-	if r == nil {
-		t.Fatal("a small request was not queued")
+	frame, err := encodeRequest(wire.OpLeave, wire.GroupRef{Group: wire.UUID{7}})
+	if err != nil {
+		t.Fatal(err)
 	}
+	r := p.requests.queue(st, frame) // this caller flushes
 	if !r.handedBack.Load() {
 		t.Fatal("a request written without flow-control credit was not handed back")
 	}
