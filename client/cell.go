@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -276,11 +275,11 @@ func pause(ctx context.Context, until time.Time, d time.Duration) bool {
 // and by until, if set (leaderCall's bound on following the leader: the
 // attempt then ends with ctx's error, as if ctx had that deadline).
 //
-// Its context is an attemptCtx: one timer, one registration with ctx, and
-// the stream cancelled directly when the attempt ends. A deadline context,
-// a context for the silence watch, its timer and the stream's
-// context.AfterFunc were, under unbatched 16x16 to a cell, ~20% of the
-// client's CPU (BENCHMARKS.md, issue 20, session 5).
+// Its context is an attemptCtx (attempts.go), timed by the client's
+// attemptClock, and the stream is cancelled directly when the attempt
+// ends. A deadline context, a context for the silence watch, its timer and
+// the stream's context.AfterFunc were, under unbatched 16x16 to a cell,
+// ~20% of the client's CPU (BENCHMARKS.md, issue 20, session 5).
 func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any) error {
 	if !g.replicated() {
 		p, err := g.reach(ctx)
@@ -320,7 +319,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	if conn := p.current(); conn != nil && cellSilentFor < d {
 		watched = conn
 	}
-	actx := newAttemptCtx(ctx, end, watched)
+	actx := g.cl.attempts.start(ctx, end, watched)
 	defer actx.release()
 	err := p.single(actx, op, args, out)
 	if err != nil && ctx.Err() == nil {
@@ -337,154 +336,6 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		}
 	}
 	return err
-}
-
-// errAttemptEnd is why an attempt ended when its time was up.
-var errAttemptEnd = errors.New("the attempt's time is up")
-
-// attemptCtx is the context of one attempt on a cell's member: the
-// caller's context, ended sooner by the attempt's one timer, which fires
-// at cellSilentFor to end it (errSilent) if conn is set and not one packet
-// arrived on conn meanwhile, and at end (errAttemptEnd, with the error of
-// a passed deadline, as a deadline context's). The stream the call runs on
-// is registered with it (cancelOnEnd) and cancelled when the attempt
-// ends: context.AfterFunc there cost a registration, a done channel and a
-// closure per send.
-//
-// Its Err is the caller's context's if that ended first; context.Cause
-// does not know it (ended says why it ended). A context derived from it
-// (a dial's, when the connection was lost) is watched by a goroutine of
-// package context, which only such rare paths pay for.
-type attemptCtx struct {
-	context.Context // the caller's: its values, and the end of the attempt if it ends first
-	end             time.Time
-	watched         bool
-	heard           uint64      // packets received on conn when the attempt began
-	stopParent      func() bool // ends the watch of the caller's context; nil if it cannot end
-
-	mu       sync.Mutex
-	conn     *quic.Conn // the connection to check for silence, until it is checked
-	t        *time.Timer
-	done     chan struct{} // made by the first Done
-	err      error         // set once the attempt ended
-	cause    error         // errSilent, errAttemptEnd, or the caller's context's cause
-	str      *quic.Stream  // cancelled when the attempt ends
-	released bool
-}
-
-func newAttemptCtx(parent context.Context, end time.Time, conn *quic.Conn) *attemptCtx {
-	a := &attemptCtx{Context: parent, end: end}
-	first := time.Until(end)
-	if conn != nil {
-		a.watched, a.conn, a.heard = true, conn, conn.ConnectionStats().PacketsReceived
-		first = min(first, cellSilentFor)
-	}
-	a.mu.Lock()
-	a.t = time.AfterFunc(first, a.fire)
-	a.mu.Unlock()
-	if parent.Done() != nil {
-		a.stopParent = context.AfterFunc(parent, func() { a.finish(parent.Err(), context.Cause(parent)) })
-	}
-	return a
-}
-
-func (a *attemptCtx) Deadline() (time.Time, bool) {
-	if d, ok := a.Context.Deadline(); ok && d.Before(a.end) {
-		return d, true
-	}
-	return a.end, true
-}
-
-func (a *attemptCtx) Done() <-chan struct{} {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.done == nil {
-		a.done = make(chan struct{})
-		if a.err != nil {
-			close(a.done)
-		}
-	}
-	return a.done
-}
-
-func (a *attemptCtx) Err() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.err
-}
-
-func (a *attemptCtx) Value(key any) any {
-	if key == (silenceWatched{}) && a.watched {
-		return true
-	}
-	return a.Context.Value(key)
-}
-
-// ended returns why the attempt ended, or nil if it has not.
-func (a *attemptCtx) ended() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.cause
-}
-
-// cancelOnEnd has the attempt cancel st (nil: none) when it ends; st is
-// cancelled at once if it has ended already.
-func (a *attemptCtx) cancelOnEnd(st *quic.Stream) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.str = st
-	if st != nil && a.err != nil {
-		cancelStream(st)
-	}
-}
-
-func (a *attemptCtx) finish(err, cause error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.err != nil || a.released {
-		return
-	}
-	a.err, a.cause = err, cause
-	if a.done != nil {
-		close(a.done)
-	}
-	if a.str != nil {
-		cancelStream(a.str)
-	}
-}
-
-func (a *attemptCtx) fire() {
-	a.mu.Lock()
-	conn := a.conn
-	a.conn = nil // silence is checked once, at cellSilentFor
-	a.mu.Unlock()
-	if conn != nil {
-		if conn.ConnectionStats().PacketsReceived == a.heard {
-			a.finish(context.Canceled, errSilent)
-			return
-		}
-		if left := time.Until(a.end); left > 0 {
-			a.mu.Lock()
-			if !a.released {
-				a.t.Reset(left)
-			}
-			a.mu.Unlock()
-			return
-		}
-	}
-	a.finish(context.DeadlineExceeded, errAttemptEnd)
-}
-
-// release ends the attempt's timer and its watch of the caller's context.
-func (a *attemptCtx) release() {
-	a.mu.Lock()
-	a.released = true
-	a.t.Stop()
-	a.str = nil
-	a.mu.Unlock()
-	if a.stopParent != nil {
-		a.stopParent()
-	}
 }
 
 // cellRetryable reports whether another replica, or the same one a moment

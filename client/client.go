@@ -161,6 +161,8 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	attempts attemptClock // times the attempts on cells' members (cell.go)
+
 	mu     sync.Mutex
 	tr     *quic.Transport // nil until first dial
 	udp    *net.UDPConn
@@ -202,6 +204,7 @@ func (c *Client) Close() error {
 		p.close()
 	}
 	c.wg.Wait()
+	c.attempts.stop()
 	if tr != nil {
 		tr.Close()
 		udp.Close()

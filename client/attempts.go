@@ -1,0 +1,313 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// errAttemptEnd is why an attempt ended when its time was up.
+var errAttemptEnd = errors.New("the attempt's time is up")
+
+// attemptCtx is the context of one attempt on a cell's member: the
+// caller's context, ended sooner by the client's attemptClock, at
+// cellSilentFor (errSilent) if conn was given and not one packet arrived
+// on it meanwhile, and at end (errAttemptEnd, with the error of a passed
+// deadline, as a deadline context's). The stream the call runs on is
+// registered with it (cancelOnEnd) and cancelled when the attempt ends:
+// context.AfterFunc there cost a registration, a done channel and a
+// closure per send.
+//
+// Its Err is the caller's context's if that ended first; context.Cause
+// does not know it (ended says why it ended). A context derived from it
+// (a dial's, when the connection was lost) is watched by a goroutine of
+// package context, which only such rare paths pay for.
+type attemptCtx struct {
+	context.Context // the caller's: its values, and the end of the attempt if it ends first
+	end             time.Time
+	watched         bool
+	clock           *attemptClock
+
+	// Under clock.mu: the attempt's place in the clock's list, what the
+	// clock still has to check, and the watch of the caller's context it
+	// counts in.
+	prev, next *attemptCtx
+	silence    *quic.Conn // the connection to check for silence at silentAt; nil once checked
+	silentAt   time.Time
+	heard      uint64 // packets received on silence when the attempt began
+	over       bool   // the clock has ended it
+	watch      *parentWatch
+
+	mu       sync.Mutex
+	done     chan struct{} // made by the first Done
+	err      error         // set once the attempt ended
+	cause    error         // errSilent, errAttemptEnd, or the caller's context's cause
+	str      *quic.Stream  // cancelled when the attempt ends
+	released bool
+}
+
+func (a *attemptCtx) Deadline() (time.Time, bool) {
+	if d, ok := a.Context.Deadline(); ok && d.Before(a.end) {
+		return d, true
+	}
+	return a.end, true
+}
+
+func (a *attemptCtx) Done() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done == nil {
+		a.done = make(chan struct{})
+		if a.err != nil {
+			close(a.done)
+		}
+	}
+	return a.done
+}
+
+func (a *attemptCtx) Err() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
+func (a *attemptCtx) Value(key any) any {
+	if key == (silenceWatched{}) && a.watched {
+		return true
+	}
+	return a.Context.Value(key)
+}
+
+// ended returns why the attempt ended, or nil if it has not.
+func (a *attemptCtx) ended() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cause
+}
+
+// cancelOnEnd has the attempt cancel st (nil: none) when it ends; st is
+// cancelled at once if it has ended already.
+func (a *attemptCtx) cancelOnEnd(st *quic.Stream) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.str = st
+	if st != nil && a.err != nil {
+		cancelStream(st)
+	}
+}
+
+func (a *attemptCtx) finish(err, cause error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.err != nil || a.released {
+		return
+	}
+	a.err, a.cause = err, cause
+	if a.done != nil {
+		close(a.done)
+	}
+	if a.str != nil {
+		cancelStream(a.str)
+	}
+}
+
+// release ends the attempt: the clock forgets it.
+func (a *attemptCtx) release() {
+	a.mu.Lock()
+	a.released = true
+	a.str = nil
+	a.mu.Unlock()
+	a.clock.remove(a)
+}
+
+// dueAt is when the clock must next look at a: its silence check, or its
+// end. Under clock.mu.
+func (a *attemptCtx) dueAt() time.Time {
+	if a.silence != nil && a.silentAt.Before(a.end) {
+		return a.silentAt
+	}
+	return a.end
+}
+
+// attemptClock times a client's attempts on cells' members and watches
+// their callers' contexts: one timer for all of them, armed for the
+// earliest moment one of them is due (an attempt's silence check or its
+// end), and one registration (context.AfterFunc) per caller's context
+// with attempts in flight, which they share. Attempts normally end long
+// before they are due, so the timer fires about once per cellSilentFor
+// while calls go on, whatever their rate. A timer and a registration of
+// each attempt's own were ~6% of the bench client's CPU under unbatched
+// send 16x16 to a cell, and a tenth of the bytes it allocated (every
+// caller shares one context there, so each registration also took that
+// context's lock; BENCHMARKS.md, issue 20, session 7).
+type attemptClock struct {
+	mu         sync.Mutex
+	head, tail *attemptCtx // attempts in flight, oldest first
+	timer      *time.Timer // nil until first armed
+	armedAt    time.Time   // when timer fires; zero once it has
+	watches    map[<-chan struct{}]*parentWatch
+}
+
+// parentWatch is the registration with a caller's context that ends the
+// attempts made under it when it ends.
+type parentWatch struct {
+	done  <-chan struct{}
+	n     int  // attempts counting on it
+	fired bool // the context ended: the watch is out of the map
+	stop  func() bool
+}
+
+// start begins an attempt under parent that ends at end, checked for
+// silence on conn (nil: not) at cellSilentFor. Its caller releases it.
+func (c *attemptClock) start(parent context.Context, end time.Time, conn *quic.Conn) *attemptCtx {
+	a := &attemptCtx{Context: parent, end: end, clock: c}
+	if conn != nil {
+		a.watched, a.silence, a.heard = true, conn, conn.ConnectionStats().PacketsReceived
+		a.silentAt = time.Now().Add(cellSilentFor)
+	}
+	pdone := parent.Done()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a.prev = c.tail
+	if c.tail != nil {
+		c.tail.next = a
+	} else {
+		c.head = a
+	}
+	c.tail = a
+	if pdone != nil {
+		w := c.watches[pdone]
+		if w == nil {
+			// An AfterFunc on a context that has ended already runs at
+			// once, on a goroutine of its own: the clock's lock may be
+			// held here.
+			w = &parentWatch{done: pdone}
+			w.stop = context.AfterFunc(parent, func() { c.parentEnded(w, parent) })
+			if c.watches == nil {
+				c.watches = make(map[<-chan struct{}]*parentWatch)
+			}
+			c.watches[pdone] = w
+		}
+		w.n++
+		a.watch = w
+	}
+	if due := a.dueAt(); c.armedAt.IsZero() || due.Before(c.armedAt) {
+		c.arm(due)
+	}
+	return a
+}
+
+// arm has the timer fire at at. Under c.mu.
+func (c *attemptClock) arm(at time.Time) {
+	c.armedAt = at
+	if c.timer == nil {
+		c.timer = time.AfterFunc(time.Until(at), c.tick)
+		return
+	}
+	c.timer.Reset(time.Until(at))
+}
+
+// remove forgets a, and its context's watch if a was the last attempt
+// counting on it.
+func (c *attemptClock) remove(a *attemptCtx) {
+	c.mu.Lock()
+	if a.prev != nil {
+		a.prev.next = a.next
+	} else {
+		c.head = a.next
+	}
+	if a.next != nil {
+		a.next.prev = a.prev
+	} else {
+		c.tail = a.prev
+	}
+	a.prev, a.next = nil, nil
+	w := a.watch
+	last := w != nil && !w.fired
+	if last {
+		w.n--
+		last = w.n == 0
+	}
+	if last {
+		delete(c.watches, w.done)
+	}
+	c.mu.Unlock()
+	if last {
+		w.stop()
+	}
+}
+
+// tick ends the attempts that are due: silent ones, and those whose time
+// is up; and arms the timer for the next one due.
+func (c *attemptClock) tick() {
+	now := time.Now()
+	var silent, over []*attemptCtx
+	c.mu.Lock()
+	c.armedAt = time.Time{}
+	var next time.Time
+	for a := c.head; a != nil; a = a.next {
+		if a.over {
+			continue
+		}
+		if a.silence != nil && !now.Before(a.dueAt()) {
+			if a.silence.ConnectionStats().PacketsReceived == a.heard {
+				a.over = true
+				silent = append(silent, a)
+				continue
+			}
+			a.silence = nil // heard from: the attempt runs to its end
+		}
+		if !now.Before(a.end) {
+			a.over = true
+			over = append(over, a)
+			continue
+		}
+		if due := a.dueAt(); next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	if !next.IsZero() {
+		c.arm(next)
+	}
+	c.mu.Unlock()
+	for _, a := range silent {
+		a.finish(context.Canceled, errSilent)
+	}
+	for _, a := range over {
+		a.finish(context.DeadlineExceeded, errAttemptEnd)
+	}
+}
+
+// parentEnded ends the attempts made under w's context, which has ended.
+func (c *attemptClock) parentEnded(w *parentWatch, parent context.Context) {
+	err, cause := parent.Err(), context.Cause(parent)
+	var ended []*attemptCtx
+	c.mu.Lock()
+	w.fired = true
+	if c.watches[w.done] == w {
+		delete(c.watches, w.done)
+	}
+	for a := c.head; a != nil; a = a.next {
+		if a.watch == w {
+			ended = append(ended, a)
+		}
+	}
+	c.mu.Unlock()
+	for _, a := range ended {
+		a.finish(err, cause)
+	}
+}
+
+// stop stops the timer (Client.Close): the attempts still in flight end
+// with their connections.
+func (c *attemptClock) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.armedAt = time.Time{}
+	}
+}
