@@ -239,7 +239,8 @@ func TestConcurrentSendsShareEntries(t *testing.T) {
 // flight and sends gathered for the next answers every sender (acked, or
 // unavailable or closed: none waits forever), and the senders' retries
 // with the same IDs on the next leader store each message exactly once,
-// an acked one with its original ack.
+// an acked one with its original ack. Half the senders wait in
+// SendAnswered, half are answered later (SendLater), once each.
 func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
 	c := newTestCell(t, 3, false, func(cfg *Config) {
 		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
@@ -260,8 +261,15 @@ func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		var answered []store.Ack
-		answer := func(acks []store.Ack) { answered = append([]store.Ack{}, acks...) }
-		acks, err := l.node.SendAnswered(ctx, g.ID, []store.Entry{{ID: newID(i), From: alice, Body: []byte("m" + strconv.Itoa(i))}}, nil, answer)
+		entries := []store.Entry{{ID: newID(i), From: alice, Body: []byte("m" + strconv.Itoa(i))}}
+		var acks []store.Ack
+		var err error
+		if i%2 == 0 {
+			answer := func(acks []store.Ack) { answered = append([]store.Ack{}, acks...) }
+			acks, err = l.node.SendAnswered(ctx, g.ID, entries, nil, answer)
+		} else {
+			acks, answered, err = sendLater(ctx, t, l.node, g.ID, entries)
+		}
 		r := result{i: i, err: err, answered: answered}
 		if err == nil {
 			r.ack = acks[0]
@@ -328,6 +336,34 @@ func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
 	}
 	t.Logf("%d of %d sends acked by the stopping leader; all %d retried on the next", acked, n, n)
 	c.sameLogs(g.ID, n)
+}
+
+// sendLater sends entries by SendLater, and returns what its done was
+// given (acks, also as answered) or, if it answered at once, what it
+// returned. It fails the test if done was called twice by the time it
+// returns.
+func sendLater(ctx context.Context, t *testing.T, n *Node, id wire.UUID, entries []store.Entry) (acks, answered []store.Ack, err error) {
+	type outcome struct {
+		acks []store.Ack
+		err  error
+	}
+	done := make(chan outcome, 2)
+	later, acks, err := n.SendLater(ctx, id, entries, nil, func(acks []store.Ack, err error) {
+		done <- outcome{append([]store.Ack(nil), acks...), err}
+	})
+	if !later {
+		return acks, nil, err
+	}
+	o := <-done
+	select {
+	case again := <-done:
+		t.Errorf("SendLater's done called twice: %+v, then %+v", o, again)
+	default:
+	}
+	if o.err != nil {
+		return nil, nil, o.err
+	}
+	return o.acks, o.acks, nil
 }
 
 // TestJoinLeave: joins and leaves are decided by the cell and applied on

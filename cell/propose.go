@@ -73,10 +73,13 @@ type proposal struct {
 }
 
 // answer is a send answered as soon as its proposal is applied: its acks
-// and the caller's function that writes them.
+// and the caller's function that writes them: fn (SendAnswered), called
+// if the proposal is applied, or later (SendLater), called whatever
+// becomes of it.
 type answer struct {
-	fn   func([]store.Ack)
-	acks []store.Ack
+	fn    func([]store.Ack)
+	later func([]store.Ack, error)
+	acks  []store.Ack
 }
 
 // How many raft entries each group keeps in flight before it gathers sends
@@ -106,16 +109,15 @@ func (n *Node) Send(ctx context.Context, id wire.UUID, entries []store.Entry, ac
 	return n.SendAnswered(ctx, id, entries, acks, nil)
 }
 
-// SendAnswered is Send, and, if answer is not nil and the send's entries
-// all go to raft in one entry (none repeats a send still in flight), it
-// calls answer with the acks Send returns as soon as that entry is
-// applied, before Send returns. answer runs on the goroutine that learns
-// raft's verdict, one call after another for every send the entry
-// carries, so it must not block: it is where the replies of the sends
-// an entry gathered are written together, and so leave together (one
-// packet per connection rather than one per reply). answer must not keep
-// the acks.
-func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.Entry, acks []store.Ack, answer func([]store.Ack)) ([]store.Ack, error) {
+// SendAnswered is Send, and, if fn is not nil and the send's entries all
+// go to raft in one entry (none repeats a send still in flight), it calls
+// fn with the acks Send returns as soon as that entry is applied, before
+// Send returns. fn runs on the goroutine that learns raft's verdict, one
+// call after another for every send the entry carries, so it must not
+// block: it is where the replies of the sends an entry gathered are
+// written together, and so leave together (one packet per connection
+// rather than one per reply). fn must not keep the acks.
+func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.Entry, acks []store.Ack, fn func([]store.Ack)) ([]store.Ack, error) {
 	term, err := n.leading()
 	if err != nil {
 		return acks, err
@@ -125,10 +127,46 @@ func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.E
 		return acks, fmt.Errorf("send to %s: %w", id, ErrNoGroup)
 	}
 	start := len(acks)
-	prop, waits, err := n.stamp(g, term, entries, &acks, answer)
+	prop, waits, _, err := n.stamp(g, term, entries, &acks, answer{fn: fn})
 	if err != nil {
 		return acks[:start], err
 	}
+	return n.wait(ctx, prop, waits, acks, start)
+}
+
+// SendLater is Send for a caller that does not wait. If the send's entries
+// all go to raft in one entry (none repeats a send still in flight), it
+// returns true at once, and done is called once, on the goroutine that
+// learns raft's verdict, with the acks Send would return (appended to
+// acks) or its error; otherwise it returns false with what Send would
+// return, and done is not called. done runs one call after another for
+// every send an entry carries, so it must not block (see SendAnswered);
+// it may keep the acks. The entries' bodies must stay valid until done
+// is called.
+func (n *Node) SendLater(ctx context.Context, id wire.UUID, entries []store.Entry, acks []store.Ack, done func([]store.Ack, error)) (bool, []store.Ack, error) {
+	term, err := n.leading()
+	if err != nil {
+		return false, acks, err
+	}
+	g := n.fsm.group(id)
+	if g == nil {
+		return false, acks, fmt.Errorf("send to %s: %w", id, ErrNoGroup)
+	}
+	start := len(acks)
+	prop, waits, later, err := n.stamp(g, term, entries, &acks, answer{later: done})
+	switch {
+	case err != nil:
+		return false, acks[:start], err
+	case later:
+		return true, nil, nil
+	}
+	acks, err = n.wait(ctx, prop, waits, acks, start)
+	return false, acks, err
+}
+
+// wait waits for a send's proposal and for the sends in flight its
+// duplicates repeat, and returns its acks (from start in acks).
+func (n *Node) wait(ctx context.Context, prop *proposal, waits []wait, acks []store.Ack, start int) ([]store.Ack, error) {
 	if prop != nil {
 		<-prop.done
 		if prop.err != nil {
@@ -164,9 +202,9 @@ type wait pending
 // proposal, if any entry is new, and, per ack (the entries' order before
 // stamping), the send in flight a duplicate waits for. The caller waits
 // for the proposal to be done (which ends its hold on entries' bodies).
-// If fn is not nil and no entry waits for another send, the proposal
-// calls it with the send's acks once it is applied.
-func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack, fn func([]store.Ack)) (*proposal, []wait, error) {
+// If ans has a function and no entry waits for another send, the proposal
+// answers the send with it (see answer), and stamp reports that it will.
+func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack, ans answer) (*proposal, []wait, bool, error) {
 	g.propMu.Lock()
 	defer g.propMu.Unlock()
 	p := &g.prop
@@ -200,7 +238,7 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 	}
 	k := p.seq.Stamp(n.cfg.Now().UnixNano(), entries, batchAcks)
 	if k == 0 {
-		return nil, waits, nil
+		return nil, waits, false, nil
 	}
 	size := commandSize(entries[:k])
 	if o := p.open; o != nil && (len(o.entries)+k > maxProposalMessages || o.size+size > maxProposalBytes) {
@@ -213,7 +251,7 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		room := max(p.sized, k)
 		prop = &proposal{term: term, done: make(chan struct{}), size: commandSize(nil), entries: p.spare,
 			ids: make([][16]byte, 0, room), acks: make([]store.Ack, 0, room)}
-		if fn != nil {
+		if ans.fn != nil || ans.later != nil {
 			prop.answers = make([]answer, 0, room)
 		}
 		p.spare = nil
@@ -226,13 +264,15 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		prop.ids = append(prop.ids, entries[i].ID)
 		prop.acks = append(prop.acks, store.Ack{Seq: entries[i].Seq, Time: entries[i].Time})
 	}
-	if fn != nil && waits == nil {
-		prop.answers = append(prop.answers, answer{fn: fn, acks: batchAcks})
+	answered := (ans.fn != nil || ans.later != nil) && waits == nil
+	if answered {
+		ans.acks = batchAcks
+		prop.answers = append(prop.answers, ans)
 	}
 	if p.proposing < maxProposing {
 		n.propose1(g, p)
 	}
-	return prop, waits, nil
+	return prop, waits, answered, nil
 }
 
 // propose1 hands the group's open proposal to raft as one entry. If raft
@@ -262,6 +302,12 @@ func (n *Node) fail(p *proposer, prop *proposal, err error) {
 	}
 	clear(prop.entries)
 	prop.entries = nil
+	for _, a := range prop.answers {
+		if a.later != nil {
+			a.later(nil, err)
+		}
+	}
+	clear(prop.answers)
 	prop.answers = nil
 	prop.err = err
 	for _, id := range prop.ids {
@@ -308,8 +354,13 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	// A retry of an ID forgotten just now finds it in the log if the
 	// entry was applied: raft's verdict comes after the apply.
 	prop.err = proposeError("send", err)
-	if prop.err == nil {
-		for _, a := range prop.answers {
+	for _, a := range prop.answers {
+		switch {
+		case a.later != nil && prop.err != nil:
+			a.later(nil, prop.err)
+		case a.later != nil:
+			a.later(a.acks, nil)
+		case prop.err == nil:
 			a.fn(a.acks)
 		}
 	}

@@ -63,22 +63,33 @@ func (d *Daemon) notServing(op wire.Op, g *group) error {
 }
 
 // cellSend proposes a send's stamped entries to the cell. The ack it
-// returns means a majority of the cell holds the raft entry on its
+// answers with means a majority of the cell holds the raft entry on its
 // device (raft's log is fsynced before a member acknowledges it), and
-// this replica applied it to the group's log.
-func (d *Daemon) cellSend(ctx context.Context, c *server.Call, g *group, sc *sendScratch) ([]store.Ack, error) {
-	acks := sc.acks
+// this replica applied it to the group's log. If it reports later, the
+// send's raft entry answers and ends c (sc.answerLater) and sc is its;
+// otherwise sc.acks holds the acks.
+func (d *Daemon) cellSend(ctx context.Context, c *server.Call, g *group, sc *sendScratch) (later bool, err error) {
 	sc.call, sc.group = c, g
-	out, err := g.cell.node.SendAnswered(ctx, g.id, sc.entries, acks, sc.answer)
-	if err != nil {
-		return acks, cellError(wire.OpSend, g, err)
+	later, out, err := g.cell.node.SendLater(ctx, g.id, sc.entries, sc.acks, sc.answer)
+	if later {
+		return true, nil
 	}
-	for _, a := range out[len(acks):] {
+	if err != nil {
+		return false, cellError(wire.OpSend, g, err)
+	}
+	sc.acks = out
+	g.countDuplicates(out)
+	return false, nil
+}
+
+// countDuplicates counts the acks of a cell's send that answer a
+// duplicate.
+func (g *group) countDuplicates(acks []store.Ack) {
+	for _, a := range acks {
 		if a.Duplicate {
 			g.duplicates.Add(1)
 		}
 	}
-	return out, nil
 }
 
 func (d *Daemon) cellJoin(ctx context.Context, c *server.Call, g *group, req *wire.Join) error {

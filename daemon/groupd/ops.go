@@ -257,8 +257,13 @@ func (d *Daemon) members(c *server.Call) error {
 }
 
 func (d *Daemon) send(ctx context.Context, c *server.Call) error {
-	sc := sendScratches.Get().(*sendScratch)
-	defer sc.put()
+	sc := newSendScratch()
+	later := false // sc and c are the cell's proposal's, which answers them
+	defer func() {
+		if !later {
+			sc.put()
+		}
+	}()
 	// In place: the bodies are read from the request frame, and the store
 	// copies them; nothing keeps them past this handler.
 	sc.req = wire.Send{Messages: sc.req.Messages[:0]}
@@ -297,7 +302,10 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 			Message: fmt.Sprintf("send to %s: rate limited: each member may send %g messages a second, %d at once", g.name, g.rate.rate, int(g.rate.burst))}
 	}
 	if g.cell != nil {
-		if sc.acks, err = d.cellSend(ctx, c, g, sc); err != nil || c.Answered() {
+		if later, err = d.cellSend(ctx, c, g, sc); later {
+			return server.ErrLater
+		}
+		if err != nil || c.Answered() {
 			return err
 		}
 	} else if sc.acks, err = g.append(sc.entries, sc.acks); err == nil {
@@ -346,18 +354,25 @@ type sendScratch struct {
 	acks    []store.Ack
 	sent    []wire.Ack
 	out     wire.Sent // the reply, built by reply
-	// call and group are a cell's send's, for answer: sc.answerCall,
+	// call and group are a cell's send's, for answer: sc.answerLater,
 	// bound once when the scratch is made.
 	call   *server.Call
 	group  *group
-	answer func([]store.Ack)
+	answer func([]store.Ack, error)
 }
 
-var sendScratches = sync.Pool{New: func() any {
+// sendScratches pools sendScratch (newSendScratch).
+var sendScratches sync.Pool
+
+// newSendScratch returns a pooled scratch, or a new one.
+func newSendScratch() *sendScratch {
+	if sc, ok := sendScratches.Get().(*sendScratch); ok {
+		return sc
+	}
 	sc := new(sendScratch)
-	sc.answer = sc.answerCall
+	sc.answer = sc.answerLater
 	return sc
-}}
+}
 
 // reply is the Sent frame that acknowledges acks, built in sc.
 func (sc *sendScratch) reply(g *group, acks []store.Ack) *wire.Sent {
@@ -369,10 +384,37 @@ func (sc *sendScratch) reply(g *group, acks []store.Ack) *wire.Sent {
 	return &sc.out
 }
 
-// answerCall answers a cell's send (sc.call) with acks as soon as its raft
-// entry is applied, together with the other sends the entry carries
-// (server.Call.TryResult).
-func (sc *sendScratch) answerCall(acks []store.Ack) { sc.call.TryResult(sc.reply(sc.group, acks)) }
+// answerLater answers a cell's send (sc.call), which its handler left to
+// its raft entry (cell.Node.SendLater), on the goroutine that learns raft's
+// verdict, and ends the call: with acks as soon as the entry is applied,
+// together with the other sends the entry carries (server.Call.TryResult),
+// so that the handler's goroutine need not be woken for it. A reply that
+// cannot be queued at once, or an error, is written by a goroutine of its
+// own: this one must not wait.
+func (sc *sendScratch) answerLater(acks []store.Ack, err error) {
+	c, g := sc.call, sc.group
+	if err == nil {
+		sc.acks = acks
+		g.countDuplicates(acks)
+		if c.TryResult(sc.reply(g, acks)) {
+			sc.put()
+			c.End(nil)
+			return
+		}
+	}
+	go sc.endLater(c, g, acks, err)
+}
+
+// endLater answers and ends a cell's send that answerLater could not.
+func (sc *sendScratch) endLater(c *server.Call, g *group, acks []store.Ack, err error) {
+	if err != nil {
+		err = cellError(wire.OpSend, g, err)
+	} else {
+		err = c.Result(sc.reply(g, acks))
+	}
+	sc.put()
+	c.End(err)
+}
 
 // put empties sc, dropping its references to the request's bodies and
 // the call, and returns it to the pool unless it grew past a chat-sized

@@ -34,8 +34,9 @@ type Call struct {
 	str     *quic.Stream
 	srv     *Server
 	credits *streamCredits
-	buf     []byte  // reply frames, reused across frames (and calls, when small)
-	item    *[]byte // the request frame, if larger than head: from requestBufs if small
+	start   time.Time // when its handler was called, for its metrics
+	buf     []byte    // reply frames, reused across frames (and calls, when small)
+	item    *[]byte   // the request frame, if larger than head: from requestBufs if small
 	// head is the first read of the request: the whole frame, if it fits.
 	head [requestHeadBytes]byte
 	// end is where the end of the stream after the request is read (a

@@ -20,6 +20,10 @@ var (
 	// reason, while it cannot do its job yet (Listening says why, for the
 	// server's part).
 	ErrNotReady = errors.New("not ready")
+	// ErrLater is what a Handler returns once it has given its call to
+	// another goroutine, which answers it and ends it with Call.End. It
+	// never reaches a peer.
+	ErrLater = errors.New("server: the call is answered later")
 )
 
 // invalid returns an error wrapping ErrInvalidConfig that says which field

@@ -19,41 +19,78 @@ import (
 // finished with the handler's error.
 
 // serveStream runs one operation. It owns the stream: whatever happens, both
-// directions end here (closed or cancelled), and its credit goes to credits,
-// which gives it back to the peer.
+// directions end (closed or cancelled), and its credit goes to credits,
+// which gives it back to the peer: here, or, for a call its handler left to
+// another goroutine (ErrLater), in Call.End.
 func (s *Server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.Stream, cs *connShare, credits *streamCredits) {
-	defer s.streamWG.Done()
-	defer credits.hold(str)
 	s.active.Add(1)
-	defer s.active.Add(-1)
 	c := newCall(s, conn, peer, str)
 	c.credits, c.shares = credits, cs
-	defer c.free()
 	if !cs.admit(c) {
 		// Over its operations' share: refused at once, its request not
 		// read.
 		s.refuseStream(str, s.busy)
+		s.endStream(c, false)
 		return
 	}
-	defer cs.end(c) // before c.free
 	if !s.readRequest(c) {
+		s.endStream(c, true)
 		return
 	}
+	err := s.serveCall(c)
+	if err == ErrLater {
+		return // c is another goroutine's: it calls End
+	}
+	s.finish(c, err)
+	s.endStream(c, true)
+}
+
+// serveCall runs the handler, and tells the peer of a panic as an internal
+// error.
+func (s *Server) serveCall(c *Call) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.setup.Logger.Error("handler panicked", "op", c.op, "peer", peer.Short(), "panic", r, "stack", string(debug.Stack()))
-			s.finish(c, wire.ErrInternal)
+			s.setup.Logger.Error("handler panicked", "op", c.op, "peer", c.peer.Short(), "panic", r, "stack", string(debug.Stack()))
+			err = wire.ErrInternal
 		}
 	}()
-	err := s.handle(s.ctx, c)
-	if !c.decoded {
+	err = s.handle(s.ctx, c)
+	if err != ErrLater && !c.decoded {
 		// An op the handler does not serve: a malformed request is
 		// still answered as one, not as an unknown op.
 		if cerr := c.args.Check(); cerr != nil {
 			err = cerr
 		}
 	}
+	return err
+}
+
+// End ends a call its handler left to be answered later (it returned
+// ErrLater): it writes err as the stream's last frame (an Error frame),
+// unless the call was answered (TryResult) or err is nil, closes the
+// stream and gives back what the call held. Writing an Error frame may
+// wait for the peer's flow control, within the write timeout: a goroutine
+// that answers many calls ends there only those TryResult answered. End is
+// called once, and the call is not touched after it.
+func (c *Call) End(err error) {
+	s := c.srv
+	s.observe(c, err)
 	s.finish(c, err)
+	s.endStream(c, true)
+}
+
+// endStream gives back what the stream's call held (its shares, if
+// admitted; its memory; the stream's credit), once both directions of the
+// stream have ended.
+func (s *Server) endStream(c *Call, admitted bool) {
+	str, credits := c.str, c.credits
+	if admitted {
+		c.shares.end(c)
+	}
+	c.free()
+	credits.hold(str)
+	s.active.Add(-1)
+	s.streamWG.Done()
 }
 
 // readRequest reads the request frame and the end of stream after it,

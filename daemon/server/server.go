@@ -205,6 +205,9 @@ func (s Setup) withDefaults() Setup {
 // stream's last frame (an Error frame) unless the stream itself failed.
 // The server closes the stream either way. ctx ends when shutdown's grace
 // period is over.
+//
+// A handler that gave the call to another goroutine to answer returns
+// ErrLater: that goroutine then ends the call with Call.End.
 type Handler func(ctx context.Context, c *Call) error
 
 // Server is the QUIC machinery the daemons share: listening, accepting
@@ -214,6 +217,8 @@ type Server struct {
 	cfg    Config
 	setup  Setup
 	handle Handler
+	// observe times and counts an operation once it ends (instrument).
+	observe func(*Call, error)
 
 	ready    chan struct{} // closed once listening
 	stopping chan struct{} // closed when shutdown begins
@@ -251,8 +256,8 @@ type Server struct {
 	refusals            refusalLog // connections refused over a limit, logged sparingly
 
 	connWG   sync.WaitGroup // the accept loop and one goroutine per connection
-	streamWG sync.WaitGroup // one goroutine per stream
-	active   atomic.Int64   // stream goroutines running, for tests and metrics
+	streamWG sync.WaitGroup // one per stream, until its call ends
+	active   atomic.Int64   // streams being served, for tests and metrics
 }
 
 // New returns a server of cfg (which Validate must have accepted) with
@@ -264,7 +269,6 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 	s := &Server{
 		cfg:      cfg,
 		setup:    setup,
-		handle:   instrument(setup.Metrics, setup.Logger, setup.Now, h),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
@@ -273,6 +277,7 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 		reading:  make(map[*quic.Stream]struct{}),
 		shares:   newShares(cfg.Bounds().limits()),
 	}
+	s.handle, s.observe = instrument(setup.Metrics, setup.Logger, setup.Now, h)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
 	s.shuttingDown, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,

@@ -19,16 +19,12 @@ import (
 // operation and result (ok, or the error code it answers with), open
 // watches are counted, and refusals for a limit are logged, sparingly: an
 // abusive peer must not be able to flood the log. now is the daemon's
-// clock, which paces the refusals' log.
-func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next Handler) Handler {
+// clock, which paces the refusals' log. An operation its handler left to
+// be answered later (ErrLater) is timed when Call.End ends it, by the
+// returned observe.
+func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next Handler) (h Handler, observe func(*Call, error)) {
 	limits := newLimitLog(log, now)
-	return func(ctx context.Context, c *Call) error {
-		if c.op == wire.OpWatch {
-			m.WatchStarted()
-			defer m.WatchDone()
-		}
-		start := time.Now()
-		err := next(ctx, c)
+	observe = func(c *Call, err error) {
 		result := "ok"
 		if err != nil {
 			code := wire.ToError(err).Code
@@ -38,9 +34,22 @@ func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next
 				limits.note(c.op, code, c.peer, err)
 			}
 		}
-		m.Operation(c.op.String(), result, time.Since(start))
+		m.Operation(c.op.String(), result, time.Since(c.start))
+	}
+	h = func(ctx context.Context, c *Call) error {
+		if c.op == wire.OpWatch {
+			m.WatchStarted()
+			defer m.WatchDone()
+		}
+		c.start = time.Now()
+		err := next(ctx, c)
+		if err == ErrLater {
+			return err // c is another goroutine's now: End observes it
+		}
+		observe(c, err)
 		return err
 	}
+	return h, observe
 }
 
 // limitLog logs requests refused for a limit (or for a wrong secret or
