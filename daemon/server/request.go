@@ -99,25 +99,22 @@ func (s *Server) endStream(c *Call, admitted bool) {
 // and returns false.
 func (s *Server) readRequest(c *Call) bool {
 	str := c.str
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		s.refuseStream(str, s.shuttingDown)
-		return false
-	}
-	s.reading[str] = struct{}{}
-	s.mu.Unlock()
-
 	// One absolute deadline for the whole request: a peer that trickles
 	// bytes does not extend it. The read side ends with the request (or is
 	// cancelled), so the deadline is never cleared.
 	deadline := time.Now().Add(s.cfg.RequestTimeout)
 	str.SetReadDeadline(deadline)
+	select {
+	case <-s.stopping:
+		s.refuseStream(str, s.shuttingDown)
+		return false
+	default:
+		// A shutdown that begins from here on finds the call reading
+		// (shares.readingStreams) and moves the deadline to now: it is
+		// set after the one above.
+	}
 	err := s.readFrame(c, deadline)
 	c.reading.Store(false)
-	s.mu.Lock()
-	delete(s.reading, str)
-	s.mu.Unlock()
 	if err == nil {
 		return true
 	}

@@ -240,9 +240,8 @@ type Server struct {
 	started   bool
 	closed    bool
 	conns     map[*quic.Conn]struct{}
-	peakConns int                       // most connections since the memory reclaimer last looked
-	perAddr   map[netip.Prefix]int      // connections open per source (see Source)
-	reading   map[*quic.Stream]struct{} // streams whose request is being read
+	peakConns int                  // most connections since the memory reclaimer last looked
+	perAddr   map[netip.Prefix]int // connections open per source (see Source)
 	closeOnce sync.Once
 
 	shares *shares // what each peer holds: operations, request and reply bytes
@@ -274,7 +273,6 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 		done:     make(chan struct{}),
 		conns:    make(map[*quic.Conn]struct{}),
 		perAddr:  make(map[netip.Prefix]int),
-		reading:  make(map[*quic.Stream]struct{}),
 		shares:   newShares(cfg.Bounds().limits()),
 	}
 	s.handle, s.observe = instrument(setup.Metrics, setup.Logger, setup.Now, h)

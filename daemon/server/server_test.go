@@ -83,6 +83,35 @@ func TestCloseLetsOperationsFinish(t *testing.T) {
 	}
 }
 
+// TestCloseCutsRequestReadsShort checks that Close does not wait out the
+// request deadline of a stream whose request is still arriving: the read
+// ends at once, and the peer is told the server is shutting down.
+func TestCloseCutsRequestReadsShort(t *testing.T) {
+	id := peertest.NewKey(t)
+	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Hour, WriteTimeout: time.Second, ShutdownTimeout: time.Hour},
+		Setup{Listen: "127.0.0.1:0", Logger: peertest.Logger(t)}, func(ctx context.Context, c *Call) error {
+			return c.Result(wire.Left{WasMember: true})
+		})
+	peertest.Must(t, s.Listen(id))
+	peertest.Must(t, s.Start())
+	t.Cleanup(s.Close)
+	p := peertest.Dial(t, s.Addr(), id.Fingerprint(), nil)
+	req := peertest.Request(t, wire.OpLeave, wire.GroupRef{})
+	str, err := p.Conn.OpenStreamSync(peertest.Ctx(t))
+	peertest.Must(t, err)
+	_, err = str.Write(req[:len(req)-1]) // all but its last byte, and no end of stream
+	peertest.Must(t, err)
+	peertest.Eventually(t, "the request read", func() bool { return len(s.shares.readingStreams()) == 1 })
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	f, err := peertest.ReadFrame(str)
+	peertest.Must(t, err)
+	if f.Kind != wire.KindError || f.Err.Code != wire.CodeUnavailable || !strings.Contains(f.Err.Message, "shutting down") {
+		t.Fatalf("got %+v (%v), want unavailable: shutting down", f, f.Err)
+	}
+	<-closed
+}
+
 // TestShutdownTimeoutCancelsOperations checks that an operation that does
 // not finish within ShutdownTimeout has its context cancelled.
 func TestShutdownTimeoutCancelsOperations(t *testing.T) {

@@ -313,6 +313,22 @@ func (cs *connShare) admit(c *Call) bool {
 	return ok
 }
 
+// readingStreams returns the streams of the operations still reading
+// their requests.
+func (s *shares) readingStreams() []*quic.Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var strs []*quic.Stream
+	for _, a := range s.addrs {
+		for c := a.calls.head; c != nil; c = c.next {
+			if c.reading.Load() {
+				strs = append(strs, c.str)
+			}
+		}
+	}
+	return strs
+}
+
 // end ends operation c: it gives back everything c still holds.
 func (cs *connShare) end(c *Call) {
 	s := cs.s

@@ -26,12 +26,12 @@ func (s *Server) shutdown() {
 	s.closed = true
 	close(s.stopping)
 	ln := s.ln
-	for str := range s.reading {
+	s.mu.Unlock()
+	for _, str := range s.shares.readingStreams() {
 		// Not an operation in flight yet: stop waiting for its request,
 		// and tell its client the server is shutting down.
 		str.SetReadDeadline(time.Now())
 	}
-	s.mu.Unlock()
 
 	if ln == nil {
 		s.acceptCancel()
