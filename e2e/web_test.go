@@ -257,3 +257,45 @@ func TestWebOpensJoinedGroupFromLink(t *testing.T) {
 	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected'`)
 	b.waitFor("the conversation, not the form to join", hasMessage("linked")+` && document.getElementById('join-form').hidden`)
 }
+
+// TestWebJoinStaysWhereTheUserWent: a join answered after the user opened
+// another group leaves the page on that group. The join used to open the
+// group it joined when its answer came, pulling the page away from where
+// the user went: TestWebTwoUsers failed so in make test (bob opened lobby
+// once dev showed as joined, then dev's join answered and the page went
+// back to dev). The page's join request goes out, its answer is held in
+// the page until the test has opened lobby.
+func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	lobby, dev := up.groups["lobby"], up.groups["dev"]
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, bob, lobby, dev)
+	bb := newBrowser(t, 1200, 800)
+	bb.open(bob.web(t))
+	bb.joinByClick(lobby, "bob")
+
+	eval[bool](bb, `(() => {
+		const f = window.fetch;
+		window.heldJoins = [];
+		window.fetch = (u, o) => {
+			const p = f(u, o);
+			return String(u).endsWith('/join') ? new Promise(r => window.heldJoins.push(() => r(p))) : p;
+		};
+		return true;
+	})()`)
+	sel := `#others button[data-group="` + dev + `"]`
+	bb.waitFor("dev listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
+	bb.do("open dev", chromedp.Click(chromedp.CSS(sel)))
+	bb.waitFor("dev's join form", `!document.getElementById('join-form').hidden`)
+	eval[bool](bb, `(() => { document.getElementById('join-name').value = ''; return true; })()`)
+	bb.do("join dev", chromedp.SendKeys(chromedp.ID("join-name"), "bob"), chromedp.Click(chromedp.CSS("#join-form button")))
+	bb.waitFor("dev's join sent, its answer held", `window.heldJoins.length === 1`)
+	bb.openJoined(lobby)
+	eval[bool](bb, `(() => { window.heldJoins.forEach(release => release()); return true; })()`)
+	bb.waitFor("dev's join answered", `!document.querySelector('#join-form button').disabled`)
+	bb.waitFor("dev among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(`#joined button[data-group="`+dev+`"]`)))
+	if active := eval[string](bb, `window.huddle.state.active`); active != lobby {
+		t.Errorf("after dev's join answered, the page shows %s, want lobby (%s), where the user went", active, lobby)
+	}
+}

@@ -721,7 +721,10 @@ $('join-form').addEventListener('submit', async ev => {
     c.myName = name;
     state.watched = watchedSet();
     stream.reopen();
-    open(id);
+    // The user may have opened another group while the join was under
+    // way: they stay there, and the sidebar shows the group joined.
+    if (state.active === id) open(id);
+    else renderSidebar();
   } catch (err) {
     showNotice(err);
   } finally {
@@ -740,7 +743,8 @@ $('leave').addEventListener('click', async () => {
     state.convs.delete(id);
     state.watched = watchedSet();
     stream.reopen();
-    open(id);
+    if (state.active === id) open(id); // as after a join
+    else renderSidebar();
   } catch (err) {
     showNotice(err);
   }
