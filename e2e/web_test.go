@@ -299,3 +299,43 @@ func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
 		t.Errorf("after dev's join answered, the page shows %s, want lobby (%s), where the user went", active, lobby)
 	}
 }
+
+// TestWebMessageDuringFirstPage: a message the live stream delivers while
+// the group's first page is being fetched, stored after that page was
+// read, is shown. The page used to drop it (the conversation was not
+// loaded yet, and the page did not hold it): TestWebFollowsMovedGroup
+// failed so under load, waiting for its first message. The page's fetch of
+// the first page goes out, its answer is held in the page until the
+// stream has delivered the message.
+func TestWebMessageDuringFirstPage(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	lobby := up.groups["lobby"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	eval[bool](b, `(() => {
+		const f = window.fetch;
+		window.heldPages = [];
+		window.fetch = (u, o) => {
+			const p = f(u, o);
+			if (!/\/messages\?/.test(String(u))) return p;
+			p.then(() => { window.pagesAnswered = (window.pagesAnswered || 0) + 1; });
+			return new Promise(r => window.heldPages.push(() => r(p)));
+		};
+		return true;
+	})()`)
+	b.openJoined(lobby)
+	b.waitFor("the first page answered (nothing yet), the answer held", `window.pagesAnswered === 1 && window.heldPages.length === 1`)
+	b.waitFor("the stream live", fmt.Sprintf(`window.huddle.state.convs.get(%s)?.status === 'live'`, jsString(lobby)))
+	bob.ok(t, "send", "lobby", "one")
+	b.waitFor("the stream delivered it", fmt.Sprintf(`window.huddle.state.convs.get(%s).cursor === 1`, jsString(lobby)))
+	eval[bool](b, `(() => { window.heldPages.forEach(release => release()); return true; })()`)
+	b.waitFor("the first page loaded", fmt.Sprintf(`window.huddle.state.convs.get(%s).loaded === true`, jsString(lobby)))
+	if !eval[bool](b, hasMessage("one")) {
+		t.Errorf("the message the stream delivered during the first page's fetch is not shown:\n%s", b.text())
+	}
+}

@@ -192,7 +192,9 @@ function onEvent(name, d) {
       const ambiguous = c.names.add(d.name, d.from);
       const p = c.pending.get(d.id);
       if (p) { c.pending.delete(d.id); c.remove(p.key); }
-      if (c.loaded) c.insert([item]);
+      // While the first page is being fetched too: it may have been read
+      // before this message was stored, and the stream has moved past it.
+      if (c.loaded || c.loading) c.insert([item]);
       const mine = state.me && d.from === state.me.fingerprint;
       const visible = state.active === d.group && !document.hidden;
       if (!mine && !visible) c.unread++;
