@@ -31,12 +31,14 @@ func groupButton(uuid string) string { return `.group-list button[data-group="` 
 
 // openJoined waits until the page lists uuid among the groups the user
 // joined (the list moves a group there once its daemon confirms the
-// membership) and clicks it.
+// membership) and clicks it. The click is the page's own, in the same
+// script that finds the button: the sidebar is drawn again whenever the
+// list changes, and a click dispatched by node or by position after the
+// button was found could miss it ("Could not find node with given id").
 func (b *browser) openJoined(uuid string) {
 	b.t.Helper()
 	sel := `#joined button[data-group="` + uuid + `"]`
-	b.waitFor("the group among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
-	b.do("open the group", chromedp.Click(chromedp.CSS(sel)))
+	b.waitFor("the group among the joined, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, jsString(sel)))
 	b.waitFor("the group open", fmt.Sprintf(`window.huddle.state.active === %s && !document.getElementById('messages').hidden`, jsString(uuid)))
 }
 
@@ -285,8 +287,7 @@ func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
 		return true;
 	})()`)
 	sel := `#others button[data-group="` + dev + `"]`
-	bb.waitFor("dev listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
-	bb.do("open dev", chromedp.Click(chromedp.CSS(sel)))
+	bb.waitFor("dev listed, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, jsString(sel)))
 	bb.waitFor("dev's join form", `!document.getElementById('join-form').hidden`)
 	eval[bool](bb, `(() => { document.getElementById('join-name').value = ''; return true; })()`)
 	bb.do("join dev", chromedp.SendKeys(chromedp.ID("join-name"), "bob"), chromedp.Click(chromedp.CSS("#join-form button")))
