@@ -357,7 +357,11 @@ func testWatchResumesAcrossRestart(t *testing.T, memory bool) {
 				t.Errorf("watch: %v", err)
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-wctx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 	defer func() { cancel(); wg.Wait() }()
@@ -636,7 +640,11 @@ func TestWatchStatus(t *testing.T) {
 					t.Errorf("watch: %v", err)
 					return
 				}
-				events <- ev
+				select {
+				case events <- ev:
+				case <-wctx.Done():
+					return // the test has stopped reading
+				}
 			}
 		})
 		next := func() client.Event {

@@ -129,7 +129,11 @@ func TestCellLeaderKill(t *testing.T) {
 			if err != nil {
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-watchCtx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 

@@ -232,7 +232,11 @@ func TestCellClientFollowsLeader(t *testing.T) {
 				watchErr <- err
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-watchCtx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 
@@ -452,7 +456,11 @@ func TestCellAddMember(t *testing.T) {
 			if err != nil {
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-watchCtx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 	if ev := <-events; ev.Kind != client.EventLive {

@@ -260,7 +260,11 @@ func TestGracefulStopSaysUnavailable(t *testing.T) {
 			if err != nil {
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-wctx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 	if ev := recv(t, events); ev.Kind != client.EventLive {
@@ -342,7 +346,11 @@ func TestWatchLearnsOfRestart(t *testing.T) {
 			if err != nil {
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-wctx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 	if ev := recv(t, events); ev.Kind != client.EventLive {

@@ -44,7 +44,11 @@ func TestWatchContinuesAcrossRestart(t *testing.T) {
 			if err != nil {
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-wctx.Done():
+				return // the test has stopped reading
+			}
 		}
 	}()
 	if ev := recv(t, events); ev.Kind != client.EventLive {

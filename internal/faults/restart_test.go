@@ -104,7 +104,11 @@ func TestRecoveryAcrossRestart(t *testing.T) {
 			if err != nil {
 				return
 			}
-			events <- ev
+			select {
+			case events <- ev:
+			case <-wctx.Done():
+				return // the test has stopped reading: never block its end
+			}
 		}
 	})
 	next := func(kind client.EventKind) client.Event {
@@ -138,6 +142,7 @@ func TestRecoveryAcrossRestart(t *testing.T) {
 	var omu sync.Mutex
 	var outcomes [2]outcome // by batching
 	sctx, stopSending := context.WithCancel(ctx)
+	defer stopSending() // a failed check must not leave the callers sending
 	for k, batching := range []bool{false, true} {
 		g := newGroup(fmt.Sprint("sender", k), batching)
 		for i := range callers {
