@@ -40,6 +40,11 @@ func TestGracefulStop(t *testing.T) {
 		sent    int
 		started = make(chan struct{}, callers)
 	)
+	// Every caller joins before any sends: joined one by one while the
+	// callers before them sent as fast as they could, 64 joins took the
+	// whole waitTimeout on a loaded machine (make test, load 25: 52 joined
+	// in 30 s), and the test failed on a join's deadline.
+	handles := make([]*client.Group, callers)
 	for i := range callers {
 		id, err := identity.Generate()
 		if err != nil {
@@ -58,6 +63,9 @@ func TestGracefulStop(t *testing.T) {
 		if _, err := g.Join(ctx, fmt.Sprint("caller", i), nil); err != nil {
 			t.Fatal(err)
 		}
+		handles[i] = g
+	}
+	for i, g := range handles {
 		wg.Go(func() {
 			started <- struct{}{}
 			for n := 0; ; n++ {
