@@ -31,8 +31,18 @@ const lease = time.Second
 // bug may hang the run, and asserts nothing about speed.
 const waitTimeout = 30 * time.Second
 
+// binaryEnv, when set, names the huddle binary to run instead of building
+// one (TestProcsDieWithTest's copy of the test binary, killed before it
+// could remove a binary of its own).
+const binaryEnv = "HUDDLE_FAULTS_BINARY"
+
 // huddle returns the huddle binary, built once per test run.
-func huddle(t *testing.T) string { return testbin.Huddle(t) }
+func huddle(t *testing.T) string {
+	if b := os.Getenv(binaryEnv); b != "" {
+		return b
+	}
+	return testbin.Huddle(t)
+}
 
 // proc is a running huddle process.
 type proc struct {
@@ -65,6 +75,9 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 		}
 	}
 	cmd.Env = append(cmd.Env, "HOME="+t.TempDir(), "HUDDLE_HOME="+t.TempDir())
+	// The process dies with the test process, however that ends (a
+	// prefix such as nsenter execs huddle, which keeps it).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	r, w := io.Pipe()
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {

@@ -49,6 +49,7 @@ func newPrivateDisk(t *testing.T, size string) *privateDisk {
 	d := &privateDisk{t: t, dir: t.TempDir()}
 	d.holder = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		fmt.Sprintf("mount -t tmpfs -o size=%s,mode=0700 tmpfs %s && echo mounted && exec sleep 3600", size, d.dir))
+	d.holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the test process
 	out, err := d.holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,7 +33,7 @@ func TestProcsDieWithTest(t *testing.T) {
 		h := lan.AddHost("orphan", "10.77.21.1/24")
 		p := startProc(t, h, "registry", "--no-mdns", "--listen", "10.77.21.1:7373", "--state-dir", t.TempDir())
 		p.waitLine(t, listening)
-		fmt.Printf("orphan: pid %d namespace %s switch %s\n", p.cmd.Process.Pid, h.Namespace(), lan.Prefix()+"-switch")
+		fmt.Printf("orphan: pid %d namespace %s switch %s tmp %s\n", p.cmd.Process.Pid, h.Namespace(), lan.Prefix()+"-switch", filepath.Dir(t.TempDir()))
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {} // the signal ends the process
 	}
@@ -47,20 +48,21 @@ func TestProcsDieWithTest(t *testing.T) {
 		t.Fatalf("the test that starts huddle and is killed: %v, want killed by SIGKILL\n%s", err, out.String())
 	}
 	var pid int
-	var ns, sw string
+	var ns, sw, tmp string
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "orphan: "); ok {
-			if _, err := fmt.Sscanf(rest, "pid %d namespace %s switch %s", &pid, &ns, &sw); err != nil {
+			if _, err := fmt.Sscanf(rest, "pid %d namespace %s switch %s tmp %s", &pid, &ns, &sw, &tmp); err != nil {
 				t.Fatalf("%q: %v", rest, err)
 			}
 		}
 	}
-	if pid == 0 {
+	if pid == 0 || !strings.HasPrefix(tmp, os.TempDir()) {
 		t.Fatalf("the killed test did not say what it started:\n%s", out.String())
 	}
 	t.Cleanup(func() {
 		syscall.Kill(pid, syscall.SIGKILL) // if the check below failed
+		os.RemoveAll(tmp)                  // the killed test's own
 		for _, n := range []string{ns, sw} {
 			if out, err := exec.Command("ip", "netns", "del", n).CombinedOutput(); err != nil {
 				t.Errorf("ip netns del %s: %v: %s", n, err, out)
