@@ -54,9 +54,12 @@ type Config struct {
 	// InFlight is the number of goroutines per client with an operation in
 	// flight. Default 16 for send and send-batched, else 1.
 	InFlight int
-	// Duration is the measured window. Default 5 s.
+	// Duration is the measured window. Default 5 s. It lasts until an
+	// operation ended in it, if that is later: a window that counted
+	// nothing measured nothing.
 	Duration time.Duration
-	// Warmup runs the load before the window, unmeasured. Default 500 ms.
+	// Warmup runs the load before the window, unmeasured. Default 500 ms,
+	// and until an operation ended.
 	Warmup time.Duration
 	// Size is the body of each message, in bytes. Default 256; at least 8
 	// for fanout, whose bodies carry their send time.

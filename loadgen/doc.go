@@ -29,7 +29,9 @@
 // # Measurement
 //
 // Workers run through a warm-up, then a measured window; only operations
-// completed inside the window count, and their latencies are counted in
+// completed inside the window count (the warm-up lasts until one operation
+// ended, the window until one ended inside it: a stalled machine cannot
+// make a run that measured nothing), and their latencies are counted in
 // log-linear histograms (exact below 256 ns, within 0.4% above), whose
 // memory does not grow with the run. When the daemon's process ID is known
 // (Config.ServerPID, or a daemon started by StartDaemon) its CPU time is

@@ -83,6 +83,30 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
+// TestWindowMeasuresSomething: a measured window shorter than any
+// operation still counts one. A window of 0.3 s that a machine at load 31
+// stalled through closed with Ops 0 (fresh-clone CI, TestScenarios/send);
+// here a window of 1 us, far shorter than a send, stands for that stall.
+// The warm-up lasts until an operation ended, and the window until one
+// ended inside it.
+func TestWindowMeasuresSomething(t *testing.T) {
+	reg := startDaemons(t)
+	for _, sc := range []loadgen.Scenario{loadgen.Send, loadgen.Fetch} {
+		t.Run(string(sc), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			res, err := loadgen.Run(ctx, loadgen.Config{Scenario: sc, Registry: reg, Messages: 300,
+				Duration: time.Microsecond, Warmup: time.Microsecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Errors != 0 || res.Ops == 0 {
+				t.Fatalf("a window shorter than an operation measured %+v, want at least one operation", res)
+			}
+		})
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -47,13 +47,37 @@ type Result struct {
 }
 
 // phase is the shared state of a run's workers: whether operations count
-// now, whether to stop, and the errors seen.
+// now, whether to stop, and the errors seen; and whether an operation has
+// ended (done or failed) at all, and inside the window: the warm-up lasts
+// until one has, and the window until one has inside it, so that a run
+// cannot measure nothing (a machine at load 31 stalled every send through
+// a 0.3 s window).
 type phase struct {
 	measuring atomic.Bool
 	stop      atomic.Bool
 	errs      atomic.Int64
 	mu        sync.Mutex
 	firstErr  error
+
+	flowing, counted    atomic.Bool
+	flowOnce, countOnce sync.Once
+	flowCh, countCh     chan struct{}
+}
+
+func newPhase() *phase {
+	return &phase{flowCh: make(chan struct{}), countCh: make(chan struct{})}
+}
+
+// ended records that an operation ended; measuring is whether it was
+// counted in the window (a worker reads ph.measuring once per operation
+// and passes what it read).
+func (p *phase) ended(measuring bool) {
+	if !p.flowing.Load() {
+		p.flowOnce.Do(func() { p.flowing.Store(true); close(p.flowCh) })
+	}
+	if measuring && !p.counted.Load() {
+		p.countOnce.Do(func() { p.counted.Store(true); close(p.countCh) })
+	}
 }
 
 func (p *phase) fail(err error) {
@@ -130,17 +154,29 @@ func (w *window) end(ctx context.Context, cfg Config) {
 }
 
 // measure runs the warm-up and the window while workers run, and stops
-// them after it.
+// them after it. The warm-up lasts cfg.Warmup and until an operation
+// ended; the window cfg.Duration and until an operation ended inside it
+// (see phase); either ends early if ctx does.
 func measure(ctx context.Context, ph *phase, cfg Config) window {
-	time.Sleep(cfg.Warmup)
+	wait(ctx, time.After(cfg.Warmup))
+	wait(ctx, ph.flowCh)
 	var w window
 	w.start(ctx, cfg)
 	ph.measuring.Store(true)
-	time.Sleep(cfg.Duration)
+	wait(ctx, time.After(cfg.Duration))
+	wait(ctx, ph.countCh)
 	ph.measuring.Store(false)
 	w.end(ctx, cfg)
 	ph.stop.Store(true)
 	return w
+}
+
+// wait waits for ch, or until ctx ends.
+func wait[T any](ctx context.Context, ch <-chan T) {
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 // fill completes r from the latencies the workers recorded in the window.

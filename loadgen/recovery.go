@@ -100,7 +100,7 @@ func (r *runner) recovery(ctx context.Context, res *Result) error {
 			w.srvCPU, w.srvRSS, w.serverMeasured = cpu, rss, true
 		}
 	}
-	fill(res, []*hist{h}, w, &phase{})
+	fill(res, []*hist{h}, w, newPhase())
 	res.Messages = int64(info.Last)
 	res.MsgsPerSec = float64(info.Last) / took.Seconds()
 	res.Note = fmt.Sprintf("SIGKILL with %d messages held (the process gone after %.0f ms); restarted, listening after %.0f ms, the first fetch of the last %d (since a timestamp) answered %.0f ms after the restart",

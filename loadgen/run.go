@@ -233,7 +233,7 @@ func (r *runner) send(ctx context.Context, res *Result) error {
 	for i := range body {
 		body[i] = 'a' + byte(i%26)
 	}
-	ph := &phase{}
+	ph := newPhase()
 	hists := make([]*hist, len(gs)*r.cfg.InFlight)
 	var wg sync.WaitGroup
 	for i, g := range gs {
@@ -251,16 +251,19 @@ func (r *runner) send(ctx context.Context, res *Result) error {
 					now := time.Since(base)
 					d := now - last
 					last = now
+					counted := ph.measuring.Load()
 					if err != nil {
 						ph.fail(err)
+						ph.ended(counted)
 						continue
 					}
-					if ph.measuring.Load() {
+					if counted {
 						if buf = append(buf, d); len(buf) == cap(buf) {
 							h.addAll(buf)
 							buf = buf[:0]
 						}
 					}
+					ph.ended(counted)
 				}
 				h.addAll(buf)
 				hists[i*r.cfg.InFlight+j] = h
@@ -309,7 +312,7 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 			return fmt.Errorf("fetch setup: the follower at %s: %w", from, err)
 		}
 	}
-	ph := &phase{}
+	ph := newPhase()
 	hists := make([]*hist, len(gs)*r.cfg.InFlight)
 	var wg sync.WaitGroup
 	for i, g := range gs {
@@ -321,17 +324,16 @@ func (r *runner) fetch(ctx context.Context, res *Result) error {
 					t0 := time.Now()
 					_, err := g.Fetch(ctx, client.Query{Since: since}, func(client.Message) bool { n++; return true })
 					d := time.Since(t0)
+					counted := ph.measuring.Load()
 					switch {
 					case err != nil:
 						ph.fail(err)
-						continue
 					case n < want:
 						ph.fail(fmt.Errorf("fetch returned %d messages, want %d", n, want))
-						continue
-					}
-					if ph.measuring.Load() {
+					case counted:
 						h.add(d)
 					}
+					ph.ended(counted)
 				}
 				hists[i*r.cfg.InFlight+j] = h
 			})
@@ -412,7 +414,7 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 	}
 	wctx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
-	ph := &phase{}
+	ph := newPhase()
 	hists := make([]*hist, len(watchers))
 	var started, wg sync.WaitGroup
 	for i, g := range watchers {
@@ -424,6 +426,7 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 			for ev, err := range g.Watch(wctx, client.Query{After: info.Last, Epoch: info.Epoch}) {
 				if err != nil {
 					ph.fail(err)
+					ph.ended(ph.measuring.Load())
 					break
 				}
 				if first {
@@ -438,9 +441,11 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 					continue // the marker that tells watchers they are live
 				}
 				d := time.Duration(time.Now().UnixNano() - sentAt)
-				if ph.measuring.Load() {
+				counted := ph.measuring.Load()
+				if counted {
 					h.add(d)
 				}
+				ph.ended(counted)
 			}
 			if first {
 				started.Done()
@@ -482,6 +487,7 @@ func (r *runner) fanout(ctx context.Context, res *Result) error {
 				defer func() { <-slots }()
 				if _, err := sender.Send(ctx, b); err != nil {
 					ph.fail(err)
+					ph.ended(counted) // a delivery is the outcome of a send that worked
 				} else if counted {
 					sent.Add(1)
 				}
@@ -508,7 +514,7 @@ func (r *runner) idle(ctx context.Context, res *Result) error {
 	if pid > 0 {
 		rss0, _ = procRSS(pid)
 	}
-	ph := &phase{}
+	ph := newPhase()
 	var mu sync.Mutex // guards connected
 	connected := new(hist)
 	var wg sync.WaitGroup
