@@ -123,10 +123,12 @@ func TestCellLeaderKill(t *testing.T) {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	events := make(chan client.Event, 1024)
+	var watchErr error // why the watch ended, once events is closed
 	go func() {
 		defer close(events)
 		for ev, err := range w.Watch(watchCtx, client.Query{}) {
 			if err != nil {
+				watchErr = err
 				return
 			}
 			select {
@@ -241,8 +243,12 @@ func TestCellLeaderKill(t *testing.T) {
 	}
 	for i := range acks {
 		var ev client.Event
+		var open bool
 		select {
-		case ev = <-events:
+		case ev, open = <-events:
+			if !open {
+				t.Fatalf("the watch ended after %d of %d messages: %v", i, len(acks), watchErr)
+			}
 		case <-time.After(waitTimeout):
 			t.Fatalf("the watch delivered %d of %d messages", i, len(acks))
 		}
