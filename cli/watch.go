@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 func runWatch(ctx context.Context, env Env, args []string) int {
@@ -77,10 +79,18 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 			if len(groups) > 1 {
 				label = padRight("["+g.Name()+"]", width+2) + " "
 			}
-			names := newNameBook()
-			if ms, err := g.Members(wctx); err == nil {
-				names.seeMembers(ms)
+			names, note, err := watchNames(wctx, cf.json, cf.timeout, g)
+			mu.Lock()
+			if err != nil {
+				code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
+				mu.Unlock()
+				stop()
+				return
 			}
+			if note != "" {
+				fmt.Fprintf(env.Stderr, "note: [%s] no member list (%s): a name worn by two keys may show without its key\n", g.Name(), note)
+			}
+			mu.Unlock()
 			for ev, err := range g.Watch(wctx, q) {
 				mu.Lock()
 				if err != nil {
@@ -101,6 +111,37 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 		return ExitInterrupted
 	}
 	return code
+}
+
+// watchNames returns the name book a watch labels senders with, seeded
+// with the group's members (as fetchNames does for fetch): --json prints
+// every sender's key and asks for no member list. The list is asked
+// within --timeout, not for as long as the watch lasts. A refusal for good
+// (not a member, say) is the watch's error: the watch would be refused
+// too, and the error now names the call refused. A list that could not be
+// had in time, or from a daemon down or not serving the group, is only
+// noted (note says why): unlike fetch, the watch then waits for the
+// daemon, as it does across a restart.
+func watchNames(ctx context.Context, asJSON bool, timeout time.Duration, g *client.Group) (names *nameBook, note string, err error) {
+	names = newNameBook()
+	if asJSON {
+		return names, "", nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ms, err := g.Members(lctx)
+	var we *wire.Error
+	switch {
+	case err == nil:
+		names.seeMembers(ms)
+		return names, "", nil
+	case ctx.Err() != nil:
+		return nil, "", err // interrupted
+	case errors.As(err, &we) && we.Code != wire.CodeUnavailable:
+		return nil, "", err
+	}
+	msg, _ := explain(err)
+	return names, firstLine(msg), nil
 }
 
 // printEvent prints a watch event: messages as fetch prints them, the rest

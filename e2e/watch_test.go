@@ -351,3 +351,45 @@ func testWatchRestart(t *testing.T, storage string) {
 		t.Errorf("chat said %d times that the history was reset, want %d:\n%s", n, resets, chat.stdout)
 	}
 }
+
+// TestWatchMemberList checks watch's member list (asked only to label
+// senders), as TestFetchMemberList does fetch's: `watch --json`, which
+// prints every sender's key, asks for none (the daemon's /metrics counts
+// no members operation); and a daemon that stopped answering (SIGSTOP)
+// after it was listed costs the list at most --timeout, said on stderr,
+// after which the watch waits for the daemon and shows the history once
+// it answers again.
+func TestWatchMemberList(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer reg.stop(t)
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0",
+		"--state-dir", t.TempDir(), "--metrics", "127.0.0.1:0")
+	defer gd.stop(t)
+	maddr := metricsAddr(t, gd)
+	alice := newUser(t, "alice", reg.registry)
+	waitListed(t, alice, gd.groups["lobby"])
+	alice.join(t, "lobby")
+	alice.ok(t, "send", "lobby", "hello")
+
+	w := alice.start(t, "watch", "lobby", "--json", "--since", "1h")
+	waitText(t, w, `"text":"hello"`)
+	stopWatch(t, w)
+	if n, _ := sample(scrape(t, maddr), "huddle_operation_duration_seconds", "op", "members", "result", "ok"); n != 0 {
+		t.Errorf("watch --json asked for the member list (%v members operations, want 0)", n)
+	}
+
+	if err := gd.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	w = alice.start(t, "watch", "lobby", "--since", "1h", "--timeout", "1500ms")
+	noted := w.stderr.waitFor(waitTimeout, hasText("no member list"))
+	if err := gd.proc.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if !noted {
+		t.Fatalf("watch of a daemon that stopped answering said nothing of its member list within %v\nstdout:\n%s\nstderr:\n%s", waitTimeout, w.stdout, w.stderr)
+	}
+	waitText(t, w, "alice: hello")
+	stopWatch(t, w)
+}
