@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/metrics"
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -649,4 +652,125 @@ func TestCellFsyncAlways(t *testing.T) {
 			t.Fatalf("%s serves %d messages, want the 2 acknowledged", m.addr, len(got))
 		}
 	}
+}
+
+// holdingLog is a cell group's log whose appends wait while it is held,
+// as a replica's on a stalled disk would: the replica's state machine,
+// which applies the cell's entries in order, stops at a send, and what
+// follows it (a join) is not applied there until the hold ends.
+type holdingLog struct {
+	cellLog
+	mu   sync.Mutex
+	hold chan struct{} // non-nil: appends wait until it is closed
+}
+
+func (l *holdingLog) Append(batch []store.Entry) error {
+	l.mu.Lock()
+	hold := l.hold
+	l.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	return l.cellLog.Append(batch)
+}
+
+// setHold starts holding appends (on) or lets them go (off).
+func (l *holdingLog) setHold(on bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case on && l.hold == nil:
+		l.hold = make(chan struct{})
+	case !on && l.hold != nil:
+		close(l.hold)
+		l.hold = nil
+	}
+}
+
+// TestCellFollowerLagsJoin: a follower that has not applied a key's join
+// (its state machine waits behind a send, its log's appends held, for
+// longer than awaitMember waits) does not answer that key not_member,
+// which is final for a client and ended a watch that moved to a lagging
+// replica across a leader kill (e2e TestCellLeaderKill at load 22): it
+// answers unavailable, naming the leader, which serves the key; once the
+// follower has caught up it serves the key too. The leader answers a key
+// that never joined not_member.
+func TestCellFollowerLagsJoin(t *testing.T) {
+	var peers []cell.Peer
+	dirs := make([]string, 3)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		id, err := identity.LoadOrCreate(dirs[i])
+		must(t, err)
+		peers = append(peers, cell.Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
+	}
+	members := make([]*testCellMember, len(dirs))
+	logs := make([]atomic.Pointer[holdingLog], len(dirs)) // set on raft's apply goroutine
+	for i := range members {
+		cfg := Config{StateDir: dirs[i], Listen: peers[i].Addr, Groups: []Spec{{Name: "general"}},
+			Cell: &CellConfig{Peers: peers}, Logger: testLogger(t)}
+		d, err := New(cfg)
+		must(t, err)
+		d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
+			l, err := d.openStorageLog(id, name, retention, replicated)
+			if err != nil {
+				return nil, err
+			}
+			hl := &holdingLog{cellLog: l.(cellLog)}
+			logs[i].Store(hl)
+			return hl, nil
+		}
+		must(t, d.Listen())
+		errc := make(chan error, 1)
+		go func() { errc <- d.Serve(context.Background()) }()
+		t.Cleanup(func() {
+			if l := logs[i].Load(); l != nil {
+				l.setHold(false)
+			}
+			must(t, d.Close())
+			if err := <-errc; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+		members[i] = &testCellMember{d: d, addr: peers[i].Addr, fp: peers[i].Fingerprint, dir: dirs[i], cfg: cfg}
+	}
+	leader, g := cellLeader(t, members)
+	var follower *testCellMember
+	var at int
+	for i, m := range members {
+		if m != leader {
+			follower, at = m, i
+		}
+	}
+	eventually(t, "the follower hosting the group", func() bool { return logs[at].Load() != nil })
+	held := logs[at].Load()
+	fg := follower.d.host.group(g)
+
+	ann, bob := newKey(t), newKey(t)
+	must(t, callLeader(t, members, ann, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	eventually(t, "the follower applying ann's join", func() bool { return fg.isMember(ann.Fingerprint()) })
+	held.setHold(true)
+	must(t, callLeader(t, members, ann, wire.OpSend, wire.Send{Group: g, Messages: outgoing("held")}, &wire.Sent{}))
+	must(t, callLeader(t, members, bob, wire.OpJoin, wire.Join{Group: g, Name: "bob"}, nil))
+	if fg.isMember(bob.Fingerprint()) {
+		t.Fatal("the follower applied bob's join though its log's appends are held")
+	}
+
+	atFollower := dial(t, follower.d.Addr(), follower.fp, bob)
+	_, _, fetchErr := atFollower.fetch(wire.Fetch{Group: g})
+	for op, err := range map[wire.Op]error{
+		wire.OpMembers: atFollower.call(wire.OpMembers, wire.GroupRef{Group: g}, nil),
+		wire.OpFetch:   fetchErr,
+	} {
+		if we := wantCode(t, err, wire.CodeUnavailable); we.RetryAfterMS == 0 {
+			t.Fatalf("%v by a member whose join the follower has not applied: %v, want unavailable with a time to retry", op, we)
+		}
+	}
+	must(t, callLeader(t, members, bob, wire.OpMembers, wire.GroupRef{Group: g}, &wire.MemberList{}))
+
+	held.setHold(false)
+	eventually(t, "the follower serving bob once caught up", func() bool {
+		return atFollower.call(wire.OpMembers, wire.GroupRef{Group: g}, &wire.MemberList{}) == nil
+	})
+	wantCode(t, callLeader(t, members, newKey(t), wire.OpMembers, wire.GroupRef{Group: g}, nil), wire.CodeNotMember)
 }

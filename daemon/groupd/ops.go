@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -93,7 +94,9 @@ func (d *Daemon) group(op wire.Op, id wire.UUID) (*group, error) {
 
 // memberRequest is request for an operation only members may make: it
 // also requires the call's peer to be a member of the group, and returns
-// the channel closed when it leaves. Errors: request's, and not_member.
+// the channel closed when it leaves. Errors: request's, not_member, and,
+// on a replica of a cell's group that does not lead the cell,
+// unavailable (see notMemberHere).
 func (d *Daemon) memberRequest(c *server.Call, req any, id *wire.UUID) (g *group, left <-chan struct{}, err error) {
 	if g, err = d.request(c, req, id); err != nil {
 		return nil, nil, err
@@ -104,9 +107,33 @@ func (d *Daemon) memberRequest(c *server.Call, req any, id *wire.UUID) (g *group
 		left, ok = g.membership(c.Peer())
 	}
 	if !ok {
+		if g.cell != nil {
+			if err := g.cell.node.Leading(); err != nil {
+				return nil, nil, notMemberHere(c.Op(), g, err)
+			}
+		}
 		return nil, nil, fmt.Errorf("%v group %s: %w", c.Op(), g.name, wire.ErrNotMember)
 	}
 	return g, left, nil
+}
+
+// notMemberHere answers a key that a replica of a cell's group, which
+// does not lead the cell (notLeading says why), does not know as a
+// member. Only the leader knows for sure: a follower may lag the join by
+// more than awaitMember waits (it is cut off from the leader, slow, or
+// replaying its log after a restart), and not_member, final for a client
+// (it ends a watch), would be wrong for a member. Unavailable, naming the
+// leader, sends the client to a replica that knows; the leader answers a
+// key that is no member not_member.
+func notMemberHere(op wire.Op, g *group, notLeading error) error {
+	we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+		Message: fmt.Sprintf("%v group %s: this replica does not know your key as a member, and it may lag the cell: ask its leader", op, g.name)}
+	var nl *cell.NotLeaderError
+	if errors.As(notLeading, &nl) && nl.Leader.Addr != "" {
+		we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
+		we.Message = fmt.Sprintf("%v group %s: this replica does not know your key as a member, and it may lag the cell: ask its leader at %s", op, g.name, nl.Leader.Addr)
+	}
+	return we
 }
 
 func epochMismatch(op wire.Op, g *group) error {
