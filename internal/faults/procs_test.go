@@ -3,17 +3,16 @@
 package faults
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // orphanEnv marks the copy of this test binary TestProcsDieWithTest runs.
@@ -28,31 +27,13 @@ func TestProcsDieWithTest(t *testing.T) {
 	if os.Getenv(orphanEnv) != "" {
 		p := start(t, "registry", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 		p.line(t, listening)
-		fmt.Printf("orphan: pid %d tmp %s\n", p.cmd.Process.Pid, filepath.Dir(t.TempDir()))
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // the signal ends the process
+		testbin.Orphaned(fmt.Sprintf("pid %d tmp %s", p.cmd.Process.Pid, filepath.Dir(t.TempDir())))
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProcsDieWithTest$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), orphanEnv+"=1", binaryEnv+"="+huddle(t))
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("the test that starts huddle and is killed: %v, want killed by SIGKILL\n%s", err, out.String())
-	}
+	said := testbin.RunKilledCopy(t, "TestProcsDieWithTest", orphanEnv+"=1", binaryEnv+"="+huddle(t))
 	var pid int
 	var tmp string
-	sc := bufio.NewScanner(&out)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "orphan: "); ok {
-			if _, err := fmt.Sscanf(rest, "pid %d tmp %s", &pid, &tmp); err != nil {
-				t.Fatalf("%q: %v", rest, err)
-			}
-		}
-	}
-	if pid == 0 || !strings.HasPrefix(tmp, os.TempDir()) {
-		t.Fatalf("the killed test did not say what it started:\n%s", out.String())
+	if _, err := fmt.Sscanf(said, "pid %d tmp %s", &pid, &tmp); err != nil || !strings.HasPrefix(tmp, os.TempDir()) {
+		t.Fatalf("the killed test said %q: %v", said, err)
 	}
 	t.Cleanup(func() {
 		syscall.Kill(pid, syscall.SIGKILL) // if the check below failed

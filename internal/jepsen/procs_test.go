@@ -3,9 +3,7 @@
 package jepsen
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // orphanEnv marks the copy of this test binary TestProcsDieWithTest runs.
@@ -33,32 +32,14 @@ func TestProcsDieWithTest(t *testing.T) {
 		h := lan.AddHost("orphan", "10.77.21.1/24")
 		p := startProc(t, h, "registry", "--no-mdns", "--listen", "10.77.21.1:7373", "--state-dir", t.TempDir())
 		p.waitLine(t, listening)
-		fmt.Printf("orphan: pid %d namespace %s switch %s tmp %s\n", p.cmd.Process.Pid, h.Namespace(), lan.Prefix()+"-switch", filepath.Dir(t.TempDir()))
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // the signal ends the process
+		testbin.Orphaned(fmt.Sprintf("pid %d namespace %s switch %s tmp %s", p.cmd.Process.Pid, h.Namespace(), lan.Prefix()+"-switch", filepath.Dir(t.TempDir())))
 	}
 	netlab.Require(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProcsDieWithTest$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), orphanEnv+"=1", "HUDDLE_JEPSEN_BINARY="+huddle(t))
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-		t.Fatalf("the test that starts huddle and is killed: %v, want killed by SIGKILL\n%s", err, out.String())
-	}
+	said := testbin.RunKilledCopy(t, "TestProcsDieWithTest", orphanEnv+"=1", "HUDDLE_JEPSEN_BINARY="+huddle(t))
 	var pid int
 	var ns, sw, tmp string
-	sc := bufio.NewScanner(&out)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "orphan: "); ok {
-			if _, err := fmt.Sscanf(rest, "pid %d namespace %s switch %s tmp %s", &pid, &ns, &sw, &tmp); err != nil {
-				t.Fatalf("%q: %v", rest, err)
-			}
-		}
-	}
-	if pid == 0 || !strings.HasPrefix(tmp, os.TempDir()) {
-		t.Fatalf("the killed test did not say what it started:\n%s", out.String())
+	if _, err := fmt.Sscanf(said, "pid %d namespace %s switch %s tmp %s", &pid, &ns, &sw, &tmp); err != nil || !strings.HasPrefix(tmp, os.TempDir()) {
+		t.Fatalf("the killed test said %q: %v", said, err)
 	}
 	t.Cleanup(func() {
 		syscall.Kill(pid, syscall.SIGKILL) // if the check below failed
