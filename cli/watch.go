@@ -79,12 +79,17 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 			if len(groups) > 1 {
 				label = padRight("["+g.Name()+"]", width+2) + " "
 			}
-			names, note, err := watchNames(wctx, cf.json, cf.timeout, g)
-			mu.Lock()
-			if err != nil {
+			// failed ends every group's watch with this group's error; mu
+			// is held.
+			failed := func(err error) {
 				code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
 				mu.Unlock()
 				stop()
+			}
+			names, note, err := watchNames(wctx, cf.json, cf.timeout, g)
+			mu.Lock()
+			if err != nil {
+				failed(err)
 				return
 			}
 			if note != "" {
@@ -94,9 +99,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 			for ev, err := range g.Watch(wctx, q) {
 				mu.Lock()
 				if err != nil {
-					code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
-					mu.Unlock()
-					stop()
+					failed(err)
 					return
 				}
 				printEvent(env, cf.json, group, label, g.Name(), names, ev)
