@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"reflect"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/internal/testport"
 )
 
 // raftNetPair is a raftNet dialing from a to b, and b's, whose RPCs a
@@ -202,4 +205,112 @@ func TestRaftNetClosed(t *testing.T) {
 		t.Fatal("a pipeline opened after close")
 	}
 	a.Close()
+}
+
+// replicating is an AppendEntries request that carries an entry (not a
+// heartbeat).
+func replicating() *raft.AppendEntriesRequest {
+	return &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("a")}, Term: 2, PrevLogEntry: 1, PrevLogTerm: 2, Entries: entries(2, 1), LeaderCommitIndex: 1}
+}
+
+// downPeer is a raftNet whose one peer, at the returned address, is not
+// listening yet; start starts it, answering as raftNetPair's does.
+func downPeer(t *testing.T) (a *raftNet, addr raft.ServerAddress, start func()) {
+	t.Helper()
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	udp := testport.UDP(t, net.IPv4(127, 0, 0, 1))
+	s := udp.LocalAddr().String()
+	ta, _ := newTransport(t, aID, []Peer{{Addr: s, Fingerprint: bID.Fingerprint()}}, false)
+	a = newRaftNet(ta, waitTimeout, hclog.NewNullLogger())
+	a.linkWait = time.Hour // the waits end for the reasons under test alone
+	t.Cleanup(func() { a.Close() })
+	start = func() {
+		tb, _ := newTransportOn(t, udp, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+		b := newRaftNet(tb, waitTimeout, hclog.NewNullLogger())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for rpc := range b.Consumer() {
+				serveTestRPC(rpc)
+			}
+		}()
+		t.Cleanup(func() {
+			b.Close()
+			close(b.consume)
+			<-done
+		})
+	}
+	return a, toAddr(s), start
+}
+
+// waitLinkDown waits until a's transport has found the link to addr down:
+// a dial to it has failed.
+func waitLinkDown(t *testing.T, a *raftNet, addr raft.ServerAddress) {
+	t.Helper()
+	for deadline := time.Now().Add(waitTimeout); !a.tr.link(string(addr)).down.Load(); {
+		if time.Now().After(deadline) {
+			t.Fatal("no failed dial recorded")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRaftNetAppendAwaitsLink: an AppendEntries that replicates to a
+// member that cannot be dialed waits for it, and is answered once it
+// listens, rather than failing at once: hashicorp/raft backs off after
+// each failure, up to 10 s, and a member back after some seconds down
+// would wait that out before it was sent what it missed. A heartbeat
+// still fails at once.
+func TestRaftNetAppendAwaitsLink(t *testing.T) {
+	a, b, start := downPeer(t)
+	resp := new(raft.AppendEntriesResponse)
+	returned := make(chan error, 1)
+	go func() { returned <- a.AppendEntries("b", b, replicating(), resp) }()
+	waitLinkDown(t, a, b) // the first dial, this call's, failed
+	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("a")}, Term: 2}
+	if err := a.AppendEntries("b", b, hb, new(raft.AppendEntriesResponse)); err == nil {
+		t.Fatal("a heartbeat to a member down was answered")
+	}
+	start()
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Fatalf("AppendEntries failed rather than wait for the member: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("AppendEntries not answered after the member started")
+	}
+	if !resp.Success || resp.LastLog != 2 {
+		t.Fatalf("response %+v, want success at 2", resp)
+	}
+}
+
+// TestRaftNetAppendWaitEnds: the wait for a member that is down ends when
+// the node stops dialing (before raft's shutdown waits for its
+// replication), when raftNet closes, and when the member leaves the cell.
+func TestRaftNetAppendWaitEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(a *raftNet)
+	}{
+		{"stopDialing", func(a *raftNet) { a.tr.stopDialing() }},
+		{"close", func(a *raftNet) { a.Close() }},
+		{"removed", func(a *raftNet) { a.tr.SetPeers(nil) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b, _ := downPeer(t)
+			returned := make(chan error, 1)
+			go func() { returned <- a.AppendEntries("b", b, replicating(), new(raft.AppendEntriesResponse)) }()
+			waitLinkDown(t, a, b)
+			tc.end(a)
+			select {
+			case err := <-returned:
+				if err == nil {
+					t.Fatal("answered by a member that is down")
+				}
+			case <-time.After(waitTimeout):
+				t.Fatal("AppendEntries still waiting")
+			}
+		})
+	}
 }
