@@ -17,21 +17,9 @@ import (
 // fetch after it failing at once for want of time.
 func TestFetchMemberList(t *testing.T) {
 	t.Parallel()
-	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer reg.stop(t)
-	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0",
-		"--state-dir", t.TempDir(), "--metrics", "127.0.0.1:0")
-	defer gd.stop(t)
-	maddr := metricsAddr(t, gd)
-	alice := newUser(t, "alice", reg.registry)
-	waitListed(t, alice, gd.groups["lobby"])
-	alice.join(t, "lobby")
-	alice.ok(t, "send", "lobby", "hello")
+	gd, maddr, alice := lobbySaidHello(t)
 
-	members := func() float64 {
-		n, _ := sample(scrape(t, maddr), "huddle_operation_duration_seconds", "op", "members", "result", "ok")
-		return n
-	}
+	members := func() float64 { return membersAnswered(t, maddr) }
 	if out := alice.ok(t, "fetch", "lobby"); !strings.Contains(out, "hello") {
 		t.Fatalf("fetch printed:\n%s", out)
 	}
@@ -55,4 +43,29 @@ func TestFetchMemberList(t *testing.T) {
 	if r.code != 3 || !strings.Contains(r.stderr, "members group lobby") || !strings.Contains(r.stderr, "timed out") {
 		t.Errorf("fetch from a daemon that stopped answering: want exit code 3 and an error naming the member list that timed out\n%s", r)
 	}
+}
+
+// lobbySaidHello starts a registry and a daemon hosting lobby, both
+// stopped when t ends, and alice, a member of lobby who has sent "hello"
+// there. It returns the daemon, its /metrics address and alice.
+func lobbySaidHello(t *testing.T) (*daemon, string, *user) {
+	t.Helper()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	t.Cleanup(func() { reg.stop(t) })
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0",
+		"--state-dir", t.TempDir(), "--metrics", "127.0.0.1:0")
+	t.Cleanup(func() { gd.stop(t) })
+	alice := newUser(t, "alice", reg.registry)
+	waitListed(t, alice, gd.groups["lobby"])
+	alice.join(t, "lobby")
+	alice.ok(t, "send", "lobby", "hello")
+	return gd, metricsAddr(t, gd), alice
+}
+
+// membersAnswered is how many members operations the daemon whose
+// /metrics is at maddr has answered ok.
+func membersAnswered(t *testing.T, maddr string) float64 {
+	t.Helper()
+	n, _ := sample(scrape(t, maddr), "huddle_operation_duration_seconds", "op", "members", "result", "ok")
+	return n
 }
