@@ -31,10 +31,10 @@ type testCellMember struct {
 	cfg  Config
 }
 
-// startTestCell starts n group daemons on 127.0.0.1, each on a port of its
-// own, as a cell hosting the group "general"; mutate, if set, adjusts
-// each daemon's configuration.
-func startTestCell(t *testing.T, n int, mutate func(*Config)) []*testCellMember {
+// planTestCell makes n members of a cell hosting the group "general" on
+// 127.0.0.1, each with a state directory, a key and a port of its own,
+// and their configurations, but starts none of them.
+func planTestCell(t *testing.T, n int) []*testCellMember {
 	t.Helper()
 	members := make([]*testCellMember, n)
 	var peers []cell.Peer
@@ -48,6 +48,17 @@ func startTestCell(t *testing.T, n int, mutate func(*Config)) []*testCellMember 
 	}
 	for _, m := range members {
 		m.cfg = Config{StateDir: m.dir, Listen: m.addr, Groups: []Spec{{Name: "general"}}, Cell: &CellConfig{Peers: peers}}
+	}
+	return members
+}
+
+// startTestCell starts n group daemons on 127.0.0.1, each on a port of its
+// own, as a cell hosting the group "general"; mutate, if set, adjusts
+// each daemon's configuration.
+func startTestCell(t *testing.T, n int, mutate func(*Config)) []*testCellMember {
+	t.Helper()
+	members := planTestCell(t, n)
+	for _, m := range members {
 		if mutate != nil {
 			mutate(&m.cfg)
 		}
@@ -522,18 +533,10 @@ func ptrTo[T any](v T) *T { return &v }
 // client retries, not not_found, which ends a watch. Once a cell has
 // applied its groups, an unknown group is not_found.
 func TestCellMemberBeforeItsGroups(t *testing.T) {
-	var peers []cell.Peer
-	dirs := make([]string, 3)
-	for i := range dirs {
-		dirs[i] = t.TempDir()
-		id, err := identity.LoadOrCreate(dirs[i])
-		must(t, err)
-		peers = append(peers, cell.Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
-	}
-	alone, _ := startGroupDaemon(t, Config{StateDir: dirs[0], Listen: peers[0].Addr, Groups: []Spec{{Name: "general"}},
-		Cell: &CellConfig{Peers: peers}})
+	first := planTestCell(t, 3)[0]
+	alone, _ := startGroupDaemon(t, first.cfg)
 	key := newKey(t)
-	p := dial(t, alone.Addr(), peers[0].Fingerprint, key)
+	p := dial(t, alone.Addr(), first.fp, key)
 	err := p.call(wire.OpInfo, wire.GroupRef{Group: wire.UUID(wire.NewID())}, nil)
 	if we := wantCode(t, err, wire.CodeUnavailable); we.RetryAfterMS == 0 {
 		t.Fatalf("a member without its groups: %v, want unavailable with a time to retry", we)
@@ -696,20 +699,11 @@ func (l *holdingLog) setHold(on bool) {
 // follower has caught up it serves the key too. The leader answers a key
 // that never joined not_member.
 func TestCellFollowerLagsJoin(t *testing.T) {
-	var peers []cell.Peer
-	dirs := make([]string, 3)
-	for i := range dirs {
-		dirs[i] = t.TempDir()
-		id, err := identity.LoadOrCreate(dirs[i])
-		must(t, err)
-		peers = append(peers, cell.Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
-	}
-	members := make([]*testCellMember, len(dirs))
-	logs := make([]atomic.Pointer[holdingLog], len(dirs)) // set on raft's apply goroutine
-	for i := range members {
-		cfg := Config{StateDir: dirs[i], Listen: peers[i].Addr, Groups: []Spec{{Name: "general"}},
-			Cell: &CellConfig{Peers: peers}, Logger: testLogger(t)}
-		d, err := New(cfg)
+	members := planTestCell(t, 3)
+	logs := make([]atomic.Pointer[holdingLog], len(members)) // set on raft's apply goroutine
+	for i, m := range members {
+		m.cfg.Logger = testLogger(t)
+		d, err := New(m.cfg)
 		must(t, err)
 		d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
 			l, err := d.openStorageLog(id, name, retention, replicated)
@@ -732,7 +726,7 @@ func TestCellFollowerLagsJoin(t *testing.T) {
 				t.Errorf("Serve: %v", err)
 			}
 		})
-		members[i] = &testCellMember{d: d, addr: peers[i].Addr, fp: peers[i].Fingerprint, dir: dirs[i], cfg: cfg}
+		m.d = d
 	}
 	leader, g := cellLeader(t, members)
 	var follower *testCellMember
