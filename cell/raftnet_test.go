@@ -17,6 +17,23 @@ import (
 	"github.com/huddle-chat/huddle/internal/testport"
 )
 
+// answerRPCs answers b's RPCs on a goroutine as serveTestRPC does, until
+// t's cleanup closes b.
+func answerRPCs(t testing.TB, b *raftNet) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for rpc := range b.Consumer() {
+			serveTestRPC(rpc)
+		}
+	}()
+	t.Cleanup(func() {
+		b.Close()
+		close(b.consume) // nothing sends on it once b is closed
+		<-done
+	})
+}
+
 // raftNetPair is a raftNet dialing from a to b, and b's, whose RPCs a
 // goroutine answers as serveTestRPC does.
 func raftNetPair(t testing.TB) (a, b *raftNet, bAddr raft.ServerAddress, heartbeats *atomic.Int64) {
@@ -30,19 +47,8 @@ func raftNetPair(t testing.TB) (a, b *raftNet, bAddr raft.ServerAddress, heartbe
 		heartbeats.Add(1)
 		rpc.Respond(&raft.AppendEntriesResponse{Term: rpc.Command.(*raft.AppendEntriesRequest).Term, Success: true}, nil)
 	})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for rpc := range b.Consumer() {
-			serveTestRPC(rpc)
-		}
-	}()
-	t.Cleanup(func() {
-		a.Close()
-		b.Close()
-		close(b.consume) // nothing sends on it once b is closed
-		<-done
-	})
+	answerRPCs(t, b)
+	t.Cleanup(func() { a.Close() }) // before b's close, as cleanups run last first
 	return a, b, toAddr(addr), heartbeats
 }
 
@@ -226,19 +232,7 @@ func downPeer(t *testing.T) (a *raftNet, addr raft.ServerAddress, start func()) 
 	t.Cleanup(func() { a.Close() })
 	start = func() {
 		tb, _ := newTransportOn(t, udp, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
-		b := newRaftNet(tb, waitTimeout, hclog.NewNullLogger())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for rpc := range b.Consumer() {
-				serveTestRPC(rpc)
-			}
-		}()
-		t.Cleanup(func() {
-			b.Close()
-			close(b.consume)
-			<-done
-		})
+		answerRPCs(t, newRaftNet(tb, waitTimeout, hclog.NewNullLogger()))
 	}
 	return a, toAddr(s), start
 }
