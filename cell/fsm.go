@@ -133,6 +133,10 @@ type groupState struct {
 	replica Replica
 	log     Log
 	members map[wire.Fingerprint]Member // under fsm.mu
+	// memberCount is len(members), kept beside it so that a status view
+	// reads it without fsm.mu, which an apply stalled on its log's disk
+	// holds for as long as the stall lasts.
+	memberCount atomic.Int64
 
 	propMu sync.Mutex // serialises the leader's sequencing of the group
 	prop   proposer   // under propMu (propose.go)
@@ -257,6 +261,7 @@ func (f *fsm) applyLocked(c *command, i int, index, term uint64) any {
 			return joinResult{full: true}
 		}
 		g.members[c.member.Fingerprint] = c.member
+		g.memberCount.Store(int64(len(g.members)))
 		g.replica.Joined(c.member)
 		return joinResult{}
 	case cmdLeave:
@@ -265,6 +270,7 @@ func (f *fsm) applyLocked(c *command, i int, index, term uint64) any {
 			return leaveResult{}
 		}
 		delete(g.members, fp)
+		g.memberCount.Store(int64(len(g.members)))
 		g.replica.Left(fp)
 		return leaveResult{was: true}
 	}
@@ -420,6 +426,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		for _, m := range sg.members {
 			g.members[m.Fingerprint] = m
 		}
+		g.memberCount.Store(int64(len(g.members)))
 		g.replica.SetMembers(sg.members)
 		if seq, _ := g.log.Tail(); seq < sg.seq {
 			if f.catchUp == nil {

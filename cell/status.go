@@ -85,9 +85,7 @@ func (n *Node) Status() Status {
 	slices.SortFunc(s.Members, func(a, b MemberStatus) int { return slices.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
 	for _, g := range n.fsm.list() {
 		last, _ := g.log.Tail()
-		n.fsm.mu.RLock()
-		members := len(g.members)
-		n.fsm.mu.RUnlock()
+		members := int(g.memberCount.Load())
 		s.Groups = append(s.Groups, GroupStatus{ID: g.spec.ID, Name: g.spec.Name, Epoch: g.spec.Epoch, Last: last, Members: members})
 	}
 	return s
