@@ -64,9 +64,10 @@ func isLinkError(err error) bool {
 
 // link is what the transport knows of its connection to one member.
 type link struct {
-	down atomic.Bool
-	mu   sync.Mutex
-	seen bool // reached at least once
+	down    atomic.Bool // read without mu on every raft read (tcp.go); set under it
+	mu      sync.Mutex
+	seen    bool          // reached at least once
+	changed chan struct{} // closed, and replaced, when down changes
 }
 
 // link returns addr's link.
@@ -75,10 +76,34 @@ func (t *Transport) link(addr string) *link {
 	defer t.linksMu.Unlock()
 	l := t.links[addr]
 	if l == nil {
-		l = new(link)
+		l = &link{changed: make(chan struct{})}
 		t.links[addr] = l
 	}
 	return l
+}
+
+// setDown records whether the link is down, and reports whether that
+// changed it; a change wakes whoever waits on changed.
+func (l *link) setDown(down bool) bool {
+	if l.down.Load() == down {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.down.CompareAndSwap(!down, down) {
+		return false
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return true
+}
+
+// state reports whether the link is down, and returns a channel closed at
+// its next change (the tests wait on it).
+func (l *link) state() (down bool, changed <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.down.Load(), l.changed
 }
 
 // linkUp records that addr answered: logged if it was lost.
@@ -89,7 +114,7 @@ func (t *Transport) linkUp(addr string) {
 	l.seen = true
 	l.mu.Unlock()
 	switch {
-	case l.down.CompareAndSwap(true, false):
+	case l.setDown(false):
 		t.log.Info("cell: member reached again", t.peerAttrs(addr)...)
 	case first:
 		t.log.Debug("cell: member reached", t.peerAttrs(addr)...)
@@ -102,7 +127,7 @@ func (t *Transport) linkDown(addr string, why error) {
 	if t.ctx.Err() != nil {
 		return // the transport is closing: its own doing
 	}
-	if t.link(addr).down.CompareAndSwap(false, true) {
+	if t.link(addr).setDown(true) {
 		t.log.Warn("cell: member unreachable; raft keeps retrying it", append(t.peerAttrs(addr), "reason", why)...)
 	}
 }

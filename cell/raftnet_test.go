@@ -241,11 +241,17 @@ func downPeer(t *testing.T) (a *raftNet, addr raft.ServerAddress, start func()) 
 // a dial to it has failed.
 func waitLinkDown(t *testing.T, a *raftNet, addr raft.ServerAddress) {
 	t.Helper()
-	for deadline := time.Now().Add(waitTimeout); !a.tr.link(string(addr)).down.Load(); {
-		if time.Now().After(deadline) {
+	deadline := time.After(waitTimeout)
+	for {
+		down, changed := a.tr.link(string(addr)).state()
+		if down {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
 			t.Fatal("no failed dial recorded")
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
