@@ -3,7 +3,6 @@
 package faults
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,22 +38,11 @@ func TestProcsDieWithTest(t *testing.T) {
 		syscall.Kill(pid, syscall.SIGKILL) // if the check below failed
 		os.RemoveAll(tmp)
 	})
-	deadline := time.Now().Add(waitTimeout)
-	for running(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("huddle (pid %d) still runs %v after the test that started it was killed", pid, waitTimeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// running reports whether process pid exists and is not a zombie (one
-// that exited and that no one has waited for yet).
-func running(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	running, err := testbin.AwaitExit(time.Now().Add(waitTimeout), pid)
 	if err != nil {
-		return false
+		t.Fatal(err)
 	}
-	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	return len(fields) > 0 && fields[0] != "Z"
+	if len(running) > 0 {
+		t.Fatalf("huddle (pid %d) still runs %v after the test that started it was killed", pid, waitTimeout)
+	}
 }

@@ -3,11 +3,11 @@
 package jepsen
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,19 +50,32 @@ func TestProcsDieWithTest(t *testing.T) {
 			}
 		}
 	})
+	// The namespace is empty once every process in it has exited: wait
+	// for those it holds, then look again (the list may have grown).
 	deadline := time.Now().Add(waitTimeout)
 	for {
-		pids, err := exec.Command("ip", "netns", "pids", ns).Output()
+		out, err := exec.Command("ip", "netns", "pids", ns).Output()
 		if err != nil {
 			t.Fatalf("ip netns pids %s: %v", ns, err)
 		}
-		if len(bytes.TrimSpace(pids)) == 0 {
-			break
+		var pids []int
+		for _, f := range strings.Fields(string(out)) {
+			p, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatalf("ip netns pids %s said %q", ns, out)
+			}
+			pids = append(pids, p)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("huddle (pid %d) still runs in namespace %s %v after the test that started it was killed (processes there: %s)",
-				pid, ns, waitTimeout, strings.Join(strings.Fields(string(pids)), " "))
+		if len(pids) == 0 {
+			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		running, err := testbin.AwaitExit(deadline, pids...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(running) > 0 {
+			t.Fatalf("huddle (pid %d) still runs in namespace %s %v after the test that started it was killed (processes there: %v)",
+				pid, ns, waitTimeout, running)
+		}
 	}
 }
