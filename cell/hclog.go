@@ -38,9 +38,21 @@ func level(l hclog.Level) slog.Level {
 	return slog.LevelError
 }
 
+// raftNoPeers is raft's warning, once per wait, that it has no
+// configuration to stand for election in: a member that joins (Join) has
+// none until the cell adds it, which is the wait it was started for.
+// waitingToJoin says so instead, at info level.
+const (
+	raftNoPeers   = "no known peers, aborting election"
+	waitingToJoin = "cell: not in the cell yet: waiting to be added (huddle cell add, on a member); no election until then"
+)
+
 func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 	lv := level(l)
-	if lv > slog.LevelDebug && aboutLink(msg, args) {
+	switch {
+	case msg == raftNoPeers:
+		lv, msg = slog.LevelInfo, waitingToJoin
+	case lv > slog.LevelDebug && aboutLink(msg, args):
 		lv = slog.LevelDebug
 	}
 	a.l.Log(context.Background(), lv, msg, formatted(args)...)
