@@ -298,6 +298,9 @@ type Node struct {
 	mu      sync.Mutex
 	started bool
 	closed  bool
+	// restarted says Start found raft state this node had kept: it is a
+	// member that ran before, not one of a new cell or one that joins.
+	restarted bool
 	// ready is the term in which this node leads and has applied
 	// everything earlier terms committed (its barrier ran); 0 otherwise.
 	ready uint64
@@ -414,7 +417,7 @@ func (n *Node) Start() error {
 	if f := r.GetConfiguration(); f.Error() == nil {
 		n.configured(f.Configuration())
 	}
-	n.started = true
+	n.started, n.restarted = true, existing
 	n.live.Store(r)
 	n.tr.warm()
 	n.wg.Add(2)
@@ -498,6 +501,15 @@ func (n *Node) noteMembership(c raft.Configuration) {
 	if was := n.member.Swap(in); was && !in {
 		n.cfg.Logger.Warn("cell: this daemon was removed from the cell; it takes no part in it any more (stop it, or add it again with huddle cell add)")
 	}
+}
+
+// Restarted reports whether Start found raft state the node had kept (a
+// member that ran before, restarted), rather than starting a new cell's
+// member or one that joins. It is false before Start.
+func (n *Node) Restarted() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.restarted
 }
 
 // Member reports whether this daemon is in the cell's configuration as it

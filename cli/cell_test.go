@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -28,10 +29,12 @@ func TestCellThreeDaemons(t *testing.T) {
 		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+addr)
 	}
 	var verbs []*daemonVerb
+	var argsOf [][]string
 	for _, h := range hosts {
 		args := append([]string{"serve", "--no-mdns", "--registry", regAddr, "--listen", h.addr, "--state-dir", h.dir,
 			"--group", "general", "--log-level", "warn"}, peers...)
 		verbs = append(verbs, startVerb(t, nil, args...))
+		argsOf = append(argsOf, args)
 	}
 	u := newTestUser(t, regAddr)
 	var listed groupJSON
@@ -181,6 +184,17 @@ func TestCellThreeDaemons(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("cell status --json does not list the member added:\n%s", out)
+	}
+
+	// The member that was down, restarted with its state, says what is
+	// true of it: the cell has created its groups already (it used to say
+	// it waited for the cell to create them), and it serves them once it
+	// has applied the cell's log up to them (at once, had its snapshot
+	// held them).
+	again := startVerb(t, nil, argsOf[1]...)
+	again.waitLine(t, regexp.MustCompile(`(?m)^  group general  (\S+)`))
+	if said := again.stdout.String(); strings.Contains(said, "create the groups") {
+		t.Fatalf("a restarted member said it waits for the cell to create the groups:\n%s", said)
 	}
 }
 

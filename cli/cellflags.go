@@ -56,19 +56,33 @@ func (f *cellFlags) apply(cfg *groupd.Config) error {
 // has created the groups (its first leader does, once a majority runs),
 // the groups, as announceGroups does; the wait ends with ctx.
 // A daemon that joins (--cell-join) waits to be added instead, and says how:
-// joinAs is its FINGERPRINT@HOST:PORT then, else empty.
+// joinAs is its FINGERPRINT@HOST:PORT then, else empty. Another says it
+// waits only if it does: a restarted member whose state holds the groups
+// serves them at once.
 func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs string) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	if joinAs != "" {
 		df.say("  waiting to be added to the cell: on a member's host, HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER "+joinAs,
 			"waiting to be added to the cell", "peer", joinAs)
-	} else {
-		df.say("  waiting for the cell to elect a leader and create the groups", "waiting for the cell")
 	}
 	go func() {
 		select {
 		case <-d.CellGroups():
+		case <-d.CellWaiting():
+			switch {
+			case joinAs != "":
+			case d.CellRestarted():
+				df.say("  waiting for a leader of the cell: this member serves its groups once it has applied the cell's log up to them",
+					"waiting for a leader of the cell", "restarted", true)
+			default:
+				df.say("  waiting for the cell to elect a leader and create the groups", "waiting for the cell")
+			}
+			select {
+			case <-d.CellGroups():
+			case <-ctx.Done():
+				return
+			}
 		case <-ctx.Done():
 			return
 		}

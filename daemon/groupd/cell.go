@@ -348,11 +348,18 @@ func (h cellHook) Handle(conn *quic.Conn) {
 
 // awaitCellGroups waits until the cell holds every configured group (the
 // first leader creates them), then makes them the daemon's groups: the
-// ones it registers, reports and expires. It returns false if the daemon
-// closed first.
+// ones it registers, reports and expires. It looks first once the node has
+// started (a restarted member's snapshot may hold them already), and says
+// if it must wait (cellWaiting). It returns false if the daemon closed
+// first.
 func (d *Daemon) awaitCellGroups() bool {
+	select {
+	case <-d.cellStarted:
+	case <-d.life.Ctx().Done():
+		return false
+	}
 	names := groupNames(d.cfg.Groups)
-	for {
+	for first := true; ; first = false {
 		found, added := d.host.byName(names)
 		if len(found) == len(names) {
 			byID := make(map[wire.UUID]*group, len(found))
@@ -364,6 +371,9 @@ func (d *Daemon) awaitCellGroups() bool {
 			d.mu.Unlock()
 			close(d.cellReady)
 			return true
+		}
+		if first {
+			close(d.cellWaiting)
 		}
 		select {
 		case <-added:
@@ -427,6 +437,20 @@ func (d *Daemon) CellGroups() <-chan struct{} {
 	}
 	return d.cellReady
 }
+
+// CellWaiting returns a channel closed when a member of a cell, its node
+// started, has found that the cell does not hold its configured groups yet
+// and waits for a leader: a new cell's first leader creates them; a
+// restarted member (CellRestarted) applies them once a leader has told it
+// how far the cell's log is committed. It is never closed for a member
+// whose state held the groups as it started (CellGroups is closed at once
+// then), nor for a daemon that is no member of a cell.
+func (d *Daemon) CellWaiting() <-chan struct{} { return d.cellWaiting }
+
+// CellRestarted reports whether the daemon is a member of a cell that
+// started from the raft state it had kept (a restart); it is false until
+// the node has started (CellWaiting or CellGroups).
+func (d *Daemon) CellRestarted() bool { return d.node != nil && d.node.Restarted() }
 
 // replicaList returns the cell's members for Info, or nil for a daemon
 // that is no member of a cell.

@@ -284,10 +284,14 @@ type Daemon struct {
 
 	// A member of a cell (cfg.Cell): its node, set by Listen, and the
 	// groups the cell created (cell.go); cellReady is closed once the
-	// configured groups are among them.
-	node      *cell.Node
-	host      *cellHost
-	cellReady chan struct{}
+	// configured groups are among them. cellStarted is closed once Serve
+	// has started the node, and cellWaiting once the started node has found
+	// the groups missing (it waits for a leader then).
+	node        *cell.Node
+	host        *cellHost
+	cellReady   chan struct{}
+	cellStarted chan struct{}
+	cellWaiting chan struct{}
 	// cellChanged is closed, and replaced, each time the cell's
 	// configuration changes (membersChanged): a watch of the cell's group
 	// on a daemon removed from the cell ends then.
@@ -303,7 +307,8 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &Daemon{cfg: cfg, life: lifecycle.New(), cellReady: make(chan struct{}), cellChanged: make(chan struct{}),
+	d := &Daemon{cfg: cfg, life: lifecycle.New(), cellChanged: make(chan struct{}),
+		cellReady: make(chan struct{}), cellStarted: make(chan struct{}), cellWaiting: make(chan struct{}),
 		stateLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}, logLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}}
 	d.openLog = d.openStorageLog
 	setup := server.Setup{Listen: cfg.Listen, Role: "groups", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}
@@ -466,6 +471,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 			d.Close()
 			return fmt.Errorf("group daemon: %w", err)
 		}
+		close(d.cellStarted)
 		d.cfg.Logger.Info("cell member started", "self", d.node.Self().String(), "peers", len(d.cfg.Cell.Peers), "join", d.cfg.Cell.Join)
 	}
 	for _, g := range d.order {
