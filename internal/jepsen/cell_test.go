@@ -151,6 +151,63 @@ func (n *cellNode) ledAt(term uint64) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// electionStarted and electionWon match raft's lines as a follower stands
+// for election (after its heartbeat timeout) and as a candidate wins one,
+// with its term.
+var (
+	electionStarted = regexp.MustCompile(`msg="heartbeat timeout reached, starting election"`)
+	electionWon     = regexp.MustCompile(`msg="election won".* term=(\d+)`)
+)
+
+// firstAfter returns the time of the first line of the node's running
+// process that matches re (and, if term is not 0, names term) and was
+// logged after since, and whether there was one.
+func (n *cellNode) firstAfter(re *regexp.Regexp, term uint64, since time.Time) (time.Time, bool) {
+	n.mu.Lock()
+	p := n.p
+	n.mu.Unlock()
+	p.out.mu.Lock()
+	defer p.out.mu.Unlock()
+	for _, line := range p.out.all {
+		m := re.FindStringSubmatch(line)
+		if m == nil || term != 0 && (len(m) < 2 || m[1] != strconv.FormatUint(term, 10)) {
+			continue
+		}
+		if tm := logTime.FindStringSubmatch(line); tm != nil {
+			if at, err := time.Parse(time.RFC3339Nano, tm[1]); err == nil && at.After(since) {
+				return at, true
+			}
+		}
+	}
+	return time.Time{}, false
+}
+
+// killPhases is how long a leader kill took to each step of the cell's
+// recovery, from the kill: a member stood for election (its heartbeat
+// timeout), the next leader won its election, and it was ready to stamp
+// sends (its barrier, the first commit of its term, applied). Unknown
+// steps are -1.
+type killPhases struct{ stood, won, ready time.Duration }
+
+// phases reads the steps of the recovery from a leader kill at killed to
+// next leading in term from the running members' logs (before any of them
+// is restarted, which would lose its lines).
+func (c *cell) phases(killed time.Time, next *cellNode, term uint64) killPhases {
+	ph := killPhases{-1, -1, -1}
+	for _, cn := range c.nodes {
+		if at, ok := cn.firstAfter(electionStarted, 0, killed); cn.up && ok && (ph.stood < 0 || at.Sub(killed) < ph.stood) {
+			ph.stood = at.Sub(killed)
+		}
+	}
+	if at, ok := next.firstAfter(electionWon, term, killed); ok {
+		ph.won = at.Sub(killed)
+	}
+	if at, ok := next.ledAt(term); ok {
+		ph.ready = at.Sub(killed)
+	}
+	return ph
+}
+
 // leader waits for a running member to lead in a term after after, and
 // returns it and its term.
 func (c *cell) leader(t *testing.T, after uint64) (*cellNode, uint64) {
@@ -266,7 +323,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		rng := rand.New(rand.NewPCG(20, uint64(size)))
 		counts := make(map[string]int)
 		var unavailableAfter []time.Duration
-		var elected []time.Duration // from each leader kill to the next leader's "leading" line
+		var elected []killPhases // from each leader kill to its steps of recovery
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -306,9 +363,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				h.Fault(killed, "kill-leader", leader.name)
 				var next *cellNode
 				next, term = c.leader(t, term)
-				if at, ok := next.ledAt(term); ok {
-					elected = append(elected, at.Sub(killed))
-				}
+				elected = append(elected, c.phases(killed, next, term))
 				leader.start()
 				leader.up = true
 			case "kill-follower", "kill-two-followers":
@@ -400,23 +455,39 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 
 // logElections logs how long the cell took to have a new leader ready to
 // stamp sends after each leader kill (from the kill to the line its new
-// leader logs), beside how long sends took to succeed again (back, in the
-// same order): the difference is the clients' part in the recovery.
-func logElections(t *testing.T, elected, back []time.Duration) {
+// leader logs), and the steps before it (a member stood for election, the
+// next leader won it), beside how long sends took to succeed again (back,
+// in the same order): the difference between ready and back is the
+// clients' part in the recovery.
+func logElections(t *testing.T, elected []killPhases, back []time.Duration) {
 	t.Helper()
 	if len(elected) == 0 {
 		return
 	}
+	r := func(d time.Duration) string {
+		if d < 0 {
+			return "?"
+		}
+		return d.Round(10 * time.Millisecond).String()
+	}
+	var ready []time.Duration
 	pairs := make([]string, len(elected))
 	for i, e := range elected {
-		pairs[i] = e.Round(10 * time.Millisecond).String()
+		pairs[i] = r(e.stood) + "/" + r(e.won) + "/" + r(e.ready)
 		if i < len(back) {
-			pairs[i] += "/" + back[i].Round(10*time.Millisecond).String()
+			pairs[i] += "/" + r(back[i])
+		}
+		if e.ready >= 0 {
+			ready = append(ready, e.ready)
 		}
 	}
-	sorted := slices.Sorted(slices.Values(elected))
-	t.Logf("a new leader was ready %v after a leader kill (p50 of %d), at most %v; each (leader ready/sends back): %s",
-		sorted[len(sorted)/2].Round(time.Millisecond), len(sorted), sorted[len(sorted)-1].Round(time.Millisecond), strings.Join(pairs, " "))
+	if len(ready) == 0 {
+		t.Logf("no new leader's ready line was found after the leader kills; each (stood/won/ready/sends back): %s", strings.Join(pairs, " "))
+		return
+	}
+	slices.Sort(ready)
+	t.Logf("a new leader was ready %v after a leader kill (p50 of %d), at most %v; each (a member stood for election/won/leader ready/sends back): %s",
+		ready[len(ready)/2].Round(time.Millisecond), len(ready), ready[len(ready)-1].Round(time.Millisecond), strings.Join(pairs, " "))
 }
 
 // minorityRefuses sends through a client that can reach only the old
