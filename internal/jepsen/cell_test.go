@@ -132,42 +132,48 @@ var logTime = regexp.MustCompile(`^time=(\S+)`)
 // ledAt returns when the node's running process logged that it leads in
 // term (ready to stamp sends), and whether it did.
 func (n *cellNode) ledAt(term uint64) (time.Time, bool) {
-	n.mu.Lock()
-	p := n.p
-	n.mu.Unlock()
-	p.out.mu.Lock()
-	defer p.out.mu.Unlock()
-	for _, line := range p.out.all {
-		m := leading.FindStringSubmatch(line)
-		if m == nil || m[1] != strconv.FormatUint(term, 10) {
-			continue
-		}
-		if tm := logTime.FindStringSubmatch(line); tm != nil {
-			if at, err := time.Parse(time.RFC3339Nano, tm[1]); err == nil {
-				return at, true
-			}
-		}
+	at := n.logged(leading, term, time.Time{})
+	if len(at) == 0 {
+		return time.Time{}, false
 	}
-	return time.Time{}, false
+	return at[0], true
 }
 
-// electionStarted and electionWon match raft's lines as a follower stands
-// for election (after its heartbeat timeout) and as a candidate wins one,
-// with its term.
+// electionStarted, candidacy and electionWon match raft's lines as a
+// follower stands for election (after its heartbeat timeout), as a member
+// becomes a candidate in a term (again after each election timeout that
+// found no winner), and as a candidate wins, with its term.
 var (
 	electionStarted = regexp.MustCompile(`msg="heartbeat timeout reached, starting election"`)
+	candidacy       = regexp.MustCompile(`msg="entering candidate state".* term=(\d+)`)
 	electionWon     = regexp.MustCompile(`msg="election won".* term=(\d+)`)
 )
 
-// firstAfter returns the time of the first line of the node's running
-// process that matches re (and, if term is not 0, names term) and was
-// logged after since, and whether there was one.
-func (n *cellNode) firstAfter(re *regexp.Regexp, term uint64, since time.Time) (time.Time, bool) {
+// logged returns the times of the lines of the node's running process
+// that match re (and, if term is not 0, name term: re's first group) and
+// were logged after since, in order.
+func (n *cellNode) logged(re *regexp.Regexp, term uint64, since time.Time) []time.Time {
+	var times []time.Time
+	for _, l := range n.lines(re, term, since) {
+		times = append(times, l.at)
+	}
+	return times
+}
+
+// loggedLine is a line of a member's log and its time.
+type loggedLine struct {
+	at   time.Time
+	text string
+}
+
+// lines returns the lines logged returns the times of.
+func (n *cellNode) lines(re *regexp.Regexp, term uint64, since time.Time) []loggedLine {
 	n.mu.Lock()
 	p := n.p
 	n.mu.Unlock()
 	p.out.mu.Lock()
 	defer p.out.mu.Unlock()
+	var out []loggedLine
 	for _, line := range p.out.all {
 		m := re.FindStringSubmatch(line)
 		if m == nil || term != 0 && (len(m) < 2 || m[1] != strconv.FormatUint(term, 10)) {
@@ -175,32 +181,71 @@ func (n *cellNode) firstAfter(re *regexp.Regexp, term uint64, since time.Time) (
 		}
 		if tm := logTime.FindStringSubmatch(line); tm != nil {
 			if at, err := time.Parse(time.RFC3339Nano, tm[1]); err == nil && at.After(since) {
-				return at, true
+				out = append(out, loggedLine{at, line})
 			}
 		}
 	}
-	return time.Time{}, false
+	return out
 }
+
+// aboutElection matches raft's lines about standing for election, votes
+// and pre-votes (granted, refused and why), which say why an election
+// took more than one candidacy.
+var aboutElection = regexp.MustCompile(`(?i)msg="[^"]*(vote|election|candidate)`)
 
 // killPhases is how long a leader kill took to each step of the cell's
 // recovery, from the kill: a member stood for election (its heartbeat
 // timeout), the next leader won its election, and it was ready to stamp
-// sends (its barrier, the first commit of its term, applied). Unknown
-// steps are -1.
-type killPhases struct{ stood, won, ready time.Duration }
+// sends (its barrier, the first commit of its term, applied); unknown
+// steps are -1. candidacies counts the running members' terms as
+// candidates until the win: more than one is an election that found no
+// winner (a split vote, or a vote refused) and waited out an election
+// timeout.
+type killPhases struct {
+	stood, won, ready time.Duration
+	candidacies       int
+	// election is the running members' lines about the election, from
+	// the kill to the win, when it took more than three candidacies.
+	election []string
+}
 
 // phases reads the steps of the recovery from a leader kill at killed to
 // next leading in term from the running members' logs (before any of them
 // is restarted, which would lose its lines).
 func (c *cell) phases(killed time.Time, next *cellNode, term uint64) killPhases {
-	ph := killPhases{-1, -1, -1}
+	ph := killPhases{stood: -1, won: -1, ready: -1}
+	won := time.Now()
+	if at := next.logged(electionWon, term, killed); len(at) > 0 {
+		won, ph.won = at[0], at[0].Sub(killed)
+	}
 	for _, cn := range c.nodes {
-		if at, ok := cn.firstAfter(electionStarted, 0, killed); cn.up && ok && (ph.stood < 0 || at.Sub(killed) < ph.stood) {
-			ph.stood = at.Sub(killed)
+		if !cn.up {
+			continue
+		}
+		if at := cn.logged(electionStarted, 0, killed); len(at) > 0 && (ph.stood < 0 || at[0].Sub(killed) < ph.stood) {
+			ph.stood = at[0].Sub(killed)
+		}
+		for _, at := range cn.logged(candidacy, 0, killed) {
+			if !at.After(won) {
+				ph.candidacies++
+			}
 		}
 	}
-	if at, ok := next.firstAfter(electionWon, term, killed); ok {
-		ph.won = at.Sub(killed)
+	if ph.candidacies > 3 {
+		var all []loggedLine
+		for _, cn := range c.nodes {
+			if cn.up {
+				for _, l := range cn.lines(aboutElection, 0, killed) {
+					if !l.at.After(won) {
+						all = append(all, loggedLine{l.at, cn.name + ": " + l.text})
+					}
+				}
+			}
+		}
+		slices.SortFunc(all, func(a, b loggedLine) int { return a.at.Compare(b.at) })
+		for _, l := range all {
+			ph.election = append(ph.election, l.text)
+		}
 	}
 	if at, ok := next.ledAt(term); ok {
 		ph.ready = at.Sub(killed)
@@ -456,7 +501,8 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 // logElections logs how long the cell took to have a new leader ready to
 // stamp sends after each leader kill (from the kill to the line its new
 // leader logs), and the steps before it (a member stood for election, the
-// next leader won it), beside how long sends took to succeed again (back,
+// next leader won it, and how many candidacies that took when more than
+// one), beside how long sends took to succeed again (back,
 // in the same order): the difference between ready and back is the
 // clients' part in the recovery.
 func logElections(t *testing.T, elected []killPhases, back []time.Duration) {
@@ -477,6 +523,9 @@ func logElections(t *testing.T, elected []killPhases, back []time.Duration) {
 		if i < len(back) {
 			pairs[i] += "/" + r(back[i])
 		}
+		if e.candidacies > 1 {
+			pairs[i] += fmt.Sprintf("(%d candidacies)", e.candidacies)
+		}
 		if e.ready >= 0 {
 			ready = append(ready, e.ready)
 		}
@@ -486,6 +535,12 @@ func logElections(t *testing.T, elected []killPhases, back []time.Duration) {
 		return
 	}
 	slices.Sort(ready)
+	for i, e := range elected {
+		if len(e.election) > 0 {
+			t.Logf("leader kill %d took %d candidacies to elect the next leader (%v); the members' election lines:\n%s",
+				i+1, e.candidacies, r(e.won), strings.Join(e.election, "\n"))
+		}
+	}
 	t.Logf("a new leader was ready %v after a leader kill (p50 of %d), at most %v; each (a member stood for election/won/leader ready/sends back): %s",
 		ready[len(ready)/2].Round(time.Millisecond), len(ready), ready[len(ready)-1].Round(time.Millisecond), strings.Join(pairs, " "))
 }
