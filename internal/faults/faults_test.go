@@ -84,7 +84,9 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	p := &proc{cmd: cmd, more: make(chan struct{}), done: make(chan struct{})}
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			p.mu.Lock()
@@ -97,6 +99,7 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 	go func() {
 		cmd.Wait()
 		w.Close()
+		<-scanned // every line it printed is in out before done
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -120,6 +123,7 @@ func (p *proc) kill(sig syscall.Signal) {
 func (p *proc) line(t *testing.T, re *regexp.Regexp) []string {
 	t.Helper()
 	deadline := time.After(waitTimeout)
+	exited := false
 	for i := 0; ; {
 		p.mu.Lock()
 		for ; i < len(p.out); i++ {
@@ -130,10 +134,15 @@ func (p *proc) line(t *testing.T, re *regexp.Regexp) []string {
 		}
 		more := p.more
 		p.mu.Unlock()
+		if exited {
+			t.Fatalf("process exited before printing a line matching %v", re)
+		}
 		select {
 		case <-more:
 		case <-p.done:
-			t.Fatalf("process exited before printing a line matching %v", re)
+			// Its last lines and its exit may come at once: look
+			// through them (all in out by now) before failing.
+			exited = true
 		case <-deadline:
 			t.Fatalf("no line matching %v", re)
 		}
