@@ -132,14 +132,15 @@ func (t *Transport) handshake(raw net.Conn) *tcpConn {
 	timeout := cmp.Or(t.handshakeTimeout, handshakeTimeout)
 	t.mu.Unlock()
 	raw.SetDeadline(time.Now().Add(timeout))
-	c := tls.Server(raw, t.raftServerTLS())
+	g := &gatherConn{Conn: raw}
+	c := tls.Server(g, t.raftServerTLS())
 	if err := c.HandshakeContext(t.ctx); err != nil || c.ConnectionState().NegotiatedProtocol != RaftALPN {
 		raw.Close()
 		return nil
 	}
 	raw.SetDeadline(time.Time{})
 	fp, _ := identity.PeerFingerprint(c.ConnectionState()) // VerifyPeer found it
-	tc := &tcpConn{Conn: c, raw: raw, t: t, peer: fp}
+	tc := &tcpConn{Conn: c, raw: raw, g: g, t: t, peer: fp}
 	if !t.track(tc) {
 		return nil
 	}
@@ -163,12 +164,13 @@ func (t *Transport) dialTCP(ctx context.Context, addr string) (*tcpConn, error) 
 	if err != nil {
 		return nil, t.dialFailed(ctx, addr, err)
 	}
-	c := tls.Client(raw, t.raftClientTLS(want))
+	g := &gatherConn{Conn: raw}
+	c := tls.Client(g, t.raftClientTLS(want))
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, t.dialFailed(ctx, addr, err)
 	}
-	tc := &tcpConn{Conn: c, raw: raw, t: t, peer: want, addr: addr, l: t.link(addr)}
+	tc := &tcpConn{Conn: c, raw: raw, g: g, t: t, peer: want, addr: addr, l: t.link(addr)}
 	if !t.track(tc) {
 		return nil, ErrTransportClosed
 	}
@@ -266,7 +268,8 @@ func (t *Transport) dropTCP(byAddr map[string]wire.Fingerprint, keys map[wire.Fi
 // tcpConn is one raft connection: TLS over TCP.
 type tcpConn struct {
 	*tls.Conn
-	raw  net.Conn // under Conn
+	raw  net.Conn    // under Conn
+	g    *gatherConn // between the two
 	t    *Transport
 	peer wire.Fingerprint // its key
 	once sync.Once
@@ -296,8 +299,10 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 	return n, &linkError{err}
 }
 
+// Write hands the TCP connection what p becomes in TLS in one write
+// (gatherConn).
 func (c *tcpConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
+	n, err := c.write(p)
 	if err != nil {
 		if c.l != nil {
 			c.t.noteIO(c.addr, err)
@@ -305,6 +310,78 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 		return n, &linkError{err}
 	}
 	return n, nil
+}
+
+// write writes p through TLS: a p longer than one TLS record is gathered
+// and written to the TCP connection at once.
+func (c *tcpConn) write(p []byte) (int, error) {
+	if len(p) <= maxRecordPlaintext {
+		return c.Conn.Write(p)
+	}
+	c.g.gather()
+	n, err := c.Conn.Write(p)
+	if ferr := c.g.flush(); err == nil && ferr != nil {
+		n, err = 0, ferr
+	}
+	return n, err
+}
+
+// maxRecordPlaintext is the most a TLS record carries (RFC 8446 5.1).
+const maxRecordPlaintext = 16 << 10
+
+// gatherConn is the TCP connection under a raft connection's TLS. Between
+// gather and flush it keeps what TLS writes, and flush writes it in one
+// call; otherwise it writes through (the handshake, short frames).
+//
+// Why: crypto/tls writes each record of at most 16 KiB with a write of its
+// own, so a loaded cell's AppendEntries of 20-40 KB cost its leader 2-3
+// system calls, and the follower could be woken by its first record to
+// find the frame not whole. On this project's 2-core VMs (pti, no PCID)
+// every entry into the kernel is dear: BENCHMARKS.md has the figures.
+type gatherConn struct {
+	net.Conn
+	// mu orders the writes: TLS's (under its own lock, which covers one
+	// record at a time: an alert the reading side sends may come between
+	// two of a frame's records) and flush's.
+	mu        sync.Mutex
+	gathering bool
+	buf       []byte
+}
+
+// maxGathered bounds the buffer a gatherConn keeps from one frame to the
+// next.
+const maxGathered = 256 << 10
+
+func (g *gatherConn) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gathering {
+		g.buf = append(g.buf, p...)
+		return len(p), nil
+	}
+	return g.Conn.Write(p)
+}
+
+func (g *gatherConn) gather() {
+	g.mu.Lock()
+	g.gathering = true
+	g.mu.Unlock()
+}
+
+// flush writes what was gathered and stops gathering.
+func (g *gatherConn) flush() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gathering = false
+	var err error
+	if len(g.buf) > 0 {
+		_, err = g.Conn.Write(g.buf)
+	}
+	if cap(g.buf) > maxGathered {
+		g.buf = nil
+	}
+	g.buf = g.buf[:0]
+	return err
 }
 
 // Close closes the TCP connection without TLS's close_notify alert, whose

@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -375,5 +377,56 @@ func TestTransportDropsRemovedMembers(t *testing.T) {
 	a.SetPeers(nil) // b removed, in a's view
 	if !ended(s) {
 		t.Fatal("the raft connection to a removed member was kept open")
+	}
+}
+
+// writeCounter counts the writes that reach the connection under it.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int32
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes.Add(1)
+	return w.Conn.Write(p)
+}
+
+// TestRaftConnGathersRecords: a frame longer than one TLS record (an
+// AppendEntries of a loaded cell) reaches the TCP connection in one write,
+// not one per record; a short one in one write too; and the bytes arrive
+// whole and in order.
+func TestRaftConnGathersRecords(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	c, err := a.Dial(toAddr(bAddr), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := accept(t, b)
+	defer s.Close()
+	tc := c.(*tcpConn)
+	counter := &writeCounter{Conn: tc.g.Conn}
+	tc.g.Conn = counter // the handshake is over: no write in flight
+
+	for _, n := range []int{100, 3*maxRecordPlaintext + 1000} {
+		frame := make([]byte, n)
+		for i := range frame {
+			frame[i] = byte(i * 7)
+		}
+		counter.writes.Store(0)
+		c.SetDeadline(time.Now().Add(waitTimeout))
+		if k, err := c.Write(frame); err != nil || k != n {
+			t.Fatalf("write %d bytes: %d, %v", n, k, err)
+		}
+		if got := counter.writes.Load(); got != 1 {
+			t.Errorf("a frame of %d bytes took %d writes to TCP, want 1", n, got)
+		}
+		got := make([]byte, n)
+		s.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := readFull(s, got); err != nil || !bytes.Equal(got, frame) {
+			t.Fatalf("read a frame of %d bytes: %v (equal %v)", n, err, bytes.Equal(got, frame))
+		}
 	}
 }
