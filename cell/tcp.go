@@ -313,18 +313,32 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 }
 
 // write writes p through TLS: a p longer than one TLS record is gathered
-// and written to the TCP connection at once.
+// and written to the TCP connection at once, gatherPiece bytes at a time
+// (so that a long frame is not held twice in memory).
 func (c *tcpConn) write(p []byte) (int, error) {
 	if len(p) <= maxRecordPlaintext {
 		return c.Conn.Write(p)
 	}
-	c.g.gather()
-	n, err := c.Conn.Write(p)
-	if ferr := c.g.flush(); err == nil && ferr != nil {
-		n, err = 0, ferr
+	n := 0
+	for len(p) > 0 {
+		piece := p[:min(len(p), gatherPiece)]
+		c.g.gather()
+		_, err := c.Conn.Write(piece)
+		if ferr := c.g.flush(); err == nil {
+			err = ferr
+		}
+		if err != nil {
+			return n, err
+		}
+		n += len(piece)
+		p = p[len(piece):]
 	}
-	return n, err
+	return n, nil
 }
+
+// gatherPiece is the most of a frame gathered into one write: a multiple
+// of maxRecordPlaintext, so that the records are those TLS would cut.
+const gatherPiece = 256 << 10
 
 // maxRecordPlaintext is the most a TLS record carries (RFC 8446 5.1).
 const maxRecordPlaintext = 16 << 10
@@ -348,9 +362,9 @@ type gatherConn struct {
 	buf       []byte
 }
 
-// maxGathered bounds the buffer a gatherConn keeps from one frame to the
-// next.
-const maxGathered = 256 << 10
+// maxGathered bounds the buffer a gatherConn keeps from one write to the
+// next: a piece and its records' overhead fit.
+const maxGathered = 2 * gatherPiece
 
 func (g *gatherConn) Write(p []byte) (int, error) {
 	g.mu.Lock()

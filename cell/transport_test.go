@@ -393,8 +393,9 @@ func (w *writeCounter) Write(p []byte) (int, error) {
 
 // TestRaftConnGathersRecords: a frame longer than one TLS record (an
 // AppendEntries of a loaded cell) reaches the TCP connection in one write,
-// not one per record; a short one in one write too; and the bytes arrive
-// whole and in order.
+// not one per record; a short one in one write too; a frame longer than
+// gatherPiece in one write per piece; and the bytes arrive whole and in
+// order.
 func TestRaftConnGathersRecords(t *testing.T) {
 	aID, bID := mustIdentity(t), mustIdentity(t)
 	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
@@ -410,23 +411,35 @@ func TestRaftConnGathersRecords(t *testing.T) {
 	counter := &writeCounter{Conn: tc.g.Conn}
 	tc.g.Conn = counter // the handshake is over: no write in flight
 
-	for _, n := range []int{100, 3*maxRecordPlaintext + 1000} {
-		frame := make([]byte, n)
+	for _, tt := range []struct {
+		n      int
+		writes int32
+	}{
+		{100, 1},
+		{3*maxRecordPlaintext + 1000, 1},
+		{2*gatherPiece + 5000, 3},
+	} {
+		frame := make([]byte, tt.n)
 		for i := range frame {
 			frame[i] = byte(i * 7)
 		}
 		counter.writes.Store(0)
+		read := make(chan error, 1)
+		got := make([]byte, tt.n)
+		go func() { // the peer reads as the frame is written: a piece may not fit TCP's buffers
+			s.SetDeadline(time.Now().Add(waitTimeout))
+			_, err := readFull(s, got)
+			read <- err
+		}()
 		c.SetDeadline(time.Now().Add(waitTimeout))
-		if k, err := c.Write(frame); err != nil || k != n {
-			t.Fatalf("write %d bytes: %d, %v", n, k, err)
+		if k, err := c.Write(frame); err != nil || k != tt.n {
+			t.Fatalf("write %d bytes: %d, %v", tt.n, k, err)
 		}
-		if got := counter.writes.Load(); got != 1 {
-			t.Errorf("a frame of %d bytes took %d writes to TCP, want 1", n, got)
+		if err := <-read; err != nil || !bytes.Equal(got, frame) {
+			t.Fatalf("read a frame of %d bytes: %v (equal %v)", tt.n, err, bytes.Equal(got, frame))
 		}
-		got := make([]byte, n)
-		s.SetDeadline(time.Now().Add(waitTimeout))
-		if _, err := readFull(s, got); err != nil || !bytes.Equal(got, frame) {
-			t.Fatalf("read a frame of %d bytes: %v (equal %v)", n, err, bytes.Equal(got, frame))
+		if got := counter.writes.Load(); got != tt.writes {
+			t.Errorf("a frame of %d bytes took %d writes to TCP, want %d", tt.n, got, tt.writes)
 		}
 	}
 }
