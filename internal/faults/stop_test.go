@@ -65,6 +65,11 @@ func TestGracefulStop(t *testing.T) {
 		}
 		handles[i] = g
 	}
+	// The sends get a deadline of their own: the joins' may be mostly
+	// spent on a loaded machine (CI #3 of session 8: a caller's first
+	// error was that deadline, 23 s of it gone to the joins).
+	ctx, cancel = context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
 	for i, g := range handles {
 		wg.Go(func() {
 			started <- struct{}{}
