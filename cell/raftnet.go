@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -157,6 +158,7 @@ type rpcConn struct {
 	conn   net.Conn
 	r      *bufio.Reader
 	buf    []byte // the last request's frame, kept for the next
+	reused bool   // taken from the idle pool, not dialed for this RPC
 }
 
 func (c *rpcConn) close() { c.conn.Close() }
@@ -234,14 +236,31 @@ func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
 		conns[len(conns)-1] = nil
 		n.idle[target] = conns[:len(conns)-1]
 		n.mu.Unlock()
+		c.reused = true
 		return c, nil
 	}
 	n.mu.Unlock()
+	return n.dial(target)
+}
+
+// dial opens a connection to target for RPCs.
+func (n *raftNet) dial(target raft.ServerAddress) (*rpcConn, error) {
 	conn, err := n.tr.Dial(target, n.dialTimeout())
 	if err != nil {
 		return nil, err
 	}
 	return &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)}, nil
+}
+
+// dropIdle closes the idle connections to target.
+func (n *raftNet) dropIdle(target raft.ServerAddress) {
+	n.mu.Lock()
+	conns := n.idle[target]
+	delete(n.idle, target)
+	n.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
 }
 
 func (n *raftNet) dialTimeout() time.Duration {
@@ -275,8 +294,32 @@ func (n *raftNet) call(target raft.ServerAddress, req, resp any) error {
 	return n.callOn(c, req, resp)
 }
 
-// callOn runs one RPC on c, as call does.
+// callOn runs one RPC on c, as call does. If c was idle and the member
+// ended it meanwhile, the RPC is sent again on a new connection.
+//
+// A member that restarted, or whose process was killed, ended every
+// connection this member had pooled to it; the next RPCs on them failed
+// one after another (EOF) until the pool was empty. For an election that
+// cost a round each: a candidate's pre-vote failed on a dead connection to
+// the one member that could grant it, and it waited out an election
+// timeout (jepsen leader kills of 1.5-2 s, session 8). Sending again is
+// safe: the member answered nothing, and raft's RPCs may arrive twice.
 func (n *raftNet) callOn(c *rpcConn, req, resp any) error {
+	err := n.roundTrip(c, req, resp)
+	if err == nil || !c.reused || !endedWhileIdle(err, c) {
+		return err
+	}
+	n.dropIdle(c.target) // ended by the same restart
+	if c, err = n.dial(c.target); err != nil {
+		return err
+	}
+	return n.roundTrip(c, req, resp)
+}
+
+// roundTrip writes req on c and reads its response into resp. A
+// connection whose I/O failed, or that carried bytes that do not decode,
+// is closed; one that carried the peer's error goes back to the pool.
+func (n *raftNet) roundTrip(c *rpcConn, req, resp any) error {
 	if n.timeout > 0 {
 		c.conn.SetDeadline(time.Now().Add(n.timeout))
 	}
@@ -291,6 +334,14 @@ func (n *raftNet) callOn(c *rpcConn, req, resp any) error {
 	}
 	n.putConn(c)
 	return err
+}
+
+// endedWhileIdle reports whether err, of an RPC on c, says the member had
+// ended c before the RPC: the connection was reset, or closed with not one
+// byte of the response read.
+func endedWhileIdle(err error, c *rpcConn) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) && c.r.Buffered() == 0
 }
 
 // AppendEntries sends one AppendEntries request (raft.Transport). One

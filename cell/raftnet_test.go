@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -313,4 +314,109 @@ func TestRaftNetAppendWaitEnds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRaftNetRedialsConnEndedWhileIdle: an RPC on a pooled connection the
+// member ended while it sat idle (the member restarted, or its process was
+// killed) is sent again on a new connection, rather than failing with
+// EOF; the pool's other connections, ended alike, are dropped. Elections
+// lost a round to each dead connection (a candidate's pre-vote failed).
+func TestRaftNetRedialsConnEndedWhileIdle(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	tb, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	answerRPCs(t, newRaftNet(tb, waitTimeout, hclog.NewNullLogger()))
+	px := newCutProxy(t, bAddr)
+	ta, _ := newTransport(t, aID, []Peer{{Addr: px.addr, Fingerprint: bID.Fingerprint()}}, false)
+	a := newRaftNet(ta, waitTimeout, hclog.NewNullLogger())
+	t.Cleanup(func() { a.Close() })
+	b := raft.ServerAddress(px.addr)
+
+	// Connections in the pool (two, if the RPCs overlap).
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- a.AppendEntries("b", b, replicating(), new(raft.AppendEntriesResponse)) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	dialed := px.accepted()
+	px.cut()
+	resp := new(raft.AppendEntriesResponse)
+	if err := a.AppendEntries("b", b, replicating(), resp); err != nil {
+		t.Fatalf("an RPC after the member ended the pooled connections: %v", err)
+	}
+	if !resp.Success || resp.LastLog != 2 {
+		t.Fatalf("response %+v, want success at 2", resp)
+	}
+	if err := a.AppendEntries("b", b, replicating(), new(raft.AppendEntriesResponse)); err != nil {
+		t.Fatalf("the next RPC: %v", err)
+	}
+	if got := px.accepted() - dialed; got != 1 {
+		t.Errorf("%d connections dialed after the cut, want 1 (the dead ones dropped, the new one kept)", got)
+	}
+}
+
+// cutProxy forwards TCP connections to a member's raft listener until cut
+// ends them all, as the member's restart would.
+type cutProxy struct {
+	addr  string
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+	n     int
+}
+
+func newCutProxy(t *testing.T, to string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{addr: ln.Addr().String(), ln: ln}
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.n++
+			p.mu.Unlock()
+			p.wg.Go(func() { io.Copy(up, c); up.Close() })
+			p.wg.Go(func() { io.Copy(c, up); c.Close() })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// cut ends every connection forwarded so far, both sides.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// accepted returns how many connections the proxy has forwarded.
+func (p *cutProxy) accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
 }
