@@ -680,13 +680,8 @@ func runUp(ctx context.Context, env Env, args []string) int {
 // limitMemory sets the process's soft memory limit (debug.SetMemoryLimit)
 // to the most its daemons may use, so that the garbage a burst leaves is
 // collected before the process grows past what SECURITY.md promises;
-// GOMEMLIMIT, if set, wins. A process that keeps group logs (m.Retained)
-// also collects at logGCPercent unless GOGC is set.
+// GOMEMLIMIT, if set, wins.
 func limitMemory(log *slog.Logger, m server.Memory) {
-	if m.Retained > 0 && os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(logGCPercent)
-		log.Info("gc percent", "percent", logGCPercent)
-	}
 	if os.Getenv("GOMEMLIMIT") != "" {
 		log.Info("memory limit from GOMEMLIMIT", "mib", debug.SetMemoryLimit(-1)>>20)
 		return
@@ -694,16 +689,6 @@ func limitMemory(log *slog.Logger, m server.Memory) {
 	debug.SetMemoryLimit(m.Total())
 	log.Info("memory limit", "mib", m.Total()>>20, "peers_mib", m.Peers>>20, "per_address_mib", m.PerAddr>>20, "logs_mib", m.Retained>>20)
 }
-
-// logGCPercent is the GC percent (GOGC) of a daemon that keeps group logs.
-// Its heap grows with its logs, and at Go's default of 100 the runtime lets
-// garbage grow as large as the live heap before it collects: every message
-// stored brought about as much fresh memory for garbage (raft's entries,
-// buffers) as for itself, and fresh memory is dear (a page fault cost 13-22
-// us on the project's VM). At 25 the garbage stays within a quarter of the
-// live heap: a cell's members spent 17% less CPU per batched message and
-// 21% less per send, with half the page faults (BENCHMARKS.md, session 8).
-const logGCPercent = 25
 
 // announceGroups says, once listening, where a group daemon is and what it
 // hosts, in lines a person can paste into a client.
