@@ -166,7 +166,8 @@ type loggedLine struct {
 	text string
 }
 
-// lines returns the lines logged returns the times of.
+// lines returns the lines themselves, each with its time, that logged
+// returns only the times of.
 func (n *cellNode) lines(re *regexp.Regexp, term uint64, since time.Time) []loggedLine {
 	n.mu.Lock()
 	p := n.p
