@@ -111,6 +111,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	}
 	g := newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 	g.cell = &cellGroup{spec: spec, node: d.node, log: cl}
+	g.changed = d.countsChanged
 	next := make(map[wire.UUID]*group, len(h.groups)+1)
 	for id, o := range h.groups {
 		next[id] = o
@@ -168,10 +169,36 @@ func (h *cellHost) all() []*group {
 // daemon's own groups are not used.
 type cellReplica struct{ g *group }
 
-func (r cellReplica) Log() cell.Log { return r.g.cell.log }
+// Log is the group's log as the cell's state machine appends to it: each
+// append and reset counts as a change of the group's counts (group.changed).
+func (r cellReplica) Log() cell.Log { return countingLog{r.g.cell.log, r.g} }
+
+// countingLog is a cell group's log that tells its group when it grew or
+// was reset.
+type countingLog struct {
+	cell.Log
+	g *group
+}
+
+func (l countingLog) Append(batch []store.Entry) error {
+	err := l.Log.Append(batch)
+	if err == nil {
+		l.g.changed()
+	}
+	return err
+}
+
+func (l countingLog) Reset(seq uint64, t int64) error {
+	err := l.Log.Reset(seq, t)
+	if err == nil {
+		l.g.changed()
+	}
+	return err
+}
 
 func (r cellReplica) Joined(m cell.Member) {
 	g := r.g
+	defer g.changed()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if o := g.members[m.Fingerprint]; o != nil {
@@ -183,6 +210,7 @@ func (r cellReplica) Joined(m cell.Member) {
 
 func (r cellReplica) Left(fp wire.Fingerprint) {
 	g := r.g
+	defer g.changed()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.leaveLocked(fp)
@@ -190,6 +218,7 @@ func (r cellReplica) Left(fp wire.Fingerprint) {
 
 func (r cellReplica) SetMembers(ms []cell.Member) {
 	g := r.g
+	defer g.changed()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	keep := make(map[wire.Fingerprint]bool, len(ms))

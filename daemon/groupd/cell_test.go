@@ -768,3 +768,27 @@ func TestCellFollowerLagsJoin(t *testing.T) {
 	})
 	wantCode(t, callLeader(t, members, newKey(t), wire.OpMembers, wire.GroupRef{Group: g}, nil), wire.CodeNotMember)
 }
+
+// TestCellRegistryCountsPromptly: the counts a registry lists for a
+// cell's group are its leader's, and they follow a join and a send within
+// about countsEvery, not at the next renewal (20 minutes here).
+func TestCellRegistryCountsPromptly(t *testing.T) {
+	logger, ev := newListingEvents(t)
+	reg := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: logger})
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Registries = []string{reg.Addr().String()} })
+	_, g := cellLeader(t, members)
+	lister := dial(t, reg.Addr(), reg.Fingerprint(), nil)
+	entry := func() wire.GroupEntry {
+		if gs := listGroups(t, lister).Groups; len(gs) == 1 {
+			return gs[0]
+		}
+		return wire.GroupEntry{}
+	}
+	ev.await(t, "the cell's group", func() bool { return entry().Group == g })
+
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	ev.await(t, "the join", func() bool { return entry().Members == 1 })
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two", "three")}, nil))
+	ev.await(t, "the send", func() bool { return entry().LastSeq == 3 })
+}

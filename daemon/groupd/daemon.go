@@ -413,6 +413,7 @@ func (d *Daemon) loadLocked() error {
 			log = nil
 		}
 		g := newGroup(gid, spec, log, d.cfg.StateDir, records, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+		g.changed = d.countsChanged
 		if err != nil {
 			// This group is not served; the others are.
 			g.broken = err

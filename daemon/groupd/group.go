@@ -27,6 +27,10 @@ type group struct {
 	// joins and leaves go through the cell's leader, and its members are
 	// the cell's.
 	cell *cellGroup
+	// changed is called once the group's member count or last sequence
+	// number has changed, for the registries to list it early
+	// (Daemon.countsChanged); a group of a test alone ignores it.
+	changed func()
 
 	// seqMu serialises the sequencing step and the append after it
 	// (sequence.go), which seq is; duplicates counts the messages it
@@ -91,6 +95,7 @@ func newGroup(id wire.UUID, spec Spec, log Log, dir string, records []memberReco
 		members: make(map[wire.Fingerprint]*member, len(records)),
 		rate:    rate,
 		writer:  make(chan struct{}, 1),
+		changed: func() {},
 	}
 	for _, r := range records {
 		g.members[r.Fingerprint] = &member{name: r.Name, joined: r.Joined, left: make(chan struct{})}

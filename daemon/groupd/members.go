@@ -140,6 +140,9 @@ func (g *group) commit(ctx context.Context, ch *memberChange) error {
 		}
 	}
 	g.mu.Unlock()
+	if changed {
+		g.changed()
+	}
 	for _, c := range batch {
 		close(c.done)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
@@ -39,6 +40,15 @@ const (
 	// browseRetry is how long a daemon waits before trying to browse again
 	// after browsing could not run.
 	browseRetry = 10 * time.Second
+	// countsEvery is the least time from the start of one pass over a
+	// registry to the start of an early renewal for changed counts
+	// (countsChanged), and countsDuty bounds their share of the
+	// registrar's time: an early renewal waits at least countsDuty times
+	// the last pass's length. A join or a send is listed within about
+	// countsEvery, and a daemon whose groups all change all the time
+	// renews each at most twice a second, however many sends it takes.
+	countsEvery = 500 * time.Millisecond
+	countsDuty  = 10
 )
 
 // RegistrationStatus is what a group daemon knows of its groups' listing at
@@ -79,6 +89,9 @@ type registrations struct {
 	mu         sync.Mutex
 	all        []*registrar
 	discovered map[wire.Fingerprint]*registrar
+	// live is all as of its last change, for countsChanged, which runs
+	// on every send and takes no lock.
+	live atomic.Pointer[[]*registrar]
 
 	wg sync.WaitGroup // the registrars
 }
@@ -108,9 +121,16 @@ func (d *Daemon) registerLoop() {
 func (rs *registrations) start(ctx context.Context, r *registrar) {
 	rs.mu.Lock()
 	rs.all = append(rs.all, r)
+	rs.publishLocked()
 	rs.mu.Unlock()
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	rs.wg.Go(r.run)
+}
+
+// publishLocked makes rs.all what countsChanged sees. rs.mu is held.
+func (rs *registrations) publishLocked() {
+	all := slices.Clone(rs.all)
+	rs.live.Store(&all)
 }
 
 func (rs *registrations) statuses() []RegistrationStatus {
@@ -169,6 +189,7 @@ func (rs *registrations) learned(fp wire.Fingerprint) {
 	if r != nil {
 		delete(rs.discovered, fp)
 		rs.all = slices.DeleteFunc(rs.all, func(x *registrar) bool { return x == r })
+		rs.publishLocked()
 	}
 	rs.mu.Unlock()
 	if r != nil {
@@ -248,8 +269,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 // registers every group, renews the leases every third of their TTL (from
 // the start of one pass over the groups to the start of the next),
 // registers again at once when the registry restarted (epoch mismatch) or
-// forgot a lease (not found), retries failures with capped backoff, and
-// deregisters every group when the daemon closes.
+// forgot a lease (not found), renews early the leases of groups whose
+// counts changed (countsChanged, countsEvery), retries failures with
+// capped backoff, and deregisters every group when the daemon closes.
 //
 // A configured registry given without a trusted fingerprint is pinned to
 // the key it first presents (in memory); if it later presents another key
@@ -262,6 +284,11 @@ type registrar struct {
 	ctx        context.Context
 	cancel     context.CancelFunc
 	now        chan struct{} // a pending request to refresh at once (refreshNow)
+	counts     chan struct{} // a pending request to renew changed counts early (countsChanged)
+	// stale is set when a group's counts change, and cleared as a pass
+	// begins (before it reads them): a change wakes the registrar once
+	// per pass, however many sends it takes.
+	stale atomic.Bool
 
 	mu       sync.Mutex // guards retired, addrs, pin and the status fields below
 	retired  bool       // stopped for another registrar: no deregistering (set before cancel)
@@ -277,7 +304,8 @@ type registrar struct {
 	// Owned by run's goroutine.
 	reg      *client.Registry // nil until reached, and after a key change
 	epochs   map[wire.UUID]uint64
-	current  uint64 // the registry's epoch as last seen
+	reported map[wire.UUID]counts // what each group's lease last carried
+	current  uint64               // the registry's epoch as last seen
 	ttl      time.Duration
 	keyWarn  time.Time // when a refused key was last warned about
 	wasError string    // the last failure logged, to log each change once
@@ -290,8 +318,45 @@ type refusal struct {
 }
 
 func newRegistrar(rs *registrations, addrs []string, discovered bool) *registrar {
-	return &registrar{rs: rs, discovered: discovered, addrs: addrs, now: make(chan struct{}, 1),
-		epochs: make(map[wire.UUID]uint64), refused: make(map[wire.UUID]refusal)}
+	return &registrar{rs: rs, discovered: discovered, addrs: addrs, now: make(chan struct{}, 1), counts: make(chan struct{}, 1),
+		epochs: make(map[wire.UUID]uint64), reported: make(map[wire.UUID]counts), refused: make(map[wire.UUID]refusal)}
+}
+
+// countsChanged tells the registrations, once they run, that a group's
+// member count or last sequence number changed (registrations.countsChanged).
+func (d *Daemon) countsChanged() {
+	if rs := d.regs.Load(); rs != nil {
+		rs.countsChanged()
+	}
+}
+
+// counts are what a registry lists of a group besides where it is.
+type counts struct{ members, last uint64 }
+
+// countsOf returns g's counts now.
+func countsOf(g *group) counts {
+	return counts{uint64(g.memberCount()), g.log.Stats().Last}
+}
+
+// countsChanged tells every registrar that a group's member count or last
+// sequence number changed, so that the registries list it within about
+// countsEvery rather than at the next renewal (a third of the lease, 5 s
+// by default): a user who joins or sends and then lists sees it. It is
+// called on every send and membership change, so it takes no lock, and
+// a registrar already told is not told again.
+func (rs *registrations) countsChanged() {
+	all := rs.live.Load()
+	if all == nil {
+		return
+	}
+	for _, r := range *all {
+		if !r.stale.Load() && !r.stale.Swap(true) {
+			select {
+			case r.counts <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
 
 // refreshNow asks every registrar to register the groups again at once
@@ -369,11 +434,20 @@ func (r *registrar) log() []any {
 
 func (r *registrar) run() {
 	d := r.rs.d
-	delay, backoff := time.Duration(0), retryMin
+	backoff := retryMin
+	next := time.Now() // the next pass over every group
+	// early is when to renew the groups whose counts changed (zero: none
+	// changed), and notBefore the earliest time for that (see countsEvery).
+	var early, notBefore time.Time
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		timer.Reset(delay)
+		at := next
+		if !early.IsZero() && early.Before(at) {
+			at = early
+		}
+		timer.Reset(time.Until(at))
+		all := true
 		select {
 		case <-r.ctx.Done():
 			r.mu.Lock()
@@ -383,22 +457,43 @@ func (r *registrar) run() {
 				r.deregisterAll()
 			}
 			return
+		case <-r.counts:
+			if early.IsZero() {
+				early = later(time.Now(), notBefore)
+			}
+			continue
 		case <-timer.C:
+			all = !time.Now().Before(next)
 		case <-r.now:
 		}
 		start := time.Now()
-		if err := r.refresh(); err != nil {
+		r.stale.Store(false) // before the pass reads the counts
+		err := r.refresh(all)
+		took := time.Since(start)
+		early, notBefore = time.Time{}, start.Add(max(countsEvery, countsDuty*took))
+		if err != nil {
 			if r.ctx.Err() != nil {
 				continue // closing: the select above deregisters
 			}
 			r.failed(err)
-			delay, backoff = backoff, min(backoff*2, retryMax, r.renewEvery())
+			next = time.Now().Add(backoff)
+			backoff = min(backoff*2, retryMax, r.renewEvery())
 			continue
 		}
-		r.succeeded()
+		if all { // an early renewal may have asked nothing: the status and the schedule stay
+			r.succeeded()
+			next, backoff = time.Now().Add(renewDelay(r.renewEvery(), took)), retryMin
+		}
 		d.registered.Store(r.rs.someListsAll())
-		delay, backoff = renewDelay(r.renewEvery(), time.Since(start)), retryMin
 	}
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return b
+	}
+	return a
 }
 
 // renewDelay is the wait before the next pass after one that took took:
@@ -449,34 +544,54 @@ func (r *registrar) connect() error {
 	return errors.Join(errs...)
 }
 
-// refresh renews every group's lease, registering those without one. A
-// group the registry refuses (full, or its UUID is another key's) is
-// remembered and offered again after refusedRetry; the others go on. It
-// fails only for what concerns the whole registry: it cannot be reached,
-// or presents another key.
-func (r *registrar) refresh() error {
+// refresh renews every group's lease, registering those without one; or,
+// unless all, renews early only the leases whose group's counts changed
+// since they were last sent (countsChanged), of the groups this daemon
+// reports: its own, and a cell's it leads (the registry lists the
+// leader's counts). A group the registry refuses (full, or its UUID is
+// another key's) is remembered and offered again after refusedRetry; the
+// others go on. It fails only for what concerns the whole registry: it
+// cannot be reached, or presents another key.
+func (r *registrar) refresh(all bool) error {
 	if r.reg == nil {
+		if !all {
+			return nil // not reached yet: the next full pass registers every group
+		}
 		if err := r.connect(); err != nil {
 			return err
 		}
 	}
-	// If the registry's epoch changes during a pass (it restarted), groups
-	// renewed earlier in the pass hold leases of the old epoch that the new
-	// registry never had: a second pass registers them at once.
 	var newlyRefused []string
-	for range 2 {
-		before := r.current
-		for _, g := range r.rs.d.order {
-			refused, err := r.refreshGroup(g)
-			if err != nil {
-				return err
+	renew := func(g *group) error {
+		refused, err := r.refreshGroup(g)
+		if refused {
+			newlyRefused = append(newlyRefused, g.name)
+		}
+		return err
+	}
+	if all {
+		// If the registry's epoch changes during a pass (it restarted),
+		// groups renewed earlier in the pass hold leases of the old epoch
+		// that the new registry never had: a second pass registers them
+		// at once.
+		for range 2 {
+			before := r.current
+			for _, g := range r.rs.d.order {
+				if err := renew(g); err != nil {
+					return err
+				}
 			}
-			if refused {
-				newlyRefused = append(newlyRefused, g.name)
+			if r.current == before {
+				break
 			}
 		}
-		if r.current == before {
-			break
+	} else {
+		for _, g := range r.rs.d.order {
+			if r.countsStale(g) {
+				if err := renew(g); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	r.reportRefused(newlyRefused)
@@ -484,6 +599,16 @@ func (r *registrar) refresh() error {
 	r.listed = len(r.epochs)
 	r.mu.Unlock()
 	return nil
+}
+
+// countsStale reports whether g is listed here with counts older than its
+// own, and this daemon is the one to report them: g is its own, or a
+// cell's it leads (a registry lists the leader's counts).
+func (r *registrar) countsStale(g *group) bool {
+	if _, listed := r.epochs[g.id]; !listed || r.reported[g.id] == countsOf(g) {
+		return false
+	}
+	return g.cell == nil || g.cell.node.Leading() == nil
 }
 
 // refreshGroup renews or registers g. It reports whether the registry
@@ -509,13 +634,15 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 		r.mu.Unlock()
 		return false, nil
 	}
-	members, last := uint64(g.memberCount()), g.log.Stats().Last
+	cur := countsOf(g)
+	members, last := cur.members, cur.last
 	// A cell's group registers again at each renewal: the registration
 	// carries the cell's members and its leader, which change.
 	if epoch, ok := r.epochs[g.id]; ok && epoch == r.current && g.cell == nil {
 		lease, err := r.reg.Renew(ctx, client.Renewal{Group: g.id, Epoch: epoch, Members: members, LastSeq: last})
 		if err == nil {
 			r.ttl = lease.TTL
+			r.reported[g.id] = cur
 			return false, nil
 		}
 		if !errors.Is(err, wire.ErrEpochMismatch) && !errors.Is(err, wire.ErrNotFound) {
@@ -549,6 +676,7 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 		r.mu.Unlock()
 	}
 	r.epochs[g.id] = lease.Epoch
+	r.reported[g.id] = cur
 	r.current = lease.Epoch
 	r.ttl = lease.TTL
 	if again && prevEpoch == lease.Epoch {

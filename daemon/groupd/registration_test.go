@@ -9,12 +9,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -402,5 +404,101 @@ func TestRenewDelay(t *testing.T) {
 		if got := renewDelay(tc.every, tc.took); got != tc.want {
 			t.Errorf("renewDelay(%v, %v) = %v, want %v", tc.every, tc.took, got, tc.want)
 		}
+	}
+}
+
+// listingEvents is a registry's log that signals every registration and
+// renewal it records, so that a test waits for the listing to change (it
+// lists again after each) rather than polling it, and counts the
+// renewals of leases already held.
+type listingEvents struct {
+	next     slog.Handler
+	changed  chan struct{}
+	renewals *atomic.Int64
+}
+
+func newListingEvents(t *testing.T) (*slog.Logger, listingEvents) {
+	ev := listingEvents{next: testLogger(t).Handler(), changed: make(chan struct{}, 1), renewals: new(atomic.Int64)}
+	return slog.New(ev), ev
+}
+
+func (e listingEvents) Enabled(context.Context, slog.Level) bool { return true }
+func (e listingEvents) WithAttrs(as []slog.Attr) slog.Handler {
+	e.next = e.next.WithAttrs(as)
+	return e
+}
+func (e listingEvents) WithGroup(g string) slog.Handler {
+	e.next = e.next.WithGroup(g)
+	return e
+}
+
+func (e listingEvents) Handle(ctx context.Context, rec slog.Record) error {
+	switch rec.Message {
+	case "lease renewed", "group registered again":
+		e.renewals.Add(1)
+		fallthrough
+	case "group registered":
+		select {
+		case e.changed <- struct{}{}:
+		default:
+		}
+	}
+	return e.next.Handle(ctx, rec)
+}
+
+// await waits until cond holds, asking again after each registration or
+// renewal the registry records, at most peertest.Timeout.
+func (e listingEvents) await(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(peertest.Timeout)
+	defer deadline.Stop()
+	for !cond() {
+		select {
+		case <-e.changed:
+		case <-deadline.C:
+			t.Fatalf("the registry did not list %s within %v", what, peertest.Timeout)
+		}
+	}
+}
+
+// TestRegistrationCountsPromptly: a join and a send are listed within
+// about countsEvery, not at the next renewal (20 minutes here, a third of
+// the lease), as `huddle groups` used to show them (MEMBERS 0 and
+// MESSAGES 0 right after a join and a send, for up to 5 s by default);
+// and a stream of sends renews the lease at most about once per
+// countsEvery, not once per send.
+func TestRegistrationCountsPromptly(t *testing.T) {
+	logger, ev := newListingEvents(t)
+	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: logger})
+	d, _ := startGroupDaemon(t, Config{Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}})
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	entry := func() wire.GroupEntry {
+		if gs := listGroups(t, lister).Groups; len(gs) == 1 {
+			return gs[0]
+		}
+		return wire.GroupEntry{}
+	}
+	ev.await(t, "the group", func() bool { return entry().Group == gid(d) })
+
+	p := joined(t, d, "p")
+	ev.await(t, "the join", func() bool { return entry().Members == 1 })
+	_, err := p.send(gid(d), outgoing("a", "b"))
+	must(t, err)
+	ev.await(t, "the send", func() bool { return entry().LastSeq == 2 })
+
+	const sends = 100
+	before, start := ev.renewals.Load(), time.Now()
+	for i := range sends {
+		_, err := p.send(gid(d), outgoing(fmt.Sprint(i)))
+		must(t, err)
+	}
+	ev.await(t, "the last send", func() bool { return entry().LastSeq == 2+sends })
+	took := time.Since(start)
+	// One renewal may have begun just before the first send, and one
+	// after the last; between them, one per countsEvery at most.
+	renewals, most := ev.renewals.Load()-before, 2+int64(took/countsEvery)
+	t.Logf("%d sends in %v: %d renewals", sends, took.Round(time.Millisecond), renewals)
+	if renewals > most {
+		t.Fatalf("%d sends in %v renewed the lease %d times; want at most %d (one per %v)", sends, took, renewals, most, countsEvery)
 	}
 }

@@ -24,6 +24,7 @@ func (g *group) append(batch []store.Entry, acks []store.Ack) ([]store.Ack, erro
 		if err := g.log.Append(batch[:n]); err != nil {
 			return acks[:start], err
 		}
+		g.changed()
 	}
 	if dups := len(batch) - n; dups > 0 {
 		g.duplicates.Add(uint64(dups))

@@ -329,10 +329,13 @@ func (r *Daemon) register(c *server.Call) error {
 		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
 	r.leases.put(nl)
+	listed := nl.entry
 	r.mu.Unlock()
 	if !ok {
 		r.cfg.Metrics.Registered()
 		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.Peer().Short(), "addrs", addrs)
+	} else {
+		r.cfg.Logger.Debug("group registered again", "group", req.Name, "uuid", req.Group, "by", c.Peer().Short(), "members", listed.Members, "last_seq", listed.LastSeq)
 	}
 	return c.Result(r.lease())
 }
@@ -395,7 +398,9 @@ func (r *Daemon) renew(c *server.Call) error {
 	}
 	l.expires = now.Add(r.cfg.LeaseTTL)
 	l.entry.Members, l.entry.LastSeq = req.Members, req.LastSeq
+	name := l.entry.Name
 	r.mu.Unlock()
+	r.cfg.Logger.Debug("lease renewed", "group", name, "uuid", req.Group, "by", c.Peer().Short(), "members", req.Members, "last_seq", req.LastSeq)
 	return c.Result(r.lease())
 }
 
