@@ -84,26 +84,8 @@ func (n *node) startQuiet(t *testing.T) {
 	n.mu.Lock()
 	n.p = p
 	n.mu.Unlock()
-	deadline := time.After(waitTimeout)
-	for i := 0; ; {
-		p.out.mu.Lock()
-		for ; i < len(p.out.all); i++ {
-			if listening.MatchString(p.out.all[i]) {
-				p.out.mu.Unlock()
-				return
-			}
-		}
-		more := p.out.more
-		p.out.mu.Unlock()
-		select {
-		case <-more:
-		case <-p.done:
-			t.Errorf("%s exited before listening", n.name)
-			return
-		case <-deadline:
-			t.Errorf("%s did not listen within %v", n.name, waitTimeout)
-			return
-		}
+	if _, err := p.awaitLine(listening); err != nil {
+		t.Errorf("%s %v", n.name, err)
 	}
 }
 

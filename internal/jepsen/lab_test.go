@@ -5,6 +5,7 @@ package jepsen
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -209,23 +210,48 @@ func (p *proc) kill(sig syscall.Signal) {
 // waitLine waits for an output line matching re.
 func (p *proc) waitLine(t *testing.T, re *regexp.Regexp) []string {
 	t.Helper()
-	deadline := time.After(waitTimeout)
+	m, err := p.awaitLine(re)
+	if err != nil {
+		t.Fatalf("huddle %s %v", strings.Join(p.cmd.Args[5:], " "), err)
+	}
+	return m
+}
+
+// errExited and errNoLine are awaitLine's failures.
+var (
+	errExited = errors.New("exited before printing a line matching")
+	errNoLine = errors.New("printed no line matching")
+)
+
+// awaitLine waits, at most waitTimeout, for an output line matching re
+// and returns re's submatches in it; else an error that wraps errExited
+// or errNoLine. A process's last lines and its exit may come at once,
+// and select then picks either: after the exit the lines are looked
+// through once more (they are all in p.out by then: cmd.Wait returns once
+// the output is copied) before the process is said to have exited first.
+func (p *proc) awaitLine(re *regexp.Regexp) ([]string, error) {
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	exited := false
 	for i := 0; ; {
 		p.out.mu.Lock()
 		for ; i < len(p.out.all); i++ {
 			if m := re.FindStringSubmatch(p.out.all[i]); m != nil {
 				p.out.mu.Unlock()
-				return m
+				return m, nil
 			}
 		}
 		more := p.out.more
 		p.out.mu.Unlock()
+		if exited {
+			return nil, fmt.Errorf("%w %v", errExited, re)
+		}
 		select {
 		case <-more:
 		case <-p.done:
-			t.Fatalf("huddle %s exited before printing a line matching %v", strings.Join(p.cmd.Args[5:], " "), re)
-		case <-deadline:
-			t.Fatalf("huddle %s printed no line matching %v", strings.Join(p.cmd.Args[5:], " "), re)
+			exited = true
+		case <-deadline.C:
+			return nil, fmt.Errorf("%w %v within %v", errNoLine, re, waitTimeout)
 		}
 	}
 }

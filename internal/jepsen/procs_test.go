@@ -3,6 +3,7 @@
 package jepsen
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -77,5 +78,42 @@ func TestProcsDieWithTest(t *testing.T) {
 			t.Fatalf("huddle (pid %d) still runs in namespace %s %v after the test that started it was killed (processes there: %v)",
 				pid, ns, waitTimeout, running)
 		}
+	}
+}
+
+// TestAwaitLineAtExit: a process that prints its line and exits at once
+// (a daemon refusing to start, or one killed just after it listened) may
+// have its last line and its exit seen together, and select then picks
+// either; awaitLine must find the line whichever it picks (it used to
+// say the process exited before printing it, as the faults tests did in
+// session 8's CI). The output and the exit come from a goroutine here, as
+// cmd.Wait's copying and waiting do, many times over: without the check
+// after the exit, some of them fail.
+func TestAwaitLineAtExit(t *testing.T) {
+	const line = "huddle registry listening on 10.77.20.1:7373, fingerprint abcd-efgh"
+	for i := range 10000 {
+		p := &proc{done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
+		printed := make(chan struct{})
+		go func() {
+			defer close(printed)
+			fmt.Fprintln(p.out, line)
+			close(p.done)
+		}()
+		m, err := p.awaitLine(listening)
+		<-printed
+		if err != nil || m[1] != "10.77.20.1:7373" {
+			t.Fatalf("round %d: a process that printed %q and exited: %v, %q", i, line, err, m)
+		}
+	}
+}
+
+// TestAwaitLineExited: a process that exits without the line is said to
+// have exited, at once, not after waitTimeout.
+func TestAwaitLineExited(t *testing.T) {
+	p := &proc{done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
+	fmt.Fprintln(p.out, "huddle: state dir in use by PID 7")
+	close(p.done)
+	if _, err := p.awaitLine(listening); !errors.Is(err, errExited) {
+		t.Fatalf("a process that exited without the line: %v, want errExited", err)
 	}
 }
