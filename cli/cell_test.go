@@ -17,7 +17,9 @@ import (
 // sends and fetches through it; huddle cell status shows one leader and
 // every member applied as far, in text and in --json.
 func TestCellThreeDaemons(t *testing.T) {
-	reg := startVerb(t, nil, "registry", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn")
+	// At debug level the registry logs every registration, each member's
+	// again as it learns of a leader: the listing is asked again then.
+	reg := startVerb(t, nil, "registry", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "debug")
 	regAddr := strings.Replace(reg.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
 	type host struct{ dir, addr, fp string }
 	var hosts []host
@@ -38,25 +40,20 @@ func TestCellThreeDaemons(t *testing.T) {
 	}
 	u := newTestUser(t, regAddr)
 	var listed groupJSON
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	awaitLines(t, "the registry lists the group with 3 replicas and a leader", reg.stderr, registered, func() bool {
 		_, out, _ := u.run(t, "groups", "--json")
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) == 1 && lines[0] != "" {
-			if err := json.Unmarshal([]byte(lines[0]), &listed); err != nil {
-				t.Fatalf("groups --json: %v\n%s", err, out)
-			}
-			if len(listed.Replicas) == 3 && leaderOf(listed) != "" {
-				break
-			}
-		} else if len(lines) > 1 {
+		if len(lines) > 1 {
 			t.Fatalf("the registry lists the cell's group %d times, want once:\n%s", len(lines), out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the registry did not list the group with 3 replicas and a leader within %v:\n%s", waitTimeout, out)
+		if lines[0] == "" {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		if err := json.Unmarshal([]byte(lines[0]), &listed); err != nil {
+			t.Fatalf("groups --json: %v\n%s", err, out)
+		}
+		return len(listed.Replicas) == 3 && leaderOf(listed) != ""
+	})
 	if listed.Fingerprint != leaderOf(listed) {
 		t.Fatalf("the listing names daemon %s, its leader is %s", listed.Fingerprint, leaderOf(listed))
 	}
@@ -80,7 +77,9 @@ func TestCellThreeDaemons(t *testing.T) {
 			LastSeq uint64 `json:"last_seq"`
 		}
 	}
-	deadline = time.Now().Add(waitTimeout)
+	// cell status is a question that no event answers (no member says
+	// when it applied an entry): it is asked again until it holds.
+	deadline := time.Now().Add(waitTimeout)
 	for {
 		out = u.ok(t, "cell", "status", "--server", hosts[2].addr, "--json")
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -102,7 +101,7 @@ func TestCellThreeDaemons(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("cell status never showed one leader and three members caught up:\n%s", out)
 		}
-		time.Sleep(50 * time.Millisecond)
+		<-time.After(50 * time.Millisecond) // polling a condition, with a deadline
 	}
 	// Asked again while the cell elects (the text then names no leader).
 	for deadline = time.Now().Add(waitTimeout); ; {
@@ -120,7 +119,7 @@ func TestCellThreeDaemons(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("cell status lacks %q:\n%s", lacks, text)
 		}
-		time.Sleep(50 * time.Millisecond)
+		<-time.After(50 * time.Millisecond) // polling a condition, with a deadline
 	}
 	// Changing the cell needs a member's key: the user's is refused.
 	code, _, errs := u.run(t, "cell", "remove", "--server", hosts[0].addr, hosts[1].fp)
@@ -197,6 +196,10 @@ func TestCellThreeDaemons(t *testing.T) {
 		t.Fatalf("a restarted member said it waits for the cell to create the groups:\n%s", said)
 	}
 }
+
+// registered matches the registry's log line of a registration, a
+// member's first or one again (at debug level).
+var registered = regexp.MustCompile(`msg="group registered`)
 
 func leaderOf(g groupJSON) string {
 	for _, r := range g.Replicas {

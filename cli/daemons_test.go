@@ -21,14 +21,30 @@ const waitTimeout = 30 * time.Second
 // syncBuffer is a bytes.Buffer a daemon's goroutines may write while a
 // test reads it.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	b    bytes.Buffer
+	more chan struct{} // closed by the next Write; nil until asked for
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.more != nil {
+		close(s.more)
+		s.more = nil
+	}
 	return s.b.Write(p)
+}
+
+// written returns a channel closed by the next Write: asked for before
+// reading the buffer, it tells of anything written after that reading.
+func (s *syncBuffer) written() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.more == nil {
+		s.more = make(chan struct{})
+	}
+	return s.more
 }
 
 func (s *syncBuffer) String() string {
@@ -79,23 +95,55 @@ func (v *daemonVerb) stop(t *testing.T) int {
 }
 
 // waitLine waits for a line of the verb's stdout that re matches, and
-// returns re's first group in it.
+// returns re's first group in it. It looks again at each write, not every
+// few milliseconds; and a verb that prints its line and returns at once
+// has its output looked through once more after it returned (it polled
+// before, and took the return for 'exited before printing' when the two
+// came together).
 func (v *daemonVerb) waitLine(t *testing.T, re *regexp.Regexp) string {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for time.Now().Before(deadline) {
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	exited, code := false, 0
+	for {
+		written := v.stdout.written()
 		if m := re.FindStringSubmatch(v.stdout.String()); m != nil {
 			return m[1]
 		}
-		select {
-		case code := <-v.code:
-			v.code <- code
+		if exited {
 			t.Fatalf("the daemon exited (code %d) before printing %v\nstdout:\n%s\nstderr:\n%s", code, re, v.stdout, v.stderr)
-		case <-time.After(20 * time.Millisecond):
+		}
+		select {
+		case <-written:
+		case code = <-v.code:
+			v.code <- code // for the next call
+			exited = true  // all it printed is in stdout now
+		case <-deadline.C:
+			t.Fatalf("the daemon printed nothing matching %v within %v\nstdout:\n%s\nstderr:\n%s", re, waitTimeout, v.stdout, v.stderr)
 		}
 	}
-	t.Fatalf("the daemon printed nothing matching %v within %v\nstdout:\n%s\nstderr:\n%s", re, waitTimeout, v.stdout, v.stderr)
-	return ""
+}
+
+// awaitLines waits until cond holds, asking again each time out (a
+// daemon's log) has more lines that re matches (what the daemon says it
+// did), at most waitTimeout; what names what is waited for.
+func awaitLines(t *testing.T, what string, out *syncBuffer, re *regexp.Regexp, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for seen := -1; ; {
+		written := out.written()
+		if n := len(re.FindAllStringIndex(out.String(), -1)); n != seen {
+			if seen = n; cond() {
+				return
+			}
+		}
+		select {
+		case <-written:
+		case <-deadline.C:
+			t.Fatalf("%s: not within %v", what, waitTimeout)
+		}
+	}
 }
 
 var (
@@ -228,5 +276,17 @@ func TestPprofRefusesBadAddress(t *testing.T) {
 				t.Fatalf("the registry ran with a bad --pprof\nstdout:\n%s", v.stdout)
 			}
 		})
+	}
+}
+
+// TestWaitLineAtExit: a verb that prints its line and returns at once is
+// found to have printed it. waitLine polled stdout, and when the verb's
+// return was there before the next look it said the verb exited before
+// printing; asked many times over, so that the two come together in some.
+func TestWaitLineAtExit(t *testing.T) {
+	printed := regexp.MustCompile(`(?m)^huddle (\S+)`)
+	for range 200 {
+		v := startVerb(t, nil, "version")
+		v.waitLine(t, printed)
 	}
 }
