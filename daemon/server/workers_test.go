@@ -1,6 +1,7 @@
 package server
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -82,28 +83,80 @@ func TestStreamWorkersRetireIdle(t *testing.T) {
 // TestStreamWorkersKeptThroughBursts checks that workers idle at the moment
 // of a sweep, but all busy earlier in its period, are kept: a connection
 // with bursts of streams keeps its workers instead of starting new ones
-// for every burst.
+// for every burst; and that a period with no burst retires them.
+//
+// The test sweeps (retire) itself, between its bursts, and hands each
+// burst's streams to the waiting workers as run does when they wait. It
+// used to run a 20 ms sweep timer beside bursts 5 ms apart, through run: on
+// a loaded machine a 5 ms sleep can last more than a period, and a sweep
+// that saw a period with no burst rightly retired the workers; and a burst
+// run before the last one's workers were back waiting started new ones.
+// Either failed the test.
 func TestStreamWorkersKeptThroughBursts(t *testing.T) {
 	var wg sync.WaitGroup
-	var inFlight sync.WaitGroup
+	var served atomic.Int32
+	var hold chan struct{} // a burst's streams are served until it closes
 	w := &streamWorkers{
 		work:  make(chan *quic.Stream),
 		wg:    &wg,
-		every: 20 * time.Millisecond,
-		serve: func(*quic.Stream) { time.Sleep(time.Millisecond); inFlight.Done() },
+		every: time.Hour, // the test sweeps
+		serve: func(*quic.Stream) { served.Add(1); <-hold },
 	}
 	defer wg.Wait()
 	defer w.close()
-	const burst = 4
-	for end := time.Now().Add(15 * w.every); time.Now().Before(end); {
-		inFlight.Add(burst)
-		for range burst {
-			w.run(new(quic.Stream))
+	// waitFor polls a condition, with a deadline: a worker says nothing
+	// when it is back waiting.
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !ok(); runtime.Gosched() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s (%d workers, %d idle, %d served)", what, w.running(), w.idle.Load(), served.Load())
+			}
 		}
-		inFlight.Wait()
-		time.Sleep(5 * time.Millisecond)
 	}
-	if n := w.started(); n > 2*burst {
-		t.Errorf("%d workers started for bursts of %d streams over 15 sweeps, want at most %d", n, burst, 2*burst)
+	const burst, sweeps = 4, 15
+	// burst serves burst streams at once, then waits for the workers to
+	// be idle again. The first starts the workers (run); the others hand
+	// their streams to workers that wait, each busy until all are.
+	burstOf := func(first bool) {
+		t.Helper()
+		hold = make(chan struct{})
+		want := served.Load() + burst
+		for range burst {
+			if first {
+				w.run(new(quic.Stream))
+				continue
+			}
+			select {
+			case w.work <- new(quic.Stream):
+			case <-time.After(20 * time.Second):
+				t.Fatalf("no worker waited for a burst's stream (%d workers)", w.running())
+			}
+		}
+		waitFor("a burst's streams served at once", func() bool { return served.Load() == want })
+		close(hold)
+		waitFor("the workers idle again", func() bool { return int(w.idle.Load()) == w.running() })
+	}
+	burstOf(true)
+	for sweep := range sweeps {
+		if sweep > 0 {
+			burstOf(false)
+		}
+		burstOf(false)
+		w.retire()
+		if n := w.running(); n != burst {
+			t.Fatalf("sweep %d left %d workers, want the %d busy in its period", sweep, n, burst)
+		}
+	}
+	if n := w.started(); n != burst {
+		t.Errorf("%d workers started for bursts of %d streams over %d sweeps, want %d", n, burst, sweeps, burst)
+	}
+	// A period with no burst: every worker idle throughout is retired (a
+	// worker that counted itself idle but did not wait yet, at the next).
+	for deadline := time.Now().Add(20 * time.Second); w.running() != 0; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d workers still run after sweeps that followed periods with no stream", w.running())
+		}
+		w.retire()
 	}
 }
