@@ -191,18 +191,27 @@ func TestBatchedSendAfterClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Close while sends are in flight and queued: each caller gets an
-	// answer (its ack, or an error), and Close waits for the batcher.
-	var wg sync.WaitGroup
-	for range 16 {
+	// answer (its ack, or an error), and Close waits for the batcher. It
+	// closes once every caller has had an answer, so that all of them are
+	// sending (it slept 20 ms, which a loaded machine may spend before any
+	// send went out).
+	const callers = 16
+	var wg, acked sync.WaitGroup
+	acked.Add(callers)
+	for range callers {
 		wg.Go(func() {
+			answered := sync.OnceFunc(acked.Done)
+			defer answered()
 			for ctx.Err() == nil {
-				if _, err := g.Send(ctx, []byte("busy")); err != nil {
+				_, err := g.Send(ctx, []byte("busy"))
+				answered()
+				if err != nil {
 					return
 				}
 			}
 		})
 	}
-	time.Sleep(20 * time.Millisecond)
+	acked.Wait()
 	c.Close()
 	wg.Wait()
 	if _, err := g.Send(ctx, []byte("late")); !errors.Is(err, client.ErrClosed) {
