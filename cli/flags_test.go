@@ -161,8 +161,10 @@ func TestJSONLogsIncludeTheBanner(t *testing.T) {
 	v := startVerb(t, nil, "up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(),
 		"--log-format", "json", "--metrics", "127.0.0.1:0", "--pprof", "127.0.0.1:0")
 	want := []string{"registry listening", "group daemon listening", "hosting group", "clients", "metrics listening", "pprof listening"}
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
 	for {
+		written := v.stderr.written() // the records are read again at the next write
 		got := map[string]bool{}
 		for _, line := range strings.Split(strings.TrimSpace(v.stderr.String()), "\n") {
 			var rec map[string]any
@@ -180,10 +182,11 @@ func TestJSONLogsIncludeTheBanner(t *testing.T) {
 		if len(missing) == 0 {
 			break
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-written:
+		case <-deadline.C:
 			t.Fatalf("the JSON log has no %q records:\n%s", missing, v.stderr)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	if code := v.stop(t); code != ExitOK {
 		t.Fatalf("exit %d", code)

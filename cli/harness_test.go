@@ -2,10 +2,10 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 )
 
 // upLine is the line huddle up prints once its registry listens.
@@ -13,10 +13,11 @@ var upLine = regexp.MustCompile(`(?m)^huddle registry listening on (\S+),`)
 
 // startUp runs huddle up in this process (mDNS off, on 127.0.0.1) with the
 // given groups, until the test ends, and returns its registry's address
-// once every group is listed.
+// once every group is listed. It lists again at each registration huddle
+// up logs (at info level), rather than every 10 ms.
 func startUp(t *testing.T, groups ...string) string {
 	t.Helper()
-	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn"}
+	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "info"}
 	for _, g := range groups {
 		args = append(args, "--group", g)
 	}
@@ -24,17 +25,11 @@ func startUp(t *testing.T, groups ...string) string {
 	addr := strings.Replace(v.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
 	u := newTestUser(t, addr)
 	want := max(1, len(groups))
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	awaitLines(t, fmt.Sprintf("huddle up's registry listing %d groups", want), v.stderr, registered, func() bool {
 		_, out, _ := u.run(t, "groups", "--json")
-		if strings.Count(out, "\n") >= want {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the registry of huddle up did not list %d groups within %v", want, waitTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return strings.Count(out, "\n") >= want
+	})
+	return addr
 }
 
 // testUser is a user (a HUDDLE_HOME of their own) whose verbs run in this

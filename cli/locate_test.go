@@ -53,19 +53,13 @@ func TestListingAcrossRegistries(t *testing.T) {
 // before the test ends.
 func startUpStoppable(t *testing.T, group string) (string, func()) {
 	t.Helper()
-	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn", "--group", group}
+	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "info", "--group", group}
 	v := startVerb(t, nil, args...)
 	addr := strings.Replace(v.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
 	u := newTestUser(t, addr)
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		if _, out, _ := u.run(t, "groups", "--json"); strings.Contains(out, `"name":"`+group+`"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("huddle up never listed %s", group)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	awaitLines(t, "huddle up's registry listing "+group, v.stderr, registered, func() bool {
+		_, out, _ := u.run(t, "groups", "--json")
+		return strings.Contains(out, `"name":"`+group+`"`)
+	})
 	return addr, func() { v.stop(t) }
 }
