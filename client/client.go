@@ -116,9 +116,12 @@ type Config struct {
 	NoBatching bool
 	// BatchLinger is the longest a Send waits for others to join its batch
 	// while another batch of the group is in flight. With nothing in
-	// flight a Send waits only right after a batch of several, for half of
-	// that batch's callers to send again: 500 µs at most, or BatchLinger if
-	// shorter. Default DefaultBatchLinger (500 µs).
+	// flight a Send waits only right after a batch of several, for that
+	// batch's callers to send again: for all of them, 500 µs at most (or
+	// BatchLinger, if shorter) and no longer than BatchLinger from the
+	// oldest queued Send, and for half of them until 500 µs (or
+	// BatchLinger) after that batch ended. Default DefaultBatchLinger
+	// (500 µs).
 	BatchLinger time.Duration
 }
 
