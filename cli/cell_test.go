@@ -123,7 +123,7 @@ func TestCellThreeDaemons(t *testing.T) {
 	}
 	// Changing the cell needs a member's key: the user's is refused.
 	code, _, errs := u.run(t, "cell", "remove", "--server", hosts[0].addr, hosts[1].fp)
-	if code == ExitOK || !strings.Contains(errs, "member") {
+	if code != ExitRefused || !strings.Contains(errs, "HUDDLE_HOME=that daemon's --state-dir") || strings.Contains(errs, "secret") {
 		t.Fatalf("cell remove with a user's key: exit %d, stderr:\n%s", code, errs)
 	}
 
