@@ -17,7 +17,13 @@ var upLine = regexp.MustCompile(`(?m)^huddle registry listening on (\S+),`)
 // up logs (at info level), rather than every 10 ms.
 func startUp(t *testing.T, groups ...string) string {
 	t.Helper()
-	args := []string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "info"}
+	return startUpWith(t, nil, groups...)
+}
+
+// startUpWith is startUp with more flags for huddle up (limits, say).
+func startUpWith(t *testing.T, flags []string, groups ...string) string {
+	t.Helper()
+	args := append([]string{"up", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "info"}, flags...)
 	for _, g := range groups {
 		args = append(args, "--group", g)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -121,9 +122,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		refuse(l, fmt.Sprintf("is too large (%d bytes; the group takes at most %s per message, see 'huddle info GROUP')", size, size64(maxMsg)))
 	}
 	send := func(msgs []client.Outgoing, from []inputLine) error {
-		sctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		acks, err := g.SendMessages(sctx, msgs)
-		cancel()
+		acks, err := sendPaced(ctx, cf.timeout, g, msgs)
 		if errors.Is(err, client.ErrTooLarge) && len(msgs) > 1 {
 			// The daemon's limits are not the ones it reported: send one
 			// at a time, so only the lines at fault are refused.
@@ -224,6 +223,30 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		return ExitRefused
 	}
 	return ExitOK
+}
+
+// sendPaced sends msgs, each try within timeout, and when the daemon says
+// the member sends faster than the group's rate (rate_limited, with the
+// time to wait), waits that long and sends them again under the same IDs:
+// lines piped in are sent at the group's pace, as many as there are,
+// rather than all but the first burst dropped with an error.
+func sendPaced(ctx context.Context, timeout time.Duration, g *client.Group, msgs []client.Outgoing) ([]client.Ack, error) {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		acks, err := g.SendMessages(sctx, msgs)
+		cancel()
+		wait, limited := client.RetryAfter(err)
+		if !limited || !errors.Is(err, client.ErrRateLimited) {
+			return acks, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // readLines reads r line by line onto lines until its end, numbering the

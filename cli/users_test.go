@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -93,6 +94,32 @@ func TestSendLinesFromAPipe(t *testing.T) {
 	for _, blank := range []string{"", "   "} {
 		if code, _, stderr := u.run(t, "send", "lobby", blank); code != ExitUsage || !strings.Contains(stderr, "blank") {
 			t.Errorf("send %q: exit %d, %q; want 2, blank", blank, code, stderr)
+		}
+	}
+}
+
+// TestSendLinesPacedByRateLimit: lines piped in faster than the group's
+// send rate are all sent, at its pace, each once (huddle send used to stop
+// at the first rate_limited, exit 1, the lines after the burst unsent and
+// uncounted).
+func TestSendLinesPacedByRateLimit(t *testing.T) {
+	u := newTestUser(t, startUpWith(t, []string{"--send-rate", "40", "--send-burst", "8", "--max-batch", "8"}))
+	u.ok(t, "join", "lobby", "--as", "alice")
+	var input strings.Builder
+	for i := 1; i <= 30; i++ {
+		fmt.Fprintf(&input, "line %d\n", i)
+	}
+	code, stdout, stderr := u.runInput(t, input.String(), "send", "lobby")
+	if code != ExitOK {
+		t.Fatalf("exit %d, want 0\nstderr: %s", code, stderr)
+	}
+	if n := strings.Count(stdout, "sent #"); n != 30 {
+		t.Errorf("%d acks, want 30:\n%s", n, stdout)
+	}
+	held := u.ok(t, "fetch", "lobby")
+	for i := 1; i <= 30; i++ {
+		if n := strings.Count(held, fmt.Sprintf("alice: line %d\n", i)); n != 1 {
+			t.Errorf("line %d held %d times, want once:\n%s", i, n, held)
 		}
 	}
 }
