@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -283,17 +284,22 @@ func TestGroupSendLimits(t *testing.T) {
 		name string
 		msgs []wire.Outgoing
 		want wire.Code
+		says string // in the error's message: which message, counted as the sender would
 	}{
-		{"body too large", outgoing("ok", "0123456789a"), wire.CodeTooLarge},
-		{"batch too large", outgoing("a", "b", "c", "d"), wire.CodeTooLarge},
-		{"over the protocol's batch", outgoing(make([]string, wire.MaxBatch+1)...), wire.CodeTooLarge},
-		{"empty", nil, wire.CodeBadRequest},
-		{"no id", []wire.Outgoing{{Body: []byte("x")}}, wire.CodeBadRequest},
+		{"body too large", outgoing("ok", "0123456789a"), wire.CodeTooLarge, "message 2 of 2 has 11 bytes, at most 10"},
+		{"the one body too large", outgoing("0123456789a"), wire.CodeTooLarge, "the message has 11 bytes, at most 10"},
+		{"batch too large", outgoing("a", "b", "c", "d"), wire.CodeTooLarge, ""},
+		{"over the protocol's batch", outgoing(make([]string, wire.MaxBatch+1)...), wire.CodeTooLarge, ""},
+		{"empty", nil, wire.CodeBadRequest, ""},
+		{"no id", []wire.Outgoing{{Body: []byte("x")}}, wire.CodeBadRequest, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := p.send(g, tt.msgs)
 			wantCode(t, err, tt.want)
+			if err != nil && !strings.Contains(err.Error(), tt.says) {
+				t.Errorf("error %q does not say %q", err, tt.says)
+			}
 		})
 	}
 	if in := p.info(g); in.Last != 0 {

@@ -319,7 +319,11 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 	}
 	for i, m := range req.Messages {
 		if len(m.Body) > d.cfg.MaxMessageBytes {
-			return fmt.Errorf("send group %s: %w: message %d has %d bytes, at most %d", g.name, wire.ErrTooLarge, i, len(m.Body), d.cfg.MaxMessageBytes)
+			which := "the message" // what the sender sent: one message, or one of several, counted from 1
+			if len(req.Messages) > 1 {
+				which = fmt.Sprintf("message %d of %d", i+1, len(req.Messages))
+			}
+			return fmt.Errorf("send group %s: %w: %s has %d bytes, at most %d", g.name, wire.ErrTooLarge, which, len(m.Body), d.cfg.MaxMessageBytes)
 		}
 		sc.entries = append(sc.entries, store.Entry{ID: m.ID, From: from, Body: m.Body})
 	}
