@@ -390,9 +390,9 @@ func (c *chat) send(ctx context.Context, msgs []client.Outgoing) {
 		return
 	}
 	for i, m := range msgs {
-		sctx, cancel := context.WithTimeout(ctx, c.timeout)
-		acks, err := c.g.SendMessages(sctx, []client.Outgoing{m})
-		cancel()
+		// Paced: a line typed or piped faster than the group's send rate
+		// waits its turn; the connection is fine, nothing is to be kept.
+		acks, err := sendPaced(ctx, c.timeout, c.g, []client.Outgoing{m})
 		if err == nil {
 			c.mu.Lock()
 			c.lastSent = max(c.lastSent, acks[0].Seq)

@@ -124,6 +124,29 @@ func TestSendLinesPacedByRateLimit(t *testing.T) {
 	}
 }
 
+// TestChatFromAPipePacedByRateLimit: huddle chat fed faster than the
+// group's send rate sends every line at its pace (it used to take the
+// rate_limited refusal for a lost connection: "kept to send again when the
+// connection is back", the rest "not connected", exit 3).
+func TestChatFromAPipePacedByRateLimit(t *testing.T) {
+	u := newTestUser(t, startUpWith(t, []string{"--send-rate", "40", "--send-burst", "4", "--max-batch", "4"}))
+	u.ok(t, "join", "lobby", "--as", "alice")
+	var input strings.Builder
+	for i := 1; i <= 12; i++ {
+		fmt.Fprintf(&input, "line %d\n", i)
+	}
+	code, _, stderr := u.runInput(t, input.String(), "chat", "lobby")
+	if code != ExitOK || strings.Contains(stderr, "not sent") || strings.Contains(stderr, "not connected") {
+		t.Fatalf("chat: exit %d, want 0, every line sent\nstderr: %s", code, stderr)
+	}
+	held := u.ok(t, "fetch", "lobby")
+	for i := 1; i <= 12; i++ {
+		if n := strings.Count(held, fmt.Sprintf("alice: line %d\n", i)); n != 1 {
+			t.Errorf("line %d held %d times, want once:\n%s", i, n, held)
+		}
+	}
+}
+
 // TestSendFlagsAfterText: flags after the text are flags (they used to be
 // sent as words of the message: huddle send lobby hi --registry X sent
 // "hi --registry X"), -- ends the flags for text with words that start
