@@ -273,12 +273,15 @@ func explain(err error) (string, int) {
 	var dns *net.DNSError
 	var nre *noRegistryError
 	var eu *explainedUnreachable
+	var rf *refusal
 	var nl *client.NotListedError
 	switch {
 	case errors.As(err, &ue):
 		return ue.msg, ExitUsage
 	case errors.As(err, &eu):
 		return eu.msg, ExitUnreachable
+	case errors.As(err, &rf):
+		return rf.msg, ExitRefused
 	case errors.As(err, &ce):
 		return ce.Error(), ExitRefused
 	case errors.As(err, &mm):
@@ -309,6 +312,12 @@ func explain(err error) (string, int) {
 	}
 	return err.Error(), ExitRefused
 }
+
+// refusal is a server's refusal with what to do about it already said:
+// printed as it is (exit code ExitRefused).
+type refusal struct{ msg string }
+
+func (e *refusal) Error() string { return e.msg }
 
 func advice(we *wire.Error) string {
 	switch we.Code {

@@ -55,6 +55,16 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 			}
 		}
 		j, err := g.Join(ctx, name, secret)
+		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
+			// The key is not what was refused (advice's generic words):
+			// a join is refused only for the group's secret.
+			fix := fmt.Sprintf("give its secret: huddle join %s --secret-file FILE", ref)
+			if secretFile != "" {
+				fix = fmt.Sprintf("the secret in %s is not the group's: ask its operator for it", secretFile)
+			}
+			return &refusal{fmt.Sprintf("%v; %s", we, fix)}
+		}
 		if err != nil {
 			return err
 		}

@@ -60,6 +60,29 @@ func TestSecretFileReadableByOthers(t *testing.T) {
 	}
 }
 
+// TestJoinPrivateRefused: a join refused for a private group's secret
+// says to give the secret, or that the one given is wrong; not that "this
+// key may not do that", which is the generic advice and untrue here.
+func TestJoinPrivateRefused(t *testing.T) {
+	dir := t.TempDir()
+	secret, wrong := filepath.Join(dir, "secret"), filepath.Join(dir, "wrong")
+	for f, b := range map[string]string{secret: "hunter2\n", wrong: "hunter3\n"} {
+		if err := os.WriteFile(f, []byte(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u := newTestUser(t, startUpWith(t, []string{"--secret-file", secret}))
+	code, _, stderr := u.run(t, "join", "lobby")
+	if code != ExitRefused || !strings.Contains(stderr, "give its secret: huddle join lobby --secret-file FILE") || strings.Contains(stderr, "this key") {
+		t.Errorf("join without the secret: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = u.run(t, "join", "lobby", "--secret-file", wrong)
+	if code != ExitRefused || !strings.Contains(stderr, "the secret in "+wrong+" is not the group's") || strings.Contains(stderr, "this key") {
+		t.Errorf("join with a wrong secret: exit %d, stderr %q", code, stderr)
+	}
+	u.ok(t, "join", "lobby", "--secret-file", secret)
+}
+
 // TestLANAddr: listening on every address, the start lines offer a LAN
 // address of this machine with the port; bound to one address, none.
 func TestLANAddr(t *testing.T) {
