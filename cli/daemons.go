@@ -680,17 +680,8 @@ func runUp(ctx context.Context, env Env, args []string) int {
 // limitMemory sets the process's soft memory limit (debug.SetMemoryLimit)
 // to the most its daemons may use, so that the garbage a burst leaves is
 // collected before the process grows past what SECURITY.md promises;
-// GOMEMLIMIT, if set, wins. A process that keeps group logs (m.Retained)
-// also collects at logGCPercent; GOGC, if set, wins.
+// GOMEMLIMIT, if set, wins.
 func limitMemory(log *slog.Logger, m server.Memory) {
-	if m.Retained > 0 {
-		if gogc := os.Getenv("GOGC"); gogc != "" {
-			log.Info("gc percent from GOGC", "gogc", gogc)
-		} else {
-			debug.SetGCPercent(logGCPercent)
-			log.Info("gc percent", "percent", logGCPercent)
-		}
-	}
 	if os.Getenv("GOMEMLIMIT") != "" {
 		log.Info("memory limit from GOMEMLIMIT", "mib", debug.SetMemoryLimit(-1)>>20)
 		return
@@ -698,16 +689,6 @@ func limitMemory(log *slog.Logger, m server.Memory) {
 	debug.SetMemoryLimit(m.Total())
 	log.Info("memory limit", "mib", m.Total()>>20, "peers_mib", m.Peers>>20, "per_address_mib", m.PerAddr>>20, "logs_mib", m.Retained>>20)
 }
-
-// logGCPercent is the GC percent (GOGC) of a process that keeps group
-// logs. Its live heap is mostly its logs, and at Go's default of 100 the
-// runtime lets garbage grow as large as the live heap before it collects,
-// so the process's resident memory approaches twice its logs. At 25 the
-// garbage stays within a quarter of them: a cell member's resident memory
-// under load was a third lower, its page faults half, and its CPU per
-// message the same, the logs being pointer-free slabs the collector need
-// not scan (BENCHMARKS.md, session 9).
-const logGCPercent = 25
 
 // announceGroups says, once listening, where a group daemon is and what it
 // hosts, in lines a person can paste into a client.
