@@ -146,6 +146,23 @@ func TestResolveGroup(t *testing.T) {
 	}
 }
 
+// TestResolveJoinedNotListed: a group the user joined that no registry
+// lists now is not "no such group" alone: the error says it was joined and
+// why it may be missing (it used to read like a typo).
+func TestResolveJoinedNotListed(t *testing.T) {
+	b := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{2}}
+	joined := joinedSet{{b.Group, b.Fingerprint}: "lobby"}
+	for _, ref := range []string{"lobby", "0193a4f2", b.Group.String()} {
+		_, err := resolveGroup(nil, ref, joined)
+		if !errors.Is(err, errNoGroup) || !strings.Contains(err.Error(), "you joined lobby ("+b.Group.String()) || !strings.Contains(err.Error(), "no registry that answered lists it") {
+			t.Errorf("resolveGroup(%q) of a joined group not listed: %v", ref, err)
+		}
+	}
+	if _, err := resolveGroup(nil, "other", joined); err == nil || strings.Contains(err.Error(), "you joined") {
+		t.Errorf("resolveGroup(other): %v, want plain no such group", err)
+	}
+}
+
 func TestExplainExitCodes(t *testing.T) {
 	for _, c := range []struct {
 		err  error

@@ -233,6 +233,11 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		if shortMatch {
 			return wire.GroupEntry{}, &usageError{fmt.Sprintf("%q is too short for a UUID prefix: give at least %d characters of the UUID ('huddle groups' lists them)", ref, minPrefix)}
 		}
+		if k, name, ok := joined.named(ref); ok {
+			// Not a typo: a group the user joined that nothing lists now.
+			return wire.GroupEntry{}, fmt.Errorf("%w %q listed now: you joined %s (%s, daemon %s), but no registry that answered lists it: its daemon is stopped, or has not registered again yet; 'huddle groups' lists the groups listed now",
+				errNoGroup, ref, name, k.Group, k.Daemon.Short())
+		}
 		return wire.GroupEntry{}, fmt.Errorf("%w %q: 'huddle groups' lists the groups the registry knows", errNoGroup, ref)
 	}
 	var b strings.Builder

@@ -35,6 +35,23 @@ func (j joinedSet) has(e wire.GroupEntry) bool {
 	return ok
 }
 
+// named returns the joined group ref names (its name when joined, its UUID,
+// or a UUID prefix of minPrefix characters or more), if exactly one does.
+func (j joinedSet) named(ref string) (joinedGroup, string, bool) {
+	lower := strings.ToLower(strings.TrimSpace(ref))
+	var found []joinedGroup
+	for k, name := range j {
+		id := k.Group.String()
+		if name == strings.TrimSpace(ref) || id == lower || len(lower) >= minPrefix && strings.HasPrefix(id, lower) {
+			found = append(found, k)
+		}
+	}
+	if len(found) != 1 {
+		return joinedGroup{}, "", false
+	}
+	return found[0], j[found[0]], true
+}
+
 // loadJoined reads the joined file in dir; a missing file is an empty set.
 // Lines it cannot read are skipped: the file is a hint, not the truth
 // (the daemon's membership is).
