@@ -573,10 +573,14 @@ func (r *registrar) refresh(all bool) error {
 		// If the registry's epoch changes during a pass (it restarted),
 		// groups renewed earlier in the pass hold leases of the old epoch
 		// that the new registry never had: a second pass registers them
-		// at once.
-		for range 2 {
+		// at once, and only them (a first contact, whose epoch was not
+		// known before the pass, renews nothing it just registered).
+		for pass := range 2 {
 			before := r.current
 			for _, g := range r.rs.d.order {
+				if epoch, ok := r.epochs[g.id]; pass > 0 && ok && epoch == r.current {
+					continue
+				}
 				if err := renew(g); err != nil {
 					return err
 				}

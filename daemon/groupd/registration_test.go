@@ -461,6 +461,27 @@ func (e listingEvents) await(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestRegistrationFirstPassOnce: a daemon reaching a registry for the
+// first time registers each group once, and does not renew the leases it
+// has just taken (the epoch it learned during the pass read as a registry
+// restart, and a second pass renewed every group at once).
+func TestRegistrationFirstPassOnce(t *testing.T) {
+	logger, ev := newListingEvents(t)
+	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: logger})
+	d, _ := startGroupDaemon(t, Config{
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+		Groups:               []Spec{{Name: "one"}, {Name: "two"}, {Name: "three"}},
+	})
+	eventually(t, "the first pass over the three groups", func() bool {
+		s := d.Registrations()
+		return len(s) == 1 && s[0].Listed == 3
+	})
+	if n := ev.renewals.Load(); n != 0 {
+		t.Fatalf("the first pass renewed %d leases it had just taken; want none", n)
+	}
+}
+
 // TestRegistrationCountsPromptly: a join and a send are listed within
 // about countsEvery, not at the next renewal (20 minutes here, a third of
 // the lease), as `huddle groups` used to show them (MEMBERS 0 and
