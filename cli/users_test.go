@@ -105,21 +105,33 @@ func TestSendLinesFromAPipe(t *testing.T) {
 func TestSendLinesPacedByRateLimit(t *testing.T) {
 	u := newTestUser(t, startUpWith(t, []string{"--send-rate", "40", "--send-burst", "8", "--max-batch", "8"}))
 	u.ok(t, "join", "lobby", "--as", "alice")
-	var input strings.Builder
-	for i := 1; i <= 30; i++ {
-		fmt.Fprintf(&input, "line %d\n", i)
-	}
-	code, stdout, stderr := u.runInput(t, input.String(), "send", "lobby")
+	code, stdout, stderr := u.runInput(t, numberedLines(30), "send", "lobby")
 	if code != ExitOK {
 		t.Fatalf("exit %d, want 0\nstderr: %s", code, stderr)
 	}
 	if n := strings.Count(stdout, "sent #"); n != 30 {
 		t.Errorf("%d acks, want 30:\n%s", n, stdout)
 	}
+	heldOnce(t, u, "alice", 30)
+}
+
+// numberedLines returns "line 1\n" to "line n\n".
+func numberedLines(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "line %d\n", i)
+	}
+	return b.String()
+}
+
+// heldOnce checks that lobby holds each of numberedLines(n), sent by
+// name, exactly once.
+func heldOnce(t *testing.T, u *testUser, name string, n int) {
+	t.Helper()
 	held := u.ok(t, "fetch", "lobby")
-	for i := 1; i <= 30; i++ {
-		if n := strings.Count(held, fmt.Sprintf("alice: line %d\n", i)); n != 1 {
-			t.Errorf("line %d held %d times, want once:\n%s", i, n, held)
+	for i := 1; i <= n; i++ {
+		if c := strings.Count(held, fmt.Sprintf("%s: line %d\n", name, i)); c != 1 {
+			t.Errorf("line %d held %d times, want once:\n%s", i, c, held)
 		}
 	}
 }
@@ -131,20 +143,11 @@ func TestSendLinesPacedByRateLimit(t *testing.T) {
 func TestChatFromAPipePacedByRateLimit(t *testing.T) {
 	u := newTestUser(t, startUpWith(t, []string{"--send-rate", "40", "--send-burst", "4", "--max-batch", "4"}))
 	u.ok(t, "join", "lobby", "--as", "alice")
-	var input strings.Builder
-	for i := 1; i <= 12; i++ {
-		fmt.Fprintf(&input, "line %d\n", i)
-	}
-	code, _, stderr := u.runInput(t, input.String(), "chat", "lobby")
+	code, _, stderr := u.runInput(t, numberedLines(12), "chat", "lobby")
 	if code != ExitOK || strings.Contains(stderr, "not sent") || strings.Contains(stderr, "not connected") {
 		t.Fatalf("chat: exit %d, want 0, every line sent\nstderr: %s", code, stderr)
 	}
-	held := u.ok(t, "fetch", "lobby")
-	for i := 1; i <= 12; i++ {
-		if n := strings.Count(held, fmt.Sprintf("alice: line %d\n", i)); n != 1 {
-			t.Errorf("line %d held %d times, want once:\n%s", i, n, held)
-		}
-	}
+	heldOnce(t, u, "alice", 12)
 }
 
 // TestSendFlagsAfterText: flags after the text are flags (they used to be
