@@ -98,9 +98,8 @@ func runCell(ctx context.Context, env Env, args []string) int {
 		var we *wire.Error
 		if sub != "status" && errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
 			// Not advice(we)'s: a cell has no secret to give, only keys.
-			fmt.Fprintf(env.Stderr, "huddle %s: %v; run it with a member daemon's key: HUDDLE_HOME=that daemon's --state-dir (this key, %s, is no member's)\n",
-				verb, we, s.client.Fingerprint().Short())
-			return ExitRefused
+			err = &refusal{fmt.Sprintf("%v; run it with a member daemon's key: HUDDLE_HOME=that daemon's --state-dir (this key, %s, is no member's)",
+				we, s.client.Fingerprint().Short())}
 		}
 		return fail(env, verb, err)
 	}
