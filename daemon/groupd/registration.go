@@ -305,7 +305,11 @@ type registrar struct {
 	reg      *client.Registry // nil until reached, and after a key change
 	epochs   map[wire.UUID]uint64
 	reported map[wire.UUID]counts // what each group's lease last carried
-	current  uint64               // the registry's epoch as last seen
+	// cutShort is a group whose registration the daemon's closing cut
+	// short: the registry may have taken it all the same, unanswered, so
+	// deregisterAll takes it back too.
+	cutShort *group
+	current  uint64 // the registry's epoch as last seen
 	ttl      time.Duration
 	keyWarn  time.Time // when a refused key was last warned about
 	wasError string    // the last failure logged, to log each change once
@@ -669,6 +673,9 @@ func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	lease, err := r.reg.Register(ctx, r.registration(g, members, last))
 	if err != nil {
 		delete(r.epochs, g.id)
+		if r.ctx.Err() != nil {
+			r.cutShort = g
+		}
 		if groupRefusal(err) {
 			return r.refuse(g, err), nil
 		}
@@ -823,13 +830,13 @@ func (r *registrar) succeeded() {
 // by deregisterTimeout: a daemon that stops is unlisted at once rather than
 // when its leases lapse.
 func (r *registrar) deregisterAll() {
-	if r.reg == nil || len(r.epochs) == 0 {
+	if r.reg == nil || len(r.epochs) == 0 && r.cutShort == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
 	defer cancel()
 	for _, g := range r.rs.d.order {
-		if _, ok := r.epochs[g.id]; !ok {
+		if _, ok := r.epochs[g.id]; !ok && g != r.cutShort {
 			continue
 		}
 		if err := r.reg.Deregister(ctx, g.id); err != nil {

@@ -84,6 +84,64 @@ func TestRegistration(t *testing.T) {
 	}
 }
 
+// TestRegistrationCloseDuringRegister closes a daemon while a group's
+// registration is taken by the registry but not yet answered (CI #7 of
+// session 9 saw it after a registry restart): the daemon's close takes
+// that registration back too, rather than leaving the group listed for the
+// lease's hour.
+func TestRegistrationCloseDuringRegister(t *testing.T) {
+	held := &holdRegistration{next: testLogger(t).Handler(), group: "ops", once: new(sync.Once), reached: make(chan struct{}), release: make(chan struct{})}
+	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: slog.New(held)})
+	_, stop := startGroupDaemon(t, Config{
+		Groups:               []Spec{{Name: "general"}, {Name: "ops"}},
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+	})
+	select {
+	case <-held.reached: // ops is registered; its answer waits
+	case <-time.After(peertest.Timeout):
+		t.Fatal("ops was not registered")
+	}
+	stop()
+	close(held.release)
+	if got := listGroups(t, dial(t, r.Addr(), r.Fingerprint(), nil)).Groups; len(got) != 0 {
+		t.Fatalf("listed after the daemon closed: %+v", got)
+	}
+}
+
+// holdRegistration is a registry's log that holds the first registration
+// of group (its answer is sent after the log line) until release.
+type holdRegistration struct {
+	next             slog.Handler
+	group            string
+	once             *sync.Once // shared with the handlers derived from it
+	reached, release chan struct{}
+}
+
+func (h *holdRegistration) Enabled(context.Context, slog.Level) bool { return true }
+func (h *holdRegistration) WithAttrs(as []slog.Attr) slog.Handler {
+	return &holdRegistration{next: h.next.WithAttrs(as), group: h.group, once: h.once, reached: h.reached, release: h.release}
+}
+func (h *holdRegistration) WithGroup(g string) slog.Handler {
+	return &holdRegistration{next: h.next.WithGroup(g), group: h.group, once: h.once, reached: h.reached, release: h.release}
+}
+
+func (h *holdRegistration) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Message == "group registered" {
+		rec.Attrs(func(a slog.Attr) bool {
+			if a.Key == "group" && a.Value.String() == h.group {
+				h.once.Do(func() {
+					close(h.reached)
+					<-h.release
+				})
+				return false
+			}
+			return true
+		})
+	}
+	return h.next.Handle(ctx, rec)
+}
+
 // TestRegistrationAdvertise checks that advertised addresses are what the
 // registry lists.
 func TestRegistrationAdvertise(t *testing.T) {
