@@ -45,11 +45,12 @@ func TestBeginOnce(t *testing.T) {
 func TestCloseStopsGoroutinesFirst(t *testing.T) {
 	l := New()
 	var running atomic.Int32
+	finish := make(chan struct{}) // the goroutines' work after their context ended
 	worker := func() {
 		running.Add(1)
 		defer running.Add(-1)
 		<-l.Ctx().Done()
-		time.Sleep(10 * time.Millisecond) // returns a little after the context ends, as real work would
+		<-finish
 	}
 	if err := l.Begin(worker, worker, worker); err != nil {
 		t.Fatal(err)
@@ -74,6 +75,13 @@ func TestCloseStopsGoroutinesFirst(t *testing.T) {
 			}
 		})
 	}
+	<-l.Ctx().Done() // Close has begun
+	select {
+	case <-stopped:
+		t.Fatal("stop ran while the goroutines were still working")
+	case <-time.After(50 * time.Millisecond): // a bound on what must not happen
+	}
+	close(finish)
 	wg.Wait()
 	if n := stops.Load(); n != 1 {
 		t.Fatalf("stop ran %d times, want once", n)
