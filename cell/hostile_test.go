@@ -197,3 +197,86 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 		}
 	}
 }
+
+// TestRaftSnapshotNotWedging: raft reads an InstallSnapshot's bytes on its
+// main loop (even those of a snapshot it refuses, to drain the
+// connection), so a member's key that declares a snapshot and then sends
+// its bytes slowly, or not at all, held the member's raft for as long as
+// it liked: the member still answered heartbeats (their handler runs
+// beside the main loop), so no election came, and it applied nothing
+// more. A snapshot's bytes must now keep to the pace of its sender's own
+// deadline, and a size over what a member would read back is refused
+// before raft sees the request.
+func TestRaftSnapshotNotWedging(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	var seq uint64
+	stillReplicates(t, c, f, &seq)
+	term := f.node.raft.CurrentTerm()
+	snapshot := func(size int64) []byte {
+		b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
+			RPCHeader:       raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)},
+			SnapshotVersion: raft.SnapshotVersionMax, Term: term - 1, Leader: []byte(l.addr),
+			LastLogIndex: 1 << 20, LastLogTerm: term - 1, Size: size,
+		})
+		return b
+	}
+
+	t.Run("stalled", func(t *testing.T) {
+		conn := dialRaftAs(t, l.id, f)
+		conn.Write(append(snapshot(1<<20), "the first few bytes"...))
+		stillReplicates(t, c, f, &seq)
+		// Its refusal comes once its pace is broken; then it ends.
+		r := bufio.NewReader(conn)
+		conn.SetReadDeadline(time.Now().Add(waitTimeout))
+		var resp raft.InstallSnapshotResponse
+		typ, body, err := readFrame(r)
+		if err == nil {
+			err = decodeResponse(rpcInstallSnapshot, typ, body, &resp)
+		}
+		var remote remoteError
+		if err != nil && !errors.As(err, &remote) || resp.Success {
+			t.Fatalf("a stalled snapshot: answered %+v, %v; want a refusal", resp, err)
+		}
+		if ended, err := endedByPeer(conn); !ended {
+			t.Fatalf("the connection outlived its snapshot: read %v", err)
+		}
+	})
+
+	t.Run("trickled", func(t *testing.T) {
+		conn := dialRaftAs(t, l.id, f)
+		conn.Write(snapshot(1 << 20))
+		stop := make(chan struct{})
+		trickled := make(chan struct{})
+		go func() {
+			defer close(trickled)
+			tick := time.NewTicker(time.Second / 4)
+			defer tick.Stop()
+			for {
+				select {
+				case <-tick.C:
+				case <-stop:
+					return
+				}
+				if _, err := conn.Write([]byte{0}); err != nil {
+					return
+				}
+			}
+		}()
+		defer func() { close(stop); <-trickled }()
+		stillReplicates(t, c, f, &seq)
+	})
+
+	t.Run("over the limit", func(t *testing.T) {
+		conn := dialRaftAs(t, l.id, f)
+		conn.Write(snapshot(maxSnapBytes + 1))
+		conn.SetReadDeadline(time.Now().Add(waitTimeout))
+		n, err := conn.Read(make([]byte, 64))
+		var ne net.Error
+		if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
+		}
+		stillReplicates(t, c, f, &seq)
+	})
+}

@@ -648,7 +648,12 @@ func (n *raftNet) serve(conn net.Conn) {
 		rpc := raft.RPC{Command: req, RespChan: respCh}
 		snapshot, _ := req.(*raft.InstallSnapshotRequest)
 		if snapshot != nil {
-			rpc.Reader = io.LimitReader(r, snapshot.Size)
+			if snapshot.Size > maxSnapBytes {
+				n.log.Warn("cell: a member's raft connection", "error",
+					fmt.Errorf("%w: a snapshot of %d bytes, more than %d", errMalformed, snapshot.Size, maxSnapBytes))
+				return
+			}
+			rpc.Reader = &pacedReader{conn: conn, r: io.LimitReader(r, snapshot.Size), timeout: n.dialTimeout(), start: time.Now()}
 		}
 		if !n.dispatch(rpc) {
 			return
@@ -670,6 +675,38 @@ func (n *raftNet) serve(conn net.Conn) {
 			return // the connection carries nothing after a snapshot
 		}
 	}
+}
+
+// pacedReader reads an InstallSnapshot's bytes from the connection of the
+// member sending them, at the pace that member's own deadline holds it to
+// (raftNet.InstallSnapshot: an RPC timeout, and one more for each
+// snapshotTimeoutScale bytes), and each read within an RPC timeout; past
+// either, a read fails with the connection's deadline, raft refuses the
+// snapshot, and the connection ends.
+//
+// Why: raft reads a snapshot's bytes on its main loop, even those of one
+// it refuses (it drains them so that the connection stays in step). A
+// member whose key sent a snapshot's request and then its bytes slowly,
+// or none, held the main loop as long as it liked: the member attacked
+// applied nothing more, yet answered heartbeats (raft handles them beside
+// its main loop), so no election came to end it.
+type pacedReader struct {
+	conn    net.Conn
+	r       io.Reader
+	timeout time.Duration
+	start   time.Time
+	read    int64
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	pace := p.start.Add(p.timeout + time.Duration(float64(p.timeout)*float64(p.read)/snapshotTimeoutScale))
+	if next := time.Now().Add(p.timeout); next.Before(pace) {
+		pace = next
+	}
+	p.conn.SetReadDeadline(pace)
+	k, err := p.r.Read(b)
+	p.read += int64(k)
+	return k, err
 }
 
 // dispatch hands rpc to raft: a heartbeat to its heartbeat handler, any
