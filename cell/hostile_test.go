@@ -280,3 +280,69 @@ func TestRaftSnapshotNotWedging(t *testing.T) {
 		stillReplicates(t, c, f, &seq)
 	})
 }
+
+// TestRaftConnsPerKey: a member's key opening raft connections and
+// leaving each inside a frame that declares the most a frame may hold
+// made the member keep every one (a goroutine, a read buffer, and the
+// first MiB of each frame's body): raft's listener bounded only the
+// handshakes under way. Now it keeps at most maxConnsPerKey from one
+// key, closing the oldest as another arrives, and the cell keeps
+// replicating.
+func TestRaftConnsPerKey(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	var other *testMember // the member that neither leads nor is attacked
+	for _, m := range c.members {
+		if m != l && m != f {
+			other = m
+		}
+	}
+	var seq uint64
+	stillReplicates(t, c, f, &seq)
+
+	// tracked returns f's raft connections accepted from other's key, by
+	// the address they came from.
+	tracked := func() map[string]bool {
+		tr := f.node.tr
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		got := make(map[string]bool)
+		for tc := range tr.tcpConns {
+			if tc.addr == "" && tc.peer == other.id.Fingerprint() {
+				got[tc.raw.RemoteAddr().String()] = true
+			}
+		}
+		return got
+	}
+	// Each connection is tracked (or was already closed in favour of a
+	// newer one) before the next is dialed, so that their order is f's.
+	var conns []*tls.Conn
+	for i := range maxConnsPerKey + 8 {
+		conn := dialRaftAs(t, other.id, f)
+		conn.Write(rawFrame(rpcAppendEntries, maxFrameBytes, []byte("a start")))
+		conns = append(conns, conn)
+		for deadline := time.Now().Add(waitTimeout); !tracked()[conn.LocalAddr().String()]; {
+			if time.Now().After(deadline) {
+				t.Fatalf("connection %d never reached f", i)
+			}
+			time.Sleep(time.Millisecond) // the server side of its handshake
+		}
+	}
+	held := tracked()
+	if len(held) > maxConnsPerKey {
+		t.Fatalf("f holds %d raft connections from one key, want at most %d", len(held), maxConnsPerKey)
+	}
+	for i, conn := range conns {
+		newest := i >= len(conns)-maxConnsPerKey
+		if newest != held[conn.LocalAddr().String()] {
+			t.Fatalf("connection %d of %d: held %v; want the newest %d held", i, len(conns), !newest, maxConnsPerKey)
+		}
+		if !newest {
+			if ended, err := endedByPeer(conn); !ended {
+				t.Fatalf("connection %d was let go, yet not closed: read %v", i, err)
+			}
+		}
+	}
+	stillReplicates(t, c, f, &seq)
+}

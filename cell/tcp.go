@@ -41,6 +41,17 @@ const handshakeTimeout = 5 * time.Second
 // a member hold more unauthenticated connections than this.
 const maxHandshakes = 64
 
+// maxConnsPerKey bounds the raft connections a member keeps from one
+// member's key (those it accepted): raftNet opens a handful to each
+// member (maxIdleConns idle, a pipeline, a snapshot, the RPCs under way),
+// and those of a member that restarted end with its process. Beyond it
+// the oldest is closed, so that a member that comes back is never turned
+// away by connections of its past that linger (a host that vanished is
+// found out by keepAlive only). Each held costs a goroutine, a read
+// buffer (readBuffer) and, inside a frame, at most frameAllocStep beyond
+// the bytes that arrived: about 1.1 MiB, 36 MiB a key.
+const maxConnsPerKey = 32
+
 // keepAlive is the TCP keep-alive of raft's connections: one whose peer
 // vanished (its host died, or was cut off) while it was idle ends after
 // about 20 s, as the cell's QUIC connections do after their 15 s idle
@@ -208,19 +219,41 @@ func (t *Transport) raftClientTLS(want wire.Fingerprint) *tls.Config {
 	return c
 }
 
-// track records c among the connections Close closes. It returns false,
-// having closed c, if the transport is closed.
+// track records c among the connections Close closes; of an accepted
+// one, it closes the oldest its key holds beyond maxConnsPerKey. It
+// returns false, having closed c, if the transport is closed.
 func (t *Transport) track(c *tcpConn) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.closed {
+		t.mu.Unlock()
 		c.raw.Close()
 		return false
 	}
 	if t.tcpConns == nil {
 		t.tcpConns = make(map[*tcpConn]struct{})
 	}
+	t.tcpSeq++
+	c.seq = t.tcpSeq
 	t.tcpConns[c] = struct{}{}
+	var oldest *tcpConn
+	if c.addr == "" {
+		held := 0
+		for o := range t.tcpConns {
+			if o.addr == "" && o.peer == c.peer {
+				held++
+				if oldest == nil || o.seq < oldest.seq {
+					oldest = o
+				}
+			}
+		}
+		if held <= maxConnsPerKey {
+			oldest = nil
+		}
+	}
+	t.mu.Unlock()
+	if oldest != nil {
+		oldest.Close()
+	}
 	return true
 }
 
@@ -272,6 +305,7 @@ type tcpConn struct {
 	g    *gatherConn // between the two
 	t    *Transport
 	peer wire.Fingerprint // its key
+	seq  uint64           // its order among the connections tracked
 	once sync.Once
 
 	// Of a connection this member dialed: the member's address, and the

@@ -123,6 +123,7 @@ type Transport struct {
 
 	tcp      net.Listener          // raft's (tcp.go); nil until Listen
 	tcpConns map[*tcpConn]struct{} // raft's connections, dialed and accepted
+	tcpSeq   uint64                // the last tcpConn.seq given
 
 	handshakeTimeout time.Duration // of raft's accepted connections; 0: handshakeTimeout (tests)
 }
