@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -143,18 +145,28 @@ func (s *Server) groupOf(ctx context.Context, r *http.Request) (*client.Group, w
 	return g, id, err
 }
 
-// readJSON decodes a request body of at most maxBody bytes into v.
+// readJSON decodes a request body of at most maxBody bytes into v. A body
+// that is not UTF-8 is refused: encoding/json would put U+FFFD in place of
+// the bytes it cannot read, and a name or message would be stored other
+// than as it was sent.
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return badRequest("send the body as application/json, not %s", ct)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return apiError{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: fmt.Sprintf("request body over %d bytes", maxBody)}
 		}
+		return badRequest("read the body: %v", err)
+	}
+	if !utf8.Valid(body) {
+		return badRequest("the body is not UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return badRequest("read the body: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
