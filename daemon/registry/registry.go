@@ -563,7 +563,8 @@ func (r *Daemon) advertiseLoop() {
 // of none: an election, or it is cut off from the others) keeps the leader
 // prev named, if that one is still a replica, rather than erase what
 // another member reported; and one by a member that does not lead keeps
-// prev's counts (members, and the highest last sequence number).
+// prev's counts (members, and the highest last sequence number). The
+// leader named is listed only if it registered the group itself.
 func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error {
 	if len(req.Replicas) == 0 {
 		return nil
@@ -594,6 +595,13 @@ func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error 
 				}
 			}
 		}
+	}
+	// A leader is listed only once its own key registered the group (it
+	// holds it): were a registration's word enough, any key could list
+	// a group under any daemon's address and key.
+	if i := slices.IndexFunc(rs, func(rp wire.Replica) bool { return rp.Leader }); i >= 0 && !l.holders[rs[i].Fingerprint] {
+		rs = slices.Clone(rs)
+		rs[i].Leader = false
 	}
 	l.entry.Replicas = rs
 	leads := false

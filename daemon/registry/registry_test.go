@@ -570,3 +570,61 @@ func TestRegistryCellReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestRegistryNoListingUnderAnothersKey: a registration for a cell's group
+// names the replicas and their leader, and the entry is listed under the
+// leader's address and key. A key that named another daemon as the leader
+// of a group that daemon never registered had the group listed under that
+// daemon's key and address: anyone could put any group in the listing as
+// hosted by any daemon. The leader named is now listed only once its own
+// key registered the group; until then the entry is the registering key's.
+func TestRegistryNoListingUnderAnothersKey(t *testing.T) {
+	r := startRegistry(t, Config{})
+	victim := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	thief := peertest.Dial(t, r.Addr(), r.Fingerprint(), nil)
+	mine := uuid.New()
+	peertest.Must(t, victim.Call(wire.OpRegister, wire.Register{Group: mine, Name: "mine", Addrs: []string{"10.0.0.1:7374"}}, nil))
+
+	replicas := []wire.Replica{
+		{Addr: "10.0.0.9:7374", Fingerprint: thief.ID.Fingerprint()},
+		{Addr: "10.0.0.1:7374", Fingerprint: victim.ID.Fingerprint(), Leader: true},
+	}
+	// The victim's own group, claimed as a cell's: refused, as any
+	// registration of a lease another key holds.
+	peertest.WantCode(t, thief.Call(wire.OpRegister, wire.Register{Group: mine, Name: "mine", Addrs: []string{"10.0.0.9:7374"}, Replicas: replicas}, nil), wire.CodeUnauthorized)
+
+	claimed := uuid.New()
+	peertest.Must(t, thief.Call(wire.OpRegister, wire.Register{Group: claimed, Name: "lobby", Addrs: []string{"10.0.0.9:7374"}, Replicas: replicas}, nil))
+	entry := func() wire.GroupEntry {
+		t.Helper()
+		for _, e := range listGroups(t, victim).Groups {
+			if e.Group == claimed {
+				return e
+			}
+		}
+		t.Fatal("the claimed group is not listed")
+		return wire.GroupEntry{}
+	}
+	e := entry()
+	if e.Fingerprint != thief.ID.Fingerprint() || len(e.Addrs) != 1 || e.Addrs[0] != "10.0.0.9:7374" {
+		t.Fatalf("a group the victim never registered is listed under %s %v, want the registering key's", e.Fingerprint.Short(), e.Addrs)
+	}
+	for _, rp := range e.Replicas {
+		if rp.Leader {
+			t.Fatalf("listed with %s as its leader, which never registered it: %+v", rp.Fingerprint.Short(), e.Replicas)
+		}
+	}
+	for _, g := range listGroups(t, victim).Groups {
+		if g.Group == mine && (g.Fingerprint != victim.ID.Fingerprint() || g.Name != "mine") {
+			t.Fatalf("the victim's own group changed: %+v", g)
+		}
+	}
+
+	// Once the leader named registers the group itself (as a cell's
+	// leader does), it is listed under the leader.
+	peertest.Must(t, victim.Call(wire.OpRegister, wire.Register{Group: claimed, Name: "lobby", Addrs: []string{"10.0.0.1:7374"}, Replicas: replicas}, nil))
+	peertest.Must(t, thief.Call(wire.OpRegister, wire.Register{Group: claimed, Name: "lobby", Addrs: []string{"10.0.0.9:7374"}, Replicas: replicas}, nil))
+	if e := entry(); e.Fingerprint != victim.ID.Fingerprint() || e.Addrs[0] != "10.0.0.1:7374" {
+		t.Fatalf("listed under %s %v once the leader registered it, want the leader's", e.Fingerprint.Short(), e.Addrs)
+	}
+}
