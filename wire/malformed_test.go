@@ -88,6 +88,23 @@ var malformedCases = map[string]struct {
 	"duplicate-key-non-shortest":            {want: ErrMalformed, code: CodeBadRequest},
 	"array-key-under-unknown-key":           {want: ErrMalformed, code: CodeBadRequest},
 	"duplicate-key-in-unknown-message-key":  {want: ErrMalformed, code: CodeBadRequest},
+	"indefinite-length-bytes":               {want: ErrMalformed, code: CodeBadRequest},
+	"self-describe-tag":                     {want: ErrMalformed, code: CodeBadRequest},
+	"tag-under-unknown-key":                 {want: ErrMalformed, code: CodeBadRequest},
+	"send-tagged-message-id":                {want: ErrMalformed, code: CodeBadRequest},
+	"float-for-uint":                        {want: ErrMalformed, code: CodeBadRequest},
+	"simple-value-two-byte-below-32":        {want: ErrMalformed, code: CodeBadRequest},
+	"reserved-additional-information":       {want: ErrMalformed, code: CodeBadRequest},
+	"stray-break":                           {want: ErrMalformed, code: CodeBadRequest},
+	"bytes-declare-2-63":                    {want: ErrMalformed, code: CodeBadRequest},
+	"text-declares-2-32":                    {want: ErrMalformed, code: CodeBadRequest},
+	"map-declares-2-64":                     {want: ErrMalformed, code: CodeBadRequest},
+	"send-message-duplicate-key":            {want: ErrMalformed, code: CodeBadRequest},
+	"send-message-indefinite-map":           {want: ErrMalformed, code: CodeBadRequest},
+	"send-body-indefinite-bytes":            {want: ErrMalformed, code: CodeBadRequest},
+	"send-nesting-under-unknown-key":        {want: ErrMalformed, code: CodeBadRequest},
+	"float-map-key-under-unknown-key":       {want: ErrMalformed, code: CodeBadRequest},
+	"bool-for-group":                        {want: ErrMalformed, code: CodeBadRequest},
 	"resp-fingerprint-31-bytes":             {want: ErrMalformed, code: CodeBadRequest, op: OpMembers},
 	"resp-error-without-code":               {want: ErrBadRequest, code: CodeBadRequest, op: OpSend},
 	"resp-body-not-map":                     {want: ErrMalformed, code: CodeBadRequest, op: OpJoin},
@@ -105,6 +122,25 @@ func decodeRequest(r io.Reader) (Op, any, error) {
 		return op, nil, fmt.Errorf("%v: %w", op, ErrUnsupported)
 	}
 	return op, v, raw.Decode(v)
+}
+
+// splitRequest is what a server does (daemon/server): read the frame's
+// item, split it without decoding, then decode the args of its op, by hand
+// for a canonical send (decodeCanonical), strictly otherwise.
+func splitRequest(r io.Reader) (Op, any, error) {
+	item, err := ReadFrame(r, nil, 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	op, f, err := SplitRequest(item)
+	if err != nil {
+		return op, nil, err
+	}
+	v := argsFor(op)
+	if v == nil {
+		return op, nil, fmt.Errorf("%v: %w", op, ErrUnsupported)
+	}
+	return op, v, f.Decode(v)
 }
 
 // decodeResponse is what a client does with one frame of a stream of op.
@@ -143,6 +179,12 @@ func TestMalformed(t *testing.T) {
 			}
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got error %v, want one matching %v", err, tc.want)
+			}
+			if !strings.HasPrefix(name, "resp-") {
+				// The server's own path gives the same verdict.
+				if _, _, err := splitRequest(bytes.NewReader(frame)); !errors.Is(err, tc.want) || ToError(err).Code != tc.code {
+					t.Fatalf("split and decoded as a server does: got error %v, want one matching %v", err, tc.want)
+				}
 			}
 			we := ToError(err)
 			if we.Code != tc.code {
@@ -223,6 +265,37 @@ func TestHugeArrayNotAllocated(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
 		t.Errorf("10 decodes allocated %d bytes", got)
+	}
+}
+
+// TestMalformedCheap: no malformed request costs more to refuse than a
+// small multiple of its own bytes, on either path: whatever a length or a
+// count declares (up to 2^64-1) is checked against the bytes present
+// before anything is allocated for it.
+func TestMalformedCheap(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "malformed", "*.hex"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range files {
+		if strings.HasPrefix(filepath.Base(path), "resp-") {
+			continue
+		}
+		frame := readHex(t, path)
+		for _, decode := range []func(io.Reader) (Op, any, error){decodeRequest, splitRequest} {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			for range 10 {
+				decode(bytes.NewReader(frame))
+			}
+			runtime.ReadMemStats(&after)
+			// Bounded by the frame, not by what it declares: the
+			// largest file's frame is the protocol's 1 MiB limit.
+			if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(10*(64<<10+4*len(frame))); got > limit {
+				t.Errorf("%s: 10 decodes allocated %d bytes, more than %d", filepath.Base(path), got, limit)
+			}
+		}
 	}
 }
 
