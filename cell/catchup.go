@@ -42,6 +42,9 @@ const (
 	catchUpFrameBytes  = 1 << 20
 	maxCatchUpFrame    = 4 << 20
 	catchUpTimeout     = 30 * time.Second // without progress
+	// maxCatchUpsPerKey bounds the catch-ups a member serves at once to
+	// one member's key: a replica catches up one group at a time.
+	maxCatchUpsPerKey = 4
 
 	catchUpOK     = 0
 	catchUpBehind = 1
@@ -200,8 +203,15 @@ func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, up
 	}
 }
 
-// serveCatchUp answers a peer's catch-up request from this replica's log.
+// serveCatchUp answers a peer's catch-up request from this replica's log,
+// unless it serves maxCatchUpsPerKey to the peer's key already: then it
+// resets the stream (streamBusy), and the replica asks another member.
 func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *quic.Stream) {
+	if !n.startCatchUp(peer) {
+		str.CancelWrite(streamBusy)
+		return
+	}
+	defer n.endCatchUp(peer)
 	var req [catchUpRequestSize]byte
 	str.SetReadDeadline(time.Now().Add(kindTimeout))
 	if _, err := io.ReadFull(str, req[:]); err != nil {
@@ -288,5 +298,35 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 	}
 	if frame('e', nil) == nil && w.Flush() == nil {
 		n.cfg.Logger.Info("cell: a peer caught up a group from this replica", "peer", peer.Short(), "group", g.spec.Name, "from", after, "to", upto)
+	}
+}
+
+// startCatchUp counts a catch-up served to peer, and reports whether it
+// is within maxCatchUpsPerKey; endCatchUp counts it done.
+//
+// Why: each catch-up served holds a goroutine, a 64 KiB writer and a batch
+// of up to catchUpFrameBytes while its reader is slow, for up to
+// catchUpTimeout between writes; a key of the cell asking for a group's
+// whole history on stream after stream, and reading none of it, made a
+// member hold that for every stream its connections may open (the
+// listener's limit, 1000 each).
+func (n *Node) startCatchUp(peer wire.Fingerprint) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.catchUps[peer] >= maxCatchUpsPerKey {
+		return false
+	}
+	if n.catchUps == nil {
+		n.catchUps = make(map[wire.Fingerprint]int)
+	}
+	n.catchUps[peer]++
+	return true
+}
+
+func (n *Node) endCatchUp(peer wire.Fingerprint) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.catchUps[peer]--; n.catchUps[peer] == 0 {
+		delete(n.catchUps, peer)
 	}
 }

@@ -2,14 +2,18 @@ package cell
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
 )
@@ -345,4 +349,163 @@ func TestRaftConnsPerKey(t *testing.T) {
 		}
 	}
 	stillReplicates(t, c, f, &seq)
+}
+
+// TestCatchUpsPerKey: a member's key asking for a group's whole history on
+// stream after stream of the cell's QUIC ALPN, reading none of it, had
+// each served at once: a goroutine, a 64 KiB writer and a batch of up to
+// catchUpFrameBytes held for catchUpTimeout, on up to the listener's
+// stream limit (1000) of each connection. A member serves at most
+// maxCatchUpsPerKey at once to one key (a replica catches up one group at
+// a time) and resets the others with streamBusy, which sends a replica on
+// to another member.
+func TestCatchUpsPerKey(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	g := l.group("lobby")
+	// More than a stream's flow-control window, so that a catch-up
+	// nobody reads stays served.
+	var ids [][16]byte
+	var bodies []string
+	for i := range 24 {
+		ids = append(ids, newID(i+1))
+		bodies = append(bodies, strings.Repeat("x", 60<<10))
+	}
+	c.send(g.ID, alice, ids, bodies)
+	f.waitLast(g.ID, uint64(len(ids)))
+
+	// The leader's key, from a transport of the test's.
+	tr, _ := newTransport(t, l.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, false)
+	// Small windows per stream and a large one for the connection, so
+	// that each catch-up nobody reads holds its place at f, not the
+	// connection's window.
+	tr.quic.InitialStreamReceiveWindow = 16 << 10
+	tr.quic.MaxStreamReceiveWindow = 16 << 10
+	tr.quic.InitialConnectionReceiveWindow = 16 << 20
+	ask := func() (*quic.Stream, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		defer cancel()
+		str, _, err := tr.open(ctx, f.addr, kindCatchUp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var req [catchUpRequestSize]byte
+		copy(req[:16], g.ID[:])
+		binary.LittleEndian.PutUint64(req[16:], g.Epoch)
+		binary.LittleEndian.PutUint64(req[32:], uint64(len(ids)))
+		str.Write(req[:])
+		str.Close()
+		// The header frame: 4 bytes of length, 'h', status, first.
+		var h [14]byte
+		str.SetReadDeadline(time.Now().Add(waitTimeout))
+		if _, err := io.ReadFull(str, h[:]); err != nil {
+			return str, err
+		}
+		if h[4] != 'h' || h[5] != catchUpOK {
+			t.Fatalf("catch-up header % x", h)
+		}
+		return str, nil
+	}
+	var served []*quic.Stream
+	refused := 0
+	for range maxCatchUpsPerKey + 6 {
+		str, err := ask()
+		var se *quic.StreamError
+		switch {
+		case err == nil:
+			served = append(served, str)
+		case errors.As(err, &se) && se.ErrorCode == streamBusy:
+			refused++
+		default:
+			t.Fatalf("a catch-up: %v, want served or refused as busy", err)
+		}
+	}
+	if len(served) != maxCatchUpsPerKey || refused != 6 {
+		t.Fatalf("%d catch-ups served at once to one key, %d refused; want %d and 6", len(served), refused, maxCatchUpsPerKey)
+	}
+	// One given up frees its place.
+	served[0].CancelRead(streamClosed)
+	for deadline := time.Now().Add(waitTimeout); ; {
+		str, err := ask()
+		if err == nil {
+			str.CancelRead(streamClosed)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no catch-up served after one was given up: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // the server notices the reset
+	}
+	for _, str := range served[1:] {
+		str.CancelRead(streamClosed)
+	}
+}
+
+// TestQUICConnsPerKey: the server's limits on connections (per address and
+// in all) do not count the cell's, so a member's key could open QUIC
+// connections of the cell's ALPN without end. A member keeps at most
+// maxQUICConnsPerKey from one key, closing the oldest.
+func TestQUICConnsPerKey(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	// handled reports whether b handles the connection from local's port
+	// (a dialer's socket is bound to no address in particular).
+	handled := func(local net.Addr) bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for c := range b.in {
+			if c.RemoteAddr().(*net.UDPAddr).Port == local.(*net.UDPAddr).Port {
+				return true
+			}
+		}
+		return false
+	}
+	var conns []*quic.Conn
+	for i := range maxQUICConnsPerKey + 4 {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		c, err := quic.DialAddr(ctx, bAddr, a.clientTLS(bID.Fingerprint()), &quic.Config{MaxIdleTimeout: waitTimeout, KeepAlivePeriod: time.Second})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseWithError(0, "") })
+		conns = append(conns, c)
+		// Handled (or closed already for a newer one) before the next.
+		for deadline := time.Now().Add(waitTimeout); !handled(c.LocalAddr()); {
+			if time.Now().After(deadline) {
+				t.Fatalf("connection %d never handled", i)
+			}
+			time.Sleep(time.Millisecond) // the listener's accept loop
+		}
+	}
+	for i, c := range conns[:4] {
+		select {
+		case <-c.Context().Done():
+		case <-time.After(waitTimeout):
+			t.Fatalf("connection %d of %d kept", i, len(conns))
+		}
+		var ae *quic.ApplicationError
+		if err := context.Cause(c.Context()); !errors.As(err, &ae) || ae.ErrorCode != connTooMany {
+			t.Fatalf("connection %d ended with %v, want code %d", i, err, connTooMany)
+		}
+	}
+	for deadline := time.Now().Add(waitTimeout); ; {
+		b.mu.Lock()
+		held := len(b.in)
+		b.mu.Unlock()
+		if held == maxQUICConnsPerKey {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b holds %d connections from one key, want %d", held, maxQUICConnsPerKey)
+		}
+		time.Sleep(time.Millisecond) // b's serving goroutine of a closed one lets it go
+	}
+	for i, c := range conns[4:] {
+		if c.Context().Err() != nil {
+			t.Fatalf("connection %d, one of the newest, was closed: %v", i+4, context.Cause(c.Context()))
+		}
+	}
 }

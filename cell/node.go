@@ -307,6 +307,8 @@ type Node struct {
 	// behind is, on the leader, how far each member catching up was
 	// behind when last asked (members.go).
 	behind map[wire.Fingerprint]behind
+	// catchUps counts the catch-ups served to each key (catchup.go).
+	catchUps map[wire.Fingerprint]int
 }
 
 // New returns a node for cfg. It does no I/O; Start opens raft's state and

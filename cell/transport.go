@@ -45,8 +45,10 @@ const (
 const (
 	connRefused   quic.ApplicationErrorCode = 1 // the peer's key is not a member of the cell
 	connShutdown  quic.ApplicationErrorCode = 2 // the daemon is stopping
+	connTooMany   quic.ApplicationErrorCode = 3 // the key holds maxQUICConnsPerKey newer connections
 	streamBadKind quic.StreamErrorCode      = 1
 	streamClosed  quic.StreamErrorCode      = 2
+	streamBusy    quic.StreamErrorCode      = 3 // the peer serves as many streams of that kind to this key as it will
 )
 
 // leaveGrace is how long the connection to a member removed from the cell
@@ -110,8 +112,9 @@ type Transport struct {
 	handlers map[byte]func(ctx context.Context, peer wire.Fingerprint, s *quic.Stream) // by stream kind
 	peers    map[string]wire.Fingerprint                                               // by address
 	keys     map[wire.Fingerprint]bool
-	out      map[string]*dialed // by address
-	in       map[*quic.Conn]struct{}
+	out      map[string]*dialed    // by address
+	in       map[*quic.Conn]inConn // connections members dialed
+	inSeq    uint64                // the last inConn.seq given
 	closed   bool
 	wg       sync.WaitGroup
 	ctx      context.Context
@@ -156,7 +159,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		accepted: make(chan net.Conn),
 		done:     make(chan struct{}),
 		out:      make(map[string]*dialed),
-		in:       make(map[*quic.Conn]struct{}),
+		in:       make(map[*quic.Conn]inConn),
 		links:    make(map[string]*link),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -290,9 +293,14 @@ func (t *Transport) Handle(conn *quic.Conn) {
 		conn.CloseWithError(connShutdown, "shutting down")
 		return
 	}
-	t.in[conn] = struct{}{}
+	t.inSeq++
+	t.in[conn] = inConn{peer: fp, seq: t.inSeq}
+	oldest := t.oldestBeyond(fp)
 	t.wg.Add(2)
 	t.mu.Unlock()
+	if oldest != nil {
+		oldest.CloseWithError(connTooMany, "a newer connection from this key")
+	}
 	go func() {
 		defer t.wg.Done()
 		t.probe(fp)
@@ -313,6 +321,42 @@ func (t *Transport) Handle(conn *quic.Conn) {
 		}()
 		t.serve(conn, fp)
 	}()
+}
+
+// inConn is a QUIC connection a member dialed: its key, and its order
+// among them.
+type inConn struct {
+	peer wire.Fingerprint
+	seq  uint64
+}
+
+// maxQUICConnsPerKey bounds the QUIC connections a member keeps from one
+// member's key: a member dials one to each other member, and dials again
+// when it finds one dead (or after a restart, while the old one waits out
+// its idle timeout). Beyond it the oldest is closed, for the reasons of
+// maxConnsPerKey (tcp.go): the server's own limits (connections per
+// address and in all) do not count the cell's connections.
+const maxQUICConnsPerKey = 8
+
+// oldestBeyond returns the oldest connection from fp if fp holds more
+// than maxQUICConnsPerKey (t.mu held), else nil.
+func (t *Transport) oldestBeyond(fp wire.Fingerprint) *quic.Conn {
+	held := 0
+	var oldest *quic.Conn
+	var seq uint64
+	for c, in := range t.in {
+		if in.peer != fp {
+			continue
+		}
+		held++
+		if oldest == nil || in.seq < seq {
+			oldest, seq = c, in.seq
+		}
+	}
+	if held <= maxQUICConnsPerKey {
+		return nil
+	}
+	return oldest
 }
 
 func (t *Transport) serve(conn *quic.Conn, peer wire.Fingerprint) {
