@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -165,7 +166,7 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 		data := []byte("not a snapshot at all")
 		is, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
 			RPCHeader:       raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)},
-			SnapshotVersion: raft.SnapshotVersionMax, Term: term - 1, Leader: []byte(l.addr),
+			SnapshotVersion: raft.SnapshotVersionMax, Term: term - 1, Leader: []byte(l.addr), Configuration: emptyConfiguration,
 			LastLogIndex: before + 100, LastLogTerm: term - 1, Size: int64(len(data)),
 		})
 		conn.Write(append(is, data...))
@@ -221,7 +222,7 @@ func TestRaftSnapshotNotWedging(t *testing.T) {
 	snapshot := func(size int64) []byte {
 		b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
 			RPCHeader:       raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)},
-			SnapshotVersion: raft.SnapshotVersionMax, Term: term - 1, Leader: []byte(l.addr),
+			SnapshotVersion: raft.SnapshotVersionMax, Term: term - 1, Leader: []byte(l.addr), Configuration: emptyConfiguration,
 			LastLogIndex: 1 << 20, LastLogTerm: term - 1, Size: size,
 		})
 		return b
@@ -507,5 +508,67 @@ func TestQUICConnsPerKey(t *testing.T) {
 		if c.Context().Err() != nil {
 			t.Fatalf("connection %d, one of the newest, was closed: %v", i+4, context.Cause(c.Context()))
 		}
+	}
+}
+
+// TestRaftMemberCannotCrash: hashicorp/raft panics on some of what a
+// leader may send it: a configuration entry, or a snapshot's
+// configuration, that does not decode, and an entry of a type it does not
+// know once it applies it. Raft believes any member whose term is current,
+// so one request from a member's key crashed the member it reached. Such
+// requests are now malformed frames: the connection ends unanswered
+// before raft sees them, and the member keeps replicating.
+func TestRaftMemberCannotCrash(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	var seq uint64
+	stillReplicates(t, c, f, &seq)
+	header := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(l.node.self.Addr), Addr: []byte(l.addr)}
+	// appendEntry is an AppendEntries of the current term that follows
+	// f's log and commits the entry it carries.
+	appendEntry := func(e raft.Log) []byte {
+		term := f.node.raft.CurrentTerm()
+		last := f.node.raft.LastIndex()
+		lastTerm, _ := strconv.ParseUint(f.node.raft.Stats()["last_log_term"], 10, 64)
+		e.Index, e.Term = last+1, term
+		b, _ := appendRequest(nil, &raft.AppendEntriesRequest{
+			RPCHeader: header, Term: term, Leader: []byte(l.addr),
+			PrevLogEntry: last, PrevLogTerm: lastTerm, LeaderCommitIndex: last + 1,
+			Entries: []*raft.Log{&e},
+		})
+		return b
+	}
+	for _, tc := range []struct {
+		name  string
+		frame func() []byte
+	}{
+		{"a configuration entry that does not decode", func() []byte {
+			return appendEntry(raft.Log{Type: raft.LogConfiguration, Data: []byte("not msgpack")})
+		}},
+		{"an entry of an unknown type", func() []byte {
+			return appendEntry(raft.Log{Type: raft.LogType(99), Data: []byte("x")})
+		}},
+		{"a snapshot whose configuration does not decode", func() []byte {
+			data := []byte("some bytes")
+			b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
+				RPCHeader: header, SnapshotVersion: raft.SnapshotVersionMax, Term: f.node.raft.CurrentTerm(),
+				Leader: []byte(l.addr), LastLogIndex: f.node.raft.LastIndex() + 10, LastLogTerm: f.node.raft.CurrentTerm(),
+				Configuration: []byte{0xc1}, ConfigurationIndex: 1, Size: int64(len(data)),
+			})
+			return append(b, data...)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := dialRaftAs(t, l.id, f)
+			conn.Write(tc.frame())
+			conn.SetReadDeadline(time.Now().Add(waitTimeout))
+			n, err := conn.Read(make([]byte, 64))
+			var ne net.Error
+			if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
+			}
+			stillReplicates(t, c, f, &seq)
+		})
 	}
 }

@@ -20,6 +20,10 @@ func testHeader() raft.RPCHeader {
 	return raft.RPCHeader{ProtocolVersion: 3, ID: []byte("ID"), Addr: []byte("a:1")}
 }
 
+// emptyConfiguration is raft's encoding of a configuration of no servers:
+// a snapshot's configuration must decode.
+var emptyConfiguration = raft.EncodeConfiguration(raft.Configuration{})
+
 // raftRequests are one request of each type, and the hex of its frame.
 var raftRequests = []struct {
 	name string
@@ -46,8 +50,9 @@ var raftRequests = []struct {
 	{"timeout now", &raft.TimeoutNowRequest{RPCHeader: testHeader()},
 		"03" + "00000008" + "03024944" + "03613a31"},
 	{"install snapshot", &raft.InstallSnapshotRequest{RPCHeader: testHeader(), SnapshotVersion: 1, Term: 6,
-		Leader: []byte("a:1"), LastLogIndex: 400, LastLogTerm: 6, Configuration: []byte{1, 2}, ConfigurationIndex: 7, Size: 3},
-		"02" + "00000017" + "03024944" + "03613a31" + "01" + "06" + "03613a31" + "9003" + "06" + "00" + "020102" + "07" + "03"},
+		Leader: []byte("a:1"), LastLogIndex: 400, LastLogTerm: 6, Configuration: emptyConfiguration, ConfigurationIndex: 7, Size: 3},
+		"02" + "0000001f" + "03024944" + "03613a31" + "01" + "06" + "03613a31" + "9003" + "06" + "00" +
+			"0a81a753657276657273c0" + "07" + "03"},
 }
 
 // raftResponses are one response of each type, the type of the request
