@@ -70,6 +70,8 @@ var importRules = map[string][]string{
 	"internal/faults":   nil,
 	"internal/jepsen":   nil,
 	"e2e":               nil,
+	// An independent client, tests only: see TestConformanceIsIndependent.
+	"internal/conformance": nil,
 }
 
 // neverImports are pairs that must stay apart whatever the table above
@@ -136,6 +138,39 @@ func TestImportRules(t *testing.T) {
 		if slices.Contains(deps[p[0]], p[1]) {
 			t.Errorf("%s depends on %s, which it must never do", name(p[0]), name(p[1]))
 		}
+	}
+}
+
+// TestConformanceIsIndependent keeps internal/conformance's client what
+// it claims to be, a second implementation of PROTOCOL.md: its tests may
+// use of this module only the packages that build the binary and pick
+// ports, and neither of the libraries huddle speaks the protocol with
+// (quic-go, fxamacker/cbor). importRules sees only imports outside tests,
+// and this package has nothing else.
+func TestConformanceIsIndependent(t *testing.T) {
+	allowed := []string{"internal/conformance", "internal/testbin", "internal/testport"}
+	foreign := []string{"github.com/quic-go/", "github.com/fxamacker/cbor"}
+	out, err := exec.Command("go", "list", "-test", "-deps", "-f", "{{.ImportPath}}", "./internal/conformance").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	seen := false
+	for _, dep := range strings.Fields(string(out)) {
+		dep, _, _ = strings.Cut(dep, " ") // "pkg [pkg.test]": a package built for the tests
+		if dep == "golang.org/x/net/quic" {
+			seen = true
+		}
+		if o := own(dep); o != dep && o != "internal/conformance.test" && !slices.Contains(allowed, o) {
+			t.Errorf("internal/conformance's tests import %s: they may use only %v of this module", name(o), allowed)
+		}
+		for _, f := range foreign {
+			if strings.HasPrefix(dep, f) {
+				t.Errorf("internal/conformance's tests import %s, which huddle's own peers use", dep)
+			}
+		}
+	}
+	if !seen {
+		t.Error("internal/conformance's tests do not use golang.org/x/net/quic: is this still the test of another QUIC stack?")
 	}
 }
 

@@ -1,0 +1,239 @@
+//go:build linux
+
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/internal/testport"
+)
+
+// cellGroup waits until the registry lists the cell's group with its three
+// replicas and a leader, and returns the entry.
+func cellGroup(t *testing.T, reg *conn, name string) groupEntry {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for {
+		all, err := reg.listAll(ctx)
+		if err != nil {
+			t.Fatalf("list: %v", err)
+		}
+		for _, g := range all {
+			if g.name == name && len(g.replicas) == 3 && slices.ContainsFunc(g.replicas, func(r replica) bool { return r.leader }) {
+				return g
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the registry never listed %s with three replicas and a leader: %+v", name, all)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// hop is one answer on the way to an operation's outcome.
+type hop struct {
+	addr string
+	err  error
+}
+
+// callFollowing sends raw to the member at first and, while the answer is
+// `unavailable`, follows §13: to the leader the Error names, with the
+// same request unchanged, or after retry_after_ms to another member. It
+// returns the outcome and every refusal on the way.
+func callFollowing(ctx context.Context, p *peer, members []replica, first replica, raw []byte) (cmap, []hop, error) {
+	var hops []hop
+	at := first
+	for attempt := 0; attempt < 20; attempt++ {
+		c, err := p.dial(ctx, at.addr, at.fp)
+		if err != nil {
+			return nil, hops, err
+		}
+		body, err := c.roundTrip(ctx, raw)
+		c.close()
+		var pe *protoError
+		if !errors.As(err, &pe) || pe.code != codeUnavailable {
+			return body, hops, err
+		}
+		hops = append(hops, hop{at.addr, err})
+		if pe.leader != nil {
+			at = *pe.leader
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil, hops, ctx.Err()
+		case <-time.After(time.Duration(pe.retryAfter) * time.Millisecond):
+		}
+		at = members[(slices.IndexFunc(members, func(r replica) bool { return r.fp == at.fp })+1)%len(members)]
+	}
+	return nil, hops, fmt.Errorf("still unavailable after 20 answers: %v", hops)
+}
+
+// TestCell runs the client against a cell of three `huddle serve`
+// processes (§13): it sends through a follower and follows the leader the
+// refusal names by itself, and reads its writes from the followers.
+func TestCell(t *testing.T) {
+	t.Parallel()
+	reg := startHuddle(t, "huddle registry", nil, "registry", "--listen", "127.0.0.1:0", "--no-mdns", "--state-dir", t.TempDir())
+	registry := serverFrom(t, reg.waitLine(t, registryLine))
+
+	var peers []string
+	var dirs, addrs []string
+	for len(addrs) < 3 {
+		addr := testport.Cell(t)
+		if slices.Contains(addrs, addr) {
+			continue // free again once its socket closed: another draw
+		}
+		dir := t.TempDir()
+		fp := huddleID(t, dir)
+		dirs, addrs = append(dirs, dir), append(addrs, addr)
+		peers = append(peers, "--cell-peer", peerFlag(fp, addr))
+	}
+	for i := range 3 {
+		args := append([]string{"serve", "--no-mdns", "--listen", addrs[i], "--registry", registry.addr,
+			"--registry-fingerprint", registry.fp.String(), "--state-dir", dirs[i], "--group", "general"}, peers...)
+		startHuddle(t, "huddle serve "+addrs[i], nil, args...)
+	}
+
+	rc := newPeer(t).mustDial(t, registry.addr, registry.fp)
+	entry := cellGroup(t, rc, "general")
+	var leader replica
+	var followers []replica
+	for _, r := range entry.replicas {
+		if r.leader {
+			leader = r
+		} else {
+			followers = append(followers, r)
+		}
+	}
+	if !slices.Equal(entry.addrs, []string{leader.addr}) || entry.fp != leader.fp || len(followers) != 2 {
+		t.Fatalf("listing %+v: want the leader's address and key, and two followers", entry)
+	}
+	g := entry.group
+	ctx := ctxT(t)
+	p := newPeer(t)
+
+	// info on a follower: the cell's members, the leader marked.
+	fc := p.mustDial(t, followers[0].addr, followers[0].fp)
+	in, err := fc.info(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.fp != followers[0].fp || in.epoch == 0 || !sameReplicas(in.replicas, entry.replicas) {
+		t.Errorf("info from a follower: key %s, epoch %d, replicas %+v; want %s, nonzero, %+v", in.fp, in.epoch, in.replicas, followers[0].fp, entry.replicas)
+	}
+	// cell_status of each: one leader, the same one.
+	for _, r := range entry.replicas {
+		c := p.mustDial(t, r.addr, r.fp)
+		st, err := c.call(ctx, opCellStatus, cmap{})
+		if err != nil {
+			t.Fatalf("cell_status of %s: %v", r.addr, err)
+		}
+		sr := reader{m: st}
+		self, err1 := decodeReplica(sr.cmap(1))
+		lead, err2 := decodeReplica(sr.cmap(4))
+		state := sr.text(2)
+		if err := errors.Join(sr.err, err1, err2); err != nil {
+			t.Fatal(err)
+		}
+		wantState := map[bool]string{true: "leader", false: "follower"}[r.leader]
+		if self.fp != r.fp || self.addr != r.addr || state != wantState || lead.fp != leader.fp || !lead.leader {
+			t.Errorf("cell_status of %s: self %+v, state %s, leader %+v; want itself, %s, %+v", r.addr, self, state, lead, wantState, leader)
+		}
+	}
+
+	// join and send through a follower: refused, naming the leader;
+	// followed, answered by the leader.
+	wantLed := func(what string, hops []hop) {
+		t.Helper()
+		var pe *protoError
+		if len(hops) != 1 || hops[0].addr != followers[0].addr || !errors.As(hops[0].err, &pe) || pe.leader == nil || *pe.leader != leader {
+			t.Errorf("%s through a follower: refusals %+v; want one unavailable from %s naming the leader %+v", what, hops, followers[0].addr, leader)
+		}
+	}
+	body, hops, err := callFollowing(ctx, p, entry.replicas, followers[0], joinRequest(g, "follower"))
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	wantLed("join", hops)
+	if j, err := decodeJoined(body); err != nil || j != (joined{epoch: in.epoch}) {
+		t.Errorf("joined %+v, %v; want epoch %d, last 0", j, err, in.epoch)
+	}
+
+	one := outgoing{newID(), []byte("through a follower")}
+	batch := []outgoing{{newID(), []byte("b1")}, {newID(), []byte("b2")}, {newID(), []byte("b3")}}
+	var acks []ack
+	for _, msgs := range [][]outgoing{{one}, batch} {
+		body, hops, err := callFollowing(ctx, p, entry.replicas, followers[0], sendRequest(g, msgs...))
+		if err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		wantLed("send", hops)
+		s, err := decodeSent(body)
+		if err != nil || s.epoch != in.epoch || len(s.acks) != len(msgs) {
+			t.Fatalf("sent %+v, %v", s, err)
+		}
+		acks = append(acks, s.acks...)
+	}
+	for i, a := range acks {
+		if a.seq != uint64(i+1) || a.duplicate || i > 0 && a.ts <= acks[i-1].ts {
+			t.Errorf("ack %d: %+v; want seq %d, increasing ts, not duplicate", i, a, i+1)
+		}
+	}
+	// The batch again, through the other follower: its original acks.
+	body, _, err = callFollowing(ctx, p, entry.replicas, followers[1], sendRequest(g, batch...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := decodeSent(body); err != nil || len(s.acks) != 3 || s.acks[0] != (ack{2, acks[1].ts, true}) || s.acks[2] != (ack{4, acks[3].ts, true}) {
+		t.Errorf("the batch again: %+v, %v; want its first acks, duplicate", s, err)
+	}
+
+	// Read-your-writes from each follower: min_seq = the last acked.
+	all := append([]outgoing{one}, batch...)
+	for _, f := range followers {
+		c := p.mustDial(t, f.addr, f.fp)
+		msgs, end, err := c.fetch(ctx, query{group: g, hasAfter: true, epoch: in.epoch, minSeq: 4})
+		if err != nil {
+			t.Fatalf("fetch from %s: %v", f.addr, err)
+		}
+		if len(msgs) != 4 || end.next != 4 || end.last != 4 || end.more || end.epoch != in.epoch {
+			t.Fatalf("fetch from %s: %v %+v; want 1..4", f.addr, msgs, end)
+		}
+		for i, m := range msgs {
+			want := message{seq: uint64(i + 1), ts: acks[i].ts, id: all[i].id, from: p.fp, name: "follower", body: all[i].body}
+			if fmt.Sprint(m) != fmt.Sprint(want) {
+				t.Errorf("fetch from %s: %+v, want %+v", f.addr, m, want)
+			}
+		}
+	}
+	// A watch on a follower sees what the leader acknowledges next.
+	wc := p.mustDial(t, followers[1].addr, followers[1].fp)
+	w, err := wc.watch(ctx, query{group: g, after: 4, epoch: in.epoch, minSeq: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := p.mustDial(t, leader.addr, leader.fp)
+	s, err := lc.send(ctx, g, outgoing{newID(), []byte("live")})
+	if err != nil || s.acks[0].seq != 5 {
+		t.Fatalf("send to the leader: %+v, %v", s, err)
+	}
+	got, err := w.messagesUntil(5)
+	if err != nil || len(got) != 1 || got[0].ts != s.acks[0].ts || string(got[0].body) != "live" {
+		t.Errorf("watch on a follower: %+v, %v; want message 5", got, err)
+	}
+	w.s.cancel()
+}
+
+// sameReplicas compares two lists of replicas as sets: §13 does not say
+// in which order they are listed.
+func sameReplicas(a, b []replica) bool {
+	return len(a) == len(b) && !slices.ContainsFunc(a, func(r replica) bool { return !slices.Contains(b, r) })
+}
