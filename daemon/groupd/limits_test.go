@@ -86,6 +86,25 @@ func TestSendRateLimit(t *testing.T) {
 	}
 }
 
+// TestSendOverRetentionTakesNoTokens: a batch larger than retention could
+// ever hold is refused too_large before it takes tokens (PROTOCOL.md
+// §8.5: a refused send changes nothing), by messages and by bytes.
+func TestSendOverRetentionTakesNoTokens(t *testing.T) {
+	clock := newFakeClock()
+	d, _ := startGroupDaemon(t, Config{SendRate: 10, SendBurst: 4, MaxBatch: 4, Now: clock.Now,
+		Retention: store.Config{MaxMessages: 2, MaxBytes: 10}})
+	g := gid(d)
+	p := joined(t, d, "p")
+	wantCode(t, p.callSend(g, outgoing("1", "2", "3")), wire.CodeTooLarge)
+	wantCode(t, p.callSend(g, outgoing("123456", "789012")), wire.CodeTooLarge)
+	// The whole bucket is left: four messages, no wait.
+	for _, msgs := range [][]string{{"a", "b"}, {"c"}, {"d"}} {
+		_, err := p.send(g, outgoing(msgs...))
+		must(t, err)
+	}
+	wantCode(t, p.callSend(g, outgoing("e")), wire.CodeRateLimited)
+}
+
 func (p *peer) callSend(g wire.UUID, msgs []wire.Outgoing) error {
 	p.t.Helper()
 	_, err := p.send(g, msgs)

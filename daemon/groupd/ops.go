@@ -317,6 +317,7 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 	if len(req.Messages) > d.cfg.MaxBatch {
 		return fmt.Errorf("send group %s: %w: %d messages, at most %d per send", g.name, wire.ErrTooLarge, len(req.Messages), d.cfg.MaxBatch)
 	}
+	var bytes int64 // of bodies, in all
 	for i, m := range req.Messages {
 		if len(m.Body) > d.cfg.MaxMessageBytes {
 			which := "the message" // what the sender sent: one message, or one of several, counted from 1
@@ -326,6 +327,10 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 			return fmt.Errorf("send group %s: %w: %s has %d bytes, at most %d", g.name, wire.ErrTooLarge, which, len(m.Body), d.cfg.MaxMessageBytes)
 		}
 		sc.entries = append(sc.entries, store.Entry{ID: m.ID, From: from, Body: m.Body})
+		bytes += int64(len(m.Body))
+	}
+	if err := d.retentionHolds(g, len(sc.entries), bytes); err != nil {
+		return err
 	}
 	if wait, ok := g.rate.take(c.Peer(), len(sc.entries), now); !ok {
 		ms := max(1, uint64((wait+time.Millisecond-1)/time.Millisecond))
@@ -358,6 +363,21 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 		return d.notAppended(g, err)
 	}
 	return c.Result(sc.reply(g, sc.acks))
+}
+
+// retentionHolds refuses a batch of n messages and bytes of bodies that
+// retention could never hold (PROTOCOL.md §8.5: too_large), before it
+// takes tokens or reaches a cell's raft log. The log would refuse it too,
+// but a cell's replicas only once raft had committed it: each would retry
+// applying it for ever, and serve no new message of the group again.
+func (d *Daemon) retentionHolds(g *group, n int, bytes int64) error {
+	r := d.cfg.Retention
+	maxMsgs, maxBytes := orDefault(r.MaxMessages, store.DefaultMaxMessages), orDefault(r.MaxBytes, store.DefaultMaxBytes)
+	if n > maxMsgs || bytes > maxBytes {
+		return fmt.Errorf("send group %s: %w: %d messages of %d bytes in all, more than the group's log may hold (%d messages, %d bytes)",
+			g.name, wire.ErrTooLarge, n, bytes, maxMsgs, maxBytes)
+	}
+	return nil
 }
 
 // notAppendedRetry is the retry_after_ms of a send the log could not

@@ -98,7 +98,7 @@ func TestCell(t *testing.T) {
 	}
 	for i := range 3 {
 		args := append([]string{"serve", "--no-mdns", "--listen", addrs[i], "--registry", registry.addr,
-			"--registry-fingerprint", registry.fp.String(), "--state-dir", dirs[i], "--group", "general"}, peers...)
+			"--registry-fingerprint", registry.fp.String(), "--state-dir", dirs[i], "--group", "general", "--max-bytes", "1KiB"}, peers...)
 		startHuddle(t, "huddle serve "+addrs[i], nil, args...)
 	}
 
@@ -166,6 +166,12 @@ func TestCell(t *testing.T) {
 	if j, err := decodeJoined(body); err != nil || j != (joined{epoch: in.epoch}) {
 		t.Errorf("joined %+v, %v; want epoch %d, last 0", j, err, in.epoch)
 	}
+
+	// A batch retention could never hold (1 KiB of bodies here) is
+	// too_large (§8.5), from the leader, and changes nothing.
+	_, _, err = callFollowing(ctx, p, entry.replicas, followers[0],
+		sendRequest(g, outgoing{newID(), make([]byte, 600)}, outgoing{newID(), make([]byte, 600)}))
+	wantCode(t, "a batch over max_bytes", err, codeTooLarge)
 
 	one := outgoing{newID(), []byte("through a follower")}
 	batch := []outgoing{{newID(), []byte("b1")}, {newID(), []byte("b2")}, {newID(), []byte("b3")}}
