@@ -1,0 +1,238 @@
+//go:build linux
+
+package conformance
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/quic"
+)
+
+// TestLimitsAndShutdown runs the client against a `huddle up` with small
+// limits: a private group's secret, retention's gaps, the send rate, the
+// request deadline (§3, §8), and then the daemon's graceful stop (§3
+// "Shutting down").
+func TestLimitsAndShutdown(t *testing.T) {
+	t.Parallel()
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("open sesame"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startHuddle(t, "huddle up", nil, "up", "--listen", "127.0.0.1:0", "--daemon-listen", "127.0.0.1:0", "--no-mdns",
+		"--state-dir", t.TempDir(), "--max-msgs", "2", "--max-batch", "4", "--send-rate", "1", "--send-burst", "4",
+		"--request-timeout", "300ms", "--secret-file", "private="+secret,
+		"--group", "private", "--group", "retained", "--group", "rated")
+	s := &single{registry: serverFrom(t, p.waitLine(t, registryLine)), daemon: serverFrom(t, p.waitLine(t, daemonLine)),
+		groups: make(map[string]groupEntry)}
+	waitListed(t, s, "private", "retained", "rated")
+
+	t.Run("limits", func(t *testing.T) {
+		t.Run("private", func(t *testing.T) { t.Parallel(); testPrivate(t, s) })
+		t.Run("retention", func(t *testing.T) { t.Parallel(); testRetention(t, s) })
+		t.Run("rate", func(t *testing.T) { t.Parallel(); testRate(t, s) })
+		t.Run("request deadline", func(t *testing.T) { t.Parallel(); testRequestDeadline(t, s) })
+	})
+	t.Run("shutdown", func(t *testing.T) { testShutdown(t, s, p) })
+}
+
+// waitListed lists until the registry has the groups named.
+func waitListed(t *testing.T, s *single, names ...string) {
+	t.Helper()
+	c := newPeer(t).mustDial(t, s.registry.addr, s.registry.fp)
+	defer c.close()
+	ctx := ctxT(t)
+	for {
+		all, err := c.listAll(ctx)
+		if err != nil {
+			t.Fatalf("list: %v", err)
+		}
+		for _, g := range all {
+			s.groups[g.name] = g
+		}
+		missing := false
+		for _, n := range names {
+			_, ok := s.groups[n]
+			missing = missing || !ok
+		}
+		if !missing {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the registry lists %d of the groups %v", len(s.groups), names)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// testPrivate: join needs the secret (§8.2).
+func testPrivate(t *testing.T, s *single) {
+	g := s.groups["private"].group
+	ctx := ctxT(t)
+	c := newPeer(t).mustDial(t, s.daemon.addr, s.daemon.fp)
+	in, err := c.info(ctx, g)
+	if err != nil || !in.private {
+		t.Fatalf("info: private %v, %v; want true", in.private, err)
+	}
+	for _, tc := range []struct {
+		name   string
+		secret []byte
+		code   uint64
+	}{
+		{"no secret", nil, codeUnauthorized},
+		{"a wrong secret", []byte("open sesame!"), codeUnauthorized},
+		{"a secret over 256 bytes", make([]byte, 257), codeTooLarge},
+	} {
+		args := cmap{1: g, 2: "joiner"}
+		if tc.secret != nil {
+			args[3] = tc.secret
+		}
+		_, err := c.call(ctx, opJoin, args)
+		wantCode(t, "join with "+tc.name, err, tc.code)
+	}
+	body, err := c.call(ctx, opJoin, cmap{1: g, 2: "joiner", 3: []byte("open sesame")})
+	if err != nil {
+		t.Fatalf("join with the secret: %v", err)
+	}
+	if j, err := decodeJoined(body); err != nil || j.already || j.epoch != in.epoch {
+		t.Errorf("joined %+v, %v", j, err)
+	}
+}
+
+// testRetention: max_messages 2; what was dropped is a Gap for a cursor,
+// and a batch retention could never hold is too_large (§8.5-8.7).
+func testRetention(t *testing.T, s *single) {
+	g := s.groups["retained"].group
+	ctx := ctxT(t)
+	_, c, j := s.member(t, "retained", "keeper")
+	_, err := c.send(ctx, g, outgoing{newID(), []byte("1")}, outgoing{newID(), []byte("2")}, outgoing{newID(), []byte("3")})
+	wantCode(t, "a batch of 3 where 2 are kept", err, codeTooLarge)
+	for _, body := range []string{"1", "2", "3"} {
+		if _, err := c.send(ctx, g, outgoing{newID(), []byte(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in, err := c.info(ctx, g)
+	if err != nil || in.first != 2 || in.last != 3 || in.limits.maxMessages != 2 {
+		t.Fatalf("info: first %d, last %d, max_messages %d, %v; want 2, 3, 2", in.first, in.last, in.limits.maxMessages, err)
+	}
+	msgs, end, err := c.fetch(ctx, query{group: g, hasAfter: true})
+	if err != nil || len(msgs) != 2 || msgs[0].seq != 2 || end != (endOf(3, false, 2, 3, j.epoch)) {
+		t.Errorf("fetch after 0: %v %+v, %v; want 2..3 (a gap: 1 < first)", msgs, end, err)
+	}
+	// A watch from a cursor: Start, one Gap, then what is held.
+	w, err := c.watch(ctx, query{group: g, hasAfter: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.s.cancel()
+	if w.start != (start{epoch: j.epoch, first: 2, last: 3, heartbeatMS: 5000}) {
+		t.Errorf("start %+v", w.start)
+	}
+	ev, err := w.next()
+	if err != nil || ev.kind != kindGap || ev.gapFrom != 1 || ev.gapTo != 1 {
+		t.Fatalf("after Start: %+v, %v; want Gap 1..1", ev, err)
+	}
+	got, err := w.messagesUntil(3)
+	if err != nil || len(got) != 2 || got[0].seq != 2 {
+		t.Errorf("watched %v, %v; want 2, 3", got, err)
+	}
+	// A watch with no selection gets no Gap for what was dropped before.
+	w2, err := c.watch(ctx, query{group: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.s.cancel()
+	if ev, err := w2.next(); err != nil || ev.kind != kindMessages || ev.messages[0].seq != 2 {
+		t.Errorf("a watch of everything held: %+v, %v; want Messages from 2", ev, err)
+	}
+}
+
+func endOf(next uint64, more bool, first, last, epoch uint64) end {
+	return end{next: next, more: more, first: first, last: last, epoch: epoch}
+}
+
+// testRate: a bucket of 4 refilled at 1 a second; duplicates take tokens
+// too (§8.5).
+func testRate(t *testing.T, s *single) {
+	g := s.groups["rated"].group
+	ctx := ctxT(t)
+	_, c, _ := s.member(t, "rated", "chatty")
+	in, err := c.info(ctx, g)
+	if err != nil || in.limits.sendRateMilli != 1000 || in.limits.sendBurst != 4 || in.limits.maxBatch != 4 {
+		t.Fatalf("limits %+v, %v; want rate 1000, burst 4, batch 4", in.limits, err)
+	}
+	one := outgoing{newID(), []byte("1")}
+	for _, msgs := range [][]outgoing{{one, {newID(), []byte("2")}}, {{newID(), []byte("3")}}} {
+		if _, err := c.send(ctx, g, msgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s, err := c.send(ctx, g, one); err != nil || !s.acks[0].duplicate {
+		t.Fatalf("a duplicate: %+v, %v", s, err)
+	}
+	_, err = c.send(ctx, g, one)
+	pe := wantCode(t, "a fifth message (a duplicate) in a bucket of 4", err, codeRateLimited)
+	if pe.retryAfter == 0 || pe.retryAfter > 1000 {
+		t.Errorf("retry_after_ms %d, want 1..1000 (one token at 1 a second)", pe.retryAfter)
+	}
+}
+
+// testRequestDeadline: a request not finished within request_timeout_ms
+// (300 ms here) is reset with 0x2 (§3 "Deadlines").
+func testRequestDeadline(t *testing.T, s *single) {
+	c := newPeer(t).mustDial(t, s.daemon.addr, s.daemon.fp)
+	ctx := ctxT(t)
+	qs, err := c.q.NewStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs.SetReadContext(ctx)
+	if _, err := qs.Write([]byte{0, 0, 0, 9, 0xa2}); err != nil {
+		t.Fatal(err)
+	}
+	qs.Flush()
+	_, err = qs.Read(make([]byte, 1))
+	var se quic.StreamError
+	if !errors.As(err, &se) || se != 2 {
+		t.Errorf("a request never finished: %v; want the stream reset with 2 (timeout)", err)
+	}
+	qs.Reset(1)
+}
+
+// testShutdown: SIGTERM; a watch in flight ends with unavailable, then
+// the connection is closed with 0x2 (§3 "Shutting down").
+func testShutdown(t *testing.T, s *single, p *proc) {
+	g := s.groups["rated"].group
+	ctx := ctxT(t)
+	_, c, _ := s.member(t, "rated", "stayer")
+	w, err := c.watch(ctx, query{group: g, after: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := w.next()
+	for err == nil && ev.kind == kindHeartbeat {
+		ev, err = w.next()
+	}
+	if err != nil || ev.kind != kindError || ev.err.code != codeUnavailable {
+		t.Errorf("the watch as the daemon stops: %+v, %v; want Error unavailable", ev, err)
+	}
+	select {
+	case <-c.ended.Done():
+	case <-ctx.Done():
+		t.Fatal("the connection did not end with the daemon")
+	}
+	var ce *quic.ConnectionCloseError
+	if cause := context.Cause(c.ended); !errors.As(cause, &ce) || ce.Code != 2 {
+		t.Errorf("the connection ended with %v; want close code 0x2 (shutting down)", cause)
+	}
+}
