@@ -3,6 +3,7 @@
 package conformance
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -113,6 +114,9 @@ func TestCell(t *testing.T) {
 			followers = append(followers, r)
 		}
 	}
+	if !slices.IsSortedFunc(entry.replicas, func(a, b replica) int { return bytes.Compare(a.fp[:], b.fp[:]) }) {
+		t.Errorf("listed replicas %+v: want them in fingerprint order (§13)", entry.replicas)
+	}
 	if !slices.Equal(entry.addrs, []string{leader.addr}) || entry.fp != leader.fp || len(followers) != 2 {
 		t.Fatalf("listing %+v: want the leader's address and key, and two followers", entry)
 	}
@@ -126,7 +130,7 @@ func TestCell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.fp != followers[0].fp || in.epoch == 0 || !sameReplicas(in.replicas, entry.replicas) {
+	if in.fp != followers[0].fp || in.epoch == 0 || !slices.Equal(in.replicas, entry.replicas) {
 		t.Errorf("info from a follower: key %s, epoch %d, replicas %+v; want %s, nonzero, %+v", in.fp, in.epoch, in.replicas, followers[0].fp, entry.replicas)
 	}
 	// cell_status of each: one leader, the same one.
@@ -236,10 +240,4 @@ func TestCell(t *testing.T) {
 		t.Errorf("watch on a follower: %+v, %v; want message 5", got, err)
 	}
 	w.s.cancel()
-}
-
-// sameReplicas compares two lists of replicas as sets: §13 does not say
-// in which order they are listed.
-func sameReplicas(a, b []replica) bool {
-	return len(a) == len(b) && !slices.ContainsFunc(a, func(r replica) bool { return !slices.Contains(b, r) })
 }

@@ -21,7 +21,8 @@ import (
 func TestLimitsAndShutdown(t *testing.T) {
 	t.Parallel()
 	secret := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secret, []byte("open sesame"), 0o600); err != nil {
+	// As `echo` writes it: §8.2 says the final line ending is not the secret's.
+	if err := os.WriteFile(secret, []byte("open sesame\r\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := startHuddle(t, "huddle up", nil, "up", "--listen", "127.0.0.1:0", "--daemon-listen", "127.0.0.1:0", "--no-mdns",
@@ -87,6 +88,7 @@ func testPrivate(t *testing.T, s *single) {
 	}{
 		{"no secret", nil, codeUnauthorized},
 		{"a wrong secret", []byte("open sesame!"), codeUnauthorized},
+		{"the file's bytes, line ending and all", []byte("open sesame\r\n"), codeUnauthorized},
 		{"a secret over 256 bytes", make([]byte, 257), codeTooLarge},
 	} {
 		args := cmap{1: g, 2: "joiner"}
