@@ -3,10 +3,14 @@
 package conformance
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +42,7 @@ func TestLimitsAndShutdown(t *testing.T) {
 		t.Run("retention", func(t *testing.T) { t.Parallel(); testRetention(t, s) })
 		t.Run("rate", func(t *testing.T) { t.Parallel(); testRate(t, s) })
 		t.Run("request deadline", func(t *testing.T) { t.Parallel(); testRequestDeadline(t, s) })
+		t.Run("registration", func(t *testing.T) { t.Parallel(); testRegistration(t, s) })
 	})
 	t.Run("shutdown", func(t *testing.T) { testShutdown(t, s, p) })
 }
@@ -236,5 +241,105 @@ func testShutdown(t *testing.T, s *single, p *proc) {
 	var ce *quic.ConnectionCloseError
 	if cause := context.Cause(c.ended); !errors.As(cause, &ce) || ce.Code != 2 {
 		t.Errorf("the connection ended with %v; want close code 0x2 (shutting down)", cause)
+	}
+}
+
+// testRegistration: §7.1-7.4 from a key of our own: a registration, its
+// listing, renewals, the owner's rights and deregistering.
+func testRegistration(t *testing.T, s *single) {
+	ctx := ctxT(t)
+	owner, other := newPeer(t), newPeer(t)
+	c := owner.mustDial(t, s.registry.addr, s.registry.fp)
+	oc := other.mustDial(t, s.registry.addr, s.registry.fp)
+	g := newUUID()
+	lease := func(body cmap, err error) (epoch, ttl uint64) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := reader{m: body}
+		epoch, ttl = r.uint(1), r.uint(2)
+		if r.err != nil || epoch == 0 || ttl != 15000 {
+			t.Fatalf("lease %v, %v; want an epoch and ttl_ms 15000", body, r.err)
+		}
+		return epoch, ttl
+	}
+	listed := func() *groupEntry {
+		t.Helper()
+		all, err := c.listAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range all {
+			if bytes.Equal(e.group, g) {
+				return &e
+			}
+		}
+		return nil
+	}
+
+	// Refused registrations.
+	for _, tc := range []struct {
+		name string
+		args cmap
+		code uint64
+	}{
+		{"neither addrs nor port", cmap{1: g, 2: "conformance"}, codeBadRequest},
+		{"no name", cmap{1: g, 4: uint64(7000)}, codeBadRequest},
+		{"an empty address", cmap{1: g, 2: "conformance", 3: []any{""}}, codeBadRequest},
+		{"an address over 64 bytes", cmap{1: g, 2: "conformance", 3: []any{strings.Repeat("a", 60) + ":7000"}}, codeTooLarge},
+		{"17 addresses", cmap{1: g, 2: "conformance", 3: func() (a []any) {
+			for range 17 {
+				a = append(a, "10.0.0.1:7000")
+			}
+			return a
+		}()}, codeTooLarge},
+		{"a port over 65535", cmap{1: g, 2: "conformance", 4: uint64(65536)}, codeBadRequest},
+	} {
+		_, err := c.call(ctx, 1, tc.args)
+		wantCode(t, "register with "+tc.name, err, tc.code)
+	}
+
+	// Port only: listed at the connection's source address.
+	epoch, _ := lease(c.call(ctx, 1, cmap{1: g, 2: "conformance", 4: uint64(7000), 5: uint64(2), 6: uint64(40)}))
+	e := listed()
+	if e == nil || e.name != "conformance" || !slices.Equal(e.addrs, []string{"127.0.0.1:7000"}) || e.fp != owner.fp ||
+		e.members != 2 || e.lastSeq != 40 || e.expiresMS == 0 || e.expiresMS > 15000 {
+		t.Fatalf("listed %+v; want conformance at 127.0.0.1:7000, our key, 2 members, last_seq 40", e)
+	}
+	// Renewals update the counters; another epoch is epoch_mismatch with
+	// the current one; only the owner may renew, register or deregister.
+	lease(c.call(ctx, 2, cmap{1: g, 2: epoch, 3: uint64(3), 4: uint64(41)}))
+	if e := listed(); e == nil || e.members != 3 || e.lastSeq != 41 {
+		t.Errorf("after renewing: %+v; want 3 members, last_seq 41", e)
+	}
+	_, err := c.call(ctx, 2, cmap{1: g, 2: epoch + 1})
+	if pe := wantCode(t, "renew in another epoch", err, codeEpochMismatch); pe.epoch != epoch {
+		t.Errorf("epoch_mismatch carries %d, want %d", pe.epoch, epoch)
+	}
+	for op, args := range map[uint64]cmap{1: {1: g, 2: "mine now", 4: uint64(1)}, 2: {1: g, 2: epoch}, 3: {1: g}} {
+		_, err := oc.call(ctx, op, args)
+		wantCode(t, fmt.Sprintf("op %d by another key", op), err, codeUnauthorized)
+	}
+	// Registering again replaces the listing.
+	lease(c.call(ctx, 1, cmap{1: g, 2: "renamed", 3: []any{"10.0.0.1:7000", "[fd00::1]:7000"}}))
+	if e := listed(); e == nil || e.name != "renamed" || !slices.Equal(e.addrs, []string{"10.0.0.1:7000", "[fd00::1]:7000"}) || e.members != 0 {
+		t.Errorf("registered again: %+v; want renamed at the two addresses given, counters reset", e)
+	}
+	// Deregistering takes it out at once; again is no error; a renewal
+	// then is not_found, and anyone may register the UUID.
+	for range 2 {
+		if body, err := c.call(ctx, 3, cmap{1: g}); err != nil || len(body) != 0 {
+			t.Errorf("deregister: %v, %v; want {}", body, err)
+		}
+	}
+	if e := listed(); e != nil {
+		t.Errorf("listed after deregistering: %+v", e)
+	}
+	_, err = c.call(ctx, 2, cmap{1: g, 2: epoch})
+	wantCode(t, "renew of a deregistered group", err, codeNotFound)
+	lease(oc.call(ctx, 1, cmap{1: g, 2: "taken over", 4: uint64(1)}))
+	if body, err := oc.call(ctx, 3, cmap{1: g}); err != nil || len(body) != 0 {
+		t.Errorf("deregister: %v, %v", body, err)
 	}
 }

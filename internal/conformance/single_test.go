@@ -241,6 +241,23 @@ func testMembers(t *testing.T, s *single) {
 		t.Errorf("online: alice %v, bob %v; want false, true (bob watches)", a.online, b.online)
 	}
 
+	// Alice watches and cancels (§3, code 0x1): she is online, then not.
+	aw, err := ac.watch(ctx, query{group: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !online(t, ac, g, alice.fp) {
+		t.Error("alice watching: not online")
+	}
+	aw.s.cancel()
+	deadline := time.Now().Add(waitTimeout)
+	for online(t, ac, g, alice.fp) {
+		if time.Now().After(deadline) {
+			t.Fatal("alice cancelled her watch: still online")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the daemon's view: there is no event to wait on
+	}
+
 	// Bob leaves: his watch ends with not_member; leaving again is no error.
 	if was, err := bc.leave(ctx, g); err != nil || !was {
 		t.Fatalf("leave: %v, %v; want was_member", was, err)
@@ -435,9 +452,18 @@ func testWatch(t *testing.T, s *single) {
 	g := s.groups["watch"].group
 	ctx := ctxT(t)
 	p, c, j := s.member(t, "watch", "watcher")
+	// An empty log: first and last 0 (§8).
+	if msgs, end, err := c.fetch(ctx, query{group: g, hasAfter: true}); err != nil || len(msgs) != 0 || end != endOf(0, false, 0, 0, j.epoch) {
+		t.Errorf("fetch of an empty log: %v %+v, %v; want End{0, false, 0, 0, epoch}", msgs, end, err)
+	}
+	w, err := c.watch(ctx, query{group: g})
+	if err != nil || w.start != (start{epoch: j.epoch, heartbeatMS: 5000}) {
+		t.Fatalf("watch of an empty log: %+v, %v", w, err)
+	}
+	w.s.cancel()
 	_, acks := sendN(t, c, g, 3, "before")
 
-	w, err := c.watch(ctx, query{group: g, hasAfter: true})
+	w, err = c.watch(ctx, query{group: g, hasAfter: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -670,4 +696,20 @@ func testHandshake(t *testing.T, s *single) {
 	if err == nil || !strings.Contains(err.Error(), "CRYPTO_ERROR(116)") {
 		t.Errorf("no client certificate: %v; want CRYPTO_ERROR(116), transport error 0x174", err)
 	}
+}
+
+// online reports whether members lists fp as online.
+func online(t *testing.T, c *conn, g []byte, fp fingerprint) bool {
+	t.Helper()
+	ms, err := c.members(ctxT(t), g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.fp == fp {
+			return m.online
+		}
+	}
+	t.Fatalf("%s is not a member", fp)
+	return false
 }
