@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"hash/crc32"
+	"io"
 	"reflect"
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -223,4 +226,68 @@ func FuzzAppendMessages(f *testing.F) {
 			t.Fatalf("appendMessages = %+v, rest %x; readMessages = %+v, rest %x", got, rest, want, r.p)
 		}
 	})
+}
+
+// TestCheckedSnapshotSink: the snapshot store keeps a snapshot whose bytes
+// are a cell snapshot, however they are cut into writes, byte for byte,
+// and refuses (keeping nothing) one whose magic, version or checksum is
+// wrong, or that is cut short.
+func TestCheckedSnapshotSink(t *testing.T) {
+	good := encodeSnapshot(nil, []snapGroup{{spec: GroupSpec{ID: testGroup, Name: "lobby", Epoch: 3}, seq: 9,
+		members: []Member{{Fingerprint: wire.Fingerprint{1}, Name: "a", Joined: 1}}}})
+	flip := func(i int) []byte {
+		b := bytes.Clone(good)
+		b[i] ^= 1
+		return b
+	}
+	v2 := bytes.Clone(good)
+	binary.LittleEndian.PutUint32(v2[len(snapMagic):], 2)
+	binary.LittleEndian.PutUint32(v2[len(v2)-4:], crc32.Checksum(v2[:len(v2)-4], castagnoli))
+	for _, tc := range []struct {
+		name string
+		data []byte
+		ok   bool
+	}{
+		{"a cell snapshot", good, true},
+		{"a byte flipped in the magic", flip(0), false},
+		{"a byte flipped in the middle", flip(len(good) / 2), false},
+		{"a byte flipped in the checksum", flip(len(good) - 1), false},
+		{"cut short by a byte", good[:len(good)-1], false},
+		{"another version, its checksum right", v2, false},
+		{"nothing", nil, false},
+		{"the magic alone", []byte(snapMagic), false},
+	} {
+		for _, chunk := range []int{1, 2, 3, 5, 7, len(good)} {
+			files, err := raft.NewFileSnapshotStore(t.TempDir(), 2, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			store := checkedSnapshots{files}
+			sink, err := store.Create(raft.SnapshotVersionMax, 10, 2, raft.Configuration{}, 1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for p := tc.data; len(p) > 0; p = p[min(chunk, len(p)):] {
+				if _, err := sink.Write(p[:min(chunk, len(p))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err = sink.Close()
+			metas, _ := store.List()
+			if tc.ok {
+				if err != nil || len(metas) != 1 {
+					t.Fatalf("%s in writes of %d: %v, %d kept; want kept", tc.name, chunk, err, len(metas))
+				}
+				_, rc, _ := store.Open(metas[0].ID)
+				kept, _ := io.ReadAll(rc)
+				if !bytes.Equal(kept, tc.data) {
+					t.Fatalf("%s: kept other bytes", tc.name)
+				}
+				continue
+			}
+			if !errors.Is(err, ErrBadSnapshot) || len(metas) != 0 {
+				t.Fatalf("%s in writes of %d: %v, %d kept; want ErrBadSnapshot, none kept", tc.name, chunk, err, len(metas))
+			}
+		}
+	}
 }

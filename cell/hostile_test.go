@@ -572,3 +572,48 @@ func TestRaftMemberCannotCrash(t *testing.T) {
 		})
 	}
 }
+
+// TestRaftGarbageSnapshotsNotKept: raft writes an InstallSnapshot's bytes
+// to its snapshot store before the state machine reads them, and keeps
+// the two newest. A member's key sending two snapshots of garbage (of the
+// current term, so raft takes them) had both kept in place of the good
+// ones: the state machine refused each, and the member ran on, but at its
+// next start raft found no snapshot it could restore and would not start.
+// A snapshot whose bytes are not a cell snapshot (magic, version,
+// checksum) is now refused as it is finished, and the good ones stay.
+func TestRaftGarbageSnapshotsNotKept(t *testing.T) {
+	c := newTestCell(t, 3, true, func(cfg *Config) { cfg.SnapshotThreshold, cfg.SnapshotInterval = 8, 50*time.Millisecond })
+	l := c.leader()
+	f := c.follower()
+	var seq uint64
+	for range 20 {
+		stillReplicates(t, c, f, &seq)
+	}
+	for deadline := time.Now().Add(waitTimeout); f.snapshotIndex() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("f took no snapshot")
+		}
+		time.Sleep(10 * time.Millisecond) // raft's snapshot interval
+	}
+	header := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(l.node.self.Addr), Addr: []byte(l.addr)}
+	for i := range 2 {
+		conn := dialRaftAs(t, l.id, f)
+		data := append([]byte(snapMagic), []byte("garbage, a checksum that is not one")...)
+		b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
+			RPCHeader: header, SnapshotVersion: raft.SnapshotVersionMax, Term: f.node.raft.CurrentTerm(),
+			Leader: []byte(l.addr), LastLogIndex: 1<<40 + uint64(i), LastLogTerm: f.node.raft.CurrentTerm(),
+			Configuration: raft.EncodeConfiguration(f.node.raft.GetConfiguration().Configuration()), ConfigurationIndex: 1,
+			Size: int64(len(data)),
+		})
+		conn.Write(append(b, data...))
+		r := bufio.NewReader(conn)
+		conn.SetReadDeadline(time.Now().Add(waitTimeout))
+		typ, body, err := readFrame(r)
+		if err != nil || typ != rpcError {
+			t.Fatalf("a snapshot of garbage: answered %d %q, %v; want raft's error", typ, body, err)
+		}
+	}
+	stillReplicates(t, c, f, &seq)
+	c.restart(f)
+	stillReplicates(t, c, f, &seq)
+}

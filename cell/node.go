@@ -366,7 +366,7 @@ func (n *Node) Start() error {
 		logs.Close()
 		return fmt.Errorf("cell: open raft's snapshots: %w", err)
 	}
-	n.log, n.snaps = logs, snaps
+	n.log, n.snaps = logs, checkedSnapshots{snaps}
 	// The entries raft replicates next are read from memory: one batch
 	// of them (entries are up to 256 KiB: at most 64 MiB).
 	cached, err := raft.NewLogCache(n.cfg.MaxAppendEntries, logs)

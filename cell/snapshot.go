@@ -1,11 +1,15 @@
 package cell
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
+
+	"github.com/hashicorp/raft"
 )
 
 // A snapshot of a cell's state machine records what is applied, not the
@@ -118,4 +122,85 @@ func decodeSnapshot(p []byte) ([]snapGroup, error) {
 		return nil, fmt.Errorf("%w: %v", ErrBadSnapshot, r.err)
 	}
 	return groups, nil
+}
+
+// checkedSnapshots is raft's snapshot store, which keeps a snapshot only if
+// its bytes are a cell snapshot: its magic, its version and its checksum,
+// checked as they are written (checkedSink).
+//
+// Why: raft writes the bytes of an InstallSnapshot to its store before the
+// state machine reads them, and the store keeps the newest two. Two
+// snapshots of garbage from a member's key (a bug, a stolen key) took the
+// place of the good ones: the state machine refused each and the member
+// ran on, but at its next start raft found no snapshot it could restore,
+// and would not start.
+type checkedSnapshots struct {
+	raft.SnapshotStore
+}
+
+func (s checkedSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	sink, err := s.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+	if err != nil {
+		return nil, err
+	}
+	return &checkedSink{SnapshotSink: sink, sum: crc32.New(castagnoli)}, nil
+}
+
+// checkedSink passes a snapshot's bytes to the store's sink, and checks
+// them on the way: Close cancels a snapshot that is not a cell snapshot,
+// and returns an error wrapping ErrBadSnapshot.
+type checkedSink struct {
+	raft.SnapshotSink
+	head []byte      // the first bytes: magic and version
+	sum  hash.Hash32 // of every byte but the last four
+	tail [4]byte     // the last four bytes written, held from sum
+	n    int64
+}
+
+func (c *checkedSink) Write(p []byte) (int, error) {
+	k, err := c.SnapshotSink.Write(p)
+	c.take(p[:k])
+	return k, err
+}
+
+// take checks written: it keeps the head, and sums every byte but the last
+// four seen so far.
+func (c *checkedSink) take(written []byte) {
+	if need := len(snapMagic) + 4 - len(c.head); need > 0 {
+		c.head = append(c.head, written[:min(need, len(written))]...)
+	}
+	held := int(min(c.n, 4))
+	c.n += int64(len(written))
+	if len(written) >= 4 {
+		c.sum.Write(c.tail[:held])
+		c.sum.Write(written[:len(written)-4])
+		copy(c.tail[:], written[len(written)-4:])
+		return
+	}
+	all := append(c.tail[:held:held], written...)
+	if over := len(all) - 4; over > 0 {
+		c.sum.Write(all[:over])
+		all = all[over:]
+	}
+	copy(c.tail[:], all)
+}
+
+func (c *checkedSink) Close() error {
+	var err error
+	switch {
+	case c.n > maxSnapBytes:
+		err = fmt.Errorf("over %d bytes", maxSnapBytes)
+	case c.n < int64(len(snapMagic))+8 || !bytes.Equal(c.head[:len(snapMagic)], []byte(snapMagic)):
+		err = errors.New("not a cell snapshot")
+	case binary.LittleEndian.Uint32(c.head[len(snapMagic):]) != snapVersion:
+		err = fmt.Errorf("version %d, this daemon reads %d", binary.LittleEndian.Uint32(c.head[len(snapMagic):]), snapVersion)
+	case c.sum.Sum32() != binary.LittleEndian.Uint32(c.tail[:]):
+		err = errors.New("checksum mismatch")
+	}
+	if err != nil {
+		c.SnapshotSink.Cancel()
+		return fmt.Errorf("%w: not kept: %v", ErrBadSnapshot, err)
+	}
+	return c.SnapshotSink.Close()
 }
