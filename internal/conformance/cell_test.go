@@ -170,6 +170,20 @@ func TestCell(t *testing.T) {
 	if j, err := decodeJoined(body); err != nil || j != (joined{epoch: in.epoch}) {
 		t.Errorf("joined %+v, %v; want epoch %d, last 0", j, err, in.epoch)
 	}
+	// At once on the other follower: a member request from a key whose
+	// join the leader acknowledged waits for it to arrive (§13).
+	if ms, err := p.mustDial(t, followers[1].addr, followers[1].fp).members(ctx, g); err != nil || len(ms) != 1 || ms[0].fp != p.fp || ms[0].name != "follower" {
+		t.Errorf("members from the other follower right after the join: %+v, %v; want us", ms, err)
+	}
+	// A key that never joined: only the leader says not_member; a
+	// follower answers unavailable, naming the leader, with a wait.
+	stranger := newPeer(t)
+	_, _, err = stranger.mustDial(t, followers[0].addr, followers[0].fp).fetch(ctx, query{group: g})
+	if pe := wantCode(t, "a non-member's fetch from a follower", err, codeUnavailable); pe.retryAfter == 0 || pe.leader == nil || *pe.leader != leader {
+		t.Errorf("a non-member's fetch from a follower: retry_after_ms %d, leader %+v; want a wait and %+v", pe.retryAfter, pe.leader, leader)
+	}
+	_, _, err = stranger.mustDial(t, leader.addr, leader.fp).fetch(ctx, query{group: g})
+	wantCode(t, "a non-member's fetch from the leader", err, codeNotMember)
 
 	// A batch retention could never hold (1 KiB of bodies here) is
 	// too_large (§8.5), from the leader, and changes nothing.
