@@ -530,6 +530,29 @@ func testWatch(t *testing.T, s *single) {
 	}
 	_, err = newPeer(t).mustDial(t, s.daemon.addr, s.daemon.fp).watch(ctx, query{group: g})
 	wantCode(t, "watch by a non-member", err, codeNotMember)
+
+	// A cursor past last (6 here) selects no history, and live messages
+	// only past it (§8.7): 7 and 8 are not delivered, 9 is.
+	w, err = c.watch(ctx, query{group: g, after: 8, epoch: j.epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendN(t, c2, g, 3, "past the cursor")
+	if got, err := w.messagesUntil(9); err != nil || len(got) != 1 || got[0].seq != 9 {
+		t.Errorf("a watch after 8 when last is 6: %v, %v; want message 9 alone", got, err)
+	}
+	w.s.cancel()
+	// since after every message: no history, then the live messages,
+	// whatever their time.
+	w, err = c.watch(ctx, query{group: g, since: time.Now().Add(time.Hour).UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendN(t, c2, g, 1, "before since")
+	if got, err := w.messagesUntil(10); err != nil || len(got) != 1 || got[0].seq != 10 {
+		t.Errorf("a watch since an hour from now: %v, %v; want message 10", got, err)
+	}
+	w.s.cancel()
 }
 
 // testErrors: §8's who-may-call-what and unknown groups.
