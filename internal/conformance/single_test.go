@@ -155,9 +155,16 @@ func testList(t *testing.T, s *single) {
 		t.Errorf("quiet: members %d, last_seq %d; want 0, 0", q.members, q.lastSeq)
 	}
 
-	// §5: a list with no args at all, and args with a key the registry
-	// does not know, are the same request.
-	for _, raw := range [][]byte{frame([]byte{0xa1, 0x00, 0x04}), request(opList, cmap{99: "from the future"})} {
+	// §4, §5: a list with no args at all, with null args, with a key the
+	// registry does not know, with keys out of order and with an op not in
+	// its shortest form are all the same request.
+	for _, raw := range [][]byte{
+		frame([]byte{0xa1, 0x00, 0x04}),
+		frame([]byte{0xa2, 0x00, 0x04, 0x01, 0xf6}),
+		request(opList, cmap{99: "from the future"}),
+		frame([]byte{0xa2, 0x01, 0xa0, 0x00, 0x04}),
+		frame([]byte{0xa1, 0x00, 0x1a, 0x00, 0x00, 0x00, 0x04}),
+	} {
 		body, err := c.roundTrip(ctx, raw)
 		if err != nil {
 			t.Fatalf("list %x: %v", raw, err)
