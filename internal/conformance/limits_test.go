@@ -31,7 +31,7 @@ func TestLimitsAndShutdown(t *testing.T) {
 	}
 	p := startHuddle(t, "huddle up", nil, "up", "--listen", "127.0.0.1:0", "--daemon-listen", "127.0.0.1:0", "--no-mdns",
 		"--state-dir", t.TempDir(), "--max-msgs", "2", "--max-batch", "4", "--send-rate", "1", "--send-burst", "4",
-		"--request-timeout", "300ms", "--secret-file", "private="+secret,
+		"--request-timeout", "300ms", "--max-streams", "2", "--secret-file", "private="+secret,
 		"--group", "private", "--group", "retained", "--group", "rated")
 	s := &single{registry: serverFrom(t, p.waitLine(t, registryLine)), daemon: serverFrom(t, p.waitLine(t, daemonLine)),
 		groups: make(map[string]groupEntry)}
@@ -43,6 +43,7 @@ func TestLimitsAndShutdown(t *testing.T) {
 		t.Run("rate", func(t *testing.T) { t.Parallel(); testRate(t, s) })
 		t.Run("request deadline", func(t *testing.T) { t.Parallel(); testRequestDeadline(t, s) })
 		t.Run("registration", func(t *testing.T) { t.Parallel(); testRegistration(t, s) })
+		t.Run("streams", func(t *testing.T) { t.Parallel(); testStreamLimit(t, s) })
 	})
 	t.Run("shutdown", func(t *testing.T) { testShutdown(t, s, p) })
 }
@@ -342,4 +343,34 @@ func testRegistration(t *testing.T, s *single) {
 	if body, err := oc.call(ctx, 3, cmap{1: g}); err != nil || len(body) != 0 {
 		t.Errorf("deregister: %v, %v", body, err)
 	}
+}
+
+// testStreamLimit: max_streams 2; a third stream is held back by QUIC's
+// flow control, not refused, and opens once one of the two ends (§3).
+func testStreamLimit(t *testing.T, s *single) {
+	g := s.groups["retained"].group
+	ctx := ctxT(t)
+	_, c, _ := s.member(t, "retained", "streams")
+	in, err := c.info(ctx, g)
+	if err != nil || in.limits.maxStreams != 2 {
+		t.Fatalf("max_streams %d, %v; want 2", in.limits.maxStreams, err)
+	}
+	var ws []*watch
+	for range 2 {
+		w, err := c.watch(ctx, query{group: g})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	held, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := c.q.NewStream(held); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third stream: %v; want it held back", err)
+	}
+	ws[0].s.cancel()
+	if in, err := c.info(ctx, g); err != nil || in.name != "retained" {
+		t.Errorf("info once a watch ended: %+v, %v", in, err)
+	}
+	ws[1].s.cancel()
 }
