@@ -44,6 +44,7 @@ func TestLimitsAndShutdown(t *testing.T) {
 		t.Run("request deadline", func(t *testing.T) { t.Parallel(); testRequestDeadline(t, s) })
 		t.Run("registration", func(t *testing.T) { t.Parallel(); testRegistration(t, s) })
 		t.Run("streams", func(t *testing.T) { t.Parallel(); testStreamLimit(t, s) })
+		t.Run("paging", func(t *testing.T) { t.Parallel(); testListPaging(t, s) })
 	})
 	t.Run("shutdown", func(t *testing.T) { testShutdown(t, s, p) })
 }
@@ -373,4 +374,59 @@ func testStreamLimit(t *testing.T, s *single) {
 		t.Errorf("info once a watch ended: %+v, %v", in, err)
 	}
 	ws[1].s.cancel()
+}
+
+// testListPaging: §7.4's pages, about 128 KiB each: 150 groups with 16
+// addresses of 64 bytes take two pages or more, read with next, each
+// group once, in name order.
+func testListPaging(t *testing.T, s *single) {
+	ctx := ctxT(t)
+	c := newPeer(t).mustDial(t, s.registry.addr, s.registry.fp)
+	var addrs []any
+	for i := range 16 {
+		addrs = append(addrs, fmt.Sprintf("%s.example:%d", strings.Repeat("h", 49), 7000+i)) // 64 bytes
+	}
+	want := map[string][]byte{}
+	for i := range 150 {
+		name, g := fmt.Sprintf("paged %03d %s", i, strings.Repeat("n", 50)), newUUID()
+		if _, err := c.call(ctx, 1, cmap{1: g, 2: name, 3: addrs}); err != nil {
+			t.Fatalf("register %d: %v", i, err)
+		}
+		want[name] = g
+	}
+	var names []string
+	var after []byte
+	pages, epoch := 0, uint64(0)
+	for {
+		p, err := c.list(ctx, after)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages+1, err)
+		}
+		pages++
+		if pages > 1 && p.epoch != epoch {
+			t.Fatalf("epoch %d, then %d", epoch, p.epoch)
+		}
+		epoch = p.epoch
+		for _, e := range p.groups {
+			if g, ok := want[e.name]; ok && bytes.Equal(e.group, g) {
+				names = append(names, e.name)
+			}
+		}
+		if p.next == nil {
+			break
+		}
+		if len(p.next) > 256 || pages > 100 {
+			t.Fatalf("page %d: next of %d bytes; want at most 256, and an end", pages, len(p.next))
+		}
+		after = p.next
+	}
+	if pages < 2 || len(names) != len(want) || !slices.IsSorted(names) {
+		t.Errorf("%d pages, %d of our %d groups (sorted: %v); want 2 or more pages, each group once in name order", pages, len(names), len(want), slices.IsSorted(names))
+	}
+	t.Logf("%d groups read in %d pages", len(names), pages)
+	for _, g := range want {
+		if _, err := c.call(ctx, 3, cmap{1: g}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
