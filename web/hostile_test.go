@@ -1,10 +1,14 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/huddle-chat/huddle/daemon/groupd"
 )
@@ -66,5 +70,75 @@ func TestAPIBadBodies(t *testing.T) {
 	var e errorReply
 	if st := a.do("POST", send, map[string]string{"text": "after all that"}, e.reset()); st != 403 || e.Error.Code != "not_member" {
 		t.Fatalf("send: HTTP %d %+v, want 403 not_member: nothing refused may have joined", st, e.Error)
+	}
+}
+
+// TestEventStreamLimits: one client opening event streams gets
+// DefaultMaxStreams, then 503 unavailable until one closes; a stream
+// asking for more than maxWatches groups, or one group twice, is refused
+// (400) before it takes a place.
+func TestEventStreamLimits(t *testing.T) {
+	r := startRegistry(t)
+	c := newClient(t)
+	a := newAPI(t, startWeb(t, c, r.Addr().String()))
+	get := func(query string) (int, errorReply) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(testCtx(t))
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, "GET", a.base+"/api/events?"+query, nil)
+		must(t, err)
+		req.Header.Set("Authorization", "Bearer "+testSecret)
+		res, err := http.DefaultClient.Do(req)
+		must(t, err)
+		defer res.Body.Close()
+		var e errorReply
+		if res.StatusCode != http.StatusOK {
+			must(t, json.NewDecoder(res.Body).Decode(&e))
+		}
+		return res.StatusCode, e
+	}
+
+	var many []string
+	for range maxWatches + 1 {
+		many = append(many, uuid.NewString())
+	}
+	if st, e := get("watch=" + strings.Join(many, ",")); st != 400 || e.Error.Code != "bad_request" {
+		t.Fatalf("%d groups in one stream: HTTP %d %+v, want 400 bad_request", len(many), st, e.Error)
+	}
+	if st, e := get("watch=" + many[0] + "&watch=" + many[0]); st != 400 || e.Error.Code != "bad_request" {
+		t.Fatalf("a group watched twice: HTTP %d %+v, want 400 bad_request", st, e.Error)
+	}
+
+	var open []*sse
+	for range DefaultMaxStreams {
+		open = append(open, a.events(""))
+	}
+	defer func() {
+		for _, s := range open {
+			s.close()
+		}
+	}()
+	if st, e := get(""); st != 503 || e.Error.Code != "unavailable" || e.Error.Message == "" {
+		t.Fatalf("stream %d: HTTP %d %+v, want 503 unavailable", DefaultMaxStreams+1, st, e.Error)
+	}
+	open[0].close()
+	open = open[1:]
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ctx, cancel := context.WithCancel(testCtx(t))
+		req, err := http.NewRequestWithContext(ctx, "GET", a.base+"/api/events", nil)
+		must(t, err)
+		req.Header.Set("Authorization", "Bearer "+testSecret)
+		res, err := http.DefaultClient.Do(req)
+		must(t, err)
+		st := res.StatusCode
+		res.Body.Close()
+		cancel()
+		if st == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a place freed by a closed stream: still HTTP %d", st)
+		}
+		time.Sleep(10 * time.Millisecond) // the server notices the closed stream
 	}
 }
