@@ -617,3 +617,41 @@ func TestRaftGarbageSnapshotsNotKept(t *testing.T) {
 	c.restart(f)
 	stillReplicates(t, c, f, &seq)
 }
+
+// TestRaftFrameCutAfterTimeout: a member's key that sent a frame's header
+// and part of its body, then nothing, held the connection, its goroutine
+// and the body's first MiB for as long as it stayed connected: raft's
+// listener read with no deadline. A frame must now arrive whole within the
+// RPC timeout of its header, as its sender must write it within that;
+// idle connections between frames are kept.
+func TestRaftFrameCutAfterTimeout(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.RPCTimeout = time.Second })
+	l := c.leader()
+	f := c.follower()
+	var seq uint64
+	stillReplicates(t, c, f, &seq)
+
+	idle := dialRaftAs(t, l.id, f)
+	stalled := dialRaftAs(t, l.id, f)
+	stalled.Write(rawFrame(rpcAppendEntries, maxFrameBytes, []byte("a start")))
+	if ended, err := endedByPeer(stalled); !ended {
+		t.Fatalf("a frame stalled after its header: the connection was kept, read %v", err)
+	}
+	// The idle connection outlived the stalled one's timeout, and still
+	// carries an RPC.
+	pv, _ := appendRequest(nil, &raft.RequestPreVoteRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)},
+		Term:      f.node.raft.CurrentTerm(), LastLogIndex: 0, LastLogTerm: 0,
+	})
+	idle.Write(pv)
+	idle.SetReadDeadline(time.Now().Add(waitTimeout))
+	var resp raft.RequestPreVoteResponse
+	typ, body, err := readFrame(bufio.NewReader(idle))
+	if err == nil {
+		err = decodeResponse(rpcRequestPreVote, typ, body, &resp)
+	}
+	if err != nil {
+		t.Fatalf("an RPC on a connection idle for longer than the timeout: %v", err)
+	}
+	stillReplicates(t, c, f, &seq)
+}

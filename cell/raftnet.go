@@ -633,7 +633,7 @@ func (n *raftNet) serve(conn net.Conn) {
 	respCh := make(chan raft.RPCResponse, 1)
 	var out []byte
 	for {
-		typ, body, err := readFrame(r)
+		typ, body, err := n.readRequest(conn, r)
 		if err != nil {
 			if err != io.EOF && !isLinkError(err) {
 				n.log.Warn("cell: a member's raft connection", "error", err)
@@ -675,6 +675,22 @@ func (n *raftNet) serve(conn net.Conn) {
 			return // the connection carries nothing after a snapshot
 		}
 	}
+}
+
+// readRequest reads the next request frame on conn, a connection a member
+// opened: the connection may wait for a frame as long as it likes, but
+// once a frame's header has arrived the whole frame must arrive within the
+// RPC timeout, as its sender must write it within that (roundTrip and the
+// pipeline's writes). A member's key that sent part of a frame and then
+// nothing held the connection, its goroutine and up to frameAllocStep of
+// the body for as long as it stayed connected.
+func (n *raftNet) readRequest(conn net.Conn, r *bufio.Reader) (byte, []byte, error) {
+	conn.SetReadDeadline(time.Time{})
+	if _, err := r.Peek(1); err != nil {
+		return readFrame(r) // its error
+	}
+	conn.SetReadDeadline(time.Now().Add(n.dialTimeout()))
+	return readFrame(r)
 }
 
 // pacedReader reads an InstallSnapshot's bytes from the connection of the
