@@ -655,3 +655,46 @@ func TestRaftFrameCutAfterTimeout(t *testing.T) {
 	}
 	stillReplicates(t, c, f, &seq)
 }
+
+// TestTransportHandshakesShared: raft's listener handshakes at most
+// maxHandshakes connections at once and closed those beyond at once, so a
+// stranger (anyone who can reach the port) holding that many silent
+// connections, each renewed as its handshake time ran out, kept every
+// member from connecting. Now, with every place taken, a connection from
+// an address holding fewer places than another takes the place of that
+// address's oldest.
+func TestTransportHandshakesShared(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	b.mu.Lock()
+	b.handshakeTimeout = time.Hour
+	b.mu.Unlock()
+	// The stranger, from another loopback address, takes every place.
+	stranger := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: waitTimeout}
+	var silent []net.Conn
+	for range maxHandshakes {
+		c, err := stranger.Dial("tcp", bAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		silent = append(silent, c)
+	}
+	// Every place is taken (b counts each as it accepts it, in order):
+	// one more from the stranger is closed at once.
+	extra, err := stranger.Dial("tcp", bAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if ended, err := endedByPeer(extra); !ended {
+		t.Fatalf("b kept one more of the stranger's silent connections: read %v", err)
+	}
+	// A member, from its own address, connects all the same.
+	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+	pingPong(t, a, b, bAddr)
+	// The place it took was the stranger's oldest.
+	if ended, err := endedByPeer(silent[0]); !ended {
+		t.Fatalf("the stranger's oldest connection was kept: read %v", err)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,8 +39,9 @@ const RaftALPN = "huddle-raft/1"
 const handshakeTimeout = 5 * time.Second
 
 // maxHandshakes bounds the accepted connections whose handshake is under
-// way; those beyond it are closed at once, so that strangers cannot make
-// a member hold more unauthenticated connections than this.
+// way, so that strangers cannot make a member hold more unauthenticated
+// connections than this; those beyond it are closed at once, or take the
+// place of another address's (handshakes).
 const maxHandshakes = 64
 
 // maxConnsPerKey bounds the raft connections a member keeps from one
@@ -94,7 +97,7 @@ func (t *Transport) Listen() error {
 // each to Accept once its peer presented a member's key.
 func (t *Transport) acceptTCP(ln net.Listener) {
 	defer t.wg.Done()
-	handshakes := make(chan struct{}, maxHandshakes)
+	var hs handshakes
 	for backoff := time.Duration(0); ; {
 		raw, err := ln.Accept()
 		if err != nil {
@@ -112,9 +115,8 @@ func (t *Transport) acceptTCP(ln net.Listener) {
 			}
 		}
 		backoff = 0
-		select {
-		case handshakes <- struct{}{}:
-		default:
+		h := hs.admit(raw)
+		if h == nil {
 			raw.Close()
 			continue
 		}
@@ -122,7 +124,7 @@ func (t *Transport) acceptTCP(ln net.Listener) {
 		go func() {
 			defer t.wg.Done()
 			c := t.handshake(raw)
-			<-handshakes
+			hs.done(h)
 			if c == nil {
 				return
 			}
@@ -133,6 +135,98 @@ func (t *Transport) acceptTCP(ln net.Listener) {
 			}
 		}()
 	}
+}
+
+// handshakes are the accepted connections whose handshake is under way, by
+// source address (an IPv4 address, an IPv6 /64). At most maxHandshakes are
+// held; with every place taken, a connection from an address that holds
+// fewer than another takes the place of that address's oldest, which is
+// closed (its handshake fails). So a stranger holding every place with
+// silent connections (each renewed as its handshake time runs out) cannot
+// keep a member from connecting, unless it holds places from more
+// addresses than the cell has members.
+type handshakes struct {
+	mu     sync.Mutex
+	n      int
+	byAddr map[netip.Prefix][]*pendingHandshake // oldest first
+}
+
+// pendingHandshake is one accepted connection in handshakes.
+type pendingHandshake struct {
+	raw  net.Conn
+	from netip.Prefix
+	gone bool // its place was taken: done does not count it again
+}
+
+// admit returns raw's place among the handshakes, or nil if it gets none.
+func (hs *handshakes) admit(raw net.Conn) *pendingHandshake {
+	h := &pendingHandshake{raw: raw, from: sourcePrefix(raw.RemoteAddr())}
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.byAddr == nil {
+		hs.byAddr = make(map[netip.Prefix][]*pendingHandshake)
+	}
+	if hs.n >= maxHandshakes {
+		var most netip.Prefix
+		for from, held := range hs.byAddr {
+			if len(held) > len(hs.byAddr[most]) {
+				most = from
+			}
+		}
+		if len(hs.byAddr[h.from])+1 >= len(hs.byAddr[most]) {
+			return nil // no address holds more than this one would
+		}
+		oldest := hs.byAddr[most][0]
+		hs.remove(oldest)
+		oldest.gone = true
+		oldest.raw.Close()
+	}
+	hs.byAddr[h.from] = append(hs.byAddr[h.from], h)
+	hs.n++
+	return h
+}
+
+// done gives h's place back, unless another took it.
+func (hs *handshakes) done(h *pendingHandshake) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if !h.gone {
+		hs.remove(h)
+	}
+}
+
+// remove takes h out of hs (hs.mu held).
+func (hs *handshakes) remove(h *pendingHandshake) {
+	held := hs.byAddr[h.from]
+	for i, o := range held {
+		if o == h {
+			held = slices.Delete(held, i, i+1)
+			break
+		}
+	}
+	if len(held) == 0 {
+		delete(hs.byAddr, h.from)
+	} else {
+		hs.byAddr[h.from] = held
+	}
+	hs.n--
+}
+
+// sourcePrefix is the source a connection's handshakes are counted by: its
+// IPv4 address, or the /64 of its IPv6 address (one host is given a whole
+// /64 and can pick any address in it).
+func sourcePrefix(a net.Addr) netip.Prefix {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Prefix{}
+	}
+	ip := ap.Addr().Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
 }
 
 // handshake runs an accepted connection's TLS handshake, within
