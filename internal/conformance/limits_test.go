@@ -30,7 +30,7 @@ func TestLimitsAndShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startHuddle(t, "huddle up", nil, "up", "--listen", "127.0.0.1:0", "--daemon-listen", "127.0.0.1:0", "--no-mdns",
-		"--state-dir", t.TempDir(), "--max-msgs", "2", "--max-batch", "4", "--send-rate", "1", "--send-burst", "4",
+		"--state-dir", t.TempDir(), "--max-msgs", "2", "--max-batch", "4", "--send-rate", "0.01", "--send-burst", "4",
 		"--request-timeout", "300ms", "--max-streams", "2", "--secret-file", "private="+secret,
 		"--group", "private", "--group", "retained", "--group", "rated")
 	s := &single{registry: serverFrom(t, p.waitLine(t, registryLine)), daemon: serverFrom(t, p.waitLine(t, daemonLine)),
@@ -167,15 +167,15 @@ func endOf(next uint64, more bool, first, last, epoch uint64) end {
 	return end{next: next, more: more, first: first, last: last, epoch: epoch}
 }
 
-// testRate: a bucket of 4 refilled at 1 a second; duplicates take tokens
-// too (§8.5).
+// testRate: a bucket of 4 refilled at one token per 100 s (so that a slow
+// run cannot refill it); duplicates take tokens too (§8.5).
 func testRate(t *testing.T, s *single) {
 	g := s.groups["rated"].group
 	ctx := ctxT(t)
 	_, c, _ := s.member(t, "rated", "chatty")
 	in, err := c.info(ctx, g)
-	if err != nil || in.limits.sendRateMilli != 1000 || in.limits.sendBurst != 4 || in.limits.maxBatch != 4 {
-		t.Fatalf("limits %+v, %v; want rate 1000, burst 4, batch 4", in.limits, err)
+	if err != nil || in.limits.sendRateMilli != 10 || in.limits.sendBurst != 4 || in.limits.maxBatch != 4 {
+		t.Fatalf("limits %+v, %v; want rate 10 (a message per 100 s), burst 4, batch 4", in.limits, err)
 	}
 	one := outgoing{newID(), []byte("1")}
 	for _, msgs := range [][]outgoing{{one, {newID(), []byte("2")}}, {{newID(), []byte("3")}}} {
@@ -188,8 +188,8 @@ func testRate(t *testing.T, s *single) {
 	}
 	_, err = c.send(ctx, g, one)
 	pe := wantCode(t, "a fifth message (a duplicate) in a bucket of 4", err, codeRateLimited)
-	if pe.retryAfter == 0 || pe.retryAfter > 1000 {
-		t.Errorf("retry_after_ms %d, want 1..1000 (one token at 1 a second)", pe.retryAfter)
+	if pe.retryAfter < 90000 || pe.retryAfter > 100000 {
+		t.Errorf("retry_after_ms %d, want about 100000 (a token at one per 100 s)", pe.retryAfter)
 	}
 }
 
@@ -228,12 +228,16 @@ func testShutdown(t *testing.T, s *single, p *proc) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// The client learns of the stop "from an unavailable error or the
+	// close code": the Error frame may be lost with the connection.
 	ev, err := w.next()
 	for err == nil && ev.kind == kindHeartbeat {
 		ev, err = w.next()
 	}
-	if err != nil || ev.kind != kindError || ev.err.code != codeUnavailable {
-		t.Errorf("the watch as the daemon stops: %+v, %v; want Error unavailable", ev, err)
+	if err == nil && (ev.kind != kindError || ev.err.code != codeUnavailable) {
+		t.Errorf("the watch as the daemon stops: %+v; want Error unavailable", ev)
+	} else if err != nil {
+		t.Logf("the watch as the daemon stops: %v (no Error frame: the close must say it)", err)
 	}
 	select {
 	case <-c.ended.Done():
