@@ -428,6 +428,13 @@ func compacting(cfg *Config) {
 // sendMany sends n messages from id base on, in sends of 5.
 func (c *testCell) sendMany(group wire.UUID, base, n int) {
 	c.t.Helper()
+	c.sendManyAcks(group, base, n)
+}
+
+// sendManyAcks sends as sendMany does and returns the acks, in order.
+func (c *testCell) sendManyAcks(group wire.UUID, base, n int) []store.Ack {
+	c.t.Helper()
+	var acks []store.Ack
 	for i := 0; i < n; i += 5 {
 		ids := make([][16]byte, 5)
 		bodies := make([]string, 5)
@@ -435,8 +442,9 @@ func (c *testCell) sendMany(group wire.UUID, base, n int) {
 			ids[j] = newID(base + i + j)
 			bodies[j] = "body"
 		}
-		c.send(group, alice, ids, bodies)
+		acks = append(acks, c.send(group, alice, ids, bodies)...)
 	}
+	return acks
 }
 
 // waitSnapshot waits until m's raft has snapshotted past index.
@@ -542,6 +550,75 @@ func TestRestartAfterLostWrites(t *testing.T) {
 				c.sendMany(g.ID, n, 25)
 				n += 25
 				c.sameLogs(g.ID, n)
+			}
+		})
+	}
+}
+
+// TestWholeCellCrashAfterLostWrites: every member of the cell is killed
+// at the same moment (a rack losing power, as far as a process can see)
+// while each group log holds records not written yet: each comes back
+// with its files alone, behind what it applied and what the cell
+// acknowledged, and no member holds the whole log. Raft must replay to
+// every member what it lacks (none can copy it from a peer), and every
+// acknowledged message must be back, once, in the same gapless log on
+// every member. Without compaction first, then with the logs synced by
+// snapshots and records pending since.
+func TestWholeCellCrashAfterLostWrites(t *testing.T) {
+	for _, compact := range []bool{false, true} {
+		t.Run(fmt.Sprint("compacting=", compact), func(t *testing.T) {
+			var mutate func(*Config)
+			if compact {
+				mutate = compacting
+			}
+			c := newTestCell(t, 3, true, mutate)
+			g := c.leader().group("lobby")
+			acks := c.sendManyAcks(g.ID, 0, 300)
+			n := 300
+			if compact {
+				// Each member's snapshot writes its logs out; the 20
+				// after it (4 entries: under the threshold) stay pending.
+				for _, m := range c.members {
+					m.waitLast(g.ID, uint64(n))
+					if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+						t.Fatalf("%s: snapshot: %v", m.addr, err)
+					}
+				}
+				acks = append(acks, c.sendManyAcks(g.ID, n, 20)...)
+				n += 20
+			}
+			// The files as they are at one moment on every member, before
+			// any of them stops (crashLosing one member at a time would
+			// let the survivors elect, and write, between the crashes).
+			files := make([]string, len(c.members))
+			for i, m := range c.members {
+				m.waitLast(g.ID, uint64(n))
+				files[i] = t.TempDir()
+				copyTree(t, m.host.dir, files[i])
+			}
+			for _, m := range c.members {
+				m.crash()
+			}
+			for i, m := range c.members {
+				if err := os.RemoveAll(m.host.dir); err != nil {
+					t.Fatal(err)
+				}
+				copyTree(t, files[i], m.host.dir)
+				if got := m.heldOnDisk(g.ID); got >= uint64(n) {
+					t.Fatalf("%s: its files hold all %d messages: nothing pending was lost", m.addr, got)
+				}
+			}
+			for _, m := range c.members {
+				c.restart(m)
+			}
+			acks = append(acks, c.sendManyAcks(g.ID, n, 25)...)
+			n += 25
+			c.sameLogs(g.ID, n)
+			held := c.leader().messages(g.ID)
+			for i, a := range acks {
+				if m := held[a.Seq-1]; a.Seq != uint64(i+1) || m.ID != newID(i) || m.Time != a.Time {
+					t.Fatalf("ack %d (#%d at %d): the log holds %+v there", i, a.Seq, a.Time, m)
+				}
 			}
 		})
 	}
