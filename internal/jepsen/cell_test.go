@@ -5,6 +5,7 @@ package jepsen
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"regexp"
 	"slices"
@@ -311,6 +312,35 @@ func TestCell5Faults(t *testing.T) {
 		[]string{"kill-leader", "kill-two-followers", "kill-leader", "partition-leader-pair", "kill-leader", "loss"})
 }
 
+// TestCellOutageFaults runs the same workload and checker against a cell
+// of three through the faults that take more than one member away, or
+// take one away in ways the schedules above do not:
+//   - kill-all: every member SIGKILLed at once (a rack losing power, as
+//     far as a process can see), then all restarted together;
+//   - followers-down: both followers SIGKILLed, the leader alone: sends
+//     to it must be refused unavailable quickly, while fetches and a new
+//     watch from it are still served; then the followers restart;
+//   - isolate-follower: a follower cut off from every host past the
+//     election timeout, then healed: the cell serves throughout, and on
+//     its return the follower must not depose the leader (raft's
+//     pre-vote: its candidacies never raise its term);
+//   - one-way: the leader cannot hear the followers but still reaches
+//     them, or (the next time) the followers cannot hear the leader: the
+//     followers must elect a leader that commits, and the old leader must
+//     refuse sends quickly;
+//   - rolling-restart: each member in turn stopped with SIGTERM (it must
+//     exit 0) and restarted, the next only once the last has caught up,
+//     under the workload: the log names the longest pause of the sends
+//     around each restart.
+//
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 6: each kind once, one-way
+// in both directions; make jepsen: 100).
+func TestCellOutageFaults(t *testing.T) {
+	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 6),
+		[]string{"kill-all", "one-way", "followers-down", "kill-all-twice", "isolate-follower", "pause-all", "rolling-restart",
+			"kill-all-staggered", "one-way"})
+}
+
 // runCellFaults runs rounds rounds of faults, in the order faults names
 // them over and over, against a cell of size members, under the workload,
 // and checks the history.
@@ -350,8 +380,12 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 
 		rng := rand.New(rand.NewPCG(20, uint64(size)))
 		counts := make(map[string]int)
-		var unavailableAfter []time.Duration
-		var elected []killPhases // from each leader kill to its steps of recovery
+		// refused is how long a member left without a majority took to
+		// answer a send unavailable, by the fault that left it so.
+		refused := make(map[string][]time.Duration)
+		var restartPauses []string // rolling-restart: each member's role, and the sends' longest pause
+		var isolations []string    // isolate-follower: what each did to the leader's term
+		var elected []killPhases   // from each leader kill to its steps of recovery
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -366,7 +400,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				l.setFirewall(m.host, firewall{blocked: majority})
 			}
 			h.Fault(time.Now(), kind, minority[0].name) // once the rules are in
-			unavailableAfter = append(unavailableAfter, minorityRefuses(ctx, t, w, probe, entryOf(entry, minority[0])))
+			refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, minority[0])))
 			_, term = c.leader(t, term)
 			w.waitProgress(t, "the majority elected a leader")
 			for _, m := range minority {
@@ -423,6 +457,167 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				h.Fault(time.Now(), "pause-leader", leader.name)
 				leader.pause(3 * time.Second)
 				_, term = c.leader(t, term)
+			case "kill-all":
+				// Every member at once, each waited for; the cell is
+				// then restarted together, and recovers from the restart.
+				c.killAll()
+				h.Fault(time.Now(), kind, "every member killed, restarted together")
+				c.startAll(t, c.nodes)
+				// The terms are durable: the next leader's is above the
+				// last one before the crash.
+				_, term = c.leader(t, term)
+				w.waitProgress(t, "the whole cell restarted")
+			case "kill-all-twice":
+				// Killed again while recovering (replaying its log,
+				// electing), at a moment of the first second after the
+				// restart, then restarted together.
+				c.killAll()
+				c.startAll(t, c.nodes)
+				<-time.After(time.Duration(rng.IntN(1000)) * time.Millisecond) // the second crash's moment
+				c.killAll()
+				h.Fault(time.Now(), kind, "every member killed, restarted, killed while recovering, restarted")
+				c.startAll(t, c.nodes)
+				_, term = c.leader(t, term)
+				w.waitProgress(t, "the whole cell restarted twice")
+			case "kill-all-staggered":
+				// Every member killed, then restarted one at a time: the
+				// first alone must neither lead nor accept a send (and
+				// refuse it quickly); the second makes a majority, which
+				// elects a leader and commits; the third catches up.
+				c.killAll()
+				order := append([]*cellNode{leader}, followers...)
+				h.Fault(time.Now(), kind, "every member killed, "+order[0].name+" restarted alone")
+				first := time.Now()
+				c.startAll(t, order[:1])
+				order[0].waitLogged(t, candidacy, 2, first)
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, order[0])))
+				if lead := order[0].term(); lead != 0 {
+					t.Errorf("%s, restarted alone, led in term %d", order[0].name, lead)
+				}
+				h.Fault(time.Now(), "kill-all-majority-back", order[1].name+" restarted too")
+				c.startAll(t, order[1:2])
+				_, term = c.leader(t, term)
+				w.waitProgress(t, order[1].name+" restarted")
+				c.startAll(t, order[2:])
+				c.caughtUp(ctx, t, probe, entry, order[2], lastAcked(h))
+			case "pause-all":
+				// Every member frozen at once (SIGSTOP) past the
+				// election timeout, then let go together: their timers
+				// all fire at once on waking.
+				h.Fault(time.Now(), kind, "every member frozen for 3 s")
+				var wg sync.WaitGroup
+				for _, cn := range c.nodes {
+					wg.Go(func() { cn.pause(3 * time.Second) })
+				}
+				wg.Wait()
+				w.waitProgress(t, "every member woke")
+			case "followers-down":
+				var names []string
+				for _, f := range followers {
+					f.kill(syscall.SIGKILL)
+					f.up = false
+					names = append(names, f.name)
+				}
+				h.Fault(time.Now(), kind, strings.Join(names, " and ")+" killed")
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				// Alone, it still serves what it holds: a fetch of the
+				// whole log, and a watch from its end, which must go on
+				// once the followers are back.
+				alone := aloneOn(t, probe, entryOf(entry, leader))
+				if msgs, err := w.readErr(ctx, alone, leader.name+" alone", 0, false); err != nil {
+					t.Errorf("a fetch from %s, its followers down: %v", leader.name, err)
+				} else {
+					watches = append(watches, w.watch(wctx, alone, leader.name+" alone", uint64(len(msgs))))
+				}
+				h.Fault(time.Now(), "followers-back", strings.Join(names, " and ")+" restarted")
+				for _, f := range followers {
+					f.start()
+					f.up = true
+				}
+				w.waitProgress(t, strings.Join(names, " and ")+" restarted")
+			case "isolate-follower":
+				// Cut off from every host (the members, the registry,
+				// the clients) until it has stood for election twice.
+				f := followers[0]
+				everyone := append(ips(c.others(f)), strings.TrimSuffix(regAddr, ":7373"), ctlAddr)
+				isolated := time.Now()
+				l.setFirewall(f.host, firewall{blocked: everyone})
+				h.Fault(isolated, kind, f.name)
+				f.waitLogged(t, candidacy, 2, isolated)
+				w.waitProgress(t, f.name+" isolated past the election timeout")
+				healed := time.Now()
+				l.setFirewall(f.host, firewall{})
+				c.caughtUp(ctx, t, probe, entry, f, lastAcked(h))
+				caught := time.Since(healed)
+				// Pre-vote: each candidacy asked for the term after the
+				// last without taking it, so none raised its term, and
+				// back among the others it follows the leader it had.
+				now, nowTerm := c.leader(t, 0)
+				stood := f.lines(candidacy, 0, isolated)
+				if won := f.lines(preVoteWon, 0, isolated); len(won) > 0 {
+					t.Errorf("%s, isolated, won a pre-vote: %s", f.name, won[0].text)
+				}
+				if now != leader || nowTerm != term {
+					// Only a leader that lost its quorum's contact (the
+					// machine's load) may have stepped down meanwhile.
+					if len(leader.lines(lostQuorum, 0, isolated)) == 0 {
+						t.Errorf("%s, back from isolation (%d candidacies), deposed %s: term %d, now %s leads in term %d",
+							f.name, len(stood), leader.name, term, now.name, nowTerm)
+					}
+				}
+				isolations = append(isolations, fmt.Sprintf("%d candidacies by %s, leader %s term %d -> %s term %d, caught up %v after the heal",
+					len(stood), f.name, leader.name, term, now.name, nowTerm, caught.Round(10*time.Millisecond)))
+				term = nowTerm
+			case "one-way":
+				// The leader's packets reach the followers but theirs
+				// do not reach it, or (the next time) the reverse. Raft
+				// rides TCP, whose handshakes then fail both ways: what
+				// still crosses is data on connections already open.
+				what := leader.name + " cannot hear its followers"
+				if counts[kind]%2 == 0 {
+					l.setFirewall(leader.host, firewall{deaf: ips(followers)})
+				} else {
+					what = "the followers cannot hear " + leader.name
+					for _, f := range followers {
+						l.setFirewall(f.host, firewall{deaf: []string{leader.ip()}})
+					}
+				}
+				h.Fault(time.Now(), kind, what)
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				var next *cellNode
+				next, term = c.leader(t, term)
+				if next == leader {
+					t.Errorf("%s led again in term %d while %s", leader.name, term, what)
+				}
+				w.waitProgress(t, next.name+" elected while "+what)
+				w.waitProgress(t, next.name+" elected while "+what+", again")
+				for _, cn := range c.nodes {
+					l.setFirewall(cn.host, firewall{})
+				}
+			case "rolling-restart":
+				// Each member in turn, as an operator upgrades a cell:
+				// the next is stopped only once the last has caught up.
+				for _, cn := range c.nodes {
+					now, _ := c.leader(t, 0)
+					role := "follower"
+					if cn == now {
+						role = "leader"
+					}
+					stopped := time.Now()
+					cn.kill(syscall.SIGTERM)
+					cn.up = false
+					stopTook := time.Since(stopped)
+					if code := cn.exitCode(); code != 0 {
+						t.Errorf("%s (%s) exited %d on SIGTERM, want 0", cn.name, role, code)
+					}
+					h.Fault(stopped, "restart-"+role, cn.name+" stopped with SIGTERM and restarted")
+					cn.start()
+					cn.up = true
+					w.waitProgress(t, cn.name+" restarted")
+					c.caughtUp(ctx, t, probe, entry, cn, lastAcked(h))
+					restartPauses = append(restartPauses, fmt.Sprintf("%s (%s): stopped in %v, sends paused %v at most", cn.name, role,
+						stopTook.Round(10*time.Millisecond), sendPause(h, stopped, time.Now()).Round(10*time.Millisecond)))
+				}
 			case "loss":
 				h.Fault(time.Now(), "loss", "5% on every host")
 				for _, cn := range c.nodes {
@@ -468,17 +663,149 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 			counts["kill-leader"]+counts["partition-leader"]+counts["partition-leader-pair"]+counts["pause-leader"])
 		back := logRecoveries(t, h, "kill-leader")
 		logElections(t, elected, back)
-		logRecoveries(t, h, "partition-leader")
-		logRecoveries(t, h, "partition-leader-pair")
-		if len(unavailableAfter) > 0 {
-			slices.Sort(unavailableAfter)
-			t.Logf("a leader cut off from the majority answered unavailable after %v (median of %d), at most %v",
-				unavailableAfter[len(unavailableAfter)/2].Round(time.Millisecond), len(unavailableAfter), unavailableAfter[len(unavailableAfter)-1].Round(time.Millisecond))
+		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-all", "kill-all-twice",
+			"kill-all-majority-back", "followers-back", "one-way", "pause-all"} {
+			logRecoveries(t, h, kind)
+		}
+		for _, kind := range slices.Sorted(maps.Keys(refused)) {
+			d := slices.Sorted(slices.Values(refused[kind]))
+			t.Logf("a leader without a majority (%s) answered unavailable after %v (median of %d), at most %v",
+				kind, d[len(d)/2].Round(time.Millisecond), len(d), d[len(d)-1].Round(time.Millisecond))
+		}
+		for _, s := range isolations {
+			t.Logf("isolate-follower: %s", s)
+		}
+		if len(restartPauses) > 0 {
+			t.Logf("rolling restarts: %s", strings.Join(restartPauses, "; "))
 		}
 		if res.Acked < rounds {
 			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)
 		}
 	})
+}
+
+// killAll SIGKILLs every member at once and waits for each to exit.
+func (c *cell) killAll() {
+	var wg sync.WaitGroup
+	for _, cn := range c.nodes {
+		wg.Go(func() { cn.kill(syscall.SIGKILL) })
+		cn.up = false
+	}
+	wg.Wait()
+}
+
+// startAll starts the members ns together and waits until each listens.
+func (c *cell) startAll(t *testing.T, ns []*cellNode) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, cn := range ns {
+		wg.Go(func() { cn.startQuiet(t) })
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, cn := range ns {
+		cn.up = true
+	}
+}
+
+// preVoteWon and lostQuorum match raft's lines as a candidate's pre-vote
+// succeeds (it then takes the next term and asks for real votes), and as
+// a leader steps down for want of contact with a quorum.
+var (
+	preVoteWon = regexp.MustCompile(`msg="pre-vote successful, starting election"`)
+	lostQuorum = regexp.MustCompile(`msg="failed to contact quorum of nodes, stepping down"`)
+)
+
+// waitLogged waits until the node's running process has logged n lines
+// matching re since since.
+func (n *cellNode) waitLogged(t *testing.T, re *regexp.Regexp, count int, since time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for len(n.logged(re, 0, since)) < count {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s logged %d lines matching %v within %v, want %d", n.name, len(n.logged(re, 0, since)), re, waitTimeout, count)
+		}
+		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// ip returns the member's IP address.
+func (n *cellNode) ip() string { return strings.TrimSuffix(n.addr, ":7374") }
+
+// ips returns the members' IP addresses.
+func ips(ns []*cellNode) []string {
+	var out []string
+	for _, n := range ns {
+		out = append(out, n.ip())
+	}
+	return out
+}
+
+// aloneOn returns m reading from the one member entry names.
+func aloneOn(t *testing.T, m *member, entry wire.GroupEntry) *member {
+	t.Helper()
+	g, err := m.cl.Group(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &member{name: m.name, cl: m.cl, g: g}
+}
+
+// lastAcked returns the highest sequence number acknowledged so far.
+func lastAcked(h *history.History) uint64 {
+	var last uint64
+	for _, s := range h.Sends() {
+		if s.Acked {
+			last = max(last, s.Seq)
+		}
+	}
+	return last
+}
+
+// caughtUp waits until member n's copy of the group holds message seq,
+// fetching from n alone through m's client.
+func (c *cell) caughtUp(ctx context.Context, t *testing.T, m *member, entry wire.GroupEntry, n *cellNode, seq uint64) {
+	t.Helper()
+	g := aloneOn(t, m, entryOf(entry, n)).g
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		c2, cancel := context.WithTimeout(ctx, attemptTimeout)
+		var last uint64
+		_, err := g.Fetch(c2, client.Query{After: seq - min(seq, 1)}, func(msg client.Message) bool {
+			last = msg.Seq
+			return true
+		})
+		cancel()
+		if err == nil && last >= seq {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not catch up to #%d within %v (last fetch: #%d, %v)", n.name, seq, waitTimeout, last, err)
+		}
+		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
+// sendPause returns the longest time between from and to in which no
+// send attempt ended acknowledged (from from to the first ack, between
+// acks, and from the last ack to to).
+func sendPause(h *history.History, from, to time.Time) time.Duration {
+	var ends []time.Time
+	for _, s := range h.Sends() {
+		if s.Acked && s.End.After(from) && s.End.Before(to) {
+			ends = append(ends, s.End)
+		}
+	}
+	slices.SortFunc(ends, time.Time.Compare)
+	var longest time.Duration
+	prev := from
+	for _, e := range append(ends, to) {
+		longest = max(longest, e.Sub(prev))
+		prev = e
+	}
+	return longest
 }
 
 // logElections logs how long the cell took to have a new leader ready to

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,6 +122,16 @@ func (n *node) kill(sig syscall.Signal) {
 	if p != nil {
 		p.kill(sig)
 	}
+}
+
+// exitCode returns the exit code of the node's last process, which must
+// have exited (-1 if a signal ended it).
+func (n *node) exitCode() int {
+	n.mu.Lock()
+	p := n.p
+	n.mu.Unlock()
+	<-p.done
+	return p.cmd.ProcessState.ExitCode()
 }
 
 // pause stops the running process (SIGSTOP) for d, then lets it go on
@@ -257,11 +268,15 @@ func (p *proc) awaitLine(re *regexp.Regexp) ([]string, error) {
 }
 
 // firewall is the nftables state of one host: the addresses it cannot
-// reach (a partition) and the share of packets it drops on input (loss).
-// Apply replaces the host's whole table, so faults compose and heal
+// reach (a partition), those it cannot hear but can still send to (one
+// direction of a partition), and the share of packets it drops on input
+// (loss). Apply replaces the host's whole table, so faults compose and heal
 // exactly.
 type firewall struct {
 	blocked []string
+	// deaf are addresses whose packets the host drops on input only: it
+	// still sends to them (a one-way partition).
+	deaf    []string
 	lossPct int
 }
 
@@ -271,9 +286,9 @@ func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 	l.t.Helper()
 	var rules strings.Builder
 	rules.WriteString("table inet jepsen\ndelete table inet jepsen\n")
-	if len(fw.blocked) > 0 || fw.lossPct > 0 {
+	if len(fw.blocked) > 0 || len(fw.deaf) > 0 || fw.lossPct > 0 {
 		rules.WriteString("table inet jepsen {\n chain in { type filter hook input priority 0; policy accept;\n")
-		for _, a := range fw.blocked {
+		for _, a := range append(slices.Clone(fw.blocked), fw.deaf...) {
 			fmt.Fprintf(&rules, "  ip saddr %s drop\n", a)
 		}
 		if fw.lossPct > 0 {

@@ -223,6 +223,12 @@ func errClass(err error) string {
 // result; a fetch that fails is not recorded (it says nothing). replica
 // names the daemon m reads from ("" means m's group entry names one).
 func (w *workload) read(ctx context.Context, m *member, replica string, after uint64, final bool) ([]history.Message, bool) {
+	msgs, err := w.readErr(ctx, m, replica, after, final)
+	return msgs, err == nil
+}
+
+// readErr is read, returning the fetch's error.
+func (w *workload) readErr(ctx context.Context, m *member, replica string, after uint64, final bool) ([]history.Message, error) {
 	c, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
 	r := history.Read{Client: m.name, Replica: replica, After: after, Start: time.Now(), Final: final}
@@ -234,11 +240,11 @@ func (w *workload) read(ctx context.Context, m *member, replica string, after ui
 		return true
 	})
 	if err != nil {
-		return nil, false
+		return nil, err
 	}
 	r.End, r.Epoch = time.Now(), cur.Epoch
 	w.h.Read(r)
-	return r.Messages, true
+	return r.Messages, nil
 }
 
 // watch follows the group from after with m until ctx ends, recording
