@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -49,12 +50,17 @@ const (
 	WatchDiverged
 	// NoFinalRead: the history has no final read to check against.
 	NoFinalRead
+	// RealTime: a message acknowledged before another was first sent
+	// holds a later sequence than it (the log's order is not the order
+	// in which the cell acknowledged: a leader that stamped from a stale
+	// copy, a crash that lost a sequencer's state).
+	RealTime
 )
 
 var kindNames = map[Kind]string{
 	Lost: "lost", Duplicate: "duplicate", Gap: "gap", Diverged: "diverged", TimeOrder: "time-order",
 	AckMismatch: "ack-mismatch", Phantom: "phantom", StaleRead: "stale-read", EpochChanged: "epoch-changed",
-	WatchBroken: "watch-broken", WatchDiverged: "watch-diverged", NoFinalRead: "no-final-read",
+	WatchBroken: "watch-broken", WatchDiverged: "watch-diverged", NoFinalRead: "no-final-read", RealTime: "real-time",
 }
 
 func (k Kind) String() string {
@@ -160,6 +166,7 @@ func (h *History) Check() Result {
 	c.checkLog()
 	c.checkAcks()
 	c.checkReadYourWrites(h.sends, h.reads)
+	c.checkRealTime(h.sends)
 	for _, w := range h.watches {
 		c.checkWatch(w)
 	}
@@ -351,6 +358,51 @@ func (c *checker) checkReadYourWrites(sends []Send, reads []Read) {
 				c.violate(StaleRead, "%s was acknowledged #%d, then read %s up to #%d", r.Client, a.seq, r.Replica, last)
 				break
 			}
+		}
+	}
+}
+
+// checkRealTime checks that the acknowledgements respect real time: a
+// message whose ack ended before another message's first attempt began
+// was stored first, so holds the lower sequence.
+func (c *checker) checkRealTime(sends []Send) {
+	type op struct {
+		id         wire.ID
+		start, end time.Time // the ID's first attempt's start, its first ack's end
+		seq        uint64
+	}
+	first := make(map[wire.ID]time.Time)
+	ended := make(map[wire.ID]time.Time)
+	for _, s := range sends {
+		if t, ok := first[s.ID]; !ok || s.Start.Before(t) {
+			first[s.ID] = s.Start
+		}
+		if t, ok := ended[s.ID]; s.Acked && (!ok || s.End.Before(t)) {
+			ended[s.ID] = s.End
+		}
+	}
+	ops := make([]op, 0, len(c.acked))
+	for id, a := range c.acked {
+		ops = append(ops, op{id: id, start: first[id], end: ended[id], seq: a.Seq})
+	}
+	byEnd := slices.Clone(ops)
+	sort.Slice(byEnd, func(i, j int) bool { return byEnd[i].end.Before(byEnd[j].end) })
+	sort.Slice(ops, func(i, j int) bool { return ops[i].start.Before(ops[j].start) })
+	// Sweep the ops by start, keeping the highest sequence acknowledged
+	// before it.
+	var top op
+	reported := 0
+	for _, b := range ops {
+		for len(byEnd) > 0 && byEnd[0].end.Before(b.start) {
+			if byEnd[0].seq > top.seq {
+				top = byEnd[0]
+			}
+			byEnd = byEnd[1:]
+		}
+		if top.seq >= b.seq && reported < 5 {
+			c.violate(RealTime, "%s was acknowledged as #%d at %v, before %s was first sent at %v, which was acknowledged as #%d",
+				top.id, top.seq, top.end.Format(time.RFC3339Nano), b.id, b.start.Format(time.RFC3339Nano), b.seq)
+			reported++
 		}
 	}
 }

@@ -354,6 +354,35 @@ var plants = map[Kind]func(t *rapid.T, r *run) bool{
 		r.watches = append(r.watches, watchSpec{client: "w", replica: r.replicas[0], events: events})
 		return true
 	},
+	RealTime: func(t *rapid.T, r *run) bool {
+		acked := r.ackedSeqs()
+		if len(acked) < 2 || acked[len(acked)-1] < acked[0]+2 {
+			return false
+		}
+		// Two messages trade their attempts' times: the later one was
+		// acknowledged before the earlier one was first sent.
+		j := rapid.SampledFrom(acked[:len(acked)-1]).Draw(t, "earlier")
+		var later []uint64
+		for _, k := range acked {
+			if k >= j+2 {
+				later = append(later, k)
+			}
+		}
+		if len(later) == 0 {
+			return false
+		}
+		k := rapid.SampledFrom(later).Draw(t, "later")
+		idJ, idK := r.log[j-1].ID, r.log[k-1].ID
+		for i, s := range r.sends {
+			switch s.ID {
+			case idJ:
+				r.sends[i].Start, r.sends[i].End = at(int(k)-1), at(int(k))
+			case idK:
+				r.sends[i].Start, r.sends[i].End = at(int(j)-1), at(int(j))
+			}
+		}
+		return true
+	},
 	NoFinalRead: func(t *rapid.T, r *run) bool {
 		r.reads = slices.DeleteFunc(r.reads, func(rd Read) bool { return rd.Final })
 		return true

@@ -24,8 +24,9 @@
 // increasing timestamps, acknowledgements that match what is held (sequence,
 // timestamp, ID, body), nothing held that no client sent, one log epoch
 // throughout, read-your-writes (a client acknowledged #n that then fetches
-// sees #n), and every watch a contiguous view of the final log with no
-// reset and no gap.
+// sees #n), acknowledgements in real-time order (a message acknowledged
+// before another was first sent holds the lower sequence), and every watch
+// a contiguous view of the final log with no reset and no gap.
 //
 // The checker assumes what the fault harness sets up: retention keeps every
 // message of the run, so logs start at sequence 1.
