@@ -333,10 +333,10 @@ func TestCell5Faults(t *testing.T) {
 //     under the workload: the log names the longest pause of the sends
 //     around each restart.
 //
-// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 6: each kind once, one-way
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 9: each kind once, one-way
 // in both directions; make jepsen: 100).
 func TestCellOutageFaults(t *testing.T) {
-	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 6),
+	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 9),
 		[]string{"kill-all", "one-way", "followers-down", "kill-all-twice", "isolate-follower", "pause-all", "rolling-restart",
 			"kill-all-staggered", "one-way"})
 }
@@ -385,6 +385,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		refused := make(map[string][]time.Duration)
 		var restartPauses []string // rolling-restart: each member's role, and the sends' longest pause
 		var isolations []string    // isolate-follower: what each did to the leader's term
+		leaderLost := 0            // rounds that ended in another term than they began
 		var elected []killPhases   // from each leader kill to its steps of recovery
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
@@ -412,6 +413,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 			w.waitProgress(t, fmt.Sprintf("round %d", round))
 			<-time.After(time.Duration(rng.IntN(200)) * time.Millisecond) // the fault's moment, not a wait for an event
 			leader, term = c.leader(t, 0)
+			startTerm := term
 			followers := c.others(leader)
 			rng.Shuffle(len(followers), func(i, j int) { followers[i], followers[j] = followers[j], followers[i] })
 			switch kind {
@@ -504,12 +506,14 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				// Every member frozen at once (SIGSTOP) past the
 				// election timeout, then let go together: their timers
 				// all fire at once on waking.
-				h.Fault(time.Now(), kind, "every member frozen for 3 s")
 				var wg sync.WaitGroup
 				for _, cn := range c.nodes {
 					wg.Go(func() { cn.pause(3 * time.Second) })
 				}
 				wg.Wait()
+				// From the wake: sends acknowledged as the members woke
+				// were stored before the freeze.
+				h.Fault(time.Now(), kind, "every member frozen for 3 s, woken")
 				w.waitProgress(t, "every member woke")
 			case "followers-down":
 				var names []string
@@ -644,6 +648,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				t.Fatalf("no such fault %q", kind)
 			}
 			counts[kind]++
+			if _, now := c.leader(t, 0); now != startTerm {
+				leaderLost++
+			}
 		}
 		w.waitRecovered(t)
 		w.finish(t)
@@ -659,8 +666,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		// more terms are elections nothing forced (a follower that missed
 		// heartbeats under load) or split votes.
 		_, last := c.leader(t, 0)
-		t.Logf("the cell went through %d raft terms; %d faults took its leader away", last,
-			counts["kill-leader"]+counts["partition-leader"]+counts["partition-leader-pair"]+counts["pause-leader"])
+		t.Logf("the cell went through %d raft terms; %d fault rounds ended under a leader of another term", last, leaderLost)
 		back := logRecoveries(t, h, "kill-leader")
 		logElections(t, elected, back)
 		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-all", "kill-all-twice",
