@@ -49,6 +49,7 @@ const (
 	DefaultElectionTimeout    = 300 * time.Millisecond
 	DefaultLeaderLeaseTimeout = DefaultHeartbeatTimeout
 	DefaultCommitTimeout      = 5 * time.Millisecond
+	DefaultCommitWait         = 2 * time.Second
 	DefaultMaxAppendEntries   = 256
 	DefaultSnapshotThreshold  = 4096
 	DefaultSnapshotInterval   = 30 * time.Second
@@ -146,6 +147,17 @@ type Config struct {
 	CommitTimeout      time.Duration
 	// RPCTimeout bounds each raft RPC's I/O. Default 5 s.
 	RPCTimeout time.Duration
+	// CommitWait bounds how long a send, join or leave waits for the
+	// cell to commit it (and this member to apply it) before it is
+	// answered ErrUnavailable, its outcome unknown (a retry with the same
+	// IDs is safe). A leader cut off from its majority steps down within
+	// its lease, and its operations in flight end then; but a leader
+	// whose followers answer it without storing what it sends (their
+	// disks full), or whose own group logs refuse the appends it applies,
+	// keeps leading, and without this bound its operations would wait for
+	// as long as that lasts. Default 2 s: a commit takes milliseconds,
+	// and a few hundred under a saturated host.
+	CommitWait time.Duration
 	// SnapshotThreshold is how many raft entries since the last snapshot
 	// make the next; SnapshotInterval how often raft checks.
 	SnapshotThreshold uint64
@@ -199,7 +211,7 @@ func (c Config) Validate() error {
 	case c.MaxMembers < 0:
 		return bad("max members %d is negative", c.MaxMembers)
 	case c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.LeaderLeaseTimeout < 0 || c.CommitTimeout < 0 ||
-		c.RPCTimeout < 0 || c.SnapshotInterval < 0:
+		c.RPCTimeout < 0 || c.CommitWait < 0 || c.SnapshotInterval < 0:
 		return bad("negative timeout")
 	case c.MaxAppendEntries < 0 || c.MaxAppendEntries > 1024:
 		return bad("MaxAppendEntries %d: want 0..1024", c.MaxAppendEntries)
@@ -238,6 +250,7 @@ func (c Config) withDefaults() Config {
 	c.LeaderLeaseTimeout = or(c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	c.CommitTimeout = or(c.CommitTimeout, DefaultCommitTimeout)
 	c.RPCTimeout = or(c.RPCTimeout, DefaultRPCTimeout)
+	c.CommitWait = or(c.CommitWait, DefaultCommitWait)
 	c.SnapshotThreshold = or(c.SnapshotThreshold, DefaultSnapshotThreshold)
 	c.SnapshotInterval = or(c.SnapshotInterval, DefaultSnapshotInterval)
 	c.TrailingLogs = or(c.TrailingLogs, DefaultTrailingLogs)
@@ -738,11 +751,15 @@ func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, 
 		}
 		err = proposeError(op, err)
 	}()
+	wait := time.NewTimer(n.cfg.CommitWait)
+	defer wait.Stop()
 	select {
 	case <-done:
 		return resp, err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%s: %w: %v", op, ErrUnavailable, context.Cause(ctx))
+	case <-wait.C:
+		return nil, fmt.Errorf("%s: %w: the cell did not commit it within %v; its outcome is unknown", op, ErrUnavailable, n.cfg.CommitWait)
 	}
 }
 

@@ -744,6 +744,57 @@ func TestMinorityRefusesSends(t *testing.T) {
 	}
 }
 
+// TestUncommittedSendAnswered: a leader that cannot apply what it sends
+// (its group log refuses the appends, as on a full disk, and the state
+// machine retries them) keeps leading: its followers answer it. A send,
+// and a join, must then be answered ErrUnavailable once CommitWait has
+// passed, not held for as long as the disk stays full (they were held
+// until the caller gave up: in internal/jepsen, with the followers' disks
+// full, every send to the leader hung for the client's whole timeout).
+// Their outcome was unknown: once the log takes appends again, the send
+// turns out stored, and a retry with the same IDs gets the original's
+// ack as a duplicate.
+func TestUncommittedSendAnswered(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.CommitWait = 200 * time.Millisecond })
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 5)
+	release := l.host.holdAppends()
+	defer release()
+	ids, bodies := [][16]byte{newID(5), newID(6)}, []string{"held", "held too"}
+	entries := []store.Entry{{ID: ids[0], From: alice, Body: []byte(bodies[0])}, {ID: ids[1], From: alice, Body: []byte(bodies[1])}}
+	answered := make(chan error, 2)
+	go func() {
+		_, err := l.node.Send(context.Background(), g.ID, entries, nil)
+		answered <- err
+	}()
+	go func() {
+		_, err := l.node.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
+		answered <- err
+	}()
+	for range 2 {
+		select {
+		case err := <-answered:
+			if !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("a send or join the leader cannot apply: %v, want ErrUnavailable", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("a send or join the leader cannot apply still waits after %v", waitTimeout)
+		}
+	}
+	if _, err := l.node.leading(); err != nil {
+		t.Fatalf("the leader stopped leading: %v (the test means a leader that goes on)", err)
+	}
+	release()
+	acks := c.send(g.ID, alice, ids, bodies)
+	for i, a := range acks {
+		if !a.Duplicate || a.Seq != uint64(6+i) {
+			t.Fatalf("the retry of a send answered unavailable: ack %+v, want the original's (#%d) as a duplicate", a, 6+i)
+		}
+	}
+	c.sameLogs(g.ID, 7)
+}
+
 // TestRestartLogBehindSnapshot: a member whose group log lost messages its
 // own raft snapshot covers (the log's files gone, raft's state kept)
 // catches them up from a peer while raft restores that snapshot at start.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -56,13 +58,25 @@ type pending struct {
 }
 
 // proposal is one raft entry of sends: their entries until it is handed
-// to raft, then raft's verdict (err) and the entries' acks, valid once
-// done is closed and err is nil.
+// to raft, then its outcome for its senders (err) and the entries' acks,
+// valid once done or expired is closed and err is nil.
+//
+// The outcome is decided once (decide): by raft's verdict (done is then
+// closed), or, if none came within Config.CommitWait, as ErrUnavailable
+// (expired is closed, and done once raft's verdict comes, if ever). A
+// leader keeps its lease while its followers answer it, even if they
+// cannot store what it sends (full disks), and its own state machine
+// retries an append its disk refuses: either way raft's verdict may not
+// come for as long as that lasts, and the senders must not wait for it.
 type proposal struct {
 	term    uint64
 	entries []store.Entry // stamped, in order; bodies alias the senders' requests until handed
 	size    int           // commandSize of entries
 	done    chan struct{}
+	expired chan struct{}
+	timer   *time.Timer // fires expire after Config.CommitWait
+	mu      sync.Mutex  // guards decided, and err and answers once the proposal is handed to raft
+	decided bool
 	err     error
 	// ids and acks are the entries' IDs and acks, in the order stamped.
 	ids  [][16]byte
@@ -168,22 +182,19 @@ func (n *Node) SendLater(ctx context.Context, id wire.UUID, entries []store.Entr
 // duplicates repeat, and returns its acks (from start in acks).
 func (n *Node) wait(ctx context.Context, prop *proposal, waits []wait, acks []store.Ack, start int) ([]store.Ack, error) {
 	if prop != nil {
-		<-prop.done
-		if prop.err != nil {
-			return acks[:start], prop.err
+		if err := prop.outcome(nil); err != nil {
+			return acks[:start], err
 		}
 	}
 	for i, w := range waits {
 		if w.p == nil {
 			continue
 		}
-		select {
-		case <-w.p.done:
-		case <-ctx.Done():
-			return acks[:start], fmt.Errorf("send: %w: %v", ErrUnavailable, context.Cause(ctx))
-		}
-		if w.p.err != nil {
-			return acks[:start], w.p.err
+		if err := w.p.outcome(ctx.Done()); err != nil {
+			if ctx.Err() != nil {
+				return acks[:start], fmt.Errorf("send: %w: %v", ErrUnavailable, context.Cause(ctx))
+			}
+			return acks[:start], err
 		}
 		a := w.p.acks[w.i]
 		a.Duplicate = true
@@ -249,8 +260,9 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		// Sized like the last one: a proposal gathers about as many
 		// sends as the one before it.
 		room := max(p.sized, k)
-		prop = &proposal{term: term, done: make(chan struct{}), size: commandSize(nil), entries: p.spare,
+		prop = &proposal{term: term, done: make(chan struct{}), expired: make(chan struct{}), size: commandSize(nil), entries: p.spare,
 			ids: make([][16]byte, 0, room), acks: make([]store.Ack, 0, room)}
+		prop.timer = time.AfterFunc(n.cfg.CommitWait, func() { n.expire(g, prop) })
 		if ans.fn != nil || ans.later != nil {
 			prop.answers = make([]answer, 0, room)
 		}
@@ -300,22 +312,87 @@ func (n *Node) fail(p *proposer, prop *proposal, err error) {
 	if p.open == prop {
 		p.open = nil
 	}
+	prop.timer.Stop()
 	clear(prop.entries)
 	prop.entries = nil
-	for _, a := range prop.answers {
-		if a.later != nil {
-			a.later(nil, err)
-		}
+	if answers, ok := prop.decide(err); ok {
+		answerAll(answers, err)
 	}
-	clear(prop.answers)
-	prop.answers = nil
-	prop.err = err
 	for _, id := range prop.ids {
 		if p.inflight[id].p == prop {
 			delete(p.inflight, id)
 		}
 	}
 	close(prop.done)
+}
+
+// expire decides prop's outcome as ErrUnavailable if raft has given no
+// verdict on it within Config.CommitWait: its senders are answered (the
+// retries of its IDs in flight too), while the entry stays raft's to
+// commit or not. A proposal still gathering sends goes to raft first, so
+// that no later one is stamped past it and none joins it once decided.
+func (n *Node) expire(g *groupState, prop *proposal) {
+	g.propMu.Lock()
+	p := &g.prop
+	if p.open == prop {
+		n.propose1(g, p)
+	}
+	err := fmt.Errorf("send: %w: the cell did not commit it within %v (no majority can store it now: full disks?); its outcome is unknown: retry with the same IDs",
+		ErrUnavailable, n.cfg.CommitWait)
+	answers, ok := prop.decide(err)
+	g.propMu.Unlock()
+	if !ok {
+		return
+	}
+	n.cfg.Logger.Warn("cell: sends not committed in time, answered unavailable", "group", g.spec.Name, "messages", len(prop.ids), "after", n.cfg.CommitWait)
+	answerAll(answers, err)
+	close(prop.expired)
+}
+
+// decide settles prop's outcome as err (nil: applied), unless it was
+// settled already, and returns the answers to give; ok is false if it was.
+func (prop *proposal) decide(err error) (answers []answer, ok bool) {
+	prop.mu.Lock()
+	defer prop.mu.Unlock()
+	if prop.decided {
+		return nil, false
+	}
+	prop.decided, prop.err = true, err
+	answers, prop.answers = prop.answers, nil
+	return answers, true
+}
+
+// outcome waits until prop's outcome is decided (or stop is closed) and
+// returns it.
+func (prop *proposal) outcome(stop <-chan struct{}) error {
+	select {
+	case <-prop.done:
+	case <-prop.expired:
+	case <-stop:
+		return errStopped
+	}
+	prop.mu.Lock()
+	defer prop.mu.Unlock()
+	return prop.err
+}
+
+// errStopped is outcome's error when its caller stopped waiting.
+var errStopped = errors.New("stopped waiting")
+
+// answerAll answers the sends of a proposal: with their acks if err is
+// nil, else those that asked to be told of a failure (later) with err.
+func answerAll(answers []answer, err error) {
+	for _, a := range answers {
+		switch {
+		case a.later != nil && err != nil:
+			a.later(nil, err)
+		case a.later != nil:
+			a.later(a.acks, nil)
+		case err == nil:
+			a.fn(a.acks)
+		}
+	}
+	clear(answers)
 }
 
 // commandSize bounds a send command's size from above.
@@ -353,19 +430,11 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	g.propMu.Unlock()
 	// A retry of an ID forgotten just now finds it in the log if the
 	// entry was applied: raft's verdict comes after the apply.
-	prop.err = proposeError("send", err)
-	for _, a := range prop.answers {
-		switch {
-		case a.later != nil && prop.err != nil:
-			a.later(nil, prop.err)
-		case a.later != nil:
-			a.later(a.acks, nil)
-		case prop.err == nil:
-			a.fn(a.acks)
-		}
+	prop.timer.Stop()
+	err = proposeError("send", err)
+	if answers, ok := prop.decide(err); ok {
+		answerAll(answers, err)
 	}
-	clear(prop.answers)
-	prop.answers = nil
 	close(prop.done)
 }
 

@@ -328,17 +328,27 @@ func TestCell5Faults(t *testing.T) {
 //     them, or (the next time) the followers cannot hear the leader: the
 //     followers must elect a leader that commits, and the old leader must
 //     refuse sends quickly;
+//   - disk-followers and disk-all: the followers' disks full at once (the
+//     leader's raft log still has room: it keeps leading, its followers
+//     answer it without storing), then every member's: a send to the
+//     leader must be refused unavailable (the cell's CommitWait, 2 s), not
+//     held until the client gives up;
+//   - kill-all-twice: the whole cell killed again within a second of its
+//     restart, while it replays and elects;
+//   - kill-all-staggered: the whole cell killed, then restarted one member
+//     at a time: the first alone must not lead and must refuse sends;
+//   - pause-all: every member frozen (SIGSTOP) for 3 s at once;
 //   - rolling-restart: each member in turn stopped with SIGTERM (it must
 //     exit 0) and restarted, the next only once the last has caught up,
 //     under the workload: the log names the longest pause of the sends
 //     around each restart.
 //
-// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 9: each kind once, one-way
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 11: each kind once, one-way
 // in both directions; make jepsen: 100).
 func TestCellOutageFaults(t *testing.T) {
-	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 9),
-		[]string{"kill-all", "one-way", "followers-down", "kill-all-twice", "isolate-follower", "pause-all", "rolling-restart",
-			"kill-all-staggered", "one-way"})
+	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 11),
+		[]string{"kill-all", "one-way", "followers-down", "disk-followers", "kill-all-twice", "isolate-follower", "pause-all",
+			"rolling-restart", "disk-all", "kill-all-staggered", "one-way"})
 }
 
 // runCellFaults runs rounds rounds of faults, in the order faults names
@@ -502,6 +512,29 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				w.waitProgress(t, order[1].name+" restarted")
 				c.startAll(t, order[2:])
 				c.caughtUp(ctx, t, probe, entry, order[2], lastAcked(h))
+			case "disk-all", "disk-followers":
+				// The disks of every member, or of the followers (the
+				// leader's log still has room: it keeps leading, its
+				// followers answer it), full at once: no majority can
+				// store a send, so each must be refused (unavailable),
+				// not left hanging, until the disks have room again.
+				full := c.nodes
+				if kind == "disk-followers" {
+					full = followers
+				}
+				var frees []func()
+				var names []string
+				for _, cn := range full {
+					frees = append(frees, cn.fill())
+					names = append(names, cn.name)
+				}
+				h.Fault(time.Now(), kind, "the disks of "+strings.Join(names, " and ")+" full")
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				h.Fault(time.Now(), kind+"-freed", "the disks of "+strings.Join(names, " and ")+" freed")
+				for _, free := range frees {
+					free()
+				}
+				w.waitProgress(t, "the disks of "+strings.Join(names, " and ")+" freed")
 			case "pause-all":
 				// Every member frozen at once (SIGSTOP) past the
 				// election timeout, then let go together: their timers
@@ -670,7 +703,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		back := logRecoveries(t, h, "kill-leader")
 		logElections(t, elected, back)
 		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-all", "kill-all-twice",
-			"kill-all-majority-back", "followers-back", "one-way", "pause-all"} {
+			"kill-all-majority-back", "followers-back", "one-way", "pause-all", "disk-all-freed", "disk-followers-freed"} {
 			logRecoveries(t, h, kind)
 		}
 		for _, kind := range slices.Sorted(maps.Keys(refused)) {
@@ -862,9 +895,10 @@ func logElections(t *testing.T, elected []killPhases, back []time.Duration) {
 }
 
 // minorityRefuses sends through a client that can reach only the old
-// leader, now cut off from the majority, until a send is answered
-// unavailable: a minority must refuse, never acknowledge and never leave
-// the client hanging past its attempt timeout. It returns when the first
+// leader, now without a majority that can store a send (cut off from it,
+// its followers down or their disks full), until a send is answered
+// unavailable: it must refuse, never acknowledge and never leave the
+// client hanging past its attempt timeout. It returns when the first
 // refusal came. Every attempt goes into the history (one that was
 // acknowledged by a minority would show as lost).
 func minorityRefuses(ctx context.Context, t *testing.T, w *workload, m *member, only wire.GroupEntry) time.Duration {
@@ -894,7 +928,7 @@ func minorityRefuses(ctx context.Context, t *testing.T, w *workload, m *member, 
 		case errClass(err) == "unavailable":
 			return time.Since(start)
 		case errClass(err) == "timeout":
-			t.Errorf("a send to a leader cut off from the majority hung for %v: want unavailable (%v)", attemptTimeout, err)
+			t.Errorf("a send to a leader without a majority that can store it hung for %v: want unavailable (%v)", attemptTimeout, err)
 		}
 		if time.Since(start) > waitTimeout {
 			t.Fatalf("the old leader never answered unavailable within %v", waitTimeout)
