@@ -795,6 +795,49 @@ func TestUncommittedSendAnswered(t *testing.T) {
 	c.sameLogs(g.ID, 7)
 }
 
+// TestHandover: a leader that hands the leadership over (as a daemon
+// stopping on purpose does) has the next leader elected at once, without
+// its followers waiting out their heartbeat timeout: here an hour, so
+// that only a handover can elect one within the test's wait. The old
+// leader then refuses sends naming the new one, and nothing is lost.
+func TestHandover(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	for _, m := range c.members {
+		cfg := m.node.cfg
+		if err := m.node.raft.ReloadConfig(raft.ReloadableConfig{TrailingLogs: cfg.TrailingLogs, SnapshotInterval: cfg.SnapshotInterval,
+			SnapshotThreshold: cfg.SnapshotThreshold, HeartbeatTimeout: time.Hour, ElectionTimeout: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.node.Handover(); err != nil {
+		t.Fatalf("handover: %v", err)
+	}
+	next := c.leader()
+	if next == l {
+		t.Fatal("the leader still leads after handing over")
+	}
+	_, err := l.node.Send(context.Background(), g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil)
+	var nl *NotLeaderError
+	if !errors.As(err, &nl) || nl.Leader != next.node.Self() {
+		t.Fatalf("a send to the old leader: %v, want NotLeaderError naming %v", err, next.node.Self())
+	}
+	if err := next.node.Handover(); err != nil {
+		t.Fatalf("the second handover: %v", err)
+	}
+	c.sendMany(g.ID, 10, 10)
+	c.sameLogs(g.ID, 20)
+	for _, m := range c.members {
+		if m != c.leader() {
+			if err := m.node.Handover(); err != nil {
+				t.Fatalf("a follower's handover: %v, want nil (nothing to hand over)", err)
+			}
+		}
+	}
+}
+
 // TestRestartLogBehindSnapshot: a member whose group log lost messages its
 // own raft snapshot covers (the log's files gone, raft's state kept)
 // catches them up from a peer while raft restores that snapshot at start.

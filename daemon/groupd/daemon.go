@@ -490,6 +490,14 @@ func (d *Daemon) Serve(ctx context.Context) error {
 // goroutine it started. It is safe to call more than once; every call
 // returns nil once shutdown has finished.
 func (d *Daemon) Close() error {
+	d.mu.Lock()
+	node := d.node
+	d.mu.Unlock()
+	if node != nil {
+		// While still serving: the sends refused meanwhile name the new
+		// leader, and the cell need not wait out an election.
+		node.Handover()
+	}
 	d.life.Close(d.srv.Close)
 	d.mu.Lock()
 	if d.node != nil {

@@ -36,6 +36,11 @@
 // it waits for every goroutine the server started. Listen and Serve after
 // Close return ErrClosed.
 //
+// A member of a cell that leads it hands the leadership over to another
+// member first (cell.Node.Handover), while it still serves: the cell then
+// has its next leader within a transfer, and the sends refused meanwhile
+// name it, rather than a leader that vanished and an election.
+//
 // Shutdown is the server's (package server): operations in flight finish
 // within ShutdownTimeout, watches end with CodeUnavailable, new streams
 // and connections are refused at once, then every connection is closed

@@ -339,9 +339,9 @@ func TestCell5Faults(t *testing.T) {
 //     at a time: the first alone must not lead and must refuse sends;
 //   - pause-all: every member frozen (SIGSTOP) for 3 s at once;
 //   - rolling-restart: each member in turn stopped with SIGTERM (it must
-//     exit 0) and restarted, the next only once the last has caught up,
-//     under the workload: the log names the longest pause of the sends
-//     around each restart.
+//     exit 0, the leader hand the leadership over first) and restarted,
+//     the next only once the last has caught up, under the workload: the
+//     log names the longest pause of the sends around each restart.
 //
 // HUDDLE_JEPSEN_ROUNDS sets the rounds (default 11: each kind once, one-way
 // in both directions; make jepsen: 100).
@@ -647,6 +647,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					if code := cn.exitCode(); code != 0 {
 						t.Errorf("%s (%s) exited %d on SIGTERM, want 0", cn.name, role, code)
 					}
+					if handed := cn.lines(handedOver, 0, stopped); role == "leader" && len(handed) == 0 {
+						t.Errorf("%s, the leader, stopped without handing the leadership over", cn.name)
+					}
 					h.Fault(stopped, "restart-"+role, cn.name+" stopped with SIGTERM and restarted")
 					cn.start()
 					cn.up = true
@@ -748,6 +751,10 @@ func (c *cell) startAll(t *testing.T, ns []*cellNode) {
 		cn.up = true
 	}
 }
+
+// handedOver matches the line a leader logs once it has handed the
+// cell's leadership over (a daemon stopping on purpose).
+var handedOver = regexp.MustCompile(`msg="cell: handed the leadership over"`)
 
 // preVoteWon and lostQuorum match raft's lines as a candidate's pre-vote
 // succeeds (it then takes the next term and asks for real votes), and as
