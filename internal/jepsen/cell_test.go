@@ -662,10 +662,13 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					h.Fault(stopped, "restart-"+role, cn.name+" stopped with SIGTERM and restarted")
 					cn.start()
 					cn.up = true
+					back := time.Now()
 					w.waitProgress(t, cn.name+" restarted")
 					c.caughtUp(ctx, t, probe, entry, cn, lastAcked(h))
-					restartPauses = append(restartPauses, fmt.Sprintf("%s (%s): stopped in %v, sends paused %v at most", cn.name, role,
-						stopTook.Round(10*time.Millisecond), sendPause(h, stopped, time.Now()).Round(10*time.Millisecond)))
+					pause, began := sendPause(h, stopped, time.Now())
+					restartPauses = append(restartPauses, fmt.Sprintf("%s (%s): stopped in %v, back in %v, sends paused %v at most (from +%v)",
+						cn.name, role, stopTook.Round(10*time.Millisecond), back.Sub(stopped).Round(10*time.Millisecond),
+						pause.Round(10*time.Millisecond), began.Round(10*time.Millisecond)))
 				}
 			case "loss":
 				h.Fault(time.Now(), "loss", "5% on every host")
@@ -845,8 +848,8 @@ func (c *cell) caughtUp(ctx context.Context, t *testing.T, m *member, entry wire
 
 // sendPause returns the longest time between from and to in which no
 // send attempt ended acknowledged (from from to the first ack, between
-// acks, and from the last ack to to).
-func sendPause(h *history.History, from, to time.Time) time.Duration {
+// acks, and from the last ack to to), and when it began, from from.
+func sendPause(h *history.History, from, to time.Time) (longest, began time.Duration) {
 	var ends []time.Time
 	for _, s := range h.Sends() {
 		if s.Acked && s.End.After(from) && s.End.Before(to) {
@@ -854,13 +857,14 @@ func sendPause(h *history.History, from, to time.Time) time.Duration {
 		}
 	}
 	slices.SortFunc(ends, time.Time.Compare)
-	var longest time.Duration
 	prev := from
 	for _, e := range append(ends, to) {
-		longest = max(longest, e.Sub(prev))
+		if d := e.Sub(prev); d > longest {
+			longest, began = d, prev.Sub(from)
+		}
 		prev = e
 	}
-	return longest
+	return longest, began
 }
 
 // logElections logs how long the cell took to have a new leader ready to
