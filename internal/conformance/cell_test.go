@@ -127,9 +127,12 @@ func TestCell(t *testing.T) {
 	ctx := ctxT(t)
 	p := newPeer(t)
 
-	// info on a follower: the cell's members, the leader marked.
+	// info on a follower: the cell's members, the leader marked. The
+	// registry lists the group once the leader created it: a follower
+	// that has not applied it yet says unavailable, with a wait (§13).
 	fc := p.mustDial(t, followers[0].addr, followers[0].fp)
-	in, err := fc.info(ctx, g)
+	var in info
+	err := whileUnavailable(ctx, t, func() (err error) { in, err = fc.info(ctx, g); return err })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,11 +185,8 @@ func TestCell(t *testing.T) {
 	// join the leader acknowledged waits for it to arrive (§13).
 	// One lagging by more than that wait says unavailable: ask again.
 	f1 := p.mustDial(t, followers[1].addr, followers[1].fp)
-	ms, err := f1.members(ctx, g)
-	for errorCode(err) == codeUnavailable && ctx.Err() == nil {
-		t.Logf("members from a follower right after the join: %v", err)
-		ms, err = f1.members(ctx, g)
-	}
+	var ms []member
+	err = whileUnavailable(ctx, t, func() (err error) { ms, err = f1.members(ctx, g); return err })
 	if err != nil || len(ms) != 1 || ms[0].fp != p.fp || ms[0].name != "follower" {
 		t.Errorf("members from the other follower right after the join: %+v, %v; want us", ms, err)
 	}
@@ -272,4 +272,24 @@ func TestCell(t *testing.T) {
 		t.Errorf("watch on a follower: %+v, %v; want message 5", got, err)
 	}
 	w.s.cancel()
+}
+
+// whileUnavailable runs op again while it is answered unavailable with a
+// wait (retry_after_ms), after that wait, as §13 asks of a client whose
+// member is not ready yet (it has not applied the group, or a join).
+func whileUnavailable(ctx context.Context, t *testing.T, op func() error) error {
+	t.Helper()
+	for {
+		err := op()
+		var pe *protoError
+		if !errors.As(err, &pe) || pe.code != codeUnavailable || pe.retryAfter == 0 {
+			return err
+		}
+		t.Logf("asked again after %d ms: %v", pe.retryAfter, err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(pe.retryAfter) * time.Millisecond):
+		}
+	}
 }
