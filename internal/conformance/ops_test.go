@@ -378,6 +378,7 @@ type watchEvent struct {
 	gapFrom  uint64 // Gap
 	gapTo    uint64
 	last     uint64 // Heartbeat
+	now      int64
 	err      *protoError
 }
 
@@ -442,8 +443,7 @@ func (w *watch) next() (watchEvent, error) {
 	case kindGap:
 		ev.gapFrom, ev.gapTo = r.uint(1), r.uint(2)
 	case kindHeartbeat:
-		ev.last = r.uint(1)
-		r.int(2)
+		ev.last, ev.now = r.uint(1), r.int(2)
 	case kindError:
 		ev.err, err = decodeError(rep.body)
 		r.keep(err)

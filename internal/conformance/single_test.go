@@ -123,6 +123,7 @@ func TestSingleDaemon(t *testing.T) {
 	t.Run("errors", func(t *testing.T) { t.Parallel(); testErrors(t, s) })
 	t.Run("frames", func(t *testing.T) { t.Parallel(); testMalformed(t, s) })
 	t.Run("handshake", func(t *testing.T) { t.Parallel(); testHandshake(t, s) })
+	t.Run("heartbeat", func(t *testing.T) { t.Parallel(); testHeartbeat(t, s) })
 }
 
 // testList: §7.4 on a registry of one daemon's groups.
@@ -742,4 +743,26 @@ func online(t *testing.T, c *conn, g []byte, fp fingerprint) bool {
 	}
 	t.Fatalf("%s is not a member", fp)
 	return false
+}
+
+// testHeartbeat: an idle watch gets a Heartbeat after heartbeat_ms (5 s),
+// with the log's last sequence and the server's time (§8.7).
+func testHeartbeat(t *testing.T, s *single) {
+	g := s.groups["errors"].group
+	ctx := ctxT(t)
+	_, c, j := s.member(t, "errors", "idle watcher")
+	before := time.Now()
+	w, err := c.watch(ctx, query{group: g, after: j.last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.s.cancel()
+	ev, err := w.next()
+	after := time.Now()
+	if err != nil || ev.kind != kindHeartbeat || ev.last != j.last {
+		t.Fatalf("an idle watch: %+v, %v; want a Heartbeat with last %d", ev, err, j.last)
+	}
+	if ev.now < before.Add(4*time.Second).UnixNano() || ev.now > after.UnixNano() {
+		t.Errorf("heartbeat now %v; want about 5 s after the watch began at %v", time.Unix(0, ev.now), before)
+	}
 }
