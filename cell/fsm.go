@@ -361,11 +361,20 @@ func (f *fsm) flush(resps []any) {
 
 // append appends entries to g's log, trying again until it succeeds (true)
 // or the daemon stops (false). f.mu is held.
+//
+// Entries more than the log holds at once (its retention, or a record's
+// size on disk) are appended in halves: each send fitted when the leader
+// took it, but the sends a raft entry gathered, and those an ApplyBatch
+// merged, may not together; retention then keeps the newest.
 func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 	for attempt := 0; ; attempt++ {
 		err := g.log.Append(entries)
 		if err == nil {
 			return true
+		}
+		if errors.Is(err, store.ErrBatchTooLarge) && len(entries) > 1 {
+			half := len(entries) / 2
+			return f.append(g, entries[:half]) && f.append(g, entries[half:])
 		}
 		if attempt == 0 || attempt%100 == 0 {
 			f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",

@@ -28,7 +28,8 @@ import (
 // under dir, and their members in a map: what the group daemon does, less
 // the serving.
 type testHost struct {
-	dir string // "" for memory logs
+	dir    string       // "" for memory logs
+	limits store.Config // the logs' retention (MaxMessages, MaxBytes); zero for the defaults
 
 	mu     sync.Mutex
 	groups map[wire.UUID]*testReplica
@@ -93,7 +94,7 @@ func (h *testHost) OpenGroup(spec GroupSpec) (Replica, error) {
 	if r := h.groups[spec.ID]; r != nil {
 		return r, nil
 	}
-	cfg := store.Config{Epoch: spec.Epoch, DedupWindow: spec.DedupWindow}
+	cfg := store.Config{Epoch: spec.Epoch, DedupWindow: spec.DedupWindow, MaxMessages: h.limits.MaxMessages, MaxBytes: h.limits.MaxBytes}
 	var l Log
 	if h.dir == "" {
 		m, err := store.New(cfg)
