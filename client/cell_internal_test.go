@@ -130,6 +130,67 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	}
 }
 
+// TestCellAttemptAtStoppedMember: an attempt at a member that closed its
+// connection as it stopped a moment ago (code 0x2: not dialled again for
+// shutdownWait) fails at once with ErrShuttingDown, as it is. It used to
+// be reported as no handshake in time (the dial's context was cancelled
+// before it was asked whether it had timed out, so every dial failure
+// read as a timeout), and the member was then suspected of being dead.
+func TestCellAttemptAtStoppedMember(t *testing.T) {
+	cl := newTestClient(t, Config{})
+	defer cl.Close()
+	stopped, other := wire.Fingerprint{1}, wire.Fingerprint{2}
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{"127.0.0.1:1"}, Fingerprint: stopped,
+		Replicas: []wire.Replica{{Addr: "127.0.0.1:1", Fingerprint: stopped, Leader: true}, {Addr: "127.0.0.1:2", Fingerprint: other}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := g.peer()
+	p.mu.Lock()
+	p.stopped = cl.now()
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var sent wire.Sent
+	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+	if !errors.Is(err, ErrShuttingDown) || errors.Is(err, errNoHandshake) {
+		t.Fatalf("attempt at a member that stopped a moment ago: %v, want %v alone", err, ErrShuttingDown)
+	}
+}
+
+// TestCellFollowDialsStoppedMember: a member another names leader is
+// dialled even if it closed a connection as it stopped a moment ago: it
+// was restarted and elected since (in a rolling restart, the member
+// restarted last is often the one handed the leadership next), and
+// waiting out shutdownWait kept sends from the cell's leader.
+func TestCellFollowDialsStoppedMember(t *testing.T) {
+	srv, tr, _ := rawServer(t, &quic.Config{})
+	defer tr.Close()
+	addr := tr.Conn.LocalAddr().String()
+	cl := newTestClient(t, Config{})
+	defer cl.Close()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{"127.0.0.1:2"}, Fingerprint: wire.Fingerprint{2},
+		Replicas: []wire.Replica{{Addr: "127.0.0.1:2", Fingerprint: wire.Fingerprint{2}, Leader: true}, {Addr: addr, Fingerprint: srv.Fingerprint()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.peer([]string{addr}, srv.Fingerprint(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.stopped = cl.now()
+	p.mu.Unlock()
+	if err := g.follow(wire.Replica{Addr: addr, Fingerprint: srv.Fingerprint(), Leader: true}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := g.peer().get(ctx); err != nil {
+		t.Fatalf("dialling the member named leader, which stopped a moment ago: %v, want a connection", err)
+	}
+}
+
 // TestPauseEndsAtTheBound: a wait between a call's attempts ends when the
 // call's bound on following the leader comes first, and says so.
 func TestPauseEndsAtTheBound(t *testing.T) {

@@ -311,6 +311,14 @@ func (p *peer) noticeClose(conn *quic.Conn) {
 	p.mu.Unlock()
 }
 
+// forgetStop clears the mark a shutdown close left (see stopped): the
+// next call dials the server again.
+func (p *peer) forgetStop() {
+	p.mu.Lock()
+	p.stopped = time.Time{}
+	p.mu.Unlock()
+}
+
 // shutdownWait is how long after a server closed its connection because
 // it is shutting down the client takes it at its word, the time to wait
 // its own refusals give while it stops (PROTOCOL.md §3, "Shutting
