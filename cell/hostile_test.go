@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/quic-go/quic-go"
 
@@ -697,4 +698,37 @@ func TestTransportHandshakesShared(t *testing.T) {
 	if ended, err := endedByPeer(silent[0]); !ended {
 		t.Fatalf("the stranger's oldest connection was kept: read %v", err)
 	}
+}
+
+// TestRaftResponseBounded: a response is a few bytes (raft's answer, or its
+// error's text), yet a member's listener (a member's key at a member's
+// address) could declare one of maxFrameBytes and make the member asking
+// read and allocate up to that, on each RPC. A response declaring more than
+// maxResponseBytes is malformed before anything is allocated.
+func TestRaftResponseBounded(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	ta, _ := newTransport(t, aID, []Peer{{Addr: addr, Fingerprint: bID.Fingerprint()}}, false)
+	a := newRaftNet(ta, waitTimeout, hclog.NewNullLogger())
+	t.Cleanup(func() { a.Close() })
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		conn, err := tb.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		if _, _, err := readFrame(bufio.NewReader(conn)); err != nil {
+			return
+		}
+		conn.Write(rawFrame(rpcRequestVote, maxFrameBytes, []byte("the start of a long answer")))
+		conn.Read(make([]byte, 1)) // until a closes it
+	}()
+	var resp raft.RequestVoteResponse
+	err := a.RequestVote("b", toAddr(addr), &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax}, Term: 1}, &resp)
+	if !errors.Is(err, errMalformed) {
+		t.Fatalf("a response declaring %d bytes: %v, want it malformed at once", maxFrameBytes, err)
+	}
+	<-served
 }

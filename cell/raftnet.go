@@ -178,16 +178,19 @@ func (c *rpcConn) send(req any) (byte, error) {
 
 // receive reads the response to a request of typ into resp.
 func (c *rpcConn) receive(typ byte, resp any) error {
-	rtyp, body, err := readFrame(c.r)
+	rtyp, body, err := readFrameUpTo(c.r, maxResponseBytes)
 	if err != nil {
 		return err
 	}
 	return decodeResponse(typ, rtyp, body, resp)
 }
 
-// readFrame reads a frame: its type, and its body in a buffer of its own,
-// which what is decoded from it may refer to.
-func readFrame(r *bufio.Reader) (byte, []byte, error) {
+// readFrame reads a request frame: its type, and its body in a buffer of
+// its own, which what is decoded from it may refer to.
+func readFrame(r *bufio.Reader) (byte, []byte, error) { return readFrameUpTo(r, maxFrameBytes) }
+
+// readFrameUpTo reads a frame as readFrame does, of at most max bytes.
+func readFrameUpTo(r *bufio.Reader, max uint32) (byte, []byte, error) {
 	h, err := r.Peek(frameHeader)
 	if err != nil {
 		if err == io.EOF && len(h) > 0 {
@@ -196,8 +199,8 @@ func readFrame(r *bufio.Reader) (byte, []byte, error) {
 		return 0, nil, err
 	}
 	typ, n := h[0], binary.BigEndian.Uint32(h[1:])
-	if n > maxFrameBytes {
-		return 0, nil, fmt.Errorf("%w: a frame of %d bytes, more than %d", errMalformed, n, maxFrameBytes)
+	if n > max {
+		return 0, nil, fmt.Errorf("%w: a frame of %d bytes, more than %d", errMalformed, n, max)
 	}
 	r.Discard(frameHeader)
 	// The body's buffer grows with the bytes that arrive, past the first

@@ -75,6 +75,10 @@ const (
 	// a member whose key the cell lists, but a longer length is refused
 	// before anything is allocated for it.
 	maxFrameBytes = 1024 * (256<<10 + 64)
+	// maxResponseBytes bounds a response's body: raft's answers are a
+	// few numbers, and its errors a line of text. A member's listener
+	// declaring more is not read.
+	maxResponseBytes = 64 << 10
 	// minEntryBytes is the shortest an entry's encoding can be: a count of
 	// entries is checked against it before the entries are allocated.
 	minEntryBytes = 6
