@@ -342,6 +342,10 @@ func (t *Transport) track(c *tcpConn) bool {
 		}
 		if held <= maxConnsPerKey {
 			oldest = nil
+		} else {
+			// Out of the count now: another connection tracked before
+			// it is closed must not pick it again.
+			delete(t.tcpConns, oldest)
 		}
 	}
 	t.mu.Unlock()

@@ -338,8 +338,8 @@ type inConn struct {
 // address and in all) do not count the cell's connections.
 const maxQUICConnsPerKey = 8
 
-// oldestBeyond returns the oldest connection from fp if fp holds more
-// than maxQUICConnsPerKey (t.mu held), else nil.
+// oldestBeyond returns the oldest connection from fp, taken out of t.in,
+// if fp holds more than maxQUICConnsPerKey (t.mu held), else nil.
 func (t *Transport) oldestBeyond(fp wire.Fingerprint) *quic.Conn {
 	held := 0
 	var oldest *quic.Conn
@@ -356,6 +356,9 @@ func (t *Transport) oldestBeyond(fp wire.Fingerprint) *quic.Conn {
 	if held <= maxQUICConnsPerKey {
 		return nil
 	}
+	// Out of the count now, not once its goroutine ends: the next
+	// connection must not pick it again.
+	delete(t.in, oldest)
 	return oldest
 }
 
