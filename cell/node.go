@@ -786,8 +786,11 @@ func (n *Node) Handover() error {
 		n.cfg.Logger.Warn("cell: could not hand the leadership over before stopping", "err", err)
 		return fmt.Errorf("cell: hand over the leadership: %w", err)
 	}
-	leader, _ := n.Leader()
-	n.cfg.Logger.Info("cell: handed the leadership over", "to", leader.String())
+	if leader, ok := n.Leader(); ok {
+		n.cfg.Logger.Info("cell: handed the leadership over", "to", leader.String())
+	} else {
+		n.cfg.Logger.Info("cell: handed the leadership over") // the next leader's first heartbeat is yet to come
+	}
 	return nil
 }
 

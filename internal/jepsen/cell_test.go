@@ -4,6 +4,7 @@ package jepsen
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -402,6 +403,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		var restartPauses []string // rolling-restart: each member's role, and the sends' longest pause
 		var isolations []string    // isolate-follower: what each did to the leader's term
 		leaderLost := 0            // rounds that ended in another term than they began
+		var aloneReads []string    // kill-all-staggered: what a fetch from the member restarted alone got
 		var elected []killPhases   // from each leader kill to its steps of recovery
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
@@ -512,6 +514,15 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, order[0])))
 				if lead := order[0].term(); lead != 0 {
 					t.Errorf("%s, restarted alone, led in term %d", order[0].name, lead)
+				}
+				// Alone, it serves what it holds if it has applied the
+				// group (a snapshot restored at start), else it answers
+				// unavailable (PROTOCOL.md §13): never not_found, never
+				// a hang.
+				if _, err := w.readErr(ctx, aloneOn(t, probe, entryOf(entry, order[0])), order[0].name+" alone", 0, false); err != nil && !errors.Is(err, client.ErrUnavailable) {
+					t.Errorf("a fetch from %s, restarted alone: %v, want its messages or unavailable", order[0].name, err)
+				} else {
+					aloneReads = append(aloneReads, fmt.Sprintf("%s: %v", order[0].name, errOr(err, "served")))
 				}
 				h.Fault(time.Now(), "kill-all-majority-back", "a majority restarted")
 				c.startAll(t, order[1:majority])
@@ -729,6 +740,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		for _, s := range isolations {
 			t.Logf("isolate-follower: %s", s)
 		}
+		if len(aloneReads) > 0 {
+			t.Logf("a fetch from a member restarted alone after the whole cell was killed: %s", strings.Join(aloneReads, "; "))
+		}
 		if len(restartPauses) > 0 {
 			t.Logf("rolling restarts: %s", strings.Join(restartPauses, "; "))
 		}
@@ -736,6 +750,14 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)
 		}
 	})
+}
+
+// errOr returns err's class, or ok if err is nil.
+func errOr(err error, ok string) string {
+	if err == nil {
+		return ok
+	}
+	return errClass(err)
 }
 
 // killAll SIGKILLs every member at once and waits for each to exit.
