@@ -345,17 +345,20 @@ func TestCell5Faults(t *testing.T) {
 //   - kill-all-staggered: the whole cell killed, then restarted one member
 //     at a time: the first alone must not lead and must refuse sends;
 //   - pause-all: every member frozen (SIGSTOP) for 3 s at once;
+//   - disk-full-restart: a member (a follower, the next time the leader)
+//     SIGKILLed while its disk is full and started again on it: it must
+//     start, and catch up once the disk has room;
 //   - rolling-restart: each member in turn stopped with SIGTERM (it must
 //     exit 0, the leader hand the leadership over first) and restarted,
 //     the next only once the last has caught up, under the workload: the
 //     log names the longest pause of the sends around each restart.
 //
-// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 11: each kind once, one-way
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 12: each kind once, one-way
 // in both directions; make jepsen: 100).
 func TestCellOutageFaults(t *testing.T) {
-	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 11),
+	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12),
 		[]string{"kill-all", "one-way", "followers-down", "disk-followers", "kill-all-twice", "isolate-follower", "pause-all",
-			"rolling-restart", "disk-all", "kill-all-staggered", "one-way"})
+			"rolling-restart", "disk-all", "kill-all-staggered", "one-way", "disk-full-restart"})
 }
 
 // runCellFaults runs rounds rounds of faults, in the order faults names
@@ -555,6 +558,26 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					free()
 				}
 				w.waitProgress(t, "the disks of "+strings.Join(names, " and ")+" freed")
+			case "disk-full-restart":
+				// A member killed while its disk is full (a follower, then
+				// the leader) and started again on it, still full: it must
+				// start (its votes are written in place, its logs
+				// reopened without new space) while the others go on,
+				// and catch up once the disk has room.
+				victim := followers[0]
+				if counts[kind]%2 == 1 {
+					victim = leader
+				}
+				free := victim.fill()
+				w.waitProgress(t, victim.name+"'s disk filled")
+				victim.kill(syscall.SIGKILL)
+				victim.up = false
+				h.Fault(time.Now(), kind, victim.name+" killed with its disk full, restarted on it")
+				victim.start()
+				victim.up = true
+				w.waitProgress(t, victim.name+" restarted on a full disk")
+				free()
+				c.caughtUp(ctx, t, probe, entry, victim, lastAcked(h))
 			case "pause-all":
 				// Every member frozen at once (SIGSTOP) past the
 				// election timeout, then let go together: their timers
