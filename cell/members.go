@@ -125,14 +125,61 @@ func (n *Node) AwaitVoter(ctx context.Context, fp wire.Fingerprint) error {
 	}
 }
 
-// RemoveMember removes the member whose key is fp from the cell. A leader
-// that removes itself steps down once the change is committed. Errors: as
-// AddMember's.
+// RemoveMember removes the member whose key is fp from the cell. The
+// leader asked to remove itself does not: it hands the leadership over to
+// the most up-to-date voter first and answers a *NotLeaderError naming it,
+// and the caller asks the new leader, which removes it as a follower (the
+// client and the CLI do so by themselves). The cell so goes on without an
+// election timeout's pause, and the removed daemon keeps its raft
+// running, so that it can be added again. Errors: as AddMember's, and
+// ErrUnavailable (wrapped) if no voter could take the leadership over.
 func (n *Node) RemoveMember(ctx context.Context, fp wire.Fingerprint) error {
 	if _, err := n.leading(); err != nil {
 		return err
 	}
+	if fp == n.self.Fingerprint {
+		return n.handOver(ctx)
+	}
 	return n.change(ctx, "remove member", n.raft.RemoveServer(raft.ServerID(fp.String()), 0, n.timeout(ctx)))
+}
+
+// handOver transfers the leadership to another voter and returns a
+// *NotLeaderError naming it, once this node knows it leads (its first
+// heartbeat, at once after the transfer; or an empty one if it did not
+// learn of it within an election timeout).
+func (n *Node) handOver(ctx context.Context) error {
+	done := make(chan error, 1)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		done <- n.raft.LeadershipTransfer().Error() // answered within an election timeout
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("remove member: %w: this member leads, and could not hand the leadership over before its removal: %v", ErrUnavailable, err)
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("remove member: %w: %v", ErrUnavailable, context.Cause(ctx))
+	case <-n.closing:
+		return ErrClosed
+	}
+	n.cfg.Logger.Info("cell: handed the leadership over, to be removed by the next leader")
+	tick := time.NewTicker(n.cfg.HeartbeatTimeout / 20)
+	defer tick.Stop()
+	deadline := time.After(n.cfg.ElectionTimeout)
+	for {
+		if leader, ok := n.Leader(); ok && leader != n.self {
+			return &NotLeaderError{Leader: leader}
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			return &NotLeaderError{}
+		case <-ctx.Done():
+			return &NotLeaderError{}
+		}
+	}
 }
 
 // timeout is the time left before ctx's deadline, or RPCTimeout.

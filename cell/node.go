@@ -410,6 +410,10 @@ func (n *Node) Start() error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.Logger = hclogFor(n.cfg.Logger, "raft")
 	rc.NoLegacyTelemetry = true
+	// A leader never removes itself (RemoveMember hands over first); were
+	// it to, it would step down rather than shut raft down under the
+	// entries it was handed, which would never be answered (BatchApplyCh).
+	rc.ShutdownOnRemove = false
 	r, err := raft.NewRaft(rc, n.fsm, cached, logs, n.snaps, n.net)
 	if err != nil {
 		n.net.Close()
@@ -438,18 +442,18 @@ func (n *Node) Start() error {
 	n.wg.Add(2)
 	go n.leaderLoop()
 	go n.promoteLoop()
-	if n.cfg.LeaderChanged != nil {
-		// A wake-up, not a record: the watcher reads the leader raft knows
-		// now, so an observation dropped while one is pending loses nothing.
-		wake := make(chan raft.Observation, 1)
-		obs := raft.NewObserver(wake, false, func(o *raft.Observation) bool {
-			_, ok := o.Data.(raft.LeaderObservation)
-			return ok
-		})
-		r.RegisterObserver(obs)
-		n.wg.Add(1)
-		go n.watchLeader(obs, wake)
-	}
+	// A wake-up, not a record: the watcher reads the leader raft knows
+	// now, so an observation dropped while one is pending loses nothing.
+	// It runs whether or not the daemon wants to hear of leaders: a
+	// member removed learns it there (noteMembership).
+	wake := make(chan raft.Observation, 1)
+	obs := raft.NewObserver(wake, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	r.RegisterObserver(obs)
+	n.wg.Add(1)
+	go n.watchLeader(obs, wake)
 	if !n.cfg.Fsync.Always {
 		n.wg.Add(1)
 		go n.syncLoop()
@@ -571,8 +575,9 @@ func (n *Node) leaderLoop() {
 	}
 }
 
-// watchLeader calls cfg.LeaderChanged with each leader this node comes to
-// know of, until the node closes.
+// watchLeader calls cfg.LeaderChanged (if set) with each leader this node
+// comes to know of, and notes whether the node is still a member when it
+// knows of none, until the node closes.
 func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 	defer n.wg.Done()
 	defer n.raft.DeregisterObserver(obs)
@@ -584,7 +589,9 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 			return
 		}
 		last, known = p, ok
-		n.cfg.LeaderChanged(p, ok)
+		if n.cfg.LeaderChanged != nil {
+			n.cfg.LeaderChanged(p, ok)
+		}
 		if f := n.raft.GetConfiguration(); !ok && f.Error() == nil {
 			n.noteMembership(f.Configuration())
 		}
