@@ -706,10 +706,19 @@ func newEpoch() uint64 {
 }
 
 // Join proposes that m join group id, with the leader's clock as its join
-// time, and returns once the cell decided: already is set if m was a
-// member (renamed, if its name differs). Errors: as Send's, and ErrFull.
+// time (but never before the latest message the leader stamped in the
+// group: a leader whose clock is behind the one before it stamps messages
+// just after that one's, and dates joins so too), and returns once the
+// cell decided: already is set if m was a member (renamed, if its name
+// differs). Errors: as Send's, and ErrFull.
 func (n *Node) Join(ctx context.Context, id wire.UUID, fp wire.Fingerprint, name string) (already bool, err error) {
-	m := Member{Fingerprint: fp, Name: name, Joined: n.cfg.Now().UnixNano()}
+	joined := n.cfg.Now().UnixNano()
+	if term, err := n.leading(); err == nil {
+		if g := n.fsm.group(id); g != nil {
+			joined = max(joined, g.latestStamp(term))
+		}
+	}
+	m := Member{Fingerprint: fp, Name: name, Joined: joined}
 	resp, err := n.propose(ctx, "join", func() []byte { return encodeJoin(nil, id, m, n.cfg.MaxMembers) })
 	if err != nil {
 		return false, err

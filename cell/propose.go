@@ -49,6 +49,26 @@ type proposer struct {
 	// emptied, for the next; sized is how many sends that one carried.
 	spare []store.Entry
 	sized int
+	// warnedClock says the leader's clock was found behind the group's
+	// latest timestamp in this term, and said so.
+	warnedClock bool
+}
+
+// clockBehind is how far behind the group's latest timestamp the leader's
+// clock may be before it says so: clocks of one network kept by NTP agree
+// within milliseconds.
+const clockBehind = time.Second
+
+// latestStamp returns the latest timestamp of group g: its log's tail, or
+// the last send the leader stamped in term, if later.
+func (g *groupState) latestStamp(term uint64) int64 {
+	_, t := g.log.Tail()
+	g.propMu.Lock()
+	defer g.propMu.Unlock()
+	if g.prop.term == term {
+		t = max(t, g.prop.seq.LastTime)
+	}
+	return t
 }
 
 // pending is a send in flight: its proposal, and its place there.
@@ -220,6 +240,7 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 	defer g.propMu.Unlock()
 	p := &g.prop
 	if p.term != term {
+		p.warnedClock = false
 		if p.open != nil {
 			// Stamped by a leadership that has ended: its senders retry.
 			n.fail(p, p.open, fmt.Errorf("send: %w: the cell's leadership changed while it was in flight; retry with the same IDs", ErrUnavailable))
@@ -247,7 +268,14 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 			batchAcks[i].Duplicate = true // not stamped again; filled in once w is done
 		}
 	}
-	k := p.seq.Stamp(n.cfg.Now().UnixNano(), entries, batchAcks)
+	now := n.cfg.Now().UnixNano()
+	if behind := time.Duration(p.seq.LastTime - now); behind > clockBehind && !p.warnedClock {
+		p.warnedClock = true
+		n.cfg.Logger.Warn("cell: this member's clock is behind the group's latest timestamp (an earlier leader's clock, or its own before it stepped back): "+
+			"it stamps messages just after that one until its clock catches up, so they are dated too early for time queries (fetch --since); "+
+			"keep the members' clocks in sync (NTP)", "group", g.spec.Name, "behind", behind.Round(time.Millisecond))
+	}
+	k := p.seq.Stamp(now, entries, batchAcks)
 	if k == 0 {
 		return nil, waits, false, nil
 	}
