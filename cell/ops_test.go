@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 )
 
 // An operator's changes of a cell's members, each under a steady send
@@ -141,7 +142,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 		l.setNodes(c)
 	}
 	c.wantMembers(3)
-	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+	t.Logf("%d messages acknowledged and held once by every member (the member that installed the snapshot among them)", l.check(c))
 }
 
 // runningMembers returns c's members that run.
@@ -188,7 +189,7 @@ func TestRemoveLeaderUnderLoad(t *testing.T) {
 	l.await("after the removal", 50)
 	l.measure("add the removed leader again (not restarted)", 100, func() { c.readd(old) })
 	c.wantMembers(3)
-	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+	t.Logf("%d messages acknowledged and held once by every member (the member that installed the snapshot among them)", l.check(c))
 }
 
 // TestReplaceDeadMemberUnderLoad: a follower's host dies for good (its
@@ -211,7 +212,7 @@ func TestReplaceDeadMemberUnderLoad(t *testing.T) {
 	l.measure("add the replacement (3 -> 4, one dead)", 100, func() { c.addMember(true); l.setNodes(c) })
 	l.measure("remove the dead member (4 -> 3)", 100, func() { c.removeMember(dead) })
 	c.wantMembers(3)
-	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+	t.Logf("%d messages acknowledged and held once by every member (the member that installed the snapshot among them)", l.check(c))
 }
 
 // TestStaleMemberRejoins: a member killed, then removed while it is down
@@ -237,5 +238,46 @@ func TestStaleMemberRejoins(t *testing.T) {
 	})
 	l.measure("add the stale member again", 100, func() { c.readd(stale) })
 	c.wantMembers(3)
-	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+	t.Logf("%d messages acknowledged and held once by every member (the member that installed the snapshot among them)", l.check(c))
+}
+
+// TestSnapshotInstallUnderLoad: a member that lagged past what raft keeps
+// of its log is sent a snapshot while clients send, and its install (the
+// groups' messages copied from a peer) is held for longer than raft's RPC
+// timeout: the cell goes on taking sends meanwhile, at about its rate
+// before (logged), and the member catches up once its install goes on.
+func TestSnapshotInstallUnderLoad(t *testing.T) {
+	c := newTestCell(t, 3, true, func(cfg *Config) {
+		compacting(cfg)
+		cfg.RPCTimeout = 500 * time.Millisecond
+	})
+	g := c.leader().group("lobby")
+	l := startLoad(c, g.ID)
+	l.await("the load", 200)
+	lagger := c.followers(1)[0]
+	lagged := lagger.node.raft.LastIndex()
+	lagger.crash()
+	l.setNodes(c)
+	before := time.Now()
+	l.await("with the member down", 2000)
+	c.leader().waitSnapshot(lagged + 8 + 1) // compacting's TrailingLogs: the member needs the snapshot
+	rate := func(from time.Time, n int) float64 { return float64(n) / time.Since(from).Seconds() }
+	p, _ := l.pause(before, time.Now())
+	t.Logf("send rate with the member down: %.0f msgs/s, longest pause %v", rate(before, 2000), p.Round(time.Millisecond))
+
+	lagger.host = newTestHost(lagger.host.dir)
+	release := lagger.host.holdAppends()
+	t.Cleanup(release)
+	c.start(lagger, false)
+	l.setNodes(c)
+	waitUntil(t, "the member's install to copy messages from a peer", func() bool { return lagger.host.heldAppends() > 0 })
+	held := time.Now()
+	var n int
+	// Several RPC timeouts' worth of sends while the install is held.
+	l.await("while the member installs the snapshot", 10000)
+	p, n = l.pause(held, time.Now())
+	t.Logf("send rate while the member installs a snapshot (held %v): %.0f msgs/s, longest pause %v", time.Since(held).Round(time.Millisecond), rate(held, n), p.Round(time.Millisecond))
+	release()
+	l.await("after the install", 200)
+	t.Logf("%d messages acknowledged and held once by every member (the member that installed the snapshot among them)", l.check(c))
 }
