@@ -52,9 +52,10 @@ func (g *Group) learnReplicas(rs []wire.Replica) {
 	g.mu.Unlock()
 }
 
-// learnFrom records the replicas a member that does not serve the group
-// named in its refusal (removed from the cell, or still catching up):
-// they replace the list the handle holds.
+// learnFrom records the replicas a member named in its refusal (one that
+// does not serve the group, removed from the cell or still catching up;
+// or one that does not lead, refusing a send, join or leave): they
+// replace the list the handle holds.
 func (g *Group) learnFrom(err error) {
 	var we *wire.Error
 	if errors.As(err, &we) && len(we.Replicas) > 0 {
@@ -186,6 +187,9 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		}
 		var we *wire.Error
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
+		// A member's refusal names the cell's members: a list made before
+		// one was replaced is replaced, so that a member gone is not asked.
+		g.learnFrom(err)
 		log := g.cl.cfg.Logger
 		if leader && g.suspected(we.Leader.Fingerprint) {
 			log.Debug("cell: passing over the leader named, silent a moment ago", "op", op, "leader", we.Leader.Addr)

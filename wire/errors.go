@@ -106,10 +106,12 @@ type Error struct {
 	// does not lead it, for an operation only the leader runs (send, join,
 	// leave): the member that leads, to send it to (PROTOCOL.md §13).
 	Leader *Replica `cbor:"5,keyasint,omitempty"`
-	// Replicas may be set with CodeUnavailable by a daemon that does not
-	// serve a cell's group (it was removed from the cell, or is still
-	// catching up after being added): the members that serve it, as the
-	// daemon knows them, to use instead of the list the client holds.
+	// Replicas may be set with CodeUnavailable by a member of a cell: by
+	// one that does not serve a cell's group (it was removed from the
+	// cell, or is still catching up after being added), and with every
+	// refusal of an operation only the leader runs (send, join, leave):
+	// the members that serve the group, as the daemon knows them, to use
+	// instead of the list the client holds (PROTOCOL.md §13).
 	Replicas []Replica `cbor:"6,keyasint,omitempty"`
 }
 

@@ -798,3 +798,44 @@ func TestCellRegistryCountsPromptly(t *testing.T) {
 	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two", "three")}, nil))
 	ev.await(t, "the send", func() bool { return entry().LastSeq == 3 })
 }
+
+// TestCellRefusalNamesMembers: a client whose list of a cell's members is
+// older than the cell's (made before a dead member was replaced) learns
+// the members from the first refusal it gets, here a follower's refusal
+// of a join naming the leader, and no longer asks the member that is
+// gone. (It kept the old list until it asked the registry again, and
+// each time it looked for a leader, a try of the dead member cost it a
+// handshake timeout: half a second of every failover.)
+func TestCellRefusalNamesMembers(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, g := cellLeader(t, members)
+	var follower *testCellMember
+	var live []wire.Replica
+	for _, m := range members {
+		live = append(live, wire.Replica{Addr: m.addr, Fingerprint: m.fp})
+		if m != leader {
+			follower = m
+		}
+	}
+	gone := wire.Replica{Addr: testport.Cell(t), Fingerprint: newKey(t).Fingerprint()}
+	cl, err := client.New(client.Config{Identity: newKey(t), Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	h, err := cl.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{follower.addr}, Fingerprint: follower.fp,
+		Replicas: append(slices.Clone(live), gone)})
+	must(t, err)
+	_, err = h.Join(testCtx(t), "ann", nil)
+	must(t, err)
+	got := h.Replicas()
+	addrs := func(rs []wire.Replica) []string {
+		var as []string
+		for _, r := range rs {
+			as = append(as, r.Addr+" "+r.Fingerprint.Short())
+		}
+		slices.Sort(as)
+		return as
+	}
+	if !slices.Equal(addrs(got), addrs(live)) {
+		t.Fatalf("after a follower's refusal the handle knows the replicas %v, want the cell's members %v", addrs(got), addrs(live))
+	}
+}

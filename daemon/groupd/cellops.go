@@ -21,7 +21,7 @@ func cellError(op wire.Op, g *group, err error) error {
 	var nl *cell.NotLeaderError
 	switch {
 	case errors.As(err, &nl):
-		we := &wire.Error{Code: wire.CodeUnavailable}
+		we := &wire.Error{Code: wire.CodeUnavailable, Replicas: cellMembers(g)}
 		if nl.Leader.Addr == "" {
 			we.RetryAfterMS = uint64(cellRetry.Milliseconds())
 			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell, and no leader is known (an election is under way): try again shortly", op, g.name)
@@ -31,7 +31,7 @@ func cellError(op wire.Op, g *group, err error) error {
 		}
 		return we
 	case errors.Is(err, cell.ErrUnavailable):
-		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g),
 			Message: fmt.Sprintf("%v group %s: the group's cell could not decide it now (its leadership changed, or it lacks a majority); its outcome is unknown: retry with the same message IDs", op, g.name)}
 	case errors.Is(err, cell.ErrClosed):
 		return fmt.Errorf("%v group %s: %w: the daemon is shutting down", op, g.name, wire.ErrUnavailable)
@@ -41,6 +41,18 @@ func cellError(op wire.Op, g *group, err error) error {
 		return fmt.Errorf("join group %s: %w: the group has its most members", g.name, wire.ErrUnavailable)
 	}
 	return fmt.Errorf("%v group %s: %w", op, g.name, err)
+}
+
+// cellMembers returns the members that serve g's cell, as this member
+// knows them, for a refusal to carry: a client holding an older list
+// (made before a member was replaced) learns the new one from it, and
+// does not try a member that is gone when it next looks for the leader.
+func cellMembers(g *group) []wire.Replica {
+	rs := serving(replicas(g.cell.node.Status()))
+	if len(rs) > wire.MaxReplicas {
+		return nil
+	}
+	return rs
 }
 
 // notServing is the answer of a daemon that holds a cell's group but does
