@@ -322,6 +322,13 @@ type Node struct {
 	behind map[wire.Fingerprint]behind
 	// catchUps counts the catch-ups served to each key (catchup.go).
 	catchUps map[wire.Fingerprint]int
+
+	// learnMu guards learned, the members other members named when this
+	// one knew of no leader (learn.go), and conf, the configuration the
+	// transport's members were last set from.
+	learnMu sync.Mutex
+	learned []Peer
+	conf    raft.Configuration
 }
 
 // New returns a node for cfg. It does no I/O; Start opens raft's state and
@@ -344,6 +351,7 @@ func New(cfg Config) (*Node, error) {
 	n.fsm.catchUp = n.catchUp
 	tr.handle(kindCatchUp, n.serveCatchUp)
 	tr.handle(kindProgress, n.serveProgress)
+	tr.handle(kindMembers, n.serveMembers)
 	return n, nil
 }
 
@@ -439,9 +447,10 @@ func (n *Node) Start() error {
 	n.started, n.restarted = true, existing
 	n.live.Store(r)
 	n.tr.warm()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.leaderLoop()
 	go n.promoteLoop()
+	go n.learnLoop()
 	// A wake-up, not a record: the watcher reads the leader raft knows
 	// now, so an observation dropped while one is pending loses nothing.
 	// It runs whether or not the daemon wants to hear of leaders: a
@@ -467,8 +476,8 @@ func (n *Node) closeStores() {
 	}
 }
 
-// configured updates the transport's members to configuration's servers,
-// with the peers this daemon was started with.
+// configured notes configuration c (whether this daemon is a member; the
+// daemon's MembersChanged) and updates the transport's members to it.
 func (n *Node) configured(c raft.Configuration) {
 	n.noteMembership(c)
 	if n.cfg.MembersChanged != nil && len(c.Servers) > 0 {
@@ -480,18 +489,47 @@ func (n *Node) configured(c raft.Configuration) {
 		}
 		n.cfg.MembersChanged(members)
 	}
-	peers := append([]Peer(nil), n.cfg.Peers...)
+	n.setPeers(c)
+}
+
+// setPeers sets the transport's members: the peers this daemon was
+// started with, those it learnt from them (learn.go), and configuration
+// c's servers; c is kept for learnMembers.
+func (n *Node) setPeers(c raft.Configuration) {
+	n.learnMu.Lock()
+	defer n.learnMu.Unlock()
+	n.conf = c
+	n.applyPeersLocked()
+}
+
+// refreshPeers sets the transport's members again, from the configuration
+// they were last set from and what was learnt since.
+func (n *Node) refreshPeers() {
+	n.learnMu.Lock()
+	defer n.learnMu.Unlock()
+	n.applyPeersLocked()
+}
+
+// applyPeersLocked gives the transport its members. n.learnMu is held
+// until the transport has them, so that the last set wins.
+func (n *Node) applyPeersLocked() {
+	c := n.conf
+	peers := slices.Clone(n.cfg.Peers)
 	known := make(map[wire.Fingerprint]bool)
 	for _, p := range peers {
 		known[p.Fingerprint] = true
 	}
+	others := slices.Clone(n.learned)
 	for _, s := range c.Servers {
-		fp, err := wire.ParseFingerprint(string(s.ID))
-		if err != nil || known[fp] {
-			continue
+		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
+			others = append(others, Peer{Addr: string(s.Address), Fingerprint: fp})
 		}
-		peers = append(peers, Peer{Addr: string(s.Address), Fingerprint: fp})
-		known[fp] = true
+	}
+	for _, p := range others {
+		if !known[p.Fingerprint] {
+			peers = append(peers, p)
+			known[p.Fingerprint] = true
+		}
 	}
 	// A member added under an address another key held before: the
 	// configuration wins.

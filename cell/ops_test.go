@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -280,4 +281,59 @@ func TestSnapshotInstallUnderLoad(t *testing.T) {
 	release()
 	l.await("after the install", 200)
 	t.Logf("%d messages acknowledged and held once by every member (the member that installed the snapshot among them)", l.check(c))
+}
+
+// TestReturningMemberKnowsReplacement: a member that was down while
+// another was replaced (a new member added, the old one removed) comes
+// back with its state and the --cell-peer list it was started with, which
+// names neither the new member nor the change; the new member leads.
+// It must take the new leader's replication, and once the last original
+// member stops, it and the new member alone must still decide. (It
+// refused the new member's connections, its key unknown to it: it never
+// caught up, and once the other original member stopped the cell could
+// not elect. It now learns the members from a member it knows.)
+func TestReturningMemberKnowsReplacement(t *testing.T) {
+	c := newTestCell(t, 3, true, nil)
+	g := c.leader().group("lobby")
+	l := startLoad(c, g.ID)
+	l.await("the load", 100)
+	original := slices.Clone(c.peers)
+	away := c.followers(1)[0]
+	away.crash()
+	l.setNodes(c)
+	l.await("with a member away", 100)
+	d := c.addMember(true)
+	l.setNodes(c)
+	old := c.followers(1, d, away)[0]
+	if old == c.leader() {
+		old = c.leader()
+	}
+	c.removeMember(old)
+	old.stop()
+	l.setNodes(c)
+	c.lead(d)
+	l.await("under the new member's lead", 100)
+
+	c.peers = original // the flags it was started with
+	away.host = newTestHost(away.host.dir)
+	c.start(away, false)
+	l.setNodes(c)
+	l.await("with the member back", 100)
+	// It takes the new leader's replication: its configuration comes to
+	// name the new member (raft's configuration changes as entries are
+	// appended).
+	waitUntil(t, "the returning member to take the new leader's replication", func() bool {
+		_, ok := memberOf(away.node.Status(), d.id.Fingerprint())
+		return ok
+	})
+	var last *testMember
+	for _, m := range c.runningMembers() {
+		if m != d && m != away {
+			last = m
+		}
+	}
+	last.crash()
+	l.setNodes(c)
+	l.await("with the member back and the new one alone", 100)
+	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
 }

@@ -39,6 +39,9 @@ const (
 	// kindProgress: how far a member got: its applied and last raft
 	// index (members.go). The leader asks a member catching up.
 	kindProgress byte = 'i'
+	// kindMembers: the members of the answering member's configuration
+	// (learn.go). A member that knows of no leader asks.
+	kindMembers byte = 'm'
 )
 
 // Connection close codes of the cell ALPN.
@@ -392,7 +395,7 @@ func (t *Transport) dispatch(peer wire.Fingerprint, str *quic.Stream) {
 		str.CancelRead(streamClosed)
 		str.Close()
 		str.ReleaseStreamCredit()
-	case kindCatchUp, kindProgress:
+	case kindCatchUp, kindProgress, kindMembers:
 		t.mu.Lock()
 		serve := t.handlers[kind[0]]
 		t.mu.Unlock()

@@ -1,0 +1,164 @@
+package cell
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Learning the members: a member's transport accepts the keys of the
+// members it was started with (Config.Peers) and of the configuration in
+// its raft state. A member that was away while the cell changed (another
+// member replaced: a new one added, the old one removed) knows neither
+// the new member's key nor the change, and refuses the new member's
+// connections: if the new member leads, the returning one never catches
+// up, and once it is needed for a majority the cell cannot elect. So a
+// member that hears from no leader asks the members it knows for the
+// cell's configuration (a stream of kind kindMembers), and accepts the
+// keys they name until raft's own configuration, applied from a leader,
+// takes over. It trusts them as far as it trusts their raft entries.
+
+// learnEvery is how often a member that knows of no leader asks.
+const learnEvery = time.Second
+
+// Limits of a members answer: a count u8, then per member its
+// fingerprint [32], its address's length u8 and the address.
+const (
+	maxLearnedMembers = 2 * wire.MaxReplicas
+	maxLearnedAddr    = 255
+)
+
+// learnLoop asks the members this node knows for the cell's configuration
+// while it knows of no leader, until the node closes.
+func (n *Node) learnLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(learnEvery)
+	defer tick.Stop()
+	for {
+		if _, ok := n.Leader(); !ok {
+			n.learnMembers()
+		}
+		select {
+		case <-n.closing:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// learnMembers asks each member the transport knows for its
+// configuration and accepts the members named.
+func (n *Node) learnMembers() {
+	var learned []Peer
+	for _, p := range n.tr.peerList() {
+		if p == n.self {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
+		ms, err := n.askMembers(ctx, p.Addr)
+		cancel()
+		if err != nil {
+			n.cfg.Logger.Debug("cell: could not ask a member for the cell's members", "member", p.Addr, "err", err)
+			continue
+		}
+		for _, m := range ms {
+			if !slices.Contains(learned, m) {
+				learned = append(learned, m)
+			}
+		}
+	}
+	n.learnMu.Lock()
+	added := slices.ContainsFunc(learned, func(p Peer) bool { return !slices.Contains(n.learned, p) })
+	n.learned = learned
+	n.learnMu.Unlock()
+	if added {
+		n.cfg.Logger.Info("cell: learnt the cell's members from a member", "members", len(learned))
+		n.refreshPeers()
+	}
+}
+
+// askMembers asks the member at addr for the members of its configuration.
+func (n *Node) askMembers(ctx context.Context, addr string) ([]Peer, error) {
+	str, _, err := n.tr.open(ctx, addr, kindMembers)
+	if err != nil {
+		return nil, err
+	}
+	defer str.CancelRead(streamClosed)
+	defer str.Close()
+	if d, ok := ctx.Deadline(); ok {
+		str.SetReadDeadline(d)
+	}
+	p, err := io.ReadAll(io.LimitReader(str, 1+maxLearnedMembers*(32+1+maxLearnedAddr)+1))
+	if err != nil {
+		return nil, err
+	}
+	return decodeMembers(p)
+}
+
+// decodeMembers decodes a members answer.
+func decodeMembers(p []byte) ([]Peer, error) {
+	r := reader{p: p}
+	count := r.u8("members")
+	if r.err == nil && count > maxLearnedMembers {
+		r.fail("%d members, at most %d", count, maxLearnedMembers)
+	}
+	var ms []Peer
+	for i := 0; i < int(count) && r.err == nil; i++ {
+		var m Peer
+		r.fixed(m.Fingerprint[:], "fingerprint")
+		m.Addr = string(r.bytes(int(r.u8("address length")), "address"))
+		if r.err == nil {
+			if err := m.check(); err != nil {
+				r.fail("member %d: %v", i, err)
+			}
+		}
+		ms = append(ms, m)
+	}
+	if r.err == nil && len(r.p) != 0 {
+		r.fail("%d bytes after the members", len(r.p))
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("cell: members answer: %w", r.err)
+	}
+	return ms, nil
+}
+
+// serveMembers answers a members stream with this member's latest
+// configuration, if it is in it (a member removed answers none).
+func (n *Node) serveMembers(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+	b := []byte{0}
+	if r := n.running(); r != nil && n.Member() {
+		if f := r.GetConfiguration(); f.Error() == nil {
+			b = appendMembers(b[:0], f.Configuration())
+		}
+	}
+	str.SetWriteDeadline(time.Now().Add(progressTimeout))
+	str.Write(b)
+	str.Close()
+}
+
+// appendMembers appends a members answer for configuration c.
+func appendMembers(dst []byte, c raft.Configuration) []byte {
+	at := len(dst)
+	dst = append(dst, 0)
+	count := 0
+	for _, s := range c.Servers {
+		fp, err := wire.ParseFingerprint(string(s.ID))
+		if err != nil || len(s.Address) > maxLearnedAddr || count == maxLearnedMembers {
+			continue
+		}
+		dst = append(dst, fp[:]...)
+		dst = append(dst, byte(len(s.Address)))
+		dst = append(dst, s.Address...)
+		count++
+	}
+	dst[at] = byte(count)
+	return dst
+}

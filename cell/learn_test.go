@@ -1,0 +1,70 @@
+package cell
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// membersAnswer is a members answer naming two members.
+func membersAnswer() []byte {
+	c := raft.Configuration{Servers: []raft.Server{
+		{ID: raft.ServerID(wire.Fingerprint{1}.String()), Address: "10.0.0.1:7374"},
+		{ID: raft.ServerID(wire.Fingerprint{2}.String()), Address: "10.0.0.2:7374", Suffrage: raft.Nonvoter},
+	}}
+	return appendMembers(nil, c)
+}
+
+// TestMembersAnswer: a members answer carries each member's key and
+// address, and an answer that is not whole and well formed is refused
+// with ErrBadCommand, naming what is wrong.
+func TestMembersAnswer(t *testing.T) {
+	good := membersAnswer()
+	got, err := decodeMembers(good)
+	want := []Peer{{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}}, {Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("decode: %+v, %v; want %+v", got, err, want)
+	}
+	for _, tc := range []struct {
+		name string
+		p    []byte
+		want string
+	}{
+		{"empty", nil, "members"},
+		{"truncated", good[:len(good)-1], "address"},
+		{"trailing", append(slices.Clone(good), 0), "after the members"},
+		{"too many", []byte{maxLearnedMembers + 1}, "at most"},
+		{"no port", append(append([]byte{1}, make([]byte, 31)...), append([]byte{1, 3}, "abc"...)...), "peer"},
+		{"no key", append([]byte{1}, append(make([]byte, 32), append([]byte{4}, "a:12"...)...)...), "no fingerprint"},
+	} {
+		_, err := decodeMembers(tc.p)
+		if !errors.Is(err, ErrBadCommand) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrBadCommand saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// FuzzDecodeMembers: a members answer from a peer never panics, and one
+// decoded encodes back to the same bytes.
+func FuzzDecodeMembers(f *testing.F) {
+	f.Add(membersAnswer())
+	f.Add([]byte{0})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		ms, err := decodeMembers(p)
+		if err != nil {
+			return
+		}
+		var c raft.Configuration
+		for _, m := range ms {
+			c.Servers = append(c.Servers, raft.Server{ID: raft.ServerID(m.Fingerprint.String()), Address: raft.ServerAddress(m.Addr)})
+		}
+		if again := appendMembers(nil, c); string(again) != string(p) {
+			t.Fatalf("decoded %+v from %x, encoded back as %x", ms, p, again)
+		}
+	})
+}
