@@ -143,28 +143,14 @@ func (n *Node) RemoveMember(ctx context.Context, fp wire.Fingerprint) error {
 	return n.change(ctx, "remove member", n.raft.RemoveServer(raft.ServerID(fp.String()), 0, n.timeout(ctx)))
 }
 
-// handOver transfers the leadership to another voter and returns a
-// *NotLeaderError naming it, once this node knows it leads (its first
-// heartbeat, at once after the transfer; or an empty one if it did not
-// learn of it within an election timeout).
+// handOver transfers the leadership to another voter (Handover) and
+// returns a *NotLeaderError naming it, once this node knows it leads (its
+// first heartbeat, at once after the transfer; or an empty one if it did
+// not learn of it within an election timeout).
 func (n *Node) handOver(ctx context.Context) error {
-	done := make(chan error, 1)
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		done <- n.raft.LeadershipTransfer().Error() // answered within an election timeout
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("remove member: %w: this member leads, and could not hand the leadership over before its removal: %v", ErrUnavailable, err)
-		}
-	case <-ctx.Done():
-		return fmt.Errorf("remove member: %w: %v", ErrUnavailable, context.Cause(ctx))
-	case <-n.closing:
-		return ErrClosed
+	if err := n.Handover(); err != nil {
+		return fmt.Errorf("remove member: %w: this member leads, and could not hand the leadership over before its removal: %v", ErrUnavailable, err)
 	}
-	n.cfg.Logger.Info("cell: handed the leadership over, to be removed by the next leader")
 	tick := time.NewTicker(n.cfg.HeartbeatTimeout / 20)
 	defer tick.Stop()
 	deadline := time.After(n.cfg.ElectionTimeout)
