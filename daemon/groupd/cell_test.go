@@ -839,3 +839,27 @@ func TestCellRefusalNamesMembers(t *testing.T) {
 		t.Fatalf("after a follower's refusal the handle knows the replicas %v, want the cell's members %v", addrs(got), addrs(live))
 	}
 }
+
+// TestCellAgeLimitIgnoresMemberClocks: a cell's groups apply --max-age as
+// of their newest message, the leader's stamp, not as of a member's own
+// clock: a member whose clock runs an hour ahead keeps what the others
+// keep. (Its expiry dropped every message older than the limit by its own
+// clock: the members' copies differed, and, restarted, its dedup window
+// missed what the cell had acknowledged.)
+func TestCellAgeLimitIgnoresMemberClocks(t *testing.T) {
+	members := startTestCell(t, 3, func(cfg *Config) { cfg.Retention.MaxAge = time.Hour })
+	_, g := cellLeader(t, members)
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two", "three")}, nil))
+	for _, m := range members {
+		m.d.expire(time.Now().Add(2 * time.Hour)) // its clock two hours ahead
+		got, _, err := dial(t, m.d.Addr(), m.fp, key).fetch(wire.Fetch{Group: g, MinSeq: 3})
+		if err != nil {
+			t.Fatalf("fetch from %s: %v", m.addr, err)
+		}
+		if len(got) != 3 {
+			t.Fatalf("%s, its clock ahead, holds %d messages of the 3 the cell holds", m.addr, len(got))
+		}
+	}
+}

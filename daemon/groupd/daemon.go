@@ -540,7 +540,7 @@ func (d *Daemon) Groups() []HostedGroup {
 	return hs
 }
 
-// expireLoop applies the age limit to idle logs.
+// expireLoop applies the age limit to idle logs (expire).
 func (d *Daemon) expireLoop() {
 	t := time.NewTicker(min(max(d.cfg.Retention.MaxAge/8, 10*time.Millisecond), time.Minute))
 	defer t.Stop()
@@ -549,10 +549,22 @@ func (d *Daemon) expireLoop() {
 		case <-d.life.Ctx().Done():
 			return
 		case <-t.C:
-			now := d.cfg.Now()
-			for _, g := range d.order {
-				g.log.Expire(now)
-			}
+			d.expire(d.cfg.Now())
+		}
+	}
+}
+
+// expire applies the age limit as of now to the logs of the groups this
+// daemon hosts alone. A cell's groups are left to their appends, which
+// apply it as of the newest message, the leader's stamp: by each member's
+// own clock, a member whose clock runs ahead would drop messages the
+// others keep, so that the members' copies differ, and, restarted, its
+// dedup window (rebuilt from what it kept) would miss IDs the cell
+// acknowledged, which it would store again as the cell's leader.
+func (d *Daemon) expire(now time.Time) {
+	for _, g := range d.order {
+		if g.cell == nil {
+			g.log.Expire(now)
 		}
 	}
 }
