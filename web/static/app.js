@@ -48,6 +48,8 @@ class Conv {
     this.myName = '';
     this.names = new fmt.Names();
     this.pending = new Map(); // message ID -> pending item
+    this.outbox = [];       // pending items not yet stored or failed, in the order typed
+    this.sending = false;   // pump is sending the outbox
     this.seqCounter = 0;
   }
 
@@ -610,6 +612,7 @@ function pendingState(c, p) {
   s.className = 'state';
   const g = state.groups.get(c.id);
   switch (p.state) {
+    case 'queued': s.textContent = 'waiting for the message above…'; break;
     case 'sending': s.textContent = 'sending…'; break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
@@ -635,6 +638,7 @@ function pendingState(c, p) {
 
 function discard(c, p) {
   c.pending.delete(p.id);
+  if (p.wake) p.wake();
   c.remove(p.key);
   if (state.active === c.id) list.setItems(c.items);
 }
@@ -781,33 +785,57 @@ function sendInput() {
   t.value = '';
   grow();
   const id = newID();
-  const p = {k: 'pending', key: `p${id}`, ei: Infinity, seq: ++c.seqCounter, id, text, state: 'sending', error: null, tries: 0};
+  const p = {k: 'pending', key: `p${id}`, ei: Infinity, seq: ++c.seqCounter, id, text, state: c.outbox.length ? 'queued' : 'sending', error: null, tries: 0};
   c.pending.set(id, p);
   c.insert([p]);
   list.setItems(c.items);
   list.scrollToBottom();
-  deliver(c, p);
+  c.outbox.push(p);
+  pump(c);
+}
+
+// pump sends the conversation's pending messages one at a time, in the
+// order they were typed: each waits until the one before it is stored or
+// has failed for good, so a rate limit or an outage that holds one back
+// never lets a later one overtake it.
+async function pump(c) {
+  if (c.sending) return;
+  c.sending = true;
+  while (c.outbox.length) {
+    const p = c.outbox[0];
+    if (c.pending.has(p.id)) await deliver(c, p);
+    c.outbox.shift();
+  }
+  c.sending = false;
 }
 
 // deliver sends a pending message, retrying with the same ID (so that it
-// is stored once) while the failure may pass.
+// is stored once) while the failure may pass; it returns once the message
+// is stored, has failed for good, or was discarded.
 async function deliver(c, p) {
-  p.tries++;
-  try {
-    await api.send(c.id, p.text, p.id);
-    if (c.pending.has(p.id)) setPending(c, p, 'sent', null);
-  } catch (err) {
-    if (!c.pending.has(p.id)) return;
-    // not_found: no registry lists the group right now; the page keeps
-    // it, offline, until one does again.
-    const transient = ['offline', 'unreachable', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
-    if (!transient) {
-      setPending(c, p, 'failed', err);
+  if (p.state === 'queued') setPending(c, p, 'sending', null);
+  for (;;) {
+    p.tries++;
+    try {
+      await api.send(c.id, p.text, p.id);
+      if (c.pending.has(p.id)) setPending(c, p, 'sent', null);
       return;
+    } catch (err) {
+      if (!c.pending.has(p.id)) return;
+      // not_found: no registry lists the group right now; the page keeps
+      // it, offline, until one does again.
+      const transient = ['offline', 'unreachable', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
+      if (!transient) {
+        setPending(c, p, 'failed', err);
+        return;
+      }
+      setPending(c, p, 'retrying', err);
+      const wait = err.code === 'rate_limited' ? Math.max(err.retryAfterMS, 100) : Math.min(1000 * 2 ** Math.min(p.tries - 1, 3), 8000);
+      // Discarding it wakes the wait, so the messages after it go on.
+      await new Promise(wake => { p.wake = wake; setTimeout(wake, wait); });
+      p.wake = null;
+      if (!c.pending.has(p.id)) return;
     }
-    setPending(c, p, 'retrying', err);
-    const wait = err.code === 'rate_limited' ? Math.max(err.retryAfterMS, 100) : Math.min(1000 * 2 ** Math.min(p.tries - 1, 3), 8000);
-    setTimeout(() => { if (c.pending.has(p.id)) deliver(c, p); }, wait);
   }
 }
 
