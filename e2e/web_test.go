@@ -145,8 +145,8 @@ func TestWebTwoUsers(t *testing.T) {
 		carol.ok(t, "send", "dev", fmt.Sprintf("dev news %d", i))
 		bb.waitFor(fmt.Sprintf("dev's unread count at %d", i), badge(dev)+fmt.Sprintf(` === '%d'`, i))
 	}
-	if got := eval[string](bb, `document.title`); got != "(3) huddle" {
-		t.Errorf("page title %q, want the unread total", got)
+	if got := eval[string](bb, `document.title`); got != "(3) dev · huddle" {
+		t.Errorf("page title %q, want the unread total and the group that has it", got)
 	}
 	bb.screenshot("unread")
 	bb.openJoined(dev)

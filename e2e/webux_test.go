@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/chromedp/chromedp"
 )
 
 // TestWebSendsInOrder types six messages faster than the group lets a
@@ -47,5 +49,74 @@ func TestWebSendsInOrder(t *testing.T) {
 	}
 	if pending := eval[int](b, `document.querySelectorAll('.msg.pending').length`); pending != 0 {
 		t.Errorf("%d messages still pending, want none\npage:\n%s", pending, strings.Join(eval[[]string](b, msgTexts), "\n"))
+	}
+}
+
+// TestWebTitleTellsNews keeps a user in three groups with the page on one
+// while messages land in the other two: the tab's title names the groups
+// with news and their count, and its icon wears a dot, until each is
+// read; with none, the title names the group open. It used to say
+// "(2) huddle" whatever the groups, and the icon never changed.
+func TestWebTitleTellsNews(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev", "--group", "random")
+	lobby, dev, random := up.groups["lobby"], up.groups["dev"], up.groups["random"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby, dev, random)
+	for _, g := range []string{"lobby", "dev", "random"} {
+		alice.join(t, g)
+		bob.join(t, g)
+	}
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	b.waitFor("the open group in the title", `document.title === 'lobby · huddle'`)
+	bob.ok(t, "send", "dev", "news in dev")
+	bob.ok(t, "send", "random", "news in random")
+	bob.ok(t, "send", "random", "more news in random")
+	b.waitFor("the counts in the list", badge(dev)+` === '1' && `+badge(random)+` === '2'`)
+	b.waitFor("the groups with news in the title", `document.title === '(3) dev, random · huddle'`)
+	if icon := eval[string](b, `document.querySelector('link[rel=icon]').getAttribute('href')`); icon != "icon-unread.svg" {
+		t.Errorf("the tab's icon is %q with news, want icon-unread.svg", icon)
+	}
+	b.openJoined(dev)
+	b.waitFor("dev read", `document.title === '(2) random · huddle'`)
+	b.openJoined(random)
+	b.waitFor("everything read", `document.title === 'random · huddle'`)
+	if icon := eval[string](b, `document.querySelector('link[rel=icon]').getAttribute('href')`); icon != "icon.svg" {
+		t.Errorf("the tab's icon is %q with no news, want icon.svg", icon)
+	}
+	if code := eval[int](b, `fetch('icon-unread.svg').then(r => r.status)`); code != 200 {
+		t.Errorf("icon-unread.svg answered %d", code)
+	}
+}
+
+// TestWebRightToLeft shows messages and names in Arabic beside English
+// ones: each message and name takes the direction of its own script
+// (dir=auto), so an Arabic message reads from the right and a name ending
+// in a digit keeps it where an Arabic reader expects it. They used to be
+// laid out left to right, like the page.
+func TestWebRightToLeft(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice, sara := newUser(t, "alice", up.registry), newUser(t, "sara", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	sara.ok(t, "join", "lobby", "--as", "سارة 2")
+	sara.ok(t, "send", "lobby", "مرحبا، كيف حالك اليوم؟ 123")
+	alice.ok(t, "send", "lobby", "fine, thanks")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	b.waitFor("both messages", hasMessage("fine, thanks")+` && `+hasMessage("مرحبا، كيف حالك اليوم؟ 123"))
+	dirs := eval[[]string](b, `[...document.querySelectorAll('#messages .msg[data-seq]')].map(m => getComputedStyle(m.querySelector('.text')).direction + '/' + getComputedStyle(m.querySelector('.name')).direction)`)
+	if want := []string{"rtl/rtl", "ltr/ltr"}; !slices.Equal(dirs, want) {
+		t.Errorf("message/name directions %q, want %q", dirs, want)
+	}
+	b.screenshot("rtl")
+	b.do("type Arabic", chromedp.Focus(chromedp.ID("input")), chromedp.KeyEvent("شكرا"))
+	if dir := eval[string](b, `getComputedStyle(document.getElementById('input')).direction`); dir != "rtl" {
+		t.Errorf("the message box is %s while Arabic is typed, want rtl", dir)
 	}
 }

@@ -331,6 +331,7 @@ function renderSidebar() {
       if (g.uuid === state.active) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
       const name = document.createElement('span');
       name.className = 'gname';
+      name.dir = 'auto';
       name.textContent = g.name;
       const parts = [name];
       // Two groups of one name: tell them apart by UUID and daemon.
@@ -360,8 +361,14 @@ function renderSidebar() {
   const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : ' (not answering)'}`);
   const text = regs.length ? `Groups from ${regs.join(', ')}` : '';
   if ($('registries').textContent !== text) $('registries').textContent = text;
-  const title = total ? `(${total}) huddle` : 'huddle';
+  // The tab tells which groups have news (or, with none, which group is
+  // open), and its icon wears a dot while any has.
+  const news = groups.filter(g => g.member && state.convs.get(g.uuid)?.unread > 0).map(g => g.name);
+  const current = state.active && state.groups.get(state.active);
+  const title = total ? `(${total}) ${news.join(', ')} · huddle` : current ? `${current.name} · huddle` : 'huddle';
   if (document.title !== title) document.title = title;
+  const icon = total ? 'icon-unread.svg' : 'icon.svg';
+  if ($('icon').getAttribute('href') !== icon) $('icon').setAttribute('href', icon);
 }
 
 // reconcile makes el's children the nodes given, moving only if the order
@@ -571,6 +578,7 @@ function renderItem(c, it, i) {
     meta.className = 'meta';
     const name = document.createElement('span');
     name.className = 'name';
+    name.dir = 'auto';
     name.textContent = it.k === 'pending' ? (c.myName || 'you') : it.name;
     meta.append(name);
     if (it.k === 'msg' && c.names.ambiguous(it.name)) {
@@ -597,6 +605,9 @@ function renderItem(c, it, i) {
   }
   const text = document.createElement('div');
   text.className = 'text';
+  // A message in a right-to-left script reads from the right, and
+  // neither it nor a name in one reorders what stands beside it.
+  text.dir = 'auto';
   text.textContent = it.text;
   m.append(text);
   if (it.k === 'pending') {
@@ -885,6 +896,7 @@ function renderMembers(c) {
     dot.setAttribute('aria-hidden', 'true');
     const name = document.createElement('span');
     name.className = 'mname';
+    name.dir = 'auto';
     name.textContent = m.name + (m.you ? ' (you)' : '');
     const detail = document.createElement('span');
     detail.className = 'detail';
