@@ -826,9 +826,13 @@ func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, 
 // the cell's pause is a transfer's, not the heartbeat timeout and
 // election that a leader that vanished costs (in internal/jepsen's
 // rolling restarts, a leader stopped with SIGTERM paused sends for
-// 0.5-2.4 s without it). It returns nil if this member does not lead (or
-// is not started, or closed), else raft's error: the caller stops anyway,
-// and the cell elects as it would.
+// 0.5-2.4 s without it). Once raft has handed over, it waits (at most an
+// ElectionTimeout) until this member knows the next leader, from its first
+// AppendEntries: raft's transfer ends as this member steps down, before
+// the next one is elected, and sends refused until then would name no
+// leader. It returns nil if this member does not lead (or is not started,
+// or closed), else raft's error: the caller stops anyway, and the cell
+// elects as it would.
 func (n *Node) Handover() error {
 	n.mu.Lock()
 	started, closed := n.started, n.closed
@@ -840,12 +844,33 @@ func (n *Node) Handover() error {
 		n.cfg.Logger.Warn("cell: could not hand the leadership over before stopping", "err", err)
 		return fmt.Errorf("cell: hand over the leadership: %w", err)
 	}
-	if leader, ok := n.Leader(); ok {
+	if leader, ok := n.nextLeader(); ok {
 		n.cfg.Logger.Info("cell: handed the leadership over", "to", leader.String())
 	} else {
-		n.cfg.Logger.Info("cell: handed the leadership over") // the next leader's first heartbeat is yet to come
+		n.cfg.Logger.Info("cell: handed the leadership over; the next leader is not known yet")
 	}
 	return nil
+}
+
+// nextLeader waits until this node knows of a leader other than itself,
+// for at most an ElectionTimeout, or until it closes, and returns it.
+func (n *Node) nextLeader() (Peer, bool) {
+	tick := time.NewTicker(n.cfg.HeartbeatTimeout / 20)
+	defer tick.Stop()
+	deadline := time.NewTimer(n.cfg.ElectionTimeout)
+	defer deadline.Stop()
+	for {
+		if leader, ok := n.Leader(); ok && leader != n.self {
+			return leader, true
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return Peer{}, false
+		case <-n.closing:
+			return Peer{}, false
+		}
+	}
 }
 
 // Close leaves the cell's raft (the others go on: a leader closing hands

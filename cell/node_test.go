@@ -815,14 +815,16 @@ func TestHandover(t *testing.T) {
 	if err := l.node.Handover(); err != nil {
 		t.Fatalf("handover: %v", err)
 	}
+	// Handover returns once the member knows the next leader: a send it
+	// refuses at once names it (not "no leader is known").
+	_, err := l.node.Send(context.Background(), g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil)
 	next := c.leader()
 	if next == l {
 		t.Fatal("the leader still leads after handing over")
 	}
-	_, err := l.node.Send(context.Background(), g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil)
 	var nl *NotLeaderError
 	if !errors.As(err, &nl) || nl.Leader != next.node.Self() {
-		t.Fatalf("a send to the old leader: %v, want NotLeaderError naming %v", err, next.node.Self())
+		t.Fatalf("a send to the old leader just after its handover: %v, want NotLeaderError naming %v", err, next.node.Self())
 	}
 	if err := next.node.Handover(); err != nil {
 		t.Fatalf("the second handover: %v", err)
