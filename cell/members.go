@@ -138,34 +138,23 @@ func (n *Node) RemoveMember(ctx context.Context, fp wire.Fingerprint) error {
 		return err
 	}
 	if fp == n.self.Fingerprint {
-		return n.handOver(ctx)
+		return n.handOver()
 	}
 	return n.change(ctx, "remove member", n.raft.RemoveServer(raft.ServerID(fp.String()), 0, n.timeout(ctx)))
 }
 
-// handOver transfers the leadership to another voter (Handover) and
-// returns a *NotLeaderError naming it, once this node knows it leads (its
-// first heartbeat, at once after the transfer; or an empty one if it did
-// not learn of it within an election timeout).
-func (n *Node) handOver(ctx context.Context) error {
+// handOver transfers the leadership to another voter (Handover, which
+// returns once this node knows the next leader, or an ElectionTimeout
+// passed) and returns a *NotLeaderError naming it (an empty one if it is
+// not known yet).
+func (n *Node) handOver() error {
 	if err := n.Handover(); err != nil {
 		return fmt.Errorf("remove member: %w: this member leads, and could not hand the leadership over before its removal: %v", ErrUnavailable, err)
 	}
-	tick := time.NewTicker(n.cfg.HeartbeatTimeout / 20)
-	defer tick.Stop()
-	deadline := time.After(n.cfg.ElectionTimeout)
-	for {
-		if leader, ok := n.Leader(); ok && leader != n.self {
-			return &NotLeaderError{Leader: leader}
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			return &NotLeaderError{}
-		case <-ctx.Done():
-			return &NotLeaderError{}
-		}
+	if leader, ok := n.Leader(); ok && leader != n.self {
+		return &NotLeaderError{Leader: leader}
 	}
+	return &NotLeaderError{}
 }
 
 // timeout is the time left before ctx's deadline, or RPCTimeout.
