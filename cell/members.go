@@ -54,7 +54,8 @@ type behind struct {
 // a peer) while the cell goes on, and makes it a voter once it has caught
 // up (Status shows when; AwaitVoter waits for it). Adding a member present
 // changes nothing. Errors: a *NotLeaderError, ErrUnavailable (wrapped),
-// ErrInvalidConfig for a malformed peer. Like a send, a change may meet a
+// ErrInvalidConfig for a malformed peer, or one at the address of another
+// member (remove that one first). Like a send, a change may meet a
 // leadership change (an election, a transfer) and is then answered
 // ErrUnavailable, committed or not: the caller asks the leader again (the
 // daemon's cell_add answers unavailable and the client asks again).
@@ -72,8 +73,18 @@ func (n *Node) AddMember(ctx context.Context, p Peer) error {
 	conf := c.Configuration()
 	id, addr := raft.ServerID(p.Fingerprint.String()), raft.ServerAddress(p.Addr)
 	for _, s := range conf.Servers {
-		if s.ID == id && s.Address == addr {
+		switch {
+		case s.ID == id && s.Address == addr:
 			return nil
+		case s.ID != id && s.Address == addr:
+			// Raft refuses a configuration with two members at one
+			// address; say which to remove first.
+			holder := string(s.ID)
+			if fp, err := wire.ParseFingerprint(holder); err == nil {
+				holder = fp.String()
+			}
+			return fmt.Errorf("add member: %w: %s is the address of member %s: remove it first (huddle cell remove), then add %s",
+				ErrInvalidConfig, addr, holder, p.Fingerprint.Short())
 		}
 	}
 	// The transport must accept and dial the new member before raft

@@ -514,18 +514,27 @@ func (n *Node) refreshPeers() {
 // until the transport has them, so that the last set wins.
 func (n *Node) applyPeersLocked() {
 	c := n.conf
-	peers := slices.Clone(n.cfg.Peers)
 	known := make(map[wire.Fingerprint]bool)
-	for _, p := range peers {
+	for _, p := range n.cfg.Peers {
 		known[p.Fingerprint] = true
 	}
-	others := slices.Clone(n.learned)
+	var conf []Peer
 	for _, s := range c.Servers {
 		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
-			others = append(others, Peer{Addr: string(s.Address), Fingerprint: fp})
+			conf = append(conf, Peer{Addr: string(s.Address), Fingerprint: fp})
 		}
 	}
-	for _, p := range others {
+	// What was learnt comes first, so that the peers started with and
+	// the configuration win where they name another key at an address
+	// (what was learnt may be older than the configuration).
+	var peers []Peer
+	for _, p := range n.learned {
+		if !known[p.Fingerprint] && !slices.ContainsFunc(conf, func(q Peer) bool { return q.Fingerprint == p.Fingerprint }) {
+			peers = append(peers, p)
+		}
+	}
+	peers = append(peers, n.cfg.Peers...)
+	for _, p := range conf {
 		if !known[p.Fingerprint] {
 			peers = append(peers, p)
 			known[p.Fingerprint] = true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -348,5 +349,57 @@ func TestReturningMemberKnowsReplacement(t *testing.T) {
 	last.crash()
 	l.setNodes(c)
 	l.await("with the member back and the new one alone", 100)
+	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+}
+
+// TestReplaceAtSameAddress: the host that replaces a dead one often takes
+// its address. Added while the dead member is still in the configuration,
+// it is refused at once, as a configuration the cell cannot hold (two
+// members at one address), naming the member to remove first, and nothing
+// changes; once the dead one is removed, the new one is added at its
+// address and catches up, while clients send. (Raft refused the change
+// with an error the daemon answered unavailable, which the CLI retried
+// until its time ran out, and the transport had meanwhile put the new key
+// in the dead one's place.)
+func TestReplaceAtSameAddress(t *testing.T) {
+	c := newTestCell(t, 3, true, compactingUnderLoad)
+	g := c.leader().group("lobby")
+	l := startLoad(c, g.ID)
+	l.await("the load", 200)
+	dead := c.followers(1)[0]
+	dead.crash()
+	if err := os.RemoveAll(dead.dir); err != nil {
+		t.Fatal(err)
+	}
+	l.setNodes(c)
+	l.await("with a member dead", 200)
+
+	d := c.newMember(true)
+	d.addr = dead.addr
+	self := Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}
+	// Its peers cannot name the dead one: two members at one address.
+	c.peers = slices.DeleteFunc(slices.Clone(c.peers), func(p Peer) bool { return p.Addr == dead.addr })
+	c.peers = append(c.peers, self)
+	c.start(d, true)
+	c.members = append(c.members, d)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	var err error
+	c.change("add at the dead member's address", nil, func(n *Node) error {
+		err = n.AddMember(ctx, self)
+		if errors.Is(err, ErrInvalidConfig) {
+			return nil
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), dead.id.Fingerprint().Short()) {
+		t.Fatalf("adding a member at the address of another: %v, want ErrInvalidConfig naming %s", err, dead.id.Fingerprint().Short())
+	}
+	c.wantMembers(3)
+	l.measure("remove the dead member, then add the new one at its address", 100, func() {
+		c.removeMember(dead)
+		c.readd(d)
+	})
+	c.wantMembers(3)
 	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
 }
