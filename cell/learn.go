@@ -36,14 +36,17 @@ const (
 )
 
 // learnLoop asks the members this node knows for the cell's configuration
-// while it knows of no leader, until the node closes.
+// while it knows of no leader, and forgets what it learnt once its own
+// configuration names the leader it knows, until the node closes.
 func (n *Node) learnLoop() {
 	defer n.wg.Done()
 	tick := time.NewTicker(learnEvery)
 	defer tick.Stop()
 	for {
-		if _, ok := n.Leader(); !ok {
+		if leader, ok := n.Leader(); !ok {
 			n.learnMembers()
+		} else {
+			n.forgetLearned(leader)
 		}
 		select {
 		case <-n.closing:
@@ -74,6 +77,9 @@ func (n *Node) learnMembers() {
 			}
 		}
 	}
+	if len(learned) == 0 {
+		return // none answered: what was learnt before stays
+	}
 	n.learnMu.Lock()
 	added := slices.ContainsFunc(learned, func(p Peer) bool { return !slices.Contains(n.learned, p) })
 	n.learned = learned
@@ -82,6 +88,22 @@ func (n *Node) learnMembers() {
 		n.cfg.Logger.Info("cell: learnt the cell's members from a member", "members", len(learned))
 		n.refreshPeers()
 	}
+}
+
+// forgetLearned forgets the members learnt, once the configuration the
+// transport's members were last set from (raft's own, applied from the
+// log) names leader: it has taken over, and a member it no longer lists
+// (removed since) must not stay accepted by what was learnt.
+func (n *Node) forgetLearned(leader Peer) {
+	n.learnMu.Lock()
+	defer n.learnMu.Unlock()
+	if len(n.learned) == 0 || !slices.ContainsFunc(n.conf.Servers, func(s raft.Server) bool {
+		return s.ID == raft.ServerID(leader.Fingerprint.String())
+	}) {
+		return
+	}
+	n.learned = nil
+	n.applyPeersLocked()
 }
 
 // askMembers asks the member at addr for the members of its configuration.

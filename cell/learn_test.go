@@ -68,3 +68,23 @@ func FuzzDecodeMembers(f *testing.F) {
 		}
 	})
 }
+
+// TestLearnedMembersForgotten: the members a member learnt while it knew
+// of no leader are forgotten once its own configuration names the leader
+// it follows: a member added, learnt so, and then removed is no longer
+// accepted by its transport. (They were kept for as long as the member
+// ran, after every election it knew of no leader in, its start's first
+// included: a member removed stayed accepted.)
+func TestLearnedMembersForgotten(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	d := c.addMember(false)
+	m := c.followers(1, d)[0]
+	m.node.learnMembers() // as a member that knows of no leader does: d among the members named
+	if !slices.Contains(m.node.tr.peerList(), Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}) {
+		t.Fatalf("%s learnt the members %v, want %s among them", m.addr, m.node.tr.peerList(), d.addr)
+	}
+	c.removeMember(d)
+	waitUntil(t, "the member removed to be no member to the one that had learnt it", func() bool {
+		return !m.node.tr.Member(d.id.Fingerprint())
+	})
+}
