@@ -120,3 +120,35 @@ func TestWebRightToLeft(t *testing.T) {
 		t.Errorf("the message box is %s while Arabic is typed, want rtl", dir)
 	}
 }
+
+// TestWebLeftElsewhereKeepsTheKeyboard has alice typing in lobby when she
+// leaves it from the terminal. The page used to turn the conversation into
+// the form to join, with the focus in its name field: what she typed next
+// went into her name, and Enter joined the group again under it
+// ("aliceafter leaving"). The page says why the conversation went, and the
+// keys she types change nothing.
+func TestWebLeftElsewhereKeepsTheKeyboard(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, lobby)
+	alice.ok(t, "join", "lobby", "--as", "alice")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	b.waitFor("the message box focused", `document.activeElement.id === 'input'`)
+	alice.ok(t, "leave", "lobby")
+	b.waitFor("the form to join", `!document.getElementById('join-form').hidden`)
+	b.waitFor("why, in words", `!document.getElementById('notice').hidden && document.getElementById('notice').textContent.includes('You are no longer a member of lobby')`)
+	if focused := eval[string](b, `document.activeElement.id`); focused == "join-name" || focused == "join-secret" {
+		t.Errorf("the focus moved to %s by itself", focused)
+	}
+	b.do("type on, and Enter", chromedp.KeyEvent("after leaving\r"))
+	if r := alice.run(t, "members", "lobby"); r.code == 0 {
+		t.Errorf("alice is a member again after typing on:\n%s", r.stdout)
+	}
+	if name := eval[string](b, `document.getElementById('join-name').value`); strings.Contains(name, "after leaving") {
+		t.Errorf("the name field holds %q", name)
+	}
+}

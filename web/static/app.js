@@ -229,7 +229,7 @@ function onEvent(name, d) {
         // Left from elsewhere (or removed): offer to join again.
         g.member = false;
         state.convs.delete(d.group);
-        if (state.active === d.group) open(d.group);
+        if (state.active === d.group) open(d.group, noLongerMember(g));
       } else if (state.active === d.group) renderHead();
       scheduleSidebar();
       break;
@@ -277,7 +277,7 @@ function setGroups(list) {
     // what was known when it was opened; a group opened before its daemon
     // said who is a member (from a link, or chosen at once) changes over.
     const g = state.groups.get(state.active);
-    if (g && !!g.member !== wasMember) open(state.active);
+    if (g && !!g.member !== wasMember) open(state.active, g.member ? '' : noLongerMember(g));
     else renderHead();
   }
   const w = watchedSet();
@@ -412,7 +412,12 @@ function maybeLoadOlder(c) {
 
 function active() { return state.active ? state.convs.get(state.active) : null; }
 
-function open(id) {
+// open shows a group: its conversation, or the form to join it. why is
+// set when the page changes the open group's view by itself (the user was
+// no longer a member): it is said in a notice, and the focus stays where
+// it is, so that what the user is typing goes nowhere rather than into
+// the form (a name typed by mistake, and Enter joining under it).
+function open(id, why) {
   const g = state.groups.get(id);
   if (!g) return;
   state.active = id;
@@ -423,7 +428,8 @@ function open(id) {
   renderHead();
   renderSidebar();
   if (!g.member) {
-    showJoin(g);
+    showJoin(g, !why);
+    if (why) showNotice({code: 'said', message: why});
     return;
   }
   $('join-form').hidden = true;
@@ -683,6 +689,10 @@ function renderHead() {
 
 function apiErr(e) { return new APIError(0, e); }
 
+function noLongerMember(g) {
+  return `You are no longer a member of ${g.name}: you left it elsewhere (another page, or huddle leave), or were removed. Join again to read and send.`;
+}
+
 // ---- notices ----
 
 function showNotice(err, retry) {
@@ -704,7 +714,7 @@ function hideNotice() { $('notice').hidden = true; }
 
 // ---- joining and leaving ----
 
-function showJoin(g) {
+function showJoin(g, focus) {
   $('messages').hidden = true;
   $('composer').hidden = true;
   $('members').hidden = true;
@@ -718,7 +728,7 @@ function showJoin(g) {
   $('join-secret').value = '';
   const name = $('join-name');
   if (!name.value) name.value = localStorage.getItem('huddle.name') || '';
-  name.focus();
+  if (focus) name.focus();
 }
 
 $('join-form').addEventListener('submit', async ev => {
@@ -878,7 +888,8 @@ async function refreshMembers(c) {
   } catch (err) {
     if (err.code === 'not_member') {
       const g = state.groups.get(c.id);
-      if (g) { g.member = false; open(c.id); }
+      if (g) g.member = false;
+      if (g && state.active === c.id) open(c.id, noLongerMember(g));
       return;
     }
   }

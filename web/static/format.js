@@ -82,6 +82,7 @@ export function describe(err, group) {
     case 'epoch_mismatch':
       return `${g}'s history was reset (its daemon restarted).`;
     case 'offline':
+    case 'said':
       return err.message;
     case 'no_secret':
       return 'This page needs the link huddle web printed when it started (it carries a secret). Open that link.';
