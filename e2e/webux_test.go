@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 )
 
 // TestWebSendsInOrder types six messages faster than the group lets a
@@ -150,5 +151,41 @@ func TestWebLeftElsewhereKeepsTheKeyboard(t *testing.T) {
 	}
 	if name := eval[string](b, `document.getElementById('join-name').value`); strings.Contains(name, "after leaving") {
 		t.Errorf("the name field holds %q", name)
+	}
+}
+
+// TestWebDraftsStayWithTheirGroup has alice type a message for dev and,
+// before sending it, move to lobby with Alt+↓. The page has one message
+// box: the draft used to follow her to lobby, where Enter would send it to
+// the wrong group. Each group keeps its own draft.
+func TestWebDraftsStayWithTheirGroup(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "dev", "--group", "lobby")
+	dev, lobby := up.groups["dev"], up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, dev, lobby)
+	alice.join(t, "dev")
+	alice.join(t, "lobby")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(dev)
+	b.do("type a draft for dev", chromedp.Focus(chromedp.ID("input")), chromedp.KeyEvent("for dev only"))
+	b.do("Alt+↓", chromedp.KeyEvent(kb.ArrowDown, chromedp.KeyModifiers(chromedp.ModifierAlt)))
+	b.waitFor("lobby open", fmt.Sprintf(`window.huddle.state.active === %s`, jsString(lobby)))
+	if draft := eval[string](b, `document.getElementById('input').value`); draft != "" {
+		t.Fatalf("lobby's message box holds %q, typed for dev", draft)
+	}
+	b.typeMessage("hi lobby")
+	b.waitFor("lobby's message", hasMessage("hi lobby"))
+	b.openJoined(dev)
+	if draft := eval[string](b, `document.getElementById('input').value`); draft != "for dev only" {
+		t.Errorf("dev's message box holds %q, want its draft back", draft)
+	}
+	var texts []string
+	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json")) {
+		texts = append(texts, m.Text)
+	}
+	if !slices.Equal(texts, []string{"hi lobby"}) {
+		t.Errorf("lobby holds %q, want only what was typed there", texts)
 	}
 }

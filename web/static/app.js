@@ -20,6 +20,7 @@ const state = {
   registries: [],
   convs: new Map(),    // uuid -> Conv
   active: null,        // uuid of the open group
+  drafts: new Map(),   // uuid -> the text typed for a group not open now
   watched: '',         // the joined groups the stream follows, sorted, joined
   fatal: false,
 };
@@ -420,6 +421,14 @@ function active() { return state.active ? state.convs.get(state.active) : null; 
 function open(id, why) {
   const g = state.groups.get(id);
   if (!g) return;
+  if (state.active !== id) {
+    // Each group keeps its own draft: what was typed for one is never
+    // sent to the next.
+    if (state.active) state.drafts.set(state.active, $('input').value);
+    $('input').value = state.drafts.get(id) || '';
+    state.drafts.delete(id);
+    grow();
+  }
   state.active = id;
   if (location.hash !== '#' + id) history.replaceState(null, '', '#' + id);
   hideNotice();
