@@ -10,11 +10,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 
 	"github.com/huddle-chat/huddle/wire"
 )
+
+// chatPrompt is the line editor's prompt.
+const chatPrompt = "> "
 
 // chatTerm is where a chat reads and writes.
 type chatTerm struct {
@@ -46,32 +50,58 @@ func chatTerminal(env Env) chatTerm {
 			t := term.NewTerminal(struct {
 				io.Reader
 				io.Writer
-			}{r, o}, "> ")
-			if w, h, err := term.GetSize(int(o.Fd())); err == nil {
-				t.SetSize(w, h)
+			}{r, o}, chatPrompt)
+			// The editor wraps the line at the terminal's width: it follows
+			// the terminal as it is resized (it used to keep the width it
+			// started with, and edits of a wrapped line after a resize
+			// were drawn over the wrong rows).
+			var width atomic.Int64
+			fit := func() {
+				if w, h, err := term.GetSize(int(o.Fd())); err == nil {
+					t.SetSize(w, h)
+					width.Store(int64(w))
+				}
 			}
+			fit()
+			stopResize := followResize(fit)
 			read := func() (string, error) {
 				line, err := t.ReadLine()
 				if err == nil || errors.Is(err, term.ErrPasteIndicator) {
-					// Move up over the echoed line and clear it: the
-					// message comes back from the group with its time and
-					// name. The gate kept every other print out of the way.
-					o.WriteString("\x1b[1A\x1b[2K\r")
+					// Move up over the echoed line, every row it wrapped
+					// onto, and clear it: the message comes back from the
+					// group with its time and name. The gate kept every
+					// other print out of the way.
+					o.WriteString(strings.Repeat("\x1b[1A\x1b[2K", echoedRows(line, int(width.Load()))) + "\r")
 					g.erased()
 					err = nil
 				}
 				return line, err
 			}
+			var once sync.Once
 			restore := func() {
-				g.release()
-				// Clear the prompt, so the shell's comes back on a clean line.
-				o.WriteString("\r\x1b[2K")
-				term.Restore(int(in.Fd()), state)
+				once.Do(func() {
+					stopResize()
+					g.release()
+					// Clear the prompt, so the shell's comes back on a clean line.
+					o.WriteString("\r\x1b[2K")
+					term.Restore(int(in.Fd()), state)
+				})
 			}
 			return chatTerm{out: gatedWriter{t, g}, readLine: read, restore: restore, terminal: true, interrupted: r.ctrlC.Load}
 		}
 	}
 	return chatTerm{out: env.Stdout, readLine: pipedLines(env.Stdin), restore: func() {}, interrupted: func() bool { return false }}
+}
+
+// echoedRows is how many rows of a terminal width columns wide the line
+// editor's echo of a sent line took, prompt included, counted as the editor
+// counts (a rune a column): it starts a new row after a row it filled, and
+// Enter starts one more.
+func echoedRows(line string, width int) int {
+	if width <= 0 {
+		return 1
+	}
+	return (len(chatPrompt)+utf8.RuneCountInString(line))/width + 1
 }
 
 // pipedLines reads lines from a pipe. A line longer than a frame is cut

@@ -59,3 +59,27 @@ func TestPipedLines(t *testing.T) {
 		t.Errorf("lines %d: %q, %d bytes, %q", len(got), got[0], len(got[1]), got[len(got)-1])
 	}
 }
+
+// TestEchoedRows counts the rows the line editor's echo of a sent line took
+// (prompt "> " included), as x/term lays it out: a row it fills ends with a
+// new row, and Enter starts one more.
+func TestEchoedRows(t *testing.T) {
+	for _, tc := range []struct {
+		line  string
+		width int
+		want  int
+	}{
+		{"", 80, 1},
+		{"hi", 80, 1},
+		{strings.Repeat("x", 77), 80, 1},
+		{strings.Repeat("x", 78), 80, 2}, // fills the row: the editor starts the next
+		{strings.Repeat("x", 79), 80, 2},
+		{strings.Repeat("word ", 80), 100, 5},
+		{strings.Repeat("é", 78), 80, 2}, // a rune a column, as the editor counts
+		{"hi", 0, 1},
+	} {
+		if got := echoedRows(tc.line, tc.width); got != tc.want {
+			t.Errorf("echoedRows(%d runes, width %d) = %d, want %d", len([]rune(tc.line)), tc.width, got, tc.want)
+		}
+	}
+}

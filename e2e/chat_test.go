@@ -415,3 +415,53 @@ func TestChatFollowsRestartedDaemon(t *testing.T) {
 		t.Errorf("the group holds %+v, want both lines once", got)
 	}
 }
+
+// TestChatTerminalLongLineAndResize types a line longer than the terminal
+// is wide, then resizes the terminal and edits a wrapped line. A sent line
+// is erased from the screen (the message comes back from the group) on
+// every row it wrapped onto: only the first used to be, leaving the others
+// behind. The line editor follows the new width: it used to keep the
+// width the chat started with, and Ctrl-A then a key drew the key at the
+// start of the second row instead of after the prompt.
+func TestChatTerminalLongLineAndResize(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	var words []string
+	for _, kv := range append(alice.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby; exec sleep 600", strings.Join(words, " "), shellQuote(huddleBin)))
+	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 2 && lines[len(lines)-1] == ">" })
+
+	long := strings.Repeat("long line ", 30) + "end" // 303 columns: three rows of 120
+	tm.keys(long, "Enter")
+	lines := tm.waitScreen("the long line, sent", func(lines []string) bool {
+		return strings.HasSuffix(strings.Join(lines, ""), "end>") && slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, " alice (you): long line") })
+	})
+	if n := strings.Count(strings.Join(lines, ""), "end"); n != 1 || slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "> long") }) {
+		t.Errorf("the long line shows %d times, want once (the message, not the echo's rows):\n%s", n, strings.Join(lines, "\n"))
+	}
+
+	if out, err := tm.run("resize-window", "-x", "40", "-y", "30"); err != nil {
+		t.Fatalf("tmux resize-window: %v: %s", err, out)
+	}
+	tm.waitScreen("the narrow pane", func(lines []string) bool {
+		return !slices.ContainsFunc(tm.screen(), func(l string) bool { return len(l) > 40 })
+	})
+	tm.keys(strings.Repeat("abcdefghij", 7))
+	tm.waitScreen("the wrapped line typed", func(lines []string) bool { return strings.HasSuffix(strings.Join(lines, ""), "abcdefghij") })
+	tm.keys("", "C-a")
+	tm.keys("XY")
+	tm.waitScreen("XY typed after the prompt", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "> XYabcdefghij") })
+	})
+	tm.keys("", "Enter")
+	tm.waitScreen("the edited line, sent and erased", func(lines []string) bool {
+		all := strings.Join(lines, "")
+		return strings.Contains(all, "alice (you): XYabcdefghij") && strings.Count(all, "XYabcdefghij") == 1 && lines[len(lines)-1] == ">"
+	})
+}
