@@ -385,6 +385,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		}
 		checker := join(ctx, t, entry, "checker", false)
 		probe := join(ctx, t, entry, "probe", false)
+		cutOff := joinProbe(ctx, t, entry, "cut-off")
 		watches := []*history.Watch{w.watch(wctx, join(ctx, t, entry, "watcher0", false), "the leader", 0)}
 		for i, m := range senders {
 			w.send(ctx, m, uint64(i))
@@ -422,7 +423,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				l.setFirewall(m.host, firewall{blocked: majority})
 			}
 			h.Fault(time.Now(), kind, minority[0].name) // once the rules are in
-			refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, minority[0])))
+			refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, cutOff, entryOf(entry, minority[0])))
 			_, term = c.leader(t, term)
 			w.waitProgress(t, "the majority elected a leader")
 			for _, m := range minority {
@@ -514,7 +515,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				first := time.Now()
 				c.startAll(t, order[:1])
 				order[0].waitLogged(t, candidacy, 2, first)
-				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, order[0])))
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, cutOff, entryOf(entry, order[0])))
 				if lead := order[0].term(); lead != 0 {
 					t.Errorf("%s, restarted alone, led in term %d", order[0].name, lead)
 				}
@@ -552,7 +553,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					names = append(names, cn.name)
 				}
 				h.Fault(time.Now(), kind, "the disks of "+strings.Join(names, " and ")+" full")
-				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, cutOff, entryOf(entry, leader)))
 				h.Fault(time.Now(), kind+"-freed", "the disks of "+strings.Join(names, " and ")+" freed")
 				for _, free := range frees {
 					free()
@@ -599,7 +600,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					names = append(names, f.name)
 				}
 				h.Fault(time.Now(), kind, strings.Join(names, " and ")+" killed")
-				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, cutOff, entryOf(entry, leader)))
 				// Alone, it still serves what it holds: a fetch of the
 				// whole log, and a watch from its end, which must go on
 				// once the followers are back.
@@ -663,7 +664,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					}
 				}
 				h.Fault(time.Now(), kind, what)
-				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, probe, entryOf(entry, leader)))
+				refused[kind] = append(refused[kind], minorityRefuses(ctx, t, w, cutOff, entryOf(entry, leader)))
 				var next *cellNode
 				next, term = c.leader(t, term)
 				if next == leader {
@@ -960,28 +961,25 @@ func logElections(t *testing.T, elected []killPhases, back []time.Duration) {
 }
 
 // minorityRefuses sends through a client that can reach only the old
-// leader, now without a majority that can store a send (cut off from it,
-// its followers down or their disks full), until a send is answered
-// unavailable: it must refuse, never acknowledge and never leave the
-// client hanging past its attempt timeout. It returns when the first
-// refusal came. Every attempt goes into the history (one that was
-// acknowledged by a minority would show as lost).
-func minorityRefuses(ctx context.Context, t *testing.T, w *workload, m *member, only wire.GroupEntry) time.Duration {
+// leader (p: on a connection of its own, following no one), now without
+// a majority that can store a send (cut off from it, its followers down or
+// their disks full), until a send is answered unavailable: it must refuse,
+// never acknowledge and never leave the client hanging past its attempt
+// timeout. It returns when the first refusal came. Every attempt goes into
+// the history (one that was acknowledged by a minority would show as
+// lost).
+func minorityRefuses(ctx context.Context, t *testing.T, w *workload, p *probe, only wire.GroupEntry) time.Duration {
 	t.Helper()
-	g, err := m.cl.Group(only)
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	for {
 		c, cancel := context.WithTimeout(ctx, attemptTimeout)
 		id, body := wire.NewID(), []byte("from the minority's side")
-		s := history.Send{Client: m.name, ID: id, Body: body, Start: time.Now()}
-		ack, err := g.SendWithID(c, id, body)
+		s := history.Send{Client: p.name, ID: id, Body: body, Start: time.Now()}
+		ack, epoch, err := p.send(c, only, id, body)
 		cancel()
 		s.End = time.Now()
 		if err == nil {
-			s.Acked, s.Seq, s.Time, s.Epoch = true, ack.Seq, ack.Time.UnixNano(), ack.Epoch
+			s.Acked, s.Seq, s.Time, s.Epoch, s.Duplicate = true, ack.Seq, ack.Time, epoch, ack.Duplicate
 		} else {
 			s.Err = errClass(err) + ": " + err.Error()
 		}
@@ -996,7 +994,7 @@ func minorityRefuses(ctx context.Context, t *testing.T, w *workload, m *member, 
 			t.Errorf("a send to a leader without a majority that can store it hung for %v: want unavailable (%v)", attemptTimeout, err)
 		}
 		if time.Since(start) > waitTimeout {
-			t.Fatalf("the old leader never answered unavailable within %v", waitTimeout)
+			t.Fatalf("the old leader never answered unavailable within %v (last: %v)", waitTimeout, err)
 		}
 	}
 }
