@@ -853,6 +853,7 @@ func TestCellAgeLimitIgnoresMemberClocks(t *testing.T) {
 	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
 	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two", "three")}, nil))
 	for _, m := range members {
+		<-m.d.cellReady                           // its groups are set (expireLoop waits for the same)
 		m.d.expire(time.Now().Add(2 * time.Hour)) // its clock two hours ahead
 		got, _, err := dial(t, m.d.Addr(), m.fp, key).fetch(wire.Fetch{Group: g, MinSeq: 3})
 		if err != nil {
