@@ -311,8 +311,8 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 // member hold that for every stream its connections may open (the
 // listener's limit, 1000 each).
 func (n *Node) startCatchUp(peer wire.Fingerprint) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.catchUpMu.Lock()
+	defer n.catchUpMu.Unlock()
 	if n.catchUps[peer] >= maxCatchUpsPerKey {
 		return false
 	}
@@ -324,8 +324,8 @@ func (n *Node) startCatchUp(peer wire.Fingerprint) bool {
 }
 
 func (n *Node) endCatchUp(peer wire.Fingerprint) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.catchUpMu.Lock()
+	defer n.catchUpMu.Unlock()
 	if n.catchUps[peer]--; n.catchUps[peer] == 0 {
 		delete(n.catchUps, peer)
 	}

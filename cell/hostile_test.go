@@ -444,6 +444,45 @@ func TestCatchUpsPerKey(t *testing.T) {
 	}
 }
 
+// TestCatchUpServedWhileStarting: a member serves catch-ups while its
+// Start holds the node's lock, as it does through raft's restore (which
+// may itself be catching a group up from a peer: groupd serves the cell's
+// streams before it starts the node). Counting the catch-ups served to each
+// key took that lock: a member restoring made each peer's catch-up from it
+// wait for its start to end, and two members restoring at once, each
+// catching up from the other, waited on each other until their catch-ups
+// timed out.
+func TestCatchUpServedWhileStarting(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	f.waitLast(g.ID, 10)
+	tr, _ := newTransport(t, l.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, false)
+
+	f.node.mu.Lock() // as Start holds it
+	defer f.node.mu.Unlock()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	str, _, err := tr.open(ctx, f.addr, kindCatchUp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer str.CancelRead(streamClosed)
+	var req [catchUpRequestSize]byte
+	copy(req[:16], g.ID[:])
+	binary.LittleEndian.PutUint64(req[16:], g.Epoch)
+	binary.LittleEndian.PutUint64(req[32:], 10)
+	str.Write(req[:])
+	str.Close()
+	var h [14]byte // 4 bytes of length, 'h', status, first
+	str.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadFull(str, h[:]); err != nil || h[4] != 'h' || h[5] != catchUpOK {
+		t.Fatalf("a catch-up from a member whose start holds its lock: header % x, %v; want it served", h, err)
+	}
+}
+
 // TestQUICConnsPerKey: the server's limits on connections (per address and
 // in all) do not count the cell's, so a member's key could open QUIC
 // connections of the cell's ALPN without end. A member keeps at most

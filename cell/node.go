@@ -320,8 +320,11 @@ type Node struct {
 	// behind is, on the leader, how far each member catching up was
 	// behind when last asked (members.go).
 	behind map[wire.Fingerprint]behind
-	// catchUps counts the catch-ups served to each key (catchup.go).
-	catchUps map[wire.Fingerprint]int
+	// catchUpMu guards catchUps, the catch-ups served to each key
+	// (catchup.go): not mu, which Start holds through raft's restore,
+	// while the member serves its peers' catch-ups.
+	catchUpMu sync.Mutex
+	catchUps  map[wire.Fingerprint]int
 
 	// learnMu guards learned, the members other members named when this
 	// one knew of no leader (learn.go), and conf, the configuration the
