@@ -23,7 +23,8 @@ import (
 // member that hears from no leader asks the members it knows for the
 // cell's configuration (a stream of kind kindMembers), and accepts the
 // keys they name until raft's own configuration, applied from a leader,
-// takes over. It trusts them as far as it trusts their raft entries.
+// takes over. It trusts them as far as it trusts their raft entries. A
+// daemon that is no member (waiting to be added, or removed) does not ask.
 
 // learnEvery is how often a member that knows of no leader asks.
 const learnEvery = time.Second
@@ -36,16 +37,17 @@ const (
 )
 
 // learnLoop asks the members this node knows for the cell's configuration
-// while it knows of no leader, and forgets what it learnt once its own
-// configuration names the leader it knows, until the node closes.
+// while it is a member that knows of no leader, and forgets what it
+// learnt once its own configuration names the leader it knows, until the
+// node closes.
 func (n *Node) learnLoop() {
 	defer n.wg.Done()
 	tick := time.NewTicker(learnEvery)
 	defer tick.Stop()
 	for {
-		if leader, ok := n.Leader(); !ok {
+		if n.learning() {
 			n.learnMembers()
-		} else {
+		} else if leader, ok := n.Leader(); ok {
 			n.forgetLearned(leader)
 		}
 		select {
@@ -54,6 +56,15 @@ func (n *Node) learnLoop() {
 		case <-tick.C:
 		}
 	}
+}
+
+// learning reports whether this node should ask the members it knows for
+// the cell's: it is a member, and knows of no leader. A daemon waiting to
+// be added, or removed, has nothing to learn, and its key is no member's:
+// the others would refuse its connections, and log each.
+func (n *Node) learning() bool {
+	_, ok := n.Leader()
+	return !ok && n.Member()
 }
 
 // learnMembers asks each member the transport knows for its

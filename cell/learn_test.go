@@ -88,3 +88,17 @@ func TestLearnedMembersForgotten(t *testing.T) {
 		return !m.node.tr.Member(d.id.Fingerprint())
 	})
 }
+
+// TestJoiningDaemonAsksNothing: a daemon waiting to be added knows of no
+// leader, but is no member: it does not ask the members for theirs (they
+// would refuse its key every second, and log it: 'cell connection
+// refused', warn). It asked, from accb6ea until this test's commit.
+func TestJoiningDaemonAsksNothing(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	c.leader()
+	d := c.newMember(false)
+	c.start(d, true)
+	if _, ok := d.node.Leader(); ok || d.node.learning() {
+		t.Fatalf("a daemon waiting to be added (knowing a leader: %v) asks the members for theirs", ok)
+	}
+}
