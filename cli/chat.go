@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -26,12 +27,13 @@ A line that starts with / is a command; to send one that starts with /, double i
 
 func runChat(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
-	var as string
+	var as, secretFile string
 	var history int
-	fs := newFlags(env, "chat", "GROUP [--as NAME] [--history N] [--json]",
+	fs := newFlags(env, "chat", "GROUP [--as NAME] [--secret-file FILE] [--history N] [--json]",
 		"Chat in GROUP: lines you type are sent, messages from everyone appear as they arrive.\nWorks with standard input from a pipe too (each line is sent; messages print as they come; at the end of\nthe input, chat waits for its own messages to come back before it exits).\nWith --json, messages print as fetch --json prints them and notices as objects with an \"event\" field.\n\n"+chatHelp,
-		"  huddle chat lobby\n  huddle chat lobby --as alice --history 50\n  printf 'build passed\\n' | huddle chat builds --json")
+		"  huddle chat lobby\n  huddle chat lobby --as alice --history 50\n  huddle chat ops --as alice --secret-file ops.secret\n  printf 'build passed\\n' | huddle chat builds --json")
 	fs.StringVar(&as, "as", "", "join (or rename yourself) under this name first")
+	fs.StringVar(&secretFile, "secret-file", "", "join first with a private group's secret read from this file (under --as NAME, else the name you have or your user name)")
 	fs.Var(newCount(&history, 20, 0, math.MaxInt32), "history", "show this many earlier messages first")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
@@ -47,6 +49,16 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		}
 	}
 
+	var secret []byte
+	if secretFile != "" {
+		b, err := os.ReadFile(secretFile)
+		if err != nil {
+			return fail(env, "chat", fmt.Errorf("--secret-file %s: cannot read it (%s)", secretFile, plainErr(err)))
+		}
+		secret = trimNewline(b)
+		warnReadable(env, "--secret-file", secretFile)
+	}
+
 	octx, cancel := context.WithTimeout(ctx, cf.timeout)
 	s, err := open(octx, env, "chat", &cf)
 	if err != nil {
@@ -55,8 +67,18 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	}
 	defer s.Close()
 	g, e, err := s.group(octx, ref)
-	if err == nil && as != "" {
-		_, err = g.Join(octx, as, nil)
+	if err == nil && (as != "" || secret != nil) {
+		name := as
+		if name == "" {
+			// As join does: the name one has, else the user's.
+			if name, err = currentName(octx, g, s.client.Fingerprint()); err == nil && name == "" {
+				name = defaultName(env)
+			}
+		}
+		if err == nil {
+			_, err = g.Join(octx, name, secret)
+			err = joinRefusal(err, "chat", ref, secretFile)
+		}
 	}
 	var info client.Info
 	if err == nil {
@@ -71,7 +93,13 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		return fail(env, "chat", err)
 	}
 	if !info.Member {
-		return fail(env, "chat", fmt.Errorf("%s: you are not a member: %w", info.Name, client.ErrNotMember))
+		// Say how to join from here: chat joins with --as (and the
+		// secret of a private group).
+		how := fmt.Sprintf("huddle chat %s --as NAME", ref)
+		if info.Private {
+			how += " --secret-file FILE"
+		}
+		return fail(env, "chat", &refusal{fmt.Sprintf("not a member of %s; join it first: %s", info.Name, how)})
 	}
 	s.remember(e)
 

@@ -55,17 +55,7 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 			}
 		}
 		j, err := g.Join(ctx, name, secret)
-		var we *wire.Error
-		if errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
-			// The key is not what was refused (advice's generic words):
-			// a join is refused only for the group's secret.
-			fix := fmt.Sprintf("give its secret: huddle join %s --secret-file FILE", ref)
-			if secretFile != "" {
-				fix = fmt.Sprintf("the secret in %s is not the group's: ask its operator for it", secretFile)
-			}
-			return &refusal{fmt.Sprintf("%v; %s", we, fix)}
-		}
-		if err != nil {
+		if err = joinRefusal(err, "join", ref, secretFile); err != nil {
 			return err
 		}
 		s.remember(e)
@@ -112,6 +102,26 @@ func defaultName(env Env) string {
 		return u
 	}
 	return "anonymous"
+}
+
+// joinRefusal says what to do about a join the group refused for its
+// secret, in the words of the command that joined (join, or chat with
+// --as); other errors are returned as they are.
+func joinRefusal(err error, verb, ref, secretFile string) error {
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeUnauthorized {
+		return err
+	}
+	// The key is not what was refused (advice's generic words): a join is
+	// refused only for the group's secret.
+	fix := fmt.Sprintf("give its secret: huddle join %s --secret-file FILE", ref)
+	if verb == "chat" {
+		fix = fmt.Sprintf("give its secret: huddle chat %s --as NAME --secret-file FILE", ref)
+	}
+	if secretFile != "" {
+		fix = fmt.Sprintf("the secret in %s is not the group's: ask its operator for it", secretFile)
+	}
+	return &refusal{fmt.Sprintf("%v; %s", we, fix)}
 }
 
 // trimNewline drops one trailing newline (and a carriage return before it),

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -464,4 +465,41 @@ func TestChatTerminalLongLineAndResize(t *testing.T) {
 		all := strings.Join(lines, "")
 		return strings.Contains(all, "alice (you): XYabcdefghij") && strings.Count(all, "XYabcdefghij") == 1 && lines[len(lines)-1] == ">"
 	})
+}
+
+// TestChatPrivateGroup has bob chat in a private group he has not joined.
+// chat joins with --as, but it had no way to give the group's secret, and
+// its refusals pointed elsewhere: "vault: you are not a member: not a
+// member", then "give the right --secret-file", a flag chat refused. Each
+// refusal now says the chat command that works, and --secret-file joins.
+func TestChatPrivateGroup(t *testing.T) {
+	t.Parallel()
+	secret := filepath.Join(t.TempDir(), "vault.secret")
+	if err := os.WriteFile(secret, []byte("open sesame\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "vault", "--secret-file", "vault="+secret)
+	defer up.stop(t)
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, bob, up.groups["vault"])
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"chat", "vault"}, "huddle chat: not a member of vault; join it first: huddle chat vault --as NAME --secret-file FILE\n"},
+		{[]string{"chat", "vault", "--as", "bob"}, "; give its secret: huddle chat vault --as NAME --secret-file FILE\n"},
+	} {
+		r := bob.runInput(t, "", tc.args...)
+		if r.code != 1 || !strings.HasSuffix(r.stderr, tc.want) {
+			t.Errorf("%s\nwant exit code 1 and stderr ending %q", r, tc.want)
+		}
+	}
+	r := bob.runInput(t, "hello vault\n", "chat", "vault", "--as", "bob", "--secret-file", secret)
+	if r.code != 0 || !strings.Contains(r.stdout, "bob (you): hello vault") {
+		t.Fatalf("%s\nwant the line sent and shown", r)
+	}
+	if got := parseFetch(t, bob.ok(t, "fetch", "vault")); !slices.Equal(got, []fetchLine{{1, "bob", "hello vault"}}) {
+		t.Errorf("vault holds %+v, want bob's line", got)
+	}
 }
