@@ -530,8 +530,15 @@ func (c *chat) command(ctx context.Context, line string) bool {
 			c.event("info", "members", in.Members, "first_seq", in.First, "last_seq", in.Last, "max_message_bytes", in.Limits.MaxMessageBytes)
 			return false
 		}
-		c.printf("-- %s: %s, messages #%d..#%d, max message %s --\n",
-			in.Name, count(in.Members, "member", "members"), in.First, in.Last, size(in.Limits.MaxMessageBytes))
+		held := fmt.Sprintf("messages #%d..#%d", in.First, in.Last)
+		switch {
+		case in.Last == 0:
+			held = "no messages yet" // it used to say "messages #0..#0"
+		case in.First > in.Last:
+			held = fmt.Sprintf("no messages held (retention dropped them all, up to #%d)", in.Last)
+		}
+		c.printf("-- %s: %s, %s, max message %s --\n",
+			in.Name, count(in.Members, "member", "members"), held, size(in.Limits.MaxMessageBytes))
 	default:
 		c.notice("error", fmt.Sprintf("unknown command %s; /help lists them (//%s sends it as text)", cmd, strings.TrimPrefix(line, "/")),
 			"error", "unknown command "+cmd)

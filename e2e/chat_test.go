@@ -503,3 +503,18 @@ func TestChatPrivateGroup(t *testing.T) {
 		t.Errorf("vault holds %+v, want bob's line", got)
 	}
 }
+
+// TestChatInfoOfAnEmptyGroup asks /info of a group with no messages yet:
+// it used to say "messages #0..#0".
+func TestChatInfoOfAnEmptyGroup(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	out := alice.okInput(t, "/info\n", "chat", "lobby")
+	if want := "-- lobby: 1 member, no messages yet, max message 64 KiB --"; !strings.Contains(out, want) {
+		t.Errorf("chat's /info printed:\n%s\nwant %q", out, want)
+	}
+}
