@@ -169,6 +169,11 @@ func TestWebDraftsStayWithTheirGroup(t *testing.T) {
 	b := newBrowser(t, 1000, 700)
 	b.open(alice.web(t))
 	b.openJoined(dev)
+	// The box is as tall as its button: sized while hidden (the first
+	// group opened after loading), it used to be squashed to a sliver.
+	if h := eval[[]int](b, `[document.getElementById('input').offsetHeight, document.querySelector('#composer button').offsetHeight]`); h[0] < h[1]-4 {
+		t.Errorf("the message box is %d px tall beside a %d px button", h[0], h[1])
+	}
 	b.do("type a draft for dev", chromedp.Focus(chromedp.ID("input")), chromedp.KeyEvent("for dev only"))
 	b.do("Alt+↓", chromedp.KeyEvent(kb.ArrowDown, chromedp.KeyModifiers(chromedp.ModifierAlt)))
 	b.waitFor("lobby open", fmt.Sprintf(`window.huddle.state.active === %s`, jsString(lobby)))

@@ -427,7 +427,6 @@ function open(id, why) {
     if (state.active) state.drafts.set(state.active, $('input').value);
     $('input').value = state.drafts.get(id) || '';
     state.drafts.delete(id);
-    grow();
   }
   state.active = id;
   if (location.hash !== '#' + id) history.replaceState(null, '', '#' + id);
@@ -444,6 +443,7 @@ function open(id, why) {
   $('join-form').hidden = true;
   $('messages').hidden = false;
   $('composer').hidden = false;
+  grow(); // sized once shown: hidden, it has no height to measure
   $('input').placeholder = `Message ${g.name}`;
   const c = conv(id);
   list.reset();
