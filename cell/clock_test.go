@@ -3,6 +3,8 @@ package cell
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -110,23 +112,41 @@ func TestClocksDisagree(t *testing.T) {
 
 	g := c.leader().group("lobby")
 	ctx := context.Background()
+	// on runs op on m as the cell's leader, and again, m made leader
+	// again, if an election (a busy machine's) took the leadership away
+	// meanwhile: a send or join asked again with the same IDs is the same.
+	on := func(m *testMember, what string, op func() error) {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for {
+			c.lead(m)
+			err := op()
+			if err == nil {
+				return
+			}
+			var nl *NotLeaderError
+			if !errors.As(err, &nl) && !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+				t.Fatalf("%s on %s: %v", what, m.addr, err)
+			}
+			t.Logf("%s on %s: %v; again", what, m.addr, err)
+		}
+	}
 	joined := func(m *testMember, fp wire.Fingerprint) {
 		t.Helper()
-		c.lead(m)
-		if _, err := m.node.Join(ctx, g.ID, fp, "member"); err != nil {
-			t.Fatalf("join on %s: %v", m.addr, err)
-		}
+		on(m, "join", func() error {
+			_, err := m.node.Join(ctx, g.ID, fp, "member")
+			return err
+		})
 	}
 	send := func(m *testMember, from, n int) []store.Ack {
 		t.Helper()
-		c.lead(m)
 		var acks []store.Ack
 		for i := from; i < from+n; i++ {
-			a, err := m.node.Send(ctx, g.ID, []store.Entry{{ID: newID(i), From: alice, Body: []byte("m")}}, nil)
-			if err != nil {
-				t.Fatalf("send %d on %s: %v", i, m.addr, err)
-			}
-			acks = append(acks, a...)
+			on(m, fmt.Sprintf("send %d", i), func() error {
+				a, err := m.node.Send(ctx, g.ID, []store.Entry{{ID: newID(i), From: alice, Body: []byte("m")}}, nil)
+				acks = append(acks, a...)
+				return err
+			})
 		}
 		return acks
 	}
@@ -135,10 +155,14 @@ func TestClocksDisagree(t *testing.T) {
 	joined(fast, wire.Fingerprint{1})
 	// Behind by an hour: the retry of a message the fast leader
 	// acknowledged is found, the new messages follow on.
-	c.lead(slow)
-	again, err := slow.node.Send(ctx, g.ID, []store.Entry{{ID: newID(3), From: alice, Body: []byte("m")}}, nil)
-	if err != nil || !again[0].Duplicate || again[0].Seq != first[3].Seq || again[0].Time != first[3].Time {
-		t.Fatalf("a retry on the slow leader: %+v, %v; want the original %+v as a duplicate", again, err, first[3])
+	var again []store.Ack
+	on(slow, "the retry", func() error {
+		var err error
+		again, err = slow.node.Send(ctx, g.ID, []store.Entry{{ID: newID(3), From: alice, Body: []byte("m")}}, nil)
+		return err
+	})
+	if !again[0].Duplicate || again[0].Seq != first[3].Seq || again[0].Time != first[3].Time {
+		t.Fatalf("a retry on the slow leader: %+v; want the original %+v as a duplicate", again, first[3])
 	}
 	send(slow, 10, 10)
 	joined(slow, wire.Fingerprint{2})
