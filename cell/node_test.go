@@ -768,6 +768,13 @@ func TestUncommittedSendAnswered(t *testing.T) {
 		_, err := l.node.Send(context.Background(), g.ID, entries, nil)
 		answered <- err
 	}()
+	// The join changes no log: it is held only behind the send's apply.
+	for deadline := time.Now().Add(waitTimeout); l.host.heldAppends() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the send's append never reached the log")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	go func() {
 		_, err := l.node.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
 		answered <- err
