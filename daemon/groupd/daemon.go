@@ -495,8 +495,13 @@ func (d *Daemon) Close() error {
 	d.mu.Unlock()
 	if node != nil {
 		// While still serving: the sends refused meanwhile name the new
-		// leader, and the cell need not wait out an election.
-		node.Handover()
+		// leader, and the cell need not wait out an election; and so do
+		// the refusals of the shutdown itself.
+		if err := node.Handover(); err == nil {
+			if l, ok := node.Leader(); ok && l != node.Self() {
+				d.srv.NameLeader(&wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true})
+			}
+		}
 	}
 	d.life.Close(d.srv.Close)
 	d.mu.Lock()

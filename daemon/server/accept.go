@@ -289,7 +289,7 @@ func (s *Server) serveConn(conn *quic.Conn, peer wire.Fingerprint, key netip.Pre
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			s.refuseStream(str, s.shuttingDown)
+			s.refuseStream(str, *s.shuttingDown.Load())
 			credits.hold(str) // given back by credits.close, below
 			continue
 		}

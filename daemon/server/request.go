@@ -106,7 +106,7 @@ func (s *Server) readRequest(c *Call) bool {
 	str.SetReadDeadline(deadline)
 	select {
 	case <-s.stopping:
-		s.refuseStream(str, s.shuttingDown)
+		s.refuseStream(str, *s.shuttingDown.Load())
 		return false
 	default:
 		// A shutdown that begins from here on finds the call reading
@@ -148,7 +148,7 @@ func (s *Server) readRequest(c *Call) bool {
 		select {
 		case <-s.stopping:
 			// Cut off by shutdown, not by the peer's slowness: say so.
-			s.refuseStream(str, s.shuttingDown)
+			s.refuseStream(str, *s.shuttingDown.Load())
 			return false
 		default:
 		}

@@ -246,9 +246,11 @@ type Server struct {
 
 	shares *shares // what each peer holds: operations, request and reply bytes
 	// shuttingDown is the Error frame that refuses a stream once shutdown
-	// has begun, and busy the one that refuses an operation over its
-	// shares (see refuseStream); each encoded once.
-	shuttingDown, busy []byte
+	// has begun (NameLeader may replace it before), and busy the one that
+	// refuses an operation over its shares (see refuseStream); each
+	// encoded once.
+	shuttingDown atomic.Pointer[[]byte]
+	busy         []byte
 	// handshakes counts handshakes in progress; retries counts the
 	// connection attempts sent a Retry because of it.
 	handshakes, retries atomic.Int64
@@ -257,6 +259,18 @@ type Server struct {
 	connWG   sync.WaitGroup // the accept loop and one goroutine per connection
 	streamWG sync.WaitGroup // one per stream, until its call ends
 	active   atomic.Int64   // streams being served, for tests and metrics
+}
+
+// NameLeader makes the refusals the server gives while it shuts down
+// (`unavailable`, the server is shutting down) name leader, if not nil, as
+// the member to send operations to (the Error's key 5): a member of a
+// cell that handed the leadership over as it stops calls it before Close,
+// so that its clients go to the new leader at once rather than wait the
+// refusal's retry_after_ms (PROTOCOL.md §3, "Shutting down").
+func (s *Server) NameLeader(leader *wire.Replica) {
+	f, _ := wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
+		RetryAfterMS: uint64(shutdownRetryAfter.Milliseconds()), Message: "the server is shutting down", Leader: leader})
+	s.shuttingDown.Store(&f)
 }
 
 // New returns a server of cfg (which Validate must have accepted) with
@@ -278,8 +292,7 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 	s.handle, s.observe = instrument(setup.Metrics, setup.Logger, setup.Now, h)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
-	s.shuttingDown, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
-		RetryAfterMS: uint64(shutdownRetryAfter.Milliseconds()), Message: "the server is shutting down"})
+	s.NameLeader(nil)
 	s.busy, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
 		RetryAfterMS: uint64(busyRetryAfter.Milliseconds()),
 		Message:      "the server runs as many operations for your address, your key or in all as it allows: wait for some to finish"})

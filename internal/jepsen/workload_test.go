@@ -312,6 +312,30 @@ func (w *workload) waitRecovered(t *testing.T) {
 	}
 }
 
+// waitQuiet waits until no send attempt has failed for d (and one was
+// acknowledged meanwhile), failing the test after waitTimeout.
+func (w *workload) waitQuiet(t *testing.T, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		var failed, acked time.Time
+		for _, s := range w.h.Sends() {
+			if s.Acked {
+				acked = s.End
+			} else if s.End.After(failed) {
+				failed = s.End
+			}
+		}
+		if time.Since(failed) >= d && acked.After(failed) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("send attempts still failed %v before the deadline (%v)", time.Since(failed), waitTimeout)
+		}
+		<-time.After(50 * time.Millisecond) // polling a condition, with a deadline
+	}
+}
+
 // finish stops the senders, each finishing the message it has in flight,
 // and waits for them.
 func (w *workload) finish(t *testing.T) {
