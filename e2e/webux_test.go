@@ -3,7 +3,9 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -193,4 +195,77 @@ func TestWebDraftsStayWithTheirGroup(t *testing.T) {
 	if !slices.Equal(texts, []string{"hi lobby"}) {
 		t.Errorf("lobby holds %q, want only what was typed there", texts)
 	}
+}
+
+// TestWebUnreadCountsOthersOnly closes alice's page, then she sends two
+// messages from the terminal and bob one. Opened again, the page counted
+// every message past where she had read (3): her own too. It counts bob's.
+func TestWebUnreadCountsOthersOnly(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	lobby, dev := up.groups["lobby"], up.groups["dev"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby, dev)
+	for _, g := range []string{"lobby", "dev"} {
+		alice.join(t, g)
+		bob.join(t, g)
+	}
+	bob.ok(t, "send", "lobby", "read this")
+	ws := alice.web(t)
+	b := newBrowser(t, 1000, 700)
+	b.open(ws)
+	b.openJoined(lobby)
+	b.waitFor("bob's message, read", hasMessage("read this"))
+	b.openJoined(dev)
+	b.do("leave the page", chromedp.Navigate("about:blank"))
+
+	alice.ok(t, "send", "lobby", "from my terminal")
+	alice.ok(t, "send", "lobby", "me again")
+	bob.ok(t, "send", "lobby", "news from bob")
+	// The page estimates from the list the registries keep, which learns
+	// a group's last message when its daemon registers again: wait for it,
+	// as a page opened a little later would.
+	if !eventually(waitTimeout, func() bool { return webLastSeq(t, ws, lobby) == 4 }) {
+		t.Fatalf("huddle web's list never showed lobby's 4 messages")
+	}
+	b.open(ws)
+	b.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(groupButton(lobby))))
+	b.waitFor("lobby's count of bob's message alone", badge(lobby)+` === '1'`)
+	// And it stays so: the count is not put back by anything late.
+	bob.ok(t, "send", "lobby", "more news")
+	b.waitFor("bob's next message counted", badge(lobby)+` === '2'`)
+	if title := eval[string](b, `document.title`); title != "(2) lobby · huddle" {
+		t.Errorf("title %q, want (2) lobby · huddle", title)
+	}
+}
+
+// webLastSeq asks ws's API, as a script would, for the last sequence
+// number its group list holds for group (0 if not listed).
+func webLastSeq(t *testing.T, ws *webServer, group string) uint64 {
+	t.Helper()
+	req, err := http.NewRequest("GET", ws.base+"/api/groups", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+ws.secret)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /api/groups: %v", err)
+	}
+	defer res.Body.Close()
+	var list struct {
+		Groups []struct {
+			UUID    string `json:"uuid"`
+			LastSeq uint64 `json:"last_seq"`
+		} `json:"groups"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
+		t.Fatalf("GET /api/groups: %v", err)
+	}
+	for _, g := range list.Groups {
+		if g.UUID == group {
+			return g.LastSeq
+		}
+	}
+	return 0
 }

@@ -48,6 +48,11 @@ export const api = {
     if (epoch) q.set('epoch', String(epoch));
     return call('GET', `/api/groups/${id}/messages?${q}`);
   },
+  after: (id, after, limit, epoch) => {
+    const q = new URLSearchParams({after: String(after), limit: String(limit)});
+    if (epoch) q.set('epoch', String(epoch));
+    return call('GET', `/api/groups/${id}/messages?${q}`);
+  },
   send: (id, text, msgID) => call('POST', `/api/groups/${id}/messages`, {text, id: msgID}),
 };
 

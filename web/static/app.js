@@ -43,6 +43,7 @@ class Conv {
     this.lowest = 0;        // lowest sequence loaded of pageEpoch
     this.moreBefore = false;
     this.unread = 0;
+    this.readCount = 0;     // markRead calls: a count begun before one is stale
     this.status = '';       // the watch: live, reconnecting, ended
     this.statusError = null;
     this.members = [];
@@ -128,6 +129,7 @@ function loadRead(id) {
 
 function markRead(c) {
   c.unread = 0;
+  c.readCount++;
   if (c.cursorKnown) localStorage.setItem(readKey(c.id), `${c.epoch}:${c.cursor}`);
   renderSidebar();
 }
@@ -259,7 +261,10 @@ function setGroups(list) {
     if (g.member && !state.convs.has(g.uuid)) {
       const c = conv(g.uuid);
       const read = loadRead(g.uuid);
-      if (read && g.epoch && read.epoch === g.epoch) c.unread = Math.max(0, g.last_seq - read.seq);
+      if (read && g.epoch && read.epoch === g.epoch && g.last_seq > read.seq) {
+        c.unread = g.last_seq - read.seq;
+        countUnread(c, read.seq, g.epoch, g.last_seq);
+      }
     }
   }
   for (const [id, g] of [...state.groups]) {
@@ -287,6 +292,30 @@ function setGroups(list) {
     stream.reopen();
   }
   if (!state.active && location.hash.length > 1 && state.groups.has(location.hash.slice(1))) open(location.hash.slice(1));
+}
+
+// unreadCounted is how many messages past the read position countUnread
+// reads to tell the user's own from others'; those past it stay counted.
+const unreadCounted = 1000;
+
+// countUnread makes a group's unread count, first estimated from the list
+// (every message after the read position), count only others' messages:
+// what the user sent meanwhile from elsewhere (huddle chat, another
+// browser) is not news to them. It reads the messages from the read
+// position up to last, the end of the estimate; those the stream
+// delivers after it are counted as they come.
+async function countUnread(c, from, epoch, last) {
+  const read = c.readCount;
+  let p;
+  try {
+    p = await api.after(c.id, from, Math.min(last - from, unreadCounted), epoch);
+  } catch (err) {
+    return; // the estimate stands
+  }
+  if (c.readCount !== read) return;
+  const mine = p.messages.filter(m => m.seq <= last && state.me && m.from === state.me.fingerprint).length;
+  c.unread = Math.max(0, c.unread - mine);
+  scheduleSidebar();
 }
 
 let sidebarTimer = 0;
