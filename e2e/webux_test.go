@@ -269,3 +269,43 @@ func webLastSeq(t *testing.T, ws *webServer, group string) uint64 {
 	}
 	return 0
 }
+
+// TestWebNewMessagesBelow has alice reading back in a long conversation
+// when bob writes. The page used to count his messages as read, being
+// in the open group, though they were below what she was reading, and
+// said nothing of them. They count as unread, a bar under the
+// conversation says how many, her place stays put, and the bar takes her
+// there.
+func TestWebNewMessagesBelow(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	var lines strings.Builder
+	for i := 1; i <= 80; i++ {
+		fmt.Fprintf(&lines, "history %d\n", i)
+	}
+	bob.okInput(t, lines.String(), "send", "lobby")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	b.waitFor("the last of the history", hasMessage("history 80"))
+	eval[bool](b, `(() => { document.getElementById('messages').scrollTop = 0; return true; })()`)
+	b.waitFor("the top in view", `document.getElementById('messages').scrollTop === 0 && window.huddle.state.convs.get(window.huddle.state.active).moreBefore === false`)
+	bob.ok(t, "send", "lobby", "are you there?")
+	bob.ok(t, "send", "lobby", "alice?")
+	b.waitFor("the bar saying two new messages", `!document.getElementById('latest').hidden && document.getElementById('latest').textContent === '↓ 2 new messages below'`)
+	b.waitFor("the two messages unread in the list and the title", badge(lobby)+` === '2' && document.title === '(2) lobby · huddle'`)
+	if top := eval[int](b, `document.getElementById('messages').scrollTop`); top != 0 {
+		t.Errorf("the conversation moved to %d px from the top while alice read there", top)
+	}
+	b.screenshot("new-below")
+	b.do("click the bar", chromedp.Click(chromedp.ID("latest")))
+	b.waitFor("the end in view, read", `document.getElementById('latest').hidden && `+badge(lobby)+` === '' && document.title === 'lobby · huddle'`)
+	if !eval[bool](b, `(() => { const m = document.getElementById('messages'); return m.scrollTop + m.clientHeight >= m.scrollHeight - 8; })()`) {
+		t.Error("the bar did not take alice to the end")
+	}
+}

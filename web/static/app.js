@@ -132,6 +132,18 @@ function markRead(c) {
   c.readCount++;
   if (c.cursorKnown) localStorage.setItem(readKey(c.id), `${c.epoch}:${c.cursor}`);
   renderSidebar();
+  renderLatest();
+}
+
+// renderLatest shows, below the open conversation, how many messages
+// arrived under the part the user is reading; choosing it goes there.
+function renderLatest() {
+  const c = active();
+  const n = c && !$('messages').hidden ? c.unread : 0;
+  const el = $('latest');
+  el.hidden = n === 0;
+  const text = `↓ ${n} new message${n === 1 ? '' : 's'} below`;
+  if (n && el.textContent !== text) el.textContent = text;
 }
 
 // ---- the event stream ----
@@ -201,13 +213,17 @@ function onEvent(name, d) {
       // before this message was stored, and the stream has moved past it.
       if (c.loaded || c.loading) c.insert([item]);
       const mine = state.me && d.from === state.me.fingerprint;
-      const visible = state.active === d.group && !document.hidden;
-      if (!mine && !visible) c.unread++;
+      // Seen: the group open, the page shown, and the end of the
+      // conversation in view. A user reading further up is not shown it:
+      // it counts as unread, and the bar below the conversation says so.
+      const seen = state.active === d.group && !document.hidden && list.atBottom(8);
+      if (!mine && !seen) c.unread++;
       if (!mine && document.hidden && fmt.mentions(d.text, c.myName)) notify(g, d);
       if (state.active === d.group) {
         if (ambiguous) list.refresh();
         updateList(c);
-        if (visible) markRead(c);
+        if (seen) markRead(c);
+        renderLatest();
       }
       scheduleSidebar();
       break;
@@ -430,7 +446,11 @@ const list = new VList($('messages'), {
   sig: (it, i) => sig(active(), it, i),
   render: (it, i) => renderItem(active(), it, i),
   estimate: (it, width) => estimate(it, width),
-  onScroll: () => maybeLoadOlder(active()),
+  onScroll: () => {
+    const c = active();
+    maybeLoadOlder(c);
+    if (c && c.unread && !document.hidden && list.atBottom(8)) markRead(c);
+  },
 });
 
 // maybeLoadOlder loads the page before the oldest message when the top of
@@ -767,6 +787,7 @@ function showJoin(g, focus) {
   const name = $('join-name');
   if (!name.value) name.value = localStorage.getItem('huddle.name') || '';
   if (focus) name.focus();
+  renderLatest();
 }
 
 $('join-form').addEventListener('submit', async ev => {
@@ -959,6 +980,13 @@ function renderMembers(c) {
   $('members-heading').textContent = `Members (${ms.filter(m => m.online).length} online of ${ms.length})`;
 }
 
+$('latest').addEventListener('click', () => {
+  const c = active();
+  list.scrollToBottom();
+  if (c) markRead(c);
+  $('input').focus();
+});
+
 $('members-toggle').addEventListener('click', () => {
   const m = $('members');
   m.hidden = !m.hidden;
@@ -1041,7 +1069,7 @@ document.addEventListener('keydown', ev => {
 document.addEventListener('visibilitychange', () => {
   const c = active();
   if (!document.hidden && c) {
-    markRead(c);
+    if (list.atBottom(8)) markRead(c);
     updateList(c);
     refreshMembers(c);
   }
