@@ -84,6 +84,14 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// Retains returns the most messages, and body bytes in all, that a log of
+// c holds, its defaults applied: Append refuses a batch over either with
+// ErrBatchTooLarge, since no eviction could make room for it whole.
+func (c Config) Retains() (messages int, bytes int64) {
+	l := c.limits()
+	return l.maxMessages, l.maxBytes
+}
+
 // limits is a Config with its defaults applied and its derived quotas.
 type limits struct {
 	maxMessages int

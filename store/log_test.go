@@ -139,6 +139,9 @@ func TestLimitsDefaults(t *testing.T) {
 				got.segMessages != tt.want.segMessages || got.segBytes != tt.want.segBytes || got.dedupWindow != tt.want.dedupWindow {
 				t.Fatalf("limits() = %+v, want %+v", got, tt.want)
 			}
+			if m, b := tt.cfg.Retains(); m != tt.want.maxMessages || b != tt.want.maxBytes {
+				t.Fatalf("Retains() = %d, %d; want %d, %d", m, b, tt.want.maxMessages, tt.want.maxBytes)
+			}
 		})
 	}
 }

@@ -371,8 +371,7 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 // but a cell's replicas only once raft had committed it: each would retry
 // applying it for ever, and serve no new message of the group again.
 func (d *Daemon) retentionHolds(g *group, n int, bytes int64) error {
-	r := d.cfg.Retention
-	maxMsgs, maxBytes := orDefault(r.MaxMessages, store.DefaultMaxMessages), orDefault(r.MaxBytes, store.DefaultMaxBytes)
+	maxMsgs, maxBytes := d.cfg.Retention.Retains()
 	if n > maxMsgs || bytes > maxBytes {
 		return fmt.Errorf("send group %s: %w: %d messages of %d bytes in all, more than the group's log may hold (%d messages, %d bytes)",
 			g.name, wire.ErrTooLarge, n, bytes, maxMsgs, maxBytes)
