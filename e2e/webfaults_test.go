@@ -203,7 +203,8 @@ func messagesOf(b *browser, group string) []string {
 // TestWebRecovers checks that the page recovers by itself, losing and
 // repeating nothing, when its connection to huddle web breaks for a while
 // and when the group daemon restarts (with --storage memory: a new, empty
-// log): it says so while it waits, delivers a message typed meanwhile once,
+// log): it says so while it waits (and which: huddle web, or the group's
+// daemon; it used to say only "reconnecting" of huddle web), delivers a message typed meanwhile once,
 // and shows what was sent meanwhile once.
 func TestWebRecovers(t *testing.T) {
 	t.Parallel()
@@ -227,7 +228,7 @@ func TestWebRecovers(t *testing.T) {
 
 	// The page loses huddle web for a while.
 	relay.setCut(true)
-	b.waitFor("the page to say it is reconnecting", `document.getElementById('conn').textContent.startsWith('reconnecting')`)
+	b.waitFor("the page to say it is reconnecting, and that huddle web does not answer", `document.getElementById('conn').textContent.startsWith('reconnecting… huddle web does not answer')`)
 	bob.ok(t, "send", "lobby", "two, while the page was cut off")
 	relay.setCut(false)
 	b.waitFor("the page to reconnect", `document.getElementById('conn').textContent === 'connected'`)

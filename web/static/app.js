@@ -176,8 +176,15 @@ function onStreamState(s, detail) {
   } else if (s === 'reconnecting') {
     el.textContent = `reconnecting… (next try in ${detail} s)`;
     el.classList.add('down');
-    // Is it the secret? A stream refused with 401 looks like any error.
-    api.me().then(() => {}, err => { if (err.code === 'no_secret') fatal(err); });
+    // Is it the secret, or huddle web itself? A stream refused with 401,
+    // or with no server behind it, looks like any error; the daemons'
+    // troubles are told by each group's state.
+    api.me().then(() => {}, err => {
+      if (err.code === 'no_secret') fatal(err);
+      else if (err.code === 'offline' && stream.es === null && el.classList.contains('down')) {
+        el.textContent = `reconnecting… huddle web does not answer: is it still running? (next try in ${detail} s)`;
+      }
+    });
   }
 }
 
