@@ -309,3 +309,31 @@ func TestWebNewMessagesBelow(t *testing.T) {
 		t.Error("the bar did not take alice to the end")
 	}
 }
+
+// TestWebJoinWithABlankName joins with a name of spaces, which the name
+// field's "required" lets through: the page used to do nothing at all. It
+// says what is missing. The form also said "1 messages so far".
+func TestWebJoinWithABlankName(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby)
+	bob.join(t, "lobby")
+	bob.ok(t, "send", "lobby", "the one message")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	sel := `#others button[data-group="` + lobby + `"]`
+	b.waitFor("lobby listed with its message", fmt.Sprintf(`!!document.querySelector(%s) && window.huddle.state.groups.get(%s).last_seq === 1`, jsString(sel), jsString(lobby)))
+	b.do("open lobby", chromedp.Click(chromedp.CSS(sel)))
+	b.waitFor("the join form", `!document.getElementById('join-form').hidden && document.activeElement.id === 'join-name'`)
+	if about := eval[string](b, `document.getElementById('join-about').textContent`); !strings.Contains(about, "· 1 message so far ·") {
+		t.Errorf("the form says %q, want \"1 message so far\"", about)
+	}
+	eval[bool](b, `(() => { document.getElementById('join-name').value = ''; return true; })()`)
+	b.do("a name of spaces, Enter", chromedp.KeyEvent("   \r"))
+	b.waitFor("what is missing, in words", `!document.getElementById('notice').hidden && document.getElementById('notice').textContent.startsWith('Give a name to join lobby under')`)
+	if r := alice.run(t, "members", "lobby"); r.code == 0 {
+		t.Errorf("alice joined with a blank name:\n%s", r.stdout)
+	}
+}

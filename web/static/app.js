@@ -786,7 +786,7 @@ function showJoin(g, focus) {
   const f = $('join-form');
   f.hidden = false;
   $('join-title').textContent = `Join ${g.name}`;
-  $('join-about').textContent = `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} messages so far · ` +
+  $('join-about').textContent = `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
     `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}`;
   $('join-secret-label').hidden = !g.private;
   $('join-secret').required = g.private;
@@ -802,7 +802,14 @@ $('join-form').addEventListener('submit', async ev => {
   const id = state.active;
   const g = state.groups.get(id);
   const name = $('join-name').value.trim();
-  if (!g || !name) return;
+  if (!g) return;
+  if (!name) {
+    // Spaces pass the field's "required": say what is missing rather
+    // than do nothing.
+    showNotice({code: 'said', message: `Give a name to join ${g.name} under: the members see it beside your messages.`});
+    $('join-name').focus();
+    return;
+  }
   const button = $('join-form').querySelector('button');
   button.disabled = true;
   try {
