@@ -148,7 +148,16 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if t.interrupted() || ctx.Err() != nil {
 		return ExitInterrupted // Ctrl-C or SIGTERM, not /quit or the end of input
 	}
+	// Off the terminal's prompt before saying why the chat ended: the
+	// words used to follow "> " on the prompt's line.
+	t.restore()
 	if err := <-watchErr; err != nil {
+		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.CodeNotMember {
+			// Left from elsewhere, or removed: say how to come back from
+			// here, not the generic "huddle join GROUP".
+			err = &refusal{fmt.Sprintf("%v; join it again to chat: huddle chat %s --as NAME", err, ref)}
+		}
 		return fail(env, "chat", err)
 	}
 	if n := c.unsentCount(); n > 0 {

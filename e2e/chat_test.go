@@ -518,3 +518,33 @@ func TestChatInfoOfAnEmptyGroup(t *testing.T) {
 		t.Errorf("chat's /info printed:\n%s\nwant %q", out, want)
 	}
 }
+
+// TestChatLeftElsewhere has alice leave lobby from another terminal while
+// she chats in it. chat ends (exit code 1) saying why on a line of its own
+// and how to come back: the words used to follow the prompt ("> huddle
+// chat: ...") and to say "huddle join GROUP".
+func TestChatLeftElsewhere(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	var words []string
+	for _, kv := range append(alice.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby; echo \"chat exited with code $?\"; exec sleep 600", strings.Join(words, " "), shellQuote(huddleBin)))
+	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 2 && lines[len(lines)-1] == ">" })
+	alice.ok(t, "leave", "lobby")
+	lines := tm.waitScreen("chat exiting", func(lines []string) bool {
+		return slices.Contains(lines, "chat exited with code 1")
+	})
+	all := strings.Join(lines, "\n")
+	if !strings.Contains(all, "\nhuddle chat: watch group lobby: not a member") || strings.Contains(all, "> huddle chat") {
+		t.Errorf("chat's last words are not on a line of their own:\n%s", all)
+	}
+	if !strings.Contains(strings.Join(lines, ""), "join it again to chat: huddle chat lobby --as NAME") {
+		t.Errorf("chat does not say how to come back:\n%s", all)
+	}
+}
