@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/term"
 
@@ -94,14 +93,27 @@ func chatTerminal(env Env) chatTerm {
 }
 
 // echoedRows is how many rows of a terminal width columns wide the line
-// editor's echo of a sent line took, prompt included, counted as the editor
-// counts (a rune a column): it starts a new row after a row it filled, and
-// Enter starts one more.
+// editor's echo of a sent line took, prompt included. Two things end a
+// row: the terminal, when the next character does not fit (a wide one
+// takes two columns), and the editor, which counts a rune a column and
+// writes a newline of its own each time its count fills a row. Enter
+// starts one more.
 func echoedRows(line string, width int) int {
 	if width <= 0 {
 		return 1
 	}
-	return (len(chatPrompt)+utf8.RuneCountInString(line))/width + 1
+	rows, col, count := 0, len(chatPrompt), len(chatPrompt)
+	for _, r := range line {
+		w := runeWidth(r)
+		if col+w > width {
+			rows, col = rows+1, 0 // the terminal wraps
+		}
+		col += w
+		if count++; count%width == 0 {
+			rows, col = rows+1, 0 // the editor's own newline
+		}
+	}
+	return rows + 1
 }
 
 // pipedLines reads lines from a pipe. A line longer than a frame is cut

@@ -61,8 +61,9 @@ func TestPipedLines(t *testing.T) {
 }
 
 // TestEchoedRows counts the rows the line editor's echo of a sent line took
-// (prompt "> " included), as x/term lays it out: a row it fills ends with a
-// new row, and Enter starts one more.
+// (prompt "> " included), as x/term and the terminal lay it out: a row the
+// editor's count fills ends with a new row, a wide character that does not
+// fit wraps, and Enter starts one more.
 func TestEchoedRows(t *testing.T) {
 	for _, tc := range []struct {
 		line  string
@@ -75,7 +76,10 @@ func TestEchoedRows(t *testing.T) {
 		{strings.Repeat("x", 78), 80, 2}, // fills the row: the editor starts the next
 		{strings.Repeat("x", 79), 80, 2},
 		{strings.Repeat("word ", 80), 100, 5},
-		{strings.Repeat("é", 78), 80, 2}, // a rune a column, as the editor counts
+		{strings.Repeat("é", 78), 80, 2},   // one column each, as the editor counts
+		{strings.Repeat("中文", 40), 110, 2}, // 160 columns: the terminal wraps before the editor would
+		{strings.Repeat("中", 39), 80, 1},   // 2+78 columns: the row just filled, and Enter
+		{strings.Repeat("中", 40), 80, 2},   // 2+80: the terminal wraps the last one
 		{"hi", 0, 1},
 	} {
 		if got := echoedRows(tc.line, tc.width); got != tc.want {

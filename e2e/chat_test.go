@@ -447,12 +447,25 @@ func TestChatTerminalLongLineAndResize(t *testing.T) {
 		t.Errorf("the long line shows %d times, want once (the message, not the echo's rows):\n%s", n, strings.Join(lines, "\n"))
 	}
 
+	// Wide characters: 160 columns, two rows, though the editor counts 82.
+	wide := strings.Repeat("中文", 40)
+	tm.keys(wide, "Enter")
+	lines = tm.waitScreen("the wide line, sent", func(lines []string) bool {
+		return strings.HasSuffix(strings.Join(lines, ""), "中文>") && slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, " alice (you): 中文") })
+	})
+	if slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "> 中") || strings.HasPrefix(l, "中") && !strings.Contains(strings.Join(lines, ""), "(you): "+wide) }) {
+		t.Errorf("the wide line's echo was not erased:\n%s", strings.Join(lines, "\n"))
+	}
+	if n := strings.Count(strings.Join(lines, ""), wide); n != 1 {
+		t.Errorf("the wide line shows %d times, want once:\n%s", n, strings.Join(lines, "\n"))
+	}
+
 	if out, err := tm.run("resize-window", "-x", "40", "-y", "30"); err != nil {
 		t.Fatalf("tmux resize-window: %v: %s", err, out)
 	}
-	tm.waitScreen("the narrow pane", func(lines []string) bool {
-		return !slices.ContainsFunc(tm.screen(), func(l string) bool { return len(l) > 40 })
-	})
+	if !eventually(waitTimeout, func() bool { w, _ := tm.run("display", "-p", "#{pane_width}"); return strings.TrimSpace(w) == "40" }) {
+		t.Fatal("the pane did not become 40 columns wide")
+	}
 	tm.keys(strings.Repeat("abcdefghij", 7))
 	tm.waitScreen("the wrapped line typed", func(lines []string) bool { return strings.HasSuffix(strings.Join(lines, ""), "abcdefghij") })
 	tm.keys("", "C-a")
