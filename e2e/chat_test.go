@@ -453,7 +453,9 @@ func TestChatTerminalLongLineAndResize(t *testing.T) {
 	lines = tm.waitScreen("the wide line, sent", func(lines []string) bool {
 		return strings.HasSuffix(strings.Join(lines, ""), "中文>") && slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, " alice (you): 中文") })
 	})
-	if slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "> 中") || strings.HasPrefix(l, "中") && !strings.Contains(strings.Join(lines, ""), "(you): "+wide) }) {
+	if slices.ContainsFunc(lines, func(l string) bool {
+		return strings.HasPrefix(l, "> 中") || strings.HasPrefix(l, "中") && !strings.Contains(strings.Join(lines, ""), "(you): "+wide)
+	}) {
 		t.Errorf("the wide line's echo was not erased:\n%s", strings.Join(lines, "\n"))
 	}
 	if n := strings.Count(strings.Join(lines, ""), wide); n != 1 {
