@@ -104,7 +104,9 @@ func newTmux(t *testing.T, command string) *tmux {
 		}
 		t.Skip("tmux is not installed: skipping the chat terminal test (apt-get install tmux)")
 	}
-	tm := &tmux{t: t, socket: fmt.Sprintf("huddle-e2e-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))}
+	// The socket lives in the test's temporary directory, removed with it:
+	// a socket named with -L stayed in /tmp/tmux-UID after kill-server.
+	tm := &tmux{t: t, socket: filepath.Join(t.TempDir(), "tmux.sock")}
 	t.Cleanup(func() { tm.run("kill-server") })
 	if out, err := tm.cmd("-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "30", command).CombinedOutput(); err != nil {
 		t.Fatalf("tmux new-session: %v: %s", err, out)
@@ -113,7 +115,7 @@ func newTmux(t *testing.T, command string) *tmux {
 }
 
 func (tm *tmux) cmd(args ...string) *exec.Cmd {
-	cmd := exec.Command("tmux", append([]string{"-L", tm.socket}, args...)...)
+	cmd := exec.Command("tmux", append([]string{"-S", tm.socket}, args...)...)
 	cmd.Env = childEnv(tm.t.TempDir())
 	return cmd
 }
