@@ -106,7 +106,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	t := chatTerminal(env)
 	defer t.restore()
 	c := &chat{
-		env: env, out: t.out, json: cf.json, g: g, info: info, me: s.client.Fingerprint(), timeout: cf.timeout,
+		env: env, out: t.out, json: cf.json, g: g, info: info, me: s.client.Fingerprint(), timeout: cf.timeout, terminal: t.terminal,
 		names: newNameBook(), historyDone: make(chan struct{}), delivered: make(chan struct{}, 1), retryNow: make(chan struct{}, 1),
 	}
 	c.names.seeMembers(members)
@@ -195,6 +195,14 @@ type chat struct {
 	// IDs so that sending them again never stores one twice; under mu.
 	unsent   []client.Outgoing
 	retryNow chan struct{} // the watch is back: typeLoop sends unsent again
+
+	// terminal: a person types (not a pipe); lost: the watch has lost the
+	// daemon and not yet found it again, under mu. A line typed on a
+	// terminal while lost is kept at once: sending it would wait the whole
+	// --timeout for a daemon known gone, with no prompt and the line
+	// erased.
+	terminal bool
+	lost     bool
 }
 
 func (c *chat) printf(format string, args ...any) {
@@ -282,11 +290,17 @@ func (c *chat) follow(ctx context.Context, q client.Query) error {
 				why := reason(ev.Err)
 				c.notice("connection_lost", "connection lost ("+why+"); reconnecting", "error", why)
 				lost = true
+				c.mu.Lock()
+				c.lost = true
+				c.mu.Unlock()
 			}
 		case client.EventLive:
 			if lost {
 				c.notice("reconnected", "reconnected")
 				lost = false
+				c.mu.Lock()
+				c.lost = false
+				c.mu.Unlock()
 				select {
 				case c.retryNow <- struct{}{}:
 				default:
@@ -418,12 +432,18 @@ func (c *chat) handle(ctx context.Context, line string) bool {
 func (c *chat) send(ctx context.Context, msgs []client.Outgoing) {
 	c.mu.Lock()
 	queued := len(c.unsent) > 0
-	if queued {
+	lost := !queued && c.lost && c.terminal
+	if queued || lost {
 		c.unsent = append(c.unsent, msgs...)
 	}
 	c.mu.Unlock()
 	if queued {
 		c.notice("queued", "not connected: kept to send when the connection is back (/retry, /drop)")
+		return
+	}
+	if lost {
+		c.notice("not_sent", "not sent (connection lost); kept to send again when the connection is back (/retry now, /drop to forget)",
+			"msg_id", msgs[0].ID.String(), "error", "connection lost", "kept", true)
 		return
 	}
 	for i, m := range msgs {

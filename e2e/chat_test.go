@@ -565,3 +565,43 @@ func TestChatLeftElsewhere(t *testing.T) {
 		t.Errorf("chat does not say how to come back:\n%s", all)
 	}
 }
+
+// TestChatTerminalTypesWhileDown kills the daemon (SIGKILL: no word of
+// shutdown) under a chat on a terminal, and types a line once chat has said
+// the connection is lost. chat used to try to send it anyway: the line was
+// erased, no prompt came back, and only after the whole --timeout did it
+// say the line was kept. It keeps the line at once, says so, gives the
+// prompt back, and sends it once the daemon is back.
+func TestChatTerminalTypesWhileDown(t *testing.T) {
+	t.Parallel()
+	state := t.TempDir()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	var words []string
+	for _, kv := range append(alice.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	// A --timeout no test waits out: the line is kept because the
+	// connection is known lost, not because its send gave up.
+	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby --timeout 5m; exec sleep 600", strings.Join(words, " "), shellQuote(huddleBin)))
+	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 1 && lines[len(lines)-1] == ">" })
+	up.proc.stop(t, syscall.SIGKILL)
+	tm.waitScreen("the connection lost", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "-- connection lost") })
+	})
+	tm.keys("typed while down", "Enter")
+	tm.waitScreen("the line kept, and the prompt back", func(lines []string) bool {
+		n := len(lines)
+		return n >= 2 && strings.HasPrefix(lines[n-2], "-- not sent (connection lost); kept to send again") && lines[n-1] == ">"
+	})
+	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	defer up.stop(t)
+	tm.waitScreen("the kept line sent", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, " alice (you): typed while down") })
+	})
+	if got := parseFetch(t, alice.ok(t, "fetch", "lobby")); !slices.Equal(got, []fetchLine{{1, "alice", "typed while down"}}) {
+		t.Errorf("the group holds %+v, want the kept line once", got)
+	}
+}
