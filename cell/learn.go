@@ -14,8 +14,9 @@ import (
 )
 
 // Learning the members: a member's transport accepts the keys of the
-// members it was started with (Config.Peers) and of the configuration in
-// its raft state. A member that was away while the cell changed (another
+// configuration in its raft state (and of the members it was started
+// with, Config.Peers, only while that configuration does not list it:
+// node.go, accepted). A member that was away while the cell changed (another
 // member replaced: a new one added, the old one removed) knows neither
 // the new member's key nor the change, and refuses the new member's
 // connections: if the new member leads, the returning one never catches

@@ -350,7 +350,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.tr = tr
 	n.fsm = newFSM(cfg.Host, cfg.Logger, n.closing)
-	n.fsm.onConfig = n.configured
+	n.fsm.onConfig = n.applied
 	n.fsm.catchUp = n.catchUp
 	tr.handle(kindCatchUp, n.serveCatchUp)
 	tr.handle(kindProgress, n.serveProgress)
@@ -480,8 +480,34 @@ func (n *Node) closeStores() {
 }
 
 // configured notes configuration c (whether this daemon is a member; the
-// daemon's MembersChanged) and updates the transport's members to it.
+// daemon's MembersChanged) and sets the transport's members from it: at
+// Start (raft's latest configuration) and on the leader adding a member
+// (the configuration it is about to append).
 func (n *Node) configured(c raft.Configuration) {
+	n.noteConfig(c)
+	n.setPeers(c)
+}
+
+// applied is told each configuration raft commits, as this member applies
+// it (in the log's order, from raft's apply goroutine). It notes c, and
+// sets the transport's members from raft's latest configuration, which
+// is c or one appended after it: a member applying the entries of the
+// past (after a restart, or catching up) applies configurations older
+// than the one its log ends with, and the leader of now may be in none of
+// them (see accepted).
+func (n *Node) applied(c raft.Configuration) {
+	n.noteConfig(c)
+	if r := n.running(); r != nil {
+		if f := r.GetConfiguration(); f.Error() == nil { // an atomic load, not the main loop
+			c = f.Configuration()
+		}
+	}
+	n.setPeers(c)
+}
+
+// noteConfig notes whether c lists this daemon, and tells the daemon's
+// MembersChanged.
+func (n *Node) noteConfig(c raft.Configuration) {
 	n.noteMembership(c)
 	if n.cfg.MembersChanged != nil && len(c.Servers) > 0 {
 		var members []Peer
@@ -492,12 +518,10 @@ func (n *Node) configured(c raft.Configuration) {
 		}
 		n.cfg.MembersChanged(members)
 	}
-	n.setPeers(c)
 }
 
-// setPeers sets the transport's members: the peers this daemon was
-// started with, those it learnt from them (learn.go), and configuration
-// c's servers; c is kept for learnMembers.
+// setPeers sets the transport's members from configuration c and what was
+// learnt (accepted); c is kept for learnMembers and forgetLearned.
 func (n *Node) setPeers(c raft.Configuration) {
 	n.learnMu.Lock()
 	defer n.learnMu.Unlock()
@@ -513,34 +537,105 @@ func (n *Node) refreshPeers() {
 	n.applyPeersLocked()
 }
 
-// applyPeersLocked gives the transport its members. n.learnMu is held
-// until the transport has them, so that the last set wins.
+// applyPeersLocked gives the transport its members (accepted). n.learnMu
+// is held until the transport has them, so that the last set wins.
 func (n *Node) applyPeersLocked() {
-	c := n.conf
+	n.tr.SetPeers(accepted(n.self, n.cfg.Peers, n.conf, n.learned))
+}
+
+// accepted returns the members a member's transport accepts (and dials),
+// this member self, started with the peers flags, whose configuration is
+// conf and which learnt the members learned (learn.go).
+//
+// The rule: once conf lists self, conf is the cell, and flags count for
+// nothing: a member removed from the cell (huddle cell remove) is refused
+// by every member that applied its removal, on raft's listener and the
+// cell's QUIC ALPN alike (SetPeers closes its connections), whatever
+// their --cell-peer flags still name. The flags are only how a daemon
+// finds the cell before its configuration lists it. While conf does not
+// list self, the flags and conf are both accepted. What was learnt is
+// accepted besides, until forgotten (learn.go). Where two keys are named
+// at one address, conf wins, then the flags (what was learnt may be older
+// than the configuration).
+//
+// Who dials whom, and when each member's conf changes (conf is raft's
+// latest configuration, read as each configuration entry is applied, at
+// Start, and on the leader as it adds a member):
+//
+//   - A cell started (every member with the same flags): each bootstraps
+//     the flags as its configuration, which lists it; the flags and conf
+//     are the same keys.
+//   - A member added (--cell-join, then huddle cell add): it has no
+//     configuration, and accepts its flags (the cell's members: the leader
+//     among them). The leader puts it in its own conf before it appends
+//     the change (AddMember), so it dials the new member at once; the
+//     others accept its key once they apply the change. The new member's
+//     conf changes as it applies what the leader sends: a snapshot, or the
+//     log from its start, whose old configurations do not list it (and may
+//     not list the leader: flags and conf together do); from the entry that
+//     adds it on, conf lists it, and is the cell. Its catch-up asks the
+//     leader first, which accepted it before anyone.
+//   - A member removed: the leader applies the change when it commits and
+//     stops accepting the removed key then (its dialed connections to it
+//     close leaveGrace later, for raft's last replication, the removal,
+//     to reach it); each follower when it applies the change, a heartbeat
+//     later. The removed member's own conf, once it has the change (it may
+//     never get it), no longer lists it, and it accepts flags and conf.
+//   - A removed member added again: the leader dials it at once; it
+//     accepts the leader if its last configuration (or its flags) name the
+//     leader, or learns of the leader from a member that accepts it again
+//     once it applied the re-adding (a member that still sees itself in its
+//     configuration asks, learn.go).
+//   - A member that was away while another was replaced: its conf lists it
+//     and the members of before; it refuses the new member, which may
+//     lead. Knowing of no leader, it asks the members it knows (learn.go),
+//     accepts those named, takes the new leader's replication, and forgets
+//     what it learnt once its own conf names its leader (1cf5358).
+//   - A restart: conf is raft's latest configuration at Start (the log's
+//     last, or the snapshot's). Replayed configurations are older, but
+//     raft's latest is read as each is applied, so the leader of now stays
+//     accepted.
+//   - 3 -> 5 -> 3: each addition and removal as above, one at a time.
+//
+// A configuration raft appended but did not commit, later cut from the
+// log (its leader lost before commit), stays the transport's until the
+// next configuration is applied: a member it refuses that comes to lead
+// is learnt from the others, as above.
+func accepted(self Peer, flags []Peer, conf raft.Configuration, learned []Peer) []Peer {
+	var confPeers []Peer
+	for _, s := range conf.Servers {
+		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
+			confPeers = append(confPeers, Peer{Addr: string(s.Address), Fingerprint: fp})
+		}
+	}
+	listed := slices.ContainsFunc(confPeers, func(p Peer) bool { return p.Fingerprint == self.Fingerprint })
+	if listed {
+		flags = nil
+	}
 	known := make(map[wire.Fingerprint]bool)
-	for _, p := range n.cfg.Peers {
+	for _, p := range flags {
 		known[p.Fingerprint] = true
 	}
-	var conf []Peer
-	for _, s := range c.Servers {
-		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
-			conf = append(conf, Peer{Addr: string(s.Address), Fingerprint: fp})
-		}
+	for _, p := range confPeers {
+		known[p.Fingerprint] = true
 	}
-	// What was learnt comes first, so that the peers started with and
-	// the configuration win where they name another key at an address
-	// (what was learnt may be older than the configuration).
+	// What was learnt comes first, then the flags, then conf: the later
+	// win at an address (below).
 	var peers []Peer
-	for _, p := range n.learned {
-		if !known[p.Fingerprint] && !slices.ContainsFunc(conf, func(q Peer) bool { return q.Fingerprint == p.Fingerprint }) {
-			peers = append(peers, p)
-		}
-	}
-	peers = append(peers, n.cfg.Peers...)
-	for _, p := range conf {
+	for _, p := range learned {
 		if !known[p.Fingerprint] {
 			peers = append(peers, p)
 			known[p.Fingerprint] = true
+		}
+	}
+	peers = append(peers, flags...)
+	inFlags := make(map[wire.Fingerprint]bool, len(flags))
+	for _, p := range flags {
+		inFlags[p.Fingerprint] = true
+	}
+	for _, p := range confPeers {
+		if !inFlags[p.Fingerprint] {
+			peers = append(peers, p)
 		}
 	}
 	// A member added under an address another key held before: the
@@ -555,7 +650,7 @@ func (n *Node) applyPeersLocked() {
 		byAddr[p.Addr] = len(out)
 		out = append(out, p)
 	}
-	n.tr.SetPeers(out)
+	return out
 }
 
 // noteMembership records whether configuration c lists this daemon, and

@@ -192,7 +192,8 @@ func dialConfig() *quic.Config {
 
 // SetPeers makes peers the cell's members: the keys accepted, and the key
 // each address must present. Connections to addresses no longer listed,
-// or whose key changed, are closed.
+// or whose key changed, are closed, as are those from keys no longer
+// listed (Node.accepted says which members a node gives).
 func (t *Transport) SetPeers(peers []Peer) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -224,6 +225,19 @@ func (t *Transport) SetPeers(peers []Peer) {
 				d.close(connRefused, "no longer a member of the cell")
 			}()
 		}
+	}
+	// The QUIC connections a removed member dialed end at once: the
+	// streams it would open on them (a catch-up, a member's progress,
+	// the members) are not served to a key the cell no longer lists.
+	var gone []*quic.Conn
+	for c, in := range t.in {
+		if !keys[in.peer] {
+			gone = append(gone, c)
+			delete(t.in, c)
+		}
+	}
+	for _, c := range gone {
+		c.CloseWithError(connRefused, "no longer a member of the cell")
 	}
 	t.dropTCP(byAddr, keys)
 	t.peers, t.keys = byAddr, keys
@@ -398,8 +412,9 @@ func (t *Transport) dispatch(peer wire.Fingerprint, str *quic.Stream) {
 	case kindCatchUp, kindProgress, kindMembers:
 		t.mu.Lock()
 		serve := t.handlers[kind[0]]
+		member := t.keys[peer] // the connection may outlive its key's membership by a moment
 		t.mu.Unlock()
-		if serve == nil {
+		if serve == nil || !member {
 			str.CancelRead(streamBadKind)
 			str.CancelWrite(streamBadKind)
 			str.ReleaseStreamCredit()
