@@ -444,11 +444,13 @@ func (n *Node) Start() error {
 			n.cfg.Logger.Warn("cell: bootstrap", "err", err)
 		}
 	}
+	// Live before the transport is configured: a configuration applied
+	// meanwhile (applied) reads raft's latest too, not only its own.
+	n.live.Store(r)
 	if f := r.GetConfiguration(); f.Error() == nil {
 		n.configured(f.Configuration())
 	}
 	n.started, n.restarted = true, existing
-	n.live.Store(r)
 	n.tr.warm()
 	n.wg.Add(3)
 	go n.leaderLoop()
