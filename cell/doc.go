@@ -24,7 +24,8 @@
 // for the cell's configuration (learn.go).
 //
 // The cell's traffic has two carriers, both mutual TLS with the daemons' keys,
-// accepting only the keys of the cell's members (Transport): raft's RPCs ride
+// accepting only the keys of the cell's members (Transport; which members, as
+// a member's raft configuration changes, is node.go's accepted): raft's RPCs ride
 // TCP under RaftALPN (tcp.go, raftnet.go, raftwire.go, the frame layout), and
 // the rest rides QUIC streams under ALPN on the group daemon's UDP port
 // (transport.go: catch-ups, progress, members, probes). Both bound what one
