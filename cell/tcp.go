@@ -123,8 +123,7 @@ func (t *Transport) acceptTCP(ln net.Listener) {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			c := t.handshake(raw)
-			hs.done(h)
+			c := t.handshake(raw, func() { hs.done(h) })
 			if c == nil {
 				return
 			}
@@ -230,16 +229,20 @@ func sourcePrefix(a net.Addr) netip.Prefix {
 }
 
 // handshake runs an accepted connection's TLS handshake, within
-// handshakeTimeout. It returns nil, having closed raw, unless the peer
-// presented a member's key and chose RaftALPN.
-func (t *Transport) handshake(raw net.Conn) *tcpConn {
+// handshakeTimeout, and calls done as it ends: before a connection that
+// failed is closed, so that a peer that sees it closed finds its place
+// among the handshakes free. It returns nil, having closed raw, unless the
+// peer presented a member's key and chose RaftALPN.
+func (t *Transport) handshake(raw net.Conn, done func()) *tcpConn {
 	t.mu.Lock()
 	timeout := cmp.Or(t.handshakeTimeout, handshakeTimeout)
 	t.mu.Unlock()
 	raw.SetDeadline(time.Now().Add(timeout))
 	g := &gatherConn{Conn: raw}
 	c := tls.Server(g, t.raftServerTLS())
-	if err := c.HandshakeContext(t.ctx); err != nil || c.ConnectionState().NegotiatedProtocol != RaftALPN {
+	err := c.HandshakeContext(t.ctx)
+	done() // before a failed one is closed: once its peer sees the close, its place is free
+	if err != nil || c.ConnectionState().NegotiatedProtocol != RaftALPN {
 		raw.Close()
 		return nil
 	}
