@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -43,20 +42,9 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if !ok {
 		return code
 	}
-	if as != "" {
-		if err := wire.CheckName(as); err != nil {
-			return usageErr(env, "chat", "--as %q: %v", as, err)
-		}
-	}
-
-	var secret []byte
-	if secretFile != "" {
-		b, err := os.ReadFile(secretFile)
-		if err != nil {
-			return fail(env, "chat", fmt.Errorf("--secret-file %s: cannot read it (%s)", secretFile, plainErr(err)))
-		}
-		secret = trimNewline(b)
-		warnReadable(env, "--secret-file", secretFile)
+	secret, code, ok := joinFlags(env, "chat", as, secretFile)
+	if !ok {
+		return code
 	}
 
 	octx, cancel := context.WithTimeout(ctx, cf.timeout)

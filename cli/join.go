@@ -26,19 +26,9 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 	if !ok {
 		return code
 	}
-	if as != "" {
-		if err := wire.CheckName(as); err != nil {
-			return usageErr(env, "join", "--as %q: %v", as, err)
-		}
-	}
-	var secret []byte
-	if secretFile != "" {
-		b, err := os.ReadFile(secretFile)
-		if err != nil {
-			return fail(env, "join", fmt.Errorf("--secret-file %s: cannot read it (%s)", secretFile, plainErr(err)))
-		}
-		secret = trimNewline(b)
-		warnReadable(env, "--secret-file", secretFile)
+	secret, code, ok := joinFlags(env, "join", as, secretFile)
+	if !ok {
+		return code
 	}
 	renamed := as != ""
 	return withGroup(ctx, env, "join", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
@@ -164,4 +154,24 @@ func runLeave(ctx context.Context, env Env, args []string) int {
 		}
 		return nil
 	})
+}
+
+// joinFlags checks a join's --as (if given) and reads its --secret-file
+// (if given; one final line ending dropped), as join and chat take them.
+// On a bad flag it reports it and returns the exit code, not ok.
+func joinFlags(env Env, verb, as, secretFile string) (secret []byte, code int, ok bool) {
+	if as != "" {
+		if err := wire.CheckName(as); err != nil {
+			return nil, usageErr(env, verb, "--as %q: %v", as, err), false
+		}
+	}
+	if secretFile != "" {
+		b, err := os.ReadFile(secretFile)
+		if err != nil {
+			return nil, fail(env, verb, fmt.Errorf("--secret-file %s: cannot read it (%s)", secretFile, plainErr(err))), false
+		}
+		secret = trimNewline(b)
+		warnReadable(env, "--secret-file", secretFile)
+	}
+	return secret, 0, true
 }
