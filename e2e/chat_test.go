@@ -93,6 +93,19 @@ type tmux struct {
 	socket string
 }
 
+// chatTmux starts `huddle chat ARGS` as u in a new tmux pane (see newTmux),
+// with u's environment alone and TERM=screen; once chat ends the pane
+// prints "chat exited with code N" and stays.
+func chatTmux(t *testing.T, u *user, args string) *tmux {
+	t.Helper()
+	var words []string
+	for _, kv := range append(u.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	return newTmux(t, fmt.Sprintf("env -i %s %s chat %s; echo \"chat exited with code $?\"; exec sleep 600",
+		strings.Join(words, " "), shellQuote(huddleBin), args))
+}
+
 // newTmux starts a tmux server running command in a 120x30 pane. It skips
 // the test if tmux is missing (and fails it under CI=true), and kills the
 // server when the test ends.
@@ -182,13 +195,7 @@ func TestChatTerminal(t *testing.T) {
 	bob.join(t, "lobby")
 	bob.ok(t, "send", "lobby", "before the chat")
 
-	var words []string
-	for _, kv := range append(alice.env(t), "TERM=screen") {
-		words = append(words, shellQuote(kv))
-	}
-	command := fmt.Sprintf("env -i %s %s chat lobby; echo \"chat exited with code $?\"; exec sleep 600",
-		strings.Join(words, " "), shellQuote(huddleBin))
-	tm := newTmux(t, command)
+	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt after the history", func(lines []string) bool {
 		return len(lines) >= 3 && lines[0] == "-- lobby: 2 members; /help for commands, /quit to leave --" &&
 			chatLineRE.MatchString(lines[1]) && strings.HasSuffix(lines[1], " bob: before the chat") && lines[len(lines)-1] == ">"
@@ -346,12 +353,7 @@ func TestChatTerminalCRLF(t *testing.T) {
 	waitListed(t, alice, up.groups["lobby"])
 	alice.join(t, "lobby")
 	bob.join(t, "lobby")
-	var words []string
-	for _, kv := range append(alice.env(t), "TERM=screen") {
-		words = append(words, shellQuote(kv))
-	}
-	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby; echo \"chat exited with code $?\"; exec sleep 600",
-		strings.Join(words, " "), shellQuote(huddleBin)))
+	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) > 0 && lines[len(lines)-1] == ">" })
 	tm.keys("hi\r\nthere\r")
 	tm.waitScreen("both lines sent", func(lines []string) bool {
@@ -433,11 +435,7 @@ func TestChatTerminalLongLineAndResize(t *testing.T) {
 	alice := newUser(t, "alice", up.registry)
 	waitListed(t, alice, up.groups["lobby"])
 	alice.join(t, "lobby")
-	var words []string
-	for _, kv := range append(alice.env(t), "TERM=screen") {
-		words = append(words, shellQuote(kv))
-	}
-	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby; exec sleep 600", strings.Join(words, " "), shellQuote(huddleBin)))
+	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 2 && lines[len(lines)-1] == ">" })
 
 	long := strings.Repeat("long line ", 30) + "end" // 303 columns: three rows of 120
@@ -547,11 +545,7 @@ func TestChatLeftElsewhere(t *testing.T) {
 	alice := newUser(t, "alice", up.registry)
 	waitListed(t, alice, up.groups["lobby"])
 	alice.join(t, "lobby")
-	var words []string
-	for _, kv := range append(alice.env(t), "TERM=screen") {
-		words = append(words, shellQuote(kv))
-	}
-	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby; echo \"chat exited with code $?\"; exec sleep 600", strings.Join(words, " "), shellQuote(huddleBin)))
+	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 2 && lines[len(lines)-1] == ">" })
 	alice.ok(t, "leave", "lobby")
 	lines := tm.waitScreen("chat exiting", func(lines []string) bool {
@@ -579,13 +573,9 @@ func TestChatTerminalTypesWhileDown(t *testing.T) {
 	alice := newUser(t, "alice", up.registry)
 	waitListed(t, alice, up.groups["lobby"])
 	alice.join(t, "lobby")
-	var words []string
-	for _, kv := range append(alice.env(t), "TERM=screen") {
-		words = append(words, shellQuote(kv))
-	}
 	// A --timeout no test waits out: the line is kept because the
 	// connection is known lost, not because its send gave up.
-	tm := newTmux(t, fmt.Sprintf("env -i %s %s chat lobby --timeout 5m; exec sleep 600", strings.Join(words, " "), shellQuote(huddleBin)))
+	tm := chatTmux(t, alice, "lobby --timeout 5m")
 	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 1 && lines[len(lines)-1] == ">" })
 	up.proc.stop(t, syscall.SIGKILL)
 	tm.waitScreen("the connection lost", func(lines []string) bool {
