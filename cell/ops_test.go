@@ -217,12 +217,7 @@ func TestReplaceDeadMemberUnderLoad(t *testing.T) {
 	g := c.leader().group("lobby")
 	l := startLoad(c, g.ID)
 	l.await("the load", 200)
-	dead := c.followers(1)[0]
-	dead.crash()
-	if err := os.RemoveAll(dead.dir); err != nil {
-		t.Fatal(err)
-	}
-	l.setNodes(c)
+	dead := l.killForGood(c)
 	l.await("with a member dead", 2000) // past what raft keeps
 	l.measure("add the replacement (3 -> 4, one dead)", 100, func() { c.addMember(true); l.setNodes(c) })
 	l.measure("remove the dead member (4 -> 3)", 100, func() { c.removeMember(dead) })
@@ -366,12 +361,7 @@ func TestReplaceAtSameAddress(t *testing.T) {
 	g := c.leader().group("lobby")
 	l := startLoad(c, g.ID)
 	l.await("the load", 200)
-	dead := c.followers(1)[0]
-	dead.crash()
-	if err := os.RemoveAll(dead.dir); err != nil {
-		t.Fatal(err)
-	}
-	l.setNodes(c)
+	dead := l.killForGood(c)
 	l.await("with a member dead", 200)
 
 	d := c.newMember(true)
@@ -402,4 +392,18 @@ func TestReplaceAtSameAddress(t *testing.T) {
 	})
 	c.wantMembers(3)
 	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+}
+
+// killForGood kills a follower of c as its host dying for good would (its
+// daemon crashed, its directories deleted), and returns it; the load stops
+// sending to it.
+func (l *load) killForGood(c *testCell) *testMember {
+	c.t.Helper()
+	dead := c.followers(1)[0]
+	dead.crash()
+	if err := os.RemoveAll(dead.dir); err != nil {
+		c.t.Fatal(err)
+	}
+	l.setNodes(c)
+	return dead
 }
