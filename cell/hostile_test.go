@@ -116,12 +116,7 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 			if _, err := conn.Write(tc.bytes); err != nil {
 				t.Fatal(err)
 			}
-			conn.SetReadDeadline(time.Now().Add(waitTimeout))
-			n, err := conn.Read(make([]byte, 64))
-			var ne net.Error
-			if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
-			}
+			endsUnanswered(t, conn)
 			stillReplicates(t, c, f, &seq)
 		})
 	}
@@ -277,12 +272,7 @@ func TestRaftSnapshotNotWedging(t *testing.T) {
 	t.Run("over the limit", func(t *testing.T) {
 		conn := dialRaftAs(t, l.id, f)
 		conn.Write(snapshot(maxSnapBytes + 1))
-		conn.SetReadDeadline(time.Now().Add(waitTimeout))
-		n, err := conn.Read(make([]byte, 64))
-		var ne net.Error
-		if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
-		}
+		endsUnanswered(t, conn)
 		stillReplicates(t, c, f, &seq)
 	})
 }
@@ -602,12 +592,7 @@ func TestRaftMemberCannotCrash(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := dialRaftAs(t, l.id, f)
 			conn.Write(tc.frame())
-			conn.SetReadDeadline(time.Now().Add(waitTimeout))
-			n, err := conn.Read(make([]byte, 64))
-			var ne net.Error
-			if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
-			}
+			endsUnanswered(t, conn)
 			stillReplicates(t, c, f, &seq)
 		})
 	}
@@ -770,4 +755,16 @@ func TestRaftResponseBounded(t *testing.T) {
 		t.Fatalf("a response declaring %d bytes: %v, want it malformed at once", maxFrameBytes, err)
 	}
 	<-served
+}
+
+// endsUnanswered fails the test unless the member ends conn, within
+// waitTimeout, without a byte of answer.
+func endsUnanswered(t *testing.T, conn net.Conn) {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(waitTimeout))
+	n, err := conn.Read(make([]byte, 64))
+	var ne net.Error
+	if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
+	}
 }
