@@ -430,11 +430,7 @@ func TestChatFollowsRestartedDaemon(t *testing.T) {
 // start of the second row instead of after the prompt.
 func TestChatTerminalLongLineAndResize(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer up.stop(t)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobby(t)
 	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 2 && lines[len(lines)-1] == ">" })
 
@@ -523,11 +519,7 @@ func TestChatPrivateGroup(t *testing.T) {
 // it used to say "messages #0..#0".
 func TestChatInfoOfAnEmptyGroup(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer up.stop(t)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobby(t)
 	out := alice.okInput(t, "/info\n", "chat", "lobby")
 	if want := "-- lobby: 1 member, no messages yet, max message 64 KiB --"; !strings.Contains(out, want) {
 		t.Errorf("chat's /info printed:\n%s\nwant %q", out, want)
@@ -540,11 +532,7 @@ func TestChatInfoOfAnEmptyGroup(t *testing.T) {
 // chat: ...") and to say "huddle join GROUP".
 func TestChatLeftElsewhere(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer up.stop(t)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobby(t)
 	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt", func(lines []string) bool { return len(lines) >= 2 && lines[len(lines)-1] == ">" })
 	alice.ok(t, "leave", "lobby")

@@ -165,11 +165,7 @@ func freeUDPAddr(t *testing.T) string {
 // waits; it was 0, as if the watch had ended by itself.
 func TestInterruptedExitCodes(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer up.stop(t)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobby(t)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		watch := alice.start(t, "watch", "lobby", "--json")
 		// The watch is live once a message sent now reaches it.

@@ -257,6 +257,18 @@ var (
 	groupLine    = regexp.MustCompile(`^  group (\S+)  ([0-9a-f-]{36})(  \(private\))?$`)
 )
 
+// aliceInLobby starts `huddle up` on 127.0.0.1 with a state of its own
+// (stopped when the test ends), and a user alice who has joined its lobby.
+func aliceInLobby(t *testing.T) *user {
+	t.Helper()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	t.Cleanup(func() { up.stop(t) })
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	return alice
+}
+
 // startDaemon runs `huddle VERB ARGS... --no-mdns` (VERB: up, registry or
 // serve) and waits until it printed where it listens and, for up and serve,
 // every group it hosts. The daemon must listen on 127.0.0.1 (args must say

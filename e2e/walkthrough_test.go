@@ -358,11 +358,7 @@ func groupEqual(a, b groupJSON) bool {
 // waiting for lines on standard input stops when interrupted.
 func TestSend(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
-	defer up.stop(t)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobby(t)
 
 	for _, tc := range []struct {
 		input string
