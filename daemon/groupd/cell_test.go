@@ -864,3 +864,48 @@ func TestCellAgeLimitIgnoresMemberClocks(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseNamesNextLeader: a cell's leader that stops on purpose hands
+// the leadership over, and the refusals its shutdown gives name the member
+// that leads now, so that its clients go there at once instead of waiting
+// the refusal's retry_after_ms. (The refusal named no leader: every client
+// of a leader stopped for an upgrade waited a second.)
+func TestCloseNamesNextLeader(t *testing.T) {
+	members := startTestCell(t, 3, nil)
+	leader, g := cellLeader(t, members)
+	p := dial(t, leader.d.Addr(), leader.fp, nil)
+	// A request begun and not finished: the stream is the server's (the
+	// answer to a later stream on the connection says it was accepted:
+	// streams are accepted in order) while the daemon closes.
+	str, err := p.conn.OpenStreamSync(testCtx(t))
+	must(t, err)
+	req := request(t, wire.OpInfo, wire.GroupRef{Group: g})
+	if _, err := str.Write(req[:len(req)-1]); err != nil {
+		t.Fatal(err)
+	}
+	must(t, p.call(wire.OpInfo, wire.GroupRef{Group: g}, nil))
+	// Read as the refusal comes: the connection closes a moment later,
+	// and what it had not handed over yet goes with it.
+	type read struct {
+		f   frame
+		err error
+	}
+	answer := make(chan read, 1)
+	go func() {
+		f, err := readFrame(str)
+		answer <- read{f, err}
+	}()
+	leader.d.Close()
+
+	r := <-answer
+	f, err := r.f, r.err
+	if err != nil || f.kind != wire.KindError {
+		t.Fatalf("the unfinished request got %v, %v; want the shutdown's refusal", f.kind, err)
+	}
+	if f.err.Code != wire.CodeUnavailable || f.err.Leader == nil {
+		t.Fatalf("the shutdown's refusal is %+v; want unavailable naming the next leader", f.err)
+	}
+	if next := f.err.Leader.Fingerprint; next == leader.fp || !slices.ContainsFunc(members, func(m *testCellMember) bool { return m.fp == next }) {
+		t.Fatalf("the refusal names %s as leader; want another member of the cell", next.Short())
+	}
+}
