@@ -83,10 +83,11 @@ func TestCloseLetsOperationsFinish(t *testing.T) {
 	}
 }
 
-// TestCloseCutsRequestReadsShort checks that Close does not wait out the
-// request deadline of a stream whose request is still arriving: the read
-// ends at once, and the peer is told the server is shutting down.
-func TestCloseCutsRequestReadsShort(t *testing.T) {
+// requestArriving starts a server (request and shutdown deadlines an hour
+// away) and returns it with a stream whose request it is still reading:
+// all but the request's last byte sent, and no end of stream.
+func requestArriving(t *testing.T) (*Server, *quic.Stream) {
+	t.Helper()
 	id := peertest.NewKey(t)
 	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Hour, WriteTimeout: time.Second, ShutdownTimeout: time.Hour},
 		Setup{Listen: "127.0.0.1:0", Logger: peertest.Logger(t)}, func(ctx context.Context, c *Call) error {
@@ -99,9 +100,17 @@ func TestCloseCutsRequestReadsShort(t *testing.T) {
 	req := peertest.Request(t, wire.OpLeave, wire.GroupRef{})
 	str, err := p.Conn.OpenStreamSync(peertest.Ctx(t))
 	peertest.Must(t, err)
-	_, err = str.Write(req[:len(req)-1]) // all but its last byte, and no end of stream
+	_, err = str.Write(req[:len(req)-1])
 	peertest.Must(t, err)
 	peertest.Eventually(t, "the request read", func() bool { return len(s.shares.readingStreams()) == 1 })
+	return s, str
+}
+
+// TestCloseCutsRequestReadsShort checks that Close does not wait out the
+// request deadline of a stream whose request is still arriving: the read
+// ends at once, and the peer is told the server is shutting down.
+func TestCloseCutsRequestReadsShort(t *testing.T) {
+	s, str := requestArriving(t)
 	closed := make(chan struct{})
 	go func() { s.Close(); close(closed) }()
 	f, err := peertest.ReadFrame(str)
@@ -118,21 +127,7 @@ func TestCloseCutsRequestReadsShort(t *testing.T) {
 // once instead of waiting the refusal's retry_after_ms (in
 // internal/jepsen's rolling restarts they waited it, 0.3-0.7 s).
 func TestCloseNamesLeader(t *testing.T) {
-	id := peertest.NewKey(t)
-	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Hour, WriteTimeout: time.Second, ShutdownTimeout: time.Hour},
-		Setup{Listen: "127.0.0.1:0", Logger: peertest.Logger(t)}, func(ctx context.Context, c *Call) error {
-			return c.Result(wire.Left{WasMember: true})
-		})
-	peertest.Must(t, s.Listen(id))
-	peertest.Must(t, s.Start())
-	t.Cleanup(s.Close)
-	p := peertest.Dial(t, s.Addr(), id.Fingerprint(), nil)
-	req := peertest.Request(t, wire.OpLeave, wire.GroupRef{})
-	str, err := p.Conn.OpenStreamSync(peertest.Ctx(t))
-	peertest.Must(t, err)
-	_, err = str.Write(req[:len(req)-1]) // held open: the shutdown refuses it
-	peertest.Must(t, err)
-	peertest.Eventually(t, "the request read", func() bool { return len(s.shares.readingStreams()) == 1 })
+	s, str := requestArriving(t)
 	leader := wire.Replica{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}, Leader: true}
 	s.NameLeader(&leader)
 	closed := make(chan struct{})
