@@ -66,6 +66,7 @@ var importRules = map[string][]string{
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
 	"internal/testbin":  nil,
 	"internal/testdisk": nil,
+	"internal/testlog":  nil,
 	"internal/testport": nil,
 	"internal/faults":   nil,
 	"internal/jepsen":   nil,
@@ -94,6 +95,7 @@ var neverImports = [][2]string{
 	{"", "internal/jepsen"},
 	{"", "internal/testbin"},
 	{"", "internal/testdisk"},
+	{"", "internal/testlog"},
 	{"", "internal/testport"},
 }
 

@@ -1,7 +1,6 @@
 package cell
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -66,24 +66,6 @@ func (c *testCell) lead(m *testMember) {
 	}
 }
 
-// syncBuffer is a log destination a test reads while the node writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestClocksDisagree: issue 20's "timestamps stay strictly increasing
 // across leader changes", with members whose clocks disagree. A member
 // on time leads, then one an hour behind, then one whose clock steps two
@@ -98,10 +80,10 @@ func (s *syncBuffer) String() string {
 // clock is behind the cell's, by how much.
 func TestClocksDisagree(t *testing.T) {
 	k := &clocks{offset: make(map[string]time.Duration)}
-	logs := make(map[string]*syncBuffer) // each member's warnings, by address
+	logs := make(map[string]*testlog.Buffer) // each member's warnings, by address
 	c := newTestCell(t, 3, false, func(cfg *Config) {
 		cfg.Now = k.now(cfg.Advertise)
-		logs[cfg.Advertise] = &syncBuffer{}
+		logs[cfg.Advertise] = &testlog.Buffer{}
 		w := &tWriter{t: t}
 		t.Cleanup(w.end)
 		cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs[cfg.Advertise], w), &slog.HandlerOptions{Level: slog.LevelWarn}))

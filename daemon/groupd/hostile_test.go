@@ -22,9 +22,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
-	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -128,7 +128,7 @@ func TestHostilePeers(t *testing.T) {
 }
 
 // lockedBuffer is a log destination safe for concurrent writers.
-type lockedBuffer = peertest.LockedBuffer
+type lockedBuffer = testlog.Buffer
 
 // honest is a well-behaved user: a new key that joins, sends and fetches
 // its message back, then goes away.

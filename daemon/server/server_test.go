@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -202,7 +203,7 @@ func TestRetryUnderHandshakeLoad(t *testing.T) {
 // logged at most once a second of the daemon's clock (not the machine's),
 // with how many were refused meanwhile; a clock that stepped back logs.
 func TestRefusalLogOnTheDaemonsClock(t *testing.T) {
-	var logged peertest.LockedBuffer
+	var logged testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logged, nil))
 	var r refusalLog
 	at := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
@@ -234,7 +235,7 @@ func TestTryResult(t *testing.T) {
 		ok, answered bool
 	}
 	outcomes := make(chan outcome, 1)
-	var logged peertest.LockedBuffer
+	var logged testlog.Buffer
 	id := peertest.NewKey(t)
 	s := New(Config{MaxIncomingStreams: 10, RequestTimeout: time.Second, WriteTimeout: time.Second, ShutdownTimeout: time.Second},
 		Setup{Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(&logged, nil))}, func(ctx context.Context, c *Call) error {

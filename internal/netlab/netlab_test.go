@@ -16,13 +16,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/internal/netlab"
-	"go.uber.org/goleak"
+	"github.com/huddle-chat/huddle/internal/testlog"
 )
 
 func TestMain(m *testing.M) {
@@ -207,13 +208,13 @@ func startDaemon(t *testing.T, h *netlab.Host, env ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testlog.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	ready := make(chan struct{})
-	var out syncBuffer
+	var out testlog.Buffer
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -260,23 +261,6 @@ func runHelper(t *testing.T, h *netlab.Host, env ...string) (string, error) {
 		return stdout.String(), fmt.Errorf("%s: %w\n%s%s", h.Name(), err, stdout.String(), stderr.String())
 	}
 	return stdout.String(), nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func namespaces(t *testing.T, prefix string) []string {
