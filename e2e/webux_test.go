@@ -337,3 +337,82 @@ func TestWebJoinWithABlankName(t *testing.T) {
 		t.Errorf("alice joined with a blank name:\n%s", r.stdout)
 	}
 }
+
+// TestWebUnreadOnFirstVisit opens huddle web for the first time in a
+// browser new to alice, who joined two groups from the terminal. It used
+// to count nothing until a message arrived. It counts what others wrote
+// since her own last message (lobby: bob's two after hers), or since she
+// joined if she has not written (dev: bob's three, not what came before
+// her), and keeps those counts when the page is loaded again.
+func TestWebUnreadOnFirstVisit(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	lobby, dev := up.groups["lobby"], up.groups["dev"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, lobby, dev)
+	for _, g := range []string{"lobby", "dev"} {
+		bob.join(t, g)
+		bob.ok(t, "send", g, "before alice came")
+		alice.join(t, g)
+	}
+	bob.ok(t, "send", "lobby", "one")
+	alice.ok(t, "send", "lobby", "mine, from the terminal")
+	bob.ok(t, "send", "lobby", "two")
+	bob.ok(t, "send", "lobby", "three")
+	for _, text := range []string{"a", "b", "c"} {
+		bob.ok(t, "send", "dev", text)
+	}
+	ws := alice.web(t)
+	b := newBrowser(t, 1000, 700)
+	b.open(ws)
+	b.waitFor("lobby's and dev's counts", badge(lobby)+` === '2' && `+badge(dev)+` === '3'`)
+	b.waitFor("the title", `document.title === '(5) dev, lobby · huddle'`)
+
+	b.open(ws)
+	b.waitFor("the counts again on loading the page again", badge(lobby)+` === '2' && `+badge(dev)+` === '3'`)
+	b.openJoined(lobby)
+	b.waitFor("lobby read", badge(lobby)+` === ''`)
+	b.open(ws)
+	b.waitFor("dev's count after loading the page again", badge(dev)+` === '3'`)
+	if n := eval[string](b, badge(lobby)); n != "" {
+		t.Errorf("lobby's count %q once read, want none", n)
+	}
+}
+
+// TestWebMemberCount keeps alice's page on lobby while carol joins and bob
+// leaves from their terminals, then alice leaves from the page. The
+// header's count was the length of the member list the page asked for
+// when the group opened and every 20 s after; and the form to join again
+// said the count of when she left. Both follow the group's list, which
+// the page is sent as soon as the registries or the daemon tell of it.
+func TestWebMemberCount(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice, bob, carol := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry), newUser(t, "carol", up.registry)
+	waitListed(t, alice, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	header := `document.getElementById('group-state').textContent`
+	listed := fmt.Sprintf(`window.huddle.state.groups.get(%s).members`, jsString(lobby))
+	b.waitFor("two members, alice online", header+` === '2 members, 1 online'`)
+
+	carol.join(t, "lobby")
+	b.waitFor("three members listed", listed+` === 3`)
+	if h := eval[string](b, header); !strings.HasPrefix(h, "3 members") {
+		t.Errorf("the header says %q once the list counts 3 members, want 3 members", h)
+	}
+	b.waitFor("the member list asked again", header+` === '3 members, 1 online'`)
+
+	bob.ok(t, "leave", "lobby")
+	b.waitFor("two members listed", listed+` === 2`)
+	if h := eval[string](b, header); !strings.HasPrefix(h, "2 members") {
+		t.Errorf("the header says %q once the list counts 2 members, want 2 members", h)
+	}
+
+	eval[bool](b, `(() => { window.confirm = () => true; document.getElementById('leave').click(); return true; })()`)
+	b.waitFor("the form to join again, saying one member", `!document.getElementById('join-form').hidden && document.getElementById('join-about').textContent.startsWith('1 member ·')`)
+}

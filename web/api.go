@@ -260,7 +260,7 @@ func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
 func (s *Server) apiMembers(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
 	defer cancel()
-	g, _, err := s.groupOf(ctx, r)
+	g, id, err := s.groupOf(ctx, r)
 	if err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -270,6 +270,7 @@ func (s *Server) apiMembers(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
+	s.dir.countMembers(id, len(ms))
 	writeJSON(w, http.StatusOK, map[string]any{"members": ms})
 }
 

@@ -72,14 +72,20 @@ type registryState struct {
 }
 
 type groupState struct {
-	entry  wire.GroupEntry
-	regs   []string // addresses of the registries listing it
-	clash  bool     // another registry lists the UUID with another daemon key
-	handle *client.Group
-	info   *client.Info
-	infoAt time.Time
-	infoOK bool // the last info request succeeded
-	asking bool // an info request is in flight
+	entry   wire.GroupEntry
+	entryAt time.Time // when entry's registry listed it
+	regs    []string  // addresses of the registries listing it
+	clash   bool      // another registry lists the UUID with another daemon key
+	handle  *client.Group
+	info    *client.Info
+	infoAt  time.Time
+	infoOK  bool // the last info request succeeded
+	asking  bool // an info request is in flight
+	// members is the member count the daemon gave at membersAt (in its
+	// info, or the member list a page asked for): it stands for the
+	// registries' count until a listing newer than it comes.
+	members   uint64
+	membersAt time.Time
 }
 
 // groupJSON is a group as the API lists it.
@@ -322,7 +328,7 @@ func (d *directory) merge() {
 					gs = &groupState{handle: h}
 					d.groups[e.Group] = gs
 				}
-				gs.entry, gs.regs, gs.clash = e, []string{rs.addr}, false
+				gs.entry, gs.entryAt, gs.regs, gs.clash = e, rs.at, []string{rs.addr}, false
 				continue
 			}
 			if gs == nil {
@@ -422,6 +428,18 @@ func (d *directory) updateInfo(ctx context.Context, gs *groupState) {
 	gs.infoAt, gs.infoOK = time.Now(), err == nil
 	if err == nil {
 		gs.info = &info
+		gs.members, gs.membersAt = info.Members, gs.infoAt
+	}
+}
+
+// countMembers records the member count a group's daemon just gave (the
+// length of a member list), and publishes the list if it changed.
+func (d *directory) countMembers(id wire.UUID, n int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if gs := d.groups[id]; gs != nil {
+		gs.members, gs.membersAt = uint64(n), time.Now()
+		d.publishLocked()
 	}
 }
 
@@ -455,8 +473,14 @@ func (d *directory) publishLocked() {
 			g.Reachable = gs.infoOK
 			g.Member, g.Private, g.Epoch, g.FirstSeq = in.Member, in.Private, in.Epoch, in.First
 			g.MaxMessageBytes = in.Limits.MaxMessageBytes
-			// The daemon knows better than the last renewal.
-			g.Members, g.LastSeq = max(g.Members, in.Members), max(g.LastSeq, in.Last)
+			// The last sequence only grows: the larger is the later.
+			g.LastSeq = max(g.LastSeq, in.Last)
+		}
+		// The member count goes both ways: the later word stands, the
+		// daemon's (its info, or a member list asked through this
+		// server) or the registry's (as of the daemon's last renewal).
+		if gs.membersAt.After(gs.entryAt) {
+			g.Members = gs.members
 		}
 		l.Groups = append(l.Groups, g)
 	}

@@ -113,3 +113,70 @@ func TestDirectoryClash(t *testing.T) {
 		t.Fatalf("lobby %+v: want a clash, with the first registry's daemon %s", g, real.Fingerprint())
 	}
 }
+
+// TestDirectoryMemberCount follows a group's member count while its
+// registry is down (its last listing stands, with the count of its day):
+// the count is the daemon's, from its info after a join or leave through
+// the server and from a member list asked through it, as soon as that is
+// newer than the listing. It used to be the larger of the daemon's and the
+// registry's, so a leave did not show until the registry listed it.
+func TestDirectoryMemberCount(t *testing.T) {
+	r := startRegistry(t)
+	startGroups(t, r, groupd.Config{})
+	a := newAPI(t, startWeb(t, newClient(t), r.Addr().String()))
+	s := a.events("")
+	id := a.groupID("lobby")
+
+	ctx := testCtx(t)
+	bob := newClient(t)
+	reg, err := bob.Registry(ctx, r.Addr().String(), r.Fingerprint())
+	must(t, err)
+	list, err := reg.List(ctx)
+	must(t, err)
+	lobby, err := reg.Group(list.Groups[0])
+	must(t, err)
+	_, err = lobby.Join(ctx, "bob", nil)
+	must(t, err)
+	s.waitGroups("bob counted", func(l listJSON) bool { return len(l.Groups) == 1 && l.Groups[0].Members == 1 })
+	stopRegistry(t, r)
+	s.waitGroups("the registry reported down", func(l listJSON) bool { return !l.Registries[0].OK })
+
+	count := func() uint64 {
+		t.Helper()
+		var l listJSON
+		if st := a.do("GET", "/api/groups", nil, &l); st != 200 {
+			t.Fatalf("GET /api/groups: HTTP %d", st)
+		}
+		for _, g := range l.Groups {
+			if g.UUID == id {
+				return g.Members
+			}
+		}
+		t.Fatalf("lobby not listed: %+v", l)
+		return 0
+	}
+	if st := a.do("POST", "/api/groups/"+id+"/join", map[string]string{"name": "me"}, nil); st != 200 {
+		t.Fatalf("join: HTTP %d", st)
+	}
+	if n := count(); n != 2 {
+		t.Errorf("%d members listed after joining beside bob, want 2", n)
+	}
+	if _, err := lobby.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ms struct {
+		Members []memberJSON `json:"members"`
+	}
+	if st := a.do("GET", "/api/groups/"+id+"/members", nil, &ms); st != 200 || len(ms.Members) != 1 {
+		t.Fatalf("members after bob left: HTTP %d %+v", st, ms)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("%d members listed once the member list said 1, want 1", n)
+	}
+	if st := a.do("POST", "/api/groups/"+id+"/leave", nil, nil); st != 200 {
+		t.Fatalf("leave: HTTP %d", st)
+	}
+	if n := count(); n != 0 {
+		t.Errorf("%d members listed after the last one left, want 0", n)
+	}
+}

@@ -267,8 +267,12 @@ function onEvent(name, d) {
 function setGroups(list) {
   const seen = new Set();
   const wasMember = state.active ? !!state.groups.get(state.active)?.member : false;
+  let membersChanged = false;
   for (const g of list.groups) {
     const old = state.groups.get(g.uuid);
+    // Someone joined or left the group open: its members panel and count
+    // are asked again rather than at the next periodic refresh.
+    if (old && old.members !== g.members && g.uuid === state.active) membersChanged = true;
     g.listed = true;
     // A join or leave made here is known before the list says so.
     if (old && old.memberOverride !== undefined) {
@@ -284,7 +288,10 @@ function setGroups(list) {
     if (g.member && !state.convs.has(g.uuid)) {
       const c = conv(g.uuid);
       const read = loadRead(g.uuid);
-      if (read && g.epoch && read.epoch === g.epoch && g.last_seq > read.seq) {
+      if (!g.epoch) {
+        // Not known yet: the daemon has not answered since the page began.
+      } else if (!read || read.epoch !== g.epoch) firstVisit(c, g.epoch, g.last_seq);
+      else if (g.last_seq > read.seq) {
         c.unread = g.last_seq - read.seq;
         countUnread(c, read.seq, g.epoch, g.last_seq);
       }
@@ -307,7 +314,10 @@ function setGroups(list) {
     // said who is a member (from a link, or chosen at once) changes over.
     const g = state.groups.get(state.active);
     if (g && !!g.member !== wasMember) open(state.active, g.member ? '' : noLongerMember(g));
-    else renderHead();
+    else {
+      renderHead();
+      if (g && g.member && membersChanged) refreshMembers(conv(g.uuid));
+    }
   }
   const w = watchedSet();
   if (w !== state.watched) {
@@ -338,6 +348,37 @@ async function countUnread(c, from, epoch, last) {
   if (c.readCount !== read) return;
   const mine = p.messages.filter(m => m.seq <= last && state.me && m.from === state.me.fingerprint).length;
   c.unread = Math.max(0, c.unread - mine);
+  scheduleSidebar();
+}
+
+// firstVisit counts a group's unread messages when this browser holds no
+// read position in its log (a browser new to the key, or a log that began
+// anew): what others wrote since the user's own last message, or since
+// they joined if they have not written since, in the last unreadCounted
+// messages. What the user wrote they were there for; what came before
+// they joined is history, not news. The position found is stored, so the
+// next visit counts from it as from any other.
+async function firstVisit(c, epoch, last) {
+  const read = c.readCount;
+  let p, ms;
+  try {
+    [p, ms] = await Promise.all([
+      last ? api.before(c.id, last + 1, Math.min(last, unreadCounted), epoch) : {messages: []},
+      api.members(c.id),
+    ]);
+  } catch (err) {
+    return; // nothing counted: the group has no news to show until some arrives
+  }
+  if (c.readCount !== read || !state.me) return;
+  const me = ms.members.find(m => m.you);
+  // Times compare as text: nine digits of fraction, UTC.
+  const seen = m => m.from === state.me.fingerprint || (me && m.ts <= me.joined);
+  let from = p.messages.length ? p.messages[0].seq - 1 : last;
+  for (let i = p.messages.length - 1; i >= 0; i--) {
+    if (seen(p.messages[i])) { from = p.messages[i].seq; break; }
+  }
+  c.unread += p.messages.filter(m => m.seq > from).length;
+  localStorage.setItem(readKey(c.id), `${epoch}:${from}`);
   scheduleSidebar();
 }
 
@@ -746,10 +787,19 @@ function renderHead() {
     st.classList.add('down');
     st.textContent = fmt.reconnecting({code: 'not_found'}, g);
   } else {
-    const n = c && c.members.length ? c.members.length : g.members;
-    const online = c && c.members.length ? c.members.filter(m => m.online).length : 0;
+    // The count is the list's, which is the daemon's word as soon as it
+    // is newer than the registries'; who is online is the members
+    // panel's, said only while the two agree on how many there are.
+    const n = g.members;
+    const online = g.member && c && c.members.length === n ? c.members.filter(m => m.online).length : 0;
     st.textContent = `${n} member${n === 1 ? '' : 's'}${online ? `, ${online} online` : ''}${g.private ? ' · private' : ''}`;
   }
+  if (!g.member && !$('join-form').hidden) $('join-about').textContent = joinAbout(g);
+}
+
+function joinAbout(g) {
+  return `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
+    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}`;
 }
 
 function apiErr(e) { return new APIError(0, e); }
@@ -786,8 +836,7 @@ function showJoin(g, focus) {
   const f = $('join-form');
   f.hidden = false;
   $('join-title').textContent = `Join ${g.name}`;
-  $('join-about').textContent = `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
-    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}`;
+  $('join-about').textContent = joinAbout(g);
   $('join-secret-label').hidden = !g.private;
   $('join-secret').required = g.private;
   $('join-secret').value = '';
