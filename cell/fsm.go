@@ -44,7 +44,8 @@ type Log interface {
 	Sync() error
 	// Reset empties the log and makes it stand after seq, at time t: the
 	// next message appended is seq+1, after t. A replica catching up from
-	// a peer whose retention dropped what it lacks starts there.
+	// a peer whose retention dropped what it lacks starts there, and one
+	// whose retention cannot hold a message at all stands after it.
 	Reset(seq uint64, t int64) error
 }
 
@@ -366,15 +367,31 @@ func (f *fsm) flush(resps []any) {
 // size on disk) are appended in halves: each send fitted when the leader
 // took it, but the sends a raft entry gathered, and those an ApplyBatch
 // merged, may not together; retention then keeps the newest.
+//
+// One message more than this log holds at all (a body over this member's
+// MaxBytes, which the leader's retention held: the members' limits
+// differ) is aged out as it arrives: the log is emptied to stand after
+// it (Log.Reset), as retention would leave a log that held it a moment.
+// The group's sequence stays the same on every replica; this one holds
+// none of the messages up to that one.
 func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 	for attempt := 0; ; attempt++ {
 		err := g.log.Append(entries)
 		if err == nil {
 			return true
 		}
-		if errors.Is(err, store.ErrBatchTooLarge) && len(entries) > 1 {
+		tooLarge := errors.Is(err, store.ErrBatchTooLarge) || errors.Is(err, store.ErrBodyTooLarge)
+		if tooLarge && len(entries) > 1 {
 			half := len(entries) / 2
 			return f.append(g, entries[:half]) && f.append(g, entries[half:])
+		}
+		if tooLarge {
+			e := entries[0]
+			if err = g.log.Reset(e.Seq, e.Time); err == nil {
+				f.log.Warn("cell: a message larger than this member's retention holds is aged out at once; the group's log here is empty up to it",
+					"group", g.spec.Name, "seq", e.Seq, "bytes", len(e.Body))
+				return true
+			}
 		}
 		if attempt == 0 || attempt%100 == 0 {
 			f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",

@@ -2,7 +2,9 @@ package cell
 
 import (
 	"context"
+	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,4 +128,87 @@ func TestMemberWithLessRetention(t *testing.T) {
 			t.Fatalf("%s holds %d messages; want the last %d of %d", m.addr, len(got), want, batch)
 		}
 	}
+}
+
+// TestMessageOverMemberRetention: a member whose retention holds fewer
+// bytes than one message the cell committed (its --max-bytes is below the
+// message, which the leader's retention holds) records the message as
+// aged out at once: its log stands after it, empty, as retention leaves a
+// log that held it a moment, and goes on with the messages after it, on
+// the same sequence numbers as every other replica; a restart replays
+// nothing twice. (It refused the append and retried it for ever: it
+// applied nothing more of the cell.)
+func TestMessageOverMemberRetention(t *testing.T) {
+	const limit = 64
+	var smallAddr string
+	c := newTestCell(t, 3, true, func(cfg *Config) {
+		if smallAddr == "" {
+			smallAddr = cfg.Advertise // the first member started, and at its restarts
+		}
+		if cfg.Advertise == smallAddr {
+			cfg.Host.(*testHost).limits = store.Config{MaxBytes: limit}
+		}
+	})
+	small, full := c.members[0], c.members[1]
+	g := c.leader().group("lobby")
+	sendOne := func(i int, body string) { c.send(g.ID, alice, [][16]byte{newID(i)}, []string{body}) }
+	for i := 1; i <= 5; i++ {
+		sendOne(i, fmt.Sprintf("small %04d", i)) // 10 bytes
+	}
+	const big = 6
+	sendOne(big, strings.Repeat("x", limit+1))
+	for i := big + 1; i <= 10; i++ {
+		sendOne(i, fmt.Sprintf("small %04d", i))
+	}
+	// check waits until every running member holds up to last, then
+	// checks that each holds a run of the full member's messages ending
+	// there, the small one none up to the big message and no more bytes
+	// than its retention.
+	check := func(last uint64) {
+		t.Helper()
+		for _, m := range c.members {
+			m.waitLast(g.ID, last)
+		}
+		want := full.messages(g.ID)
+		if len(want) != int(last) {
+			t.Fatalf("%s holds %d messages, want %d", full.addr, len(want), last)
+		}
+		for _, m := range c.members {
+			got := m.messages(g.ID)
+			if len(got) == 0 || got[len(got)-1].Seq != last {
+				t.Fatalf("%s holds %d messages, not ending at %d", m.addr, len(got), last)
+			}
+			bytes := 0
+			for i, msg := range got {
+				w := want[len(want)-len(got)+i]
+				if msg.Seq != w.Seq || msg.ID != w.ID || msg.Time != w.Time || string(msg.Body) != string(w.Body) {
+					t.Fatalf("%s message seq %d differs from %s's seq %d", m.addr, msg.Seq, full.addr, w.Seq)
+				}
+				bytes += len(msg.Body)
+			}
+			if m == small && (got[0].Seq <= big || bytes > limit) {
+				t.Fatalf("%s, retaining %d bytes, holds seq %d on (%d bytes)", m.addr, limit, got[0].Seq, bytes)
+			}
+		}
+	}
+	check(10)
+	// The IDs of the messages before the one aged out are still found
+	// there (a retry of one, were that member to lead, gets its ack): the
+	// log's dedup window is not retention's. (After a restart, a disk log
+	// remembers the IDs of the messages it still holds, as any.)
+	earlier := make([]store.Entry, 5)
+	for i := range earlier {
+		earlier[i].ID = newID(i + 1)
+	}
+	acks := small.host.replica(g.ID).log.Lookup(earlier, nil)
+	for i, a := range acks {
+		if !a.Duplicate || a.Seq != uint64(i+1) {
+			t.Fatalf("%s looked up the ID of message %d: %+v, want it remembered", small.addr, i+1, a)
+		}
+	}
+	c.restart(small)
+	for i := 11; i <= 12; i++ {
+		sendOne(i, fmt.Sprintf("small %04d", i))
+	}
+	check(12)
 }
