@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/identity"
 )
@@ -113,4 +117,81 @@ func TestRemovedMemberRefused(t *testing.T) {
 	gone.stop()
 	c.sendMany(g.ID, 10, 5) // the cell of three goes on
 	c.sameLogs(g.ID, 15)
+}
+
+// TestInstalledSnapshotSetsKeys: a member brought up to date by a snapshot
+// (raft's InstallSnapshot: it was away while the others went on past what
+// raft keeps of its log) accepts the keys of the configuration the
+// snapshot carries from the moment it installed it: a member removed while
+// it was away is refused there. (Its keys stayed those of its own log's
+// last configuration, the removed member's among them, until its next
+// configuration entry, which may never come; a new member's, those of its
+// --cell-peer flags until its promotion.)
+func TestInstalledSnapshotSetsKeys(t *testing.T) {
+	c := newTestCell(t, 3, true, compacting)
+	gone := c.addMember(false)
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 20)
+	away := c.followers(1, gone)[0]
+	away.waitLast(g.ID, 20)
+	// Its own snapshot, past the configurations that list gone: at its
+	// restart it replays no configuration entry, which would set its
+	// keys from raft's latest configuration.
+	if err := away.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		t.Fatal(err)
+	}
+	away.stop()
+	// The removal must reach away only in the snapshot. A leader's
+	// replication to a member that is down waits for it with the entries
+	// it had when it began (raftNet.awaitConn): the next leader's, begun
+	// at its election, has none from after it.
+	l := c.leader()
+	var next *testMember
+	for _, m := range c.members {
+		if m != l && m != away && m != gone {
+			next = m
+			break
+		}
+	}
+	if err := l.node.raft.LeadershipTransferToServer(raft.ServerID(next.id.Fingerprint().String()), raft.ServerAddress(next.addr)).Error(); err != nil {
+		// The removal may then reach away in the log (the test would
+		// pass without the fix), not fail it with the fix.
+		t.Logf("hand the leadership to %s: %v", next.addr, err)
+	}
+	c.removeMember(gone)
+	removal := c.leader().node.raft.LastIndex() // the removal's entry, or after it
+	gone.stop()
+	c.sendMany(g.ID, 20, 400)
+	for _, m := range c.members {
+		if m.node != nil {
+			m.waitSnapshot(removal + 8 + 1) // compacting's TrailingLogs: whichever leads needs its snapshot for away
+		}
+	}
+	// Its flags name the three left (a cell starts with 3 or 5); they
+	// count for nothing once its configuration lists it (accepted).
+	c.peers = slices.DeleteFunc(slices.Clone(c.peers), func(p Peer) bool { return p.Fingerprint == gone.id.Fingerprint() })
+	away.host = newTestHost(away.host.dir)
+	c.start(away, false)
+	// Once it applies an entry after a snapshot past the removal, it
+	// installed that snapshot (its group logs may have caught up from a
+	// peer before: Restore). Each send is an entry after any snapshot.
+	sent := 420
+	for deadline := time.Now().Add(waitTimeout); ; sent++ {
+		if s := away.snapshotIndex(); s >= removal && away.node.raft.AppliedIndex() > s {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s applied nothing after a snapshot past the removal (%d): its snapshot is at %d", away.addr, removal, away.snapshotIndex())
+		}
+		c.send(g.ID, alice, [][16]byte{newID(sent)}, []string{"after"})
+	}
+
+	if refused, err := raftRefused(t, gone.id, away); !refused {
+		t.Errorf("%s, brought up to date by a snapshot, accepted a raft connection from the member removed: %v", away.addr, err)
+	}
+	fresh, _ := newTransport(t, gone.id, c.peers, false)
+	if err := askAs(t, fresh, away.addr, kindMembers, nil); err == nil {
+		t.Errorf("%s, brought up to date by a snapshot, served the members to the removed member's key", away.addr)
+	}
+	c.sameLogs(g.ID, sent)
 }

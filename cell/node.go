@@ -181,7 +181,8 @@ type Config struct {
 	LeaderChanged func(leader Peer, ok bool)
 	// MembersChanged, if set, is called with the cell's members each time
 	// raft commits a new configuration (a member added or removed), from
-	// raft's apply goroutine: it must not block.
+	// raft's apply goroutine, and as a snapshot from the leader is
+	// installed, from the goroutine of its connection: it must not block.
 	MembersChanged func(members []Peer)
 
 	// Logger receives the cell's events. Default: discard.
@@ -408,6 +409,7 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
+	n.net.onInstalled(n.installed)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())
 	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
@@ -507,6 +509,22 @@ func (n *Node) applied(c raft.Configuration) {
 	n.setPeers(c)
 }
 
+// installed is told each snapshot raft installed from the leader (raftNet's
+// onInstalled), once raft has taken the snapshot's configuration as its
+// latest: it notes it and sets the transport's members from it, as applied
+// does for a configuration in the log. A member brought up to date by a
+// snapshot gets no entry of the configurations the snapshot covers: until
+// its next configuration entry (a new member's promotion; for a member
+// that was away, perhaps never) it accepted the keys of its flags, or of
+// its own log's last configuration, a member removed meanwhile among them.
+func (n *Node) installed() {
+	if r := n.running(); r != nil {
+		if f := r.GetConfiguration(); f.Error() == nil {
+			n.configured(f.Configuration())
+		}
+	}
+}
+
 // noteConfig notes whether c lists this daemon, and tells the daemon's
 // MembersChanged.
 func (n *Node) noteConfig(c raft.Configuration) {
@@ -561,8 +579,9 @@ func (n *Node) applyPeersLocked() {
 // than the configuration).
 //
 // Who dials whom, and when each member's conf changes (conf is raft's
-// latest configuration, read as each configuration entry is applied, at
-// Start, and on the leader as it adds a member):
+// latest configuration, read as each configuration entry is applied, as a
+// snapshot from the leader is installed (installed), at Start, and on the
+// leader as it adds a member):
 //
 //   - A cell started (every member with the same flags): each bootstraps
 //     the flags as its configuration, which lists it; the flags and conf
@@ -574,9 +593,9 @@ func (n *Node) applyPeersLocked() {
 //     others accept its key once they apply the change. The new member's
 //     conf changes as it applies what the leader sends: a snapshot, or the
 //     log from its start, whose old configurations do not list it (and may
-//     not list the leader: flags and conf together do); from the entry that
-//     adds it on, conf lists it, and is the cell. Its catch-up asks the
-//     leader first, which accepted it before anyone.
+//     not list the leader: flags and conf together do); from the snapshot
+//     or the entry that adds it on, conf lists it, and is the cell. Its
+//     catch-up asks the leader first, which accepted it before anyone.
 //   - A member removed: the leader applies the change when it commits and
 //     stops accepting the removed key then (its dialed connections to it
 //     close leaveGrace later, for raft's last replication, the removal,

@@ -46,6 +46,7 @@ type raftNet struct {
 
 	hbMu      sync.Mutex
 	heartbeat func(raft.RPC)
+	installed func() // under hbMu; see onInstalled
 
 	mu     sync.Mutex
 	closed bool
@@ -115,6 +116,21 @@ func (n *raftNet) LocalAddr() raft.ServerAddress { return raft.ServerAddress(n.t
 func (n *raftNet) SetHeartbeatHandler(cb func(raft.RPC)) {
 	n.hbMu.Lock()
 	n.heartbeat = cb
+	n.hbMu.Unlock()
+}
+
+// onInstalled sets the function told of each snapshot raft installed from
+// a member (InstallSnapshot answered with success), on the goroutine of
+// the connection that carried it, before the answer is written back.
+//
+// Why: raft takes the snapshot's configuration as its own once its state
+// machine has restored the snapshot, and tells nothing of it (the state
+// machine hears only of configurations in the log's entries). Told here,
+// the node sets its transport's members from it before the member that
+// sent the snapshot, which waits for the answer, sends what follows.
+func (n *raftNet) onInstalled(fn func()) {
+	n.hbMu.Lock()
+	n.installed = fn
 	n.hbMu.Unlock()
 }
 
@@ -666,6 +682,14 @@ func (n *raftNet) serve(conn net.Conn) {
 		case resp = <-respCh:
 		case <-n.done:
 			return
+		}
+		if is, _ := resp.Response.(*raft.InstallSnapshotResponse); is != nil && is.Success && resp.Error == nil {
+			n.hbMu.Lock()
+			fn := n.installed
+			n.hbMu.Unlock()
+			if fn != nil {
+				fn()
+			}
 		}
 		out = appendResponse(out[:0], typ, resp.Response, resp.Error)
 		if _, err := conn.Write(out); err != nil {
