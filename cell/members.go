@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -92,6 +93,35 @@ func (n *Node) AddMember(ctx context.Context, p Peer) error {
 	conf.Servers = append(conf.Servers, raft.Server{ID: id, Address: addr, Suffrage: raft.Nonvoter})
 	n.configured(conf)
 	return n.change(ctx, "add member", n.raft.AddNonvoter(id, addr, 0, n.timeout(ctx)))
+}
+
+// MayChange reports whether the key fp may have this member change the
+// cell (the daemon's cell_add and cell_remove): it is a member's key, as
+// the transport accepts (accepted), and raft's latest configuration, once
+// it lists this member, lists fp too. On the leader the latest is the
+// configuration last appended, before it is committed or applied: a member
+// being removed loses the right as its removal is appended, where the
+// transport refuses its key only once the removal is applied. A change
+// the member asked for meanwhile was made: raft makes one at a time, in
+// order, and the member's key could so add itself back.
+func (n *Node) MayChange(fp wire.Fingerprint) bool {
+	if !n.tr.Member(fp) {
+		return false
+	}
+	r := n.running()
+	if r == nil {
+		return true // not started: the transport's keys are its flags
+	}
+	f := r.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	servers := f.Configuration().Servers
+	listed := func(fp wire.Fingerprint) bool {
+		id := raft.ServerID(fp.String())
+		return slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == id })
+	}
+	return !listed(n.self.Fingerprint) || listed(fp)
 }
 
 // AwaitVoter waits until the member whose key is fp votes in the cell,

@@ -208,6 +208,61 @@ func TestCellChangeNeedsMemberKey(t *testing.T) {
 	}
 }
 
+// TestCellRemovedKeyCannotChange: a member's key loses the right to
+// cell_add and cell_remove as the leader appends its removal, not once the
+// leader applies it: here the leader's state machine is held behind a send
+// (its group log's appends held), so the removal is committed but not
+// applied there. The key's cell_add of itself, asked meanwhile, was taken:
+// raft makes one change at a time, in order, so it was made once the
+// removal committed, and added the member back.
+func TestCellRemovedKeyCannotChange(t *testing.T) {
+	members, logs := startHoldingCell(t, 3)
+	leader, g := cellLeader(t, members)
+	at := slices.Index(members, leader)
+	victim := members[(at+1)%len(members)]
+	eventually(t, "the leader hosting the group", func() bool { return logs[at].Load() != nil })
+	held := logs[at].Load()
+	operator, err := identity.LoadOrCreate(leader.dir) // huddle cell remove, run with the leader's key
+	must(t, err)
+	victimKey, err := identity.LoadOrCreate(victim.dir)
+	must(t, err)
+	ctx := testCtx(t)
+	newClient := func(id *identity.Identity) *client.Client {
+		cl, err := client.New(client.Config{Identity: id, Logger: testLogger(t)})
+		must(t, err)
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+
+	held.setHold(true)
+	sent := make(chan error, 1)
+	go func() {
+		_, err := leader.d.node.Send(ctx, g, []store.Entry{{ID: [16]byte{1}, Body: []byte("held")}}, nil)
+		sent <- err
+	}()
+	eventually(t, "the leader's state machine held on the send", func() bool { return held.waiting.Load() > 0 })
+	removed := make(chan error, 1)
+	go func() {
+		_, err := newClient(operator).CellRemove(ctx, leader.addr, leader.fp, victim.fp)
+		removed <- err
+	}()
+	eventually(t, "the leader to append the removal", func() bool { return len(leader.d.node.Status().Members) == 2 })
+
+	askCtx, cancel := context.WithTimeout(ctx, 10*time.Second) // a change taken waits for the held state machine
+	_, err = newClient(victimKey).CellAdd(askCtx, leader.addr, leader.fp, client.Replica{Addr: victim.addr, Fingerprint: victim.fp})
+	cancel()
+	if !errors.Is(err, wire.ErrUnauthorized) {
+		t.Errorf("cell_add by the key whose removal the leader appended: %v, want unauthorized", err)
+	}
+	held.setHold(false)
+	<-sent
+	must(t, <-removed)
+	st := leader.d.node.Status()
+	if len(st.Members) != 2 || slices.ContainsFunc(st.Members, func(m cell.MemberStatus) bool { return m.Fingerprint == victim.fp }) {
+		t.Fatalf("the cell's members after the removal: %+v, want the two left", st.Members)
+	}
+}
+
 // TestCellClientFollowsLeader: a Go client pointed at a follower joins
 // and sends through the leader by itself. When the leader stops, a watch
 // opened before goes on from another replica with no gap, no repeat and
@@ -669,8 +724,9 @@ func TestCellFsyncAlways(t *testing.T) {
 // follows it (a join) is not applied there until the hold ends.
 type holdingLog struct {
 	cellLog
-	mu   sync.Mutex
-	hold chan struct{} // non-nil: appends wait until it is closed
+	mu      sync.Mutex
+	hold    chan struct{} // non-nil: appends wait until it is closed
+	waiting atomic.Int32  // appends waiting
 }
 
 func (l *holdingLog) Append(batch []store.Entry) error {
@@ -678,7 +734,9 @@ func (l *holdingLog) Append(batch []store.Entry) error {
 	hold := l.hold
 	l.mu.Unlock()
 	if hold != nil {
+		l.waiting.Add(1)
 		<-hold
+		l.waiting.Add(-1)
 	}
 	return l.cellLog.Append(batch)
 }
@@ -696,17 +754,13 @@ func (l *holdingLog) setHold(on bool) {
 	}
 }
 
-// TestCellFollowerLagsJoin: a follower that has not applied a key's join
-// (its state machine waits behind a send, its log's appends held, for
-// longer than awaitMember waits) does not answer that key not_member,
-// which is final for a client and ended a watch that moved to a lagging
-// replica across a leader kill (e2e TestCellLeaderKill at load 22): it
-// answers unavailable, naming the leader, which serves the key; once the
-// follower has caught up it serves the key too. The leader answers a key
-// that never joined not_member.
-func TestCellFollowerLagsJoin(t *testing.T) {
-	members := planTestCell(t, 3)
-	logs := make([]atomic.Pointer[holdingLog], len(members)) // set on raft's apply goroutine
+// startHoldingCell starts n group daemons as startTestCell does, each
+// group log a holdingLog: logs[i], once set (on raft's apply goroutine, as
+// the cell creates the group), is member i's.
+func startHoldingCell(t *testing.T, n int) (members []*testCellMember, logs []atomic.Pointer[holdingLog]) {
+	t.Helper()
+	members = planTestCell(t, n)
+	logs = make([]atomic.Pointer[holdingLog], len(members))
 	for i, m := range members {
 		m.cfg.Logger = testLogger(t)
 		d, err := New(m.cfg)
@@ -734,6 +788,19 @@ func TestCellFollowerLagsJoin(t *testing.T) {
 		})
 		m.d = d
 	}
+	return members, logs
+}
+
+// TestCellFollowerLagsJoin: a follower that has not applied a key's join
+// (its state machine waits behind a send, its log's appends held, for
+// longer than awaitMember waits) does not answer that key not_member,
+// which is final for a client and ended a watch that moved to a lagging
+// replica across a leader kill (e2e TestCellLeaderKill at load 22): it
+// answers unavailable, naming the leader, which serves the key; once the
+// follower has caught up it serves the key too. The leader answers a key
+// that never joined not_member.
+func TestCellFollowerLagsJoin(t *testing.T) {
+	members, logs := startHoldingCell(t, 3)
 	leader, g := cellLeader(t, members)
 	var follower *testCellMember
 	var at int

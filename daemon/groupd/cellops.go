@@ -234,7 +234,7 @@ func (d *Daemon) cellChange(ctx context.Context, c *server.Call) error {
 	if d.node == nil {
 		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
 	}
-	if !d.node.Transport().Member(c.Peer()) {
+	if !d.node.MayChange(c.Peer()) {
 		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
 	}
 	var err error
