@@ -2,11 +2,13 @@ package cell
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -35,7 +37,7 @@ import (
 //	    count on
 //	'e' the end: every message up to upto was sent
 //
-// A replica tries the leader first, then the other members.
+// A replica tries the leader first, then the other members (catchUpOrder).
 const (
 	catchUpRequestSize = 16 + 8 + 8 + 8
 	catchUpChunk       = 1024
@@ -84,19 +86,40 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) 
 	return fmt.Errorf("catch up to message %d: %w", seq, errors.Join(append(errs, errCatchUp)...))
 }
 
-// catchUpOrder returns the members to catch up from: the leader first.
+// catchUpOrder returns the members to catch up from: the leader first,
+// then the members of the configuration the transport's members were last
+// set from (setPeers), then those accepted besides (flags, what was
+// learnt); within each, those whose link is not known to be down first.
+// Each member that does not answer costs a dial's timeout (RPCTimeout): a
+// restarted member's flags may name hosts replaced long ago.
 func (n *Node) catchUpOrder() []Peer {
 	var order []Peer
 	leader, ok := n.Leader()
 	if ok && leader != n.self {
 		order = append(order, leader)
 	}
-	for _, p := range n.tr.peerList() {
-		if p != n.self && p != leader {
-			order = append(order, p)
+	n.learnMu.Lock()
+	conf := n.conf
+	n.learnMu.Unlock()
+	inConf := make(map[wire.Fingerprint]bool, len(conf.Servers))
+	for _, s := range conf.Servers {
+		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
+			inConf[fp] = true
 		}
 	}
-	return order
+	rank := func(p Peer) int {
+		r := 0
+		if !inConf[p.Fingerprint] {
+			r += 2
+		}
+		if n.tr.knownDown(p.Addr) {
+			r++
+		}
+		return r
+	}
+	rest := slices.DeleteFunc(n.tr.peerList(), func(p Peer) bool { return p == n.self || p == leader })
+	slices.SortFunc(rest, func(a, b Peer) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a.Addr, b.Addr)) })
+	return append(order, rest...)
 }
 
 func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, upto uint64) error {

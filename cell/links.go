@@ -106,6 +106,15 @@ func (l *link) state() (down bool, changed <-chan struct{}) {
 	return l.down.Load(), l.changed
 }
 
+// knownDown reports whether the link to addr is known to be down: it was
+// reached, or tried, and is not now.
+func (t *Transport) knownDown(addr string) bool {
+	t.linksMu.Lock()
+	l := t.links[addr]
+	t.linksMu.Unlock()
+	return l != nil && l.down.Load()
+}
+
 // linkUp records that addr answered: logged if it was lost.
 func (t *Transport) linkUp(addr string) {
 	l := t.link(addr)

@@ -404,6 +404,14 @@ func (n *Node) Start() error {
 		n.closeStores()
 		return fmt.Errorf("cell: read raft's state: %w", err)
 	}
+	// Raft restores its newest snapshot as it starts, and a group log
+	// behind it catches up from a peer then (fsm.Restore), before raft
+	// has read its configuration: the members are the snapshot's by then
+	// (accepted), not the flags', which may name hosts long replaced. The
+	// configuration raft ends up with (the log's latest) is set below.
+	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 {
+		n.setPeers(metas[0].Configuration)
+	}
 	if err := n.tr.Listen(); err != nil {
 		n.closeStores()
 		return err
