@@ -290,6 +290,7 @@ type Node struct {
 
 	closing chan struct{}
 	wg      sync.WaitGroup // await goroutines and the leader loop
+	timers  timers         // the proposals' CommitWait timers
 
 	// gate keeps entries from being handed to raft once Close began
 	// (gated), and futures counts those handed over and not answered yet:
@@ -1017,6 +1018,7 @@ func (n *Node) Close() error {
 	if n.closed {
 		n.mu.Unlock()
 		n.wg.Wait()
+		n.timers.close()
 		return nil
 	}
 	n.closed = true
@@ -1034,6 +1036,10 @@ func (n *Node) Close() error {
 	}
 	n.tr.Close()
 	n.wg.Wait()
+	// Every proposal is decided by now (raft answered each entry as it
+	// shut down); a CommitWait timer that fired meanwhile may still be
+	// answering its senders.
+	n.timers.close()
 	if started {
 		n.closeStores()
 	}

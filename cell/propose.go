@@ -290,7 +290,7 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 		room := max(p.sized, k)
 		prop = &proposal{term: term, done: make(chan struct{}), expired: make(chan struct{}), size: commandSize(nil), entries: p.spare,
 			ids: make([][16]byte, 0, room), acks: make([]store.Ack, 0, room)}
-		prop.timer = time.AfterFunc(n.cfg.CommitWait, func() { n.expire(g, prop) })
+		prop.timer = n.timers.after(n.cfg.CommitWait, func() { n.expire(g, prop) })
 		if ans.fn != nil || ans.later != nil {
 			prop.answers = make([]answer, 0, room)
 		}
