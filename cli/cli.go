@@ -4,7 +4,7 @@
 //
 // Exit codes are the same for every verb: 0 done, 1 the server refused (or a
 // local file was unusable), 2 usage, 3 unreachable or timed out, 130
-// interrupted.
+// interrupted, 141 (watch) the reader of its output went away.
 package cli
 
 import (
@@ -24,6 +24,11 @@ const (
 	// ExitInterrupted is the shell's convention for a command stopped by
 	// SIGINT (128 + 2), also used for SIGTERM while a client verb waits.
 	ExitInterrupted = 130
+	// ExitReaderGone is a watch's when the reader of its output went away
+	// (huddle watch --json | head -1): what a command killed by SIGPIPE
+	// shows the shell (128 + 13), as fetch does when it writes to the
+	// closed pipe.
+	ExitReaderGone = 141
 )
 
 // Env is what a verb may touch of the outside world, so tests can run verbs

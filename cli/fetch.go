@@ -52,10 +52,16 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
+		var werr error
 		cur, err := g.Fetch(ctx, q, func(m client.Message) bool {
-			printMessage(env, cf.json, "", "", names, m)
-			return true
+			werr = printMessage(env, cf.json, "", "", "", names, m)
+			return werr == nil
 		})
+		if werr != nil {
+			// A full disk under > file: the script must not take what was
+			// written for all there is.
+			return writeErr(werr)
+		}
 		if err != nil {
 			return err
 		}
@@ -132,6 +138,7 @@ func query(since, after string, limit int, now time.Time) (client.Query, error) 
 // messageJSON is a message in --json output.
 type messageJSON struct {
 	Group string `json:"group,omitempty"`
+	UUID  string `json:"uuid,omitempty"` // watch: the group's, names being anyone's to take
 	Seq   uint64 `json:"seq"`
 	TS    string `json:"ts"`
 	MsgID string `json:"msg_id"`
@@ -140,19 +147,26 @@ type messageJSON struct {
 	Text  string `json:"text"`
 }
 
-// printMessage prints one message. group, when not empty, is the group it
-// belongs to in --json output (for commands following several), and label
-// the mark that says so to people ("[lobby] ", padded to line up); names
-// says how to show the sender's name (see nameBook).
-func printMessage(env Env, asJSON bool, group, label string, names *nameBook, m client.Message) {
+// printMessage prints one message. group and uuid, when not empty, are
+// the name and UUID of the group it belongs to in --json output (for
+// watch), and label the mark that says so to people ("[lobby] ", padded
+// to line up); names says how to show the sender's name (see nameBook).
+// It returns the error of the write.
+func printMessage(env Env, asJSON bool, group, uuid, label string, names *nameBook, m client.Message) error {
 	if asJSON {
-		printJSON(env.Stdout, messageJSON{
-			Group: group, Seq: m.Seq, TS: jsonTime(m.Time), MsgID: m.ID.String(),
+		return printJSON(env.Stdout, messageJSON{
+			Group: group, UUID: uuid, Seq: m.Seq, TS: jsonTime(m.Time), MsgID: m.ID.String(),
 			From: m.From.String(), Name: m.Name, Text: string(m.Body),
 		})
-		return
 	}
-	fmt.Fprintf(env.Stdout, "%s%6d  %s  %s: %s\n", label, m.Seq, localTime(m.Time), names.labelMessage(m), printable(m.Body))
+	_, err := fmt.Fprintf(env.Stdout, "%s%6d  %s  %s: %s\n", label, m.Seq, localTime(m.Time), names.labelMessage(m), printable(m.Body))
+	return err
+}
+
+// writeErr is the error of a command whose output could not be written
+// (a full disk): exit code 1, as for any local file unusable.
+func writeErr(err error) error {
+	return fmt.Errorf("write standard output: %s", plainErr(err))
 }
 
 // printable keeps control characters in a message from driving the

@@ -50,8 +50,9 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 		}
 	}
 	cancel()
-	if q.Since.IsZero() && q.After == 0 {
-		// Default: only what arrives from now on.
+	if since == "" && after == "" {
+		// Default: only what arrives from now on. (--after 0 is every
+		// message held: a bot's cursor before its first message.)
 		q.Since = time.Now()
 	}
 
@@ -62,6 +63,22 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 	)
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
+	// A reader that went away (watch --json | head -1) ends the watch at
+	// once, not at the next message's SIGPIPE, however long that is.
+	gone, stopLooking := readerGone(env.Stdout)
+	defer stopLooking()
+	readerLeft := false
+	var looking sync.WaitGroup
+	looking.Go(func() {
+		select {
+		case <-gone:
+			mu.Lock()
+			readerLeft = true
+			mu.Unlock()
+			stop()
+		case <-wctx.Done():
+		}
+	})
 	// With several groups each line is marked with its group, the marks
 	// padded to one width (in terminal columns: names may be CJK or emoji).
 	width := 0
@@ -72,9 +89,12 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			group, label := "", ""
+			group, uuid, label := "", "", ""
 			if len(groups) > 1 || cf.json {
 				group = g.Name()
+			}
+			if cf.json {
+				uuid = g.ID().String()
 			}
 			if len(groups) > 1 {
 				label = padRight("["+g.Name()+"]", width+2) + " "
@@ -102,12 +122,24 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 					failed(err)
 					return
 				}
-				printEvent(env, cf.json, group, label, g.Name(), names, ev)
+				if err := printEvent(env, cf.json, group, uuid, label, g.Name(), names, ev); err != nil {
+					if code == ExitOK {
+						code = fail(env, "watch", writeErr(err))
+					}
+					mu.Unlock()
+					stop()
+					return
+				}
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
+	stop()
+	looking.Wait()
+	if readerLeft && code == ExitOK {
+		return ExitReaderGone
+	}
 	if code == ExitOK && ctx.Err() != nil {
 		// Ctrl-C or SIGTERM: a watch only ends that way, and says so as
 		// every interrupted command does.
@@ -148,22 +180,24 @@ func watchNames(ctx context.Context, asJSON bool, timeout time.Duration, g *clie
 }
 
 // printEvent prints a watch event: messages as fetch prints them, the rest
-// as notes on stderr (or objects with an "event" field under --json).
-func printEvent(env Env, asJSON bool, group, label, name string, names *nameBook, ev client.Event) {
+// as notes on stderr (or objects with an "event" field under --json). It
+// returns the error of a write to stdout. A gap's sequence numbers are
+// from_seq and to_seq: "from" is a message's sender, a fingerprint, and
+// one key of two types on one stream trips every typed decoder.
+func printEvent(env Env, asJSON bool, group, uuid, label, name string, names *nameBook, ev client.Event) error {
 	switch ev.Kind {
 	case client.EventMessage:
-		printMessage(env, asJSON, group, label, names, ev.Message)
+		return printMessage(env, asJSON, group, uuid, label, names, ev.Message)
 	case client.EventGap:
 		if asJSON {
-			printJSON(env.Stdout, map[string]any{"group": name, "event": "gap", "from": ev.From, "to": ev.To})
-			return
+			return printJSON(env.Stdout, map[string]any{"group": name, "uuid": uuid, "event": "gap", "from_seq": ev.From, "to_seq": ev.To})
 		}
 		fmt.Fprintf(env.Stderr, "[%s] messages #%d..#%d were dropped by retention before they could be shown\n", name, ev.From, ev.To)
 	case client.EventReset:
 		if asJSON {
-			printJSON(env.Stdout, map[string]any{"group": name, "event": "reset", "epoch": ev.Epoch})
-			return
+			return printJSON(env.Stdout, map[string]any{"group": name, "uuid": uuid, "event": "reset", "epoch": ev.Epoch})
 		}
 		fmt.Fprintf(env.Stderr, "[%s] the group's daemon restarted and its history was reset; following the new log from its start\n", name)
 	}
+	return nil
 }

@@ -3,9 +3,12 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -16,39 +19,16 @@ import (
 )
 
 // watchLine is one line of watch --json: a message, or an event (gap,
-// reset) when Event is set.
+// reset) when Event is set. It decodes as a bot's typed decoder would, in
+// one pass: no key has two types (a gap's sequence numbers are from_seq
+// and to_seq, "from" being a message's sender).
 type watchLine struct {
 	messageJSON
-	Event string `json:"event"`
-	Epoch uint64 `json:"epoch"`
-	From  uint64 `json:"from"` // gap
-	To    uint64 `json:"to"`   // gap
-}
-
-// UnmarshalJSON keeps the embedded message's "from" (a fingerprint) apart
-// from a gap's "from" (a sequence number).
-func (w *watchLine) UnmarshalJSON(b []byte) error {
-	var probe struct {
-		Event string `json:"event"`
-	}
-	if err := json.Unmarshal(b, &probe); err != nil {
-		return err
-	}
-	if probe.Event == "" {
-		return json.Unmarshal(b, &w.messageJSON)
-	}
-	var ev struct {
-		Group string `json:"group"`
-		Event string `json:"event"`
-		Epoch uint64 `json:"epoch"`
-		From  uint64 `json:"from"`
-		To    uint64 `json:"to"`
-	}
-	if err := json.Unmarshal(b, &ev); err != nil {
-		return err
-	}
-	*w = watchLine{messageJSON: messageJSON{Group: ev.Group}, Event: ev.Event, Epoch: ev.Epoch, From: ev.From, To: ev.To}
-	return nil
+	UUID    string `json:"uuid"`
+	Event   string `json:"event"`
+	Epoch   uint64 `json:"epoch"`
+	FromSeq uint64 `json:"from_seq"` // gap
+	ToSeq   uint64 `json:"to_seq"`   // gap
 }
 
 func (w watchLine) String() string {
@@ -69,7 +49,7 @@ func watchJSON(t *testing.T, p *proc) []watchLine {
 			t.Fatalf("watch --json printed %q: %v", l, err)
 		}
 		if w.Event == "" {
-			checkKeys(t, l, append(slices.Clone(messageKeys), "group")...)
+			checkKeys(t, l, append(slices.Clone(messageKeys), "group", "uuid")...)
 		}
 		out = append(out, w)
 	}
@@ -383,4 +363,103 @@ func TestWatchMemberList(t *testing.T) {
 	}
 	waitText(t, w, "alice: hello")
 	stopWatch(t, w)
+}
+
+// TestWatchForBots follows a group as a bot keeping a cursor does. --after
+// 0, the cursor of a bot that has seen nothing yet, used to mean "from now
+// on", as no --after does: it replays every message held. Every line
+// names its group's UUID (names are anyone's to take). A gap said its
+// sequence numbers as "from" and "to", so "from" was a fingerprint in one
+// line and a number in the next, and a typed decoder (watchLine) failed
+// on the gap: they are from_seq and to_seq.
+func TestWatchForBots(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--storage", "memory", "--max-msgs", "3")
+	defer up.stop(t)
+	lobby := up.groups["lobby"]
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, bob, lobby)
+	bob.join(t, "lobby")
+	bob.okInput(t, "m1\nm2\nm3\nm4\nm5\n", "send", "lobby") // the group holds #3..#5
+
+	all := bob.start(t, "watch", "lobby", "--json", "--after", "0")
+	waitText(t, all, `"text":"m5"`)
+	stopWatch(t, all)
+	var got []string
+	for _, l := range watchJSON(t, all) {
+		got = append(got, fmt.Sprintf("%s %s #%d %s", l.UUID, l.Event, l.Seq, l.Text))
+	}
+	want := []string{lobby + "  #3 m3", lobby + "  #4 m4", lobby + "  #5 m5"}
+	if !slices.Equal(got, want) {
+		t.Errorf("watch --after 0 printed %q, want every message held %q", got, want)
+	}
+
+	resumed := bob.start(t, "watch", "lobby", "--json", "--after", "1")
+	waitText(t, resumed, `"text":"m5"`)
+	stopWatch(t, resumed)
+	lines := watchJSON(t, resumed)
+	if len(lines) != 4 {
+		t.Fatalf("watch --after 1 printed %v, want a gap and three messages", lines)
+	}
+	if g := lines[0]; g.Event != "gap" || g.FromSeq != 2 || g.ToSeq != 2 || g.UUID != lobby || g.Group != "lobby" {
+		t.Errorf("watch --after 1 began with %+v, want the gap of #2 in lobby (%s)", g, lobby)
+	}
+	if m := lines[1]; m.Event != "" || m.Seq != 3 || m.From == "" {
+		t.Errorf("after the gap: %+v, want message #3 with its sender", m)
+	}
+}
+
+// TestWatchEndsWithItsReader pipes watch --json into a reader that takes
+// one line and goes away, as `huddle watch lobby --json | head -1` does in
+// a bot waiting for a message. The watch used to go on until the next
+// message's write killed it with SIGPIPE, in a quiet group never, and the
+// pipeline with it. It ends at once, with the exit code a command killed
+// by SIGPIPE shows the shell (141).
+func TestWatchEndsWithItsReader(t *testing.T) {
+	t.Parallel()
+	alice := aliceInLobby(t)
+	alice.ok(t, "send", "lobby", "the one message")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(huddleBin, "watch", "lobby", "--json", "--since", "1h")
+	cmd.Env = alice.env(t)
+	cmd.Stdout = w
+	stderr := newStream()
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close() // the watch holds the only writing end
+	copied := make(chan struct{})
+	go func() { stderr.copy(errPipe); close(copied) }()
+	exited := make(chan struct{})
+	go func() { <-copied; cmd.Wait(); close(exited) }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil || !strings.Contains(line, `"text":"the one message"`) {
+		t.Fatalf("watch printed %q (%v), want the message", line, err)
+	}
+	r.Close()
+	select {
+	case <-exited:
+	case <-time.After(waitTimeout):
+		t.Fatalf("watch still running %v after its reader went away", waitTimeout)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 141 {
+		t.Errorf("watch exited with code %d after its reader went away, want 141\nstderr:\n%s", code, stderr)
+	}
+	if s := stderr.String(); s != "" {
+		t.Errorf("watch wrote to stderr:\n%s", s)
+	}
 }
