@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,4 +39,69 @@ func TestOutputUnwritable(t *testing.T) {
 			t.Errorf("huddle %s onto a full disk: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), code, errb.String(), ExitRefused, want)
 		}
 	}
+}
+
+// TestSendForBots sends as a script that must know what became of each
+// message. Acks of lines read from standard input did not say which line
+// they were, so with a line refused (too large) or skipped (blank) a
+// script could not tell which acks were whose: each carries its line. And
+// a send whose outcome is unknown (timed out) could only be retried as a
+// new message, stored twice if the first had been: --id gives the message
+// an ID of the script's, and a retry is acknowledged as a duplicate.
+func TestSendForBots(t *testing.T) {
+	reg := startUpWith(t, []string{"--max-message", "100"}, "lobby")
+	u := newTestUser(t, reg)
+	u.ok(t, "join", "lobby", "--as", "bot")
+	code, out, errs := u.runInput(t, "one\n\n"+strings.Repeat("x", 200)+"\nfour\n", "send", "lobby", "--json")
+	if code != ExitRefused || !strings.Contains(errs, "line 3 is too large") {
+		t.Errorf("send of a line too large: exit %d, stderr %q; want exit 1 naming line 3", code, errs)
+	}
+	var lines []int
+	for _, a := range jsonLinesOf[botAck](t, out) {
+		lines = append(lines, a.Line)
+	}
+	if want := []int{1, 4}; !slices.Equal(lines, want) {
+		t.Errorf("acks of the lines %v, want %v\n%s", lines, want, out)
+	}
+
+	const id = "01933ba0-1c2d-7e3f-8a4b-5c6d7e8f9a01"
+	first := jsonLinesOf[botAck](t, u.ok(t, "send", "lobby", "--json", "--id", id, "build", "passed"))
+	again := jsonLinesOf[botAck](t, u.ok(t, "send", "lobby", "--json", "--id", id, "build", "passed"))
+	if len(first) != 1 || len(again) != 1 || first[0].Duplicate || !again[0].Duplicate || again[0].Seq != first[0].Seq || first[0].MsgID != id || first[0].Line != 0 {
+		t.Errorf("send --id, then again: %+v then %+v; want %s stored once, the retry a duplicate", first, again, id)
+	}
+	for _, args := range [][]string{
+		{"send", "lobby", "--id", "not-a-uuid", "hi"},
+		{"send", "lobby", "--id", "00000000-0000-0000-0000-000000000000", "hi"},
+		{"send", "lobby", "--id", id}, // lines on stdin: many messages, one ID
+	} {
+		if code, _, errs := u.runInput(t, "a\nb\n", args...); code != ExitUsage || !strings.Contains(errs, "--id") {
+			t.Errorf("huddle %s: exit %d, stderr %q; want a usage error about --id", strings.Join(args, " "), code, errs)
+		}
+	}
+}
+
+// botAck is an ack as a script decodes it.
+type botAck struct {
+	Seq       uint64 `json:"seq"`
+	MsgID     string `json:"msg_id"`
+	Duplicate bool   `json:"duplicate"`
+	Line      int    `json:"line"`
+}
+
+// jsonLinesOf decodes one JSON object per line of out.
+func jsonLinesOf[T any](t *testing.T, out string) []T {
+	t.Helper()
+	var all []T
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l == "" {
+			continue
+		}
+		var v T
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		all = append(all, v)
+	}
+	return all
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/spf13/pflag"
 
 	"github.com/huddle-chat/huddle/client"
@@ -17,9 +18,11 @@ import (
 
 func runSend(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
-	fs := newFlags(env, "send", "GROUP [TEXT...] [flags] [-- TEXT...]",
+	var idFlag string
+	fs := newFlags(env, "send", "GROUP [TEXT...] [--id UUID] [flags] [-- TEXT...]",
 		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.\nFlags may go before or after TEXT. Everything after -- is text: put -- before text with a word that starts with -.",
-		"  huddle send lobby hello everyone\n  huddle send lobby running late --registry 10.0.0.9:7373\n  huddle send lobby -- -5 degrees out, bring a coat\n  tail -f build.log | huddle send builds --json")
+		"  huddle send lobby hello everyone\n  huddle send lobby running late --registry 10.0.0.9:7373\n  huddle send lobby -- -5 degrees out, bring a coat\n  tail -f build.log | huddle send builds --json\n  huddle send builds --id \"$ID\" build 1234 passed   # the same ID on every retry: stored once")
+	fs.StringVar(&idFlag, "id", "", "the message's ID (a UUID, best a UUIDv7): a retry with the same ID is stored once, and its ack says duplicate")
 	cf.register(fs)
 	err := fs.Parse(args)
 	if nf := (*pflag.NotExistError)(nil); errors.As(err, &nf) {
@@ -33,6 +36,17 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		return usageErr(env, "send", "want GROUP, then the text (or lines on standard input)")
 	}
 	ref, text := fs.Arg(0), fs.Args()[1:]
+	id := client.NewID()
+	if idFlag != "" {
+		if len(text) == 0 {
+			return usageErr(env, "send", "--id names one message: give its text after GROUP, not lines on standard input")
+		}
+		u, err := uuid.Parse(idFlag)
+		if err != nil || u == (uuid.UUID{}) {
+			return usageErr(env, "send", "--id %q: want a UUID other than all zeros (uuidgen makes one)", idFlag)
+		}
+		id = client.ID(u)
+	}
 	if len(text) == 0 {
 		// Reading standard input may take as long as its writer likes; only
 		// the connection and each send are bounded by --timeout.
@@ -43,13 +57,12 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		return usageErr(env, "send", "the message is blank; nothing was sent")
 	}
 	return withGroup(ctx, env, "send", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
-		id := client.NewID()
 		acks, err := g.SendMessages(ctx, []client.Outgoing{{ID: id, Body: []byte(body)}})
 		if err != nil {
 			return err
 		}
 		s.remember(e)
-		printAck(env, &cf, acks[0])
+		printAck(env, &cf, acks[0], 0)
 		return nil
 	})
 }
@@ -136,7 +149,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				case err != nil:
 					return err
 				default:
-					printAck(env, cf, acks[0])
+					printAck(env, cf, acks[0], from[i].n)
 				}
 			}
 			return nil
@@ -148,8 +161,8 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		if err != nil {
 			return err
 		}
-		for _, a := range acks {
-			printAck(env, cf, a)
+		for i, a := range acks {
+			printAck(env, cf, a, from[i].n)
 		}
 		return nil
 	}
@@ -306,10 +319,12 @@ func readLines(ctx context.Context, r io.Reader, maxLen int, lines chan<- inputL
 // size64 formats a byte limit for people.
 func size64(n int) string { return size(uint64(n)) }
 
-func printAck(env Env, cf *clientFlags, a client.Ack) {
+// printAck prints a message's ack; line is the line of standard input it
+// was (from 1), or 0 for the text of the command line.
+func printAck(env Env, cf *clientFlags, a client.Ack, line int) {
 	t := a.Time
 	if cf.json {
-		printJSON(env.Stdout, ackJSON{Seq: a.Seq, TS: jsonTime(t), MsgID: a.ID.String(), Duplicate: a.Duplicate})
+		printJSON(env.Stdout, ackJSON{Seq: a.Seq, TS: jsonTime(t), MsgID: a.ID.String(), Duplicate: a.Duplicate, Line: line})
 		return
 	}
 	dup := ""
@@ -325,4 +340,7 @@ type ackJSON struct {
 	TS        string `json:"ts"`
 	MsgID     string `json:"msg_id"`
 	Duplicate bool   `json:"duplicate"`
+	// Line is the line of standard input the message was: a line refused
+	// (too large) has no ack, and a script tells which by the numbers.
+	Line int `json:"line,omitempty"`
 }

@@ -33,9 +33,13 @@ type ackJSON struct {
 	TS        string `json:"ts"`
 	MsgID     string `json:"msg_id"`
 	Duplicate bool   `json:"duplicate"`
+	Line      int    `json:"line"` // of stdin
 }
 
 var ackKeys = []string{"seq", "ts", "msg_id", "duplicate"}
+
+// lineAckKeys are the keys of the ack of a line of stdin.
+var lineAckKeys = append(slices.Clone(ackKeys), "line")
 
 var (
 	fingerprintRE = regexp.MustCompile(`^[a-z2-7]{4}(-[a-z2-7]{4}){12}$`)
@@ -132,13 +136,13 @@ func TestWalkthrough(t *testing.T) {
 	if m := sentLineRE.FindStringSubmatch(strings.TrimSpace(out)); m == nil || m[1] != "1" {
 		t.Errorf("send printed %q, want sent #1 at TIME", out)
 	}
-	acks := jsonLines[ackJSON](t, bob.okInput(t, "hi alice\nbob here\n", "send", "lobby", "--json"), ackKeys...)
+	acks := jsonLines[ackJSON](t, bob.okInput(t, "hi alice\nbob here\n", "send", "lobby", "--json"), lineAckKeys...)
 	if len(acks) != 2 {
 		t.Fatalf("send --json of two lines acknowledged %d messages: %+v", len(acks), acks)
 	}
 	for i, a := range acks {
-		if a.Seq != uint64(2+i) || a.Duplicate || !uuidV7RE.MatchString(a.MsgID) {
-			t.Errorf("ack %d = %+v, want seq %d, a UUIDv7 msg_id, not duplicate", i, a, 2+i)
+		if a.Seq != uint64(2+i) || a.Duplicate || !uuidV7RE.MatchString(a.MsgID) || a.Line != i+1 {
+			t.Errorf("ack %d = %+v, want seq %d, a UUIDv7 msg_id, not duplicate, line %d", i, a, 2+i, i+1)
 		}
 		parseTS(t, a.TS)
 	}
@@ -376,6 +380,8 @@ func TestSend(t *testing.T) {
 		switch {
 		case r.code != 0:
 			t.Errorf("%s", r)
+		case tc.json && tc.input != "":
+			jsonLines[ackJSON](t, r.stdout, lineAckKeys...)
 		case tc.json:
 			jsonLines[ackJSON](t, r.stdout, ackKeys...)
 		case !sentLineRE.MatchString(strings.TrimSpace(r.stdout)):
