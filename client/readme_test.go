@@ -1,0 +1,71 @@
+package client_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+)
+
+// readmeGoAPI is README.md's "Go API" example, between the markers: it
+// compiles with the package, and TestREADMEGoAPI checks that README.md
+// shows it as it is here, so the README's example cannot drift from the
+// API. (The package's examples, which run, show each call at length.)
+func readmeGoAPI(ctx context.Context, id *identity.Identity, kh *identity.KnownHosts) {
+	// README begins
+	c, _ := client.New(client.Config{Identity: id, KnownHosts: kh})
+	defer c.Close()
+	reg, _ := c.Registry(ctx, "192.168.1.20:7373", client.Fingerprint{}) // pinned on first use
+	list, _ := reg.List(ctx)
+	g, _ := reg.Group(list.Groups[0])
+	g.Join(ctx, "bot", nil)
+	ack, err := g.Send(ctx, []byte("build 1234 passed")) // concurrent Sends share one operation
+	if err != nil {
+		ack, err = g.SendWithID(ctx, ack.ID, []byte("build 1234 passed"))
+	} // ack.ID is set even on error: a retry never stores twice
+	fmt.Println(ack.Seq, ack.Epoch) // every ack carries the log's epoch
+	cur, err := g.Fetch(ctx, client.Query{Since: time.Now().Add(-time.Hour)}, func(m client.Message) bool {
+		fmt.Printf("%d %s: %s\n", m.Seq, m.Name, m.Body)
+		return true
+	})
+	for ev, err := range g.Watch(ctx, client.Query{After: cur.Next, Epoch: cur.Epoch}) { // reconnects and resumes by itself
+		if err != nil {
+			break
+		} // an end for good: not a member, the context done...
+		if ev.Kind == client.EventMessage {
+			fmt.Println(ev.Message.Seq, ev.Message.Name, string(ev.Message.Body))
+		}
+	}
+	// README ends
+}
+
+var _ = readmeGoAPI
+
+// TestREADMEGoAPI checks that README.md's Go API example is readmeGoAPI's
+// body, laid out apart (spaces, line breaks and semicolons aside).
+func TestREADMEGoAPI(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "### Go API\n\n```go\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal(`README.md has no "### Go API" section opening with a go block`)
+	}
+	src, err := os.ReadFile("readme_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, _ := strings.Cut(string(src), "// README begins\n")
+	body, _, _ = strings.Cut(body, "// README ends")
+	squeeze := strings.NewReplacer(" ", "", "\t", "", "\n", "", ";", "")
+	if got, want := squeeze.Replace(block), squeeze.Replace(body); got != want {
+		t.Errorf("README.md's Go API example is not readmeGoAPI's body (client/readme_test.go): make them one\nREADME.md:\n%s\nreadme_test.go:\n%s", block, body)
+	}
+}
