@@ -56,7 +56,9 @@ func runSend(ctx context.Context, env Env, args []string) int {
 	if strings.TrimSpace(body) == "" {
 		return usageErr(env, "send", "the message is blank; nothing was sent")
 	}
-	return withGroup(ctx, env, "send", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
+	sent := false // the message went out: a timeout leaves its fate unknown
+	code := withGroup(ctx, env, "send", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
+		sent = true
 		acks, err := g.SendMessages(ctx, []client.Outgoing{{ID: id, Body: []byte(body)}})
 		if err != nil {
 			return err
@@ -65,6 +67,12 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		printAck(env, &cf, acks[0], 0)
 		return nil
 	})
+	if code == ExitUnreachable && sent {
+		// The daemon may have stored it and its ack been lost: a retry
+		// under the same ID is stored once.
+		fmt.Fprintf(env.Stderr, "  the message may have been stored all the same: retry it with --id %s to have it stored once\n", id)
+	}
+	return code
 }
 
 // inputLine is one line of standard input to send: its number (from 1)
