@@ -195,3 +195,50 @@ func TestInstalledSnapshotSetsKeys(t *testing.T) {
 	}
 	c.sameLogs(g.ID, sent)
 }
+
+// TestNewMemberSnapshotSetsKeys: a new member brought up to date by a
+// snapshot that already lists it (it was added while down, and the cell
+// snapshotted since) accepts the keys of the snapshot's configuration
+// once it installed it, not its --cell-peer flags, which name a member
+// removed before it was added. (It accepted its flags until its promotion,
+// its next configuration entry, a heartbeat or more later.)
+func TestNewMemberSnapshotSetsKeys(t *testing.T) {
+	c := newTestCell(t, 3, false, compacting)
+	gone := c.addMember(false)
+	c.removeMember(gone)
+	gone.stop()
+	g := c.leader().group("lobby")
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+
+	x := c.newMember(false)
+	self := Peer{Addr: x.addr, Fingerprint: x.id.Fingerprint()}
+	c.peers = append(c.peers, self) // x's flags: gone's key among them
+	c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, self) })
+	added := c.leader().node.raft.LastIndex()
+	c.sendMany(g.ID, 0, 200)
+	for _, m := range c.members {
+		if m.node != nil {
+			m.waitSnapshot(added) // whichever leads sends x a snapshot that lists it
+		}
+	}
+	c.start(x, true)
+	c.members = append(c.members, x)
+	// Once it applies an entry after a snapshot that lists it, it
+	// installed that snapshot. Each send is an entry after any snapshot.
+	sent := 200
+	for deadline := time.Now().Add(waitTimeout); ; sent++ {
+		if s := x.snapshotIndex(); s >= added && x.node.raft.AppliedIndex() > s {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s applied nothing after a snapshot that lists it (from %d): its snapshot is at %d", x.addr, added, x.snapshotIndex())
+		}
+		c.send(g.ID, alice, [][16]byte{newID(sent)}, []string{"after"})
+	}
+	if x.node.tr.Member(gone.id.Fingerprint()) {
+		t.Errorf("%s, installed from a snapshot listing it, accepts the key of the member removed before it was added", x.addr)
+	}
+	c.change("await voter", nil, func(n *Node) error { return n.AwaitVoter(ctx, self.Fingerprint) })
+	c.sameLogs(g.ID, sent)
+}
