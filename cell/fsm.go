@@ -111,8 +111,9 @@ type fsm struct {
 	host    Host
 	log     *slog.Logger
 	closing <-chan struct{}
-	// onConfig is told each configuration raft commits.
-	onConfig func(raft.Configuration)
+	// onConfig is told each configuration raft commits, with the index
+	// of its entry.
+	onConfig func(c raft.Configuration, index uint64)
 	// catchUp brings a replica's log up to a position from a peer.
 	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64) error
 
@@ -209,7 +210,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		switch l.Type {
 		case raft.LogConfiguration:
 			if f.onConfig != nil {
-				f.onConfig(raft.DecodeConfiguration(l.Data))
+				f.onConfig(raft.DecodeConfiguration(l.Data), l.Index)
 			}
 			continue
 		case raft.LogCommand:

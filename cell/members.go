@@ -251,6 +251,7 @@ func (n *Node) promoteLoop() {
 // makes the first that caught up a voter (one change at a time: each is
 // made against the configuration it was decided on).
 func (n *Node) promote() {
+	decided := n.confIndex.Load() // at most as new as the configuration read next
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
@@ -279,7 +280,9 @@ func (n *Node) promote() {
 		if !asked || applied < prev.commit {
 			continue
 		}
-		if err := n.raft.AddVoter(s.ID, s.Address, f.Index(), n.cfg.RPCTimeout).Error(); err != nil {
+		// Only in the configuration it was decided on: the member may have
+		// been removed while it was asked (confIndex).
+		if err := n.raft.AddVoter(s.ID, s.Address, decided, n.cfg.RPCTimeout).Error(); err != nil {
 			n.cfg.Logger.Warn("cell: could not make a member that caught up a voter; trying again", "member", s.Address, "err", err)
 			return
 		}

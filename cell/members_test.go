@@ -3,8 +3,14 @@ package cell
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -124,5 +130,77 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waiting for %s: not by the deadline", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRemovedWhileAskedStaysRemoved: a member added, and removed while
+// the leader asks it how far it got, is not made a voter by the answer:
+// the leader promotes a member only in the configuration it decided on.
+// (The leader passed raft the index of the configuration it had read,
+// which raft's GetConfiguration leaves 0, so raft checked nothing, and
+// added the member removed back, as a voter.)
+func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
+	var mu sync.Mutex
+	recs := make(map[string]*recorder)
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		r := newRecorder(cfg.Logger.Handler())
+		mu.Lock()
+		recs[cfg.Advertise] = r
+		mu.Unlock()
+		cfg.Logger = slog.New(r)
+	})
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	d := c.newMember(false)
+	self := Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}
+	c.peers = append(c.peers, self)
+	c.start(d, true)
+	c.members = append(c.members, d)
+	// d answers the leader's first question, and holds the second until
+	// the test has removed it.
+	var asks atomic.Int32
+	second, release := make(chan struct{}), make(chan struct{})
+	d.node.tr.handle(kindProgress, func(ctx context.Context, peer wire.Fingerprint, str *quic.Stream) {
+		if asks.Add(1) == 2 {
+			close(second)
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+		d.node.serveProgress(ctx, peer, str)
+	})
+	l := c.leader()
+	mu.Lock()
+	rec := recs[l.addr]
+	mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := l.node.AddMember(ctx, self); err != nil {
+		t.Fatalf("add member: %v", err)
+	}
+	select {
+	case <-second:
+	case <-ctx.Done():
+		t.Fatal("the leader never asked the new member twice how far it got")
+	}
+	mark := rec.count()
+	if err := l.node.RemoveMember(ctx, self.Fingerprint); err != nil {
+		close(release)
+		t.Fatalf("remove member: %v", err)
+	}
+	close(release)
+	// The leader's promotion, decided before the removal, is answered.
+	waitUntil(t, "the leader to try the promotion it decided", func() bool {
+		lines, _ := rec.since(mark)
+		for _, l := range lines {
+			if strings.Contains(l, "votes now") || strings.Contains(l, "could not make a member that caught up a voter") {
+				return true
+			}
+		}
+		return false
+	})
+	if m, ok := memberOf(l.node.Status(), self.Fingerprint); ok {
+		t.Fatalf("the member removed while the leader asked it is in the cell again: %+v", m)
 	}
 }

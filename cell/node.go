@@ -310,6 +310,13 @@ type Node struct {
 	// live is raft once Start has started it (running).
 	live atomic.Pointer[raft.Raft]
 
+	// confIndex is the raft index of the configuration this node last
+	// applied, installed from the leader or restored at Start: a change
+	// the leader decides on its own (promote) is made only if raft's
+	// latest configuration is still that one. (raft's GetConfiguration
+	// leaves its Index 0, which raft takes for no condition.)
+	confIndex atomic.Uint64
+
 	mu      sync.Mutex
 	started bool
 	closed  bool
@@ -412,6 +419,7 @@ func (n *Node) Start() error {
 	// configuration raft ends up with (the log's latest) is set below.
 	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 {
 		n.setPeers(metas[0].Configuration)
+		n.confIndex.Store(metas[0].ConfigurationIndex)
 	}
 	if err := n.tr.Listen(); err != nil {
 		n.closeStores()
@@ -508,7 +516,8 @@ func (n *Node) configured(c raft.Configuration) {
 // past (after a restart, or catching up) applies configurations older
 // than the one its log ends with, and the leader of now may be in none of
 // them (see accepted).
-func (n *Node) applied(c raft.Configuration) {
+func (n *Node) applied(c raft.Configuration, index uint64) {
+	n.confIndex.Store(index)
 	n.noteConfig(c)
 	if r := n.running(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil { // an atomic load, not the main loop
@@ -527,6 +536,9 @@ func (n *Node) applied(c raft.Configuration) {
 // that was away, perhaps never) it accepted the keys of its flags, or of
 // its own log's last configuration, a member removed meanwhile among them.
 func (n *Node) installed() {
+	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 { // the snapshot installed is the newest
+		n.confIndex.Store(metas[0].ConfigurationIndex)
+	}
 	if r := n.running(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil {
 			n.configured(f.Configuration())
