@@ -64,13 +64,14 @@ var importRules = map[string][]string{
 	"internal/history":  {"wire"},
 	"internal/soak": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
-	"internal/testbin":  nil,
-	"internal/testdisk": nil,
-	"internal/testlog":  nil,
-	"internal/testport": nil,
-	"internal/faults":   nil,
-	"internal/jepsen":   nil,
-	"e2e":               nil,
+	"internal/testbin":     nil,
+	"internal/testdisk":    nil,
+	"internal/testlog":     nil,
+	"internal/testport":    nil,
+	"internal/testfixture": {"wire"},
+	"internal/faults":      nil,
+	"internal/jepsen":      nil,
+	"e2e":                  nil,
 	// An independent client, tests only: see TestConformanceIsIndependent.
 	"internal/conformance": nil,
 }
@@ -97,6 +98,7 @@ var neverImports = [][2]string{
 	{"", "internal/testdisk"},
 	{"", "internal/testlog"},
 	{"", "internal/testport"},
+	{"", "internal/testfixture"},
 }
 
 // TestImportRules checks every package of the module against importRules
