@@ -164,44 +164,52 @@ type stateFileOf struct {
 	seq uint64 // the sequence of the state written last
 }
 
-// openState opens dir's state file and returns the state it holds: the
+// readState reads dir's state file and returns the state it holds: the
 // slot with the higher sequence of those that check out (the other is an
-// older state, or one whose write a crash cut). A directory without a
-// state file gets one, holding the zero state; a version 1 file is
-// rewritten as version 2 (once, through state.tmp and a rename).
-func openState(dir string) (*stateFileOf, state, error) {
+// older state, or one whose write a crash cut), and that slot's sequence.
+// It writes nothing: rewrite says the file must be written (with
+// openState) before it is used, as there is none, or it is of version 1.
+func readState(dir string) (st state, seq uint64, rewrite bool, err error) {
 	path := filepath.Join(dir, stateFile)
-	os.Remove(path + ".tmp") // a write that did not reach its rename
 	b, err := readStateBytes(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return createState(dir, state{kv: map[string][]byte{}})
+		return state{kv: map[string][]byte{}}, 0, true, nil
 	case err != nil:
-		return nil, state{}, err
+		return state{}, 0, false, err
 	case len(b) != 2*stateSlotBytes:
 		st, err := decodeStateV1(b)
 		if err != nil {
-			return nil, state{}, &CorruptError{Path: path, Reason: err.Error()}
+			return state{}, 0, false, &CorruptError{Path: path, Reason: err.Error()}
 		}
-		return createState(dir, st)
+		return st, 0, true, nil
 	}
 	st0, seq0, err0 := decodeSlot(b[:stateSlotBytes])
 	st1, seq1, err1 := decodeSlot(b[stateSlotBytes:])
-	var st state
-	var seq uint64
 	switch {
 	case err0 != nil && err1 != nil:
-		return nil, state{}, &CorruptError{Path: path, Reason: "neither slot checks out: " + err0.Error() + "; " + err1.Error()}
+		return state{}, 0, false, &CorruptError{Path: path, Reason: "neither slot checks out: " + err0.Error() + "; " + err1.Error()}
 	case err1 != nil || err0 == nil && seq0 > seq1:
-		st, seq = st0, seq0
+		return st0, seq0, false, nil
 	default:
-		st, seq = st1, seq1
+		return st1, seq1, false, nil
+	}
+}
+
+// openState opens dir's state file, which readState read as st at seq,
+// for writing. With rewrite (no file, or one of version 1), it creates
+// the file anew, holding st (through state.tmp and a rename).
+func openState(dir string, st state, seq uint64, rewrite bool) (*stateFileOf, error) {
+	path := filepath.Join(dir, stateFile)
+	os.Remove(path + ".tmp") // a write that did not reach its rename
+	if rewrite {
+		return createState(dir, st)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, state{}, fmt.Errorf("raftlog: %w", err)
+		return nil, fmt.Errorf("raftlog: %w", err)
 	}
-	return &stateFileOf{f: f, seq: seq}, st, nil
+	return &stateFileOf{f: f, seq: seq}, nil
 }
 
 // readStateBytes reads the state file at path, at most maxStateBytes.
@@ -229,16 +237,16 @@ func readStateBytes(path string) ([]byte, error) {
 // and 1): written to state.tmp, fsynced, renamed over state, and the
 // directory fsynced. It takes the file's space once; every later write
 // overwrites a slot in place.
-func createState(dir string, st state) (*stateFileOf, state, error) {
+func createState(dir string, st state) (*stateFileOf, error) {
 	path := filepath.Join(dir, stateFile)
 	s0, err := encodeSlot(st, 0)
 	if err != nil {
-		return nil, state{}, err
+		return nil, err
 	}
 	s1, _ := encodeSlot(st, 1)
 	f, err := os.OpenFile(path+".tmp", os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return nil, state{}, fmt.Errorf("raftlog: %w", err)
+		return nil, fmt.Errorf("raftlog: %w", err)
 	}
 	_, err = f.Write(append(s0, s1...))
 	if err == nil {
@@ -253,9 +261,9 @@ func createState(dir string, st state) (*stateFileOf, state, error) {
 	if err != nil {
 		f.Close()
 		os.Remove(path + ".tmp")
-		return nil, state{}, fmt.Errorf("raftlog: write %s: %w", path, err)
+		return nil, fmt.Errorf("raftlog: write %s: %w", path, err)
 	}
-	return &stateFileOf{f: f, seq: 1}, st, nil
+	return &stateFileOf{f: f, seq: 1}, nil
 }
 
 // write makes st the state, on the device when it returns: written over

@@ -124,12 +124,19 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("raftlog: %w", err)
 	}
-	sf, st, err := openState(dir)
+	// The state file is written (created, or converted from version 1)
+	// only once every segment has read back: a directory refused is left
+	// as it was.
+	st, seq, rewrite, err := readState(dir)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, opts: opts, state: st, stateFile: sf}
+	s := &Store{dir: dir, opts: opts, state: st}
 	if err := s.load(); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	if s.stateFile, err = openState(dir, st, seq, rewrite); err != nil {
 		s.closeFiles()
 		return nil, err
 	}
@@ -616,7 +623,9 @@ func (s *Store) Close() error {
 }
 
 func (s *Store) closeFiles() {
-	s.stateFile.f.Close()
+	if s.stateFile != nil {
+		s.stateFile.f.Close()
+	}
 	for _, g := range s.segs {
 		g.f.Close()
 	}
