@@ -475,7 +475,12 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		close(d.cellStarted)
 		d.cfg.Logger.Info("cell member started", "self", d.node.Self().String(), "peers", len(d.cfg.Cell.Peers), "join", d.cfg.Cell.Join)
 	}
-	for _, g := range d.order {
+	// A cell's groups are set by awaitCellGroups, which may run already
+	// (a member whose snapshot holds them finds them at once).
+	d.mu.Lock()
+	order := d.order
+	d.mu.Unlock()
+	for _, g := range order {
 		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
 	}
 	d.cfg.Logger.Info("message storage", "storage", d.cfg.Storage.String())
