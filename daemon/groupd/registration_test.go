@@ -396,8 +396,12 @@ func TestRegistrationRefusedGroups(t *testing.T) {
 func TestRegistrationKeyChange(t *testing.T) {
 	for _, pinned := range []bool{false, true} {
 		t.Run(fmt.Sprint("pinned=", pinned), func(t *testing.T) {
+			t.Parallel() // each has registries and a daemon of its own
 			oldDir := t.TempDir()
-			r1, err := registry.New(registry.Config{StateDir: oldDir, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+			// A lease of 3 s, renewed every second: the daemon meets the
+			// replaced registry at its next renewal, 5 s away with the
+			// default lease of 15 s.
+			r1, err := registry.New(registry.Config{StateDir: oldDir, Listen: "127.0.0.1:0", LeaseTTL: 3 * time.Second, Logger: testLogger(t)})
 			must(t, err)
 			must(t, r1.Listen())
 			done := make(chan error, 1)
