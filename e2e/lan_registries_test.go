@@ -38,6 +38,9 @@ const steadyFor = 60 * time.Second
 // 17 sets targets for: huddle groups' p50 with two registries, the time to
 // re-register after the restart, and the lease expiries while steady.
 func TestLANRegistries(t *testing.T) {
+	// Parallel: its LAN is namespaces of its own, and most of its time is
+	// the steady period's waiting, which the other tests can use.
+	t.Parallel()
 	lan := netlab.New(t)
 	ra := lan.AddHost("ra", "10.77.0.1/24")
 	rb := lan.AddHost("rb", "10.77.0.2/24")

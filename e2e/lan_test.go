@@ -40,6 +40,7 @@ import (
 // the test also checks that the registry advertises, on each LAN, an address
 // valid there, and that a CLI with two interfaces still finds it.
 func TestLAN(t *testing.T) {
+	t.Parallel() // its LAN is namespaces of its own, as TestLANRegistries'
 	lan := netlab.New(t)
 	h1 := lan.AddHost("reg", "10.77.0.1/24")
 	h2 := lan.AddHost("alpha", "10.77.0.2/24")
