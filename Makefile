@@ -49,13 +49,16 @@ test: lint unit fuzz-brief bench-smoke
 
 # unit runs the packages whose tests take longest first (SLOWPKGS, longest
 # first by their time under -race in make test), then every other one once:
-# go test starts packages in the order it is given them, as many at a time
-# as there are cores (-p), and in ./...'s order e2e, the longest, started
-# some 160 s in on two cores, and the run waited for it.
+# go test starts packages in the order it is given them, UNITP at a time,
+# and in ./...'s order e2e, the longest, started some 160 s in on two
+# cores, and the run waited for it. UNITP is one more than the two cores:
+# the packages' tests mostly wait (on timers, elections, processes and a
+# browser), e2e, groupd and cell using a third of a core each under -race.
 SLOWPKGS := ./e2e ./daemon/groupd ./internal/jepsen ./cell ./internal/faults ./cli ./discovery ./client ./internal/netlab ./internal/conformance
+UNITP    ?= 3
 
 unit:
-	$(GO) test -race -count=1 -timeout 15m $(if $(filter ./...,$(PKGS)),$(SLOWPKGS)) $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m -p $(UNITP) $(if $(filter ./...,$(PKGS)),$(SLOWPKGS)) $(PKGS)
 
 # fuzz-brief runs every native fuzz target for a few seconds each, so a
 # decoder that panics on some input is caught by the ordinary test command.
