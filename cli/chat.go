@@ -266,7 +266,8 @@ func (c *chat) follow(ctx context.Context, q client.Query) error {
 		case client.EventMessage:
 			c.show(ev.Message)
 		case client.EventGap:
-			c.notice("gap", fmt.Sprintf("messages #%d..#%d were dropped by retention", ev.From, ev.To), "from", ev.From, "to", ev.To)
+			// from_seq and to_seq, as watch's: "from" is a message's sender.
+			c.notice("gap", fmt.Sprintf("messages #%d..#%d were dropped by retention", ev.From, ev.To), "from_seq", ev.From, "to_seq", ev.To)
 			if ev.To >= c.historyTo {
 				c.historyShown()
 			}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"syscall"
@@ -104,4 +105,38 @@ func jsonLinesOf[T any](t *testing.T, out string) []T {
 		all = append(all, v)
 	}
 	return all
+}
+
+// TestChatJSONGap reads chat --json as a typed decoder does, in one pass.
+// Its gap notice said the dropped sequence numbers as "from" and "to", so
+// "from" was a number there and a sender's fingerprint in every message
+// (watch --json had the same fault): they are from_seq and to_seq.
+func TestChatJSONGap(t *testing.T) {
+	reg := startUpWith(t, []string{"--max-msgs", "3"}, "lobby")
+	u := newTestUser(t, reg)
+	u.ok(t, "join", "lobby", "--as", "u")
+	u.runInput(t, "m1\nm2\nm3\nm4\nm5\n", "send", "lobby") // the group holds #3..#5
+	code, out, errs := u.runInput(t, "", "chat", "lobby", "--json", "--history", "4")
+	if code != ExitOK {
+		t.Fatalf("chat --json --history 4: exit %d, stderr %q", code, errs)
+	}
+	type line struct {
+		Event   string `json:"event"`
+		Seq     uint64 `json:"seq"`
+		From    string `json:"from"`
+		FromSeq uint64 `json:"from_seq"`
+		ToSeq   uint64 `json:"to_seq"`
+	}
+	var got []string
+	for _, l := range jsonLinesOf[line](t, out) {
+		switch {
+		case l.Event == "gap":
+			got = append(got, fmt.Sprintf("gap #%d..#%d", l.FromSeq, l.ToSeq))
+		case l.Event == "" && l.From != "":
+			got = append(got, fmt.Sprintf("#%d", l.Seq))
+		}
+	}
+	if want := []string{"gap #2..#2", "#3", "#4", "#5"}; !slices.Equal(got, want) {
+		t.Errorf("chat --json --history 4 of a group holding #3..#5 printed %q, want %q\n%s", got, want, out)
+	}
 }
