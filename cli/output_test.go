@@ -71,6 +71,12 @@ func TestSendForBots(t *testing.T) {
 	if len(first) != 1 || len(again) != 1 || first[0].Duplicate || !again[0].Duplicate || again[0].Seq != first[0].Seq || first[0].MsgID != id || first[0].Line != 0 {
 		t.Errorf("send --id, then again: %+v then %+v; want %s stored once, the retry a duplicate", first, again, id)
 	}
+	// Any random UUID is an ID (PROTOCOL.md §6): a daemon reads nothing
+	// from its layout.
+	const v4 = "9b2f6c1e-3d4a-4b5c-8d6e-7f8091a2b3c4"
+	if a := jsonLinesOf[botAck](t, u.ok(t, "send", "lobby", "--json", "--id", v4, "a v4 ID")); len(a) != 1 || a[0].Duplicate || a[0].MsgID != v4 {
+		t.Errorf("send --id %s (a UUIDv4): %+v, want it stored under that ID", v4, a)
+	}
 	for _, args := range [][]string{
 		{"send", "lobby", "--id", "not-a-uuid", "hi"},
 		{"send", "lobby", "--id", "00000000-0000-0000-0000-000000000000", "hi"},

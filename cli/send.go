@@ -22,7 +22,7 @@ func runSend(ctx context.Context, env Env, args []string) int {
 	fs := newFlags(env, "send", "GROUP [TEXT...] [--id UUID] [flags] [-- TEXT...]",
 		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.\nFlags may go before or after TEXT. Everything after -- is text: put -- before text with a word that starts with -.",
 		"  huddle send lobby hello everyone\n  huddle send lobby running late --registry 10.0.0.9:7373\n  huddle send lobby -- -5 degrees out, bring a coat\n  tail -f build.log | huddle send builds --json\n  huddle send builds --id \"$ID\" build 1234 passed   # the same ID on every retry: stored once")
-	fs.StringVar(&idFlag, "id", "", "the message's ID (a UUID, best a UUIDv7): a retry with the same ID is stored once, and its ack says duplicate")
+	fs.StringVar(&idFlag, "id", "", "the message's ID, a random UUID (uuidgen makes one; never one another member could guess): a retry with the same ID is stored once, and its ack says duplicate")
 	cf.register(fs)
 	err := fs.Parse(args)
 	if nf := (*pflag.NotExistError)(nil); errors.As(err, &nf) {

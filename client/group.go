@@ -188,10 +188,11 @@ func (g *Group) Send(ctx context.Context, body []byte) (Ack, error) {
 }
 
 // SendWithID is Send with an ID the caller chose (a UUIDv7 from
-// NewID, not all-zero, never used for another message): sending the
-// same ID again returns the first acknowledgement, with Duplicate set, as
-// long as the group remembers it (at least its last 65,536 messages). The
-// Ack carries id even when err is not nil.
+// NewID, or another random UUID: not all-zero, not guessable by other
+// members, never used for another message): sending the same ID again
+// returns the first acknowledgement, with Duplicate set, as long as the
+// group remembers it (at least its last 65,536 messages). The Ack carries
+// id even when err is not nil.
 func (g *Group) SendWithID(ctx context.Context, id ID, body []byte) (Ack, error) {
 	m := wire.Outgoing{ID: id, Body: body}
 	if g.cl.cfg.NoBatching {

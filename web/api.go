@@ -336,7 +336,7 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
-// apiSend sends {"text": ..., "id": UUIDv7 (optional)}: a page that
+// apiSend sends {"text": ..., "id": a random UUID (optional)}: a page that
 // retries with the same id after a lost reply gets the first ack back.
 func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)

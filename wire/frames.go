@@ -451,7 +451,7 @@ func repeatedID(msgs []Outgoing) int {
 }
 
 // Outgoing is one message as a client sends it. ID is client-generated
-// (a UUIDv7) and makes the send idempotent: a retried ID is acknowledged with
+// (NewID's UUIDv7, or any unguessable non-zero 16 bytes) and makes the send idempotent: a retried ID is acknowledged with
 // its original sequence and timestamp.
 //
 //	{1: id bytes(16), 2: body bytes}
