@@ -243,31 +243,38 @@ func TestWebUnreadCountsOthersOnly(t *testing.T) {
 // number its group list holds for group (0 if not listed).
 func webLastSeq(t *testing.T, ws *webServer, group string) uint64 {
 	t.Helper()
-	req, err := http.NewRequest("GET", ws.base+"/api/groups", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+ws.secret)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET /api/groups: %v", err)
-	}
-	defer res.Body.Close()
 	var list struct {
 		Groups []struct {
 			UUID    string `json:"uuid"`
 			LastSeq uint64 `json:"last_seq"`
 		} `json:"groups"`
 	}
-	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
-		t.Fatalf("GET /api/groups: %v", err)
-	}
+	webGet(t, ws, "/api/groups", &list)
 	for _, g := range list.Groups {
 		if g.UUID == group {
 			return g.LastSeq
 		}
 	}
 	return 0
+}
+
+// webGet asks ws's API for path, as a script would, and decodes the
+// answer into v.
+func webGet(t *testing.T, ws *webServer, path string, v any) {
+	t.Helper()
+	req, err := http.NewRequest("GET", ws.base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+ws.secret)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	if err := json.NewDecoder(res.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
 }
 
 // TestWebNewMessagesBelow has alice reading back in a long conversation
@@ -464,37 +471,19 @@ func TestWebUnreadAfterReset(t *testing.T) {
 // (GET /api/groups/UUID).
 func webEpoch(t *testing.T, ws *webServer, group string) string {
 	t.Helper()
-	path := "/api/groups"
-	if id, ok := strings.CutSuffix(group, "?now"); ok {
-		path += "/" + id
-	}
-	req, err := http.NewRequest("GET", ws.base+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+ws.secret)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET /api/groups: %v", err)
-	}
-	defer res.Body.Close()
 	type groupEpoch struct {
 		UUID  string `json:"uuid"`
 		Epoch string `json:"epoch"`
 	}
-	if path != "/api/groups" {
+	if id, ok := strings.CutSuffix(group, "?now"); ok {
 		var g groupEpoch
-		if err := json.NewDecoder(res.Body).Decode(&g); err != nil {
-			t.Fatalf("GET %s: %v", path, err)
-		}
+		webGet(t, ws, "/api/groups/"+id, &g)
 		return g.Epoch
 	}
 	var list struct {
 		Groups []groupEpoch `json:"groups"`
 	}
-	if err := json.NewDecoder(res.Body).Decode(&list); err != nil {
-		t.Fatalf("GET /api/groups: %v", err)
-	}
+	webGet(t, ws, "/api/groups", &list)
 	for _, g := range list.Groups {
 		if g.UUID == group {
 			return g.Epoch
