@@ -100,9 +100,14 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 				label = padRight("["+g.Name()+"]", width+2) + " "
 			}
 			// failed ends every group's watch with this group's error; mu
-			// is held.
+			// is held. An error once the watch was stopped (its reader
+			// gone, another group's error, Ctrl-C) is the stop's doing, a
+			// call cut short: the first error, or the stop, is what the
+			// watch says.
 			failed := func(err error) {
-				code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
+				if code == ExitOK && wctx.Err() == nil {
+					code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
+				}
 				mu.Unlock()
 				stop()
 			}
