@@ -56,7 +56,7 @@ func runSend(ctx context.Context, env Env, args []string) int {
 	if strings.TrimSpace(body) == "" {
 		return usageErr(env, "send", "the message is blank; nothing was sent")
 	}
-	sent := false // the message went out: a timeout leaves its fate unknown
+	sent := false // the group was found and the send begun: from here a timeout leaves its fate unknown
 	code := withGroup(ctx, env, "send", &cf, ref, func(ctx context.Context, s *session, g *client.Group, e wire.GroupEntry) error {
 		sent = true
 		acks, err := g.SendMessages(ctx, []client.Outgoing{{ID: id, Body: []byte(body)}})
