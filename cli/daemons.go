@@ -489,7 +489,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 		"Run a group daemon hosting the named groups and register them with every registry given (--registry)\nand every registry found over mDNS (unless --no-mdns), each on its own lease, so that no registry is\na single point of failure. A registry that moves or restarts is followed.\nEach group keeps its UUID, members and messages across restarts and crashes (in --state-dir, messages in\n--data-dir), unless --storage memory.\nEvery flag can also be set from the environment: --group as HUDDLE_GROUP (comma-separated), and so on.",
 		"  huddle serve --group lobby --group builds --registry 192.168.1.20:7373,192.168.1.21:7373")
 	fs.Var(newUDPAddr(&cfg.Listen, ":7374", true), "listen", "UDP address to listen on (port 0: any free port)")
-	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the address the registry sees)")
+	fs.StringArrayVar(&cfg.Advertise, "advertise", nil, "HOST:PORT to register, where users can reach this daemon (repeatable; default: the --listen address if it names one IP, else the address the registry sees the daemon come from)")
 	fs.Var(&registries, "registry", "register with the registry at HOST[:PORT] (repeatable, or comma-separated; as well as those found over mDNS)")
 	fs.StringSliceVar(&registryPins, "registry-fingerprint", nil, "trust only registries with this fingerprint (repeatable, or comma-separated; default: trust each given registry's first key and follow it if it changes, loudly)")
 	gf.register(fs, nil)

@@ -746,7 +746,11 @@ func (r *registrar) reportRefused(newly []string) {
 }
 
 // registration is what the daemon registers for g: the advertised
-// addresses, or only the bound port.
+// addresses; else the bound address if the daemon listens on one address
+// of its host; else only the bound port, which the registry pairs with
+// the address the registration comes from. (A daemon bound to one of
+// several addresses would otherwise be listed at the one the kernel picks
+// to reach the registry, where it does not listen.)
 func (r *registrar) registration(g *group, members, last uint64) client.Registration {
 	reg := client.Registration{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last}
 	if g.cell != nil {
@@ -754,7 +758,11 @@ func (r *registrar) registration(g *group, members, last uint64) client.Registra
 	}
 	if len(reg.Addrs) == 0 {
 		if ua, ok := r.rs.d.Addr().(*net.UDPAddr); ok {
-			reg.Port = uint16(ua.Port)
+			if ip, ok := netip.AddrFromSlice(ua.IP); ok && !ip.Unmap().IsUnspecified() {
+				reg.Addrs = []string{ua.String()}
+			} else {
+				reg.Port = uint16(ua.Port)
+			}
 		}
 	}
 	return reg

@@ -84,6 +84,29 @@ func TestRegistration(t *testing.T) {
 	}
 }
 
+// TestRegistrationBoundAddress: a daemon bound to one address of a host
+// with several, and told nothing to advertise, registers that address: the
+// registry would pair its port with the address its registrations come
+// from, which the kernel picks (here 127.0.0.1, where nothing listens on
+// that port).
+func TestRegistrationBoundAddress(t *testing.T) {
+	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour})
+	d, _ := startGroupDaemon(t, Config{
+		Listen:               "127.0.0.2:0",
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+	})
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	var got []wire.GroupEntry
+	eventually(t, "the group registered", func() bool {
+		got = listGroups(t, lister).Groups
+		return len(got) == 1
+	})
+	if want := d.Addr().String(); !slices.Equal(got[0].Addrs, []string{want}) {
+		t.Fatalf("listed at %q; want the bound address %s", got[0].Addrs, want)
+	}
+}
+
 // TestRegistrationCloseDuringRegister closes a daemon while a group's
 // registration is taken by the registry but not yet answered (CI #7 of
 // session 9 saw it after a registry restart): the daemon's close takes
