@@ -17,9 +17,11 @@ import (
 // that writes only when something happens (watch) would otherwise learn
 // it by SIGPIPE at its next write, however long that takes. For anything
 // else (a terminal, a file, a writer of a test) the channel is never
-// closed. Linux marks a pipe with no reader POLLERR and a socket whose
-// peer closed POLLHUP, whatever the events asked for: poll waits for
-// them, beside a pipe of its own that stop closes.
+// closed. Linux marks a pipe with no reader POLLERR and a Unix socket
+// whose peer closed POLLHUP, whatever the events asked for: poll waits
+// for them, beside a pipe of its own that stop closes. (A TCP socket
+// whose peer closed is marked only once a write has drawn its reset: a
+// watch writing to one learns it at its next write, as without this.)
 func readerGone(w io.Writer) (gone <-chan struct{}, stop func()) {
 	f, ok := w.(*os.File)
 	if !ok {
