@@ -44,6 +44,10 @@ const (
 	catchUpFrameBytes  = 1 << 20
 	maxCatchUpFrame    = 4 << 20
 	catchUpTimeout     = 30 * time.Second // without progress
+	// catchUpRetryMin and catchUpRetryMax bound the wait between rounds
+	// of a catch-up at Start that no peer could serve (catchUp).
+	catchUpRetryMin = 250 * time.Millisecond
+	catchUpRetryMax = 15 * time.Second
 	// maxCatchUpsPerKey bounds the catch-ups a member serves at once to
 	// one member's key: a replica catches up one group at a time.
 	maxCatchUpsPerKey = 4
@@ -55,8 +59,57 @@ const (
 
 var errCatchUp = errors.New("cell: catch-up")
 
-// catchUp brings g's log up to seq (at time t) from a peer.
+// catchUp brings g's log up to seq (at time t) from a peer. While raft
+// restores this member's own snapshot at Start (raft not running yet), it
+// waits until a peer can serve the messages: it asks again after each
+// round that failed, backing off from catchUpRetryMin to catchUpRetryMax
+// and logging each round, until it has them or Close is called
+// (ErrClosed).
+//
+// Why: the member's snapshot may cover messages no peer has applied yet
+// (a leader stopped and restarted at once: its followers apply what it
+// committed only once a leader tells them it is committed). Failing made
+// the member refuse to start, though its peers would serve the messages
+// a moment later; and it fails the same way each time it is started
+// again until they do. Meanwhile the member serves none of the cell's
+// groups: the state machine sets them only once every log is caught up
+// (fsm.Restore), so no reader sees a log behind what it was acknowledged.
+// A snapshot raft installs from the leader later is not waited for: raft
+// reports the failure to the leader, which sends it again.
 func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) error {
+	err := n.catchUpOnce(ctx, g, seq)
+	if err == nil || n.running() != nil {
+		return err
+	}
+	start := time.Now()
+	wait := catchUpRetryMin
+	for round := 1; ; round++ {
+		have, _ := g.log.Tail()
+		n.cfg.Logger.Warn("cell: no peer can catch a group up yet; this member starts once one can, and serves none of the cell's groups until then",
+			"group", g.spec.Name, "log_at", have, "snapshot_at", seq, "rounds", round, "waited", time.Since(start).Round(time.Millisecond), "next_in", wait, "err", err)
+		timer := time.NewTimer(wait)
+		select {
+		case <-n.closing:
+			timer.Stop()
+			return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
+		case <-timer.C:
+		}
+		wait = min(2*wait, catchUpRetryMax)
+		if err = n.catchUpOnce(ctx, g, seq); err == nil {
+			n.cfg.Logger.Info("cell: caught a group up after waiting for a peer", "group", g.spec.Name, "to", seq, "waited", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+	}
+}
+
+// catchUpOnce asks each member in turn (catchUpOrder) for the messages
+// of g up to seq, until one serves them.
+func (n *Node) catchUpOnce(ctx context.Context, g *groupState, seq uint64) error {
+	select {
+	case <-n.closing:
+		return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
+	default:
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

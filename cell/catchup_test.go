@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,5 +118,135 @@ func TestCatchUpOrder(t *testing.T) {
 	n.tr.linkDown(flag1.Addr, errors.New("test: down"))
 	if got, want := n.catchUpOrder(), []Peer{conf2, conf1, flag2, flag1}; !slices.Equal(got, want) {
 		t.Fatalf("catch-up order %v, want %v", got, want)
+	}
+}
+
+// restartAhead stops c's leader once its snapshot covers messages its
+// followers have not applied (their appends held: the release returned),
+// removes its group log, and starts it again in a goroutine, with its log
+// recorded: Start's error arrives on the channel returned.
+func restartAhead(t *testing.T) (c *testCell, m *testMember, g GroupSpec, rec *atomic.Pointer[recorder], started <-chan error, release func()) {
+	t.Helper()
+	c = newTestCell(t, 3, true, compacting)
+	m = c.leader()
+	g = m.group("lobby")
+	c.sendMany(g.ID, 0, 20)
+	c.sameLogs(g.ID, 20)
+	var releases []func()
+	for _, o := range c.members {
+		if o != m {
+			releases = append(releases, o.host.holdAppends())
+		}
+	}
+	release = func() {
+		for _, r := range releases {
+			r()
+		}
+	}
+	t.Cleanup(release) // before the members stop: a held apply holds Close
+	c.sendMany(g.ID, 20, 40)
+	if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		t.Fatal(err)
+	}
+	m.stop()
+	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range c.members {
+		if o != m {
+			if last, _ := o.host.replica(g.ID).log.Tail(); last >= 60 {
+				t.Fatalf("%s applied up to %d with its appends held", o.addr, last)
+			}
+		}
+	}
+	rec = new(atomic.Pointer[recorder]) // set by the goroutine that starts m
+	c.mutate = func(cfg *Config) {
+		compacting(cfg)
+		if cfg.Advertise == m.addr {
+			r := newRecorder(cfg.Logger.Handler())
+			cfg.Logger = slog.New(r)
+			rec.Store(r)
+		}
+	}
+	m.host = newTestHost(m.host.dir)
+	ch := make(chan error, 1)
+	go func() { ch <- c.tryStart(m, false) }()
+	return c, m, g, rec, ch, release
+}
+
+// awaitWaiting waits until m's log says it waits for a peer to catch its
+// group up from, or its start ends.
+func awaitWaiting(t *testing.T, rec *atomic.Pointer[recorder], started <-chan error) {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		if r := rec.Load(); r != nil {
+			lines, _ := r.since(0)
+			for _, l := range lines {
+				if strings.Contains(l, "no peer can catch a group up yet") {
+					t.Logf("the member waits: %s", l)
+					return
+				}
+			}
+		}
+		select {
+		case err := <-started:
+			t.Fatalf("the member's start ended (%v), want it waiting for its peers to apply what its snapshot covers", err)
+		case <-deadline:
+			t.Fatal("the member never said it waits for its peers")
+		case <-time.After(10 * time.Millisecond): // the member's next catch-up round
+		}
+	}
+}
+
+// TestRestartWaitsForPeers: a member restarted with its group log lost,
+// while the others have not applied what its snapshot covers yet (a leader
+// stopped and restarted at once), waits for them, serving none of the
+// cell's groups meanwhile, and starts with its log caught up once they
+// have. (Start failed: "cell: start raft: failed to load any existing
+// snapshots", after "could not catch up a group from a peer ... the
+// peer's log ends before message 60" from each.)
+func TestRestartWaitsForPeers(t *testing.T) {
+	c, m, g, rec, started, release := restartAhead(t)
+	awaitWaiting(t, rec, started)
+	if gs := m.node.Groups(); len(gs) != 0 {
+		t.Fatalf("the member serves %v while its log is behind its snapshot", gs)
+	}
+	release()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("the member did not start once its peers applied: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the member did not start once its peers applied")
+	}
+	if last, _ := m.host.replica(g.ID).log.Tail(); last < 60 {
+		t.Fatalf("the member started with its group log at %d, want 60", last)
+	}
+	c.sendMany(g.ID, 60, 5)
+	c.sameLogs(g.ID, 65)
+}
+
+// TestCloseWhileWaitingForPeers: Close ends a start that waits for its
+// peers to apply what its snapshot covers, at once: Start returns
+// ErrClosed, and nothing of the member runs on (goleak).
+func TestCloseWhileWaitingForPeers(t *testing.T) {
+	_, m, _, rec, started, _ := restartAhead(t)
+	awaitWaiting(t, rec, started)
+	closed := make(chan error, 1)
+	go func() { closed <- m.node.Close() }()
+	select {
+	case err := <-started:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Start returned %v after Close, want ErrClosed", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Close did not end a start waiting for its peers")
+	}
+	select {
+	case <-closed:
+	case <-time.After(waitTimeout):
+		t.Fatal("Close did not return")
 	}
 }

@@ -433,6 +433,15 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // past what the leader keeps of its raft log).
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	// Closing, raft's start falls back to an older snapshot when this
+	// one fails, and that one may need no catch-up: it would be restored,
+	// and raft, finding the entries after it compacted away, panics. Each
+	// snapshot is refused instead.
+	select {
+	case <-f.closing:
+		return fmt.Errorf("cell: restore: %w", ErrClosed)
+	default:
+	}
 	groups, err := readSnapshot(rc)
 	if err != nil {
 		return err

@@ -229,8 +229,16 @@ func (c *testCell) newMember(disk bool) *testMember {
 // start binds m's socket and starts its node; join starts it to join a
 // running cell.
 func (c *testCell) start(m *testMember, join bool) {
-	t := c.t
-	t.Helper()
+	c.t.Helper()
+	if err := c.tryStart(m, join); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// tryStart starts m as start does, and returns what failed; it sets m.node
+// before it starts the node, and calls nothing of c.t but Cleanup, so that
+// a test may run it in a goroutine of its own.
+func (c *testCell) tryStart(m *testMember, join bool) error {
 	ua, _ := net.ResolveUDPAddr("udp", m.addr)
 	var err error
 	for deadline := time.Now().Add(waitTimeout); ; {
@@ -240,7 +248,7 @@ func (c *testCell) start(m *testMember, join bool) {
 		time.Sleep(10 * time.Millisecond) // the port of a member just closed
 	}
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	m.qt = &quic.Transport{Conn: m.udp, StatelessResetKey: &m.reset}
 	cfg := Config{
@@ -252,18 +260,22 @@ func (c *testCell) start(m *testMember, join bool) {
 		Dir:       filepath.Join(m.dir, "raft"),
 		Host:      m.host,
 		Groups:    c.groups,
-		Logger:    testLogger(t, m.addr),
+		Logger:    testLogger(c.t, m.addr),
 	}
 	if c.mutate != nil {
 		c.mutate(&cfg)
 	}
-	m.node, err = New(cfg)
+	node, err := New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		m.qt.Close()
+		m.udp.Close()
+		return err
 	}
-	m.ln, err = m.qt.Listen(m.node.Transport().ServerTLS(), &quic.Config{MaxIncomingStreams: 1000, MaxIdleTimeout: 15 * time.Second, Tracer: qlog.DefaultConnectionTracer})
+	m.ln, err = m.qt.Listen(node.Transport().ServerTLS(), &quic.Config{MaxIncomingStreams: 1000, MaxIdleTimeout: 15 * time.Second, Tracer: qlog.DefaultConnectionTracer})
 	if err != nil {
-		t.Fatal(err)
+		m.qt.Close()
+		m.udp.Close()
+		return err
 	}
 	m.done = make(chan struct{})
 	go func(ln *quic.Listener, tr *Transport, done chan struct{}) {
@@ -275,11 +287,10 @@ func (c *testCell) start(m *testMember, join bool) {
 			}
 			tr.Handle(conn)
 		}
-	}(m.ln, m.node.Transport(), m.done)
-	if err := m.node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.stop)
+	}(m.ln, node.Transport(), m.done)
+	m.node = node
+	c.t.Cleanup(m.stop)
+	return node.Start()
 }
 
 // stop closes m's node and socket, as a daemon's shutdown (or, for raft's

@@ -288,9 +288,10 @@ type Node struct {
 	log   *raftlog.Store
 	snaps raft.SnapshotStore
 
-	closing chan struct{}
-	wg      sync.WaitGroup // await goroutines and the leader loop
-	timers  timers         // the proposals' CommitWait timers
+	closing   chan struct{}
+	closeOnce sync.Once      // closes closing
+	wg        sync.WaitGroup // await goroutines and the leader loop
+	timers    timers         // the proposals' CommitWait timers
 
 	// gate keeps entries from being handed to raft once Close began
 	// (gated), and futures counts those handed over and not answered yet:
@@ -449,6 +450,11 @@ func (n *Node) Start() error {
 		n.net.Close()
 		n.tr.Close()
 		n.closeStores()
+		select {
+		case <-n.closing: // Close ended a restore that waited (catchUp)
+			return fmt.Errorf("cell: start raft: %w", ErrClosed)
+		default:
+		}
 		return fmt.Errorf("cell: start raft: %w", err)
 	}
 	n.raft = r
@@ -1026,6 +1032,9 @@ func (n *Node) nextLeader() (Peer, bool) {
 // over to the next election; see Handover), closes the transport and raft's state, and
 // waits for every goroutine. It is safe to call more than once.
 func (n *Node) Close() error {
+	// Before the lock: Start holds it while raft restores, and a restore
+	// waiting for a peer to catch a group up from (catchUp) ends on it.
+	n.closeOnce.Do(func() { close(n.closing) })
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -1036,7 +1045,6 @@ func (n *Node) Close() error {
 	n.closed = true
 	started := n.started
 	n.mu.Unlock()
-	close(n.closing)
 	n.settle()
 	// Dials to members that are down would hold raft's shutdown for their
 	// timeout: they fail at once from now on.
