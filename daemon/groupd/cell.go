@@ -39,13 +39,15 @@ type CellConfig struct {
 	// too: a restarted member comes back empty and is brought up to date
 	// by the others.
 	Dir string
-	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout and
-	// SnapshotThreshold tune raft (package cell's defaults: 300 ms, 300 ms,
-	// HeartbeatTimeout, 4096 entries; TrailingLogs 4096 entries).
+	// HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout,
+	// SnapshotThreshold and SnapshotInterval tune raft (package cell's
+	// defaults: 300 ms, 300 ms, HeartbeatTimeout, 4096 entries, 30 s;
+	// TrailingLogs 4096 entries).
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
 	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
 	TrailingLogs       uint64
 }
 
@@ -287,6 +289,7 @@ func (d *Daemon) newCellNode() error {
 		ElectionTimeout:    cc.ElectionTimeout,
 		LeaderLeaseTimeout: cc.LeaderLeaseTimeout,
 		SnapshotThreshold:  cc.SnapshotThreshold,
+		SnapshotInterval:   cc.SnapshotInterval,
 		TrailingLogs:       cc.TrailingLogs,
 		LeaderChanged:      d.leaderChanged,
 		MembersChanged:     d.membersChanged,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -974,5 +976,111 @@ func TestCloseNamesNextLeader(t *testing.T) {
 	}
 	if next := f.err.Leader.Fingerprint; next == leader.fp || !slices.ContainsFunc(members, func(m *testCellMember) bool { return m.fp == next }) {
 		t.Fatalf("the refusal names %s as leader; want another member of the cell", next.Short())
+	}
+}
+
+// TestCellMemberWaitsForPeersAtStart: a member restarted with its group
+// log lost, while no peer can serve what its raft snapshot covers (both
+// down), waits for them, serving none of the cell's groups, rather than
+// failing to start ("group daemon: cell: start raft: failed to load any
+// existing snapshots"). Its context ending stops it at once (Serve returns
+// nil); started again, it starts once its peers are back, and serves every
+// message acknowledged.
+func TestCellMemberWaitsForPeersAtStart(t *testing.T) {
+	members := startTestCell(t, 3, func(cfg *Config) {
+		cfg.Cell.SnapshotThreshold = 4
+		cfg.Cell.SnapshotInterval = 50 * time.Millisecond
+		cfg.Cell.TrailingLogs = 2
+	})
+	leader, g := cellLeader(t, members)
+	m := members[0]
+	if m == leader {
+		m = members[1]
+	}
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	var last uint64
+	send := func() {
+		var sent wire.Sent
+		must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("hi")}, &sent))
+		last = sent.Acks[0].Seq
+	}
+	send()
+	eventually(t, "the member applies the first message", func() bool {
+		st := m.d.node.Status()
+		return len(st.Groups) == 1 && st.Groups[0].Last >= last
+	})
+	applied := m.d.node.Status().AppliedIndex
+	// Sends until the member's snapshot covers that message.
+	snapshotted := func() bool {
+		ents, _ := os.ReadDir(filepath.Join(m.dir, "cell", "snapshots"))
+		for _, e := range ents {
+			var term, index, ms uint64
+			if n, _ := fmt.Sscanf(e.Name(), "%d-%d-%d", &term, &index, &ms); n == 3 && index >= applied {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(30 * time.Second); !snapshotted(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the member never snapshotted its first message")
+		}
+		send()
+	}
+	for _, o := range members {
+		o.stop()
+	}
+	if err := os.RemoveAll(m.d.cfg.Storage.logDir(g)); err != nil {
+		t.Fatal(err)
+	}
+
+	logger, rec := recordLogs(t)
+	cfg := m.cfg
+	cfg.Logger = logger
+	d, err := New(cfg)
+	must(t, err)
+	must(t, d.Listen())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(ctx) }()
+	for deadline := time.After(30 * time.Second); len(rec.matching("no peer can catch a group up yet")) == 0; {
+		select {
+		case err := <-served:
+			t.Fatalf("the member's Serve returned %v, want it waiting for its peers", err)
+		case <-deadline:
+			t.Fatal("the member never said it waits for its peers")
+		case <-time.After(10 * time.Millisecond): // its next round
+		}
+	}
+	if gs := d.Groups(); len(gs) != 0 {
+		t.Fatalf("the member serves %v while its group log is behind its snapshot", gs)
+	}
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve returned %v once its context ended, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve did not return once its context ended")
+	}
+	must(t, d.Close())
+
+	// Started again, before its peers: it starts once they are back.
+	m.d, m.stop = startGroupDaemon(t, m.cfg)
+	for _, o := range members {
+		if o != m {
+			o.d, o.stop = startGroupDaemon(t, o.cfg)
+		}
+	}
+	eventually(t, "the member hosts the group", func() bool { return len(m.d.Groups()) == 1 })
+	got, _, err := dial(t, m.d.Addr(), m.fp, key).fetch(wire.Fetch{Group: g, MinSeq: last})
+	if err != nil {
+		t.Fatalf("fetch from the member: %v", err)
+	}
+	if len(got) == 0 || got[len(got)-1].Seq != last {
+		t.Fatalf("the member serves %d messages, want every one up to %d", len(got), last)
 	}
 }

@@ -2,6 +2,7 @@ package groupd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -444,8 +445,11 @@ func closeLogs(groups map[wire.UUID]*group) {
 // Serve listens (if Listen was not called), registers the groups with the
 // registry if one is configured, and serves until ctx ends or Close is
 // called; then it shuts down as Close does and returns nil once everything
-// has stopped. It returns ErrClosed after Close, ErrServing if already
-// serving, and Listen's errors.
+// has stopped. A cell member whose group log is behind its raft snapshot
+// starts only once a peer has caught it up (package cell), serving none of
+// the cell's groups meanwhile; ctx ending or Close stop that wait too. It
+// returns ErrClosed after Close, ErrServing if already serving, and
+// Listen's errors.
 func (d *Daemon) Serve(ctx context.Context) error {
 	if err := d.Listen(); err != nil {
 		return err
@@ -468,8 +472,20 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		return err
 	}
 	if d.node != nil {
-		if err := d.node.Start(); err != nil {
+		// A member whose group log is behind its raft snapshot waits in
+		// Start until a peer can catch it up (package cell's catchUp),
+		// which may take as long as its peers take to apply what the
+		// snapshot covers, or to come back: ctx ending (or Close) stops
+		// the daemon meanwhile.
+		stop := context.AfterFunc(ctx, func() { d.node.Close() })
+		err := d.node.Start()
+		stop()
+		if err != nil {
 			d.Close()
+			if errors.Is(err, cell.ErrClosed) {
+				d.cfg.Logger.Info("group daemon stopped before its cell member started")
+				return nil
+			}
 			return fmt.Errorf("group daemon: %w", err)
 		}
 		close(d.cellStarted)
@@ -499,13 +515,21 @@ func (d *Daemon) Close() error {
 	node := d.node
 	d.mu.Unlock()
 	if node != nil {
-		// While still serving: the sends refused meanwhile name the new
-		// leader, and the cell need not wait out an election; and so do
-		// the refusals of the shutdown itself.
-		if err := node.Handover(); err == nil {
-			if l, ok := node.Leader(); ok && l != node.Self() {
-				d.srv.NameLeader(&wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true})
+		select {
+		case <-d.cellStarted:
+			// While still serving: the sends refused meanwhile name the
+			// new leader, and the cell need not wait out an election; and
+			// so do the refusals of the shutdown itself.
+			if err := node.Handover(); err == nil {
+				if l, ok := node.Leader(); ok && l != node.Self() {
+					d.srv.NameLeader(&wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true})
+				}
 			}
+		default:
+			// Not started, or Serve's Start waits for a peer to catch a
+			// group log up from: closing the node ends that wait (and
+			// Serve returns).
+			node.Close()
 		}
 	}
 	d.life.Close(d.srv.Close)
