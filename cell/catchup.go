@@ -84,6 +84,11 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) 
 	start := time.Now()
 	wait := catchUpRetryMin
 	for round := 1; ; round++ {
+		select {
+		case <-n.closing: // the round may have failed for it
+			return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
+		default:
+		}
 		have, _ := g.log.Tail()
 		n.cfg.Logger.Warn("cell: no peer can catch a group up yet; this member starts once one can, and serves none of the cell's groups until then",
 			"group", g.spec.Name, "log_at", have, "snapshot_at", seq, "rounds", round, "waited", time.Since(start).Round(time.Millisecond), "next_in", wait, "err", err)
