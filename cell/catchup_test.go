@@ -250,3 +250,40 @@ func TestCloseWhileWaitingForPeers(t *testing.T) {
 		t.Fatal("Close did not return")
 	}
 }
+
+// TestStartRefusesOlderSnapshot: at start raft restores the newest
+// snapshot and, if that fails, falls back to older ones. An older one
+// needing no catch-up would be restored, and raft would then apply the
+// entries after it, which its log no longer holds (compacted past the
+// newest snapshot): it panicked ("log not found"), taking the daemon down.
+// A member whose newest snapshot cannot be restored (here its group's log
+// cannot be opened, once) refuses the older ones, and Start says why.
+func TestStartRefusesOlderSnapshot(t *testing.T) {
+	c := newTestCell(t, 3, true, compacting)
+	m := c.members[0]
+	g := c.leader().group("lobby")
+	// Snapshots every 32 entries, 8 kept after each: m keeps two, and its
+	// log no longer reaches back to the older one.
+	var snaps []*raft.SnapshotMeta
+	for base := 0; ; base += 50 {
+		c.sendMany(g.ID, base, 50)
+		m.waitLast(g.ID, uint64(base+50))
+		if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			t.Fatal(err)
+		}
+		var err error
+		if snaps, err = m.node.snaps.List(); err != nil {
+			t.Fatal(err)
+		}
+		if len(snaps) == 2 && snaps[0].Index-snaps[1].Index > compactingTrailing {
+			break
+		}
+	}
+	m.stop()
+	m.host = newTestHost(m.host.dir)
+	m.host.failOpens = 1 // the newest snapshot's restore
+	err := c.tryStart(m, false)
+	if err == nil || !strings.Contains(err.Error(), "failed to load any existing snapshots") {
+		t.Fatalf("Start with the newest snapshot unrestorable: %v; want raft's refusal of every snapshot", err)
+	}
+}

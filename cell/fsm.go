@@ -116,6 +116,10 @@ type fsm struct {
 	onConfig func(c raft.Configuration, index uint64)
 	// catchUp brings a replica's log up to a position from a peer.
 	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64) error
+	// starting is set while raft restores the newest snapshot at start
+	// (raft.NewRaft, which calls Restore on the caller's goroutine);
+	// startFailed once a restore then failed. See Restore.
+	starting, startFailed atomic.Bool
 
 	mu sync.RWMutex // Apply and Restore write the groups' members; the rest read
 	// groups is the cell's groups, replaced whole (under mu) when one is
@@ -431,7 +435,31 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // opened, its members set, and its log brought up to the snapshot's
 // position from a peer if it is behind (a new replica, or one that lagged
 // past what the leader keeps of its raft log).
+//
+// At start, raft falls back to an older snapshot when the newest one's
+// restore fails, and then replays the raft entries after it: entries its
+// log no longer holds once compacted past the newest (TrailingLogs), so
+// raft panics ("log not found") and takes the daemon down. Once a restore
+// at start failed, the older snapshots are refused too: raft's start then
+// fails, naming the first failure in the log, and the daemon exits with
+// "failed to load any existing snapshots".
 func (f *fsm) Restore(rc io.ReadCloser) error {
+	if !f.starting.Load() {
+		return f.restore(rc)
+	}
+	if f.startFailed.Load() {
+		rc.Close()
+		return errors.New("cell: restore: an older snapshot is not restored once the newest failed (raft's log may no longer hold the entries after it)")
+	}
+	err := f.restore(rc)
+	if err != nil {
+		f.startFailed.Store(true)
+	}
+	return err
+}
+
+// restore is Restore's work, at start or from a snapshot the leader sent.
+func (f *fsm) restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	// Closing, raft's start falls back to an older snapshot when this
 	// one fails, and that one may need no catch-up: it would be restored,

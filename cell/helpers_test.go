@@ -37,6 +37,8 @@ type testHost struct {
 	// closed; held counts the appends it holds.
 	hold chan struct{}
 	held int
+	// failOpens is how many more OpenGroup calls fail.
+	failOpens int
 }
 
 // holdAppends holds the state machine's appends to h's logs until the
@@ -91,6 +93,10 @@ func newTestHost(dir string) *testHost {
 func (h *testHost) OpenGroup(spec GroupSpec) (Replica, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.failOpens > 0 {
+		h.failOpens--
+		return nil, errors.New("test host: this open fails")
+	}
 	if r := h.groups[spec.ID]; r != nil {
 		return r, nil
 	}

@@ -445,7 +445,9 @@ func (n *Node) Start() error {
 	// it to, it would step down rather than shut raft down under the
 	// entries it was handed, which would never be answered (BatchApplyCh).
 	rc.ShutdownOnRemove = false
+	n.fsm.starting.Store(true)
 	r, err := raft.NewRaft(rc, n.fsm, cached, logs, n.snaps, n.net)
+	n.fsm.starting.Store(false)
 	if err != nil {
 		n.net.Close()
 		n.tr.Close()

@@ -422,8 +422,11 @@ func TestJoinLeave(t *testing.T) {
 func compacting(cfg *Config) {
 	cfg.SnapshotThreshold = 32
 	cfg.SnapshotInterval = 50 * time.Millisecond
-	cfg.TrailingLogs = 8
+	cfg.TrailingLogs = compactingTrailing
 }
+
+// compactingTrailing is the raft entries compacting leaves after a snapshot.
+const compactingTrailing = 8
 
 // sendMany sends n messages from id base on, in sends of 5.
 func (c *testCell) sendMany(group wire.UUID, base, n int) {
