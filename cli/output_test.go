@@ -16,10 +16,11 @@ type fullDisk struct{}
 
 func (fullDisk) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
 
-// TestOutputUnwritable runs fetch and watch with an output that cannot be
-// written. Fetch used to exit 0, as if the file held every message, and
-// watch to go on following the group, dropping each message. Both stop at
-// the first write refused, say so, and exit 1 (a local file unusable).
+// TestOutputUnwritable runs fetch, watch and send with an output that
+// cannot be written. Fetch used to exit 0, as if the file held every
+// message, watch to go on following the group, dropping each message, and
+// send to exit 0 with its acks lost. Each stops at the first write
+// refused, says so, and exits 1 (a local file unusable).
 func TestOutputUnwritable(t *testing.T) {
 	reg := startUp(t, "lobby")
 	u := newTestUser(t, reg)
@@ -31,10 +32,13 @@ func TestOutputUnwritable(t *testing.T) {
 		{"fetch", "lobby"},
 		{"watch", "lobby", "--json", "--since", "1h"},
 		{"watch", "lobby", "--since", "1h"},
+		{"send", "lobby", "an ack nobody reads"},
+		{"send", "lobby", "--json", "an ack nobody reads"},
+		{"send", "lobby", "--json"}, // lines of standard input
 	} {
 		var errb syncBuffer
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		code := Main(ctx, args, Env{Stdin: strings.NewReader(""), Stdout: fullDisk{}, Stderr: &errb, Getenv: func(k string) string { return env[k] }})
+		code := Main(ctx, args, Env{Stdin: strings.NewReader("one\ntwo\n"), Stdout: fullDisk{}, Stderr: &errb, Getenv: func(k string) string { return env[k] }})
 		cancel()
 		if want := "write standard output: no space left on device"; code != ExitRefused || !strings.Contains(errb.String(), want) {
 			t.Errorf("huddle %s onto a full disk: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), code, errb.String(), ExitRefused, want)

@@ -64,8 +64,7 @@ func runSend(ctx context.Context, env Env, args []string) int {
 			return err
 		}
 		s.remember(e)
-		printAck(env, &cf, acks[0], 0)
-		return nil
+		return printAck(env, &cf, acks[0], 0)
 	})
 	if code == ExitUnreachable && sent {
 		// The daemon may have stored it and its ack been lost: a retry
@@ -157,7 +156,9 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				case err != nil:
 					return err
 				default:
-					printAck(env, cf, acks[0], from[i].n)
+					if err := printAck(env, cf, acks[0], from[i].n); err != nil {
+						return err
+					}
 				}
 			}
 			return nil
@@ -170,7 +171,9 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			return err
 		}
 		for i, a := range acks {
-			printAck(env, cf, a, from[i].n)
+			if err := printAck(env, cf, a, from[i].n); err != nil {
+				return err
+			}
 		}
 		return nil
 	}
@@ -328,18 +331,26 @@ func readLines(ctx context.Context, r io.Reader, maxLen int, lines chan<- inputL
 func size64(n int) string { return size(uint64(n)) }
 
 // printAck prints a message's ack; line is the line of standard input it
-// was (from 1), or 0 for the text of the command line.
-func printAck(env Env, cf *clientFlags, a client.Ack, line int) {
+// was (from 1), or 0 for the text of the command line. An ack that cannot
+// be written (a full disk under > file) is an error (writeErr): the
+// message is stored, but a script reading the output would take it for
+// one that was not, so send stops there and exits 1.
+func printAck(env Env, cf *clientFlags, a client.Ack, line int) error {
 	t := a.Time
+	var err error
 	if cf.json {
-		printJSON(env.Stdout, ackJSON{Seq: a.Seq, TS: jsonTime(t), MsgID: a.ID.String(), Duplicate: a.Duplicate, Line: line})
-		return
+		err = printJSON(env.Stdout, ackJSON{Seq: a.Seq, TS: jsonTime(t), MsgID: a.ID.String(), Duplicate: a.Duplicate, Line: line})
+	} else {
+		dup := ""
+		if a.Duplicate {
+			dup = " (already stored)"
+		}
+		_, err = fmt.Fprintf(env.Stdout, "sent #%d at %s%s\n", a.Seq, localTime(t), dup)
 	}
-	dup := ""
-	if a.Duplicate {
-		dup = " (already stored)"
+	if err != nil {
+		return writeErr(err)
 	}
-	fmt.Fprintf(env.Stdout, "sent #%d at %s%s\n", a.Seq, localTime(t), dup)
+	return nil
 }
 
 // ackJSON is an acknowledgement in --json output.
