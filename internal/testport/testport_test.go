@@ -28,3 +28,17 @@ func TestCellPortIsFreeOnBoth(t *testing.T) {
 	}
 	tcp.Close()
 }
+
+// TestCellNeverRepeats: the ports Cell returns in one process differ,
+// though each is free again once returned (drawn at random from 12000, a
+// few thousand would repeat hundreds of times).
+func TestCellNeverRepeats(t *testing.T) {
+	seen := make(map[string]bool)
+	for range 3000 {
+		addr := Cell(t)
+		if seen[addr] {
+			t.Fatalf("Cell returned %s twice", addr)
+		}
+		seen[addr] = true
+	}
+}
