@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/client"
@@ -939,8 +944,57 @@ func TestCellAgeLimitIgnoresMemberClocks(t *testing.T) {
 // that leads now, so that its clients go there at once instead of waiting
 // the refusal's retry_after_ms. (The refusal named no leader: every client
 // of a leader stopped for an upgrade waited a second.)
+//
+// The claim holds once the leader has handed over and knows who leads
+// next, and the refusal reaches the client. On a loaded machine either
+// may fail: raft's transfer may time out, or the election after it
+// outlast the ElectionTimeout that Handover waits ("not known yet", at
+// load 13), and the daemon then has no leader to name; or the client's
+// reader, not scheduled within the server's closeLinger, loses the
+// refusal to the connection's close (quic-go drops what a stream had not
+// handed over). The leader's log says which of the first it was, and the
+// read's error the second; only then does the scenario run again, on a
+// new cell, at most closeTries times in all.
 func TestCloseNamesNextLeader(t *testing.T) {
-	members := startTestCell(t, 3, nil)
+	const closeTries = 5
+	for try := 1; try <= closeTries; try++ {
+		members, leader, refusal, log := closeLeaderMidRequest(t)
+		for _, m := range members {
+			m.stop()
+		}
+		if refusal == nil {
+			t.Logf("try %d: the connection's close overtook the refusal; again", try)
+			continue
+		}
+		if refusal.Code != wire.CodeUnavailable {
+			t.Fatalf("the shutdown's refusal is %+v; want unavailable", refusal)
+		}
+		if !strings.Contains(log, `msg="cell: handed the leadership over"`) || strings.Contains(log, `to="not known yet"`) {
+			t.Logf("try %d: the leader did not hand over to a member it knew before stopping (refusal: %v); again", try, refusal)
+			continue
+		}
+		if refusal.Leader == nil {
+			t.Fatalf("the shutdown's refusal is %+v; want unavailable naming the next leader", refusal)
+		}
+		if next := refusal.Leader.Fingerprint; next == leader.fp || !slices.ContainsFunc(members, func(m *testCellMember) bool { return m.fp == next }) {
+			t.Fatalf("the refusal names %s as leader; want another member of the cell", next.Short())
+		}
+		return
+	}
+	t.Fatalf("in %d tries on new cells, the leader never handed over to a member it knew before stopping", closeTries)
+}
+
+// closeLeaderMidRequest starts a cell, begins a request at its leader and
+// closes the leader before the request is complete. It returns the
+// members, the leader, the refusal the request got (nil if the server's
+// close of the connection came first), and what the leader logged.
+func closeLeaderMidRequest(t *testing.T) (members []*testCellMember, leader *testCellMember, refusal *wire.Error, log string) {
+	t.Helper()
+	logs := make(map[string]*lockedBuffer) // by address
+	members = startTestCell(t, 3, func(cfg *Config) {
+		logs[cfg.Listen] = &lockedBuffer{}
+		cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), logs[cfg.Listen]), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	leader, g := cellLeader(t, members)
 	p := dial(t, leader.d.Addr(), leader.fp, nil)
 	// A request begun and not finished: the stream is the server's (the
@@ -967,16 +1021,15 @@ func TestCloseNamesNextLeader(t *testing.T) {
 	leader.d.Close()
 
 	r := <-answer
-	f, err := r.f, r.err
-	if err != nil || f.kind != wire.KindError {
-		t.Fatalf("the unfinished request got %v, %v; want the shutdown's refusal", f.kind, err)
+	log = logs[leader.addr].String()
+	var ae *quic.ApplicationError
+	if errors.As(r.err, &ae) && ae.Remote && ae.ErrorCode == wire.ConnShutdown {
+		return members, leader, nil, log
 	}
-	if f.err.Code != wire.CodeUnavailable || f.err.Leader == nil {
-		t.Fatalf("the shutdown's refusal is %+v; want unavailable naming the next leader", f.err)
+	if r.err != nil || r.f.kind != wire.KindError {
+		t.Fatalf("the unfinished request got %v, %v; want the shutdown's refusal", r.f.kind, r.err)
 	}
-	if next := f.err.Leader.Fingerprint; next == leader.fp || !slices.ContainsFunc(members, func(m *testCellMember) bool { return m.fp == next }) {
-		t.Fatalf("the refusal names %s as leader; want another member of the cell", next.Short())
-	}
+	return members, leader, r.f.err, log
 }
 
 // TestCellMemberWaitsForPeersAtStart: a member restarted with its group
