@@ -825,6 +825,12 @@ func TestCellFollowerLagsJoin(t *testing.T) {
 	eventually(t, "the follower applying ann's join", func() bool { return fg.isMember(ann.Fingerprint()) })
 	held.setHold(true)
 	must(t, callLeader(t, members, ann, wire.OpSend, wire.Send{Group: g, Messages: outgoing("held")}, &wire.Sent{}))
+	// Bob's join must reach the follower's state machine after the send,
+	// not with it: within one batch of raft entries, a join takes effect
+	// at once and sends are appended at the batch's end, so a follower
+	// that got both together (slow to apply, at load 10) knew bob while
+	// the send was held.
+	eventually(t, "the follower's state machine held on the send", func() bool { return held.waiting.Load() > 0 })
 	must(t, callLeader(t, members, bob, wire.OpJoin, wire.Join{Group: g, Name: "bob"}, nil))
 	if fg.isMember(bob.Fingerprint()) {
 		t.Fatal("the follower applied bob's join though its log's appends are held")
