@@ -3,9 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,15 +138,8 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // which raft's GetConfiguration leaves 0, so raft checked nothing, and
 // added the member removed back, as a voter.)
 func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
-	var mu sync.Mutex
-	recs := make(map[string]*recorder)
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		r := newRecorder(cfg.Logger.Handler())
-		mu.Lock()
-		recs[cfg.Advertise] = r
-		mu.Unlock()
-		cfg.Logger = slog.New(r)
-	})
+	var logs memberLogs
+	c := newTestCell(t, 3, false, logs.record)
 	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	d := c.newMember(false)
@@ -171,9 +162,7 @@ func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
 		d.node.serveProgress(ctx, peer, str)
 	})
 	l := c.leader()
-	mu.Lock()
-	rec := recs[l.addr]
-	mu.Unlock()
+	rec := logs.of(l.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if err := l.node.AddMember(ctx, self); err != nil {

@@ -25,6 +25,31 @@ func newRecorder(next slog.Handler) *recorder {
 	return &recorder{next: next, mu: new(sync.Mutex), recs: new([]string), lvls: new([]slog.Level)}
 }
 
+// memberLogs records each member's log as the member starts (its
+// record is newTestCell's mutate), by the member's address.
+type memberLogs struct {
+	mu   sync.Mutex
+	recs map[string]*recorder
+}
+
+func (ml *memberLogs) record(cfg *Config) {
+	r := newRecorder(cfg.Logger.Handler())
+	cfg.Logger = slog.New(r)
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	if ml.recs == nil {
+		ml.recs = make(map[string]*recorder)
+	}
+	ml.recs[cfg.Advertise] = r
+}
+
+// of returns the recorder of the member at addr, as last started.
+func (ml *memberLogs) of(addr string) *recorder {
+	ml.mu.Lock()
+	defer ml.mu.Unlock()
+	return ml.recs[addr]
+}
+
 func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
 
 func (r *recorder) Handle(ctx context.Context, rec slog.Record) error {
@@ -82,15 +107,8 @@ func (r *recorder) count() int {
 // that failed meanwhile above debug level, and at most one line per
 // change of the peer's link (lost, reached again).
 func TestPeerRestartQuiet(t *testing.T) {
-	recs := make(map[string]*recorder)
-	var mu sync.Mutex
-	c := newTestCell(t, 3, true, func(cfg *Config) {
-		r := newRecorder(cfg.Logger.Handler())
-		mu.Lock()
-		recs[cfg.Advertise] = r
-		mu.Unlock()
-		cfg.Logger = slog.New(r)
-	})
+	var logs memberLogs
+	c := newTestCell(t, 3, true, logs.record)
 	leader := c.leader()
 	g := leader.group("lobby")
 	acks := c.send(g.ID, store.Sender{Name: "ann"}, [][16]byte{newID(1)}, []string{"before"})
@@ -105,7 +123,7 @@ func TestPeerRestartQuiet(t *testing.T) {
 	mark := make(map[*testMember]int)
 	for _, m := range c.members {
 		if m != follower {
-			mark[m] = recs[m.addr].count()
+			mark[m] = logs.of(m.addr).count()
 		}
 	}
 
@@ -124,7 +142,7 @@ func TestPeerRestartQuiet(t *testing.T) {
 	}
 
 	for m, n := range mark {
-		lines, lvls := recs[m.addr].since(n)
+		lines, lvls := logs.of(m.addr).since(n)
 		link := 0
 		for i, l := range lines {
 			if lvls[i] >= slog.LevelError {
