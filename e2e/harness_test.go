@@ -269,6 +269,17 @@ func aliceInLobby(t *testing.T) *user {
 	return alice
 }
 
+// aliceAndBobInLobby makes two users of up's registry, alice and bob,
+// once up's lobby is listed, and joins both to it, alice first.
+func aliceAndBobInLobby(t *testing.T, up *daemon) (alice, bob *user) {
+	t.Helper()
+	alice, bob = newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, alice, up.groups["lobby"])
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	return alice, bob
+}
+
 // startDaemon runs `huddle VERB ARGS... --no-mdns` (VERB: up, registry or
 // serve) and waits until it printed where it listens and, for up and serve,
 // every group it hosts. The daemon must listen on 127.0.0.1 (args must say

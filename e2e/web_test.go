@@ -211,10 +211,7 @@ func TestWebNarrow(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
 	lobby := up.groups["lobby"]
-	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
+	alice, bob := aliceAndBobInLobby(t, up)
 	alice.okInput(t, "are we still on for friday?\n", "send", "lobby")
 	bob.okInput(t, "yes, 7pm\nI'll bring the projector\n", "send", "lobby")
 	b := newBrowser(t, 800, 760)
@@ -312,10 +309,7 @@ func TestWebMessageDuringFirstPage(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	lobby := up.groups["lobby"]
-	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
+	alice, bob := aliceAndBobInLobby(t, up)
 	b := newBrowser(t, 1000, 700)
 	b.open(alice.web(t))
 	eval[bool](b, `(() => {

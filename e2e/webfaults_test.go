@@ -211,10 +211,7 @@ func TestWebRecovers(t *testing.T) {
 	state := t.TempDir()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state, "--storage", "memory")
 	lobby := up.groups["lobby"]
-	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
+	alice, bob := aliceAndBobInLobby(t, up)
 	ws := alice.web(t)
 	relay := newTCPCut(t, strings.TrimPrefix(ws.base, "http://"))
 	via := "http://" + relay.ln.Addr().String()

@@ -287,10 +287,7 @@ func TestWebNewMessagesBelow(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
 	lobby := up.groups["lobby"]
-	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
+	alice, bob := aliceAndBobInLobby(t, up)
 	var lines strings.Builder
 	for i := 1; i <= 80; i++ {
 		fmt.Fprintf(&lines, "history %d\n", i)
@@ -434,10 +431,7 @@ func TestWebUnreadAfterReset(t *testing.T) {
 	state := t.TempDir()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state, "--storage", "memory")
 	lobby := up.groups["lobby"]
-	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
-	bob.join(t, "lobby")
+	alice, bob := aliceAndBobInLobby(t, up)
 	bob.ok(t, "send", "lobby", "in the old log")
 	ws := alice.web(t)
 	b := newBrowser(t, 1000, 700)
