@@ -310,9 +310,7 @@ func TestChatReconnects(t *testing.T) {
 	t.Parallel()
 	state := t.TempDir()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobbyOf(t, up)
 	// --timeout bounds the chat's start-up (listing, dial, info, members)
 	// and each send, the one that resends the kept line once reconnected
 	// included: the default 10 s, as every other verb here gets, not 2 s,
@@ -558,9 +556,7 @@ func TestChatTerminalTypesWhileDown(t *testing.T) {
 	t.Parallel()
 	state := t.TempDir()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", state)
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice := aliceInLobbyOf(t, up)
 	// A --timeout no test waits out: the line is kept because the
 	// connection is known lost, not because its send gave up.
 	tm := chatTmux(t, alice, "lobby --timeout 5m")

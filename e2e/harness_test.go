@@ -263,6 +263,13 @@ func aliceInLobby(t *testing.T) *user {
 	t.Helper()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	t.Cleanup(func() { up.stop(t) })
+	return aliceInLobbyOf(t, up)
+}
+
+// aliceInLobbyOf makes a user of up's registry, alice, once up's lobby is
+// listed, and joins her to it.
+func aliceInLobbyOf(t *testing.T, up *daemon) *user {
+	t.Helper()
 	alice := newUser(t, "alice", up.registry)
 	waitListed(t, alice, up.groups["lobby"])
 	alice.join(t, "lobby")
@@ -273,9 +280,7 @@ func aliceInLobby(t *testing.T) *user {
 // once up's lobby is listed, and joins both to it, alice first.
 func aliceAndBobInLobby(t *testing.T, up *daemon) (alice, bob *user) {
 	t.Helper()
-	alice, bob = newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
-	waitListed(t, alice, up.groups["lobby"])
-	alice.join(t, "lobby")
+	alice, bob = aliceInLobbyOf(t, up), newUser(t, "bob", up.registry)
 	bob.join(t, "lobby")
 	return alice, bob
 }

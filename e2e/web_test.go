@@ -246,9 +246,7 @@ func TestWebOpensJoinedGroupFromLink(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
 	lobby := up.groups["lobby"]
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
+	alice := aliceInLobbyOf(t, up)
 	alice.ok(t, "send", "lobby", "linked")
 	b := newBrowser(t, 1000, 700)
 	ws := alice.web(t)

@@ -52,9 +52,7 @@ func TestWebScrollBack5000(t *testing.T) {
 	const n = 5000
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--send-rate", "0")
 	lobby := up.groups["lobby"]
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
+	alice := aliceInLobbyOf(t, up)
 	var lines strings.Builder
 	for i := 1; i <= n; i++ {
 		fmt.Fprintf(&lines, "message %d\n", i)
@@ -316,9 +314,7 @@ func TestWebRefusesOthers(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	lobby := up.groups["lobby"]
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
+	alice := aliceInLobbyOf(t, up)
 	ws := alice.web(t, "--log-level", "debug")
 
 	// Without the link: the page says what it needs; the API says 401.

@@ -25,9 +25,7 @@ func TestWebSendsInOrder(t *testing.T) {
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby",
 		"--max-batch", "1", "--send-burst", "1", "--send-rate", "1")
 	lobby := up.groups["lobby"]
-	alice := newUser(t, "alice", up.registry)
-	waitListed(t, alice, lobby)
-	alice.join(t, "lobby")
+	alice := aliceInLobbyOf(t, up)
 	b := newBrowser(t, 1000, 800)
 	b.open(alice.web(t))
 	b.openJoined(lobby)
