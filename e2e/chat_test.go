@@ -403,6 +403,14 @@ func TestChatFollowsRestartedDaemon(t *testing.T) {
 	defer old.Close()
 	gd = startDaemon(t, "serve", serve...)
 	defer gd.stop(t)
+	// The line is typed once the registry lists the new address: the
+	// daemon registers a moment after it prints its groups, and a line
+	// typed before could only be sent to the old address (CI, under load).
+	if !eventually(waitTimeout, func() bool {
+		return slices.ContainsFunc(waitListed(t, alice, gd.groups["lobby"]), func(g groupJSON) bool { return slices.Contains(g.Addrs, gd.addr) })
+	}) {
+		t.Fatalf("the registry did not list lobby at the restarted daemon's address %s", gd.addr)
+	}
 	if _, err := io.WriteString(chat.stdin, "after the move\n"); err != nil {
 		t.Fatal(err)
 	}
