@@ -120,11 +120,18 @@ func (d *Daemon) registerLoop() {
 
 func (rs *registrations) start(ctx context.Context, r *registrar) {
 	rs.mu.Lock()
+	rs.addLocked(ctx, r)
+	rs.mu.Unlock()
+	rs.wg.Go(r.run)
+}
+
+// addLocked gives r its context and lists it among the registrars, in one
+// step under rs.mu, so that whoever finds r (learned, which may retire it
+// at once) finds it with its cancel set. rs.mu is held.
+func (rs *registrations) addLocked(ctx context.Context, r *registrar) {
+	r.ctx, r.cancel = context.WithCancel(ctx)
 	rs.all = append(rs.all, r)
 	rs.publishLocked()
-	rs.mu.Unlock()
-	r.ctx, r.cancel = context.WithCancel(ctx)
-	rs.wg.Go(r.run)
 }
 
 // publishLocked makes rs.all what countsChanged sees. rs.mu is held.
@@ -175,9 +182,12 @@ func (rs *registrations) found(ctx context.Context, fp wire.Fingerprint, addr st
 	r := newRegistrar(rs, []string{addr}, true)
 	r.pin = fp
 	rs.discovered[fp] = r
+	rs.addLocked(ctx, r)
 	rs.mu.Unlock()
 	rs.d.cfg.Logger.Info("registry found over mDNS; registering there too", "registry", addr, "fingerprint", fp.Short())
-	rs.start(ctx, r)
+	// learned may have retired r meanwhile: it then sees its context
+	// ended and stops without deregistering.
+	rs.wg.Go(r.run)
 }
 
 // learned is a configured registrar's report that its registry presents

@@ -611,3 +611,56 @@ func TestRegistrationCountsPromptly(t *testing.T) {
 		t.Fatalf("%d sends in %v renewed the lease %d times; want at most %d (one per %v)", sends, took, renewals, most, countsEvery)
 	}
 }
+
+// TestRegistrationFoundThenLearned has mDNS find a registry whose key the
+// registrar of a configured address learns at that moment (huddle serve
+// --registry 127.0.0.1:7373 beside that registry, which mDNS also finds:
+// the README's own setup). The discovered registrar was in the map
+// learned reads before it had its context, and learned retired it by
+// calling its nil cancel: the daemon crashed as it started (seen walking
+// the README in session 12). Now the discovered registrar stops at once
+// and the configured one is the only one left.
+func TestRegistrationFoundThenLearned(t *testing.T) {
+	fp := wire.Fingerprint{1, 2, 3}
+	var rs atomic.Pointer[registrations]
+	hook := &onLog{next: testLogger(t).Handler(), msg: "registry found over mDNS; registering there too", do: func() { rs.Load().learned(fp) }, calls: new(atomic.Int32)}
+	// The configured address answers nothing, so its registrar has not
+	// learned any key when mDNS reports fp.
+	d, stop := startGroupDaemon(t, Config{Registries: []string{"127.0.0.1:1"}, Logger: slog.New(hook)})
+	eventually(t, "the registrations running", func() bool { return d.regs.Load() != nil })
+	rs.Store(d.regs.Load())
+	rs.Load().found(d.life.Ctx(), fp, "127.0.0.2:7373")
+	if n := hook.calls.Load(); n != 1 {
+		t.Fatalf("the discovered registry was logged %d times, want once", n)
+	}
+	for _, s := range d.Registrations() {
+		if s.Discovered {
+			t.Errorf("a discovered registrar retired by learned is still listed: %+v", s)
+		}
+	}
+	stop()
+}
+
+// onLog is a log that calls do, once, when a record's message is msg, as
+// that record is logged.
+type onLog struct {
+	next  slog.Handler
+	msg   string
+	do    func()
+	calls *atomic.Int32
+}
+
+func (h *onLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *onLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return &onLog{next: h.next.WithAttrs(as), msg: h.msg, do: h.do, calls: h.calls}
+}
+func (h *onLog) WithGroup(g string) slog.Handler {
+	return &onLog{next: h.next.WithGroup(g), msg: h.msg, do: h.do, calls: h.calls}
+}
+
+func (h *onLog) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Message == h.msg && h.calls.Add(1) == 1 {
+		h.do()
+	}
+	return h.next.Handle(ctx, rec)
+}
