@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -38,6 +39,10 @@ func runCell(ctx context.Context, env Env, args []string) int {
 	verb := "cell " + sub
 	if f.server == "" {
 		return usageErr(env, verb, "name a member of the cell with --server HOST:PORT")
+	}
+	if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
+		// A bare host would be dialled at the registry's port, 7373.
+		return usageErr(env, verb, "--server %q: want HOST:PORT of a member of the cell (its huddle serve --listen address)", f.server)
 	}
 	var pin wire.Fingerprint
 	if f.fingerprint != "" {
@@ -96,6 +101,10 @@ func runCell(ctx context.Context, env Env, args []string) int {
 	}
 	if err != nil {
 		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.CodeUnsupported {
+			err = &refusal{fmt.Sprintf("%s is no member of a cell: a registry, or a group daemon started without --cell-peer (it answered: %v); "+
+				"--server names a member's address ('huddle groups' shows where a cell's groups are)", f.server, we)}
+		}
 		if sub != "status" && errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
 			// Not advice(we)'s: a cell has no secret to give, only keys.
 			err = &refusal{fmt.Sprintf("%v; run it with a member daemon's key: HUDDLE_HOME=that daemon's --state-dir (this key, %s, is no member's)",

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -219,4 +220,36 @@ func cellHost(t *testing.T, dir string) (*identity.Identity, string) {
 		t.Fatal(err)
 	}
 	return id, testport.Cell(t)
+}
+
+// TestCellServerNotAMember names, as --server, what operators reach for
+// by mistake: a host without a port (which went to the registry's port,
+// 7373), the registry, and a group daemon that is in no cell. Each says
+// what --server wants; the registry's answer was "unsupported operation:
+// cell_status" and nothing more.
+func TestCellServerNotAMember(t *testing.T) {
+	reg := startUp(t)
+	u := newTestUser(t, reg)
+	var g groupJSON
+	if err := json.Unmarshal([]byte(u.ok(t, "groups", "--json")), &g); err != nil || len(g.Addrs) == 0 {
+		t.Fatalf("huddle up's group: %+v, %v", g, err)
+	}
+	host, _, _ := net.SplitHostPort(reg)
+	for _, tc := range []struct {
+		server string
+		code   int
+		want   string
+	}{
+		{host, ExitUsage, `--server "` + host + `": want HOST:PORT`},
+		{reg, ExitRefused, reg + " is no member of a cell: a registry, or a group daemon started without --cell-peer"},
+		{g.Addrs[0], ExitRefused, g.Addrs[0] + " is no member of a cell: a registry, or a group daemon started without --cell-peer"},
+	} {
+		for _, sub := range [][]string{{"status"}, {"remove", g.Fingerprint}} {
+			args := append([]string{"cell"}, sub...)
+			code, _, errs := u.run(t, append(args, "--server", tc.server)...)
+			if code != tc.code || !strings.Contains(errs, tc.want) {
+				t.Errorf("huddle cell %s --server %s: exit %d (want %d), stderr:\n%s\nwant it to say %q", sub[0], tc.server, code, tc.code, errs, tc.want)
+			}
+		}
+	}
 }
