@@ -141,12 +141,24 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	tooLarge := func(l inputLine, size int) {
 		refuse(l, fmt.Sprintf("is too large (%d bytes; the group takes at most %s per message, see 'huddle info GROUP')", size, size64(maxMsg)))
 	}
+	// inFlight are the lines of the last send begun, with their IDs: if it
+	// times out, whether the daemon stored them is unknown, and a retry
+	// under the same IDs stores each once.
+	var inFlight []lineID
+	flying := func(msgs []client.Outgoing, from []inputLine) {
+		inFlight = inFlight[:0]
+		for i := range msgs {
+			inFlight = append(inFlight, lineID{n: from[i].n, id: msgs[i].ID})
+		}
+	}
 	send := func(msgs []client.Outgoing, from []inputLine) error {
+		flying(msgs, from)
 		acks, err := sendPaced(ctx, cf.timeout, g, msgs)
 		if errors.Is(err, client.ErrTooLarge) && len(msgs) > 1 {
 			// The daemon's limits are not the ones it reported: send one
 			// at a time, so only the lines at fault are refused.
 			for i := range msgs {
+				flying(msgs[i:i+1], from[i:i+1])
 				sctx, cancel := context.WithTimeout(ctx, cf.timeout)
 				acks, err := g.SendMessages(sctx, msgs[i:i+1])
 				cancel()
@@ -235,7 +247,11 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			continue
 		}
 		if err := send(msgs, from); err != nil {
-			return fail(env, "send", err)
+			code := fail(env, "send", err)
+			if code == ExitUnreachable {
+				retryHint(env, inFlight)
+			}
+			return code
 		}
 		s.remember(e)
 	}
@@ -247,6 +263,27 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		return ExitRefused
 	}
 	return ExitOK
+}
+
+// lineID is a line of standard input sent under a message ID.
+type lineID struct {
+	n  int
+	id client.ID
+}
+
+// retryHint names, after a send of lines timed out, the lines it carried
+// with their IDs (the daemon may have stored them, its acks lost: a retry
+// with --id stores each once), and says that no later line was sent.
+func retryHint(env Env, lines []lineID) {
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintf(env.Stderr, "  %s may have been stored all the same: retry each with its --id to have it stored once (huddle send GROUP --id ID TEXT)\n",
+		plural(len(lines), "this line", "these lines"))
+	for _, l := range lines {
+		fmt.Fprintf(env.Stderr, "    line %d: --id %s\n", l.n, l.id)
+	}
+	fmt.Fprintf(env.Stderr, "  no line after line %d was sent\n", lines[len(lines)-1].n)
 }
 
 // sendPaced sends msgs, each try within timeout, and when the daemon says

@@ -3,7 +3,9 @@
 package e2e
 
 import (
+	"io"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,5 +53,71 @@ func TestSendOutcomeUnknown(t *testing.T) {
 	// retry by ID.
 	if r := alice.run(t, "send", "lobby", "--registry", "127.0.0.1:1", "--timeout", "1s", "x"); r.code != 3 || strings.Contains(r.stderr, "--id") {
 		t.Errorf("send with no registry answering: want exit code 3 and no retry by ID\n%s", r)
+	}
+}
+
+// TestSendLinesOutcomeUnknown pipes lines to huddle send and stops the
+// daemon answering (SIGSTOP) after the first line's ack: the send of the
+// next lines times out (exit 3) without knowing whether they were stored.
+// A TEXT send names its ID to retry with; lines from standard input were
+// named by nothing, so a script could only resend them under new IDs and
+// store them twice. Each line in flight is named with its ID, and the
+// lines after it as not sent; retried with those IDs, each is stored once.
+func TestSendLinesOutcomeUnknown(t *testing.T) {
+	t.Parallel()
+	gd, _, alice := lobbySaidHello(t)
+	p := alice.start(t, "send", "lobby", "--timeout", "1500ms")
+	if _, err := io.WriteString(p.stdin, "first\n"); err != nil {
+		t.Fatal(err)
+	}
+	if !p.stdout.waitFor(waitTimeout, func(lines []string) bool { return len(lines) > 0 }) {
+		t.Fatalf("no ack of the first line:\n%s", p.stderr)
+	}
+	if err := gd.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			gd.proc.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	texts := map[int]string{2: "second", 3: "third"}
+	if _, err := io.WriteString(p.stdin, "second\nthird\n"); err != nil {
+		t.Fatal(err)
+	}
+	p.stdin.Close()
+	code := p.wait(t)
+	errs := p.stderr.String()
+	named := regexp.MustCompile(`(?m)^    line (\d+): --id ([0-9a-f-]{36})$`).FindAllStringSubmatch(errs, -1)
+	if code != 3 || len(named) == 0 || named[0][1] != "2" {
+		t.Fatalf("lines sent to a daemon that stopped answering: want exit code 3 and line 2's ID to retry with; exit %d, stderr:\n%s", code, errs)
+	}
+	last := named[len(named)-1][1]
+	if !strings.Contains(errs, "no line after line "+last+" was sent") {
+		t.Errorf("stderr does not say that the lines after line %s were not sent:\n%s", last, errs)
+	}
+	resume()
+	for _, m := range named {
+		n, _ := strconv.Atoi(m[1])
+		acks := jsonLines[ackJSON](t, alice.ok(t, "send", "lobby", "--json", "--id", m[2], texts[n]), ackKeys...)
+		if len(acks) != 1 || acks[0].MsgID != m[2] {
+			t.Fatalf("the retry of line %d with --id %s was acknowledged %+v", n, m[2], acks)
+		}
+	}
+	stored := make(map[string]int)
+	for _, msg := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json"), messageKeys...) {
+		stored[msg.Text]++
+	}
+	for n, text := range texts {
+		want := 0
+		if n <= len(named)+1 {
+			want = 1
+		}
+		if stored[text] != want {
+			t.Errorf("line %d (%q) is stored %d times after the retries, want %d", n, text, stored[text], want)
+		}
 	}
 }
