@@ -38,6 +38,8 @@ var (
 	ErrNoCertificate = errors.New("peer presented no certificate")
 	// ErrBadKey: the key file exists but cannot be used.
 	ErrBadKey = errors.New("unusable key file")
+	// ErrBadPinName: a name the known-hosts file cannot pin (KnownHosts.Check).
+	ErrBadPinName = errors.New("not a name a registry can be pinned under")
 )
 
 // Identity is a key pair and the certificate made from it.

@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -223,5 +224,36 @@ func TestForgetCommandPastes(t *testing.T) {
 		if got := strings.TrimSuffix(string(out), "|"); got != name {
 			t.Errorf("pasting %q gives the argument %q, want %q", cmd, got, name)
 		}
+	}
+}
+
+// TestKnownHostsNameIsOneLine checks that a name the file cannot hold on
+// one line is refused, and pins nothing: an mDNS instance name is anyone's
+// to choose on the LAN, and one with line breaks ("a FP\n10.0.0.9:7373
+// FP\nb", the fingerprints without dashes to fit DNS labels) added lines
+// of its own to the file, pinning a registry's address to the advertiser's
+// key.
+func TestKnownHostsNameIsOneLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	k := OpenKnownHosts(path)
+	evil, _ := Generate()
+	fp := strings.ReplaceAll(evil.Fingerprint().String(), "-", "")
+	for _, name := range []string{
+		"mdns:a " + fp + "\n10.0.0.9:7373 " + fp + "\nb",
+		"mdns:a " + fp + "\r10.0.0.9:7373 " + fp,
+		"mdns:\x1b]0;title\x07",
+		"mdns:\xff",
+		"",
+	} {
+		err := k.Check(name, evil.Fingerprint())
+		if !errors.Is(err, ErrBadPinName) {
+			t.Errorf("Check(%q) = %v, want ErrBadPinName", name, err)
+		}
+	}
+	if _, ok, err := OpenKnownHosts(path).Lookup("10.0.0.9:7373"); ok || err != nil {
+		t.Errorf("Lookup of the address a name smuggled in = %v, %v; want no pin", ok, err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the file was written: %v", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -90,8 +92,15 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 }
 
 // Check pins fp for name if name has no pin yet, and returns a *ChangedError
-// if name is pinned to another fingerprint.
+// if name is pinned to another fingerprint. A name the file cannot hold as
+// the first field of one line (empty, invalid UTF-8, a control character,
+// blanks around it) is refused with ErrBadPinName and pins nothing: an mDNS
+// instance name is anyone's to choose on the LAN, and one with a line break
+// in it would add lines of the advertiser's own to the file.
 func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
+	if err := checkPinName(name); err != nil {
+		return err
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	pins, err := k.read()
@@ -122,6 +131,20 @@ func (k *KnownHosts) Forget(name string) (bool, error) {
 	}
 	delete(pins, name)
 	return true, k.write(pins)
+}
+
+// checkPinName returns ErrBadPinName, saying why, if name cannot be read
+// back from the file as it was written.
+func checkPinName(name string) error {
+	switch {
+	case name == "" || strings.TrimSpace(name) != name:
+		return fmt.Errorf("%w: %q is empty or starts or ends with a blank", ErrBadPinName, name)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: %q is not UTF-8", ErrBadPinName, name)
+	case strings.ContainsFunc(name, unicode.IsControl):
+		return fmt.Errorf("%w: %q holds a control character", ErrBadPinName, name)
+	}
+	return nil
 }
 
 func (k *KnownHosts) read() (map[string]wire.Fingerprint, error) {
