@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -118,6 +119,46 @@ func TestNameTag(t *testing.T) {
 		_, err := toRegistry(a, c)
 		if (err == nil) != tc.ok {
 			t.Errorf("%q advertising %s: err %v, want ok=%v", tc.instance, tc.fp, err, tc.ok)
+		}
+	}
+}
+
+// TestInstanceNameIsText checks that an answer whose instance name is not
+// one line of printable text is refused: the name reaches a user's
+// terminal (huddle doctor) and the known_registries file, where a line
+// break (\010 in a label, unescaped) wrote pins of the advertiser's
+// choosing and an escape sequence drove the terminal.
+func TestInstanceNameIsText(t *testing.T) {
+	fp := "abcd-efgh-ijkl"
+	for _, fqdn := range []string{
+		`a\010127.0.0.1:7373\032abcdefghijkl._huddle._udp.local.`,
+		`a\013b._huddle._udp.local.`,
+		`\027]0;title\007._huddle._udp.local.`,
+		`caf\195._huddle._udp.local.`,    // a UTF-8 sequence cut short
+		`a\194\155b._huddle._udp.local.`, // U+009B, an 8-bit CSI
+		`\032a._huddle._udp.local.`,      // a blank a pin would lose
+	} {
+		z := &zone{host: "h.local.", port: 7373, txt: txtRecord("", fp), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+		m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Answer: []dns.RR{
+			&dns.PTR{Hdr: z.hdr(serviceName, dns.TypePTR), Ptr: fqdn},
+			&dns.SRV{Hdr: z.hdr(fqdn, dns.TypeSRV), Target: z.host, Port: z.port},
+			&dns.TXT{Hdr: z.hdr(fqdn, dns.TypeTXT), Txt: z.txt},
+		}, Extra: z.addrRRs()}
+		out, err := m.Pack()
+		if err != nil {
+			t.Fatalf("%s: %v", fqdn, err)
+		}
+		var back dns.Msg
+		if err := back.Unpack(out); err != nil {
+			t.Fatalf("%s: %v", fqdn, err)
+		}
+		as := adverts(&back)
+		if len(as) != 1 {
+			t.Fatalf("%s: %d adverts, want 1", fqdn, len(as))
+		}
+		r, err := toRegistry(as[0], candidate{})
+		if !errors.Is(err, ErrBadAnswer) {
+			t.Errorf("%s read as %q: err %v, want ErrBadAnswer", fqdn, r.Instance, err)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/miekg/dns"
 )
@@ -279,11 +281,22 @@ func toRegistry(a *advert, c candidate) (Advertised, error) {
 		return r, fmt.Errorf("%w: %q speaks %q, not %q", ErrBadAnswer, r.Instance, r.Proto, Proto)
 	case len(r.Addrs) == 0 || a.port == 0:
 		return r, fmt.Errorf("%w: %q has no usable address", ErrBadAnswer, r.Instance)
+	case !plainName(r.Instance):
+		// Anyone on the link names an instance, and the name is shown to
+		// users and kept in their known_registries file (one line each).
+		return r, fmt.Errorf("%w: instance name %q is not one line of text", ErrBadAnswer, r.Instance)
 	}
 	if tag, ok := nameTag(r.Instance); ok && tag != fingerprintTag(r.Fingerprint) {
 		return r, fmt.Errorf("%w: %q is named for key %s but advertises %s", ErrBadAnswer, r.Instance, tag, fingerprintTag(r.Fingerprint))
 	}
 	return r, nil
+}
+
+// plainName reports whether an instance name is one line of printable
+// text: valid UTF-8 with no control character (C0, DEL, C1) and no blank
+// at either end.
+func plainName(s string) bool {
+	return s != "" && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) && strings.TrimSpace(s) == s
 }
 
 // nameTag returns the fingerprint tag an instance name carries ("NAME
