@@ -6,7 +6,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Code is an error code carried by an Error frame.
@@ -115,8 +118,13 @@ type Error struct {
 	Replicas []Replica `cbor:"6,keyasint,omitempty"`
 }
 
+// Error returns the message, or the code's text without one. The message
+// is a peer's text, and callers print it: shown as one line of at most
+// MaxShownMessage bytes, its control and format characters (a line break,
+// ESC, U+202E) and invalid bytes as U+FFFD, so that a server cannot drive
+// the terminal of a user reading the error, nor fake lines of its own.
 func (e *Error) Error() string {
-	msg := e.Message
+	msg := shownMessage(e.Message)
 	if msg == "" {
 		msg = e.Code.Sentinel().Error()
 	}
@@ -124,6 +132,38 @@ func (e *Error) Error() string {
 		return fmt.Sprintf("%s (retry after %v)", msg, e.RetryAfter())
 	}
 	return msg
+}
+
+// MaxShownMessage is how much of an Error's message Error returns; the
+// rest is cut, marked with "...".
+const MaxShownMessage = 1024
+
+func shownMessage(s string) string {
+	cut := len(s) > MaxShownMessage
+	if cut {
+		s = s[:MaxShownMessage]
+	}
+	if !cut && utf8.ValidString(s) && !strings.ContainsFunc(s, unshown) {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s { // an invalid byte comes as U+FFFD
+		if cut && !utf8.FullRuneInString(s[i:]) {
+			break // a character the cut split
+		}
+		if unshown(r) {
+			r = utf8.RuneError
+		}
+		b.WriteRune(r)
+	}
+	if cut {
+		b.WriteString("...")
+	}
+	return b.String()
+}
+
+func unshown(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029'
 }
 
 // Unwrap returns the code's sentinel, so errors.Is(err, ErrNotMember) works

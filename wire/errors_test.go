@@ -177,3 +177,23 @@ func TestToErrorCodecErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorShownAsOneLine checks that an Error's text, a peer's, is one
+// line of bounded length with no character a terminal acts on or hides:
+// a hostile server's message reached users' terminals as it was.
+func TestErrorShownAsOneLine(t *testing.T) {
+	for _, tc := range []struct{ msg, want string }{
+		{"not a member", "not a member"},
+		{"refused\r\nhuddle: fake line", "refused\uFFFD\uFFFDhuddle: fake line"},
+		{"\x1b]52;c;aGk=\x07\x1b[2J\u009b31m", "\uFFFD]52;c;aGk=\uFFFD\uFFFD[2J\uFFFD31m"},
+		{"evil\u202e\u200bname\xff", "evil\uFFFD\uFFFDname\uFFFD"},
+		{"été", "été"},
+		{strings.Repeat("a", MaxShownMessage-1) + "é", strings.Repeat("a", MaxShownMessage-1) + "..."},
+		{strings.Repeat("b", 1<<20), strings.Repeat("b", MaxShownMessage) + "..."},
+	} {
+		got := (&Error{Code: CodeUnauthorized, Message: tc.msg}).Error()
+		if got != tc.want {
+			t.Errorf("Error() of %.40q = %.60q..., want %.60q...", tc.msg, got, tc.want)
+		}
+	}
+}
