@@ -327,14 +327,14 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	}
 	if waiting {
 		fmt.Fprintf(env.Stdout, "%s at %s is waiting to be added to a cell (it knows of no member yet): on a member's host, HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER %s@%s\n",
-			first.Self.Fingerprint.Short(), first.Self.Addr, first.Self.Fingerprint, first.Self.Addr)
+			first.Self.Fingerprint.Short(), shown(first.Self.Addr), first.Self.Fingerprint, shown(first.Self.Addr))
 		return nil
 	}
 	if removed {
-		fmt.Fprintf(env.Stdout, "%s at %s is not a member of this cell (it was removed); the cell it left:\n", first.Self.Fingerprint.Short(), first.Self.Addr)
+		fmt.Fprintf(env.Stdout, "%s at %s is not a member of this cell (it was removed); the cell it left:\n", first.Self.Fingerprint.Short(), shown(first.Self.Addr))
 	}
 	if leader != nil {
-		fmt.Fprintf(env.Stdout, "cell of %s; leader %s at %s, term %d\n", count(uint64(len(views)), "member", "members"), leader.Self.Fingerprint.Short(), leader.Self.Addr, leader.Term)
+		fmt.Fprintf(env.Stdout, "cell of %s; leader %s at %s, term %d\n", count(uint64(len(views)), "member", "members"), leader.Self.Fingerprint.Short(), shown(leader.Self.Addr), leader.Term)
 	} else {
 		fmt.Fprintf(env.Stdout, "cell of %s; no member leads now (an election, or no majority)\n", count(uint64(len(views)), "member", "members"))
 	}
@@ -349,7 +349,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 				// started): say so, or it looks like a voter that is down.
 				state = "unreachable, catching up (no vote)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\n", v.replica.Fingerprint.Short(), v.replica.Addr, state)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\n", v.replica.Fingerprint.Short(), shown(v.replica.Addr), state)
 			unreachable = append(unreachable, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), plainErr(v.err)))
 			continue
 		}
@@ -373,7 +373,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		case st.LastContact < 0:
 			contact = "never"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", st.Self.Fingerprint.Short(), st.Self.Addr, state, st.Term, st.AppliedIndex, lagText, contact)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", st.Self.Fingerprint.Short(), shown(st.Self.Addr), shown(state), st.Term, st.AppliedIndex, lagText, contact)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -384,7 +384,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	if leader != nil && len(leader.Groups) > 0 {
 		var names []string
 		for _, g := range leader.Groups {
-			names = append(names, fmt.Sprintf("%s (%s, %s)", g.Name, count(g.Last, "message", "messages"), count(uint64(g.Members), "member", "members")))
+			names = append(names, fmt.Sprintf("%s (%s, %s)", shown(g.Name), count(g.Last, "message", "messages"), count(uint64(g.Members), "member", "members")))
 		}
 		fmt.Fprintf(env.Stdout, "groups: %s\n", strings.Join(names, ", "))
 	}
@@ -408,7 +408,7 @@ func printMembers(env Env, members []client.Replica, asJSON bool) error {
 		case m.CatchingUp:
 			leader = "  (catching up: no vote yet)"
 		}
-		fmt.Fprintf(env.Stdout, "  %s@%s%s\n", m.Fingerprint, m.Addr, leader)
+		fmt.Fprintf(env.Stdout, "  %s@%s%s\n", m.Fingerprint, shown(m.Addr), leader)
 	}
 	return nil
 }

@@ -87,7 +87,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		if info.Private {
 			how += " --secret-file FILE"
 		}
-		return fail(env, "chat", &refusal{fmt.Sprintf("not a member of %s; join it first: %s", info.Name, how)})
+		return fail(env, "chat", &refusal{fmt.Sprintf("not a member of %s; join it first: %s", shown(info.Name), how)})
 	}
 	s.remember(e)
 
@@ -101,7 +101,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if c.json {
 		c.event("start", "group", info.Name, "uuid", info.Group.String(), "members", info.Members)
 	} else {
-		c.printf("-- %s: %s; /help for commands, /quit to leave --\n", info.Name, count(info.Members, "member", "members"))
+		c.printf("-- %s: %s; /help for commands, /quit to leave --\n", shown(info.Name), count(info.Members, "member", "members"))
 	}
 
 	wctx, stop := context.WithCancel(ctx)
@@ -218,7 +218,7 @@ func (c *chat) notice(kind, text string, kv ...any) {
 		c.event(kind, kv...)
 		return
 	}
-	c.printf("-- %s --\n", text)
+	c.printf("-- %s --\n", shown(text))
 }
 
 // wait waits for ch, at most the command's timeout, or until ctx ends.
@@ -310,7 +310,7 @@ func (c *chat) show(m client.Message) {
 		if m.From == c.me {
 			name += " (you)"
 		}
-		fmt.Fprintf(c.out, "%s %s: %s\n", m.Time.Local().Format("15:04:05"), name, printable(m.Body))
+		fmt.Fprintf(c.out, "%s %s: %s\n", m.Time.Local().Format("15:04:05"), shown(name), printable(m.Body))
 	}
 	if m.Seq > c.lastShown {
 		c.lastShown = m.Seq
@@ -529,7 +529,7 @@ func (c *chat) command(ctx context.Context, line string) bool {
 		c.names.seeMembers(ms)
 		var names []string
 		for _, m := range ms {
-			n := c.names.label(m.Fingerprint, m.Name)
+			n := shown(c.names.label(m.Fingerprint, m.Name))
 			if m.Fingerprint == c.me {
 				n += " (you)"
 			}
@@ -556,7 +556,7 @@ func (c *chat) command(ctx context.Context, line string) bool {
 			held = fmt.Sprintf("no messages held (retention dropped them all, up to #%d)", in.Last)
 		}
 		c.printf("-- %s: %s, %s, max message %s --\n",
-			in.Name, count(in.Members, "member", "members"), held, size(in.Limits.MaxMessageBytes))
+			shown(in.Name), count(in.Members, "member", "members"), held, size(in.Limits.MaxMessageBytes))
 	default:
 		c.notice("error", fmt.Sprintf("unknown command %s; /help lists them (//%s sends it as text)", cmd, strings.TrimPrefix(line, "/")),
 			"error", "unknown command "+cmd)

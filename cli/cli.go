@@ -73,6 +73,7 @@ var verbs = map[string]verb{
 
 // Main runs the huddle command line args and returns the process exit code.
 func Main(ctx context.Context, args []string, env Env) int {
+	env.Stderr = shownWriter{env.Stderr}
 	if len(args) == 0 {
 		// A bare huddle is a usage mistake, as a verb without its arguments
 		// is: the list goes to stderr, and the exit code says so.

@@ -247,7 +247,7 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		if joined.has(c) {
 			mark = "  (joined)"
 		}
-		fmt.Fprintf(&b, "\n    %s  %s  %s  daemon %s%s", c.Group, c.Name, strings.Join(c.Addrs, ","), c.Fingerprint.Short(), mark)
+		fmt.Fprintf(&b, "\n    %s  %s  %s  daemon %s%s", c.Group, shown(c.Name), shown(strings.Join(c.Addrs, ",")), c.Fingerprint.Short(), mark)
 	}
 	if len(exact) > 1 {
 		b.WriteString("\n  the same UUID is listed under several daemon keys: someone registered a group under another's UUID; ask its owner which daemon is theirs")
@@ -375,7 +375,7 @@ func printJSON(w io.Writer, v any) error {
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
+	b = append(escapeJSON(b), '\n')
 	_, err = w.Write(b)
 	return err
 }

@@ -159,7 +159,7 @@ func printMessage(env Env, asJSON bool, group, uuid, label string, names *nameBo
 			From: m.From.String(), Name: m.Name, Text: string(m.Body),
 		})
 	}
-	_, err := fmt.Fprintf(env.Stdout, "%s%6d  %s  %s: %s\n", label, m.Seq, localTime(m.Time), names.labelMessage(m), printable(m.Body))
+	_, err := fmt.Fprintf(env.Stdout, "%s%6d  %s  %s: %s\n", label, m.Seq, localTime(m.Time), shown(names.labelMessage(m)), printable(m.Body))
 	return err
 }
 
@@ -167,20 +167,6 @@ func printMessage(env Env, asJSON bool, group, uuid, label string, names *nameBo
 // (a full disk): exit code 1, as for any local file unusable.
 func writeErr(err error) error {
 	return fmt.Errorf("write standard output: %s", plainErr(err))
-}
-
-// printable keeps control characters in a message from driving the
-// reader's terminal.
-func printable(b []byte) string {
-	out := make([]rune, 0, len(b))
-	for _, r := range string(b) {
-		if r < 0x20 && r != '\t' || r == 0x7f {
-			out = append(out, '\uFFFD')
-			continue
-		}
-		out = append(out, r)
-	}
-	return string(out)
 }
 
 func timeOf(ns int64) time.Time { return time.Unix(0, ns) }

@@ -47,7 +47,7 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 			})
 		}
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
-		row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%v\n", k, v) }
+		row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%s\n", k, shown(fmt.Sprint(v))) } // names, addresses, storage: the daemon's text
 		row("name", in.Name)
 		row("uuid", in.Group)
 		row("daemon", fmt.Sprintf("%s at %s", in.Daemon, strings.Join(e.Addrs, ", ")))

@@ -57,11 +57,11 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 		}
 		switch {
 		case j.Already && renamed:
-			fmt.Fprintf(env.Stdout, "already in %s; your name there is now %q\n", e.Name, as)
+			fmt.Fprintf(env.Stdout, "already in %s; your name there is now %q\n", shown(e.Name), as)
 		case j.Already:
-			fmt.Fprintf(env.Stdout, "already in %s as %q\n", e.Name, as)
+			fmt.Fprintf(env.Stdout, "already in %s as %q\n", shown(e.Name), as)
 		default:
-			fmt.Fprintf(env.Stdout, "joined %s as %q (%s so far)\n", e.Name, as, count(j.Last, "message", "messages"))
+			fmt.Fprintf(env.Stdout, "joined %s as %q (%s so far)\n", shown(e.Name), as, count(j.Last, "message", "messages"))
 		}
 		return nil
 	})
@@ -148,9 +148,9 @@ func runLeave(ctx context.Context, env Env, args []string) int {
 			return printJSON(env.Stdout, map[string]any{"uuid": e.Group.String(), "name": e.Name, "was_member": was})
 		}
 		if was {
-			fmt.Fprintf(env.Stdout, "left %s\n", e.Name)
+			fmt.Fprintf(env.Stdout, "left %s\n", shown(e.Name))
 		} else {
-			fmt.Fprintf(env.Stdout, "you were not in %s\n", e.Name)
+			fmt.Fprintf(env.Stdout, "you were not in %s\n", shown(e.Name))
 		}
 		return nil
 	})

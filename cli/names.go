@@ -113,6 +113,8 @@ func writeTable(w io.Writer, rows [][]string) error {
 	var widths []int
 	for _, r := range rows {
 		for i, c := range r {
+			c = shown(c) // a peer's names, addresses and text
+			r[i] = c
 			if i == len(widths) {
 				widths = append(widths, 0)
 			}

@@ -83,7 +83,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 	// padded to one width (in terminal columns: names may be CJK or emoji).
 	width := 0
 	for _, g := range groups {
-		width = max(width, displayWidth(g.Name()))
+		width = max(width, displayWidth(shown(g.Name())))
 	}
 	for _, g := range groups {
 		wg.Add(1)
@@ -97,7 +97,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 				uuid = g.ID().String()
 			}
 			if len(groups) > 1 {
-				label = padRight("["+g.Name()+"]", width+2) + " "
+				label = padRight("["+shown(g.Name())+"]", width+2) + " "
 			}
 			// failed ends every group's watch with this group's error; mu
 			// is held. An error once the watch was stopped (its reader
@@ -118,7 +118,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 				return
 			}
 			if note != "" {
-				fmt.Fprintf(env.Stderr, "note: [%s] no member list (%s): a name worn by two keys may show without its key\n", g.Name(), note)
+				fmt.Fprintf(env.Stderr, "note: [%s] no member list (%s): a name worn by two keys may show without its key\n", shown(g.Name()), note)
 			}
 			mu.Unlock()
 			for ev, err := range g.Watch(wctx, q) {
@@ -197,12 +197,12 @@ func printEvent(env Env, asJSON bool, group, uuid, label, name string, names *na
 		if asJSON {
 			return printJSON(env.Stdout, map[string]any{"group": name, "uuid": uuid, "event": "gap", "from_seq": ev.From, "to_seq": ev.To})
 		}
-		fmt.Fprintf(env.Stderr, "[%s] messages #%d..#%d were dropped by retention before they could be shown\n", name, ev.From, ev.To)
+		fmt.Fprintf(env.Stderr, "[%s] messages #%d..#%d were dropped by retention before they could be shown\n", shown(name), ev.From, ev.To)
 	case client.EventReset:
 		if asJSON {
 			return printJSON(env.Stdout, map[string]any{"group": name, "uuid": uuid, "event": "reset", "epoch": ev.Epoch})
 		}
-		fmt.Fprintf(env.Stderr, "[%s] the group's daemon restarted and its history was reset; following the new log from its start\n", name)
+		fmt.Fprintf(env.Stderr, "[%s] the group's daemon restarted and its history was reset; following the new log from its start\n", shown(name))
 	}
 	return nil
 }

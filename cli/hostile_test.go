@@ -1,0 +1,121 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+	"unicode"
+
+	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// What a hostile registry and group daemon put where a user's terminal
+// shows it: an OSC 52 that writes the clipboard, a window title, a screen
+// clear, an 8-bit CSI (U+009B), a line break that fakes a line of its own,
+// and a bidirectional override that reverses what follows (names only:
+// a message body may hold the marks of right-to-left text).
+const (
+	evilCtl  = "\x1b]52;c;aGk=\x07\x1b]0;title\x07\x1b[2J\u009b31m\r\nfake line"
+	evilName = "mallory" + evilCtl + "\u202e"
+	evilBody = "hello " + evilCtl
+)
+
+// hostilePeer runs a registry and group daemon in one server that answers
+// every operation with evilName, evilBody and evilCtl wherever text goes:
+// group and member names, addresses, info's storage, message names and
+// bodies, and the messages of its errors (join is refused).
+func hostilePeer(t *testing.T) (addr string, group wire.UUID) {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group = wire.UUID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	var s *server.Server
+	const epoch = 7
+	handle := func(ctx context.Context, c *server.Call) error {
+		fp := id.Fingerprint()
+		member := wire.Member{Fingerprint: fp, Name: evilName, Joined: time.Now().UnixNano(), LastSeen: time.Now().UnixNano()}
+		msg := wire.Message{Seq: 1, Time: time.Now().UnixNano(), ID: wire.ID{1}, From: fp, Name: evilName, Body: []byte(evilBody)}
+		switch c.Op() {
+		case wire.OpList:
+			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{
+				Group: group, Name: evilName, Addrs: []string{s.Addr().String(), "x" + evilCtl + ":1"},
+				Fingerprint: fp, Members: 1, LastSeq: 1, ExpiresMS: 15000,
+			}}})
+		case wire.OpInfo:
+			return c.Result(wire.Info{Group: group, Name: evilName, Epoch: epoch, First: 1, Last: 1, Members: 1, Member: true,
+				Fingerprint: fp, Storage: "disk" + evilCtl, Fsync: "always" + evilCtl,
+				Limits: wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}})
+		case wire.OpMembers:
+			return c.Result(wire.MemberList{Members: []wire.Member{member}})
+		case wire.OpFetch:
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg}}); err != nil {
+				return err
+			}
+			return c.Send(wire.KindEnd, wire.End{Next: 1, First: 1, Last: 1, Epoch: epoch})
+		}
+		return &wire.Error{Code: wire.CodeUnauthorized, Message: "refused " + evilCtl}
+	}
+	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, handle)
+	if err := s.Listen(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s.Addr().String(), group
+}
+
+// TestHostilePeerText runs the commands that show a peer's text against a
+// hostile registry and daemon, and checks that no control character of
+// theirs reaches the terminal, nor a format character of a name: each is
+// shown as U+FFFD. --json carries the text as it came, escaped by JSON.
+func TestHostilePeerText(t *testing.T) {
+	addr, group := hostilePeer(t)
+	u := newTestUser(t, addr)
+	uuid := group.String()
+	for _, args := range [][]string{
+		{"groups"},
+		{"info", uuid},
+		{"members", uuid},
+		{"fetch", uuid},
+		{"join", uuid, "--as", "eve"},
+		{"chat", uuid},
+		{"groups", "--json"},
+		{"fetch", uuid, "--json"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, out, errs := u.run(t, args...)
+			t.Logf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+			for _, o := range []struct{ name, text string }{{"stdout", out}, {"stderr", errs}} {
+				if i := strings.IndexFunc(o.text, func(r rune) bool {
+					return unicode.IsControl(r) && r != '\n' && r != '\t' || r == '\u202e'
+				}); i >= 0 {
+					t.Errorf("%s holds %q at byte %d: %q", o.name, []rune(o.text[i:])[0], i, o.text)
+				}
+				if strings.Contains(o.text, "\nfake line") {
+					t.Errorf("%s holds a line of the peer's: %q", o.name, o.text)
+				}
+			}
+			if out == "" && errs == "" {
+				t.Error("no output at all")
+			}
+			if args[len(args)-1] == "--json" {
+				// A script reads the peer's text back as it came.
+				var v struct{ Name, Text string }
+				if err := json.Unmarshal([]byte(out), &v); err != nil {
+					t.Fatalf("%v: %q", err, out)
+				}
+				if v.Name != evilName || args[0] == "fetch" && v.Text != evilBody {
+					t.Errorf("--json read back name %q text %q, want %q and %q", v.Name, v.Text, evilName, evilBody)
+				}
+			}
+		})
+	}
+}

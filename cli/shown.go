@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// A peer chooses much of what the commands print: message bodies, member
+// and group names, addresses, the text fields of info and cell status,
+// the messages of its errors, mDNS instance names. A terminal takes
+// control characters in them for commands (ESC begins sequences that
+// retitle the window, clear the screen or write the clipboard; U+009B is
+// an 8-bit CSI; a line break fakes a line of its own), so a peer's text
+// reaches a terminal through the functions below, which show each such
+// character as U+FFFD. --json keeps the text as it came, in escapes that
+// JSON parsers read back unchanged (printJSON).
+
+// shown returns s, a name or another one-line field a peer chose, as it
+// may be shown: a control character (C0, DEL, C1), a format character (a
+// bidirectional override, a zero-width character: names refuse them, as
+// they make one name pass for another), a line or paragraph separator, or
+// a byte that is not UTF-8 becomes U+FFFD. A name an honest daemon
+// accepted is unchanged.
+func shown(s string) string {
+	if !strings.ContainsFunc(s, notShown) && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s { // an invalid byte comes as U+FFFD
+		if notShown(r) {
+			r = utf8.RuneError
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func notShown(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029'
+}
+
+// printable returns a message body as it may be shown: a control
+// character but the tab, or a byte that is not UTF-8, becomes U+FFFD.
+// Format characters stay: right-to-left text needs its marks.
+func printable(b []byte) string {
+	out := make([]rune, 0, len(b))
+	for _, r := range string(b) {
+		if unicode.IsControl(r) && r != '\t' {
+			r = utf8.RuneError
+		}
+		out = append(out, r)
+	}
+	return string(out)
+}
+
+// shownWriter is standard error as the commands write it: every control
+// character but the line feed and the tab, and every byte that is not
+// UTF-8, is written as U+FFFD. Errors quote what servers said and what the
+// network stack reported, and daemons log what peers sent; all of it goes
+// through here.
+type shownWriter struct{ w io.Writer }
+
+func (s shownWriter) Write(p []byte) (int, error) {
+	if utf8.Valid(p) && !bytes.ContainsFunc(p, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) {
+		return s.w.Write(p)
+	}
+	n := len(p)
+	var b bytes.Buffer
+	for len(p) > 0 {
+		r, size := utf8.DecodeRune(p)
+		if unicode.IsControl(r) && r != '\n' && r != '\t' {
+			r = utf8.RuneError
+		}
+		b.WriteRune(r)
+		p = p[size:]
+	}
+	if _, err := s.w.Write(b.Bytes()); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// escapeJSON rewrites, in JSON that encoding/json wrote, the characters a
+// terminal would act on or hide that it leaves as they are (C1 controls,
+// format characters such as U+202E) as \u escapes, which every JSON
+// parser reads back as the same characters: a script gets the peer's text
+// unchanged, and a person reading the output sees no effect of it.
+func escapeJSON(b []byte) []byte {
+	if !bytes.ContainsFunc(b, notShown) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+32)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if r == utf8.RuneError || !notShown(r) {
+			// encoding/json writes only valid UTF-8, and has escaped the
+			// C0 controls, DEL excepted, and the line separators already.
+			out = append(out, b[:n]...)
+		} else if r > 0xffff {
+			r1, r2 := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+		} else {
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+		b = b[n:]
+	}
+	return out
+}
