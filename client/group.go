@@ -344,6 +344,14 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	var md wire.MessagesDecoder
 	var msgs []wire.Message // reused from frame to frame; bodies are not
 	tries := 0              // replicas that refused the page at hand
+	// The last sequence delivered (or the cursor asked from): a message at
+	// or before it is not delivered again, whatever the server sends, so
+	// that a daemon repeating a page ends the fetch (a page that delivers
+	// nothing new does) rather than have it page on for ever.
+	var delivered uint64
+	if after != nil {
+		delivered = *after
+	}
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
@@ -363,6 +371,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 				}
 				for i := range msgs {
+					if msgs[i].Seq <= delivered {
+						continue
+					}
+					delivered = msgs[i].Seq
 					n++
 					if !stopped && !yield(messageFrom(&msgs[i])) {
 						stopped = true
