@@ -3,6 +3,8 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,4 +67,107 @@ func TestFetchDaemonRepeatsItself(t *testing.T) {
 		}
 	}
 	t.Logf("%d pages served", pages.Load())
+}
+
+// hostileRegistry runs a registry of its own making, whose pages page
+// returns (the cursor asked for, empty for the first page).
+func hostileRegistry(t *testing.T, page func(after []byte) wire.Groups) (*client.Client, *client.Registry) {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, func(ctx context.Context, c *server.Call) error {
+		var l wire.List
+		if err := c.Decode(&l); err != nil {
+			return err
+		}
+		return c.Result(page(l.After))
+	})
+	if err := s.Listen(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	c := newClient(t)
+	r, err := c.Registry(t.Context(), s.Addr().String(), id.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, r
+}
+
+// TestListingBounded checks that a registry's listing is refused
+// (ErrProtocol) when an entry is larger than any registry accepts, or the
+// listing larger than the client holds: a registry whose 4096 pages each
+// listed one group of a 1 MiB name made a client hold 4 GiB.
+func TestListingBounded(t *testing.T) {
+	fp := wire.Fingerprint{9}
+	entry := func(i int) wire.GroupEntry {
+		return wire.GroupEntry{Group: wire.UUID{byte(i >> 16), byte(i >> 8), byte(i), 1}, Name: fmt.Sprintf("g%06d", i), Addrs: []string{"10.0.0.1:7374"}, Fingerprint: fp}
+	}
+	long := strings.Repeat("a", 64)
+	var served atomic.Int64 // entries of the largest kind served
+	for _, tc := range []struct {
+		name string
+		page func(after []byte) wire.Groups
+	}{
+		{"a name of 100 KiB", func([]byte) wire.Groups {
+			e := entry(1)
+			e.Name = strings.Repeat("n", 100<<10)
+			return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{e}}
+		}},
+		{"17 addresses", func([]byte) wire.Groups {
+			e := entry(1)
+			e.Addrs = make([]string, 17)
+			for i := range e.Addrs {
+				e.Addrs[i] = fmt.Sprintf("10.0.0.%d:1", i)
+			}
+			return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{e}}
+		}},
+		{"an address of 100 KiB", func([]byte) wire.Groups {
+			e := entry(1)
+			e.Addrs = []string{strings.Repeat("1", 100<<10)}
+			return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{e}}
+		}},
+		{"more than 64 MiB of entries each within its limits", func(after []byte) wire.Groups {
+			// Pages of 300 entries of 16 addresses and 9 replicas, each
+			// field at its longest, as long as the client asks.
+			from := 0
+			if len(after) > 0 {
+				fmt.Sscan(string(after), &from)
+			}
+			g := wire.Groups{Epoch: 1, Next: fmt.Append(nil, from+300)}
+			for i := from; i < from+300; i++ {
+				e := entry(i)
+				e.Name = fmt.Sprintf("%06d", i) + long[:58]
+				e.Addrs = make([]string, wire.MaxAddrs)
+				for j := range e.Addrs {
+					e.Addrs[j] = long
+				}
+				for j := range wire.MaxReplicas {
+					e.Replicas = append(e.Replicas, wire.Replica{Addr: long, Fingerprint: wire.Fingerprint{byte(j + 1)}})
+				}
+				g.Groups = append(g.Groups, e)
+			}
+			served.Add(300)
+			return g
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, r := hostileRegistry(t, tc.page)
+			_, err := r.List(t.Context())
+			if !errors.Is(err, client.ErrProtocol) {
+				t.Fatalf("List: %v, want ErrProtocol", err)
+			}
+			t.Log(err)
+		})
+	}
+	// Each entry of the last case holds 2 KiB and more: the client stops
+	// at 64 MiB of them, where 65,536 groups took 140 MiB.
+	if n := served.Load(); n*2048 > 64<<20+300*2048 {
+		t.Errorf("the client read %d entries of 2 KiB and more before it stopped", n)
+	}
 }

@@ -177,13 +177,31 @@ func (r *Registry) fail(op string, err error) error {
 const (
 	maxListed    = 1 << 16 // groups in one listing
 	maxListPages = 4096
+	// maxListedBytes bounds what one registry's listing makes the client
+	// hold (listedBytes of its entries): 65,536 groups of an honest
+	// registry take 10-30 MiB, and the most each entry may hold (names,
+	// 16 addresses, 9 replicas) would be 140 MiB.
+	maxListedBytes = 64 << 20
 )
+
+// listedBytes is about what e holds in memory.
+func listedBytes(e *wire.GroupEntry) int {
+	n := 128 + len(e.Name)
+	for _, a := range e.Addrs {
+		n += 16 + len(a)
+	}
+	for _, r := range e.Replicas {
+		n += 64 + len(r.Addr)
+	}
+	return n
+}
 
 // List returns every group whose lease is alive, sorted by name, reading
 // the registry's listing page by page (PROTOCOL.md §7.4). If the registry restarts while the pages are read (its epoch
 // changes), the listing starts over, once. Errors: those of a call, and
-// ErrProtocol for a registry whose pages go backwards, or that lists more
-// than 65,536 groups.
+// ErrProtocol for a registry whose pages go backwards, that lists more
+// than 65,536 groups or 64 MiB of them, or an entry larger than a
+// registration may be (a name over 64 bytes, more than 16 addresses...).
 func (r *Registry) List(ctx context.Context) (Listing, error) {
 	for restarts := 0; ; restarts++ {
 		all, err := r.list(ctx)
@@ -202,6 +220,7 @@ var errListRestarted = errors.New("the registry restarted while its listing was 
 func (r *Registry) list(ctx context.Context) (Listing, error) {
 	var all Listing
 	var after []byte
+	held := 0 // listedBytes of all.Groups
 	for pages := 0; ; pages++ {
 		var g wire.Groups
 		if err := r.p.single(ctx, wire.OpList, wire.List{After: after}, &g); err != nil {
@@ -216,6 +235,9 @@ func (r *Registry) list(ctx context.Context) (Listing, error) {
 		for _, e := range g.Groups {
 			if n := len(all.Groups); n > 0 && listedOrder(&all.Groups[n-1], &e) >= 0 {
 				return Listing{}, fmt.Errorf("group %s is not after %s in name order: %w", e.Group, all.Groups[n-1].Group, ErrProtocol)
+			}
+			if held += listedBytes(&e); held > maxListedBytes {
+				return Listing{}, fmt.Errorf("a listing of more than %d MiB: %w", maxListedBytes>>20, ErrProtocol)
 			}
 			all.Groups = append(all.Groups, e)
 		}

@@ -231,6 +231,32 @@ type GroupEntry struct {
 	Replicas []Replica `cbor:"8,keyasint,omitempty"`
 }
 
+// check holds a listing to what a registry can list: names, addresses
+// and replicas within the limits of a registration (a client decoding a
+// listing otherwise held whatever a registry sent, up to a frame a page).
+// A name's characters are not checked here: a registry of an earlier
+// version may list a name the rules refuse now.
+func (g *Groups) check() error {
+	for i := range g.Groups {
+		e := &g.Groups[i]
+		switch {
+		case len(e.Name) > MaxNameBytes:
+			return fmt.Errorf("group %s: a name of %d bytes, at most %d: %w", e.Group, len(e.Name), MaxNameBytes, ErrTooLarge)
+		case len(e.Addrs) > MaxAddrs:
+			return fmt.Errorf("group %s: %d addresses, at most %d: %w", e.Group, len(e.Addrs), MaxAddrs, ErrTooLarge)
+		}
+		for _, a := range e.Addrs {
+			if len(a) > MaxAddrBytes {
+				return fmt.Errorf("group %s: an address of %d bytes, at most %d: %w", e.Group, len(a), MaxAddrBytes, ErrTooLarge)
+			}
+		}
+		if err := checkReplicas(e.Replicas); err != nil {
+			return fmt.Errorf("group %s: %w", e.Group, err)
+		}
+	}
+	return nil
+}
+
 // GroupRef names the group of info, leave and members.
 //
 //	{1: group uuid}
