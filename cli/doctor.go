@@ -132,7 +132,8 @@ type doctorGroup struct {
 
 func (d *doctor) say(format string, args ...any) {
 	if !d.s.flags.json {
-		fmt.Fprintf(d.s.env.Stdout, format+"\n", args...)
+		// Advice quotes what registries listed and peers said.
+		fmt.Fprintf(shownWriter{d.s.env.Stdout}, format+"\n", args...)
 	}
 }
 
@@ -155,8 +156,18 @@ func (d *doctor) adviseMDNS(format string, args ...any) {
 }
 
 // advise adds advice once: the same finding on several interfaces or
-// registries is one thing to do.
+// registries is one thing to do. Each piece of advice is one line, and
+// its text arguments (addresses a registry listed, errors) are shown as
+// such (shown).
 func (d *doctor) advise(format string, args ...any) {
+	for i, v := range args {
+		switch v := v.(type) {
+		case string:
+			args[i] = shown(v)
+		case error:
+			args[i] = shown(v.Error())
+		}
+	}
 	a := fmt.Sprintf(format, args...)
 	for _, have := range d.report.Advice {
 		if have == a {

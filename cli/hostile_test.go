@@ -119,3 +119,20 @@ func TestHostilePeerText(t *testing.T) {
 		})
 	}
 }
+
+// TestDoctorSaysPeerTextPlainly checks huddle doctor's advice and lines,
+// which quote addresses a registry listed and errors peers sent: no
+// control character of theirs reaches the terminal, and a piece of advice
+// is one line.
+func TestDoctorSaysPeerTextPlainly(t *testing.T) {
+	var out strings.Builder
+	d := &doctor{s: &session{env: Env{Stdout: &out}, flags: &clientFlags{}}}
+	d.advise("group %q: its daemon registered %s but does not answer there", evilName, "10.0.0.1:1,x"+evilCtl)
+	for _, a := range d.report.Advice {
+		d.say("  - %s", a)
+	}
+	d.say("  %s", "registry 10.0.0.2:7373: "+evilCtl)
+	if i := strings.IndexFunc(out.String(), func(r rune) bool { return unicode.IsControl(r) && r != '\n' }); i >= 0 || strings.Count(out.String(), "\n") != 3 {
+		t.Errorf("doctor said %q", out.String())
+	}
+}
