@@ -25,7 +25,8 @@ const (
 	staleListing = 30 * time.Second
 	// infoEvery is how often each listed group's info (membership,
 	// privacy, limits) is asked again; a group is asked at once when it
-	// appears and after a join or leave through this server.
+	// appears, after a join or leave through this server, and, at most
+	// once a poll interval, when the registries' counts of it move.
 	infoEvery = 30 * time.Second
 	// infoConcurrency bounds the info requests in flight at once.
 	infoConcurrency = 4
@@ -81,6 +82,11 @@ type groupState struct {
 	infoAt  time.Time
 	infoOK  bool // the last info request succeeded
 	asking  bool // an info request is in flight
+	// moved: the registries' counts of the group (members, last
+	// sequence) changed since its info was last asked. A daemon that
+	// restarted with a new log between two polls shows only as that,
+	// and its info (epoch, first sequence) is asked again at once.
+	moved bool
 	// members is the member count the daemon gave at membersAt (in its
 	// info, or the member list a page asked for): it stands for the
 	// registries' count until a listing newer than it comes.
@@ -328,6 +334,9 @@ func (d *directory) merge() {
 					gs = &groupState{handle: h}
 					d.groups[e.Group] = gs
 				}
+				if gs.info != nil && (e.LastSeq != gs.entry.LastSeq || e.Members != gs.entry.Members) {
+					gs.moved = true
+				}
 				gs.entry, gs.entryAt, gs.regs, gs.clash = e, rs.at, []string{rs.addr}, false
 				continue
 			}
@@ -346,7 +355,10 @@ func (d *directory) merge() {
 		}
 	}
 	for _, gs := range d.groups {
-		if !gs.asking && (gs.info == nil || now.Sub(gs.infoAt) > infoEvery) {
+		// A group whose counts moved is asked at most once a poll interval:
+		// a busy group's move at every poll.
+		if !gs.asking && (gs.info == nil || now.Sub(gs.infoAt) > infoEvery || gs.moved && now.Sub(gs.infoAt) >= d.poll) {
+			gs.moved = false
 			d.askInfoLocked(gs)
 		}
 	}

@@ -1,12 +1,18 @@
 package web
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/groupd"
+	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // waitGroups reads groups events until ok holds for one's list.
@@ -178,5 +184,90 @@ func TestDirectoryMemberCount(t *testing.T) {
 	}
 	if n := count(); n != 0 {
 		t.Errorf("%d members listed after the last one left, want 0", n)
+	}
+}
+
+// TestDirectoryEpochAfterRestart restarts a group's daemon with a new log
+// (memory storage) while the page's list holds the group: the registry is
+// down meanwhile, so its last listing stands in and the group never leaves
+// the list. The list kept the old log's epoch (and its higher last
+// sequence) until the next info round, 30 s later, and a page opened
+// meanwhile counted unread messages in a log the daemon no longer had. The
+// listing's counts moving is now a reason to ask the daemon again.
+func TestDirectoryEpochAfterRestart(t *testing.T) {
+	regDir, regCfg := t.TempDir(), registry.Config{Listen: "127.0.0.1:0", LeaseTTL: 3 * time.Second, Logger: testLogger(t)}
+	regCfg.StateDir = regDir
+	r, err := registry.New(regCfg)
+	must(t, err)
+	must(t, r.Listen())
+	regCfg.Listen = r.Addr().String()
+	serve := func(r *registry.Daemon) func() {
+		done := make(chan struct{})
+		go func() { r.Serve(context.Background()); close(done) }()
+		var once sync.Once
+		stop := func() { once.Do(func() { r.Close(); <-done }) }
+		t.Cleanup(stop)
+		return stop
+	}
+	stopReg := serve(r)
+	gdCfg := groupd.Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Storage: groupd.StorageConfig{Memory: true}}
+	d, stop := startGroups(t, r, gdCfg)
+	gdCfg.Listen = d.Addr().String()
+
+	a := newAPI(t, startWeb(t, newClient(t), r.Addr().String()))
+	s := a.events("")
+	first := s.waitGroups("lobby with its epoch", func(l listJSON) bool { return len(l.Groups) == 1 && l.Groups[0].Epoch != 0 }).Groups[0]
+
+	ctx := testCtx(t)
+	bob := newClient(t)
+	reg, err := bob.Registry(ctx, r.Addr().String(), r.Fingerprint())
+	must(t, err)
+	list, err := reg.List(ctx)
+	must(t, err)
+	lobby, err := reg.Group(list.Groups[0])
+	must(t, err)
+	_, err = lobby.Join(ctx, "bob", nil)
+	must(t, err)
+	_, err = lobby.Send(ctx, []byte("in the old log"))
+	must(t, err)
+	s.waitGroups("the old log's message listed", func(l listJSON) bool { return len(l.Groups) == 1 && l.Groups[0].LastSeq == 1 })
+
+	stopReg()
+	s.waitGroups("the registry reported down", func(l listJSON) bool { return len(l.Registries) == 1 && !l.Registries[0].OK })
+	stop()
+	r2, err := registry.New(regCfg)
+	must(t, err)
+	must(t, r2.Listen())
+	serve(r2)
+	d2, _ := startGroups(t, r2, gdCfg)
+	if d2.Groups()[0].ID.String() != first.UUID {
+		t.Fatalf("the restarted daemon hosts lobby as %s, not %s", d2.Groups()[0].ID, first.UUID)
+	}
+	lobby, err = reg.Group(wire.GroupEntry{Group: d2.Groups()[0].ID, Name: "lobby", Addrs: []string{gdCfg.Listen}, Fingerprint: d2.Fingerprint()})
+	must(t, err)
+	for _, text := range []string{"new one", "new two"} {
+		// The client answers unavailable for a second after the daemon
+		// it knew shut down its connection; the retry has the same ID.
+		id := client.NewID()
+		for {
+			_, err = lobby.SendWithID(ctx, id, []byte(text))
+			if !errors.Is(err, client.ErrUnavailable) {
+				break
+			}
+			select {
+			case <-time.After(100 * time.Millisecond): // polling the daemon's readiness, within ctx
+			case <-ctx.Done():
+			}
+		}
+		must(t, err)
+	}
+	// Well within the 30 s between info rounds (infoEvery).
+	deadline := time.AfterFunc(infoEvery/3, func() { s.close() })
+	defer deadline.Stop()
+	got := s.waitGroups("lobby's new log", func(l listJSON) bool {
+		return len(l.Groups) == 1 && l.Groups[0].Epoch != first.Epoch && l.Groups[0].Epoch != 0
+	}).Groups[0]
+	if got.LastSeq != 2 {
+		t.Errorf("lobby's new log is listed with last_seq %d, want 2", got.LastSeq)
 	}
 }
