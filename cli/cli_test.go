@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -149,6 +150,32 @@ func TestResolveGroup(t *testing.T) {
 // TestResolveJoinedNotListed: a group the user joined that no registry
 // lists now is not "no such group" alone: the error says it was joined and
 // why it may be missing (it used to read like a typo).
+// TestResolveTypo: a name one slip away from a listed group's (a letter
+// doubled, dropped or swapped, another case) was answered only "no such
+// group"; the listed names near it are offered. Nothing near: none.
+func TestResolveTypo(t *testing.T) {
+	id := func(n byte) wire.UUID { return wire.UUID{n, 1, 2, 3} }
+	groups := []wire.GroupEntry{{Group: id(1), Name: "lobby"}, {Group: id(2), Name: "builds"}, {Group: id(3), Name: "build"}, {Group: id(4), Name: "ops"}}
+	for _, tc := range []struct{ ref, want string }{
+		{"lobyy", `did you mean lobby?`},
+		{"Lobby", `did you mean lobby?`},
+		{"lbby", `did you mean lobby?`},
+		{"buidls", `did you mean build or builds?`},
+		{"buil", `did you mean build or builds?`},
+		{"opz", `did you mean ops?`},
+		{"random", ""},
+		{"xy", ""},
+	} {
+		_, err := resolveGroup(groups, tc.ref, nil)
+		if !errors.Is(err, errNoGroup) {
+			t.Fatalf("resolveGroup(%q) = %v, want errNoGroup", tc.ref, err)
+		}
+		if got := err.Error(); (tc.want == "" && strings.Contains(got, "did you mean")) || !strings.Contains(got, tc.want) {
+			t.Errorf("resolveGroup(%q): %q; want it to say %q", tc.ref, got, cmp.Or(tc.want, "no suggestion"))
+		}
+	}
+}
+
 func TestResolveJoinedNotListed(t *testing.T) {
 	b := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{2}}
 	joined := joinedSet{{b.Group, b.Fingerprint}: "lobby"}

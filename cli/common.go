@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -238,6 +239,9 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 			return wire.GroupEntry{}, fmt.Errorf("%w %q listed now: you joined %s (%s, daemon %s), but no registry that answered lists it: its daemon is stopped, or has not registered again yet; 'huddle groups' lists the groups listed now",
 				errNoGroup, ref, name, k.Group, k.Daemon.Short())
 		}
+		if near := nearNames(groups, ref); len(near) > 0 {
+			return wire.GroupEntry{}, fmt.Errorf("%w %q: did you mean %s? ('huddle groups' lists the groups the registry knows)", errNoGroup, ref, strings.Join(near, " or "))
+		}
 		return wire.GroupEntry{}, fmt.Errorf("%w %q: 'huddle groups' lists the groups the registry knows", errNoGroup, ref)
 	}
 	var b strings.Builder
@@ -253,6 +257,32 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		b.WriteString("\n  the same UUID is listed under several daemon keys: someone registered a group under another's UUID; ask its owner which daemon is theirs")
 	}
 	return wire.GroupEntry{}, &usageError{b.String()}
+}
+
+// nearNames returns the names of groups that ref is a slip away from
+// (edit distance, ignoring case, under half the name's length and at most
+// 2), nearest first, at most three: a typed name that matched nothing.
+func nearNames(groups []wire.GroupEntry, ref string) []string {
+	type near struct {
+		name string
+		d    int
+	}
+	var found []near
+	lower := strings.ToLower(ref)
+	for _, g := range groups {
+		if g.Name == "" || slices.ContainsFunc(found, func(n near) bool { return n.name == g.Name }) {
+			continue
+		}
+		if d := editDistance(lower, strings.ToLower(g.Name)); d <= 2 && 2*d < len([]rune(g.Name)) {
+			found = append(found, near{g.Name, d})
+		}
+	}
+	slices.SortFunc(found, func(a, b near) int { return cmp.Or(cmp.Compare(a.d, b.d), cmp.Compare(a.name, b.name)) })
+	names := make([]string, 0, min(len(found), 3))
+	for _, n := range found[:min(len(found), 3)] {
+		names = append(names, n.name)
+	}
+	return names
 }
 
 // usageError is a mistake in what the user asked for (exit code 2).

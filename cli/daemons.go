@@ -880,8 +880,10 @@ func nearest(k string, known map[string]bool) string {
 	return best
 }
 
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
+// editDistance is the Levenshtein distance between a and b, in runes
+// (group names are anyone's text; variable names are ASCII).
+func editDistance(sa, sb string) int {
+	a, b := []rune(sa), []rune(sb)
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {
