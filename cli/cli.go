@@ -86,10 +86,27 @@ func Main(ctx context.Context, args []string, env Env) int {
 	}
 	v, ok := verbs[args[0]]
 	if !ok {
-		fmt.Fprintf(env.Stderr, "huddle: unknown command %q; run 'huddle --help' for the list\n", args[0])
+		mean := ""
+		if near := nearVerb(args[0]); near != "" {
+			mean = fmt.Sprintf(" did you mean \"huddle %s\"?", near)
+		}
+		fmt.Fprintf(env.Stderr, "huddle: unknown command %q;%s run 'huddle --help' for the list\n", args[0], mean)
 		return ExitUsage
 	}
 	return v.run(ctx, env, args[1:])
+}
+
+// nearVerb returns the verb that typed is a slip away from (edit distance
+// at most 2 and at most half the verb's length: sned is send), the
+// nearest, then the first by name; or "" if none is.
+func nearVerb(typed string) string {
+	best, bestD := "", 3
+	for name := range verbs {
+		if d := editDistance(strings.ToLower(typed), name); 2*d <= len(name) && (d < bestD || d == bestD && name < best) {
+			best, bestD = name, d
+		}
+	}
+	return best
 }
 
 func usage() string {

@@ -295,3 +295,22 @@ func TestStorageText(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownVerbSuggests: a verb one slip from a real one (huddle sned,
+// huddle group) names it; one far from every verb is told only to look at
+// the list.
+func TestUnknownVerbSuggests(t *testing.T) {
+	for _, tc := range []struct{ verb, want string }{
+		{"sned", `did you mean "huddle send"?`},
+		{"group", `did you mean "huddle groups"?`},
+		{"fecth", `did you mean "huddle fetch"?`},
+		{"frobnicate", ""},
+	} {
+		var out, errb bytes.Buffer
+		code := Main(context.Background(), []string{tc.verb, "lobby"}, Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+		got := errb.String()
+		if code != ExitUsage || !strings.Contains(got, "huddle --help") || (tc.want == "" && strings.Contains(got, "did you mean")) || !strings.Contains(got, tc.want) {
+			t.Errorf("huddle %s: exit %d, stderr %q; want exit 2 saying %q", tc.verb, code, got, cmp.Or(tc.want, "no suggestion"))
+		}
+	}
+}
