@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -89,6 +90,7 @@ type registrations struct {
 	mu         sync.Mutex
 	all        []*registrar
 	discovered map[wire.Fingerprint]*registrar
+	skipWarned time.Time // when a registry found over the bounds was last warned about
 	// live is all as of its last change, for countsChanged, which runs
 	// on every send and takes no lock.
 	live atomic.Pointer[[]*registrar]
@@ -164,8 +166,25 @@ func (rs *registrations) someListsAll() bool {
 	return false
 }
 
+// Bounds on the registries mDNS finds. Anyone on the LAN can advertise
+// any number of registries, each under a key of its own (keys are free) at
+// a port of its own, and each found is a registrar: a goroutine, a
+// connection, and its groups' leases renewed as often as the registry's
+// TTL asks. Places are shared by source address (an IPv4 address or an
+// IPv6 /64, as the server's limits count them), so that one host's
+// advertisements cannot take them all; configured registries are not
+// counted.
+const (
+	maxDiscovered        = 32 // registries found over mDNS registered with at once
+	maxDiscoveredPerAddr = 4  // of them at one source address
+	maxRegistryAddrs     = 16 // addresses kept for one registry, the latest first
+	discoveredWarnEvery  = time.Minute
+)
+
 // found is browse's report of a registry at addr with key fp: a new
-// registry gets a registrar; a known one learns the address.
+// registry gets a registrar, within the bounds above (one over them is
+// skipped, warned about at most once a minute); a known one learns the
+// address.
 func (rs *registrations) found(ctx context.Context, fp wire.Fingerprint, addr string) {
 	rs.mu.Lock()
 	for _, r := range rs.all {
@@ -179,7 +198,28 @@ func (rs *registrations) found(ctx context.Context, fp wire.Fingerprint, addr st
 		r.addAddr(addr)
 		return
 	}
+	src := addrSource(addr)
+	fromSrc := 0
+	for _, r := range rs.discovered {
+		if r.source == src {
+			fromSrc++
+		}
+	}
+	if len(rs.discovered) >= maxDiscovered || fromSrc >= maxDiscoveredPerAddr {
+		warn := time.Since(rs.skipWarned) >= discoveredWarnEvery
+		if warn {
+			rs.skipWarned = time.Now()
+		}
+		all := len(rs.discovered)
+		rs.mu.Unlock()
+		if warn {
+			rs.d.cfg.Logger.Warn("not registering with a registry found over mDNS: too many found (give the registries' addresses and fingerprints on a LAN you do not trust)",
+				"registry", addr, "fingerprint", fp.Short(), "found", all, "max", maxDiscovered, "from_its_address", fromSrc, "max_per_address", maxDiscoveredPerAddr)
+		}
+		return
+	}
 	r := newRegistrar(rs, []string{addr}, true)
+	r.source = src
 	r.pin = fp
 	rs.discovered[fp] = r
 	rs.addLocked(ctx, r)
@@ -188,6 +228,16 @@ func (rs *registrations) found(ctx context.Context, fp wire.Fingerprint, addr st
 	// learned may have retired r meanwhile: it then sees its context
 	// ended and stops without deregistering.
 	rs.wg.Go(r.run)
+}
+
+// addrSource is the source address a discovered registry's address counts
+// under: its IPv4 address, or its IPv6 /64, as the server counts peers.
+func addrSource(addr string) netip.Prefix {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return server.Source(net.UDPAddrFromAddrPort(ap))
 }
 
 // learned is a configured registrar's report that its registry presents
@@ -291,6 +341,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 type registrar struct {
 	rs         *registrations
 	discovered bool
+	source     netip.Prefix // a discovered registry's source address (addrSource)
 	ctx        context.Context
 	cancel     context.CancelFunc
 	now        chan struct{} // a pending request to refresh at once (refreshNow)
@@ -409,7 +460,7 @@ func (r *registrar) addAddr(addr string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !slices.Contains(r.addrs, addr) {
-		r.addrs = append([]string{addr}, r.addrs...)
+		r.addrs = append([]string{addr}, r.addrs[:min(len(r.addrs), maxRegistryAddrs-1)]...)
 	}
 }
 

@@ -664,3 +664,52 @@ func (h *onLog) Handle(ctx context.Context, rec slog.Record) error {
 	}
 	return h.next.Handle(ctx, rec)
 }
+
+// TestDiscoveredRegistriesBounded checks that the registries mDNS finds
+// are bounded: anyone on the LAN can advertise any number, each under a
+// key of its own, at any number of ports, and the daemon made each a
+// registrar (a goroutine, a connection, its groups' leases) and kept
+// every address each one was heard at.
+func TestDiscoveredRegistriesBounded(t *testing.T) {
+	d, stop := startGroupDaemon(t, Config{Registries: []string{"127.0.0.1:1"}})
+	defer stop()
+	eventually(t, "the registrations running", func() bool { return d.regs.Load() != nil })
+	rs := d.regs.Load()
+	discovered := func() (n int) {
+		for _, s := range d.Registrations() {
+			if s.Discovered {
+				n++
+			}
+		}
+		return n
+	}
+	ctx := d.life.Ctx()
+	key := func(i int) wire.Fingerprint { return wire.Fingerprint{byte(i), byte(i >> 8), 77} }
+	// One address, many keys.
+	for i := range 20 {
+		rs.found(ctx, key(i), fmt.Sprintf("127.0.0.2:%d", 1000+i))
+	}
+	if n := discovered(); n != maxDiscoveredPerAddr {
+		t.Errorf("%d registries from one address, want %d", n, maxDiscoveredPerAddr)
+	}
+	// Many addresses: loopback ones, each its own source.
+	for i := range 3 * maxDiscovered {
+		rs.found(ctx, key(100+i), fmt.Sprintf("127.0.1.%d:7373", i+1))
+	}
+	if n := discovered(); n != maxDiscovered {
+		t.Errorf("%d registries found in all, want %d", n, maxDiscovered)
+	}
+	// One key at many ports.
+	for i := range 100 {
+		rs.found(ctx, key(0), fmt.Sprintf("127.0.0.2:%d", 2000+i))
+	}
+	rs.mu.Lock()
+	r := rs.discovered[key(0)]
+	rs.mu.Unlock()
+	r.mu.Lock()
+	n := len(r.addrs)
+	r.mu.Unlock()
+	if n > maxRegistryAddrs {
+		t.Errorf("a registry found at %d addresses, want at most %d", n, maxRegistryAddrs)
+	}
+}
