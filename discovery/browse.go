@@ -17,6 +17,13 @@ const (
 	DefaultRetryAfter    = 5 * time.Second
 
 	recheckOK = 30 * time.Second // how long a verified answer is trusted before it is verified again
+
+	// Bounds on what answers make a browser spend: anyone on the link
+	// sends them, spoofed or not, each with instance names and addresses
+	// of its choosing.
+	maxVerifying    = 8   // verifications at once; an answer beyond them is considered when heard again
+	maxVerifyAddrs  = 4   // addresses of one answer dialled, those on the interface's subnets first
+	maxAnswerStates = 256 // answers remembered (their verdicts); the one due soonest is forgotten for a new one
 )
 
 // Advertised is one registry as advertised over mDNS.
@@ -153,6 +160,12 @@ func Browse(ctx context.Context, cfg BrowseConfig, found func(Advertised, netip.
 		if prev, ok := last[k]; ok && prev == addr {
 			return
 		}
+		if _, ok := last[k]; !ok && len(last) >= maxAnswerStates {
+			for old := range last { // any one: found is told again at worst
+				delete(last, old)
+				break
+			}
+		}
 		last[k] = addr
 		found(r, addr)
 	})
@@ -239,7 +252,7 @@ func answerKey(r Advertised) string {
 // that succeeds, or the joined errors.
 func verifyAny(ctx context.Context, cfg BrowseConfig, r Advertised) (netip.AddrPort, error) {
 	var errs []error
-	for _, addr := range r.Addrs {
+	for _, addr := range r.Addrs[:min(len(r.Addrs), maxVerifyAddrs)] {
 		vctx, cancel := context.WithTimeout(ctx, cfg.VerifyTimeout)
 		err := cfg.Verify(vctx, r, addr)
 		cancel()
@@ -262,10 +275,11 @@ type verifier struct {
 	ok  func(Advertised, netip.AddrPort)
 	ctx context.Context
 
-	mu      sync.Mutex
-	state   map[string]*vstate
-	lastErr error
-	wg      sync.WaitGroup
+	mu        sync.Mutex
+	state     map[string]*vstate // at most maxAnswerStates
+	verifying int                // at most maxVerifying
+	lastErr   error
+	wg        sync.WaitGroup
 }
 
 type vstate struct {
@@ -288,8 +302,16 @@ func (v *verifier) consider(r Advertised, bad error) {
 	k := answerKey(r)
 	now := time.Now()
 	v.mu.Lock()
+	if v.verifying >= maxVerifying {
+		v.mu.Unlock()
+		return // heard again at the next query or announcement
+	}
 	s := v.state[k]
 	if s == nil {
+		if len(v.state) >= maxAnswerStates && !v.forgetLocked() {
+			v.mu.Unlock()
+			return
+		}
 		s = &vstate{}
 		v.state[k] = s
 	}
@@ -298,6 +320,7 @@ func (v *verifier) consider(r Advertised, bad error) {
 		return
 	}
 	s.busy = true
+	v.verifying++
 	v.wg.Add(1)
 	v.mu.Unlock()
 
@@ -306,6 +329,7 @@ func (v *verifier) consider(r Advertised, bad error) {
 		addr, err := verifyAny(v.ctx, v.cfg, r)
 		v.mu.Lock()
 		s.busy = false
+		v.verifying--
 		if err != nil {
 			s.until = time.Now().Add(v.cfg.RetryAfter)
 		} else {
@@ -320,6 +344,24 @@ func (v *verifier) consider(r Advertised, bad error) {
 		}
 		v.ok(r, addr)
 	}()
+}
+
+// forgetLocked forgets the answer not being verified whose verdict is due
+// soonest, to make room for another, and reports whether there was one.
+// v.mu is held.
+func (v *verifier) forgetLocked() bool {
+	var oldest string
+	var due time.Time
+	for k, s := range v.state {
+		if !s.busy && (oldest == "" || s.until.Before(due)) {
+			oldest, due = k, s.until
+		}
+	}
+	if oldest == "" {
+		return false
+	}
+	delete(v.state, oldest)
+	return true
 }
 
 func (v *verifier) reject(r Advertised, err error, why string) {

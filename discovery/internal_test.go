@@ -1,10 +1,12 @@
 package discovery
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -159,6 +161,63 @@ func TestInstanceNameIsText(t *testing.T) {
 		r, err := toRegistry(as[0], candidate{})
 		if !errors.Is(err, ErrBadAnswer) {
 			t.Errorf("%s read as %q: err %v, want ErrBadAnswer", fqdn, r.Instance, err)
+		}
+	}
+}
+
+// TestVerifierBounded checks what a flood of answers makes a browser
+// spend. mDNS answers are anyone's to send, spoofed or not, and each new
+// one (another instance name, another address) was a goroutine dialling
+// every address it listed, one after the other, and an entry kept for as
+// long as the browser ran: a few thousand datagrams held a daemon's or
+// huddle web's memory and made it dial any host the sender liked.
+func TestVerifierBounded(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	running, most, dialled := 0, 0, map[string]int{}
+	cfg, err := BrowseConfig{Verify: func(ctx context.Context, r Advertised, addr netip.AddrPort) error {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		dialled[r.Instance]++
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return errors.New("no registry there")
+	}}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVerifier(t.Context(), cfg, func(Advertised, netip.AddrPort) {})
+	var addrs []netip.AddrPort
+	for i := range 50 {
+		addrs = append(addrs, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 9, byte(i)}), 7373))
+	}
+	flood := func(from int) {
+		for i := from; i < from+5000; i++ {
+			v.consider(Advertised{Instance: fmt.Sprint("spoof ", i), Fingerprint: "abcd", Addrs: addrs, Iface: "lo"}, nil)
+		}
+	}
+	// While every verification hangs, then while each fails at once.
+	flood(0)
+	close(release)
+	flood(5000)
+	v.wait()
+	v.mu.Lock()
+	held := len(v.state)
+	v.mu.Unlock()
+	if most > maxVerifying {
+		t.Errorf("%d verifications at once, want at most %d", most, maxVerifying)
+	}
+	if held > maxAnswerStates {
+		t.Errorf("%d answers remembered, want at most %d", held, maxAnswerStates)
+	}
+	for inst, n := range dialled {
+		if n > maxVerifyAddrs {
+			t.Errorf("%s: %d of its addresses dialled, want at most %d", inst, n, maxVerifyAddrs)
+			break
 		}
 	}
 }
