@@ -142,36 +142,95 @@ func Find(ctx context.Context, cfg BrowseConfig) (Advertised, netip.AddrPort, er
 // registry that moved). A registry restarted with a new key is a new one
 // (its fingerprint is new). Two registries never replace each other, even
 // under one instance name. Calls to found are serialized; a slow found
-// delays the following ones. Browse returns nil when ctx ends, or an error
-// wrapping ErrInvalidConfig or ErrNoInterface at once.
+// delays the following ones. Browse reports at most MaxRegistries
+// registries (by fingerprint), MaxRegistriesPerSource of them at one
+// source address; one beyond is logged (once a minute), not reported.
+// Browse returns nil when ctx ends, or an error wrapping ErrInvalidConfig
+// or ErrNoInterface at once.
 func Browse(ctx context.Context, cfg BrowseConfig, found func(Advertised, netip.AddrPort)) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
-	var (
-		mu   sync.Mutex
-		last = make(map[string]netip.AddrPort) // instance|fingerprint|iface -> address reported
-	)
-	v := newVerifier(ctx, cfg, func(r Advertised, addr netip.AddrPort) {
-		mu.Lock()
-		defer mu.Unlock()
-		k := r.Instance + "|" + r.Fingerprint + "|" + r.Iface
-		if prev, ok := last[k]; ok && prev == addr {
-			return
-		}
-		if _, ok := last[k]; !ok && len(last) >= maxAnswerStates {
-			for old := range last { // any one: found is told again at worst
-				delete(last, old)
-				break
-			}
-		}
-		last[k] = addr
-		found(r, addr)
-	})
+	v := newVerifier(ctx, cfg, newReporter(cfg.Logger, found).report)
 	err = browse(ctx, cfg, &states{}, v.consider)
 	v.wait()
 	return err
+}
+
+// Bounds on the registries Browse reports, by fingerprint: anyone on the
+// link can run any number, each under a key of its own, and each reported
+// becomes a daemon's registrar, a registry huddle web polls, a pin. Places
+// are shared by source address (an IPv4 address, an IPv6 /64), so that one
+// host cannot take them all, and kept while Browse runs.
+const (
+	MaxRegistries          = 32
+	MaxRegistriesPerSource = 4
+	skipWarnEvery          = time.Minute
+)
+
+// reporter calls found for each verified answer Browse should report.
+type reporter struct {
+	log   *slog.Logger
+	found func(Advertised, netip.AddrPort)
+
+	mu     sync.Mutex
+	last   map[string]netip.AddrPort // instance|fingerprint|iface -> address reported; at most maxAnswerStates
+	keys   map[string]netip.Prefix   // fingerprint reported -> its first address's source
+	warned time.Time                 // when a registry over the bounds was last logged
+}
+
+func newReporter(log *slog.Logger, found func(Advertised, netip.AddrPort)) *reporter {
+	return &reporter{log: orDiscard(log), found: found, last: make(map[string]netip.AddrPort), keys: make(map[string]netip.Prefix)}
+}
+
+// report reports r at addr unless it was reported there already, or it is
+// a registry over the bounds above.
+func (p *reporter) report(r Advertised, addr netip.AddrPort) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := r.Instance + "|" + r.Fingerprint + "|" + r.Iface
+	if prev, ok := p.last[k]; ok && prev == addr {
+		return
+	}
+	if _, ok := p.keys[r.Fingerprint]; !ok {
+		src := source(addr)
+		n := 0
+		for _, s := range p.keys {
+			if s == src {
+				n++
+			}
+		}
+		if len(p.keys) >= MaxRegistries || n >= MaxRegistriesPerSource {
+			if now := time.Now(); now.Sub(p.warned) >= skipWarnEvery {
+				p.warned = now
+				p.log.Warn("discovery: not using a registry: too many found (give the registries' addresses and fingerprints on a LAN you do not trust)",
+					"instance", r.Instance, "addr", addr, "found", len(p.keys), "max", MaxRegistries, "from_its_address", n, "max_per_address", MaxRegistriesPerSource)
+			}
+			return
+		}
+		p.keys[r.Fingerprint] = src
+	}
+	if _, ok := p.last[k]; !ok && len(p.last) >= maxAnswerStates {
+		for old := range p.last { // any one: found is told again at worst
+			delete(p.last, old)
+			break
+		}
+	}
+	p.last[k] = addr
+	p.found(r, addr)
+}
+
+// source is the unit registries are counted by: an IPv4 address, or an
+// IPv6 /64, which one host can fill.
+func source(a netip.AddrPort) netip.Prefix {
+	ip := a.Addr().Unmap().WithZone("")
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
 }
 
 // Answer is one mDNS answer seen by Diagnose.

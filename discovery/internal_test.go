@@ -221,3 +221,32 @@ func TestVerifierBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestBrowseReportsBounded checks that Browse reports a bounded number of
+// registries, shared by source address: anyone on the LAN can run any
+// number of registries, each under a key of its own, and every one was
+// reported, each becoming a daemon's registrar, a registry huddle web
+// polls, a pin in known_registries.
+func TestBrowseReportsBounded(t *testing.T) {
+	var got []string
+	rep := newReporter(nil, func(r Advertised, addr netip.AddrPort) { got = append(got, r.Fingerprint) })
+	at := func(a string) netip.AddrPort { return netip.MustParseAddrPort(a) }
+	for i := range 20 { // one host, many keys
+		rep.report(Advertised{Instance: "x", Fingerprint: fmt.Sprint("fp", i), Iface: "lo"}, at(fmt.Sprintf("127.0.0.2:%d", 1000+i)))
+	}
+	if len(got) != MaxRegistriesPerSource {
+		t.Errorf("%d registries reported from one address, want %d", len(got), MaxRegistriesPerSource)
+	}
+	for i := range 100 { // many hosts
+		rep.report(Advertised{Instance: "y", Fingerprint: fmt.Sprint("fq", i), Iface: "lo"}, at(fmt.Sprintf("127.0.1.%d:7373", i+1)))
+	}
+	if len(got) != MaxRegistries {
+		t.Errorf("%d registries reported in all, want %d", len(got), MaxRegistries)
+	}
+	// A registry reported already is reported again where it moves.
+	n := len(got)
+	rep.report(Advertised{Instance: "x", Fingerprint: "fp0", Iface: "lo"}, at("127.0.0.3:1"))
+	if len(got) != n+1 {
+		t.Errorf("a known registry at a new address was not reported")
+	}
+}
