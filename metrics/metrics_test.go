@@ -1,10 +1,12 @@
 package metrics
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -192,5 +194,40 @@ func TestDiscoveryAnswersFromTheStart(t *testing.T) {
 	}
 	if !results["verified"] || !results["rejected"] {
 		t.Errorf("huddle_discovery_answers_total at start has results %v, want verified and rejected at 0", results)
+	}
+}
+
+// TestREADMENamesEveryMetric: README's "Metrics" list is where operators
+// learn what to scrape and alert on; huddle_handshake_retries_total was
+// served and named nowhere. Every huddle_ metric a daemon can serve (a
+// registry's, a group daemon's, a cell member's) must be named there.
+func TestREADMENamesEveryMetric(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New("test")
+	m.Server("groups", func() ServerStats { return ServerStats{} })
+	m.RegistryLeases(func() int { return 0 })
+	m.Groups(func() map[string]GroupStats { return map[string]GroupStats{"lobby": {}} })
+	m.Cell(func() CellStats { return CellStats{} })
+	m.Operation("send", "ok", time.Millisecond)
+	families, err := m.Prometheus().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range families {
+		name := f.GetName()
+		if !strings.HasPrefix(name, "huddle_") {
+			continue
+		}
+		n++
+		if !bytes.Contains(readme, []byte("`"+name+"`")) && !bytes.Contains(readme, []byte("`"+name+"{")) {
+			t.Errorf("README.md does not name the metric %s (%s)", name, f.GetHelp())
+		}
+	}
+	if n < 25 {
+		t.Fatalf("gathered only %d huddle_ metrics", n)
 	}
 }
