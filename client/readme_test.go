@@ -16,8 +16,10 @@ import (
 // compiles with the package, and TestREADMEGoAPI checks that README.md
 // shows it as it is here, so the README's example cannot drift from the
 // API. (The package's examples, which run, show each call at length.)
-func readmeGoAPI(ctx context.Context, id *identity.Identity, kh *identity.KnownHosts) {
+func readmeGoAPI(ctx context.Context) {
 	// README begins
+	id, _ := identity.LoadOrCreate("/var/lib/buildbot")                           // its key (key.pem, made on first use): its member ID
+	kh := identity.OpenKnownHosts("/var/lib/buildbot/" + identity.KnownHostsFile) // registries pinned on first use, as huddle's
 	c, _ := client.New(client.Config{Identity: id, KnownHosts: kh})
 	defer c.Close()
 	reg, _ := c.Registry(ctx, "192.168.1.20:7373", client.Fingerprint{}) // pinned on first use
