@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
@@ -536,11 +537,17 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	cfg.Logger = df.logger(env)
 	cfg.Metrics = df.metrics()
 	d, err := groupd.New(cfg)
+	if settingsErr(err) {
+		return usageErr(env, "serve", "%v", err)
+	}
 	if err != nil {
 		return fail(env, "serve", err)
 	}
 	if err := d.Listen(); err != nil {
 		d.Close()
+		if settingsErr(err) {
+			return usageErr(env, "serve", "%v", err)
+		}
 		return fail(env, "serve", listenErr(err, "--listen", cfg.Listen))
 	}
 	if cfg.Cell == nil {
@@ -805,6 +812,14 @@ func parseSize(s string) (int64, error) {
 // listenErr says why a daemon could not listen at addr (given by flag) in
 // words, when the socket was the problem: a port in use is the usual case.
 // Other errors (the state directory's) pass through.
+// settingsErr reports whether err is a mistake in a daemon's settings
+// that shows only once it starts (a --cell-peer list checked against the
+// key in its state dir): a usage error, exit 2, which a restart does not
+// fix (systemd's units do not restart on it).
+func settingsErr(err error) bool {
+	return errors.Is(err, groupd.ErrInvalidConfig) || errors.Is(err, cell.ErrInvalidConfig)
+}
+
 func listenErr(err error, flag, addr string) error {
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):

@@ -290,3 +290,27 @@ func TestWaitLineAtExit(t *testing.T) {
 		v.waitLine(t, printed)
 	}
 }
+
+// TestServeCellConfigIsUsage: a --cell-peer list that does not name this
+// daemon's key is a mistake in the settings, found once the key is
+// loaded. It ended with exit code 1, which systemd's unit restarts every
+// 2 s for ever (RestartPreventExitStatus=2 is for settings); it is a
+// usage error, exit 2, as the other --cell-peer mistakes are.
+func TestServeCellConfigIsUsage(t *testing.T) {
+	var peers []string
+	for range 3 {
+		id, addr := cellHost(t, t.TempDir())
+		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+addr)
+	}
+	args := append([]string{"serve", "--no-mdns", "--registry", "127.0.0.1:1", "--group", "lobby", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir()}, peers...)
+	v := startVerb(t, nil, args...)
+	select {
+	case code := <-v.code:
+		v.code <- code
+		if code != ExitUsage || !strings.Contains(v.stderr.String(), "is not among the cell's peers") {
+			t.Errorf("serve with a --cell-peer list without its own key: exit code %d, stderr %q; want %d, saying so", code, v.stderr, ExitUsage)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatalf("serve ran with a --cell-peer list without its own key\nstdout:\n%s", v.stdout)
+	}
+}
