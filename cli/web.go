@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/discovery"
@@ -120,12 +121,31 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 			net.JoinHostPort(host, port), id.Fingerprint().Short(), port, port)
 	}
 	var launcher string
+	var launched <-chan error
 	if openBrowser {
-		if launcher, err = openPage(url); err != nil {
+		if launcher, launched, err = openPage(url); err != nil {
 			fmt.Fprintf(env.Stderr, "huddle web: could not open a browser (%v); open the link yourself\n", err)
 		}
 	}
+	// A launcher that ran and failed (xdg-open on a machine without a
+	// browser) is said while serving; one still running when the server
+	// stops (a browser in the terminal) is not waited for.
+	served := make(chan struct{})
+	var reporter sync.WaitGroup
+	if launched != nil {
+		reporter.Go(func() {
+			select {
+			case err := <-launched:
+				if err != nil {
+					fmt.Fprintf(env.Stderr, "huddle web: the browser did not open (%v); open the link yourself\n", err)
+				}
+			case <-served:
+			}
+		})
+	}
 	err = srv.Serve(ctx)
+	close(served)
+	reporter.Wait()
 	if launcher != "" {
 		os.RemoveAll(filepath.Dir(launcher))
 	}
@@ -158,18 +178,20 @@ func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, 
 // openPage opens url in the user's browser through a file only this user
 // can read, which redirects to it: a browser started with the URL itself on
 // its command line would show the secret to every local user (ps, /proc).
-// It returns the file's path (the caller removes its directory).
-func openPage(url string) (string, error) {
+// It returns the file's path (the caller removes its directory), and a
+// channel that gets the launcher's failure (its exit and the last line it
+// wrote on stderr), or nil, once it exits.
+func openPage(url string) (string, <-chan error, error) {
 	dir, err := os.MkdirTemp("", "huddle-web-")
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	path := filepath.Join(dir, "open.html")
 	page := fmt.Sprintf("<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url=%s\"><title>huddle</title>"+
 		"<p>Opening <a href=\"%s\">huddle web</a>…</p>\n", html.EscapeString(url), html.EscapeString(url))
 	if err := os.WriteFile(path, []byte(page), 0o600); err != nil {
 		os.RemoveAll(dir)
-		return "", err
+		return "", nil, err
 	}
 	var cmd *exec.Cmd
 	switch runtime.GOOS {
@@ -180,10 +202,47 @@ func openPage(url string) (string, error) {
 	default:
 		cmd = exec.Command("xdg-open", path)
 	}
+	var said lastLine
+	cmd.Stderr = &said
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
-		return "", errors.New(cmd.Path + ": " + err.Error())
+		return "", nil, errors.New(cmd.Path + ": " + err.Error())
 	}
-	go cmd.Wait() // reap it; xdg-open returns at once
-	return path, nil
+	done := make(chan error, 1)
+	go func() { // reaps it; xdg-open returns at once, having started the browser
+		err := cmd.Wait()
+		if err != nil {
+			if line := said.String(); line != "" {
+				err = fmt.Errorf("%s: %v: %s", filepath.Base(cmd.Path), err, line)
+			} else {
+				err = fmt.Errorf("%s: %v", filepath.Base(cmd.Path), err)
+			}
+		}
+		done <- err
+	}()
+	return path, done, nil
+}
+
+// lastLine keeps the last non-blank line written to it (at most 200
+// bytes of it): what a launcher said last on stderr.
+type lastLine struct {
+	mu   sync.Mutex
+	line string
+}
+
+func (l *lastLine) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range strings.Split(string(p), "\n") {
+		if s = strings.TrimSpace(s); s != "" {
+			l.line = s[:min(len(s), 200)]
+		}
+	}
+	return len(p), nil
+}
+
+func (l *lastLine) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.line
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +25,7 @@ func TestOpenPage(t *testing.T) {
 	}
 	t.Setenv("PATH", bin)
 	const url = "http://127.0.0.1:7380/?k=SECRETsecret_0123456789"
-	path, err := openPage(url)
+	path, _, err := openPage(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,5 +58,42 @@ func TestOpenPage(t *testing.T) {
 	}
 	if !strings.Contains(string(page), `content="0;url=`+url+`"`) {
 		t.Errorf("launcher page %q does not redirect to the link", page)
+	}
+}
+
+// TestOpenPageFails: on a machine with no browser (a server, a desktop-less
+// VM), xdg-open exits 3 saying "no method available", and huddle web
+// --open said nothing: the user waited for a window. It says the browser
+// did not open, with the launcher's word, and goes on serving the link.
+func TestOpenPageFails(t *testing.T) {
+	bin := t.TempDir()
+	script := "#!/bin/sh\necho \"xdg-open: no method available for opening '$1'\" >&2\nexit 3\n"
+	for _, name := range []string{"xdg-open", "open"} {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", bin)
+	home := t.TempDir()
+	v := startVerb(t, func(k string) string {
+		return map[string]string{"HUDDLE_HOME": home}[k]
+	}, "web", "--open", "--listen", "127.0.0.1:0", "--no-mdns", "--registry", "127.0.0.1:1")
+	v.waitLine(t, regexp.MustCompile(`(?m)^huddle web: (http://127\.0\.0\.1:\d+)/\?k=`))
+	said := regexp.MustCompile(`(?m)^huddle web: the browser did not open \(.*no method available for opening.*\); open the link yourself$`)
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		written := v.stderr.written()
+		if said.MatchString(v.stderr.String()) {
+			break
+		}
+		select {
+		case <-written:
+		case <-deadline.C:
+			t.Fatalf("huddle web --open with a launcher that failed did not say so; stderr:\n%s", v.stderr)
+		}
+	}
+	if code := v.stop(t); code != ExitOK {
+		t.Errorf("huddle web stopped with exit code %d, want 0", code)
 	}
 }
