@@ -535,6 +535,8 @@ func (e *noRegistryError) Error() string {
 	if e.given {
 		b.WriteString("\n  is it running (huddle up, huddle registry), and does its host let UDP in?")
 	} else {
+		// None given and none answered: most often nothing was started yet.
+		b.WriteString("\n  start one on this machine with 'huddle up' (make run in huddle's source), or")
 		b.WriteString("\n  give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY); 'huddle doctor' explains what discovery saw")
 	}
 	if e.timedOut {

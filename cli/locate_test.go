@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -62,4 +63,25 @@ func startUpStoppable(t *testing.T, group string) (string, func()) {
 		return strings.Contains(out, `"name":"`+group+`"`)
 	})
 	return addr, func() { v.stop(t) }
+}
+
+// TestNoRegistryTellsNewcomers: a newcomer who runs a client command
+// before starting anything (no registry on this machine, none on the LAN,
+// none given) was told only to give a registry's address; the first thing
+// to say is how to start one. A registry given that did not answer is
+// asked after instead.
+func TestNoRegistryTellsNewcomers(t *testing.T) {
+	none := (&noRegistryError{}).Error()
+	local := (&noRegistryError{reports: []registryReport{{addr: defaultRegistry, from: fromLocal, err: errors.New("server unreachable")}}}).Error()
+	for _, msg := range []string{none, local} {
+		for _, want := range []string{"start one on this machine with 'huddle up'", "--registry HOST:PORT", "huddle doctor"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("no registry found, none given: %q does not say %q", msg, want)
+			}
+		}
+	}
+	given := (&noRegistryError{given: true, reports: []registryReport{{addr: "10.0.0.9:7373", from: fromGiven, err: errors.New("server unreachable")}}}).Error()
+	if !strings.Contains(given, "is it running") || strings.Contains(given, "start one on this machine") {
+		t.Errorf("a registry given that did not answer: %q", given)
+	}
 }
