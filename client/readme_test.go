@@ -38,7 +38,7 @@ func readmeGoAPI(ctx context.Context) {
 	for ev, err := range g.Watch(ctx, client.Query{After: cur.Next, Epoch: cur.Epoch}) { // reconnects and resumes by itself
 		if err != nil {
 			break
-		} // an end for good: not a member, the context done...
+		} // an end for good: not a member, not found... (ctx ending ends the loop with no error)
 		if ev.Kind == client.EventMessage {
 			fmt.Println(ev.Message.Seq, ev.Message.Name, string(ev.Message.Body))
 		}
