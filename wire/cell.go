@@ -39,14 +39,10 @@ type Replica struct {
 
 func (r *Replica) check() error {
 	switch {
-	case r.Addr == "":
-		return errors.New("a replica without an address")
-	case len(r.Addr) > MaxAddrBytes:
-		return fmt.Errorf("a replica address of %d bytes, at most %d: %w", len(r.Addr), MaxAddrBytes, ErrTooLarge)
 	case r.Fingerprint.IsZero():
 		return errors.New("a replica without a fingerprint")
 	}
-	return nil
+	return checkAddr("replica address", r.Addr)
 }
 
 func checkReplicas(rs []Replica) error {

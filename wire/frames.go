@@ -3,6 +3,9 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -122,12 +125,8 @@ func (r *Register) check() error {
 		return fmt.Errorf("%d addresses, at most %d: %w", len(r.Addrs), MaxAddrs, ErrTooLarge)
 	}
 	for _, a := range r.Addrs {
-		switch {
-		case len(a) == 0:
-			return errors.New("an empty address")
-		case len(a) > MaxAddrBytes:
-			// Over a length limit, like a name: too_large.
-			return fmt.Errorf("an address of %d bytes, at most %d: %w", len(a), MaxAddrBytes, ErrTooLarge)
+		if err := checkAddr("address", a); err != nil {
+			return err
 		}
 	}
 	if len(r.Addrs) == 0 && r.Port == 0 {
@@ -617,6 +616,30 @@ type Gap struct {
 func checkSelection(since *int64, after *uint64) error {
 	if since != nil && after != nil {
 		return errors.New("both since and after: give one, or neither for everything")
+	}
+	return nil
+}
+
+// checkAddr checks an address a peer gives for others to dial (a
+// registration's, a replica's): 1..MaxAddrBytes bytes (over is too_large)
+// of host:port, the host not empty and free of blanks and control and
+// format characters, the port 1..65535.
+func checkAddr(what, a string) error {
+	switch {
+	case len(a) == 0:
+		return fmt.Errorf("an empty %s", what)
+	case len(a) > MaxAddrBytes:
+		// Over a length limit, like a name: too_large.
+		return fmt.Errorf("an %s of %d bytes, at most %d: %w", what, len(a), MaxAddrBytes, ErrTooLarge)
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" || strings.ContainsFunc(host, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
+	}) {
+		return fmt.Errorf("%s %q is not host:port", what, a)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("%s %q: the port is not 1..65535", what, a)
 	}
 	return nil
 }

@@ -333,7 +333,7 @@ func TestLimitBoundaries(t *testing.T) {
 	}
 	addrs := make([]string, MaxAddrs)
 	for i := range addrs {
-		addrs[i] = strings.Repeat("a", MaxAddrBytes)
+		addrs[i] = strings.Repeat("a", MaxAddrBytes-5) + ":7000"
 	}
 	for _, tc := range []struct {
 		name string
@@ -528,6 +528,46 @@ func TestNullArgsAreAbsent(t *testing.T) {
 		}
 		if _, raw, err := DecodeFrame(item); err != nil || len(raw) != 0 {
 			t.Errorf("DecodeFrame(% x) = %x, %v; want no args", item, raw, err)
+		}
+	}
+}
+
+// TestAddressIsHostPort checks that an address a registration lists (and
+// a replica's) is host:port, as PROTOCOL.md §7.1 says: the registry took
+// any 1..64 bytes, so a stranger could list a group under an address with
+// ESC sequences, blanks or line breaks for every client to show and dial.
+func TestAddressIsHostPort(t *testing.T) {
+	for _, a := range []string{
+		"10.0.0.1:7374", "[fd00::1]:7374", "box.local:1", "hôte:65535", strings.Repeat("h", MaxAddrBytes-6) + ":65535",
+	} {
+		for _, args := range []any{
+			&Register{Group: tGroup, Name: "a", Addrs: []string{a}},
+			&Register{Group: tGroup, Name: "a", Port: 1, Replicas: []Replica{{Addr: a, Fingerprint: Fingerprint{1}}}},
+		} {
+			var buf bytes.Buffer
+			if err := WriteRequest(&buf, OpRegister, args); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := decodeRequest(&buf); err != nil {
+				t.Errorf("%q refused: %v", a, err)
+			}
+		}
+	}
+	for _, a := range []string{
+		"10.0.0.1", "10.0.0.1:", ":7374", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:http", "10.0.0.1:-1",
+		"\x1b[2J:1", "box\n10.0.0.9:1", "a b:1", "a\u202eb:1", "a\xff:1", "[::1:1",
+	} {
+		for _, args := range []any{
+			&Register{Group: tGroup, Name: "a", Addrs: []string{a}},
+			&Register{Group: tGroup, Name: "a", Port: 1, Replicas: []Replica{{Addr: a, Fingerprint: Fingerprint{1}}}},
+		} {
+			var buf bytes.Buffer
+			if err := WriteRequest(&buf, OpRegister, args); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := decodeRequest(&buf); err == nil || ToError(err).Code != CodeBadRequest {
+				t.Errorf("%q: %v, want bad_request", a, err)
+			}
 		}
 	}
 }

@@ -286,11 +286,6 @@ func (r *Daemon) register(c *server.Call) error {
 		}
 		addrs = []string{a}
 	}
-	for _, a := range addrs {
-		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
-			return fmt.Errorf("register group %s: %w: address %q is not host:port", req.Group, wire.ErrBadRequest, a)
-		}
-	}
 	now := r.cfg.Now()
 	from := server.Source(c.Remote())
 	r.mu.Lock()
