@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -248,5 +251,33 @@ func TestBrowseReportsBounded(t *testing.T) {
 	rep.report(Advertised{Instance: "x", Fingerprint: "fp0", Iface: "lo"}, at("127.0.0.3:1"))
 	if len(got) != n+1 {
 		t.Errorf("a known registry at a new address was not reported")
+	}
+}
+
+// TestConflictNeedsOurKey checks that a registry renames only for an
+// advertiser of its own key under its instance name (a copy of the key,
+// RFC 6762 §9), not for anyone who claims the name with a fingerprint of
+// their own in TXT, which nothing verifies: a spoofer whose fp sorted
+// higher made a registry rename itself, then again under each new name.
+func TestConflictNeedsOurKey(t *testing.T) {
+	ours := "abcd-efgh-ijkl"
+	z := &zone{instance: "huddle registry on box (abcd-efgh)", host: "box-abcdefgh.local.", port: 7373,
+		txt: txtRecord("", ours), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+	renamed := 0
+	r := &responder{c: &conn{ifc: net.Interface{Name: "lo"}}, zone: z, fp: ours, ours: func(netip.Addr) bool { return false }, lost: func(*advert) { renamed++ },
+		log: slog.New(slog.DiscardHandler), lastDefense: time.Now()}
+	for _, fp := range []string{"zzzz-zzzz-zzzz", "abcd-efgh-zzzz", "abcd-efgh-ijkl-"} {
+		spoof := &zone{instance: z.instance, host: "spoof.local.", port: 1, txt: txtRecord("", fp), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.0")}}
+		r.checkConflict(&dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Answer: spoof.all()}, netip.MustParseAddrPort("10.0.0.66:5353"))
+	}
+	if renamed != 0 {
+		t.Errorf("renamed %d times for advertisers of other keys", renamed)
+	}
+	// A copy of our own key at a higher address: the documented conflict,
+	// which the lower side (ours) settles by renaming.
+	twin := &zone{instance: z.instance, host: "twin.local.", port: 7373, txt: txtRecord("", ours), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.9")}}
+	r.checkConflict(&dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Answer: twin.all()}, netip.MustParseAddrPort("10.0.0.67:5353"))
+	if renamed != 1 {
+		t.Errorf("a copy of our key under our name: renamed %d times, want 1", renamed)
 	}
 }

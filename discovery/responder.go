@@ -160,8 +160,9 @@ func (r *responder) send(m *dns.Msg, dst netip.AddrPort) {
 // checkConflict looks for our instance name in another responder's
 // response. A copy of ourselves (same fingerprint, host, port, and only
 // this host's addresses: our responder on another interface of the same
-// link) is no conflict, nor is anyone else's instance. Otherwise the side
-// whose records sort lower renames, the other defends its name by
+// link) is no conflict, nor is anyone else's instance. Another advertiser
+// of our key (a copy of it) under our name is: the side whose records
+// sort lower renames. We defend the name against anyone else by
 // announcing it again (at most once a second).
 func (r *responder) checkConflict(m *dns.Msg, from netip.AddrPort) {
 	for _, a := range adverts(m) {
@@ -171,7 +172,12 @@ func (r *responder) checkConflict(m *dns.Msg, from netip.AddrPort) {
 		if r.isSelf(a) {
 			continue
 		}
-		if r.losesTo(a) {
+		// Only a copy of our key renames us: the fingerprint in another's
+		// TXT is a claim nothing verifies, and a stranger claiming our
+		// name with a key that sorts above ours would rename us again and
+		// again. Browsers refuse such a claim (the name's tag is not its
+		// key's); we announce ours again.
+		if txtValue(a.txt, "fp") == r.fp && r.losesTo(a) {
 			r.log.Warn("discovery: another registry advertises our mDNS instance name; renaming", "iface", r.c.ifc.Name,
 				"instance", r.zone.instance, "from", from, "their_fp", txtValue(a.txt, "fp"), "their_addrs", a.addrs)
 			r.lost(a)
