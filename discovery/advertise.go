@@ -135,6 +135,12 @@ func fingerprintTag(fp string) string {
 	return fp
 }
 
+// MaxRenames is how many times an Advertiser renames its instance after
+// conflicts (RFC 6762 §9) before it keeps its name: a conflict needs only
+// an answer claiming the name with the same fingerprint in TXT, which
+// anyone can copy, and each rename lengthens the name (" #N").
+const MaxRenames = 8
+
 // names returns the instance and host names to advertise after renames
 // conflicts forced.
 func (a *Advertiser) names(renames int) (instance, host string) {
@@ -200,14 +206,15 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 	defer cancel()
 
 	var (
-		warn      = newWarnOnce(a.log)
-		renames   int
-		instance  string
-		host      string
-		running   = make(map[string]*responder) // by interface name
-		conflicts = make(chan *advert, 1)
-		hostAddrs []netip.Addr // every address of every interface, for telling ourselves apart
-		addrsMu   sync.Mutex
+		warn       = newWarnOnce(a.log)
+		renames    int
+		keptWarned bool // the name was kept once MaxRenames were made
+		instance   string
+		host       string
+		running    = make(map[string]*responder) // by interface name
+		conflicts  = make(chan *advert, 1)
+		hostAddrs  []netip.Addr // every address of every interface, for telling ourselves apart
+		addrsMu    sync.Mutex
 	)
 	instance, host = a.names(renames)
 	txt := txtRecord(a.cfg.Version, a.cfg.Fingerprint)
@@ -309,6 +316,15 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 		case theirs := <-conflicts:
 			if !strings.EqualFold(theirs.instance, instance) {
 				continue // about a name already given up
+			}
+			if renames >= MaxRenames {
+				if !keptWarned {
+					keptWarned = true
+					a.log.Warn("discovery: keeping the registry's mDNS instance name despite a conflict",
+						"instance", instance, "renames", renames, "max", MaxRenames, "their_fp", txtValue(theirs.txt, "fp"), "their_addrs", theirs.addrs,
+						"why", "another advertiser claims every name this one takes, with its key's fingerprint; two daemons with a copy of one key, or a spoofer")
+				}
+				continue
 			}
 			renames++
 			old := instance

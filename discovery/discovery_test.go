@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/internal/netlab"
 )
@@ -145,6 +147,32 @@ func (w logWatch) attr(msg, key string) string {
 			return val == ""
 		})
 		return val
+	}
+	return ""
+}
+
+// attrWhere returns the value of attribute key2 in the first record with
+// message msg and attribute key = val ("" if none).
+func (w logWatch) attrWhere(msg, key, val, key2 string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range *w.records {
+		if r.Message != msg {
+			continue
+		}
+		match, got := false, ""
+		r.Attrs(func(a slog.Attr) bool {
+			switch a.Key {
+			case key:
+				match = a.Value.String() == val
+			case key2:
+				got = a.Value.String()
+			}
+			return true
+		})
+		if match {
+			return got
+		}
 	}
 	return ""
 }
@@ -751,5 +779,76 @@ func TestSendRefusedWarnsOnce(t *testing.T) {
 			t.Fatalf("reports %+v: want lo joined, its sends refused with firewall advice", reports)
 		}
 		t.Logf("send error: %v; advice: %s", se, se.Advice())
+	})
+}
+
+// TestRenamesBounded has a spoofer claim a registry's mDNS instance name
+// with a copy of its fingerprint (TXT is never verified) and records that
+// sort above its own, and claim each new name as the registry renames: the
+// registry renames at most discovery.MaxRenames times, then keeps its name
+// and says why. Each rename lengthened the name (" #N"), without end.
+func TestRenamesBounded(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		reg := startFakeRegistry(t, "127.0.0.1:0", "same-key")
+		log, w := watchLog(t)
+		advertise(t, discovery.AdvertiserConfig{Port: int(reg.addr.Port()), Fingerprint: "same-key", Logger: log})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		const (
+			advertising = "discovery: advertising registry"
+			renamed     = "discovery: renamed the registry's mDNS instance after a conflict"
+			kept        = "discovery: keeping the registry's mDNS instance name despite a conflict"
+		)
+		w.wait(ctx, t, 1, advertising, "", "")
+		name := w.attr(advertising, "instance")
+		spoofer, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer spoofer.Close()
+		resend := time.NewTicker(200 * time.Millisecond)
+		defer resend.Stop()
+		for i := 0; ; i++ {
+			if i > discovery.MaxRenames {
+				t.Fatalf("renamed %d times", i)
+			}
+			fqdn := strings.NewReplacer(".", `\.`, `\`, `\\`).Replace(name) + "._huddle._udp.local."
+			hdr := func(n string, t uint16) dns.RR_Header {
+				return dns.RR_Header{Name: n, Rrtype: t, Class: dns.ClassINET | 1<<15, Ttl: 120}
+			}
+			m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Answer: []dns.RR{
+				&dns.PTR{Hdr: hdr("_huddle._udp.local.", dns.TypePTR), Ptr: fqdn},
+				&dns.SRV{Hdr: hdr(fqdn, dns.TypeSRV), Target: "zzz.local.", Port: 65535},
+				&dns.TXT{Hdr: hdr(fqdn, dns.TypeTXT), Txt: []string{"proto=huddle/1", "fp=same-key"}},
+				&dns.A{Hdr: hdr("zzz.local.", dns.TypeA), A: net.IPv4(127, 0, 0, 99)},
+			}}
+			out, err := m.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Claimed until the registry renames or says it keeps the name.
+			for w.count(renamed, "was", name) == 0 && w.count(kept, "", "") == 0 {
+				if _, err := spoofer.Write(out); err != nil {
+					t.Fatal(err)
+				}
+				w.mu.Lock()
+				changed := *w.changed
+				w.mu.Unlock()
+				select { // a record logged, or a while without: claim again
+				case <-changed:
+				case <-resend.C:
+				case <-ctx.Done():
+					t.Fatalf("no rename nor refusal after claiming %q", name)
+				}
+			}
+			if w.count(kept, "", "") > 0 {
+				if n := w.count(renamed, "", ""); n != discovery.MaxRenames {
+					t.Errorf("kept its name after %d renames, want %d", n, discovery.MaxRenames)
+				}
+				return
+			}
+			name = w.attrWhere(renamed, "was", name, "now")
+			w.wait(ctx, t, 1, advertising, "instance", name)
+		}
 	})
 }
