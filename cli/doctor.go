@@ -488,7 +488,10 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 				d.advise("group %q: the daemon at %s has another key than its registries list: a stale listing (wait one lease) or an impostor", e.Name, strings.Join(e.Addrs, ","))
 			} else {
 				answer = "NO: " + withoutGoText(err)
-				d.advise("group %q: its daemon registered %s but does not answer there: it may register an address unreachable from here (set --advertise on the daemon), or a firewall drops UDP", e.Name, strings.Join(e.Addrs, ","))
+				// Likeliest first: a daemon killed (or its host gone) is listed
+				// until its lease lapses.
+				lapses := (time.Duration(e.ExpiresMS) * time.Millisecond).Round(time.Second)
+				d.advise("group %q: its daemon registered %s but does not answer there: it may have stopped without deregistering (killed, crashed, or its host down: its registries list it until its lease lapses, in %v), register an address unreachable from here (set --advertise on the daemon), or a firewall drops UDP", e.Name, strings.Join(e.Addrs, ","), lapses)
 			}
 		} else {
 			j.OK = true

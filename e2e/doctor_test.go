@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -68,6 +69,11 @@ func TestDoctor(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(advice), "\n")[1:]
 	if len(lines) != 1 || !strings.Contains(lines[0], `group "gone"`) {
 		t.Errorf("advice %q: want once, about the daemon gone", lines)
+	}
+	// The likeliest cause first: a daemon killed stays listed until its
+	// lease lapses (here ten minutes), which the advice did not say.
+	if !regexp.MustCompile(`it may have stopped without deregistering \(killed, crashed, or its host down: its registries list it until its lease lapses, in (9m[0-9]+s|10m0s)\)`).MatchString(advice) {
+		t.Errorf("the advice about the daemon gone does not say it may have stopped, and when its listing lapses:\n%s", advice)
 	}
 	if n := strings.Count(r.stdout, "does not answer there"); n != 1 || strings.Contains(r.stdout, "is it running") {
 		t.Errorf("the advice about the daemon gone is printed %d times, or the table repeats advice of its own:\n%s", n, r.stdout)
