@@ -43,7 +43,7 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	fs.BoolVar(&openBrowser, "open", false, "open the page in your browser")
 	fs.BoolVar(&allowRemote, "allow-remote", false, "allow a --listen address other machines can reach (plain HTTP: read the warning it prints)")
 	fs.StringArrayVar(&hosts, "host", nil, "a host name the page may be opened under, besides IP addresses and localhost (repeatable)")
-	fs.StringArrayVar(&registries, "registry", nil, "registry to list groups from, HOST[:PORT] (repeatable; default $HUDDLE_REGISTRY, else this machine's and those found over mDNS)")
+	fs.Var((*registryAddrsValue)(&registries), "registry", "registry to list groups from, HOST[:PORT] (repeatable, or comma-separated; default $HUDDLE_REGISTRY, else this machine's and those found over mDNS)")
 	fs.StringArrayVar(&ifaces, "iface", nil, "look for registries over mDNS on this interface only (repeatable)")
 	fs.BoolVar(&noMDNS, "no-mdns", false, "do not look for registries over mDNS")
 	fs.StringVar(&logLevel, "log-level", "warn", "least severe level logged to stderr: debug, info, warn, error")
@@ -60,7 +60,9 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
 	if len(registries) == 0 {
 		if r := env.Getenv("HUDDLE_REGISTRY"); r != "" {
-			registries = strings.Split(r, ",")
+			if err := (*registryAddrsValue)(&registries).Set(r); err != nil {
+				return usageErr(env, "web", "HUDDLE_REGISTRY=%q: %v", r, err)
+			}
 		}
 	}
 	discover := len(registries) == 0 && !noMDNS

@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +98,80 @@ func TestOpenPageFails(t *testing.T) {
 	}
 	if code := v.stop(t); code != ExitOK {
 		t.Errorf("huddle web stopped with exit code %d, want 0", code)
+	}
+}
+
+// TestWebRegistryList: huddle web --registry takes a comma-separated list,
+// as every client command's --registry and HUDDLE_REGISTRY do. It took
+// the list as one address ("lookup 127.0.0.1:7373,127.0.0.1:7390: no such
+// host") and listed no group; a malformed address was found only then.
+func TestWebRegistryList(t *testing.T) {
+	a, b := startUp(t, "lobby"), startUp(t, "dev")
+	home := t.TempDir()
+	getenv := func(k string) string { return map[string]string{"HUDDLE_HOME": home}[k] }
+	v := startVerb(t, getenv, "web", "--listen", "127.0.0.1:0", "--no-mdns", "--registry", a+","+b)
+	link := v.waitLine(t, regexp.MustCompile(`(?m)^huddle web: (http://127\.0\.0\.1:\d+/\?k=\S+)$`))
+	base, secret, _ := strings.Cut(link, "/?k=")
+	type listJSON struct {
+		Groups []struct {
+			Name string `json:"name"`
+		} `json:"groups"`
+		Registries []struct {
+			Addr  string `json:"addr"`
+			OK    bool   `json:"ok"`
+			Error string `json:"error"`
+		} `json:"registries"`
+	}
+	// Each registry is polled on its own: the list has both once each
+	// answered.
+	var list listJSON
+	var addrs, names []string
+	for deadline := time.Now().Add(waitTimeout); ; {
+		req, err := http.NewRequest("GET", base+"/api/groups", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+secret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		list = listJSON{}
+		err = json.NewDecoder(resp.Body).Decode(&list)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs, names = nil, nil
+		for _, r := range list.Registries {
+			if r.OK {
+				addrs = append(addrs, r.Addr)
+			}
+		}
+		for _, g := range list.Groups {
+			names = append(names, g.Name)
+		}
+		slices.Sort(names)
+		if slices.Equal(addrs, []string{a, b}) && slices.Equal(names, []string{"dev", "lobby"}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("huddle web --registry %s,%s lists registries %q answering (%+v) and groups %q; want both, and dev and lobby", a, b, addrs, list.Registries, names)
+		}
+		<-time.After(50 * time.Millisecond) // polling a condition, with a deadline
+	}
+	if code := v.stop(t); code != ExitOK {
+		t.Errorf("huddle web stopped with exit code %d", code)
+	}
+
+	bad := startVerb(t, getenv, "web", "--listen", "127.0.0.1:0", "--no-mdns", "--registry", a+",not an/address")
+	select {
+	case code := <-bad.code:
+		bad.code <- code
+		if code != ExitUsage || !strings.Contains(bad.stderr.String(), `"not an/address"`) {
+			t.Errorf("huddle web --registry with a malformed address: exit %d, stderr %q; want 2, naming it", code, bad.stderr)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("huddle web ran with a malformed --registry address")
 	}
 }
