@@ -46,6 +46,13 @@
 // (Command, TestCommand) are killed if the test process dies, so none is
 // left running in a namespace nobody will delete.
 //
+// A link's latency, jitter and reordering come from a Delayer
+// (Host.Delayer, LAN.DelayerHere): the kernels the lab runs on have no
+// sch_netem, so an iptables NFQUEUE rule in a host's namespace hands the
+// packets it receives to this process, which lets each go once its delay
+// (a base plus a random share of the jitter) has passed. It needs
+// iptables(8) too (RequireDelay).
+//
 // Everything here needs root and the ip(8) and unshare(1) programs; Require
 // skips a test without them, or fails it when the environment has CI=true,
 // so CI cannot silently pass by skipping.
@@ -117,6 +124,7 @@ type LAN struct {
 	br0    *Segment
 	nbr    int
 	nsMade []string
+	here   string // the interface AttachHere made, if it did
 }
 
 // Segment is one bridge in the switch namespace: hosts attached to it share
@@ -271,6 +279,7 @@ func (l *LAN) AttachHere(name string, addrs ...string) {
 	l.mu.Lock()
 	l.nport++
 	port := fmt.Sprintf("swp%d", l.nport)
+	l.here = name
 	l.mu.Unlock()
 	l.ip("-n", l.sw, "link", "add", port, "type", "veth", "peer", "name", name, "netns", fmt.Sprint(os.Getpid()))
 	l.ip("-n", l.sw, "link", "set", port, "master", l.br0.bridge)

@@ -510,3 +510,101 @@ func startTimeOf(t *testing.T, pid int) uint64 {
 	}
 	return start
 }
+
+// TestDelayer holds the packets the test's own namespace receives from a
+// host of the LAN: an echo's answer comes back no sooner than the delay;
+// with jitter, datagrams sent in order arrive in another, every one of
+// them; a Delay From another address holds none of the host's; and once
+// the Delayer is closed its rules are gone and packets pass.
+func TestDelayer(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		lan := netlab.New(t)
+		lan.AttachHere("ctl0", "10.99.8.100/24")
+		h := lan.AddHost("a", "10.99.8.1/24")
+		startDaemon(t, h, "ROLE=echo", "LISTEN=:9000")
+		d := lan.DelayerHere()
+		c, err := net.Dial("udp4", "10.99.8.1:9000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// echo sends n numbered datagrams and returns the order their
+		// echoes came back in.
+		echo := func(n int) []int {
+			t.Helper()
+			for i := range n {
+				if _, err := fmt.Fprintf(c, "%d", i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var got []int
+			buf := make([]byte, 64)
+			for len(got) < n {
+				k, err := c.Read(buf)
+				if err != nil {
+					t.Fatalf("%d of %d echoes back: %v", len(got), n, err)
+				}
+				i, err := strconv.Atoi(string(buf[:k]))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, i)
+			}
+			return got
+		}
+
+		const delay = 200 * time.Millisecond
+		d.Set(netlab.Delay{Base: delay})
+		start := time.Now()
+		echo(1)
+		if took := time.Since(start); took < delay {
+			t.Errorf("an echo came back in %v under a delay of %v", took, delay)
+		}
+		if d.Held() != 1 {
+			t.Errorf("held %d packets, want 1", d.Held())
+		}
+
+		d.Set(netlab.Delay{Base: delay, From: []string{"10.99.8.2"}})
+		echo(1)
+		if d.Held() != 1 {
+			t.Errorf("held %d packets in all, want still 1: the echo came from another address than From", d.Held())
+		}
+
+		d.Set(netlab.Delay{Jitter: 100 * time.Millisecond})
+		const n = 200
+		got := echo(n)
+		inversions := 0
+		for i := 1; i < len(got); i++ {
+			if got[i] < got[i-1] {
+				inversions++
+			}
+		}
+		if inversions == 0 {
+			t.Errorf("%d datagrams under 100 ms of jitter came back in the order sent", n)
+		}
+		if slices.Sort(got); !slices.Equal(got, seq(n)) {
+			t.Errorf("echoes back: %v, want 0..%d once each", got, n-1)
+		}
+		t.Logf("%d datagrams under 100 ms of jitter: %d inversions", n, inversions)
+
+		d.Close()
+		d.Close()
+		out, err := exec.Command("iptables-save").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-save: %v: %s", err, out)
+		}
+		if bytes.Contains(out, []byte("huddle-delay")) {
+			t.Errorf("rules left after Close:\n%s", out)
+		}
+		echo(1)
+	})
+}
+
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
