@@ -409,6 +409,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		leaderLost := 0            // rounds that ended in another term than they began
 		var aloneReads []string    // kill-all-staggered: what a fetch from the member restarted alone got
 		var elected []killPhases   // from each leader kill to its steps of recovery
+		var netFaults []string     // the network's faults: how the sends fared, what elections each caused
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -732,6 +733,10 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				w.waitProgress(t, victim.name+"'s disk filled")
 				w.waitProgress(t, victim.name+"'s disk filled, again")
 				free()
+			case "delay", "delay-leader", "delay-one-way", "reorder", "duplicate", "delay-kill-leader":
+				var report string
+				report, term = c.netFault(t, w, kind, counts[kind], leader, followers, term)
+				netFaults = append(netFaults, report)
 			default:
 				t.Fatalf("no such fault %q", kind)
 			}
@@ -758,7 +763,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		back := logRecoveries(t, h, "kill-leader")
 		logElections(t, elected, back)
 		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-all", "kill-all-twice",
-			"kill-all-majority-back", "followers-back", "one-way", "pause-all", "disk-all-freed", "disk-followers-freed"} {
+			"kill-all-majority-back", "followers-back", "one-way", "pause-all", "disk-all-freed", "disk-followers-freed", "delay-kill-leader"} {
 			logRecoveries(t, h, kind)
 		}
 		for _, kind := range slices.Sorted(maps.Keys(refused)) {
@@ -774,6 +779,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		}
 		if len(restartPauses) > 0 {
 			t.Logf("rolling restarts: %s", strings.Join(restartPauses, "; "))
+		}
+		for _, s := range netFaults {
+			t.Logf("network fault %s", s)
 		}
 		if res.Acked < rounds {
 			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)

@@ -50,6 +50,9 @@ type lab struct {
 	lan   *netlab.LAN
 	hosts map[string]*netlab.Host
 	reg   *node
+	// delayers holds each host's packet delayer (nil: ctl's), made on
+	// first use.
+	delayers map[*netlab.Host]*netlab.Delayer
 }
 
 // newLab builds the LAN with the registry running and no daemon yet. It
@@ -269,15 +272,20 @@ func (p *proc) awaitLine(re *regexp.Regexp) ([]string, error) {
 
 // firewall is the nftables state of one host: the addresses it cannot
 // reach (a partition), those it cannot hear but can still send to (one
-// direction of a partition), and the share of packets it drops on input
-// (loss). Apply replaces the host's whole table, so faults compose and heal
-// exactly.
+// direction of a partition), the share of packets it drops on input
+// (loss), and the share of those it sends to the LAN that it sends twice
+// (duplication). Apply replaces the host's whole tables, so faults compose
+// and heal exactly.
 type firewall struct {
 	blocked []string
 	// deaf are addresses whose packets the host drops on input only: it
 	// still sends to them (a one-way partition).
 	deaf    []string
 	lossPct int
+	// dupPct is the share of the packets the host sends to the LAN that
+	// go twice: nft's dup sends a copy of each to the same address (dup
+	// has no inet form: it lives in an ip table of its own).
+	dupPct int
 }
 
 // setFirewall installs fw in the host's namespace (an empty one removes
@@ -285,7 +293,11 @@ type firewall struct {
 func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 	l.t.Helper()
 	var rules strings.Builder
-	rules.WriteString("table inet jepsen\ndelete table inet jepsen\n")
+	rules.WriteString("table inet jepsen\ndelete table inet jepsen\ntable ip jepsendup\ndelete table ip jepsendup\n")
+	if fw.dupPct > 0 {
+		fmt.Fprintf(&rules, "table ip jepsendup {\n chain out { type filter hook output priority 0; policy accept;\n"+
+			"  ip daddr %s0/24 meta l4proto { udp, tcp } numgen random mod 100 < %d dup to ip daddr\n }\n}\n", subnet, fw.dupPct)
+	}
 	if len(fw.blocked) > 0 || len(fw.deaf) > 0 || fw.lossPct > 0 {
 		rules.WriteString("table inet jepsen {\n chain in { type filter hook input priority 0; policy accept;\n")
 		for _, a := range append(slices.Clone(fw.blocked), fw.deaf...) {

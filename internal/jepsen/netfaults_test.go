@@ -1,0 +1,234 @@
+//go:build linux
+
+package jepsen
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/internal/history"
+	"github.com/huddle-chat/huddle/internal/netlab"
+)
+
+// The network's faults: what a WAN, a congested switch or a flaky link do
+// to packets without losing them.
+var (
+	// slowLink is the delay of the delay faults: 50-150 ms one way, drawn
+	// for each packet, so a round trip takes 100-300 ms and packets sent
+	// less than 100 ms apart may arrive in another order.
+	slowLink = netlab.Delay{Base: 50 * time.Millisecond, Jitter: 100 * time.Millisecond}
+	// shuffled is the reorder fault's: little latency, but any two
+	// packets sent less than 40 ms apart may arrive in either order.
+	shuffled = netlab.Delay{Base: time.Millisecond, Jitter: 40 * time.Millisecond}
+)
+
+const (
+	// dupPct is the share of the packets each host sends that the
+	// duplicate fault sends twice.
+	dupPct = 20
+	// netFaultLength is how long a network fault lasts (the workload runs
+	// through it).
+	netFaultLength = 5 * time.Second
+)
+
+// TestCellNetworkFaults runs the Jepsen workload and checker against a
+// cell of three through the network's faults that lose nothing but time
+// and order (the kernels here have no netem: internal/netlab's Delayer
+// holds the packets each host receives, and nft's dup sends copies):
+//   - delay: every host (the members, the registry, the clients) hears
+//     every packet 50-150 ms late, drawn for each packet (round trips of
+//     100-300 ms, reordered where packets are less than 100 ms apart);
+//   - delay-leader: the same, to and from the leader only;
+//   - delay-one-way: the leader hears everyone late, or (the next time)
+//     the followers hear the leader late;
+//   - reorder: 0-40 ms of jitter on every host: heavy reordering;
+//   - duplicate: every host sends 20% of its packets twice;
+//   - delay-kill-leader: the leader SIGKILLed while every host is slow:
+//     the others must elect one on 100-300 ms round trips.
+//
+// Each lasts 5 s under the workload (delay-kill-leader until the cell has
+// a new leader and the old one is back), and the log names, for each,
+// when the sends started in it were acknowledged (p50, p99, max), the
+// longest time no send was, the attempts that failed, and the elections
+// it caused: none of the delays is longer than the cell's heartbeat
+// timeout, so a fault that is not a leader kill must cause none, and the
+// test fails on one.
+//
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 6, each fault once; make
+// jepsen: 100).
+func TestCellNetworkFaults(t *testing.T) {
+	netlab.RequireDelay(t)
+	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 6),
+		[]string{"delay", "reorder", "delay-leader", "duplicate", "delay-one-way", "delay-kill-leader", "delay-one-way"})
+}
+
+// delayer returns host h's packet delayer (h nil: the clients' host,
+// ctl), making it on first use.
+func (l *lab) delayer(h *netlab.Host) *netlab.Delayer {
+	l.t.Helper()
+	if l.delayers == nil {
+		l.delayers = make(map[*netlab.Host]*netlab.Delayer)
+	}
+	d, ok := l.delayers[h]
+	if !ok {
+		if h == nil {
+			d = l.lan.DelayerHere()
+		} else {
+			d = h.Delayer()
+		}
+		l.delayers[h] = d
+	}
+	return d
+}
+
+// everyHost returns every host of the lab, ctl (nil) first.
+func (l *lab) everyHost() []*netlab.Host {
+	hosts := []*netlab.Host{nil}
+	for _, name := range slices.Sorted(maps.Keys(l.hosts)) {
+		hosts = append(hosts, l.hosts[name])
+	}
+	return hosts
+}
+
+// netFault injects one of the network's faults (kind, the n-th of its
+// kind) under the workload, heals it, and returns what the log says of
+// it: how the sends fared and what elections it caused. term is the
+// leader's; a delay-kill-leader returns the next leader's.
+func (c *cell) netFault(t *testing.T, w *workload, kind string, n int, leader *cellNode, followers []*cellNode, term uint64) (string, uint64) {
+	t.Helper()
+	l := c.l
+	from := func(d netlab.Delay, n *cellNode) netlab.Delay {
+		d.From = []string{n.ip()}
+		return d
+	}
+	var what string
+	switch kind {
+	case "delay", "delay-kill-leader":
+		what = fmt.Sprintf("every host hears every packet %v late", slowLink)
+		for _, h := range l.everyHost() {
+			l.delayer(h).Set(slowLink)
+		}
+	case "delay-leader":
+		what = fmt.Sprintf("packets to and from %s %v late", leader.name, slowLink)
+		for _, h := range l.everyHost() {
+			if h == leader.host {
+				l.delayer(h).Set(slowLink)
+			} else {
+				l.delayer(h).Set(from(slowLink, leader))
+			}
+		}
+	case "delay-one-way":
+		if n%2 == 0 {
+			what = fmt.Sprintf("%s hears every host %v late", leader.name, slowLink)
+			l.delayer(leader.host).Set(slowLink)
+		} else {
+			what = fmt.Sprintf("the followers hear %s %v late", leader.name, slowLink)
+			for _, f := range followers {
+				l.delayer(f.host).Set(from(slowLink, leader))
+			}
+		}
+	case "reorder":
+		what = fmt.Sprintf("every host hears every packet %v late", shuffled)
+		for _, h := range l.everyHost() {
+			l.delayer(h).Set(shuffled)
+		}
+	case "duplicate":
+		what = fmt.Sprintf("every host sends %d%% of its packets twice", dupPct)
+		for _, h := range l.everyHost() {
+			l.setFirewall(h, firewall{dupPct: dupPct})
+		}
+	default:
+		t.Fatalf("no such network fault %q", kind)
+	}
+	began := time.Now()
+	if kind != "delay-kill-leader" {
+		w.h.Fault(began, kind, what)
+	}
+	w.waitProgress(t, what+" began")
+	elections := ""
+	if kind == "delay-kill-leader" {
+		leader.kill(syscall.SIGKILL)
+		leader.up = false
+		killed := time.Now()
+		w.h.Fault(killed, kind, leader.name+" killed while "+what)
+		next, nextTerm := c.leader(t, term)
+		ph := c.phases(killed, next, nextTerm)
+		elections = fmt.Sprintf("; %s killed: a member stood after %v, %s won after %v (%d candidacies), ready after %v",
+			leader.name, ph.stood.Round(10*time.Millisecond), next.name, ph.won.Round(10*time.Millisecond), ph.candidacies, ph.ready.Round(10*time.Millisecond))
+		if len(ph.election) > 0 {
+			t.Logf("%s killed while %s: %d candidacies to elect %s; the members' election lines:\n%s",
+				leader.name, what, ph.candidacies, next.name, strings.Join(ph.election, "\n"))
+		}
+		term = nextTerm
+		leader.start()
+		leader.up = true
+		w.waitProgress(t, leader.name+" restarted while "+what)
+	} else {
+		<-time.After(netFaultLength) // the fault's length
+	}
+	ended := time.Now()
+	for _, d := range l.delayers {
+		d.Set(netlab.Delay{})
+	}
+	if kind == "duplicate" {
+		for _, h := range l.everyHost() {
+			l.setFirewall(h, firewall{})
+		}
+	}
+	w.waitProgress(t, what+", healed")
+
+	// Elections nobody asked for: candidacies while no member was killed.
+	var stood []string
+	for _, cn := range c.nodes {
+		for _, at := range cn.logged(candidacy, 0, began) {
+			if at.Before(ended) {
+				stood = append(stood, cn.name)
+			}
+		}
+	}
+	_, nowTerm := c.leader(t, 0)
+	if kind != "delay-kill-leader" {
+		if len(stood) > 0 || nowTerm != term {
+			t.Errorf("%s: %d candidacies (%s), the term went from %d to %d: an election nobody asked for",
+				what, len(stood), strings.Join(stood, " "), term, nowTerm)
+		}
+		term = nowTerm
+	} else {
+		elections += fmt.Sprintf(", %d candidacies in all", len(stood))
+	}
+	return kind + " (" + what + "): " + sendsIn(w.h, began, ended) + elections, term
+}
+
+// sendsIn summarizes the send attempts that started between from and to:
+// how long the acknowledged ones took (p50, p99, max), the longest time
+// no send was acknowledged, and the failed ones by class.
+func sendsIn(h *history.History, from, to time.Time) string {
+	var took []time.Duration
+	failed := make(map[string]int)
+	for _, s := range h.Sends() {
+		if s.Start.Before(from) || !s.Start.Before(to) {
+			continue
+		}
+		if s.Acked {
+			took = append(took, s.End.Sub(s.Start))
+		} else {
+			class, _, _ := strings.Cut(s.Err, ":")
+			failed[class]++
+		}
+	}
+	if len(took) == 0 {
+		return fmt.Sprintf("no send acknowledged; failed: %v", failed)
+	}
+	slices.Sort(took)
+	pct := func(p float64) time.Duration {
+		return took[min(len(took)-1, int(p*float64(len(took))))].Round(time.Millisecond)
+	}
+	pause, _ := sendPause(h, from, to)
+	return fmt.Sprintf("%d sends acknowledged in p50 %v, p99 %v, max %v; none for %v at most; failed attempts: %v",
+		len(took), pct(0.5), pct(0.99), took[len(took)-1].Round(time.Millisecond), pause.Round(10*time.Millisecond), failed)
+}
