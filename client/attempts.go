@@ -14,8 +14,8 @@ var errAttemptEnd = errors.New("the attempt's time is up")
 
 // attemptCtx is the context of one attempt on a cell's member: the
 // caller's context, ended sooner by the client's attemptClock, at
-// cellSilentFor (errSilent) if conn was given and not one packet arrived
-// on it meanwhile, and at end (errAttemptEnd, with the error of a passed
+// silentFor (errSilent) if conn was given and not one packet arrived on it
+// meanwhile, and at end (errAttemptEnd, with the error of a passed
 // deadline, as a deadline context's). The stream the call runs on is
 // registered with it (cancelOnEnd) and cancelled when the attempt ends:
 // context.AfterFunc there cost a registration, a done channel and a
@@ -161,12 +161,15 @@ type parentWatch struct {
 }
 
 // start begins an attempt under parent that ends at end, checked for
-// silence on conn (nil: not) at cellSilentFor. Its caller releases it.
+// silence on conn (nil: not) at silentFor its path, if that comes before
+// end. Its caller releases it.
 func (c *attemptClock) start(parent context.Context, end time.Time, conn *quic.Conn) *attemptCtx {
 	a := &attemptCtx{Context: parent, end: end, clock: c}
 	if conn != nil {
-		a.watched, a.silence, a.heard = true, conn, conn.ConnectionStats().PacketsReceived
-		a.silentAt = time.Now().Add(cellSilentFor)
+		stats := conn.ConnectionStats()
+		if at := time.Now().Add(silentFor(stats)); at.Before(end) {
+			a.watched, a.silence, a.heard, a.silentAt = true, conn, stats.PacketsReceived, at
+		}
 	}
 	pdone := parent.Done()
 	c.mu.Lock()

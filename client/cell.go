@@ -245,23 +245,60 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 // A slow answer costs a repeat on another member, with the same message
 // IDs: never a duplicate.
 //
-// An attempt that must dial first gets cellDialFor for the handshake: a
-// live member completes one in a round trip and a little CPU, and the
-// member most often dialled in a failover is the dead leader its
+// An attempt that must dial first gets cellDialFor for the handshake
+// (more on a slow path: dialBound), and then its time to be answered: a
+// live member completes a handshake in a round trip and a little CPU,
+// and the member most often dialled in a failover is the dead leader its
 // followers still name, which answers nothing until the attempt's end.
 //
 // And an attempt on a connection from which not one packet arrives for
-// cellSilentFor after the request went out ends there: a live member
-// acknowledges the request's packets within its 25 ms ack delay, however
-// long the operation then takes (a raft commit under load), so silence
-// means the member is gone (killed, frozen, cut off), and the next one
-// is asked at once rather than after the attempt's second.
+// cellSilentFor after the request went out (more on a slow path:
+// silentFor) ends there: a live member acknowledges the request's packets
+// within a round trip and its 25 ms ack delay, however long the operation
+// then takes (a raft commit under load), so silence means the member is
+// gone (killed, frozen, cut off), and the next one is asked at once rather
+// than after the attempt's second.
 const (
 	cellAttemptMin = time.Second
 	cellAttemptMax = 8 * time.Second
 	cellDialFor    = 500 * time.Millisecond
 	cellSilentFor  = 400 * time.Millisecond
 )
+
+// silentFor is how long an attempt on a connection waits for a first
+// packet before it takes the member for gone: cellSilentFor, or on a path
+// whose round trips are long, two of them at their smoothed length plus
+// four deviations (as QUIC's probe timeout counts one). A client 300 ms
+// from a cell, each way, hears no ack sooner than 600 ms after its
+// request: with cellSilentFor alone, every attempt there ended silent and
+// the client never sent at all.
+func silentFor(s quic.ConnectionStats) time.Duration {
+	return max(cellSilentFor, 2*(s.SmoothedRTT+4*s.MeanDeviation))
+}
+
+// dialBound returns how long an attempt waits for a handshake with a
+// member: cellDialFor, or, once a handshake with one of the cell's members
+// found a slow path, three of its round trips; and after a handshake that
+// did not complete in time, twice as long as that one had (up to
+// cellAttemptMax), until one does: a client that knows nothing yet of its
+// path to a cell far away would otherwise give up on every handshake.
+func (g *Group) dialBound() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return max(g.dialFor, cellDialFor)
+}
+
+// dialed records the outcome of an attempt's handshake, bounded by
+// bound: the connection made, or nil if the bound passed first.
+func (g *Group) dialed(conn *quic.Conn, bound time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if conn == nil {
+		g.dialFor = min(2*bound, cellAttemptMax)
+		return
+	}
+	g.dialFor = min(3*conn.ConnectionStats().SmoothedRTT, cellAttemptMax)
+}
 
 var (
 	errAttemptTimeout = errors.New("no answer in time")
@@ -302,38 +339,37 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		return p.singleThen(ctx, op, args, out, g.redial())
 	}
 	p := g.peer()
-	end := time.Now().Add(d)
-	bounded := !until.IsZero() && until.Before(end)
-	if bounded {
-		end = until
-	}
 	if !p.connected() {
-		dialEnd := time.Now().Add(min(d, cellDialFor))
-		if end.Before(dialEnd) {
-			dialEnd = end
+		bound := g.dialBound()
+		dialEnd := time.Now().Add(bound)
+		if !until.IsZero() && until.Before(dialEnd) {
+			dialEnd = until
 		}
 		dctx, cancel := context.WithDeadline(ctx, dialEnd)
-		_, err := p.get(dctx)
+		conn, err := p.get(dctx)
 		timedOut := dctx.Err() != nil // before cancel, which would set it whatever happened
 		cancel()
-		if err != nil && bounded && past(until) && ctx.Err() == nil {
+		if err != nil && !until.IsZero() && past(until) && ctx.Err() == nil {
 			return context.DeadlineExceeded
 		}
 		if err != nil && timedOut && ctx.Err() == nil {
+			g.dialed(nil, bound)
 			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errNoHandshake)
 		}
 		if err != nil {
 			return err
 		}
+		g.dialed(conn, bound)
 	}
-	// conn is the one the call uses unless it dies meanwhile. The attempt
-	// watches it for silence, sooner than the call's own watch would
+	end := time.Now().Add(d)
+	bounded := !until.IsZero() && until.Before(end)
+	if bounded {
+		end = until
+	}
+	// The attempt watches the connection the call uses (unless it dies
+	// meanwhile) for silence, sooner than the call's own watch would
 	// (watchSilence), which it then spares.
-	var watched *quic.Conn
-	if conn := p.current(); conn != nil && cellSilentFor < d {
-		watched = conn
-	}
-	actx := g.cl.attempts.start(ctx, end, watched)
+	actx := g.cl.attempts.start(ctx, end, p.current())
 	defer actx.release()
 	err := p.single(actx, op, args, out)
 	if err != nil && ctx.Err() == nil {

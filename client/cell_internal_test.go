@@ -244,3 +244,66 @@ func rawServer(t *testing.T, cfg *quic.Config) (*identity.Identity, *quic.Transp
 	}
 	return srv, tr, ln
 }
+
+// TestCellFarMember: a client 600 ms (a round trip) from a cell's member,
+// as over a satellite link, still sends to it: an attempt's handshake and
+// its silence watch are not bounded below the path's round trip. With a
+// dial bound of 500 ms and a silence bound of 400 ms for every path, each
+// attempt gave up before the member's first packet could arrive, and the
+// client never sent at all.
+func TestCellFarMember(t *testing.T) {
+	srv, tr, ln := rawServer(t, &quic.Config{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer tr.Close() // and every connection on it
+	// A member that acknowledges every send.
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.CloseWithError(0, "")
+				for seq := uint64(1); ; seq++ {
+					st, err := conn.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					wg.Go(func() {
+						defer st.Close()
+						if _, err := wire.ReadFrame(st, nil, 0); err != nil {
+							return
+						}
+						wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
+					})
+				}
+			})
+		}
+	})
+	relay, err := udpproxy.New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	const oneWay = 300 * time.Millisecond
+	relay.Delay(oneWay)
+	cl := newTestClient(t, Config{NoBatching: true, DialTimeout: time.Minute})
+	defer cl.Close()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{relay.Addr()}, Fingerprint: srv.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: relay.Addr(), Fingerprint: srv.Fingerprint(), Leader: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := range 3 {
+		start := time.Now()
+		if _, err := g.SendWithID(ctx, wire.NewID(), []byte("hi")); err != nil {
+			t.Fatalf("send %d to a member %v away (each way): %v", i, oneWay, err)
+		}
+		if took := time.Since(start); took < 2*oneWay {
+			t.Fatalf("send %d acknowledged in %v through a relay that holds each packet %v: the relay does not delay", i, took, oneWay)
+		}
+	}
+}

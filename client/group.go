@@ -29,6 +29,9 @@ type Group struct {
 	// suspectUntil (cell.go).
 	suspectFP    Fingerprint
 	suspectUntil time.Time
+	// dialFor bounds an attempt's handshake with a member (0:
+	// cellDialFor); see dialBound (cell.go).
+	dialFor time.Duration
 }
 
 // Group returns a handle on a group listed by a registry, pinning the

@@ -1,6 +1,7 @@
 // Package udpproxy is a UDP relay on loopback that tests put between a QUIC
 // client and a server, so they can cut the path (drop every packet) and
-// restore it, as a network failure would, without touching either end.
+// restore it, as a network failure would, or make it long (hold every
+// packet a while), as a far link would, without touching either end.
 package udpproxy
 
 import (
@@ -8,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Proxy relays datagrams between clients that send to Addr and one target.
@@ -17,6 +19,9 @@ type Proxy struct {
 	ln     *net.UDPConn
 	target *net.UDPAddr
 	cut    atomic.Bool
+	delay  atomic.Int64 // how long each datagram is held, in ns
+	later  chan held    // datagrams held, in the order they came
+	done   chan struct{}
 
 	mu       sync.Mutex
 	upstream map[string]*net.UDPConn
@@ -34,10 +39,69 @@ func New(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: ta, upstream: make(map[string]*net.UDPConn)}
-	p.wg.Add(1)
+	p := &Proxy{ln: ln, target: ta, upstream: make(map[string]*net.UDPConn), later: make(chan held, 4096), done: make(chan struct{})}
+	p.wg.Add(2)
 	go p.fromClients()
+	go p.relayLater()
 	return p, nil
+}
+
+// held is a datagram to relay at a time: to the target on up, or to the
+// client to (when up is nil).
+type held struct {
+	at  time.Time
+	up  *net.UDPConn
+	to  *net.UDPAddr
+	buf []byte
+}
+
+// Delay holds every datagram d (0: none) before relaying it, in both
+// directions, keeping their order: a path d long each way. A datagram
+// that finds 4096 held already is dropped, as a full link would drop it.
+func (p *Proxy) Delay(d time.Duration) { p.delay.Store(int64(d)) }
+
+// relay sends b to the target on up, or to the client to, now or, under
+// a delay, later.
+func (p *Proxy) relay(up *net.UDPConn, to *net.UDPAddr, b []byte) {
+	d := time.Duration(p.delay.Load())
+	if d <= 0 {
+		if up != nil {
+			up.Write(b)
+		} else {
+			p.ln.WriteToUDP(b, to)
+		}
+		return
+	}
+	select {
+	case p.later <- held{at: time.Now().Add(d), up: up, to: to, buf: append([]byte(nil), b...)}:
+	default:
+	}
+}
+
+// relayLater relays the held datagrams as they fall due, until Close.
+func (p *Proxy) relayLater() {
+	defer p.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		var h held
+		select {
+		case h = <-p.later:
+		case <-p.done:
+			return
+		}
+		timer.Reset(time.Until(h.at))
+		select {
+		case <-timer.C:
+		case <-p.done:
+			return
+		}
+		if h.up != nil {
+			h.up.Write(h.buf)
+		} else {
+			p.ln.WriteToUDP(h.buf, h.to)
+		}
+	}
 }
 
 // Addr is where clients send to reach the target.
@@ -58,6 +122,7 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closed = true
+	close(p.done)
 	p.ln.Close()
 	for _, up := range p.upstream {
 		up.Close()
@@ -82,7 +147,7 @@ func (p *Proxy) fromClients() {
 		if err != nil {
 			continue
 		}
-		up.Write(buf[:n])
+		p.relay(up, nil, buf[:n])
 	}
 }
 
@@ -118,6 +183,6 @@ func (p *Proxy) fromTarget(up *net.UDPConn, client *net.UDPAddr) {
 		if p.cut.Load() {
 			continue
 		}
-		p.ln.WriteToUDP(buf[:n], client)
+		p.relay(nil, client, buf[:n])
 	}
 }
