@@ -161,13 +161,13 @@ type parentWatch struct {
 }
 
 // start begins an attempt under parent that ends at end, checked for
-// silence on conn (nil: not) at silentFor its path, if that comes before
-// end. Its caller releases it.
-func (c *attemptClock) start(parent context.Context, end time.Time, conn *quic.Conn) *attemptCtx {
+// silence on conn (nil: not) at silentFor its path (whose last handshake
+// took handshake), if that comes before end. Its caller releases it.
+func (c *attemptClock) start(parent context.Context, end time.Time, conn *quic.Conn, handshake time.Duration) *attemptCtx {
 	a := &attemptCtx{Context: parent, end: end, clock: c}
 	if conn != nil {
 		stats := conn.ConnectionStats()
-		if at := time.Now().Add(silentFor(stats)); at.Before(end) {
+		if at := time.Now().Add(silentFor(stats, handshake)); at.Before(end) {
 			a.watched, a.silence, a.heard, a.silentAt = true, conn, stats.PacketsReceived, at
 		}
 	}

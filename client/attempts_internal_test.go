@@ -19,8 +19,8 @@ func TestAttemptClockCallersContext(t *testing.T) {
 	other, cancelOther := context.WithCancel(context.Background())
 	defer cancelOther()
 	far := time.Now().Add(time.Hour)
-	a, b, d := c.start(parent, far, nil), c.start(parent, far, nil), c.start(parent, far, nil)
-	o := c.start(other, far, nil)
+	a, b, d := c.start(parent, far, nil, 0), c.start(parent, far, nil, 0), c.start(parent, far, nil, 0)
+	o := c.start(other, far, nil, 0)
 	if got := len(c.watches); got != 2 {
 		t.Fatalf("watches of 2 contexts: %d", got)
 	}
@@ -47,7 +47,7 @@ func TestAttemptClockCallersContext(t *testing.T) {
 	if d.Err() != nil {
 		t.Fatalf("an attempt released before the context ended: %v, want nil", d.Err())
 	}
-	late := c.start(parent, far, nil)
+	late := c.start(parent, far, nil, 0)
 	<-late.Done()
 	for _, x := range []*attemptCtx{a, b, late} {
 		x.release()
@@ -64,10 +64,10 @@ func TestAttemptClockEnds(t *testing.T) {
 	var c attemptClock
 	defer c.stop()
 	ctx := context.Background()
-	long := c.start(ctx, time.Now().Add(time.Hour), nil)
+	long := c.start(ctx, time.Now().Add(time.Hour), nil, 0)
 	defer long.release()
 	for range 2 {
-		short := c.start(ctx, time.Now().Add(10*time.Millisecond), nil)
+		short := c.start(ctx, time.Now().Add(10*time.Millisecond), nil, 0)
 		<-short.Done()
 		if !errors.Is(short.Err(), context.DeadlineExceeded) || short.ended() != errAttemptEnd {
 			t.Fatalf("attempt whose time is up: %v, %v; want %v, %v", short.Err(), short.ended(), context.DeadlineExceeded, errAttemptEnd)

@@ -267,37 +267,46 @@ const (
 
 // silentFor is how long an attempt on a connection waits for a first
 // packet before it takes the member for gone: cellSilentFor, or on a path
-// whose round trips are long, two of them at their smoothed length plus
-// four deviations (as QUIC's probe timeout counts one). A client 300 ms
-// from a cell, each way, hears no ack sooner than 600 ms after its
-// request: with cellSilentFor alone, every attempt there ended silent and
-// the client never sent at all.
-func silentFor(s quic.ConnectionStats) time.Duration {
-	return max(cellSilentFor, 2*(s.SmoothedRTT+4*s.MeanDeviation))
+// whose round trips are long, two of them: at their smoothed length plus
+// four deviations (as QUIC's probe timeout counts one), and at least two
+// handshakes with the cell (right after a handshake quic-go's smoothed
+// round trip is still its initial guess, 100 ms). A client 300 ms from a
+// cell, each way, hears no ack sooner than 600 ms after its request: with
+// cellSilentFor alone, every attempt there ended silent.
+func silentFor(s quic.ConnectionStats, handshake time.Duration) time.Duration {
+	return max(cellSilentFor, 2*(s.SmoothedRTT+4*s.MeanDeviation), 2*handshake)
 }
 
 // dialBound returns how long an attempt waits for a handshake with a
-// member: cellDialFor, or, once a handshake with one of the cell's members
-// found a slow path, three of its round trips; and after a handshake that
-// did not complete in time, twice as long as that one had (up to
-// cellAttemptMax), until one does: a client that knows nothing yet of its
-// path to a cell far away would otherwise give up on every handshake.
+// member: cellDialFor, or on a path found slow, three times as long as
+// the last handshake with one of the cell's members took; and after a
+// handshake that did not complete in time, twice as long as that one had
+// (up to cellAttemptMax), until one does: a client that knows nothing yet
+// of its path to a cell far away would otherwise give up on every
+// handshake, and never send.
 func (g *Group) dialBound() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return max(g.dialFor, cellDialFor)
+	return max(cellDialFor, g.dialFor, min(3*g.handshake, cellAttemptMax))
+}
+
+// handshakeTook returns how long the last handshake with a member took.
+func (g *Group) handshakeTook() time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.handshake
 }
 
 // dialed records the outcome of an attempt's handshake, bounded by
-// bound: the connection made, or nil if the bound passed first.
-func (g *Group) dialed(conn *quic.Conn, bound time.Duration) {
+// bound: it took took, or (ok false) the bound passed first.
+func (g *Group) dialed(ok bool, took, bound time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if conn == nil {
+	if !ok {
 		g.dialFor = min(2*bound, cellAttemptMax)
 		return
 	}
-	g.dialFor = min(3*conn.ConnectionStats().SmoothedRTT, cellAttemptMax)
+	g.dialFor, g.handshake = 0, took
 }
 
 var (
@@ -341,25 +350,26 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	p := g.peer()
 	if !p.connected() {
 		bound := g.dialBound()
-		dialEnd := time.Now().Add(bound)
+		began := time.Now()
+		dialEnd := began.Add(bound)
 		if !until.IsZero() && until.Before(dialEnd) {
 			dialEnd = until
 		}
 		dctx, cancel := context.WithDeadline(ctx, dialEnd)
-		conn, err := p.get(dctx)
+		_, err := p.get(dctx)
 		timedOut := dctx.Err() != nil // before cancel, which would set it whatever happened
 		cancel()
 		if err != nil && !until.IsZero() && past(until) && ctx.Err() == nil {
 			return context.DeadlineExceeded
 		}
 		if err != nil && timedOut && ctx.Err() == nil {
-			g.dialed(nil, bound)
+			g.dialed(false, 0, bound)
 			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errNoHandshake)
 		}
 		if err != nil {
 			return err
 		}
-		g.dialed(conn, bound)
+		g.dialed(true, time.Since(began), bound)
 	}
 	end := time.Now().Add(d)
 	bounded := !until.IsZero() && until.Before(end)
@@ -369,7 +379,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	// The attempt watches the connection the call uses (unless it dies
 	// meanwhile) for silence, sooner than the call's own watch would
 	// (watchSilence), which it then spares.
-	actx := g.cl.attempts.start(ctx, end, p.current())
+	actx := g.cl.attempts.start(ctx, end, p.current(), g.handshakeTook())
 	defer actx.release()
 	err := p.single(actx, op, args, out)
 	if err != nil && ctx.Err() == nil {

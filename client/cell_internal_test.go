@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -250,19 +251,24 @@ func rawServer(t *testing.T, cfg *quic.Config) (*identity.Identity, *quic.Transp
 // its silence watch are not bounded below the path's round trip. With a
 // dial bound of 500 ms and a silence bound of 400 ms for every path, each
 // attempt gave up before the member's first packet could arrive, and the
-// client never sent at all.
+// client never sent at all. One connection serves every send: a bound
+// taken from quic-go's smoothed round trip alone, right after the
+// handshake (its initial guess, 100 ms, until the first sample is in),
+// found the new connection silent and dropped it.
 func TestCellFarMember(t *testing.T) {
 	srv, tr, ln := rawServer(t, &quic.Config{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer tr.Close() // and every connection on it
 	// A member that acknowledges every send.
+	var accepted atomic.Int32
 	wg.Go(func() {
 		for {
 			conn, err := ln.Accept(context.Background())
 			if err != nil {
 				return
 			}
+			accepted.Add(1)
 			wg.Go(func() {
 				defer conn.CloseWithError(0, "")
 				for seq := uint64(1); ; seq++ {
@@ -305,5 +311,8 @@ func TestCellFarMember(t *testing.T) {
 		if took := time.Since(start); took < 2*oneWay {
 			t.Fatalf("send %d acknowledged in %v through a relay that holds each packet %v: the relay does not delay", i, took, oneWay)
 		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("the member accepted %d connections for 3 sends, want 1: the client gave up on a live one", n)
 	}
 }

@@ -29,9 +29,10 @@ type Group struct {
 	// suspectUntil (cell.go).
 	suspectFP    Fingerprint
 	suspectUntil time.Time
-	// dialFor bounds an attempt's handshake with a member (0:
-	// cellDialFor); see dialBound (cell.go).
-	dialFor time.Duration
+	// dialFor bounds an attempt's handshake with a member after one
+	// that did not complete in time (0: none did), and handshake is how
+	// long the last one that did took: see dialBound (cell.go).
+	dialFor, handshake time.Duration
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
