@@ -733,9 +733,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				w.waitProgress(t, victim.name+"'s disk filled")
 				w.waitProgress(t, victim.name+"'s disk filled, again")
 				free()
-			case "delay", "delay-leader", "delay-one-way", "reorder", "duplicate", "delay-kill-leader":
+			case "delay", "delay-leader", "delay-one-way", "reorder", "duplicate", "delay-kill-leader", "far-clients":
 				var report string
-				report, term = c.netFault(t, w, kind, counts[kind], leader, followers, term)
+				report, term = c.netFault(ctx, t, w, entry, kind, counts[kind], leader, followers, term)
 				netFaults = append(netFaults, report)
 			default:
 				t.Fatalf("no such fault %q", kind)

@@ -3,6 +3,7 @@
 package jepsen
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/huddle-chat/huddle/internal/history"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // The network's faults: what a WAN, a congested switch or a flaky link do
@@ -25,6 +27,9 @@ var (
 	// shuffled is the reorder fault's: little latency, but any two
 	// packets sent less than 40 ms apart may arrive in either order.
 	shuffled = netlab.Delay{Base: time.Millisecond, Jitter: 40 * time.Millisecond}
+	// farLink is the far-clients fault's, each way between the clients
+	// and the cell: round trips of 500-700 ms, a satellite's.
+	farLink = netlab.Delay{Base: 250 * time.Millisecond, Jitter: 100 * time.Millisecond}
 )
 
 const (
@@ -49,7 +54,11 @@ const (
 //   - reorder: 0-40 ms of jitter on every host: heavy reordering;
 //   - duplicate: every host sends 20% of its packets twice;
 //   - delay-kill-leader: the leader SIGKILLed while every host is slow:
-//     the others must elect one on 100-300 ms round trips.
+//     the others must elect one on 100-300 ms round trips;
+//   - far-clients: the clients 250-350 ms from every other host, each
+//     way (round trips of 500-700 ms, a satellite's), the cell itself
+//     near: the clients must go on sending, and a new client, whose
+//     first handshake with the cell is on that path, must join and send.
 //
 // Each lasts 5 s under the workload (delay-kill-leader until the cell has
 // a new leader and the old one is back), and the log names, for each,
@@ -59,12 +68,12 @@ const (
 // timeout, so a fault that is not a leader kill must cause none, and the
 // test fails on one.
 //
-// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 6, each fault once; make
-// jepsen: 100).
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 8: each fault once,
+// delay-one-way both ways; make jepsen: 100).
 func TestCellNetworkFaults(t *testing.T) {
 	netlab.RequireDelay(t)
-	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 6),
-		[]string{"delay", "reorder", "delay-leader", "duplicate", "delay-one-way", "delay-kill-leader", "delay-one-way"})
+	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 8),
+		[]string{"delay", "reorder", "delay-leader", "duplicate", "delay-one-way", "delay-kill-leader", "far-clients", "delay-one-way"})
 }
 
 // delayer returns host h's packet delayer (h nil: the clients' host,
@@ -99,7 +108,7 @@ func (l *lab) everyHost() []*netlab.Host {
 // kind) under the workload, heals it, and returns what the log says of
 // it: how the sends fared and what elections it caused. term is the
 // leader's; a delay-kill-leader returns the next leader's.
-func (c *cell) netFault(t *testing.T, w *workload, kind string, n int, leader *cellNode, followers []*cellNode, term uint64) (string, uint64) {
+func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wire.GroupEntry, kind string, n int, leader *cellNode, followers []*cellNode, term uint64) (string, uint64) {
 	t.Helper()
 	l := c.l
 	from := func(d netlab.Delay, n *cellNode) netlab.Delay {
@@ -137,6 +146,14 @@ func (c *cell) netFault(t *testing.T, w *workload, kind string, n int, leader *c
 		for _, h := range l.everyHost() {
 			l.delayer(h).Set(shuffled)
 		}
+	case "far-clients":
+		what = fmt.Sprintf("the clients and every other host hear each other %v late", farLink)
+		l.delayer(nil).Set(farLink)
+		for _, h := range l.everyHost()[1:] {
+			d := farLink
+			d.From = []string{ctlAddr}
+			l.delayer(h).Set(d)
+		}
 	case "duplicate":
 		what = fmt.Sprintf("every host sends %d%% of its packets twice", dupPct)
 		for _, h := range l.everyHost() {
@@ -168,6 +185,16 @@ func (c *cell) netFault(t *testing.T, w *workload, kind string, n int, leader *c
 		leader.start()
 		leader.up = true
 		w.waitProgress(t, leader.name+" restarted while "+what)
+	} else if kind == "far-clients" {
+		// A user far away who joins now: its first handshakes with the
+		// cell are on the long path. join retries until acknowledged.
+		joined := time.Now()
+		far := join(ctx, t, entry, fmt.Sprint("far", n), false)
+		if _, ok := w.sendUntilAcked(ctx, far, wire.NewID(), []byte("from far away")); !ok {
+			t.Fatalf("a client joined while %s could not send", what)
+		}
+		elections = fmt.Sprintf("; a new client joined and sent in %v", time.Since(joined).Round(10*time.Millisecond))
+		<-time.After(netFaultLength) // the fault's length
 	} else {
 		<-time.After(netFaultLength) // the fault's length
 	}
