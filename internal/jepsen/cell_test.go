@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -60,6 +61,11 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill}
 		cn.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", cn.addr, "--advertise", cn.addr,
 			"--group", "jepsen", "--state-dir", dir, "--storage", "disk", "--send-rate", "0"}
+		if hb := os.Getenv("HUDDLE_JEPSEN_HEARTBEAT"); hb != "" {
+			// Another --cell-heartbeat than the default, to measure the
+			// faults under it (BENCHMARKS.md, "Delay").
+			cn.args = append(cn.args, "--cell-heartbeat", hb)
+		}
 		c.nodes = append(c.nodes, cn)
 		peers = append(peers, "--cell-peer", cn.fp.String()+"@"+cn.addr)
 	}
@@ -364,7 +370,13 @@ func TestCellOutageFaults(t *testing.T) {
 // runCellFaults runs rounds rounds of faults, in the order faults names
 // them over and over, against a cell of size members, under the workload,
 // and checks the history.
+//
+// HUDDLE_JEPSEN_FAULTS, a comma-separated list of fault kinds, replaces
+// faults (to run one kind over and over).
 func runCellFaults(t *testing.T, size, rounds int, faults []string) {
+	if only := os.Getenv("HUDDLE_JEPSEN_FAULTS"); only != "" {
+		faults = strings.Split(only, ",")
+	}
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
 		l := newLab(t)
 		c := newCell(t, l, size)
