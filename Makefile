@@ -120,9 +120,10 @@ crashloop:
 	HUDDLE_CRASH_KILLS=$(CRASHKILLS) $(GO) test -count=1 -run '^TestCrashLoop$$' -timeout 60m -v ./internal/faults/
 
 # jepsen runs internal/jepsen's fault schedules with JEPSENROUNDS rounds of
-# faults each (make test runs 12): daemons as processes on a LAN of network
-# namespaces, SIGKILLed, partitioned, losing 5% of packets and filling their
-# disks under a recorded workload, and the history checked. Needs root and nft.
+# faults each (make test runs 6 to 12): daemons as processes on a LAN of
+# network namespaces, SIGKILLed, partitioned, losing 5% of packets, their
+# packets delayed, reordered and duplicated, and filling their disks under a
+# recorded workload, and the history checked. Needs root, nft and iptables.
 jepsen:
 	HUDDLE_JEPSEN_ROUNDS=$(JEPSENROUNDS) $(GO) test -count=1 -run 'Faults$$' -timeout 90m -v ./internal/jepsen/
 

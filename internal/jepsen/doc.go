@@ -5,16 +5,30 @@
 // result and watch delivery into an internal/history.History; a nemesis
 // that injects faults while the workload runs (SIGKILL and restart,
 // partitions and 5% packet loss with nftables inside the namespaces, a
-// disk filling up on a small tmpfs); and the history's checker over all of
-// it once the faults stop and every replica has caught up.
+// disk filling up on a small tmpfs, SIGSTOP pauses, and the network's
+// delay, jitter, reordering and duplication); and the history's checker
+// over all of it once the faults stop and every replica has caught up.
 //
 // The test process itself runs in a namespace of its own (RunInLoopbackNS)
 // joined to the LAN as the host "ctl", where the clients live, so no packet
 // reaches the machine's interfaces. There is no sch_netem in the kernels
 // this runs on: loss is an nftables `numgen random` drop on each host's
-// input, a partition an nftables drop of the peers' addresses.
+// input, a partition an nftables drop of the peers' addresses, duplication
+// nftables' `dup to ip daddr` on each host's output, and delay (with
+// jitter, which reorders) internal/netlab's Delayer: an iptables NFQUEUE
+// rule in each host's namespace hands the packets it receives to this
+// process, which lets each go once its delay has passed
+// (TestCellNetworkFaults).
+//
+// HUDDLE_JEPSEN_ROUNDS sets a schedule's rounds, HUDDLE_JEPSEN_FAULTS
+// replaces a cell schedule's faults with a comma-separated list (one kind
+// over and over), HUDDLE_JEPSEN_HEARTBEAT gives the cell's members another
+// --cell-heartbeat, HUDDLE_JEPSEN_BINARY puts another build through the
+// faults, and HUDDLE_JEPSEN_CLIENT_LOG writes the clients' debug events to
+// a file.
 //
 // The package has no code besides this comment; everything is in _test.go
-// files. It needs root, ip(8), unshare(1), nft(8) and mount(8): without
-// them the tests skip, except under CI=true, where they fail.
+// files. It needs root, ip(8), unshare(1), nft(8), iptables-restore(8)
+// (for the delays) and mount(8): without them the tests skip, except under
+// CI=true, where they fail.
 package jepsen
