@@ -170,8 +170,18 @@ func unshown(r rune) bool {
 // on an error decoded from the wire.
 func (e *Error) Unwrap() error { return e.Code.Sentinel() }
 
-// RetryAfter is RetryAfterMS as a duration.
-func (e *Error) RetryAfter() time.Duration { return time.Duration(e.RetryAfterMS) * time.Millisecond }
+// MaxRetryAfter is the longest wait RetryAfter returns: a peer's
+// retry_after_ms is any uint, and one past 2^63 ns converted as it came
+// wrapped to a negative wait (retry at once, in a loop).
+const MaxRetryAfter = time.Hour
+
+// RetryAfter is RetryAfterMS as a duration, at most MaxRetryAfter.
+func (e *Error) RetryAfter() time.Duration {
+	if e.RetryAfterMS >= uint64(MaxRetryAfter/time.Millisecond) {
+		return MaxRetryAfter
+	}
+	return time.Duration(e.RetryAfterMS) * time.Millisecond
+}
 
 func (e *Error) check() error {
 	if e.Code == 0 {

@@ -197,3 +197,25 @@ func TestErrorShownAsOneLine(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryAfterBounded checks that a peer's retry_after_ms, any uint,
+// is a wait of 0..MaxRetryAfter: 2^64-1 ms converted as it came was -1 ms,
+// a retry at once, and a client paced by it sent in a loop.
+func TestRetryAfterBounded(t *testing.T) {
+	for _, tc := range []struct {
+		ms   uint64
+		want time.Duration
+	}{
+		{0, 0},
+		{250, 250 * time.Millisecond},
+		{3_600_000, MaxRetryAfter},
+		{1<<63 - 1, MaxRetryAfter},
+		{1 << 63, MaxRetryAfter},
+		{1<<64 - 1, MaxRetryAfter},
+		{18446744073709, MaxRetryAfter}, // wraps to a positive 2.5 h
+	} {
+		if got := (&Error{Code: CodeRateLimited, RetryAfterMS: tc.ms}).RetryAfter(); got != tc.want {
+			t.Errorf("retry_after_ms %d: RetryAfter %v, want %v", tc.ms, got, tc.want)
+		}
+	}
+}
