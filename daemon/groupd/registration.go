@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -240,6 +241,37 @@ func addrSource(addr string) netip.Prefix {
 	return server.Source(net.UDPAddrFromAddrPort(ap))
 }
 
+// untrustedKeys refuses, with Config.RegistryFingerprints, the registries
+// mDNS finds under other keys, warning once per key, for the first
+// maxWarnedKeys keys: answers are anyone's to send, each with a key of its
+// own, and the record of keys warned about grew with every one.
+type untrustedKeys struct {
+	log     *slog.Logger
+	trusted []wire.Fingerprint // none: every key is trusted
+
+	mu     sync.Mutex
+	warned map[wire.Fingerprint]bool // at most maxWarnedKeys
+}
+
+const maxWarnedKeys = 64
+
+// check returns an error if fp, found at addr, is not trusted.
+func (u *untrustedKeys) check(fp wire.Fingerprint, addr netip.AddrPort) error {
+	if len(u.trusted) == 0 || slices.Contains(u.trusted, fp) {
+		return nil
+	}
+	u.mu.Lock()
+	first := !u.warned[fp] && len(u.warned) < maxWarnedKeys
+	if first {
+		u.warned[fp] = true
+	}
+	u.mu.Unlock()
+	if first {
+		u.log.Warn("skipping a registry found over mDNS: its key is not one of the registry fingerprints given", "registry", addr, "fingerprint", fp)
+	}
+	return fmt.Errorf("key %s is not trusted", fp.Short())
+}
+
 // learned is a configured registrar's report that its registry presents
 // fp: a discovered registrar for the same key stops (without deregistering:
 // the leases are the same ones, now renewed by the configured registrar).
@@ -264,11 +296,7 @@ func (rs *registrations) learned(fp wire.Fingerprint) {
 // it says so once and tries again every browseRetry.
 func (rs *registrations) browse(ctx context.Context) {
 	d := rs.d
-	trusted := func(fp wire.Fingerprint) bool {
-		return len(d.cfg.RegistryFingerprints) == 0 || slices.Contains(d.cfg.RegistryFingerprints, fp)
-	}
-	skipped := make(map[wire.Fingerprint]bool)
-	var skippedMu sync.Mutex
+	untrusted := untrustedKeys{log: d.cfg.Logger, trusted: d.cfg.RegistryFingerprints, warned: make(map[wire.Fingerprint]bool)}
 	cfg := discovery.BrowseConfig{
 		Interfaces: d.cfg.Interfaces,
 		Logger:     d.cfg.Logger.With("from", "mdns"),
@@ -277,15 +305,8 @@ func (rs *registrations) browse(ctx context.Context) {
 			if err != nil {
 				return err
 			}
-			if !trusted(fp) {
-				skippedMu.Lock()
-				first := !skipped[fp]
-				skipped[fp] = true
-				skippedMu.Unlock()
-				if first {
-					d.cfg.Logger.Warn("skipping a registry found over mDNS: its key is not one of the registry fingerprints given", "registry", addr, "fingerprint", fp)
-				}
-				return fmt.Errorf("key %s is not trusted", fp.Short())
+			if err := untrusted.check(fp, addr); err != nil {
+				return err
 			}
 			_, err = rs.cl.Registry(ctx, addr.String(), fp)
 			d.cfg.Metrics.DiscoveryAnswer(err == nil)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -711,5 +712,35 @@ func TestDiscoveredRegistriesBounded(t *testing.T) {
 	r.mu.Unlock()
 	if n > maxRegistryAddrs {
 		t.Errorf("a registry found at %d addresses, want at most %d", n, maxRegistryAddrs)
+	}
+}
+
+// TestUntrustedKeysBounded checks what registries of untrusted keys (with
+// --registry-fingerprint) cost: each is refused, and warned about once,
+// for a bounded number of keys. mDNS answers need no handshake to be
+// refused here, and each may carry a key of its own: the record of keys
+// warned about grew with every one.
+func TestUntrustedKeysBounded(t *testing.T) {
+	log, rec := recordLogs(t)
+	trusted := wire.Fingerprint{1}
+	u := untrustedKeys{log: log, trusted: []wire.Fingerprint{trusted}, warned: make(map[wire.Fingerprint]bool)}
+	addr := netip.MustParseAddrPort("127.0.0.2:7373")
+	for i := range 5000 {
+		fp := wire.Fingerprint{2, byte(i), byte(i >> 8)}
+		for range 2 {
+			if err := u.check(fp, addr); err == nil {
+				t.Fatalf("key %d trusted", i)
+			}
+		}
+	}
+	if err := u.check(trusted, addr); err != nil {
+		t.Errorf("the trusted key: %v", err)
+	}
+	warned := rec.matching("skipping a registry found over mDNS")
+	if len(u.warned) > maxWarnedKeys || len(warned) > maxWarnedKeys {
+		t.Errorf("%d keys remembered and %d warnings for 5000 untrusted keys, want at most %d", len(u.warned), len(warned), maxWarnedKeys)
+	}
+	if len(warned) == 0 {
+		t.Error("no warning")
 	}
 }
