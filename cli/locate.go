@@ -484,16 +484,6 @@ func checkAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHo
 	return c.Registry(ctx, addr.String(), fp)
 }
 
-// verifyAdvertised is checkAdvertised for a browser that keeps running
-// (huddle web): a new name is pinned as soon as its key is verified.
-func verifyAdvertised(ctx context.Context, c *client.Client, kh *identity.KnownHosts, r discovery.Advertised, addr netip.AddrPort) error {
-	reg, err := checkAdvertised(ctx, c, kh, r, addr)
-	if err != nil {
-		return err
-	}
-	return kh.Check(mdnsPinPrefix+r.Instance, reg.Fingerprint())
-}
-
 // fallback is gather's answer when no registry answered: the cached
 // listing of the same registries, said with its age on stderr, or an error
 // that says what each registry did.

@@ -163,11 +163,15 @@ func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, 
 	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: ifaces,
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
-			return verifyAdvertised(ctx, c, kh, r, addr)
+			_, err := checkAdvertised(ctx, c, kh, r, addr)
+			return err
 		},
 	}, func(r discovery.Advertised, ap netip.AddrPort) {
+		// Pinned once Browse reports it, not as each answer verifies:
+		// Browse reports a bounded number of keys, each under one name,
+		// where answers may name a verified key under any number of names.
 		fp, err := wire.ParseFingerprint(r.Fingerprint)
-		if err != nil {
+		if err != nil || kh.Check(mdnsPinPrefix+r.Instance, fp) != nil {
 			return
 		}
 		reg, err := c.Registry(ctx, ap.String(), fp)

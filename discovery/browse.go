@@ -137,11 +137,12 @@ func Find(ctx context.Context, cfg BrowseConfig) (Advertised, netip.AddrPort, er
 }
 
 // Browse queries until ctx ends, calling found for every registry (by
-// instance name, fingerprint and interface) the first time one of its
-// answers verifies, and again whenever it verifies at another address (a
-// registry that moved). A registry restarted with a new key is a new one
-// (its fingerprint is new). Two registries never replace each other, even
-// under one instance name. Calls to found are serialized; a slow found
+// fingerprint and interface) the first time one of its answers verifies,
+// under the instance name of that answer, and again whenever it verifies
+// at another address (a registry that moved); another instance name at the
+// same address is not reported. A registry restarted with a new key is a
+// new one (its fingerprint is new). Two registries never replace each
+// other, even under one instance name. Calls to found are serialized; a slow found
 // delays the following ones. Browse reports at most MaxRegistries
 // registries (by fingerprint), MaxRegistriesPerSource of them at one
 // source address; one beyond is logged (once a minute), not reported.
@@ -175,7 +176,7 @@ type reporter struct {
 	found func(Advertised, netip.AddrPort)
 
 	mu     sync.Mutex
-	last   map[string]netip.AddrPort // instance|fingerprint|iface -> address reported; at most maxAnswerStates
+	last   map[string]netip.AddrPort // fingerprint|iface -> address reported; at most maxAnswerStates
 	keys   map[string]netip.Prefix   // fingerprint reported -> its first address's source
 	warned time.Time                 // when a registry over the bounds was last logged
 }
@@ -189,7 +190,11 @@ func newReporter(log *slog.Logger, found func(Advertised, netip.AddrPort)) *repo
 func (p *reporter) report(r Advertised, addr netip.AddrPort) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	k := r.Instance + "|" + r.Fingerprint + "|" + r.Iface
+	// By key and interface, not instance name: one key may answer under
+	// any number of names (anyone can advertise a registry's key and
+	// address, and only the key is verified), and each reported name is
+	// a pin in huddle web's known_registries.
+	k := r.Fingerprint + "|" + r.Iface
 	if prev, ok := p.last[k]; ok && prev == addr {
 		return
 	}

@@ -281,3 +281,20 @@ func TestConflictNeedsOurKey(t *testing.T) {
 		t.Errorf("a copy of our key under our name: renamed %d times, want 1", renamed)
 	}
 }
+
+// TestBrowseReportsKeyOnce checks that a registry's key answering under
+// many instance names at one address is reported once: anyone can
+// advertise a registry's key and address under a name of their own, and
+// each name reported was pinned by huddle web in known_registries, a line
+// a name, the file rewritten each time.
+func TestBrowseReportsKeyOnce(t *testing.T) {
+	var got []string
+	rep := newReporter(nil, func(r Advertised, addr netip.AddrPort) { got = append(got, r.Instance) })
+	addr := netip.MustParseAddrPort("127.0.0.2:7373")
+	for i := range 100 {
+		rep.report(Advertised{Instance: fmt.Sprintf("name %d (abcd-efgh)", i), Fingerprint: "abcd-efgh-ijkl", Iface: "lo"}, addr)
+	}
+	if len(got) != 1 {
+		t.Errorf("one key at one address reported under %d names", len(got))
+	}
+}
