@@ -357,6 +357,13 @@ func (d *Delayer) verdict(ids []uint32) {
 			ids = ids[1:]
 		}
 		if err := d.send(b); err != nil {
+			select {
+			case <-d.stop:
+				// A packet read as Close closed the socket: the kernel
+				// drops it with the socket's queue.
+				return
+			default:
+			}
 			d.fail(fmt.Errorf("verdict: %w", err))
 		}
 	}
