@@ -220,7 +220,7 @@ func TestNewMemberSnapshotSetsKeys(t *testing.T) {
 	x := c.newMember(false)
 	self := Peer{Addr: x.addr, Fingerprint: x.id.Fingerprint()}
 	c.peers = append(c.peers, self) // x's flags: gone's key among them
-	c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, self) })
+	c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, self) })
 	added := c.leader().node.raft.LastIndex()
 	c.sendMany(g.ID, 0, 200)
 	for _, m := range c.members {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -48,80 +50,155 @@ type behind struct {
 	commit uint64
 }
 
-// AddMember adds p to the cell; p's daemon must have been started to join
-// (Config.Join) with the cell's peers. p joins as a member that does not
-// vote yet, and AddMember returns once that is committed: the leader
-// brings p up to date (a snapshot, then raft's log; its groups' logs from
-// a peer) while the cell goes on, and makes it a voter once it has caught
-// up (Status shows when; AwaitVoter waits for it). Adding a member present
-// changes nothing. Errors: a *NotLeaderError, ErrUnavailable (wrapped),
-// ErrInvalidConfig for a malformed peer, or one at the address of another
-// member (remove that one first). Like a send, a change may meet a
-// leadership change (an election, a transfer) and is then answered
-// ErrUnavailable, committed or not: the caller asks the leader again (the
-// daemon's cell_add answers unavailable and the client asks again).
-func (n *Node) AddMember(ctx context.Context, p Peer) error {
+// ErrNotAllowed: the key that asked for a change of the cell (AddMember,
+// RemoveMember) is not the key of one of its members.
+var ErrNotAllowed = errors.New("cell: only the key of one of the cell's members may change it")
+
+// AddMember adds p to the cell, asked by the key by (the daemon's cell_add:
+// the caller's key; a member's own change: its key); p's daemon must have
+// been started to join (Config.Join) with the cell's peers. p joins as a
+// member that does not vote yet, and AddMember returns once that is
+// committed: the leader brings p up to date (a snapshot, then raft's log;
+// its groups' logs from a peer) while the cell goes on, and makes it a
+// voter once it has caught up (Status shows when; AwaitVoter waits for
+// it). Adding a member present changes nothing. Errors: ErrNotAllowed
+// (wrapped) if by may not change the cell (mayChange), a *NotLeaderError,
+// ErrUnavailable (wrapped), ErrInvalidConfig for a malformed peer, or one
+// at the address of another member (remove that one first). Like a send,
+// a change may meet a leadership change (an election, a transfer) and is
+// then answered ErrUnavailable, committed or not: the caller asks the
+// leader again (the daemon's cell_add answers unavailable and the client
+// asks again).
+func (n *Node) AddMember(ctx context.Context, by wire.Fingerprint, p Peer) error {
+	const op = "add member"
+	conf, index, unlock, err := n.decideChange(ctx, op, by)
+	if err != nil {
+		return err
+	}
 	if err := p.check(); err != nil {
+		unlock()
 		return err
 	}
-	if _, err := n.leading(); err != nil {
-		return err
-	}
-	c := n.raft.GetConfiguration()
-	if err := c.Error(); err != nil {
-		return proposeError("add member", err)
-	}
-	conf := c.Configuration()
 	id, addr := raft.ServerID(p.Fingerprint.String()), raft.ServerAddress(p.Addr)
 	for _, s := range conf.Servers {
 		switch {
 		case s.ID == id && s.Address == addr:
+			unlock()
 			return nil
 		case s.ID != id && s.Address == addr:
+			unlock()
 			// Raft refuses a configuration with two members at one
 			// address; say which to remove first.
 			holder := string(s.ID)
 			if fp, err := wire.ParseFingerprint(holder); err == nil {
 				holder = fp.String()
 			}
-			return fmt.Errorf("add member: %w: %s is the address of member %s: remove it first (huddle cell remove), then add %s",
-				ErrInvalidConfig, addr, holder, p.Fingerprint.Short())
+			return fmt.Errorf("%s: %w: %s is the address of member %s: remove it first (huddle cell remove), then add %s",
+				op, ErrInvalidConfig, addr, holder, p.Fingerprint.Short())
 		}
 	}
 	// The transport must accept and dial the new member before raft
 	// replicates to it.
+	conf = conf.Clone()
 	conf.Servers = append(conf.Servers, raft.Server{ID: id, Address: addr, Suffrage: raft.Nonvoter})
 	n.configured(conf)
-	return n.change(ctx, "add member", n.raft.AddNonvoter(id, addr, 0, n.timeout(ctx)))
+	return n.change(ctx, op, n.raft.AddNonvoter(id, addr, index, n.timeout(ctx)), unlock)
 }
 
-// MayChange reports whether the key fp may have this member change the
-// cell (the daemon's cell_add and cell_remove): it is a member's key, as
-// the transport accepts (accepted), and raft's latest configuration, once
-// it lists this member, lists fp too. On the leader the latest is the
-// configuration last appended, before it is committed or applied: a member
-// being removed loses the right as its removal is appended, where the
-// transport refuses its key only once the removal is applied. A change
-// the member asked for meanwhile was made: raft makes one at a time, in
-// order, and the member's key could so add itself back.
-func (n *Node) MayChange(fp wire.Fingerprint) bool {
-	if !n.tr.Member(fp) {
-		return false
+// decideChange waits for this node's turn to change the cell (changing),
+// and decides whether the key by may have it change the cell now
+// (mayChange) and whether it leads. It returns the configuration the
+// change is decided in, the raft index of its entry, which the caller
+// passes raft as the change's condition, and what gives the turn back,
+// which the caller calls once raft answered the change (change), or at
+// once if it makes none. Errors: ErrNotAllowed, a *NotLeaderError,
+// ErrUnavailable or ErrClosed (wrapped).
+//
+// The condition makes a change race-free: raft appends it only if its
+// latest configuration is the one it was decided in. A removal appended
+// after the decision (by a leader of before, or between the decision and
+// raft's taking the change) makes raft refuse it (ErrUnavailable: the
+// caller asks again, and is then refused ErrNotAllowed), where raft, which
+// makes one change at a time in order, made it after the removal: a
+// removed key could add itself back.
+func (n *Node) decideChange(ctx context.Context, op string, by wire.Fingerprint) (conf raft.Configuration, index uint64, unlock func(), err error) {
+	// A key refused now is refused at once, not once a change under way
+	// (its removal, perhaps) is made.
+	if _, _, err := n.mayChange(op, by); err != nil {
+		return conf, 0, nil, err
 	}
+	if unlock, err = n.turn(ctx, op); err != nil {
+		return conf, 0, nil, err
+	}
+	conf, index, err = n.mayChange(op, by)
+	if err == nil {
+		_, err = n.leading()
+	}
+	if err == nil && index == 0 {
+		// Not on a leader that is ready (it applied every entry up to
+		// its barrier, the bootstrap's configuration or a snapshot's
+		// among them); raft takes index 0 for no condition.
+		err = fmt.Errorf("%s: %w: this member has applied no configuration of the cell yet", op, ErrUnavailable)
+	}
+	if err == nil && n.beforeChange != nil {
+		n.beforeChange()
+	}
+	if err != nil {
+		unlock()
+		return raft.Configuration{}, 0, nil, err
+	}
+	return conf, index, unlock, nil
+}
+
+// turn waits for this node's turn to change the cell (changing), and
+// returns what gives it back. Errors: ErrClosed, ErrUnavailable (wrapped)
+// if ctx ends first.
+func (n *Node) turn(ctx context.Context, op string) (unlock func(), err error) {
+	select {
+	case n.changing <- struct{}{}:
+		return sync.OnceFunc(func() { <-n.changing }), nil
+	case <-n.closing:
+		return nil, fmt.Errorf("%s: %w", op, ErrClosed)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s: %w: another change of the cell is under way: %v", op, ErrUnavailable, context.Cause(ctx))
+	}
+}
+
+// mayChange decides whether the key fp may have this member change the
+// cell: it is a member's key, as the transport accepts, and both the
+// configuration this member last applied and raft's latest (on the
+// leader, the one last appended, before it is committed or applied) list
+// fp, once they list this member. A member being removed so loses the
+// right as its removal is appended, where the transport refuses its key
+// only once the removal is applied. It returns the configuration last
+// applied and its index (decided), in which the change is made or none.
+// Errors: ErrNotAllowed (wrapped).
+func (n *Node) mayChange(op string, fp wire.Fingerprint) (raft.Configuration, uint64, error) {
+	refused := fmt.Errorf("%s: %w", op, ErrNotAllowed)
+	if !n.tr.Member(fp) {
+		return raft.Configuration{}, 0, refused
+	}
+	conf, index := n.lastDecided()
 	r := n.running()
 	if r == nil {
-		return true // not started: the transport's keys are its flags
+		return conf, index, nil // not started: the transport's keys are its flags
 	}
 	f := r.GetConfiguration()
-	if f.Error() != nil {
-		return false
+	if err := f.Error(); err != nil {
+		return raft.Configuration{}, 0, proposeError(op, err)
 	}
-	servers := f.Configuration().Servers
-	listed := func(fp wire.Fingerprint) bool {
-		id := raft.ServerID(fp.String())
-		return slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == id })
+	for _, c := range []raft.Configuration{conf, f.Configuration()} {
+		if listed(c, n.self.Fingerprint) && !listed(c, fp) {
+			return raft.Configuration{}, 0, refused
+		}
 	}
-	return !listed(n.self.Fingerprint) || listed(fp)
+	return conf, index, nil
+}
+
+// listed reports whether configuration c lists the key fp.
+func listed(c raft.Configuration, fp wire.Fingerprint) bool {
+	id := raft.ServerID(fp.String())
+	return slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == id })
 }
 
 // AwaitVoter waits until the member whose key is fp votes in the cell,
@@ -166,22 +243,26 @@ func (n *Node) AwaitVoter(ctx context.Context, fp wire.Fingerprint) error {
 	}
 }
 
-// RemoveMember removes the member whose key is fp from the cell. The
-// leader asked to remove itself does not: it hands the leadership over to
-// the most up-to-date voter first and answers a *NotLeaderError naming it,
-// and the caller asks the new leader, which removes it as a follower (the
-// client and the CLI do so by themselves). The cell so goes on without an
-// election timeout's pause, and the removed daemon keeps its raft
-// running, so that it can be added again. Errors: as AddMember's, and
-// ErrUnavailable (wrapped) if no voter could take the leadership over.
-func (n *Node) RemoveMember(ctx context.Context, fp wire.Fingerprint) error {
-	if _, err := n.leading(); err != nil {
+// RemoveMember removes the member whose key is fp from the cell, asked by
+// the key by (as AddMember's). The leader asked to remove itself does not:
+// it hands the leadership over to the most up-to-date voter first and
+// answers a *NotLeaderError naming it, and the caller asks the new
+// leader, which removes it as a follower (the client and the CLI do so by
+// themselves). The cell so goes on without an election timeout's pause,
+// and the removed daemon keeps its raft running, so that it can be added
+// again. Errors: as AddMember's, and ErrUnavailable (wrapped) if no voter
+// could take the leadership over.
+func (n *Node) RemoveMember(ctx context.Context, by, fp wire.Fingerprint) error {
+	const op = "remove member"
+	_, index, unlock, err := n.decideChange(ctx, op, by)
+	if err != nil {
 		return err
 	}
 	if fp == n.self.Fingerprint {
+		unlock()
 		return n.handOver()
 	}
-	return n.change(ctx, "remove member", n.raft.RemoveServer(raft.ServerID(fp.String()), 0, n.timeout(ctx)))
+	return n.change(ctx, op, n.raft.RemoveServer(raft.ServerID(fp.String()), index, n.timeout(ctx)), unlock)
 }
 
 // handOver transfers the leadership to another voter (Handover, which
@@ -206,23 +287,42 @@ func (n *Node) timeout(ctx context.Context) time.Duration {
 	return n.cfg.RPCTimeout
 }
 
-func (n *Node) change(ctx context.Context, op string, f raft.IndexFuture) error {
+// change waits for raft's answer to the change op (f), or for ctx to end,
+// and gives the turn to change the cell back (unlock) once raft answered:
+// a change raft took is made or refused before the next is decided.
+func (n *Node) change(ctx context.Context, op string, f raft.IndexFuture, unlock func()) error {
 	done := make(chan error, 1)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		done <- f.Error() // raft answers by the future's timeout
+		err := f.Error() // raft answers by the future's timeout
+		unlock()
+		done <- err
 	}()
 	select {
 	case err := <-done:
 		if err != nil {
-			return proposeError(op, err)
+			return changeError(op, err)
 		}
 		n.cfg.Logger.Info("cell: membership changed", "op", op)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%s: %w: %v", op, ErrUnavailable, context.Cause(ctx))
 	}
+}
+
+// raftChanged is how raft (v1.7.2, nextConfiguration) refuses a change
+// whose condition does not hold: its latest configuration is no longer
+// the one the change was decided in. Raft has no sentinel for it.
+const raftChanged = "configuration changed since"
+
+// changeError is proposeError for a change of the cell: one raft refused
+// because another came first is ErrUnavailable, to be asked again.
+func changeError(op string, err error) error {
+	if strings.Contains(err.Error(), raftChanged) {
+		return fmt.Errorf("%s: %w: the cell's configuration changed since the change was decided (%v); ask again", op, ErrUnavailable, err)
+	}
+	return proposeError(op, err)
 }
 
 // promoteLoop makes, on the leader, the members catching up voters once
@@ -251,7 +351,7 @@ func (n *Node) promoteLoop() {
 // makes the first that caught up a voter (one change at a time: each is
 // made against the configuration it was decided on).
 func (n *Node) promote() {
-	decided := n.confIndex.Load() // at most as new as the configuration read next
+	_, decided := n.lastDecided() // at most as new as the configuration read next
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
@@ -281,8 +381,14 @@ func (n *Node) promote() {
 			continue
 		}
 		// Only in the configuration it was decided on: the member may have
-		// been removed while it was asked (confIndex).
-		if err := n.raft.AddVoter(s.ID, s.Address, decided, n.cfg.RPCTimeout).Error(); err != nil {
+		// been removed while it was asked (decided).
+		unlock, err := n.turn(context.Background(), "promote")
+		if err != nil {
+			return // closed
+		}
+		err = n.raft.AddVoter(s.ID, s.Address, decided, n.cfg.RPCTimeout).Error()
+		unlock()
+		if err != nil {
 			n.cfg.Logger.Warn("cell: could not make a member that caught up a voter; trying again", "member", s.Address, "err", err)
 			return
 		}

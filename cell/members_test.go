@@ -8,8 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -27,7 +30,7 @@ func addCatchingUp(t *testing.T, c *testCell) (d *testMember, release func()) {
 	c.start(d, true)
 	t.Cleanup(release) // before d stops (cleanups run last first)
 	c.members = append(c.members, d)
-	c.change("add member", nil, func(n *Node) error { return n.AddMember(context.Background(), self) })
+	c.change("add member", nil, func(n *Node) error { return n.AddMember(context.Background(), n.Self().Fingerprint, self) })
 	waitUntil(t, "the new member's state machine to be held, catching up", func() bool { return d.host.heldAppends() > 0 })
 	return d, release
 }
@@ -165,7 +168,7 @@ func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
 	rec := logs.of(l.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	if err := l.node.AddMember(ctx, self); err != nil {
+	if err := l.node.AddMember(ctx, l.node.Self().Fingerprint, self); err != nil {
 		t.Fatalf("add member: %v", err)
 	}
 	select {
@@ -174,7 +177,7 @@ func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
 		t.Fatal("the leader never asked the new member twice how far it got")
 	}
 	mark := rec.count()
-	if err := l.node.RemoveMember(ctx, self.Fingerprint); err != nil {
+	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, self.Fingerprint); err != nil {
 		close(release)
 		t.Fatalf("remove member: %v", err)
 	}
@@ -191,5 +194,101 @@ func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
 	})
 	if m, ok := memberOf(l.node.Status(), self.Fingerprint); ok {
 		t.Fatalf("the member removed while the leader asked it is in the cell again: %+v", m)
+	}
+}
+
+// TestChangeDecidedBeforeRemoval: a change of the cell asked by a member's
+// key, decided while the key is a member's, is not made if the member's
+// removal is appended before raft takes the change: raft makes it only in
+// the configuration it was decided in. The test appends the removal
+// between the decision and the hand-over to raft (beforeChange). (The
+// change was handed to raft with no condition, and raft, which makes one
+// change at a time, made it after the removal: a removed key could change
+// the cell, and add itself back.)
+func TestChangeDecidedBeforeRemoval(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(n *Node, by wire.Fingerprint, c *testCell) (undone func(Status) bool, err error)
+	}{
+		{"add", func(n *Node, by wire.Fingerprint, c *testCell) (func(Status) bool, error) {
+			id, err := identity.Generate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+			err = n.AddMember(context.Background(), by, stranger)
+			return func(st Status) bool { _, ok := memberOf(st, stranger.Fingerprint); return !ok }, err
+		}},
+		{"remove", func(n *Node, by wire.Fingerprint, c *testCell) (func(Status) bool, error) {
+			var other *testMember
+			for _, m := range c.members {
+				if m.node != n && m.id.Fingerprint() != by {
+					other = m
+				}
+			}
+			err := n.RemoveMember(context.Background(), by, other.id.Fingerprint())
+			return func(st Status) bool { _, ok := memberOf(st, other.id.Fingerprint()); return ok }, err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCell(t, 3, false, nil)
+			l := c.leader()
+			victim := c.follower()
+			by := victim.id.Fingerprint()
+			var removed error
+			l.node.beforeChange = func() {
+				l.node.beforeChange = nil
+				removed = l.node.raft.RemoveServer(raft.ServerID(by.String()), 0, time.Second).Error()
+			}
+			undone, err := tc.change(l.node, by, c)
+			if removed != nil {
+				t.Fatalf("removing the key's member between the decision and the change: %v", removed)
+			}
+			if !errors.Is(err, ErrUnavailable) {
+				t.Errorf("the change decided before the key's removal was appended: %v, want ErrUnavailable", err)
+			}
+			st := l.node.Status()
+			if _, ok := memberOf(st, by); ok || !undone(st) {
+				t.Fatalf("the cell after the removal and the change decided before it: %+v", st.Members)
+			}
+			if _, err := tc.change(l.node, by, c); !errors.Is(err, ErrNotAllowed) {
+				t.Fatalf("the change asked again by the key removed: %v, want ErrNotAllowed", err)
+			}
+		})
+	}
+}
+
+// TestChangesAskedTogether: changes of the cell asked together are made
+// one after another, each in the configuration the one before left, not
+// refused because another came first (raft's condition on a change,
+// TestChangeDecidedBeforeRemoval, would refuse the second).
+func TestChangesAskedTogether(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	var strangers []Peer
+	for range 2 {
+		id, err := identity.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		strangers = append(strangers, Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
+	}
+	by := l.node.Self().Fingerprint
+	second := make(chan error, 1)
+	l.node.beforeChange = func() {
+		l.node.beforeChange = nil
+		go func() { second <- l.node.AddMember(context.Background(), by, strangers[1]) }()
+	}
+	if err := l.node.AddMember(context.Background(), by, strangers[0]); err != nil {
+		t.Fatalf("the first change: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("the change asked while the first was made: %v", err)
+	}
+	st := l.node.Status()
+	for _, p := range strangers {
+		if _, ok := memberOf(st, p.Fingerprint); !ok {
+			t.Fatalf("%s not in the cell's members after both changes: %+v", p.Fingerprint.Short(), st.Members)
+		}
 	}
 }

@@ -311,12 +311,21 @@ type Node struct {
 	// live is raft once Start has started it (running).
 	live atomic.Pointer[raft.Raft]
 
-	// confIndex is the raft index of the configuration this node last
-	// applied, installed from the leader or restored at Start: a change
-	// the leader decides on its own (promote) is made only if raft's
-	// latest configuration is still that one. (raft's GetConfiguration
-	// leaves its Index 0, which raft takes for no condition.)
-	confIndex atomic.Uint64
+	// decided is the configuration this node last applied, installed
+	// from the leader or restored at Start, with the raft index of its
+	// entry: a change of the cell (members.go) is decided in it and made
+	// only if raft's latest configuration is still that one, which raft
+	// checks as it appends the change. (raft's GetConfiguration leaves
+	// its Index 0, which raft takes for no condition.)
+	decided atomic.Pointer[indexedConf]
+	// changing is held (a value in it) by the change of the cell this
+	// node is making, from its decision until raft answers it: changes
+	// asked together are made one after another, each decided in the
+	// configuration the one before left, rather than refused by raft.
+	changing chan struct{}
+	// beforeChange, if set (by tests), is called as a change of the cell
+	// has been decided, before it is handed to raft.
+	beforeChange func()
 
 	mu      sync.Mutex
 	started bool
@@ -351,7 +360,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, closing: make(chan struct{}),
+	n := &Node{cfg: cfg, closing: make(chan struct{}), changing: make(chan struct{}, 1),
 		self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
@@ -420,7 +429,7 @@ func (n *Node) Start() error {
 	// configuration raft ends up with (the log's latest) is set below.
 	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 {
 		n.setPeers(metas[0].Configuration)
-		n.confIndex.Store(metas[0].ConfigurationIndex)
+		n.decide(metas[0].Configuration, metas[0].ConfigurationIndex)
 	}
 	if err := n.tr.Listen(); err != nil {
 		n.closeStores()
@@ -525,7 +534,7 @@ func (n *Node) configured(c raft.Configuration) {
 // than the one its log ends with, and the leader of now may be in none of
 // them (see accepted).
 func (n *Node) applied(c raft.Configuration, index uint64) {
-	n.confIndex.Store(index)
+	n.decide(c, index)
 	n.noteConfig(c)
 	if r := n.running(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil { // an atomic load, not the main loop
@@ -545,13 +554,34 @@ func (n *Node) applied(c raft.Configuration, index uint64) {
 // its own log's last configuration, a member removed meanwhile among them.
 func (n *Node) installed() {
 	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 { // the snapshot installed is the newest
-		n.confIndex.Store(metas[0].ConfigurationIndex)
+		n.decide(metas[0].Configuration, metas[0].ConfigurationIndex)
 	}
 	if r := n.running(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil {
 			n.configured(f.Configuration())
 		}
 	}
+}
+
+// indexedConf is a configuration and the raft index of its entry.
+type indexedConf struct {
+	conf  raft.Configuration
+	index uint64
+}
+
+// decide notes c, the configuration of raft's entry index, as the one this
+// node last applied (decided).
+func (n *Node) decide(c raft.Configuration, index uint64) {
+	n.decided.Store(&indexedConf{conf: c.Clone(), index: index})
+}
+
+// lastDecided returns the configuration this node last applied and its
+// index; index 0 if it applied none yet.
+func (n *Node) lastDecided() (raft.Configuration, uint64) {
+	if d := n.decided.Load(); d != nil {
+		return d.conf, d.index
+	}
+	return raft.Configuration{}, 0
 }
 
 // noteConfig notes whether c lists this daemon, and tells the daemon's

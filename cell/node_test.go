@@ -681,7 +681,7 @@ func TestAddRemoveMember(t *testing.T) {
 	ctx := context.Background()
 	l = c.leader()
 	transfer := l.node.raft.LeadershipTransfer()
-	asked := c.change("add member", l, func(n *Node) error { return n.AddMember(ctx, self) })
+	asked := c.change("add member", l, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, self) })
 	t.Logf("add member: asked %d times; leadership transfer: %v", asked, transfer.Error())
 	d.waitLast(g.ID, 300)
 	c.sendMany(g.ID, 300, 10)
@@ -699,7 +699,7 @@ func TestAddRemoveMember(t *testing.T) {
 			break
 		}
 	}
-	c.change("remove member", nil, func(n *Node) error { return n.RemoveMember(ctx, gone.id.Fingerprint()) })
+	c.change("remove member", nil, func(n *Node) error { return n.RemoveMember(ctx, n.Self().Fingerprint, gone.id.Fingerprint()) })
 	if st := c.leader().node.Status(); len(st.Members) != 3 {
 		t.Fatalf("after removing a member: %d members", len(st.Members))
 	}

@@ -47,7 +47,7 @@ func (c *testCell) readd(m *testMember) {
 	self := Peer{Addr: m.addr, Fingerprint: m.id.Fingerprint()}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, self) })
+	c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, self) })
 	c.change("await voter", nil, func(n *Node) error { return n.AwaitVoter(ctx, self.Fingerprint) })
 }
 
@@ -56,7 +56,7 @@ func (c *testCell) removeMember(m *testMember) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	c.change("remove member", nil, func(n *Node) error { return n.RemoveMember(ctx, m.id.Fingerprint()) })
+	c.change("remove member", nil, func(n *Node) error { return n.RemoveMember(ctx, n.Self().Fingerprint, m.id.Fingerprint()) })
 }
 
 // voters returns how many voters the leader's configuration has, and how
@@ -189,12 +189,12 @@ func TestRemoveLeaderUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	l.measure("remove the leader", 100, func() {
-		err := old.node.RemoveMember(ctx, old.id.Fingerprint())
+		err := old.node.RemoveMember(ctx, old.node.Self().Fingerprint, old.id.Fingerprint())
 		var nl *NotLeaderError
 		if !errors.As(err, &nl) || nl.Leader.Addr == "" || nl.Leader == old.node.Self() {
 			t.Fatalf("the leader asked to remove itself: %v, want a NotLeaderError naming the member it handed over to", err)
 		}
-		c.change("remove the old leader", nil, func(n *Node) error { return n.RemoveMember(ctx, old.id.Fingerprint()) })
+		c.change("remove the old leader", nil, func(n *Node) error { return n.RemoveMember(ctx, n.Self().Fingerprint, old.id.Fingerprint()) })
 	})
 	waitUntil(t, "the removed leader to know it is no member", func() bool { return !old.node.Member() })
 	if next := c.leader(); next == old {
@@ -376,7 +376,7 @@ func TestReplaceAtSameAddress(t *testing.T) {
 	defer cancel()
 	var err error
 	c.change("add at the dead member's address", nil, func(n *Node) error {
-		err = n.AddMember(ctx, self)
+		err = n.AddMember(ctx, n.Self().Fingerprint, self)
 		if errors.Is(err, ErrInvalidConfig) {
 			return nil
 		}

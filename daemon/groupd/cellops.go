@@ -234,21 +234,18 @@ func (d *Daemon) cellChange(ctx context.Context, c *server.Call) error {
 	if d.node == nil {
 		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
 	}
-	if !d.node.MayChange(c.Peer()) {
-		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
-	}
+	// The node decides whether the caller's key may change the cell in
+	// the configuration it makes the change in (AddMember).
 	var err error
 	if c.Op() == wire.OpCellAdd {
-		var p cell.Peer
-		if p, err = cell.ParsePeer(req.Fingerprint.String() + "@" + req.Addr); err != nil {
-			return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrBadRequest, err)
-		}
-		err = d.node.AddMember(ctx, p)
+		err = d.node.AddMember(ctx, c.Peer(), cell.Peer{Addr: req.Addr, Fingerprint: req.Fingerprint})
 	} else {
-		err = d.node.RemoveMember(ctx, req.Fingerprint)
+		err = d.node.RemoveMember(ctx, c.Peer(), req.Fingerprint)
 	}
 	var nl *cell.NotLeaderError
 	switch {
+	case errors.Is(err, cell.ErrNotAllowed):
+		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
 	case errors.As(err, &nl):
 		we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
 			Message: fmt.Sprintf("%v: this daemon does not lead the cell", c.Op())}
