@@ -260,17 +260,16 @@ func (n *Node) RemoveMember(ctx context.Context, by, fp wire.Fingerprint) error 
 	}
 	if fp == n.self.Fingerprint {
 		unlock()
-		return n.handOver()
+		return n.handOver(ctx)
 	}
 	return n.change(ctx, op, n.raft.RemoveServer(raft.ServerID(fp.String()), index, n.timeout(ctx)), unlock)
 }
 
 // handOver transfers the leadership to another voter (Handover, which
-// returns once this node knows the next leader, or an ElectionTimeout
-// passed) and returns a *NotLeaderError naming it (an empty one if it is
-// not known yet).
-func (n *Node) handOver() error {
-	if err := n.Handover(); err != nil {
+// returns once this node knows the next leader, or ctx ended) and returns
+// a *NotLeaderError naming it (an empty one if it is not known yet).
+func (n *Node) handOver(ctx context.Context) error {
+	if err := n.Handover(ctx); err != nil {
 		return fmt.Errorf("remove member: %w: this member leads, and could not hand the leadership over before its removal: %v", ErrUnavailable, err)
 	}
 	if leader, ok := n.Leader(); ok && leader != n.self {

@@ -189,6 +189,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now stamps messages and joins on the leader. Default time.Now.
 	Now func() time.Time
+
+	// received, if set (by tests), is called with each raft RPC this
+	// member receives, before raft has it: a test holds one there.
+	received func(req any)
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -436,6 +440,7 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
+	n.net.received = n.cfg.received
 	n.net.onInstalled(n.installed)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())
@@ -1013,14 +1018,17 @@ func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, 
 // the cell's pause is a transfer's, not the heartbeat timeout and
 // election that a leader that vanished costs (in internal/jepsen's
 // rolling restarts, a leader stopped with SIGTERM paused sends for
-// 0.5-2.4 s without it). Once raft has handed over, it waits (at most an
-// ElectionTimeout) until this member knows the next leader, from its first
-// AppendEntries: raft's transfer ends as this member steps down, before
-// the next one is elected, and sends refused until then would name no
-// leader. It returns nil if this member does not lead (or is not started,
-// or closed), else raft's error: the caller stops anyway, and the cell
+// 0.5-2.4 s without it). Once raft has handed over, it waits until this
+// member knows the next leader, from its first AppendEntries, or ctx
+// ends: raft's transfer ends as this member steps down, before the next
+// one is elected, and sends refused until then would name no leader. The
+// election takes a round trip on a quiet host, and may outlast an
+// ElectionTimeout on a loaded one (400 ms at load 13), which was all it
+// waited until session 12: the caller's ctx bounds the wait instead. It
+// returns nil if this member does not lead (or is not started, or
+// closed), else raft's error: the caller stops anyway, and the cell
 // elects as it would.
-func (n *Node) Handover() error {
+func (n *Node) Handover(ctx context.Context) error {
 	n.mu.Lock()
 	started, closed := n.started, n.closed
 	n.mu.Unlock()
@@ -1031,7 +1039,7 @@ func (n *Node) Handover() error {
 		n.cfg.Logger.Warn("cell: could not hand the leadership over before stopping", "err", err)
 		return fmt.Errorf("cell: hand over the leadership: %w", err)
 	}
-	if leader, ok := n.nextLeader(); ok {
+	if leader, ok := n.nextLeader(ctx); ok {
 		n.cfg.Logger.Info("cell: handed the leadership over", "to", leader.String())
 	} else {
 		n.cfg.Logger.Info("cell: handed the leadership over", "to", "not known yet") // internal/jepsen matches the message
@@ -1040,19 +1048,17 @@ func (n *Node) Handover() error {
 }
 
 // nextLeader waits until this node knows of a leader other than itself,
-// for at most an ElectionTimeout, or until it closes, and returns it.
-func (n *Node) nextLeader() (Peer, bool) {
+// or ctx ends, or the node closes, and returns it.
+func (n *Node) nextLeader(ctx context.Context) (Peer, bool) {
 	tick := time.NewTicker(n.cfg.HeartbeatTimeout / 20)
 	defer tick.Stop()
-	deadline := time.NewTimer(n.cfg.ElectionTimeout)
-	defer deadline.Stop()
 	for {
 		if leader, ok := n.Leader(); ok && leader != n.self {
 			return leader, true
 		}
 		select {
 		case <-tick.C:
-		case <-deadline.C:
+		case <-ctx.Done():
 			return Peer{}, false
 		case <-n.closing:
 			return Peer{}, false

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -826,7 +828,7 @@ func TestHandover(t *testing.T) {
 		}
 	}
 	timeouts(time.Hour, time.Hour)
-	if err := l.node.Handover(); err != nil {
+	if err := l.node.Handover(context.Background()); err != nil {
 		t.Fatalf("handover: %v", err)
 	}
 	// Handover returns once the member knows the next leader: a send it
@@ -843,17 +845,52 @@ func TestHandover(t *testing.T) {
 	// hour without a leader (the test failed so on a busy machine).
 	timeouts(l.node.cfg.HeartbeatTimeout, l.node.cfg.ElectionTimeout)
 	next := c.leader()
-	if err := next.node.Handover(); err != nil {
+	if err := next.node.Handover(context.Background()); err != nil {
 		t.Fatalf("the second handover: %v", err)
 	}
 	c.sendMany(g.ID, 10, 10)
 	c.sameLogs(g.ID, 20)
 	for _, m := range c.members {
 		if m != c.leader() {
-			if err := m.node.Handover(); err != nil {
+			if err := m.node.Handover(context.Background()); err != nil {
 				t.Fatalf("a follower's handover: %v, want nil (nothing to hand over)", err)
 			}
 		}
+	}
+}
+
+// TestHandoverSlowElection: a leader handing the leadership over waits
+// for the next leader as long as its caller lets it, not an
+// ElectionTimeout: here the new leader's AppendEntries reach the old one
+// only two ElectionTimeouts after the first is sent (an election slow
+// under load, as at load 13 in session 11). Handover returns knowing the
+// next leader. (It waited an ElectionTimeout, and a daemon stopping then
+// named no leader to its clients, which waited their retry_after.)
+func TestHandoverSlowElection(t *testing.T) {
+	var slow atomic.Pointer[string] // the address of the member whose AppendEntries come late
+	release := make(chan struct{})
+	var once sync.Once
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			if _, ok := req.(*raft.AppendEntriesRequest); !ok || slow.Load() == nil || *slow.Load() != self {
+				return
+			}
+			// The election ends when the new leader's AppendEntries
+			// reach this member; they come late.
+			once.Do(func() { time.AfterFunc(2*DefaultElectionTimeout, func() { close(release) }) })
+			<-release
+		}
+	})
+	l := c.leader()
+	slow.Store(&l.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := l.node.Handover(ctx); err != nil {
+		t.Fatalf("handover: %v", err)
+	}
+	if next, ok := l.node.Leader(); !ok || next == l.node.Self() || !slices.Contains(c.peers, next) {
+		t.Fatalf("the leader known once Handover returned: %v, %v; want another member", next, ok)
 	}
 }
 

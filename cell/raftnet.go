@@ -44,6 +44,9 @@ type raftNet struct {
 	done    chan struct{} // closed by Close
 	wg      sync.WaitGroup
 
+	// received is Config.received (tests), set before raft starts.
+	received func(req any)
+
 	hbMu      sync.Mutex
 	heartbeat func(raft.RPC)
 	installed func() // under hbMu; see onInstalled
@@ -663,6 +666,9 @@ func (n *raftNet) serve(conn net.Conn) {
 		if err != nil {
 			n.log.Warn("cell: a member's raft connection", "error", err)
 			return
+		}
+		if n.received != nil {
+			n.received(req)
 		}
 		rpc := raft.RPC{Command: req, RespChan: respCh}
 		snapshot, _ := req.(*raft.InstallSnapshotRequest)

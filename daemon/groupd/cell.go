@@ -60,6 +60,15 @@ const cellReadWait = 5 * time.Second
 // (an election, a lost majority).
 const cellRetry = 200 * time.Millisecond
 
+// handoverWait bounds how long a stopping leader that handed the
+// leadership over waits to learn the next leader, whom its shutdown's
+// refusals name (Node.Handover): an election takes a round trip on a
+// quiet host, and took 400 ms at load 13 (session 11), longer than the
+// ElectionTimeout it waited until session 12, and its clients then waited
+// the refusals' retry_after_ms (1 s). A cell that elects nobody within it
+// is left to elect once the daemon has stopped.
+const handoverWait = 3 * time.Second
+
 // cellGroup is what a group replicated by a cell adds to a hosted group.
 type cellGroup struct {
 	spec cell.GroupSpec

@@ -954,8 +954,9 @@ func TestCellAgeLimitIgnoresMemberClocks(t *testing.T) {
 // The claim holds once the leader has handed over and knows who leads
 // next, and the refusal reaches the client. On a loaded machine either
 // may fail: raft's transfer may time out, or the election after it
-// outlast the ElectionTimeout that Handover waits ("not known yet", at
-// load 13), and the daemon then has no leader to name; or the client's
+// outlast handoverWait (it outlasted an ElectionTimeout, what was waited
+// until session 12, at load 13: "not known yet"), and the daemon then has
+// no leader to name; or the client's
 // reader, not scheduled within the server's closeLinger, loses the
 // refusal to the connection's close (quic-go drops what a stream had not
 // handed over). The leader's log says which of the first it was, and the

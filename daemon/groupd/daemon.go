@@ -520,11 +520,13 @@ func (d *Daemon) Close() error {
 			// While still serving: the sends refused meanwhile name the
 			// new leader, and the cell need not wait out an election; and
 			// so do the refusals of the shutdown itself.
-			if err := node.Handover(); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), handoverWait)
+			if err := node.Handover(ctx); err == nil {
 				if l, ok := node.Leader(); ok && l != node.Self() {
 					d.srv.NameLeader(&wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true})
 				}
 			}
+			cancel()
 		default:
 			// Not started, or Serve's Start waits for a peer to catch a
 			// group log up from: closing the node ends that wait (and
