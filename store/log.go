@@ -279,7 +279,9 @@ func (l *Log) commit(seq uint64) {
 // startAt evicts everything the log holds and makes it stand after seq,
 // stamped t: the next message appended is seq+1, after t. A disk log whose
 // retained history begins past 1 starts its memory there; seq is at least
-// the log's tail.
+// the log's tail. Watchers waiting on Changed are woken: the log's last
+// sequence number moved on, and what they had not read is gone (a gap
+// they report at once, not at the next append).
 func (l *Log) startAt(seq uint64, t int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -293,6 +295,7 @@ func (l *Log) startAt(seq uint64, t int64) {
 	l.lastSeq, l.lastTime = seq, t
 	l.last.Store(seq)
 	l.publish(nil)
+	l.wake()
 }
 
 // firstHeld returns the first sequence number the log holds, published
@@ -373,7 +376,7 @@ func (l *Log) wake() {
 }
 
 // Changed returns a channel closed by the next append that stores a message
-// after the call (or one in progress). All callers between two appends share
+// after the call (or one in progress), or by the next Reset. All callers between two appends share
 // one channel, so many watchers cost one allocation per append. A watcher
 // calls Changed, then After with its cursor, and waits on the channel only if
 // that returned nothing new.

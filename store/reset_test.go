@@ -11,19 +11,30 @@ type resettable interface {
 	querier
 	Reset(seq uint64, t int64) error
 	Epoch() uint64
+	Changed() <-chan struct{}
 }
 
 // testReset: a log that held messages 1..n is reset to stand after 1000:
 // it holds nothing, the next message is 1001 (after the time given), a
-// reset behind the tail is refused, and appends follow on.
+// reset behind the tail is refused, and appends follow on. A watcher
+// waiting on Changed is woken by the reset, which moved the log's last
+// sequence number on: it finds its gap at once, not at the next message
+// (a cell member that aged a message out left its watchers on a stale
+// view until then).
 func testReset(t *testing.T, l resettable) []Entry {
 	t.Helper()
 	w := newWriter(7)
 	w.fill(t, l, 50, 100)
 	epoch := l.Epoch()
 	const at, tAt = 1000, int64(5e18)
+	changed := l.Changed()
 	if err := l.Reset(at, tAt); err != nil {
 		t.Fatalf("reset: %v", err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("a reset left Changed's channel open: a watcher waits for the next message")
 	}
 	if seq, ts := l.Tail(); seq != at || ts != tAt {
 		t.Fatalf("tail after reset: %d %d, want %d %d", seq, ts, at, tAt)

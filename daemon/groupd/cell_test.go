@@ -920,6 +920,87 @@ func TestCellRefusalNamesMembers(t *testing.T) {
 	}
 }
 
+// TestCellWatchAgedOut: a watcher on a member that ages a message out as
+// it arrives (one larger than that member's whole --max-bytes, which the
+// leader's retention holds) is told at once, with the Gap up to it, not
+// at the cell's next message: heartbeats are an hour apart here, so that
+// nothing else wakes it. (The member's log was reset to stand after the
+// message without waking its watchers, which sat on a stale view.)
+func TestCellWatchAgedOut(t *testing.T) {
+	const limit = 64
+	var small string
+	members := startTestCell(t, 3, func(cfg *Config) {
+		cfg.HeartbeatInterval = time.Hour
+		if small == "" {
+			small = cfg.Listen
+			cfg.Retention.MaxBytes = limit
+		}
+	})
+	var smallM *testCellMember
+	for _, m := range members {
+		if m.cfg.Listen == small {
+			smallM = m
+		}
+	}
+	// The small member must not lead: a leader refuses what its own
+	// retention cannot hold.
+	leader, g := cellLeader(t, members)
+	if leader == smallM {
+		ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+		must(t, leader.d.node.Handover(ctx))
+		cancel()
+		eventually(t, "another member leading", func() bool {
+			l, _ := cellLeader(t, members)
+			return l != smallM
+		})
+	}
+	ann := newKey(t)
+	must(t, callLeader(t, members, ann, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	must(t, callLeader(t, members, ann, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two")}, &wire.Sent{}))
+	sg := smallM.d.host.group(g)
+	eventually(t, "the small member holding ann's messages", func() bool { return sg.isMember(ann.Fingerprint()) && sg.log.Last() == 2 })
+
+	p := dial(t, smallM.d.Addr(), smallM.fp, ann)
+	str := p.open(request(t, wire.OpWatch, wire.Watch{Group: g, After: u64(0)}))
+	t.Cleanup(func() { str.CancelRead(0x1); str.CancelWrite(0x1) })
+	str.SetReadDeadline(time.Now().Add(testTimeout))
+	next := func() frame {
+		t.Helper()
+		f, err := readFrame(str)
+		if err != nil {
+			t.Fatalf("watch on the member that ages the message out: %v", err)
+		}
+		if f.kind == wire.KindError {
+			t.Fatalf("watch: %v", f.err)
+		}
+		return f
+	}
+	if f := next(); f.kind != wire.KindStart {
+		t.Fatalf("watch: first frame of kind %d, want Start", f.kind)
+	}
+	for got := 0; got < 2; {
+		f := next()
+		if f.kind != wire.KindMessages {
+			t.Fatalf("watch: frame of kind %d, want the messages held", f.kind)
+		}
+		var m wire.Messages
+		f.decode(t, &m)
+		got += len(m.Messages)
+	}
+
+	big := strings.Repeat("x", limit+1)
+	must(t, callLeader(t, members, ann, wire.OpSend, wire.Send{Group: g, Messages: outgoing(big)}, &wire.Sent{}))
+	f := next()
+	if f.kind != wire.KindGap {
+		t.Fatalf("watch: frame of kind %d after the message aged out, want a Gap", f.kind)
+	}
+	var gap wire.Gap
+	f.decode(t, &gap)
+	if gap.From != 3 || gap.To != 3 {
+		t.Fatalf("gap %d..%d, want 3..3 (the message aged out)", gap.From, gap.To)
+	}
+}
+
 // TestCellAgeLimitIgnoresMemberClocks: a cell's groups apply --max-age as
 // of their newest message, the leader's stamp, not as of a member's own
 // clock: a member whose clock runs an hour ahead keeps what the others

@@ -36,7 +36,8 @@ type Log interface {
 	// Since appends to dst up to limit messages with Time >= ts, oldest
 	// first, and says where the page ends.
 	Since(ts int64, limit int, dst []store.Message) ([]store.Message, store.Cursor)
-	// Changed returns a channel closed by the next append of a message.
+	// Changed returns a channel closed by the next append of a message,
+	// or by the next reset (a cell's group: cell.Log's Reset).
 	Changed() <-chan struct{}
 	// Last returns the last sequence number readers can see.
 	Last() uint64
