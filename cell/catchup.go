@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -37,7 +38,8 @@ import (
 //	    count on
 //	'e' the end: every message up to upto was sent
 //
-// A replica tries the leader first, then the other members (catchUpOrder).
+// A replica asks every member at once (catchUpOrder) and copies from the
+// first that answers ok; the others' streams are closed unread.
 const (
 	catchUpRequestSize = 16 + 8 + 8 + 8
 	catchUpChunk       = 1024
@@ -59,97 +61,145 @@ const (
 
 var errCatchUp = errors.New("cell: catch-up")
 
-// catchUp brings g's log up to seq (at time t) from a peer. While raft
+// catchUp brings g's log up to seq (at time t) from a peer. It asks
+// every member at once (catchUpOrder) and copies the messages from the
+// first that has them; a member that does not answer (a dead host: a
+// dial's timeout, RPCTimeout) holds up none of the others. While raft
 // restores this member's own snapshot at Start (raft not running yet), it
-// waits until a peer can serve the messages: it asks again after each
-// round that failed, backing off from catchUpRetryMin to catchUpRetryMax
-// and logging each round, until it has them or Close is called
-// (ErrClosed).
+// waits until a peer can serve the messages: each member that could not
+// is asked again, in rounds backing off from catchUpRetryMin to
+// catchUpRetryMax (one still being asked is not asked twice), each round
+// logged, until one serves them or Close is called (ErrClosed).
 //
-// Why: the member's snapshot may cover messages no peer has applied yet
-// (a leader stopped and restarted at once: its followers apply what it
-// committed only once a leader tells them it is committed). Failing made
-// the member refuse to start, though its peers would serve the messages
-// a moment later; and it fails the same way each time it is started
-// again until they do. Meanwhile the member serves none of the cell's
-// groups: the state machine sets them only once every log is caught up
-// (fsm.Restore), so no reader sees a log behind what it was acknowledged.
-// A snapshot raft installs from the leader later is not waited for: raft
-// reports the failure to the leader, which sends it again.
+// Why wait: the member's snapshot may cover messages no peer has applied
+// yet (a leader stopped and restarted at once: its followers apply what
+// it committed only once a leader tells them it is committed). Failing
+// made the member refuse to start, though its peers would serve the
+// messages a moment later; and it fails the same way each time it is
+// started again until they do. Meanwhile the member serves none of the
+// cell's groups: the state machine sets them only once every log is
+// caught up (fsm.Restore), so no reader sees a log behind what it was
+// acknowledged. A snapshot raft installs from the leader later is not
+// waited for: raft reports the failure to the leader, which sends it
+// again. Why at once: members were asked one after another, and each dead
+// one cost a waiting round its dial's timeout (5 s) before the next was
+// asked (session 11).
 func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) error {
-	err := n.catchUpOnce(ctx, g, seq)
-	if err == nil || n.running() != nil {
-		return err
-	}
-	start := time.Now()
-	wait := catchUpRetryMin
-	for round := 1; ; round++ {
-		select {
-		case <-n.closing: // the round may have failed for it
-			return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
-		default:
-		}
-		have, _ := g.log.Tail()
-		n.cfg.Logger.Warn("cell: no peer can catch a group up yet; this member starts once one can, and serves none of the cell's groups until then",
-			"group", g.spec.Name, "log_at", have, "snapshot_at", seq, "rounds", round, "waited", time.Since(start).Round(time.Millisecond), "next_in", wait, "err", err)
-		timer := time.NewTimer(wait)
-		select {
-		case <-n.closing:
-			timer.Stop()
-			return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
-		case <-timer.C:
-		}
-		wait = min(2*wait, catchUpRetryMax)
-		if err = n.catchUpOnce(ctx, g, seq); err == nil {
-			n.cfg.Logger.Info("cell: caught a group up after waiting for a peer", "group", g.spec.Name, "to", seq, "waited", time.Since(start).Round(time.Millisecond))
-			return nil
-		}
-	}
-}
-
-// catchUpOnce asks each member in turn (catchUpOrder) for the messages
-// of g up to seq, until one serves them.
-func (n *Node) catchUpOnce(ctx context.Context, g *groupState, seq uint64) error {
-	select {
-	case <-n.closing:
-		return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
-	default:
-	}
+	waiting := n.running() == nil
 	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait() // runs after cancel (deferred next), which ends the askers
 	defer cancel()
-	go func() {
+	wg.Go(func() {
 		select {
 		case <-n.closing:
 			cancel()
 		case <-ctx.Done():
 		}
-	}()
-	var errs []error
-	for _, p := range n.catchUpOrder() {
-		from, _ := g.log.Tail()
-		if from >= seq {
+	})
+	closed := func() error {
+		select {
+		case <-n.closing:
+			return fmt.Errorf("catch up to message %d: %w", seq, ErrClosed)
+		default:
 			return nil
-		}
-		err := n.catchUpFrom(ctx, p, g, from, seq)
-		if err == nil {
-			n.cfg.Logger.Info("cell: caught up a group from a peer", "group", g.spec.Name, "peer", p.Addr, "from", from, "to", seq)
-			return nil
-		}
-		n.cfg.Logger.Warn("cell: could not catch up a group from a peer", "group", g.spec.Name, "peer", p.Addr, "err", err)
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			break
 		}
 	}
-	return fmt.Errorf("catch up to message %d: %w", seq, errors.Join(append(errs, errCatchUp)...))
+	if err := closed(); err != nil {
+		return err
+	}
+	answers := make(chan catchUpAnswer)
+	asking := make(map[Peer]bool)
+	ask := func() {
+		after, _ := g.log.Tail()
+		for _, p := range n.catchUpOrder() {
+			if asking[p] {
+				continue
+			}
+			asking[p] = true
+			wg.Go(func() {
+				s, err := n.askCatchUp(ctx, p, g, after, seq)
+				select {
+				case answers <- catchUpAnswer{p: p, s: s, err: err}:
+				case <-ctx.Done():
+					if s != nil {
+						s.close()
+					}
+				}
+			})
+		}
+	}
+	if tail, _ := g.log.Tail(); tail >= seq {
+		return nil
+	}
+	ask()
+	var errs []error
+	start, round, wait := time.Now(), 1, catchUpRetryMin
+	var again <-chan time.Time // the next round, while waiting
+	if waiting {
+		again = time.After(wait)
+	}
+	for {
+		if len(asking) == 0 && !waiting {
+			return fmt.Errorf("catch up to message %d: %w", seq, errors.Join(append(errs, errCatchUp)...))
+		}
+		select {
+		case a := <-answers:
+			delete(asking, a.p)
+			err := a.err
+			if err == nil {
+				from, _ := g.log.Tail()
+				err = a.s.copy(g)
+				a.s.close()
+				if err == nil {
+					n.cfg.Logger.Info("cell: caught up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "from", from, "to", seq)
+					if waiting && round > 1 {
+						n.cfg.Logger.Info("cell: caught a group up after waiting for a peer", "group", g.spec.Name, "to", seq, "waited", time.Since(start).Round(time.Millisecond))
+					}
+					return nil
+				}
+			}
+			if cerr := closed(); cerr != nil {
+				return cerr
+			}
+			n.cfg.Logger.Warn("cell: could not catch up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "err", err)
+			errs = append(errs, err)
+		case <-again:
+			// No member served the messages since the last round: those
+			// that answered they could not are asked again.
+			have, _ := g.log.Tail()
+			n.cfg.Logger.Warn("cell: no peer can catch a group up yet; this member starts once one can, and serves none of the cell's groups until then",
+				"group", g.spec.Name, "log_at", have, "snapshot_at", seq, "rounds", round, "waited", time.Since(start).Round(time.Millisecond),
+				"asking", len(asking), "next_in", wait, "err", errors.Join(errs...))
+			round++
+			errs = nil
+			ask()
+			again = time.After(wait)
+			wait = min(2*wait, catchUpRetryMax)
+		case <-ctx.Done():
+			if err := closed(); err != nil {
+				return err
+			}
+			return fmt.Errorf("catch up to message %d: %w", seq, context.Cause(ctx))
+		}
+	}
+}
+
+// catchUpAnswer is a member's answer to a catch-up request: its stream,
+// read up to the header that says it has the messages, or why not.
+type catchUpAnswer struct {
+	p   Peer
+	s   *catchUpStream
+	err error
 }
 
 // catchUpOrder returns the members to catch up from: the leader first,
 // then the members of the configuration the transport's members were last
 // set from (setPeers), then those accepted besides (flags, what was
 // learnt); within each, those whose link is not known to be down first.
-// Each member that does not answer costs a dial's timeout (RPCTimeout): a
-// restarted member's flags may name hosts replaced long ago.
+// catchUp asks them all at once, in this order: a restarted member's
+// flags may name hosts replaced long ago, and each member that does not
+// answer takes a dial's timeout (RPCTimeout) to fail.
 func (n *Node) catchUpOrder() []Peer {
 	var order []Peer
 	leader, ok := n.Leader()
@@ -180,17 +230,28 @@ func (n *Node) catchUpOrder() []Peer {
 	return append(order, rest...)
 }
 
-func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, upto uint64) error {
+// catchUpStream is a member's stream of the messages of a group, read up
+// to its header: the member has them, from first to upto.
+type catchUpStream struct {
+	str         *quic.Stream
+	r           *bufio.Reader
+	buf         []byte
+	stop        func() bool // the AfterFunc that cancels str with the catch-up's context
+	first, upto uint64
+}
+
+// askCatchUp asks p for g's messages after..upto, and reads its answer's
+// header: it returns the stream once p says it has them (the caller
+// copies them, then closes it), else why not.
+func (n *Node) askCatchUp(ctx context.Context, p Peer, g *groupState, after, upto uint64) (*catchUpStream, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.RPCTimeout)
 	str, _, err := n.tr.open(dctx, p.Addr, kindCatchUp)
 	cancel()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer str.CancelRead(streamClosed)
-	defer str.Close()
-	stop := context.AfterFunc(ctx, func() { str.CancelRead(streamClosed) })
-	defer stop()
+	s := &catchUpStream{str: str, r: bufio.NewReaderSize(str, 64<<10), upto: upto,
+		stop: context.AfterFunc(ctx, func() { str.CancelRead(streamClosed) })}
 	var req [catchUpRequestSize]byte
 	copy(req[:16], g.spec.ID[:])
 	binary.LittleEndian.PutUint64(req[16:], g.spec.Epoch)
@@ -198,31 +259,21 @@ func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, up
 	binary.LittleEndian.PutUint64(req[32:], upto)
 	str.SetWriteDeadline(time.Now().Add(catchUpTimeout))
 	if _, err := str.Write(req[:]); err != nil {
-		return err
+		s.close()
+		return nil, err
 	}
 	str.Close()
-	r := bufio.NewReaderSize(str, 64<<10)
-	var buf []byte
-	next := func() (byte, []byte, error) {
-		str.SetReadDeadline(time.Now().Add(catchUpTimeout))
-		var h [4]byte
-		if _, err := io.ReadFull(r, h[:]); err != nil {
-			return 0, nil, err
-		}
-		size := binary.LittleEndian.Uint32(h[:])
-		if size == 0 || size > maxCatchUpFrame {
-			return 0, nil, fmt.Errorf("%w: a frame of %d bytes", errCatchUp, size)
-		}
-		if cap(buf) < int(size) {
-			buf = make([]byte, size)
-		}
-		buf = buf[:size]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return 0, nil, err
-		}
-		return buf[0], buf[1:], nil
+	if err := s.header(g, after); err != nil {
+		s.close()
+		return nil, err
 	}
-	kind, p1, err := next()
+	return s, nil
+}
+
+// header reads the answer's header (a request for the messages after
+// after).
+func (s *catchUpStream) header(g *groupState, after uint64) error {
+	kind, p1, err := s.next()
 	if err != nil {
 		return err
 	}
@@ -232,25 +283,54 @@ func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, up
 	switch p1[0] {
 	case catchUpOK:
 	case catchUpBehind:
-		return fmt.Errorf("%w: the peer's log ends before message %d", errCatchUp, upto)
+		return fmt.Errorf("%w: the peer's log ends before message %d", errCatchUp, s.upto)
 	default:
 		return fmt.Errorf("%w: the peer has no such group of epoch %d", errCatchUp, g.spec.Epoch)
 	}
-	first := binary.LittleEndian.Uint64(p1[1:])
-	if first <= after || first > upto+1 {
-		return fmt.Errorf("%w: the peer starts at %d, for messages %d..%d", errCatchUp, first, after+1, upto)
+	s.first = binary.LittleEndian.Uint64(p1[1:])
+	if s.first <= after || s.first > s.upto+1 {
+		return fmt.Errorf("%w: the peer starts at %d, for messages %d..%d", errCatchUp, s.first, after+1, s.upto)
 	}
-	reset := first > after+1 // the peer's retention dropped what we lack
+	return nil
+}
+
+// next reads the stream's next frame.
+func (s *catchUpStream) next() (byte, []byte, error) {
+	s.str.SetReadDeadline(time.Now().Add(catchUpTimeout))
+	var h [4]byte
+	if _, err := io.ReadFull(s.r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	size := binary.LittleEndian.Uint32(h[:])
+	if size == 0 || size > maxCatchUpFrame {
+		return 0, nil, fmt.Errorf("%w: a frame of %d bytes", errCatchUp, size)
+	}
+	if cap(s.buf) < int(size) {
+		s.buf = make([]byte, size)
+	}
+	s.buf = s.buf[:size]
+	if _, err := io.ReadFull(s.r, s.buf); err != nil {
+		return 0, nil, err
+	}
+	return s.buf[0], s.buf[1:], nil
+}
+
+// copy appends to g's log the messages the stream brings, up to upto.
+// The log may have grown since the request (from another member, whose
+// copy failed midway): the messages it holds already are skipped.
+func (s *catchUpStream) copy(g *groupState) error {
+	tail, _ := g.log.Tail()
+	reset := s.first > tail+1 // the peer's retention dropped what we lack
 	var entries []store.Entry
 	for {
-		kind, body, err := next()
+		kind, body, err := s.next()
 		if err != nil {
 			return err
 		}
 		switch kind {
 		case 'e':
-			if seq, _ := g.log.Tail(); seq != upto {
-				return fmt.Errorf("%w: ended at %d, want %d", errCatchUp, seq, upto)
+			if seq, _ := g.log.Tail(); seq != s.upto {
+				return fmt.Errorf("%w: ended at %d, want %d", errCatchUp, seq, s.upto)
 			}
 			return nil
 		case 'b':
@@ -265,23 +345,37 @@ func (n *Node) catchUpFrom(ctx context.Context, p Peer, g *groupState, after, up
 		if rd.err != nil {
 			return rd.err
 		}
+		if entries[len(entries)-1].Seq > s.upto {
+			return fmt.Errorf("%w: a batch past %d", errCatchUp, s.upto)
+		}
 		if reset {
-			if entries[0].Seq != first {
-				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, first)
+			if entries[0].Seq != s.first {
+				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)
 			}
-			if err := g.log.Reset(first-1, entries[0].Time-1); err != nil {
+			if err := g.log.Reset(s.first-1, entries[0].Time-1); err != nil {
 				return err
 			}
 			reset = false
 		}
-		if entries[len(entries)-1].Seq > upto {
-			return fmt.Errorf("%w: a batch past %d", errCatchUp, upto)
+		tail, _ := g.log.Tail()
+		held := entries
+		for len(held) > 0 && held[0].Seq <= tail {
+			held = held[1:]
 		}
-		if err := g.log.Append(entries); err != nil {
-			return err
+		if len(held) > 0 {
+			if err := g.log.Append(held); err != nil {
+				return err
+			}
 		}
 		clear(entries)
 	}
+}
+
+// close ends the stream.
+func (s *catchUpStream) close() {
+	s.stop()
+	s.str.CancelRead(streamClosed)
+	s.str.Close()
 }
 
 // serveCatchUp answers a peer's catch-up request from this replica's log,

@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testport"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestRestartCatchesUpFromConfiguration: a member restarted with the
@@ -226,6 +228,64 @@ func TestRestartWaitsForPeers(t *testing.T) {
 	}
 	c.sendMany(g.ID, 60, 5)
 	c.sameLogs(g.ID, 65)
+}
+
+// TestWaitingAsksPeersAtOnce: a member waiting at start for a peer to
+// catch its group log up from asks every member at once: one that takes
+// the request and says nothing (a host that hangs; a dead one costs a
+// dial's timeout, 5 s) holds up none of the others. Here the member asked
+// first in the order stalls; the other is asked, and answers, meanwhile,
+// and serves the messages once it has applied them. (Members were asked
+// one after another: the other was asked only once the stalled one's
+// answer timed out, 30 s later, and each dead one cost every round 5 s.)
+func TestWaitingAsksPeersAtOnce(t *testing.T) {
+	c, m, g, rec, started, release := restartAhead(t)
+	var others []*testMember
+	for _, o := range c.members {
+		if o != m {
+			others = append(others, o)
+		}
+	}
+	slices.SortFunc(others, func(a, b *testMember) int { return strings.Compare(a.addr, b.addr) }) // as catchUpOrder ranks them
+	stalled, other := others[0], others[1]
+	stall := make(chan struct{})
+	defer close(stall)
+	stalled.node.tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, _ *quic.Stream) {
+		select {
+		case <-stall:
+		case <-ctx.Done():
+		}
+	})
+	// The other's answer (its log ends before the snapshot) comes while
+	// the stalled one's is awaited: well before that one's 30 s.
+	deadline := time.After(catchUpTimeout / 2)
+	for asked := false; !asked; {
+		if r := rec.Load(); r != nil {
+			lines, _ := r.since(0)
+			asked = slices.ContainsFunc(lines, func(l string) bool {
+				return strings.Contains(l, "could not catch up a group from a peer") && strings.Contains(l, other.addr)
+			})
+		}
+		select {
+		case err := <-started:
+			t.Fatalf("the member's start ended (%v), want it waiting for its peers", err)
+		case <-deadline:
+			t.Fatalf("%s was not asked while %s stalled", other.addr, stalled.addr)
+		case <-time.After(10 * time.Millisecond): // the member's next log line
+		}
+	}
+	release()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("the member did not start once its peer applied: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the member did not start once its peer applied")
+	}
+	if last, _ := m.host.replica(g.ID).log.Tail(); last < 60 {
+		t.Fatalf("the member started with its group log at %d, want 60", last)
+	}
 }
 
 // TestCloseWhileWaitingForPeers: Close ends a start that waits for its

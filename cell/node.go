@@ -659,7 +659,8 @@ func (n *Node) applyPeersLocked() {
 //     log from its start, whose old configurations do not list it (and may
 //     not list the leader: flags and conf together do); from the snapshot
 //     or the entry that adds it on, conf lists it, and is the cell. Its
-//     catch-up asks the leader first, which accepted it before anyone.
+//     catch-up asks every member at once: the leader, which accepted it
+//     before anyone, serves it while the others may still refuse it.
 //   - A member removed: the leader applies the change when it commits and
 //     stops accepting the removed key then (its dialed connections to it
 //     close leaveGrace later, for raft's last replication, the removal,
