@@ -351,6 +351,14 @@ func (n *Node) promoteLoop() {
 // made against the configuration it was decided on).
 func (n *Node) promote() {
 	_, decided := n.lastDecided() // at most as new as the configuration read next
+	if decided == 0 {
+		// Raft takes index 0 for no condition, and would make a member
+		// removed while it was asked a voter. A leader that promotes has
+		// applied a configuration (its barrier applied the bootstrap's
+		// entry, or every entry since the snapshot whose configuration it
+		// restored or installed), so this is not reached; it stays so.
+		return
+	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
