@@ -52,6 +52,9 @@ func runForgetRegistry(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "forget-registry", err)
 	}
+	if err := forgetCachedRegistry(dir, fs.Arg(0)); err != nil {
+		return fail(env, "forget-registry", err)
+	}
 	if !ok {
 		fmt.Fprintf(env.Stdout, "no fingerprint was pinned for %s\n", fs.Arg(0))
 		return ExitOK

@@ -106,6 +106,38 @@ func saveListCache(dir, scope string, l *listing) error {
 		c.Groups = append(c.Groups, cachedGroup{UUID: g.Group, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint,
 			Members: g.Members, LastSeq: g.LastSeq, ListedBy: g.ListedBy})
 	}
+	return writeListCache(dir, &c)
+}
+
+// forgetCachedRegistry drops the registry pinned as name (its address, or
+// mdns:INSTANCE) from the cache in dir, whatever its scope: the cache
+// keeps each registry's key, and asks it under that key, so a registry
+// whose pin was forgotten (huddle forget-registry) would be asked under
+// its old key again and reported not answering. A cache that cannot be
+// read is left to the next command (which warns and rewrites it).
+func forgetCachedRegistry(dir, name string) error {
+	b, err := os.ReadFile(filepath.Join(dir, listCacheFile))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	var c listCache
+	if json.Unmarshal(b, &c) != nil {
+		return nil
+	}
+	n := len(c.Registries)
+	c.Registries = slices.DeleteFunc(c.Registries, func(r cachedRegistry) bool { return r.Name == name || r.Addr == name })
+	if len(c.Registries) == n {
+		return nil
+	}
+	return writeListCache(dir, &c)
+}
+
+// writeListCache replaces the cache in dir with c, atomically (a
+// temporary file renamed over it), readable by the user only.
+func writeListCache(dir string, c *listCache) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return err

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/internal/netlab"
 )
 
 // TestListingAcrossRegistries runs, in this process, two huddle up (each a
@@ -84,4 +86,40 @@ func TestNoRegistryTellsNewcomers(t *testing.T) {
 	if !strings.Contains(given, "is it running") || strings.Contains(given, "start one on this machine") {
 		t.Errorf("a registry given that did not answer: %q", given)
 	}
+}
+
+// TestForgetRegistryForgetsItsCachedPin: this machine's registry is
+// reinstalled (a new key at 127.0.0.1:7373); the user's next command is
+// refused naming 'huddle forget-registry 127.0.0.1:7373', which they run.
+// The command after it answered, but said on stderr that the registry
+// "answered last time" was not answering: "server presented fingerprint
+// NEW, expected OLD", the cached listing still pinning the old key. The
+// cache forgets the registry too. In a network namespace of its own: with
+// no registry given, client commands ask 127.0.0.1:7373 and browse mDNS.
+func TestForgetRegistryForgetsItsCachedPin(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		u := &testUser{home: t.TempDir()} // no registry given
+		up := func() func() {
+			v := startVerb(t, nil, "up", "--no-mdns", "--listen", "127.0.0.1:7373", "--state-dir", t.TempDir(), "--log-level", "info")
+			v.waitLine(t, upLine)
+			awaitLines(t, "huddle up's registry listing lobby", v.stderr, registered, func() bool {
+				probe := &testUser{home: t.TempDir()} // pins nothing of u's
+				_, out, _ := probe.run(t, "groups", "--json")
+				return strings.Contains(out, `"name":"lobby"`)
+			})
+			return func() { v.stop(t) }
+		}
+		stop := up()
+		u.ok(t, "groups") // pins the key, and caches the registry as one that answered
+		stop()
+		up()
+		if code, _, errs := u.run(t, "groups"); code != ExitRefused || !strings.Contains(errs, "huddle forget-registry 127.0.0.1:7373") {
+			t.Fatalf("groups after the registry's key changed: exit %d, stderr:\n%s", code, errs)
+		}
+		u.ok(t, "forget-registry", "127.0.0.1:7373")
+		code, out, errs := u.run(t, "groups")
+		if code != ExitOK || !strings.Contains(out, "lobby") || strings.Contains(errs, "expected") || strings.Contains(errs, "not answering") {
+			t.Errorf("groups after forget-registry: exit %d, stdout:\n%s\nstderr:\n%s", code, out, errs)
+		}
+	})
 }
