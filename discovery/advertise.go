@@ -276,7 +276,7 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 				r.stop()
 				delete(running, name)
 			}
-			r, err := startResponder(c.iface, z, a.cfg.Fingerprint, ours, lost, a.log, warn)
+			r, err := startResponder(c.iface, c.prefixes, z, a.cfg.Fingerprint, ours, lost, a.log, warn)
 			if err != nil {
 				var se *SocketError
 				advice := ""

@@ -298,3 +298,47 @@ func TestBrowseReportsKeyOnce(t *testing.T) {
 		t.Errorf("one key at one address reported under %d names", len(got))
 	}
 }
+
+// TestResponderReplies checks where a registry's responder sends its
+// answers: to a querier directly only when it is on the link (RFC 6762 §11:
+// anyone who can reach port 5353 could otherwise have a registry send its
+// records to an address of their choosing, several times the query's
+// size), and to the group at most once a second, however many queries ask
+// (each answered a flood of queries with as many multicasts).
+func TestResponderReplies(t *testing.T) {
+	r := &responder{prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00::/64")}}
+	now := time.Now()
+	for _, tc := range []struct {
+		from    string
+		qu      bool // the unicast-response bit
+		at      time.Duration
+		to      string // "" for no answer
+		comment string
+	}{
+		{"10.0.0.5:40000", false, 0, "10.0.0.5:40000", "a legacy query on the link"},
+		{"[fd00::5]:40000", false, 0, "[fd00::5]:40000", "IPv6, on the link"},
+		{"169.254.7.7:40000", false, 0, "169.254.7.7:40000", "IPv4 link-local"},
+		{"[fe80::7%lo]:40000", false, 0, "[fe80::7%lo]:40000", "IPv6 link-local"},
+		{"0.0.0.0:40000", false, 0, "0.0.0.0:40000", "this host, on lo without a source address"},
+		{"127.0.0.1:40000", false, 0, "127.0.0.1:40000", "this host"},
+		{"203.0.113.9:40000", false, 0, "", "a legacy query from off the link"},
+		{"203.0.113.9:5353", true, 0, "", "a QU query from off the link"},
+		{"10.0.0.5:5353", false, 0, "224.0.0.251:5353", "a QM query: to the group"},
+		{"10.0.0.6:5353", false, 500 * time.Millisecond, "", "another, within a second of that answer"},
+		{"203.0.113.9:5353", false, 600 * time.Millisecond, "", "and one from off the link"},
+		{"10.0.0.6:5353", false, 1100 * time.Millisecond, "224.0.0.251:5353", "a second after it"},
+	} {
+		q := &dns.Msg{Question: []dns.Question{{Name: serviceName, Qtype: dns.TypePTR, Qclass: dns.ClassINET}}}
+		if tc.qu {
+			q.Question[0].Qclass |= 1 << 15
+		}
+		dst, ok := r.replyTo(q, netip.MustParseAddrPort(tc.from), now.Add(tc.at))
+		got := ""
+		if ok {
+			got = dst.String()
+		}
+		if got != tc.to {
+			t.Errorf("%s (from %s): answered to %q, want %q", tc.comment, tc.from, got, tc.to)
+		}
+	}
+}

@@ -32,21 +32,25 @@ type responder struct {
 	log  *slog.Logger
 	warn *warnOnce // send failures, once
 
-	mu          sync.Mutex
-	lastDefense time.Time
+	prefixes []netip.Prefix // the interface's subnets: queriers answered directly are on them
+
+	mu            sync.Mutex
+	lastDefense   time.Time
+	lastMulticast time.Time // the last answer to the group (replyTo)
 
 	stopped chan struct{} // closed by stop
 	wg      sync.WaitGroup
 }
 
-// startResponder joins the mDNS group on ifc and answers from z until stop.
+// startResponder joins the mDNS group on ifc, whose subnets are prefixes,
+// and answers from z until stop.
 // Errors are *SocketError.
-func startResponder(ifc net.Interface, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger, warn *warnOnce) (*responder, error) {
+func startResponder(ifc net.Interface, prefixes []netip.Prefix, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger, warn *warnOnce) (*responder, error) {
 	c, err := listenGroup(ifc)
 	if err != nil {
 		return nil, err
 	}
-	r := &responder{c: c, zone: z, fp: fp, ours: ours, lost: lost, log: log, warn: warn, stopped: make(chan struct{})}
+	r := &responder{c: c, prefixes: prefixes, zone: z, fp: fp, ours: ours, lost: lost, log: log, warn: warn, stopped: make(chan struct{})}
 	r.wg.Add(2)
 	go r.serve()
 	go r.announce()
@@ -116,12 +120,8 @@ func (r *responder) serve() {
 // group.
 func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
 	legacy := from.Port() != mdnsPort
-	unicast := legacy
 	var answers []dns.RR
 	for _, qq := range q.Question {
-		if qq.Qclass&(1<<15) != 0 {
-			unicast = true
-		}
 		for _, rr := range r.zone.answer(qq) {
 			if !slices.ContainsFunc(answers, func(have dns.RR) bool { return dns.IsDuplicate(have, rr) }) {
 				answers = append(answers, rr)
@@ -131,16 +131,60 @@ func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
 	if len(answers) == 0 {
 		return
 	}
+	dst, ok := r.replyTo(q, from, time.Now())
+	if !ok {
+		return
+	}
 	resp := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true, Answer: answers}
 	if legacy {
 		resp.Id = q.Id
 		resp.Question = q.Question
 	}
-	dst := from
-	if !unicast {
-		dst = mdnsDest
-	}
 	r.send(resp, dst)
+}
+
+// replyTo says where the answer to q, from from, goes, if anywhere: to the
+// querier when it asked from a port other than 5353 or set a question's
+// unicast-response bit, but only if it is on the link (RFC 6762 §11:
+// anyone who can reach port 5353 could otherwise have the registry send
+// its records, several times the query's size, to an address of their
+// choosing); otherwise to the group, at most once every announceGap
+// (RFC 6762 §6: the answer just multicast serves every querier on the
+// link, and a flood of queries would be a flood of multicasts).
+func (r *responder) replyTo(q *dns.Msg, from netip.AddrPort, now time.Time) (netip.AddrPort, bool) {
+	unicast := from.Port() != mdnsPort
+	for _, qq := range q.Question {
+		if qq.Qclass&(1<<15) != 0 {
+			unicast = true
+		}
+	}
+	if unicast {
+		return from, r.onLink(from.Addr())
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.lastMulticast.IsZero() && now.Sub(r.lastMulticast) < announceGap {
+		return netip.AddrPort{}, false
+	}
+	r.lastMulticast = now
+	return mdnsDest, true
+}
+
+// onLink reports whether a is on the responder's link: link-local, on a
+// subnet of its interface, or this host (a loopback address, or none: a
+// query sent on lo without a source address reads as from 0.0.0.0, and an
+// answer to it comes back here).
+func (r *responder) onLink(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	if a.IsLinkLocalUnicast() || a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	for _, p := range r.prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *responder) send(m *dns.Msg, dst netip.AddrPort) {
