@@ -64,6 +64,21 @@ func TestCellThreeDaemons(t *testing.T) {
 	if !strings.Contains(out, "hello cell") {
 		t.Fatalf("fetch after send:\n%s", out)
 	}
+	// huddle info says the group is replicated, by which members, and what
+	// an acknowledgment means there: it showed one daemon and that
+	// daemon's durability, as for a group of one.
+	info := u.ok(t, "info", "general")
+	for _, want := range []string{"replicated by", "a cell of 3 members", "(leader)", "held by a majority of the cell"} {
+		if !strings.Contains(info, want) {
+			t.Errorf("huddle info of a cell's group does not say %q:\n%s", want, info)
+		}
+	}
+	var infoJSON struct {
+		Replicas []replicaJSON `json:"replicas"`
+	}
+	if err := json.Unmarshal([]byte(u.ok(t, "info", "general", "--json")), &infoJSON); err != nil || len(infoJSON.Replicas) != 3 {
+		t.Errorf("huddle info --json of a cell's group: replicas %+v (%v), want the 3 members", infoJSON.Replicas, err)
+	}
 
 	var st struct {
 		Leader  struct{ Addr, Fingerprint string }

@@ -30,7 +30,7 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		}
 		l := in.Limits
 		if cf.json {
-			return printJSON(env.Stdout, map[string]any{
+			m := map[string]any{
 				"uuid": in.Group.String(), "name": in.Name, "epoch": in.Epoch, "first_seq": in.First,
 				"last_seq": in.Last, "members": in.Members, "private": in.Private, "member": in.Member,
 				"fingerprint": in.Daemon.String(), "addrs": e.Addrs,
@@ -44,13 +44,25 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 					"max_streams": l.MaxStreams, "max_conns_per_addr": l.MaxConnsPerAddr,
 					"request_timeout_ms": l.RequestTimeout.Milliseconds(), "idle_timeout_ms": l.IdleTimeout.Milliseconds(),
 				},
-			})
+			}
+			// A cell's group: its members, as huddle groups --json lists them.
+			if len(in.Replicas) > 0 {
+				var replicas []replicaJSON
+				for _, r := range in.Replicas {
+					replicas = append(replicas, replicaJSON{Addr: r.Addr, Fingerprint: r.Fingerprint.String(), Leader: r.Leader})
+				}
+				m["replicas"] = replicas
+			}
+			return printJSON(env.Stdout, m)
 		}
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 		row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%s\n", k, shown(fmt.Sprint(v))) } // names, addresses, storage: the daemon's text
 		row("name", in.Name)
 		row("uuid", in.Group)
 		row("daemon", fmt.Sprintf("%s at %s", in.Daemon, strings.Join(e.Addrs, ", ")))
+		if len(in.Replicas) > 0 {
+			row("replicated by", replicas(in.Replicas))
+		}
 		row("private", yesNo(in.Private))
 		row("you are a member", yesNo(in.Member))
 		row("members", in.Members)
@@ -138,7 +150,31 @@ func held(in client.Info) string {
 
 // storage says where the daemon keeps the group's messages and what an
 // acknowledged one survives.
+// replicas describes a cell's members for huddle info, the leader marked.
+func replicas(rs []client.Replica) string {
+	var parts []string
+	for _, r := range rs {
+		p := fmt.Sprintf("%s at %s", r.Fingerprint.Short(), r.Addr)
+		if r.Leader {
+			p += " (leader)"
+		}
+		parts = append(parts, p)
+	}
+	return fmt.Sprintf("a cell of %d members: %s", len(rs), strings.Join(parts, ", "))
+}
+
 func storage(in client.Info) string {
+	if len(in.Replicas) > 0 && in.Storage == client.StorageDisk {
+		// A cell's acknowledgment is a majority's (README, "A three-host
+		// cell"), not one daemon's.
+		switch in.Fsync {
+		case client.FsyncAlways:
+			return "disk on each member, fsync always (an acknowledged message is held by a majority of the cell, on their disks: it survives power loss)"
+		case client.FsyncInterval:
+			d := in.FsyncInterval
+			return fmt.Sprintf("disk on each member, fsync every %v (an acknowledged message is held by a majority of the cell: it survives a crash of any member; only a power cut of a majority within %v could lose it)", d, d)
+		}
+	}
 	switch {
 	case in.Storage == client.StorageMemory:
 		return "memory (a daemon restart loses every message)"
