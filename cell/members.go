@@ -295,6 +295,12 @@ func (n *Node) change(ctx context.Context, op string, f raft.IndexFuture, unlock
 	go func() {
 		defer n.wg.Done()
 		err := f.Error() // raft answers by the future's timeout
+		if err != nil {
+			// A member AddMember had the transport accept before the
+			// change stays accepted only if raft's latest configuration
+			// lists it (raft appended the change, and may commit it yet).
+			n.reconfigure()
+		}
 		unlock()
 		done <- err
 	}()

@@ -292,3 +292,36 @@ func TestChangesAskedTogether(t *testing.T) {
 		}
 	}
 }
+
+// TestAddRefusedNotAccepted: a member whose addition raft refused (here
+// another change came between its decision and raft: beforeChange) is not
+// accepted by the leader's transport afterwards. The leader accepts and
+// dials a member it adds before it hands raft the change; it kept doing
+// so when the change failed, until the cell's next configuration: a key
+// never added could open the cell's streams (a catch-up reads a group's
+// messages).
+func TestAddRefusedNotAccepted(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	other := c.follower()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	l.node.beforeChange = func() {
+		l.node.beforeChange = nil
+		if err := l.node.raft.RemoveServer(raft.ServerID(other.id.Fingerprint().String()), 0, time.Second).Error(); err != nil {
+			t.Errorf("the change that comes between: %v", err)
+		}
+	}
+	if err := l.node.AddMember(context.Background(), l.node.Self().Fingerprint, stranger); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("an addition another change came before: %v, want ErrUnavailable", err)
+	}
+	if l.node.tr.Member(stranger.Fingerprint) {
+		t.Fatal("the leader's transport accepts the key whose addition raft refused")
+	}
+	if _, ok := memberOf(l.node.Status(), stranger.Fingerprint); ok {
+		t.Fatal("the key whose addition raft refused is in the cell's configuration")
+	}
+}

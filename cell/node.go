@@ -561,6 +561,12 @@ func (n *Node) installed() {
 	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 { // the snapshot installed is the newest
 		n.decide(metas[0].Configuration, metas[0].ConfigurationIndex)
 	}
+	n.reconfigure()
+}
+
+// reconfigure notes raft's latest configuration and sets the transport's
+// members from it (configured).
+func (n *Node) reconfigure() {
 	if r := n.running(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil {
 			n.configured(f.Configuration())
