@@ -13,6 +13,7 @@ import (
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testport"
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -323,5 +324,44 @@ func TestAddRefusedNotAccepted(t *testing.T) {
 	}
 	if _, ok := memberOf(l.node.Status(), stranger.Fingerprint); ok {
 		t.Fatal("the key whose addition raft refused is in the cell's configuration")
+	}
+}
+
+// TestRemoveLeaderWhileChangeWaits: the leader asked to remove itself
+// hands the leadership over though a change of the cell it made waits for
+// its answer (committed, not applied: the leader's state machine is held
+// behind an append, as behind a full disk). Changes are made one at a
+// time; the hand-over changes no configuration, and waited its turn
+// behind that change until the request's context ended (ErrUnavailable).
+func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	release := l.host.holdAppends()
+	t.Cleanup(release) // before the members stop
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	go l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("held")}}, nil)
+	waitUntil(t, "the leader's state machine held on the send", func() bool { return l.host.heldAppends() > 0 })
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	self := l.node.Self().Fingerprint
+	added := make(chan error, 1)
+	go func() { added <- l.node.AddMember(ctx, self, stranger) }()
+	waitUntil(t, "the leader to append the addition", func() bool { _, ok := memberOf(l.node.Status(), stranger.Fingerprint); return ok })
+
+	askCtx, stop := context.WithTimeout(ctx, 10*time.Second)
+	err = l.node.RemoveMember(askCtx, self, self)
+	stop()
+	var nl *NotLeaderError
+	if !errors.As(err, &nl) {
+		t.Fatalf("the leader asked to remove itself while a change waits: %v, want NotLeaderError (handed over)", err)
+	}
+	release()
+	if err := <-added; err != nil && !errors.Is(err, ErrUnavailable) {
+		t.Errorf("the addition: %v", err)
 	}
 }
