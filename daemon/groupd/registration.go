@@ -33,6 +33,12 @@ const (
 	retryMax = 5 * time.Second
 	// renewFallback is the renew period until a lease says its TTL.
 	renewFallback = 5 * time.Second
+	// discoveredRenewMin is the shortest renewal period for a registry
+	// found over mDNS: its lease's TTL is anyone's to choose (one of 1 ms
+	// had every group renewed every 10 ms, at each of the registries one
+	// advertiser can run), where a configured registry's is its
+	// operator's. A lease of at least 1.5 s is renewed every third of it.
+	discoveredRenewMin = 500 * time.Millisecond
 	// refusedRetry is how long a group a registry refused (full, or its
 	// UUID held by another key) waits before it is offered again.
 	refusedRetry = 30 * time.Second
@@ -593,7 +599,11 @@ func (r *registrar) renewEvery() time.Duration {
 	if r.ttl <= 0 {
 		return renewFallback
 	}
-	return max(r.ttl/3, 10*time.Millisecond)
+	every := max(r.ttl/3, 10*time.Millisecond)
+	if r.discovered {
+		every = max(every, discoveredRenewMin)
+	}
+	return every
 }
 
 // connect opens the handle on the registry, trying its addresses in order.

@@ -496,6 +496,31 @@ func TestRenewDelay(t *testing.T) {
 	}
 }
 
+// TestRenewEvery checks the renewal period a lease's TTL sets: a third of
+// it, and for a registry found over mDNS, whose TTL anyone can set, not
+// under discoveredRenewMin: a TTL of 1 ms had every group renewed every
+// 10 ms.
+func TestRenewEvery(t *testing.T) {
+	for _, tc := range []struct {
+		ttl        time.Duration
+		discovered bool
+		want       time.Duration
+	}{
+		{0, false, renewFallback},
+		{15 * time.Second, false, 5 * time.Second},
+		{15 * time.Second, true, 5 * time.Second},
+		{300 * time.Millisecond, false, 100 * time.Millisecond},
+		{time.Millisecond, false, 10 * time.Millisecond},
+		{time.Millisecond, true, discoveredRenewMin},
+		{300 * time.Millisecond, true, discoveredRenewMin},
+	} {
+		r := &registrar{ttl: tc.ttl, discovered: tc.discovered}
+		if got := r.renewEvery(); got != tc.want {
+			t.Errorf("TTL %v, discovered %v: renewed every %v, want %v", tc.ttl, tc.discovered, got, tc.want)
+		}
+	}
+}
+
 // listingEvents is a registry's log that signals every registration and
 // renewal it records, so that a test waits for the listing to change (it
 // lists again after each) rather than polling it, and counts the
