@@ -17,7 +17,7 @@ import (
 // one member pass for another. Elsewhere the name is enough. --json output
 // always carries the key in "from".
 type nameBook struct {
-	keys  map[string]map[wire.Fingerprint]bool // name -> keys seen wearing it
+	keys  map[string]map[wire.Fingerprint]bool // name, as it looks (lookalike) -> keys seen wearing it
 	names map[wire.Fingerprint]map[string]bool // key -> names seen
 }
 
@@ -27,10 +27,11 @@ func newNameBook() *nameBook {
 
 // see records that key fp wears name (from a message or the member list).
 func (b *nameBook) see(fp wire.Fingerprint, name string) {
-	if b.keys[name] == nil {
-		b.keys[name] = map[wire.Fingerprint]bool{}
+	look := lookalike(name)
+	if b.keys[look] == nil {
+		b.keys[look] = map[wire.Fingerprint]bool{}
 	}
-	b.keys[name][fp] = true
+	b.keys[look][fp] = true
 	if b.names[fp] == nil {
 		b.names[fp] = map[string]bool{}
 	}
@@ -47,7 +48,7 @@ func (b *nameBook) seeMembers(ms []client.Member) {
 // label returns how to show name worn by fp, after recording it.
 func (b *nameBook) label(fp wire.Fingerprint, name string) string {
 	b.see(fp, name)
-	if len(b.keys[name]) > 1 || len(b.names[fp]) > 1 {
+	if len(b.keys[lookalike(name)]) > 1 || len(b.names[fp]) > 1 {
 		return name + " [" + fp.Short() + "]"
 	}
 	return name
@@ -55,6 +56,31 @@ func (b *nameBook) label(fp wire.Fingerprint, name string) string {
 
 // labelMessage is label for a message's sender.
 func (b *nameBook) labelMessage(m client.Message) string { return b.label(m.From, m.Name) }
+
+// lookalike returns name as a terminal shows it, for telling names apart:
+// without the characters it shows as nothing (default-ignorable ones, such
+// as the Hangul fillers U+3164 and U+115F, variation selectors, U+034F:
+// the daemon's rule refuses format characters, not these), with each run
+// of blanks (spaces, U+00A0...) one space, and no blank at either end. Two
+// keys whose names look alike so are shown with their keys.
+func lookalike(name string) string {
+	var b strings.Builder
+	blank := false
+	for _, r := range name {
+		switch {
+		case unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector, unicode.Cf, unicode.Cc):
+		case unicode.IsSpace(r):
+			blank = b.Len() > 0
+		default:
+			if blank {
+				b.WriteByte(' ')
+				blank = false
+			}
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
 
 // displayWidth is how many terminal columns s takes: East Asian wide and
 // fullwidth characters and emoji take two, combining marks and invisible

@@ -104,3 +104,27 @@ func TestImpostorShownWithKey(t *testing.T) {
 		}
 	}
 }
+
+// TestLookalikeNamesShownWithKey checks that names a terminal shows alike
+// count as one name: a second key joining as "alice" with a blank at its
+// end, a run of blanks, a no-break space or an invisible filler (U+3164,
+// U+115F, a variation selector: none of them Cf, so the daemon's name rule
+// lets them through) was shown as plain "alice", without its key.
+func TestLookalikeNamesShownWithKey(t *testing.T) {
+	alice := wire.Fingerprint{1}
+	for i, fake := range []string{"alice ", " alice", "alice\u3164", "\u115Falice", "ali\u034Fce", "alice\uFE0F", "alice\u00A0", "al  ice"} {
+		real := "alice"
+		if strings.Contains(fake, "  ") {
+			real = "al ice"
+		}
+		mallory := wire.Fingerprint{2, byte(i)}
+		b := newNameBook()
+		b.seeMembers([]client.Member{{Fingerprint: alice, Name: real}})
+		if got := b.label(mallory, fake); !strings.HasSuffix(got, "["+mallory.Short()+"]") {
+			t.Errorf("%q beside %q shown as %q, without its key", fake, real, got)
+		}
+		if got := b.label(alice, real); !strings.HasSuffix(got, "["+alice.Short()+"]") {
+			t.Errorf("%q beside %q shown as %q, without its key", real, fake, got)
+		}
+	}
+}
