@@ -49,6 +49,11 @@ type lease struct {
 	// deregistered it since: a replica that stops (deregisters) leaves the
 	// group listed while another holds it.
 	holders map[wire.Fingerprint]bool
+	// thisHost: the group's daemon registered its port alone from a
+	// loopback address, so it runs on this registry's host and its entry
+	// lists that loopback address; a client that reached the registry at
+	// another of the host's addresses is given that one instead (list).
+	thisHost bool
 }
 
 // heldBy reports whether key may register, renew or deregister l.

@@ -323,6 +323,8 @@ func (r *Daemon) register(c *server.Call) error {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
+	// A cell's entry lists its leader's --cell-peer address instead.
+	nl.thisHost = len(req.Addrs) == 0 && len(req.Replicas) == 0 && loopback(c.Remote())
 	r.leases.put(nl)
 	listed := nl.entry
 	r.mu.Unlock()
@@ -443,11 +445,59 @@ func (r *Daemon) list(c *server.Call) error {
 	// judges the leases by the registry's running time, as the sweep does.
 	r.resumedLocked(now)
 	entries, next, err := r.leases.page(req.After, now)
+	if at, ok := hostAddrAsked(c); ok {
+		for i := range entries {
+			if l := r.leases.byID[entries[i].Group]; l != nil && l.thisHost {
+				entries[i].Addrs = atHostAddr(entries[i].Addrs, at)
+			}
+		}
+	}
 	r.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("list: %w: %v", wire.ErrBadRequest, err)
 	}
 	return c.Result(wire.Groups{Epoch: r.epoch, Groups: entries, Next: next})
+}
+
+// hostAddrAsked returns the address of this host that a client on another
+// host reached the registry at (the destination of its packets, which
+// quic-go reads from each packet's metadata on a socket bound to every
+// address), if it is one a daemon of this host could be reached at too;
+// false for a client on this host, or when the address is not known.
+func hostAddrAsked(c *server.Call) (netip.Addr, bool) {
+	if _, ok := c.Remote().(*net.UDPAddr); !ok || loopback(c.Remote()) {
+		return netip.Addr{}, false
+	}
+	local, ok := c.Conn().LocalAddr().(*net.UDPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	at := local.AddrPort().Addr().Unmap()
+	if !at.IsValid() || at.IsUnspecified() || at.IsLoopback() || at.IsLinkLocalUnicast() || at.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return at, true
+}
+
+// loopback reports whether a is a UDP address on this host's loopback.
+func loopback(a net.Addr) bool {
+	ua, ok := a.(*net.UDPAddr)
+	return ok && ua.AddrPort().Addr().Unmap().IsLoopback()
+}
+
+// atHostAddr returns addrs (a daemon of this host's loopback addresses)
+// with their host replaced by at, their ports kept.
+func atHostAddr(addrs []string, at netip.Addr) []string {
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			out = append(out, a)
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(at, ap.Port()).String())
+	}
+	return out
 }
 
 // sweepLoop drops lapsed leases periodically, so they are logged and freed

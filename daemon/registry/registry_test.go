@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
+	"github.com/huddle-chat/huddle/internal/netlab"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -627,4 +629,41 @@ func TestRegistryNoListingUnderAnothersKey(t *testing.T) {
 	if e := entry(); e.Fingerprint != victim.ID.Fingerprint() || e.Addrs[0] != "10.0.0.1:7374" {
 		t.Fatalf("listed under %s %v once the leader registered it, want the leader's", e.Fingerprint.Short(), e.Addrs)
 	}
+}
+
+// TestRegistryThisHostsDaemonFromTheLAN: a group daemon beside its
+// registry (huddle up: the daemon registers at 127.0.0.1 with its port
+// alone) is listed at the registration's source address, 127.0.0.1; a
+// user on another machine of the LAN was given 127.0.0.1:PORT, their own
+// machine, and could not join (seen walking the README across two network
+// namespaces). A client that reached the registry at one of its host's
+// other addresses is given that address with the daemon's port; one on
+// this host still 127.0.0.1. In a network namespace of its own, where
+// 10.77.0.1 stands for this host's LAN address.
+func TestRegistryThisHostsDaemonFromTheLAN(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		if out, err := exec.Command("ip", "addr", "add", "10.77.0.1/32", "dev", "lo").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add: %v: %s", err, out)
+		}
+		r := startRegistry(t, Config{Listen: ":0"}) // every address, as huddle up's
+		port := r.Addr().(*net.UDPAddr).Port
+		at := func(ip string) *net.UDPAddr { return &net.UDPAddr{IP: net.ParseIP(ip), Port: port} }
+		daemon := peertest.DialFrom(t, "127.0.0.1", at("127.0.0.1"), r.Fingerprint())
+		peertest.Must(t, daemon.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "lobby", Port: 7374}, nil))
+		// A daemon that named its address is listed there, for everyone.
+		peertest.Must(t, daemon.Call(wire.OpRegister, wire.Register{Group: uuid.New(), Name: "named", Addrs: []string{"127.0.0.1:7375"}}, nil))
+		for _, tc := range []struct{ from, lobby string }{
+			{"127.0.0.1", "127.0.0.1:7374"},
+			{"10.77.0.1", "10.77.0.1:7374"},
+		} {
+			p := peertest.DialFrom(t, tc.from, at(tc.from), r.Fingerprint())
+			got := map[string][]string{}
+			for _, e := range listGroups(t, p).Groups {
+				got[e.Name] = e.Addrs
+			}
+			if !slices.Equal(got["lobby"], []string{tc.lobby}) || !slices.Equal(got["named"], []string{"127.0.0.1:7375"}) {
+				t.Errorf("listed to a client at %s: %v; want lobby at %s, named at 127.0.0.1:7375", tc.from, got, tc.lobby)
+			}
+		}
+	})
 }
