@@ -412,3 +412,36 @@ func doctorJSON(t *testing.T, r lanResult) doctorReport {
 	}
 	return rep
 }
+
+// TestLANHuddleUp walks README's first setup across machines: huddle up
+// on one host of a LAN, a user on another who names nothing (mDNS finds
+// the registry) joins, sends and fetches. huddle up's group daemon
+// registers from 127.0.0.1, and the user was listed 127.0.0.1:7374, their
+// own machine: join failed 'server unreachable'.
+func TestLANHuddleUp(t *testing.T) {
+	t.Parallel() // its LAN is namespaces of its own
+	lan := netlab.New(t)
+	h1 := lan.AddHost("up", "10.79.0.1/24")
+	h2 := lan.AddHost("cli", "10.79.0.2/24")
+	state := t.TempDir()
+	startLANDaemon(t, h1, "up", "--state-dir", filepath.Join(state, "up"))
+	bob := &lanUser{t: t, host: h2, home: filepath.Join(state, "bob")}
+	for _, g := range bob.waitGroups("lobby") {
+		if !slices.Equal(g.Addrs, []string{"10.79.0.1:7374"}) {
+			t.Errorf("lobby listed to another host of the LAN at %v, want 10.79.0.1:7374", g.Addrs)
+		}
+	}
+	bob.ok("join", "lobby", "--as", "bob")
+	bob.ok("send", "lobby", "hello from across the LAN")
+	if out := bob.ok("fetch", "lobby"); !strings.Contains(out, "bob: hello from across the LAN") {
+		t.Errorf("fetch over the LAN:\n%s", out)
+	}
+	// On huddle up's own host the group is reached too, whichever address
+	// the registry was found at.
+	alice := &lanUser{t: t, host: h1, home: filepath.Join(state, "alice")}
+	alice.waitGroups("lobby")
+	alice.ok("join", "lobby", "--as", "alice")
+	if out := alice.ok("fetch", "lobby"); !strings.Contains(out, "bob: hello from across the LAN") {
+		t.Errorf("fetch on huddle up's host:\n%s", out)
+	}
+}
