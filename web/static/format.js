@@ -40,10 +40,19 @@ export function seconds(ms) {
   return s < 10 ? `${s.toFixed(1)} s` : `${Math.round(s)} s`;
 }
 
-// Names: who shares a display name with another key.
+// lookalike is a name as the page shows it, for telling names apart:
+// without the characters shown as nothing (default-ignorable ones, such as
+// the Hangul filler U+3164, which the daemon's name rule lets through),
+// each run of blanks one space, no blank at either end.
+export const lookalike = name =>
+  name.replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/\s+/gu, ' ').trim();
+
+// Names: who shares a display name, or one that looks the same, with
+// another key.
 export class Names {
-  constructor() { this.keys = new Map(); } // name -> Set of fingerprints
+  constructor() { this.keys = new Map(); } // lookalike(name) -> Set of fingerprints
   add(name, fp) {
+    name = lookalike(name);
     let s = this.keys.get(name);
     if (!s) this.keys.set(name, s = new Set());
     if (s.has(fp)) return false;
@@ -51,7 +60,7 @@ export class Names {
     return s.size === 2; // a name became ambiguous
   }
   ambiguous(name) {
-    const s = this.keys.get(name);
+    const s = this.keys.get(lookalike(name));
     return !!s && s.size > 1;
   }
 }
