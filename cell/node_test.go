@@ -894,6 +894,38 @@ func TestHandoverSlowElection(t *testing.T) {
 	}
 }
 
+// TestHandoverSlowTransfer: a leader handing the leadership over waits
+// for the next leader also when raft's transfer gave up (an
+// ElectionTimeout with this member still leading), as the member told to
+// stand may still be elected: here raft's TimeoutNow reaches it two
+// ElectionTimeouts late (a loaded host). Handover returns nil, knowing the
+// next leader. (It returned raft's "leadership transfer timeout", and the
+// daemon stopping named no leader to its clients.)
+func TestHandoverSlowTransfer(t *testing.T) {
+	var slow atomic.Bool
+	release := make(chan struct{})
+	var once sync.Once
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.received = func(req any) {
+			if _, ok := req.(*raft.TimeoutNowRequest); !ok || !slow.Load() {
+				return
+			}
+			once.Do(func() { time.AfterFunc(2*DefaultElectionTimeout, func() { close(release) }) })
+			<-release
+		}
+	})
+	l := c.leader()
+	slow.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := l.node.Handover(ctx); err != nil {
+		t.Fatalf("handover: %v", err)
+	}
+	if next, ok := l.node.Leader(); !ok || next == l.node.Self() || !slices.Contains(c.peers, next) {
+		t.Fatalf("the leader known once Handover returned: %v, %v; want another member", next, ok)
+	}
+}
+
 // TestRestartLogBehindSnapshot: a member whose group log lost messages its
 // own raft snapshot covers (the log's files gone, raft's state kept)
 // catches them up from a peer while raft restores that snapshot at start.
