@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
@@ -106,6 +108,11 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	cancel()
 	if err != nil {
 		return fail(env, "send", err)
+	}
+	if in, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
+		// A person at a terminal, who may have meant to give the text:
+		// without a word, the command looks hung.
+		fmt.Fprintf(env.Stderr, "huddle send: type the lines to send to %s, one message each; Ctrl-D ends (to send one message: huddle send GROUP TEXT)\n", shown(e.Name))
 	}
 	batch := int(info.Limits.MaxBatch)
 	if batch <= 0 || batch > wire.MaxBatch {

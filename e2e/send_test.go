@@ -3,8 +3,10 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,4 +122,31 @@ func TestSendLinesOutcomeUnknown(t *testing.T) {
 			t.Errorf("line %d (%q) is stored %d times after the retries, want %d", n, text, stored[text], want)
 		}
 	}
+}
+
+// TestSendFromTheTerminal: 'huddle send lobby' without TEXT at a
+// terminal reads the lines typed; it showed nothing at all, and a
+// newcomer who forgot the text saw a command that hung. It says what it
+// waits for, and a line typed is sent.
+func TestSendFromTheTerminal(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	defer up.stop(t)
+	alice := aliceInLobbyOf(t, up)
+	var words []string
+	for _, kv := range append(alice.env(t), "TERM=screen") {
+		words = append(words, shellQuote(kv))
+	}
+	tm := newTmux(t, fmt.Sprintf("env -i %s %s send lobby; echo \"send exited with code $?\"; exec sleep 600",
+		strings.Join(words, " "), shellQuote(huddleBin)))
+	tm.waitScreen("the hint of what send waits for", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool {
+			return strings.HasPrefix(l, "huddle send: type the lines to send to lobby, one message each; Ctrl-D ends")
+		})
+	})
+	tm.keys("typed at the terminal", "Enter", "C-d")
+	tm.waitScreen("the line sent, and send done", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "sent #") }) &&
+			slices.Contains(lines, "send exited with code 0")
+	})
 }
