@@ -26,6 +26,12 @@ type infoJSON struct {
 	Storage     string         `json:"storage"`
 	Fsync       string         `json:"fsync"`
 	FsyncMS     uint64         `json:"fsync_interval_ms"`
+	// Replicas: a cell's group's members (absent for a group of one daemon).
+	Replicas []struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+		Leader      bool   `json:"leader"`
+	} `json:"replicas"`
 }
 
 var infoKeys = []string{"uuid", "name", "epoch", "first_seq", "last_seq", "members", "private", "member", "fingerprint", "addrs", "limits",
@@ -33,7 +39,12 @@ var infoKeys = []string{"uuid", "name", "epoch", "first_seq", "last_seq", "membe
 
 func info(t *testing.T, u *user, group string) infoJSON {
 	t.Helper()
-	infos := jsonLines[infoJSON](t, u.ok(t, "info", group, "--json"), infoKeys...)
+	out := u.ok(t, "info", group, "--json")
+	keys := infoKeys
+	if strings.Contains(out, `"replicas":`) {
+		keys = append(slices.Clone(infoKeys), "replicas") // a cell's group
+	}
+	infos := jsonLines[infoJSON](t, out, keys...)
 	if len(infos) != 1 {
 		t.Fatalf("info --json printed %d objects", len(infos))
 	}
