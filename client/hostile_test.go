@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -169,5 +170,61 @@ func TestListingBounded(t *testing.T) {
 	// at 64 MiB of them, where 65,536 groups took 140 MiB.
 	if n := served.Load(); n*2048 > 64<<20+300*2048 {
 		t.Errorf("the client read %d entries of 2 KiB and more before it stopped", n)
+	}
+}
+
+// TestWatchHeartbeatOfAnyLength checks a watch against a daemon whose
+// Start announces a heartbeat of 2^64-1 ms: three of them, converted as
+// they came, wrapped to a negative wait, so the watch gave the daemon up at
+// once, and again at each reconnection. It follows the daemon's messages
+// with no interruption.
+func TestWatchHeartbeatOfAnyLength(t *testing.T) {
+	next := make(chan struct{})
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpWatch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: 0, HeartbeatMS: 1<<64 - 1}); err != nil {
+			return err
+		}
+		for seq := uint64(1); seq <= 2; seq++ {
+			if seq == 2 {
+				select { // the second message once the test has the first
+				case <-next:
+				case <-c.Gone():
+					return c.Lost()
+				}
+			}
+			m := wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{m}}); err != nil {
+				return err
+			}
+		}
+		<-c.Gone()
+		return c.Lost()
+	})
+	c := newClient(t)
+	g, err := c.Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var kinds []client.EventKind
+	for ev, err := range g.Watch(ctx, client.Query{Status: true}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, ev.Kind)
+		if ev.Kind == client.EventMessage && ev.Message.Seq == 1 {
+			close(next)
+		}
+		if ev.Kind != client.EventLive && ev.Kind != client.EventMessage || ev.Kind == client.EventMessage && ev.Message.Seq == 2 {
+			break
+		}
+	}
+	want := []client.EventKind{client.EventLive, client.EventMessage, client.EventMessage}
+	if !slices.Equal(kinds, want) {
+		t.Errorf("events %v, want %v (live, then both messages)", kinds, want)
 	}
 }

@@ -44,6 +44,10 @@ type Event struct {
 	Err      error   // EventInterrupted: why
 }
 
+// maxHeartbeat is the longest heartbeat interval a watch takes from its
+// daemon's Start; three of them without a frame end the watch.
+const maxHeartbeat = time.Hour
+
 // Backoff bounds for reconnecting watches.
 const (
 	watchBackoffMin = 100 * time.Millisecond
@@ -182,7 +186,9 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 				return true, nil
 			}
 			if s.HeartbeatMS > 0 {
-				hb := time.Duration(s.HeartbeatMS) * time.Millisecond
+				// Any uint from the daemon: one past maxHeartbeat, converted
+				// as it came, could wrap to a negative wait.
+				hb := time.Duration(min(s.HeartbeatMS, uint64(maxHeartbeat/time.Millisecond))) * time.Millisecond
 				deadAfter = 3 * hb
 				timer.Reset(deadAfter)
 				late.arm(hb + hb/4)
