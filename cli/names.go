@@ -19,14 +19,30 @@ import (
 type nameBook struct {
 	keys  map[string]map[wire.Fingerprint]bool // name, as it looks (lookalike) -> keys seen wearing it
 	names map[wire.Fingerprint]map[string]bool // key -> names seen
+	pairs int                                  // (key, name) pairs recorded, at most maxNamePairs
 }
+
+// maxNamePairs bounds what a nameBook records: a group's members and their
+// renames are far fewer, but a daemon sends any names it likes, a new one
+// with each message if it wants, to a watch that runs for days. Once the
+// book is full, a name it has not recorded is shown with its key: the book
+// can no longer tell it is alone.
+const maxNamePairs = 1 << 16
 
 func newNameBook() *nameBook {
 	return &nameBook{keys: map[string]map[wire.Fingerprint]bool{}, names: map[wire.Fingerprint]map[string]bool{}}
 }
 
-// see records that key fp wears name (from a message or the member list).
-func (b *nameBook) see(fp wire.Fingerprint, name string) {
+// see records that key fp wears name (from a message or the member list),
+// and reports whether the book holds that (it is full otherwise).
+func (b *nameBook) see(fp wire.Fingerprint, name string) bool {
+	if b.names[fp][name] {
+		return true
+	}
+	if b.pairs >= maxNamePairs {
+		return false
+	}
+	b.pairs++
 	look := lookalike(name)
 	if b.keys[look] == nil {
 		b.keys[look] = map[wire.Fingerprint]bool{}
@@ -36,6 +52,7 @@ func (b *nameBook) see(fp wire.Fingerprint, name string) {
 		b.names[fp] = map[string]bool{}
 	}
 	b.names[fp][name] = true
+	return true
 }
 
 // seeMembers records the group's members under their current names.
@@ -47,8 +64,7 @@ func (b *nameBook) seeMembers(ms []client.Member) {
 
 // label returns how to show name worn by fp, after recording it.
 func (b *nameBook) label(fp wire.Fingerprint, name string) string {
-	b.see(fp, name)
-	if len(b.keys[lookalike(name)]) > 1 || len(b.names[fp]) > 1 {
+	if !b.see(fp, name) || len(b.keys[lookalike(name)]) > 1 || len(b.names[fp]) > 1 {
 		return name + " [" + fp.Short() + "]"
 	}
 	return name

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -126,5 +127,29 @@ func TestLookalikeNamesShownWithKey(t *testing.T) {
 		if got := b.label(alice, real); !strings.HasSuffix(got, "["+alice.Short()+"]") {
 			t.Errorf("%q beside %q shown as %q, without its key", real, fake, got)
 		}
+	}
+}
+
+// TestNameBookBounded checks that a daemon sending a new name and key with
+// each message grows a watch's name book only so far (it grew with every
+// one), and that a name the full book could not record is shown with its
+// key, while those it holds are shown as before.
+func TestNameBookBounded(t *testing.T) {
+	b := newNameBook()
+	alice := wire.Fingerprint{1}
+	b.see(alice, "alice")
+	var last string
+	for i := range maxNamePairs + 1000 {
+		fp := wire.Fingerprint{2, byte(i), byte(i >> 8), byte(i >> 16)}
+		last = b.label(fp, fmt.Sprint("name", i))
+		if i == maxNamePairs+999 && !strings.HasSuffix(last, "["+fp.Short()+"]") {
+			t.Errorf("a name the full book did not record shown as %q, without its key", last)
+		}
+	}
+	if b.pairs > maxNamePairs || len(b.names) > maxNamePairs || len(b.keys) > maxNamePairs {
+		t.Errorf("the book holds %d pairs, %d keys, %d names; want at most %d", b.pairs, len(b.names), len(b.keys), maxNamePairs)
+	}
+	if got := b.label(alice, "alice"); got != "alice" {
+		t.Errorf("alice, recorded before, shown as %q", got)
 	}
 }
