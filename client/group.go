@@ -378,6 +378,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 					if msgs[i].Seq <= delivered {
 						continue
 					}
+					if q.Limit > 0 && n == left {
+						// An honest daemon sends at most the limit asked.
+						return true, fmt.Errorf("more messages than the %d asked: %w", left, ErrProtocol)
+					}
 					delivered = msgs[i].Seq
 					n++
 					if !stopped && !yield(messageFrom(&msgs[i])) {

@@ -228,3 +228,35 @@ func TestWatchHeartbeatOfAnyLength(t *testing.T) {
 		t.Errorf("events %v, want %v (live, then both messages)", kinds, want)
 	}
 }
+
+// TestFetchMoreThanAsked checks a fetch with a limit against a daemon that
+// sends message after message, never an End: the fetch delivered each one,
+// past the limit, as long as the caller's context lived (huddle web, which
+// gathers a page of at most 10,000 in memory, held all of them for 15 s).
+// More messages than asked is the daemon's error, ErrProtocol, once the
+// limit is passed.
+func TestFetchMoreThanAsked(t *testing.T) {
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpFetch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		for seq := uint64(1); ; seq++ {
+			m := wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{1}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("more")}
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{m}}); err != nil {
+				return err
+			}
+		}
+	})
+	c := newClient(t)
+	g, err := c.Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	n := 0
+	_, err = g.Fetch(ctx, client.Query{Limit: 10}, func(client.Message) bool { n++; return true })
+	if !errors.Is(err, client.ErrProtocol) || n > 10 {
+		t.Errorf("fetch of 10: %d messages, err %v; want at most 10 and ErrProtocol", n, err)
+	}
+}
