@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -364,4 +365,59 @@ func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
 	if err := <-added; err != nil && !errors.Is(err, ErrUnavailable) {
 		t.Errorf("the addition: %v", err)
 	}
+}
+
+// TestRemovedUnappliedTellsDaemon: a member removed that never learns its
+// removal was committed (the leader's last replication to it, which says
+// so, does not reach it) tells its daemon (MembersChanged) once it finds
+// itself out of raft's latest configuration, as it does when it applies
+// a configuration: the daemon ends its watches of the cell's groups then,
+// which follow the cell no more. (It noted it was no member, and told
+// the daemon nothing: the watches went on until their next heartbeat, 5 s
+// by default, delivering nothing.)
+func TestRemovedUnappliedTellsDaemon(t *testing.T) {
+	var victimAddr atomic.Pointer[string]
+	var removedAt atomic.Uint64 // the index of the entry that removes the victim
+	var told atomic.Pointer[[]Peer]
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		self, fp := cfg.Advertise, cfg.Identity.Fingerprint()
+		cfg.MembersChanged = func(ms []Peer) {
+			if a := victimAddr.Load(); a != nil && *a == self {
+				told.Store(&ms)
+			}
+		}
+		cfg.received = func(req any) {
+			ae, ok := req.(*raft.AppendEntriesRequest)
+			if a := victimAddr.Load(); !ok || a == nil || *a != self {
+				return
+			}
+			for _, e := range ae.Entries {
+				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) {
+					removedAt.CompareAndSwap(0, e.Index)
+				}
+			}
+			if at := removedAt.Load(); at != 0 && ae.LeaderCommitIndex >= at {
+				ae.LeaderCommitIndex = at - 1 // the news that the removal committed never arrives
+			}
+		}
+	})
+	l := c.leader()
+	victim := c.follower()
+	victimAddr.Store(&victim.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, victim.id.Fingerprint()); err != nil {
+		t.Fatalf("remove member: %v", err)
+	}
+	waitUntil(t, "the member removed to find itself out of the cell", func() bool { return !victim.node.Member() })
+	if removedAt.Load() == 0 {
+		t.Fatal("the removal never reached the member removed")
+	}
+	if _, index := victim.node.lastDecided(); index >= removedAt.Load() {
+		t.Fatalf("the member removed applied its removal (configuration %d): the test's fault did not hold", index)
+	}
+	waitUntil(t, "the member removed to tell its daemon", func() bool {
+		ms := told.Load()
+		return ms != nil && !slices.ContainsFunc(*ms, func(p Peer) bool { return p.Fingerprint == victim.id.Fingerprint() })
+	})
 }

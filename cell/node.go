@@ -182,8 +182,11 @@ type Config struct {
 	LeaderChanged func(leader Peer, ok bool)
 	// MembersChanged, if set, is called with the cell's members each time
 	// raft commits a new configuration (a member added or removed), from
-	// raft's apply goroutine, and as a snapshot from the leader is
-	// installed, from the goroutine of its connection: it must not block.
+	// raft's apply goroutine, as a snapshot from the leader is installed,
+	// from the goroutine of its connection, and when this member, knowing
+	// no leader, finds itself removed (or made a voter) in raft's latest
+	// configuration, which it may never learn was committed: it must not
+	// block.
 	MembersChanged func(members []Peer)
 
 	// Logger receives the cell's events. Default: discard.
@@ -750,14 +753,17 @@ func accepted(self Peer, flags []Peer, conf raft.Configuration, learned []Peer) 
 // says so once when it no longer does: it was removed from the cell. (A
 // removed member may never learn that its removal was committed; it sees
 // it in raft's latest configuration, which watchLeader checks when the
-// leader's heartbeats stop reaching it.)
-func (n *Node) noteMembership(c raft.Configuration) {
+// leader's heartbeats stop reaching it.) It reports whether c changed
+// whether this daemon is a member, or votes.
+func (n *Node) noteMembership(c raft.Configuration) (changed bool) {
 	self := raft.ServerID(n.self.Fingerprint.String())
 	in := slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self })
-	n.voter.Store(slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
-	if was := n.member.Swap(in); was && !in {
+	voter := n.voter.Swap(slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
+	was := n.member.Swap(in)
+	if was && !in {
 		n.cfg.Logger.Warn("cell: this daemon was removed from the cell; it takes no part in it any more (stop it, or add it again with huddle cell add)")
 	}
+	return was != in || voter != n.voter.Load()
 }
 
 // Restarted reports whether Start found raft state the node had kept (a
@@ -831,7 +837,13 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 			n.cfg.LeaderChanged(p, ok)
 		}
 		if f := n.raft.GetConfiguration(); !ok && f.Error() == nil {
-			n.noteMembership(f.Configuration())
+			if c := f.Configuration(); n.noteMembership(c) {
+				// Its removal, never applied here: the daemon is told as
+				// of a configuration applied (MembersChanged), and ends
+				// its watches of the cell's groups, which no longer follow
+				// the cell, rather than at their next heartbeat.
+				n.noteConfig(c)
+			}
 		}
 	}
 	report()
