@@ -375,7 +375,28 @@ func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
 // which follow the cell no more. (It noted it was no member, and told
 // the daemon nothing: the watches went on until their next heartbeat, 5 s
 // by default, delivering nothing.)
+//
+// The member removed must have the removal's entry: the leader stops
+// replicating to it as it appends the removal, after one last try, which
+// on a loaded machine may not reach it (it then stands for election, as a
+// member, refused by the others). Only then does the scenario run again,
+// on a new cell, at most removedTries times in all.
 func TestRemovedUnappliedTellsDaemon(t *testing.T) {
+	const removedTries = 3
+	for try := 1; try <= removedTries; try++ {
+		if removedUnappliedTellsDaemon(t) {
+			return
+		}
+		t.Logf("try %d: the member removed never had its removal's entry; again", try)
+	}
+	t.Fatalf("in %d tries on new cells, the member removed never had its removal's entry", removedTries)
+}
+
+// removedUnappliedTellsDaemon runs TestRemovedUnappliedTellsDaemon's
+// scenario on a new cell; false if the member removed never had its
+// removal's entry.
+func removedUnappliedTellsDaemon(t *testing.T) bool {
+	t.Helper()
 	var victimAddr atomic.Pointer[string]
 	var removedAt atomic.Uint64 // the index of the entry that removes the victim
 	var told atomic.Pointer[[]Peer]
@@ -401,6 +422,11 @@ func TestRemovedUnappliedTellsDaemon(t *testing.T) {
 			}
 		}
 	})
+	defer func() {
+		for _, m := range c.members {
+			m.stop()
+		}
+	}()
 	l := c.leader()
 	victim := c.follower()
 	victimAddr.Store(&victim.addr)
@@ -409,9 +435,14 @@ func TestRemovedUnappliedTellsDaemon(t *testing.T) {
 	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, victim.id.Fingerprint()); err != nil {
 		t.Fatalf("remove member: %v", err)
 	}
-	waitUntil(t, "the member removed to find itself out of the cell", func() bool { return !victim.node.Member() })
-	if removedAt.Load() == 0 {
-		t.Fatal("the removal never reached the member removed")
+	missed := false
+	waitUntil(t, "the member removed to find itself out of the cell", func() bool {
+		// Without the entry it stands for election; with it, never.
+		missed = removedAt.Load() == 0 && victim.node.raft.State() == raft.Candidate
+		return missed || !victim.node.Member()
+	})
+	if missed {
+		return false
 	}
 	if _, index := victim.node.lastDecided(); index >= removedAt.Load() {
 		t.Fatalf("the member removed applied its removal (configuration %d): the test's fault did not hold", index)
@@ -420,4 +451,5 @@ func TestRemovedUnappliedTellsDaemon(t *testing.T) {
 		ms := told.Load()
 		return ms != nil && !slices.ContainsFunc(*ms, func(p Peer) bool { return p.Fingerprint == victim.id.Fingerprint() })
 	})
+	return true
 }
