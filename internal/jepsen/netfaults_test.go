@@ -169,7 +169,7 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		w.h.Fault(began, kind, what)
 	}
 	w.waitProgress(t, what+" began")
-	elections := ""
+	note := "" // what the fault's own steps took: a leader kill's election, a new client's join
 	if kind == "delay-kill-leader" {
 		leader.kill(syscall.SIGKILL)
 		leader.up = false
@@ -177,7 +177,7 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		w.h.Fault(killed, kind, leader.name+" killed while "+what)
 		next, nextTerm := c.leader(t, term)
 		ph := c.phases(killed, next, nextTerm)
-		elections = fmt.Sprintf("; %s killed: a member stood after %v, %s won after %v (%d candidacies), ready after %v",
+		note = fmt.Sprintf("; %s killed: a member stood after %v, %s won after %v (%d candidacies), ready after %v",
 			leader.name, ph.stood.Round(10*time.Millisecond), next.name, ph.won.Round(10*time.Millisecond), ph.candidacies, ph.ready.Round(10*time.Millisecond))
 		if len(ph.election) > 0 {
 			t.Logf("%s killed while %s: %d candidacies to elect %s; the members' election lines:\n%s",
@@ -195,7 +195,7 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		if _, ok := w.sendUntilAcked(ctx, far, wire.NewID(), []byte("from far away")); !ok {
 			t.Fatalf("a client joined while %s could not send", what)
 		}
-		elections = fmt.Sprintf("; a new client joined and sent in %v", time.Since(joined).Round(10*time.Millisecond))
+		note = fmt.Sprintf("; a new client joined and sent in %v", time.Since(joined).Round(10*time.Millisecond))
 		<-time.After(netFaultLength) // the fault's length
 	} else {
 		<-time.After(netFaultLength) // the fault's length
@@ -223,16 +223,16 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 	_, nowTerm := c.leader(t, 0)
 	if kind != "delay-kill-leader" {
 		if len(stood) > 0 || nowTerm != term {
-			elections = fmt.Sprintf("; elections nobody asked for: %d candidacies (%s), the term went from %d to %d",
+			note += fmt.Sprintf("; elections nobody asked for: %d candidacies (%s), the term went from %d to %d",
 				len(stood), strings.Join(stood, " "), term, nowTerm)
 		} else {
-			elections = "; no election"
+			note += "; no election"
 		}
 		term = nowTerm
 	} else {
-		elections += fmt.Sprintf(", %d candidacies in all", len(stood))
+		note += fmt.Sprintf(", %d candidacies in all", len(stood))
 	}
-	return kind + " (" + what + "): " + sendsIn(w.h, began, ended) + elections, term
+	return kind + " (" + what + "): " + sendsIn(w.h, began, ended) + note, term
 }
 
 // sendsIn summarizes the send attempts that started between from and to:
