@@ -142,10 +142,14 @@ func (g *Group) nextReplica() bool {
 // again. It is short: a dead leader restarted may well be elected again.
 const suspectFor = 1500 * time.Millisecond
 
-// suspect marks fp as a member that went silent.
-func (g *Group) suspect(fp Fingerprint) {
+// suspect marks fp as a member that went silent, or (handshake) that
+// did not complete a handshake within the last dial bound.
+func (g *Group) suspect(fp Fingerprint, handshake bool) {
 	g.mu.Lock()
-	g.suspectFP, g.suspectUntil = fp, time.Now().Add(suspectFor)
+	g.suspectFP, g.suspectUntil, g.suspectBound = fp, time.Now().Add(suspectFor), 0
+	if handshake {
+		g.suspectBound = g.failedBound
+	}
 	g.mu.Unlock()
 }
 
@@ -220,7 +224,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 				attempt = min(2*attempt, cellAttemptMax)
 			}
 			log.Debug("cell: no answer in time; trying the next replica", "op", op, "addr", g.peer().addrs, "err", err)
-			g.suspect(g.peer().pin)
+			g.suspect(g.peer().pin, errors.Is(err, errNoHandshake))
 			g.nextReplica()
 			continue
 		}
@@ -299,14 +303,24 @@ func (g *Group) handshakeTook() time.Duration {
 
 // dialed records the outcome of an attempt's handshake, bounded by
 // bound: it took took, or (ok false) the bound passed first.
+//
+// A handshake that took longer than the bound under which the member
+// passed over (suspect) failed its own says that member was likely as
+// far, not dead: it is no longer passed over. A client far from a cell
+// knows nothing of its path at first, its first dial (the leader, most
+// often) times out, and the members it asks next name that leader, which
+// it then passed over for suspectFor: seconds lost for nothing.
 func (g *Group) dialed(ok bool, took, bound time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !ok {
-		g.dialFor = min(2*bound, cellAttemptMax)
+		g.dialFor, g.failedBound = min(2*bound, cellAttemptMax), bound
 		return
 	}
 	g.dialFor, g.handshake = 0, took
+	if g.suspectBound > 0 && took > g.suspectBound {
+		g.suspectUntil, g.suspectBound = time.Time{}, 0
+	}
 }
 
 var (

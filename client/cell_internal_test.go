@@ -319,3 +319,84 @@ func TestCellFarMember(t *testing.T) {
 		t.Errorf("an attempt took the live member for silent; the client's events:\n%s", events.String())
 	}
 }
+
+// TestCellFarLeaderNamed: a client 600 ms (a round trip) from a cell,
+// knowing nothing of its path yet, sees its first handshake (with the
+// leader) time out; the member it asks next completes one, slowly, and
+// names that leader: the client follows it there, rather than passing it
+// over as dead for suspectFor (its handshake had failed a bound the path
+// could not meet, not a live member's).
+func TestCellFarLeaderNamed(t *testing.T) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// member serves every request on ln with answer's frame.
+	member := func(ln *quic.Listener, answer func(st *quic.Stream, seq uint64)) {
+		wg.Go(func() {
+			for {
+				conn, err := ln.Accept(context.Background())
+				if err != nil {
+					return
+				}
+				wg.Go(func() {
+					defer conn.CloseWithError(0, "")
+					for seq := uint64(1); ; seq++ {
+						st, err := conn.AcceptStream(context.Background())
+						if err != nil {
+							return
+						}
+						wg.Go(func() {
+							defer st.Close()
+							if _, err := wire.ReadFrame(st, nil, 0); err == nil {
+								answer(st, seq)
+							}
+						})
+					}
+				})
+			}
+		})
+	}
+	const oneWay = 300 * time.Millisecond
+	relayed := func(ln *quic.Listener) *udpproxy.Proxy {
+		r, err := udpproxy.New(ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		r.Delay(oneWay)
+		return r
+	}
+	leaderID, leaderTr, leaderLn := rawServer(t, &quic.Config{})
+	defer leaderTr.Close()
+	followerID, followerTr, followerLn := rawServer(t, &quic.Config{})
+	defer followerTr.Close()
+	toLeader, toFollower := relayed(leaderLn), relayed(followerLn)
+	leader := wire.Replica{Addr: toLeader.Addr(), Fingerprint: leaderID.Fingerprint(), Leader: true}
+	member(leaderLn, func(st *quic.Stream, seq uint64) {
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
+	})
+	member(followerLn, func(st *quic.Stream, _ uint64) {
+		wire.WriteError(st, &wire.Error{Code: wire.CodeUnavailable, Message: "not the leader", Leader: &leader})
+	})
+
+	var events testlog.Buffer
+	cl := newTestClient(t, Config{NoBatching: true, DialTimeout: time.Minute,
+		Logger: slog.New(slog.NewTextHandler(&events, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	defer cl.Close()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{leader.Addr}, Fingerprint: leader.Fingerprint,
+		Replicas: []wire.Replica{leader, {Addr: toFollower.Addr(), Fingerprint: followerID.Fingerprint()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := g.SendWithID(ctx, wire.NewID(), []byte("hi")); err != nil {
+		t.Fatalf("send to a cell %v away (each way): %v", oneWay, err)
+	}
+	log := events.String()
+	if !strings.Contains(log, errNoHandshake.Error()) {
+		t.Fatalf("the first handshake, on a path of %v round trips, did not time out: the test's premise fails; the client's events:\n%s", 2*oneWay, log)
+	}
+	if strings.Contains(log, "passing over the leader named") {
+		t.Errorf("the client passed over the leader its follower named, whose handshake had failed only for the path's length; the client's events:\n%s", log)
+	}
+}

@@ -26,13 +26,16 @@ type Group struct {
 	replicas         []wire.Replica
 	ackEpoch, ackSeq uint64
 	// suspectFP went silent on an attempt; it is passed over until
-	// suspectUntil (cell.go).
+	// suspectUntil (cell.go). suspectBound is the handshake bound it
+	// failed to meet, if that was what it failed (0: it went silent).
 	suspectFP    Fingerprint
 	suspectUntil time.Time
+	suspectBound time.Duration
 	// dialFor bounds an attempt's handshake with a member after one
-	// that did not complete in time (0: none did), and handshake is how
-	// long the last one that did took: see dialBound (cell.go).
-	dialFor, handshake time.Duration
+	// that did not complete in time (0: none did), failedBound is the
+	// bound that one failed, and handshake is how long the last one that
+	// did complete took: see dialBound (cell.go).
+	dialFor, failedBound, handshake time.Duration
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
