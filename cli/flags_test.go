@@ -194,4 +194,17 @@ func TestJSONLogsIncludeTheBanner(t *testing.T) {
 	if out := v.stdout.String(); out != "" {
 		t.Errorf("stdout under --log-format json: %q, want nothing", out)
 	}
+	// Each group is one "hosting group" record, with the keys the
+	// daemon's log gives it: the banner's record of it had other keys
+	// (name, not group), so a query on either missed half.
+	var hosting []string
+	for _, line := range strings.Split(strings.TrimSpace(v.stderr.String()), "\n") {
+		var rec struct{ Msg, Group, UUID string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "hosting group" {
+			hosting = append(hosting, rec.Group+" "+rec.UUID)
+		}
+	}
+	if len(hosting) != 1 || !strings.HasPrefix(hosting[0], "lobby ") || len(hosting[0]) == len("lobby ") {
+		t.Errorf("hosting group records (group uuid): %q, want one for lobby with its uuid", hosting)
+	}
 }
