@@ -86,12 +86,6 @@ func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs
 		case <-ctx.Done():
 			return
 		}
-		for _, g := range d.Groups() {
-			private := ""
-			if g.Private {
-				private = "  (private)"
-			}
-			df.say(fmt.Sprintf("  group %s  %s%s", g.Name, g.ID, private), "hosting group", "name", g.Name, "uuid", g.ID.String(), "private", g.Private)
-		}
+		sayGroups(df, d.Groups())
 	}()
 }

@@ -702,12 +702,23 @@ func limitMemory(log *slog.Logger, m server.Memory) {
 func announceGroups(df *daemonFlags, d *groupd.Daemon) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
-	for _, g := range d.Groups() {
+	sayGroups(df, d.Groups())
+}
+
+// sayGroups prints the groups a daemon hosts, one line each, for people.
+// Under --log-format json it writes nothing: the daemon's own "hosting
+// group" record (group, uuid, epoch, private, members) says each once, and
+// a second record of the same name with other keys made two of each.
+func sayGroups(df *daemonFlags, groups []groupd.HostedGroup) {
+	if df.logFormat.v == "json" {
+		return
+	}
+	for _, g := range groups {
 		private := ""
 		if g.Private {
 			private = "  (private)"
 		}
-		df.say(fmt.Sprintf("  group %s  %s%s", g.Name, g.ID, private), "hosting group", "name", g.Name, "uuid", g.ID.String(), "private", g.Private)
+		df.say(fmt.Sprintf("  group %s  %s%s", g.Name, g.ID, private), "hosting group")
 	}
 }
 

@@ -357,8 +357,8 @@ func bannerLines(records []string) []string {
 	var lines []string
 	for _, r := range records {
 		var rec struct {
-			Msg, Addr, Fingerprint, Name, UUID string
-			Private                            bool
+			Msg, Addr, Fingerprint, Group, UUID string
+			Private                             bool
 		}
 		if json.Unmarshal([]byte(r), &rec) != nil {
 			continue
@@ -369,14 +369,11 @@ func bannerLines(records []string) []string {
 		case "group daemon listening":
 			lines = append(lines, fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", rec.Addr, rec.Fingerprint))
 		case "hosting group":
-			if rec.Name == "" {
-				continue // the daemon's own record of the group, not the banner's
-			}
 			private := ""
 			if rec.Private {
 				private = "  (private)"
 			}
-			lines = append(lines, fmt.Sprintf("  group %s  %s%s", rec.Name, rec.UUID, private))
+			lines = append(lines, fmt.Sprintf("  group %s  %s%s", rec.Group, rec.UUID, private))
 		}
 	}
 	return lines

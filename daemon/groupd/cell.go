@@ -131,7 +131,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	h.groups = next
 	close(h.added)
 	h.added = make(chan struct{})
-	d.cfg.Logger.Info("hosting group of the cell", "group", spec.Name, "uuid", spec.ID, "epoch", spec.Epoch, "private", spec.Private)
+	d.cfg.Logger.Info("hosting group", "group", spec.Name, "uuid", spec.ID, "epoch", spec.Epoch, "private", spec.Private, "members", g.memberCount(), "cell", true)
 	return cellReplica{g}, nil
 }
 

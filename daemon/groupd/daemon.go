@@ -491,13 +491,16 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		close(d.cellStarted)
 		d.cfg.Logger.Info("cell member started", "self", d.node.Self().String(), "peers", len(d.cfg.Cell.Peers), "join", d.cfg.Cell.Join)
 	}
-	// A cell's groups are set by awaitCellGroups, which may run already
-	// (a member whose snapshot holds them finds them at once).
-	d.mu.Lock()
-	order := d.order
-	d.mu.Unlock()
-	for _, g := range order {
-		d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
+	// A cell's groups are logged as its member opens them (cellHost's
+	// OpenGroup), once each: this daemon's list of them is set later, by
+	// awaitCellGroups.
+	if d.node == nil {
+		d.mu.Lock()
+		order := d.order
+		d.mu.Unlock()
+		for _, g := range order {
+			d.cfg.Logger.Info("hosting group", "group", g.name, "uuid", g.id, "epoch", g.epoch(), "private", g.private(), "members", g.memberCount())
+		}
 	}
 	d.cfg.Logger.Info("message storage", "storage", d.cfg.Storage.String())
 	d.cfg.Logger.Info("group daemon serving", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
