@@ -317,11 +317,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		if leader != nil {
 			out["leader"] = map[string]any{"addr": leader.Self.Addr, "fingerprint": leader.Self.Fingerprint.String()}
 			out["term"] = leader.Term
-			var groups []map[string]any
-			for _, g := range leader.Groups {
-				groups = append(groups, map[string]any{"uuid": g.Group.String(), "name": g.Name, "epoch": g.Epoch, "last_seq": g.Last, "members": g.Members})
-			}
-			out["groups"] = groups
+			out["groups"] = cellGroupsJSON(leader.Groups)
 		}
 		return printJSON(env.Stdout, out)
 	}
@@ -411,4 +407,14 @@ func printMembers(env Env, members []client.Replica, asJSON bool) error {
 		fmt.Fprintf(env.Stdout, "  %s@%s%s\n", m.Fingerprint, shown(m.Addr), leader)
 	}
 	return nil
+}
+
+// cellGroupsJSON is the "groups" of huddle cell status --json: the groups
+// the leader hosts.
+func cellGroupsJSON(gs []wire.CellGroup) []map[string]any {
+	var groups []map[string]any
+	for _, g := range gs {
+		groups = append(groups, map[string]any{"uuid": g.Group.String(), "name": g.Name, "epoch": g.Epoch, "last_seq": g.Last, "members": g.Members})
+	}
+	return groups
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testport"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestCellThreeDaemons walks README's three-host cell on loopback: three
@@ -265,6 +266,28 @@ func TestCellServerNotAMember(t *testing.T) {
 			if code != tc.code || !strings.Contains(errs, tc.want) {
 				t.Errorf("huddle cell %s --server %s: exit %d (want %d), stderr:\n%s\nwant it to say %q", sub[0], tc.server, code, tc.code, errs, tc.want)
 			}
+		}
+	}
+}
+
+// TestCellStatusJSONGroups: huddle cell status --json gives "groups" as a
+// list, empty while the leader hosts none (a cell's first leader before it
+// has created them): it printed null, which a script ranging over it or
+// taking its length fails on.
+func TestCellStatusJSONGroups(t *testing.T) {
+	id := wire.UUID{1}
+	for _, tc := range []struct {
+		groups []wire.CellGroup
+		want   string
+	}{
+		{nil, `[]`},
+		{[]wire.CellGroup{}, `[]`},
+		{[]wire.CellGroup{{Group: id, Name: "general", Epoch: 2, Last: 3, Members: 4}},
+			`[{"epoch":2,"last_seq":3,"members":4,"name":"general","uuid":"` + id.String() + `"}]`},
+	} {
+		got, err := json.Marshal(cellGroupsJSON(tc.groups))
+		if err != nil || string(got) != tc.want {
+			t.Errorf("groups of %+v: %s (%v), want %s", tc.groups, got, err, tc.want)
 		}
 	}
 }
