@@ -410,9 +410,9 @@ func printMembers(env Env, members []client.Replica, asJSON bool) error {
 }
 
 // cellGroupsJSON is the "groups" of huddle cell status --json: the groups
-// the leader hosts.
+// the leader hosts: a list, empty (not null) when it hosts none.
 func cellGroupsJSON(gs []wire.CellGroup) []map[string]any {
-	var groups []map[string]any
+	groups := make([]map[string]any, 0, len(gs))
 	for _, g := range gs {
 		groups = append(groups, map[string]any{"uuid": g.Group.String(), "name": g.Name, "epoch": g.Epoch, "last_seq": g.Last, "members": g.Members})
 	}
