@@ -2,7 +2,11 @@ package groupd
 
 import (
 	"errors"
+	"io/fs"
+	"net"
 	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/huddle-chat/huddle/daemon/registry"
@@ -44,5 +48,26 @@ func TestStateDirLock(t *testing.T) {
 	defer r2.Close()
 	if err := r2.Listen(); !errors.Is(err, ErrStateDirInUse) {
 		t.Fatalf("second registry on the same state dir: %v, want ErrStateDirInUse", err)
+	}
+}
+
+// TestListenBusyPortCreatesNothing: a daemon whose port is taken refuses
+// to start before it writes anything: it created its state directory, its
+// key, each group's identity and log first, so a mistyped --listen left a
+// state directory behind (and a new key, which a cell's --cell-peer list
+// does not name).
+func TestListenBusyPortCreatesNothing(t *testing.T) {
+	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	must(t, err)
+	defer busy.Close()
+	dir := filepath.Join(t.TempDir(), "state")
+	d, err := New(Config{StateDir: dir, Listen: busy.LocalAddr().String(), Groups: []Spec{{Name: "lobby"}}, Logger: testLogger(t)})
+	must(t, err)
+	defer d.Close()
+	if err := d.Listen(); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("Listen on a port in use: %v, want EADDRINUSE", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the state directory after Listen failed: %v, want none created", err)
 	}
 }
