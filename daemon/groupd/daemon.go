@@ -328,8 +328,8 @@ func New(cfg Config) (*Daemon, error) {
 	return d, nil
 }
 
-// Listen loads the state directory (the key, each group's UUID and members,
-// creating what is missing) and binds the UDP socket, so Addr, Fingerprint
+// Listen binds the UDP socket, then loads the state directory (the key,
+// each group's UUID and members, creating what is missing), so Addr, Fingerprint
 // and Groups are known before Serve. Calling it again does nothing. It
 // returns ErrClosed after Close, errors wrapping ErrBadState for unusable
 // state files, and identity or socket errors.
@@ -339,6 +339,11 @@ func (d *Daemon) Listen() error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// The socket first: a port in use refuses the daemon before it has
+	// written anything (state directory, key, group identities, logs).
+	if err := d.srv.Bind(); err != nil {
+		return fmt.Errorf("group daemon: %w", err)
+	}
 	if d.lock == nil {
 		l, err := statedir.Lock(d.cfg.StateDir)
 		if err != nil {

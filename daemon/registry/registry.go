@@ -167,13 +167,18 @@ func New(cfg Config) (*Daemon, error) {
 	return r, nil
 }
 
-// Listen loads (or creates) the registry's key in StateDir and binds the UDP
-// socket, so Addr and Fingerprint are known before Serve. Calling it again
+// Listen binds the UDP socket, then loads (or creates) the registry's key in
+// StateDir, so Addr and Fingerprint are known before Serve. Calling it again
 // does nothing. It returns ErrClosed after Close, and identity or socket
 // errors.
 func (r *Daemon) Listen() error {
 	if r.life.IsClosed() {
 		return ErrClosed
+	}
+	// The socket first: a port in use refuses the registry before it has
+	// written anything (state directory, key).
+	if err := r.srv.Bind(); err != nil {
+		return fmt.Errorf("registry: %w", err)
 	}
 	r.mu.Lock()
 	id := r.id

@@ -24,16 +24,20 @@ import (
 // (and Retry under a flood of them), connections per source address, and
 // each connection's accept loop.
 
-// Listen binds the UDP socket and starts QUIC on it, under the key id. It
-// is a no-op if the server already listens; after Close it returns
-// ErrClosed.
-func (s *Server) Listen(id *identity.Identity) error {
+// Bind binds the UDP socket, which Listen then serves: a daemon binds
+// before it writes its state, so that a port in use leaves nothing behind.
+// It is a no-op if the socket is bound; after Close it returns ErrClosed.
+func (s *Server) Bind() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.bindLocked()
+}
+
+func (s *Server) bindLocked() error {
 	if s.closed {
 		return ErrClosed
 	}
-	if s.ln != nil {
+	if s.udp != nil {
 		return nil
 	}
 	ua, err := net.ResolveUDPAddr("udp", s.setup.Listen)
@@ -44,9 +48,28 @@ func (s *Server) Listen(id *identity.Identity) error {
 	if err != nil {
 		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
+	s.udp = udp
+	return nil
+}
+
+// Listen binds the UDP socket (if Bind did not) and starts QUIC on it,
+// under the key id. It is a no-op if the server already listens; after
+// Close it returns ErrClosed.
+func (s *Server) Listen(id *identity.Identity) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.ln != nil {
+		return nil
+	}
+	if err := s.bindLocked(); err != nil {
+		return err
+	}
+	udp := s.udp
 	key, err := statelessResetKey(id)
 	if err != nil {
-		udp.Close()
 		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
 	tr := &quic.Transport{
@@ -59,9 +82,10 @@ func (s *Server) Listen(id *identity.Identity) error {
 	if err != nil {
 		tr.Close()
 		udp.Close()
+		s.udp = nil
 		return fmt.Errorf("listen on %q: %w", s.setup.Listen, err)
 	}
-	s.udp, s.tr, s.ln = udp, tr, ln
+	s.tr, s.ln = tr, ln
 	close(s.ready)
 	return nil
 }

@@ -25,7 +25,7 @@ func (s *Server) shutdown() {
 	s.mu.Lock()
 	s.closed = true
 	close(s.stopping)
-	ln := s.ln
+	ln, udp := s.ln, s.udp
 	s.mu.Unlock()
 	for _, str := range s.shares.readingStreams() {
 		// Not an operation in flight yet: stop waiting for its request,
@@ -34,6 +34,9 @@ func (s *Server) shutdown() {
 	}
 
 	if ln == nil {
+		if udp != nil {
+			udp.Close() // bound (Bind), never served
+		}
 		s.acceptCancel()
 		s.cancel()
 		return
