@@ -274,9 +274,13 @@ func (n *Node) RemoveMember(ctx context.Context, by, fp wire.Fingerprint) error 
 }
 
 // handOver transfers the leadership to another voter (Handover, which
-// returns once this node knows the next leader, or ctx ended) and returns
-// a *NotLeaderError naming it (an empty one if it is not known yet).
+// returns once this node knows the next leader, or ctx ended, or
+// RPCTimeout passed if ctx has no deadline: a daemon's request has none)
+// and returns a *NotLeaderError naming it (an empty one if it is not
+// known yet).
 func (n *Node) handOver(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.timeout(ctx))
+	defer cancel()
 	if err := n.Handover(ctx); err != nil {
 		return fmt.Errorf("remove member: %w: this member leads, and could not hand the leadership over before its removal: %v", ErrUnavailable, err)
 	}

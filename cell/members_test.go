@@ -453,3 +453,40 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 	})
 	return true
 }
+
+// TestRemoveLeaderNextUnknown: the leader asked to remove itself, with no
+// deadline (as a daemon's cell_remove is asked), answers once it knows
+// the next leader or RPCTimeout passed, whichever is first: here the new
+// leader's AppendEntries never reach it, and it answers a NotLeaderError
+// naming no leader. (Handover waited as long as its context allowed, and
+// a request's has no deadline: the request waited until the daemon
+// stopped.)
+func TestRemoveLeaderNextUnknown(t *testing.T) {
+	var deaf atomic.Pointer[string] // the member that hears no AppendEntries
+	hold := make(chan struct{})
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.RPCTimeout = 2 * time.Second
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			if _, ok := req.(*raft.AppendEntriesRequest); ok && deaf.Load() != nil && *deaf.Load() == self {
+				<-hold
+			}
+		}
+	})
+	t.Cleanup(func() { close(hold) }) // before the members stop
+	l := c.leader()
+	deaf.Store(&l.addr)
+	removed := make(chan error, 1)
+	go func() {
+		removed <- l.node.RemoveMember(context.Background(), l.node.Self().Fingerprint, l.node.Self().Fingerprint)
+	}()
+	select {
+	case err := <-removed:
+		var nl *NotLeaderError
+		if !errors.As(err, &nl) || nl.Leader.Addr != "" {
+			t.Fatalf("the leader asked to remove itself, the next leader unknown to it: %v, want a NotLeaderError naming none", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the leader asked to remove itself never answered")
+	}
+}
