@@ -64,12 +64,13 @@ type directory struct {
 }
 
 type registryState struct {
-	addr    string
-	reg     *client.Registry // nil until opened
-	entries []wire.GroupEntry
-	at      time.Time // of entries
-	err     error     // of the last attempt
-	polled  bool      // an attempt has ended
+	addr       string           // a discovered one's moves with it (addRegistry)
+	reg        *client.Registry // nil until opened
+	discovered bool             // found over mDNS, not given
+	entries    []wire.GroupEntry
+	at         time.Time // of entries
+	err        error     // of the last attempt
+	polled     bool      // an attempt has ended
 }
 
 type groupState struct {
@@ -187,7 +188,10 @@ func (d *directory) pollRegistry(ctx context.Context, rs *registryState) {
 }
 
 // addRegistry adds a discovered registry, unless one at its address is
-// known, and starts polling it.
+// known, and starts polling it. A registry is known by its key, as Browse
+// bounds them: one found again at another address (it moved, or its key
+// answers at several) is polled there from then on, and one whose key a
+// registry given by address presents is that one.
 func (d *directory) addRegistry(r *client.Registry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -196,7 +200,16 @@ func (d *directory) addRegistry(r *client.Registry) {
 			return
 		}
 	}
-	rs := &registryState{addr: r.Addr(), reg: r}
+	for _, rs := range d.regs {
+		if rs.reg != nil && rs.reg.Fingerprint() == r.Fingerprint() {
+			if rs.discovered {
+				d.log.Debug("registry found at another address", "was", rs.addr, "addr", r.Addr(), "fingerprint", r.Fingerprint().Short())
+				rs.addr, rs.reg = r.Addr(), r
+			}
+			return
+		}
+	}
+	rs := &registryState{addr: r.Addr(), reg: r, discovered: true}
 	d.regs = append(d.regs, rs)
 	d.log.Info("registry found", "addr", r.Addr(), "fingerprint", r.Fingerprint().Short())
 	if ctx := d.ctx; ctx != nil && ctx.Err() == nil {
@@ -380,11 +393,11 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	ctx, cancel := context.WithTimeout(ctx, registryTimeout)
 	defer cancel()
 	d.mu.Lock()
-	reg := rs.reg
+	reg, addr := rs.reg, rs.addr
 	d.mu.Unlock()
 	var err error
 	if reg == nil {
-		reg, err = d.c.Registry(ctx, rs.addr, wire.Fingerprint{})
+		reg, err = d.c.Registry(ctx, addr, wire.Fingerprint{})
 	}
 	var list client.Listing
 	if err == nil {
@@ -392,8 +405,8 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if reg != nil {
-		rs.reg = reg
+	if rs.reg == nil {
+		rs.reg = reg // opened now (a discovered one's may have moved meanwhile: kept)
 	}
 	rs.err, rs.polled = err, true
 	if err == nil {
