@@ -301,6 +301,12 @@ func testRegistration(t *testing.T, s *single) {
 			return a
 		}()}, codeTooLarge},
 		{"a port over 65535", cmap{1: g, 2: "conformance", 4: uint64(65536)}, codeBadRequest},
+		// §7.1: each address is host:port.
+		{"an address without a port", cmap{1: g, 2: "conformance", 3: []any{"10.0.0.1"}}, codeBadRequest},
+		{"an address whose port is over 65535", cmap{1: g, 2: "conformance", 3: []any{"10.0.0.1:65536"}}, codeBadRequest},
+		{"an address whose port is 0", cmap{1: g, 2: "conformance", 3: []any{"10.0.0.1:0"}}, codeBadRequest},
+		{"an address with a blank", cmap{1: g, 2: "conformance", 3: []any{"box one:7000"}}, codeBadRequest},
+		{"an address with a line break", cmap{1: g, 2: "conformance", 3: []any{"box\n1:7000"}}, codeBadRequest},
 	} {
 		_, err := c.call(ctx, 1, tc.args)
 		wantCode(t, "register with "+tc.name, err, tc.code)
