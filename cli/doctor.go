@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -54,7 +55,7 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 	code := d.run(ctx, wait)
 	if cf.json {
 		d.report.OK = code == ExitOK
-		printJSON(env.Stdout, d.report)
+		d.report.print(env.Stdout)
 	}
 	return code
 }
@@ -76,6 +77,11 @@ type doctorReport struct {
 	Groups     []doctorGroup    `json:"groups"`
 	Advice     []string         `json:"advice"`
 	OK         bool             `json:"ok"`
+}
+
+// print writes r as huddle doctor --json's one object.
+func (r doctorReport) print(w io.Writer) error {
+	return printJSON(w, r)
 }
 
 type doctorIface struct {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
@@ -134,5 +135,24 @@ func TestDoctorSaysPeerTextPlainly(t *testing.T) {
 	d.say("  %s", "registry 10.0.0.2:7373: "+evilCtl)
 	if i := strings.IndexFunc(out.String(), func(r rune) bool { return unicode.IsControl(r) && r != '\n' }); i >= 0 || strings.Count(out.String(), "\n") != 3 {
 		t.Errorf("doctor said %q", out.String())
+	}
+}
+
+// TestDoctorJSONLists: huddle doctor --json gives its lists as lists,
+// empty when nothing was found (no interface, mDNS answer, registry, group
+// or advice; a group listed with no address): it printed null, which a
+// script ranging over one or taking its length fails on.
+func TestDoctorJSONLists(t *testing.T) {
+	for _, r := range []doctorReport{
+		{You: "me"},
+		{You: "me", Interfaces: []doctorIface{{Name: "lo"}}, Groups: []doctorGroup{{Name: "lobby"}}},
+	} {
+		var out bytes.Buffer
+		if err := r.print(&out); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out.String(), "null") {
+			t.Errorf("huddle doctor --json: %s, want every list a list", out.String())
+		}
 	}
 }
