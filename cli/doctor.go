@@ -79,9 +79,27 @@ type doctorReport struct {
 	OK         bool             `json:"ok"`
 }
 
-// print writes r as huddle doctor --json's one object.
+// print writes r as huddle doctor --json's one object, each list a list
+// (empty, not null, when nothing was found).
 func (r doctorReport) print(w io.Writer) error {
+	r.Interfaces = orEmpty(r.Interfaces)
+	r.MDNS, r.Registries, r.Advice = orEmpty(r.MDNS), orEmpty(r.Registries), orEmpty(r.Advice)
+	r.Groups = orEmpty(r.Groups)
+	for i := range r.Interfaces {
+		r.Interfaces[i].Addrs = orEmpty(r.Interfaces[i].Addrs)
+	}
+	for i := range r.Groups {
+		r.Groups[i].Addrs = orEmpty(r.Groups[i].Addrs)
+	}
 	return printJSON(w, r)
+}
+
+// orEmpty returns s, or an empty slice for nil (JSON's [] rather than null).
+func orEmpty[S ~[]E, E any](s S) S {
+	if s == nil {
+		return S{}
+	}
+	return s
 }
 
 type doctorIface struct {
