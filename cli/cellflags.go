@@ -86,6 +86,6 @@ func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs
 		case <-ctx.Done():
 			return
 		}
-		sayGroups(df, d.Groups())
+		sayGroups(df, d)
 	}()
 }

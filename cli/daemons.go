@@ -702,18 +702,18 @@ func limitMemory(log *slog.Logger, m server.Memory) {
 func announceGroups(df *daemonFlags, d *groupd.Daemon) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
-	sayGroups(df, d.Groups())
+	sayGroups(df, d)
 }
 
-// sayGroups prints the groups a daemon hosts, one line each, for people.
+// sayGroups prints the groups d hosts, one line each, for people.
 // Under --log-format json it writes nothing: the daemon's own "hosting
 // group" record (group, uuid, epoch, private, members) says each once, and
 // a second record of the same name with other keys made two of each.
-func sayGroups(df *daemonFlags, groups []groupd.HostedGroup) {
+func sayGroups(df *daemonFlags, d *groupd.Daemon) {
 	if df.logFormat.v == "json" {
 		return
 	}
-	for _, g := range groups {
+	for _, g := range d.Groups() {
 		private := ""
 		if g.Private {
 			private = "  (private)"
