@@ -497,6 +497,7 @@ func (n *Node) Start() error {
 	}
 	n.started, n.restarted = true, existing
 	n.tr.warm()
+	n.net.keepReady()
 	n.wg.Add(3)
 	go n.leaderLoop()
 	go n.promoteLoop()

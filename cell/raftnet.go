@@ -51,10 +51,12 @@ type raftNet struct {
 	heartbeat func(raft.RPC)
 	installed func() // under hbMu; see onInstalled
 
-	mu     sync.Mutex
-	closed bool
-	idle   map[raft.ServerAddress][]*rpcConn
-	pipes  map[*rpcPipeline]struct{}
+	mu      sync.Mutex
+	closed  bool
+	idle    map[raft.ServerAddress][]*rpcConn
+	pipes   map[*rpcPipeline]struct{}
+	ready   bool                        // keep a connection ready to each member (keepReady)
+	warming map[raft.ServerAddress]bool // a ready connection is being dialed to it
 }
 
 var (
@@ -65,7 +67,8 @@ var (
 
 // maxIdleConns is how many idle connections raftNet keeps per member, as
 // NetworkTransport's MaxPool did: one for heartbeats, one for
-// replication that is not pipelined, and spares for elections.
+// replication that is not pipelined, and spares for elections. The
+// connection kept ready to each member (ready.go) is one of them.
 const maxIdleConns = 4
 
 // pipelineDepth is how many AppendEntries requests a pipeline queues
@@ -98,6 +101,7 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger) *raftNet
 		done:     make(chan struct{}),
 		idle:     make(map[raft.ServerAddress][]*rpcConn),
 		pipes:    make(map[*rpcPipeline]struct{}),
+		warming:  make(map[raft.ServerAddress]bool),
 	}
 	n.wg.Add(1)
 	go n.listen()
@@ -267,7 +271,13 @@ func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
 
 // dial opens a connection to target for RPCs.
 func (n *raftNet) dial(target raft.ServerAddress) (*rpcConn, error) {
-	conn, err := n.tr.Dial(target, n.dialTimeout())
+	return n.dialReporting(target, true)
+}
+
+// dialReporting opens a connection as dial does; a failure is the link's
+// (Transport.dialRaft) if report is set.
+func (n *raftNet) dialReporting(target raft.ServerAddress, report bool) (*rpcConn, error) {
+	conn, err := n.tr.dialRaft(target, n.dialTimeout(), report)
 	if err != nil {
 		return nil, err
 	}
@@ -352,6 +362,7 @@ func (n *raftNet) roundTrip(c *rpcConn, req, resp any) error {
 	var remote remoteError
 	if err != nil && !errors.As(err, &remote) {
 		c.close()
+		n.warm(c.target)
 		return err
 	}
 	n.putConn(c)
@@ -643,6 +654,9 @@ func (n *raftNet) listen() {
 		go func() {
 			defer n.wg.Done()
 			defer conn.Close()
+			if tc, ok := conn.(*tcpConn); ok {
+				n.refresh(tc.peer)
+			}
 			n.serve(conn)
 		}()
 	}

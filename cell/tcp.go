@@ -255,11 +255,13 @@ func (t *Transport) handshake(raw net.Conn, done func()) *tcpConn {
 	return tc
 }
 
-// dialTCP dials a raft connection to the member at addr.
-func (t *Transport) dialTCP(ctx context.Context, addr string) (*tcpConn, error) {
+// dialTCP dials a raft connection to the member at addr. A failure is
+// recorded as the link's (dialFailed) if report is set.
+func (t *Transport) dialTCP(ctx context.Context, addr string, report bool) (*tcpConn, error) {
 	t.mu.Lock()
 	closed := t.closed
 	want, ok := t.peers[addr]
+	fault := t.dialFault
 	t.mu.Unlock()
 	switch {
 	case closed:
@@ -267,16 +269,27 @@ func (t *Transport) dialTCP(ctx context.Context, addr string) (*tcpConn, error) 
 	case !ok:
 		return nil, fmt.Errorf("cell: dial %s: %w", addr, ErrUnknownPeer)
 	}
+	failed := func(err error) error {
+		if !report {
+			return fmt.Errorf("cell: dial %s: %w", addr, err)
+		}
+		return t.dialFailed(ctx, addr, err)
+	}
+	if fault != nil {
+		if err := fault(); err != nil {
+			return nil, failed(err)
+		}
+	}
 	d := net.Dialer{KeepAliveConfig: keepAlive()}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, t.dialFailed(ctx, addr, err)
+		return nil, failed(err)
 	}
 	g := &gatherConn{Conn: raw}
 	c := tls.Client(g, t.raftClientTLS(want))
 	if err := c.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, t.dialFailed(ctx, addr, err)
+		return nil, failed(err)
 	}
 	tc := &tcpConn{Conn: c, raw: raw, g: g, t: t, peer: want, addr: addr, l: t.link(addr)}
 	if !t.track(tc) {

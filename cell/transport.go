@@ -131,7 +131,10 @@ type Transport struct {
 	tcpConns map[*tcpConn]struct{} // raft's connections, dialed and accepted
 	tcpSeq   uint64                // the last tcpConn.seq given
 
+	peersSet func() // called after SetPeers (onPeers)
+
 	handshakeTimeout time.Duration // of raft's accepted connections; 0: handshakeTimeout (tests)
+	dialFault        func() error  // tests: called before each raft dial; its error fails the dial
 }
 
 // dialed is the QUIC connection to one peer, or the dial in progress.
@@ -195,6 +198,7 @@ func dialConfig() *quic.Config {
 // or whose key changed, are closed, as are those from keys no longer
 // listed (Node.accepted says which members a node gives).
 func (t *Transport) SetPeers(peers []Peer) {
+	defer t.notePeers() // after the unlock
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	byAddr := make(map[string]wire.Fingerprint, len(peers))
@@ -241,6 +245,36 @@ func (t *Transport) SetPeers(peers []Peer) {
 	}
 	t.dropTCP(byAddr, keys)
 	t.peers, t.keys = byAddr, keys
+}
+
+// onPeers sets the function called each time SetPeers has set the
+// members (raftNet's keepReady), on SetPeers' goroutine.
+func (t *Transport) onPeers(fn func()) {
+	t.mu.Lock()
+	t.peersSet = fn
+	t.mu.Unlock()
+}
+
+// notePeers calls the function onPeers set, if any.
+func (t *Transport) notePeers() {
+	t.mu.Lock()
+	fn := t.peersSet
+	t.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
+// addrOf returns the address of the member whose key is fp.
+func (t *Transport) addrOf(fp wire.Fingerprint) (string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for addr, key := range t.peers {
+		if key == fp {
+			return addr, true
+		}
+	}
+	return "", false
 }
 
 // peerList returns the cell's members as the transport knows them.
@@ -464,9 +498,16 @@ func (t *Transport) Addr() net.Addr { return t.local }
 // and *identity.MismatchError if the daemon there presents another key
 // than the member's.
 func (t *Transport) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return t.dialRaft(address, timeout, true)
+}
+
+// dialRaft dials as Dial does. A failure is recorded as the link's (a
+// member unreachable, logged) only if report is set: a ready connection's
+// dial (raftNet.warm) is not raft's, which retries and reports its own.
+func (t *Transport) dialRaft(address raft.ServerAddress, timeout time.Duration, report bool) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(t.ctx, timeout)
 	defer cancel()
-	c, err := t.dialTCP(ctx, string(address))
+	c, err := t.dialTCP(ctx, string(address), report)
 	if err != nil {
 		return nil, asLinkError(err)
 	}
