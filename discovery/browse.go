@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -15,6 +16,11 @@ const (
 	DefaultQueryInterval = time.Second
 	DefaultVerifyTimeout = 3 * time.Second
 	DefaultRetryAfter    = 5 * time.Second
+
+	// DefaultForgetAfter is how long a registry Browse reported may go
+	// without verifying before it is forgotten and its place freed: four
+	// times recheckOK, the life of its mDNS records (120 s).
+	DefaultForgetAfter = 2 * time.Minute
 
 	recheckOK = 30 * time.Second // how long a verified answer is trusted before it is verified again
 
@@ -68,6 +74,15 @@ type BrowseConfig struct {
 	// on new ones. Default: DefaultRescanInterval.
 	RescanInterval time.Duration
 
+	// ForgetAfter is how long a registry Browse reported may go without
+	// verifying before Browse forgets it (calling Gone) and its place goes
+	// to the next one found. Default: DefaultForgetAfter.
+	ForgetAfter time.Duration
+
+	// Gone, if set, is called by Browse with the last report of a registry
+	// it forgot. Find and Diagnose do not call it.
+	Gone func(Advertised)
+
 	// Logger receives logs, including why answers were rejected.
 	// Default: discard.
 	Logger *slog.Logger
@@ -77,7 +92,7 @@ func (cfg BrowseConfig) withDefaults() (BrowseConfig, error) {
 	if cfg.Verify == nil {
 		return cfg, fmt.Errorf("%w: Verify is required", ErrInvalidConfig)
 	}
-	if cfg.QueryInterval < 0 || cfg.VerifyTimeout < 0 || cfg.RetryAfter < 0 || cfg.RescanInterval < 0 {
+	if cfg.QueryInterval < 0 || cfg.VerifyTimeout < 0 || cfg.RetryAfter < 0 || cfg.RescanInterval < 0 || cfg.ForgetAfter < 0 {
 		return cfg, fmt.Errorf("%w: negative duration", ErrInvalidConfig)
 	}
 	if cfg.QueryInterval == 0 {
@@ -91,6 +106,9 @@ func (cfg BrowseConfig) withDefaults() (BrowseConfig, error) {
 	}
 	if cfg.RescanInterval == 0 {
 		cfg.RescanInterval = DefaultRescanInterval
+	}
+	if cfg.ForgetAfter == 0 {
+		cfg.ForgetAfter = DefaultForgetAfter
 	}
 	cfg.Logger = orDiscard(cfg.Logger)
 	return cfg, nil
@@ -142,10 +160,19 @@ func Find(ctx context.Context, cfg BrowseConfig) (Advertised, netip.AddrPort, er
 // at another address (a registry that moved); another instance name at the
 // same address is not reported. A registry restarted with a new key is a
 // new one (its fingerprint is new). Two registries never replace each
-// other, even under one instance name. Calls to found are serialized; a slow found
-// delays the following ones. Browse reports at most MaxRegistries
+// other, even under one instance name. Browse reports at most MaxRegistries
 // registries (by fingerprint), MaxRegistriesPerSource of them at one
 // source address; one beyond is logged (once a minute), not reported.
+//
+// A place is held while its registry is there: one that has not verified
+// for cfg.ForgetAfter (its answers' or, when none came through, a Verify
+// at the address it was last reported at) is forgotten, and cfg.Gone, if
+// set, is called with its last report; its place goes to the next one
+// found, and it is reported anew if it comes back. A registry that
+// verifies is never forgotten for another, however many answers others
+// send. Calls to found and Gone are serialized; a slow one delays the
+// following ones.
+//
 // Browse returns nil when ctx ends, or an error wrapping ErrInvalidConfig
 // or ErrNoInterface at once.
 func Browse(ctx context.Context, cfg BrowseConfig, found func(Advertised, netip.AddrPort)) error {
@@ -153,9 +180,16 @@ func Browse(ctx context.Context, cfg BrowseConfig, found func(Advertised, netip.
 	if err != nil {
 		return err
 	}
-	v := newVerifier(ctx, cfg, newReporter(cfg.Logger, found).report)
+	rep := newReporter(cfg.Logger, found)
+	rep.gone, rep.forgetAfter = cfg.Gone, cfg.ForgetAfter
+	v := newVerifier(ctx, cfg, rep.report)
+	var keeper sync.WaitGroup
+	kctx, stop := context.WithCancel(ctx)
+	keeper.Go(func() { rep.keep(kctx, cfg) })
 	err = browse(ctx, cfg, &states{}, v.consider)
 	v.wait()
+	stop()
+	keeper.Wait()
 	return err
 }
 
@@ -163,30 +197,45 @@ func Browse(ctx context.Context, cfg BrowseConfig, found func(Advertised, netip.
 // link can run any number, each under a key of its own, and each reported
 // becomes a daemon's registrar, a registry huddle web polls, a pin. Places
 // are shared by source address (an IPv4 address, an IPv6 /64), so that one
-// host cannot take them all, and kept while Browse runs.
+// host cannot take them all, and kept while their registry verifies (see
+// BrowseConfig.ForgetAfter).
 const (
 	MaxRegistries          = 32
 	MaxRegistriesPerSource = 4
 	skipWarnEvery          = time.Minute
 )
 
-// reporter calls found for each verified answer Browse should report.
+// reporter calls found for each verified answer Browse should report, and
+// gone for each registry reported that has not verified for forgetAfter.
 type reporter struct {
-	log   *slog.Logger
-	found func(Advertised, netip.AddrPort)
+	log         *slog.Logger
+	found       func(Advertised, netip.AddrPort)
+	gone        func(Advertised) // nil: not told
+	forgetAfter time.Duration
+	now         func() time.Time
 
 	mu     sync.Mutex
 	last   map[string]netip.AddrPort // fingerprint|iface -> address reported; at most maxAnswerStates
-	keys   map[string]netip.Prefix   // fingerprint reported -> its first address's source
+	keys   map[string]*place         // fingerprint reported -> its place; at most MaxRegistries
 	warned time.Time                 // when a registry over the bounds was last logged
 }
 
+// place is a registry's place among those Browse reports.
+type place struct {
+	src  netip.Prefix   // its first address's source: what it counts under
+	r    Advertised     // its latest report
+	addr netip.AddrPort // and where that verified
+	seen time.Time      // when it last verified
+}
+
 func newReporter(log *slog.Logger, found func(Advertised, netip.AddrPort)) *reporter {
-	return &reporter{log: orDiscard(log), found: found, last: make(map[string]netip.AddrPort), keys: make(map[string]netip.Prefix)}
+	return &reporter{log: orDiscard(log), found: found, forgetAfter: DefaultForgetAfter, now: time.Now,
+		last: make(map[string]netip.AddrPort), keys: make(map[string]*place)}
 }
 
 // report reports r at addr unless it was reported there already, or it is
-// a registry over the bounds above.
+// a registry over the bounds above. Either way a registry reported already
+// is seen now.
 func (p *reporter) report(r Advertised, addr netip.AddrPort) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -195,14 +244,18 @@ func (p *reporter) report(r Advertised, addr netip.AddrPort) {
 	// address, and only the key is verified), and each reported name is
 	// a pin in huddle web's known_registries.
 	k := r.Fingerprint + "|" + r.Iface
+	pl := p.keys[r.Fingerprint]
+	if pl != nil {
+		pl.seen = p.now()
+	}
 	if prev, ok := p.last[k]; ok && prev == addr {
 		return
 	}
-	if _, ok := p.keys[r.Fingerprint]; !ok {
+	if pl == nil {
 		src := source(addr)
 		n := 0
-		for _, s := range p.keys {
-			if s == src {
+		for _, pl := range p.keys {
+			if pl.src == src {
 				n++
 			}
 		}
@@ -214,8 +267,10 @@ func (p *reporter) report(r Advertised, addr netip.AddrPort) {
 			}
 			return
 		}
-		p.keys[r.Fingerprint] = src
+		pl = &place{src: src, seen: p.now()}
+		p.keys[r.Fingerprint] = pl
 	}
+	pl.r, pl.addr = r, addr
 	if _, ok := p.last[k]; !ok && len(p.last) >= maxAnswerStates {
 		for old := range p.last { // any one: found is told again at worst
 			delete(p.last, old)
@@ -224,6 +279,80 @@ func (p *reporter) report(r Advertised, addr netip.AddrPort) {
 	}
 	p.last[k] = addr
 	p.found(r, addr)
+}
+
+// keep checks the places every forgetAfter/8 until ctx ends.
+func (p *reporter) keep(ctx context.Context, cfg BrowseConfig) {
+	t := time.NewTicker(max(p.forgetAfter/8, time.Millisecond))
+	defer t.Stop()
+	verify := func(ctx context.Context, r Advertised, addr netip.AddrPort) error {
+		ctx, cancel := context.WithTimeout(ctx, cfg.VerifyTimeout)
+		defer cancel()
+		return cfg.Verify(ctx, r, addr)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.check(ctx, verify)
+		}
+	}
+}
+
+// check verifies, at the address it was last reported at, each registry
+// that has not verified for half of forgetAfter (its answers verify every
+// recheckOK while they come, but a flood of others' answers may keep them
+// from the verifier's turns), all at once (at most MaxRegistries), then
+// forgets each that has not verified for forgetAfter and tells gone.
+func (p *reporter) check(ctx context.Context, verify func(context.Context, Advertised, netip.AddrPort) error) {
+	type due struct {
+		fp   string
+		r    Advertised
+		addr netip.AddrPort
+	}
+	var dues []due
+	p.mu.Lock()
+	for fp, pl := range p.keys {
+		if p.now().Sub(pl.seen) >= p.forgetAfter/2 {
+			dues = append(dues, due{fp, pl.r, pl.addr})
+		}
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, d := range dues {
+		wg.Go(func() {
+			if verify(ctx, d.r, d.addr) != nil {
+				return
+			}
+			p.mu.Lock()
+			if pl := p.keys[d.fp]; pl != nil {
+				pl.seen = p.now()
+			}
+			p.mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for fp, pl := range p.keys {
+		if p.now().Sub(pl.seen) < p.forgetAfter {
+			continue
+		}
+		delete(p.keys, fp)
+		for k := range p.last {
+			if strings.HasPrefix(k, fp+"|") {
+				delete(p.last, k)
+			}
+		}
+		p.log.Info("discovery: a registry has not verified for a while; forgetting it", "instance", pl.r.Instance, "addr", pl.addr, "fp", fp, "for", p.forgetAfter)
+		if p.gone != nil {
+			p.gone(pl.r)
+		}
+	}
 }
 
 // source is the unit registries are counted by: an IPv4 address, or an

@@ -25,6 +25,7 @@ import (
 // "is the advertised fingerprint the one listening there".
 type fakeRegistry struct {
 	addr netip.AddrPort
+	stop func() // closes it (also at cleanup)
 }
 
 func startFakeRegistry(t *testing.T, listen, fp string) *fakeRegistry {
@@ -45,8 +46,9 @@ func startFakeRegistry(t *testing.T, listen, fp string) *fakeRegistry {
 			pc.WriteTo([]byte(fp), from)
 		}
 	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return &fakeRegistry{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+	stop := sync.OnceFunc(func() { pc.Close(); <-done })
+	t.Cleanup(stop)
+	return &fakeRegistry{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort(), stop: stop}
 }
 
 // verifyFP is a Verify that asks the fake registry at addr for its
@@ -350,6 +352,64 @@ func TestBrowseSeesLateRegistry(t *testing.T) {
 		close(found)
 		for f := range found {
 			t.Errorf("reported again: %s", f)
+		}
+	})
+}
+
+// TestBrowseForgetsGone checks that Browse tells its caller of a registry
+// gone (Gone) after ForgetAfter without verifying, and keeps one that
+// still verifies although its answers are not verified again that soon
+// (recheckOK is longer): Browse verifies it at its address. Before, a
+// registry reported held its place while Browse ran.
+func TestBrowseForgetsGone(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		stays := startFakeRegistry(t, "127.0.0.1:0", "fp-stays")
+		leaves := startFakeRegistry(t, "127.0.0.1:0", "fp-leaves")
+		advertise(t, discovery.AdvertiserConfig{Host: "stays.local.", Port: int(stays.addr.Port()), Fingerprint: "fp-stays"})
+		left := advertise(t, discovery.AdvertiserConfig{Host: "leaves.local.", Port: int(leaves.addr.Port()), Fingerprint: "fp-leaves"})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		found := make(chan string, 10)
+		gone := make(chan string, 10)
+		done := make(chan error, 1)
+		go func() {
+			done <- discovery.Browse(ctx, discovery.BrowseConfig{Verify: verifyFP, QueryInterval: 200 * time.Millisecond, ForgetAfter: 800 * time.Millisecond,
+				Gone: func(r discovery.Advertised) { gone <- r.Fingerprint }, Logger: testLogger(t)},
+				func(r discovery.Advertised, addr netip.AddrPort) { found <- r.Fingerprint })
+		}()
+		next := func(c chan string, what string) string {
+			t.Helper()
+			select {
+			case f := <-c:
+				return f
+			case <-ctx.Done():
+				t.Fatalf("no %s reported", what)
+				return ""
+			}
+		}
+		seen := map[string]bool{next(found, "registry"): true, next(found, "registry"): true}
+		if !seen["fp-stays"] || !seen["fp-leaves"] {
+			t.Fatalf("found %v, want both registries", seen)
+		}
+		left.Close()
+		leaves.stop()
+		if got := next(gone, "registry gone"); got != "fp-leaves" {
+			t.Errorf("gone: %s, want fp-leaves (fp-stays still verifies)", got)
+		}
+		// Another round of checks passes with fp-stays kept: a new
+		// registry is found within it, and nothing more is gone.
+		again := startFakeRegistry(t, "127.0.0.1:0", "fp-new")
+		advertise(t, discovery.AdvertiserConfig{Host: "new.local.", Port: int(again.addr.Port()), Fingerprint: "fp-new"})
+		if got := next(found, "new registry"); got != "fp-new" {
+			t.Errorf("found %s, want fp-new", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		close(gone)
+		for g := range gone {
+			t.Errorf("also gone: %s", g)
 		}
 	})
 }

@@ -342,3 +342,86 @@ func TestResponderReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestBrowseFreesPlaces checks that a place among the registries Browse
+// reports is held while its registry verifies, not for as long as Browse
+// runs. Once MaxRegistries keys (or MaxRegistriesPerSource from one
+// address) had been reported, a registry found after that was never
+// reported, although those holding the places were long gone (laptops
+// that ran huddle up and left). Now one that has not verified for
+// forgetAfter is forgotten (gone is told) and a new one takes its place;
+// one that still verifies keeps its place, whatever others send.
+func TestBrowseFreesPlaces(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var got, gone []string
+	rep := newReporter(nil, func(r Advertised, addr netip.AddrPort) { got = append(got, r.Fingerprint) })
+	rep.gone = func(r Advertised) { gone = append(gone, r.Fingerprint) }
+	rep.now = func() time.Time { return now }
+	at := func(a string) netip.AddrPort { return netip.MustParseAddrPort(a) }
+	live := map[string]bool{"fp0": true, "fq0": true}
+	verify := func(_ context.Context, r Advertised, _ netip.AddrPort) error {
+		if live[r.Fingerprint] {
+			return nil
+		}
+		return errors.New("gone")
+	}
+	fill := func(prefix string) { // places all taken, and from 127.0.0.2
+		for i := range MaxRegistriesPerSource {
+			rep.report(Advertised{Fingerprint: fmt.Sprint("fp", prefix, i), Iface: "lo"}, at(fmt.Sprintf("127.0.0.2:%d", 1000+i)))
+		}
+		for i := range MaxRegistries {
+			rep.report(Advertised{Fingerprint: fmt.Sprint("fq", prefix, i), Iface: "lo"}, at(fmt.Sprintf("127.0.1.%d:7373", i+1)))
+		}
+	}
+	fill("")
+	if len(got) != MaxRegistries {
+		t.Fatalf("%d reported, want %d", len(got), MaxRegistries)
+	}
+	newcomer := func() bool {
+		n := len(got)
+		rep.report(Advertised{Fingerprint: "new", Iface: "lo"}, at("127.0.2.1:7373"))
+		rep.report(Advertised{Fingerprint: "new2", Iface: "lo"}, at("127.0.0.2:2000"))
+		return len(got) == n+2
+	}
+	// Within forgetAfter nothing is forgotten, verified or not.
+	now = now.Add(rep.forgetAfter - time.Second)
+	rep.check(context.Background(), verify)
+	if len(gone) != 0 || newcomer() {
+		t.Fatalf("forgot %q, or took a newcomer, before forgetAfter", gone)
+	}
+	// A flood of others' answers meanwhile changes nothing.
+	fill("flood")
+	now = now.Add(time.Second)
+	rep.check(context.Background(), verify)
+	if len(gone) != MaxRegistries-2 {
+		t.Errorf("%d registries forgotten after forgetAfter unverified, want %d (all but the two that verify)", len(gone), MaxRegistries-2)
+	}
+	for _, fp := range gone {
+		if live[fp] {
+			t.Errorf("%s forgotten although it verifies", fp)
+		}
+	}
+	if !newcomer() {
+		t.Error("a registry found once the places were freed was not reported")
+	}
+	// A flood takes the free places, and no more: the live ones keep theirs.
+	fill("flood2")
+	rep.mu.Lock()
+	n := len(rep.keys)
+	_, l0 := rep.keys["fp0"]
+	_, l1 := rep.keys["fq0"]
+	rep.mu.Unlock()
+	if n != MaxRegistries || !l0 || !l1 {
+		t.Errorf("after a flood: %d places taken (want %d), live ones kept: %v %v", n, MaxRegistries, l0, l1)
+	}
+	// A forgotten registry that comes back is reported again.
+	live["fp1"] = true
+	gone = gone[:0]
+	now = now.Add(rep.forgetAfter)
+	rep.check(context.Background(), verify)
+	k := len(got)
+	rep.report(Advertised{Fingerprint: "fp1", Iface: "lo"}, at("127.0.0.2:1001"))
+	if len(got) != k+1 {
+		t.Error("a forgotten registry that came back was not reported again")
+	}
+}
