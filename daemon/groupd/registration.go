@@ -180,7 +180,7 @@ func (rs *registrations) someListsAll() bool {
 // TTL asks. Places are shared by source address (an IPv4 address or an
 // IPv6 /64, as the server's limits count them), so that one host's
 // advertisements cannot take them all; configured registries are not
-// counted.
+// counted. A place is freed when Browse says its registry is gone (gone).
 const (
 	maxDiscovered        = 32 // registries found over mDNS registered with at once
 	maxDiscoveredPerAddr = 4  // of them at one source address
@@ -282,18 +282,37 @@ func (u *untrustedKeys) check(fp wire.Fingerprint, addr netip.AddrPort) error {
 // fp: a discovered registrar for the same key stops (without deregistering:
 // the leases are the same ones, now renewed by the configured registrar).
 func (rs *registrations) learned(fp wire.Fingerprint) {
+	if r := rs.dropDiscovered(fp); r != nil {
+		rs.d.cfg.Logger.Info("a registry found over mDNS is one given by address; registering there once", "registry", r.addrNow(), "fingerprint", fp.Short())
+		r.retire()
+	}
+}
+
+// gone is browse's report that the registry found with key fp has not
+// verified for a while (discovery.BrowseConfig.ForgetAfter): its registrar
+// stops, without deregistering (nobody is there to hear it), and its place
+// goes to the next one found. The registry's groups are registered there
+// again if it comes back (it is found anew).
+func (rs *registrations) gone(fp wire.Fingerprint) {
+	if r := rs.dropDiscovered(fp); r != nil {
+		rs.d.cfg.Logger.Info("a registry found over mDNS is gone; no longer registering there", "registry", r.addrNow(), "fingerprint", fp.Short())
+		r.retire()
+	}
+}
+
+// dropDiscovered takes the registrar found over mDNS with key fp, if any,
+// out of the registrations (freeing its place), and returns it to be
+// retired.
+func (rs *registrations) dropDiscovered(fp wire.Fingerprint) *registrar {
 	rs.mu.Lock()
+	defer rs.mu.Unlock()
 	r := rs.discovered[fp]
 	if r != nil {
 		delete(rs.discovered, fp)
 		rs.all = slices.DeleteFunc(rs.all, func(x *registrar) bool { return x == r })
 		rs.publishLocked()
 	}
-	rs.mu.Unlock()
-	if r != nil {
-		rs.d.cfg.Logger.Info("a registry found over mDNS is one given by address; registering there once", "registry", r.addrNow(), "fingerprint", fp.Short())
-		r.retire()
-	}
+	return r
 }
 
 // browse reports every registry mDNS finds (and finds again when it
@@ -318,6 +337,11 @@ func (rs *registrations) browse(ctx context.Context) {
 			d.cfg.Metrics.DiscoveryAnswer(err == nil)
 			return err
 		},
+	}
+	cfg.Gone = func(reg discovery.Advertised) {
+		if fp, err := wire.ParseFingerprint(reg.Fingerprint); err == nil {
+			rs.gone(fp)
+		}
 	}
 	found := func(reg discovery.Advertised, addr netip.AddrPort) {
 		if fp, err := wire.ParseFingerprint(reg.Fingerprint); err == nil {

@@ -769,3 +769,58 @@ func TestUntrustedKeysBounded(t *testing.T) {
 		t.Error("no warning")
 	}
 }
+
+// TestDiscoveredRegistriesGone: a place among the registries found over
+// mDNS is freed when Browse says its registry is gone. Once the places of
+// a source address, or all of them, were taken, they stayed taken for the
+// daemon's life by registries long gone (laptops that ran huddle up and
+// left), and a registry found after that was never registered with.
+func TestDiscoveredRegistriesGone(t *testing.T) {
+	d, stop := startGroupDaemon(t, Config{Registries: []string{"127.0.0.1:1"}})
+	defer stop()
+	eventually(t, "the registrations running", func() bool { return d.regs.Load() != nil })
+	rs := d.regs.Load()
+	has := func(fp wire.Fingerprint) bool {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.discovered[fp] != nil && slices.ContainsFunc(rs.all, func(r *registrar) bool { return r.pin == fp })
+	}
+	ctx := d.life.Ctx()
+	key := func(i int) wire.Fingerprint { return wire.Fingerprint{byte(i), byte(i >> 8), 79} }
+	for i := range maxDiscoveredPerAddr {
+		rs.found(ctx, key(i), fmt.Sprintf("127.0.0.2:%d", 1000+i))
+	}
+	for i := range maxDiscovered - maxDiscoveredPerAddr {
+		rs.found(ctx, key(100+i), fmt.Sprintf("127.0.1.%d:7373", i+1))
+	}
+	rs.found(ctx, key(50), "127.0.0.2:2000")
+	rs.found(ctx, key(200), "127.0.2.1:7373")
+	if has(key(50)) || has(key(200)) {
+		t.Fatal("a registry found past the bounds was registered with")
+	}
+	rs.mu.Lock()
+	goneOne := rs.discovered[key(0)]
+	rs.mu.Unlock()
+	rs.gone(key(0))   // at 127.0.0.2
+	rs.gone(key(100)) // elsewhere
+	rs.gone(key(300)) // never found: nothing happens
+	if has(key(0)) || has(key(100)) {
+		t.Error("a registry gone is still registered with")
+	}
+	select {
+	case <-goneOne.ctx.Done():
+	default:
+		t.Error("the registrar of a registry gone was not stopped")
+	}
+	rs.found(ctx, key(50), "127.0.0.2:2000")
+	rs.found(ctx, key(200), "127.0.2.1:7373")
+	if !has(key(50)) || !has(key(200)) {
+		t.Errorf("registries found once places were freed: registered with %v, %v; want both", has(key(50)), has(key(200)))
+	}
+	rs.mu.Lock()
+	n := len(rs.discovered)
+	rs.mu.Unlock()
+	if n != maxDiscovered {
+		t.Errorf("%d registries found in all, want %d", n, maxDiscovered)
+	}
+}
