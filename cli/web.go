@@ -94,8 +94,8 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	defer c.Close()
 	cfg := web.Config{Listen: listen, AllowRemote: allowRemote, Hosts: hosts, Client: c, Registries: registries, Logger: log}
 	if discover {
-		cfg.Discover = func(ctx context.Context, found func(*client.Registry)) error {
-			return discoverRegistries(ctx, ifaces, c, kh, found)
+		cfg.Discover = func(ctx context.Context, found func(*client.Registry), gone func(client.Fingerprint)) error {
+			return discoverRegistries(ctx, ifaces, c, kh, found, gone)
 		}
 	}
 	srv, err := web.New(cfg)
@@ -157,11 +157,16 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	return ExitOK
 }
 
-// discoverRegistries reports every registry mDNS finds and verifies, until
-// ctx ends.
-func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, found func(*client.Registry)) error {
+// discoverRegistries reports every registry mDNS finds and verifies to
+// found, and each of them gone to gone, until ctx ends.
+func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, found func(*client.Registry), gone func(client.Fingerprint)) error {
 	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: ifaces,
+		Gone: func(r discovery.Advertised) {
+			if fp, err := wire.ParseFingerprint(r.Fingerprint); err == nil {
+				gone(fp)
+			}
+		},
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			_, err := checkAdvertised(ctx, c, kh, r, addr)
 			return err

@@ -49,9 +49,10 @@ type Config struct {
 	// pinned) through Client.
 	Registries []string
 	// Discover, if set, finds further registries until ctx ends (mDNS),
-	// calling found for each one it has verified. Its error ends only
-	// discovery, and is logged.
-	Discover func(ctx context.Context, found func(*client.Registry)) error
+	// calling found for each one it has verified, and gone with the key of
+	// one found that is no longer there (its poller stops, its groups
+	// leave the list). Its error ends only discovery, and is logged.
+	Discover func(ctx context.Context, found func(*client.Registry), gone func(client.Fingerprint)) error
 
 	// Secret is the per-launch secret requests must carry. Default: 32
 	// random bytes, base64url. Tests set it.

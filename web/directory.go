@@ -44,7 +44,7 @@ type directory struct {
 	c        *client.Client
 	poll     time.Duration
 	log      *slog.Logger
-	discover func(context.Context, func(*client.Registry)) error
+	discover func(context.Context, func(*client.Registry), func(wire.Fingerprint)) error
 
 	ctx  context.Context // run's, once it started
 	wg   sync.WaitGroup  // every goroutine run started
@@ -71,6 +71,7 @@ type registryState struct {
 	at         time.Time // of entries
 	err        error     // of the last attempt
 	polled     bool      // an attempt has ended
+	stop       func()    // ends its poller; nil until it starts
 }
 
 type groupState struct {
@@ -146,15 +147,14 @@ func newDirectory(cfg Config) *directory {
 // until ctx ends; it returns once every goroutine it started has ended.
 func (d *directory) run(ctx context.Context) {
 	d.mu.Lock()
-	d.ctx = ctx
-	regs := slices.Clone(d.regs)
-	d.mu.Unlock()
-	for _, rs := range regs {
-		d.wg.Go(func() { d.pollRegistry(ctx, rs) })
+	d.ctx = ctx // addRegistry starts the pollers of those found from now on
+	for _, rs := range d.regs {
+		d.startPollLocked(ctx, rs)
 	}
+	d.mu.Unlock()
 	if d.discover != nil {
 		d.wg.Go(func() {
-			err := d.discover(ctx, d.addRegistry)
+			err := d.discover(ctx, d.addRegistry, d.removeRegistry)
 			if err != nil && ctx.Err() == nil {
 				d.log.Warn("registry discovery ended", "err", err)
 			}
@@ -162,6 +162,17 @@ func (d *directory) run(ctx context.Context) {
 	}
 	<-ctx.Done()
 	d.wg.Wait()
+}
+
+// startPollLocked starts rs's poller, which ends with ctx or rs.stop.
+// d.mu is held.
+func (d *directory) startPollLocked(ctx context.Context, rs *registryState) {
+	pctx, stop := context.WithCancel(ctx)
+	rs.stop = stop
+	d.wg.Go(func() {
+		defer stop()
+		d.pollRegistry(pctx, rs)
+	})
 }
 
 // pollRegistry lists rs every poll interval while the list is wanted.
@@ -213,8 +224,31 @@ func (d *directory) addRegistry(r *client.Registry) {
 	d.regs = append(d.regs, rs)
 	d.log.Info("registry found", "addr", r.Addr(), "fingerprint", r.Fingerprint().Short())
 	if ctx := d.ctx; ctx != nil && ctx.Err() == nil {
-		d.wg.Go(func() { d.pollRegistry(ctx, rs) })
+		d.startPollLocked(ctx, rs)
 	}
+}
+
+// removeRegistry drops the registry discovered with key fp, which
+// discovery says is gone: its poller stops and its groups leave the list.
+// A registry given by address is kept (it is polled until huddle web
+// stops).
+func (d *directory) removeRegistry(fp wire.Fingerprint) {
+	d.mu.Lock()
+	i := slices.IndexFunc(d.regs, func(rs *registryState) bool {
+		return rs.discovered && rs.reg != nil && rs.reg.Fingerprint() == fp
+	})
+	if i < 0 {
+		d.mu.Unlock()
+		return
+	}
+	rs := d.regs[i]
+	d.regs = slices.Delete(d.regs, i, i+1)
+	if rs.stop != nil {
+		rs.stop()
+	}
+	d.mu.Unlock()
+	d.log.Info("registry gone", "addr", rs.addr, "fingerprint", fp.Short())
+	d.merge()
 }
 
 // stream counts an event stream as open until the returned func is called.

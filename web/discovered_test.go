@@ -4,10 +4,15 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestDiscoveredRegistryByKey: a registry mDNS reports at another address
@@ -51,5 +56,67 @@ func TestDiscoveredRegistryByKey(t *testing.T) {
 			addrs = append(addrs, rs.addr)
 		}
 		t.Errorf("one key found at 3 addresses: registries %q, want one, at the latest (%s)", addrs, regs[2].Addr())
+	}
+}
+
+// TestDiscoveredRegistryGone: a registry discovery says is gone leaves the
+// directory, and its poller stops. huddle web polled every registry it had
+// found for as long as it ran, each by a goroutine of its own, and
+// discovery could free no place for a new one (Browse bounds the keys).
+func TestDiscoveredRegistryGone(t *testing.T) {
+	reg := startRegistry(t)
+	c := newClient(t)
+	found := make(chan func(*client.Registry), 1)
+	gone := make(chan func(wire.Fingerprint), 1)
+	d := newDirectory(Config{Client: c, Logger: testLogger(t), PollInterval: time.Second,
+		Discover: func(ctx context.Context, f func(*client.Registry), g func(wire.Fingerprint)) error {
+			found <- f
+			gone <- g
+			<-ctx.Done()
+			return nil
+		}})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan struct{})
+	go func() { d.run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	r, err := c.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+	must(t, err)
+	(<-found)(r)
+	until(t, "its poller running", func() bool { return pollers() == 1 })
+	d.merge()
+	d.mu.Lock()
+	listed := len(d.list.Registries)
+	d.mu.Unlock()
+	if listed != 1 {
+		t.Fatalf("a registry found: %d listed, want 1", listed)
+	}
+	(<-gone)(reg.Fingerprint())
+	until(t, "its poller stopped", func() bool { return pollers() == 0 })
+	d.mu.Lock()
+	kept := len(d.regs)
+	listed = len(d.list.Registries)
+	d.mu.Unlock()
+	if kept != 0 || listed != 0 {
+		t.Errorf("a registry gone: %d registries kept, %d listed; want none", kept, listed)
+	}
+}
+
+// pollers counts the goroutines polling a registry.
+func pollers() int {
+	buf := make([]byte, 1<<20)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), "web.(*directory).pollRegistry(")
+}
+
+// until waits for cond, checking it every 10 ms, and fails t when the
+// test's context ends first.
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	ctx := testCtx(t)
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("gave up waiting for %s", what)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
