@@ -72,7 +72,11 @@
 //
 // Browse reports each registry by instance name, fingerprint and
 // interface, and again only when it moves: two registries, even under one
-// name, are two reports, never one that flaps between them.
+// name, are two reports, never one that flaps between them. It reports at
+// most MaxRegistries keys, MaxRegistriesPerSource from one source address,
+// each holding its place while it verifies: one that has not verified for
+// ForgetAfter (its answers, or Browse's own check at its address when they
+// do not get their turn) is forgotten, and Gone says so.
 //
 // # Interfaces
 //
