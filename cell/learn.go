@@ -72,6 +72,7 @@ func (n *Node) learning() bool {
 // configuration and accepts the members named.
 func (n *Node) learnMembers() {
 	var learned []Peer
+	refused := make(map[wire.Fingerprint]bool)
 	for _, p := range n.tr.peerList() {
 		if p == n.self {
 			continue
@@ -80,6 +81,9 @@ func (n *Node) learnMembers() {
 		ms, err := n.askMembers(ctx, p.Addr)
 		cancel()
 		if err != nil {
+			if refusedKey(err) {
+				refused[p.Fingerprint] = true
+			}
 			n.cfg.Logger.Debug("cell: could not ask a member for the cell's members", "member", p.Addr, "err", err)
 			continue
 		}
@@ -89,6 +93,7 @@ func (n *Node) learnMembers() {
 			}
 		}
 	}
+	n.noteRefused(refused)
 	if len(learned) == 0 {
 		return // none answered: what was learnt before stays
 	}
@@ -100,6 +105,61 @@ func (n *Node) learnMembers() {
 		n.cfg.Logger.Info("cell: learnt the cell's members from a member", "members", len(learned))
 		n.refreshPeers()
 	}
+}
+
+// A member removed whose removal's entry never reached it (the leader
+// stops replicating to a member as it appends its removal, after one
+// last try, which a dropped connection or a busy network loses) still
+// finds itself in its configuration: it would stand for election without
+// end, refused by the others, and its daemon would serve the cell's
+// groups from a log that no longer advances (fetches, watches, the
+// registry's listing) and answer sends naming no leader. It asks the
+// members for the cell's configuration like any member that knows of no
+// leader, and each that applied its removal refuses its key (SetPeers):
+// once a majority of its configuration's voters refused it in one round
+// (it can then neither lead nor follow a leader of that configuration),
+// it takes itself as removed (noteRefused) and tells its daemon, which
+// stops serving the groups, as if it had applied its removal. The
+// others refuse a key only once they applied a configuration without it,
+// which the cell committed: a member that is down, or slow, answers no
+// refusal, and is not counted. Once the member hears from a leader after
+// all (added again), the next configuration it applies says whether it is
+// a member, as for any member removed (watchLeader, applied).
+
+// noteRefused takes this member as removed if a majority of its
+// configuration's voters are in refused (their keys): they refused its
+// key.
+func (n *Node) noteRefused(refused map[wire.Fingerprint]bool) {
+	if len(refused) == 0 || !n.Member() {
+		return
+	}
+	n.learnMu.Lock()
+	c := n.conf.Clone()
+	n.learnMu.Unlock()
+	self := raft.ServerID(n.self.Fingerprint.String())
+	var left raft.Configuration
+	voters, refusing := 0, 0
+	for _, s := range c.Servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+		if s.ID == self {
+			continue
+		}
+		left.Servers = append(left.Servers, s)
+		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil && s.Suffrage == raft.Voter && refused[fp] {
+			refusing++
+		}
+	}
+	if len(left.Servers) == len(c.Servers) || refusing < voters/2+1 {
+		return // not in it, or no majority of its voters refuses
+	}
+	if _, ok := n.Leader(); ok {
+		return // heard from one meanwhile
+	}
+	n.refusedOut.Store(true)
+	n.cfg.Logger.Warn("cell: a majority of the cell's members refuse this daemon's key: it was removed from the cell, and never had the entry that removes it")
+	n.noteConfig(left)
 }
 
 // forgetLearned forgets the members learnt, once the configuration the

@@ -148,6 +148,18 @@ func (t *Transport) peerAttrs(addr string) []any {
 	return []any{"peer", fp.Short(), "addr", addr}
 }
 
+// refusedKey reports whether err, of a QUIC connection to a member or a
+// stream on it, says the member refused this daemon's key: its TLS check
+// failed the handshake (VerifyPeer: a remote crypto error), or it closed
+// the connection as not a member's (connRefused), as SetPeers does when
+// the key leaves the cell.
+func refusedKey(err error) bool {
+	var tr *quic.TransportError
+	var app *quic.ApplicationError
+	return errors.As(err, &tr) && tr.Remote && tr.ErrorCode.IsCryptoError() ||
+		errors.As(err, &app) && app.Remote && app.ErrorCode == connRefused
+}
+
 // watch waits for d's QUIC connection to addr to end. If it ended by the
 // peer's doing (it stopped, restarted and answered with a stateless reset,
 // or went silent past the idle timeout) rather than this daemon's, d is
@@ -168,8 +180,7 @@ func (t *Transport) watch(addr string, d *dialed) {
 		return // closed here: replaced, or the peer left the cell
 	}
 	t.forget(addr, d)
-	var tr *quic.TransportError
-	if errors.As(cause, &tr) && tr.Remote && tr.ErrorCode.IsCryptoError() || errors.As(cause, &app) && app.ErrorCode == connRefused {
+	if refusedKey(cause) {
 		// Refused: not a member of the peer's cell (yet, or any more).
 		// Dialing again now would be refused again.
 		t.log.Debug("cell: member refuses this daemon's key on QUIC", append(t.peerAttrs(addr), "reason", cause)...)

@@ -454,6 +454,77 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 	return true
 }
 
+// TestRemovedMissingRemovalLearns: a member removed whose removal's entry
+// never reaches it (here its raft listener holds the AppendEntries that
+// carries it, as a connection lost at that moment would lose it) finds
+// itself removed all the same: the others refuse its key, and it takes
+// itself out of the cell and tells its daemon (MembersChanged without
+// it), which stops serving the cell's groups. The cell goes on under its
+// leader, and takes it back when it is added again. (It took itself for a
+// member without end: its raft stood for
+// election, refused by the others; Member and Voter stayed true, so its
+// daemon served fetches and watches of a log that no longer advanced,
+// kept its registrations, and answered sends naming no leader.)
+func TestRemovedMissingRemovalLearns(t *testing.T) {
+	var victimAddr atomic.Pointer[string]
+	var held atomic.Bool
+	var told atomic.Pointer[[]Peer]
+	hold := make(chan struct{})
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		self, fp := cfg.Advertise, cfg.Identity.Fingerprint()
+		cfg.MembersChanged = func(ms []Peer) {
+			if a := victimAddr.Load(); a != nil && *a == self {
+				told.Store(&ms)
+			}
+		}
+		cfg.received = func(req any) {
+			ae, ok := req.(*raft.AppendEntriesRequest)
+			if a := victimAddr.Load(); !ok || a == nil || *a != self {
+				return
+			}
+			for _, e := range ae.Entries {
+				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) && held.CompareAndSwap(false, true) {
+					<-hold // never reaches raft (sent again once it is added back)
+				}
+			}
+		}
+	})
+	t.Cleanup(func() { close(hold) }) // before the members stop
+	l := c.leader()
+	victim := c.follower()
+	victimAddr.Store(&victim.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, victim.id.Fingerprint()); err != nil {
+		t.Fatalf("remove member: %v", err)
+	}
+	waitUntil(t, "the member removed to take itself out of the cell", func() bool {
+		return !victim.node.Member() && !victim.node.Voter()
+	})
+	if f := victim.node.raft.GetConfiguration(); f.Error() != nil || !listed(f.Configuration(), victim.id.Fingerprint()) {
+		t.Fatalf("the member removed has its removal in raft (held %v): the test's fault did not hold", held.Load())
+	}
+	waitUntil(t, "the member removed to tell its daemon", func() bool {
+		ms := told.Load()
+		return ms != nil && len(*ms) == 2 && !slices.ContainsFunc(*ms, func(p Peer) bool { return p.Fingerprint == victim.id.Fingerprint() })
+	})
+	if _, ok := victim.node.Leader(); ok {
+		t.Error("the member removed names a leader")
+	}
+	// Its daemon's answers name the replicas from Status: the others.
+	if _, ok := memberOf(victim.node.Status(), victim.id.Fingerprint()); ok {
+		t.Error("the member removed lists itself among the cell's members")
+	}
+	if err := l.node.Leading(); err != nil {
+		t.Errorf("the cell's leader, once the member removed took itself out: %v", err)
+	}
+	// Added back, it is a member again, and votes once caught up.
+	if err := l.node.AddMember(ctx, l.node.Self().Fingerprint, Peer{Addr: victim.addr, Fingerprint: victim.id.Fingerprint()}); err != nil {
+		t.Fatalf("add the member back: %v", err)
+	}
+	waitUntil(t, "the member added back to vote", func() bool { return victim.node.Member() && victim.node.Voter() })
+}
+
 // TestRemoveLeaderNextUnknown: the leader asked to remove itself, with no
 // deadline (as a daemon's cell_remove is asked), answers once it knows
 // the next leader or RPCTimeout passed, whichever is first: here the new

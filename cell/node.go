@@ -315,6 +315,13 @@ type Node struct {
 	// applied: a daemon removed from the cell says so once. voter says
 	// it votes there: not while it is catching up (members.go).
 	member, voter atomic.Bool
+	memberMu      sync.Mutex // held by noteMembership
+	// refusedOut says a majority of its configuration's voters refused
+	// this member's key while it knew no leader: it takes itself as
+	// removed, though raft's latest configuration still lists it
+	// (learn.go, noteRefused), until it hears from a leader or applies a
+	// configuration.
+	refusedOut atomic.Bool
 
 	// live is raft once Start has started it (running).
 	live atomic.Pointer[raft.Raft]
@@ -544,6 +551,7 @@ func (n *Node) configured(c raft.Configuration) {
 // than the one its log ends with, and the leader of now may be in none of
 // them (see accepted).
 func (n *Node) applied(c raft.Configuration, index uint64) {
+	n.refusedOut.Store(false) // the leader's word, from the log
 	n.decide(c, index)
 	n.noteConfig(c)
 	if r := n.running(); r != nil {
@@ -563,6 +571,7 @@ func (n *Node) applied(c raft.Configuration, index uint64) {
 // that was away, perhaps never) it accepted the keys of its flags, or of
 // its own log's last configuration, a member removed meanwhile among them.
 func (n *Node) installed() {
+	n.refusedOut.Store(false)                                       // the leader's word, its snapshot
 	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 { // the snapshot installed is the newest
 		n.decide(metas[0].Configuration, metas[0].ConfigurationIndex)
 	}
@@ -754,12 +763,16 @@ func accepted(self Peer, flags []Peer, conf raft.Configuration, learned []Peer) 
 // says so once when it no longer does: it was removed from the cell. (A
 // removed member may never learn that its removal was committed; it sees
 // it in raft's latest configuration, which watchLeader checks when the
-// leader's heartbeats stop reaching it.) It reports whether c changed
-// whether this daemon is a member, or votes.
+// leader's heartbeats stop reaching it, or learns it from the others'
+// refusals: refusedOut, learn.go.) It reports whether c changed whether
+// this daemon is a member, or votes.
 func (n *Node) noteMembership(c raft.Configuration) (changed bool) {
+	n.memberMu.Lock()
+	defer n.memberMu.Unlock()
 	self := raft.ServerID(n.self.Fingerprint.String())
-	in := slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self })
-	voter := n.voter.Swap(slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
+	out := n.refusedOut.Load()
+	in := !out && slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self })
+	voter := n.voter.Swap(!out && slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
 	was := n.member.Swap(in)
 	if was && !in {
 		n.cfg.Logger.Warn("cell: this daemon was removed from the cell; it takes no part in it any more (stop it, or add it again with huddle cell add)")
@@ -836,6 +849,13 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 		last, known = p, ok
 		if n.cfg.LeaderChanged != nil {
 			n.cfg.LeaderChanged(p, ok)
+		}
+		if ok {
+			// Taken as removed when the others refused its key (learn.go),
+			// it hears from a leader after all (added again): the
+			// configuration it applies from the leader says again, as for
+			// any member removed and added back.
+			n.refusedOut.Store(false)
 		}
 		if f := n.raft.GetConfiguration(); !ok && f.Error() == nil {
 			if c := f.Configuration(); n.noteMembership(c) {

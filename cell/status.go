@@ -24,7 +24,8 @@ type Status struct {
 	// LastContact is how long ago this member last heard from the leader:
 	// 0 on the leader, negative if never.
 	LastContact time.Duration
-	// Members are the cell's members in its latest configuration.
+	// Members are the cell's members in its latest configuration (but
+	// for this member, if the others refused it as removed: learn.go).
 	Members []MemberStatus
 	// Groups are the cell's groups as this member holds them.
 	Groups []GroupStatus
@@ -67,10 +68,11 @@ func (n *Node) Status() Status {
 	case !last.IsZero():
 		s.LastContact = time.Since(last)
 	}
+	out := n.refusedOut.Load() // removed, though raft's configuration lists it (learn.go)
 	if f := r.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			fp, err := wire.ParseFingerprint(string(srv.ID))
-			if err != nil {
+			if err != nil || out && fp == n.self.Fingerprint {
 				continue
 			}
 			m := MemberStatus{Peer: Peer{Addr: string(srv.Address), Fingerprint: fp}, Voter: srv.Suffrage == raft.Voter}
