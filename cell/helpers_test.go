@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/raft"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/qlog"
 
@@ -423,6 +424,51 @@ func (c *testCell) leader() *testMember {
 	}
 	c.t.Fatal("no leader within the deadline")
 	return nil
+}
+
+// term returns the highest raft term among c's running members: it
+// changes when any of them stands for election.
+func (c *testCell) term() uint64 {
+	var term uint64
+	for _, m := range c.members {
+		if m.node != nil {
+			term = max(term, m.node.raft.CurrentTerm())
+		}
+	}
+	return term
+}
+
+// oneLeader runs scenario on a new cell of n members (newTestCell's
+// mutate) with the member that leads it, until the scenario has run
+// with no election: a scenario that asks one leader for several things
+// fails if that member is deposed meanwhile, as when members starved of
+// CPU on a loaded machine stand for election. The scenario returns what
+// it found wrong instead of failing the test. Found with the cell's term
+// unchanged and the member still leading, that fails the test; found
+// after an election, the scenario runs again on a new cell, tries times
+// at most, and the last try's fault fails the test. The scenario's own
+// holds must be released (defer) before it returns: the cell stops then.
+func oneLeader(t *testing.T, tries, n int, mutate func(*Config), scenario func(c *testCell, l *testMember) error) {
+	t.Helper()
+	for try := 1; ; try++ {
+		c := newTestCell(t, n, false, mutate)
+		l := c.leader()
+		term := c.term()
+		err := scenario(c, l)
+		deposed := l.node == nil || l.node.raft.State() != raft.Leader || c.term() != term
+		for _, m := range c.members {
+			m.stop()
+		}
+		switch {
+		case err == nil:
+			return
+		case !deposed:
+			t.Fatal(err)
+		case try == tries:
+			t.Fatalf("an election came during each of %d tries on new cells; the last: %v", tries, err)
+		}
+		t.Logf("try %d: an election came during the scenario (%v); again on a new cell", try, err)
+	}
 }
 
 // group waits until m's node has the cell's group named name, and returns

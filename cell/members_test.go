@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -215,9 +216,9 @@ func TestChangeDecidedBeforeRemoval(t *testing.T) {
 		{"add", func(n *Node, by wire.Fingerprint, c *testCell) (func(Status) bool, error) {
 			id, err := identity.Generate()
 			if err != nil {
-				t.Fatal(err)
+				c.t.Fatal(err)
 			}
-			stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+			stranger := Peer{Addr: testport.Cell(c.t), Fingerprint: id.Fingerprint()}
 			err = n.AddMember(context.Background(), by, stranger)
 			return func(st Status) bool { _, ok := memberOf(st, stranger.Fingerprint); return !ok }, err
 		}},
@@ -233,29 +234,30 @@ func TestChangeDecidedBeforeRemoval(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newTestCell(t, 3, false, nil)
-			l := c.leader()
-			victim := c.follower()
-			by := victim.id.Fingerprint()
-			var removed error
-			l.node.beforeChange = func() {
-				l.node.beforeChange = nil
-				removed = l.node.raft.RemoveServer(raft.ServerID(by.String()), 0, time.Second).Error()
-			}
-			undone, err := tc.change(l.node, by, c)
-			if removed != nil {
-				t.Fatalf("removing the key's member between the decision and the change: %v", removed)
-			}
-			if !errors.Is(err, ErrUnavailable) {
-				t.Errorf("the change decided before the key's removal was appended: %v, want ErrUnavailable", err)
-			}
-			st := l.node.Status()
-			if _, ok := memberOf(st, by); ok || !undone(st) {
-				t.Fatalf("the cell after the removal and the change decided before it: %+v", st.Members)
-			}
-			if _, err := tc.change(l.node, by, c); !errors.Is(err, ErrNotAllowed) {
-				t.Fatalf("the change asked again by the key removed: %v, want ErrNotAllowed", err)
-			}
+			oneLeader(t, 3, 3, nil, func(c *testCell, l *testMember) error {
+				victim := c.members[slices.IndexFunc(c.members, func(m *testMember) bool { return m != l })]
+				by := victim.id.Fingerprint()
+				var removed error
+				l.node.beforeChange = func() {
+					l.node.beforeChange = nil
+					removed = l.node.raft.RemoveServer(raft.ServerID(by.String()), 0, time.Second).Error()
+				}
+				undone, err := tc.change(l.node, by, c)
+				if removed != nil {
+					return fmt.Errorf("removing the key's member between the decision and the change: %v", removed)
+				}
+				if !errors.Is(err, ErrUnavailable) {
+					return fmt.Errorf("the change decided before the key's removal was appended: %v, want ErrUnavailable", err)
+				}
+				st := l.node.Status()
+				if _, ok := memberOf(st, by); ok || !undone(st) {
+					return fmt.Errorf("the cell after the removal and the change decided before it: %+v", st.Members)
+				}
+				if _, err := tc.change(l.node, by, c); !errors.Is(err, ErrNotAllowed) {
+					return fmt.Errorf("the change asked again by the key removed: %v, want ErrNotAllowed", err)
+				}
+				return nil
+			})
 		})
 	}
 }
