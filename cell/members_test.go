@@ -267,34 +267,40 @@ func TestChangeDecidedBeforeRemoval(t *testing.T) {
 // refused because another came first (raft's condition on a change,
 // TestChangeDecidedBeforeRemoval, would refuse the second).
 func TestChangesAskedTogether(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	var strangers []Peer
-	for range 2 {
-		id, err := identity.Generate()
+	oneLeader(t, 3, 3, nil, func(c *testCell, l *testMember) error {
+		var strangers []Peer
+		for range 2 {
+			id, err := identity.Generate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			strangers = append(strangers, Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
+		}
+		by := l.node.Self().Fingerprint
+		second := make(chan error, 1)
+		asked := false
+		l.node.beforeChange = func() {
+			l.node.beforeChange = nil
+			asked = true
+			go func() { second <- l.node.AddMember(context.Background(), by, strangers[1]) }()
+		}
+		err := l.node.AddMember(context.Background(), by, strangers[0])
+		if asked {
+			if err := <-second; err != nil {
+				return fmt.Errorf("the change asked while the first was made: %v", err)
+			}
+		}
 		if err != nil {
-			t.Fatal(err)
+			return fmt.Errorf("the first change: %v", err)
 		}
-		strangers = append(strangers, Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()})
-	}
-	by := l.node.Self().Fingerprint
-	second := make(chan error, 1)
-	l.node.beforeChange = func() {
-		l.node.beforeChange = nil
-		go func() { second <- l.node.AddMember(context.Background(), by, strangers[1]) }()
-	}
-	if err := l.node.AddMember(context.Background(), by, strangers[0]); err != nil {
-		t.Fatalf("the first change: %v", err)
-	}
-	if err := <-second; err != nil {
-		t.Fatalf("the change asked while the first was made: %v", err)
-	}
-	st := l.node.Status()
-	for _, p := range strangers {
-		if _, ok := memberOf(st, p.Fingerprint); !ok {
-			t.Fatalf("%s not in the cell's members after both changes: %+v", p.Fingerprint.Short(), st.Members)
+		st := l.node.Status()
+		for _, p := range strangers {
+			if _, ok := memberOf(st, p.Fingerprint); !ok {
+				return fmt.Errorf("%s not in the cell's members after both changes: %+v", p.Fingerprint.Short(), st.Members)
+			}
 		}
-	}
+		return nil
+	})
 }
 
 // TestAddRefusedNotAccepted: a member whose addition raft refused (here
