@@ -311,29 +311,33 @@ func TestChangesAskedTogether(t *testing.T) {
 // never added could open the cell's streams (a catch-up reads a group's
 // messages).
 func TestAddRefusedNotAccepted(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	other := c.follower()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
-	l.node.beforeChange = func() {
-		l.node.beforeChange = nil
-		if err := l.node.raft.RemoveServer(raft.ServerID(other.id.Fingerprint().String()), 0, time.Second).Error(); err != nil {
-			t.Errorf("the change that comes between: %v", err)
+	oneLeader(t, 3, 3, nil, func(c *testCell, l *testMember) error {
+		other := c.members[slices.IndexFunc(c.members, func(m *testMember) bool { return m != l })]
+		id, err := identity.Generate()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if err := l.node.AddMember(context.Background(), l.node.Self().Fingerprint, stranger); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("an addition another change came before: %v, want ErrUnavailable", err)
-	}
-	if l.node.tr.Member(stranger.Fingerprint) {
-		t.Fatal("the leader's transport accepts the key whose addition raft refused")
-	}
-	if _, ok := memberOf(l.node.Status(), stranger.Fingerprint); ok {
-		t.Fatal("the key whose addition raft refused is in the cell's configuration")
-	}
+		stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+		var between error
+		l.node.beforeChange = func() {
+			l.node.beforeChange = nil
+			between = l.node.raft.RemoveServer(raft.ServerID(other.id.Fingerprint().String()), 0, time.Second).Error()
+		}
+		err = l.node.AddMember(context.Background(), l.node.Self().Fingerprint, stranger)
+		if between != nil {
+			return fmt.Errorf("the change that comes between: %v", between)
+		}
+		if !errors.Is(err, ErrUnavailable) {
+			return fmt.Errorf("an addition another change came before: %v, want ErrUnavailable", err)
+		}
+		if l.node.tr.Member(stranger.Fingerprint) {
+			return errors.New("the leader's transport accepts the key whose addition raft refused")
+		}
+		if _, ok := memberOf(l.node.Status(), stranger.Fingerprint); ok {
+			return errors.New("the key whose addition raft refused is in the cell's configuration")
+		}
+		return nil
+	})
 }
 
 // TestRemoveLeaderWhileChangeWaits: the leader asked to remove itself
