@@ -3,7 +3,6 @@ package cell
 import (
 	"errors"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -39,15 +38,8 @@ func TestElectionOnReadyConnections(t *testing.T) {
 	g.node.tr.mu.Unlock()
 	c.restart(f)
 
-	// Wait for f's connection to g, and g's (dialed after f's restart) to f.
-	deadline := time.Now().Add(waitTimeout)
-	for !readyTo(f, g, 0) || !readyTo(g, f, before) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no ready connections between the followers within %v: %s to %s %v, back %v",
-				waitTimeout, f.addr, g.addr, readyTo(f, g, 0), readyTo(g, f, before))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(t, "ready connections between the followers, the restarted one's and one dialed back to it after its restart",
+		func() bool { return readyTo(f, g, 0) && readyTo(g, f, before) })
 	for _, m := range []*testMember{f, g} {
 		m.node.tr.mu.Lock()
 		m.node.tr.dialFault = func() error { return errNoDial }
@@ -55,13 +47,8 @@ func TestElectionOnReadyConnections(t *testing.T) {
 	}
 	leader.crash()
 
-	deadline = time.Now().Add(waitTimeout)
-	for f.node.raft.State() != raft.Leader && g.node.raft.State() != raft.Leader {
-		if time.Now().After(deadline) {
-			t.Fatalf("no leader elected within %v with dials blocked: the followers had no connection ready to each other", waitTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(t, "a leader elected with dials blocked (over connections the followers held ready to each other)",
+		func() bool { return f.node.raft.State() == raft.Leader || g.node.raft.State() == raft.Leader })
 	for _, m := range []*testMember{f, g} {
 		m.node.tr.mu.Lock()
 		m.node.tr.dialFault = nil
