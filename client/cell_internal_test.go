@@ -264,29 +264,8 @@ func TestCellFarMember(t *testing.T) {
 	defer wg.Wait()
 	defer tr.Close() // and every connection on it
 	// A member that acknowledges every send.
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer conn.CloseWithError(0, "")
-				for seq := uint64(1); ; seq++ {
-					st, err := conn.AcceptStream(context.Background())
-					if err != nil {
-						return
-					}
-					wg.Go(func() {
-						defer st.Close()
-						if _, err := wire.ReadFrame(st, nil, 0); err != nil {
-							return
-						}
-						wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
-					})
-				}
-			})
-		}
+	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
 	})
 	relay, err := udpproxy.New(ln.Addr().String())
 	if err != nil {
@@ -329,32 +308,7 @@ func TestCellFarMember(t *testing.T) {
 func TestCellFarLeaderNamed(t *testing.T) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// member serves every request on ln with answer's frame.
-	member := func(ln *quic.Listener, answer func(st *quic.Stream, seq uint64)) {
-		wg.Go(func() {
-			for {
-				conn, err := ln.Accept(context.Background())
-				if err != nil {
-					return
-				}
-				wg.Go(func() {
-					defer conn.CloseWithError(0, "")
-					for seq := uint64(1); ; seq++ {
-						st, err := conn.AcceptStream(context.Background())
-						if err != nil {
-							return
-						}
-						wg.Go(func() {
-							defer st.Close()
-							if _, err := wire.ReadFrame(st, nil, 0); err == nil {
-								answer(st, seq)
-							}
-						})
-					}
-				})
-			}
-		})
-	}
+	member := func(ln *quic.Listener, answer func(st *quic.Stream, seq uint64)) { serveMember(&wg, ln, answer) }
 	const oneWay = 300 * time.Millisecond
 	relayed := func(ln *quic.Listener) *udpproxy.Proxy {
 		r, err := udpproxy.New(ln.Addr().String())
@@ -399,4 +353,33 @@ func TestCellFarLeaderNamed(t *testing.T) {
 	if strings.Contains(log, "passing over the leader named") {
 		t.Errorf("the client passed over the leader its follower named, whose handshake had failed only for the path's length; the client's events:\n%s", log)
 	}
+}
+
+// serveMember serves every request on ln with answer's frame (seq counts
+// the requests of each connection from 1), on goroutines of wg, until ln
+// closes.
+func serveMember(wg *sync.WaitGroup, ln *quic.Listener, answer func(st *quic.Stream, seq uint64)) {
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer conn.CloseWithError(0, "")
+				for seq := uint64(1); ; seq++ {
+					st, err := conn.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					wg.Go(func() {
+						defer st.Close()
+						if _, err := wire.ReadFrame(st, nil, 0); err == nil {
+							answer(st, seq)
+						}
+					})
+				}
+			})
+		}
+	})
 }
