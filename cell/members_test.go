@@ -392,16 +392,9 @@ func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
 // replicating to it as it appends the removal, after one last try, which
 // on a loaded machine may not reach it (it then stands for election, as a
 // member, refused by the others). Only then does the scenario run again,
-// on a new cell, at most removedTries times in all.
+// on a new cell, at most 3 times in all.
 func TestRemovedUnappliedTellsDaemon(t *testing.T) {
-	const removedTries = 3
-	for try := 1; try <= removedTries; try++ {
-		if removedUnappliedTellsDaemon(t) {
-			return
-		}
-		t.Logf("try %d: the member removed never had its removal's entry; again", try)
-	}
-	t.Fatalf("in %d tries on new cells, the member removed never had its removal's entry", removedTries)
+	rerunOnNewCells(t, 3, "the member removed never had its removal's entry", removedUnappliedTellsDaemon)
 }
 
 // removedUnappliedTellsDaemon runs TestRemovedUnappliedTellsDaemon's
@@ -549,16 +542,9 @@ func TestRemovedMissingRemovalLearns(t *testing.T) {
 // own and elected again while it hands over (members starved of CPU
 // stand for election): it leads when the hand-over's time is out and
 // rightly answers ErrUnavailable. Only then does the scenario run again,
-// on a new cell, at most nextUnknownTries times in all.
+// on a new cell, at most 3 times in all.
 func TestRemoveLeaderNextUnknown(t *testing.T) {
-	const nextUnknownTries = 3
-	for try := 1; try <= nextUnknownTries; try++ {
-		if removeLeaderNextUnknown(t) {
-			return
-		}
-		t.Logf("try %d: the leader asked was deposed and elected again while it handed over; again", try)
-	}
-	t.Fatalf("in %d tries on new cells, the leader asked was deposed and elected again during each", nextUnknownTries)
+	rerunOnNewCells(t, 3, "the leader asked was deposed and elected again while it handed over", removeLeaderNextUnknown)
 }
 
 // removeLeaderNextUnknown runs TestRemoveLeaderNextUnknown's scenario on
