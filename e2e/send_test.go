@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -21,16 +22,7 @@ import (
 func TestSendOutcomeUnknown(t *testing.T) {
 	t.Parallel()
 	gd, _, alice := lobbySaidHello(t)
-	if err := gd.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			gd.proc.cmd.Process.Signal(syscall.SIGCONT)
-		}
-	}
+	resume := freeze(t, gd.proc)
 	defer resume()
 	r := alice.run(t, "send", "lobby", "--timeout", "1500ms", "deploy", "done")
 	m := regexp.MustCompile(`retry it with --id ([0-9a-f-]{36}) to have it stored once`).FindStringSubmatch(r.stderr)
@@ -75,16 +67,7 @@ func TestSendLinesOutcomeUnknown(t *testing.T) {
 	if !p.stdout.waitFor(waitTimeout, func(lines []string) bool { return len(lines) > 0 }) {
 		t.Fatalf("no ack of the first line:\n%s", p.stderr)
 	}
-	if err := gd.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			gd.proc.cmd.Process.Signal(syscall.SIGCONT)
-		}
-	}
+	resume := freeze(t, gd.proc)
 	defer resume()
 	texts := map[int]string{2: "second", 3: "third"}
 	if _, err := io.WriteString(p.stdin, "second\nthird\n"); err != nil {
@@ -149,4 +132,15 @@ func TestSendFromTheTerminal(t *testing.T) {
 		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "sent #") }) &&
 			slices.Contains(lines, "send exited with code 0")
 	})
+}
+
+// freeze stops p (SIGSTOP) and returns what resumes it (SIGCONT), which
+// does so once however often it is called.
+func freeze(t *testing.T, p *proc) (resume func()) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { p.cmd.Process.Signal(syscall.SIGCONT) }) }
 }

@@ -134,15 +134,7 @@ func TestDirectoryMemberCount(t *testing.T) {
 	id := a.groupID("lobby")
 
 	ctx := testCtx(t)
-	bob := newClient(t)
-	reg, err := bob.Registry(ctx, r.Addr().String(), r.Fingerprint())
-	must(t, err)
-	list, err := reg.List(ctx)
-	must(t, err)
-	lobby, err := reg.Group(list.Groups[0])
-	must(t, err)
-	_, err = lobby.Join(ctx, "bob", nil)
-	must(t, err)
+	_, lobby := bobInFirstGroup(ctx, t, r)
 	s.waitGroups("bob counted", func(l listJSON) bool { return len(l.Groups) == 1 && l.Groups[0].Members == 1 })
 	stopRegistry(t, r)
 	s.waitGroups("the registry reported down", func(l listJSON) bool { return !l.Registries[0].OK })
@@ -219,15 +211,7 @@ func TestDirectoryEpochAfterRestart(t *testing.T) {
 	first := s.waitGroups("lobby with its epoch", func(l listJSON) bool { return len(l.Groups) == 1 && l.Groups[0].Epoch != 0 }).Groups[0]
 
 	ctx := testCtx(t)
-	bob := newClient(t)
-	reg, err := bob.Registry(ctx, r.Addr().String(), r.Fingerprint())
-	must(t, err)
-	list, err := reg.List(ctx)
-	must(t, err)
-	lobby, err := reg.Group(list.Groups[0])
-	must(t, err)
-	_, err = lobby.Join(ctx, "bob", nil)
-	must(t, err)
+	reg, lobby := bobInFirstGroup(ctx, t, r)
 	_, err = lobby.Send(ctx, []byte("in the old log"))
 	must(t, err)
 	s.waitGroups("the old log's message listed", func(l listJSON) bool { return len(l.Groups) == 1 && l.Groups[0].LastSeq == 1 })
@@ -270,4 +254,20 @@ func TestDirectoryEpochAfterRestart(t *testing.T) {
 	s.waitGroups("lobby's new log, its epoch and its two messages", func(l listJSON) bool {
 		return len(l.Groups) == 1 && l.Groups[0].Epoch != first.Epoch && l.Groups[0].Epoch != 0 && l.Groups[0].LastSeq == 2
 	})
+}
+
+// bobInFirstGroup has a client of its own join the first group r lists,
+// as bob; it returns bob's handles on r and on that group.
+func bobInFirstGroup(ctx context.Context, t *testing.T, r *registry.Daemon) (*client.Registry, *client.Group) {
+	t.Helper()
+	bob := newClient(t)
+	reg, err := bob.Registry(ctx, r.Addr().String(), r.Fingerprint())
+	must(t, err)
+	list, err := reg.List(ctx)
+	must(t, err)
+	lobby, err := reg.Group(list.Groups[0])
+	must(t, err)
+	_, err = lobby.Join(ctx, "bob", nil)
+	must(t, err)
+	return reg, lobby
 }
