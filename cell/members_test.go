@@ -472,7 +472,8 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 // kept its registrations, and answered sends naming no leader.)
 func TestRemovedMissingRemovalLearns(t *testing.T) {
 	var victimAddr atomic.Pointer[string]
-	var held atomic.Bool
+	var holding atomic.Bool // while set, the removal's entry is held from the member removed
+	var held atomic.Int32   // AppendEntries held
 	var told atomic.Pointer[[]Peer]
 	hold := make(chan struct{})
 	c := newTestCell(t, 3, false, func(cfg *Config) {
@@ -488,7 +489,11 @@ func TestRemovedMissingRemovalLearns(t *testing.T) {
 				return
 			}
 			for _, e := range ae.Entries {
-				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) && held.CompareAndSwap(false, true) {
+				// Every time the leader sends it: a leader whose
+				// AppendEntries timed out (a loaded machine) sends the
+				// entry again, in its last try to the member removed.
+				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) && holding.Load() {
+					held.Add(1)
 					<-hold // never reaches raft (sent again once it is added back)
 				}
 			}
@@ -497,6 +502,7 @@ func TestRemovedMissingRemovalLearns(t *testing.T) {
 	t.Cleanup(func() { close(hold) }) // before the members stop
 	l := c.leader()
 	victim := c.follower()
+	holding.Store(true)
 	victimAddr.Store(&victim.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -524,6 +530,8 @@ func TestRemovedMissingRemovalLearns(t *testing.T) {
 		t.Errorf("the cell's leader, once the member removed took itself out: %v", err)
 	}
 	// Added back, it is a member again, and votes once caught up.
+	holding.Store(false)
+	t.Logf("AppendEntries with the removal held from the member removed: %d", held.Load())
 	if err := l.node.AddMember(ctx, l.node.Self().Fingerprint, Peer{Addr: victim.addr, Fingerprint: victim.id.Fingerprint()}); err != nil {
 		t.Fatalf("add the member back: %v", err)
 	}
