@@ -402,31 +402,16 @@ func TestRemovedUnappliedTellsDaemon(t *testing.T) {
 // removal's entry.
 func removedUnappliedTellsDaemon(t *testing.T) bool {
 	t.Helper()
-	var victimAddr atomic.Pointer[string]
+	var v removalVictim
 	var removedAt atomic.Uint64 // the index of the entry that removes the victim
-	var told atomic.Pointer[[]Peer]
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		self, fp := cfg.Advertise, cfg.Identity.Fingerprint()
-		cfg.MembersChanged = func(ms []Peer) {
-			if a := victimAddr.Load(); a != nil && *a == self {
-				told.Store(&ms)
-			}
+	c := newTestCell(t, 3, false, v.hooks(func(ae *raft.AppendEntriesRequest, removals []uint64) {
+		for _, i := range removals {
+			removedAt.CompareAndSwap(0, i)
 		}
-		cfg.received = func(req any) {
-			ae, ok := req.(*raft.AppendEntriesRequest)
-			if a := victimAddr.Load(); !ok || a == nil || *a != self {
-				return
-			}
-			for _, e := range ae.Entries {
-				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) {
-					removedAt.CompareAndSwap(0, e.Index)
-				}
-			}
-			if at := removedAt.Load(); at != 0 && ae.LeaderCommitIndex >= at {
-				ae.LeaderCommitIndex = at - 1 // the news that the removal committed never arrives
-			}
+		if at := removedAt.Load(); at != 0 && ae.LeaderCommitIndex >= at {
+			ae.LeaderCommitIndex = at - 1 // the news that the removal committed never arrives
 		}
-	})
+	}))
 	defer func() {
 		for _, m := range c.members {
 			m.stop()
@@ -434,7 +419,7 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 	}()
 	l := c.leader()
 	victim := c.follower()
-	victimAddr.Store(&victim.addr)
+	v.addr.Store(&victim.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, victim.id.Fingerprint()); err != nil {
@@ -453,7 +438,7 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 		t.Fatalf("the member removed applied its removal (configuration %d): the test's fault did not hold", index)
 	}
 	waitUntil(t, "the member removed to tell its daemon", func() bool {
-		ms := told.Load()
+		ms := v.told.Load()
 		return ms != nil && !slices.ContainsFunc(*ms, func(p Peer) bool { return p.Fingerprint == victim.id.Fingerprint() })
 	})
 	return true
@@ -471,39 +456,26 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 // daemon served fetches and watches of a log that no longer advanced,
 // kept its registrations, and answered sends naming no leader.)
 func TestRemovedMissingRemovalLearns(t *testing.T) {
-	var victimAddr atomic.Pointer[string]
+	var v removalVictim
 	var holding atomic.Bool // while set, the removal's entry is held from the member removed
 	var held atomic.Int32   // AppendEntries held
-	var told atomic.Pointer[[]Peer]
 	hold := make(chan struct{})
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		self, fp := cfg.Advertise, cfg.Identity.Fingerprint()
-		cfg.MembersChanged = func(ms []Peer) {
-			if a := victimAddr.Load(); a != nil && *a == self {
-				told.Store(&ms)
+	c := newTestCell(t, 3, false, v.hooks(func(_ *raft.AppendEntriesRequest, removals []uint64) {
+		for range removals {
+			// Every time the leader sends it: a leader whose
+			// AppendEntries timed out (a loaded machine) sends the
+			// entry again, in its last try to the member removed.
+			if holding.Load() {
+				held.Add(1)
+				<-hold // never reaches raft (sent again once it is added back)
 			}
 		}
-		cfg.received = func(req any) {
-			ae, ok := req.(*raft.AppendEntriesRequest)
-			if a := victimAddr.Load(); !ok || a == nil || *a != self {
-				return
-			}
-			for _, e := range ae.Entries {
-				// Every time the leader sends it: a leader whose
-				// AppendEntries timed out (a loaded machine) sends the
-				// entry again, in its last try to the member removed.
-				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) && holding.Load() {
-					held.Add(1)
-					<-hold // never reaches raft (sent again once it is added back)
-				}
-			}
-		}
-	})
+	}))
 	t.Cleanup(func() { close(hold) }) // before the members stop
 	l := c.leader()
 	victim := c.follower()
 	holding.Store(true)
-	victimAddr.Store(&victim.addr)
+	v.addr.Store(&victim.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, victim.id.Fingerprint()); err != nil {
@@ -516,7 +488,7 @@ func TestRemovedMissingRemovalLearns(t *testing.T) {
 		t.Fatalf("the member removed has its removal in raft (held %v): the test's fault did not hold", held.Load())
 	}
 	waitUntil(t, "the member removed to tell its daemon", func() bool {
-		ms := told.Load()
+		ms := v.told.Load()
 		return ms != nil && len(*ms) == 2 && !slices.ContainsFunc(*ms, func(p Peer) bool { return p.Fingerprint == victim.id.Fingerprint() })
 	})
 	if _, ok := victim.node.Leader(); ok {
@@ -597,4 +569,39 @@ func removeLeaderNextUnknown(t *testing.T) bool {
 		t.Fatal("the leader asked to remove itself never answered")
 	}
 	return true
+}
+
+// removalVictim is the member a removal test removes, once addr names it.
+type removalVictim struct {
+	addr atomic.Pointer[string]
+	told atomic.Pointer[[]Peer] // what MembersChanged last told the victim
+}
+
+// hooks returns the Config change of a test cell whose victim keeps what
+// MembersChanged tells it in told, and calls onAppend with each
+// AppendEntries the victim receives, before its raft does, and the
+// indexes of the entries in it that remove the victim (often none).
+func (v *removalVictim) hooks(onAppend func(ae *raft.AppendEntriesRequest, removals []uint64)) func(*Config) {
+	return func(cfg *Config) {
+		self, fp := cfg.Advertise, cfg.Identity.Fingerprint()
+		isVictim := func() bool { a := v.addr.Load(); return a != nil && *a == self }
+		cfg.MembersChanged = func(ms []Peer) {
+			if isVictim() {
+				v.told.Store(&ms)
+			}
+		}
+		cfg.received = func(req any) {
+			ae, ok := req.(*raft.AppendEntriesRequest)
+			if !ok || !isVictim() {
+				return
+			}
+			var removals []uint64
+			for _, e := range ae.Entries {
+				if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), fp) {
+					removals = append(removals, e.Index)
+				}
+			}
+			onAppend(ae, removals)
+		}
+	}
 }
