@@ -181,10 +181,13 @@ func (rs *registrations) someListsAll() bool {
 // IPv6 /64, as the server's limits count them), so that one host's
 // advertisements cannot take them all; configured registries are not
 // counted. A place is freed when Browse says its registry is gone (gone).
+// The bounds are Browse's own, so that a registry Browse reports finds a
+// place here; they are kept here too so that the daemon holds to them
+// whatever reports found.
 const (
-	maxDiscovered        = 32 // registries found over mDNS registered with at once
-	maxDiscoveredPerAddr = 4  // of them at one source address
-	maxRegistryAddrs     = 16 // addresses kept for one registry, the latest first
+	maxDiscovered        = discovery.MaxRegistries          // registries found over mDNS registered with at once
+	maxDiscoveredPerAddr = discovery.MaxRegistriesPerSource // of them at one source address
+	maxRegistryAddrs     = 16                               // addresses kept for one registry, the latest first
 	discoveredWarnEvery  = time.Minute
 )
 
