@@ -296,6 +296,19 @@ func TestRaftConnsPerKey(t *testing.T) {
 	}
 	var seq uint64
 	stillReplicates(t, c, f, &seq)
+	// other keeps a connection ready to f (ready.go), and dials a new one
+	// when it hears from f: one of other's key's places that the test
+	// would find taken, by a connection newer than some of its own. other
+	// keeps none for the test's length.
+	n := other.node.net
+	n.mu.Lock()
+	n.ready = false
+	ready := n.idle[raft.ServerAddress(f.addr)]
+	delete(n.idle, raft.ServerAddress(f.addr))
+	n.mu.Unlock()
+	for _, rc := range ready {
+		rc.close()
+	}
 
 	// tracked returns f's raft connections accepted from other's key, by
 	// the address they came from.
@@ -311,6 +324,7 @@ func TestRaftConnsPerKey(t *testing.T) {
 		}
 		return got
 	}
+	waitUntil(t, "f to let other's ready connections go", func() bool { return len(tracked()) == 0 })
 	// Each connection is tracked (or was already closed in favour of a
 	// newer one) before the next is dialed, so that their order is f's.
 	var conns []*tls.Conn
