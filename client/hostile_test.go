@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -259,4 +261,170 @@ func TestFetchMoreThanAsked(t *testing.T) {
 	if !errors.Is(err, client.ErrProtocol) || n > 10 {
 		t.Errorf("fetch of 10: %d messages, err %v; want at most 10 and ErrProtocol", n, err)
 	}
+}
+
+// waitLog records the waits a client logs before it resumes a watch (the
+// "in" of its "resuming" lines), for tests of the watch's backoff.
+type waitLog struct {
+	mu    sync.Mutex
+	waits []time.Duration
+	added chan struct{} // gets a token per wait
+}
+
+func newWaitLog() *waitLog { return &waitLog{added: make(chan struct{}, 64)} }
+
+func (l *waitLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *waitLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *waitLog) WithGroup(string) slog.Handler            { return l }
+func (l *waitLog) Handle(_ context.Context, r slog.Record) error {
+	if !strings.Contains(r.Message, "resuming") {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "in" {
+			l.mu.Lock()
+			l.waits = append(l.waits, a.Value.Duration())
+			l.mu.Unlock()
+			select {
+			case l.added <- struct{}{}:
+			default:
+			}
+		}
+		return true
+	})
+	return nil
+}
+
+// take waits for n waits to be logged and returns them.
+func (l *waitLog) take(t *testing.T, n int) []time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for {
+		l.mu.Lock()
+		got := slices.Clone(l.waits)
+		l.mu.Unlock()
+		if len(got) >= n {
+			return got[:n]
+		}
+		select {
+		case <-l.added:
+		case <-ctx.Done():
+			t.Fatalf("%d waits logged, want %d: %v", len(got), n, got)
+		}
+	}
+}
+
+// TestWatchBacksOffStreamsEndedAtOnce checks a watch against a daemon that
+// accepts each watch and ends the stream at once (unavailable, which a
+// watch retries): the watch took each
+// accepted stream for a working one and reconnected after 50-100 ms, ten
+// times a second for as long as it ran. The wait doubles while streams end
+// with nothing delivered, and falls back to the least once one delivers a
+// message.
+func TestWatchBacksOffStreamsEndedAtOnce(t *testing.T) {
+	var streams atomic.Int64
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpWatch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		n := streams.Add(1)
+		if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: 1, HeartbeatMS: 1000}); err != nil {
+			return err
+		}
+		if n == 5 { // the fifth stream delivers a message before it ends
+			m := wire.Message{Seq: 1, Time: 1, ID: wire.ID{1}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{m}}); err != nil {
+				return err
+			}
+		}
+		return &wire.Error{Code: wire.CodeUnavailable, Message: "come back"}
+	})
+	log := newWaitLog()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(client.Config{Identity: id, Logger: slog.New(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	g, err := c.Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, err := range g.Watch(ctx, client.Query{}) {
+			if err != nil {
+				t.Errorf("watch: %v", err)
+				return
+			}
+		}
+	}()
+	got := log.take(t, 6)
+	cancel()
+	<-done
+	ms := time.Millisecond
+	want := []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, 100 * ms, 200 * ms}
+	if !slices.Equal(got, want) {
+		t.Errorf("waits before resuming %v, want %v (doubling while streams end with nothing, back to the least after a message)", got, want)
+	}
+	t.Logf("%d streams served", streams.Load())
+}
+
+// TestWatchBacksOffEndlessResets checks a watch against a daemon that
+// answers every watch with a new log epoch (epoch_mismatch): the watch
+// reported the reset and asked again at once, in a loop as fast as the
+// connection went. The first reset is followed at once (a daemon restarted
+// with a new log); those that come again with nothing between are waited
+// for as any other failure.
+func TestWatchBacksOffEndlessResets(t *testing.T) {
+	var streams atomic.Int64
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpWatch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: uint64(streams.Add(1)) + 100}
+	})
+	log := newWaitLog()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(client.Config{Identity: id, Logger: slog.New(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	g, err := c.Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resets := 0
+	for ev, err := range g.Watch(ctx, client.Query{}) {
+		if err != nil {
+			t.Fatalf("watch: %v", err)
+		}
+		if ev.Kind == client.EventReset {
+			if resets++; resets == 5 {
+				break
+			}
+		}
+	}
+	// Each wait is logged before the stream that ends in the next reset:
+	// by the fifth reset, three.
+	log.mu.Lock()
+	got := slices.Clone(log.waits)
+	log.mu.Unlock()
+	ms := time.Millisecond
+	if want := []time.Duration{100 * ms, 200 * ms, 400 * ms}; !slices.Equal(got, want) {
+		t.Errorf("waits before resuming %v, want %v (the first reset at once, then doubling)", got, want)
+	}
+	t.Logf("%d streams served", streams.Load())
 }

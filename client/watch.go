@@ -48,7 +48,12 @@ type Event struct {
 // daemon's Start; three of them without a frame end the watch.
 const maxHeartbeat = time.Hour
 
-// Backoff bounds for reconnecting watches.
+// Backoff bounds for reconnecting watches. The wait doubles from
+// watchBackoffMin to watchBackoffMax with each stream that ends without
+// progress, jittered, and falls back to watchBackoffMin after one that
+// made some: a daemon that accepts each watch and ends it at once (a
+// hostile one, or one failing as it starts) is asked again at most every
+// few seconds, not ten times a second.
 const (
 	watchBackoffMin = 100 * time.Millisecond
 	watchBackoffMax = 5 * time.Second
@@ -92,13 +97,19 @@ type watcher struct {
 
 func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 	backoff := watchBackoffMin
+	resets := 0 // EventResets since the last progress
 	for ctx.Err() == nil {
+		began, cursor := time.Now(), w.cursor()
 		started, stop, err := w.attempt(ctx, yield)
 		if stop || ctx.Err() != nil {
 			return
 		}
-		if started {
-			backoff = watchBackoffMin
+		// Progress: the stream moved the cursor (a message or a gap), or
+		// the daemon kept it open longer than the longest wait (a daemon
+		// that ran a while and restarted is asked again at once). A
+		// stream that was only accepted is not: backoff goes on growing.
+		if started && (w.cursor() != cursor || time.Since(began) >= watchBackoffMax) {
+			backoff, resets = watchBackoffMin, 0
 		}
 		var we *wire.Error
 		switch {
@@ -108,6 +119,17 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 			if !yield(Event{Kind: EventReset, Epoch: epoch}, nil) {
 				return
 			}
+			if resets++; resets == 1 {
+				continue // a daemon restarted with a new log: followed at once
+			}
+			// A new log at every stream, with nothing delivered between:
+			// waited for as any other failure, or it would be asked again
+			// at once, for ever.
+			w.g.cl.cfg.Logger.Debug("watch reset again; resuming", "group", w.g.id, "in", backoff)
+			if !sleep(ctx, jitter(backoff)) {
+				return
+			}
+			backoff = min(2*backoff, watchBackoffMax)
 			continue
 		case errors.As(err, &we) && !retryable(we):
 			yield(Event{}, w.g.fail("watch", err))
@@ -139,6 +161,14 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 			w.g.refresh(ctx)
 		}
 	}
+}
+
+// cursor returns the sequence the watch resumes after (0: none yet).
+func (w *watcher) cursor() uint64 {
+	if w.after == nil {
+		return 0
+	}
+	return *w.after
 }
 
 // retryable reports whether a server error may go away by trying again.
