@@ -231,7 +231,10 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	l := &listing{}
 	var parts []client.RegistryListing
 	for _, a := range answered {
-		if strings.HasPrefix(a.name, mdnsPinPrefix) && a.pin == "new" && !s.looking {
+		// Pinned now, or, if pinned, marked as in use: known_registries
+		// drops the registry found over mDNS unused longest to pin one
+		// more past its bound.
+		if strings.HasPrefix(a.name, mdnsPinPrefix) && !s.looking {
 			if err := s.kh.Check(a.name, a.fp); err != nil {
 				continue
 			}
@@ -412,8 +415,9 @@ func (g *gatherer) late() []registryReport {
 }
 
 // mdnsPinPrefix starts the names registries found over mDNS are pinned
-// under in known_registries.
-const mdnsPinPrefix = "mdns:"
+// under in known_registries (which keeps at most
+// identity.MaxDiscoveredPins of them).
+const mdnsPinPrefix = identity.DiscoveredPrefix
 
 // browse asks every registry mDNS finds, once per key, until ctx ends.
 // When browsing cannot run (no usable interface), that is reported as an
@@ -427,6 +431,8 @@ func (g *gatherer) browse(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	}()
+	// No Gone: browsing lasts discoverTimeout (3 s), and Browse forgets a
+	// registry only after it has not verified for ForgetAfter (2 min).
 	err := discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: s.flags.ifaces,
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {

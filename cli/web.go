@@ -158,7 +158,8 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 }
 
 // discoverRegistries reports every registry mDNS finds and verifies to
-// found, and each of them gone to gone, until ctx ends.
+// found (which owns the handle: it closes it), and each of them gone to
+// gone, until ctx ends.
 func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, found func(*client.Registry), gone func(client.Fingerprint)) error {
 	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: ifaces,
@@ -168,7 +169,14 @@ func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, 
 			}
 		},
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
-			_, err := checkAdvertised(ctx, c, kh, r, addr)
+			reg, err := checkAdvertised(ctx, c, kh, r, addr)
+			if err == nil {
+				// Browse verifies each registry again every 30 s, and any
+				// number of answers on the way: a handle kept would keep a
+				// connection to each address verified, for as long as huddle
+				// web runs. The one found gets is its own (the directory's).
+				reg.Close()
+			}
 			return err
 		},
 	}, func(r discovery.Advertised, ap netip.AddrPort) {

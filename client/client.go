@@ -249,20 +249,58 @@ func (c *Client) transport() (*quic.Transport, error) {
 // peer returns the shared connection holder for a server at addrs pinned to
 // pin (zero: verify decides).
 func (c *Client) peer(addrs []string, pin wire.Fingerprint, verify func(wire.Fingerprint) error) (*peer, error) {
-	key := strings.Join(addrs, ",") + "|" + pin.String()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.peerLocked(addrs, pin, verify)
+}
+
+// peerLocked is peer with c.mu held.
+func (c *Client) peerLocked(addrs []string, pin wire.Fingerprint, verify func(wire.Fingerprint) error) (*peer, error) {
+	key := strings.Join(addrs, ",") + "|" + pin.String()
 	if c.closed {
 		return nil, ErrClosed
 	}
 	if p, ok := c.peers[key]; ok && verify == nil {
 		return p, nil
 	}
-	p := &peer{c: c, addrs: addrs, pin: pin, verify: verify}
+	p := &peer{c: c, key: key, addrs: addrs, pin: pin, verify: verify}
 	if verify == nil {
 		c.peers[key] = p
 	}
 	return p, nil
+}
+
+// registryPeer returns the shared connection holder for the registry at
+// addr with key pin, held for a Registry handle until release: taken and
+// counted at once, so that another handle's release cannot retire it
+// between the two.
+func (c *Client) registryPeer(addr string, pin wire.Fingerprint) (*peer, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.peerLocked([]string{addr}, pin, nil)
+	if err != nil {
+		return nil, err
+	}
+	p.registries++
+	return p, nil
+}
+
+// release gives back a Registry handle's hold on p: the last one closes
+// its connection and forgets it, so that a registry the caller is done
+// with (one discovery says is gone) holds no connection, and no
+// goroutines, until the Client closes. A later handle on the same
+// address and key dials afresh.
+func (c *Client) release(p *peer) {
+	c.mu.Lock()
+	p.registries--
+	last := p.registries == 0 && c.peers[p.key] == p
+	if last {
+		delete(c.peers, p.key)
+	}
+	c.mu.Unlock()
+	if last {
+		p.retire()
+	}
 }
 
 func (c *Client) quicConfig() *quic.Config {
@@ -283,9 +321,13 @@ func (c *Client) quicConfig() *quic.Config {
 // peer holds the connection to one server, redialled when it drops.
 type peer struct {
 	c      *Client
+	key    string // in c.peers
 	addrs  []string
 	pin    wire.Fingerprint
 	verify func(wire.Fingerprint) error
+	// registries counts the Registry handles open on it (c.mu guards it):
+	// the last one closed retires it.
+	registries int
 
 	mu   sync.Mutex
 	conn *quic.Conn
@@ -296,6 +338,7 @@ type peer struct {
 	// is going away.
 	stopped time.Time
 	dialled time.Time // when conn was dialled
+	retired bool      // its last Registry handle closed: it dials no more
 
 	requests requestQueue // small requests, written together (requests.go)
 }
@@ -358,6 +401,9 @@ func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
 		}
 	}
 	p.conn = nil
+	if p.retired {
+		return nil, ErrClosed
+	}
 	if !p.stopped.Before(p.dialled) && p.c.now().Sub(p.stopped) < shutdownWait {
 		return nil, ErrShuttingDown
 	}
@@ -436,6 +482,16 @@ func (p *peer) close() {
 	if conn != nil {
 		conn.CloseWithError(0, "client closed")
 	}
+}
+
+// retire closes the connection for good: the peer dials no more
+// (ErrClosed), as it is no longer among the Client's peers that Close
+// closes.
+func (p *peer) retire() {
+	p.mu.Lock()
+	p.retired = true
+	p.mu.Unlock()
+	p.close()
 }
 
 // resolve turns "host:port" (or "host", meaning the registry's default

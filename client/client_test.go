@@ -741,3 +741,38 @@ func TestStoppedServerNotDialledAtOnce(t *testing.T) {
 		t.Fatalf("a call once the daemon is back: %v", err)
 	}
 }
+
+// TestRegistryClose checks that handles on one registry share its
+// connection until the last is closed, that a closed handle's calls fail
+// with ErrClosed, and that a new handle dials afresh.
+func TestRegistryClose(t *testing.T) {
+	reg := startRegistry(t, t.TempDir())
+	c := newClient(t)
+	ctx := t.Context()
+	open := func() *client.Registry {
+		t.Helper()
+		r, err := c.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a, b := open(), open()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.Close() // safe twice
+	if _, err := a.List(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Errorf("List on a closed handle: %v, want ErrClosed", err)
+	}
+	if _, err := b.List(ctx); err != nil {
+		t.Errorf("List on the other handle, open: %v", err)
+	}
+	b.Close()
+	if _, err := b.Register(ctx, client.Registration{Group: client.UUID{1}, Name: "g", Port: 1}); !errors.Is(err, client.ErrClosed) {
+		t.Errorf("Register on a closed handle: %v, want ErrClosed", err)
+	}
+	if _, err := open().List(ctx); err != nil {
+		t.Errorf("List on a new handle after the others closed: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/huddle-chat/huddle/identity"
@@ -15,8 +16,9 @@ import (
 // Registry is a handle on one registry. Its methods are safe for concurrent
 // use.
 type Registry struct {
-	addr string
-	p    *peer
+	addr   string
+	p      *peer
+	closed atomic.Bool
 }
 
 // Registry connects to the registry at addr ("host:port", or "host" for the
@@ -42,11 +44,12 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 		}
 	}
 	if !pin.IsZero() {
-		p, err := c.peer([]string{addr}, pin, nil)
+		p, err := c.registryPeer(addr, pin)
 		if err != nil {
 			return nil, err
 		}
 		if _, err := p.get(ctx); err != nil {
+			c.release(p)
 			var mm *identity.MismatchError
 			if errors.As(err, &mm) && pinnedByFile {
 				return nil, &identity.ChangedError{Name: addr, Pinned: mm.Want, Presented: mm.Got, File: kh.Path()}
@@ -75,6 +78,20 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 		}
 	}
 	return c.Registry(ctx, addr, seen)
+}
+
+// Close releases the handle. The connection to the registry closes with
+// the last handle on the same address and key (Client.Registry returns
+// handles that share one), so a program that drops a registry (one
+// discovery says is gone) holds nothing of it; the Client's Close closes
+// every connection anyway. Calls on a closed handle, and on the Groups
+// made from it when they ask where their daemon went, return ErrClosed.
+// Close is safe twice.
+func (r *Registry) Close() error {
+	if r.closed.CompareAndSwap(false, true) {
+		r.p.c.release(r.p)
+	}
+	return nil
 }
 
 // Addr returns the address the registry was opened with.
@@ -135,6 +152,9 @@ func leaseFrom(l wire.Lease) Lease { return Lease{Epoch: l.Epoch, TTL: ms(l.TTLM
 // this client's. Errors: ErrUnauthorized (another key owns the UUID),
 // ErrUnavailable (the registry is full), ErrBadRequest, ErrTooLarge.
 func (r *Registry) Register(ctx context.Context, reg Registration) (Lease, error) {
+	if r.closed.Load() {
+		return Lease{}, r.fail("register", ErrClosed)
+	}
 	var l wire.Lease
 	if err := r.p.single(ctx, wire.OpRegister, wire.Register(reg), &l); err != nil {
 		return Lease{}, r.fail("register", err)
@@ -146,6 +166,9 @@ func (r *Registry) Register(ctx context.Context, reg Registration) (Lease, error
 // and ErrNotFound (the lease lapsed) both mean: Register again;
 // ErrUnauthorized (another key owns the UUID).
 func (r *Registry) Renew(ctx context.Context, rn Renewal) (Lease, error) {
+	if r.closed.Load() {
+		return Lease{}, r.fail("renew", ErrClosed)
+	}
 	var l wire.Lease
 	if err := r.p.single(ctx, wire.OpRenew, wire.Renew(rn), &l); err != nil {
 		return Lease{}, r.fail("renew", err)
@@ -156,6 +179,9 @@ func (r *Registry) Renew(ctx context.Context, rn Renewal) (Lease, error) {
 // Deregister removes a group at once. Removing an unlisted group succeeds.
 // Errors: ErrUnauthorized (another key owns the UUID).
 func (r *Registry) Deregister(ctx context.Context, group UUID) error {
+	if r.closed.Load() {
+		return r.fail("deregister", ErrClosed)
+	}
 	var res struct{}
 	if err := r.p.single(ctx, wire.OpDeregister, wire.Deregister{Group: group}, &res); err != nil {
 		return r.fail("deregister", err)
@@ -203,6 +229,9 @@ func listedBytes(e *wire.GroupEntry) int {
 // than 65,536 groups or 64 MiB of them, or an entry larger than a
 // registration may be (a name over 64 bytes, more than 16 addresses...).
 func (r *Registry) List(ctx context.Context) (Listing, error) {
+	if r.closed.Load() {
+		return Listing{}, r.fail("list", ErrClosed)
+	}
 	for restarts := 0; ; restarts++ {
 		all, err := r.list(ctx)
 		if errors.Is(err, errListRestarted) && restarts == 0 {

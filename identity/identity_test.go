@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -255,5 +256,45 @@ func TestKnownHostsNameIsOneLine(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the file was written: %v", err)
+	}
+}
+
+// TestDiscoveredPinsBounded checks that known_registries holds at most
+// MaxDiscoveredPins pins of registries found over mDNS, dropping the one
+// unused longest, and that pins of addresses and a discovered pin in use
+// stay. Anyone on a LAN advertises registries under names of their
+// choosing: a client pinned up to 32 new names a run, and a long-running
+// huddle web 32 every two minutes, for ever.
+func TestDiscoveredPinsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	k := OpenKnownHosts(path)
+	key := func(i int) wire.Fingerprint { return wire.Fingerprint{byte(i), byte(i >> 8), 1} }
+	name := func(i int) string { return fmt.Sprintf("%sflood %d", DiscoveredPrefix, i) }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(k.Check("192.168.1.20:7373", key(9999)))
+	must(k.Check(DiscoveredPrefix+"huddle registry on box (abcd-efgh)", key(5000)))
+	for i := range 3 * MaxDiscoveredPins {
+		must(k.Check(name(i), key(i)))
+		if i%64 == 0 { // the real registry is seen now and then
+			must(k.Check(DiscoveredPrefix+"huddle registry on box (abcd-efgh)", key(5000)))
+		}
+	}
+	pins, err := k.read()
+	must(err)
+	if n := pins.discovered(); n != MaxDiscoveredPins {
+		t.Errorf("%d discovered pins kept, want %d", n, MaxDiscoveredPins)
+	}
+	for _, n := range []string{"192.168.1.20:7373", DiscoveredPrefix + "huddle registry on box (abcd-efgh)", name(3*MaxDiscoveredPins - 1)} {
+		if _, ok, _ := k.Lookup(n); !ok {
+			t.Errorf("%q was dropped", n)
+		}
+	}
+	if _, ok, _ := k.Lookup(name(0)); ok {
+		t.Errorf("the oldest flood pin was kept")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -64,9 +63,23 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// DiscoveredPrefix starts the names registries found over mDNS are pinned
+// under ("mdns:INSTANCE"); other names are addresses.
+const DiscoveredPrefix = "mdns:"
+
+// MaxDiscoveredPins bounds the pins of registries found over mDNS: anyone
+// on a LAN advertises registries under names of their choosing, each
+// verified one pinned by a long-running huddle web or a client's listing.
+// Pinning one more drops the one unused longest (the file keeps pins in
+// the order they were made or last used; a pin is moved to the end when
+// Check finds it in the older half). Pins of addresses are not bounded:
+// the user names those.
+const MaxDiscoveredPins = 256
+
 // KnownHosts remembers which fingerprint each registry presented the first
 // time it was used (trust on first use), in a text file of lines
-// "NAME FINGERPRINT". It is safe for concurrent use within a process.
+// "NAME FINGERPRINT", oldest first. It is safe for concurrent use within a
+// process.
 type KnownHosts struct {
 	path string
 	mu   sync.Mutex
@@ -87,8 +100,10 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 	if err != nil {
 		return wire.Fingerprint{}, false, err
 	}
-	fp, ok := pins[name]
-	return fp, ok, nil
+	if i := pins.index(name); i >= 0 {
+		return pins[i].fp, true, nil
+	}
+	return wire.Fingerprint{}, false, nil
 }
 
 // Check pins fp for name if name has no pin yet, and returns a *ChangedError
@@ -107,15 +122,59 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	if err != nil {
 		return err
 	}
-	if old, ok := pins[name]; ok {
-		if old != fp {
+	discovered := strings.HasPrefix(name, DiscoveredPrefix)
+	if i := pins.index(name); i >= 0 {
+		if old := pins[i].fp; old != fp {
 			return &ChangedError{Name: name, Pinned: old, Presented: fp, File: k.path}
 		}
-		return nil
+		if !discovered || pins.newer(i) < MaxDiscoveredPins/2 {
+			return nil
+		}
+		// In use, and among the older half: to the end, so that pins made
+		// since do not push it out.
+		pins = append(slices.Delete(pins, i, i+1), pin{name, fp})
+		return k.write(pins)
 	}
-	pins[name] = fp
-	return k.write(pins)
+	if discovered {
+		for n := pins.discovered(); n >= MaxDiscoveredPins; n-- {
+			pins = slices.Delete(pins, pins.oldestDiscovered(), pins.oldestDiscovered()+1)
+		}
+	}
+	return k.write(append(pins, pin{name, fp}))
 }
+
+// pin is one line of the file.
+type pin struct {
+	name string
+	fp   wire.Fingerprint
+}
+
+// pinList is the file's lines, oldest first.
+type pinList []pin
+
+func (ps pinList) index(name string) int {
+	return slices.IndexFunc(ps, func(p pin) bool { return p.name == name })
+}
+
+// discovered counts the pins of registries found over mDNS.
+func (ps pinList) discovered() int {
+	n := 0
+	for _, p := range ps {
+		if strings.HasPrefix(p.name, DiscoveredPrefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// oldestDiscovered returns the index of the first pin of a registry found
+// over mDNS (one must be there).
+func (ps pinList) oldestDiscovered() int {
+	return slices.IndexFunc(ps, func(p pin) bool { return strings.HasPrefix(p.name, DiscoveredPrefix) })
+}
+
+// newer counts the pins of registries found over mDNS after index i.
+func (ps pinList) newer(i int) int { return ps[i+1:].discovered() }
 
 // Forget removes name's pin, so the next use pins afresh. It reports whether
 // there was one.
@@ -126,11 +185,11 @@ func (k *KnownHosts) Forget(name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, ok := pins[name]; !ok {
+	i := pins.index(name)
+	if i < 0 {
 		return false, nil
 	}
-	delete(pins, name)
-	return true, k.write(pins)
+	return true, k.write(slices.Delete(pins, i, i+1))
 }
 
 // checkPinName returns ErrBadPinName, saying why, if name cannot be read
@@ -147,8 +206,10 @@ func checkPinName(name string) error {
 	return nil
 }
 
-func (k *KnownHosts) read() (map[string]wire.Fingerprint, error) {
-	pins := make(map[string]wire.Fingerprint)
+// read returns the file's pins in its order; a name pinned twice (a file
+// edited by hand) counts at its last line.
+func (k *KnownHosts) read() (pinList, error) {
+	var pins pinList
 	f, err := os.Open(k.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return pins, nil
@@ -174,7 +235,10 @@ func (k *KnownHosts) read() (map[string]wire.Fingerprint, error) {
 		if name == "" || err != nil {
 			return nil, fmt.Errorf("known registries: %s:%d: want \"NAME FINGERPRINT\"", k.path, line)
 		}
-		pins[name] = fp
+		if i := pins.index(name); i >= 0 {
+			pins = slices.Delete(pins, i, i+1)
+		}
+		pins = append(pins, pin{name, fp})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("known registries: %w", err)
@@ -183,15 +247,15 @@ func (k *KnownHosts) read() (map[string]wire.Fingerprint, error) {
 }
 
 // write replaces the file atomically (a temporary file renamed over it), so
-// a crash never leaves it half written.
-func (k *KnownHosts) write(pins map[string]wire.Fingerprint) error {
+// a crash never leaves it half written. It keeps the pins' order.
+func (k *KnownHosts) write(pins pinList) error {
 	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
 		return fmt.Errorf("known registries: %w", err)
 	}
 	var b strings.Builder
-	b.WriteString("# huddle: registries this user trusts, pinned on first use (NAME FINGERPRINT)\n")
-	for _, name := range slices.Sorted(maps.Keys(pins)) {
-		fmt.Fprintf(&b, "%s %s\n", name, pins[name])
+	b.WriteString("# huddle: registries this user trusts, pinned on first use (NAME FINGERPRINT), oldest first\n")
+	for _, p := range pins {
+		fmt.Fprintf(&b, "%s %s\n", p.name, p.fp)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(k.path), ".known_registries-*")
 	if err != nil {

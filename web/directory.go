@@ -162,6 +162,13 @@ func (d *directory) run(ctx context.Context) {
 	}
 	<-ctx.Done()
 	d.wg.Wait()
+	d.mu.Lock()
+	for _, rs := range d.regs {
+		if rs.reg != nil {
+			rs.reg.Close()
+		}
+	}
+	d.mu.Unlock()
 }
 
 // startPollLocked starts rs's poller, which ends with ctx or rs.stop.
@@ -202,21 +209,27 @@ func (d *directory) pollRegistry(ctx context.Context, rs *registryState) {
 // known, and starts polling it. A registry is known by its key, as Browse
 // bounds them: one found again at another address (it moved, or its key
 // answers at several) is polled there from then on, and one whose key a
-// registry given by address presents is that one.
+// registry given by address presents is that one. The directory owns r:
+// it closes it when it drops it, or at once if it is not used.
 func (d *directory) addRegistry(r *client.Registry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, rs := range d.regs {
 		if rs.addr == r.Addr() {
+			r.Close()
 			return
 		}
 	}
 	for _, rs := range d.regs {
 		if rs.reg != nil && rs.reg.Fingerprint() == r.Fingerprint() {
-			if rs.discovered {
-				d.log.Debug("registry found at another address", "was", rs.addr, "addr", r.Addr(), "fingerprint", r.Fingerprint().Short())
-				rs.addr, rs.reg = r.Addr(), r
+			if !rs.discovered {
+				r.Close()
+				return
 			}
+			d.log.Debug("registry found at another address", "was", rs.addr, "addr", r.Addr(), "fingerprint", r.Fingerprint().Short())
+			old := rs.reg
+			rs.addr, rs.reg = r.Addr(), r
+			old.Close() // a listing in flight through it fails, and is tried again at the new address
 			return
 		}
 	}
@@ -229,9 +242,9 @@ func (d *directory) addRegistry(r *client.Registry) {
 }
 
 // removeRegistry drops the registry discovered with key fp, which
-// discovery says is gone: its poller stops and its groups leave the list.
-// A registry given by address is kept (it is polled until huddle web
-// stops).
+// discovery says is gone: its poller stops, its connection closes and its
+// groups leave the list. A registry given by address is kept (it is
+// polled until huddle web stops).
 func (d *directory) removeRegistry(fp wire.Fingerprint) {
 	d.mu.Lock()
 	i := slices.IndexFunc(d.regs, func(rs *registryState) bool {
@@ -246,6 +259,7 @@ func (d *directory) removeRegistry(fp wire.Fingerprint) {
 	if rs.stop != nil {
 		rs.stop()
 	}
+	rs.reg.Close()
 	d.mu.Unlock()
 	d.log.Info("registry gone", "addr", rs.addr, "fingerprint", fp.Short())
 	d.merge()
@@ -439,8 +453,11 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if rs.reg == nil {
-		rs.reg = reg // opened now (a discovered one's may have moved meanwhile: kept)
+	switch {
+	case rs.reg == nil:
+		rs.reg = reg // opened now
+	case reg != rs.reg && reg != nil:
+		reg.Close() // a discovered one's moved meanwhile: kept
 	}
 	rs.err, rs.polled = err, true
 	if err == nil {

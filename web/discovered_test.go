@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
@@ -60,12 +62,21 @@ func TestDiscoveredRegistryByKey(t *testing.T) {
 }
 
 // TestDiscoveredRegistryGone: a registry discovery says is gone leaves the
-// directory, and its poller stops. huddle web polled every registry it had
-// found for as long as it ran, each by a goroutine of its own, and
-// discovery could free no place for a new one (Browse bounds the keys).
+// directory, its poller stops and its connection closes. huddle web polled
+// every registry it had found for as long as it ran, each by a goroutine
+// of its own, and discovery could free no place for a new one (Browse
+// bounds the keys); then (until session 13) it kept the dropped registry's
+// connection, and the goroutines that serve it, until it stopped.
 func TestDiscoveredRegistryGone(t *testing.T) {
 	reg := startRegistry(t)
 	c := newClient(t)
+	// The client's socket, and a connection both ends serve, open before
+	// the goroutines are counted.
+	other := startRegistry(t)
+	o, err := c.Registry(testCtx(t), other.Addr().String(), other.Fingerprint())
+	must(t, err)
+	_, err = o.List(testCtx(t))
+	must(t, err)
 	found := make(chan func(*client.Registry), 1)
 	gone := make(chan func(wire.Fingerprint), 1)
 	d := newDirectory(Config{Client: c, Logger: testLogger(t), PollInterval: time.Second,
@@ -79,9 +90,11 @@ func TestDiscoveredRegistryGone(t *testing.T) {
 	done := make(chan struct{})
 	go func() { d.run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
+	add := <-found // discovery runs
+	before := goleak.IgnoreCurrent()
 	r, err := c.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
 	must(t, err)
-	(<-found)(r)
+	add(r)
 	until(t, "its poller running", func() bool { return pollers() == 1 })
 	d.merge()
 	d.mu.Lock()
@@ -99,6 +112,17 @@ func TestDiscoveredRegistryGone(t *testing.T) {
 	if kept != 0 || listed != 0 {
 		t.Errorf("a registry gone: %d registries kept, %d listed; want none", kept, listed)
 	}
+	// Its connection closed: the goroutines of both ends are gone.
+	var leaked error
+	t.Cleanup(func() {
+		if t.Failed() && leaked != nil {
+			t.Log(leaked)
+		}
+	})
+	until(t, "the goroutines of its connection to end", func() bool {
+		leaked = goleak.Find(before)
+		return leaked == nil
+	})
 }
 
 // pollers counts the goroutines polling a registry.

@@ -336,8 +336,14 @@ func (rs *registrations) browse(ctx context.Context) {
 			if err := untrusted.check(fp, addr); err != nil {
 				return err
 			}
-			_, err = rs.cl.Registry(ctx, addr.String(), fp)
+			h, err := rs.cl.Registry(ctx, addr.String(), fp)
 			d.cfg.Metrics.DiscoveryAnswer(err == nil)
+			if err == nil {
+				// Browse verifies again every 30 s, and any number of
+				// answers: a handle kept would keep a connection to every
+				// address verified. The registrar opens its own.
+				h.Close()
+			}
 			return err
 		},
 	}
@@ -574,6 +580,11 @@ func (r *registrar) run() {
 			r.mu.Unlock()
 			if !retired {
 				r.deregisterAll()
+			}
+			if r.reg != nil {
+				// A registrar retired for a registry that is gone holds no
+				// connection to it for the rest of the daemon's life.
+				r.reg.Close()
 			}
 			return
 		case <-r.counts:
@@ -936,6 +947,9 @@ func (r *registrar) keyChanged(mm *identity.MismatchError) bool {
 	r.mu.Lock()
 	r.pin = mm.Got
 	r.mu.Unlock()
+	if r.reg != nil {
+		r.reg.Close()
+	}
 	r.reg = nil
 	clear(r.epochs)
 	r.current = 0

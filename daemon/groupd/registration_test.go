@@ -824,3 +824,19 @@ func TestDiscoveredRegistriesGone(t *testing.T) {
 		t.Errorf("%d registries found in all, want %d", n, maxDiscovered)
 	}
 }
+
+// TestDiscoveredRegistryGoneDisconnects: the registrar of a registry
+// discovery says is gone closes its connection to it. It stopped, but its
+// connection stayed open (kept alive every 10 s) for as long as the
+// daemon ran, one more for each registry that came and went.
+func TestDiscoveredRegistryGoneDisconnects(t *testing.T) {
+	reg := startRegistry(t, registry.Config{})
+	d, stop := startGroupDaemon(t, Config{Registries: []string{"127.0.0.1:1"}})
+	defer stop()
+	eventually(t, "the registrations running", func() bool { return d.regs.Load() != nil })
+	rs := d.regs.Load()
+	rs.found(d.life.Ctx(), reg.Fingerprint(), reg.Addr().String())
+	eventually(t, "the daemon connected to the registry found", func() bool { return reg.Stats().Connections == 1 })
+	rs.gone(reg.Fingerprint())
+	eventually(t, "its connection closed", func() bool { return reg.Stats().Connections == 0 })
+}
