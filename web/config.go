@@ -19,6 +19,9 @@ const (
 	// DefaultMaxStreams bounds the event streams open at once: a page
 	// holds one.
 	DefaultMaxStreams = 64
+	// DefaultMaxConns bounds the connections held at once: a browser
+	// opens six or so per page.
+	DefaultMaxConns = 512
 )
 
 // ErrInvalidConfig: a Config field is unusable. Validate's errors wrap it.
@@ -63,6 +66,11 @@ type Config struct {
 	// MaxStreams bounds the event streams open at once; one more gets 503.
 	// Default DefaultMaxStreams (64).
 	MaxStreams int
+	// MaxConns bounds the connections held at once. Past it, the oldest
+	// connection that has not carried the secret is closed for the new
+	// one; one that has (the page's, a script's) is never closed for
+	// another. Default DefaultMaxConns (512).
+	MaxConns int
 	// Logger receives the server's notable events (start, refused
 	// requests at debug level). Default: discard.
 	Logger *slog.Logger
@@ -79,8 +87,8 @@ func (c Config) Validate() error {
 	if len(c.Registries) == 0 && c.Discover == nil {
 		return bad("no registry: give Registries or Discover")
 	}
-	if c.PollInterval < 0 || c.MaxStreams < 0 {
-		return bad("negative PollInterval or MaxStreams")
+	if c.PollInterval < 0 || c.MaxStreams < 0 || c.MaxConns < 0 {
+		return bad("negative PollInterval, MaxStreams or MaxConns")
 	}
 	if c.Secret != "" && len(c.Secret) < 16 {
 		return bad("Secret of %d bytes: want at least 16", len(c.Secret))
@@ -118,6 +126,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxStreams == 0 {
 		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -64,6 +64,7 @@ func (g guard) wrap(next http.Handler) http.Handler {
 						"huddle web prints a new link each time it starts")
 					return
 				}
+				trustConn(r)
 				http.SetCookie(w, &http.Cookie{Name: g.cookieName(), Value: g.secret, Path: "/",
 					HttpOnly: true, SameSite: http.SameSiteStrictMode})
 				q := r.URL.Query()
@@ -73,6 +74,9 @@ func (g guard) wrap(next http.Handler) http.Handler {
 				http.Redirect(w, r, u.RequestURI(), http.StatusSeeOther)
 				return
 			}
+			if g.authorized(r) {
+				trustConn(r) // the page's own connection: kept in a flood of others
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -81,6 +85,7 @@ func (g guard) wrap(next http.Handler) http.Handler {
 				"(open that link once; scripts send Authorization: Bearer SECRET)")
 			return
 		}
+		trustConn(r)
 		next.ServeHTTP(w, r)
 	})
 }

@@ -1,9 +1,15 @@
 package web
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +147,166 @@ func TestEventStreamLimits(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond) // the server notices the closed stream
 	}
+}
+
+// strangerConns opens n connections to s as another user of the machine
+// would: each asks for the page's public files once and stays open, as
+// keep-alive lets it (2 minutes). It returns a func counting how many of
+// them the server has not closed.
+func strangerConns(t *testing.T, s *Server, n int) (open func() int) {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	closed := make([]bool, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", s.Addr().String())
+		must(t, err)
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", s.Addr())
+		if res, err := http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+			io.Copy(io.Discard, res.Body) // all of it: the connection is idle now
+			res.Body.Close()
+		} else {
+			closed[i] = true // closed for a newer one before it was answered
+		}
+	}
+	var b [1]byte
+	return func() int {
+		n := 0
+		for i, c := range conns {
+			if closed[i] {
+				continue
+			}
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			_, err := c.Read(b[:])
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				n++
+				continue
+			}
+			closed[i] = true // EOF or reset: the server closed it
+		}
+		return n
+	}
+}
+
+// TestConnectionFlood: another user of the machine opening connections to
+// huddle web's port (without the secret, each asking for the page's files
+// once and kept alive) is held to MaxConns in all, and never closes the
+// page's connections or stops it from opening new ones. huddle web held
+// every connection, each with its goroutine and buffers, for 2 minutes.
+func TestConnectionFlood(t *testing.T) {
+	c := newClient(t)
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: c, Registries: []string{"127.0.0.1:1"}, Secret: testSecret,
+		MaxConns: 8, Logger: testLogger(t)})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	// The owner's script, on a connection of its own kept alive.
+	owner := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(owner.CloseIdleConnections)
+	me := func(cl *http.Client) (status int, reused bool) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(testCtx(t), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+		}), "GET", a.base+"/api/me", nil)
+		must(t, err)
+		req.Header.Set("Authorization", "Bearer "+testSecret)
+		res, err := cl.Do(req)
+		must(t, err)
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode, reused
+	}
+	if st, _ := me(owner); st != 200 {
+		t.Fatalf("the owner before the flood: HTTP %d", st)
+	}
+	stream := a.events("")
+	stream.next("hello")
+
+	open := strangerConns(t, s, 100)
+	// The owner's two connections are kept: the strangers share the rest.
+	until(t, "the strangers' connections held to MaxConns", func() bool { return open() <= 8-2 })
+	if st, reused := me(owner); st != 200 || !reused {
+		t.Errorf("the owner after the flood: HTTP %d on its connection kept alive: %v; want 200 on it", st, reused)
+	}
+	fresh := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(fresh.CloseIdleConnections)
+	if st, _ := me(fresh); st != 200 {
+		t.Errorf("the owner on a new connection, the strangers holding the rest: HTTP %d", st)
+	}
+	select {
+	case _, ok := <-stream.events:
+		if !ok {
+			t.Error("the owner's event stream was closed for the strangers")
+		}
+	default:
+	}
+	t.Logf("%d of the strangers' 100 connections open", open())
+}
+
+// TestSlowRequestBody: a request whose body trickles in is cut off after
+// the server's read timeout, and an event stream outlives it. huddle web
+// read a body for as long as its sender kept it coming: a handler and a
+// connection held for each.
+func TestSlowRequestBody(t *testing.T) {
+	r := startRegistry(t)
+	c := newClient(t)
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: c, Registries: []string{r.Addr().String()}, Secret: testSecret,
+		PollInterval: 100 * time.Millisecond, Logger: testLogger(t)})
+	must(t, err)
+	s.readTimeout = 500 * time.Millisecond
+	serve(t, s)
+	a := newAPI(t, s)
+	stream := a.events("")
+	stream.next("groups")
+
+	conn, err := net.Dial("tcp", s.Addr().String())
+	must(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /api/groups/%s/messages HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{", uuid.New(), s.Addr(), testSecret)
+	// One more byte every 100 ms until the server stops reading.
+	cut := make(chan struct{})
+	go func() {
+		defer close(cut)
+		io.Copy(io.Discard, conn) // the server's answer, if any, then its close
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	ctx := testCtx(t)
+trickle:
+	for {
+		select {
+		case <-cut:
+			break trickle
+		case <-tick.C:
+			conn.Write([]byte(" "))
+		case <-ctx.Done():
+			t.Fatal("the server read a trickling body for the whole test")
+		}
+	}
+	// The stream, opened before the read timeout, still runs: a group
+	// registered now is listed on it.
+	startGroups(t, r, groupd.Config{})
+	for {
+		ev := stream.next("groups")
+		if strings.Contains(ev.raw, `"lobby"`) {
+			break
+		}
+	}
+}
+
+// serve runs s until the test ends.
+func serve(t *testing.T, s *Server) {
+	t.Helper()
+	must(t, s.Listen())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, s.Close())
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
 }

@@ -13,6 +13,14 @@ import (
 	"time"
 )
 
+// Bounds of the HTTP server (besides Config.MaxConns).
+const (
+	readHeaderTimeout  = 10 * time.Second
+	defaultReadTimeout = 30 * time.Second // a request of maxBody takes milliseconds on loopback
+	idleTimeout        = 2 * time.Minute
+	maxHeaderBytes     = 64 << 10
+)
+
 // Server is huddle's local web server. New does no I/O; Listen binds; Serve
 // runs until its context ends or Close is called; Close is safe twice and
 // waits for every goroutine the Server started.
@@ -22,6 +30,9 @@ type Server struct {
 	guard  guard
 	mux    *http.ServeMux
 	stream chan struct{} // a token per event stream open
+	// readTimeout bounds reading a request, header and body
+	// (defaultReadTimeout; tests shorten it).
+	readTimeout time.Duration
 
 	// ctx ends when Close begins: it is every request's base context, so
 	// event streams end with it.
@@ -47,7 +58,7 @@ func New(cfg Config) (*Server, error) {
 		rand.Read(b[:])
 		cfg.Secret = base64.RawURLEncoding.EncodeToString(b[:])
 	}
-	s := &Server{cfg: cfg, stream: make(chan struct{}, cfg.MaxStreams), ready: make(chan struct{})}
+	s := &Server{cfg: cfg, stream: make(chan struct{}, cfg.MaxStreams), readTimeout: defaultReadTimeout, ready: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.dir = newDirectory(cfg)
 	s.guard = guard{secret: cfg.Secret, hosts: cfg.Hosts, log: cfg.Logger}
@@ -70,7 +81,7 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("web: listen: %w", err)
 	}
-	s.ln = ln
+	s.ln = newConnLimit(ln, s.cfg.MaxConns)
 	s.guard.port = fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
 	close(s.ready)
 	return nil
@@ -121,11 +132,19 @@ func (s *Server) Serve(ctx context.Context) error {
 		return ErrClosed
 	}
 	s.srv = &http.Server{
-		Handler:           s.guard.wrap(s.mux),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		Handler: s.guard.wrap(s.mux),
+		// A request's header must come within readHeaderTimeout, and the
+		// whole request within readTimeout, so that a slow sender cannot
+		// hold a connection and a handler (an event stream, whose request
+		// is read, outlives it: net/http lifts the deadline once a
+		// request's body is read); an idle one goes after idleTimeout;
+		// connLimit bounds how many are held at once.
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       s.readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ConnContext:       withConn,
 		ErrorLog:          nil,
 	}
 	srv, ln := s.srv, s.ln
