@@ -229,11 +229,21 @@ func listedBytes(e *wire.GroupEntry) int {
 // than 65,536 groups or 64 MiB of them, or an entry larger than a
 // registration may be (a name over 64 bytes, more than 16 addresses...).
 func (r *Registry) List(ctx context.Context) (Listing, error) {
+	return r.ListWithin(ctx, nil)
+}
+
+// ListWithin is List for a program that bounds what several registries'
+// listings make it hold together: before it keeps each page's entries it
+// calls room with the bytes the listing would then hold (about what its
+// entries take in memory, as List's own 64 MiB bound counts them), and an
+// error room returns ends the listing with that error. A listing that
+// starts over counts from 0 again. room nil is List.
+func (r *Registry) ListWithin(ctx context.Context, room func(bytes int) error) (Listing, error) {
 	if r.closed.Load() {
 		return Listing{}, r.fail("list", ErrClosed)
 	}
 	for restarts := 0; ; restarts++ {
-		all, err := r.list(ctx)
+		all, err := r.list(ctx, room)
 		if errors.Is(err, errListRestarted) && restarts == 0 {
 			continue
 		}
@@ -246,7 +256,7 @@ func (r *Registry) List(ctx context.Context) (Listing, error) {
 
 var errListRestarted = errors.New("the registry restarted while its listing was read")
 
-func (r *Registry) list(ctx context.Context) (Listing, error) {
+func (r *Registry) list(ctx context.Context, room func(int) error) (Listing, error) {
 	var all Listing
 	var after []byte
 	held := 0 // listedBytes of all.Groups
@@ -260,6 +270,15 @@ func (r *Registry) list(ctx context.Context) (Listing, error) {
 			all.Epoch = g.Epoch
 		case g.Epoch != all.Epoch:
 			return Listing{}, errListRestarted
+		}
+		page := held
+		for i := range g.Groups {
+			page += listedBytes(&g.Groups[i])
+		}
+		if room != nil {
+			if err := room(page); err != nil {
+				return Listing{}, err
+			}
 		}
 		for _, e := range g.Groups {
 			if n := len(all.Groups); n > 0 && listedOrder(&all.Groups[n-1], &e) >= 0 {

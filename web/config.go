@@ -22,6 +22,10 @@ const (
 	// DefaultMaxConns bounds the connections held at once: a browser
 	// opens six or so per page.
 	DefaultMaxConns = 512
+	// DefaultMaxListingBytes bounds the registries' listings held, in
+	// all: one registry's, as the client bounds it, and 65,536 groups of
+	// an honest one take 10-30 MiB.
+	DefaultMaxListingBytes = 64 << 20
 )
 
 // ErrInvalidConfig: a Config field is unusable. Validate's errors wrap it.
@@ -66,6 +70,15 @@ type Config struct {
 	// MaxStreams bounds the event streams open at once; one more gets 503.
 	// Default DefaultMaxStreams (64).
 	MaxStreams int
+	// MaxListingBytes bounds the registries' listings the Server holds,
+	// in all (as client.Registry.ListWithin counts them): the registries
+	// share it, each at most an equal part (MaxListingBytes divided by
+	// the registries known), and a listing larger than its part, or than
+	// what the others leave, is not kept: the registry is listed with
+	// code too_large and its groups are not shown. A registry's previous
+	// listing stands while the next is read, so for that moment up to
+	// twice this is held. Default DefaultMaxListingBytes (64 MiB).
+	MaxListingBytes int
 	// MaxConns bounds the connections held at once. Past it, the oldest
 	// connection that has not carried the secret is closed for the new
 	// one; one that has (the page's, a script's) is never closed for
@@ -87,8 +100,8 @@ func (c Config) Validate() error {
 	if len(c.Registries) == 0 && c.Discover == nil {
 		return bad("no registry: give Registries or Discover")
 	}
-	if c.PollInterval < 0 || c.MaxStreams < 0 || c.MaxConns < 0 {
-		return bad("negative PollInterval, MaxStreams or MaxConns")
+	if c.PollInterval < 0 || c.MaxStreams < 0 || c.MaxConns < 0 || c.MaxListingBytes < 0 {
+		return bad("negative PollInterval, MaxStreams, MaxConns or MaxListingBytes")
 	}
 	if c.Secret != "" && len(c.Secret) < 16 {
 		return bad("Secret of %d bytes: want at least 16", len(c.Secret))
@@ -129,6 +142,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxListingBytes == 0 {
+		c.MaxListingBytes = DefaultMaxListingBytes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

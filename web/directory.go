@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -43,6 +44,7 @@ const (
 type directory struct {
 	c        *client.Client
 	poll     time.Duration
+	maxHeld  int // Config.MaxListingBytes
 	log      *slog.Logger
 	discover func(context.Context, func(*client.Registry), func(wire.Fingerprint)) error
 
@@ -69,6 +71,8 @@ type registryState struct {
 	discovered bool             // found over mDNS, not given
 	entries    []wire.GroupEntry
 	at         time.Time // of entries
+	held       int       // bytes of entries (client.Registry.ListWithin's count)
+	reading    int       // bytes of the listing being read, so far
 	err        error     // of the last attempt
 	polled     bool      // an attempt has ended
 	stop       func()    // ends its poller; nil until it starts
@@ -123,6 +127,9 @@ type registryJSON struct {
 	Fingerprint string `json:"fingerprint,omitempty"`
 	OK          bool   `json:"ok"`
 	Error       string `json:"error,omitempty"`
+	// Code is too_large for a listing over the registry's part of
+	// Config.MaxListingBytes (its groups are not shown), else empty.
+	Code string `json:"code,omitempty"`
 }
 
 type listJSON struct {
@@ -131,7 +138,7 @@ type listJSON struct {
 }
 
 func newDirectory(cfg Config) *directory {
-	d := &directory{c: cfg.Client, poll: cfg.PollInterval, log: cfg.Logger, discover: cfg.Discover,
+	d := &directory{c: cfg.Client, poll: cfg.PollInterval, maxHeld: cfg.MaxListingBytes, log: cfg.Logger, discover: cfg.Discover,
 		info:   make(chan struct{}, infoConcurrency),
 		groups: make(map[wire.UUID]*groupState), changed: make(chan struct{}), merged: make(chan struct{}),
 		wake: make(chan struct{})}
@@ -436,6 +443,40 @@ func (d *directory) merge() {
 	d.mu.Unlock()
 }
 
+// errListingTooLarge: a registry's listing is larger than its part of
+// what the directory holds (Config.MaxListingBytes).
+type errListingTooLarge struct {
+	max, registries int
+}
+
+func (e errListingTooLarge) Error() string {
+	return fmt.Sprintf("its listing is larger than huddle web keeps: %d MiB of listings in all, shared by the %d registries it knows "+
+		"(its groups are not shown; give fewer registries, or the one you need alone with --registry)", e.max>>20, e.registries)
+}
+
+// room is ListWithin's check for rs: the listing being read may hold
+// bytes if that fits both rs's part of maxHeld (an equal share of the
+// registries known: one registry, however large its listings, leaves the
+// others theirs) and what the others hold now. A registry counts the
+// larger of the listing it keeps and the one being read. d.mu is not
+// held.
+func (d *directory) room(rs *registryState, bytes int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	total := 0
+	for _, o := range d.regs {
+		if o != rs {
+			total += max(o.held, o.reading)
+		}
+	}
+	share := d.maxHeld / max(len(d.regs), 1)
+	if bytes > share || total+max(rs.held, bytes) > d.maxHeld {
+		return errListingTooLarge{max: d.maxHeld, registries: len(d.regs)}
+	}
+	rs.reading = bytes
+	return nil
+}
+
 // listRegistry opens rs if need be and lists its groups.
 func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	ctx, cancel := context.WithTimeout(ctx, registryTimeout)
@@ -449,10 +490,12 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	}
 	var list client.Listing
 	if err == nil {
-		list, err = reg.List(ctx)
+		list, err = reg.ListWithin(ctx, func(bytes int) error { return d.room(rs, bytes) })
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	read := rs.reading
+	rs.reading = 0
 	switch {
 	case rs.reg == nil:
 		rs.reg = reg // opened now
@@ -460,9 +503,14 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 		reg.Close() // a discovered one's moved meanwhile: kept
 	}
 	rs.err, rs.polled = err, true
-	if err == nil {
-		rs.entries, rs.at = list.Groups, time.Now()
-	} else {
+	switch {
+	case err == nil:
+		rs.entries, rs.at, rs.held = list.Groups, time.Now(), read
+	case time.Since(rs.at) > staleListing:
+		// No longer shown (merge): no longer held either.
+		rs.entries, rs.held = nil, 0
+		fallthrough
+	default:
 		d.log.Debug("registry did not list", "addr", rs.addr, "err", err)
 	}
 }
@@ -568,6 +616,9 @@ func (d *directory) publishLocked() {
 		}
 		if rs.err != nil {
 			r.Error = rs.err.Error()
+			if errors.As(rs.err, new(errListingTooLarge)) {
+				r.Code = "too_large"
+			}
 		}
 		l.Registries = append(l.Registries, r)
 	}

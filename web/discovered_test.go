@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,7 +13,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -142,5 +145,78 @@ func until(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("gave up waiting for %s", what)
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// hostileRegistry runs a registry of its own making that lists n groups,
+// each with a name of 60 bytes, in one page; it returns its address.
+func hostileRegistry(t *testing.T, n int) string {
+	t.Helper()
+	id, err := identity.Generate()
+	must(t, err)
+	groups := make([]wire.GroupEntry, n)
+	for i := range groups {
+		groups[i] = wire.GroupEntry{Group: wire.UUID{byte(i >> 8), byte(i), 9}, Name: fmt.Sprintf("flood-%054d", i),
+			Addrs: []string{"127.0.0.1:1"}, Fingerprint: wire.Fingerprint{9}, ExpiresMS: 60_000}
+	}
+	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, func(ctx context.Context, c *server.Call) error {
+		var l wire.List
+		if err := c.Decode(&l); err != nil {
+			return err
+		}
+		return c.Result(wire.Groups{Epoch: 1, Groups: groups})
+	})
+	must(t, s.Listen(id))
+	must(t, s.Start())
+	t.Cleanup(s.Close)
+	return s.Addr().String()
+}
+
+// TestListingsBounded: the registries' listings huddle web holds are
+// bounded in all (Config.MaxListingBytes), each registry to an equal part:
+// a registry listing more than its part is shown as too_large with none of
+// its groups, and leaves the others theirs. huddle web held each
+// registry's listing up to the client's bound of 64 MiB: 32 registries
+// found over mDNS made it hold 2 GiB.
+func TestListingsBounded(t *testing.T) {
+	reg := startRegistry(t)
+	startGroups(t, reg, groupd.Config{})
+	flood := hostileRegistry(t, 400) // about 90 KiB of entries
+	c := newClient(t)
+	// Two registries share 64 KiB: 32 KiB each.
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: c, Registries: []string{flood, reg.Addr().String()}, Secret: testSecret,
+		PollInterval: 100 * time.Millisecond, MaxListingBytes: 64 << 10, Logger: testLogger(t)})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	a.groupID("lobby") // the honest registry's group is listed
+	var l listJSON
+	a.do("GET", "/api/groups", nil, &l)
+	for _, g := range l.Groups {
+		if strings.HasPrefix(g.Name, "flood-") {
+			t.Fatalf("a group of the registry over its part is listed: %s", g.Name)
+		}
+	}
+	var flooded *registryJSON
+	for i, r := range l.Registries {
+		if r.Addr == flood {
+			flooded = &l.Registries[i]
+		}
+	}
+	if flooded == nil || flooded.OK || flooded.Code != "too_large" {
+		t.Fatalf("the registry over its part: %+v, want ok false, code too_large", flooded)
+	}
+	t.Log(flooded.Error)
+	s.dir.mu.Lock()
+	held := 0
+	for _, rs := range s.dir.regs {
+		held += rs.held
+		if rs.addr == flood && len(rs.entries) > 0 {
+			t.Errorf("the listing over its part is held: %d entries", len(rs.entries))
+		}
+	}
+	s.dir.mu.Unlock()
+	if held > 64<<10 {
+		t.Errorf("%d bytes of listings held, over the bound of 64 KiB", held)
 	}
 }

@@ -452,7 +452,7 @@ function renderSidebar() {
   if (others.length === 0) others.push(note(filter ? 'no match' : 'none'));
   reconcile($('joined'), joined);
   reconcile($('others'), others);
-  const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : ' (not answering)'}`);
+  const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : r.code === 'too_large' ? ' (its list is larger than huddle web keeps: not shown)' : ' (not answering)'}`);
   const text = regs.length ? `Groups from ${regs.join(', ')}` : '';
   if ($('registries').textContent !== text) $('registries').textContent = text;
   // The tab tells which groups have news (or, with none, which group is
