@@ -77,8 +77,10 @@ func (b *nameBook) labelMessage(m client.Message) string { return b.label(m.From
 // without the characters it shows as nothing (default-ignorable ones, such
 // as the Hangul fillers U+3164 and U+115F, variation selectors, U+034F:
 // the daemon's rule refuses format characters, not these), with each run
-// of blanks (spaces, U+00A0...) one space, and no blank at either end. Two
-// keys whose names look alike so are shown with their keys.
+// of blanks (spaces, U+00A0...) one space, no blank at either end, and
+// each letter that looks like a Latin one written as that one (Cyrillic а
+// as a: confusables). Two keys whose names look alike so are shown with
+// their keys.
 func lookalike(name string) string {
 	var b strings.Builder
 	blank := false
@@ -92,7 +94,7 @@ func lookalike(name string) string {
 				b.WriteByte(' ')
 				blank = false
 			}
-			b.WriteRune(r)
+			b.WriteString(confusable(r))
 		}
 	}
 	return b.String()

@@ -1,6 +1,8 @@
 // Formatting for people: times, days, sizes, names, and the daemon's
 // errors in words.
 
+import {confusables} from './confusables.js';
+
 const timeFmt = new Intl.DateTimeFormat(undefined, {hour: '2-digit', minute: '2-digit'});
 const dayFmt = new Intl.DateTimeFormat(undefined, {weekday: 'long', day: 'numeric', month: 'long', year: 'numeric'});
 const fullFmt = new Intl.DateTimeFormat(undefined, {dateStyle: 'medium', timeStyle: 'medium'});
@@ -43,9 +45,15 @@ export function seconds(ms) {
 // lookalike is a name as the page shows it, for telling names apart:
 // without the characters shown as nothing (default-ignorable ones, such as
 // the Hangul filler U+3164, which the daemon's name rule lets through),
-// each run of blanks one space, no blank at either end.
+// each run of blanks one space, no blank at either end, and each letter
+// that looks like a Latin one written as that one (a Cyrillic а as a:
+// confusables.js, the CLI's table; fullwidth forms as their ASCII).
 export const lookalike = name =>
-  name.replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/\s+/gu, ' ').trim();
+  Array.from(name.replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/\s+/gu, ' ').trim(), ch => {
+    const c = ch.codePointAt(0);
+    if (c >= 0xFF01 && c <= 0xFF5E) ch = String.fromCodePoint(c - 0xFF01 + 0x21);
+    return confusables.get(ch) ?? ch;
+  }).join('');
 
 // Names: who shares a display name, or one that looks the same, with
 // another key.
