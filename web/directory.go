@@ -450,8 +450,12 @@ type errListingTooLarge struct {
 }
 
 func (e errListingTooLarge) Error() string {
-	return fmt.Sprintf("its listing is larger than huddle web keeps: %d MiB of listings in all, shared by the %d registries it knows "+
-		"(its groups are not shown; give fewer registries, or the one you need alone with --registry)", e.max>>20, e.registries)
+	size := fmt.Sprintf("%d MiB", e.max>>20)
+	if e.max < 1<<20 {
+		size = fmt.Sprintf("%d KiB", e.max>>10)
+	}
+	return fmt.Sprintf("its listing is larger than huddle web keeps: %s of listings in all, shared by the %d registries it knows "+
+		"(its groups are not shown; give fewer registries, or the one you need alone with --registry)", size, e.registries)
 }
 
 // room is ListWithin's check for rs: the listing being read may hold
@@ -500,7 +504,12 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	case rs.reg == nil:
 		rs.reg = reg // opened now
 	case reg != rs.reg && reg != nil:
-		reg.Close() // a discovered one's moved meanwhile: kept
+		// A discovered one moved meanwhile, and addRegistry closed the
+		// handle on its old address: what failed through it is not the
+		// registry's failure (the next poll asks the new address).
+		if err != nil {
+			return
+		}
 	}
 	rs.err, rs.polled = err, true
 	switch {

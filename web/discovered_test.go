@@ -224,3 +224,69 @@ func TestListingsBounded(t *testing.T) {
 		t.Errorf("%d bytes of listings held, over the bound of 64 KiB", held)
 	}
 }
+
+// TestDiscoveredRegistryMovesMidListing: a registry found at another
+// address while its listing is read at the old one is polled at the new
+// one, and the listing cut short by closing the old handle is not taken
+// for the registry's failure (session 13's close of the old handle made
+// the page say it was not answering until the next poll).
+func TestDiscoveredRegistryMovesMidListing(t *testing.T) {
+	id, err := identity.Generate()
+	must(t, err)
+	asked := make(chan struct{}, 1)
+	release := make(chan struct{})
+	registryAt := func(hold bool) string {
+		s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, func(ctx context.Context, c *server.Call) error {
+			var l wire.List
+			if err := c.Decode(&l); err != nil {
+				return err
+			}
+			if hold {
+				asked <- struct{}{}
+				select {
+				case <-release:
+				case <-c.Gone():
+					return c.Lost()
+				}
+			}
+			return c.Result(wire.Groups{Epoch: 1})
+		})
+		must(t, s.Listen(id))
+		must(t, s.Start())
+		t.Cleanup(s.Close)
+		return s.Addr().String()
+	}
+	old, moved := registryAt(true), registryAt(false)
+	c := newClient(t)
+	d := newDirectory(Config{Client: c, Logger: testLogger(t)})
+	open := func(addr string) *client.Registry {
+		r, err := c.Registry(testCtx(t), addr, id.Fingerprint())
+		must(t, err)
+		return r
+	}
+	d.addRegistry(open(old))
+	d.mu.Lock()
+	rs := d.regs[0]
+	d.mu.Unlock()
+	listed := make(chan struct{})
+	go func() { defer close(listed); d.listRegistry(testCtx(t), rs) }()
+	<-asked // the listing is being read at the old address
+	d.addRegistry(open(moved))
+	<-listed
+	close(release)
+	d.mu.Lock()
+	addr, polled, lastErr := rs.addr, rs.polled, rs.err
+	d.mu.Unlock()
+	if addr != moved || polled || lastErr != nil {
+		t.Errorf("after a move mid-listing: at %s, polled %v, error %v; want at %s, the cut listing not counted", addr, polled, lastErr, moved)
+	}
+	d.listRegistry(testCtx(t), rs)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if rs.err != nil || !rs.polled {
+		t.Errorf("listing at the new address: %v", rs.err)
+	}
+	for _, rs := range d.regs {
+		rs.reg.Close()
+	}
+}
