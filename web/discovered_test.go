@@ -152,13 +152,20 @@ func until(t *testing.T, what string, cond func() bool) {
 // each with a name of 60 bytes, in one page; it returns its address.
 func hostileRegistry(t *testing.T, n int) string {
 	t.Helper()
-	id, err := identity.Generate()
-	must(t, err)
 	groups := make([]wire.GroupEntry, n)
 	for i := range groups {
 		groups[i] = wire.GroupEntry{Group: wire.UUID{byte(i >> 8), byte(i), 9}, Name: fmt.Sprintf("flood-%054d", i),
 			Addrs: []string{"127.0.0.1:1"}, Fingerprint: wire.Fingerprint{9}, ExpiresMS: 60_000}
 	}
+	return listingRegistry(t, groups)
+}
+
+// listingRegistry runs a registry of its own making that lists groups, in
+// one page; it returns its address.
+func listingRegistry(t *testing.T, groups []wire.GroupEntry) string {
+	t.Helper()
+	id, err := identity.Generate()
+	must(t, err)
 	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, func(ctx context.Context, c *server.Call) error {
 		var l wire.List
 		if err := c.Decode(&l); err != nil {

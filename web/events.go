@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -29,7 +30,78 @@ const (
 	// streamQueue is how many events may wait for the browser before the
 	// watches feeding them wait in turn.
 	streamQueue = 1024
+	// streamQueueBytes bounds the bytes of messages (their texts and
+	// names) waiting for the browser on one stream, for the same: 1024
+	// messages of 1 MiB, which a daemon may send (its frames' bound, past
+	// its own message limit), were 1 GiB a stream while a page did not
+	// read. A message larger than the bound waits until the queue is
+	// empty.
+	streamQueueBytes = 16 << 20
 )
+
+// eventQueue holds the events of one stream waiting for the browser,
+// bounded in number (its channel) and in the bytes of their messages.
+type eventQueue struct {
+	ch     chan streamEvent
+	max    int
+	queued *atomic.Int64 // the Server's, of every stream
+	wait   func()        // test hook: called when an event waits for room
+
+	mu    sync.Mutex
+	bytes int
+	freed chan struct{} // closed and replaced when bytes are given back
+}
+
+func (s *Server) newEventQueue() *eventQueue {
+	return &eventQueue{ch: make(chan streamEvent, streamQueue), max: s.queueBytes, queued: &s.queued, wait: s.queueWait,
+		freed: make(chan struct{})}
+}
+
+// put queues ev, waiting while the queue is full (in events or in bytes)
+// or until ctx ends; it reports whether ev was queued.
+func (q *eventQueue) put(ctx context.Context, ev streamEvent) bool {
+	for waited := false; ; waited = true {
+		q.mu.Lock()
+		fits := ev.size == 0 || q.bytes == 0 || q.bytes+ev.size <= q.max
+		if fits {
+			q.bytes += ev.size
+		}
+		freed := q.freed
+		q.mu.Unlock()
+		if fits {
+			break
+		}
+		if !waited && q.wait != nil {
+			q.wait()
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	q.queued.Add(int64(ev.size))
+	select {
+	case q.ch <- ev:
+		return true
+	case <-ctx.Done():
+		q.done(ev)
+		return false
+	}
+}
+
+// done gives back what ev held once it was written (or dropped).
+func (q *eventQueue) done(ev streamEvent) {
+	if ev.size == 0 {
+		return
+	}
+	q.queued.Add(-int64(ev.size))
+	q.mu.Lock()
+	q.bytes -= ev.size
+	close(q.freed)
+	q.freed = make(chan struct{})
+	q.mu.Unlock()
+}
 
 // watchSpec is one group an event stream follows and where it resumes.
 type watchSpec struct {
@@ -64,10 +136,12 @@ func parseWatch(s string) (watchSpec, error) {
 	return watchSpec{}, badRequest("watch=%q: want UUID or UUID:EPOCH:SEQ", s)
 }
 
-// streamEvent is one event for the browser: its SSE name and JSON data.
+// streamEvent is one event for the browser: its SSE name and JSON data,
+// and the bytes of its message's text and name that an eventQueue counts.
 type streamEvent struct {
 	name string
 	data any
+	size int
 }
 
 // apiEvents is GET /api/events: a text/event-stream of the group list
@@ -116,15 +190,22 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 
 	ctx, cancel := context.WithCancel(r.Context())
+	q := s.newEventQueue()
+	defer func() { // last: once every watch has ended, what it queued goes
+		for len(q.ch) > 0 {
+			q.done(<-q.ch)
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait() // after cancel, below: every watch ends first
 	defer cancel()
-	events := make(chan streamEvent, streamQueue)
+	events := q.ch
 	for _, ws := range specs {
-		wg.Go(func() { s.follow(ctx, ws, events) })
+		wg.Go(func() { s.follow(ctx, ws, q) })
 	}
 
 	write := func(ev streamEvent) error {
+		defer q.done(ev)
 		b, err := json.Marshal(ev.data)
 		if err != nil {
 			return err
@@ -138,11 +219,11 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 		return rc.Flush()
 	}
 	fp := s.cfg.Client.Fingerprint()
-	if write(streamEvent{"hello", map[string]string{"fingerprint": fp.String(), "short": fp.Short()}}) != nil {
+	if write(streamEvent{name: "hello", data: map[string]string{"fingerprint": fp.String(), "short": fp.Short()}}) != nil {
 		return
 	}
 	_, list, changed := s.dir.current(ctx)
-	if write(streamEvent{"groups", json.RawMessage(list)}) != nil || flush() != nil {
+	if write(streamEvent{name: "groups", data: json.RawMessage(list)}) != nil || flush() != nil {
 		return
 	}
 	ping := time.NewTicker(pingEvery)
@@ -165,7 +246,7 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 			}
 		case <-changed:
 			list, changed = s.dir.watchList()
-			err = write(streamEvent{"groups", json.RawMessage(list)})
+			err = write(streamEvent{name: "groups", data: json.RawMessage(list)})
 		case <-ping.C:
 			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			_, err = fmt.Fprint(w, ": ping\n\n")
@@ -180,17 +261,18 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 // follow runs one group's watch for an event stream until ctx ends or the
-// watch ends for good, sending what happens to out.
-func (s *Server) follow(ctx context.Context, ws watchSpec, out chan<- streamEvent) {
+// watch ends for good, queueing what happens on out.
+func (s *Server) follow(ctx context.Context, ws watchSpec, out *eventQueue) {
 	id := ws.group.String()
 	emit := func(name string, data map[string]any) bool {
 		data["group"] = id
-		select {
-		case out <- streamEvent{name, data}:
-			return true
-		case <-ctx.Done():
-			return false
+		size := 0
+		if name == "message" {
+			text, _ := data["text"].(string)
+			from, _ := data["name"].(string)
+			size = len(text) + len(from)
 		}
+		return out.put(ctx, streamEvent{name: name, data: data, size: size})
 	}
 	status := func(state string, epoch uint64, err error) bool {
 		d := map[string]any{"state": state}

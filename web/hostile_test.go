@@ -11,12 +11,17 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/huddle-chat/huddle/daemon/groupd"
+	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestAPIBadBodies: a body that is not one JSON object of the fields the
@@ -309,4 +314,71 @@ func serve(t *testing.T, s *Server) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
+}
+
+// TestEventStreamQueueBounded: the messages an event stream holds for a
+// page that does not read are bounded in bytes, not only in number. A
+// daemon sending messages of 256 KiB (of 1 MiB, its frames' bound, past
+// its own limit) filled a stream's 1024 places: 256 MiB (1 GiB) for each
+// of 64 streams, while the page did not read.
+func TestEventStreamQueueBounded(t *testing.T) {
+	id, err := identity.Generate()
+	must(t, err)
+	const n, size = 200, 256 << 10
+	var sent atomic.Int64
+	allSent := make(chan struct{})
+	daemon := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpWatch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, HeartbeatMS: 60_000}); err != nil {
+			return err
+		}
+		body := []byte(strings.Repeat("x", size))
+		for seq := uint64(1); seq <= n; seq++ {
+			m := wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq), byte(seq >> 8)}, From: wire.Fingerprint{1}, Name: "x", Body: body}
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{m}}); err != nil {
+				return err
+			}
+			if sent.Add(1) == n {
+				close(allSent)
+			}
+		}
+		<-c.Gone()
+		return c.Lost()
+	})
+	must(t, daemon.Listen(id))
+	must(t, daemon.Start())
+	t.Cleanup(daemon.Close)
+	group := wire.UUID(uuid.New())
+	reg := listingRegistry(t, []wire.GroupEntry{{Group: group, Name: "big", Addrs: []string{daemon.Addr().String()},
+		Fingerprint: id.Fingerprint(), ExpiresMS: 60_000}})
+
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{reg}, Secret: testSecret,
+		PollInterval: 100 * time.Millisecond, Logger: testLogger(t)})
+	must(t, err)
+	const bound = 4 << 20
+	s.queueBytes = bound
+	full := make(chan struct{})
+	var once sync.Once
+	s.queueWait = func() { once.Do(func() { close(full) }) }
+	serve(t, s)
+	newAPI(t, s).groupID("big")
+
+	// A page that asks for the group's messages and never reads them.
+	conn, err := net.Dial("tcp", s.Addr().String())
+	must(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/events?watch=%s:0:0 HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", uuid.UUID(group), s.Addr(), testSecret)
+	select {
+	case <-full:
+		if q := s.queued.Load(); q > bound {
+			t.Errorf("%d bytes of messages queued for the stream, over its bound of %d", q, bound)
+		}
+	case <-allSent:
+		t.Fatalf("the daemon sent all %d messages of %d KiB to a stream nobody reads: %d MiB queued", n, size>>10, s.queued.Load()>>20)
+	case <-testCtx(t).Done():
+		t.Fatal("neither the stream's queue filled nor the daemon sent everything")
+	}
+	t.Logf("%d of %d messages sent, %d KiB queued", sent.Load(), n, s.queued.Load()>>10)
 }

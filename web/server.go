@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +34,12 @@ type Server struct {
 	// readTimeout bounds reading a request, header and body
 	// (defaultReadTimeout; tests shorten it).
 	readTimeout time.Duration
+	// queueBytes bounds each event stream's messages waiting for the
+	// browser (streamQueueBytes); queued counts them over every stream;
+	// queueWait, a test hook, is called when a message waits for room.
+	queueBytes int
+	queued     atomic.Int64
+	queueWait  func()
 
 	// ctx ends when Close begins: it is every request's base context, so
 	// event streams end with it.
@@ -58,7 +65,8 @@ func New(cfg Config) (*Server, error) {
 		rand.Read(b[:])
 		cfg.Secret = base64.RawURLEncoding.EncodeToString(b[:])
 	}
-	s := &Server{cfg: cfg, stream: make(chan struct{}, cfg.MaxStreams), readTimeout: defaultReadTimeout, ready: make(chan struct{})}
+	s := &Server{cfg: cfg, stream: make(chan struct{}, cfg.MaxStreams), readTimeout: defaultReadTimeout, queueBytes: streamQueueBytes,
+		ready: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.dir = newDirectory(cfg)
 	s.guard = guard{secret: cfg.Secret, hosts: cfg.Hosts, log: cfg.Logger}
