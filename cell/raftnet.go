@@ -489,16 +489,22 @@ func (n *raftNet) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, ar
 	return c.receive(typ, resp)
 }
 
-// AppendEntriesPipeline opens a connection to target for pipelined
-// AppendEntries requests (raft.Transport).
+// AppendEntriesPipeline takes a connection to target for pipelined
+// AppendEntries requests, a ready one from the pool if it holds one
+// (ready.go: a new leader's pipeline then needs no dial), else a new one
+// (raft.Transport).
 func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
-	conn, err := n.tr.Dial(target, n.dialTimeout())
-	if err != nil {
-		return nil, err
+	c := n.takeReady(target)
+	if c == nil {
+		conn, err := n.tr.Dial(target, n.dialTimeout())
+		if err != nil {
+			return nil, err
+		}
+		c = &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)}
 	}
 	p := &rpcPipeline{
 		n:        n,
-		c:        &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)},
+		c:        c,
 		inflight: make(chan *appendFuture, pipelineDepth),
 		done:     make(chan raft.AppendFuture, pipelineAnswered),
 		stop:     make(chan struct{}),
@@ -506,7 +512,7 @@ func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
-		conn.Close()
+		c.close()
 		return nil, errNetClosed
 	}
 	n.pipes[p] = struct{}{}

@@ -2,6 +2,7 @@ package cell
 
 import (
 	"errors"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -65,6 +66,117 @@ func readyTo(m, o *testMember, after uint64) bool {
 	defer n.mu.Unlock()
 	for _, c := range n.idle[raft.ServerAddress(o.addr)] {
 		if tc, ok := c.conn.(*tcpConn); ok && tc.seq > after {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNewLeaderOnReadyConnections: a new leader runs on the connections
+// held ready to its followers, with no dial: its heartbeats and its
+// pipeline each on one. Here no dial can succeed once the leader is
+// killed. Before, one connection was held ready: the new leader's
+// pipeline dialed its own (and failed here), and its heartbeats dialed
+// whenever the first AppendEntries held the ready one; on round trips of
+// 100-300 ms those dials outlasted the 300 ms lease, and most new leaders
+// stepped down within a second of winning (internal/jepsen,
+// delay-kill-leader).
+func TestNewLeaderOnReadyConnections(t *testing.T) {
+	rerunOnNewCells(t, 3, "the new leader was deposed before the checks", func(t *testing.T) bool {
+		var mu sync.Mutex
+		heartbeats := make(map[string]map[uint64]int) // by the member that received them, by term
+		c := newTestCell(t, 3, false, func(cfg *Config) {
+			self := cfg.Advertise
+			cfg.received = func(req any) {
+				if ae, ok := req.(*raft.AppendEntriesRequest); ok && isHeartbeat(ae) {
+					mu.Lock()
+					if heartbeats[self] == nil {
+						heartbeats[self] = make(map[uint64]int)
+					}
+					heartbeats[self][ae.Term]++
+					mu.Unlock()
+				}
+			}
+		})
+		heard := func(m *testMember, term uint64) int {
+			mu.Lock()
+			defer mu.Unlock()
+			return heartbeats[m.addr][term]
+		}
+		leader := c.leader()
+		var followers []*testMember
+		for _, m := range c.members {
+			if m != leader {
+				followers = append(followers, m)
+			}
+		}
+		f, g := followers[0], followers[1]
+		waitUntil(t, "connections held ready between the followers, each way",
+			func() bool { return readyCount(f, g) >= readyConns && readyCount(g, f) >= readyConns })
+		for _, m := range followers {
+			m.node.tr.mu.Lock()
+			m.node.tr.dialFault = func() error { return errNoDial }
+			m.node.tr.mu.Unlock()
+		}
+		leader.crash()
+
+		waitUntil(t, "a leader elected with dials blocked",
+			func() bool { return f.node.raft.State() == raft.Leader || g.node.raft.State() == raft.Leader })
+		next, other := f, g
+		if g.node.raft.State() == raft.Leader {
+			next, other = g, f
+		}
+		term := next.node.raft.CurrentTerm()
+		// Its pipeline to the other, then heartbeats beside it, all with
+		// dials blocked.
+		var since int
+		checks := []struct {
+			what string
+			done func() bool
+		}{
+			{"the new leader's pipeline to the other follower", func() bool {
+				if pipelinesTo(next, other) {
+					since = heard(other, term)
+					return true
+				}
+				return false
+			}},
+			{"heartbeats of the new leader beside its pipeline", func() bool { return heard(other, term) >= since+10 }},
+		}
+		for _, check := range checks {
+			deposed := false
+			waitUntil(t, check.what+", with dials blocked (a connection held ready for it)", func() bool {
+				deposed = next.node.raft.State() != raft.Leader || next.node.raft.CurrentTerm() != term
+				return deposed || check.done()
+			})
+			if deposed {
+				return false
+			}
+		}
+		for _, m := range followers {
+			m.node.tr.mu.Lock()
+			m.node.tr.dialFault = nil
+			m.node.tr.mu.Unlock()
+		}
+		return true
+	})
+}
+
+// readyCount returns how many idle connections m's raftNet holds to o.
+func readyCount(m, o *testMember) int {
+	n := m.node.net
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.idle[raft.ServerAddress(o.addr)])
+}
+
+// pipelinesTo reports whether m's raftNet runs a pipeline to o.
+func pipelinesTo(m, o *testMember) bool {
+	n := m.node.net
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for p := range n.pipes {
+		if p.c.target == raft.ServerAddress(o.addr) {
 			return true
 		}
 	}
