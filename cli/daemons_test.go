@@ -314,3 +314,49 @@ func TestServeCellConfigIsUsage(t *testing.T) {
 		t.Fatalf("serve ran with a --cell-peer list without its own key\nstdout:\n%s", v.stdout)
 	}
 }
+
+// TestMetricsOfEachDaemon: each daemon's /metrics serves the figures of
+// what runs in its process, and none of another's at a constant 0: a group
+// daemon served huddle_registry_registrations_total and
+// huddle_registry_lease_expiries_total at 0 for ever, and a registry
+// huddle_watchers and huddle_discovery_answers_total, which an operator
+// reads as "nothing registered", "no watches", not as "not here".
+func TestMetricsOfEachDaemon(t *testing.T) {
+	defer http.DefaultClient.CloseIdleConnections()
+	registryOnly := []string{"huddle_registry_leases", "huddle_registry_registrations_total", "huddle_registry_lease_expiries_total"}
+	groupsOnly := []string{"huddle_groups", "huddle_watchers", "huddle_discovery_answers_total", "huddle_messages_appended_total"}
+	for _, tc := range []struct {
+		args          []string
+		serves, never []string
+	}{
+		{[]string{"registry"}, registryOnly, groupsOnly},
+		{[]string{"serve", "--registry", "127.0.0.1:1", "--group", "lobby"}, groupsOnly, registryOnly},
+		{[]string{"up"}, append(append([]string(nil), registryOnly...), groupsOnly...), nil},
+	} {
+		args := append(tc.args, "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--log-level", "warn", "--metrics", "127.0.0.1:0")
+		v := startVerb(t, nil, args...)
+		status, body := get(t, "http://"+v.waitLine(t, metricsLine)+"/metrics")
+		if status != http.StatusOK {
+			t.Fatalf("%s: /metrics: %d", tc.args[0], status)
+		}
+		served := map[string]bool{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if name, ok := strings.CutPrefix(line, "# TYPE "); ok {
+				served[strings.Fields(name)[0]] = true
+			}
+		}
+		for _, name := range tc.serves {
+			if !served[name] {
+				t.Errorf("%s's /metrics lacks %s", tc.args[0], name)
+			}
+		}
+		for _, name := range tc.never {
+			if served[name] {
+				t.Errorf("%s's /metrics serves %s, which nothing in it counts", tc.args[0], name)
+			}
+		}
+		if code := v.stop(t); code != ExitOK {
+			t.Fatalf("%s: exit code %d\nstderr:\n%s", tc.args[0], code, v.stderr)
+		}
+	}
+}

@@ -22,7 +22,8 @@ import (
 // Events (an operation finished, a lease expired) are counted as they
 // happen; state (connections open, members, messages held) is read from its
 // owner at scrape time through the functions given to Server, Registry and
-// Groups, so nothing has to be kept in step on the hot path.
+// Groups, so nothing has to be kept in step on the hot path. Registry and
+// Groups also decide which daemon's collectors the process serves.
 type Metrics struct {
 	reg     *prometheus.Registry
 	servers serverCollector
@@ -63,8 +64,12 @@ func New(version string) *Metrics {
 	for _, result := range []string{"verified", "rejected"} {
 		m.discovery.WithLabelValues(result)
 	}
+	// The registry's collectors are served once a registry is (Registry),
+	// the group daemon's once one is (Groups): a process serves the figures
+	// of what runs in it, and none at a constant 0 that an operator would
+	// read as "nothing registered" or "no watches" rather than "not here".
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), info,
-		m.opDuration, m.watchers, m.registrations, m.expiries, m.discovery, &m.servers)
+		m.opDuration, &m.servers)
 	return m
 }
 
@@ -136,13 +141,14 @@ func (m *Metrics) Server(role string, stats func() ServerStats) {
 	}
 }
 
-// RegistryLeases registers a gauge of the groups a registry lists, read at
-// each scrape.
-func (m *Metrics) RegistryLeases(count func() int) {
+// Registry serves a registry's metrics: a gauge of the groups it lists,
+// read through leases at each scrape, and its counters (Registered,
+// LeaseExpired). A process calls it once, for the registry it runs.
+func (m *Metrics) Registry(leases func() int) {
 	if m != nil {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "huddle_registry_leases", Help: "Groups the registry lists now.",
-		}, func() float64 { return float64(count()) }))
+		}, func() float64 { return float64(leases()) }), m.registrations, m.expiries)
 	}
 }
 
@@ -159,12 +165,14 @@ type GroupStats struct {
 	Evicted       uint64 // messages retention dropped
 }
 
-// Groups registers a collector that asks stats for every hosted group (by
-// name, a bounded label: the operator configures the groups) at each
-// scrape.
+// Groups serves a group daemon's metrics: a collector that asks stats for
+// every hosted group (by name, a bounded label: the operator configures
+// the groups) at each scrape, and the watches (WatchStarted) and mDNS
+// answers (DiscoveryAnswer) it counts. A process calls it once, for the
+// group daemon it runs.
 func (m *Metrics) Groups(stats func() map[string]GroupStats) {
 	if m != nil {
-		m.reg.MustRegister(&groupCollector{stats: stats})
+		m.reg.MustRegister(&groupCollector{stats: stats}, m.watchers, m.discovery)
 	}
 }
 

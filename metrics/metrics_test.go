@@ -123,7 +123,7 @@ func TestServe(t *testing.T) {
 	m.DiscoveryAnswer(false)
 	m.Server("groups", func() ServerStats { return ServerStats{Connections: 3, Streams: 5} })
 	m.Server("registry", func() ServerStats { return ServerStats{Connections: 1} })
-	m.RegistryLeases(func() int { return 7 })
+	m.Registry(func() int { return 7 })
 	m.Groups(func() map[string]GroupStats {
 		return map[string]GroupStats{"lobby": {Members: 2, Messages: 3, Bytes: 30, LastSeq: 4, AppendedBytes: 40, Duplicates: 1, Evicted: 1}}
 	})
@@ -167,15 +167,18 @@ func TestNilMetrics(t *testing.T) {
 	m.LeaseExpired()
 	m.DiscoveryAnswer(true)
 	m.Server("x", nil)
-	m.RegistryLeases(nil)
+	m.Registry(nil)
 	m.Groups(nil)
 }
 
 // TestDiscoveryAnswersFromTheStart: huddle_discovery_answers_total has both
 // results, at 0, before the first mDNS answer (it used to appear only after
-// one, so a dashboard or alert saw no series at all).
+// one, so a dashboard or alert saw no series at all), as soon as a group
+// daemon (the one that browses) is served.
 func TestDiscoveryAnswersFromTheStart(t *testing.T) {
-	fams, err := New("test").Prometheus().Gather()
+	m := New("test")
+	m.Groups(func() map[string]GroupStats { return nil })
+	fams, err := m.Prometheus().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +211,7 @@ func TestREADMENamesEveryMetric(t *testing.T) {
 	}
 	m := New("test")
 	m.Server("groups", func() ServerStats { return ServerStats{} })
-	m.RegistryLeases(func() int { return 0 })
+	m.Registry(func() int { return 0 })
 	m.Groups(func() map[string]GroupStats { return map[string]GroupStats{"lobby": {}} })
 	m.Cell(func() CellStats { return CellStats{} })
 	m.Operation("send", "ok", time.Millisecond)

@@ -163,7 +163,7 @@ func New(cfg Config) (*Daemon, error) {
 		leases: newLeaseTable(),
 	}
 	r.srv = server.New(cfg.Server, server.Setup{Listen: cfg.Listen, Role: "registry", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}, r.handle)
-	cfg.Metrics.RegistryLeases(r.leaseCount)
+	cfg.Metrics.Registry(r.leaseCount)
 	return r, nil
 }
 
