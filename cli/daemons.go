@@ -630,14 +630,15 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	rcfg.Logger, rcfg.Metrics = log.With("component", "registry"), m
 	gcfg.Logger, gcfg.Metrics = log.With("component", "groups"), m
 
-	// Both listen before either says so: a port in use fails the whole
-	// command, not half of it.
+	// Both bind their ports before either writes its state directory, and
+	// both listen before either says so: a port in use fails the whole
+	// command, not half of it, and leaves nothing behind.
 	r, err := registry.New(rcfg)
 	if err != nil {
 		return fail(env, "up", err)
 	}
 	defer r.Close()
-	if err := r.Listen(); err != nil {
+	if err := r.Bind(); err != nil {
 		return fail(env, "up", listenErr(err, "--listen", rcfg.Listen))
 	}
 	// The group daemon registers with this registry, and with every other
@@ -650,11 +651,20 @@ func runUp(ctx context.Context, env Env, args []string) int {
 		return fail(env, "up", err)
 	}
 	defer d.Close()
-	if err := d.Listen(); err != nil {
+	daemonListenErr := func(err error) int {
 		if !explicit && errors.Is(err, syscall.EADDRINUSE) {
 			return fail(env, "up", fmt.Errorf("the group daemon's port, the registry's + 1 (%s), is in use: stop what holds it, or give the group daemon another with --daemon-listen HOST:PORT (port 0: any free port)", gcfg.Listen))
 		}
 		return fail(env, "up", listenErr(err, "--daemon-listen", gcfg.Listen))
+	}
+	if err := d.Bind(); err != nil {
+		return daemonListenErr(err)
+	}
+	if err := r.Listen(); err != nil {
+		return fail(env, "up", listenErr(err, "--listen", rcfg.Listen))
+	}
+	if err := d.Listen(); err != nil {
+		return daemonListenErr(err)
 	}
 	df.say(fmt.Sprintf("huddle registry listening on %s, fingerprint %s", r.Addr(), r.Fingerprint()),
 		"registry listening", "addr", r.Addr().String(), "fingerprint", r.Fingerprint().String())

@@ -3,7 +3,11 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -117,15 +121,20 @@ func TestKnownSettingsFollowTheFlags(t *testing.T) {
 // TestUpRefusesATakenDaemonPort: huddle up puts its group daemon on the
 // registry's port + 1; when that port is taken it fails, saying which port
 // and what to do, and starts nothing (it used to move to a random port
-// silently). --daemon-listen chooses another.
+// silently). --daemon-listen chooses another. Nothing is written either:
+// the registry, which listened first, had created its state directory and
+// key before the group daemon found its port taken.
 func TestUpRefusesATakenDaemonPort(t *testing.T) {
 	regPort, busy := consecutiveUDPPorts(t)
 	defer busy.Close()
-	dir := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "state")
 	listen := "127.0.0.1:" + strconv.Itoa(regPort)
 	code, stdout, stderr := runMain(t, nil, "up", "--no-mdns", "--listen", listen, "--state-dir", dir)
 	if code != ExitRefused || stdout != "" || !strings.Contains(stderr, busy.LocalAddr().String()) || !strings.Contains(stderr, "--daemon-listen") {
 		t.Fatalf("up with port+1 taken: exit %d, stdout %q, stderr %q; want 1, nothing started, and the port and --daemon-listen named", code, stdout, stderr)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the state directory after up refused: %v, want none created", err)
 	}
 	v := startVerb(t, nil, "up", "--no-mdns", "--listen", listen, "--daemon-listen", "127.0.0.1:0", "--state-dir", dir)
 	v.waitLine(t, regexp.MustCompile(`(?m)^huddle group daemon listening on (\S+),`))

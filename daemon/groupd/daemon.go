@@ -328,6 +328,20 @@ func New(cfg Config) (*Daemon, error) {
 	return d, nil
 }
 
+// Bind binds the UDP socket and writes nothing, so that a process running
+// several daemons (huddle up) finds a port of any of them taken before one
+// has created its state directory. Listen binds it if Bind did not. It
+// returns ErrClosed after Close, and socket errors.
+func (d *Daemon) Bind() error {
+	if d.life.IsClosed() {
+		return ErrClosed
+	}
+	if err := d.srv.Bind(); err != nil {
+		return fmt.Errorf("group daemon: %w", err)
+	}
+	return nil
+}
+
 // Listen binds the UDP socket, then loads the state directory (the key,
 // each group's UUID and members, creating what is missing), so Addr, Fingerprint
 // and Groups are known before Serve. Calling it again does nothing. It

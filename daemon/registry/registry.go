@@ -167,6 +167,20 @@ func New(cfg Config) (*Daemon, error) {
 	return r, nil
 }
 
+// Bind binds the UDP socket and writes nothing, so that a process running
+// several daemons (huddle up) finds a port of any of them taken before one
+// has created its state directory. Listen binds it if Bind did not. It
+// returns ErrClosed after Close, and socket errors.
+func (r *Daemon) Bind() error {
+	if r.life.IsClosed() {
+		return ErrClosed
+	}
+	if err := r.srv.Bind(); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	return nil
+}
+
 // Listen binds the UDP socket, then loads (or creates) the registry's key in
 // StateDir, so Addr and Fingerprint are known before Serve. Calling it again
 // does nothing. It returns ErrClosed after Close, and identity or socket
