@@ -3,15 +3,21 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/identity"
 )
 
 // waitTimeout bounds how long a test waits for a daemon to do something; it
@@ -295,24 +301,52 @@ func TestWaitLineAtExit(t *testing.T) {
 // daemon's key is a mistake in the settings, found once the key is
 // loaded. It ended with exit code 1, which systemd's unit restarts every
 // 2 s for ever (RestartPreventExitStatus=2 is for settings); it is a
-// usage error, exit 2, as the other --cell-peer mistakes are.
+// usage error, exit 2, as the other --cell-peer mistakes are. A daemon
+// whose state directory holds no key yet cannot be among them: it refuses
+// before creating one (it created the directory and a key, whose
+// fingerprint nobody had listed, then refused).
 func TestServeCellConfigIsUsage(t *testing.T) {
 	var peers []string
 	for range 3 {
 		id, addr := cellHost(t, t.TempDir())
 		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+addr)
 	}
-	args := append([]string{"serve", "--no-mdns", "--registry", "127.0.0.1:1", "--group", "lobby", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir()}, peers...)
-	v := startVerb(t, nil, args...)
-	select {
-	case code := <-v.code:
-		v.code <- code
-		if code != ExitUsage || !strings.Contains(v.stderr.String(), "is not among the cell's peers") {
-			t.Errorf("serve with a --cell-peer list without its own key: exit code %d, stderr %q; want %d, saying so", code, v.stderr, ExitUsage)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatalf("serve ran with a --cell-peer list without its own key\nstdout:\n%s", v.stdout)
+	keyed := t.TempDir()
+	if _, err := identity.LoadOrCreate(keyed); err != nil {
+		t.Fatal(err)
 	}
+	fresh := filepath.Join(t.TempDir(), "state")
+	for _, tc := range []struct {
+		name, dir string
+		want      []string
+	}{
+		{"a key not listed", keyed, []string{"is not among the cell's peers"}},
+		{"no key yet", fresh, []string{"is not among the cell's peers", "huddle id"}},
+	} {
+		args := append([]string{"serve", "--no-mdns", "--registry", "127.0.0.1:1", "--group", "lobby", "--listen", "127.0.0.1:0", "--state-dir", tc.dir}, peers...)
+		v := startVerb(t, nil, args...)
+		select {
+		case code := <-v.code:
+			v.code <- code
+			if code != ExitUsage || !containsAll(v.stderr.String(), tc.want) {
+				t.Errorf("%s: serve with a --cell-peer list without its own key: exit code %d, stderr %q; want %d, saying %q", tc.name, code, v.stderr, ExitUsage, tc.want)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatalf("%s: serve ran with a --cell-peer list without its own key\nstdout:\n%s", tc.name, v.stdout)
+		}
+	}
+	if _, err := os.Stat(fresh); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the fresh state directory after serve refused: %v, want none created", err)
+	}
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
 }
 
 // TestMetricsOfEachDaemon: each daemon's /metrics serves the figures of

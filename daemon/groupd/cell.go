@@ -4,7 +4,10 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -13,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -257,6 +261,28 @@ func (c *cellGroup) secretOK(s []byte) bool {
 
 // newCellNode makes the daemon's cell member, once its key and socket are
 // known (Listen). d.mu is held.
+// cellKeyListed refuses, before anything is written, a member of a cell
+// whose state directory holds no key yet: a key created now could not be
+// among the peers the operator listed, and newCellNode would refuse it
+// after the directory and the key had been made. A daemon joining a
+// running cell (Join) with an address of its own to give may start with a
+// new key: it says FINGERPRINT@ADDR to add it by.
+func (d *Daemon) cellKeyListed() error {
+	cc := d.cfg.Cell
+	if cc == nil || d.id != nil {
+		return nil
+	}
+	if cc.Join && (cc.Advertise != "" || len(d.cfg.Advertise) > 0) {
+		return nil
+	}
+	key := filepath.Join(d.cfg.StateDir, identity.KeyFile)
+	if _, err := os.Stat(key); !errors.Is(err, fs.ErrNotExist) {
+		return nil // a key, or an error the key's loading reports
+	}
+	return fmt.Errorf("%w: cell: this daemon has no key yet (no %s), so it is not among the cell's peers: create it with 'HUDDLE_HOME=%s huddle id' and list the fingerprint that prints, at this daemon's address, in every member's --cell-peer",
+		ErrInvalidConfig, key, d.cfg.StateDir)
+}
+
 func (d *Daemon) newCellNode() error {
 	cc := d.cfg.Cell
 	fp := d.id.Fingerprint()

@@ -358,6 +358,9 @@ func (d *Daemon) Listen() error {
 	if err := d.srv.Bind(); err != nil {
 		return fmt.Errorf("group daemon: %w", err)
 	}
+	if err := d.cellKeyListed(); err != nil {
+		return fmt.Errorf("group daemon: %w", err)
+	}
 	if d.lock == nil {
 		l, err := statedir.Lock(d.cfg.StateDir)
 		if err != nil {
