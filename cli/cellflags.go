@@ -54,19 +54,24 @@ func (f *cellFlags) apply(cfg *groupd.Config) error {
 
 // announceCell says where a member of a cell listens, then, once the cell
 // has created the groups (its first leader does, once a majority runs),
-// the groups, as announceGroups does; the wait ends with ctx.
+// the groups, as announceGroups does; the wait ends with ctx, or when the
+// function it returns is called, which waits for it: the caller calls it
+// as it returns, whether the daemon served or failed to start.
 // A daemon that joins (--cell-join) waits to be added instead, and says how:
 // joinAs is its FINGERPRINT@HOST:PORT then, else empty. Another says it
 // waits only if it does: a restarted member whose state holds the groups
 // serves them at once.
-func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs string) {
+func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs string) (stop func()) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
 	if joinAs != "" {
 		df.say("  waiting to be added to the cell: on a member's host, HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER "+joinAs,
 			"waiting to be added to the cell", "peer", joinAs)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		select {
 		case <-d.CellGroups():
 		case <-d.CellWaiting():
@@ -88,4 +93,8 @@ func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs
 		}
 		sayGroups(df, d)
 	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

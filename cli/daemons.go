@@ -562,7 +562,7 @@ func runServe(ctx context.Context, env Env, args []string) int {
 				}
 			}
 		}
-		announceCell(ctx, &df, d, joinAs)
+		defer announceCell(ctx, &df, d, joinAs)()
 	}
 	limitMemory(cfg.Logger, cfg.Memory())
 	stopTelemetry, err := df.serveTelemetry(ctx, env, cfg.Logger, cfg.Metrics, d.Readiness)

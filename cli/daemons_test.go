@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/huddle-chat/huddle/identity"
 )
 
@@ -347,6 +349,35 @@ func containsAll(s string, subs []string) bool {
 		}
 	}
 	return true
+}
+
+// TestServeCellFailedStartLeavesNothing: a member of a cell whose start
+// fails after it listens (here its --metrics port is taken) returns with
+// nothing of its own left running. The goroutine that waits to print the
+// cell's groups outlived it until the caller's context ended, which for
+// huddle's main is the process's end, and for a program embedding the CLI
+// never.
+func TestServeCellFailedStartLeavesNothing(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	self, addr := cellHost(t, dir)
+	peers := []string{"--cell-peer", self.Fingerprint().String() + "@" + addr}
+	for range 2 {
+		id, addr := cellHost(t, t.TempDir())
+		peers = append(peers, "--cell-peer", id.Fingerprint().String()+"@"+addr)
+	}
+	args := append([]string{"serve", "--no-mdns", "--registry", "127.0.0.1:1", "--group", "lobby", "--listen", addr,
+		"--state-dir", dir, "--metrics", busy.Addr().String()}, peers...)
+	code, stdout, stderr := runMain(t, nil, args...)
+	if code == ExitOK || !strings.Contains(stdout, "group daemon listening") || !strings.Contains(stderr, busy.Addr().String()) {
+		t.Fatalf("serve with its --metrics port taken: exit %d, stdout %q, stderr %q; want a failure after listening, naming the port", code, stdout, stderr)
+	}
+	goleak.VerifyNone(t, before)
 }
 
 // TestMetricsOfEachDaemon: each daemon's /metrics serves the figures of
