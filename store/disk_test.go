@@ -639,3 +639,94 @@ func dirBytes(t testing.TB, dir string) int64 {
 	}
 	return n
 }
+
+// TestDiskSegmentCreationCut: a crash while the next segment was being
+// created (SIGKILL between the file's creation and its header's write, or
+// a power cut before either reached the device) leaves the newest segment
+// shorter than its header, or zeros: it holds no record, so nothing in it
+// was ever acknowledged. The log opens, with everything before it, removes
+// it, and goes on; it refused to open (the group was not served) as if the
+// file were corrupt. A short segment that is not the newest, or that does
+// not follow on from the one before it, is still corruption.
+func TestDiskSegmentCreationCut(t *testing.T) {
+	src := t.TempDir()
+	cfg := DiskConfig{Dir: src, SegmentBytes: 16 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(8)
+	all := w.fill(t, d, 1000, 100)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	tail, tailT := d.Tail()
+	d.crash()
+	h := segHeader{epoch: d.epoch, base: tail + 1, prevTime: tailT}
+	header := h.encode(nil)
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"empty", nil},
+		{"half a header", header[:20]},
+		{"a header of zeros", make([]byte, segHeaderSize)},
+		{"zeros past a header", make([]byte, 3*segHeaderSize)},
+	} {
+		dir := t.TempDir()
+		copyDir(t, src, dir)
+		unborn := filepath.Join(dir, segName(tail+1))
+		if err := os.WriteFile(unborn, tc.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c := cfg
+		c.Dir = dir
+		d2, rec, err := Open(c)
+		if err != nil {
+			t.Fatalf("%s: Open: %v, want the log with the segment's creation cut", tc.name, err)
+		}
+		if rec.TornFile != segName(tail+1) || rec.TornBytes != int64(len(tc.data)) {
+			t.Errorf("%s: torn %q %d bytes, want %s %d", tc.name, rec.TornFile, rec.TornBytes, segName(tail+1), len(tc.data))
+		}
+		if seq, ts := d2.Tail(); seq != tail || ts != tailT {
+			t.Fatalf("%s: tail %d at %d, want %d at %d", tc.name, seq, ts, tail, tailT)
+		}
+		checkHolds(t, d2, all)
+		more := w.fill(t, d2, 30, 100)
+		d2.Close()
+		d3, _ := diskLog(t, c)
+		checkHolds(t, d3, append(slices.Clone(all), more...))
+		d3.Close()
+	}
+
+	// Not the newest: a segment after it holds messages.
+	dir := t.TempDir()
+	copyDir(t, src, dir)
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if len(segs) < 3 {
+		t.Fatalf("%d segments, want several", len(segs))
+	}
+	if err := os.Truncate(segs[len(segs)-2], 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Open(DiskConfig{Dir: dir, SegmentBytes: cfg.SegmentBytes}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a cut segment before the newest: Open: %v, want ErrCorrupt", err)
+	}
+	// The newest, but not following on: the segment before it is missing.
+	dir = t.TempDir()
+	copyDir(t, src, dir)
+	os.WriteFile(filepath.Join(dir, segName(tail+1000)), nil, 0o600)
+	if _, _, err := Open(DiskConfig{Dir: dir, SegmentBytes: cfg.SegmentBytes}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("an empty newest segment after a gap: Open: %v, want ErrCorrupt", err)
+	}
+
+	// The first segment of a new log, cut as it was created: a new log.
+	dir = t.TempDir()
+	os.WriteFile(filepath.Join(dir, segName(1)), nil, 0o600)
+	d4, rec, err := Open(DiskConfig{Dir: dir})
+	if err != nil {
+		t.Fatalf("an empty first segment: Open: %v, want a new log", err)
+	}
+	if !rec.Created {
+		t.Errorf("an empty first segment: %+v, want a new log created", rec)
+	}
+	w.fill(t, d4, 5, 10)
+	d4.Close()
+}

@@ -56,7 +56,34 @@ func (d *DiskLog) recover() (Recovery, error) {
 	if errors.Is(cptErr, ErrFutureVersion) {
 		return rec, fmt.Errorf("%s: %w", cptName, cptErr)
 	}
+	// A crash while the newest segment was being created (SIGKILL
+	// between the file's creation and its header's write, or a power cut
+	// before either reached the device) leaves it shorter than a header,
+	// or zeros: it holds no record, so nothing in it was acknowledged. It
+	// is set aside here, and removed once the segments before it have
+	// read back up to its base (else it is a gap: corruption).
+	var unborn uint64
+	var unbornSize int64
+	if n := len(bases); n > 0 {
+		size, ok, err := unbornSegment(filepath.Join(d.dir, segName(bases[n-1])))
+		if err != nil {
+			return rec, err
+		}
+		if ok {
+			unborn, unbornSize, bases = bases[n-1], size, bases[:n-1]
+		}
+	}
 	if len(bases) == 0 {
+		if unborn != 0 {
+			// The first segment of a new log: create writes the
+			// checkpoint only once the segment's header is synced.
+			if unborn != 1 || cptErr == nil && cpt.synced > 0 {
+				return rec, fmt.Errorf("%s: %d bytes, no header, and no segment before it: %w", segName(unborn), unbornSize, ErrCorrupt)
+			}
+			if cptErr == nil {
+				d.mem.epoch, cptErr = cpt.epoch, fs.ErrNotExist
+			}
+		}
 		return rec, d.create(&rec, cpt, cptErr)
 	}
 	// Headers first: every segment must belong to one history, and name
@@ -161,6 +188,18 @@ func (d *DiskLog) recover() (Recovery, error) {
 	if synced > seq {
 		return rec, fmt.Errorf("%s ends at message %d, but %d were synced: its end is missing: %w", segName(d.fbase), seq, synced, ErrCorrupt)
 	}
+	if unborn != 0 {
+		if unborn != seq+1 {
+			return rec, fmt.Errorf("%s follows messages up to %d: the segment files between are missing: %w", segName(unborn), seq, ErrCorrupt)
+		}
+		// The segment before it is the active one again; its index, which
+		// sealing it wrote, is rewritten when it is sealed again (a
+		// newest segment's index is never read). Where the file cannot be
+		// removed (a read-only file system), the next rotation creates
+		// it over again.
+		os.Remove(filepath.Join(d.dir, segName(unborn)))
+		rec.TornFile, rec.TornBytes = segName(unborn), unbornSize
+	}
 	if !started {
 		// Retention dropped every message, or there were none.
 		d.mem.startAt(seq, t)
@@ -222,6 +261,43 @@ func (d *DiskLog) create(rec *Recovery, cpt checkpoint, cptErr error) error {
 	d.enc = newRecordEncoder()
 	d.segs = []segFile{{base: 1}}
 	return nil
+}
+
+// unbornSegment reports whether the segment file at path is one whose
+// creation a crash cut short: shorter than a header, or nothing but zeros
+// (never written), and its size.
+func unbornSegment(path string) (int64, bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, false, err
+	}
+	n := st.Size()
+	if n < segHeaderSize {
+		return n, true, nil
+	}
+	// Zeros from the start: the header first, which settles it for
+	// every segment that was written.
+	p := make([]byte, min(n, 64<<10))
+	for off := int64(0); off < n; off += int64(len(p)) {
+		k, err := f.ReadAt(p, off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, false, err
+		}
+		for _, b := range p[:k] {
+			if b != 0 {
+				return n, false, nil
+			}
+		}
+		if k == 0 {
+			break
+		}
+	}
+	return n, true, nil
 }
 
 // listDir returns the bases of the segment files in dir, sorted, and
