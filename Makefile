@@ -9,7 +9,7 @@
 #   make fuzz    every fuzz target, long (FUZZTIME each, default 1m)
 #   make lint    gofmt + go vet
 #   make soak    a bounded load run (SOAKTIME, default 2m): memory and goroutines must stay flat
-#   make crashloop  the crash loop at length: CRASHKILLS (default 500) SIGKILLs of a group daemon under load
+#   make crashloop  the crash loops at length: CRASHKILLS (default 500) SIGKILLs of a group daemon under load
 #   make jepsen  the Jepsen-style fault schedules at length: JEPSENROUNDS (default 100) rounds of faults each
 #   make bench-cell  issue 20's targets: a three-member cell beside JetStream R3, ABBA (bin/bench-cell.txt)
 #   make bench-web  huddle web in chromium: open 10,000 messages, CLI to page, memory over WEBSOAK (10m)
@@ -114,10 +114,12 @@ screenshots:
 soak:
 	$(GO) run ./internal/soak -duration $(SOAKTIME)
 
-# crashloop runs internal/faults' TestCrashLoop with CRASHKILLS kills (make
-# test runs 50): every acknowledged message must survive, once, in order.
+# crashloop runs internal/faults' TestCrashLoop (sends) and
+# TestCrashLoopChurn (sends, joins and leaves, retention ageing out) with
+# CRASHKILLS kills each (make test runs 50 and 10): every acknowledged
+# message must survive, once, in order, and every acknowledged member.
 crashloop:
-	HUDDLE_CRASH_KILLS=$(CRASHKILLS) $(GO) test -count=1 -run '^TestCrashLoop$$' -timeout 60m -v ./internal/faults/
+	HUDDLE_CRASH_KILLS=$(CRASHKILLS) HUDDLE_CHURN_KILLS=$(CRASHKILLS) $(GO) test -count=1 -run '^TestCrashLoop(Churn)?$$' -timeout 60m -v ./internal/faults/
 
 # jepsen runs internal/jepsen's fault schedules with JEPSENROUNDS rounds of
 # faults each (make test runs 6 to 12): daemons as processes on a LAN of

@@ -1,0 +1,407 @@
+//go:build unix
+
+package faults
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// churnKills is how many times TestCrashLoopChurn kills the daemon; set
+// HUDDLE_CHURN_KILLS for a longer run (make crashloop).
+func churnKills(t *testing.T) int {
+	if v := os.Getenv("HUDDLE_CHURN_KILLS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("HUDDLE_CHURN_KILLS=%q: want a positive count", v)
+		}
+		return n
+	}
+	return 10
+}
+
+// churnMaxAge and churnMaxMsgs are TestCrashLoopChurn's retention: short
+// and small, so that messages age out and segment files are deleted while
+// the daemon is killed and restarted.
+const (
+	churnMaxAge  = 2 * time.Second
+	churnMaxMsgs = 2000
+)
+
+// churnPace is how often each of TestCrashLoopChurn's senders sends.
+const churnPace = 8 * time.Millisecond
+
+// churnTry bounds each try of an operation. A request in flight when the
+// daemon is killed after it acknowledged the request's packets waits for
+// its reply until the client's keep-alive (10 s) meets the new daemon's
+// stateless reset; the workload, as a caller with a deadline, tries again
+// sooner.
+const churnTry = 2 * time.Second
+
+// TestCrashLoopChurn widens TestCrashLoop (sends alone) to everything a
+// lone group daemon stores: it is killed with SIGKILL at random moments
+// while senders send and retry (the same ID until acknowledged, and some
+// acknowledged IDs again), members join and leave over and over, and
+// retention ages messages out (--max-age 2s, --max-msgs 2000: segment
+// files are emptied and deleted), and restarted on the same directory,
+// alternating the fsync policy. The checker proves, after the last
+// restart: one epoch throughout; acknowledgments never gave one sequence
+// number twice, and their times strictly increase with it, across every
+// restart; the log holds a gapless run of sequence numbers, each message
+// once and exactly as acknowledged, and nothing unacknowledged; every
+// acknowledged message it no longer holds was one retention could drop
+// (older than the age limit, or with the log at its count limit); an ID
+// sent again got its original acknowledgment, or, only if the original had
+// aged out, was stored anew; and the members are exactly those whose last
+// acknowledged operation was a join.
+func TestCrashLoopChurn(t *testing.T) {
+	kills := churnKills(t)
+	regAddr, _, reg := startRegistry(t, "127.0.0.1:0", t.TempDir())
+	defer reg.kill(syscall.SIGTERM)
+	dir, listen := t.TempDir(), "127.0.0.1:0"
+	var p *proc
+	serve := func(policy string) {
+		t.Helper()
+		p = start(t, "serve", "--no-mdns", "--registry", regAddr, "--listen", listen, "--group", "alpha",
+			"--state-dir", dir, "--fsync", policy, "--fsync-interval", "200ms", "--send-rate", "0",
+			"--max-age", churnMaxAge.String(), "--max-msgs", strconv.Itoa(churnMaxMsgs))
+		listen = p.line(t, listening)[1]
+	}
+	serve("interval")
+	defer func() { p.kill(syscall.SIGTERM) }()
+
+	u := newUser(t)
+	var entry wire.GroupEntry
+	eventually(t, "the group listed", func() bool { entry = u.listed(regAddr)["alpha"]; return entry.Fingerprint != wire.Fingerprint{} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	newGroup := func(batching bool) (*client.Group, wire.Fingerprint) {
+		id, err := identity.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := client.New(client.Config{Identity: id, NoBatching: !batching,
+			KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		g, err := cl.Group(entry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g, id.Fingerprint()
+	}
+	log := &crashLog{acks: make(map[wire.ID]acked), progress: make(chan struct{}, 1)}
+	wctx, stopWork := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+
+	// until calls op until it succeeds, each try bounded by churnTry;
+	// false if ctx ended first.
+	var failures atomic.Int64
+	until := func(ctx context.Context, op func(context.Context) error) bool {
+		for {
+			c, stop := context.WithTimeout(ctx, churnTry)
+			err := op(c)
+			stop()
+			if err == nil {
+				return true
+			}
+			if ctx.Err() != nil {
+				return false
+			}
+			if errors.Is(err, client.ErrNotMember) {
+				// Every worker's join was acknowledged before it sends or
+				// leaves: the daemon forgot it.
+				log.errorf("a member refused: %v", err)
+				stopWork()
+				return false
+			}
+			failures.Add(1)
+			select {
+			case <-time.After(20 * time.Millisecond): // a caller backing off
+			case <-ctx.Done():
+				return false
+			}
+		}
+	}
+
+	var (
+		epochs    sync.Map // epoch -> true, of every ack
+		restored  int      // IDs sent again and stored anew, their original aged out
+		members   = map[wire.Fingerprint]bool{}
+		memberOps int
+	)
+
+	// Senders: each message is sent until acknowledged, under its one ID;
+	// after one in eight, one of the sender's recent IDs is sent again.
+	const senders = 4
+	for k := range senders {
+		g, from := newGroup(k%2 == 0)
+		if !until(ctx, func(c context.Context) error { _, err := g.Join(c, fmt.Sprint("sender", k), nil); return err }) {
+			t.Fatal("a sender could not join")
+		}
+		members[from] = true
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(k), 13))
+			// Paced (about 500 messages a second in all), so that age,
+			// not the count limit, is what retention drops.
+			pace := time.NewTicker(churnPace)
+			defer pace.Stop()
+			var recent []acked
+			for n := 0; wctx.Err() == nil; n++ {
+				<-pace.C
+				id, body := wire.NewID(), fmt.Appendf(nil, "%d/%d %x", k, n, rng.Uint64())
+				var ack client.Ack
+				// The message in flight is finished whatever wctx says:
+				// only ctx (the test's bound) gives up on it.
+				if !until(ctx, func(c context.Context) (err error) { ack, err = g.SendWithID(c, id, body); return err }) {
+					return
+				}
+				epochs.Store(ack.Epoch, true)
+				got := acked{id: id, seq: ack.Seq, time: ack.Time, from: from, body: body}
+				log.mu.Lock()
+				if prev, ok := log.acks[id]; ok {
+					log.errs = append(log.errs, fmt.Sprintf("ID %s acknowledged twice as new: #%d and #%d", id, prev.seq, ack.Seq))
+				}
+				log.acks[id] = got
+				log.mu.Unlock()
+				select {
+				case log.progress <- struct{}{}:
+				default:
+				}
+				recent = append(recent, got)
+				if len(recent) > 64 {
+					recent = recent[1:]
+				}
+				if rng.IntN(8) != 0 {
+					continue
+				}
+				// One of the last 64 acknowledged (half a second or so
+				// back: often before the last restart) is sent again.
+				got = recent[rng.IntN(len(recent))]
+				id, body = got.id, got.body
+				var again client.Ack
+				if !until(ctx, func(c context.Context) (err error) { again, err = g.SendWithID(c, id, body); return err }) {
+					return
+				}
+				switch {
+				case again.Duplicate && again.Seq == got.seq && again.Time.Equal(got.time):
+					log.mu.Lock()
+					log.resent++
+					log.mu.Unlock()
+				case again.Duplicate:
+					log.errorf("ID %s sent again: ack %+v, want the original #%d at %v", id, again, got.seq, got.time.UnixNano())
+				default:
+					// Stored anew: allowed only if the original is gone
+					// (the dedup window after a restart covers what is
+					// retained; README, "Storage").
+					var held bool
+					c, stop := context.WithTimeout(ctx, 10*time.Second)
+					_, err := g.Fetch(c, client.Query{After: got.seq - 1, Limit: 1}, func(m client.Message) bool {
+						held = m.Seq == got.seq && m.ID == id
+						return false
+					})
+					stop()
+					if err != nil {
+						log.errorf("fetch #%d after ID %s was stored anew: %v", got.seq, id, err)
+					}
+					log.mu.Lock()
+					if held {
+						log.errs = append(log.errs, fmt.Sprintf("ID %s sent again was stored anew as #%d, while its original #%d is held", id, again.Seq, got.seq))
+					} else {
+						restored++
+						log.acks[id] = acked{id: id, seq: again.Seq, time: again.Time, from: from, body: body}
+						log.acks[wire.NewID()] = got // the original, under a name of its own
+					}
+					log.mu.Unlock()
+				}
+			}
+		})
+	}
+
+	// Members who come and go: each join or leave is repeated until
+	// acknowledged, and the last acknowledged one is what the group must
+	// say.
+	const churners = 3
+	var mmu sync.Mutex
+	for k := range churners {
+		g, fp := newGroup(false)
+		wg.Go(func() {
+			in := false
+			for wctx.Err() == nil {
+				var err error
+				ok := until(ctx, func(c context.Context) error {
+					if in {
+						_, err = g.Leave(c)
+					} else {
+						_, err = g.Join(c, fmt.Sprint("churner", k), nil)
+					}
+					return err
+				})
+				if !ok {
+					return
+				}
+				in = !in
+				mmu.Lock()
+				members[fp] = in
+				memberOps++
+				mmu.Unlock()
+			}
+		})
+	}
+
+	// The faults: a kill at a random moment after the daemon has
+	// acknowledged a send since it came back.
+	rng := rand.New(rand.NewPCG(13, 19))
+	policies := []string{"interval", "always"}
+	for i := range kills {
+		select {
+		case <-log.progress:
+		case <-wctx.Done(): // a worker found a violation
+			kills = i
+		case <-ctx.Done():
+			t.Fatalf("no acknowledgment after restart %d", i)
+		}
+		if wctx.Err() != nil {
+			break
+		}
+		<-time.After(time.Duration(rng.IntN(600)) * time.Millisecond) // the fault's moment, not a wait for an event
+		p.kill(syscall.SIGKILL)
+		serve(policies[(i+1)%2])
+	}
+	stopWork()
+	workDone := make(chan struct{})
+	go func() { wg.Wait(); close(workDone) }()
+	select {
+	case <-workDone:
+	case <-ctx.Done():
+		t.Fatal("the workers did not finish their operations in flight")
+	}
+
+	checker, _ := newGroup(false)
+	if !until(ctx, func(c context.Context) error { _, err := checker.Join(c, "checker", nil); return err }) {
+		t.Fatal("the checker could not join")
+	}
+	fetched := time.Now()
+	var held []client.Message
+	cur, err := checker.Fetch(ctx, client.Query{}, func(m client.Message) bool {
+		held = append(held, m)
+		return true
+	})
+	if err != nil {
+		t.Fatalf("fetch the log: %v", err)
+	}
+	got, err := checker.Members(ctx)
+	if err != nil {
+		t.Fatalf("members: %v", err)
+	}
+
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, e := range log.errs {
+		t.Error(e)
+	}
+	n := 0
+	epochs.Range(func(any, any) bool { n++; return true })
+	if n != 1 {
+		t.Errorf("acknowledgments came in %d epochs, want 1: a restart began a new history", n)
+	}
+	// Acknowledgments in sequence order: one message per number, times
+	// strictly increasing, across every restart.
+	all := make([]acked, 0, len(log.acks))
+	for _, a := range log.acks {
+		all = append(all, a)
+	}
+	slices.SortFunc(all, func(a, b acked) int { return cmp.Compare(a.seq, b.seq) })
+	for i := 1; i < len(all); i++ {
+		if all[i].seq == all[i-1].seq {
+			t.Fatalf("#%d acknowledged to two messages (IDs %s and %s)", all[i].seq, all[i-1].id, all[i].id)
+		}
+		if !all[i].time.After(all[i-1].time) {
+			t.Fatalf("#%d acknowledged at %v, not after #%d at %v", all[i].seq, all[i].time.UnixNano(), all[i-1].seq, all[i-1].time.UnixNano())
+		}
+	}
+	bySeq := make(map[uint64]acked, len(all))
+	for _, a := range all {
+		bySeq[a.seq] = a
+	}
+	for i, m := range held {
+		if m.Seq != cur.First+uint64(i) {
+			t.Fatalf("the log's message %d has seq %d: not gapless from %d", i, m.Seq, cur.First)
+		}
+		if i > 0 && !m.Time.After(held[i-1].Time) {
+			t.Fatalf("#%d at %v, not after #%d", m.Seq, m.Time.UnixNano(), held[i-1].Seq)
+		}
+		a, ok := bySeq[m.Seq]
+		if !ok || a.id != m.ID || !a.time.Equal(m.Time) || a.from != m.From || !bytes.Equal(a.body, m.Body) {
+			t.Errorf("#%d (ID %s from %s at %v %q) is held, but was acknowledged as %+v", m.Seq, m.ID, m.Name, m.Time.UnixNano(), m.Body, a)
+		}
+	}
+	atLimit := len(held) >= churnMaxMsgs-churnMaxMsgs/8 // retention by count drops a segment (an eighth) at a time
+	lost, aged := 0, 0
+	for _, a := range all {
+		if a.seq >= cur.First {
+			if a.seq > cur.Last {
+				t.Errorf("acknowledged #%d is past the log's last, %d", a.seq, cur.Last)
+			}
+			continue
+		}
+		aged++
+		if !atLimit && a.time.After(fetched.Add(-churnMaxAge)) {
+			lost++
+			if lost <= 5 {
+				t.Errorf("acknowledged #%d (ID %s, %v old) is gone, younger than --max-age and with the log holding %d messages", a.seq, a.id, fetched.Sub(a.time).Round(time.Millisecond), len(held))
+			}
+		}
+	}
+	mmu.Lock()
+	defer mmu.Unlock()
+	want := map[wire.Fingerprint]bool{}
+	for fp, in := range members {
+		if in {
+			want[fp] = true
+		}
+	}
+	gotSet := map[wire.Fingerprint]bool{}
+	for _, m := range got {
+		if m.Name != "checker" {
+			gotSet[m.Fingerprint] = true
+		}
+	}
+	for fp := range want {
+		if !gotSet[fp] {
+			t.Errorf("member %s acknowledged as joined is not a member", fp.Short())
+		}
+	}
+	for fp := range gotSet {
+		if !want[fp] {
+			t.Errorf("%s is a member, but its last acknowledged operation was not a join", fp.Short())
+		}
+	}
+	t.Logf("%d kills survived; %d messages acknowledged, %d held (#%d-#%d) and checked, %d aged out, %d lost; %d IDs sent again got their original ack, %d stored anew after their original aged out; %d failed operations retried; %d joins and leaves acknowledged, %d members at the end",
+		kills, len(all), len(held), cur.First, cur.Last, aged, lost, log.resent, restored, failures.Load(), memberOps, len(got))
+	if aged == 0 {
+		t.Errorf("nothing aged out: retention did not run")
+	}
+	if memberOps < kills {
+		t.Errorf("only %d joins and leaves over %d kills: the churn did not run", memberOps, kills)
+	}
+}
