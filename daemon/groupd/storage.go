@@ -125,8 +125,22 @@ func (d *Daemon) openStorageLog(id wire.UUID, name string, retention store.Confi
 	if rec.ReadOnly != nil {
 		lg.Error("group log cannot be written: sends are refused until it can be, reads are served", "err", rec.ReadOnly)
 	}
+	// A cell's leader says so as it stamps (cell/propose.go); a lone
+	// daemon's clock can only have stepped back between runs unseen here.
+	if _, last := l.Tail(); !replicated {
+		if behind := time.Duration(last - d.cfg.Now().UnixNano()); behind > clockBehind {
+			lg.Warn("this daemon's clock is behind the group's latest timestamp (set back since that message was stamped): "+
+				"it stamps messages just after that one until its clock catches up, so they are dated too early for time queries (fetch --since); "+
+				"check the clock (NTP)", "behind", behind.Round(time.Millisecond))
+		}
+	}
 	return l, nil
 }
+
+// clockBehind is how far behind a group's latest timestamp the daemon's
+// clock may be at start before it says so: a clock kept by NTP is not set
+// back by more.
+const clockBehind = time.Second
 
 // brokenRetry is the retry_after_ms of an operation on a group whose log
 // could not be opened: an operator has to act.

@@ -3,8 +3,11 @@ package groupd
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -252,5 +255,47 @@ func TestDataDirLocked(t *testing.T) {
 	var inUse *StateDirInUseError
 	if err := d2.Listen(); !errors.As(err, &inUse) || inUse.PID != os.Getpid() {
 		t.Fatalf("second daemon on the data dir: %v, want it in use by this process", err)
+	}
+}
+
+// TestClockBehindAcrossRestart: a daemon restarted with its clock two
+// hours behind the group's last timestamp (a clock set back between runs:
+// a VM restored, a battery-less board before NTP) goes on stamping after
+// it, a nanosecond apart, in the same epoch and sequence, with the members
+// it had; and it says so once as it starts, so that an operator learns why
+// new messages are dated in the past (as a cell's leader does).
+func TestClockBehindAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock()
+	d1, stop1 := startGroupDaemon(t, Config{StateDir: dir, Now: clock.Now})
+	alice, bob := joined(t, d1, "alice"), joined(t, d1, "bob")
+	var last wire.Ack
+	for range 3 {
+		clock.advance(time.Second)
+		sent, err := alice.send(gid(d1), outgoing("before"))
+		must(t, err)
+		last = sent.Acks[0]
+	}
+	must(t, bob.call(wire.OpLeave, wire.GroupRef{Group: gid(d1)}, nil))
+	epoch := alice.info(gid(d1)).Epoch
+	stop1()
+
+	clock.advance(-2 * time.Hour)
+	var logged lockedBuffer
+	d2, _ := startGroupDaemon(t, Config{StateDir: dir, Now: clock.Now,
+		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), nil))})
+	a2 := dial(t, d2.Addr(), d2.Fingerprint(), alice.id)
+	sent, err := a2.send(gid(d2), outgoing("after", "and after"))
+	must(t, err)
+	for i, a := range sent.Acks {
+		if want := (wire.Ack{Seq: last.Seq + 1 + uint64(i), Time: last.Time + 1 + int64(i)}); sent.Epoch != epoch || a != want {
+			t.Fatalf("send %d after the clock stepped back: %+v in epoch %d, want %+v in %d", i, a, sent.Epoch, want, epoch)
+		}
+	}
+	if m := a2.members(gid(d2)); len(m) != 1 {
+		t.Fatalf("members after the restart: %v, want alice alone (bob left)", m)
+	}
+	if !strings.Contains(logged.String(), "clock is behind the group's latest timestamp") {
+		t.Errorf("the daemon started with its clock 2h behind its group's last message and did not say so:\n%s", logged.String())
 	}
 }
