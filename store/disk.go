@@ -411,7 +411,12 @@ func createSegment(path string, h segHeader) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.Write(h.encode(nil)); err == nil {
+	// err is the function's: a header that could not be written (a full
+	// disk) or synced fails the creation. (Declared in the if, it was
+	// the if's own, and a segment without a header was used: its records
+	// behind 48 zero bytes, a file the next start refused as corrupt.)
+	_, err = f.Write(h.encode(nil))
+	if err == nil {
 		err = f.Sync()
 	}
 	if err != nil {
