@@ -78,6 +78,10 @@ type DiskConfig struct {
 	// messages, so that retention deletes files an eighth of the log at a
 	// time. At most 1 GiB.
 	SegmentBytes int64
+
+	// syncDir makes a directory's entries durable: syncDir, but for the
+	// tests that watch which directories are synced.
+	syncDir func(dir string) error
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -154,6 +158,8 @@ type DiskLog struct {
 	syncs   atomic.Uint64
 	cpt     *os.File
 
+	syncDir func(dir string) error // DiskConfig.syncDir
+
 	closeOnce sync.Once
 	stop      chan struct{}
 	done      chan struct{}
@@ -190,6 +196,10 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	}
 	d := &DiskLog{mem: mem, dir: cfg.Dir, policy: cfg.Fsync, stop: make(chan struct{}), done: make(chan struct{})}
 	d.scond = sync.NewCond(&d.smu)
+	d.syncDir = cfg.syncDir
+	if d.syncDir == nil {
+		d.syncDir = syncDir
+	}
 	d.segMax = cfg.SegmentBytes
 	if d.segMax == 0 {
 		d.segMax = min(DefaultSegmentBytes, max(1<<20, mem.lim.maxBytes/8))
@@ -392,7 +402,7 @@ func (d *DiskLog) rotate() error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}
-	syncDir(d.dir)
+	d.syncDir(d.dir)
 	d.fmu.Lock()
 	old := d.f
 	d.f = f

@@ -835,3 +835,31 @@ func TestDiskCrashes(t *testing.T) {
 	}
 	t.Logf("%d messages stored over 40 crashes", len(all))
 }
+
+// TestDiskNewDirsSynced: a new log's directory, and each missing one above
+// it that Open creates (the data directory's logs/, a new group's
+// directory), is made durable in the directory that holds it, not only the
+// files inside it: after a power cut, a log whose files were synced
+// (acknowledged under fsync always) could otherwise be gone with the
+// directory entry that named it.
+func TestDiskNewDirsSynced(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "data", "logs", "group")
+	var mu sync.Mutex
+	synced := map[string]bool{}
+	cfg := DiskConfig{Dir: dir, Fsync: FsyncPolicy{Always: true}, syncDir: func(d string) error {
+		mu.Lock()
+		synced[d] = true
+		mu.Unlock()
+		return syncDir(d)
+	}}
+	d, _ := diskLog(t, cfg)
+	newWriter(15).fill(t, d, 3, 10)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{base, filepath.Join(base, "data"), filepath.Join(base, "data", "logs"), dir} {
+		if !synced[want] {
+			t.Errorf("%s not synced (synced: %v)", want, synced)
+		}
+	}
+}

@@ -56,7 +56,7 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 		d.roErr = fmt.Errorf("%w: %w", ErrNotWritable, err)
 		return d.roErr
 	}
-	syncDir(d.dir)
+	d.syncDir(d.dir)
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
