@@ -863,3 +863,56 @@ func TestDiskNewDirsSynced(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskTailFlipped flips a byte of the newest segment's last record
+// (its payload, after its length): past what was synced, it reads as a
+// torn tail (a write a power cut left half on the device, never
+// acknowledged under the policy that wrote it) and is cut, the records
+// before it kept; once synced, it is corruption, and the log refuses to
+// open rather than drop an acknowledged message.
+func TestDiskTailFlipped(t *testing.T) {
+	rng := rand.New(rand.NewPCG(16, 16))
+	for _, synced := range []bool{false, true} {
+		dir := t.TempDir()
+		cfg := DiskConfig{Dir: dir, Fsync: FsyncPolicy{Interval: time.Hour}}
+		d, _ := diskLog(t, cfg)
+		w := newWriter(16)
+		all := w.fill(t, d, 50, 40)
+		if synced {
+			if err := d.Sync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.crash()
+		path := filepath.Join(dir, segName(1))
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := lastRecordStart(t, data)
+		data[last+recHeaderSize+1+rng.IntN(len(data)-last-recHeaderSize-1)] ^= 0x5a
+		os.WriteFile(path, data, 0o600)
+		d2, rec, err := Open(cfg)
+		if synced {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Errorf("the synced last record flipped: Open: %v, want ErrCorrupt", err)
+			}
+			if err == nil {
+				d2.Close()
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("the unsynced last record flipped: Open: %v, want its tail cut", err)
+		}
+		if rec.TornBytes != int64(len(data)-last) {
+			t.Errorf("torn %d bytes, want the last record's %d", rec.TornBytes, len(data)-last)
+		}
+		seq, _ := d2.Tail()
+		if seq >= all[len(all)-1].Seq {
+			t.Errorf("tail %d after the last record was cut, want before %d", seq, all[len(all)-1].Seq)
+		}
+		checkHolds(t, d2, all[:seq])
+		d2.Close()
+	}
+}
