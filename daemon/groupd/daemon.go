@@ -406,6 +406,9 @@ func (d *Daemon) loadLocked() error {
 	if warn != "" {
 		d.cfg.Logger.Warn(warn)
 	}
+	if n := removeStateTemps(d.cfg.StateDir); n > 0 {
+		d.cfg.Logger.Info("removed temporary files a crash left in the state directory", "files", n)
+	}
 	id, err := identity.LoadOrCreate(d.cfg.StateDir)
 	if err != nil {
 		return err

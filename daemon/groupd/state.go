@@ -179,6 +179,27 @@ func saveMembers(dir string, g wire.UUID, members []memberRecord) error {
 	return nil
 }
 
+// removeStateTemps removes the temporary files of writeFileAtomic that a
+// crash between their creation and their rename left in the state
+// directory dir, and returns how many. The directory is locked: no write
+// of this daemon's is in progress.
+func removeStateTemps(dir string) int {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range ents {
+		name := e.Name()
+		temp := strings.HasPrefix(name, "."+groupsFile+"-") ||
+			strings.HasPrefix(name, ".members-") && strings.Contains(name, ".json-")
+		if temp && e.Type().IsRegular() && os.Remove(filepath.Join(dir, name)) == nil {
+			n++
+		}
+	}
+	return n
+}
+
 // writeFileAtomic replaces path with data (mode 0600) through a synced
 // temporary file renamed over it, so a crash leaves the old file or the new
 // one, never half of one.

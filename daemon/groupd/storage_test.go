@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -297,5 +298,37 @@ func TestClockBehindAcrossRestart(t *testing.T) {
 	}
 	if !strings.Contains(logged.String(), "clock is behind the group's latest timestamp") {
 		t.Errorf("the daemon started with its clock 2h behind its group's last message and did not say so:\n%s", logged.String())
+	}
+}
+
+// TestStateTempFilesRemoved: a daemon killed while it replaced its member
+// list or groups.json (between the temporary file's creation and its
+// rename) left the temporary file for ever, one more at each such crash;
+// the next start removes them, and nothing else.
+func TestStateTempFilesRemoved(t *testing.T) {
+	dir := t.TempDir()
+	d1, stop1 := startGroupDaemon(t, Config{StateDir: dir})
+	alice := joined(t, d1, "alice")
+	g := gid(d1)
+	stop1()
+	left := []string{"." + membersFile(g) + "-1234567", "." + groupsFile + "-89"}
+	kept := []string{".profile", "members-notes.txt"}
+	for _, name := range append(append([]string(nil), left...), kept...) {
+		must(t, os.WriteFile(filepath.Join(dir, name), []byte("{"), 0o600))
+	}
+	d2, _ := startGroupDaemon(t, Config{StateDir: dir})
+	a2 := dial(t, d2.Addr(), d2.Fingerprint(), alice.id)
+	if m := a2.members(gid(d2)); gid(d2) != g || len(m) != 1 {
+		t.Fatalf("after the restart: group %s, members %v; want %s, alice", gid(d2), m, g)
+	}
+	for _, name := range left {
+		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s after the restart: %v, want it removed", name, err)
+		}
+	}
+	for _, name := range kept {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("%s after the restart: %v, want it left alone", name, err)
+		}
 	}
 }
