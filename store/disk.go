@@ -147,6 +147,7 @@ type DiskLog struct {
 	failed  error     // sticky: ErrFailed
 	roErr   error     // why f is nil (ErrNotWritable)
 	roTried time.Time // when f was last tried
+	unbegun bool      // a new log whose files could not be created yet (begin)
 
 	fmu sync.RWMutex // held for reading while f is synced; for writing to swap f
 
@@ -358,6 +359,12 @@ func (d *DiskLog) writable() error {
 		return d.roErr
 	}
 	d.roTried = time.Now()
+	if d.unbegun {
+		// A new log opened where nothing could be written: its files
+		// are created now.
+		d.roErr = d.begin()
+		return d.roErr
+	}
 	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
 		err = f.Truncate(d.fsize) // a torn tail found while read-only (nothing is pending)

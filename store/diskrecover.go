@@ -46,7 +46,12 @@ type Recovery struct {
 func (d *DiskLog) recover() (Recovery, error) {
 	var rec Recovery
 	if err := d.mkdirAll(d.dir); err != nil {
-		return rec, err
+		if _, serr := os.Stat(d.dir); !errors.Is(serr, fs.ErrNotExist) {
+			return rec, err
+		}
+		// A new log where its directory cannot be made (a full disk):
+		// begun empty and unwritable.
+		return rec, d.create(&rec, checkpoint{}, fs.ErrNotExist)
 	}
 	bases, idxs, err := listDir(d.dir)
 	if err != nil {
@@ -259,6 +264,9 @@ func (d *DiskLog) mkdirAll(dir string) error {
 }
 
 // create begins a new log: a new epoch, the first segment, the checkpoint.
+// Where they cannot be written (a full disk, a read-only file system), the
+// log opens empty and unwritable (rec.ReadOnly): its first append with
+// room creates them (writable), under the epoch chosen here.
 func (d *DiskLog) create(rec *Recovery, cpt checkpoint, cptErr error) error {
 	d.epoch = d.mem.epoch // new and random, or the configured one
 	switch {
@@ -269,25 +277,50 @@ func (d *DiskLog) create(rec *Recovery, cpt checkpoint, cptErr error) error {
 	default:
 		rec.Created = true
 	}
-	f, err := createSegment(filepath.Join(d.dir, segName(1)), segHeader{epoch: d.epoch, base: 1})
+	d.fbase, d.fsize = 1, segHeaderSize
+	d.enc = newRecordEncoder()
+	d.unbegun = true
+	if err := d.begin(); err != nil {
+		d.roErr, d.roTried = err, time.Now()
+		rec.ReadOnly = err
+	}
+	return nil
+}
+
+// begin creates the files of a new log, which has none yet: the log's
+// directory (and those above it that are missing), the first segment and
+// the checkpoint, synced with their directory. On error it leaves no file
+// and returns ErrNotWritable wrapping the cause. d.wmu is held, or the log
+// is being opened.
+func (d *DiskLog) begin() error {
+	if err := d.mkdirAll(d.dir); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotWritable, err)
+	}
+	path := filepath.Join(d.dir, segName(d.fbase))
+	f, err := createSegment(path, segHeader{epoch: d.epoch, base: d.fbase})
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}
 	c := checkpoint{epoch: d.epoch}
 	p := c.encode()
-	if err := writeSynced(filepath.Join(d.dir, cptName), p[:]); err != nil {
-		f.Close()
-		return err
+	cptPath := filepath.Join(d.dir, cptName)
+	err = writeSynced(cptPath, p[:])
+	var cf *os.File
+	if err == nil {
+		d.syncDir(d.dir)
+		cf, err = os.OpenFile(cptPath, os.O_WRONLY, 0)
 	}
-	d.syncDir(d.dir)
-	d.cpt, err = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY, 0)
 	if err != nil {
 		f.Close()
-		return err
+		os.Remove(path)
+		return fmt.Errorf("%w: %s: %w", ErrNotWritable, cptName, err)
 	}
-	d.f, d.fbase, d.fsize = f, 1, segHeaderSize
-	d.enc = newRecordEncoder()
-	d.segs = []segFile{{base: 1}}
+	d.cpt = cf
+	d.fmu.Lock()
+	d.f = f
+	d.fmu.Unlock()
+	d.segs = []segFile{{base: d.fbase, last: d.fbase - 1}}
+	d.unbegun = false
 	return nil
 }
 

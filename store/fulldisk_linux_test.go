@@ -197,3 +197,72 @@ func TestDiskFullAtSegmentCreation(t *testing.T) {
 	defer d2.Close()
 	checkHolds(t, d2, all)
 }
+
+// TestDiskFullNewLog: a log opened for the first time on a full disk (a
+// group added to a daemon whose disk is full) opens empty and refuses
+// appends with ErrNotWritable, as a log that cannot be written does; once
+// there is room its first append creates its files, under the epoch it
+// opened with. Open failed ("no space left on device"), and the daemon
+// served the group as one whose history could not be read, telling the
+// operator to restore it from a backup, until it was restarted.
+func TestDiskFullNewLog(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test mounts a file system and needs root (CI=true, so this is a failure, not a skip)")
+		}
+		t.Skip("this test mounts a file system and needs root")
+	}
+	for _, nested := range []bool{false, true} {
+		mnt, fill := testdisk.Small(t, "256k")
+		dir := filepath.Join(mnt, "log")
+		if nested { // the directory itself cannot be made
+			dir = filepath.Join(mnt, "data", "logs", "group")
+		} else if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		free := fill()
+		cfg := DiskConfig{Dir: dir}
+		d, rec, err := Open(cfg)
+		if err != nil {
+			t.Fatalf("nested %v: Open on a full disk: %v, want an empty log that cannot be written yet", nested, err)
+		}
+		if !rec.Created || !errors.Is(rec.ReadOnly, ErrNotWritable) {
+			t.Errorf("nested %v: Open on a full disk: %+v, want Created and ReadOnly", nested, rec)
+		}
+		epoch := d.Epoch()
+		w := newWriter(17)
+		if err := d.Append(w.batch(1, 10, 0, 0)); !errors.Is(err, ErrNotWritable) {
+			t.Fatalf("nested %v: append on the full disk: %v, want ErrNotWritable", nested, err)
+		}
+		free()
+		var all []Entry
+		deadline := time.After(30 * time.Second)
+		pace := time.NewTicker(20 * time.Millisecond) // the log tries again at most once a second
+		for len(all) == 0 {
+			b := w.batch(1, 10, 0, 0)
+			switch err := d.Append(b); {
+			case err == nil:
+				all = b
+			case !errors.Is(err, ErrNotWritable):
+				t.Fatalf("nested %v: append with room again: %v", nested, err)
+			}
+			select {
+			case <-pace.C:
+			case <-deadline:
+				t.Fatalf("nested %v: appends still refused 30 s after the disk had room", nested)
+			}
+		}
+		pace.Stop()
+		all = append(all, w.fill(t, d, 5, 10)...)
+		d.crash()
+		d2, rec, err := Open(cfg)
+		if err != nil {
+			t.Fatalf("nested %v: reopen: %v", nested, err)
+		}
+		if d2.Epoch() != epoch || rec.Created || rec.NewEpoch != "" {
+			t.Errorf("nested %v: reopened in epoch %d (%+v), want %d", nested, d2.Epoch(), rec, epoch)
+		}
+		checkHolds(t, d2, all)
+		d2.Close()
+	}
+}
