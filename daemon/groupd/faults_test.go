@@ -440,3 +440,61 @@ func TestLogRefusesAppends(t *testing.T) {
 		t.Fatalf("acks after the log recovered: %+v then %+v; want 2, 3, then 3 again as a duplicate", sent.Acks, again.Acks)
 	}
 }
+
+// unsyncedLog is a group's log whose Durable fails while fail is set, as a
+// disk log's does when an fsync fails: the batch was appended, whether it
+// reached the device is not known.
+type unsyncedLog struct {
+	Log
+	fail atomic.Bool
+}
+
+func (l *unsyncedLog) Durable(seq uint64) error {
+	if l.fail.Load() {
+		return fmt.Errorf("%w: fsync: input/output error", store.ErrFailed)
+	}
+	return l.Log.Durable(seq)
+}
+
+// TestSendNotDurable: a send whose messages were appended but could not be
+// made durable (an fsync that failed) is refused as unavailable, and the
+// refusal does not say "nothing was stored", which was false: the
+// messages may be held (here they are, and a retry of their IDs is
+// acknowledged as a duplicate with the original stamps). A client told
+// nothing was stored could send them again under new IDs.
+func TestSendNotDurable(t *testing.T) {
+	cfg := Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)}
+	d, err := New(cfg)
+	must(t, err)
+	var log *unsyncedLog
+	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
+		inner, err := d.openStorageLog(id, name, retention, replicated)
+		log = &unsyncedLog{Log: inner}
+		return log, err
+	}
+	must(t, d.Listen())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, d.Close())
+		must(t, <-errc)
+	})
+	p := joined(t, d, "alice")
+	g := gid(d)
+	log.fail.Store(true)
+	out := outgoing("maybe")
+	_, err = p.send(g, out)
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
+		t.Fatalf("send that could not be made durable: %v, want unavailable with a retry time", err)
+	}
+	if strings.Contains(we.Message, "nothing was stored") || !strings.Contains(we.Message, "same message IDs") {
+		t.Errorf("the refusal says %q: it must not say nothing was stored, and must say to retry with the same message IDs", we.Message)
+	}
+	log.fail.Store(false)
+	again, err := p.send(g, out)
+	must(t, err)
+	if a := again.Acks[0]; !a.Duplicate || a.Seq != 1 {
+		t.Fatalf("the retry: %+v, want #1 as a duplicate: the message had been stored", a)
+	}
+}

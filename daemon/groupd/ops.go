@@ -351,7 +351,9 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 		for _, a := range sc.acks {
 			last = max(last, a.Seq)
 		}
-		err = g.log.Durable(last)
+		if err = g.log.Durable(last); err != nil {
+			err = &notDurableError{err}
+		}
 	}
 	switch {
 	case errors.Is(err, store.ErrBatchTooLarge), errors.Is(err, store.ErrBodyTooLarge):
@@ -385,15 +387,27 @@ const notAppendedRetry = time.Second
 
 // notAppended logs, sparingly, why a group's log could not store a send
 // (its error stays on the server), and returns what the sender is told:
-// unavailable, nothing stored.
+// unavailable; nothing stored, or, if the messages were appended but could
+// not be made durable (notDurableError), that they may be stored.
 func (d *Daemon) notAppended(g *group, err error) error {
 	if ok, suppressed := d.logLog.Allow(g.id); ok {
 		d.cfg.Logger.Error("a group's log cannot store messages: sends are refused until it can",
 			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
 	}
-	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notAppendedRetry.Milliseconds()),
-		Message: fmt.Sprintf("send to %s: the group's log cannot store messages now; nothing was stored: try again later", g.name)}
+	msg := fmt.Sprintf("send to %s: the group's log cannot store messages now; nothing was stored: try again later", g.name)
+	if nd := (*notDurableError)(nil); errors.As(err, &nd) {
+		msg = fmt.Sprintf("send to %s: the group's log could not make the messages durable; they may be stored: try again later with the same message IDs (one stored is acknowledged as a duplicate)", g.name)
+	}
+	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notAppendedRetry.Milliseconds()), Message: msg}
 }
+
+// notDurableError is a send's whose messages were appended, but that the
+// log could not make as durable as an ack promises (an fsync failed): they
+// may be stored, so the refusal must not say they were not.
+type notDurableError struct{ err error }
+
+func (e *notDurableError) Error() string { return "make durable: " + e.err.Error() }
+func (e *notDurableError) Unwrap() error { return e.err }
 
 // sendScratch is the send handler's working space, pooled: what a send
 // used to allocate (four slices, the request and the reply, which an
