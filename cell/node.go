@@ -197,6 +197,9 @@ type Config struct {
 	// received, if set (by tests), is called with each raft RPC this
 	// member receives, before raft has it: a test holds one there.
 	received func(req any)
+	// rtt, if set (by tests), replaces the round trip to the other
+	// members the kernel measures (timing.go).
+	rtt func() (time.Duration, bool)
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -452,6 +455,7 @@ func (n *Node) Start() error {
 	}
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
 	n.net.received = n.cfg.received
+	n.net.rtt = n.cfg.rtt
 	n.net.onInstalled(n.installed)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())
@@ -505,10 +509,11 @@ func (n *Node) Start() error {
 	n.started, n.restarted = true, existing
 	n.tr.warm()
 	n.net.keepReady()
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.leaderLoop()
 	go n.promoteLoop()
 	go n.learnLoop()
+	go n.timingLoop()
 	// A wake-up, not a record: the watcher reads the leader raft knows
 	// now, so an observation dropped while one is pending loses nothing.
 	// It runs whether or not the daemon wants to hear of leaders: a

@@ -57,6 +57,11 @@ type raftNet struct {
 	pipes   map[*rpcPipeline]struct{}
 	ready   bool                        // keep a connection ready to each member (keepReady)
 	warming map[raft.ServerAddress]bool // a ready connection is being dialed to it
+	served  map[net.Conn]struct{}       // the connections members opened, being served
+
+	// rtt, if set (by tests), replaces the round trip measured
+	// (measuredRTT).
+	rtt func() (time.Duration, bool)
 }
 
 var (
@@ -102,6 +107,7 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger) *raftNet
 		idle:     make(map[raft.ServerAddress][]*rpcConn),
 		pipes:    make(map[*rpcPipeline]struct{}),
 		warming:  make(map[raft.ServerAddress]bool),
+		served:   make(map[net.Conn]struct{}),
 	}
 	n.wg.Add(1)
 	go n.listen()
@@ -656,10 +662,16 @@ func (n *raftNet) listen() {
 			return
 		}
 		n.wg.Add(1)
+		n.served[conn] = struct{}{}
 		n.mu.Unlock()
 		go func() {
 			defer n.wg.Done()
-			defer conn.Close()
+			defer func() {
+				n.mu.Lock()
+				delete(n.served, conn)
+				n.mu.Unlock()
+				conn.Close()
+			}()
 			if tc, ok := conn.(*tcpConn); ok {
 				n.refresh(tc.peer)
 			}

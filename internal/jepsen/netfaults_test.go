@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -64,7 +66,10 @@ const (
 // a new leader and the old one is back), and the log names, for each,
 // when the sends started in it were acknowledged (p50, p99, max), the
 // longest time no send was, the attempts that failed, and the elections
-// it caused. None of the delays is longer than the cell's heartbeat
+// it caused. Under delay, the members' election timeouts must rise with
+// the round trip they measure and come back once it clears
+// (cell/timing.go; checked when the build under test is this one, not
+// HUDDLE_JEPSEN_BINARY's). None of the delays is longer than the cell's heartbeat
 // timeout, so a fault that is not a leader kill should cause none; the
 // count is a figure, not a check: on a saturated host (make test's race
 // detector, three packages at once) members starved of CPU stand for
@@ -210,6 +215,9 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		}
 	}
 	w.waitProgress(t, what+", healed")
+	if kind == "delay" && os.Getenv("HUDDLE_JEPSEN_BINARY") == "" {
+		note += c.timingFollowed(t, began, ended)
+	}
 
 	// Elections nobody asked for: candidacies while no member was killed.
 	var stood []string
@@ -262,4 +270,61 @@ func sendsIn(h *history.History, from, to time.Time) string {
 	pause, _ := sendPause(h, from, to)
 	return fmt.Sprintf("%d sends acknowledged in p50 %v, p99 %v, max %v; none for %v at most; failed attempts: %v",
 		len(took), pct(0.5), pct(0.99), took[len(took)-1].Round(time.Millisecond), pause.Round(10*time.Millisecond), failed)
+}
+
+// timingSet matches the line a member logs as it sets its election
+// timeout from the round trip it measures (cell/timing.go), and the
+// timeout.
+var timingSet = regexp.MustCompile(`msg="cell: election timeout set from the round trip".* timeout=(\S+)`)
+
+// timingFollowed checks that the members' election timeouts followed the
+// delay between began and ended: one at least rose above the configured
+// timeout (a voter ranked after the first: by a measured round trip of
+// 100 ms or more), and each came back within an eighth of it once the
+// delay cleared. It returns what it found, for the fault's line.
+func (c *cell) timingFollowed(t *testing.T, began, ended time.Time) string {
+	t.Helper()
+	base := 300 * time.Millisecond // the daemons' default --cell-heartbeat
+	if hb := os.Getenv("HUDDLE_JEPSEN_HEARTBEAT"); hb != "" {
+		d, err := time.ParseDuration(hb)
+		if err != nil {
+			t.Fatalf("HUDDLE_JEPSEN_HEARTBEAT=%q: %v", hb, err)
+		}
+		base = d
+	}
+	timeout := func(l loggedLine) time.Duration {
+		d, err := time.ParseDuration(timingSet.FindStringSubmatch(l.text)[1])
+		if err != nil {
+			t.Fatalf("a member's line %q: %v", l.text, err)
+		}
+		return d
+	}
+	var highest time.Duration
+	for _, cn := range c.nodes {
+		for _, l := range cn.lines(timingSet, 0, began) {
+			if l.at.Before(ended) {
+				highest = max(highest, timeout(l))
+			}
+		}
+	}
+	if highest <= base+base/8 {
+		t.Errorf("under a delay of round trips of 100-300 ms no member's election timeout rose above %v (highest set: %v)", base, highest)
+		return ""
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		back := true
+		for _, cn := range c.nodes {
+			if ls := cn.lines(timingSet, 0, began); len(ls) > 0 && timeout(ls[len(ls)-1]) > base+base/8 {
+				back = false
+			}
+		}
+		if back {
+			return fmt.Sprintf("; election timeouts rose to %v at most, and came back to %v after it", highest.Round(10*time.Millisecond), base)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the members' election timeouts did not come back to %v within %v of the delay's end", base, waitTimeout)
+		}
+		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+	}
 }
