@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -799,8 +800,13 @@ func TestDiskCrashes(t *testing.T) {
 		}
 		d.crash()
 		if rng.IntN(4) == 0 {
-			// Killed as it created the next segment (TestDiskSegmentCreationCut).
-			if err := os.WriteFile(filepath.Join(dir, segName(tail+1)), nil, 0o600); err != nil {
+			// Killed as it created the next segment (TestDiskSegmentCreationCut);
+			// unless that segment is there already, begun when an age-out
+			// emptied the one before it.
+			f, err := os.OpenFile(filepath.Join(dir, segName(tail+1)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err == nil {
+				f.Close()
+			} else if !errors.Is(err, fs.ErrExist) {
 				t.Fatal(err)
 			}
 		}
