@@ -43,9 +43,10 @@ import (
 // leaders stepped down 0.4-0.9 s after they won, and the cell elected
 // again (internal/jepsen, delay-kill-leader). So the pipeline takes a
 // pooled connection (the first AppendEntries' own, back in the pool by
-// then) and the heartbeats the other: none of 36 stepped down, and sends
-// came back after a leader's kill in p50 2.2 s instead of 3.6 s
-// (BENCHMARKS.md, "Network faults").
+// then) and the heartbeats the other: 2 of 200 new leaders stepped down
+// (0.6 and 0.9 s after winning, their pipeline up), and sends came back
+// after a leader's kill in p50 2.2 s instead of 2.9-4.2 s (BENCHMARKS.md,
+// "Network faults").
 //
 // Neither side ends a connection for being idle: the accepting member
 // waits on it for the next request as long as it stays open, and the
