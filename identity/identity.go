@@ -66,12 +66,32 @@ func Generate() (*Identity, error) {
 // LoadOrCreate loads the identity kept in dir, creating dir (mode 0700) and a
 // new key (mode 0600) on first use. It returns ErrBadKey, wrapped, if the
 // key file exists but is not a PEM Ed25519 or ECDSA private key, and refuses
-// a key file that others can read.
+// a key file that others can read. A new key is on the device (synced, with
+// the directory entries naming it) before it is returned.
 func LoadOrCreate(dir string) (*Identity, error) {
+	return loadOrCreate(dir, syncs{file: (*os.File).Sync, dir: syncDir})
+}
+
+// syncs is how a new key is made durable: its file, then a directory's
+// entries. Tests watch them.
+type syncs struct {
+	file func(*os.File) error
+	dir  func(string) error
+}
+
+func loadOrCreate(dir string, s syncs) (*Identity, error) {
+	// Temporary files of a create a crash interrupted (a copy of the key,
+	// or of one never used) go; one a create running beside us loses
+	// makes that create write its file in place (writeExcl).
+	if left, _ := filepath.Glob(filepath.Join(dir, "."+KeyFile+"-*")); len(left) > 0 {
+		for _, f := range left {
+			os.Remove(f)
+		}
+	}
 	path := filepath.Join(dir, KeyFile)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return create(dir, path)
+		return create(dir, path, s)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load identity: %w", err)
@@ -95,8 +115,14 @@ func LoadOrCreate(dir string) (*Identity, error) {
 	return fromKey(signer)
 }
 
-func create(dir, path string) (*Identity, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// create makes a new key at path: written to a temporary file beside it
+// and synced, then linked to its name (a link, not a rename: two processes
+// creating the same identity at once must not end up with different keys;
+// the loser loads the winner's), then the directory synced. A crash leaves
+// a whole key.pem or none, never an empty one, and a key once returned
+// survives a power cut.
+func create(dir, path string, s syncs) (*Identity, error) {
+	if err := mkdirSynced(dir, s); err != nil {
 		return nil, fmt.Errorf("create identity: %w", err)
 	}
 	_, key, err := ed25519.GenerateKey(rand.Reader)
@@ -108,24 +134,91 @@ func create(dir, path string) (*Identity, error) {
 		return nil, fmt.Errorf("create identity: %w", err)
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	// O_EXCL: two processes creating the same identity at once must not
-	// end up with different keys; the loser loads the winner's.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return LoadOrCreate(dir)
+	tmp, err := os.CreateTemp(dir, "."+KeyFile+"-*") // mode 0600
+	if err != nil {
+		return nil, fmt.Errorf("create identity: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = s.file(tmp)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create identity: %w", err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(path)
+	if err = os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
+		// A file system without hard links: created in place, with
+		// O_EXCL for the same reason; a crash there may leave it empty.
+		err = writeExcl(path, data, s)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return loadOrCreate(dir, s)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("create identity: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("create identity: %w", err)
-	}
+	// A directory that cannot be synced is not an error (a file system
+	// that refuses directory fsyncs persists entries its own way), as in
+	// the group logs (STORAGE.md, "Durability").
+	s.dir(dir)
 	return fromKey(key)
+}
+
+// writeExcl creates path (mode 0600) with data and syncs it; fs.ErrExist
+// if it is there already.
+func writeExcl(path string, data []byte, s syncs) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = s.file(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
+
+// mkdirSynced creates dir (mode 0700) and the directories above it that
+// are missing, syncing the directory that holds each one it made.
+func mkdirSynced(dir string, s syncs) error {
+	var made []string
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		made = append(made, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for i := len(made) - 1; i >= 0; i-- {
+		s.dir(filepath.Dir(made[i]))
+	}
+	return nil
+}
+
+// syncDir makes a directory's entries durable.
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 func fromKey(key crypto.Signer) (*Identity, error) {
