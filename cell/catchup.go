@@ -64,10 +64,10 @@ var errCatchUp = errors.New("cell: catch-up")
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
 // every member at once (catchUpOrder) and copies the messages from the
 // first that has them; a member that does not answer (a dead host: a
-// dial's timeout, RPCTimeout) holds up none of the others. While raft
-// restores this member's own snapshot at Start (raft not running yet), it
-// waits until a peer can serve the messages: each member that could not
-// is asked again, in rounds backing off from catchUpRetryMin to
+// dial's timeout, RPCTimeout) holds up none of the others. With wait set
+// (the restore of this member's own snapshot at start: fsm.finishRestore)
+// it waits until a peer can serve the messages: each member that could
+// not is asked again, in rounds backing off from catchUpRetryMin to
 // catchUpRetryMax (one still being asked is not asked twice), each round
 // logged, until one serves them or Close is called (ErrClosed).
 //
@@ -76,16 +76,18 @@ var errCatchUp = errors.New("cell: catch-up")
 // it committed only once a leader tells them it is committed). Failing
 // made the member refuse to start, though its peers would serve the
 // messages a moment later; and it fails the same way each time it is
-// started again until they do. Meanwhile the member serves none of the
-// cell's groups: the state machine sets them only once every log is
-// caught up (fsm.Restore), so no reader sees a log behind what it was
+// started again until they do. Raft runs meanwhile, so the member's vote
+// counts: when the others are no majority without it, they elect (it,
+// or one of them) and apply what its snapshot covers (session 13; it
+// waited for enough of them to come back). Meanwhile it serves none of
+// the cell's groups: the state machine sets them only once every log is
+// caught up (restoreAtStart), so no reader sees a log behind what it was
 // acknowledged. A snapshot raft installs from the leader later is not
 // waited for: raft reports the failure to the leader, which sends it
 // again. Why at once: members were asked one after another, and each dead
 // one cost a waiting round its dial's timeout (5 s) before the next was
 // asked (session 11).
-func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) error {
-	waiting := n.running() == nil
+func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait() // runs after cancel (deferred next), which ends the askers
@@ -168,7 +170,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64) 
 			// No member served the messages since the last round: those
 			// that answered they could not are asked again.
 			have, _ := g.log.Tail()
-			n.cfg.Logger.Warn("cell: no peer can catch a group up yet; this member starts once one can, and serves none of the cell's groups until then",
+			n.cfg.Logger.Warn("cell: no peer can catch a group up yet; this member starts once one can, and serves none of the cell's groups until then (it takes part in the cell's elections meanwhile)",
 				"group", g.spec.Name, "log_at", have, "snapshot_at", seq, "rounds", round, "waited", time.Since(start).Round(time.Millisecond),
 				"asking", len(asking), "next_in", wait, "err", errors.Join(errs...))
 			round++

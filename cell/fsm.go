@@ -114,12 +114,17 @@ type fsm struct {
 	// onConfig is told each configuration raft commits, with the index
 	// of its entry.
 	onConfig func(c raft.Configuration, index uint64)
-	// catchUp brings a replica's log up to a position from a peer.
-	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64) error
+	// catchUp brings a replica's log up to a position from a peer; with
+	// wait set, it waits until a peer can (Node.catchUp).
+	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64, wait bool) error
 	// starting is set while raft restores the newest snapshot at start
 	// (raft.NewRaft, which calls Restore on the caller's goroutine);
 	// startFailed once a restore then failed. See Restore.
 	starting, startFailed atomic.Bool
+	// atStart is the restore at start whose logs catch up once raft runs
+	// (restoreAtStart), if one was left to finish: set by Restore within
+	// raft.NewRaft, before raft's goroutines start, and not changed after.
+	atStart atomic.Pointer[restoreAtStart]
 
 	mu sync.RWMutex // Apply and Restore write the groups' members; the rest read
 	// groups is the cell's groups, replaced whole (under mu) when one is
@@ -207,6 +212,14 @@ func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
 // group are merged into one append.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	resps := make([]any, len(logs))
+	if f.atStart.Load() != nil && !f.restored() {
+		// Closing before the restore at start finished: nothing is
+		// applied over a state not restored (raft's next start replays).
+		for i := range resps {
+			resps[i] = ErrClosed
+		}
+		return resps
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.entries = f.entries[:0]
@@ -413,6 +426,9 @@ func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 // Snapshot captures each group's position and members (raft.FSM). Apply
 // is not running meanwhile.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if !f.restoredNow() {
+		return nil, errors.New("cell: snapshot: the groups restored at start are still catching up")
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	groups := *f.groups.Load()
@@ -436,6 +452,14 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // position from a peer if it is behind (a new replica, or one that lagged
 // past what the leader keeps of its raft log).
 //
+// At start (raft.NewRaft), a log behind the snapshot is not caught up
+// here: raft runs only once NewRaft returns, and the peers may serve the
+// messages only once a leader has told them they are committed, which may
+// take this member's vote (every member restarted, one of them slow: the
+// others are no majority without it). Restore leaves the catch-up to
+// finishRestore, which the node runs once raft runs (restoreAtStart);
+// everything else the state machine is asked waits for it meanwhile.
+//
 // At start, raft falls back to an older snapshot when the newest one's
 // restore fails, and then replays the raft entries after it: entries its
 // log no longer holds once compacted past the newest (TrailingLogs), so
@@ -445,13 +469,18 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // "failed to load any existing snapshots".
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	if !f.starting.Load() {
-		return f.restore(rc)
+		// A snapshot from the leader, once the restore at start is done.
+		if !f.restored() {
+			rc.Close()
+			return fmt.Errorf("cell: restore: %w", ErrClosed)
+		}
+		return f.restore(rc, false)
 	}
 	if f.startFailed.Load() {
 		rc.Close()
 		return errors.New("cell: restore: an older snapshot is not restored once the newest failed (raft's log may no longer hold the entries after it)")
 	}
-	err := f.restore(rc)
+	err := f.restore(rc, true)
 	if err != nil {
 		f.startFailed.Store(true)
 	}
@@ -459,7 +488,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 }
 
 // restore is Restore's work, at start or from a snapshot the leader sent.
-func (f *fsm) restore(rc io.ReadCloser) error {
+func (f *fsm) restore(rc io.ReadCloser, atStart bool) error {
 	defer rc.Close()
 	// Closing, raft's start falls back to an older snapshot when this
 	// one fails, and that one may need no catch-up: it would be restored,
@@ -477,6 +506,7 @@ func (f *fsm) restore(rc io.ReadCloser) error {
 	// Apply does not run during Restore: only the daemon's lookups
 	// (f.group) need the lock, and not while a log catches up.
 	next := make(map[wire.UUID]*groupState, len(groups))
+	var behind []snapGroup
 	for _, sg := range groups {
 		g := f.group(sg.spec.ID)
 		if g == nil {
@@ -496,21 +526,106 @@ func (f *fsm) restore(rc io.ReadCloser) error {
 			if f.catchUp == nil {
 				return fmt.Errorf("cell: restore group %s: its log stands at %d, the snapshot at %d, and there is no peer to catch up from", sg.spec.Name, seq, sg.seq)
 			}
-			if err := f.catchUp(context.Background(), g, sg.seq, sg.time); err != nil {
-				return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
-			}
-			// What a peer sent is in no raft entry of this member's:
-			// written and synced now, not left for a later sync.
-			if err := g.log.Sync(); err != nil {
-				return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
-			}
+			behind = append(behind, sg)
 		}
 		next[sg.spec.ID] = g
+	}
+	if atStart && len(behind) > 0 {
+		f.atStart.Store(&restoreAtStart{groups: next, behind: behind, done: make(chan struct{})})
+		return nil
+	}
+	for _, sg := range behind {
+		g := next[sg.spec.ID]
+		if err := f.catchUp(context.Background(), g, sg.seq, sg.time, false); err != nil {
+			return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
+		}
+		// What a peer sent is in no raft entry of this member's:
+		// written and synced now, not left for a later sync.
+		if err := g.log.Sync(); err != nil {
+			return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
+		}
 	}
 	f.mu.Lock()
 	f.groups.Store(&next)
 	f.mu.Unlock()
 	return nil
+}
+
+// restoreAtStart is a snapshot restored at start some of whose groups'
+// logs are behind it (Restore): they catch up from a peer once raft runs
+// (finishRestore), and the groups become the state machine's only then,
+// so that no reader sees a log behind what it was acknowledged. Meanwhile
+// the member takes part in raft (it votes, and may be elected), but its
+// state machine applies nothing: ApplyBatch, Restore and a leader's
+// readiness (Node.leaderLoop) wait for the restore to finish, and
+// Snapshot is refused.
+type restoreAtStart struct {
+	groups map[wire.UUID]*groupState // the snapshot's groups
+	behind []snapGroup               // those whose logs are behind it, and where it has them
+	done   chan struct{}             // closed once finishRestore returned
+	ok     atomic.Bool               // set before done closes if the groups were restored
+	err    error                     // why not, once done closed
+}
+
+// restored waits until the restore at start, if one was left to finish, is
+// done, and reports whether it restored the groups: false if the node
+// closed first (or the restore failed).
+func (f *fsm) restored() bool {
+	d := f.atStart.Load()
+	if d == nil {
+		return true
+	}
+	select {
+	case <-d.done:
+	case <-f.closing:
+	}
+	return d.ok.Load()
+}
+
+// restoredNow reports, without waiting, whether the groups are restored:
+// no restore at start was left to finish, or it finished.
+func (f *fsm) restoredNow() bool {
+	d := f.atStart.Load()
+	return d == nil || d.ok.Load()
+}
+
+// finishRestore catches up the logs of the restore at start (atStart) from
+// the peers, waiting until one can serve them (Node.catchUp), then makes
+// its groups the state machine's. It returns once they are, or the node
+// closes. The node runs it once raft runs.
+func (f *fsm) finishRestore() {
+	d := f.atStart.Load()
+	defer close(d.done)
+	for _, sg := range d.behind {
+		g := d.groups[sg.spec.ID]
+		if err := f.catchUp(context.Background(), g, sg.seq, sg.time, true); err != nil {
+			d.err = fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
+			return
+		}
+		// What a peer sent is in no raft entry of this member's: written
+		// and synced before the group is served, and tried again until
+		// it is (a full or failing disk) or the node closes.
+		for attempt := 0; ; attempt++ {
+			err := g.log.Sync()
+			if err == nil {
+				break
+			}
+			if attempt%100 == 0 {
+				f.log.Error("cell: cannot sync a group's log caught up at start: retrying; this member serves none of the cell's groups meanwhile",
+					"group", g.spec.Name, "err", err, "attempts", attempt+1)
+			}
+			select {
+			case <-f.closing:
+				d.err = fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, ErrClosed)
+				return
+			case <-time.After(retryAppend):
+			}
+		}
+	}
+	f.mu.Lock()
+	f.groups.Store(&d.groups)
+	f.mu.Unlock()
+	d.ok.Store(true)
 }
 
 // fsmSnapshot is what Snapshot captured.

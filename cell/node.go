@@ -403,10 +403,31 @@ func (n *Node) Transport() *Transport { return n.tr }
 func (n *Node) Self() Peer { return n.self }
 
 // Start opens raft's state (cfg.Dir), starts raft over the transport and,
-// for a new cell, bootstraps it with cfg.Peers. It returns at once; the
-// cell elects a leader in the background. Errors: ErrClosed, and those of
-// opening raft's state.
+// for a new cell, bootstraps it with cfg.Peers. It returns once raft runs;
+// the cell elects a leader in the background. A restarted member whose
+// group logs are behind its raft snapshot returns only once a peer has
+// caught them up (fsm.Restore, catchUp), which may take as long as its
+// peers take to apply what the snapshot covers: raft runs meanwhile (the
+// member votes, and may be elected, though it stamps nothing until then),
+// and Close ends the wait (ErrClosed). Errors: ErrClosed, and those of
+// opening raft's state and of that restore.
 func (n *Node) Start() error {
+	if err := n.start(); err != nil {
+		return err
+	}
+	d := n.fsm.atStart.Load()
+	if d == nil {
+		return nil
+	}
+	<-d.done // finishRestore ends on Close
+	if !d.ok.Load() {
+		return fmt.Errorf("cell: start: %w", d.err)
+	}
+	return nil
+}
+
+// start is Start's work but the wait for the restore at start.
+func (n *Node) start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	switch {
@@ -441,10 +462,10 @@ func (n *Node) Start() error {
 		return fmt.Errorf("cell: read raft's state: %w", err)
 	}
 	// Raft restores its newest snapshot as it starts, and a group log
-	// behind it catches up from a peer then (fsm.Restore), before raft
-	// has read its configuration: the members are the snapshot's by then
-	// (accepted), not the flags', which may name hosts long replaced. The
-	// configuration raft ends up with (the log's latest) is set below.
+	// behind it catches up from a peer (fsm.Restore): the members asked
+	// are the snapshot's (accepted), not the flags', which may name hosts
+	// long replaced, until the configuration raft ends up with (the log's
+	// latest) is set below.
 	if metas, err := n.snaps.List(); err == nil && len(metas) > 0 {
 		n.setPeers(metas[0].Configuration)
 		n.decide(metas[0].Configuration, metas[0].ConfigurationIndex)
@@ -482,7 +503,7 @@ func (n *Node) Start() error {
 		n.tr.Close()
 		n.closeStores()
 		select {
-		case <-n.closing: // Close ended a restore that waited (catchUp)
+		case <-n.closing: // Close began while raft restored: the restore refused
 			return fmt.Errorf("cell: start raft: %w", ErrClosed)
 		default:
 		}
@@ -529,6 +550,11 @@ func (n *Node) Start() error {
 	if !n.cfg.Fsync.Always {
 		n.wg.Add(1)
 		go n.syncLoop()
+	}
+	if n.fsm.atStart.Load() != nil {
+		// Group logs behind the snapshot restored: they catch up now that
+		// raft runs (Start waits for it).
+		n.wg.Go(n.fsm.finishRestore)
 	}
 	return nil
 }
@@ -803,6 +829,15 @@ func (n *Node) Member() bool { return n.member.Load() }
 // it last saw it: Member, and not catching up (AddMember).
 func (n *Node) Voter() bool { return n.voter.Load() }
 
+// Serving reports whether this daemon serves the cell's groups as one of
+// its replicas (fetches, watches, registrations): it is a Voter, and its
+// groups are restored (a member restarted with group logs behind its raft
+// snapshot serves none until it has caught them up from a peer, though its
+// raft runs: Start).
+func (n *Node) Serving() bool {
+	return n.Voter() && n.fsm.restoredNow()
+}
+
 // leaderLoop follows this node's leadership: on becoming leader it runs a
 // barrier (so the groups' logs hold everything committed before), then
 // marks the node ready to stamp sends, and creates the configured groups
@@ -821,6 +856,12 @@ func (n *Node) leaderLoop() {
 			for n.raft.State() == raft.Leader {
 				term := n.raft.CurrentTerm()
 				if err := n.barrier(); err == nil {
+					// The barrier does not reach the state machine when no
+					// entry was committed since start: a restore at start
+					// still catching up is waited for here (fsm.restored).
+					if !n.fsm.restored() {
+						return // closing
+					}
 					if n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term {
 						n.setReady(term)
 						n.cfg.Logger.Info("cell: leading", "term", term)
@@ -1135,8 +1176,9 @@ func (n *Node) nextLeader(ctx context.Context) (Peer, bool) {
 // over to the next election; see Handover), closes the transport and raft's state, and
 // waits for every goroutine. It is safe to call more than once.
 func (n *Node) Close() error {
-	// Before the lock: Start holds it while raft restores, and a restore
-	// waiting for a peer to catch a group up from (catchUp) ends on it.
+	// Before the lock, which Start holds while raft restores; the
+	// catch-up of a restore at start (fsm.finishRestore), which Start
+	// waits for, ends on it too.
 	n.closeOnce.Do(func() { close(n.closing) })
 	n.mu.Lock()
 	if n.closed {

@@ -1141,7 +1141,10 @@ func closeLeaderMidRequest(t *testing.T) (members []*testCellMember, leader *tes
 // log lost, while no peer can serve what its raft snapshot covers (both
 // down), waits for them, serving none of the cell's groups, rather than
 // failing to start ("group daemon: cell: start raft: failed to load any
-// existing snapshots"). Its context ending stops it at once (Serve returns
+// existing snapshots"). Its raft runs while it waits, so it counts as a
+// voter, but it answers no fetch: it served one from the log it was
+// catching up, once its raft ran before its restore ended (session 13,
+// before cell.Node.Serving). Its context ending stops it at once (Serve returns
 // nil); started again, it starts once its peers are back, and serves every
 // message acknowledged.
 func TestCellMemberWaitsForPeersAtStart(t *testing.T) {
@@ -1214,6 +1217,13 @@ func TestCellMemberWaitsForPeersAtStart(t *testing.T) {
 	}
 	if gs := d.Groups(); len(gs) != 0 {
 		t.Fatalf("the member serves %v while its group log is behind its snapshot", gs)
+	}
+	// Its raft runs meanwhile (it votes), but it serves no fetch from the
+	// log it is catching up, which holds less than it acknowledged.
+	if _, _, err := dial(t, d.Addr(), m.fp, key).fetch(wire.Fetch{Group: g}); err == nil {
+		t.Fatal("the member served a fetch from its group log while it waited to catch it up")
+	} else {
+		wantCode(t, err, wire.CodeUnavailable)
 	}
 	cancel()
 	select {

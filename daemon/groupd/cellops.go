@@ -56,20 +56,25 @@ func cellMembers(g *group) []wire.Replica {
 }
 
 // notServing is the answer of a daemon that holds a cell's group but does
-// not serve it: it was removed from the cell (its copy no longer follows
-// the cell's), or it was added and is still catching up. Either way it
-// names the members that serve the group (and the leader, if it knows
-// it), so that a client holding an older list of replicas moves on.
+// not serve it (cell.Node.Serving): it was removed from the cell (its copy
+// no longer follows the cell's), or it was added and is still catching up,
+// or it has just started and has not caught up yet. Either way it names
+// the members that serve the group (and the leader, if it knows it), so
+// that a client holding an older list of replicas moves on.
 func (d *Daemon) notServing(op wire.Op, g *group) error {
 	we := &wire.Error{Code: wire.CodeUnavailable, Replicas: d.replicaList()}
 	if l, ok := d.node.Leader(); ok && l != d.node.Self() {
 		we.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
 	}
-	if d.node.Member() {
+	switch {
+	case !d.node.Member():
+		we.Message = fmt.Sprintf("%v group %s: this daemon was removed from the group's cell and no longer serves the group: ask the cell's members", op, g.name)
+	case d.node.Voter():
+		we.RetryAfterMS = uint64(cellRetry.Milliseconds())
+		we.Message = fmt.Sprintf("%v group %s: this daemon has just started and has not caught up with the group's cell yet: ask another of its members", op, g.name)
+	default:
 		we.RetryAfterMS = uint64(cellRetry.Milliseconds())
 		we.Message = fmt.Sprintf("%v group %s: this daemon was just added to the group's cell and is still catching up: ask another of its members", op, g.name)
-	} else {
-		we.Message = fmt.Sprintf("%v group %s: this daemon was removed from the group's cell and no longer serves the group: ask the cell's members", op, g.name)
 	}
 	return we
 }

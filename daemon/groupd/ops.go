@@ -68,7 +68,7 @@ func (d *Daemon) request(c *server.Call, req any, id *wire.UUID) (*group, error)
 func (d *Daemon) group(op wire.Op, id wire.UUID) (*group, error) {
 	if d.host != nil {
 		if g := d.host.group(id); g != nil {
-			if !d.node.Voter() {
+			if !d.node.Serving() {
 				return nil, d.notServing(op, g)
 			}
 			return g, nil
@@ -660,7 +660,7 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 			return c.Lost()
 		default:
 		}
-		if g.cell != nil && !d.node.Voter() {
+		if g.cell != nil && !d.node.Serving() {
 			return d.notServing(c.Op(), g) // removed from the cell
 		}
 		return nil

@@ -755,10 +755,11 @@ func (r *registrar) countsStale(g *group) bool {
 func (r *registrar) refreshGroup(g *group) (refusedNow bool, err error) {
 	ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
 	defer cancel()
-	if g.cell != nil && !g.cell.node.Voter() {
+	if g.cell != nil && !g.cell.node.Serving() {
 		// Removed from the cell (the group is the others' to list, and
 		// the registry would refuse this daemon's key for it), or still
-		// catching up (it serves the group once it votes). A replica
+		// catching up (it serves the group once it votes, and once a
+		// start has caught up: cell.Node.Serving). A replica
 		// removed takes its registration back, so the listing stops
 		// naming it at once; the others keep the group listed.
 		if _, ok := r.epochs[g.id]; ok && !g.cell.node.Member() {
