@@ -73,6 +73,7 @@ func (n *Node) learning() bool {
 func (n *Node) learnMembers() {
 	var learned []Peer
 	refused := make(map[wire.Fingerprint]bool)
+	named := make(map[wire.Fingerprint]bool) // the members whose configuration lists this one
 	for _, p := range n.tr.peerList() {
 		if p == n.self {
 			continue
@@ -91,9 +92,13 @@ func (n *Node) learnMembers() {
 			if !slices.Contains(learned, m) {
 				learned = append(learned, m)
 			}
+			if m.Fingerprint == n.self.Fingerprint {
+				named[p.Fingerprint] = true
+			}
 		}
 	}
 	n.noteRefused(refused)
+	n.noteHeard(named)
 	if len(learned) == 0 {
 		return // none answered: what was learnt before stays
 	}
@@ -160,6 +165,40 @@ func (n *Node) noteRefused(refused map[wire.Fingerprint]bool) {
 	n.refusedOut.Store(true)
 	n.cfg.Logger.Warn("cell: a majority of the cell's members refuse this daemon's key: it was removed from the cell, and never had the entry that removes it")
 	n.noteConfig(left)
+}
+
+// noteHeard takes this member as heard from the cell since it started
+// (heard, which Serving waits for) if a majority of its configuration's
+// voters, itself among them, are itself or in named: their configurations
+// list it.
+//
+// Why a majority: each member answers raft's latest configuration, with
+// the changes it appended and has not applied yet. A member removed while
+// it was down was removed by a configuration a majority of the new
+// configuration's voters appended (raft committed it), and none of them
+// lists it: those that may, with it, are fewer than half of the old
+// configuration's voters, which are one more (3 -> 2: none; 5 -> 4: one of
+// four, and it makes two of five).
+func (n *Node) noteHeard(named map[wire.Fingerprint]bool) {
+	if n.heard.Load() {
+		return
+	}
+	n.learnMu.Lock()
+	c := n.conf.Clone()
+	n.learnMu.Unlock()
+	voters, naming := 0, 0
+	for _, s := range c.Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil && (fp == n.self.Fingerprint || named[fp]) {
+			naming++
+		}
+	}
+	if voters > 0 && naming >= voters/2+1 && !n.heard.Swap(true) {
+		n.cfg.Logger.Info("cell: a majority of the cell's members list this daemon: it serves the cell's groups, though it knows of no leader yet", "members", naming)
+	}
 }
 
 // forgetLearned forgets the members learnt, once the configuration the

@@ -605,3 +605,64 @@ func (v *removalVictim) hooks(onAppend func(ae *raft.AppendEntriesRequest, remov
 		}
 	}
 }
+
+// TestRemovedWhileDownServesNothing: a member removed from the cell while
+// it was down finds itself a voter in its own configuration when it
+// starts again, and never has the entry that removes it. From its start
+// until it concludes it was removed (the others refuse its key: learn.go)
+// it serves nothing of the cell's (Serving, which its daemon asks before
+// it serves a fetch or a watch, or registers a group), since a leader
+// does not replicate to it and the others do not list it. A member
+// restarted that is still in the cell serves once it hears from a
+// leader. (Serving was Voter: the member removed served the groups, from
+// a log that no longer followed the cell's, for a second or two after its
+// start.)
+func TestRemovedWhileDownServesNothing(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	victim := c.follower()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 5)
+	victim.waitLast(g.ID, 5)
+	waitUntil(t, "the member to serve", victim.node.Serving)
+	victim.stop()
+	c.change("remove the member that is down", l, func(n *Node) error {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		return n.RemoveMember(ctx, n.Self().Fingerprint, victim.id.Fingerprint())
+	})
+	c.sendMany(g.ID, 5, 5)
+
+	victim.host = newTestHost("")
+	c.start(victim, false)
+	if f := victim.node.raft.GetConfiguration(); f.Error() != nil || !listed(f.Configuration(), victim.id.Fingerprint()) {
+		t.Fatal("the member removed while it was down has its removal in raft's configuration at start: the test's fault did not hold")
+	}
+	polls := 0
+	for deadline := time.Now().Add(waitTimeout); victim.node.Member(); polls++ {
+		if victim.node.Serving() {
+			t.Fatalf("the member removed while it was down serves the cell's groups after its start (poll %d; it votes: %v)", polls, victim.node.Voter())
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the member removed while it was down never concluded it was removed")
+		}
+		time.Sleep(time.Millisecond) // the next look at what it would serve
+	}
+	if victim.node.Serving() {
+		t.Fatal("the member removed serves the cell's groups")
+	}
+	t.Logf("the member removed concluded it was, serving nothing meanwhile (%d polls)", polls)
+
+	// A member still in the cell, restarted, serves once it hears from a
+	// leader.
+	var other *testMember
+	for _, o := range c.members {
+		if o != victim && o != l {
+			other = o
+		}
+	}
+	c.restart(other)
+	waitUntil(t, "the member restarted to serve", other.node.Serving)
+	c.sendMany(g.ID, 10, 5)
+	other.waitLast(g.ID, 15)
+}

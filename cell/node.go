@@ -326,6 +326,12 @@ type Node struct {
 	// configuration.
 	refusedOut atomic.Bool
 
+	// heard says this member has heard from the cell since it started: it
+	// knew of a leader (watchLeader), or a majority of its configuration's
+	// voters, itself among them, named it among their members (learn.go,
+	// noteHeard). Serving waits for it.
+	heard atomic.Bool
+
 	// live is raft once Start has started it (running).
 	live atomic.Pointer[raft.Raft]
 
@@ -830,12 +836,23 @@ func (n *Node) Member() bool { return n.member.Load() }
 func (n *Node) Voter() bool { return n.voter.Load() }
 
 // Serving reports whether this daemon serves the cell's groups as one of
-// its replicas (fetches, watches, registrations): it is a Voter, and its
+// its replicas (fetches, watches, registrations): it is a Voter; its
 // groups are restored (a member restarted with group logs behind its raft
 // snapshot serves none until it has caught them up from a peer, though its
-// raft runs: Start).
+// raft runs: Start); and it has heard from the cell since it started: it
+// knew of a leader, or a majority of its configuration's voters, itself
+// among them, named it a member (learn.go).
+//
+// Why heard: a member removed while it was down finds itself a voter in
+// its own configuration when it starts again, and served the groups from
+// a log that no longer follows the cell (fetches, watches, registrations)
+// for a second or two, until it learnt the others refuse its key. The
+// members that applied its removal, a majority of the configuration that
+// removed it (which raft committed), neither replicate to it nor name it,
+// so it never hears enough to serve. A member that hears from nobody (its
+// peers down) serves nothing either, until they are back.
 func (n *Node) Serving() bool {
-	return n.Voter() && n.fsm.restoredNow()
+	return n.heard.Load() && n.Voter() && n.fsm.restoredNow()
 }
 
 // leaderLoop follows this node's leadership: on becoming leader it runs a
@@ -893,15 +910,19 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 			return
 		}
 		last, known = p, ok
-		if n.cfg.LeaderChanged != nil {
-			n.cfg.LeaderChanged(p, ok)
-		}
 		if ok {
 			// Taken as removed when the others refused its key (learn.go),
 			// it hears from a leader after all (added again): the
 			// configuration it applies from the leader says again, as for
 			// any member removed and added back.
 			n.refusedOut.Store(false)
+			// A leader replicates only to the members of its
+			// configuration: this one is (Serving). Before the daemon is
+			// told, which registers its groups then.
+			n.heard.Store(true)
+		}
+		if n.cfg.LeaderChanged != nil {
+			n.cfg.LeaderChanged(p, ok)
 		}
 		if f := n.raft.GetConfiguration(); !ok && f.Error() == nil {
 			if c := f.Configuration(); n.noteMembership(c) {

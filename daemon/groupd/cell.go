@@ -525,7 +525,16 @@ func (d *Daemon) replicaList() []wire.Replica {
 	if d.node == nil {
 		return nil
 	}
-	return serving(replicas(d.node.Status()))
+	rs := serving(replicas(d.node.Status()))
+	if !d.node.Serving() {
+		// Not this daemon, which does not serve (cell.Node.Serving),
+		// though its configuration lists it as a voter: a member just
+		// started, or one removed while it was down that has not
+		// concluded so yet.
+		self := d.node.Self().Fingerprint
+		rs = slices.DeleteFunc(rs, func(r wire.Replica) bool { return r.Fingerprint == self })
+	}
+	return rs
 }
 
 // serving returns the replicas that serve the cell's groups: not those

@@ -1252,3 +1252,75 @@ func TestCellMemberWaitsForPeersAtStart(t *testing.T) {
 		t.Fatalf("the member serves %d messages, want every one up to %d", len(got), last)
 	}
 }
+
+// TestCellRemovedWhileDownServesNoFetch: a member removed from the cell
+// while it was down, started again, answers no fetch of the cell's group
+// from its start on: its configuration still lists it as a voter, but it
+// has heard from no leader, and the others do not list it (cell.Node's
+// Serving). Its refusals name the members that serve the group, not
+// itself. (It served fetches, from a log that no longer followed the
+// cell's, and named itself among the replicas, for a second or two, until
+// it concluded it was removed.)
+func TestCellRemovedWhileDownServesNoFetch(t *testing.T) {
+	// Snapshots often: the member removed must host the group as it starts
+	// again, from its snapshot (its log's entries are replayed only once a
+	// leader says they are committed, which none does).
+	members := startTestCell(t, 3, func(cfg *Config) {
+		cfg.Cell.SnapshotThreshold = 4
+		cfg.Cell.SnapshotInterval = 50 * time.Millisecond
+		cfg.Cell.TrailingLogs = 2
+	})
+	leader, g := cellLeader(t, members)
+	var victim *testCellMember
+	for _, m := range members {
+		if m != leader {
+			victim = m
+			break
+		}
+	}
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	var sent wire.Sent
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("hi")}, &sent))
+	eventually(t, "the member applies the send", func() bool {
+		st := victim.d.node.Status()
+		return len(st.Groups) == 1 && st.Groups[0].Last >= sent.Acks[0].Seq
+	})
+	applied := victim.d.node.Status().AppliedIndex
+	eventually(t, "the member's snapshot to cover the group", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(victim.dir, "cell", "snapshots"))
+		for _, e := range ents {
+			var term, index, ms uint64
+			if n, _ := fmt.Sscanf(e.Name(), "%d-%d-%d", &term, &index, &ms); n == 3 && index >= applied {
+				return true
+			}
+		}
+		// Entries enough to make the next snapshot.
+		must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("more")}, nil))
+		return false
+	})
+	victim.stop()
+	operator, err := identity.LoadOrCreate(leader.dir) // huddle cell remove, run with the leader's key
+	must(t, err)
+	must(t, callLeader(t, members, operator, wire.OpCellRemove, wire.CellMember{Fingerprint: victim.fp}, nil))
+
+	victim.d, victim.stop = startGroupDaemon(t, victim.cfg)
+	p := dial(t, victim.d.Addr(), victim.fp, key)
+	fetches := 0
+	// From before its node starts (Serve starts it) until it concludes it
+	// was removed.
+	for deadline := time.Now().Add(30 * time.Second); !victim.d.CellRestarted() || victim.d.node.Member(); fetches++ {
+		_, _, err := p.fetch(wire.Fetch{Group: g})
+		if err == nil {
+			t.Fatalf("fetch %d from the member removed while it was down was served", fetches+1)
+		}
+		we := wantCode(t, err, wire.CodeUnavailable)
+		if slices.ContainsFunc(we.Replicas, func(r wire.Replica) bool { return r.Fingerprint == victim.fp }) {
+			t.Fatalf("fetch %d: the member removed names itself among the replicas: %v", fetches+1, we.Replicas)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the member removed while it was down never concluded it was removed")
+		}
+	}
+	t.Logf("%d fetches refused until the member concluded it was removed", fetches)
+}
