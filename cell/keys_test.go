@@ -8,12 +8,14 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // askAs opens a stream of kind to the member at addr on tr, writes req and
@@ -247,4 +249,71 @@ func TestNewMemberSnapshotSetsKeys(t *testing.T) {
 	}
 	c.change("await voter", nil, func(n *Node) error { return n.AwaitVoter(ctx, self.Fingerprint) })
 	c.sameLogs(g.ID, sent)
+}
+
+// TestFollowerRefusesRemovedOnAppend: a follower refuses a member removed
+// from the moment it has appended the removal, before it answers the
+// leader: here it never hears that the removal was committed (the commit
+// index the leader sends it is held below the removal's entry), so it
+// never applies it, yet by the time the leader has committed the removal
+// the follower refuses the removed key, on raft's listener and the cell's
+// QUIC ALPN. (The member removed is stopped first: only the test dials
+// with its key.) (It accepted the key until it applied the removal, a
+// heartbeat after the commit, or never if that leader was lost first.)
+func TestFollowerRefusesRemovedOnAppend(t *testing.T) {
+	var holder atomic.Pointer[string] // the follower that hears of no commit of the removal
+	var gone atomic.Pointer[wire.Fingerprint]
+	var removedAt atomic.Uint64 // the removal's entry, once the follower has it
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			ae, ok := req.(*raft.AppendEntriesRequest)
+			if h := holder.Load(); !ok || h == nil || *h != self {
+				return
+			}
+			if fp := gone.Load(); fp != nil {
+				for _, e := range ae.Entries {
+					if e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), *fp) {
+						removedAt.CompareAndSwap(0, e.Index)
+					}
+				}
+			}
+			if at := removedAt.Load(); at != 0 && ae.LeaderCommitIndex >= at {
+				ae.LeaderCommitIndex = at - 1
+			}
+		}
+	})
+	defer func() {
+		for _, m := range c.members {
+			m.stop()
+		}
+	}()
+	l := c.leader()
+	fs := c.followers(2)
+	f, victim := fs[0], fs[1]
+	holder.Store(&f.addr)
+	fp := victim.id.Fingerprint()
+	gone.Store(&fp)
+	// Stopped: only the test dials with its key.
+	victim.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, fp); err != nil {
+		t.Fatalf("remove member: %v", err)
+	}
+	// Committed: f, the only other voter left, has appended it.
+	at := removedAt.Load()
+	if at == 0 || f.node.raft.AppliedIndex() >= at {
+		t.Fatalf("the follower applied the removal (entry %d, applied %d): the test's fault did not hold", at, f.node.raft.AppliedIndex())
+	}
+	if refused, err := raftRefused(t, victim.id, f); !refused {
+		t.Errorf("%s, which appended the removal, accepted a raft connection from the member removed: %v", f.addr, err)
+	}
+	fresh, _ := newTransport(t, victim.id, c.peers, false)
+	if err := askAs(t, fresh, f.addr, kindMembers, nil); err == nil {
+		t.Errorf("%s, which appended the removal, served the members to the removed member's key", f.addr)
+	}
+	if f.node.raft.AppliedIndex() >= at {
+		t.Fatal("the follower applied the removal meanwhile: the test's fault did not hold")
+	}
 }

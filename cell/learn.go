@@ -120,14 +120,15 @@ func (n *Node) learnMembers() {
 // groups from a log that no longer advances (fetches, watches, the
 // registry's listing) and answer sends naming no leader. It asks the
 // members for the cell's configuration like any member that knows of no
-// leader, and each that applied its removal refuses its key (SetPeers):
+// leader, and each that appended its removal refuses its key (SetPeers):
 // once a majority of its configuration's voters refused it in one round
 // (it can then neither lead nor follow a leader of that configuration),
 // it takes itself as removed (noteRefused) and tells its daemon, which
 // stops serving the groups, as if it had applied its removal. The
-// others refuse a key only once they applied a configuration without it,
-// which the cell committed: a member that is down, or slow, answers no
-// refusal, and is not counted. Once the member hears from a leader after
+// others refuse a key only once they appended a configuration without it
+// (appendedConfig), which a majority of them must before the cell
+// commits it: a member that is down, or slow, answers no refusal, and is
+// not counted. Once the member hears from a leader after
 // all (added again), the next configuration it applies says whether it is
 // a member, as for any member removed (watchLeader, applied).
 

@@ -484,6 +484,7 @@ func (n *Node) start() error {
 	n.net.received = n.cfg.received
 	n.net.rtt = n.cfg.rtt
 	n.net.onInstalled(n.installed)
+	n.net.onAppended(n.appendedConfig)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.self.Fingerprint.String())
 	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
@@ -591,12 +592,39 @@ func (n *Node) applied(c raft.Configuration, index uint64) {
 	n.refusedOut.Store(false) // the leader's word, from the log
 	n.decide(c, index)
 	n.noteConfig(c)
+	n.setLatestPeers(c)
+}
+
+// appendedConfig is told each configuration entry this member appended
+// from the leader (raftNet's onAppended), before it answers the leader: it
+// sets the transport's members from raft's latest configuration, which is
+// that entry's (or a later one's), as applied will once it applies it. A
+// member removed is refused from then on: before, a follower accepted its
+// key until it applied its removal, a heartbeat after the leader committed
+// it, or never if that leader was lost first. (Who the daemon is told the
+// members are, MembersChanged, waits for the configuration to be applied:
+// this one may yet be cut from the log.)
+func (n *Node) appendedConfig() {
+	n.setLatestPeers(raft.Configuration{})
+}
+
+// setLatestPeers sets the transport's members from raft's latest
+// configuration, read under n.learnMu so that of two calls the later read
+// wins; from fallback (unless it is empty) if raft does not run yet.
+func (n *Node) setLatestPeers(fallback raft.Configuration) {
+	n.learnMu.Lock()
+	defer n.learnMu.Unlock()
+	c := fallback
 	if r := n.running(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil { // an atomic load, not the main loop
 			c = f.Configuration()
 		}
 	}
-	n.setPeers(c)
+	if len(c.Servers) == 0 {
+		return
+	}
+	n.conf = c
+	n.applyPeersLocked()
 }
 
 // installed is told each snapshot raft installed from the leader (raftNet's
@@ -690,7 +718,7 @@ func (n *Node) applyPeersLocked() {
 //
 // The rule: once conf lists self, conf is the cell, and flags count for
 // nothing: a member removed from the cell (huddle cell remove) is refused
-// by every member that applied its removal, on raft's listener and the
+// by every member that appended its removal, on raft's listener and the
 // cell's QUIC ALPN alike (SetPeers closes its connections), whatever
 // their --cell-peer flags still name. The flags are only how a daemon
 // finds the cell before its configuration lists it. While conf does not
@@ -700,9 +728,10 @@ func (n *Node) applyPeersLocked() {
 // than the configuration).
 //
 // Who dials whom, and when each member's conf changes (conf is raft's
-// latest configuration, read as each configuration entry is applied, as a
-// snapshot from the leader is installed (installed), at Start, and on the
-// leader as it adds a member):
+// latest configuration, read as each configuration entry is appended from
+// the leader (appendedConfig) and as it is applied, as a snapshot from the
+// leader is installed (installed), at Start, and on the leader as it adds
+// a member):
 //
 //   - A cell started (every member with the same flags): each bootstraps
 //     the flags as its configuration, which lists it; the flags and conf
@@ -711,7 +740,7 @@ func (n *Node) applyPeersLocked() {
 //     configuration, and accepts its flags (the cell's members: the leader
 //     among them). The leader puts it in its own conf before it appends
 //     the change (AddMember), so it dials the new member at once; the
-//     others accept its key once they apply the change. The new member's
+//     others accept its key once they append the change. The new member's
 //     conf changes as it applies what the leader sends: a snapshot, or the
 //     log from its start, whose old configurations do not list it (and may
 //     not list the leader: flags and conf together do); from the snapshot
@@ -721,8 +750,10 @@ func (n *Node) applyPeersLocked() {
 //   - A member removed: the leader applies the change when it commits and
 //     stops accepting the removed key then (its dialed connections to it
 //     close leaveGrace later, for raft's last replication, the removal,
-//     to reach it); each follower when it applies the change, a heartbeat
-//     later. The removed member's own conf, once it has the change (it may
+//     to reach it); each follower as it appends the change, before it
+//     answers the leader, so a majority refuses the key by the time the
+//     removal is committed (until session 13, as it applied it, a
+//     heartbeat after the commit, or never if that leader was lost first). The removed member's own conf, once it has the change (it may
 //     never get it), no longer lists it, and it accepts flags and conf.
 //   - A removed member added again: the leader dials it at once; it
 //     accepts the leader if its last configuration (or its flags) name the

@@ -50,6 +50,7 @@ type raftNet struct {
 	hbMu      sync.Mutex
 	heartbeat func(raft.RPC)
 	installed func() // under hbMu; see onInstalled
+	appended  func() // under hbMu; see onAppended
 
 	mu      sync.Mutex
 	closed  bool
@@ -145,6 +146,33 @@ func (n *raftNet) onInstalled(fn func()) {
 	n.hbMu.Lock()
 	n.installed = fn
 	n.hbMu.Unlock()
+}
+
+// onAppended sets the function told of each AppendEntries raft took (answered
+// with success) that carried a configuration entry, on the goroutine of the
+// connection that carried it, before the answer is written back.
+//
+// Why: raft takes a configuration as its latest once it has appended its
+// entry, but the state machine hears of it only once it applies it, a
+// heartbeat later, or never (the leader lost before it says the entry is
+// committed). A member removed was accepted meanwhile by a follower that
+// had appended its removal; told here, the node sets its transport's
+// members from raft's latest configuration before the leader, which waits
+// for the answer, may count the removal committed.
+func (n *raftNet) onAppended(fn func()) {
+	n.hbMu.Lock()
+	n.appended = fn
+	n.hbMu.Unlock()
+}
+
+// carriesConfiguration reports whether ae carries a configuration entry.
+func carriesConfiguration(ae *raft.AppendEntriesRequest) bool {
+	for _, e := range ae.Entries {
+		if e.Type == raft.LogConfiguration {
+			return true
+		}
+	}
+	return false
 }
 
 // EncodePeer and DecodePeer: a member's address is its own encoding.
@@ -724,6 +752,15 @@ func (n *raftNet) serve(conn net.Conn) {
 		if is, _ := resp.Response.(*raft.InstallSnapshotResponse); is != nil && is.Success && resp.Error == nil {
 			n.hbMu.Lock()
 			fn := n.installed
+			n.hbMu.Unlock()
+			if fn != nil {
+				fn()
+			}
+		}
+		if ar, _ := resp.Response.(*raft.AppendEntriesResponse); ar != nil && ar.Success && resp.Error == nil &&
+			carriesConfiguration(req.(*raft.AppendEntriesRequest)) {
+			n.hbMu.Lock()
+			fn := n.appended
 			n.hbMu.Unlock()
 			if fn != nil {
 				fn()
