@@ -364,9 +364,12 @@ func (n *Node) promoteLoop() {
 	}
 }
 
-// promote asks each member that does not vote yet how far it got, and
-// makes the first that caught up a voter (one change at a time: each is
-// made against the configuration it was decided on).
+// promote asks each member that does not vote yet how far it got, all at
+// once, and makes the first (in the configuration's order) that caught up
+// a voter (one change at a time: each is made against the configuration it
+// was decided on). Why at once: they were asked one after another, and one
+// that did not answer (its host dead, or hung) held up each round, and the
+// promotion of those after it, by progressTimeout (session 12's note).
 func (n *Node) promote() {
 	_, decided := n.lastDecided() // at most as new as the configuration read next
 	if decided == 0 {
@@ -381,53 +384,67 @@ func (n *Node) promote() {
 	if f.Error() != nil {
 		return
 	}
-	conf := f.Configuration()
-	waiting := make(map[wire.Fingerprint]bool)
-	for _, s := range conf.Servers {
+	type nonvoter struct {
+		s       raft.Server
+		fp      wire.Fingerprint
+		applied uint64
+		err     error
+	}
+	var ns []nonvoter
+	for _, s := range f.Configuration().Servers {
 		if s.Suffrage != raft.Nonvoter {
 			continue
 		}
-		fp, err := wire.ParseFingerprint(string(s.ID))
-		if err != nil {
+		if fp, err := wire.ParseFingerprint(string(s.ID)); err == nil {
+			ns = append(ns, nonvoter{s: s, fp: fp})
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range ns {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
+			defer cancel()
+			ns[i].applied, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
+		})
+	}
+	wg.Wait()
+	last, commit := n.raft.LastIndex(), n.raft.CommitIndex()
+	var next *nonvoter // the first that caught up
+	for i := range ns {
+		v := &ns[i]
+		if v.err != nil {
+			n.cfg.Logger.Debug("cell: could not ask a member catching up how far it got", "member", v.s.Address, "err", v.err)
 			continue
 		}
-		waiting[fp] = true
-		ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
-		applied, err := n.progress(ctx, string(s.Address))
-		cancel()
-		if err != nil {
-			n.cfg.Logger.Debug("cell: could not ask a member catching up how far it got", "member", s.Address, "err", err)
-			continue
+		prev, asked := n.behindOf(v.fp)
+		n.noteBehind(v.fp, behind{entries: last - min(v.applied, last), at: time.Now(), commit: commit})
+		if next == nil && asked && v.applied >= prev.commit {
+			next = v
 		}
-		last, commit := n.raft.LastIndex(), n.raft.CommitIndex()
-		prev, asked := n.behindOf(fp)
-		n.noteBehind(fp, behind{entries: last - min(applied, last), at: time.Now(), commit: commit})
-		if !asked || applied < prev.commit {
-			continue
-		}
-		// Only in the configuration it was decided on: the member may have
-		// been removed while it was asked (decided).
-		unlock, err := n.turn(context.Background(), "promote")
-		if err != nil {
-			return // closed
-		}
-		err = n.raft.AddVoter(s.ID, s.Address, decided, n.cfg.RPCTimeout).Error()
-		unlock()
-		if err != nil {
-			n.cfg.Logger.Warn("cell: could not make a member that caught up a voter; trying again", "member", s.Address, "err", err)
-			return
-		}
-		n.cfg.Logger.Info("cell: a new member caught up and votes now", "member", s.Address, "applied", applied, "last", last)
-		delete(waiting, fp)
-		break
 	}
 	n.mu.Lock()
 	for fp := range n.behind {
-		if !waiting[fp] {
+		if !slices.ContainsFunc(ns, func(v nonvoter) bool { return v.fp == fp }) {
 			delete(n.behind, fp)
 		}
 	}
 	n.mu.Unlock()
+	if next == nil {
+		return
+	}
+	// Only in the configuration it was decided on: the member may have
+	// been removed while it was asked (decided).
+	unlock, err := n.turn(context.Background(), "promote")
+	if err != nil {
+		return // closed
+	}
+	err = n.raft.AddVoter(next.s.ID, next.s.Address, decided, n.cfg.RPCTimeout).Error()
+	unlock()
+	if err != nil {
+		n.cfg.Logger.Warn("cell: could not make a member that caught up a voter; trying again", "member", next.s.Address, "err", err)
+		return
+	}
+	n.cfg.Logger.Info("cell: a new member caught up and votes now", "member", next.s.Address, "applied", next.applied, "last", last)
 }
 
 func (n *Node) noteBehind(fp wire.Fingerprint, b behind) {

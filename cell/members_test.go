@@ -666,3 +666,58 @@ func TestRemovedWhileDownServesNothing(t *testing.T) {
 	c.sendMany(g.ID, 10, 5)
 	other.waitLast(g.ID, 15)
 }
+
+// TestPromoteAsksAtOnce: the leader asks every member catching up how far
+// it got at once: one that does not answer holds up none of the others.
+// Here the member added first answers only while the leader's question to
+// the other is in progress too (as a member whose answer needs the other's
+// would), and the other answers at once (after a moment's wait for the
+// first). Asked together each round, both answer, and both come to vote.
+// (They were asked one after another: the first never answered while the
+// leader waited for it, progressTimeout a round, and was never promoted,
+// and each round held the other's question back by as long.)
+func TestPromoteAsksAtOnce(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	var joiners []*testMember
+	for range 2 {
+		d := c.newMember(false)
+		c.peers = append(c.peers, Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()})
+		c.start(d, true)
+		c.members = append(c.members, d)
+		joiners = append(joiners, d)
+	}
+	first, other := joiners[0], joiners[1]
+	var inFirst, inOther, met atomic.Int32 // questions in progress at each; rounds the first met the other's
+	first.node.tr.handle(kindProgress, func(ctx context.Context, fp wire.Fingerprint, str *quic.Stream) {
+		inFirst.Add(1)
+		defer inFirst.Add(-1)
+		for deadline := time.Now().Add(progressTimeout + time.Second); inOther.Load() == 0; {
+			if time.Now().After(deadline) {
+				return // the leader gave up on this question long ago
+			}
+			time.Sleep(2 * time.Millisecond) // the other's question
+		}
+		met.Add(1)
+		first.node.serveProgress(ctx, fp, str)
+	})
+	other.node.tr.handle(kindProgress, func(ctx context.Context, fp wire.Fingerprint, str *quic.Stream) {
+		inOther.Add(1)
+		defer inOther.Add(-1)
+		seen := met.Load()
+		// Held until the first has seen this question in progress, for a
+		// second at most.
+		for deadline := time.Now().Add(time.Second); met.Load() == seen && time.Now().Before(deadline); {
+			time.Sleep(2 * time.Millisecond) // the first's question
+		}
+		other.node.serveProgress(ctx, fp, str)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	for _, d := range joiners {
+		p := Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}
+		c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, p) })
+	}
+	waitUntil(t, "the member added first to vote", first.node.Voter)
+	waitUntil(t, "the member added next to vote", other.node.Voter)
+	t.Logf("rounds in which the first answered: %d", met.Load())
+}
