@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -38,7 +39,8 @@ const (
 )
 
 // learnLoop asks the members this node knows for the cell's configuration
-// while it is a member that knows of no leader, and forgets what it
+// while it is a member that knows of no leader, or one that has not heard
+// from the cell since it started (heard: Serving), and forgets what it
 // learnt once its own configuration names the leader it knows, until the
 // node closes.
 func (n *Node) learnLoop() {
@@ -46,9 +48,12 @@ func (n *Node) learnLoop() {
 	tick := time.NewTicker(learnEvery)
 	defer tick.Stop()
 	for {
-		if n.learning() {
-			n.learnMembers()
-		} else if leader, ok := n.Leader(); ok {
+		switch leader, ok := n.Leader(); {
+		case n.learning():
+			n.learnMembers(true)
+		case !n.heard.Load() && n.Member():
+			n.learnMembers(false) // whether a majority lists it, only
+		case ok:
 			n.forgetLearned(leader)
 		}
 		select {
@@ -68,37 +73,56 @@ func (n *Node) learning() bool {
 	return !ok && n.Member()
 }
 
-// learnMembers asks each member the transport knows for its
-// configuration and accepts the members named.
-func (n *Node) learnMembers() {
+// memberList is a member's answer to a members stream, or why none came.
+type memberList struct {
+	p   Peer
+	ms  []Peer
+	err error
+}
+
+// learnMembers asks each member the transport knows for its configuration,
+// all at once, and notes whether a majority lists this member (noteHeard)
+// as the answers come; with learn set, it accepts the members named, and
+// notes the members that refused its key (noteRefused).
+func (n *Node) learnMembers(learn bool) {
 	var learned []Peer
 	refused := make(map[wire.Fingerprint]bool)
 	named := make(map[wire.Fingerprint]bool) // the members whose configuration lists this one
-	for _, p := range n.tr.peerList() {
-		if p == n.self {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
-		ms, err := n.askMembers(ctx, p.Addr)
-		cancel()
-		if err != nil {
-			if refusedKey(err) {
-				refused[p.Fingerprint] = true
+	peers := slices.DeleteFunc(n.tr.peerList(), func(p Peer) bool { return p == n.self })
+	answers := make(chan memberList, len(peers))
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
+			defer cancel()
+			ms, err := n.askMembers(ctx, p.Addr)
+			answers <- memberList{p: p, ms: ms, err: err}
+		})
+	}
+	for range peers {
+		a := <-answers
+		if a.err != nil {
+			if refusedKey(a.err) {
+				refused[a.p.Fingerprint] = true
 			}
-			n.cfg.Logger.Debug("cell: could not ask a member for the cell's members", "member", p.Addr, "err", err)
+			n.cfg.Logger.Debug("cell: could not ask a member for the cell's members", "member", a.p.Addr, "err", a.err)
 			continue
 		}
-		for _, m := range ms {
+		for _, m := range a.ms {
 			if !slices.Contains(learned, m) {
 				learned = append(learned, m)
 			}
 			if m.Fingerprint == n.self.Fingerprint {
-				named[p.Fingerprint] = true
+				named[a.p.Fingerprint] = true
 			}
 		}
+		n.noteHeard(named) // at once: the others may be slow, or down
+	}
+	wg.Wait()
+	if !learn {
+		return
 	}
 	n.noteRefused(refused)
-	n.noteHeard(named)
 	if len(learned) == 0 {
 		return // none answered: what was learnt before stays
 	}
@@ -199,6 +223,7 @@ func (n *Node) noteHeard(named map[wire.Fingerprint]bool) {
 	}
 	if voters > 0 && naming >= voters/2+1 && !n.heard.Swap(true) {
 		n.cfg.Logger.Info("cell: a majority of the cell's members list this daemon: it serves the cell's groups, though it knows of no leader yet", "members", naming)
+		n.wakeWatch()
 	}
 }
 

@@ -79,7 +79,7 @@ func TestLearnedMembersForgotten(t *testing.T) {
 	c := newTestCell(t, 3, false, nil)
 	d := c.addMember(false)
 	m := c.followers(1, d)[0]
-	m.node.learnMembers() // as a member that knows of no leader does: d among the members named
+	m.node.learnMembers(true) // as a member that knows of no leader does: d among the members named
 	if !slices.Contains(m.node.tr.peerList(), Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}) {
 		t.Fatalf("%s learnt the members %v, want %s among them", m.addr, m.node.tr.peerList(), d.addr)
 	}

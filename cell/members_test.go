@@ -616,11 +616,25 @@ func (v *removalVictim) hooks(onAppend func(ae *raft.AppendEntriesRequest, remov
 // restarted that is still in the cell serves once it hears from a
 // leader. (Serving was Voter: the member removed served the groups, from
 // a log that no longer followed the cell's, for a second or two after its
-// start.)
+// start. Serving once it knew of a leader was not enough: the leader's
+// appends in flight to it when it was removed, and heartbeats, reach it
+// when it starts again.)
 func TestRemovedWhileDownServesNothing(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	// The leader's last replication to the member removed, which carries
+	// its removal, is sent as the member starts again (raft's transport
+	// waits for the member's link to come back): it is held from the
+	// member's raft, as a connection lost then would lose it.
+	var v removalVictim
+	hold := make(chan struct{})
+	c := newTestCell(t, 3, false, v.hooks(func(_ *raft.AppendEntriesRequest, removals []uint64) {
+		if len(removals) > 0 {
+			<-hold
+		}
+	}))
+	defer close(hold) // before the members stop (the member removed restarts: its cleanup runs first)
 	l := c.leader()
 	victim := c.follower()
+	v.addr.Store(&victim.addr)
 	g := l.group("lobby")
 	c.sendMany(g.ID, 0, 5)
 	victim.waitLast(g.ID, 5)

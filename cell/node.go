@@ -175,10 +175,12 @@ type Config struct {
 
 	// LeaderChanged, if set, is called each time the leader this member
 	// knows of changes: with the new leader, or ok false while none is
-	// known (an election). It is called from one goroutine of the node, in
-	// order, and must not block: the daemon re-registers its groups from
-	// it, so that registries name a new leader within a round trip of its
-	// election rather than at the next lease renewal.
+	// known (an election); and once more, with the same leader, when the
+	// member comes to serve the cell's groups (Node.Serving). It is
+	// called from one goroutine of the node, in order, and must not
+	// block: the daemon re-registers its groups from it, so that
+	// registries name a new leader within a round trip of its election
+	// rather than at the next lease renewal.
 	LeaderChanged func(leader Peer, ok bool)
 	// MembersChanged, if set, is called with the cell's members each time
 	// raft commits a new configuration (a member added or removed), from
@@ -327,10 +329,15 @@ type Node struct {
 	refusedOut atomic.Bool
 
 	// heard says this member has heard from the cell since it started: it
-	// knew of a leader (watchLeader), or a majority of its configuration's
+	// was elected (watchLeader), or a majority of its configuration's
 	// voters, itself among them, named it among their members (learn.go,
-	// noteHeard). Serving waits for it.
-	heard atomic.Bool
+	// noteHeard). Serving waits for it. listedLatest says raft's latest
+	// configuration, as the transport's members were last set from it
+	// (conf), lists this member as a voter.
+	heard, listedLatest atomic.Bool
+	// watchWake wakes watchLeader (raft's leader observations, and heard
+	// set: the daemon is told of the leader again once the member serves).
+	watchWake chan raft.Observation
 
 	// live is raft once Start has started it (running).
 	live atomic.Pointer[raft.Raft]
@@ -385,7 +392,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	cfg = cfg.withDefaults()
 	n := &Node{cfg: cfg, closing: make(chan struct{}), changing: make(chan struct{}, 1),
-		self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+		watchWake: make(chan raft.Observation, 1),
+		self:      Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
 	if err != nil {
@@ -416,7 +424,8 @@ func (n *Node) Self() Peer { return n.self }
 // peers take to apply what the snapshot covers: raft runs meanwhile (the
 // member votes, and may be elected, though it stamps nothing until then),
 // and Close ends the wait (ErrClosed). Errors: ErrClosed, and those of
-// opening raft's state and of that restore.
+// opening raft's state and of that restore (raft ran by then: Close the
+// node).
 func (n *Node) Start() error {
 	if err := n.start(); err != nil {
 		return err
@@ -546,7 +555,7 @@ func (n *Node) start() error {
 	// now, so an observation dropped while one is pending loses nothing.
 	// It runs whether or not the daemon wants to hear of leaders: a
 	// member removed learns it there (noteMembership).
-	wake := make(chan raft.Observation, 1)
+	wake := n.watchWake
 	obs := raft.NewObserver(wake, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
 		return ok
@@ -608,6 +617,15 @@ func (n *Node) appendedConfig() {
 	n.setLatestPeers(raft.Configuration{})
 }
 
+// wakeWatch has watchLeader look again at the leader and whether this
+// member serves.
+func (n *Node) wakeWatch() {
+	select {
+	case n.watchWake <- raft.Observation{}:
+	default: // a wake-up is pending
+	}
+}
+
 // setLatestPeers sets the transport's members from raft's latest
 // configuration, read under n.learnMu so that of two calls the later read
 // wins; from fallback (unless it is empty) if raft does not run yet.
@@ -623,7 +641,7 @@ func (n *Node) setLatestPeers(fallback raft.Configuration) {
 	if len(c.Servers) == 0 {
 		return
 	}
-	n.conf = c
+	n.noteConfLocked(c)
 	n.applyPeersLocked()
 }
 
@@ -694,8 +712,17 @@ func (n *Node) noteConfig(c raft.Configuration) {
 func (n *Node) setPeers(c raft.Configuration) {
 	n.learnMu.Lock()
 	defer n.learnMu.Unlock()
-	n.conf = c
+	n.noteConfLocked(c)
 	n.applyPeersLocked()
+}
+
+// noteConfLocked sets c as the configuration the transport's members are
+// set from (conf), and notes whether it lists this member as a voter
+// (listedLatest). n.learnMu is held.
+func (n *Node) noteConfLocked(c raft.Configuration) {
+	n.conf = c
+	self := raft.ServerID(n.self.Fingerprint.String())
+	n.listedLatest.Store(slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
 }
 
 // refreshPeers sets the transport's members again, from the configuration
@@ -870,20 +897,26 @@ func (n *Node) Voter() bool { return n.voter.Load() }
 // its replicas (fetches, watches, registrations): it is a Voter; its
 // groups are restored (a member restarted with group logs behind its raft
 // snapshot serves none until it has caught them up from a peer, though its
-// raft runs: Start); and it has heard from the cell since it started: it
-// knew of a leader, or a majority of its configuration's voters, itself
-// among them, named it a member (learn.go).
+// raft runs: Start); raft's latest configuration, with the entries it
+// appended and has not applied yet, lists it as a voter; and it has heard
+// from the cell since it started: it was elected, or a majority of its
+// configuration's voters, itself among them, named it a member in their
+// configurations (learn.go: it asks them at start, as it does when it
+// knows of no leader).
 //
 // Why heard: a member removed while it was down finds itself a voter in
 // its own configuration when it starts again, and served the groups from
 // a log that no longer follows the cell (fetches, watches, registrations)
 // for a second or two, until it learnt the others refuse its key. The
-// members that applied its removal, a majority of the configuration that
-// removed it (which raft committed), neither replicate to it nor name it,
-// so it never hears enough to serve. A member that hears from nobody (its
-// peers down) serves nothing either, until they are back.
+// members that appended its removal, a majority of the configuration that
+// removed it (which raft committed), neither vote for it nor name it, so
+// it never hears enough to serve. Knowing of a leader is not enough: the
+// appends a leader had in flight to it when it removed it, its heartbeats
+// until then, and its last append, which carries the removal (and may be
+// lost), reach it as it starts again. A member that hears from nobody
+// (its peers down) serves nothing either, until they are back.
 func (n *Node) Serving() bool {
-	return n.heard.Load() && n.Voter() && n.fsm.restoredNow()
+	return n.heard.Load() && n.listedLatest.Load() && n.Voter() && n.fsm.restoredNow()
 }
 
 // leaderLoop follows this node's leadership: on becoming leader it runs a
@@ -928,29 +961,34 @@ func (n *Node) leaderLoop() {
 }
 
 // watchLeader calls cfg.LeaderChanged (if set) with each leader this node
-// comes to know of, and notes whether the node is still a member when it
-// knows of none, until the node closes.
+// comes to know of (and again once the node serves, Serving, with one
+// known), and notes whether the node is still a member when it knows of
+// none, until the node closes.
 func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 	defer n.wg.Done()
 	defer n.raft.DeregisterObserver(obs)
 	var last Peer
-	known := false
+	known, served := false, false
 	report := func() {
 		p, ok := n.Leader()
-		if ok == known && p == last {
+		if ok && p == n.self {
+			// Elected: a majority of its configuration's voters voted
+			// for it (Serving).
+			n.heard.Store(true)
+		}
+		// Told again once it serves with a leader known: the daemon
+		// registers its groups then, and not while it does not serve.
+		serving := ok && n.Serving()
+		if ok == known && p == last && serving == served {
 			return
 		}
-		last, known = p, ok
+		last, known, served = p, ok, serving
 		if ok {
 			// Taken as removed when the others refused its key (learn.go),
 			// it hears from a leader after all (added again): the
 			// configuration it applies from the leader says again, as for
 			// any member removed and added back.
 			n.refusedOut.Store(false)
-			// A leader replicates only to the members of its
-			// configuration: this one is (Serving). Before the daemon is
-			// told, which registers its groups then.
-			n.heard.Store(true)
 		}
 		if n.cfg.LeaderChanged != nil {
 			n.cfg.LeaderChanged(p, ok)
