@@ -40,9 +40,9 @@ const (
 
 // learnLoop asks the members this node knows for the cell's configuration
 // while it is a member that knows of no leader, or one that has not heard
-// from the cell since it started (heard: Serving), and forgets what it
-// learnt once its own configuration names the leader it knows, until the
-// node closes.
+// from the cell since it started (heard: Serving; asked again at once as
+// it comes to know of a leader), and forgets what it learnt once its own
+// configuration names the leader it knows, until the node closes.
 func (n *Node) learnLoop() {
 	defer n.wg.Done()
 	tick := time.NewTicker(learnEvery)
@@ -60,6 +60,7 @@ func (n *Node) learnLoop() {
 		case <-n.closing:
 			return
 		case <-tick.C:
+		case <-n.learnWake:
 		}
 	}
 }
@@ -222,8 +223,8 @@ func (n *Node) noteHeard(named map[wire.Fingerprint]bool) {
 		}
 	}
 	if voters > 0 && naming >= voters/2+1 && !n.heard.Swap(true) {
-		n.cfg.Logger.Info("cell: a majority of the cell's members list this daemon: it serves the cell's groups, though it knows of no leader yet", "members", naming)
-		n.wakeWatch()
+		n.cfg.Logger.Info("cell: a majority of the cell's members list this daemon", "members", naming)
+		n.checkServing()
 	}
 }
 

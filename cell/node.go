@@ -337,7 +337,14 @@ type Node struct {
 	heard, listedLatest atomic.Bool
 	// watchWake wakes watchLeader (raft's leader observations, and heard
 	// set: the daemon is told of the leader again once the member serves).
+	// learnWake wakes learnLoop (a leader known, not heard yet: the
+	// members are up, and asked at once rather than at the next tick).
 	watchWake chan raft.Observation
+	learnWake chan struct{}
+	// served is closed the first time this member serves (Serving) since
+	// it started (checkServing).
+	served     chan struct{}
+	servedOnce sync.Once
 
 	// live is raft once Start has started it (running).
 	live atomic.Pointer[raft.Raft]
@@ -392,8 +399,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	cfg = cfg.withDefaults()
 	n := &Node{cfg: cfg, closing: make(chan struct{}), changing: make(chan struct{}, 1),
-		watchWake: make(chan raft.Observation, 1),
-		self:      Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), served: make(chan struct{}),
+		self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
 	if err != nil {
@@ -438,6 +445,7 @@ func (n *Node) Start() error {
 	if !d.ok.Load() {
 		return fmt.Errorf("cell: start: %w", d.err)
 	}
+	n.checkServing()
 	return nil
 }
 
@@ -723,6 +731,7 @@ func (n *Node) noteConfLocked(c raft.Configuration) {
 	n.conf = c
 	self := raft.ServerID(n.self.Fingerprint.String())
 	n.listedLatest.Store(slices.ContainsFunc(c.Servers, func(s raft.Server) bool { return s.ID == self && s.Suffrage == raft.Voter }))
+	n.checkServing()
 }
 
 // refreshPeers sets the transport's members again, from the configuration
@@ -872,6 +881,7 @@ func (n *Node) noteMembership(c raft.Configuration) (changed bool) {
 	if was && !in {
 		n.cfg.Logger.Warn("cell: this daemon was removed from the cell; it takes no part in it any more (stop it, or add it again with huddle cell add)")
 	}
+	n.checkServing()
 	return was != in || voter != n.voter.Load()
 }
 
@@ -917,6 +927,20 @@ func (n *Node) Voter() bool { return n.voter.Load() }
 // (its peers down) serves nothing either, until they are back.
 func (n *Node) Serving() bool {
 	return n.heard.Load() && n.listedLatest.Load() && n.Voter() && n.fsm.restoredNow()
+}
+
+// Served returns a channel closed the first time this member serves the
+// cell's groups (Serving) since it started: the daemon lists them then.
+func (n *Node) Served() <-chan struct{} { return n.served }
+
+// checkServing closes served if the member serves, and has watchLeader
+// tell the daemon of the leader again (LeaderChanged) if it does now. It
+// is called as each of Serving's conditions may have come to hold.
+func (n *Node) checkServing() {
+	if n.Serving() {
+		n.servedOnce.Do(func() { close(n.served) })
+		n.wakeWatch()
+	}
 }
 
 // leaderLoop follows this node's leadership: on becoming leader it runs a
@@ -971,10 +995,10 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 	known, served := false, false
 	report := func() {
 		p, ok := n.Leader()
-		if ok && p == n.self {
+		if ok && p == n.self && !n.heard.Swap(true) {
 			// Elected: a majority of its configuration's voters voted
 			// for it (Serving).
-			n.heard.Store(true)
+			n.checkServing()
 		}
 		// Told again once it serves with a leader known: the daemon
 		// registers its groups then, and not while it does not serve.
@@ -983,6 +1007,12 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 			return
 		}
 		last, known, served = p, ok, serving
+		if ok && !n.heard.Load() {
+			select {
+			case n.learnWake <- struct{}{}:
+			default: // a wake-up is pending
+			}
+		}
 		if ok {
 			// Taken as removed when the others refused its key (learn.go),
 			// it hears from a leader after all (added again): the

@@ -60,7 +60,7 @@ func (f *cellFlags) apply(cfg *groupd.Config) error {
 // A daemon that joins (--cell-join) waits to be added instead, and says how:
 // joinAs is its FINGERPRINT@HOST:PORT then, else empty. Another says it
 // waits only if it does: a restarted member whose state holds the groups
-// serves them at once.
+// serves them once a majority of the cell's members list it (a round trip).
 func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs string) (stop func()) {
 	df.say(fmt.Sprintf("huddle group daemon listening on %s, fingerprint %s", d.Addr(), d.Fingerprint()),
 		"group daemon listening", "addr", d.Addr().String(), "fingerprint", d.Fingerprint().String())
@@ -78,7 +78,7 @@ func announceCell(ctx context.Context, df *daemonFlags, d *groupd.Daemon, joinAs
 			switch {
 			case joinAs != "":
 			case d.CellRestarted():
-				df.say("  waiting for a leader of the cell: this member serves its groups once it has applied the cell's log up to them",
+				df.say("  waiting for a leader of the cell: this member serves its groups once it has applied the cell's log up to them and a majority of the cell's members list it",
 					"waiting for a leader of the cell", "restarted", true)
 			default:
 				df.say("  waiting for the cell to elect a leader and create the groups", "waiting for the cell")

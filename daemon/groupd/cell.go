@@ -414,11 +414,12 @@ func (h cellHook) Handle(conn *quic.Conn) {
 }
 
 // awaitCellGroups waits until the cell holds every configured group (the
-// first leader creates them), then makes them the daemon's groups: the
-// ones it registers, reports and expires. It looks first once the node has
-// started (a restarted member's snapshot may hold them already), and says
-// if it must wait (cellWaiting). It returns false if the daemon closed
-// first.
+// first leader creates them) and the node serves them (cell.Node.Served: a
+// started member, once a majority of the cell's members list it), then
+// makes them the daemon's groups: the ones it registers, reports and
+// expires. It looks first once the node has started (a restarted member's
+// snapshot may hold them already), and says if it must wait
+// (cellWaiting). It returns false if the daemon closed first.
 func (d *Daemon) awaitCellGroups() bool {
 	select {
 	case <-d.cellStarted:
@@ -429,6 +430,18 @@ func (d *Daemon) awaitCellGroups() bool {
 	for first := true; ; first = false {
 		found, added := d.host.byName(names)
 		if len(found) == len(names) {
+			select {
+			case <-d.node.Served():
+			default:
+				if first {
+					close(d.cellWaiting)
+				}
+				select {
+				case <-d.node.Served():
+				case <-d.life.Ctx().Done():
+					return false
+				}
+			}
 			byID := make(map[wire.UUID]*group, len(found))
 			for _, g := range found {
 				byID[g.id] = g
