@@ -300,15 +300,26 @@ func TestCrashLoopChurn(t *testing.T) {
 	if !until(ctx, func(c context.Context) error { _, err := checker.Join(c, "checker", nil); return err }) {
 		t.Fatal("the checker could not join")
 	}
-	fetched := time.Now()
-	var held []client.Message
-	cur, err := checker.Fetch(ctx, client.Query{}, func(m client.Message) bool {
-		held = append(held, m)
-		return true
+	// The whole log, once retention has aged something out: on a loaded
+	// machine the workload may end before the first segment is older than
+	// the age limit (the daemon ages idle groups out too).
+	var (
+		fetched time.Time
+		held    []client.Message
+		cur     client.Cursor
+	)
+	eventually(t, "retention to age messages out", func() bool {
+		fetched, held = time.Now(), held[:0]
+		var err error
+		cur, err = checker.Fetch(ctx, client.Query{}, func(m client.Message) bool {
+			held = append(held, m)
+			return true
+		})
+		if err != nil {
+			t.Fatalf("fetch the log: %v", err)
+		}
+		return cur.First > 1
 	})
-	if err != nil {
-		t.Fatalf("fetch the log: %v", err)
-	}
 	got, err := checker.Members(ctx)
 	if err != nil {
 		t.Fatalf("members: %v", err)
@@ -398,9 +409,6 @@ func TestCrashLoopChurn(t *testing.T) {
 	}
 	t.Logf("%d kills survived; %d messages acknowledged, %d held (#%d-#%d) and checked, %d aged out, %d lost; %d IDs sent again got their original ack, %d stored anew after their original aged out; %d failed operations retried; %d joins and leaves acknowledged, %d members at the end",
 		kills, len(all), len(held), cur.First, cur.Last, aged, lost, log.resent, restored, failures.Load(), memberOps, len(got))
-	if aged == 0 {
-		t.Errorf("nothing aged out: retention did not run")
-	}
 	if memberOps < kills {
 		t.Errorf("only %d joins and leaves over %d kills: the churn did not run", memberOps, kills)
 	}
