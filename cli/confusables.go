@@ -1,5 +1,11 @@
 package cli
 
+import (
+	"strings"
+
+	"golang.org/x/text/unicode/norm"
+)
+
 // confusables maps letters of other scripts that look like Latin letters
 // or digits (and the few of Latin and ASCII that look like one another)
 // to the one they are taken for: lookalike puts each name in that form, so
@@ -9,11 +15,11 @@ package cli
 // for the scripts whose letters pass for Latin ones at a glance:
 // Cyrillic, Greek, Armenian and Cherokee, Latin's own look-alikes (dotless
 // i, script g, long s...), Roman numerals, and in ASCII I, 1 and | for l,
-// 0 for O and m for rn. Fullwidth forms (U+FF01-FF5E) are read as the
-// ASCII they stand for (fullwidth). Not covered: accented letters against
-// letters and combining marks (é as one character or two), and the
-// mathematical alphabets (U+1D400-1D7FF): a name in them still looks
-// unlike a plain one.
+// 0 for O and m for rn. A character with a compatibility decomposition
+// (fullwidth forms, ligatures, the mathematical alphabets U+1D400-1D7FF,
+// superscripts...) is read as the letters it decomposes to (confusable),
+// and lookalike puts accents in one form (NFD), so é as one character or
+// two is one letter; an accented letter stays unlike the plain one.
 //
 // The page (web/static/confusables.js) uses the same table:
 // TestPageConfusables writes it from this one.
@@ -48,13 +54,25 @@ var confusables = map[rune]string{
 	'\u13F4': "B",
 }
 
-// confusable returns what r is taken for (r itself if nothing else).
+// confusable returns what r is taken for: its entry in confusables, else
+// its compatibility decomposition (NFKD) read through confusables, so that
+// fullwidth forms, ligatures (ﬁ), the mathematical alphabets (𝐚) and the
+// like are the letters they are drawn as; r itself if none.
 func confusable(r rune) string {
-	if r >= 0xFF01 && r <= 0xFF5E { // fullwidth ASCII
-		r -= 0xFF01 - '!'
-	}
 	if s, ok := confusables[r]; ok {
 		return s
 	}
-	return string(r)
+	d := norm.NFKD.String(string(r))
+	if d == string(r) {
+		return d
+	}
+	var b strings.Builder
+	for _, c := range d {
+		if s, ok := confusables[c]; ok {
+			b.WriteString(s)
+		} else {
+			b.WriteRune(c)
+		}
+	}
+	return b.String()
 }

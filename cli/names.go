@@ -7,6 +7,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
+	"golang.org/x/text/unicode/norm"
 )
 
 // nameBook decides where a display name needs its key beside it. Anyone may
@@ -79,12 +80,18 @@ func (b *nameBook) labelMessage(m client.Message) string { return b.label(m.From
 // the daemon's rule refuses format characters, not these), with each run
 // of blanks (spaces, U+00A0...) one space, no blank at either end, and
 // each letter that looks like a Latin one written as that one (Cyrillic а
-// as a: confusables). Two keys whose names look alike so are shown with
-// their keys.
+// as a: confusables), and in one form (Unicode's canonical decomposition,
+// NFD), so that "é" as one character and as e with a combining accent, which
+// a terminal shows alike, are one name. Two keys whose names look alike so
+// are shown with their keys.
 func lookalike(name string) string {
+	var mapped strings.Builder
+	for _, r := range norm.NFD.String(name) {
+		mapped.WriteString(confusable(r))
+	}
 	var b strings.Builder
 	blank := false
-	for _, r := range name {
+	for _, r := range norm.NFD.String(mapped.String()) {
 		switch {
 		case unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector, unicode.Cf, unicode.Cc):
 		case unicode.IsSpace(r):
@@ -94,7 +101,7 @@ func lookalike(name string) string {
 				b.WriteByte(' ')
 				blank = false
 			}
-			b.WriteString(confusable(r))
+			b.WriteRune(r)
 		}
 	}
 	return b.String()

@@ -45,15 +45,18 @@ export function seconds(ms) {
 // lookalike is a name as the page shows it, for telling names apart:
 // without the characters shown as nothing (default-ignorable ones, such as
 // the Hangul filler U+3164, which the daemon's name rule lets through),
-// each run of blanks one space, no blank at either end, and each letter
-// that looks like a Latin one written as that one (a Cyrillic а as a:
-// confusables.js, the CLI's table; fullwidth forms as their ASCII).
+// each run of blanks one space, no blank at either end, each letter that
+// looks like a Latin one written as that one (a Cyrillic а as a:
+// confusables.js, the CLI's table; else a character's compatibility
+// decomposition, so fullwidth forms, ligatures and the mathematical
+// alphabets are the letters they are drawn as), and accents in one form
+// (NFD: é as one character or two is one letter). The CLI's lookalike
+// (cli/names.go) does the same.
+const confusable = ch => confusables.get(ch) ??
+  Array.from(ch.normalize('NFKD'), c => confusables.get(c) ?? c).join('');
 export const lookalike = name =>
-  Array.from(name.replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/\s+/gu, ' ').trim(), ch => {
-    const c = ch.codePointAt(0);
-    if (c >= 0xFF01 && c <= 0xFF5E) ch = String.fromCodePoint(c - 0xFF01 + 0x21);
-    return confusables.get(ch) ?? ch;
-  }).join('');
+  Array.from(name.normalize('NFD'), confusable).join('').normalize('NFD')
+    .replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/\s+/gu, ' ').trim();
 
 // Names: who shares a display name, or one that looks the same, with
 // another key.
