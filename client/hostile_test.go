@@ -428,3 +428,67 @@ func TestWatchBacksOffEndlessResets(t *testing.T) {
 	}
 	t.Logf("%d streams served", streams.Load())
 }
+
+// TestWatchGapBackwards checks a watch against a daemon that, after
+// messages 1 and 2, reports a Gap ending before its cursor (1..1) and
+// sends message 2 again: the client moved its cursor back to the Gap's
+// end and delivered message 2 twice ("never deliver twice, whatever the
+// server sends"), and a daemon doing so at each stream reset the
+// reconnect backoff, since the cursor had moved. A Gap that does not move
+// the cursor forward, or ends before it begins, is the daemon's error:
+// ErrProtocol, and nothing delivered twice.
+func TestWatchGapBackwards(t *testing.T) {
+	for _, gap := range []wire.Gap{{From: 1, To: 1}, {From: 3, To: 2}, {From: 5, To: 4}} {
+		t.Run(fmt.Sprintf("%d..%d", gap.From, gap.To), func(t *testing.T) {
+			e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+				if c.Op() != wire.OpWatch {
+					return &wire.Error{Code: wire.CodeUnsupported}
+				}
+				if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: 2}); err != nil {
+					return err
+				}
+				msg := func(seq uint64) wire.Message {
+					return wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+				}
+				if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(1), msg(2)}}); err != nil {
+					return err
+				}
+				if err := c.Send(wire.KindGap, gap); err != nil {
+					return err
+				}
+				if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(2), msg(3)}}); err != nil {
+					return err
+				}
+				<-c.Gone()
+				return c.Lost()
+			})
+			c := newClient(t)
+			g, err := c.Group(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			var seqs []uint64
+			var werr error
+			for ev, err := range g.Watch(ctx, client.Query{}) {
+				if err != nil {
+					werr = err
+					break
+				}
+				if ev.Kind == client.EventMessage {
+					seqs = append(seqs, ev.Message.Seq)
+					if ev.Message.Seq == 3 {
+						break
+					}
+				}
+			}
+			if !errors.Is(werr, client.ErrProtocol) {
+				t.Errorf("watch ended with %v, want ErrProtocol", werr)
+			}
+			if want := []uint64{1, 2}; !slices.Equal(seqs, want) {
+				t.Errorf("messages %v, want %v (each once, none after the bad Gap)", seqs, want)
+			}
+		})
+	}
+}

@@ -249,6 +249,13 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 			if err := raw.Decode(&gp); err != nil {
 				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 			}
+			// A gap reports messages from..to dropped after the cursor:
+			// one ending at or before it would move the cursor back (and
+			// what followed be delivered twice), one ending before it
+			// begins reports nothing.
+			if gp.From > gp.To || w.after != nil && gp.To <= *w.after {
+				return true, fmt.Errorf("%w: gap %d..%d after message %d", ErrProtocol, gp.From, gp.To, w.cursor())
+			}
 			to := gp.To
 			w.after, w.since = &to, nil
 			if !yield(Event{Kind: EventGap, From: gp.From, To: gp.To, Epoch: w.epoch}, nil) {
