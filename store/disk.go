@@ -365,6 +365,11 @@ func (d *DiskLog) writable() error {
 		d.roErr = d.begin()
 		return d.roErr
 	}
+	if len(d.segs) == 0 {
+		// A Reset deleted the files and could not begin the next.
+		d.roErr = d.rebegin()
+		return d.roErr
+	}
 	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
 		err = f.Truncate(d.fsize) // a torn tail found while read-only (nothing is pending)
@@ -383,6 +388,25 @@ func (d *DiskLog) writable() error {
 	d.f = f
 	d.fmu.Unlock()
 	d.roErr = nil
+	return nil
+}
+
+// rebegin begins the files of a log whose Reset deleted them and could
+// not create the next: a segment at the memory log's tail, synced with its
+// directory entry. d.wmu is held.
+func (d *DiskLog) rebegin() error {
+	f, err := createSegment(filepath.Join(d.dir, segName(d.fbase)), segHeader{epoch: d.epoch, base: d.fbase, prevTime: d.tailT})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotWritable, err)
+	}
+	d.syncDir(d.dir)
+	d.fmu.Lock()
+	d.f = f
+	d.fmu.Unlock()
+	d.fsize, d.fcount = segHeaderSize, 0
+	d.enc = newRecordEncoder()
+	d.idx, d.idxAt = nil, 0
+	d.segs = []segFile{{base: d.fbase, last: d.fbase - 1, lastTime: d.tailT}}
 	return nil
 }
 

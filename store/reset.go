@@ -26,7 +26,10 @@ func (l *Log) Reset(seq uint64, t int64) error {
 // [Log.Reset] does: its segment files are deleted, oldest first, and a
 // new one begun at seq+1. A crash midway leaves either a shorter history
 // (the newest old files) or none; under a configured epoch (Config.Epoch)
-// the log then opens under it, and the replica catches up again.
+// the log then opens under it, and the replica catches up again. If the
+// new one cannot be begun (ErrNotWritable: a full disk), the log holds
+// what it held, its files begin again at its tail with the next append
+// that finds room, and Reset may be tried again.
 func (d *DiskLog) Reset(seq uint64, t int64) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
@@ -50,9 +53,14 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 	base := seq + 1
 	f, err := createSegment(filepath.Join(d.dir, segName(base)), segHeader{epoch: d.epoch, base: base, prevTime: t})
 	if err != nil {
-		// Nothing to append to: appends try to open the segment again (a
-		// full disk freed), and fail until then.
-		d.segs, d.fbase, d.fsize = nil, base, segHeaderSize
+		// The old files are gone (or going: on a full disk their space
+		// may not come back while the memory log maps them) and the next
+		// could not be begun. The memory log stays as it was, and the
+		// next append with room begins the files again at its tail
+		// (writable), as retention would have left them; a Reset tried
+		// again resets. (Appends opened the missing segment at base again,
+		// and failed for as long as the daemon ran.)
+		d.segs, d.fbase, d.fsize = nil, d.tailSeq+1, segHeaderSize
 		d.roErr = fmt.Errorf("%w: %w", ErrNotWritable, err)
 		return d.roErr
 	}
