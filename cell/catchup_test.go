@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -445,4 +446,76 @@ func waitingMemberVotes(t *testing.T) bool {
 	c.sendMany(g.ID, 60, 5)
 	c.sameLogs(g.ID, 65)
 	return true
+}
+
+// TestElectedWhileCatchingUpHandsOver: a member restarted with its group
+// log lost catches it up from a peer at start, which takes as long as the
+// copy does (here the peers hold it); elected meanwhile (the leader hands
+// it the leadership), it could stamp no send until the copy is done, so it
+// hands the leadership over to a member that can, and the cell takes
+// sends while it catches up. (It led, not ready, for as long as its copy
+// took: every send was refused.)
+func TestElectedWhileCatchingUpHandsOver(t *testing.T) {
+	c := newTestCell(t, 3, true, compacting)
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 60)
+	m := c.follower()
+	m.waitLast(g.ID, 60)
+	if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		t.Fatal(err)
+	}
+	m.stop()
+	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	defer free() // before the members stop
+	for _, o := range c.members {
+		if o != m {
+			o.node.tr.handle(kindCatchUp, func(ctx context.Context, peer wire.Fingerprint, str *quic.Stream) {
+				select { // the copy takes until the test lets it go
+				case <-release:
+					o.node.serveCatchUp(ctx, peer, str)
+				case <-ctx.Done():
+				}
+			})
+		}
+	}
+	rec := new(atomic.Pointer[recorder]) // set by the goroutine that starts m
+	c.mutate = func(cfg *Config) {
+		compacting(cfg)
+		if cfg.Advertise == m.addr {
+			r := newRecorder(cfg.Logger.Handler())
+			cfg.Logger = slog.New(r)
+			rec.Store(r)
+		}
+	}
+	m.host = newTestHost(m.host.dir)
+	started := make(chan error, 1)
+	go func() { started <- c.tryStart(m, false) }()
+	awaitWaiting(t, rec, started) // m.node is set by then
+	waitUntil(t, "the member catching up to follow the leader", func() bool {
+		l, ok := m.node.Leader()
+		return ok && l != m.node.Self()
+	})
+	l := c.leader()
+	if err := l.node.raft.LeadershipTransferToServer(raft.ServerID(m.id.Fingerprint().String()), raft.ServerAddress(m.addr)).Error(); err != nil {
+		t.Fatalf("hand the leadership to the member catching up: %v", err)
+	}
+	c.sendMany(g.ID, 60, 5) // through whichever member leads, ready
+	if err := m.node.Leading(); err == nil {
+		t.Fatal("the member catching up leads, ready to stamp, before it has caught up")
+	}
+	free()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("the member did not start once the copy was let go: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the member did not start once the copy was let go")
+	}
+	c.sameLogs(g.ID, 65)
 }

@@ -555,10 +555,10 @@ func (f *fsm) restore(rc io.ReadCloser, atStart bool) error {
 // logs are behind it (Restore): they catch up from a peer once raft runs
 // (finishRestore), and the groups become the state machine's only then,
 // so that no reader sees a log behind what it was acknowledged. Meanwhile
-// the member takes part in raft (it votes, and may be elected), but its
-// state machine applies nothing: ApplyBatch, Restore and a leader's
-// readiness (Node.leaderLoop) wait for the restore to finish, and
-// Snapshot is refused.
+// the member takes part in raft (it votes; elected, it hands the
+// leadership over: Node.awaitRestored), but its state machine applies
+// nothing: ApplyBatch, Restore and a leader's readiness wait for the
+// restore to finish, and Snapshot is refused.
 type restoreAtStart struct {
 	groups map[wire.UUID]*groupState // the snapshot's groups
 	behind []snapGroup               // those whose logs are behind it, and where it has them

@@ -429,7 +429,7 @@ func (n *Node) Self() Peer { return n.self }
 // group logs are behind its raft snapshot returns only once a peer has
 // caught them up (fsm.Restore, catchUp), which may take as long as its
 // peers take to apply what the snapshot covers: raft runs meanwhile (the
-// member votes, and may be elected, though it stamps nothing until then),
+// member votes; elected, it hands the leadership over, awaitRestored),
 // and Close ends the wait (ErrClosed). Errors: ErrClosed, and those of
 // opening raft's state and of that restore (raft ran by then: Close the
 // node).
@@ -958,15 +958,14 @@ func (n *Node) leaderLoop() {
 			if !leader {
 				continue
 			}
+			// Before the barrier, which does not reach the state machine
+			// when no entry was committed since start.
+			if !n.awaitRestored() {
+				return // closing
+			}
 			for n.raft.State() == raft.Leader {
 				term := n.raft.CurrentTerm()
 				if err := n.barrier(); err == nil {
-					// The barrier does not reach the state machine when no
-					// entry was committed since start: a restore at start
-					// still catching up is waited for here (fsm.restored).
-					if !n.fsm.restored() {
-						return // closing
-					}
 					if n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term {
 						n.setReady(term)
 						n.cfg.Logger.Info("cell: leading", "term", term)
@@ -982,6 +981,37 @@ func (n *Node) leaderLoop() {
 			}
 		}
 	}
+}
+
+// awaitRestored waits, on a member elected, until the restore at start is
+// done (fsm.restored), handing the leadership over meanwhile each time it
+// leads: it could stamp nothing until its group logs have caught up, which
+// takes as long as copying them from a peer does (a whole history, for a
+// member whose logs were lost), and the others can (session 13; it led,
+// refusing every send, for as long as its copy took). If none can take
+// over (raft's transfer fails), it leads once caught up. False if the node
+// closed first, or the restore failed.
+func (n *Node) awaitRestored() bool {
+	d := n.fsm.atStart.Load()
+	if d == nil {
+		return true
+	}
+	for !d.ok.Load() {
+		if n.raft.State() == raft.Leader {
+			n.cfg.Logger.Info("cell: elected while this member's group logs catch up at start: handing the leadership over", "term", n.raft.CurrentTerm())
+			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+				n.cfg.Logger.Warn("cell: could not hand the leadership over; this member leads once its group logs have caught up", "err", err)
+			}
+		}
+		select {
+		case <-d.done:
+			return d.ok.Load()
+		case <-n.closing:
+			return false
+		case <-n.raft.LeaderCh(): // elected again, or no longer leading: look again
+		}
+	}
+	return true
 }
 
 // watchLeader calls cfg.LeaderChanged (if set) with each leader this node
