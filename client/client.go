@@ -43,17 +43,44 @@ import (
 )
 
 // Errors. The server's errors are the wire package's sentinels, repeated
-// here so that programs need import only this package.
+// here so that programs need import only this package: each matches, with
+// errors.Is, the error a call returns when a server answers with its code
+// (PROTOCOL.md §9). errors.As with a *Error gives the code itself, the
+// server's message and what came with it (RetryAfter and EpochOf read those
+// for you).
 var (
-	ErrInternal      = wire.ErrInternal
-	ErrBadRequest    = wire.ErrBadRequest
-	ErrUnauthorized  = wire.ErrUnauthorized
-	ErrNotMember     = wire.ErrNotMember
-	ErrNotFound      = wire.ErrNotFound
-	ErrTooLarge      = wire.ErrTooLarge
-	ErrRateLimited   = wire.ErrRateLimited
-	ErrUnavailable   = wire.ErrUnavailable
-	ErrUnsupported   = wire.ErrUnsupported
+	// ErrInternal (internal, or a code this client does not know): the
+	// server failed; try again later.
+	ErrInternal = wire.ErrInternal
+	// ErrBadRequest (bad_request): the request was malformed or invalid
+	// (both Since and After, a bad name); do not retry it as it is.
+	ErrBadRequest = wire.ErrBadRequest
+	// ErrUnauthorized (unauthorized): this key may not do this (a wrong or
+	// missing secret, another key holds the UUID); do not retry.
+	ErrUnauthorized = wire.ErrUnauthorized
+	// ErrNotMember (not_member): the call needs membership of the group
+	// (Join first), or a watching member left.
+	ErrNotMember = wire.ErrNotMember
+	// ErrNotFound (not_found): the daemon hosts no such group, or the
+	// registry holds no such lease; list again.
+	ErrNotFound = wire.ErrNotFound
+	// ErrTooLarge (too_large): a message, batch, name, secret or request
+	// over its limit (Info.Limits says the group's); split or shorten it.
+	ErrTooLarge = wire.ErrTooLarge
+	// ErrRateLimited (rate_limited): the member sends faster than the
+	// group allows; wait RetryAfter(err), then send again with the same ID.
+	ErrRateLimited = wire.ErrRateLimited
+	// ErrUnavailable (unavailable): the server hit a capacity limit (the
+	// group or registry is full), could not store a change, or is
+	// stopping; try again later (after RetryAfter(err) if it says), with
+	// the same message IDs.
+	ErrUnavailable = wire.ErrUnavailable
+	// ErrUnsupported (unsupported): the server does not know the operation
+	// (an older daemon, or the wrong kind of server); do not retry.
+	ErrUnsupported = wire.ErrUnsupported
+	// ErrEpochMismatch (epoch_mismatch): the log (or the registry) started
+	// again under another epoch, EpochOf(err); a cursor of the old epoch
+	// means nothing in it.
 	ErrEpochMismatch = wire.ErrEpochMismatch
 
 	// ErrClosed: the Client was closed.
@@ -85,7 +112,45 @@ type (
 	UUID = wire.UUID
 	// ID is a message's ID, chosen by its sender (see NewID).
 	ID = wire.ID
+	// Error is what a server answered instead of a result (an Error
+	// frame, PROTOCOL.md §9): its Code, the server's Message (the server's
+	// text: show it escaped, never parse it) and, with some codes,
+	// RetryAfterMS, Epoch, and the Leader and Replicas of a cell. It
+	// matches its code's sentinel (ErrNotMember...) with errors.Is; get it
+	// with errors.As:
+	//
+	//	var se *client.Error
+	//	if errors.As(err, &se) { log.Printf("server said %v: %s", se.Code, se.Message) }
+	//
+	// Errors of this client's own making are not an *Error: ErrUnreachable,
+	// ErrClosed, ErrProtocol, a context's error, and the refusals it makes
+	// without asking (a message over the limit the group's daemon told it,
+	// ErrTooLarge; a Query with both Since and After, ErrBadRequest).
+	Error = wire.Error
+	// Code is an Error's code; its String is the protocol's name for it
+	// ("not_member").
+	Code = wire.Code
 )
+
+// The codes of PROTOCOL.md §9, each matching the sentinel of the same name.
+const (
+	CodeInternal      = wire.CodeInternal
+	CodeBadRequest    = wire.CodeBadRequest
+	CodeUnauthorized  = wire.CodeUnauthorized
+	CodeNotMember     = wire.CodeNotMember
+	CodeNotFound      = wire.CodeNotFound
+	CodeTooLarge      = wire.CodeTooLarge
+	CodeRateLimited   = wire.CodeRateLimited
+	CodeUnavailable   = wire.CodeUnavailable
+	CodeUnsupported   = wire.CodeUnsupported
+	CodeEpochMismatch = wire.CodeEpochMismatch
+)
+
+// ParseFingerprint parses a fingerprint's text form (as huddle prints
+// them, and as a registry's mDNS TXT record carries it: fp=...), for
+// Client.Registry's pin. Case and dashes are optional. Errors: an error
+// naming s if it is not a fingerprint.
+func ParseFingerprint(s string) (Fingerprint, error) { return wire.ParseFingerprint(s) }
 
 // NewID returns a new message ID (a UUIDv7) for SendWithID or
 // SendMessages.
@@ -171,6 +236,9 @@ type Client struct {
 	udp    *net.UDPConn
 	peers  map[string]*peer
 	closed bool
+	// closeDone is closed when the first Close has finished: later
+	// Closes wait for it.
+	closeDone chan struct{}
 
 	now func() time.Time // the clock; tests set it (export_test.go)
 }
@@ -180,7 +248,7 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), now: time.Now}
+	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), closeDone: make(chan struct{}), now: time.Now}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -188,16 +256,19 @@ func New(cfg Config) (*Client, error) {
 // Fingerprint returns the fingerprint this client presents: the user's ID.
 func (c *Client) Fingerprint() Fingerprint { return c.cfg.Identity.Fingerprint() }
 
-// Close fails queued sends, closes every connection and the socket, and
-// waits for the Client's goroutines. It is safe to call twice; calls on a
-// closed Client return ErrClosed.
+// Close fails queued sends, ends watches (with ErrClosed), closes every
+// connection and the socket, and waits for the Client's goroutines. It is
+// safe to call again, also from several goroutines at once: each returns
+// once the first has finished. Calls on a closed Client return ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		<-c.closeDone
 		return nil
 	}
 	c.closed = true
+	defer close(c.closeDone)
 	peers := c.peers
 	c.peers = nil
 	tr, udp := c.tr, c.udp
