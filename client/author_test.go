@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +19,11 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/groupd"
+	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/store"
 )
 
 // TestAuthorErrorKinds meets each error kind the docs name, and checks that
@@ -463,4 +468,113 @@ func mustIdentity(t *testing.T) *identity.Identity {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// TestAuthorWatchGapAndReset holds Watch to what its doc promises a
+// program that keeps a cursor: messages retention dropped before the watch
+// read them come as one EventGap, and a cursor of an epoch the log no longer
+// has comes as EventReset, then the new log from its first message.
+func TestAuthorWatchGapAndReset(t *testing.T) {
+	r, _, _ := setup(t, groupd.Config{Retention: store.Config{MaxMessages: 4, SegmentSize: 1}})
+	ctx := testCtx(t)
+	c := newClient(t)
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	j, err := g.Join(ctx, "x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := g.Send(ctx, fmt.Appendf(nil, "m%d", i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := g.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// first returns what a watch reports before its first message.
+	first := func(q client.Query) (events []string) {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		for ev, err := range g.Watch(wctx, q) {
+			if err != nil {
+				t.Fatalf("watch %+v: %v", q, err)
+			}
+			switch ev.Kind {
+			case client.EventGap:
+				events = append(events, fmt.Sprintf("gap %d-%d", ev.From, ev.To))
+			case client.EventReset:
+				events = append(events, fmt.Sprintf("reset %v", ev.Epoch == info.Epoch))
+			case client.EventMessage:
+				return append(events, fmt.Sprintf("message %d", ev.Message.Seq))
+			}
+		}
+		return events
+	}
+	want := fmt.Sprintf("[gap 3-%d message %d]", info.First-1, info.First)
+	if got := fmt.Sprint(first(client.Query{After: 2, Epoch: j.Epoch})); got != want {
+		t.Fatalf("a cursor retention passed: %s, want %s", got, want)
+	}
+	want = fmt.Sprintf("[reset true message %d]", info.First)
+	if got := fmt.Sprint(first(client.Query{After: 2, Epoch: j.Epoch + 1})); got != want {
+		t.Fatalf("another epoch's cursor: %s, want %s", got, want)
+	}
+}
+
+// TestAuthorFindsRegistryOverMDNS is a bot with no address to go on: it
+// finds a registry over mDNS (package discovery), pins the key the answer
+// claims (client.ParseFingerprint: no import of wire), and joins a group
+// the registry lists. In a network namespace of its own (root).
+func TestAuthorFindsRegistryOverMDNS(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		reg, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: t.TempDir(), MDNS: true, Interfaces: []string{"lo"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		rctx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { reg.Serve(rctx); close(done) }()
+		t.Cleanup(func() { stop(); <-done })
+		startGroups(t, groupd.Config{StateDir: t.TempDir(), Groups: []groupd.Spec{{Name: "lobby"}},
+			Registries: []string{reg.Addr().String()}, RegistryFingerprints: []client.Fingerprint{reg.Fingerprint()}})
+
+		ctx := testCtx(t)
+		bot := newClient(t)
+		// The program: a registry is whatever mDNS finds that proves the
+		// key it advertises.
+		found, addr, err := discovery.Find(ctx, discovery.BrowseConfig{
+			Interfaces: []string{"lo"},
+			Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
+				fp, err := client.ParseFingerprint(r.Fingerprint)
+				if err != nil {
+					return err
+				}
+				h, err := bot.Registry(ctx, addr.String(), fp)
+				if err != nil {
+					return err
+				}
+				return h.Close()
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fp, err := client.ParseFingerprint(found.Fingerprint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fp != reg.Fingerprint() {
+			t.Fatalf("found %v, want the registry's %v", fp, reg.Fingerprint())
+		}
+		g := openGroup(t, bot, addr.String(), "lobby")
+		if _, err := g.Join(ctx, "bot", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := g.Send(ctx, []byte("found you")); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

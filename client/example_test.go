@@ -410,3 +410,92 @@ func ExampleEpochOf() {
 	// Output:
 	// true true true
 }
+
+// A program tells a server's refusals apart by sentinel (errors.Is), and
+// reads the code and the server's own words with errors.As.
+func ExampleError() {
+	ctx := context.Background()
+	registryAddr, stop := exampleServers()
+	defer stop()
+	c := exampleClient()
+	defer c.Close()
+	g := exampleGroup(c, registryAddr, "ops")
+
+	_, err := g.Send(ctx, []byte("hello")) // not joined yet
+	var se *client.Error
+	if errors.As(err, &se) {
+		fmt.Println(errors.Is(err, client.ErrNotMember), se.Code, se.Code == client.CodeNotMember)
+	}
+	_, err = g.Join(ctx, "guest", []byte("wrong"))
+	switch {
+	case errors.Is(err, client.ErrUnauthorized):
+		fmt.Println("wrong secret")
+	case err != nil:
+		log.Fatal(err)
+	}
+	// Output:
+	// true not_member true
+	// wrong secret
+}
+
+// A bot that watches several groups at once: one Watch per group, each on
+// its own goroutine, all ended by one context.
+func ExampleGroup_Watch_severalGroups() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	registryAddr, stop := exampleServers()
+	defer stop()
+	bot, user := exampleClient(), exampleClient()
+	defer bot.Close()
+	defer user.Close()
+	secrets := map[string][]byte{"ops": []byte("hunter2")}
+
+	heard := make(chan string)
+	var wg sync.WaitGroup
+	ready := make(chan error)
+	for _, name := range []string{"lobby", "ops"} {
+		g := exampleGroup(bot, registryAddr, name)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			joined, err := g.Join(ctx, "bot", secrets[name])
+			ready <- err
+			if err != nil {
+				return
+			}
+			// From the join on: nothing sent after it is missed.
+			for ev, err := range g.Watch(ctx, client.Query{After: joined.Last, Epoch: joined.Epoch}) {
+				if err != nil {
+					log.Print(err) // not a member any more, ...
+					return
+				}
+				if ev.Kind == client.EventMessage {
+					select {
+					case heard <- fmt.Sprintf("%s: %s", name, ev.Message.Body):
+					case <-ctx.Done():
+					}
+				}
+			}
+		}()
+	}
+	for range 2 {
+		if err := <-ready; err != nil {
+			log.Fatal(err)
+		}
+	}
+	for _, name := range []string{"lobby", "ops"} {
+		g := exampleGroup(user, registryAddr, name)
+		if _, err := g.Join(ctx, "user", secrets[name]); err != nil {
+			log.Fatal(err)
+		}
+		if _, err := g.Send(ctx, []byte("hello "+name)); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(<-heard)
+	}
+	cancel() // ends both watches
+	wg.Wait()
+	// Output:
+	// lobby: hello lobby
+	// ops: hello ops
+}

@@ -60,19 +60,38 @@ const (
 )
 
 // Watch follows the group: the messages q selects (q.Limit is not used),
-// then live messages as they arrive, as a sequence of events. It survives a
-// dropped connection or a restarted daemon: it reconnects with backoff
-// (asking the registry for the daemon's current address when the group was
-// opened through one) and resumes after the last message it delivered, so
-// nothing is repeated or lost while the group still holds it. A restarted
-// daemon whose log was lost is reported as EventReset. A heartbeat late by
-// a quarter of its interval makes the watch probe the daemon (see
-// latePing), so a daemon that restarted is noticed within seconds, not
-// after three heartbeats of silence.
+// then live messages as they arrive, as a sequence of events. Range over
+// it; breaking out of the loop ends the watch and its stream.
+//
+// It survives a dropped connection or a restarted daemon: it reconnects
+// with backoff (asking the registry for the daemon's current address when
+// the group was opened through one, and another member of a cell when its
+// own stops serving) and resumes after the last message it delivered. So
+// across reconnects:
+//   - nothing is repeated and nothing is skipped while the group still
+//     holds it: each Seq comes once, in order;
+//   - messages retention dropped while the watch was away (or before it
+//     began) come as one EventGap, From..To, then delivery goes on after To;
+//   - a daemon that restarted without its log (an in-memory log) comes as
+//     EventReset with the new Epoch, and the watch follows the new log from
+//     its first message: sequence numbers start again, and a program that
+//     keeps a cursor keeps it with its epoch. A q.Epoch that is not the
+//     log's current one gives EventReset first in the same way (Fetch fails
+//     with ErrEpochMismatch instead);
+//   - a cell's group moving to another member is none of these: same
+//     epoch, same sequence, no event (EventInterrupted and EventLive with
+//     q.Status).
+//
+// A heartbeat late by a quarter of its interval makes the watch probe the
+// daemon, so a daemon that restarted is noticed within seconds, not after
+// three heartbeats of silence.
 //
 // The iteration ends when ctx ends (with no error) or on an error no retry
 // can fix, which is yielded last: ErrNotMember (including after leaving the
-// group from elsewhere), ErrNotFound, ErrUnauthorized, ErrBadRequest.
+// group from elsewhere), ErrNotFound, ErrUnauthorized, ErrBadRequest,
+// ErrClosed (the Client was closed), ErrProtocol (the daemon broke the
+// protocol). Everything else (ErrUnavailable, ErrRateLimited, ErrInternal,
+// ErrUnreachable) is retried, for as long as ctx lasts.
 func (g *Group) Watch(ctx context.Context, q Query) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
 		w := watcher{g: g, epoch: q.Epoch, status: q.Status}
