@@ -578,3 +578,40 @@ func TestAuthorFindsRegistryOverMDNS(t *testing.T) {
 		}
 	})
 }
+
+// TestAuthorSinceFarFromNow: a script's "since" far in the past selects
+// everything and one far in the future nothing (they wrapped around an
+// int64 of nanoseconds: 500 years ago selected nothing, and the year 3000
+// everything).
+func TestAuthorSinceFarFromNow(t *testing.T) {
+	r, _, _ := setup(t, groupd.Config{})
+	ctx := testCtx(t)
+	c := newClient(t)
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "script", nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := g.Send(ctx, []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		since time.Time
+		want  int
+	}{
+		{time.Now().AddDate(-500, 0, 0), 3},
+		{time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC), 3},
+		{time.Unix(0, 0), 3},
+		{time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC), 0},
+		{time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), 0},
+	} {
+		n := 0
+		if _, err := g.Fetch(ctx, client.Query{Since: tc.since}, func(client.Message) bool { n++; return true }); err != nil {
+			t.Fatalf("since %v: %v", tc.since, err)
+		}
+		if n != tc.want {
+			t.Errorf("since %v: %d messages, want %d", tc.since, n, tc.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -310,13 +311,27 @@ func (q Query) selection() (*int64, *uint64, error) {
 	case !q.Since.IsZero() && q.After != 0:
 		return nil, nil, fmt.Errorf("query has both Since and After: %w", ErrBadRequest)
 	case !q.Since.IsZero():
-		ns := q.Since.UnixNano()
+		ns := unixNano(q.Since)
 		return &ns, nil, nil
 	case q.After != 0:
 		after := q.After
 		return nil, &after, nil
 	}
 	return nil, nil, nil
+}
+
+// unixNano is t in the protocol's Unix nanoseconds, held to what an int64
+// holds: time.UnixNano wraps around for times before 1678 or after 2262,
+// so a Since of 500 years ago selected nothing, one in the year 3000
+// everything.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // Cursor is where a fetch ended and what the group held at the time.
