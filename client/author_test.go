@@ -615,3 +615,80 @@ func TestAuthorSinceFarFromNow(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthorFetchStoppedByYield: a script that stops reading (yield returns
+// false) continues from the Cursor it got, and misses and repeats nothing
+// (the Cursor was the zero one on a first page, so a script continuing from
+// it read everything again, and the previous page's on a later page).
+func TestAuthorFetchStoppedByYield(t *testing.T) {
+	r, _, _ := setup(t, groupd.Config{FetchPage: 4})
+	ctx := testCtx(t)
+	c := newClient(t)
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "script", nil); err != nil {
+		t.Fatal(err)
+	}
+	var last client.Ack
+	for i := range 10 {
+		var err error
+		if last, err = g.Send(ctx, fmt.Appendf(nil, "m%d", i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Pages of four: three at a time stop within a fetch's first page,
+	// five at a time within its second.
+	for _, each := range []int{3, 5} {
+		t.Run(fmt.Sprint(each), func(t *testing.T) { readInSteps(t, ctx, g, each, last) })
+	}
+}
+
+func readInSteps(t *testing.T, ctx context.Context, g *client.Group, each int, last client.Ack) {
+	var got []uint64
+	q := client.Query{}
+	for range 10 {
+		taken := 0
+		cur, err := g.Fetch(ctx, q, func(m client.Message) bool {
+			got = append(got, m.Seq)
+			taken++
+			return taken < each
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.Epoch != last.Epoch || cur.Last != last.Seq {
+			t.Fatalf("cursor %+v: want epoch %d, last %d", cur, last.Epoch, last.Seq)
+		}
+		if !cur.More {
+			break
+		}
+		q = client.Query{After: cur.Next, Epoch: cur.Epoch}
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5 6 7 8 9 10]" {
+		t.Fatalf("read %v", got)
+	}
+}
+
+// TestAuthorFetchOneAndStop: a fetch of one message that stops at it (as
+// loadgen's checks do) reads the page's End, which follows at once, and
+// gets the whole Cursor from it.
+func TestAuthorFetchOneAndStop(t *testing.T) {
+	r, _, _ := setup(t, groupd.Config{})
+	ctx := testCtx(t)
+	c := newClient(t)
+	g := openGroup(t, c, r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "script", nil); err != nil {
+		t.Fatal(err)
+	}
+	var last client.Ack
+	for range 3 {
+		var err error
+		if last, err = g.Send(ctx, []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, err := g.Fetch(ctx, client.Query{After: 1, Limit: 1}, func(client.Message) bool { return false })
+	want := client.Cursor{Next: 2, Epoch: last.Epoch, First: 1, Last: 3, More: true}
+	if err != nil || cur != want {
+		t.Fatalf("cursor %+v, %v; want %+v", cur, err, want)
+	}
+}

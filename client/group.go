@@ -320,6 +320,25 @@ func (q Query) selection() (*int64, *uint64, error) {
 	return nil, nil, nil
 }
 
+// stoppedAt is the Cursor of a Fetch whose yield stopped it at the message
+// delivered, the rest of its page unread: the page's End, which says the
+// epoch and what the group holds, was not read. An earlier page's End says
+// them (cur, unless first); on the first page, q's epoch (the daemon checked
+// it) or, without one, Info's, unless Info says the group holds less than
+// was delivered (the log changed: the epoch stays unknown, 0). gap is the
+// first page's: its first message came after the one asked from.
+func (g *Group) stoppedAt(ctx context.Context, cur Cursor, first bool, epoch uint64, gap bool, delivered uint64) Cursor {
+	if first {
+		cur = Cursor{Epoch: epoch, Gap: gap}
+		if info, err := g.Info(ctx); err == nil && info.Last >= delivered && (epoch == 0 || epoch == info.Epoch) {
+			cur.Epoch, cur.First, cur.Last = info.Epoch, info.First, info.Last
+		}
+	}
+	cur.Next = delivered
+	cur.More = cur.Last == 0 || delivered < cur.Last
+	return cur
+}
+
 // unixNano is t in the protocol's Unix nanoseconds, held to what an int64
 // holds: time.UnixNano wraps around for times before 1678 or after 2262,
 // so a Since of 500 years ago selected nothing, one in the year 3000
@@ -350,7 +369,8 @@ type Cursor struct {
 // server's cursor across pages until the selection (or q.Limit) is
 // exhausted or yield returns false, and returns where it stopped. Message
 // bodies belong to the caller. Cursor.Next continues a later Fetch (as
-// Query.After, with Query.Epoch set to Cursor.Epoch). For a watch that
+// Query.After, with Query.Epoch set to Cursor.Epoch): after a yield that
+// returned false it is that message, the last one taken. For a watch that
 // goes on with live messages, see Watch. Errors: ErrNotMember,
 // ErrEpochMismatch (the log was reset under q.Epoch or while paging),
 // ErrBadRequest.
@@ -370,17 +390,19 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	// or before it is not delivered again, whatever the server sends, so
 	// that a daemon repeating a page ends the fetch (a page that delivers
 	// nothing new does) rather than have it page on for ever.
-	var delivered uint64
+	var from uint64 // the cursor asked from (0: none, or Since)
 	if after != nil {
-		delivered = *after
+		from = *after
 	}
+	delivered := from
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
 		}
 		var end wire.End
-		stopped := false
+		stopped, ended := false, false
 		n := 0
+		var firstSeq uint64 // of the page: the gap of a first page cut short
 		p, err := g.reach(ctx)
 		if err != nil {
 			return cur, g.fail("fetch", err)
@@ -400,17 +422,25 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 						// An honest daemon sends at most the limit asked.
 						return true, fmt.Errorf("more messages than the %d asked: %w", left, ErrProtocol)
 					}
+					if n == 0 {
+						firstSeq = msgs[i].Seq
+					}
 					delivered = msgs[i].Seq
 					n++
-					if !stopped && !yield(messageFrom(&msgs[i])) {
+					if !yield(messageFrom(&msgs[i])) {
+						// delivered is where the cursor stops: the
+						// rest of the page is not read, unless the
+						// End is all that is left of it.
 						stopped = true
+						return q.Limit == 0 || n < left, nil
 					}
 				}
-				return stopped, nil
+				return false, nil
 			case wire.KindEnd:
 				if err := raw.Decode(&end); err != nil {
 					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 				}
+				ended = true
 				return true, nil
 			}
 			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
@@ -422,14 +452,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			return cur, g.fail("fetch", err)
 		}
 		tries = 0
-		if stopped {
-			return cur, nil
+		if stopped && !ended {
+			return g.stoppedAt(ctx, cur, first, q.Epoch, since == nil && firstSeq > from+1, delivered), nil
 		}
 		if first {
-			from := uint64(0)
-			if after != nil {
-				from = *after
-			}
 			cur.Gap = since == nil && end.First > from+1
 			first = false
 		}
