@@ -281,7 +281,7 @@ type Message struct {
 	ID   ID          // the sender's message ID
 	From Fingerprint // the key that sent it
 	Name string      // the sender's display name when it sent it
-	Body []byte
+	Body []byte      // the message, the caller's to keep
 }
 
 func messageFrom(m *wire.Message) Message {

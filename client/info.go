@@ -8,8 +8,8 @@ import (
 
 // Info describes a group, its log and the limits its daemon enforces.
 type Info struct {
-	Group UUID
-	Name  string
+	Group UUID   // the group's UUID
+	Name  string // its name
 	// Daemon is the fingerprint of the daemon that hosts the group.
 	Daemon Fingerprint
 	// Epoch is the log's identity: sequence numbers of another epoch are
@@ -18,10 +18,10 @@ type Info struct {
 	// First is the first sequence number the group still holds, Last the
 	// last one assigned (0: none yet).
 	First, Last uint64
-	Members     uint64
-	Limits      Limits
-	Private     bool // joining takes the group's secret
-	Member      bool // the asking key is a member
+	Members     uint64 // how many keys are members
+	Limits      Limits // what the daemon enforces
+	Private     bool   // joining takes the group's secret
+	Member      bool   // the asking key is a member
 	// Storage is where the daemon keeps the log: "memory" or "disk" (""
 	// from a daemon that does not say). A disk log's Fsync policy is
 	// "always" or "interval", the latter every FsyncInterval.
@@ -52,7 +52,7 @@ type Limits struct {
 	MaxBytes        uint64        // retention: bytes of bodies kept
 	MaxAge          time.Duration // retention: age of the oldest message kept
 	FetchPage       uint64        // messages in one page of a fetch
-	MaxMembers      uint64
+	MaxMembers      uint64        // most members the group takes (Join then says ErrUnavailable)
 	// SendRate is each member's sustained send rate in messages per
 	// second; SendBurst how many it may send at once after being idle.
 	SendRate  float64
@@ -98,16 +98,16 @@ func infoFrom(in *wire.Info) Info {
 // at the time (a watch from Last misses nothing sent after joining), and
 // whether the key was a member already (joining again updates its name).
 type Joined struct {
-	Epoch   uint64
-	Last    uint64
-	Already bool
+	Epoch   uint64 // the log's epoch
+	Last    uint64 // the last sequence number assigned (0: none yet)
+	Already bool   // the key was a member already
 }
 
 // Member is one member of a group, with its presence.
 type Member struct {
 	Fingerprint Fingerprint // the member's key: its ID
 	Name        string      // its display name
-	Joined      time.Time
+	Joined      time.Time   // when it first joined
 	// Online reports a watch on the group open now; LastSeen is when the
 	// daemon last saw the member (zero: not since the daemon started, or a
 	// daemon too old to say).
@@ -126,6 +126,6 @@ func memberFrom(m *wire.Member) Member {
 // Outgoing is one message of SendMessages: its body, and the ID that
 // makes sending it again harmless (NewID).
 type Outgoing struct {
-	ID   ID
-	Body []byte
+	ID   ID     // the message's ID: not zero, never reused (NewID)
+	Body []byte // the message (at most Limits.MaxMessageBytes)
 }

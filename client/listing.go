@@ -20,9 +20,9 @@ type Registries []*Registry
 // RegistryListing is one registry's answer to List: its listing, or why it
 // gave none.
 type RegistryListing struct {
-	Registry *Registry
-	Listing  Listing // valid when Err is nil
-	Err      error
+	Registry *Registry // the registry asked
+	Listing  Listing   // valid when Err is nil
+	Err      error     // why it gave no listing (ErrUnreachable...)
 }
 
 // ListedGroup is one group of a merged listing.

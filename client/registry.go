@@ -116,14 +116,14 @@ type Listing struct {
 // groups (Register). The daemon's fingerprint is the one its client
 // presents, never a field.
 type Registration struct {
-	Group UUID
-	Name  string
+	Group UUID   // the group's UUID, which this key then owns at the registry
+	Name  string // its name
 	// Addrs are the "host:port" addresses clients should dial; when empty
 	// the registry lists the connection's source address with Port.
 	Addrs   []string
 	Port    uint16
-	Members uint64
-	LastSeq uint64
+	Members uint64 // the group's member count, for the listing
+	LastSeq uint64 // its last sequence number, for the listing
 	// Replicas, for a group replicated by a cell, are the cell's members,
 	// the leader marked; the registry lists the group once, and any
 	// replica's key may renew it (PROTOCOL.md §13).
@@ -133,17 +133,17 @@ type Registration struct {
 // Renewal extends a registration's lease (Renew). Epoch is the registry's
 // epoch from the Lease being renewed.
 type Renewal struct {
-	Group   UUID
-	Epoch   uint64
-	Members uint64
-	LastSeq uint64
+	Group   UUID   // the group registered
+	Epoch   uint64 // the registry's epoch, from the Lease
+	Members uint64 // the group's member count now
+	LastSeq uint64 // its last sequence number now
 }
 
 // Lease is a registry's answer to Register and Renew: its epoch, and how
 // long the listing lasts without a renewal (renew every third of it).
 type Lease struct {
-	Epoch uint64
-	TTL   time.Duration
+	Epoch uint64        // the registry's epoch: Renew with it
+	TTL   time.Duration // how long the listing lasts unrenewed
 }
 
 func leaseFrom(l wire.Lease) Lease { return Lease{Epoch: l.Epoch, TTL: ms(l.TTLMS)} }

@@ -37,11 +37,11 @@ const (
 
 // Event is one thing a watch reports.
 type Event struct {
-	Kind     EventKind
-	Message  Message // EventMessage
-	From, To uint64  // EventGap
-	Epoch    uint64  // the log epoch the event belongs to
-	Err      error   // EventInterrupted: why
+	Kind     EventKind // what happened; the fields below it fills are marked
+	Message  Message   // EventMessage
+	From, To uint64    // EventGap
+	Epoch    uint64    // the log epoch the event belongs to
+	Err      error     // EventInterrupted: why
 }
 
 // maxHeartbeat is the longest heartbeat interval a watch takes from its
