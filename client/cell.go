@@ -90,7 +90,7 @@ func (g *Group) otherReplica(err error, tries *int) bool {
 // member is often the next one handed the leadership). If the member
 // named is in fact gone, the dial says so within cellDialFor.
 func (g *Group) follow(r wire.Replica) error {
-	p, err := g.cl.peer([]string{r.Addr}, r.Fingerprint, nil)
+	p, err := g.peerAt([]string{r.Addr}, r.Fingerprint)
 	if err != nil {
 		return err
 	}
@@ -112,10 +112,27 @@ func (g *Group) follow(r wire.Replica) error {
 // nextReplica points the handle at the replica after the one it uses, and
 // reports whether there is another to try.
 func (g *Group) nextReplica() bool {
+	r, ok := g.replicaAfter()
+	if !ok {
+		return false
+	}
+	p, err := g.peerAt([]string{r.Addr}, r.Fingerprint)
+	if err != nil {
+		return false
+	}
+	g.mu.Lock()
+	g.p = p
+	g.mu.Unlock()
+	return true
+}
+
+// replicaAfter returns the replica after the one the handle uses (passing
+// over one that went silent), if there is another.
+func (g *Group) replicaAfter() (wire.Replica, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if len(g.replicas) < 2 {
-		return false
+		return wire.Replica{}, false
 	}
 	at := -1
 	for i, r := range g.replicas {
@@ -127,12 +144,7 @@ func (g *Group) nextReplica() bool {
 	if g.suspectedLocked(r.Fingerprint) && len(g.replicas) > 2 {
 		r = g.replicas[(at+2)%len(g.replicas)] // the member that went silent: the one after
 	}
-	p, err := g.cl.peer([]string{r.Addr}, r.Fingerprint, nil)
-	if err != nil {
-		return false
-	}
-	g.p = p
-	return true
+	return r, true
 }
 
 // suspectFor is how long a member that left an attempt unanswered is

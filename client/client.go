@@ -356,15 +356,42 @@ func (c *Client) registryPeer(addr string, pin wire.Fingerprint) (*peer, error) 
 	return p, nil
 }
 
-// release gives back a Registry handle's hold on p: the last one closes
-// its connection and forgets it, so that a registry the caller is done
-// with (one discovery says is gone) holds no connection, and no
-// goroutines, until the Client closes. A later handle on the same
+// groupPeer returns the shared connection holder for a group daemon at
+// addrs with key pin, held for a Group handle until releaseGroup: taken
+// and counted at once, as registryPeer's.
+func (c *Client) groupPeer(addrs []string, pin wire.Fingerprint) (*peer, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, err := c.peerLocked(addrs, pin, nil)
+	if err != nil {
+		return nil, err
+	}
+	p.groups++
+	return p, nil
+}
+
+// release gives back a Registry handle's hold on p: the last hold of any
+// handle closes its connection and forgets it, so that a registry the
+// caller is done with (one discovery says is gone) holds no connection,
+// and no goroutines, until the Client closes. A later handle on the same
 // address and key dials afresh.
 func (c *Client) release(p *peer) {
 	c.mu.Lock()
 	p.registries--
-	last := p.registries == 0 && c.peers[p.key] == p
+	c.retireIfLastLocked(p)
+}
+
+// releaseGroup gives back a Group handle's hold on p, as release.
+func (c *Client) releaseGroup(p *peer) {
+	c.mu.Lock()
+	p.groups--
+	c.retireIfLastLocked(p)
+}
+
+// retireIfLastLocked retires p if no handle holds it; c.mu is held, and
+// unlocked.
+func (c *Client) retireIfLastLocked(p *peer) {
+	last := p.registries == 0 && p.groups == 0 && c.peers[p.key] == p
 	if last {
 		delete(c.peers, p.key)
 	}
@@ -396,9 +423,10 @@ type peer struct {
 	addrs  []string
 	pin    wire.Fingerprint
 	verify func(wire.Fingerprint) error
-	// registries counts the Registry handles open on it (c.mu guards it):
-	// the last one closed retires it.
-	registries int
+	// registries counts the Registry handles open on it, groups the
+	// Group handles that hold it (c.mu guards both): the last one given
+	// back retires it.
+	registries, groups int
 
 	mu   sync.Mutex
 	conn *quic.Conn
@@ -409,7 +437,7 @@ type peer struct {
 	// is going away.
 	stopped time.Time
 	dialled time.Time // when conn was dialled
-	retired bool      // its last Registry handle closed: it dials no more
+	retired bool      // its last handle was closed: it dials no more
 
 	requests requestQueue // small requests, written together (requests.go)
 }

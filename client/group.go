@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -22,6 +23,15 @@ type Group struct {
 	mu sync.Mutex
 	p  *peer
 	b  *batcher // nil until the first batched Send
+	// stopBatcher ends b's goroutines (Close); nil until b starts.
+	stopBatcher context.CancelFunc
+	// closed is set by Close; held are the peers this handle holds (each
+	// counted in its peer's groups), given back once it is closed and no
+	// call counted in calls (every call but a send: a Watch among them)
+	// runs. nil once given back.
+	closed atomic.Bool
+	calls  int
+	held   map[*peer]bool
 	// A group replicated by a cell (cell.go): its members, the highest
 	// sequence number acknowledged and its epoch.
 	replicas         []wire.Replica
@@ -42,16 +52,17 @@ type Group struct {
 // Group returns a handle on a group listed by a registry, pinning the
 // daemon's fingerprint from the listing and dialling its addresses in order.
 // The handle keeps those addresses; Registry.Group returns one that follows
-// the daemon when it moves.
+// the daemon when it moves. Close the handle when done with it: until then
+// it keeps the connection to the daemon open.
 func (c *Client) Group(e GroupEntry) (*Group, error) {
 	if e.Fingerprint.IsZero() {
 		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
 	}
-	p, err := c.peer(e.Addrs, e.Fingerprint, nil)
+	p, err := c.groupPeer(e.Addrs, e.Fingerprint)
 	if err != nil {
 		return nil, err
 	}
-	g := &Group{id: e.Group, name: e.Name, cl: c, p: p}
+	g := &Group{id: e.Group, name: e.Name, cl: c, p: p, held: map[*peer]bool{p: true}}
 	g.learnReplicas(e.Replicas)
 	return g, nil
 }
@@ -86,7 +97,7 @@ func (g *Group) refresh(ctx context.Context) {
 			if e.Group != g.id || e.Fingerprint != fp {
 				continue
 			}
-			p, err := g.cl.peer(e.Addrs, e.Fingerprint, nil)
+			p, err := g.peerAt(e.Addrs, e.Fingerprint)
 			if err != nil {
 				return
 			}
@@ -95,6 +106,91 @@ func (g *Group) refresh(ctx context.Context) {
 			g.mu.Unlock()
 			return
 		}
+	}
+}
+
+// peerAt returns the shared connection holder for the daemon at addrs
+// with key fp, held by g until Close gives its holds back; ErrClosed if it
+// did already. g.mu is not held: a hold given back may close a connection.
+func (g *Group) peerAt(addrs []string, fp Fingerprint) (*peer, error) {
+	p, err := g.cl.groupPeer(addrs, fp)
+	if err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	closed := g.held == nil
+	keep := !closed && !g.held[p]
+	if keep {
+		g.held[p] = true
+	}
+	g.mu.Unlock()
+	if !keep {
+		g.cl.releaseGroup(p)
+	}
+	if closed {
+		return nil, ErrClosed
+	}
+	return p, nil
+}
+
+// Close releases the handle: once the calls running on it end (a Watch
+// runs on until its context ends), the connections it used close, unless
+// another handle (of this group or another on the same daemon) uses them.
+// A program that opens handles on groups as listings come and go closes
+// those it is done with, or keeps a connection to each daemon until the
+// Client closes. Queued and unfinished sends fail (retry them with their
+// IDs on another handle); calls begun after Close return ErrClosed. Close
+// is safe to call again.
+func (g *Group) Close() error {
+	g.mu.Lock()
+	if g.closed.Swap(true) {
+		g.mu.Unlock()
+		return nil
+	}
+	stop := g.stopBatcher
+	held := g.giveBackLocked()
+	g.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	for p := range held {
+		g.cl.releaseGroup(p)
+	}
+	return nil
+}
+
+// giveBackLocked returns the holds to give back if g is closed and no
+// call runs, and forgets them. g.mu is held.
+func (g *Group) giveBackLocked() map[*peer]bool {
+	if !g.closed.Load() || g.calls > 0 {
+		return nil
+	}
+	held := g.held
+	g.held = nil
+	return held
+}
+
+// enter counts a call (any but a send) as running on g, so that Close
+// keeps its connections until exit; ErrClosed after Close.
+func (g *Group) enter() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed.Load() {
+		return ErrClosed
+	}
+	g.calls++
+	return nil
+}
+
+// exit ends a call enter counted; the last after Close gives the
+// handle's holds back.
+func (g *Group) exit() {
+	g.mu.Lock()
+	g.calls--
+	held := g.giveBackLocked()
+	g.mu.Unlock()
+	for p := range held {
+		g.cl.releaseGroup(p)
 	}
 }
 
@@ -107,6 +203,10 @@ func (g *Group) Name() string { return g.name }
 // Info describes the group, its log and its limits. Anyone may ask.
 // Errors: ErrNotFound.
 func (g *Group) Info(ctx context.Context) (Info, error) {
+	if err := g.enter(); err != nil {
+		return Info{}, g.fail("info", err)
+	}
+	defer g.exit()
 	var info wire.Info
 	p, err := g.reach(ctx)
 	if err == nil {
@@ -124,6 +224,10 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 // Errors: ErrUnauthorized (wrong or missing secret), ErrNotFound,
 // ErrUnavailable (the group is full), ErrBadRequest (bad name).
 func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, error) {
+	if err := g.enter(); err != nil {
+		return Joined{}, g.fail("join", err)
+	}
+	defer g.exit()
 	var j wire.Joined
 	if err := g.leaderCall(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
 		return Joined{}, g.fail("join", err)
@@ -134,6 +238,10 @@ func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, e
 // Leave ends membership, and reports whether this key was a member.
 // Errors: ErrNotFound.
 func (g *Group) Leave(ctx context.Context) (bool, error) {
+	if err := g.enter(); err != nil {
+		return false, g.fail("leave", err)
+	}
+	defer g.exit()
 	var l wire.Left
 	if err := g.leaderCall(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l); err != nil {
 		return false, g.fail("leave", err)
@@ -143,6 +251,10 @@ func (g *Group) Leave(ctx context.Context) (bool, error) {
 
 // Members lists the group's members. Errors: ErrNotMember, ErrNotFound.
 func (g *Group) Members(ctx context.Context) ([]Member, error) {
+	if err := g.enter(); err != nil {
+		return nil, g.fail("members", err)
+	}
+	defer g.exit()
 	var m wire.MemberList
 	p, err := g.reach(ctx)
 	if err == nil {
@@ -202,6 +314,9 @@ func (g *Group) Send(ctx context.Context, body []byte) (Ack, error) {
 // group remembers it (at least its last 65,536 messages). The Ack carries
 // id even when err is not nil.
 func (g *Group) SendWithID(ctx context.Context, id ID, body []byte) (Ack, error) {
+	if g.closed.Load() {
+		return Ack{ID: id}, g.fail("send", ErrClosed)
+	}
 	m := wire.Outgoing{ID: id, Body: body}
 	if g.cl.cfg.NoBatching {
 		return g.sendOne(ctx, m)
@@ -229,11 +344,17 @@ func (g *Group) batcher() (*batcher, error) {
 	if g.b != nil {
 		return g.b, nil
 	}
+	if g.closed.Load() {
+		return nil, ErrClosed
+	}
 	b := newBatcher(g)
-	if err := g.cl.start(b.run); err != nil {
+	// Its goroutines end with the Client, or with the handle (Close).
+	ctx, stop := context.WithCancel(g.cl.ctx)
+	if err := g.cl.start(func(context.Context) { b.run(ctx) }); err != nil {
+		stop()
 		return nil, err
 	}
-	g.b = b
+	g.b, g.stopBatcher = b, stop
 	return b, nil
 }
 
@@ -243,6 +364,9 @@ func (g *Group) batcher() (*batcher, error) {
 // with the same IDs returns the original acknowledgements with Duplicate
 // set and stores nothing twice. Errors: as Send's.
 func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error) {
+	if g.closed.Load() {
+		return nil, g.fail("send", ErrClosed)
+	}
 	out := make([]wire.Outgoing, len(msgs))
 	for i, m := range msgs {
 		out[i] = wire.Outgoing(m)
@@ -375,6 +499,10 @@ type Cursor struct {
 // ErrEpochMismatch (the log was reset under q.Epoch or while paging),
 // ErrBadRequest.
 func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (Cursor, error) {
+	if err := g.enter(); err != nil {
+		return Cursor{}, g.fail("fetch", err)
+	}
+	defer g.exit()
 	since, after, err := q.selection()
 	if err != nil {
 		return Cursor{}, g.fail("fetch", err)

@@ -111,7 +111,7 @@ func (g *Group) locate(ctx context.Context, p *peer) (*peer, error) {
 			case found == listedNowhere:
 				return nil, &NotListedError{Group: g.name, Daemon: fp, Addrs: cur.addrs, Registries: asked}
 			case found == listedThere && !slices.Equal(addrs, cur.addrs):
-				np, err := g.cl.peer(addrs, fp, nil)
+				np, err := g.peerAt(addrs, fp)
 				if err != nil {
 					return nil, err
 				}

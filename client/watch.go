@@ -94,6 +94,11 @@ const (
 // ErrUnreachable) is retried, for as long as ctx lasts.
 func (g *Group) Watch(ctx context.Context, q Query) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
+		if err := g.enter(); err != nil {
+			yield(Event{}, g.fail("watch", err))
+			return
+		}
+		defer g.exit()
 		w := watcher{g: g, epoch: q.Epoch, status: q.Status}
 		since, after, err := q.selection()
 		if err != nil {

@@ -98,6 +98,11 @@ func toAPIError(err error) apiError {
 	if isUnreachable(err) {
 		return apiError{Status: http.StatusBadGateway, Code: "unreachable", Message: err.Error()}
 	}
+	if errors.Is(err, client.ErrClosed) {
+		// The directory closed the handle the request had just taken: no
+		// registry lists the group any more (or huddle web is stopping).
+		return apiError{Status: http.StatusNotFound, Code: "not_found", Message: "no registry lists the group any more"}
+	}
 	if errors.Is(err, context.Canceled) {
 		return apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "huddle web is shutting down"}
 	}

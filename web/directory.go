@@ -175,7 +175,14 @@ func (d *directory) run(ctx context.Context) {
 			rs.reg.Close()
 		}
 	}
+	var handles []*client.Group
+	for _, gs := range d.groups {
+		handles = append(handles, gs.handle)
+	}
 	d.mu.Unlock()
+	for _, h := range handles {
+		h.Close()
+	}
 }
 
 // startPollLocked starts rs's poller, which ends with ctx or rs.stop.
@@ -381,9 +388,20 @@ func (d *directory) handle(id wire.UUID) *client.Group {
 
 // merge rebuilds the groups from every registry's last good listing, asks
 // new and stale groups for their info (in the background), and publishes
-// the list if it changed.
+// the list if it changed. The handles of groups no longer listed (or
+// listed under another daemon key) are closed, so that a daemon no listed
+// group and no running watch uses holds no connection of huddle web's: a
+// watch on such a handle runs on (client.Group.Close).
 func (d *directory) merge() {
 	now := time.Now()
+	var dropped []*client.Group
+	defer func() {
+		// Not under d.mu: closing a connection waits for a dial of it in
+		// flight.
+		for _, h := range dropped {
+			h.Close()
+		}
+	}()
 	d.mu.Lock()
 	seen := make(map[wire.UUID]bool)
 	for _, rs := range d.regs {
@@ -398,6 +416,9 @@ func (d *directory) merge() {
 					h, err := rs.reg.Group(e)
 					if err != nil {
 						continue
+					}
+					if gs != nil {
+						dropped = append(dropped, gs.handle)
 					}
 					gs = &groupState{handle: h}
 					d.groups[e.Group] = gs
@@ -417,9 +438,10 @@ func (d *directory) merge() {
 			}
 		}
 	}
-	for id := range d.groups {
+	for id, gs := range d.groups {
 		if !seen[id] {
 			delete(d.groups, id)
+			dropped = append(dropped, gs.handle)
 		}
 	}
 	for _, gs := range d.groups {

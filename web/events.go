@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -354,6 +355,12 @@ func (s *Server) watchHandle(ctx context.Context, g *client.Group, ws *watchSpec
 		case "status":
 			if e.state == "live" && ws.epoch == 0 {
 				ws.epoch = e.epoch
+			}
+			if e.state == "ended" && errors.Is(e.err, client.ErrClosed) && ctx.Err() == nil {
+				// The directory closed g as the group left the listings
+				// just before the watch began on it: wait for the group
+				// as any unlisted one.
+				return true
 			}
 			ok = status(e.state, e.epoch, e.err)
 			// A watch that cannot reach the daemon it was opened on follows

@@ -1,0 +1,106 @@
+package web
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/groupd"
+	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/internal/udpproxy"
+	"github.com/huddle-chat/huddle/metrics"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestDirectoryLetsUnlistedDaemonsGo: once no registry lists a group, huddle
+// web closes its connection to the group's daemon, as soon as no watch
+// runs on it: a watch that runs goes on meanwhile. It kept a connection,
+// alive by keepalive, to the daemon of every group any registry had ever
+// listed.
+func TestDirectoryLetsUnlistedDaemonsGo(t *testing.T) {
+	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: t.TempDir(), LeaseTTL: 600 * time.Millisecond})
+	must(t, err)
+	must(t, r.Listen())
+	rctx, stopRegistry := context.WithCancel(context.Background())
+	rdone := make(chan struct{})
+	go func() { r.Serve(rctx); close(rdone) }()
+	t.Cleanup(func() { stopRegistry(); <-rdone })
+	// The daemon registers through a path the test cuts: its lease then
+	// lapses, and the group leaves the listing, while the daemon runs on.
+	path, err := udpproxy.New(r.Addr().String())
+	must(t, err)
+	t.Cleanup(func() { path.Close() })
+	m := metrics.New("test")
+	d, err := groupd.New(groupd.Config{Listen: "127.0.0.1:0", StateDir: t.TempDir(), Groups: []groupd.Spec{{Name: "lobby"}},
+		Registries: []string{path.Addr()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}, Metrics: m})
+	must(t, err)
+	must(t, d.Listen())
+	dctx, stopDaemon := context.WithCancel(context.Background())
+	ddone := make(chan struct{})
+	go func() { d.Serve(dctx); close(ddone) }()
+	t.Cleanup(func() { stopDaemon(); <-ddone })
+
+	ctx := testCtx(t)
+	conns := func() int {
+		t.Helper()
+		fams, err := m.Prometheus().Gather()
+		must(t, err)
+		n := 0.0
+		for _, f := range fams {
+			if f.GetName() == "huddle_connections" {
+				for _, mm := range f.GetMetric() {
+					n += mm.GetGauge().GetValue()
+				}
+			}
+		}
+		return int(n)
+	}
+	waitConns := func(want int, why string) {
+		t.Helper()
+		for conns() != want {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("the daemon holds %d connections, want %d (%s)", conns(), want, why)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+
+	c := newClient(t)
+	s := startWeb(t, c, r.Addr().String())
+	a := newAPI(t, s)
+	id := a.groupID("lobby")
+	if st := a.do("POST", "/api/groups/"+id+"/join", map[string]string{"name": "web"}, nil); st != 200 {
+		t.Fatalf("join: HTTP %d", st)
+	}
+	list := a.events("")
+	list.waitGroups("lobby reachable", func(l listJSON) bool { return names(l)["lobby"].Reachable })
+	waitConns(1, "huddle web's")
+
+	w := a.events("watch=" + id)
+	if ev := w.next("status"); ev.data["state"] != "live" {
+		t.Fatalf("watch: %s", ev.raw)
+	}
+	path.Cut()
+	list.waitGroups("lobby unlisted", func(l listJSON) bool { _, ok := names(l)["lobby"]; return !ok })
+
+	// The watch goes on: a message sent straight to the daemon reaches it.
+	sender := newClient(t)
+	sg, err := sender.Group(client.GroupEntry{Group: uuid.MustParse(id), Name: "lobby", Addrs: []string{d.Addr().String()}, Fingerprint: d.Fingerprint()})
+	must(t, err)
+	_, err = sg.Join(ctx, "sender", nil)
+	must(t, err)
+	_, err = sg.Send(ctx, []byte("after unlisting"))
+	must(t, err)
+	if ev := w.next("message"); ev.data["text"] != "after unlisting" {
+		t.Fatalf("watch: %s", ev.raw)
+	}
+	if n := conns(); n != 2 {
+		t.Fatalf("the daemon holds %d connections while huddle web watches, want 2 (huddle web's and the sender's)", n)
+	}
+	w.close()
+	waitConns(1, "the sender's: huddle web's closes with its last watch")
+}
