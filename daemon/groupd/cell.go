@@ -259,8 +259,6 @@ func (c *cellGroup) secretOK(s []byte) bool {
 	return subtle.ConstantTimeCompare(sum[:], c.spec.SecretSHA256[:]) == 1
 }
 
-// newCellNode makes the daemon's cell member, once its key and socket are
-// known (Listen). d.mu is held.
 // cellKeyListed refuses, before anything is written, a member of a cell
 // whose state directory holds no key yet: a key created now could not be
 // among the peers the operator listed, and newCellNode would refuse it
@@ -283,6 +281,8 @@ func (d *Daemon) cellKeyListed() error {
 		ErrInvalidConfig, key, d.cfg.StateDir)
 }
 
+// newCellNode makes the daemon's cell member, once its key and socket are
+// known (Listen). d.mu is held.
 func (d *Daemon) newCellNode() error {
 	cc := d.cfg.Cell
 	fp := d.id.Fingerprint()
