@@ -922,3 +922,46 @@ func TestDiskTailFlipped(t *testing.T) {
 		d2.Close()
 	}
 }
+
+// TestDiskResetCut: a Reset deletes the log's segment files, then creates
+// the next one at seq+1; a crash between that file's creation and its
+// header's write (or a power cut before either reached the device) leaves
+// that segment alone, empty. The log opens as one whose files are gone (a
+// new history under the configured epoch, which a cell's replica catches
+// up from its peers), as Reset's doc says of a crash midway. It was
+// refused as corrupt, and the daemon did not serve the group.
+func TestDiskResetCut(t *testing.T) {
+	const epoch = 77
+	for _, data := range [][]byte{nil, make([]byte, segHeaderSize)} {
+		dir := t.TempDir()
+		cfg := DiskConfig{Dir: dir, Config: Config{Epoch: epoch}}
+		d, _ := diskLog(t, cfg)
+		w := newWriter(29)
+		w.fill(t, d, 40, 100)
+		if err := d.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		seq, ts := d.Tail()
+		if err := d.Reset(seq+100, ts+100); err != nil {
+			t.Fatal(err)
+		}
+		d.crash()
+		// The crash came as the new segment was created: the old files
+		// gone, the new one without its header.
+		if err := os.WriteFile(filepath.Join(dir, segName(seq+101)), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d2, rec, err := Open(cfg)
+		if err != nil {
+			t.Fatalf("%d bytes: Open after a reset cut at its segment's creation: %v, want a log whose files are gone", len(data), err)
+		}
+		if rec.NewEpoch == "" || d2.Epoch() != epoch {
+			t.Errorf("%d bytes: opened %+v in epoch %d, want a new history in epoch %d", len(data), rec, d2.Epoch(), epoch)
+		}
+		more := w.fill(t, d2, 5, 10)
+		d2.Close()
+		d3, _ := diskLog(t, cfg)
+		checkHolds(t, d3, more)
+		d3.Close()
+	}
+}

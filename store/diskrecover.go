@@ -79,15 +79,29 @@ func (d *DiskLog) recover() (Recovery, error) {
 		}
 	}
 	if len(bases) == 0 {
-		if unborn != 0 {
+		switch {
+		case unborn == 0:
+		case unborn == 1 && (cptErr != nil || cpt.synced == 0):
 			// The first segment of a new log: create writes the
 			// checkpoint only once the segment's header is synced.
-			if unborn != 1 || cptErr == nil && cpt.synced > 0 {
-				return rec, fmt.Errorf("%s: %d bytes, no header, and no segment before it: %w", segName(unborn), unbornSize, ErrCorrupt)
-			}
 			if cptErr == nil {
 				d.mem.epoch, cptErr = cpt.epoch, fs.ErrNotExist
 			}
+		case unborn == 1:
+			// Messages were synced, and the only segment that could
+			// hold them holds nothing: the device lost what it said it
+			// had.
+			return rec, fmt.Errorf("%s: %d bytes, no header, and no segment before it: %w", segName(unborn), unbornSize, ErrCorrupt)
+		default:
+			// The segment a Reset begins once it has deleted the others:
+			// the crash left no file of the history, as if it had come
+			// before the creation (Reset's doc), and the log begins
+			// again, empty. Removed first, or it would be taken for
+			// the newest segment, after a gap, at the next start.
+			if err := os.Remove(filepath.Join(d.dir, segName(unborn))); err != nil {
+				return rec, fmt.Errorf("%s: %d bytes, no header, and no segment before it: %w", segName(unborn), unbornSize, err)
+			}
+			rec.TornFile, rec.TornBytes = segName(unborn), unbornSize
 		}
 		return rec, d.create(&rec, cpt, cptErr)
 	}
