@@ -516,3 +516,23 @@ func TestWebLookalikeNamesShowKeys(t *testing.T) {
 	b.waitFor("the four senders shown with their keys",
 		`[...document.querySelectorAll('#messages .msg[data-seq] .meta')].filter(m => m.querySelector('.fp')).length === 4`)
 }
+
+// TestWebLookalikeGroupsShowDaemons has a stranger's daemon register
+// "lоbby" (a Cyrillic о) beside the owner's "lobby" on the same registry:
+// the sidebar, which tells two groups of one name apart by UUID and
+// daemon, counted names exactly and showed two plain "lobby" rows, one of
+// them the stranger's. Both are shown with their UUIDs and daemons.
+func TestWebLookalikeGroupsShowDaemons(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	stranger := startDaemon(t, "serve", "--group", "l\u043Ebby", "--registry", up.registry, "--listen", "127.0.0.1:0",
+		"--state-dir", t.TempDir())
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, bob, up.groups["lobby"])
+	waitListed(t, bob, stranger.groups["l\u043Ebby"])
+	b := newBrowser(t, 1000, 700)
+	b.open(bob.web(t))
+	b.waitFor("both groups in the sidebar, each with its UUID and daemon",
+		`[...document.querySelectorAll('button[data-group]')].filter(r => r.querySelector('.gname') && r.querySelector('.tag') &&
+			r.querySelector('.tag').textContent.includes(' · ')).length === 2`)
+}

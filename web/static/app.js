@@ -396,8 +396,12 @@ function renderSidebar() {
   const filter = $('filter').value.trim().toLowerCase();
   const joined = [], others = [];
   const groups = [...state.groups.values()].sort((a, b) => a.name.localeCompare(b.name) || a.uuid.localeCompare(b.uuid));
+  // Names that look alike count as one (fmt.lookalike: "lobby" beside
+  // "lоbby" with a Cyrillic о, or "lobby " with a blank): anyone may
+  // register a group under any name, and only the tag below tells the
+  // owner's from a stranger's.
   const nameCount = new Map();
-  for (const g of groups) nameCount.set(g.name, (nameCount.get(g.name) || 0) + 1);
+  for (const g of groups) nameCount.set(fmt.lookalike(g.name), (nameCount.get(fmt.lookalike(g.name)) || 0) + 1);
   let total = 0;
   const keep = new Set();
   for (const g of groups) {
@@ -405,7 +409,7 @@ function renderSidebar() {
     const unread = g.member && c ? c.unread : 0;
     total += unread;
     if (filter && !g.name.toLowerCase().includes(filter) && !g.uuid.startsWith(filter)) continue;
-    const twin = nameCount.get(g.name) > 1;
+    const twin = nameCount.get(fmt.lookalike(g.name)) > 1;
     const live = c && c.status === 'live';
     const down = g.member && !g.listed && !live ? 'offline'
       : g.member && c && c.status === 'reconnecting' ? 'reconnecting'
