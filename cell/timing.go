@@ -26,7 +26,7 @@ import (
 // first keeps ElectionTimeout, the second gets ElectionTimeout plus a
 // round trip, the third plus two, and so on. After a split the lower
 // ranked candidate mostly stands again first, far enough ahead, and wins:
-// in 40 leader kills on those links no election took more than six
+// in 40 leader kills on those links no election took more than four
 // candidacies nor 2.5 s, and sends came back within 3.3 s of every kill
 // (before: up to 15 candidacies, 5 s, and 5.7 s; BENCHMARKS.md, "Network
 // faults"). Steps of two round trips parted the candidates more surely
