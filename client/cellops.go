@@ -15,12 +15,14 @@ type CellStatus = wire.CellStatus
 // CellStatus asks the group daemon at addr, a member of a cell, for its
 // view of the cell. pin, if not zero, is the key the daemon must present.
 // Errors: ErrUnsupported (the daemon is not a member of a cell),
-// ErrUnreachable.
+// ErrUnreachable. The connection closes with the call, unless a Group
+// handle on the daemon holds it.
 func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (CellStatus, error) {
-	p, err := c.peer([]string{addr}, pin, nil)
+	p, err := c.groupPeer([]string{addr}, pin)
 	if err != nil {
 		return CellStatus{}, err
 	}
+	defer c.releaseGroup(p)
 	var st CellStatus
 	err = p.single(ctx, wire.OpCellStatus, wire.CellQuery{}, &st)
 	return st, err
@@ -39,19 +41,23 @@ func (c *Client) CellAdd(ctx context.Context, addr string, pin Fingerprint, memb
 }
 
 // CellRemove asks the cell to remove the member whose key is fp; as
-// CellAdd otherwise.
+// CellAdd otherwise. Each request's connection closes with it, unless a
+// Group handle on that daemon holds it.
 func (c *Client) CellRemove(ctx context.Context, addr string, pin Fingerprint, fp Fingerprint) ([]Replica, error) {
 	return c.cellChange(ctx, wire.OpCellRemove, addr, pin, wire.CellMember{Fingerprint: fp})
 }
 
 func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fingerprint, req wire.CellMember) ([]Replica, error) {
 	for redirects := 0; ; redirects++ {
-		p, err := c.peer([]string{addr}, pin, nil)
+		// Held for the one request: a program that operates many cells
+		// keeps no connection to them.
+		p, err := c.groupPeer([]string{addr}, pin)
 		if err != nil {
 			return nil, err
 		}
 		var out wire.CellChanged
 		err = p.single(ctx, op, req, &out)
+		c.releaseGroup(p)
 		var we *wire.Error
 		if errors.As(err, &we) && we.Code == wire.CodeUnavailable && redirects < 64 {
 			if we.Leader != nil {

@@ -23,22 +23,7 @@ func TestGroupCloseReleasesConnection(t *testing.T) {
 	ctx := testCtx(t)
 	c, sender := newClient(t), newClient(t)
 	entry := listed(t, c, r.Addr().String(), "lobby")
-	conns := func() int {
-		t.Helper()
-		fams, err := m.Prometheus().Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0.0
-		for _, f := range fams {
-			if f.GetName() == "huddle_connections" {
-				for _, mm := range f.GetMetric() {
-					n += mm.GetGauge().GetValue()
-				}
-			}
-		}
-		return int(n)
-	}
+	conns := func() int { return connections(t, m) }
 	waitConns := func(want int) {
 		t.Helper()
 		for conns() != want {
@@ -152,4 +137,43 @@ func listed(t *testing.T, c *client.Client, regAddr, name string) client.GroupEn
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// TestCellStatusLeavesNoConnection: a program that asks daemons for their
+// cell's status (a monitor, huddle cell status) holds no connection to them
+// afterwards; each call's stayed open, alive by keepalive, until the Client
+// closed.
+func TestCellStatusLeavesNoConnection(t *testing.T) {
+	m := metrics.New("test")
+	_, d, _ := setup(t, groupd.Config{Metrics: m})
+	ctx := testCtx(t)
+	c := newClient(t)
+	if _, err := c.CellStatus(ctx, d.Addr().String(), d.Fingerprint()); !errors.Is(err, client.ErrUnsupported) {
+		t.Fatalf("cell status of a daemon in no cell: %v, want ErrUnsupported", err)
+	}
+	for connections(t, m) != 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the daemon holds %d connections after the call", connections(t, m))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// connections is the daemon's huddle_connections gauge.
+func connections(t *testing.T, m *metrics.Metrics) int {
+	t.Helper()
+	fams, err := m.Prometheus().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0.0
+	for _, f := range fams {
+		if f.GetName() == "huddle_connections" {
+			for _, mm := range f.GetMetric() {
+				n += mm.GetGauge().GetValue()
+			}
+		}
+	}
+	return int(n)
 }
