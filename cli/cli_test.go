@@ -176,6 +176,26 @@ func TestResolveTypo(t *testing.T) {
 	}
 }
 
+// TestResolveLookalikeNotSuggested: with the owner's "lobby" not listed
+// (its daemon stopped) and a stranger's "lоbby" (Cyrillic о) listed,
+// "lobby" was answered "did you mean lоbby?", which a terminal prints as
+// the name typed and which, copied, names the stranger's group. The
+// look-alike is named as one, with its UUID and daemon, and not offered.
+func TestResolveLookalikeNotSuggested(t *testing.T) {
+	stranger := wire.GroupEntry{Group: wire.UUID{9, 1, 2, 3}, Name: "l\u043Ebby", Fingerprint: wire.Fingerprint{9}}
+	for _, ref := range []string{"lobby", "Iobby"} {
+		_, err := resolveGroup([]wire.GroupEntry{stranger, {Group: wire.UUID{4}, Name: "ops"}}, ref, nil)
+		if !errors.Is(err, errNoGroup) {
+			t.Fatalf("resolveGroup(%q) = %v, want errNoGroup", ref, err)
+		}
+		got := err.Error()
+		if strings.Contains(got, "did you mean") || !strings.Contains(got, "looks like it") ||
+			!strings.Contains(got, stranger.Group.String()) || !strings.Contains(got, stranger.Fingerprint.Short()) {
+			t.Errorf("resolveGroup(%q): %q; want the look-alike named as one, with its UUID and daemon, not offered", ref, got)
+		}
+	}
+}
+
 func TestResolveJoinedNotListed(t *testing.T) {
 	b := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{2}}
 	joined := joinedSet{{b.Group, b.Fingerprint}: "lobby"}

@@ -239,6 +239,16 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 			return wire.GroupEntry{}, fmt.Errorf("%w %q listed now: you joined %s (%s, daemon %s), but no registry that answered lists it: its daemon is stopped, or has not registered again yet; 'huddle groups' lists the groups listed now",
 				errNoGroup, ref, name, k.Group, k.Daemon.Short())
 		}
+		if alike := lookalikeGroups(groups, ref); len(alike) > 0 {
+			// Not offered as "did you mean": printed, it reads as what the
+			// user typed, and copied it names a stranger's group.
+			var b strings.Builder
+			for _, g := range alike {
+				fmt.Fprintf(&b, "\n    %s  %s  daemon %s", g.Group, shown(g.Name), g.Fingerprint.Short())
+			}
+			return wire.GroupEntry{}, fmt.Errorf("%w %q: only a name that looks like it (other letters drawn alike, or characters shown as nothing) is listed; "+
+				"anyone may register any name, so name it by UUID if it is the one you mean:%s", errNoGroup, ref, b.String())
+		}
 		if near := nearNames(groups, ref); len(near) > 0 {
 			return wire.GroupEntry{}, fmt.Errorf("%w %q: did you mean %s? ('huddle groups' lists the groups the registry knows)", errNoGroup, ref, strings.Join(near, " or "))
 		}
@@ -257,6 +267,19 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		b.WriteString("\n  the same UUID is listed under several daemon keys: someone registered a group under another's UUID; ask its owner which daemon is theirs")
 	}
 	return wire.GroupEntry{}, &usageError{b.String()}
+}
+
+// lookalikeGroups returns the groups whose names look like ref without
+// being it (lookalike: "lоbby" with a Cyrillic о for "lobby").
+func lookalikeGroups(groups []wire.GroupEntry, ref string) []wire.GroupEntry {
+	look := lookalike(ref)
+	var alike []wire.GroupEntry
+	for _, g := range groups {
+		if g.Name != ref && lookalike(g.Name) == look {
+			alike = append(alike, g)
+		}
+	}
+	return alike
 }
 
 // nearNames returns the names of groups that ref is a slip away from
