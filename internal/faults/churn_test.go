@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -20,22 +18,8 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
-
-// churnKills is how many times TestCrashLoopChurn kills the daemon; set
-// HUDDLE_CHURN_KILLS for a longer run (make crashloop).
-func churnKills(t *testing.T) int {
-	if v := os.Getenv("HUDDLE_CHURN_KILLS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("HUDDLE_CHURN_KILLS=%q: want a positive count", v)
-		}
-		return n
-	}
-	return 10
-}
 
 // churnMaxAge and churnMaxMsgs are TestCrashLoopChurn's retention: short
 // and small, so that messages age out and segment files are deleted while
@@ -72,7 +56,7 @@ const churnTry = 2 * time.Second
 // aged out, was stored anew; and the members are exactly those whose last
 // acknowledged operation was a join.
 func TestCrashLoopChurn(t *testing.T) {
-	kills := churnKills(t)
+	kills := killsFromEnv(t, "HUDDLE_CHURN_KILLS", 10) // make crashloop sets more
 	regAddr, _, reg := startRegistry(t, "127.0.0.1:0", t.TempDir())
 	defer reg.kill(syscall.SIGTERM)
 	dir, listen := t.TempDir(), "127.0.0.1:0"
@@ -92,23 +76,6 @@ func TestCrashLoopChurn(t *testing.T) {
 	eventually(t, "the group listed", func() bool { entry = u.listed(regAddr)["alpha"]; return entry.Fingerprint != wire.Fingerprint{} })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	newGroup := func(batching bool) (*client.Group, wire.Fingerprint) {
-		id, err := identity.Generate()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := client.New(client.Config{Identity: id, NoBatching: !batching,
-			KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		g, err := cl.Group(entry)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g, id.Fingerprint()
-	}
 	log := &crashLog{acks: make(map[wire.ID]acked), progress: make(chan struct{}, 1)}
 	wctx, stopWork := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -154,7 +121,7 @@ func TestCrashLoopChurn(t *testing.T) {
 	// after one in eight, one of the sender's recent IDs is sent again.
 	const senders = 4
 	for k := range senders {
-		g, from := newGroup(k%2 == 0)
+		g, from := groupOfNewUser(t, entry, k%2 == 0)
 		if !until(ctx, func(c context.Context) error { _, err := g.Join(c, fmt.Sprint("sender", k), nil); return err }) {
 			t.Fatal("a sender could not join")
 		}
@@ -243,7 +210,7 @@ func TestCrashLoopChurn(t *testing.T) {
 	const churners = 3
 	var mmu sync.Mutex
 	for k := range churners {
-		g, fp := newGroup(false)
+		g, fp := groupOfNewUser(t, entry, false)
 		wg.Go(func() {
 			in := false
 			for wctx.Err() == nil {
@@ -296,7 +263,7 @@ func TestCrashLoopChurn(t *testing.T) {
 		t.Fatal("the workers did not finish their operations in flight")
 	}
 
-	checker, _ := newGroup(false)
+	checker, _ := groupOfNewUser(t, entry, false)
 	if !until(ctx, func(c context.Context) error { _, err := checker.Join(c, "checker", nil); return err }) {
 		t.Fatal("the checker could not join")
 	}

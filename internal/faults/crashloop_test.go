@@ -7,31 +7,14 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
-
-// crashKills is how many times TestCrashLoop kills the daemon; set
-// HUDDLE_CRASH_KILLS for a longer run (make crashloop).
-func crashKills(t *testing.T) int {
-	if v := os.Getenv("HUDDLE_CRASH_KILLS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("HUDDLE_CRASH_KILLS=%q: want a positive count", v)
-		}
-		return n
-	}
-	return 50
-}
 
 // acked is a message as its sender was told it was stored.
 type acked struct {
@@ -73,7 +56,7 @@ func (l *crashLog) errorf(format string, args ...any) {
 // sent again got its original ack; and that the watcher saw the log's
 // prefix with no reset, gap or repeat.
 func TestCrashLoop(t *testing.T) {
-	kills := crashKills(t)
+	kills := killsFromEnv(t, "HUDDLE_CRASH_KILLS", 50) // make crashloop sets more
 	regAddr, _, reg := startRegistry(t, "127.0.0.1:0", t.TempDir())
 	defer reg.kill(syscall.SIGTERM)
 	dir, listen := t.TempDir(), "127.0.0.1:0"
@@ -93,23 +76,11 @@ func TestCrashLoop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	member := func(name string, batching bool) (*client.Group, wire.Fingerprint) {
-		id, err := identity.Generate()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := client.New(client.Config{Identity: id, NoBatching: !batching,
-			KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		g, err := cl.Group(entry)
-		if err != nil {
-			t.Fatal(err)
-		}
+		g, fp := groupOfNewUser(t, entry, batching)
 		for {
-			if _, err = g.Join(ctx, name, nil); err == nil {
-				return g, id.Fingerprint()
+			_, err := g.Join(ctx, name, nil)
+			if err == nil {
+				return g, fp
 			}
 			if ctx.Err() != nil {
 				t.Fatalf("join %s: %v", name, err)

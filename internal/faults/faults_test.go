@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -216,6 +217,40 @@ func (u *user) listed(addr string) map[string]wire.GroupEntry {
 		m[e.Name] = e
 	}
 	return m
+}
+
+// killsFromEnv is how many times a crash test kills its daemon: def, or
+// the count in the environment variable env for a longer run (make
+// crashloop).
+func killsFromEnv(t *testing.T, env string, def int) int {
+	if v := os.Getenv(env); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive count", env, v)
+		}
+		return n
+	}
+	return def
+}
+
+// groupOfNewUser is entry's group as a new user (a new identity and
+// client, closed with the test) sees it, sending in batches or not.
+func groupOfNewUser(t *testing.T, entry wire.GroupEntry, batching bool) (*client.Group, wire.Fingerprint) {
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{Identity: id, NoBatching: !batching,
+		KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	g, err := cl.Group(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, id.Fingerprint()
 }
 
 func eventually(t *testing.T, what string, cond func() bool) time.Duration {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -74,20 +72,7 @@ func TestRecoveryAcrossRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*waitTimeout)
 	defer cancel()
 	newGroup := func(name string, batching bool) *client.Group {
-		id, err := identity.Generate()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := client.New(client.Config{Identity: id, NoBatching: !batching,
-			KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known_registries"))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		g, err := cl.Group(entry)
-		if err != nil {
-			t.Fatal(err)
-		}
+		g, _ := groupOfNewUser(t, entry, batching)
 		if _, err := g.Join(ctx, name, nil); err != nil {
 			t.Fatal(err)
 		}
