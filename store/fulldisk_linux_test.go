@@ -23,12 +23,6 @@ import (
 // the appends that returned nil (written to the OS; acknowledged once
 // Durable returned too), in order, with nothing of the refused ones.
 func TestDiskFullUnderLoad(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test mounts a file system and needs root (CI=true, so this is a failure, not a skip)")
-		}
-		t.Skip("this test mounts a file system and needs root")
-	}
 	for _, always := range []bool{false, true} {
 		t.Run(fmt.Sprintf("always=%v", always), func(t *testing.T) {
 			mnt, _ := testdisk.Small(t, "1m")
@@ -168,12 +162,6 @@ func TestDiskFullUnderLoad(t *testing.T) {
 // unseen: the append wrote its record behind 48 zero bytes, and the next
 // start refused the group's whole history as corrupt.
 func TestDiskFullAtSegmentCreation(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test mounts a file system and needs root (CI=true, so this is a failure, not a skip)")
-		}
-		t.Skip("this test mounts a file system and needs root")
-	}
 	mnt, fill := testdisk.Small(t, "256k")
 	cfg := DiskConfig{Dir: filepath.Join(mnt, "log"), SegmentBytes: 1} // each append seals the segment before it
 	d, _, err := Open(cfg)
@@ -206,12 +194,6 @@ func TestDiskFullAtSegmentCreation(t *testing.T) {
 // served the group as one whose history could not be read, telling the
 // operator to restore it from a backup, until it was restarted.
 func TestDiskFullNewLog(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test mounts a file system and needs root (CI=true, so this is a failure, not a skip)")
-		}
-		t.Skip("this test mounts a file system and needs root")
-	}
 	for _, nested := range []bool{false, true} {
 		mnt, fill := testdisk.Small(t, "256k")
 		dir := filepath.Join(mnt, "log")
@@ -276,12 +258,6 @@ func TestDiskFullNewLog(t *testing.T) {
 // message too large for its retention (which resets past it) retried for
 // ever.
 func TestDiskFullAtReset(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test mounts a file system and needs root (CI=true, so this is a failure, not a skip)")
-		}
-		t.Skip("this test mounts a file system and needs root")
-	}
 	mnt, fill := testdisk.Small(t, "256k")
 	cfg := DiskConfig{Dir: filepath.Join(mnt, "log")} // one segment: no index to delete
 	d, _, err := Open(cfg)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/testdisk"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -37,7 +38,7 @@ type privateDisk struct {
 // new directory, visible only to processes run through in.
 func newPrivateDisk(t *testing.T, size string) *privateDisk {
 	t.Helper()
-	requireRoot(t)
+	testdisk.RequireRoot(t)
 	for _, prog := range []string{"unshare", "nsenter", "mount"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			if os.Getenv("CI") == "true" {

@@ -11,13 +11,28 @@ import (
 	"testing"
 )
 
+// RequireRoot skips a test that needs root (to mount a file system), or,
+// under CI=true, fails it: CI runs as root, so a skip there hides a test
+// that never ran.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test mounts a file system and needs root (CI=true, so this is a failure, not a skip)")
+	}
+	t.Skip("this test mounts a file system and needs root")
+}
+
 // Small mounts a tmpfs of size (as mount(8) reads it: "256k", "64m") on a
 // new directory, in the test's mount namespace (which namespaces made after
 // copy), unmounted when the test ends. It returns the directory and a
 // function that fills it to the last byte with a ballast file and returns
-// the function that removes the ballast. It needs root.
+// the function that removes the ballast. It needs root (RequireRoot).
 func Small(t testing.TB, size string) (dir string, fill func() (free func())) {
 	t.Helper()
+	RequireRoot(t)
 	dir = t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount a tmpfs: %v: %s", err, out)
