@@ -386,20 +386,15 @@ func (l *refusingLog) Append(batch []store.Entry) error {
 	return l.Log.Append(batch)
 }
 
-// TestLogRefusesAppends reaches the group's log through the daemon's Log
-// seam: while the log cannot store, a send is told unavailable (with a
-// retry time), nothing is stored, reads keep working, and once the log
-// stores again the sequence goes on without a gap, a retried message
-// stored once.
-func TestLogRefusesAppends(t *testing.T) {
+// serveOverLog serves a daemon of one group, "general", whose log is
+// wrap's around the one it would have opened, until the test ends.
+func serveOverLog(t *testing.T, wrap func(Log) Log) *Daemon {
 	cfg := Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)}
 	d, err := New(cfg)
 	must(t, err)
-	var log *refusingLog
 	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
 		inner, err := d.openStorageLog(id, name, retention, replicated)
-		log = &refusingLog{Log: inner}
-		return log, err
+		return wrap(inner), err
 	}
 	must(t, d.Listen())
 	errc := make(chan error, 1)
@@ -408,6 +403,17 @@ func TestLogRefusesAppends(t *testing.T) {
 		must(t, d.Close())
 		must(t, <-errc)
 	})
+	return d
+}
+
+// TestLogRefusesAppends reaches the group's log through the daemon's Log
+// seam: while the log cannot store, a send is told unavailable (with a
+// retry time), nothing is stored, reads keep working, and once the log
+// stores again the sequence goes on without a gap, a retried message
+// stored once.
+func TestLogRefusesAppends(t *testing.T) {
+	log := &refusingLog{}
+	d := serveOverLog(t, func(inner Log) Log { log.Log = inner; return log })
 	p := joined(t, d, "alice")
 	g := gid(d)
 	first := outgoing("one")
@@ -417,7 +423,7 @@ func TestLogRefusesAppends(t *testing.T) {
 
 	log.refuse.Store(true)
 	retry := outgoing("two", "three")
-	_, err = p.send(g, retry)
+	_, err := p.send(g, retry)
 	var we *wire.Error
 	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
 		t.Fatalf("send while the log refuses: %v, want unavailable with a retry time", err)
@@ -463,27 +469,13 @@ func (l *unsyncedLog) Durable(seq uint64) error {
 // acknowledged as a duplicate with the original stamps). A client told
 // nothing was stored could send them again under new IDs.
 func TestSendNotDurable(t *testing.T) {
-	cfg := Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)}
-	d, err := New(cfg)
-	must(t, err)
-	var log *unsyncedLog
-	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
-		inner, err := d.openStorageLog(id, name, retention, replicated)
-		log = &unsyncedLog{Log: inner}
-		return log, err
-	}
-	must(t, d.Listen())
-	errc := make(chan error, 1)
-	go func() { errc <- d.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		must(t, d.Close())
-		must(t, <-errc)
-	})
+	log := &unsyncedLog{}
+	d := serveOverLog(t, func(inner Log) Log { log.Log = inner; return log })
 	p := joined(t, d, "alice")
 	g := gid(d)
 	log.fail.Store(true)
 	out := outgoing("maybe")
-	_, err = p.send(g, out)
+	_, err := p.send(g, out)
 	var we *wire.Error
 	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
 		t.Fatalf("send that could not be made durable: %v, want unavailable with a retry time", err)
