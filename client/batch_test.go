@@ -16,7 +16,8 @@ import (
 	"github.com/huddle-chat/huddle/identity"
 )
 
-// newClientWith is newClient with cfg's batching fields.
+// newClientWith is newClient with cfg's fields: its batching, and its
+// Logger if it has one.
 func newClientWith(t *testing.T, cfg client.Config) *client.Client {
 	t.Helper()
 	id, err := identity.Generate()
@@ -25,7 +26,9 @@ func newClientWith(t *testing.T, cfg client.Config) *client.Client {
 	}
 	cfg.Identity = id
 	cfg.KnownHosts = identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
-	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	c, err := client.New(cfg)
 	if err != nil {
 		t.Fatal(err)

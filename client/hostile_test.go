@@ -341,16 +341,7 @@ func TestWatchBacksOffStreamsEndedAtOnce(t *testing.T) {
 		return &wire.Error{Code: wire.CodeUnavailable, Message: "come back"}
 	})
 	log := newWaitLog()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(client.Config{Identity: id, Logger: slog.New(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	g, err := c.Group(e)
+	g, err := newClientWith(t, client.Config{Logger: slog.New(log)}).Group(e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,16 +382,7 @@ func TestWatchBacksOffEndlessResets(t *testing.T) {
 		return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: uint64(streams.Add(1)) + 100}
 	})
 	log := newWaitLog()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(client.Config{Identity: id, Logger: slog.New(log)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	g, err := c.Group(e)
+	g, err := newClientWith(t, client.Config{Logger: slog.New(log)}).Group(e)
 	if err != nil {
 		t.Fatal(err)
 	}
