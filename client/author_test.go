@@ -361,6 +361,35 @@ func TestAuthorCancelEndsCalls(t *testing.T) {
 			t.Fatalf("cancelled dial: %v, want context.Canceled", err)
 		}
 	})
+	t.Run("calls at a silent server", func(t *testing.T) {
+		slow, err := client.New(client.Config{Identity: mustIdentity(t), DialTimeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slow.Close()
+		h, err := slow.Group(client.GroupEntry{Group: client.UUID{1}, Name: "silent", Addrs: []string{silent.LocalAddr().String()}, Fingerprint: client.Fingerprint{1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := map[string]func(context.Context) error{
+			"info":  func(ctx context.Context) error { _, err := h.Info(ctx); return err },
+			"send":  func(ctx context.Context) error { _, err := h.Send(ctx, []byte("x")); return err },
+			"fetch": func(ctx context.Context) error { _, err := h.Fetch(ctx, client.Query{}, func(client.Message) bool { return true }); return err },
+			"cell status": func(ctx context.Context) error {
+				_, err := slow.CellStatus(ctx, silent.LocalAddr().String(), client.Fingerprint{1})
+				return err
+			},
+		}
+		for name, call := range calls {
+			cctx, cancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- call(cctx) }()
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("%s, cancelled: %v, want context.Canceled", name, err)
+			}
+		}
+	})
 	t.Run("watch reconnecting", func(t *testing.T) {
 		stop() // the watch can only wait to reconnect
 		_ = d
