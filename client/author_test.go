@@ -372,9 +372,12 @@ func TestAuthorCancelEndsCalls(t *testing.T) {
 			t.Fatal(err)
 		}
 		calls := map[string]func(context.Context) error{
-			"info":  func(ctx context.Context) error { _, err := h.Info(ctx); return err },
-			"send":  func(ctx context.Context) error { _, err := h.Send(ctx, []byte("x")); return err },
-			"fetch": func(ctx context.Context) error { _, err := h.Fetch(ctx, client.Query{}, func(client.Message) bool { return true }); return err },
+			"info": func(ctx context.Context) error { _, err := h.Info(ctx); return err },
+			"send": func(ctx context.Context) error { _, err := h.Send(ctx, []byte("x")); return err },
+			"fetch": func(ctx context.Context) error {
+				_, err := h.Fetch(ctx, client.Query{}, func(client.Message) bool { return true })
+				return err
+			},
 			"cell status": func(ctx context.Context) error {
 				_, err := slow.CellStatus(ctx, silent.LocalAddr().String(), client.Fingerprint{1})
 				return err
