@@ -317,3 +317,117 @@ func TestFollowerRefusesRemovedOnAppend(t *testing.T) {
 		t.Fatal("the follower applied the removal meanwhile: the test's fault did not hold")
 	}
 }
+
+// TestFollowerTakesBackTruncatedRemoval: a follower that appended a
+// member's removal refuses that member's key (TestFollowerRefusesRemovedOnAppend);
+// if the removal is never committed and the next leader's log overwrites
+// it, the follower accepts the key again, raft's latest configuration
+// being the committed one again. It kept refusing it until the next
+// configuration came, though that member was a voter: no raft connection
+// of it was taken, neither its votes requested nor its appends. Five
+// members: the leader appends the removal of x and only b has it (c, d
+// and x hold it), the leader is stopped, b cannot win (c, d and x hold
+// its vote requests), and c or d leads and overwrites b's entry.
+func TestFollowerTakesBackTruncatedRemoval(t *testing.T) {
+	rerunOnNewCells(t, 3, "the leader lost its leadership before b appended the removal", takesBackTruncatedRemoval)
+}
+
+// takesBackTruncatedRemoval is TestFollowerTakesBackTruncatedRemoval on a
+// new cell; false if its leader lost the leadership before b appended the
+// removal (an election a loaded machine causes).
+func takesBackTruncatedRemoval(t *testing.T) bool {
+	var (
+		gone    atomic.Pointer[wire.Fingerprint]
+		holders atomic.Pointer[[]string] // members that hold the removal and the votes of unheld
+		unheld  atomic.Pointer[[]string] // the raft IDs whose vote requests are held
+		release = make(chan struct{})
+	)
+	c := newTestCell(t, 5, false, func(cfg *Config) {
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			hs := holders.Load()
+			if hs == nil || !slices.Contains(*hs, self) {
+				return
+			}
+			hold := false
+			switch r := req.(type) {
+			case *raft.AppendEntriesRequest:
+				for _, e := range r.Entries {
+					hold = hold || e.Type == raft.LogConfiguration && !listed(raft.DecodeConfiguration(e.Data), *gone.Load())
+				}
+			case *raft.RequestVoteRequest:
+				hold = slices.Contains(*unheld.Load(), string(r.ID))
+			case *raft.RequestPreVoteRequest:
+				hold = slices.Contains(*unheld.Load(), string(r.ID))
+			}
+			if hold {
+				<-release
+			}
+		}
+	})
+	defer func() {
+		close(release)
+		for _, m := range c.members {
+			m.stop()
+		}
+	}()
+	l := c.leader()
+	fs := c.followers(4)
+	b, x := fs[0], fs[3]
+	fp := x.id.Fingerprint()
+	gone.Store(&fp)
+	unheld.Store(&[]string{b.id.Fingerprint().String(), fp.String()})
+	holders.Store(&[]string{fs[1].addr, fs[2].addr, x.addr})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	removed := make(chan error, 1)
+	go func() { removed <- l.node.RemoveMember(ctx, l.node.Self().Fingerprint, fp) }()
+	appended := func() bool {
+		f := b.node.raft.GetConfiguration()
+		return f.Error() == nil && !listed(f.Configuration(), fp)
+	}
+	var early error // the removal's answer, if it came before b appended it
+	answered := false
+	waitUntil(t, "b appending the removal, or the removal answered", func() bool {
+		if appended() {
+			return true
+		}
+		select {
+		case early = <-removed:
+			answered = true
+			return true
+		default:
+			return false
+		}
+	})
+	if !appended() {
+		t.Logf("the removal: %v", early)
+		return false
+	}
+	waitUntil(t, "b refusing the key removed (29dde34)", func() bool { return !b.node.tr.Member(fp) })
+	l.stop()
+	cancel()
+	if !answered {
+		<-removed
+	}
+	waitUntil(t, "c or d leading, b's removal overwritten", func() bool {
+		f := b.node.raft.GetConfiguration()
+		return f.Error() == nil && listed(f.Configuration(), fp)
+	})
+	// Without a leader for a while, b learnt the members from the others
+	// (learn.go), x among them; once it knows the new leader it forgets
+	// them, and its own configuration is what it accepts.
+	waitUntil(t, "b knowing the new leader and forgetting what it learnt", func() bool {
+		if _, ok := b.node.Leader(); !ok {
+			return false
+		}
+		b.node.learnMu.Lock()
+		defer b.node.learnMu.Unlock()
+		return len(b.node.learned) == 0
+	})
+	if !b.node.tr.Member(fp) {
+		t.Error("b refuses x, a voter, after the removal it appended was overwritten")
+	}
+	return true
+}

@@ -149,8 +149,9 @@ func (n *raftNet) onInstalled(fn func()) {
 }
 
 // onAppended sets the function told of each AppendEntries raft took (answered
-// with success) that carried a configuration entry, on the goroutine of the
-// connection that carried it, before the answer is written back.
+// with success) that carried a configuration entry, or that may have
+// overwritten entries (overwrites), on the goroutine of the connection that
+// carried it, before the answer is written back.
 //
 // Why: raft takes a configuration as its latest once it has appended its
 // entry, but the state machine hears of it only once it applies it, a
@@ -163,6 +164,19 @@ func (n *raftNet) onAppended(fn func()) {
 	n.hbMu.Lock()
 	n.appended = fn
 	n.hbMu.Unlock()
+}
+
+// overwrites reports whether ae's entries begin at or before last, raft's
+// last index before it (its answer's LastLog, read as raft began it): raft
+// may have cut entries of another term from its log for them, and then
+// takes its committed configuration as its latest again, which the node
+// is told of as of a configuration appended (onAppended). A follower that
+// appended a member's removal which the next leader overwrote refused that
+// member, a voter, until the next configuration came. (An AppendEntries
+// sent again whose entries cut nothing counts too: the node sets the same
+// members again.)
+func overwrites(ae *raft.AppendEntriesRequest, last uint64) bool {
+	return len(ae.Entries) > 0 && ae.Entries[0].Index <= last
 }
 
 // carriesConfiguration reports whether ae carries a configuration entry.
@@ -758,7 +772,7 @@ func (n *raftNet) serve(conn net.Conn) {
 			}
 		}
 		if ar, _ := resp.Response.(*raft.AppendEntriesResponse); ar != nil && ar.Success && resp.Error == nil &&
-			carriesConfiguration(req.(*raft.AppendEntriesRequest)) {
+			(carriesConfiguration(req.(*raft.AppendEntriesRequest)) || overwrites(req.(*raft.AppendEntriesRequest), ar.LastLog)) {
 			n.hbMu.Lock()
 			fn := n.appended
 			n.hbMu.Unlock()
