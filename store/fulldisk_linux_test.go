@@ -303,6 +303,9 @@ func TestDiskFullAtReset(t *testing.T) {
 		}
 	}
 	checkHolds(t, d, append(all, after...))
+	if err := d.Sync(); err != nil { // the checkpoint written past the reset that failed
+		t.Fatal(err)
+	}
 	d.crash()
 	d, rec, err := Open(cfg)
 	if err != nil {
