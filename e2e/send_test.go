@@ -3,8 +3,11 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -134,13 +137,53 @@ func TestSendFromTheTerminal(t *testing.T) {
 	})
 }
 
-// freeze stops p (SIGSTOP) and returns what resumes it (SIGCONT), which
-// does so once however often it is called.
+// freeze stops p (SIGSTOP), waits until every thread of it has stopped,
+// and returns what resumes it (SIGCONT), which does so once however often
+// it is called.
+//
+// The kill returns before the process stops: one of its threads takes
+// the signal when the kernel next runs it and stops the others, which run
+// on until then. On a loaded machine a daemon so "stopped" acknowledged
+// the lines sent just after (TestSendLinesOutcomeUnknown, 4 of 40 runs
+// under -race with six at once).
 func freeze(t *testing.T, p *proc) (resume func()) {
 	t.Helper()
 	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	var once sync.Once
-	return func() { once.Do(func() { p.cmd.Process.Signal(syscall.SIGCONT) }) }
+	resume = func() { once.Do(func() { p.cmd.Process.Signal(syscall.SIGCONT) }) }
+	pid := p.cmd.Process.Pid
+	var running string
+	if !eventually(waitTimeout, func() bool { running = runningThreads(pid); return running == "" }) {
+		resume()
+		t.Fatalf("%s (pid %d) sent SIGSTOP: threads %s still not stopped after %v", p.name, pid, running, waitTimeout)
+	}
+	return resume
+}
+
+// runningThreads names the threads of process pid not stopped (state T in
+// /proc/PID/task/TID/stat, or ended), or returns "" when every one is.
+func runningThreads(pid int) string {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tids, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	var running []string
+	for _, tid := range tids {
+		stat, err := os.ReadFile(filepath.Join(dir, tid.Name(), "stat"))
+		if err != nil {
+			continue // a thread that ended
+		}
+		// pid (comm) state ...: comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) {
+			return fmt.Sprintf("%s: unreadable stat %q", tid.Name(), stat)
+		}
+		if state := stat[i+2]; bytes.IndexByte([]byte("TtZX"), state) < 0 { // stopped, traced, ended
+			running = append(running, fmt.Sprintf("%s (%c)", tid.Name(), state))
+		}
+	}
+	return strings.Join(running, ", ")
 }
