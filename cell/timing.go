@@ -32,7 +32,7 @@ import (
 // faults"). Steps of two round trips parted the candidates more surely
 // but cost more than they saved. On a LAN the round trip is a fraction of
 // a millisecond and every member keeps ElectionTimeout; the steps grow as
-// the links slow and shrink back as they clear. Only the election timeout changes (raft
+// the links slow, up to ElectionTimeout each (staggered), and shrink back as they clear. Only the election timeout changes (raft
 // reloads it, ReloadConfig): a follower still stands after
 // HeartbeatTimeout without a leader, and raft reloads neither the lease
 // nor a lease longer than the heartbeat timeout.
@@ -63,11 +63,23 @@ const (
 // and more) into its round trip, so a LAN measures tens of milliseconds
 // (12-62 ms in internal/jepsen with no delay) where it has a fraction of
 // one.
+//
+// A step is at most base, so no voter's timeout exceeds base times the
+// number of voters (0.9 s in a cell of three, 1.5 s in one of five, at
+// the default 300 ms). A step parts two candidacies if it outlasts the
+// round trip their votes take, and a round trip the cell can lead over at
+// all is under base (the heartbeat and lease timeouts default to it: a
+// follower stands, and a leader steps down, after that long without
+// hearing): a larger figure is delayed acknowledgements counted in (on
+// round trips of up to 300 ms the kernel measured up to 540 ms), a link
+// the cell cannot lead over anyway, or a bogus reading. Uncapped, one
+// member on a link of seconds gave the others election timeouts of
+// seconds, and a cell that lost its leader waited them out.
 func staggered(base time.Duration, rank int, rtt time.Duration) time.Duration {
 	if rtt < base/2 {
 		return base
 	}
-	return base + time.Duration(rank)*rtt
+	return base + time.Duration(rank)*min(rtt, base)
 }
 
 // timingLoop sets raft's election timeout from the round trip measured

@@ -10,7 +10,8 @@ import (
 // TestElectionTimeoutFollowsRoundTrip: each voter's election timeout is
 // the configured one plus its rank among the voters' keys times the round
 // trip measured: it rises when the links slow, comes back when they clear
-// (a round trip under half the configured timeout adds nothing), and stays
+// (a round trip under half the configured timeout adds nothing), steps by
+// at most the configured timeout however long the round trip, and stays
 // as it was while nothing is measured (a candidate whose leader died). The round trip is the test's (Config.rtt) in place of the
 // kernel's.
 func TestElectionTimeoutFollowsRoundTrip(t *testing.T) {
@@ -55,6 +56,35 @@ func TestElectionTimeoutFollowsRoundTrip(t *testing.T) {
 			t.Fatalf("with no round trip measured, %s's election timeout changed to %v from %v", m.addr, got, want)
 		}
 	}
+	// One member on a link of seconds, or a bogus reading: a step of at
+	// most the configured timeout, so none above it times the voters.
+	rtt.Store(int64(8 * time.Second))
+	each("election timeouts staggered by at most the configured one per rank, an 8 s round trip measured", func(rank int) time.Duration {
+		return base + time.Duration(rank)*base
+	})
 	rtt.Store(int64(60 * time.Millisecond)) // what a LAN's follower measures, delayed acknowledgements counted in
 	each("election timeouts back to the configured one, a LAN's round trip measured", func(int) time.Duration { return base })
+}
+
+// TestStaggeredCapped: the stagger steps by the round trip up to the
+// configured timeout and no further, whatever the figure measured.
+func TestStaggeredCapped(t *testing.T) {
+	const base = 300 * time.Millisecond
+	for _, c := range []struct {
+		rank int
+		rtt  time.Duration
+		want time.Duration
+	}{
+		{0, 10 * time.Second, base},
+		{1, 100 * time.Millisecond, base},                   // under half: no stagger
+		{1, 200 * time.Millisecond, 500 * time.Millisecond}, // a round trip per rank
+		{2, 200 * time.Millisecond, 700 * time.Millisecond},
+		{2, 540 * time.Millisecond, 900 * time.Millisecond}, // capped at base per rank
+		{4, 5 * time.Second, 5 * base},
+		{4, time.Duration(1<<32-1) * time.Microsecond, 5 * base}, // the largest TCP_INFO figure
+	} {
+		if got := staggered(base, c.rank, c.rtt); got != c.want {
+			t.Errorf("staggered(%v, %d, %v) = %v, want %v", base, c.rank, c.rtt, got, c.want)
+		}
+	}
 }
