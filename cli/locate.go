@@ -230,17 +230,20 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	}
 	l := &listing{}
 	var parts []client.RegistryListing
+	var unpinned []string
 	for _, a := range answered {
-		// Pinned now, or, if pinned, marked as in use: known_registries
-		// drops the registry found over mDNS unused longest to pin one
-		// more past its bound.
-		if strings.HasPrefix(a.name, mdnsPinPrefix) && !s.looking {
-			if err := s.kh.Check(a.name, a.fp); err != nil {
+		if a.pin == "new" && strings.HasPrefix(a.name, mdnsPinPrefix) && !s.looking {
+			if pinned, err := pinFound(s.kh, a.name, a.fp); err != nil {
 				continue
+			} else if !pinned {
+				unpinned = append(unpinned, a.name)
 			}
 		}
 		parts = append(parts, client.RegistryListing{Registry: a.reg, Listing: a.list})
 		l.regs = append(l.regs, a.reg)
+	}
+	if len(unpinned) > 0 {
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: %s\n", s.verb, pinsFullWarning(s.kh.Path(), unpinned))
 	}
 	l.reports = reports
 	if len(parts) == 0 {
@@ -372,7 +375,11 @@ func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerp
 		case a.err == nil:
 			a.fp = a.reg.Fingerprint()
 			if a.pin == "new" && !g.s.looking {
-				a.err = g.s.kh.Check(rep.name, a.fp)
+				if byName {
+					a.err = g.s.kh.Check(rep.name, a.fp)
+				} else {
+					_, a.err = pinFound(g.s.kh, rep.name, a.fp) // unpinned if the file is full: gather warns
+				}
 			}
 			if a.err == nil {
 				a.list, a.err = a.reg.List(ctx)
@@ -418,6 +425,30 @@ func (g *gatherer) late() []registryReport {
 // under in known_registries (which keeps at most
 // identity.MaxDiscoveredPins of them).
 const mdnsPinPrefix = identity.DiscoveredPrefix
+
+// pinFound pins fp under name, a registry found over mDNS whose key matched
+// its advertisement (and any pin of its name). It reports false, and no
+// error, when known_registries holds all the pins of such registries it
+// may (identity.ErrPinsFull): the registry is used unpinned, trusted on
+// first use again the next time, as the file drops none of the user's
+// pins to make room for names anyone on the LAN can advertise. Any other
+// error means: do not use it.
+func pinFound(kh *identity.KnownHosts, name string, fp wire.Fingerprint) (bool, error) {
+	err := kh.Check(name, fp)
+	if errors.Is(err, identity.ErrPinsFull) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// pinsFullWarning says that the registries found over mDNS named are used
+// unpinned, known_registries (at path) being full, and what to do.
+func pinsFullWarning(path string, names []string) string {
+	return fmt.Sprintf("%s holds %d registries found over mDNS, its most, so %s %s used but not pinned: trusted on first use again each time, "+
+		"its key checked only against the fingerprint its advertisement carries. No pin is dropped to make room (anyone on the LAN can advertise names). "+
+		"Drop pins of registries you no longer use with: huddle forget-registry NAME (NAME as the file lists it, quoted)",
+		path, identity.MaxDiscoveredPins, strings.Join(names, ", "), map[bool]string{true: "is", false: "are"}[len(names) == 1])
+}
 
 // browse asks every registry mDNS finds, once per key, until ctx ends.
 // When browsing cannot run (no usable interface), that is reported as an

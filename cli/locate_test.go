@@ -2,11 +2,15 @@ package cli
 
 import (
 	"errors"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestListingAcrossRegistries runs, in this process, two huddle up (each a
@@ -122,4 +126,42 @@ func TestForgetRegistryForgetsItsCachedPin(t *testing.T) {
 			t.Errorf("groups after forget-registry: exit %d, stdout:\n%s\nstderr:\n%s", code, out, errs)
 		}
 	})
+}
+
+// TestPinFoundWhenFull: with known_registries holding all the pins of
+// registries found over mDNS it may, a registry new to it is used but not
+// pinned, with a warning that names the file and huddle forget-registry,
+// and a name the user pinned still refuses another key (an advertiser who
+// filled the file does not get their key pinned under it). Until this was
+// found a new name pushed out the pin unused longest.
+func TestPinFoundWhenFull(t *testing.T) {
+	path := filepath.Join(t.TempDir(), identity.KnownHostsFile)
+	kh := identity.OpenKnownHosts(path)
+	key := func(i int) wire.Fingerprint { return wire.Fingerprint{byte(i), byte(i >> 8), 2} }
+	office := mdnsPinPrefix + "huddle registry on office (abcd-efgh)"
+	if pinned, err := pinFound(kh, office, key(9000)); !pinned || err != nil {
+		t.Fatalf("pinFound of the user's registry = %v, %v; want pinned", pinned, err)
+	}
+	for i := range identity.MaxDiscoveredPins - 1 {
+		if pinned, err := pinFound(kh, fmt.Sprintf("%sflood %d", mdnsPinPrefix, i), key(i)); !pinned || err != nil {
+			t.Fatalf("pinFound of flood name %d = %v, %v; want pinned", i, pinned, err)
+		}
+	}
+	newName := mdnsPinPrefix + "flood one more"
+	if pinned, err := pinFound(kh, newName, key(8000)); pinned || err != nil {
+		t.Errorf("pinFound of a new name with the file full = %v, %v; want used unpinned (false, nil)", pinned, err)
+	}
+	if _, ok, _ := kh.Lookup(newName); ok {
+		t.Errorf("a new name was pinned past the bound")
+	}
+	var ce *identity.ChangedError
+	if _, err := pinFound(kh, office, key(8001)); !errors.As(err, &ce) {
+		t.Errorf("pinFound of another key under the user's pinned name after the flood = %v, want a *identity.ChangedError", err)
+	}
+	w := pinsFullWarning(path, []string{newName})
+	for _, want := range []string{path, "huddle forget-registry", newName, "not pinned"} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warning %q does not say %q", w, want)
+		}
+	}
 }

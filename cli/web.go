@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/discovery"
@@ -95,7 +96,7 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	cfg := web.Config{Listen: listen, AllowRemote: allowRemote, Hosts: hosts, Client: c, Registries: registries, Logger: log}
 	if discover {
 		cfg.Discover = func(ctx context.Context, found func(*client.Registry), gone func(client.Fingerprint)) error {
-			return discoverRegistries(ctx, ifaces, c, kh, found, gone)
+			return discoverRegistries(ctx, ifaces, c, kh, log, found, gone)
 		}
 	}
 	srv, err := web.New(cfg)
@@ -159,8 +160,10 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 
 // discoverRegistries reports every registry mDNS finds and verifies to
 // found (which owns the handle: it closes it), and each of them gone to
-// gone, until ctx ends.
-func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, found func(*client.Registry), gone func(client.Fingerprint)) error {
+// gone, until ctx ends. With known_registries full, a registry new to it
+// is used unpinned, said once on log (pinFound).
+func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, log *slog.Logger, found func(*client.Registry), gone func(client.Fingerprint)) error {
+	var warned atomic.Bool
 	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: ifaces,
 		Gone: func(r discovery.Advertised) {
@@ -184,8 +187,16 @@ func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, 
 		// Browse reports a bounded number of keys, each under one name,
 		// where answers may name a verified key under any number of names.
 		fp, err := wire.ParseFingerprint(r.Fingerprint)
-		if err != nil || kh.Check(mdnsPinPrefix+r.Instance, fp) != nil {
+		if err != nil {
 			return
+		}
+		name := mdnsPinPrefix + r.Instance
+		pinned, err := pinFound(kh, name, fp)
+		if err != nil {
+			return
+		}
+		if !pinned && warned.CompareAndSwap(false, true) {
+			log.Warn(pinsFullWarning(kh.Path(), []string{name}) + " (said once; others found may be used unpinned too)")
 		}
 		reg, err := c.Registry(ctx, ap.String(), fp)
 		if err == nil {

@@ -40,6 +40,12 @@ var (
 	ErrBadKey = errors.New("unusable key file")
 	// ErrBadPinName: a name the known-hosts file cannot pin (KnownHosts.Check).
 	ErrBadPinName = errors.New("not a name a registry can be pinned under")
+	// ErrPinsFull: the known-hosts file holds MaxDiscoveredPins pins of
+	// registries found over mDNS, and a new one is not pinned
+	// (KnownHosts.Check). The registry's key matched its advertisement; it
+	// may be used, unpinned, until the user forgets pins they no longer
+	// need.
+	ErrPinsFull = errors.New("known registries full")
 )
 
 // Identity is a key pair and the certificate made from it.

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -261,11 +262,17 @@ func TestKnownHostsNameIsOneLine(t *testing.T) {
 }
 
 // TestDiscoveredPinsBounded checks that known_registries holds at most
-// MaxDiscoveredPins pins of registries found over mDNS, dropping the one
-// unused longest, and that pins of addresses and a discovered pin in use
-// stay. Anyone on a LAN advertises registries under names of their
-// choosing: a client pinned up to 32 new names a run, and a long-running
-// huddle web 32 every two minutes, for ever.
+// MaxDiscoveredPins pins of registries found over mDNS, and that a flood of
+// names past it displaces none of the user's: anyone on a LAN advertises
+// registries under names of their choosing (a client pinned up to 32 new
+// names a run, a long-running huddle web 32 every two minutes, for ever).
+// The attack: the user has mdns:office pinned; an advertiser gets 256+
+// names of theirs pinned, then presents a key of theirs under
+// "office". Until this was found the flood pushed the user's pin out (the
+// one unused longest was dropped) and the advertiser's key was pinned under
+// the name the user trusted; now it is refused as a changed key, and the
+// flood's names past the bound are not pinned (ErrPinsFull, the file not
+// written).
 func TestDiscoveredPinsBounded(t *testing.T) {
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
 	k := OpenKnownHosts(path)
@@ -277,27 +284,56 @@ func TestDiscoveredPinsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	office := DiscoveredPrefix + "huddle registry on office (abcd-efgh)"
+	userKey, attackerKey := key(5000), key(6000)
 	must(k.Check("192.168.1.20:7373", key(9999)))
-	must(k.Check(DiscoveredPrefix+"huddle registry on box (abcd-efgh)", key(5000)))
+	must(k.Check(office, userKey))
+	full := 0
+	var before []byte
 	for i := range 3 * MaxDiscoveredPins {
-		must(k.Check(name(i), key(i)))
-		if i%64 == 0 { // the real registry is seen now and then
-			must(k.Check(DiscoveredPrefix+"huddle registry on box (abcd-efgh)", key(5000)))
+		switch err := k.Check(name(i), key(i)); {
+		case i < MaxDiscoveredPins-1:
+			must(err)
+		case errors.Is(err, ErrPinsFull):
+			full++
+		case full == 0 && i == MaxDiscoveredPins-1:
+			t.Errorf("Check of flood name %d with the file full = %v, want ErrPinsFull", i, err)
+		}
+		if i == MaxDiscoveredPins-1 { // full now: the file is no longer written
+			var err error
+			before, err = os.ReadFile(path)
+			must(err)
 		}
 	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Errorf("the file changed after it was full")
+	}
+	t.Logf("%d flood names pinned, %d refused as full", 3*MaxDiscoveredPins-full, full)
 	pins, err := k.read()
 	must(err)
 	if n := pins.discovered(); n != MaxDiscoveredPins {
 		t.Errorf("%d discovered pins kept, want %d", n, MaxDiscoveredPins)
 	}
-	for _, n := range []string{"192.168.1.20:7373", DiscoveredPrefix + "huddle registry on box (abcd-efgh)", name(3*MaxDiscoveredPins - 1)} {
+	var ce *ChangedError
+	if err := k.Check(office, attackerKey); !errors.As(err, &ce) || ce.Pinned != userKey || ce.Presented != attackerKey {
+		t.Fatalf("the advertiser's key under the user's pinned name after the flood: Check = %v, want a *ChangedError pinned %v presented %v", err, userKey, attackerKey)
+	}
+	if fp, ok, err := k.Lookup(office); !ok || err != nil || fp != userKey {
+		t.Errorf("Lookup(%q) = %v, %v, %v; want the user's key", office, fp, ok, err)
+	}
+	for _, n := range []string{"192.168.1.20:7373", name(0), name(MaxDiscoveredPins - 2)} {
 		if _, ok, _ := k.Lookup(n); !ok {
 			t.Errorf("%q was dropped", n)
 		}
 	}
-	if _, ok, _ := k.Lookup(name(0)); ok {
-		t.Errorf("the oldest flood pin was kept")
+	if _, ok, _ := k.Lookup(name(MaxDiscoveredPins - 1)); ok {
+		t.Errorf("a flood name past the bound was pinned")
 	}
+	must(k.Check("10.0.0.1:7373", key(7000))) // addresses are not bounded
+	if found, err := k.Forget(name(0)); !found || err != nil {
+		t.Fatalf("Forget = %v, %v", found, err)
+	}
+	must(k.Check(name(MaxDiscoveredPins-1), key(MaxDiscoveredPins-1))) // a place freed by the user
 }
 
 // TestNewKeyDurable: a new key is on the device, whole, before it is used,

@@ -70,10 +70,15 @@ const DiscoveredPrefix = "mdns:"
 // MaxDiscoveredPins bounds the pins of registries found over mDNS: anyone
 // on a LAN advertises registries under names of their choosing, each
 // verified one pinned by a long-running huddle web or a client's listing.
-// Pinning one more drops the one unused longest (the file keeps pins in
-// the order they were made or last used; a pin is moved to the end when
-// Check finds it in the older half). Pins of addresses are not bounded:
-// the user names those.
+// Once the file holds that many, Check pins no new one (ErrPinsFull) and
+// drops none: a pin is only ever removed by the user (Forget). Dropping
+// the one unused longest, as in session 13 until this was found, let
+// anyone on a hostile LAN push out the user's pin of, say, mdns:office by
+// advertising 256 new names, then pin a key of theirs under it (one whose
+// fingerprint starts as the instance name says: 40 bits to match), and
+// any rule for which pin to drop is one an advertiser can play: names
+// they advertise are used as often as the user's. Pins of addresses are
+// not bounded: the user names those.
 const MaxDiscoveredPins = 256
 
 // KnownHosts remembers which fingerprint each registry presented the first
@@ -107,7 +112,9 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 }
 
 // Check pins fp for name if name has no pin yet, and returns a *ChangedError
-// if name is pinned to another fingerprint. A name the file cannot hold as
+// if name is pinned to another fingerprint. A registry found over mDNS
+// (a name that starts with DiscoveredPrefix) new to a file that holds
+// MaxDiscoveredPins of them is not pinned: ErrPinsFull, nothing written. A name the file cannot hold as
 // the first field of one line (empty, invalid UTF-8, a control character,
 // blanks around it) is refused with ErrBadPinName and pins nothing: an mDNS
 // instance name is anyone's to choose on the LAN, and one with a line break
@@ -122,23 +129,14 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	if err != nil {
 		return err
 	}
-	discovered := strings.HasPrefix(name, DiscoveredPrefix)
 	if i := pins.index(name); i >= 0 {
 		if old := pins[i].fp; old != fp {
 			return &ChangedError{Name: name, Pinned: old, Presented: fp, File: k.path}
 		}
-		if !discovered || pins.newer(i) < MaxDiscoveredPins/2 {
-			return nil
-		}
-		// In use, and among the older half: to the end, so that pins made
-		// since do not push it out.
-		pins = append(slices.Delete(pins, i, i+1), pin{name, fp})
-		return k.write(pins)
+		return nil
 	}
-	if discovered {
-		for n := pins.discovered(); n >= MaxDiscoveredPins; n-- {
-			pins = slices.Delete(pins, pins.oldestDiscovered(), pins.oldestDiscovered()+1)
-		}
+	if strings.HasPrefix(name, DiscoveredPrefix) && pins.discovered() >= MaxDiscoveredPins {
+		return fmt.Errorf("%w: %s holds %d registries found over mDNS, its most; %s is not pinned", ErrPinsFull, k.path, MaxDiscoveredPins, name)
 	}
 	return k.write(append(pins, pin{name, fp}))
 }
@@ -166,15 +164,6 @@ func (ps pinList) discovered() int {
 	}
 	return n
 }
-
-// oldestDiscovered returns the index of the first pin of a registry found
-// over mDNS (one must be there).
-func (ps pinList) oldestDiscovered() int {
-	return slices.IndexFunc(ps, func(p pin) bool { return strings.HasPrefix(p.name, DiscoveredPrefix) })
-}
-
-// newer counts the pins of registries found over mDNS after index i.
-func (ps pinList) newer(i int) int { return ps[i+1:].discovered() }
 
 // Forget removes name's pin, so the next use pins afresh. It reports whether
 // there was one.
