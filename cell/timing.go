@@ -75,8 +75,14 @@ const (
 // the cell cannot lead over anyway, or a bogus reading. Uncapped, one
 // member on a link of seconds gave the others election timeouts of
 // seconds, and a cell that lost its leader waited them out.
-func staggered(base time.Duration, rank int, rtt time.Duration) time.Duration {
-	if rtt < base/2 {
+//
+// A timeout raised (now, above base) comes back to base only once the
+// round trip is under a third of base, not half: a round trip wavering
+// about half of base (150 ms at the default, a cell across an ocean)
+// flipped each member's timeout every second, each flip a ReloadConfig
+// and a log line.
+func staggered(base time.Duration, rank int, rtt, now time.Duration) time.Duration {
+	if rtt < base/2 && (now <= base || rtt < base/3) {
 		return base
 	}
 	return base + time.Duration(rank)*min(rtt, base)
@@ -125,8 +131,8 @@ func (n *Node) setTiming() {
 	if rank < 0 {
 		return // not a voter: it does not stand
 	}
-	want := staggered(n.cfg.ElectionTimeout, rank, rtt)
 	rc := r.ReloadableConfig()
+	want := staggered(n.cfg.ElectionTimeout, rank, rtt, rc.ElectionTimeout)
 	if d := want - rc.ElectionTimeout; d.Abs() <= rc.ElectionTimeout/8 {
 		return
 	}
