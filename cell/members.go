@@ -345,23 +345,15 @@ func changeError(op string, err error) error {
 // promoteLoop makes, on the leader, the members catching up voters once
 // they have caught up, until the node closes.
 func (n *Node) promoteLoop() {
-	defer n.wg.Done()
-	tick := time.NewTicker(n.cfg.HeartbeatTimeout)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.closing:
-			return
-		case <-tick.C:
-		}
+	n.every(n.cfg.HeartbeatTimeout, func() {
 		if _, err := n.leading(); err == nil {
 			n.promote()
-			continue
+			return
 		}
 		n.mu.Lock()
 		n.behind = nil // a leader's, stale on a follower
 		n.mu.Unlock()
-	}
+	})
 }
 
 // promote asks each member that does not vote yet how far it got, all at

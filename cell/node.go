@@ -1423,17 +1423,25 @@ func (n *Node) settle() {
 // syncLoop fsyncs raft's state every Fsync.Interval, when appends are
 // only written to the operating system (Fsync.Always unset).
 func (n *Node) syncLoop() {
+	n.every(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval), func() {
+		if err := n.log.Sync(); err != nil {
+			n.cfg.Logger.Error("cell: cannot sync raft's log", "err", err)
+		}
+	})
+}
+
+// every calls f every d, in the calling goroutine (one of n.wg's, which it
+// marks done), until the node closes.
+func (n *Node) every(d time.Duration, f func()) {
 	defer n.wg.Done()
-	t := time.NewTicker(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval))
-	defer t.Stop()
+	tick := time.NewTicker(d)
+	defer tick.Stop()
 	for {
 		select {
 		case <-n.closing:
 			return
-		case <-t.C:
-			if err := n.log.Sync(); err != nil {
-				n.cfg.Logger.Error("cell: cannot sync raft's log", "err", err)
-			}
+		case <-tick.C:
 		}
+		f()
 	}
 }

@@ -90,19 +90,7 @@ func staggered(base time.Duration, rank int, rtt, now time.Duration) time.Durati
 
 // timingLoop sets raft's election timeout from the round trip measured
 // (staggered) every timingEvery, until the node closes.
-func (n *Node) timingLoop() {
-	defer n.wg.Done()
-	tick := time.NewTicker(timingEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.closing:
-			return
-		case <-tick.C:
-		}
-		n.setTiming()
-	}
-}
+func (n *Node) timingLoop() { n.every(timingEvery, n.setTiming) }
 
 // setTiming sets raft's election timeout from the round trip measured
 // now, if there is one and the timeout differs by more than an eighth
