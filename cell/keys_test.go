@@ -374,6 +374,22 @@ func takesBackTruncatedRemoval(t *testing.T) bool {
 	l := c.leader()
 	fs := c.followers(4)
 	b, x := fs[0], fs[3]
+	// Every member's log as long as the leader's before the holds: c and d
+	// must be as up to date as x to be elected. Under load the group's
+	// creation went out to c and d in the same request as the removal
+	// (held), x had it, and no member could win a vote.
+	for _, m := range c.members {
+		m.group("lobby")
+	}
+	waitUntil(t, "every member holding the leader's log", func() bool {
+		last := l.node.raft.LastIndex()
+		for _, m := range c.members {
+			if m.node.raft.LastIndex() != last {
+				return false
+			}
+		}
+		return true
+	})
 	fp := x.id.Fingerprint()
 	gone.Store(&fp)
 	unheld.Store(&[]string{b.id.Fingerprint().String(), fp.String()})
