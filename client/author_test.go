@@ -141,17 +141,25 @@ func TestAuthorErrorKinds(t *testing.T) {
 	})
 }
 
+// scriptInLobby starts a registry and a group daemon and joins a new
+// client to its group "lobby" as "script", as a script reading history
+// does; the context is the test's.
+func scriptInLobby(t *testing.T) (context.Context, *client.Group) {
+	t.Helper()
+	r, _, _ := setup(t, groupd.Config{})
+	ctx := testCtx(t)
+	g := openGroup(t, newClient(t), r.Addr().String(), "lobby")
+	if _, err := g.Join(ctx, "script", nil); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, g
+}
+
 // TestAuthorHistory reads a group's history the two ways a script does:
 // since a time, and after a sequence number (in the epoch it came from),
 // page by page with the cursor.
 func TestAuthorHistory(t *testing.T) {
-	r, _, _ := setup(t, groupd.Config{})
-	ctx := testCtx(t)
-	c := newClient(t)
-	g := openGroup(t, c, r.Addr().String(), "lobby")
-	if _, err := g.Join(ctx, "script", nil); err != nil {
-		t.Fatal(err)
-	}
+	ctx, g := scriptInLobby(t)
 	var acks []client.Ack
 	for i := range 5 {
 		ack, err := g.Send(ctx, fmt.Appendf(nil, "m%d", i+1))
@@ -623,13 +631,7 @@ func TestAuthorFindsRegistryOverMDNS(t *testing.T) {
 // int64 of nanoseconds: 500 years ago selected nothing, and the year 3000
 // everything).
 func TestAuthorSinceFarFromNow(t *testing.T) {
-	r, _, _ := setup(t, groupd.Config{})
-	ctx := testCtx(t)
-	c := newClient(t)
-	g := openGroup(t, c, r.Addr().String(), "lobby")
-	if _, err := g.Join(ctx, "script", nil); err != nil {
-		t.Fatal(err)
-	}
+	ctx, g := scriptInLobby(t)
 	for range 3 {
 		if _, err := g.Send(ctx, []byte("m")); err != nil {
 			t.Fatal(err)
@@ -711,13 +713,7 @@ func readInSteps(t *testing.T, ctx context.Context, g *client.Group, each int, l
 // loadgen's checks do) reads the page's End, which follows at once, and
 // gets the whole Cursor from it.
 func TestAuthorFetchOneAndStop(t *testing.T) {
-	r, _, _ := setup(t, groupd.Config{})
-	ctx := testCtx(t)
-	c := newClient(t)
-	g := openGroup(t, c, r.Addr().String(), "lobby")
-	if _, err := g.Join(ctx, "script", nil); err != nil {
-		t.Fatal(err)
-	}
+	ctx, g := scriptInLobby(t)
 	var last client.Ack
 	for range 3 {
 		var err error
