@@ -162,7 +162,15 @@ func restartAhead(t *testing.T) (c *testCell, m *testMember, g GroupSpec, rec *a
 			}
 		}
 	}
-	rec = new(atomic.Pointer[recorder]) // set by the goroutine that starts m
+	rec, started = c.startRecorded(m)
+	return c, m, g, rec, started, release
+}
+
+// startRecorded starts m again, on a new host over its directory and with
+// the cell compacting, in a goroutine, its log recorded (the recorder set
+// by that goroutine): Start's error arrives on the channel returned.
+func (c *testCell) startRecorded(m *testMember) (*atomic.Pointer[recorder], <-chan error) {
+	rec := new(atomic.Pointer[recorder])
 	c.mutate = func(cfg *Config) {
 		compacting(cfg)
 		if cfg.Advertise == m.addr {
@@ -172,9 +180,9 @@ func restartAhead(t *testing.T) (c *testCell, m *testMember, g GroupSpec, rec *a
 		}
 	}
 	m.host = newTestHost(m.host.dir)
-	ch := make(chan error, 1)
-	go func() { ch <- c.tryStart(m, false) }()
-	return c, m, g, rec, ch, release
+	started := make(chan error, 1)
+	go func() { started <- c.tryStart(m, false) }()
+	return rec, started
 }
 
 // awaitWaiting waits until m's log says it waits for a peer to catch its
@@ -483,18 +491,7 @@ func TestElectedWhileCatchingUpHandsOver(t *testing.T) {
 			})
 		}
 	}
-	rec := new(atomic.Pointer[recorder]) // set by the goroutine that starts m
-	c.mutate = func(cfg *Config) {
-		compacting(cfg)
-		if cfg.Advertise == m.addr {
-			r := newRecorder(cfg.Logger.Handler())
-			cfg.Logger = slog.New(r)
-			rec.Store(r)
-		}
-	}
-	m.host = newTestHost(m.host.dir)
-	started := make(chan error, 1)
-	go func() { started <- c.tryStart(m, false) }()
+	rec, started := c.startRecorded(m)
 	awaitWaiting(t, rec, started) // m.node is set by then
 	waitUntil(t, "the member catching up to follow the leader", func() bool {
 		l, ok := m.node.Leader()
