@@ -330,8 +330,16 @@ func (u *lanUser) waitGroupsExactly(names ...string) {
 // key while advertising a different fingerprint over mDNS.
 func startSpoofer(t *testing.T, h *netlab.Host) {
 	t.Helper()
+	startInHost(t, h, "TestLANSpoofer", "HUDDLE_SPOOF_STATE="+t.TempDir())
+}
+
+// startInHost runs, in host h, this test binary's helper process test
+// with env; the returned func (also run when the test ends) stops it and
+// waits for it.
+func startInHost(t *testing.T, h *netlab.Host, test string, env ...string) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := h.TestCommand(ctx, "TestLANSpoofer", "HUDDLE_SPOOF_STATE="+t.TempDir())
+	cmd := h.TestCommand(ctx, test, env...)
 	var out bytes.Buffer
 	var mu sync.Mutex
 	cmd.Stdout, cmd.Stderr = lockedWriter{&mu, &out}, lockedWriter{&mu, &out}
@@ -340,10 +348,15 @@ func startSpoofer(t *testing.T, h *netlab.Host) {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // TestLANSpoofer is the spoofer's process in TestLAN; it does nothing when

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -96,25 +95,7 @@ func TestLANPinsFull(t *testing.T) {
 // if none), advertised over mDNS under instance; the returned func stops it.
 func startImpostor(t *testing.T, h *netlab.Host, state, instance string) func() {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := h.TestCommand(ctx, "TestLANImpostor", "HUDDLE_IMPOSTOR_STATE="+state, "HUDDLE_IMPOSTOR_INSTANCE="+instance)
-	var out bytes.Buffer
-	var mu sync.Mutex
-	cmd.Stdout, cmd.Stderr = lockedWriter{&mu, &out}, lockedWriter{&mu, &out}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			<-done
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return startInHost(t, h, "TestLANImpostor", "HUDDLE_IMPOSTOR_STATE="+state, "HUDDLE_IMPOSTOR_INSTANCE="+instance)
 }
 
 // TestLANImpostor is the impostor's process in TestLANPinsFull: a real
