@@ -379,10 +379,9 @@ func TestAuthorCancelEndsCalls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// In this order: a Send leaves its batcher asking the daemon's
-		// limits in the background, with the Client's context, and a call
-		// after it waits for that dial whatever its own context says (the
-		// peer's lock is held across a dial: found, left as it is).
+		// A Send leaves its batcher asking the daemon's limits in the
+		// background, with the Client's context: the calls after it find
+		// that dial in progress (behind another's dial, below).
 		calls := []struct {
 			name string
 			call func(context.Context) error
@@ -406,6 +405,54 @@ func TestAuthorCancelEndsCalls(t *testing.T) {
 			if err := <-done; !errors.Is(err, context.Canceled) {
 				t.Errorf("%s, cancelled: %v, want context.Canceled", tc.name, err)
 			}
+		}
+	})
+	t.Run("behind another's dial", func(t *testing.T) {
+		// A call that finds another call's dial of the same server in
+		// progress waits for it only as long as its own context lets it:
+		// the peer's lock was held across a dial, and a cancelled call
+		// waited for the other's dial to end (up to DialTimeout).
+		quiet, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer quiet.Close()
+		slow, err := client.New(client.Config{Identity: mustIdentity(t), DialTimeout: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slow.Close()
+		h, err := slow.Group(client.GroupEntry{Group: client.UUID{1}, Name: "silent", Addrs: []string{quiet.LocalAddr().String()}, Fingerprint: client.Fingerprint{1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, cancelFirst := context.WithCancel(ctx)
+		defer cancelFirst()
+		firstDone := make(chan error, 1)
+		go func() { _, err := h.Info(first); firstDone <- err }()
+		// The first call's handshake reaching the server: its dial is in
+		// progress.
+		quiet.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, _, err := quiet.ReadFrom(make([]byte, 2048)); err != nil {
+			t.Fatalf("the first call's dial never reached the server: %v", err)
+		}
+		second, cancelSecond := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancelSecond()
+		secondDone := make(chan error, 1)
+		go func() { _, err := h.Info(second); secondDone <- err }()
+		select {
+		case err := <-secondDone:
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, client.ErrUnreachable) {
+				t.Errorf("a call whose deadline passed behind another's dial: %v, want unreachable and its deadline", err)
+			}
+		case <-time.After(10 * time.Second): // the first dial's bound is an hour
+			t.Error("a call whose deadline passed still waits for another call's dial")
+			cancelFirst()
+			<-secondDone
+		}
+		cancelFirst()
+		if err := <-firstDone; !errors.Is(err, context.Canceled) {
+			t.Errorf("the first call, cancelled: %v, want context.Canceled", err)
 		}
 	})
 	t.Run("watch reconnecting", func(t *testing.T) {

@@ -438,6 +438,12 @@ type peer struct {
 	stopped time.Time
 	dialled time.Time // when conn was dialled
 	retired bool      // its last handle was closed: it dials no more
+	// dialling is closed when the dial in progress ends; nil when none
+	// is. One dial at a time, made outside mu: a call that finds one in
+	// progress waits for it as long as its own context lets it (it held
+	// mu across the dial, and a cancelled call waited for another's dial,
+	// up to DialTimeout).
+	dialling chan struct{}
 
 	requests requestQueue // small requests, written together (requests.go)
 }
@@ -487,58 +493,101 @@ func (p *peer) current() *quic.Conn {
 }
 
 // get returns a live connection, dialling the addresses in order if there
-// is none.
+// is none. A call that finds another's dial in progress waits for it, or
+// for its own context, and then looks again.
 func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conn != nil {
-		if p.conn.Context().Err() == nil {
-			return p.conn, nil
+	for {
+		p.mu.Lock()
+		if p.conn != nil {
+			if p.conn.Context().Err() == nil {
+				conn := p.conn
+				p.mu.Unlock()
+				return conn, nil
+			}
+			if shuttingDown(p.conn, nil) && p.stopped.Before(p.dialled) {
+				p.stopped = p.c.now() // before noticeClose could say so
+			}
 		}
-		if shuttingDown(p.conn, nil) && p.stopped.Before(p.dialled) {
-			p.stopped = p.c.now() // before noticeClose could say so
+		p.conn = nil
+		if p.retired {
+			p.mu.Unlock()
+			return nil, ErrClosed
 		}
+		if !p.stopped.Before(p.dialled) && p.c.now().Sub(p.stopped) < shutdownWait {
+			p.mu.Unlock()
+			return nil, ErrShuttingDown
+		}
+		if wait := p.dialling; wait != nil {
+			p.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, dialEnded(ctx, "waiting for a dial in progress")
+			}
+		}
+		done := make(chan struct{})
+		p.dialling = done
+		p.mu.Unlock()
+		conn, addr, err := p.dialAny(ctx)
+		p.mu.Lock()
+		p.dialling = nil
+		close(done)
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		if p.retired { // its last handle closed while it dialled
+			p.mu.Unlock()
+			conn.CloseWithError(0, "client closed")
+			return nil, ErrClosed
+		}
+		p.conn, p.dialled = conn, p.c.now()
+		context.AfterFunc(conn.Context(), func() { p.noticeClose(conn) })
+		p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
+		p.mu.Unlock()
+		p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
+		return conn, nil
 	}
-	p.conn = nil
-	if p.retired {
-		return nil, ErrClosed
+}
+
+// dialEnded is the error of a dial (or a wait for one) that ctx ended: a
+// server that did not answer in the time the caller gave is unreachable,
+// and says so (errors.Is finds both).
+func dialEnded(ctx context.Context, where string) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, where, ctx.Err())
 	}
-	if !p.stopped.Before(p.dialled) && p.c.now().Sub(p.stopped) < shutdownWait {
-		return nil, ErrShuttingDown
-	}
+	return ctx.Err()
+}
+
+// dialAny dials the peer's addresses in order and returns the first
+// connection made, and its address.
+func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 	tr, err := p.c.transport()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var errs []error
 	for _, addr := range p.addrs {
 		conn, err := p.dial(ctx, tr, addr)
 		if err == nil {
-			p.conn, p.dialled = conn, p.c.now()
-			context.AfterFunc(conn.Context(), func() { p.noticeClose(conn) })
-			p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
-			p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
-			return conn, nil
-		}
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			// The server did not answer in the time the caller gave: that
-			// is unreachable, and says so (errors.Is finds both).
-			return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, addr, ctx.Err())
+			return conn, addr, nil
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, "", dialEnded(ctx, addr)
 		}
 		var mm *identity.MismatchError
 		var ce *identity.ChangedError
 		if errors.As(err, &mm) || errors.As(err, &ce) {
-			return nil, err // a wrong key is not a reachability problem
+			return nil, "", err // a wrong key is not a reachability problem
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 	}
 	if len(errs) == 0 {
-		return nil, fmt.Errorf("no address to dial: %w", ErrUnreachable)
+		return nil, "", fmt.Errorf("no address to dial: %w", ErrUnreachable)
 	}
-	return nil, fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
+	return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
 }
 
 func (p *peer) dial(ctx context.Context, tr *quic.Transport, addr string) (*quic.Conn, error) {
