@@ -98,15 +98,7 @@ func startWeb(t *testing.T, c *client.Client, registries ...string) *Server {
 	s, err := New(Config{Listen: "127.0.0.1:0", Client: c, Registries: registries, Secret: testSecret,
 		PollInterval: 100 * time.Millisecond, Logger: testLogger(t)})
 	must(t, err)
-	must(t, s.Listen())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		must(t, s.Close())
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serve(t, s)
 	return s
 }
 
