@@ -497,7 +497,9 @@ type Cursor struct {
 // returned false it is that message, the last one taken. For a watch that
 // goes on with live messages, see Watch. Errors: ErrNotMember,
 // ErrEpochMismatch (the log was reset under q.Epoch or while paging),
-// ErrBadRequest.
+// ErrBadRequest, ErrProtocol (the daemon broke the protocol: a page of
+// another epoch than the cursor's, whose messages were delivered already,
+// or an epoch_mismatch naming the cursor's own epoch).
 func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (Cursor, error) {
 	if err := g.enter(); err != nil {
 		return Cursor{}, g.fail("fetch", err)
@@ -568,11 +570,21 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 				if err := raw.Decode(&end); err != nil {
 					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 				}
+				if end.Epoch == 0 || req.Epoch != 0 && end.Epoch != req.Epoch {
+					// The page of another log than the cursor's: its
+					// messages were delivered as if they followed it.
+					return true, fmt.Errorf("%w: a fetch of epoch %d answered in epoch %d", ErrProtocol, req.Epoch, end.Epoch)
+				}
 				ended = true
 				return true, nil
 			}
 			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
 		}, g.redial())
+		if e, ok := EpochOf(err); ok && (e == 0 || e == req.Epoch) {
+			// No new log (see Watch): a program restarting from it read
+			// the same messages again under the same epoch.
+			err = fmt.Errorf("%w: epoch_mismatch naming epoch %d, the fetch's own (or none)", ErrProtocol, e)
+		}
 		if err != nil && n == 0 && g.otherReplica(err, &tries) {
 			continue // the same page from another member of the cell
 		}

@@ -474,3 +474,131 @@ func TestWatchGapBackwards(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchEpochsOnlyMove checks a watch against daemons that break the
+// epochs' rule (PROTOCOL.md §8: a cursor is never matched against another
+// epoch's numbers, and a new epoch comes as epoch_mismatch naming it):
+//   - one that answers the watch's resumption with epoch_mismatch naming
+//     the watch's own epoch (or none): the watch reported a reset and
+//     delivered messages 1 and 2 again in the same epoch, then again at
+//     each such reset, in a loop as fast as the connection (a reset after
+//     messages is followed at once);
+//   - one whose Start names another epoch than the one the watch resumes
+//     in (or none): the watch went on in it silently, its cursor read
+//     against the other log's numbers, no reset reported.
+//
+// Each is the daemon's error: ErrProtocol, nothing delivered twice.
+func TestWatchEpochsOnlyMove(t *testing.T) {
+	msg := func(seq uint64) wire.Message {
+		return wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+	}
+	for _, tc := range []struct {
+		name string
+		// resume answers the watch's second stream, after a first that
+		// delivered messages 1 and 2 in epoch 3.
+		resume func(c *server.Call) error
+	}{
+		{"a reset to its own epoch", func(*server.Call) error { return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: 3} }},
+		{"a reset to no epoch", func(*server.Call) error { return &wire.Error{Code: wire.CodeEpochMismatch} }},
+		{"a start in another epoch", func(c *server.Call) error {
+			if err := c.Send(wire.KindStart, wire.Start{Epoch: 4, First: 1, Last: 3}); err != nil {
+				return err
+			}
+			return c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(3)}})
+		}},
+		{"a start in no epoch", func(c *server.Call) error {
+			if err := c.Send(wire.KindStart, wire.Start{First: 1, Last: 3}); err != nil {
+				return err
+			}
+			return c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(3)}})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var streams atomic.Int64
+			e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+				if c.Op() != wire.OpWatch {
+					return &wire.Error{Code: wire.CodeUnsupported}
+				}
+				if streams.Add(1)%2 == 0 {
+					if err := tc.resume(c); err != nil {
+						return err
+					}
+					<-c.Gone()
+					return c.Lost()
+				}
+				if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: 2}); err != nil {
+					return err
+				}
+				if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(1), msg(2)}}); err != nil {
+					return err
+				}
+				return &wire.Error{Code: wire.CodeUnavailable, Message: "come back"}
+			})
+			g, err := newClient(t).Group(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			var seqs []uint64
+			var werr error
+			for ev, err := range g.Watch(ctx, client.Query{}) {
+				if err != nil {
+					werr = err
+					break
+				}
+				if ev.Kind == client.EventMessage {
+					seqs = append(seqs, ev.Message.Seq)
+				}
+				if len(seqs) > 4 {
+					break
+				}
+			}
+			if !errors.Is(werr, client.ErrProtocol) {
+				t.Errorf("watch ended with %v, want ErrProtocol", werr)
+			}
+			if want := []uint64{1, 2}; !slices.Equal(seqs, want) {
+				t.Errorf("messages %v, want %v (each once, none of the other log)", seqs, want)
+			}
+			t.Logf("%d streams served; %v", streams.Load(), werr)
+		})
+	}
+}
+
+// TestFetchEpochsOnlyMove checks a fetch with an epoch against daemons
+// that answer it from another epoch's log (End naming another epoch, or
+// none), or refuse it with epoch_mismatch naming the fetch's own epoch (or
+// none), which a program takes for a reset and reads the same messages
+// again under: ErrProtocol, not a cursor or a reset.
+func TestFetchEpochsOnlyMove(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(c *server.Call) error
+	}{
+		{"an end in another epoch", func(c *server.Call) error {
+			return c.Send(wire.KindEnd, wire.End{Next: 2, First: 1, Last: 2, Epoch: 4})
+		}},
+		{"an end in no epoch", func(c *server.Call) error {
+			return c.Send(wire.KindEnd, wire.End{Next: 2, First: 1, Last: 2})
+		}},
+		{"a reset to its own epoch", func(*server.Call) error { return &wire.Error{Code: wire.CodeEpochMismatch, Epoch: 3} }},
+		{"a reset to no epoch", func(*server.Call) error { return &wire.Error{Code: wire.CodeEpochMismatch} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+				if c.Op() != wire.OpFetch {
+					return &wire.Error{Code: wire.CodeUnsupported}
+				}
+				return tc.answer(c)
+			})
+			g, err := newClient(t).Group(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur, err := g.Fetch(t.Context(), client.Query{After: 2, Epoch: 3}, func(client.Message) bool { return true })
+			if !errors.Is(err, client.ErrProtocol) || errors.Is(err, client.ErrEpochMismatch) {
+				t.Errorf("fetch: cursor %+v, err %v; want ErrProtocol", cur, err)
+			}
+		})
+	}
+}

@@ -139,6 +139,14 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 		switch {
 		case errors.Is(err, ErrEpochMismatch):
 			epoch, _ := EpochOf(err)
+			if epoch == 0 || epoch == w.epoch {
+				// No new log: the epoch the watch asked for, or none. Taken
+				// as a reset, the watch delivered the same messages again
+				// in the same epoch, and again at once with each reset
+				// that followed them, in a loop as fast as the connection.
+				yield(Event{}, w.g.fail("watch", fmt.Errorf("%w: epoch_mismatch naming epoch %d, the watch's own (or none)", ErrProtocol, epoch)))
+				return
+			}
 			w.epoch, w.since, w.after = epoch, nil, nil
 			if !yield(Event{Kind: EventReset, Epoch: epoch}, nil) {
 				return
@@ -232,6 +240,13 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 			var s wire.Start
 			if err := raw.Decode(&s); err != nil {
 				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			if s.Epoch == 0 || w.epoch != 0 && s.Epoch != w.epoch {
+				// A log of another epoch answers a cursor of this one
+				// with epoch_mismatch (a reset the program is told of):
+				// a Start naming it moved the watch into the new log
+				// silently, its cursor read against its numbers.
+				return true, fmt.Errorf("%w: a watch of epoch %d started in epoch %d", ErrProtocol, w.epoch, s.Epoch)
 			}
 			started = true
 			w.epoch = s.Epoch
