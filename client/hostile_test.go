@@ -484,8 +484,9 @@ func TestWatchGapBackwards(t *testing.T) {
 //     each such reset, in a loop as fast as the connection (a reset after
 //     messages is followed at once);
 //   - one whose Start names another epoch than the one the watch resumes
-//     in (or none): the watch went on in it silently, its cursor read
-//     against the other log's numbers, no reset reported.
+//     in (or none), or that sends messages with no Start (which names the
+//     epoch): the watch went on in it silently, its cursor read against
+//     the other log's numbers, no reset reported.
 //
 // Each is the daemon's error: ErrProtocol, nothing delivered twice.
 func TestWatchEpochsOnlyMove(t *testing.T) {
@@ -504,6 +505,9 @@ func TestWatchEpochsOnlyMove(t *testing.T) {
 			if err := c.Send(wire.KindStart, wire.Start{Epoch: 4, First: 1, Last: 3}); err != nil {
 				return err
 			}
+			return c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(3)}})
+		}},
+		{"messages with no start", func(c *server.Call) error {
 			return c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(3)}})
 		}},
 		{"a start in no epoch", func(c *server.Call) error {

@@ -235,6 +235,11 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 	err = p.call(actx, wire.OpWatch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		timer.Reset(deadAfter)
 		late.heard()
+		if kind != wire.KindStart && !started {
+			// Start says the epoch, which the daemon checked against the
+			// watch's: messages before it belong to a log not named.
+			return true, fmt.Errorf("%w: frame kind %d before the watch's Start", ErrProtocol, kind)
+		}
 		switch kind {
 		case wire.KindStart:
 			var s wire.Start
