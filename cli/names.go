@@ -78,7 +78,8 @@ func (b *nameBook) labelMessage(m client.Message) string { return b.label(m.From
 // without the characters it shows as nothing (default-ignorable ones, such
 // as the Hangul fillers U+3164 and U+115F, variation selectors, U+034F:
 // the daemon's rule refuses format characters, not these), with each run
-// of blanks (spaces, U+00A0...) one space, no blank at either end, and
+// of blanks (spaces, U+00A0..., and the symbols drawn as nothing: blanks)
+// one space, no blank at either end, and
 // each letter that looks like a Latin one written as that one (Cyrillic а
 // as a: confusables), and in one form (Unicode's canonical decomposition,
 // NFD), so that "é" as one character and as e with a combining accent, which
@@ -94,7 +95,7 @@ func lookalike(name string) string {
 	for _, r := range norm.NFD.String(mapped.String()) {
 		switch {
 		case unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector, unicode.Cf, unicode.Cc):
-		case unicode.IsSpace(r):
+		case unicode.IsSpace(r) || blanks[r]:
 			blank = b.Len() > 0
 		default:
 			if blank {
@@ -106,6 +107,13 @@ func lookalike(name string) string {
 	}
 	return b.String()
 }
+
+// blanks are the characters drawn as an empty cell that are neither
+// spaces nor default-ignorable, symbols the daemon's name rule lets
+// through: the Braille pattern with no dots (U+2800), the null notehead
+// of musical notation (U+1D159). "alice⠀" passed for "alice" until
+// session 14. The page's lookalike (web/static/format.js) counts the same.
+var blanks = map[rune]bool{'\u2800': true, '\U0001D159': true}
 
 // displayWidth is how many terminal columns s takes: East Asian wide and
 // fullwidth characters and emoji take two, combining marks and invisible

@@ -115,31 +115,34 @@ func TestImpostorShownWithKey(t *testing.T) {
 // Latin ones (Cyrillic а, Greek ο...), fullwidth ones, or I for l, and
 // until its hostile round one with an accent written as a combining mark
 // (jose + U+0301 beside josé), a letter of the mathematical alphabets or
-// a ligature.
+// a ligature, and until session 14 one with a symbol drawn as an empty
+// cell (the Braille blank U+2800) at its end.
 func TestLookalikeNamesShownWithKey(t *testing.T) {
 	alice := wire.Fingerprint{1}
 	for i, pair := range [][2]string{
 		{"alice", "alice "}, {"alice", " alice"}, {"alice", "alice\u3164"}, {"alice", "\u115Falice"},
 		{"alice", "ali\u034Fce"}, {"alice", "alice\uFE0F"}, {"alice", "alice\u00A0"}, {"al ice", "al  ice"},
-		{"alice", "\u0430lice"},                                         // Cyrillic а
-		{"alice", "\u0430l\u0456\u0441\u0435"},                          // Cyrillic а, і, с, е
-		{"alice", "a\u04CFice"},                                         // Cyrillic palochka for l
-		{"bob", "b\u03BFb"},                                             // Greek omicron
-		{"bob", "b\u0585b"},                                             // Armenian oh
-		{"ALICE", "\u0391LICE"},                                         // Greek capital alpha
-		{"ALICE", "\u13AALICE"},                                         // Cherokee GO
-		{"alice", "aIice"},                                              // capital I for l
-		{"alice", "\uFF41\uFF4C\uFF49\uFF43\uFF45"},                     // fullwidth
-		{"\u0430\u043D\u043D\u0430", "a\u043D\u043D\u0430"},             // Latin a in a Cyrillic name
-		{"emma", "ernrna"},                                              // rn for m
-		{"jos\u00E9", "jose\u0301"},                                     // é as one character and as two
-		{"\u00C5sa", "A\u030Asa"},                                       // Å as one character and as two
-		{"\u00EBlla", "\u0451lla"},                                      // Cyrillic ё for ë
-		{"\u00EBlla", "\u0435\u0308lla"},                                // Cyrillic е with a combining diaeresis
-		{"alice", "\U0001D41Alice"},                                     // mathematical bold a
-		{"alice", "\U0001D5BA\U0001D5C5\U0001D5C2\U0001D5BC\U0001D5BE"}, // mathematical sans-serif
-		{"fiona", "\uFB01ona"},                                          // fi ligature
-		{"alice", "a\U0001D5A8ice"},                                     // mathematical sans-serif capital I for l
+		{"alice", "\u0430lice"},                                                       // Cyrillic а
+		{"alice", "\u0430l\u0456\u0441\u0435"},                                        // Cyrillic а, і, с, е
+		{"alice", "a\u04CFice"},                                                       // Cyrillic palochka for l
+		{"bob", "b\u03BFb"},                                                           // Greek omicron
+		{"bob", "b\u0585b"},                                                           // Armenian oh
+		{"ALICE", "\u0391LICE"},                                                       // Greek capital alpha
+		{"ALICE", "\u13AALICE"},                                                       // Cherokee GO
+		{"alice", "aIice"},                                                            // capital I for l
+		{"alice", "\uFF41\uFF4C\uFF49\uFF43\uFF45"},                                   // fullwidth
+		{"\u0430\u043D\u043D\u0430", "a\u043D\u043D\u0430"},                           // Latin a in a Cyrillic name
+		{"emma", "ernrna"},                                                            // rn for m
+		{"jos\u00E9", "jose\u0301"},                                                   // é as one character and as two
+		{"\u00C5sa", "A\u030Asa"},                                                     // Å as one character and as two
+		{"\u00EBlla", "\u0451lla"},                                                    // Cyrillic ё for ë
+		{"\u00EBlla", "\u0435\u0308lla"},                                              // Cyrillic е with a combining diaeresis
+		{"alice", "\U0001D41Alice"},                                                   // mathematical bold a
+		{"alice", "\U0001D5BA\U0001D5C5\U0001D5C2\U0001D5BC\U0001D5BE"},               // mathematical sans-serif
+		{"fiona", "\uFB01ona"},                                                        // fi ligature
+		{"alice", "a\U0001D5A8ice"},                                                   // mathematical sans-serif capital I for l
+		{"alice", "alice\u2800"}, {"alice", "\u2800alice"}, {"al ice", "al\u2800ice"}, // Braille blank
+		{"alice", "alice\U0001D159"}, // musical null notehead
 	} {
 		real, fake := pair[0], pair[1]
 		mallory := wire.Fingerprint{2, byte(i)}

@@ -487,34 +487,37 @@ func webEpoch(t *testing.T, ws *webServer, group string) string {
 // TestWebLookalikeNamesShowKeys has mallory join lobby as "alice" with an
 // invisible Hangul filler (U+3164) after it, which the daemon's name rule
 // lets through (it is a letter, not a format character), and eve as
-// "аlice" with a Cyrillic а, and zoe as "𝐚lice" with a mathematical bold
-// a, and send beside alice: the page, which showed a key only beside a
-// name two keys wear exactly, showed all as plain "alice" (eve's until
-// session 13, zoe's until its hostile round). All are shown with their
-// keys.
+// "аlice" with a Cyrillic а, zoe as "𝐚lice" with a mathematical bold
+// a, and ann as "alice⠀" with a Braille blank (U+2800, a symbol drawn as
+// an empty cell), and send beside alice: the page, which showed a key only
+// beside a name two keys wear exactly, showed all as plain "alice" (eve's
+// until session 13, zoe's until its hostile round, ann's until session
+// 14). All are shown with their keys.
 func TestWebLookalikeNamesShowKeys(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
 	lobby := up.groups["lobby"]
 	alice, mallory, eve, bob := newUser(t, "alice", up.registry), newUser(t, "mallory", up.registry), newUser(t, "eve", up.registry), newUser(t, "bob", up.registry)
-	zoe := newUser(t, "zoe", up.registry)
+	zoe, ann := newUser(t, "zoe", up.registry), newUser(t, "ann", up.registry)
 	waitListed(t, bob, lobby)
 	alice.join(t, "lobby")
 	mallory.ok(t, "join", "lobby", "--as", "alice\u3164")
 	eve.ok(t, "join", "lobby", "--as", "\u0430lice")
 	zoe.ok(t, "join", "lobby", "--as", "\U0001D41Alice")
+	ann.ok(t, "join", "lobby", "--as", "alice\u2800")
 	bob.join(t, "lobby")
 	alice.ok(t, "send", "lobby", "from the real alice")
 	mallory.ok(t, "send", "lobby", "from the other one")
 	eve.ok(t, "send", "lobby", "from the Cyrillic one")
 	zoe.ok(t, "send", "lobby", "from the bold one")
+	ann.ok(t, "send", "lobby", "from the Braille one")
 	b := newBrowser(t, 1000, 700)
 	b.open(bob.web(t))
 	b.openJoined(lobby)
-	b.waitFor("the four messages", hasMessage("from the real alice")+` && `+hasMessage("from the other one")+` && `+
-		hasMessage("from the Cyrillic one")+` && `+hasMessage("from the bold one"))
-	b.waitFor("the four senders shown with their keys",
-		`[...document.querySelectorAll('#messages .msg[data-seq] .meta')].filter(m => m.querySelector('.fp')).length === 4`)
+	b.waitFor("the five messages", hasMessage("from the real alice")+` && `+hasMessage("from the other one")+` && `+
+		hasMessage("from the Cyrillic one")+` && `+hasMessage("from the bold one")+` && `+hasMessage("from the Braille one"))
+	b.waitFor("the five senders shown with their keys",
+		`[...document.querySelectorAll('#messages .msg[data-seq] .meta')].filter(m => m.querySelector('.fp')).length === 5`)
 }
 
 // TestWebLookalikeGroupsShowDaemons has a stranger's daemon register

@@ -45,7 +45,9 @@ export function seconds(ms) {
 // lookalike is a name as the page shows it, for telling names apart:
 // without the characters shown as nothing (default-ignorable ones, such as
 // the Hangul filler U+3164, which the daemon's name rule lets through),
-// each run of blanks one space, no blank at either end, each letter that
+// each run of blanks one space (and of the symbols drawn as an empty cell:
+// the Braille blank U+2800, the null notehead U+1D159; cli/names.go's
+// blanks), no blank at either end, each letter that
 // looks like a Latin one written as that one (a Cyrillic а as a:
 // confusables.js, the CLI's table; else a character's compatibility
 // decomposition, so fullwidth forms, ligatures and the mathematical
@@ -56,7 +58,7 @@ const confusable = ch => confusables.get(ch) ??
   Array.from(ch.normalize('NFKD'), c => confusables.get(c) ?? c).join('');
 export const lookalike = name =>
   Array.from(name.normalize('NFD'), confusable).join('').normalize('NFD')
-    .replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/\s+/gu, ' ').trim();
+    .replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/[\s\u2800\u{1D159}]+/gu, ' ').trim();
 
 // Names: who shares a display name, or one that looks the same, with
 // another key.
