@@ -442,12 +442,19 @@ func pinFound(kh *identity.KnownHosts, name string, fp wire.Fingerprint) (bool, 
 }
 
 // pinsFullWarning says that the registries found over mDNS named are used
-// unpinned, known_registries (at path) being full, and what to do.
+// unpinned, known_registries (at path) being full, and what to do. The
+// names are the advertisers' (anyone's on the LAN), shown as any name a
+// peer chose: discovery refuses control characters in them, not format
+// characters, and a U+202E in one turned the rest of the warning around.
 func pinsFullWarning(path string, names []string) string {
+	list := make([]string, len(names))
+	for i, n := range names {
+		list[i] = shown(n)
+	}
 	return fmt.Sprintf("%s holds %d registries found over mDNS, its most, so %s %s used but not pinned: trusted on first use again each time, "+
 		"its key checked only against the fingerprint its advertisement carries. No pin is dropped to make room (anyone on the LAN can advertise names). "+
 		"Drop pins of registries you no longer use with: huddle forget-registry NAME (NAME as the file lists it, quoted)",
-		path, identity.MaxDiscoveredPins, strings.Join(names, ", "), map[bool]string{true: "is", false: "are"}[len(names) == 1])
+		path, identity.MaxDiscoveredPins, strings.Join(list, ", "), map[bool]string{true: "is", false: "are"}[len(names) == 1])
 }
 
 // browse asks every registry mDNS finds, once per key, until ctx ends.

@@ -164,4 +164,11 @@ func TestPinFoundWhenFull(t *testing.T) {
 			t.Errorf("warning %q does not say %q", w, want)
 		}
 	}
+	// An advertiser's name is shown as names are: discovery lets format
+	// characters through (it refuses control characters), and a
+	// right-to-left override turned the rest of the warning around.
+	bidi := mdnsPinPrefix + "x\u202Edeifirev (abcd-efgh)"
+	if w := pinsFullWarning(path, []string{bidi}); strings.ContainsFunc(w, notShown) || !strings.Contains(w, shown(bidi)) {
+		t.Errorf("warning %q shows the name %q as it came", w, bidi)
+	}
 }
