@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -129,4 +132,67 @@ func (s *session) forget(e wire.GroupEntry) {
 	}
 	delete(s.joined, joinedGroup{e.Group, e.Fingerprint})
 	saveJoined(s.home, s.joined)
+}
+
+// joinedRecord is the joined file as huddle web keeps it (web.Joined): the
+// groups joined through the page are recorded there, and a UUID that
+// registries list under several daemon keys resolves to the key the user
+// joined under, through the page or a command. It reads the file again
+// when it changed (a command run beside the page).
+type joinedRecord struct {
+	dir string
+
+	mu   sync.Mutex
+	set  joinedSet
+	mod  time.Time // of the file set was read from
+	size int64
+}
+
+// load reads the file again if it changed since it was read. j.mu is held.
+func (j *joinedRecord) load() {
+	st, err := os.Stat(filepath.Join(j.dir, joinedFile))
+	if err == nil && j.set != nil && st.ModTime().Equal(j.mod) && st.Size() == j.size {
+		return
+	}
+	set, lerr := loadJoined(j.dir)
+	if lerr != nil {
+		if j.set == nil {
+			j.set = joinedSet{}
+		}
+		return // what was read before stands
+	}
+	j.set = set
+	if err == nil {
+		j.mod, j.size = st.ModTime(), st.Size()
+	}
+}
+
+func (j *joinedRecord) Has(group client.UUID, daemon client.Fingerprint) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.load()
+	_, ok := j.set[joinedGroup{group, daemon}]
+	return ok
+}
+
+func (j *joinedRecord) Add(e client.GroupEntry) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.load()
+	if j.set.has(e) {
+		return
+	}
+	j.set[joinedGroup{e.Group, e.Fingerprint}] = e.Name
+	saveJoined(j.dir, j.set) // failing costs only the preference, as for a command
+}
+
+func (j *joinedRecord) Remove(e client.GroupEntry) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.load()
+	if !j.set.has(e) {
+		return
+	}
+	delete(j.set, joinedGroup{e.Group, e.Fingerprint})
+	saveJoined(j.dir, j.set)
 }

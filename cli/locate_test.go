@@ -172,3 +172,41 @@ func TestPinFoundWhenFull(t *testing.T) {
 		t.Errorf("warning %q shows the name %q as it came", w, bidi)
 	}
 }
+
+// TestJoinedRecordSharedWithCommands checks huddle web's record of the
+// groups joined (web.Joined) against the joined file the commands keep: a
+// join through the page is written there, one a command wrote meanwhile is
+// seen, and a leave is removed. huddle web resolves a UUID listed under
+// several daemon keys to the one recorded (web's
+// TestDirectoryClashPrefersJoined): until session 14 it took the first
+// registry's, an impostor's if a rogue registry was polled first.
+func TestJoinedRecordSharedWithCommands(t *testing.T) {
+	dir := t.TempDir()
+	r := &joinedRecord{dir: dir}
+	lobby := wire.GroupEntry{Group: wire.UUID{1}, Fingerprint: wire.Fingerprint{2}, Name: "lobby"}
+	impostor := lobby
+	impostor.Fingerprint = wire.Fingerprint{3}
+	if r.Has(lobby.Group, lobby.Fingerprint) {
+		t.Fatal("an empty record has lobby")
+	}
+	r.Add(lobby)
+	if set, err := loadJoined(dir); err != nil || !set.has(lobby) || set.has(impostor) {
+		t.Fatalf("joined file after the page's join: %v, %v; want lobby at its daemon only", set, err)
+	}
+	if !r.Has(lobby.Group, lobby.Fingerprint) || r.Has(impostor.Group, impostor.Fingerprint) {
+		t.Errorf("the record does not have lobby at its daemon only")
+	}
+	ops := wire.GroupEntry{Group: wire.UUID{4}, Fingerprint: wire.Fingerprint{5}, Name: "ops"}
+	set, _ := loadJoined(dir)
+	set[joinedGroup{ops.Group, ops.Fingerprint}] = ops.Name
+	if err := saveJoined(dir, set); err != nil { // huddle join ops, beside the page
+		t.Fatal(err)
+	}
+	if !r.Has(ops.Group, ops.Fingerprint) {
+		t.Errorf("a group a command joined beside the page is not seen")
+	}
+	r.Remove(lobby)
+	if set, err := loadJoined(dir); err != nil || set.has(lobby) || !set.has(ops) {
+		t.Errorf("joined file after the page's leave: %v, %v; want ops only", set, err)
+	}
+}

@@ -93,7 +93,8 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 		return fail(env, "web", err)
 	}
 	defer c.Close()
-	cfg := web.Config{Listen: listen, AllowRemote: allowRemote, Hosts: hosts, Client: c, Registries: registries, Logger: log}
+	cfg := web.Config{Listen: listen, AllowRemote: allowRemote, Hosts: hosts, Client: c, Registries: registries, Logger: log,
+		Joined: &joinedRecord{dir: dir}}
 	if discover {
 		cfg.Discover = func(ctx context.Context, found func(*client.Registry), gone func(client.Fingerprint)) error {
 			return discoverRegistries(ctx, ifaces, c, kh, log, found, gone)

@@ -241,6 +241,7 @@ func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
+	s.dir.joinedAt(id, g, false)
 	s.dir.refreshGroup(ctx, id)
 	writeJSON(w, http.StatusOK, map[string]any{"epoch": strconv.FormatUint(j.Epoch, 10), "last_seq": j.Last, "already": j.Already})
 }
@@ -258,6 +259,7 @@ func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
+	s.dir.joinedAt(id, g, true)
 	s.dir.refreshGroup(ctx, id)
 	writeJSON(w, http.StatusOK, map[string]bool{"was_member": was})
 }

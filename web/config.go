@@ -84,9 +84,32 @@ type Config struct {
 	// one; one that has (the page's, a script's) is never closed for
 	// another. Default DefaultMaxConns (512).
 	MaxConns int
+	// Joined, if set, is the record of the groups the user joined, by
+	// UUID and daemon key (huddle's joined file, which the CLI keeps too).
+	// Where registries list one UUID under different daemon keys (a
+	// rogue registry's impostor, or a daemon moved to a new key), the
+	// Server uses the key the user joined under, whichever registry lists
+	// it; joins and leaves through the Server are recorded in it. Without
+	// it, or for a group joined under none of the keys, the first
+	// registry's key is used (Registries in order, then those Discover
+	// found, in the order found).
+	Joined Joined
 	// Logger receives the server's notable events (start, refused
 	// requests at debug level). Default: discard.
 	Logger *slog.Logger
+}
+
+// Joined records the groups a user joined (Config.Joined). Its methods
+// may be called from several goroutines at once; Has is called while the
+// Server's list is being built, so it should not wait on the network.
+type Joined interface {
+	// Has reports whether the user joined group at the daemon whose key
+	// is daemon.
+	Has(group client.UUID, daemon client.Fingerprint) bool
+	// Add records that the user joined e's group at e's daemon.
+	Add(e client.GroupEntry)
+	// Remove records that the user left e's group at e's daemon.
+	Remove(e client.GroupEntry)
 }
 
 // Validate reports whether c can be used. Its errors wrap ErrInvalidConfig.

@@ -47,6 +47,7 @@ type directory struct {
 	maxHeld  int // Config.MaxListingBytes
 	log      *slog.Logger
 	discover func(context.Context, func(*client.Registry), func(wire.Fingerprint)) error
+	joined   Joined // Config.Joined; nil if none
 
 	ctx  context.Context // run's, once it started
 	wg   sync.WaitGroup  // every goroutine run started
@@ -110,7 +111,8 @@ type groupJSON struct {
 	LastSeq     uint64   `json:"last_seq"`
 	Registries  []string `json:"registries"`
 	// Clash: registries disagree on which daemon hosts this UUID; the
-	// first registry's is used.
+	// one the user joined is used, else the first registry's
+	// (Registries[0] lists the one used: pickKeysLocked).
 	Clash bool `json:"clash,omitempty"`
 	// From the group's daemon (info); absent until it answered.
 	Reachable       bool   `json:"reachable"`
@@ -138,7 +140,7 @@ type listJSON struct {
 }
 
 func newDirectory(cfg Config) *directory {
-	d := &directory{c: cfg.Client, poll: cfg.PollInterval, maxHeld: cfg.MaxListingBytes, log: cfg.Logger, discover: cfg.Discover,
+	d := &directory{c: cfg.Client, poll: cfg.PollInterval, maxHeld: cfg.MaxListingBytes, log: cfg.Logger, discover: cfg.Discover, joined: cfg.Joined,
 		info:   make(chan struct{}, infoConcurrency),
 		groups: make(map[wire.UUID]*groupState), changed: make(chan struct{}), merged: make(chan struct{}),
 		wake: make(chan struct{})}
@@ -403,12 +405,16 @@ func (d *directory) merge() {
 		}
 	}()
 	d.mu.Lock()
+	pick := d.pickKeysLocked(now)
 	seen := make(map[wire.UUID]bool)
 	for _, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
 		for _, e := range rs.entries {
+			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
+				continue // after: the key used comes first
+			}
 			gs := d.groups[e.Group]
 			if !seen[e.Group] {
 				seen[e.Group] = true
@@ -435,6 +441,19 @@ func (d *directory) merge() {
 			gs.regs = append(gs.regs, rs.addr)
 			if e.Fingerprint != gs.entry.Fingerprint {
 				gs.clash = true
+			}
+		}
+	}
+	for _, rs := range d.regs {
+		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
+			continue
+		}
+		for _, e := range rs.entries {
+			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
+				if gs := d.groups[e.Group]; gs != nil && seen[e.Group] {
+					gs.regs = append(gs.regs, rs.addr)
+					gs.clash = true
+				}
 			}
 		}
 	}
@@ -478,6 +497,74 @@ func (e errListingTooLarge) Error() string {
 	}
 	return fmt.Sprintf("its listing is larger than huddle web keeps: %s of listings in all, shared by the %d registries it knows "+
 		"(its groups are not shown; give fewer registries, or the one you need alone with --registry)", size, e.registries)
+}
+
+// pickKeysLocked returns, for each UUID the registries' listings (those
+// merge uses, as of now) name under more than one daemon key, the key
+// merge uses: the first the user joined under (Config.Joined), else the
+// first registry's. d.mu is held.
+//
+// Why: anyone on the LAN can advertise a registry, and any registry can
+// list any UUID under a daemon key of its choosing; a group's UUID is
+// public (list). The first registry's entry was used whatever the user
+// joined: a rogue registry found over mDNS before the user's own (its
+// answers came first) took the user's group to its impostor daemon, which
+// got the messages the page sent there, private groups' included, and
+// served a history of its making (the page only marked the group "two
+// daemons"). The CLI resolved such a UUID to the key the user joined
+// (joined file) already. A group joined under neither key takes the first
+// registry's, as before: the registries the user gave come first; keeping
+// the key used first in time instead would hand the group to whichever
+// registry answered first, a discovered one before those given.
+func (d *directory) pickKeysLocked(now time.Time) map[wire.UUID]wire.Fingerprint {
+	keys := make(map[wire.UUID][]wire.Fingerprint)
+	for _, rs := range d.regs {
+		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
+			continue
+		}
+		for _, e := range rs.entries {
+			if ks := keys[e.Group]; !slices.Contains(ks, e.Fingerprint) {
+				keys[e.Group] = append(ks, e.Fingerprint)
+			}
+		}
+	}
+	pick := make(map[wire.UUID]wire.Fingerprint)
+	for id, ks := range keys {
+		if len(ks) < 2 {
+			continue
+		}
+		k := ks[0]
+		if d.joined != nil {
+			if i := slices.IndexFunc(ks, func(fp wire.Fingerprint) bool { return d.joined.Has(id, fp) }); i >= 0 {
+				k = ks[i]
+			}
+		}
+		pick[id] = k
+	}
+	return pick
+}
+
+// joinedAt records in Config.Joined that the user joined (or, with left,
+// left) id at the daemon of g, the directory's handle on it.
+func (d *directory) joinedAt(id wire.UUID, g *client.Group, left bool) {
+	if d.joined == nil {
+		return
+	}
+	d.mu.Lock()
+	gs := d.groups[id]
+	var e wire.GroupEntry
+	ok := gs != nil && gs.handle == g
+	if ok {
+		e = gs.entry
+	}
+	d.mu.Unlock()
+	switch {
+	case !ok: // listed anew meanwhile: the next merge says under which key
+	case left:
+		d.joined.Remove(e)
+	default:
+		d.joined.Add(e)
+	}
 }
 
 // room is ListWithin's check for rs: the listing being read may hold

@@ -120,6 +120,82 @@ func TestDirectoryClash(t *testing.T) {
 	}
 }
 
+// joinedSet is a Config.Joined in memory: the groups joined, and what
+// Add and Remove were told.
+type joinedSet struct {
+	mu      sync.Mutex
+	keys    map[wire.UUID]wire.Fingerprint
+	added   []wire.GroupEntry
+	removed []wire.GroupEntry
+}
+
+func (j *joinedSet) Has(g wire.UUID, fp wire.Fingerprint) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	k, ok := j.keys[g]
+	return ok && k == fp
+}
+
+func (j *joinedSet) Add(e wire.GroupEntry) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.keys[e.Group] = e.Fingerprint
+	j.added = append(j.added, e)
+}
+
+func (j *joinedSet) Remove(e wire.GroupEntry) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	delete(j.keys, e.Group)
+	j.removed = append(j.removed, e)
+}
+
+// TestDirectoryClashPrefersJoined lists a group UUID that an impostor's
+// registry, polled first, lists under the impostor daemon's key, and the
+// user's registry under the key the user joined at: the first registry's
+// entry was used whatever the user had joined, so the page sent the user's
+// messages to the impostor (a rogue registry found over mDNS before the
+// user's own, its answers first, has its listings first). The key the user
+// joined under (Config.Joined, huddle's joined file) is used, marked as a
+// clash, its registry named first; a join and a leave through the server
+// are recorded there, under the key used.
+func TestDirectoryClashPrefersJoined(t *testing.T) {
+	r1, r2 := startRegistry(t), startRegistry(t)
+	d1 := t.TempDir()
+	real, _ := startGroups(t, r1, groupd.Config{StateDir: d1})
+	d2 := t.TempDir()
+	groups, err := os.ReadFile(filepath.Join(d1, "groups.json"))
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(d2, "groups.json"), groups, 0o600))
+	impostor, _ := startGroups(t, r2, groupd.Config{StateDir: d2})
+	id := real.Groups()[0].ID
+	if impostor.Groups()[0].ID != id {
+		t.Fatal("the two daemons host different UUIDs")
+	}
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{id: real.Fingerprint()}}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r2.Addr().String(), r1.Addr().String()},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	l := a.events("").waitGroups("lobby listed by both", func(l listJSON) bool { return len(l.Groups) == 1 && len(l.Groups[0].Registries) == 2 })
+	g := l.Groups[0]
+	if !g.Clash || g.Fingerprint != real.Fingerprint().String() || g.Registries[0] != r1.Addr().String() {
+		t.Fatalf("lobby %+v: want a clash, with the daemon the user joined at, %s, listed by %s", g, real.Fingerprint(), r1.Addr())
+	}
+	if st := a.do("POST", "/api/groups/"+g.UUID+"/join", map[string]string{"name": "me"}, nil); st != 200 {
+		t.Fatalf("join: HTTP %d", st)
+	}
+	if st := a.do("POST", "/api/groups/"+g.UUID+"/leave", nil, nil); st != 200 {
+		t.Fatalf("leave: HTTP %d", st)
+	}
+	joined.mu.Lock()
+	defer joined.mu.Unlock()
+	if len(joined.added) != 1 || joined.added[0].Fingerprint != real.Fingerprint() || len(joined.removed) != 1 || joined.removed[0].Fingerprint != real.Fingerprint() {
+		t.Errorf("recorded joins %+v, leaves %+v; want one each, at %s", joined.added, joined.removed, real.Fingerprint())
+	}
+}
+
 // TestDirectoryMemberCount follows a group's member count while its
 // registry is down (its last listing stands, with the count of its day):
 // the count is the daemon's, from its info after a join or leave through
