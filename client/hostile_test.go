@@ -606,3 +606,42 @@ func TestFetchEpochsOnlyMove(t *testing.T) {
 		})
 	}
 }
+
+// TestListingCellGroupUnderAStranger has a rogue registry list a cell's
+// group under the UUID and replicas the real registry lists (both are
+// anyone's to read), with an impostor daemon's key and address as its
+// leader and the longest lease: clients merge one UUID and set of replicas
+// into one entry whatever key each names, taking the one with the most
+// time left whole, so the merged listing named the impostor, with no
+// second entry to make the group ambiguous, and a handle made from it
+// talked to the impostor. A registry lists a cell's group only under one of
+// its replicas' keys: the rogue listing is refused (ErrProtocol), and the
+// merge names the real leader.
+func TestListingCellGroupUnderAStranger(t *testing.T) {
+	replicas := []wire.Replica{
+		{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}, Leader: true},
+		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}},
+		{Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}},
+	}
+	real := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: wire.Fingerprint{1},
+		ExpiresMS: 10_000, Replicas: replicas}
+	rogue := real
+	rogue.Addrs, rogue.Fingerprint, rogue.ExpiresMS = []string{"10.6.6.6:7374"}, wire.Fingerprint{6}, 1<<63
+	c, realReg := hostileRegistry(t, func([]byte) wire.Groups { return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{real}} })
+	_, rogueReg := hostileRegistry(t, func([]byte) wire.Groups { return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{rogue}} })
+	rogueReg2, err := c.Registry(t.Context(), rogueReg.Addr(), rogueReg.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := client.Registries{realReg, rogueReg2}.List(t.Context())
+	if !errors.Is(answers[1].Err, client.ErrProtocol) {
+		t.Errorf("the rogue registry's listing: %v, want ErrProtocol", answers[1].Err)
+	}
+	groups, err := client.Listed(answers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(groups) != 1 || groups[0].Fingerprint != real.Fingerprint {
+		t.Errorf("merged listing %+v; want ops once, under its leader %s", groups, real.Fingerprint.Short())
+	}
+}

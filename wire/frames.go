@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -251,6 +252,16 @@ func (g *Groups) check() error {
 		}
 		if err := checkReplicas(e.Replicas); err != nil {
 			return fmt.Errorf("group %s: %w", e.Group, err)
+		}
+		// A cell's group is listed under one of its replicas' keys (its
+		// leader's, or a member's while none is known): a registry
+		// accepts no other. Clients merge the entries of one UUID and set
+		// of replicas whatever key each names (Merge takes the one whose
+		// lease has the most time left, a figure the registry gives), so
+		// an entry naming another key was a rogue registry's way to take
+		// the group, unmarked, to an impostor daemon.
+		if len(e.Replicas) > 0 && !slices.ContainsFunc(e.Replicas, func(r Replica) bool { return r.Fingerprint == e.Fingerprint }) {
+			return fmt.Errorf("group %s: listed under daemon %s, which is none of its replicas", e.Group, e.Fingerprint.Short())
 		}
 	}
 	return nil
