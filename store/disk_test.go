@@ -965,3 +965,168 @@ func TestDiskResetCut(t *testing.T) {
 		d3.Close()
 	}
 }
+
+// powerCut returns the newest segment data as a power cut could leave it
+// on the device when its first synced bytes were synced and the rest only
+// written: each page (cutPage) the sync had not covered reached the
+// device or did not, in any order, one that did not reading as the sync
+// left it (zeros past synced), and the file as long as it was, or cut at
+// a page past the first lost one (its length is metadata, written apart).
+// At least one page is lost with a page after it written: a hole followed
+// by data. It returns the image and where the first lost byte is.
+func powerCut(rng *rand.Rand, data []byte, synced int) ([]byte, int) {
+	img := slices.Clone(data)
+	first, last := synced/cutPage, (len(data)-1)/cutPage
+	lost := make([]bool, last+1)
+	for pg := first; pg <= last; pg++ {
+		lost[pg] = rng.IntN(2) == 0
+	}
+	hole := false
+	for pg := first; pg < last; pg++ {
+		hole = hole || (lost[pg] && !lost[pg+1])
+	}
+	if !hole {
+		pg := first + rng.IntN(last-first)
+		lost[pg], lost[pg+1] = true, false
+	}
+	at := -1
+	for pg := first; pg <= last; pg++ {
+		if lost[pg] {
+			from := max(pg*cutPage, synced)
+			clear(img[from:min((pg+1)*cutPage, len(img))])
+			if at < 0 {
+				at = from
+			}
+		}
+	}
+	if rng.IntN(3) == 0 {
+		// The length as of a later page boundary than the first lost.
+		end := (at/cutPage + 1 + rng.IntN(last-at/cutPage+1)) * cutPage
+		img = img[:min(end, len(img))]
+	}
+	return img, at
+}
+
+// TestDiskPowerCutHole: a power cut writes the pages a log wrote since its
+// last sync in any order, or not at all, so the newest segment may hold a
+// hole (zeros) with whole records after it. Nothing after the last sync
+// was acknowledged under fsync always (and under the interval policy, it
+// is the last interval, which a power cut may lose): the log opens with
+// every record before the hole, cuts the rest as a torn tail, says it was
+// a hole (TornHole), and goes on from there. It was refused as corrupt and
+// the group went unserved. A hole before the sync point, and bytes that
+// are not zeros (not a power cut's), with whole records after them, are
+// still refused.
+func TestDiskPowerCutHole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 31))
+	for _, always := range []bool{false, true} {
+		src := t.TempDir()
+		cfg := DiskConfig{Dir: src, Fsync: FsyncPolicy{Always: always, Interval: time.Hour}}
+		d, _ := diskLog(t, cfg)
+		w := newWriter(31)
+		acked := w.fill(t, d, 100, 300)
+		if err := d.Sync(); err != nil { // acknowledged under always only now
+			t.Fatal(err)
+		}
+		path := filepath.Join(src, segName(1))
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		synced := int(st.Size())
+		all := append(slices.Clone(acked), w.fill(t, d, 300, 300)...) // written, never synced
+		d.crash()
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data)-synced < 8*cutPage {
+			t.Fatalf("%d bytes written since the sync, want several pages", len(data)-synced)
+		}
+		// Where each record starts, and the last message before it.
+		starts := map[int]uint64{}
+		var dec recordDecoder
+		seq, ts := uint64(0), int64(0)
+		for off := segHeaderSize; off < len(data); {
+			payload, size, _, err := frame(data[off:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			starts[off] = seq
+			es, err := dec.decode(payload, seq, ts, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq, ts = es[len(es)-1].Seq, es[len(es)-1].Time
+			off += size
+		}
+		t.Logf("always=%v: %d records, %d bytes synced of %d", always, len(starts), synced, len(data))
+		for trial := range 40 {
+			img, at := powerCut(rng, data, synced)
+			dir := t.TempDir()
+			copyDir(t, src, dir)
+			if err := os.WriteFile(filepath.Join(dir, segName(1)), img, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// The cut: the start of the record the first lost byte is in.
+			cut := segHeaderSize
+			for off := range starts {
+				if off <= at && off > cut {
+					cut = off
+				}
+			}
+			c := cfg
+			c.Dir = dir
+			d2, rec, err := Open(c)
+			if err != nil {
+				t.Fatalf("always=%v, trial %d: the first lost byte at %d (%d synced): Open: %v, want the tail cut", always, trial, at, synced, err)
+			}
+			if rec.TornBytes != int64(len(img)-cut) || rec.TornHole != !zeros(img[cut:]) {
+				t.Errorf("always=%v, trial %d: torn %d bytes, hole %v; want %d, %v", always, trial, rec.TornBytes, rec.TornHole, len(img)-cut, !zeros(img[cut:]))
+			}
+			tail, _ := d2.Tail()
+			if tail != starts[cut] || tail < uint64(len(acked)) {
+				t.Fatalf("always=%v, trial %d: tail %d, want %d (%d synced)", always, trial, tail, starts[cut], len(acked))
+			}
+			checkHolds(t, d2, all[:tail])
+			more := w.fill(t, d2, 5, 300)
+			d2.Close()
+			d3, _ := diskLog(t, c)
+			checkHolds(t, d3, append(slices.Clone(all[:tail]), more...))
+			d3.Close()
+		}
+
+		// Refused: a hole in what was synced (a page before the sync
+		// point; the page the sync point is in, as a whole), and damage
+		// past it that is not zeros, each with the data after it whole.
+		mid := (synced/cutPage + 2) * cutPage
+		for _, tc := range []struct {
+			name     string
+			from, to int
+			fill     byte
+		}{
+			{"a synced page lost", cutPage, 2 * cutPage, 0},
+			{"the page of the sync point lost whole", synced / cutPage * cutPage, (synced/cutPage + 1) * cutPage, 0},
+			{"a page past the sync point garbled", mid, mid + cutPage, 0xa5},
+		} {
+			img := slices.Clone(data)
+			for i := tc.from; i < tc.to; i++ {
+				img[i] = tc.fill
+			}
+			dir := t.TempDir()
+			copyDir(t, src, dir)
+			if err := os.WriteFile(filepath.Join(dir, segName(1)), img, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c := cfg
+			c.Dir = dir
+			d2, _, err := Open(c)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Errorf("always=%v: %s: Open: %v, want ErrCorrupt", always, tc.name, err)
+			}
+			if err == nil {
+				d2.Close()
+			}
+		}
+	}
+}

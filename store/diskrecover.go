@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +29,11 @@ type Recovery struct {
 	// the file and the bytes cut from it.
 	TornFile  string
 	TornBytes int64
+	// TornHole: the cut began at a hole, zeros where a record should be
+	// with data after them, as a power cut leaves the pages written
+	// since the last sync when it wrote some and not others; the data
+	// after the hole, never synced, was cut with it.
+	TornHole bool
 	// Segments and Messages are what was read back into memory.
 	Segments int
 	Messages int
@@ -200,7 +206,7 @@ func (d *DiskLog) recover() (Recovery, error) {
 				d.enc.dict[s] = uint32(j)
 			}
 			if res.torn > 0 {
-				rec.TornFile, rec.TornBytes = segName(base), res.torn
+				rec.TornFile, rec.TornBytes, rec.TornHole = segName(base), res.torn, res.hole
 			}
 		}
 	}
@@ -524,6 +530,7 @@ type replay struct {
 type segmentResult struct {
 	size  int64 // the end of its last whole record
 	torn  int64 // bytes after it, cut (the newest segment only)
+	hole  bool  // the cut began at a hole (hole)
 	index segIndex
 }
 
@@ -590,10 +597,16 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 			r.entries, ferr = r.dec.decode(payload, r.seq, r.time, r.entries[:0])
 		}
 		if ferr != nil {
-			if last && r.seq >= synced && torn(p[off:], short) {
-				res.size, res.torn = off, int64(len(p))-off
-				res.index.segLen = off
-				return res, nil
+			if last && r.seq >= synced {
+				cut := torn(p[off:], short)
+				if !cut && hole(p, off) {
+					cut, res.hole = true, true
+				}
+				if cut {
+					res.size, res.torn = off, int64(len(p))-off
+					res.index.segLen = off
+					return res, nil
+				}
 			}
 			return res, fmt.Errorf("offset %d (after message %d): %w", off, r.seq, ferr)
 		}
@@ -632,17 +645,7 @@ func (r *replay) skim(p []byte, from, to int64) error {
 // nothing but zeros follows (pages never written), or the record is the
 // last thing in the file and nothing whole follows it.
 func torn(p []byte, short bool) bool {
-	if short {
-		return true
-	}
-	zeros := true
-	for _, b := range p {
-		if b != 0 {
-			zeros = false
-			break
-		}
-	}
-	if zeros {
+	if short || zeros(p) {
 		return true
 	}
 	// A whole-length record with a bad checksum at the very end: its
@@ -654,6 +657,45 @@ func torn(p []byte, short bool) bool {
 		}
 	}
 	return false
+}
+
+// cutPage is the unit in which a power cut is taken to write a file's
+// pages or not: the smallest page of the systems huddle runs on (a larger
+// page lost is whole 4 KiB pages lost).
+const cutPage = 4096
+
+// hole reports whether the record at off in the segment p, which did not
+// read back, lies on a hole a power cut left: the file's pages written
+// since the last sync reach the device in any order, or not at all, and a
+// page that did not reads as zeros (as far as a sync had not covered it).
+// So the bytes from the record to the end of its page are zeros (the
+// record's page was not written: it begins at the sync point, or at the
+// page), or a page the record spans is zeros from its start (to its end,
+// or the file's). Other damage (bytes that are not zeros) is not a power
+// cut's.
+func hole(p []byte, off int64) bool {
+	n := int64(len(p))
+	end := off + recHeaderSize // the record's length unread: its page and the next
+	if off+4 <= n {
+		if l := int64(binary.LittleEndian.Uint32(p[off:])); l >= minPayload && l <= maxRecord && off+recHeaderSize+l <= n {
+			end = off + recHeaderSize + l
+		}
+	}
+	for q := off; q < min(end, n); q = (q/cutPage + 1) * cutPage {
+		if zeros(p[q:min((q/cutPage+1)*cutPage, n)]) {
+			return true
+		}
+	}
+	return false
+}
+
+func zeros(p []byte) bool {
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // readSegment maps a segment file whole (see mapFile); release unmaps it.
