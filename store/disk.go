@@ -157,7 +157,13 @@ type DiskLog struct {
 	synced  uint64 // the last sequence number known on the device
 	syncErr error  // sticky: ErrFailed
 	syncs   atomic.Uint64
-	cpt     *os.File
+
+	cmu       sync.Mutex // guards the checkpoint's writes and the fields below
+	cpt       *os.File
+	cptSynced uint64 // synced, as the checkpoint says it
+	cptFirst  uint64 // first, as the checkpoint says it (as of this run)
+
+	spare bool // the spare file is there (fromSpare)
 
 	syncDir func(dir string) error // DiskConfig.syncDir
 
@@ -288,7 +294,7 @@ func (d *DiskLog) Append(batch []Entry) error {
 		return err
 	}
 	if d.fcount > 0 && (d.fsize >= d.segMax || d.fcount+len(batch) > d.segMsg) {
-		if err := d.rotate(); err != nil {
+		if err := d.rotate(false); err != nil {
 			return err
 		}
 	}
@@ -381,9 +387,11 @@ func (d *DiskLog) writable() error {
 		d.roErr = fmt.Errorf("%w: open %s: %w", ErrNotWritable, segName(d.fbase), err)
 		return d.roErr
 	}
+	d.cmu.Lock()
 	if d.cpt == nil {
 		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
 	}
+	d.cmu.Unlock()
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
@@ -411,9 +419,10 @@ func (d *DiskLog) rebegin() error {
 }
 
 // rotate seals the active segment (synced, its index written) and begins
-// the next, empty but for its header, synced with its directory entry. On
-// error the active segment stays as it was. d.wmu is held.
-func (d *DiskLog) rotate() error {
+// the next, empty but for its header, synced with its directory entry;
+// from the spare file if it cannot be created and spare is set. On error
+// the active segment stays as it was. d.wmu is held.
+func (d *DiskLog) rotate(spare bool) error {
 	if len(d.pend) > 0 {
 		if err := d.write(); err != nil {
 			return err
@@ -429,7 +438,13 @@ func (d *DiskLog) rotate() error {
 
 	base := d.tailSeq + 1
 	path := filepath.Join(d.dir, segName(base))
-	f, err := createSegment(path, segHeader{epoch: d.epoch, base: base, prevTime: d.tailT})
+	h := segHeader{epoch: d.epoch, base: base, prevTime: d.tailT}
+	f, err := createSegment(path, h)
+	if err != nil && spare {
+		f, err = d.fromSpare(path, h)
+	} else if err == nil && !d.spare {
+		d.makeSpare()
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}
@@ -468,22 +483,85 @@ func createSegment(path string, h segHeader) (*os.File, error) {
 	return f, nil
 }
 
+// spareName is a file of a segment header's size, its blocks allocated
+// and synced, kept in the log's directory for the one rotation that must
+// succeed on a full disk: retention's, when an age limit has emptied the
+// only segment, whose file can go only once the next one exists (its
+// header says where the sequence stands). Writing a header over the
+// spare's bytes and renaming it takes no new space.
+const spareName = "spare"
+
+// makeSpare creates the spare file, if there is room. d.wmu is held, or
+// the log is being opened.
+func (d *DiskLog) makeSpare() {
+	if writeSynced(filepath.Join(d.dir, spareName), make([]byte, segHeaderSize)) == nil {
+		d.spare = true
+	}
+}
+
+// fromSpare makes the spare file the segment at path, with header h,
+// synced, and opens it; the caller syncs the directory. d.wmu is held.
+func (d *DiskLog) fromSpare(path string, h segHeader) (*os.File, error) {
+	if !d.spare {
+		return nil, errors.New("no spare file")
+	}
+	sp := filepath.Join(d.dir, spareName)
+	f, err := os.OpenFile(sp, os.O_WRONLY, 0)
+	if err != nil {
+		d.spare = false
+		return nil, fmt.Errorf("spare: %w", err)
+	}
+	_, err = f.WriteAt(h.encode(nil), 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err == nil {
+		err = os.Rename(sp, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spare for %s: %w", filepath.Base(path), err)
+	}
+	d.spare = false
+	// Opened again under its name, which errors name.
+	if f, err = os.OpenFile(path, os.O_WRONLY, 0); err != nil {
+		os.Remove(path) // not the next segment after all
+		return nil, err
+	}
+	return f, nil
+}
+
 // retain deletes the sealed segment files whose messages retention has
 // all dropped; and when it has dropped all the active one holds, begins a
-// new one so that the old can go too (an age limit empties files). d.wmu
-// is held.
+// new one so that the old can go too (an age limit empties files), from
+// the spare if the disk is too full to create one. Before it deletes a
+// file it makes the checkpoint say, durably, that the history begins past
+// it: a segment missing below that point was deleted by retention, one
+// missing above it was lost (recover). d.wmu is held.
 func (d *DiskLog) retain() {
 	floor := d.mem.firstHeld()
 	if len(d.segs) == 1 && d.fcount > 0 && floor > d.tailSeq && d.f != nil {
-		if d.rotate() != nil {
+		if d.rotate(true) != nil {
 			return
 		}
 	}
-	for len(d.segs) > 1 && d.segs[0].last < floor {
-		base := d.segs[0].base
-		os.Remove(filepath.Join(d.dir, segName(base)))
-		os.Remove(filepath.Join(d.dir, idxName(base)))
-		d.segs = d.segs[1:]
+	n := 0
+	for n < len(d.segs)-1 && d.segs[n].last < floor {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	if d.checkpoint(0, floor, true) != nil {
+		return // the files stay until a pass that can say so
+	}
+	for _, s := range d.segs[:n] {
+		os.Remove(filepath.Join(d.dir, segName(s.base)))
+		os.Remove(filepath.Join(d.dir, idxName(s.base)))
+	}
+	d.segs = d.segs[n:]
+	if !d.spare {
+		d.makeSpare() // from the space just freed, if the files were not mapped
 	}
 }
 
@@ -554,7 +632,7 @@ func (d *DiskLog) syncTo(seq uint64) error {
 		}
 		if target > d.synced {
 			d.synced = target
-			d.checkpoint()
+			d.checkpoint(target, 0, false)
 		}
 		if target < seq { // asked for more than was written: a bug
 			return fmt.Errorf("store: sync to %d: only %d written", seq, target)
@@ -592,16 +670,28 @@ func (d *DiskLog) fsync() (uint64, error) {
 	return target, nil
 }
 
-// checkpoint rewrites the checkpoint with what is synced. It is an aid to
-// recovery, not synced itself: a stale one errs on the safe side. d.smu is
-// held.
-func (d *DiskLog) checkpoint() {
+// checkpoint rewrites the checkpoint: synced, if more than it said, and
+// first, the first message the history holds (0: the memory log's first),
+// if more than it said. durable: it is fsynced too, as it is before
+// retention or a Reset deletes a file; otherwise it is an aid to recovery,
+// not synced itself: a stale one errs on the safe side.
+func (d *DiskLog) checkpoint(synced, first uint64, durable bool) error {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
 	if d.cpt == nil {
-		return
+		return errors.New("store: no checkpoint file open")
 	}
-	c := checkpoint{epoch: d.epoch, synced: d.synced, first: d.mem.firstHeld()}
+	if first == 0 {
+		first = d.mem.firstHeld()
+	}
+	d.cptSynced, d.cptFirst = max(d.cptSynced, synced), max(d.cptFirst, first)
+	c := checkpoint{epoch: d.epoch, synced: d.cptSynced, first: d.cptFirst}
 	p := c.encode()
-	d.cpt.WriteAt(p[:], 0)
+	_, err := d.cpt.WriteAt(p[:], 0)
+	if err == nil && durable {
+		err = d.cpt.Sync()
+	}
+	return err
 }
 
 // syncLoop fsyncs every interval while something is written but not
@@ -658,6 +748,8 @@ func (d *DiskLog) closeFiles() {
 		d.f.Close()
 		d.f = nil
 	}
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
 	if d.cpt != nil {
 		d.cpt.Close()
 		d.cpt = nil

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -1129,4 +1131,59 @@ func TestDiskPowerCutHole(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDiskOldestMissing: retention deletes the oldest segment files, and
+// may be interrupted by a crash at any point; a file deleted by hand (or
+// lost with the disk) leaves the same directory behind. Retention now
+// makes the checkpoint say, durably, where the history begins before it
+// deletes a file, so that a log whose oldest files are missing past that
+// point says so (Recovery.MissingFirst, MissingLast) and serves the rest,
+// while retention's deletions, crash or not, say nothing. The log opened
+// without a word, its first message moved up.
+func TestDiskOldestMissing(t *testing.T) {
+	src := t.TempDir()
+	cfg := DiskConfig{Dir: src, Config: Config{MaxMessages: 800}, SegmentBytes: 8 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(37)
+	all := w.fill(t, d, 3000, 100) // retention deletes files as it goes; nothing is synced
+	d.crash()
+	segs, _ := filepath.Glob(filepath.Join(src, "*.seg"))
+	if len(segs) < 3 || filepath.Base(segs[0]) == segName(1) {
+		t.Fatalf("segments %v: want several, retention having deleted the first", segs)
+	}
+
+	// Retention's deletions, interrupted by the crash: nothing missing.
+	dir := t.TempDir()
+	copyDir(t, src, dir)
+	c := cfg
+	c.Dir = dir
+	d2, rec := diskLog(t, c)
+	if rec.MissingLast != 0 {
+		t.Errorf("after retention's deletions: missing %d to %d, want nothing", rec.MissingFirst, rec.MissingLast)
+	}
+	d2.Close()
+	cpt, err := readCheckpoint(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := cpt.first // where retention last said the history begins
+
+	// The oldest file deleted by hand.
+	dir = t.TempDir()
+	copyDir(t, src, dir)
+	if err := os.Remove(filepath.Join(dir, filepath.Base(segs[0]))); err != nil {
+		t.Fatal(err)
+	}
+	next, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(segs[1]), ".seg"), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Dir = dir
+	d3, rec := diskLog(t, c)
+	if rec.MissingFirst != first || rec.MissingLast != next-1 {
+		t.Errorf("the oldest segment deleted: missing %d to %d, want %d to %d", rec.MissingFirst, rec.MissingLast, first, next-1)
+	}
+	checkHolds(t, d3, all[next-1:])
+	d3.Close()
 }

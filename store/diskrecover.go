@@ -34,6 +34,12 @@ type Recovery struct {
 	// since the last sync when it wrote some and not others; the data
 	// after the hole, never synced, was cut with it.
 	TornHole bool
+	// MissingFirst to MissingLast, if MissingLast is not 0, are messages
+	// retention had kept whose segment files are missing (deleted by
+	// hand, or lost with the disk): the oldest files are gone, and the
+	// checkpoint says the history began at MissingFirst. The log holds
+	// the rest, from MissingLast+1.
+	MissingFirst, MissingLast uint64
 	// Segments and Messages are what was read back into memory.
 	Segments int
 	Messages int
@@ -150,6 +156,15 @@ func (d *DiskLog) recover() (Recovery, error) {
 		os.Remove(filepath.Join(d.dir, idxName(base)))
 	}
 	bases, headers = bases[keep:], headers[keep:]
+	// Retention and Reset make the checkpoint say, durably, where the
+	// history begins before they delete a file below it: an oldest file
+	// that begins past that point had files before it that they did not
+	// delete. (A checkpoint of 0 is a log's first; its first segment
+	// begins at 1, unless Reset began it, which writes the checkpoint
+	// first.)
+	if from := max(floor, 1); cptErr == nil && bases[0] > from {
+		rec.MissingFirst, rec.MissingLast = from, bases[0]-1
+	}
 
 	// Only the last DedupWindow messages are remembered: those before the
 	// newest segment's base less the window need not be.
@@ -251,6 +266,14 @@ func (d *DiskLog) recover() (Recovery, error) {
 		d.f = f
 		d.synced = synced
 		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
+		// The checkpoint says no more than this run knows: a first past
+		// what the files hold (a Reset a crash cut short) is not kept.
+		d.cptSynced, d.cptFirst = synced, d.mem.firstHeld()
+		if st, err := os.Stat(filepath.Join(d.dir, spareName)); err == nil && st.Size() >= segHeaderSize {
+			d.spare = true
+		} else {
+			d.makeSpare()
+		}
 	}
 	return rec, nil
 }
@@ -335,12 +358,15 @@ func (d *DiskLog) begin() error {
 		os.Remove(path)
 		return fmt.Errorf("%w: %s: %w", ErrNotWritable, cptName, err)
 	}
+	d.cmu.Lock()
 	d.cpt = cf
+	d.cmu.Unlock()
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
 	d.segs = []segFile{{base: d.fbase, last: d.fbase - 1}}
 	d.unbegun = false
+	d.makeSpare()
 	return nil
 }
 

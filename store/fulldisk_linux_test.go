@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -252,11 +253,12 @@ func TestDiskFullNewLog(t *testing.T) {
 // TestDiskFullAtReset: a Reset on a full disk deletes the log's files but
 // cannot begin the next (the memory log maps the segments it read at
 // open, so deleting them frees nothing yet); it says ErrNotWritable, and
-// once there is room the next append begins the files again at the tail,
-// and a Reset tried again resets. Appends opened the deleted segment again
-// and failed until the daemon restarted, and a cell's replica retrying a
-// message too large for its retention (which resets past it) retried for
-// ever.
+// the log is reset all the same, in memory as on disk: it holds nothing
+// and stands after the Reset's seq; once there is room the next append
+// begins the files there, and a Reset tried again resets. Appends opened
+// the deleted segment again and failed until the daemon restarted (R,
+// session 13); then the memory log kept, and served, the messages whose
+// files were gone until a restart (this is the first check below).
 func TestDiskFullAtReset(t *testing.T) {
 	mnt, fill := testdisk.Small(t, "256k")
 	cfg := DiskConfig{Dir: filepath.Join(mnt, "log")} // one segment: no index to delete
@@ -278,12 +280,26 @@ func TestDiskFullAtReset(t *testing.T) {
 	if err := d.Reset(seq+10, ts+10); !errors.Is(err, ErrNotWritable) {
 		t.Fatalf("reset on the full disk: %v, want ErrNotWritable", err)
 	}
+	// Memory and disk agree: the files are gone, and so are the messages.
+	checkHolds(t, d, nil)
+	if s, st := d.Tail(); s != seq+10 || st != ts+10 {
+		t.Fatalf("tail %d at %d after the reset failed, want %d at %d", s, st, seq+10, ts+10)
+	}
+	crashed := t.TempDir() // the log as a crash now would leave it
+	copyDir(t, cfg.Dir, crashed)
+	if d2, _, err := Open(DiskConfig{Dir: crashed}); err != nil {
+		t.Fatalf("open the files a failed reset left: %v", err)
+	} else {
+		checkHolds(t, d2, nil)
+		d2.Close()
+	}
+	seq, ts = seq+10, ts+10
 	if err := d.Append(w.batch(1, 10, seq, ts)); !errors.Is(err, ErrNotWritable) {
 		t.Fatalf("append on the full disk after the reset failed: %v, want ErrNotWritable", err)
 	}
 	free()
-	// With room, an append at the tail the memory log holds is taken
-	// (the log tries again at most once a second).
+	// With room, an append after the reset's seq is taken (the log
+	// tries again at most once a second).
 	after := w.batch(2, 10, seq, ts)
 	deadline := time.After(30 * time.Second)
 	pace := time.NewTicker(20 * time.Millisecond)
@@ -302,20 +318,15 @@ func TestDiskFullAtReset(t *testing.T) {
 			t.Fatalf("appends still refused 30 s after the disk had room, after the reset failed: %v", err)
 		}
 	}
-	checkHolds(t, d, append(all, after...))
-	if err := d.Sync(); err != nil { // the checkpoint written past the reset that failed
-		t.Fatal(err)
-	}
+	checkHolds(t, d, after)
 	d.crash()
 	d, rec, err := Open(cfg)
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
-	if rec.NewEpoch != "" || rec.Created {
-		t.Errorf("reopened as a new log: %+v", rec)
+	if rec.NewEpoch != "" || rec.Created || rec.MissingLast != 0 {
+		t.Errorf("reopened as a new log, or one missing files: %+v", rec)
 	}
-	// On disk the files begin again where the reset failed: what was
-	// before is gone, as if retention had dropped it.
 	checkHolds(t, d, after)
 	// And a reset now resets.
 	seq, ts = d.Tail()
@@ -327,9 +338,81 @@ func TestDiskFullAtReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.crash()
-	d, _, err = Open(cfg)
+	d, rec, err = Open(cfg)
 	if err != nil {
 		t.Fatalf("reopen after the reset: %v", err)
 	}
+	if rec.MissingLast != 0 {
+		t.Errorf("reopened after a reset as a log missing files: %+v", rec)
+	}
 	checkHolds(t, d, more)
+}
+
+// TestDiskFullAgedOut: a disk full while the log's one segment holds
+// nothing retention keeps (all of it aged out). Retention must begin the
+// next segment before it deletes that one (its header says where the
+// sequence stands), which needs space: the full disk stayed full for
+// good, and every send was refused. It now begins it from the spare file
+// each log keeps, deletes the old one, and, its space back (at once, or
+// once the mapping of a file read back at open has had its grace: Expire
+// unmaps it), appends are stored again; a restart finds the sequence going
+// on from where it stood.
+func TestDiskFullAgedOut(t *testing.T) {
+	for _, mapped := range []bool{false, true} {
+		mnt, fill := testdisk.Small(t, "256k")
+		cfg := DiskConfig{Dir: filepath.Join(mnt, "log"), Config: Config{MaxAge: time.Minute}}
+		d, _, err := Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := newWriter(41)
+		w.fill(t, d, 100, 1000) // one segment of ~50 KiB
+		if mapped {
+			d.crash()
+			if d, _, err = Open(cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fill() // for good
+		seq, ts := d.Tail()
+		big := w.batch(4, 0, seq, ts)
+		for i := range big {
+			big[i].Body = bytes.Repeat([]byte{byte(i + 1)}, 4000) // new pages
+		}
+		if err := d.Append(big); !errors.Is(err, ErrNotWritable) {
+			t.Fatalf("mapped %v: append on the full disk: %v, want ErrNotWritable", mapped, err)
+		}
+		now := time.Unix(0, ts).Add(2 * time.Minute) // all of it aged out
+		d.Expire(now)
+		if st := d.Stats(); st.Messages != 0 {
+			t.Fatalf("mapped %v: %d messages held after they aged out", mapped, st.Messages)
+		}
+		if mapped {
+			// The deleted file's space comes back once its mapping's
+			// grace is over, at the next Expire.
+			d.mem.mu.Lock()
+			for i := range d.mem.retired {
+				d.mem.retired[i].at = d.mem.retired[i].at.Add(-mapGrace - time.Second)
+			}
+			d.mem.mu.Unlock()
+			d.Expire(now)
+		}
+		if err := d.Append(big); err != nil {
+			t.Fatalf("mapped %v: append once everything aged out: %v, want the aged-out segment's space freed", mapped, err)
+		}
+		d.crash()
+		d2, rec, err := Open(cfg)
+		if err != nil {
+			t.Fatalf("mapped %v: reopen: %v", mapped, err)
+		}
+		if rec.NewEpoch != "" || rec.MissingLast != 0 {
+			t.Errorf("mapped %v: reopened %+v, want the history going on", mapped, rec)
+		}
+		checkHolds(t, d2, big)
+		more := w.fill(t, d2, 1, 10)
+		if more[0].Seq != seq+5 {
+			t.Errorf("mapped %v: the next message after a restart is %d, want %d", mapped, more[0].Seq, seq+5)
+		}
+		d2.Close()
+	}
 }

@@ -394,11 +394,15 @@ func (l *Log) Last() uint64 { return l.last.Load() }
 
 // Expire applies MaxAge as of now: it evicts every segment whose newest
 // message is older than MaxAge, the active one included. Append applies it
-// too; the caller runs Expire periodically so that an idle log forgets.
+// too; the caller runs Expire periodically so that an idle log forgets. It
+// also unmaps the files read back whose messages were all evicted, once
+// their grace is over (mapped.go): an idle log's deleted files then give
+// their space back (a full disk's, where no append evicts).
 func (l *Log) Expire(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.retain(now.UnixNano())
+	l.unmapRetired(time.Now())
 }
 
 // retain evicts the oldest segments while a limit is exceeded. The active

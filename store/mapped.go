@@ -19,8 +19,8 @@ import (
 // most SegmentSize messages, an eighth of MaxBytes), so retention evicts
 // them as it would have before the restart. A mapped segment is never
 // written. A mapping is unmapped once every segment of its file has been
-// evicted and mapGrace has passed since (the next eviction or Close after
-// that does it), so that a query that took bodies before the eviction can
+// evicted and mapGrace has passed since (the next eviction, Expire or Close
+// after that does it), so that a query that took bodies before the eviction can
 // finish with them: queries hand bodies to the daemon's handlers, which
 // encode them into frames within a write timeout far shorter than that.
 // Close unmaps everything: nothing may use a message read from the log
@@ -133,7 +133,8 @@ func (l *Log) appendMapped(mf *mappedFile) {
 
 // evicted is called for each segment retention or startAt drops: a mapped
 // one's mapping is retired once none of its segments is held, and the
-// mappings whose grace is over are unmapped. l.mu is held.
+// mappings whose grace is over are unmapped (and by Expire: the space of a
+// deleted file comes back only then). l.mu is held.
 func (l *Log) evictedSeg(s *segment) {
 	if s.mapped == nil {
 		return
@@ -142,6 +143,12 @@ func (l *Log) evictedSeg(s *segment) {
 	if s.mapped.refs--; s.mapped.refs == 0 {
 		l.retired = append(l.retired, retired{m: s.mapped, at: now})
 	}
+	l.unmapRetired(now)
+}
+
+// unmapRetired unmaps the retired mappings whose grace is over as of now.
+// l.mu is held.
+func (l *Log) unmapRetired(now time.Time) {
 	k := 0
 	for k < len(l.retired) && now.Sub(l.retired[k].at) >= mapGrace {
 		l.retired[k].m.unmap()

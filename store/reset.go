@@ -1,9 +1,12 @@
 package store
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Sync does nothing and returns nil: a memory log has no device to reach.
@@ -23,13 +26,20 @@ func (l *Log) Reset(seq uint64, t int64) error {
 }
 
 // Reset empties the log and makes it stand after seq, stamped t, as
-// [Log.Reset] does: its segment files are deleted, oldest first, and a
-// new one begun at seq+1. A crash midway leaves either a shorter history
-// (the newest old files) or none; under a configured epoch (Config.Epoch)
-// the log then opens under it, and the replica catches up again. If the
-// new one cannot be begun (ErrNotWritable: a full disk), the log holds
-// what it held, its files begin again at its tail with the next append
-// that finds room, and Reset may be tried again.
+// [Log.Reset] does: the checkpoint is made to say, durably, that the
+// history begins at seq+1, then its segment files are deleted, oldest
+// first, and a new one begun at seq+1. A crash midway leaves either a
+// shorter history (the newest old files), whose messages are not served
+// (they are before the checkpoint's first), or none; under a configured
+// epoch (Config.Epoch) the log then opens under it, and the replica
+// catches up again. If the new one cannot be begun (ErrNotWritable: a
+// full disk), the log is reset all the same, in memory as on disk: it
+// holds nothing and stands after seq, and its files begin at seq+1 with
+// the next append that finds room (or a Reset tried again). If the
+// checkpoint cannot be written, nothing changes and Reset returns
+// ErrNotWritable; if a file cannot be deleted, the log is reset in memory
+// and fails (ErrFailed: the files left are not served after a restart
+// either).
 func (d *DiskLog) Reset(seq uint64, t int64) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
@@ -39,44 +49,67 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 	case seq < d.tailSeq:
 		return fmt.Errorf("store: reset to %d, behind the tail %d: %w", seq, d.tailSeq, ErrOutOfOrder)
 	}
-	d.pend = d.pend[:0] // records of the files deleted below
+	base := seq + 1
+	if len(d.segs) > 0 {
+		// What retention records before it deletes a file: a history
+		// that begins past the files deleted, so that recovery tells
+		// them from files lost.
+		if err := d.checkpoint(0, base, true); err != nil {
+			return fmt.Errorf("%w: reset: checkpoint: %w", ErrNotWritable, err)
+		}
+	}
+	var rmErr error
+	for i, s := range d.segs {
+		if err := removeIfThere(filepath.Join(d.dir, segName(s.base))); err != nil {
+			rmErr = fmt.Errorf("%w: reset: %d of %d segment files deleted: %w", ErrFailed, i, len(d.segs), err)
+			break
+		}
+		removeIfThere(filepath.Join(d.dir, idxName(s.base)))
+	}
+	d.pend = d.pend[:0] // records of the files deleted
 	d.fmu.Lock()
 	if d.f != nil {
 		d.f.Close()
 		d.f = nil
 	}
 	d.fmu.Unlock()
-	for _, s := range d.segs {
-		os.Remove(filepath.Join(d.dir, segName(s.base)))
-		os.Remove(filepath.Join(d.dir, idxName(s.base)))
+	// The memory log holds nothing the files no longer hold, whatever
+	// comes next. (It kept what it held when the new segment could not
+	// be begun, and served it until a restart.)
+	d.tailSeq, d.tailT = seq, t
+	d.mem.startAt(seq, t)
+	d.segs, d.fbase, d.fsize, d.fcount = nil, base, segHeaderSize, 0
+	d.enc = newRecordEncoder()
+	d.idx, d.idxAt = nil, 0
+	if rmErr != nil {
+		d.failed = rmErr
+		return rmErr
 	}
-	base := seq + 1
 	f, err := createSegment(filepath.Join(d.dir, segName(base)), segHeader{epoch: d.epoch, base: base, prevTime: t})
 	if err != nil {
 		// The old files are gone (or going: on a full disk their space
 		// may not come back while the memory log maps them) and the next
-		// could not be begun. The memory log stays as it was, and the
-		// next append with room begins the files again at its tail
-		// (writable), as retention would have left them; a Reset tried
-		// again resets. (Appends opened the missing segment at base again,
-		// and failed for as long as the daemon ran.)
-		d.segs, d.fbase, d.fsize = nil, d.tailSeq+1, segHeaderSize
-		d.roErr = fmt.Errorf("%w: %w", ErrNotWritable, err)
+		// could not be begun: the next append with room begins it
+		// (writable, rebegin); a Reset tried again does too.
+		d.roErr, d.roTried = fmt.Errorf("%w: %w", ErrNotWritable, err), time.Now()
 		return d.roErr
 	}
 	d.syncDir(d.dir)
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
-	d.fbase, d.fsize, d.fcount = base, segHeaderSize, 0
-	d.enc = newRecordEncoder()
-	d.idx, d.idxAt = nil, 0
 	d.segs = []segFile{{base: base, last: seq, lastTime: t}}
-	d.tailSeq, d.tailT = seq, t
-	d.mem.startAt(seq, t)
 	d.smu.Lock()
 	d.synced = seq
-	d.checkpoint()
 	d.smu.Unlock()
+	d.checkpoint(seq, base, false)
+	return nil
+}
+
+// removeIfThere removes the file at path; one already gone is no error.
+func removeIfThere(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	return nil
 }

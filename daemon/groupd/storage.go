@@ -116,8 +116,16 @@ func (d *Daemon) openStorageLog(id wire.UUID, name string, retention store.Confi
 	default:
 		lg.Info("group log read back", "messages", rec.Messages, "segments", rec.Segments, "took", rec.Took.Round(time.Millisecond), "epoch", l.Epoch())
 	}
-	if rec.TornBytes > 0 {
+	switch {
+	case rec.TornHole:
+		lg.Warn("cut the group log's tail after a hole (zeros, then data): a power cut wrote some of the pages written since the last fsync and not others; "+
+			"nothing after the last fsync is promised (under --fsync always it was never acknowledged)", "file", rec.TornFile, "bytes", rec.TornBytes)
+	case rec.TornBytes > 0:
 		lg.Warn("cut a torn tail from the group log: a write a crash interrupted, never acknowledged", "file", rec.TornFile, "bytes", rec.TornBytes)
+	}
+	if rec.MissingLast != 0 {
+		lg.Error("group history lost: the oldest segment files are missing (deleted by hand, or lost with the disk: retention did not delete them); "+
+			"the rest is served", "first_lost", rec.MissingFirst, "last_lost", rec.MissingLast, "dir", s.logDir(id))
 	}
 	if rec.IndexesRebuilt > 0 {
 		lg.Info("rebuilt missing segment indexes", "indexes", rec.IndexesRebuilt)
