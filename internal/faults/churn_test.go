@@ -252,6 +252,11 @@ func TestCrashLoopChurn(t *testing.T) {
 		}
 		<-time.After(time.Duration(rng.IntN(600)) * time.Millisecond) // the fault's moment, not a wait for an event
 		p.kill(syscall.SIGKILL)
+		// Retention deleted files under the kills: the daemon must not
+		// have taken that for history lost (its oldest files missing).
+		if l := p.printed(historyLost); l != "" {
+			t.Errorf("restart %d: %s", i, l)
+		}
 		serve(policies[(i+1)%2])
 	}
 	stopWork()

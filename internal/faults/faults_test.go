@@ -150,6 +150,23 @@ func (p *proc) line(t *testing.T, re *regexp.Regexp) []string {
 	}
 }
 
+// printed returns the first line the process has printed so far that
+// matches re, or "".
+func (p *proc) printed(re *regexp.Regexp) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.out {
+		if re.MatchString(l) {
+			return l
+		}
+	}
+	return ""
+}
+
+// historyLost matches a group daemon's report of a group's history lost
+// (store.Recovery's NewEpoch or MissingLast).
+var historyLost = regexp.MustCompile(`group history lost`)
+
 var listening = regexp.MustCompile(`listening on (\S+), fingerprint (\S+)`)
 
 func startRegistry(t *testing.T, listen, dir string) (addr string, fp wire.Fingerprint, p *proc) {
