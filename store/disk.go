@@ -162,6 +162,7 @@ type DiskLog struct {
 	cpt       *os.File
 	cptSynced uint64 // synced, as the checkpoint says it
 	cptFirst  uint64 // first, as the checkpoint says it (as of this run)
+	cptAhead  bool   // the file's first is past what the log holds (openCheckpoint); d.wmu
 
 	spare bool // the spare file is there (fromSpare)
 
@@ -387,11 +388,11 @@ func (d *DiskLog) writable() error {
 		d.roErr = fmt.Errorf("%w: open %s: %w", ErrNotWritable, segName(d.fbase), err)
 		return d.roErr
 	}
-	d.cmu.Lock()
-	if d.cpt == nil {
-		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
+	if err := d.openCheckpoint(); err != nil {
+		f.Close()
+		d.roErr = fmt.Errorf("%w: %w", ErrNotWritable, err)
+		return d.roErr
 	}
-	d.cmu.Unlock()
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
@@ -668,6 +669,26 @@ func (d *DiskLog) fsync() (uint64, error) {
 		d.mem.commit(target)
 	}
 	return target, nil
+}
+
+// openCheckpoint opens the checkpoint, for the writes after each sync.
+// If it says the history begins past what the log holds (cptAhead: a
+// Reset a crash cut short, or a power cut that took the tail retention
+// had passed), it is rewritten, durably, before anything is appended that
+// it would hide. d.wmu is held, or the log is being opened.
+func (d *DiskLog) openCheckpoint() error {
+	d.cmu.Lock()
+	if d.cpt == nil {
+		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
+	}
+	d.cmu.Unlock()
+	if d.cptAhead {
+		if err := d.checkpoint(0, 0, true); err != nil {
+			return fmt.Errorf("%s: %w", cptName, err)
+		}
+		d.cptAhead = false
+	}
+	return nil
 }
 
 // checkpoint rewrites the checkpoint: synced, if more than it said, and

@@ -1187,3 +1187,46 @@ func TestDiskOldestMissing(t *testing.T) {
 	checkHolds(t, d3, all[next-1:])
 	d3.Close()
 }
+
+// TestDiskCheckpointAhead: a Reset makes the checkpoint say, durably, that
+// the history begins after its seq before it deletes the old files, so a
+// crash midway leaves the newest of them with a checkpoint past what they
+// hold: the log opens empty, standing after them. What is appended from
+// there (acknowledged once written, under the interval policy) must not be
+// hidden by that checkpoint after the next crash: the log rewrites it,
+// durably, before its first append. (The same checkpoint follows a power
+// cut that took the tail retention's checkpoint had passed.)
+func TestDiskCheckpointAhead(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DiskConfig{Dir: dir, SegmentBytes: 8 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	w := newWriter(43)
+	w.fill(t, d, 400, 100)
+	seq, _ := d.Tail()
+	// A Reset to seq+100, cut short: its checkpoint written, the oldest
+	// file deleted, the others not yet.
+	if err := d.checkpoint(0, seq+101, true); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	if len(segs) < 2 {
+		t.Fatalf("segments %v, want several", segs)
+	}
+	if err := os.Remove(segs[0]); err != nil {
+		t.Fatal(err)
+	}
+	d.crash()
+	d2, rec := diskLog(t, cfg)
+	if rec.MissingLast != 0 {
+		t.Errorf("after a Reset cut short: missing %d to %d, want nothing", rec.MissingFirst, rec.MissingLast)
+	}
+	if s, _ := d2.Tail(); s != seq {
+		t.Fatalf("tail %d after a Reset cut short, want %d", s, seq)
+	}
+	checkHolds(t, d2, nil)
+	more := w.fill(t, d2, 5, 100)
+	d2.crash()
+	d3, _ := diskLog(t, cfg)
+	checkHolds(t, d3, more)
+	d3.Close()
+}

@@ -252,6 +252,10 @@ func (d *DiskLog) recover() (Recovery, error) {
 	// (under the interval policy) that an fsync would make the start wait
 	// for; the next sync covers them, and until then the checkpoint says
 	// only what it said.
+	// The checkpoint will say no more than this run knows: a first past
+	// what the files hold is not kept (openCheckpoint).
+	d.cptSynced, d.cptFirst = synced, d.mem.firstHeld()
+	d.cptAhead = cptErr == nil && floor > seq+1
 	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
 		if err = f.Truncate(d.fsize); err != nil {
@@ -259,16 +263,17 @@ func (d *DiskLog) recover() (Recovery, error) {
 		}
 	}
 	if err != nil {
-		d.roErr = fmt.Errorf("%w: open %s: %w", ErrNotWritable, segName(d.fbase), err)
+		err = fmt.Errorf("open %s: %w", segName(d.fbase), err)
+	} else if err = d.openCheckpoint(); err != nil {
+		f.Close()
+	}
+	if err != nil {
+		d.roErr = fmt.Errorf("%w: %w", ErrNotWritable, err)
 		d.roTried = time.Now()
 		rec.ReadOnly = d.roErr
 	} else {
 		d.f = f
 		d.synced = synced
-		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
-		// The checkpoint says no more than this run knows: a first past
-		// what the files hold (a Reset a crash cut short) is not kept.
-		d.cptSynced, d.cptFirst = synced, d.mem.firstHeld()
 		if st, err := os.Stat(filepath.Join(d.dir, spareName)); err == nil && st.Size() >= segHeaderSize {
 			d.spare = true
 		} else {
