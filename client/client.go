@@ -24,6 +24,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -562,13 +563,20 @@ func dialEnded(ctx context.Context, where string) error {
 }
 
 // dialAny dials the peer's addresses in order and returns the first
-// connection made, and its address.
+// connection made, and its address. An address where another key answers
+// is passed over like one where nothing does (the key is checked at each):
+// it is the error only if no address answered with the right key, as a
+// wrong key is no reachability problem. Giving up at the first such
+// address let anyone who could put an address first in a listing (a rogue
+// registry on the LAN, whose entry of a group under its real key came
+// first by the lease time it claimed) make the group unreachable.
 func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 	tr, err := p.c.transport()
 	if err != nil {
 		return nil, "", err
 	}
 	var errs []error
+	var wrongKey error
 	for _, addr := range p.addrs {
 		conn, err := p.dial(ctx, tr, addr)
 		if err == nil {
@@ -580,9 +588,13 @@ func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 		var mm *identity.MismatchError
 		var ce *identity.ChangedError
 		if errors.As(err, &mm) || errors.As(err, &ce) {
-			return nil, "", err // a wrong key is not a reachability problem
+			wrongKey = cmp.Or(wrongKey, err)
+			continue
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+	}
+	if wrongKey != nil {
+		return nil, "", wrongKey
 	}
 	if len(errs) == 0 {
 		return nil, "", fmt.Errorf("no address to dial: %w", ErrUnreachable)

@@ -645,3 +645,42 @@ func TestListingCellGroupUnderAStranger(t *testing.T) {
 		t.Errorf("merged listing %+v; want ops once, under its leader %s", groups, real.Fingerprint.Short())
 	}
 }
+
+// TestDialPastAnotherKey has a group listed with two addresses, the first
+// answered by a daemon of another key: the client gave up at the first
+// (a wrong key, it reasoned, is no reachability problem) and never dialled
+// the second. A rogue registry on the LAN lists a group under its real
+// key with an address of its own first (the merged listing puts first the
+// addresses of the entry whose lease has the most time left, by the
+// registry's word): every call to the group failed so. The client goes on
+// to the next address; the key is checked at each, and a wrong key is the
+// error only if no address presents the right one.
+func TestDialPastAnotherKey(t *testing.T) {
+	info := func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpInfo {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		return c.Result(wire.Info{Group: wire.UUID{7}, Name: "g", Epoch: 3})
+	}
+	real := hostileDaemon(t, info)
+	other := hostileDaemon(t, info)
+	e := real
+	e.Addrs = []string{other.Addrs[0], real.Addrs[0]}
+	g, err := newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Info(t.Context()); err != nil {
+		t.Errorf("info with another key's daemon at the first address: %v, want the second address's answer", err)
+	}
+	// Only another key: that is the error.
+	e.Addrs = other.Addrs
+	g, err = newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mm *identity.MismatchError
+	if _, err := g.Info(t.Context()); !errors.As(err, &mm) {
+		t.Errorf("info with only another key's daemon: %v, want *identity.MismatchError", err)
+	}
+}
