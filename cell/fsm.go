@@ -125,6 +125,14 @@ type fsm struct {
 	// (restoreAtStart), if one was left to finish: set by Restore within
 	// raft.NewRaft, before raft's goroutines start, and not changed after.
 	atStart atomic.Pointer[restoreAtStart]
+	// stalledAt is, while an append the state machine must make (a
+	// committed send) is refused by its log (a full or failing disk) and
+	// retried, the raft index of the last entry of the batch it stalled
+	// on; 0 otherwise. onStall, if set, is told as a stall begins
+	// (Node.stallLoop: a leader that cannot apply hands the leadership
+	// over).
+	stalledAt atomic.Uint64
+	onStall   func()
 
 	mu sync.RWMutex // Apply and Restore write the groups' members; the rest read
 	// groups is the cell's groups, replaced whole (under mu) when one is
@@ -136,6 +144,7 @@ type fsm struct {
 	// (as it does Snapshot and Restore).
 	entries []store.Entry
 	pending []*groupState // the groups whose pend the batch staged
+	last    uint64        // the raft index of the batch's last entry
 }
 
 // groupState is one group of the cell.
@@ -246,6 +255,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		f.entries = c.entries[:0] // stage copies what it keeps
 		resps[i] = f.applyLocked(&c, i, l.Index, l.Term)
 	}
+	f.last = logs[len(logs)-1].Index
 	f.flush(resps)
 	return resps
 }
@@ -396,6 +406,7 @@ func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 	for attempt := 0; ; attempt++ {
 		err := g.log.Append(entries)
 		if err == nil {
+			f.unstalled(g, attempt)
 			return true
 		}
 		tooLarge := errors.Is(err, store.ErrBatchTooLarge) || errors.Is(err, store.ErrBodyTooLarge)
@@ -408,6 +419,7 @@ func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 			if err = g.log.Reset(e.Seq, e.Time); err == nil {
 				f.log.Warn("cell: a message larger than this member's retention holds is aged out at once; the group's log here is empty up to it",
 					"group", g.spec.Name, "seq", e.Seq, "bytes", len(e.Body))
+				f.unstalled(g, attempt)
 				return true
 			}
 		}
@@ -415,11 +427,21 @@ func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 			f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",
 				"group", g.spec.Name, "err", err, "attempts", attempt+1)
 		}
+		if attempt == 0 && f.stalledAt.Swap(f.last) == 0 && f.onStall != nil {
+			f.onStall()
+		}
 		select {
 		case <-f.closing:
 			return false
 		case <-time.After(retryAppend):
 		}
+	}
+}
+
+// unstalled notes that g's log took what append retried (attempt > 0).
+func (f *fsm) unstalled(g *groupState, attempt int) {
+	if attempt > 0 && f.stalledAt.Swap(0) != 0 {
+		f.log.Info("cell: a group's log takes appends again", "group", g.spec.Name, "attempts", attempt+1)
 	}
 }
 

@@ -40,6 +40,34 @@ type testHost struct {
 	held int
 	// failOpens is how many more OpenGroup calls fail.
 	failOpens int
+	// refuse makes the appends to h's logs fail, as on a full disk;
+	// refused counts those refused.
+	refuse  bool
+	refused int
+}
+
+// errTestDiskFull is what a test host's logs answer an append while they
+// refuse them (refuseAppends).
+var errTestDiskFull = errors.New("test host: no space left on device")
+
+// refuseAppends makes the appends to h's logs fail, as on a full disk,
+// until the function it returns is called (once or more).
+func (h *testHost) refuseAppends() (room func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.refuse = true
+	return func() {
+		h.mu.Lock()
+		h.refuse = false
+		h.mu.Unlock()
+	}
+}
+
+// refusedAppends returns how many appends h refused.
+func (h *testHost) refusedAppends() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.refused
 }
 
 // holdAppends holds the state machine's appends to h's logs until the
@@ -76,11 +104,17 @@ type heldLog struct {
 
 func (l heldLog) Append(batch []store.Entry) error {
 	l.h.mu.Lock()
-	ch := l.h.hold
+	ch, refuse := l.h.hold, l.h.refuse
 	if ch != nil {
 		l.h.held++
 	}
+	if refuse {
+		l.h.refused++
+	}
 	l.h.mu.Unlock()
+	if refuse {
+		return errTestDiskFull
+	}
 	if ch != nil {
 		<-ch
 	}

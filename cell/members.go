@@ -33,8 +33,13 @@ import (
 const progressTimeout = 2 * time.Second
 
 // progressSize is the answer of a progress stream: the member's applied
-// index and last index, u64 little-endian each.
-const progressSize = 16
+// index and last index, u64 little-endian each, then a byte of flags:
+// progressStalled says its state machine cannot apply (stall.go). A
+// member of before session 14 answers the first 16 bytes only.
+const (
+	progressSize    = 17
+	progressStalled = 1
+)
 
 // ErrCatchingUp: the member was added, and is still being brought up to
 // date: it takes no part in the cell's decisions until it is (the leader
@@ -261,7 +266,7 @@ func (n *Node) RemoveMember(ctx context.Context, by, fp wire.Fingerprint) error 
 		if _, _, err := n.mayChange(op, by); err != nil {
 			return err
 		}
-		if _, err := n.leading(); err != nil {
+		if _, err := n.leading(); err != nil && !errors.Is(err, errStalled) {
 			return err
 		}
 		return n.handOver(ctx)
@@ -396,7 +401,7 @@ func (n *Node) promote() {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
 			defer cancel()
-			ns[i].applied, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
+			ns[i].applied, _, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
 		})
 	}
 	wg.Wait()
@@ -457,11 +462,12 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 	return b, ok
 }
 
-// progress asks the member at addr for its applied index.
-func (n *Node) progress(ctx context.Context, addr string) (applied uint64, err error) {
+// progress asks the member at addr for its applied index, and whether its
+// state machine stalled (false from a member that does not say).
+func (n *Node) progress(ctx context.Context, addr string) (applied uint64, stalled bool, err error) {
 	str, _, err := n.tr.open(ctx, addr, kindProgress)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer str.CancelRead(streamClosed)
 	defer str.Close()
@@ -469,18 +475,22 @@ func (n *Node) progress(ctx context.Context, addr string) (applied uint64, err e
 		str.SetReadDeadline(d)
 	}
 	var b [progressSize]byte
-	if _, err := io.ReadFull(str, b[:]); err != nil {
-		return 0, err
+	if k, err := io.ReadFull(str, b[:]); err != nil && (k != 16 || err != io.ErrUnexpectedEOF) {
+		return 0, false, err
 	}
-	return binary.LittleEndian.Uint64(b[:8]), nil
+	return binary.LittleEndian.Uint64(b[:8]), b[16]&progressStalled != 0, nil
 }
 
-// serveProgress answers a progress stream: how far this member got.
+// serveProgress answers a progress stream: how far this member got, and
+// whether its state machine stalled.
 func (n *Node) serveProgress(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
 	var b [progressSize]byte
 	if r := n.running(); r != nil {
 		binary.LittleEndian.PutUint64(b[:8], r.AppliedIndex())
-		binary.LittleEndian.PutUint64(b[8:], r.LastIndex())
+		binary.LittleEndian.PutUint64(b[8:16], r.LastIndex())
+	}
+	if n.fsm.stalledAt.Load() != 0 {
+		b[16] |= progressStalled
 	}
 	str.SetWriteDeadline(time.Now().Add(progressTimeout))
 	str.Write(b[:])

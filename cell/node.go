@@ -341,6 +341,8 @@ type Node struct {
 	// members are up, and asked at once rather than at the next tick).
 	watchWake chan raft.Observation
 	learnWake chan struct{}
+	// stallWake wakes stallLoop: the state machine stalled (fsm.onStall).
+	stallWake chan struct{}
 	// served is closed the first time this member serves (Serving) since
 	// it started (checkServing).
 	served     chan struct{}
@@ -399,8 +401,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	cfg = cfg.withDefaults()
 	n := &Node{cfg: cfg, closing: make(chan struct{}), changing: make(chan struct{}, 1),
-		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), served: make(chan struct{}),
-		self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
+		served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
 	if err != nil {
@@ -410,6 +412,12 @@ func New(cfg Config) (*Node, error) {
 	n.fsm = newFSM(cfg.Host, cfg.Logger, n.closing)
 	n.fsm.onConfig = n.applied
 	n.fsm.catchUp = n.catchUp
+	n.fsm.onStall = func() {
+		select {
+		case n.stallWake <- struct{}{}:
+		default: // a wake-up is pending
+		}
+	}
 	tr.handle(kindCatchUp, n.serveCatchUp)
 	tr.handle(kindProgress, n.serveProgress)
 	tr.handle(kindMembers, n.serveMembers)
@@ -554,11 +562,12 @@ func (n *Node) start() error {
 	n.started, n.restarted = true, existing
 	n.tr.warm()
 	n.net.keepReady()
-	n.wg.Add(4)
+	n.wg.Add(5)
 	go n.leaderLoop()
 	go n.promoteLoop()
 	go n.learnLoop()
 	go n.timingLoop()
+	go n.stallLoop()
 	// A wake-up, not a record: the watcher reads the leader raft knows
 	// now, so an observation dropped while one is pending loses nothing.
 	// It runs whether or not the daemon wants to hear of leaders: a
@@ -1081,7 +1090,7 @@ func (n *Node) setReady(term uint64) {
 }
 
 // leading returns the term this node leads in, ready to stamp, or the
-// error to answer with: a *NotLeaderError, or ErrClosed.
+// error to answer with: a *NotLeaderError, errStalled, or ErrClosed.
 func (n *Node) leading() (uint64, error) {
 	n.mu.Lock()
 	ready, closed, started := n.ready, n.closed, n.started
@@ -1093,6 +1102,9 @@ func (n *Node) leading() (uint64, error) {
 		return 0, &NotLeaderError{}
 	}
 	if ready != 0 && n.raft.State() == raft.Leader && n.raft.CurrentTerm() == ready {
+		if n.fsm.stalledAt.Load() != 0 {
+			return 0, errStalled
+		}
 		return ready, nil
 	}
 	leader, _ := n.Leader()

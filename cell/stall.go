@@ -1,0 +1,133 @@
+package cell
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// A stalled leader: a member whose state machine cannot apply what the
+// cell commits (a group log refuses the append of a committed send: its
+// disk is full, or failing) retries the append until it succeeds
+// (fsm.append), and applies nothing meanwhile. As leader it could answer
+// no send, join or change of the cell (each waits for this member to apply
+// it). Worse, raft (v1.7.2) hands each commit to the state machine's
+// goroutine through a queue of 128, on its own main goroutine: once 128
+// commits wait behind the stalled append, that goroutine blocks, and with
+// it everything raft does but replicate, heartbeats included. The
+// followers, still hearing the leader, never elect another, and a
+// leadership transfer (huddle cell remove of the leader, the operator's
+// way out) waits for the main goroutine for ever: the cell was wedged
+// until the disk had room again or the member was restarted (session 14).
+//
+// So a leader whose state machine stalls refuses new proposals at once
+// (leading: errStalled), which keeps the queue short, and hands the
+// leadership to a voter whose state machine applies (stallLoop): the cell
+// goes on without it, and the operator can remove it (or free its disk)
+// from the new leader. A voter can take over if it answers (a progress
+// stream) that its state machine is not stalled and raft has applied, on
+// it, the batch this member stalled on: one that has not got that far yet
+// may stall on the same entry (every disk full), and leadership moved to
+// a member that cannot apply either would only be handed back, an
+// election each time. If no voter can, it keeps leading, refusing, and
+// asks again every HeartbeatTimeout (the followers apply what the leader
+// committed a heartbeat later).
+
+// errStalled is the refusal of a leader whose state machine stalled.
+var errStalled = fmt.Errorf("%w: this member leads, but cannot apply what the cell commits (a group log on it refuses appends: a full or failing disk); it hands the leadership to a member that can", ErrUnavailable)
+
+// stallLoop hands the leadership over, on a leader whose state machine
+// stalled, to a voter whose state machine applies, as the stall begins
+// (fsm.onStall) and every HeartbeatTimeout while it lasts, until the node
+// closes.
+func (n *Node) stallLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(n.cfg.HeartbeatTimeout)
+	defer tick.Stop()
+	failed := 0 // rounds in a row no voter could take over
+	for {
+		select {
+		case <-n.closing:
+			return
+		case <-tick.C:
+		case <-n.stallWake:
+		}
+		at := n.fsm.stalledAt.Load()
+		if at == 0 || n.raft.State() != raft.Leader {
+			failed = 0
+			continue
+		}
+		to, err := n.handOverStalled(at)
+		if err == nil {
+			n.cfg.Logger.Warn("cell: this member cannot apply what the cell commits (a group log refuses appends): handed the leadership to a member that can",
+				"to", to.String())
+			failed = 0
+			continue
+		}
+		// Said once a stall has outlasted the followers' applying what
+		// was committed (the first rounds may come before they did).
+		if failed++; failed == stallRoundsQuiet {
+			n.cfg.Logger.Error("cell: this member leads but cannot apply what the cell commits (a group log refuses appends), and could not hand the leadership over: sends and changes of the cell are refused until its disk takes appends again or another member can take over",
+				"err", err)
+		}
+	}
+}
+
+// stallRoundsQuiet is how many rounds in a row a stalled leader finds no
+// voter to take over before it says so.
+const stallRoundsQuiet = 3
+
+// handOverStalled asks every other voter at once whether its state
+// machine applies (a progress stream), and transfers the leadership to the
+// one that applied most of those that do and have applied past at, the
+// raft index this member stalled at. It returns the member it handed over
+// to, or why it did not.
+func (n *Node) handOverStalled(at uint64) (Peer, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return Peer{}, err
+	}
+	type voter struct {
+		s       raft.Server
+		p       Peer
+		applied uint64
+		stalled bool
+		err     error
+	}
+	var vs []voter
+	for _, s := range f.Configuration().Servers {
+		fp, err := wire.ParseFingerprint(string(s.ID))
+		if err != nil || s.Suffrage != raft.Voter || fp == n.self.Fingerprint {
+			continue
+		}
+		vs = append(vs, voter{s: s, p: Peer{Addr: string(s.Address), Fingerprint: fp}})
+	}
+	var wg sync.WaitGroup
+	for i := range vs {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
+			defer cancel()
+			vs[i].applied, vs[i].stalled, vs[i].err = n.progress(ctx, vs[i].p.Addr)
+		})
+	}
+	wg.Wait()
+	var to *voter
+	for i := range vs {
+		v := &vs[i]
+		if v.err == nil && !v.stalled && v.applied >= at && (to == nil || v.applied > to.applied) {
+			to = v
+		}
+	}
+	if to == nil {
+		return Peer{}, fmt.Errorf("none of the %d other voters answered that it applied past raft index %d, where this member stalled", len(vs), at)
+	}
+	if err := n.raft.LeadershipTransferToServer(to.s.ID, to.s.Address).Error(); err != nil {
+		return Peer{}, fmt.Errorf("hand the leadership to %s: %w", to.p, err)
+	}
+	return to.p, nil
+}

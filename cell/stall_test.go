@@ -1,0 +1,151 @@
+package cell
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestStalledLeaderHandsOver: the leader's group log refuses appends (its
+// disk full), so its state machine cannot apply what the cell commits. It
+// refuses sends at once and hands the leadership to a member that applies;
+// the cell takes sends again, and the operator replaces the full-disk
+// member (adds a new one, removes it) through the new leader, with no
+// restart. (It kept leading: every send waited CommitWait and was answered
+// unavailable, and once 128 commits waited behind the stalled append
+// raft's main goroutine blocked, heartbeats going on: no election, a
+// change "timed out enqueuing operation", and huddle cell remove of the
+// leader, whose hand-over waits for that goroutine, never returned. The
+// cell was wedged until the disk had room or the member restarted.)
+func TestStalledLeaderHandsOver(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	c.sameLogs(g.ID, 10)
+
+	room := l.host.refuseAppends()
+	t.Cleanup(room)
+	// Sent to the full-disk leader first: committed, and its state
+	// machine stalls on it.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	_, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a send the full-disk leader cannot apply: %v, want ErrUnavailable", err)
+	}
+	waitUntil(t, "the leader's state machine to stall", func() bool { return l.host.refusedAppends() > 0 })
+	c.sendMany(g.ID, 10, 40) // through whichever member leads, ready
+	next := c.leader()
+	if next == l {
+		t.Fatal("the member whose disk is full leads, ready to stamp")
+	}
+	_, err = l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(50), From: alice, Body: []byte("body")}}, nil)
+	var nl *NotLeaderError
+	if !errors.As(err, &nl) || nl.Leader != next.node.Self() {
+		t.Fatalf("a send to the full-disk member after its hand-over: %v, want NotLeaderError naming %s", err, next.addr)
+	}
+
+	// The operator's replacement: a new member added, the full one removed.
+	d := c.newMember(false)
+	dp := Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}
+	c.peers = append(c.peers, dp)
+	c.start(d, true)
+	c.change("add member", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, dp) })
+	c.change("remove the full-disk member", nil, func(n *Node) error { return n.RemoveMember(ctx, n.Self().Fingerprint, l.id.Fingerprint()) })
+	for {
+		err := c.leader().node.AwaitVoter(ctx, dp.Fingerprint)
+		if err == nil {
+			break
+		}
+		if !errors.As(err, &nl) && !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("AwaitVoter of the replacement: %v", err)
+		}
+	}
+	l.stop()
+	c.members = slices.DeleteFunc(c.members, func(m *testMember) bool { return m == l })
+	c.sendMany(g.ID, 50, 10)
+	c.sameLogs(g.ID, 60)
+}
+
+// TestStalledCellKeepsLeader: every member's group log refuses appends
+// (every disk full): the leader cannot hand the leadership to a member
+// that applies, and keeps it (a transfer to a member as stalled would only
+// be handed back, an election each time), refusing sends and changes of
+// the cell at once; once the disks have room, the cell takes sends again,
+// with no restart.
+func TestStalledCellKeepsLeader(t *testing.T) {
+	var logs memberLogs
+	c := newTestCell(t, 3, false, logs.record)
+	l := c.leader()
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	c.sameLogs(g.ID, 10)
+	term := c.term()
+	for _, m := range c.members {
+		t.Cleanup(m.host.refuseAppends())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil)
+	waitUntil(t, "the leader to find no member to hand over to", func() bool {
+		lines, _ := logs.of(l.addr).since(0)
+		return slices.ContainsFunc(lines, func(s string) bool { return strings.Contains(s, "could not hand the leadership over") })
+	})
+	if got := c.term(); got != term || l.node.raft.State() != raft.Leader {
+		t.Fatalf("the leader of term %d, stalled as every member is: %v in term %d; want it leading still", term, l.node.raft.State(), got)
+	}
+	_, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(11), From: alice, Body: []byte("body")}}, nil)
+	if !errors.Is(err, errStalled) {
+		t.Fatalf("a send to the stalled leader: %v, want errStalled", err)
+	}
+	d := c.newMember(false)
+	if err := l.node.AddMember(ctx, l.node.Self().Fingerprint, Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}); !errors.Is(err, errStalled) {
+		t.Fatalf("a member added through the stalled leader: %v, want errStalled", err)
+	}
+	for _, m := range c.members {
+		m.host.refuseAppends()()
+	}
+	c.sendMany(g.ID, 10, 10)
+	c.sameLogs(g.ID, 20)
+}
+
+// TestProgressWithoutFlags: a member of before session 14 answers a
+// progress stream with 16 bytes (no flags byte): its answer is read as
+// not stalled, not refused.
+func TestProgressWithoutFlags(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	var o *testMember
+	for _, m := range c.members {
+		if m != l {
+			o = m
+		}
+	}
+	o.node.tr.handle(kindProgress, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		var b [16]byte
+		binary.LittleEndian.PutUint64(b[:8], 42)
+		str.Write(b[:])
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	applied, stalled, err := l.node.progress(ctx, o.addr)
+	if err != nil || applied != 42 || stalled {
+		t.Fatalf("progress from a member answering 16 bytes: %d, stalled %v, %v; want 42, false, nil", applied, stalled, err)
+	}
+	o.node.fsm.stalledAt.Store(1)
+	o.node.tr.handle(kindProgress, o.node.serveProgress)
+	if _, stalled, err = l.node.progress(ctx, o.addr); err != nil || !stalled {
+		t.Fatalf("progress from a stalled member: stalled %v, %v; want true", stalled, err)
+	}
+	o.node.fsm.stalledAt.Store(0)
+}
