@@ -45,7 +45,7 @@ const (
 // configuration names the leader it knows, until the node closes.
 func (n *Node) learnLoop() {
 	defer n.wg.Done()
-	tick := time.NewTicker(learnEvery)
+	tick := time.NewTicker(or(n.cfg.learnEvery, learnEvery))
 	defer tick.Stop()
 	for {
 		switch leader, ok := n.Leader(); {

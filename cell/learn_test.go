@@ -1,12 +1,17 @@
 package cell
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -101,4 +106,71 @@ func TestJoiningDaemonAsksNothing(t *testing.T) {
 	if _, ok := d.node.Leader(); ok || d.node.learning() {
 		t.Fatalf("a daemon waiting to be added (knowing a leader: %v) asks the members for theirs", ok)
 	}
+}
+
+// TestStartedMemberAsksOnLeader: a member started asks the members at
+// once whether they list it (Serving waits for a majority to), and again
+// as soon as it comes to know of a leader, not at its next round: its
+// first round may run before its peers are up, or, as here, be answered
+// by no majority that lists it (each peer answers it as a removed member
+// does, while the member learns of the leader). Here the rounds are an
+// hour apart, so only the second ask can make it serve. (It asked again
+// at the next round only, up to a second later: a fetch from it just after
+// the cell's groups were applied was refused; 7ded0b1, whose only evidence
+// was one -race failure of groupd's TestCellAgeLimitIgnoresMemberClocks.)
+func TestStartedMemberAsksOnLeader(t *testing.T) {
+	c := newTestCell(t, 3, true, nil)
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 5)
+	m := c.follower()
+	c.mutate = func(cfg *Config) {
+		if cfg.Advertise == m.addr {
+			cfg.learnEvery = time.Hour
+			// It never stands: elected, it would serve without asking.
+			cfg.HeartbeatTimeout, cfg.ElectionTimeout = time.Hour, time.Hour
+		}
+	}
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the members stop
+	asked := make(chan string, 2)
+	for _, o := range c.members {
+		if o == m {
+			continue
+		}
+		var first atomic.Bool
+		o.node.tr.handle(kindMembers, func(ctx context.Context, peer wire.Fingerprint, str *quic.Stream) {
+			if peer != m.id.Fingerprint() || first.Swap(true) {
+				o.node.serveMembers(ctx, peer, str)
+				return
+			}
+			asked <- o.addr
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			str.Write([]byte{0}) // no members: as a member removed answers
+		})
+	}
+	c.restart(m)
+	for range 2 {
+		select {
+		case <-asked:
+		case <-time.After(waitTimeout):
+			t.Fatal("the member started did not ask both peers")
+		}
+	}
+	waitUntil(t, "the member to know of the leader while its first round waits", func() bool {
+		l, ok := m.node.Leader()
+		return ok && l != m.node.Self()
+	})
+	free()
+	select {
+	case <-m.node.Served():
+	case <-time.After(waitTimeout):
+		t.Fatalf("the member never served (heard %v): it did not ask again on learning of the leader", m.node.heard.Load())
+	}
+	c.sendMany(g.ID, 5, 5)
+	c.sameLogs(g.ID, 10)
 }

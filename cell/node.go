@@ -202,6 +202,9 @@ type Config struct {
 	// rtt, if set (by tests), replaces the round trip to the other
 	// members the kernel measures (timing.go).
 	rtt func() (time.Duration, bool)
+	// learnEvery, if set (by tests), replaces how often a member that
+	// has not heard from the cell asks the members (learn.go).
+	learnEvery time.Duration
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
