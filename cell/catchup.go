@@ -69,7 +69,9 @@ var errCatchUp = errors.New("cell: catch-up")
 // it waits until a peer can serve the messages: each member that could
 // not is asked again, in rounds backing off from catchUpRetryMin to
 // catchUpRetryMax (one still being asked is not asked twice), each round
-// logged, until one serves them or Close is called (ErrClosed).
+// logged, until one serves them or Close is called (ErrClosed). A member
+// dialling this one, or a leader coming to be known, starts a round at
+// once and the backoff again from catchUpRetryMin (catchUpWake).
 //
 // Why wait: the member's snapshot may cover messages no peer has applied
 // yet (a leader stopped and restarted at once: its followers apply what
@@ -136,10 +138,11 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	}
 	ask()
 	var errs []error
-	start, round, wait := time.Now(), 1, catchUpRetryMin
+	start, round, wait := time.Now(), 1, or(n.cfg.catchUpWait, catchUpRetryMin)
 	var again <-chan time.Time // the next round, while waiting
+	var woken <-chan struct{}  // a peer back, while waiting
 	if waiting {
-		again = time.After(wait)
+		again, woken = time.After(wait), n.catchUpWake
 	}
 	for {
 		if len(asking) == 0 && !waiting {
@@ -178,6 +181,19 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			ask()
 			again = time.After(wait)
 			wait = min(2*wait, catchUpRetryMax)
+		case <-woken:
+			// A member dialled this one (it started, or its network came
+			// back) or a leader is known: the peers may serve the
+			// messages now, or soon (once they apply what the leader
+			// commits). Asked at once, and the rounds back off from the
+			// start again: a member that had backed off to 15 s waited
+			// that long after its peers returned (session 13's note).
+			n.cfg.Logger.Info("cell: a peer is back: asking again for a group's messages", "group", g.spec.Name, "rounds", round, "waited", time.Since(start).Round(time.Millisecond))
+			round++
+			errs = nil
+			ask()
+			again = time.After(catchUpRetryMin)
+			wait = min(2*catchUpRetryMin, catchUpRetryMax)
 		case <-ctx.Done():
 			if err := closed(); err != nil {
 				return err

@@ -516,3 +516,87 @@ func TestElectedWhileCatchingUpHandsOver(t *testing.T) {
 	}
 	c.sameLogs(g.ID, 65)
 }
+
+// TestWaitingMemberWokenByPeers: a member restarted with its group log
+// lost while every peer is down waits at start for one to catch the log
+// up from, asking in rounds that back off up to 15 s; here, as if it had
+// backed off that far already, its next round is an hour away. The peers
+// coming back dial it as they start (and elect a leader), and it asks
+// them at once: it starts, caught up, within moments of their return,
+// not at its next round. (It was not woken: a member backed off to 15 s
+// served up to 15 s after its peers were back; session 13's note.)
+func TestWaitingMemberWokenByPeers(t *testing.T) {
+	c := newTestCell(t, 3, true, compacting)
+	m := c.leader()
+	g := m.group("lobby")
+	c.sendMany(g.ID, 0, 60)
+	c.sameLogs(g.ID, 60)
+	if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		t.Fatal(err)
+	}
+	var peers []*testMember
+	for _, o := range c.members {
+		if o != m {
+			peers = append(peers, o)
+			o.stop()
+		}
+	}
+	m.stop()
+	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
+		t.Fatal(err)
+	}
+	rec := new(atomic.Pointer[recorder])
+	c.mutate = func(cfg *Config) {
+		compacting(cfg)
+		if cfg.Advertise == m.addr {
+			r := newRecorder(cfg.Logger.Handler())
+			cfg.Logger = slog.New(r)
+			rec.Store(r)
+			cfg.catchUpWait = time.Hour
+		}
+	}
+	m.host = newTestHost(m.host.dir)
+	started := make(chan error, 1)
+	go func() { started <- c.tryStart(m, false) }()
+	// The first round's asks have failed (the peers are down) before they
+	// come back: a dial still trying could reach them by itself.
+	waitUntil(t, "the member's first round to fail with each peer", func() bool {
+		r := rec.Load()
+		if r == nil {
+			return false
+		}
+		lines, _ := r.since(0)
+		for _, o := range peers {
+			if !slices.ContainsFunc(lines, func(l string) bool {
+				return strings.Contains(l, "could not catch up a group from a peer") && strings.Contains(l, o.addr)
+			}) {
+				return false
+			}
+		}
+		return true
+	})
+	select {
+	case err := <-started:
+		t.Fatalf("the member's start ended (%v) with its peers down", err)
+	default:
+	}
+	back := time.Now()
+	for _, o := range peers {
+		o.host = newTestHost(o.host.dir)
+		c.start(o, false)
+	}
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("the member did not start once its peers were back: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the member did not start once its peers were back: it waits for its next round")
+	}
+	t.Logf("the member started, caught up, %v after its peers were back", time.Since(back).Round(time.Millisecond))
+	if last, _ := m.host.replica(g.ID).log.Tail(); last < 60 {
+		t.Fatalf("the member started with its group log at %d, want 60", last)
+	}
+	c.sendMany(g.ID, 60, 5)
+	c.sameLogs(g.ID, 65)
+}

@@ -205,6 +205,10 @@ type Config struct {
 	// learnEvery, if set (by tests), replaces how often a member that
 	// has not heard from the cell asks the members (learn.go).
 	learnEvery time.Duration
+	// catchUpWait, if set (by tests), replaces the wait before the
+	// second round of a catch-up at start, as if it had backed off that
+	// far (catchUp).
+	catchUpWait time.Duration
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -345,7 +349,9 @@ type Node struct {
 	watchWake chan raft.Observation
 	learnWake chan struct{}
 	// stallWake wakes stallLoop: the state machine stalled (fsm.onStall).
-	stallWake chan struct{}
+	// catchUpWake wakes a catch-up at start waiting for a peer (catchUp):
+	// a member dialled this one, or a leader is known.
+	stallWake, catchUpWake chan struct{}
 	// served is closed the first time this member serves (Serving) since
 	// it started (checkServing).
 	served     chan struct{}
@@ -405,7 +411,7 @@ func New(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
 	n := &Node{cfg: cfg, closing: make(chan struct{}), changing: make(chan struct{}, 1),
 		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
-		served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+		catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
 	if err != nil {
@@ -421,6 +427,7 @@ func New(cfg Config) (*Node, error) {
 		default: // a wake-up is pending
 		}
 	}
+	tr.onDialedIn(n.wakeCatchUp)
 	tr.handle(kindCatchUp, n.serveCatchUp)
 	tr.handle(kindProgress, n.serveProgress)
 	tr.handle(kindMembers, n.serveMembers)
@@ -635,6 +642,15 @@ func (n *Node) applied(c raft.Configuration, index uint64) {
 // this one may yet be cut from the log.)
 func (n *Node) appendedConfig() {
 	n.setLatestPeers(raft.Configuration{})
+}
+
+// wakeCatchUp has a catch-up at start that waits for a peer ask again at
+// once (catchUp).
+func (n *Node) wakeCatchUp() {
+	select {
+	case n.catchUpWake <- struct{}{}:
+	default: // a wake-up is pending
+	}
 }
 
 // wakeWatch has watchLeader look again at the leader and whether this
@@ -1061,6 +1077,7 @@ func (n *Node) watchLeader(obs *raft.Observer, wake <-chan raft.Observation) {
 			// configuration it applies from the leader says again, as for
 			// any member removed and added back.
 			n.refusedOut.Store(false)
+			n.wakeCatchUp() // the cell runs: its members apply again
 		}
 		if n.cfg.LeaderChanged != nil {
 			n.cfg.LeaderChanged(p, ok)

@@ -132,6 +132,7 @@ type Transport struct {
 	tcpSeq   uint64                // the last tcpConn.seq given
 
 	peersSet func() // called after SetPeers (onPeers)
+	dialedIn func() // called as a member's QUIC connection is accepted (onDialedIn)
 
 	handshakeTimeout time.Duration // of raft's accepted connections; 0: handshakeTimeout (tests)
 	dialFault        func() error  // tests: called before each raft dial; its error fails the dial
@@ -255,6 +256,15 @@ func (t *Transport) onPeers(fn func()) {
 	t.mu.Unlock()
 }
 
+// onDialedIn sets the function called each time Handle accepts a
+// member's connection (a member that starts dials every other: the node's
+// catch-up at start asks again), on Handle's goroutine.
+func (t *Transport) onDialedIn(fn func()) {
+	t.mu.Lock()
+	t.dialedIn = fn
+	t.mu.Unlock()
+}
+
 // notePeers calls the function onPeers set, if any.
 func (t *Transport) notePeers() {
 	t.mu.Lock()
@@ -347,10 +357,14 @@ func (t *Transport) Handle(conn *quic.Conn) {
 	t.inSeq++
 	t.in[conn] = inConn{peer: fp, seq: t.inSeq}
 	oldest := t.oldestBeyond(fp)
+	dialedIn := t.dialedIn
 	t.wg.Add(2)
 	t.mu.Unlock()
 	if oldest != nil {
 		oldest.CloseWithError(connTooMany, "a newer connection from this key")
+	}
+	if dialedIn != nil {
+		dialedIn()
 	}
 	go func() {
 		defer t.wg.Done()
