@@ -25,7 +25,8 @@
 // over and over), HUDDLE_JEPSEN_HEARTBEAT gives the cell's members another
 // --cell-heartbeat, HUDDLE_JEPSEN_BINARY puts another build through the
 // faults, and HUDDLE_JEPSEN_CLIENT_LOG writes the clients' debug events to
-// a file.
+// a file. Daemon settings (HUDDLE_<FLAG>) reach every daemon; one for a
+// flag the harness gives itself is an error (lab_test.go, daemonEnv).
 //
 // The package has no code besides this comment; everything is in _test.go
 // files. It needs root, ip(8), unshare(1), nft(8), iptables-restore(8)

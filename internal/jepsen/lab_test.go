@@ -187,14 +187,11 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 	// netlab's Command: the process dies with the test process (Pdeathsig),
 	// however that ends, rather than outlive it in the host's namespace.
 	cmd := h.Command(context.Background(), huddle(t), args...)
-	// No HUDDLE_* or XDG_* setting of the developer's may reach the
-	// daemons: they read every flag from the environment too.
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); !strings.HasPrefix(k, "HUDDLE_") && !strings.HasPrefix(k, "XDG_") && k != "HOME" {
-			cmd.Env = append(cmd.Env, kv)
-		}
+	env, err := daemonEnv(os.Environ(), args)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd.Env = append(cmd.Env, "HOME="+t.TempDir())
+	cmd.Env = append(env, "HOME="+t.TempDir())
 	p := &proc{cmd: cmd, done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
@@ -214,6 +211,42 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 		}
 	})
 	return p
+}
+
+// daemonEnv returns the environment a daemon started with args gets from
+// the test's, environ. A daemon setting the run gives (HUDDLE_<FLAG>, as
+// README says: HUDDLE_FSYNC=always, HUDDLE_MAX_MSGS=...) reaches every
+// daemon, which refuses one no huddle command reads (exit 2, naming the
+// nearest): so a run that sets one gets what it asks, or an error. One
+// for a flag the harness gives on the command line (which would win) is
+// an error here: the run would not get it (HUDDLE_CELL_HEARTBEAT: use
+// HUDDLE_JEPSEN_HEARTBEAT). Not passed: the harness's own HUDDLE_JEPSEN_*
+// (a daemon would refuse them), the client's HUDDLE_HOME and
+// HUDDLE_REGISTRY (a developer's shell exports them for their own use:
+// each daemon gets a home of its own, and the harness names the registry),
+// and HOME and XDG_*. Until session 14 every HUDDLE_* was dropped
+// silently (E's first runs of session 13 measured nothing because of it).
+func daemonEnv(environ, args []string) ([]string, error) {
+	var env []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case k == "HOME" || strings.HasPrefix(k, "XDG_"),
+			strings.HasPrefix(k, "HUDDLE_JEPSEN_"), k == "HUDDLE_HOME", k == "HUDDLE_REGISTRY":
+			continue
+		case strings.HasPrefix(k, "HUDDLE_"):
+			flag := "--" + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, "HUDDLE_"), "_", "-"))
+			if slices.ContainsFunc(args, func(a string) bool { return a == flag || strings.HasPrefix(a, flag+"=") }) {
+				hint := ""
+				if flag == "--cell-heartbeat" {
+					hint = " (HUDDLE_JEPSEN_HEARTBEAT sets it)"
+				}
+				return nil, fmt.Errorf("jepsen: %s is set, but the harness gives huddle %s %s itself, which would win: unset it%s", k, args[0], flag, hint)
+			}
+		}
+		env = append(env, kv)
+	}
+	return env, nil
 }
 
 func (p *proc) kill(sig syscall.Signal) {
