@@ -17,7 +17,7 @@ func TestDaemonEnv(t *testing.T) {
 	args := []string{"serve", "--listen", "10.77.20.11:7374", "--cell-heartbeat", "300ms", "--send-rate=0"}
 	env, err := daemonEnv([]string{"PATH=/bin", "HOME=/root", "XDG_CONFIG_HOME=/root/.config",
 		"HUDDLE_FSYNC=always", "HUDDLE_MAX_MSGS=100", "HUDDLE_GROUPS=typo",
-		"HUDDLE_JEPSEN_ROUNDS=3", "HUDDLE_HOME=/tmp/alice", "HUDDLE_REGISTRY=10.0.0.9"}, args)
+		"HUDDLE_JEPSEN_ROUNDS=3", "HUDDLE_NETLAB_LOOPBACK=1", "HUDDLE_HOME=/tmp/alice", "HUDDLE_REGISTRY=10.0.0.9"}, args)
 	if err != nil {
 		t.Fatal(err)
 	}

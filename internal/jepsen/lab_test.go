@@ -191,7 +191,7 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Env = append(env, "HOME="+t.TempDir())
+	cmd.Env = append(append(cmd.Env, env...), "HOME="+t.TempDir())
 	p := &proc{cmd: cmd, done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
@@ -221,7 +221,8 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 // for a flag the harness gives on the command line (which would win) is
 // an error here: the run would not get it (HUDDLE_CELL_HEARTBEAT: use
 // HUDDLE_JEPSEN_HEARTBEAT). Not passed: the harness's own HUDDLE_JEPSEN_*
-// (a daemon would refuse them), the client's HUDDLE_HOME and
+// and its lab's HUDDLE_NETLAB_* (set in the namespace's test process; a
+// daemon would refuse them), the client's HUDDLE_HOME and
 // HUDDLE_REGISTRY (a developer's shell exports them for their own use:
 // each daemon gets a home of its own, and the harness names the registry),
 // and HOME and XDG_*. Until session 14 every HUDDLE_* was dropped
@@ -232,7 +233,7 @@ func daemonEnv(environ, args []string) ([]string, error) {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case k == "HOME" || strings.HasPrefix(k, "XDG_"),
-			strings.HasPrefix(k, "HUDDLE_JEPSEN_"), k == "HUDDLE_HOME", k == "HUDDLE_REGISTRY":
+			strings.HasPrefix(k, "HUDDLE_JEPSEN_"), strings.HasPrefix(k, "HUDDLE_NETLAB_"), k == "HUDDLE_HOME", k == "HUDDLE_REGISTRY":
 			continue
 		case strings.HasPrefix(k, "HUDDLE_"):
 			flag := "--" + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, "HUDDLE_"), "_", "-"))
