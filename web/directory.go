@@ -85,6 +85,7 @@ type groupState struct {
 	regs    []string  // addresses of the registries listing it
 	clash   bool      // another registry lists the UUID with another daemon key
 	handle  *client.Group
+	addrs   []string // the addresses handle dials (handleSource)
 	info    *client.Info
 	infoAt  time.Time
 	infoOK  bool // the last info request succeeded
@@ -406,6 +407,7 @@ func (d *directory) merge() {
 	}()
 	d.mu.Lock()
 	pick := d.pickKeysLocked(now)
+	sources := d.handleSourcesLocked(now, pick)
 	seen := make(map[wire.UUID]bool)
 	for _, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
@@ -418,16 +420,24 @@ func (d *directory) merge() {
 			gs := d.groups[e.Group]
 			if !seen[e.Group] {
 				seen[e.Group] = true
-				if gs == nil || gs.entry.Fingerprint != e.Fingerprint {
-					h, err := rs.reg.Group(e)
+				src := sources[e.Group]
+				if gs == nil || gs.entry.Fingerprint != e.Fingerprint || src != nil && !src.covers(gs.addrs) {
+					if src == nil {
+						continue // its registry's handle is being replaced: the next merge
+					}
+					h, err := src.open(e)
 					if err != nil {
 						continue
 					}
 					if gs != nil {
 						dropped = append(dropped, gs.handle)
 					}
-					gs = &groupState{handle: h}
-					d.groups[e.Group] = gs
+					if gs != nil && gs.entry.Fingerprint == e.Fingerprint {
+						gs.handle, gs.addrs = h, src.addrs // more addresses of the same daemon: what is known of it stays
+					} else {
+						gs = &groupState{handle: h, addrs: src.addrs}
+						d.groups[e.Group] = gs
+					}
 				}
 				if gs.info != nil && (e.LastSeq != gs.entry.LastSeq || e.Members != gs.entry.Members) {
 					gs.moved = true
@@ -542,6 +552,81 @@ func (d *directory) pickKeysLocked(now time.Time) map[wire.UUID]wire.Fingerprint
 		pick[id] = k
 	}
 	return pick
+}
+
+// handleSource is where a new handle on a group finds its daemon: the
+// addresses every registry lists it at under the key used, the first
+// registry's first, and those registries, which the handle asks where the
+// daemon went when it cannot reach it.
+//
+// Why: a handle made from one registry's entry dialled only the addresses
+// that registry listed, and asked only it. A rogue registry (anyone on the
+// LAN can advertise one) polled first, listing the group under its real
+// key at an address of its own, left the page unable to reach the group,
+// the real registry's addresses unused; the client passes over an address
+// where another key answers (client.Group), so one good address listed by
+// any registry is enough.
+type handleSource struct {
+	addrs []string
+	regs  client.Registries
+}
+
+// open opens a handle on e's group with s's addresses and registries.
+func (s *handleSource) open(e wire.GroupEntry) (*client.Group, error) {
+	e.Addrs = s.addrs
+	return s.regs.Group(e)
+}
+
+// handleSourcesLocked returns the handleSource of each group listed (in
+// the listings merge uses as of now), at the key merge uses for it: pick's,
+// else the first registry's. d.mu is held.
+func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.Fingerprint) map[wire.UUID]*handleSource {
+	src := make(map[wire.UUID]*handleSource)
+	key := make(map[wire.UUID]wire.Fingerprint)
+	for _, rs := range d.regs {
+		if rs.reg == nil || rs.at.IsZero() || now.Sub(rs.at) > staleListing {
+			continue
+		}
+		for _, e := range rs.entries {
+			k, ok := key[e.Group]
+			if !ok {
+				k = e.Fingerprint
+				if p, picked := pick[e.Group]; picked {
+					k = p
+				}
+				key[e.Group] = k
+			}
+			if e.Fingerprint != k {
+				continue
+			}
+			s := src[e.Group]
+			if s == nil {
+				s = &handleSource{}
+				src[e.Group] = s
+			}
+			if !slices.Contains(s.regs, rs.reg) {
+				s.regs = append(s.regs, rs.reg)
+			}
+			for _, a := range e.Addrs {
+				if !slices.Contains(s.addrs, a) {
+					s.addrs = append(s.addrs, a)
+				}
+			}
+		}
+	}
+	return src
+}
+
+// covers reports whether a handle opened with addrs dials every address
+// of s: a registry listing the group at an address the handle lacks (one
+// polled after the handle was opened) makes merge open another.
+func (s *handleSource) covers(addrs []string) bool {
+	for _, a := range s.addrs {
+		if !slices.Contains(addrs, a) {
+			return false
+		}
+	}
+	return true
 }
 
 // joinedAt records in Config.Joined that the user joined (or, with left,

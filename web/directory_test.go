@@ -196,6 +196,53 @@ func TestDirectoryClashPrefersJoined(t *testing.T) {
 	}
 }
 
+// TestDirectoryAddressesOfEveryRegistry has a rogue registry list the
+// user's group under its real daemon key but at an address where a daemon
+// of another key answers, and the real registry found later (over mDNS,
+// here Discover): the page's handle on the group dialled only the
+// addresses of the registry it was made from, gave up at the wrong key,
+// and could not reach the group. The handle dials the addresses every
+// registry lists under the key, passing over the wrong one, and is made
+// again when a registry lists an address it lacks.
+func TestDirectoryAddressesOfEveryRegistry(t *testing.T) {
+	r := startRegistry(t)
+	real, _ := startGroups(t, r, groupd.Config{})
+	lobby := real.Groups()[0].ID
+	rogue := listingRegistry(t, []wire.GroupEntry{{Group: lobby, Name: "lobby", Addrs: []string{hostileRegistry(t, 0)},
+		Fingerprint: real.Fingerprint(), ExpiresMS: 60_000}})
+	c := newClient(t)
+	findReal := make(chan struct{})
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: c, Registries: []string{rogue}, Secret: testSecret,
+		PollInterval: 100 * time.Millisecond, Logger: testLogger(t),
+		Discover: func(ctx context.Context, found func(*client.Registry), _ func(client.Fingerprint)) error {
+			select {
+			case <-findReal:
+			case <-ctx.Done():
+				return nil
+			}
+			reg, err := c.Registry(ctx, r.Addr().String(), r.Fingerprint())
+			if err != nil {
+				return err
+			}
+			found(reg)
+			<-ctx.Done()
+			return nil
+		}})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	events := a.events("")
+	events.waitGroups("lobby listed by the rogue registry", func(l listJSON) bool { return len(l.Groups) == 1 })
+	close(findReal)
+	l := events.waitGroups("lobby listed by both", func(l listJSON) bool { return len(l.Groups) == 1 && len(l.Groups[0].Registries) == 2 })
+	if g := l.Groups[0]; g.Clash || g.Registries[0] != rogue {
+		t.Fatalf("lobby %+v: want the rogue registry's entry first, no clash (one key)", g)
+	}
+	if st := a.do("POST", "/api/groups/"+lobby.String()+"/join", map[string]string{"name": "me"}, nil); st != 200 {
+		t.Fatalf("join through the page: HTTP %d, want 200 (the daemon at the real registry's address)", st)
+	}
+}
+
 // TestDirectoryMemberCount follows a group's member count while its
 // registry is down (its last listing stands, with the count of its day):
 // the count is the daemon's, from its info after a join or leave through
