@@ -142,14 +142,27 @@ func (s *session) forget(e wire.GroupEntry) {
 type joinedRecord struct {
 	dir string
 
-	mu   sync.Mutex
-	set  joinedSet
-	mod  time.Time // of the file set was read from
-	size int64
+	mu      sync.Mutex
+	set     joinedSet
+	mod     time.Time // of the file set was read from
+	size    int64
+	checked time.Time // when load last looked at the file
 }
 
-// load reads the file again if it changed since it was read. j.mu is held.
-func (j *joinedRecord) load() {
+// joinedRecheck is how often joinedRecord looks whether the file changed:
+// huddle web asks Has for each group registries list under several keys
+// at every poll, and a rogue registry can list every group so.
+const joinedRecheck = time.Second
+
+// load reads the file again if it changed since it was read, looking at
+// most every joinedRecheck unless fresh is set (a change is written over
+// what the file holds now: a join a command made beside the page stays).
+// j.mu is held.
+func (j *joinedRecord) load(fresh bool) {
+	if !fresh && j.set != nil && time.Since(j.checked) < joinedRecheck {
+		return
+	}
+	j.checked = time.Now()
 	st, err := os.Stat(filepath.Join(j.dir, joinedFile))
 	if err == nil && j.set != nil && st.ModTime().Equal(j.mod) && st.Size() == j.size {
 		return
@@ -170,7 +183,7 @@ func (j *joinedRecord) load() {
 func (j *joinedRecord) Has(group client.UUID, daemon client.Fingerprint) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.load()
+	j.load(false)
 	_, ok := j.set[joinedGroup{group, daemon}]
 	return ok
 }
@@ -178,7 +191,7 @@ func (j *joinedRecord) Has(group client.UUID, daemon client.Fingerprint) bool {
 func (j *joinedRecord) Add(e client.GroupEntry) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.load()
+	j.load(true)
 	if j.set.has(e) {
 		return
 	}
@@ -189,7 +202,7 @@ func (j *joinedRecord) Add(e client.GroupEntry) {
 func (j *joinedRecord) Remove(e client.GroupEntry) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.load()
+	j.load(true)
 	if !j.set.has(e) {
 		return
 	}

@@ -202,11 +202,16 @@ func TestJoinedRecordSharedWithCommands(t *testing.T) {
 	if err := saveJoined(dir, set); err != nil { // huddle join ops, beside the page
 		t.Fatal(err)
 	}
+	r.checked = time.Time{} // a second later: Has looks at the file at most every joinedRecheck
 	if !r.Has(ops.Group, ops.Fingerprint) {
 		t.Errorf("a group a command joined beside the page is not seen")
 	}
-	r.Remove(lobby)
-	if set, err := loadJoined(dir); err != nil || set.has(lobby) || !set.has(ops) {
-		t.Errorf("joined file after the page's leave: %v, %v; want ops only", set, err)
+	set[joinedGroup{wire.UUID{8}, wire.Fingerprint{9}}] = "dev"
+	if err := saveJoined(dir, set); err != nil { // huddle join dev, just now
+		t.Fatal(err)
+	}
+	r.Remove(lobby) // within joinedRecheck of the last look: dev must stay
+	if set, err := loadJoined(dir); err != nil || set.has(lobby) || !set.has(ops) || len(set) != 2 {
+		t.Errorf("joined file after the page's leave: %v, %v; want ops and dev", set, err)
 	}
 }
