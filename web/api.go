@@ -232,6 +232,12 @@ func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
+	if s.dir.unresolvedClash(id, g) {
+		writeError(w, apiError{Status: http.StatusConflict, Code: "clash", Message: "registries list this group under two daemon keys " +
+			"(someone registered a group under another's UUID), and you joined it under neither: the page joins neither. " +
+			"Ask its owner which daemon is theirs, then give that registry alone: huddle web --registry ADDR"})
+		return
+	}
 	var secret []byte
 	if req.Secret != "" {
 		secret = []byte(req.Secret)

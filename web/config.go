@@ -91,8 +91,9 @@ type Config struct {
 	// Server uses the key the user joined under, whichever registry lists
 	// it; joins and leaves through the Server are recorded in it. Without
 	// it, or for a group joined under none of the keys, the first
-	// registry's key is used (Registries in order, then those Discover
-	// found, in the order found).
+	// registry's key is shown (Registries in order, then those Discover
+	// found, in the order found), and a join is refused (409 clash): which
+	// key is the owner's cannot be told.
 	Joined Joined
 	// Logger receives the server's notable events (start, refused
 	// requests at debug level). Default: discard.

@@ -629,6 +629,19 @@ func (s *handleSource) covers(addrs []string) bool {
 	return true
 }
 
+// unresolvedClash reports whether registries list id under several daemon
+// keys, the directory's handle on it being g, and the user joined it under
+// none (Config.Joined): the page's first registry's key would be a guess,
+// the impostor's as likely as the owner's (anyone may list a UUID under a
+// daemon of their own), so joining is refused, as the CLI refuses such a
+// UUID as ambiguous. Until session 14 the page joined the first registry's.
+func (d *directory) unresolvedClash(id wire.UUID, g *client.Group) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	gs := d.groups[id]
+	return gs != nil && gs.handle == g && gs.clash && (d.joined == nil || !d.joined.Has(id, gs.entry.Fingerprint))
+}
+
 // joinedAt records in Config.Joined that the user joined (or, with left,
 // left) id at the daemon of g, the directory's handle on it.
 func (d *directory) joinedAt(id wire.UUID, g *client.Group, left bool) {

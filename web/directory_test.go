@@ -118,6 +118,14 @@ func TestDirectoryClash(t *testing.T) {
 	if !g.Clash || g.Fingerprint != real.Fingerprint().String() {
 		t.Fatalf("lobby %+v: want a clash, with the first registry's daemon %s", g, real.Fingerprint())
 	}
+	// Joined under neither key: the first registry's is a guess, so the
+	// page joins neither (as the CLI refuses such a UUID as ambiguous);
+	// until session 14 it joined the first registry's, an impostor's if
+	// a rogue registry came first.
+	var e errorReply
+	if st := a.do("POST", "/api/groups/"+g.UUID+"/join", map[string]string{"name": "me"}, e.reset()); st != 409 || e.Error.Code != "clash" {
+		t.Errorf("join of a UUID two daemons are listed for: HTTP %d %+v, want 409 clash", st, e.Error)
+	}
 }
 
 // joinedSet is a Config.Joined in memory: the groups joined, and what

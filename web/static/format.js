@@ -103,6 +103,8 @@ export function describe(err, group) {
       return `No registry lists ${g} right now (its daemon stopped or is restarting).`;
     case 'epoch_mismatch':
       return `${g}'s history was reset (its daemon restarted).`;
+    case 'clash':
+      return err.message;
     case 'offline':
     case 'said':
       return err.message;
