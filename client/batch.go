@@ -37,7 +37,7 @@ import (
 //     refused before it is queued.
 //
 // The batcher's goroutine and the goroutines of batches in flight belong to
-// the Client: Close ends them and waits for them.
+// the Group handle: its Close, or the Client's, ends them and waits for them.
 
 // DefaultBatchLinger is how long a queued Send waits for company while
 // another batch is in flight, unless Config.BatchLinger says otherwise.
@@ -80,6 +80,11 @@ type batcher struct {
 	g      *Group
 	linger time.Duration
 	wake   chan struct{} // capacity 1: "look at the queue"
+	// flights counts run's goroutines (the limits query, the batches in
+	// flight): run waits for them before it ends, and done is closed once
+	// it has, so the Group's Close can wait for them all.
+	flights sync.WaitGroup
+	done    chan struct{}
 
 	mu       sync.Mutex
 	queue    []*queuedSend
@@ -128,7 +133,7 @@ type sendResult struct {
 }
 
 func newBatcher(g *Group) *batcher {
-	return &batcher{g: g, linger: g.cl.cfg.BatchLinger, wake: make(chan struct{}, 1), maxBatch: defaultMaxBatch}
+	return &batcher{g: g, linger: g.cl.cfg.BatchLinger, wake: make(chan struct{}, 1), done: make(chan struct{}), maxBatch: defaultMaxBatch}
 }
 
 // send sends m alone or with others, and returns its own acknowledgement
@@ -220,10 +225,13 @@ func (b *batcher) finished(n int) {
 	}
 }
 
-// run sends the queue as batches until the Client closes, then fails what
-// is still queued with ErrClosed.
+// run sends the queue as batches until ctx ends (the Group or the Client
+// closes), then fails what is still queued with ErrClosed, waits for the
+// goroutines it started and closes b.done.
 func (b *batcher) run(ctx context.Context) {
-	b.g.cl.wg.Go(func() { b.learnLimits(ctx) })
+	defer close(b.done)
+	defer b.flights.Wait()
+	b.flights.Go(func() { b.learnLimits(ctx) })
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -247,7 +255,7 @@ func (b *batcher) run(ctx context.Context) {
 				}
 				break
 			}
-			b.g.cl.wg.Go(func() { b.fly(ctx, batch) })
+			b.flights.Go(func() { b.fly(ctx, batch) })
 		}
 	}
 }
