@@ -404,7 +404,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	}
 	// The attempt watches the connection the call uses (unless it dies
 	// meanwhile) for silence, sooner than the call's own watch would
-	// (watchSilence), which it then spares.
+	// (its liveness, liveness.go), which it then spares.
 	actx := g.cl.attempts.start(ctx, end, p.current(), g.handshakeTook())
 	defer actx.release()
 	err := p.single(actx, op, args, out)

@@ -101,10 +101,11 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	if err := g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent); !errors.Is(err, errAttemptTimeout) {
 		t.Fatalf("attempt at a member that acknowledges but does not answer: %v, want %v", err, errAttemptTimeout)
 	}
-	conn, err := g.peer().get(ctx) // connected again, through the relay
+	live, err := g.peer().get(ctx) // connected again, through the relay
 	if err != nil {
 		t.Fatal(err)
 	}
+	conn := live.conn
 	// Ended by the call's bound on following the leader (leaderCall's
 	// until), sooner than by its own: the error of a context with that
 	// deadline, and the connection kept, the member being alive.

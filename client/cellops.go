@@ -18,7 +18,7 @@ type CellStatus = wire.CellStatus
 // ErrUnreachable. The connection closes with the call, unless a Group
 // handle on the daemon holds it.
 func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (CellStatus, error) {
-	p, err := c.groupPeer([]string{addr}, pin)
+	p, err := c.groupPeer([]string{addr}, pin, wire.UUID{})
 	if err != nil {
 		return CellStatus{}, err
 	}
@@ -51,7 +51,7 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 	for redirects := 0; ; redirects++ {
 		// Held for the one request: a program that operates many cells
 		// keeps no connection to them.
-		p, err := c.groupPeer([]string{addr}, pin)
+		p, err := c.groupPeer([]string{addr}, pin, wire.UUID{})
 		if err != nil {
 			return nil, err
 		}

@@ -359,8 +359,9 @@ func (c *Client) registryPeer(addr string, pin wire.Fingerprint) (*peer, error) 
 
 // groupPeer returns the shared connection holder for a group daemon at
 // addrs with key pin, held for a Group handle until releaseGroup: taken
-// and counted at once, as registryPeer's.
-func (c *Client) groupPeer(addrs []string, pin wire.Fingerprint) (*peer, error) {
+// and counted at once, as registryPeer's. group, if not zero, is a group
+// the daemon hosts, which its liveness probes name (the first given).
+func (c *Client) groupPeer(addrs []string, pin wire.Fingerprint, group wire.UUID) (*peer, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p, err := c.peerLocked(addrs, pin, nil)
@@ -368,6 +369,11 @@ func (c *Client) groupPeer(addrs []string, pin wire.Fingerprint) (*peer, error) 
 		return nil, err
 	}
 	p.groups++
+	p.mu.Lock()
+	if p.probe == (wire.UUID{}) {
+		p.probe = group
+	}
+	p.mu.Unlock()
 	return p, nil
 }
 
@@ -438,7 +444,11 @@ type peer struct {
 	// is going away.
 	stopped time.Time
 	dialled time.Time // when conn was dialled
-	retired bool      // its last handle was closed: it dials no more
+	live    *liveness // conn's, while calls wait on it (liveness.go)
+	// probe is the group a liveness probe of this group daemon's
+	// connections asks about (the first handle's); zero for a registry.
+	probe   wire.UUID
+	retired bool // its last handle was closed: it dials no more
 	// dialling is closed when the dial in progress ends; nil when none
 	// is. One dial at a time, made outside mu: a call that finds one in
 	// progress waits for it as long as its own context lets it (it held
@@ -493,17 +503,17 @@ func (p *peer) current() *quic.Conn {
 	return nil
 }
 
-// get returns a live connection, dialling the addresses in order if there
-// is none. A call that finds another's dial in progress waits for it, or
-// for its own context, and then looks again.
-func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
+// get returns a live connection and its liveness watch, dialling the
+// addresses in order if there is none. A call that finds another's dial in
+// progress waits for it, or for its own context, and then looks again.
+func (p *peer) get(ctx context.Context) (*liveness, error) {
 	for {
 		p.mu.Lock()
 		if p.conn != nil {
 			if p.conn.Context().Err() == nil {
-				conn := p.conn
+				live := p.live
 				p.mu.Unlock()
-				return conn, nil
+				return live, nil
 			}
 			if shuttingDown(p.conn, nil) && p.stopped.Before(p.dialled) {
 				p.stopped = p.c.now() // before noticeClose could say so
@@ -544,11 +554,13 @@ func (p *peer) get(ctx context.Context) (*quic.Conn, error) {
 			return nil, ErrClosed
 		}
 		p.conn, p.dialled = conn, p.c.now()
+		p.live = newLiveness(p, conn)
+		live := p.live
 		context.AfterFunc(conn.Context(), func() { p.noticeClose(conn) })
 		p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
 		p.mu.Unlock()
 		p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
-		return conn, nil
+		return live, nil
 	}
 }
 
@@ -689,14 +701,15 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 				return err
 			}
 		}
-		var conn *quic.Conn
-		conn, err = p.get(ctx)
+		var live *liveness
+		live, err = p.get(ctx)
 		if err != nil {
 			return err
 		}
+		conn := live.conn
 		heard, start := conn.ConnectionStats().PacketsReceived, time.Now()
 		var delivered bool
-		delivered, err = p.stream(ctx, conn, op, args, handle)
+		delivered, err = p.stream(ctx, live, op, args, handle)
 		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !delivered &&
 			time.Since(start) >= silentAfter/3 && conn.ConnectionStats().PacketsReceived == heard {
 			// The whole call, long enough for any live server to have
@@ -726,13 +739,20 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 	return fmt.Errorf("%w: %w", ErrUnreachable, err)
 }
 
-// stream runs one operation on one stream. delivered reports whether any
-// response frame reached handle.
-func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (delivered bool, err error) {
-	var watch *time.Timer
-	if ctx.Value(silenceWatched{}) == nil {
-		watch = watchSilence(conn, p.c.cfg.Logger)
-		defer watch.Stop()
+// stream runs one operation on one stream of live's connection.
+// delivered reports whether any response frame reached handle. The call
+// waits on the connection (liveness) until it ends, a watch until its
+// first frame.
+func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (delivered bool, err error) {
+	conn := live.conn
+	waiting := ctx.Value(silenceWatched{}) == nil
+	if waiting {
+		live.begin()
+		defer func() {
+			if waiting {
+				live.end()
+			}
+		}()
 	}
 	// The request is encoded once, before its stream is opened: a small
 	// one is queued, and written with the others queued with it by
@@ -799,8 +819,9 @@ func (p *peer) stream(ctx context.Context, conn *quic.Conn, op wire.Op, args any
 			return delivered, ctxErr(ctx, err)
 		}
 		if !delivered {
-			if watch != nil {
-				watch.Stop() // the server is alive; a watch may now be quiet
+			if waiting && op == wire.OpWatch {
+				live.end() // accepted: its heartbeats tell from now on
+				waiting = false
 			}
 			delivered = true
 		}
@@ -823,35 +844,22 @@ func cancelStream(st *quic.Stream) {
 	st.CancelWrite(codeCancelled)
 }
 
-// silentAfter is how long a call waits without a single packet from the
-// server (not even the acknowledgment of its request, which a live server
-// sends within its 25 ms ack delay) before it takes the connection for dead.
+// silentAfter is how long a connection on which calls wait may go without
+// a single packet from the server (not even the acknowledgment of a
+// request, which a live server sends within its 25 ms ack delay) before
+// the client takes it for dead (liveness.go: a group daemon's connection
+// is probed before that).
 //
 // A server that restarted ignores the old connection's packets: it answers
-// a stateless reset only to packets of at least 42 bytes, and a client's
-// small requests and probes are shorter. Without this, calls would wait
+// a stateless reset only to packets of more than 42 bytes, and a client's
+// acknowledgements and keep-alives are shorter. Without this, calls would wait
 // out the 30 s idle timeout, and past it quic-go's backed-off probe timer
 // (100 s was measured, issue 15.11).
 const silentAfter = 1500 * time.Millisecond
 
-// watchSilence closes conn if nothing at all arrives on it within
-// silentAfter (longer on a slow path: four smoothed round trips), so the
-// streams waiting on it fail as a lost connection, which call retries on
-// a new one. Stop the returned timer once the server was heard.
-func watchSilence(conn *quic.Conn, log *slog.Logger) *time.Timer {
-	stats := conn.ConnectionStats()
-	heard, wait := stats.PacketsReceived, max(silentAfter, 4*stats.SmoothedRTT)
-	return time.AfterFunc(wait, func() {
-		if conn.ConnectionStats().PacketsReceived == heard {
-			log.Debug("server silent; dropping the connection", "remote", conn.RemoteAddr(), "after", wait)
-			conn.CloseWithError(0, "server silent")
-		}
-	})
-}
-
 // silenceWatched is the key of a context value that says the call's
-// caller watches the connection for silence itself, sooner than
-// watchSilence would (a cell's attempts, cellSilentFor): the call then
+// caller watches the connection for silence itself, sooner than its
+// liveness would (a cell's attempts, cellSilentFor): the call then
 // spares the timer.
 type silenceWatched struct{}
 

@@ -59,7 +59,7 @@ func (c *Client) Group(e GroupEntry) (*Group, error) {
 	if e.Fingerprint.IsZero() {
 		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
 	}
-	p, err := c.groupPeer(e.Addrs, e.Fingerprint)
+	p, err := c.groupPeer(e.Addrs, e.Fingerprint, e.Group)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func (g *Group) refresh(ctx context.Context) {
 // with key fp, held by g until Close gives its holds back; ErrClosed if it
 // did already. g.mu is not held: a hold given back may close a connection.
 func (g *Group) peerAt(addrs []string, fp Fingerprint) (*peer, error) {
-	p, err := g.cl.groupPeer(addrs, fp)
+	p, err := g.cl.groupPeer(addrs, fp, g.id)
 	if err != nil {
 		return nil, err
 	}

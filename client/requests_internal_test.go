@@ -63,10 +63,11 @@ func TestQueuedRequestHandedBack(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := p.get(ctx)
+	live, err := p.get(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	conn := live.conn
 	large, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		t.Fatal(err)

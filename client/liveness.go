@@ -1,0 +1,149 @@
+package client
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// A connection's liveness while calls wait on it.
+//
+// A daemon killed and started again on the same address (its key, its
+// state) ignores the old connection's packets, and tells the client so
+// with a QUIC stateless reset (its reset key is derived from its own key:
+// daemon/server) only in answer to a packet of more than 42 bytes: quic-go
+// answers nothing shorter, so that a reset never answers a reset. A
+// request is longer, so a call made after the restart fails at once and
+// is retried on a new connection. But a call already waiting for its reply
+// when the daemon died sends nothing more than acknowledgements, flow
+// control updates and, after 10 s, keep-alive PINGs, all shorter: it
+// waited for its deadline, or for the 30 s idle timeout (a fetch whose
+// reply was half read waited 30 s; e2e TestRestartInPlace).
+//
+// So while calls wait on a connection, a liveness watch looks at what
+// arrives on it. When nothing at all has come for probeAt (about a second)
+// and the server is a group daemon, it asks the daemon for a group's info
+// on the same connection: a live daemon acknowledges the request within
+// its 25 ms acknowledgement delay (and answers it); a restarted one
+// answers it with a stateless reset, which ends the connection at once,
+// and the waiting calls are retried on a new one (with the same message
+// IDs: a send stored before the kill is acknowledged as a duplicate,
+// never stored twice). When nothing has come for silenceFor, the server
+// is taken for gone and the connection closed: the calls fail as a lost
+// connection, which call retries on a new one.
+//
+// A connection with no call waiting is not watched and costs nothing: the
+// request of its next call draws the reset. A Watch counts as waiting until
+// its daemon accepts it; after that its heartbeats tell (latePing). The
+// cost: one info operation per probeAt of silence, and only while a call
+// waits on a silent connection (a slow send in a cell's election, a Fetch
+// whose yield holds the daemon back by flow control); none on an idle
+// connection, and one timer per connection rather than per call.
+type liveness struct {
+	conn  *quic.Conn
+	p     *peer
+	probe wire.UUID // the group an info probe names; zero: no probe (a registry)
+
+	mu      sync.Mutex
+	waiting int // calls waiting on conn
+	timer   *time.Timer
+	heard   uint64    // conn's PacketsReceived when last looked at
+	quiet   time.Time // since when nothing has arrived while calls waited
+	probing bool      // a probe is in flight
+	closed  bool      // conn was closed for its silence
+}
+
+// newLiveness returns conn's liveness watch; p.mu is held.
+func newLiveness(p *peer, conn *quic.Conn) *liveness {
+	return &liveness{conn: conn, p: p, probe: p.probe}
+}
+
+// probeAt and silenceFor are how long a connection on which calls wait may
+// be silent before it is probed, and before it is taken for dead:
+// silentAfter and two thirds of it, or on a slow path (four smoothed round
+// trips over silentAfter) the same shares of four round trips, so that the
+// probe's acknowledgement has a round trip and more to come back.
+func silenceBounds(stats quic.ConnectionStats) (probeAt, silenceFor time.Duration) {
+	silenceFor = max(silentAfter, 4*stats.SmoothedRTT)
+	return silenceFor * 2 / 3, silenceFor
+}
+
+// begin counts a call as waiting on the connection; end it with end.
+func (l *liveness) begin() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.waiting++; l.waiting > 1 {
+		return
+	}
+	stats := l.conn.ConnectionStats()
+	l.heard, l.quiet = stats.PacketsReceived, time.Now()
+	probeAt, _ := silenceBounds(stats)
+	if l.timer == nil {
+		l.timer = time.AfterFunc(probeAt/4, l.look)
+	} else {
+		l.timer.Reset(probeAt / 4)
+	}
+}
+
+// end ends a call begin counted.
+func (l *liveness) end() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.waiting--; l.waiting == 0 {
+		l.timer.Stop()
+	}
+}
+
+// look is the timer's: it notes whether anything arrived, probes a
+// connection silent for probeAt, closes one silent for silenceFor, and
+// looks again when the next of those is due.
+func (l *liveness) look() {
+	l.mu.Lock()
+	if l.waiting == 0 || l.closed {
+		l.mu.Unlock()
+		return
+	}
+	now, stats := time.Now(), l.conn.ConnectionStats()
+	if stats.PacketsReceived != l.heard {
+		l.heard, l.quiet = stats.PacketsReceived, now
+	}
+	probeAt, silenceFor := silenceBounds(stats)
+	quiet := now.Sub(l.quiet)
+	if quiet >= silenceFor {
+		l.closed = true
+		l.mu.Unlock()
+		l.p.c.cfg.Logger.Debug("server silent; dropping the connection", "remote", l.conn.RemoteAddr(), "after", quiet)
+		l.conn.CloseWithError(0, "server silent")
+		return
+	}
+	if quiet >= probeAt && !l.probing && l.probe != (wire.UUID{}) && l.p.c.start(l.send) == nil {
+		l.probing = true
+	}
+	// Looking a quarter of probeAt apart, what arrived is dated that
+	// closely: a connection is probed at most probeAt and a quarter after
+	// its last packet.
+	next := min(probeAt/4, probeAt-quiet)
+	if next <= 0 {
+		next = silenceFor - quiet
+	}
+	l.timer.Reset(next)
+	l.mu.Unlock()
+}
+
+// send probes the connection: an info request on a stream of its own,
+// whose outcome does not matter, only what arrives because of it (look
+// reads that) or the reset it draws.
+func (l *liveness) send(ctx context.Context) {
+	_, silenceFor := silenceBounds(l.conn.ConnectionStats())
+	ctx, cancel := context.WithTimeout(ctx, silenceFor)
+	defer cancel()
+	_, err := l.p.stream(ctx, l, wire.OpInfo, wire.GroupRef{Group: l.probe}, func(wire.Kind, wire.Frame) (bool, error) { return true, nil })
+	l.p.c.cfg.Logger.Debug("connection silent while calls waited; probed the server", "remote", l.conn.RemoteAddr(), "err", err)
+	l.mu.Lock()
+	l.probing = false
+	l.mu.Unlock()
+}

@@ -1,0 +1,248 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// lone is a group daemon played by hand on a fixed address, under a key
+// and a stateless reset key that survive its restarts, as the real one's
+// do (daemon/server derives the reset key from its key). handle serves
+// each request; it may block until the server stops.
+type lone struct {
+	t      *testing.T
+	id     *identity.Identity
+	key    quic.StatelessResetKey
+	addr   *net.UDPAddr
+	udp    *net.UDPConn
+	tr     *quic.Transport
+	wg     sync.WaitGroup
+	stop   chan struct{} // closed by kill: handlers blocked on it return
+	handle func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{})
+}
+
+func startLone(t *testing.T, handle func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{})) *lone {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &lone{t: t, id: id, addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, handle: handle}
+	rand.Read(s.key[:])
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+// start listens on s.addr (a new port the first time, the same one after).
+func (s *lone) start() {
+	t := s.t
+	t.Helper()
+	udp, err := net.ListenUDP("udp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.udp, s.addr = udp, udp.LocalAddr().(*net.UDPAddr)
+	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: &s.key}
+	ln, err := s.tr.Listen(s.id.ServerTLS(), &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.stop = make(chan struct{})
+	stop := s.stop
+	s.wg.Go(func() {
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			s.wg.Go(func() {
+				for {
+					st, err := conn.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					s.wg.Go(func() {
+						op, raw, err := wire.ReadRequest(st, 0)
+						if err != nil {
+							return
+						}
+						s.handle(op, raw, st, stop)
+						st.Close()
+					})
+				}
+			})
+		}
+	})
+}
+
+// kill ends the server as SIGKILL does: its socket closes and it says
+// nothing to anyone; its connections' state is gone.
+func (s *lone) kill() {
+	if s.udp == nil {
+		return
+	}
+	s.udp.Close() // first: nothing more goes out
+	close(s.stop)
+	s.tr.Close()
+	s.wg.Wait()
+	s.udp = nil
+}
+
+// restart kills the server and starts it again in place: same address,
+// same key, same reset key, no memory of its connections.
+func (s *lone) restart(handle func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{})) {
+	s.kill()
+	s.handle = handle
+	s.start()
+}
+
+func (s *lone) entry() wire.GroupEntry {
+	return wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{s.addr.String()}, Fingerprint: s.id.Fingerprint()}
+}
+
+// ack answers a send with one ack per message.
+func ack(raw wire.Raw, st *quic.Stream) {
+	var req wire.Send
+	raw.Decode(&req)
+	acks := make([]wire.Ack, len(req.Messages))
+	for i := range acks {
+		acks[i] = wire.Ack{Seq: uint64(i + 1), Time: 1}
+	}
+	wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: acks})
+}
+
+// sentIDs returns the IDs of a send's messages.
+func sentIDs(raw wire.Raw) []wire.ID {
+	var req wire.Send
+	raw.Decode(&req)
+	var ids []wire.ID
+	for _, m := range req.Messages {
+		ids = append(ids, m.ID)
+	}
+	return ids
+}
+
+// TestRestartedDaemonResetsWaitingCall: a send waiting for its reply when
+// its daemon is killed (its request acknowledged, the reply begun but not
+// finished) and started again in place is retried on a new connection
+// about a second later, with the same message ID, and acknowledged. It
+// waited 10 s, for the keep-alive (or its deadline, if sooner): after the
+// kill the client sent nothing else, its acknowledgements being too short
+// for the restarted daemon to answer with a stateless reset. The deadline
+// here, 8 s, is well short of that and well past the second it takes.
+func TestRestartedDaemonResetsWaitingCall(t *testing.T) {
+	got, proceed := make(chan wire.ID, 1), make(chan struct{})
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op != wire.OpSend {
+			return
+		}
+		got <- sentIDs(raw)[0]
+		<-proceed
+		st.Write([]byte{0}) // the reply's first byte, with the request's acknowledgement
+		<-stop              // killed before the rest
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	id := wire.NewID()
+	done := make(chan error, 1)
+	go func() {
+		_, err := g.SendWithID(ctx, id, []byte("in flight"))
+		done <- err
+	}()
+	if first := <-got; first != id {
+		t.Fatalf("the daemon got message %v, want %v", first, id)
+	}
+	conn := g.peer().current()
+	heard := conn.ConnectionStats().PacketsReceived
+	close(proceed)
+	for conn.ConnectionStats().PacketsReceived == heard { // the byte came: the request is acknowledged
+		select {
+		case err := <-done:
+			t.Fatalf("the send ended before its daemon was killed: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	retried := make(chan []wire.ID, 1)
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpSend {
+			select {
+			case retried <- sentIDs(raw):
+			default:
+			}
+			ack(raw, st)
+		}
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("send in flight when its daemon was killed and restarted in place: %v", err)
+	}
+	if ids := <-retried; len(ids) != 1 || ids[0] != id {
+		t.Fatalf("the send was retried with messages %v, want %v alone", ids, id)
+	}
+}
+
+// TestSlowDaemonKeepsItsConnection: a live daemon that takes longer than
+// the silence bound to answer a send (a cell electing a leader, a slow
+// disk) keeps the connection: the liveness probe it answers shows it alive,
+// and the send is answered on the connection it was made on, not retried.
+func TestSlowDaemonKeepsItsConnection(t *testing.T) {
+	var mu sync.Mutex
+	sends, probes := 0, 0
+	probed := make(chan struct{}, 8)
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		mu.Lock()
+		switch op {
+		case wire.OpSend:
+			sends++
+		case wire.OpInfo:
+			probes++
+		}
+		mu.Unlock()
+		switch op {
+		case wire.OpInfo:
+			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
+			probed <- struct{}{}
+		case wire.OpSend:
+			// Answered after two probes: well past the silence bound.
+			for range 2 {
+				select {
+				case <-probed:
+				case <-stop:
+					return
+				}
+			}
+			ack(raw, st)
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := g.Send(ctx, []byte("slow")); err != nil {
+		t.Fatalf("send to a slow daemon: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sends != 1 || probes < 2 {
+		t.Fatalf("the daemon got %d sends and %d probes, want 1 send (not retried) and 2 probes or more", sends, probes)
+	}
+}
