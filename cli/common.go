@@ -140,7 +140,11 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 		return nil, err
 	}
 	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
-	c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+	// The client is given no KnownHosts: gather checks each registry's pin
+	// itself and pins a new one only once no registry's answer refused its
+	// key under another name (locate.go). A client that pinned on first
+	// use pinned such a key under an address new to the user.
+	c, err := client.New(client.Config{Identity: id})
 	if err != nil {
 		return nil, err
 	}

@@ -223,21 +223,42 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	cancel()
 
 	// A key refused under one name is refused under every other: it must not
-	// be trusted on first use under an mDNS name in the same run. And the
-	// command stops, ssh-style, whatever else answered.
+	// be trusted on first use under another name (an address, an mDNS
+	// name) in the same run, so nothing is pinned before this. (ask pinned
+	// each new name as its registry answered, so such a key stayed pinned
+	// under the other name, trusted the next time.) And the command stops,
+	// ssh-style, whatever else answered.
 	if ce := firstRefusal(refused); ce != nil {
 		return nil, &refusalError{ChangedError: ce, reports: reports}
 	}
+	// Every name that answered under a key new to it, a key answering
+	// under another name too included.
+	var unpinned []string
+	dropped := make(map[string]bool) // mDNS names that could not be pinned: not used
+	for _, r := range reports {
+		if r.err != nil || r.pin != "new" || s.looking {
+			continue
+		}
+		if !strings.HasPrefix(r.name, mdnsPinPrefix) {
+			// An address: pinned, or, if another process pinned another
+			// key for it meanwhile, refused.
+			var ce *identity.ChangedError
+			if err := s.kh.Check(r.name, r.fp); errors.As(err, &ce) {
+				return nil, &refusalError{ChangedError: ce, reports: reports}
+			} else if err != nil {
+				return nil, fmt.Errorf("pin registry %s: %w", r.name, err)
+			}
+		} else if pinned, err := pinFound(s.kh, r.name, r.fp); err != nil {
+			dropped[r.name] = true
+		} else if !pinned {
+			unpinned = append(unpinned, r.name)
+		}
+	}
 	l := &listing{}
 	var parts []client.RegistryListing
-	var unpinned []string
 	for _, a := range answered {
-		if a.pin == "new" && strings.HasPrefix(a.name, mdnsPinPrefix) && !s.looking {
-			if pinned, err := pinFound(s.kh, a.name, a.fp); err != nil {
-				continue
-			} else if !pinned {
-				unpinned = append(unpinned, a.name)
-			}
+		if dropped[a.name] {
+			continue
 		}
 		parts = append(parts, client.RegistryListing{Registry: a.reg, Listing: a.list})
 		l.regs = append(l.regs, a.reg)
@@ -332,9 +353,10 @@ func (g *gatherer) claim(fp wire.Fingerprint) bool {
 // ask asks one registry for its listing on a goroutine of its own. The
 // key it must present is pin if not zero (a cached or advertised key), else
 // the one known_registries holds for its name (an address), else any (on
-// first use: pinned then, unless the session only looks). A registry
-// presenting another key than the one pinned for its address answers a
-// *identity.ChangedError. An expected registry is waited for.
+// first use: a.pin says "new", and gather pins it once it knows that no
+// other answer refused that key). A registry presenting another key than
+// the one pinned for its address answers a *identity.ChangedError. An
+// expected registry is waited for.
 func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerprint, expected bool, timeout time.Duration) {
 	if expected {
 		g.inflight.Add(1)
@@ -373,18 +395,11 @@ func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerp
 		var ce *identity.ChangedError
 		switch {
 		case a.err == nil:
+			// A new name is pinned by gather, once no answer refused this
+			// key under another name.
 			a.fp = a.reg.Fingerprint()
-			if a.pin == "new" && !g.s.looking {
-				if byName {
-					a.err = g.s.kh.Check(rep.name, a.fp)
-				} else {
-					_, a.err = pinFound(g.s.kh, rep.name, a.fp) // unpinned if the file is full: gather warns
-				}
-			}
-			if a.err == nil {
-				a.list, a.err = a.reg.List(ctx)
-				a.groups = len(a.list.Groups)
-			}
+			a.list, a.err = a.reg.List(ctx)
+			a.groups = len(a.list.Groups)
 		case errors.As(a.err, &ce):
 			a.fp = ce.Presented
 		case errors.As(a.err, &mm):

@@ -1,9 +1,12 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -214,4 +217,124 @@ func TestJoinedRecordSharedWithCommands(t *testing.T) {
 	if set, err := loadJoined(dir); err != nil || set.has(lobby) || !set.has(ops) || len(set) != 2 {
 		t.Errorf("joined file after the page's leave: %v, %v; want ops and dev", set, err)
 	}
+}
+
+// TestRefusedKeyPinnedNowhere: a key one registry name refuses (it is not
+// the key pinned for that name) is pinned under no other name in the same
+// run. Here the user's registry at A was pinned under its key; a stranger's
+// key now answers at A, and at B, a name new to the user. The command stops
+// (a changed key), and known_registries is as it was. ask pinned B (each
+// new name as its registry answered, before gather's refusal), so the
+// stranger's key was trusted at B from the next run on.
+func TestRefusedKeyPinnedNowhere(t *testing.T) {
+	stateA, stateB := t.TempDir(), t.TempDir()
+	if _, err := identity.LoadOrCreate(stateA); err != nil {
+		t.Fatal(err)
+	}
+	key, err := os.ReadFile(filepath.Join(stateA, identity.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stateB, identity.KeyFile), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	registry := func(state string) string {
+		v := startVerb(t, nil, "registry", "--no-mdns", "--listen", "127.0.0.1:0", "--state-dir", state)
+		return strings.Replace(v.waitLine(t, upLine), "0.0.0.0", "127.0.0.1", 1)
+	}
+	a, b := registry(stateA), registry(stateB)
+	u := newTestUser(t, a+","+b)
+	path := filepath.Join(u.home, identity.KnownHostsFile)
+	if err := identity.OpenKnownHosts(path).Check(a, wire.Fingerprint{1, 2, 3}); err != nil { // the user's registry's key
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := u.run(t, "groups")
+	if code != ExitRefused || !strings.Contains(errs, "presented fingerprint") {
+		t.Fatalf("groups with a stranger's key at the pinned %s: exit %d, want %d (refused); stderr:\n%s", a, code, ExitRefused, errs)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Errorf("known_registries changed in the run that refused the key; before:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestRefusedKeyPinnedNowhereOverMDNS is TestRefusedKeyPinnedNowhere over
+// mDNS (a network namespace of its own): one key advertised under two
+// instance names (two registries with copies of it, the second renamed
+// "#2" after the conflict), the first name pinned under another key with
+// the same tag. A run that refuses the key under the first name pins the
+// second nowhere: ask pinned each new mDNS name as its registry answered,
+// before gather's refusal. (A run whose refusal comes after the other
+// name's answer pins that name, being over before it knew: such runs are
+// not judged, the file is put back and the command run again.)
+func TestRefusedKeyPinnedNowhereOverMDNS(t *testing.T) {
+	netlab.RunInLoopbackNS(t, func(t *testing.T) {
+		stateA, stateB := t.TempDir(), t.TempDir()
+		id, err := identity.LoadOrCreate(stateA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := os.ReadFile(filepath.Join(stateA, identity.KeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(stateB, identity.KeyFile), key, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		renamed := regexp.MustCompile(`renamed the registry's mDNS instance after a conflict" .*was="([^"]+)" now="([^"]+)"`)
+		var regs []*daemonVerb
+		for _, state := range []string{stateA, stateB} {
+			v := startVerb(t, nil, "registry", "--listen", "127.0.0.1:0", "--state-dir", state, "--log-level", "info")
+			v.waitLine(t, upLine)
+			regs = append(regs, v)
+		}
+		var names []string // the first instance name, and the one renamed after the conflict
+		deadline := time.NewTimer(waitTimeout)
+		defer deadline.Stop()
+		for names == nil {
+			written0, written1 := regs[0].stderr.written(), regs[1].stderr.written()
+			for _, v := range regs {
+				if m := renamed.FindStringSubmatch(v.stderr.String()); m != nil {
+					names = m[1:]
+				}
+			}
+			if names != nil {
+				break
+			}
+			select {
+			case <-written0:
+			case <-written1:
+			case <-deadline.C:
+				t.Fatalf("neither registry renamed its instance after the conflict:\n%s\n%s", regs[0].stderr, regs[1].stderr)
+			}
+		}
+		pinnedKey := id.Fingerprint()
+		pinnedKey[len(pinnedKey)-1] ^= 1  // the user's registry: another key, the same tag
+		u := &testUser{home: t.TempDir()} // no registry given: it browses
+		path := filepath.Join(u.home, identity.KnownHostsFile)
+		pins := []byte(fmt.Sprintf("%s%s %s\n", mdnsPinPrefix, names[0], pinnedKey))
+		if err := os.MkdirAll(u.home, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for until := time.Now().Add(waitTimeout); ; {
+			if err := os.WriteFile(path, pins, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, _, errs := u.run(t, "groups", "--timeout", "5s")
+			after, _ := os.ReadFile(path)
+			if code == ExitRefused {
+				if !bytes.Equal(after, pins) {
+					t.Fatalf("known_registries changed in the run that refused the key under %q; now:\n%s", names[0], after)
+				}
+				t.Logf("refused under %q, %q not pinned:\n%s", names[0], names[1], errs)
+				return
+			}
+			if time.Now().After(until) {
+				t.Fatalf("no run refused the key under %q; last exit %d, stderr:\n%s", names[0], code, errs)
+			}
+		}
+	})
 }
