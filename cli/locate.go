@@ -233,19 +233,23 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	}
 	// Every name that answered under a key new to it, a key answering
 	// under another name too included.
-	var unpinned []string
+	var unpinned, unpinnedAddrs []string
 	dropped := make(map[string]bool) // mDNS names that could not be pinned: not used
 	for _, r := range reports {
 		if r.err != nil || r.pin != "new" || s.looking {
 			continue
 		}
 		if !strings.HasPrefix(r.name, mdnsPinPrefix) {
-			// An address: pinned, or, if another process pinned another
-			// key for it meanwhile, refused.
+			// An address: pinned; used unpinned if the file holds all the
+			// addresses it may; or, if another process pinned another key
+			// for it meanwhile, refused.
 			var ce *identity.ChangedError
-			if err := s.kh.Check(r.name, r.fp); errors.As(err, &ce) {
+			switch err := s.kh.Check(r.name, r.fp); {
+			case errors.As(err, &ce):
 				return nil, &refusalError{ChangedError: ce, reports: reports}
-			} else if err != nil {
+			case errors.Is(err, identity.ErrPinsFull):
+				unpinnedAddrs = append(unpinnedAddrs, r.name)
+			case err != nil:
 				return nil, fmt.Errorf("pin registry %s: %w", r.name, err)
 			}
 		} else if pinned, err := pinFound(s.kh, r.name, r.fp); err != nil {
@@ -253,6 +257,9 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 		} else if !pinned {
 			unpinned = append(unpinned, r.name)
 		}
+	}
+	if len(unpinnedAddrs) > 0 {
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: %s\n", s.verb, addressPinsFullWarning(s.kh.Path(), unpinnedAddrs))
 	}
 	l := &listing{}
 	var parts []client.RegistryListing
@@ -470,6 +477,16 @@ func pinsFullWarning(path string, names []string) string {
 		"its key checked only against the fingerprint its advertisement carries. No pin is dropped to make room (anyone on the LAN can advertise names). "+
 		"Drop pins of registries you no longer use with: huddle forget-registry NAME (NAME as the file lists it, quoted)",
 		path, identity.MaxDiscoveredPins, strings.Join(list, ", "), map[bool]string{true: "is", false: "are"}[len(names) == 1])
+}
+
+// addressPinsFullWarning says that the registries at the addresses named
+// are used unpinned, known_registries (at path) holding all the addresses
+// it may, and what to do.
+func addressPinsFullWarning(path string, addrs []string) string {
+	return fmt.Sprintf("%s holds %d registry addresses, its most, so %s %s used but not pinned: trusted on first use again each time. "+
+		"No pin is dropped to make room (a pin you rely on stays until you remove it). "+
+		"Drop pins of registries you no longer use with: huddle forget-registry ADDRESS (as the file lists it)",
+		path, identity.MaxAddressPins, strings.Join(addrs, ", "), map[bool]string{true: "is", false: "are"}[len(addrs) == 1])
 }
 
 // browse asks every registry mDNS finds, once per key, until ctx ends.

@@ -338,3 +338,35 @@ func TestRefusedKeyPinnedNowhereOverMDNS(t *testing.T) {
 		}
 	})
 }
+
+// TestAddressUsedWhenPinsFull: with known_registries holding all the
+// registry addresses it may, a registry at an address new to it is used,
+// not pinned, with a warning naming the file and huddle forget-registry,
+// and no pin is dropped.
+func TestAddressUsedWhenPinsFull(t *testing.T) {
+	addr := startUp(t, "lobby")
+	u := newTestUser(t, addr)
+	path := filepath.Join(u.home, identity.KnownHostsFile)
+	var file bytes.Buffer
+	for i := range identity.MaxAddressPins {
+		fmt.Fprintf(&file, "10.1.%d.%d:7373 %s\n", i/256, i%256, wire.Fingerprint{byte(i), byte(i >> 8), 5})
+	}
+	if err := os.MkdirAll(u.home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := u.run(t, "groups")
+	if code != ExitOK || !strings.Contains(out, "lobby") {
+		t.Fatalf("groups with known_registries full of addresses: exit %d, want 0 and lobby\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	for _, want := range []string{path, "not pinned", "huddle forget-registry", addr} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, errs)
+		}
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, file.Bytes()) {
+		t.Errorf("known_registries changed")
+	}
+}

@@ -25,8 +25,10 @@ type Registry struct {
 // default port 7373). If pin is not zero the registry must present that
 // fingerprint. Otherwise the Client's KnownHosts decides: a registry seen
 // before must present the fingerprint pinned then (an *identity.ChangedError
-// says otherwise), and a new one is pinned now. Without KnownHosts any
-// registry is accepted.
+// says otherwise), and a new one is pinned now (or, if the file holds all
+// the addresses it may, identity.MaxAddressPins, used unpinned, said on
+// the Config's Logger at warn level). Without KnownHosts any registry is
+// accepted.
 //
 // It returns an error matching ErrUnreachable if no connection could be
 // made, and an *identity.MismatchError if the registry presented another
@@ -73,7 +75,13 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 	}
 	first.close()
 	if kh != nil {
-		if err := kh.Check(addr, seen); err != nil {
+		switch err := kh.Check(addr, seen); {
+		case errors.Is(err, identity.ErrPinsFull):
+			// Used unpinned, as on first use: the file drops none of the
+			// user's pins to make room.
+			c.cfg.Logger.Warn("registry used but not pinned: known_registries holds all the addresses it may; drop pins you no longer use with huddle forget-registry ADDRESS",
+				"registry", addr, "fingerprint", seen.Short(), "file", kh.Path())
+		case err != nil:
 			return nil, err
 		}
 	}

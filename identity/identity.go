@@ -41,10 +41,10 @@ var (
 	// ErrBadPinName: a name the known-hosts file cannot pin (KnownHosts.Check).
 	ErrBadPinName = errors.New("not a name a registry can be pinned under")
 	// ErrPinsFull: the known-hosts file holds MaxDiscoveredPins pins of
-	// registries found over mDNS, and a new one is not pinned
-	// (KnownHosts.Check). The registry's key matched its advertisement; it
-	// may be used, unpinned, until the user forgets pins they no longer
-	// need.
+	// registries found over mDNS, or MaxAddressPins of addresses, and a new
+	// one of that kind is not pinned (KnownHosts.Check). The registry may be
+	// used, unpinned (one found over mDNS: its key matched its
+	// advertisement), until the user forgets pins they no longer need.
 	ErrPinsFull = errors.New("known registries full")
 )
 

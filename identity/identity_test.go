@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -329,7 +330,7 @@ func TestDiscoveredPinsBounded(t *testing.T) {
 	if _, ok, _ := k.Lookup(name(MaxDiscoveredPins - 1)); ok {
 		t.Errorf("a flood name past the bound was pinned")
 	}
-	must(k.Check("10.0.0.1:7373", key(7000))) // addresses are not bounded
+	must(k.Check("10.0.0.1:7373", key(7000))) // addresses are bounded apart
 	if found, err := k.Forget(name(0)); !found || err != nil {
 		t.Fatalf("Forget = %v, %v", found, err)
 	}
@@ -387,5 +388,91 @@ func TestNewKeyDurable(t *testing.T) {
 	}
 	if _, err := os.Stat(left); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("%s after a load: %v, want it removed", left, err)
+	}
+}
+
+// TestKnownHostsConcurrentWriters: processes pinning at once (here, handles
+// of their own on one file, as two commands or a command and huddle web
+// have) lose none of each other's pins. Each read the file, added its pin
+// and wrote it back, so the last write dropped the pins written since its
+// read: a registry pinned by one command was trusted on first use again by
+// the next, under whatever key it then presented.
+func TestKnownHostsConcurrentWriters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	const writers, each = 8, 16
+	errs := make(chan error, writers*each)
+	var wg sync.WaitGroup
+	for w := range writers {
+		k := OpenKnownHosts(path) // a process of its own: its own lock
+		wg.Go(func() {
+			for i := range each {
+				errs <- k.Check(fmt.Sprintf("10.0.%d.%d:7373", w, i), wire.Fingerprint{byte(w), byte(i), 1})
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pins, err := OpenKnownHosts(path).read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pins) != writers*each {
+		t.Fatalf("%d pins in the file after %d writers pinned %d each, want %d", len(pins), writers, each, writers*each)
+	}
+}
+
+// TestAddressPinsBounded: pins of addresses are bounded apart from those of
+// names found over mDNS. A full file pins no new address (ErrPinsFull,
+// nothing written) and drops none; names found over mDNS are still pinned,
+// and a flood of them (full too) leaves addresses their room. Scripts naming
+// a registry on a new port each run grew the file without end.
+func TestAddressPinsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	k := OpenKnownHosts(path)
+	key := func(i int) wire.Fingerprint { return wire.Fingerprint{byte(i), byte(i >> 8), 4} }
+	// A LAN flood first (it takes none of the addresses' room), then all
+	// but one of the addresses the file may hold, written as Check writes
+	// them (Check by Check, the file read and written whole each time, was
+	// seconds under -race).
+	var file bytes.Buffer
+	for i := range MaxDiscoveredPins {
+		fmt.Fprintf(&file, "%sflood %d %s\n", DiscoveredPrefix, i, key(i))
+	}
+	for i := range MaxAddressPins - 1 {
+		fmt.Fprintf(&file, "127.0.0.1:%d %s\n", 10000+i, key(i))
+	}
+	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check("127.0.0.1:20000", key(7000)); err != nil {
+		t.Fatalf("the last address the file may hold: %v", err)
+	}
+	if err := k.Check(DiscoveredPrefix+"flood 0", key(0)); err != nil {
+		t.Fatalf("a pinned name with the file full: %v", err)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check("127.0.0.1:9999", key(9999)); !errors.Is(err, ErrPinsFull) {
+		t.Fatalf("Check of a new address with %d pinned = %v, want ErrPinsFull", MaxAddressPins, err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Errorf("the file changed when a new address was refused as full")
+	}
+	var ce *ChangedError
+	if err := k.Check("127.0.0.1:10000", key(8000)); !errors.As(err, &ce) {
+		t.Errorf("another key at a pinned address with the file full: Check = %v, want a *ChangedError", err)
+	}
+	if found, err := k.Forget("127.0.0.1:10000"); !found || err != nil {
+		t.Fatalf("Forget = %v, %v", found, err)
+	}
+	if err := k.Check("127.0.0.1:9999", key(9999)); err != nil {
+		t.Errorf("Check of a new address after the user forgot one: %v", err)
 	}
 }

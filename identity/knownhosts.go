@@ -78,13 +78,29 @@ const DiscoveredPrefix = "mdns:"
 // fingerprint starts as the instance name says: 40 bits to match), and
 // any rule for which pin to drop is one an advertiser can play: names
 // they advertise are used as often as the user's. Pins of addresses are
-// not bounded: the user names those.
+// bounded apart (MaxAddressPins), so that a flood of names takes none of
+// their room.
 const MaxDiscoveredPins = 256
+
+// MaxAddressPins bounds the pins of registries named by address. Only the
+// user names those (--registry, HUDDLE_REGISTRY, huddle web's registries,
+// this machine's 127.0.0.1:7373): nothing a stranger sends adds one. Yet
+// scripts that name ever new addresses (a test registry on a new port each
+// run) grew the file without end, each command reading all of it. As with
+// names found over mDNS, a full file pins no new address (ErrPinsFull) and
+// drops none: the user's pins are only ever removed by the user (Forget),
+// so no address they rely on is trusted on first use again behind their
+// back. A new address is then used unpinned, with a warning naming
+// huddle forget-registry.
+const MaxAddressPins = 1024
 
 // KnownHosts remembers which fingerprint each registry presented the first
 // time it was used (trust on first use), in a text file of lines
-// "NAME FINGERPRINT", oldest first. It is safe for concurrent use within a
-// process.
+// "NAME FINGERPRINT", oldest first. It is safe for concurrent use, also by
+// several processes (commands, huddle web) at once: a change is made with
+// the file locked (known_registries.lock beside it; lockFile), read
+// again under the lock, and written whole by rename, so no writer loses
+// another's pin and a reader never sees half a file.
 type KnownHosts struct {
 	path string
 	mu   sync.Mutex
@@ -114,7 +130,8 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 // Check pins fp for name if name has no pin yet, and returns a *ChangedError
 // if name is pinned to another fingerprint. A registry found over mDNS
 // (a name that starts with DiscoveredPrefix) new to a file that holds
-// MaxDiscoveredPins of them is not pinned: ErrPinsFull, nothing written. A name the file cannot hold as
+// MaxDiscoveredPins of them, or an address new to one that holds
+// MaxAddressPins addresses, is not pinned: ErrPinsFull, nothing written. A name the file cannot hold as
 // the first field of one line (empty, invalid UTF-8, a control character,
 // blanks around it) is refused with ErrBadPinName and pins nothing: an mDNS
 // instance name is anyone's to choose on the LAN, and one with a line break
@@ -125,6 +142,11 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	unlock, err := k.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	pins, err := k.read()
 	if err != nil {
 		return err
@@ -135,8 +157,11 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 		}
 		return nil
 	}
-	if strings.HasPrefix(name, DiscoveredPrefix) && pins.discovered() >= MaxDiscoveredPins {
+	switch found := pins.discovered(); {
+	case strings.HasPrefix(name, DiscoveredPrefix) && found >= MaxDiscoveredPins:
 		return fmt.Errorf("%w: %s holds %d registries found over mDNS, its most; %s is not pinned", ErrPinsFull, k.path, MaxDiscoveredPins, name)
+	case !strings.HasPrefix(name, DiscoveredPrefix) && len(pins)-found >= MaxAddressPins:
+		return fmt.Errorf("%w: %s holds %d registry addresses, its most; %s is not pinned", ErrPinsFull, k.path, MaxAddressPins, name)
 	}
 	return k.write(append(pins, pin{name, fp}))
 }
@@ -170,6 +195,11 @@ func (ps pinList) discovered() int {
 func (k *KnownHosts) Forget(name string) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	unlock, err := k.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	pins, err := k.read()
 	if err != nil {
 		return false, err
@@ -233,6 +263,25 @@ func (k *KnownHosts) read() (pinList, error) {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
 	return pins, nil
+}
+
+// lock takes the lock of the file's writers (another process's, or another
+// KnownHosts' on the same path), waiting for it, and returns what releases
+// it. The lock file stays: removing it would let a writer lock a file
+// another has just replaced.
+func (k *KnownHosts) lock() (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
+		return nil, fmt.Errorf("known registries: %w", err)
+	}
+	f, err := os.OpenFile(k.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("known registries: %w", err)
+	}
+	if err := lockFile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("known registries: lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // write replaces the file atomically (a temporary file renamed over it), so
