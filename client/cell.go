@@ -306,6 +306,25 @@ func (g *Group) dialBound() time.Duration {
 	return max(cellDialFor, g.dialFor, min(3*g.handshake, cellAttemptMax))
 }
 
+// answered takes an attempt answered in took as evidence of the path to
+// the cell as it is now: the handshake time the bounds scale with
+// (dialBound, silentFor) falls to it, by half at most per attempt. A
+// handshake made while the machine was loaded (seconds, where the path
+// takes milliseconds) widened the bounds until the next handshake, which a
+// client on a steady connection may not make for hours: the first failover
+// after it waited seconds of silence for the dead leader, not 400 ms. An
+// attempt is answered no sooner than a round trip, and the bounds allow
+// two or three times the handshake, so a far cell's keep their room.
+// attempt calls it only while the handshake time widens a bound (over a
+// third of cellDialFor): not on a near cell's every send.
+func (g *Group) answered(took time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.handshake > took {
+		g.handshake = max(took, g.handshake/2)
+	}
+}
+
 // handshakeTook returns how long the last handshake with a member took.
 func (g *Group) handshakeTook() time.Duration {
 	g.mu.Lock()
@@ -397,7 +416,8 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		}
 		g.dialed(true, time.Since(began), bound)
 	}
-	end := time.Now().Add(d)
+	began := time.Now()
+	end := began.Add(d)
 	bounded := !until.IsZero() && until.Before(end)
 	if bounded {
 		end = until
@@ -405,9 +425,13 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	// The attempt watches the connection the call uses (unless it dies
 	// meanwhile) for silence, sooner than the call's own watch would
 	// (its liveness, liveness.go), which it then spares.
-	actx := g.cl.attempts.start(ctx, end, p.current(), g.handshakeTook())
+	handshake := g.handshakeTook()
+	actx := g.cl.attempts.start(ctx, end, p.current(), handshake)
 	defer actx.release()
 	err := p.single(actx, op, args, out)
+	if err == nil && handshake > cellDialFor/3 {
+		g.answered(time.Since(began))
+	}
 	if err != nil && ctx.Err() == nil {
 		switch cause := actx.ended(); {
 		case cause == nil:

@@ -384,3 +384,46 @@ func serveMember(wg *sync.WaitGroup, ln *quic.Listener, answer func(st *quic.Str
 		}
 	})
 }
+
+// TestSlowHandshakeForgotten: a handshake with a cell's member that took
+// seconds (the client's machine loaded) widens the client's bounds on the
+// cell (dialBound, silentFor) only until attempts answered in milliseconds
+// show the path as it is: after a few, the bounds are back at their floors,
+// and the first failover after such a handshake waits 400 ms of silence
+// for a dead leader, not seconds. They stayed wide until the next
+// handshake, which a client on a steady connection may not make for hours.
+func TestSlowHandshakeForgotten(t *testing.T) {
+	srv, tr, ln := rawServer(t, &quic.Config{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer tr.Close()
+	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
+	})
+	cl := newTestClient(t, Config{NoBatching: true})
+	defer cl.Close()
+	addr := ln.Addr().String()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{addr}, Fingerprint: srv.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: addr, Fingerprint: srv.Fingerprint(), Leader: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := g.Send(ctx, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	g.dialed(true, 3*time.Second, 0) // as if that handshake had taken 3 s
+	if b := g.dialBound(); b != cellAttemptMax {
+		t.Fatalf("dial bound after a 3 s handshake = %v, want %v", b, cellAttemptMax)
+	}
+	for i := range 10 {
+		if _, err := g.Send(ctx, []byte("hi")); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	stats := g.peer().current().ConnectionStats()
+	if b, s := g.dialBound(), silentFor(stats, g.handshakeTook()); b != cellDialFor || s != max(cellSilentFor, 2*(stats.SmoothedRTT+4*stats.MeanDeviation)) {
+		t.Errorf("after 10 sends answered at once, dial bound %v and silence bound %v (handshake %v), want %v and the path's own", b, s, g.handshakeTook(), cellDialFor)
+	}
+}

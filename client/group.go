@@ -46,7 +46,8 @@ type Group struct {
 	// dialFor bounds an attempt's handshake with a member after one
 	// that did not complete in time (0: none did), failedBound is the
 	// bound that one failed, and handshake is how long the last one that
-	// did complete took: see dialBound (cell.go).
+	// did complete took, lowered by attempts answered sooner: see
+	// dialBound and answered (cell.go).
 	dialFor, failedBound, handshake time.Duration
 }
 
