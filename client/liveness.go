@@ -34,7 +34,10 @@ import (
 // IDs: a send stored before the kill is acknowledged as a duplicate,
 // never stored twice). When nothing has come for silenceFor, the server
 // is taken for gone and the connection closed: the calls fail as a lost
-// connection, which call retries on a new one.
+// connection, which call retries on a new one. A registry, which has no
+// operation cheap enough to probe it with, is taken for gone only if
+// nothing at all came since its calls began to wait (a live one
+// acknowledges their requests at once).
 //
 // A connection with no call waiting is not watched and costs nothing: the
 // request of its next call draws the reset. A Watch counts as waiting until
@@ -53,8 +56,11 @@ type liveness struct {
 	timer   *time.Timer
 	heard   uint64    // conn's PacketsReceived when last looked at
 	quiet   time.Time // since when nothing has arrived while calls waited
-	probing bool      // a probe is in flight
-	closed  bool      // conn was closed for its silence
+	// answered: something arrived since calls began to wait. A server
+	// that cannot be probed (a registry) is taken for gone only if not.
+	answered bool
+	probing  bool // a probe is in flight
+	closed   bool // conn was closed for its silence
 }
 
 // newLiveness returns conn's liveness watch; p.mu is held.
@@ -80,7 +86,7 @@ func (l *liveness) begin() {
 		return
 	}
 	stats := l.conn.ConnectionStats()
-	l.heard, l.quiet = stats.PacketsReceived, time.Now()
+	l.heard, l.quiet, l.answered = stats.PacketsReceived, time.Now(), false
 	probeAt, _ := silenceBounds(stats)
 	if l.timer == nil {
 		l.timer = time.AfterFunc(probeAt/4, l.look)
@@ -109,11 +115,11 @@ func (l *liveness) look() {
 	}
 	now, stats := time.Now(), l.conn.ConnectionStats()
 	if stats.PacketsReceived != l.heard {
-		l.heard, l.quiet = stats.PacketsReceived, now
+		l.heard, l.quiet, l.answered = stats.PacketsReceived, now, true
 	}
 	probeAt, silenceFor := silenceBounds(stats)
 	quiet := now.Sub(l.quiet)
-	if quiet >= silenceFor {
+	if quiet >= silenceFor && (l.probe != (wire.UUID{}) || !l.answered) {
 		l.closed = true
 		l.mu.Unlock()
 		l.p.c.cfg.Logger.Debug("server silent; dropping the connection", "remote", l.conn.RemoteAddr(), "after", quiet)
@@ -126,9 +132,12 @@ func (l *liveness) look() {
 	// Looking a quarter of probeAt apart, what arrived is dated that
 	// closely: a connection is probed at most probeAt and a quarter after
 	// its last packet.
-	next := min(probeAt/4, probeAt-quiet)
-	if next <= 0 {
-		next = silenceFor - quiet
+	next := probeAt / 4
+	switch {
+	case quiet < probeAt:
+		next = min(next, probeAt-quiet)
+	case quiet < silenceFor:
+		next = min(next, silenceFor-quiet)
 	}
 	l.timer.Reset(next)
 	l.mu.Unlock()
