@@ -43,9 +43,11 @@ import (
 // request of its next call draws the reset. A Watch counts as waiting until
 // its daemon accepts it; after that its heartbeats tell (latePing). The
 // cost: one info operation per probeAt of silence, and only while a call
-// waits on a silent connection (a slow send in a cell's election, a Fetch
-// whose yield holds the daemon back by flow control); none on an idle
-// connection, and one timer per connection rather than per call.
+// waits on a silent connection (a send to a daemon whose disk is slow, a
+// Fetch whose yield holds the daemon back by flow control); none on an idle
+// connection, and one timer per connection rather than per call. A cell's
+// attempts are not counted: they watch their connection themselves, sooner
+// (cellSilentFor), and another member answers.
 type liveness struct {
 	conn  *quic.Conn
 	p     *peer
