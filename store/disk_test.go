@@ -742,9 +742,10 @@ func TestDiskSegmentCreationCut(t *testing.T) {
 // and rotations, and now and then a next segment whose creation the crash
 // cut short. Each reopening holds every message from its first to the
 // tail it had, with the stamps they were given, and nothing after; it has
-// dropped nothing retention had kept; its tail's time is the one it had,
-// so stamps go on strictly increasing whatever the clock says; and every
-// ID it holds is still found (a retry is not stored again).
+// dropped nothing retention had kept, nor taken retention's deletions for
+// files lost; its tail's time is the one it had, so stamps go on strictly
+// increasing whatever the clock says; and every ID it holds is still
+// found (a retry is not stored again).
 func TestDiskCrashes(t *testing.T) {
 	dir := t.TempDir()
 	cfg := DiskConfig{Dir: dir, Config: Config{MaxMessages: 400, MaxAge: time.Minute, SegmentSize: 40},
@@ -813,7 +814,10 @@ func TestDiskCrashes(t *testing.T) {
 			}
 		}
 
-		d2, _ := diskLog(t, cfg)
+		d2, rec := diskLog(t, cfg)
+		if rec.MissingLast != 0 {
+			t.Fatalf("round %d: messages %d to %d reported missing after the crash, where retention deleted files", round, rec.MissingFirst, rec.MissingLast)
+		}
 		if s, st := d2.Tail(); s != tail || st != tailT {
 			t.Fatalf("round %d: tail %d at %d after the crash, want %d at %d", round, s, st, tail, tailT)
 		}
