@@ -164,7 +164,8 @@ type DiskLog struct {
 	cptFirst  uint64 // first, as the checkpoint says it (as of this run)
 	cptAhead  bool   // the file's first is past what the log holds (openCheckpoint); d.wmu
 
-	spare bool // the spare file is there (fromSpare)
+	spare      bool      // the spare file is there (fromSpare)
+	spareTried time.Time // when Expire last tried to make it
 
 	syncDir func(dir string) error // DiskConfig.syncDir
 
@@ -567,12 +568,18 @@ func (d *DiskLog) retain() {
 }
 
 // Expire applies the age limit as of now ([Log.Expire]) and deletes the
-// files it emptied.
+// files it emptied. It makes the spare again if it was used and could not
+// be made then (the disk was full: the space of the files deleted comes
+// back once their mappings go), trying at most once a second.
 func (d *DiskLog) Expire(now time.Time) {
 	d.mem.Expire(now)
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	d.retain()
+	if !d.spare && d.f != nil && time.Since(d.spareTried) >= time.Second {
+		d.spareTried = time.Now()
+		d.makeSpare()
+	}
 }
 
 // Durable returns once the messages up to seq are as durable as an ack

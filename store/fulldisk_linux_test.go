@@ -355,8 +355,8 @@ func TestDiskFullAtReset(t *testing.T) {
 // good, and every send was refused. It now begins it from the spare file
 // each log keeps, deletes the old one, and, its space back (at once, or
 // once the mapping of a file read back at open has had its grace: Expire
-// unmaps it), appends are stored again; a restart finds the sequence going
-// on from where it stood.
+// unmaps it), appends are stored again, and the spare is made again; a
+// restart finds the sequence going on from where it stood.
 func TestDiskFullAgedOut(t *testing.T) {
 	for _, mapped := range []bool{false, true} {
 		mnt, fill := testdisk.Small(t, "256k")
@@ -400,6 +400,23 @@ func TestDiskFullAgedOut(t *testing.T) {
 		if err := d.Append(big); err != nil {
 			t.Fatalf("mapped %v: append once everything aged out: %v, want the aged-out segment's space freed", mapped, err)
 		}
+		// And the spare is made again, for the next time: at once where
+		// the file's space came back as it was deleted, else by an
+		// age-out pass (which tries at most once a second).
+		deadline := time.After(30 * time.Second)
+		pace := time.NewTicker(20 * time.Millisecond)
+		for {
+			if _, err := os.Stat(filepath.Join(cfg.Dir, spareName)); err == nil {
+				break
+			}
+			select {
+			case <-pace.C:
+				d.Expire(time.Unix(0, big[len(big)-1].Time)) // nothing more to age out
+			case <-deadline:
+				t.Fatalf("mapped %v: no spare 30 s after the space came back", mapped)
+			}
+		}
+		pace.Stop()
 		d.crash()
 		d2, rec, err := Open(cfg)
 		if err != nil {
