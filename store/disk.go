@@ -82,6 +82,9 @@ type DiskConfig struct {
 	// syncDir makes a directory's entries durable: syncDir, but for the
 	// tests that watch which directories are synced.
 	syncDir func(dir string) error
+	// syncFile fsyncs the active segment for a sync: (*os.File).Sync, but
+	// for the tests that make it fail.
+	syncFile func(f *os.File) error
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -167,7 +170,8 @@ type DiskLog struct {
 	spare      bool      // the spare file is there (fromSpare)
 	spareTried time.Time // when Expire last tried to make it
 
-	syncDir func(dir string) error // DiskConfig.syncDir
+	syncDir  func(dir string) error // DiskConfig.syncDir
+	syncFile func(f *os.File) error // DiskConfig.syncFile
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -205,9 +209,12 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	}
 	d := &DiskLog{mem: mem, dir: cfg.Dir, policy: cfg.Fsync, stop: make(chan struct{}), done: make(chan struct{})}
 	d.scond = sync.NewCond(&d.smu)
-	d.syncDir = cfg.syncDir
+	d.syncDir, d.syncFile = cfg.syncDir, cfg.syncFile
 	if d.syncDir == nil {
 		d.syncDir = syncDir
+	}
+	if d.syncFile == nil {
+		d.syncFile = (*os.File).Sync
 	}
 	d.segMax = cfg.SegmentBytes
 	if d.segMax == 0 {
@@ -632,10 +639,14 @@ func (d *DiskLog) syncTo(seq uint64) error {
 			return err // pending records not written (a full disk): tried again
 		}
 		if err != nil {
+			// The writers' lock is taken without this one: a Reset holds
+			// it while it takes this one (both waited for ever).
 			d.syncErr = err
+			d.smu.Unlock()
 			d.wmu.Lock()
 			d.failed = err
 			d.wmu.Unlock()
+			d.smu.Lock()
 			return err
 		}
 		if target > d.synced {
@@ -665,7 +676,7 @@ func (d *DiskLog) fsync() (uint64, error) {
 	d.wmu.Unlock()
 	var err error
 	if f != nil {
-		err = f.Sync()
+		err = d.syncFile(f)
 		d.syncs.Add(1)
 	}
 	d.fmu.RUnlock()

@@ -1340,3 +1340,59 @@ func TestDiskPowerCuts(t *testing.T) {
 	t.Logf("%d messages stored over 60 crashes, %d of them power cuts (%d with holes, %d leaving a checkpoint past the tail), %d unsynced messages lost",
 		len(all), cuts, holes, ahead, lost)
 }
+
+// TestDiskSyncFailsDuringReset: an fsync that fails while a Reset runs. The
+// sync's owner held the group commit's lock while it took the writers' to
+// fail the log, and the Reset held the writers' while it took the group
+// commit's to say what was synced: both waited for ever (a cell replica
+// resetting its log, for a catch-up or a message over its retention, on a
+// disk that returns EIO). Now the sync fails the log and the Reset
+// returns.
+func TestDiskSyncFailsDuringReset(t *testing.T) {
+	inSync, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cfg := DiskConfig{Dir: t.TempDir(), Fsync: FsyncPolicy{Interval: time.Hour}, syncFile: func(*os.File) error {
+		once.Do(func() { close(inSync) })
+		<-release
+		return errors.New("input/output error")
+	}}
+	d, _, err := Open(cfg) // closed at the end: a deadlocked log would not close
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(53)
+	w.fill(t, d, 10, 10)
+	synced := make(chan error, 1)
+	go func() { synced <- d.Sync() }()
+	<-inSync
+	seq, ts := d.Tail()
+	reset := make(chan error, 1)
+	go func() { reset <- d.Reset(seq+5, ts+5) }()
+	// The failing fsync returns once the Reset holds the writers' lock.
+	pace := time.NewTicker(time.Millisecond)
+	defer pace.Stop()
+	for d.wmu.TryLock() {
+		d.wmu.Unlock()
+		<-pace.C
+	}
+	close(release)
+	deadline := time.After(10 * time.Second)
+	for range 2 {
+		select {
+		case err := <-synced:
+			if !errors.Is(err, ErrFailed) {
+				t.Errorf("the failed sync: %v, want ErrFailed", err)
+			}
+		case err := <-reset:
+			if err != nil {
+				t.Errorf("the reset: %v", err)
+			}
+		case <-deadline:
+			t.Fatal("the sync and the reset still waiting 10 s on: deadlocked")
+		}
+	}
+	if err := d.Append(w.batch(1, 10, seq+5, ts+5)); !errors.Is(err, ErrFailed) {
+		t.Errorf("append after the failed fsync: %v, want ErrFailed", err)
+	}
+	d.Close()
+}
