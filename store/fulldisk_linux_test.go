@@ -293,7 +293,16 @@ func TestDiskFullAtReset(t *testing.T) {
 		checkHolds(t, d2, nil)
 		d2.Close()
 	}
-	seq, ts = seq+10, ts+10
+	// Tried again further on, still full: the checkpoint says where the
+	// files will begin, so that they are not taken for files after lost
+	// ones.
+	if err := d.Reset(seq+20, ts+20); !errors.Is(err, ErrNotWritable) {
+		t.Fatalf("reset again on the full disk: %v, want ErrNotWritable", err)
+	}
+	if cpt, err := readCheckpoint(cfg.Dir); err != nil || cpt.first != seq+21 {
+		t.Errorf("checkpoint after the second failed reset: %+v (%v), want first %d", cpt, err, seq+21)
+	}
+	seq, ts = seq+20, ts+20
 	if err := d.Append(w.batch(1, 10, seq, ts)); !errors.Is(err, ErrNotWritable) {
 		t.Fatalf("append on the full disk after the reset failed: %v, want ErrNotWritable", err)
 	}

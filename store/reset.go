@@ -50,13 +50,13 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 		return fmt.Errorf("store: reset to %d, behind the tail %d: %w", seq, d.tailSeq, ErrOutOfOrder)
 	}
 	base := seq + 1
-	if len(d.segs) > 0 {
-		// What retention records before it deletes a file: a history
-		// that begins past the files deleted, so that recovery tells
-		// them from files lost.
-		if err := d.checkpoint(0, base, true); err != nil {
-			return fmt.Errorf("%w: reset: checkpoint: %w", ErrNotWritable, err)
-		}
+	// What retention records before it deletes a file: a history that
+	// begins past the files deleted, and at the one begun next, so that
+	// recovery tells them from files lost. (A log with no file to delete
+	// says so too, where it has a checkpoint: a failed Reset tried again
+	// further on.)
+	if err := d.checkpoint(0, base, true); err != nil && len(d.segs) > 0 {
+		return fmt.Errorf("%w: reset: checkpoint: %w", ErrNotWritable, err)
 	}
 	var rmErr error
 	for i, s := range d.segs {
