@@ -505,7 +505,10 @@ type Cursor struct {
 // bodies belong to the caller. Cursor.Next continues a later Fetch (as
 // Query.After, with Query.Epoch set to Cursor.Epoch): after a yield that
 // returned false it is that message, the last one taken. For a watch that
-// goes on with live messages, see Watch. Errors: ErrNotMember,
+// goes on with live messages, see Watch. A page whose connection dies
+// half read is asked for again from the last message delivered when its
+// epoch is known (Query.Epoch, or a page after the first); otherwise the
+// error (ErrUnreachable) is returned. Errors: ErrNotMember,
 // ErrEpochMismatch (the log was reset under q.Epoch or while paging),
 // ErrBadRequest, ErrProtocol (the daemon broke the protocol: a page of
 // another epoch than the cursor's, whose messages were delivered already,
@@ -597,6 +600,24 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		}
 		if err != nil && n == 0 && g.otherReplica(err, &tries) {
 			continue // the same page from another member of the cell
+		}
+		if err != nil && n > 0 && req.Epoch != 0 && (q.Limit == 0 || n < left) && ctx.Err() == nil && errors.Is(err, ErrUnreachable) {
+			// The connection died with the page half read (its daemon
+			// killed and restarted in place, say): the rest is asked for
+			// again, after the last message delivered and under the
+			// page's epoch, which the daemon checks (ErrEpochMismatch if
+			// its log is another now), so nothing is repeated or skipped.
+			// Without an epoch (a first page of a Query without one) the
+			// messages delivered may be of a log the daemon no longer
+			// holds: the error is returned.
+			if first {
+				cur.Gap = since == nil && firstSeq > from+1
+				first = false
+			}
+			left -= n
+			resume := delivered
+			req.Since, req.After = nil, &resume
+			continue
 		}
 		if err != nil {
 			return cur, g.fail("fetch", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -244,5 +245,82 @@ func TestSlowDaemonKeepsItsConnection(t *testing.T) {
 	defer mu.Unlock()
 	if sends != 1 || probes < 2 {
 		t.Fatalf("the daemon got %d sends and %d probes, want 1 send (not retried) and 2 probes or more", sends, probes)
+	}
+}
+
+// TestFetchResumesAfterRestart: a Fetch whose page was half read when its
+// daemon was killed and restarted in place asks for the rest after the
+// last message it delivered, under the page's epoch, and delivers each
+// message once, in order. It returned ErrUnreachable (once the liveness
+// probe drew the reset), and a program continuing from the cursor it got,
+// that of the page before, read the delivered messages again.
+func TestFetchResumesAfterRestart(t *testing.T) {
+	const epoch = 5
+	page := func(st *quic.Stream, from, to uint64) {
+		var m wire.Messages
+		for seq := from; seq <= to; seq++ {
+			m.Messages = append(m.Messages, wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, Body: []byte{byte(seq)}})
+		}
+		wire.WriteResponse(st, wire.KindMessages, m)
+	}
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpFetch {
+			page(st, 1, 3)
+			<-stop // killed before the rest of the page
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	third, restarted := make(chan struct{}), make(chan struct{})
+	var got []uint64
+	type result struct {
+		cur Cursor
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		cur, err := g.Fetch(ctx, Query{Epoch: epoch}, func(m Message) bool {
+			if got = append(got, m.Seq); m.Seq == 3 {
+				close(third)
+				<-restarted
+			}
+			return true
+		})
+		done <- result{cur, err}
+	}()
+	<-third
+	asked := make(chan wire.Fetch, 1)
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op != wire.OpFetch {
+			return
+		}
+		var req wire.Fetch
+		raw.Decode(&req)
+		select {
+		case asked <- req:
+		default:
+		}
+		page(st, 4, 5)
+		wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
+	})
+	close(restarted)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("fetch across its daemon's restart in place: %v", r.err)
+	}
+	if want := []uint64{1, 2, 3, 4, 5}; !slices.Equal(got, want) {
+		t.Errorf("fetch delivered %v, want %v", got, want)
+	}
+	if r.cur.Next != 5 || r.cur.Epoch != epoch || r.cur.More {
+		t.Errorf("cursor %+v, want next 5 in epoch %d, no more", r.cur, epoch)
+	}
+	if req := <-asked; req.After == nil || *req.After != 3 || req.Epoch != epoch {
+		t.Errorf("the rest was asked for after %v in epoch %d, want after 3 in epoch %d", req.After, req.Epoch, epoch)
 	}
 }

@@ -26,6 +26,9 @@ import (
 //     for the idle timeout: after the kill the client sent only packets
 //     too short for the restarted daemon to answer with a reset, until the
 //     client's liveness probe (an info request) drew one;
+//   - the same fetch of a known epoch (Query.Epoch: a program that keeps
+//     its cursor) goes on after the last message delivered, each message
+//     once, in order;
 //   - a send whose request the daemon never read (frozen, then killed) is
 //     retried with its message ID and stored once;
 //   - a watch follows the restarted daemon (within its heartbeat and a
@@ -70,6 +73,43 @@ func TestRestartInPlace(t *testing.T) {
 	t.Logf("a fetch whose reply was half read ended %v after the restart: %v", time.Since(back).Round(time.Millisecond), err)
 	if !errors.Is(err, client.ErrUnreachable) || fctx.Err() != nil {
 		t.Errorf("the fetch whose reply was half read when its daemon was killed ended with %v, want ErrUnreachable before its deadline", err)
+	}
+
+	// The same fetch with its epoch known (a program that keeps its
+	// cursor): it goes on across the restart, each message once, in order.
+	info, err := h.g.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, fcancel = context.WithTimeout(ctx, 20*time.Second)
+	defer fcancel()
+	holding, release = make(chan struct{}), make(chan struct{})
+	var seqs []uint64
+	go func() {
+		_, err := h.g.Fetch(fctx, client.Query{Epoch: info.Epoch}, func(m client.Message) bool {
+			if seqs = append(seqs, m.Seq); len(seqs) == 1 {
+				close(holding)
+				<-release
+			}
+			return true
+		})
+		fetched <- err
+	}()
+	<-holding
+	back = h.restart()
+	close(release)
+	err = <-fetched
+	t.Logf("a fetch of a known epoch whose reply was half read ended %v after the restart: %v", time.Since(back).Round(time.Millisecond), err)
+	if err != nil {
+		t.Errorf("the fetch of epoch %d across the restart: %v", info.Epoch, err)
+	}
+	for i, seq := range seqs {
+		if seq != uint64(i+1) {
+			t.Fatalf("the fetch across the restart delivered message %d as its #%d: want each once, in order", seq, i+1)
+		}
+	}
+	if uint64(len(seqs)) != info.Last {
+		t.Errorf("the fetch across the restart delivered %d messages, want %d", len(seqs), info.Last)
 	}
 
 	// A send whose request waits, unread, in the frozen daemon's socket.
