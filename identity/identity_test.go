@@ -476,3 +476,34 @@ func TestAddressPinsBounded(t *testing.T) {
 		t.Errorf("Check of a new address after the user forgot one: %v", err)
 	}
 }
+
+// TestKnownHostsPinnedNeedsNoLock: checking a name pinned already writes
+// nothing, so it takes no lock. Every command checks its registry's pin:
+// since the writers' lock (session 14), one run where the lock file could
+// not be made (a read-only configuration directory, a file system without
+// locks) failed every command, though nothing was to be written. Here the
+// lock file's place holds a directory, which no lock can be taken on.
+func TestKnownHostsPinnedNeedsNoLock(t *testing.T) {
+	a, b := wire.Fingerprint{1}, wire.Fingerprint{2}
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	k := OpenKnownHosts(path)
+	if err := k.Check("reg:7373", a); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path+".lock", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check("reg:7373", a); err != nil {
+		t.Errorf("Check of the pinned key, no lock to be had: %v", err)
+	}
+	var ce *ChangedError
+	if err := k.Check("reg:7373", b); !errors.As(err, &ce) {
+		t.Errorf("Check of another key, no lock to be had: %v, want a *ChangedError", err)
+	}
+	if err := k.Check("other:7373", b); err == nil {
+		t.Errorf("a new pin was written with no lock to be had")
+	}
+}

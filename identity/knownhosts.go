@@ -142,28 +142,47 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	// A name pinned already (every command's case) writes nothing, so it
+	// takes no lock: the file is only ever replaced whole (write), and a
+	// directory where no lock can be made (read-only) still serves.
+	pins, err := k.read()
+	if err != nil {
+		return err
+	}
+	if done, err := k.checked(pins, name, fp); done {
+		return err
+	}
 	unlock, err := k.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	pins, err := k.read()
-	if err != nil {
+	if pins, err = k.read(); err != nil { // another writer's pins since
 		return err
 	}
+	if done, err := k.checked(pins, name, fp); done {
+		return err
+	}
+	return k.write(append(pins, pin{name, fp}))
+}
+
+// checked is Check's answer from pins alone, if it needs no write (done):
+// name is pinned (to fp: nil; else a *ChangedError), or the file holds as
+// many pins of name's kind as it may (ErrPinsFull).
+func (k *KnownHosts) checked(pins pinList, name string, fp wire.Fingerprint) (done bool, err error) {
 	if i := pins.index(name); i >= 0 {
 		if old := pins[i].fp; old != fp {
-			return &ChangedError{Name: name, Pinned: old, Presented: fp, File: k.path}
+			return true, &ChangedError{Name: name, Pinned: old, Presented: fp, File: k.path}
 		}
-		return nil
+		return true, nil
 	}
 	switch found := pins.discovered(); {
 	case strings.HasPrefix(name, DiscoveredPrefix) && found >= MaxDiscoveredPins:
-		return fmt.Errorf("%w: %s holds %d registries found over mDNS, its most; %s is not pinned", ErrPinsFull, k.path, MaxDiscoveredPins, name)
+		return true, fmt.Errorf("%w: %s holds %d registries found over mDNS, its most; %s is not pinned", ErrPinsFull, k.path, MaxDiscoveredPins, name)
 	case !strings.HasPrefix(name, DiscoveredPrefix) && len(pins)-found >= MaxAddressPins:
-		return fmt.Errorf("%w: %s holds %d registry addresses, its most; %s is not pinned", ErrPinsFull, k.path, MaxAddressPins, name)
+		return true, fmt.Errorf("%w: %s holds %d registry addresses, its most; %s is not pinned", ErrPinsFull, k.path, MaxAddressPins, name)
 	}
-	return k.write(append(pins, pin{name, fp}))
+	return false, nil
 }
 
 // pin is one line of the file.
