@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -94,6 +95,13 @@ func toAPIError(err error) apiError {
 			e.Status = http.StatusInternalServerError
 		}
 		return e
+	}
+	var mm *identity.MismatchError
+	if errors.As(err, &mm) {
+		// Before unreachable: the daemon answered, with another key than
+		// the listing's, which no retry at once mends.
+		return apiError{Status: http.StatusBadGateway, Code: "wrong_key", Message: err.Error() +
+			"; the daemon's key is not the one the registry lists: the listing may be stale (the daemon was reinstalled or moved; try again in a few seconds) or someone is impersonating it"}
 	}
 	if isUnreachable(err) {
 		return apiError{Status: http.StatusBadGateway, Code: "unreachable", Message: err.Error()}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/daemon/groupd"
+	"github.com/huddle-chat/huddle/internal/udpproxy"
 )
 
 type pageReply struct {
@@ -179,4 +180,34 @@ func rawSend(t *testing.T, a *api, id, text string) (errorReply, int) {
 	var e errorReply
 	st := a.do("POST", "/api/groups/"+id+"/messages", map[string]string{"text": text}, &e)
 	return e, st
+}
+
+// TestAPIWrongKey lists a group whose address is answered by a daemon of
+// another key than the one the registry lists for it (a stale listing after
+// a reinstall, or an impostor at the address). huddle web answered it as
+// 500 internal, "server presented fingerprint ...", which the page showed as
+// "Something went wrong": it is wrong_key, 502, saying what happened.
+func TestAPIWrongKey(t *testing.T) {
+	r := startRegistry(t)
+	other, _ := startGroups(t, r, groupd.Config{Groups: []groupd.Spec{{Name: "elsewhere"}}})
+	path, err := udpproxy.New(other.Addr().String())
+	must(t, err)
+	t.Cleanup(func() { path.Close() })
+	listed, _ := startGroups(t, r, groupd.Config{Advertise: []string{path.Addr()}})
+	c := newClient(t)
+	a := newAPI(t, startWeb(t, c, r.Addr().String()))
+	id := a.groupID("lobby")
+	var e errorReply
+	st := a.do("POST", "/api/groups/"+id+"/join", map[string]string{"name": "web"}, e.reset())
+	if st != http.StatusBadGateway || e.Error.Code != "wrong_key" {
+		t.Fatalf("join where another key answers: HTTP %d %+v, want 502 wrong_key", st, e.Error)
+	}
+	for _, want := range []string{other.Fingerprint().Short(), listed.Fingerprint().Short(), "not the one the registry lists"} {
+		if !strings.Contains(e.Error.Message, want) {
+			t.Errorf("message %q does not say %q", e.Error.Message, want)
+		}
+	}
+	if st := a.do("GET", "/api/groups/"+id+"/members", nil, e.reset()); st != http.StatusBadGateway || e.Error.Code != "wrong_key" {
+		t.Errorf("members where another key answers: HTTP %d %+v, want 502 wrong_key", st, e.Error)
+	}
 }

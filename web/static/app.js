@@ -971,7 +971,7 @@ async function deliver(c, p) {
       if (!c.pending.has(p.id)) return;
       // not_found: no registry lists the group right now; the page keeps
       // it, offline, until one does again.
-      const transient = ['offline', 'unreachable', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
+      const transient = ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
       if (!transient) {
         setPending(c, p, 'failed', err);
         return;

@@ -99,6 +99,8 @@ export function describe(err, group) {
       return `${g}'s daemon cannot be reached right now; huddle keeps trying.`;
     case 'unavailable':
       return `${g}'s daemon is busy or restarting; try again in a moment.`;
+    case 'wrong_key':
+      return `${g}'s daemon answered with another key than the one its registry lists: the listing may be out of date (the daemon was reinstalled or moved) or someone is impersonating it. Try again in a few seconds.`;
     case 'not_found':
       return `No registry lists ${g} right now (its daemon stopped or is restarting).`;
     case 'epoch_mismatch':
@@ -130,6 +132,7 @@ export function reconnecting(err, group) {
   switch (err && err.code) {
     case 'unavailable': return `reconnecting… ${g}'s daemon is restarting or busy`;
     case 'unreachable': return `reconnecting… ${g}'s daemon cannot be reached`;
+    case 'wrong_key': return `reconnecting… ${g}'s daemon answers with another key than its registry lists`;
     case 'not_found': return `reconnecting… no registry lists ${g} right now`;
   }
   return `reconnecting to ${g}'s daemon…`;
