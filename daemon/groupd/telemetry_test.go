@@ -66,3 +66,35 @@ func TestLimitLogIsSparing(t *testing.T) {
 		t.Fatalf("after the interval: %q, want a second line counting the 30 refusals not logged", full)
 	}
 }
+
+// TestShutdownIsNoLimit stops a daemon a member watches: the watch is
+// ended with unavailable ("the daemon is shutting down"), which the
+// daemon logged at warn as "limit hit", a capacity limit the operator
+// may want to raise, on every restart with a client watching. A refusal
+// because the daemon is stopping is no limit: not logged so.
+func TestShutdownIsNoLimit(t *testing.T) {
+	var logged lockedBuffer
+	d, stop := startGroupDaemon(t, Config{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	p := joined(t, d, "watcher")
+	str := p.open(request(t, wire.OpWatch, wire.Watch{Group: gid(d)}))
+	if f, err := readFrame(str); err != nil || f.kind != wire.KindStart {
+		t.Fatalf("watch: %v %v, want its start", f.kind, err)
+	}
+	// Read as the daemon stops: the frame is lost if read once the
+	// connection is closed.
+	ended := make(chan frame, 1)
+	go func() {
+		f, err := readFrame(str)
+		if err != nil {
+			f.err = wire.ToError(err)
+		}
+		ended <- f
+	}()
+	stop()
+	if f := <-ended; f.kind != wire.KindError || f.err.Code != wire.CodeUnavailable {
+		t.Fatalf("watch at shutdown: frame %v %v, want an unavailable error", f.kind, f.err)
+	}
+	if strings.Contains(logged.String(), "limit hit") {
+		t.Errorf("a watch ended by the daemon's shutdown was logged as a limit hit:\n%s", logged.String())
+	}
+}

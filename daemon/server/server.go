@@ -289,7 +289,7 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 		perAddr:  make(map[netip.Prefix]int),
 		shares:   newShares(cfg.Bounds().limits()),
 	}
-	s.handle, s.observe = instrument(setup.Metrics, setup.Logger, setup.Now, h)
+	s.handle, s.observe = instrument(setup.Metrics, setup.Logger, setup.Now, s.stopping, h)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.acceptCtx, s.acceptCancel = context.WithCancel(context.Background())
 	s.NameLeader(nil)

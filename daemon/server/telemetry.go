@@ -21,8 +21,11 @@ import (
 // abusive peer must not be able to flood the log. now is the daemon's
 // clock, which paces the refusals' log. An operation its handler left to
 // be answered later (ErrLater) is timed when Call.End ends it, by the
-// returned observe.
-func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next Handler) (h Handler, observe func(*Call, error)) {
+// returned observe. Once stopping is closed, an operation refused as
+// unavailable was refused because the server is shutting down: no limit,
+// and not logged as one (each watch ended so was a warning, on every
+// restart of a daemon that clients watch).
+func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, stopping <-chan struct{}, next Handler) (h Handler, observe func(*Call, error)) {
 	limits := newLimitLog(log, now)
 	observe = func(c *Call, err error) {
 		result := "ok"
@@ -31,7 +34,9 @@ func instrument(m *metrics.Metrics, log *slog.Logger, now func() time.Time, next
 			result = code.String()
 			switch code {
 			case wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnavailable, wire.CodeUnauthorized:
-				limits.note(c.op, code, c.peer, err)
+				if code != wire.CodeUnavailable || !closed(stopping) {
+					limits.note(c.op, code, c.peer, err)
+				}
 			}
 		}
 		m.Operation(c.op.String(), result, time.Since(c.start))
@@ -168,5 +173,15 @@ func (s *Server) Listening() error {
 		return nil
 	default:
 		return errors.New("not listening yet")
+	}
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
