@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -543,4 +545,37 @@ func TestWebLookalikeGroupsShowDaemons(t *testing.T) {
 	b.waitFor("both groups in the sidebar, each with its UUID and daemon",
 		`[...document.querySelectorAll('button[data-group]')].filter(r => r.querySelector('.gname') && r.querySelector('.tag') &&
 			r.querySelector('.tag').textContent.includes(' · ')).length === 2`)
+}
+
+// TestWebSidebarRowKeepsItsName has bob in a private "lobby" that a
+// stranger's "lоbby" (a Cyrillic о) stands beside, with a message unread:
+// the row carries the name, the UUID and daemon that tell the two apart,
+// "private" and the count. The tags took the row's width and the name
+// shrank to an ellipsis ("l…", or nothing), the one thing the row is for;
+// the tags now go on a line of their own when the row cannot hold them.
+func TestWebSidebarRowKeepsItsName(t *testing.T) {
+	t.Parallel()
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--secret-file", secret)
+	stranger := startDaemon(t, "serve", "--group", "l\u043Ebby", "--registry", up.registry, "--listen", "127.0.0.1:0",
+		"--state-dir", t.TempDir())
+	lobby := up.groups["lobby"]
+	alice, bob := newUser(t, "alice", up.registry), newUser(t, "bob", up.registry)
+	waitListed(t, bob, lobby, stranger.groups["l\u043Ebby"])
+	bob.ok(t, "join", lobby, "--as", "bob", "--secret-file", secret)
+	alice.ok(t, "join", lobby, "--as", "alice", "--secret-file", secret)
+	alice.ok(t, "send", lobby, "news")
+	b := newBrowser(t, 1000, 700)
+	b.open(bob.web(t))
+	b.waitFor("lobby's row with its tags and count", badge(lobby)+` === '1' && document.querySelector(`+jsString(groupButton(lobby))+`).querySelectorAll('.tag').length === 2`)
+	// Each name whole, each tag on one line and whole.
+	cut := eval[[]string](b, `[...document.querySelectorAll('.group-list button[data-group]')].flatMap(r =>
+		[...r.querySelectorAll('.gname, .tag')].filter(e => e.scrollWidth > e.clientWidth || e.getClientRects().length !== 1 ||
+			e.getBoundingClientRect().height > 1.6 * parseFloat(getComputedStyle(e).fontSize)).map(e => e.textContent))`)
+	if len(cut) > 0 {
+		t.Errorf("the sidebar cuts or wraps %q", cut)
+	}
 }
