@@ -69,10 +69,30 @@ func parsed(fs *pflag.FlagSet, err error) (int, bool) {
 		return ExitOK, false
 	}
 	if err != nil {
-		fmt.Fprintf(fs.Output(), "huddle %s: %v; run 'huddle %s --help'\n", fs.Name(), err, fs.Name())
+		fmt.Fprintf(fs.Output(), "huddle %s: %v%s; run 'huddle %s --help'\n", fs.Name(), err, flagNear(fs, err), fs.Name())
 		return ExitUsage, false
 	}
 	return 0, true
+}
+
+// flagNear names the flag of fs an unknown flag was probably meant to be
+// (--cell-peers for --cell-peer), as " (did you mean --NAME?)", or "".
+func flagNear(fs *pflag.FlagSet, err error) string {
+	typed, ok := strings.CutPrefix(err.Error(), "unknown flag: --")
+	if !ok {
+		return ""
+	}
+	typed, _, _ = strings.Cut(typed, "=")
+	names := map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !f.Hidden {
+			names[f.Name] = true
+		}
+	})
+	if near := nearest(typed, names); near != "" {
+		return " (did you mean --" + near + "?)"
+	}
+	return ""
 }
 
 // usageErr reports a command-line mistake and returns the usage exit code.
@@ -130,6 +150,16 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 		if err := checkRegistryAddr(strings.TrimSpace(a)); err != nil {
 			return nil, &usageError{fmt.Sprintf("HUDDLE_REGISTRY: %q: %v", a, err)}
 		}
+	}
+	// A daemon refuses a HUDDLE_ variable nobody reads; a client command
+	// says so and goes on (a script's environment may hold its own), so
+	// that HUDDLE_REGISTRYS does not leave the registry meant unasked
+	// without a word.
+	if k, near := unknownSetting(env); k != "" {
+		if near != "" {
+			near = fmt.Sprintf(" (did you mean %s?)", near)
+		}
+		fmt.Fprintf(env.Stderr, "huddle %s: warning: %s is not a huddle setting%s: ignored\n", verb, k, near)
 	}
 	dir, err := home(env)
 	if err != nil {

@@ -866,22 +866,38 @@ func warnReadable(env Env, flag, file string) {
 // such as HUDDLE_GROUPS for HUDDLE_GROUP: ignored, they would leave a daemon
 // running with defaults its operator did not mean.
 func unknownSettings(env Env) error {
-	if env.Environ == nil {
+	k, near := unknownSetting(env)
+	if k == "" {
 		return nil
 	}
-	known := knownSettings()
+	msg := fmt.Sprintf("%s is not a huddle setting", k)
+	if near != "" {
+		msg += fmt.Sprintf(": did you mean %s?", near)
+	}
+	return errors.New(msg + " (HUDDLE_<FLAG> sets a daemon's --flag; see --help)")
+}
+
+// unknownSetting returns the first HUDDLE_* variable of env that no huddle
+// command reads, and the known one nearest to it if one is close; "" if
+// there is none.
+func unknownSetting(env Env) (k, near string) {
+	if env.Environ == nil {
+		return "", ""
+	}
+	var known map[string]bool
 	for _, kv := range env.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(k, "HUDDLE_") || known[k] {
+		if !strings.HasPrefix(k, "HUDDLE_") || k == "HUDDLE_HOME" || k == "HUDDLE_REGISTRY" {
 			continue
 		}
-		msg := fmt.Sprintf("%s is not a huddle setting", k)
-		if near := nearest(k, known); near != "" {
-			msg += fmt.Sprintf(": did you mean %s?", near)
+		if known == nil {
+			known = knownSettings() // each daemon verb's --help: only when needed
 		}
-		return errors.New(msg + " (HUDDLE_<FLAG> sets a daemon's --flag; see --help)")
+		if !known[k] {
+			return k, nearest(k, known)
+		}
 	}
-	return nil
+	return "", ""
 }
 
 // knownSettings is every variable huddle reads: HUDDLE_HOME,

@@ -73,6 +73,8 @@ func TestBadFlagsRefusedBeforeStart(t *testing.T) {
 		{"bad advertise", nil, daemonArgs("serve", "--advertise", "nowhere"), []string{`"nowhere"`, "--advertise"}},
 		{"bad value from the environment", map[string]string{"HUDDLE_MAX_BATCH": "x"}, daemonArgs("serve"), []string{`HUDDLE_MAX_BATCH="x"`, "whole number"}},
 		{"mistyped variable", map[string]string{"HUDDLE_GROUPS": "lobby"}, daemonArgs("up"), []string{"HUDDLE_GROUPS is not a huddle setting", "did you mean HUDDLE_GROUP?"}},
+		{"mistyped flag", nil, daemonArgs("serve", "--cell-peers", "x"), []string{"unknown flag: --cell-peers", "did you mean --cell-peer?"}},
+		{"mistyped client flag", nil, []string{"fetch", "lobby", "--limt", "5"}, []string{"unknown flag: --limt", "did you mean --limit?"}},
 		{"client registry port", nil, []string{"groups", "--registry", "127.0.0.1:99999"}, []string{`"127.0.0.1:99999"`, "--registry", "65535"}},
 		{"client registry from the environment", map[string]string{"HUDDLE_REGISTRY": "127.0.0.1:0"}, []string{"groups"}, []string{`"127.0.0.1:0"`, "65535"}},
 		{"client timeout", nil, []string{"fetch", "lobby", "--timeout", "soon"}, []string{`"soon"`, "--timeout"}},
@@ -101,6 +103,28 @@ func TestBadFlagsRefusedBeforeStart(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestClientWarnsOfMistypedVariable: a client command with HUDDLE_REGISTRYS
+// set (for HUDDLE_REGISTRY) went on silently with the default registries,
+// and a newcomer was left wondering why theirs was not asked. It says so on
+// stderr, naming the likely variable, and goes on (a warning, not a usage
+// error: a script's environment may hold variables of its own).
+func TestClientWarnsOfMistypedVariable(t *testing.T) {
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0") // a registry that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRYS": "10.0.0.9"}
+	code, _, stderr := runMain(t, env, "groups", "--registry", ln.LocalAddr().String(), "--timeout", "200ms")
+	if code == ExitUsage || !strings.Contains(stderr, "warning: HUDDLE_REGISTRYS is not a huddle setting (did you mean HUDDLE_REGISTRY?): ignored") {
+		t.Errorf("groups with HUDDLE_REGISTRYS set: exit %d, stderr %q; want a warning naming HUDDLE_REGISTRY, and no usage error", code, stderr)
+	}
+	env = map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_STATE_DIR": "/var/lib/huddle"} // a daemon's: known
+	if _, _, stderr := runMain(t, env, "groups", "--registry", ln.LocalAddr().String(), "--timeout", "200ms"); strings.Contains(stderr, "warning") {
+		t.Errorf("groups with a daemon's HUDDLE_STATE_DIR set warned: %q", stderr)
 	}
 }
 
