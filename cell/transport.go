@@ -314,7 +314,7 @@ func (t *Transport) VerifyPeer(cs tls.ConnectionState) error {
 		return err
 	}
 	if !t.Member(fp) {
-		t.refusals.note(t.log, fp, "key not a member of the cell")
+		t.refusals.note(t.log, fp, "key not a member of the cell (a daemon waiting to be added with huddle cell add, a removed member, or a member this daemon's --cell-peers named with another key when the cell was created)")
 		return fmt.Errorf("key %s: %w", fp.Short(), ErrUnknownPeer)
 	}
 	return nil
