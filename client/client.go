@@ -848,7 +848,7 @@ func cancelStream(st *quic.Stream) {
 // a single packet from the server (not even the acknowledgment of a
 // request, which a live server sends within its 25 ms ack delay) before
 // the client takes it for dead (liveness.go: a group daemon's connection
-// is probed before that).
+// is probed after two thirds of it, and the probe given as long).
 //
 // A server that restarted ignores the old connection's packets: it answers
 // a stateless reset only to packets of more than 42 bytes, and a client's

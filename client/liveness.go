@@ -32,10 +32,15 @@ import (
 // answers it with a stateless reset, which ends the connection at once,
 // and the waiting calls are retried on a new one (with the same message
 // IDs: a send stored before the kill is acknowledged as a duplicate,
-// never stored twice). When nothing has come for silenceFor, the server
-// is taken for gone and the connection closed: the calls fail as a lost
-// connection, which call retries on a new one. A registry, which has no
-// operation cheap enough to probe it with, is taken for gone only if
+// never stored twice). When nothing has come for silenceFor since the
+// first calls' requests or since the probe was sent, the server is taken
+// for gone and the connection closed: the calls fail as a lost
+// connection, which call retries on a new one. A probe has that long to
+// draw its acknowledgement, as a request has: the round trip may have
+// grown past what the smoothed round trip says (a congested or roaming
+// link), and a probe given only the rest of the silence bound (half a
+// second) closed such a live connection. A registry, which has no
+// operation cheap enough to probe it with, is so taken for gone only if
 // nothing at all came since its calls began to wait (a live one
 // acknowledges their requests at once).
 //
@@ -58,11 +63,13 @@ type liveness struct {
 	timer   *time.Timer
 	heard   uint64    // conn's PacketsReceived when last looked at
 	quiet   time.Time // since when nothing has arrived while calls waited
-	// answered: something arrived since calls began to wait. A server
-	// that cannot be probed (a registry) is taken for gone only if not.
-	answered bool
-	probing  bool // a probe is in flight
-	closed   bool // conn was closed for its silence
+	// asked is when what the server must answer was sent with nothing
+	// come since: the first waiting call's request, or the first probe
+	// of this silence. Zero once something came (a registry, never
+	// probed, then waits for its answers as long as they take).
+	asked   time.Time
+	probing bool // a probe is in flight
+	closed  bool // conn was closed for its silence
 }
 
 // newLiveness returns conn's liveness watch; p.mu is held.
@@ -88,7 +95,8 @@ func (l *liveness) begin() {
 		return
 	}
 	stats := l.conn.ConnectionStats()
-	l.heard, l.quiet, l.answered = stats.PacketsReceived, time.Now(), false
+	now := time.Now()
+	l.heard, l.quiet, l.asked = stats.PacketsReceived, now, now
 	probeAt, _ := silenceBounds(stats)
 	if l.timer == nil {
 		l.timer = time.AfterFunc(probeAt/4, l.look)
@@ -107,8 +115,9 @@ func (l *liveness) end() {
 }
 
 // look is the timer's: it notes whether anything arrived, probes a
-// connection silent for probeAt, closes one silent for silenceFor, and
-// looks again when the next of those is due.
+// connection silent for probeAt, closes one that drew nothing for
+// silenceFor from what it was asked, and looks again when the next of
+// those is due.
 func (l *liveness) look() {
 	l.mu.Lock()
 	if l.waiting == 0 || l.closed {
@@ -117,11 +126,11 @@ func (l *liveness) look() {
 	}
 	now, stats := time.Now(), l.conn.ConnectionStats()
 	if stats.PacketsReceived != l.heard {
-		l.heard, l.quiet, l.answered = stats.PacketsReceived, now, true
+		l.heard, l.quiet, l.asked = stats.PacketsReceived, now, time.Time{}
 	}
 	probeAt, silenceFor := silenceBounds(stats)
 	quiet := now.Sub(l.quiet)
-	if quiet >= silenceFor && (l.probe != (wire.UUID{}) || !l.answered) {
+	if !l.asked.IsZero() && now.Sub(l.asked) >= silenceFor {
 		l.closed = true
 		l.mu.Unlock()
 		l.p.c.cfg.Logger.Debug("server silent; dropping the connection", "remote", l.conn.RemoteAddr(), "after", quiet)
@@ -130,16 +139,19 @@ func (l *liveness) look() {
 	}
 	if quiet >= probeAt && !l.probing && l.probe != (wire.UUID{}) && l.p.c.start(l.send) == nil {
 		l.probing = true
+		if l.asked.IsZero() {
+			l.asked = now
+		}
 	}
 	// Looking a quarter of probeAt apart, what arrived is dated that
 	// closely: a connection is probed at most probeAt and a quarter after
 	// its last packet.
 	next := probeAt / 4
-	switch {
-	case quiet < probeAt:
+	if quiet < probeAt {
 		next = min(next, probeAt-quiet)
-	case quiet < silenceFor:
-		next = min(next, silenceFor-quiet)
+	}
+	if !l.asked.IsZero() {
+		next = min(next, silenceFor-now.Sub(l.asked))
 	}
 	l.timer.Reset(next)
 	l.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -322,5 +323,75 @@ func TestFetchResumesAfterRestart(t *testing.T) {
 	}
 	if req := <-asked; req.After == nil || *req.After != 3 || req.Epoch != epoch {
 		t.Errorf("the rest was asked for after %v in epoch %d, want after 3 in epoch %d", req.After, req.Epoch, epoch)
+	}
+}
+
+// TestSlowerPathKeepsItsConnection: a live daemon whose path slows while a
+// call waits on it (its round trip up from a millisecond to 0.7 s: a
+// congested or roaming link), the call answered after two probes, keeps
+// the connection. The probe's acknowledgement takes the path's round trip
+// now, which the smoothed round trip learns only slowly: the connection
+// was closed half a second after the probe whatever the path (a third of
+// the silence bound), before the acknowledgement came, and the send
+// retried on a new connection. A probe now has the silence bound to draw
+// its answer, as a request had under the per-call watch.
+func TestSlowerPathKeepsItsConnection(t *testing.T) {
+	var mu sync.Mutex
+	sends := 0
+	probed := make(chan struct{}, 8)
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		switch op {
+		case wire.OpInfo:
+			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
+			select {
+			case probed <- struct{}{}:
+			default:
+			}
+		case wire.OpSend:
+			mu.Lock()
+			sends++
+			n := sends
+			mu.Unlock()
+			if n == 1 {
+				ack(raw, st) // the first, on the near path
+				return
+			}
+			for range 2 { // then answered after two probes
+				select {
+				case <-probed:
+				case <-stop:
+					return
+				}
+			}
+			ack(raw, st)
+		}
+	})
+	relay, err := udpproxy.New(s.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	e := s.entry()
+	e.Addrs = []string{relay.Addr()}
+	g, err := c.Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := g.Send(ctx, []byte("near")); err != nil {
+		t.Fatal(err)
+	}
+	conn := g.peer().current()
+	relay.Delay(350 * time.Millisecond) // each way
+	if _, err := g.Send(ctx, []byte("far")); err != nil {
+		t.Fatalf("send on a path slowed to 0.7 s: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sends != 2 || g.peer().current() != conn {
+		t.Fatalf("the daemon got %d sends (want 2: none retried); connection kept: %v", sends, g.peer().current() == conn)
 	}
 }
