@@ -133,6 +133,9 @@ type fsm struct {
 	// over).
 	stalledAt atomic.Uint64
 	onStall   func()
+	// stall is, while stalledAt is not 0, why (Status.Stall); set before
+	// stalledAt, cleared after it.
+	stall atomic.Pointer[Stall]
 
 	mu sync.RWMutex // Apply and Restore write the groups' members; the rest read
 	// groups is the cell's groups, replaced whole (under mu) when one is
@@ -426,6 +429,12 @@ func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 		if attempt == 0 || attempt%100 == 0 {
 			f.log.Error("cell: cannot append to a group's log: retrying; this replica serves no new messages of the group meanwhile",
 				"group", g.spec.Name, "err", err, "attempts", attempt+1)
+			// The cause may change (a full disk failing its fsync).
+			s := Stall{Since: time.Now(), Index: f.last, Group: g.spec.Name, Cause: stallCause(err)}
+			if old := f.stall.Load(); attempt > 0 && old != nil {
+				s.Since, s.Index = old.Since, old.Index
+			}
+			f.stall.Store(&s)
 		}
 		if attempt == 0 && f.stalledAt.Swap(f.last) == 0 && f.onStall != nil {
 			f.onStall()
@@ -441,6 +450,7 @@ func (f *fsm) append(g *groupState, entries []store.Entry) bool {
 // unstalled notes that g's log took what append retried (attempt > 0).
 func (f *fsm) unstalled(g *groupState, attempt int) {
 	if attempt > 0 && f.stalledAt.Swap(0) != 0 {
+		f.stall.Store(nil)
 		f.log.Info("cell: a group's log takes appends again", "group", g.spec.Name, "attempts", attempt+1)
 	}
 }

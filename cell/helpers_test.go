@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,8 +48,8 @@ type testHost struct {
 }
 
 // errTestDiskFull is what a test host's logs answer an append while they
-// refuse them (refuseAppends).
-var errTestDiskFull = errors.New("test host: no space left on device")
+// refuse them (refuseAppends): a disk log's error on a full disk.
+var errTestDiskFull = fmt.Errorf("%w: write /state/logs/lobby/0001.seg: %w", store.ErrNotWritable, syscall.ENOSPC)
 
 // refuseAppends makes the appends to h's logs fail, as on a full disk,
 // until the function it returns is called (once or more).

@@ -1110,7 +1110,7 @@ func (n *Node) setReady(term uint64) {
 }
 
 // leading returns the term this node leads in, ready to stamp, or the
-// error to answer with: a *NotLeaderError, errStalled, or ErrClosed.
+// error to answer with: a *NotLeaderError, a *StalledError, or ErrClosed.
 func (n *Node) leading() (uint64, error) {
 	n.mu.Lock()
 	ready, closed, started := n.ready, n.closed, n.started
@@ -1123,7 +1123,7 @@ func (n *Node) leading() (uint64, error) {
 	}
 	if ready != 0 && n.raft.State() == raft.Leader && n.raft.CurrentTerm() == ready {
 		if n.fsm.stalledAt.Load() != 0 {
-			return 0, errStalled
+			return 0, n.stalledError()
 		}
 		return ready, nil
 	}

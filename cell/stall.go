@@ -2,12 +2,15 @@ package cell
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -38,8 +41,71 @@ import (
 // asks again every HeartbeatTimeout (the followers apply what the leader
 // committed a heartbeat later).
 
-// errStalled is the refusal of a leader whose state machine stalled.
-var errStalled = fmt.Errorf("%w: this member leads, but cannot apply what the cell commits (a group log on it refuses appends: a full or failing disk); it hands the leadership to a member that can", ErrUnavailable)
+// errStalled is the refusal of a leader whose state machine stalled: a
+// *StalledError is it (errors.Is), and says why.
+var errStalled = errors.New("cell: stalled")
+
+// Stall is why a member's state machine stopped applying what the cell
+// commits, while it lasts (Status.Stall): an operator must see which
+// member, since when and why, not only that it lags.
+type Stall struct {
+	// Since is when the first append was refused; Index is the raft index
+	// of the last entry of the batch it stalled on.
+	Since time.Time
+	Index uint64
+	// Group is the group whose log refuses the append.
+	Group string
+	// Cause is the log's error in brief ("disk full (no space left on
+	// device)"); the daemon's log has the whole error, which names files.
+	Cause string
+}
+
+// StalledError is the refusal of a leader whose state machine stalled
+// (leading): nothing of what it refused was proposed. It wraps
+// ErrUnavailable; Stall says why (a full disk...).
+type StalledError struct{ Stall Stall }
+
+func (e *StalledError) Error() string {
+	return fmt.Sprintf("%v: this member leads, but cannot apply what the cell commits: the log of group %s on it refuses appends (%s); it hands the leadership to a member that can",
+		ErrUnavailable, e.Stall.Group, e.Stall.Cause)
+}
+
+func (e *StalledError) Unwrap() error { return ErrUnavailable }
+
+// Is makes a StalledError errStalled.
+func (e *StalledError) Is(target error) bool { return target == errStalled }
+
+// stalledError returns the refusal of this member while its state machine
+// is stalled.
+func (n *Node) stalledError() error {
+	if s := n.fsm.stall.Load(); s != nil {
+		return &StalledError{Stall: *s}
+	}
+	// Between the stall's index and its details being set or cleared.
+	return &StalledError{Stall: Stall{Cause: "a full or failing disk"}}
+}
+
+// stallCause is a group log's refusal of an append, err, in brief, for
+// cell_status and a stalled leader's refusals: what an operator acts on,
+// without the file names the error carries (anyone may ask cell_status).
+func stallCause(err error) string {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, store.ErrFailed):
+		return "the log failed (a write could not be undone, or an fsync failed): it takes appends again once the daemon restarts"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return "disk full (" + syscall.ENOSPC.Error() + ")"
+	case errors.Is(err, syscall.EROFS):
+		return "read-only file system"
+	case errors.Is(err, syscall.EIO):
+		return "I/O error (" + syscall.EIO.Error() + ")"
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return "permission denied"
+	case errors.As(err, &errno):
+		return errno.Error()
+	}
+	return "the log refuses appends (the daemon's log says why)"
+}
 
 // stallLoop hands the leadership over, on a leader whose state machine
 // stalled, to a voter whose state machine applies, as the stall begins

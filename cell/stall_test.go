@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -48,6 +50,16 @@ func TestStalledLeaderHandsOver(t *testing.T) {
 	next := c.leader()
 	if next == l {
 		t.Fatal("the member whose disk is full leads, ready to stamp")
+	}
+	// The member shows why it does not apply, as long as it does not
+	// (cell_status, metrics: huddle cell status).
+	if s := l.node.Status().Stall; s == nil || s.Group != "lobby" || s.Cause != wantCause || s.Index == 0 || s.Since.IsZero() {
+		t.Fatalf("the full-disk member's status: stall %+v, want group lobby, cause %q, an index and a time", s, wantCause)
+	}
+	for _, m := range c.members {
+		if s := m.node.Status().Stall; m != l && s != nil {
+			t.Fatalf("%s, whose disk has room, shows a stall: %+v", m.addr, s)
+		}
 	}
 	_, err = l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(50), From: alice, Body: []byte("body")}}, nil)
 	var nl *NotLeaderError
@@ -105,8 +117,10 @@ func TestStalledCellKeepsLeader(t *testing.T) {
 		t.Fatalf("the leader of term %d, stalled as every member is: %v in term %d; want it leading still", term, l.node.raft.State(), got)
 	}
 	_, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(11), From: alice, Body: []byte("body")}}, nil)
-	if !errors.Is(err, errStalled) {
-		t.Fatalf("a send to the stalled leader: %v, want errStalled", err)
+	var se *StalledError
+	if !errors.Is(err, errStalled) || !errors.Is(err, ErrUnavailable) || !errors.As(err, &se) || se.Stall.Cause != wantCause || se.Stall.Group != "lobby" ||
+		!strings.Contains(err.Error(), wantCause) {
+		t.Fatalf("a send to the stalled leader: %v, want a StalledError (unavailable) saying %q of group lobby", err, wantCause)
 	}
 	d := c.newMember(false)
 	if err := l.node.AddMember(ctx, l.node.Self().Fingerprint, Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}); !errors.Is(err, errStalled) {
@@ -117,6 +131,38 @@ func TestStalledCellKeepsLeader(t *testing.T) {
 	}
 	c.sendMany(g.ID, 10, 10)
 	c.sameLogs(g.ID, 20)
+	for _, m := range c.members {
+		if s := m.node.Status().Stall; s != nil {
+			t.Fatalf("%s shows a stall after its disk took the appends: %+v", m.addr, s)
+		}
+	}
+}
+
+// wantCause is what a member whose group log refuses appends for want of
+// room shows as the cause (Stall.Cause): the test host's error is a disk
+// log's on a full disk, naming a file the cause leaves out.
+const wantCause = "disk full (no space left on device)"
+
+// TestStallCause: a group log's refusal in brief, without the file names
+// (anyone may ask cell_status), for each cause an operator acts on
+// differently.
+func TestStallCause(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{errTestDiskFull, wantCause},
+		{fmt.Errorf("%w: open /s/x: %w", store.ErrNotWritable, syscall.EDQUOT), wantCause},
+		{fmt.Errorf("%w: %w", store.ErrNotWritable, syscall.EROFS), "read-only file system"},
+		{fmt.Errorf("%w: write /s/x: %w", store.ErrNotWritable, syscall.EIO), "I/O error (input/output error)"},
+		{fmt.Errorf("%w: fsync /s/x: %v", store.ErrFailed, syscall.EIO), "the log failed (a write could not be undone, or an fsync failed): it takes appends again once the daemon restarts"},
+		{fmt.Errorf("%w: %w", store.ErrNotWritable, syscall.EMFILE), "too many open files"},
+		{errors.New("/secret/path is odd"), "the log refuses appends (the daemon's log says why)"},
+	} {
+		if got := stallCause(tc.err); got != tc.want {
+			t.Errorf("stallCause(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
 }
 
 // TestProgressWithoutFlags: a member of before session 14 answers a

@@ -29,6 +29,10 @@ type Status struct {
 	Members []MemberStatus
 	// Groups are the cell's groups as this member holds them.
 	Groups []GroupStatus
+	// Stall is, while this member's state machine cannot apply what the
+	// cell commits (a group log refuses appends: a full disk), why; nil
+	// otherwise.
+	Stall *Stall
 }
 
 // MemberStatus is a member of the cell's configuration.
@@ -85,6 +89,9 @@ func (n *Node) Status() Status {
 		}
 	}
 	slices.SortFunc(s.Members, func(a, b MemberStatus) int { return slices.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
+	if n.fsm.stalledAt.Load() != 0 {
+		s.Stall = n.fsm.stall.Load()
+	}
 	for _, g := range n.fsm.list() {
 		last, _ := g.log.Tail()
 		members := int(g.memberCount.Load())

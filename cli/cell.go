@@ -269,6 +269,12 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		})
 	}
 	wg.Wait()
+	return printCellStatus(env, first, views, asJSON)
+}
+
+// printCellStatus prints the views of a cell's members that cellStatus
+// gathered, first being the answer of the member asked first.
+func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSON bool) error {
 	var leader *client.CellStatus
 	for _, v := range views {
 		if v.status != nil && v.status.State == "leader" {
@@ -304,6 +310,9 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 				if l, ok := lag(st); ok {
 					m["lag"] = l
 				}
+				if s := st.Stall; s != nil {
+					m["stall"] = map[string]any{"stalled_ms": s.StalledMS, "index": s.Index, "group": s.Group, "cause": s.Cause}
+				}
 			}
 			members = append(members, m)
 		}
@@ -336,7 +345,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tADDRESS\tSTATE\tTERM\tAPPLIED\tLAG\tLAST CONTACT")
-	var unreachable []string
+	var unreachable, stalled []string
 	for _, v := range views {
 		if v.err != nil {
 			state := "unreachable"
@@ -353,6 +362,11 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		state := st.State
 		if v.replica.CatchingUp {
 			state = "catching up (no vote)"
+		}
+		if s := st.Stall; s != nil {
+			state += ", stalled"
+			stalled = append(stalled, fmt.Sprintf("  %s: for %v, at raft entry %d: group %s's log refuses appends: %s",
+				st.Self.Fingerprint.Short(), (time.Duration(s.StalledMS)*time.Millisecond).Round(100*time.Millisecond), s.Index, shown(s.Group), shown(s.Cause)))
 		}
 		lagText := "?"
 		if l, ok := lag(st); ok {
@@ -376,6 +390,11 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 	}
 	if len(unreachable) > 0 {
 		fmt.Fprintf(env.Stdout, "unreachable:\n%s\n", strings.Join(unreachable, "\n"))
+	}
+	if len(stalled) > 0 {
+		// What README's "A member whose disk fills up" says to do.
+		fmt.Fprintf(env.Stdout, "stalled (cannot apply what the cell commits; it catches up once its disk takes writes again, or replace it: cell add a new member, cell remove it):\n%s\n",
+			strings.Join(stalled, "\n"))
 	}
 	if leader != nil && len(leader.Groups) > 0 {
 		var names []string

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
@@ -303,5 +304,60 @@ func TestCellStatusJSONGroups(t *testing.T) {
 		if err != nil || string(got) != tc.want {
 			t.Errorf("groups of %+v: %s (%v), want %s", tc.groups, got, err, tc.want)
 		}
+	}
+}
+
+// TestCellStatusShowsStall: a member whose state machine cannot apply what
+// the cell commits (its disk full) is shown as stalled, with since how
+// long, at which raft entry, the group and the cause, in text and in
+// --json. (huddle cell status showed it as a member that merely lagged.)
+func TestCellStatusShowsStall(t *testing.T) {
+	a, b := wire.Fingerprint{1}, wire.Fingerprint{2}
+	leader := client.CellStatus{Self: wire.Replica{Addr: "10.0.0.1:7374", Fingerprint: a, Leader: true}, State: "leader", Term: 3,
+		AppliedIndex: 40, CommitIndex: 52, LastIndex: 52,
+		Members: []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: a}, {Addr: "10.0.0.2:7374", Fingerprint: b}},
+		Stall:   &wire.CellStall{StalledMS: 83_400, Index: 41, Group: "general", Cause: "disk full (no space left on device)"}}
+	follower := client.CellStatus{Self: wire.Replica{Addr: "10.0.0.2:7374", Fingerprint: b}, State: "follower", Term: 3,
+		AppliedIndex: 52, CommitIndex: 52, LastIndex: 52, Members: leader.Members}
+	views := []memberView{{replica: leader.Members[0], status: &leader}, {replica: leader.Members[1], status: &follower}}
+
+	var out, errb strings.Builder
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if err := printCellStatus(env, leader, views, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"leader, stalled", "stalled (cannot apply what the cell commits",
+		a.Short() + ": for 1m23.4s, at raft entry 41: group general's log refuses appends: disk full (no space left on device)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		}
+	}
+	if strings.Contains(out.String(), b.Short()+": for") {
+		t.Errorf("huddle cell status shows the member that applies as stalled:\n%s", out.String())
+	}
+
+	out.Reset()
+	if err := printCellStatus(env, leader, views, true); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Members []struct {
+			Fingerprint string
+			Stall       *struct {
+				StalledMS uint64 `json:"stalled_ms"`
+				Index     uint64
+				Group     string
+				Cause     string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if len(got.Members) != 2 || got.Members[1].Stall != nil {
+		t.Fatalf("--json members: %s, want two, the second without a stall", out.String())
+	}
+	if s := got.Members[0].Stall; s == nil || s.StalledMS != 83_400 || s.Index != 41 || s.Group != "general" || s.Cause != "disk full (no space left on device)" {
+		t.Fatalf("--json: %s, want the first member's stall", out.String())
 	}
 }

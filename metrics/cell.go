@@ -23,6 +23,16 @@ type CellStats struct {
 	// brought up to date, which do not vote yet.
 	Voter      bool
 	CatchingUp int
+	// Stall is set while this member's state machine cannot apply what
+	// the cell commits (a group log refuses appends: a full disk).
+	Stall *CellStall
+}
+
+// CellStall is why, and since when, a member's state machine stalled.
+type CellStall struct {
+	For   time.Duration // how long it has been stalled
+	Index uint64        // the raft entry it stalled at
+	Cause string        // in brief: "disk full (no space left on device)"
 }
 
 // Cell registers a collector that reads a member's view of its cell at
@@ -45,12 +55,15 @@ var (
 	descCellMembers = desc("huddle_cell_members", "Members in the cell's configuration.")
 	descCellVoter   = desc("huddle_cell_voter", "1 if this daemon votes in its cell; 0 while it catches up after being added, or once removed.")
 	descCellCatchUp = desc("huddle_cell_catching_up", "Members of the cell's configuration added and still catching up: they do not vote yet.")
+	descCellStalled = desc("huddle_cell_stalled", "1 while this member cannot apply what the cell commits (a group log refuses appends: a full disk), cause in brief; else 0 (cause empty).", "cause")
+	descCellStallS  = desc("huddle_cell_stalled_seconds", "How long this member has been unable to apply what the cell commits; 0 when it applies.")
+	descCellStallAt = desc("huddle_cell_stalled_index", "The raft entry this member's state machine stalled at; 0 when it applies.")
 )
 
 type cellCollector struct{ stats func() CellStats }
 
 func (c *cellCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers, descCellVoter, descCellCatchUp} {
+	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers, descCellVoter, descCellCatchUp, descCellStalled, descCellStallS, descCellStallAt} {
 		ch <- d
 	}
 }
@@ -78,4 +91,11 @@ func (c *cellCollector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.v)
 	}
+	stalled, cause, stallFor, stallAt := 0.0, "", 0.0, 0.0
+	if s.Stall != nil {
+		stalled, cause, stallFor, stallAt = 1, s.Stall.Cause, s.Stall.For.Seconds(), float64(s.Stall.Index)
+	}
+	ch <- prometheus.MustNewConstMetric(descCellStalled, prometheus.GaugeValue, stalled, cause)
+	ch <- prometheus.MustNewConstMetric(descCellStallS, prometheus.GaugeValue, stallFor)
+	ch <- prometheus.MustNewConstMetric(descCellStallAt, prometheus.GaugeValue, stallAt)
 }

@@ -102,7 +102,7 @@ type CellChanged struct {
 //	{1: self Replica, 2: state text, 3: term uint, 4: leader Replica,
 //	 5: commit_index uint, 6: applied_index uint, 7: last_index uint,
 //	 8: last_contact_ms int (-1: never; 0 on the leader),
-//	 9: members [Replica], 10: groups [CellGroup]}
+//	 9: members [Replica], 10: groups [CellGroup], 11: stall CellStall}
 type CellStatus struct {
 	Self         Replica     `cbor:"1,keyasint"`
 	State        string      `cbor:"2,keyasint"` // "leader", "follower", "candidate", "shutdown"
@@ -114,6 +114,9 @@ type CellStatus struct {
 	LastContact  int64       `cbor:"8,keyasint"`
 	Members      []Replica   `cbor:"9,keyasint"`
 	Groups       []CellGroup `cbor:"10,keyasint"`
+	// Stall is set while the member's state machine cannot apply what the
+	// cell commits (absent otherwise, and from daemons before session 14).
+	Stall *CellStall `cbor:"11,keyasint,omitempty"`
 }
 
 func (s *CellStatus) check() error {
@@ -122,7 +125,35 @@ func (s *CellStatus) check() error {
 			return err
 		}
 	}
+	if s.Stall != nil {
+		if err := s.Stall.check(); err != nil {
+			return err
+		}
+	}
 	return checkReplicas(s.Members)
+}
+
+// CellStall says, in cell_status, that the member's state machine cannot
+// apply what the cell commits (a group log on it refuses appends: a full
+// disk), since how long, at which raft entry, and why: the group whose log
+// refuses, and the cause in brief ("disk full (no space left on device)").
+//
+//	{1: stalled_ms uint, 2: index uint, 3: group text, 4: cause text}
+type CellStall struct {
+	StalledMS uint64 `cbor:"1,keyasint"`
+	Index     uint64 `cbor:"2,keyasint"`
+	Group     string `cbor:"3,keyasint,omitempty"`
+	Cause     string `cbor:"4,keyasint,omitempty"`
+}
+
+func (s *CellStall) check() error {
+	switch {
+	case len(s.Group) > MaxNameBytes:
+		return fmt.Errorf("a stall's group name of %d bytes, at most %d: %w", len(s.Group), MaxNameBytes, ErrTooLarge)
+	case len(s.Cause) > MaxShownMessage:
+		return fmt.Errorf("a stall's cause of %d bytes, at most %d: %w", len(s.Cause), MaxShownMessage, ErrTooLarge)
+	}
+	return nil
 }
 
 // CellGroup is one of a cell's groups as one member holds it.

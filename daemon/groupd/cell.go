@@ -571,7 +571,11 @@ func (d *Daemon) cellStats() metrics.CellStats {
 			catchingUp++
 		}
 	}
-	return metrics.CellStats{Leader: st.State == "leader", Term: st.Term, CommitIndex: st.CommitIndex,
+	out := metrics.CellStats{Leader: st.State == "leader", Term: st.Term, CommitIndex: st.CommitIndex,
 		AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex, LastContact: st.LastContact, Members: len(st.Members),
 		Voter: n.Voter(), CatchingUp: catchingUp}
+	if s := st.Stall; s != nil {
+		out.Stall = &metrics.CellStall{For: max(0, time.Since(s.Since)), Index: s.Index, Cause: s.Cause}
+	}
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -223,7 +224,7 @@ func TestCellChangeNeedsMemberKey(t *testing.T) {
 // raft makes one change at a time, in order, so it was made once the
 // removal committed, and added the member back.
 func TestCellRemovedKeyCannotChange(t *testing.T) {
-	members, logs := startHoldingCell(t, 3)
+	members, logs := startHoldingCell(t, 3, nil)
 	leader, g := cellLeader(t, members)
 	at := slices.Index(members, leader)
 	victim := members[(at+1)%len(members)]
@@ -734,9 +735,14 @@ type holdingLog struct {
 	mu      sync.Mutex
 	hold    chan struct{} // non-nil: appends wait until it is closed
 	waiting atomic.Int32  // appends waiting
+	// refuse makes appends fail as a disk log's on a full disk.
+	refuse atomic.Bool
 }
 
 func (l *holdingLog) Append(batch []store.Entry) error {
+	if l.refuse.Load() {
+		return fmt.Errorf("%w: write %s: %w", store.ErrNotWritable, "/state/logs/general/0001.seg", syscall.ENOSPC)
+	}
 	l.mu.Lock()
 	hold := l.hold
 	l.mu.Unlock()
@@ -764,12 +770,15 @@ func (l *holdingLog) setHold(on bool) {
 // startHoldingCell starts n group daemons as startTestCell does, each
 // group log a holdingLog: logs[i], once set (on raft's apply goroutine, as
 // the cell creates the group), is member i's.
-func startHoldingCell(t *testing.T, n int) (members []*testCellMember, logs []atomic.Pointer[holdingLog]) {
+func startHoldingCell(t *testing.T, n int, mutate func(*Config)) (members []*testCellMember, logs []atomic.Pointer[holdingLog]) {
 	t.Helper()
 	members = planTestCell(t, n)
 	logs = make([]atomic.Pointer[holdingLog], len(members))
 	for i, m := range members {
 		m.cfg.Logger = testLogger(t)
+		if mutate != nil {
+			mutate(&m.cfg)
+		}
 		d, err := New(m.cfg)
 		must(t, err)
 		d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
@@ -807,7 +816,7 @@ func startHoldingCell(t *testing.T, n int) (members []*testCellMember, logs []at
 // follower has caught up it serves the key too. The leader answers a key
 // that never joined not_member.
 func TestCellFollowerLagsJoin(t *testing.T) {
-	members, logs := startHoldingCell(t, 3)
+	members, logs := startHoldingCell(t, 3, nil)
 	leader, g := cellLeader(t, members)
 	var follower *testCellMember
 	var at int
@@ -1323,4 +1332,99 @@ func TestCellRemovedWhileDownServesNoFetch(t *testing.T) {
 		}
 	}
 	t.Logf("%d fetches refused until the member concluded it was removed", fetches)
+}
+
+// TestCellStallShown: every member's group log refuses appends (their
+// disks full), so no member can take the leadership over: an operator
+// sees, in each member's cell_status and /metrics, that it is stalled,
+// since when, at which raft entry and why; a send the stalled leader
+// refuses says why (unavailable, the code clients retry), not the cell's
+// generic "could not decide". Once the disks have room the stall is gone.
+// (cell_status showed nothing of it, and the refusal was the generic
+// one: an operator could not tell a full disk from an election.)
+func TestCellStallShown(t *testing.T) {
+	members, logs := startHoldingCell(t, 3, func(cfg *Config) { cfg.Metrics = metrics.New("test") })
+	_, g := cellLeader(t, members)
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("before")}, nil))
+	eventually(t, "every member to have created the group", func() bool {
+		for i := range logs {
+			if logs[i].Load() == nil {
+				return false
+			}
+		}
+		return true
+	})
+	for i := range logs {
+		logs[i].Load().refuse.Store(true)
+	}
+	// Committed, and every member's state machine stalls on it: its
+	// outcome unknown to the sender (the leader never applies it).
+	callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("stalls")}, nil)
+	const cause = "disk full (no space left on device)"
+	for _, m := range members {
+		eventually(t, m.addr+"'s cell_status to show its stall", func() bool {
+			var st wire.CellStatus
+			must(t, dial(t, m.d.Addr(), m.fp, key).call(wire.OpCellStatus, wire.CellQuery{}, &st))
+			s := st.Stall
+			if s != nil && (s.Group != "general" || s.Cause != cause || s.Index == 0 || s.Index > st.CommitIndex) {
+				t.Fatalf("%s's stall: %+v (commit index %d), want group general, cause %q, the index of an entry committed", m.addr, s, st.CommitIndex, cause)
+			}
+			return s != nil
+		})
+		var stalled float64
+		fams, err := m.cfg.Metrics.Prometheus().Gather()
+		must(t, err)
+		for _, f := range fams {
+			if f.GetName() == "huddle_cell_stalled" && len(f.GetMetric()) == 1 && f.GetMetric()[0].GetLabel()[0].GetValue() == cause {
+				stalled = f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		if stalled != 1 || gauge(t, m.cfg.Metrics, "huddle_cell_stalled_index") == 0 {
+			t.Fatalf("%s: huddle_cell_stalled{cause=%q} %v, huddle_cell_stalled_index %v; want 1 and the entry", m.addr, cause, stalled,
+				gauge(t, m.cfg.Metrics, "huddle_cell_stalled_index"))
+		}
+	}
+	leader, _ := cellLeader(t, members)
+	err := dial(t, leader.d.Addr(), leader.fp, key).call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("refused")}, nil)
+	we := wantCode(t, err, wire.CodeUnavailable)
+	if !strings.Contains(we.Message, "cannot write to its disk ("+cause) || !strings.Contains(we.Message, "took nothing") {
+		t.Fatalf("a send to the stalled leader: %q, want it to say the leader cannot write to its disk (%s) and took nothing", we.Message, cause)
+	}
+	// A program's send, through whichever member it reaches first, ends
+	// at its deadline with the leader's reason: the followers send it to
+	// the leader, which names no other.
+	cl, err := client.New(client.Config{Identity: key, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() { cl.Close() })
+	var replicas []wire.Replica
+	for _, m := range members {
+		replicas = append(replicas, wire.Replica{Addr: m.addr, Fingerprint: m.fp})
+	}
+	for _, m := range members {
+		h, err := cl.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{m.addr}, Fingerprint: m.fp, Replicas: replicas})
+		must(t, err)
+		ctx, cancel := context.WithTimeout(testCtx(t), 1500*time.Millisecond)
+		_, err = h.Send(ctx, []byte("refused"))
+		cancel()
+		if !strings.Contains(fmt.Sprint(err), "cannot write to its disk ("+cause) {
+			t.Errorf("a program's send through %s: %v, want it to say the leader cannot write to its disk (%s)", m.addr, err, cause)
+		}
+	}
+	for i := range logs {
+		logs[i].Load().refuse.Store(false)
+	}
+	// Refused (the stall's message) until the leader's next try, 100 ms on.
+	after := outgoing("after")
+	eventually(t, "a send taken once the disks have room", func() bool {
+		return callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: after}, nil) == nil
+	})
+	for _, m := range members {
+		eventually(t, m.addr+"'s stall to end", func() bool {
+			var st wire.CellStatus
+			must(t, dial(t, m.d.Addr(), m.fp, key).call(wire.OpCellStatus, wire.CellQuery{}, &st))
+			return st.Stall == nil && gauge(t, m.cfg.Metrics, "huddle_cell_stalled_seconds") == 0
+		})
+	}
 }

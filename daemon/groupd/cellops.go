@@ -19,7 +19,20 @@ import (
 // answers unavailable, and a retry with the same message IDs is safe.
 func cellError(op wire.Op, g *group, err error) error {
 	var nl *cell.NotLeaderError
+	var stalled *cell.StalledError
 	switch {
+	case errors.As(err, &stalled):
+		// Refused before anything was proposed: the outcome is known. It
+		// names itself leader, which it is until it hands over: a client
+		// sent here by a follower would otherwise ask the followers again,
+		// and they send it back here, and the refusal it ends with at its
+		// deadline would as likely be theirs (that a member does not
+		// lead) as this one's, which says why.
+		self := g.cell.node.Self()
+		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g),
+			Leader: &wire.Replica{Addr: self.Addr, Fingerprint: self.Fingerprint, Leader: true},
+			Message: fmt.Sprintf("%v group %s: the cell's leader cannot write to its disk (%s: group %s's log refuses appends), so it took nothing of this; it hands the leadership to a member that can: retry shortly, with the same message IDs",
+				op, g.name, stalled.Stall.Cause, stalled.Stall.Group)}
 	case errors.As(err, &nl):
 		we := &wire.Error{Code: wire.CodeUnavailable, Replicas: cellMembers(g)}
 		if nl.Leader.Addr == "" {
@@ -222,6 +235,9 @@ func cellStatusFrame(st cell.Status) wire.CellStatus {
 	}
 	if st.Leader.Addr != "" {
 		out.Leader = &wire.Replica{Addr: st.Leader.Addr, Fingerprint: st.Leader.Fingerprint, Leader: true}
+	}
+	if s := st.Stall; s != nil {
+		out.Stall = &wire.CellStall{StalledMS: uint64(max(0, time.Since(s.Since).Milliseconds())), Index: s.Index, Group: s.Group, Cause: s.Cause}
 	}
 	for _, g := range st.Groups {
 		out.Groups = append(out.Groups, wire.CellGroup{Group: g.ID, Name: g.Name, Epoch: g.Epoch, Last: g.Last, Members: uint64(g.Members)})
