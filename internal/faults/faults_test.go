@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -45,6 +46,21 @@ func huddle(t *testing.T) string {
 	return testbin.Huddle(t)
 }
 
+// procEnv returns the environment a huddle process started with args gets
+// from the test's, environ: testbin.Env's rule, as internal/jepsen's. The
+// run's settings (HUDDLE_<FLAG>: HUDDLE_FSYNC=always) reach every process,
+// one for a flag the test gives itself is an error, and this package's
+// own HUDDLE_FAULTS_*, HUDDLE_CHURN_* and HUDDLE_CRASH_* (make crashloop)
+// stay out. (Every HUDDLE_* was dropped silently: a run that set one
+// measured the defaults.)
+func procEnv(environ, args []string) ([]string, error) {
+	env, err := testbin.Env(environ, args, "HUDDLE_FAULTS_", "HUDDLE_CHURN_", "HUDDLE_CRASH_")
+	if err != nil {
+		return nil, fmt.Errorf("faults: %w", err)
+	}
+	return env, nil
+}
+
 // proc is a running huddle process.
 type proc struct {
 	cmd  *exec.Cmd
@@ -68,14 +84,11 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 	if len(prefix) > 0 {
 		cmd = exec.Command(prefix[0], append(append(prefix[1:], huddle(t)), args...)...)
 	}
-	// No HUDDLE_* or XDG_* setting of the developer's may reach the
-	// daemons: they read every flag from the environment too.
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); !strings.HasPrefix(k, "HUDDLE_") && !strings.HasPrefix(k, "XDG_") && k != "HOME" {
-			cmd.Env = append(cmd.Env, kv)
-		}
+	env, err := procEnv(os.Environ(), args)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd.Env = append(cmd.Env, "HOME="+t.TempDir(), "HUDDLE_HOME="+t.TempDir())
+	cmd.Env = append(env, "HOME="+t.TempDir(), "HUDDLE_HOME="+t.TempDir())
 	// The process dies with the test process, however that ends (a
 	// prefix such as nsenter execs huddle, which keeps it).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -214,38 +214,18 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 }
 
 // daemonEnv returns the environment a daemon started with args gets from
-// the test's, environ. A daemon setting the run gives (HUDDLE_<FLAG>, as
-// README says: HUDDLE_FSYNC=always, HUDDLE_MAX_MSGS=...) reaches every
-// daemon, which refuses one no huddle command reads (exit 2, naming the
-// nearest): so a run that sets one gets what it asks, or an error. One
-// for a flag the harness gives on the command line (which would win) is
-// an error here: the run would not get it (HUDDLE_CELL_HEARTBEAT: use
-// HUDDLE_JEPSEN_HEARTBEAT). Not passed: the harness's own HUDDLE_JEPSEN_*
-// and its lab's HUDDLE_NETLAB_* (set in the namespace's test process; a
-// daemon would refuse them), the client's HUDDLE_HOME and
-// HUDDLE_REGISTRY (a developer's shell exports them for their own use:
-// each daemon gets a home of its own, and the harness names the registry),
-// and HOME and XDG_*. Until session 14 every HUDDLE_* was dropped
-// silently (E's first runs of session 13 measured nothing because of it).
+// the test's, environ: testbin.Env's rule (HUDDLE_<FLAG> passed, one for a
+// flag the harness gives an error), the harness's own HUDDLE_JEPSEN_* kept
+// out. HUDDLE_CELL_HEARTBEAT is refused pointing to
+// HUDDLE_JEPSEN_HEARTBEAT, which sets it.
 func daemonEnv(environ, args []string) ([]string, error) {
-	var env []string
-	for _, kv := range environ {
-		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case k == "HOME" || strings.HasPrefix(k, "XDG_"),
-			strings.HasPrefix(k, "HUDDLE_JEPSEN_"), strings.HasPrefix(k, "HUDDLE_NETLAB_"), k == "HUDDLE_HOME", k == "HUDDLE_REGISTRY":
-			continue
-		case strings.HasPrefix(k, "HUDDLE_"):
-			flag := "--" + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(k, "HUDDLE_"), "_", "-"))
-			if slices.ContainsFunc(args, func(a string) bool { return a == flag || strings.HasPrefix(a, flag+"=") }) {
-				hint := ""
-				if flag == "--cell-heartbeat" {
-					hint = " (HUDDLE_JEPSEN_HEARTBEAT sets it)"
-				}
-				return nil, fmt.Errorf("jepsen: %s is set, but the harness gives huddle %s %s itself, which would win: unset it%s", k, args[0], flag, hint)
-			}
-		}
-		env = append(env, kv)
+	env, err := testbin.Env(environ, args, "HUDDLE_JEPSEN_")
+	var fg *testbin.FlagGivenError
+	if errors.As(err, &fg) && fg.Flag == "--cell-heartbeat" {
+		return nil, fmt.Errorf("jepsen: %w (HUDDLE_JEPSEN_HEARTBEAT sets it)", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("jepsen: %w", err)
 	}
 	return env, nil
 }
