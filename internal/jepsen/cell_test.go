@@ -9,6 +9,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -37,8 +38,11 @@ type cellNode struct {
 	*node
 	addr string
 	fp   wire.Fingerprint
-	fill func() (free func())
-	up   bool // running (not killed and not yet restarted)
+	// fill fills the member's disks (its state directory's and its group
+	// logs'); fillLogs the group logs' alone, a volume of their own under
+	// the state directory, so that raft's log keeps room (newCell).
+	fill, fillLogs func() (free func())
+	up             bool // running (not killed and not yet restarted)
 }
 
 // leading matches the line a member logs when it becomes the cell's
@@ -53,12 +57,27 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 	c := &cell{l: l}
 	var peers []string
 	for i := 1; i <= n; i++ {
-		dir, fill := testdisk.Small(t, "64m")
+		// The member's group logs on a disk of their own (the daemon's
+		// logs/ under its state directory), so that a fault can fill it
+		// alone: a member whose whole disk is full fails raft's log
+		// first (a leader then steps down, by raft's rule), before its
+		// state machine ever appends to a group log; with the group logs'
+		// disk alone full, its state machine stalls (cell/stall.go).
+		dir, fillState := testdisk.Small(t, "64m")
+		logs := filepath.Join(dir, "logs")
+		if err := os.Mkdir(logs, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		fillLogs := testdisk.SmallAt(t, logs, "64m")
 		id, err := identity.LoadOrCreate(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill}
+		fill := func() func() {
+			freeState, freeLogs := fillState(), fillLogs()
+			return func() { freeLogs(); freeState() }
+		}
+		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill, fillLogs: fillLogs}
 		cn.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", cn.addr, "--advertise", cn.addr,
 			"--group", "jepsen", "--state-dir", dir, "--storage", "disk", "--send-rate", "0"}
 		if hb := os.Getenv("HUDDLE_JEPSEN_HEARTBEAT"); hb != "" {
@@ -284,9 +303,12 @@ func entryOf(entry wire.GroupEntry, n *cellNode) wire.GroupEntry {
 // round: SIGKILLs the leader (and restarts it once another leads), SIGKILLs
 // a follower, partitions the leader from the majority (a client that can
 // reach only the old leader must be answered unavailable, not left
-// hanging), drops 5% of the packets every host receives, and fills a
-// member's disk (a follower's, then the leader's), and freezes the leader
-// past the election timeout (SIGSTOP, SIGCONT 3 s later). Senders follow the
+// hanging), drops 5% of the packets every host receives, fills a member's
+// disks (a follower's, then the leader's: raft's log fails first, and a
+// leader steps down), freezes the leader past the election timeout
+// (SIGSTOP, SIGCONT 3 s later), and fills a member's group logs' disk
+// alone (the leader's, whose state machine stalls and which must hand the
+// leadership over, then a follower's; diskFull). Senders follow the
 // leader and retry under the same IDs; one watcher follows through the
 // leader, another through a follower. Once the faults stop and every
 // member has caught up, the checker proves over the whole history: nothing
@@ -301,7 +323,8 @@ func entryOf(entry wire.GroupEntry, n *cellNode) wire.GroupEntry {
 // more than 20 leader kills).
 func TestCellFaults(t *testing.T) {
 	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12),
-		[]string{"kill-leader", "kill-follower", "kill-leader", "partition-leader", "kill-leader", "loss", "kill-leader", "disk", "kill-leader", "pause-leader"})
+		[]string{"kill-leader", "kill-follower", "kill-leader", "partition-leader", "kill-leader", "loss", "kill-leader", "disk", "kill-leader", "pause-leader",
+			"disk-logs"})
 }
 
 // TestCell5Faults runs the same workload and checker against a cell of
@@ -422,6 +445,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		var aloneReads []string    // kill-all-staggered: what a fetch from the member restarted alone got
 		var elected []killPhases   // from each leader kill to its steps of recovery
 		var netFaults []string     // the network's faults: how the sends fared, what elections each caused
+		var diskFulls []string     // disk: what the member whose disk was full did, and how long it took
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -735,16 +759,21 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 					l.setFirewall(cn.host, firewall{})
 				}
 				l.setFirewall(nil, firewall{})
-			case "disk":
-				victim := followers[0]
-				if counts[kind]%2 == 1 {
+			case "disk", "disk-logs":
+				// disk: a member's disks full (a follower's, then the
+				// leader's); disk-logs: its group logs' alone (the
+				// leader's first, whose state machine must stall and hand
+				// the leadership over, then a follower's).
+				victim, leaders := followers[0], counts[kind]%2 == 1
+				if kind == "disk-logs" {
+					leaders = !leaders
+				}
+				if leaders {
 					victim = leader
 				}
-				h.Fault(time.Now(), "disk", victim.name+"'s disk full")
-				free := victim.fill()
-				w.waitProgress(t, victim.name+"'s disk filled")
-				w.waitProgress(t, victim.name+"'s disk filled, again")
-				free()
+				var report string
+				report, term = c.diskFull(ctx, t, w, h, probe, entry, kind, victim, victim == leader, term)
+				diskFulls = append(diskFulls, report)
 			case "delay", "delay-leader", "delay-one-way", "reorder", "duplicate", "delay-kill-leader", "far-clients":
 				var report string
 				report, term = c.netFault(ctx, t, w, entry, kind, counts[kind], leader, followers, term)
@@ -794,6 +823,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		}
 		for _, s := range netFaults {
 			t.Logf("network fault %s", s)
+		}
+		for _, s := range diskFulls {
+			t.Logf("disk full: %s", s)
 		}
 		if res.Acked < rounds {
 			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)
@@ -846,6 +878,105 @@ var (
 	preVoteWon = regexp.MustCompile(`msg="pre-vote successful, starting election"`)
 	lostQuorum = regexp.MustCompile(`msg="failed to contact quorum of nodes, stepping down"`)
 )
+
+// groupLogRefused matches a member's line as its state machine stalls on
+// a group log that refuses an append; raftLogRefused raft's, as a
+// leader's or a follower's raft log refuses entries; handedOverStalled a
+// stalled leader's as it hands the leadership over; unstalled a member's
+// as its group log takes appends again.
+var (
+	groupLogRefused   = regexp.MustCompile(`msg="cell: cannot append to a group's log: retrying`)
+	raftLogRefused    = regexp.MustCompile(`msg="failed to (commit|append to) logs"`)
+	handedOverStalled = regexp.MustCompile(`msg="cell: this member cannot apply what the cell commits \(a group log refuses appends\): handed the leadership to a member that can"`)
+	unstalled         = regexp.MustCompile(`msg="cell: a group's log takes appends again"`)
+)
+
+// diskFull fills victim's disk (the leader's, if led) under the workload
+// and holds it full until the fault has done what it names: until a write
+// of the victim's failed (its group log's: its state machine stalls, and
+// cell_status must then say so, with the cause; or its raft log's), and,
+// if it led, until another member leads (handed over by the stall, or
+// raft's step-down: a leader whose raft log refuses entries steps down);
+// and the sends go on without it. Then it frees the disk, waits until the
+// victim has caught up with every ack, and says what happened when. (The
+// disk was freed after two acks: the victim's writes had not failed yet,
+// so a leader's full disk never made it stall.)
+func (c *cell) diskFull(ctx context.Context, t *testing.T, w *workload, h *history.History, m *member, entry wire.GroupEntry,
+	kind string, victim *cellNode, led bool, term uint64) (report string, newTerm uint64) {
+	t.Helper()
+	role := "a follower"
+	if led {
+		role = "the leader"
+	}
+	filled := time.Now()
+	fill, disks := victim.fill, "disks"
+	if kind == "disk-logs" {
+		fill, disks = victim.fillLogs, "group logs' disk"
+	}
+	h.Fault(filled, kind, victim.name+"'s "+disks+" full ("+role+")")
+	free := fill()
+	freed := false
+	defer func() {
+		if !freed {
+			free()
+		}
+	}()
+	var what []string
+	deadline := time.Now().Add(waitTimeout)
+	for len(victim.lines(groupLogRefused, 0, filled)) == 0 && len(victim.lines(raftLogRefused, 0, filled)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (%s): no write of its failed within %v of its disk filling up", victim.name, role, waitTimeout)
+		}
+		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+	}
+	stalled := victim.lines(groupLogRefused, 0, filled)
+	if len(stalled) > 0 {
+		what = append(what, fmt.Sprintf("its group log refused an append after %v (state machine stalled)", stalled[0].at.Sub(filled).Round(time.Millisecond)))
+		// The operator's view: the member's own cell_status says why.
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := m.cl.CellStatus(sctx, victim.addr, victim.fp)
+		cancel()
+		switch {
+		case err != nil:
+			t.Errorf("%s's cell_status while it is stalled: %v", victim.name, err)
+		case st.Stall == nil && len(victim.lines(unstalled, 0, filled)) == 0:
+			t.Errorf("%s's cell_status while its group log refuses appends shows no stall", victim.name)
+		case st.Stall != nil:
+			what = append(what, fmt.Sprintf("cell_status: stalled at raft entry %d, %q", st.Stall.Index, st.Stall.Cause))
+		}
+	}
+	if failed := victim.lines(raftLogRefused, 0, filled); len(failed) > 0 {
+		what = append(what, fmt.Sprintf("its raft log refused entries after %v (%d times)", failed[0].at.Sub(filled).Round(time.Millisecond), len(failed)))
+	}
+	newTerm = term
+	if led {
+		var next *cellNode
+		for next == nil || next == victim {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s, the leader, still leads (term %d) %v after its disk filled up", victim.name, newTerm, time.Since(filled).Round(time.Millisecond))
+			}
+			next, newTerm = c.leader(t, newTerm)
+		}
+		how := "raft's step-down"
+		switch {
+		case len(victim.lines(handedOverStalled, 0, filled)) > 0:
+			how = "its hand-over"
+		case kind == "disk-logs":
+			// Raft's log has room: nothing but the stall's hand-over
+			// should have moved the leadership.
+			t.Errorf("%s, the leader, whose group logs' disk is full, did not hand the leadership over (%s leads in term %d)", victim.name, next.name, newTerm)
+		}
+		what = append(what, fmt.Sprintf("%s led in term %d after %v (%s)", next.name, newTerm, time.Since(filled).Round(time.Millisecond), how))
+	}
+	w.waitProgress(t, victim.name+"'s disk full")
+	w.waitProgress(t, victim.name+"'s disk full, again")
+	held := time.Since(filled)
+	free()
+	freed = true
+	c.caughtUp(ctx, t, m, entry, victim, lastAcked(h))
+	return fmt.Sprintf("%s %s (%s): %s; held full %v, caught up %v after", kind, victim.name, role, strings.Join(what, "; "),
+		held.Round(time.Millisecond), (time.Since(filled) - held).Round(time.Millisecond)), newTerm
+}
 
 // waitLogged waits until the node's running process has logged n lines
 // matching re since since.

@@ -5,7 +5,8 @@
 // result and watch delivery into an internal/history.History; a nemesis
 // that injects faults while the workload runs (SIGKILL and restart,
 // partitions and 5% packet loss with nftables inside the namespaces, a
-// disk filling up on a small tmpfs, SIGSTOP pauses, and the network's
+// member's disks, or its group logs' alone, filling up on small tmpfs
+// mounts, SIGSTOP pauses, and the network's
 // delay, jitter, reordering and duplication); and the history's checker
 // over all of it once the faults stop and every replica has caught up.
 //

@@ -32,8 +32,17 @@ func RequireRoot(t testing.TB) {
 // the function that removes the ballast. It needs root (RequireRoot).
 func Small(t testing.TB, size string) (dir string, fill func() (free func())) {
 	t.Helper()
-	RequireRoot(t)
 	dir = t.TempDir()
+	return dir, SmallAt(t, dir, size)
+}
+
+// SmallAt is Small on the directory dir, which must exist: a second small
+// disk under the first (a daemon's group logs on a volume of their own,
+// under its state directory). It is unmounted when the test ends, before
+// a disk mounted earlier under which it lies.
+func SmallAt(t testing.TB, dir, size string) (fill func() (free func())) {
+	t.Helper()
+	RequireRoot(t)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount a tmpfs: %v: %s", err, out)
 	}
@@ -70,5 +79,5 @@ func Small(t testing.TB, size string) (dir string, fill func() (free func())) {
 			}
 		}
 	}
-	return dir, fill
+	return fill
 }
