@@ -889,6 +889,7 @@ var (
 	raftLogRefused    = regexp.MustCompile(`msg="failed to (commit|append to) logs"`)
 	handedOverStalled = regexp.MustCompile(`msg="cell: this member cannot apply what the cell commits \(a group log refuses appends\): handed the leadership to a member that can"`)
 	unstalled         = regexp.MustCompile(`msg="cell: a group's log takes appends again"`)
+	handOverFailed    = regexp.MustCompile(`msg="cell: this member leads but cannot apply what the cell commits.*could not hand the leadership over`)
 )
 
 // diskFull fills victim's disk (the leader's, if led) under the workload
@@ -967,6 +968,11 @@ func (c *cell) diskFull(ctx context.Context, t *testing.T, w *workload, h *histo
 			t.Errorf("%s, the leader, whose group logs' disk is full, did not hand the leadership over (%s leads in term %d)", victim.name, next.name, newTerm)
 		}
 		what = append(what, fmt.Sprintf("%s led in term %d after %v (%s)", next.name, newTerm, time.Since(filled).Round(time.Millisecond), how))
+		if failed := victim.lines(handOverFailed, 0, filled); len(failed) > 0 {
+			// Why the hand-over waited (said once a stall outlasted
+			// three heartbeats): the voters' answers.
+			what = append(what, "before that: "+failed[0].text)
+		}
 	}
 	w.waitProgress(t, victim.name+"'s disk full")
 	w.waitProgress(t, victim.name+"'s disk full, again")
