@@ -82,7 +82,7 @@ func (n *Node) stalledError() error {
 		return &StalledError{Stall: *s}
 	}
 	// Between the stall's index and its details being set or cleared.
-	return &StalledError{Stall: Stall{Cause: "a full or failing disk"}}
+	return &StalledError{Stall: Stall{Group: "?", Cause: "a full or failing disk"}}
 }
 
 // stallCause is a group log's refusal of an append, err, in brief, for

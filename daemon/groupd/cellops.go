@@ -29,10 +29,14 @@ func cellError(op wire.Op, g *group, err error) error {
 		// deadline would as likely be theirs (that a member does not
 		// lead) as this one's, which says why.
 		self := g.cell.node.Self()
+		retry := "retry shortly"
+		if op == wire.OpSend {
+			retry += ", with the same message IDs"
+		}
 		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g),
 			Leader: &wire.Replica{Addr: self.Addr, Fingerprint: self.Fingerprint, Leader: true},
-			Message: fmt.Sprintf("%v group %s: the cell's leader cannot write to its disk (%s: group %s's log refuses appends), so it took nothing of this; it hands the leadership to a member that can: retry shortly, with the same message IDs",
-				op, g.name, stalled.Stall.Cause, stalled.Stall.Group)}
+			Message: fmt.Sprintf("%v group %s: the cell's leader cannot write to its disk (%s: group %s's log refuses appends), so it took nothing of this; it hands the leadership to a member that can: %s",
+				op, g.name, stalled.Stall.Cause, stalled.Stall.Group, retry)}
 	case errors.As(err, &nl):
 		we := &wire.Error{Code: wire.CodeUnavailable, Replicas: cellMembers(g)}
 		if nl.Leader.Addr == "" {
