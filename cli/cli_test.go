@@ -334,3 +334,23 @@ func TestUnknownVerbSuggests(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveJoinedRenamed: a group the user joined as lobby, which a
+// registry now lists under another name (a rogue registry renaming it in the
+// merged listing: client.Merge takes the name of the entry with the longest
+// lease, the registry's word), is still what lobby names, and wins over a
+// stranger's group listed as lobby. The name matched the stranger's alone,
+// and the user's sends went to the impostor's daemon.
+func TestResolveJoinedRenamed(t *testing.T) {
+	real := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000001"), Name: "renamed", Fingerprint: wire.Fingerprint{1}}
+	fake := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{6}}
+	joined := joinedSet{{real.Group, real.Fingerprint}: "lobby"}
+	got, err := resolveGroup([]wire.GroupEntry{real, fake}, "lobby", joined)
+	if err != nil || got.Group != real.Group || got.Fingerprint != real.Fingerprint {
+		t.Fatalf("resolveGroup(lobby) with the joined lobby listed as %q = %s %v, want the joined group %s", real.Name, got.Group, err, real.Group)
+	}
+	// Not joined: the name is the stranger's alone, as listed.
+	if got, err := resolveGroup([]wire.GroupEntry{real, fake}, "lobby", nil); err != nil || got.Group != fake.Group {
+		t.Errorf("resolveGroup(lobby), nothing joined = %s %v, want %s", got.Group, err, fake.Group)
+	}
+}

@@ -246,7 +246,12 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		switch {
 		case id == lower:
 			exact = append(exact, g)
-		case g.Name == ref:
+		case g.Name == ref || ref != "" && joined.nameOf(g) == ref:
+			// A group the user joined under ref is named so whatever a
+			// registry lists it as now: a rogue registry may rename it in
+			// the merged listing (client.Merge takes the name of the
+			// entry with the longest lease, its word), and list a group of
+			// its own under the name.
 			others = append(others, g)
 		case len(lower) >= minPrefix && strings.HasPrefix(id, lower):
 			others = append(others, g)

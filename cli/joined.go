@@ -38,6 +38,12 @@ func (j joinedSet) has(e wire.GroupEntry) bool {
 	return ok
 }
 
+// nameOf returns the name e's group had when the user joined it; "" if
+// they did not.
+func (j joinedSet) nameOf(e wire.GroupEntry) string {
+	return j[joinedGroup{e.Group, e.Fingerprint}]
+}
+
 // named returns the joined group ref names (its name when joined, its UUID,
 // or a UUID prefix of minPrefix characters or more), if exactly one does.
 func (j joinedSet) named(ref string) (joinedGroup, string, bool) {
