@@ -354,3 +354,41 @@ func TestResolveJoinedRenamed(t *testing.T) {
 		t.Errorf("resolveGroup(lobby), nothing joined = %s %v, want %s", got.Group, err, fake.Group)
 	}
 }
+
+// TestResolveRenamedByRegistry: a name another registry lists a group
+// under (client.ListedGroup.OtherNames) names it too, so a rogue registry
+// that renames the real lobby in the merged listing (its lease the
+// longest) and lists a group of its own as lobby makes lobby ambiguous,
+// not the rogue's alone; the group's UUID and either name still name it
+// alone.
+func TestResolveRenamedByRegistry(t *testing.T) {
+	real := client.ListedGroup{GroupEntry: wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000001"), Name: "renamed", Fingerprint: wire.Fingerprint{1}},
+		OtherNames: []string{"lobby", "lobby too"}}
+	fake := client.ListedGroup{GroupEntry: wire.GroupEntry{Group: uuid.MustParse("0193a4f2-1111-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{6}}}
+	entries := listedEntries([]client.ListedGroup{real, fake})
+	var ue *usageError
+	if got, err := resolveGroup(entries, "lobby", nil); !errors.As(err, &ue) || !strings.Contains(err.Error(), "matches 2 groups") {
+		t.Errorf("resolveGroup(lobby), the real lobby renamed by a registry = %s %v, want ambiguous between the two", got.Group, err)
+	}
+	for _, ref := range []string{"renamed", "lobby too", real.Group.String(), "0193a4f2-0000-7000-8000-00000000000"} {
+		if got, err := resolveGroup(entries, ref, nil); err != nil || got.Group != real.Group || got.Fingerprint != real.Fingerprint {
+			t.Errorf("resolveGroup(%q) = %s %v, want %s alone", ref, got.Group, err, real.Group)
+		}
+	}
+	joined := joinedSet{{real.Group, real.Fingerprint}: "lobby"}
+	if got, err := resolveGroup(entries, "lobby", joined); err != nil || got.Group != real.Group {
+		t.Errorf("resolveGroup(lobby), the real one joined = %s %v, want %s", got.Group, err, real.Group)
+	}
+	// The listing cache (used when no registry answers) keeps the names.
+	dir := t.TempDir()
+	if err := saveListCache(dir, "", &listing{groups: []client.ListedGroup{real, fake}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadListCache(dir, "")
+	if err != nil || c == nil {
+		t.Fatalf("loadListCache: %v %v", c, err)
+	}
+	if got, err := resolveGroup(listedEntries(c.groups()), "lobby", nil); !errors.As(err, &ue) {
+		t.Errorf("resolveGroup(lobby) from the cached listing = %s %v, want ambiguous", got.Group, err)
+	}
+}

@@ -206,11 +206,7 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	if err != nil {
 		return nil, wire.GroupEntry{}, err
 	}
-	entries := make([]wire.GroupEntry, len(l.groups))
-	for i, g := range l.groups {
-		entries[i] = g.GroupEntry
-	}
-	e, err := resolveGroup(entries, ref, s.joined)
+	e, err := resolveGroup(listedEntries(l.groups), ref, s.joined)
 	if err != nil {
 		return nil, e, err
 	}
@@ -220,6 +216,27 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	}
 	g, err := l.regs.Group(e)
 	return g, e, err
+}
+
+// listedEntries returns the merged listing's entries for resolveGroup:
+// each group's, then a copy under each of its OtherNames, the names other
+// registries list it under, which name it too (resolveGroup counts the
+// copies as their group once). A rogue registry renaming the real lobby in
+// the merged listing (its lease the longest) and listing a group of its
+// own as lobby left lobby naming its group alone.
+func listedEntries(groups []client.ListedGroup) []wire.GroupEntry {
+	entries := make([]wire.GroupEntry, 0, len(groups))
+	for _, g := range groups {
+		entries = append(entries, g.GroupEntry)
+	}
+	for _, g := range groups {
+		for _, n := range g.OtherNames {
+			e := g.GroupEntry
+			e.Name = n
+			entries = append(entries, e)
+		}
+	}
+	return entries
 }
 
 // errNoGroup: GROUP matched nothing in the registry's list.
@@ -259,6 +276,9 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 			shortMatch = true
 		}
 	}
+	// One group listed under several names (listedEntries) is one
+	// candidate, under the name that matched first.
+	exact, others = distinctGroups(exact), distinctGroups(others)
 	cands := exact
 	if len(cands) == 0 {
 		cands = others
@@ -306,6 +326,20 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		b.WriteString("\n  the same UUID is listed under several daemon keys: someone registered a group under another's UUID; ask its owner which daemon is theirs")
 	}
 	return wire.GroupEntry{}, &usageError{b.String()}
+}
+
+// distinctGroups returns es without the entries of a group (UUID and
+// daemon key) met earlier in es.
+func distinctGroups(es []wire.GroupEntry) []wire.GroupEntry {
+	seen := make(map[joinedGroup]bool, len(es))
+	return slices.DeleteFunc(es, func(e wire.GroupEntry) bool {
+		k := joinedGroup{e.Group, e.Fingerprint}
+		if seen[k] {
+			return true
+		}
+		seen[k] = true
+		return false
+	})
 }
 
 // lookalikeGroups returns the groups whose names look like ref without

@@ -50,6 +50,7 @@ type cachedGroup struct {
 	Members     uint64             `json:"members"`
 	LastSeq     uint64             `json:"last_seq"`
 	ListedBy    []wire.Fingerprint `json:"listed_by"`
+	OtherNames  []string           `json:"other_names,omitempty"`
 }
 
 // scopeOf names the set of registries given (empty: found by the client).
@@ -87,6 +88,7 @@ func (c *listCache) groups() []client.ListedGroup {
 		out[i] = client.ListedGroup{
 			GroupEntry: wire.GroupEntry{Group: g.UUID, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint, Members: g.Members, LastSeq: g.LastSeq},
 			ListedBy:   g.ListedBy,
+			OtherNames: g.OtherNames,
 		}
 	}
 	return out
@@ -104,7 +106,7 @@ func saveListCache(dir, scope string, l *listing) error {
 	}
 	for _, g := range l.groups {
 		c.Groups = append(c.Groups, cachedGroup{UUID: g.Group, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint,
-			Members: g.Members, LastSeq: g.LastSeq, ListedBy: g.ListedBy})
+			Members: g.Members, LastSeq: g.LastSeq, ListedBy: g.ListedBy, OtherNames: g.OtherNames})
 	}
 	return writeListCache(dir, &c)
 }

@@ -31,6 +31,14 @@ type ListedGroup struct {
 	// ListedBy are the fingerprints of the registries that list the group
 	// under this daemon fingerprint, in the order they were asked.
 	ListedBy []Fingerprint
+	// OtherNames are the names other registries list the group under (its
+	// UUID and daemon key, or set of replicas), besides Name, in the order
+	// found: each is a registry's word, as Name is. A program resolving a
+	// name takes them as the group's too: a rogue registry renaming a group
+	// (its entry's lease the longest, Name is its name) and listing one of
+	// its own under the real name otherwise made that one the name's only
+	// group, no duplicate to tell.
+	OtherNames []string
 }
 
 // List asks every registry of the set at once and returns their answers
@@ -78,8 +86,9 @@ func Listed(answers []RegistryListing) ([]ListedGroup, error) {
 // latest renewed) gives the counters and the first addresses; the others'
 // addresses follow. A group replicated by a cell is one entry per UUID and
 // set of replicas, whichever leader each registry names: the entry with
-// the most time left is taken whole. Failed answers are skipped. Groups
-// come sorted by name, then UUID, then fingerprint.
+// the most time left is taken whole. The names the others give a group,
+// if not its entry's, are its OtherNames. Failed answers are skipped.
+// Groups come sorted by name, then UUID, then fingerprint.
 func Merge(answers []RegistryListing) []ListedGroup {
 	type key struct {
 		group UUID
@@ -87,6 +96,7 @@ func Merge(answers []RegistryListing) []ListedGroup {
 	}
 	byKey := make(map[key]*ListedGroup)
 	var out []*ListedGroup
+	names := make(map[*ListedGroup][]string) // every name each is listed under
 	for _, a := range answers {
 		if a.Err != nil {
 			continue
@@ -124,6 +134,14 @@ func Merge(answers []RegistryListing) []ListedGroup {
 			if !slices.Contains(g.ListedBy, from) {
 				g.ListedBy = append(g.ListedBy, from)
 			}
+			if !slices.Contains(names[g], e.Name) {
+				names[g] = append(names[g], e.Name)
+			}
+		}
+	}
+	for _, g := range out {
+		if ns := names[g]; len(ns) > 1 {
+			g.OtherNames = slices.DeleteFunc(ns, func(n string) bool { return n == g.Name })
 		}
 	}
 	slices.SortFunc(out, func(a, b *ListedGroup) int {

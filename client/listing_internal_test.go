@@ -91,3 +91,37 @@ func TestMergeCell(t *testing.T) {
 		t.Fatalf("the cell's entry: %+v, want r2's (leader b at 10.0.0.11:7374), listed by r1 and r2", cell)
 	}
 }
+
+// TestMergeKeepsOtherNames: registries listing one group (its UUID and
+// daemon key, or its replicas) under different names give one entry whose
+// Name is the longest lease's and whose OtherNames are the rest: a rogue
+// registry renaming the real lobby in the merged listing left no trace of
+// the name lobby, so that its own group listed as lobby was no duplicate.
+func TestMergeKeepsOtherNames(t *testing.T) {
+	honest, rogue := fakeRegistry("r1", 1), fakeRegistry("r2", 2)
+	daemon, impostor := wire.Fingerprint{0xa}, wire.Fingerprint{0xe}
+	replicas := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: daemon, Leader: true}, {Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{0xb}}}
+	got := Merge([]RegistryListing{
+		{Registry: honest, Listing: Listing{Groups: []wire.GroupEntry{
+			{Group: wire.UUID{1}, Name: "lobby", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemon, ExpiresMS: 3000},
+			{Group: wire.UUID{2}, Name: "builds", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemon, ExpiresMS: 3000, Replicas: replicas},
+			{Group: wire.UUID{3}, Name: "dev", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemon, ExpiresMS: 3000},
+		}}},
+		{Registry: rogue, Listing: Listing{Groups: []wire.GroupEntry{
+			{Group: wire.UUID{1}, Name: "renamed", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemon, ExpiresMS: 60000},
+			{Group: wire.UUID{2}, Name: "renamed too", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemon, ExpiresMS: 60000, Replicas: replicas},
+			{Group: wire.UUID{3}, Name: "dev", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: daemon, ExpiresMS: 60000},
+			{Group: wire.UUID{9}, Name: "lobby", Addrs: []string{"10.6.6.6:7374"}, Fingerprint: impostor, ExpiresMS: 60000},
+		}}},
+	})
+	want := map[wire.UUID]string{{1}: "renamed [lobby]", {2}: "renamed too [builds]", {3}: "dev []", {9}: "lobby []"}
+	for _, g := range got {
+		if s := fmt.Sprintf("%s %v", g.Name, g.OtherNames); s != want[g.Group] {
+			t.Errorf("group %v merged as %q, want %q", g.Group[0], s, want[g.Group])
+		}
+		delete(want, g.Group)
+	}
+	if len(want) > 0 {
+		t.Errorf("groups not merged: %v", want)
+	}
+}
