@@ -220,6 +220,10 @@ func TestWebNarrow(t *testing.T) {
 	if eval[bool](b, `getComputedStyle(document.getElementById('sidebar')).display !== 'none'`) {
 		t.Fatal("the group list takes the narrow window")
 	}
+	// The list is behind the menu button, not "on the left".
+	if hint := eval[string](b, `document.querySelector('#empty p').innerText`); !strings.Contains(hint, "☰") || strings.Contains(hint, "on the left") {
+		t.Errorf("the narrow page says %q, want where the groups are: behind ☰", hint)
+	}
 	b.do("Ctrl+K", chromedp.KeyEvent("k", chromedp.KeyModifiers(chromedp.ModifierCtrl)))
 	b.waitFor("the group list open, filter focused", `getComputedStyle(document.getElementById('sidebar')).display !== 'none' && document.activeElement.id === 'filter'`)
 	// As a person would, wait for lobby to show among the joined groups
