@@ -237,6 +237,14 @@ func TestWebNarrow(t *testing.T) {
 		t.Errorf("the conversation is %d px wide in a 390 px window", width)
 	}
 	b.screenshot("narrow")
+
+	// The members drawer covers the button that opened it, and a phone has
+	// no Esc: it has a close button of its own, tapped where it shows.
+	b.do("tap Members", chromedp.Click(chromedp.ID("members-toggle")))
+	b.waitFor("the members drawer", `!document.getElementById('members').hidden`)
+	b.waitFor("a close button in the drawer", `!!document.querySelector('#members #members-close')`)
+	b.do("tap the drawer's close button", chromedp.Click(chromedp.ID("members-close")))
+	b.waitFor("the members drawer closed", `document.getElementById('members').hidden && document.getElementById('members-toggle').getAttribute('aria-expanded') === 'false'`)
 }
 
 // TestWebOpensJoinedGroupFromLink opens the page at a link to a group the

@@ -1062,6 +1062,15 @@ $('members-toggle').addEventListener('click', () => {
   if (!m.hidden && c) { renderMembers(c); refreshMembers(c); }
 });
 
+// The members panel's own close button: on a narrow screen it is a drawer
+// over the button that opened it, and a phone has no Esc.
+$('members-close').addEventListener('click', closeMembers);
+
+function closeMembers() {
+  $('members').hidden = true;
+  $('members-toggle').setAttribute('aria-expanded', 'false');
+}
+
 // ---- notifications ----
 
 function notify(g, d) {
@@ -1128,7 +1137,7 @@ document.addEventListener('keydown', ev => {
     const next = ids[(i + (ev.key === 'ArrowDown' ? 1 : ids.length - 1)) % ids.length];
     if (next) open(next);
   } else if (ev.key === 'Escape') {
-    if (!$('members').hidden) { $('members').hidden = true; $('members-toggle').setAttribute('aria-expanded', 'false'); }
+    closeMembers();
     closeDrawers();
   }
 });
