@@ -245,6 +245,15 @@ func TestWebNarrow(t *testing.T) {
 	b.waitFor("a close button in the drawer", `!!document.querySelector('#members #members-close')`)
 	b.do("tap the drawer's close button", chromedp.Click(chromedp.ID("members-close")))
 	b.waitFor("the members drawer closed", `document.getElementById('members').hidden && document.getElementById('members-toggle').getAttribute('aria-expanded') === 'false'`)
+	// One drawer at a time: the group list opened over the members one
+	// was half hidden under it.
+	b.do("tap Members again", chromedp.Click(chromedp.ID("members-toggle")))
+	b.waitFor("the members drawer", `!document.getElementById('members').hidden`)
+	b.do("tap ☰", chromedp.Click(chromedp.ID("sidebar-toggle")))
+	b.waitFor("the group list open", `getComputedStyle(document.getElementById('sidebar')).display !== 'none'`)
+	if eval[bool](b, `!document.getElementById('members').hidden`) {
+		t.Error("the group list opened over the members drawer, which stayed open")
+	}
 }
 
 // TestWebOpensJoinedGroupFromLink opens the page at a link to a group the

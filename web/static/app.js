@@ -1058,9 +1058,14 @@ $('members-toggle').addEventListener('click', () => {
   const m = $('members');
   m.hidden = !m.hidden;
   $('members-toggle').setAttribute('aria-expanded', String(!m.hidden));
+  if (!m.hidden) closeDrawers(); // one drawer at a time (wide, the group list is no drawer)
   const c = active();
   if (!m.hidden && c) { renderMembers(c); refreshMembers(c); }
 });
+
+// narrow matches the width under which the group list and the members are
+// drawers (style.css).
+const narrow = matchMedia('(max-width: 760px)');
 
 // The members panel's own close button: on a narrow screen it is a drawer
 // over the button that opened it, and a phone has no Esc.
@@ -1097,6 +1102,7 @@ function closeDrawers() {
 $('sidebar-toggle').addEventListener('click', () => {
   const open = $('sidebar').classList.toggle('open');
   $('sidebar-toggle').setAttribute('aria-expanded', String(open));
+  if (open) closeMembers(); // one drawer at a time (the button shows on a narrow screen only)
   if (open) $('filter').focus();
 });
 
@@ -1128,6 +1134,7 @@ document.addEventListener('keydown', ev => {
     ev.preventDefault();
     $('sidebar').classList.add('open');
     $('sidebar-toggle').setAttribute('aria-expanded', 'true');
+    if (narrow.matches) closeMembers(); // one drawer at a time
     $('filter').focus();
     $('filter').select();
   } else if (ev.altKey && (ev.key === 'ArrowUp' || ev.key === 'ArrowDown')) {
