@@ -101,7 +101,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if c.json {
 		c.event("start", "group", info.Name, "uuid", info.Group.String(), "members", info.Members)
 	} else {
-		c.printf("-- %s: %s; /help for commands, /quit to leave --\n", shown(info.Name), count(info.Members, "member", "members"))
+		c.printf("-- %s: %s; /help for commands, /quit to exit --\n", shown(info.Name), count(info.Members, "member", "members"))
 	}
 
 	wctx, stop := context.WithCancel(ctx)

@@ -45,7 +45,7 @@ func TestChatPipe(t *testing.T) {
 
 	// --as joins first; the last messages are shown on entry.
 	chat := alice.start(t, "chat", "lobby", "--as", "alice")
-	waitText(t, chat, "-- lobby: 2 members; /help for commands, /quit to leave --")
+	waitText(t, chat, "-- lobby: 2 members; /help for commands, /quit to exit --")
 	waitText(t, chat, "bob: earlier")
 	say := func(line string) {
 		t.Helper()
@@ -197,7 +197,7 @@ func TestChatTerminal(t *testing.T) {
 
 	tm := chatTmux(t, alice, "lobby")
 	tm.waitScreen("the prompt after the history", func(lines []string) bool {
-		return len(lines) >= 3 && lines[0] == "-- lobby: 2 members; /help for commands, /quit to leave --" &&
+		return len(lines) >= 3 && lines[0] == "-- lobby: 2 members; /help for commands, /quit to exit --" &&
 			chatLineRE.MatchString(lines[1]) && strings.HasSuffix(lines[1], " bob: before the chat") && lines[len(lines)-1] == ">"
 	})
 
