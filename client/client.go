@@ -242,6 +242,9 @@ type Client struct {
 	closeDone chan struct{}
 
 	now func() time.Time // the clock; tests set it (export_test.go)
+
+	// pins is what Registry's trust on first use knows (registry.go).
+	pins pinsSeen
 }
 
 // New returns a Client. It does no I/O: the socket is opened on first use.

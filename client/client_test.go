@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -312,6 +314,53 @@ func TestRegistryPinning(t *testing.T) {
 	var ce *identity.ChangedError
 	if _, err := c2.Registry(ctx, addr, wire.Fingerprint{}); !errors.As(err, &ce) {
 		t.Fatalf("changed key: err = %v, want *identity.ChangedError", err)
+	}
+}
+
+// TestKeyRefusedUnderEveryAddress: a registry answering under two
+// addresses (127.0.0.1:P and localhost:P), the first pinned to another key,
+// is refused under both for the Client's life, and its key is pinned under
+// neither, whichever the Client asks first (huddle web asks the registries
+// it was given as they answer). The second address was trusted on first use
+// and pinned, so the key refused under the first was trusted there from then
+// on.
+func TestKeyRefusedUnderEveryAddress(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRegistry(t, t.TempDir())
+	pinned := r.Addr().String()
+	other := net.JoinHostPort("localhost", strconv.Itoa(r.Addr().(*net.UDPAddr).Port))
+	stranger, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, otherFirst := range []bool{false, true} {
+		kh := identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
+		if err := kh.Check(pinned, stranger.Fingerprint()); err != nil {
+			t.Fatal(err)
+		}
+		id, _ := identity.Generate()
+		c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ce *identity.ChangedError
+		if otherFirst {
+			reg, err := c.Registry(ctx, other, wire.Fingerprint{})
+			if err != nil {
+				t.Fatalf("%s, first: %v", other, err)
+			}
+			reg.Close()
+		}
+		if _, err := c.Registry(ctx, pinned, wire.Fingerprint{}); !errors.As(err, &ce) {
+			t.Fatalf("%s, pinned to another key: %v, want a *identity.ChangedError", pinned, err)
+		}
+		if _, err := c.Registry(ctx, other, wire.Fingerprint{}); !errors.As(err, &ce) || ce.Name != pinned {
+			t.Errorf("%s after its key was refused at %s (asked first: %v): %v, want that refusal", other, pinned, otherFirst, err)
+		}
+		if fp, ok, err := kh.Lookup(other); ok || err != nil {
+			t.Errorf("%s pinned to %s (asked first: %v; err %v): the key refused at %s", other, fp.Short(), otherFirst, err, pinned)
+		}
+		c.Close()
 	}
 }
 

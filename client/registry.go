@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +31,13 @@ type Registry struct {
 // the addresses it may, identity.MaxAddressPins, used unpinned, said on
 // the Config's Logger at warn level). Without KnownHosts any registry is
 // accepted.
+//
+// A key refused under one address (an *identity.ChangedError) is refused
+// under every other for the Client's life (the error wraps that
+// *identity.ChangedError), and a pin the Client made of it on first use
+// under another address is taken back: a registry that answers under two
+// names, one pinned to its old key, was otherwise trusted under the other,
+// pinned there for every later run, whichever answered first.
 //
 // It returns an error matching ErrUnreachable if no connection could be
 // made, and an *identity.MismatchError if the registry presented another
@@ -54,7 +63,9 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 			c.release(p)
 			var mm *identity.MismatchError
 			if errors.As(err, &mm) && pinnedByFile {
-				return nil, &identity.ChangedError{Name: addr, Pinned: mm.Want, Presented: mm.Got, File: kh.Path()}
+				ce := &identity.ChangedError{Name: addr, Pinned: mm.Want, Presented: mm.Got, File: kh.Path()}
+				c.pins.refuse(kh, ce, c.cfg.Logger)
+				return nil, ce
 			}
 			return nil, fmt.Errorf("registry %s: %w", addr, err)
 		}
@@ -75,17 +86,68 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 	}
 	first.close()
 	if kh != nil {
-		switch err := kh.Check(addr, seen); {
-		case errors.Is(err, identity.ErrPinsFull):
-			// Used unpinned, as on first use: the file drops none of the
-			// user's pins to make room.
-			c.cfg.Logger.Warn("registry used but not pinned: known_registries holds all the addresses it may; drop pins you no longer use with huddle forget-registry ADDRESS",
-				"registry", addr, "fingerprint", seen.Short(), "file", kh.Path())
-		case err != nil:
+		if err := c.pins.pin(kh, addr, seen, c.cfg.Logger); err != nil {
 			return nil, err
 		}
 	}
 	return c.Registry(ctx, addr, seen)
+}
+
+// pinsSeen is what a Client's trust on first use of registries (Registry)
+// knows: the keys it refused under an address pinned to another, and the
+// pins it made.
+type pinsSeen struct {
+	mu      sync.Mutex
+	refused map[Fingerprint]*identity.ChangedError // by the key refused
+	made    map[string]Fingerprint                 // the addresses pinned on first use
+}
+
+// pin pins fp under addr, new to kh, unless fp was refused under another
+// address (an error wrapping that refusal). A full file pins nothing: the
+// registry is used unpinned, said on log.
+func (ps *pinsSeen) pin(kh *identity.KnownHosts, addr string, fp Fingerprint, log *slog.Logger) error {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ce := ps.refused[fp]; ce != nil {
+		return fmt.Errorf("registry %s presents the key refused at %s: %w", addr, ce.Name, ce)
+	}
+	switch err := kh.Check(addr, fp); {
+	case errors.Is(err, identity.ErrPinsFull):
+		// Used unpinned, as on first use: the file drops none of the
+		// user's pins to make room.
+		log.Warn("registry used but not pinned: known_registries holds all the addresses it may; drop pins you no longer use with huddle forget-registry ADDRESS",
+			"registry", addr, "fingerprint", fp.Short(), "file", kh.Path())
+	case err != nil:
+		return err
+	default:
+		if ps.made == nil {
+			ps.made = make(map[string]Fingerprint)
+		}
+		ps.made[addr] = fp
+	}
+	return nil
+}
+
+// refuse notes ce's key as refused, and takes back the pins of it made
+// under other addresses.
+func (ps *pinsSeen) refuse(kh *identity.KnownHosts, ce *identity.ChangedError, log *slog.Logger) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.refused == nil {
+		ps.refused = make(map[Fingerprint]*identity.ChangedError)
+	}
+	if ps.refused[ce.Presented] == nil {
+		ps.refused[ce.Presented] = ce
+	}
+	for addr, fp := range ps.made {
+		if fp == ce.Presented {
+			if _, err := kh.Forget(addr); err != nil {
+				log.Error("could not take back the pin of a registry key refused under another address",
+					"registry", addr, "fingerprint", fp.Short(), "refused at", ce.Name, "err", err)
+			}
+			delete(ps.made, addr)
+		}
+	}
 }
 
 // Close releases the handle. The connection to the registry closes with
