@@ -28,7 +28,8 @@
 //
 // Every response is JSON, errors included ({"error": {"code", "message",
 // "retry_after_ms"}}, code being the protocol's name or one of the Server's
-// own: no_secret, forbidden_host, foreign_origin, unreachable, bad_request).
+// own: no_secret, forbidden_host, foreign_origin, unreachable, wrong_key,
+// clash, bad_request).
 // GET /api/events is a text/event-stream that holds one watch per group
 // named in its watch parameter, and the live group list; README.md
 // documents every route.

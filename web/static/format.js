@@ -111,7 +111,7 @@ export function describe(err, group) {
     case 'said':
       return err.message;
     case 'no_secret':
-      return 'This page needs the link huddle web printed when it started (it carries a secret). Open that link.';
+      return 'This page needs the link huddle web printed when it started (its secret is new each time huddle web starts). Open that link.';
     case 'bad_request':
       return err.message;
   }
