@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -131,8 +132,12 @@ type registryJSON struct {
 	OK          bool   `json:"ok"`
 	Error       string `json:"error,omitempty"`
 	// Code is too_large for a listing over the registry's part of
-	// Config.MaxListingBytes (its groups are not shown), else empty.
-	Code string `json:"code,omitempty"`
+	// Config.MaxListingBytes (its groups are not shown), key_changed for
+	// a registry that presented another key than the one pinned for its
+	// name (Forget is then the command that accepts the new key, if the
+	// change is expected), else empty.
+	Code   string `json:"code,omitempty"`
+	Forget string `json:"forget,omitempty"`
 }
 
 type listJSON struct {
@@ -832,8 +837,12 @@ func (d *directory) publishLocked() {
 		}
 		if rs.err != nil {
 			r.Error = rs.err.Error()
-			if errors.As(rs.err, new(errListingTooLarge)) {
+			var ce *identity.ChangedError
+			switch {
+			case errors.As(rs.err, new(errListingTooLarge)):
 				r.Code = "too_large"
+			case errors.As(rs.err, &ce):
+				r.Code, r.Forget = "key_changed", ce.ForgetCommand()
 			}
 		}
 		l.Registries = append(l.Registries, r)

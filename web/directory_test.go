@@ -12,6 +12,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -401,4 +402,28 @@ func bobInFirstGroup(ctx context.Context, t *testing.T, r *registry.Daemon) (*cl
 	_, err = lobby.Join(ctx, "bob", nil)
 	must(t, err)
 	return reg, lobby
+}
+
+// TestDirectoryRegistryKeyChanged has a registry answer with another key
+// than the one pinned for its address (reinstalled, or an impostor): the
+// page said only "(not answering)" beside it, while the CLI says what
+// happened and the command that accepts the new key. The list's entry
+// has code key_changed and that command.
+func TestDirectoryRegistryKeyChanged(t *testing.T) {
+	r := startRegistry(t)
+	id, err := identity.Generate()
+	must(t, err)
+	other, err := identity.Generate()
+	must(t, err)
+	kh := identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
+	must(t, kh.Check(r.Addr().String(), other.Fingerprint()))
+	c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	a := newAPI(t, startWeb(t, c, r.Addr().String()))
+	l := a.events("").waitGroups("the registry's refusal", func(l listJSON) bool { return len(l.Registries) == 1 && l.Registries[0].Error != "" })
+	reg := l.Registries[0]
+	if reg.OK || reg.Code != "key_changed" || reg.Forget != "huddle forget-registry "+r.Addr().String() {
+		t.Errorf("registry whose key changed: %+v, want code key_changed and its forget-registry command", reg)
+	}
 }

@@ -456,7 +456,7 @@ function renderSidebar() {
   if (others.length === 0) others.push(note(filter ? 'no match' : 'none'));
   reconcile($('joined'), joined);
   reconcile($('others'), others);
-  const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : r.code === 'too_large' ? ' (its list is larger than huddle web keeps: not shown)' : ' (not answering)'}`);
+  const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : registryTrouble(r)}`);
   const text = regs.length ? `Groups from ${regs.join(', ')}` : '';
   if ($('registries').textContent !== text) $('registries').textContent = text;
   // The tab tells which groups have news (or, with none, which group is
@@ -467,6 +467,16 @@ function renderSidebar() {
   if (document.title !== title) document.title = title;
   const icon = total ? 'icon-unread.svg' : 'icon.svg';
   if ($('icon').getAttribute('href') !== icon) $('icon').setAttribute('href', icon);
+}
+
+// registryTrouble says why a registry's groups are not shown.
+function registryTrouble(r) {
+  switch (r.code) {
+    case 'too_large': return ' (its list is larger than huddle web keeps: not shown)';
+    // It answered, with another key than the one pinned for it.
+    case 'key_changed': return ` (its key is not the one pinned for it: someone may be impersonating it, or it was reinstalled; if so, run ${r.forget})`;
+  }
+  return ' (not answering)';
 }
 
 // reconcile makes el's children the nodes given, moving only if the order
