@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -464,8 +465,18 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 
 // progress asks the member at addr for its applied index, and whether its
 // state machine stalled (false from a member that does not say).
+//
+// A member that answered nothing on a connection the transport kept is
+// taken to have restarted (or its path to have changed): the connection
+// is dropped, and the next question dials anew. A member killed and
+// restarted does not end its old connections (no stateless reset reached
+// them, in tests and in internal/jepsen), so until their idle timeout,
+// 15 s, every question on them went unanswered: a stalled leader found
+// no voter to hand the leadership to for 13 s after a leader kill (the
+// restarted members' connections), and promote no member to make a voter.
+// A live member answers within a round trip and its scheduling.
 func (n *Node) progress(ctx context.Context, addr string) (applied uint64, stalled bool, err error) {
-	str, _, err := n.tr.open(ctx, addr, kindProgress)
+	str, conn, err := n.tr.open(ctx, addr, kindProgress)
 	if err != nil {
 		return 0, false, err
 	}
@@ -476,6 +487,9 @@ func (n *Node) progress(ctx context.Context, addr string) (applied uint64, stall
 	}
 	var b [progressSize]byte
 	if k, err := io.ReadFull(str, b[:]); err != nil && (k != 16 || err != io.ErrUnexpectedEOF) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			n.tr.drop(addr, conn)
+		}
 		return 0, false, err
 	}
 	return binary.LittleEndian.Uint64(b[:8]), b[16]&progressStalled != 0, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -190,7 +191,20 @@ func (n *Node) handOverStalled(at uint64) (Peer, error) {
 		}
 	}
 	if to == nil {
-		return Peer{}, fmt.Errorf("none of the %d other voters answered that it applied past raft index %d, where this member stalled", len(vs), at)
+		// Each voter's answer, for the log line that says so.
+		answers := make([]string, len(vs))
+		for i, v := range vs {
+			switch {
+			case v.err != nil:
+				answers[i] = fmt.Sprintf("%s: %v", v.p.Fingerprint.Short(), v.err)
+			case v.stalled:
+				answers[i] = fmt.Sprintf("%s: applied %d, stalled too", v.p.Fingerprint.Short(), v.applied)
+			default:
+				answers[i] = fmt.Sprintf("%s: applied %d", v.p.Fingerprint.Short(), v.applied)
+			}
+		}
+		return Peer{}, fmt.Errorf("none of the %d other voters answered that it applied past raft index %d, where this member stalled (%s)",
+			len(vs), at, strings.Join(answers, "; "))
 	}
 	if err := n.raft.LeadershipTransferToServer(to.s.ID, to.s.Address).Error(); err != nil {
 		return Peer{}, fmt.Errorf("hand the leadership to %s: %w", to.p, err)

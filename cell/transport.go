@@ -636,6 +636,25 @@ func (t *Transport) forget(addr string, d *dialed) {
 	d.close(connShutdown, "connection replaced")
 }
 
+// drop closes conn, if it is still the connection kept to addr, so that
+// the next open dials addr anew.
+func (t *Transport) drop(addr string, conn *quic.Conn) {
+	t.mu.Lock()
+	d := t.out[addr]
+	t.mu.Unlock()
+	if d == nil {
+		return
+	}
+	select {
+	case <-d.ready: // conn is set
+	default:
+		return // a dial in progress: not conn's
+	}
+	if d.conn == conn {
+		t.forget(addr, d)
+	}
+}
+
 func (d *dialed) close(code quic.ApplicationErrorCode, why string) {
 	<-d.ready
 	if d.conn != nil {

@@ -959,9 +959,9 @@ func (c *cell) diskFull(ctx context.Context, t *testing.T, w *workload, h *histo
 			next, newTerm = c.leader(t, newTerm)
 		}
 		how := "raft's step-down"
-		switch {
-		case len(victim.lines(handedOverStalled, 0, filled)) > 0:
-			how = "its hand-over"
+		switch handed := victim.lines(handedOverStalled, 0, filled); {
+		case len(handed) > 0:
+			how = fmt.Sprintf("its hand-over, done after %v", handed[0].at.Sub(filled).Round(time.Millisecond))
 		case kind == "disk-logs":
 			// Raft's log has room: nothing but the stall's hand-over
 			// should have moved the leadership.
