@@ -469,8 +469,11 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 // A member that answered nothing on a connection the transport kept is
 // taken to have restarted (or its path to have changed): the connection
 // is dropped, and the next question dials anew. A member killed and
-// restarted does not end its old connections (no stateless reset reached
-// them, in tests and in internal/jepsen), so until their idle timeout,
+// restarted does not end its old connections: its new process answers a
+// packet of a connection it does not know with a stateless reset only if
+// the packet is longer than 42 bytes (quic-go's MinStatelessResetSize),
+// and a progress question (its kind byte and an ACK, 35 bytes) and the
+// keep-alive PINGs are shorter. So until their idle timeout,
 // 15 s, every question on them went unanswered: a stalled leader found
 // no voter to hand the leadership to for 13 s after a leader kill (the
 // restarted members' connections), and promote no member to make a voter.
