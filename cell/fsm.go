@@ -136,6 +136,14 @@ type fsm struct {
 	// stall is, while stalledAt is not 0, why (Status.Stall); set before
 	// stalledAt, cleared after it.
 	stall atomic.Pointer[Stall]
+	// applied is the raft index of the last entry of the last batch the
+	// state machine applied (its appends made), 0 until it applied one
+	// since it started or restored a snapshot. Raft's AppliedIndex is
+	// not that: it counts the entries raft handed to the state machine's
+	// goroutine, which may not have reached them yet (a progress answer:
+	// a member about to stall on the entry a stalled leader stalled on
+	// must not be taken for one past it; stall.go).
+	applied atomic.Uint64
 
 	mu sync.RWMutex // Apply and Restore write the groups' members; the rest read
 	// groups is the cell's groups, replaced whole (under mu) when one is
@@ -260,6 +268,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	}
 	f.last = logs[len(logs)-1].Index
 	f.flush(resps)
+	f.applied.Store(f.last)
 	return resps
 }
 
@@ -522,6 +531,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 // restore is Restore's work, at start or from a snapshot the leader sent.
 func (f *fsm) restore(rc io.ReadCloser, atStart bool) error {
 	defer rc.Close()
+	f.applied.Store(0) // the snapshot's index is raft's alone
 	// Closing, raft's start falls back to an older snapshot when this
 	// one fails, and that one may need no catch-up: it would be restored,
 	// and raft, finding the entries after it compacted away, panics. Each

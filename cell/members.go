@@ -35,10 +35,12 @@ const progressTimeout = 2 * time.Second
 
 // progressSize is the answer of a progress stream: the member's applied
 // index and last index, u64 little-endian each, then a byte of flags:
-// progressStalled says its state machine cannot apply (stall.go). A
-// member of before session 14 answers the first 16 bytes only.
+// progressStalled says its state machine cannot apply (stall.go); then
+// the raft index its state machine last applied (fsm.applied, u64
+// little-endian; 0 unknown). A member of before session 14 answers the
+// first 16 bytes only, one of before this field the first 17.
 const (
-	progressSize    = 17
+	progressSize    = 25
 	progressStalled = 1
 )
 
@@ -402,7 +404,7 @@ func (n *Node) promote() {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
 			defer cancel()
-			ns[i].applied, _, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
+			ns[i].applied, _, _, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
 		})
 	}
 	wg.Wait()
@@ -463,8 +465,10 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 	return b, ok
 }
 
-// progress asks the member at addr for its applied index, and whether its
-// state machine stalled (false from a member that does not say).
+// progress asks the member at addr for its applied index, the index its
+// state machine last applied (0 from a member that does not say, or knows
+// none since it restored a snapshot), and whether its state machine
+// stalled (false from a member that does not say).
 //
 // A member that answered nothing on a connection the transport kept is
 // taken to have restarted (or its path to have changed): the connection
@@ -478,10 +482,10 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 // no voter to hand the leadership to for 13 s after a leader kill (the
 // restarted members' connections), and promote no member to make a voter.
 // A live member answers within a round trip and its scheduling.
-func (n *Node) progress(ctx context.Context, addr string) (applied uint64, stalled bool, err error) {
+func (n *Node) progress(ctx context.Context, addr string) (applied, stateApplied uint64, stalled bool, err error) {
 	str, conn, err := n.tr.open(ctx, addr, kindProgress)
 	if err != nil {
-		return 0, false, err
+		return 0, 0, false, err
 	}
 	defer str.CancelRead(streamClosed)
 	defer str.Close()
@@ -489,13 +493,13 @@ func (n *Node) progress(ctx context.Context, addr string) (applied uint64, stall
 		str.SetReadDeadline(d)
 	}
 	var b [progressSize]byte
-	if k, err := io.ReadFull(str, b[:]); err != nil && (k != 16 || err != io.ErrUnexpectedEOF) {
+	if k, err := io.ReadFull(str, b[:]); err != nil && ((k != 16 && k != 17) || err != io.ErrUnexpectedEOF) {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			n.tr.drop(addr, conn)
 		}
-		return 0, false, err
+		return 0, 0, false, err
 	}
-	return binary.LittleEndian.Uint64(b[:8]), b[16]&progressStalled != 0, nil
+	return binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[17:25]), b[16]&progressStalled != 0, nil
 }
 
 // serveProgress answers a progress stream: how far this member got, and
@@ -509,6 +513,7 @@ func (n *Node) serveProgress(_ context.Context, _ wire.Fingerprint, str *quic.St
 	if n.fsm.stalledAt.Load() != 0 {
 		b[16] |= progressStalled
 	}
+	binary.LittleEndian.PutUint64(b[17:25], n.fsm.applied.Load())
 	str.SetWriteDeadline(time.Now().Add(progressTimeout))
 	str.Write(b[:])
 }

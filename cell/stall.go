@@ -34,9 +34,10 @@ import (
 // leadership to a voter whose state machine applies (stallLoop): the cell
 // goes on without it, and the operator can remove it (or free its disk)
 // from the new leader. A voter can take over if it answers (a progress
-// stream) that its state machine is not stalled and raft has applied, on
-// it, the batch this member stalled on: one that has not got that far yet
-// may stall on the same entry (every disk full), and leadership moved to
+// stream) that its state machine is not stalled and has applied the batch
+// this member stalled on (its own applied index, not raft's, which counts
+// the entries raft handed the state machine's goroutine before it reached
+// them): one that has not got that far yet may stall on the same entry (every disk full), and leadership moved to
 // a member that cannot apply either would only be handed back, an
 // election each time. If no voter can, it keeps leading, refusing, and
 // asks again every HeartbeatTimeout (the followers apply what the leader
@@ -162,7 +163,7 @@ func (n *Node) handOverStalled(at uint64) (Peer, error) {
 	type voter struct {
 		s       raft.Server
 		p       Peer
-		applied uint64
+		applied uint64 // by its state machine, or raft's where it does not say
 		stalled bool
 		err     error
 	}
@@ -179,7 +180,11 @@ func (n *Node) handOverStalled(at uint64) (Peer, error) {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
 			defer cancel()
-			vs[i].applied, vs[i].stalled, vs[i].err = n.progress(ctx, vs[i].p.Addr)
+			var raftApplied uint64
+			raftApplied, vs[i].applied, vs[i].stalled, vs[i].err = n.progress(ctx, vs[i].p.Addr)
+			if vs[i].applied == 0 {
+				vs[i].applied = raftApplied
+			}
 		})
 	}
 	wg.Wait()
