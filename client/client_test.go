@@ -364,6 +364,53 @@ func TestKeyRefusedUnderEveryAddress(t *testing.T) {
 	}
 }
 
+// TestRefusedKeyTakesBackOnlyItsPin: a Client that pinned an address on
+// first use, then refuses that key under another address, takes back its
+// pin only if the address still pins that key: the user may have
+// forgotten it and pinned another key there since (another process, here
+// another KnownHosts on the file). The Client removed whatever the
+// address pinned, and the address was then trusted on first use again.
+func TestRefusedKeyTakesBackOnlyItsPin(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRegistry(t, t.TempDir())
+	pinned := r.Addr().String()
+	other := net.JoinHostPort("localhost", strconv.Itoa(r.Addr().(*net.UDPAddr).Port))
+	stranger, _ := identity.Generate()
+	users, _ := identity.Generate()
+	path := filepath.Join(t.TempDir(), "known")
+	kh := identity.OpenKnownHosts(path)
+	if err := kh.Check(pinned, stranger.Fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := identity.Generate()
+	c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	reg, err := c.Registry(ctx, other, wire.Fingerprint{})
+	if err != nil {
+		t.Fatalf("%s, first use: %v", other, err)
+	}
+	reg.Close()
+	// Another process: the user forgets other's pin and pins a key of
+	// their choosing there.
+	user := identity.OpenKnownHosts(path)
+	if ok, err := user.Forget(other); !ok || err != nil {
+		t.Fatalf("forget %s: %v %v", other, ok, err)
+	}
+	if err := user.Check(other, users.Fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	var ce *identity.ChangedError
+	if _, err := c.Registry(ctx, pinned, wire.Fingerprint{}); !errors.As(err, &ce) {
+		t.Fatalf("%s, pinned to another key: %v, want a *identity.ChangedError", pinned, err)
+	}
+	if fp, ok, err := user.Lookup(other); !ok || err != nil || fp != users.Fingerprint() {
+		t.Errorf("%s after the Client refused its old key elsewhere: pinned %v to %s (err %v), want the user's pin %s kept", other, ok, fp.Short(), err, users.Fingerprint().Short())
+	}
+}
+
 // TestWatchResumesAcrossRestart runs a watch while the group daemon
 // restarts on the same port: the watcher sees every message of the first
 // log once, then, with the log in memory, an EventReset with the new epoch

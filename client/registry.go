@@ -129,7 +129,8 @@ func (ps *pinsSeen) pin(kh *identity.KnownHosts, addr string, fp Fingerprint, lo
 }
 
 // refuse notes ce's key as refused, and takes back the pins of it made
-// under other addresses.
+// under other addresses: those still pinning it, not one made since by
+// another process (the user's, after forgetting ours).
 func (ps *pinsSeen) refuse(kh *identity.KnownHosts, ce *identity.ChangedError, log *slog.Logger) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
@@ -141,7 +142,7 @@ func (ps *pinsSeen) refuse(kh *identity.KnownHosts, ce *identity.ChangedError, l
 	}
 	for addr, fp := range ps.made {
 		if fp == ce.Presented {
-			if _, err := kh.Forget(addr); err != nil {
+			if _, err := kh.ForgetPin(addr, fp); err != nil {
 				log.Error("could not take back the pin of a registry key refused under another address",
 					"registry", addr, "fingerprint", fp.Short(), "refused at", ce.Name, "err", err)
 			}

@@ -212,6 +212,20 @@ func (ps pinList) discovered() int {
 // Forget removes name's pin, so the next use pins afresh. It reports whether
 // there was one.
 func (k *KnownHosts) Forget(name string) (bool, error) {
+	return k.forget(name, nil)
+}
+
+// ForgetPin removes name's pin if it pins fp (read under the writers'
+// lock), and reports whether it did. A program taking back a pin it made
+// (client.Client, of a key refused under another name) so removes no pin
+// another process made since: one the user made after forgetting the
+// first (TestRefusedKeyTakesBackOnlyItsPin).
+func (k *KnownHosts) ForgetPin(name string, fp wire.Fingerprint) (bool, error) {
+	return k.forget(name, &fp)
+}
+
+// forget removes name's pin, if it pins *fp when fp is not nil.
+func (k *KnownHosts) forget(name string, fp *wire.Fingerprint) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	unlock, err := k.lock()
@@ -224,7 +238,7 @@ func (k *KnownHosts) Forget(name string) (bool, error) {
 		return false, err
 	}
 	i := pins.index(name)
-	if i < 0 {
+	if i < 0 || fp != nil && pins[i].fp != *fp {
 		return false, nil
 	}
 	return true, k.write(slices.Delete(pins, i, i+1))
