@@ -366,7 +366,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		if s := st.Stall; s != nil {
 			state += ", stalled"
 			stalled = append(stalled, fmt.Sprintf("  %s: for %v, at raft entry %d: group %s's log refuses appends: %s",
-				st.Self.Fingerprint.Short(), (time.Duration(s.StalledMS)*time.Millisecond).Round(100*time.Millisecond), s.Index, shown(s.Group), shown(s.Cause)))
+				st.Self.Fingerprint.Short(), shownMS(s.StalledMS).Round(100*time.Millisecond), s.Index, shown(s.Group), shown(s.Cause)))
 		}
 		lagText := "?"
 		if l, ok := lag(st); ok {
@@ -379,7 +379,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		case st.LastContact == 0:
 			contact = "under 1ms ago" // the status is in whole milliseconds
 		case st.LastContact > 0:
-			contact = (time.Duration(st.LastContact) * time.Millisecond).String() + " ago"
+			contact = shownMS(uint64(st.LastContact)).String() + " ago"
 		case st.LastContact < 0:
 			contact = "never"
 		}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"math"
 	"net"
 	"regexp"
 	"strings"
@@ -359,5 +360,35 @@ func TestCellStatusShowsStall(t *testing.T) {
 	}
 	if s := got.Members[0].Stall; s == nil || s.StalledMS != 83_400 || s.Index != 41 || s.Group != "general" || s.Cause != "disk full (no space left on device)" {
 		t.Fatalf("--json: %s, want the first member's stall", out.String())
+	}
+}
+
+// TestCellStatusHostileDurations: a member's stall length and a follower's
+// last contact, milliseconds a daemon chose, are shown as the longest a
+// duration holds when they are longer: converted as they came they wrapped
+// past 2^63 ns, and a stall of 2^62 ms read as a negative duration, one of
+// 2^64-1 ms as "for 0s".
+func TestCellStatusHostileDurations(t *testing.T) {
+	a, b := wire.Fingerprint{1}, wire.Fingerprint{2}
+	for _, ms := range []uint64{1 << 62, math.MaxUint64, math.MaxInt64} {
+		leader := client.CellStatus{Self: wire.Replica{Addr: "10.0.0.1:7374", Fingerprint: a, Leader: true}, State: "leader", Term: 3,
+			Members: []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: a}, {Addr: "10.0.0.2:7374", Fingerprint: b}},
+			Stall:   &wire.CellStall{StalledMS: ms, Index: 41, Group: "general", Cause: "disk full"}}
+		follower := client.CellStatus{Self: wire.Replica{Addr: "10.0.0.2:7374", Fingerprint: b}, State: "follower", Term: 3,
+			Members: leader.Members, LastContact: int64(min(ms, math.MaxInt64))}
+		views := []memberView{{replica: leader.Members[0], status: &leader}, {replica: leader.Members[1], status: &follower}}
+		var out, errb strings.Builder
+		env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+		if err := printCellStatus(env, leader, views, false); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{a.Short() + ": for 2562047h47m16", "2562047h47m16.854775807s ago"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%d ms: huddle cell status:\n%s\nwant it to say %q", ms, out.String(), want)
+			}
+		}
+	}
+	if d := shownMS(1500); d != 1500*time.Millisecond {
+		t.Errorf("shownMS(1500) = %v", d)
 	}
 }

@@ -514,7 +514,7 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 				answer = "NO: " + withoutGoText(err)
 				// Likeliest first: a daemon killed (or its host gone) is listed
 				// until its lease lapses.
-				lapses := (time.Duration(e.ExpiresMS) * time.Millisecond).Round(time.Second)
+				lapses := shownMS(e.ExpiresMS).Round(time.Second)
 				d.advise("group %q: its daemon registered %s but does not answer there: it may have stopped without deregistering (killed, crashed, or its host down: its registries list it until its lease lapses, in %v), register an address unreachable from here (set --advertise on the daemon), or a firewall drops UDP", e.Name, strings.Join(e.Addrs, ","), lapses)
 			}
 		} else {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -110,4 +112,16 @@ func escapeJSON(b []byte) []byte {
 		b = b[n:]
 	}
 	return out
+}
+
+// shownMS returns a count of milliseconds a peer sent (a stall's length, a
+// follower's last contact, a lease's time left) as a duration to show, at
+// most the longest a time.Duration holds (292 years): converted as it came,
+// one past 2^63 ns wrapped to a negative or a small duration, and a hostile
+// member's "stalled for 2^62 ms" read "for -1h..." or "for 0s".
+func shownMS(ms uint64) time.Duration {
+	if ms >= uint64(math.MaxInt64/int64(time.Millisecond)) {
+		return math.MaxInt64
+	}
+	return time.Duration(ms) * time.Millisecond
 }
