@@ -172,7 +172,11 @@ func (d *DiskLog) recover() (Recovery, error) {
 		d.mem.dedupFrom = bases[len(bases)-1] - w
 	}
 	defer func() { d.mem.dedupFrom = 0 }()
-	reads := d.readSegments(bases, headers, idxs, floor, synced)
+	// A hole is taken for a power cut's only past a sync point the
+	// checkpoint says: without one (removed, or damaged: the checkpoint is
+	// made with the log, before any append, and rewritten in place, so no
+	// crash loses it) a zero page may be anywhere in what was synced.
+	reads := d.readSegments(bases, headers, idxs, floor, synced, cptErr == nil)
 	// Each read's mapping is the memory log's once appended; those not
 	// appended when an error stops the loop are released here.
 	applied := 0
@@ -508,7 +512,7 @@ type segRead struct {
 // readSegments reads the segments of bases (whose headers are given), each
 // alone, in parallel (a segment is readable alone: its header says where it
 // starts, its dictionary is its own); the caller applies them in order.
-func (d *DiskLog) readSegments(bases []uint64, headers []segHeader, idxs map[uint64]bool, floor, synced uint64) []segRead {
+func (d *DiskLog) readSegments(bases []uint64, headers []segHeader, idxs map[uint64]bool, floor, synced uint64, holes bool) []segRead {
 	reads := make([]segRead, len(bases))
 	next := make(chan int, len(bases))
 	for i := range bases {
@@ -531,7 +535,7 @@ func (d *DiskLog) readSegments(bases []uint64, headers []segHeader, idxs map[uin
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(bases)) {
 		wg.Go(func() {
-			r := replay{dir: d.dir, floor: floor, entries: make([]Entry, 0, 256), perMsg: perMsg}
+			r := replay{dir: d.dir, floor: floor, holes: holes, entries: make([]Entry, 0, 256), perMsg: perMsg}
 			for i := range next {
 				rd := &reads[i]
 				rd.res, rd.err = r.segment(headers[i], rd.x, i == len(bases)-1, synced)
@@ -555,6 +559,7 @@ type replay struct {
 	entries []Entry
 	mf      *mappedFile // the messages kept from the segment being read
 	perMsg  float64     // bytes a message takes in a segment, if known
+	holes   bool        // a hole past synced may be cut (the checkpoint read back)
 }
 
 // segmentResult is what reading one segment found.
@@ -630,7 +635,7 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 		if ferr != nil {
 			if last && r.seq >= synced {
 				cut := torn(p[off:], short)
-				if !cut && hole(p, off) {
+				if !cut && r.holes && hole(p, off) {
 					cut, res.hole = true, true
 				}
 				if cut {
