@@ -94,8 +94,8 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 }
 
 // pinsSeen is what a Client's trust on first use of registries (Registry)
-// knows: the keys it refused under an address pinned to another, and the
-// pins it made.
+// knows: the keys it refused under an address pinned to another (the first
+// maxRefusedKeys of them), and the pins it made.
 type pinsSeen struct {
 	mu      sync.Mutex
 	refused map[Fingerprint]*identity.ChangedError // by the key refused
@@ -128,6 +128,16 @@ func (ps *pinsSeen) pin(kh *identity.KnownHosts, addr string, fp Fingerprint, lo
 	return nil
 }
 
+// maxRefusedKeys bounds the refused keys a Client remembers. Whoever
+// answers at a pinned address (a rogue registry where the user's was)
+// presents a key of its own at each handshake for free, and huddle web
+// asks every few seconds for days: each was remembered, the map grew
+// without end. Past the bound a refused key is still refused where it was
+// presented, and its first-use pins elsewhere taken back; only later
+// first uses elsewhere do not know it (a rogue presenting a thousand keys
+// can present a fresh one at the other address anyway).
+const maxRefusedKeys = 1024
+
 // refuse notes ce's key as refused, and takes back the pins of it made
 // under other addresses: those still pinning it, not one made since by
 // another process (the user's, after forgetting ours).
@@ -137,7 +147,7 @@ func (ps *pinsSeen) refuse(kh *identity.KnownHosts, ce *identity.ChangedError, l
 	if ps.refused == nil {
 		ps.refused = make(map[Fingerprint]*identity.ChangedError)
 	}
-	if ps.refused[ce.Presented] == nil {
+	if ps.refused[ce.Presented] == nil && len(ps.refused) < maxRefusedKeys {
 		ps.refused[ce.Presented] = ce
 	}
 	for addr, fp := range ps.made {
