@@ -411,6 +411,49 @@ func TestRefusedKeyTakesBackOnlyItsPin(t *testing.T) {
 	}
 }
 
+// TestRefusalEndsWithItsPin: a key refused under an address is refused
+// elsewhere only while that address still pins another key: once the user
+// accepts the change (huddle forget-registry, the command the refusal
+// names, run in another process), the Client takes the key on first use
+// there and under its other addresses. huddle web, whose Client lives as
+// long as it runs, went on refusing the registry after the user ran the
+// command its page named, until it was restarted.
+func TestRefusalEndsWithItsPin(t *testing.T) {
+	ctx := testCtx(t)
+	r := startRegistry(t, t.TempDir())
+	pinned := r.Addr().String()
+	other := net.JoinHostPort("localhost", strconv.Itoa(r.Addr().(*net.UDPAddr).Port))
+	stranger, _ := identity.Generate()
+	path := filepath.Join(t.TempDir(), "known")
+	kh := identity.OpenKnownHosts(path)
+	if err := kh.Check(pinned, stranger.Fingerprint()); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := identity.Generate()
+	c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var ce *identity.ChangedError
+	if _, err := c.Registry(ctx, pinned, wire.Fingerprint{}); !errors.As(err, &ce) {
+		t.Fatalf("%s, pinned to another key: %v, want a *identity.ChangedError", pinned, err)
+	}
+	if ok, err := identity.OpenKnownHosts(path).Forget(pinned); !ok || err != nil {
+		t.Fatalf("forget %s: %v %v", pinned, ok, err)
+	}
+	for _, addr := range []string{pinned, other} {
+		reg, err := c.Registry(ctx, addr, wire.Fingerprint{})
+		if err != nil {
+			t.Fatalf("%s after the user forgot %s's old pin: %v", addr, pinned, err)
+		}
+		reg.Close()
+		if fp, ok, err := kh.Lookup(addr); !ok || err != nil || fp != reg.Fingerprint() {
+			t.Errorf("%s: pinned %v to %s (err %v), want the registry's key", addr, ok, fp.Short(), err)
+		}
+	}
+}
+
 // TestWatchResumesAcrossRestart runs a watch while the group daemon
 // restarts on the same port: the watcher sees every message of the first
 // log once, then, with the log in memory, an EventReset with the new epoch

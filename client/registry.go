@@ -33,7 +33,8 @@ type Registry struct {
 // accepted.
 //
 // A key refused under one address (an *identity.ChangedError) is refused
-// under every other for the Client's life (the error wraps that
+// under every other while that address pins another key (until the user
+// runs the huddle forget-registry the refusal names; the error wraps that
 // *identity.ChangedError), and a pin the Client made of it on first use
 // under another address is taken back: a registry that answers under two
 // names, one pinned to its old key, was otherwise trusted under the other,
@@ -102,14 +103,24 @@ type pinsSeen struct {
 	made    map[string]Fingerprint                 // the addresses pinned on first use
 }
 
-// pin pins fp under addr, new to kh, unless fp was refused under another
-// address (an error wrapping that refusal). A full file pins nothing: the
-// registry is used unpinned, said on log.
+// pin pins fp under addr, new to kh, unless fp was refused under an
+// address that still pins another key (an error wrapping that refusal):
+// once the user accepted the change there (huddle forget-registry, the
+// command the refusal names, or a pin of fp), the refusal is over, here
+// and there. A full file pins nothing: the registry is used unpinned,
+// said on log.
 func (ps *pinsSeen) pin(kh *identity.KnownHosts, addr string, fp Fingerprint, log *slog.Logger) error {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ce := ps.refused[fp]; ce != nil {
-		return fmt.Errorf("registry %s presents the key refused at %s: %w", addr, ce.Name, ce)
+		now, ok, err := kh.Lookup(ce.Name)
+		if err != nil {
+			return err
+		}
+		if ok && now != fp {
+			return fmt.Errorf("registry %s presents the key refused at %s: %w", addr, ce.Name, ce)
+		}
+		delete(ps.refused, fp)
 	}
 	switch err := kh.Check(addr, fp); {
 	case errors.Is(err, identity.ErrPinsFull):
