@@ -87,7 +87,8 @@ func Listed(answers []RegistryListing) ([]ListedGroup, error) {
 // addresses follow. A group replicated by a cell is one entry per UUID and
 // set of replicas, whichever leader each registry names: the entry with
 // the most time left is taken whole. The names the others give a group,
-// if not its entry's, are its OtherNames. Failed answers are skipped.
+// if not its entry's, are its OtherNames. Failed answers are skipped, and
+// a registry's entries of a group after its first.
 // Groups come sorted by name, then UUID, then fingerprint.
 func Merge(answers []RegistryListing) []ListedGroup {
 	type key struct {
@@ -102,6 +103,7 @@ func Merge(answers []RegistryListing) []ListedGroup {
 			continue
 		}
 		from := a.Registry.Fingerprint()
+		listed := make(map[key]bool) // by this registry
 		for _, e := range a.Listing.Groups {
 			k := key{e.Group, e.Fingerprint}
 			if len(e.Replicas) > 0 {
@@ -109,6 +111,16 @@ func Merge(answers []RegistryListing) []ListedGroup {
 				// leaders; entries with the same replicas are one group.
 				k.fp = replicaSet(e.Replicas)
 			}
+			if listed[k] {
+				// A registry lists a group once. A rogue one listing a
+				// real group again and again, 16 new addresses each time
+				// (a page holds thousands), put them all before the real
+				// ones (each dialed for up to 5 s in turn), had the
+				// union compare each with all the others, and gave the
+				// group a name per entry.
+				continue
+			}
+			listed[k] = true
 			g := byKey[k]
 			switch {
 			case g == nil:
