@@ -592,7 +592,15 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 		if rs.reg == nil || rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
+		// A registry lists a group once: a rogue one listing a real group
+		// again and again, 16 new addresses each time, put them all before
+		// the real one (each dialed for up to 5 s in turn) and had each
+		// compared with all the others, at every merge.
+		listed := make(map[wire.UUID]bool)
 		for _, e := range rs.entries {
+			if listed[e.Group] {
+				continue
+			}
 			k, ok := key[e.Group]
 			if !ok {
 				k = e.Fingerprint
@@ -604,6 +612,7 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 			if e.Fingerprint != k {
 				continue
 			}
+			listed[e.Group] = true
 			s := src[e.Group]
 			if s == nil {
 				s = &handleSource{}

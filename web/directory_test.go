@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -425,5 +426,34 @@ func TestDirectoryRegistryKeyChanged(t *testing.T) {
 	reg := l.Registries[0]
 	if reg.OK || reg.Code != "key_changed" || reg.Forget != "huddle forget-registry "+r.Addr().String() {
 		t.Errorf("registry whose key changed: %+v, want code key_changed and its forget-registry command", reg)
+	}
+}
+
+// TestHandleSourceOneEntryPerRegistry: a rogue registry listing a real
+// group a thousand times under its real key, 16 new addresses each time,
+// gives a handle on it 16 of them, not 16,000 (each dialed for up to 5 s
+// before the real registry's, and compared with all the others at every
+// merge).
+func TestHandleSourceOneEntryPerRegistry(t *testing.T) {
+	r := startRegistry(t)
+	reg, err := newClient(t).Registry(testCtx(t), r.Addr().String(), wire.Fingerprint{})
+	must(t, err)
+	daemon := wire.Fingerprint{0xa}
+	var flood []wire.GroupEntry
+	for i := range 1000 {
+		e := wire.GroupEntry{Group: wire.UUID{1}, Name: "lobby", Fingerprint: daemon}
+		for j := range wire.MaxAddrs {
+			e.Addrs = append(e.Addrs, fmt.Sprintf("10.6.%d.%d:%d", i/250, i%250, 7000+j))
+		}
+		flood = append(flood, e)
+	}
+	d := &directory{regs: []*registryState{{addr: r.Addr().String(), reg: reg, entries: flood, at: time.Now()}}}
+	src := d.handleSourcesLocked(time.Now(), nil)
+	s := src[wire.UUID{1}]
+	if s == nil {
+		t.Fatal("no handle source for the group")
+	}
+	if len(s.addrs) != wire.MaxAddrs {
+		t.Fatalf("a handle source of %d addresses, want the first entry's %d", len(s.addrs), wire.MaxAddrs)
 	}
 }
