@@ -205,6 +205,9 @@ type Config struct {
 	// learnEvery, if set (by tests), replaces how often a member that
 	// has not heard from the cell asks the members (learn.go).
 	learnEvery time.Duration
+	// keyCheckEvery, if set (by tests), replaces how often a member
+	// checks the members' keys (keycheck.go).
+	keyCheckEvery time.Duration
 	// catchUpWait, if set (by tests), replaces the wait before the
 	// second round of a catch-up at start, as if it had backed off that
 	// far (catchUp).
@@ -400,6 +403,11 @@ type Node struct {
 	learnMu sync.Mutex
 	learned []Peer
 	conf    raft.Configuration
+
+	// keyMu guards mismatches, the mismatches of the members' keys the
+	// last check reported (keycheck.go).
+	keyMu      sync.Mutex
+	mismatches []KeyMismatch
 }
 
 // New returns a node for cfg. It does no I/O; Start opens raft's state and
@@ -572,10 +580,11 @@ func (n *Node) start() error {
 	n.started, n.restarted = true, existing
 	n.tr.warm()
 	n.net.keepReady()
-	n.wg.Add(5)
+	n.wg.Add(6)
 	go n.leaderLoop()
 	go n.promoteLoop()
 	go n.learnLoop()
+	go n.keyCheckLoop()
 	go n.timingLoop()
 	go n.stallLoop()
 	// A wake-up, not a record: the watcher reads the leader raft knows

@@ -33,6 +33,11 @@ type Status struct {
 	// cell commits (a group log refuses appends: a full disk), why; nil
 	// otherwise.
 	Stall *Stall
+	// KeyMismatches are the members' configurations naming, for a
+	// member's address, another key than the daemon there presents
+	// (keycheck.go): the cell was set up with a wrong --cell-peer. None
+	// in a cell set up right.
+	KeyMismatches []KeyMismatch
 }
 
 // MemberStatus is a member of the cell's configuration.
@@ -92,6 +97,7 @@ func (n *Node) Status() Status {
 	if n.fsm.stalledAt.Load() != 0 {
 		s.Stall = n.fsm.stall.Load()
 	}
+	s.KeyMismatches = n.KeyMismatches()
 	for _, g := range n.fsm.list() {
 		last, _ := g.log.Tail()
 		members := int(g.memberCount.Load())

@@ -317,6 +317,18 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			members = append(members, m)
 		}
 		out := map[string]any{"members": members}
+		if ks := keyMismatches(views); len(ks) > 0 {
+			var list []map[string]any
+			for _, k := range ks {
+				m := map[string]any{"member": k.Member.Fingerprint.String(), "member_addr": k.Member.Addr, "addr": k.Addr,
+					"presented": k.Presented.String(), "seen_by": k.seenBy}
+				if k.Named != nil {
+					m["named"] = k.Named.String()
+				}
+				list = append(list, m)
+			}
+			out["key_mismatches"] = list
+		}
 		switch {
 		case waiting:
 			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false, "waiting": true}
@@ -396,6 +408,19 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		fmt.Fprintf(env.Stdout, "stalled (cannot apply what the cell commits; it catches up once its disk takes writes again, or replace it: cell add a new member, cell remove it):\n%s\n",
 			strings.Join(stalled, "\n"))
 	}
+	if ks := keyMismatches(views); len(ks) > 0 {
+		// What README's "A member started with a wrong --cell-peer" says to do.
+		var lines []string
+		for _, k := range ks {
+			what := fmt.Sprintf("refuses the key of %s at %s: its configuration does not list it", k.Presented.Short(), shown(k.Addr))
+			if k.Named != nil {
+				what = fmt.Sprintf("names %s for %s, where the daemon presents %s", k.Named, shown(k.Addr), k.Presented)
+			}
+			lines = append(lines, fmt.Sprintf("  %s at %s %s (seen by %s)", k.Member.Fingerprint.Short(), shown(k.Member.Addr), what, strings.Join(k.seenBy, ", ")))
+		}
+		fmt.Fprintf(env.Stdout, "MISCONFIGURED: a member's raft configuration names a wrong key (a wrong --cell-peer when the cell was created); the cell may not survive the loss of its leader. Correct that member's --cell-peer, then cell remove it and cell add it again (README: A member started with a wrong --cell-peer):\n%s\n",
+			strings.Join(lines, "\n"))
+	}
 	if leader != nil && len(leader.Groups) > 0 {
 		var names []string
 		for _, g := range leader.Groups {
@@ -404,6 +429,38 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		fmt.Fprintf(env.Stdout, "groups: %s\n", strings.Join(names, ", "))
 	}
 	return nil
+}
+
+// keyMismatch is a mismatch of the members' keys, and the members that
+// reported it.
+type keyMismatch struct {
+	wire.CellKeyMismatch
+	seenBy []string
+}
+
+// keyMismatches returns the mismatches of the members' keys the views
+// report, each once, in the order first reported.
+func keyMismatches(views []memberView) []keyMismatch {
+	var out []keyMismatch
+	for _, v := range views {
+		if v.status == nil {
+			continue
+		}
+		for _, k := range v.status.KeyMismatches {
+			i := slices.IndexFunc(out, func(o keyMismatch) bool {
+				return o.Member == k.Member && o.Addr == k.Addr && o.Presented == k.Presented &&
+					(o.Named == nil) == (k.Named == nil) && (o.Named == nil || *o.Named == *k.Named)
+			})
+			if i < 0 {
+				out = append(out, keyMismatch{CellKeyMismatch: k})
+				i = len(out) - 1
+			}
+			if by := v.status.Self.Fingerprint.Short(); !slices.Contains(out[i].seenBy, by) {
+				out[i].seenBy = append(out[i].seenBy, by)
+			}
+		}
+	}
+	return out
 }
 
 func printMembers(env Env, members []client.Replica, asJSON bool) error {

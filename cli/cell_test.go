@@ -392,3 +392,73 @@ func TestCellStatusHostileDurations(t *testing.T) {
 		t.Errorf("shownMS(1500) = %v", d)
 	}
 }
+
+// TestCellStatusShowsKeyMismatch: a member whose raft configuration names
+// a wrong key for a member (a wrong --cell-peer when the cell was
+// created) is named once, with the keys and who saw it, in text and in
+// --json, whichever members report it. (huddle cell status at the leader
+// showed such a cell as healthy.)
+func TestCellStatusShowsKeyMismatch(t *testing.T) {
+	a, b, c, old := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}, wire.Fingerprint{9}
+	members := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: a}, {Addr: "10.0.0.2:7374", Fingerprint: b}, {Addr: "10.0.0.3:7374", Fingerprint: c}}
+	named := wire.CellKeyMismatch{Member: members[2], Addr: members[0].Addr, Named: &old, Presented: a}
+	refusing := wire.CellKeyMismatch{Member: members[2], Addr: members[0].Addr, Presented: a}
+	status := func(self wire.Replica, state string, ks ...wire.CellKeyMismatch) *client.CellStatus {
+		return &client.CellStatus{Self: self, State: state, Term: 2, AppliedIndex: 7, Members: members, KeyMismatches: ks}
+	}
+	leader := status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader", refusing)
+	views := []memberView{
+		{replica: members[0], status: leader},
+		{replica: members[1], status: status(members[1], "follower", named)},
+		{replica: members[2], status: status(members[2], "follower", named)},
+	}
+	var out, errb strings.Builder
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if err := printCellStatus(env, *leader, views, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"MISCONFIGURED", "cell remove it and cell add it again",
+		c.Short() + " at 10.0.0.3:7374 names " + old.String() + " for 10.0.0.1:7374, where the daemon presents " + a.String() + " (seen by " + b.Short() + ", " + c.Short() + ")",
+		c.Short() + " at 10.0.0.3:7374 refuses the key of " + a.Short() + " at 10.0.0.1:7374: its configuration does not list it (seen by " + a.Short() + ")"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		}
+	}
+	if n := strings.Count(out.String(), "names "+old.String()); n != 1 {
+		t.Errorf("huddle cell status names the mismatch %d times, want once:\n%s", n, out.String())
+	}
+
+	out.Reset()
+	if err := printCellStatus(env, *leader, views, true); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		KeyMismatches []struct {
+			Member, Addr, Named, Presented string
+			MemberAddr                     string   `json:"member_addr"`
+			SeenBy                         []string `json:"seen_by"`
+		} `json:"key_mismatches"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if len(got.KeyMismatches) != 2 {
+		t.Fatalf("--json: %s, want two key mismatches", out.String())
+	}
+	if k := got.KeyMismatches[0]; k.Member != c.String() || k.MemberAddr != "10.0.0.3:7374" || k.Addr != "10.0.0.1:7374" || k.Named != "" || k.Presented != a.String() || len(k.SeenBy) != 1 {
+		t.Errorf("--json: first %+v, want the refusal seen by the leader", k)
+	}
+	if k := got.KeyMismatches[1]; k.Named != old.String() || len(k.SeenBy) != 2 {
+		t.Errorf("--json: second %+v, want the old key named, seen by two", k)
+	}
+
+	// A cell set up right says nothing of it.
+	out.Reset()
+	views = []memberView{{replica: members[0], status: status(members[0], "leader")}}
+	if err := printCellStatus(env, *views[0].status, views, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "MISCONFIGURED") {
+		t.Errorf("huddle cell status of a cell set up right:\n%s", out.String())
+	}
+}

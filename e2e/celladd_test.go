@@ -353,14 +353,15 @@ func TestCellMetricsMatchStatus(t *testing.T) {
 		for _, m := range before.Members {
 			f := fams[m.Addr]
 			want := map[string]float64{
-				"huddle_cell_term":          float64(m.Term),
-				"huddle_cell_commit_index":  float64(m.CommitIndex),
-				"huddle_cell_applied_index": float64(m.AppliedIndex),
-				"huddle_cell_last_index":    float64(m.LastIndex),
-				"huddle_cell_members":       3,
-				"huddle_cell_leader":        0,
-				"huddle_cell_voter":         1,
-				"huddle_cell_catching_up":   0,
+				"huddle_cell_term":           float64(m.Term),
+				"huddle_cell_commit_index":   float64(m.CommitIndex),
+				"huddle_cell_applied_index":  float64(m.AppliedIndex),
+				"huddle_cell_last_index":     float64(m.LastIndex),
+				"huddle_cell_members":        3,
+				"huddle_cell_leader":         0,
+				"huddle_cell_voter":          1,
+				"huddle_cell_catching_up":    0,
+				"huddle_cell_key_mismatches": 0,
 			}
 			if m.State == "leader" {
 				want["huddle_cell_leader"] = 1

@@ -26,6 +26,10 @@ type CellStats struct {
 	// Stall is set while this member's state machine cannot apply what
 	// the cell commits (a group log refuses appends: a full disk).
 	Stall *CellStall
+	// KeyMismatches counts the members' configurations this member found
+	// naming, for a member's address, another key than the daemon there
+	// presents: the cell was set up with a wrong --cell-peer.
+	KeyMismatches int
 }
 
 // CellStall is why, and since when, a member's state machine stalled.
@@ -57,13 +61,14 @@ var (
 	descCellCatchUp = desc("huddle_cell_catching_up", "Members of the cell's configuration added and still catching up: they do not vote yet.")
 	descCellStalled = desc("huddle_cell_stalled", "1 while this member cannot apply what the cell commits (a group log refuses appends: a full disk), cause in brief; else 0 (cause empty).", "cause")
 	descCellStallS  = desc("huddle_cell_stalled_seconds", "How long this member has been unable to apply what the cell commits; 0 when it applies.")
+	descCellKeys    = desc("huddle_cell_key_mismatches", "Members' configurations naming, for a member's address, another key than the daemon there presents (a wrong --cell-peer: the cell may not survive its leader's loss); 0 in a cell set up right.")
 	descCellStallAt = desc("huddle_cell_stalled_index", "The raft entry this member's state machine stalled at; 0 when it applies.")
 )
 
 type cellCollector struct{ stats func() CellStats }
 
 func (c *cellCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers, descCellVoter, descCellCatchUp, descCellStalled, descCellStallS, descCellStallAt} {
+	for _, d := range []*prometheus.Desc{descCellLeader, descCellTerm, descCellCommit, descCellApplied, descCellLast, descCellContact, descCellMembers, descCellVoter, descCellCatchUp, descCellStalled, descCellStallS, descCellStallAt, descCellKeys} {
 		ch <- d
 	}
 }
@@ -88,6 +93,7 @@ func (c *cellCollector) Collect(ch chan<- prometheus.Metric) {
 		{descCellApplied, float64(s.AppliedIndex)}, {descCellLast, float64(s.LastIndex)},
 		{descCellContact, contact}, {descCellMembers, float64(s.Members)},
 		{descCellVoter, voter}, {descCellCatchUp, float64(s.CatchingUp)},
+		{descCellKeys, float64(s.KeyMismatches)},
 	} {
 		ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.v)
 	}

@@ -102,7 +102,8 @@ type CellChanged struct {
 //	{1: self Replica, 2: state text, 3: term uint, 4: leader Replica,
 //	 5: commit_index uint, 6: applied_index uint, 7: last_index uint,
 //	 8: last_contact_ms int (-1: never; 0 on the leader),
-//	 9: members [Replica], 10: groups [CellGroup], 11: stall CellStall}
+//	 9: members [Replica], 10: groups [CellGroup], 11: stall CellStall,
+//	 12: key_mismatches [CellKeyMismatch]}
 type CellStatus struct {
 	Self         Replica     `cbor:"1,keyasint"`
 	State        string      `cbor:"2,keyasint"` // "leader", "follower", "candidate", "shutdown"
@@ -117,6 +118,11 @@ type CellStatus struct {
 	// Stall is set while the member's state machine cannot apply what the
 	// cell commits (absent otherwise, and from daemons before session 14).
 	Stall *CellStall `cbor:"11,keyasint,omitempty"`
+	// KeyMismatches are the members' configurations naming, for a
+	// member's address, another key than the daemon there presents: the
+	// cell was set up with a wrong --cell-peer (absent in a cell set up
+	// right, and from daemons before session 14).
+	KeyMismatches []CellKeyMismatch `cbor:"12,keyasint,omitempty"`
 }
 
 func (s *CellStatus) check() error {
@@ -130,7 +136,44 @@ func (s *CellStatus) check() error {
 			return err
 		}
 	}
+	if len(s.KeyMismatches) > MaxKeyMismatches {
+		return fmt.Errorf("%d key mismatches, at most %d: %w", len(s.KeyMismatches), MaxKeyMismatches, ErrTooLarge)
+	}
+	for i := range s.KeyMismatches {
+		if err := s.KeyMismatches[i].check(); err != nil {
+			return err
+		}
+	}
 	return checkReplicas(s.Members)
+}
+
+// MaxKeyMismatches is the most key mismatches a cell_status lists.
+const MaxKeyMismatches = 32
+
+// CellKeyMismatch says, in cell_status, that a member's raft configuration
+// names, for a member's address, another key than the daemon there
+// presented in a TLS handshake: the cell was set up with a wrong
+// --cell-peer, and may not survive the loss of its leader. Member is the
+// member whose configuration is wrong; Named is absent when Member
+// refuses the answering daemon's key (its configuration does not list
+// it, at Addr).
+//
+//	{1: member Replica, 2: addr text, 3: named bytes(32), 4: presented bytes(32)}
+type CellKeyMismatch struct {
+	Member    Replica      `cbor:"1,keyasint"`
+	Addr      string       `cbor:"2,keyasint"`
+	Named     *Fingerprint `cbor:"3,keyasint,omitempty"`
+	Presented Fingerprint  `cbor:"4,keyasint"`
+}
+
+func (k *CellKeyMismatch) check() error {
+	if err := k.Member.check(); err != nil {
+		return err
+	}
+	if k.Presented.IsZero() {
+		return errors.New("a key mismatch without the key presented")
+	}
+	return checkAddr("key mismatch address", k.Addr)
 }
 
 // CellStall says, in cell_status, that the member's state machine cannot

@@ -573,7 +573,7 @@ func (d *Daemon) cellStats() metrics.CellStats {
 	}
 	out := metrics.CellStats{Leader: st.State == "leader", Term: st.Term, CommitIndex: st.CommitIndex,
 		AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex, LastContact: st.LastContact, Members: len(st.Members),
-		Voter: n.Voter(), CatchingUp: catchingUp}
+		Voter: n.Voter(), CatchingUp: catchingUp, KeyMismatches: len(st.KeyMismatches)}
 	if s := st.Stall; s != nil {
 		out.Stall = &metrics.CellStall{For: max(0, time.Since(s.Since)), Index: s.Index, Cause: s.Cause}
 	}

@@ -243,6 +243,13 @@ func cellStatusFrame(st cell.Status) wire.CellStatus {
 	if s := st.Stall; s != nil {
 		out.Stall = &wire.CellStall{StalledMS: uint64(max(0, time.Since(s.Since).Milliseconds())), Index: s.Index, Group: s.Group, Cause: s.Cause}
 	}
+	for _, k := range st.KeyMismatches[:min(len(st.KeyMismatches), wire.MaxKeyMismatches)] {
+		m := wire.CellKeyMismatch{Member: wire.Replica{Addr: k.By.Addr, Fingerprint: k.By.Fingerprint}, Addr: k.Addr, Presented: k.Actual}
+		if !k.Named.IsZero() {
+			m.Named = &k.Named
+		}
+		out.KeyMismatches = append(out.KeyMismatches, m)
+	}
 	for _, g := range st.Groups {
 		out.Groups = append(out.Groups, wire.CellGroup{Group: g.ID, Name: g.Name, Epoch: g.Epoch, Last: g.Last, Members: uint64(g.Members)})
 	}

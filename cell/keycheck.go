@@ -1,0 +1,179 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Checking the members' keys: a cell is started with every member given
+// the same --cell-peers, and each bootstraps them as its configuration
+// (node.go). If one host's flags name a wrong but valid key for another
+// member (a reinstalled host's old key, another host's key copied in),
+// that member bootstraps a configuration of its own. Raft takes the
+// bootstrap entries (index 1, term 1) for the same entry, so nothing ever
+// corrects it: the odd member keeps its configuration, refuses the real
+// member's key, and, once the leader is lost, the two left may never
+// elect one (the cell has lost its fault tolerance while its leader's
+// status looks healthy). Raft's configuration is raft's to change: a
+// member only detects and reports it (KeyMismatch: the log, at error
+// level, each round; Status; the daemon's cell_status and /metrics), and
+// the operator repairs it by the cell's own changes (README: remove the
+// odd member, re-add it with its flags corrected).
+//
+// Each member, every keyCheckEvery, asks the other members of its
+// configuration for theirs (the members stream, learn.go) over mutual
+// TLS. The handshake proves the key of the daemon at each address it
+// reaches: its own configuration names another key there (a mismatch
+// error), or the answer of a member that names, for an address whose key
+// the handshakes of this round proved, another key. A member that
+// refuses this daemon's key though both configurations list each other is
+// reported too (its configuration lacks this daemon). A mismatch is
+// reported once seen keyCheckRounds rounds in a row: a member that was
+// away while another was replaced at the same address names the old key
+// until it catches up, which takes it a round or two.
+
+// keyCheckEvery is how often a member checks the members' keys.
+const keyCheckEvery = 5 * time.Second
+
+// keyCheckRounds is how many rounds in a row a mismatch must be seen
+// before it is reported.
+const keyCheckRounds = 3
+
+// KeyMismatch is a member's configuration naming, for a member's address,
+// another key than the daemon there presents.
+type KeyMismatch struct {
+	// By is the member whose raft configuration is wrong: this daemon, or
+	// a member that answered with its configuration.
+	By Peer
+	// Addr is the member's address; Named the key By's configuration
+	// names for it (zero if By refused this daemon's key: its
+	// configuration does not list this daemon, at Addr); Actual the key
+	// the daemon at Addr presented in the TLS handshake.
+	Addr          string
+	Named, Actual wire.Fingerprint
+}
+
+// keyCheckLoop checks the members' keys every keyCheckEvery, until the
+// node closes.
+func (n *Node) keyCheckLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(or(n.cfg.keyCheckEvery, keyCheckEvery))
+	defer tick.Stop()
+	seen := make(map[KeyMismatch]int)
+	for {
+		select {
+		case <-n.closing:
+			return
+		case <-tick.C:
+		}
+		found := n.checkKeys()
+		var report []KeyMismatch
+		for m := range seen {
+			if !slices.Contains(found, m) {
+				delete(seen, m)
+			}
+		}
+		for _, m := range found {
+			if seen[m]++; seen[m] >= keyCheckRounds {
+				report = append(report, m)
+				n.logMismatch(m)
+			}
+		}
+		n.keyMu.Lock()
+		if len(n.mismatches) > 0 && len(report) == 0 {
+			n.cfg.Logger.Info("cell: the members' configurations name the keys the members present again")
+		}
+		n.mismatches = report
+		n.keyMu.Unlock()
+	}
+}
+
+// KeyMismatches returns the mismatches of the members' keys this member
+// found in its last check (keycheck.go); none in a cell set up right.
+func (n *Node) KeyMismatches() []KeyMismatch {
+	n.keyMu.Lock()
+	defer n.keyMu.Unlock()
+	return slices.Clone(n.mismatches)
+}
+
+// checkKeys asks each other member of this member's configuration for
+// its configuration, and returns the mismatches this round found.
+func (n *Node) checkKeys() []KeyMismatch {
+	if !n.Member() {
+		return nil // waiting to be added, or removed: nothing to check
+	}
+	n.learnMu.Lock()
+	c := n.conf.Clone()
+	n.learnMu.Unlock()
+	var peers []Peer
+	self := false
+	for _, s := range c.Servers {
+		fp, err := wire.ParseFingerprint(string(s.ID))
+		if err != nil {
+			continue
+		}
+		if fp == n.self.Fingerprint {
+			self = true
+			continue
+		}
+		peers = append(peers, Peer{Addr: string(s.Address), Fingerprint: fp})
+	}
+	if !self {
+		return nil
+	}
+	answers := make([]memberList, len(peers))
+	var wg sync.WaitGroup
+	for i, p := range peers {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
+			defer cancel()
+			ms, err := n.askMembers(ctx, p.Addr)
+			answers[i] = memberList{p: p, ms: ms, err: err}
+		})
+	}
+	wg.Wait()
+	var found []KeyMismatch
+	proven := map[string]wire.Fingerprint{n.self.Addr: n.self.Fingerprint}
+	for _, a := range answers {
+		var mm *identity.MismatchError
+		switch {
+		case a.err == nil:
+			proven[a.p.Addr] = a.p.Fingerprint
+		case errors.As(a.err, &mm):
+			proven[a.p.Addr] = mm.Got
+			found = append(found, KeyMismatch{By: n.self, Addr: a.p.Addr, Named: a.p.Fingerprint, Actual: mm.Got})
+		case refusedKey(a.err):
+			found = append(found, KeyMismatch{By: a.p, Addr: n.self.Addr, Actual: n.self.Fingerprint})
+		}
+	}
+	for _, a := range answers {
+		for _, m := range a.ms {
+			if fp, ok := proven[m.Addr]; ok && fp != m.Fingerprint {
+				found = append(found, KeyMismatch{By: a.p, Addr: m.Addr, Named: m.Fingerprint, Actual: fp})
+			}
+		}
+	}
+	return found
+}
+
+// logMismatch logs m, with what the operator does about it.
+func (n *Node) logMismatch(m KeyMismatch) {
+	const fix = "if it was set up with a wrong --cell-peer (a reinstalled host's old key, a key copied wrong), it bootstrapped a configuration of its own, and the cell may not survive the loss of its leader: correct that --cell-peer, then remove that member and add it again (README: A member started with a wrong --cell-peer)"
+	switch {
+	case m.Named.IsZero():
+		n.cfg.Logger.Error("CELL MISCONFIGURED: a member refuses this daemon's key: its raft configuration does not list this daemon; "+fix,
+			"member", m.By.Fingerprint.String(), "member_addr", m.By.Addr)
+	case m.By == n.self:
+		n.cfg.Logger.Error("CELL MISCONFIGURED: this daemon's raft configuration names another key for a member than the daemon there presents; "+fix,
+			"member", n.self.Fingerprint.String(), "addr", m.Addr, "named", m.Named.String(), "presented", m.Actual.String())
+	default:
+		n.cfg.Logger.Error("CELL MISCONFIGURED: a member's raft configuration names another key for a member than the daemon there presents; "+fix,
+			"member", m.By.Fingerprint.String(), "member_addr", m.By.Addr, "addr", m.Addr, "named", m.Named.String(), "presented", m.Actual.String())
+	}
+}
