@@ -3,9 +3,12 @@ package cell
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -37,6 +40,55 @@ import (
 // reported once seen keyCheckRounds rounds in a row: a member that was
 // away while another was replaced at the same address names the old key
 // until it catches up, which takes it a round or two.
+
+// ErrPeerKeyMismatch is wrapped by Start's error, with ErrInvalidConfig,
+// when a new cell's member would bootstrap a configuration naming, for a
+// member's address, another key than the daemon there presents (a wrong
+// --cell-peer).
+var ErrPeerKeyMismatch = errors.New("cell: a --cell-peer names another key than the daemon at its address presents")
+
+// bootstrapCheckWait bounds how long a new cell's member waits for each
+// peer's handshake before it bootstraps: a peer that is not running yet
+// refuses the TCP connection at once; one whose host is down or cut off
+// is not waited for longer.
+const bootstrapCheckWait = 2 * time.Second
+
+// checkBootstrapKeys dials each of the flags' other members (raft's TLS
+// over TCP) before a new cell's member bootstraps them as its
+// configuration, and returns an error wrapping ErrPeerKeyMismatch if one
+// presents another key than the flags name: bootstrapped, that
+// configuration would stay this member's for ever (keycheck.go). A peer
+// that does not answer is not waited for (members start one after
+// another): the check of the running cell (keyCheckLoop) reports what
+// this one cannot see.
+func (n *Node) checkBootstrapKeys() error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, p := range n.cfg.Peers {
+		if p.Fingerprint == n.self.Fingerprint {
+			continue
+		}
+		wg.Go(func() {
+			c, err := n.tr.dialRaft(raft.ServerAddress(p.Addr), bootstrapCheckWait, false)
+			if err == nil {
+				c.Close()
+				return
+			}
+			var mm *identity.MismatchError
+			if errors.As(err, &mm) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%w (%w): --cell-peer for %s names %s; the daemon there presents %s: correct the flag on this host (huddle id on that host prints its key) and start again; nothing was written",
+					ErrInvalidConfig, ErrPeerKeyMismatch, p.Addr, p.Fingerprint, mm.Got))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
 
 // keyCheckEvery is how often a member checks the members' keys.
 const keyCheckEvery = 5 * time.Second

@@ -2,12 +2,16 @@ package cell
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/identity"
 )
@@ -17,74 +21,75 @@ import (
 // old key) forms, and its leader's status lists three members, but the
 // odd member bootstrapped a configuration of its own, which raft never
 // corrects (the bootstrap entries are index 1, term 1 on every member).
-// Every member reports it (KeyMismatches: the log, cell_status,
-// /metrics), naming the odd member; and the cell has lost its fault
-// tolerance: with the leader killed, the two left hold elections without
-// end and elect none.
+// The odd member starts first, so its check at bootstrap finds the member
+// it names wrong not running yet (TestWrongPeerKeyRefusedAtBootstrap is
+// the other order). Every member reports it (KeyMismatches: the log,
+// cell_status, /metrics), naming the odd member; and the cell has lost its
+// fault tolerance: with the member both others accept killed, the two left
+// hold elections without end and elect none.
 func TestWrongPeerKeyReported(t *testing.T) {
 	old, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var starts, elections atomic.Int64
-	var odd atomic.Pointer[string]
+	var oddAddr atomic.Pointer[string]
 	c := newTestCell(t, 3, false, func(cfg *Config) {
 		cfg.keyCheckEvery = 50 * time.Millisecond
 		cfg.Logger = slog.New(electionCounter{cfg.Logger.Handler(), &elections})
-		if starts.Add(1) != 3 {
+		if starts.Add(1) != 1 {
 			return
 		}
-		// The third member's flags name another key for the first.
+		// The first member's flags name another key for the third.
 		peers := slices.Clone(cfg.Peers)
-		peers[0].Fingerprint = old.Fingerprint()
+		peers[2].Fingerprint = old.Fingerprint()
 		cfg.Peers = peers
 		addr := cfg.Advertise
-		odd.Store(&addr)
+		oddAddr.Store(&addr)
 	})
-	first, third := c.members[0], c.members[2]
-	if *odd.Load() != third.addr {
-		t.Fatalf("the odd member is %s, want %s", *odd.Load(), third.addr)
+	odd, other, named := c.members[0], c.members[1], c.members[2]
+	if *oddAddr.Load() != odd.addr {
+		t.Fatalf("the odd member is %s, want %s", *oddAddr.Load(), odd.addr)
 	}
-	oddPeer := Peer{Addr: third.addr, Fingerprint: third.id.Fingerprint()}
+	oddPeer := Peer{Addr: odd.addr, Fingerprint: odd.id.Fingerprint()}
 	for _, m := range c.members {
 		waitUntil(t, m.addr+" reporting the odd member's configuration", func() bool {
 			return slices.ContainsFunc(m.node.KeyMismatches(), func(k KeyMismatch) bool { return k.By == oddPeer })
 		})
 	}
-	// The odd member names the old key for the first member's address,
-	// and the daemon there presented its own; the member beside them read
-	// the same from the odd member's answer.
-	want := KeyMismatch{By: oddPeer, Addr: first.addr, Named: old.Fingerprint(), Actual: first.id.Fingerprint()}
-	for _, m := range c.members[1:] {
-		if got := m.node.KeyMismatches(); !slices.Contains(got, want) {
-			t.Errorf("%s reports %+v, want %+v among them", m.addr, got, want)
+	// The odd member names the old key for the third member's address,
+	// and the daemon there presented its own; the second member read the
+	// same from the odd member's answer. Each reports nothing else.
+	want := KeyMismatch{By: oddPeer, Addr: named.addr, Named: old.Fingerprint(), Actual: named.id.Fingerprint()}
+	for _, m := range []*testMember{odd, other} {
+		if got := m.node.KeyMismatches(); !slices.Equal(got, []KeyMismatch{want}) {
+			t.Errorf("%s reports %+v, want %+v", m.addr, got, want)
 		}
-		if got := m.node.Status().KeyMismatches; !slices.Contains(got, want) {
-			t.Errorf("%s's status reports %+v, want %+v among them", m.addr, got, want)
+		if got := m.node.Status().KeyMismatches; !slices.Equal(got, []KeyMismatch{want}) {
+			t.Errorf("%s's status reports %+v, want %+v", m.addr, got, want)
 		}
 	}
-	// The first member is refused by the odd one: its configuration does
-	// not list the first's key.
-	refused := KeyMismatch{By: oddPeer, Addr: first.addr, Actual: first.id.Fingerprint()}
-	if got := first.node.KeyMismatches(); !slices.Contains(got, refused) {
-		t.Errorf("%s reports %+v, want %+v among them", first.addr, got, refused)
+	// The third member is refused by the odd one: its configuration does
+	// not list the third's key.
+	refused := KeyMismatch{By: oddPeer, Addr: named.addr, Actual: named.id.Fingerprint()}
+	if got := named.node.KeyMismatches(); !slices.Equal(got, []KeyMismatch{refused}) {
+		t.Errorf("%s reports %+v, want %+v", named.addr, got, refused)
 	}
 
-	// Lost fault tolerance: the second member, the one the other two
-	// both accept, is killed (it leads, or follows); the two left, each
-	// refusing or dialing a wrong key for the other, stand for election
+	// Lost fault tolerance: the second member, the one the other two both
+	// accept, is killed (it leads, or follows); the two left, one refusing
+	// the other's key and dialing a wrong key for it, stand for election
 	// round after round and never elect.
-	second := c.members[1]
-	second.crash()
+	other.crash()
 	waitUntil(t, "the members left to know of no leader", func() bool {
-		_, a := first.node.Leader()
-		_, b := third.node.Leader()
+		_, a := odd.node.Leader()
+		_, b := named.node.Leader()
 		return !a && !b
 	})
 	elections.Store(0)
 	const rounds = 10
 	waitUntil(t, "the members left to stand for election many times", func() bool { return elections.Load() >= rounds })
-	for _, m := range []*testMember{first, third} {
+	for _, m := range []*testMember{odd, named} {
 		if p, ok := m.node.Leader(); ok {
 			t.Fatalf("%s follows %s after %d elections: the cell kept its fault tolerance", m.addr, p.Addr, rounds)
 		}
@@ -112,4 +117,54 @@ func (h electionCounter) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h electionCounter) WithGroup(name string) slog.Handler {
 	return electionCounter{h.Handler.WithGroup(name), h.n}
+}
+
+// TestWrongPeerKeyRefusedAtBootstrap: a new cell's member whose flags name
+// another key for a running member than the daemon there presents refuses
+// to start, saying which flag and both keys, before it bootstraps: started
+// again with the flag corrected, it bootstraps the cell's configuration.
+// (It bootstrapped a configuration of its own, which raft never corrects.)
+func TestWrongPeerKeyRefusedAtBootstrap(t *testing.T) {
+	old, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &testCell{t: t, groups: []GroupConfig{{ID: uuid.New(), Name: "lobby"}}}
+	for range 3 {
+		c.members = append(c.members, c.newMember(false))
+	}
+	for _, m := range c.members {
+		c.peers = append(c.peers, Peer{Addr: m.addr, Fingerprint: m.id.Fingerprint()})
+	}
+	first, third := c.members[0], c.members[2]
+	var wrong atomic.Bool
+	wrong.Store(true)
+	c.mutate = func(cfg *Config) {
+		if cfg.Advertise == third.addr && wrong.Load() {
+			peers := slices.Clone(cfg.Peers)
+			peers[0].Fingerprint = old.Fingerprint()
+			cfg.Peers = peers
+		}
+	}
+	c.start(c.members[0], false)
+	c.start(c.members[1], false)
+	err = c.tryStart(third, false)
+	if !errors.Is(err, ErrPeerKeyMismatch) {
+		t.Fatalf("started with a wrong --cell-peer: %v, want ErrPeerKeyMismatch", err)
+	}
+	for _, want := range []string{first.addr, old.Fingerprint().String(), first.id.Fingerprint().String(), "correct the flag"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	third.stop()
+	wrong.Store(false)
+	c.start(third, false)
+	waitUntil(t, "the third member's configuration to name the first member's key", func() bool {
+		f := third.node.running().GetConfiguration()
+		return f.Error() == nil && slices.ContainsFunc(f.Configuration().Servers, func(s raft.Server) bool {
+			return s.ID == raft.ServerID(first.id.Fingerprint().String())
+		})
+	})
+	c.leader()
 }

@@ -523,6 +523,13 @@ func (n *Node) start() error {
 		n.closeStores()
 		return err
 	}
+	if !existing && !n.cfg.Join {
+		if err := n.checkBootstrapKeys(); err != nil {
+			n.tr.Close()
+			n.closeStores()
+			return err
+		}
+	}
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
 	n.net.received = n.cfg.received
 	n.net.rtt = n.cfg.rtt

@@ -734,8 +734,13 @@ func sayGroups(df *daemonFlags, d *groupd.Daemon) {
 
 // serveUntilDone runs serve until ctx ends (SIGINT or SIGTERM: main's
 // context), which shuts the daemon down gracefully; exit code 0 then.
+// A mistake in its settings that shows only as it starts (a --cell-peer
+// naming another key than the daemon at its address presents) is a usage
+// error, exit 2, as settingsErr says.
 func serveUntilDone(ctx context.Context, env Env, verb string, serve func(context.Context) error) int {
-	if err := serve(ctx); err != nil {
+	if err := serve(ctx); settingsErr(err) {
+		return usageErr(env, verb, "%v", err)
+	} else if err != nil {
 		return fail(env, verb, err)
 	}
 	return ExitOK

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/identity"
 )
 
@@ -423,5 +425,24 @@ func TestMetricsOfEachDaemon(t *testing.T) {
 		if code := v.stop(t); code != ExitOK {
 			t.Fatalf("%s: exit code %d\nstderr:\n%s", tc.args[0], code, v.stderr)
 		}
+	}
+}
+
+// TestServeWrongCellPeerIsUsage: a daemon whose cell member refuses to
+// bootstrap because a --cell-peer names another key than the daemon at its
+// address presents exits 2, a usage error systemd's units do not restart
+// on, with the cell's words; another failure of Serve exits 1 as before.
+func TestServeWrongCellPeerIsUsage(t *testing.T) {
+	var out, errb strings.Builder
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	wrong := fmt.Errorf("group daemon: %w (%w): --cell-peer for 10.0.0.1:7374 names q9rt; the daemon there presents ie6o", cell.ErrInvalidConfig, cell.ErrPeerKeyMismatch)
+	if got := serveUntilDone(context.Background(), env, "serve", func(context.Context) error { return wrong }); got != ExitUsage {
+		t.Errorf("exit code %d, want %d (%s)", got, ExitUsage, errb.String())
+	}
+	if !strings.Contains(errb.String(), "--cell-peer for 10.0.0.1:7374 names q9rt; the daemon there presents ie6o") {
+		t.Errorf("stderr %q does not say which flag", errb.String())
+	}
+	if got := serveUntilDone(context.Background(), env, "serve", func(context.Context) error { return errors.New("disk on fire") }); got != ExitRefused {
+		t.Errorf("exit code %d for another error, want %d", got, ExitRefused)
 	}
 }
