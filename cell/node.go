@@ -530,9 +530,10 @@ func (n *Node) start() error {
 			return err
 		}
 	}
-	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"))
-	n.net.received = n.cfg.received
-	n.net.rtt = n.cfg.rtt
+	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"), func(rn *raftNet) {
+		rn.received = n.cfg.received
+		rn.rtt = n.cfg.rtt
+	})
 	n.net.onInstalled(n.installed)
 	n.net.onAppended(n.appendedConfig)
 	rc := raft.DefaultConfig()

@@ -44,7 +44,8 @@ type raftNet struct {
 	done    chan struct{} // closed by Close
 	wg      sync.WaitGroup
 
-	// received is Config.received (tests), set before raft starts.
+	// received is Config.received (tests), set before it accepts
+	// connections (newRaftNet).
 	received func(req any)
 
 	hbMu      sync.Mutex
@@ -97,7 +98,10 @@ const pipelineAnswered = 16
 // what it holds are read into a buffer of their own.
 const readBuffer = 64 << 10
 
-func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger) *raftNet {
+// newRaftNet returns a raftNet over tr that accepts members' connections
+// at once; set, if given, sets its test hooks (received, rtt) before it
+// does, so that no connection reads them while they are written.
+func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...func(*raftNet)) *raftNet {
 	n := &raftNet{
 		tr:       tr,
 		timeout:  timeout,
@@ -109,6 +113,9 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger) *raftNet
 		pipes:    make(map[*rpcPipeline]struct{}),
 		warming:  make(map[raft.ServerAddress]bool),
 		served:   make(map[net.Conn]struct{}),
+	}
+	for _, f := range set {
+		f(n)
 	}
 	n.wg.Add(1)
 	go n.listen()
