@@ -30,10 +30,10 @@ import (
 // cell was wedged until the disk had room or the member restarted.)
 func TestStalledLeaderHandsOver(t *testing.T) {
 	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	g := l.group("lobby")
+	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	c.sameLogs(g.ID, 10)
+	l := c.leader() // after the first sends: a loaded machine's first heartbeats may move it
 
 	room := l.host.refuseAppends()
 	t.Cleanup(room)
@@ -98,10 +98,10 @@ func TestStalledLeaderHandsOver(t *testing.T) {
 func TestStalledCellKeepsLeader(t *testing.T) {
 	var logs memberLogs
 	c := newTestCell(t, 3, false, logs.record)
-	l := c.leader()
-	g := l.group("lobby")
+	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	c.sameLogs(g.ID, 10)
+	l := c.leader() // after the first sends: a loaded machine's first heartbeats may move it
 	term := c.term()
 	for _, m := range c.members {
 		t.Cleanup(m.host.refuseAppends())
