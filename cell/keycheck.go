@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -124,18 +125,40 @@ func (n *Node) keyCheckLoop() {
 			return
 		case <-tick.C:
 		}
-		found := n.checkKeys()
-		var report []KeyMismatch
+		found, reached := n.checkKeys()
 		for m := range seen {
-			if !slices.Contains(found, m) {
+			// Forgotten once the member whose configuration it is (or,
+			// for this daemon's own, the address) answered without it,
+			// or left this daemon's configuration: a round that did not
+			// reach it (down, slow) changes nothing.
+			at := m.By.Addr
+			if m.By == n.self {
+				at = m.Addr
+			}
+			if r, inConf := reached[at]; !slices.Contains(found, m) && (r || !inConf) {
 				delete(seen, m)
 			}
 		}
 		for _, m := range found {
-			if seen[m]++; seen[m] >= keyCheckRounds {
+			seen[m]++
+		}
+		var report []KeyMismatch
+		for m, rounds := range seen {
+			if rounds >= keyCheckRounds {
 				report = append(report, m)
-				n.logMismatch(m)
 			}
+		}
+		slices.SortFunc(report, func(a, b KeyMismatch) int {
+			if c := slices.Compare(a.By.Fingerprint[:], b.By.Fingerprint[:]); c != 0 {
+				return c
+			}
+			if c := strings.Compare(a.Addr, b.Addr); c != 0 {
+				return c
+			}
+			return slices.Compare(a.Named[:], b.Named[:])
+		})
+		for _, m := range report {
+			n.logMismatch(m)
 		}
 		n.keyMu.Lock()
 		if len(n.mismatches) > 0 && len(report) == 0 {
@@ -155,10 +178,12 @@ func (n *Node) KeyMismatches() []KeyMismatch {
 }
 
 // checkKeys asks each other member of this member's configuration for
-// its configuration, and returns the mismatches this round found.
-func (n *Node) checkKeys() []KeyMismatch {
+// its configuration, and returns the mismatches this round found, and the
+// addresses of the members it asked, true for those it reached (a
+// handshake that proved a key, or a refusal).
+func (n *Node) checkKeys() ([]KeyMismatch, map[string]bool) {
 	if !n.Member() {
-		return nil // waiting to be added, or removed: nothing to check
+		return nil, nil // waiting to be added, or removed: nothing to check
 	}
 	n.learnMu.Lock()
 	c := n.conf.Clone()
@@ -177,7 +202,7 @@ func (n *Node) checkKeys() []KeyMismatch {
 		peers = append(peers, Peer{Addr: string(s.Address), Fingerprint: fp})
 	}
 	if !self {
-		return nil
+		return nil, nil
 	}
 	answers := make([]memberList, len(peers))
 	var wg sync.WaitGroup
@@ -191,16 +216,21 @@ func (n *Node) checkKeys() []KeyMismatch {
 	}
 	wg.Wait()
 	var found []KeyMismatch
+	reached := make(map[string]bool, len(answers))
 	proven := map[string]wire.Fingerprint{n.self.Addr: n.self.Fingerprint}
 	for _, a := range answers {
 		var mm *identity.MismatchError
+		reached[a.p.Addr] = false
 		switch {
 		case a.err == nil:
 			proven[a.p.Addr] = a.p.Fingerprint
+			reached[a.p.Addr] = true
 		case errors.As(a.err, &mm):
 			proven[a.p.Addr] = mm.Got
+			reached[a.p.Addr] = true
 			found = append(found, KeyMismatch{By: n.self, Addr: a.p.Addr, Named: a.p.Fingerprint, Actual: mm.Got})
 		case refusedKey(a.err):
+			reached[a.p.Addr] = true
 			found = append(found, KeyMismatch{By: a.p, Addr: n.self.Addr, Actual: n.self.Fingerprint})
 		}
 	}
@@ -211,7 +241,7 @@ func (n *Node) checkKeys() []KeyMismatch {
 			}
 		}
 	}
-	return found
+	return found, reached
 }
 
 // logMismatch logs m, with what the operator does about it.

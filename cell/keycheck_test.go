@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestWrongPeerKeyReported: a cell started with one host's --cell-peer
@@ -167,4 +170,59 @@ func TestWrongPeerKeyRefusedAtBootstrap(t *testing.T) {
 		})
 	})
 	c.leader()
+}
+
+// TestWrongPeerKeyRecovery: README's recovery of a member started with a
+// wrong --cell-peer (cell remove it, move its cell state and group logs
+// aside, correct its flag, start it to join, cell add it) leaves every
+// member's configuration naming the keys the members present: the reports
+// end, and the cell survives the loss of the member that both others had
+// to accept.
+func TestWrongPeerKeyRecovery(t *testing.T) {
+	old, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var starts atomic.Int64
+	var wrong atomic.Bool
+	wrong.Store(true)
+	var oddAddr atomic.Pointer[string]
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.keyCheckEvery = 50 * time.Millisecond
+		if starts.Add(1) == 1 {
+			addr := cfg.Advertise
+			oddAddr.Store(&addr)
+		}
+		if cfg.Advertise == *oddAddr.Load() && wrong.Load() {
+			peers := slices.Clone(cfg.Peers)
+			peers[2].Fingerprint = old.Fingerprint()
+			cfg.Peers = peers
+		}
+	})
+	odd, other := c.members[0], c.members[1]
+	waitUntil(t, "the second member reporting the odd member's configuration", func() bool {
+		return len(other.node.KeyMismatches()) > 0
+	})
+
+	c.removeMember(odd)
+	odd.stop()
+	if err := os.RemoveAll(filepath.Join(odd.dir, "raft")); err != nil {
+		t.Fatal(err)
+	}
+	odd.host = newTestHost("")
+	wrong.Store(false)
+	c.start(odd, true)
+	c.readd(odd)
+	for _, m := range c.members {
+		waitUntil(t, m.addr+" to report no mismatch", func() bool { return len(m.node.KeyMismatches()) == 0 })
+	}
+	other.crash()
+	c.members = slices.DeleteFunc(c.members, func(m *testMember) bool { return m == other })
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	c.change("a join the two left commit", nil, func(n *Node) error {
+		_, err := n.Join(ctx, c.groups[0].ID, wire.Fingerprint{7}, "seven")
+		return err
+	})
+	t.Logf("with the second member killed, %s leads and commits", c.leader().addr)
 }
