@@ -168,8 +168,9 @@ func restartAhead(t *testing.T) (c *testCell, m *testMember, g GroupSpec, rec *a
 
 // startRecorded starts m again, on a new host over its directory and with
 // the cell compacting, in a goroutine, its log recorded (the recorder set
-// by that goroutine): Start's error arrives on the channel returned.
-func (c *testCell) startRecorded(m *testMember) (*atomic.Pointer[recorder], <-chan error) {
+// by that goroutine) and its configuration changed by each of mutate:
+// Start's error arrives on the channel returned.
+func (c *testCell) startRecorded(m *testMember, mutate ...func(*Config)) (*atomic.Pointer[recorder], <-chan error) {
 	rec := new(atomic.Pointer[recorder])
 	c.mutate = func(cfg *Config) {
 		compacting(cfg)
@@ -177,6 +178,9 @@ func (c *testCell) startRecorded(m *testMember) (*atomic.Pointer[recorder], <-ch
 			r := newRecorder(cfg.Logger.Handler())
 			cfg.Logger = slog.New(r)
 			rec.Store(r)
+			for _, f := range mutate {
+				f(cfg)
+			}
 		}
 	}
 	m.host = newTestHost(m.host.dir)
@@ -545,19 +549,7 @@ func TestWaitingMemberWokenByPeers(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
 		t.Fatal(err)
 	}
-	rec := new(atomic.Pointer[recorder])
-	c.mutate = func(cfg *Config) {
-		compacting(cfg)
-		if cfg.Advertise == m.addr {
-			r := newRecorder(cfg.Logger.Handler())
-			cfg.Logger = slog.New(r)
-			rec.Store(r)
-			cfg.catchUpWait = time.Hour
-		}
-	}
-	m.host = newTestHost(m.host.dir)
-	started := make(chan error, 1)
-	go func() { started <- c.tryStart(m, false) }()
+	rec, started := c.startRecorded(m, func(cfg *Config) { cfg.catchUpWait = time.Hour })
 	// The first round's asks have failed (the peers are down) before they
 	// come back: a dial still trying could reach them by itself.
 	waitUntil(t, "the member's first round to fail with each peer", func() bool {

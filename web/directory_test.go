@@ -103,16 +103,7 @@ func TestDirectoryEveryRegistry(t *testing.T) {
 // new key): once, with the first registry's daemon, marked as a clash.
 func TestDirectoryClash(t *testing.T) {
 	r1, r2 := startRegistry(t), startRegistry(t)
-	d1 := t.TempDir()
-	real, _ := startGroups(t, r1, groupd.Config{StateDir: d1})
-	d2 := t.TempDir()
-	groups, err := os.ReadFile(filepath.Join(d1, "groups.json"))
-	must(t, err)
-	must(t, os.WriteFile(filepath.Join(d2, "groups.json"), groups, 0o600))
-	impostor, _ := startGroups(t, r2, groupd.Config{StateDir: d2})
-	if real.Groups()[0].ID != impostor.Groups()[0].ID {
-		t.Fatal("the two daemons host different UUIDs")
-	}
+	real := startClash(t, r1, r2)
 	a := newAPI(t, startWeb(t, newClient(t), r1.Addr().String(), r2.Addr().String()))
 	s := a.events("")
 	l := s.waitGroups("lobby listed by both", func(l listJSON) bool { return len(l.Groups) == 1 && len(l.Groups[0].Registries) == 2 })
@@ -171,17 +162,8 @@ func (j *joinedSet) Remove(e wire.GroupEntry) {
 // are recorded there, under the key used.
 func TestDirectoryClashPrefersJoined(t *testing.T) {
 	r1, r2 := startRegistry(t), startRegistry(t)
-	d1 := t.TempDir()
-	real, _ := startGroups(t, r1, groupd.Config{StateDir: d1})
-	d2 := t.TempDir()
-	groups, err := os.ReadFile(filepath.Join(d1, "groups.json"))
-	must(t, err)
-	must(t, os.WriteFile(filepath.Join(d2, "groups.json"), groups, 0o600))
-	impostor, _ := startGroups(t, r2, groupd.Config{StateDir: d2})
+	real := startClash(t, r1, r2)
 	id := real.Groups()[0].ID
-	if impostor.Groups()[0].ID != id {
-		t.Fatal("the two daemons host different UUIDs")
-	}
 	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{id: real.Fingerprint()}}
 	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r2.Addr().String(), r1.Addr().String()},
 		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
@@ -456,4 +438,22 @@ func TestHandleSourceOneEntryPerRegistry(t *testing.T) {
 	if len(s.addrs) != wire.MaxAddrs {
 		t.Fatalf("a handle source of %d addresses, want the first entry's %d", len(s.addrs), wire.MaxAddrs)
 	}
+}
+
+// startClash starts a daemon registering with r1, which it returns, and an
+// impostor, its state a copy of the first's (the same group UUIDs, under
+// another key), registering with r2.
+func startClash(t *testing.T, r1, r2 *registry.Daemon) *groupd.Daemon {
+	t.Helper()
+	d1 := t.TempDir()
+	real, _ := startGroups(t, r1, groupd.Config{StateDir: d1})
+	d2 := t.TempDir()
+	groups, err := os.ReadFile(filepath.Join(d1, "groups.json"))
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(d2, "groups.json"), groups, 0o600))
+	impostor, _ := startGroups(t, r2, groupd.Config{StateDir: d2})
+	if real.Groups()[0].ID != impostor.Groups()[0].ID {
+		t.Fatal("the two daemons host different UUIDs")
+	}
+	return real
 }
