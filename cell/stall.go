@@ -95,8 +95,10 @@ func stallCause(err error) string {
 	switch {
 	case errors.Is(err, store.ErrFailed):
 		return "the log failed (a write could not be undone, or an fsync failed): it takes appends again once the daemon restarts"
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+	case errors.Is(err, syscall.ENOSPC):
 		return "disk full (" + syscall.ENOSPC.Error() + ")"
+	case errors.Is(err, syscall.EDQUOT):
+		return "disk quota exceeded (the daemon's user or project quota, not the disk: df shows room)"
 	case errors.Is(err, syscall.EROFS):
 		return "read-only file system"
 	case errors.Is(err, syscall.EIO):

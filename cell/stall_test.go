@@ -224,7 +224,7 @@ func TestStallCause(t *testing.T) {
 		want string
 	}{
 		{errTestDiskFull, wantCause},
-		{fmt.Errorf("%w: open /s/x: %w", store.ErrNotWritable, syscall.EDQUOT), wantCause},
+		{fmt.Errorf("%w: open /s/x: %w", store.ErrNotWritable, syscall.EDQUOT), "disk quota exceeded (the daemon's user or project quota, not the disk: df shows room)"},
 		{fmt.Errorf("%w: %w", store.ErrNotWritable, syscall.EROFS), "read-only file system"},
 		{fmt.Errorf("%w: write /s/x: %w", store.ErrNotWritable, syscall.EIO), "I/O error (input/output error)"},
 		{fmt.Errorf("%w: fsync /s/x: %v", store.ErrFailed, syscall.EIO), "the log failed (a write could not be undone, or an fsync failed): it takes appends again once the daemon restarts"},
