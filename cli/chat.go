@@ -83,7 +83,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	if !info.Member {
 		// Say how to join from here: chat joins with --as (and the
 		// secret of a private group).
-		how := fmt.Sprintf("huddle chat %s --as NAME", ref)
+		how := fmt.Sprintf("huddle chat %s --as NAME", shellWord(strings.TrimSpace(ref)))
 		if info.Private {
 			how += " --secret-file FILE"
 		}
@@ -144,7 +144,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		if errors.As(err, &we) && we.Code == wire.CodeNotMember {
 			// Left from elsewhere, or removed: say how to come back from
 			// here, not the generic "huddle join GROUP".
-			err = &refusal{fmt.Sprintf("%v; join it again to chat: huddle chat %s --as NAME", err, ref)}
+			err = &refusal{fmt.Sprintf("%v; join it again to chat: huddle chat %s --as NAME", err, shellWord(strings.TrimSpace(ref)))}
 		}
 		return fail(env, "chat", err)
 	}

@@ -392,3 +392,46 @@ func TestResolveRenamedByRegistry(t *testing.T) {
 		t.Errorf("resolveGroup(lobby) from the cached listing = %s %v, want ambiguous", got.Group, err)
 	}
 }
+
+// TestNotMemberNamesGroup: a verb a group refused because the user has not
+// joined it says to join that group, as typed, quoted for a shell when it
+// would not pass as one word (it said "huddle join GROUP").
+func TestNotMemberNamesGroup(t *testing.T) {
+	t.Parallel()
+	u := newTestUser(t, startUp(t, "lobby", "our room"))
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"fetch", "lobby"}, "join the group first: huddle join lobby\n"},
+		{[]string{"members", " lobby "}, "join the group first: huddle join lobby\n"},
+		{[]string{"send", "our room", "hi"}, "join the group first: huddle join 'our room'\n"},
+		{[]string{"watch", "lobby"}, "join the group first: huddle join lobby\n"},
+	} {
+		code, _, stderr := u.run(t, c.args...)
+		if code != ExitRefused || !strings.HasSuffix(stderr, c.want) {
+			t.Errorf("huddle %q: exit %d, stderr %q; want %d ending %q", c.args, code, stderr, ExitRefused, c.want)
+		}
+	}
+	code, _, stderr := u.runInput(t, "line\n", "send", "our room")
+	if want := "huddle join 'our room'\n"; code != ExitRefused || !strings.HasSuffix(stderr, want) {
+		t.Errorf("send from stdin: exit %d, stderr %q; want ending %q", code, stderr, want)
+	}
+}
+
+func TestShellWord(t *testing.T) {
+	for in, want := range map[string]string{
+		"lobby":         "lobby",
+		"café-2":        "café-2",
+		"3f2a9c1e":      "3f2a9c1e",
+		"our room":      "'our room'",
+		"it's":          `'it'\''s'`,
+		"$HOME;rm":      `'$HOME;rm'`,
+		"a\x1b]0;x\x07": "'a\uFFFD]0;x\uFFFD'",
+		"":              "''",
+	} {
+		if got := shellWord(in); got != want {
+			t.Errorf("shellWord(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -613,9 +613,21 @@ func withGroup(ctx context.Context, env Env, verb string, cf *clientFlags, ref s
 		return fail(env, verb, err)
 	}
 	if err := fn(ctx, s, g, e); err != nil {
-		return fail(env, verb, err)
+		return fail(env, verb, joinAdvice(err, ref))
 	}
 	return ExitOK
+}
+
+// joinAdvice returns err, if the group refused it because the user is not
+// a member, as a refusal naming the command that joins GROUP as the user
+// typed it (advice's generic "huddle join GROUP" left them to find the
+// group's name again); other errors are returned as they are.
+func joinAdvice(err error, ref string) error {
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeNotMember {
+		return err
+	}
+	return &refusal{fmt.Sprintf("%v; join the group first: huddle join %s", err, shellWord(strings.TrimSpace(ref)))}
 }
 
 // oneGroup checks that exactly one GROUP argument was given.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
@@ -104,6 +105,7 @@ func joinRefusal(err error, verb, ref, secretFile string) error {
 	}
 	// The key is not what was refused (advice's generic words): a join is
 	// refused only for the group's secret.
+	ref = shellWord(strings.TrimSpace(ref))
 	fix := fmt.Sprintf("give its secret: huddle join %s --secret-file FILE", ref)
 	if verb == "chat" {
 		fix = fmt.Sprintf("give its secret: huddle chat %s --as NAME --secret-file FILE", ref)

@@ -107,7 +107,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 	info, err := g.Info(octx)
 	cancel()
 	if err != nil {
-		return fail(env, "send", err)
+		return fail(env, "send", joinAdvice(err, ref))
 	}
 	if in, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
 		// A person at a terminal, who may have meant to give the text:
@@ -254,7 +254,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			continue
 		}
 		if err := send(msgs, from); err != nil {
-			code := fail(env, "send", err)
+			code := fail(env, "send", joinAdvice(err, ref))
 			if code == ExitUnreachable {
 				retryHint(env, inFlight)
 			}

@@ -42,6 +42,20 @@ func shown(s string) string {
 	return b.String()
 }
 
+// shellWord returns s, a word the user typed, as it may be shown in a
+// command to copy into a shell: through shown, and in single quotes unless
+// every character of it is a letter, a digit or one of -_.:/@%+=, (a
+// space, a quote or $ would split or change it).
+func shellWord(s string) string {
+	s = shown(s)
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return !unicode.IsLetter(r) && !unicode.IsDigit(r) && !strings.ContainsRune("-_.:/@%+=,", r)
+	}) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 func notShown(r rune) bool {
 	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029'
 }

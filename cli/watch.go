@@ -85,7 +85,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 	for _, g := range groups {
 		width = max(width, displayWidth(shown(g.Name())))
 	}
-	for _, g := range groups {
+	for i, g := range groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -106,7 +106,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 			// watch says.
 			failed := func(err error) {
 				if code == ExitOK && wctx.Err() == nil {
-					code = fail(env, "watch", fmt.Errorf("%s: %w", g.Name(), err))
+					code = fail(env, "watch", joinAdvice(fmt.Errorf("%s: %w", g.Name(), err), refs[i]))
 				}
 				mu.Unlock()
 				stop()

@@ -99,7 +99,7 @@ func TestExitCodes(t *testing.T) {
 		{"ambiguous prefix, watch", alice, "", []string{"watch", "abcd0000"}, 2, []string{"matches 2 groups", alpha, beta}},
 
 		// 1: refused.
-		{"not a member", newUser(t, "carol", reg.registry), "", []string{"fetch", alpha}, 1, []string{"not a member", "huddle join GROUP"}},
+		{"not a member", newUser(t, "carol", reg.registry), "", []string{"fetch", alpha}, 1, []string{"not a member", "huddle join " + alpha + "\n"}},
 		{"no such group", alice, "", []string{"fetch", "nosuchgroup"}, 1, []string{`no such group "nosuchgroup"`, "huddle groups"}},
 		{"short prefix", alice, "", []string{"fetch", "abc"}, 2, []string{`"abc" is too short for a UUID prefix`, "at least 4"}},
 		{"short string matching no UUID", alice, "", []string{"fetch", "zz"}, 1, []string{`no such group "zz"`}},

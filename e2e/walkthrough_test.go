@@ -220,11 +220,11 @@ func TestWalkthrough(t *testing.T) {
 		{"watch", "lobby"},
 	} {
 		r := carol.run(t, args...)
-		if r.code != 1 || !strings.Contains(r.stderr, "not a member") || !strings.Contains(r.stderr, "huddle join GROUP") {
+		if r.code != 1 || !strings.Contains(r.stderr, "not a member") || !strings.Contains(r.stderr, "join the group first: huddle join lobby\n") {
 			t.Errorf("carol: want exit code 1 and advice to join; got %s", r)
 		}
 	}
-	if r := carol.runInput(t, "line one\n", "send", "lobby"); r.code != 1 || !strings.Contains(r.stderr, "huddle join GROUP") {
+	if r := carol.runInput(t, "line one\n", "send", "lobby"); r.code != 1 || !strings.Contains(r.stderr, "join the group first: huddle join lobby\n") {
 		t.Errorf("carol sending from stdin: want exit code 1 and advice to join; got %s", r)
 	}
 
