@@ -3,7 +3,11 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
+
+	"github.com/huddle-chat/huddle/client"
 )
 
 func runGroups(ctx context.Context, env Env, args []string) int {
@@ -34,6 +38,7 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 			j := groupJSON{
 				UUID: g.Group.String(), Name: g.Name, Addrs: g.Addrs,
 				Fingerprint: g.Fingerprint.String(), Members: g.Members, LastSeq: g.LastSeq,
+				OtherNames: g.OtherNames,
 			}
 			for _, fp := range g.ListedBy {
 				j.ListedBy = append(j.ListedBy, fp.String())
@@ -54,6 +59,13 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	if several {
 		head = append(head, "REGISTRIES")
 	}
+	// The names other registries list a group under: one of them may be
+	// the name the user knows it by (a rogue registry renaming the real
+	// lobby in the merged listing, or two registries that disagree).
+	renamed := slices.ContainsFunc(l.groups, func(g client.ListedGroup) bool { return len(g.OtherNames) > 0 })
+	if renamed {
+		head = append(head, "ALSO LISTED AS")
+	}
 	rows := [][]string{head}
 	for _, g := range l.groups {
 		daemon := g.Fingerprint.Short()
@@ -65,6 +77,9 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		if several {
 			row = append(row, fmt.Sprintf("%d of %d", len(g.ListedBy), len(l.regs)))
 		}
+		if renamed {
+			row = append(row, otherNames(g.OtherNames))
+		}
 		rows = append(rows, row)
 	}
 	writeTable(env.Stdout, rows)
@@ -72,6 +87,20 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "listed by %s; not answering: %s\n", l.where(), strings.Join(failed, "; "))
 	}
 	return ExitOK
+}
+
+// otherNames returns a group's other names for huddle groups' table:
+// each through shown and quoted (a name may hold a space or a comma), "-"
+// for none.
+func otherNames(names []string) string {
+	if len(names) == 0 {
+		return "-"
+	}
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(shown(n))
+	}
+	return strings.Join(q, ", ")
 }
 
 // groupJSON is a group in --json output.
@@ -83,6 +112,9 @@ type groupJSON struct {
 	Members     uint64   `json:"members"`
 	LastSeq     uint64   `json:"last_seq"`
 	ListedBy    []string `json:"listed_by,omitempty"` // the fingerprints of the registries that list it
+	// OtherNames are the names other registries list it under, besides
+	// name (client.ListedGroup.OtherNames), as they came.
+	OtherNames []string `json:"other_names,omitempty"`
 	// Replicas are the members of the cell that replicates the group
 	// (absent for a group of one daemon); addrs and fingerprint are then
 	// its leader's.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,80 @@ func TestDoctorJSONLists(t *testing.T) {
 		if strings.Contains(out.String(), "null") {
 			t.Errorf("huddle doctor --json: %s, want every list a list", out.String())
 		}
+	}
+}
+
+// listingRegistry runs a registry that lists entries, and nothing else.
+func listingRegistry(t *testing.T, entries ...wire.GroupEntry) string {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, func(ctx context.Context, c *server.Call) error {
+		if c.Op() == wire.OpList {
+			return c.Result(wire.Groups{Epoch: 1, Groups: entries})
+		}
+		return &wire.Error{Code: wire.CodeUnauthorized, Message: "a listing only"}
+	})
+	if err := s.Listen(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s.Addr().String()
+}
+
+// TestGroupsShowsOtherNames: huddle groups shows the names other
+// registries list a group under (text: ALSO LISTED AS, each through shown
+// and quoted; --json: other_names, as they came), where a user telling
+// which lobby is theirs looks: they were only resolved, never shown.
+func TestGroupsShowsOtherNames(t *testing.T) {
+	daemon, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const other = "our, lounge\x1b[2J"
+	e := wire.GroupEntry{Group: wire.UUID{9, 8, 7, 6, 5, 4, 3, 2, 1}, Name: "lobby", Addrs: []string{"127.0.0.1:9"},
+		Fingerprint: daemon.Fingerprint(), Members: 2, LastSeq: 5, ExpiresMS: 20000}
+	renamed := e
+	renamed.Name, renamed.ExpiresMS = other, 15000
+	alone := wire.GroupEntry{Group: wire.UUID{1}, Name: "hall", Addrs: []string{"127.0.0.1:9"},
+		Fingerprint: daemon.Fingerprint(), ExpiresMS: 20000}
+	a, b := listingRegistry(t, alone, e), listingRegistry(t, renamed) // in name order
+	u := newTestUser(t, "")
+	args := []string{"groups", "--registry", a, "--registry", b}
+
+	out := u.ok(t, args...)
+	lines := strings.Split(out, "\n")
+	if !strings.HasSuffix(lines[0], "ALSO LISTED AS") {
+		t.Errorf("head %q has no ALSO LISTED AS:\n%s", lines[0], out)
+	}
+	for _, want := range []struct{ name, also string }{{"lobby", `"our, lounge` + "\uFFFD" + `[2J"`}, {"hall", "-"}} {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, want.name+" ") })
+		if i < 0 || !strings.HasSuffix(lines[i], "  "+want.also) {
+			t.Errorf("%s's row does not end with %s:\n%s", want.name, want.also, out)
+		}
+	}
+
+	out = u.ok(t, append(args, "--json")...)
+	var got []groupJSON
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var g groupJSON
+		if err := json.Unmarshal([]byte(l), &g); err != nil {
+			t.Fatalf("%v: %q", err, l)
+		}
+		got = append(got, g)
+	}
+	for _, g := range got {
+		want := map[string][]string{"lobby": {other}}[g.Name]
+		if !slices.Equal(g.OtherNames, want) {
+			t.Errorf("%s: other_names %q, want %q", g.Name, g.OtherNames, want)
+		}
+	}
+	if len(got) != 2 {
+		t.Errorf("--json listed %d groups, want 2:\n%s", len(got), out)
 	}
 }
