@@ -54,9 +54,8 @@ import (
 // attempts are not counted: they watch their connection themselves, sooner
 // (cellSilentFor), and another member answers.
 type liveness struct {
-	conn  *quic.Conn
-	p     *peer
-	probe wire.UUID // the group an info probe names; zero: no probe (a registry)
+	conn *quic.Conn
+	p    *peer
 
 	mu      sync.Mutex
 	waiting int // calls waiting on conn
@@ -74,7 +73,7 @@ type liveness struct {
 
 // newLiveness returns conn's liveness watch; p.mu is held.
 func newLiveness(p *peer, conn *quic.Conn) *liveness {
-	return &liveness{conn: conn, p: p, probe: p.probe}
+	return &liveness{conn: conn, p: p}
 }
 
 // probeAt and silenceFor are how long a connection on which calls wait may
@@ -137,10 +136,20 @@ func (l *liveness) look() {
 		l.conn.CloseWithError(0, "server silent")
 		return
 	}
-	if quiet >= probeAt && !l.probing && l.probe != (wire.UUID{}) && l.p.c.start(l.send) == nil {
-		l.probing = true
-		if l.asked.IsZero() {
-			l.asked = now
+	// The group a probe names is the peer's when the probe is due, not
+	// when the connection was made: a connection dialled by a call naming
+	// no group (CellStatus) and shared since by a Group handle was never
+	// probed, and its daemon's restart in place noticed only by the 10 s
+	// keep-alive. (p.mu is taken under l.mu, never the other way.)
+	if quiet >= probeAt && !l.probing {
+		l.p.mu.Lock()
+		group := l.p.probe
+		l.p.mu.Unlock()
+		if group != (wire.UUID{}) && l.p.c.start(func(ctx context.Context) { l.send(ctx, group) }) == nil {
+			l.probing = true
+			if l.asked.IsZero() {
+				l.asked = now
+			}
 		}
 	}
 	// Looking a quarter of probeAt apart, what arrived is dated that
@@ -157,14 +166,14 @@ func (l *liveness) look() {
 	l.mu.Unlock()
 }
 
-// send probes the connection: an info request on a stream of its own,
-// whose outcome does not matter, only what arrives because of it (look
-// reads that) or the reset it draws.
-func (l *liveness) send(ctx context.Context) {
+// send probes the connection: an info request for group on a stream of
+// its own, whose outcome does not matter, only what arrives because of
+// it (look reads that) or the reset it draws.
+func (l *liveness) send(ctx context.Context, group wire.UUID) {
 	_, silenceFor := silenceBounds(l.conn.ConnectionStats())
 	ctx, cancel := context.WithTimeout(ctx, silenceFor)
 	defer cancel()
-	_, err := l.p.stream(ctx, l, wire.OpInfo, wire.GroupRef{Group: l.probe}, func(wire.Kind, wire.Frame) (bool, error) { return true, nil })
+	_, err := l.p.stream(ctx, l, wire.OpInfo, wire.GroupRef{Group: group}, func(wire.Kind, wire.Frame) (bool, error) { return true, nil })
 	l.p.c.cfg.Logger.Debug("connection silent while calls waited; probed the server", "remote", l.conn.RemoteAddr(), "err", err)
 	l.mu.Lock()
 	l.probing = false

@@ -395,3 +395,73 @@ func TestSlowerPathKeepsItsConnection(t *testing.T) {
 		t.Fatalf("the daemon got %d sends (want 2: none retried); connection kept: %v", sends, g.peer().current() == conn)
 	}
 }
+
+// TestSharedConnectionProbed: a connection first dialled by a call naming
+// no group (CellStatus) and shared since by a Group handle is probed while
+// the handle's calls wait on it. The probe's group was copied when the
+// connection was made, zero then, so the handle's calls on it were never
+// probed: a send to a live daemon slow to answer (answered here only
+// after two probes) waited out its deadline, and a restart in place was
+// noticed only by the 10 s keep-alive.
+func TestSharedConnectionProbed(t *testing.T) {
+	var mu sync.Mutex
+	probes := 0
+	probed, asked, answer := make(chan struct{}, 8), make(chan struct{}), make(chan struct{})
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		switch op {
+		case wire.OpCellStatus:
+			close(asked)
+			select {
+			case <-answer:
+			case <-stop:
+				return
+			}
+			wire.WriteResponse(st, wire.KindResult, wire.CellStatus{})
+		case wire.OpInfo:
+			mu.Lock()
+			probes++
+			mu.Unlock()
+			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
+			probed <- struct{}{}
+		case wire.OpSend:
+			for range 2 {
+				select {
+				case <-probed:
+				case <-stop:
+					return
+				}
+			}
+			ack(raw, st)
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	status := make(chan error, 1)
+	go func() {
+		_, err := c.CellStatus(ctx, s.addr.String(), s.id.Fingerprint())
+		status <- err
+	}()
+	<-asked // the status call dialled the connection and holds it
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(answer)
+	if err := <-status; err != nil {
+		t.Fatalf("cell status: %v", err)
+	}
+	conn := g.peer().current()
+	if _, err := g.Send(ctx, []byte("slow")); err != nil {
+		t.Fatalf("send on the connection a cell status call dialled: %v", err)
+	}
+	if g.peer().current() != conn {
+		t.Errorf("the send was made on another connection than the one the cell status call dialled")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if probes < 2 {
+		t.Fatalf("the daemon got %d probes, want 2 or more", probes)
+	}
+}
