@@ -508,7 +508,9 @@ type Cursor struct {
 // goes on with live messages, see Watch. A page whose connection dies
 // half read is asked for again from the last message delivered when its
 // epoch is known (Query.Epoch, or a page after the first); otherwise the
-// error (ErrUnreachable) is returned. Errors: ErrNotMember,
+// error (ErrUnreachable) is returned. The cursor returned with an error
+// is at the last message delivered (Cursor.Epoch is the page's, zero if
+// not known), so continuing from it reads none again. Errors: ErrNotMember,
 // ErrEpochMismatch (the log was reset under q.Epoch or while paging),
 // ErrBadRequest, ErrProtocol (the daemon broke the protocol: a page of
 // another epoch than the cursor's, whose messages were delivered already,
@@ -538,6 +540,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		from = *after
 	}
 	delivered := from
+	at := from // the last message cur accounts for: its Next, or from
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
@@ -548,7 +551,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		var firstSeq uint64 // of the page: the gap of a first page cut short
 		p, err := g.reach(ctx)
 		if err != nil {
-			return cur, g.fail("fetch", err)
+			return failedAt(cur, at, delivered, req.Epoch), g.fail("fetch", err)
 		}
 		err = p.callThen(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 			switch kind {
@@ -620,7 +623,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			continue
 		}
 		if err != nil {
-			return cur, g.fail("fetch", err)
+			if first {
+				cur.Gap = since == nil && firstSeq > from+1
+			}
+			return failedAt(cur, at, delivered, req.Epoch), g.fail("fetch", err)
 		}
 		tries = 0
 		if stopped && !ended {
@@ -631,6 +637,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			first = false
 		}
 		cur = Cursor{Next: end.Next, Epoch: end.Epoch, First: end.First, Last: end.Last, More: end.More, Gap: cur.Gap}
+		at = end.Next
 		left -= n
 		if !end.More || (q.Limit > 0 && left <= 0) || n == 0 {
 			return cur, nil
@@ -638,6 +645,28 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		next := end.Next
 		req.Since, req.After, req.Epoch = nil, &next, end.Epoch
 	}
+}
+
+// failedAt is the cursor a Fetch returns with an error: cur, or, when
+// messages past the last one cur accounts for (at) were delivered (a
+// page half read, resumed or not), the last of them, delivered, in the
+// page's epoch (zero if the fetch does not know it), as after a yield that
+// returned false: a program continuing from it reads none of them again.
+// It returned cur, the previous page's, after a page half read and resumed
+// under its epoch failed.
+func failedAt(cur Cursor, at, delivered, epoch uint64) Cursor {
+	if delivered <= at {
+		return cur
+	}
+	if cur.Epoch != epoch {
+		cur.First, cur.Last = 0, 0 // the group's bounds in that epoch are not known
+	}
+	cur.Next, cur.Epoch = delivered, epoch
+	if cur.Last != 0 {
+		cur.Last = max(cur.Last, delivered)
+	}
+	cur.More = cur.Last == 0 || delivered < cur.Last
+	return cur
 }
 
 // fail names the operation and the group in an error of the client's

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"net"
 	"slices"
 	"sync"
@@ -254,7 +255,10 @@ func TestSlowDaemonKeepsItsConnection(t *testing.T) {
 // last message it delivered, under the page's epoch, and delivers each
 // message once, in order. It returned ErrUnreachable (once the liveness
 // probe drew the reset), and a program continuing from the cursor it got,
-// that of the page before, read the delivered messages again.
+// that of the page before, read the delivered messages again. When the
+// page so resumed fails in turn, the cursor returned with the error is at
+// the last message delivered, as after any page half read: it was the
+// previous page's (none here), again read twice by a program continuing.
 func TestFetchResumesAfterRestart(t *testing.T) {
 	const epoch = 5
 	page := func(st *quic.Stream, from, to uint64) {
@@ -264,65 +268,94 @@ func TestFetchResumesAfterRestart(t *testing.T) {
 		}
 		wire.WriteResponse(st, wire.KindMessages, m)
 	}
-	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-		if op == wire.OpFetch {
-			page(st, 1, 3)
-			<-stop // killed before the rest of the page
-		}
-	})
-	c := newTestClient(t, Config{NoBatching: true})
-	defer c.Close()
-	g, err := c.Group(s.entry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-	defer cancel()
-	third, restarted := make(chan struct{}), make(chan struct{})
-	var got []uint64
-	type result struct {
-		cur Cursor
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		cur, err := g.Fetch(ctx, Query{Epoch: epoch}, func(m Message) bool {
-			if got = append(got, m.Seq); m.Seq == 3 {
-				close(third)
-				<-restarted
+	for _, tc := range []struct {
+		name    string
+		rest    func(st *quic.Stream) // the restarted daemon's answer
+		want    []uint64
+		wantErr error
+		wantCur Cursor
+	}{
+		{
+			name: "rest",
+			rest: func(st *quic.Stream) {
+				page(st, 4, 5)
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
+			},
+			want:    []uint64{1, 2, 3, 4, 5},
+			wantCur: Cursor{Next: 5, Epoch: epoch, First: 1, Last: 5},
+		},
+		{
+			name: "rest fails",
+			rest: func(st *quic.Stream) {
+				page(st, 4, 4)
+				wire.WriteError(st, wire.ErrNotMember)
+			},
+			want:    []uint64{1, 2, 3, 4},
+			wantErr: ErrNotMember,
+			wantCur: Cursor{Next: 4, Epoch: epoch, More: true},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+				if op == wire.OpFetch {
+					page(st, 1, 3)
+					<-stop // killed before the rest of the page
+				}
+			})
+			c := newTestClient(t, Config{NoBatching: true})
+			defer c.Close()
+			g, err := c.Group(s.entry())
+			if err != nil {
+				t.Fatal(err)
 			}
-			return true
+			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+			defer cancel()
+			third, restarted := make(chan struct{}), make(chan struct{})
+			var got []uint64
+			type result struct {
+				cur Cursor
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				cur, err := g.Fetch(ctx, Query{Epoch: epoch}, func(m Message) bool {
+					if got = append(got, m.Seq); m.Seq == 3 {
+						close(third)
+						<-restarted
+					}
+					return true
+				})
+				done <- result{cur, err}
+			}()
+			<-third
+			asked := make(chan wire.Fetch, 1)
+			s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+				if op != wire.OpFetch {
+					return
+				}
+				var req wire.Fetch
+				raw.Decode(&req)
+				select {
+				case asked <- req:
+				default:
+				}
+				tc.rest(st)
+			})
+			close(restarted)
+			r := <-done
+			if !errors.Is(r.err, tc.wantErr) {
+				t.Fatalf("fetch across its daemon's restart in place: %v, want %v", r.err, tc.wantErr)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("fetch delivered %v, want %v", got, tc.want)
+			}
+			if r.cur != tc.wantCur {
+				t.Errorf("cursor %+v, want %+v", r.cur, tc.wantCur)
+			}
+			if req := <-asked; req.After == nil || *req.After != 3 || req.Epoch != epoch {
+				t.Errorf("the rest was asked for after %v in epoch %d, want after 3 in epoch %d", req.After, req.Epoch, epoch)
+			}
 		})
-		done <- result{cur, err}
-	}()
-	<-third
-	asked := make(chan wire.Fetch, 1)
-	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-		if op != wire.OpFetch {
-			return
-		}
-		var req wire.Fetch
-		raw.Decode(&req)
-		select {
-		case asked <- req:
-		default:
-		}
-		page(st, 4, 5)
-		wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
-	})
-	close(restarted)
-	r := <-done
-	if r.err != nil {
-		t.Fatalf("fetch across its daemon's restart in place: %v", r.err)
-	}
-	if want := []uint64{1, 2, 3, 4, 5}; !slices.Equal(got, want) {
-		t.Errorf("fetch delivered %v, want %v", got, want)
-	}
-	if r.cur.Next != 5 || r.cur.Epoch != epoch || r.cur.More {
-		t.Errorf("cursor %+v, want next 5 in epoch %d, no more", r.cur, epoch)
-	}
-	if req := <-asked; req.After == nil || *req.After != 3 || req.Epoch != epoch {
-		t.Errorf("the rest was asked for after %v in epoch %d, want after 3 in epoch %d", req.After, req.Epoch, epoch)
 	}
 }
 
