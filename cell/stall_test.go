@@ -243,13 +243,7 @@ func TestStallCause(t *testing.T) {
 // stalled, the state machine's index unknown), not refused.
 func TestProgressWithoutFlags(t *testing.T) {
 	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	var o *testMember
-	for _, m := range c.members {
-		if m != l {
-			o = m
-		}
-	}
+	l, o := c.leader(), c.followers(1)[0]
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	for _, size := range []int{16, 17} {
@@ -286,13 +280,7 @@ func TestProgressWithoutFlags(t *testing.T) {
 // to for 13 s after a leader kill in internal/jepsen (its disk-logs fault).
 func TestProgressAfterRestart(t *testing.T) {
 	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	var o *testMember
-	for _, m := range c.members {
-		if m != l {
-			o = m
-		}
-	}
+	l, o := c.leader(), c.followers(1)[0]
 	ask := func() (uint64, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
 		defer cancel()

@@ -124,6 +124,20 @@ func ack(raw wire.Raw, st *quic.Stream) {
 	wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: acks})
 }
 
+// ackAfterProbes acknowledges the send in raw on st only after two
+// liveness probes have come (one each on probed): well past the silence
+// bound. It returns unanswered once stop is closed.
+func ackAfterProbes(raw wire.Raw, st *quic.Stream, probed, stop <-chan struct{}) {
+	for range 2 {
+		select {
+		case <-probed:
+		case <-stop:
+			return
+		}
+	}
+	ack(raw, st)
+}
+
 // sentIDs returns the IDs of a send's messages.
 func sentIDs(raw wire.Raw) []wire.ID {
 	var req wire.Send
@@ -222,14 +236,7 @@ func TestSlowDaemonKeepsItsConnection(t *testing.T) {
 			probed <- struct{}{}
 		case wire.OpSend:
 			// Answered after two probes: well past the silence bound.
-			for range 2 {
-				select {
-				case <-probed:
-				case <-stop:
-					return
-				}
-			}
-			ack(raw, st)
+			ackAfterProbes(raw, st, probed, stop)
 		}
 	})
 	c := newTestClient(t, Config{NoBatching: true})
@@ -389,14 +396,7 @@ func TestSlowerPathKeepsItsConnection(t *testing.T) {
 				ack(raw, st) // the first, on the near path
 				return
 			}
-			for range 2 { // then answered after two probes
-				select {
-				case <-probed:
-				case <-stop:
-					return
-				}
-			}
-			ack(raw, st)
+			ackAfterProbes(raw, st, probed, stop) // then answered after two probes
 		}
 	})
 	relay, err := udpproxy.New(s.addr.String())
@@ -457,14 +457,7 @@ func TestSharedConnectionProbed(t *testing.T) {
 			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
 			probed <- struct{}{}
 		case wire.OpSend:
-			for range 2 {
-				select {
-				case <-probed:
-				case <-stop:
-					return
-				}
-			}
-			ack(raw, st)
+			ackAfterProbes(raw, st, probed, stop)
 		}
 	})
 	c := newTestClient(t, Config{NoBatching: true})
