@@ -46,6 +46,11 @@ var (
 	// used, unpinned (one found over mDNS: its key matched its
 	// advertisement), until the user forgets pins they no longer need.
 	ErrPinsFull = errors.New("known registries full")
+	// ErrPinsLocked: another process held the known-hosts file's writers'
+	// lock for longer than a change may wait (KnownHosts.Check, Forget):
+	// nothing was written. A writer holds it for a read and a write of the
+	// file; one that holds it longer is stopped (^Z) or hostile.
+	ErrPinsLocked = errors.New("known registries locked by another process")
 )
 
 // Identity is a key pair and the certificate made from it.

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -104,7 +106,19 @@ const MaxAddressPins = 1024
 type KnownHosts struct {
 	path string
 	mu   sync.Mutex
+	// lockWait bounds the wait for the writers' lock; 0: pinsLockWait
+	// (tests set it).
+	lockWait time.Duration
 }
+
+// pinsLockWait bounds how long a change waits for the writers' lock held
+// by another process. A writer holds it for a read and a rename of a file
+// of at most some 1,300 lines; one that holds it longer is stopped (a
+// command suspended with ^Z in the middle) or hostile (any process of the
+// user may lock the file). Waited for without a bound, as until session
+// 15, it held up every first use of a registry for ever, in every command,
+// and in huddle web every other lookup of a pin behind it (k.mu).
+const pinsLockWait = 5 * time.Second
 
 // OpenKnownHosts returns the known-hosts file at path; the file is created
 // on the first pin.
@@ -299,8 +313,8 @@ func (k *KnownHosts) read() (pinList, error) {
 }
 
 // lock takes the lock of the file's writers (another process's, or another
-// KnownHosts' on the same path), waiting for it, and returns what releases
-// it. The lock file stays: removing it would let a writer lock a file
+// KnownHosts' on the same path), waiting for it at most lockWait
+// (ErrPinsLocked), and returns what releases it. The lock file stays: removing it would let a writer lock a file
 // another has just replaced.
 func (k *KnownHosts) lock() (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
@@ -310,8 +324,12 @@ func (k *KnownHosts) lock() (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
-	if err := lockFile(f); err != nil {
+	wait := cmp.Or(k.lockWait, pinsLockWait)
+	if err := lockFile(f, wait); err != nil {
 		f.Close()
+		if errors.Is(err, ErrPinsLocked) {
+			return nil, fmt.Errorf("%w: %s held for over %v; nothing was written (a huddle command stopped with ^Z holds it: resume or end it)", ErrPinsLocked, f.Name(), wait)
+		}
 		return nil, fmt.Errorf("known registries: lock %s: %w", f.Name(), err)
 	}
 	return func() { f.Close() }, nil

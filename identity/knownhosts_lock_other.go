@@ -2,9 +2,12 @@
 
 package identity
 
-import "os"
+import (
+	"os"
+	"time"
+)
 
 // lockFile does nothing where the system has no flock: writers in
 // different processes may lose each other's pins there (the last write
 // wins), as before session 14 everywhere.
-func lockFile(*os.File) error { return nil }
+func lockFile(*os.File, time.Duration) error { return nil }

@@ -3,9 +3,12 @@
 package identity
 
 import (
+	"errors"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -26,5 +29,56 @@ func TestKnownHostsWithoutLocks(t *testing.T) {
 	}
 	if _, err := OpenKnownHosts(path).Forget("reg:7373"); err != nil {
 		t.Fatalf("Forget where flock answers ENOLCK: %v", err)
+	}
+}
+
+// TestKnownHostsLockHeld: a process that holds the writers' lock and never
+// lets go (stopped with ^Z mid-write, or hostile: the lock file is the
+// user's to open) made every first use of a registry wait for ever, in
+// every command and in huddle web, whose other pins' lookups then waited
+// behind it. The wait is now bounded: ErrPinsLocked, nothing written; a
+// name pinned already is still checked; and once the lock is free the new
+// name is pinned.
+func TestKnownHostsLockHeld(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	if err := OpenKnownHosts(path).Check("old:7373", wire.Fingerprint{1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	k := OpenKnownHosts(path)
+	k.lockWait = 100 * time.Millisecond
+	done := make(chan error, 2)
+	go func() { done <- k.Check("new:7373", wire.Fingerprint{2}) }()
+	go func() { _, err := k.Forget("old:7373"); done <- err }()
+	for range 2 {
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrPinsLocked) {
+				t.Fatalf("a change while another process holds the lock: %v, want ErrPinsLocked", err)
+			}
+		case <-time.After(30 * time.Second):
+			syscall.Flock(int(held.Fd()), syscall.LOCK_UN) // lets the calls end
+			<-done
+			t.Fatal("a change waited 30 s for a lock another process holds")
+		}
+	}
+	if err := k.Check("old:7373", wire.Fingerprint{1}); err != nil {
+		t.Fatalf("Check of a pinned name while the lock is held: %v", err)
+	}
+	if _, ok, err := k.Lookup("new:7373"); ok || err != nil {
+		t.Fatalf("Lookup of the name refused for the lock = %v %v, want no pin", ok, err)
+	}
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check("new:7373", wire.Fingerprint{2}); err != nil {
+		t.Fatalf("Check once the lock is free: %v", err)
 	}
 }
