@@ -278,9 +278,18 @@ func (d *DiskLog) recover() (Recovery, error) {
 	} else {
 		d.f = f
 		d.synced = synced
-		if st, err := os.Stat(filepath.Join(d.dir, spareName)); err == nil && st.Size() >= segHeaderSize {
+		// A spare is a file of a header's size: a segment made from a
+		// longer one kept its bytes past the header, after the records
+		// appended there, and the next start refused the group as
+		// corrupt. Anything else under its name (a file left by hand, a
+		// link) is replaced.
+		sp := filepath.Join(d.dir, spareName)
+		if st, err := os.Lstat(sp); err == nil && st.Mode().IsRegular() && st.Size() == segHeaderSize {
 			d.spare = true
 		} else {
+			if err == nil {
+				os.Remove(sp)
+			}
 			d.makeSpare()
 		}
 	}

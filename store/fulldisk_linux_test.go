@@ -442,3 +442,79 @@ func TestDiskFullAgedOut(t *testing.T) {
 		d2.Close()
 	}
 }
+
+// TestDiskSpareCrafted: a spare file found at open that is not one was
+// taken for the spare. One longer than a header (a file left there by
+// hand, or copied in with the directory from elsewhere): the segment made
+// from it on a full disk kept its bytes past the header, after the
+// records appended there, and a restart refused the group as corrupt. A
+// link to a file elsewhere: the header and the records were written into
+// that file. A spare that is not a regular file of a header's size is
+// made again at open.
+func TestDiskSpareCrafted(t *testing.T) {
+	for _, kind := range []string{"long", "link"} {
+		t.Run(kind, func(t *testing.T) { testDiskSpareCrafted(t, kind) })
+	}
+}
+
+func testDiskSpareCrafted(t *testing.T, kind string) {
+	mnt, fill := testdisk.Small(t, "256k")
+	cfg := DiskConfig{Dir: filepath.Join(mnt, "log"), Config: Config{MaxAge: time.Minute}}
+	d, _, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(43)
+	w.fill(t, d, 100, 1000)
+	d.Close()
+	sp := filepath.Join(cfg.Dir, spareName)
+	os.Remove(sp)
+	elsewhere := filepath.Join(t.TempDir(), "elsewhere")
+	switch kind {
+	case "long":
+		err = os.WriteFile(sp, bytes.Repeat([]byte{0xaa}, 4096), 0o600)
+	case "link":
+		if err = os.WriteFile(elsewhere, make([]byte, segHeaderSize), 0o600); err == nil {
+			err = os.Symlink(elsewhere, sp)
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _, err = Open(cfg); err != nil {
+		t.Fatal(err)
+	}
+	fill() // for good
+	seq, ts := d.Tail()
+	d.Expire(time.Unix(0, ts).Add(2 * time.Minute)) // all of it aged out: the next segment from the spare
+	// The space of the file read back comes back once its mapping's grace
+	// is over, at the next Expire.
+	d.mem.mu.Lock()
+	for i := range d.mem.retired {
+		d.mem.retired[i].at = d.mem.retired[i].at.Add(-mapGrace - time.Second)
+	}
+	d.mem.mu.Unlock()
+	d.Expire(time.Unix(0, ts).Add(2 * time.Minute))
+	more := w.batch(3, 100, seq, ts+int64(2*time.Minute))
+	if err := d.Append(more); err != nil {
+		t.Fatalf("append once everything aged out: %v", err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d, rec, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("reopen after a segment was made from the spare: %v", err)
+	}
+	defer d.Close()
+	if rec.TornBytes != 0 {
+		t.Errorf("reopened with %d bytes cut from %s, want none", rec.TornBytes, rec.TornFile)
+	}
+	checkHolds(t, d, more)
+	if kind == "link" {
+		if b, err := os.ReadFile(elsewhere); err != nil || !bytes.Equal(b, make([]byte, segHeaderSize)) {
+			t.Errorf("the file the spare linked to holds %d bytes (%v), want its %d zeros untouched", len(b), err, segHeaderSize)
+		}
+	}
+}
