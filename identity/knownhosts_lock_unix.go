@@ -34,7 +34,7 @@ func lockFile(f *os.File, wait time.Duration) error {
 				return ErrPinsLocked
 			}
 			time.Sleep(min(pause, time.Until(deadline)))
-			pause = min(2*pause, 50*time.Millisecond)
+			pause = min(2*pause, 10*time.Millisecond)
 		default:
 			return err
 		}
