@@ -95,7 +95,8 @@ func loadJoined(dir string) (joinedSet, error) {
 }
 
 // saveJoined writes set to the joined file in dir, atomically (a file
-// beside it, renamed over it).
+// beside it, renamed over it). Changes are made through updateJoined,
+// which holds the writers' lock.
 func saveJoined(dir string, set joinedSet) error {
 	var b strings.Builder
 	for k, name := range set {
@@ -120,6 +121,69 @@ func saveJoined(dir string, set joinedSet) error {
 	return os.Rename(tmp.Name(), filepath.Join(dir, joinedFile))
 }
 
+// joinedLockWait bounds how long a change of the joined file waits for
+// another process's lock: a writer holds it for a read and a rename.
+const joinedLockWait = 5 * time.Second
+
+// errJoinedLocked: another process held the joined file's lock longer than
+// joinedLockWait (a command stopped with ^Z mid-write, or hostile).
+var errJoinedLocked = errors.New("the joined file is locked by another process")
+
+// updateJoined makes a change to the joined file in dir: under the
+// writers' lock (joined.lock beside it), change is given the file read
+// again, and what it changed (it reports whether it did) is written. It
+// returns the set as written.
+//
+// Why: every command that learns the user is a member writes the file,
+// and huddle web too. Each wrote the set it had read at its start, so a
+// long command (a huddle send reading its input, a chat) dropped every
+// join made beside it since, and commands run at once each other's; a
+// group dropped so no longer resolves among the joined first.
+func updateJoined(dir string, change func(joinedSet) bool) (joinedSet, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, joinedFile+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer lf.Close() // releases the lock
+	if err := lockJoinedFile(lf, joinedLockWait); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", lf.Name(), err)
+	}
+	set, err := loadJoined(dir)
+	if err != nil {
+		return nil, err // a file it cannot read is not written over
+	}
+	if change(set) {
+		if err := saveJoined(dir, set); err != nil {
+			return nil, err
+		}
+	}
+	return set, nil
+}
+
+// joining and leaving are updateJoined's changes: e joined, or left.
+func joining(e wire.GroupEntry) func(joinedSet) bool {
+	return func(set joinedSet) bool {
+		if set.has(e) {
+			return false
+		}
+		set[joinedGroup{e.Group, e.Fingerprint}] = e.Name
+		return true
+	}
+}
+
+func leaving(e wire.GroupEntry) func(joinedSet) bool {
+	return func(set joinedSet) bool {
+		if !set.has(e) {
+			return false
+		}
+		delete(set, joinedGroup{e.Group, e.Fingerprint})
+		return true
+	}
+}
+
 // remember records that the user is a member of e (after a join, or any
 // operation only members may do). Failing to write the file costs only
 // the preference it gives: it is not an error of the command.
@@ -127,8 +191,9 @@ func (s *session) remember(e wire.GroupEntry) {
 	if s.joined == nil || s.joined.has(e) {
 		return
 	}
-	s.joined[joinedGroup{e.Group, e.Fingerprint}] = e.Name
-	saveJoined(s.home, s.joined)
+	if set, err := updateJoined(s.home, joining(e)); err == nil {
+		s.joined = set
+	}
 }
 
 // forget records that the user left e.
@@ -136,8 +201,9 @@ func (s *session) forget(e wire.GroupEntry) {
 	if s.joined == nil || !s.joined.has(e) {
 		return
 	}
-	delete(s.joined, joinedGroup{e.Group, e.Fingerprint})
-	saveJoined(s.home, s.joined)
+	if set, err := updateJoined(s.home, leaving(e)); err == nil {
+		s.joined = set
+	}
 }
 
 // joinedRecord is the joined file as huddle web keeps it (web.Joined): the
@@ -161,11 +227,9 @@ type joinedRecord struct {
 const joinedRecheck = time.Second
 
 // load reads the file again if it changed since it was read, looking at
-// most every joinedRecheck unless fresh is set (a change is written over
-// what the file holds now: a join a command made beside the page stays).
-// j.mu is held.
-func (j *joinedRecord) load(fresh bool) {
-	if !fresh && j.set != nil && time.Since(j.checked) < joinedRecheck {
+// most every joinedRecheck. j.mu is held.
+func (j *joinedRecord) load() {
+	if j.set != nil && time.Since(j.checked) < joinedRecheck {
 		return
 	}
 	j.checked = time.Now()
@@ -189,29 +253,21 @@ func (j *joinedRecord) load(fresh bool) {
 func (j *joinedRecord) Has(group client.UUID, daemon client.Fingerprint) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.load(false)
+	j.load()
 	_, ok := j.set[joinedGroup{group, daemon}]
 	return ok
 }
 
-func (j *joinedRecord) Add(e client.GroupEntry) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.load(true)
-	if j.set.has(e) {
-		return
-	}
-	j.set[joinedGroup{e.Group, e.Fingerprint}] = e.Name
-	saveJoined(j.dir, j.set) // failing costs only the preference, as for a command
-}
+func (j *joinedRecord) Add(e client.GroupEntry) { j.update(joining(e)) }
 
-func (j *joinedRecord) Remove(e client.GroupEntry) {
+func (j *joinedRecord) Remove(e client.GroupEntry) { j.update(leaving(e)) }
+
+// update makes change to the file (updateJoined) and keeps what was
+// written; failing costs only the preference, as for a command.
+func (j *joinedRecord) update(change func(joinedSet) bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.load(true)
-	if !j.set.has(e) {
-		return
+	if set, err := updateJoined(j.dir, change); err == nil {
+		j.set, j.mod, j.size = set, time.Time{}, 0 // read again at the next look
 	}
-	delete(j.set, joinedGroup{e.Group, e.Fingerprint})
-	saveJoined(j.dir, j.set)
 }

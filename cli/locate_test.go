@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -368,5 +369,64 @@ func TestAddressUsedWhenPinsFull(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(path); !bytes.Equal(after, file.Bytes()) {
 		t.Errorf("known_registries changed")
+	}
+}
+
+// TestJoinedKeepsOtherProcessesJoins: the joined file is written by every
+// command that learns the user is a member, and by huddle web. A command
+// wrote the set it had read at its start with its own join added, so a
+// long one (a huddle send reading standard input, a chat) dropped every
+// join made beside it since it started, and commands run at once (a
+// script joining groups in the background) each other's. A group dropped
+// so no longer resolves among the joined first: a stranger's group of
+// its name takes the user's commands, or makes its name ambiguous. A
+// change is now made under a lock, to the file read again.
+func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
+	dir := t.TempDir()
+	entry := func(i int) wire.GroupEntry {
+		return wire.GroupEntry{Group: wire.UUID{byte(i), 1}, Fingerprint: wire.Fingerprint{byte(i), 2}, Name: fmt.Sprintf("g%d", i)}
+	}
+	started, err := loadJoined(dir) // huddle send g0, reading its input a while
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := &session{home: dir, joined: started}
+	other, _ := loadJoined(dir)
+	(&session{home: dir, joined: other}).remember(entry(1)) // huddle join g1, meanwhile
+	long.remember(entry(0))
+	if set, err := loadJoined(dir); err != nil || !set.has(entry(0)) || !set.has(entry(1)) {
+		t.Fatalf("joined after a join beside a long command: %v, %v; want g0 and g1", set, err)
+	}
+	long.forget(entry(0))
+	if set, err := loadJoined(dir); err != nil || set.has(entry(0)) || !set.has(entry(1)) {
+		t.Fatalf("joined after the long command left g0: %v, %v; want g1 alone", set, err)
+	}
+
+	// Commands and a page at once, each its own process's reader.
+	const writers = 64
+	var wg sync.WaitGroup
+	for i := 2; i < 2+writers; i++ {
+		wg.Go(func() {
+			if i%2 == 0 {
+				(&joinedRecord{dir: dir}).Add(entry(i))
+				return
+			}
+			set, _ := loadJoined(dir)
+			(&session{home: dir, joined: set}).remember(entry(i))
+		})
+	}
+	wg.Wait()
+	set, err := loadJoined(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for i := 2; i < 2+writers; i++ {
+		if set.has(entry(i)) {
+			kept++
+		}
+	}
+	if kept != writers || !set.has(entry(1)) {
+		t.Errorf("%d of %d joins made at once kept (g1 kept: %v)", kept, writers, set.has(entry(1)))
 	}
 }
