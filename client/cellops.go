@@ -15,8 +15,16 @@ type CellStatus = wire.CellStatus
 // CellStatus asks the group daemon at addr, a member of a cell, for its
 // view of the cell. pin, if not zero, is the key the daemon must present.
 // Errors: ErrUnsupported (the daemon is not a member of a cell),
-// ErrUnreachable. The connection closes with the call, unless a Group
-// handle on the daemon holds it.
+// ErrUnreachable, ErrProtocol (the answer's Self names another key than
+// the one the daemon presented). The connection closes with the call,
+// unless a Group handle on the daemon holds it.
+//
+// Self is checked because a program takes an answer as the view of the
+// member it names (huddle cell status asks each other member, and takes
+// the first answer for its Self's): a daemon answering as another member
+// made its own word that member's, its state, its stall and the
+// mismatches of its own configuration it reports, and that member was
+// never asked.
 func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (CellStatus, error) {
 	p, err := c.groupPeer([]string{addr}, pin, wire.UUID{})
 	if err != nil {
@@ -24,8 +32,16 @@ func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (
 	}
 	defer c.releaseGroup(p)
 	var st CellStatus
-	err = p.single(ctx, wire.OpCellStatus, wire.CellQuery{}, &st)
-	return st, err
+	if err := p.single(ctx, wire.OpCellStatus, wire.CellQuery{}, &st); err != nil {
+		return st, err
+	}
+	p.mu.Lock()
+	seen := p.seen // the key of the connection the answer came on
+	p.mu.Unlock()
+	if st.Self.Fingerprint != seen {
+		return CellStatus{}, fmt.Errorf("cell status of %s: the daemon presented key %s and names itself %s: %w", addr, seen.Short(), st.Self.Fingerprint.Short(), ErrProtocol)
+	}
+	return st, nil
 }
 
 // CellAdd asks the cell the daemon at addr belongs to to add member (its

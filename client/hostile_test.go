@@ -684,3 +684,34 @@ func TestDialPastAnotherKey(t *testing.T) {
 		t.Errorf("info with only another key's daemon: %v, want *identity.MismatchError", err)
 	}
 }
+
+// TestCellStatusSelfIsTheKeyPresented: a daemon's cell_status names the
+// member it is (Self), and huddle cell status takes that answer as that
+// member's view (its state, its stall, the mismatches of its own
+// configuration it reports) without asking the member. A daemon asked
+// without a pin (huddle cell status ADDR), or a member asked under its
+// key, answered as another member: its word stood for that member's,
+// which was never asked. CellStatus now refuses an answer whose Self is
+// not the key the daemon presented: ErrProtocol.
+func TestCellStatusSelfIsTheKeyPresented(t *testing.T) {
+	other := wire.Replica{Addr: "127.0.0.1:9", Fingerprint: wire.Fingerprint{9}}
+	var self atomic.Pointer[wire.Replica] // whom the daemon names itself
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpCellStatus {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		me := *self.Load()
+		return c.Send(wire.KindResult, wire.CellStatus{Self: me, State: "leader", Term: 2, Members: []wire.Replica{me, other}})
+	})
+	c := newClient(t)
+	for _, pin := range []client.Fingerprint{{}, e.Fingerprint} {
+		self.Store(&other)
+		if _, err := c.CellStatus(t.Context(), e.Addrs[0], pin); !errors.Is(err, client.ErrProtocol) {
+			t.Errorf("pin %s: a cell_status naming another member as itself: %v, want ErrProtocol", pin.Short(), err)
+		}
+		self.Store(&wire.Replica{Addr: e.Addrs[0], Fingerprint: e.Fingerprint})
+		if st, err := c.CellStatus(t.Context(), e.Addrs[0], pin); err != nil || st.Self.Fingerprint != e.Fingerprint {
+			t.Errorf("pin %s: a cell_status naming itself: %+v, %v", pin.Short(), st.Self, err)
+		}
+	}
+}

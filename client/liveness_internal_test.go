@@ -440,6 +440,7 @@ func TestSharedConnectionProbed(t *testing.T) {
 	var mu sync.Mutex
 	probes := 0
 	probed, asked, answer := make(chan struct{}, 8), make(chan struct{}), make(chan struct{})
+	var self wire.Replica // the daemon's, once it runs (mu)
 	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
 		switch op {
 		case wire.OpCellStatus:
@@ -449,7 +450,10 @@ func TestSharedConnectionProbed(t *testing.T) {
 			case <-stop:
 				return
 			}
-			wire.WriteResponse(st, wire.KindResult, wire.CellStatus{})
+			mu.Lock()
+			me := self
+			mu.Unlock()
+			wire.WriteResponse(st, wire.KindResult, wire.CellStatus{Self: me})
 		case wire.OpInfo:
 			mu.Lock()
 			probes++
@@ -460,6 +464,9 @@ func TestSharedConnectionProbed(t *testing.T) {
 			ackAfterProbes(raw, st, probed, stop)
 		}
 	})
+	mu.Lock()
+	self = wire.Replica{Addr: s.addr.String(), Fingerprint: s.id.Fingerprint()}
+	mu.Unlock()
 	c := newTestClient(t, Config{NoBatching: true})
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
