@@ -321,7 +321,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			var list []map[string]any
 			for _, k := range ks {
 				m := map[string]any{"member": k.Member.Fingerprint.String(), "member_addr": k.Member.Addr, "addr": k.Addr,
-					"presented": k.Presented.String(), "seen_by": k.seenBy}
+					"presented": k.Presented.String(), "seen_by": k.seenBy, "confirmed": k.confirmed}
 				if k.Named != nil {
 					m["named"] = k.Named.String()
 				}
@@ -409,17 +409,28 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			strings.Join(stalled, "\n"))
 	}
 	if ks := keyMismatches(views); len(ks) > 0 {
-		// What README's "A member started with a wrong --cell-peer" says to do.
-		var lines []string
+		var confirmed, unconfirmed []string
 		for _, k := range ks {
 			what := fmt.Sprintf("refuses the key of %s at %s: its configuration does not list it", k.Presented.Short(), shown(k.Addr))
 			if k.Named != nil {
 				what = fmt.Sprintf("names %s for %s, where the daemon presents %s", k.Named, shown(k.Addr), k.Presented)
 			}
-			lines = append(lines, fmt.Sprintf("  %s at %s %s (seen by %s)", k.Member.Fingerprint.Short(), shown(k.Member.Addr), what, strings.Join(k.seenBy, ", ")))
+			line := fmt.Sprintf("  %s at %s %s (seen by %s)", k.Member.Fingerprint.Short(), shown(k.Member.Addr), what, strings.Join(k.seenBy, ", "))
+			if k.confirmed {
+				confirmed = append(confirmed, line)
+			} else {
+				unconfirmed = append(unconfirmed, line)
+			}
 		}
-		fmt.Fprintf(env.Stdout, "MISCONFIGURED: a member's raft configuration names a wrong key (a wrong --cell-peer when the cell was created); the cell may not survive the loss of its leader. Correct that member's --cell-peer, then cell remove it and cell add it again (README: A member started with a wrong --cell-peer):\n%s\n",
-			strings.Join(lines, "\n"))
+		if len(confirmed) > 0 {
+			// What README's "A member started with a wrong --cell-peer" says to do.
+			fmt.Fprintf(env.Stdout, "MISCONFIGURED: a member's raft configuration names a wrong key (a wrong --cell-peer when the cell was created); the cell may not survive the loss of its leader. Correct that member's --cell-peer, then cell remove it and cell add it again (README: A member started with a wrong --cell-peer):\n%s\n",
+				strings.Join(confirmed, "\n"))
+		}
+		if len(unconfirmed) > 0 {
+			fmt.Fprintf(env.Stdout, "UNCONFIRMED: other members report that a member's raft configuration names a wrong key, and that member's own status does not (it may not have checked yet, or could not be asked: run huddle cell status again in 15 s; or the members reporting it are wrong): remove no member on their word alone:\n%s\n",
+				strings.Join(unconfirmed, "\n"))
+		}
 	}
 	if leader != nil && len(leader.Groups) > 0 {
 		var names []string
@@ -431,16 +442,37 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	return nil
 }
 
-// keyMismatch is a mismatch of the members' keys, and the members that
-// reported it.
+// keyMismatch is a mismatch of the members' keys, the members that
+// reported it, and whether it is confirmed: the member whose
+// configuration it is reports a mismatch of its own configuration.
 type keyMismatch struct {
 	wire.CellKeyMismatch
-	seenBy []string
+	seenBy    []string
+	confirmed bool
 }
 
 // keyMismatches returns the mismatches of the members' keys the views
 // report, each once, in the order first reported.
+//
+// A report that another member's configuration is wrong is the reporting
+// member's word (a hostile member's key may say anything of a healthy
+// leader), so it is confirmed only if the accused member reports a
+// mismatch of its own configuration too: each member checks its own
+// configuration by dialling the addresses it names, and a wrong key there
+// fails that member's handshake, so a member whose configuration is
+// wrong reports it itself (keycheck.go), within the rounds it takes. (Each
+// view's Self is the key its daemon presented: client.CellStatus checks.)
 func keyMismatches(views []memberView) []keyMismatch {
+	own := make(map[wire.Fingerprint]bool) // members that report their own configuration wrong
+	for _, v := range views {
+		if v.status == nil {
+			continue
+		}
+		self := v.status.Self.Fingerprint
+		if slices.ContainsFunc(v.status.KeyMismatches, func(k wire.CellKeyMismatch) bool { return k.Member.Fingerprint == self }) {
+			own[self] = true
+		}
+	}
 	var out []keyMismatch
 	for _, v := range views {
 		if v.status == nil {
@@ -452,7 +484,7 @@ func keyMismatches(views []memberView) []keyMismatch {
 					(o.Named == nil) == (k.Named == nil) && (o.Named == nil || *o.Named == *k.Named)
 			})
 			if i < 0 {
-				out = append(out, keyMismatch{CellKeyMismatch: k})
+				out = append(out, keyMismatch{CellKeyMismatch: k, confirmed: own[k.Member.Fingerprint]})
 				i = len(out) - 1
 			}
 			if by := v.status.Self.Fingerprint.Short(); !slices.Contains(out[i].seenBy, by) {

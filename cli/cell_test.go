@@ -462,3 +462,67 @@ func TestCellStatusShowsKeyMismatch(t *testing.T) {
 		t.Errorf("huddle cell status of a cell set up right:\n%s", out.String())
 	}
 }
+
+// TestCellStatusKeyMismatchUnconfirmed: a member's report that another
+// member's raft configuration is wrong is that member's word (cell_status
+// key 12). Each honest member reports a mismatch of its own configuration
+// itself (its check dials the address its configuration names wrong), so
+// one that the accused member's own status does not show (a hostile
+// member's key, or a member that has not checked yet) is shown apart, as
+// unconfirmed, with no advice to remove the member: huddle cell status
+// told the operator to remove and re-add a healthy leader on one other
+// member's false report.
+func TestCellStatusKeyMismatchUnconfirmed(t *testing.T) {
+	a, b, c, forged := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}, wire.Fingerprint{9}
+	members := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: a}, {Addr: "10.0.0.2:7374", Fingerprint: b}, {Addr: "10.0.0.3:7374", Fingerprint: c}}
+	lie := wire.CellKeyMismatch{Member: members[0], Addr: members[2].Addr, Named: &forged, Presented: c}
+	status := func(self wire.Replica, state string, ks ...wire.CellKeyMismatch) *client.CellStatus {
+		return &client.CellStatus{Self: self, State: state, Term: 2, AppliedIndex: 7, Members: members, KeyMismatches: ks}
+	}
+	leader := status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader")
+	views := []memberView{
+		{replica: members[0], status: leader},
+		{replica: members[1], status: status(members[1], "follower", lie)}, // b's key, hostile
+		{replica: members[2], status: status(members[2], "follower")},
+	}
+	var out, errb strings.Builder
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if err := printCellStatus(env, *leader, views, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "cell remove it") {
+		t.Errorf("huddle cell status on one member's word against the leader's own status:\n%s\nwant no advice to remove it", out.String())
+	}
+	for _, want := range []string{"UNCONFIRMED", a.Short() + " at 10.0.0.1:7374 names " + forged.String() + " for 10.0.0.3:7374, where the daemon presents " + c.String() + " (seen by " + b.Short() + ")"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		}
+	}
+	out.Reset()
+	if err := printCellStatus(env, *leader, views, true); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		KeyMismatches []struct {
+			Member    string
+			Confirmed *bool `json:"confirmed"`
+		} `json:"key_mismatches"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if len(got.KeyMismatches) != 1 || got.KeyMismatches[0].Confirmed == nil || *got.KeyMismatches[0].Confirmed {
+		t.Errorf("--json: %s, want the one mismatch with confirmed false", out.String())
+	}
+
+	// Once the accused member's own status shows it, it is confirmed.
+	own := wire.CellKeyMismatch{Member: members[0], Addr: members[2].Addr, Named: &forged, Presented: c}
+	views[0].status = status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader", own)
+	out.Reset()
+	if err := printCellStatus(env, *views[0].status, views, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "UNCONFIRMED") {
+		t.Errorf("huddle cell status with the leader reporting its own mismatch:\n%s", out.String())
+	}
+}
