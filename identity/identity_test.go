@@ -507,3 +507,49 @@ func TestKnownHostsPinnedNeedsNoLock(t *testing.T) {
 		t.Errorf("a new pin was written with no lock to be had")
 	}
 }
+
+// TestKnownHostsHugeFile: a known_registries written before addresses were
+// bounded (session 14) may hold any number of them: scripts that named a
+// new address each run grew it without end, and nothing shrinks it. Each
+// line read was compared with every pin before it (a name pinned twice
+// counts at its last line), so each read of the file took time in the
+// square of its lines: 100,000 pins, 15.7 s, at every command's every
+// lookup. Read in one pass, a name's last line still counts, in the
+// order of the last lines.
+func TestKnownHostsHugeFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	const lines = 200_000
+	var file bytes.Buffer
+	for i := range lines {
+		fmt.Fprintf(&file, "10.%d.%d.%d:7373 %s\n", i>>16, i>>8&255, i&255, wire.Fingerprint{byte(i), byte(i >> 8), byte(i >> 16)})
+	}
+	fmt.Fprintf(&file, "10.0.0.7:7373 %s\n", wire.Fingerprint{9}) // pinned again, by hand
+	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k := OpenKnownHosts(path)
+	type answer struct {
+		pins pinList
+		err  error
+	}
+	read := make(chan answer, 1)
+	go func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		pins, err := k.read()
+		read <- answer{pins, err}
+	}()
+	var a answer
+	select {
+	case a = <-read:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("reading a file of %d pins took over 20 s (one pass takes well under one)", lines)
+	}
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if len(a.pins) != lines || a.pins[lines-1] != (pin{"10.0.0.7:7373", wire.Fingerprint{9}}) || a.pins[6].name != "10.0.0.6:7373" || a.pins[7].name != "10.0.0.8:7373" {
+		t.Errorf("read %d pins, the last %+v, the 7th and 8th %q %q; want %d, the one pinned twice last at its last line, the others in order",
+			len(a.pins), a.pins[len(a.pins)-1], a.pins[6].name, a.pins[7].name, lines)
+	}
+}
