@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -97,9 +99,21 @@ func loadJoined(dir string) (joinedSet, error) {
 // saveJoined writes set to the joined file in dir, atomically (a file
 // beside it, renamed over it). Changes are made through updateJoined,
 // which holds the writers' lock.
+//
+// A name is written only if it reads back as it was (UTF-8, no control
+// character), else the group is recorded without one (it resolves by its
+// UUID): the names come from registries' listings, whose characters the
+// client does not check (a registry of an earlier version may list a
+// name the rules refuse now), and a rogue registry listing a group the
+// user is in under a name holding a line break had the file record a
+// line of its making, a join of another UUID under its impostor's key,
+// which the CLI and huddle web then preferred over every registry's.
 func saveJoined(dir string, set joinedSet) error {
 	var b strings.Builder
 	for k, name := range set {
+		if !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
+			name = ""
+		}
 		fmt.Fprintf(&b, "%s %s %s\n", k.Group, k.Daemon, name)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -430,3 +430,39 @@ func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
 		t.Errorf("%d of %d joins made at once kept (g1 kept: %v)", kept, writers, set.has(entry(1)))
 	}
 }
+
+// TestJoinedNameCannotAddLines: the joined file records a group's name as
+// a registry listed it (remember, huddle web's Add), and listings' names
+// are not checked for characters (a registry of an earlier version may
+// list one the rules refuse now). A rogue registry listing a group the
+// user is in under a name holding a line break (its entry's lease the
+// longest, so its name is the merged entry's) had the file record a
+// second line of its making: a join of another UUID under its own key,
+// which the CLI and huddle web then preferred for that UUID, an
+// impostor's daemon, over any registry's. A name that cannot be read
+// back as it was written is recorded empty (the group resolves by UUID).
+func TestJoinedNameCannotAddLines(t *testing.T) {
+	dir := t.TempDir()
+	victim, impostor := wire.UUID{4, 2}, wire.Fingerprint{6, 6}
+	for i, name := range []string{
+		"lobby\n" + victim.String() + " " + impostor.String() + " secret",
+		"lobby\r" + victim.String() + " " + impostor.String() + " secret",
+		"lobby\u0085" + victim.String() + " " + impostor.String() + " secret",
+		"lobby\xff",
+	} {
+		e := wire.GroupEntry{Group: wire.UUID{byte(i + 1)}, Fingerprint: wire.Fingerprint{byte(i + 1)}, Name: name}
+		set, _ := loadJoined(dir)
+		(&session{home: dir, joined: set}).remember(e)
+		(&joinedRecord{dir: dir}).Add(wire.GroupEntry{Group: wire.UUID{byte(i + 1), 1}, Fingerprint: e.Fingerprint, Name: name})
+		set, err := loadJoined(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if set.has(wire.GroupEntry{Group: victim, Fingerprint: impostor}) || len(set) != 2*(i+1) || !set.has(e) {
+			t.Fatalf("joined file after joining a group listed as %q: %v; want that group and no other line", name, set)
+		}
+		if got := set.nameOf(e); got != "" {
+			t.Errorf("name recorded for %q: %q, want none", name, got)
+		}
+	}
+}
