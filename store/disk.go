@@ -302,27 +302,14 @@ func (d *DiskLog) Append(batch []Entry) error {
 	if err := d.writable(); err != nil {
 		return err
 	}
-	if d.fcount > 0 && (d.fsize >= d.segMax || d.fcount+len(batch) > d.segMsg) {
-		if err := d.rotate(false); err != nil {
-			return err
-		}
+	at, err := d.record(batch)
+	if err != nil && noRoom(err) && d.makeRoom(batch) {
+		// Retention, once the batch is stored, deletes the oldest
+		// files: deleted first, they make room for it (room.go).
+		at, err = d.record(batch)
 	}
-	start := len(d.pend)
-	d.pend = d.enc.encode(d.pend, batch)
-	n := int64(len(d.pend) - start)
-	if n-recHeaderSize > maxRecord {
-		d.pend = d.pend[:start]
-		d.enc.undo()
-		return fmt.Errorf("store: append a record of %d bytes: %w", n, ErrBatchTooLarge)
-	}
-	at := d.fsize
-	d.fsize += n
-	if len(d.pend) >= d.behind {
-		if err := d.write(); err != nil {
-			d.pend, d.fsize = d.pend[:start], at
-			d.enc.undo()
-			return err
-		}
+	if err != nil {
+		return err
 	}
 	if d.fcount == 0 || at-d.idxAt >= indexInterval {
 		d.idx = append(d.idx, idxEntry{seq: batch[0].Seq, time: batch[0].Time, offset: at})
@@ -335,6 +322,36 @@ func (d *DiskLog) Append(batch []Entry) error {
 	d.mem.appendChecked(batch) // checked above, under d.wmu: memory's one writer
 	d.retain()
 	return nil
+}
+
+// record encodes batch as the next record of the active segment, after
+// sealing it if it is full, and writes it unless writes lag (WriteBehind);
+// it returns the record's offset. On error nothing of it is in the file
+// or pending. d.wmu is held.
+func (d *DiskLog) record(batch []Entry) (int64, error) {
+	if d.fcount > 0 && (d.fsize >= d.segMax || d.fcount+len(batch) > d.segMsg) {
+		if err := d.rotate(false); err != nil {
+			return 0, err
+		}
+	}
+	start := len(d.pend)
+	d.pend = d.enc.encode(d.pend, batch)
+	n := int64(len(d.pend) - start)
+	if n-recHeaderSize > maxRecord {
+		d.pend = d.pend[:start]
+		d.enc.undo()
+		return 0, fmt.Errorf("store: append a record of %d bytes: %w", n, ErrBatchTooLarge)
+	}
+	at := d.fsize
+	d.fsize += n
+	if len(d.pend) >= d.behind {
+		if err := d.write(); err != nil {
+			d.pend, d.fsize = d.pend[:start], at
+			d.enc.undo()
+			return 0, err
+		}
+	}
+	return at, nil
 }
 
 // maxKeptPend bounds the buffer of pending records kept from one write to

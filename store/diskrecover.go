@@ -248,6 +248,13 @@ func (d *DiskLog) recover() (Recovery, error) {
 		// Retention dropped every message, or there were none.
 		d.mem.startAt(seq, t)
 	}
+	// The files whose every message retention evicted as they were read
+	// back (its limits lowered since they were written) were never read
+	// by anyone: unmapped now, their space comes back as soon as
+	// retention deletes them, not a grace later (mapped.go).
+	d.mem.mu.Lock()
+	d.mem.unmapRetired(time.Now().Add(mapGrace))
+	d.mem.mu.Unlock()
 	rec.Messages = d.mem.Stats().Messages
 	d.tailSeq, d.tailT = seq, t
 
@@ -587,14 +594,14 @@ type segmentResult struct {
 // otherwise the segment is corrupt.
 func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (res segmentResult, err error) {
 	path := filepath.Join(r.dir, segName(h.base))
-	p, release, err := readSegment(path)
+	p, m, err := readSegment(path)
 	if err != nil {
 		return res, err
 	}
-	r.mf = &mappedFile{file: p, m: &mapping{release: release}}
+	r.mf = &mappedFile{file: p, m: m}
 	defer func() {
 		if err != nil {
-			release()
+			m.release()
 			r.mf = nil
 			return
 		}
@@ -650,6 +657,7 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 				if cut {
 					res.size, res.torn = off, int64(len(p))-off
 					res.index.segLen = off
+					r.mf.m.valid = int(off) // the rest is cut from the file
 					return res, nil
 				}
 			}
@@ -664,6 +672,7 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 	}
 	res.size = off
 	res.index.last, res.index.segLen = r.seq, off
+	r.mf.m.valid = int(off)
 	return res, nil
 }
 
@@ -743,8 +752,8 @@ func zeros(p []byte) bool {
 	return true
 }
 
-// readSegment maps a segment file whole (see mapFile); release unmaps it.
-func readSegment(path string) (p []byte, release func(), err error) {
+// readSegment maps a segment file whole (see mapFile).
+func readSegment(path string) (p []byte, m *mapping, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err

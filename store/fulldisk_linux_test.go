@@ -363,11 +363,13 @@ func TestDiskFullAtReset(t *testing.T) {
 // sequence stands), which needs space: the full disk stayed full for
 // good, and every send was refused. It now begins it from the spare file
 // each log keeps, deletes the old one, and, its space back (at once, or
-// once the mapping of a file read back at open has had its grace: Expire
-// unmaps it), appends are stored again, and the spare is made again; a
-// restart finds the sequence going on from where it stood.
+// for a file read back at open, which is mapped, once its mapping has had
+// its grace, when Expire unmaps it, or at the next append refused for
+// want of room, which puts a copy in the mapping's place), appends are
+// stored again, and the spare is made again; a restart finds the sequence
+// going on from where it stood.
 func TestDiskFullAgedOut(t *testing.T) {
-	for _, mapped := range []bool{false, true} {
+	for _, c := range []struct{ mapped, grace bool }{{false, false}, {true, true}, {true, false}} {
 		mnt, fill := testdisk.Small(t, "256k")
 		cfg := DiskConfig{Dir: filepath.Join(mnt, "log"), Config: Config{MaxAge: time.Minute}}
 		d, _, err := Open(cfg)
@@ -376,7 +378,7 @@ func TestDiskFullAgedOut(t *testing.T) {
 		}
 		w := newWriter(41)
 		w.fill(t, d, 100, 1000) // one segment of ~50 KiB
-		if mapped {
+		if c.mapped {
 			d.crash()
 			if d, _, err = Open(cfg); err != nil {
 				t.Fatal(err)
@@ -389,14 +391,14 @@ func TestDiskFullAgedOut(t *testing.T) {
 			big[i].Body = bytes.Repeat([]byte{byte(i + 1)}, 4000) // new pages
 		}
 		if err := d.Append(big); !errors.Is(err, ErrNotWritable) {
-			t.Fatalf("mapped %v: append on the full disk: %v, want ErrNotWritable", mapped, err)
+			t.Fatalf("%+v: append on the full disk: %v, want ErrNotWritable", c, err)
 		}
 		now := time.Unix(0, ts).Add(2 * time.Minute) // all of it aged out
 		d.Expire(now)
 		if st := d.Stats(); st.Messages != 0 {
-			t.Fatalf("mapped %v: %d messages held after they aged out", mapped, st.Messages)
+			t.Fatalf("%+v: %d messages held after they aged out", c, st.Messages)
 		}
-		if mapped {
+		if c.grace {
 			// The deleted file's space comes back once its mapping's
 			// grace is over, at the next Expire.
 			d.mem.mu.Lock()
@@ -407,7 +409,7 @@ func TestDiskFullAgedOut(t *testing.T) {
 			d.Expire(now)
 		}
 		if err := d.Append(big); err != nil {
-			t.Fatalf("mapped %v: append once everything aged out: %v, want the aged-out segment's space freed", mapped, err)
+			t.Fatalf("%+v: append once everything aged out: %v, want the aged-out segment's space freed", c, err)
 		}
 		// And the spare is made again, for the next time: at once where
 		// the file's space came back as it was deleted, else by an
@@ -422,22 +424,22 @@ func TestDiskFullAgedOut(t *testing.T) {
 			case <-pace.C:
 				d.Expire(time.Unix(0, big[len(big)-1].Time)) // nothing more to age out
 			case <-deadline:
-				t.Fatalf("mapped %v: no spare 30 s after the space came back", mapped)
+				t.Fatalf("%+v: no spare 30 s after the space came back", c)
 			}
 		}
 		pace.Stop()
 		d.crash()
 		d2, rec, err := Open(cfg)
 		if err != nil {
-			t.Fatalf("mapped %v: reopen: %v", mapped, err)
+			t.Fatalf("%+v: reopen: %v", c, err)
 		}
 		if rec.NewEpoch != "" || rec.MissingLast != 0 {
-			t.Errorf("mapped %v: reopened %+v, want the history going on", mapped, rec)
+			t.Errorf("%+v: reopened %+v, want the history going on", c, rec)
 		}
 		checkHolds(t, d2, big)
 		more := w.fill(t, d2, 1, 10)
 		if more[0].Seq != seq+5 {
-			t.Errorf("mapped %v: the next message after a restart is %d, want %d", mapped, more[0].Seq, seq+5)
+			t.Errorf("%+v: the next message after a restart is %d, want %d", c, more[0].Seq, seq+5)
 		}
 		d2.Close()
 	}
@@ -517,4 +519,127 @@ func testDiskSpareCrafted(t *testing.T, kind string) {
 			t.Errorf("the file the spare linked to holds %d bytes (%v), want its %d zeros untouched", len(b), err, segHeaderSize)
 		}
 	}
+}
+
+// TestDiskFullRetentionMakesRoom: a disk full while the log stands at its
+// count limit, so that retention, with the next message stored, deletes
+// the oldest file. With count or byte limits only nothing evicts but an
+// append, and the full disk refused every append: it stayed full for
+// good. Now the log deletes that file first and stores the message in
+// its room, and goes on storing on the full disk, three times its limit
+// over, each file retention drops making room for the next; the same
+// once the log is read back at a restart, its files mapped (their space
+// comes back only once unmapped: the log puts a copy in the mapping's
+// place, and a body read before reads the same after). A crash and
+// reopening hold exactly what retention kept. Below its limit, where
+// retention would drop nothing, the append is refused and nothing is
+// dropped.
+func TestDiskFullRetentionMakesRoom(t *testing.T) {
+	mnt, fill := testdisk.Small(t, "256k")
+	const limit = 80 // files of 10 messages (an eighth), as the memory log's segments
+	cfg := DiskConfig{Dir: filepath.Join(mnt, "log"), Config: Config{MaxMessages: limit}}
+	d, _, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { d.Close() }()
+	var all []Entry
+	add := func() error {
+		seq, ts := d.Tail()
+		n := len(all) + 1
+		e := Entry{Seq: seq + 1, Time: ts + 1000, ID: id(n), From: sender(1), Body: bytes.Repeat([]byte{byte(n)}, 1000)}
+		err := d.Append([]Entry{e})
+		if err == nil {
+			all = append(all, e)
+		}
+		return err
+	}
+	retained := func() []Entry { return all[len(all)-d.Stats().Messages:] }
+	for range limit / 2 {
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free := fill()
+	if err := add(); !errors.Is(err, ErrNotWritable) {
+		t.Fatalf("append on the full disk below the retention limit: %v, want ErrNotWritable", err)
+	}
+	checkHolds(t, d, all)
+	free()
+	for range limit / 2 {
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free = fill()
+	for i := range 3 * limit {
+		if err := add(); err != nil {
+			t.Fatalf("append %d on the disk full at the retention limit: %v, want the oldest file deleted for it", i, err)
+		}
+	}
+	kept := retained()
+	checkHolds(t, d, kept)
+	d.crash()
+	// The newest file with a torn tail of two pages, cut at the reopening
+	// after it was mapped: its mapping runs past the file's end, where
+	// reading faults (SIGBUS). A copy of the mapping reads only what was
+	// read back.
+	free()
+	newest := filepath.Join(cfg.Dir, segName(kept[len(kept)-1].Seq-limit/8+1))
+	f, err := os.OpenFile(newest, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 2*cutPage)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	d, rec, err := Open(cfg)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	if rec.TornFile != filepath.Base(newest) || rec.TornBytes != 2*cutPage {
+		t.Fatalf("reopened %+v, want %s's torn tail of %d bytes cut", rec, filepath.Base(newest), 2*cutPage)
+	}
+	checkHolds(t, d, kept)
+	fill()
+	before, _ := d.After(0, limit, nil) // bodies in the files' mappings
+	for i := range 3 * limit {
+		if err := add(); err != nil {
+			t.Fatalf("append %d on the disk full at the retention limit, the log read back: %v, want the oldest file detached and deleted for it", i, err)
+		}
+	}
+	for i := range before {
+		if g, w := before[i].Body, kept[i].Body; !bytes.Equal(g, w) {
+			t.Fatalf("message %d, read before its file was detached and deleted, now reads %x..., want %x...", kept[i].Seq, g[:8], w[:8])
+		}
+	}
+	kept = retained()
+	checkHolds(t, d, kept)
+	d.crash()
+	if d, rec, err = Open(cfg); err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	if rec.MissingLast != 0 || rec.NewEpoch != "" {
+		t.Errorf("reopened %+v, want the history going on", rec)
+	}
+	checkHolds(t, d, kept)
+	// The operator's way out where the disk is too small for what
+	// retention keeps: lower limits, and a restart. The files they no
+	// longer keep go at the first age-out pass, and their space comes
+	// back at once: nothing read them, and they are not left mapped.
+	d.crash()
+	d.mem.unmapAll() // as the process's end would
+	cfg.MaxMessages = limit / 2
+	if d, _, err = Open(cfg); err != nil {
+		t.Fatalf("reopen with lower limits: %v", err)
+	}
+	kept = kept[limit/2:]
+	checkHolds(t, d, kept)
+	fill()
+	d.Expire(time.Now())
+	if err := os.WriteFile(filepath.Join(mnt, "probe"), make([]byte, 8*cutPage), 0o600); err != nil { // more than their indexes
+		t.Fatalf("the files lower limits dropped at a restart, deleted: their space is not back: %v", err)
+	}
+	t.Logf("%d messages stored on the full disk, %d retained", len(all), len(kept))
 }

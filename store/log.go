@@ -423,9 +423,14 @@ func (l *Log) retain(now int64) {
 		l.evictedSeg(s)
 		k++
 	}
-	if k == 0 {
-		return
+	if k > 0 {
+		l.dropped(k, msgs, bytes)
 	}
+}
+
+// dropped takes the k oldest segments, evicted (forgetSenders,
+// evictedSeg), out of the log: msgs messages, leaving bytes. l.mu is held.
+func (l *Log) dropped(k, msgs int, bytes int64) {
 	l.held -= msgs
 	l.bytes.Store(bytes)
 	l.evicted.Add(uint64(msgs))

@@ -23,6 +23,11 @@ import (
 // after that does it), so that a query that took bodies before the eviction can
 // finish with them: queries hand bodies to the daemon's handlers, which
 // encode them into frames within a write timeout far shorter than that.
+// Where the disk is full, a mapping whose file retention deletes is
+// detached instead (room.go): a copy of its bytes takes its place, so that
+// the file's space comes back at once, and the copy is unmapped as the
+// mapping would have been. Files whose messages retention evicts as they
+// are read back are unmapped before the log is served: nothing read them.
 // Close unmaps everything: nothing may use a message read from the log
 // after it.
 
@@ -34,8 +39,14 @@ const mapGrace = 2 * time.Minute
 // hold its messages.
 type mapping struct {
 	release func() // unmaps
-	refs    int    // memory segments not evicted; guarded by Log.mu
-	done    bool   // unmapped; guarded by Log.mu
+	// detach puts anonymous memory holding the first n bytes in the file
+	// mapping's place (Linux: detachMapping), so that the file's space
+	// comes back once it is deleted; nil where the file is not mapped.
+	detach   func(n int) error
+	valid    int  // the bytes read back: the messages' bodies are in them
+	detached bool // guarded by Log.mu
+	refs     int  // memory segments not evicted; guarded by Log.mu
+	done     bool // unmapped; guarded by Log.mu
 }
 
 func (m *mapping) unmap() {

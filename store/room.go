@@ -1,0 +1,182 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// Room on a full disk. Retention deletes a segment file once it has
+// evicted every message in it, and with count or byte limits only an
+// append evicts: on a disk the log's own files had filled, no append was
+// written, so nothing was evicted and the disk stayed full for good (an
+// age limit evicts without appends: retain, Expire). So where the disk
+// refuses an append's record (full, or over quota), the log makes room
+// in two ways, then tries the append once more (makeRoom):
+//
+//   - The files retention has deleted but the log still maps (read back
+//     at open, their space comes back only once unmapped, mapGrace after
+//     their last message was evicted: mapped.go) are detached: a copy in
+//     anonymous memory takes the mapping's place, and the space comes back
+//     at once. Nothing more is dropped.
+//   - If retention, with the batch stored, would delete the oldest files,
+//     they are deleted first (detached first if mapped), as retention
+//     would delete them after the append, where their size is more than
+//     the record needs. Only messages retention drops once the batch is
+//     stored go. Where the write fails all the same (another writer took
+//     the room first), the append fails, and the log holds what retention
+//     would keep had the batch been stored: the messages dropped do not
+//     come back, and the log holds fewer than its limits until later
+//     appends fill it.
+//
+// What retention keeps is never dropped: a disk that cannot hold it, with
+// the part of the oldest file retention has already evicted (files are
+// deleted whole: each begins with the sender dictionary its later records
+// use), stays full until the operator frees room or lowers the limits
+// (STORAGE.md, "Durability").
+
+// noRoom reports whether err is a full disk's or an exhausted quota's.
+func noRoom(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// makeRoom makes room for batch, whose record the disk refused for want
+// of room (see above), and reports whether it freed any, so that the
+// append is worth trying again. d.wmu is held.
+func (d *DiskLog) makeRoom(batch []Entry) bool {
+	freed := d.mem.detachRetired() > 0
+	floor := d.mem.floorAfter(batch)
+	k := 0
+	for k < len(d.segs)-1 && d.segs[k].last < floor {
+		k++
+	}
+	if k == 0 {
+		return freed
+	}
+	var size int64
+	for _, s := range d.segs[:k] {
+		if st, err := os.Stat(filepath.Join(d.dir, segName(s.base))); err == nil {
+			size += st.Size()
+		}
+	}
+	// The record, with a page for a new segment's header and one for
+	// rounding.
+	if size < int64(recordSize(batch))+2*cutPage {
+		return freed
+	}
+	if d.mem.detachHeld(d.segs[k-1].last) != nil {
+		return freed
+	}
+	// As retain does: the checkpoint says, durably, that the history
+	// begins past the files before they go.
+	if d.checkpoint(0, floor, true) != nil {
+		return freed
+	}
+	d.mem.evictBefore(floor)
+	for _, s := range d.segs[:k] {
+		os.Remove(filepath.Join(d.dir, segName(s.base)))
+		os.Remove(filepath.Join(d.dir, idxName(s.base)))
+	}
+	d.segs = d.segs[k:]
+	return true
+}
+
+// floorAfter returns the first message the log would hold once batch,
+// which follows on from its tail, is stored and retention applied, as
+// retain would evict: segments are evicted oldest first while a limit
+// would be exceeded. The active segment, which the batch may join, is
+// never counted evicted: the answer errs on the side of keeping.
+func (l *Log) floorAfter(batch []Entry) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.segs) == 0 {
+		return l.lastSeq + 1
+	}
+	held, bytes := l.held+len(batch), l.bytes.Load()
+	for i := range batch {
+		bytes += int64(len(batch[i].Body))
+	}
+	cutoff := batch[len(batch)-1].Time - l.lim.maxAge
+	k, msgs := 0, 0
+	for k < len(l.segs)-1 {
+		s := l.segs[k]
+		old := l.lim.maxAge > 0 && s.lastTime < cutoff
+		if held-msgs <= l.lim.maxMessages && bytes <= l.lim.maxBytes && !old {
+			break
+		}
+		msgs += s.n
+		bytes -= int64(s.used)
+		k++
+	}
+	return l.segs[k].base
+}
+
+// evictBefore evicts the oldest segments while they end before floor,
+// leaving the active one.
+func (l *Log) evictBefore(floor uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k, msgs, bytes := 0, 0, l.bytes.Load()
+	for k < len(l.segs)-1 && l.segs[k].base+uint64(l.segs[k].n) <= floor {
+		s := l.segs[k]
+		msgs += s.n
+		bytes -= int64(s.used)
+		l.forgetSenders(s)
+		l.evictedSeg(s)
+		k++
+	}
+	if k > 0 {
+		l.dropped(k, msgs, bytes)
+	}
+}
+
+// detachRetired detaches the mappings of files whose messages were all
+// evicted and that wait out their grace (mapped.go): their files are
+// deleted, and their space comes back now. It returns how many it
+// detached.
+func (l *Log) detachRetired() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.retired {
+		if r.m.detachable() && r.m.detachNow() == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// detachHeld detaches the mappings of the held messages up to last, so
+// that deleting their files gives the space back at once.
+func (l *Log) detachHeld(last uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.segs {
+		if s.base > last {
+			break
+		}
+		if s.mapped.detachable() {
+			if err := s.mapped.detachNow(); err != nil {
+				return fmt.Errorf("store: detach a mapping: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// detachable reports whether m is a file mapping still in place. Log.mu
+// is held.
+func (m *mapping) detachable() bool {
+	return m != nil && m.detach != nil && !m.detached && !m.done
+}
+
+// detachNow detaches m. Log.mu is held.
+func (m *mapping) detachNow() error {
+	if err := m.detach(m.valid); err != nil {
+		return err
+	}
+	m.detached = true
+	return nil
+}
