@@ -85,6 +85,9 @@ type DiskConfig struct {
 	// syncFile fsyncs the active segment for a sync: (*os.File).Sync, but
 	// for the tests that make it fail.
 	syncFile func(f *os.File) error
+	// remove deletes a Reset's files: os.Remove, but for the tests that
+	// make it fail (root deletes what permissions forbid).
+	remove func(path string) error
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -172,6 +175,7 @@ type DiskLog struct {
 
 	syncDir  func(dir string) error // DiskConfig.syncDir
 	syncFile func(f *os.File) error // DiskConfig.syncFile
+	remove   func(path string) error
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -215,6 +219,9 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	}
 	if d.syncFile == nil {
 		d.syncFile = (*os.File).Sync
+	}
+	if d.remove = cfg.remove; d.remove == nil {
+		d.remove = os.Remove
 	}
 	d.segMax = cfg.SegmentBytes
 	if d.segMax == 0 {

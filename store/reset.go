@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -60,11 +59,11 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 	}
 	var rmErr error
 	for i, s := range d.segs {
-		if err := removeIfThere(filepath.Join(d.dir, segName(s.base))); err != nil {
+		if err := d.removeIfThere(filepath.Join(d.dir, segName(s.base))); err != nil {
 			rmErr = fmt.Errorf("%w: reset: %d of %d segment files deleted: %w", ErrFailed, i, len(d.segs), err)
 			break
 		}
-		removeIfThere(filepath.Join(d.dir, idxName(s.base)))
+		d.removeIfThere(filepath.Join(d.dir, idxName(s.base)))
 	}
 	d.pend = d.pend[:0] // records of the files deleted
 	d.fmu.Lock()
@@ -81,6 +80,13 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 	d.segs, d.fbase, d.fsize, d.fcount = nil, base, segHeaderSize, 0
 	d.enc = newRecordEncoder()
 	d.idx, d.idxAt = nil, 0
+	// Nothing held waits for a sync. (Left behind, a sync after a failed
+	// Reset took the log as synced to seq and wrote that in the
+	// checkpoint: past the end of the files left, which the next start
+	// refused as a synced end lost.)
+	d.smu.Lock()
+	d.synced = seq
+	d.smu.Unlock()
 	if rmErr != nil {
 		d.failed = rmErr
 		return rmErr
@@ -99,16 +105,13 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 	d.f = f
 	d.fmu.Unlock()
 	d.segs = []segFile{{base: base, last: seq, lastTime: t}}
-	d.smu.Lock()
-	d.synced = seq
-	d.smu.Unlock()
 	d.checkpoint(seq, base, false)
 	return nil
 }
 
 // removeIfThere removes the file at path; one already gone is no error.
-func removeIfThere(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (d *DiskLog) removeIfThere(path string) error {
+	if err := d.remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil

@@ -2,7 +2,13 @@ package store
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // resettable is what both logs offer a replica that catches up.
@@ -96,5 +102,101 @@ func TestDiskLogConfiguredEpoch(t *testing.T) {
 	d.Close()
 	if _, _, err := Open(DiskConfig{Dir: dir, Config: Config{Epoch: 43}}); !errors.Is(err, ErrOtherEpoch) {
 		t.Fatalf("open under another epoch: %v, want ErrOtherEpoch", err)
+	}
+}
+
+// TestDiskResetDeleteFails: a Reset that cannot delete one of the log's
+// segment files (the first, a middle one, the newest; the files read back
+// at open, or written since) fails the log (ErrFailed: appends refused
+// until it is opened again) and leaves memory as its files: nothing held,
+// standing after the Reset's seq, and the files left (from the one it
+// could not delete) not served, by a copy opened as a crash would leave
+// it. A sync after it (the interval policy's, every second) made the
+// checkpoint say the log was synced to the Reset's seq, past what the
+// files left hold, and the next start refused the log as corrupt; now it
+// opens, empty, and takes appends, which a further restart holds.
+func TestDiskResetDeleteFails(t *testing.T) {
+	const files = 4
+	for failAt := range files {
+		for _, mapped := range []bool{false, true} {
+			name := fmt.Sprintf("fail at file %d, mapped %v", failAt, mapped)
+			var seen int
+			refuse := func(path string) error {
+				if strings.HasSuffix(path, ".seg") {
+					if seen++; seen == failAt+1 {
+						return fmt.Errorf("remove %s: %w", filepath.Base(path), fs.ErrPermission)
+					}
+				}
+				return os.Remove(path)
+			}
+			cfg := DiskConfig{Dir: t.TempDir(), SegmentBytes: 1, Fsync: FsyncPolicy{Interval: time.Hour}} // a file a batch
+			d, _, err := Open(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := newWriter(uint64(61 + failAt))
+			for range files {
+				seq, ts := d.Tail()
+				if err := d.Append(w.batch(3, 10, seq, ts)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if mapped {
+				d.crash()
+				d.mem.unmapAll()
+			} else {
+				d.Close()
+			}
+			cfg.remove = refuse
+			if d, _, err = Open(cfg); err != nil {
+				t.Fatal(err)
+			}
+			cfg.remove = nil
+			if len(d.segs) != files {
+				t.Fatalf("%s: %d segment files, want %d", name, len(d.segs), files)
+			}
+			seq, ts := d.Tail()
+			if err := d.Reset(seq+10, ts+10); !errors.Is(err, ErrFailed) || !errors.Is(err, fs.ErrPermission) {
+				t.Fatalf("%s: reset: %v, want ErrFailed with the deletion's cause", name, err)
+			}
+			checkHolds(t, d, nil)
+			if s, st := d.Tail(); s != seq+10 || st != ts+10 {
+				t.Errorf("%s: tail %d at %d after the failed reset, want %d at %d", name, s, st, seq+10, ts+10)
+			}
+			if err := d.Append(w.batch(1, 10, seq+10, ts+10)); !errors.Is(err, ErrFailed) {
+				t.Errorf("%s: append after the failed reset: %v, want ErrFailed", name, err)
+			}
+			crashed := t.TempDir() // the files as a crash now would leave them
+			copyDir(t, cfg.Dir, crashed)
+			if d2, _, err := Open(DiskConfig{Dir: crashed}); err != nil {
+				t.Fatalf("%s: open the files the failed reset left: %v", name, err)
+			} else {
+				checkHolds(t, d2, nil)
+				d2.Close()
+			}
+			// The sync loop's next pass, then a restart.
+			d.Sync()
+			d.crash()
+			d.mem.unmapAll()
+			d, rec, err := Open(cfg)
+			if err != nil {
+				t.Fatalf("%s: reopen after the failed reset and a sync: %v", name, err)
+			}
+			if rec.MissingLast != 0 || rec.NewEpoch != "" {
+				t.Errorf("%s: reopened %+v, want no history reported lost", name, rec)
+			}
+			checkHolds(t, d, nil)
+			s, st := d.Tail()
+			more := w.batch(2, 10, s, st)
+			if err := d.Append(more); err != nil {
+				t.Fatalf("%s: append after the restart: %v", name, err)
+			}
+			d.crash()
+			if d, _, err = Open(cfg); err != nil {
+				t.Fatalf("%s: reopen: %v", name, err)
+			}
+			checkHolds(t, d, more)
+			d.Close()
+		}
 	}
 }
