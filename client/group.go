@@ -507,11 +507,15 @@ type Cursor struct {
 // returned false it is that message, the last one taken. For a watch that
 // goes on with live messages, see Watch. A page whose connection dies
 // half read is asked for again from the last message delivered when its
-// epoch is known (Query.Epoch, or a page after the first); otherwise the
-// error (ErrUnreachable) is returned. The cursor returned with an error
-// is at the last message delivered (Cursor.Epoch is the page's, zero if
-// not known), so continuing from it reads none again. Errors: ErrNotMember,
-// ErrEpochMismatch (the log was reset under q.Epoch or while paging),
+// epoch is known (Query.Epoch, or a page after the first); otherwise from
+// the last message delivered itself, which must come back as it was
+// delivered (the same log), else the error is returned: ErrEpochMismatch
+// for another message there, ErrUnreachable if it is not held. The cursor
+// returned with an error is at the last message delivered (Cursor.Epoch is
+// the page's, zero if not known), so continuing from it reads none again.
+// Errors: ErrNotMember, ErrEpochMismatch (the log was reset under q.Epoch
+// or while paging, or, its epoch not known, the daemon restarted with
+// another log),
 // ErrBadRequest, ErrProtocol (the daemon broke the protocol: a page of
 // another epoch than the cursor's, whose messages were delivered already,
 // or an epoch_mismatch naming the cursor's own epoch).
@@ -541,9 +545,18 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	}
 	delivered := from
 	at := from // the last message cur accounts for: its Next, or from
+	// check is the last message delivered from a page of no known epoch
+	// that a lost connection cut short: the rest is asked for from it,
+	// and it must come back as it was delivered (same ID, time and
+	// sender) for the rest to be of the same log (see below).
+	var check *wire.Message
+	var lost error // the connection's loss, returned if check cannot be made
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
+			if check != nil {
+				req.Limit++
+			}
 		}
 		var end wire.End
 		stopped, ended := false, false
@@ -561,6 +574,21 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 				}
 				for i := range msgs {
+					if check != nil {
+						m := &msgs[i]
+						switch {
+						case m.Seq < check.Seq:
+							continue
+						case m.Seq > check.Seq:
+							// Dropped by retention since: the log it is
+							// in cannot be told.
+							return true, lost
+						case m.ID != check.ID || m.Time != check.Time || m.From != check.From:
+							return true, fmt.Errorf("%w: the daemon, restarted, holds another message %d than the one delivered: another log than the fetch read (its epoch was not known)", ErrEpochMismatch, m.Seq)
+						}
+						check = nil
+						continue
+					}
 					if msgs[i].Seq <= delivered {
 						continue
 					}
@@ -585,6 +613,9 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			case wire.KindEnd:
 				if err := raw.Decode(&end); err != nil {
 					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				}
+				if check != nil {
+					return true, lost // the message delivered is not held
 				}
 				if end.Epoch == 0 || req.Epoch != 0 && end.Epoch != req.Epoch {
 					// The page of another log than the cursor's: its
@@ -622,6 +653,31 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			req.Since, req.After = nil, &resume
 			continue
 		}
+		if err != nil && req.Epoch == 0 && check == nil && delivered > at && (q.Limit == 0 || n < left) && ctx.Err() == nil && errors.Is(err, ErrUnreachable) {
+			// The same with no epoch known (a first page of a Query
+			// without one): the messages delivered may be of a log the
+			// daemon no longer holds (a memory log, or history lost,
+			// begins a new epoch at a restart). The rest is asked for
+			// from the last message delivered, which must come back as
+			// it was: then the log is the same (a new one stamps its
+			// messages anew), and the page's End names its epoch, which
+			// the next pages are asked under. Another message there is
+			// another log (ErrEpochMismatch); none (dropped since, or
+			// not held) leaves it unknown, and the error is returned, as
+			// it is if the connection is lost again before the check.
+			// Until session 15 the error was returned in every case.
+			if c := lastDelivered(msgs, delivered); c != nil {
+				if first {
+					cur.Gap = since == nil && firstSeq > from+1
+					first = false
+				}
+				left -= n
+				check, lost = c, err
+				resume := delivered - 1
+				req.Since, req.After = nil, &resume
+				continue
+			}
+		}
 		if err != nil {
 			if first {
 				cur.Gap = since == nil && firstSeq > from+1
@@ -645,6 +701,19 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		next := end.Next
 		req.Since, req.After, req.Epoch = nil, &next, end.Epoch
 	}
+}
+
+// lastDelivered returns a copy of the message delivered last, seq, if it
+// is among msgs, the last frame's messages; nil if not.
+func lastDelivered(msgs []wire.Message, seq uint64) *wire.Message {
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if msgs[i].Seq == seq {
+			m := msgs[i]
+			m.Name, m.Body = "", nil // the frame's, reused
+			return &m
+		}
+	}
+	return nil
 }
 
 // failedAt is the cursor a Fetch returns with an error: cur, or, when

@@ -366,6 +366,158 @@ func TestFetchResumesAfterRestart(t *testing.T) {
 	}
 }
 
+// TestFetchWithoutEpochResumesAfterRestart: the same, for a Fetch that
+// asked without an epoch (a first page: Query.Epoch zero), which learns
+// the page's epoch only from its End. It returned ErrUnreachable, the
+// messages delivered being perhaps of a log the restarted daemon no longer
+// holds (a memory log, or history lost, begins a new epoch). Now it asks
+// for the rest from the last message delivered, which must come back as
+// delivered: then the log is the same, and the fetch goes on under the
+// epoch its End names, each message once, in order. Another message there
+// is another log: ErrEpochMismatch. None there (retention dropped it
+// since, or the log ends before it) cannot be told, and ErrUnreachable is
+// returned, as before. The cursor returned with an error is at the last
+// message delivered, of no known epoch.
+func TestFetchWithoutEpochResumesAfterRestart(t *testing.T) {
+	const epoch = 5
+	msg := func(seq uint64, other bool) wire.Message {
+		m := wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, Body: []byte{byte(seq)}}
+		if other {
+			m.ID[1] = 1 // sent again to a new log, or another message
+		}
+		return m
+	}
+	page := func(st *quic.Stream, ms ...wire.Message) {
+		wire.WriteResponse(st, wire.KindMessages, wire.Messages{Messages: ms})
+	}
+	for _, tc := range []struct {
+		name      string
+		limit     int
+		rest      func(st *quic.Stream) // the restarted daemon's answer
+		want      []uint64
+		wantErr   error
+		wantCur   Cursor
+		wantLimit uint64 // asked of the restarted daemon
+	}{
+		{
+			name: "same log",
+			rest: func(st *quic.Stream) {
+				page(st, msg(3, false), msg(4, false), msg(5, false))
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
+			},
+			want:    []uint64{1, 2, 3, 4, 5},
+			wantCur: Cursor{Next: 5, Epoch: epoch, First: 1, Last: 5},
+		},
+		{
+			name:  "same log, a limit",
+			limit: 4,
+			rest: func(st *quic.Stream) {
+				page(st, msg(3, false), msg(4, false))
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 4, First: 1, Last: 5, Epoch: epoch, More: true})
+			},
+			want:      []uint64{1, 2, 3, 4},
+			wantCur:   Cursor{Next: 4, Epoch: epoch, First: 1, Last: 5, More: true},
+			wantLimit: 2, // the one left, and the one checked
+		},
+		{
+			name: "another log",
+			rest: func(st *quic.Stream) {
+				page(st, msg(3, true), msg(4, true))
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 4, First: 1, Last: 4, Epoch: epoch + 1})
+			},
+			want:    []uint64{1, 2, 3},
+			wantErr: ErrEpochMismatch,
+			wantCur: Cursor{Next: 3, More: true},
+		},
+		{
+			name: "dropped since",
+			rest: func(st *quic.Stream) {
+				page(st, msg(4, false), msg(5, false))
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 4, Last: 5, Epoch: epoch})
+			},
+			want:    []uint64{1, 2, 3},
+			wantErr: ErrUnreachable,
+			wantCur: Cursor{Next: 3, More: true},
+		},
+		{
+			name: "not held",
+			rest: func(st *quic.Stream) {
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 2, First: 1, Last: 2, Epoch: epoch + 1})
+			},
+			want:    []uint64{1, 2, 3},
+			wantErr: ErrUnreachable,
+			wantCur: Cursor{Next: 3, More: true},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+				if op == wire.OpFetch {
+					page(st, msg(1, false), msg(2, false), msg(3, false))
+					<-stop // killed before the rest of the page
+				}
+			})
+			c := newTestClient(t, Config{NoBatching: true})
+			defer c.Close()
+			g, err := c.Group(s.entry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+			defer cancel()
+			third, restarted := make(chan struct{}), make(chan struct{})
+			var got []uint64
+			type result struct {
+				cur Cursor
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				cur, err := g.Fetch(ctx, Query{Limit: tc.limit}, func(m Message) bool {
+					if got = append(got, m.Seq); m.Seq == 3 {
+						close(third)
+						<-restarted
+					}
+					return true
+				})
+				done <- result{cur, err}
+			}()
+			<-third
+			asked := make(chan wire.Fetch, 1)
+			s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+				if op != wire.OpFetch {
+					return
+				}
+				var req wire.Fetch
+				raw.Decode(&req)
+				select {
+				case asked <- req:
+				default:
+				}
+				tc.rest(st)
+			})
+			close(restarted)
+			r := <-done
+			if !errors.Is(r.err, tc.wantErr) || (tc.wantErr != nil && ctx.Err() != nil) {
+				t.Fatalf("fetch across its daemon's restart in place: %v, want %v", r.err, tc.wantErr)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("fetch delivered %v, want %v", got, tc.want)
+			}
+			if r.cur != tc.wantCur {
+				t.Errorf("cursor %+v, want %+v", r.cur, tc.wantCur)
+			}
+			select {
+			case req := <-asked:
+				if req.After == nil || *req.After != 2 || req.Epoch != 0 || req.Limit != tc.wantLimit {
+					t.Errorf("the rest was asked for after %v in epoch %d, limit %d, want after 2 in no epoch, limit %d", req.After, req.Epoch, req.Limit, tc.wantLimit)
+				}
+			default: // the request came before the fetch ended, if at all
+				t.Error("the restarted daemon was never asked for the rest")
+			}
+		})
+	}
+}
+
 // TestSlowerPathKeepsItsConnection: a live daemon whose path slows while a
 // call waits on it (its round trip up from a millisecond to 0.7 s: a
 // congested or roaming link), the call answered after two probes, keeps
