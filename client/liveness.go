@@ -53,6 +53,21 @@ import (
 // connection, and one timer per connection rather than per call. A cell's
 // attempts are not counted: they watch their connection themselves, sooner
 // (cellSilentFor), and another member answers.
+//
+// A lone watcher so notices a restart in place within its heartbeat and a
+// quarter (~6 s). Nothing at the QUIC level tells it sooner for less than
+// a packet a second (quic-go v0.65, read for session 15): a keep-alive PING
+// is at most 41 bytes whatever the connection ID (1 + 20 + 4 for the
+// packet number and the header protection's sample + 16), so it never
+// draws a reset (quic-go answers only packets over 42 bytes:
+// MinStatelessResetSize), and quic-go pads nothing it sends after the
+// handshake but path MTU probes (until their search ends, soon after the
+// handshake) and PATH_CHALLENGEs, which it sends only to validate a new
+// path (Conn.AddPath: a socket of its own). A shorter idle timeout needs
+// keep-alives as often on every connection, idle ones too; a QUIC datagram
+// probe (RFC 9221) is a transport parameter both sides would have to
+// offer, and still a packet a second on every idle watch, where the
+// heartbeat costs one each 5 s.
 type liveness struct {
 	conn *quic.Conn
 	p    *peer
