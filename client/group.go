@@ -622,6 +622,13 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 					// messages were delivered as if they followed it.
 					return true, fmt.Errorf("%w: a fetch of epoch %d answered in epoch %d", ErrProtocol, req.Epoch, end.Epoch)
 				}
+				if end.Next < delivered {
+					// next is the last message returned, or the cursor
+					// asked from: one behind what was delivered, returned
+					// as the cursor to go on from, had a program read
+					// those messages again, as new.
+					return true, fmt.Errorf("%w: the page ends at %d, before message %d, which the fetch delivered (or asked after)", ErrProtocol, end.Next, delivered)
+				}
 				ended = true
 				return true, nil
 			}

@@ -715,3 +715,37 @@ func TestCellStatusSelfIsTheKeyPresented(t *testing.T) {
 		}
 	}
 }
+
+// TestFetchEndBehindDelivered: End's next is the last message a page
+// returned (PROTOCOL.md §8.6), and Fetch returns it as the cursor to go on
+// from. A daemon whose End named a position before messages the fetch had
+// delivered (here, after 4 and 5, next 2) had the fetch return a cursor
+// behind them: a program continuing from it (huddle fetch --after, a
+// sync loop) got 3, 4 and 5 again, as new. It is ErrProtocol, and the
+// cursor returned is at the last message delivered, as for any error.
+func TestFetchEndBehindDelivered(t *testing.T) {
+	for _, more := range []bool{false, true} {
+		e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			if c.Op() != wire.OpFetch {
+				return &wire.Error{Code: wire.CodeUnsupported}
+			}
+			var msgs []wire.Message
+			for seq := uint64(4); seq <= 5; seq++ {
+				msgs = append(msgs, wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("m")})
+			}
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: msgs}); err != nil {
+				return err
+			}
+			return c.Send(wire.KindEnd, wire.End{Next: 2, More: more, First: 1, Last: 5, Epoch: 3})
+		})
+		g, err := newClient(t).Group(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		cur, err := g.Fetch(t.Context(), client.Query{After: 3, Epoch: 3}, func(client.Message) bool { n++; return true })
+		if !errors.Is(err, client.ErrProtocol) || cur.Next != 5 || cur.Epoch != 3 || n != 2 {
+			t.Errorf("more %v: fetch delivered %d, cursor %+v, err %v; want 2, ErrProtocol, the cursor at 5 in epoch 3", more, n, cur, err)
+		}
+	}
+}
