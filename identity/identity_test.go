@@ -553,3 +553,20 @@ func TestKnownHostsHugeFile(t *testing.T) {
 			len(a.pins), a.pins[len(a.pins)-1], a.pins[6].name, a.pins[7].name, lines)
 	}
 }
+
+// TestKnownHostsLongLine: a line longer than the reader takes (64 KiB: a
+// file overwritten with other data, a binary copied over it) failed every
+// command with "known registries: bufio.Scanner: token too long", naming
+// neither the file nor the line the user must mend. The error now names
+// both, as for any line it cannot read.
+func TestKnownHostsLongLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	file := fmt.Sprintf("reg:7373 %s\n%s\n", wire.Fingerprint{1}, strings.Repeat("x", 70<<10))
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := OpenKnownHosts(path).Lookup("reg:7373")
+	if err == nil || !strings.Contains(err.Error(), path+":2:") {
+		t.Errorf("Lookup in a file whose second line is 70 KiB: %v; want an error naming %s:2", err, path)
+	}
+}

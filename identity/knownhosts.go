@@ -290,7 +290,8 @@ func (k *KnownHosts) read() (pinList, error) {
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	for line := 1; sc.Scan(); line++ {
+	line := 1
+	for ; sc.Scan(); line++ {
 		text := strings.TrimSpace(sc.Text())
 		if text == "" || strings.HasPrefix(text, "#") {
 			continue
@@ -313,7 +314,9 @@ func (k *KnownHosts) read() (pinList, error) {
 		pins = append(pins, pin{name, fp})
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("known registries: %w", err)
+		// A line over the scanner's 64 KiB, say: the file and the line
+		// to mend are named, as for a line that does not read.
+		return nil, fmt.Errorf("known registries: %s:%d: %w", k.path, line, err)
 	}
 	if twice {
 		pins = slices.DeleteFunc(pins, func(p pin) bool { return p.name == "" })
