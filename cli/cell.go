@@ -321,7 +321,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			var list []map[string]any
 			for _, k := range ks {
 				m := map[string]any{"member": k.Member.Fingerprint.String(), "member_addr": k.Member.Addr, "addr": k.Addr,
-					"presented": k.Presented.String(), "seen_by": k.seenBy, "confirmed": k.confirmed}
+					"presented": k.Presented.String(), "seen_by": k.seenBy, "confirmed": k.confirmed, "member_absent": k.absent}
 				if k.Named != nil {
 					m["named"] = k.Named.String()
 				}
@@ -409,8 +409,15 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			strings.Join(stalled, "\n"))
 	}
 	if ks := keyMismatches(views); len(ks) > 0 {
-		var confirmed, unconfirmed []string
+		var confirmed, unconfirmed, absent []string
 		for _, k := range ks {
+			if k.absent {
+				line := fmt.Sprintf("  every configuration names %s for %s, where a daemon presenting %s answers (seen by %s)", k.Named, shown(k.Addr), k.Presented, strings.Join(k.seenBy, ", "))
+				if !slices.Contains(absent, line) {
+					absent = append(absent, line)
+				}
+				continue
+			}
 			what := fmt.Sprintf("refuses the key of %s at %s: its configuration does not list it", k.Presented.Short(), shown(k.Addr))
 			if k.Named != nil {
 				what = fmt.Sprintf("names %s for %s, where the daemon presents %s", k.Named, shown(k.Addr), k.Presented)
@@ -426,6 +433,12 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			// What README's "A member started with a wrong --cell-peer" says to do.
 			fmt.Fprintf(env.Stdout, "MISCONFIGURED: a member's raft configuration names a wrong key (a wrong --cell-peer when the cell was created); the cell may not survive the loss of its leader. Correct that member's --cell-peer, then cell remove it and cell add it again (README: A member started with a wrong --cell-peer):\n%s\n",
 				strings.Join(confirmed, "\n"))
+		}
+		if len(absent) > 0 {
+			// README's "A member started with a wrong --cell-peer" says
+			// what this is not.
+			fmt.Fprintf(env.Stdout, "MEMBER NOT AT ITS ADDRESS: the members agree on a member's key, and the daemon at its address presents another: its host was reinstalled with a new key (then replace it: cell remove the old key, and cell add the new one, huddle id on that host prints it, once its daemon runs with --cell-join), or another daemon took its address; no member's configuration is wrong:\n%s\n",
+				strings.Join(absent, "\n"))
 		}
 		if len(unconfirmed) > 0 {
 			fmt.Fprintf(env.Stdout, "UNCONFIRMED: other members report that a member's raft configuration names a wrong key, and that member's own status does not (it may not have checked yet, or could not be asked: run huddle cell status again in 15 s; or the members reporting it are wrong): remove no member on their word alone:\n%s\n",
@@ -449,6 +462,35 @@ type keyMismatch struct {
 	wire.CellKeyMismatch
 	seenBy    []string
 	confirmed bool
+	// absent: the configurations of a majority of the members, all those
+	// that answered, name Named for Addr, so it is the daemon at Addr
+	// that is not the member they name (a host reinstalled with a new
+	// key, or another daemon at its address), not Member's configuration
+	// that is wrong. Each member's check then reports its own
+	// configuration and every other's as naming another key than the
+	// daemon there presents: huddle cell status called every healthy
+	// member misconfigured, and advised removing them.
+	absent bool
+}
+
+// agreed reports whether the members' configurations agree that k's
+// Named is the key of the member at k's Addr: a majority of the members
+// answered, and each one's configuration names it there.
+func agreed(views []memberView, k wire.CellKeyMismatch) bool {
+	if k.Named == nil {
+		return false
+	}
+	answered := 0
+	for _, v := range views {
+		if v.status == nil {
+			continue
+		}
+		answered++
+		if !slices.ContainsFunc(v.status.Members, func(m wire.Replica) bool { return m.Addr == k.Addr && m.Fingerprint == *k.Named }) {
+			return false
+		}
+	}
+	return answered > len(views)/2
 }
 
 // keyMismatches returns the mismatches of the members' keys the views
@@ -484,7 +526,7 @@ func keyMismatches(views []memberView) []keyMismatch {
 					(o.Named == nil) == (k.Named == nil) && (o.Named == nil || *o.Named == *k.Named)
 			})
 			if i < 0 {
-				out = append(out, keyMismatch{CellKeyMismatch: k, confirmed: own[k.Member.Fingerprint]})
+				out = append(out, keyMismatch{CellKeyMismatch: k, confirmed: own[k.Member.Fingerprint], absent: agreed(views, k)})
 				i = len(out) - 1
 			}
 			if by := v.status.Self.Fingerprint.Short(); !slices.Contains(out[i].seenBy, by) {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"net"
 	"regexp"
@@ -524,5 +525,63 @@ func TestCellStatusKeyMismatchUnconfirmed(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "UNCONFIRMED") {
 		t.Errorf("huddle cell status with the leader reporting its own mismatch:\n%s", out.String())
+	}
+}
+
+// TestCellStatusStrangerAtMemberAddress: a member's host reinstalled with a
+// new key (or another daemon at its address: the member down and its
+// address taken) presents a key that no member's configuration names,
+// where every configuration names the member's. Each member's check then
+// finds its own configuration naming "another key than the daemon there
+// presents", and the others' too, so huddle cell status said every
+// healthy member was MISCONFIGURED, confirmed, and told the operator to
+// remove and re-add them: done, that loses the cell. When a majority of
+// the members answer with configurations that all name the key for that
+// address, it is the daemon at the address that is not the member: said
+// so, with what to do, and no member is called misconfigured.
+func TestCellStatusStrangerAtMemberAddress(t *testing.T) {
+	a, b, c, stranger := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}, wire.Fingerprint{9}
+	members := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: a}, {Addr: "10.0.0.2:7374", Fingerprint: b}, {Addr: "10.0.0.3:7374", Fingerprint: c}}
+	at := func(by wire.Replica) wire.CellKeyMismatch {
+		return wire.CellKeyMismatch{Member: by, Addr: members[2].Addr, Named: &c, Presented: stranger}
+	}
+	status := func(self wire.Replica, state string) *client.CellStatus {
+		return &client.CellStatus{Self: self, State: state, Term: 2, AppliedIndex: 7, Members: members,
+			KeyMismatches: []wire.CellKeyMismatch{at(members[0]), at(members[1])}}
+	}
+	leader := status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader")
+	views := []memberView{
+		{replica: members[0], status: leader},
+		{replica: members[1], status: status(members[1], "follower")},
+		{replica: members[2], err: errors.New("10.0.0.3:7374 presented another key")},
+	}
+	var out, errb strings.Builder
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if err := printCellStatus(env, *leader, views, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "cell remove it and cell add it again") {
+		t.Errorf("huddle cell status with a stranger at a member's address:\n%s\nwant no member called misconfigured", out.String())
+	}
+	for _, want := range []string{"NOT AT ITS ADDRESS", "every configuration names " + c.String() + " for 10.0.0.3:7374, where a daemon presenting " + stranger.String() + " answers"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		}
+	}
+	out.Reset()
+	if err := printCellStatus(env, *leader, views, true); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		KeyMismatches []struct {
+			Member string
+			Absent bool `json:"member_absent"`
+		} `json:"key_mismatches"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if len(got.KeyMismatches) != 2 || !got.KeyMismatches[0].Absent || !got.KeyMismatches[1].Absent {
+		t.Errorf("--json: %s, want both mismatches marked member_absent", out.String())
 	}
 }
