@@ -412,7 +412,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		var confirmed, unconfirmed, absent []string
 		for _, k := range ks {
 			if k.absent {
-				line := fmt.Sprintf("  every configuration names %s for %s, where a daemon presenting %s answers (seen by %s)", k.Named, shown(k.Addr), k.Presented, strings.Join(k.seenBy, ", "))
+				line := fmt.Sprintf("  every configuration names %s for %s, where a daemon presenting %s answers (seen by %s)", k.agreed, shown(k.Addr), k.Presented, strings.Join(k.seenBy, ", "))
 				if !slices.Contains(absent, line) {
 					absent = append(absent, line)
 				}
@@ -463,34 +463,37 @@ type keyMismatch struct {
 	seenBy    []string
 	confirmed bool
 	// absent: the configurations of a majority of the members, all those
-	// that answered, name Named for Addr, so it is the daemon at Addr
+	// that answered, name one key for Addr, not the one presented there,
+	// so it is the daemon at Addr
 	// that is not the member they name (a host reinstalled with a new
 	// key, or another daemon at its address), not Member's configuration
 	// that is wrong. Each member's check then reports its own
 	// configuration and every other's as naming another key than the
 	// daemon there presents: huddle cell status called every healthy
-	// member misconfigured, and advised removing them.
+	// member misconfigured, and advised removing them. agreed is the key
+	// they name.
 	absent bool
+	agreed wire.Fingerprint
 }
 
-// agreed reports whether the members' configurations agree that k's
-// Named is the key of the member at k's Addr: a majority of the members
-// answered, and each one's configuration names it there.
-func agreed(views []memberView, k wire.CellKeyMismatch) bool {
-	if k.Named == nil {
-		return false
-	}
+// agreed returns the key the members' configurations agree on for addr,
+// if a majority of the members answered and every one's configuration
+// names that key there.
+func agreed(views []memberView, addr string) (wire.Fingerprint, bool) {
+	var key wire.Fingerprint
 	answered := 0
 	for _, v := range views {
 		if v.status == nil {
 			continue
 		}
-		answered++
-		if !slices.ContainsFunc(v.status.Members, func(m wire.Replica) bool { return m.Addr == k.Addr && m.Fingerprint == *k.Named }) {
-			return false
+		i := slices.IndexFunc(v.status.Members, func(m wire.Replica) bool { return m.Addr == addr })
+		if i < 0 || answered > 0 && v.status.Members[i].Fingerprint != key {
+			return wire.Fingerprint{}, false
 		}
+		key = v.status.Members[i].Fingerprint
+		answered++
 	}
-	return answered > len(views)/2
+	return key, answered > len(views)/2
 }
 
 // keyMismatches returns the mismatches of the members' keys the views
@@ -498,22 +501,31 @@ func agreed(views []memberView, k wire.CellKeyMismatch) bool {
 //
 // A report that another member's configuration is wrong is the reporting
 // member's word (a hostile member's key may say anything of a healthy
-// leader), so it is confirmed only if the accused member reports a
-// mismatch of its own configuration too: each member checks its own
-// configuration by dialling the addresses it names, and a wrong key there
-// fails that member's handshake, so a member whose configuration is
-// wrong reports it itself (keycheck.go), within the rounds it takes. (Each
-// view's Self is the key its daemon presented: client.CellStatus checks.)
+// leader), so it is confirmed only if the accused member reports the same
+// mismatch of its own configuration (the same address and key presented,
+// and the same key named, unless the report is of a refusal, which names
+// none): each member checks its own configuration by dialling the
+// addresses it names, and a wrong key there fails that member's
+// handshake, so a member whose configuration is wrong reports it itself
+// (keycheck.go), within the rounds it takes. (Each view's Self is the key
+// its daemon presented: client.CellStatus checks.)
 func keyMismatches(views []memberView) []keyMismatch {
-	own := make(map[wire.Fingerprint]bool) // members that report their own configuration wrong
+	var own []wire.CellKeyMismatch // the members' reports of their own configurations
 	for _, v := range views {
 		if v.status == nil {
 			continue
 		}
-		self := v.status.Self.Fingerprint
-		if slices.ContainsFunc(v.status.KeyMismatches, func(k wire.CellKeyMismatch) bool { return k.Member.Fingerprint == self }) {
-			own[self] = true
+		for _, k := range v.status.KeyMismatches {
+			if k.Member.Fingerprint == v.status.Self.Fingerprint {
+				own = append(own, k)
+			}
 		}
+	}
+	confirmed := func(k wire.CellKeyMismatch) bool {
+		return slices.ContainsFunc(own, func(o wire.CellKeyMismatch) bool {
+			return o.Member.Fingerprint == k.Member.Fingerprint && o.Addr == k.Addr && o.Presented == k.Presented &&
+				(k.Named == nil || o.Named != nil && *o.Named == *k.Named)
+		})
 	}
 	var out []keyMismatch
 	for _, v := range views {
@@ -526,7 +538,11 @@ func keyMismatches(views []memberView) []keyMismatch {
 					(o.Named == nil) == (k.Named == nil) && (o.Named == nil || *o.Named == *k.Named)
 			})
 			if i < 0 {
-				out = append(out, keyMismatch{CellKeyMismatch: k, confirmed: own[k.Member.Fingerprint], absent: agreed(views, k)})
+				km := keyMismatch{CellKeyMismatch: k, confirmed: confirmed(k)}
+				if key, ok := agreed(views, k.Addr); ok && key != k.Presented {
+					km.absent, km.agreed = true, key
+				}
+				out = append(out, km)
 				i = len(out) - 1
 			}
 			if by := v.status.Self.Fingerprint.Short(); !slices.Contains(out[i].seenBy, by) {

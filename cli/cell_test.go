@@ -516,6 +516,20 @@ func TestCellStatusKeyMismatchUnconfirmed(t *testing.T) {
 		t.Errorf("--json: %s, want the one mismatch with confirmed false", out.String())
 	}
 
+	// The accused member reporting a mismatch of its own configuration
+	// elsewhere (a stranger at another address, say) confirms nothing of
+	// this one: a hostile member could have drawn that report (its own
+	// key swapped at its own address) and lied about the rest.
+	elsewhere := wire.CellKeyMismatch{Member: members[0], Addr: members[1].Addr, Named: &b, Presented: forged}
+	views[0].status = status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader", elsewhere)
+	out.Reset()
+	if err := printCellStatus(env, *views[0].status, views, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "UNCONFIRMED") || strings.Contains(out.String(), "MISCONFIGURED") {
+		t.Errorf("huddle cell status with the leader reporting another mismatch of its own:\n%s\nwant the lie unconfirmed", out.String())
+	}
+
 	// Once the accused member's own status shows it, it is confirmed.
 	own := wire.CellKeyMismatch{Member: members[0], Addr: members[2].Addr, Named: &forged, Presented: c}
 	views[0].status = status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader", own)
@@ -550,9 +564,13 @@ func TestCellStatusStrangerAtMemberAddress(t *testing.T) {
 			KeyMismatches: []wire.CellKeyMismatch{at(members[0]), at(members[1])}}
 	}
 	leader := status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader")
+	follower := status(members[1], "follower")
+	// The stranger's key refused by the leader, as a member may report
+	// (the stranger, a hostile member's other key at its own address, say).
+	follower.KeyMismatches = append(follower.KeyMismatches, wire.CellKeyMismatch{Member: members[0], Addr: members[2].Addr, Presented: stranger})
 	views := []memberView{
 		{replica: members[0], status: leader},
-		{replica: members[1], status: status(members[1], "follower")},
+		{replica: members[1], status: follower},
 		{replica: members[2], err: errors.New("10.0.0.3:7374 presented another key")},
 	}
 	var out, errb strings.Builder
@@ -581,7 +599,7 @@ func TestCellStatusStrangerAtMemberAddress(t *testing.T) {
 	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if len(got.KeyMismatches) != 2 || !got.KeyMismatches[0].Absent || !got.KeyMismatches[1].Absent {
-		t.Errorf("--json: %s, want both mismatches marked member_absent", out.String())
+	if len(got.KeyMismatches) != 3 || !got.KeyMismatches[0].Absent || !got.KeyMismatches[1].Absent || !got.KeyMismatches[2].Absent {
+		t.Errorf("--json: %s, want the three mismatches marked member_absent", out.String())
 	}
 }
