@@ -110,7 +110,7 @@ func (n *Node) AddMember(ctx context.Context, by wire.Fingerprint, p Peer) error
 	conf = conf.Clone()
 	conf.Servers = append(conf.Servers, raft.Server{ID: id, Address: addr, Suffrage: raft.Nonvoter})
 	n.configured(conf)
-	return n.change(ctx, op, n.raft.AddNonvoter(id, addr, index, n.timeout(ctx)), unlock)
+	return n.change(ctx, op, func() raft.IndexFuture { return n.raft.AddNonvoter(id, addr, index, n.timeout(ctx)) }, unlock)
 }
 
 // decideChange waits for this node's turn to change the cell (changing),
@@ -278,7 +278,7 @@ func (n *Node) RemoveMember(ctx context.Context, by, fp wire.Fingerprint) error 
 	if err != nil {
 		return err
 	}
-	return n.change(ctx, op, n.raft.RemoveServer(raft.ServerID(fp.String()), index, n.timeout(ctx)), unlock)
+	return n.change(ctx, op, func() raft.IndexFuture { return n.raft.RemoveServer(raft.ServerID(fp.String()), index, n.timeout(ctx)) }, unlock)
 }
 
 // handOver transfers the leadership to another voter (Handover, which
@@ -306,15 +306,23 @@ func (n *Node) timeout(ctx context.Context) time.Duration {
 	return n.cfg.RPCTimeout
 }
 
-// change waits for raft's answer to the change op (f), or for ctx to end,
-// and gives the turn to change the cell back (unlock) once raft answered:
-// a change raft took is made or refused before the next is decided.
-func (n *Node) change(ctx context.Context, op string, f raft.IndexFuture, unlock func()) error {
+// change hands raft the change op (ask) and waits for raft's answer, or
+// for ctx to end, and gives the turn to change the cell back (unlock) once
+// raft answered: a change raft took is made or refused before the next is
+// decided. Errors: as AddMember's; ErrClosed (wrapped) if the node closed
+// before raft took the change, or raft shut down without answering.
+func (n *Node) change(ctx context.Context, op string, ask func() raft.IndexFuture, unlock func()) error {
+	f, err := hand(n, ask)
+	if err != nil {
+		n.reconfigure()
+		unlock()
+		return fmt.Errorf("%s: %w", op, err)
+	}
 	done := make(chan error, 1)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		err := f.Error() // raft answers by the future's timeout
+		err := n.answer(f) // raft answers by the future's timeout, or as Close lets it
 		if err != nil {
 			// A member AddMember had the transport accept before the
 			// change stays accepted only if raft's latest configuration
@@ -438,8 +446,14 @@ func (n *Node) promote() {
 	if err != nil {
 		return // closed
 	}
-	err = n.raft.AddVoter(next.s.ID, next.s.Address, decided, n.cfg.RPCTimeout).Error()
+	added, err := hand(n, func() raft.IndexFuture { return n.raft.AddVoter(next.s.ID, next.s.Address, decided, n.cfg.RPCTimeout) })
+	if err == nil {
+		err = n.answer(added)
+	}
 	unlock()
+	if errors.Is(err, ErrClosed) {
+		return
+	}
 	if err != nil {
 		n.cfg.Logger.Warn("cell: could not make a member that caught up a voter; trying again", "member", next.s.Address, "err", err)
 		return

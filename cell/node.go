@@ -316,15 +316,20 @@ type Node struct {
 	wg        sync.WaitGroup // await goroutines and the leader loop
 	timers    timers         // the proposals' CommitWait timers
 
-	// gate keeps entries from being handed to raft once Close began
-	// (gated), and futures counts those handed over and not answered yet:
-	// with BatchApplyCh, raft buffers them, and one buffered when raft
-	// shuts down is never answered. Close waits for the count to drop to
-	// zero (raft answers every entry it took while it runs) before it
-	// shuts raft down.
+	// gate keeps requests (entries, changes of the cell, leadership
+	// transfers) from being handed to raft once Close began (gated), and
+	// futures counts those handed over and not answered yet. Raft (v1.7.2)
+	// never answers some it holds when it shuts down: requests still in a
+	// buffered channel (BatchApplyCh's entries, a leadership transfer),
+	// and committed entries (configuration changes and barriers too) still
+	// queued for the state machine, which runFSM leaves as it returns on
+	// shutdownCh. Close waits for the count to drop to zero (raft answers
+	// every request it took while it runs) before it shuts raft down.
 	gate    sync.RWMutex
 	gated   bool
 	futures atomic.Int64
+	// down is closed once raft has shut down: it answers nothing more.
+	down chan struct{}
 
 	// member says this daemon is in the cell's configuration, as last
 	// applied: a daemon removed from the cell says so once. voter says
@@ -417,7 +422,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, closing: make(chan struct{}), changing: make(chan struct{}, 1),
+	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), changing: make(chan struct{}, 1),
 		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
 		catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
@@ -1044,7 +1049,9 @@ func (n *Node) awaitRestored() bool {
 	for !d.ok.Load() {
 		if n.raft.State() == raft.Leader {
 			n.cfg.Logger.Info("cell: elected while this member's group logs catch up at start: handing the leadership over", "term", n.raft.CurrentTerm())
-			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			if err := n.transfer(nil); errors.Is(err, ErrClosed) {
+				return false
+			} else if err != nil {
 				n.cfg.Logger.Warn("cell: could not hand the leadership over; this member leads once its group logs have caught up", "err", err)
 			}
 		}
@@ -1273,8 +1280,7 @@ func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, 
 	go func() {
 		defer n.wg.Done()
 		defer close(done)
-		err = f.Error()
-		n.futures.Add(-1)
+		err = n.answer(f)
 		if err == nil {
 			resp = f.Response()
 			if rerr, ok := resp.(error); ok {
@@ -1323,7 +1329,7 @@ func (n *Node) Handover(ctx context.Context) error {
 	if !started || closed || n.raft.State() != raft.Leader {
 		return nil
 	}
-	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+	if err := n.transfer(nil); err != nil {
 		// Raft gives up at an ElectionTimeout if this member has not
 		// stepped down by then, though the member it told to stand may
 		// still be elected: on a loaded host, as the election after it
@@ -1345,6 +1351,23 @@ func (n *Node) Handover(ctx context.Context) error {
 		n.cfg.Logger.Info("cell: handed the leadership over", "to", "not known yet") // internal/jepsen matches the message
 	}
 	return nil
+}
+
+// transfer hands the leadership over (raft's leadership transfer) to the
+// server to, or, if nil, to the most up-to-date voter, and waits for
+// raft's answer. Errors: raft's, ErrClosed (wrapped) if the node closes
+// first.
+func (n *Node) transfer(to *raft.Server) error {
+	f, err := hand(n, func() raft.Future {
+		if to == nil {
+			return n.raft.LeadershipTransfer()
+		}
+		return n.raft.LeadershipTransferToServer(to.ID, to.Address)
+	})
+	if err != nil {
+		return err
+	}
+	return n.answer(f)
 }
 
 // raftTransferTimeout is how raft (v1.7.2) says a leadership transfer
@@ -1396,6 +1419,7 @@ func (n *Node) Close() error {
 	var err error
 	if started {
 		err = n.raft.Shutdown().Error()
+		close(n.down)
 		n.net.Close()
 	}
 	n.tr.Close()
@@ -1410,8 +1434,10 @@ func (n *Node) Close() error {
 	return err
 }
 
-// apply hands cmd to raft, unless the node is closing (ErrClosed). The
-// caller waits for the future's Error, then calls n.futures.Add(-1).
+// apply hands cmd to raft, unless the node is closing (ErrClosed), as
+// hand does (without its closure: a send's path). The caller takes raft's
+// answer with answer, or (a send's) waits for the future's Error, then
+// calls n.futures.Add(-1).
 func (n *Node) apply(cmd []byte) (raft.ApplyFuture, error) {
 	n.gate.RLock()
 	defer n.gate.RUnlock()
@@ -1422,40 +1448,76 @@ func (n *Node) apply(cmd []byte) (raft.ApplyFuture, error) {
 	return n.raft.Apply(cmd, 0), nil
 }
 
-// applyWait applies cmd and waits for raft's verdict.
+// applyWait applies cmd and waits for raft's verdict (answer).
 func (n *Node) applyWait(cmd []byte) error {
 	f, err := n.apply(cmd)
 	if err != nil {
 		return err
 	}
-	err = f.Error()
-	n.futures.Add(-1)
-	return err
+	return n.answer(f)
 }
 
 // barrier waits until raft applied every entry before it.
 func (n *Node) barrier() error {
-	n.gate.RLock()
-	if n.gated {
-		n.gate.RUnlock()
-		return ErrClosed
+	f, err := hand(n, func() raft.Future { return n.raft.Barrier(n.cfg.RPCTimeout) })
+	if err != nil {
+		return err
 	}
-	n.futures.Add(1)
-	f := n.raft.Barrier(n.cfg.RPCTimeout)
-	n.gate.RUnlock()
-	err := f.Error()
-	n.futures.Add(-1)
-	return err
+	return n.answer(f)
 }
 
-// settleWait bounds how long Close waits for raft to answer the entries
+// hand hands raft a request (ask, which returns raft's future for it),
+// unless the node is closing (ErrClosed), and counts it as not answered
+// yet: the caller takes raft's answer with answer. ask runs under the
+// gate, which Close waits for: it may block no longer than raft's enqueue
+// timeout.
+func hand[F raft.Future](n *Node, ask func() F) (F, error) {
+	n.gate.RLock()
+	defer n.gate.RUnlock()
+	if n.gated {
+		var none F
+		return none, ErrClosed
+	}
+	n.futures.Add(1)
+	return ask(), nil
+}
+
+// answer waits for raft's answer to f, a request handed over by hand,
+// and returns it, or ErrClosed (wrapped) if raft shut down without
+// answering it. Close lets raft answer every request handed over before
+// it shuts raft down (settle), for at most settleWait: one raft still
+// held then, and dropped, is left to a goroutine that waits for it for
+// as long as raft keeps it (Close logs how many). (A send's own wait,
+// Node.await, does without that goroutine: it waits for raft alone.)
+func (n *Node) answer(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() {
+		err := f.Error()
+		n.futures.Add(-1)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-n.down:
+		select {
+		case err := <-done: // answered as raft shut down
+			return err
+		default:
+			return fmt.Errorf("%w: raft shut down without answering", ErrClosed)
+		}
+	}
+}
+
+// settleWait bounds how long Close waits for raft to answer the requests
 // it was handed: a leader that lost its majority answers them when it
-// steps down, within its lease.
+// steps down, within its lease; a leadership transfer ends within an
+// ElectionTimeout.
 const settleWait = 10 * time.Second
 
 // settle closes the gate and waits (at most settleWait) until raft has
-// answered every entry it was handed, so that none is left in its buffer
-// when it shuts down.
+// answered every request it was handed, so that none is left in its
+// buffers, or on its state machine's queue, when it shuts down.
 func (n *Node) settle() {
 	n.gate.Lock()
 	n.gated = true
@@ -1465,7 +1527,7 @@ func (n *Node) settle() {
 		time.Sleep(2 * time.Millisecond)
 	}
 	if k := n.futures.Load(); k > 0 {
-		n.cfg.Logger.Warn("cell: closing with raft entries unanswered", "entries", k)
+		n.cfg.Logger.Warn("cell: closing with raft requests unanswered", "requests", k)
 	}
 }
 

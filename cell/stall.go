@@ -213,7 +213,7 @@ func (n *Node) handOverStalled(at uint64) (Peer, error) {
 		return Peer{}, fmt.Errorf("none of the %d other voters answered that it applied past raft index %d, where this member stalled (%s)",
 			len(vs), at, strings.Join(answers, "; "))
 	}
-	if err := n.raft.LeadershipTransferToServer(to.s.ID, to.s.Address).Error(); err != nil {
+	if err := n.transfer(&to.s); err != nil {
 		return Peer{}, fmt.Errorf("hand the leadership to %s: %w", to.p, err)
 	}
 	return to.p, nil

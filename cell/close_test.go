@@ -1,0 +1,157 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
+	"github.com/huddle-chat/huddle/store"
+)
+
+// queuedBehind is how many committed batches queueBehindHeld puts between
+// the held one and the change under test. Raft (v1.7.2) drops what its
+// state machine's queue holds when it shuts down: its loop picks at
+// random between the next batch and the shutdown, so a change behind
+// queuedBehind batches is applied before the shutdown once in
+// 2^(queuedBehind+1) runs.
+const queuedBehind = 12
+
+// holdLeaderFSM holds the state machine of l, leading, on an entry raft
+// was handed behind the node's back (so that Close does not wait for its
+// answer), and commits queuedBehind barriers behind it, each its own
+// batch on the state machine's queue. It returns what lets the state
+// machine go on; the test registers it for cleanup.
+func holdLeaderFSM(t *testing.T, l *testMember) (release func()) {
+	t.Helper()
+	g := l.group("lobby")
+	release = l.host.holdAppends()
+	t.Cleanup(release) // before the members stop
+	seq, last := l.host.replica(g.ID).log.Tail()
+	e := []store.Entry{{Seq: seq + 1, Time: max(last+1, time.Now().UnixNano()), ID: newID(1 << 20), From: alice, Body: []byte("held")}}
+	l.node.raft.Apply(newEncoder().encodeSend(nil, g.ID, l.node.raft.CurrentTerm(), e), 0)
+	waitUntil(t, "the leader's state machine held on an append", func() bool { return l.host.heldAppends() > 0 })
+	for range queuedBehind {
+		before := l.node.raft.LastIndex()
+		l.node.raft.Barrier(0)
+		waitUntil(t, "a barrier committed", func() bool {
+			last := l.node.raft.LastIndex()
+			return last > before && l.node.raft.CommitIndex() >= last
+		})
+	}
+	return release
+}
+
+// closeReleasing closes l's node while its state machine is held
+// (holdLeaderFSM), and lets the state machine go on once Close either shut
+// raft down or waits for raft to answer what the node handed it. Close
+// must then return: it fails the test if it has not by waitTimeout.
+func closeReleasing(t *testing.T, l *testMember, release func()) {
+	t.Helper()
+	n := l.node
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	waitUntil(t, "Close to shut raft down, or to wait for its answers", func() bool {
+		n.gate.RLock()
+		gated := n.gated
+		n.gate.RUnlock()
+		return n.raft.State() == raft.Shutdown || gated && n.futures.Load() > 0
+	})
+	release()
+	select {
+	case <-closed:
+	case <-time.After(waitTimeout):
+		l.node = nil // its cleanup would wait on the same Close
+		t.Fatalf("Close still waits %v after the state machine went on: raft dropped an answer it was waited for", waitTimeout)
+	}
+}
+
+// TestCloseWhileChangeQueued: a member closing while a change of the cell
+// it leads is committed but not applied (its state machine is behind, as
+// behind a slow disk) lets raft answer the change before raft shuts down.
+// Raft (v1.7.2) drops the batches still on its state machine's queue when
+// it shuts down, without answering them: the change's wait never ended,
+// and Close waited for it for ever (session 14's CI hang, there in the
+// promotion of a member that caught up).
+func TestCloseWhileChangeQueued(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	release := holdLeaderFSM(t, l)
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	self := l.node.Self().Fingerprint
+	added := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	go func() { added <- l.node.AddMember(ctx, self, stranger) }()
+	waitUntil(t, "the leader to commit the addition", func() bool {
+		_, ok := memberOf(l.node.Status(), stranger.Fingerprint)
+		return ok && l.node.raft.CommitIndex() >= l.node.raft.LastIndex()
+	})
+	closeReleasing(t, l, release)
+	if err := <-added; err != nil {
+		t.Errorf("the addition, committed before Close: %v", err)
+	}
+}
+
+// TestCloseWhilePromotionQueued: as TestCloseWhileChangeQueued, for the
+// promotion of a member that caught up, which the leader makes by itself
+// (promote): the hang session 14's CI met in TestWrongPeerKeyRecovery.
+func TestCloseWhilePromotionQueued(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	c.sendMany(l.group("lobby").ID, 0, 10) // for the new member to copy, held
+	d, releaseD := addCatchingUp(t, c)
+	l.node.changing <- struct{}{} // no promotion before the leader's state machine is held
+	releaseD()
+	release := holdLeaderFSM(t, l)
+	<-l.node.changing
+	waitUntil(t, "the leader to commit the promotion", func() bool {
+		m, _ := memberOf(l.node.Status(), d.id.Fingerprint())
+		return m.Voter && l.node.raft.CommitIndex() >= l.node.raft.LastIndex()
+	})
+	closeReleasing(t, l, release)
+}
+
+// heldFuture is a raft future answered when the test says so.
+type heldFuture chan error
+
+func (f heldFuture) Error() error { return <-f }
+
+// TestAnswerEndsWithRaft: a wait for raft's answer to a request ends once
+// raft has shut down without answering it (as raft 1.7.2 drops the
+// requests it holds then, which Close lets it answer first for at most
+// settleWait), and the goroutine left waiting for it ends when raft does
+// answer.
+func TestAnswerEndsWithRaft(t *testing.T) {
+	n := &Node{down: make(chan struct{})}
+	n.futures.Add(1) // as hand counts it
+	f := make(heldFuture)
+	got := make(chan error, 1)
+	go func() { got <- n.answer(f) }()
+	close(n.down)
+	if err := <-got; !errors.Is(err, ErrClosed) {
+		t.Fatalf("answer after raft shut down: %v, want ErrClosed", err)
+	}
+	f <- nil // the goroutine left waiting ends (goleak)
+	waitUntil(t, "the answer counted", func() bool { return n.futures.Load() == 0 })
+
+	n = &Node{down: make(chan struct{})}
+	n.futures.Add(1)
+	answered := errors.New("raft's answer")
+	f = make(heldFuture, 1)
+	f <- answered
+	if err := n.answer(f); err != answered {
+		t.Fatalf("answer of raft: %v, want %v", err, answered)
+	}
+	if k := n.futures.Load(); k != 0 {
+		t.Fatalf("%d requests counted unanswered after raft answered", k)
+	}
+}
