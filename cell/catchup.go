@@ -263,7 +263,7 @@ type catchUpStream struct {
 // copies them, then closes it), else why not.
 func (n *Node) askCatchUp(ctx context.Context, p Peer, g *groupState, after, upto uint64) (*catchUpStream, error) {
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.RPCTimeout)
-	str, _, err := n.tr.open(dctx, p.Addr, kindCatchUp)
+	str, _, err := n.tr.open(dctx, p.Addr, []byte{kindCatchUp})
 	cancel()
 	if err != nil {
 		return nil, err

@@ -386,7 +386,7 @@ func TestCatchUpsPerKey(t *testing.T) {
 	ask := func() (*quic.Stream, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 		defer cancel()
-		str, _, err := tr.open(ctx, f.addr, kindCatchUp)
+		str, _, err := tr.open(ctx, f.addr, []byte{kindCatchUp})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +463,7 @@ func TestCatchUpServedWhileStarting(t *testing.T) {
 	defer f.node.mu.Unlock()
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	str, _, err := tr.open(ctx, f.addr, kindCatchUp)
+	str, _, err := tr.open(ctx, f.addr, []byte{kindCatchUp})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func askAs(t *testing.T, tr *Transport, addr string, kind byte, req []byte) erro
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	str, _, err := tr.open(ctx, addr, kind)
+	str, _, err := tr.open(ctx, addr, []byte{kind}) // the kind alone, as daemons before session 15 ask
 	if err != nil {
 		return err
 	}

@@ -246,7 +246,7 @@ func (n *Node) forgetLearned(leader Peer) {
 
 // askMembers asks the member at addr for the members of its configuration.
 func (n *Node) askMembers(ctx context.Context, addr string) ([]Peer, error) {
-	str, _, err := n.tr.open(ctx, addr, kindMembers)
+	str, _, err := n.tr.open(ctx, addr, question(kindMembers))
 	if err != nil {
 		return nil, err
 	}

@@ -203,8 +203,11 @@ const probeTimeout = 2 * time.Second
 // the connection to it is dead without this end knowing yet (its packets
 // go unanswered until a retransmission draws a stateless reset, seconds
 // later, while raft waits on its RPCs). A stream opened on it sends a
-// packet at once: the restarted daemon answers it with a stateless reset,
+// packet at once, padded past the 42 bytes a stateless reset needs
+// (question): the restarted daemon answers it with a stateless reset,
 // the connection ends (watch), and raft's next RPC dials a new one.
+// (Before session 15 the probe was its kind alone, too short to draw
+// one: the connection lived on until its idle timeout.)
 func (t *Transport) probe(fp wire.Fingerprint) {
 	t.mu.Lock()
 	var d *dialed
@@ -231,7 +234,7 @@ func (t *Transport) probe(fp wire.Fingerprint) {
 	if err != nil {
 		return
 	}
-	str.Write([]byte{kindProbe})
+	str.Write(question(kindProbe))
 	str.Close()
 	str.CancelRead(streamClosed)
 }

@@ -484,20 +484,22 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 // none since it restored a snapshot), and whether its state machine
 // stalled (false from a member that does not say).
 //
-// A member that answered nothing on a connection the transport kept is
-// taken to have restarted (or its path to have changed): the connection
-// is dropped, and the next question dials anew. A member killed and
-// restarted does not end its old connections: its new process answers a
-// packet of a connection it does not know with a stateless reset only if
-// the packet is longer than 42 bytes (quic-go's MinStatelessResetSize),
-// and a progress question (its kind byte and an ACK, 35 bytes) and the
-// keep-alive PINGs are shorter. So until their idle timeout,
-// 15 s, every question on them went unanswered: a stalled leader found
-// no voter to hand the leadership to for 13 s after a leader kill (the
-// restarted members' connections), and promote no member to make a voter.
-// A live member answers within a round trip and its scheduling.
+// A member killed and restarted does not end its old connections: its
+// new process answers a packet of a connection it does not know with a
+// stateless reset only if the packet is longer than 42 bytes (quic-go's
+// MinStatelessResetSize). The question is padded past that (questionSize),
+// so the reset ends the connection at once, and the next question dials
+// anew. Before session 15 it was the kind byte alone (35 bytes with an
+// ACK), and until the connection's idle timeout, 15 s, every question on
+// it went unanswered: a stalled leader found no voter to hand the
+// leadership to for 13 s after a leader kill (the restarted members'
+// connections), and promote no member to make a voter. A member that
+// answered nothing by the deadline on a connection the transport kept is
+// still taken to have restarted, or its path to have changed (no reset
+// reaches this daemon): the connection is dropped. A live member answers
+// within a round trip and its scheduling.
 func (n *Node) progress(ctx context.Context, addr string) (applied, stateApplied uint64, stalled bool, err error) {
-	str, conn, err := n.tr.open(ctx, addr, kindProgress)
+	str, conn, err := n.tr.open(ctx, addr, question(kindProgress))
 	if err != nil {
 		return 0, 0, false, err
 	}

@@ -44,6 +44,25 @@ const (
 	kindMembers byte = 'm'
 )
 
+// questionSize is how long the first write of a probe, a progress and a
+// members stream is: the kind, then zeros, which the member asked reads
+// none of (daemons before session 15 wrote the kind alone). So the packet
+// that carries it is longer than 42 bytes, and a member restarted in place
+// answers it with a stateless reset at once: quic-go answers a packet of a
+// connection it does not know so only then (MinStatelessResetSize), and
+// the kind alone, 35 bytes with QUIC's framing, went unanswered until the
+// connection's idle timeout. (A catch-up's request, 40 bytes, follows its
+// kind at once.)
+const questionSize = 32
+
+// question returns the first write of a stream of kind kindProbe,
+// kindProgress or kindMembers.
+func question(kind byte) []byte {
+	q := make([]byte, questionSize)
+	q[0] = kind
+	return q
+}
+
 // Connection close codes of the cell ALPN.
 const (
 	connRefused   quic.ApplicationErrorCode = 1 // the peer's key is not a member of the cell
@@ -528,11 +547,12 @@ func (t *Transport) dialRaft(address raft.ServerAddress, timeout time.Duration, 
 	return c, nil
 }
 
-// open opens a stream of kind to the member at addr. A stream that cannot
-// be opened on a connection dialed earlier (it has died: the peer
+// open opens a stream to the member at addr and writes first, which
+// starts with the stream's kind (one byte, or a question). A stream that
+// cannot be opened on a connection dialed earlier (it has died: the peer
 // restarted, or was unreachable for longer than the idle timeout) is tried
 // once more on a new connection.
-func (t *Transport) open(ctx context.Context, addr string, kind byte) (*quic.Stream, *quic.Conn, error) {
+func (t *Transport) open(ctx context.Context, addr string, first []byte) (*quic.Stream, *quic.Conn, error) {
 	for attempt := 0; ; attempt++ {
 		d, fresh, err := t.conn(ctx, addr)
 		if err != nil {
@@ -540,7 +560,7 @@ func (t *Transport) open(ctx context.Context, addr string, kind byte) (*quic.Str
 		}
 		str, err := d.conn.OpenStreamSync(ctx)
 		if err == nil {
-			if _, err = str.Write([]byte{kind}); err == nil {
+			if _, err = str.Write(first); err == nil {
 				return str, d.conn, nil
 			}
 			str.CancelWrite(streamClosed)

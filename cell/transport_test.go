@@ -325,7 +325,7 @@ func TestTransportRefusesRaftStreams(t *testing.T) {
 	a, _ := newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
 	for _, kind := range []byte{'r', 'R'} {
 		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
-		str, _, err := a.open(ctx, bAddr, kind)
+		str, _, err := a.open(ctx, bAddr, []byte{kind})
 		cancel()
 		if err != nil {
 			t.Fatal(err)

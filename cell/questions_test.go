@@ -1,0 +1,134 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// TestQuestionsDrawReset: each short question a member asks another (a
+// progress question, a members question, a probe) draws, from a member
+// restarted in place, a QUIC stateless reset at once, which ends the
+// connection dialed to its previous process. A restarted daemon answers
+// only packets over 42 bytes so (quic-go's bound), and these questions
+// were shorter: they went unanswered until the connection's idle timeout
+// (15 s), or the question's own deadline. (Not every time: a packet
+// that carries an ACK or a flow-control update beside the kind byte is
+// long enough. Each is asked twice, on two connections.)
+func TestQuestionsDrawReset(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.keyCheckEvery = time.Hour // no members question but the test's
+	})
+	l := c.leader()
+	f := c.follower()
+	asks := []struct {
+		name string
+		ask  func(ctx context.Context) error
+	}{
+		{"progress", func(ctx context.Context) error { _, _, _, err := l.node.progress(ctx, f.addr); return err }},
+		{"members", func(ctx context.Context) error { _, err := l.node.askMembers(ctx, f.addr); return err }},
+		{"probe", func(context.Context) error { l.node.tr.probe(f.id.Fingerprint()); return nil }},
+	}
+	for _, q := range slices.Concat(asks, asks) {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		d, _, err := l.node.tr.conn(ctx, f.addr)
+		if err != nil {
+			cancel()
+			t.Fatalf("%s: dial the follower: %v", q.name, err)
+		}
+		old := d.conn
+		f.crash()
+		stop := standIn(t, f)
+		start := time.Now()
+		err = q.ask(ctx)
+		select {
+		case <-old.Context().Done():
+		case <-ctx.Done():
+		}
+		cancel()
+		t.Logf("%s: ended after %v by %v (question: %v)", q.name, time.Since(start), context.Cause(old.Context()), err)
+		var reset *quic.StatelessResetError
+		if cause := context.Cause(old.Context()); !errors.As(cause, &reset) {
+			t.Errorf("%s: the connection to the restarted member ended by %v (the question: %v), want a stateless reset", q.name, cause, err)
+		}
+		stop()
+		c.start(f, false)
+	}
+}
+
+// standIn listens at m's address, crashed, as m's next process does
+// before it knows any connection: it answers each packet of a connection
+// it does not know, if long enough, with a stateless reset (m's key). It
+// returns what closes it (once or more), which the test's cleanup calls
+// too.
+func standIn(t *testing.T, m *testMember) (stop func()) {
+	t.Helper()
+	ua, err := net.ResolveUDPAddr("udp", m.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: &m.reset}
+	stop = sync.OnceFunc(func() {
+		tr.Close()
+		udp.Close()
+	})
+	t.Cleanup(stop)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	tr.ReadNonQUICPacket(ctx, nil) // starts its reading of packets, and returns
+	return stop
+}
+
+// TestQuestionsPaddedOrNot: a member answers a progress and a members
+// question alike whether the kind comes alone (daemons before session 15)
+// or padded to questionSize: it reads nothing after the kind, as those
+// daemons did not, so that they answer the padded questions too.
+func TestQuestionsPaddedOrNot(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	answer := func(first []byte, size int) []byte {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		str, _, err := l.node.tr.open(ctx, f.addr, first)
+		if err != nil {
+			t.Fatalf("ask %q: %v", first[0], err)
+		}
+		defer str.CancelRead(streamClosed)
+		defer str.Close()
+		str.SetReadDeadline(time.Now().Add(waitTimeout))
+		b, err := io.ReadAll(io.LimitReader(str, int64(size)+1))
+		if err != nil {
+			t.Fatalf("ask %q (%d bytes): %v", first[0], len(first), err)
+		}
+		return b
+	}
+	for _, first := range [][]byte{{kindProgress}, question(kindProgress)} {
+		if b := answer(first, progressSize); len(b) != progressSize {
+			t.Errorf("progress asked in %d bytes: answered %d bytes, want %d", len(first), len(b), progressSize)
+		}
+	}
+	var lists [][]Peer
+	for _, first := range [][]byte{{kindMembers}, question(kindMembers)} {
+		ms, err := decodeMembers(answer(first, 1+maxLearnedMembers*(32+1+maxLearnedAddr)))
+		if err != nil || len(ms) != 3 {
+			t.Fatalf("members asked in %d bytes: %v, %v; want the 3 members", len(first), ms, err)
+		}
+		lists = append(lists, ms)
+	}
+	if !slices.Equal(lists[0], lists[1]) {
+		t.Errorf("members answered %v to the kind alone, %v to the padded question", lists[0], lists[1])
+	}
+}
