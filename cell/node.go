@@ -1468,17 +1468,21 @@ func (n *Node) barrier() error {
 
 // hand hands raft a request (ask, which returns raft's future for it),
 // unless the node is closing (ErrClosed), and counts it as not answered
-// yet: the caller takes raft's answer with answer. ask runs under the
-// gate, which Close waits for: it may block no longer than raft's enqueue
-// timeout.
+// yet: the caller takes raft's answer with answer. Close, which closes the
+// gate, waits for the count, so for ask too, which may wait for raft to
+// take the request (its enqueue timeout: a change's is the request's
+// deadline), but not under the gate: a change asked with a distant
+// deadline holds Close back for settleWait at most, and raft answers it
+// ErrRaftShutdown as it shuts down.
 func hand[F raft.Future](n *Node, ask func() F) (F, error) {
 	n.gate.RLock()
-	defer n.gate.RUnlock()
 	if n.gated {
+		n.gate.RUnlock()
 		var none F
 		return none, ErrClosed
 	}
-	n.futures.Add(1)
+	n.futures.Add(1) // under the gate: settle waits for it
+	n.gate.RUnlock()
 	return ask(), nil
 }
 
