@@ -660,7 +660,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			req.Since, req.After = nil, &resume
 			continue
 		}
-		if err != nil && req.Epoch == 0 && check == nil && delivered > at && (q.Limit == 0 || n < left) && ctx.Err() == nil && errors.Is(err, ErrUnreachable) {
+		if err != nil && n > 0 && req.Epoch == 0 && check == nil && (q.Limit == 0 || n < left) && ctx.Err() == nil && errors.Is(err, ErrUnreachable) {
 			// The same with no epoch known (a first page of a Query
 			// without one): the messages delivered may be of a log the
 			// daemon no longer holds (a memory log, or history lost,
@@ -671,7 +671,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			// the next pages are asked under. Another message there is
 			// another log (ErrEpochMismatch); none (dropped since, or
 			// not held) leaves it unknown, and the error is returned, as
-			// it is if the connection is lost again before the check.
+			// it is if the connection is lost again before the check, or
+			// before a message past it (each resumption must deliver: a
+			// daemon that answered the check and dropped the connection,
+			// again and again, had the fetch dial it for ever).
 			// Until session 15 the error was returned in every case.
 			if c := lastDelivered(msgs, delivered); c != nil {
 				if first {

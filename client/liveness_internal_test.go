@@ -518,6 +518,92 @@ func TestFetchWithoutEpochResumesAfterRestart(t *testing.T) {
 	}
 }
 
+// TestFetchWithoutEpochResumesOnlyWithProgress: a first page resumed after
+// a restart in place (TestFetchWithoutEpochResumesAfterRestart) whose
+// connection is lost again after the message checked, before any message
+// past it, ends with ErrUnreachable. Each resumption must deliver: a
+// daemon that answered the check and dropped the connection, again and
+// again, had the fetch dial it for as long as its context lasted.
+func TestFetchWithoutEpochResumesOnlyWithProgress(t *testing.T) {
+	msg := func(seq uint64) wire.Message {
+		return wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, Body: []byte{byte(seq)}}
+	}
+	page := func(st *quic.Stream, ms ...wire.Message) {
+		wire.WriteResponse(st, wire.KindMessages, wire.Messages{Messages: ms})
+	}
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpFetch {
+			page(st, msg(1), msg(2), msg(3))
+			<-stop
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	third, restarted := make(chan struct{}), make(chan struct{})
+	var got []uint64
+	done := make(chan error, 1)
+	go func() {
+		_, err := g.Fetch(ctx, Query{}, func(m Message) bool {
+			if got = append(got, m.Seq); m.Seq == 3 {
+				close(third)
+				<-restarted
+			}
+			return true
+		})
+		done <- err
+	}()
+	<-third
+	// Restarted, the daemon answers the check, then nothing: the client
+	// probes the silent connection (it has had the message a second).
+	probed := make(chan struct{}, 1)
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		switch op {
+		case wire.OpFetch:
+			page(st, msg(3))
+			<-stop
+		case wire.OpInfo:
+			select {
+			case probed <- struct{}{}:
+			default:
+			}
+		}
+	})
+	close(restarted)
+	select {
+	case <-probed:
+	case err := <-done:
+		t.Fatalf("the fetch ended before its resumption went silent: %v", err)
+	}
+	var mu sync.Mutex
+	asked := 0
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpFetch {
+			mu.Lock()
+			asked++
+			mu.Unlock()
+			page(st, msg(3), msg(4))
+			wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 4, First: 1, Last: 4, Epoch: 5})
+		}
+	})
+	if err := <-done; !errors.Is(err, ErrUnreachable) || ctx.Err() != nil {
+		t.Fatalf("fetch whose resumption was lost before it delivered: %v, want ErrUnreachable", err)
+	}
+	if !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Errorf("fetch delivered %v, want [1 2 3]", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if asked != 0 {
+		t.Errorf("the fetch resumed %d times more without progress, want none", asked)
+	}
+}
+
 // TestSlowerPathKeepsItsConnection: a live daemon whose path slows while a
 // call waits on it (its round trip up from a millisecond to 0.7 s: a
 // congested or roaming link), the call answered after two probes, keeps
