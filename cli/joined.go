@@ -272,6 +272,19 @@ func (j *joinedRecord) Has(group client.UUID, daemon client.Fingerprint) bool {
 	return ok
 }
 
+// Groups returns the groups joined, each under the name it was joined
+// under: huddle web shows them, listed or not, by those names.
+func (j *joinedRecord) Groups() []client.GroupEntry {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.load()
+	out := make([]client.GroupEntry, 0, len(j.set))
+	for k, name := range j.set {
+		out = append(out, client.GroupEntry{Group: k.Group, Fingerprint: k.Daemon, Name: name})
+	}
+	return out
+}
+
 func (j *joinedRecord) Add(e client.GroupEntry) { j.update(joining(e)) }
 
 func (j *joinedRecord) Remove(e client.GroupEntry) { j.update(leaving(e)) }

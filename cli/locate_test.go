@@ -2,11 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -217,6 +220,13 @@ func TestJoinedRecordSharedWithCommands(t *testing.T) {
 	r.Remove(lobby) // within joinedRecheck of the last look: dev must stay
 	if set, err := loadJoined(dir); err != nil || set.has(lobby) || !set.has(ops) || len(set) != 2 {
 		t.Errorf("joined file after the page's leave: %v, %v; want ops and dev", set, err)
+	}
+	// The page shows each group joined, under the name it was joined
+	// under, listed or not.
+	got := r.Groups()
+	slices.SortFunc(got, func(a, b wire.GroupEntry) int { return cmp.Compare(a.Name, b.Name) })
+	if want := []wire.GroupEntry{{Group: wire.UUID{8}, Fingerprint: wire.Fingerprint{9}, Name: "dev"}, ops}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Groups() = %+v, want %+v", got, want)
 	}
 }
 

@@ -93,7 +93,8 @@ type Config struct {
 	// it, or for a group joined under none of the keys, the first
 	// registry's key is shown (Registries in order, then those Discover
 	// found, in the order found), and a join is refused (409 clash): which
-	// key is the owner's cannot be told.
+	// key is the owner's cannot be told. A group joined is shown under the
+	// name it was joined under, whatever the registries list it as.
 	Joined Joined
 	// Logger receives the server's notable events (start, refused
 	// requests at debug level). Default: discard.
@@ -107,6 +108,11 @@ type Joined interface {
 	// Has reports whether the user joined group at the daemon whose key
 	// is daemon.
 	Has(group client.UUID, daemon client.Fingerprint) bool
+	// Groups returns the groups the user joined: each one's UUID, its
+	// daemon's key (Fingerprint) and the name it was joined under (Name,
+	// empty if none is recorded). It is called at each poll of the
+	// registries.
+	Groups() []client.GroupEntry
 	// Add records that the user joined e's group at e's daemon.
 	Add(e client.GroupEntry)
 	// Remove records that the user left e's group at e's daemon.

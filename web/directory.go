@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -54,9 +55,12 @@ type directory struct {
 	wg   sync.WaitGroup  // every goroutine run started
 	info chan struct{}   // a token per info request in flight
 
-	mu        sync.Mutex
-	regs      []*registryState // given first, in order, then discovered
-	groups    map[wire.UUID]*groupState
+	mu     sync.Mutex
+	regs   []*registryState // given first, in order, then discovered
+	groups map[wire.UUID]*groupState
+	// joinedNow is what Joined said at the last merge: each group joined
+	// (its UUID and daemon key) and the name it was joined under.
+	joinedNow map[groupKey]string
 	list      listJSON
 	listBytes []byte
 	changed   chan struct{} // closed and replaced when list changes
@@ -80,17 +84,32 @@ type registryState struct {
 	stop       func()    // ends its poller; nil until it starts
 }
 
+// groupKey is a group as the user joins it: its UUID at one daemon's key.
+type groupKey struct {
+	group  wire.UUID
+	daemon wire.Fingerprint
+}
+
 type groupState struct {
 	entry   wire.GroupEntry
 	entryAt time.Time // when entry's registry listed it
-	regs    []string  // addresses of the registries listing it
-	clash   bool      // another registry lists the UUID with another daemon key
-	handle  *client.Group
-	addrs   []string // the addresses handle dials (handleSource)
-	info    *client.Info
-	infoAt  time.Time
-	infoOK  bool // the last info request succeeded
-	asking  bool // an info request is in flight
+	regs    []string  // addresses of the registries listing it, each once
+	// name is the name the group is shown under: the one the user joined
+	// it under (Config.Joined), else that of its entry whose lease ends
+	// last, as the CLI names it (client.Merge); otherNames are the other
+	// names registries list it under (at the key used), in the order
+	// found. A rogue registry may rename a group, or list one of its own
+	// under the real one's name: the page shows, filters on and counts
+	// every name, as the CLI resolves GROUP against every one.
+	name       string
+	otherNames []string
+	clash      bool // another registry lists the UUID with another daemon key
+	handle     *client.Group
+	addrs      []string // the addresses handle dials (handleSource)
+	info       *client.Info
+	infoAt     time.Time
+	infoOK     bool // the last info request succeeded
+	asking     bool // an info request is in flight
 	// moved: the registries' counts of the group (members, last
 	// sequence) changed since its info was last asked. A daemon that
 	// restarted with a new log between two polls shows only as that,
@@ -105,8 +124,13 @@ type groupState struct {
 
 // groupJSON is a group as the API lists it.
 type groupJSON struct {
-	UUID        string   `json:"uuid"`
+	UUID string `json:"uuid"`
+	// Name is the name the user joined the group under, else the one of
+	// the registries' entries whose lease ends last (the name huddle
+	// groups shows); OtherNames are the other names registries list it
+	// under, as they came (huddle groups --json's other_names).
 	Name        string   `json:"name"`
+	OtherNames  []string `json:"other_names,omitempty"`
 	Fingerprint string   `json:"fingerprint"` // the group daemon's key
 	Addrs       []string `json:"addrs"`
 	Members     uint64   `json:"members"`
@@ -410,18 +434,43 @@ func (d *directory) merge() {
 			h.Close()
 		}
 	}()
+	var joined map[groupKey]string
+	if d.joined != nil {
+		// Not under d.mu: a Joined may read a file.
+		groups := d.joined.Groups()
+		joined = make(map[groupKey]string, len(groups))
+		for _, e := range groups {
+			joined[groupKey{e.Group, e.Fingerprint}] = e.Name
+		}
+	}
 	d.mu.Lock()
+	d.joinedNow = joined
 	pick := d.pickKeysLocked(now)
 	sources := d.handleSourcesLocked(now, pick)
 	seen := make(map[wire.UUID]bool)
+	names := make(map[wire.UUID]*listedNames)
 	for _, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
+		// A registry lists a group once (as handleSourcesLocked and
+		// client.Merge take it): its later entries of the group named
+		// it again in the group's registries, and gave it their names.
+		listed := make(map[wire.UUID]bool)
 		for _, e := range rs.entries {
 			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
 				continue // after: the key used comes first
 			}
+			if listed[e.Group] {
+				continue
+			}
+			listed[e.Group] = true
+			n := names[e.Group]
+			if n == nil {
+				n = &listedNames{}
+				names[e.Group] = n
+			}
+			n.add(e, rs.at)
 			gs := d.groups[e.Group]
 			if !seen[e.Group] {
 				seen[e.Group] = true
@@ -466,7 +515,9 @@ func (d *directory) merge() {
 		for _, e := range rs.entries {
 			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
 				if gs := d.groups[e.Group]; gs != nil && seen[e.Group] {
-					gs.regs = append(gs.regs, rs.addr)
+					if !slices.Contains(gs.regs, rs.addr) {
+						gs.regs = append(gs.regs, rs.addr)
+					}
 					gs.clash = true
 				}
 			}
@@ -476,7 +527,9 @@ func (d *directory) merge() {
 		if !seen[id] {
 			delete(d.groups, id)
 			dropped = append(dropped, gs.handle)
+			continue
 		}
+		gs.name, gs.otherNames = names[id].pick(joined[groupKey{id, gs.entry.Fingerprint}])
 	}
 	for _, gs := range d.groups {
 		// A group whose counts moved is asked at most once a poll interval:
@@ -497,6 +550,51 @@ func (d *directory) merge() {
 	close(d.merged)
 	d.merged = make(chan struct{})
 	d.mu.Unlock()
+}
+
+// listedNames are the names registries list one group under (at the key
+// merge uses), in the order found, and the one of the entry whose lease
+// ends last.
+type listedNames struct {
+	all   []string
+	last  string
+	until time.Time // when last's lease ends
+}
+
+// maxLeaseMS bounds a lease as a registry gives it, so that it fits a
+// time.Duration.
+const maxLeaseMS = uint64(math.MaxInt64 / time.Millisecond)
+
+// add counts e, listed by a registry at the time at.
+func (n *listedNames) add(e wire.GroupEntry, at time.Time) {
+	if !slices.Contains(n.all, e.Name) {
+		n.all = append(n.all, e.Name)
+	}
+	// The CLI's rule (client.Merge): the name of the entry whose lease
+	// has the most time left, the first found of equals. Registries are
+	// polled at different times here, so the lease's end is compared.
+	until := at.Add(time.Duration(min(e.ExpiresMS, maxLeaseMS)) * time.Millisecond)
+	if n.until.IsZero() || until.After(n.until) {
+		n.last, n.until = e.Name, until
+	}
+}
+
+// pick returns the name a group is shown under, and its other names: the
+// one the user joined it under (joinedAs, "" if none), as the CLI names a
+// joined group by it whatever a registry lists it as now (resolveGroup),
+// else the registries' name of the latest lease.
+func (n *listedNames) pick(joinedAs string) (string, []string) {
+	if n == nil {
+		return joinedAs, nil
+	}
+	name := cmp.Or(joinedAs, n.last)
+	var others []string
+	for _, o := range n.all {
+		if o != name {
+			others = append(others, o)
+		}
+	}
+	return name, others
 }
 
 // errListingTooLarge: a registry's listing is larger than its part of
@@ -668,6 +766,7 @@ func (d *directory) joinedAt(id wire.UUID, g *client.Group, left bool) {
 	ok := gs != nil && gs.handle == g
 	if ok {
 		e = gs.entry
+		e.Name = gs.name // the name the page showed it under
 	}
 	d.mu.Unlock()
 	switch {
@@ -818,7 +917,7 @@ func (d *directory) publishLocked() {
 	l := listJSON{Groups: make([]groupJSON, 0, len(d.groups)), Registries: make([]registryJSON, 0, len(d.regs))}
 	for id, gs := range d.groups {
 		e := gs.entry
-		g := groupJSON{UUID: id.String(), Name: e.Name, Fingerprint: e.Fingerprint.String(), Addrs: e.Addrs,
+		g := groupJSON{UUID: id.String(), Name: gs.name, OtherNames: gs.otherNames, Fingerprint: e.Fingerprint.String(), Addrs: e.Addrs,
 			Members: e.Members, LastSeq: e.LastSeq, Registries: gs.regs, Clash: gs.clash}
 		if g.Addrs == nil {
 			g.Addrs = []string{}

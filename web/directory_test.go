@@ -1,11 +1,14 @@
 package web
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -121,13 +124,24 @@ func TestDirectoryClash(t *testing.T) {
 	}
 }
 
-// joinedSet is a Config.Joined in memory: the groups joined, and what
-// Add and Remove were told.
+// joinedSet is a Config.Joined in memory: the groups joined (and the
+// names they were joined under), and what Add and Remove were told.
 type joinedSet struct {
 	mu      sync.Mutex
 	keys    map[wire.UUID]wire.Fingerprint
+	names   map[wire.UUID]string
 	added   []wire.GroupEntry
 	removed []wire.GroupEntry
+}
+
+func (j *joinedSet) Groups() []wire.GroupEntry {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []wire.GroupEntry
+	for g, fp := range j.keys {
+		out = append(out, wire.GroupEntry{Group: g, Fingerprint: fp, Name: j.names[g]})
+	}
+	return out
 }
 
 func (j *joinedSet) Has(g wire.UUID, fp wire.Fingerprint) bool {
@@ -456,4 +470,89 @@ func startClash(t *testing.T, r1, r2 *registry.Daemon) *groupd.Daemon {
 		t.Fatal("the two daemons host different UUIDs")
 	}
 	return real
+}
+
+// renamingRegistry starts a daemon hosting lobby, registered with r, and a
+// rogue registry of its own making that lists that lobby under its real
+// key and address but another name, rename (its lease the longest: the
+// merged listing's name, as client.Merge takes it), then again under a
+// third name (a registry's second entry of a group, which counts for
+// nothing), and a group of its own under lobby's name. It returns the
+// real daemon, the rogue's address and its lobby's UUID.
+func renamingRegistry(t *testing.T, r *registry.Daemon, rename string) (*groupd.Daemon, string, wire.UUID) {
+	t.Helper()
+	real, _ := startGroups(t, r, groupd.Config{})
+	renamed := wire.GroupEntry{Group: real.Groups()[0].ID, Name: rename, Addrs: []string{real.Addr().String()},
+		Fingerprint: real.Fingerprint(), ExpiresMS: 3_600_000}
+	again := renamed
+	again.Name = "zz again"
+	fake := wire.GroupEntry{Group: wire.UUID{0xf, 0xa, 0xc, 0xe}, Name: "lobby", Addrs: []string{"127.0.0.1:9"},
+		Fingerprint: wire.Fingerprint{6}, ExpiresMS: 3_600_000}
+	// In the order a registry lists (client.Registry.List checks it).
+	entries := []wire.GroupEntry{renamed, fake, again}
+	slices.SortStableFunc(entries, func(a, b wire.GroupEntry) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), bytes.Compare(a.Group[:], b.Group[:]))
+	})
+	return real, listingRegistry(t, entries), fake.Group
+}
+
+// TestDirectoryOtherNames: a group registries list under several names
+// is listed under one, with the others in other_names, as huddle groups
+// shows it: the name of the longest lease (client.Merge's), or the one
+// the user joined it under, whatever the registries call it now (the
+// CLI's resolveGroup). huddle web showed and matched the first registry's
+// name only: a rogue registry renaming the real lobby and listing a group
+// of its own as lobby left the page one "lobby", the rogue's.
+func TestDirectoryOtherNames(t *testing.T) {
+	r := startRegistry(t)
+	const rename = "our lounge\u202e"
+	real, rogue, fake := renamingRegistry(t, r, rename)
+	id := real.Groups()[0].ID
+	byUUID := func(l listJSON) map[string]groupJSON {
+		m := map[string]groupJSON{}
+		for _, g := range l.Groups {
+			m[g.UUID] = g
+		}
+		return m
+	}
+	both := func(l listJSON) bool {
+		m := byUUID(l)
+		return len(m[id.String()].Registries) == 2 && m[fake.String()].Name != ""
+	}
+
+	l := newAPI(t, startWeb(t, newClient(t), r.Addr().String(), rogue)).events("").waitGroups("lobby listed by both", both)
+	m := byUUID(l)
+	if g := m[id.String()]; g.Name != rename || !slices.Equal(g.OtherNames, []string{"lobby"}) {
+		t.Errorf("the real lobby listed as %q, other names %q; want %q (the longest lease's name), other names [lobby]", g.Name, g.OtherNames, rename)
+	}
+	if g := m[fake.String()]; g.Name != "lobby" || g.OtherNames != nil {
+		t.Errorf("the rogue's lobby listed as %q, other names %q; want lobby alone", g.Name, g.OtherNames)
+	}
+
+	// Joined under lobby: named so, whatever the registries call it.
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{id: real.Fingerprint()}, names: map[wire.UUID]string{id: "lobby"}}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r.Addr().String(), rogue},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
+	must(t, err)
+	serve(t, s)
+	m = byUUID(newAPI(t, s).events("").waitGroups("lobby listed by both", both))
+	if g := m[id.String()]; g.Name != "lobby" || !slices.Equal(g.OtherNames, []string{rename}) {
+		t.Errorf("the real lobby, joined as lobby, listed as %q, other names %q; want lobby, other names [%q]", g.Name, g.OtherNames, rename)
+	}
+}
+
+// TestDirectoryRegistryNamedOnce: a registry listing a group twice is
+// one of the group's registries, named once (it was named once an entry).
+func TestDirectoryRegistryNamedOnce(t *testing.T) {
+	r := startRegistry(t)
+	real, rogue, _ := renamingRegistry(t, r, "lobby")
+	id := real.Groups()[0].ID.String()
+	l := newAPI(t, startWeb(t, newClient(t), r.Addr().String(), rogue)).events("").waitGroups("lobby listed by both", func(l listJSON) bool {
+		return slices.ContainsFunc(l.Groups, func(g groupJSON) bool { return g.UUID == id && len(g.Registries) >= 2 })
+	})
+	for _, g := range l.Groups {
+		if g.UUID == id && !slices.Equal(g.Registries, []string{r.Addr().String(), rogue}) {
+			t.Errorf("lobby's registries %q, want %q", g.Registries, []string{r.Addr().String(), rogue})
+		}
+	}
 }

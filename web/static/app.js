@@ -400,21 +400,30 @@ function renderSidebar() {
   // "lоbby" with a Cyrillic о, or "lobby " with a blank): anyone may
   // register a group under any name, and only the tag below tells the
   // owner's from a stranger's.
+  // Every name a group is listed under counts (other_names: a rogue
+  // registry renaming the real lobby and listing its own as lobby), as
+  // the CLI takes each as naming the group.
+  const looks = new Map(); // group -> the lookalikes of its names
   const nameCount = new Map();
-  for (const g of groups) nameCount.set(fmt.lookalike(g.name), (nameCount.get(fmt.lookalike(g.name)) || 0) + 1);
+  for (const g of groups) {
+    const ls = new Set(fmt.allNames(g).map(fmt.lookalike));
+    looks.set(g, ls);
+    for (const l of ls) nameCount.set(l, (nameCount.get(l) || 0) + 1);
+  }
   let total = 0;
   const keep = new Set();
   for (const g of groups) {
     const c = state.convs.get(g.uuid);
     const unread = g.member && c ? c.unread : 0;
     total += unread;
-    if (filter && !g.name.toLowerCase().includes(filter) && !g.uuid.startsWith(filter)) continue;
-    const twin = nameCount.get(fmt.lookalike(g.name)) > 1;
+    if (filter && !fmt.allNames(g).some(n => n.toLowerCase().includes(filter)) && !g.uuid.startsWith(filter)) continue;
+    const twin = [...looks.get(g)].some(l => nameCount.get(l) > 1);
+    const also = (g.other_names || []).map(fmt.quoted).join(', ');
     const live = c && c.status === 'live';
     const down = g.member && !g.listed && !live ? 'offline'
       : g.member && c && c.status === 'reconnecting' ? 'reconnecting'
       : !g.reachable && !live ? 'unreachable' : '';
-    const sig = [g.name, twin, g.private, g.clash, down, unread, g.members, g.uuid === state.active].join('|');
+    const sig = [g.name, also, twin, g.private, g.clash, down, unread, g.members, g.uuid === state.active].join('|');
     keep.add(g.uuid);
     let row = rows.get(g.uuid);
     if (!row || row.sig !== sig) {
@@ -430,8 +439,18 @@ function renderSidebar() {
       const name = document.createElement('span');
       name.className = 'gname';
       name.dir = 'auto';
-      name.textContent = g.name;
+      name.textContent = fmt.shown(g.name);
       const parts = [name];
+      // The names other registries list it under, where the user picks
+      // it: one may be the name they know it by.
+      if (also) {
+        const a = document.createElement('span');
+        a.className = 'also';
+        a.dir = 'auto';
+        a.textContent = `also listed as ${also}`;
+        a.title = a.textContent;
+        parts.push(a);
+      }
       // Two groups of one name: tell them apart by UUID and daemon.
       if (twin) parts.push(tag(`${g.uuid.slice(0, 8)} · ${fmt.short(g.fingerprint)}`));
       if (g.private) parts.push(tag('private'));
@@ -445,7 +464,7 @@ function renderSidebar() {
         parts.push(badge);
       }
       b.replaceChildren(...parts);
-      b.setAttribute('aria-label', `${g.name}${g.private ? ', private' : ''}${unread ? `, ${unread} unread` : ''}, ${g.members} members`);
+      b.setAttribute('aria-label', `${fmt.shown(g.name)}${also ? `, also listed as ${also}` : ''}${g.private ? ', private' : ''}${unread ? `, ${unread} unread` : ''}, ${g.members} members`);
       row = {li, sig};
       rows.set(g.uuid, row);
     }
@@ -784,8 +803,9 @@ function renderHead() {
   const g = state.groups.get(state.active);
   const c = state.convs.get(state.active);
   if (!g) return;
-  $('title').textContent = g.name;
+  $('title').textContent = fmt.shown(g.name);
   $('title').title = `${g.uuid} · daemon ${g.fingerprint}` +
+    (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '') +
     (g.clash ? ` · registries list this group with two different daemons: this page uses the one ${g.registries[0]} lists` : '');
   const st = $('group-state');
   st.className = 'group-state';
@@ -813,7 +833,8 @@ function renderHead() {
 
 function joinAbout(g) {
   return `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
-    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}`;
+    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}` +
+    (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '');
 }
 
 function apiErr(e) { return new APIError(0, e); }
@@ -849,7 +870,7 @@ function showJoin(g, focus) {
   $('members').hidden = true;
   const f = $('join-form');
   f.hidden = false;
-  $('join-title').textContent = `Join ${g.name}`;
+  $('join-title').textContent = `Join ${fmt.shown(g.name)}`;
   $('join-about').textContent = joinAbout(g);
   $('join-secret-label').hidden = !g.private;
   $('join-secret').required = g.private;

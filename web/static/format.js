@@ -60,6 +60,22 @@ export const lookalike = name =>
   Array.from(name.normalize('NFD'), confusable).join('').normalize('NFD')
     .replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/[\s\u2800\u{1D159}]+/gu, ' ').trim();
 
+// shown is a name as the page shows it where a registry chose it (a
+// rogue one may list anything): each control or format character (a
+// bidirectional override would turn the text around it; the daemons
+// refuse both in names) and each line or paragraph separator becomes
+// U+FFFD, as the CLI shows such names (cli/shown.go).
+export const shown = name => name.replace(/[\p{Cc}\p{Cf}\u2028\u2029]/gu, '\uFFFD');
+
+// quoted is a name shown among others: through shown, in double quotes,
+// a quote or backslash in it escaped, so that a name holding '", "' does
+// not pass for two (the CLI's strconv.Quote).
+export const quoted = name => JSON.stringify(shown(name));
+
+// allNames is a group's names: the one it is shown under, then the others
+// registries list it under.
+export const allNames = g => [g.name, ...(g.other_names || [])];
+
 // Names: who shares a display name, or one that looks the same, with
 // another key.
 export class Names {
