@@ -483,3 +483,45 @@ func startLobbyPage(t *testing.T) lobbyPage {
 	w.b.waitFor("the first message", hasMessage("one"))
 	return w
 }
+
+// TestWebShowsJoinedGroupWhileGone opens bob's page while the daemon of
+// lobby, which he joined from the terminal, is stopped: no registry lists
+// it. The page said "no groups yet", though the CLI knew the group (the
+// joined file). It shows lobby among his groups, offline, says why when
+// opened, and carries on once the daemon is back.
+func TestWebShowsJoinedGroupWhileGone(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	state := t.TempDir()
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", state)
+	lobby := gd.groups["lobby"]
+	alice, bob := newUser(t, "alice", reg.registry), newUser(t, "bob", reg.registry)
+	waitListed(t, bob, lobby)
+	alice.join(t, "lobby")
+	bob.join(t, "lobby")
+	gd.stop(t) // it deregisters lobby
+	if !eventually(waitTimeout, func() bool { return !strings.Contains(bob.ok(t, "groups", "--json"), lobby) }) {
+		t.Fatal("the registry still lists lobby after its daemon stopped")
+	}
+
+	b := newBrowser(t, 1000, 700)
+	b.open(bob.web(t))
+	sel := jsString(`#joined button[data-group="` + lobby + `"]`)
+	b.waitFor("lobby among bob's groups, offline", fmt.Sprintf(`document.querySelector(%s)?.textContent.includes('offline')`, sel))
+	b.waitFor("lobby, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, sel))
+	b.waitFor("why, in the header", `document.getElementById('group-state').classList.contains('down') &&
+		document.getElementById('group-state').textContent.includes('no registry lists lobby')`)
+	b.waitFor("the conversation's load refused, in words", `!document.getElementById('notice').hidden &&
+		document.getElementById('notice').textContent.startsWith('No registry lists lobby right now')`)
+	b.screenshot("gone")
+
+	gd = startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", gd.addr, "--state-dir", state)
+	defer gd.stop(t)
+	b.waitFor("lobby listed and live again", fmt.Sprintf(`window.huddle.state.groups.get(%s)?.listed &&
+		!document.querySelector(%s).textContent.includes('offline') &&
+		!document.getElementById('group-state').classList.contains('down')`, jsString(lobby), sel))
+	b.waitFor("the conversation loaded, the notice gone", `document.getElementById('notice').hidden &&
+		window.huddle.state.convs.get(window.huddle.state.active)?.loaded`)
+	alice.ok(t, "send", "lobby", "back")
+	b.waitFor("a message sent after the return", hasMessage("back"))
+}

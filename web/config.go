@@ -94,7 +94,8 @@ type Config struct {
 	// registry's key is shown (Registries in order, then those Discover
 	// found, in the order found), and a join is refused (409 clash): which
 	// key is the owner's cannot be told. A group joined is shown under the
-	// name it was joined under, whatever the registries list it as.
+	// name it was joined under, whatever the registries list it as, and
+	// shown (unlisted, as a member) while no registry lists it.
 	Joined Joined
 	// Logger receives the server's notable events (start, refused
 	// requests at debug level). Default: discard.

@@ -136,6 +136,11 @@ type groupJSON struct {
 	Members     uint64   `json:"members"`
 	LastSeq     uint64   `json:"last_seq"`
 	Registries  []string `json:"registries"`
+	// Unlisted: a group the user joined (Config.Joined) that no registry
+	// lists now (its daemon stopped, or has not registered again yet):
+	// shown so that it is not lost from the page, Member set, Reachable
+	// not.
+	Unlisted bool `json:"unlisted,omitempty"`
 	// Clash: registries disagree on which daemon hosts this UUID; the
 	// one the user joined is used, else the first registry's
 	// (Registries[0] lists the one used: pickKeysLocked).
@@ -922,6 +927,13 @@ func (d *directory) publishLocked() {
 		if g.Addrs == nil {
 			g.Addrs = []string{}
 		}
+		if _, ok := d.joinedNow[groupKey{id, e.Fingerprint}]; ok && gs.info == nil {
+			// Joined, and its daemon has not answered since huddle web
+			// started (it is down, or slow): a member until it says
+			// otherwise, so that the group is among the user's, not
+			// offered to join as a stranger's.
+			g.Member = true
+		}
 		if in := gs.info; in != nil {
 			g.Reachable = gs.infoOK
 			g.Member, g.Private, g.Epoch, g.FirstSeq = in.Member, in.Private, in.Epoch, in.First
@@ -936,6 +948,21 @@ func (d *directory) publishLocked() {
 			g.Members = gs.members
 		}
 		l.Groups = append(l.Groups, g)
+	}
+	// A group joined that no registry lists now: its daemon stopped (or
+	// a registry restarted). A page loaded meanwhile showed nothing of it
+	// ("no groups yet"), though the CLI still knew it. One entry a UUID
+	// (joined at two keys: the first key).
+	unlisted := make(map[wire.UUID]groupKey)
+	for k := range d.joinedNow {
+		if u, ok := unlisted[k.group]; d.groups[k.group] == nil && (!ok || bytes.Compare(k.daemon[:], u.daemon[:]) < 0) {
+			unlisted[k.group] = k
+		}
+	}
+	for id, k := range unlisted {
+		name := cmp.Or(d.joinedNow[k], id.String())
+		l.Groups = append(l.Groups, groupJSON{UUID: id.String(), Name: name, Fingerprint: k.daemon.String(),
+			Addrs: []string{}, Registries: []string{}, Unlisted: true, Member: true})
 	}
 	slices.SortFunc(l.Groups, func(a, b groupJSON) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.UUID, b.UUID)) })
 	for _, rs := range d.regs {

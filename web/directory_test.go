@@ -556,3 +556,31 @@ func TestDirectoryRegistryNamedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectoryShowsJoinedGroups: the groups the user joined (Config.Joined)
+// are the user's while their daemons cannot say so: one no registry lists
+// (its daemon stopped) is listed, unlisted, under the name it was joined
+// under, and one listed whose daemon does not answer is a member's. A page
+// loaded while a joined group's daemon was down said "no groups yet", or
+// offered to join the group as a stranger's.
+func TestDirectoryShowsJoinedGroups(t *testing.T) {
+	down := wire.GroupEntry{Group: wire.UUID{0xd, 0xe, 0xa, 0xd}, Name: "down", Addrs: []string{"127.0.0.1:9"},
+		Fingerprint: wire.Fingerprint{0xd}, ExpiresMS: 60_000}
+	gone := wire.GroupEntry{Group: wire.UUID{0x90, 0x9e}, Name: "gone", Fingerprint: wire.Fingerprint{0x9}}
+	reg := listingRegistry(t, []wire.GroupEntry{down})
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{down.Group: down.Fingerprint, gone.Group: gone.Fingerprint},
+		names: map[wire.UUID]string{down.Group: "down", gone.Group: "gone"}}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{reg},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
+	must(t, err)
+	serve(t, s)
+	l := newAPI(t, s).events("").waitGroups("down listed", func(l listJSON) bool { _, ok := names(l)["down"]; return ok })
+	n := names(l)
+	if g := n["down"]; !g.Member || g.Reachable || g.Unlisted {
+		t.Errorf("a joined group whose daemon does not answer: %+v, want a member's, unreachable", g)
+	}
+	g, ok := n["gone"]
+	if !ok || !g.Member || !g.Unlisted || g.Reachable || g.UUID != gone.Group.String() || g.Fingerprint != gone.Fingerprint.String() {
+		t.Errorf("a joined group no registry lists: %+v (listed: %v), want it unlisted, a member's, with its UUID and daemon", g, ok)
+	}
+}

@@ -43,6 +43,7 @@ class Conv {
     this.lowest = 0;        // lowest sequence loaded of pageEpoch
     this.moreBefore = false;
     this.unread = 0;
+    this.counted = false;   // the unread count was set up (setGroups)
     this.readCount = 0;     // markRead calls: a count begun before one is stale
     this.status = '';       // the watch: live, reconnecting, ended
     this.statusError = null;
@@ -273,7 +274,9 @@ function setGroups(list) {
     // Someone joined or left the group open: its members panel and count
     // are asked again rather than at the next periodic refresh.
     if (old && old.members !== g.members && g.uuid === state.active) membersChanged = true;
-    g.listed = true;
+    // Unlisted: a group the user joined that no registry lists now
+    // (huddle web knows it from the joined file).
+    g.listed = !g.unlisted;
     // A join or leave made here is known before the list says so.
     if (old && old.memberOverride !== undefined) {
       if (old.memberOverride === g.member || !g.reachable) delete old.memberOverride;
@@ -285,15 +288,30 @@ function setGroups(list) {
     if (old && old.member && !g.reachable) g.member = true;
     state.groups.set(g.uuid, g);
     seen.add(g.uuid);
-    if (g.member && !state.convs.has(g.uuid)) {
+    // Listed again: the open conversation of a group that was not (the
+    // page was loaded while its daemon was gone) could not load; it does
+    // now.
+    if (old && old.listed === false && g.listed && g.member && g.uuid === state.active) {
       const c = conv(g.uuid);
-      const read = loadRead(g.uuid);
-      if (!g.epoch) {
-        // Not known yet: the daemon has not answered since the page began.
-      } else if (!read || read.epoch !== g.epoch) firstVisit(c, g.epoch, g.last_seq);
-      else if (g.last_seq > read.seq) {
-        c.unread = g.last_seq - read.seq;
-        countUnread(c, read.seq, g.epoch, g.last_seq);
+      if (!c.loaded && !c.loading) {
+        hideNotice();
+        loadLast(c);
+      }
+    }
+    if (g.member) {
+      const c = conv(g.uuid);
+      // Counted once, when the group's log is known: a group joined is
+      // listed before its daemon answered (huddle web knows it from the
+      // joined file), its epoch unknown; counted then, unless the stream
+      // has delivered from it meanwhile (it counts what it delivers).
+      if (!c.counted && g.epoch && !c.cursorKnown) {
+        c.counted = true;
+        const read = loadRead(g.uuid);
+        if (!read || read.epoch !== g.epoch) firstVisit(c, g.epoch, g.last_seq);
+        else if (g.last_seq > read.seq) {
+          c.unread = g.last_seq - read.seq;
+          countUnread(c, read.seq, g.epoch, g.last_seq);
+        }
       }
     }
   }
