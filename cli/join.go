@@ -89,10 +89,19 @@ func currentName(ctx context.Context, g *client.Group, me wire.Fingerprint) (str
 // defaultName is the name a newcomer joins under: the user's login name
 // if it is a valid name, else "anonymous".
 func defaultName(env Env) string {
-	if u := env.Getenv("USER"); u != "" && wire.CheckName(u) == nil {
+	if u := loginName(env); u != "" {
 		return u
 	}
 	return "anonymous"
+}
+
+// loginName returns the user's login name ($USER) if it is a valid name,
+// else "".
+func loginName(env Env) string {
+	if u := env.Getenv("USER"); u != "" && wire.CheckName(u) == nil {
+		return u
+	}
+	return ""
 }
 
 // joinRefusal says what to do about a join the group refused for its

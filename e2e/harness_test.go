@@ -403,6 +403,7 @@ type user struct {
 	home     string
 	dir      string // HOME and the XDG directories
 	registry string
+	login    string // $USER for its processes, if set (else this process's)
 }
 
 // newUser makes a user whose verbs go to registry. registry must not be
@@ -420,7 +421,11 @@ func (u *user) env(t testing.TB) []string {
 	if u.registry == "" {
 		t.Fatalf("user %s has no registry; refusing to run a client verb that would browse mDNS", u.name)
 	}
-	return append(childEnv(u.dir), "HUDDLE_HOME="+u.home, "HUDDLE_REGISTRY="+u.registry)
+	env := append(childEnv(u.dir), "HUDDLE_HOME="+u.home, "HUDDLE_REGISTRY="+u.registry)
+	if u.login != "" {
+		env = append(env, "USER="+u.login) // the last of a name counts (os/exec)
+	}
+	return env
 }
 
 // result is what a finished client verb left.

@@ -55,12 +55,14 @@ func rogueRegistry(t *testing.T, entries ...wire.GroupEntry) string {
 // CLI resolves and shows them (huddle groups' ALSO LISTED AS): bob's
 // lobby, joined as lobby, is shown so with its other name (each through
 // the CLI's rules: the override as U+FFFD, quoted), both rows named lobby
-// wear their UUID and daemon, and a filter matches every name.
+// wear their UUID and daemon, and a filter matches every name. The join
+// form offers the name huddle join would take ($USER).
 func TestWebGroupOtherNames(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
 	lobby := up.groups["lobby"]
 	bob := newUser(t, "bob", up.registry)
+	bob.login = "bobby"
 	waitListed(t, bob, lobby)
 	bob.join(t, "lobby")
 	daemon, err := wire.ParseFingerprint(up.fp)
@@ -99,4 +101,13 @@ func TestWebGroupOtherNames(t *testing.T) {
 	// A filter on the other name finds bob's lobby alone.
 	b.do("filter on lounge", chromedp.SendKeys(chromedp.ID("filter"), "lounge"))
 	b.waitFor("bob's lobby alone", fmt.Sprintf(`!!document.querySelector(%s) && !document.querySelector(%s)`, real, stranger))
+	eval[bool](b, `(() => { const f = document.getElementById('filter'); f.value = ''; f.dispatchEvent(new Event('input')); return true; })()`)
+
+	// The stranger's lobby, not joined: the form offers bob's login name.
+	b.waitFor("the stranger's lobby, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, stranger))
+	b.waitFor("the join form", `!document.getElementById('join-form').hidden`)
+	if name := eval[string](b, `document.getElementById('join-name').value`); name != "bobby" {
+		t.Errorf("the join form offers the name %q, want bobby ($USER, as huddle join)", name)
+	}
+	b.screenshot("other-names")
 }

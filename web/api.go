@@ -189,8 +189,18 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 }
 
 func (s *Server) apiMe(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.me())
+}
+
+// me is who the server acts as: its key, and the name the join form
+// offers (Config.Name, absent if none).
+func (s *Server) me() map[string]string {
 	fp := s.cfg.Client.Fingerprint()
-	writeJSON(w, http.StatusOK, map[string]string{"fingerprint": fp.String(), "short": fp.Short()})
+	me := map[string]string{"fingerprint": fp.String(), "short": fp.Short()}
+	if s.cfg.Name != "" {
+		me["name"] = s.cfg.Name
+	}
+	return me
 }
 
 func (s *Server) apiGroups(w http.ResponseWriter, r *http.Request) {

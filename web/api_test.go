@@ -211,3 +211,23 @@ func TestAPIWrongKey(t *testing.T) {
 		t.Errorf("members where another key answers: HTTP %d %+v, want 502 wrong_key", st, e.Error)
 	}
 }
+
+// TestAPIMeName: the server says the name its join form offers
+// (Config.Name: huddle join's default), in /api/me and the stream's
+// hello; the page offered none, so a user new to a browser typed theirs
+// each time.
+func TestAPIMeName(t *testing.T) {
+	r := startRegistry(t)
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r.Addr().String()},
+		Secret: testSecret, Logger: testLogger(t), Name: "alice"})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	var me map[string]string
+	if st := a.do("GET", "/api/me", nil, &me); st != 200 || me["name"] != "alice" {
+		t.Errorf("GET /api/me: HTTP %d %v, want the name alice", st, me)
+	}
+	if hello := a.events("").next("hello"); hello.data["name"] != "alice" {
+		t.Errorf("hello %s, want the name alice", hello.raw)
+	}
+}

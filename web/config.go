@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // Defaults for Config's zero fields.
@@ -97,6 +98,11 @@ type Config struct {
 	// name it was joined under, whatever the registries list it as, and
 	// shown (unlisted, as a member) while no registry lists it.
 	Joined Joined
+	// Name is the name the page's join form offers for a group the user
+	// has not joined, until they join one from that browser: the name a
+	// join from the CLI takes by default (huddle join's, $USER). Empty:
+	// none offered.
+	Name string
 	// Logger receives the server's notable events (start, refused
 	// requests at debug level). Default: discard.
 	Logger *slog.Logger
@@ -133,6 +139,9 @@ func (c Config) Validate() error {
 	}
 	if c.PollInterval < 0 || c.MaxStreams < 0 || c.MaxConns < 0 || c.MaxListingBytes < 0 {
 		return bad("negative PollInterval, MaxStreams, MaxConns or MaxListingBytes")
+	}
+	if c.Name != "" && wire.CheckName(c.Name) != nil {
+		return bad("Name %q: %v", c.Name, wire.CheckName(c.Name))
 	}
 	if c.Secret != "" && len(c.Secret) < 16 {
 		return bad("Secret of %d bytes: want at least 16", len(c.Secret))

@@ -219,8 +219,7 @@ func (s *Server) apiEvents(w http.ResponseWriter, r *http.Request) {
 		rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		return rc.Flush()
 	}
-	fp := s.cfg.Client.Fingerprint()
-	if write(streamEvent{name: "hello", data: map[string]string{"fingerprint": fp.String(), "short": fp.Short()}}) != nil {
+	if write(streamEvent{name: "hello", data: s.me()}) != nil {
 		return
 	}
 	_, list, changed := s.dir.current(ctx)

@@ -114,6 +114,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no client", func(c *Config) { c.Client = nil }, true},
 		{"no registry", func(c *Config) { c.Registries = nil }, true},
 		{"short secret", func(c *Config) { c.Secret = "short" }, true},
+		{"a name", func(c *Config) { c.Name = "alice" }, false},
+		{"a name no join takes", func(c *Config) { c.Name = "alice\u202e" }, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := ok

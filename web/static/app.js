@@ -201,7 +201,7 @@ function fatal(err) {
 function onEvent(name, d) {
   switch (name) {
     case 'hello':
-      state.me = {fingerprint: d.fingerprint, short: d.short};
+      state.me = {fingerprint: d.fingerprint, short: d.short, name: d.name};
       $('me').textContent = `you: ${d.short}`;
       return;
     case 'groups':
@@ -894,8 +894,11 @@ function showJoin(g, focus) {
   $('join-secret').required = g.private;
   $('join-secret').value = '';
   const name = $('join-name');
-  if (!name.value) name.value = localStorage.getItem('huddle.name') || '';
-  if (focus) name.focus();
+  // The name last joined under from this browser, else the one huddle
+  // join would take (huddle web's $USER).
+  if (!name.value) name.value = localStorage.getItem('huddle.name') || (state.me && state.me.name) || '';
+  // Selected: Enter takes the name offered, typing replaces it.
+  if (focus) { name.focus(); name.select(); }
   renderLatest();
 }
 
