@@ -480,7 +480,7 @@ func (d *directory) merge() {
 			if !seen[e.Group] {
 				seen[e.Group] = true
 				src := sources[e.Group]
-				if gs == nil || gs.entry.Fingerprint != e.Fingerprint || src != nil && !src.covers(gs.addrs) {
+				if gs == nil || gs.entry.Fingerprint != e.Fingerprint || src != nil && !src.keeps(gs) {
 					if src == nil {
 						continue // its registry's handle is being replaced: the next merge
 					}
@@ -734,16 +734,26 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 	return src
 }
 
-// covers reports whether a handle opened with addrs dials every address
-// of s: a registry listing the group at an address the handle lacks (one
-// polled after the handle was opened) makes merge open another.
-func (s *handleSource) covers(addrs []string) bool {
-	for _, a := range s.addrs {
-		if !slices.Contains(addrs, a) {
-			return false
-		}
+// keeps reports whether gs's handle (of the key s is for) may stay: it
+// dials every address of s, or s still lists an address it dials and its
+// daemon answered its last info, or an info is being asked. Otherwise a
+// registry lists the group at an address the handle lacks (one polled
+// after the handle was opened), and merge opens another.
+//
+// Why the second: a rogue registry listing the group at a new address at
+// every poll had merge open a handle at every poll and close the one
+// before, so that an API call (a send, the info itself) that had taken it
+// failed (not_found), and the next dialed the rogue's newest address
+// first: at a poll shorter than a dial there, the group was never
+// reached. A handle that reaches its daemon gains nothing from more
+// addresses; one that stops reaching it shows so at its next info (asked
+// every infoEvery, and when the registries' counts of the group move),
+// and is opened again then, with every address listed.
+func (s *handleSource) keeps(gs *groupState) bool {
+	if !slices.ContainsFunc(s.addrs, func(a string) bool { return !slices.Contains(gs.addrs, a) }) {
+		return true
 	}
-	return true
+	return (gs.infoOK || gs.asking) && slices.ContainsFunc(gs.addrs, func(a string) bool { return slices.Contains(s.addrs, a) })
 }
 
 // unresolvedClash reports whether registries list id under several daemon
