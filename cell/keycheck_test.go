@@ -226,3 +226,35 @@ func TestWrongPeerKeyRecovery(t *testing.T) {
 	})
 	t.Logf("with the second member killed, %s leads and commits", c.leader().addr)
 }
+
+// TestStrangerAtMemberAddressReported: the daemon at a member's address
+// presents a key no configuration names (the member's host reinstalled
+// with a new key, or another daemon that took its address), while every
+// member's configuration names the member's. Each member then reports its
+// own configuration as naming another key than the daemon there presents,
+// and each other member's, from its answer: every member reports every
+// member. huddle cell status tells this from a wrong --cell-peer by the
+// configurations' agreeing on the key (cli's
+// TestCellStatusStrangerAtMemberAddress); this is what it reads.
+func TestStrangerAtMemberAddressReported(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.keyCheckEvery = 50 * time.Millisecond })
+	first, second, gone := c.members[0], c.members[1], c.members[2]
+	gone.stop()
+	stranger, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone.id, gone.host = stranger, newTestHost("")
+	if err := os.RemoveAll(filepath.Join(gone.dir, "raft")); err != nil {
+		t.Fatal(err)
+	}
+	c.start(gone, true) // waiting to be added: a daemon, not a member
+	mismatch := func(by *testMember) KeyMismatch {
+		return KeyMismatch{By: Peer{Addr: by.addr, Fingerprint: by.id.Fingerprint()}, Addr: gone.addr, Named: c.peers[2].Fingerprint, Actual: stranger.Fingerprint()}
+	}
+	want := []KeyMismatch{mismatch(first), mismatch(second)}
+	slices.SortFunc(want, func(a, b KeyMismatch) int { return slices.Compare(a.By.Fingerprint[:], b.By.Fingerprint[:]) })
+	for _, m := range []*testMember{first, second} {
+		waitUntil(t, m.addr+" reporting both members' configurations", func() bool { return slices.Equal(m.node.KeyMismatches(), want) })
+	}
+}
