@@ -157,7 +157,15 @@ func (n *Node) keyCheckLoop() {
 			}
 			return slices.Compare(a.Named[:], b.Named[:])
 		})
-		for _, m := range report {
+		for i, m := range report {
+			if n.absentMember(report, m) {
+				if !slices.ContainsFunc(report[:i], func(o KeyMismatch) bool { return o.Addr == m.Addr && o.Named == m.Named && o.Actual == m.Actual }) {
+					n.cfg.Logger.Error("CELL MEMBER NOT AT ITS ADDRESS: the members' configurations name a key for the member at an address, and the daemon there presents another: "+
+						"its host was reinstalled with a new key (replace the member: huddle cell remove its old key, then huddle cell add the new one once its daemon runs with --cell-join), or another daemon took its address; no member's configuration is wrong",
+						"addr", m.Addr, "named", m.Named.String(), "presented", m.Actual.String())
+				}
+				continue
+			}
 			n.logMismatch(m)
 		}
 		n.keyMu.Lock()
@@ -242,6 +250,33 @@ func (n *Node) checkKeys() ([]KeyMismatch, map[string]bool) {
 		}
 	}
 	return found, reached
+}
+
+// absentMember reports whether m, among the mismatches reported, is that
+// of a daemon at a member's address that is not the member (the member's
+// host reinstalled with a new key, or another daemon on its address) rather
+// than of a member's configuration: the configurations of more than half
+// of the configuration's members are reported naming m's key for m's
+// address, where the daemon presents another. Each member's check then
+// reports its own configuration, and each other member's, as naming
+// another key than the daemon there presents (TestStrangerAtMemberAddress-
+// Reported), and said each was misconfigured, with the advice to remove it
+// and add it again: followed, that loses the cell. A wrong --cell-peer is
+// one member's configuration (or a few) against the others'.
+func (n *Node) absentMember(report []KeyMismatch, m KeyMismatch) bool {
+	if m.Named.IsZero() {
+		return false
+	}
+	n.learnMu.Lock()
+	members := len(n.conf.Servers)
+	n.learnMu.Unlock()
+	by := 0
+	for _, o := range report {
+		if o.Addr == m.Addr && o.Named == m.Named && o.Actual == m.Actual {
+			by++ // each member once: report holds each mismatch once
+		}
+	}
+	return by > members/2
 }
 
 // logMismatch logs m, with what the operator does about it.

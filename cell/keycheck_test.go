@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,8 +237,21 @@ func TestWrongPeerKeyRecovery(t *testing.T) {
 // member. huddle cell status tells this from a wrong --cell-peer by the
 // configurations' agreeing on the key (cli's
 // TestCellStatusStrangerAtMemberAddress); this is what it reads.
+//
+// Each member's log says so as the member not at its address, not as a
+// misconfigured member to remove (it said CELL MISCONFIGURED for each
+// member, with the advice to remove it and add it again, until session 15).
 func TestStrangerAtMemberAddressReported(t *testing.T) {
-	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.keyCheckEvery = 50 * time.Millisecond })
+	var mu sync.Mutex
+	said := make(map[string]bool) // the members' error lines, by their first words
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.keyCheckEvery = 50 * time.Millisecond
+		cfg.Logger = slog.New(errorLines{cfg.Logger.Handler(), func(msg string) {
+			mu.Lock()
+			said[msg[:min(len(msg), 40)]] = true
+			mu.Unlock()
+		}})
+	})
 	first, second, gone := c.members[0], c.members[1], c.members[2]
 	gone.stop()
 	stranger, err := identity.Generate()
@@ -257,4 +271,31 @@ func TestStrangerAtMemberAddressReported(t *testing.T) {
 	for _, m := range []*testMember{first, second} {
 		waitUntil(t, m.addr+" reporting both members' configurations", func() bool { return slices.Equal(m.node.KeyMismatches(), want) })
 	}
+	waitUntil(t, "the members' logs to say the member is not at its address", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return said["CELL MEMBER NOT AT ITS ADDRESS: the memb"]
+	})
+}
+
+// errorLines passes every record on, and the message of each at error
+// level to saw.
+type errorLines struct {
+	slog.Handler
+	saw func(msg string)
+}
+
+func (h errorLines) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelError {
+		h.saw(r.Message)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h errorLines) WithAttrs(as []slog.Attr) slog.Handler {
+	return errorLines{h.Handler.WithAttrs(as), h.saw}
+}
+
+func (h errorLines) WithGroup(name string) slog.Handler {
+	return errorLines{h.Handler.WithGroup(name), h.saw}
 }
