@@ -570,3 +570,40 @@ func TestKnownHostsLongLine(t *testing.T) {
 		t.Errorf("Lookup in a file whose second line is 70 KiB: %v; want an error naming %s:2", err, path)
 	}
 }
+
+// TestKnownHostsSymlinked: a known_registries that is a symbolic link (a
+// dotfile kept elsewhere, shared by two HUDDLE_HOMEs) was replaced by a
+// regular file at the first pin (the new file renamed over the link), so
+// the file it named stopped getting pins, and a second path to it locked
+// a lock file of its own: writers through the two lost each other's pins.
+// A change is now written to the file the link names, and locked beside
+// it; a link to a file not made yet is made there.
+func TestKnownHostsSymlinked(t *testing.T) {
+	for _, exists := range []bool{true, false} {
+		real := filepath.Join(t.TempDir(), "dotfiles", KnownHostsFile)
+		if err := os.MkdirAll(filepath.Dir(real), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if exists {
+			if err := OpenKnownHosts(real).Check("old:7373", wire.Fingerprint{1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		link := filepath.Join(t.TempDir(), KnownHostsFile)
+		if err := os.Symlink(filepath.Join("..", filepath.Base(filepath.Dir(filepath.Dir(real))), "dotfiles", KnownHostsFile), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := OpenKnownHosts(link).Check("new:7373", wire.Fingerprint{2}); err != nil {
+			t.Fatalf("exists %v: Check through the link: %v", exists, err)
+		}
+		if st, err := os.Lstat(link); err != nil || st.Mode()&fs.ModeSymlink == 0 {
+			t.Errorf("exists %v: the link after a pin: %v, %v; want the link kept", exists, st.Mode(), err)
+		}
+		if fp, ok, err := OpenKnownHosts(real).Lookup("new:7373"); err != nil || !ok || fp != (wire.Fingerprint{2}) {
+			t.Errorf("exists %v: the file the link names has %v %v %v; want the new pin", exists, fp, ok, err)
+		}
+		if _, err := os.Stat(real + ".lock"); err != nil {
+			t.Errorf("exists %v: no lock beside the file the link names: %v", exists, err)
+		}
+	}
+}

@@ -329,10 +329,11 @@ func (k *KnownHosts) read() (pinList, error) {
 // (ErrPinsLocked), and returns what releases it. The lock file stays: removing it would let a writer lock a file
 // another has just replaced.
 func (k *KnownHosts) lock() (unlock func(), err error) {
-	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
+	path := k.target()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
-	f, err := os.OpenFile(k.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
@@ -347,10 +348,33 @@ func (k *KnownHosts) lock() (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// target returns the path of the file k.path names: the file a symbolic
+// link there names (made relative to the link's directory), through up to
+// 8 links, else k.path. Changes are written there, and locked beside it: a
+// pin renamed over the link replaced it with a file of its own, so the
+// file it named (a dotfile kept elsewhere, shared by two HUDDLE_HOMEs)
+// stopped getting pins, and writers through the link and through the file
+// locked two lock files and lost each other's pins.
+func (k *KnownHosts) target() string {
+	path := k.path
+	for range 8 {
+		to, err := os.Readlink(path)
+		if err != nil {
+			break // not a link (or none yet)
+		}
+		if !filepath.IsAbs(to) {
+			to = filepath.Join(filepath.Dir(path), to)
+		}
+		path = to
+	}
+	return path
+}
+
 // write replaces the file atomically (a temporary file renamed over it), so
 // a crash never leaves it half written. It keeps the pins' order.
 func (k *KnownHosts) write(pins pinList) error {
-	if err := os.MkdirAll(filepath.Dir(k.path), 0o700); err != nil {
+	path := k.target()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("known registries: %w", err)
 	}
 	var b strings.Builder
@@ -358,7 +382,7 @@ func (k *KnownHosts) write(pins pinList) error {
 	for _, p := range pins {
 		fmt.Fprintf(&b, "%s %s\n", p.name, p.fp)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(k.path), ".known_registries-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".known_registries-*")
 	if err != nil {
 		return fmt.Errorf("known registries: %w", err)
 	}
@@ -374,7 +398,7 @@ func (k *KnownHosts) write(pins pinList) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("known registries: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), k.path); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("known registries: %w", err)
 	}
 	return nil
