@@ -119,7 +119,8 @@ func saveJoined(dir string, set joinedSet) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, joinedFile+".*")
+	path := joinedPath(dir)
+	tmp, err := os.CreateTemp(filepath.Dir(path), joinedFile+".*")
 	if err != nil {
 		return err
 	}
@@ -132,7 +133,27 @@ func saveJoined(dir string, set joinedSet) error {
 		os.Remove(tmp.Name())
 		return err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, joinedFile))
+	return os.Rename(tmp.Name(), path)
+}
+
+// joinedPath returns the path of the joined file in dir, or of the file a
+// symbolic link there names (through up to 8 links, relative ones from
+// the link's directory): changes are written, and locked, there. Renamed
+// over the link, the first change replaced it with a file of its own, and
+// the file it named (kept with other dotfiles) got no more joins.
+func joinedPath(dir string) string {
+	path := filepath.Join(dir, joinedFile)
+	for range 8 {
+		to, err := os.Readlink(path)
+		if err != nil {
+			break // not a link (or none yet)
+		}
+		if !filepath.IsAbs(to) {
+			to = filepath.Join(filepath.Dir(path), to)
+		}
+		path = to
+	}
+	return path
 }
 
 // joinedLockWait bounds how long a change of the joined file waits for
@@ -157,7 +178,7 @@ func updateJoined(dir string, change func(joinedSet) bool) (joinedSet, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	lf, err := os.OpenFile(filepath.Join(dir, joinedFile+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	lf, err := os.OpenFile(joinedPath(dir)+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -476,3 +476,27 @@ func TestJoinedNameCannotAddLines(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinedSymlinked: a joined file that is a symbolic link (kept with
+// other dotfiles) was replaced by a regular file at the first join
+// recorded, and the file it named got no more; a change is now written,
+// and locked, at the file the link names.
+func TestJoinedSymlinked(t *testing.T) {
+	real := filepath.Join(t.TempDir(), joinedFile)
+	if err := os.WriteFile(real, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(real, filepath.Join(dir, joinedFile)); err != nil {
+		t.Fatal(err)
+	}
+	e := wire.GroupEntry{Group: wire.UUID{1}, Fingerprint: wire.Fingerprint{2}, Name: "lobby"}
+	set, _ := loadJoined(dir)
+	(&session{home: dir, joined: set}).remember(e)
+	if st, err := os.Lstat(filepath.Join(dir, joinedFile)); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the link after a join: %v, %v; want the link kept", st.Mode(), err)
+	}
+	if set, err := loadJoined(filepath.Dir(real)); err != nil || !set.has(e) {
+		t.Errorf("the file the link names: %v, %v; want lobby", set, err)
+	}
+}
