@@ -89,7 +89,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 		}
 		return fail(env, "chat", &refusal{fmt.Sprintf("not a member of %s; join it first: %s", shown(info.Name), how)})
 	}
-	s.remember(e)
+	s.remember(ctx, g, e)
 
 	t := chatTerminal(env)
 	defer t.restore()

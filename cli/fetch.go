@@ -65,7 +65,7 @@ func runFetch(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
-		s.remember(e)
+		s.remember(ctx, g, e)
 		if cur.Gap && !cf.json && last == 0 {
 			fmt.Fprintf(env.Stderr, "note: messages before #%d are no longer held (retention)\n", cur.First)
 		}

@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/google/uuid"
+
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -230,5 +232,42 @@ func TestGroupsShowsOtherNames(t *testing.T) {
 	}
 	if len(got) != 2 {
 		t.Errorf("--json listed %d groups, want 2:\n%s", len(got), out)
+	}
+}
+
+// TestJoinedNameIsTheDaemons: the joined file records, for a group the
+// user is in, the name it resolves under whatever registries say later
+// (TestResolveJoinedRenamed). It recorded the merged listing's name, a
+// registry's word: a rogue registry listing the user's lobby under the
+// name "dev" (its lease the longest, its name the merged entry's) when the
+// user first named lobby by its UUID (as the CLI asks when a name is
+// ambiguous, which a rogue registry listing a lobby of its own makes it)
+// had lobby recorded as "dev", and from then on "dev" resolved to lobby
+// among the joined groups, before the user's real dev group if that was
+// not recorded yet: what was meant for dev went to lobby's members. The
+// name recorded is now the daemon's own (info), the group's authority.
+func TestJoinedNameIsTheDaemons(t *testing.T) {
+	reg := startUp(t, "lobby")
+	u := newTestUser(t, reg)
+	var listed groupJSON
+	if err := json.Unmarshal([]byte(u.ok(t, "groups", "--json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	id, err := uuid.Parse(listed.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp, err := wire.ParseFingerprint(listed.Fingerprint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue := listingRegistry(t, wire.GroupEntry{Group: id, Name: "dev", Addrs: listed.Addrs, Fingerprint: fp, ExpiresMS: 1 << 40})
+	u.ok(t, "join", listed.UUID, "--as", "me", "--registry", reg, "--registry", rogue)
+	set, err := loadJoined(u.home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := set.nameOf(wire.GroupEntry{Group: id, Fingerprint: fp}); got != "lobby" {
+		t.Errorf("joined by UUID while a rogue registry lists it as dev: recorded as %q, want the daemon's name, lobby", got)
 	}
 }

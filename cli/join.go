@@ -49,7 +49,7 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 		if err = joinRefusal(err, "join", ref, secretFile); err != nil {
 			return err
 		}
-		s.remember(e)
+		s.remember(ctx, g, e)
 		as := name
 		if cf.json {
 			return printJSON(env.Stdout, map[string]any{

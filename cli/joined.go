@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -219,13 +220,34 @@ func leaving(e wire.GroupEntry) func(joinedSet) bool {
 	}
 }
 
-// remember records that the user is a member of e (after a join, or any
-// operation only members may do). Failing to write the file costs only
-// the preference it gives: it is not an error of the command.
-func (s *session) remember(e wire.GroupEntry) {
+// remember records that the user is a member of e, whose daemon g is
+// (after a join, or any operation only members may do), under the name
+// the daemon gives the group (its info; none if it does not say).
+// Failing to write the file costs only the preference it gives: it is not
+// an error of the command.
+//
+// Why the daemon's name: the name recorded is the one the group resolves
+// under whatever registries say later, and the listing's is a registry's
+// word. A rogue registry listing the user's lobby as "dev" (its lease the
+// longest, so its name the merged entry's) when the user first named
+// lobby by its UUID (as the CLI asks when a name is ambiguous) had lobby
+// recorded as "dev": "dev" then resolved to lobby among the joined
+// groups, and what was meant for the user's dev group, not recorded yet,
+// went to lobby. One info request, the first time only.
+func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEntry) {
 	if s.joined == nil || s.joined.has(e) {
 		return
 	}
+	e.Name = ""
+	if info, err := g.Info(ctx); err == nil {
+		e.Name = info.Name
+	}
+	s.record(e)
+}
+
+// record writes e to the joined file, under e.Name, and keeps the set
+// written.
+func (s *session) record(e wire.GroupEntry) {
 	if set, err := updateJoined(s.home, joining(e)); err == nil {
 		s.joined = set
 	}

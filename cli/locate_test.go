@@ -402,8 +402,8 @@ func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
 	}
 	long := &session{home: dir, joined: started}
 	other, _ := loadJoined(dir)
-	(&session{home: dir, joined: other}).remember(entry(1)) // huddle join g1, meanwhile
-	long.remember(entry(0))
+	(&session{home: dir, joined: other}).record(entry(1)) // huddle join g1, meanwhile
+	long.record(entry(0))
 	if set, err := loadJoined(dir); err != nil || !set.has(entry(0)) || !set.has(entry(1)) {
 		t.Fatalf("joined after a join beside a long command: %v, %v; want g0 and g1", set, err)
 	}
@@ -422,7 +422,7 @@ func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
 				return
 			}
 			set, _ := loadJoined(dir)
-			(&session{home: dir, joined: set}).remember(entry(i))
+			(&session{home: dir, joined: set}).record(entry(i))
 		})
 	}
 	wg.Wait()
@@ -462,7 +462,7 @@ func TestJoinedNameCannotAddLines(t *testing.T) {
 	} {
 		e := wire.GroupEntry{Group: wire.UUID{byte(i + 1)}, Fingerprint: wire.Fingerprint{byte(i + 1)}, Name: name}
 		set, _ := loadJoined(dir)
-		(&session{home: dir, joined: set}).remember(e)
+		(&session{home: dir, joined: set}).record(e)
 		(&joinedRecord{dir: dir}).Add(wire.GroupEntry{Group: wire.UUID{byte(i + 1), 1}, Fingerprint: e.Fingerprint, Name: name})
 		set, err := loadJoined(dir)
 		if err != nil {
@@ -492,7 +492,7 @@ func TestJoinedSymlinked(t *testing.T) {
 	}
 	e := wire.GroupEntry{Group: wire.UUID{1}, Fingerprint: wire.Fingerprint{2}, Name: "lobby"}
 	set, _ := loadJoined(dir)
-	(&session{home: dir, joined: set}).remember(e)
+	(&session{home: dir, joined: set}).record(e)
 	if st, err := os.Lstat(filepath.Join(dir, joinedFile)); err != nil || st.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("the link after a join: %v, %v; want the link kept", st.Mode(), err)
 	}

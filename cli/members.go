@@ -25,7 +25,7 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
-		s.remember(e)
+		s.remember(ctx, g, e)
 		me := s.client.Fingerprint()
 		if cf.json {
 			for _, m := range ms {

@@ -65,7 +65,7 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
-		s.remember(e)
+		s.remember(ctx, g, e)
 		return printAck(env, &cf, acks[0], 0)
 	})
 	if code == ExitUnreachable && sent {
@@ -260,7 +260,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			}
 			return code
 		}
-		s.remember(e)
+		s.remember(ctx, g, e)
 	}
 	if err := <-readErr; err != nil {
 		return fail(env, "send", fmt.Errorf("read standard input: %s", plainErr(err)))
