@@ -235,18 +235,20 @@ func TestGroupsShowsOtherNames(t *testing.T) {
 	}
 }
 
-// TestJoinedNameIsTheDaemons: the joined file records, for a group the
-// user is in, the name it resolves under whatever registries say later
-// (TestResolveJoinedRenamed). It recorded the merged listing's name, a
-// registry's word: a rogue registry listing the user's lobby under the
-// name "dev" (its lease the longest, its name the merged entry's) when the
-// user first named lobby by its UUID (as the CLI asks when a name is
-// ambiguous, which a rogue registry listing a lobby of its own makes it)
-// had lobby recorded as "dev", and from then on "dev" resolved to lobby
-// among the joined groups, before the user's real dev group if that was
-// not recorded yet: what was meant for dev went to lobby's members. The
-// name recorded is now the daemon's own (info), the group's authority.
-func TestJoinedNameIsTheDaemons(t *testing.T) {
+// TestJoinedNameAgreed: the joined file records, for a group the user is
+// in, the name it resolves under among the joined groups, before any
+// other, whatever registries say later (TestResolveJoinedRenamed). It
+// recorded the merged listing's name, a registry's word: a rogue registry
+// listing the user's lobby as "dev" (its lease the longest, its name the
+// merged entry's) when the user first named lobby by its UUID (as the CLI
+// asks when a name is ambiguous, which a rogue registry listing a lobby of
+// its own makes it) had lobby recorded as "dev", and from then on "dev"
+// resolved to lobby, before the user's real dev group if that was not
+// recorded yet: what was meant for dev went to lobby's members. A name is
+// now recorded only if the daemon gives the group that name too (info);
+// the daemon's own word alone is no better (a group listed as "chess"
+// whose daemon says "dev").
+func TestJoinedNameAgreed(t *testing.T) {
 	reg := startUp(t, "lobby")
 	u := newTestUser(t, reg)
 	var listed groupJSON
@@ -267,7 +269,46 @@ func TestJoinedNameIsTheDaemons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := set.nameOf(wire.GroupEntry{Group: id, Fingerprint: fp}); got != "lobby" {
-		t.Errorf("joined by UUID while a rogue registry lists it as dev: recorded as %q, want the daemon's name, lobby", got)
+	lobby := wire.GroupEntry{Group: id, Fingerprint: fp}
+	if got := set.nameOf(lobby); got != "" || !set.has(lobby) {
+		t.Errorf("joined by UUID while a rogue registry lists it as dev: recorded %v as %q, want it recorded under no name", set.has(lobby), got)
+	}
+	u.ok(t, "leave", listed.UUID, "--registry", reg)
+	u.ok(t, "join", "lobby", "--as", "me", "--registry", reg)
+	if set, err = loadJoined(u.home); err != nil || set.nameOf(lobby) != "lobby" {
+		t.Errorf("joined by name with registry and daemon agreeing: recorded as %q (%v), want lobby", set.nameOf(lobby), err)
+	}
+
+	// A daemon listed as chess that says, asked, that it is dev.
+	dk, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chess := wire.UUID{4, 4}
+	var s *server.Server
+	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		switch c.Op() {
+		case wire.OpList:
+			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{Group: chess, Name: "chess", Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 15000}}})
+		case wire.OpInfo:
+			return c.Result(wire.Info{Group: chess, Name: "dev", Epoch: 1, Members: 1, Member: true, Fingerprint: dk.Fingerprint(),
+				Limits: wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}})
+		case wire.OpMembers:
+			return c.Result(wire.MemberList{})
+		case wire.OpFetch:
+			return c.Send(wire.KindEnd, wire.End{Epoch: 1})
+		}
+		return &wire.Error{Code: wire.CodeUnauthorized, Message: "no"}
+	})
+	if err := s.Listen(dk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	u.ok(t, "fetch", "chess", "--registry", s.Addr().String())
+	if set, err = loadJoined(u.home); err != nil || set.nameOf(wire.GroupEntry{Group: chess, Fingerprint: dk.Fingerprint()}) != "" {
+		t.Errorf("a group listed as chess whose daemon says dev: recorded as %q (%v), want no name", set.nameOf(wire.GroupEntry{Group: chess, Fingerprint: dk.Fingerprint()}), err)
 	}
 }

@@ -221,26 +221,29 @@ func leaving(e wire.GroupEntry) func(joinedSet) bool {
 }
 
 // remember records that the user is a member of e, whose daemon g is
-// (after a join, or any operation only members may do), under the name
-// the daemon gives the group (its info; none if it does not say).
-// Failing to write the file costs only the preference it gives: it is not
-// an error of the command.
+// (after a join, or any operation only members may do), under e's name if
+// the daemon gives the group that name too (its info), else under none
+// (it resolves by its UUID, and the names registries list). Failing to
+// write the file costs only the preference it gives: it is not an error
+// of the command.
 //
-// Why the daemon's name: the name recorded is the one the group resolves
-// under whatever registries say later, and the listing's is a registry's
-// word. A rogue registry listing the user's lobby as "dev" (its lease the
-// longest, so its name the merged entry's) when the user first named
-// lobby by its UUID (as the CLI asks when a name is ambiguous) had lobby
-// recorded as "dev": "dev" then resolved to lobby among the joined
-// groups, and what was meant for the user's dev group, not recorded yet,
-// went to lobby. One info request, the first time only.
+// Why both: the name recorded is the one the group resolves under among
+// the joined groups, before any other, whatever registries say later.
+// The listing's name is a registry's word: a rogue registry listing the
+// user's lobby as "dev" (its lease the longest, so its name the merged
+// entry's) when the user first named lobby by its UUID (as the CLI asks
+// when a name is ambiguous) had lobby recorded as "dev", and "dev" then
+// resolved to lobby, ahead of the user's dev group if that was not
+// recorded yet: what was meant for dev went to lobby's members. And the
+// daemon's is its own word, which may differ from what it registered (a
+// group listed as "chess" whose daemon says "dev"). One info request, the
+// first time only.
 func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEntry) {
 	if s.joined == nil || s.joined.has(e) {
 		return
 	}
-	e.Name = ""
-	if info, err := g.Info(ctx); err == nil {
-		e.Name = info.Name
+	if info, err := g.Info(ctx); err != nil || info.Name != e.Name {
+		e.Name = ""
 	}
 	s.record(e)
 }
