@@ -105,7 +105,11 @@ const MaxAddressPins = 1024
 // another's pin and a reader never sees half a file.
 type KnownHosts struct {
 	path string
-	mu   sync.Mutex
+	// wmu orders this value's changes (where the system has no flock,
+	// the only order). Readers take no lock: the file is only ever
+	// replaced whole, and a Lookup, or a Check of a name pinned already,
+	// never waits for a change waiting for another process's lock.
+	wmu sync.Mutex
 	// lockWait bounds the wait for the writers' lock; 0: pinsLockWait
 	// (tests set it).
 	lockWait time.Duration
@@ -117,7 +121,8 @@ type KnownHosts struct {
 // command suspended with ^Z in the middle) or hostile (any process of the
 // user may lock the file). Waited for without a bound, as until session
 // 15, it held up every first use of a registry for ever, in every command,
-// and in huddle web every other lookup of a pin behind it (k.mu).
+// and in huddle web every other lookup of a pin, which waited behind the
+// change until then too (readers take no lock now: wmu).
 const pinsLockWait = 5 * time.Second
 
 // OpenKnownHosts returns the known-hosts file at path; the file is created
@@ -129,8 +134,6 @@ func (k *KnownHosts) Path() string { return k.path }
 
 // Lookup returns the fingerprint pinned for name, and whether there is one.
 func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
 	pins, err := k.read()
 	if err != nil {
 		return wire.Fingerprint{}, false, err
@@ -154,8 +157,6 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	if err := checkPinName(name); err != nil {
 		return err
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
 	// A name pinned already (every command's case) writes nothing, so it
 	// takes no lock: the file is only ever replaced whole (write), and a
 	// directory where no lock can be made (read-only) still serves.
@@ -166,6 +167,8 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	if done, err := k.checked(pins, name, fp); done {
 		return err
 	}
+	k.wmu.Lock()
+	defer k.wmu.Unlock()
 	unlock, err := k.lock()
 	if err != nil {
 		return err
@@ -240,8 +243,8 @@ func (k *KnownHosts) ForgetPin(name string, fp wire.Fingerprint) (bool, error) {
 
 // forget removes name's pin, if it pins *fp when fp is not nil.
 func (k *KnownHosts) forget(name string, fp *wire.Fingerprint) (bool, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
+	k.wmu.Lock()
+	defer k.wmu.Unlock()
 	unlock, err := k.lock()
 	if err != nil {
 		return false, err

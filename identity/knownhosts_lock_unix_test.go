@@ -4,6 +4,7 @@ package identity
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -80,5 +81,71 @@ func TestKnownHostsLockHeld(t *testing.T) {
 	}
 	if err := k.Check("new:7373", wire.Fingerprint{2}); err != nil {
 		t.Fatalf("Check once the lock is free: %v", err)
+	}
+}
+
+// TestKnownHostsReadersDoNotWaitForLock: a change waiting for the writers'
+// lock another process holds (up to its bound, ErrPinsLocked) held the
+// file's in-process mutex all the while, and every Lookup, and every
+// Check of a name pinned already, which take no lock, waited behind it:
+// in huddle web, each registry's dial (a Check of its pin) stalled for as
+// long as a new registry's pin waited, one such wait after another. A
+// reader now waits for no writer: the file is only ever replaced whole.
+func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	if err := OpenKnownHosts(path).Check("old:7373", wire.Fingerprint{1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{}, 1)
+	flock = func(fd, how int) error {
+		err := syscall.Flock(fd, how)
+		if err == syscall.EWOULDBLOCK {
+			select {
+			case waiting <- struct{}{}:
+			default:
+			}
+		}
+		return err
+	}
+	t.Cleanup(func() { flock = syscall.Flock })
+	k := OpenKnownHosts(path)
+	k.lockWait = time.Hour // the test lets go of the lock
+	changed := make(chan error, 1)
+	go func() { changed <- k.Check("new:7373", wire.Fingerprint{2}) }()
+	<-waiting
+	read := make(chan error, 1)
+	go func() {
+		if fp, ok, err := k.Lookup("old:7373"); err != nil || !ok || fp != (wire.Fingerprint{1}) {
+			read <- fmt.Errorf("Lookup = %v %v %v, want the pin", fp, ok, err)
+			return
+		}
+		read <- k.Check("old:7373", wire.Fingerprint{1})
+	}()
+	waited := false
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(20 * time.Second):
+		waited = true
+		t.Error("a Lookup and a Check of a pinned name still wait 20 s after a change began to wait for another process's lock")
+	}
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-changed; err != nil {
+		t.Errorf("Check of a new name once the lock is free: %v", err)
+	}
+	if waited {
+		<-read // it ends once the change has
 	}
 }
