@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -166,7 +167,8 @@ const joinedLockWait = 5 * time.Second
 var errJoinedLocked = errors.New("the joined file is locked by another process")
 
 // updateJoined makes a change to the joined file in dir: under the
-// writers' lock (joined.lock beside it), change is given the file read
+// writers' lock (joined.lock beside it, waited for at most wait,
+// errJoinedLocked), change is given the file read
 // again, and what it changed (it reports whether it did) is written. It
 // returns the set as written.
 //
@@ -175,7 +177,7 @@ var errJoinedLocked = errors.New("the joined file is locked by another process")
 // long command (a huddle send reading its input, a chat) dropped every
 // join made beside it since, and commands run at once each other's; a
 // group dropped so no longer resolves among the joined first.
-func updateJoined(dir string, change func(joinedSet) bool) (joinedSet, error) {
+func updateJoined(dir string, wait time.Duration, change func(joinedSet) bool) (joinedSet, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -184,7 +186,7 @@ func updateJoined(dir string, change func(joinedSet) bool) (joinedSet, error) {
 		return nil, err
 	}
 	defer lf.Close() // releases the lock
-	if err := lockJoinedFile(lf, joinedLockWait); err != nil {
+	if err := lockJoinedFile(lf, wait); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", lf.Name(), err)
 	}
 	set, err := loadJoined(dir)
@@ -251,7 +253,7 @@ func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEnt
 // record writes e to the joined file, under e.Name, and keeps the set
 // written.
 func (s *session) record(e wire.GroupEntry) {
-	if set, err := updateJoined(s.home, joining(e)); err == nil {
+	if set, err := updateJoined(s.home, joinedLockWait, joining(e)); err == nil {
 		s.joined = set
 	}
 }
@@ -261,7 +263,7 @@ func (s *session) forget(e wire.GroupEntry) {
 	if s.joined == nil || !s.joined.has(e) {
 		return
 	}
-	if set, err := updateJoined(s.home, leaving(e)); err == nil {
+	if set, err := updateJoined(s.home, joinedLockWait, leaving(e)); err == nil {
 		s.joined = set
 	}
 }
@@ -273,6 +275,13 @@ func (s *session) forget(e wire.GroupEntry) {
 // when it changed (a command run beside the page).
 type joinedRecord struct {
 	dir string
+	// lockWait bounds a change's wait for another process's lock; 0:
+	// joinedLockWait (tests set it).
+	lockWait time.Duration
+	// wmu orders the record's changes; a change waits for another
+	// process's lock under it alone, so that Has and Groups (huddle web
+	// asks Has under its directory's lock) never wait for that.
+	wmu sync.Mutex
 
 	mu      sync.Mutex
 	set     joinedSet
@@ -338,9 +347,13 @@ func (j *joinedRecord) Remove(e client.GroupEntry) { j.update(leaving(e)) }
 // update makes change to the file (updateJoined) and keeps what was
 // written; failing costs only the preference, as for a command.
 func (j *joinedRecord) update(change func(joinedSet) bool) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if set, err := updateJoined(j.dir, change); err == nil {
-		j.set, j.mod, j.size = set, time.Time{}, 0 // read again at the next look
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	set, err := updateJoined(j.dir, cmp.Or(j.lockWait, joinedLockWait), change)
+	if err != nil {
+		return
 	}
+	j.mu.Lock()
+	j.set, j.mod, j.size = set, time.Time{}, 0 // read again at the next look
+	j.mu.Unlock()
 }

@@ -8,6 +8,9 @@ import (
 	"time"
 )
 
+// flock is syscall.Flock; tests replace it.
+var flock = syscall.Flock
+
 // lockJoinedFile takes an exclusive lock on f, the joined file's lock,
 // waiting for another holder at most wait (errJoinedLocked after it):
 // as known_registries' writers do (identity), tried without blocking,
@@ -18,7 +21,7 @@ func lockJoinedFile(f *os.File, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	pause := time.Millisecond
 	for {
-		switch err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err {
+		switch err := flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err {
 		case syscall.EINTR:
 		case syscall.ENOLCK, syscall.EOPNOTSUPP, syscall.ENOSYS:
 			return nil
