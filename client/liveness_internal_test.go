@@ -303,67 +303,92 @@ func TestFetchResumesAfterRestart(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-				if op == wire.OpFetch {
-					page(st, 1, 3)
-					<-stop // killed before the rest of the page
-				}
-			})
-			c := newTestClient(t, Config{NoBatching: true})
-			defer c.Close()
-			g, err := c.Group(s.entry())
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-			defer cancel()
-			third, restarted := make(chan struct{}), make(chan struct{})
-			var got []uint64
-			type result struct {
-				cur Cursor
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				cur, err := g.Fetch(ctx, Query{Epoch: epoch}, func(m Message) bool {
-					if got = append(got, m.Seq); m.Seq == 3 {
-						close(third)
-						<-restarted
-					}
-					return true
-				})
-				done <- result{cur, err}
-			}()
-			<-third
-			asked := make(chan wire.Fetch, 1)
-			s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-				if op != wire.OpFetch {
-					return
-				}
-				var req wire.Fetch
-				raw.Decode(&req)
-				select {
-				case asked <- req:
-				default:
-				}
-				tc.rest(st)
-			})
-			close(restarted)
-			r := <-done
+			r := fetchAcrossRestart(t, Query{Epoch: epoch}, func(st *quic.Stream) { page(st, 1, 3) }, tc.rest)
 			if !errors.Is(r.err, tc.wantErr) {
 				t.Fatalf("fetch across its daemon's restart in place: %v, want %v", r.err, tc.wantErr)
 			}
-			if !slices.Equal(got, tc.want) {
-				t.Errorf("fetch delivered %v, want %v", got, tc.want)
+			if !slices.Equal(r.got, tc.want) {
+				t.Errorf("fetch delivered %v, want %v", r.got, tc.want)
 			}
 			if r.cur != tc.wantCur {
 				t.Errorf("cursor %+v, want %+v", r.cur, tc.wantCur)
 			}
-			if req := <-asked; req.After == nil || *req.After != 3 || req.Epoch != epoch {
+			if req := r.asked; req == nil {
+				t.Error("the restarted daemon was never asked for the rest")
+			} else if req.After == nil || *req.After != 3 || req.Epoch != epoch {
 				t.Errorf("the rest was asked for after %v in epoch %d, want after 3 in epoch %d", req.After, req.Epoch, epoch)
 			}
 		})
 	}
+}
+
+// restartedFetch is what fetchAcrossRestart saw: the messages the Fetch
+// delivered, what it returned, its context's error once it returned, and
+// the first request the restarted daemon was asked (nil: none).
+type restartedFetch struct {
+	got    []uint64
+	cur    Cursor
+	err    error
+	ctxErr error
+	asked  *wire.Fetch
+}
+
+// fetchAcrossRestart runs a Fetch of q from a lone daemon that answers it
+// with first, then nothing until it is killed, and kills and restarts the
+// daemon in place while the program takes message 3; restarted, the
+// daemon answers each fetch with rest.
+func fetchAcrossRestart(t *testing.T, q Query, first, rest func(st *quic.Stream)) restartedFetch {
+	t.Helper()
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpFetch {
+			first(st)
+			<-stop // killed before the rest of the page
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	third, restarted := make(chan struct{}), make(chan struct{})
+	var r restartedFetch
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.cur, r.err = g.Fetch(ctx, q, func(m Message) bool {
+			if r.got = append(r.got, m.Seq); m.Seq == 3 {
+				close(third)
+				<-restarted
+			}
+			return true
+		})
+	}()
+	<-third
+	asked := make(chan wire.Fetch, 1)
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op != wire.OpFetch {
+			return
+		}
+		var req wire.Fetch
+		raw.Decode(&req)
+		select {
+		case asked <- req:
+		default:
+		}
+		rest(st)
+	})
+	close(restarted)
+	<-done
+	r.ctxErr = ctx.Err()
+	select {
+	case req := <-asked:
+		r.asked = &req
+	default: // the request came before the fetch ended, if at all
+	}
+	return r
 }
 
 // TestFetchWithoutEpochResumesAfterRestart: the same, for a Fetch that
@@ -450,69 +475,21 @@ func TestFetchWithoutEpochResumesAfterRestart(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-				if op == wire.OpFetch {
-					page(st, msg(1, false), msg(2, false), msg(3, false))
-					<-stop // killed before the rest of the page
-				}
-			})
-			c := newTestClient(t, Config{NoBatching: true})
-			defer c.Close()
-			g, err := c.Group(s.entry())
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-			defer cancel()
-			third, restarted := make(chan struct{}), make(chan struct{})
-			var got []uint64
-			type result struct {
-				cur Cursor
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				cur, err := g.Fetch(ctx, Query{Limit: tc.limit}, func(m Message) bool {
-					if got = append(got, m.Seq); m.Seq == 3 {
-						close(third)
-						<-restarted
-					}
-					return true
-				})
-				done <- result{cur, err}
-			}()
-			<-third
-			asked := make(chan wire.Fetch, 1)
-			s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-				if op != wire.OpFetch {
-					return
-				}
-				var req wire.Fetch
-				raw.Decode(&req)
-				select {
-				case asked <- req:
-				default:
-				}
-				tc.rest(st)
-			})
-			close(restarted)
-			r := <-done
-			if !errors.Is(r.err, tc.wantErr) || (tc.wantErr != nil && ctx.Err() != nil) {
+			first := func(st *quic.Stream) { page(st, msg(1, false), msg(2, false), msg(3, false)) }
+			r := fetchAcrossRestart(t, Query{Limit: tc.limit}, first, tc.rest)
+			if !errors.Is(r.err, tc.wantErr) || (tc.wantErr != nil && r.ctxErr != nil) {
 				t.Fatalf("fetch across its daemon's restart in place: %v, want %v", r.err, tc.wantErr)
 			}
-			if !slices.Equal(got, tc.want) {
-				t.Errorf("fetch delivered %v, want %v", got, tc.want)
+			if !slices.Equal(r.got, tc.want) {
+				t.Errorf("fetch delivered %v, want %v", r.got, tc.want)
 			}
 			if r.cur != tc.wantCur {
 				t.Errorf("cursor %+v, want %+v", r.cur, tc.wantCur)
 			}
-			select {
-			case req := <-asked:
-				if req.After == nil || *req.After != 2 || req.Epoch != 0 || req.Limit != tc.wantLimit {
-					t.Errorf("the rest was asked for after %v in epoch %d, limit %d, want after 2 in no epoch, limit %d", req.After, req.Epoch, req.Limit, tc.wantLimit)
-				}
-			default: // the request came before the fetch ended, if at all
+			if req := r.asked; req == nil {
 				t.Error("the restarted daemon was never asked for the rest")
+			} else if req.After == nil || *req.After != 2 || req.Epoch != 0 || req.Limit != tc.wantLimit {
+				t.Errorf("the rest was asked for after %v in epoch %d, limit %d, want after 2 in no epoch, limit %d", req.After, req.Epoch, req.Limit, tc.wantLimit)
 			}
 		})
 	}
