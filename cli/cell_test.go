@@ -323,25 +323,18 @@ func TestCellStatusShowsStall(t *testing.T) {
 		AppliedIndex: 52, CommitIndex: 52, LastIndex: 52, Members: leader.Members}
 	views := []memberView{{replica: leader.Members[0], status: &leader}, {replica: leader.Members[1], status: &follower}}
 
-	var out, errb strings.Builder
-	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-	if err := printCellStatus(env, leader, views, false); err != nil {
-		t.Fatal(err)
-	}
+	out := cellStatusOut(t, leader, views, false)
 	for _, want := range []string{"leader, stalled", "stalled (cannot apply what the cell commits",
 		a.Short() + ": for 1m23.4s, at raft entry 41: group general's log refuses appends: disk full (no space left on device)"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		if !strings.Contains(out, want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out, want)
 		}
 	}
-	if strings.Contains(out.String(), b.Short()+": for") {
-		t.Errorf("huddle cell status shows the member that applies as stalled:\n%s", out.String())
+	if strings.Contains(out, b.Short()+": for") {
+		t.Errorf("huddle cell status shows the member that applies as stalled:\n%s", out)
 	}
 
-	out.Reset()
-	if err := printCellStatus(env, leader, views, true); err != nil {
-		t.Fatal(err)
-	}
+	out = cellStatusOut(t, leader, views, true)
 	var got struct {
 		Members []struct {
 			Fingerprint string
@@ -353,14 +346,14 @@ func TestCellStatusShowsStall(t *testing.T) {
 			}
 		}
 	}
-	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(got.Members) != 2 || got.Members[1].Stall != nil {
-		t.Fatalf("--json members: %s, want two, the second without a stall", out.String())
+		t.Fatalf("--json members: %s, want two, the second without a stall", out)
 	}
 	if s := got.Members[0].Stall; s == nil || s.StalledMS != 83_400 || s.Index != 41 || s.Group != "general" || s.Cause != "disk full (no space left on device)" {
-		t.Fatalf("--json: %s, want the first member's stall", out.String())
+		t.Fatalf("--json: %s, want the first member's stall", out)
 	}
 }
 
@@ -378,14 +371,10 @@ func TestCellStatusHostileDurations(t *testing.T) {
 		follower := client.CellStatus{Self: wire.Replica{Addr: "10.0.0.2:7374", Fingerprint: b}, State: "follower", Term: 3,
 			Members: leader.Members, LastContact: int64(min(ms, math.MaxInt64))}
 		views := []memberView{{replica: leader.Members[0], status: &leader}, {replica: leader.Members[1], status: &follower}}
-		var out, errb strings.Builder
-		env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-		if err := printCellStatus(env, leader, views, false); err != nil {
-			t.Fatal(err)
-		}
+		out := cellStatusOut(t, leader, views, false)
 		for _, want := range []string{a.Short() + ": for 2562047h47m16", "2562047h47m16.854775807s ago"} {
-			if !strings.Contains(out.String(), want) {
-				t.Errorf("%d ms: huddle cell status:\n%s\nwant it to say %q", ms, out.String(), want)
+			if !strings.Contains(out, want) {
+				t.Errorf("%d ms: huddle cell status:\n%s\nwant it to say %q", ms, out, want)
 			}
 		}
 	}
@@ -413,26 +402,19 @@ func TestCellStatusShowsKeyMismatch(t *testing.T) {
 		{replica: members[1], status: status(members[1], "follower", named)},
 		{replica: members[2], status: status(members[2], "follower", named)},
 	}
-	var out, errb strings.Builder
-	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-	if err := printCellStatus(env, *leader, views, false); err != nil {
-		t.Fatal(err)
-	}
+	out := cellStatusOut(t, *leader, views, false)
 	for _, want := range []string{"MISCONFIGURED", "cell remove it and cell add it again",
 		c.Short() + " at 10.0.0.3:7374 names " + old.String() + " for 10.0.0.1:7374, where the daemon presents " + a.String() + " (seen by " + b.Short() + ", " + c.Short() + ")",
 		c.Short() + " at 10.0.0.3:7374 refuses the key of " + a.Short() + " at 10.0.0.1:7374: its configuration does not list it (seen by " + a.Short() + ")"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		if !strings.Contains(out, want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out, want)
 		}
 	}
-	if n := strings.Count(out.String(), "names "+old.String()); n != 1 {
-		t.Errorf("huddle cell status names the mismatch %d times, want once:\n%s", n, out.String())
+	if n := strings.Count(out, "names "+old.String()); n != 1 {
+		t.Errorf("huddle cell status names the mismatch %d times, want once:\n%s", n, out)
 	}
 
-	out.Reset()
-	if err := printCellStatus(env, *leader, views, true); err != nil {
-		t.Fatal(err)
-	}
+	out = cellStatusOut(t, *leader, views, true)
 	var got struct {
 		KeyMismatches []struct {
 			Member, Addr, Named, Presented string
@@ -440,11 +422,11 @@ func TestCellStatusShowsKeyMismatch(t *testing.T) {
 			SeenBy                         []string `json:"seen_by"`
 		} `json:"key_mismatches"`
 	}
-	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(got.KeyMismatches) != 2 {
-		t.Fatalf("--json: %s, want two key mismatches", out.String())
+		t.Fatalf("--json: %s, want two key mismatches", out)
 	}
 	if k := got.KeyMismatches[0]; k.Member != c.String() || k.MemberAddr != "10.0.0.3:7374" || k.Addr != "10.0.0.1:7374" || k.Named != "" || k.Presented != a.String() || len(k.SeenBy) != 1 {
 		t.Errorf("--json: first %+v, want the refusal seen by the leader", k)
@@ -454,13 +436,10 @@ func TestCellStatusShowsKeyMismatch(t *testing.T) {
 	}
 
 	// A cell set up right says nothing of it.
-	out.Reset()
 	views = []memberView{{replica: members[0], status: status(members[0], "leader")}}
-	if err := printCellStatus(env, *views[0].status, views, false); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(out.String(), "MISCONFIGURED") {
-		t.Errorf("huddle cell status of a cell set up right:\n%s", out.String())
+	out = cellStatusOut(t, *views[0].status, views, false)
+	if strings.Contains(out, "MISCONFIGURED") {
+		t.Errorf("huddle cell status of a cell set up right:\n%s", out)
 	}
 }
 
@@ -486,34 +465,27 @@ func TestCellStatusKeyMismatchUnconfirmed(t *testing.T) {
 		{replica: members[1], status: status(members[1], "follower", lie)}, // b's key, hostile
 		{replica: members[2], status: status(members[2], "follower")},
 	}
-	var out, errb strings.Builder
-	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-	if err := printCellStatus(env, *leader, views, false); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "cell remove it") {
-		t.Errorf("huddle cell status on one member's word against the leader's own status:\n%s\nwant no advice to remove it", out.String())
+	out := cellStatusOut(t, *leader, views, false)
+	if strings.Contains(out, "MISCONFIGURED") || strings.Contains(out, "cell remove it") {
+		t.Errorf("huddle cell status on one member's word against the leader's own status:\n%s\nwant no advice to remove it", out)
 	}
 	for _, want := range []string{"UNCONFIRMED", a.Short() + " at 10.0.0.1:7374 names " + forged.String() + " for 10.0.0.3:7374, where the daemon presents " + c.String() + " (seen by " + b.Short() + ")"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		if !strings.Contains(out, want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out, want)
 		}
 	}
-	out.Reset()
-	if err := printCellStatus(env, *leader, views, true); err != nil {
-		t.Fatal(err)
-	}
+	out = cellStatusOut(t, *leader, views, true)
 	var got struct {
 		KeyMismatches []struct {
 			Member    string
 			Confirmed *bool `json:"confirmed"`
 		} `json:"key_mismatches"`
 	}
-	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(got.KeyMismatches) != 1 || got.KeyMismatches[0].Confirmed == nil || *got.KeyMismatches[0].Confirmed {
-		t.Errorf("--json: %s, want the one mismatch with confirmed false", out.String())
+		t.Errorf("--json: %s, want the one mismatch with confirmed false", out)
 	}
 
 	// The accused member reporting a mismatch of its own configuration
@@ -522,23 +494,17 @@ func TestCellStatusKeyMismatchUnconfirmed(t *testing.T) {
 	// key swapped at its own address) and lied about the rest.
 	elsewhere := wire.CellKeyMismatch{Member: members[0], Addr: members[1].Addr, Named: &b, Presented: forged}
 	views[0].status = status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader", elsewhere)
-	out.Reset()
-	if err := printCellStatus(env, *views[0].status, views, false); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "UNCONFIRMED") || strings.Contains(out.String(), "MISCONFIGURED") {
-		t.Errorf("huddle cell status with the leader reporting another mismatch of its own:\n%s\nwant the lie unconfirmed", out.String())
+	out = cellStatusOut(t, *views[0].status, views, false)
+	if !strings.Contains(out, "UNCONFIRMED") || strings.Contains(out, "MISCONFIGURED") {
+		t.Errorf("huddle cell status with the leader reporting another mismatch of its own:\n%s\nwant the lie unconfirmed", out)
 	}
 
 	// Once the accused member's own status shows it, it is confirmed.
 	own := wire.CellKeyMismatch{Member: members[0], Addr: members[2].Addr, Named: &forged, Presented: c}
 	views[0].status = status(wire.Replica{Addr: members[0].Addr, Fingerprint: a, Leader: true}, "leader", own)
-	out.Reset()
-	if err := printCellStatus(env, *views[0].status, views, false); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "UNCONFIRMED") {
-		t.Errorf("huddle cell status with the leader reporting its own mismatch:\n%s", out.String())
+	out = cellStatusOut(t, *views[0].status, views, false)
+	if !strings.Contains(out, "MISCONFIGURED") || strings.Contains(out, "UNCONFIRMED") {
+		t.Errorf("huddle cell status with the leader reporting its own mismatch:\n%s", out)
 	}
 }
 
@@ -573,33 +539,38 @@ func TestCellStatusStrangerAtMemberAddress(t *testing.T) {
 		{replica: members[1], status: follower},
 		{replica: members[2], err: errors.New("10.0.0.3:7374 presented another key")},
 	}
-	var out, errb strings.Builder
-	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
-	if err := printCellStatus(env, *leader, views, false); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(out.String(), "MISCONFIGURED") || strings.Contains(out.String(), "cell remove it and cell add it again") {
-		t.Errorf("huddle cell status with a stranger at a member's address:\n%s\nwant no member called misconfigured", out.String())
+	out := cellStatusOut(t, *leader, views, false)
+	if strings.Contains(out, "MISCONFIGURED") || strings.Contains(out, "cell remove it and cell add it again") {
+		t.Errorf("huddle cell status with a stranger at a member's address:\n%s\nwant no member called misconfigured", out)
 	}
 	for _, want := range []string{"NOT AT ITS ADDRESS", "every configuration names " + c.String() + " for 10.0.0.3:7374, where a daemon presenting " + stranger.String() + " answers"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out.String(), want)
+		if !strings.Contains(out, want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out, want)
 		}
 	}
-	out.Reset()
-	if err := printCellStatus(env, *leader, views, true); err != nil {
-		t.Fatal(err)
-	}
+	out = cellStatusOut(t, *leader, views, true)
 	var got struct {
 		KeyMismatches []struct {
 			Member string
 			Absent bool `json:"member_absent"`
 		} `json:"key_mismatches"`
 	}
-	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
-		t.Fatalf("%v\n%s", err, out.String())
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(got.KeyMismatches) != 3 || !got.KeyMismatches[0].Absent || !got.KeyMismatches[1].Absent || !got.KeyMismatches[2].Absent {
-		t.Errorf("--json: %s, want the three mismatches marked member_absent", out.String())
+		t.Errorf("--json: %s, want the three mismatches marked member_absent", out)
 	}
+}
+
+// cellStatusOut returns what huddle cell status prints (asJSON: with
+// --json) from first, the status of the member asked first, and views.
+func cellStatusOut(t *testing.T, first client.CellStatus, views []memberView, asJSON bool) string {
+	t.Helper()
+	var out, errb strings.Builder
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if err := printCellStatus(env, first, views, asJSON); err != nil {
+		t.Fatal(err)
+	}
+	return out.String()
 }
