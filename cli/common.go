@@ -210,12 +210,25 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	if err != nil {
 		return nil, e, err
 	}
+	lg := listedOf(l.groups, e)
 	if len(l.regs) == 0 {
-		g, err := s.client.Group(e)
+		g, err := s.client.GroupListed(lg)
 		return g, e, err
 	}
-	g, err := l.regs.Group(e)
+	g, err := l.regs.GroupListed(lg)
 	return g, e, err
+}
+
+// listedOf returns the group of the merged listing e was resolved from
+// (listedEntries): its MemberAddrs, every registry's addresses of a
+// cell's members, are dialled too (client.GroupListed). The entry is e.
+func listedOf(groups []client.ListedGroup, e wire.GroupEntry) client.ListedGroup {
+	for _, g := range groups {
+		if g.Group == e.Group && g.Fingerprint == e.Fingerprint && slices.Equal(g.Replicas, e.Replicas) {
+			return client.ListedGroup{GroupEntry: e, MemberAddrs: g.MemberAddrs}
+		}
+	}
+	return client.ListedGroup{GroupEntry: e}
 }
 
 // listedEntries returns the merged listing's entries for resolveGroup:

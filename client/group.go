@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,11 @@ type Group struct {
 	// did complete took, lowered by attempts answered sooner: see
 	// dialBound and answered (cell.go).
 	dialFor, failedBound, handshake time.Duration
+	// memberAddrs are, for a replicated group's handle made from a merged
+	// listing (GroupListed), the addresses registries list each member's
+	// key at: each member is dialled at them too, after those it was
+	// named at. Set when the handle is made, then only read.
+	memberAddrs map[Fingerprint][]string
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
@@ -60,13 +66,50 @@ func (c *Client) Group(e GroupEntry) (*Group, error) {
 	if e.Fingerprint.IsZero() {
 		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
 	}
-	p, err := c.groupPeer(e.Addrs, e.Fingerprint, e.Group)
+	return c.groupAt(e, nil)
+}
+
+// GroupListed returns a handle on a group of a merged listing (Merge), as
+// Group does for its entry; a replicated group's members are dialled at
+// every address a registry lists them at (ListedGroup.MemberAddrs), each
+// in turn.
+func (c *Client) GroupListed(lg ListedGroup) (*Group, error) {
+	return c.groupAt(lg.GroupEntry, lg.MemberAddrs)
+}
+
+// groupAt returns a handle on e's group whose members (of a cell) are
+// also at the addresses listed (nil: only where e and the members
+// themselves say).
+func (c *Client) groupAt(e GroupEntry, listed map[Fingerprint][]string) (*Group, error) {
+	if e.Fingerprint.IsZero() {
+		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
+	}
+	g := &Group{id: e.Group, name: e.Name, cl: c}
+	if len(e.Replicas) > 0 && len(listed) > 0 {
+		g.memberAddrs = make(map[Fingerprint][]string, len(e.Replicas))
+		for _, r := range e.Replicas {
+			if addrs := listed[r.Fingerprint]; len(addrs) > 0 {
+				g.memberAddrs[r.Fingerprint] = slices.Clone(addrs)
+			}
+		}
+	}
+	p, err := c.groupPeer(g.alsoAt(e.Addrs, e.Fingerprint), e.Fingerprint, e.Group)
 	if err != nil {
 		return nil, err
 	}
-	g := &Group{id: e.Group, name: e.Name, cl: c, p: p, held: map[*peer]bool{p: true}}
+	g.p, g.held = p, map[*peer]bool{p: true}
 	g.learnReplicas(e.Replicas)
 	return g, nil
+}
+
+// alsoAt returns addrs, then the other addresses registries listed the
+// member fp at when the handle was made (GroupListed), if any.
+func (g *Group) alsoAt(addrs []string, fp Fingerprint) []string {
+	more := g.memberAddrs[fp]
+	if len(more) == 0 {
+		return addrs
+	}
+	return unionAddrs(addrs, more)
 }
 
 // Group returns a handle on a group from this registry's listing. When its
@@ -115,7 +158,7 @@ func (g *Group) refresh(ctx context.Context) {
 // with key fp, held by g until Close gives its holds back; ErrClosed if it
 // did already. g.mu is not held: a hold given back may close a connection.
 func (g *Group) peerAt(addrs []string, fp Fingerprint) (*peer, error) {
-	p, err := g.cl.groupPeer(addrs, fp, g.id)
+	p, err := g.cl.groupPeer(g.alsoAt(addrs, fp), fp, g.id)
 	if err != nil {
 		return nil, err
 	}

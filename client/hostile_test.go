@@ -749,3 +749,96 @@ func TestFetchEndBehindDelivered(t *testing.T) {
 		}
 	}
 }
+
+// TestCellGroupListedAtRogueAddresses has a rogue registry list a cell's
+// group under its real replicas' keys (both anyone's to read) at
+// addresses of its own, where daemons of other keys answer, its lease the
+// longest and another member named leader: the merge took that entry
+// whole, so a handle made from it dialled only the rogue's addresses, met
+// another key at each, and never reached the group (SECURITY.md called it
+// a denial of service, not fixed). The merge now keeps every registry's
+// addresses of each member (MemberAddrs), and a handle made with
+// GroupListed dials them too: the join reaches the real leader, by way of
+// the member the rogue named, which names it.
+func TestCellGroupListedAtRogueAddresses(t *testing.T) {
+	var joins atomic.Int64
+	var replicas []wire.Replica
+	var members []client.GroupEntry
+	for i := range 3 {
+		members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			switch c.Op() {
+			case wire.OpInfo:
+				return c.Result(wire.Info{Group: wire.UUID{7}, Name: "ops", Epoch: 3, Replicas: replicas})
+			case wire.OpJoin:
+				if i != 0 {
+					return &wire.Error{Code: wire.CodeUnavailable, Leader: &replicas[0], Replicas: replicas}
+				}
+				joins.Add(1)
+				return c.Result(wire.Joined{Epoch: 3})
+			}
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}))
+		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint, Leader: i == 0})
+	}
+	impostor := func(ctx context.Context, c *server.Call) error {
+		return &wire.Error{Code: wire.CodeNotFound}
+	}
+	real := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: members[0].Addrs, Fingerprint: members[0].Fingerprint,
+		ExpiresMS: 10_000, Replicas: replicas}
+	rogue := real
+	rogue.Replicas = slices.Clone(replicas)
+	for i := range rogue.Replicas {
+		rogue.Replicas[i].Addr = hostileDaemon(t, impostor).Addrs[0]
+		rogue.Replicas[i].Leader = i == 1
+	}
+	rogue.Addrs, rogue.Fingerprint, rogue.ExpiresMS = []string{rogue.Replicas[1].Addr}, replicas[1].Fingerprint, 1<<40
+	c, realReg := hostileRegistry(t, func([]byte) wire.Groups { return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{real}} })
+	_, r := hostileRegistry(t, func([]byte) wire.Groups { return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{rogue}} })
+	rogueReg, err := c.Registry(t.Context(), r.Addr(), r.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs := client.Registries{rogueReg, realReg}
+	groups, err := client.Listed(regs.List(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(groups) != 1 || groups[0].Fingerprint != rogue.Fingerprint || groups[0].Addrs[0] != rogue.Addrs[0] {
+		t.Fatalf("merged listing %+v; want the rogue's entry, its lease the longest", groups)
+	}
+	lg := groups[0]
+	for i, m := range members {
+		if at := lg.MemberAddrs[m.Fingerprint]; !slices.Contains(at, m.Addrs[0]) || !slices.Contains(at, rogue.Replicas[i].Addr) {
+			t.Errorf("member %d listed at %v; want its real address %s and the rogue's %s", i, at, m.Addrs[0], rogue.Replicas[i].Addr)
+		}
+	}
+
+	// The handle of the merged entry alone: every address another key.
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	g, err := regs.Group(lg.GroupEntry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.Join(ctx, "ann", nil); err == nil {
+		t.Errorf("join through the rogue's addresses alone: nil error, want the group unreached")
+	}
+
+	g, err = regs.GroupListed(lg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel = context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := g.Join(ctx, "ann", nil); err != nil {
+		t.Fatalf("join through the merged listing, the real registry listing the members: %v", err)
+	}
+	if joins.Load() != 1 {
+		t.Errorf("the leader took %d joins, want 1", joins.Load())
+	}
+	if _, err := g.Info(ctx); err != nil {
+		t.Errorf("info: %v", err)
+	}
+}

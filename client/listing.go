@@ -39,6 +39,17 @@ type ListedGroup struct {
 	// its own under the real name otherwise made that one the name's only
 	// group, no duplicate to tell.
 	OtherNames []string
+	// MemberAddrs, for a group replicated by a cell, are the addresses
+	// the registries list each member's key at (as a replica, or as the
+	// leader), the entry's own first, then the other registries' in the
+	// order they were asked. A handle made with GroupListed dials a
+	// member at each of them in turn. Why: every registry's word on where
+	// the members are is a registry's word, and a rogue registry listing
+	// the real members' keys at addresses of its own, its lease the
+	// longest, had the merged entry name only those: the keys are
+	// checked, so the group is not impersonated, but it was not reached
+	// at all (until session 15).
+	MemberAddrs map[Fingerprint][]string
 }
 
 // List asks every registry of the set at once and returns their answers
@@ -128,12 +139,26 @@ func Merge(answers []RegistryListing) []ListedGroup {
 				g.Addrs = slices.Clone(e.Addrs)
 				byKey[k] = g
 				out = append(out, g)
+				if len(e.Replicas) > 0 {
+					g.MemberAddrs = make(map[Fingerprint][]string)
+					addMemberAddrs(g.MemberAddrs, e)
+				}
 			case len(e.Replicas) > 0:
 				// The latest registration's view of the leader, whole:
 				// one leader's addresses never go with another's key.
+				// Every registry's addresses of each member are kept
+				// beside it, the latest's first.
 				if e.ExpiresMS > g.ExpiresMS {
 					g.GroupEntry = e
 					g.Addrs = slices.Clone(e.Addrs)
+					at := make(map[Fingerprint][]string)
+					addMemberAddrs(at, e)
+					for fp, addrs := range g.MemberAddrs {
+						at[fp] = unionAddrs(at[fp], addrs)
+					}
+					g.MemberAddrs = at
+				} else {
+					addMemberAddrs(g.MemberAddrs, e)
 				}
 			default:
 				addrs := g.Addrs
@@ -179,6 +204,17 @@ func unionAddrs(first []string, more ...[]string) []string {
 	return out
 }
 
+// addMemberAddrs adds to at the addresses e, a cell's group's entry,
+// lists each member at: the leader's (e.Addrs, under e.Fingerprint), then
+// each replica's. A registry's entry holds at most 16 + 9 addresses
+// (wire's bounds), so each member's list is at most 25 per registry.
+func addMemberAddrs(at map[Fingerprint][]string, e GroupEntry) {
+	at[e.Fingerprint] = unionAddrs(at[e.Fingerprint], e.Addrs)
+	for _, r := range e.Replicas {
+		at[r.Fingerprint] = unionAddrs(at[r.Fingerprint], []string{r.Addr})
+	}
+}
+
 // Group returns a handle on a group listed by the set: like Client.Group,
 // and when its daemon cannot be reached, long-lived calls (Watch) ask the
 // set's registries, in order, for the daemon's current addresses.
@@ -187,6 +223,22 @@ func (rs Registries) Group(e GroupEntry) (*Group, error) {
 		return nil, fmt.Errorf("group %s: no registry: %w", e.Group, ErrBadRequest)
 	}
 	g, err := rs[0].p.c.Group(e)
+	if err != nil {
+		return nil, err
+	}
+	g.regs = slices.Clone(rs)
+	return g, nil
+}
+
+// GroupListed returns a handle on a group of a merged listing, as Group
+// does for its entry; a replicated group's members are dialled at every
+// address a registry lists them at (MemberAddrs), each in turn, passing
+// over one where another key answers.
+func (rs Registries) GroupListed(lg ListedGroup) (*Group, error) {
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("group %s: no registry: %w", lg.Group, ErrBadRequest)
+	}
+	g, err := rs[0].p.c.GroupListed(lg)
 	if err != nil {
 		return nil, err
 	}
