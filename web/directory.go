@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -450,11 +452,12 @@ func (d *directory) merge() {
 	}
 	d.mu.Lock()
 	d.joinedNow = joined
-	pick := d.pickKeysLocked(now)
-	sources := d.handleSourcesLocked(now, pick)
+	cells := d.cellsLocked(now)
+	pick := d.pickKeysLocked(now, cells)
+	sources := d.handleSourcesLocked(now, pick, cells)
 	seen := make(map[wire.UUID]bool)
 	names := make(map[wire.UUID]*listedNames)
-	for _, rs := range d.regs {
+	for i, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
@@ -462,7 +465,7 @@ func (d *directory) merge() {
 		// client.Merge take it): its later entries of the group named
 		// it again in the group's registries, and gave it their names.
 		listed := make(map[wire.UUID]bool)
-		for _, e := range rs.entries {
+		for _, e := range cells.entries(i, rs) {
 			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
 				continue // after: the key used comes first
 			}
@@ -492,9 +495,9 @@ func (d *directory) merge() {
 						dropped = append(dropped, gs.handle)
 					}
 					if gs != nil && gs.entry.Fingerprint == e.Fingerprint {
-						gs.handle, gs.addrs = h, src.addrs // more addresses of the same daemon: what is known of it stays
+						gs.handle, gs.addrs = h, src.dials() // more addresses of the same daemon: what is known of it stays
 					} else {
-						gs = &groupState{handle: h, addrs: src.addrs}
+						gs = &groupState{handle: h, addrs: src.dials()}
 						d.groups[e.Group] = gs
 					}
 				}
@@ -513,11 +516,11 @@ func (d *directory) merge() {
 			}
 		}
 	}
-	for _, rs := range d.regs {
+	for i, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
-		for _, e := range rs.entries {
+		for _, e := range cells.entries(i, rs) {
 			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
 				if gs := d.groups[e.Group]; gs != nil && seen[e.Group] {
 					if !slices.Contains(gs.regs, rs.addr) {
@@ -634,13 +637,13 @@ func (e errListingTooLarge) Error() string {
 // registry's, as before: the registries the user gave come first; keeping
 // the key used first in time instead would hand the group to whichever
 // registry answered first, a discovered one before those given.
-func (d *directory) pickKeysLocked(now time.Time) map[wire.UUID]wire.Fingerprint {
+func (d *directory) pickKeysLocked(now time.Time, cells *cellViews) map[wire.UUID]wire.Fingerprint {
 	keys := make(map[wire.UUID][]wire.Fingerprint)
-	for _, rs := range d.regs {
+	for i, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
-		for _, e := range rs.entries {
+		for _, e := range cells.entries(i, rs) {
 			if ks := keys[e.Group]; !slices.Contains(ks, e.Fingerprint) {
 				keys[e.Group] = append(ks, e.Fingerprint)
 			}
@@ -677,21 +680,43 @@ func (d *directory) pickKeysLocked(now time.Time) map[wire.UUID]wire.Fingerprint
 type handleSource struct {
 	addrs []string
 	regs  client.Registries
+	// members are, for a cell's group, the addresses every registry lists
+	// each member's key at (cellViews), which the handle dials too.
+	members map[wire.Fingerprint][]string
 }
 
 // open opens a handle on e's group with s's addresses and registries.
 func (s *handleSource) open(e wire.GroupEntry) (*client.Group, error) {
 	e.Addrs = s.addrs
-	return s.regs.Group(e)
+	return s.regs.GroupListed(client.ListedGroup{GroupEntry: e, MemberAddrs: s.members})
+}
+
+// dials returns every address a handle opened from s dials: the group's,
+// then its members' (a cell's), each once, in the order of e's replicas.
+func (s *handleSource) dials() []string {
+	if len(s.members) == 0 {
+		return s.addrs
+	}
+	out := slices.Clone(s.addrs)
+	fps := slices.Collect(maps.Keys(s.members))
+	slices.SortFunc(fps, func(a, b wire.Fingerprint) int { return bytes.Compare(a[:], b[:]) })
+	for _, fp := range fps {
+		for _, a := range s.members[fp] {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 // handleSourcesLocked returns the handleSource of each group listed (in
 // the listings merge uses as of now), at the key merge uses for it: pick's,
 // else the first registry's. d.mu is held.
-func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.Fingerprint) map[wire.UUID]*handleSource {
+func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.Fingerprint, cells *cellViews) map[wire.UUID]*handleSource {
 	src := make(map[wire.UUID]*handleSource)
 	key := make(map[wire.UUID]wire.Fingerprint)
-	for _, rs := range d.regs {
+	for i, rs := range d.regs {
 		if rs.reg == nil || rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
@@ -700,7 +725,7 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 		// the real one (each dialed for up to 5 s in turn) and had each
 		// compared with all the others, at every merge.
 		listed := make(map[wire.UUID]bool)
-		for _, e := range rs.entries {
+		for _, e := range cells.entries(i, rs) {
 			if listed[e.Group] {
 				continue
 			}
@@ -718,7 +743,7 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 			listed[e.Group] = true
 			s := src[e.Group]
 			if s == nil {
-				s = &handleSource{}
+				s = &handleSource{members: cells.members[cellOf(e)]}
 				src[e.Group] = s
 			}
 			if !slices.Contains(s.regs, rs.reg) {
@@ -750,10 +775,11 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 // every infoEvery, and when the registries' counts of the group move),
 // and is opened again then, with every address listed.
 func (s *handleSource) keeps(gs *groupState) bool {
-	if !slices.ContainsFunc(s.addrs, func(a string) bool { return !slices.Contains(gs.addrs, a) }) {
+	addrs := s.dials()
+	if !slices.ContainsFunc(addrs, func(a string) bool { return !slices.Contains(gs.addrs, a) }) {
 		return true
 	}
-	return (gs.infoOK || gs.asking) && slices.ContainsFunc(gs.addrs, func(a string) bool { return slices.Contains(s.addrs, a) })
+	return (gs.infoOK || gs.asking) && slices.ContainsFunc(gs.addrs, func(a string) bool { return slices.Contains(addrs, a) })
 }
 
 // unresolvedClash reports whether registries list id under several daemon
@@ -999,4 +1025,141 @@ func (d *directory) publishLocked() {
 	d.list, d.listBytes = l, b
 	close(d.changed)
 	d.changed = make(chan struct{})
+}
+
+// cellViews are the registries' listings as merge takes a cell's groups
+// (PROTOCOL.md §13): as one group per UUID and set of replicas, whichever
+// leader each registry names, as the CLI merges them (client.Merge). Of
+// a group's entries, the one whose lease ends last gives the leader, its
+// addresses and the replicas to every other (each keeps its name, lease
+// and counts), and every registry's addresses of each member are kept
+// (members), for the group's handle to dial.
+//
+// Why: the page keyed a cell's group by the leader each registry names,
+// as a group of one daemon by its key. Two registries naming two leaders
+// (one not yet told of an election, or a rogue one naming another real
+// member, anyone can read the replicas from a listing) made the group
+// "two daemons", a join refused (clash); and the handle dialled only the
+// addresses the first registry listed: a rogue one polled first, listing
+// the real members' keys at addresses of its own, left the group
+// unreachable (until session 15).
+type cellViews struct {
+	// views holds, by the index of its registry in d.regs, a listing
+	// whose cell entries were rewritten (nil: the listing as it is).
+	views   map[int][]wire.GroupEntry
+	members map[cellKey]map[wire.Fingerprint][]string
+}
+
+// cellKey is a cell's group: its UUID and the set of its replicas' keys.
+type cellKey struct {
+	group wire.UUID
+	set   string // the replicas' fingerprints, sorted, concatenated
+}
+
+// cellOf returns e's cellKey, the zero one for a group of one daemon.
+func cellOf(e wire.GroupEntry) cellKey {
+	if len(e.Replicas) == 0 {
+		return cellKey{}
+	}
+	fps := make([]wire.Fingerprint, len(e.Replicas))
+	for i, r := range e.Replicas {
+		fps[i] = r.Fingerprint
+	}
+	slices.SortFunc(fps, func(a, b wire.Fingerprint) int { return bytes.Compare(a[:], b[:]) })
+	var b strings.Builder
+	for _, fp := range fps {
+		b.Write(fp[:])
+	}
+	return cellKey{e.Group, b.String()}
+}
+
+// entries returns the listing of rs, the i-th of d.regs, as merge takes
+// it.
+func (c *cellViews) entries(i int, rs *registryState) []wire.GroupEntry {
+	if v, ok := c.views[i]; ok {
+		return v
+	}
+	return rs.entries
+}
+
+// cellsLocked returns the cellViews of the listings merge uses as of now.
+// A registry's entries of a group after its first are left as they are
+// (merge skips them). d.mu is held.
+func (d *directory) cellsLocked(now time.Time) *cellViews {
+	c := &cellViews{members: make(map[cellKey]map[wire.Fingerprint][]string)}
+	type latest struct {
+		e     wire.GroupEntry
+		until time.Time
+	}
+	last := make(map[cellKey]*latest)
+	usable := func(rs *registryState) bool { return !rs.at.IsZero() && now.Sub(rs.at) <= staleListing }
+	for _, rs := range d.regs {
+		if !usable(rs) {
+			continue
+		}
+		listed := make(map[cellKey]bool)
+		for _, e := range rs.entries {
+			k := cellOf(e)
+			if k == (cellKey{}) || listed[k] {
+				continue
+			}
+			listed[k] = true
+			until := rs.at.Add(time.Duration(min(e.ExpiresMS, maxLeaseMS)) * time.Millisecond)
+			if l := last[k]; l == nil || until.After(l.until) {
+				last[k] = &latest{e, until}
+			}
+		}
+	}
+	if len(last) == 0 {
+		return c
+	}
+	for k, l := range last {
+		at := make(map[wire.Fingerprint][]string)
+		addMember(at, l.e)
+		c.members[k] = at
+	}
+	c.views = make(map[int][]wire.GroupEntry)
+	for i, rs := range d.regs {
+		if !usable(rs) {
+			continue
+		}
+		listed := make(map[cellKey]bool)
+		var view []wire.GroupEntry
+		for j, e := range rs.entries {
+			k := cellOf(e)
+			if k == (cellKey{}) || listed[k] {
+				continue
+			}
+			listed[k] = true
+			addMember(c.members[k], e)
+			l := last[k].e
+			if e.Fingerprint == l.Fingerprint && slices.Equal(e.Addrs, l.Addrs) && slices.Equal(e.Replicas, l.Replicas) {
+				continue
+			}
+			if view == nil {
+				view = slices.Clone(rs.entries)
+			}
+			view[j].Fingerprint, view[j].Addrs, view[j].Replicas = l.Fingerprint, l.Addrs, l.Replicas
+		}
+		if view != nil {
+			c.views[i] = view
+		}
+	}
+	return c
+}
+
+// addMember adds to at the addresses e, a cell's group's entry, lists each
+// member at: the leader's, then each replica's (at most 16 + 9 a registry).
+func addMember(at map[wire.Fingerprint][]string, e wire.GroupEntry) {
+	add := func(fp wire.Fingerprint, addrs ...string) {
+		for _, a := range addrs {
+			if !slices.Contains(at[fp], a) {
+				at[fp] = append(at[fp], a)
+			}
+		}
+	}
+	add(e.Fingerprint, e.Addrs...)
+	for _, r := range e.Replicas {
+		add(r.Fingerprint, r.Addr)
+	}
 }

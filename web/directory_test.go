@@ -444,7 +444,7 @@ func TestHandleSourceOneEntryPerRegistry(t *testing.T) {
 		flood = append(flood, e)
 	}
 	d := &directory{regs: []*registryState{{addr: r.Addr().String(), reg: reg, entries: flood, at: time.Now()}}}
-	src := d.handleSourcesLocked(time.Now(), nil)
+	src := d.handleSourcesLocked(time.Now(), nil, d.cellsLocked(time.Now()))
 	s := src[wire.UUID{1}]
 	if s == nil {
 		t.Fatal("no handle source for the group")

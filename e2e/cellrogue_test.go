@@ -1,0 +1,155 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestCellPastRogueRegistry has a rogue registry list a cell's group under
+// its real members' keys (anyone may read them from a listing) at an
+// address of its own, where another key answers, naming another member
+// than the real registry's leader, its lease the longest. Clients merge a
+// cell's group into one entry per set of replicas and took the longest
+// lease's whole, so huddle join reached no member (the key is checked at
+// each: not impersonated, but a denial of service, SECURITY.md said, not
+// fixed); huddle web showed the group as two daemons (one per leader
+// named), refused the join (clash), and its handle dialled the rogue's
+// addresses alone. The CLI and the page now dial each member at every
+// address any registry lists it at, and the page takes a cell's group as
+// one whichever leader each registry names.
+func TestCellPastRogueRegistry(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
+	members, peers := newCellMembers(t, 3, 3)
+	for _, m := range members {
+		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
+			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
+		m.start(t)
+	}
+	type listed struct {
+		UUID        string `json:"uuid"`
+		Fingerprint string `json:"fingerprint"`
+		Replicas    []struct {
+			Fingerprint string `json:"fingerprint"`
+		} `json:"replicas"`
+	}
+	bob := newUser(t, "bob", reg.registry)
+	var real listed
+	var last result
+	if !eventually(waitTimeout, func() bool {
+		last = bob.run(t, "groups", "--json")
+		if last.code != 0 {
+			return false
+		}
+		for _, l := range strings.Split(strings.TrimSpace(last.stdout), "\n") {
+			if json.Unmarshal([]byte(l), &real) == nil && len(real.Replicas) == 3 {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the registry never listed the cell's group with its three replicas; last: %s", last)
+	}
+	gid := uuid.MustParse(real.UUID)
+
+	// The rogue's entry: every member at the rogue's own address (a
+	// server of another key), the leader another member than the real
+	// registry names, and an hour's lease.
+	impostor := rogueRegistry(t)
+	entry := wire.GroupEntry{Group: gid, Name: "general", Addrs: []string{impostor}, ExpiresMS: 3_600_000}
+	for _, m := range members {
+		r := wire.Replica{Addr: impostor, Fingerprint: m.fp}
+		if entry.Fingerprint.IsZero() && m.fp.String() != real.Fingerprint {
+			entry.Fingerprint, r.Leader = m.fp, true
+		}
+		entry.Replicas = append(entry.Replicas, r)
+	}
+	rogue := rogueRegistry(t, entry)
+
+	carol := newUser(t, "carol", reg.registry+","+rogue)
+	if !eventually(waitTimeout, func() bool {
+		last = carol.run(t, "groups", "--json")
+		return last.code == 0 && strings.Contains(last.stdout, `"fingerprint":"`+entry.Fingerprint.String()+`"`)
+	}) {
+		t.Fatalf("the merged listing never named the rogue's leader; last: %s", last)
+	}
+	carol.ok(t, "join", "general", "--as", "carol")
+	carol.ok(t, "send", "general", "past the rogue")
+
+	// huddle web, with the rogue registry polled first.
+	dave := newUser(t, "dave", rogue+","+reg.registry)
+	w := dave.web(t)
+	api := func(method, path string, body any, out any) int {
+		t.Helper()
+		var rd bytes.Buffer
+		if body != nil {
+			if err := json.NewEncoder(&rd).Encode(body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		req, err := http.NewRequestWithContext(t.Context(), method, w.base+path, &rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+w.secret)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if out != nil {
+			if err := json.NewDecoder(res.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return res.StatusCode
+	}
+	type pageGroup struct {
+		UUID       string   `json:"uuid"`
+		Clash      bool     `json:"clash"`
+		Registries []string `json:"registries"`
+	}
+	var g pageGroup
+	if !eventually(waitTimeout, func() bool {
+		var l struct {
+			Groups []pageGroup `json:"groups"`
+		}
+		if api("GET", "/api/groups", nil, &l) != http.StatusOK {
+			return false
+		}
+		i := slices.IndexFunc(l.Groups, func(g pageGroup) bool { return g.UUID == real.UUID })
+		if i < 0 {
+			return false
+		}
+		g = l.Groups[i]
+		return len(g.Registries) == 2
+	}) {
+		t.Fatalf("the page never listed the group from both registries: %+v", g)
+	}
+	if g.Clash {
+		t.Errorf("the page shows the cell's group as two daemons (clash): one per leader the registries name")
+	}
+	if st := api("POST", "/api/groups/"+real.UUID+"/join", map[string]string{"name": "dave"}, nil); st != http.StatusOK {
+		t.Fatalf("join through the page: HTTP %d, want 200", st)
+	}
+	if st := api("POST", "/api/groups/"+real.UUID+"/messages", map[string]string{"text": "from the page"}, nil); st != http.StatusOK {
+		t.Fatalf("send through the page: HTTP %d, want 200", st)
+	}
+	out := carol.ok(t, "fetch", "general")
+	for _, want := range []string{"past the rogue", "from the page"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the cell holds:\n%s\nwant %q", out, want)
+		}
+	}
+}
