@@ -585,36 +585,113 @@ func dialEnded(ctx context.Context, where string) error {
 // address let anyone who could put an address first in a listing (a rogue
 // registry on the LAN, whose entry of a group under its real key came
 // first by the lease time it claimed) make the group unreachable.
+//
+// An address that has not answered within dialStagger does not hold the
+// next one back: it is dialled too, and the first handshake completed
+// wins (the others are cancelled, or closed if they complete). Dialled one
+// after the other, an address where nothing answers (a rogue registry's,
+// or a daemon's former one) took the whole of the dial's time: a call to
+// a cell's member, whose dial is bounded by cellDialFor (500 ms), never
+// reached its second address, and a cell listed by a rogue registry at
+// silent addresses took 13 s to reach.
 func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 	tr, err := p.c.transport()
 	if err != nil {
 		return nil, "", err
 	}
-	var errs []error
-	var wrongKey error
-	for _, addr := range p.addrs {
-		conn, err := p.dial(ctx, tr, addr)
-		if err == nil {
-			return conn, addr, nil
+	if len(p.addrs) == 1 {
+		conn, err := p.dial(ctx, tr, p.addrs[0])
+		switch {
+		case err == nil:
+			return conn, p.addrs[0], nil
+		case ctx.Err() != nil:
+			return nil, "", dialEnded(ctx, p.addrs[0])
+		case isWrongKey(err):
+			return nil, "", err
 		}
-		if ctx.Err() != nil {
-			return nil, "", dialEnded(ctx, addr)
-		}
-		var mm *identity.MismatchError
-		var ce *identity.ChangedError
-		if errors.As(err, &mm) || errors.As(err, &ce) {
-			wrongKey = cmp.Or(wrongKey, err)
-			continue
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, fmt.Errorf("%s: %w", p.addrs[0], err))
 	}
-	if wrongKey != nil {
-		return nil, "", wrongKey
-	}
-	if len(errs) == 0 {
+	if len(p.addrs) == 0 {
 		return nil, "", fmt.Errorf("no address to dial: %w", ErrUnreachable)
 	}
+	type dialled struct {
+		conn *quic.Conn
+		addr string
+		err  error
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	results := make(chan dialled, len(p.addrs))
+	var wg sync.WaitGroup
+	next, pending := 0, 0
+	dialNext := func() {
+		addr := p.addrs[next]
+		next++
+		pending++
+		wg.Go(func() {
+			conn, err := p.dial(dctx, tr, addr)
+			results <- dialled{conn, addr, err}
+		})
+	}
+	stagger := time.NewTimer(dialStagger)
+	defer stagger.Stop()
+	dialNext()
+	var won *dialled
+	var errs []error
+	var wrongKey error
+	for won == nil && pending > 0 && ctx.Err() == nil {
+		select {
+		case r := <-results:
+			pending--
+			switch {
+			case r.err == nil:
+				won = &r
+				continue
+			case isWrongKey(r.err):
+				wrongKey = cmp.Or(wrongKey, r.err)
+			case ctx.Err() == nil:
+				errs = append(errs, fmt.Errorf("%s: %w", r.addr, r.err))
+			}
+		case <-stagger.C:
+		case <-ctx.Done():
+			continue
+		}
+		if next < len(p.addrs) {
+			dialNext()
+			stagger.Reset(dialStagger)
+		}
+	}
+	cancel()
+	wg.Wait()
+	close(results)
+	for r := range results {
+		if r.err == nil {
+			if won == nil {
+				won = &r
+				continue
+			}
+			r.conn.CloseWithError(0, "")
+		}
+	}
+	switch {
+	case won != nil:
+		return won.conn, won.addr, nil
+	case ctx.Err() != nil:
+		return nil, "", dialEnded(ctx, strings.Join(p.addrs[:next], ", "))
+	case wrongKey != nil:
+		return nil, "", wrongKey
+	}
 	return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
+}
+
+// dialStagger is how long dialAny waits for a handshake at one address
+// before it dials the next one too (RFC 8305's connection attempt delay).
+const dialStagger = 250 * time.Millisecond
+
+// isWrongKey reports whether err is a dial's that another key answered.
+func isWrongKey(err error) bool {
+	var mm *identity.MismatchError
+	var ce *identity.ChangedError
+	return errors.As(err, &mm) || errors.As(err, &ce)
 }
 
 func (p *peer) dial(ctx context.Context, tr *quic.Transport, addr string) (*quic.Conn, error) {

@@ -58,7 +58,8 @@ type Group struct {
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
-// daemon's fingerprint from the listing and dialling its addresses in order.
+// daemon's fingerprint from the listing and dialling its addresses in order
+// (the next one too while one has not answered within 250 ms).
 // The handle keeps those addresses; Registry.Group returns one that follows
 // the daemon when it moves. Close the handle when done with it: until then
 // it keeps the connection to the daemon open.

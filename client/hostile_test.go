@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -761,6 +762,18 @@ func TestFetchEndBehindDelivered(t *testing.T) {
 // GroupListed dials them too: the join reaches the real leader, by way of
 // the member the rogue named, which names it.
 func TestCellGroupListedAtRogueAddresses(t *testing.T) {
+	t.Run("another key", func(t *testing.T) { cellGroupListedAtRogueAddresses(t, false) })
+	t.Run("silent", func(t *testing.T) { cellGroupListedAtRogueAddresses(t, true) })
+}
+
+// cellGroupListedAtRogueAddresses runs TestCellGroupListedAtRogueAddresses
+// with daemons of other keys at the rogue's addresses, or (silent) nothing
+// that answers: a member's dial is bounded by 500 ms, and its addresses
+// were dialled one after the other, each until it failed, so the first,
+// silent, took every dial's time, and the join reached the leader after
+// 13 s (a CLI's timeout is 10 s). Now the next address is dialled too
+// when one has not answered within 250 ms.
+func cellGroupListedAtRogueAddresses(t *testing.T, silent bool) {
 	var joins atomic.Int64
 	var replicas []wire.Replica
 	var members []client.GroupEntry
@@ -789,6 +802,14 @@ func TestCellGroupListedAtRogueAddresses(t *testing.T) {
 	rogue.Replicas = slices.Clone(replicas)
 	for i := range rogue.Replicas {
 		rogue.Replicas[i].Addr = hostileDaemon(t, impostor).Addrs[0]
+		if silent {
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pc.Close() })
+			rogue.Replicas[i].Addr = pc.LocalAddr().String()
+		}
 		rogue.Replicas[i].Leader = i == 1
 	}
 	rogue.Addrs, rogue.Fingerprint, rogue.ExpiresMS = []string{rogue.Replicas[1].Addr}, replicas[1].Fingerprint, 1<<40
@@ -813,7 +834,7 @@ func TestCellGroupListedAtRogueAddresses(t *testing.T) {
 		}
 	}
 
-	// The handle of the merged entry alone: every address another key.
+	// The handle of the merged entry alone: every address the rogue's.
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 	defer cancel()
 	g, err := regs.Group(lg.GroupEntry)
@@ -830,7 +851,7 @@ func TestCellGroupListedAtRogueAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	ctx, cancel = context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel = context.WithTimeout(t.Context(), 10*time.Second) // huddle join's default --timeout
 	defer cancel()
 	if _, err := g.Join(ctx, "ann", nil); err != nil {
 		t.Fatalf("join through the merged listing, the real registry listing the members: %v", err)
