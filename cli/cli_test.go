@@ -355,6 +355,33 @@ func TestResolveJoinedRenamed(t *testing.T) {
 	}
 }
 
+// TestResolveJoinedCellAfterElection: a cell's group is recorded joined
+// under the key of the member that led it then, and listed under the one
+// that leads it now. The joined file was looked up by the listing's key
+// alone, so after an election the group the user joined was not theirs:
+// named by its joined name it was not found, and a rogue registry listing
+// a group of its own under that name had the user's sends go there (the
+// owner having renamed the real one); a leave kept it joined, and each
+// leader was recorded anew. A cell's group is joined under any of its
+// replicas' keys.
+func TestResolveJoinedCellAfterElection(t *testing.T) {
+	replicas := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}},
+		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}, Leader: true}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
+	real := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000001"), Name: "renamed", Fingerprint: wire.Fingerprint{2}, Replicas: replicas}
+	fake := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{6}}
+	joined := joinedSet{{real.Group, wire.Fingerprint{1}}: "lobby"} // joined while member 1 led
+	got, err := resolveGroup([]wire.GroupEntry{real, fake}, "lobby", joined)
+	if err != nil || got.Group != real.Group {
+		t.Errorf("resolveGroup(lobby), the cell's group joined as lobby under the leader of the day = %s %v, want %s", got.Group, err, real.Group)
+	}
+	if !joined.has(real) || joining(real)(joined) {
+		t.Errorf("the cell's group, joined under another member's key: has %v, joining it again records it anew: %v", joined.has(real), joined)
+	}
+	if !leaving(real)(joined) || len(joined) != 0 {
+		t.Errorf("left: the joined file holds %v, want nothing", joined)
+	}
+}
+
 // TestResolveRenamedByRegistry: a name another registry lists a group
 // under (client.ListedGroup.OtherNames) names it too, so a rogue registry
 // that renames the real lobby in the merged listing (its lease the

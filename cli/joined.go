@@ -38,14 +38,39 @@ type joinedGroup struct {
 type joinedSet map[joinedGroup]string // -> the group's name when joined
 
 func (j joinedSet) has(e wire.GroupEntry) bool {
-	_, ok := j[joinedGroup{e.Group, e.Fingerprint}]
+	_, ok := j.find(e)
 	return ok
 }
 
 // nameOf returns the name e's group had when the user joined it; "" if
 // they did not.
 func (j joinedSet) nameOf(e wire.GroupEntry) string {
-	return j[joinedGroup{e.Group, e.Fingerprint}]
+	k, _ := j.find(e)
+	return j[k]
+}
+
+// find returns the line of the joined file that records e's group, if
+// one does. A cell's group (PROTOCOL.md §13) is recorded under the key of
+// the member that led it when the user joined, and listed under the key
+// of the one that leads it now: it is joined under any of its replicas'
+// keys. Until session 15 it was looked up by the listing's key alone, so
+// after an election the group the user joined was no longer theirs: named
+// by its joined name it was not found, and a group a rogue registry
+// listed under that name was the name's only one, the user's sends going
+// there (the owner having renamed the real one); a leave left it joined.
+func (j joinedSet) find(e wire.GroupEntry) (joinedGroup, bool) {
+	k := joinedGroup{e.Group, e.Fingerprint}
+	if _, ok := j[k]; ok {
+		return k, true
+	}
+	for _, r := range e.Replicas {
+		if k := (joinedGroup{e.Group, r.Fingerprint}); r.Fingerprint != e.Fingerprint {
+			if _, ok := j[k]; ok {
+				return k, true
+			}
+		}
+	}
+	return joinedGroup{}, false
 }
 
 // named returns the joined group ref names (its name when joined, its UUID,
@@ -214,11 +239,12 @@ func joining(e wire.GroupEntry) func(joinedSet) bool {
 
 func leaving(e wire.GroupEntry) func(joinedSet) bool {
 	return func(set joinedSet) bool {
-		if !set.has(e) {
-			return false
+		left := false
+		for k, ok := set.find(e); ok; k, ok = set.find(e) {
+			delete(set, k) // a cell's group may be recorded under several members' keys
+			left = true
 		}
-		delete(set, joinedGroup{e.Group, e.Fingerprint})
-		return true
+		return left
 	}
 }
 

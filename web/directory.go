@@ -537,7 +537,7 @@ func (d *directory) merge() {
 			dropped = append(dropped, gs.handle)
 			continue
 		}
-		gs.name, gs.otherNames = names[id].pick(joined[groupKey{id, gs.entry.Fingerprint}])
+		gs.name, gs.otherNames = names[id].pick(joined[joinedKey(joined, gs.entry)])
 	}
 	for _, gs := range d.groups {
 		// A group whose counts moved is asked at most once a poll interval:
@@ -638,14 +638,15 @@ func (e errListingTooLarge) Error() string {
 // the key used first in time instead would hand the group to whichever
 // registry answered first, a discovered one before those given.
 func (d *directory) pickKeysLocked(now time.Time, cells *cellViews) map[wire.UUID]wire.Fingerprint {
-	keys := make(map[wire.UUID][]wire.Fingerprint)
+	keys := make(map[wire.UUID][]wire.GroupEntry) // the first entry of each key
 	for i, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 			continue
 		}
 		for _, e := range cells.entries(i, rs) {
-			if ks := keys[e.Group]; !slices.Contains(ks, e.Fingerprint) {
-				keys[e.Group] = append(ks, e.Fingerprint)
+			ks := keys[e.Group]
+			if !slices.ContainsFunc(ks, func(k wire.GroupEntry) bool { return k.Fingerprint == e.Fingerprint }) {
+				keys[e.Group] = append(ks, e)
 			}
 		}
 	}
@@ -654,11 +655,9 @@ func (d *directory) pickKeysLocked(now time.Time, cells *cellViews) map[wire.UUI
 		if len(ks) < 2 {
 			continue
 		}
-		k := ks[0]
-		if d.joined != nil {
-			if i := slices.IndexFunc(ks, func(fp wire.Fingerprint) bool { return d.joined.Has(id, fp) }); i >= 0 {
-				k = ks[i]
-			}
+		k := ks[0].Fingerprint
+		if i := slices.IndexFunc(ks, d.joinedUnder); i >= 0 {
+			k = ks[i].Fingerprint
 		}
 		pick[id] = k
 	}
@@ -782,6 +781,44 @@ func (s *handleSource) keeps(gs *groupState) bool {
 	return (gs.infoOK || gs.asking) && slices.ContainsFunc(gs.addrs, func(a string) bool { return slices.Contains(addrs, a) })
 }
 
+// joinedUnder reports whether the user joined e's group (Config.Joined):
+// under its daemon's key, or, a cell's group (PROTOCOL.md §13), under any
+// of its replicas' keys. A cell's group is recorded under the key of the
+// member that led it when the user joined, and listed under the one that
+// leads it now: until session 15, after an election, the page no longer
+// took it for the user's, and a rogue registry polled first listing its
+// UUID under an impostor's key had the page use the impostor's (as the
+// CLI, cli.joinedSet.find). d.mu is held.
+func (d *directory) joinedUnder(e wire.GroupEntry) bool {
+	if d.joined == nil {
+		return false
+	}
+	if d.joined.Has(e.Group, e.Fingerprint) {
+		return true
+	}
+	for _, r := range e.Replicas {
+		if r.Fingerprint != e.Fingerprint && d.joined.Has(e.Group, r.Fingerprint) {
+			return true
+		}
+	}
+	return false
+}
+
+// joinedKey returns the key of joined (the joined file as merge read it)
+// that records e's group, as joinedUnder finds it; e's own if none does.
+func joinedKey(joined map[groupKey]string, e wire.GroupEntry) groupKey {
+	k := groupKey{e.Group, e.Fingerprint}
+	if _, ok := joined[k]; ok {
+		return k
+	}
+	for _, r := range e.Replicas {
+		if _, ok := joined[groupKey{e.Group, r.Fingerprint}]; ok {
+			return groupKey{e.Group, r.Fingerprint}
+		}
+	}
+	return k
+}
+
 // unresolvedClash reports whether registries list id under several daemon
 // keys, the directory's handle on it being g, and the user joined it under
 // none (Config.Joined): the page's first registry's key would be a guess,
@@ -792,7 +829,7 @@ func (d *directory) unresolvedClash(id wire.UUID, g *client.Group) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	gs := d.groups[id]
-	return gs != nil && gs.handle == g && gs.clash && (d.joined == nil || !d.joined.Has(id, gs.entry.Fingerprint))
+	return gs != nil && gs.handle == g && gs.clash && !d.joinedUnder(gs.entry)
 }
 
 // joinedAt records in Config.Joined that the user joined (or, with left,
@@ -963,7 +1000,7 @@ func (d *directory) publishLocked() {
 		if g.Addrs == nil {
 			g.Addrs = []string{}
 		}
-		if _, ok := d.joinedNow[groupKey{id, e.Fingerprint}]; ok && gs.info == nil {
+		if _, ok := d.joinedNow[joinedKey(d.joinedNow, e)]; ok && gs.info == nil {
 			// Joined, and its daemon has not answered since huddle web
 			// started (it is down, or slow): a member until it says
 			// otherwise, so that the group is among the user's, not

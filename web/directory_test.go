@@ -584,3 +584,35 @@ func TestDirectoryShowsJoinedGroups(t *testing.T) {
 		t.Errorf("a joined group no registry lists: %+v (listed: %v), want it unlisted, a member's, with its UUID and daemon", g, ok)
 	}
 }
+
+// TestDirectoryJoinedCellAfterElection: the user joined a cell's group
+// while one member led it (the joined file records that member's key),
+// and the real registry now lists it under another, its leader since an
+// election; a rogue registry polled first lists the UUID under an
+// impostor's key. The page looked the joined file up by the listing's key
+// alone: the group was no longer the user's, and the page used the first
+// registry's key, the impostor's. A cell's group is joined under any of
+// its replicas' keys: the page uses the cell's, and shows the group under
+// the name the user joined it under.
+func TestDirectoryJoinedCellAfterElection(t *testing.T) {
+	id := wire.UUID{1}
+	replicas := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}},
+		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}, Leader: true}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
+	cell := wire.GroupEntry{Group: id, Name: "ops renamed", Addrs: []string{"10.0.0.2:7374"}, Fingerprint: wire.Fingerprint{2}, Replicas: replicas, ExpiresMS: 60_000}
+	impostor := wire.GroupEntry{Group: id, Name: "ops", Addrs: []string{"10.6.6.6:7374"}, Fingerprint: wire.Fingerprint{6}, ExpiresMS: 60_000}
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{id: {1}}}
+	now := time.Now()
+	d := &directory{joined: joined, regs: []*registryState{{addr: "rogue", entries: []wire.GroupEntry{impostor}, at: now},
+		{addr: "real", entries: []wire.GroupEntry{cell}, at: now}}}
+	if got := d.pickKeysLocked(now, d.cellsLocked(now))[id]; got != cell.Fingerprint {
+		t.Errorf("the key used for the cell's group joined under member 1: %s, want the cell's leader %s (not the impostor's %s)",
+			got.Short(), cell.Fingerprint.Short(), impostor.Fingerprint.Short())
+	}
+	if !d.joinedUnder(cell) || d.joinedUnder(impostor) {
+		t.Errorf("joinedUnder: the cell's group %v, the impostor's %v; want true, false", d.joinedUnder(cell), d.joinedUnder(impostor))
+	}
+	names := map[groupKey]string{{id, wire.Fingerprint{1}}: "ops"}
+	if k := joinedKey(names, cell); names[k] != "ops" {
+		t.Errorf("the name the cell's group was joined under: %q, want ops", names[k])
+	}
+}
