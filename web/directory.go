@@ -760,7 +760,7 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 
 // keeps reports whether gs's handle (of the key s is for) may stay: it
 // dials every address of s, or s still lists an address it dials and its
-// daemon answered its last info, or an info is being asked. Otherwise a
+// daemon answered its last info. Otherwise a
 // registry lists the group at an address the handle lacks (one polled
 // after the handle was opened), and merge opens another.
 //
@@ -772,13 +772,21 @@ func (d *directory) handleSourcesLocked(now time.Time, pick map[wire.UUID]wire.F
 // reached. A handle that reaches its daemon gains nothing from more
 // addresses; one that stops reaching it shows so at its next info (asked
 // every infoEvery, and when the registries' counts of the group move),
-// and is opened again then, with every address listed.
+// and is opened again then, with every address listed. A handle whose
+// daemon has not answered is not kept while an info is asked: a rogue
+// registry polled first, listing the group at an address where another
+// key answers, had the page's handle on that address alone kept (its info
+// in flight, as it is most of the time: a group not reached is asked at
+// every merge) once the real registry listed the group too, and a join
+// then failed (502, wrong_key) until an info ended between two merges
+// (until session 15). An info in flight on a handle replaced goes on, and
+// a handle whose info answered is kept from the next merge on.
 func (s *handleSource) keeps(gs *groupState) bool {
 	addrs := s.dials()
 	if !slices.ContainsFunc(addrs, func(a string) bool { return !slices.Contains(gs.addrs, a) }) {
 		return true
 	}
-	return (gs.infoOK || gs.asking) && slices.ContainsFunc(gs.addrs, func(a string) bool { return slices.Contains(addrs, a) })
+	return gs.infoOK && slices.ContainsFunc(gs.addrs, func(a string) bool { return slices.Contains(addrs, a) })
 }
 
 // joinedUnder reports whether the user joined e's group (Config.Joined):

@@ -244,8 +244,9 @@ func TestDirectoryAddressesOfEveryRegistry(t *testing.T) {
 	if g := l.Groups[0]; g.Clash || g.Registries[0] != rogue {
 		t.Fatalf("lobby %+v: want the rogue registry's entry first, no clash (one key)", g)
 	}
-	if st := a.do("POST", "/api/groups/"+lobby.String()+"/join", map[string]string{"name": "me"}, nil); st != 200 {
-		t.Fatalf("join through the page: HTTP %d, want 200 (the daemon at the real registry's address)", st)
+	var e errorReply
+	if st := a.do("POST", "/api/groups/"+lobby.String()+"/join", map[string]string{"name": "me"}, e.reset()); st != 200 {
+		t.Fatalf("join through the page: HTTP %d %+v, want 200 (the daemon at the real registry's address)", st, e.Error)
 	}
 }
 
