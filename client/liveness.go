@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -83,6 +84,10 @@ type liveness struct {
 	// probed, then waits for its answers as long as they take).
 	asked   time.Time
 	probing bool // a probe is in flight
+	// starved: the probe in flight waits for stream credit (every stream
+	// the server allows is open), so nothing has been asked of the server
+	// that it has not acknowledged: its silence is not held against it.
+	starved bool
 	closed  bool // conn was closed for its silence
 }
 
@@ -144,7 +149,7 @@ func (l *liveness) look() {
 	}
 	probeAt, silenceFor := silenceBounds(stats)
 	quiet := now.Sub(l.quiet)
-	if !l.asked.IsZero() && now.Sub(l.asked) >= silenceFor {
+	if !l.asked.IsZero() && !l.starved && now.Sub(l.asked) >= silenceFor {
 		l.closed = true
 		l.mu.Unlock()
 		l.p.c.cfg.Logger.Debug("server silent; dropping the connection", "remote", l.conn.RemoteAddr(), "after", quiet)
@@ -174,7 +179,7 @@ func (l *liveness) look() {
 	if quiet < probeAt {
 		next = min(next, probeAt-quiet)
 	}
-	if !l.asked.IsZero() {
+	if !l.asked.IsZero() && !l.starved {
 		next = min(next, silenceFor-now.Sub(l.asked))
 	}
 	l.timer.Reset(next)
@@ -184,13 +189,99 @@ func (l *liveness) look() {
 // send probes the connection: an info request for group on a stream of
 // its own, whose outcome does not matter, only what arrives because of
 // it (look reads that) or the reset it draws.
+//
+// When every stream the server allows is open (a thousand calls waiting
+// on a slow daemon, its max_streams), the probe waits for stream credit,
+// starved, for as long as calls wait: until then it has asked nothing,
+// and the server, which acknowledged every request it was sent, owes the
+// client nothing, so the connection is not closed for its silence (look).
+// A live server gives credit back as it answers; the probe then goes out
+// and has silenceFor from then to draw its acknowledgement. A dead server
+// with every stream in use is so left to the calls' deadlines and to
+// QUIC's idle timeout (30 s, keep-alives unanswered): a probe has no way
+// to reach it, as a packet of more than 42 bytes needs a stream.
 func (l *liveness) send(ctx context.Context, group wire.UUID) {
+	defer func() {
+		l.mu.Lock()
+		l.probing, l.starved = false, false
+		l.mu.Unlock()
+	}()
+	st, err := l.conn.OpenStream()
+	if errors.As(err, new(*quic.StreamLimitReachedError)) {
+		st, err = l.waitCredit(ctx)
+	}
+	if err != nil {
+		l.p.c.cfg.Logger.Debug("connection silent while calls waited; could not probe the server", "remote", l.conn.RemoteAddr(), "err", err)
+		return
+	}
 	_, silenceFor := silenceBounds(l.conn.ConnectionStats())
 	ctx, cancel := context.WithTimeout(ctx, silenceFor)
 	defer cancel()
-	_, err := l.p.stream(ctx, l, wire.OpInfo, wire.GroupRef{Group: group}, func(wire.Kind, wire.Frame) (bool, error) { return true, nil })
+	stop := context.AfterFunc(ctx, func() { cancelStream(st) })
+	defer stop()
+	err = l.ask(st, group)
 	l.p.c.cfg.Logger.Debug("connection silent while calls waited; probed the server", "remote", l.conn.RemoteAddr(), "err", err)
+}
+
+// waitCredit opens the probe's stream once the server gives stream credit
+// back, while calls wait on the connection; it returns nil and an error
+// when none wait any more. The probe counts as starved meanwhile.
+func (l *liveness) waitCredit(ctx context.Context) (*quic.Stream, error) {
 	l.mu.Lock()
-	l.probing = false
+	l.starved = true
 	l.mu.Unlock()
+	l.p.c.cfg.Logger.Debug("connection silent while calls waited; every stream in use, the probe waits for credit", "remote", l.conn.RemoteAddr())
+	for {
+		// Looking every probeAt/4 whether calls still wait: one that ends
+		// gives a credit back, so this wait outlives the calls only when
+		// the server is gone, and then only until the connection's end.
+		probeAt, _ := silenceBounds(l.conn.ConnectionStats())
+		wait, cancel := context.WithTimeout(ctx, probeAt/4)
+		st, err := l.conn.OpenStreamSync(wait)
+		cancel()
+		if err == nil {
+			l.mu.Lock()
+			// The probe's request goes out now: the server has silenceFor
+			// from now to acknowledge it.
+			l.starved, l.asked = false, time.Now()
+			l.mu.Unlock()
+			return st, nil
+		}
+		if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return nil, err
+		}
+		l.mu.Lock()
+		over := l.waiting == 0 || l.closed
+		l.mu.Unlock()
+		if over {
+			return nil, errNoneWaiting
+		}
+	}
+}
+
+// errNoneWaiting: the probe waited for stream credit until no call waited.
+var errNoneWaiting = errors.New("no call waits any more")
+
+// ask writes the probe's request on st and reads its answer's first
+// frame (an info answer has one).
+func (l *liveness) ask(st *quic.Stream, group wire.UUID) error {
+	frame, err := encodeRequest(wire.OpInfo, wire.GroupRef{Group: group})
+	if err != nil {
+		cancelStream(st)
+		return err
+	}
+	_, err = requestWriter{st}.Write(*frame)
+	putRequestFrame(frame)
+	if err != nil {
+		cancelStream(st)
+		return err
+	}
+	st.Close()
+	buf := responseBufs.Get().(*[]byte)
+	defer putResponseBuf(buf)
+	if _, _, err = readResponse(st, buf); err == nil && finished(st) {
+		return nil
+	}
+	st.CancelRead(codeCancelled)
+	return err
 }

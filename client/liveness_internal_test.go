@@ -31,15 +31,22 @@ type lone struct {
 	wg     sync.WaitGroup
 	stop   chan struct{} // closed by kill: handlers blocked on it return
 	handle func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{})
+	cfg    quic.Config // its QUIC configuration (the zero value: quic-go's defaults)
 }
 
 func startLone(t *testing.T, handle func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{})) *lone {
+	t.Helper()
+	return startLoneConfig(t, quic.Config{}, handle)
+}
+
+// startLoneConfig is startLone with the QUIC configuration cfg.
+func startLoneConfig(t *testing.T, cfg quic.Config, handle func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{})) *lone {
 	t.Helper()
 	id, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &lone{t: t, id: id, addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, handle: handle}
+	s := &lone{t: t, id: id, addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, handle: handle, cfg: cfg}
 	rand.Read(s.key[:])
 	s.start()
 	t.Cleanup(s.kill)
@@ -56,7 +63,7 @@ func (s *lone) start() {
 	}
 	s.udp, s.addr = udp, udp.LocalAddr().(*net.UDPAddr)
 	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: &s.key}
-	ln, err := s.tr.Listen(s.id.ServerTLS(), &quic.Config{})
+	ln, err := s.tr.Listen(s.id.ServerTLS(), s.cfg.Clone())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -711,5 +718,75 @@ func TestSharedConnectionProbed(t *testing.T) {
 	defer mu.Unlock()
 	if probes < 2 {
 		t.Fatalf("the daemon got %d probes, want 2 or more", probes)
+	}
+}
+
+// TestProbeWithoutStreamCreditKeepsConnection: a live daemon slow to
+// answer more calls than its stream limit (max_streams, 4 here; 1000 from
+// the reference daemons) keeps the connection. Every stream the client may
+// open is a waiting call's, so the liveness probe cannot open one: it
+// waited for stream credit that only an answer could bring, and the
+// connection, silent for the silence bound from the probe's start, was
+// closed and every waiting call retried on a new one, more load on a
+// daemon already behind. A probe that waits for credit has asked nothing yet: the
+// connection is kept, here for three times the silence bound, and the
+// calls are answered on it, none retried.
+func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
+	const limit, calls = 4, 6
+	var mu sync.Mutex
+	sends := 0
+	full, release := make(chan struct{}), make(chan struct{})
+	s := startLoneConfig(t, quic.Config{MaxIncomingStreams: limit}, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		switch op {
+		case wire.OpInfo:
+			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
+		case wire.OpSend:
+			mu.Lock()
+			if sends++; sends == limit {
+				close(full)
+			}
+			mu.Unlock()
+			select {
+			case <-release:
+				ack(raw, st)
+			case <-stop:
+			}
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := g.Info(ctx); err != nil { // dials the connection
+		t.Fatal(err)
+	}
+	conn := g.peer().current()
+	done := make(chan error, calls)
+	for i := range calls {
+		go func() {
+			_, err := g.Send(ctx, []byte{byte(i)})
+			done <- err
+		}()
+	}
+	<-full // every stream is a waiting send's; two more wait for credit
+	select {
+	case <-conn.Context().Done():
+		t.Fatalf("the client dropped the connection of a live daemon slow to answer: %v", context.Cause(conn.Context()))
+	case <-time.After(3 * silentAfter):
+	}
+	close(release)
+	for range calls {
+		if err := <-done; err != nil {
+			t.Fatalf("send to a daemon slow to answer more calls than its stream limit: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sends != calls || g.peer().current() != conn {
+		t.Fatalf("the daemon got %d sends (want %d: none retried); connection kept: %v", sends, calls, g.peer().current() == conn)
 	}
 }
