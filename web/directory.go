@@ -483,7 +483,7 @@ func (d *directory) merge() {
 			if !seen[e.Group] {
 				seen[e.Group] = true
 				src := sources[e.Group]
-				if gs == nil || gs.entry.Fingerprint != e.Fingerprint || src != nil && !src.keeps(gs) {
+				if gs == nil || !sameGroup(gs.entry, e) || src != nil && !src.keeps(gs) {
 					if src == nil {
 						continue // its registry's handle is being replaced: the next merge
 					}
@@ -494,7 +494,7 @@ func (d *directory) merge() {
 					if gs != nil {
 						dropped = append(dropped, gs.handle)
 					}
-					if gs != nil && gs.entry.Fingerprint == e.Fingerprint {
+					if gs != nil && sameGroup(gs.entry, e) {
 						gs.handle, gs.addrs = h, src.dials() // more addresses of the same daemon: what is known of it stays
 					} else {
 						gs = &groupState{handle: h, addrs: src.dials()}
@@ -1116,6 +1116,21 @@ func cellOf(e wire.GroupEntry) cellKey {
 		b.Write(fp[:])
 	}
 	return cellKey{e.Group, b.String()}
+}
+
+// sameGroup reports whether a and b, two listings of one UUID, are of the
+// same group: of one daemon, by its key; a cell's, by its set of replicas,
+// whichever leader each names. A handle on a cell's group follows the
+// leader by itself: one opened again at each election (or at each poll of a
+// rogue registry naming another member every time, its lease the longest)
+// lost what the page knew of the group (its info, its member count), and
+// the calls that had taken it (sends queued on it) failed, until session 15.
+func sameGroup(a, b wire.GroupEntry) bool {
+	ka, kb := cellOf(a), cellOf(b)
+	if ka != (cellKey{}) || kb != (cellKey{}) {
+		return ka == kb
+	}
+	return a.Fingerprint == b.Fingerprint
 }
 
 // entries returns the listing of rs, the i-th of d.regs, as merge takes

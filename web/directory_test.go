@@ -617,3 +617,52 @@ func TestDirectoryJoinedCellAfterElection(t *testing.T) {
 		t.Errorf("the name the cell's group was joined under: %q, want ops", names[k])
 	}
 }
+
+// TestDirectoryCellHandleKeptAcrossElection: a registry that lists a
+// cell's group under its new leader after an election (or a rogue one
+// naming another member at every poll, its lease the longest) had the
+// page replace its handle on the group and forget what it knew of it
+// (its info, its member count), as for a group moved to another daemon:
+// the calls that had taken the old handle failed (sends queued on it),
+// at every such poll. A handle on a cell's group follows the leader by
+// itself: the same set of replicas keeps it.
+func TestDirectoryCellHandleKeptAcrossElection(t *testing.T) {
+	r := startRegistry(t)
+	c := newClient(t)
+	reg, err := c.Registry(testCtx(t), r.Addr().String(), wire.Fingerprint{})
+	must(t, err)
+	id := wire.UUID{1}
+	replicas := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}, Leader: true},
+		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
+	e := wire.GroupEntry{Group: id, Name: "ops", Addrs: []string{replicas[0].Addr}, Fingerprint: replicas[0].Fingerprint, Replicas: replicas, ExpiresMS: 60_000}
+	d := newDirectory(Config{Client: c, Logger: testLogger(t)})
+	d.regs = []*registryState{{addr: r.Addr().String(), reg: reg, entries: []wire.GroupEntry{e}, at: time.Now()}}
+	t.Cleanup(func() {
+		for _, gs := range d.groups {
+			gs.handle.Close()
+		}
+	})
+	d.merge()
+	h := d.handle(id)
+	if h == nil {
+		t.Fatal("no handle on the cell's group")
+	}
+	d.mu.Lock()
+	d.groups[id].members = 7
+	d.mu.Unlock()
+	elected := slices.Clone(replicas)
+	elected[0].Leader, elected[1].Leader = false, true
+	e.Replicas, e.Fingerprint, e.Addrs = elected, elected[1].Fingerprint, []string{elected[1].Addr}
+	d.regs[0].entries, d.regs[0].at = []wire.GroupEntry{e}, time.Now()
+	d.merge()
+	d.mu.Lock()
+	gs := d.groups[id]
+	d.mu.Unlock()
+	if gs == nil || gs.handle != h || gs.members != 7 {
+		t.Errorf("after the cell elected another leader: the handle kept %v, what was known of the group kept %v; want both",
+			gs != nil && gs.handle == h, gs != nil && gs.members == 7)
+	}
+	if gs != nil && gs.entry.Fingerprint != e.Fingerprint {
+		t.Errorf("the group's entry names %s, want the new leader %s", gs.entry.Fingerprint.Short(), e.Fingerprint.Short())
+	}
+}
