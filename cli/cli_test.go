@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -460,5 +462,32 @@ func TestShellWord(t *testing.T) {
 		if got := shellWord(in); got != want {
 			t.Errorf("shellWord(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestListCacheKeepsCells: the listing cache, which commands use while no
+// registry answers, kept a cell's group as a group of one daemon (its
+// leader's key and addresses), so a command then knew none of its other
+// members: with the leader of the day gone (killed, or the cell's
+// leadership moved and the old one down), it could not reach the group at
+// all. The cache keeps the replicas, and every registry's addresses of
+// each (client.ListedGroup.MemberAddrs).
+func TestListCacheKeepsCells(t *testing.T) {
+	replicas := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}, Leader: true},
+		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
+	cell := client.ListedGroup{GroupEntry: wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000001"), Name: "ops",
+		Addrs: []string{replicas[0].Addr}, Fingerprint: replicas[0].Fingerprint, Replicas: replicas},
+		MemberAddrs: map[wire.Fingerprint][]string{{1}: {"10.0.0.1:7374"}, {2}: {"10.0.0.2:7374", "10.9.9.2:7374"}, {3}: {"10.0.0.3:7374"}}}
+	dir := t.TempDir()
+	if err := saveListCache(dir, "", &listing{groups: []client.ListedGroup{cell}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadListCache(dir, "")
+	if err != nil || c == nil {
+		t.Fatalf("loadListCache: %v %v", c, err)
+	}
+	got := c.groups()
+	if len(got) != 1 || !slices.Equal(got[0].Replicas, replicas) || !maps.EqualFunc(got[0].MemberAddrs, cell.MemberAddrs, slices.Equal) {
+		t.Errorf("the cached cell's group: %+v, want its replicas %v and member addresses %v", got, replicas, cell.MemberAddrs)
 	}
 }

@@ -51,6 +51,19 @@ type cachedGroup struct {
 	LastSeq     uint64             `json:"last_seq"`
 	ListedBy    []wire.Fingerprint `json:"listed_by"`
 	OtherNames  []string           `json:"other_names,omitempty"`
+	// Replicas and MemberAddrs, for a cell's group: its members, and the
+	// addresses registries list each at. Until session 15 the cache kept
+	// a cell's group as a group of one daemon, its leader of the day: a
+	// command run while no registry answered knew none of its other
+	// members, and with that leader down could not reach the group.
+	Replicas    []cachedReplica               `json:"replicas,omitempty"`
+	MemberAddrs map[wire.Fingerprint][]string `json:"member_addrs,omitempty"`
+}
+
+type cachedReplica struct {
+	Addr        string           `json:"addr"`
+	Fingerprint wire.Fingerprint `json:"fingerprint"`
+	Leader      bool             `json:"leader,omitempty"`
 }
 
 // scopeOf names the set of registries given (empty: found by the client).
@@ -86,9 +99,13 @@ func (c *listCache) groups() []client.ListedGroup {
 	out := make([]client.ListedGroup, len(c.Groups))
 	for i, g := range c.Groups {
 		out[i] = client.ListedGroup{
-			GroupEntry: wire.GroupEntry{Group: g.UUID, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint, Members: g.Members, LastSeq: g.LastSeq},
-			ListedBy:   g.ListedBy,
-			OtherNames: g.OtherNames,
+			GroupEntry:  wire.GroupEntry{Group: g.UUID, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint, Members: g.Members, LastSeq: g.LastSeq},
+			ListedBy:    g.ListedBy,
+			OtherNames:  g.OtherNames,
+			MemberAddrs: g.MemberAddrs,
+		}
+		for _, r := range g.Replicas {
+			out[i].Replicas = append(out[i].Replicas, wire.Replica{Addr: r.Addr, Fingerprint: r.Fingerprint, Leader: r.Leader})
 		}
 	}
 	return out
@@ -105,8 +122,12 @@ func saveListCache(dir, scope string, l *listing) error {
 		c.Registries = append(c.Registries, cachedRegistry{Name: r.name, Addr: r.addr, Iface: r.iface, Fingerprint: r.fp})
 	}
 	for _, g := range l.groups {
-		c.Groups = append(c.Groups, cachedGroup{UUID: g.Group, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint,
-			Members: g.Members, LastSeq: g.LastSeq, ListedBy: g.ListedBy, OtherNames: g.OtherNames})
+		cg := cachedGroup{UUID: g.Group, Name: g.Name, Addrs: g.Addrs, Fingerprint: g.Fingerprint,
+			Members: g.Members, LastSeq: g.LastSeq, ListedBy: g.ListedBy, OtherNames: g.OtherNames, MemberAddrs: g.MemberAddrs}
+		for _, r := range g.Replicas {
+			cg.Replicas = append(cg.Replicas, cachedReplica{Addr: r.Addr, Fingerprint: r.Fingerprint, Leader: r.Leader})
+		}
+		c.Groups = append(c.Groups, cg)
 	}
 	return writeListCache(dir, &c)
 }
