@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -774,5 +775,58 @@ func endsUnanswered(t *testing.T, conn net.Conn) {
 	var ne net.Error
 	if n > 0 || err == nil || errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("read %d bytes, %v: want the connection ended with no answer", n, err)
+	}
+}
+
+// TestQuestionsHostilePadding: a member's key asking the short questions
+// (progress, members, probe) with what follows the kind byte not the 31
+// zeros members write since session 15: nothing, a few bytes, garbage, or
+// 4 MiB. A member reads the kind byte alone and answers: each gets its
+// answer (a progress of its fixed size, members that decode, a probe
+// closed), and the member asked keeps replicating.
+func TestQuestionsHostilePadding(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l, f := c.leader(), c.follower()
+	var seq uint64
+	garbage := make([]byte, 31)
+	for i := range garbage {
+		garbage[i] = byte(0xa5 + i)
+	}
+	for _, kind := range []byte{kindProgress, kindMembers, kindProbe} {
+		for _, pad := range [][]byte{nil, {1, 2, 3}, garbage, make([]byte, 4<<20)} {
+			name := fmt.Sprintf("%c+%d", kind, len(pad))
+			ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+			str, _, err := l.node.tr.open(ctx, f.addr, []byte{kind})
+			if err != nil {
+				cancel()
+				t.Fatalf("%s: open: %v", name, err)
+			}
+			str.SetDeadline(time.Now().Add(waitTimeout))
+			written := make(chan error, 1)
+			go func() {
+				_, err := str.Write(pad) // may be stopped (STOP_SENDING) once answered
+				str.Close()
+				written <- err
+			}()
+			answer, err := io.ReadAll(str)
+			str.CancelRead(streamClosed)
+			<-written
+			cancel()
+			switch kind {
+			case kindProgress:
+				if err != nil || len(answer) != progressSize {
+					t.Errorf("%s: a progress answer of %d bytes (%v), want %d", name, len(answer), err, progressSize)
+				}
+			case kindMembers:
+				if ms, derr := decodeMembers(answer); err != nil || derr != nil || len(ms) != 3 {
+					t.Errorf("%s: members answer %v (%v, %v), want the 3 members", name, ms, err, derr)
+				}
+			case kindProbe:
+				if len(answer) != 0 {
+					t.Errorf("%s: a probe answered %d bytes, want none", name, len(answer))
+				}
+			}
+		}
+		stillReplicates(t, c, f, &seq)
 	}
 }
