@@ -105,6 +105,13 @@ func Merge(answers []RegistryListing) []ListedGroup {
 	type key struct {
 		group UUID
 		fp    Fingerprint
+		// cell: fp names a set of replicas (replicaSet), not a daemon.
+		// A listing may claim any key for a group of one daemon, the
+		// hash of a real cell's replicas among them: the two were taken
+		// for one group, and a rogue registry listing so, its lease the
+		// longer, had the real cell's entry merged into its own, whose
+		// member addresses were never made (a panic) until session 15.
+		cell bool
 	}
 	byKey := make(map[key]*ListedGroup)
 	var out []*ListedGroup
@@ -116,11 +123,11 @@ func Merge(answers []RegistryListing) []ListedGroup {
 		from := a.Registry.Fingerprint()
 		listed := make(map[key]bool) // by this registry
 		for _, e := range a.Listing.Groups {
-			k := key{e.Group, e.Fingerprint}
+			k := key{group: e.Group, fp: e.Fingerprint}
 			if len(e.Replicas) > 0 {
 				// A cell's group: the registries may name different
 				// leaders; entries with the same replicas are one group.
-				k.fp = replicaSet(e.Replicas)
+				k.fp, k.cell = replicaSet(e.Replicas), true
 			}
 			if listed[k] {
 				// A registry lists a group once. A rogue one listing a

@@ -163,3 +163,45 @@ func TestMergeOneEntryPerRegistry(t *testing.T) {
 		t.Errorf("merged as %q, %d other names (%q...); want lobby0, [lobby]", g.Name, len(g.OtherNames), g.OtherNames[:min(3, len(g.OtherNames))])
 	}
 }
+
+// TestMergeCellKeyNotADaemonKey: a cell's group is merged under a name
+// made of its replicas' keys (replicaSet), which a listing may give as a
+// group of one daemon's key (a listing's key is anyone's to claim): a
+// rogue registry listing the cell's UUID so had Merge take the two for one
+// group. With the rogue's lease the longer, the real cell's entry added its
+// members' addresses to a map the rogue's never made: a panic, in every
+// program that merged the listings (huddle groups, send, ...); with it the
+// shorter, the rogue's registry counted among the cell's. They are two
+// groups.
+func TestMergeCellKeyNotADaemonKey(t *testing.T) {
+	replicas := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}, Leader: true},
+		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
+	cell := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: wire.Fingerprint{1}, Replicas: replicas, ExpiresMS: 10_000}
+	for _, lease := range []uint64{1_000, 1 << 40} {
+		rogue := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: []string{"10.6.6.6:7374"}, Fingerprint: replicaSet(replicas), ExpiresMS: lease}
+		var groups []ListedGroup
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Errorf("the rogue's lease %d ms: Merge panicked: %v", lease, p)
+				}
+			}()
+			groups = Merge([]RegistryListing{
+				{Registry: fakeRegistry("rogue", 6), Listing: Listing{Groups: []wire.GroupEntry{rogue}}},
+				{Registry: fakeRegistry("real", 1), Listing: Listing{Groups: []wire.GroupEntry{cell}}},
+			})
+		}()
+		if len(groups) != 2 {
+			t.Errorf("the rogue's lease %d ms: merged %+v; want the cell's group and the rogue's apart", lease, groups)
+			continue
+		}
+		for _, g := range groups {
+			if g.Fingerprint == cell.Fingerprint && (len(g.Replicas) != 3 || len(g.ListedBy) != 1 || !slices.Equal(g.MemberAddrs[replicas[1].Fingerprint], []string{replicas[1].Addr})) {
+				t.Errorf("the rogue's lease %d ms: the cell's group merged as %+v", lease, g)
+			}
+			if g.Fingerprint == rogue.Fingerprint && (len(g.Replicas) != 0 || g.MemberAddrs != nil) {
+				t.Errorf("the rogue's lease %d ms: the rogue's group merged as %+v", lease, g)
+			}
+		}
+	}
+}
