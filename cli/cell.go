@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -275,12 +276,7 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 // printCellStatus prints the views of a cell's members that cellStatus
 // gathered, first being the answer of the member asked first.
 func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSON bool) error {
-	var leader *client.CellStatus
-	for _, v := range views {
-		if v.status != nil && v.status.State == "leader" {
-			leader = v.status
-		}
-	}
+	leader, claims := cellLeader(views)
 	lag := func(st *client.CellStatus) (uint64, bool) {
 		if leader == nil || st == nil {
 			return 0, false
@@ -335,6 +331,13 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		case removed:
 			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false}
 		}
+		if len(claims) > 1 {
+			var list []map[string]any
+			for _, st := range claims {
+				list = append(list, map[string]any{"addr": st.Self.Addr, "fingerprint": st.Self.Fingerprint.String(), "term": st.Term})
+			}
+			out["leader_claims"] = list
+		}
 		if leader != nil {
 			out["leader"] = map[string]any{"addr": leader.Self.Addr, "fingerprint": leader.Self.Fingerprint.String()}
 			out["term"] = leader.Term
@@ -350,10 +353,26 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	if removed {
 		fmt.Fprintf(env.Stdout, "%s at %s is not a member of this cell (it was removed); the cell it left:\n", first.Self.Fingerprint.Short(), shown(first.Self.Addr))
 	}
-	if leader != nil {
+	switch {
+	case leader != nil:
 		fmt.Fprintf(env.Stdout, "cell of %s; leader %s at %s, term %d\n", count(uint64(len(views)), "member", "members"), leader.Self.Fingerprint.Short(), shown(leader.Self.Addr), leader.Term)
-	} else {
+	case len(claims) > 1:
+		fmt.Fprintf(env.Stdout, "cell of %s; no leader can be told (two members claim the same term)\n", count(uint64(len(views)), "member", "members"))
+	default:
 		fmt.Fprintf(env.Stdout, "cell of %s; no member leads now (an election, or no majority)\n", count(uint64(len(views)), "member", "members"))
+	}
+	if len(claims) > 1 {
+		var list []string
+		for _, st := range claims {
+			list = append(list, fmt.Sprintf("%s at %s in term %d", st.Self.Fingerprint.Short(), shown(st.Self.Addr), st.Term))
+		}
+		if leader != nil {
+			fmt.Fprintf(env.Stdout, "LEADERS DISAGREE: %d members claim to lead: %s. The cell elects one leader per term, so the highest term's is shown; the others were deposed and have not heard of it yet (cut off from the cell, or an election just ended): run huddle cell status again, and if one still claims an older term, look at its network\n",
+				len(claims), strings.Join(list, ", "))
+		} else {
+			fmt.Fprintf(env.Stdout, "LEADERS DISAGREE: %d members claim to lead in the same term: %s. The cell never elects two leaders in one term, so one of their statuses is false: trust neither\n",
+				len(claims), strings.Join(list, ", "))
+		}
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tADDRESS\tSTATE\tTERM\tAPPLIED\tLAG\tLAST CONTACT")
@@ -372,6 +391,13 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		}
 		st := v.status
 		state := st.State
+		switch {
+		case st.State != "leader" || st == leader:
+		case leader != nil:
+			state = "leader (old term)" // deposed, and not told yet
+		default:
+			state = "leader (disputed)"
+		}
 		if v.replica.CatchingUp {
 			state = "catching up (no vote)"
 		}
@@ -453,6 +479,34 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		fmt.Fprintf(env.Stdout, "groups: %s\n", strings.Join(names, ", "))
 	}
 	return nil
+}
+
+// cellLeader returns the status of the member that leads the cell, of
+// the members that claim to: the one in the highest term. The cell elects
+// at most one leader per term, and a member that claims an older one was
+// deposed and has not heard of it yet (cut off from the others, or an
+// election just ended while it was asked). claims lists every member that
+// claims to lead, highest term first, when more than one does: the output
+// shows the disagreement. Two claims in the same highest term, which the
+// cell never makes, leave no leader: one of them is false, and which one
+// cannot be told.
+func cellLeader(views []memberView) (leader *client.CellStatus, claims []*client.CellStatus) {
+	for _, v := range views {
+		if v.status != nil && v.status.State == "leader" {
+			claims = append(claims, v.status)
+		}
+	}
+	if len(claims) == 0 {
+		return nil, nil
+	}
+	slices.SortStableFunc(claims, func(a, b *client.CellStatus) int { return cmp.Compare(b.Term, a.Term) })
+	if len(claims) == 1 {
+		return claims[0], nil
+	}
+	if claims[0].Term == claims[1].Term {
+		return nil, claims
+	}
+	return claims[0], claims
 }
 
 // keyMismatch is a mismatch of the members' keys, the members that

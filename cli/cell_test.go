@@ -574,3 +574,76 @@ func cellStatusOut(t *testing.T, first client.CellStatus, views []memberView, as
 	}
 	return out.String()
 }
+
+// TestCellStatusLeaderByTerm: when more than one member claims to lead,
+// huddle cell status names the one in the highest term the leader (the
+// cell elects one per term; the other was deposed and has not heard of
+// it: cut off), measures lag from it, and shows the disagreement, in text
+// and in --json. It took whichever claim came last in the configuration's
+// order, a deposed member's as readily as the leader's, and said nothing
+// of the other. Two claims in one term, which the cell never makes, name
+// no leader.
+func TestCellStatusLeaderByTerm(t *testing.T) {
+	a, b, c := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}
+	members := []wire.Replica{{Addr: "10.0.0.2:7374", Fingerprint: b}, {Addr: "10.0.0.3:7374", Fingerprint: c}, {Addr: "10.0.0.1:7374", Fingerprint: a}}
+	status := func(self wire.Replica, state string, term, applied uint64) *client.CellStatus {
+		return &client.CellStatus{Self: self, State: state, Term: term, AppliedIndex: applied, Members: members}
+	}
+	current := status(members[0], "leader", 7, 90)
+	deposed := status(members[2], "leader", 5, 40) // cut off since term 5
+	views := []memberView{
+		{replica: members[0], status: current},
+		{replica: members[1], status: status(members[1], "follower", 7, 88)},
+		{replica: members[2], status: deposed},
+	}
+	out := cellStatusOut(t, *deposed, views, false)
+	for _, want := range []string{"leader " + b.Short() + " at 10.0.0.2:7374, term 7",
+		"LEADERS DISAGREE: 2 members claim to lead: " + b.Short() + " at 10.0.0.2:7374 in term 7, " + a.Short() + " at 10.0.0.1:7374 in term 5",
+		a.Short() + "  10.0.0.1:7374  leader (old term)  5     40       50"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out, want)
+		}
+	}
+
+	out = cellStatusOut(t, *deposed, views, true)
+	var got struct {
+		Leader struct{ Fingerprint string }
+		Term   uint64
+		Claims []struct {
+			Fingerprint string
+			Term        uint64
+		} `json:"leader_claims"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got.Leader.Fingerprint != b.String() || got.Term != 7 || len(got.Claims) != 2 ||
+		got.Claims[0].Fingerprint != b.String() || got.Claims[0].Term != 7 || got.Claims[1].Fingerprint != a.String() || got.Claims[1].Term != 5 {
+		t.Errorf("--json: %s, want %s leading in term 7, and both claims, the newer first", out, b)
+	}
+
+	// Two claims in one term: one is false, and which cannot be told.
+	views[2].status = status(members[2], "leader", 7, 40)
+	out = cellStatusOut(t, *views[2].status, views, false)
+	for _, want := range []string{"no leader can be told", "LEADERS DISAGREE: 2 members claim to lead in the same term", "leader (disputed)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("huddle cell status with two leaders in term 7:\n%s\nwant it to say %q", out, want)
+		}
+	}
+	if strings.Contains(out, "; leader ") {
+		t.Errorf("huddle cell status with two leaders in term 7 names one:\n%s", out)
+	}
+	out = cellStatusOut(t, *views[2].status, views, true)
+	if strings.Contains(out, `"leader":`) || !strings.Contains(out, `"leader_claims":`) {
+		t.Errorf("--json with two leaders in term 7: %s, want no leader and both claims", out)
+	}
+
+	// One claim: no disagreement shown.
+	views[2].status = status(members[2], "follower", 7, 40)
+	if out := cellStatusOut(t, *current, views, false); strings.Contains(out, "DISAGREE") {
+		t.Errorf("huddle cell status with one leader:\n%s", out)
+	}
+	if out := cellStatusOut(t, *current, views, true); strings.Contains(out, "leader_claims") {
+		t.Errorf("--json with one leader: %s", out)
+	}
+}
