@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,7 +236,8 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	// under another name too included.
 	var unpinned, unpinnedAddrs []string
 	dropped := make(map[string]bool) // mDNS names that could not be pinned: not used
-	for _, r := range reports {
+	var failed []notPinned           // and why
+	for i, r := range reports {
 		if r.err != nil || r.pin != "new" || s.looking {
 			continue
 		}
@@ -253,7 +255,11 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 				return nil, fmt.Errorf("pin registry %s: %w", r.name, err)
 			}
 		} else if pinned, err := pinFound(s.kh, r.name, r.fp); err != nil {
+			// Not used (its key was checked against its advertisement
+			// only): said, and why, rather than left out unsaid.
 			dropped[r.name] = true
+			reports[i].err, reports[i].pin = fmt.Errorf("not used: its key could not be pinned: %w", err), ""
+			failed = addNotPinned(failed, r.name, err)
 		} else if !pinned {
 			unpinned = append(unpinned, r.name)
 		}
@@ -272,6 +278,13 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	}
 	if len(unpinned) > 0 {
 		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: %s\n", s.verb, pinsFullWarning(s.kh.Path(), unpinned))
+	}
+	if len(parts) > 0 {
+		// Without another registry, no registry answered: that error (or
+		// the cached listing's warning) says what each did, this too.
+		for _, n := range failed {
+			fmt.Fprintf(s.env.Stderr, "huddle %s: warning: %s\n", s.verb, n.warning())
+		}
 	}
 	l.reports = reports
 	if len(parts) == 0 {
@@ -463,6 +476,42 @@ func pinFound(kh *identity.KnownHosts, name string, fp wire.Fingerprint) (bool, 
 	return err == nil, err
 }
 
+// notPinned is the registries found over mDNS whose keys could not be
+// pinned for one cause, err: they are not used.
+type notPinned struct {
+	names []string
+	err   error
+}
+
+// addNotPinned adds name, not pinned because of err, to ns: to the entry
+// of the same cause if there is one (one warning per cause).
+func addNotPinned(ns []notPinned, name string, err error) []notPinned {
+	for i := range ns {
+		if ns[i].err.Error() == err.Error() {
+			ns[i].names = append(ns[i].names, name)
+			return ns
+		}
+	}
+	return append(ns, notPinned{[]string{name}, err})
+}
+
+// warning says that n's registries are not used, why, and what to do.
+// (identity.ErrPinsLocked: another huddle process holds known_registries'
+// lock; the error names the file, and says that a command stopped with ^Z
+// holds it.) The names are the advertisers', shown as any name a peer chose.
+func (n notPinned) warning() string {
+	list := make([]string, len(n.names))
+	for i, name := range n.names {
+		list[i] = shown(name)
+	}
+	w := fmt.Sprintf("%s, found over mDNS, %s not used: %s could not be pinned: %s", strings.Join(list, ", "),
+		map[bool]string{true: "is", false: "are"}[len(list) == 1], map[bool]string{true: "its key", false: "their keys"}[len(list) == 1], withoutGoText(n.err))
+	if errors.Is(n.err, identity.ErrPinsLocked) {
+		w += "; run the command again once the lock is free"
+	}
+	return w
+}
+
 // pinsFullWarning says that the registries found over mDNS named are used
 // unpinned, known_registries (at path) being full, and what to do. The
 // names are the advertisers' (anyone's on the LAN), shown as any name a
@@ -593,14 +642,24 @@ type noRegistryError struct {
 }
 
 func (e *noRegistryError) Error() string {
+	// A registry found whose key could not be pinned, the file's lock held
+	// by another process, answered: it is that process the user must see to.
+	locked := slices.ContainsFunc(e.reports, func(r registryReport) bool { return errors.Is(r.err, identity.ErrPinsLocked) })
 	var b strings.Builder
-	b.WriteString("no registry answered:")
+	if locked {
+		b.WriteString("no registry could be used:")
+	} else {
+		b.WriteString("no registry answered:")
+	}
 	for _, line := range strings.Split(summarize(e.reports), "; ") {
 		b.WriteString("\n  " + line)
 	}
-	if e.given {
+	switch {
+	case locked:
+		b.WriteString("\n  another huddle process holds known_registries' lock: resume it (fg) or end it, then run this again")
+	case e.given:
 		b.WriteString("\n  is it running (huddle up, huddle registry), and does its host let UDP in?")
-	} else {
+	default:
 		// None given and none answered: most often nothing was started yet.
 		b.WriteString("\n  start one on this machine with 'huddle up' (make run in huddle's source), or")
 		b.WriteString("\n  give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY); 'huddle doctor' explains what discovery saw")

@@ -163,9 +163,11 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 // discoverRegistries reports every registry mDNS finds and verifies to
 // found (which owns the handle: it closes it), and each of them gone to
 // gone, until ctx ends. With known_registries full, a registry new to it
-// is used unpinned, said once on log (pinFound).
+// is used unpinned, said once on log (pinFound); one whose key cannot be
+// pinned (its lock held by another process: identity.ErrPinsLocked) is
+// not used, said once on log too.
 func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, kh *identity.KnownHosts, log *slog.Logger, found func(*client.Registry), gone func(client.Fingerprint)) error {
-	var warned atomic.Bool
+	var warned, failed atomic.Bool
 	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: ifaces,
 		Gone: func(r discovery.Advertised) {
@@ -195,6 +197,11 @@ func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, 
 		name := mdnsPinPrefix + r.Instance
 		pinned, err := pinFound(kh, name, fp)
 		if err != nil {
+			// Not used (Browse reports it again only if it moves, or goes
+			// and comes back): said once, with why.
+			if failed.CompareAndSwap(false, true) {
+				log.Warn(notPinned{[]string{name}, err}.warning() + " (said once; others found may not be used either; restart huddle web to find them again)")
+			}
 			return
 		}
 		if !pinned && warned.CompareAndSwap(false, true) {
