@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -36,14 +37,21 @@ func holdLeaderFSM(t *testing.T, l *testMember) (release func()) {
 	l.node.raft.Apply(newEncoder().encodeSend(nil, g.ID, l.node.raft.CurrentTerm(), e), 0)
 	waitUntil(t, "the leader's state machine held on an append", func() bool { return l.host.heldAppends() > 0 })
 	for range queuedBehind {
-		before := l.node.raft.LastIndex()
-		l.node.raft.Barrier(0)
-		waitUntil(t, "a barrier committed", func() bool {
-			last := l.node.raft.LastIndex()
-			return last > before && l.node.raft.CommitIndex() >= last
-		})
+		commitBarrier(t, l)
 	}
 	return release
+}
+
+// commitBarrier has l, leading, commit a barrier of its own, its own
+// batch on the state machine's queue.
+func commitBarrier(t *testing.T, l *testMember) {
+	t.Helper()
+	before := l.node.raft.LastIndex()
+	l.node.raft.Barrier(0)
+	waitUntil(t, "a barrier committed", func() bool {
+		last := l.node.raft.LastIndex()
+		return last > before && l.node.raft.CommitIndex() >= last
+	})
 }
 
 // closeReleasing closes l's node while its state machine is held
@@ -56,7 +64,9 @@ func closeReleasing(t *testing.T, l *testMember, release func()) {
 	closed := make(chan error, 1)
 	go func() { closed <- n.Close() }()
 	waitUntil(t, "Close to shut raft down, or to wait for its answers", func() bool {
-		n.gate.RLock()
+		if !n.gate.TryRLock() {
+			return false // Close waits for the gate (a request handed over under it)
+		}
 		gated := n.gated
 		n.gate.RUnlock()
 		return n.raft.State() == raft.Shutdown || gated && n.futures.Load() > 0
@@ -118,6 +128,48 @@ func TestCloseWhilePromotionQueued(t *testing.T) {
 		return m.Voter && l.node.raft.CommitIndex() >= l.node.raft.LastIndex()
 	})
 	closeReleasing(t, l, release)
+}
+
+// fsmQueue is how many batches raft (v1.7.2) queues for its state
+// machine (fsmMutateCh): with the queue full, raft's main loop blocks
+// handing it the next, and takes no request meanwhile.
+const fsmQueue = 128
+
+// TestCloseWhileChangeWaitsForRaft: a member closing while a change of
+// the cell it leads waits for raft to take it (raft's main loop blocked
+// behind its state machine, as behind a slow disk) lets raft answer the
+// change before it shuts down, and waits for that at most settleWait.
+// The change was handed to raft under the gate Close closes, and Close
+// waited for the gate until raft took the change, or the change's
+// enqueue gave up at its deadline: a cell_add's whole deadline (an hour
+// here). (909a097, which landed without a test.)
+func TestCloseWhileChangeWaitsForRaft(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	release := holdLeaderFSM(t, l)
+	for l.node.raft.Stats()["fsm_pending"] != strconv.Itoa(fsmQueue) {
+		commitBarrier(t, l)
+	}
+	// One more: raft's main loop, handing it over, blocks from its
+	// commit on (CommitIndex is set in the same pass).
+	commitBarrier(t, l)
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	added := make(chan error, 1)
+	go func() { added <- l.node.AddMember(ctx, l.node.Self().Fingerprint, stranger) }()
+	waitUntil(t, "the addition handed to raft", func() bool { return l.node.futures.Load() > 0 })
+	closeReleasing(t, l, release)
+	select {
+	case err := <-added:
+		t.Logf("the addition asked as the member closed: %v", err)
+	case <-time.After(waitTimeout):
+		t.Errorf("the addition still waits %v after its member closed", waitTimeout)
+	}
 }
 
 // heldFuture is a raft future answered when the test says so.
