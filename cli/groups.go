@@ -33,6 +33,10 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "groups", err)
 	}
+	for i := range l.groups {
+		l.groups[i] = joinedName(l.groups[i], s.joined)
+	}
+	slices.SortStableFunc(l.groups, func(a, b client.ListedGroup) int { return strings.Compare(a.Name, b.Name) })
 	if cf.json {
 		for _, g := range l.groups {
 			j := groupJSON{
@@ -87,6 +91,27 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		fmt.Fprintf(env.Stderr, "listed by %s; not answering: %s\n", l.where(), strings.Join(failed, "; "))
 	}
 	return ExitOK
+}
+
+// joinedName returns g named as the user joined it, if they did under
+// another name than the registries' (client.Merge's, the latest lease's),
+// that name among its other names: a group is known by the name it was
+// joined under (resolveGroup, huddle web), and huddle groups showed the
+// registries' name alone, so that the CLI and the page named a renamed
+// group differently.
+func joinedName(g client.ListedGroup, joined joinedSet) client.ListedGroup {
+	name := joined.nameOf(g.GroupEntry)
+	if name == "" || name == g.Name {
+		return g
+	}
+	others := []string{g.Name}
+	for _, n := range g.OtherNames {
+		if n != name {
+			others = append(others, n)
+		}
+	}
+	g.Name, g.OtherNames = name, others
+	return g
 }
 
 // otherNames returns a group's other names for huddle groups' table:

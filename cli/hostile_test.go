@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -310,5 +312,45 @@ func TestJoinedNameAgreed(t *testing.T) {
 	u.ok(t, "fetch", "chess", "--registry", s.Addr().String())
 	if set, err = loadJoined(u.home); err != nil || set.nameOf(wire.GroupEntry{Group: chess, Fingerprint: dk.Fingerprint()}) != "" {
 		t.Errorf("a group listed as chess whose daemon says dev: recorded as %q (%v), want no name", set.nameOf(wire.GroupEntry{Group: chess, Fingerprint: dk.Fingerprint()}), err)
+	}
+}
+
+// writeJoined writes u's joined file as lines "UUID DAEMON NAME".
+func writeJoined(t *testing.T, u *testUser, lines ...string) {
+	t.Helper()
+	if err := os.MkdirAll(u.home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(u.home, joinedFile), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGroupsShowsJoinedName: huddle groups names a group the user joined
+// by the name they joined it under, the registries' name (the latest
+// lease's) among its other names, as huddle web and the name resolution
+// do: it showed the registries' name alone, so that the CLI and the page
+// named a renamed group differently.
+func TestGroupsShowsJoinedName(t *testing.T) {
+	daemon, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := wire.GroupEntry{Group: wire.UUID{9, 8, 7}, Name: "our lounge", Addrs: []string{"127.0.0.1:9"},
+		Fingerprint: daemon.Fingerprint(), ExpiresMS: 20000}
+	u := newTestUser(t, listingRegistry(t, e))
+	writeJoined(t, u, e.Group.String()+" "+daemon.Fingerprint().String()+" lobby")
+
+	out := u.ok(t, "groups")
+	lines := strings.Split(out, "\n")
+	if !strings.HasSuffix(lines[0], "ALSO LISTED AS") || len(lines) < 2 || !strings.HasPrefix(lines[1], "lobby ") || !strings.HasSuffix(lines[1], `  "our lounge"`) {
+		t.Errorf("huddle groups:\n%s\nwant the group named lobby (the name joined), also listed as \"our lounge\"", out)
+	}
+	var g groupJSON
+	if err := json.Unmarshal([]byte(u.ok(t, "groups", "--json")), &g); err != nil {
+		t.Fatal(err)
+	}
+	if g.Name != "lobby" || !slices.Equal(g.OtherNames, []string{"our lounge"}) {
+		t.Errorf("--json: name %q, other_names %q; want lobby, [our lounge]", g.Name, g.OtherNames)
 	}
 }
