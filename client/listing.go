@@ -253,6 +253,15 @@ func (rs Registries) GroupListed(lg ListedGroup) (*Group, error) {
 	return g, nil
 }
 
+// ServedBy reports whether the daemon whose key is fp serves e's group as
+// listed: it is e's daemon, or one of its replicas. A cell's group is
+// listed under its leader's key, which changes with the leadership: a
+// group joined through one member is the group joined while another
+// leads, and a user naming any member's key names the group.
+func ServedBy(e GroupEntry, fp Fingerprint) bool {
+	return e.Fingerprint == fp || slices.ContainsFunc(e.Replicas, func(r Replica) bool { return r.Fingerprint == fp })
+}
+
 // replicaSet names a set of replicas by their keys, whatever their order
 // and whichever leads.
 func replicaSet(rs []Replica) Fingerprint {
