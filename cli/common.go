@@ -35,6 +35,10 @@ type clientFlags struct {
 	ifaces     []string
 	json       bool
 	timeout    time.Duration
+	// daemon, if set (huddle join --daemon), is the daemon key GROUP is
+	// taken at: the user saying which, where registries list its UUID
+	// under a key other than the one they joined (joinedKeyError).
+	daemon *wire.Fingerprint
 }
 
 func (f *clientFlags) register(fs *pflag.FlagSet) {
@@ -206,7 +210,14 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	if err != nil {
 		return nil, wire.GroupEntry{}, err
 	}
-	e, err := resolveGroup(listedEntries(l.groups), ref, s.joined)
+	entries, joined := listedEntries(l.groups), s.joined
+	if at := s.flags.daemon; at != nil {
+		// The user names the key: only the groups it serves, and no
+		// preference of the keys joined before.
+		entries = slices.DeleteFunc(entries, func(e wire.GroupEntry) bool { return !client.ServedBy(e, *at) })
+		joined = nil
+	}
+	e, err := resolveGroup(entries, ref, joined)
 	if err != nil {
 		return nil, e, err
 	}
@@ -298,6 +309,23 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 	}
 	if mine := slices.DeleteFunc(slices.Clone(cands), func(g wire.GroupEntry) bool { return !joined.has(g) }); len(mine) > 0 {
 		cands = mine
+	} else if k, name, ok := joined.named(ref); ok {
+		// ref names a group the user joined, and nothing listed is it:
+		// never another group in its place. A stranger's group of its
+		// name, or its own UUID listed under another daemon key while its
+		// daemon is down (a rogue registry's impostor: anyone may list any
+		// UUID under a key of their own), was taken for it.
+		var keys []wire.Fingerprint
+		for _, g := range groups {
+			if g.Group == k.Group && !slices.Contains(keys, g.Fingerprint) {
+				keys = append(keys, g.Fingerprint)
+			}
+		}
+		if len(keys) > 0 {
+			return wire.GroupEntry{}, &joinedKeyError{Group: k.Group, Name: name, Joined: k.Daemon, Listed: keys}
+		}
+		return wire.GroupEntry{}, fmt.Errorf("%w %q listed now: you joined %s (%s, daemon %s), but no registry that answered lists it: its daemon is stopped, or has not registered again yet; 'huddle groups' lists the groups listed now",
+			errNoGroup, ref, name, k.Group, k.Daemon.Short())
 	}
 	switch len(cands) {
 	case 1:
@@ -305,11 +333,6 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 	case 0:
 		if shortMatch {
 			return wire.GroupEntry{}, &usageError{fmt.Sprintf("%q is too short for a UUID prefix: give at least %d characters of the UUID ('huddle groups' lists them)", ref, minPrefix)}
-		}
-		if k, name, ok := joined.named(ref); ok {
-			// Not a typo: a group the user joined that nothing lists now.
-			return wire.GroupEntry{}, fmt.Errorf("%w %q listed now: you joined %s (%s, daemon %s), but no registry that answered lists it: its daemon is stopped, or has not registered again yet; 'huddle groups' lists the groups listed now",
-				errNoGroup, ref, name, k.Group, k.Daemon.Short())
 		}
 		if alike := lookalikeGroups(groups, ref); len(alike) > 0 {
 			// Not offered as "did you mean": printed, it reads as what the
@@ -339,6 +362,38 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		b.WriteString("\n  the same UUID is listed under several daemon keys: someone registered a group under another's UUID; ask its owner which daemon is theirs")
 	}
 	return wire.GroupEntry{}, &usageError{b.String()}
+}
+
+// joinedKeyError: GROUP names a group the user joined at the daemon key
+// Joined, which no registry that answered lists now, and registries list
+// its UUID under other keys (Listed) only. Those are not used without the
+// user saying so (huddle join --daemon): its daemon may be stopped and a
+// rogue registry listing an impostor in its place, or its owner may have
+// moved it to a new key.
+type joinedKeyError struct {
+	Group  wire.UUID
+	Name   string // the name it was joined under
+	Joined wire.Fingerprint
+	Listed []wire.Fingerprint
+}
+
+func (e *joinedKeyError) Error() string {
+	listed := make([]string, len(e.Listed))
+	for i, fp := range e.Listed {
+		listed[i] = fp.Short()
+	}
+	name := ""
+	if e.Name != "" {
+		name = shown(e.Name) + " "
+	}
+	at := "FINGERPRINT"
+	if len(e.Listed) == 1 {
+		at = e.Listed[0].String()
+	}
+	return fmt.Sprintf("group %s(%s): key clash: you joined it at daemon %s, which no registry that answered lists now; "+
+		"registries list its UUID only under daemon %s, not the key you joined, so it is not used (its daemon may be stopped "+
+		"and someone listing an impostor in its place: anyone may list any UUID). If its owner tells you it moved to that key, "+
+		"join it there: huddle join %s --daemon %s", name, e.Group, e.Joined.Short(), strings.Join(listed, " and "), e.Group, at)
 }
 
 // distinctGroups returns es without the entries of a group (UUID and

@@ -354,3 +354,44 @@ func TestGroupsShowsJoinedName(t *testing.T) {
 		t.Errorf("--json: name %q, other_names %q; want lobby, [our lounge]", g.Name, g.OtherNames)
 	}
 }
+
+// TestJoinedGroupListedUnderAnotherKey: the daemon of a group the user
+// joined is down (no registry lists it), and a rogue registry lists its
+// UUID, and a stranger's group its name, under keys of its own. The CLI
+// took the impostor's listing for the group (the only one of its UUID),
+// or the stranger's for its name; now both are refused with a key clash
+// naming the key joined and the key listed, until the user says which
+// (huddle join --daemon).
+func TestJoinedGroupListedUnderAnotherKey(t *testing.T) {
+	joined, impostor, stranger := wire.Fingerprint{1, 1}, wire.Fingerprint{6, 6}, wire.Fingerprint{7, 7}
+	id := wire.UUID{4, 2}
+	reg := listingRegistry(t,
+		wire.GroupEntry{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: impostor, ExpiresMS: 20000},
+		wire.GroupEntry{Group: wire.UUID{5}, Name: "lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: stranger, ExpiresMS: 20000})
+	u := newTestUser(t, reg)
+	writeJoined(t, u, id.String()+" "+joined.String()+" lobby")
+	for _, ref := range []string{"lobby", id.String()} {
+		code, _, errs := u.run(t, "send", ref, "--timeout", "3s", "hi")
+		if code != ExitRefused || !strings.Contains(errs, "key clash") || !strings.Contains(errs, joined.Short()) || !strings.Contains(errs, impostor.Short()) {
+			t.Errorf("huddle send %s: exit %d, %q; want %d, a key clash naming %s (joined) and %s (listed)", ref, code, errs, ExitRefused, joined.Short(), impostor.Short())
+		}
+	}
+	// Said so: the group at the impostor's key is the one meant (its
+	// address does not answer here).
+	code, _, errs := u.run(t, "join", id.String(), "--daemon", impostor.String(), "--timeout", "1s")
+	if code != ExitUnreachable || strings.Contains(errs, "key clash") {
+		t.Errorf("huddle join --daemon: exit %d, %q; want %d (it dialled the daemon named)", code, errs, ExitUnreachable)
+	}
+
+	// A cell's group the user joined through one member is the group
+	// joined while another leads: a rogue's entry of its UUID beside it
+	// is not.
+	cell := []wire.Replica{{Addr: "127.0.0.1:9", Fingerprint: joined}, {Addr: "127.0.0.1:10", Fingerprint: wire.Fingerprint{2}, Leader: true}}
+	e := wire.GroupEntry{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:10"}, Fingerprint: wire.Fingerprint{2}, ExpiresMS: 20000, Replicas: cell}
+	rogue := wire.GroupEntry{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: impostor, ExpiresMS: 20000}
+	set := joinedSet{{id, joined}: "lobby"}
+	got, err := resolveGroup([]wire.GroupEntry{rogue, e}, "lobby", set)
+	if err != nil || got.Fingerprint != e.Fingerprint {
+		t.Errorf("resolveGroup: %v, %v; want the cell's group, led by %s", got.Fingerprint.Short(), err, e.Fingerprint.Short())
+	}
+}

@@ -14,14 +14,23 @@ import (
 func runJoin(ctx context.Context, env Env, args []string) int {
 	var cf clientFlags
 	var as, secretFile string
-	fs := newFlags(env, "join", "GROUP [--as NAME] [--secret-file FILE]",
+	var daemon string
+	fs := newFlags(env, "join", "GROUP [--as NAME] [--secret-file FILE] [--daemon FINGERPRINT]",
 		"Join GROUP under a display name (default: your user name). Joining again keeps your name, or changes it to --as.",
 		"  huddle join lobby --as alice")
 	fs.StringVar(&as, "as", "", "display name others see (default: the name you have in the group, else $USER)")
 	fs.StringVar(&secretFile, "secret-file", "", "file holding a private group's join secret")
+	fs.StringVar(&daemon, "daemon", "", "join GROUP at the daemon with this key (its fingerprint; for a cell's group, any member's), as when its owner moved it to a new key")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	if daemon != "" {
+		fp, err := wire.ParseFingerprint(strings.TrimSpace(daemon))
+		if err != nil {
+			return usageErr(env, "join", "--daemon %q: %v", daemon, err)
+		}
+		cf.daemon = &fp
 	}
 	ref, code, ok := oneGroup(env, "join", fs.Args())
 	if !ok {
