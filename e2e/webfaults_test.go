@@ -419,7 +419,8 @@ func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
 	// The daemon comes back at another port, with its key and its log.
 	if newKey {
 		// ... or with its log and a new key (its host replaced, the
-		// state directory restored without its key: --new-identity).
+		// state directory restored without its key: --new-identity),
+		// which the users take once they say so (huddle join --daemon).
 		if err := os.Remove(filepath.Join(state, "key.pem")); err != nil {
 			t.Fatal(err)
 		}
@@ -438,6 +439,17 @@ func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
 		return r.code == 0 && strings.Contains(r.stdout, moved.addr)
 	}) {
 		t.Fatalf("the registry never listed lobby at %s", moved.addr)
+	}
+	if newKey {
+		// Listed under a key neither joined it under: not used (an
+		// impostor's, as far as they can tell) until each says so.
+		b.waitFor("lobby offline, listed only under another key", fmt.Sprintf(`%[1]s.listed === false && %[1]s.clash && %[1]s.other_keys?.[0] === %[2]s`, g, jsString(moved.fp)))
+		if r := bob.run(t, "send", "lobby", "three, at the new address"); r.code != 1 || !strings.Contains(r.stderr, "key clash") {
+			t.Fatalf("huddle send at the new key, not joined there: exit %d, %q; want a key clash", r.code, r.stderr)
+		}
+		for _, u := range []*user{bob, w.alice} {
+			u.ok(t, "join", lobby, "--daemon", moved.fp)
+		}
 	}
 	bob.ok(t, "send", "lobby", "three, at the new address")
 	b.waitFor("the typed message delivered", hasMessage("two, typed while lobby was away"))

@@ -96,7 +96,11 @@ type Config struct {
 	// found, in the order found), and a join is refused (409 clash): which
 	// key is the owner's cannot be told. A group joined is shown under the
 	// name it was joined under, whatever the registries list it as, and
-	// shown (unlisted, as a member) while no registry lists it.
+	// shown (unlisted, as a member) while no registry lists it at a key it
+	// was joined under: listed only under other keys (its daemon down and
+	// an impostor listed in its place, or its daemon moved to a new key),
+	// it is shown unlisted with Clash and those keys, and never reached at
+	// them until the user joins it at one (huddle join --daemon).
 	Joined Joined
 	// Name is the name the page's join form offers for a group the user
 	// has not joined, until they join one from that browser: the name a

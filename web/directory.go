@@ -63,6 +63,10 @@ type directory struct {
 	// joinedNow is what Joined said at the last merge: each group joined
 	// (its UUID and daemon key) and the name it was joined under.
 	joinedNow map[groupKey]string
+	// held are the groups the user joined that registries list only
+	// under daemon keys they did not join them under (pickKeysLocked),
+	// each with those keys: shown unlisted, never reached at those keys.
+	held      map[wire.UUID][]wire.Fingerprint
 	list      listJSON
 	listBytes []byte
 	changed   chan struct{} // closed and replaced when list changes
@@ -145,8 +149,14 @@ type groupJSON struct {
 	Unlisted bool `json:"unlisted,omitempty"`
 	// Clash: registries disagree on which daemon hosts this UUID; the
 	// one the user joined is used, else the first registry's
-	// (Registries[0] lists the one used: pickKeysLocked).
-	Clash bool `json:"clash,omitempty"`
+	// (Registries[0] lists the one used: pickKeysLocked). With Unlisted:
+	// registries list the UUID, but only under daemon keys other than
+	// those the user joined it under (OtherKeys), which are not used: its
+	// daemon may be down and an impostor listed in its place, or its
+	// daemon moved to a new key (joined at one of them, with huddle join
+	// --daemon, it is used).
+	Clash     bool     `json:"clash,omitempty"`
+	OtherKeys []string `json:"other_keys,omitempty"`
 	// From the group's daemon (info); absent until it answered.
 	Reachable       bool   `json:"reachable"`
 	Member          bool   `json:"member"`
@@ -453,7 +463,8 @@ func (d *directory) merge() {
 	d.mu.Lock()
 	d.joinedNow = joined
 	cells := d.cellsLocked(now)
-	pick := d.pickKeysLocked(now, cells)
+	pick, held := d.pickKeysLocked(now, cells)
+	d.held = held
 	sources := d.handleSourcesLocked(now, pick, cells)
 	seen := make(map[wire.UUID]bool)
 	names := make(map[wire.UUID]*listedNames)
@@ -466,8 +477,8 @@ func (d *directory) merge() {
 		// it again in the group's registries, and gave it their names.
 		listed := make(map[wire.UUID]bool)
 		for _, e := range cells.entries(i, rs) {
-			if k, ok := pick[e.Group]; ok && e.Fingerprint != k {
-				continue // after: the key used comes first
+			if k, ok := pick[e.Group]; ok && e.Fingerprint != k || held[e.Group] != nil {
+				continue // after: the key used comes first; never: a key not joined
 			}
 			if listed[e.Group] {
 				continue
@@ -637,7 +648,16 @@ func (e errListingTooLarge) Error() string {
 // registry's, as before: the registries the user gave come first; keeping
 // the key used first in time instead would hand the group to whichever
 // registry answered first, a discovered one before those given.
-func (d *directory) pickKeysLocked(now time.Time, cells *cellViews) map[wire.UUID]wire.Fingerprint {
+//
+// It returns too, held, the UUIDs the user joined (as of the last merge)
+// that registries list under none of the keys they joined them under,
+// with the keys listed: merge uses none of them. While the daemon of a
+// group the user joined was down (no registry listing it), a rogue
+// registry listing its UUID under an impostor's key was its only listing,
+// and was used: the page asked the impostor for the group's info, sent to
+// it and read from it (until session 15). The CLI refuses such a UUID (a
+// key clash) until the user takes the key (huddle join --daemon).
+func (d *directory) pickKeysLocked(now time.Time, cells *cellViews) (pick map[wire.UUID]wire.Fingerprint, held map[wire.UUID][]wire.Fingerprint) {
 	keys := make(map[wire.UUID][]wire.GroupEntry) // the first entry of each key
 	for i, rs := range d.regs {
 		if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
@@ -650,18 +670,29 @@ func (d *directory) pickKeysLocked(now time.Time, cells *cellViews) map[wire.UUI
 			}
 		}
 	}
-	pick := make(map[wire.UUID]wire.Fingerprint)
+	joinedIDs := make(map[wire.UUID]bool, len(d.joinedNow))
+	for k := range d.joinedNow {
+		joinedIDs[k.group] = true
+	}
+	pick, held = make(map[wire.UUID]wire.Fingerprint), make(map[wire.UUID][]wire.Fingerprint)
 	for id, ks := range keys {
+		i := slices.IndexFunc(ks, d.joinedUnder)
+		if i < 0 && joinedIDs[id] {
+			for _, e := range ks {
+				held[id] = append(held[id], e.Fingerprint)
+			}
+			continue
+		}
 		if len(ks) < 2 {
 			continue
 		}
 		k := ks[0].Fingerprint
-		if i := slices.IndexFunc(ks, d.joinedUnder); i >= 0 {
+		if i >= 0 {
 			k = ks[i].Fingerprint
 		}
 		pick[id] = k
 	}
-	return pick
+	return pick, held
 }
 
 // handleSource is where a new handle on a group finds its daemon: the
@@ -1042,8 +1073,13 @@ func (d *directory) publishLocked() {
 	}
 	for id, k := range unlisted {
 		name := cmp.Or(d.joinedNow[k], id.String())
-		l.Groups = append(l.Groups, groupJSON{UUID: id.String(), Name: name, Fingerprint: k.daemon.String(),
-			Addrs: []string{}, Registries: []string{}, Unlisted: true, Member: true})
+		g := groupJSON{UUID: id.String(), Name: name, Fingerprint: k.daemon.String(),
+			Addrs: []string{}, Registries: []string{}, Unlisted: true, Member: true}
+		for _, fp := range d.held[id] {
+			g.Clash = true
+			g.OtherKeys = append(g.OtherKeys, fp.String())
+		}
+		l.Groups = append(l.Groups, g)
 	}
 	slices.SortFunc(l.Groups, func(a, b groupJSON) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.UUID, b.UUID)) })
 	for _, rs := range d.regs {

@@ -605,7 +605,8 @@ func TestDirectoryJoinedCellAfterElection(t *testing.T) {
 	now := time.Now()
 	d := &directory{joined: joined, regs: []*registryState{{addr: "rogue", entries: []wire.GroupEntry{impostor}, at: now},
 		{addr: "real", entries: []wire.GroupEntry{cell}, at: now}}}
-	if got := d.pickKeysLocked(now, d.cellsLocked(now))[id]; got != cell.Fingerprint {
+	if pick, _ := d.pickKeysLocked(now, d.cellsLocked(now)); pick[id] != cell.Fingerprint {
+		got := pick[id]
 		t.Errorf("the key used for the cell's group joined under member 1: %s, want the cell's leader %s (not the impostor's %s)",
 			got.Short(), cell.Fingerprint.Short(), impostor.Fingerprint.Short())
 	}
@@ -664,5 +665,30 @@ func TestDirectoryCellHandleKeptAcrossElection(t *testing.T) {
 	}
 	if gs != nil && gs.entry.Fingerprint != e.Fingerprint {
 		t.Errorf("the group's entry names %s, want the new leader %s", gs.entry.Fingerprint.Short(), e.Fingerprint.Short())
+	}
+}
+
+// TestDirectoryHoldsJoinedGroupListedElsewhere: the daemon of a group the
+// user joined is down (its registry lists nothing) and a rogue registry
+// lists its UUID under an impostor's key. That listing, the only one, was
+// used: the directory opened a handle on the impostor and asked it for
+// the group's info. The group is shown unlisted, a clash with the key
+// listed, and no handle is opened.
+func TestDirectoryHoldsJoinedGroupListedElsewhere(t *testing.T) {
+	id, mine, impostor := wire.UUID{4, 2}, wire.Fingerprint{1}, wire.Fingerprint{6}
+	rogue := listingRegistry(t, []wire.GroupEntry{{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: impostor, ExpiresMS: 3_600_000}})
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{id: mine}, names: map[wire.UUID]string{id: "lobby"}}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{startRegistry(t).Addr().String(), rogue},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
+	must(t, err)
+	serve(t, s)
+	l := newAPI(t, s).events("").waitGroups("every registry polled", func(l listJSON) bool {
+		return len(l.Registries) == 2 && l.Registries[0].OK && l.Registries[1].OK && len(l.Groups) == 1
+	})
+	if g := l.Groups[0]; !g.Unlisted || !g.Clash || g.Fingerprint != mine.String() || !slices.Equal(g.OtherKeys, []string{impostor.String()}) {
+		t.Errorf("lobby %+v; want unlisted at %s, a clash, other key %s", g, mine.Short(), impostor.Short())
+	}
+	if s.dir.handle(id) != nil {
+		t.Errorf("the directory holds a handle on lobby (its only listing is the impostor's)")
 	}
 }

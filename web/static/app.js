@@ -472,7 +472,8 @@ function renderSidebar() {
       // Two groups of one name: tell them apart by UUID and daemon.
       if (twin) parts.push(tag(`${g.uuid.slice(0, 8)} · ${fmt.short(g.fingerprint)}`));
       if (g.private) parts.push(tag('private'));
-      if (g.clash) parts.push(tag('two daemons', 'down'));
+      // Listed only under keys the user did not join it under: not used.
+      if (g.clash) parts.push(tag(g.unlisted ? 'another key' : 'two daemons', 'down'));
       if (down) parts.push(tag(down, 'down'));
       li.className = unread > 0 ? 'unread' : '';
       if (unread > 0) {
@@ -824,12 +825,18 @@ function renderHead() {
   $('title').textContent = fmt.shown(g.name);
   $('title').title = `${g.uuid} · daemon ${g.fingerprint}` +
     (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '') +
-    (g.clash ? ` · registries list this group with two different daemons: this page uses the one ${g.registries[0]} lists` : '');
+    (g.clash && g.unlisted ? ` · ${heldText(g)}`
+      : g.clash ? ` · registries list this group with two different daemons: this page uses the one ${g.registries[0]} lists` : '');
   const st = $('group-state');
   st.className = 'group-state';
+  st.title = '';
   $('leave').hidden = !g.member;
   $('members-toggle').hidden = !g.member;
-  if (g.member && c && c.status === 'reconnecting') {
+  if (g.member && g.unlisted && g.clash) {
+    st.classList.add('down');
+    st.textContent = `offline: listed only under another key (${(g.other_keys || []).map(fmt.short).join(', ')})`;
+    st.title = heldText(g);
+  } else if (g.member && c && c.status === 'reconnecting') {
     st.classList.add('down');
     st.textContent = fmt.reconnecting(c.statusError, g);
   } else if (g.member && c && c.status === 'ended' && c.statusError) {
@@ -853,6 +860,15 @@ function joinAbout(g) {
   return `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
     `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}` +
     (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '');
+}
+
+// heldText says why a group the user joined, listed only under other
+// daemon keys (an impostor's while its daemon is down, or its daemon
+// moved to a new key), is not used, and how to use one of them.
+function heldText(g) {
+  const keys = g.other_keys || [];
+  return `registries list it only under daemon ${keys.map(fmt.short).join(' and ')}, not ${fmt.short(g.fingerprint)} where you joined it: ` +
+    `not used (anyone can list any group). If its owner moved it there: huddle join ${g.uuid} --daemon ${keys.length === 1 ? keys[0] : 'FINGERPRINT'}`;
 }
 
 function apiErr(e) { return new APIError(0, e); }
