@@ -265,8 +265,8 @@ func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
+	s.dir.refreshGroup(ctx, id) // first: joinedAt records the name its daemon gives
 	s.dir.joinedAt(id, g, false)
-	s.dir.refreshGroup(ctx, id)
 	writeJSON(w, http.StatusOK, map[string]any{"epoch": strconv.FormatUint(j.Epoch, 10), "last_seq": j.Last, "already": j.Already})
 }
 

@@ -883,7 +883,20 @@ func (d *directory) joinedAt(id wire.UUID, g *client.Group, left bool) {
 	ok := gs != nil && gs.handle == g
 	if ok {
 		e = gs.entry
-		e.Name = gs.name // the name the page showed it under
+		// The name the page showed it under, if its daemon gives it that
+		// name too (its info, asked after the join), as the CLI records
+		// it (e58d680): the page's name for a group the user had not
+		// joined is a registry's word, and a rogue registry renaming the
+		// user's lobby "dev" (its lease the longest) at the time of a join
+		// through the page had "dev" recorded for it, and from then on
+		// resolve to it in the CLI, before the user's real dev group if
+		// that was not recorded yet. Else it is recorded with no name (it
+		// resolves by its UUID).
+		if gs.info != nil && gs.infoOK && gs.info.Name == gs.name {
+			e.Name = gs.name
+		} else {
+			e.Name = ""
+		}
 	}
 	d.mu.Unlock()
 	switch {

@@ -200,6 +200,9 @@ func TestDirectoryClashPrefersJoined(t *testing.T) {
 	if len(joined.added) != 1 || joined.added[0].Fingerprint != real.Fingerprint() || len(joined.removed) != 1 || joined.removed[0].Fingerprint != real.Fingerprint() {
 		t.Errorf("recorded joins %+v, leaves %+v; want one each, at %s", joined.added, joined.removed, real.Fingerprint())
 	}
+	if name := real.Groups()[0].Name; len(joined.added) == 1 && joined.added[0].Name != name {
+		t.Errorf("joined recorded as %q; want %q, the name the page and the daemon agree on", joined.added[0].Name, name)
+	}
 }
 
 // TestDirectoryAddressesOfEveryRegistry has a rogue registry list the
@@ -690,5 +693,36 @@ func TestDirectoryHoldsJoinedGroupListedElsewhere(t *testing.T) {
 	}
 	if s.dir.handle(id) != nil {
 		t.Errorf("the directory holds a handle on lobby (its only listing is the impostor's)")
+	}
+}
+
+// TestDirectoryJoinRecordsDaemonsName: a join through the page records
+// the group in the joined file under the name the page showed it under
+// only if its daemon gives it that name too, as the CLI does (e58d680).
+// It recorded the page's name, the longest lease's for a group not joined
+// yet: a rogue registry renaming lobby (its lease the longest) at the time
+// of the join had its name recorded, which the CLI then resolved to lobby
+// before any other group of that name.
+func TestDirectoryJoinRecordsDaemonsName(t *testing.T) {
+	r := startRegistry(t)
+	const rename = "dev"
+	real, rogue, _ := renamingRegistry(t, r, rename)
+	id := real.Groups()[0].ID
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{}}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r.Addr().String(), rogue},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	a.events("").waitGroups("lobby shown under the rogue's name", func(l listJSON) bool {
+		return slices.ContainsFunc(l.Groups, func(g groupJSON) bool { return g.UUID == id.String() && g.Name == rename && len(g.Registries) == 2 })
+	})
+	if st := a.do("POST", "/api/groups/"+id.String()+"/join", map[string]string{"name": "me"}, nil); st != 200 {
+		t.Fatalf("join: HTTP %d", st)
+	}
+	joined.mu.Lock()
+	defer joined.mu.Unlock()
+	if len(joined.added) != 1 || joined.added[0].Name != "" || joined.added[0].Fingerprint != real.Fingerprint() {
+		t.Errorf("recorded joins %+v; want lobby at %s, with no name (the page showed %q, its daemon says %q)", joined.added, real.Fingerprint().Short(), rename, real.Groups()[0].Name)
 	}
 }
