@@ -105,7 +105,7 @@ func Merge(answers []RegistryListing) []ListedGroup {
 	type key struct {
 		group UUID
 		fp    Fingerprint
-		// cell: fp names a set of replicas (replicaSet), not a daemon.
+		// cell: fp names a set of replicas (ReplicaSet), not a daemon.
 		// A listing may claim any key for a group of one daemon, the
 		// hash of a real cell's replicas among them: the two were taken
 		// for one group, and a rogue registry listing so, its lease the
@@ -127,7 +127,7 @@ func Merge(answers []RegistryListing) []ListedGroup {
 			if len(e.Replicas) > 0 {
 				// A cell's group: the registries may name different
 				// leaders; entries with the same replicas are one group.
-				k.fp, k.cell = replicaSet(e.Replicas), true
+				k.fp, k.cell = ReplicaSet(e.Replicas), true
 			}
 			if listed[k] {
 				// A registry lists a group once. A rogue one listing a
@@ -262,9 +262,13 @@ func ServedBy(e GroupEntry, fp Fingerprint) bool {
 	return e.Fingerprint == fp || slices.ContainsFunc(e.Replicas, func(r Replica) bool { return r.Fingerprint == fp })
 }
 
-// replicaSet names a set of replicas by their keys, whatever their order
-// and whichever leads.
-func replicaSet(rs []Replica) Fingerprint {
+// ReplicaSet names a set of replicas by their keys, whatever their order
+// and whichever leads: Merge files a cell's group under its UUID and this
+// (apart from groups of one daemon, whose keys share its space), so that
+// registries naming different leaders of one cell list one group. A
+// program keeping its own view of several registries' listings (huddle
+// web) names cells by it to agree with Merge.
+func ReplicaSet(rs []Replica) Fingerprint {
 	fps := make([]Fingerprint, len(rs))
 	for i, r := range rs {
 		fps[i] = r.Fingerprint

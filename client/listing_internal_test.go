@@ -165,7 +165,7 @@ func TestMergeOneEntryPerRegistry(t *testing.T) {
 }
 
 // TestMergeCellKeyNotADaemonKey: a cell's group is merged under a name
-// made of its replicas' keys (replicaSet), which a listing may give as a
+// made of its replicas' keys (ReplicaSet), which a listing may give as a
 // group of one daemon's key (a listing's key is anyone's to claim): a
 // rogue registry listing the cell's UUID so had Merge take the two for one
 // group. With the rogue's lease the longer, the real cell's entry added its
@@ -178,7 +178,7 @@ func TestMergeCellKeyNotADaemonKey(t *testing.T) {
 		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
 	cell := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: []string{"10.0.0.1:7374"}, Fingerprint: wire.Fingerprint{1}, Replicas: replicas, ExpiresMS: 10_000}
 	for _, lease := range []uint64{1_000, 1 << 40} {
-		rogue := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: []string{"10.6.6.6:7374"}, Fingerprint: replicaSet(replicas), ExpiresMS: lease}
+		rogue := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: []string{"10.6.6.6:7374"}, Fingerprint: ReplicaSet(replicas), ExpiresMS: lease}
 		var groups []ListedGroup
 		func() {
 			defer func() {

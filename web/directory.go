@@ -11,7 +11,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -1144,10 +1143,12 @@ type cellViews struct {
 	members map[cellKey]map[wire.Fingerprint][]string
 }
 
-// cellKey is a cell's group: its UUID and the set of its replicas' keys.
+// cellKey is a cell's group: its UUID and the set of its replicas' keys,
+// named as client.Merge names it (client.ReplicaSet), so that the page
+// and the CLI take the same entries for one group.
 type cellKey struct {
 	group wire.UUID
-	set   string // the replicas' fingerprints, sorted, concatenated
+	set   wire.Fingerprint
 }
 
 // cellOf returns e's cellKey, the zero one for a group of one daemon.
@@ -1155,16 +1156,7 @@ func cellOf(e wire.GroupEntry) cellKey {
 	if len(e.Replicas) == 0 {
 		return cellKey{}
 	}
-	fps := make([]wire.Fingerprint, len(e.Replicas))
-	for i, r := range e.Replicas {
-		fps[i] = r.Fingerprint
-	}
-	slices.SortFunc(fps, func(a, b wire.Fingerprint) int { return bytes.Compare(a[:], b[:]) })
-	var b strings.Builder
-	for _, fp := range fps {
-		b.Write(fp[:])
-	}
-	return cellKey{e.Group, b.String()}
+	return cellKey{e.Group, client.ReplicaSet(e.Replicas)}
 }
 
 // sameGroup reports whether a and b, two listings of one UUID, are of the
