@@ -9,8 +9,6 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/huddle-chat/huddle/identity"
-	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 )
 
@@ -91,11 +89,7 @@ func TestCloseWhileChangeQueued(t *testing.T) {
 	c := newTestCell(t, 3, false, nil)
 	l := c.leader()
 	release := holdLeaderFSM(t, l)
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	stranger := strangerPeer(t)
 	self := l.node.Self().Fingerprint
 	added := make(chan error, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -153,11 +147,7 @@ func TestCloseWhileChangeWaitsForRaft(t *testing.T) {
 	// One more: raft's main loop, handing it over, blocks from its
 	// commit on (CommitIndex is set in the same pass).
 	commitBarrier(t, l)
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	stranger := strangerPeer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	added := make(chan error, 1)

@@ -125,6 +125,17 @@ func memberOf(st Status, fp wire.Fingerprint) (MemberStatus, bool) {
 	return MemberStatus{}, false
 }
 
+// strangerPeer returns a peer no member knows and no daemon runs as: a
+// new key at a free port.
+func strangerPeer(t *testing.T) Peer {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+}
+
 // waitUntil waits until cond holds, or fails the test at waitTimeout.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -313,17 +324,13 @@ func TestChangesAskedTogether(t *testing.T) {
 func TestAddRefusedNotAccepted(t *testing.T) {
 	oneLeader(t, 3, 3, nil, func(c *testCell, l *testMember) error {
 		other := c.members[slices.IndexFunc(c.members, func(m *testMember) bool { return m != l })]
-		id, err := identity.Generate()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+		stranger := strangerPeer(t)
 		var between error
 		l.node.beforeChange = func() {
 			l.node.beforeChange = nil
 			between = l.node.raft.RemoveServer(raft.ServerID(other.id.Fingerprint().String()), 0, time.Second).Error()
 		}
-		err = l.node.AddMember(context.Background(), l.node.Self().Fingerprint, stranger)
+		err := l.node.AddMember(context.Background(), l.node.Self().Fingerprint, stranger)
 		if between != nil {
 			return fmt.Errorf("the change that comes between: %v", between)
 		}
@@ -356,18 +363,14 @@ func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
 	defer cancel()
 	go l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("held")}}, nil)
 	waitUntil(t, "the leader's state machine held on the send", func() bool { return l.host.heldAppends() > 0 })
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger := Peer{Addr: testport.Cell(t), Fingerprint: id.Fingerprint()}
+	stranger := strangerPeer(t)
 	self := l.node.Self().Fingerprint
 	added := make(chan error, 1)
 	go func() { added <- l.node.AddMember(ctx, self, stranger) }()
 	waitUntil(t, "the leader to append the addition", func() bool { _, ok := memberOf(l.node.Status(), stranger.Fingerprint); return ok })
 
 	askCtx, stop := context.WithTimeout(ctx, 10*time.Second)
-	err = l.node.RemoveMember(askCtx, self, self)
+	err := l.node.RemoveMember(askCtx, self, self)
 	stop()
 	var nl *NotLeaderError
 	if !errors.As(err, &nl) {
