@@ -15,7 +15,8 @@ var errAttemptEnd = errors.New("the attempt's time is up")
 // attemptCtx is the context of one attempt on a cell's member: the
 // caller's context, ended sooner by the client's attemptClock, at
 // silentFor (errSilent) if conn was given and not one packet arrived on it
-// meanwhile, and at end (errAttemptEnd, with the error of a passed
+// meanwhile (counted from when its stream opened, if it had to wait for
+// stream credit), and at end (errAttemptEnd, with the error of a passed
 // deadline, as a deadline context's). The stream the call runs on is
 // registered with it (cancelOnEnd) and cancelled when the attempt ends:
 // context.AfterFunc there cost a registration, a done channel and a
@@ -37,8 +38,9 @@ type attemptCtx struct {
 	prev, next *attemptCtx
 	silence    *quic.Conn // the connection to check for silence at silentAt; nil once checked
 	silentAt   time.Time
-	heard      uint64 // packets received on silence when the attempt began
-	over       bool   // the clock has ended it
+	silentFor  time.Duration // silentAt's bound, from the start
+	heard      uint64        // packets received on silence when the attempt began
+	over       bool          // the clock has ended it
 	watch      *parentWatch
 
 	mu       sync.Mutex
@@ -97,6 +99,14 @@ func (a *attemptCtx) cancelOnEnd(st *quic.Stream) {
 	if st != nil && a.err != nil {
 		cancelStream(st)
 	}
+}
+
+// streaming reports whether the attempt's call has its stream open
+// (cancelOnEnd). Under clock.mu, which is taken before a.mu.
+func (a *attemptCtx) streaming() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.str != nil
 }
 
 func (a *attemptCtx) finish(err, cause error) {
@@ -167,8 +177,9 @@ func (c *attemptClock) start(parent context.Context, end time.Time, conn *quic.C
 	a := &attemptCtx{Context: parent, end: end, clock: c}
 	if conn != nil {
 		stats := conn.ConnectionStats()
-		if at := time.Now().Add(silentFor(stats, handshake)); at.Before(end) {
-			a.watched, a.silence, a.heard, a.silentAt = true, conn, stats.PacketsReceived, at
+		d := silentFor(stats, handshake)
+		if at := time.Now().Add(d); at.Before(end) {
+			a.watched, a.silence, a.heard, a.silentAt, a.silentFor = true, conn, stats.PacketsReceived, at, d
 		}
 	}
 	pdone := parent.Done()
@@ -256,12 +267,22 @@ func (c *attemptClock) tick() {
 			continue
 		}
 		if a.silence != nil && !now.Before(a.dueAt()) {
-			if a.silence.ConnectionStats().PacketsReceived == a.heard {
+			switch heard := a.silence.ConnectionStats().PacketsReceived; {
+			case heard != a.heard:
+				a.silence = nil // heard from: the attempt runs to its end
+			case !a.streaming():
+				// Its stream is not open yet: it waits for stream credit
+				// (every stream the member allows is a call's), and has
+				// asked nothing the member owes an acknowledgement. Its
+				// silence is counted from now: it was ended as silent and
+				// its connection dropped, every call on it failing over,
+				// when a slow member had more calls than max_streams.
+				a.heard, a.silentAt = heard, now.Add(a.silentFor)
+			default:
 				a.over = true
 				silent = append(silent, a)
 				continue
 			}
-			a.silence = nil // heard from: the attempt runs to its end
 		}
 		if !now.Before(a.end) {
 			a.over = true

@@ -427,3 +427,76 @@ func TestSlowHandshakeForgotten(t *testing.T) {
 		t.Errorf("after 10 sends answered at once, dial bound %v and silence bound %v (handshake %v), want %v and the path's own", b, s, g.handshakeTook(), cellDialFor)
 	}
 }
+
+// TestCellAttemptWaitingForCreditNotSilent: an attempt at a cell's member
+// whose every stream (max_streams, 1 here) is another call's waits for
+// stream credit, and is not given up as silent meanwhile: it has asked
+// nothing the member owes an acknowledgement. It was ended after
+// cellSilentFor (errSilent) and the connection dropped, failing every call
+// on it, when a slow but live member had more calls than its max_streams.
+// (The first call to wait sends STREAMS_BLOCKED, whose acknowledgement
+// counts as hearing from the member: the third call here is the one.)
+func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
+	srv, tr, ln := rawServer(t, &quic.Config{MaxIncomingStreams: 1})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer tr.Close()
+	got, release := make(chan struct{}, 3), make(chan struct{})
+	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
+		if seq > 1 { // the first, at once: the connection settled
+			got <- struct{}{}
+			<-release // answered late: after the third attempt's silence bound
+		}
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
+		io.Copy(io.Discard, st) // the request's end: the stream done, its credit given back
+	})
+	var released sync.Once
+	unblock := func() { released.Do(func() { close(release) }) }
+	defer unblock()
+	cl := newTestClient(t, Config{NoBatching: true})
+	defer cl.Close()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: ln.Addr().String(), Fingerprint: srv.Fingerprint(), Leader: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	send := func() <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			var sent wire.Sent
+			done <- g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+		}()
+		return done
+	}
+	if err := <-send(); err != nil {
+		t.Fatal(err)
+	}
+	calls := []<-chan error{send()}
+	<-got // the member's one stream is the first call's
+	conn := g.peer().current()
+	heard := conn.ConnectionStats().PacketsReceived
+	calls = append(calls, send())
+	for conn.ConnectionStats().PacketsReceived == heard { // the acknowledgement of its STREAMS_BLOCKED
+		select {
+		case err := <-calls[1]:
+			t.Fatalf("the second attempt ended: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	calls = append(calls, send())
+	select {
+	case err := <-calls[2]:
+		t.Fatalf("an attempt waiting for stream credit ended: %v", err)
+	case err := <-calls[0]:
+		t.Fatalf("the first attempt ended before its answer: %v", err)
+	case <-time.After(3 * cellSilentFor):
+	}
+	unblock()
+	for i, done := range calls {
+		if err := <-done; err != nil {
+			t.Errorf("attempt %d: %v", i+1, err)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -749,6 +750,7 @@ func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
 			select {
 			case <-release:
 				ack(raw, st)
+				io.Copy(io.Discard, st) // the request's end: the stream done, its credit given back
 			case <-stop:
 			}
 		}
