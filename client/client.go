@@ -677,8 +677,17 @@ func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 		return won.conn, won.addr, nil
 	case ctx.Err() != nil:
 		return nil, "", dialEnded(ctx, strings.Join(p.addrs[:next], ", "))
-	case wrongKey != nil:
+	case wrongKey != nil && len(errs) == 0:
 		return nil, "", wrongKey
+	case wrongKey != nil:
+		// Another key at one address, nothing at another: the group's
+		// daemon is unreachable, not another key (whose key the silent
+		// address has is unknown). The wrong key was the error until
+		// session 15, which a handle takes for final: with a rogue
+		// registry's address among a daemon's, a daemon that moved was
+		// never looked for again (a watch retried its old addresses for
+		// ever).
+		errs = append(errs, fmt.Errorf("another key answered: %v", wrongKey))
 	}
 	return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
 }

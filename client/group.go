@@ -128,31 +128,27 @@ func (g *Group) peer() *peer {
 }
 
 // refresh asks the registries where the group's daemon is now and points
-// the handle there: the first registry that lists the group under the same
-// daemon fingerprint wins. Failures are left to the caller's next attempt.
+// the handle there: the addresses every registry lists it at under the
+// same daemon fingerprint, merged (listedAt), as the handle's calls look
+// for it (locate). Failures are left to the caller's next attempt. Until
+// session 15 the first registry listing it won alone: a rogue one listing
+// the group under its real key at an address of its own had a watch that
+// found its daemon unreachable dial only that address from then on.
 func (g *Group) refresh(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, g.cl.cfg.DialTimeout)
 	defer cancel()
 	fp := g.peer().pin
-	for _, r := range g.regs {
-		list, err := r.List(ctx)
-		if err != nil {
-			continue
-		}
-		for _, e := range list.Groups {
-			if e.Group != g.id || e.Fingerprint != fp {
-				continue
-			}
-			p, err := g.peerAt(e.Addrs, e.Fingerprint)
-			if err != nil {
-				return
-			}
-			g.mu.Lock()
-			g.p = p
-			g.mu.Unlock()
-			return
-		}
+	addrs, _, found, _ := g.listedAt(ctx, fp)
+	if found != listedThere {
+		return
 	}
+	p, err := g.peerAt(addrs, fp)
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	g.p = p
+	g.mu.Unlock()
 }
 
 // peerAt returns the shared connection holder for the daemon at addrs

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -862,4 +863,114 @@ func cellGroupListedAtRogueAddresses(t *testing.T, silent bool) {
 	if _, err := g.Info(ctx); err != nil {
 		t.Errorf("info: %v", err)
 	}
+}
+
+// TestWatchFollowsMovePastRogueRegistry: a watch on a handle from two
+// registries, one a rogue listing the group under its real key at an
+// address of its own (another key answers there), its lease the longest;
+// the daemon stops and starts again at another address, which the real
+// registry lists. The handle's addresses held the rogue's, so every dial
+// met another key there and nothing at the old address: a wrong key was
+// the error, which the handle takes for final (it asks the registries
+// where the daemon went only while it is unreachable), and the watch
+// retried it for ever; and a watch that did find the group unreachable
+// asked the first registry alone where it went, the rogue. An address
+// that did not answer makes the dial's error ErrUnreachable (the key there
+// is unknown), and the watch asks every registry, as the handle's calls
+// do: it carries on at the new address.
+func TestWatchFollowsMovePastRogueRegistry(t *testing.T) {
+	stateDir := t.TempDir()
+	r, d, stop := setup(t, groupd.Config{StateDir: stateDir})
+	ctx := testCtx(t)
+	id, key := d.Groups()[0].ID, d.Fingerprint()
+	impostor := hostileDaemon(t, func(ctx context.Context, c *server.Call) error { return &wire.Error{Code: wire.CodeNotFound} })
+	rogueEntry := wire.GroupEntry{Group: id, Name: "lobby", Addrs: impostor.Addrs, Fingerprint: key, ExpiresMS: 1 << 40}
+	c, rogue := hostileRegistry(t, func([]byte) wire.Groups { return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{rogueEntry}} })
+	realReg, err := c.Registry(ctx, r.Addr().String(), r.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs := client.Registries{rogue, realReg}
+	var lobby client.ListedGroup
+	for lobby.Fingerprint.IsZero() || len(lobby.Addrs) < 2 {
+		groups, err := client.Listed(regs.List(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range groups {
+			if g.Group == id {
+				lobby = g
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the merged listing never held both registries' addresses: %+v", lobby)
+		}
+	}
+	g, err := regs.GroupListed(lobby)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.Join(ctx, "watcher", nil); err != nil {
+		t.Fatal(err)
+	}
+	bob := newClient(t)
+	gb := openGroup(t, bob, r.Addr().String(), "lobby")
+	if _, err := gb.Join(ctx, "bob", nil); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan client.Event, 64)
+	done := make(chan error, 1)
+	go func() {
+		for ev, err := range g.Watch(wctx, client.Query{}) {
+			if err != nil {
+				done <- err
+				return
+			}
+			if ev.Kind == client.EventMessage {
+				events <- ev
+			}
+		}
+		done <- nil
+	}()
+	waitBody := func(body string) {
+		t.Helper()
+		for {
+			select {
+			case ev := <-events:
+				if string(ev.Message.Body) == body {
+					return
+				}
+			case err := <-done:
+				t.Fatalf("the watch ended (%v) before %q", err, body)
+			case <-ctx.Done():
+				t.Fatalf("the watch never delivered %q", body)
+			}
+		}
+	}
+	if _, err := gb.Send(ctx, []byte("before the move")); err != nil {
+		t.Fatal(err)
+	}
+	waitBody("before the move")
+
+	stop()
+	_, stop = startGroups(t, groupd.Config{StateDir: stateDir, Groups: []groupd.Spec{{Name: "lobby"}},
+		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}})
+	gb = openGroup(t, bob, r.Addr().String(), "lobby")
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for ctx.Err() == nil {
+			if _, err := gb.Send(ctx, []byte("after the move")); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	waitBody("after the move")
+	<-sent
+	cancel()
+	<-done
 }
