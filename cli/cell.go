@@ -412,6 +412,9 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		}
 		contact := "-"
 		switch {
+		case st.State == "leader" && st != leader:
+			// A claim in an older term (or disputed): its contact with the
+			// cell is what is in doubt.
 		case st.State == "leader":
 			contact = "(leader)"
 		case st.LastContact == 0:

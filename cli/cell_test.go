@@ -599,7 +599,7 @@ func TestCellStatusLeaderByTerm(t *testing.T) {
 	out := cellStatusOut(t, *deposed, views, false)
 	for _, want := range []string{"leader " + b.Short() + " at 10.0.0.2:7374, term 7",
 		"LEADERS DISAGREE: 2 members claim to lead: " + b.Short() + " at 10.0.0.2:7374 in term 7, " + a.Short() + " at 10.0.0.1:7374 in term 5",
-		a.Short() + "  10.0.0.1:7374  leader (old term)  5     40       50"} {
+		a.Short() + "  10.0.0.1:7374  leader (old term)  5     40       50   -\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("huddle cell status:\n%s\nwant it to say %q", out, want)
 		}
