@@ -20,6 +20,15 @@ import (
 // 2^(queuedBehind+1) runs.
 const queuedBehind = 12
 
+// steadyLeader gives a cell's leader a lease and its followers a
+// patience of 1 s rather than 300 ms: the tests of Close hold its leader's
+// state machine through many commits, and under -race on two loaded cores
+// a leader kept from running for 300 ms lost its lead (1 run in ~20), and
+// the commits the test waited for never came.
+func steadyLeader(cfg *Config) {
+	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = time.Second, time.Second, time.Second
+}
+
 // holdLeaderFSM holds the state machine of l, leading, on an entry raft
 // was handed behind the node's back (so that Close does not wait for its
 // answer), and commits queuedBehind barriers behind it, each its own
@@ -86,7 +95,7 @@ func closeReleasing(t *testing.T, l *testMember, release func()) {
 // and Close waited for it for ever (session 14's CI hang, there in the
 // promotion of a member that caught up).
 func TestCloseWhileChangeQueued(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	c := newTestCell(t, 3, false, steadyLeader)
 	l := c.leader()
 	release := holdLeaderFSM(t, l)
 	stranger := strangerPeer(t)
@@ -109,7 +118,7 @@ func TestCloseWhileChangeQueued(t *testing.T) {
 // promotion of a member that caught up, which the leader makes by itself
 // (promote): the hang session 14's CI met in TestWrongPeerKeyRecovery.
 func TestCloseWhilePromotionQueued(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	c := newTestCell(t, 3, false, steadyLeader)
 	l := c.leader()
 	c.sendMany(l.group("lobby").ID, 0, 10) // for the new member to copy, held
 	d, releaseD := addCatchingUp(t, c)
@@ -138,7 +147,7 @@ const fsmQueue = 128
 // enqueue gave up at its deadline: a cell_add's whole deadline (an hour
 // here). (909a097, which landed without a test.)
 func TestCloseWhileChangeWaitsForRaft(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	c := newTestCell(t, 3, false, steadyLeader)
 	l := c.leader()
 	release := holdLeaderFSM(t, l)
 	for l.node.raft.Stats()["fsm_pending"] != strconv.Itoa(fsmQueue) {
