@@ -89,6 +89,11 @@ func (s *lone) start() {
 						}
 						s.handle(op, raw, st, stop)
 						st.Close()
+						// The request's end read, as a daemon does: quic-go
+						// gives a stream's credit back only once its FIN is
+						// read, and a FIN that came in a frame of its own
+						// (a loaded client's) is not read with the request.
+						io.Copy(io.Discard, st)
 					})
 				}
 			})
@@ -774,7 +779,13 @@ func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
 			done <- err
 		}()
 	}
-	<-full // every stream is a waiting send's; two more wait for credit
+	select { // every stream is a waiting send's; two more wait for credit
+	case <-full:
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("the daemon got %d sends at once, not its stream limit %d", sends, limit)
+	}
 	select {
 	case <-conn.Context().Done():
 		t.Fatalf("the client dropped the connection of a live daemon slow to answer: %v", context.Cause(conn.Context()))
