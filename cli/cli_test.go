@@ -96,7 +96,7 @@ func TestResolveGroup(t *testing.T) {
 	stolen := wire.GroupEntry{Group: c.Group, Name: "builds", Fingerprint: d2}
 	groups := []wire.GroupEntry{a, b, c}
 	hijacked := []wire.GroupEntry{a, b, c, named, stolen}
-	joinedB := joinedSet{{b.Group, b.Fingerprint}: "lobby", {c.Group, c.Fingerprint}: "builds"}
+	joinedB := joinedSet{{b.Group, b.Fingerprint}: {name: "lobby"}, {c.Group, c.Fingerprint}: {name: "builds"}}
 	for _, tc := range []struct {
 		groups    []wire.GroupEntry
 		joined    joinedSet
@@ -200,7 +200,7 @@ func TestResolveLookalikeNotSuggested(t *testing.T) {
 
 func TestResolveJoinedNotListed(t *testing.T) {
 	b := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{2}}
-	joined := joinedSet{{b.Group, b.Fingerprint}: "lobby"}
+	joined := joinedSet{{b.Group, b.Fingerprint}: {name: "lobby"}}
 	for _, ref := range []string{"lobby", "0193a4f2", b.Group.String()} {
 		_, err := resolveGroup(nil, ref, joined)
 		if !errors.Is(err, errNoGroup) || !strings.Contains(err.Error(), "you joined lobby ("+b.Group.String()) || !strings.Contains(err.Error(), "no registry that answered lists it") {
@@ -346,7 +346,7 @@ func TestUnknownVerbSuggests(t *testing.T) {
 func TestResolveJoinedRenamed(t *testing.T) {
 	real := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000001"), Name: "renamed", Fingerprint: wire.Fingerprint{1}}
 	fake := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{6}}
-	joined := joinedSet{{real.Group, real.Fingerprint}: "lobby"}
+	joined := joinedSet{{real.Group, real.Fingerprint}: {name: "lobby"}}
 	got, err := resolveGroup([]wire.GroupEntry{real, fake}, "lobby", joined)
 	if err != nil || got.Group != real.Group || got.Fingerprint != real.Fingerprint {
 		t.Fatalf("resolveGroup(lobby) with the joined lobby listed as %q = %s %v, want the joined group %s", real.Name, got.Group, err, real.Group)
@@ -371,7 +371,7 @@ func TestResolveJoinedCellAfterElection(t *testing.T) {
 		{Addr: "10.0.0.2:7374", Fingerprint: wire.Fingerprint{2}, Leader: true}, {Addr: "10.0.0.3:7374", Fingerprint: wire.Fingerprint{3}}}
 	real := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000001"), Name: "renamed", Fingerprint: wire.Fingerprint{2}, Replicas: replicas}
 	fake := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000002"), Name: "lobby", Fingerprint: wire.Fingerprint{6}}
-	joined := joinedSet{{real.Group, wire.Fingerprint{1}}: "lobby"} // joined while member 1 led
+	joined := joinedSet{{real.Group, wire.Fingerprint{1}}: {name: "lobby"}} // joined while member 1 led
 	got, err := resolveGroup([]wire.GroupEntry{real, fake}, "lobby", joined)
 	if err != nil || got.Group != real.Group {
 		t.Errorf("resolveGroup(lobby), the cell's group joined as lobby under the leader of the day = %s %v, want %s", got.Group, err, real.Group)
@@ -404,7 +404,7 @@ func TestResolveRenamedByRegistry(t *testing.T) {
 			t.Errorf("resolveGroup(%q) = %s %v, want %s alone", ref, got.Group, err, real.Group)
 		}
 	}
-	joined := joinedSet{{real.Group, real.Fingerprint}: "lobby"}
+	joined := joinedSet{{real.Group, real.Fingerprint}: {name: "lobby"}}
 	if got, err := resolveGroup(entries, "lobby", joined); err != nil || got.Group != real.Group {
 		t.Errorf("resolveGroup(lobby), the real one joined = %s %v, want %s", got.Group, err, real.Group)
 	}

@@ -210,18 +210,28 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	if err != nil {
 		return nil, wire.GroupEntry{}, err
 	}
-	entries, joined := listedEntries(l.groups), s.joined
+	groups, joined := l.groups, s.joined
 	if at := s.flags.daemon; at != nil {
 		// The user names the key: only the groups it serves, and no
 		// preference of the keys joined before.
-		entries = slices.DeleteFunc(entries, func(e wire.GroupEntry) bool { return !client.ServedBy(e, *at) })
+		groups = slices.DeleteFunc(slices.Clone(groups), func(g client.ListedGroup) bool { return !client.ServedBy(g.GroupEntry, *at) })
 		joined = nil
+	} else if joined != nil {
+		groups = joined.trusted(groups)
 	}
-	e, err := resolveGroup(entries, ref, joined)
+	e, err := resolveGroup(listedEntries(groups), ref, joined)
+	if k, ok := joined.find(e); err == nil && ok && joined.stale(l.groups, k) {
+		// The cell's members are not those recorded: ask them.
+		if set, changed := followCell(ctx, s.client, s.home, joinedLockWait, joined, k, l.groups); changed {
+			s.joined, joined = set, set
+			groups = joined.trusted(l.groups)
+			e, err = resolveGroup(listedEntries(groups), ref, joined)
+		}
+	}
 	if err != nil {
 		return nil, e, err
 	}
-	lg := listedOf(l.groups, e)
+	lg := listedOf(groups, e)
 	if len(l.regs) == 0 {
 		g, err := s.client.GroupListed(lg)
 		return g, e, err

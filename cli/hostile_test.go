@@ -393,7 +393,7 @@ func TestJoinedGroupListedUnderAnotherKey(t *testing.T) {
 	cell := []wire.Replica{{Addr: "127.0.0.1:9", Fingerprint: joined}, {Addr: "127.0.0.1:10", Fingerprint: wire.Fingerprint{2}, Leader: true}}
 	e := wire.GroupEntry{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:10"}, Fingerprint: wire.Fingerprint{2}, ExpiresMS: 20000, Replicas: cell}
 	rogue := wire.GroupEntry{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: impostor, ExpiresMS: 20000}
-	set := joinedSet{{id, joined}: "lobby"}
+	set := joinedSet{{id, joined}: {name: "lobby"}}
 	got, err := resolveGroup([]wire.GroupEntry{rogue, e}, "lobby", set)
 	if err != nil || got.Fingerprint != e.Fingerprint {
 		t.Errorf("resolveGroup: %v, %v; want the cell's group, led by %s", got.Fingerprint.Short(), err, e.Fingerprint.Short())

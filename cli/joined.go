@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,7 +27,18 @@ import (
 // among these first, so that a stranger who registers another group of the
 // same name (or one named like a UUID prefix) cannot take a member's
 // commands elsewhere or make them ambiguous.
+//
+// A cell's group (PROTOCOL.md §13) has a second line, "cell UUID
+// DAEMON-FINGERPRINT KEY...", after its own: the keys of the cell's
+// replica set, as listed when the user joined, and kept since from the
+// members' own word (followCell). Huddle binaries before it skip the line
+// (its first field is no UUID) and drop it when they write the file; a
+// group without one is taken as before: listed under its daemon key, or
+// with it among its replicas.
 const joinedFile = "joined"
+
+// cellLine begins the line of a cell's replica set in the joined file.
+const cellLine = "cell"
 
 // joinedGroup is one group the user joined: its UUID under one daemon's key.
 type joinedGroup struct {
@@ -34,8 +46,17 @@ type joinedGroup struct {
 	Daemon wire.Fingerprint
 }
 
+// joinedLine is what the joined file records of a group joined.
+type joinedLine struct {
+	name string // the group's name when joined
+	// cell, for a cell's group, are the keys of its replica set (cell
+	// UUID DAEMON KEY...); nil for a group of one daemon, or a cell's
+	// group recorded without them (by a binary before session 15).
+	cell []wire.Fingerprint
+}
+
 // joinedSet is the content of the joined file.
-type joinedSet map[joinedGroup]string // -> the group's name when joined
+type joinedSet map[joinedGroup]joinedLine
 
 func (j joinedSet) has(e wire.GroupEntry) bool {
 	_, ok := j.find(e)
@@ -46,31 +67,124 @@ func (j joinedSet) has(e wire.GroupEntry) bool {
 // they did not.
 func (j joinedSet) nameOf(e wire.GroupEntry) string {
 	k, _ := j.find(e)
-	return j[k]
+	return j[k].name
+}
+
+// trusts reports whether the line k of the joined file takes fp for a
+// key of its group: one of its cell's recorded replica set, else its own.
+func (j joinedSet) trusts(k joinedGroup, fp wire.Fingerprint) bool {
+	if l := j[k]; l.cell != nil {
+		return slices.Contains(l.cell, fp)
+	}
+	return k.Daemon == fp
 }
 
 // find returns the line of the joined file that records e's group, if
-// one does. A cell's group (PROTOCOL.md §13) is recorded under the key of
-// the member that led it when the user joined, and listed under the key
-// of the one that leads it now: it is joined under any of its replicas'
-// keys. Until session 15 it was looked up by the listing's key alone, so
-// after an election the group the user joined was no longer theirs: named
-// by its joined name it was not found, and a group a rogue registry
-// listed under that name was the name's only one, the user's sends going
-// there (the owner having renamed the real one); a leave left it joined.
+// one does: e is listed under a key the line trusts, or names one among
+// its replicas.
+//
+// A cell's group is listed under the key of the member that leads it
+// now: it is joined under any of its replicas' keys. Until session 15 it
+// was looked up by the listing's key alone, so after an election the
+// group the user joined was no longer theirs: named by its joined name it
+// was not found, and a group a rogue registry listed under that name was
+// the name's only one, the user's sends going there (the owner having
+// renamed the real one); a leave left it joined. And it was looked up by
+// the key the user joined it at alone: once that member was removed from
+// the cell (a host replaced), the group was another key's, refused until
+// the user took one (huddle join --daemon); a cell's line now trusts its
+// replica set.
 func (j joinedSet) find(e wire.GroupEntry) (joinedGroup, bool) {
-	k := joinedGroup{e.Group, e.Fingerprint}
-	if _, ok := j[k]; ok {
-		return k, true
+	if k := (joinedGroup{e.Group, e.Fingerprint}); j.trusts(k, e.Fingerprint) {
+		if _, ok := j[k]; ok {
+			return k, true
+		}
 	}
-	for _, r := range e.Replicas {
-		if k := (joinedGroup{e.Group, r.Fingerprint}); r.Fingerprint != e.Fingerprint {
-			if _, ok := j[k]; ok {
-				return k, true
-			}
+	for k := range j {
+		if k.Group == e.Group && (j.trusts(k, e.Fingerprint) || slices.ContainsFunc(e.Replicas, func(r wire.Replica) bool { return j.trusts(k, r.Fingerprint) })) {
+			return k, true
 		}
 	}
 	return joinedGroup{}, false
+}
+
+// trusted returns groups, a merged listing, with each cell's group the
+// user joined whose line records its replica set made one entry naming
+// only the members of that set (client.TrustedCell): the listings of its
+// UUID that name one of them, under whatever set, are that group. A
+// listing of its UUID that names none is left as it is: another group
+// (an impostor, or the group moved to keys the user has not taken).
+//
+// Why: a rogue registry listing the UUID with a set of one real member's
+// key and one of its own counted as the joined group, and the CLI found
+// two groups joined (ambiguous), huddle web took the first registry's:
+// the rogue's key was dialled.
+func (j joinedSet) trusted(groups []client.ListedGroup) []client.ListedGroup {
+	var out []client.ListedGroup
+	done := make(map[joinedGroup]bool)
+	for _, g := range groups {
+		k, ok := j.find(g.GroupEntry)
+		if !ok || j[k].cell == nil || len(g.Replicas) == 0 {
+			out = append(out, g)
+			continue
+		}
+		if done[k] {
+			continue
+		}
+		done[k] = true
+		var es []wire.GroupEntry
+		var names []string
+		at := make(map[wire.Fingerprint][]string)
+		for _, o := range groups {
+			if len(o.Replicas) == 0 || o.Group != k.Group {
+				continue
+			}
+			if ko, ok := j.find(o.GroupEntry); !ok || ko != k {
+				continue
+			}
+			es = append(es, o.GroupEntry)
+			for _, n := range append([]string{o.Name}, o.OtherNames...) {
+				if !slices.Contains(names, n) {
+					names = append(names, n)
+				}
+			}
+			for fp, addrs := range o.MemberAddrs {
+				if j.trusts(k, fp) {
+					for _, a := range addrs {
+						if !slices.Contains(at[fp], a) {
+							at[fp] = append(at[fp], a)
+						}
+					}
+				}
+			}
+		}
+		e, _ := client.TrustedCell(es, j[k].cell)
+		t := client.ListedGroup{GroupEntry: e, ListedBy: g.ListedBy, MemberAddrs: at}
+		for _, n := range names {
+			if n != e.Name {
+				t.OtherNames = append(t.OtherNames, n)
+			}
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// listedKeys returns the keys of the members every listing in groups of
+// k's group names (as find takes them), each once.
+func (j joinedSet) listedKeys(groups []client.ListedGroup, k joinedGroup) []wire.Fingerprint {
+	var keys []wire.Fingerprint
+	for _, g := range groups {
+		if ko, ok := j.find(g.GroupEntry); !ok || ko != k {
+			continue
+		}
+		for _, r := range g.Replicas {
+			if !slices.Contains(keys, r.Fingerprint) {
+				keys = append(keys, r.Fingerprint)
+			}
+		}
+	}
+	return keys
 }
 
 // named returns the joined group ref names (its name when joined, its UUID,
@@ -78,16 +192,16 @@ func (j joinedSet) find(e wire.GroupEntry) (joinedGroup, bool) {
 func (j joinedSet) named(ref string) (joinedGroup, string, bool) {
 	lower := strings.ToLower(strings.TrimSpace(ref))
 	var found []joinedGroup
-	for k, name := range j {
+	for k, l := range j {
 		id := k.Group.String()
-		if name == strings.TrimSpace(ref) || id == lower || len(lower) >= minPrefix && strings.HasPrefix(id, lower) {
+		if l.name == strings.TrimSpace(ref) || id == lower || len(lower) >= minPrefix && strings.HasPrefix(id, lower) {
 			found = append(found, k)
 		}
 	}
 	if len(found) != 1 {
 		return joinedGroup{}, "", false
 	}
-	return found[0], j[found[0]], true
+	return found[0], j[found[0]].name, true
 }
 
 // loadJoined reads the joined file in dir; a missing file is an empty set.
@@ -104,7 +218,14 @@ func loadJoined(dir string) (joinedSet, error) {
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	cells := make(map[joinedGroup][]wire.Fingerprint)
 	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), cellLine+" "); ok {
+			if k, keys, ok := parseCellLine(rest); ok {
+				cells[k] = keys
+			}
+			continue
+		}
 		fields := strings.SplitN(sc.Text(), " ", 3)
 		if len(fields) < 2 {
 			continue
@@ -118,9 +239,48 @@ func loadJoined(dir string) (joinedSet, error) {
 		if len(fields) == 3 {
 			name = fields[2]
 		}
-		set[joinedGroup{id, fp}] = name
+		set[joinedGroup{id, fp}] = joinedLine{name: name}
+	}
+	for k, keys := range cells {
+		if l, ok := set[k]; ok && slices.Contains(keys, k.Daemon) {
+			l.cell = keys
+			set[k] = l
+		}
 	}
 	return set, sc.Err()
+}
+
+// maxCellKeys bounds the keys of a cell line read: a cell has at most 9
+// members (PROTOCOL.md §13).
+const maxCellKeys = 9
+
+// parseCellLine reads a cell line of the joined file after its "cell ":
+// the group's UUID, its daemon key, and the keys of its replica set,
+// which must hold that key.
+func parseCellLine(rest string) (joinedGroup, []wire.Fingerprint, bool) {
+	fields := strings.Fields(rest)
+	if len(fields) < 3 || len(fields) > 2+maxCellKeys {
+		return joinedGroup{}, nil, false
+	}
+	id, err := uuid.Parse(fields[0])
+	if err != nil {
+		return joinedGroup{}, nil, false
+	}
+	fp, err := wire.ParseFingerprint(fields[1])
+	if err != nil {
+		return joinedGroup{}, nil, false
+	}
+	keys := make([]wire.Fingerprint, 0, len(fields)-2)
+	for _, f := range fields[2:] {
+		k, err := wire.ParseFingerprint(f)
+		if err != nil {
+			return joinedGroup{}, nil, false
+		}
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return joinedGroup{id, fp}, keys, true
 }
 
 // saveJoined writes set to the joined file in dir, atomically (a file
@@ -137,11 +297,19 @@ func loadJoined(dir string) (joinedSet, error) {
 // which the CLI and huddle web then preferred over every registry's.
 func saveJoined(dir string, set joinedSet) error {
 	var b strings.Builder
-	for k, name := range set {
+	for k, l := range set {
+		name := l.name
 		if !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
 			name = ""
 		}
 		fmt.Fprintf(&b, "%s %s %s\n", k.Group, k.Daemon, name)
+		if l.cell != nil {
+			fmt.Fprintf(&b, "%s %s %s", cellLine, k.Group, k.Daemon)
+			for _, fp := range l.cell {
+				fmt.Fprintf(&b, " %s", fp)
+			}
+			b.WriteByte('\n')
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -232,7 +400,16 @@ func joining(e wire.GroupEntry) func(joinedSet) bool {
 		if set.has(e) {
 			return false
 		}
-		set[joinedGroup{e.Group, e.Fingerprint}] = e.Name
+		l := joinedLine{name: e.Name}
+		for _, r := range e.Replicas {
+			if !slices.Contains(l.cell, r.Fingerprint) {
+				l.cell = append(l.cell, r.Fingerprint)
+			}
+		}
+		if l.cell != nil && !slices.Contains(l.cell, e.Fingerprint) {
+			l.cell = nil // not a listing the client takes (client.Merge refuses it)
+		}
+		set[joinedGroup{e.Group, e.Fingerprint}] = l
 		return true
 	}
 }
@@ -349,8 +526,12 @@ func (j *joinedRecord) Has(group client.UUID, daemon client.Fingerprint) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.load()
-	_, ok := j.set[joinedGroup{group, daemon}]
-	return ok
+	for k := range j.set {
+		if k.Group == group && j.set.trusts(k, daemon) {
+			return true
+		}
+	}
+	return false
 }
 
 // Groups returns the groups joined, each under the name it was joined
@@ -360,8 +541,8 @@ func (j *joinedRecord) Groups() []client.GroupEntry {
 	defer j.mu.Unlock()
 	j.load()
 	out := make([]client.GroupEntry, 0, len(j.set))
-	for k, name := range j.set {
-		out = append(out, client.GroupEntry{Group: k.Group, Fingerprint: k.Daemon, Name: name})
+	for k, l := range j.set {
+		out = append(out, client.GroupEntry{Group: k.Group, Fingerprint: k.Daemon, Name: l.name})
 	}
 	return out
 }
@@ -382,4 +563,139 @@ func (j *joinedRecord) update(change func(joinedSet) bool) {
 	j.mu.Lock()
 	j.set, j.mod, j.size = set, time.Time{}, 0 // read again at the next look
 	j.mu.Unlock()
+}
+
+// cellFollowWait bounds each cell_status question followCell asks.
+const cellFollowWait = 2 * time.Second
+
+// stale reports whether the replica set recorded for k, a cell's group the
+// user joined, is not the set the listings in groups name (a line without
+// one, written before session 15, is).
+func (j joinedSet) stale(groups []client.ListedGroup, k joinedGroup) bool {
+	listed := j.listedKeys(groups, k)
+	if len(listed) == 0 {
+		return false // a group of one daemon
+	}
+	cell := j[k].cell
+	return len(cell) != len(listed) || slices.ContainsFunc(listed, func(fp wire.Fingerprint) bool { return !slices.Contains(cell, fp) })
+}
+
+// followCell brings the replica set the joined file in dir records for k,
+// a cell's group, to the cell's own word: it asks cell_status of each
+// member the listings in groups name whose key the line trusts, at each
+// address listed for it, that key pinned (the daemon must present it in
+// the handshake, and the answer's self name it: client.CellStatus), and
+// records the members of the first answer, under the answering member's
+// key if the one recorded is no longer among them. It returns the set as
+// written, and whether it changed.
+//
+// Why: the set comes from the members, over a connection authenticated
+// as a member the user already trusts, never from a registry's listing:
+// anyone may list any UUID with any keys. A member replaced by the cell's
+// operator (README, "A three-host cell") is so followed to its successor.
+func followCell(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
+	type at struct {
+		fp   wire.Fingerprint
+		addr string
+	}
+	var ask []at
+	add := func(fp wire.Fingerprint, addr string) {
+		if set.trusts(k, fp) && addr != "" && !slices.Contains(ask, at{fp, addr}) {
+			ask = append(ask, at{fp, addr})
+		}
+	}
+	for _, g := range groups {
+		if ko, ok := set.find(g.GroupEntry); !ok || ko != k {
+			continue
+		}
+		for _, r := range g.Replicas {
+			add(r.Fingerprint, r.Addr)
+		}
+		for fp, addrs := range g.MemberAddrs {
+			for _, a := range addrs {
+				add(fp, a)
+			}
+		}
+	}
+	for _, a := range ask {
+		qctx, cancel := context.WithTimeout(ctx, cellFollowWait)
+		st, err := c.CellStatus(qctx, a.addr, a.fp)
+		cancel()
+		if err != nil || len(st.Members) == 0 || len(st.Members) > maxCellKeys {
+			continue
+		}
+		var keys []wire.Fingerprint
+		for _, m := range st.Members {
+			if !slices.Contains(keys, m.Fingerprint) {
+				keys = append(keys, m.Fingerprint)
+			}
+		}
+		changed := false
+		change := followed(k.Group, a.fp, keys)
+		written, err := updateJoined(dir, lockWait, func(set joinedSet) bool {
+			changed = change(set)
+			return changed
+		})
+		if err != nil {
+			return set, false
+		}
+		return written, changed
+	}
+	return set, false
+}
+
+// followed is updateJoined's change recording keys, the members of a
+// cell as member answered cell_status, as the replica set of group's
+// line that trusts member, under member's key if the key recorded is no
+// longer among them (the first of keys if member is not either).
+func followed(group wire.UUID, member wire.Fingerprint, keys []wire.Fingerprint) func(joinedSet) bool {
+	return func(set joinedSet) bool {
+		if len(keys) == 0 || len(keys) > maxCellKeys {
+			return false
+		}
+		for k, l := range set {
+			if k.Group != group || !set.trusts(k, member) {
+				continue
+			}
+			if l.cell != nil && len(l.cell) == len(keys) && !slices.ContainsFunc(keys, func(fp wire.Fingerprint) bool { return !slices.Contains(l.cell, fp) }) {
+				return false
+			}
+			l.cell = nil
+			for _, fp := range keys {
+				if !slices.Contains(l.cell, fp) {
+					l.cell = append(l.cell, fp)
+				}
+			}
+			if !slices.Contains(keys, k.Daemon) {
+				delete(set, k)
+				k.Daemon = keys[0]
+				if slices.Contains(keys, member) {
+					k.Daemon = member
+				}
+			}
+			set[k] = l
+			return true
+		}
+		return false // left, or followed, meanwhile
+	}
+}
+
+// Cell returns the keys of the replica set recorded for group, a cell's
+// group joined (web.JoinedCells); nil if none is.
+func (j *joinedRecord) Cell(group client.UUID) []client.Fingerprint {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.load()
+	for k, l := range j.set {
+		if k.Group == group && l.cell != nil {
+			return slices.Clone(l.cell)
+		}
+	}
+	return nil
+}
+
+// Follow records members as group's replica set, member's word
+// (web.JoinedCells).
+func (j *joinedRecord) Follow(group client.UUID, member client.Fingerprint, members []client.Fingerprint) {
+	j.update(followed(group, member, members))
 }

@@ -205,7 +205,7 @@ func TestJoinedRecordSharedWithCommands(t *testing.T) {
 	}
 	ops := wire.GroupEntry{Group: wire.UUID{4}, Fingerprint: wire.Fingerprint{5}, Name: "ops"}
 	set, _ := loadJoined(dir)
-	set[joinedGroup{ops.Group, ops.Fingerprint}] = ops.Name
+	set[joinedGroup{ops.Group, ops.Fingerprint}] = joinedLine{name: ops.Name}
 	if err := saveJoined(dir, set); err != nil { // huddle join ops, beside the page
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestJoinedRecordSharedWithCommands(t *testing.T) {
 	if !r.Has(ops.Group, ops.Fingerprint) {
 		t.Errorf("a group a command joined beside the page is not seen")
 	}
-	set[joinedGroup{wire.UUID{8}, wire.Fingerprint{9}}] = "dev"
+	set[joinedGroup{wire.UUID{8}, wire.Fingerprint{9}}] = joinedLine{name: "dev"}
 	if err := saveJoined(dir, set); err != nil { // huddle join dev, just now
 		t.Fatal(err)
 	}

@@ -282,3 +282,56 @@ func ReplicaSet(rs []Replica) Fingerprint {
 	copy(out[:], h.Sum(nil))
 	return out
 }
+
+// TrustedCell returns the entry of a cell's group that names, of the
+// listings es (of one UUID), only the members whose keys are in keys: the
+// replica set a program recorded for the group when the user joined it,
+// and kept since from the members' own word (huddle's joined file). Its
+// replicas are every listing's members of the set (each once, at the
+// address its first listing names), in the reference order; its leader
+// (Fingerprint, Addrs) the first listing's whose leader is in the set,
+// else the first member found, marked leader by none. The other fields
+// are those of that listing. It reports false if no listing names a
+// member of the set.
+//
+// Why: a registry's word on a cell's members is a registry's word. A
+// rogue registry listing the group's UUID with a set of one real member's
+// key and one of its own (its leader) counted as the group joined, and
+// had the client send there; and the members a cell's operator added
+// since the join were another key's, the group refused, until the user
+// took one (huddle join --daemon).
+func TrustedCell(es []GroupEntry, keys []Fingerprint) (GroupEntry, bool) {
+	trusted := func(fp Fingerprint) bool { return slices.Contains(keys, fp) }
+	var rs []Replica
+	led, named := -1, -1
+	for i, e := range es {
+		for _, r := range e.Replicas {
+			if trusted(r.Fingerprint) && !slices.ContainsFunc(rs, func(o Replica) bool { return o.Fingerprint == r.Fingerprint }) {
+				rs = append(rs, Replica{Addr: r.Addr, Fingerprint: r.Fingerprint})
+			}
+		}
+		if named < 0 && len(rs) > 0 {
+			named = i
+		}
+		if led < 0 && trusted(e.Fingerprint) {
+			led = i
+		}
+	}
+	if len(rs) == 0 {
+		return GroupEntry{}, false
+	}
+	slices.SortFunc(rs, func(a, b Replica) int { return bytes.Compare(a.Fingerprint[:], b.Fingerprint[:]) })
+	if led >= 0 {
+		out := es[led]
+		for i := range rs {
+			rs[i].Leader = rs[i].Fingerprint == out.Fingerprint &&
+				slices.ContainsFunc(out.Replicas, func(r Replica) bool { return r.Fingerprint == out.Fingerprint && r.Leader })
+		}
+		out.Replicas = rs
+		return out, true
+	}
+	out := es[named]
+	i := slices.IndexFunc(rs, func(r Replica) bool { return ServedBy(out, r.Fingerprint) })
+	out.Fingerprint, out.Addrs, out.Replicas = rs[i].Fingerprint, []string{rs[i].Addr}, rs
+	return out, true
+}
