@@ -62,6 +62,13 @@ type directory struct {
 	// joinedNow is what Joined said at the last merge: each group joined
 	// (its UUID and daemon key) and the name it was joined under.
 	joinedNow map[groupKey]string
+	// cellsNow is what Joined said at the last merge of the replica set
+	// of each cell's group joined (JoinedCells), by UUID: nil for a group
+	// without one.
+	cellsNow map[wire.UUID][]wire.Fingerprint
+	// followAt is when each joined cell's group's set was last asked of
+	// its members (followLocked).
+	followAt map[wire.UUID]time.Time
 	// held are the groups the user joined that registries list only
 	// under daemon keys they did not join them under (pickKeysLocked),
 	// each with those keys: shown unlisted, never reached at those keys.
@@ -451,16 +458,23 @@ func (d *directory) merge() {
 		}
 	}()
 	var joined map[groupKey]string
+	var cellSets map[wire.UUID][]wire.Fingerprint
 	if d.joined != nil {
 		// Not under d.mu: a Joined may read a file.
 		groups := d.joined.Groups()
 		joined = make(map[groupKey]string, len(groups))
+		jc, _ := d.joined.(JoinedCells)
+		cellSets = make(map[wire.UUID][]wire.Fingerprint)
 		for _, e := range groups {
 			joined[groupKey{e.Group, e.Fingerprint}] = e.Name
+			if jc != nil {
+				cellSets[e.Group] = jc.Cell(e.Group)
+			}
 		}
 	}
 	d.mu.Lock()
-	d.joinedNow = joined
+	d.joinedNow, d.cellsNow = joined, cellSets
+	d.followLocked(now)
 	cells := d.cellsLocked(now)
 	pick, held := d.pickKeysLocked(now, cells)
 	d.held = held
@@ -1174,6 +1188,134 @@ func sameGroup(a, b wire.GroupEntry) bool {
 	return a.Fingerprint == b.Fingerprint
 }
 
+// trustedCellsLocked returns, by the index of its registry in d.regs, a
+// copy of each listing merge uses (as of now) that lists a cell's group
+// the user joined whose replica set the Joined records (d.cellsNow), its
+// entries of that group that name a member of the set made one
+// (client.TrustedCell over every registry's, in order), each keeping its
+// name and lease. d.mu is held.
+//
+// Why: a rogue registry listing the UUID with a set of one real member's
+// key and one of its own counted as the group joined, and the page took
+// the first registry's: the rogue's key was dialled, and got what the
+// page sent.
+func (d *directory) trustedCellsLocked(now time.Time) map[int][]wire.GroupEntry {
+	var base map[int][]wire.GroupEntry
+	usable := func(rs *registryState) bool { return !rs.at.IsZero() && now.Sub(rs.at) <= staleListing }
+	names := func(e wire.GroupEntry, cell []wire.Fingerprint) bool {
+		return slices.ContainsFunc(e.Replicas, func(r wire.Replica) bool { return slices.Contains(cell, r.Fingerprint) })
+	}
+	for id, cell := range d.cellsNow {
+		if cell == nil {
+			continue
+		}
+		var es []wire.GroupEntry
+		for _, rs := range d.regs {
+			if usable(rs) {
+				for _, e := range rs.entries {
+					if e.Group == id && names(e, cell) {
+						es = append(es, e)
+					}
+				}
+			}
+		}
+		t, ok := client.TrustedCell(es, cell)
+		if !ok {
+			continue
+		}
+		for i, rs := range d.regs {
+			if !usable(rs) {
+				continue
+			}
+			for j, e := range rs.entries {
+				if e.Group != id || !names(e, cell) {
+					continue
+				}
+				if base == nil {
+					base = make(map[int][]wire.GroupEntry)
+				}
+				if _, ok := base[i]; !ok {
+					base[i] = slices.Clone(rs.entries)
+				}
+				base[i][j].Fingerprint, base[i][j].Addrs, base[i][j].Replicas = t.Fingerprint, t.Addrs, t.Replicas
+			}
+		}
+	}
+	return base
+}
+
+// followEvery bounds how often the members of a joined cell's group are
+// asked for its replica set while registries list another (followLocked).
+const followEvery = 10 * time.Second
+
+// followLocked asks, for each cell's group the user joined whose
+// listings (those merge uses, as of now) name another set of replicas
+// than the Joined records for it (JoinedCells; none recorded is another),
+// a member of the recorded set the listings name for its view of the cell
+// (cell_status, its key pinned: client.CellStatus), on a goroutine of
+// run's, and records the members of the first answer (JoinedCells.Follow):
+// the next merge takes them. At most every followEvery per group. d.mu is
+// held.
+func (d *directory) followLocked(now time.Time) {
+	jc, ok := d.joined.(JoinedCells)
+	ctx := d.ctx
+	if !ok || ctx == nil || ctx.Err() != nil {
+		return
+	}
+	type at struct {
+		fp   wire.Fingerprint
+		addr string
+	}
+	for id, cell := range d.cellsNow {
+		if now.Sub(d.followAt[id]) < followEvery {
+			continue
+		}
+		var listed []wire.Fingerprint
+		var ask []at
+		for _, rs := range d.regs {
+			if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
+				continue
+			}
+			for _, e := range rs.entries {
+				if e.Group != id || !slices.ContainsFunc(e.Replicas, func(r wire.Replica) bool { return d.joined.Has(id, r.Fingerprint) }) {
+					continue
+				}
+				for _, r := range e.Replicas {
+					if !slices.Contains(listed, r.Fingerprint) {
+						listed = append(listed, r.Fingerprint)
+					}
+					if d.joined.Has(id, r.Fingerprint) && !slices.Contains(ask, at{r.Fingerprint, r.Addr}) {
+						ask = append(ask, at{r.Fingerprint, r.Addr})
+					}
+				}
+			}
+		}
+		if len(ask) == 0 || len(listed) == len(cell) && !slices.ContainsFunc(listed, func(fp wire.Fingerprint) bool { return !slices.Contains(cell, fp) }) {
+			continue
+		}
+		if d.followAt == nil {
+			d.followAt = make(map[wire.UUID]time.Time)
+		}
+		d.followAt[id] = now
+		d.wg.Go(func() {
+			for _, a := range ask {
+				qctx, cancel := context.WithTimeout(ctx, registryTimeout)
+				st, err := d.c.CellStatus(qctx, a.addr, a.fp)
+				cancel()
+				if err != nil || len(st.Members) == 0 {
+					continue
+				}
+				keys := make([]wire.Fingerprint, 0, len(st.Members))
+				for _, m := range st.Members {
+					keys = append(keys, m.Fingerprint)
+				}
+				jc.Follow(id, a.fp, keys)
+				return
+			}
+		})
+	}
+}
+
 // entries returns the listing of rs, the i-th of d.regs, as merge takes
 // it.
 func (c *cellViews) entries(i int, rs *registryState) []wire.GroupEntry {
@@ -1188,18 +1330,25 @@ func (c *cellViews) entries(i int, rs *registryState) []wire.GroupEntry {
 // (merge skips them). d.mu is held.
 func (d *directory) cellsLocked(now time.Time) *cellViews {
 	c := &cellViews{members: make(map[cellKey]map[wire.Fingerprint][]string)}
+	base := d.trustedCellsLocked(now)
 	type latest struct {
 		e     wire.GroupEntry
 		until time.Time
 	}
 	last := make(map[cellKey]*latest)
 	usable := func(rs *registryState) bool { return !rs.at.IsZero() && now.Sub(rs.at) <= staleListing }
-	for _, rs := range d.regs {
+	entries := func(i int, rs *registryState) []wire.GroupEntry {
+		if v, ok := base[i]; ok {
+			return v
+		}
+		return rs.entries
+	}
+	for i, rs := range d.regs {
 		if !usable(rs) {
 			continue
 		}
 		listed := make(map[cellKey]bool)
-		for _, e := range rs.entries {
+		for _, e := range entries(i, rs) {
 			k := cellOf(e)
 			if k == (cellKey{}) || listed[k] {
 				continue
@@ -1212,6 +1361,9 @@ func (d *directory) cellsLocked(now time.Time) *cellViews {
 		}
 	}
 	if len(last) == 0 {
+		if len(base) > 0 {
+			c.views = base
+		}
 		return c
 	}
 	for k, l := range last {
@@ -1226,7 +1378,10 @@ func (d *directory) cellsLocked(now time.Time) *cellViews {
 		}
 		listed := make(map[cellKey]bool)
 		var view []wire.GroupEntry
-		for j, e := range rs.entries {
+		if v, ok := base[i]; ok {
+			view = v // its own copy
+		}
+		for j, e := range entries(i, rs) {
 			k := cellOf(e)
 			if k == (cellKey{}) || listed[k] {
 				continue
@@ -1238,7 +1393,7 @@ func (d *directory) cellsLocked(now time.Time) *cellViews {
 				continue
 			}
 			if view == nil {
-				view = slices.Clone(rs.entries)
+				view = slices.Clone(entries(i, rs))
 			}
 			view[j].Fingerprint, view[j].Addrs, view[j].Replicas = l.Fingerprint, l.Addrs, l.Replicas
 		}
