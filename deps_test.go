@@ -25,45 +25,48 @@ const module = "github.com/huddle-chat/huddle"
 // QUIC server machinery); only the command, the CLI and the load tools
 // start daemons (and TestCLIUsesDaemonsThroughConfigs says how).
 var importRules = map[string][]string{
-	"wire":     nil,
-	"store":    nil,
-	"metrics":  nil,
-	"identity": {"wire"},
+	"wire":    nil,
+	"store":   nil,
+	"metrics": nil,
+	// The lock and link rule of the user's own files that several
+	// processes write at once (known_registries, the joined file).
+	"internal/lockfile": nil,
+	"identity":          {"wire", "internal/lockfile"},
 	// discovery speaks mDNS only; it learns nothing of huddle's frames.
 	"discovery": {"wire"},
-	"client":    {"wire", "identity"},
-	"cell":      {"wire", "identity", "store", "cell/raftlog"},
+	"client":    {"wire", "identity", "internal/lockfile"},
+	"cell":      {"wire", "identity", "store", "cell/raftlog", "internal/lockfile"},
 	// raft's log and votes on disk: nothing of ours.
 	"cell/raftlog": nil,
 	// The QUIC server machinery the daemons share: it knows nothing of
 	// either daemon (cell only for the ALPN of a cell's members).
-	"daemon/server": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/internal/sparse"},
+	"daemon/server": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/internal/sparse", "internal/lockfile"},
 	// What the daemons share besides their server: their lifecycle, the
 	// state directory's lock, pacing of like log lines, and the raw
 	// protocol peer of their tests.
-	"daemon/internal/lifecycle": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/server", "daemon/internal/sparse"},
+	"daemon/internal/lifecycle": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/server", "daemon/internal/sparse", "internal/lockfile"},
 	"daemon/internal/statedir":  nil,
 	"daemon/internal/sparse":    nil,
-	"daemon/internal/peertest":  {"wire", "identity"},
+	"daemon/internal/peertest":  {"wire", "identity", "internal/lockfile"},
 	// The registry daemon: never the group daemon.
 	"daemon/registry": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "discovery",
-		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
+		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "internal/lockfile"},
 	// The group daemon: never the registry.
 	"daemon/groupd": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
-		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
-	"loadgen": {"wire", "identity", "client"},
-	"web":     {"wire", "identity", "client"},
+		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "internal/lockfile"},
+	"loadgen": {"wire", "identity", "client", "internal/lockfile"},
+	"web":     {"wire", "identity", "client", "internal/lockfile"},
 	"cli": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
-		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
+		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web", "internal/lockfile"},
 	"": {"cli", "wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
-		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web"},
+		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "loadgen", "web", "internal/lockfile"},
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
 	"internal/netlab":   nil,
 	"internal/history":  {"wire"},
 	"internal/soak": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
-		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir"},
+		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "internal/lockfile"},
 	"internal/testbin":     nil,
 	"internal/testdisk":    nil,
 	"internal/testlog":     nil,

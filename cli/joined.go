@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -332,24 +333,9 @@ func saveJoined(dir string, set joinedSet) error {
 }
 
 // joinedPath returns the path of the joined file in dir, or of the file a
-// symbolic link there names (through up to 8 links, relative ones from
-// the link's directory): changes are written, and locked, there. Renamed
-// over the link, the first change replaced it with a file of its own, and
-// the file it named (kept with other dotfiles) got no more joins.
-func joinedPath(dir string) string {
-	path := filepath.Join(dir, joinedFile)
-	for range 8 {
-		to, err := os.Readlink(path)
-		if err != nil {
-			break // not a link (or none yet)
-		}
-		if !filepath.IsAbs(to) {
-			to = filepath.Join(filepath.Dir(path), to)
-		}
-		path = to
-	}
-	return path
-}
+// symbolic link there names (lockfile.Target): changes are written, and
+// locked, there.
+func joinedPath(dir string) string { return lockfile.Target(filepath.Join(dir, joinedFile)) }
 
 // joinedLockWait bounds how long a change of the joined file waits for
 // another process's lock: a writer holds it for a read and a rename.
@@ -379,7 +365,10 @@ func updateJoined(dir string, wait time.Duration, change func(joinedSet) bool) (
 		return nil, err
 	}
 	defer lf.Close() // releases the lock
-	if err := lockJoinedFile(lf, wait); err != nil {
+	if err := lockfile.Lock(lf, wait); err != nil {
+		if errors.Is(err, lockfile.ErrHeld) {
+			err = errJoinedLocked
+		}
 		return nil, fmt.Errorf("lock %s: %w", lf.Name(), err)
 	}
 	set, err := loadJoined(dir)

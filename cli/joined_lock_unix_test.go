@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -35,7 +36,7 @@ func TestJoinedRecordReadersDoNotWaitForLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiting := make(chan struct{}, 1)
-	flock = func(fd, how int) error {
+	lockfile.Flock = func(fd, how int) error {
 		err := syscall.Flock(fd, how)
 		if err == syscall.EWOULDBLOCK {
 			select {
@@ -45,7 +46,7 @@ func TestJoinedRecordReadersDoNotWaitForLock(t *testing.T) {
 		}
 		return err
 	}
-	t.Cleanup(func() { flock = syscall.Flock })
+	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
 	added := make(chan struct{})
 	go func() {
 		defer close(added)

@@ -15,6 +15,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -341,9 +342,9 @@ func (k *KnownHosts) lock() (unlock func(), err error) {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
 	wait := cmp.Or(k.lockWait, pinsLockWait)
-	if err := lockFile(f, wait); err != nil {
+	if err := lockfile.Lock(f, wait); err != nil {
 		f.Close()
-		if errors.Is(err, ErrPinsLocked) {
+		if errors.Is(err, lockfile.ErrHeld) {
 			return nil, fmt.Errorf("%w: %s held for over %v; nothing was written (a huddle command stopped with ^Z holds it: resume or end it)", ErrPinsLocked, f.Name(), wait)
 		}
 		return nil, fmt.Errorf("known registries: lock %s: %w", f.Name(), err)
@@ -351,27 +352,9 @@ func (k *KnownHosts) lock() (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// target returns the path of the file k.path names: the file a symbolic
-// link there names (made relative to the link's directory), through up to
-// 8 links, else k.path. Changes are written there, and locked beside it: a
-// pin renamed over the link replaced it with a file of its own, so the
-// file it named (a dotfile kept elsewhere, shared by two HUDDLE_HOMEs)
-// stopped getting pins, and writers through the link and through the file
-// locked two lock files and lost each other's pins.
-func (k *KnownHosts) target() string {
-	path := k.path
-	for range 8 {
-		to, err := os.Readlink(path)
-		if err != nil {
-			break // not a link (or none yet)
-		}
-		if !filepath.IsAbs(to) {
-			to = filepath.Join(filepath.Dir(path), to)
-		}
-		path = to
-	}
-	return path
-}
+// target is the file k.path names: lockfile.Target. Changes are written
+// there, and locked beside it.
+func (k *KnownHosts) target() string { return lockfile.Target(k.path) }
 
 // write replaces the file atomically (a temporary file renamed over it), so
 // a crash never leaves it half written. It keeps the pins' order.

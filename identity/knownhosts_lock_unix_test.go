@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -19,8 +20,8 @@ import (
 // pinned, unlocked, as before the writers' lock. With the lock's error
 // every first use of a registry there failed.
 func TestKnownHostsWithoutLocks(t *testing.T) {
-	flock = func(int, int) error { return syscall.ENOLCK }
-	t.Cleanup(func() { flock = syscall.Flock })
+	lockfile.Flock = func(int, int) error { return syscall.ENOLCK }
+	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
 	if err := OpenKnownHosts(path).Check("reg:7373", wire.Fingerprint{1}); err != nil {
 		t.Fatalf("Check of a new name where flock answers ENOLCK: %v", err)
@@ -105,7 +106,7 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiting := make(chan struct{}, 1)
-	flock = func(fd, how int) error {
+	lockfile.Flock = func(fd, how int) error {
 		err := syscall.Flock(fd, how)
 		if err == syscall.EWOULDBLOCK {
 			select {
@@ -115,7 +116,7 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 		}
 		return err
 	}
-	t.Cleanup(func() { flock = syscall.Flock })
+	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
 	k := OpenKnownHosts(path)
 	k.lockWait = time.Hour // the test lets go of the lock
 	changed := make(chan error, 1)

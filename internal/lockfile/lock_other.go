@@ -1,0 +1,12 @@
+//go:build !unix
+
+package lockfile
+
+import (
+	"os"
+	"time"
+)
+
+// Lock does nothing where the system has no flock: writers in different
+// processes may lose each other's changes there (the last write wins).
+func Lock(*os.File, time.Duration) error { return nil }

@@ -1,0 +1,42 @@
+//go:build unix
+
+package lockfile
+
+import (
+	"os"
+	"syscall"
+	"time"
+)
+
+// Flock is syscall.Flock; tests replace it (to see a writer wait, or a
+// file system without locks).
+var Flock = syscall.Flock
+
+// Lock takes an exclusive lock on f, waiting for other holders (other
+// processes, or other open files in this one) at most wait: ErrHeld after
+// it. Closing f releases it. On a file system that has no locks (NFS
+// without its lock service: ENOLCK) it takes none and says nothing is
+// wrong: writers there may lose each other's changes, as where the system
+// has no flock (lock_other.go), rather than every change being refused.
+//
+// The lock is tried without blocking, again and again (every 10 ms at
+// most): a blocking flock cannot be given up.
+func Lock(f *os.File, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	pause := time.Millisecond
+	for {
+		switch err := Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err {
+		case syscall.EINTR:
+		case syscall.ENOLCK, syscall.EOPNOTSUPP, syscall.ENOSYS:
+			return nil
+		case syscall.EWOULDBLOCK:
+			if !time.Now().Before(deadline) {
+				return ErrHeld
+			}
+			time.Sleep(min(pause, time.Until(deadline)))
+			pause = min(2*pause, 10*time.Millisecond)
+		default:
+			return err
+		}
+	}
+}
