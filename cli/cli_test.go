@@ -212,6 +212,35 @@ func TestResolveJoinedNotListed(t *testing.T) {
 	}
 }
 
+// A group the user joined, listed now only under another daemon key and
+// another name, is a key clash named by that name too, as by its joined
+// name or UUID: until session 15's walk "hall", the name an impostor (or
+// the group's new key after huddle serve --new-identity) listed it under,
+// took the joined lobby there, and the send's success recorded the new
+// key as joined.
+func TestResolveJoinedUnderAnotherKeyAndName(t *testing.T) {
+	id := uuid.MustParse("0193a4f2-0000-7000-8000-000000000002")
+	mine, other := wire.Fingerprint{2}, wire.Fingerprint{9}
+	joined := joinedSet{{id, mine}: {name: "lobby"}}
+	listed := []wire.GroupEntry{{Group: id, Name: "hall", Fingerprint: other}}
+	for _, ref := range []string{"hall", "lobby", id.String(), "0193a4f2"} {
+		_, err := resolveGroup(listed, ref, joined)
+		var clash *joinedKeyError
+		if !errors.As(err, &clash) || clash.Joined != mine || !slices.Equal(clash.Listed, []wire.Fingerprint{other}) {
+			t.Errorf("resolveGroup(%q) of lobby joined at %s, listed as hall at %s only: %v; want a key clash", ref, mine.Short(), other.Short(), err)
+		}
+	}
+	// A stranger's hall beside it: still the clash, never the stranger's.
+	stranger := wire.GroupEntry{Group: uuid.MustParse("0193a4f2-0000-7000-8000-000000000003"), Name: "hall", Fingerprint: wire.Fingerprint{7}}
+	if _, err := resolveGroup(append(listed, stranger), "hall", joined); err == nil {
+		t.Errorf("resolveGroup(hall) beside a stranger's hall: no error, want the key clash or an ambiguity")
+	}
+	// Another group of that name, the user's UUID not among them: taken.
+	if got, err := resolveGroup([]wire.GroupEntry{stranger}, "hall", joined); err != nil || got.Group != stranger.Group {
+		t.Errorf("resolveGroup(hall) of a stranger's hall alone: %v, %v; want it", got.Group, err)
+	}
+}
+
 func TestExplainExitCodes(t *testing.T) {
 	for _, c := range []struct {
 		err  error

@@ -319,12 +319,15 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 	}
 	if mine := slices.DeleteFunc(slices.Clone(cands), func(g wire.GroupEntry) bool { return !joined.has(g) }); len(mine) > 0 {
 		cands = mine
-	} else if k, name, ok := joined.named(ref); ok {
+	} else if k, name, ok := joined.meant(ref, cands); ok {
 		// ref names a group the user joined, and nothing listed is it:
 		// never another group in its place. A stranger's group of its
 		// name, or its own UUID listed under another daemon key while its
 		// daemon is down (a rogue registry's impostor: anyone may list any
-		// UUID under a key of their own), was taken for it.
+		// UUID under a key of their own), was taken for it; and until
+		// session 15's walk, so was that UUID named by the name the
+		// impostor lists it under, and the send's success then recorded
+		// the impostor's key as joined (session.remember).
 		var keys []wire.Fingerprint
 		for _, g := range groups {
 			if g.Group == k.Group && !slices.Contains(keys, g.Fingerprint) {

@@ -205,6 +205,30 @@ func (j joinedSet) named(ref string) (joinedGroup, string, bool) {
 	return found[0], j[found[0]].name, true
 }
 
+// meant returns the joined group ref names (named), or else the one the
+// user joined whose UUID a candidate ref matched has (cands, none of them
+// joined): a group the user joined, named by a name a registry lists it
+// under now at another key. Of a UUID joined at several keys, the key
+// first in text order is returned, so the error naming it is stable.
+func (j joinedSet) meant(ref string, cands []wire.GroupEntry) (joinedGroup, string, bool) {
+	if k, name, ok := j.named(ref); ok {
+		return k, name, true
+	}
+	for _, c := range cands {
+		var found []joinedGroup
+		for k := range j {
+			if k.Group == c.Group {
+				found = append(found, k)
+			}
+		}
+		if len(found) > 0 {
+			k := slices.MinFunc(found, func(a, b joinedGroup) int { return strings.Compare(a.Daemon.String(), b.Daemon.String()) })
+			return k, j[k].name, true
+		}
+	}
+	return joinedGroup{}, "", false
+}
+
 // loadJoined reads the joined file in dir; a missing file is an empty set.
 // Lines it cannot read are skipped: the file is a hint, not the truth
 // (the daemon's membership is).
