@@ -403,15 +403,17 @@ func (d *Daemon) loadLocked() error {
 	if err != nil {
 		return err
 	}
-	if warn != "" {
-		d.cfg.Logger.Warn(warn)
-	}
 	if n := removeStateTemps(d.cfg.StateDir); n > 0 {
 		d.cfg.Logger.Info("removed temporary files a crash left in the state directory", "files", n)
 	}
 	id, err := identity.LoadOrCreate(d.cfg.StateDir)
 	if err != nil {
 		return err
+	}
+	if warn != "" {
+		// With the key it is about: members need it to take the new key
+		// (huddle join --daemon).
+		d.cfg.Logger.Warn(warn, "fingerprint", id.Fingerprint().String())
 	}
 	if d.cfg.Cell != nil {
 		// The cell creates the groups and opens their logs (cell.go).

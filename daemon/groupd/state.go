@@ -119,11 +119,14 @@ func checkKeyKept(dir string, newIdentity bool) (warn string, err error) {
 	switch {
 	case len(members) > 0 && !newIdentity:
 		return "", fmt.Errorf("state directory %s holds %s but no %s: the daemon's key is missing, and a new one would silently "+
-			"change its identity. Restore %s from a backup; or, to go on under a new key (the groups keep their UUIDs and members; "+
-			"users and registries learn the new fingerprint from the listing), start once with --new-identity: %w",
+			"change its identity. Restore %s from a backup; or, to go on under a new key, start once with --new-identity: the groups "+
+			"keep their UUIDs and members, and each member takes the new key with huddle join GROUP --daemon FINGERPRINT (the new "+
+			"fingerprint, which the daemon prints as it starts), their commands refusing the group as a key clash until then: %w",
 			dir, filepath.Base(members[0]), identity.KeyFile, identity.KeyFile, ErrBadState)
 	case len(members) > 0:
-		return fmt.Sprintf("creating a new key in %s, which holds members: the daemon's fingerprint changes (--new-identity)", dir), nil
+		return fmt.Sprintf("creating a new key in %s, which holds members: the daemon's fingerprint changes (--new-identity), "+
+			"and each member takes it with huddle join GROUP --daemon FINGERPRINT (this line's fingerprint), their commands "+
+			"refusing the group as a key clash until then", dir), nil
 	}
 	if _, err := os.Stat(filepath.Join(dir, groupsFile)); err == nil {
 		return fmt.Sprintf("%s holds %s but no %s: creating a new key. If this daemon ran before, its identity changes: "+
