@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -298,4 +300,49 @@ func (h errorLines) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h errorLines) WithGroup(name string) slog.Handler {
 	return errorLines{h.Handler.WithGroup(name), h.saw}
+}
+
+// TestPlainDaemonAtMemberAddressNotARefusal: a group daemon that is no
+// cell member (huddle serve without --cell-peer, huddle up) at a stopped
+// member's address answers the cell's ALPN with TLS's
+// no_application_protocol, before it shows its key. That says nothing of
+// this member's key: until session 15's walk refusedKey took every remote
+// crypto error for a refusal of the key, so each member reported the
+// stopped member's configuration as not listing it, logged CELL
+// MISCONFIGURED every round with the advice to remove that member and add
+// it again, and huddle cell status said UNCONFIRMED; nobody's
+// configuration was wrong.
+func TestPlainDaemonAtMemberAddressNotARefusal(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	first, gone := c.members[0], c.members[2]
+	gone.stop()
+	stranger, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ua, err := net.ResolveUDPAddr("udp", gone.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qt := &quic.Transport{Conn: udp}
+	ln, err := qt.Listen(stranger.ServerTLS(), &quic.Config{}) // ALPN huddle/1 only, as a group daemon's
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); qt.Close(); udp.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	_, err = first.node.askMembers(ctx, gone.addr)
+	if err == nil || refusedKey(err) {
+		t.Fatalf("asking a plain group daemon at a member's address: %v; want an error that is no refusal of this member's key", err)
+	}
+	found, _ := first.node.checkKeys()
+	if len(found) != 0 {
+		t.Fatalf("a check with a plain group daemon at a member's address found %+v; want nothing (no configuration is wrong)", found)
+	}
 }

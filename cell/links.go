@@ -152,13 +152,21 @@ func (t *Transport) peerAttrs(addr string) []any {
 // stream on it, says the member refused this daemon's key: its TLS check
 // failed the handshake (VerifyPeer: a remote crypto error), or it closed
 // the connection as not a member's (connRefused), as SetPeers does when
-// the key leaves the cell.
+// the key leaves the cell. A daemon that speaks no cell protocol (a group
+// daemon without --cell-peer at a member's address) fails the handshake
+// too, with no_application_protocol, before any key is checked: that is
+// no refusal of this daemon's key (TestPlainDaemonAtMemberAddressNotARefusal).
 func refusedKey(err error) bool {
 	var tr *quic.TransportError
 	var app *quic.ApplicationError
-	return errors.As(err, &tr) && tr.Remote && tr.ErrorCode.IsCryptoError() ||
+	return errors.As(err, &tr) && tr.Remote && tr.ErrorCode.IsCryptoError() && tr.ErrorCode != noCellProtocol ||
 		errors.As(err, &app) && app.Remote && app.ErrorCode == connRefused
 }
+
+// noCellProtocol is QUIC's crypto error for TLS's no_application_protocol
+// alert (120, RFC 7301 §3.2; RFC 9001 §4.8: 0x100 plus the alert): the
+// peer offers none of the ALPNs asked for.
+const noCellProtocol = quic.TransportErrorCode(0x100 + 120)
 
 // watch waits for d's QUIC connection to addr to end. If it ended by the
 // peer's doing (it stopped, restarted and answered with a stateless reset,
