@@ -16,6 +16,7 @@ import (
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -386,7 +387,17 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 				state = "unreachable, catching up (no vote)"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\n", v.replica.Fingerprint.Short(), shown(v.replica.Addr), state)
-			unreachable = append(unreachable, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), plainErr(v.err)))
+			why := plainErr(v.err)
+			if mm := (*identity.MismatchError)(nil); errors.As(v.err, &mm) {
+				// Not the member: what the members' own MEMBER NOT AT
+				// ITS ADDRESS says, which they cannot tell of a daemon
+				// without the cell protocol (it shows them no key).
+				why = fmt.Sprintf("not at its address: the daemon at %s presents %s, not this member's key: the member is down and another daemon took its address "+
+					"(stop that one, or move it, and start the member), or its host was reinstalled with a new key (then replace the member: "+
+					"cell remove its old key, then cell add the new one, huddle id on that host prints it, once its daemon runs with --cell-join)",
+					shown(v.replica.Addr), mm.Got)
+			}
+			unreachable = append(unreachable, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), why))
 			continue
 		}
 		st := v.status

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"regexp"
@@ -645,5 +646,30 @@ func TestCellStatusLeaderByTerm(t *testing.T) {
 	}
 	if out := cellStatusOut(t, *current, views, true); strings.Contains(out, "leader_claims") {
 		t.Errorf("--json with one leader: %s", out)
+	}
+}
+
+// TestCellStatusOtherDaemonAtMemberAddress: a member whose address is
+// answered by a daemon presenting another key (the member down, and a
+// group daemon without --cell-peer started on its port) is said not to be
+// at its address, with what to do, not only "server presented
+// fingerprint X, expected Y". The members cannot tell (such a daemon
+// shows them no key: cell's TestPlainDaemonAtMemberAddressNotARefusal),
+// so the command's own handshake is what says it.
+func TestCellStatusOtherDaemonAtMemberAddress(t *testing.T) {
+	a, b, c, other := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}, wire.Fingerprint{9}
+	members := []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: a}, {Addr: "10.0.0.2:7374", Fingerprint: b}, {Addr: "10.0.0.3:7374", Fingerprint: c}}
+	status := func(self wire.Replica, state string) *client.CellStatus {
+		return &client.CellStatus{Self: self, State: state, Term: 2, AppliedIndex: 4, Members: members}
+	}
+	views := []memberView{
+		{replica: members[0], status: status(members[0], "leader")},
+		{replica: members[1], status: status(members[1], "follower")},
+		{replica: members[2], err: fmt.Errorf("cell status %s: %w", members[2].Addr, &identity.MismatchError{Want: c, Got: other})},
+	}
+	out := cellStatusOut(t, *views[0].status, views, false)
+	want := "  " + c.Short() + ": not at its address: the daemon at 10.0.0.3:7374 presents " + other.String() + ", not this member's key"
+	if !strings.Contains(out, want) || !strings.Contains(out, "cell remove its old key, then cell add the new one") {
+		t.Errorf("huddle cell status with another daemon at a member's address:\n%s\nwant it to say %q, and how to replace the member", out, want)
 	}
 }
