@@ -241,6 +241,28 @@ func TestResolveJoinedUnderAnotherKeyAndName(t *testing.T) {
 	}
 }
 
+// The key clash's advice followed (huddle join GROUP --daemon NEWKEY)
+// makes the group the user's at that key under every name: its joined
+// name too, the record of the key joined first staying in the file. Until
+// session 15's walk "lobby" was a key clash still, naming the key the
+// user had just taken.
+func TestResolveJoinedKeyTaken(t *testing.T) {
+	id := uuid.MustParse("0193a4f2-0000-7000-8000-000000000002")
+	old, taken := wire.Fingerprint{2}, wire.Fingerprint{9}
+	joined := joinedSet{{id, old}: {name: "lobby"}, {id, taken}: {name: "hall"}}
+	listed := []wire.GroupEntry{{Group: id, Name: "hall", Fingerprint: taken}}
+	for _, ref := range []string{"lobby", "hall", id.String()} {
+		if got, err := resolveGroup(listed, ref, joined); err != nil || got.Fingerprint != taken {
+			t.Errorf("resolveGroup(%q) of lobby joined at %s, then taken at %s: %s, %v; want it at %s", ref, old.Short(), taken.Short(), got.Fingerprint.Short(), err, taken.Short())
+		}
+	}
+	// Listed under a third key beside the one taken: that one, still.
+	other := wire.GroupEntry{Group: id, Name: "lobby", Fingerprint: wire.Fingerprint{7}}
+	if got, err := resolveGroup(append(listed, other), "lobby", joined); err != nil || got.Fingerprint != taken {
+		t.Errorf("resolveGroup(lobby) beside a third key's entry: %s, %v; want it at %s", got.Fingerprint.Short(), err, taken.Short())
+	}
+}
+
 func TestExplainExitCodes(t *testing.T) {
 	for _, c := range []struct {
 		err  error

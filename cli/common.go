@@ -328,6 +328,17 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 		// session 15's walk, so was that UUID named by the name the
 		// impostor lists it under, and the send's success then recorded
 		// the impostor's key as joined (session.remember).
+		//
+		// Unless the user took one of the keys it is listed under (huddle
+		// join GROUP --daemon, as the key clash advises; the record of the
+		// key joined first stays): that key is theirs, under the name they
+		// joined the group by first too, as huddle web shows it. Until
+		// session 15's walk the advice followed left the joined name a
+		// key clash still.
+		taken := distinctGroups(slices.DeleteFunc(slices.Clone(groups), func(g wire.GroupEntry) bool { return g.Group != k.Group || !joined.has(g) }))
+		if len(taken) == 1 {
+			return taken[0], nil
+		}
 		var keys []wire.Fingerprint
 		for _, g := range groups {
 			if g.Group == k.Group && !slices.Contains(keys, g.Fingerprint) {
