@@ -280,6 +280,12 @@ func TestExplainExitCodes(t *testing.T) {
 			t.Errorf("explain(%v) exit code = %d, want %d", c.err, got, c.want)
 		}
 	}
+	// A send a full disk refused is not said to meet a busy daemon: until
+	// session 15's walk the advice contradicted the daemon's message.
+	full, _ := explain(&wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000, Message: "send to lobby: the group's log cannot store messages now; nothing was stored: try again later"})
+	if strings.Contains(full, "busy or shutting down") || !strings.Contains(full, "storage full or failing") {
+		t.Errorf("a send the log could not store is explained as %q; want no cause it may not be, the storage among those it may", full)
+	}
 	msg, _ := explain(&wire.Error{Code: wire.CodeNotMember, Message: "fetch group lobby: not a member"})
 	if !strings.Contains(msg, "huddle join") {
 		t.Errorf("not-member message %q gives no advice", msg)

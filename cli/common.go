@@ -555,7 +555,10 @@ func advice(we *wire.Error) string {
 	case wire.CodeRateLimited:
 		return "; slow down"
 	case wire.CodeUnavailable:
-		return "; the daemon is busy or shutting down, try again shortly"
+		// Not a cause of its own: a group whose log cannot store
+		// messages (its disk full, read-only or failing) answers
+		// unavailable too, and "busy or shutting down" contradicted it.
+		return "; try again shortly (the daemon cannot take it now: busy, shutting down, or its storage full or failing, which its log says)"
 	case wire.CodeEpochMismatch:
 		return "; the group's history was reset (its daemon restarted): fetch again without --after"
 	}
