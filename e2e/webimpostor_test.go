@@ -69,6 +69,11 @@ func TestWebJoinedGroupImpostor(t *testing.T) {
 		document.getElementById('group-state').textContent === 'offline: listed only under another key (%[3]s)' &&
 		document.getElementById('group-state').title.includes('huddle join %[4]s --daemon %[5]s')`,
 		g, jsString(impostor.String()), impostor.Short(), lobby, impostor))
+	// Said where it is read too, not only in the state's tooltip: the
+	// conversation's top (it said "Loading older messages…" for ever on a
+	// page opened while the group was held).
+	b.waitFor("the advice in the conversation", fmt.Sprintf(`[...document.querySelectorAll('#messages .marker')].some(e => e.textContent.startsWith('Registries list it only under daemon %s') && e.textContent.includes('huddle join %s --daemon %s'))`,
+		impostor.Short(), lobby, impostor))
 	b.typeMessage("not for the impostor")
 	sel := jsString(`#joined button[data-group="` + lobby + `"]`)
 	if tags := eval[string](b, fmt.Sprintf(`[...document.querySelector(%s).querySelectorAll('.tag')].map(e => e.textContent).join(',')`, sel)); !strings.Contains(tags, "another key") {

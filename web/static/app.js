@@ -668,7 +668,7 @@ function updateList(c) {
 function sig(c, it, i) {
   switch (it.k) {
     case 'top':
-      return `top|${c.loading}|${c.moreBefore}|${c.loaded}`;
+      return `top|${c.held}|${c.loading}|${c.moreBefore}|${c.loaded}`;
     case 'msg': {
       const prev = c.items[i - 1];
       return `${it.key}|${newDay(prev, it)}|${continues(prev, it)}|${c.names.ambiguous(it.name)}|${c.myName}`;
@@ -702,7 +702,12 @@ function renderItem(c, it, i) {
   switch (it.k) {
     case 'top': {
       el.className = 'marker';
-      el.textContent = c.loading ? 'Loading older messages…'
+      // A group held back (listed only under another key) is never
+      // asked for its history: say why, and the command that takes the
+      // key, where it is read, not only in the state's tooltip. Until
+      // session 15's walk this said "Loading older messages…" for ever.
+      el.textContent = c.held && g ? `R${heldText(g).slice(1)}` // no period: it ends with a command to copy
+        : c.loading ? 'Loading older messages…'
         : c.moreBefore ? 'Scroll up for older messages'
         : c.loaded ? `This is the beginning of ${g ? g.name : 'the group'}'s history on its daemon.` : '';
       return el;
@@ -832,7 +837,12 @@ function renderHead() {
   st.title = '';
   $('leave').hidden = !g.member;
   $('members-toggle').hidden = !g.member;
-  if (g.member && g.unlisted && g.clash) {
+  const held = !!(g.member && g.unlisted && g.clash);
+  if (c && c.held !== held) {
+    c.held = held; // the conversation's top says so (renderItem)
+    list.refresh();
+  }
+  if (held) {
     st.classList.add('down');
     st.textContent = `offline: listed only under another key (${(g.other_keys || []).map(fmt.short).join(', ')})`;
     st.title = heldText(g);
