@@ -399,6 +399,10 @@ type joinedKeyError struct {
 	Name   string // the name it was joined under
 	Joined wire.Fingerprint
 	Listed []wire.Fingerprint
+	// Leaving: the command is huddle leave, which the advice to join the
+	// other key does not serve (followed, it joins what may be an
+	// impostor's group). Set by withGroup.
+	Leaving bool
 }
 
 func (e *joinedKeyError) Error() string {
@@ -406,18 +410,22 @@ func (e *joinedKeyError) Error() string {
 	for i, fp := range e.Listed {
 		listed[i] = fp.Short()
 	}
-	name := ""
+	group := e.Group.String()
 	if e.Name != "" {
-		name = shown(e.Name) + " "
+		group = fmt.Sprintf("%s (%s)", shown(e.Name), e.Group)
 	}
 	at := "FINGERPRINT"
 	if len(e.Listed) == 1 {
 		at = e.Listed[0].String()
 	}
-	return fmt.Sprintf("group %s(%s): key clash: you joined it at daemon %s, which no registry that answered lists now; "+
+	what := fmt.Sprintf("If its owner tells you it moved to that key, join it there: huddle join %s --daemon %s", e.Group, at)
+	if e.Leaving {
+		what = fmt.Sprintf("A leave is asked of the daemon you joined: leave again once a registry lists the group under %s "+
+			"(huddle join --daemon would join it at the other key, not leave it)", e.Joined.Short())
+	}
+	return fmt.Sprintf("group %s: key clash: you joined it at daemon %s, which no registry that answered lists now; "+
 		"registries list its UUID only under daemon %s, not the key you joined, so it is not used (its daemon may be stopped "+
-		"and someone listing an impostor in its place: anyone may list any UUID). If its owner tells you it moved to that key, "+
-		"join it there: huddle join %s --daemon %s", name, e.Group, e.Joined.Short(), strings.Join(listed, " and "), e.Group, at)
+		"and someone listing an impostor in its place: anyone may list any UUID). %s", group, e.Joined.Short(), strings.Join(listed, " and "), what)
 }
 
 // distinctGroups returns es without the entries of a group (UUID and
@@ -704,6 +712,9 @@ func withGroup(ctx context.Context, env Env, verb string, cf *clientFlags, ref s
 	}
 	defer s.Close()
 	g, e, err := s.group(ctx, ref)
+	if ke := (*joinedKeyError)(nil); errors.As(err, &ke) && verb == "leave" {
+		ke.Leaving = true
+	}
 	if err != nil {
 		return fail(env, verb, err)
 	}
