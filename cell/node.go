@@ -1496,9 +1496,11 @@ func hand[F raft.Future](n *Node, ask func() F) (F, error) {
 func (n *Node) answer(f raft.Future) error {
 	done := make(chan error, 1)
 	go func() {
-		err := f.Error()
+		// The answer is given before it is counted: Close shuts raft down
+		// (closing down) once the count is zero, and the other order left
+		// a moment in which an answered request was taken for ErrClosed.
+		done <- f.Error()
 		n.futures.Add(-1)
-		done <- err
 	}()
 	select {
 	case err := <-done:
