@@ -184,6 +184,24 @@ func (g *Group) replicated() bool {
 	return len(g.replicas) > 0
 }
 
+// anyCall performs an operation any member of a cell answers (info,
+// members): on a group of one daemon, at its daemon (reach, which follows
+// it if it moved); on a replicated group, as leaderCall does, so that a
+// member gone is passed over for the others. Until session 15's walk it
+// asked the member the handle knew alone: huddle web, which keeps a cell
+// group's handle across elections, found the group unreachable at every
+// info once the leader it knew was killed, while the cell served.
+func (g *Group) anyCall(ctx context.Context, op wire.Op, args, out any) error {
+	if g.replicated() {
+		return g.leaderCall(ctx, op, args, out)
+	}
+	p, err := g.reach(ctx)
+	if err == nil {
+		err = p.singleThen(ctx, op, args, out, g.redial())
+	}
+	return err
+}
+
 // leaderCall performs an operation only a cell's leader runs (send, join,
 // leave): on a group of one daemon, it is single; on a replicated group,
 // it follows the leader as the package comment above says.

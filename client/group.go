@@ -258,11 +258,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 	}
 	defer g.exit()
 	var info wire.Info
-	p, err := g.reach(ctx)
-	if err == nil {
-		err = p.singleThen(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info, g.redial())
-	}
-	if err != nil {
+	if err := g.anyCall(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
 		return Info{}, g.fail("info", err)
 	}
 	g.learnReplicas(info.Replicas)
@@ -306,11 +302,7 @@ func (g *Group) Members(ctx context.Context) ([]Member, error) {
 	}
 	defer g.exit()
 	var m wire.MemberList
-	p, err := g.reach(ctx)
-	if err == nil {
-		err = p.singleThen(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m, g.redial())
-	}
-	if err != nil {
+	if err := g.anyCall(ctx, wire.OpMembers, wire.GroupRef{Group: g.id}, &m); err != nil {
 		return nil, g.fail("members", err)
 	}
 	out := make([]Member, len(m.Members))
