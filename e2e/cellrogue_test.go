@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -89,31 +88,9 @@ func TestCellPastRogueRegistry(t *testing.T) {
 	// huddle web, with the rogue registry polled first.
 	dave := newUser(t, "dave", rogue+","+reg.registry)
 	w := dave.web(t)
-	api := func(method, path string, body any, out any) int {
+	api := func(method, path string, body, out any) int {
 		t.Helper()
-		var rd bytes.Buffer
-		if body != nil {
-			if err := json.NewEncoder(&rd).Encode(body); err != nil {
-				t.Fatal(err)
-			}
-		}
-		req, err := http.NewRequestWithContext(t.Context(), method, w.base+path, &rd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+w.secret)
-		req.Header.Set("Content-Type", "application/json")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		if out != nil {
-			if err := json.NewDecoder(res.Body).Decode(out); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return res.StatusCode
+		return pageAPI(t, w, method, path, body, out)
 	}
 	type pageGroup struct {
 		UUID       string   `json:"uuid"`
