@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -150,30 +148,8 @@ func TestJoinedCellFollowsReplacedMember(t *testing.T) {
 
 	// The new host joins; the operator adds it and removes the member
 	// ann and bob joined through, whose host then stops.
-	fresh := &cellMember{dir: t.TempDir(), addr: testport.Cell(t)}
-	newHost := &user{name: "new host", home: fresh.dir, dir: t.TempDir(), registry: reg.registry}
-	fp, err := wire.ParseFingerprint(strings.TrimSpace(newHost.ok(t, "id")))
-	if err != nil {
-		t.Fatalf("huddle id on the new host: %v", err)
-	}
-	fresh.fp = fp
-	fresh.args = append([]string{"--no-mdns", "--listen", fresh.addr, "--registry", reg.registry, "--state-dir", fresh.dir,
-		"--group", "general", "--cell-heartbeat", "300ms", "--cell-join",
-		"--cell-peer", fp.String() + "@" + fresh.addr}, peers...)
-	fresh.start(t)
-	addArg := regexp.MustCompile(`huddle cell add --server MEMBER (\S+)`)
-	var asked string
-	if !fresh.p.stdout.waitFor(waitTimeout, func(lines []string) bool {
-		for _, l := range lines {
-			if m := addArg.FindStringSubmatch(l); m != nil {
-				asked = m[1]
-				return true
-			}
-		}
-		return false
-	}) {
-		t.Fatalf("the new daemon did not say what to add\nstdout:\n%s", fresh.p.stdout)
-	}
+	fresh := newCellHost(t, reg.registry, peers)
+	asked := fresh.fp.String() + "@" + fresh.addr
 	var live *cellMember
 	for _, m := range members {
 		if m != through {

@@ -247,36 +247,9 @@ func TestCellReplaceDeadHost(t *testing.T) {
 		}
 	})
 
-	// README, step 1 on the new host: its key, from its state directory.
-	fresh := &cellMember{dir: t.TempDir(), addr: testport.Cell(t)}
-	newHost := &user{name: "new host", home: fresh.dir, dir: t.TempDir(), registry: reg.registry}
-	fp, err := wire.ParseFingerprint(strings.TrimSpace(newHost.ok(t, "id")))
-	if err != nil {
-		t.Fatalf("huddle id on the new host: %v", err)
-	}
-	fresh.fp = fp
-	// Step 4: the new daemon joins, with the cell's --cell-peer flags and
-	// its own; it says what to add.
-	fresh.args = append([]string{"--no-mdns", "--listen", fresh.addr, "--registry", reg.registry, "--state-dir", fresh.dir,
-		"--group", "general", "--cell-heartbeat", "300ms", "--cell-join",
-		"--cell-peer", fp.String() + "@" + fresh.addr}, peers...)
-	fresh.start(t)
-	addArg := regexp.MustCompile(`huddle cell add --server MEMBER (\S+)`)
-	var asked string
-	if !fresh.p.stdout.waitFor(waitTimeout, func(lines []string) bool {
-		for _, l := range lines {
-			if m := addArg.FindStringSubmatch(l); m != nil {
-				asked = m[1]
-				return true
-			}
-		}
-		return false
-	}) {
-		t.Fatalf("the new daemon did not say what to add\nstdout:\n%s\nstderr:\n%s", fresh.p.stdout, tail(fresh.p.stderr.Lines(), 40))
-	}
-	if want := fp.String() + "@" + fresh.addr; asked != want {
-		t.Fatalf("the new daemon asks to be added as %s, want %s (the key huddle id printed)", asked, want)
-	}
+	// README, steps 1 and 4 on the new host.
+	fresh := newCellHost(t, reg.registry, peers)
+	asked := fresh.fp.String() + "@" + fresh.addr
 	members = append(members, fresh)
 	byAddr[fresh.addr] = fresh
 
@@ -406,4 +379,42 @@ func TestCellReplaceDeadHost(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged messages checked on each of the %d members left (the new one among them): none lost, none duplicated", len(acks)+2, len(left))
+}
+
+// newCellHost starts a daemon on a new host that joins the cell of peers,
+// as README's steps 1 and 4 say (its key from its state directory, then
+// the cell's --cell-peer flags and its own), and checks it asks to be
+// added (huddle cell add --server MEMBER FINGERPRINT@ADDR) under the key
+// huddle id printed. It returns the member; that argument is its
+// fingerprint, @, its address.
+func newCellHost(t *testing.T, registry string, peers []string) *cellMember {
+	t.Helper()
+	fresh := &cellMember{dir: t.TempDir(), addr: testport.Cell(t)}
+	newHost := &user{name: "new host", home: fresh.dir, dir: t.TempDir(), registry: registry}
+	fp, err := wire.ParseFingerprint(strings.TrimSpace(newHost.ok(t, "id")))
+	if err != nil {
+		t.Fatalf("huddle id on the new host: %v", err)
+	}
+	fresh.fp = fp
+	fresh.args = append([]string{"--no-mdns", "--listen", fresh.addr, "--registry", registry, "--state-dir", fresh.dir,
+		"--group", "general", "--cell-heartbeat", "300ms", "--cell-join",
+		"--cell-peer", fp.String() + "@" + fresh.addr}, peers...)
+	fresh.start(t)
+	addArg := regexp.MustCompile(`huddle cell add --server MEMBER (\S+)`)
+	var asked string
+	if !fresh.p.stdout.waitFor(waitTimeout, func(lines []string) bool {
+		for _, l := range lines {
+			if m := addArg.FindStringSubmatch(l); m != nil {
+				asked = m[1]
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatalf("the new daemon did not say what to add\nstdout:\n%s\nstderr:\n%s", fresh.p.stdout, tail(fresh.p.stderr.Lines(), 40))
+	}
+	if want := fp.String() + "@" + fresh.addr; asked != want {
+		t.Fatalf("the new daemon asks to be added as %s, want %s (the key huddle id printed)", asked, want)
+	}
+	return fresh
 }
