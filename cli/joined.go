@@ -578,8 +578,9 @@ func (j *joinedRecord) update(change func(joinedSet) bool) {
 	j.mu.Unlock()
 }
 
-// cellFollowWait bounds each cell_status question followCell asks.
-const cellFollowWait = 2 * time.Second
+// cellFollowWait bounds followCell's questions, all of them: the
+// command waits for them once, at most.
+const cellFollowWait = 4 * time.Second
 
 // stale reports whether the replica set recorded for k, a cell's group the
 // user joined, is not the set the listings in groups name (a line without
@@ -594,27 +595,32 @@ func (j joinedSet) stale(groups []client.ListedGroup, k joinedGroup) bool {
 }
 
 // followCell brings the replica set the joined file in dir records for k,
-// a cell's group, to the cell's own word: it asks cell_status of each
-// member the listings in groups name whose key the line trusts, at each
-// address listed for it, that key pinned (the daemon must present it in
-// the handshake, and the answer's self name it: client.CellStatus), and
-// records the members of the first answer, under the answering member's
-// key if the one recorded is no longer among them. It returns the set as
-// written, and whether it changed.
+// a cell's group, to the cell's own word: it asks the members of the set
+// recorded (its daemon key alone for a line without one) cell_status, at
+// the addresses the listings in groups name for each, each key pinned
+// (the daemon must present it in the handshake, and the answer's self
+// name it), and records the members that a majority of them answer alike
+// (client.CellMembers), under an answering member's key if the one
+// recorded is no longer among them. It returns the set as written, and
+// whether it changed. Its questions take cellFollowWait at most, all of
+// them.
 //
-// Why: the set comes from the members, over a connection authenticated
-// as a member the user already trusts, never from a registry's listing:
+// Why: the set comes from the members, over connections authenticated
+// as members the user already trusts, never from a registry's listing:
 // anyone may list any UUID with any keys. A member replaced by the cell's
-// operator (README, "A three-host cell") is so followed to its successor.
+// operator (README, "A three-host cell") is so followed to its
+// successor. A majority, not the first to answer: a member removed from
+// the cell (its host taken out, its key stolen since) answered a set of
+// its own keys, recorded, and then dialled.
 func followCell(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
-	type at struct {
-		fp   wire.Fingerprint
-		addr string
+	recorded := set[k].cell
+	if recorded == nil {
+		recorded = []wire.Fingerprint{k.Daemon}
 	}
-	var ask []at
+	at := make(map[wire.Fingerprint][]string)
 	add := func(fp wire.Fingerprint, addr string) {
-		if set.trusts(k, fp) && addr != "" && !slices.Contains(ask, at{fp, addr}) {
-			ask = append(ask, at{fp, addr})
+		if set.trusts(k, fp) && addr != "" && !slices.Contains(at[fp], addr) {
+			at[fp] = append(at[fp], addr)
 		}
 	}
 	for _, g := range groups {
@@ -630,31 +636,22 @@ func followCell(ctx context.Context, c *client.Client, dir string, lockWait time
 			}
 		}
 	}
-	for _, a := range ask {
-		qctx, cancel := context.WithTimeout(ctx, cellFollowWait)
-		st, err := c.CellStatus(qctx, a.addr, a.fp)
-		cancel()
-		if err != nil || len(st.Members) == 0 || len(st.Members) > maxCellKeys {
-			continue
-		}
-		var keys []wire.Fingerprint
-		for _, m := range st.Members {
-			if !slices.Contains(keys, m.Fingerprint) {
-				keys = append(keys, m.Fingerprint)
-			}
-		}
-		changed := false
-		change := followed(k.Group, a.fp, keys)
-		written, err := updateJoined(dir, lockWait, func(set joinedSet) bool {
-			changed = change(set)
-			return changed
-		})
-		if err != nil {
-			return set, false
-		}
-		return written, changed
+	qctx, cancel := context.WithTimeout(ctx, cellFollowWait)
+	keys, from, err := c.CellMembers(qctx, recorded, at)
+	cancel()
+	if err != nil {
+		return set, false
 	}
-	return set, false
+	changed := false
+	change := followed(k.Group, from, keys)
+	written, err := updateJoined(dir, lockWait, func(set joinedSet) bool {
+		changed = change(set)
+		return changed
+	})
+	if err != nil {
+		return set, false
+	}
+	return written, changed
 }
 
 // followed is updateJoined's change recording keys, the members of a

@@ -1,9 +1,13 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -94,4 +98,102 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 		}
 		return out.Members, nil
 	}
+}
+
+// cellAskWait bounds each cell_status question CellMembers asks at one
+// address.
+const cellAskWait = 2 * time.Second
+
+// cellAskAddrs bounds the addresses CellMembers tries for one member.
+const cellAskAddrs = 4
+
+// CellMembers asks the members of recorded, the replica set of a cell's
+// group a program recorded when its user joined it (their keys; at most
+// MaxReplicas), for the cell's members now: cell_status (CellStatus), at
+// the addresses at gives for each (the first cellAskAddrs of them, each
+// question 2 s at most), its key pinned. It returns the set of keys that
+// a majority of recorded answered alike (each key once, in the
+// reference order), and the key of a member of recorded that answered it
+// and is among it (else one that answered it). Errors:
+// ErrCellUnconfirmed (no majority answered alike before ctx ended),
+// ErrBadRequest (recorded is empty or too large). Every question has
+// ended when it returns.
+//
+// Why a majority: a member removed from the cell (a host taken out, its
+// key stolen since) is still in the set recorded until the program
+// follows the cell; taking the first member's answer, as huddle did, let
+// it answer a set of its own keys, which the program then dialled and
+// sent to. Raft changes a cell's members one at a time, each change
+// committed by a majority: a majority of the set recorded answers the new
+// set, a removed member alone never does.
+func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map[Fingerprint][]string) ([]Fingerprint, Fingerprint, error) {
+	var keys []Fingerprint
+	for _, fp := range recorded {
+		if !slices.Contains(keys, fp) {
+			keys = append(keys, fp)
+		}
+	}
+	if len(keys) == 0 || len(keys) > wire.MaxReplicas || slices.ContainsFunc(keys, Fingerprint.IsZero) {
+		return nil, Fingerprint{}, fmt.Errorf("a recorded replica set of %d keys: %w", len(keys), ErrBadRequest)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		from Fingerprint
+		set  []Fingerprint
+	}
+	answers := make(chan answer, len(keys))
+	for _, fp := range keys {
+		addrs := at[fp]
+		if len(addrs) > cellAskAddrs {
+			addrs = addrs[:cellAskAddrs]
+		}
+		wg.Go(func() {
+			for _, addr := range addrs {
+				qctx, qcancel := context.WithTimeout(ctx, cellAskWait)
+				st, err := c.CellStatus(qctx, addr, fp)
+				qcancel()
+				if err != nil || len(st.Members) == 0 {
+					if ctx.Err() != nil {
+						break
+					}
+					continue
+				}
+				var set []Fingerprint
+				for _, m := range st.Members {
+					if !slices.Contains(set, m.Fingerprint) {
+						set = append(set, m.Fingerprint)
+					}
+				}
+				slices.SortFunc(set, func(a, b Fingerprint) int { return bytes.Compare(a[:], b[:]) })
+				answers <- answer{fp, set}
+				return
+			}
+			answers <- answer{from: fp}
+		})
+	}
+	var got []answer
+	for range keys {
+		a := <-answers
+		if a.set == nil {
+			continue
+		}
+		got = append(got, a)
+		var alike []Fingerprint
+		for _, o := range got {
+			if slices.Equal(o.set, a.set) {
+				alike = append(alike, o.from)
+			}
+		}
+		if len(alike) > len(keys)/2 {
+			from := alike[0]
+			if i := slices.IndexFunc(alike, func(fp Fingerprint) bool { return slices.Contains(a.set, fp) }); i >= 0 {
+				from = alike[i]
+			}
+			return a.set, from, nil
+		}
+	}
+	return nil, Fingerprint{}, fmt.Errorf("cell members, %d of %d recorded answering: %w", len(got), len(keys), ErrCellUnconfirmed)
 }

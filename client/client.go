@@ -97,6 +97,10 @@ var (
 	// later, possibly elsewhere. A server stopping also refuses new calls
 	// with an unavailable error that carries a time to wait (RetryAfter).
 	ErrShuttingDown = fmt.Errorf("%w: the server is shutting down", ErrUnavailable)
+	// ErrCellUnconfirmed: CellMembers found no majority of a recorded
+	// replica set answering alike (too few answered, or they disagree).
+	// It matches ErrUnavailable too: ask again later.
+	ErrCellUnconfirmed = fmt.Errorf("%w: no majority of the recorded members confirms the cell's members", ErrUnavailable)
 	// ErrInvalidConfig: New was given a Config it cannot use; the error
 	// names the field.
 	ErrInvalidConfig = errors.New("client: invalid config")

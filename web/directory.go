@@ -1248,30 +1248,40 @@ func (d *directory) trustedCellsLocked(now time.Time) map[int][]wire.GroupEntry 
 // asked for its replica set while registries list another (followLocked).
 const followEvery = 10 * time.Second
 
+// followWait bounds each follow's questions, all of them: less than
+// followEvery, so that a group has one follow at a time.
+const followWait = 2 * registryTimeout
+
 // followLocked asks, for each cell's group the user joined whose
 // listings (those merge uses, as of now) name another set of replicas
 // than the Joined records for it (JoinedCells; none recorded is another),
-// a member of the recorded set the listings name for its view of the cell
-// (cell_status, its key pinned: client.CellStatus), on a goroutine of
-// run's, and records the members of the first answer (JoinedCells.Follow):
-// the next merge takes them. At most every followEvery per group. d.mu is
-// held.
+// the members of the recorded set (its joined keys for a group without
+// one) for their view of the cell (cell_status, each key pinned, at the
+// addresses the listings name: client.CellMembers), on a goroutine of
+// run's, at most followWait, and records the members a majority of them
+// answer alike (JoinedCells.Follow): the next merge takes them. At most
+// every followEvery per group. d.mu is held.
+//
+// Why a majority: a member removed from the cell (its host taken out,
+// its key stolen since) is in the recorded set until it is followed; the
+// page took the first member's answer, and a rogue registry listing the
+// group at that key alone had the thief's set, of its own keys, recorded
+// and dialled. And a follow asked every address listed, 3 s each, one
+// after the other: a rogue registry listing a member's key at many
+// addresses that never answer kept each follow's goroutine for minutes,
+// one more started every followEvery.
 func (d *directory) followLocked(now time.Time) {
 	jc, ok := d.joined.(JoinedCells)
 	ctx := d.ctx
 	if !ok || ctx == nil || ctx.Err() != nil {
 		return
 	}
-	type at struct {
-		fp   wire.Fingerprint
-		addr string
-	}
 	for id, cell := range d.cellsNow {
 		if now.Sub(d.followAt[id]) < followEvery {
 			continue
 		}
 		var listed []wire.Fingerprint
-		var ask []at
+		at := make(map[wire.Fingerprint][]string)
 		for _, rs := range d.regs {
 			if rs.at.IsZero() || now.Sub(rs.at) > staleListing {
 				continue
@@ -1284,33 +1294,33 @@ func (d *directory) followLocked(now time.Time) {
 					if !slices.Contains(listed, r.Fingerprint) {
 						listed = append(listed, r.Fingerprint)
 					}
-					if d.joined.Has(id, r.Fingerprint) && !slices.Contains(ask, at{r.Fingerprint, r.Addr}) {
-						ask = append(ask, at{r.Fingerprint, r.Addr})
+					if d.joined.Has(id, r.Fingerprint) && !slices.Contains(at[r.Fingerprint], r.Addr) {
+						at[r.Fingerprint] = append(at[r.Fingerprint], r.Addr)
 					}
 				}
 			}
 		}
-		if len(ask) == 0 || len(listed) == len(cell) && !slices.ContainsFunc(listed, func(fp wire.Fingerprint) bool { return !slices.Contains(cell, fp) }) {
+		if len(at) == 0 || len(listed) == len(cell) && !slices.ContainsFunc(listed, func(fp wire.Fingerprint) bool { return !slices.Contains(cell, fp) }) {
 			continue
+		}
+		recorded := cell
+		if recorded == nil {
+			for k := range d.joinedNow {
+				if k.group == id {
+					recorded = append(recorded, k.daemon)
+				}
+			}
 		}
 		if d.followAt == nil {
 			d.followAt = make(map[wire.UUID]time.Time)
 		}
 		d.followAt[id] = now
 		d.wg.Go(func() {
-			for _, a := range ask {
-				qctx, cancel := context.WithTimeout(ctx, registryTimeout)
-				st, err := d.c.CellStatus(qctx, a.addr, a.fp)
-				cancel()
-				if err != nil || len(st.Members) == 0 {
-					continue
-				}
-				keys := make([]wire.Fingerprint, 0, len(st.Members))
-				for _, m := range st.Members {
-					keys = append(keys, m.Fingerprint)
-				}
-				jc.Follow(id, a.fp, keys)
-				return
+			qctx, cancel := context.WithTimeout(ctx, followWait)
+			keys, from, err := d.c.CellMembers(qctx, recorded, at)
+			cancel()
+			if err == nil {
+				jc.Follow(id, from, keys)
 			}
 		})
 	}
