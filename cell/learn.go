@@ -245,8 +245,10 @@ func (n *Node) forgetLearned(leader Peer) {
 }
 
 // askMembers asks the member at addr for the members of its configuration.
+// A question unanswered by ctx's deadline drops the connection, as a
+// progress question's does (Transport.unanswered).
 func (n *Node) askMembers(ctx context.Context, addr string) ([]Peer, error) {
-	str, _, err := n.tr.open(ctx, addr, question(kindMembers))
+	str, conn, err := n.tr.open(ctx, addr, question(kindMembers))
 	if err != nil {
 		return nil, err
 	}
@@ -257,6 +259,7 @@ func (n *Node) askMembers(ctx context.Context, addr string) ([]Peer, error) {
 	}
 	p, err := io.ReadAll(io.LimitReader(str, 1+maxLearnedMembers*(32+1+maxLearnedAddr)+1))
 	if err != nil {
+		n.tr.unanswered(addr, conn, err)
 		return nil, err
 	}
 	return decodeMembers(p)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -493,11 +492,8 @@ func (n *Node) behindOf(fp wire.Fingerprint) (behind, bool) {
 // ACK), and until the connection's idle timeout, 15 s, every question on
 // it went unanswered: a stalled leader found no voter to hand the
 // leadership to for 13 s after a leader kill (the restarted members'
-// connections), and promote no member to make a voter. A member that
-// answered nothing by the deadline on a connection the transport kept is
-// still taken to have restarted, or its path to have changed (no reset
-// reaches this daemon): the connection is dropped. A live member answers
-// within a round trip and its scheduling.
+// connections), and promote no member to make a voter. A question
+// unanswered by its deadline still drops the connection (Transport.unanswered).
 func (n *Node) progress(ctx context.Context, addr string) (applied, stateApplied uint64, stalled bool, err error) {
 	str, conn, err := n.tr.open(ctx, addr, question(kindProgress))
 	if err != nil {
@@ -510,9 +506,7 @@ func (n *Node) progress(ctx context.Context, addr string) (applied, stateApplied
 	}
 	var b [progressSize]byte
 	if k, err := io.ReadFull(str, b[:]); err != nil && ((k != 16 && k != 17) || err != io.ErrUnexpectedEOF) {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			n.tr.drop(addr, conn)
-		}
+		n.tr.unanswered(addr, conn, err)
 		return 0, 0, false, err
 	}
 	return binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[17:25]), b[16]&progressStalled != 0, nil

@@ -3,6 +3,7 @@ package cell
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
@@ -167,4 +168,22 @@ func TestQuestionsPaddedOrNot(t *testing.T) {
 	if !slices.Equal(lists[0], lists[1]) {
 		t.Errorf("members answered %v to the kind alone, %v to the padded question", lists[0], lists[1])
 	}
+}
+
+// TestMembersAfterRestart: a member killed and restarted answers the next
+// members question after one goes unanswered, as it does a progress
+// question (TestProgressAfterRestart): a members question unanswered by
+// its deadline drops the connection too. Before, it did not, and every
+// members question on the kept connection went unanswered until its idle
+// timeout (15 s) when no stateless reset ended it (the member restarted
+// with another reset key here; in a cell, one that crashed just as the
+// connection's handshake finished, whose packets then had a long header).
+func TestMembersAfterRestart(t *testing.T) {
+	askAfterRestart(t, func(ctx context.Context, l, o *testMember) error {
+		ms, err := l.node.askMembers(ctx, o.addr)
+		if err == nil && len(ms) != 3 {
+			return fmt.Errorf("%d members, want 3", len(ms))
+		}
+		return err
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -654,6 +655,23 @@ func (t *Transport) forget(addr string, d *dialed) {
 	}
 	t.mu.Unlock()
 	d.close(connShutdown, "connection replaced")
+}
+
+// unanswered drops conn, kept to addr, if err (of reading a question's
+// answer on it) says the member answered nothing by the question's
+// deadline: it is taken to have restarted, or its path to have changed,
+// with no stateless reset reaching this daemon (one whose reset key
+// changed, or that crashed before the connection's handshake was
+// confirmed: a packet with a long header draws no reset). The next
+// question dials anew; on the connection kept, each would go unanswered
+// until its idle timeout, 15 s. A live member answers within a round trip
+// and its scheduling. Progress and members questions (not the probe,
+// which waits for no answer, nor a catch-up, whose reads wait longer than
+// the idle timeout).
+func (t *Transport) unanswered(addr string, conn *quic.Conn, err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.drop(addr, conn)
+	}
 }
 
 // drop closes conn, if it is still the connection kept to addr, so that
