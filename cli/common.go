@@ -173,7 +173,7 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 	if err != nil {
 		return nil, err
 	}
-	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	kh := openKnownHosts(dir)
 	// The client is given no KnownHosts: gather checks each registry's pin
 	// itself and pins a new one only once no registry's answer refused its
 	// key under another name (locate.go). A client that pinned on first
@@ -274,6 +274,16 @@ func listedEntries(groups []client.ListedGroup) []wire.GroupEntry {
 }
 
 // errNoGroup: GROUP matched nothing in the registry's list.
+// pinsLockWait bounds a command's wait for another process's lock of
+// known_registries; 0: identity's bound, 5 s. Tests shorten it, so that
+// each wait out they check is not 5 s long (TestRegistryNotPinnedSaid).
+var pinsLockWait time.Duration
+
+// openKnownHosts returns the known-registries file of the huddle home dir.
+func openKnownHosts(dir string) *identity.KnownHosts {
+	return identity.OpenKnownHostsWaiting(filepath.Join(dir, identity.KnownHostsFile), pinsLockWait)
+}
+
 var errNoGroup = errors.New("no such group")
 
 // minPrefix is the shortest UUID prefix GROUP may be.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -42,7 +41,7 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "doctor", err)
 	}
-	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	kh := openKnownHosts(dir)
 	// No KnownHosts in the client: the doctor checks pins itself, and pins
 	// nothing.
 	c, err := client.New(client.Config{Identity: id, DialTimeout: 3 * time.Second})

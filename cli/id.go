@@ -47,7 +47,7 @@ func runForgetRegistry(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "forget-registry", err)
 	}
-	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	kh := openKnownHosts(dir)
 	ok, err := kh.Forget(fs.Arg(0))
 	if err != nil {
 		return fail(env, "forget-registry", err)

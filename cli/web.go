@@ -87,7 +87,7 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "web", err)
 	}
-	kh := identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))
+	kh := openKnownHosts(dir)
 	c, err := client.New(client.Config{Identity: id, KnownHosts: kh, Logger: log})
 	if err != nil {
 		return fail(env, "web", err)
