@@ -158,14 +158,41 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			inFlight = append(inFlight, lineID{n: from[i].n, id: msgs[i].ID})
 		}
 	}
+	// What a run that stops partway reports (sendStop): the lines the
+	// daemon acknowledged, the last line settled (acknowledged, refused
+	// or blank: every line before it is too), and the lines of the send
+	// that failed, from its first one not acknowledged.
+	var acked []int
+	handled := 0
+	var failed []inputLine
+	stop := func(err error) int {
+		code := fail(env, "send", err)
+		var doubt []lineID
+		if code == ExitUnreachable || code == ExitInterrupted {
+			// The send was cut short, not refused: the daemon may have
+			// stored it.
+			doubt = inFlight
+		}
+		if failed == nil {
+			doubt = nil // nothing was in flight: the failure came before or after a send
+		}
+		first := handled + 1
+		if len(failed) > len(doubt) {
+			first = failed[len(doubt)].n
+		}
+		retryHint(env, doubt)
+		return sendStop(env, cf, code, acked, doubt, first)
+	}
 	send := func(msgs []client.Outgoing, from []inputLine) error {
 		flying(msgs, from)
+		failed = from
 		acks, err := sendPaced(ctx, cf.timeout, g, msgs)
 		if errors.Is(err, client.ErrTooLarge) && len(msgs) > 1 {
 			// The daemon's limits are not the ones it reported: send one
 			// at a time, so only the lines at fault are refused.
 			for i := range msgs {
 				flying(msgs[i:i+1], from[i:i+1])
+				failed = from[i:]
 				sctx, cancel := context.WithTimeout(ctx, cf.timeout)
 				acks, err := g.SendMessages(sctx, msgs[i:i+1])
 				cancel()
@@ -175,19 +202,29 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				case err != nil:
 					return err
 				default:
+					failed = nil
+					acked = append(acked, from[i].n)
 					if err := printAck(env, cf, acks[0], from[i].n); err != nil {
 						return err
 					}
 				}
 			}
+			failed = nil
 			return nil
 		}
 		if errors.Is(err, client.ErrTooLarge) {
+			failed = nil
 			tooLarge(from[0], len(msgs[0].Body))
 			return nil
 		}
 		if err != nil {
 			return err
+		}
+		// Every line of the send is stored, whether or not its ack can be
+		// written.
+		failed = nil
+		for i := range acks {
+			acked = append(acked, from[i].n)
 		}
 		for i, a := range acks {
 			if err := printAck(env, cf, a, from[i].n); err != nil {
@@ -210,7 +247,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				// Interrupted while waiting for input (a person typing, a
 				// quiet pipe): the reader is stuck in a read, so do not wait
 				// for it.
-				return fail(env, "send", ctx.Err())
+				return stop(ctx.Err())
 			}
 			if !ok {
 				break
@@ -223,12 +260,15 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			switch {
 			case l.tooLong > 0:
 				tooLarge(l, l.tooLong)
+				handled = l.n
 				return true
 			case strings.TrimSpace(l.text) == "":
+				handled = l.n
 				return true // blank lines are not messages
 			case len(msgs) > 0 && (len(msgs) == batch || size+len(l.text)+perMessage > budget):
 				return false
 			}
+			handled = l.n
 			msgs = append(msgs, client.Outgoing{ID: client.NewID(), Body: []byte(l.text)})
 			from = append(from, l)
 			size += len(l.text) + perMessage
@@ -254,16 +294,12 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			continue
 		}
 		if err := send(msgs, from); err != nil {
-			code := fail(env, "send", joinAdvice(err, ref))
-			if code == ExitUnreachable {
-				retryHint(env, inFlight)
-			}
-			return code
+			return stop(joinAdvice(err, ref))
 		}
 		s.remember(ctx, g, e)
 	}
 	if err := <-readErr; err != nil {
-		return fail(env, "send", fmt.Errorf("read standard input: %s", plainErr(err)))
+		return stop(fmt.Errorf("read standard input: %s", plainErr(err)))
 	}
 	if refused > 0 {
 		fmt.Fprintf(env.Stderr, "huddle send: %d %s not sent; every other line was\n", refused, plural(refused, "line", "lines"))
@@ -406,4 +442,73 @@ type ackJSON struct {
 	// Line is the line of standard input the message was: a line refused
 	// (too large) has no ack, and a script tells which by the numbers.
 	Line int `json:"line,omitempty"`
+}
+
+// sendStop reports, after a send of lines stopped partway, what a script
+// needs to resume without sending a line twice or losing one: the lines
+// the daemon acknowledged, those in doubt (named by retryHint), and the
+// first line not sent, from which every line is unsent. Each run gives
+// its lines new IDs, so running the same input again would store the
+// acknowledged lines twice: resume from first (tail -n +first). With
+// --json the same goes on standard output as a stopped event. It
+// returns code.
+func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, first int) int {
+	spans := lineSpans(acked)
+	if len(acked) == 0 {
+		fmt.Fprintf(env.Stderr, "  no line was acknowledged\n")
+	} else {
+		var b strings.Builder
+		for i, s := range spans {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			if s[0] == s[1] {
+				fmt.Fprintf(&b, "%d", s[0])
+			} else {
+				fmt.Fprintf(&b, "%d-%d", s[0], s[1])
+			}
+		}
+		fmt.Fprintf(env.Stderr, "  %d %s acknowledged (%s %s)\n", len(acked), plural(len(acked), "line", "lines"), plural(len(acked), "line", "lines"), b.String())
+	}
+	fmt.Fprintf(env.Stderr, "  not sent: line %d and every line after it; to resume, send from there (tail -n +%d FILE | huddle send GROUP): each run gives its lines new IDs, so the same input sent again would store the acknowledged lines twice\n", first, first)
+	if cf.json {
+		stopped := stoppedJSON{Event: "stopped", Acked: len(acked), AckedLines: spans, FirstUnsent: first, InDoubt: []doubtJSON{}}
+		for _, l := range doubt {
+			stopped.InDoubt = append(stopped.InDoubt, doubtJSON{Line: l.n, MsgID: l.id.String()})
+		}
+		// Standard output may be what failed (a full disk under > file):
+		// stderr has said it all.
+		_ = printJSON(env.Stdout, stopped)
+	}
+	return code
+}
+
+// lineSpans turns ascending line numbers into runs [first, last].
+func lineSpans(lines []int) [][2]int {
+	spans := [][2]int{}
+	for _, n := range lines {
+		if k := len(spans); k > 0 && spans[k-1][1] == n-1 {
+			spans[k-1][1] = n
+			continue
+		}
+		spans = append(spans, [2]int{n, n})
+	}
+	return spans
+}
+
+// stoppedJSON is, in --json output, the last line of a send of lines that
+// stopped partway (exit code not 0, for other than lines too large).
+type stoppedJSON struct {
+	Event       string      `json:"event"` // "stopped": no ack has an event
+	Acked       int         `json:"acked"`
+	AckedLines  [][2]int    `json:"acked_lines"`
+	InDoubt     []doubtJSON `json:"in_doubt"`
+	FirstUnsent int         `json:"first_unsent"`
+}
+
+// doubtJSON is a line whose send was cut short: stored or not, unknown;
+// a retry with --id MSG_ID stores it once.
+type doubtJSON struct {
+	Line  int    `json:"line"`
+	MsgID string `json:"msg_id"`
 }

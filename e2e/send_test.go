@@ -87,6 +87,12 @@ func TestSendLinesOutcomeUnknown(t *testing.T) {
 	if !strings.Contains(errs, "no line after line "+last+" was sent") {
 		t.Errorf("stderr does not say that the lines after line %s were not sent:\n%s", last, errs)
 	}
+	// Which were acknowledged, and where to resume (the line after those
+	// in doubt).
+	lastN, _ := strconv.Atoi(last)
+	if want := fmt.Sprintf("  1 line acknowledged (line 1)\n  not sent: line %d and every line after it", lastN+1); !strings.Contains(errs, want) {
+		t.Errorf("stderr does not say %q:\n%s", want, errs)
+	}
 	resume()
 	for _, m := range named {
 		n, _ := strconv.Atoi(m[1])
