@@ -454,9 +454,9 @@ type ackJSON struct {
 // returns code.
 func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, first int) int {
 	spans := lineSpans(acked)
-	if len(acked) == 0 {
-		fmt.Fprintf(env.Stderr, "  no line was acknowledged\n")
-	} else {
+	// Where no line was acknowledged or is in doubt, the error says it
+	// all for people: nothing was sent.
+	if len(acked) > 0 || len(doubt) > 0 {
 		var b strings.Builder
 		for i, s := range spans {
 			if i > 0 {
@@ -468,9 +468,13 @@ func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, f
 				fmt.Fprintf(&b, "%d-%d", s[0], s[1])
 			}
 		}
-		fmt.Fprintf(env.Stderr, "  %d %s acknowledged (%s %s)\n", len(acked), plural(len(acked), "line", "lines"), plural(len(acked), "line", "lines"), b.String())
+		if len(acked) == 0 {
+			fmt.Fprintf(env.Stderr, "  no line was acknowledged\n")
+		} else {
+			fmt.Fprintf(env.Stderr, "  %d %s acknowledged (%s %s)\n", len(acked), plural(len(acked), "line", "lines"), plural(len(acked), "line", "lines"), b.String())
+		}
+		fmt.Fprintf(env.Stderr, "  not sent: line %d and every line after it; to resume, send from there (tail -n +%d FILE | huddle send GROUP): each run gives its lines new IDs, so the same input sent again would store the acknowledged lines twice\n", first, first)
 	}
-	fmt.Fprintf(env.Stderr, "  not sent: line %d and every line after it; to resume, send from there (tail -n +%d FILE | huddle send GROUP): each run gives its lines new IDs, so the same input sent again would store the acknowledged lines twice\n", first, first)
 	if cf.json {
 		stopped := stoppedJSON{Event: "stopped", Acked: len(acked), AckedLines: spans, FirstUnsent: first, InDoubt: []doubtJSON{}}
 		for _, l := range doubt {
