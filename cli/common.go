@@ -216,6 +216,18 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 		// preference of the keys joined before.
 		groups = slices.DeleteFunc(slices.Clone(groups), func(g client.ListedGroup) bool { return !client.ServedBy(g.GroupEntry, *at) })
 		joined = nil
+		// A cell's group is taken at that member alone (its replica
+		// set then followed from its word): a rogue registry listing
+		// the UUID with the key named beside one of its own, leading,
+		// had the join, and the user's secret, go to the rogue's key,
+		// recorded in the set.
+		pinned := joinedSet{}
+		for _, g := range groups {
+			if len(g.Replicas) > 0 {
+				pinned[joinedGroup{g.Group, *at}] = joinedLine{cell: []wire.Fingerprint{*at}}
+			}
+		}
+		groups = pinned.trusted(groups)
 	} else if joined != nil {
 		groups = joined.trusted(groups)
 	}
