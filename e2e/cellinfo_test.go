@@ -35,17 +35,7 @@ func TestCellInfoPastDeadMember(t *testing.T) {
 	}
 	var group string
 	for _, m := range members {
-		if !m.p.stdout.waitFor(waitTimeout, func(lines []string) bool {
-			for _, l := range lines {
-				if g := groupLine.FindStringSubmatch(l); g != nil {
-					group = g[2]
-					return true
-				}
-			}
-			return false
-		}) {
-			t.Fatalf("%s never hosted the cell's group\nstdout:\n%s\nstderr:\n%s", m.addr, m.p.stdout, tail(m.p.stderr.Lines(), 40))
-		}
+		group = cellGroupLine(t, m)
 	}
 	gid, err := uuid.Parse(group)
 	if err != nil {
