@@ -55,6 +55,18 @@ func (m *cellMember) start(t *testing.T) {
 	m.p = startProc(t, "huddle serve "+m.addr, childEnv(t.TempDir()), false, append([]string{"serve"}, m.args...)...)
 }
 
+// startMembers starts members as a cell's members (peers' --cell-peer
+// flags) hosting the group general, registered with registry, with a
+// heartbeat of 300 ms.
+func startMembers(t *testing.T, members []*cellMember, peers []string, registry string) {
+	t.Helper()
+	for _, m := range members {
+		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", registry, "--state-dir", m.dir,
+			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
+		m.start(t)
+	}
+}
+
 // TestCellLeaderKill runs a cell of three huddle serve processes and kills
 // its leader with SIGKILL three times, then each member in turn,
 // restarting each killed member,
@@ -68,11 +80,9 @@ func TestCellLeaderKill(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	members, peers := newCellMembers(t, 3, 3)
+	startMembers(t, members, peers, reg.registry)
 	var replicas []wire.Replica
 	for _, m := range members {
-		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
-			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
-		m.start(t)
 		replicas = append(replicas, wire.Replica{Addr: m.addr, Fingerprint: m.fp})
 	}
 	var group string

@@ -67,11 +67,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	members, peers := newCellMembers(t, 4, 3)
-	for _, m := range members[:3] {
-		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
-			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
-		m.start(t)
-	}
+	startMembers(t, members[:3], peers, reg.registry)
 	group := cellGroupLine(t, members[0])
 
 	ann := newUser(t, "ann", reg.registry)

@@ -122,11 +122,7 @@ func TestJoinedCellFollowsReplacedMember(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	members, peers := newCellMembers(t, 3, 3)
-	for _, m := range members {
-		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
-			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
-		m.start(t)
-	}
+	startMembers(t, members, peers, reg.registry)
 	group := cellGroupLine(t, members[0])
 	ann, bob := newUser(t, "ann", reg.registry), newUser(t, "bob", reg.registry)
 	waitCellListed(t, ann, group)
@@ -217,11 +213,7 @@ func TestJoinedCellRogueMixedSet(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	members, peers := newCellMembers(t, 3, 3)
-	for _, m := range members {
-		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
-			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
-		m.start(t)
-	}
+	startMembers(t, members, peers, reg.registry)
 	group := cellGroupLine(t, members[0])
 	ann := newUser(t, "ann", reg.registry)
 	waitCellListed(t, ann, group)

@@ -26,11 +26,9 @@ func TestCellInfoPastDeadMember(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	members, peers := newCellMembers(t, 3, 3)
+	startMembers(t, members, peers, reg.registry)
 	var replicas []wire.Replica
 	for _, m := range members {
-		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
-			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
-		m.start(t)
 		replicas = append(replicas, wire.Replica{Addr: m.addr, Fingerprint: m.fp})
 	}
 	var group string

@@ -30,11 +30,7 @@ func TestCellPastRogueRegistry(t *testing.T) {
 	t.Parallel()
 	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	members, peers := newCellMembers(t, 3, 3)
-	for _, m := range members {
-		m.args = append([]string{"--no-mdns", "--listen", m.addr, "--registry", reg.registry, "--state-dir", m.dir,
-			"--group", "general", "--cell-heartbeat", "300ms"}, peers...)
-		m.start(t)
-	}
+	startMembers(t, members, peers, reg.registry)
 	type listed struct {
 		UUID        string `json:"uuid"`
 		Fingerprint string `json:"fingerprint"`
