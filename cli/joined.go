@@ -499,10 +499,11 @@ type joinedRecord struct {
 	// asks Has under its directory's lock) never wait for that.
 	wmu sync.Mutex
 
-	mu      sync.Mutex
-	set     joinedSet
-	mod     time.Time // of the file set was read from
-	size    int64
+	mu  sync.Mutex
+	set joinedSet
+	// read is the file set was read from, as load found it; nil to read
+	// it again at the next look.
+	read    os.FileInfo
 	checked time.Time // when load last looked at the file
 }
 
@@ -513,13 +514,22 @@ const joinedRecheck = time.Second
 
 // load reads the file again if it changed since it was read, looking at
 // most every joinedRecheck. j.mu is held.
+//
+// Every writer replaces the file (saveJoined renames a new one over it),
+// so a file that is not the one read (os.SameFile) has changed, whatever
+// its size and time: those alone took a file written within the same
+// tick of the file clock (a few milliseconds) as the one read, of the
+// same size (a join of a name of the same length, one cell key followed
+// for another), for the one read, and the page kept the old set until
+// another change (until session 16).
 func (j *joinedRecord) load() {
 	if j.set != nil && time.Since(j.checked) < joinedRecheck {
 		return
 	}
 	j.checked = time.Now()
 	st, err := os.Stat(filepath.Join(j.dir, joinedFile))
-	if err == nil && j.set != nil && st.ModTime().Equal(j.mod) && st.Size() == j.size {
+	if err == nil && j.set != nil && j.read != nil && os.SameFile(st, j.read) &&
+		st.ModTime().Equal(j.read.ModTime()) && st.Size() == j.read.Size() {
 		return
 	}
 	set, lerr := loadJoined(j.dir)
@@ -529,9 +539,9 @@ func (j *joinedRecord) load() {
 		}
 		return // what was read before stands
 	}
-	j.set = set
+	j.set, j.read = set, nil
 	if err == nil {
-		j.mod, j.size = st.ModTime(), st.Size()
+		j.read = st
 	}
 }
 
@@ -574,7 +584,7 @@ func (j *joinedRecord) update(change func(joinedSet) bool) {
 		return
 	}
 	j.mu.Lock()
-	j.set, j.mod, j.size = set, time.Time{}, 0 // read again at the next look
+	j.set, j.read = set, nil // read again at the next look
 	j.mu.Unlock()
 }
 

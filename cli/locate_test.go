@@ -500,3 +500,45 @@ func TestJoinedSymlinked(t *testing.T) {
 		t.Errorf("the file the link names: %v, %v; want lobby", set, err)
 	}
 }
+
+// TestJoinedRecordSeesSameSizeRewrite: a file another process wrote over
+// the one huddle web read, of the same size and with the same modification
+// time (file times are as coarse as the kernel's tick, a few milliseconds:
+// two writers within one tick, as the page and a command joining at once),
+// is read again. A join of another group of the same name length, or a
+// cell's followed key set (one key for another), is the same size: until
+// session 16 the page took the file for unchanged, and went on with the
+// first set for as long as no other change came.
+func TestJoinedRecordSeesSameSizeRewrite(t *testing.T) {
+	dir := t.TempDir()
+	lobby := joinedGroup{wire.UUID{1}, wire.Fingerprint{2}}
+	other := joinedGroup{wire.UUID{3}, wire.Fingerprint{4}}
+	if err := saveJoined(dir, joinedSet{lobby: {name: "lobby"}}); err != nil {
+		t.Fatal(err)
+	}
+	r := &joinedRecord{dir: dir}
+	if !r.Has(lobby.Group, lobby.Daemon) {
+		t.Fatal("the record does not have lobby")
+	}
+	path := filepath.Join(dir, joinedFile)
+	before, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The other writer: lobby left, other joined, in the same tick.
+	if err := saveJoined(dir, joinedSet{other: {name: "other"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, before.ModTime(), before.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(path); err != nil || after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("the rewrite is not alike: %v, %v", after, err)
+	}
+	r.mu.Lock()
+	r.checked = time.Time{} // a second later: Has looks at the file at most every joinedRecheck
+	r.mu.Unlock()
+	if !r.Has(other.Group, other.Daemon) || r.Has(lobby.Group, lobby.Daemon) {
+		t.Errorf("after another process replaced the joined file (same size, same time), the record still has the set it read first")
+	}
+}
