@@ -196,8 +196,10 @@ func (t *Transport) watch(addr string, d *dialed) {
 	}
 	t.log.Debug("cell: QUIC connection to member ended", append(t.peerAttrs(addr), "reason", cause)...)
 	// Dial again at once, quietly: a member that restarted is reached
-	// again (and said so) without waiting for raft's next RPC to it; one
-	// that is down fails this dial, and the link stays down.
+	// again before the next question to it (progress, members, a
+	// catch-up) has to dial; one that is down fails this dial. (Raft's
+	// RPCs ride TCP since session 6, tcp.go: this dial neither waits for
+	// them nor reports the link, which raft's connections do.)
 	dctx, cancel := context.WithTimeout(t.ctx, warmTimeout)
 	defer cancel()
 	t.conn(dctx, addr)
@@ -210,10 +212,12 @@ const probeTimeout = 2 * time.Second
 // is fp, which has just dialed this daemon: it may have restarted, and then
 // the connection to it is dead without this end knowing yet (its packets
 // go unanswered until a retransmission draws a stateless reset, seconds
-// later, while raft waits on its RPCs). A stream opened on it sends a
-// packet at once, padded past the 42 bytes a stateless reset needs
-// (question): the restarted daemon answers it with a stateless reset,
-// the connection ends (watch), and raft's next RPC dials a new one.
+// later, while the questions asked on it wait out their deadlines). A
+// stream opened on it sends a packet at once, padded past the 42 bytes a
+// stateless reset needs (question): the restarted daemon answers it with
+// a stateless reset, the connection ends (watch), and the next question
+// dials a new one. (Raft's own connections are TCP, tcp.go: a restarted
+// peer resets them at raft's next write.)
 // (Before session 15 the probe was its kind alone, too short to draw
 // one: the connection lived on until its idle timeout.)
 func (t *Transport) probe(fp wire.Fingerprint) {
@@ -247,11 +251,13 @@ func (t *Transport) probe(fp wire.Fingerprint) {
 	str.CancelRead(streamClosed)
 }
 
-// warm dials every other member of the cell, so that a daemon that
-// restarted makes itself known at once: each member it dials probes its
-// own connection back (probe), finds it dead and dials again, and the
-// leader's heartbeats reach the restarted member before its election
-// timeout makes it stand for election.
+// warm dials every other member of the cell over QUIC, so that a daemon
+// that restarted makes itself known at once: each member it dials probes
+// its own QUIC connection back (probe), finds it dead and dials again, so
+// that its questions to the restarted member (progress, members, a
+// catch-up) do not wait out the dead connection's deadlines. Raft's
+// heartbeats do not ride these connections (raft is on TCP since
+// session 6, tcp.go; its connections warm themselves: raftnet.go).
 func (t *Transport) warm() {
 	self := t.cfg.Identity.Fingerprint()
 	for _, p := range t.peerList() {

@@ -285,7 +285,6 @@ func listedEntries(groups []client.ListedGroup) []wire.GroupEntry {
 	return entries
 }
 
-// errNoGroup: GROUP matched nothing in the registry's list.
 // pinsLockWait bounds a command's wait for another process's lock of
 // known_registries; 0: identity's bound, 5 s. Tests shorten it, so that
 // each wait out they check is not 5 s long (TestRegistryNotPinnedSaid).
@@ -296,6 +295,7 @@ func openKnownHosts(dir string) *identity.KnownHosts {
 	return identity.OpenKnownHostsWaiting(filepath.Join(dir, identity.KnownHostsFile), pinsLockWait)
 }
 
+// errNoGroup: GROUP matched nothing in the registry's list.
 var errNoGroup = errors.New("no such group")
 
 // minPrefix is the shortest UUID prefix GROUP may be.

@@ -156,11 +156,15 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 // if name is pinned to another fingerprint. A registry found over mDNS
 // (a name that starts with DiscoveredPrefix) new to a file that holds
 // MaxDiscoveredPins of them, or an address new to one that holds
-// MaxAddressPins addresses, is not pinned: ErrPinsFull, nothing written. A name the file cannot hold as
-// the first field of one line (empty, invalid UTF-8, a control character,
-// blanks around it) is refused with ErrBadPinName and pins nothing: an mDNS
-// instance name is anyone's to choose on the LAN, and one with a line break
-// in it would add lines of the advertiser's own to the file.
+// MaxAddressPins addresses, is not pinned: ErrPinsFull, nothing written.
+// A name the file cannot hold as the first field of one line (empty,
+// invalid UTF-8, a control character, blanks around it) is refused with
+// ErrBadPinName and pins nothing: an mDNS instance name is anyone's to
+// choose on the LAN, and one with a line break in it would add lines of
+// the advertiser's own to the file. A new pin waits at most 5 s (or
+// OpenKnownHostsWaiting's bound) for another process holding the writers'
+// lock: ErrPinsLocked after, nothing written (a name pinned already takes
+// no lock).
 func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	if err := checkPinName(name); err != nil {
 		return err
@@ -235,16 +239,18 @@ func (ps pinList) discovered() int {
 }
 
 // Forget removes name's pin, so the next use pins afresh. It reports whether
-// there was one.
+// there was one. It waits at most 5 s (or OpenKnownHostsWaiting's bound)
+// for another process holding the writers' lock: ErrPinsLocked after,
+// nothing removed.
 func (k *KnownHosts) Forget(name string) (bool, error) {
 	return k.forget(name, nil)
 }
 
 // ForgetPin removes name's pin if it pins fp (read under the writers'
-// lock), and reports whether it did. A program taking back a pin it made
-// (client.Client, of a key refused under another name) so removes no pin
-// another process made since: one the user made after forgetting the
-// first (TestRefusedKeyTakesBackOnlyItsPin).
+// lock), and reports whether it did; ErrPinsLocked as Forget. A program
+// taking back a pin it made (client.Client, of a key refused under another
+// name) so removes no pin another process made since: one the user made
+// after forgetting the first (TestRefusedKeyTakesBackOnlyItsPin).
 func (k *KnownHosts) ForgetPin(name string, fp wire.Fingerprint) (bool, error) {
 	return k.forget(name, &fp)
 }
@@ -337,8 +343,8 @@ func (k *KnownHosts) read() (pinList, error) {
 
 // lock takes the lock of the file's writers (another process's, or another
 // KnownHosts' on the same path), waiting for it at most lockWait
-// (ErrPinsLocked), and returns what releases it. The lock file stays: removing it would let a writer lock a file
-// another has just replaced.
+// (ErrPinsLocked), and returns what releases it. The lock file stays:
+// removing it would let a writer lock a file another has just replaced.
 func (k *KnownHosts) lock() (unlock func(), err error) {
 	path := k.target()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
