@@ -214,10 +214,27 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		until = time.Now().Add(cellFollowFor)
 	}
 	attempt := cellAttemptMin
+	// selfNamed is the last refusal of a member that named itself the
+	// leader (a leader whose disk is full, handing over), while the
+	// members asked since name it still: the call ends with it, the
+	// leader's own reason, rather than a follower's "ask the leader".
+	var selfNamed error
+	var selfKey Fingerprint
+	ended := func(err error) error {
+		if selfNamed != nil && !errors.Is(ctx.Err(), context.Canceled) {
+			return selfNamed
+		}
+		return err
+	}
+	wrongKeys := 0 // members whose address another key answered, this call
 	for redirects := 0; ; redirects++ {
+		asked := g.peer().pin
 		err := g.attempt(ctx, until, attempt, op, args, out)
-		if err == nil || ctx.Err() != nil || past(until) {
-			return err
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || past(until) {
+			return ended(err)
 		}
 		var we *wire.Error
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
@@ -225,6 +242,21 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		// one was replaced is replaced, so that a member gone is not asked.
 		g.learnFrom(err)
 		log := g.cl.cfg.Logger
+		switch {
+		case leader && we.Leader.Fingerprint == asked:
+			// The member refusing names itself: a leader that cannot take
+			// the call now (a full disk: it hands the leadership over) says
+			// so, and is asked again after its wait; but the next member
+			// is asked between, which names the leader as it stands. Until
+			// session 16 the call stayed on the member naming itself until
+			// its context ended: one member doing so (a removed one, its
+			// key stolen, a rogue registry listing it first) kept every
+			// call from the cell's leader, the others never asked.
+			selfNamed, selfKey = err, asked
+			leader = false
+		case we != nil && !(leader && we.Leader.Fingerprint == selfKey):
+			selfNamed = nil // another leader named, or none
+		}
 		if leader && g.suspected(we.Leader.Fingerprint) {
 			log.Debug("cell: passing over the leader named, silent a moment ago", "op", op, "leader", we.Leader.Addr)
 			// The member named went silent a moment ago: the cell is
@@ -235,16 +267,32 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			// (an election under way): after the first hops, wait a
 			// little more at each, until the call's context ends.
 			if redirects >= 2 && !pause(ctx, until, jitter(cellRetryMin*time.Duration(min(redirects, 20)))) {
-				return err
+				return ended(err)
 			}
 			log.Debug("cell: following the leader named", "op", op, "leader", we.Leader.Addr)
 			if ferr := g.follow(*we.Leader); ferr != nil {
-				return err
+				return ended(err)
 			}
 			continue
 		}
 		if !g.replicated() || !g.cellRetryable(err) {
-			return err
+			return ended(err)
+		}
+		if isWrongKey(err) {
+			// Another key at the member's address (a leader named at an
+			// address since taken by another daemon, or by a rogue
+			// member's naming): it is passed over as a silent one is,
+			// unless every member known met another key. Until session
+			// 16 the call ended there, and the handle stayed on that
+			// address: every later call, reads and watches too, met the
+			// same key, the group unreachable for good.
+			if wrongKeys++; wrongKeys >= len(g.Replicas()) {
+				return ended(err)
+			}
+			log.Debug("cell: another key at the member's address; trying the next replica", "op", op, "addr", g.peer().addrs, "err", err)
+			g.suspect(asked, false)
+			g.nextReplica()
+			continue
 		}
 		if errors.Is(err, errAttemptTimeout) || errors.Is(err, errNoHandshake) || errors.Is(err, errSilent) {
 			// A member that says nothing (killed, or cut off): the next
@@ -264,7 +312,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		}
 		log.Debug("cell: refused; trying again", "op", op, "addr", g.peer().addrs, "in", wait, "err", err)
 		if !pause(ctx, until, jitter(wait)) {
-			return err
+			return ended(err)
 		}
 		if !leader {
 			g.nextReplica()
@@ -472,7 +520,9 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 func (g *Group) cellRetryable(err error) bool {
 	var we *wire.Error
 	switch {
-	case errors.Is(err, ErrUnreachable), errors.Is(err, ErrShuttingDown):
+	case errors.Is(err, ErrUnreachable), errors.Is(err, ErrShuttingDown), isWrongKey(err):
+		// Another key at a member's address: the member is not there,
+		// another may be.
 		return true
 	case errors.As(err, &we):
 		return we.Code == wire.CodeUnavailable

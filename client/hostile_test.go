@@ -974,3 +974,61 @@ func TestWatchFollowsMovePastRogueRegistry(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestCellMemberMisnamesLeader has one member of a three-member cell, the
+// one the handle starts at, refuse every call naming as leader itself,
+// or a key of its choosing at an address where another key answers
+// (where the real member is silent, the attempt times out and the next
+// member is tried: already so). The call stayed on the member naming
+// itself until its context ended (10 s, the CLI's timeout), the leader and
+// the other follower never asked; and a leader met at an address of
+// another key ended the call, the handle left on that address, so that
+// every later call met it too (info, the next send, a watch). Each call
+// now reaches the leader through the other members, and the handle with it.
+func TestCellMemberMisnamesLeader(t *testing.T) {
+	for _, named := range []string{"itself", "another key"} {
+		t.Run(named, func(t *testing.T) {
+			var joins, infos, rogue atomic.Int64
+			var replicas []wire.Replica
+			var members []client.GroupEntry
+			var misnamed wire.Replica
+			for i := range 3 {
+				members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+					switch {
+					case i == 1:
+						rogue.Add(1)
+						return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 200, Leader: &misnamed}
+					case c.Op() == wire.OpInfo:
+						infos.Add(1)
+						return c.Result(wire.Info{Group: wire.UUID{7}, Name: "ops", Epoch: 3, Replicas: replicas})
+					case c.Op() == wire.OpJoin && i == 0:
+						joins.Add(1)
+						return c.Result(wire.Joined{Epoch: 3})
+					case c.Op() == wire.OpJoin:
+						return &wire.Error{Code: wire.CodeUnavailable, Leader: &replicas[0], Replicas: replicas}
+					}
+					return &wire.Error{Code: wire.CodeUnsupported}
+				}))
+				replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint, Leader: i == 0})
+			}
+			misnamed = wire.Replica{Addr: members[1].Addrs[0], Fingerprint: members[1].Fingerprint, Leader: true}
+			if named == "another key" {
+				misnamed.Fingerprint = wire.Fingerprint{9, 9} // the rogue's own daemon answers there, under its key
+			}
+			e := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: members[1].Addrs, Fingerprint: members[1].Fingerprint, Replicas: replicas}
+			g, err := newClient(t).Group(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // huddle join's default --timeout
+			defer cancel()
+			if _, err := g.Join(ctx, "ann", nil); err != nil || joins.Load() != 1 {
+				t.Fatalf("join, the member asked first naming %s leader: %v, %d joins at the leader (the misnaming member asked %d times); want it joined at the leader", named, err, joins.Load(), rogue.Load())
+			}
+			if _, err := g.Info(ctx); err != nil || infos.Load() == 0 {
+				t.Errorf("info after the join: %v, %d infos answered by the leader or the follower; want one", err, infos.Load())
+			}
+		})
+	}
+}
