@@ -202,7 +202,10 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				case err != nil:
 					return err
 				default:
-					failed = nil
+					// Stored; the lines after it in this send are not
+					// sent yet, if its ack cannot be written.
+					flying(nil, nil)
+					failed = from[i+1:]
 					acked = append(acked, from[i].n)
 					if err := printAck(env, cf, acks[0], from[i].n); err != nil {
 						return err

@@ -5,8 +5,15 @@ import (
 	"encoding/json"
 	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestSendLinesStoppedPartway pipes lines to huddle send and has the
@@ -89,4 +96,125 @@ func TestSendLinesStoppedPartway(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSendLinesStoppedInFallback has a daemon whose limits are not the
+// ones it reports (it refuses any send of more than one message as too
+// large), so a batch of lines is sent again one line at a time, and the
+// ack of the first of them cannot be written (standard output gone): the
+// stopped report named as the first line not sent the line after the
+// whole batch, so the lines of the batch after the one acknowledged were
+// never sent, and a script resuming from there (tail -n +N) lost them.
+func TestSendLinesStoppedInFallback(t *testing.T) {
+	dk, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := wire.UUID{5, 5}
+	sent, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	var sends atomic.Int64
+	var batches sync.Map // the sizes of the sends the daemon got
+	var s *server.Server
+	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		switch c.Op() {
+		case wire.OpList:
+			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{Group: group, Name: "builds", Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 15000}}})
+		case wire.OpInfo:
+			return c.Result(wire.Info{Group: group, Name: "builds", Epoch: 1, Members: 1, Member: true, Fingerprint: dk.Fingerprint(),
+				Limits: wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}})
+		case wire.OpSend:
+			var req wire.Send
+			if err := c.Decode(&req); err != nil {
+				return err
+			}
+			batches.Store(len(req.Messages), true)
+			if first.CompareAndSwap(false, true) {
+				close(sent)
+				<-release // line 1's ack waits until lines 2-4 are read
+			}
+			if len(req.Messages) > 1 {
+				return &wire.Error{Code: wire.CodeTooLarge, Message: "the send is too large"}
+			}
+			sends.Add(1)
+			return c.Result(wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: uint64(sends.Load()), Time: time.Now().UnixNano()}}})
+		}
+		return &wire.Error{Code: wire.CodeUnsupported}
+	})
+	if err := s.Listen(dk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+
+	in, feed := io.Pipe()
+	out := &failingWriter{okWrites: 1}
+	var errb syncBuffer
+	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": s.Addr().String()}
+	e := Env{Stdin: in, Stdout: out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"send", "builds"}, e) }()
+	if _, err := io.WriteString(feed, "one\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sent:
+	case <-ctx.Done():
+		t.Fatal("no send of line 1")
+	}
+	// Line 1 went alone; lines 2-4 wait for its ack. The write of line
+	// 5 returns once the reader asks for more: lines 2-4 are queued.
+	if _, err := io.WriteString(feed, "two\nthree\nfour\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(feed, "five\n"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	var code int
+	select {
+	case code = <-done:
+	case <-ctx.Done():
+		t.Fatal("send did not end")
+	}
+	feed.Close()
+	if _, ok := batches.Load(1); !ok {
+		t.Fatalf("the daemon got no send of one line")
+	}
+	stderr := errb.String()
+	if _, ok := batches.Load(3); !ok {
+		if _, ok := batches.Load(4); !ok {
+			var got []any
+			batches.Range(func(k, _ any) bool { got = append(got, k); return true })
+			t.Fatalf("lines 2-4 were not sent together (sends of %v lines), so not again one at a time:\n%s", got, stderr)
+		}
+	}
+	if code == ExitOK {
+		t.Errorf("exit %d with its acks unwritten", code)
+	}
+	for _, want := range []string{"  2 lines acknowledged (lines 1-2)\n", "  not sent: line 3 and every line after it"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// failingWriter takes okWrites writes, then fails every one.
+type failingWriter struct {
+	mu       sync.Mutex
+	okWrites int
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.okWrites == 0 {
+		return 0, syscall.ENOSPC
+	}
+	w.okWrites--
+	return len(p), nil
 }
