@@ -578,24 +578,40 @@ func (d *DiskLog) retain() {
 			return
 		}
 	}
+	if n := d.filesBefore(floor); n == 0 || !d.dropFiles(n, floor) {
+		return
+	}
+	if !d.spare {
+		d.makeSpare() // from the space just freed, if the files were not mapped
+	}
+}
+
+// filesBefore counts the oldest segment files whose messages all come
+// before floor; the active one is never counted. d.wmu is held.
+func (d *DiskLog) filesBefore(floor uint64) int {
 	n := 0
 	for n < len(d.segs)-1 && d.segs[n].last < floor {
 		n++
 	}
-	if n == 0 {
-		return
-	}
+	return n
+}
+
+// dropFiles deletes the files of the n oldest segments, whose messages
+// all come before floor, once the checkpoint says, durably, that the
+// history begins at floor: a crash between them leaves files the next
+// start knows to delete, never a history that begins in files deleted.
+// It reports false, deleting nothing, if the checkpoint could not be
+// written: the files stay until a pass that can say so. d.wmu is held.
+func (d *DiskLog) dropFiles(n int, floor uint64) bool {
 	if d.checkpoint(0, floor, true) != nil {
-		return // the files stay until a pass that can say so
+		return false
 	}
 	for _, s := range d.segs[:n] {
 		os.Remove(filepath.Join(d.dir, segName(s.base)))
 		os.Remove(filepath.Join(d.dir, idxName(s.base)))
 	}
 	d.segs = d.segs[n:]
-	if !d.spare {
-		d.makeSpare() // from the space just freed, if the files were not mapped
-	}
+	return true
 }
 
 // Expire applies the age limit as of now ([Log.Expire]) and deletes the

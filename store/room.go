@@ -48,10 +48,7 @@ func noRoom(err error) bool {
 func (d *DiskLog) makeRoom(batch []Entry) bool {
 	freed := d.mem.detachRetired() > 0
 	floor := d.mem.floorAfter(batch)
-	k := 0
-	for k < len(d.segs)-1 && d.segs[k].last < floor {
-		k++
-	}
+	k := d.filesBefore(floor)
 	if k == 0 {
 		return freed
 	}
@@ -69,17 +66,12 @@ func (d *DiskLog) makeRoom(batch []Entry) bool {
 	if d.mem.detachHeld(d.segs[k-1].last) != nil {
 		return freed
 	}
-	// As retain does: the checkpoint says, durably, that the history
-	// begins past the files before they go.
-	if d.checkpoint(0, floor, true) != nil {
+	// As retain does, once the checkpoint says so; their messages are
+	// evicted after (detached above, they read the same meanwhile).
+	if !d.dropFiles(k, floor) {
 		return freed
 	}
 	d.mem.evictBefore(floor)
-	for _, s := range d.segs[:k] {
-		os.Remove(filepath.Join(d.dir, segName(s.base)))
-		os.Remove(filepath.Join(d.dir, idxName(s.base)))
-	}
-	d.segs = d.segs[k:]
 	return true
 }
 
