@@ -135,17 +135,20 @@ type Joined interface {
 // Server then takes, of a joined cell's group, only the listings that
 // name a member of that set, and dials only those members
 // (client.TrustedCell): never a key a registry lists beside them. When the
-// registries list another set, it asks a member of the set recorded for
-// the cell's (client.CellStatus, the member's key pinned) and records its
-// answer (Follow): a member the cell's operator added since the join is
-// so taken, from the cell's own word, never a registry's.
+// registries list another set, it asks the members of the set recorded
+// for the cell's (client.CellMembers: cell_status, each member's key
+// pinned) and records the set a majority of them answer alike (Follow): a
+// member the cell's operator added since the join is so taken, from the
+// cell's own word, never a registry's, and a member removed from the cell
+// alone never moves it.
 type JoinedCells interface {
 	// Cell returns the keys of the replica set recorded for group, a
 	// cell's group the user joined; nil if none is recorded.
 	Cell(group client.UUID) []client.Fingerprint
-	// Follow records members as group's replica set: the word of member,
-	// a key Has takes for group, which presented it on the connection
-	// it answered on. It changes nothing if Has does not take member.
+	// Follow records members as group's replica set: the word of a
+	// majority of the recorded set, member one of them, a key Has takes
+	// for group, which presented it on the connection it answered on. It
+	// changes nothing if Has does not take member.
 	Follow(group client.UUID, member client.Fingerprint, members []client.Fingerprint)
 }
 
