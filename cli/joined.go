@@ -344,13 +344,12 @@ func saveJoined(dir string, set joinedSet) error {
 	if err != nil {
 		return err
 	}
+	defer os.Remove(tmp.Name()) // renamed: nothing to remove
 	if _, err := tmp.WriteString(b.String()); err != nil {
 		tmp.Close()
-		os.Remove(tmp.Name())
 		return err
 	}
 	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
 		return err
 	}
 	return os.Rename(tmp.Name(), path)

@@ -542,3 +542,22 @@ func TestJoinedRecordSeesSameSizeRewrite(t *testing.T) {
 		t.Errorf("after another process replaced the joined file (same size, same time), the record still has the set it read first")
 	}
 }
+
+// TestSaveJoinedLeavesNoTemp: a write of the joined file that fails at its
+// last step (the rename over the file: here a directory stands in its
+// place) leaves no temporary file beside it. Until session 16 each failed
+// write left one in $HUDDLE_HOME, for good: every command that learned a
+// membership tried, and failed, again.
+func TestSaveJoinedLeavesNoTemp(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, joinedFile, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := saveJoined(dir, joinedSet{{wire.UUID{1}, wire.Fingerprint{2}}: {name: "lobby"}}); err == nil {
+		t.Fatal("saveJoined over a directory succeeded")
+	}
+	left, err := filepath.Glob(filepath.Join(dir, joinedFile+".*"))
+	if err != nil || len(left) != 0 {
+		t.Errorf("files left beside the joined file after a failed write: %v, %v", left, err)
+	}
+}
