@@ -277,8 +277,14 @@ func TestWebKeepsUnlistedGroup(t *testing.T) {
 		t.Fatalf("the page dropped the joined group when no registry listed it; it shows:\n%s", b.text())
 	}
 	b.waitFor("the group shown offline", fmt.Sprintf(`document.querySelector(%s).textContent.includes('offline')`, sel))
-	b.waitFor("the conversation said to be down", `document.getElementById('group-state').classList.contains('down') &&
-		document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	// The head says what the list says, and why, once the watch has
+	// heard its daemon go (its status "reconnecting"): the list said
+	// "offline" while the head said "reconnecting... lobby's daemon is
+	// restarting or busy" (the watch's last error, the daemon's goodbye).
+	b.waitFor("the watch retrying", fmt.Sprintf(`window.huddle.state.convs.get(%s)?.status === 'reconnecting'`, jsString(lobby)))
+	if head := eval[string](b, `document.getElementById('group-state').className + ': ' + document.getElementById('group-state').textContent`); !strings.HasPrefix(head, "group-state down: offline: no registry lists lobby right now") {
+		t.Errorf("lobby, not listed, is offline in the list; the head says %q", head)
+	}
 	if got := messagesOf(b, lobby); !slices.Equal(got, []string{"one"}) {
 		t.Errorf("while offline the page holds %q, want the conversation kept", got)
 	}
@@ -413,7 +419,13 @@ func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
 		gd.stop(t)
 		b.waitFor("a list without lobby", fmt.Sprintf(`!%[1]s || %[1]s.listed === false`, g))
 	}
-	b.waitFor("the conversation said to be down", `document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	// Stopped, it deregistered lobby: offline, in the head as in the list.
+	// Killed, the registry lists it until its lease lapses: reconnecting.
+	down := "reconnecting"
+	if !kill {
+		down = "offline"
+	}
+	b.waitFor("the conversation said to be "+down, fmt.Sprintf(`document.getElementById('group-state').textContent.startsWith(%s)`, jsString(down)))
 	b.typeMessage("two, typed while lobby was away")
 
 	// The daemon comes back at another port, with its key and its log.

@@ -437,10 +437,7 @@ function renderSidebar() {
     if (filter && !fmt.allNames(g).some(n => n.toLowerCase().includes(filter)) && !g.uuid.startsWith(filter)) continue;
     const twin = [...looks.get(g)].some(l => nameCount.get(l) > 1);
     const also = (g.other_names || []).map(fmt.quoted).join(', ');
-    const live = c && c.status === 'live';
-    const down = g.member && !g.listed && !live ? 'offline'
-      : g.member && c && c.status === 'reconnecting' ? 'reconnecting'
-      : !g.reachable && !live ? 'unreachable' : '';
+    const down = trouble(g, c)?.word || '';
     const sig = [g.name, also, twin, g.private, g.clash, down, unread, g.members, g.uuid === state.active].join('|');
     keep.add(g.uuid);
     let row = rows.get(g.uuid);
@@ -842,19 +839,11 @@ function renderHead() {
     c.held = held; // the conversation's top says so (renderItem)
     list.refresh();
   }
-  if (held) {
+  const t = trouble(g, c);
+  if (t) {
     st.classList.add('down');
-    st.textContent = `offline: listed only under another key (${(g.other_keys || []).map(fmt.short).join(', ')})`;
-    st.title = heldText(g);
-  } else if (g.member && c && c.status === 'reconnecting') {
-    st.classList.add('down');
-    st.textContent = fmt.reconnecting(c.statusError, g);
-  } else if (g.member && c && c.status === 'ended' && c.statusError) {
-    st.classList.add('down');
-    st.textContent = fmt.describe(apiErr(c.statusError), g);
-  } else if (g.member && !g.listed && !(c && c.status === 'live')) {
-    st.classList.add('down');
-    st.textContent = fmt.reconnecting({code: 'not_found'}, g);
+    st.textContent = t.text;
+    if (t.title) st.title = t.title;
   } else {
     // The count is the list's, which is the daemon's word as soon as it
     // is newer than the registries'; who is online is the members
@@ -870,6 +859,29 @@ function joinAbout(g) {
   return `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
     `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}` +
     (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '');
+}
+
+// trouble says what keeps a group from being live, or null: word for its
+// row in the list, text for the head of its conversation (title: more,
+// on hover). Both come from here so that the list and the head never say
+// two things of one group: a joined group whose daemon stopped and
+// deregistered it was "offline" in the list and "reconnecting... its
+// daemon is restarting or busy" in the head (the watch's last error, the
+// daemon's goodbye). Truest first: a group no registry lists is offline,
+// whatever its watch last heard, until its watch is live again (a lease
+// lapsed under a daemon still serving). A watch ended for good (refused:
+// the head says why) is "error" in the list.
+function trouble(g, c) {
+  const live = c && c.status === 'live';
+  if (g.member && g.unlisted && g.clash) {
+    return {word: 'offline', title: heldText(g),
+      text: `offline: listed only under another key (${(g.other_keys || []).map(fmt.short).join(', ')})`};
+  }
+  if (g.member && !g.listed && !live) return {word: 'offline', ...fmt.offline(g)};
+  if (g.member && c && c.status === 'reconnecting') return {word: 'reconnecting', text: fmt.reconnecting(c.statusError, g)};
+  if (g.member && c && c.status === 'ended' && c.statusError) return {word: 'error', text: fmt.describe(apiErr(c.statusError), g)};
+  if (!g.reachable && !live) return {word: 'unreachable', text: fmt.describe(apiErr({code: 'unreachable'}), g)};
+  return null;
 }
 
 // heldText says why a group the user joined, listed only under other

@@ -141,6 +141,16 @@ export function mentions(text, name) {
   return new RegExp(`(^|[^\\p{L}\\p{N}_])@?${esc}(?![\\p{L}\\p{N}_])`, 'iu').test(text);
 }
 
+// offline says that a joined group is offline: no registry lists it (its
+// daemon stopped and deregistered it, or its lease lapsed), short for the
+// head of its conversation, and why, for its tooltip. huddle web keeps its
+// watch trying, and it comes back by itself once listed.
+export function offline(group) {
+  const g = group ? group.name : 'the group';
+  return {text: `offline: no registry lists ${g} right now`,
+    title: `its daemon stopped or is restarting, or its lease lapsed: huddle web keeps trying, and ${g} comes back by itself once listed`};
+}
+
 // reconnecting says why a group's watch is reconnecting (err: the API
 // error of the status event, or null).
 export function reconnecting(err, group) {
