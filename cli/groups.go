@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,16 +35,31 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "groups", err)
 	}
-	for i := range l.groups {
-		l.groups[i] = joinedName(l.groups[i], s.joined)
+	// The groups as the other commands take them: a cell's group the user
+	// joined is one row of its recorded members (joinedSet.trusted). A
+	// rogue registry's listing of its UUID with one real member's key
+	// beside one of its own, leading, was a row of its own, under the
+	// joined name: the group, as far as the table told, at the rogue's key.
+	groups := s.joined.trusted(l.groups)
+	held := s.joined.held(groups)
+	for i := range groups {
+		if h := held[joinedGroup{groups[i].Group, groups[i].Fingerprint}]; h != nil {
+			groups[i] = named(groups[i], h.Name)
+		} else {
+			groups[i] = joinedName(groups[i], s.joined)
+		}
 	}
-	slices.SortStableFunc(l.groups, func(a, b client.ListedGroup) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortStableFunc(groups, func(a, b client.ListedGroup) int { return strings.Compare(a.Name, b.Name) })
+	heldOf := func(g client.ListedGroup) *joinedKeyError { return held[joinedGroup{g.Group, g.Fingerprint}] }
 	if cf.json {
-		for _, g := range l.groups {
+		for _, g := range groups {
 			j := groupJSON{
 				UUID: g.Group.String(), Name: g.Name, Addrs: g.Addrs,
 				Fingerprint: g.Fingerprint.String(), Members: g.Members, LastSeq: g.LastSeq,
-				OtherNames: g.OtherNames,
+				OtherNames: g.OtherNames, Joined: s.joined.has(g.GroupEntry),
+			}
+			if h := heldOf(g); h != nil {
+				j.Held, j.JoinedDaemon, j.Advice = true, h.Joined.String(), h.Error()
 			}
 			for _, fp := range g.ListedBy {
 				j.ListedBy = append(j.ListedBy, fp.String())
@@ -54,7 +71,7 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		}
 		return ExitOK
 	}
-	if len(l.groups) == 0 {
+	if len(groups) == 0 {
 		fmt.Fprintf(env.Stderr, "no groups registered at %s yet (start one with: huddle serve --group NAME)\n", l.where())
 		return ExitOK
 	}
@@ -66,15 +83,20 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	// The names other registries list a group under: one of them may be
 	// the name the user knows it by (a rogue registry renaming the real
 	// lobby in the merged listing, or two registries that disagree).
-	renamed := slices.ContainsFunc(l.groups, func(g client.ListedGroup) bool { return len(g.OtherNames) > 0 })
+	renamed := slices.ContainsFunc(groups, func(g client.ListedGroup) bool { return len(g.OtherNames) > 0 })
 	if renamed {
 		head = append(head, "ALSO LISTED AS")
 	}
 	rows := [][]string{head}
-	for _, g := range l.groups {
+	var advice []string
+	for _, g := range groups {
 		daemon := g.Fingerprint.Short()
 		if len(g.Replicas) > 0 {
 			daemon += fmt.Sprintf(" (leads a cell of %d)", len(g.Replicas))
+		}
+		if h := heldOf(g); h != nil {
+			daemon += " (held: not the key you joined)"
+			advice = append(advice, h.Error())
 		}
 		row := []string{g.Name, g.Group.String(), fmt.Sprint(g.Members), fmt.Sprint(g.LastSeq),
 			strings.Join(g.Addrs, ","), daemon}
@@ -87,6 +109,12 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		rows = append(rows, row)
 	}
 	writeTable(env.Stdout, rows)
+	// Why each held group is not used, and what takes it (the key clash
+	// a send to it gets): the table alone gave no sign that a group the
+	// user joined is held, listed only under a key they did not join it at.
+	for _, a := range advice {
+		fmt.Fprintf(env.Stderr, "huddle groups: held: %s\n", a)
+	}
 	if failed := l.failed(); len(failed) > 0 && l.cached == nil {
 		fmt.Fprintf(env.Stderr, "listed by %s; not answering: %s\n", l.where(), strings.Join(failed, "; "))
 	}
@@ -100,7 +128,30 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 // registries' name alone, so that the CLI and the page named a renamed
 // group differently.
 func joinedName(g client.ListedGroup, joined joinedSet) client.ListedGroup {
-	name := joined.nameOf(g.GroupEntry)
+	return named(g, joined.nameOf(g.GroupEntry))
+}
+
+// held returns, by UUID and key, the key clash of each listing in groups
+// of a UUID the user joined at other keys, none of which is listed: the
+// refusal a command naming it gets (resolveGroup), its advice included.
+func (j joinedSet) held(groups []client.ListedGroup) map[joinedGroup]*joinedKeyError {
+	out := make(map[joinedGroup]*joinedKeyError)
+	entries := listedEntries(groups)
+	for _, g := range groups {
+		if j.has(g.GroupEntry) || !slices.ContainsFunc(slices.Collect(maps.Keys(j)), func(k joinedGroup) bool { return k.Group == g.Group }) {
+			continue
+		}
+		var ke *joinedKeyError
+		if _, err := resolveGroup(entries, g.Group.String(), j); errors.As(err, &ke) {
+			out[joinedGroup{g.Group, g.Fingerprint}] = ke
+		}
+	}
+	return out
+}
+
+// named returns g under name, the name the user joined it under, the
+// registries' name among its other names; g as it is for "" or its name.
+func named(g client.ListedGroup, name string) client.ListedGroup {
 	if name == "" || name == g.Name {
 		return g
 	}
@@ -140,6 +191,16 @@ type groupJSON struct {
 	// OtherNames are the names other registries list it under, besides
 	// name (client.ListedGroup.OtherNames), as they came.
 	OtherNames []string `json:"other_names,omitempty"`
+	// Joined: the user joined the group, at this key (or, a cell's, at
+	// one of its recorded members).
+	Joined bool `json:"joined,omitempty"`
+	// Held: the user joined this UUID at another key (joined_daemon),
+	// which no registry that answered lists now; this key is not used
+	// until they take it (huddle join UUID --daemon KEY): advice says
+	// why and how, as a command naming the group says in its key clash.
+	Held         bool   `json:"held,omitempty"`
+	JoinedDaemon string `json:"joined_daemon,omitempty"`
+	Advice       string `json:"advice,omitempty"`
 	// Replicas are the members of the cell that replicates the group
 	// (absent for a group of one daemon); addrs and fingerprint are then
 	// its leader's.
