@@ -40,8 +40,21 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	// rogue registry's listing of its UUID with one real member's key
 	// beside one of its own, leading, was a row of its own, under the
 	// joined name: the group, as far as the table told, at the rogue's key.
-	groups := s.joined.trusted(l.groups)
-	held := s.joined.held(groups)
+	//
+	// A cell's group whose listings name members other than those
+	// recorded (its operator replaced one; or a rogue's listing) is asked
+	// who its members are, as a command naming it asks (session.group):
+	// a member the operator added is shown once the cell says so, never
+	// on a listing's word.
+	joined := s.joined
+	for _, k := range slices.Collect(maps.Keys(joined)) {
+		if _, ok := joined[k]; ok && joined.stale(l.groups, k) {
+			joined, _ = followCell(ctx, s.client, s.home, joinedLockWait, joined, k, l.groups)
+		}
+	}
+	s.joined = joined
+	groups := joined.trusted(l.groups)
+	held := joined.held(groups)
 	for i := range groups {
 		if h := held[joinedGroup{groups[i].Group, groups[i].Fingerprint}]; h != nil {
 			groups[i] = named(groups[i], h.Name)

@@ -22,10 +22,14 @@ import (
 func TestGroupsShowsHeldAndTrusted(t *testing.T) {
 	a, b, c, x := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}, wire.Fingerprint{0xee}
 	cell := wire.UUID{7}
-	real := wire.GroupEntry{Group: cell, Name: "general", Fingerprint: b, Addrs: []string{"127.0.0.1:2"}, ExpiresMS: 20000,
-		Replicas: []wire.Replica{{Addr: "127.0.0.1:1", Fingerprint: a}, {Addr: "127.0.0.1:2", Fingerprint: b, Leader: true}, {Addr: "127.0.0.1:3", Fingerprint: c}}}
+	// The members' address answers at once with a key none of theirs:
+	// asked who the cell's members are (the rogue's listing names a key
+	// the joined file does not record: followCell), they do not say.
+	other := listingRegistry(t)
+	real := wire.GroupEntry{Group: cell, Name: "general", Fingerprint: b, Addrs: []string{other}, ExpiresMS: 20000,
+		Replicas: []wire.Replica{{Addr: other, Fingerprint: a}, {Addr: other, Fingerprint: b, Leader: true}, {Addr: other, Fingerprint: c}}}
 	mixed := wire.GroupEntry{Group: cell, Name: "general", Fingerprint: x, Addrs: []string{"127.0.0.1:9"}, ExpiresMS: 3_600_000,
-		Replicas: []wire.Replica{{Addr: "127.0.0.1:9", Fingerprint: a}, {Addr: "127.0.0.1:9", Fingerprint: x, Leader: true}}}
+		Replicas: []wire.Replica{{Addr: other, Fingerprint: a}, {Addr: "127.0.0.1:9", Fingerprint: x, Leader: true}}}
 	lobby, joinedAt, impostor := wire.UUID{4, 2}, wire.Fingerprint{1, 1}, wire.Fingerprint{6, 6}
 	held := wire.GroupEntry{Group: lobby, Name: "not lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: impostor, ExpiresMS: 20000}
 	u := newTestUser(t, listingRegistry(t, real)+","+listingRegistry(t, mixed, held))
