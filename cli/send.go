@@ -3,6 +3,8 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +25,8 @@ func runSend(ctx context.Context, env Env, args []string) int {
 	var idFlag string
 	fs := newFlags(env, "send", "GROUP [TEXT...] [--id UUID] [flags] [-- TEXT...]",
 		"Send TEXT to GROUP as one message, or, with no TEXT, each line of standard input as its own message.\nEach message is acknowledged with its sequence number and server time. Members only.\nFlags may go before or after TEXT. Everything after -- is text: put -- before text with a word that starts with -.",
-		"  huddle send lobby hello everyone\n  huddle send lobby running late --registry 10.0.0.9:7373\n  huddle send lobby -- -5 degrees out, bring a coat\n  tail -f build.log | huddle send builds --json\n  huddle send builds --id \"$ID\" build 1234 passed   # the same ID on every retry: stored once")
-	fs.StringVar(&idFlag, "id", "", "the message's ID, a random UUID (uuidgen makes one; never one another member could guess): a retry with the same ID is stored once, and its ack says duplicate")
+		"  huddle send lobby hello everyone\n  huddle send lobby running late --registry 10.0.0.9:7373\n  huddle send lobby -- -5 degrees out, bring a coat\n  tail -f build.log | huddle send builds --json\n  huddle send builds --id \"$ID\" build 1234 passed   # the same ID on every retry: stored once\n  huddle send builds --id \"$RUN\" < lines.txt      # the same input and ID again: each line stored once")
+	fs.StringVar(&idFlag, "id", "", "the message's ID, a random UUID (uuidgen makes one; never one another member could guess): a retry with the same ID is stored once, and its ack says duplicate; with lines on standard input, the run's ID, from which each line's is derived (by its number and text): the same input sent again with it stores each line once")
 	cf.register(fs)
 	err := fs.Parse(args)
 	if nf := (*pflag.NotExistError)(nil); errors.As(err, &nf) {
@@ -40,9 +42,6 @@ func runSend(ctx context.Context, env Env, args []string) int {
 	ref, text := fs.Arg(0), fs.Args()[1:]
 	id := client.NewID()
 	if idFlag != "" {
-		if len(text) == 0 {
-			return usageErr(env, "send", "--id names one message: give its text after GROUP, not lines on standard input")
-		}
 		u, err := uuid.Parse(idFlag)
 		if err != nil || u == (uuid.UUID{}) {
 			return usageErr(env, "send", "--id %q: want a UUID other than all zeros (uuidgen makes one)", idFlag)
@@ -51,8 +50,9 @@ func runSend(ctx context.Context, env Env, args []string) int {
 	}
 	if len(text) == 0 {
 		// Reading standard input may take as long as its writer likes; only
-		// the connection and each send are bounded by --timeout.
-		return sendLines(ctx, env, &cf, ref)
+		// the connection and each send are bounded by --timeout. The run's
+		// ID, given or drawn, names each line's message ID (lineMsgID).
+		return sendLines(ctx, env, &cf, ref, id)
 	}
 	body := strings.Join(text, " ")
 	if strings.TrimSpace(body) == "" {
@@ -90,8 +90,10 @@ type inputLine struct {
 // limits), so a pipe of many lines costs few round trips while a person
 // typing sees each line sent at once. Blank lines are skipped. A line over
 // the group's message limit is refused by its line number and the rest are
-// sent; the exit code is then 1.
-func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
+// sent; the exit code is then 1. Each line's message ID is derived from
+// run, its number and its text (lineMsgID), so that the same input sent
+// again under the same run ID stores each line once.
+func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run client.ID) int {
 	octx, cancel := context.WithTimeout(ctx, cf.timeout)
 	s, err := open(octx, env, "send", cf)
 	if err != nil {
@@ -181,59 +183,81 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 			first = failed[len(doubt)].n
 		}
 		retryHint(env, doubt)
-		return sendStop(env, cf, code, acked, doubt, first)
+		return sendStop(env, cf, code, acked, doubt, first, run)
 	}
+	// split reports whether a send refused with err may go through in
+	// smaller parts: a lone daemon's log that cannot store it (a disk
+	// nearly full) may store fewer lines. Not a cell's group, whose
+	// client already tried until --timeout ran out (no leader, say), nor
+	// a daemon shutting down.
+	split := func(err error) bool {
+		return errors.Is(err, client.ErrUnavailable) && !errors.Is(err, client.ErrShuttingDown) && len(e.Replicas) == 0
+	}
+	// send sends msgs, the lines from, and prints their acks. Refused as
+	// unavailable (split), it sends the first half, then goes on at that
+	// size, halving it again at each refusal, until one line alone is
+	// refused: the lines that fit are stored and reported acknowledged,
+	// and only the rest unsent (a send of 64 lines refused on a nearly
+	// full disk reported all 64 unsent, where 47 fitted). The lines
+	// resent carry the same IDs: one stored meanwhile is acknowledged as
+	// a duplicate.
 	send := func(msgs []client.Outgoing, from []inputLine) error {
-		flying(msgs, from)
-		failed = from
-		acks, err := sendPaced(ctx, cf.timeout, g, msgs)
-		if errors.Is(err, client.ErrTooLarge) && len(msgs) > 1 {
-			// The daemon's limits are not the ones it reported: send one
-			// at a time, so only the lines at fault are refused.
-			for i := range msgs {
-				flying(msgs[i:i+1], from[i:i+1])
-				failed = from[i:]
-				sctx, cancel := context.WithTimeout(ctx, cf.timeout)
-				acks, err := g.SendMessages(sctx, msgs[i:i+1])
-				cancel()
-				switch {
-				case errors.Is(err, client.ErrTooLarge):
-					tooLarge(from[i], len(msgs[i].Body))
-				case err != nil:
-					return err
-				default:
-					// Stored; the lines after it in this send are not
-					// sent yet, if its ack cannot be written.
-					flying(nil, nil)
-					failed = from[i+1:]
+		n := len(msgs)
+		for len(msgs) > 0 {
+			n = min(n, len(msgs))
+			flying(msgs[:n], from[:n])
+			failed = from // from the first line not acknowledged on
+			acks, err := sendPaced(ctx, cf.timeout, g, msgs[:n])
+			switch {
+			case errors.Is(err, client.ErrTooLarge) && n > 1:
+				// The daemon's limits are not the ones it reported: send
+				// one at a time, so only the lines at fault are refused.
+				for i := range n {
+					flying(msgs[i:i+1], from[i:i+1])
+					failed = from[i:]
+					sctx, cancel := context.WithTimeout(ctx, cf.timeout)
+					acks, err := g.SendMessages(sctx, msgs[i:i+1])
+					cancel()
+					switch {
+					case errors.Is(err, client.ErrTooLarge):
+						tooLarge(from[i], len(msgs[i].Body))
+					case err != nil:
+						return err
+					default:
+						// Stored; the lines after it in this send are
+						// not sent yet, if its ack cannot be written.
+						flying(nil, nil)
+						failed = from[i+1:]
+						acked = append(acked, from[i].n)
+						if err := printAck(env, cf, acks[0], from[i].n); err != nil {
+							return err
+						}
+					}
+				}
+			case errors.Is(err, client.ErrTooLarge):
+				tooLarge(from[0], len(msgs[0].Body))
+			case err != nil && n > 1 && split(err):
+				n = (n + 1) / 2
+				continue
+			case err != nil:
+				return err
+			default:
+				// Every line of this send is stored, whether or not its
+				// ack can be written: nothing in doubt.
+				flying(nil, nil)
+				failed = from[n:]
+				for i := range acks {
 					acked = append(acked, from[i].n)
-					if err := printAck(env, cf, acks[0], from[i].n); err != nil {
+				}
+				for i, a := range acks {
+					if err := printAck(env, cf, a, from[i].n); err != nil {
 						return err
 					}
 				}
 			}
-			failed = nil
-			return nil
+			msgs, from = msgs[n:], from[n:]
 		}
-		if errors.Is(err, client.ErrTooLarge) {
-			failed = nil
-			tooLarge(from[0], len(msgs[0].Body))
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		// Every line of the send is stored, whether or not its ack can be
-		// written.
 		failed = nil
-		for i := range acks {
-			acked = append(acked, from[i].n)
-		}
-		for i, a := range acks {
-			if err := printAck(env, cf, a, from[i].n); err != nil {
-				return err
-			}
-		}
 		return nil
 	}
 
@@ -272,7 +296,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 				return false
 			}
 			handled = l.n
-			msgs = append(msgs, client.Outgoing{ID: client.NewID(), Body: []byte(l.text)})
+			msgs = append(msgs, client.Outgoing{ID: lineMsgID(run, l.n, l.text), Body: []byte(l.text)})
 			from = append(from, l)
 			size += len(l.text) + perMessage
 			return true
@@ -309,6 +333,34 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string) int {
 		return ExitRefused
 	}
 	return ExitOK
+}
+
+// lineMsgID returns the message ID of line n (text) of a send of lines
+// whose run ID is run: a UUIDv7 whose 48 bits of time are run's (the
+// run's start, for a run ID drawn by NewID) and whose 74 others come from
+// a SHA-256 of the three, so a message ID is a UUIDv7 as README promises
+// (its time the sender's clock, the run's start). The same input sent again
+// with the same run ID (--id) gives each line the ID it had, so a line
+// the daemon stored is acknowledged as a duplicate, not stored twice,
+// within the group's dedup window; a line whose text changed is another
+// message. Unguessable as long as run is: a member who learnt a line's ID
+// could send under it first (PROTOCOL.md, idempotence).
+//
+// Why: each run drew new IDs, so a script re-running a send that stopped
+// partway stored the acknowledged lines twice; it had to cut its input at
+// first_unsent itself, and send each line in doubt with its own --id.
+func lineMsgID(run client.ID, n int, text string) client.ID {
+	h := sha256.New()
+	h.Write([]byte("huddle send line\x00"))
+	h.Write(run[:])
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(n)))
+	h.Write([]byte(text))
+	var id client.ID
+	copy(id[6:], h.Sum(nil))
+	copy(id[:6], run[:6])
+	id[6] = 0x70 | id[6]&0x0f // version 7
+	id[8] = 0x80 | id[8]&0x3f // the RFC 9562 variant
+	return id
 }
 
 // lineID is a line of standard input sent under a message ID.
@@ -448,14 +500,14 @@ type ackJSON struct {
 }
 
 // sendStop reports, after a send of lines stopped partway, what a script
-// needs to resume without sending a line twice or losing one: the lines
-// the daemon acknowledged, those in doubt (named by retryHint), and the
-// first line not sent, from which every line is unsent. Each run gives
-// its lines new IDs, so running the same input again would store the
-// acknowledged lines twice: resume from first (tail -n +first). With
-// --json the same goes on standard output as a stopped event. It
-// returns code.
-func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, first int) int {
+// needs to finish the job without sending a line twice or losing one: the
+// lines the daemon acknowledged, those in doubt (named by retryHint), the
+// first line not sent, from which every line is unsent, and the run's ID:
+// the same input sent again with --id run stores each line once (its
+// message ID is the same, lineMsgID), those in doubt included; or resume
+// from first (tail -n +first). With --json the same goes on standard
+// output as a stopped event. It returns code.
+func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, first int, run client.ID) int {
 	spans := lineSpans(acked)
 	// Where no line was acknowledged or is in doubt, the error says it
 	// all for people: nothing was sent.
@@ -476,10 +528,11 @@ func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, f
 		} else {
 			fmt.Fprintf(env.Stderr, "  %d %s acknowledged (%s %s)\n", len(acked), plural(len(acked), "line", "lines"), plural(len(acked), "line", "lines"), b.String())
 		}
-		fmt.Fprintf(env.Stderr, "  not sent: line %d and every line after it; to resume, send from there (tail -n +%d FILE | huddle send GROUP): each run gives its lines new IDs, so the same input sent again would store the acknowledged lines twice\n", first, first)
+		fmt.Fprintf(env.Stderr, "  not sent: line %d and every line after it; to resume, send from there (tail -n +%d FILE | huddle send GROUP)\n", first, first)
+		fmt.Fprintf(env.Stderr, "  or send the same input again with --id %s: each line keeps its message ID, so one already stored is acknowledged as a duplicate, not stored twice (those in doubt too)\n", uuid.UUID(run))
 	}
 	if cf.json {
-		stopped := stoppedJSON{Event: "stopped", Acked: len(acked), AckedLines: spans, FirstUnsent: first, InDoubt: []doubtJSON{}}
+		stopped := stoppedJSON{Event: "stopped", Acked: len(acked), AckedLines: spans, FirstUnsent: first, InDoubt: []doubtJSON{}, RunID: uuid.UUID(run).String()}
 		for _, l := range doubt {
 			stopped.InDoubt = append(stopped.InDoubt, doubtJSON{Line: l.n, MsgID: l.id.String()})
 		}
@@ -511,6 +564,9 @@ type stoppedJSON struct {
 	AckedLines  [][2]int    `json:"acked_lines"`
 	InDoubt     []doubtJSON `json:"in_doubt"`
 	FirstUnsent int         `json:"first_unsent"`
+	// RunID is the run's ID (--id, or drawn): the same input sent again
+	// with --id RUN_ID gives each line its message ID of this run.
+	RunID string `json:"run_id"`
 }
 
 // doubtJSON is a line whose send was cut short: stored or not, unknown;

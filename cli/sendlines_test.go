@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
@@ -86,6 +89,10 @@ func TestSendLinesStoppedPartway(t *testing.T) {
 		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &stopped); err != nil {
 			t.Fatalf("the last line of send --json: %v\n%s", err, out.String())
 		}
+		if _, err := uuid.Parse(fmt.Sprint(stopped["run_id"])); err != nil {
+			t.Errorf("send --json stopped with run_id %v: %v; want the run's ID", stopped["run_id"], err)
+		}
+		delete(stopped, "run_id")
 		got, _ := json.Marshal(stopped)
 		if want := `{"acked":3,"acked_lines":[[1,1],[3,3],[5,5]],"event":"stopped","first_unsent":6,"in_doubt":[]}`; string(got) != want {
 			t.Errorf("send --json stopped with %s, want %s", got, want)
