@@ -68,9 +68,7 @@ func commitBarrier(t *testing.T, l *testMember) {
 func closeReleasing(t *testing.T, l *testMember, release func()) {
 	t.Helper()
 	n := l.node
-	closed := make(chan error, 1)
-	go func() { closed <- n.Close() }()
-	waitUntil(t, "Close to shut raft down, or to wait for its answers", func() bool {
+	closeReleasingWhen(t, l, release, "Close to shut raft down, or to wait for its answers", func() bool {
 		if !n.gate.TryRLock() {
 			return false // Close waits for the gate (a request handed over under it)
 		}
@@ -78,6 +76,17 @@ func closeReleasing(t *testing.T, l *testMember, release func()) {
 		n.gate.RUnlock()
 		return n.raft.State() == raft.Shutdown || gated && n.futures.Load() > 0
 	})
+}
+
+// closeReleasingWhen closes l's node while its state machine is held, and
+// lets the state machine go on once cond (what) holds. Close must then
+// return: it fails the test if it has not by waitTimeout.
+func closeReleasingWhen(t *testing.T, l *testMember, release func(), what string, cond func() bool) {
+	t.Helper()
+	n := l.node
+	closed := make(chan error, 1)
+	go func() { closed <- n.Close() }()
+	waitUntil(t, what, cond)
 	release()
 	select {
 	case <-closed:
@@ -204,5 +213,47 @@ func TestAnswerEndsWithRaft(t *testing.T) {
 	}
 	if k := n.futures.Load(); k != 0 {
 		t.Fatalf("%d requests counted unanswered after raft answered", k)
+	}
+}
+
+// TestCloseWhileSendHeldPastSettle: a member closing while a send it leads
+// is committed but not applied, its state machine held past settleWait
+// (as behind a disk that hangs), ends, and the send is answered ErrClosed.
+// Close lets raft answer what it was handed for settleWait at most, then
+// shuts raft down, which drops the batches on its state machine's queue
+// unanswered (raft 1.7.2): the send's own wait (await) waited for raft's
+// answer alone, so Close, which waits for it, never returned, and the
+// sender, with a CommitWait longer than that, waited as long.
+func TestCloseWhileSendHeldPastSettle(t *testing.T) {
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		steadyLeader(cfg)
+		cfg.settleWait = 100 * time.Millisecond
+		cfg.CommitWait = time.Hour // the send waits for raft's verdict, or Close
+	})
+	l := c.leader()
+	g := l.group("lobby")
+	release := holdLeaderFSM(t, l)
+	n := l.node
+	before := n.raft.LastIndex()
+	sent := make(chan error, 1)
+	go func() {
+		_, err := n.Send(context.Background(), g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("behind")}}, nil)
+		sent <- err
+	}()
+	waitUntil(t, "the send committed, queued behind the held entry", func() bool {
+		last := n.raft.LastIndex()
+		return last > before && n.raft.CommitIndex() >= last
+	})
+	// Close shuts raft down once settle gave up; raft's shutdown then
+	// waits for the state machine, let go then.
+	closeReleasingWhen(t, l, release, "Close to shut raft down", func() bool { return n.raft.State() == raft.Shutdown })
+	select {
+	case err := <-sent:
+		if err != nil && !errors.Is(err, ErrClosed) {
+			t.Errorf("the send, dropped by raft as its member closed: %v, want ErrClosed", err)
+		}
+		t.Logf("the send as its member closed: %v", err)
+	case <-time.After(waitTimeout):
+		t.Errorf("the send still waits %v after its member closed", waitTimeout)
 	}
 }

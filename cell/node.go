@@ -212,6 +212,9 @@ type Config struct {
 	// second round of a catch-up at start, as if it had backed off that
 	// far (catchUp).
 	catchUpWait time.Duration
+	// settleWait, if set (by tests), replaces how long Close waits for
+	// raft to answer what it was handed (settle).
+	settleWait time.Duration
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -1436,8 +1439,7 @@ func (n *Node) Close() error {
 
 // apply hands cmd to raft, unless the node is closing (ErrClosed), as
 // hand does (without its closure: a send's path). The caller takes raft's
-// answer with answer, or (a send's) waits for the future's Error, then
-// calls n.futures.Add(-1).
+// answer with answer.
 func (n *Node) apply(cmd []byte) (raft.ApplyFuture, error) {
 	n.gate.RLock()
 	defer n.gate.RUnlock()
@@ -1487,12 +1489,13 @@ func hand[F raft.Future](n *Node, ask func() F) (F, error) {
 }
 
 // answer waits for raft's answer to f, a request handed over by hand,
-// and returns it, or ErrClosed (wrapped) if raft shut down without
-// answering it. Close lets raft answer every request handed over before
-// it shuts raft down (settle), for at most settleWait: one raft still
-// held then, and dropped, is left to a goroutine that waits for it for
-// as long as raft keeps it (Close logs how many). (A send's own wait,
-// Node.await, does without that goroutine: it waits for raft alone.)
+// (or by apply) and returns it, or ErrClosed (wrapped) if raft shut down
+// without answering it. Close lets raft answer every request handed over
+// before it shuts raft down (settle), for at most settleWait: one raft
+// still held then, and dropped, is left to a goroutine that waits for it
+// for as long as raft keeps it (Close logs how many): raft (v1.7.2) never
+// answers a request it dropped, and that goroutine then waits for ever.
+// A send's wait (await) takes its answer here too, since session 16.
 func (n *Node) answer(f raft.Future) error {
 	done := make(chan error, 1)
 	go func() {
@@ -1528,7 +1531,7 @@ func (n *Node) settle() {
 	n.gate.Lock()
 	n.gated = true
 	n.gate.Unlock()
-	deadline := time.Now().Add(settleWait)
+	deadline := time.Now().Add(or(n.cfg.settleWait, settleWait))
 	for n.futures.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(2 * time.Millisecond)
 	}

@@ -435,10 +435,15 @@ func commandSize(entries []store.Entry) int {
 // await waits for raft's verdict on a proposal, forgets its IDs, hands
 // the group's open proposal to raft if one waits, and then answers the
 // proposal's senders: the next entry is on its way meanwhile.
+//
+// It takes the verdict through answer, which ends with ErrClosed once raft
+// has shut down without giving one: raft (v1.7.2) drops the entries still
+// queued for its state machine as it shuts down, which Close lets it apply
+// for settleWait at most. await waited for raft alone until session 16, and
+// Close, which waits for it, never returned after a send held that long.
 func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 	defer n.wg.Done()
-	err := f.Error()
-	n.futures.Add(-1)
+	err := n.answer(f)
 	if err == nil {
 		if rerr, ok := f.Response().(error); ok {
 			err = rerr
