@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -45,7 +46,7 @@ const (
 	catchUpChunk       = 1024
 	catchUpFrameBytes  = 1 << 20
 	maxCatchUpFrame    = 4 << 20
-	catchUpTimeout     = 30 * time.Second // without progress
+	catchUpTimeout     = 30 * time.Second // without progress, once the member answered
 	// catchUpRetryMin and catchUpRetryMax bound the wait between rounds
 	// of a catch-up at Start that no peer could serve (catchUp).
 	catchUpRetryMin = 250 * time.Millisecond
@@ -156,6 +157,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 				from, _ := g.log.Tail()
 				err = a.s.copy(g)
 				a.s.close()
+				n.tr.unanswered(a.p.Addr, a.s.conn, err)
 				if err == nil {
 					n.cfg.Logger.Info("cell: caught up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "from", from, "to", seq)
 					if waiting && round > 1 {
@@ -252,6 +254,7 @@ func (n *Node) catchUpOrder() []Peer {
 // to its header: the member has them, from first to upto.
 type catchUpStream struct {
 	str         *quic.Stream
+	conn        *quic.Conn // str's
 	r           *bufio.Reader
 	buf         []byte
 	stop        func() bool // the AfterFunc that cancels str with the catch-up's context
@@ -261,14 +264,28 @@ type catchUpStream struct {
 // askCatchUp asks p for g's messages after..upto, and reads its answer's
 // header: it returns the stream once p says it has them (the caller
 // copies them, then closes it), else why not.
+//
+// The header is waited for until ctx's deadline, and RPCTimeout at most: a
+// live member answers it once it has looked at its log. One that answers
+// nothing by then has its connection dropped, as a progress or members
+// question does (Transport.unanswered): it was taken to have restarted
+// with no stateless reset reaching this daemon, and the next question
+// dials it anew. Until session 16 the header was waited for catchUpTimeout
+// (30 s) on the connection kept, and a catch-up at start did not ask that
+// member again meanwhile (catchUp), nor did one without a wait (a snapshot
+// installed from the leader) give up before it ended.
 func (n *Node) askCatchUp(ctx context.Context, p Peer, g *groupState, after, upto uint64) (*catchUpStream, error) {
-	dctx, cancel := context.WithTimeout(ctx, n.cfg.RPCTimeout)
-	str, _, err := n.tr.open(dctx, p.Addr, []byte{kindCatchUp})
+	answerBy := time.Now().Add(n.cfg.RPCTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(answerBy) {
+		answerBy = d
+	}
+	dctx, cancel := context.WithDeadline(ctx, answerBy)
+	str, conn, err := n.tr.open(dctx, p.Addr, []byte{kindCatchUp})
 	cancel()
 	if err != nil {
 		return nil, err
 	}
-	s := &catchUpStream{str: str, r: bufio.NewReaderSize(str, 64<<10), upto: upto,
+	s := &catchUpStream{str: str, conn: conn, r: bufio.NewReaderSize(str, 64<<10), upto: upto,
 		stop: context.AfterFunc(ctx, func() { str.CancelRead(streamClosed) })}
 	var req [catchUpRequestSize]byte
 	copy(req[:16], g.spec.ID[:])
@@ -281,17 +298,24 @@ func (n *Node) askCatchUp(ctx context.Context, p Peer, g *groupState, after, upt
 		return nil, err
 	}
 	str.Close()
-	if err := s.header(g, after); err != nil {
+	if err := s.header(g, after, answerBy); err != nil {
 		s.close()
+		if !errors.Is(err, errCatchUp) && !errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(answerBy) {
+			// ctx's deadline, which cancels the stream too (stop), came
+			// first: unanswered all the same.
+			err = fmt.Errorf("%w: %w", os.ErrDeadlineExceeded, err)
+		}
+		n.tr.unanswered(p.Addr, conn, err)
 		return nil, err
 	}
 	return s, nil
 }
 
 // header reads the answer's header (a request for the messages after
-// after).
-func (s *catchUpStream) header(g *groupState, after uint64) error {
-	kind, p1, err := s.next()
+// after), by answerBy.
+func (s *catchUpStream) header(g *groupState, after uint64, answerBy time.Time) error {
+	s.str.SetReadDeadline(answerBy)
+	kind, p1, err := s.read()
 	if err != nil {
 		return err
 	}
@@ -312,9 +336,14 @@ func (s *catchUpStream) header(g *groupState, after uint64) error {
 	return nil
 }
 
-// next reads the stream's next frame.
+// next reads the stream's next frame, within catchUpTimeout.
 func (s *catchUpStream) next() (byte, []byte, error) {
 	s.str.SetReadDeadline(time.Now().Add(catchUpTimeout))
+	return s.read()
+}
+
+// read reads the stream's next frame, by the read deadline set.
+func (s *catchUpStream) read() (byte, []byte, error) {
 	var h [4]byte
 	if _, err := io.ReadFull(s.r, h[:]); err != nil {
 		return 0, nil, err

@@ -187,3 +187,26 @@ func TestMembersAfterRestart(t *testing.T) {
 		return err
 	})
 }
+
+// TestCatchUpAfterRestart: a member killed and restarted answers the next
+// catch-up request after one goes unanswered, as it does a progress or
+// members question (TestProgressAfterRestart): a catch-up's header
+// unanswered by its deadline (the request's, RPCTimeout at most) drops
+// the connection too. Before, the header was read for up to 30 s on the
+// connection kept, and each request on it went unanswered until its idle
+// timeout (15 s) when no stateless reset ended it; a catch-up at start did
+// not ask that member again meanwhile. A member that answers it cannot
+// serve (its logs are new here) answered all the same.
+func TestCatchUpAfterRestart(t *testing.T) {
+	askAfterRestart(t, func(ctx context.Context, l, o *testMember) error {
+		g := l.node.fsm.group(l.group("lobby").ID)
+		s, err := l.node.askCatchUp(ctx, Peer{Addr: o.addr, Fingerprint: o.id.Fingerprint()}, g, 0, 1)
+		switch {
+		case err == nil:
+			s.close()
+		case errors.Is(err, errCatchUp): // answered
+			err = nil
+		}
+		return err
+	})
+}
