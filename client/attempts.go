@@ -17,7 +17,9 @@ var errAttemptEnd = errors.New("the attempt's time is up")
 // silentFor (errSilent) if conn was given and not one packet arrived on it
 // meanwhile (counted from when its stream opened, if it had to wait for
 // stream credit), and at end (errAttemptEnd, with the error of a passed
-// deadline, as a deadline context's). The stream the call runs on is
+// deadline, as a deadline context's). The time it waits for stream credit
+// does not count against its bound either, while the member is heard
+// from (extend). The stream the call runs on is
 // registered with it (cancelOnEnd) and cancelled when the attempt ends:
 // context.AfterFunc there cost a registration, a done channel and a
 // closure per send.
@@ -28,9 +30,14 @@ var errAttemptEnd = errors.New("the attempt's time is up")
 // package context, which only such rare paths pay for.
 type attemptCtx struct {
 	context.Context // the caller's: its values, and the end of the attempt if it ends first
-	end             time.Time
 	watched         bool
 	clock           *attemptClock
+	bound           time.Duration // the attempt's own time, from when its stream opens
+	limit           time.Time     // zero, or a bound of the caller's that end never passes
+
+	// end is when the attempt ends: written under clock.mu and mu both
+	// (extend), read under either.
+	end time.Time
 
 	// Under clock.mu: the attempt's place in the clock's list, what the
 	// clock still has to check, and the watch of the caller's context it
@@ -42,20 +49,26 @@ type attemptCtx struct {
 	heard      uint64        // packets received on silence when the attempt began
 	over       bool          // the clock has ended it
 	watch      *parentWatch
+	conn       *quic.Conn // the connection the call uses (nil: not known); read by extend
+	seen       uint64     // packets received on conn when the attempt began, or extend last looked
 
 	mu       sync.Mutex
 	done     chan struct{} // made by the first Done
 	err      error         // set once the attempt ended
 	cause    error         // errSilent, errAttemptEnd, or the caller's context's cause
 	str      *quic.Stream  // cancelled when the attempt ends
+	opened   time.Time     // when str opened
 	released bool
 }
 
 func (a *attemptCtx) Deadline() (time.Time, bool) {
-	if d, ok := a.Context.Deadline(); ok && d.Before(a.end) {
+	a.mu.Lock()
+	end := a.end
+	a.mu.Unlock()
+	if d, ok := a.Context.Deadline(); ok && d.Before(end) {
 		return d, true
 	}
-	return a.end, true
+	return end, true
 }
 
 func (a *attemptCtx) Done() <-chan struct{} {
@@ -96,8 +109,11 @@ func (a *attemptCtx) cancelOnEnd(st *quic.Stream) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.str = st
-	if st != nil && a.err != nil {
-		cancelStream(st)
+	if st != nil {
+		a.opened = time.Now()
+		if a.err != nil {
+			cancelStream(st)
+		}
 	}
 }
 
@@ -107,6 +123,56 @@ func (a *attemptCtx) streaming() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.str != nil
+}
+
+// atLimit reports whether the attempt's end is its limit: a bound of the
+// caller's, not its own.
+func (a *attemptCtx) atLimit() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.limit.IsZero() && !a.end.Before(a.limit)
+}
+
+// extend moves the end of an attempt whose time is up (now) if it spent
+// some of it waiting for stream credit, and reports whether it did: the
+// attempt's bound is counted from when its stream opened; while it still
+// waits, it gets its bound again from now if the member was heard from
+// since it began (or extend last looked), as a live member is while it
+// answers the calls holding its streams. An attempt that waited for a
+// bound in which not one packet came ends: the member is taken for gone,
+// as before. Never past limit. Under clock.mu.
+//
+// Why: with more calls than the member's max_streams, those queued for
+// credit were ended at their bound (errAttemptTimeout), the connection
+// dropped and every call on it failing over, when a slow but live leader
+// answered each call within its bound once it had its stream: the client
+// abandoned a healthy leader for followers that refuse sends.
+func (a *attemptCtx) extend(now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var end time.Time
+	switch {
+	case a.released || a.err != nil:
+		return false
+	case a.str != nil:
+		end = a.opened.Add(a.bound)
+	case a.conn == nil:
+		return false
+	default:
+		heard := a.conn.ConnectionStats().PacketsReceived
+		if heard == a.seen {
+			return false
+		}
+		a.seen, end = heard, now.Add(a.bound)
+	}
+	if !a.limit.IsZero() && a.limit.Before(end) {
+		end = a.limit
+	}
+	if !now.Before(end) {
+		return false
+	}
+	a.end = end
+	return true
 }
 
 func (a *attemptCtx) finish(err, cause error) {
@@ -170,13 +236,20 @@ type parentWatch struct {
 	stop  func() bool
 }
 
-// start begins an attempt under parent that ends at end, checked for
-// silence on conn (nil: not) at silentFor its path (whose last handshake
-// took handshake), if that comes before end. Its caller releases it.
-func (c *attemptClock) start(parent context.Context, end time.Time, conn *quic.Conn, handshake time.Duration) *attemptCtx {
-	a := &attemptCtx{Context: parent, end: end, clock: c}
+// start begins an attempt under parent that ends bound from now (from
+// when its stream opens, if it waits for stream credit: extend), and
+// never after limit (if set), checked for silence on conn (nil: not) at
+// silentFor its path (whose last handshake took handshake), if that comes
+// before its end. Its caller releases it.
+func (c *attemptClock) start(parent context.Context, bound time.Duration, limit time.Time, conn *quic.Conn, handshake time.Duration) *attemptCtx {
+	end := time.Now().Add(bound)
+	if !limit.IsZero() && limit.Before(end) {
+		end = limit
+	}
+	a := &attemptCtx{Context: parent, end: end, clock: c, bound: bound, limit: limit, conn: conn}
 	if conn != nil {
 		stats := conn.ConnectionStats()
+		a.seen = stats.PacketsReceived
 		d := silentFor(stats, handshake)
 		if at := time.Now().Add(d); at.Before(end) {
 			a.watched, a.silence, a.heard, a.silentAt, a.silentFor = true, conn, stats.PacketsReceived, at, d
@@ -284,7 +357,7 @@ func (c *attemptClock) tick() {
 				continue
 			}
 		}
-		if !now.Before(a.end) {
+		if !now.Before(a.end) && !a.extend(now) {
 			a.over = true
 			over = append(over, a)
 			continue

@@ -18,9 +18,8 @@ func TestAttemptClockCallersContext(t *testing.T) {
 	defer cancel(nil)
 	other, cancelOther := context.WithCancel(context.Background())
 	defer cancelOther()
-	far := time.Now().Add(time.Hour)
-	a, b, d := c.start(parent, far, nil, 0), c.start(parent, far, nil, 0), c.start(parent, far, nil, 0)
-	o := c.start(other, far, nil, 0)
+	a, b, d := c.start(parent, time.Hour, time.Time{}, nil, 0), c.start(parent, time.Hour, time.Time{}, nil, 0), c.start(parent, time.Hour, time.Time{}, nil, 0)
+	o := c.start(other, time.Hour, time.Time{}, nil, 0)
 	if got := len(c.watches); got != 2 {
 		t.Fatalf("watches of 2 contexts: %d", got)
 	}
@@ -47,7 +46,7 @@ func TestAttemptClockCallersContext(t *testing.T) {
 	if d.Err() != nil {
 		t.Fatalf("an attempt released before the context ended: %v, want nil", d.Err())
 	}
-	late := c.start(parent, far, nil, 0)
+	late := c.start(parent, time.Hour, time.Time{}, nil, 0)
 	<-late.Done()
 	for _, x := range []*attemptCtx{a, b, late} {
 		x.release()
@@ -64,10 +63,10 @@ func TestAttemptClockEnds(t *testing.T) {
 	var c attemptClock
 	defer c.stop()
 	ctx := context.Background()
-	long := c.start(ctx, time.Now().Add(time.Hour), nil, 0)
+	long := c.start(ctx, time.Hour, time.Time{}, nil, 0)
 	defer long.release()
 	for range 2 {
-		short := c.start(ctx, time.Now().Add(10*time.Millisecond), nil, 0)
+		short := c.start(ctx, 10*time.Millisecond, time.Time{}, nil, 0)
 		<-short.Done()
 		if !errors.Is(short.Err(), context.DeadlineExceeded) || short.ended() != errAttemptEnd {
 			t.Fatalf("attempt whose time is up: %v, %v; want %v, %v", short.Err(), short.ended(), context.DeadlineExceeded, errAttemptEnd)

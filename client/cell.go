@@ -483,16 +483,11 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		g.dialed(true, time.Since(began), bound)
 	}
 	began := time.Now()
-	end := began.Add(d)
-	bounded := !until.IsZero() && until.Before(end)
-	if bounded {
-		end = until
-	}
 	// The attempt watches the connection the call uses (unless it dies
 	// meanwhile) for silence, sooner than the call's own watch would
 	// (its liveness, liveness.go), which it then spares.
 	handshake := g.handshakeTook()
-	actx := g.cl.attempts.start(ctx, end, p.current(), handshake)
+	actx := g.cl.attempts.start(ctx, d, until, p.current(), handshake)
 	defer actx.release()
 	err := p.single(actx, op, args, out)
 	if err == nil && handshake > cellDialFor/3 {
@@ -501,7 +496,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	if err != nil && ctx.Err() == nil {
 		switch cause := actx.ended(); {
 		case cause == nil:
-		case bounded && cause == errAttemptEnd:
+		case cause == errAttemptEnd && actx.atLimit():
 			return context.DeadlineExceeded // until, not the attempt's own bound
 		case cause == errSilent:
 			p.dropCurrent()

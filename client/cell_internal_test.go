@@ -500,3 +500,141 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 		}
 	}
 }
+
+// newCreditMember starts a member for the tests of attempts waiting for
+// stream credit, answering the first call at once (the connection
+// settled); keepAlive, if set, is how often the member sends a packet
+// while it has nothing else to send (as a live member does: it answers
+// calls, or acknowledges).
+func newCreditMember(t *testing.T, keepAlive time.Duration) (g *Group, got <-chan uint64, let func(seq uint64), attempt func(d time.Duration) <-chan error) {
+	t.Helper()
+	srv, tr, ln := rawServer(t, &quic.Config{MaxIncomingStreams: 1, KeepAlivePeriod: keepAlive})
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { tr.Close() })
+	calls := make(chan uint64, 8)
+	var mu sync.Mutex
+	lets := make(map[uint64]chan struct{})
+	gate := func(seq uint64) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if lets[seq] == nil {
+			lets[seq] = make(chan struct{})
+		}
+		return lets[seq]
+	}
+	var closeAll sync.Once
+	t.Cleanup(func() {
+		closeAll.Do(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for seq := range uint64(8) {
+				if lets[seq] == nil {
+					lets[seq] = make(chan struct{})
+				}
+				select {
+				case <-lets[seq]:
+				default:
+					close(lets[seq])
+				}
+			}
+		})
+	})
+	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
+		if seq > 1 {
+			calls <- seq
+			<-gate(seq)
+		}
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
+		io.Copy(io.Discard, st) // the request's end: the stream done, its credit given back
+	})
+	cl := newTestClient(t, Config{NoBatching: true})
+	t.Cleanup(func() { cl.Close() })
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: ln.Addr().String(), Fingerprint: srv.Fingerprint(), Leader: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	attempt = func(d time.Duration) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			var sent wire.Sent
+			done <- g.attempt(ctx, time.Time{}, d, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+		}()
+		return done
+	}
+	if err := <-attempt(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	let = func(seq uint64) { close(gate(seq)) }
+	return g, calls, let, attempt
+}
+
+// TestCellAttemptBoundFromStreamOpen: an attempt at a cell's member that
+// waits for stream credit (every stream the member allows, max_streams,
+// is another call's) has its bound counted from when its stream opens. It
+// was counted from its start: with more calls than max_streams, those
+// queued for credit ended at their bound (errAttemptTimeout), and the
+// connection was dropped, every call on it failing over, though the slow
+// but live leader answered each call within its bound once it had its
+// stream. The client abandoned a healthy leader for followers that refuse
+// sends.
+func TestCellAttemptBoundFromStreamOpen(t *testing.T) {
+	const d = 2 * time.Second
+	_, got, let, attempt := newCreditMember(t, 0)
+	first := attempt(d)
+	a := <-got // the member's one stream is the first call's
+	began := time.Now()
+	second := attempt(d) // waits for credit
+	time.Sleep(time.Until(began.Add(d / 2)))
+	let(a) // answered within its bound: the second call has the stream
+	var b uint64
+	select {
+	case b = <-got:
+	case err := <-second:
+		t.Fatalf("the second attempt ended before its stream opened: %v", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("the first attempt: %v", err)
+	}
+	select {
+	case err := <-second:
+		t.Fatalf("the second attempt ended %v after it began, its stream opened about %v after it began (bound %v): %v", time.Since(began), d/2, d, err)
+	case <-time.After(time.Until(began.Add(d + d/5))): // past its bound counted from its start
+	}
+	let(b)
+	if err := <-second; err != nil {
+		t.Fatalf("the second attempt, answered within its bound from its stream's opening: %v", err)
+	}
+}
+
+// TestCellAttemptWaitsForCreditWhileHeard: an attempt that waits for
+// stream credit longer than its bound, while the member is heard from (a
+// live member answers, or acknowledges, the calls that hold its streams),
+// goes on waiting: the time it waits does not count against its bound.
+// (An attempt that waited a bound without a packet from the member ends,
+// as before: the member is taken for gone.)
+func TestCellAttemptWaitsForCreditWhileHeard(t *testing.T) {
+	const d = time.Second
+	_, got, let, attempt := newCreditMember(t, 50*time.Millisecond)
+	first := attempt(time.Minute)
+	a := <-got
+	began := time.Now()
+	second := attempt(d)
+	select {
+	case err := <-second:
+		t.Fatalf("the attempt waiting for credit ended after %v (bound %v): %v", time.Since(began), d, err)
+	case <-time.After(2*d + d/2):
+	}
+	let(a)
+	if err := <-first; err != nil {
+		t.Fatalf("the first attempt: %v", err)
+	}
+	b := <-got
+	let(b)
+	if err := <-second; err != nil {
+		t.Fatalf("the attempt that waited for credit: %v", err)
+	}
+}
