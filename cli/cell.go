@@ -343,6 +343,9 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 			out["leader"] = map[string]any{"addr": leader.Self.Addr, "fingerprint": leader.Self.Fingerprint.String()}
 			out["term"] = leader.Term
 			out["groups"] = cellGroupsJSON(leader.Groups)
+			if leader.GroupsOmitted > 0 {
+				out["groups_omitted"] = leader.GroupsOmitted
+			}
 		}
 		return printJSON(env.Stdout, out)
 	}
@@ -489,6 +492,10 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 		var names []string
 		for _, g := range leader.Groups {
 			names = append(names, fmt.Sprintf("%s (%s, %s)", shown(g.Name), count(g.Last, "message", "messages"), count(uint64(g.Members), "member", "members")))
+		}
+		if leader.GroupsOmitted > 0 {
+			// cell_status lists the first wire.MaxCellGroups by name.
+			names = append(names, fmt.Sprintf("and %s not listed", count(leader.GroupsOmitted, "more group", "more groups")))
 		}
 		fmt.Fprintf(env.Stdout, "groups: %s\n", strings.Join(names, ", "))
 	}

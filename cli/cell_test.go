@@ -310,6 +310,28 @@ func TestCellStatusJSONGroups(t *testing.T) {
 	}
 }
 
+// TestCellStatusGroupsOmitted: a leader hosting more groups than
+// cell_status lists (wire.MaxCellGroups) says how many it left out, and
+// huddle cell status says so too, in text and in --json
+// (groups_omitted), rather than show the groups listed as all there are.
+func TestCellStatusGroupsOmitted(t *testing.T) {
+	me := wire.Replica{Addr: "10.0.0.1:7374", Fingerprint: wire.Fingerprint{1}}
+	leader := &client.CellStatus{Self: me, State: "leader", Term: 3, Members: []wire.Replica{me},
+		Groups: []wire.CellGroup{{Group: wire.UUID{1}, Name: "general", Epoch: 2, Last: 3, Members: 4}}, GroupsOmitted: 1500}
+	views := []memberView{{replica: me, status: leader}}
+	if out := cellStatusOut(t, *leader, views, false); !strings.Contains(out, "groups: general (3 messages, 4 members), and 1500 more groups not listed") {
+		t.Errorf("huddle cell status:\n%s\nwant it to say 1500 more groups are not listed", out)
+	}
+	var got struct {
+		Groups  []map[string]any `json:"groups"`
+		Omitted uint64           `json:"groups_omitted"`
+	}
+	out := cellStatusOut(t, *leader, views, true)
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got.Groups) != 1 || got.Omitted != 1500 {
+		t.Errorf("--json: %s (%v), want 1 group and groups_omitted 1500", out, err)
+	}
+}
+
 // TestCellStatusShowsStall: a member whose state machine cannot apply what
 // the cell commits (its disk full) is shown as stalled, with since how
 // long, at which raft entry, the group and the cause, in text and in

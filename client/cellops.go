@@ -20,7 +20,9 @@ type CellStatus = wire.CellStatus
 // view of the cell. pin, if not zero, is the key the daemon must present.
 // Errors: ErrUnsupported (the daemon is not a member of a cell),
 // ErrUnreachable, ErrProtocol (the answer's Self names another key than
-// the one the daemon presented). The connection closes with the call,
+// the one the daemon presented; or it lists more than wire.MaxCellGroups
+// groups, with ErrTooLarge: a member lists the first of them by name, and
+// GroupsOmitted says how many more it hosts). The connection closes with the call,
 // unless a Group handle on the daemon holds it.
 //
 // Self is checked because a program takes an answer as the view of the

@@ -103,7 +103,7 @@ type CellChanged struct {
 //	 5: commit_index uint, 6: applied_index uint, 7: last_index uint,
 //	 8: last_contact_ms int (-1: never; 0 on the leader),
 //	 9: members [Replica], 10: groups [CellGroup], 11: stall CellStall,
-//	 12: key_mismatches [CellKeyMismatch]}
+//	 12: key_mismatches [CellKeyMismatch], 13: groups_omitted uint}
 type CellStatus struct {
 	Self         Replica     `cbor:"1,keyasint"`
 	State        string      `cbor:"2,keyasint"` // "leader", "follower", "candidate", "shutdown"
@@ -123,6 +123,10 @@ type CellStatus struct {
 	// cell was set up with a wrong --cell-peer (absent in a cell set up
 	// right, and from daemons before session 14).
 	KeyMismatches []CellKeyMismatch `cbor:"12,keyasint,omitempty"`
+	// GroupsOmitted is how many groups the member hosts beyond those
+	// Groups lists: it lists at most MaxCellGroups, the first by name
+	// (absent: none omitted; daemons before session 16 listed every one).
+	GroupsOmitted uint64 `cbor:"13,keyasint,omitempty"`
 }
 
 func (s *CellStatus) check() error {
@@ -134,6 +138,14 @@ func (s *CellStatus) check() error {
 	if s.Stall != nil {
 		if err := s.Stall.check(); err != nil {
 			return err
+		}
+	}
+	if len(s.Groups) > MaxCellGroups {
+		return fmt.Errorf("%d groups, at most %d: %w", len(s.Groups), MaxCellGroups, ErrTooLarge)
+	}
+	for i := range s.Groups {
+		if n := len(s.Groups[i].Name); n > MaxNameBytes {
+			return fmt.Errorf("a group's name of %d bytes, at most %d: %w", n, MaxNameBytes, ErrTooLarge)
 		}
 	}
 	if len(s.KeyMismatches) > MaxKeyMismatches {
@@ -149,6 +161,12 @@ func (s *CellStatus) check() error {
 
 // MaxKeyMismatches is the most key mismatches a cell_status lists.
 const MaxKeyMismatches = 32
+
+// MaxCellGroups is the most groups a cell_status lists (GroupsOmitted
+// counts the others): about 120 KiB of them at most, so that a member
+// hosting many groups still answers within a frame, and a client reads no
+// more than that of one.
+const MaxCellGroups = 1024
 
 // CellKeyMismatch says, in cell_status, that a member's raft configuration
 // names, for a member's address, another key than the daemon there

@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/hex"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -59,6 +60,60 @@ func TestCellKeyMismatchEncoding(t *testing.T) {
 		}
 		if err := decodeBody(bodyDecMode, b, &got); !errors.Is(err, ErrBadRequest) {
 			t.Errorf("%+v: %v, want bad_request", bad, err)
+		}
+	}
+}
+
+// TestCellStatusGroupsBounded: cell_status lists at most MaxCellGroups
+// groups, and says how many more the member hosts in key 13
+// (groups_omitted), absent when none is (older clients see the same
+// bytes). A status listing more, or a group's name longer than a name may
+// be, is refused: a member hosting many groups, or a hostile one, made an
+// answer as large as a frame, every byte of which a client decoded.
+func TestCellStatusGroupsBounded(t *testing.T) {
+	st := CellStatus{Self: Replica{Addr: "10.0.0.1:7374", Fingerprint: Fingerprint{1}}, State: "leader", LastContact: -1}
+	plain, err := encMode.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.GroupsOmitted = 5
+	omitted, err := encMode.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same map with one more pair, 13: 5.
+	if got, want := hex.EncodeToString(omitted), "aa"+hex.EncodeToString(plain)[2:]+"0d05"; got != want {
+		t.Fatalf("groups_omitted 5:\n%s\nwant\n%s", got, want)
+	}
+	var got CellStatus
+	if err := decodeBody(bodyDecMode, omitted, &got); err != nil || got.GroupsOmitted != 5 {
+		t.Fatalf("decoded groups_omitted %d, %v", got.GroupsOmitted, err)
+	}
+	name := string(make([]byte, MaxNameBytes))
+	for i := range MaxCellGroups {
+		st.Groups = append(st.Groups, CellGroup{Group: UUID{byte(i), byte(i >> 8)}, Name: name, Epoch: 1, Last: 1 << 40, Members: 8192})
+	}
+	full, err := encMode.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a status of %d groups with the longest names: %d bytes", MaxCellGroups, len(full))
+	if err := decodeBody(bodyDecMode, full, &got); err != nil || len(got.Groups) != MaxCellGroups {
+		t.Fatalf("a status of %d groups: %d decoded, %v", MaxCellGroups, len(got.Groups), err)
+	}
+	for what, bad := range map[string]func(*CellStatus){
+		"a group too many":       func(s *CellStatus) { s.Groups = append(s.Groups, s.Groups[0]) },
+		"a name a byte too long": func(s *CellStatus) { s.Groups = []CellGroup{{Name: name + "x"}} },
+	} {
+		s := st
+		s.Groups = slices.Clone(st.Groups)
+		bad(&s)
+		b, err := encMode.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := decodeBody(bodyDecMode, b, &got); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: %v, want ErrTooLarge", what, err)
 		}
 	}
 }

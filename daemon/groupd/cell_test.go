@@ -1,6 +1,7 @@
 package groupd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -1426,5 +1427,38 @@ func TestCellStallShown(t *testing.T) {
 			must(t, dial(t, m.d.Addr(), m.fp, key).call(wire.OpCellStatus, wire.CellQuery{}, &st))
 			return st.Stall == nil && gauge(t, m.cfg.Metrics, "huddle_cell_stalled_seconds") == 0
 		})
+	}
+}
+
+// TestCellStatusFrameGroupsBounded: a member hosting more groups than
+// cell_status lists (wire.MaxCellGroups) answers with the first of them
+// by name and says how many more it hosts (groups_omitted), in a frame a
+// client reads. It listed every one: past a few thousand the answer was
+// larger than a frame, and past MaxCellGroups a client refuses it.
+func TestCellStatusFrameGroupsBounded(t *testing.T) {
+	self := cell.Peer{Addr: "127.0.0.1:7374", Fingerprint: wire.Fingerprint{1}}
+	st := cell.Status{Self: self, State: "leader", Leader: self}
+	const hosted = wire.MaxCellGroups + 500
+	for i := range hosted {
+		st.Groups = append(st.Groups, cell.GroupStatus{ID: wire.UUID{byte(i), byte(i >> 8)}, Name: fmt.Sprintf("group-%05d-%s", i, strings.Repeat("x", wire.MaxNameBytes-12)), Epoch: 1})
+	}
+	out := cellStatusFrame(st)
+	if len(out.Groups) != wire.MaxCellGroups || out.GroupsOmitted != hosted-wire.MaxCellGroups {
+		t.Fatalf("%d groups hosted: %d listed, %d omitted; want %d and %d", hosted, len(out.Groups), out.GroupsOmitted, wire.MaxCellGroups, hosted-wire.MaxCellGroups)
+	}
+	if out.Groups[0].Name != st.Groups[0].Name || out.Groups[wire.MaxCellGroups-1].Name != st.Groups[wire.MaxCellGroups-1].Name {
+		t.Fatalf("listed %s..%s, want the first by name", out.Groups[0].Name, out.Groups[wire.MaxCellGroups-1].Name)
+	}
+	var b bytes.Buffer
+	if err := wire.WriteResponse(&b, wire.KindResult, out); err != nil {
+		t.Fatalf("the answer: %v", err)
+	}
+	_, raw, err := wire.ReadResponse(&b, nil)
+	if err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	var got wire.CellStatus
+	if err := raw.Decode(&got); err != nil || len(got.Groups) != wire.MaxCellGroups || got.GroupsOmitted != out.GroupsOmitted {
+		t.Fatalf("decoded: %d groups, %d omitted, %v", len(got.Groups), got.GroupsOmitted, err)
 	}
 }

@@ -250,9 +250,14 @@ func cellStatusFrame(st cell.Status) wire.CellStatus {
 		}
 		out.KeyMismatches = append(out.KeyMismatches, m)
 	}
-	for _, g := range st.Groups {
+	// The first MaxCellGroups by name (the order Status gives), and how
+	// many more: a member hosting thousands would otherwise answer more
+	// than a frame holds, or a client would refuse it.
+	listed := st.Groups[:min(len(st.Groups), wire.MaxCellGroups)]
+	for _, g := range listed {
 		out.Groups = append(out.Groups, wire.CellGroup{Group: g.ID, Name: g.Name, Epoch: g.Epoch, Last: g.Last, Members: uint64(g.Members)})
 	}
+	out.GroupsOmitted = uint64(len(st.Groups) - len(listed))
 	return out
 }
 
