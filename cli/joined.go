@@ -234,7 +234,7 @@ func (j joinedSet) meant(ref string, cands []wire.GroupEntry) (joinedGroup, stri
 // (the daemon's membership is).
 func loadJoined(dir string) (joinedSet, error) {
 	set := joinedSet{}
-	f, err := os.Open(filepath.Join(dir, joinedFile))
+	f, err := lockfile.Open(filepath.Join(dir, joinedFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return set, nil
 	}

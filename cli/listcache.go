@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -77,7 +78,7 @@ func scopeOf(given []string) string {
 // there is none (or one of another scope or format), and an error when the
 // file cannot be read as a cache.
 func loadListCache(dir, scope string) (*listCache, error) {
-	b, err := os.ReadFile(filepath.Join(dir, listCacheFile))
+	b, err := lockfile.ReadFile(filepath.Join(dir, listCacheFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -139,7 +140,7 @@ func saveListCache(dir, scope string, l *listing) error {
 // its old key again and reported not answering. A cache that cannot be
 // read is left to the next command (which warns and rewrites it).
 func forgetCachedRegistry(dir, name string) error {
-	b, err := os.ReadFile(filepath.Join(dir, listCacheFile))
+	b, err := lockfile.ReadFile(filepath.Join(dir, listCacheFile))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil

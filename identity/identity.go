@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -100,7 +101,7 @@ func loadOrCreate(dir string, s syncs) (*Identity, error) {
 		}
 	}
 	path := filepath.Join(dir, KeyFile)
-	data, err := os.ReadFile(path)
+	data, err := lockfile.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return create(dir, path, s)
 	}

@@ -298,7 +298,7 @@ func (k *KnownHosts) read() (pinList, error) {
 	var pins pinList
 	at := make(map[string]int) // each name's line in pins
 	twice := false             // a name's earlier line is blanked (name "")
-	f, err := os.Open(k.path)
+	f, err := lockfile.Open(k.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return pins, nil
 	}

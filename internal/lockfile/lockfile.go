@@ -1,14 +1,54 @@
 // Package lockfile is what the user's own files (known_registries, the
 // joined file) share to be written by several processes at once: an
 // exclusive lock that gives up after a bound, and the file a symbolic
-// link names, which is where a change is written and locked.
+// link names, which is where a change is written and locked; and how
+// they, the list cache and the key are opened to be read (Open).
 package lockfile
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
+
+// ErrNotRegular: a file huddle reads from its home is something else than
+// a regular file there (a named pipe, a device, a directory).
+var ErrNotRegular = errors.New("not a regular file")
+
+// Open opens path (through symbolic links) to be read, if it is a regular
+// file; ErrNotRegular (wrapped, naming path) if it is not. It does not wait
+// for the file: a named pipe in its place is refused at once. os.Open
+// waited there for a writer, for ever, in every command (which then
+// ignored ^C and SIGTERM, its main goroutine in the open) and in huddle
+// web, whose directory waited behind it (until session 16).
+func Open(path string) (*os.File, error) {
+	f, err := openNoWait(path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w (%v)", path, ErrNotRegular, st.Mode().Type())
+	}
+	return f, nil
+}
+
+// ReadFile is os.ReadFile through Open.
+func ReadFile(path string) ([]byte, error) {
+	f, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
 
 // ErrHeld: another process held the lock for longer than the caller would
 // wait (a command stopped with ^Z mid-write, or a hostile one). Callers
