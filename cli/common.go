@@ -212,22 +212,9 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	}
 	groups, joined := l.groups, s.joined
 	if at := s.flags.daemon; at != nil {
-		// The user names the key: only the groups it serves, and no
-		// preference of the keys joined before.
-		groups = slices.DeleteFunc(slices.Clone(groups), func(g client.ListedGroup) bool { return !client.ServedBy(g.GroupEntry, *at) })
-		joined = nil
-		// A cell's group is taken at that member alone (its replica
-		// set then followed from its word): a rogue registry listing
-		// the UUID with the key named beside one of its own, leading,
-		// had the join, and the user's secret, go to the rogue's key,
-		// recorded in the set.
-		pinned := joinedSet{}
-		for _, g := range groups {
-			if len(g.Replicas) > 0 {
-				pinned[joinedGroup{g.Group, *at}] = joinedLine{cell: []wire.Fingerprint{*at}}
-			}
-		}
-		groups = pinned.trusted(groups)
+		// The user names the key: no preference of the keys joined
+		// before.
+		groups, joined = takenAt(groups, *at), nil
 	} else if joined != nil {
 		groups = joined.trusted(groups)
 	}
@@ -250,6 +237,23 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	}
 	g, err := l.regs.GroupListed(lg)
 	return g, e, err
+}
+
+// takenAt returns the groups of a merged listing that the daemon key at
+// serves (huddle join --daemon), a cell's group taken at that member
+// alone (its replica set then followed from its word, followCell): a
+// rogue registry listing the UUID with the key named beside one of its
+// own, leading, had the join, and the user's secret, go to the rogue's
+// key, recorded in the set.
+func takenAt(groups []client.ListedGroup, at wire.Fingerprint) []client.ListedGroup {
+	groups = slices.DeleteFunc(slices.Clone(groups), func(g client.ListedGroup) bool { return !client.ServedBy(g.GroupEntry, at) })
+	pinned := joinedSet{}
+	for _, g := range groups {
+		if len(g.Replicas) > 0 {
+			pinned[joinedGroup{g.Group, at}] = joinedLine{cell: []wire.Fingerprint{at}}
+		}
+	}
+	return pinned.trusted(groups)
 }
 
 // listedOf returns the group of the merged listing e was resolved from
