@@ -62,26 +62,19 @@ type Group struct {
 // (the next one too while one has not answered within 250 ms).
 // The handle keeps those addresses; Registry.Group returns one that follows
 // the daemon when it moves. Close the handle when done with it: until then
-// it keeps the connection to the daemon open.
+// it keeps the connection to the daemon open. Errors: ErrBadRequest (the
+// entry has no fingerprint), ErrClosed.
 func (c *Client) Group(e GroupEntry) (*Group, error) {
-	if e.Fingerprint.IsZero() {
-		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
-	}
-	return c.groupAt(e, nil)
+	return c.GroupListed(ListedGroup{GroupEntry: e})
 }
 
 // GroupListed returns a handle on a group of a merged listing (Merge), as
 // Group does for its entry; a replicated group's members are dialled at
 // every address a registry lists them at (ListedGroup.MemberAddrs), each
-// in turn.
+// in turn, after those the entry and the members themselves give. Errors:
+// as Group's.
 func (c *Client) GroupListed(lg ListedGroup) (*Group, error) {
-	return c.groupAt(lg.GroupEntry, lg.MemberAddrs)
-}
-
-// groupAt returns a handle on e's group whose members (of a cell) are
-// also at the addresses listed (nil: only where e and the members
-// themselves say).
-func (c *Client) groupAt(e GroupEntry, listed map[Fingerprint][]string) (*Group, error) {
+	e, listed := lg.GroupEntry, lg.MemberAddrs
 	if e.Fingerprint.IsZero() {
 		return nil, fmt.Errorf("group %s: listing has no fingerprint: %w", e.Group, ErrBadRequest)
 	}

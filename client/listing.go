@@ -225,22 +225,16 @@ func addMemberAddrs(at map[Fingerprint][]string, e GroupEntry) {
 // Group returns a handle on a group listed by the set: like Client.Group,
 // and when its daemon cannot be reached, long-lived calls (Watch) ask the
 // set's registries, in order, for the daemon's current addresses.
+// Errors: ErrBadRequest (no registry, or the entry has no fingerprint),
+// ErrClosed.
 func (rs Registries) Group(e GroupEntry) (*Group, error) {
-	if len(rs) == 0 {
-		return nil, fmt.Errorf("group %s: no registry: %w", e.Group, ErrBadRequest)
-	}
-	g, err := rs[0].p.c.Group(e)
-	if err != nil {
-		return nil, err
-	}
-	g.regs = slices.Clone(rs)
-	return g, nil
+	return rs.GroupListed(ListedGroup{GroupEntry: e})
 }
 
 // GroupListed returns a handle on a group of a merged listing, as Group
 // does for its entry; a replicated group's members are dialled at every
 // address a registry lists them at (MemberAddrs), each in turn, passing
-// over one where another key answers.
+// over one where another key answers. Errors: as Group's.
 func (rs Registries) GroupListed(lg ListedGroup) (*Group, error) {
 	if len(rs) == 0 {
 		return nil, fmt.Errorf("group %s: no registry: %w", lg.Group, ErrBadRequest)
