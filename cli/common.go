@@ -26,9 +26,6 @@ import (
 // HUDDLE_REGISTRY says otherwise: the registry `huddle up` starts.
 const defaultRegistry = "127.0.0.1:7373"
 
-// errUsage marks command-line mistakes (exit code 2).
-var errUsage = errors.New("usage")
-
 // clientFlags are the flags every client verb takes.
 type clientFlags struct {
 	registries registryAddrsValue
@@ -190,16 +187,6 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 }
 
 func (s *session) Close() { s.client.Close() }
-
-// list returns the merged listing of every registry the session knows
-// (see listing): one entry per group UUID and daemon fingerprint.
-func (s *session) list(ctx context.Context) ([]client.ListedGroup, error) {
-	l, err := s.listing(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return l.groups, nil
-}
 
 // group resolves GROUP (a UUID, a unique UUID prefix, or a unique name)
 // against the merged listing, preferring the groups the user joined. The

@@ -168,5 +168,3 @@ func printMessage(env Env, asJSON bool, group, uuid, label string, names *nameBo
 func writeErr(err error) error {
 	return fmt.Errorf("write standard output: %s", plainErr(err))
 }
-
-func timeOf(ns int64) time.Time { return time.Unix(0, ns) }

@@ -196,21 +196,6 @@ func checkPort(port string, listen bool) error {
 	return nil
 }
 
-// registryAddrValue is a registry's address, HOST or HOST:PORT (the
-// registry's port, 7373, when none is given).
-type registryAddrValue struct{ p *string }
-
-func (v registryAddrValue) Set(s string) error {
-	if err := checkRegistryAddr(s); err != nil {
-		return err
-	}
-	*v.p = s
-	return nil
-}
-
-func (v registryAddrValue) String() string { return *v.p }
-func (v registryAddrValue) Type() string   { return "addr" }
-
 // registryAddrsValue is a list of registry addresses, HOST or HOST:PORT:
 // the flag may be repeated, and each value may be a comma-separated list.
 type registryAddrsValue []string
