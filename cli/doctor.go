@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
@@ -151,6 +154,19 @@ type doctorGroup struct {
 	OK          bool     `json:"ok"`
 	AfterMS     int64    `json:"after_ms"`
 	Error       string   `json:"error,omitempty"`
+	// At is each address asked alone: every one listed (by any registry),
+	// and, when none of them answers, the daemon's port at each registry's
+	// host, which no registry lists (listed false). Absent for a cell's
+	// group (huddle cell status checks its members).
+	At []doctorAddr `json:"at,omitempty"`
+}
+
+// doctorAddr is a daemon's address asked alone.
+type doctorAddr struct {
+	Addr   string `json:"addr"`
+	Listed bool   `json:"listed"`
+	OK     bool   `json:"ok"` // it answered, with the key listed
+	Error  string `json:"error,omitempty"`
 }
 
 func (d *doctor) say(format string, args ...any) {
@@ -482,7 +498,86 @@ func portOf(addr string) string {
 	return fmt.Sprint(wire.DefaultRegistryPort)
 }
 
-// daemons checks every listed group's daemon.
+// probe asks e's daemon, at addr alone, for e's group's info within the
+// command's timeout: nil if it answers with e's key.
+func (d *doctor) probe(ctx context.Context, e wire.GroupEntry, addr string) error {
+	one := wire.GroupEntry{Group: e.Group, Name: e.Name, Fingerprint: e.Fingerprint, Addrs: []string{addr}}
+	g, err := d.s.client.Group(one)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	gctx, cancel := context.WithTimeout(ctx, d.s.flags.timeout)
+	defer cancel()
+	_, err = g.Info(gctx)
+	return err
+}
+
+// probeAll asks e's daemon at each of addrs alone, at once, and returns
+// what each answered, in order.
+func (d *doctor) probeAll(ctx context.Context, e wire.GroupEntry, addrs []string, listed bool) []doctorAddr {
+	out := make([]doctorAddr, len(addrs))
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Go(func() {
+			out[i] = doctorAddr{Addr: a, Listed: listed, OK: true}
+			if err := d.probe(ctx, e, a); err != nil {
+				out[i].OK, out[i].Error = false, err.Error()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// addrsOf returns every address the registries list g's daemon at: its
+// entry's, then those other registries list for its key (the commands
+// dial them all), each once.
+func addrsOf(g client.ListedGroup) []string {
+	addrs := slices.Clone(g.Addrs)
+	for _, a := range g.MemberAddrs[g.Fingerprint] {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+// unlistedAddrs returns where else g's daemon may answer when it answers
+// at none of listed: each listed port at the host of each registry that
+// answered, as a daemon beside its registry would, less the addresses
+// listed. A daemon that registers an address unreachable from here (an
+// interface's the kernel chose, a container's) is often reachable so.
+func unlistedAddrs(l *listing, listed []string) []string {
+	var out []string
+	for _, r := range l.reports {
+		if r.err != nil || r.same {
+			continue
+		}
+		host, _, err := net.SplitHostPort(r.addr)
+		if err != nil {
+			continue
+		}
+		for _, a := range listed {
+			_, port, err := net.SplitHostPort(a)
+			if err != nil {
+				continue
+			}
+			if c := net.JoinHostPort(host, port); !slices.Contains(listed, c) && !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// daemons checks every listed group's daemon: as the commands reach it,
+// then at each address alone (a lone daemon's group), so that an address
+// listed where it does not answer is said, and, when it answers at none,
+// an address no registry lists where it does. It only looked at the
+// addresses listed, together: a dead one beside a live one was "ok", and
+// a daemon reachable at its registry's host but registered at an address
+// unreachable from here was one of three guesses.
 func (d *doctor) daemons(ctx context.Context, l *listing) int {
 	if len(l.groups) == 0 {
 		d.say("\ngroup daemons: no group is registered")
@@ -492,35 +587,81 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 	rows := [][]string{{"GROUP", "ADDRESS", "DAEMON", "ANSWER"}}
 	code := ExitOK
 	for _, e := range l.groups {
+		listed := addrsOf(e)
 		j := doctorGroup{Name: e.Name, UUID: e.Group.String(), Addrs: e.Addrs, Fingerprint: e.Fingerprint.String()}
-		g, err := d.s.client.Group(e.GroupEntry)
 		start := time.Now()
+		// Each address alone, meanwhile (a lone daemon's group).
+		var at []doctorAddr
+		var wg sync.WaitGroup
+		if len(e.Replicas) == 0 {
+			wg.Go(func() { at = d.probeAll(ctx, e.GroupEntry, listed, true) })
+		}
+		// As the commands reach it: every address listed (a cell's group,
+		// through its members).
+		g, err := d.s.client.GroupListed(e)
 		if err == nil {
 			gctx, cancel := context.WithTimeout(ctx, d.s.flags.timeout)
 			_, err = g.Info(gctx)
 			cancel()
+			g.Close()
 		}
 		j.AfterMS = time.Since(start).Milliseconds()
 		answer := fmt.Sprintf("ok in %v", time.Since(start).Round(time.Millisecond))
-		if err != nil {
-			code = ExitUnreachable
-			j.Error = err.Error()
-			var mm *identity.MismatchError
-			if errors.As(err, &mm) {
-				answer = "WRONG KEY"
-				d.advise("group %q: the daemon at %s has another key than its registries list: a stale listing (wait one lease) or an impostor", e.Name, strings.Join(e.Addrs, ","))
+		wg.Wait()
+		var live, dead []string
+		for _, a := range at {
+			if a.OK {
+				live = append(live, a.Addr)
 			} else {
-				answer = "NO: " + withoutGoText(err)
-				// Likeliest first: a daemon killed (or its host gone) is listed
-				// until its lease lapses.
-				lapses := shownMS(e.ExpiresMS).Round(time.Second)
-				d.advise("group %q: its daemon registered %s but does not answer there: it may have stopped without deregistering (killed, crashed, or its host down: its registries list it until its lease lapses, in %v), register an address unreachable from here (set --advertise on the daemon), or a firewall drops UDP", e.Name, strings.Join(e.Addrs, ","), lapses)
+				dead = append(dead, a.Addr)
 			}
+		}
+		var mm *identity.MismatchError
+		switch {
+		case err == nil && len(dead) > 0:
+			// Reached, but not at every address listed: a client that
+			// can reach only those cannot reach the group.
+			answer += ", NOT at " + strings.Join(dead, ",")
+			d.advise("group %q: its daemon answers at %s but not at %s, which its registries list too: the commands reach it (they try every address listed), but a client that can reach only %s cannot; if that address is stale or unreachable from the clients, take it out of the daemon's --advertise",
+				e.Name, strings.Join(live, ","), strings.Join(dead, ","), strings.Join(dead, ","))
+		case err == nil:
+		case errors.As(err, &mm):
+			answer = "WRONG KEY"
+			d.advise("group %q: the daemon at %s has another key than its registries list: a stale listing (wait one lease) or an impostor", e.Name, strings.Join(listed, ","))
+		default:
+			answer = "NO: " + withoutGoText(err)
+			var found []string
+			if len(e.Replicas) == 0 {
+				more := d.probeAll(ctx, e.GroupEntry, unlistedAddrs(l, listed), false)
+				at = append(at, more...)
+				for _, a := range more {
+					if a.OK {
+						found = append(found, a.Addr)
+					}
+				}
+			}
+			if len(found) > 0 {
+				answer += "; answers at " + strings.Join(found, ",") + ", NOT LISTED"
+				d.advise("group %q: its daemon does not answer at %s, the address it registered, but answers at %s, which no registry lists: it registers an address unreachable from here; give the daemon --advertise with an address its clients reach (%s from here), or --listen one IP of its host",
+					e.Name, strings.Join(listed, ","), strings.Join(found, ","), found[0])
+				break
+			}
+			// Likeliest first: a daemon killed (or its host gone) is listed
+			// until its lease lapses.
+			lapses := shownMS(e.ExpiresMS).Round(time.Second)
+			d.advise("group %q: its daemon registered %s but does not answer there: it may have stopped without deregistering (killed, crashed, or its host down: its registries list it until its lease lapses, in %v), register an address unreachable from here (set --advertise on the daemon), or a firewall drops UDP", e.Name, strings.Join(listed, ","), lapses)
+		}
+		if err != nil || len(dead) > 0 {
+			code = ExitUnreachable
+		}
+		if err != nil {
+			j.Error = err.Error()
 		} else {
 			j.OK = true
 		}
+		j.At = at
 		d.report.Groups = append(d.report.Groups, j)
-		rows = append(rows, []string{e.Name, strings.Join(e.Addrs, ","), e.Fingerprint.Short(), answer})
+		rows = append(rows, []string{e.Name, strings.Join(listed, ","), e.Fingerprint.Short(), answer})
 	}
 	d.table(rows)
 	return code

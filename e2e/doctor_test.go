@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"net"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -155,4 +157,84 @@ func TestDoctorKeyChange(t *testing.T) {
 	if n := strings.Count(r.stdout, "run: huddle forget-registry "+addr+"\n"); n != 1 {
 		t.Errorf("the forget-registry command is advised %d times, want once, ready to paste", n)
 	}
+}
+
+// TestDoctorSaysAddresses runs a group daemon listening at one loopback
+// address and registering another where nothing answers, then both. The
+// doctor asked the addresses listed, together, and no other: the first
+// was one of three guesses ("stopped without deregistering, an address
+// unreachable from here, or a firewall"), the second "ok", "all good".
+// Now it says the daemon answers at its registry's host, an address no
+// registry lists, with the --advertise to give; and which listed address
+// does not answer, beside the one that does.
+func TestDoctorSaysAddresses(t *testing.T) {
+	t.Parallel()
+	reg := startDaemon(t, "registry", "--listen", "127.0.0.1:0", "--lease", "10m", "--state-dir", t.TempDir())
+	listen := freeUDPAddr(t)
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "127.0.0.2:" + port // loopback, where nothing listens
+	alice := newUser(t, "alice", reg.registry)
+	doctor := func(advertise ...string) (doctorOut, string) {
+		t.Helper()
+		args := []string{"--group", "lobby", "--registry", reg.registry, "--listen", listen, "--state-dir", t.TempDir()}
+		for _, a := range advertise {
+			args = append(args, "--advertise", a)
+		}
+		gd := startDaemon(t, "serve", args...)
+		defer gd.stop(t)
+		if !eventually(waitTimeout, func() bool {
+			return strings.Contains(alice.ok(t, "groups", "--json"), `"addrs":["`+strings.Join(advertise, `","`)+`"]`)
+		}) {
+			t.Fatalf("the registry never listed lobby at %v", advertise)
+		}
+		r := alice.run(t, "doctor", "--wait", "100ms", "--timeout", "3s", "--json")
+		var out doctorOut
+		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+			t.Fatalf("doctor --json: %v\n%s", err, r.stdout)
+		}
+		if r.code != 3 || out.OK {
+			t.Errorf("doctor, lobby registered at %v: exit %d, ok %v; want 3, not ok", advertise, r.code, out.OK)
+		}
+		text := alice.run(t, "doctor", "--wait", "100ms", "--timeout", "3s").stdout
+		t.Logf("huddle doctor, lobby listening at %s, registered at %v:\n%s", listen, advertise, text)
+		return out, text
+	}
+
+	out, text := doctor(dead)
+	want := "its daemon does not answer at " + dead + ", the address it registered, but answers at " + listen + ", which no registry lists"
+	if !slices.ContainsFunc(out.Advice, func(a string) bool { return strings.Contains(a, want) && strings.Contains(a, "--advertise") }) ||
+		!strings.Contains(text, "answers at "+listen+", NOT LISTED") {
+		t.Errorf("lobby registered at %s, answering at %s: advice %q; want %q, with --advertise, and the table saying NOT LISTED", dead, listen, out.Advice, want)
+	}
+	if g := out.Groups; len(g) != 1 || !slices.Contains(g[0].At, doctorAt{Addr: listen, Listed: false, OK: true}) {
+		t.Errorf("doctor --json groups: %+v; want %s among lobby's addresses, answering, not listed", g, listen)
+	}
+
+	out, text = doctor(listen, dead)
+	want = "its daemon answers at " + listen + " but not at " + dead + ", which its registries list too"
+	if !slices.ContainsFunc(out.Advice, func(a string) bool { return strings.Contains(a, want) }) || !strings.Contains(text, ", NOT at "+dead) {
+		t.Errorf("lobby registered at %s and %s: advice %q; want %q, and the table saying NOT at %s", listen, dead, out.Advice, want, dead)
+	}
+	if g := out.Groups; len(g) != 1 || !g[0].OK || len(g[0].At) != 2 || !g[0].At[0].OK || g[0].At[1].OK || !g[0].At[1].Listed {
+		t.Errorf("doctor --json groups: %+v; want lobby reached, %s answering, %s listed and not", g, listen, dead)
+	}
+}
+
+// doctorOut is what TestDoctorSaysAddresses reads of huddle doctor --json.
+type doctorOut struct {
+	OK     bool     `json:"ok"`
+	Advice []string `json:"advice"`
+	Groups []struct {
+		OK bool       `json:"ok"`
+		At []doctorAt `json:"at"`
+	} `json:"groups"`
+}
+
+type doctorAt struct {
+	Addr   string `json:"addr"`
+	Listed bool   `json:"listed"`
+	OK     bool   `json:"ok"`
 }
