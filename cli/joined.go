@@ -95,18 +95,44 @@ func (j joinedSet) trusts(k joinedGroup, fp wire.Fingerprint) bool {
 // the cell (a host replaced), the group was another key's, refused until
 // the user took one (huddle join --daemon); a cell's line now trusts its
 // replica set.
+//
+// Of several lines that take e (a cell's group recorded under two
+// members' keys, as binaries before session 15 recorded it at each leader
+// a join met), the same one is found at every call (first): the map's
+// order, anew at each call, had trusted look for a group's listings under
+// one line and find them under the other, and give an empty entry in the
+// group's place.
 func (j joinedSet) find(e wire.GroupEntry) (joinedGroup, bool) {
 	if k := (joinedGroup{e.Group, e.Fingerprint}); j.trusts(k, e.Fingerprint) {
 		if _, ok := j[k]; ok {
 			return k, true
 		}
 	}
+	return j.first(func(k joinedGroup) bool {
+		return k.Group == e.Group && (j.trusts(k, e.Fingerprint) || slices.ContainsFunc(e.Replicas, func(r wire.Replica) bool { return j.trusts(k, r.Fingerprint) }))
+	})
+}
+
+// first returns, of the lines that match, the one recording a cell's
+// replica set if any does, else the one of the lowest daemon key: the
+// same line whatever the map's order.
+func (j joinedSet) first(match func(joinedGroup) bool) (joinedGroup, bool) {
+	var found joinedGroup
+	ok := false
 	for k := range j {
-		if k.Group == e.Group && (j.trusts(k, e.Fingerprint) || slices.ContainsFunc(e.Replicas, func(r wire.Replica) bool { return j.trusts(k, r.Fingerprint) })) {
-			return k, true
+		if match(k) && (!ok || j.before(k, found)) {
+			found, ok = k, true
 		}
 	}
-	return joinedGroup{}, false
+	return found, ok
+}
+
+// before reports whether line a comes before line b for first.
+func (j joinedSet) before(a, b joinedGroup) bool {
+	if ac, bc := j[a].cell != nil, j[b].cell != nil; ac != bc {
+		return ac
+	}
+	return slices.Compare(a.Daemon[:], b.Daemon[:]) < 0
 }
 
 // trusted returns groups, a merged listing, with each cell's group the
@@ -672,30 +698,29 @@ func followed(group wire.UUID, member wire.Fingerprint, keys []wire.Fingerprint)
 		if len(keys) == 0 || len(keys) > maxCellKeys {
 			return false
 		}
-		for k, l := range set {
-			if k.Group != group || !set.trusts(k, member) {
-				continue
-			}
-			if l.cell != nil && len(l.cell) == len(keys) && !slices.ContainsFunc(keys, func(fp wire.Fingerprint) bool { return !slices.Contains(l.cell, fp) }) {
-				return false
-			}
-			l.cell = nil
-			for _, fp := range keys {
-				if !slices.Contains(l.cell, fp) {
-					l.cell = append(l.cell, fp)
-				}
-			}
-			if !slices.Contains(keys, k.Daemon) {
-				delete(set, k)
-				k.Daemon = keys[0]
-				if slices.Contains(keys, member) {
-					k.Daemon = member
-				}
-			}
-			set[k] = l
-			return true
+		k, ok := set.first(func(k joinedGroup) bool { return k.Group == group && set.trusts(k, member) })
+		if !ok {
+			return false // left, or followed, meanwhile
 		}
-		return false // left, or followed, meanwhile
+		l := set[k]
+		if l.cell != nil && len(l.cell) == len(keys) && !slices.ContainsFunc(keys, func(fp wire.Fingerprint) bool { return !slices.Contains(l.cell, fp) }) {
+			return false
+		}
+		l.cell = nil
+		for _, fp := range keys {
+			if !slices.Contains(l.cell, fp) {
+				l.cell = append(l.cell, fp)
+			}
+		}
+		if !slices.Contains(keys, k.Daemon) {
+			delete(set, k)
+			k.Daemon = keys[0]
+			if slices.Contains(keys, member) {
+				k.Daemon = member
+			}
+		}
+		set[k] = l
+		return true
 	}
 }
 
@@ -705,10 +730,8 @@ func (j *joinedRecord) Cell(group client.UUID) []client.Fingerprint {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.load()
-	for k, l := range j.set {
-		if k.Group == group && l.cell != nil {
-			return slices.Clone(l.cell)
-		}
+	if k, ok := j.set.first(func(k joinedGroup) bool { return k.Group == group && j.set[k].cell != nil }); ok {
+		return slices.Clone(j.set[k].cell)
 	}
 	return nil
 }

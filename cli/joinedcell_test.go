@@ -140,3 +140,35 @@ func TestJoinedCellTrusted(t *testing.T) {
 		t.Errorf("the same set, in another order, was taken for a change")
 	}
 }
+
+// TestJoinedCellTwoLines: a cell's group recorded on two lines, under two
+// members' keys, one with its replica set and one without (binaries before
+// session 15 recorded a cell's group again under each member that led at a
+// join; the first command of session 15's then followed the cell for one
+// of them). A listing led by a third member is found by both lines, and
+// find took whichever the map gave first, anew at each call: trusted, which
+// asks find again of each listing, then found no listing of the line it
+// had picked, and gave an empty entry in the group's place (no UUID, no
+// key) about half the time, the group itself gone from the listing the
+// command resolved against. Each listing is now found by one line, the
+// same at every call.
+func TestJoinedCellTwoLines(t *testing.T) {
+	a, b, c := wire.Fingerprint{1}, wire.Fingerprint{2}, wire.Fingerprint{3}
+	id := wire.UUID{7}
+	set := joinedSet{
+		{id, a}: {name: "general", cell: []wire.Fingerprint{a, b, c}},
+		{id, b}: {name: "general"},
+	}
+	listed := client.ListedGroup{GroupEntry: wire.GroupEntry{Group: id, Name: "general", Fingerprint: c, Addrs: []string{"c:1"},
+		Replicas: []wire.Replica{{Addr: "a:1", Fingerprint: a}, {Addr: "b:1", Fingerprint: b}, {Addr: "c:1", Fingerprint: c, Leader: true}}}}
+	first, _ := set.find(listed.GroupEntry)
+	for range 64 {
+		if k, ok := set.find(listed.GroupEntry); !ok || k != first {
+			t.Fatalf("find gave %v (%v), then %v: want the same line every time", first, ok, k)
+		}
+		got := set.trusted([]client.ListedGroup{listed})
+		if len(got) != 1 || got[0].Group != id || got[0].Fingerprint.IsZero() {
+			t.Fatalf("trusted listing: %+v; want the group, once", got)
+		}
+	}
+}
