@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -42,24 +43,42 @@ func (g *Group) Replicas() []Replica {
 	return append([]Replica(nil), g.replicas...)
 }
 
-// learnReplicas records rs as the cell's members, if there are any.
-func (g *Group) learnReplicas(rs []wire.Replica) {
+// learnReplicas records rs, as the member from named them, as the cell's
+// members, if there are any, unless the handle knows members other than
+// from and rs names none of them.
+//
+// Why not: a member's word on the cell is its own, and a list of itself
+// alone (or of itself and keys of its own) kept every call of the handle
+// on it, no other member left to ask (until session 16: one member, a
+// removed one whose key was stolen, say, held the group from the user).
+// Raft changes a cell's members one at a time: the members a member
+// names share some with those the handle knew, unless every one of them
+// was replaced meanwhile.
+func (g *Group) learnReplicas(rs []wire.Replica, from Fingerprint) {
 	if len(rs) == 0 {
 		return
 	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	other := func(r wire.Replica) bool { return r.Fingerprint != from }
+	known := func(r wire.Replica) bool {
+		return other(r) && slices.ContainsFunc(g.replicas, func(o wire.Replica) bool { return o.Fingerprint == r.Fingerprint })
+	}
+	if slices.ContainsFunc(g.replicas, other) && !slices.ContainsFunc(rs, known) {
+		g.cl.cfg.Logger.Debug("cell: a member names none of the other members known; list kept", "from", from.Short())
+		return
+	}
 	g.replicas = append(g.replicas[:0], rs...)
-	g.mu.Unlock()
 }
 
-// learnFrom records the replicas a member named in its refusal (one that
-// does not serve the group, removed from the cell or still catching up;
-// or one that does not lead, refusing a send, join or leave): they
-// replace the list the handle holds.
-func (g *Group) learnFrom(err error) {
+// learnFrom records the replicas a member, from, named in its refusal
+// (one that does not serve the group, removed from the cell or still
+// catching up; or one that does not lead, refusing a send, join or
+// leave): they replace the list the handle holds (learnReplicas).
+func (g *Group) learnFrom(err error, from Fingerprint) {
 	var we *wire.Error
 	if errors.As(err, &we) && len(we.Replicas) > 0 {
-		g.learnReplicas(we.Replicas)
+		g.learnReplicas(we.Replicas, from)
 	}
 }
 
@@ -71,7 +90,7 @@ func (g *Group) otherReplica(err error, tries *int) bool {
 	if !g.replicated() || !g.cellRetryable(err) {
 		return false
 	}
-	g.learnFrom(err)
+	g.learnFrom(err, g.peer().pin)
 	*tries++
 	if *tries >= len(g.Replicas()) {
 		return false
@@ -240,7 +259,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
 		// A member's refusal names the cell's members: a list made before
 		// one was replaced is replaced, so that a member gone is not asked.
-		g.learnFrom(err)
+		g.learnFrom(err, asked)
 		log := g.cl.cfg.Logger
 		switch {
 		case leader && we.Leader.Fingerprint == asked:

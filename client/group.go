@@ -92,7 +92,7 @@ func (c *Client) GroupListed(lg ListedGroup) (*Group, error) {
 		return nil, err
 	}
 	g.p, g.held = p, map[*peer]bool{p: true}
-	g.learnReplicas(e.Replicas)
+	g.learnReplicas(e.Replicas, Fingerprint{})
 	return g, nil
 }
 
@@ -254,7 +254,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 	if err := g.anyCall(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
 		return Info{}, g.fail("info", err)
 	}
-	g.learnReplicas(info.Replicas)
+	g.learnReplicas(info.Replicas, g.peer().pin)
 	return infoFrom(&info), nil
 }
 

@@ -976,17 +976,19 @@ func TestWatchFollowsMovePastRogueRegistry(t *testing.T) {
 }
 
 // TestCellMemberMisnamesLeader has one member of a three-member cell, the
-// one the handle starts at, refuse every call naming as leader itself,
-// or a key of its choosing at an address where another key answers
-// (where the real member is silent, the attempt times out and the next
-// member is tried: already so). The call stayed on the member naming
-// itself until its context ended (10 s, the CLI's timeout), the leader and
-// the other follower never asked; and a leader met at an address of
-// another key ended the call, the handle left on that address, so that
-// every later call met it too (info, the next send, a watch). Each call
-// now reaches the leader through the other members, and the handle with it.
+// one the handle starts at, refuse every call naming as leader itself
+// (and, alone, as the cell's members), or a key of its choosing at an
+// address where another key answers (where the real member is silent,
+// the attempt times out and the next member is tried: already so). The
+// call stayed on the member naming itself until its context ended (10 s,
+// the CLI's timeout), the leader and the other follower never asked (the
+// handle's list of members replaced by the one it named, itself alone);
+// and a leader met at an address of another key ended the call, the
+// handle left on that address, so that every later call met it too
+// (info, the next send, a watch). Each call now reaches the leader
+// through the other members, and the handle with it.
 func TestCellMemberMisnamesLeader(t *testing.T) {
-	for _, named := range []string{"itself", "another key"} {
+	for _, named := range []string{"itself", "itself alone", "another key"} {
 		t.Run(named, func(t *testing.T) {
 			var joins, infos, rogue atomic.Int64
 			var replicas []wire.Replica
@@ -997,7 +999,11 @@ func TestCellMemberMisnamesLeader(t *testing.T) {
 					switch {
 					case i == 1:
 						rogue.Add(1)
-						return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 200, Leader: &misnamed}
+						we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 200, Leader: &misnamed}
+						if named == "itself alone" {
+							we.Replicas = []wire.Replica{misnamed} // the cell's members, it says
+						}
+						return we
 					case c.Op() == wire.OpInfo:
 						infos.Add(1)
 						return c.Result(wire.Info{Group: wire.UUID{7}, Name: "ops", Epoch: 3, Replicas: replicas})

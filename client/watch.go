@@ -187,7 +187,7 @@ func (w *watcher) run(ctx context.Context, yield func(Event, error) bool) {
 			// Any replica serves the watch, from the same cursor in the
 			// same epoch: no gap, no repeat, no reset; a member that no
 			// longer serves the group named those that do.
-			w.g.learnFrom(err)
+			w.g.learnFrom(err, w.g.peer().pin)
 			w.g.nextReplica()
 		case errors.Is(err, ErrUnreachable):
 			w.g.refresh(ctx)
