@@ -106,20 +106,22 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 // address.
 const cellAskWait = 2 * time.Second
 
-// cellAskAddrs bounds the addresses CellMembers tries for one member.
+// cellAskAddrs bounds the addresses CellMembers tries for one member
+// from at (the listings).
 const cellAskAddrs = 4
 
 // CellMembers asks the members of recorded, the replica set of a cell's
 // group a program recorded when its user joined it (their keys; at most
 // MaxReplicas), for the cell's members now: cell_status (CellStatus), at
 // the addresses at gives for each (the first cellAskAddrs of them, each
-// question 2 s at most), its key pinned. It returns the set of keys that
-// a majority of recorded answered alike (each key once, in the
-// reference order), and the key of a member of recorded that answered it
-// and is among it (else one that answered it). Errors:
-// ErrCellUnconfirmed (no majority answered alike before ctx ended),
-// ErrBadRequest (recorded is empty or too large). Every question has
-// ended when it returns.
+// question 2 s at most), its key pinned, and, for a member not answering
+// there, at the address each member that answered names it at. It
+// returns the set of keys that a majority of recorded answered alike
+// (each key once, in the reference order), and the key of a member of
+// recorded that answered it and is among it (else one that answered it).
+// Errors: ErrCellUnconfirmed (no majority answered alike before ctx
+// ended), ErrBadRequest (recorded is empty or too large). Every question
+// has ended when it returns.
 //
 // Why a majority: a member removed from the cell (a host taken out, its
 // key stolen since) is still in the set recorded until the program
@@ -128,6 +130,15 @@ const cellAskAddrs = 4
 // sent to. Raft changes a cell's members one at a time, each change
 // committed by a majority: a majority of the set recorded answers the new
 // set, a removed member alone never does.
+//
+// Why the members' addresses too: at comes from registries' listings,
+// and a rogue registry listing a member as the group's leader at 16
+// addresses that never answer (its lease the longest, so they come
+// first) kept that member from being asked at all; with another member
+// gone (the one being replaced) no majority answered, and the set was
+// never followed (until session 16). The addresses a member answering
+// (its key pinned) names are the cell's own word, and each is asked
+// under the key it is named for.
 func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map[Fingerprint][]string) ([]Fingerprint, Fingerprint, error) {
 	var keys []Fingerprint
 	for _, fp := range recorded {
@@ -143,15 +154,19 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type answer struct {
-		from Fingerprint
-		set  []Fingerprint
+		from  Fingerprint
+		set   []Fingerprint // nil: no answer at the addresses asked
+		named []wire.Replica
 	}
-	answers := make(chan answer, len(keys))
-	for _, fp := range keys {
-		addrs := at[fp]
-		if len(addrs) > cellAskAddrs {
-			addrs = addrs[:cellAskAddrs]
-		}
+	// Each key is asked once at its listed addresses, and at most once
+	// more for each member an answer names (at most MaxReplicas), each
+	// key's answer counted once: the channel holds every answer.
+	answers := make(chan answer, len(keys)*(1+wire.MaxReplicas))
+	tried := make(map[Fingerprint][]string, len(keys))
+	pending := 0
+	ask := func(fp Fingerprint, addrs []string) {
+		tried[fp] = append(tried[fp], addrs...)
+		pending++
 		wg.Go(func() {
 			for _, addr := range addrs {
 				qctx, qcancel := context.WithTimeout(ctx, cellAskWait)
@@ -170,18 +185,28 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 					}
 				}
 				slices.SortFunc(set, func(a, b Fingerprint) int { return bytes.Compare(a[:], b[:]) })
-				answers <- answer{fp, set}
+				answers <- answer{fp, set, st.Members}
 				return
 			}
 			answers <- answer{from: fp}
 		})
 	}
+	for _, fp := range keys {
+		addrs := at[fp]
+		if len(addrs) > cellAskAddrs {
+			addrs = addrs[:cellAskAddrs]
+		}
+		ask(fp, addrs)
+	}
 	var got []answer
-	for range keys {
+	answered := make(map[Fingerprint]bool, len(keys))
+	for pending > 0 {
 		a := <-answers
-		if a.set == nil {
+		pending--
+		if a.set == nil || answered[a.from] {
 			continue
 		}
+		answered[a.from] = true
 		got = append(got, a)
 		var alike []Fingerprint
 		for _, o := range got {
@@ -195,6 +220,11 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 				from = alike[i]
 			}
 			return a.set, from, nil
+		}
+		for _, m := range a.named {
+			if slices.Contains(keys, m.Fingerprint) && !answered[m.Fingerprint] && m.Addr != "" && !slices.Contains(tried[m.Fingerprint], m.Addr) {
+				ask(m.Fingerprint, []string{m.Addr})
+			}
 		}
 	}
 	return nil, Fingerprint{}, fmt.Errorf("cell members, %d of %d recorded answering: %w", len(got), len(keys), ErrCellUnconfirmed)

@@ -1038,3 +1038,55 @@ func TestCellMemberMisnamesLeader(t *testing.T) {
 		})
 	}
 }
+
+// TestCellMembersPastSilentListedAddresses: a rogue registry lists a
+// cell's member as its group's leader at addresses that never answer,
+// its lease the longest so that they come first (a registry's entry
+// holds 16), and another member of the recorded set is gone (the host
+// being replaced). CellMembers asked each member at the first 4 listed
+// addresses alone: that member was never asked, one member of three
+// answered, no majority, and a program never followed the cell. A member
+// answering names where the others are; each is asked there too, its
+// key pinned.
+func TestCellMembersPastSilentListedAddresses(t *testing.T) {
+	var replicas []wire.Replica // a and b, and d, which replaced c
+	var asked [2]atomic.Int64
+	var members []client.GroupEntry
+	for i := range 2 {
+		members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			if c.Op() != wire.OpCellStatus {
+				return &wire.Error{Code: wire.CodeUnsupported}
+			}
+			asked[i].Add(1)
+			return c.Result(wire.CellStatus{Self: replicas[i], State: "follower", Term: 2, Members: replicas})
+		}))
+		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint})
+	}
+	replicas = append(replicas, wire.Replica{Addr: "127.0.0.1:9", Fingerprint: wire.Fingerprint{0xd}})
+	silent := func() string {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		return pc.LocalAddr().String()
+	}
+	gone := wire.Fingerprint{0xc}
+	at := map[client.Fingerprint][]string{
+		members[1].Fingerprint: {members[1].Addrs[0]},
+		gone:                   {silent()},
+	}
+	for range 16 {
+		at[members[0].Fingerprint] = append(at[members[0].Fingerprint], silent())
+	}
+	at[members[0].Fingerprint] = append(at[members[0].Fingerprint], members[0].Addrs[0])
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second) // the CLI's follow
+	defer cancel()
+	recorded := []client.Fingerprint{members[0].Fingerprint, members[1].Fingerprint, gone}
+	set, from, err := newClient(t).CellMembers(ctx, recorded, at)
+	want := []client.Fingerprint{members[0].Fingerprint, members[1].Fingerprint, {0xd}}
+	slices.SortFunc(want, func(a, b client.Fingerprint) int { return slices.Compare(a[:], b[:]) })
+	if err != nil || !slices.Equal(set, want) || (from != members[0].Fingerprint && from != members[1].Fingerprint) {
+		t.Fatalf("cell members: %v from %v, err %v (a asked %d times, b %d); want %v from a or b", set, from, err, asked[0].Load(), asked[1].Load(), want)
+	}
+}
