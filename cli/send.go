@@ -120,15 +120,20 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 	if batch <= 0 || batch > wire.MaxBatch {
 		batch = 64
 	}
-	maxMsg := int(info.Limits.MaxMessageBytes)
-	if maxMsg <= 0 {
-		maxMsg = wire.MaxFrameSize
+	// A message and a send never exceed a frame, whatever the daemon
+	// says its limits are: a limit of the largest int64 (another
+	// implementation's "none") overflowed the reader's bound, every line
+	// refused as too large, and a limit past a frame's had it keep a line
+	// of any length in memory (until session 16).
+	maxMsg := wire.MaxFrameSize
+	if l := info.Limits.MaxMessageBytes; l > 0 && l < wire.MaxFrameSize {
+		maxMsg = int(l)
 	}
 	// What one send may carry: the daemon's frame limit, less the
 	// envelope, and each message's own fields (an ID and small headers).
-	frame := int(info.Limits.MaxFrameBytes)
-	if frame <= 0 {
-		frame = wire.MaxFrameSize
+	frame := wire.MaxFrameSize
+	if l := info.Limits.MaxFrameBytes; l > 0 && l < wire.MaxFrameSize {
+		frame = int(l)
 	}
 	const envelope, perMessage = 64, 32
 	budget := frame - envelope

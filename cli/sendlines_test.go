@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,53 +114,26 @@ func TestSendLinesStoppedPartway(t *testing.T) {
 // whole batch, so the lines of the batch after the one acknowledged were
 // never sent, and a script resuming from there (tail -n +N) lost them.
 func TestSendLinesStoppedInFallback(t *testing.T) {
-	dk, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	group := wire.UUID{5, 5}
 	sent, release := make(chan struct{}), make(chan struct{})
 	var first atomic.Bool
 	var sends atomic.Int64
 	var batches sync.Map // the sizes of the sends the daemon got
-	var s *server.Server
-	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
-		switch c.Op() {
-		case wire.OpList:
-			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{Group: group, Name: "builds", Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 15000}}})
-		case wire.OpInfo:
-			return c.Result(wire.Info{Group: group, Name: "builds", Epoch: 1, Members: 1, Member: true, Fingerprint: dk.Fingerprint(),
-				Limits: wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}})
-		case wire.OpSend:
-			var req wire.Send
-			if err := c.Decode(&req); err != nil {
-				return err
-			}
-			batches.Store(len(req.Messages), true)
-			if first.CompareAndSwap(false, true) {
-				close(sent)
-				<-release // line 1's ack waits until lines 2-4 are read
-			}
-			if len(req.Messages) > 1 {
-				return &wire.Error{Code: wire.CodeTooLarge, Message: "the send is too large"}
-			}
-			sends.Add(1)
-			return c.Result(wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: uint64(sends.Load()), Time: time.Now().UnixNano()}}})
+	addr := sendDaemon(t, wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}, func(req wire.Send) (wire.Sent, error) {
+		batches.Store(len(req.Messages), true)
+		if first.CompareAndSwap(false, true) {
+			close(sent)
+			<-release // line 1's ack waits until lines 2-4 are read
 		}
-		return &wire.Error{Code: wire.CodeUnsupported}
+		if len(req.Messages) > 1 {
+			return wire.Sent{}, &wire.Error{Code: wire.CodeTooLarge, Message: "the send is too large"}
+		}
+		return wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: uint64(sends.Add(1)), Time: time.Now().UnixNano()}}}, nil
 	})
-	if err := s.Listen(dk); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
 
 	in, feed := io.Pipe()
 	out := &failingWriter{okWrites: 1}
 	var errb syncBuffer
-	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": s.Addr().String()}
+	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
 	e := Env{Stdin: in, Stdout: out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -224,4 +198,67 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 	}
 	w.okWrites--
 	return len(p), nil
+}
+
+// sendDaemon runs a registry and group daemon in one server that lists
+// one group, builds, whose info gives limits, and whose sends send
+// answers. It returns its address.
+func sendDaemon(t *testing.T, limits wire.Limits, send func(wire.Send) (wire.Sent, error)) string {
+	t.Helper()
+	dk, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := wire.UUID{5, 5}
+	var s *server.Server
+	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		switch c.Op() {
+		case wire.OpList:
+			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{Group: group, Name: "builds", Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 15000}}})
+		case wire.OpInfo:
+			return c.Result(wire.Info{Group: group, Name: "builds", Epoch: 1, Members: 1, Member: true, Fingerprint: dk.Fingerprint(), Limits: limits})
+		case wire.OpSend:
+			var req wire.Send
+			if err := c.Decode(&req); err != nil {
+				return err
+			}
+			out, err := send(req)
+			if err != nil {
+				return err
+			}
+			return c.Result(out)
+		}
+		return &wire.Error{Code: wire.CodeUnsupported}
+	})
+	if err := s.Listen(dk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s.Addr().String()
+}
+
+// TestSendLinesDaemonLimitsUnbounded: a daemon that gives its message
+// limit as the largest int64 (another implementation's "no limit")
+// had every line of a piped send refused as too large (the reader's
+// bound overflowed), and one giving a limit past a frame's had the
+// reader keep a line of any length in memory (a 10 GB file without a line
+// break, piped in). A message never exceeds a frame: the limit read is
+// at most wire.MaxFrameSize.
+func TestSendLinesDaemonLimitsUnbounded(t *testing.T) {
+	var got atomic.Int64
+	addr := sendDaemon(t, wire.Limits{MaxMessageBytes: math.MaxInt64, MaxFrameBytes: math.MaxUint64, MaxBatch: 16, FetchPage: 100}, func(req wire.Send) (wire.Sent, error) {
+		out := wire.Sent{Epoch: 1}
+		for range req.Messages {
+			out.Acks = append(out.Acks, wire.Ack{Seq: uint64(got.Add(1)), Time: time.Now().UnixNano()})
+		}
+		return out, nil
+	})
+	u := &testUser{home: t.TempDir(), registry: addr}
+	code, _, stderr := u.runInput(t, "hello\n"+strings.Repeat("x", wire.MaxFrameSize+1)+"\nworld\n", "send", "builds")
+	if got.Load() != 2 || !strings.Contains(stderr, "line 2 is too large") || strings.Contains(stderr, "line 1 ") || strings.Contains(stderr, "line 3 ") {
+		t.Errorf("exit %d, %d messages stored; want lines 1 and 3 stored, line 2 refused as too large:\n%s", code, got.Load(), stderr)
+	}
 }
