@@ -584,8 +584,10 @@ func dialEnded(ctx context.Context, where string) error {
 // dialAny dials the peer's addresses in order and returns the first
 // connection made, and its address. An address where another key answers
 // is passed over like one where nothing does (the key is checked at each):
-// it is the error only if no address answered with the right key, as a
-// wrong key is no reachability problem. Giving up at the first such
+// it is the error only if every address answered with another key, as a
+// wrong key is no reachability problem (with nothing answering at another
+// address, the error is ErrUnreachable: which key is there is unknown,
+// and a handle takes a wrong key for final). Giving up at the first such
 // address let anyone who could put an address first in a listing (a rogue
 // registry on the LAN, whose entry of a group under its real key came
 // first by the lease time it claimed) make the group unreachable.
