@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -89,6 +91,12 @@ type liveness struct {
 	// that it has not acknowledged: its silence is not held against it.
 	starved bool
 	closed  bool // conn was closed for its silence
+	// path is the path, from a socket of its own, the starved probe checks
+	// (probePath); nil until first needed. Its transport is closed with
+	// conn: quic-go registers conn with it for good, and closing it closes
+	// conn. The one path is probed again each time: each new one would
+	// take one of the connection IDs the server issued.
+	path *quic.Path
 }
 
 // newLiveness returns conn's liveness watch; p.mu is held.
@@ -196,10 +204,9 @@ func (l *liveness) look() {
 // and the server, which acknowledged every request it was sent, owes the
 // client nothing, so the connection is not closed for its silence (look).
 // A live server gives credit back as it answers; the probe then goes out
-// and has silenceFor from then to draw its acknowledgement. A dead server
-// with every stream in use is so left to the calls' deadlines and to
-// QUIC's idle timeout (30 s, keep-alives unanswered): a probe has no way
-// to reach it, as a packet of more than 42 bytes needs a stream.
+// and has silenceFor from then to draw its acknowledgement. While it waits,
+// nothing at all coming for silenceFor has it probe the path instead
+// (probePath), which needs no stream.
 func (l *liveness) send(ctx context.Context, group wire.UUID) {
 	defer func() {
 		l.mu.Lock()
@@ -231,6 +238,7 @@ func (l *liveness) waitCredit(ctx context.Context) (*quic.Stream, error) {
 	l.starved = true
 	l.mu.Unlock()
 	l.p.c.cfg.Logger.Debug("connection silent while calls waited; every stream in use, the probe waits for credit", "remote", l.conn.RemoteAddr())
+	heard, quiet := l.conn.ConnectionStats().PacketsReceived, time.Now()
 	for {
 		// Looking every probeAt/4 whether calls still wait: one that ends
 		// gives a credit back, so this wait outlives the calls only when
@@ -256,7 +264,93 @@ func (l *liveness) waitCredit(ctx context.Context) (*quic.Stream, error) {
 		if over {
 			return nil, errNoneWaiting
 		}
+		stats := l.conn.ConnectionStats()
+		if stats.PacketsReceived != heard {
+			heard, quiet = stats.PacketsReceived, time.Now()
+			continue
+		}
+		_, silenceFor := silenceBounds(stats)
+		if time.Since(quiet) < silenceFor {
+			continue
+		}
+		// Nothing at all came for silenceFor, and no request can go out
+		// to draw an answer: the path is probed.
+		err = l.probePath(ctx, silenceFor)
+		switch {
+		case err == nil:
+			// The server answered: alive, and slow to answer the calls.
+			heard, quiet = l.conn.ConnectionStats().PacketsReceived, time.Now()
+			l.p.c.cfg.Logger.Debug("every stream in use and the connection silent: the server answered a probe of the path", "remote", l.conn.RemoteAddr())
+		case l.conn.Context().Err() != nil || ctx.Err() != nil:
+			return nil, err // the connection ended meanwhile, or the client closes
+		case errors.Is(err, errNoPathProbe):
+			// Nothing to tell by: calls are left to their deadlines, and
+			// to QUIC's idle timeout, as before.
+			heard, quiet = l.conn.ConnectionStats().PacketsReceived, time.Now()
+			l.p.c.cfg.Logger.Debug("every stream in use and the connection silent; the path cannot be probed", "remote", l.conn.RemoteAddr(), "err", err)
+		default:
+			l.mu.Lock()
+			l.closed = true
+			l.mu.Unlock()
+			l.p.c.cfg.Logger.Debug("server silent, every stream in use, and no answer to a probe of the path; dropping the connection", "remote", l.conn.RemoteAddr(), "err", err)
+			l.conn.CloseWithError(0, "server silent")
+			return nil, err
+		}
 	}
+}
+
+// probePath probes the connection's path: from a socket of its own, a
+// PATH_CHALLENGE padded to a full datagram, as QUIC validates a path
+// before it migrates there (RFC 9000 §8.2; the server does not migrate:
+// the probe carries nothing else). A live server answers it (PATH_RESPONSE:
+// nil). A dead one answers nothing within d (an error), nor does one
+// restarted in place so far as this connection can tell (its stateless
+// reset goes to the probe's socket, where quic-go v0.65 does not match it
+// to the connection): either way the connection is gone. The probe needs
+// no stream, and so reaches a server whose every stream is a waiting
+// call's, where an info request cannot go out, and the calls'
+// acknowledgements and keep-alives, 42 bytes or less, draw no reset:
+// before session 16 such calls waited for their deadlines, or QUIC's idle
+// timeout (30 s). errNoPathProbe: the path could not be probed (the
+// server disabled migration, or no socket), which tells nothing.
+func (l *liveness) probePath(ctx context.Context, d time.Duration) error {
+	path, err := l.probedPath()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errNoPathProbe, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return path.Probe(ctx)
+}
+
+// errNoPathProbe: probePath could not probe the path.
+var errNoPathProbe = errors.New("cannot probe the path")
+
+// probedPath returns the path probePath probes, adding it (and opening its
+// socket) the first time.
+func (l *liveness) probedPath() (*quic.Path, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.path != nil {
+		return l.path, nil
+	}
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	path, err := l.conn.AddPath(tr)
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, err
+	}
+	l.path = path
+	context.AfterFunc(l.conn.Context(), func() {
+		tr.Close()
+		udp.Close()
+	})
+	return path, nil
 }
 
 // errNoneWaiting: the probe waited for stream credit until no call waited.

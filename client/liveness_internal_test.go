@@ -803,3 +803,72 @@ func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
 		t.Fatalf("the daemon got %d sends (want %d: none retried); connection kept: %v", sends, calls, g.peer().current() == conn)
 	}
 }
+
+// TestRestartedDaemonWithEveryStreamInUse: calls waiting on a daemon
+// killed and restarted in place while every stream it allows is one of
+// theirs (max_streams, 4 here; two more calls wait for credit) are retried
+// on a new connection and answered, well before QUIC's idle timeout
+// (30 s). The liveness probe could not reach the daemon: it needs a
+// stream, and there was no credit for one; the calls' acknowledgements and
+// keep-alives are too short to draw the restarted daemon's stateless
+// reset. So they waited for their deadlines (8 s here), or the idle
+// timeout.
+func TestRestartedDaemonWithEveryStreamInUse(t *testing.T) {
+	const limit, calls = 4, 6
+	var mu sync.Mutex
+	sends := 0
+	full := make(chan struct{})
+	s := startLoneConfig(t, quic.Config{MaxIncomingStreams: limit}, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		switch op {
+		case wire.OpInfo:
+			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
+		case wire.OpSend:
+			mu.Lock()
+			if sends++; sends == limit {
+				close(full)
+			}
+			mu.Unlock()
+			<-stop // killed before it answers
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	if _, err := g.Info(ctx); err != nil { // dials the connection
+		t.Fatal(err)
+	}
+	conn := g.peer().current()
+	done := make(chan error, calls)
+	for i := range calls {
+		go func() {
+			_, err := g.Send(ctx, []byte{byte(i)})
+			done <- err
+		}()
+	}
+	select { // every stream is a waiting send's; two more wait for credit
+	case <-full:
+	case <-ctx.Done():
+		t.Fatal("the daemon never had every stream in use")
+	}
+	heard := conn.ConnectionStats().PacketsReceived
+	for conn.ConnectionStats().PacketsReceived == heard { // the last request's acknowledgement
+		time.Sleep(time.Millisecond)
+	}
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpSend {
+			ack(raw, st)
+		}
+	})
+	began := time.Now()
+	for range calls {
+		if err := <-done; err != nil {
+			t.Fatalf("a send waiting when its daemon, every stream in use, was killed and restarted in place: %v", err)
+		}
+	}
+	t.Logf("the sends were answered %v after the restart", time.Since(began).Round(time.Millisecond))
+}
