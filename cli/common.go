@@ -137,7 +137,10 @@ type session struct {
 	kh     *identity.KnownHosts
 	home   string    // $HUDDLE_HOME
 	joined joinedSet // the groups the user joined (joined.go); nil if unreadable
-	listed *listing  // set by the first call of listing (locate.go)
+	// unwritable: a change of the joined file failed (update): no other
+	// is tried.
+	unwritable bool
+	listed     *listing // set by the first call of listing (locate.go)
 	// looking makes the session only look (huddle doctor): it pins no
 	// registry and writes no cached listing.
 	looking bool

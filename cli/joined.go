@@ -387,8 +387,9 @@ func saveJoined(dir string, set joinedSet) error {
 func joinedPath(dir string) string { return lockfile.Target(filepath.Join(dir, joinedFile)) }
 
 // joinedLockWait bounds how long a change of the joined file waits for
-// another process's lock: a writer holds it for a read and a rename.
-const joinedLockWait = 5 * time.Second
+// another process's lock: a writer holds it for a read and a rename. A
+// variable only so that tests shorten it.
+var joinedLockWait = 5 * time.Second
 
 // errJoinedLocked: another process held the joined file's lock longer than
 // joinedLockWait (a command stopped with ^Z mid-write, or hostile).
@@ -482,7 +483,7 @@ func leaving(e wire.GroupEntry) func(joinedSet) bool {
 // group listed as "chess" whose daemon says "dev"). One info request, the
 // first time only.
 func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEntry) {
-	if s.joined == nil || s.joined.has(e) {
+	if s.joined == nil || s.joined.has(e) || s.unwritable {
 		return
 	}
 	if info, err := g.Info(ctx); err != nil || info.Name != e.Name {
@@ -494,9 +495,7 @@ func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEnt
 // record writes e to the joined file, under e.Name, and keeps the set
 // written.
 func (s *session) record(e wire.GroupEntry) {
-	if set, err := updateJoined(s.home, joinedLockWait, joining(e)); err == nil {
-		s.joined = set
-	}
+	s.update(joining(e), "that you joined "+groupShown(e))
 }
 
 // forget records that the user left e.
@@ -504,9 +503,37 @@ func (s *session) forget(e wire.GroupEntry) {
 	if s.joined == nil || !s.joined.has(e) {
 		return
 	}
-	if set, err := updateJoined(s.home, joinedLockWait, leaving(e)); err == nil {
-		s.joined = set
+	s.update(leaving(e), "that you left "+groupShown(e))
+}
+
+// update makes change to the joined file and keeps the set written; what
+// says what it records, for the warning if it cannot: the command goes
+// on (it did what it was asked), says so once, and tries no other
+// change. Until session 16 the failure was said nowhere, and a piped
+// huddle send tried again after every send of lines, each waiting the
+// whole joinedLockWait for a lock another process held (a command
+// stopped with ^Z mid-write): 5 s a line, for a person typing.
+func (s *session) update(change func(joinedSet) bool, what string) {
+	if s.unwritable {
+		return
 	}
+	set, err := updateJoined(s.home, joinedLockWait, change)
+	if err != nil {
+		s.unwritable = true
+		if s.env.Stderr != nil {
+			fmt.Fprintf(s.env.Stderr, "huddle %s: warning: cannot record %s (%s); the next command tries again\n", s.verb, what, plainErr(err))
+		}
+		return
+	}
+	s.joined = set
+}
+
+// groupShown names e for people: its name and UUID, or its UUID.
+func groupShown(e wire.GroupEntry) string {
+	if e.Name == "" {
+		return "group " + e.Group.String()
+	}
+	return fmt.Sprintf("group %s (%s)", shown(e.Name), e.Group)
 }
 
 // joinedRecord is the joined file as huddle web keeps it (web.Joined): the
