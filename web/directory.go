@@ -163,6 +163,12 @@ type groupJSON struct {
 	// --daemon, it is used).
 	Clash     bool     `json:"clash,omitempty"`
 	OtherKeys []string `json:"other_keys,omitempty"`
+	// Asking: its daemon has not answered since huddle web started, and
+	// the first answer is awaited (Reachable false, for not known yet).
+	// The page took reachable false alone for a daemon that did not
+	// answer, and showed every group "unreachable" for the moment
+	// between a page loaded at huddle web's start and the first answers.
+	Asking bool `json:"asking,omitempty"`
 	// From the group's daemon (info); absent until it answered.
 	Reachable       bool   `json:"reachable"`
 	Member          bool   `json:"member"`
@@ -1072,6 +1078,7 @@ func (d *directory) publishLocked() {
 			// offered to join as a stranger's.
 			g.Member = true
 		}
+		g.Asking = gs.info == nil && gs.infoAt.IsZero()
 		if in := gs.info; in != nil {
 			g.Reachable = gs.infoOK
 			g.Member, g.Private, g.Epoch, g.FirstSeq = in.Member, in.Private, in.Epoch, in.First

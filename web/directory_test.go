@@ -16,6 +16,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -724,5 +725,49 @@ func TestDirectoryJoinRecordsDaemonsName(t *testing.T) {
 	defer joined.mu.Unlock()
 	if len(joined.added) != 1 || joined.added[0].Name != "" || joined.added[0].Fingerprint != real.Fingerprint() {
 		t.Errorf("recorded joins %+v; want lobby at %s, with no name (the page showed %q, its daemon says %q)", joined.added, real.Fingerprint().Short(), rename, real.Groups()[0].Name)
+	}
+}
+
+// TestDirectoryAskingNotUnreachable: a group whose daemon has not answered
+// its first info yet is published asking, not only unreachable: the page
+// showed every group "unreachable" from huddle web's start until the
+// first answers. Once the daemon answered (here, refused), it is no
+// longer asking, and unreachable.
+func TestDirectoryAskingNotUnreachable(t *testing.T) {
+	id, err := identity.Generate()
+	must(t, err)
+	release := make(chan struct{})
+	daemon := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return &wire.Error{Code: wire.CodeUnavailable, Message: "not now"}
+	})
+	must(t, daemon.Listen(id))
+	must(t, daemon.Start())
+	t.Cleanup(daemon.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	reg := listingRegistry(t, []wire.GroupEntry{{Group: wire.UUID{0xa5}, Name: "slow", Addrs: []string{daemon.Addr().String()},
+		Fingerprint: id.Fingerprint(), ExpiresMS: 60_000}})
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{reg},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t)})
+	must(t, err)
+	serve(t, s)
+	ev := newAPI(t, s).events("")
+	g := names(ev.waitGroups("slow listed", func(l listJSON) bool { _, ok := names(l)["slow"]; return ok }))["slow"]
+	if !g.Asking || g.Reachable {
+		t.Errorf("a group whose daemon has not answered yet: %+v; want asking, not reachable", g)
+	}
+	close(release)
+	g = names(ev.waitGroups("slow answered", func(l listJSON) bool { return !names(l)["slow"].Asking }))["slow"]
+	if g.Reachable {
+		t.Errorf("a group whose daemon refused its info: %+v; want unreachable", g)
 	}
 }

@@ -880,7 +880,8 @@ function trouble(g, c) {
   if (g.member && !g.listed && !live) return {word: 'offline', ...fmt.offline(g)};
   if (g.member && c && c.status === 'reconnecting') return {word: 'reconnecting', text: fmt.reconnecting(c.statusError, g)};
   if (g.member && c && c.status === 'ended' && c.statusError) return {word: 'error', text: fmt.describe(apiErr(c.statusError), g)};
-  if (!g.reachable && !live) return {word: 'unreachable', text: fmt.describe(apiErr({code: 'unreachable'}), g)};
+  // Not yet asked (asking: huddle web just started) is not unreachable.
+  if (!g.reachable && !live && !g.asking) return {word: 'unreachable', text: fmt.describe(apiErr({code: 'unreachable'}), g)};
   return null;
 }
 
