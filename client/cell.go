@@ -234,13 +234,16 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 	}
 	attempt := cellAttemptMin
 	// selfNamed is the last refusal of a member that named itself the
-	// leader (a leader whose disk is full, handing over), while the
-	// members asked since name it still: the call ends with it, the
-	// leader's own reason, rather than a follower's "ask the leader".
+	// leader (a leader whose disk is full, handing over): a call that
+	// ends on a refusal naming it leader (its own, or a follower's "ask
+	// the leader") ends with it, the leader's own reason. Not one that
+	// ends otherwise: a member that left the request unanswered may have
+	// been elected and taken it, its outcome unknown.
 	var selfNamed error
 	var selfKey Fingerprint
 	ended := func(err error) error {
-		if selfNamed != nil && !errors.Is(ctx.Err(), context.Canceled) {
+		var we *wire.Error
+		if selfNamed != nil && errors.As(err, &we) && we.Leader != nil && we.Leader.Fingerprint == selfKey {
 			return selfNamed
 		}
 		return err
@@ -261,8 +264,7 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 		// one was replaced is replaced, so that a member gone is not asked.
 		g.learnFrom(err, asked)
 		log := g.cl.cfg.Logger
-		switch {
-		case leader && we.Leader.Fingerprint == asked:
+		if leader && we.Leader.Fingerprint == asked {
 			// The member refusing names itself: a leader that cannot take
 			// the call now (a full disk: it hands the leadership over) says
 			// so, and is asked again after its wait; but the next member
@@ -273,8 +275,6 @@ func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error
 			// call from the cell's leader, the others never asked.
 			selfNamed, selfKey = err, asked
 			leader = false
-		case we != nil && !(leader && we.Leader.Fingerprint == selfKey):
-			selfNamed = nil // another leader named, or none
 		}
 		if leader && g.suspected(we.Leader.Fingerprint) {
 			log.Debug("cell: passing over the leader named, silent a moment ago", "op", op, "leader", we.Leader.Addr)

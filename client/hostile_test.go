@@ -1090,3 +1090,75 @@ func TestCellMembersPastSilentListedAddresses(t *testing.T) {
 		t.Fatalf("cell members: %v from %v, err %v (a asked %d times, b %d); want %v from a or b", set, from, err, asked[0].Load(), asked[1].Load(), want)
 	}
 }
+
+// TestCellStalledLeaderThenUnanswered: the leader refuses a send naming
+// itself (its disk full, handing the leadership over), and the member
+// asked next takes the send and leaves it unanswered past the call's
+// deadline (elected meanwhile, say): the send's outcome is unknown, and
+// the call must say so (a timeout), not end with the stalled leader's
+// refusal, which says the cell took nothing (a program then sends again
+// under new IDs, and the message is stored twice).
+func TestCellStalledLeaderThenUnanswered(t *testing.T) {
+	var replicas []wire.Replica
+	var members []client.GroupEntry
+	taken, release := make(chan struct{}, 1), make(chan struct{})
+	for i := range 2 {
+		members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			if c.Op() != wire.OpSend {
+				return &wire.Error{Code: wire.CodeUnsupported}
+			}
+			if i == 0 {
+				return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 100, Leader: &replicas[0],
+					Message: "the cell's leader cannot write to its disk, so it took nothing of this"}
+			}
+			select {
+			case taken <- struct{}{}:
+			default:
+			}
+			<-release // taken, never answered
+			return &wire.Error{Code: wire.CodeUnavailable}
+		}))
+		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint, Leader: i == 0})
+	}
+	t.Cleanup(func() { close(release) }) // before the daemons close
+	e := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: members[0].Addrs, Fingerprint: members[0].Fingerprint, Replicas: replicas}
+	g, err := newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx := &firedCtx{Context: t.Context(), done: make(chan struct{})}
+	defer ctx.fire()
+	go func() {
+		select {
+		case <-taken:
+			ctx.fire() // the deadline, while the second member holds the send
+		case <-ctx.Done():
+		}
+	}()
+	_, err = g.Send(ctx, []byte("hello"))
+	if err == nil || strings.Contains(err.Error(), "took nothing") {
+		t.Fatalf("send ended while a member held it unanswered: %v; want its outcome unknown, not the stalled leader's refusal", err)
+	}
+}
+
+// firedCtx is a context whose deadline comes when the test says (fire):
+// its Err is then context.DeadlineExceeded.
+type firedCtx struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+func (c *firedCtx) Deadline() (time.Time, bool) { return time.Now().Add(time.Hour), true }
+func (c *firedCtx) Done() <-chan struct{}       { return c.done }
+func (c *firedCtx) fire()                       { c.once.Do(func() { close(c.done) }) }
+
+func (c *firedCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
