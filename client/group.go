@@ -482,12 +482,13 @@ func (q Query) selection() (*int64, *uint64, error) {
 // stoppedAt is the Cursor of a Fetch whose yield stopped it at the message
 // delivered, the rest of its page unread: the page's End, which says the
 // epoch and what the group holds, was not read. An earlier page's End says
-// them (cur, unless first); on the first page, q's epoch (the daemon checked
-// it) or, without one, Info's, unless Info says the group holds less than
-// was delivered (the log changed: the epoch stays unknown, 0). gap is the
-// first page's: its first message came after the one asked from.
-func (g *Group) stoppedAt(ctx context.Context, cur Cursor, first bool, epoch uint64, gap bool, delivered uint64) Cursor {
-	if first {
+// them (cur, unless unpaged: no End was read); on the first page (resumed
+// or not), q's epoch (the daemon checked it) or, without one, Info's,
+// unless Info says the group holds less than was delivered (the log
+// changed: the epoch stays unknown, 0). gap is the first page's: its
+// first message came after the one asked from.
+func (g *Group) stoppedAt(ctx context.Context, cur Cursor, unpaged bool, epoch uint64, gap bool, delivered uint64) Cursor {
+	if unpaged {
 		cur = Cursor{Epoch: epoch, Gap: gap}
 		if info, err := g.Info(ctx); err == nil && info.Last >= delivered && (epoch == 0 || epoch == info.Epoch) {
 			cur.Epoch, cur.First, cur.Last = info.Epoch, info.First, info.Last
@@ -576,6 +577,11 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 	// sender) for the rest to be of the same log (see below).
 	var check *wire.Message
 	var lost error // the connection's loss, returned if check cannot be made
+	// paged: an End was read, and cur is from it. Not before, though a
+	// first page cut short and resumed is no longer first (its gap is
+	// known): a fetch stopped then took its cursor from an End never
+	// read, epoch 0 (until session 16).
+	paged := false
 	for {
 		if q.Limit > 0 {
 			req.Limit = uint64(left)
@@ -721,13 +727,20 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		}
 		tries = 0
 		if stopped && !ended {
-			return g.stoppedAt(ctx, cur, first, q.Epoch, since == nil && firstSeq > from+1, delivered), nil
+			// Before any End (paged), the first page's, resumed or not:
+			// its gap is cur's once it was resumed.
+			gap := cur.Gap
+			if first {
+				gap = since == nil && firstSeq > from+1
+			}
+			return g.stoppedAt(ctx, cur, !paged, q.Epoch, gap, delivered), nil
 		}
 		if first {
 			cur.Gap = since == nil && end.First > from+1
 			first = false
 		}
 		cur = Cursor{Next: end.Next, Epoch: end.Epoch, First: end.First, Last: end.Last, More: end.More, Gap: cur.Gap}
+		paged = true
 		at = end.Next
 		left -= n
 		if !end.More || (q.Limit > 0 && left <= 0) || n == 0 {

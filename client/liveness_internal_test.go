@@ -352,6 +352,14 @@ type restartedFetch struct {
 // daemon answers each fetch with rest.
 func fetchAcrossRestart(t *testing.T, q Query, first, rest func(st *quic.Stream)) restartedFetch {
 	t.Helper()
+	return fetchAcrossRestartStopping(t, q, first, rest, 0, nil)
+}
+
+// fetchAcrossRestartStopping is fetchAcrossRestart whose program stops the
+// fetch at message stopAt (0: never), and whose restarted daemon answers
+// info with info (nil: nothing).
+func fetchAcrossRestartStopping(t *testing.T, q Query, first, rest func(st *quic.Stream), stopAt uint64, info *wire.Info) restartedFetch {
+	t.Helper()
 	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
 		if op == wire.OpFetch {
 			first(st)
@@ -376,12 +384,15 @@ func fetchAcrossRestart(t *testing.T, q Query, first, rest func(st *quic.Stream)
 				close(third)
 				<-restarted
 			}
-			return true
+			return m.Seq != stopAt
 		})
 	}()
 	<-third
 	asked := make(chan wire.Fetch, 1)
 	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpInfo && info != nil {
+			wire.WriteResponse(st, wire.KindResult, *info)
+		}
 		if op != wire.OpFetch {
 			return
 		}
@@ -871,4 +882,55 @@ func TestRestartedDaemonWithEveryStreamInUse(t *testing.T) {
 		}
 	}
 	t.Logf("the sends were answered %v after the restart", time.Since(began).Round(time.Millisecond))
+}
+
+// TestFetchResumedStoppedKeepsEpoch: a Fetch whose first page was cut by
+// its daemon's restart in place and asked for again (with the query's
+// epoch, or from the last message delivered, checked), then stopped by
+// its program before the resumed page's End, returns its cursor in the
+// log's epoch, as a first page stopped so does: the query's, or Info's.
+// The resumption counted the first page as done, and the cursor was then
+// taken from an End never read: epoch 0, no First or Last. A program going
+// on from it lost the epoch check that tells another log after a restart
+// (until session 16).
+func TestFetchResumedStoppedKeepsEpoch(t *testing.T) {
+	const epoch = 5
+	msg := func(seq uint64) wire.Message {
+		return wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, Body: []byte{byte(seq)}}
+	}
+	page := func(st *quic.Stream, seqs ...uint64) {
+		var ms []wire.Message
+		for _, q := range seqs {
+			ms = append(ms, msg(q))
+		}
+		wire.WriteResponse(st, wire.KindMessages, wire.Messages{Messages: ms})
+	}
+	info := &wire.Info{Epoch: epoch, First: 1, Last: 5}
+	for _, tc := range []struct {
+		name string
+		q    Query
+		rest func(st *quic.Stream)
+	}{
+		{"epoch known", Query{Epoch: epoch}, func(st *quic.Stream) {
+			page(st, 4, 5)
+			wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
+		}},
+		{"epoch not known", Query{}, func(st *quic.Stream) {
+			page(st, 3, 4, 5)
+			wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := fetchAcrossRestartStopping(t, tc.q, func(st *quic.Stream) { page(st, 1, 2, 3) }, tc.rest, 4, info)
+			if r.err != nil {
+				t.Fatalf("fetch across its daemon's restart in place, stopped at 4: %v", r.err)
+			}
+			if want := []uint64{1, 2, 3, 4}; !slices.Equal(r.got, want) {
+				t.Errorf("fetch delivered %v, want %v", r.got, want)
+			}
+			if want := (Cursor{Next: 4, Epoch: epoch, First: 1, Last: 5, More: true}); r.cur != want {
+				t.Errorf("cursor %+v, want %+v", r.cur, want)
+			}
+		})
+	}
 }
