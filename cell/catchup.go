@@ -474,7 +474,11 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 		header(catchUpBehind, 0)
 		return
 	}
-	msgs, cur := g.log.After(after, catchUpChunk, nil)
+	// The header names the first message it will send, read alone: the
+	// asker waits for the header for RPCTimeout at most (askCatchUp), and
+	// a chunk of catchUpChunk messages of up to a frame each may take
+	// longer to read from a slow disk.
+	msgs, cur := g.log.After(after, 1, nil)
 	first := after + 1
 	if len(msgs) > 0 {
 		first = msgs[0].Seq
@@ -484,6 +488,7 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 	if err := header(catchUpOK, first); err != nil {
 		return
 	}
+	msgs, _ = g.log.After(after, catchUpChunk, msgs[:0])
 	enc := newEncoder()
 	var entries []store.Entry
 	var out []byte
