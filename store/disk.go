@@ -309,12 +309,7 @@ func (d *DiskLog) Append(batch []Entry) error {
 	if err := d.writable(); err != nil {
 		return err
 	}
-	at, err := d.record(batch)
-	if err != nil && noRoom(err) && d.makeRoom(batch) {
-		// Retention, once the batch is stored, deletes the oldest
-		// files: deleted first, they make room for it (room.go).
-		at, err = d.record(batch)
-	}
+	at, err := d.recordRoom(batch)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -26,7 +28,7 @@ import (
 //     would delete them after the append, where their size is more than
 //     the record needs. Only messages retention drops once the batch is
 //     stored go. Where the write fails all the same (another writer took
-//     the room first), the append fails, and the log holds what retention
+//     the room first: see the gate below), the append fails, and the log holds what retention
 //     would keep had the batch been stored: the messages dropped do not
 //     come back, and the log holds fewer than its limits until later
 //     appends fill it.
@@ -36,6 +38,71 @@ import (
 // deleted whole: each begins with the sender dictionary its later records
 // use), stays full until the operator frees room or lowers the limits
 // (STORAGE.md, "Durability").
+
+// The room made is the log's own. The files deleted give their space to
+// the file system, where any writer may take it before the record is
+// written: another log of the process, below its limits, appending at that
+// moment. The log making room would then be refused with its oldest
+// messages gone, holding fewer than its limits; and, below them, it makes
+// no more room, so it stays refused while the others take every page their
+// own retention frees. So once a disk has refused a record, the process's
+// logs write their records through a gate (roomGate): shared by every
+// record written, held alone by a log making room, from the deletion until
+// its record is written. Before the first refusal the gate is open and
+// costs one atomic load: a record already being written when the first log
+// makes room may still take it. Writers outside the process, and the
+// files a log writes beside its records (an index, the spare), are not
+// gated.
+var roomGate struct {
+	shut atomic.Bool // a disk has refused a record for want of room
+	mu   sync.RWMutex
+}
+
+// Test hooks: roomTestWait runs when a record waits at the shut gate,
+// roomTestMade once makeRoom has deleted files, before the record is
+// written again.
+var roomTestWait, roomTestMade func()
+
+// recordRoom is record, and where the disk has no room for the record,
+// makeRoom and record again, alone at the gate (see above). d.wmu is
+// held.
+func (d *DiskLog) recordRoom(batch []Entry) (int64, error) {
+	var at int64
+	var err error
+	if !roomGate.shut.Load() {
+		at, err = d.record(batch)
+		if err == nil || !noRoom(err) {
+			return at, err
+		}
+		roomGate.shut.Store(true)
+	} else {
+		if roomTestWait != nil {
+			roomTestWait()
+		}
+		roomGate.mu.RLock()
+		at, err = d.record(batch)
+		roomGate.mu.RUnlock()
+		if err == nil || !noRoom(err) {
+			return at, err
+		}
+	}
+	roomGate.mu.Lock()
+	defer roomGate.mu.Unlock()
+	// Room another log freed meanwhile is taken before any of this
+	// log's messages is dropped for it.
+	if at, err = d.record(batch); err == nil || !noRoom(err) {
+		return at, err
+	}
+	if !d.makeRoom(batch) {
+		return at, err
+	}
+	if roomTestMade != nil {
+		roomTestMade()
+	}
+	// Retention, once the batch is stored, deletes the oldest files:
+	// deleted first, they make room for it.
+	return d.record(batch)
+}
 
 // noRoom reports whether err is a full disk's or an exhausted quota's.
 func noRoom(err error) bool {
