@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,7 +33,15 @@ type CellStatus = wire.CellStatus
 // mismatches of its own configuration it reports, and that member was
 // never asked.
 func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (CellStatus, error) {
-	p, err := c.groupPeer([]string{addr}, pin, wire.UUID{})
+	return c.cellStatusAt(ctx, []string{addr}, pin)
+}
+
+// cellStatusAt is CellStatus of the daemon at any of addrs, dialled as a
+// group's daemon is: the next one too after 250 ms of silence, the first
+// handshake completed answering.
+func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerprint) (CellStatus, error) {
+	addr := strings.Join(addrs, ", ")
+	p, err := c.groupPeer(addrs, pin, wire.UUID{})
 	if err != nil {
 		return CellStatus{}, err
 	}
@@ -102,8 +111,8 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 	}
 }
 
-// cellAskWait bounds each cell_status question CellMembers asks at one
-// address.
+// cellAskWait bounds each cell_status question CellMembers asks of a
+// member.
 const cellAskWait = 2 * time.Second
 
 // cellAskAddrs bounds the addresses CellMembers tries for one member
@@ -113,9 +122,10 @@ const cellAskAddrs = 4
 // CellMembers asks the members of recorded, the replica set of a cell's
 // group a program recorded when its user joined it (their keys; at most
 // MaxReplicas), for the cell's members now: cell_status (CellStatus), at
-// the addresses at gives for each (the first cellAskAddrs of them, each
-// question 2 s at most), its key pinned, and, for a member not answering
-// there, at the address each member that answered names it at. It
+// the addresses at gives for each (the first cellAskAddrs of them, the
+// next one dialled too after 250 ms of silence; 2 s in all), its key
+// pinned, and, for a member not answering there, at the address each
+// member that answered names it at. It
 // returns the set of keys that a majority of recorded answered alike
 // (each key once, in the reference order), and the key of a member of
 // recorded that answered it and is among it (else one that answered it).
@@ -138,7 +148,10 @@ const cellAskAddrs = 4
 // gone (the one being replaced) no majority answered, and the set was
 // never followed (until session 16). The addresses a member answering
 // (its key pinned) names are the cell's own word, and each is asked
-// under the key it is named for.
+// under the key it is named for. And a member's listed addresses are
+// raced, as a group's daemon's are: asked one after the other, 2 s each,
+// a rogue registry's address listed first for each member that never
+// answers held every answer 2 s, half the CLI's whole wait.
 func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map[Fingerprint][]string) ([]Fingerprint, Fingerprint, error) {
 	var keys []Fingerprint
 	for _, fp := range recorded {
@@ -168,27 +181,21 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 		tried[fp] = append(tried[fp], addrs...)
 		pending++
 		wg.Go(func() {
-			for _, addr := range addrs {
-				qctx, qcancel := context.WithTimeout(ctx, cellAskWait)
-				st, err := c.CellStatus(qctx, addr, fp)
-				qcancel()
-				if err != nil || len(st.Members) == 0 {
-					if ctx.Err() != nil {
-						break
-					}
-					continue
-				}
-				var set []Fingerprint
-				for _, m := range st.Members {
-					if !slices.Contains(set, m.Fingerprint) {
-						set = append(set, m.Fingerprint)
-					}
-				}
-				slices.SortFunc(set, func(a, b Fingerprint) int { return bytes.Compare(a[:], b[:]) })
-				answers <- answer{fp, set, st.Members}
+			qctx, qcancel := context.WithTimeout(ctx, cellAskWait)
+			st, err := c.cellStatusAt(qctx, addrs, fp)
+			qcancel()
+			if err != nil || len(st.Members) == 0 {
+				answers <- answer{from: fp}
 				return
 			}
-			answers <- answer{from: fp}
+			var set []Fingerprint
+			for _, m := range st.Members {
+				if !slices.Contains(set, m.Fingerprint) {
+					set = append(set, m.Fingerprint)
+				}
+			}
+			slices.SortFunc(set, func(a, b Fingerprint) int { return bytes.Compare(a[:], b[:]) })
+			answers <- answer{fp, set, st.Members}
 		})
 	}
 	for _, fp := range keys {

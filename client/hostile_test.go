@@ -1162,3 +1162,40 @@ func (c *firedCtx) Err() error {
 		return nil
 	}
 }
+
+// TestCellMembersRacesListedAddresses: each member of a cell listed first
+// at an address that never answers (a rogue registry's, its lease the
+// longest), then at its own: asked one address after the other, 2 s
+// each, no member answered within the first 2 s, so that a follow bounded
+// by less (the CLI's 4 s, less what the listing took) found no majority.
+// The addresses are raced as a group daemon's are (250 ms apart).
+func TestCellMembersRacesListedAddresses(t *testing.T) {
+	var replicas []wire.Replica
+	var members []client.GroupEntry
+	for i := range 3 {
+		members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			if c.Op() != wire.OpCellStatus {
+				return &wire.Error{Code: wire.CodeUnsupported}
+			}
+			return c.Result(wire.CellStatus{Self: replicas[i], State: "follower", Term: 2, Members: replicas})
+		}))
+		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint})
+	}
+	at := make(map[client.Fingerprint][]string)
+	var recorded []client.Fingerprint
+	for _, m := range members {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		at[m.Fingerprint] = []string{pc.LocalAddr().String(), m.Addrs[0]}
+		recorded = append(recorded, m.Fingerprint)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 1900*time.Millisecond) // less than a question's 2 s
+	defer cancel()
+	set, _, err := newClient(t).CellMembers(ctx, recorded, at)
+	if err != nil || len(set) != 3 {
+		t.Fatalf("cell members, each member listed first at a silent address: %v, %v; want the three members", set, err)
+	}
+}
