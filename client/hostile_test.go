@@ -994,8 +994,15 @@ func TestCellMemberMisnamesLeader(t *testing.T) {
 			var replicas []wire.Replica
 			var members []client.GroupEntry
 			var misnamed wire.Replica
+			type cellView struct {
+				replicas []wire.Replica
+				misnamed wire.Replica
+			}
+			var view published[cellView]
 			for i := range 3 {
 				members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+					v := view.get()
+					replicas, misnamed := v.replicas, v.misnamed
 					switch {
 					case i == 1:
 						rogue.Add(1)
@@ -1021,6 +1028,7 @@ func TestCellMemberMisnamesLeader(t *testing.T) {
 			if named == "another key" {
 				misnamed.Fingerprint = wire.Fingerprint{9, 9} // the rogue's own daemon answers there, under its key
 			}
+			view.set(cellView{replicas, misnamed})
 			e := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: members[1].Addrs, Fingerprint: members[1].Fingerprint, Replicas: replicas}
 			g, err := newClient(t).Group(e)
 			if err != nil {
@@ -1050,6 +1058,7 @@ func TestCellMemberMisnamesLeader(t *testing.T) {
 // key pinned.
 func TestCellMembersPastSilentListedAddresses(t *testing.T) {
 	var replicas []wire.Replica // a and b, and d, which replaced c
+	var view published[[]wire.Replica]
 	var asked [2]atomic.Int64
 	var members []client.GroupEntry
 	for i := range 2 {
@@ -1058,11 +1067,13 @@ func TestCellMembersPastSilentListedAddresses(t *testing.T) {
 				return &wire.Error{Code: wire.CodeUnsupported}
 			}
 			asked[i].Add(1)
-			return c.Result(wire.CellStatus{Self: replicas[i], State: "follower", Term: 2, Members: replicas})
+			rs := view.get()
+			return c.Result(wire.CellStatus{Self: rs[i], State: "follower", Term: 2, Members: rs})
 		}))
 		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint})
 	}
 	replicas = append(replicas, wire.Replica{Addr: "127.0.0.1:9", Fingerprint: wire.Fingerprint{0xd}})
+	view.set(replicas)
 	silent := func() string {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
@@ -1100,6 +1111,7 @@ func TestCellMembersPastSilentListedAddresses(t *testing.T) {
 // under new IDs, and the message is stored twice).
 func TestCellStalledLeaderThenUnanswered(t *testing.T) {
 	var replicas []wire.Replica
+	var view published[[]wire.Replica]
 	var members []client.GroupEntry
 	taken, release := make(chan struct{}, 1), make(chan struct{})
 	for i := range 2 {
@@ -1108,7 +1120,7 @@ func TestCellStalledLeaderThenUnanswered(t *testing.T) {
 				return &wire.Error{Code: wire.CodeUnsupported}
 			}
 			if i == 0 {
-				return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 100, Leader: &replicas[0],
+				return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 100, Leader: &view.get()[0],
 					Message: "the cell's leader cannot write to its disk, so it took nothing of this"}
 			}
 			select {
@@ -1121,6 +1133,7 @@ func TestCellStalledLeaderThenUnanswered(t *testing.T) {
 		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint, Leader: i == 0})
 	}
 	t.Cleanup(func() { close(release) }) // before the daemons close
+	view.set(replicas)
 	e := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: members[0].Addrs, Fingerprint: members[0].Fingerprint, Replicas: replicas}
 	g, err := newClient(t).Group(e)
 	if err != nil {
@@ -1171,16 +1184,19 @@ func (c *firedCtx) Err() error {
 // The addresses are raced as a group daemon's are (250 ms apart).
 func TestCellMembersRacesListedAddresses(t *testing.T) {
 	var replicas []wire.Replica
+	var view published[[]wire.Replica]
 	var members []client.GroupEntry
 	for i := range 3 {
 		members = append(members, hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
 			if c.Op() != wire.OpCellStatus {
 				return &wire.Error{Code: wire.CodeUnsupported}
 			}
-			return c.Result(wire.CellStatus{Self: replicas[i], State: "follower", Term: 2, Members: replicas})
+			rs := view.get()
+			return c.Result(wire.CellStatus{Self: rs[i], State: "follower", Term: 2, Members: rs})
 		}))
 		replicas = append(replicas, wire.Replica{Addr: members[i].Addrs[0], Fingerprint: members[i].Fingerprint})
 	}
+	view.set(replicas)
 	at := make(map[client.Fingerprint][]string)
 	var recorded []client.Fingerprint
 	for _, m := range members {
@@ -1199,3 +1215,12 @@ func TestCellMembersRacesListedAddresses(t *testing.T) {
 		t.Fatalf("cell members, each member listed first at a silent address: %v, %v; want the three members", set, err)
 	}
 }
+
+// published is what a test's daemons answer with, set once before any
+// is asked: their handlers run on the server's goroutines, which the
+// race detector does not see ordered after the test's writes (the
+// network between them is no synchronization it knows of).
+type published[T any] struct{ p atomic.Pointer[T] }
+
+func (p *published[T]) set(v T) { p.p.Store(&v) }
+func (p *published[T]) get() T  { return *p.p.Load() }
