@@ -12,38 +12,44 @@ import (
 // segment read back at open is read from the page cache in place, with
 // no copy and no buffer to clear, and its bodies stay there (mapped.go).
 // Its mapping's release unmaps it (nothing may alias the bytes after);
-// its detach puts a copy of what was read back in its place
-// (detachMapping).
+// its detach copies what was read back, to be put in its place
+// (copyMapping).
 func mapFile(f *os.File, n int64) (p []byte, m *mapping, err error) {
 	p, err = syscall.Mmap(int(f.Fd()), 0, int(n), syscall.PROT_READ, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
 		return nil, nil, err
 	}
-	return p, &mapping{release: func() { syscall.Munmap(p) }, detach: func(n int) error { return detachMapping(p, n) }}, nil
+	return p, &mapping{release: func() { syscall.Munmap(p) }, detach: func(n int) (func() error, func(), error) { return copyMapping(p, n) }}, nil
 }
 
-// detachMapping replaces the file mapping p with anonymous memory holding
-// the same first n bytes (zeros after them), at the same addresses,
-// read-only: what aliases p[:n] reads the same, and the file is no longer
-// mapped, so that deleting it gives its space back at once. Only p[:n] is
-// read: the file may have been cut shorter than p since it was mapped (a
-// torn tail), and reading a page past its end would fault. The copy is
-// made elsewhere and moved over p in one mremap, so that a concurrent
-// reader sees the file's pages or the copy's, never a hole. On error p is
-// as it was.
-func detachMapping(p []byte, n int) error {
+// copyMapping makes, elsewhere, a copy of the first n bytes of the file
+// mapping p (zeros after them, up to len(p)), read-only; place moves it
+// over p in one mremap, at the same addresses, so that what aliases p[:n]
+// reads the same and the file is no longer mapped: deleting it then gives
+// its space back at once, and a concurrent reader sees the file's pages or
+// the copy's, never a hole. drop discards a copy not placed; on error of
+// place, p is as it was. Only p[:n] is read: the file may have been cut
+// shorter than p since it was mapped (a torn tail), and reading a page past
+// its end would fault. p stays mapped until place or drop returns.
+func copyMapping(p []byte, n int) (place func() error, drop func(), err error) {
 	size := uintptr(len(p))
 	q, err := unix.MmapPtr(-1, 0, nil, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	c := unsafe.Slice((*byte)(q), size)
+	if detachTestCopying != nil {
+		detachTestCopying()
+	}
 	copy(c, p[:n])
-	if err = unix.Mprotect(c, unix.PROT_READ); err == nil {
-		_, err = unix.MremapPtr(q, size, unsafe.Pointer(unsafe.SliceData(p)), size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED)
+	drop = func() { unix.MunmapPtr(q, size) }
+	if err := unix.Mprotect(c, unix.PROT_READ); err != nil {
+		drop()
+		return nil, nil, err
 	}
-	if err != nil {
-		unix.MunmapPtr(q, size)
+	place = func() error {
+		_, err := unix.MremapPtr(q, size, unsafe.Pointer(unsafe.SliceData(p)), size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED)
+		return err
 	}
-	return err
+	return place, drop, nil
 }

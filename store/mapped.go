@@ -39,20 +39,27 @@ const mapGrace = 2 * time.Minute
 // hold its messages.
 type mapping struct {
 	release func() // unmaps
-	// detach puts anonymous memory holding the first n bytes in the file
-	// mapping's place (Linux: detachMapping), so that the file's space
-	// comes back once it is deleted; nil where the file is not mapped.
-	detach   func(n int) error
+	// detach copies the first n bytes of the file mapping into anonymous
+	// memory (Linux: copyMapping); place puts the copy in the mapping's
+	// place, so that the file's space comes back once it is deleted, and
+	// drop discards it. nil where the file is not mapped.
+	detach   func(n int) (place func() error, drop func(), err error)
 	valid    int  // the bytes read back: the messages' bodies are in them
 	detached bool // guarded by Log.mu
-	refs     int  // memory segments not evicted; guarded by Log.mu
-	done     bool // unmapped; guarded by Log.mu
+	// detaching: a copy is being made, without Log.mu (room.go); an
+	// unmap meanwhile leaves the release to the copier. Guarded by
+	// Log.mu.
+	detaching bool
+	refs      int  // memory segments not evicted; guarded by Log.mu
+	done      bool // unmapped; guarded by Log.mu
 }
 
 func (m *mapping) unmap() {
 	if !m.done {
 		m.done = true
-		m.release()
+		if !m.detaching {
+			m.release()
+		}
 	}
 }
 

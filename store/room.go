@@ -60,8 +60,8 @@ var roomGate struct {
 
 // Test hooks: roomTestWait runs when a record waits at the shut gate,
 // roomTestMade once makeRoom has deleted files, before the record is
-// written again.
-var roomTestWait, roomTestMade func()
+// written again; detachTestCopying as a mapping's copy is begun.
+var roomTestWait, roomTestMade, detachTestCopying func()
 
 // recordRoom is record, and where the disk has no room for the record,
 // makeRoom and record again, alone at the gate (see above). d.wmu is
@@ -197,13 +197,14 @@ func (l *Log) evictBefore(floor uint64) {
 // detached.
 func (l *Log) detachRetired() int {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
+	var ms []*mapping
 	for _, r := range l.retired {
-		if r.m.detachable() && r.m.detachNow() == nil {
-			n++
+		if r.m.detachable() {
+			ms = append(ms, r.m)
 		}
 	}
+	l.mu.Unlock()
+	n, _ := l.detach(ms)
 	return n
 }
 
@@ -211,31 +212,64 @@ func (l *Log) detachRetired() int {
 // that deleting their files gives the space back at once.
 func (l *Log) detachHeld(last uint64) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	var ms []*mapping
 	for _, s := range l.segs {
 		if s.base > last {
 			break
 		}
-		if s.mapped.detachable() {
-			if err := s.mapped.detachNow(); err != nil {
-				return fmt.Errorf("store: detach a mapping: %w", err)
-			}
+		if s.mapped.detachable() && (len(ms) == 0 || ms[len(ms)-1] != s.mapped) {
+			ms = append(ms, s.mapped)
 		}
 	}
-	return nil
-}
-
-// detachable reports whether m is a file mapping still in place. Log.mu
-// is held.
-func (m *mapping) detachable() bool {
-	return m != nil && m.detach != nil && !m.detached && !m.done
-}
-
-// detachNow detaches m. Log.mu is held.
-func (m *mapping) detachNow() error {
-	if err := m.detach(m.valid); err != nil {
-		return err
+	l.mu.Unlock()
+	if _, err := l.detach(ms); err != nil {
+		return fmt.Errorf("store: detach a mapping: %w", err)
 	}
-	m.detached = true
 	return nil
+}
+
+// detach detaches the mappings ms, taken detachable under l.mu, and
+// returns how many it detached and the first error. Each copy is made
+// without l.mu, which the appends' lookups (Lookup, Tail) and a cell's
+// status take: they waited for the copy of every file (100 ms and more
+// for 64 MiB). The copy is put in place under l.mu, unless the mapping
+// was unmapped meanwhile (Close). The log's one writer (d.wmu) is the one
+// detacher: nothing else marks a mapping detaching.
+func (l *Log) detach(ms []*mapping) (n int, err error) {
+	l.mu.Lock()
+	for _, m := range ms {
+		m.detaching = true
+	}
+	l.mu.Unlock()
+	for _, m := range ms {
+		place, drop, cerr := m.detach(m.valid) // m stays mapped: detaching
+		l.mu.Lock()
+		m.detaching = false
+		switch {
+		case cerr != nil:
+		case m.done:
+			drop()
+		default:
+			if cerr = place(); cerr != nil {
+				drop()
+			} else {
+				m.detached = true
+				n++
+			}
+		}
+		if m.done {
+			m.release() // unmapped meanwhile: released here, not there
+		}
+		l.mu.Unlock()
+		if err == nil {
+			err = cerr
+		}
+	}
+	return n, err
+}
+
+// detachable reports whether m is a file mapping still in place, and not
+// being detached. Log.mu is held.
+func (m *mapping) detachable() bool {
+	return m != nil && m.detach != nil && !m.detached && !m.detaching && !m.done
 }
