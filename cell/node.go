@@ -1416,9 +1416,10 @@ func (n *Node) Close() error {
 	started := n.started
 	n.mu.Unlock()
 	n.settle()
-	// Dials to members that are down would hold raft's shutdown for their
-	// timeout: they fail at once from now on.
-	n.tr.stopDialing()
+	// Dials to members that are down, and RPCs to members gone silent,
+	// would hold raft's shutdown for their timeouts: they fail at once
+	// from now on.
+	n.tr.stopOutgoing()
 	var err error
 	if started {
 		err = n.raft.Shutdown().Error()

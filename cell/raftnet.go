@@ -459,7 +459,7 @@ func (n *raftNet) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args
 // per linkWait down instead, and ends the moment the member answers.
 //
 // The wait ends too when the member leaves the cell (the dial's
-// ErrUnknownPeer), when the node closes (stopDialing, before raft's
+// ErrUnknownPeer), when the node closes (stopOutgoing, before raft's
 // shutdown waits for its replication goroutines) and when raftNet closes.
 // A goroutine of a leader that stepped down meanwhile finishes its wait
 // (raft does not wait for it) and its request, of a past term, is refused.

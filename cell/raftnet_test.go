@@ -294,7 +294,7 @@ func TestRaftNetAppendWaitEnds(t *testing.T) {
 		name string
 		end  func(a *raftNet)
 	}{
-		{"stopDialing", func(a *raftNet) { a.tr.stopDialing() }},
+		{"stopOutgoing", func(a *raftNet) { a.tr.stopOutgoing() }},
 		{"close", func(a *raftNet) { a.Close() }},
 		{"removed", func(a *raftNet) { a.tr.SetPeers(nil) }},
 	} {
@@ -313,6 +313,64 @@ func TestRaftNetAppendWaitEnds(t *testing.T) {
 				t.Fatal("AppendEntries still waiting")
 			}
 		})
+	}
+}
+
+// TestRaftNetSilentMemberEndsOnStop: an RPC in flight to a member that
+// went silent (cut off from this one, or frozen: it took the request and
+// answers nothing) ends at once when the node stops its outgoing
+// connections, as it does before raft's shutdown waits for the
+// goroutines that send them: a synchronous RPC (a heartbeat's, a vote's)
+// and a pipelined AppendEntries. Each used to wait out its RPC timeout
+// (here longer than the test waits), and a member cut off from the cell
+// took 4.5-9.3 s to stop on SIGTERM (internal/jepsen's
+// restart-partitioned). A dial after the stop fails at once.
+func TestRaftNetSilentMemberEndsOnStop(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	got := make(chan struct{}, 2)
+	// b takes requests and answers none: no one reads its Consumer.
+	b := newRaftNet(tb, 4*waitTimeout, hclog.NewNullLogger(), func(n *raftNet) { n.received = func(any) { got <- struct{}{} } })
+	t.Cleanup(func() { b.Close() })
+	ta, _ := newTransport(t, aID, []Peer{{Addr: addr, Fingerprint: bID.Fingerprint()}}, false)
+	a := newRaftNet(ta, 4*waitTimeout, hclog.NewNullLogger())
+	t.Cleanup(func() { a.Close() }) // before b's, as cleanups run last first
+	target := toAddr(addr)
+
+	returned := make(chan error, 2)
+	go func() {
+		returned <- a.RequestVote("b", target, &raft.RequestVoteRequest{Term: 2}, new(raft.RequestVoteResponse))
+	}()
+	p, err := a.AppendEntriesPipeline("b", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	f, err := p.AppendEntries(replicating(), new(raft.AppendEntriesResponse))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { returned <- f.Error() }()
+	for range 2 {
+		select {
+		case <-got:
+		case <-time.After(waitTimeout):
+			t.Fatal("the member never took the requests")
+		}
+	}
+	a.tr.stopOutgoing()
+	for range 2 {
+		select {
+		case err := <-returned:
+			if err == nil {
+				t.Fatal("an RPC to a member that answers nothing succeeded")
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("an RPC to a silent member still waits after the node stopped its outgoing connections")
+		}
+	}
+	if err := a.AppendEntries("b", target, replicating(), new(raft.AppendEntriesResponse)); err == nil {
+		t.Fatal("an RPC after the stop succeeded")
 	}
 }
 

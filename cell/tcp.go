@@ -331,10 +331,11 @@ func (t *Transport) raftClientTLS(want wire.Fingerprint) *tls.Config {
 
 // track records c among the connections Close closes; of an accepted
 // one, it closes the oldest its key holds beyond maxConnsPerKey. It
-// returns false, having closed c, if the transport is closed.
+// returns false, having closed c, if the transport is closed, or if c was
+// dialed and the node stopped its outgoing connections (stopOutgoing).
 func (t *Transport) track(c *tcpConn) bool {
 	t.mu.Lock()
-	if t.closed {
+	if t.closed || c.addr != "" && t.ctx.Err() != nil {
 		t.mu.Unlock()
 		c.raw.Close()
 		return false
