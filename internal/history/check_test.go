@@ -323,11 +323,21 @@ var plants = map[Kind]func(t *rapid.T, r *run) bool{
 		return true
 	},
 	WatchBroken: func(t *rapid.T, r *run) bool {
-		switch rapid.IntRange(0, 2).Draw(t, "how") {
+		switch rapid.IntRange(0, 3).Draw(t, "how") {
 		case 0:
 			r.watches = append(r.watches, watchSpec{client: "w", replica: r.replicas[0], resets: 1})
 		case 1:
 			r.watches = append(r.watches, watchSpec{client: "w", replica: r.replicas[0], gaps: 1})
+		case 2:
+			if len(r.log) < 2 {
+				return false
+			}
+			// Two messages delivered in each other's place: every one
+			// once, each as the log holds it, out of order.
+			k := rapid.IntRange(0, len(r.log)-2).Draw(t, "swapped")
+			events := slices.Clone(r.log)
+			events[k], events[k+1] = events[k+1], events[k]
+			r.watches = append(r.watches, watchSpec{client: "w", replica: r.replicas[0], events: events})
 		default:
 			if len(r.log) < 2 {
 				return false

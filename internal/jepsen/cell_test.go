@@ -43,6 +43,10 @@ type cellNode struct {
 	// the state directory, so that raft's log keeps room (newCell).
 	fill, fillLogs func() (free func())
 	up             bool // running (not killed and not yet restarted)
+	// id is the member's key, which a client given it may change the
+	// cell with (huddle cell add and remove, run with HUDDLE_HOME its
+	// state directory).
+	id *identity.Identity
 }
 
 // leading matches the line a member logs when it becomes the cell's
@@ -77,7 +81,7 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 			freeState, freeLogs := fillState(), fillLogs()
 			return func() { freeLogs(); freeState() }
 		}
-		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill, fillLogs: fillLogs}
+		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill, fillLogs: fillLogs, id: id}
 		cn.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", cn.addr, "--advertise", cn.addr,
 			"--group", "jepsen", "--state-dir", dir, "--storage", "disk", "--send-rate", "0"}
 		if hb := os.Getenv("HUDDLE_JEPSEN_HEARTBEAT"); hb != "" {
@@ -340,12 +344,15 @@ func TestCellFaults(t *testing.T) {
 // TestCellOutageFaults in a cell of five: the whole cell killed (together,
 // then restarted one at a time), the leader left alone, a follower
 // isolated, one-way partitions, the followers' disks full, the cell
-// frozen, and a rolling restart; so 30 leader kills.
+// frozen, and a rolling restart; then the faults combined that
+// TestCellOutageFaults ends with, and the leader SIGKILLed together with a
+// follower (kill-leader-and-follower: the three others elect a leader).
 func TestCell5Faults(t *testing.T) {
 	runCellFaults(t, 5, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 6),
 		[]string{"kill-leader", "kill-two-followers", "kill-leader", "partition-leader-pair", "kill-leader", "loss",
 			"kill-all", "followers-down", "isolate-follower", "one-way", "disk-followers", "kill-all-staggered", "pause-all",
-			"rolling-restart", "one-way", "kill-leader"})
+			"rolling-restart", "one-way", "kill-leader", "kill-leader-and-follower", "membership-kill-leader", "restart-partitioned",
+			"kill-leader-and-follower", "restart-partitioned"})
 }
 
 // TestCellOutageFaults runs the same workload and checker against a cell
@@ -380,14 +387,28 @@ func TestCell5Faults(t *testing.T) {
 //   - rolling-restart: each member in turn stopped with SIGTERM (it must
 //     exit 0, the leader hand the leadership over first) and restarted,
 //     the next only once the last has caught up, under the workload: the
-//     log names the longest pause of the sends around each restart.
+//     log names the longest pause of the sends around each restart;
 //
-// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 12: each kind once, one-way
-// in both directions; make jepsen: 100).
+// and, past make test's rounds, faults combined (combined_test.go):
+//   - membership-kill-leader: a follower removed from the cell and added
+//     back (huddle cell remove and add, asked of another member), the
+//     leader SIGKILLed during each change: the change must still be done,
+//     and the member a voter again that holds every ack;
+//   - restart-partitioned: a member (a follower, the next time the
+//     leader) cut off from the other members, stopped with SIGTERM (it
+//     must exit 0, and promptly: it waited out RPCs to the members it
+//     could not reach, session 16) and started again while still cut off:
+//     it must refuse sends, and on the heal catch up without deposing the
+//     leader.
+//
+// HUDDLE_JEPSEN_ROUNDS sets the rounds (default 12: each kind of the first
+// twelve once, one-way in both directions; make jepsen: 100, the combined
+// faults among them).
 func TestCellOutageFaults(t *testing.T) {
 	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12),
 		[]string{"kill-all", "one-way", "followers-down", "disk-followers", "rolling-restart", "kill-all-twice", "isolate-follower",
-			"pause-all", "disk-all", "kill-all-staggered", "one-way", "disk-full-restart"})
+			"pause-all", "disk-all", "kill-all-staggered", "one-way", "disk-full-restart",
+			"membership-kill-leader", "restart-partitioned", "restart-partitioned"})
 }
 
 // runCellFaults runs rounds rounds of faults, in the order faults names
@@ -446,6 +467,8 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		var elected []killPhases   // from each leader kill to its steps of recovery
 		var netFaults []string     // the network's faults: how the sends fared, what elections each caused
 		var diskFulls []string     // disk: what the member whose disk was full did, and how long it took
+		var memberships []string   // membership-kill-leader: each change, when its leader was killed, how long it took
+		var restartsCut []string   // restart-partitioned: how the member restarted cut off fared
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -774,6 +797,38 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				var report string
 				report, term = c.diskFull(ctx, t, w, h, probe, entry, kind, victim, victim == leader, term)
 				diskFulls = append(diskFulls, report)
+			case "kill-leader-and-follower":
+				// Two members at once, the leader among them (a cell of
+				// five: the three others are a majority).
+				victims := []*cellNode{leader, followers[0]}
+				for _, v := range victims {
+					v.kill(syscall.SIGKILL)
+					v.up = false
+				}
+				h.Fault(time.Now(), kind, leader.name+" (the leader) and "+followers[0].name)
+				_, term = c.leader(t, term)
+				w.waitProgress(t, leader.name+" and "+followers[0].name+" killed")
+				c.startAll(t, victims)
+			case "membership-kill-leader":
+				// A follower removed and added back, the leader killed
+				// during each change; neither the follower the second
+				// watcher reads from, nor the member asked.
+				cand := slices.DeleteFunc(slices.Clone(followers), func(f *cellNode) bool { return f == follower })
+				x, op := cand[0], followers[0]
+				if op == x {
+					op = followers[1]
+				}
+				var report string
+				report, term = c.membership(ctx, t, w, h, probe, entry, rng, leader, x, op, term)
+				memberships = append(memberships, report)
+			case "restart-partitioned":
+				victim := followers[0]
+				if counts[kind]%2 == 1 {
+					victim = leader
+				}
+				var report string
+				report, term = c.restartPartitioned(ctx, t, w, h, probe, cutOff, entry, victim, victim == leader, term)
+				restartsCut = append(restartsCut, report)
 			case "delay", "delay-leader", "delay-one-way", "reorder", "duplicate", "delay-kill-leader", "far-clients":
 				var report string
 				report, term = c.netFault(ctx, t, w, entry, kind, counts[kind], leader, followers, term)
@@ -803,7 +858,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		t.Logf("the cell went through %d raft terms; %d fault rounds ended under a leader of another term", last, leaderLost)
 		back := logRecoveries(t, h, "kill-leader")
 		logElections(t, elected, back)
-		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-all", "kill-all-twice",
+		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-leader-and-follower", "kill-leader-membership", "restart-partitioned", "kill-all", "kill-all-twice",
 			"kill-all-majority-back", "followers-back", "one-way", "pause-all", "disk-all-freed", "disk-followers-freed", "delay-kill-leader"} {
 			logRecoveries(t, h, kind)
 		}
@@ -826,6 +881,12 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		}
 		for _, s := range diskFulls {
 			t.Logf("disk full: %s", s)
+		}
+		for _, s := range memberships {
+			t.Logf("membership change under a leader kill: %s", s)
+		}
+		for _, s := range restartsCut {
+			t.Logf("restart in place cut off: %s", s)
 		}
 		if res.Acked < rounds {
 			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)

@@ -7,8 +7,11 @@
 // partitions and 5% packet loss with nftables inside the namespaces, a
 // member's disks, or its group logs' alone, filling up on small tmpfs
 // mounts, SIGSTOP pauses, and the network's
-// delay, jitter, reordering and duplication); and the history's checker
-// over all of it once the faults stop and every replica has caught up.
+// delay, jitter, reordering and duplication; and faults combined: the
+// leader killed during a change of the cell's members, a member restarted
+// in place while cut off from the others, the leader killed together with
+// a follower); and the history's checker over all of it once the faults
+// stop and every replica has caught up.
 //
 // The test process itself runs in a namespace of its own (RunInLoopbackNS)
 // joined to the LAN as the host "ctl", where the clients live, so no packet
