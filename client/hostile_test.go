@@ -1224,3 +1224,52 @@ type published[T any] struct{ p atomic.Pointer[T] }
 
 func (p *published[T]) set(v T) { p.p.Store(&v) }
 func (p *published[T]) get() T  { return *p.p.Load() }
+
+// TestCellWatchPastAnotherKey: a watch of a cell's group whose handle is
+// on a member at an address where another key answers now (the member's
+// host replaced, its address given to another daemon; or a leader a rogue
+// member named there) retried that address for ever, nothing delivered:
+// another key was no failure a cell's handle passed over. It now goes on
+// at another member.
+func TestCellWatchPastAnotherKey(t *testing.T) {
+	other := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		return &wire.Error{Code: wire.CodeUnsupported}
+	})
+	release := make(chan struct{})
+	member := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpWatch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: 1, HeartbeatMS: 1000}); err != nil {
+			return err
+		}
+		m := wire.Message{Seq: 1, Time: 1, ID: wire.ID{1}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+		if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{m}}); err != nil {
+			return err
+		}
+		<-release
+		return &wire.Error{Code: wire.CodeUnavailable}
+	})
+	t.Cleanup(func() { close(release) }) // before the daemons close
+	gone := wire.Fingerprint{0xa} // listed at other's address
+	replicas := []wire.Replica{{Addr: other.Addrs[0], Fingerprint: gone, Leader: true}, {Addr: member.Addrs[0], Fingerprint: member.Fingerprint}}
+	e := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: other.Addrs, Fingerprint: gone, Replicas: replicas}
+	g, err := newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for ev, err := range g.Watch(ctx, client.Query{}) {
+		if err != nil {
+			t.Fatalf("watch ended before a message: %v", err)
+		}
+		if ev.Kind == client.EventMessage {
+			break
+		}
+	}
+	if ctx.Err() != nil {
+		t.Fatal("no message in 10 s: the watch stayed at the address of another key")
+	}
+}
