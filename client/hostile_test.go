@@ -1251,7 +1251,7 @@ func TestCellWatchPastAnotherKey(t *testing.T) {
 		return &wire.Error{Code: wire.CodeUnavailable}
 	})
 	t.Cleanup(func() { close(release) }) // before the daemons close
-	gone := wire.Fingerprint{0xa} // listed at other's address
+	gone := wire.Fingerprint{0xa}        // listed at other's address
 	replicas := []wire.Replica{{Addr: other.Addrs[0], Fingerprint: gone, Leader: true}, {Addr: member.Addrs[0], Fingerprint: member.Fingerprint}}
 	e := wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: other.Addrs, Fingerprint: gone, Replicas: replicas}
 	g, err := newClient(t).Group(e)
