@@ -69,7 +69,7 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 			j := groupJSON{
 				UUID: g.Group.String(), Name: g.Name, Addrs: g.Addrs,
 				Fingerprint: g.Fingerprint.String(), Members: g.Members, LastSeq: g.LastSeq,
-				OtherNames: g.OtherNames, Joined: s.joined.has(g.GroupEntry),
+				OtherNames: g.OtherNames,
 			}
 			if h := heldOf(g); h != nil {
 				j.Held, j.JoinedDaemon, j.Advice = true, h.Joined.String(), h.Error()
@@ -204,9 +204,6 @@ type groupJSON struct {
 	// OtherNames are the names other registries list it under, besides
 	// name (client.ListedGroup.OtherNames), as they came.
 	OtherNames []string `json:"other_names,omitempty"`
-	// Joined: the user joined the group, at this key (or, a cell's, at
-	// one of its recorded members).
-	Joined bool `json:"joined,omitempty"`
 	// Held: the user joined this UUID at another key (joined_daemon),
 	// which no registry that answered lists now; this key is not used
 	// until they take it (huddle join UUID --daemon KEY): advice says
