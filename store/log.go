@@ -409,23 +409,41 @@ func (l *Log) Expire(now time.Time) {
 // segment alone never exceeds the count or byte limit (its quotas are below
 // them), so only age can evict it. l.mu is held.
 func (l *Log) retain(now int64) {
+	l.evictOldest(l.overLimits(l.held, l.bytes.Load(), now, len(l.segs)))
+}
+
+// overLimits counts the oldest segments, of the first within, that retention
+// evicts from a log of held messages and bytes as of now: oldest first,
+// while a limit is exceeded. It is the one statement of the rule, for
+// retain and for makeRoom's forecast of it (floorAfter). l.mu is held.
+func (l *Log) overLimits(held int, bytes, now int64, within int) int {
 	cutoff := now - l.lim.maxAge
-	k, bytes, msgs := 0, l.bytes.Load(), 0
-	for k < len(l.segs) {
+	k := 0
+	for ; k < within; k++ {
 		s := l.segs[k]
 		old := l.lim.maxAge > 0 && s.lastTime < cutoff
-		if l.held-msgs <= l.lim.maxMessages && bytes <= l.lim.maxBytes && !old {
+		if held <= l.lim.maxMessages && bytes <= l.lim.maxBytes && !old {
 			break
 		}
+		held -= s.n
+		bytes -= int64(s.used)
+	}
+	return k
+}
+
+// evictOldest evicts the k oldest segments. l.mu is held.
+func (l *Log) evictOldest(k int) {
+	if k == 0 {
+		return
+	}
+	msgs, bytes := 0, l.bytes.Load()
+	for _, s := range l.segs[:k] {
 		msgs += s.n
 		bytes -= int64(s.used)
 		l.forgetSenders(s)
 		l.evictedSeg(s)
-		k++
 	}
-	if k > 0 {
-		l.dropped(k, msgs, bytes)
-	}
+	l.dropped(k, msgs, bytes)
 }
 
 // dropped takes the k oldest segments, evicted (forgetSenders,

@@ -144,8 +144,7 @@ func (d *DiskLog) makeRoom(batch []Entry) bool {
 
 // floorAfter returns the first message the log would hold once batch,
 // which follows on from its tail, is stored and retention applied, as
-// retain would evict: segments are evicted oldest first while a limit
-// would be exceeded. The active segment, which the batch may join, is
+// retain would evict. The active segment, which the batch may join, is
 // never counted evicted: the answer errs on the side of keeping.
 func (l *Log) floorAfter(batch []Entry) uint64 {
 	l.mu.Lock()
@@ -153,22 +152,11 @@ func (l *Log) floorAfter(batch []Entry) uint64 {
 	if len(l.segs) == 0 {
 		return l.lastSeq + 1
 	}
-	held, bytes := l.held+len(batch), l.bytes.Load()
+	bytes := l.bytes.Load()
 	for i := range batch {
 		bytes += int64(len(batch[i].Body))
 	}
-	cutoff := batch[len(batch)-1].Time - l.lim.maxAge
-	k, msgs := 0, 0
-	for k < len(l.segs)-1 {
-		s := l.segs[k]
-		old := l.lim.maxAge > 0 && s.lastTime < cutoff
-		if held-msgs <= l.lim.maxMessages && bytes <= l.lim.maxBytes && !old {
-			break
-		}
-		msgs += s.n
-		bytes -= int64(s.used)
-		k++
-	}
+	k := l.overLimits(l.held+len(batch), bytes, batch[len(batch)-1].Time, len(l.segs)-1)
 	return l.segs[k].base
 }
 
@@ -177,18 +165,11 @@ func (l *Log) floorAfter(batch []Entry) uint64 {
 func (l *Log) evictBefore(floor uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	k, msgs, bytes := 0, 0, l.bytes.Load()
+	k := 0
 	for k < len(l.segs)-1 && l.segs[k].base+uint64(l.segs[k].n) <= floor {
-		s := l.segs[k]
-		msgs += s.n
-		bytes -= int64(s.used)
-		l.forgetSenders(s)
-		l.evictedSeg(s)
 		k++
 	}
-	if k > 0 {
-		l.dropped(k, msgs, bytes)
-	}
+	l.evictOldest(k)
 }
 
 // detachRetired detaches the mappings of files whose messages were all
