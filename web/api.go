@@ -150,12 +150,19 @@ func badRequest(format string, args ...any) apiError {
 
 // groupOf finds the {id} of a request's path among the listed groups.
 func (s *Server) groupOf(ctx context.Context, r *http.Request) (*client.Group, wire.UUID, error) {
+	g, _, id, err := s.listedOf(ctx, r)
+	return g, id, err
+}
+
+// listedOf is groupOf, and also returns the group's state as the
+// directory holds it now (directory.listed), for joinedAt.
+func (s *Server) listedOf(ctx context.Context, r *http.Request) (*client.Group, *groupState, wire.UUID, error) {
 	id, err := uuid.Parse(r.PathValue("id"))
 	if err != nil {
-		return nil, id, badRequest("group %q is not a UUID", r.PathValue("id"))
+		return nil, nil, id, badRequest("group %q is not a UUID", r.PathValue("id"))
 	}
-	g, err := s.dir.group(ctx, id)
-	return g, id, err
+	g, gs, err := s.dir.listed(ctx, id)
+	return g, gs, id, err
 }
 
 // readJSON decodes a request body of at most maxBody bytes into v. A body
@@ -245,7 +252,7 @@ func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("name %q: %v", req.Name, err))
 		return
 	}
-	g, id, err := s.groupOf(ctx, r)
+	g, gs, id, err := s.listedOf(ctx, r)
 	if err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -266,14 +273,14 @@ func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.dir.refreshGroup(ctx, id) // first: joinedAt records the name its daemon gives
-	s.dir.joinedAt(id, g, false)
+	s.dir.joinedAt(id, gs, false)
 	writeJSON(w, http.StatusOK, map[string]any{"epoch": strconv.FormatUint(j.Epoch, 10), "last_seq": j.Last, "already": j.Already})
 }
 
 func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
 	defer cancel()
-	g, id, err := s.groupOf(ctx, r)
+	g, gs, id, err := s.listedOf(ctx, r)
 	if err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -283,7 +290,7 @@ func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	s.dir.joinedAt(id, g, true)
+	s.dir.joinedAt(id, gs, true)
 	s.dir.refreshGroup(ctx, id)
 	writeJSON(w, http.StatusOK, map[string]bool{"was_member": was})
 }

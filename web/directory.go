@@ -406,11 +406,21 @@ func (d *directory) watchList() ([]byte, <-chan struct{}) {
 // for the registries to list it (a daemon that just restarted registers
 // again a moment after it serves). Errors: wire.ErrNotFound.
 func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, error) {
+	h, _, err := d.listed(ctx, id)
+	return h, err
+}
+
+// listed is group, and also returns the group's state as the directory
+// holds it now: joinedAt takes it, to record a join made through the
+// handle only if the group is still the same one (of the same daemon, or
+// cell) when the join returns.
+func (d *directory) listed(ctx context.Context, id wire.UUID) (*client.Group, *groupState, error) {
 	deadline := time.Now().Add(registryTimeout)
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()
 		var h *client.Group
-		if gs := d.groups[id]; gs != nil {
+		gs := d.groups[id]
+		if gs != nil {
 			h = gs.handle
 		}
 		if h == nil && attempt == 0 {
@@ -420,11 +430,11 @@ func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, err
 		merged := d.merged
 		d.mu.Unlock()
 		if h != nil {
-			return h, nil
+			return h, gs, nil
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 || ctx.Err() != nil {
-			return nil, fmt.Errorf("group %s: %w: no registry lists it", id, wire.ErrNotFound)
+			return nil, nil, fmt.Errorf("group %s: %w: no registry lists it", id, wire.ErrNotFound)
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -891,15 +901,21 @@ func (d *directory) unresolvedClash(id wire.UUID, g *client.Group) bool {
 }
 
 // joinedAt records in Config.Joined that the user joined (or, with left,
-// left) id at the daemon of g, the directory's handle on it.
-func (d *directory) joinedAt(id wire.UUID, g *client.Group, left bool) {
+// left) id at the daemon of was, the group's state when the join began
+// (listed). A merge meanwhile may have replaced the state's handle (more
+// addresses of the same daemon, or cell): the group is the same, and the
+// join is recorded. Until session 16 the handle was compared, and a join
+// through a handle replaced meanwhile (the info refreshGroup asks first
+// widened the window) was never recorded: the CLI then did not know the
+// group as joined.
+func (d *directory) joinedAt(id wire.UUID, was *groupState, left bool) {
 	if d.joined == nil {
 		return
 	}
 	d.mu.Lock()
 	gs := d.groups[id]
 	var e wire.GroupEntry
-	ok := gs != nil && gs.handle == g
+	ok := gs != nil && gs == was
 	if ok {
 		e = gs.entry
 		// The name the page showed it under, if its daemon gives it that
@@ -919,7 +935,7 @@ func (d *directory) joinedAt(id wire.UUID, g *client.Group, left bool) {
 	}
 	d.mu.Unlock()
 	switch {
-	case !ok: // listed anew meanwhile: the next merge says under which key
+	case !ok: // listed anew meanwhile (maybe at another key): the next merge says under which key
 	case left:
 		d.joined.Remove(e)
 	default:

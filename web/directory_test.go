@@ -771,3 +771,43 @@ func TestDirectoryAskingNotUnreachable(t *testing.T) {
 		t.Errorf("a group whose daemon refused its info: %+v; want unreachable", g)
 	}
 }
+
+// TestDirectoryJoinRecordedAcrossHandleReplaced: a merge that replaces a
+// group's handle (a registry lists the same daemon at an address more)
+// between a join through the page and its record: the join is recorded.
+// It was never recorded (the handle the join used was no longer the
+// directory's), and the info asked between the two (refreshGroup, first
+// since session 15) widened the window to a round trip.
+func TestDirectoryJoinRecordedAcrossHandleReplaced(t *testing.T) {
+	r := startRegistry(t)
+	c := newClient(t)
+	reg, err := c.Registry(testCtx(t), r.Addr().String(), wire.Fingerprint{})
+	must(t, err)
+	id, key := wire.UUID{1, 6}, wire.Fingerprint{7}
+	e := wire.GroupEntry{Group: id, Name: "lobby", Addrs: []string{"127.0.0.1:9"}, Fingerprint: key, ExpiresMS: 60_000}
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{}}
+	d := newDirectory(Config{Client: c, Logger: testLogger(t), Joined: joined})
+	d.regs = []*registryState{{addr: r.Addr().String(), reg: reg, entries: []wire.GroupEntry{e}, at: time.Now()}}
+	t.Cleanup(func() {
+		for _, gs := range d.groups {
+			gs.handle.Close()
+		}
+	})
+	d.merge()
+	h, was, err := d.listed(testCtx(t), id)
+	must(t, err)
+	// The join went through h; meanwhile the registry lists the daemon
+	// at another address too, and the next merge opens another handle.
+	e.Addrs = append(e.Addrs, "127.0.0.1:10")
+	d.regs[0].entries, d.regs[0].at = []wire.GroupEntry{e}, time.Now()
+	d.merge()
+	if now := d.handle(id); now == h {
+		t.Fatal("the merge kept the handle: the test does not replace it")
+	}
+	d.joinedAt(id, was, false)
+	joined.mu.Lock()
+	defer joined.mu.Unlock()
+	if len(joined.added) != 1 || joined.added[0].Group != id || joined.added[0].Fingerprint != key {
+		t.Errorf("recorded joins %+v; want lobby at %s (its handle replaced by a merge meanwhile, the daemon the same)", joined.added, key.Short())
+	}
+}
