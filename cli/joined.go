@@ -334,8 +334,8 @@ func parseCellLine(rest string) (joinedGroup, []wire.Fingerprint, bool) {
 	return joinedGroup{id, fp}, keys, true
 }
 
-// saveJoined writes set to the joined file in dir, atomically (a file
-// beside it, renamed over it). Changes are made through updateJoined,
+// saveJoined writes set to the joined file in dir, atomically and durably
+// (lockfile.Replace). Changes are made through updateJoined,
 // which holds the writers' lock.
 //
 // A name is written only if it reads back as it was (UTF-8, no control
@@ -365,20 +365,9 @@ func saveJoined(dir string, set joinedSet) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	path := joinedPath(dir)
-	tmp, err := os.CreateTemp(filepath.Dir(path), joinedFile+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // renamed: nothing to remove
-	if _, err := tmp.WriteString(b.String()); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	// Durably (synced, renamed, the directory synced): a crash leaves the
+	// old file or the new one, never an empty one.
+	return lockfile.Replace(joinedPath(dir), []byte(b.String()), 0o600)
 }
 
 // joinedPath returns the path of the joined file in dir, or of the file a

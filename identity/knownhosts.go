@@ -369,8 +369,10 @@ func (k *KnownHosts) lock() (unlock func(), err error) {
 // there, and locked beside it.
 func (k *KnownHosts) target() string { return lockfile.Target(k.path) }
 
-// write replaces the file atomically (a temporary file renamed over it), so
-// a crash never leaves it half written. It keeps the pins' order.
+// write replaces the file whole and durably (lockfile.Replace: synced,
+// renamed, its directory synced), so a crash, a power cut among them,
+// never leaves it half written or empty: an empty file would trust every
+// registry again on its next use. It keeps the pins' order.
 func (k *KnownHosts) write(pins pinList) error {
 	path := k.target()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -381,23 +383,7 @@ func (k *KnownHosts) write(pins pinList) error {
 	for _, p := range pins {
 		fmt.Fprintf(&b, "%s %s\n", p.name, p.fp)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".known_registries-*")
-	if err != nil {
-		return fmt.Errorf("known registries: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(b.String()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("known registries: %w", err)
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("known registries: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("known registries: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := lockfile.Replace(path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("known registries: %w", err)
 	}
 	return nil
