@@ -536,6 +536,9 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	}
 	cfg.Logger = df.logger(env)
 	cfg.Metrics = df.metrics()
+	if testClock != nil {
+		cfg.Now = testClock(cfg.StateDir)
+	}
 	d, err := groupd.New(cfg)
 	if settingsErr(err) {
 		return usageErr(env, "serve", "%v", err)

@@ -47,6 +47,9 @@ type cellNode struct {
 	// cell with (huddle cell add and remove, run with HUDDLE_HOME its
 	// state directory).
 	id *identity.Identity
+	// dir is the member's state directory: its file testclock moves the
+	// member's clock (clock_test.go).
+	dir string
 }
 
 // leading matches the line a member logs when it becomes the cell's
@@ -81,7 +84,7 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 			freeState, freeLogs := fillState(), fillLogs()
 			return func() { freeLogs(); freeState() }
 		}
-		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill, fillLogs: fillLogs, id: id}
+		cn := &cellNode{node: l.addNode(i), addr: daemonAddr(i), fp: id.Fingerprint(), fill: fill, fillLogs: fillLogs, id: id, dir: dir}
 		cn.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", cn.addr, "--advertise", cn.addr,
 			"--group", "jepsen", "--state-dir", dir, "--storage", "disk", "--send-rate", "0"}
 		if hb := os.Getenv("HUDDLE_JEPSEN_HEARTBEAT"); hb != "" {
@@ -399,7 +402,12 @@ func TestCell5Faults(t *testing.T) {
 //     must exit 0, and promptly: it waited out RPCs to the members it
 //     could not reach, session 16) and started again while still cut off:
 //     it must refuse sends, and on the heal catch up without deposing the
-//     leader.
+//     leader;
+//   - clock-back-leader and clock-forward-leader (clock_test.go): the
+//     leader's wall clock moved an hour back, or 6 s ahead, while it leads,
+//     then the leader killed: timestamps must still strictly increase
+//     across the jump and the next leader, and the leader whose clock is
+//     behind the group's latest stamp must say so.
 //
 // HUDDLE_JEPSEN_ROUNDS sets the rounds (default 12: each kind of the first
 // twelve once, one-way in both directions; make jepsen: 100, the combined
@@ -408,7 +416,7 @@ func TestCellOutageFaults(t *testing.T) {
 	runCellFaults(t, 3, envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12),
 		[]string{"kill-all", "one-way", "followers-down", "disk-followers", "rolling-restart", "kill-all-twice", "isolate-follower",
 			"pause-all", "disk-all", "kill-all-staggered", "one-way", "disk-full-restart",
-			"membership-kill-leader", "restart-partitioned", "restart-partitioned"})
+			"membership-kill-leader", "restart-partitioned", "restart-partitioned", "clock-back-leader", "clock-forward-leader"})
 }
 
 // runCellFaults runs rounds rounds of faults, in the order faults names
@@ -469,6 +477,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		var diskFulls []string     // disk: what the member whose disk was full did, and how long it took
 		var memberships []string   // membership-kill-leader: each change, when its leader was killed, how long it took
 		var restartsCut []string   // restart-partitioned: how the member restarted cut off fared
+		var clockJumps []string    // clock-*: whose clock jumped, and who said it was behind
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -829,6 +838,10 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 				var report string
 				report, term = c.restartPartitioned(ctx, t, w, h, probe, cutOff, entry, victim, victim == leader, term)
 				restartsCut = append(restartsCut, report)
+			case "clock-back-leader", "clock-forward-leader":
+				var report string
+				report, term = c.clockJump(t, w, h, kind, leader, term)
+				clockJumps = append(clockJumps, report)
 			case "delay", "delay-leader", "delay-one-way", "reorder", "duplicate", "delay-kill-leader", "far-clients":
 				var report string
 				report, term = c.netFault(ctx, t, w, entry, kind, counts[kind], leader, followers, term)
@@ -858,7 +871,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		t.Logf("the cell went through %d raft terms; %d fault rounds ended under a leader of another term", last, leaderLost)
 		back := logRecoveries(t, h, "kill-leader")
 		logElections(t, elected, back)
-		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-leader-and-follower", "kill-leader-membership", "restart-partitioned", "kill-all", "kill-all-twice",
+		for _, kind := range []string{"partition-leader", "partition-leader-pair", "kill-leader-and-follower", "kill-leader-membership", "restart-partitioned", "clock-back-leader-kill", "clock-forward-leader-kill", "kill-all", "kill-all-twice",
 			"kill-all-majority-back", "followers-back", "one-way", "pause-all", "disk-all-freed", "disk-followers-freed", "delay-kill-leader"} {
 			logRecoveries(t, h, kind)
 		}
@@ -887,6 +900,9 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		}
 		for _, s := range restartsCut {
 			t.Logf("restart in place cut off: %s", s)
+		}
+		for _, s := range clockJumps {
+			t.Logf("clock jump: %s", s)
 		}
 		if res.Acked < rounds {
 			t.Errorf("only %d messages acknowledged over %d rounds: the load did not run", res.Acked, rounds)

@@ -10,7 +10,9 @@
 // delay, jitter, reordering and duplication; and faults combined: the
 // leader killed during a change of the cell's members, a member restarted
 // in place while cut off from the others, the leader killed together with
-// a follower); and the history's checker over all of it once the faults
+// a follower; and a leader's wall clock jumping back or ahead, through
+// the build tag huddle_testclock, with which a daemon's clock is its state
+// directory's to move); and the history's checker over all of it once the faults
 // stop and every replica has caught up.
 //
 // The test process itself runs in a namespace of its own (RunInLoopbackNS)

@@ -11,5 +11,10 @@ import (
 )
 
 // TestMain checks for leaked goroutines and removes the binary the tests
-// built once they have run.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(testbin.Main{M: m}) }
+// built once they have run. The binary is built with the tag
+// huddle_testclock, with which a daemon's clock is its state directory's
+// to set (cli/testclock_on.go; inert until a clock fault writes the file).
+func TestMain(m *testing.M) {
+	testbin.Tags = "huddle_testclock"
+	goleak.VerifyTestMain(testbin.Main{M: m})
+}

@@ -19,6 +19,11 @@ var (
 	err    error
 )
 
+// Tags are the build tags of the binary Huddle builds: a test package sets
+// them in its TestMain, before any test runs (internal/jepsen's
+// huddle_testclock, which lets a test move a daemon's clock).
+var Tags string
+
 // Huddle returns the path of a huddle binary built from this module's
 // sources, building it on the first call; a failed build fails t.
 func Huddle(t testing.TB) string {
@@ -31,7 +36,7 @@ func Huddle(t testing.TB) string {
 		}
 		binary = filepath.Join(dir, "huddle")
 		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		out, buildErr := exec.Command(gobin, "build", "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
+		out, buildErr := exec.Command(gobin, "build", "-tags", Tags, "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
 		if buildErr != nil {
 			err = fmt.Errorf("go build: %v\n%s", buildErr, out)
 		}
