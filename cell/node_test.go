@@ -896,20 +896,27 @@ func TestHandoverSlowElection(t *testing.T) {
 // daemon stopping named no leader to its clients.)
 func TestHandoverSlowTransfer(t *testing.T) {
 	var slow atomic.Bool
-	release := make(chan struct{})
-	var once sync.Once
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		cfg.received = func(req any) {
-			if _, ok := req.(*raft.TimeoutNowRequest); !ok || !slow.Load() {
-				return
-			}
-			once.Do(func() { time.AfterFunc(2*DefaultElectionTimeout, func() { close(release) }) })
-			<-release
-		}
-	})
+	late, _ := lateTimeoutNow(&slow)
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.received = late })
 	l := c.leader()
 	slow.Store(true)
 	handoverNamesNext(t, c, l)
+}
+
+// lateTimeoutNow returns a received hook (Config.received) that, once
+// slow is set, holds the first raft TimeoutNow a member gets (a leadership
+// transfer's) for two ElectionTimeouts, as a loaded host may, and every
+// later one until then; released is closed when it lets them go.
+func lateTimeoutNow(slow *atomic.Bool) (hook func(req any), released <-chan struct{}) {
+	release := make(chan struct{})
+	var once sync.Once
+	return func(req any) {
+		if _, ok := req.(*raft.TimeoutNowRequest); !ok || !slow.Load() {
+			return
+		}
+		once.Do(func() { time.AfterFunc(2*DefaultElectionTimeout, func() { close(release) }) })
+		<-release
+	}, release
 }
 
 // handoverNamesNext has l, c's leader, hand over, and fails t unless

@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -325,4 +327,67 @@ func askAfterRestart(t *testing.T, ask func(ctx context.Context, l, o *testMembe
 	if err := asked(); err != nil {
 		t.Fatalf("a restarted member, asked again after one unanswered: %v; want its answer", err)
 	}
+}
+
+// TestStalledLeaderSlowTransfer: a stalled leader whose hand-over raft
+// gave up on (an ElectionTimeout with it still leading: the member it told
+// to stand got raft's TimeoutNow two ElectionTimeouts late, as on a loaded
+// host) but which that member then took over says it handed the
+// leadership over, as Handover does (TestHandoverSlowTransfer). It took
+// raft's "leadership transfer timeout" for a failed hand-over, and said
+// nothing, as if raft's own step-down had moved the leadership
+// (internal/jepsen's TestCellFaults, disk-logs, under make test's load).
+func TestStalledLeaderSlowTransfer(t *testing.T) {
+	var slow atomic.Bool
+	var handed atomic.Int64
+	late, release := lateTimeoutNow(&slow)
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.received = late
+		cfg.Logger = slog.New(&noting{Handler: cfg.Logger.Handler(), note: func(r slog.Record) {
+			if strings.HasPrefix(r.Message, handedOverMessage) {
+				handed.Add(1)
+			}
+		}})
+	})
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	c.sameLogs(g.ID, 10)
+	l := c.leader()
+	slow.Store(true)
+	room := l.host.refuseAppends()
+	t.Cleanup(room)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a send the full-disk leader cannot apply: %v, want ErrUnavailable", err)
+	}
+	waitUntil(t, "another member to lead", func() bool {
+		p, ok := l.node.Leader()
+		return ok && p != l.node.Self()
+	})
+	select {
+	case <-release: // raft gave up on its transfer by then
+	case <-ctx.Done():
+		t.Fatal("the hand-over's TimeoutNow never came")
+	}
+	waitUntil(t, "the stalled leader to say it handed the leadership over", func() bool { return handed.Load() > 0 })
+}
+
+// noting is a log handler that shows each record it handles to note.
+type noting struct {
+	slog.Handler
+	note func(slog.Record)
+}
+
+func (h *noting) Handle(ctx context.Context, r slog.Record) error {
+	h.note(r)
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *noting) WithAttrs(as []slog.Attr) slog.Handler {
+	return &noting{Handler: h.Handler.WithAttrs(as), note: h.note}
+}
+
+func (h *noting) WithGroup(name string) slog.Handler {
+	return &noting{Handler: h.Handler.WithGroup(name), note: h.note}
 }
