@@ -101,7 +101,13 @@ func TestStalledLeaderHandsOver(t *testing.T) {
 // with no restart.
 func TestStalledCellKeepsLeader(t *testing.T) {
 	var logs memberLogs
-	c := newTestCell(t, 3, false, logs.record)
+	// A steady leader (steadyLeader): the test checks the term does not
+	// move, and at load 25 a follower missed 300 ms of heartbeats, and the
+	// leader's lease of 300 ms ran out, a second after the stall.
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		logs.record(cfg)
+		steadyLeader(cfg)
+	})
 	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	c.sameLogs(g.ID, 10)
