@@ -148,7 +148,7 @@ func Merge(answers []RegistryListing) []ListedGroup {
 				out = append(out, g)
 				if len(e.Replicas) > 0 {
 					g.MemberAddrs = make(map[Fingerprint][]string)
-					addMemberAddrs(g.MemberAddrs, e)
+					AddMemberAddrs(g.MemberAddrs, e)
 				}
 			case len(e.Replicas) > 0:
 				// The latest registration's view of the leader, whole:
@@ -159,13 +159,13 @@ func Merge(answers []RegistryListing) []ListedGroup {
 					g.GroupEntry = e
 					g.Addrs = slices.Clone(e.Addrs)
 					at := make(map[Fingerprint][]string)
-					addMemberAddrs(at, e)
+					AddMemberAddrs(at, e)
 					for fp, addrs := range g.MemberAddrs {
 						at[fp] = unionAddrs(at[fp], addrs)
 					}
 					g.MemberAddrs = at
 				} else {
-					addMemberAddrs(g.MemberAddrs, e)
+					AddMemberAddrs(g.MemberAddrs, e)
 				}
 			default:
 				addrs := g.Addrs
@@ -211,11 +211,15 @@ func unionAddrs(first []string, more ...[]string) []string {
 	return out
 }
 
-// addMemberAddrs adds to at the addresses e, a cell's group's entry,
+// AddMemberAddrs adds to at the addresses e, a cell's group's entry,
 // lists each member at: the leader's (e.Addrs, under e.Fingerprint), then
-// each replica's. A registry's entry holds at most 16 + 9 addresses
-// (wire's bounds), so each member's list is at most 25 per registry.
-func addMemberAddrs(at map[Fingerprint][]string, e GroupEntry) {
+// each replica's (Replica.Addr), each once, after those at holds. A
+// registry's entry holds at most 16 + 9 addresses (wire's bounds), so
+// each member's list grows by at most 25 per entry. Merge gathers
+// ListedGroup.MemberAddrs with it; a program that merges listings its own
+// way (huddle web) gathers them with it too, so that both dial a member,
+// and ask it for the cell's members (CellMembers), at the same addresses.
+func AddMemberAddrs(at map[Fingerprint][]string, e GroupEntry) {
 	at[e.Fingerprint] = unionAddrs(at[e.Fingerprint], e.Addrs)
 	for _, r := range e.Replicas {
 		at[r.Fingerprint] = unionAddrs(at[r.Fingerprint], []string{r.Addr})

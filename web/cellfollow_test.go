@@ -126,8 +126,48 @@ func TestWebCellFollowRemovedMember(t *testing.T) {
 		t.Fatal("the page never followed the cell")
 	}
 	slices.SortFunc(got, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
-	slices.SortFunc(now, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
-	if !slices.Equal(got, now) {
-		t.Fatalf("the page recorded %v as the cell's members; want %v, b and c's word (the thief, a member removed, said itself and %v)", got, now, rogue)
+	want := slices.Clone(now) // now is the daemons' answer, read as they answer
+	slices.SortFunc(want, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
+	if !slices.Equal(got, want) {
+		t.Fatalf("the page recorded %v as the cell's members; want %v, b and c's word (the thief, a member removed, said itself and %v)", got, want, rogue)
+	}
+}
+
+// TestWebCellFollowAtLeadersAddrs: the registries list a joined cell's
+// leader at its own address (the entry's Addrs) and, in the replica set,
+// at one that does not answer (a rogue registry's, or a stale one). The
+// page asked the members recorded only at their Replica.Addr, never
+// followed the cell, and dialled the set it had recorded; the CLI asks at
+// both (client.AddMemberAddrs). The page asks the leader at its listed
+// address too, and records the set it answers.
+func TestWebCellFollowAtLeadersAddrs(t *testing.T) {
+	id, err := identity.Generate()
+	must(t, err)
+	var says atomic.Pointer[[]wire.Fingerprint]
+	b := statusDaemon(t, id, &says)
+	d := wire.Fingerprint{0xd}
+	now := []wire.Fingerprint{b.Fingerprint, d}
+	says.Store(&now)
+	group := wire.UUID{7, 1}
+	j := &cellJoined{group: group, daemon: b.Fingerprint, cell: []wire.Fingerprint{b.Fingerprint}, follows: make(chan []wire.Fingerprint, 16)}
+	rs := []wire.Replica{{Addr: "127.0.0.1:9", Fingerprint: b.Fingerprint, Leader: true}, {Addr: "127.0.0.1:9", Fingerprint: d}}
+	reg := listingRegistry(t, []wire.GroupEntry{{Group: group, Name: "general", Fingerprint: b.Fingerprint, Addrs: []string{b.Addr},
+		ExpiresMS: 60_000, Replicas: rs}})
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{reg}, Secret: testSecret,
+		PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: j})
+	must(t, err)
+	serve(t, s)
+	newAPI(t, s).events("") // a page open: the directory polls
+	var got []wire.Fingerprint
+	select {
+	case got = <-j.follows:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the page never followed the cell (its leader asked only at its replica address, which does not answer)")
+	}
+	slices.SortFunc(got, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
+	want := slices.Clone(now) // now is the daemons' answer, read as they answer
+	slices.SortFunc(want, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
+	if !slices.Equal(got, want) {
+		t.Fatalf("the page recorded %v as the cell's members; want %v", got, want)
 	}
 }

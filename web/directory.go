@@ -1317,8 +1317,20 @@ func (d *directory) followLocked(now time.Time) {
 					if !slices.Contains(listed, r.Fingerprint) {
 						listed = append(listed, r.Fingerprint)
 					}
-					if d.joined.Has(id, r.Fingerprint) && !slices.Contains(at[r.Fingerprint], r.Addr) {
-						at[r.Fingerprint] = append(at[r.Fingerprint], r.Addr)
+				}
+				// Each member of the set recorded at every address the
+				// entry lists it at, the leader's listed addresses too,
+				// as the CLI asks it (client.AddMemberAddrs): until
+				// session 16 only at its Replica.Addr.
+				all := make(map[wire.Fingerprint][]string)
+				client.AddMemberAddrs(all, e)
+				for fp, addrs := range all {
+					if d.joined.Has(id, fp) {
+						for _, a := range addrs {
+							if a != "" && !slices.Contains(at[fp], a) {
+								at[fp] = append(at[fp], a)
+							}
+						}
 					}
 				}
 			}
@@ -1401,7 +1413,7 @@ func (d *directory) cellsLocked(now time.Time) *cellViews {
 	}
 	for k, l := range last {
 		at := make(map[wire.Fingerprint][]string)
-		addMember(at, l.e)
+		client.AddMemberAddrs(at, l.e)
 		c.members[k] = at
 	}
 	c.views = make(map[int][]wire.GroupEntry)
@@ -1420,7 +1432,7 @@ func (d *directory) cellsLocked(now time.Time) *cellViews {
 				continue
 			}
 			listed[k] = true
-			addMember(c.members[k], e)
+			client.AddMemberAddrs(c.members[k], e)
 			l := last[k].e
 			if e.Fingerprint == l.Fingerprint && slices.Equal(e.Addrs, l.Addrs) && slices.Equal(e.Replicas, l.Replicas) {
 				continue
@@ -1435,20 +1447,4 @@ func (d *directory) cellsLocked(now time.Time) *cellViews {
 		}
 	}
 	return c
-}
-
-// addMember adds to at the addresses e, a cell's group's entry, lists each
-// member at: the leader's, then each replica's (at most 16 + 9 a registry).
-func addMember(at map[wire.Fingerprint][]string, e wire.GroupEntry) {
-	add := func(fp wire.Fingerprint, addrs ...string) {
-		for _, a := range addrs {
-			if !slices.Contains(at[fp], a) {
-				at[fp] = append(at[fp], a)
-			}
-		}
-	}
-	add(e.Fingerprint, e.Addrs...)
-	for _, r := range e.Replicas {
-		add(r.Fingerprint, r.Addr)
-	}
 }
