@@ -49,7 +49,7 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	joined := s.joined
 	for _, k := range slices.Collect(maps.Keys(joined)) {
 		if _, ok := joined[k]; ok && joined.stale(l.groups, k) {
-			joined, _ = followCell(ctx, s.client, s.home, joinedLockWait, joined, k, l.groups)
+			joined, _ = s.follow(ctx, joined, k, l.groups)
 		}
 	}
 	s.joined = joined

@@ -508,13 +508,35 @@ func (s *session) update(change func(joinedSet) bool, what string) {
 	}
 	set, err := updateJoined(s.home, joinedLockWait, change)
 	if err != nil {
-		s.unwritable = true
-		if s.env.Stderr != nil {
-			fmt.Fprintf(s.env.Stderr, "huddle %s: warning: cannot record %s (%s); the next command tries again\n", s.verb, what, plainErr(err))
-		}
+		s.unwritten(err, what)
 		return
 	}
 	s.joined = set
+}
+
+// unwritten says, once, that the joined file could not be changed to
+// record what, and has the command try no other change.
+func (s *session) unwritten(err error, what string) {
+	s.unwritable = true
+	if s.env.Stderr != nil {
+		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: cannot record %s (%s); the next command tries again\n", s.verb, what, plainErr(err))
+	}
+}
+
+// follow is followCell of k in joined, unless a change of the joined file
+// failed in this command already: a command following several cells
+// (huddle groups) waited joinedLockWait for each, a held lock's 5 s, and
+// then its record of a join as long again (until session 16).
+func (s *session) follow(ctx context.Context, joined joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
+	if s.unwritable {
+		return joined, false
+	}
+	set, changed, err := followCell(ctx, s.client, s.home, joinedLockWait, joined, k, groups)
+	if err != nil {
+		name := joined[k].name
+		s.unwritten(err, "the members of the cell of "+groupShown(wire.GroupEntry{Group: k.Group, Name: name}))
+	}
+	return set, changed
 }
 
 // groupShown names e for people: its name and UUID, or its UUID.
@@ -663,7 +685,10 @@ func (j joinedSet) stale(groups []client.ListedGroup, k joinedGroup) bool {
 // successor. A majority, not the first to answer: a member removed from
 // the cell (its host taken out, its key stolen since) answered a set of
 // its own keys, recorded, and then dialled.
-func followCell(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
+//
+// The error is the joined file's, written (or locked) in vain; the
+// members' not answering alike is none: nothing is followed.
+func followCell(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
 	recorded := set[k].cell
 	if recorded == nil {
 		recorded = []wire.Fingerprint{k.Daemon}
@@ -691,7 +716,7 @@ func followCell(ctx context.Context, c *client.Client, dir string, lockWait time
 	keys, from, err := c.CellMembers(qctx, recorded, at)
 	cancel()
 	if err != nil {
-		return set, false
+		return set, false, nil
 	}
 	changed := false
 	change := followed(k.Group, from, keys)
@@ -700,9 +725,9 @@ func followCell(ctx context.Context, c *client.Client, dir string, lockWait time
 		return changed
 	})
 	if err != nil {
-		return set, false
+		return set, false, err
 	}
-	return written, changed
+	return written, changed, nil
 }
 
 // followed is updateJoined's change recording keys, the members of a

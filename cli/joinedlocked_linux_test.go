@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/huddle-chat/huddle/internal/lockfile"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestJoinedLockedSaidOnce: a piped huddle send to a group the joined file
@@ -26,26 +27,7 @@ func TestJoinedLockedSaidOnce(t *testing.T) {
 	u := newTestUser(t, registry)
 	u.ok(t, "join", "lobby", "--as", "alice")
 	writeJoined(t, u, "# recorded elsewhere")
-	lockPath := filepath.Join(u.home, joinedFile+".lock")
-	held, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	// Each try of the lock is one flock call: it is not waited for.
-	var tries atomic.Int32
-	lockfile.Flock = func(fd, how int) error {
-		if at, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); at == lockPath && fd != int(held.Fd()) {
-			tries.Add(1)
-		}
-		return syscall.Flock(fd, how)
-	}
-	wait := joinedLockWait
-	joinedLockWait = 0
-	t.Cleanup(func() { lockfile.Flock, joinedLockWait = syscall.Flock, wait })
+	tries := holdJoinedLock(t, u)
 
 	in, feed := io.Pipe()
 	var out, errb syncBuffer
@@ -76,4 +58,68 @@ func TestJoinedLockedSaidOnce(t *testing.T) {
 	if n := tries.Load(); n != 1 || strings.Count(stderr, "warning: cannot record that you joined group lobby") != 1 {
 		t.Errorf("the joined file's lock tried %d times over three sends, stderr:\n%s\nwant it tried once, and said once", n, stderr)
 	}
+}
+
+// TestJoinedLockedFollowsOnce: huddle groups follows each cell's group
+// the user joined whose members changed; with the joined file's lock
+// held by another process, each follow waited the whole joinedLockWait
+// (5 s) to write, one after the other, and nothing said why. The first
+// failure is said, and no other follow or change is tried.
+func TestJoinedLockedFollowsOnce(t *testing.T) {
+	var says atomic.Pointer[[]wire.Fingerprint]
+	var asked atomic.Int32
+	a, b := statusDaemon(t, &says, &asked), statusDaemon(t, &says, &asked)
+	c, d := wire.Fingerprint{0xc}, wire.Fingerprint{0xd} // c replaced by d
+	says.Store(&[]wire.Fingerprint{a.Fingerprint, b.Fingerprint, d})
+	groups := []wire.UUID{{1}, {2}}
+	var entries []wire.GroupEntry
+	set := joinedSet{}
+	for i, g := range groups {
+		entries = append(entries, wire.GroupEntry{Group: g, Name: fmt.Sprintf("cell%d", i), Addrs: []string{a.Addr}, Fingerprint: a.Fingerprint, ExpiresMS: 15000,
+			Replicas: []wire.Replica{{Addr: a.Addr, Fingerprint: a.Fingerprint, Leader: true}, b, {Addr: "127.0.0.1:9", Fingerprint: d}}})
+		set[joinedGroup{g, a.Fingerprint}] = joinedLine{name: fmt.Sprintf("cell%d", i), cell: []wire.Fingerprint{a.Fingerprint, b.Fingerprint, c}}
+	}
+	reg := listingRegistry(t, entries...)
+	u := newTestUser(t, reg)
+	if err := saveJoined(u.home, set); err != nil {
+		t.Fatal(err)
+	}
+	tries := holdJoinedLock(t, u)
+	code, _, stderr := u.run(t, "groups")
+	if code != ExitOK {
+		t.Fatalf("huddle groups: exit %d:\n%s", code, stderr)
+	}
+	if n := tries.Load(); n != 1 || strings.Count(stderr, "warning: cannot record the members of the cell of group cell") != 1 {
+		t.Errorf("the joined file's lock tried %d times for two cells followed, stderr:\n%s\nwant it tried once, and said once", n, stderr)
+	}
+	if asked.Load() == 0 {
+		t.Error("no member was asked")
+	}
+}
+
+// holdJoinedLock holds u's joined file's lock, as another process would,
+// has changes not wait for it (joinedLockWait 0: one flock call a try),
+// and counts the tries of others.
+func holdJoinedLock(t *testing.T, u *testUser) *atomic.Int32 {
+	t.Helper()
+	lockPath := filepath.Join(u.home, joinedFile+".lock")
+	held, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.Close() })
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	var tries atomic.Int32
+	lockfile.Flock = func(fd, how int) error {
+		if at, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); at == lockPath && fd != int(held.Fd()) {
+			tries.Add(1)
+		}
+		return syscall.Flock(fd, how)
+	}
+	wait := joinedLockWait
+	joinedLockWait = 0
+	t.Cleanup(func() { lockfile.Flock, joinedLockWait = syscall.Flock, wait })
+	return &tries
 }
