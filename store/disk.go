@@ -431,11 +431,18 @@ func (d *DiskLog) writable() error {
 // not create the next: a segment at the memory log's tail, synced with its
 // directory entry. d.wmu is held.
 func (d *DiskLog) rebegin() error {
-	f, err := createSegment(filepath.Join(d.dir, segName(d.fbase)), segHeader{epoch: d.epoch, base: d.fbase, prevTime: d.tailT})
+	path := filepath.Join(d.dir, segName(d.fbase))
+	f, err := createSegment(path, segHeader{epoch: d.epoch, base: d.fbase, prevTime: d.tailT})
+	if err == nil {
+		if err = d.syncDir(d.dir); err != nil {
+			f.Close()
+			os.Remove(path)
+			err = fmt.Errorf("fsync directory %s: %w", d.dir, err)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}
-	d.syncDir(d.dir)
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
@@ -476,7 +483,15 @@ func (d *DiskLog) rotate(spare bool) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}
-	d.syncDir(d.dir)
+	if err := d.syncDir(d.dir); err != nil {
+		// The new file's entry may not survive a power cut, nor a
+		// message acknowledged in it: as a failed fsync (what reached
+		// the device is not known), the log fails. The file, empty
+		// but for its header, is what a crash here would leave.
+		f.Close()
+		d.failed = fmt.Errorf("%w: fsync directory %s after creating %s: %v", ErrFailed, d.dir, filepath.Base(path), err)
+		return d.failed
+	}
 	d.fmu.Lock()
 	old := d.f
 	d.f = f

@@ -326,7 +326,15 @@ func (d *DiskLog) mkdirAll(dir string) error {
 		return err
 	}
 	for _, p := range created {
-		d.syncDir(filepath.Dir(p))
+		if err := d.syncDir(filepath.Dir(p)); err != nil {
+			// Their entries may not survive a power cut, nor the files
+			// made in them: not made after all (deepest first), so that
+			// the next try makes and syncs them again.
+			for _, p := range created {
+				os.Remove(p)
+			}
+			return fmt.Errorf("fsync directory %s: %w", filepath.Dir(p), err)
+		}
 	}
 	return nil
 }
@@ -375,8 +383,12 @@ func (d *DiskLog) begin() error {
 	err = writeSynced(cptPath, p[:])
 	var cf *os.File
 	if err == nil {
-		d.syncDir(d.dir)
-		cf, err = os.OpenFile(cptPath, os.O_WRONLY, 0)
+		if err = d.syncDir(d.dir); err == nil {
+			cf, err = os.OpenFile(cptPath, os.O_WRONLY, 0)
+		} else {
+			os.Remove(cptPath)
+			err = fmt.Errorf("fsync directory %s: %w", d.dir, err)
+		}
 	}
 	if err != nil {
 		f.Close()

@@ -100,7 +100,12 @@ func (d *DiskLog) Reset(seq uint64, t int64) error {
 		d.roErr, d.roTried = fmt.Errorf("%w: %w", ErrNotWritable, err), time.Now()
 		return d.roErr
 	}
-	d.syncDir(d.dir)
+	if err := d.syncDir(d.dir); err != nil {
+		// As rotate: the segment's entry may not survive a power cut.
+		f.Close()
+		d.failed = fmt.Errorf("%w: fsync directory %s after creating %s: %v", ErrFailed, d.dir, segName(base), err)
+		return d.failed
+	}
 	d.fmu.Lock()
 	d.f = f
 	d.fmu.Unlock()
