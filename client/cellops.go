@@ -47,12 +47,10 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 	}
 	defer c.releaseGroup(p)
 	var st CellStatus
-	if err := p.single(ctx, wire.OpCellStatus, wire.CellQuery{}, &st); err != nil {
+	seen, err := p.singleFrom(ctx, wire.OpCellStatus, wire.CellQuery{}, &st)
+	if err != nil {
 		return st, err
 	}
-	p.mu.Lock()
-	seen := p.seen // the key of the connection the answer came on
-	p.mu.Unlock()
 	if st.Self.Fingerprint != seen {
 		return CellStatus{}, fmt.Errorf("cell status of %s: the daemon presented key %s and names itself %s: %w", addr, seen.Short(), st.Self.Fingerprint.Short(), ErrProtocol)
 	}

@@ -565,8 +565,9 @@ func (p *peer) get(ctx context.Context) (*liveness, error) {
 		live := p.live
 		context.AfterFunc(conn.Context(), func() { p.noticeClose(conn) })
 		p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
+		seen := p.seen // read under mu: another dial may set it once mu is let go
 		p.mu.Unlock()
-		p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", p.seen.Short())
+		p.c.cfg.Logger.Debug("connected", "addr", addr, "fingerprint", seen.Short())
 		return live, nil
 	}
 }
@@ -781,14 +782,16 @@ func resolve(addr string) (*net.UDPAddr, error) {
 // connection: every huddle operation may be repeated safely (sends carry
 // their message IDs).
 func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) error {
-	return p.callThen(ctx, op, args, handle, nil)
+	return p.callThen(ctx, op, args, handle, nil, nil)
 }
 
 // callThen is call whose second attempt, when the connection died under
 // the first, goes to the peer next returns rather than to p dialled
 // again (next nil: p). A group handle that follows its daemon passes its
-// reach: the daemon that died may be running again elsewhere.
-func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error)) error {
+// reach: the daemon that died may be running again elsewhere. on, if set,
+// is told each connection an attempt runs on: the last one told is the
+// one that answered, when the call succeeds.
+func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn)) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && next != nil {
@@ -802,6 +805,9 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 			return err
 		}
 		conn := live.conn
+		if on != nil {
+			on(conn)
+		}
 		heard, start := conn.ConnectionStats().PacketsReceived, time.Now()
 		var delivered bool
 		delivered, err = p.stream(ctx, live, op, args, handle)
@@ -1078,6 +1084,23 @@ func (p *peer) single(ctx context.Context, op wire.Op, args, out any) error {
 // singleThen is single, its second attempt going where next says (see
 // callThen).
 func (p *peer) singleThen(ctx context.Context, op wire.Op, args, out any, next func(context.Context) (*peer, error)) error {
+	return p.singleOn(ctx, op, args, out, next, nil)
+}
+
+// singleFrom is single, and returns the key the server presented on the
+// connection that answered. Read from the peer after the call (p.seen),
+// it could be another connection's: one another call dialled meanwhile,
+// the first having dropped.
+func (p *peer) singleFrom(ctx context.Context, op wire.Op, args, out any) (wire.Fingerprint, error) {
+	var answered *quic.Conn
+	if err := p.singleOn(ctx, op, args, out, nil, func(c *quic.Conn) { answered = c }); err != nil {
+		return wire.Fingerprint{}, err
+	}
+	return identity.PeerFingerprint(answered.ConnectionState().TLS)
+}
+
+// singleOn is singleThen, telling on each connection it runs on (callThen).
+func (p *peer) singleOn(ctx context.Context, op wire.Op, args, out any, next func(context.Context) (*peer, error), on func(*quic.Conn)) error {
 	return p.callThen(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		if kind != wire.KindResult {
 			return true, fmt.Errorf("got frame kind %d, want a result: %w", kind, ErrProtocol)
@@ -1086,7 +1109,7 @@ func (p *peer) singleThen(ctx context.Context, op wire.Op, args, out any, next f
 			return true, fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
 		return true, nil
-	}, next)
+	}, next, on)
 }
 
 // serverSaid reports whether err is a server's error, whose message names

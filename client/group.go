@@ -664,7 +664,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 				return true, nil
 			}
 			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
-		}, g.redial())
+		}, g.redial(), nil)
 		if e, ok := EpochOf(err); ok && (e == 0 || e == req.Epoch) {
 			// No new log (see Watch): a program restarting from it read
 			// the same messages again under the same epoch.
