@@ -956,7 +956,7 @@ func TestWatchFollowsMovePastRogueRegistry(t *testing.T) {
 	waitBody("before the move")
 
 	stop()
-	_, stop = startGroups(t, groupd.Config{StateDir: stateDir, Groups: []groupd.Spec{{Name: "lobby"}},
+	startGroups(t, groupd.Config{StateDir: stateDir, Groups: []groupd.Spec{{Name: "lobby"}}, // stopped at the test's end (t.Cleanup)
 		Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}})
 	gb = openGroup(t, bob, r.Addr().String(), "lobby")
 	sent := make(chan struct{})

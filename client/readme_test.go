@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"os"
 	"strings"
 	"testing"
@@ -30,11 +31,17 @@ func readmeGoAPI(ctx context.Context) {
 	if err != nil {
 		ack, err = g.SendWithID(ctx, ack.ID, []byte("build 1234 passed"))
 	} // ack.ID is set even on error: a retry never stores twice
+	if err != nil {
+		log.Fatal(err)
+	}
 	fmt.Println(ack.Seq, ack.Epoch) // every ack carries the log's epoch
 	cur, err := g.Fetch(ctx, client.Query{Since: time.Now().Add(-time.Hour)}, func(m client.Message) bool {
 		fmt.Printf("%d %s: %s\n", m.Seq, m.Name, m.Body)
 		return true
 	})
+	if err != nil {
+		log.Fatal(err)
+	} // cur is where the messages delivered end, even then
 	for ev, err := range g.Watch(ctx, client.Query{After: cur.Next, Epoch: cur.Epoch}) { // reconnects and resumes by itself
 		if err != nil {
 			break

@@ -214,7 +214,7 @@ func TestChatTerminal(t *testing.T) {
 	tm.keys("half typ")
 	tm.waitScreen("the half-typed line", func(lines []string) bool { return lines[len(lines)-1] == "> half typ" })
 	bob.ok(t, "send", "lobby", "bob says hi")
-	lines = tm.waitScreen("bob's message above the half-typed line", func(lines []string) bool {
+	tm.waitScreen("bob's message above the half-typed line", func(lines []string) bool {
 		n := len(lines)
 		return n >= 2 && strings.HasSuffix(lines[n-2], " bob: bob says hi") && lines[n-1] == "> half typ"
 	})
@@ -223,6 +223,9 @@ func TestChatTerminal(t *testing.T) {
 		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, " alice (you): half typed") }) &&
 			lines[len(lines)-1] == ">"
 	})
+	if n := countSuffix(lines, "half typed"); n != 1 {
+		t.Errorf("the line finished after bob's message shows %d times, want once (the message, not the echo):\n%s", n, strings.Join(lines, "\n"))
+	}
 
 	tm.keys("/members", "Enter")
 	tm.waitScreen("the members", func(lines []string) bool {

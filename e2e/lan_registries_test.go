@@ -186,7 +186,7 @@ func TestLANRegistries(t *testing.T) {
 	// A comes back on its address with its key: every group is registered
 	// with it again by the daemons' next renewal.
 	restarted := time.Now()
-	regA = startReg(ra, "ra")
+	startReg(ra, "ra") // killed at the test's end (t.Cleanup)
 	back := cli.waitGroupsAt(addrA, all...)
 	t.Logf("registry A restarted: every group listed again %v after it started (renewal every %v)", back.Sub(restarted).Round(time.Millisecond), "1s")
 }

@@ -106,7 +106,7 @@ func TestLAN(t *testing.T) {
 	// Restart the registry: both groups come back without touching the
 	// group daemons (they notice the new epoch and register again).
 	registry.stop(t)
-	registry = startLANDaemon(t, h1, "registry", "--listen", ":7373", "--lease", "2s", "--state-dir", filepath.Join(state, "reg"))
+	startLANDaemon(t, h1, "registry", "--listen", ":7373", "--lease", "2s", "--state-dir", filepath.Join(state, "reg"))
 	cli.waitGroups("alpha", "beta")
 
 	// A group daemon that starts before its host can multicast (as a
