@@ -35,9 +35,19 @@ import (
 // Duplicates are found in the log (applied sends) and among the sends in
 // flight (proposed, not yet applied): a retry of a message in flight waits
 // for the original's outcome and gets its ack.
+//
+// Raft may refuse a proposal without the term changing (one handed to it
+// during a leadership transfer that then fails), and every replica
+// refuses one that does not follow on: what the sequencer stamped past
+// such a hole cannot be applied. It starts again from the log's tail
+// (lost, resync), but only once raft has answered every proposal in
+// flight, since those stamped before the hole may still be applied;
+// meanwhile sends are refused ErrUnavailable (errResyncing), and their
+// senders retry with the same IDs.
 type proposer struct {
 	term     uint64 // the term seq stands for; 0: none yet
 	seq      store.Sequencer
+	stale    bool                 // seq is past a proposal of term that will not be applied: resync
 	inflight map[[16]byte]pending // the sends in flight by ID
 	enc      *encoder
 	// open gathers what was stamped while maxProposing entries were in
@@ -246,11 +256,15 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 			n.fail(p, p.open, fmt.Errorf("send: %w: the cell's leadership changed while it was in flight; retry with the same IDs", ErrUnavailable))
 		}
 		p.seq.Last, p.seq.LastTime = g.log.Tail()
+		p.stale = false
 		p.inflight = make(map[[16]byte]pending)
 		p.term = term
 		if p.enc == nil {
 			p.enc = newEncoder()
 		}
+	}
+	if p.stale {
+		return nil, nil, false, errResyncing
 	}
 	start := len(*acks)
 	*acks = g.log.Lookup(entries, *acks)
@@ -282,6 +296,9 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 	size := commandSize(entries[:k])
 	if o := p.open; o != nil && (len(o.entries)+k > maxProposalMessages || o.size+size > maxProposalBytes) {
 		n.propose1(g, p) // full: it goes now, whatever is in flight
+		if p.stale {
+			return nil, nil, false, errResyncing // raft refused it: this send was stamped past it
+		}
 	}
 	prop := p.open
 	if prop == nil {
@@ -328,6 +345,7 @@ func (n *Node) propose1(g *groupState, p *proposer) {
 	f, err := n.apply(data)
 	if err != nil {
 		n.fail(p, prop, proposeError("send", err))
+		n.lost(g, p, prop)
 		return
 	}
 	p.proposing++
@@ -353,6 +371,45 @@ func (n *Node) fail(p *proposer, prop *proposal, err error) {
 	}
 	close(prop.done)
 }
+
+// lost notes that prop, stamped by the proposer's sequencer, will not be
+// applied: raft refused it, or every replica did (errGap, errStale). In
+// prop's own term, the sequencer, which stamped past it, no longer follows
+// on from the log: the proposal still gathering sends, stamped after it,
+// fails (its senders retry), and the sequencer starts again from the
+// log's tail once raft has answered every proposal in flight (resync).
+// Those still in flight were stamped before the hole, and may be applied,
+// or after it, and are refused by every replica: either way the tail is
+// final only once raft answered them. Re-reading it earlier would stamp
+// sends that an entry stamped before the hole, applied later, collides
+// with. Another term's proposal changes nothing: the term's first send
+// read the tail after the term's barrier. g.propMu is held.
+func (n *Node) lost(g *groupState, p *proposer, prop *proposal) {
+	if prop.term != p.term {
+		return
+	}
+	p.stale = true
+	if p.open != nil {
+		n.fail(p, p.open, errResyncing)
+	}
+	n.resync(g, p)
+}
+
+// resync starts a stale sequencer again from the log's tail once raft has
+// answered every proposal it handed over (see lost): raft answers an
+// entry after applying it, so the tail then holds all of them that were
+// applied. g.propMu is held.
+func (n *Node) resync(g *groupState, p *proposer) {
+	if !p.stale || p.proposing > 0 {
+		return
+	}
+	p.seq.Last, p.seq.LastTime = g.log.Tail()
+	p.stale = false
+}
+
+// errResyncing is a send's error while its group's sequencer waits to
+// start again after a proposal of its leadership was refused (lost).
+var errResyncing = fmt.Errorf("send: %w: an earlier send of this leadership was refused, and the leader waits for the sends in flight before it stamps again; retry with the same IDs", ErrUnavailable)
 
 // expire decides prop's outcome as ErrUnavailable if raft has given no
 // verdict on it within Config.CommitWait: its senders are answered (the
@@ -457,6 +514,11 @@ func (n *Node) await(g *groupState, prop *proposal, f raft.ApplyFuture) {
 		}
 	}
 	p.proposing--
+	if err != nil {
+		n.lost(g, p, prop)
+	} else {
+		n.resync(g, p) // if the hole came before this one's answer
+	}
 	if p.open != nil && p.proposing < maxProposing {
 		n.propose1(g, p)
 	}
@@ -479,6 +541,10 @@ func proposeError(op string, err error) error {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
 		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, errStale):
 		return fmt.Errorf("%s: %w: the cell's leadership changed while it was in flight (%v); retry with the same IDs", op, ErrUnavailable, err)
+	case errors.Is(err, errGap):
+		// Every replica refused it: stamped past a send raft refused
+		// (lost), before the leader knew.
+		return fmt.Errorf("%s: %w: it was stamped past a send that was refused (%v); retry with the same IDs", op, ErrUnavailable, err)
 	case errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, ErrClosed):
 		return fmt.Errorf("%s: %w", op, ErrClosed)
 	case errors.Is(err, errNoGroup):
