@@ -380,6 +380,7 @@ func (c *Client) groupPeer(addrs []string, pin wire.Fingerprint, group wire.UUID
 	if p.probe == (wire.UUID{}) {
 		p.probe = group
 	}
+	p.daemon = true
 	p.mu.Unlock()
 	return p, nil
 }
@@ -453,8 +454,12 @@ type peer struct {
 	dialled time.Time // when conn was dialled
 	live    *liveness // conn's, while calls wait on it (liveness.go)
 	// probe is the group a liveness probe of this group daemon's
-	// connections asks about (the first handle's); zero for a registry.
-	probe   wire.UUID
+	// connections asks about (the first handle's); zero for a registry,
+	// and for a group daemon asked only questions of its cell (daemon).
+	probe wire.UUID
+	// daemon: a group daemon (groupPeer), which a liveness probe can
+	// ask for a group's info even without a group to name (liveness.go).
+	daemon  bool
 	retired bool // its last handle was closed: it dials no more
 	// dialling is closed when the dial in progress ends; nil when none
 	// is. One dial at a time, made outside mu: a call that finds one in

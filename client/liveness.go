@@ -169,11 +169,18 @@ func (l *liveness) look() {
 	// no group (CellStatus) and shared since by a Group handle was never
 	// probed, and its daemon's restart in place noticed only by the 10 s
 	// keep-alive. (p.mu is taken under l.mu, never the other way.)
+	//
+	// A group daemon asked only its cell's questions (huddle cell add,
+	// remove and status: no group named) is probed with the info of no
+	// group, which a live daemon refuses at once (not found): it waited
+	// for the 30 s idle timeout, a change asked of a leader killed after
+	// it acknowledged the request (internal/jepsen's
+	// membership-kill-leader).
 	if quiet >= probeAt && !l.probing {
 		l.p.mu.Lock()
-		group := l.p.probe
+		group, daemon := l.p.probe, l.p.daemon
 		l.p.mu.Unlock()
-		if group != (wire.UUID{}) && l.p.c.start(func(ctx context.Context) { l.send(ctx, group) }) == nil {
+		if (group != (wire.UUID{}) || daemon) && l.p.c.start(func(ctx context.Context) { l.send(ctx, group) }) == nil {
 			l.probing = true
 			if l.asked.IsZero() {
 				l.asked = now

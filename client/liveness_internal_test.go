@@ -934,3 +934,74 @@ func TestFetchResumedStoppedKeepsEpoch(t *testing.T) {
 		})
 	}
 }
+
+// TestRestartedMemberResetsWaitingCellChange: a cell change (huddle cell
+// remove's call) waiting for its answer when the member it was asked of
+// is killed (the leader, its request acknowledged) and started again in
+// place is asked again on a new connection about a second later. A call
+// naming no group was never probed: it waited for the 30 s idle timeout
+// (internal/jepsen's membership-kill-leader: a removal done in 30.06 s,
+// its leader killed 86 ms into it). The deadline here, 8 s, is well short
+// of the keep-alive's 10 s and well past the second it takes.
+func TestRestartedMemberResetsWaitingCellChange(t *testing.T) {
+	got, proceed := make(chan struct{}, 1), make(chan struct{})
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op != wire.OpCellRemove {
+			return
+		}
+		got <- struct{}{}
+		<-proceed
+		st.Write([]byte{0}) // the answer's first byte, with the request's acknowledgement
+		<-stop              // killed before the rest
+	})
+	c := newTestClient(t, Config{})
+	defer c.Close()
+	other, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := other.Fingerprint()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.CellRemove(ctx, s.addr.String(), s.id.Fingerprint(), gone)
+		done <- err
+	}()
+	<-got
+	c.mu.Lock()
+	var p *peer
+	for _, q := range c.peers {
+		p = q
+	}
+	c.mu.Unlock()
+	conn := p.current()
+	heard := conn.ConnectionStats().PacketsReceived
+	close(proceed)
+	for conn.ConnectionStats().PacketsReceived == heard { // the byte came: the request is acknowledged
+		select {
+		case err := <-done:
+			t.Fatalf("the change ended before its member was killed: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	asked := make(chan wire.Fingerprint, 1)
+	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op == wire.OpCellRemove {
+			var req wire.CellMember
+			raw.Decode(&req)
+			select {
+			case asked <- req.Fingerprint:
+			default:
+			}
+			wire.WriteResponse(st, wire.KindResult, wire.CellChanged{Members: []wire.Replica{{Addr: s.addr.String(), Fingerprint: s.id.Fingerprint()}}})
+		}
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("a cell change in flight when its member was killed and restarted in place: %v", err)
+	}
+	if fp := <-asked; fp != gone {
+		t.Fatalf("the change was asked again for %v, want %v", fp, gone)
+	}
+}
+
