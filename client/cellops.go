@@ -60,11 +60,12 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 // CellAdd asks the cell the daemon at addr belongs to to add member (its
 // daemon must be running, started to join the cell), and returns the
 // cell's members once the change is committed. The request is sent on to
-// the leader if addr does not lead, and asked again while the cell elects
-// one, until ctx ends. This client's key must be one of the
-// cell's members' (run it with a member daemon's state directory as
-// HUDDLE_HOME). Errors: ErrUnauthorized, ErrBadRequest, ErrUnavailable,
-// ErrUnsupported.
+// the leader if addr does not lead, asked again while the cell elects one,
+// and asked of addr again if the leader it named does not answer (gone as
+// the change was sent on), until ctx ends. This client's key must be one
+// of the cell's members' (run it with a member daemon's state directory
+// as HUDDLE_HOME). Errors: ErrUnauthorized, ErrBadRequest, ErrUnavailable,
+// ErrUnsupported, ErrUnreachable (addr does not answer).
 func (c *Client) CellAdd(ctx context.Context, addr string, pin Fingerprint, member Replica) ([]Replica, error) {
 	return c.cellChange(ctx, wire.OpCellAdd, addr, pin, wire.CellMember{Addr: member.Addr, Fingerprint: member.Fingerprint})
 }
@@ -77,6 +78,11 @@ func (c *Client) CellRemove(ctx context.Context, addr string, pin Fingerprint, f
 }
 
 func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fingerprint, req wire.CellMember) ([]Replica, error) {
+	// The member the caller named: asked again when the leader it named
+	// does not answer (killed as the change was sent on, and the cell
+	// electing the next): it names the next one. Only that member's
+	// silence fails the change as unreachable.
+	asked, askedPin := addr, pin
 	for redirects := 0; ; redirects++ {
 		// Held for the one request: a program that operates many cells
 		// keeps no connection to them.
@@ -99,6 +105,12 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			// again shortly, until ctx ends.
 			wait := max(cellRetryMin, we.RetryAfter())
 			if sleep(ctx, jitter(wait)) {
+				continue
+			}
+		}
+		if errors.Is(err, ErrUnreachable) && (addr != asked || pin != askedPin) && redirects < 64 {
+			addr, pin = asked, askedPin
+			if sleep(ctx, jitter(cellRetryMin)) {
 				continue
 			}
 		}

@@ -1005,3 +1005,63 @@ func TestRestartedMemberResetsWaitingCellChange(t *testing.T) {
 	}
 }
 
+// TestCellChangeLeaderGoneAsksAgain: a cell change asked of a member that
+// names the leader is asked again of that member when the leader does not
+// answer (killed as the change was sent on: its address refuses), and goes
+// where the member then says. It failed with ErrUnreachable, though the
+// member asked was there to name the next leader (internal/jepsen's
+// membership-kill-leader: "cell_remove: server unreachable" 2 s after the
+// leader it was sent on to was killed).
+func TestCellChangeLeaderGoneAsksAgain(t *testing.T) {
+	dead, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: freeUDPPort(t)}
+	var mu sync.Mutex
+	asked := 0
+	var s *lone
+	s = startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		if op != wire.OpCellRemove {
+			return
+		}
+		mu.Lock()
+		asked++
+		first := asked == 1
+		mu.Unlock()
+		if first {
+			leader := wire.Replica{Addr: gone.String(), Fingerprint: dead.Fingerprint()}
+			wire.WriteError(st, &wire.Error{Code: wire.CodeUnavailable, Message: "not the leader", Leader: &leader})
+			return
+		}
+		// Asked again: the next leader elected, this member.
+		wire.WriteResponse(st, wire.KindResult, wire.CellChanged{Members: []wire.Replica{{Addr: s.addr.String(), Fingerprint: s.id.Fingerprint()}}})
+	})
+	c := newTestClient(t, Config{DialTimeout: 500 * time.Millisecond})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ms, err := c.CellRemove(ctx, s.addr.String(), s.id.Fingerprint(), dead.Fingerprint())
+	if err != nil {
+		t.Fatalf("a change whose leader was gone, the member asked still there: %v", err)
+	}
+	if len(ms) != 1 || ms[0].Fingerprint != s.id.Fingerprint() {
+		t.Fatalf("members %v, want the member asked alone", ms)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if asked != 2 {
+		t.Fatalf("the member was asked %d times, want 2", asked)
+	}
+}
+
+// freeUDPPort returns a loopback UDP port nothing listens on.
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	return u.LocalAddr().(*net.UDPAddr).Port
+}
