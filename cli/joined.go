@@ -470,16 +470,26 @@ func leaving(e wire.GroupEntry) func(joinedSet) bool {
 // recorded yet: what was meant for dev went to lobby's members. And the
 // daemon's is its own word, which may differ from what it registered (a
 // group listed as "chess" whose daemon says "dev"). One info request, the
-// first time only.
+// first time only, waited for at most rememberInfoWait.
 func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEntry) {
 	if s.joined == nil || s.joined.has(e) || s.unwritable {
 		return
 	}
-	if info, err := g.Info(ctx); err != nil || info.Name != e.Name {
+	ictx, cancel := context.WithTimeout(ctx, rememberInfoWait)
+	defer cancel()
+	if info, err := g.Info(ictx); err != nil || info.Name != e.Name {
 		e.Name = ""
 	}
 	s.record(e)
 }
+
+// rememberInfoWait bounds remember's info request. The command has done
+// what it was asked (a send acknowledged): a daemon that stopped
+// answering just then (killed, cut off) held it until its --timeout, 30 s
+// by default, after its acknowledgment was printed (until session 16).
+// Unanswered, the group is recorded with no name, as when the daemon
+// names it otherwise: it resolves by its UUID and the registries' names.
+const rememberInfoWait = 2 * time.Second
 
 // record writes e to the joined file, under e.Name, and keeps the set
 // written.

@@ -65,8 +65,11 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
+		// The ack first: what the user asked is done, whatever the
+		// record of the group (remember: an info) takes.
+		err = printAck(env, &cf, acks[0], 0)
 		s.remember(ctx, g, e)
-		return printAck(env, &cf, acks[0], 0)
+		return err
 	})
 	if code == ExitUnreachable && sent {
 		// The daemon may have stored it and its ack been lost: a retry
