@@ -544,25 +544,32 @@ func addrsOf(g client.ListedGroup) []string {
 }
 
 // unlistedAddrs returns where else g's daemon may answer when it answers
-// at none of listed: each listed port at the host of each registry that
-// answered, as a daemon beside its registry would, less the addresses
-// listed. A daemon that registers an address unreachable from here (an
-// interface's the kernel chose, a container's) is often reachable so.
-func unlistedAddrs(l *listing, listed []string) []string {
+// at none of listed: the daemon's port at the host of each registry that
+// lists g and answered, as a daemon beside its registry would, less the
+// addresses listed. A daemon that registers an address unreachable from
+// here (an interface's the kernel chose, a container's) is often
+// reachable so. Only the hosts of g's own registries are asked, and at
+// most maxUnlistedPorts ports (the first listed): a rogue registry that
+// listed groups at many ports had doctor ask every other registry's host
+// at each of them, a port scan of hosts it does not run (until session 16).
+func unlistedAddrs(l *listing, g client.ListedGroup, listed []string) []string {
+	var ports []string
+	for _, a := range listed {
+		_, port, err := net.SplitHostPort(a)
+		if err == nil && !slices.Contains(ports, port) && len(ports) < maxUnlistedPorts {
+			ports = append(ports, port)
+		}
+	}
 	var out []string
 	for _, r := range l.reports {
-		if r.err != nil || r.same {
+		if r.err != nil || r.same || !slices.Contains(g.ListedBy, r.fp) {
 			continue
 		}
 		host, _, err := net.SplitHostPort(r.addr)
 		if err != nil {
 			continue
 		}
-		for _, a := range listed {
-			_, port, err := net.SplitHostPort(a)
-			if err != nil {
-				continue
-			}
+		for _, port := range ports {
 			if c := net.JoinHostPort(host, port); !slices.Contains(listed, c) && !slices.Contains(out, c) {
 				out = append(out, c)
 			}
@@ -570,6 +577,10 @@ func unlistedAddrs(l *listing, listed []string) []string {
 	}
 	return out
 }
+
+// maxUnlistedPorts bounds the ports of a group's daemon doctor asks at its
+// registries' hosts (unlistedAddrs): a daemon listens at one, or a few.
+const maxUnlistedPorts = 2
 
 // daemons checks every listed group's daemon: as the commands reach it,
 // then at each address alone (a lone daemon's group), so that an address
@@ -632,7 +643,7 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 			answer = "NO: " + withoutGoText(err)
 			var found []string
 			if len(e.Replicas) == 0 {
-				more := d.probeAll(ctx, e.GroupEntry, unlistedAddrs(l, listed), false)
+				more := d.probeAll(ctx, e.GroupEntry, unlistedAddrs(l, e, listed), false)
 				at = append(at, more...)
 				for _, a := range more {
 					if a.OK {
