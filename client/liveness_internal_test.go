@@ -198,16 +198,7 @@ func TestRestartedDaemonResetsWaitingCall(t *testing.T) {
 	if first := <-got; first != id {
 		t.Fatalf("the daemon got message %v, want %v", first, id)
 	}
-	conn := g.peer().current()
-	heard := conn.ConnectionStats().PacketsReceived
-	close(proceed)
-	for conn.ConnectionStats().PacketsReceived == heard { // the byte came: the request is acknowledged
-		select {
-		case err := <-done:
-			t.Fatalf("the send ended before its daemon was killed: %v", err)
-		case <-time.After(time.Millisecond):
-		}
-	}
+	answerBegun(t, g.peer().current(), proceed, done, "the send")
 	retried := make(chan []wire.ID, 1)
 	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
 		if op == wire.OpSend {
@@ -223,6 +214,23 @@ func TestRestartedDaemonResetsWaitingCall(t *testing.T) {
 	}
 	if ids := <-retried; len(ids) != 1 || ids[0] != id {
 		t.Fatalf("the send was retried with messages %v, want %v alone", ids, id)
+	}
+}
+
+// answerBegun lets the daemon begin its answer on conn (closing proceed)
+// and waits until its first byte came, with the request's
+// acknowledgement; what, the call waiting for it, must not end (done)
+// meanwhile.
+func answerBegun(t *testing.T, conn *quic.Conn, proceed chan struct{}, done <-chan error, what string) {
+	t.Helper()
+	heard := conn.ConnectionStats().PacketsReceived
+	close(proceed)
+	for conn.ConnectionStats().PacketsReceived == heard {
+		select {
+		case err := <-done:
+			t.Fatalf("%s ended before its daemon was killed: %v", what, err)
+		case <-time.After(time.Millisecond): // polling the connection's count, bounded by the call's deadline
+		}
 	}
 }
 
@@ -975,16 +983,7 @@ func TestRestartedMemberResetsWaitingCellChange(t *testing.T) {
 		p = q
 	}
 	c.mu.Unlock()
-	conn := p.current()
-	heard := conn.ConnectionStats().PacketsReceived
-	close(proceed)
-	for conn.ConnectionStats().PacketsReceived == heard { // the byte came: the request is acknowledged
-		select {
-		case err := <-done:
-			t.Fatalf("the change ended before its member was killed: %v", err)
-		case <-time.After(time.Millisecond):
-		}
-	}
+	answerBegun(t, p.current(), proceed, done, "the change")
 	asked := make(chan wire.Fingerprint, 1)
 	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
 		if op == wire.OpCellRemove {
