@@ -174,17 +174,46 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, args ...
 		close(p.done)
 	}()
 	t.Cleanup(func() {
+		dump := ""
 		select {
 		case <-p.done:
 		default:
+			if t.Failed() {
+				dump = p.dumpGoroutines(t)
+			}
 			cmd.Process.Kill()
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("%s (huddle %s)\n--- stdout:\n%s\n--- stderr:\n%s", name, strings.Join(args, " "), p.stdout, tail(p.stderr.Lines(), 60))
+			t.Logf("%s (huddle %s)\n--- stdout:\n%s\n--- stderr:\n%s%s", name, strings.Join(args, " "), p.stdout, tail(p.stderr.Lines(), 60), dump)
 		}
 	})
 	return p
+}
+
+// dumpGoroutines asks a process still running when its test failed for
+// its goroutines' stacks (SIGQUIT: the Go runtime writes them to stderr
+// and exits) and saves its whole stderr to a file that outlives the test,
+// whose name it returns as a line for the test's log: a daemon that
+// stopped answering (a deadlock, a lock held across a blocking call)
+// shows where it waits.
+func (p *proc) dumpGoroutines(t testing.TB) string {
+	if err := p.cmd.Process.Signal(syscall.SIGQUIT); err != nil {
+		return ""
+	}
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+	f, err := os.CreateTemp("", "huddle-e2e-"+strings.NewReplacer("/", "-", " ", "-", ":", "-").Replace(t.Name()+"-"+p.name)+"-*.stderr")
+	if err != nil {
+		return fmt.Sprintf("\n--- goroutines: not saved: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strings.Join(p.stderr.Lines(), "\n")); err != nil {
+		return fmt.Sprintf("\n--- goroutines: not saved: %v", err)
+	}
+	return "\n--- its whole stderr, with its goroutines' stacks (SIGQUIT as the test failed): " + f.Name()
 }
 
 func tail(lines []string, n int) string {
