@@ -596,13 +596,14 @@ func (n *Node) start() error {
 	n.started, n.restarted = true, existing
 	n.tr.warm()
 	n.net.keepReady()
-	n.wg.Add(6)
+	n.wg.Add(7)
 	go n.leaderLoop()
 	go n.promoteLoop()
 	go n.learnLoop()
 	go n.keyCheckLoop()
 	go n.timingLoop()
 	go n.stallLoop()
+	go n.staleLeaderLoop()
 	// A wake-up, not a record: the watcher reads the leader raft knows
 	// now, so an observation dropped while one is pending loses nothing.
 	// It runs whether or not the daemon wants to hear of leaders: a

@@ -1,0 +1,75 @@
+package cell
+
+import (
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// A candidate that names a leader refuses every pre-vote ("rejecting
+// pre-vote request since we have a leader"), and raft (v1.7.2) clears the
+// leader it names only on a change of state, which a candidate that cannot
+// win makes only when a leader, or a candidate of a later term, speaks to
+// it. It comes to name one when raft's heartbeat handler, which runs beside
+// raft's main loop, sets the leader of a heartbeat just as the main loop
+// turns the follower into a candidate (it checks the state before the main
+// loop changes it, and sets the leader after the change cleared it), or
+// when an InstallSnapshot of its own term reaches it as a candidate. If that
+// leader is then gone, and the candidate's log is behind the one member
+// that could be elected (that member refuses its pre-votes), neither is
+// elected, for ever: e2e's TestCellLeaderKill met it under load (session
+// 16), a restarted member naming the leader killed just after, for three
+// minutes.
+//
+// staleLeaderLoop watches for it: a candidate that names the same leader
+// in the same term at two checks a HeartbeatTimeout apart hears nothing
+// from it (a leader's heartbeats, every tenth of that, turn a candidate
+// back into its follower), and is handed, on raft's main loop, an empty
+// AppendEntries from that leader in that term, as its heartbeat would
+// be: the candidate becomes its follower, and, hearing no more, stands
+// again once its heartbeat timeout passes, without naming one. The request
+// carries no entries, no previous entry and no commit index: raft changes
+// nothing else for it.
+func (n *Node) staleLeaderLoop() {
+	var last staleLeader
+	n.every(n.cfg.HeartbeatTimeout, func() { last = n.checkStaleLeader(last) })
+}
+
+// staleLeader is a candidate's term and the leader it named at a check.
+type staleLeader struct {
+	term uint64
+	addr raft.ServerAddress
+	id   raft.ServerID
+}
+
+// checkStaleLeader repairs a candidate that named the same leader at the
+// check before (last) and returns what it names now.
+func (n *Node) checkStaleLeader(last staleLeader) staleLeader {
+	r := n.running()
+	if r == nil || r.State() != raft.Candidate {
+		return staleLeader{}
+	}
+	addr, id := r.LeaderWithID()
+	if addr == "" {
+		return staleLeader{}
+	}
+	now := staleLeader{term: r.CurrentTerm(), addr: addr, id: id}
+	if now != last {
+		return now
+	}
+	n.cfg.Logger.Warn("cell: this member stands for election but still names a leader it no longer hears, so it refuses every other candidate (a race in raft): it follows that leader again, and stands afresh once it hears nothing more",
+		"leader", string(addr), "term", now.term)
+	rpc := raft.RPC{
+		Command: &raft.AppendEntriesRequest{
+			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(id), Addr: n.net.EncodePeer(id, addr)},
+			Term:      now.term,
+		},
+		RespChan: make(chan raft.RPCResponse, 1), // the answer goes nowhere
+	}
+	select {
+	case n.net.consume <- rpc:
+	case <-n.closing:
+	case <-time.After(n.cfg.HeartbeatTimeout):
+	}
+	return staleLeader{}
+}
