@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -374,7 +375,12 @@ func (d *DiskLog) write() error {
 			d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
 			return d.failed
 		}
-		return fmt.Errorf("%w: write %s: %w", ErrNotWritable, d.f.Name(), err)
+		// WriteAt's error names the file (a *PathError): it was
+		// named twice.
+		if pe := (*fs.PathError)(nil); !errors.As(err, &pe) {
+			err = fmt.Errorf("write %s: %w", d.f.Name(), err)
+		}
+		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}
 	if cap(d.pend) > maxKeptPend {
 		d.pend = nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/huddle-chat/huddle/internal/testdisk"
@@ -80,6 +81,8 @@ func TestDiskFullRoomNotTaken(t *testing.T) {
 	}
 	if err := <-bDone; !errors.Is(err, ErrNotWritable) {
 		t.Errorf("the other log, below its limit, on the full disk: %v, want ErrNotWritable", err)
+	} else if n := strings.Count(err.Error(), segName(1)); n != 1 {
+		t.Errorf("the refusal %q names its file %d times, want once", err, n)
 	}
 }
 
