@@ -356,8 +356,10 @@ func resolveGroup(groups []wire.GroupEntry, ref string, joined joinedSet) (wire.
 			return taken[0], nil
 		}
 		var keys []wire.Fingerprint
+		seen := make(map[wire.Fingerprint]bool)
 		for _, g := range groups {
-			if g.Group == k.Group && !slices.Contains(keys, g.Fingerprint) {
+			if g.Group == k.Group && !seen[g.Fingerprint] {
+				seen[g.Fingerprint] = true
 				keys = append(keys, g.Fingerprint)
 			}
 		}
@@ -421,10 +423,19 @@ type joinedKeyError struct {
 	Leaving bool
 }
 
+// maxKeysShown bounds the listed keys a key clash names.
+const maxKeysShown = 4
+
 func (e *joinedKeyError) Error() string {
-	listed := make([]string, len(e.Listed))
-	for i, fp := range e.Listed {
-		listed[i] = fp.Short()
+	// At most maxKeysShown keys: a rogue registry listing the UUID under
+	// a thousand keys made each of huddle groups' thousand held rows
+	// carry an advice naming all of them (14 MB, quadratic in the listing).
+	var listed []string
+	for _, fp := range e.Listed[:min(len(e.Listed), maxKeysShown)] {
+		listed = append(listed, fp.Short())
+	}
+	if more := len(e.Listed) - len(listed); more > 0 {
+		listed = append(listed, fmt.Sprintf("%d other %s", more, plural(more, "key", "keys")))
 	}
 	group := e.Group.String()
 	if e.Name != "" {

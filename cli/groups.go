@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 func runGroups(ctx context.Context, env Env, args []string) int {
@@ -109,7 +110,11 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 		}
 		if h := heldOf(g); h != nil {
 			daemon += " (held: not the key you joined)"
-			advice = append(advice, h.Error())
+			// Once per group: its rows (one a key listing it) share
+			// the advice.
+			if a := h.Error(); !slices.Contains(advice, a) {
+				advice = append(advice, a)
+			}
 		}
 		row := []string{g.Name, g.Group.String(), fmt.Sprint(g.Members), fmt.Sprint(g.LastSeq),
 			strings.Join(g.Addrs, ","), daemon}
@@ -150,12 +155,26 @@ func joinedName(g client.ListedGroup, joined joinedSet) client.ListedGroup {
 func (j joinedSet) held(groups []client.ListedGroup) map[joinedGroup]*joinedKeyError {
 	out := make(map[joinedGroup]*joinedKeyError)
 	entries := listedEntries(groups)
+	joinedUUIDs := make(map[wire.UUID]bool)
+	for k := range j {
+		joinedUUIDs[k.Group] = true
+	}
+	// Each UUID is resolved once, for all its rows: a rogue registry
+	// listing a joined UUID under thousands of keys had it resolved once
+	// a row, over every entry (3,000 keys: 80 s of CPU).
+	clash := make(map[wire.UUID]*joinedKeyError)
 	for _, g := range groups {
-		if j.has(g.GroupEntry) || !slices.ContainsFunc(slices.Collect(maps.Keys(j)), func(k joinedGroup) bool { return k.Group == g.Group }) {
+		if j.has(g.GroupEntry) || !joinedUUIDs[g.Group] {
 			continue
 		}
-		var ke *joinedKeyError
-		if _, err := resolveGroup(entries, g.Group.String(), j); errors.As(err, &ke) {
+		ke, done := clash[g.Group]
+		if !done {
+			if _, err := resolveGroup(entries, g.Group.String(), j); !errors.As(err, &ke) {
+				ke = nil
+			}
+			clash[g.Group] = ke
+		}
+		if ke != nil {
 			out[joinedGroup{g.Group, g.Fingerprint}] = ke
 		}
 	}
