@@ -48,7 +48,7 @@ func runForgetRegistry(ctx context.Context, env Env, args []string) int {
 		return fail(env, "forget-registry", err)
 	}
 	kh := openKnownHosts(dir)
-	ok, err := kh.Forget(fs.Arg(0))
+	ok, err := kh.Forget(ctx, fs.Arg(0))
 	if err != nil {
 		return fail(env, "forget-registry", err)
 	}

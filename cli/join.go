@@ -163,7 +163,7 @@ func runLeave(ctx context.Context, env Env, args []string) int {
 		if err != nil {
 			return err
 		}
-		s.forget(e)
+		s.forget(ctx, e)
 		if cf.json {
 			return printJSON(env.Stdout, map[string]any{"uuid": e.Group.String(), "name": e.Name, "was_member": was})
 		}

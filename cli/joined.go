@@ -395,7 +395,7 @@ var errJoinedLocked = errors.New("the joined file is locked by another process")
 // long command (a huddle send reading its input, a chat) dropped every
 // join made beside it since, and commands run at once each other's; a
 // group dropped so no longer resolves among the joined first.
-func updateJoined(dir string, wait time.Duration, change func(joinedSet) bool) (joinedSet, error) {
+func updateJoined(ctx context.Context, dir string, wait time.Duration, change func(joinedSet) bool) (joinedSet, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -404,7 +404,7 @@ func updateJoined(dir string, wait time.Duration, change func(joinedSet) bool) (
 		return nil, err
 	}
 	defer lf.Close() // releases the lock
-	if err := lockfile.Lock(lf, wait); err != nil {
+	if err := lockfile.Lock(ctx, lf, wait); err != nil {
 		if errors.Is(err, lockfile.ErrHeld) {
 			err = errJoinedLocked
 		}
@@ -480,7 +480,7 @@ func (s *session) remember(ctx context.Context, g *client.Group, e wire.GroupEnt
 	if info, err := g.Info(ictx); err != nil || info.Name != e.Name {
 		e.Name = ""
 	}
-	s.record(e)
+	s.record(ctx, e)
 }
 
 // rememberInfoWait bounds remember's info request. The command has done
@@ -493,16 +493,16 @@ const rememberInfoWait = 2 * time.Second
 
 // record writes e to the joined file, under e.Name, and keeps the set
 // written.
-func (s *session) record(e wire.GroupEntry) {
-	s.update(joining(e), "that you joined "+groupShown(e))
+func (s *session) record(ctx context.Context, e wire.GroupEntry) {
+	s.update(ctx, joining(e), "that you joined "+groupShown(e))
 }
 
 // forget records that the user left e.
-func (s *session) forget(e wire.GroupEntry) {
+func (s *session) forget(ctx context.Context, e wire.GroupEntry) {
 	if s.joined == nil || !s.joined.has(e) {
 		return
 	}
-	s.update(leaving(e), "that you left "+groupShown(e))
+	s.update(ctx, leaving(e), "that you left "+groupShown(e))
 }
 
 // update makes change to the joined file and keeps the set written; what
@@ -512,11 +512,11 @@ func (s *session) forget(e wire.GroupEntry) {
 // huddle send tried again after every send of lines, each waiting the
 // whole joinedLockWait for a lock another process held (a command
 // stopped with ^Z mid-write): 5 s a line, for a person typing.
-func (s *session) update(change func(joinedSet) bool, what string) {
+func (s *session) update(ctx context.Context, change func(joinedSet) bool, what string) {
 	if s.unwritable {
 		return
 	}
-	set, err := updateJoined(s.home, joinedLockWait, change)
+	set, err := updateJoined(ctx, s.home, joinedLockWait, change)
 	if err != nil {
 		s.unwritten(err, what)
 		return
@@ -652,7 +652,9 @@ func (j *joinedRecord) Remove(e client.GroupEntry) { j.update(leaving(e)) }
 func (j *joinedRecord) update(change func(joinedSet) bool) {
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
-	set, err := updateJoined(j.dir, cmp.Or(j.lockWait, joinedLockWait), change)
+	// The page's join or leave is done: its record waits for the lock
+	// at most its bound, not the request's context.
+	set, err := updateJoined(context.Background(), j.dir, cmp.Or(j.lockWait, joinedLockWait), change)
 	if err != nil {
 		return
 	}
@@ -730,7 +732,7 @@ func followCell(ctx context.Context, c *client.Client, dir string, lockWait time
 	}
 	changed := false
 	change := followed(k.Group, from, keys)
-	written, err := updateJoined(dir, lockWait, func(set joinedSet) bool {
+	written, err := updateJoined(ctx, dir, lockWait, func(set joinedSet) bool {
 		changed = change(set)
 		return changed
 	})

@@ -56,8 +56,8 @@ func TestJoinedCellFileCompatible(t *testing.T) {
 	one := wire.GroupEntry{Group: wire.UUID{8}, Name: "lobby", Fingerprint: wire.Fingerprint{9}}
 	set, _ := loadJoined(dir)
 	s := &session{home: dir, joined: set}
-	s.record(cell)
-	s.record(one)
+	s.record(t.Context(), cell)
+	s.record(t.Context(), one)
 	old := readJoinedBefore(t, dir)
 	if want := map[joinedGroup]string{{cell.Group, a}: "general chat", {one.Group, one.Fingerprint}: "lobby"}; len(old) != 2 || old[joinedGroup{cell.Group, a}] != want[joinedGroup{cell.Group, a}] || old[joinedGroup{one.Group, one.Fingerprint}] != "lobby" {
 		t.Errorf("an older binary reads %v; want %v", old, want)

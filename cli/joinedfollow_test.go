@@ -68,7 +68,7 @@ func TestJoinedCellRemovedMemberAlone(t *testing.T) {
 	dir := t.TempDir()
 	s := &session{home: dir}
 	s.joined, _ = loadJoined(dir)
-	s.record(wire.GroupEntry{Group: group, Name: "general", Fingerprint: b.Fingerprint, Addrs: []string{b.Addr},
+	s.record(t.Context(), wire.GroupEntry{Group: group, Name: "general", Fingerprint: b.Fingerprint, Addrs: []string{b.Addr},
 		Replicas: []wire.Replica{a, {Addr: b.Addr, Fingerprint: b.Fingerprint, Leader: true}, c}})
 
 	id, err := identity.Generate()

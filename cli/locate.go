@@ -246,7 +246,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 			// addresses it may; or, if another process pinned another key
 			// for it meanwhile, refused.
 			var ce *identity.ChangedError
-			switch err := s.kh.Check(r.name, r.fp); {
+			switch err := s.kh.Check(outer, r.name, r.fp); {
 			case errors.As(err, &ce):
 				return nil, &refusalError{ChangedError: ce, reports: reports}
 			case errors.Is(err, identity.ErrPinsFull):
@@ -254,7 +254,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 			case err != nil:
 				return nil, fmt.Errorf("pin registry %s: %w", r.name, err)
 			}
-		} else if pinned, err := pinFound(s.kh, r.name, r.fp); err != nil {
+		} else if pinned, err := pinFound(outer, s.kh, r.name, r.fp); err != nil {
 			// Not used (its key was checked against its advertisement
 			// only): said, and why, rather than left out unsaid.
 			dropped[r.name] = true
@@ -468,8 +468,8 @@ const mdnsPinPrefix = identity.DiscoveredPrefix
 // first use again the next time, as the file drops none of the user's
 // pins to make room for names anyone on the LAN can advertise. Any other
 // error means: do not use it.
-func pinFound(kh *identity.KnownHosts, name string, fp wire.Fingerprint) (bool, error) {
-	err := kh.Check(name, fp)
+func pinFound(ctx context.Context, kh *identity.KnownHosts, name string, fp wire.Fingerprint) (bool, error) {
+	err := kh.Check(ctx, name, fp)
 	if errors.Is(err, identity.ErrPinsFull) {
 		return false, nil
 	}

@@ -146,23 +146,23 @@ func TestPinFoundWhenFull(t *testing.T) {
 	kh := identity.OpenKnownHosts(path)
 	key := func(i int) wire.Fingerprint { return wire.Fingerprint{byte(i), byte(i >> 8), 2} }
 	office := mdnsPinPrefix + "huddle registry on office (abcd-efgh)"
-	if pinned, err := pinFound(kh, office, key(9000)); !pinned || err != nil {
+	if pinned, err := pinFound(t.Context(), kh, office, key(9000)); !pinned || err != nil {
 		t.Fatalf("pinFound of the user's registry = %v, %v; want pinned", pinned, err)
 	}
 	for i := range identity.MaxDiscoveredPins - 1 {
-		if pinned, err := pinFound(kh, fmt.Sprintf("%sflood %d", mdnsPinPrefix, i), key(i)); !pinned || err != nil {
+		if pinned, err := pinFound(t.Context(), kh, fmt.Sprintf("%sflood %d", mdnsPinPrefix, i), key(i)); !pinned || err != nil {
 			t.Fatalf("pinFound of flood name %d = %v, %v; want pinned", i, pinned, err)
 		}
 	}
 	newName := mdnsPinPrefix + "flood one more"
-	if pinned, err := pinFound(kh, newName, key(8000)); pinned || err != nil {
+	if pinned, err := pinFound(t.Context(), kh, newName, key(8000)); pinned || err != nil {
 		t.Errorf("pinFound of a new name with the file full = %v, %v; want used unpinned (false, nil)", pinned, err)
 	}
 	if _, ok, _ := kh.Lookup(newName); ok {
 		t.Errorf("a new name was pinned past the bound")
 	}
 	var ce *identity.ChangedError
-	if _, err := pinFound(kh, office, key(8001)); !errors.As(err, &ce) {
+	if _, err := pinFound(t.Context(), kh, office, key(8001)); !errors.As(err, &ce) {
 		t.Errorf("pinFound of another key under the user's pinned name after the flood = %v, want a *identity.ChangedError", err)
 	}
 	w := pinsFullWarning(path, []string{newName})
@@ -256,7 +256,7 @@ func TestRefusedKeyPinnedNowhere(t *testing.T) {
 	a, b := registry(stateA), registry(stateB)
 	u := newTestUser(t, a+","+b)
 	path := filepath.Join(u.home, identity.KnownHostsFile)
-	if err := identity.OpenKnownHosts(path).Check(a, wire.Fingerprint{1, 2, 3}); err != nil { // the user's registry's key
+	if err := identity.OpenKnownHosts(path).Check(t.Context(), a, wire.Fingerprint{1, 2, 3}); err != nil { // the user's registry's key
 		t.Fatal(err)
 	}
 	before, err := os.ReadFile(path)
@@ -402,12 +402,12 @@ func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
 	}
 	long := &session{home: dir, joined: started}
 	other, _ := loadJoined(dir)
-	(&session{home: dir, joined: other}).record(entry(1)) // huddle join g1, meanwhile
-	long.record(entry(0))
+	(&session{home: dir, joined: other}).record(t.Context(), entry(1)) // huddle join g1, meanwhile
+	long.record(t.Context(), entry(0))
 	if set, err := loadJoined(dir); err != nil || !set.has(entry(0)) || !set.has(entry(1)) {
 		t.Fatalf("joined after a join beside a long command: %v, %v; want g0 and g1", set, err)
 	}
-	long.forget(entry(0))
+	long.forget(t.Context(), entry(0))
 	if set, err := loadJoined(dir); err != nil || set.has(entry(0)) || !set.has(entry(1)) {
 		t.Fatalf("joined after the long command left g0: %v, %v; want g1 alone", set, err)
 	}
@@ -422,7 +422,7 @@ func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
 				return
 			}
 			set, _ := loadJoined(dir)
-			(&session{home: dir, joined: set}).record(entry(i))
+			(&session{home: dir, joined: set}).record(t.Context(), entry(i))
 		})
 	}
 	wg.Wait()
@@ -462,7 +462,7 @@ func TestJoinedNameCannotAddLines(t *testing.T) {
 	} {
 		e := wire.GroupEntry{Group: wire.UUID{byte(i + 1)}, Fingerprint: wire.Fingerprint{byte(i + 1)}, Name: name}
 		set, _ := loadJoined(dir)
-		(&session{home: dir, joined: set}).record(e)
+		(&session{home: dir, joined: set}).record(t.Context(), e)
 		(&joinedRecord{dir: dir}).Add(wire.GroupEntry{Group: wire.UUID{byte(i + 1), 1}, Fingerprint: e.Fingerprint, Name: name})
 		set, err := loadJoined(dir)
 		if err != nil {
@@ -492,7 +492,7 @@ func TestJoinedSymlinked(t *testing.T) {
 	}
 	e := wire.GroupEntry{Group: wire.UUID{1}, Fingerprint: wire.Fingerprint{2}, Name: "lobby"}
 	set, _ := loadJoined(dir)
-	(&session{home: dir, joined: set}).record(e)
+	(&session{home: dir, joined: set}).record(t.Context(), e)
 	if st, err := os.Lstat(filepath.Join(dir, joinedFile)); err != nil || st.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("the link after a join: %v, %v; want the link kept", st.Mode(), err)
 	}

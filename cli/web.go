@@ -195,7 +195,7 @@ func discoverRegistries(ctx context.Context, ifaces []string, c *client.Client, 
 			return
 		}
 		name := mdnsPinPrefix + r.Instance
-		pinned, err := pinFound(kh, name, fp)
+		pinned, err := pinFound(ctx, kh, name, fp)
 		if err != nil {
 			// Not used (Browse reports it again only if it moves, or goes
 			// and comes back): said once, with why.

@@ -303,7 +303,7 @@ func TestRegistryPinning(t *testing.T) {
 	// Another key at a pinned address is refused, ssh-style.
 	id, _ := identity.Generate()
 	kh := identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
-	if err := kh.Check(addr, stranger.Fingerprint()); err != nil {
+	if err := kh.Check(t.Context(), addr, stranger.Fingerprint()); err != nil {
 		t.Fatal(err)
 	}
 	c2, err := client.New(client.Config{Identity: id, KnownHosts: kh})
@@ -335,7 +335,7 @@ func TestKeyRefusedUnderEveryAddress(t *testing.T) {
 	}
 	for _, otherFirst := range []bool{false, true} {
 		kh := identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
-		if err := kh.Check(pinned, stranger.Fingerprint()); err != nil {
+		if err := kh.Check(t.Context(), pinned, stranger.Fingerprint()); err != nil {
 			t.Fatal(err)
 		}
 		id, _ := identity.Generate()
@@ -379,7 +379,7 @@ func TestRefusedKeyTakesBackOnlyItsPin(t *testing.T) {
 	users, _ := identity.Generate()
 	path := filepath.Join(t.TempDir(), "known")
 	kh := identity.OpenKnownHosts(path)
-	if err := kh.Check(pinned, stranger.Fingerprint()); err != nil {
+	if err := kh.Check(t.Context(), pinned, stranger.Fingerprint()); err != nil {
 		t.Fatal(err)
 	}
 	id, _ := identity.Generate()
@@ -396,10 +396,10 @@ func TestRefusedKeyTakesBackOnlyItsPin(t *testing.T) {
 	// Another process: the user forgets other's pin and pins a key of
 	// their choosing there.
 	user := identity.OpenKnownHosts(path)
-	if ok, err := user.Forget(other); !ok || err != nil {
+	if ok, err := user.Forget(t.Context(), other); !ok || err != nil {
 		t.Fatalf("forget %s: %v %v", other, ok, err)
 	}
-	if err := user.Check(other, users.Fingerprint()); err != nil {
+	if err := user.Check(t.Context(), other, users.Fingerprint()); err != nil {
 		t.Fatal(err)
 	}
 	var ce *identity.ChangedError
@@ -426,7 +426,7 @@ func TestRefusalEndsWithItsPin(t *testing.T) {
 	stranger, _ := identity.Generate()
 	path := filepath.Join(t.TempDir(), "known")
 	kh := identity.OpenKnownHosts(path)
-	if err := kh.Check(pinned, stranger.Fingerprint()); err != nil {
+	if err := kh.Check(t.Context(), pinned, stranger.Fingerprint()); err != nil {
 		t.Fatal(err)
 	}
 	id, _ := identity.Generate()
@@ -439,7 +439,7 @@ func TestRefusalEndsWithItsPin(t *testing.T) {
 	if _, err := c.Registry(ctx, pinned, wire.Fingerprint{}); !errors.As(err, &ce) {
 		t.Fatalf("%s, pinned to another key: %v, want a *identity.ChangedError", pinned, err)
 	}
-	if ok, err := identity.OpenKnownHosts(path).Forget(pinned); !ok || err != nil {
+	if ok, err := identity.OpenKnownHosts(path).Forget(t.Context(), pinned); !ok || err != nil {
 		t.Fatalf("forget %s: %v %v", pinned, ok, err)
 	}
 	for _, addr := range []string{pinned, other} {

@@ -65,7 +65,7 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 			var mm *identity.MismatchError
 			if errors.As(err, &mm) && pinnedByFile {
 				ce := &identity.ChangedError{Name: addr, Pinned: mm.Want, Presented: mm.Got, File: kh.Path()}
-				c.pins.refuse(kh, ce, c.cfg.Logger)
+				c.pins.refuse(ctx, kh, ce, c.cfg.Logger)
 				return nil, ce
 			}
 			return nil, fmt.Errorf("registry %s: %w", addr, err)
@@ -87,7 +87,7 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 	}
 	first.close()
 	if kh != nil {
-		if err := c.pins.pin(kh, addr, seen, c.cfg.Logger); err != nil {
+		if err := c.pins.pin(ctx, kh, addr, seen, c.cfg.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -109,7 +109,7 @@ type pinsSeen struct {
 // command the refusal names, or a pin of fp), the refusal is over, here
 // and there. A full file pins nothing: the registry is used unpinned,
 // said on log.
-func (ps *pinsSeen) pin(kh *identity.KnownHosts, addr string, fp Fingerprint, log *slog.Logger) error {
+func (ps *pinsSeen) pin(ctx context.Context, kh *identity.KnownHosts, addr string, fp Fingerprint, log *slog.Logger) error {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ce := ps.refused[fp]; ce != nil {
@@ -122,7 +122,7 @@ func (ps *pinsSeen) pin(kh *identity.KnownHosts, addr string, fp Fingerprint, lo
 		}
 		delete(ps.refused, fp)
 	}
-	switch err := kh.Check(addr, fp); {
+	switch err := kh.Check(ctx, addr, fp); {
 	case errors.Is(err, identity.ErrPinsFull):
 		// Used unpinned, as on first use: the file drops none of the
 		// user's pins to make room.
@@ -151,8 +151,11 @@ const maxRefusedKeys = 1024
 
 // refuse notes ce's key as refused, and takes back the pins of it made
 // under other addresses: those still pinning it, not one made since by
-// another process (the user's, after forgetting ours).
-func (ps *pinsSeen) refuse(kh *identity.KnownHosts, ce *identity.ChangedError, log *slog.Logger) {
+// another process (the user's, after forgetting ours). The caller's
+// context ending does not stop it (a pin of a key refused elsewhere would
+// stay): each is bounded by the lock's own wait.
+func (ps *pinsSeen) refuse(ctx context.Context, kh *identity.KnownHosts, ce *identity.ChangedError, log *slog.Logger) {
+	ctx = context.WithoutCancel(ctx)
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ps.refused == nil {
@@ -163,7 +166,7 @@ func (ps *pinsSeen) refuse(kh *identity.KnownHosts, ce *identity.ChangedError, l
 	}
 	for addr, fp := range ps.made {
 		if fp == ce.Presented {
-			if _, err := kh.ForgetPin(addr, fp); err != nil {
+			if _, err := kh.ForgetPin(ctx, addr, fp); err != nil {
 				log.Error("could not take back the pin of a registry key refused under another address",
 					"registry", addr, "fingerprint", fp.Short(), "refused at", ce.Name, "err", err)
 			}

@@ -19,16 +19,16 @@ func TestRefusedKeysBounded(t *testing.T) {
 	var ps pinsSeen
 	log := slog.New(slog.DiscardHandler)
 	late := wire.Fingerprint{0xff, 0xff}
-	if err := ps.pin(kh, "10.0.0.2:7373", late, log); err != nil {
+	if err := ps.pin(t.Context(), kh, "10.0.0.2:7373", late, log); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 3 * maxRefusedKeys {
-		ps.refuse(kh, &identity.ChangedError{Name: "10.0.0.1:7373", Presented: wire.Fingerprint{byte(i), byte(i >> 8), 1}}, log)
+		ps.refuse(t.Context(), kh, &identity.ChangedError{Name: "10.0.0.1:7373", Presented: wire.Fingerprint{byte(i), byte(i >> 8), 1}}, log)
 	}
 	if n := len(ps.refused); n != maxRefusedKeys {
 		t.Errorf("%d keys refused, %d remembered; want %d", 3*maxRefusedKeys, n, maxRefusedKeys)
 	}
-	ps.refuse(kh, &identity.ChangedError{Name: "10.0.0.1:7373", Presented: late}, log)
+	ps.refuse(t.Context(), kh, &identity.ChangedError{Name: "10.0.0.1:7373", Presented: late}, log)
 	if _, ok, err := kh.Lookup("10.0.0.2:7373"); ok || err != nil {
 		t.Errorf("a key refused past the bound: its first-use pin elsewhere kept (err %v)", err)
 	}

@@ -164,13 +164,13 @@ func TestKnownHosts(t *testing.T) {
 	k := OpenKnownHosts(path)
 	a, _ := Generate()
 	b, _ := Generate()
-	if err := k.Check("reg:7373", a.Fingerprint()); err != nil {
+	if err := k.Check(t.Context(), "reg:7373", a.Fingerprint()); err != nil {
 		t.Fatalf("first use: %v", err)
 	}
-	if err := k.Check("reg:7373", a.Fingerprint()); err != nil {
+	if err := k.Check(t.Context(), "reg:7373", a.Fingerprint()); err != nil {
 		t.Fatalf("same key again: %v", err)
 	}
-	err := OpenKnownHosts(path).Check("reg:7373", b.Fingerprint())
+	err := OpenKnownHosts(path).Check(t.Context(), "reg:7373", b.Fingerprint())
 	var ce *ChangedError
 	if !errors.As(err, &ce) {
 		t.Fatalf("changed key: err = %v, want *ChangedError", err)
@@ -178,17 +178,17 @@ func TestKnownHosts(t *testing.T) {
 	if ce.Pinned != a.Fingerprint() || ce.Presented != b.Fingerprint() {
 		t.Errorf("ChangedError = %+v", ce)
 	}
-	if ok, err := k.Forget("reg:7373"); !ok || err != nil {
+	if ok, err := k.Forget(t.Context(), "reg:7373"); !ok || err != nil {
 		t.Fatalf("Forget = %v, %v", ok, err)
 	}
-	if err := k.Check("reg:7373", b.Fingerprint()); err != nil {
+	if err := k.Check(t.Context(), "reg:7373", b.Fingerprint()); err != nil {
 		t.Fatalf("after forget: %v", err)
 	}
 	got, ok, err := k.Lookup("reg:7373")
 	if err != nil || !ok || got != b.Fingerprint() {
 		t.Errorf("Lookup = %s, %v, %v; want %s", got, ok, err, b.Fingerprint())
 	}
-	if err := k.Check("mdns:huddle registry on host", a.Fingerprint()); err != nil {
+	if err := k.Check(t.Context(), "mdns:huddle registry on host", a.Fingerprint()); err != nil {
 		t.Fatalf("name with spaces: %v", err)
 	}
 	if got, ok, err := OpenKnownHosts(path).Lookup("mdns:huddle registry on host"); err != nil || !ok || got != a.Fingerprint() {
@@ -249,7 +249,7 @@ func TestKnownHostsNameIsOneLine(t *testing.T) {
 		"mdns:\xff",
 		"",
 	} {
-		err := k.Check(name, evil.Fingerprint())
+		err := k.Check(t.Context(), name, evil.Fingerprint())
 		if !errors.Is(err, ErrBadPinName) {
 			t.Errorf("Check(%q) = %v, want ErrBadPinName", name, err)
 		}
@@ -287,12 +287,12 @@ func TestDiscoveredPinsBounded(t *testing.T) {
 	}
 	office := DiscoveredPrefix + "huddle registry on office (abcd-efgh)"
 	userKey, attackerKey := key(5000), key(6000)
-	must(k.Check("192.168.1.20:7373", key(9999)))
-	must(k.Check(office, userKey))
+	must(k.Check(t.Context(), "192.168.1.20:7373", key(9999)))
+	must(k.Check(t.Context(), office, userKey))
 	full := 0
 	var before []byte
 	for i := range 3 * MaxDiscoveredPins {
-		switch err := k.Check(name(i), key(i)); {
+		switch err := k.Check(t.Context(), name(i), key(i)); {
 		case i < MaxDiscoveredPins-1:
 			must(err)
 		case errors.Is(err, ErrPinsFull):
@@ -316,7 +316,7 @@ func TestDiscoveredPinsBounded(t *testing.T) {
 		t.Errorf("%d discovered pins kept, want %d", n, MaxDiscoveredPins)
 	}
 	var ce *ChangedError
-	if err := k.Check(office, attackerKey); !errors.As(err, &ce) || ce.Pinned != userKey || ce.Presented != attackerKey {
+	if err := k.Check(t.Context(), office, attackerKey); !errors.As(err, &ce) || ce.Pinned != userKey || ce.Presented != attackerKey {
 		t.Fatalf("the advertiser's key under the user's pinned name after the flood: Check = %v, want a *ChangedError pinned %v presented %v", err, userKey, attackerKey)
 	}
 	if fp, ok, err := k.Lookup(office); !ok || err != nil || fp != userKey {
@@ -330,11 +330,11 @@ func TestDiscoveredPinsBounded(t *testing.T) {
 	if _, ok, _ := k.Lookup(name(MaxDiscoveredPins - 1)); ok {
 		t.Errorf("a flood name past the bound was pinned")
 	}
-	must(k.Check("10.0.0.1:7373", key(7000))) // addresses are bounded apart
-	if found, err := k.Forget(name(0)); !found || err != nil {
+	must(k.Check(t.Context(), "10.0.0.1:7373", key(7000))) // addresses are bounded apart
+	if found, err := k.Forget(t.Context(), name(0)); !found || err != nil {
 		t.Fatalf("Forget = %v, %v", found, err)
 	}
-	must(k.Check(name(MaxDiscoveredPins-1), key(MaxDiscoveredPins-1))) // a place freed by the user
+	must(k.Check(t.Context(), name(MaxDiscoveredPins-1), key(MaxDiscoveredPins-1))) // a place freed by the user
 }
 
 // TestNewKeyDurable: a new key is on the device, whole, before it is used,
@@ -406,7 +406,7 @@ func TestKnownHostsConcurrentWriters(t *testing.T) {
 		k := OpenKnownHosts(path) // a process of its own: its own lock
 		wg.Go(func() {
 			for i := range each {
-				errs <- k.Check(fmt.Sprintf("10.0.%d.%d:7373", w, i), wire.Fingerprint{byte(w), byte(i), 1})
+				errs <- k.Check(t.Context(), fmt.Sprintf("10.0.%d.%d:7373", w, i), wire.Fingerprint{byte(w), byte(i), 1})
 			}
 		})
 	}
@@ -449,30 +449,30 @@ func TestAddressPinsBounded(t *testing.T) {
 	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.Check("127.0.0.1:20000", key(7000)); err != nil {
+	if err := k.Check(t.Context(), "127.0.0.1:20000", key(7000)); err != nil {
 		t.Fatalf("the last address the file may hold: %v", err)
 	}
-	if err := k.Check(DiscoveredPrefix+"flood 0", key(0)); err != nil {
+	if err := k.Check(t.Context(), DiscoveredPrefix+"flood 0", key(0)); err != nil {
 		t.Fatalf("a pinned name with the file full: %v", err)
 	}
 	before, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := k.Check("127.0.0.1:9999", key(9999)); !errors.Is(err, ErrPinsFull) {
+	if err := k.Check(t.Context(), "127.0.0.1:9999", key(9999)); !errors.Is(err, ErrPinsFull) {
 		t.Fatalf("Check of a new address with %d pinned = %v, want ErrPinsFull", MaxAddressPins, err)
 	}
 	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
 		t.Errorf("the file changed when a new address was refused as full")
 	}
 	var ce *ChangedError
-	if err := k.Check("127.0.0.1:10000", key(8000)); !errors.As(err, &ce) {
+	if err := k.Check(t.Context(), "127.0.0.1:10000", key(8000)); !errors.As(err, &ce) {
 		t.Errorf("another key at a pinned address with the file full: Check = %v, want a *ChangedError", err)
 	}
-	if found, err := k.Forget("127.0.0.1:10000"); !found || err != nil {
+	if found, err := k.Forget(t.Context(), "127.0.0.1:10000"); !found || err != nil {
 		t.Fatalf("Forget = %v, %v", found, err)
 	}
-	if err := k.Check("127.0.0.1:9999", key(9999)); err != nil {
+	if err := k.Check(t.Context(), "127.0.0.1:9999", key(9999)); err != nil {
 		t.Errorf("Check of a new address after the user forgot one: %v", err)
 	}
 }
@@ -487,7 +487,7 @@ func TestKnownHostsPinnedNeedsNoLock(t *testing.T) {
 	a, b := wire.Fingerprint{1}, wire.Fingerprint{2}
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
 	k := OpenKnownHosts(path)
-	if err := k.Check("reg:7373", a); err != nil {
+	if err := k.Check(t.Context(), "reg:7373", a); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Remove(path + ".lock"); err != nil {
@@ -496,14 +496,14 @@ func TestKnownHostsPinnedNeedsNoLock(t *testing.T) {
 	if err := os.Mkdir(path+".lock", 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.Check("reg:7373", a); err != nil {
+	if err := k.Check(t.Context(), "reg:7373", a); err != nil {
 		t.Errorf("Check of the pinned key, no lock to be had: %v", err)
 	}
 	var ce *ChangedError
-	if err := k.Check("reg:7373", b); !errors.As(err, &ce) {
+	if err := k.Check(t.Context(), "reg:7373", b); !errors.As(err, &ce) {
 		t.Errorf("Check of another key, no lock to be had: %v, want a *ChangedError", err)
 	}
-	if err := k.Check("other:7373", b); err == nil {
+	if err := k.Check(t.Context(), "other:7373", b); err == nil {
 		t.Errorf("a new pin was written with no lock to be had")
 	}
 }
@@ -592,7 +592,7 @@ func TestKnownHostsSymlinked(t *testing.T) {
 			t.Fatal(err)
 		}
 		if exists {
-			if err := OpenKnownHosts(real).Check("old:7373", wire.Fingerprint{1}); err != nil {
+			if err := OpenKnownHosts(real).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -600,7 +600,7 @@ func TestKnownHostsSymlinked(t *testing.T) {
 		if err := os.Symlink(filepath.Join("..", filepath.Base(filepath.Dir(filepath.Dir(real))), "dotfiles", KnownHostsFile), link); err != nil {
 			t.Fatal(err)
 		}
-		if err := OpenKnownHosts(link).Check("new:7373", wire.Fingerprint{2}); err != nil {
+		if err := OpenKnownHosts(link).Check(t.Context(), "new:7373", wire.Fingerprint{2}); err != nil {
 			t.Fatalf("exists %v: Check through the link: %v", exists, err)
 		}
 		if st, err := os.Lstat(link); err != nil || st.Mode()&fs.ModeSymlink == 0 {

@@ -3,6 +3,7 @@ package identity
 import (
 	"bufio"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -164,8 +165,8 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 // the advertiser's own to the file. A new pin waits at most 5 s (or
 // OpenKnownHostsWaiting's bound) for another process holding the writers'
 // lock: ErrPinsLocked after, nothing written (a name pinned already takes
-// no lock).
-func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
+// no lock); ctx's error, nothing written, if ctx ends first.
+func (k *KnownHosts) Check(ctx context.Context, name string, fp wire.Fingerprint) error {
 	if err := checkPinName(name); err != nil {
 		return err
 	}
@@ -181,7 +182,7 @@ func (k *KnownHosts) Check(name string, fp wire.Fingerprint) error {
 	}
 	k.wmu.Lock()
 	defer k.wmu.Unlock()
-	unlock, err := k.lock()
+	unlock, err := k.lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -241,9 +242,9 @@ func (ps pinList) discovered() int {
 // Forget removes name's pin, so the next use pins afresh. It reports whether
 // there was one. It waits at most 5 s (or OpenKnownHostsWaiting's bound)
 // for another process holding the writers' lock: ErrPinsLocked after,
-// nothing removed.
-func (k *KnownHosts) Forget(name string) (bool, error) {
-	return k.forget(name, nil)
+// nothing removed; ctx's error if ctx ends first.
+func (k *KnownHosts) Forget(ctx context.Context, name string) (bool, error) {
+	return k.forget(ctx, name, nil)
 }
 
 // ForgetPin removes name's pin if it pins fp (read under the writers'
@@ -251,15 +252,15 @@ func (k *KnownHosts) Forget(name string) (bool, error) {
 // taking back a pin it made (client.Client, of a key refused under another
 // name) so removes no pin another process made since: one the user made
 // after forgetting the first (TestRefusedKeyTakesBackOnlyItsPin).
-func (k *KnownHosts) ForgetPin(name string, fp wire.Fingerprint) (bool, error) {
-	return k.forget(name, &fp)
+func (k *KnownHosts) ForgetPin(ctx context.Context, name string, fp wire.Fingerprint) (bool, error) {
+	return k.forget(ctx, name, &fp)
 }
 
 // forget removes name's pin, if it pins *fp when fp is not nil.
-func (k *KnownHosts) forget(name string, fp *wire.Fingerprint) (bool, error) {
+func (k *KnownHosts) forget(ctx context.Context, name string, fp *wire.Fingerprint) (bool, error) {
 	k.wmu.Lock()
 	defer k.wmu.Unlock()
-	unlock, err := k.lock()
+	unlock, err := k.lock(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -343,9 +344,9 @@ func (k *KnownHosts) read() (pinList, error) {
 
 // lock takes the lock of the file's writers (another process's, or another
 // KnownHosts' on the same path), waiting for it at most lockWait
-// (ErrPinsLocked), and returns what releases it. The lock file stays:
+// (ErrPinsLocked) or until ctx ends, and returns what releases it. The lock file stays:
 // removing it would let a writer lock a file another has just replaced.
-func (k *KnownHosts) lock() (unlock func(), err error) {
+func (k *KnownHosts) lock(ctx context.Context) (unlock func(), err error) {
 	path := k.target()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("known registries: %w", err)
@@ -355,7 +356,7 @@ func (k *KnownHosts) lock() (unlock func(), err error) {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
 	wait := cmp.Or(k.lockWait, pinsLockWait)
-	if err := lockfile.Lock(f, wait); err != nil {
+	if err := lockfile.Lock(ctx, f, wait); err != nil {
 		f.Close()
 		if errors.Is(err, lockfile.ErrHeld) {
 			return nil, fmt.Errorf("%w: %s held for over %v; nothing was written (a huddle command stopped with ^Z holds it: resume or end it)", ErrPinsLocked, f.Name(), wait)

@@ -3,6 +3,7 @@
 package identity
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -23,13 +24,13 @@ func TestKnownHostsWithoutLocks(t *testing.T) {
 	lockfile.Flock = func(int, int) error { return syscall.ENOLCK }
 	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check("reg:7373", wire.Fingerprint{1}); err != nil {
+	if err := OpenKnownHosts(path).Check(t.Context(), "reg:7373", wire.Fingerprint{1}); err != nil {
 		t.Fatalf("Check of a new name where flock answers ENOLCK: %v", err)
 	}
 	if got, ok, err := OpenKnownHosts(path).Lookup("reg:7373"); err != nil || !ok || got != (wire.Fingerprint{1}) {
 		t.Fatalf("Lookup after it = %v %v %v, want the pin", got, ok, err)
 	}
-	if _, err := OpenKnownHosts(path).Forget("reg:7373"); err != nil {
+	if _, err := OpenKnownHosts(path).Forget(t.Context(), "reg:7373"); err != nil {
 		t.Fatalf("Forget where flock answers ENOLCK: %v", err)
 	}
 }
@@ -43,7 +44,7 @@ func TestKnownHostsWithoutLocks(t *testing.T) {
 // name is pinned.
 func TestKnownHostsLockHeld(t *testing.T) {
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check("old:7373", wire.Fingerprint{1}); err != nil {
+	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
 		t.Fatal(err)
 	}
 	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
@@ -57,8 +58,8 @@ func TestKnownHostsLockHeld(t *testing.T) {
 	k := OpenKnownHosts(path)
 	k.lockWait = 100 * time.Millisecond
 	done := make(chan error, 2)
-	go func() { done <- k.Check("new:7373", wire.Fingerprint{2}) }()
-	go func() { _, err := k.Forget("old:7373"); done <- err }()
+	go func() { done <- k.Check(t.Context(), "new:7373", wire.Fingerprint{2}) }()
+	go func() { _, err := k.Forget(t.Context(), "old:7373"); done <- err }()
 	for range 2 {
 		select {
 		case err := <-done:
@@ -71,7 +72,7 @@ func TestKnownHostsLockHeld(t *testing.T) {
 			t.Fatal("a change waited 30 s for a lock another process holds")
 		}
 	}
-	if err := k.Check("old:7373", wire.Fingerprint{1}); err != nil {
+	if err := k.Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
 		t.Fatalf("Check of a pinned name while the lock is held: %v", err)
 	}
 	if _, ok, err := k.Lookup("new:7373"); ok || err != nil {
@@ -80,7 +81,7 @@ func TestKnownHostsLockHeld(t *testing.T) {
 	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_UN); err != nil {
 		t.Fatal(err)
 	}
-	if err := k.Check("new:7373", wire.Fingerprint{2}); err != nil {
+	if err := k.Check(t.Context(), "new:7373", wire.Fingerprint{2}); err != nil {
 		t.Fatalf("Check once the lock is free: %v", err)
 	}
 }
@@ -94,7 +95,7 @@ func TestKnownHostsLockHeld(t *testing.T) {
 // reader now waits for no writer: the file is only ever replaced whole.
 func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check("old:7373", wire.Fingerprint{1}); err != nil {
+	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
 		t.Fatal(err)
 	}
 	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
@@ -120,7 +121,7 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 	k := OpenKnownHosts(path)
 	k.lockWait = time.Hour // the test lets go of the lock
 	changed := make(chan error, 1)
-	go func() { changed <- k.Check("new:7373", wire.Fingerprint{2}) }()
+	go func() { changed <- k.Check(t.Context(), "new:7373", wire.Fingerprint{2}) }()
 	<-waiting
 	read := make(chan error, 1)
 	go func() {
@@ -128,7 +129,7 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 			read <- fmt.Errorf("Lookup = %v %v %v, want the pin", fp, ok, err)
 			return
 		}
-		read <- k.Check("old:7373", wire.Fingerprint{1})
+		read <- k.Check(t.Context(), "old:7373", wire.Fingerprint{1})
 	}()
 	waited := false
 	select {
@@ -148,5 +149,33 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 	}
 	if waited {
 		<-read // it ends once the change has
+	}
+}
+
+// TestKnownHostsLockWaitEndsWithContext: a new pin waiting for the
+// writers' lock another process holds ends when the caller's context
+// does (a command's --timeout, ^C), nothing written. The wait took no
+// context and ran its whole bound (5 s) past it, until session 16.
+func TestKnownHostsLockWaitEndsWithContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	k := OpenKnownHostsWaiting(path, time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if err := k.Check(ctx, "new:7373", wire.Fingerprint{2}); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrPinsLocked) {
+		t.Fatalf("Check with the lock held, its context ended: %v; want the context's error", err)
+	}
+	if _, ok, err := k.Lookup("new:7373"); ok || err != nil {
+		t.Errorf("new:7373 pinned (%v, %v) by a Check whose context ended", ok, err)
 	}
 }

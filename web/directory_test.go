@@ -418,7 +418,7 @@ func TestDirectoryRegistryKeyChanged(t *testing.T) {
 	other, err := identity.Generate()
 	must(t, err)
 	kh := identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
-	must(t, kh.Check(r.Addr().String(), other.Fingerprint()))
+	must(t, kh.Check(t.Context(), r.Addr().String(), other.Fingerprint()))
 	c, err := client.New(client.Config{Identity: id, KnownHosts: kh})
 	must(t, err)
 	t.Cleanup(func() { c.Close() })

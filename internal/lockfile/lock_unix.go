@@ -3,6 +3,7 @@
 package lockfile
 
 import (
+	"context"
 	"os"
 	"syscall"
 	"time"
@@ -14,14 +15,16 @@ var Flock = syscall.Flock
 
 // Lock takes an exclusive lock on f, waiting for other holders (other
 // processes, or other open files in this one) at most wait: ErrHeld after
-// it. Closing f releases it. On a file system that has no locks (NFS
+// it, or ctx's error once ctx ends (a command's --timeout, ^C: until
+// session 16 the wait ran its whole bound past them). Closing f releases
+// it. On a file system that has no locks (NFS
 // without its lock service: ENOLCK) it takes none and says nothing is
 // wrong: writers there may lose each other's changes, as where the system
 // has no flock (lock_other.go), rather than every change being refused.
 //
 // The lock is tried without blocking, again and again (every 10 ms at
 // most): a blocking flock cannot be given up.
-func Lock(f *os.File, wait time.Duration) error {
+func Lock(ctx context.Context, f *os.File, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	pause := time.Millisecond
 	for {
@@ -33,7 +36,13 @@ func Lock(f *os.File, wait time.Duration) error {
 			if !time.Now().Before(deadline) {
 				return ErrHeld
 			}
-			time.Sleep(min(pause, time.Until(deadline)))
+			t := time.NewTimer(min(pause, time.Until(deadline)))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
 			pause = min(2*pause, 10*time.Millisecond)
 		default:
 			return err
