@@ -223,9 +223,10 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 				for i := range n {
 					flying(msgs[i:i+1], from[i:i+1])
 					failed = from[i:]
-					sctx, cancel := context.WithTimeout(ctx, cf.timeout)
-					acks, err := g.SendMessages(sctx, msgs[i:i+1])
-					cancel()
+					// Paced as any send (one by one, lines go out
+					// faster than in a batch): a rate_limited refusal
+					// here ended the run (until session 16).
+					acks, err := sendPaced(ctx, cf.timeout, g, msgs[i:i+1])
 					switch {
 					case errors.Is(err, client.ErrTooLarge):
 						tooLarge(from[i], len(msgs[i].Body))
