@@ -538,7 +538,7 @@ func sendStop(env Env, cf *clientFlags, code int, acked []int, doubt []lineID, f
 			fmt.Fprintf(env.Stderr, "  %d %s acknowledged (%s %s)\n", len(acked), plural(len(acked), "line", "lines"), plural(len(acked), "line", "lines"), b.String())
 		}
 		fmt.Fprintf(env.Stderr, "  not sent: line %d and every line after it; to resume, send from there (tail -n +%d FILE | huddle send GROUP)\n", first, first)
-		fmt.Fprintf(env.Stderr, "  or send the same input again with --id %s: each line keeps its message ID, so one already stored is acknowledged as a duplicate, not stored twice (those in doubt too)\n", uuid.UUID(run))
+		fmt.Fprintf(env.Stderr, "  or send the same input again with --id %s: each line keeps its message ID, so one already stored is acknowledged as a duplicate, not stored twice (those in doubt too); the whole input, never a part of it with this ID (its lines would be numbered anew)\n", uuid.UUID(run))
 	}
 	if cf.json {
 		stopped := stoppedJSON{Event: "stopped", Acked: len(acked), AckedLines: spans, FirstUnsent: first, InDoubt: []doubtJSON{}, RunID: uuid.UUID(run).String()}
