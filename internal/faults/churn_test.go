@@ -163,7 +163,8 @@ func TestCrashLoopChurn(t *testing.T) {
 				}
 				// One of the last 64 acknowledged (half a second or so
 				// back: often before the last restart) is sent again.
-				got = recent[rng.IntN(len(recent))]
+				i := rng.IntN(len(recent))
+				got = recent[i]
 				id, body = got.id, got.body
 				var again client.Ack
 				if !until(ctx, func(c context.Context) (err error) { again, err = g.SendWithID(c, id, body); return err }) {
@@ -195,8 +196,12 @@ func TestCrashLoopChurn(t *testing.T) {
 						log.errs = append(log.errs, fmt.Sprintf("ID %s sent again was stored anew as #%d, while its original #%d is held", id, again.Seq, got.seq))
 					} else {
 						restored++
-						log.acks[id] = acked{id: id, seq: again.Seq, time: again.Time, from: from, body: body}
+						anew := acked{id: id, seq: again.Seq, time: again.Time, from: from, body: body}
+						log.acks[id] = anew
 						log.acks[wire.NewID()] = got // the original, under a name of its own
+						// The ID's acknowledgment is the new one now: sent
+						// again later, it gets that one, not the original.
+						recent[i] = anew
 					}
 					log.mu.Unlock()
 				}
