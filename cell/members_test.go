@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -578,6 +580,87 @@ func removeLeaderNextUnknown(t *testing.T) bool {
 		t.Fatal("the leader asked to remove itself never answered")
 	}
 	return true
+}
+
+// TestRemoveLeaderTransferLate: the leader asked to remove itself, whose
+// raft gave the transfer up (an ElectionTimeout passed with it leading:
+// here the TimeoutNow reaches the member told to stand only then, as on
+// a loaded host) but which stepped down as that member was elected,
+// answers as when the transfer ended in time: a NotLeaderError, naming
+// no leader since the new one's AppendEntries never reach it. (It
+// answered raft's "leadership transfer timeout", ErrUnavailable, though
+// the cell had moved on: TestRemoveLeaderNextUnknown failed so at load
+// 17.)
+func TestRemoveLeaderTransferLate(t *testing.T) {
+	var deaf atomic.Pointer[string] // the member that hears no AppendEntries
+	hold := make(chan struct{})
+	gaveUp := make(chan struct{}) // closed once the leader's raft gave the transfer up
+	var gaveUpOnce sync.Once
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.RPCTimeout = 2 * time.Second
+		self := cfg.Advertise
+		cfg.Logger = slog.New(&noticeHandler{Handler: cfg.Logger.Handler(), msg: raftTransferTimeout, seen: func() {
+			gaveUpOnce.Do(func() { close(gaveUp) })
+		}})
+		cfg.received = func(req any) {
+			switch req.(type) {
+			case *raft.TimeoutNowRequest:
+				<-gaveUp
+			case *raft.AppendEntriesRequest:
+				if a := deaf.Load(); a != nil && *a == self {
+					<-hold
+				}
+			}
+		}
+	})
+	defer func() {
+		close(hold)
+		gaveUpOnce.Do(func() { close(gaveUp) })
+		for _, m := range c.members {
+			m.stop()
+		}
+	}()
+	l := c.leader()
+	deaf.Store(&l.addr)
+	err := l.node.RemoveMember(context.Background(), l.node.Self().Fingerprint, l.node.Self().Fingerprint)
+	var nl *NotLeaderError
+	if !errors.As(err, &nl) || nl.Leader.Addr != "" {
+		t.Fatalf("the leader asked to remove itself, raft's transfer given up, the member told to stand elected after: %v, want a NotLeaderError naming none", err)
+	}
+	select {
+	case <-gaveUp:
+	default:
+		t.Fatal("the leader's raft did not give the transfer up: the scenario did not run")
+	}
+}
+
+// noticeHandler is a slog.Handler, enabled at every level, that calls
+// seen for each record whose message contains msg, and passes the
+// records Handler is enabled for on to it.
+type noticeHandler struct {
+	slog.Handler
+	msg  string
+	seen func()
+}
+
+func (h *noticeHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *noticeHandler) Handle(ctx context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, h.msg) {
+		h.seen()
+	}
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *noticeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &noticeHandler{Handler: h.Handler.WithAttrs(as), msg: h.msg, seen: h.seen}
+}
+
+func (h *noticeHandler) WithGroup(name string) slog.Handler {
+	return &noticeHandler{Handler: h.Handler.WithGroup(name), msg: h.msg, seen: h.seen}
 }
 
 // removalVictim is the member a removal test removes, once addr names it.

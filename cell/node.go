@@ -1339,8 +1339,20 @@ func (n *Node) Handover(ctx context.Context) error {
 		// still be elected: on a loaded host, as the election after it
 		// may outlast one (above). That one is waited for too.
 		leader, ok := Peer{}, false
-		if strings.Contains(err.Error(), raftTransferTimeout) {
+		timedOut := strings.Contains(err.Error(), raftTransferTimeout)
+		if timedOut {
 			leader, ok = n.nextLeader(ctx)
+		}
+		if !ok && timedOut && n.raft.State() != raft.Leader {
+			// Raft gave up, but this member stepped down since: another
+			// stood (the one told to, most often) and the cell moved on,
+			// its leader not known here yet, as when raft's transfer ends
+			// in time with none known (below). Until session 16 this was
+			// raft's error: huddle cell remove of the leader failed with
+			// "leadership transfer timeout" on a loaded host though the
+			// leadership had passed.
+			n.cfg.Logger.Info("cell: handed the leadership over", "to", "not known yet", "after", err) // internal/jepsen matches the message
+			return nil
 		}
 		if !ok {
 			n.cfg.Logger.Warn("cell: could not hand the leadership over before stopping", "err", err)
