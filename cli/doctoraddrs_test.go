@@ -1,7 +1,15 @@
 package cli
 
 import (
+	"bytes"
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
 	"fmt"
+	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/identity"
 	"slices"
 	"testing"
 
@@ -34,5 +42,63 @@ func TestDoctorUnlistedAddrsBounded(t *testing.T) {
 	}
 	if !slices.Contains(got, "127.0.0.5:9000") {
 		t.Errorf("asks %v: want the daemon's first port at its registry's host, 127.0.0.5:9000", got)
+	}
+}
+
+// TestDoctorChecksGroupsAtOnce: huddle doctor checks several groups'
+// daemons at once. The daemon here answers no info until four groups'
+// are asked together (each group is asked twice: as the commands reach
+// it, and at its address alone); checked one after another, each group
+// waited out the timeout and was said not to answer.
+func TestDoctorChecksGroupsAtOnce(t *testing.T) {
+	const groups = 4
+	all, stop := make(chan struct{}), make(chan struct{})
+	var arrived atomic.Int64
+	var once sync.Once
+	dk, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		var ref wire.GroupRef
+		if err := c.Decode(&ref); err != nil {
+			return err
+		}
+		if arrived.Add(1) == 2*groups {
+			once.Do(func() { close(all) })
+		}
+		select {
+		case <-all:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stop:
+			return &wire.Error{Code: wire.CodeUnavailable}
+		}
+		return c.Result(wire.Info{Group: ref.Group, Name: "g", Epoch: 1, Members: 1, Fingerprint: dk.Fingerprint()})
+	})
+	if err := s.Listen(dk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	defer close(stop)
+	l := &listing{}
+	for i := range groups {
+		l.groups = append(l.groups, client.ListedGroup{GroupEntry: wire.GroupEntry{Group: wire.UUID{byte(i + 1)}, Name: fmt.Sprintf("g%d", i),
+			Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 20000}})
+	}
+	var out bytes.Buffer
+	env := map[string]string{"HUDDLE_HOME": t.TempDir()}
+	cf := &clientFlags{timeout: 3 * time.Second}
+	ss, err := open(context.Background(), Env{Stdout: &out, Stderr: &out, Getenv: func(k string) string { return env[k] }}, "doctor", cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	d := &doctor{s: ss}
+	if code := d.daemons(context.Background(), l); code != ExitOK {
+		t.Errorf("doctor: exit %d:\n%s\nwant every group's daemon asked at once, and answering", code, out.String())
 	}
 }
