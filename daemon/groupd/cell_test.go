@@ -1344,7 +1344,13 @@ func TestCellRemovedWhileDownServesNoFetch(t *testing.T) {
 // (cell_status showed nothing of it, and the refusal was the generic
 // one: an operator could not tell a full disk from an election.)
 func TestCellStallShown(t *testing.T) {
-	members, logs := startHoldingCell(t, 3, func(cfg *Config) { cfg.Metrics = metrics.New("test") })
+	members, logs := startHoldingCell(t, 3, func(cfg *Config) {
+		cfg.Metrics = metrics.New("test")
+		// A steady leader (as cell's steadyLeader): at load ~20 the
+		// followers missed 300 ms of the stalled leader's heartbeats
+		// every few seconds, and the sends below met an election.
+		cfg.Cell.HeartbeatTimeout, cfg.Cell.ElectionTimeout, cfg.Cell.LeaderLeaseTimeout = time.Second, time.Second, time.Second
+	})
 	_, g := cellLeader(t, members)
 	key := newKey(t)
 	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
