@@ -8,11 +8,13 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Exit codes, shared by every verb.
@@ -41,7 +43,18 @@ type Env struct {
 	// Environ lists the environment (os.Environ), for daemons to refuse
 	// HUDDLE_ variables they do not know; nil: not checked.
 	Environ func() []string
+	// LockWait bounds a command's wait for another process's lock of a
+	// file in the huddle home (known_registries, the joined file: a
+	// writer holds it for a read and a rename, or longer if stopped with
+	// ^Z mid-write, or hostile); 0: the default, 5 s. Tests shorten it.
+	LockWait time.Duration
 }
+
+// defaultLockWait is Env.LockWait's default.
+const defaultLockWait = 5 * time.Second
+
+// lockWait returns e.LockWait, or its default.
+func (e Env) lockWait() time.Duration { return cmp.Or(e.LockWait, defaultLockWait) }
 
 // verb is one huddle subcommand.
 type verb struct {

@@ -173,7 +173,7 @@ func open(ctx context.Context, env Env, verb string, f *clientFlags) (*session, 
 	if err != nil {
 		return nil, err
 	}
-	kh := openKnownHosts(dir)
+	kh := openKnownHosts(env, dir)
 	// The client is given no KnownHosts: gather checks each registry's pin
 	// itself and pins a new one only once no registry's answer refused its
 	// key under another name (locate.go). A client that pinned on first
@@ -279,14 +279,10 @@ func listedEntries(groups []client.ListedGroup) []wire.GroupEntry {
 	return entries
 }
 
-// pinsLockWait bounds a command's wait for another process's lock of
-// known_registries; 0: identity's bound, 5 s. Tests shorten it, so that
-// each wait out they check is not 5 s long (TestRegistryNotPinnedSaid).
-var pinsLockWait time.Duration
-
-// openKnownHosts returns the known-registries file of the huddle home dir.
-func openKnownHosts(dir string) *identity.KnownHosts {
-	return identity.OpenKnownHostsWaiting(filepath.Join(dir, identity.KnownHostsFile), pinsLockWait)
+// openKnownHosts returns the known-registries file of the huddle home dir,
+// whose changes wait env.LockWait at most for another process's lock.
+func openKnownHosts(env Env, dir string) *identity.KnownHosts {
+	return identity.OpenKnownHostsWaiting(filepath.Join(dir, identity.KnownHostsFile), env.lockWait())
 }
 
 // errNoGroup: GROUP matched nothing in the registry's list.

@@ -44,7 +44,7 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "doctor", err)
 	}
-	kh := openKnownHosts(dir)
+	kh := openKnownHosts(env, dir)
 	// No KnownHosts in the client: the doctor checks pins itself, and pins
 	// nothing.
 	c, err := client.New(client.Config{Identity: id, DialTimeout: 3 * time.Second})

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // upLine is the line huddle up prints once its registry listens.
@@ -42,6 +43,8 @@ func startUpWith(t *testing.T, flags []string, groups ...string) string {
 // process against a registry.
 type testUser struct {
 	home, registry string
+	// lockWait is the commands' Env.LockWait; 0: its default.
+	lockWait time.Duration
 }
 
 func newTestUser(t *testing.T, registry string) *testUser {
@@ -59,7 +62,7 @@ func (u *testUser) runInput(t *testing.T, input string, args ...string) (int, st
 	t.Helper()
 	var out, errb syncBuffer
 	env := map[string]string{"HUDDLE_HOME": u.home, "HUDDLE_REGISTRY": u.registry}
-	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, LockWait: u.lockWait}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	code := Main(ctx, args, e)

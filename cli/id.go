@@ -47,7 +47,7 @@ func runForgetRegistry(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "forget-registry", err)
 	}
-	kh := openKnownHosts(dir)
+	kh := openKnownHosts(env, dir)
 	ok, err := kh.Forget(ctx, fs.Arg(0))
 	if err != nil {
 		return fail(env, "forget-registry", err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -375,13 +376,9 @@ func saveJoined(dir string, set joinedSet) error {
 // locked, there.
 func joinedPath(dir string) string { return lockfile.Target(filepath.Join(dir, joinedFile)) }
 
-// joinedLockWait bounds how long a change of the joined file waits for
-// another process's lock: a writer holds it for a read and a rename. A
-// variable only so that tests shorten it.
-var joinedLockWait = 5 * time.Second
-
 // errJoinedLocked: another process held the joined file's lock longer than
-// joinedLockWait (a command stopped with ^Z mid-write, or hostile).
+// the command's bound (Env.LockWait; a command stopped with ^Z mid-write,
+// or hostile).
 var errJoinedLocked = errors.New("the joined file is locked by another process")
 
 // updateJoined makes a change to the joined file in dir: under the
@@ -510,13 +507,13 @@ func (s *session) forget(ctx context.Context, e wire.GroupEntry) {
 // on (it did what it was asked), says so once, and tries no other
 // change. Until session 16 the failure was said nowhere, and a piped
 // huddle send tried again after every send of lines, each waiting the
-// whole joinedLockWait for a lock another process held (a command
+// whole lock wait (Env.LockWait) for a lock another process held (a command
 // stopped with ^Z mid-write): 5 s a line, for a person typing.
 func (s *session) update(ctx context.Context, change func(joinedSet) bool, what string) {
 	if s.unwritable {
 		return
 	}
-	set, err := updateJoined(ctx, s.home, joinedLockWait, change)
+	set, err := updateJoined(ctx, s.home, s.env.lockWait(), change)
 	if err != nil {
 		s.unwritten(err, what)
 		return
@@ -535,13 +532,13 @@ func (s *session) unwritten(err error, what string) {
 
 // follow is followCell of k in joined, unless a change of the joined file
 // failed in this command already: a command following several cells
-// (huddle groups) waited joinedLockWait for each, a held lock's 5 s, and
+// (huddle groups) waited Env.LockWait for each, a held lock's 5 s, and
 // then its record of a join as long again (until session 16).
 func (s *session) follow(ctx context.Context, joined joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
 	if s.unwritable {
 		return joined, false
 	}
-	set, changed, err := followCell(ctx, s.client, s.home, joinedLockWait, joined, k, groups)
+	set, changed, err := followCell(ctx, s.client, s.home, s.env.lockWait(), joined, k, groups)
 	if err != nil {
 		name := joined[k].name
 		s.unwritten(err, "the members of the cell of "+groupShown(wire.GroupEntry{Group: k.Group, Name: name}))
@@ -565,12 +562,21 @@ func groupShown(e wire.GroupEntry) string {
 type joinedRecord struct {
 	dir string
 	// lockWait bounds a change's wait for another process's lock; 0:
-	// joinedLockWait (tests set it).
+	// Env.LockWait's default, 5 s.
 	lockWait time.Duration
+	// log, if set, is told when a change cannot be written (saidUnwritten);
+	// huddle web's logger.
+	log *slog.Logger
 	// wmu orders the record's changes; a change waits for another
 	// process's lock under it alone, so that Has and Groups (huddle web
 	// asks Has under its directory's lock) never wait for that.
 	wmu sync.Mutex
+
+	// saidUnwritten: the last change failed, and log was told; the next
+	// failure is said only after a change is written again, so that a
+	// lock held for hours is said once, not at every join or leave.
+	// Under wmu.
+	saidUnwritten bool
 
 	mu  sync.Mutex
 	set joinedSet
@@ -643,21 +649,33 @@ func (j *joinedRecord) Groups() []client.GroupEntry {
 	return out
 }
 
-func (j *joinedRecord) Add(e client.GroupEntry) { j.update(joining(e)) }
+func (j *joinedRecord) Add(e client.GroupEntry) {
+	j.update(joining(e), "that you joined "+groupShown(e))
+}
 
-func (j *joinedRecord) Remove(e client.GroupEntry) { j.update(leaving(e)) }
+func (j *joinedRecord) Remove(e client.GroupEntry) {
+	j.update(leaving(e), "that you left "+groupShown(e))
+}
 
 // update makes change to the file (updateJoined) and keeps what was
-// written; failing costs only the preference, as for a command.
-func (j *joinedRecord) update(change func(joinedSet) bool) {
+// written; failing costs only the preference, as for a command, and is
+// logged, once until a change is written again. Until session 16 it was
+// said nowhere: after a 5 s wait for a lock another process held, the
+// page's join was not recorded, and nothing said why.
+func (j *joinedRecord) update(change func(joinedSet) bool, what string) {
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	// The page's join or leave is done: its record waits for the lock
 	// at most its bound, not the request's context.
-	set, err := updateJoined(context.Background(), j.dir, cmp.Or(j.lockWait, joinedLockWait), change)
+	set, err := updateJoined(context.Background(), j.dir, cmp.Or(j.lockWait, defaultLockWait), change)
 	if err != nil {
+		if !j.saidUnwritten && j.log != nil {
+			j.log.Warn("cannot record "+what+" in the joined file; the next join or leave tries again", "err", err)
+		}
+		j.saidUnwritten = true
 		return
 	}
+	j.saidUnwritten = false
 	j.mu.Lock()
 	j.set, j.read = set, nil // read again at the next look
 	j.mu.Unlock()
@@ -792,5 +810,5 @@ func (j *joinedRecord) Cell(group client.UUID) []client.Fingerprint {
 // Follow records members as group's replica set, member's word
 // (web.JoinedCells).
 func (j *joinedRecord) Follow(group client.UUID, member client.Fingerprint, members []client.Fingerprint) {
-	j.update(followed(group, member, members))
+	j.update(followed(group, member, members), "the members of the cell of group "+group.String())
 }

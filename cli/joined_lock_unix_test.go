@@ -3,8 +3,11 @@
 package cli
 
 import (
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -74,5 +77,54 @@ func TestJoinedRecordReadersDoNotWaitForLock(t *testing.T) {
 	}
 	if !r.Has(joined.Group, joined.Fingerprint) {
 		t.Error("the join made once the lock was free is not recorded")
+	}
+}
+
+// TestJoinedRecordUnwrittenLoggedOnce: huddle web's record of a join,
+// leave or cell followed that could not be written (another process held
+// the joined file's lock past its wait) was said nowhere: the page's join
+// was not remembered, and nothing said why. It is logged once, not at
+// every change while the lock stays held, and again once a change was
+// written between.
+func TestJoinedRecordUnwrittenLoggedOnce(t *testing.T) {
+	dir := t.TempDir()
+	var logged syncBuffer
+	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	r := &joinedRecord{dir: dir, lockWait: time.Nanosecond, log: log} // each change tries the lock once
+	entry := func(i int) wire.GroupEntry {
+		return wire.GroupEntry{Group: wire.UUID{byte(i)}, Fingerprint: wire.Fingerprint{1}, Name: fmt.Sprintf("g%d", i)}
+	}
+	r.Add(entry(1)) // creates the lock file
+	held, err := os.OpenFile(filepath.Join(dir, joinedFile+".lock"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	hold := func(how int) {
+		t.Helper()
+		if err := syscall.Flock(int(held.Fd()), how); err != nil { // another open file: as another process's
+			t.Fatal(err)
+		}
+	}
+	const said = "cannot record that you joined group g"
+	hold(syscall.LOCK_EX)
+	r.Add(entry(2))
+	r.Add(entry(3))
+	r.Remove(entry(1))
+	if got := strings.Count(logged.String(), "cannot record"); got != 1 || !strings.Contains(logged.String(), said+"2") {
+		t.Fatalf("three changes with the lock held: logged %d times:\n%s\nwant once, for the first (g2)", got, logged.String())
+	}
+	if r.Has(entry(2).Group, entry(2).Fingerprint) {
+		t.Fatal("a join recorded while another process held the lock")
+	}
+	hold(syscall.LOCK_UN)
+	r.Add(entry(4))
+	if !r.Has(entry(4).Group, entry(4).Fingerprint) {
+		t.Fatal("the join made once the lock was free is not recorded")
+	}
+	hold(syscall.LOCK_EX)
+	r.Add(entry(5))
+	if got := strings.Count(logged.String(), "cannot record"); got != 2 || !strings.Contains(logged.String(), said+"5") {
+		t.Fatalf("a change failing again after one written: logged %d times in all:\n%s\nwant twice, the second for g5", got, logged.String())
 	}
 }

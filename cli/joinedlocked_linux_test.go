@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
@@ -32,7 +33,7 @@ func TestJoinedLockedSaidOnce(t *testing.T) {
 	in, feed := io.Pipe()
 	var out, errb syncBuffer
 	env := map[string]string{"HUDDLE_HOME": u.home, "HUDDLE_REGISTRY": u.registry}
-	e := Env{Stdin: in, Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	e := Env{Stdin: in, Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, LockWait: u.lockWait}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	done := make(chan int, 1)
@@ -62,7 +63,7 @@ func TestJoinedLockedSaidOnce(t *testing.T) {
 
 // TestJoinedLockedFollowsOnce: huddle groups follows each cell's group
 // the user joined whose members changed; with the joined file's lock
-// held by another process, each follow waited the whole joinedLockWait
+// held by another process, each follow waited the whole lock wait
 // (5 s) to write, one after the other, and nothing said why. The first
 // failure is said, and no other follow or change is tried.
 func TestJoinedLockedFollowsOnce(t *testing.T) {
@@ -98,7 +99,7 @@ func TestJoinedLockedFollowsOnce(t *testing.T) {
 }
 
 // holdJoinedLock holds u's joined file's lock, as another process would,
-// has changes not wait for it (joinedLockWait 0: one flock call a try),
+// has u's changes not wait for it (Env.LockWait 1 ns: one flock call a try),
 // and counts the tries of others.
 func holdJoinedLock(t *testing.T, u *testUser) *atomic.Int32 {
 	t.Helper()
@@ -118,8 +119,7 @@ func holdJoinedLock(t *testing.T, u *testUser) *atomic.Int32 {
 		}
 		return syscall.Flock(fd, how)
 	}
-	wait := joinedLockWait
-	joinedLockWait = 0
-	t.Cleanup(func() { lockfile.Flock, joinedLockWait = syscall.Flock, wait })
+	u.lockWait = time.Nanosecond
+	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
 	return &tries
 }

@@ -23,16 +23,14 @@ import (
 // huddle web. Both left it out unsaid: the command said the registry had
 // answered, and that no registry answered; huddle web showed none of its
 // groups, and said nothing. (Linux only: netlab, and flock.) Each wait
-// for the lock is 250 ms, not 5 s (pinsLockWait): the lock is held
+// for the lock is 250 ms, not 5 s (Env.LockWait): the lock is held
 // throughout each, so the outcome is the same, and the test took 17 s.
 func TestRegistryNotPinnedSaid(t *testing.T) {
-	prev := pinsLockWait
-	pinsLockWait = 250 * time.Millisecond
-	t.Cleanup(func() { pinsLockWait = prev })
+	const lockWait = 250 * time.Millisecond
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
 		reg := startVerb(t, nil, "registry", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 		reg.waitLine(t, upLine)
-		u := &testUser{home: t.TempDir()} // no registry given: it browses
+		u := &testUser{home: t.TempDir(), lockWait: lockWait} // no registry given: it browses
 		if err := os.MkdirAll(u.home, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -59,7 +57,7 @@ func TestRegistryNotPinnedSaid(t *testing.T) {
 		// huddle web: said once on its log.
 		var logged syncBuffer
 		log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
-		kh := identity.OpenKnownHostsWaiting(path, pinsLockWait)
+		kh := identity.OpenKnownHostsWaiting(path, lockWait)
 		id, err := identity.LoadOrCreate(u.home)
 		if err != nil {
 			t.Fatal(err)
