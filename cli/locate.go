@@ -28,8 +28,12 @@ const (
 	// browseAtLeast is how long answers to mDNS queries are waited for
 	// before the listing may be complete: on a LAN they come within a few
 	// milliseconds of the first query, and every registry that answered by
-	// then is waited for. Registries cached from the last run are asked
-	// directly meanwhile; their handshakes take longer than this.
+	// then is waited for: from the start of the handshake that verifies
+	// its answer until it is asked (or its verification fails), so a
+	// registry new to the cached listing is not left out because a cached
+	// one answered first. Registries cached from the last run are asked
+	// directly meanwhile; their handshakes take longer than this. An
+	// answer that never gets through (a bogus one) costs at most straggle.
 	browseAtLeast = 15 * time.Millisecond
 	// straggle is how long, after the first registry answered, the others
 	// still being asked are waited for. One that is down costs at most
@@ -90,7 +94,16 @@ type gatherer struct {
 	claimed  map[wire.Fingerprint]bool // keys being asked or answered, so each is asked once
 	refusals map[string]bool           // names whose changed key was reported
 	pending  map[string]registryReport // expected registries not yet answered, by source and address
+	// held counts, by key not yet claimed, the mDNS answers being verified
+	// (or verified, their registry about to be asked): awaited like the
+	// registries in flight (see browseAtLeast).
+	held map[wire.Fingerprint]int
+	wake chan struct{} // the last hold ended without an ask: the loop may be done
 }
+
+// beforeVerify, when set (by tests), is called as each mDNS answer's
+// verification starts, once it is counted as awaited.
+var beforeVerify func(g *gatherer)
 
 // listing asks every registry the session knows and merges what they list
 // (once per session). With --registry or HUDDLE_REGISTRY (each a list),
@@ -117,7 +130,8 @@ func (s *session) listing(ctx context.Context) (*listing, error) {
 func (s *session) gather(outer context.Context) (*listing, error) {
 	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
-	g := &gatherer{s: s, start: time.Now(), answers: make(chan registryAnswer, 16), claimed: make(map[wire.Fingerprint]bool), refusals: make(map[string]bool), pending: make(map[string]registryReport)}
+	g := &gatherer{s: s, start: time.Now(), answers: make(chan registryAnswer, 16), claimed: make(map[wire.Fingerprint]bool), refusals: make(map[string]bool), pending: make(map[string]registryReport),
+		held: make(map[wire.Fingerprint]int), wake: make(chan struct{}, 1)}
 	defer g.wg.Wait() // after cancel: every source has ended when gather returns
 
 	given := s.given()
@@ -158,7 +172,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 		elapsed := time.Since(g.start)
 		var wake time.Duration // from now; 0: none
 		if !first.IsZero() {
-			if time.Since(first) >= straggle || g.inflight.Load() == 0 && (!browsing || elapsed >= browseAtLeast) {
+			if time.Since(first) >= straggle || g.inflight.Load() == 0 && !g.holding() && (!browsing || elapsed >= browseAtLeast) {
 				break
 			}
 			wake = straggle - time.Since(first)
@@ -194,6 +208,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 			}
 			if a.err == nil {
 				g.claim(a.fp) // found over mDNS too, it is not asked again
+				g.unhold(a.fp, true)
 				if hasKey(answered, a.fp) {
 					a.same = true
 				} else {
@@ -205,6 +220,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 			}
 			reports = append(reports, a.registryReport)
 		case <-timer.C:
+		case <-g.wake:
 		case <-ctx.Done():
 			if first.IsZero() {
 				return g.fallback(ctx, reports, cache, refused)
@@ -368,6 +384,54 @@ func (g *gatherer) claim(fp wire.Fingerprint) bool {
 	}
 	g.claimed[fp] = true
 	return true
+}
+
+// hold counts an mDNS answer of key fp as awaited from the start of its
+// verification, unless fp is being asked or answered already, and reports
+// whether it did. The hold lasts until fp is asked (browse's found
+// callback), answers under another name (gather's loop), or this
+// verification fails (unhold); one verified but never asked (Browse
+// reports at most MaxRegistries) lasts until gather ends, straggle after
+// the first answer at most.
+func (g *gatherer) hold(fp wire.Fingerprint) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.claimed[fp] {
+		return false
+	}
+	g.held[fp]++
+	return true
+}
+
+// unhold ends one hold of fp, or all of them, and wakes gather's loop when
+// none is left.
+func (g *gatherer) unhold(fp wire.Fingerprint, all bool) {
+	g.mu.Lock()
+	n, ok := g.held[fp]
+	if !ok {
+		g.mu.Unlock()
+		return
+	}
+	if all || n <= 1 {
+		delete(g.held, fp)
+	} else {
+		g.held[fp] = n - 1
+	}
+	none := len(g.held) == 0
+	g.mu.Unlock()
+	if none {
+		select {
+		case g.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// holding reports whether an mDNS answer is held (awaited).
+func (g *gatherer) holding() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.held) > 0
 }
 
 // ask asks one registry for its listing on a goroutine of its own. The
@@ -555,7 +619,15 @@ func (g *gatherer) browse(ctx context.Context) {
 	err := discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: s.flags.ifaces,
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
+			fp, perr := wire.ParseFingerprint(r.Fingerprint)
+			held := perr == nil && g.hold(fp)
+			if beforeVerify != nil {
+				beforeVerify(g)
+			}
 			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
+			if held && err != nil {
+				g.unhold(fp, false)
+			}
 			var ce *identity.ChangedError
 			if errors.As(err, &ce) && g.claimRefusal(ce.Name) {
 				// Not an answer to wait for, but a key to refuse everywhere.
@@ -569,7 +641,13 @@ func (g *gatherer) browse(ctx context.Context) {
 		},
 	}, func(r discovery.Advertised, addr netip.AddrPort) {
 		fp, err := wire.ParseFingerprint(r.Fingerprint)
-		if err != nil || !g.claim(fp) {
+		if err != nil {
+			return
+		}
+		// The hold its verification took ends once it is asked (counted in
+		// flight), or now if it is asked already.
+		defer g.unhold(fp, true)
+		if !g.claim(fp) {
 			return
 		}
 		rep := registryReport{from: fromMDNS, name: mdnsPinPrefix + r.Instance, addr: addr.String(), iface: r.Iface}
