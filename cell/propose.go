@@ -42,8 +42,9 @@ import (
 // such a hole cannot be applied. It starts again from the log's tail
 // (lost, resync), but only once raft has answered every proposal in
 // flight, since those stamped before the hole may still be applied;
-// meanwhile sends are refused ErrUnavailable (errResyncing), and their
-// senders retry with the same IDs.
+// meanwhile sends of new messages are refused ErrUnavailable
+// (errResyncing), and their senders retry with the same IDs; a send that
+// only repeats messages applied or in flight still gets their acks.
 type proposer struct {
 	term     uint64 // the term seq stands for; 0: none yet
 	seq      store.Sequencer
@@ -263,9 +264,6 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 			p.enc = newEncoder()
 		}
 	}
-	if p.stale {
-		return nil, nil, false, errResyncing
-	}
 	start := len(*acks)
 	*acks = g.log.Lookup(entries, *acks)
 	batchAcks := (*acks)[start:]
@@ -280,6 +278,16 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 			}
 			waits[i] = wait(w)
 			batchAcks[i].Duplicate = true // not stamped again; filled in once w is done
+			continue
+		}
+		if p.stale {
+			// A new message, which the sequencer cannot stamp until it
+			// re-syncs. Retries of messages applied or in flight are
+			// still answered with the original's ack (above): until
+			// session 16 the refusal came before the lookup, and a
+			// sender whose ack was lost got unavailable until the
+			// re-sync.
+			return nil, nil, false, errResyncing
 		}
 	}
 	now := n.cfg.Now().UnixNano()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,4 +177,126 @@ func firstErr(a, b error) error {
 		return a
 	}
 	return b
+}
+
+// TestStaleSequencerAnswersDuplicates: once raft refused a proposal of
+// the leader's term (here one handed to it during a leadership transfer,
+// ErrLeadershipTransferInProgress) while another was in flight (held
+// uncommitted: one follower stopped, the other holding the AppendEntries
+// that carry it), the sequencer waits to re-sync and refuses new messages;
+// a retry of a message already applied still gets its original ack, as a
+// duplicate (exactly once across retries), and a send that adds a new
+// message to it is refused. The refusal came before the log was asked:
+// the retry of an applied message was refused unavailable until the
+// re-sync.
+func TestStaleSequencerAnswersDuplicates(t *testing.T) {
+	type holds struct {
+		at                    string        // the follower that holds AppendEntries carrying entries
+		release               chan struct{} // closed: it holds none
+		held, started         chan struct{} // closed: one is held; the leader's raft started a transfer
+		heldOnce, startedOnce sync.Once
+	}
+	var cur atomic.Pointer[holds]
+	mutate := func(cfg *Config) {
+		self := cfg.Advertise
+		cfg.Logger = slog.New(&noticeHandler{Handler: cfg.Logger.Handler(), msg: "starting leadership transfer", seen: func() {
+			if h := cur.Load(); h != nil {
+				h.startedOnce.Do(func() { close(h.started) })
+			}
+		}})
+		cfg.received = func(req any) {
+			ae, ok := req.(*raft.AppendEntriesRequest)
+			if h := cur.Load(); ok && h != nil && h.at == self && len(ae.Entries) > 0 {
+				h.heldOnce.Do(func() { close(h.held) })
+				<-h.release
+			}
+		}
+	}
+	body := func(id [16]byte) []store.Entry { return []store.Entry{{ID: id, From: alice, Body: []byte("body")}} }
+	ignore := func([]store.Ack, error) {}
+	oneLeader(t, 3, 3, mutate, func(c *testCell, l *testMember) error {
+		g := l.group("lobby")
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		acks, err := l.node.Send(ctx, g.ID, body(newID(1)), nil)
+		if err != nil {
+			return fmt.Errorf("the first send: %v", err)
+		}
+		applied := acks[0]
+		var f1, f2 *testMember
+		for _, m := range c.members {
+			switch {
+			case m == l:
+			case f1 == nil:
+				f1 = m
+			default:
+				f2 = m
+			}
+		}
+		f1.stop() // the transfer's member: it cannot take the leadership
+		h := &holds{at: f2.addr, release: make(chan struct{}), held: make(chan struct{}), started: make(chan struct{})}
+		cur.Store(h)
+		release := sync.OnceFunc(func() { close(h.release) })
+		defer release()
+
+		// In flight, and stays so: no majority stores it.
+		if later, _, err := l.node.SendLater(ctx, g.ID, body(newID(2)), nil, ignore); !later || err != nil {
+			return fmt.Errorf("a send to hold in flight: handed to raft %v, %v", later, err)
+		}
+		select {
+		case <-h.held:
+		case <-ctx.Done():
+			return errors.New("the follower never got the send to hold")
+		}
+		transferred := make(chan error, 1)
+		go func() {
+			transferred <- l.node.raft.LeadershipTransferToServer(raft.ServerID(f1.id.Fingerprint().String()), raft.ServerAddress(f1.addr)).Error()
+		}()
+		defer func() { <-transferred }()
+		select {
+		case <-h.started:
+		case <-ctx.Done():
+			return errors.New("the leader's raft never started the transfer")
+		}
+		// New sends until raft refused one: the sequencer is past it, and
+		// waits to re-sync until raft answers the send held in flight.
+		for i := 3; ; i++ {
+			later, _, err := l.node.SendLater(ctx, g.ID, body(newID(i)), nil, ignore)
+			if errors.Is(err, errResyncing) {
+				break
+			}
+			if err != nil || !later {
+				return fmt.Errorf("a new send during the transfer: handed to raft %v, %v", later, err)
+			}
+			select {
+			case err := <-transferred:
+				transferred <- err
+				return fmt.Errorf("the transfer ended (%v) with no send refused by raft", err)
+			case <-time.After(time.Millisecond):
+			}
+		}
+
+		got, err := l.node.Send(ctx, g.ID, body(newID(1)), nil)
+		if want := (store.Ack{Seq: applied.Seq, Time: applied.Time, Duplicate: true}); err != nil || len(got) != 1 || got[0] != want {
+			return fmt.Errorf("a retry of a message applied, the sequencer waiting to re-sync: %v, %v; want its ack %+v", got, err, want)
+		}
+		// Still waiting (the send held in flight keeps it so): a send
+		// with a new message is refused, whatever it repeats.
+		if _, err := l.node.Send(ctx, g.ID, append(body(newID(1)), body(newID(1000))...), nil); !errors.Is(err, errResyncing) {
+			return fmt.Errorf("a send repeating an applied message with a new one, the sequencer waiting to re-sync: %v, want it refused (errResyncing)", err)
+		}
+
+		// Once the held send is answered, new sends go on.
+		release()
+		for {
+			_, err := l.node.Send(ctx, g.ID, body(newID(1000)), nil)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+				return fmt.Errorf("a new send once the held one was let through: %v", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 }
