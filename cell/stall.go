@@ -134,7 +134,11 @@ func (n *Node) stallLoop() {
 		}
 		to, err := n.handOverStalled(at)
 		if err == nil {
-			n.cfg.Logger.Warn(handedOverMessage, "to", to.String())
+			next := "not known yet"
+			if to != (Peer{}) {
+				next = to.String()
+			}
+			n.cfg.Logger.Warn(handedOverMessage, "to", next)
 			failed = 0
 			continue
 		}
@@ -159,7 +163,8 @@ const stallRoundsQuiet = 3
 // machine applies (a progress stream), and transfers the leadership to the
 // one that applied most of those that do and have applied past at, the
 // raft index this member stalled at. It returns the member it handed over
-// to, or why it did not.
+// to (none if it stepped down, the next leader not known yet), or why it
+// did not.
 func (n *Node) handOverStalled(at uint64) (Peer, error) {
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -228,6 +233,13 @@ func (n *Node) handOverStalled(at uint64) (Peer, error) {
 			cancel()
 			if ok {
 				return leader, nil
+			}
+			if n.raft.State() != raft.Leader {
+				// This member stepped down since: another stood (the
+				// one told to, most often) and the cell moved on, its
+				// leader not known here yet (Handover does the same).
+				// It was said to be a failed hand-over.
+				return Peer{}, nil
 			}
 		}
 		return Peer{}, fmt.Errorf("hand the leadership to %s: %w", to.p, err)

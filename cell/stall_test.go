@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -396,4 +397,85 @@ func (h *noting) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h *noting) WithGroup(name string) slog.Handler {
 	return &noting{Handler: h.Handler.WithGroup(name), note: h.note}
+}
+
+// TestStalledLeaderSlowTransferNextUnknown: a stalled leader whose
+// hand-over raft gave up on (the member told to stand got raft's
+// TimeoutNow only then, as on a loaded host), which stepped down as that
+// member was elected but never heard the new leader (deaf to
+// AppendEntries, as a partitioned one), says it handed the leadership
+// over, the next leader not known yet, as Handover does
+// (TestRemoveLeaderTransferLate). It took raft's "leadership transfer
+// timeout" for a failed hand-over once no leader was known within
+// progressTimeout, and said nothing.
+func TestStalledLeaderSlowTransferNextUnknown(t *testing.T) {
+	var deaf atomic.Pointer[string] // the member that hears no AppendEntries, and whose raft gives its transfer up
+	hold := make(chan struct{})
+	gaveUp := make(chan struct{}) // closed once the deaf member's raft gave the transfer up
+	var gaveUpOnce, holdOnce sync.Once
+	handed := make(chan string, 8) // the next leader each hand-over said, on the deaf member
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		self := cfg.Advertise
+		isDeaf := func() bool { a := deaf.Load(); return a != nil && *a == self }
+		cfg.Logger = slog.New(&noticeHandler{msg: raftTransferTimeout, seen: func() {
+			if isDeaf() {
+				gaveUpOnce.Do(func() { close(gaveUp) })
+			}
+		}, Handler: &noting{Handler: cfg.Logger.Handler(), note: func(r slog.Record) {
+			if !strings.HasPrefix(r.Message, handedOverMessage) || !isDeaf() {
+				return
+			}
+			r.Attrs(func(a slog.Attr) bool {
+				if a.Key == "to" {
+					select {
+					case handed <- a.Value.String():
+					default:
+					}
+				}
+				return true
+			})
+		}}})
+		cfg.received = func(req any) {
+			switch req.(type) {
+			case *raft.TimeoutNowRequest:
+				if deaf.Load() != nil {
+					<-gaveUp
+				}
+			case *raft.AppendEntriesRequest:
+				if isDeaf() {
+					<-hold
+				}
+			}
+		}
+	})
+	t.Cleanup(func() { // before the members stop: cleanups run last first
+		holdOnce.Do(func() { close(hold) })
+		gaveUpOnce.Do(func() { close(gaveUp) })
+	})
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	c.sameLogs(g.ID, 10)
+	l := c.leader()
+	deaf.Store(&l.addr)
+	room := l.host.refuseAppends()
+	t.Cleanup(room)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a send the full-disk leader cannot apply: %v, want ErrUnavailable", err)
+	}
+	select {
+	case <-gaveUp:
+	case <-ctx.Done():
+		t.Fatal("the stalled leader's raft never gave a transfer up")
+	}
+	waitUntil(t, "the stalled leader to step down", func() bool { return l.node.raft.State() != raft.Leader })
+	select {
+	case to := <-handed:
+		if to != "not known yet" {
+			t.Fatalf("the stalled leader, deaf to the next one, said it handed the leadership to %s, want not known yet", to)
+		}
+	case <-ctx.Done():
+		t.Fatal("the stalled leader, stepped down after raft gave its transfer up, never said it handed the leadership over")
+	}
 }
