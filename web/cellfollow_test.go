@@ -114,20 +114,8 @@ func TestWebCellFollowRemovedMember(t *testing.T) {
 	slices.SortFunc(rs, func(x, y wire.Replica) int { return bytes.Compare(x.Fingerprint[:], y.Fingerprint[:]) })
 	reg := listingRegistry(t, []wire.GroupEntry{{Group: group, Name: "general", Fingerprint: thief.Fingerprint, Addrs: []string{thief.Addr},
 		ExpiresMS: 60_000, Replicas: rs}})
-	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{reg}, Secret: testSecret,
-		PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: j})
-	must(t, err)
-	serve(t, s)
-	newAPI(t, s).events("") // a page open: the directory polls
-	var got []wire.Fingerprint
-	select {
-	case got = <-j.follows:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the page never followed the cell")
-	}
-	slices.SortFunc(got, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
-	want := slices.Clone(now) // now is the daemons' answer, read as they answer
-	slices.SortFunc(want, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
+	got := followedCell(t, reg, j, "the page never followed the cell")
+	want := sortedFingerprints(now) // now is the daemons' answer, read as they answer
 	if !slices.Equal(got, want) {
 		t.Fatalf("the page recorded %v as the cell's members; want %v, b and c's word (the thief, a member removed, said itself and %v)", got, want, rogue)
 	}
@@ -153,21 +141,37 @@ func TestWebCellFollowAtLeadersAddrs(t *testing.T) {
 	rs := []wire.Replica{{Addr: "127.0.0.1:9", Fingerprint: b.Fingerprint, Leader: true}, {Addr: "127.0.0.1:9", Fingerprint: d}}
 	reg := listingRegistry(t, []wire.GroupEntry{{Group: group, Name: "general", Fingerprint: b.Fingerprint, Addrs: []string{b.Addr},
 		ExpiresMS: 60_000, Replicas: rs}})
+	got := followedCell(t, reg, j, "the page never followed the cell (its leader asked only at its replica address, which does not answer)")
+	want := sortedFingerprints(now) // now is the daemons' answer, read as they answer
+	if !slices.Equal(got, want) {
+		t.Fatalf("the page recorded %v as the cell's members; want %v", got, want)
+	}
+}
+
+// followedCell serves a page over the registry reg with the joined record
+// j, opens it (the directory polls), and returns, sorted, the members the
+// page records for the cell when it follows it; never names the failure
+// if it does not within 30 s.
+func followedCell(t *testing.T, reg string, j *cellJoined, never string) []wire.Fingerprint {
+	t.Helper()
 	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{reg}, Secret: testSecret,
 		PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: j})
 	must(t, err)
 	serve(t, s)
 	newAPI(t, s).events("") // a page open: the directory polls
-	var got []wire.Fingerprint
 	select {
-	case got = <-j.follows:
+	case got := <-j.follows:
+		return sortedFingerprints(got)
 	case <-time.After(30 * time.Second):
-		t.Fatal("the page never followed the cell (its leader asked only at its replica address, which does not answer)")
+		t.Fatal(never)
+		return nil
 	}
-	slices.SortFunc(got, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
-	want := slices.Clone(now) // now is the daemons' answer, read as they answer
-	slices.SortFunc(want, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
-	if !slices.Equal(got, want) {
-		t.Fatalf("the page recorded %v as the cell's members; want %v", got, want)
-	}
+}
+
+// sortedFingerprints returns a sorted copy of fps: the members' answer is
+// read while the daemons still read it.
+func sortedFingerprints(fps []wire.Fingerprint) []wire.Fingerprint {
+	out := slices.Clone(fps)
+	slices.SortFunc(out, func(x, y wire.Fingerprint) int { return bytes.Compare(x[:], y[:]) })
+	return out
 }
