@@ -108,6 +108,14 @@ func (g *Group) otherReplica(err error, tries *int) bool {
 // rolling restart (0.4-0.8 s pauses in internal/jepsen, where a restarted
 // member is often the next one handed the leadership). If the member
 // named is in fact gone, the dial says so within cellDialFor.
+//
+// A leader the handle did not know of is added to its members, up to
+// wire.MaxReplicas (a cell's listing has no more): a member naming a new
+// leader at each refusal (a rogue one, a new key each time) grew the list
+// by one per call for as long as the handle lived (until session 17), and
+// with it each pass over the members (replicaAfter, the wrong-key count
+// that ends a call). Past the bound the leader is followed unlisted; its
+// own refusals, or Info, name the cell's members as it has them.
 func (g *Group) follow(r wire.Replica) error {
 	p, err := g.peerAt([]string{r.Addr}, r.Fingerprint)
 	if err != nil {
@@ -122,7 +130,7 @@ func (g *Group) follow(r wire.Replica) error {
 		g.replicas[i].Leader = g.replicas[i].Fingerprint == r.Fingerprint
 		known = known || g.replicas[i].Leader
 	}
-	if !known && len(g.replicas) > 0 {
+	if !known && len(g.replicas) > 0 && len(g.replicas) < wire.MaxReplicas {
 		g.replicas = append(g.replicas, wire.Replica{Addr: r.Addr, Fingerprint: r.Fingerprint, Leader: true})
 	}
 	return nil
@@ -205,14 +213,14 @@ func (g *Group) replicated() bool {
 
 // anyCall performs an operation any member of a cell answers (info,
 // members): on a group of one daemon, at its daemon (reach, which follows
-// it if it moved); on a replicated group, as leaderCall does, so that a
+// it if it moved); on a replicated group, as memberCall does, so that a
 // member gone is passed over for the others. Until session 15's walk it
 // asked the member the handle knew alone: huddle web, which keeps a cell
 // group's handle across elections, found the group unreachable at every
 // info once the leader it knew was killed, while the cell served.
 func (g *Group) anyCall(ctx context.Context, op wire.Op, args, out any) error {
 	if g.replicated() {
-		return g.leaderCall(ctx, op, args, out)
+		return g.memberCall(ctx, op, args, out)
 	}
 	p, err := g.reach(ctx)
 	if err == nil {
@@ -221,10 +229,14 @@ func (g *Group) anyCall(ctx context.Context, op wire.Op, args, out any) error {
 	return err
 }
 
-// leaderCall performs an operation only a cell's leader runs (send, join,
-// leave): on a group of one daemon, it is single; on a replicated group,
-// it follows the leader as the package comment above says.
-func (g *Group) leaderCall(ctx context.Context, op wire.Op, args, out any) error {
+// memberCall performs an operation at the member the handle is on: on a
+// group of one daemon, a single call; on a replicated group, one attempt
+// there, then at the leader a refusal names (send, join and leave only
+// a leader runs: a follower names it), or at the next member when one is
+// silent, stopping or without a leader, as the package comment above says.
+// (Named leaderCall until session 17: it asks no leader of its own accord,
+// and info and members go through it too.)
+func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error {
 	// The bound on following the leader, if ctx sets none, ends the
 	// attempts and the waits between them, rather than a context of its
 	// own: that was a timer per call.
@@ -461,7 +473,7 @@ func pause(ctx context.Context, until time.Time, d time.Duration) bool {
 }
 
 // attempt is one try of a call: single, bounded by d on a replicated group,
-// and by until, if set (leaderCall's bound on following the leader: the
+// and by until, if set (memberCall's bound on following the leader: the
 // attempt then ends with ctx's error, as if ctx had that deadline).
 //
 // Its context is an attemptCtx (attempts.go), timed by the client's

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -106,7 +107,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := live.conn
-	// Ended by the call's bound on following the leader (leaderCall's
+	// Ended by the call's bound on following the leader (memberCall's
 	// until), sooner than by its own: the error of a context with that
 	// deadline, and the connection kept, the member being alive.
 	if err := g.attempt(ctx, time.Now().Add(2*cellSilentFor), time.Minute, wire.OpSend, send, &sent); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnreachable) {
@@ -636,5 +637,40 @@ func TestCellAttemptWaitsForCreditWhileHeard(t *testing.T) {
 	let(b)
 	if err := <-second; err != nil {
 		t.Fatalf("the attempt that waited for credit: %v", err)
+	}
+}
+
+// TestCellFollowBoundsMembers: a member naming a new leader at every
+// refusal (a rogue one, a fresh key each time) adds each to the members
+// the handle knows only up to wire.MaxReplicas, and the members it knew
+// stay. The list grew by one per refusal for as long as the handle lived,
+// and every pass over it (replicaAfter, the count of members met under
+// another key that ends a call) with it.
+func TestCellFollowBoundsMembers(t *testing.T) {
+	cl := newTestClient(t, Config{})
+	defer cl.Close()
+	known := []wire.Replica{{Addr: "127.0.0.1:2", Fingerprint: wire.Fingerprint{2}, Leader: true}, {Addr: "127.0.0.1:3", Fingerprint: wire.Fingerprint{3}}}
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{known[0].Addr}, Fingerprint: known[0].Fingerprint, Replicas: known})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for i := range 100 {
+		named := wire.Replica{Addr: "127.0.0.1:4", Fingerprint: wire.Fingerprint{4, byte(i)}, Leader: true}
+		if err := g.follow(named); err != nil {
+			t.Fatal(err)
+		}
+		if g.peer().pin != named.Fingerprint {
+			t.Fatalf("after following leader %d, the handle is on %s", i, g.peer().pin.Short())
+		}
+	}
+	got := g.Replicas()
+	if len(got) > wire.MaxReplicas {
+		t.Fatalf("after 100 leaders named, each a new key, the handle knows %d members; want at most %d", len(got), wire.MaxReplicas)
+	}
+	for _, r := range known {
+		if !slices.ContainsFunc(got, func(o wire.Replica) bool { return o.Fingerprint == r.Fingerprint }) {
+			t.Errorf("member %s, known from the listing, is gone from the handle's members: %v", r.Fingerprint.Short(), got)
+		}
 	}
 }

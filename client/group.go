@@ -268,7 +268,7 @@ func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, e
 	}
 	defer g.exit()
 	var j wire.Joined
-	if err := g.leaderCall(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
+	if err := g.memberCall(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
 		return Joined{}, g.fail("join", err)
 	}
 	return Joined{Epoch: j.Epoch, Last: j.Last, Already: j.Already}, nil
@@ -282,7 +282,7 @@ func (g *Group) Leave(ctx context.Context) (bool, error) {
 	}
 	defer g.exit()
 	var l wire.Left
-	if err := g.leaderCall(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l); err != nil {
+	if err := g.memberCall(ctx, wire.OpLeave, wire.GroupRef{Group: g.id}, &l); err != nil {
 		return false, g.fail("leave", err)
 	}
 	return l.WasMember, nil
@@ -421,7 +421,7 @@ func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error
 // acknowledges each.
 func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, error) {
 	var s wire.Sent
-	if err := g.leaderCall(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
+	if err := g.memberCall(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
 		return wire.Sent{}, g.fail("send", err)
 	}
 	if len(s.Acks) != len(msgs) {
