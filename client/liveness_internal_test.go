@@ -874,8 +874,15 @@ func TestRestartedDaemonWithEveryStreamInUse(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the daemon never had every stream in use")
 	}
+	// The last request's acknowledgement (a live daemon's comes within
+	// its 25 ms acknowledgement delay), within the test's deadline: this
+	// wait had none of its own, and one waiting on nothing would have
+	// hung until go test's timeout, not failing in its own words.
 	heard := conn.ConnectionStats().PacketsReceived
-	for conn.ConnectionStats().PacketsReceived == heard { // the last request's acknowledgement
+	for conn.ConnectionStats().PacketsReceived == heard {
+		if ctx.Err() != nil {
+			t.Fatal("the daemon, every stream in use, acknowledged nothing of the last request before the test's deadline")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	s.restart(func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
