@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -97,6 +99,13 @@ type liveness struct {
 	// conn. The one path is probed again each time: each new one would
 	// take one of the connection IDs the server issued.
 	path *quic.Path
+	// pathSent counts the datagrams the path's socket sent: a probe that
+	// sent none was never made (the server gave no connection ID to spare),
+	// and its silence tells nothing (probePath).
+	pathSent *countedConn
+	// noPath is why the path cannot be probed, once known: it is not
+	// tried again on this connection.
+	noPath error
 }
 
 // newLiveness returns conn's liveness watch; p.mu is held.
@@ -320,45 +329,94 @@ func (l *liveness) waitCredit(ctx context.Context) (*quic.Stream, error) {
 // before session 16 such calls waited for their deadlines, or QUIC's idle
 // timeout (30 s). errNoPathProbe: the path could not be probed (the
 // server disabled migration, or no socket), which tells nothing.
+//
+// Nor does a probe that never went out: a path's PATH_CHALLENGE goes out
+// under a connection ID the server issued for it (NEW_CONNECTION_ID), and
+// quic-go holds a probe back until it has one to spare. quic-go's servers
+// issue three; RFC 9000 asks none of a server, and another QUIC stack may
+// issue none, or they may all be taken. Such a probe ended at d
+// unanswered, as a dead server's does, and the connection of a live
+// server, slow with every stream in use, was closed (until session 17):
+// now a probe whose socket sent nothing is errNoPathProbe, and the path is
+// not tried again on this connection (its calls are left to their
+// deadlines and QUIC's idle timeout, as before session 16).
 func (l *liveness) probePath(ctx context.Context, d time.Duration) error {
-	path, err := l.probedPath()
+	path, sent, err := l.probedPath()
 	if err != nil {
-		return fmt.Errorf("%w: %w", errNoPathProbe, err)
+		return err
 	}
+	before := sent.writes.Load()
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	return path.Probe(ctx)
+	err = path.Probe(ctx)
+	if err != nil && sent.writes.Load() == before && l.conn.Context().Err() == nil {
+		err = fmt.Errorf("%w: no probe went out in %v (no connection ID to spare from the server): %w", errNoPathProbe, d, err)
+		l.mu.Lock()
+		l.noPath = err
+		l.mu.Unlock()
+	}
+	return err
 }
 
 // errNoPathProbe: probePath could not probe the path.
 var errNoPathProbe = errors.New("cannot probe the path")
 
-// probedPath returns the path probePath probes, adding it (and opening its
-// socket) the first time.
-func (l *liveness) probedPath() (*quic.Path, error) {
+// probedPath returns the path probePath probes and its socket's count of
+// datagrams sent, adding the path (and opening its socket) the first
+// time; or errNoPathProbe.
+func (l *liveness) probedPath() (*quic.Path, *countedConn, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.noPath != nil {
+		return nil, nil, l.noPath
+	}
 	if l.path != nil {
-		return l.path, nil
+		return l.path, l.pathSent, nil
 	}
 	udp, err := net.ListenUDP("udp", nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("%w: %w", errNoPathProbe, err)
 	}
-	tr := &quic.Transport{Conn: udp}
+	// quic-go takes the socket as a plain net.PacketConn (no batched or
+	// ancillary-data I/O: a probe is a datagram now and then), sizing its
+	// buffers as on any other socket.
+	sent := &countedConn{udp: udp}
+	tr := &quic.Transport{Conn: sent}
 	path, err := l.conn.AddPath(tr)
 	if err != nil {
 		tr.Close()
 		udp.Close()
-		return nil, err
+		l.noPath = fmt.Errorf("%w: %w", errNoPathProbe, err)
+		return nil, nil, l.noPath
 	}
-	l.path = path
+	l.path, l.pathSent = path, sent
 	context.AfterFunc(l.conn.Context(), func() {
 		tr.Close()
 		udp.Close()
 	})
-	return path, nil
+	return path, sent, nil
 }
+
+// countedConn is a UDP socket that counts the datagrams written to it.
+type countedConn struct {
+	udp    *net.UDPConn
+	writes atomic.Uint64
+}
+
+func (c *countedConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	c.writes.Add(1)
+	return c.udp.WriteTo(b, addr)
+}
+
+func (c *countedConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.udp.ReadFrom(b) }
+func (c *countedConn) Close() error                             { return c.udp.Close() }
+func (c *countedConn) LocalAddr() net.Addr                      { return c.udp.LocalAddr() }
+func (c *countedConn) SetDeadline(t time.Time) error            { return c.udp.SetDeadline(t) }
+func (c *countedConn) SetReadDeadline(t time.Time) error        { return c.udp.SetReadDeadline(t) }
+func (c *countedConn) SetWriteDeadline(t time.Time) error       { return c.udp.SetWriteDeadline(t) }
+func (c *countedConn) SetReadBuffer(n int) error                { return c.udp.SetReadBuffer(n) }
+func (c *countedConn) SetWriteBuffer(n int) error               { return c.udp.SetWriteBuffer(n) }
+func (c *countedConn) SyscallConn() (syscall.RawConn, error)    { return c.udp.SyscallConn() }
 
 // errNoneWaiting: the probe waited for stream credit until no call waited.
 var errNoneWaiting = errors.New("no call waits any more")

@@ -823,6 +823,113 @@ func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
 	}
 }
 
+// TestProbeWithoutConnectionIDKeepsConnection: as
+// TestProbeWithoutStreamCreditKeepsConnection, a live daemon slow to
+// answer calls holding every stream it allows, but with no connection ID
+// of the daemon's left to spare (another QUIC stack may issue none; here
+// the three quic-go issues are taken by paths of the test's own), so that
+// the starved probe's probe of the path cannot go out. It ended at its
+// bound unanswered, as a dead daemon's does, and the live daemon's
+// connection was closed, every call retried on a new one. Now a probe
+// that never went out tells nothing: the connection is kept, here for four
+// times the silence bound, and the calls are answered on it.
+func TestProbeWithoutConnectionIDKeepsConnection(t *testing.T) {
+	const limit, calls = 4, 6
+	var mu sync.Mutex
+	sends := 0
+	full, release := make(chan struct{}), make(chan struct{})
+	s := startLoneConfig(t, quic.Config{MaxIncomingStreams: limit}, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		switch op {
+		case wire.OpInfo:
+			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
+		case wire.OpSend:
+			mu.Lock()
+			if sends++; sends == limit {
+				close(full)
+			}
+			mu.Unlock()
+			select {
+			case <-release:
+				ack(raw, st)
+				io.Copy(io.Discard, st)
+			case <-stop:
+			}
+		}
+	})
+	c := newTestClient(t, Config{NoBatching: true})
+	defer c.Close()
+	g, err := c.Group(s.entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := g.Info(ctx); err != nil { // dials the connection
+		t.Fatal(err)
+	}
+	conn := g.peer().current()
+	if taken := takeSpareConnIDs(t, conn); taken == 0 {
+		t.Fatal("the daemon issued no connection ID to spare: the case is not built")
+	}
+	done := make(chan error, calls)
+	for i := range calls {
+		go func() {
+			_, err := g.Send(ctx, []byte{byte(i)})
+			done <- err
+		}()
+	}
+	select {
+	case <-full:
+	case <-ctx.Done():
+		t.Fatal("the daemon never had every stream in use")
+	}
+	select {
+	case <-conn.Context().Done():
+		t.Fatalf("the client dropped the connection of a live daemon slow to answer, its path unprobeable: %v", context.Cause(conn.Context()))
+	case <-time.After(4 * silentAfter):
+	}
+	close(release)
+	for range calls {
+		if err := <-done; err != nil {
+			t.Fatalf("send to a live daemon slow to answer, every stream in use: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if sends != calls || g.peer().current() != conn {
+		t.Fatalf("the daemon got %d sends (want %d: none retried); connection kept: %v", sends, calls, g.peer().current() == conn)
+	}
+}
+
+// takeSpareConnIDs takes every connection ID the server of conn issued to
+// spare, each by a path of its own validated (left open until the test
+// ends), and returns how many it took.
+func takeSpareConnIDs(t *testing.T, conn *quic.Conn) (taken int) {
+	t.Helper()
+	for range 8 {
+		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &quic.Transport{Conn: udp}
+		t.Cleanup(func() { tr.Close(); udp.Close() })
+		path, err := conn.AddPath(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = path.Probe(ctx)
+		cancel()
+		if err != nil { // none left: the probe never went out
+			path.Close()
+			return taken
+		}
+		taken++
+	}
+	t.Fatalf("took %d connection IDs and the server had more", taken)
+	return taken
+}
+
 // TestRestartedDaemonWithEveryStreamInUse: calls waiting on a daemon
 // killed and restarted in place while every stream it allows is one of
 // theirs (max_streams, 4 here; two more calls wait for credit) are retried
