@@ -79,6 +79,13 @@ type DiskConfig struct {
 	// messages, so that retention deletes files an eighth of the log at a
 	// time. At most 1 GiB.
 	SegmentBytes int64
+	// Reserve is the room, in bytes, the log keeps on its disk for itself
+	// (the file `reserve`, reserve.go): taken when the disk has room to
+	// spare, and written into where a full disk refuses a record that
+	// retention makes no room for (a log below its limits). 0 means
+	// DefaultReserve (1 MiB), or the segment size if smaller; negative,
+	// none.
+	Reserve int64
 
 	// syncDir makes a directory's entries durable: syncDir, but for the
 	// tests that watch which directories are synced.
@@ -174,6 +181,10 @@ type DiskLog struct {
 	spare      bool      // the spare file is there (fromSpare)
 	spareTried time.Time // when Expire last tried to make it
 
+	resWant  int64     // the reserve's size (DiskConfig.Reserve)
+	resSize  int64     // its file's size now (reserve.go)
+	resTried time.Time // when it was last made whole, or tried
+
 	syncDir  func(dir string) error // DiskConfig.syncDir
 	syncFile func(f *os.File) error // DiskConfig.syncFile
 	remove   func(path string) error
@@ -230,6 +241,12 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	}
 	d.segMsg = max(1, mem.lim.maxMessages/8)
 	d.behind = cfg.WriteBehind
+	switch {
+	case cfg.Reserve == 0:
+		d.resWant = min(DefaultReserve, d.segMax)
+	case cfg.Reserve > 0:
+		d.resWant = cfg.Reserve
+	}
 	start := time.Now()
 	rec, err := d.recover()
 	if err != nil {
@@ -324,6 +341,9 @@ func (d *DiskLog) Append(batch []Entry) error {
 	d.segs[len(d.segs)-1].last, d.segs[len(d.segs)-1].lastTime = last.Seq, last.Time
 	d.mem.appendChecked(batch) // checked above, under d.wmu: memory's one writer
 	d.retain()
+	if d.resSize < d.resWant {
+		d.fillReserve(false)
+	}
 	return nil
 }
 
@@ -332,7 +352,7 @@ func (d *DiskLog) Append(batch []Entry) error {
 // it returns the record's offset. On error nothing of it is in the file
 // or pending. d.wmu is held.
 func (d *DiskLog) record(batch []Entry) (int64, error) {
-	if d.fcount > 0 && (d.fsize >= d.segMax || d.fcount+len(batch) > d.segMsg) {
+	if d.sealsFor(batch) {
 		if err := d.rotate(false); err != nil {
 			return 0, err
 		}
@@ -355,6 +375,12 @@ func (d *DiskLog) record(batch []Entry) (int64, error) {
 		}
 	}
 	return at, nil
+}
+
+// sealsFor reports whether the active segment is sealed before batch's
+// record, which then begins the next. d.wmu is held.
+func (d *DiskLog) sealsFor(batch []Entry) bool {
+	return d.fcount > 0 && (d.fsize >= d.segMax || d.fcount+len(batch) > d.segMsg)
 }
 
 // maxKeptPend bounds the buffer of pending records kept from one write to
@@ -643,6 +669,7 @@ func (d *DiskLog) Expire(now time.Time) {
 		d.spareTried = time.Now()
 		d.makeSpare()
 	}
+	d.fillReserve(false)
 }
 
 // Durable returns once the messages up to seq are as durable as an ack

@@ -299,6 +299,7 @@ func (d *DiskLog) recover() (Recovery, error) {
 			}
 			d.makeSpare()
 		}
+		d.openReserve()
 	}
 	return rec, nil
 }
@@ -404,6 +405,7 @@ func (d *DiskLog) begin() error {
 	d.segs = []segFile{{base: d.fbase, last: d.fbase - 1}}
 	d.unbegun = false
 	d.makeSpare()
+	d.openReserve()
 	return nil
 }
 

@@ -32,6 +32,9 @@ import (
 //     would keep had the batch been stored: the messages dropped do not
 //     come back, and the log holds fewer than its limits until later
 //     appends fill it.
+//   - Where retention makes no room (the log is below its limits), or
+//     not enough, the log's reserve does: a file kept for that, cut by
+//     what the record needs (reserve.go).
 //
 // What retention keeps is never dropped: a disk that cannot hold it, with
 // the part of the oldest file retention has already evicted (files are
@@ -96,15 +99,28 @@ func (d *DiskLog) recordRoom(batch []Entry) (int64, error) {
 	if at, err = d.record(batch); err == nil || !noRoom(err) {
 		return at, err
 	}
-	if !d.makeRoom(plan) {
-		return at, err
+	if d.makeRoom(plan) {
+		if roomTestMade != nil {
+			roomTestMade()
+		}
+		// Retention, once the batch is stored, deletes the oldest files:
+		// deleted first, they make room for it.
+		if at, err = d.record(batch); err == nil || !noRoom(err) {
+			return at, err
+		}
 	}
-	if roomTestMade != nil {
-		roomTestMade()
+	// Retention makes no room for it (the log is below its limits), or
+	// not enough: the log's reserve does (reserve.go).
+	need := int64(recordSize(batch))
+	if d.sealsFor(batch) {
+		need += cutPage // the next segment's header
 	}
-	// Retention, once the batch is stored, deletes the oldest files:
-	// deleted first, they make room for it.
-	return d.record(batch)
+	for d.takeReserve(need) {
+		if at, err = d.record(batch); err == nil || !noRoom(err) {
+			return at, err
+		}
+	}
+	return at, err
 }
 
 // noRoom reports whether err is a full disk's or an exhausted quota's.
