@@ -136,23 +136,39 @@ func (j joinedSet) before(a, b joinedGroup) bool {
 	return slices.Compare(a.Daemon[:], b.Daemon[:]) < 0
 }
 
+// pinned returns the keys line k takes for its group's members: the
+// replica set it records, else its daemon key alone (a line written by a
+// binary before session 15, or a group of one daemon).
+func (j joinedSet) pinned(k joinedGroup) []wire.Fingerprint {
+	if c := j[k].cell; c != nil {
+		return c
+	}
+	return []wire.Fingerprint{k.Daemon}
+}
+
 // trusted returns groups, a merged listing, with each cell's group the
-// user joined whose line records its replica set made one entry naming
-// only the members of that set (client.TrustedCell): the listings of its
-// UUID that name one of them, under whatever set, are that group. A
-// listing of its UUID that names none is left as it is: another group
-// (an impostor, or the group moved to keys the user has not taken).
+// user joined made one entry naming only the members its line takes
+// (pinned; client.TrustedCell): the listings of its UUID that name one of
+// them, under whatever set, are that group. A listing of its UUID that
+// names none is left as it is: another group (an impostor, or the group
+// moved to keys the user has not taken).
 //
 // Why: a rogue registry listing the UUID with a set of one real member's
 // key and one of its own counted as the joined group, and the CLI found
 // two groups joined (ambiguous), huddle web took the first registry's:
-// the rogue's key was dialled.
+// the rogue's key was dialled. And a line without a replica set (written
+// by a binary before session 15) took the listing as it was until its
+// first follow (followCell) was answered: the member it was joined at
+// unreachable, or not answering alike with the others, a rogue's listing
+// of that key beside one of its own, leading, had the command dial the
+// rogue. Such a line now trusts the key it holds alone, until a follow
+// records the set (followed).
 func (j joinedSet) trusted(groups []client.ListedGroup) []client.ListedGroup {
 	var out []client.ListedGroup
 	done := make(map[joinedGroup]bool)
 	for _, g := range groups {
 		k, ok := j.find(g.GroupEntry)
-		if !ok || j[k].cell == nil || len(g.Replicas) == 0 {
+		if !ok || len(g.Replicas) == 0 {
 			out = append(out, g)
 			continue
 		}
@@ -186,7 +202,7 @@ func (j joinedSet) trusted(groups []client.ListedGroup) []client.ListedGroup {
 				}
 			}
 		}
-		e, _ := client.TrustedCell(es, j[k].cell)
+		e, _ := client.TrustedCell(es, j.pinned(k))
 		t := client.ListedGroup{GroupEntry: e, ListedBy: g.ListedBy, MemberAddrs: at}
 		for _, n := range names {
 			if n != e.Name {
@@ -796,13 +812,16 @@ func followed(group wire.UUID, member wire.Fingerprint, keys []wire.Fingerprint)
 }
 
 // Cell returns the keys of the replica set recorded for group, a cell's
-// group joined (web.JoinedCells); nil if none is.
+// group joined (web.JoinedCells); for a line without one, its daemon key
+// alone (pinned: the page took such a group's listings as they were);
+// nil for a group not joined. A group of one daemon so has its key: its
+// listings name no replicas, which the page leaves as they are.
 func (j *joinedRecord) Cell(group client.UUID) []client.Fingerprint {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.load()
-	if k, ok := j.set.first(func(k joinedGroup) bool { return k.Group == group && j.set[k].cell != nil }); ok {
-		return slices.Clone(j.set[k].cell)
+	if k, ok := j.set.first(func(k joinedGroup) bool { return k.Group == group }); ok {
+		return slices.Clone(j.set.pinned(k))
 	}
 	return nil
 }

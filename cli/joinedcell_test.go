@@ -172,3 +172,46 @@ func TestJoinedCellTwoLines(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinedOldLinePinned: a cell's group on a line without its replica
+// set (written by a binary before session 15) trusts the key the line
+// holds alone until a follow records the set: a rogue's listing of that
+// key beside one of its own, leading, was taken as it was, and the
+// command (and huddle web, through Cell) dialled the rogue's key whenever
+// the follow went unanswered.
+func TestJoinedOldLinePinned(t *testing.T) {
+	a, x := wire.Fingerprint{1}, wire.Fingerprint{0xee}
+	id := wire.UUID{7}
+	set := joinedSet{{id, a}: {name: "general"}}
+	rogue := client.ListedGroup{GroupEntry: wire.GroupEntry{Group: id, Name: "general", Fingerprint: x, Addrs: []string{"x:1"},
+		Replicas: []wire.Replica{{Addr: "a:1", Fingerprint: a}, {Addr: "x:1", Fingerprint: x, Leader: true}}},
+		MemberAddrs: map[wire.Fingerprint][]string{a: {"a:1", "x:2"}, x: {"x:1"}}}
+	if !set.has(rogue.GroupEntry) {
+		t.Fatal("the listing naming the key joined is not the group joined")
+	}
+	got := set.trusted([]client.ListedGroup{rogue})
+	if len(got) != 1 {
+		t.Fatalf("trusted listing: %+v; want one entry", got)
+	}
+	e := got[0]
+	if e.Fingerprint != a || len(e.Replicas) != 1 || e.Replicas[0].Fingerprint != a || e.MemberAddrs[x] != nil || !slices.Contains(e.Addrs, "a:1") {
+		t.Errorf("trusted entry: %+v; want the key joined alone, at its listed address", e)
+	}
+	if !set.stale([]client.ListedGroup{rogue}, joinedGroup{id, a}) {
+		t.Errorf("the old line is not followed")
+	}
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, joinedFile), []byte(id.String()+" "+a.String()+" general\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &joinedRecord{dir: dir}
+	if got := r.Cell(id); !slices.Equal(got, []wire.Fingerprint{a}) {
+		t.Errorf("huddle web's record of the old line: %v; want the key joined alone", got)
+	}
+	// Followed, the line records the set the member answered.
+	r.Follow(id, a, []wire.Fingerprint{a, x})
+	if got := r.Cell(id); !slices.Equal(got, []wire.Fingerprint{a, x}) {
+		t.Errorf("after a's word: %v; want a, x", got)
+	}
+}
