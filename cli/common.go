@@ -211,7 +211,7 @@ func (s *session) group(ctx context.Context, ref string) (*client.Group, wire.Gr
 	e, err := resolveGroup(listedEntries(groups), ref, joined)
 	if k, ok := joined.find(e); err == nil && ok && joined.stale(l.groups, k) {
 		// The cell's members are not those recorded: ask them.
-		if set, changed := s.follow(ctx, joined, k, l.groups); changed {
+		if set, changed := s.follow(ctx, joined, []joinedGroup{k}, l.groups); changed {
 			s.joined, joined = set, set
 			groups = joined.trusted(l.groups)
 			e, err = resolveGroup(listedEntries(groups), ref, joined)

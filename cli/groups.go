@@ -1,10 +1,10 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,12 +47,18 @@ func runGroups(ctx context.Context, env Env, args []string) int {
 	// who its members are, as a command naming it asks (session.group):
 	// a member the operator added is shown once the cell says so, never
 	// on a listing's word.
+	// Every such cell at once (followCells).
 	joined := s.joined
-	for _, k := range slices.Collect(maps.Keys(joined)) {
-		if _, ok := joined[k]; ok && joined.stale(l.groups, k) {
-			joined, _ = s.follow(ctx, joined, k, l.groups)
+	var stale []joinedGroup
+	for k := range joined {
+		if joined.stale(l.groups, k) {
+			stale = append(stale, k)
 		}
 	}
+	slices.SortFunc(stale, func(a, b joinedGroup) int {
+		return cmp.Or(slices.Compare(a.Group[:], b.Group[:]), slices.Compare(a.Daemon[:], b.Daemon[:]))
+	})
+	joined, _ = s.follow(ctx, joined, stale, l.groups)
 	s.joined = joined
 	groups := joined.trusted(l.groups)
 	held := joined.held(groups)

@@ -546,18 +546,21 @@ func (s *session) unwritten(err error, what string) {
 	}
 }
 
-// follow is followCell of k in joined, unless a change of the joined file
-// failed in this command already: a command following several cells
+// follow is followCells of ks in joined, unless a change of the joined
+// file failed in this command already: a command following several cells
 // (huddle groups) waited Env.LockWait for each, a held lock's 5 s, and
 // then its record of a join as long again (until session 16).
-func (s *session) follow(ctx context.Context, joined joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
-	if s.unwritable {
+func (s *session) follow(ctx context.Context, joined joinedSet, ks []joinedGroup, groups []client.ListedGroup) (joinedSet, bool) {
+	if s.unwritable || len(ks) == 0 {
 		return joined, false
 	}
-	set, changed, err := followCell(ctx, s.client, s.home, s.env.lockWait(), joined, k, groups)
+	set, changed, err := followCells(ctx, s.client, s.home, s.env.lockWait(), joined, ks, groups)
 	if err != nil {
-		name := joined[k].name
-		s.unwritten(err, "the members of the cell of "+groupShown(wire.GroupEntry{Group: k.Group, Name: name}))
+		what := "the members of the cell of " + groupShown(wire.GroupEntry{Group: ks[0].Group, Name: joined[ks[0]].name})
+		if len(ks) > 1 {
+			what += fmt.Sprintf(" and of %d more", len(ks)-1)
+		}
+		s.unwritten(err, what)
 	}
 	return set, changed
 }
@@ -697,9 +700,14 @@ func (j *joinedRecord) update(change func(joinedSet) bool, what string) {
 	j.mu.Unlock()
 }
 
-// cellFollowWait bounds followCell's questions, all of them: the
+// cellFollowWait bounds followCells' questions, all of them: the
 // command waits for them once, at most.
 const cellFollowWait = 4 * time.Second
+
+// cellFollowsAtOnce bounds the cells followCells asks at once: each asks
+// its members at up to 4 addresses each (client.CellMembers), and a user
+// may have joined many cells.
+const cellFollowsAtOnce = 8
 
 // stale reports whether the replica set recorded for k, a cell's group the
 // user joined, is not the set the listings in groups name (a line without
@@ -735,10 +743,59 @@ func (j joinedSet) stale(groups []client.ListedGroup, k joinedGroup) bool {
 // The error is the joined file's, written (or locked) in vain; the
 // members' not answering alike is none: nothing is followed.
 func followCell(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
-	recorded := set[k].cell
-	if recorded == nil {
-		recorded = []wire.Fingerprint{k.Daemon}
+	return followCells(ctx, c, dir, lockWait, set, []joinedGroup{k}, groups)
+}
+
+// followCells is followCell of each of ks, asked at once
+// (cellFollowsAtOnce at most), within cellFollowWait in all, their
+// answers recorded in one change of the joined file, in the order of ks.
+// A follow not begun by then is not asked: the next command asks again.
+//
+// Why: huddle groups followed each cell the user joined one after the
+// other, up to 4 s each (until session 17).
+func followCells(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, ks []joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
+	qctx, cancel := context.WithTimeout(ctx, cellFollowWait)
+	changes := make([]func(joinedSet) bool, len(ks))
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, cellFollowsAtOnce)
+	for i, k := range ks {
+		select {
+		case slots <- struct{}{}:
+		case <-qctx.Done():
+		}
+		if qctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			changes[i] = askCell(qctx, c, set, k, groups)
+		})
 	}
+	wg.Wait()
+	cancel()
+	changes = slices.DeleteFunc(changes, func(f func(joinedSet) bool) bool { return f == nil })
+	if len(changes) == 0 {
+		return set, false, nil
+	}
+	changed := false
+	written, err := updateJoined(ctx, dir, lockWait, func(set joinedSet) bool {
+		for _, change := range changes {
+			if change(set) {
+				changed = true
+			}
+		}
+		return changed
+	})
+	if err != nil {
+		return set, false, err
+	}
+	return written, changed, nil
+}
+
+// askCell asks the members of the set set records for k for the cell's
+// members (followCell) and returns the change recording what a majority
+// of them answered alike; nil if they did not.
+func askCell(ctx context.Context, c *client.Client, set joinedSet, k joinedGroup, groups []client.ListedGroup) func(joinedSet) bool {
 	at := make(map[wire.Fingerprint][]string)
 	add := func(fp wire.Fingerprint, addr string) {
 		if set.trusts(k, fp) && addr != "" && !slices.Contains(at[fp], addr) {
@@ -758,22 +815,11 @@ func followCell(ctx context.Context, c *client.Client, dir string, lockWait time
 			}
 		}
 	}
-	qctx, cancel := context.WithTimeout(ctx, cellFollowWait)
-	keys, from, err := c.CellMembers(qctx, recorded, at)
-	cancel()
+	keys, from, err := c.CellMembers(ctx, set.pinned(k), at)
 	if err != nil {
-		return set, false, nil
+		return nil
 	}
-	changed := false
-	change := followed(k.Group, from, keys)
-	written, err := updateJoined(ctx, dir, lockWait, func(set joinedSet) bool {
-		changed = change(set)
-		return changed
-	})
-	if err != nil {
-		return set, false, err
-	}
-	return written, changed, nil
+	return followed(k.Group, from, keys)
 }
 
 // followed is updateJoined's change recording keys, the members of a
