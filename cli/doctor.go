@@ -52,7 +52,10 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 		return fail(env, "doctor", err)
 	}
 	defer c.Close()
-	s := &session{env: env, verb: "doctor", flags: &cf, client: c, kh: kh, home: dir, looking: true}
+	// The groups joined are checked first (doctorMaxGroups); a file it
+	// cannot read leaves them unpreferred.
+	joined, _ := loadJoined(dir)
+	s := &session{env: env, verb: "doctor", flags: &cf, client: c, kh: kh, home: dir, looking: true, joined: joined}
 	d := &doctor{s: s, report: doctorReport{You: id.Fingerprint().String()}}
 	code := d.run(ctx, wait)
 	if cf.json {
@@ -77,8 +80,11 @@ type doctorReport struct {
 	Registries []doctorRegistry `json:"registries"`
 	Cache      *doctorCache     `json:"cache,omitempty"`
 	Groups     []doctorGroup    `json:"groups"`
-	Advice     []string         `json:"advice"`
-	OK         bool             `json:"ok"`
+	// GroupsUnchecked counts the groups listed past doctorMaxGroups:
+	// not checked.
+	GroupsUnchecked int      `json:"groups_unchecked,omitempty"`
+	Advice          []string `json:"advice"`
+	OK              bool     `json:"ok"`
 }
 
 // print writes r as huddle doctor --json's one object, each list a list
@@ -154,15 +160,18 @@ type doctorGroup struct {
 	OK          bool     `json:"ok"`
 	AfterMS     int64    `json:"after_ms"`
 	Error       string   `json:"error,omitempty"`
-	// At is each address asked alone: every one listed (by any registry),
-	// and, when none of them answers, the daemon's port at each registry's
-	// host, which no registry lists (listed false). Absent for a cell's
-	// group (huddle cell status checks its members).
+	// At is each address asked alone: for a lone daemon's group, every
+	// one listed (by any registry), and, when none of them answers, the
+	// daemon's port at each registry's host, which no registry lists
+	// (listed false); for a cell's group, each member (Member) at every
+	// address listed for it, its first maxMemberAddrs.
 	At []doctorAddr `json:"at,omitempty"`
 }
 
 // doctorAddr is a daemon's address asked alone.
 type doctorAddr struct {
+	// Member is the key of the cell's member asked, for a cell's group.
+	Member string `json:"member,omitempty"`
 	Addr   string `json:"addr"`
 	Listed bool   `json:"listed"`
 	OK     bool   `json:"ok"` // it answered, with the key listed
@@ -585,7 +594,7 @@ const maxUnlistedPorts = 2
 // groupCheck is what doctor learnt of a group's daemon (checkGroup).
 type groupCheck struct {
 	listed []string      // every address listed (addrsOf)
-	at     []doctorAddr  // each listed address asked alone (a lone daemon's)
+	at     []doctorAddr  // each listed address asked alone (a lone daemon's; a cell's members', memberAddrs)
 	more   []doctorAddr  // its port at its registries' hosts, when it answered at none
 	err    error         // as the commands reach it
 	after  time.Duration // until it answered, or failed
@@ -594,28 +603,116 @@ type groupCheck struct {
 // doctorParallel bounds the groups doctor checks at once.
 const doctorParallel = 8
 
-// checkGroups checks every listed group's daemon, doctorParallel at a
-// time, and returns what each showed, in order. One after another, a
-// listing of many groups whose daemons do not answer (a rogue registry's,
-// or a network gone) took the command's timeout twice a group: a hundred
+// doctorMaxGroups bounds the groups doctor checks: the groups the user
+// joined first, then the others, in the listing's order. Each check may
+// take the command's timeout twice, doctorParallel at a time: a rogue
+// registry listing thousands of groups at addresses that never answer had
+// doctor run for hours (until session 17).
+const doctorMaxGroups = 64
+
+// checked returns the groups of l doctor checks (doctorMaxGroups of them,
+// the groups joined first, then the others), in the listing's order, and
+// how many it leaves unchecked.
+func (d *doctor) checked(l *listing) ([]client.ListedGroup, int) {
+	if len(l.groups) <= doctorMaxGroups {
+		return l.groups, 0
+	}
+	take := make([]bool, len(l.groups))
+	n := 0
+	for _, mine := range []bool{true, false} {
+		for i, g := range l.groups {
+			if n < doctorMaxGroups && !take[i] && d.s.joined.has(g.GroupEntry) == mine {
+				take[i] = true
+				n++
+			}
+		}
+	}
+	var out []client.ListedGroup
+	for i, g := range l.groups {
+		if take[i] {
+			out = append(out, g)
+		}
+	}
+	return out, len(l.groups) - len(out)
+}
+
+// checkGroups checks every group's daemon, doctorParallel at a time, and
+// returns what each showed, in order. One after another, a listing of
+// many groups whose daemons do not answer (a rogue registry's, or a
+// network gone) took the command's timeout twice a group: a hundred
 // groups, 17 minutes (until session 16).
-func (d *doctor) checkGroups(ctx context.Context, l *listing) []groupCheck {
-	checks := make([]groupCheck, len(l.groups))
+func (d *doctor) checkGroups(ctx context.Context, l *listing, groups []client.ListedGroup) []groupCheck {
+	checks := make([]groupCheck, len(groups))
 	next := make(chan int)
 	var wg sync.WaitGroup
-	for range min(doctorParallel, len(l.groups)) {
+	for range min(doctorParallel, len(groups)) {
 		wg.Go(func() {
 			for i := range next {
-				checks[i] = d.checkGroup(ctx, l, l.groups[i])
+				checks[i] = d.checkGroup(ctx, l, groups[i])
 			}
 		})
 	}
-	for i := range l.groups {
+	for i := range groups {
 		next <- i
 	}
 	close(next)
 	wg.Wait()
 	return checks
+}
+
+// maxMemberAddrs bounds the addresses doctor asks each member of a cell
+// at (memberAddrs): a member listens at one, or a few; a registry's entry
+// may list 25, and each registry its own.
+const maxMemberAddrs = 8
+
+// memberAddrs returns each member of e, a cell's group, at every address
+// the registries list it at (client.AddMemberAddrs, then
+// ListedGroup.MemberAddrs), its first maxMemberAddrs, in the order of
+// e.Replicas.
+func memberAddrs(e client.ListedGroup) []doctorAddr {
+	at := make(map[wire.Fingerprint][]string)
+	client.AddMemberAddrs(at, e.GroupEntry)
+	var out []doctorAddr
+	for _, r := range e.Replicas {
+		addrs := at[r.Fingerprint]
+		for _, a := range e.MemberAddrs[r.Fingerprint] {
+			if !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
+			}
+		}
+		n := 0
+		for _, a := range addrs {
+			if a != "" && n < maxMemberAddrs && !slices.ContainsFunc(out, func(o doctorAddr) bool { return o.Member == r.Fingerprint.String() && o.Addr == a }) {
+				out = append(out, doctorAddr{Member: r.Fingerprint.String(), Addr: a, Listed: true})
+				n++
+			}
+		}
+	}
+	return out
+}
+
+// probeMembers asks each member of e, a cell's group, at each of its
+// addresses alone (memberAddrs), at once, for its view of the cell
+// (cell_status, its key pinned), and returns what each answered.
+func (d *doctor) probeMembers(ctx context.Context, e client.ListedGroup) []doctorAddr {
+	out := memberAddrs(e)
+	var wg sync.WaitGroup
+	for i := range out {
+		wg.Go(func() {
+			fp, err := wire.ParseFingerprint(out[i].Member)
+			if err == nil {
+				gctx, cancel := context.WithTimeout(ctx, d.s.flags.timeout)
+				_, err = d.s.client.CellStatus(gctx, out[i].Addr, fp)
+				cancel()
+			}
+			out[i].OK = err == nil
+			if err != nil {
+				out[i].Error = err.Error()
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // checkGroup checks e's daemon as the commands reach it, and, a lone
@@ -625,10 +722,13 @@ func (d *doctor) checkGroups(ctx context.Context, l *listing) []groupCheck {
 func (d *doctor) checkGroup(ctx context.Context, l *listing, e client.ListedGroup) groupCheck {
 	c := groupCheck{listed: addrsOf(e)}
 	start := time.Now()
-	// Each address alone, meanwhile (a lone daemon's group).
+	// Each address alone, meanwhile: a lone daemon's, or each member's of
+	// a cell's group.
 	var wg sync.WaitGroup
 	if len(e.Replicas) == 0 {
 		wg.Go(func() { c.at = d.probeAll(ctx, e.GroupEntry, c.listed, true) })
+	} else {
+		wg.Go(func() { c.at = d.probeMembers(ctx, e) })
 	}
 	// As the commands reach it: every address listed (a cell's group,
 	// through its members).
@@ -648,13 +748,16 @@ func (d *doctor) checkGroup(ctx context.Context, l *listing, e client.ListedGrou
 	return c
 }
 
-// daemons checks every listed group's daemon: as the commands reach it,
-// then at each address alone (a lone daemon's group), so that an address
-// listed where it does not answer is said, and, when it answers at none,
-// an address no registry lists where it does. It only looked at the
-// addresses listed, together: a dead one beside a live one was "ok", and
-// a daemon reachable at its registry's host but registered at an address
-// unreachable from here was one of three guesses.
+// daemons checks every listed group's daemon (doctorMaxGroups of them):
+// as the commands reach it, then at each address alone (a lone daemon's
+// group; each member's of a cell's group), so that an address listed
+// where it does not answer is said, and, when a lone daemon answers at
+// none, an address no registry lists where it does. It only looked at
+// the addresses listed, together: a dead one beside a live one was "ok",
+// and a daemon reachable at its registry's host but registered at an
+// address unreachable from here was one of three guesses; and a cell's
+// group was "ok" while one of its members answered at none of its
+// addresses, or not at one of them (until session 17).
 func (d *doctor) daemons(ctx context.Context, l *listing) int {
 	if len(l.groups) == 0 {
 		d.say("\ngroup daemons: no group is registered")
@@ -663,8 +766,10 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 	d.say("\ngroup daemons:")
 	rows := [][]string{{"GROUP", "ADDRESS", "DAEMON", "ANSWER"}}
 	code := ExitOK
-	checks := d.checkGroups(ctx, l)
-	for i, e := range l.groups {
+	groups, unchecked := d.checked(l)
+	d.report.GroupsUnchecked = unchecked
+	checks := d.checkGroups(ctx, l, groups)
+	for i, e := range groups {
 		c := checks[i]
 		listed, at, err := c.listed, c.at, c.err
 		j := doctorGroup{Name: e.Name, UUID: e.Group.String(), Addrs: e.Addrs, Fingerprint: e.Fingerprint.String()}
@@ -672,11 +777,16 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 		answer := fmt.Sprintf("ok in %v", c.after.Round(time.Millisecond))
 		var live, dead []string
 		for _, a := range at {
-			if a.OK {
+			switch {
+			case a.Member != "":
+			case a.OK:
 				live = append(live, a.Addr)
-			} else {
+			default:
 				dead = append(dead, a.Addr)
 			}
+		}
+		if len(e.Replicas) > 0 && d.adviseMembers(e, at, &answer) {
+			code = ExitUnreachable
 		}
 		var mm *identity.MismatchError
 		switch {
@@ -723,7 +833,44 @@ func (d *doctor) daemons(ctx context.Context, l *listing) int {
 		rows = append(rows, []string{e.Name, strings.Join(listed, ","), e.Fingerprint.Short(), answer})
 	}
 	d.table(rows)
+	if unchecked > 0 {
+		d.say("  and %s not checked (doctor checks %d at most, the groups you joined first)", count(uint64(unchecked), "more group", "more groups"), doctorMaxGroups)
+	}
 	return code
+}
+
+// adviseMembers says, of e, a cell's group, each member that did not
+// answer at an address listed for it (at, probeMembers'), appends it to
+// answer, and reports whether any did not.
+func (d *doctor) adviseMembers(e client.ListedGroup, at []doctorAddr, answer *string) bool {
+	bad := false
+	for _, r := range e.Replicas {
+		var live, dead []string
+		for _, a := range at {
+			if a.Member != r.Fingerprint.String() {
+				continue
+			}
+			if a.OK {
+				live = append(live, a.Addr)
+			} else {
+				dead = append(dead, a.Addr)
+			}
+		}
+		switch {
+		case len(dead) == 0:
+			continue
+		case len(live) == 0:
+			*answer += fmt.Sprintf(", member %s answers at none of %s", r.Fingerprint.Short(), strings.Join(dead, ","))
+			d.advise("group %q: its cell's member %s answers at none of %s, the addresses listed for it: it may be down, or cut off from here (huddle cell status %s shows the cell's view of it); the group is served while a majority of its members runs",
+				e.Name, r.Fingerprint.Short(), strings.Join(dead, ","), e.Group.String())
+		default:
+			*answer += fmt.Sprintf(", member %s NOT at %s", r.Fingerprint.Short(), strings.Join(dead, ","))
+			d.advise("group %q: its cell's member %s answers at %s but not at %s, which its registries list too: a client that can reach it only there cannot; if that address is stale or unreachable from the clients, take it out of the member's --advertise",
+				e.Name, r.Fingerprint.Short(), strings.Join(live, ","), strings.Join(dead, ","))
+		}
+		bad = true
+	}
+	return bad
 }
 
 func (d *doctor) finish() {
