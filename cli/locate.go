@@ -96,8 +96,9 @@ type gatherer struct {
 	pending  map[string]registryReport // expected registries not yet answered, by source and address
 	// held counts, by key not yet claimed, the mDNS answers being verified
 	// (or verified, their registry about to be asked): awaited like the
-	// registries in flight (see browseAtLeast).
-	held map[wire.Fingerprint]int
+	// registries in flight (see browseAtLeast), and named by late when
+	// the run stops before they are asked.
+	held map[wire.Fingerprint]*heldAnswer
 	wake chan struct{} // the last hold ended without an ask: the loop may be done
 }
 
@@ -131,7 +132,7 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 	ctx, cancel := context.WithCancel(outer)
 	defer cancel()
 	g := &gatherer{s: s, start: time.Now(), answers: make(chan registryAnswer, 16), claimed: make(map[wire.Fingerprint]bool), refusals: make(map[string]bool), pending: make(map[string]registryReport),
-		held: make(map[wire.Fingerprint]int), wake: make(chan struct{}, 1)}
+		held: make(map[wire.Fingerprint]*heldAnswer), wake: make(chan struct{}, 1)}
 	defer g.wg.Wait() // after cancel: every source has ended when gather returns
 
 	given := s.given()
@@ -393,29 +394,42 @@ func (g *gatherer) claim(fp wire.Fingerprint) bool {
 // verification fails (unhold); one verified but never asked (Browse
 // reports at most MaxRegistries) lasts until gather ends, straggle after
 // the first answer at most.
-func (g *gatherer) hold(fp wire.Fingerprint) bool {
+//
+// rep is the registry as its first answer held names it, for late.
+func (g *gatherer) hold(fp wire.Fingerprint, rep registryReport) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.claimed[fp] {
 		return false
 	}
-	g.held[fp]++
+	if h := g.held[fp]; h != nil {
+		h.n++
+	} else {
+		g.held[fp] = &heldAnswer{n: 1, rep: rep}
+	}
 	return true
+}
+
+// heldAnswer is a key's mDNS answers held (gatherer.hold): how many, and
+// the registry the first names.
+type heldAnswer struct {
+	n   int
+	rep registryReport
 }
 
 // unhold ends one hold of fp, or all of them, and wakes gather's loop when
 // none is left.
 func (g *gatherer) unhold(fp wire.Fingerprint, all bool) {
 	g.mu.Lock()
-	n, ok := g.held[fp]
+	h, ok := g.held[fp]
 	if !ok {
 		g.mu.Unlock()
 		return
 	}
-	if all || n <= 1 {
+	if all || h.n <= 1 {
 		delete(g.held, fp)
 	} else {
-		g.held[fp] = n - 1
+		h.n--
 	}
 	none := len(g.held) == 0
 	g.mu.Unlock()
@@ -507,16 +521,33 @@ func (g *gatherer) settle(rep registryReport) {
 	g.mu.Unlock()
 }
 
-// late returns a report for every expected registry that has not answered.
+// late returns a report for every expected registry that has not
+// answered, and for every registry found over mDNS whose answer was still
+// being checked (held: the handshake verifying its key, or its ask about
+// to start). Those were said nowhere (until session 17): the run said
+// which registries it heard, not the one it found and stopped waiting
+// for, and at load a registry found over mDNS was left out of a run
+// without a word.
 func (g *gatherer) late() []registryReport {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []registryReport
+	took := time.Since(g.start)
 	for _, rep := range g.pending {
-		rep.err = fmt.Errorf("%w: no answer within %v", client.ErrUnreachable, time.Since(g.start).Round(time.Millisecond))
-		rep.after = time.Since(g.start)
+		rep.err = fmt.Errorf("%w: no answer within %v", client.ErrUnreachable, took.Round(time.Millisecond))
+		rep.after = took
 		out = append(out, rep)
 	}
+	for fp, h := range g.held {
+		if g.claimed[fp] {
+			continue // asked: pending above, or answered
+		}
+		rep := h.rep
+		rep.err = fmt.Errorf("%w: its mDNS answer still being checked after %v", client.ErrUnreachable, took.Round(time.Millisecond))
+		rep.after = took
+		out = append(out, rep)
+	}
+	slices.SortFunc(out, func(a, b registryReport) int { return strings.Compare(a.name+" "+a.addr, b.name+" "+b.addr) })
 	return out
 }
 
@@ -620,7 +651,7 @@ func (g *gatherer) browse(ctx context.Context) {
 		Interfaces: s.flags.ifaces,
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			fp, perr := wire.ParseFingerprint(r.Fingerprint)
-			held := perr == nil && g.hold(fp)
+			held := perr == nil && g.hold(fp, registryReport{from: fromMDNS, name: mdnsPinPrefix + r.Instance, addr: addr.String(), iface: r.Iface})
 			if beforeVerify != nil {
 				beforeVerify(g)
 			}

@@ -561,3 +561,25 @@ func TestSaveJoinedLeavesNoTemp(t *testing.T) {
 		t.Errorf("files left beside the joined file after a failed write: %v, %v", left, err)
 	}
 }
+
+// TestLateNamesRegistriesBeingChecked: a registry found over mDNS whose
+// answer was still being checked when the run stopped (its verifying
+// handshake slow, or its key's pin waiting for known_registries' lock) is
+// named among those that did not answer. late named only the registries
+// asked, and such a run said nothing of the registry it had found.
+func TestLateNamesRegistriesBeingChecked(t *testing.T) {
+	g := &gatherer{start: time.Now(), claimed: make(map[wire.Fingerprint]bool), pending: make(map[string]registryReport),
+		held: make(map[wire.Fingerprint]*heldAnswer), wake: make(chan struct{}, 1)}
+	checking, asked := wire.Fingerprint{1}, wire.Fingerprint{2}
+	g.hold(checking, registryReport{from: fromMDNS, name: mdnsPinPrefix + "office", addr: "10.0.0.5:7373"})
+	g.hold(checking, registryReport{from: fromMDNS, name: mdnsPinPrefix + "office", addr: "10.0.0.6:7373"})
+	g.hold(asked, registryReport{from: fromMDNS, name: mdnsPinPrefix + "lab", addr: "10.0.0.7:7373"})
+	g.claim(asked) // asked: its report is pending's
+	g.pending[fromMDNS+" 10.0.0.7:7373"] = registryReport{from: fromMDNS, name: mdnsPinPrefix + "lab", addr: "10.0.0.7:7373"}
+	l := &listing{reports: g.late()}
+	failed := strings.Join(l.failed(), "\n")
+	if !strings.Contains(failed, "10.0.0.5:7373 (mDNS): ") || !strings.Contains(failed, "mDNS answer still being checked") ||
+		strings.Count(failed, "10.0.0.7:7373") != 1 || strings.Contains(failed, "10.0.0.6") {
+		t.Errorf("not answering:\n%s\nwant office named once, at its first address, still being checked, and lab once", failed)
+	}
+}
