@@ -159,8 +159,13 @@ func forgetCachedRegistry(dir, name string) error {
 	return writeListCache(dir, &c)
 }
 
-// writeListCache replaces the cache in dir with c, atomically (a
-// temporary file renamed over it), readable by the user only.
+// writeListCache replaces the cache in dir with c, readable by the user
+// only, whole: the file synced before it is renamed over the old one, the
+// directory not (lockfile.ReplaceWhole). A cache may be lost, the old one
+// back after a crash, but never torn: renamed unsynced (until session 17),
+// a power cut could leave an empty or zero-filled file, ignored with a
+// warning by every command until a listing rewrote it, and no listing to
+// stand in while the registries restarted, as after such a cut they may.
 func writeListCache(dir string, c *listCache) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
@@ -169,17 +174,5 @@ func writeListCache(dir string, c *listCache) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+listCacheFile+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, listCacheFile))
+	return lockfile.ReplaceWhole(filepath.Join(dir, listCacheFile), append(b, '\n'), 0o600)
 }

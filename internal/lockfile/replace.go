@@ -20,14 +20,29 @@ func Replace(path string, data []byte, perm os.FileMode) error {
 	return replace(path, data, perm, durably)
 }
 
+// ReplaceWhole is Replace without the directory's sync: after a crash or a
+// power cut, path holds its old content or data whole, never a torn or
+// empty file, but the replace may be lost (the old content back). For a
+// cache, which may be lost but must never be torn: renamed without the
+// file's sync (the list cache, until session 17), a power cut could leave
+// it empty or zero-filled, read as unreadable and warned of by every
+// command until the next listing rewrote it. One fsync per write, not two.
+func ReplaceWhole(path string, data []byte, perm os.FileMode) error {
+	return replace(path, data, perm, whole)
+}
+
 // syncs is how Replace makes its writes durable: tests record the order.
+// A nil dir is not called (ReplaceWhole).
 type syncs struct {
 	file   func(*os.File) error
 	rename func(from, to string) error
 	dir    func(dir string) error
 }
 
-var durably = syncs{file: (*os.File).Sync, rename: os.Rename, dir: syncDir}
+var (
+	durably = syncs{file: (*os.File).Sync, rename: os.Rename, dir: syncDir}
+	whole   = syncs{file: (*os.File).Sync, rename: os.Rename} // no dir: not synced
+)
 
 func replace(path string, data []byte, perm os.FileMode, s syncs) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
@@ -51,7 +66,9 @@ func replace(path string, data []byte, perm os.FileMode, s syncs) error {
 	if err != nil {
 		return err
 	}
-	s.dir(filepath.Dir(path))
+	if s.dir != nil {
+		s.dir(filepath.Dir(path))
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package lockfile
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 )
@@ -55,5 +56,38 @@ func TestReplaceSyncsInOrder(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(dir, "known_registries.tmp*"))
 	if len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestReplaceWholeSyncsFile: ReplaceWhole (the list cache's) syncs the new
+// file's data before the rename, and leaves the directory unsynced: the
+// replace may be lost in a power cut, the file never torn. The cache was
+// renamed unsynced until session 17. Its steps are recorded through the
+// seam, each calling ReplaceWhole's own, which must be the file's Sync.
+func TestReplaceWholeSyncsFile(t *testing.T) {
+	if whole.file == nil || reflect.ValueOf(whole.file).Pointer() != reflect.ValueOf((*os.File).Sync).Pointer() || whole.dir != nil {
+		t.Fatalf("ReplaceWhole's syncs: want the file's Sync, and no directory sync")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "listing.json")
+	var events []string
+	s := syncs{
+		file: func(f *os.File) error {
+			events = append(events, "sync file")
+			return whole.file(f)
+		},
+		rename: func(from, to string) error {
+			events = append(events, "rename to "+filepath.Base(to))
+			return whole.rename(from, to)
+		},
+	}
+	if err := replace(path, []byte("{}\n"), 0o600, s); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"sync file", "rename to listing.json"}; !slices.Equal(events, want) {
+		t.Errorf("steps %q, want %q", events, want)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "{}\n" {
+		t.Errorf("file holds %q, %v", b, err)
 	}
 }
