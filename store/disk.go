@@ -181,6 +181,8 @@ type DiskLog struct {
 	spare      bool      // the spare file is there (fromSpare)
 	spareTried time.Time // when Expire last tried to make it
 
+	gate *gate // the record gate of the log's file system (room.go)
+
 	resWant  int64     // the reserve's size (DiskConfig.Reserve)
 	resSize  int64     // its file's size now (reserve.go)
 	resTried time.Time // when it was last made whole, or tried
@@ -255,6 +257,7 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 		return nil, rec, fmt.Errorf("open log %s: %w", cfg.Dir, err)
 	}
 	rec.Took = time.Since(start)
+	d.gate = gateOf(d.dir)
 	if cfg.Epoch != 0 && d.epoch != cfg.Epoch {
 		d.closeFiles()
 		return nil, rec, fmt.Errorf("open log %s: it holds epoch %d, want %d: %w", cfg.Dir, d.epoch, cfg.Epoch, ErrOtherEpoch)

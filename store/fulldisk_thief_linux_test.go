@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/internal/testdisk"
 )
@@ -90,9 +91,10 @@ func TestDiskFullRoomNotTaken(t *testing.T) {
 // mapped) makes room on a full disk; the copies that take its files'
 // mappings' place before they are deleted are made without the gate, so
 // that the other logs' records do not wait for them (50-240 ms for a file
-// of 64 MiB on the loaded test machine). The copies of mappings already
-// retired (their files deleted) are still made with the gate held: their
-// space comes back as they are put in place.
+// of 64 MiB on the loaded test machine); and so are the copies of the
+// mappings already retired (their files deleted, waiting out their
+// grace), put in place with the gate held, where their space comes back
+// (until session 17 they were copied with it held).
 func TestDiskFullCopyOutsideGate(t *testing.T) {
 	mnt, fill := testdisk.Small(t, "256k")
 	const limit = 80
@@ -101,12 +103,14 @@ func TestDiskFullCopyOutsideGate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	add := func(n int) error {
+	n := 0
+	add := func() error {
 		seq, ts := d.Tail()
+		n++
 		return d.Append([]Entry{{Seq: seq + 1, Time: ts + 1000, ID: id(n), From: sender(1), Body: bytes.Repeat([]byte{byte(n)}, 1000)}})
 	}
-	for n := 1; n <= limit; n++ {
-		if err := add(n); err != nil {
+	for range limit {
+		if err := add(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -115,21 +119,92 @@ func TestDiskFullCopyOutsideGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	// Retention deletes the two oldest files read back: their mappings
+	// are retired.
+	for range 2 * limit / 8 {
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var retired []*mapping
+	for _, r := range d.mem.retired {
+		retired = append(retired, r.m)
+	}
+	if len(retired) == 0 {
+		t.Fatal("no mapping retired: the test did not make retention delete a mapped file")
+	}
 	defer fill()()
 	copies := 0
 	detachTestCopying = func() {
 		copies++
-		if !roomGate.mu.TryRLock() {
+		if !d.gate.mu.TryRLock() {
 			t.Error("a mapping is copied with the gate held: every log's records wait for the copy")
 			return
 		}
-		roomGate.mu.RUnlock()
+		d.gate.mu.RUnlock()
 	}
 	defer func() { detachTestCopying = nil }()
-	if err := add(limit + 1); err != nil {
+	if err := add(); err != nil {
 		t.Fatalf("append at the retention limit on the full disk: %v", err)
 	}
-	if copies == 0 {
-		t.Fatal("no mapping was copied: the test did not make room from a mapped file")
+	if copies <= len(retired) {
+		t.Fatalf("%d mappings copied, want the %d retired and one held at least", copies, len(retired))
 	}
+	for i, m := range retired {
+		if !m.detached {
+			t.Errorf("retired mapping %d not detached: its space did not come back", i)
+		}
+	}
+}
+
+// TestDiskFullGateReopens: the gate a full disk shut (room.go) opens
+// again once its file system has room, so that records no longer take its
+// lock; until then, records written through it leave it shut. (Until
+// session 17 it stayed shut for the process's life.)
+func TestDiskFullGateReopens(t *testing.T) {
+	mnt, fill := testdisk.Small(t, "4m")
+	const limit = 80
+	d, _, err := Open(DiskConfig{Dir: filepath.Join(mnt, "a"), Config: Config{MaxMessages: limit}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	n := 0
+	add := func() error {
+		seq, ts := d.Tail()
+		n++
+		return d.Append([]Entry{{Seq: seq + 1, Time: ts + 1000, ID: id(n), From: sender(1), Body: bytes.Repeat([]byte{byte(n)}, 1000)}})
+	}
+	for range limit {
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The device number of an earlier test's tmpfs, unmounted, may be
+	// this one's: its gate is taken as new.
+	d.gate.shut.Store(false)
+	free := fill()
+	// At its limit, the log makes room for each send from its oldest
+	// files: the first refusal shuts the gate, the disk stays full.
+	for range limit {
+		if err := add(); err != nil {
+			t.Fatalf("append at the retention limit on the full disk: %v", err)
+		}
+	}
+	if !d.gate.shut.Load() {
+		t.Fatal("the gate is open on the full disk: the disk refused no record")
+	}
+	free()
+	deadline := time.Now().Add(10 * gateEvery)
+	sent := 0
+	for d.gate.shut.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the gate is still shut %v after the disk had room again (%d sends since)", 10*gateEvery, sent)
+		}
+		if err := add(); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+	t.Logf("the gate opened after %d sends with room", sent)
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Room on a full disk. Retention deletes a segment file once it has
@@ -49,16 +50,67 @@ import (
 // messages gone, holding fewer than its limits; and, below them, it makes
 // no more room, so it stays refused while the others take every page their
 // own retention frees. So once a disk has refused a record, the process's
-// logs write their records through a gate (roomGate): shared by every
-// record written, held alone by a log making room, from the deletion until
-// its record is written. Before the first refusal the gate is open and
-// costs one atomic load: a record already being written when the first log
-// makes room may still take it. Writers outside the process, and the
-// files a log writes beside its records (an index, the spare), are not
-// gated.
-var roomGate struct {
-	shut atomic.Bool // a disk has refused a record for want of room
-	mu   sync.RWMutex
+// logs on that file system write their records through a gate: shared by
+// every record written, held alone by a log making room, from the deletion
+// (or the cut of its reserve) until its record is written. Before the
+// first refusal the gate is open and costs one atomic load: a record
+// already being written when the first log makes room may still take it.
+// Writers outside the process, and the files a log writes beside its
+// records (an index, the spare, the reserve), are not gated.
+//
+// The gate opens again once the file system has room: a record written
+// through it looks, at most once a gateEvery, at the space free, and opens
+// it if there is gateRoom (until session 17 it stayed shut for the
+// process's life, every record taking its lock). Should the disk fill
+// again, its first refusal shuts it again, as the first did. One
+// gate per file system (device number): a full disk does not gate the
+// logs on another.
+type gate struct {
+	shut    atomic.Bool // the disk has refused a record for want of room
+	mu      sync.RWMutex
+	checked atomic.Int64 // when its room was last looked at, shut (Unix ns)
+}
+
+// gateEvery is how often a shut gate's file system is looked at for room;
+// gateRoom is the room that opens it: two reserves.
+const (
+	gateEvery = time.Second
+	gateRoom  = 2 * DefaultReserve
+)
+
+// gates holds the gate of each file system a log of the process is on.
+var gates struct {
+	sync.Mutex
+	m map[uint64]*gate
+}
+
+// gateOf returns the gate of the file system holding dir.
+func gateOf(dir string) *gate {
+	dev := deviceOf(dir)
+	gates.Lock()
+	defer gates.Unlock()
+	g := gates.m[dev]
+	if g == nil {
+		if gates.m == nil {
+			gates.m = make(map[uint64]*gate)
+		}
+		g = new(gate)
+		gates.m[dev] = g
+	}
+	return g
+}
+
+// reopen opens the shut gate g if the file system holding dir has room
+// again (gateRoom), looking at most once a gateEvery.
+func (g *gate) reopen(dir string) {
+	now := time.Now().UnixNano()
+	last := g.checked.Load()
+	if now-last < int64(gateEvery) || !g.checked.CompareAndSwap(last, now) {
+		return
+	}
+	if free, ok := freeBytes(dir); ok && free >= gateRoom {
+		g.shut.Store(false)
+	}
 }
 
 // Test hooks: roomTestWait runs when a record waits at the shut gate,
@@ -72,28 +124,36 @@ var roomTestWait, roomTestMade, detachTestCopying func()
 func (d *DiskLog) recordRoom(batch []Entry) (int64, error) {
 	var at int64
 	var err error
-	if !roomGate.shut.Load() {
+	g := d.gate
+	if !g.shut.Load() {
 		at, err = d.record(batch)
 		if err == nil || !noRoom(err) {
 			return at, err
 		}
-		roomGate.shut.Store(true)
+		g.shut.Store(true)
 	} else {
 		if roomTestWait != nil {
 			roomTestWait()
 		}
-		roomGate.mu.RLock()
+		g.mu.RLock()
 		at, err = d.record(batch)
-		roomGate.mu.RUnlock()
+		g.mu.RUnlock()
+		if err == nil {
+			g.reopen(d.dir)
+		}
 		if err == nil || !noRoom(err) {
 			return at, err
 		}
 	}
 	// The files to delete are detached (copied) before the gate is
-	// taken: the others' records do not wait for the copies.
+	// taken, and the retired mappings copied: the others' records do
+	// not wait for the copies.
 	plan := d.planRoom(batch)
-	roomGate.mu.Lock()
-	defer roomGate.mu.Unlock()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	// The retired mappings' copies take their place: their files were
+	// deleted, and the space comes back now, for this record.
+	d.mem.placeCopies(plan.retired)
 	// Room another log freed meanwhile is taken before any of this
 	// log's messages is dropped for it.
 	if at, err = d.record(batch); err == nil || !noRoom(err) {
@@ -128,22 +188,26 @@ func noRoom(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
-// roomPlan is what makeRoom deletes: the k oldest files, retention's
-// floor once the batch is stored.
+// roomPlan is how a log makes room: the copies of its retired mappings
+// to put in their place, and what makeRoom deletes: the k oldest files,
+// retention's floor once the batch is stored.
 type roomPlan struct {
-	k     int
-	floor uint64
+	retired []mappingCopy
+	k       int
+	floor   uint64
 }
 
-// planRoom returns the oldest files retention deletes once batch is
-// stored, if their size is more than its record needs, their mappings
-// detached (copied: the slow part, without the gate); none otherwise.
-// d.wmu is held, so the plan holds until makeRoom.
+// planRoom copies the retired mappings, and returns them with the oldest
+// files retention deletes once batch is stored, if their size is more
+// than its record needs, their mappings detached (copied: the slow part,
+// without the gate); no file otherwise. d.wmu is held, so the plan holds
+// until makeRoom.
 func (d *DiskLog) planRoom(batch []Entry) roomPlan {
+	plan := roomPlan{retired: d.mem.copyRetired()}
 	floor := d.mem.floorAfter(batch)
 	k := d.filesBefore(floor)
 	if k == 0 {
-		return roomPlan{}
+		return plan
 	}
 	var size int64
 	for _, s := range d.segs[:k] {
@@ -154,25 +218,25 @@ func (d *DiskLog) planRoom(batch []Entry) roomPlan {
 	// The record, with a page for a new segment's header and one for
 	// rounding.
 	if size < int64(recordSize(batch))+2*cutPage {
-		return roomPlan{}
+		return plan
 	}
 	if d.mem.detachHeld(d.segs[k-1].last) != nil {
-		return roomPlan{}
+		return plan
 	}
-	return roomPlan{k: k, floor: floor}
+	plan.k, plan.floor = k, floor
+	return plan
 }
 
 // makeRoom makes room for a record the disk refused for want of room
-// (see above): it detaches the retired mappings and deletes the files
-// of plan. It reports whether it freed any, so that the append is worth
-// trying again. d.wmu is held, and the gate alone.
+// (see above): it deletes the files of plan. It reports whether it freed
+// any, so that the append is worth trying again. d.wmu is held, and the
+// gate alone.
 func (d *DiskLog) makeRoom(plan roomPlan) bool {
-	freed := d.mem.detachRetired() > 0
 	// As retain does, once the checkpoint says so; their messages are
 	// evicted after (detached by planRoom, they read the same
 	// meanwhile).
 	if plan.k == 0 || !d.dropFiles(plan.k, plan.floor) {
-		return freed
+		return false
 	}
 	d.mem.evictBefore(plan.floor)
 	return true
@@ -208,11 +272,11 @@ func (l *Log) evictBefore(floor uint64) {
 	l.evictOldest(k)
 }
 
-// detachRetired detaches the mappings of files whose messages were all
-// evicted and that wait out their grace (mapped.go): their files are
-// deleted, and their space comes back now. It returns how many it
-// detached.
-func (l *Log) detachRetired() int {
+// copyRetired copies the mappings of files whose messages were all
+// evicted and that wait out their grace (mapped.go), for placeCopies:
+// their files are deleted, and their space comes back once the copies
+// are in place.
+func (l *Log) copyRetired() []mappingCopy {
 	l.mu.Lock()
 	var ms []*mapping
 	for _, r := range l.retired {
@@ -221,8 +285,7 @@ func (l *Log) detachRetired() int {
 		}
 	}
 	l.mu.Unlock()
-	n, _ := l.detach(ms)
-	return n
+	return l.copyMappings(ms)
 }
 
 // detachHeld detaches the mappings of the held messages up to last, so
@@ -253,22 +316,50 @@ func (l *Log) detachHeld(last uint64) error {
 // was unmapped meanwhile (Close). The log's one writer (d.wmu) is the one
 // detacher: nothing else marks a mapping detaching.
 func (l *Log) detach(ms []*mapping) (n int, err error) {
+	return l.placeCopies(l.copyMappings(ms))
+}
+
+// mappingCopy is a mapping's copy, made (or failed) and not yet in its
+// place: the mapping is detaching until placeCopies.
+type mappingCopy struct {
+	m     *mapping
+	place func() error
+	drop  func()
+	err   error
+}
+
+// copyMappings marks the mappings ms, taken detachable under l.mu,
+// detaching, and copies each without l.mu; placeCopies must follow.
+func (l *Log) copyMappings(ms []*mapping) []mappingCopy {
 	l.mu.Lock()
 	for _, m := range ms {
 		m.detaching = true
 	}
 	l.mu.Unlock()
-	for _, m := range ms {
-		place, drop, cerr := m.detach(m.valid) // m stays mapped: detaching
+	cs := make([]mappingCopy, len(ms))
+	for i, m := range ms {
+		cs[i].m = m
+		cs[i].place, cs[i].drop, cs[i].err = m.detach(m.valid) // m stays mapped: detaching
+	}
+	return cs
+}
+
+// placeCopies puts each copy of cs in its mapping's place, under l.mu,
+// unless the mapping was unmapped meanwhile (Close): then the copy is
+// dropped and the mapping released here. It returns how many it placed
+// and the first error.
+func (l *Log) placeCopies(cs []mappingCopy) (n int, err error) {
+	for _, c := range cs {
+		m, cerr := c.m, c.err
 		l.mu.Lock()
 		m.detaching = false
 		switch {
 		case cerr != nil:
 		case m.done:
-			drop()
+			c.drop()
 		default:
-			if cerr = place(); cerr != nil {
-				drop()
+			if cerr = c.place(); cerr != nil {
+				c.drop()
 			} else {
 				m.detached = true
 				n++

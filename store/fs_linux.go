@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
@@ -25,4 +26,19 @@ func allocate(f *os.File, off, n int64) error {
 		return writeZeros(f, off, n)
 	}
 	return err
+}
+
+// deviceOf returns the device number of the file system holding path,
+// or of the nearest directory above it that exists; 0 if none can be
+// read.
+func deviceOf(path string) uint64 {
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if syscall.Stat(p, &st) == nil {
+			return st.Dev
+		}
+		if filepath.Dir(p) == p {
+			return 0
+		}
+	}
 }
