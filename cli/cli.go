@@ -15,6 +15,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/huddle-chat/huddle/internal/lockfile"
 )
 
 // Exit codes, shared by every verb.
@@ -48,6 +50,9 @@ type Env struct {
 	// writer holds it for a read and a rename, or longer if stopped with
 	// ^Z mid-write, or hostile); 0: the default, 5 s. Tests shorten it.
 	LockWait time.Duration
+	// flock, if set, is flock(2) as the commands' locks call it
+	// (lockfile.Locker): this package's tests count the tries with it.
+	flock func(fd, how int) error
 }
 
 // defaultLockWait is Env.LockWait's default.
@@ -55,6 +60,10 @@ const defaultLockWait = 5 * time.Second
 
 // lockWait returns e.LockWait, or its default.
 func (e Env) lockWait() time.Duration { return cmp.Or(e.LockWait, defaultLockWait) }
+
+// locker returns what takes the commands' locks of the files in the huddle
+// home: waiting e.lockWait() at most.
+func (e Env) locker() lockfile.Locker { return lockfile.Locker{Wait: e.lockWait(), Flock: e.flock} }
 
 // verb is one huddle subcommand.
 type verb struct {

@@ -282,7 +282,7 @@ func listedEntries(groups []client.ListedGroup) []wire.GroupEntry {
 // openKnownHosts returns the known-registries file of the huddle home dir,
 // whose changes wait env.LockWait at most for another process's lock.
 func openKnownHosts(env Env, dir string) *identity.KnownHosts {
-	return identity.OpenKnownHostsWaiting(filepath.Join(dir, identity.KnownHostsFile), env.lockWait())
+	return identity.OpenKnownHostsWith(filepath.Join(dir, identity.KnownHostsFile), env.locker())
 }
 
 // errNoGroup: GROUP matched nothing in the registry's list.

@@ -398,7 +398,8 @@ func joinedPath(dir string) string { return lockfile.Target(filepath.Join(dir, j
 var errJoinedLocked = errors.New("the joined file is locked by another process")
 
 // updateJoined makes a change to the joined file in dir: under the
-// writers' lock (joined.lock beside it, waited for at most wait,
+// writers' lock (joined.lock beside it, taken with locker, waited for at
+// most its Wait,
 // errJoinedLocked), change is given the file read
 // again, and what it changed (it reports whether it did) is written. It
 // returns the set as written.
@@ -408,7 +409,7 @@ var errJoinedLocked = errors.New("the joined file is locked by another process")
 // long command (a huddle send reading its input, a chat) dropped every
 // join made beside it since, and commands run at once each other's; a
 // group dropped so no longer resolves among the joined first.
-func updateJoined(ctx context.Context, dir string, wait time.Duration, change func(joinedSet) bool) (joinedSet, error) {
+func updateJoined(ctx context.Context, dir string, locker lockfile.Locker, change func(joinedSet) bool) (joinedSet, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -417,7 +418,7 @@ func updateJoined(ctx context.Context, dir string, wait time.Duration, change fu
 		return nil, err
 	}
 	defer lf.Close() // releases the lock
-	if err := lockfile.Lock(ctx, lf, wait); err != nil {
+	if err := locker.Lock(ctx, lf); err != nil {
 		if errors.Is(err, lockfile.ErrHeld) {
 			err = errJoinedLocked
 		}
@@ -529,7 +530,7 @@ func (s *session) update(ctx context.Context, change func(joinedSet) bool, what 
 	if s.unwritable {
 		return
 	}
-	set, err := updateJoined(ctx, s.home, s.env.lockWait(), change)
+	set, err := updateJoined(ctx, s.home, s.env.locker(), change)
 	if err != nil {
 		s.unwritten(err, what)
 		return
@@ -554,7 +555,7 @@ func (s *session) follow(ctx context.Context, joined joinedSet, ks []joinedGroup
 	if s.unwritable || len(ks) == 0 {
 		return joined, false
 	}
-	set, changed, err := followCells(ctx, s.client, s.home, s.env.lockWait(), joined, ks, groups)
+	set, changed, err := followCells(ctx, s.client, s.home, s.env.locker(), joined, ks, groups)
 	if err != nil {
 		what := "the members of the cell of " + groupShown(wire.GroupEntry{Group: ks[0].Group, Name: joined[ks[0]].name})
 		if len(ks) > 1 {
@@ -580,9 +581,9 @@ func groupShown(e wire.GroupEntry) string {
 // when it changed (a command run beside the page).
 type joinedRecord struct {
 	dir string
-	// lockWait bounds a change's wait for another process's lock; 0:
-	// Env.LockWait's default, 5 s.
-	lockWait time.Duration
+	// locker takes the file's lock for a change; its Wait 0: Env.LockWait's
+	// default, 5 s.
+	locker lockfile.Locker
 	// log, if set, is told when a change cannot be written (saidUnwritten);
 	// huddle web's logger.
 	log *slog.Logger
@@ -686,7 +687,9 @@ func (j *joinedRecord) update(change func(joinedSet) bool, what string) {
 	defer j.wmu.Unlock()
 	// The page's join or leave is done: its record waits for the lock
 	// at most its bound, not the request's context.
-	set, err := updateJoined(context.Background(), j.dir, cmp.Or(j.lockWait, defaultLockWait), change)
+	l := j.locker
+	l.Wait = cmp.Or(l.Wait, defaultLockWait)
+	set, err := updateJoined(context.Background(), j.dir, l, change)
 	if err != nil {
 		if !j.saidUnwritten && j.log != nil {
 			j.log.Warn("cannot record "+what+" in the joined file; the next join or leave tries again", "err", err)
@@ -742,8 +745,8 @@ func (j joinedSet) stale(groups []client.ListedGroup, k joinedGroup) bool {
 //
 // The error is the joined file's, written (or locked) in vain; the
 // members' not answering alike is none: nothing is followed.
-func followCell(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
-	return followCells(ctx, c, dir, lockWait, set, []joinedGroup{k}, groups)
+func followCell(ctx context.Context, c *client.Client, dir string, locker lockfile.Locker, set joinedSet, k joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
+	return followCells(ctx, c, dir, locker, set, []joinedGroup{k}, groups)
 }
 
 // followCells is followCell of each of ks, asked at once
@@ -753,7 +756,7 @@ func followCell(ctx context.Context, c *client.Client, dir string, lockWait time
 //
 // Why: huddle groups followed each cell the user joined one after the
 // other, up to 4 s each (until session 17).
-func followCells(ctx context.Context, c *client.Client, dir string, lockWait time.Duration, set joinedSet, ks []joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
+func followCells(ctx context.Context, c *client.Client, dir string, locker lockfile.Locker, set joinedSet, ks []joinedGroup, groups []client.ListedGroup) (joinedSet, bool, error) {
 	qctx, cancel := context.WithTimeout(ctx, cellFollowWait)
 	changes := make([]func(joinedSet) bool, len(ks))
 	var wg sync.WaitGroup
@@ -778,7 +781,7 @@ func followCells(ctx context.Context, c *client.Client, dir string, lockWait tim
 		return set, false, nil
 	}
 	changed := false
-	written, err := updateJoined(ctx, dir, lockWait, func(set joinedSet) bool {
+	written, err := updateJoined(ctx, dir, locker, func(set joinedSet) bool {
 		for _, change := range changes {
 			if change(set) {
 				changed = true

@@ -26,7 +26,20 @@ import (
 // waits for no change.
 func TestJoinedRecordReadersDoNotWaitForLock(t *testing.T) {
 	dir := t.TempDir()
-	r := &joinedRecord{dir: dir, lockWait: time.Hour} // the test lets go of the lock
+	waiting := make(chan struct{}, 1)
+	r := &joinedRecord{dir: dir, locker: lockfile.Locker{
+		Wait: time.Hour, // the test lets go of the lock
+		Flock: func(fd, how int) error {
+			err := syscall.Flock(fd, how)
+			if err == syscall.EWOULDBLOCK {
+				select {
+				case waiting <- struct{}{}:
+				default:
+				}
+			}
+			return err
+		},
+	}}
 	old := wire.GroupEntry{Group: wire.UUID{1}, Fingerprint: wire.Fingerprint{1}, Name: "old"}
 	joined := wire.GroupEntry{Group: wire.UUID{2}, Fingerprint: wire.Fingerprint{2}, Name: "new"}
 	r.Add(old)
@@ -38,18 +51,6 @@ func TestJoinedRecordReadersDoNotWaitForLock(t *testing.T) {
 	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	waiting := make(chan struct{}, 1)
-	lockfile.Flock = func(fd, how int) error {
-		err := syscall.Flock(fd, how)
-		if err == syscall.EWOULDBLOCK {
-			select {
-			case waiting <- struct{}{}:
-			default:
-			}
-		}
-		return err
-	}
-	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
 	added := make(chan struct{})
 	go func() {
 		defer close(added)
@@ -90,7 +91,7 @@ func TestJoinedRecordUnwrittenLoggedOnce(t *testing.T) {
 	dir := t.TempDir()
 	var logged syncBuffer
 	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	r := &joinedRecord{dir: dir, lockWait: time.Nanosecond, log: log} // each change tries the lock once
+	r := &joinedRecord{dir: dir, locker: lockfile.Locker{Wait: time.Nanosecond}, log: log} // each change tries the lock once
 	entry := func(i int) wire.GroupEntry {
 		return wire.GroupEntry{Group: wire.UUID{byte(i)}, Fingerprint: wire.Fingerprint{1}, Name: fmt.Sprintf("g%d", i)}
 	}

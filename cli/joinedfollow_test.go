@@ -10,6 +10,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -91,7 +92,7 @@ func TestJoinedCellRemovedMemberAlone(t *testing.T) {
 
 	// b and c do not answer (an attacker may keep them from it): the
 	// thief's word alone changes nothing.
-	set, changed, _ := followCell(t.Context(), cl, dir, defaultLockWait, s.joined, k, groups)
+	set, changed, _ := followCell(t.Context(), cl, dir, lockfile.Locker{Wait: defaultLockWait}, s.joined, k, groups)
 	if l := set[k]; changed || !slices.Equal(l.cell, []wire.Fingerprint{a.Fingerprint, b.Fingerprint, c.Fingerprint}) {
 		t.Fatalf("the removed member's word alone: changed %v, set %v; want the set recorded, unchanged", changed, l.cell)
 	}
@@ -106,12 +107,12 @@ func TestJoinedCellRemovedMemberAlone(t *testing.T) {
 	now := []wire.Fingerprint{b.Fingerprint, c.Fingerprint, d}
 	bSays.Store(&now)
 	cSays.Store(&[]wire.Fingerprint{a.Fingerprint, b.Fingerprint, c.Fingerprint})
-	if _, changed, _ := followCell(t.Context(), cl, dir, defaultLockWait, s.joined, k, groups); changed {
+	if _, changed, _ := followCell(t.Context(), cl, dir, lockfile.Locker{Wait: defaultLockWait}, s.joined, k, groups); changed {
 		t.Fatal("recorded a set one member of three answered")
 	}
 	// b and c answer it alike: the set follows the cell.
 	cSays.Store(&now)
-	set, changed, _ = followCell(t.Context(), cl, dir, defaultLockWait, s.joined, k, groups)
+	set, changed, _ = followCell(t.Context(), cl, dir, lockfile.Locker{Wait: defaultLockWait}, s.joined, k, groups)
 	got := slices.Clone(set[k].cell)
 	slices.SortFunc(got, func(x, y wire.Fingerprint) int { return slices.Compare(x[:], y[:]) })
 	want := slices.Clone(now)

@@ -95,7 +95,7 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	defer c.Close()
 	// The join form offers the name huddle join takes by default.
 	cfg := web.Config{Listen: listen, AllowRemote: allowRemote, Hosts: hosts, Client: c, Registries: registries, Logger: log,
-		Joined: &joinedRecord{dir: dir, lockWait: env.lockWait(), log: log}, Name: loginName(env)}
+		Joined: &joinedRecord{dir: dir, locker: env.locker(), log: log}, Name: loginName(env)}
 	if discover {
 		cfg.Discover = func(ctx context.Context, found func(*client.Registry), gone func(client.Fingerprint)) error {
 			return discoverRegistries(ctx, ifaces, c, kh, log, found, gone)

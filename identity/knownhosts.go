@@ -112,9 +112,9 @@ type KnownHosts struct {
 	// replaced whole, and a Lookup, or a Check of a name pinned already,
 	// never waits for a change waiting for another process's lock.
 	wmu sync.Mutex
-	// lockWait bounds the wait for the writers' lock; 0: pinsLockWait
-	// (tests set it: OpenKnownHostsWaiting).
-	lockWait time.Duration
+	// locker takes the writers' lock; its Wait 0: pinsLockWait (tests set
+	// it: OpenKnownHostsWith).
+	locker lockfile.Locker
 }
 
 // pinsLockWait bounds how long a change waits for the writers' lock held
@@ -135,7 +135,13 @@ func OpenKnownHosts(path string) *KnownHosts { return &KnownHosts{path: path} }
 // for another process's lock of the file (ErrPinsLocked after), not 5 s;
 // 0: 5 s. (The CLI's tests shorten it: a wait out is what they check.)
 func OpenKnownHostsWaiting(path string, wait time.Duration) *KnownHosts {
-	return &KnownHosts{path: path, lockWait: wait}
+	return OpenKnownHostsWith(path, lockfile.Locker{Wait: wait})
+}
+
+// OpenKnownHostsWith is OpenKnownHosts whose changes take the writers'
+// lock with l (its Wait 0: 5 s): the CLI's, whose tests count the tries.
+func OpenKnownHostsWith(path string, l lockfile.Locker) *KnownHosts {
+	return &KnownHosts{path: path, locker: l}
 }
 
 // Path returns the file's path.
@@ -343,7 +349,7 @@ func (k *KnownHosts) read() (pinList, error) {
 }
 
 // lock takes the lock of the file's writers (another process's, or another
-// KnownHosts' on the same path), waiting for it at most lockWait
+// KnownHosts' on the same path), waiting for it at most locker.Wait
 // (ErrPinsLocked) or until ctx ends, and returns what releases it. The lock file stays:
 // removing it would let a writer lock a file another has just replaced.
 func (k *KnownHosts) lock(ctx context.Context) (unlock func(), err error) {
@@ -355,8 +361,10 @@ func (k *KnownHosts) lock(ctx context.Context) (unlock func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("known registries: %w", err)
 	}
-	wait := cmp.Or(k.lockWait, pinsLockWait)
-	if err := lockfile.Lock(ctx, f, wait); err != nil {
+	l := k.locker
+	l.Wait = cmp.Or(l.Wait, pinsLockWait)
+	wait := l.Wait
+	if err := l.Lock(ctx, f); err != nil {
 		f.Close()
 		if errors.Is(err, lockfile.ErrHeld) {
 			return nil, fmt.Errorf("%w: %s held for over %v; nothing was written (a huddle command stopped with ^Z holds it: resume or end it)", ErrPinsLocked, f.Name(), wait)

@@ -21,16 +21,15 @@ import (
 // pinned, unlocked, as before the writers' lock. With the lock's error
 // every first use of a registry there failed.
 func TestKnownHostsWithoutLocks(t *testing.T) {
-	lockfile.Flock = func(int, int) error { return syscall.ENOLCK }
-	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
+	noLocks := lockfile.Locker{Flock: func(int, int) error { return syscall.ENOLCK }}
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check(t.Context(), "reg:7373", wire.Fingerprint{1}); err != nil {
+	if err := OpenKnownHostsWith(path, noLocks).Check(t.Context(), "reg:7373", wire.Fingerprint{1}); err != nil {
 		t.Fatalf("Check of a new name where flock answers ENOLCK: %v", err)
 	}
-	if got, ok, err := OpenKnownHosts(path).Lookup("reg:7373"); err != nil || !ok || got != (wire.Fingerprint{1}) {
+	if got, ok, err := OpenKnownHostsWith(path, noLocks).Lookup("reg:7373"); err != nil || !ok || got != (wire.Fingerprint{1}) {
 		t.Fatalf("Lookup after it = %v %v %v, want the pin", got, ok, err)
 	}
-	if _, err := OpenKnownHosts(path).Forget(t.Context(), "reg:7373"); err != nil {
+	if _, err := OpenKnownHostsWith(path, noLocks).Forget(t.Context(), "reg:7373"); err != nil {
 		t.Fatalf("Forget where flock answers ENOLCK: %v", err)
 	}
 }
@@ -56,7 +55,7 @@ func TestKnownHostsLockHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := OpenKnownHosts(path)
-	k.lockWait = 100 * time.Millisecond
+	k.locker.Wait = 100 * time.Millisecond
 	done := make(chan error, 2)
 	go func() { done <- k.Check(t.Context(), "new:7373", wire.Fingerprint{2}) }()
 	go func() { _, err := k.Forget(t.Context(), "old:7373"); done <- err }()
@@ -107,19 +106,19 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiting := make(chan struct{}, 1)
-	lockfile.Flock = func(fd, how int) error {
-		err := syscall.Flock(fd, how)
-		if err == syscall.EWOULDBLOCK {
-			select {
-			case waiting <- struct{}{}:
-			default:
+	k := OpenKnownHostsWith(path, lockfile.Locker{
+		Wait: time.Hour, // the test lets go of the lock
+		Flock: func(fd, how int) error {
+			err := syscall.Flock(fd, how)
+			if err == syscall.EWOULDBLOCK {
+				select {
+				case waiting <- struct{}{}:
+				default:
+				}
 			}
-		}
-		return err
-	}
-	t.Cleanup(func() { lockfile.Flock = syscall.Flock })
-	k := OpenKnownHosts(path)
-	k.lockWait = time.Hour // the test lets go of the lock
+			return err
+		},
+	})
 	changed := make(chan error, 1)
 	go func() { changed <- k.Check(t.Context(), "new:7373", wire.Fingerprint{2}) }()
 	<-waiting

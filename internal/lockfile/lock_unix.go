@@ -9,13 +9,9 @@ import (
 	"time"
 )
 
-// Flock is syscall.Flock; tests replace it (to see a writer wait, or a
-// file system without locks).
-var Flock = syscall.Flock
-
 // Lock takes an exclusive lock on f, waiting for other holders (other
-// processes, or other open files in this one) at most wait: ErrHeld after
-// it, or ctx's error once ctx ends (a command's --timeout, ^C: until
+// processes, or other open files in this one) at most l.Wait: ErrHeld
+// after it, or ctx's error once ctx ends (a command's --timeout, ^C: until
 // session 16 the wait ran its whole bound past them). Closing f releases
 // it. On a file system that has no locks (NFS
 // without its lock service: ENOLCK) it takes none and says nothing is
@@ -24,11 +20,15 @@ var Flock = syscall.Flock
 //
 // The lock is tried without blocking, again and again (every 10 ms at
 // most): a blocking flock cannot be given up.
-func Lock(ctx context.Context, f *os.File, wait time.Duration) error {
-	deadline := time.Now().Add(wait)
+func (l Locker) Lock(ctx context.Context, f *os.File) error {
+	flock := l.Flock
+	if flock == nil {
+		flock = syscall.Flock
+	}
+	deadline := time.Now().Add(l.Wait)
 	pause := time.Millisecond
 	for {
-		switch err := Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err {
+		switch err := flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err {
 		case syscall.EINTR:
 		case syscall.ENOLCK, syscall.EOPNOTSUPP, syscall.ENOSYS:
 			return nil

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // ErrNotRegular: a file huddle reads from its home is something else than
@@ -48,6 +49,19 @@ func ReadFile(path string) ([]byte, error) {
 	}
 	defer f.Close()
 	return io.ReadAll(f)
+}
+
+// Locker takes a file's writers' lock (Lock): a value per owner, no
+// state of the package's, so that a test's seam is its own.
+type Locker struct {
+	// Wait bounds the wait for another holder of the lock (ErrHeld after
+	// it); 0: one try.
+	Wait time.Duration
+	// Flock is flock(2) as Lock calls it; nil: the system's. Tests set it
+	// to count the tries, see a writer wait, or stand for a file system
+	// without locks (ENOLCK). Until session 17 it was a variable of the
+	// package's, which a test changed for every other running beside it.
+	Flock func(fd, how int) error
 }
 
 // ErrHeld: another process held the lock for longer than the caller would
