@@ -669,20 +669,22 @@ func (j *joinedRecord) Groups() []client.GroupEntry {
 	return out
 }
 
-func (j *joinedRecord) Add(e client.GroupEntry) {
-	j.update(joining(e), "that you joined "+groupShown(e))
+func (j *joinedRecord) Add(e client.GroupEntry) error {
+	return j.update(joining(e), "that you joined "+groupShown(e))
 }
 
-func (j *joinedRecord) Remove(e client.GroupEntry) {
-	j.update(leaving(e), "that you left "+groupShown(e))
+func (j *joinedRecord) Remove(e client.GroupEntry) error {
+	return j.update(leaving(e), "that you left "+groupShown(e))
 }
 
 // update makes change to the file (updateJoined) and keeps what was
 // written; failing costs only the preference, as for a command, and is
-// logged, once until a change is written again. Until session 16 it was
+// logged, once until a change is written again, and returned: the page
+// says it for its join or leave (web.Joined). Until session 16 it was
 // said nowhere: after a 5 s wait for a lock another process held, the
-// page's join was not recorded, and nothing said why.
-func (j *joinedRecord) update(change func(joinedSet) bool, what string) {
+// page's join was not recorded, and nothing said why; until session 17
+// only the log said it.
+func (j *joinedRecord) update(change func(joinedSet) bool, what string) error {
 	j.wmu.Lock()
 	defer j.wmu.Unlock()
 	// The page's join or leave is done: its record waits for the lock
@@ -695,12 +697,13 @@ func (j *joinedRecord) update(change func(joinedSet) bool, what string) {
 			j.log.Warn("cannot record "+what+" in the joined file; the next join or leave tries again", "err", err)
 		}
 		j.saidUnwritten = true
-		return
+		return err
 	}
 	j.saidUnwritten = false
 	j.mu.Lock()
 	j.set, j.read = set, nil // read again at the next look
 	j.mu.Unlock()
+	return nil
 }
 
 // cellFollowWait bounds followCells' questions, all of them: the
@@ -878,5 +881,5 @@ func (j *joinedRecord) Cell(group client.UUID) []client.Fingerprint {
 // Follow records members as group's replica set, member's word
 // (web.JoinedCells).
 func (j *joinedRecord) Follow(group client.UUID, member client.Fingerprint, members []client.Fingerprint) {
-	j.update(followed(group, member, members), "the members of the cell of group "+group.String())
+	j.update(followed(group, member, members), "the members of the cell of group "+group.String()) // logged: a page's follow has no one to tell
 }

@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -109,9 +110,13 @@ func TestJoinedRecordUnwrittenLoggedOnce(t *testing.T) {
 	}
 	const said = "cannot record that you joined group g"
 	hold(syscall.LOCK_EX)
-	r.Add(entry(2))
-	r.Add(entry(3))
-	r.Remove(entry(1))
+	// Each failure is returned too: the page says it for its join or
+	// leave (web.Joined), every time.
+	for i, err := range []error{r.Add(entry(2)), r.Add(entry(3)), r.Remove(entry(1))} {
+		if !errors.Is(err, errJoinedLocked) {
+			t.Errorf("change %d with the lock held: %v; want errJoinedLocked", i+1, err)
+		}
+	}
 	if got := strings.Count(logged.String(), "cannot record"); got != 1 || !strings.Contains(logged.String(), said+"2") {
 		t.Fatalf("three changes with the lock held: logged %d times:\n%s\nwant once, for the first (g2)", got, logged.String())
 	}

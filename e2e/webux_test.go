@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/chromedp/chromedp"
@@ -577,5 +578,41 @@ func TestWebSidebarRowKeepsItsName(t *testing.T) {
 			e.getBoundingClientRect().height > 1.6 * parseFloat(getComputedStyle(e).fontSize)).map(e => e.textContent))`)
 	if len(cut) > 0 {
 		t.Errorf("the sidebar cuts or wraps %q", cut)
+	}
+}
+
+// TestWebJoinUnrecordedSaid: a join through the page while another process
+// holds the joined file's lock (a huddle command stopped with ^Z
+// mid-write) is done, but cannot be recorded: the page says so, with why.
+// Only huddle web's log said it, once, and the user never learnt why the
+// commands did not prefer the group they had joined.
+func TestWebJoinUnrecordedSaid(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice := newUser(t, "alice", up.registry)
+	waitListed(t, alice, lobby)
+	if err := os.MkdirAll(alice.home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(filepath.Join(alice.home, "joined.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil { // as another process's
+		t.Fatal(err)
+	}
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	sel := `#others button[data-group="` + lobby + `"]`
+	b.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
+	b.do("open lobby", chromedp.Click(chromedp.CSS(sel)))
+	b.waitFor("the join form", `!document.getElementById('join-form').hidden && document.activeElement.id === 'join-name'`)
+	eval[bool](b, `(() => { document.getElementById('join-name').value = 'alice'; return true; })()`)
+	b.do("join as alice", chromedp.KeyEvent("\r"))
+	b.waitFor("the join said unrecorded, with why", `!document.getElementById('notice').hidden && document.getElementById('notice').textContent.startsWith('lobby: Your join is done, but huddle could not record it in your joined file') && document.getElementById('notice').textContent.includes('locked by another process')`)
+	if r := alice.run(t, "members", "lobby"); r.code != 0 || !strings.Contains(r.stdout, "alice") {
+		t.Errorf("alice's join through the page is not done:\n%s%s", r.stdout, r.stderr)
 	}
 }

@@ -273,8 +273,21 @@ func (s *Server) apiJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.dir.refreshGroup(ctx, id) // first: joinedAt records the name its daemon gives
-	s.dir.joinedAt(id, gs, false)
-	writeJSON(w, http.StatusOK, map[string]any{"epoch": strconv.FormatUint(j.Epoch, 10), "last_seq": j.Last, "already": j.Already})
+	out := map[string]any{"epoch": strconv.FormatUint(j.Epoch, 10), "last_seq": j.Last, "already": j.Already}
+	if err := s.dir.joinedAt(id, gs, false); err != nil {
+		out["unrecorded"] = unrecorded("join", err)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// unrecorded says, for the page, that a join or leave (what) made through
+// it could not be recorded in Config.Joined (err): it is done, and what
+// the record gives (the group's name and key preferred by the commands
+// and the page) waits for the next one. The page says it in a notice
+// (the join's or leave's answer, unrecorded); until session 17 only
+// huddle web's log said it, once until a record was written again.
+func unrecorded(what string, err error) string {
+	return fmt.Sprintf("Your %s is done, but huddle could not record it in your joined file (%v): until it is recorded, the commands and this page do not prefer this group's name and key. The next join or leave here tries again.", what, err)
 }
 
 func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
@@ -290,9 +303,12 @@ func (s *Server) apiLeave(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	s.dir.joinedAt(id, gs, true)
+	out := map[string]any{"was_member": was}
+	if err := s.dir.joinedAt(id, gs, true); err != nil {
+		out["unrecorded"] = unrecorded("leave", err)
+	}
 	s.dir.refreshGroup(ctx, id)
-	writeJSON(w, http.StatusOK, map[string]bool{"was_member": was})
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) apiMembers(w http.ResponseWriter, r *http.Request) {

@@ -35,8 +35,8 @@ func (j *cellJoined) Has(g wire.UUID, fp wire.Fingerprint) bool {
 	return g == j.group && slices.Contains(j.cell, fp)
 }
 
-func (j *cellJoined) Add(wire.GroupEntry)    {}
-func (j *cellJoined) Remove(wire.GroupEntry) {}
+func (j *cellJoined) Add(wire.GroupEntry) error    { return nil }
+func (j *cellJoined) Remove(wire.GroupEntry) error { return nil }
 
 func (j *cellJoined) Cell(g wire.UUID) []wire.Fingerprint {
 	j.mu.Lock()

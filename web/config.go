@@ -124,10 +124,13 @@ type Joined interface {
 	// empty if none is recorded). It is called at each poll of the
 	// registries.
 	Groups() []client.GroupEntry
-	// Add records that the user joined e's group at e's daemon.
-	Add(e client.GroupEntry)
-	// Remove records that the user left e's group at e's daemon.
-	Remove(e client.GroupEntry)
+	// Add records that the user joined e's group at e's daemon. Its
+	// error says the record could not be made (the join itself is done):
+	// the Server says it to the page (the join's answer, unrecorded).
+	Add(e client.GroupEntry) error
+	// Remove records that the user left e's group at e's daemon; its
+	// error as Add's.
+	Remove(e client.GroupEntry) error
 }
 
 // JoinedCells is implemented by a Joined that records the replica set of

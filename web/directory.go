@@ -908,9 +908,12 @@ func (d *directory) unresolvedClash(id wire.UUID, g *client.Group) bool {
 // through a handle replaced meanwhile (the info refreshGroup asks first
 // widened the window) was never recorded: the CLI then did not know the
 // group as joined.
-func (d *directory) joinedAt(id wire.UUID, was *groupState, left bool) {
+//
+// It returns the record's error, if it failed: the page says it (until
+// session 17 only huddle web's log did, once).
+func (d *directory) joinedAt(id wire.UUID, was *groupState, left bool) error {
 	if d.joined == nil {
-		return
+		return nil
 	}
 	d.mu.Lock()
 	gs := d.groups[id]
@@ -936,10 +939,11 @@ func (d *directory) joinedAt(id wire.UUID, was *groupState, left bool) {
 	d.mu.Unlock()
 	switch {
 	case !ok: // listed anew meanwhile (maybe at another key): the next merge says under which key
+		return nil
 	case left:
-		d.joined.Remove(e)
+		return d.joined.Remove(e)
 	default:
-		d.joined.Add(e)
+		return d.joined.Add(e)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,6 +134,8 @@ type joinedSet struct {
 	names   map[wire.UUID]string
 	added   []wire.GroupEntry
 	removed []wire.GroupEntry
+	// fail, if set, is what Add and Remove answer, recording nothing.
+	fail error
 }
 
 func (j *joinedSet) Groups() []wire.GroupEntry {
@@ -152,18 +155,26 @@ func (j *joinedSet) Has(g wire.UUID, fp wire.Fingerprint) bool {
 	return ok && k == fp
 }
 
-func (j *joinedSet) Add(e wire.GroupEntry) {
+func (j *joinedSet) Add(e wire.GroupEntry) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if j.fail != nil {
+		return j.fail
+	}
 	j.keys[e.Group] = e.Fingerprint
 	j.added = append(j.added, e)
+	return nil
 }
 
-func (j *joinedSet) Remove(e wire.GroupEntry) {
+func (j *joinedSet) Remove(e wire.GroupEntry) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if j.fail != nil {
+		return j.fail
+	}
 	delete(j.keys, e.Group)
 	j.removed = append(j.removed, e)
+	return nil
 }
 
 // TestDirectoryClashPrefersJoined lists a group UUID that an impostor's
@@ -809,5 +820,41 @@ func TestDirectoryJoinRecordedAcrossHandleReplaced(t *testing.T) {
 	defer joined.mu.Unlock()
 	if len(joined.added) != 1 || joined.added[0].Group != id || joined.added[0].Fingerprint != key {
 		t.Errorf("recorded joins %+v; want lobby at %s (its handle replaced by a merge meanwhile, the daemon the same)", joined.added, key.Short())
+	}
+}
+
+// TestJoinUnrecordedSaid: a join and a leave through the page whose record
+// in Config.Joined fails (huddle's joined file locked by another process
+// past huddle web's wait) are done, and their answers say the record
+// failed (unrecorded), which the page shows: it was said in huddle web's
+// log alone, once, and the page's user never saw why the CLI did not
+// prefer the group joined.
+func TestJoinUnrecordedSaid(t *testing.T) {
+	r := startRegistry(t)
+	startGroups(t, r, groupd.Config{})
+	joined := &joinedSet{keys: map[wire.UUID]wire.Fingerprint{}, fail: errors.New("the joined file is locked by another process")}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r.Addr().String()},
+		Secret: testSecret, PollInterval: 100 * time.Millisecond, Logger: testLogger(t), Joined: joined})
+	must(t, err)
+	serve(t, s)
+	a := newAPI(t, s)
+	id := a.groupID("lobby")
+	for _, op := range []string{"join", "leave"} {
+		var got struct {
+			Unrecorded string `json:"unrecorded"`
+		}
+		if st := a.do("POST", "/api/groups/"+id+"/"+op, map[string]string{"name": "me"}, &got); st != 200 {
+			t.Fatalf("%s: HTTP %d", op, st)
+		}
+		if !strings.Contains(got.Unrecorded, "Your "+op+" is done") || !strings.Contains(got.Unrecorded, "locked by another process") {
+			t.Errorf("%s's answer, its record failed: unrecorded %q; want it said, with why", op, got.Unrecorded)
+		}
+	}
+	joined.mu.Lock()
+	joined.fail = nil
+	joined.mu.Unlock()
+	var got map[string]any
+	if st := a.do("POST", "/api/groups/"+id+"/join", map[string]string{"name": "me"}, &got); st != 200 || got["unrecorded"] != nil {
+		t.Errorf("join recorded: HTTP %d, %v; want no unrecorded", st, got)
 	}
 }

@@ -957,7 +957,7 @@ $('join-form').addEventListener('submit', async ev => {
   const button = $('join-form').querySelector('button');
   button.disabled = true;
   try {
-    await api.join(id, name, g.private ? $('join-secret').value : '');
+    const r = await api.join(id, name, g.private ? $('join-secret').value : '');
     localStorage.setItem('huddle.name', name);
     g.member = true;
     g.memberOverride = true;
@@ -969,6 +969,10 @@ $('join-form').addEventListener('submit', async ev => {
     // way: they stay there, and the sidebar shows the group joined.
     if (state.active === id) open(id);
     else renderSidebar();
+    // Joined, but not recorded in the joined file (its lock held by
+    // another process past huddle web's wait): said here, not only in
+    // huddle web's log.
+    if (r.unrecorded) showNotice({code: 'said', message: `${fmt.shown(g.name)}: ${r.unrecorded}`});
   } catch (err) {
     showNotice(err);
   } finally {
@@ -981,7 +985,7 @@ $('leave').addEventListener('click', async () => {
   const g = state.groups.get(id);
   if (!g || !confirm(`Leave ${g.name}? You can join again later.`)) return;
   try {
-    await api.leave(id);
+    const r = await api.leave(id);
     g.member = false;
     g.memberOverride = false;
     state.convs.delete(id);
@@ -989,6 +993,7 @@ $('leave').addEventListener('click', async () => {
     stream.reopen();
     if (state.active === id) open(id); // as after a join
     else renderSidebar();
+    if (r.unrecorded) showNotice({code: 'said', message: `${fmt.shown(g.name)}: ${r.unrecorded}`});
   } catch (err) {
     showNotice(err);
   }
