@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -98,6 +99,22 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 
 	header := appendHeader(nil, raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)})
 	tooManyEntries := binary.AppendUvarint(append(append([]byte(nil), header...), 1, 0, 0, 0, 0), 1000)
+	rpcHeader := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)}
+	request := func(req any) []byte {
+		b, _ := appendRequest(nil, req)
+		return b
+	}
+	// entries are n entries of f's current term that follow index prev.
+	entries := func(n int, prev uint64) []*raft.Log {
+		es := make([]*raft.Log, n)
+		for i := range es {
+			es[i] = &raft.Log{Index: prev + 1 + uint64(i), Term: f.node.raft.CurrentTerm(), Type: raft.LogNoop}
+		}
+		return es
+	}
+	last, term0 := f.node.raft.LastIndex(), f.node.raft.CurrentTerm()
+	gap := entries(3, last)
+	gap[2].Index += 5
 	for _, tc := range []struct {
 		name  string
 		bytes []byte
@@ -111,6 +128,22 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 		{"more entries than the body holds", rawFrame(rpcAppendEntries, uint32(len(tooManyEntries)), tooManyEntries)},
 		{"a number not in its shortest form", rawFrame(rpcTimeoutNow, uint32(len(header)+1), append([]byte{0x83, 0x00}, header[1:]...))},
 		{"an unknown flag", rawFrame(rpcRequestVote, uint32(len(header)+5), append(append([]byte(nil), header...), 1, 0, 0, 0, 0x80))},
+		// A term raft would take, and add one to at the next election:
+		// 2^64-1 wrapped to 0 and the cell never elected a leader again.
+		{"a heartbeat of term 2^64-1", request(&raft.AppendEntriesRequest{RPCHeader: rpcHeader, Term: math.MaxUint64, Leader: []byte(l.addr)})},
+		{"a leadership transfer's vote of term 2^62+1", request(&raft.RequestVoteRequest{RPCHeader: rpcHeader, Term: maxRaftNumber + 1,
+			Candidate: []byte(l.addr), LastLogIndex: math.MaxUint64, LastLogTerm: math.MaxUint64, LeadershipTransfer: true})},
+		{"a pre-vote of term 2^64-1", request(&raft.RequestPreVoteRequest{RPCHeader: rpcHeader, Term: math.MaxUint64})},
+		{"a snapshot ending at index 2^64-1", request(&raft.InstallSnapshotRequest{RPCHeader: rpcHeader, SnapshotVersion: raft.SnapshotVersionMax,
+			Term: term0, Leader: []byte(l.addr), LastLogIndex: math.MaxUint64, LastLogTerm: term0, Configuration: emptyConfiguration, Size: 1})},
+		// Entries of 6 bytes each, every one a raft.Log of about 100:
+		// more than raft ever sends in one request.
+		{"more entries than raft sends", request(&raft.AppendEntriesRequest{RPCHeader: rpcHeader, Term: term0 - 1, Leader: []byte(l.addr),
+			PrevLogEntry: last, PrevLogTerm: term0, Entries: entries(maxFrameEntries+1, last)})},
+		{"entries that skip an index", request(&raft.AppendEntriesRequest{RPCHeader: rpcHeader, Term: term0, Leader: []byte(l.addr),
+			PrevLogEntry: last, PrevLogTerm: term0, Entries: gap})},
+		{"an entry of a later term than its request's", request(&raft.AppendEntriesRequest{RPCHeader: rpcHeader, Term: term0 - 1, Leader: []byte(l.addr),
+			PrevLogEntry: last, PrevLogTerm: term0 - 1, Entries: entries(1, last)})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := dialRaftAs(t, l.id, f)
@@ -139,7 +172,7 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 		conn := dialRaftAs(t, l.id, f)
 		ae, _ := appendRequest(nil, &raft.AppendEntriesRequest{
 			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("x"), Addr: []byte(l.addr)},
-			Term:      term - 1, Leader: []byte(l.addr), PrevLogEntry: before, PrevLogTerm: term,
+			Term:      term - 1, Leader: []byte(l.addr), PrevLogEntry: before, PrevLogTerm: term - 1,
 			Entries: []*raft.Log{{Index: before + 1, Term: term - 1, Type: raft.LogCommand, Data: []byte("forged")}},
 		})
 		r := bufio.NewReader(conn)
@@ -737,33 +770,47 @@ func TestTransportHandshakesShared(t *testing.T) {
 // error's text), yet a member's listener (a member's key at a member's
 // address) could declare one of maxFrameBytes and make the member asking
 // read and allocate up to that, on each RPC. A response declaring more than
-// maxResponseBytes is malformed before anything is allocated.
+// maxResponseBytes is malformed before anything is allocated. So is one of
+// a term over 2^62: a candidate takes the higher term a vote's answer
+// carries, and one of 2^64-1 wrapped to 0 at its next election
+// (TestRaftTermCannotWrap).
 func TestRaftResponseBounded(t *testing.T) {
 	aID, bID := mustIdentity(t), mustIdentity(t)
 	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
 	ta, _ := newTransport(t, aID, []Peer{{Addr: addr, Fingerprint: bID.Fingerprint()}}, false)
 	a := newRaftNet(ta, waitTimeout, hclog.NewNullLogger())
 	t.Cleanup(func() { a.Close() })
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		conn, err := tb.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		if _, _, err := readFrame(bufio.NewReader(conn)); err != nil {
-			return
-		}
-		conn.Write(rawFrame(rpcRequestVote, maxFrameBytes, []byte("the start of a long answer")))
-		conn.Read(make([]byte, 1)) // until a closes it
-	}()
-	var resp raft.RequestVoteResponse
-	err := a.RequestVote("b", toAddr(addr), &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax}, Term: 1}, &resp)
-	if !errors.Is(err, errMalformed) {
-		t.Fatalf("a response declaring %d bytes: %v, want it malformed at once", maxFrameBytes, err)
+	for _, tc := range []struct {
+		name   string
+		answer []byte
+	}{
+		{"a length over the limit", rawFrame(rpcRequestVote, maxFrameBytes, []byte("the start of a long answer"))},
+		{"a term of 2^64-1", appendResponse(nil, rpcRequestVote, &raft.RequestVoteResponse{
+			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax}, Term: math.MaxUint64}, nil)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			served := make(chan struct{})
+			go func() {
+				defer close(served)
+				conn, err := tb.Accept()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				if _, _, err := readFrame(bufio.NewReader(conn)); err != nil {
+					return
+				}
+				conn.Write(tc.answer)
+				conn.Read(make([]byte, 1)) // until a closes it
+			}()
+			var resp raft.RequestVoteResponse
+			err := a.RequestVote("b", toAddr(addr), &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax}, Term: 1}, &resp)
+			if !errors.Is(err, errMalformed) {
+				t.Fatalf("answered %+v, %v; want it malformed", resp, err)
+			}
+			<-served
+		})
 	}
-	<-served
 }
 
 // endsUnanswered fails the test unless the member ends conn, within
@@ -828,5 +875,39 @@ func TestQuestionsHostilePadding(t *testing.T) {
 			}
 		}
 		stillReplicates(t, c, f, &seq)
+	}
+}
+
+// TestRaftTermCannotWrap: raft adds one to its term at each election (and
+// asks for pre-votes at its term plus one), unchecked, and takes any higher
+// term a request carries. A member's key that sent one heartbeat of term
+// 2^64-1 to each member had it taken by all: a pre-vote's term wrapped to
+// 0, below every member's, was refused, and no leader was elected again
+// (measured: none within 30 s; the term is kept on disk, so restarts do not
+// help). Sent to one member it forced an election. A term or index over
+// 2^62 is now malformed: the connection ends unanswered, no member's term
+// moves, and the cell keeps replicating.
+func TestRaftTermCannotWrap(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	f := c.follower()
+	var seq uint64
+	stillReplicates(t, c, f, &seq)
+	term := l.node.raft.CurrentTerm()
+	for _, m := range c.members {
+		conn := dialRaftAs(t, l.id, m)
+		hb, _ := appendRequest(nil, &raft.AppendEntriesRequest{
+			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(l.node.self.Addr), Addr: []byte(l.addr)},
+			Term:      math.MaxUint64, Leader: []byte(l.addr),
+		})
+		conn.Write(hb)
+		conn.SetReadDeadline(time.Now().Add(waitTimeout))
+		conn.Read(make([]byte, 64)) // an answer, or the end
+	}
+	stillReplicates(t, c, f, &seq)
+	for _, m := range c.members {
+		if got := m.node.raft.CurrentTerm(); got != term {
+			t.Errorf("%s's term moved from %d to %d", m.addr, term, got)
+		}
 	}
 }

@@ -240,8 +240,8 @@ func (c Config) Validate() error {
 	case c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.LeaderLeaseTimeout < 0 || c.CommitTimeout < 0 ||
 		c.RPCTimeout < 0 || c.CommitWait < 0 || c.SnapshotInterval < 0:
 		return bad("negative timeout")
-	case c.MaxAppendEntries < 0 || c.MaxAppendEntries > 1024:
-		return bad("MaxAppendEntries %d: want 0..1024", c.MaxAppendEntries)
+	case c.MaxAppendEntries < 0 || c.MaxAppendEntries > maxFrameEntries:
+		return bad("MaxAppendEntries %d: want 0..%d", c.MaxAppendEntries, maxFrameEntries)
 	}
 	if err := checkPeers(c.Peers); err != nil {
 		return err

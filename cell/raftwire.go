@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/cell/raftlog"
 )
 
 // The encoding of raft's RPCs on a cell's raft connections (RaftALPN, TLS
@@ -54,7 +56,11 @@ import (
 //	  response:    header, term, flags (1 success)
 //
 // A body with bytes left over after its last field is malformed, as is one
-// that ends inside a field.
+// that ends inside a field, one with a term or index over 2^62
+// (maxRaftNumber), and an AppendEntries request whose entries are more than
+// maxFrameEntries, do not each follow the one before (the first, the
+// previous index), have terms that go down or above the request's, or
+// carry over maxEntryBytes of data and extensions.
 
 // RPC types of a frame: the first four as hashicorp/raft numbers them.
 const (
@@ -82,6 +88,27 @@ const (
 	// minEntryBytes is the shortest an entry's encoding can be: a count of
 	// entries is checked against it before the entries are allocated.
 	minEntryBytes = 6
+	// maxFrameEntries bounds an AppendEntries request's entries: raft
+	// sends at most MaxAppendEntries in one, and Config allows at most
+	// this. Why: an entry decodes into a raft.Log of about 100 bytes, so
+	// entries of minEntryBytes each made a member allocate 17 times the
+	// bytes it read (4 GiB for one frame of maxFrameBytes).
+	maxFrameEntries = 1024
+	// maxEntryBytes bounds an entry's data and extensions together: a
+	// little under what the raft log stores (raftlog.MaxRecordBytes).
+	// Raft cuts its log back for an entry before it stores it, so one
+	// the store refuses left a follower's log cut and raft's idea of it
+	// wrong.
+	maxEntryBytes = raftlog.MaxRecordBytes - 64
+	// maxRaftNumber bounds every term and index a frame carries. Why:
+	// raft adds one to a term for each election and to an index for each
+	// entry, unchecked. A member's key that sent a term of 2^64-1 had it
+	// taken by the member it reached, then by the leader it refused:
+	// the next election's term wrapped to 0, below every member's, and
+	// no leader was ever elected again, even after restarts (the term is
+	// kept on disk). At one election a millisecond, 2^62 is a hundred
+	// million years away.
+	maxRaftNumber = 1 << 62
 )
 
 // errMalformed is wrapped by the errors of decoding a frame's body.
@@ -273,6 +300,17 @@ func (d *decoder) uvarint() uint64 {
 	return v
 }
 
+// number returns the next term or index, failing (what: which field)
+// above maxRaftNumber.
+func (d *decoder) number(what string) uint64 {
+	v := d.uvarint()
+	if v > maxRaftNumber {
+		d.fail(what + " over 2^62")
+		return 0
+	}
+	return v
+}
+
 func (d *decoder) varint() int64 {
 	u := d.uvarint()
 	return int64(u>>1) ^ -int64(u&1) // zigzag, as binary.AppendVarint
@@ -333,13 +371,17 @@ func (d *decoder) end() error {
 func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error) {
 	d := decoder{b: body}
 	r := &raft.AppendEntriesRequest{RPCHeader: d.header()}
-	r.Term = d.uvarint()
+	r.Term = d.number("term")
 	r.Leader = d.bytes()
-	r.PrevLogEntry = d.uvarint()
-	r.PrevLogTerm = d.uvarint()
-	r.LeaderCommitIndex = d.uvarint()
+	r.PrevLogEntry = d.number("previous index")
+	r.PrevLogTerm = d.number("previous term")
+	r.LeaderCommitIndex = d.number("commit index")
 	n := d.uvarint()
-	if n > uint64(len(d.b)/minEntryBytes) {
+	switch {
+	case n > maxFrameEntries:
+		d.fail(fmt.Sprintf("%d entries, more than %d", n, maxFrameEntries))
+		return nil, d.err
+	case n > uint64(len(d.b)/minEntryBytes):
 		d.fail("more entries than the body holds")
 		return nil, d.err
 	}
@@ -348,8 +390,8 @@ func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error)
 		r.Entries = make([]*raft.Log, n)
 		for i := range logs {
 			l := &logs[i]
-			l.Index = d.uvarint()
-			l.Term = d.uvarint()
+			l.Index = d.number("an entry's index")
+			l.Term = d.number("an entry's term")
 			l.Type = raft.LogType(d.byte())
 			if at := d.varint(); at != 0 {
 				l.AppendedAt = time.Unix(0, at)
@@ -357,7 +399,21 @@ func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error)
 			l.Extensions = d.bytes()
 			l.Data = d.bytes()
 			r.Entries[i] = l
+			prevTerm := r.PrevLogTerm
+			if i > 0 {
+				prevTerm = logs[i-1].Term
+			}
+			// As a leader's log holds them: each entry follows the one
+			// before (the first, the previous index), its term no lower
+			// than the one before's and no higher than the request's.
 			switch {
+			case d.err != nil:
+			case l.Index != r.PrevLogEntry+1+uint64(i):
+				d.fail(fmt.Sprintf("an entry of index %d where %d belongs", l.Index, r.PrevLogEntry+1+uint64(i)))
+			case l.Term < prevTerm || l.Term > r.Term:
+				d.fail(fmt.Sprintf("an entry of term %d after one of term %d, in a request of term %d", l.Term, prevTerm, r.Term))
+			case len(l.Data)+len(l.Extensions) > maxEntryBytes:
+				d.fail(fmt.Sprintf("an entry of %d bytes, more than %d", len(l.Data)+len(l.Extensions), maxEntryBytes))
 			case l.Type > raft.LogConfiguration:
 				d.fail(fmt.Sprintf("an entry of unknown type %d", l.Type))
 			case l.Type == raft.LogConfiguration && !configurationDecodes(l.Data):
@@ -374,8 +430,8 @@ func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error)
 func decodeAppendEntriesResponse(body []byte, r *raft.AppendEntriesResponse) error {
 	d := decoder{b: body}
 	r.RPCHeader = d.header()
-	r.Term = d.uvarint()
-	r.LastLog = d.uvarint()
+	r.Term = d.number("term")
+	r.LastLog = d.number("last index")
 	f := d.flags(2)
 	r.Success, r.NoRetryBackoff = f&1 != 0, f&2 != 0
 	return d.end()
@@ -384,10 +440,10 @@ func decodeAppendEntriesResponse(body []byte, r *raft.AppendEntriesResponse) err
 func decodeRequestVoteRequest(body []byte) (*raft.RequestVoteRequest, error) {
 	d := decoder{b: body}
 	r := &raft.RequestVoteRequest{RPCHeader: d.header()}
-	r.Term = d.uvarint()
+	r.Term = d.number("term")
 	r.Candidate = d.bytes()
-	r.LastLogIndex = d.uvarint()
-	r.LastLogTerm = d.uvarint()
+	r.LastLogIndex = d.number("last index")
+	r.LastLogTerm = d.number("last term")
 	r.LeadershipTransfer = d.flags(1) != 0
 	if err := d.end(); err != nil {
 		return nil, err
@@ -398,7 +454,7 @@ func decodeRequestVoteRequest(body []byte) (*raft.RequestVoteRequest, error) {
 func decodeRequestVoteResponse(body []byte, r *raft.RequestVoteResponse) error {
 	d := decoder{b: body}
 	r.RPCHeader = d.header()
-	r.Term = d.uvarint()
+	r.Term = d.number("term")
 	r.Peers = d.bytes()
 	r.Granted = d.flags(1) != 0
 	return d.end()
@@ -407,9 +463,9 @@ func decodeRequestVoteResponse(body []byte, r *raft.RequestVoteResponse) error {
 func decodeRequestPreVoteRequest(body []byte) (*raft.RequestPreVoteRequest, error) {
 	d := decoder{b: body}
 	r := &raft.RequestPreVoteRequest{RPCHeader: d.header()}
-	r.Term = d.uvarint()
-	r.LastLogIndex = d.uvarint()
-	r.LastLogTerm = d.uvarint()
+	r.Term = d.number("term")
+	r.LastLogIndex = d.number("last index")
+	r.LastLogTerm = d.number("last term")
 	if err := d.end(); err != nil {
 		return nil, err
 	}
@@ -419,7 +475,7 @@ func decodeRequestPreVoteRequest(body []byte) (*raft.RequestPreVoteRequest, erro
 func decodeRequestPreVoteResponse(body []byte, r *raft.RequestPreVoteResponse) error {
 	d := decoder{b: body}
 	r.RPCHeader = d.header()
-	r.Term = d.uvarint()
+	r.Term = d.number("term")
 	r.Granted = d.flags(1) != 0
 	return d.end()
 }
@@ -447,13 +503,13 @@ func decodeInstallSnapshotRequest(body []byte) (*raft.InstallSnapshotRequest, er
 		d.fail("snapshot version out of range")
 	}
 	r.SnapshotVersion = raft.SnapshotVersion(v)
-	r.Term = d.uvarint()
+	r.Term = d.number("term")
 	r.Leader = d.bytes()
-	r.LastLogIndex = d.uvarint()
-	r.LastLogTerm = d.uvarint()
+	r.LastLogIndex = d.number("last index")
+	r.LastLogTerm = d.number("last term")
 	r.Peers = d.bytes()
 	r.Configuration = d.bytes()
-	r.ConfigurationIndex = d.uvarint()
+	r.ConfigurationIndex = d.number("configuration index")
 	if r.SnapshotVersion > 0 && d.err == nil && !configurationDecodes(r.Configuration) {
 		d.fail("a snapshot's configuration that does not decode")
 	}
@@ -471,7 +527,7 @@ func decodeInstallSnapshotRequest(body []byte) (*raft.InstallSnapshotRequest, er
 func decodeInstallSnapshotResponse(body []byte, r *raft.InstallSnapshotResponse) error {
 	d := decoder{b: body}
 	r.RPCHeader = d.header()
-	r.Term = d.uvarint()
+	r.Term = d.number("term")
 	r.Success = d.flags(1) != 0
 	return d.end()
 }
@@ -485,6 +541,7 @@ func decodeInstallSnapshotResponse(body []byte, r *raft.InstallSnapshotResponse)
 // key) crashed the member it reached. Such requests are malformed here,
 // before raft sees them. raft's own decoder is the judge, its panic
 // caught.
+
 func configurationDecodes(b []byte) (ok bool) {
 	defer func() {
 		if recover() != nil {

@@ -239,3 +239,21 @@ func TestReadFrameGrows(t *testing.T) {
 		}
 	}
 }
+
+// TestRaftEntryOverStore: an entry longer than the raft log stores is
+// malformed. Raft cuts its log back for an entry before it stores it, so
+// one the store refused (raftlog.ErrTooLarge) left a follower's log cut
+// and raft's idea of its last index wrong.
+func TestRaftEntryOverStore(t *testing.T) {
+	for _, n := range []int{maxEntryBytes, maxEntryBytes + 1} {
+		b, _ := appendRequest(nil, &raft.AppendEntriesRequest{
+			RPCHeader: testHeader(), Term: 5, Leader: []byte("a:1"), PrevLogEntry: 300, PrevLogTerm: 5,
+			Entries: []*raft.Log{{Index: 301, Term: 5, Type: raft.LogCommand, Data: make([]byte, n-1), Extensions: []byte{1}}},
+		})
+		typ, body := readTestFrame(t, b)
+		_, err := decodeRequest(typ, body)
+		if got, want := err != nil, n > maxEntryBytes; got != want || err != nil && !errors.Is(err, errMalformed) {
+			t.Fatalf("an entry of %d bytes: %v; want refused: %v", n, err, want)
+		}
+	}
+}
