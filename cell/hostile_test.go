@@ -20,6 +20,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // Hostile peers on raft's listener (RaftALPN): a key that is not a
@@ -621,6 +622,20 @@ func TestRaftMemberCannotCrash(t *testing.T) {
 		{"an entry of an unknown type", func() []byte {
 			return appendEntry(raft.Log{Type: raft.LogType(99), Data: []byte("x")})
 		}},
+		// Raft takes a configuration a leader sends as its latest, and
+		// keeps, dials and (leading) replicates to every server it lists.
+		{"a configuration entry of more servers than a cell has", func() []byte {
+			return appendEntry(raft.Log{Type: raft.LogConfiguration, Data: raft.EncodeConfiguration(manyServers(maxCellServers + 1))})
+		}},
+		{"a snapshot whose configuration lists 100,000 servers", func() []byte {
+			data := []byte("some bytes")
+			b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
+				RPCHeader: header, SnapshotVersion: raft.SnapshotVersionMax, Term: f.node.raft.CurrentTerm(),
+				Leader: []byte(l.addr), LastLogIndex: f.node.raft.LastIndex() + 10, LastLogTerm: f.node.raft.CurrentTerm(),
+				Configuration: raft.EncodeConfiguration(manyServers(100_000)), ConfigurationIndex: 1, Size: int64(len(data)),
+			})
+			return append(b, data...)
+		}},
 		{"a snapshot whose configuration does not decode", func() []byte {
 			data := []byte("some bytes")
 			b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
@@ -909,5 +924,43 @@ func TestRaftTermCannotWrap(t *testing.T) {
 		if got := m.node.raft.CurrentTerm(); got != term {
 			t.Errorf("%s's term moved from %d to %d", m.addr, term, got)
 		}
+	}
+}
+
+// manyServers is a configuration of n voters, each of an ID and an address
+// as long as a member's may be.
+func manyServers(n int) raft.Configuration {
+	var c raft.Configuration
+	for i := range n {
+		var fp wire.Fingerprint
+		binary.BigEndian.PutUint32(fp[:], uint32(i))
+		addr := fmt.Sprintf("%s:%d", strings.Repeat("h", wire.MaxAddrBytes-6), 10000+i%50000)
+		c.Servers = append(c.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(fp.String()), Address: raft.ServerAddress(addr)})
+	}
+	return c
+}
+
+// TestAddMemberBounded: a configuration of more than maxCellServers is
+// malformed when a member sends it (TestRaftMemberCannotCrash), so the
+// leader must never make one: AddMember refuses to grow the cell past it,
+// with ErrInvalidConfig (cell_add's bad_request), and the cell keeps its
+// members.
+func TestAddMemberBounded(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l := c.leader()
+	self := l.node.Self().Fingerprint
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	for range maxCellServers - 3 {
+		if err := l.node.AddMember(ctx, self, strangerPeer(t)); err != nil {
+			t.Fatalf("add a member to a cell of fewer than %d: %v", maxCellServers, err)
+		}
+	}
+	err := l.node.AddMember(ctx, self, strangerPeer(t))
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("add a member to a cell of %d: %v, want ErrInvalidConfig", maxCellServers, err)
+	}
+	if got := len(l.node.raft.GetConfiguration().Configuration().Servers); got != maxCellServers {
+		t.Fatalf("the cell has %d members, want %d", got, maxCellServers)
 	}
 }

@@ -104,6 +104,10 @@ func (n *Node) AddMember(ctx context.Context, by wire.Fingerprint, p Peer) error
 				op, ErrInvalidConfig, addr, holder, p.Fingerprint.Short())
 		}
 	}
+	if len(conf.Servers) >= maxCellServers {
+		unlock()
+		return fmt.Errorf("%s: %w: the cell has %d members, the most it may have", op, ErrInvalidConfig, len(conf.Servers))
+	}
 	// The transport must accept and dial the new member before raft
 	// replicates to it.
 	conf = conf.Clone()

@@ -57,9 +57,20 @@ func (p Peer) check() error {
 	return nil
 }
 
+// maxCellServers bounds a cell's members: raft cells have 3 or 5, a few
+// more while one is replaced (wire.MaxReplicas, what cell_status and
+// refusals list). Checked where a configuration is made (checkPeers,
+// AddMember) and where one arrives from a member (configurationDecodes):
+// raft takes any configuration a leader sends it, and keeps, dials and
+// (leading) replicates to every server it lists.
+const maxCellServers = 64
+
 // checkPeers checks a list of a cell's members: each well formed, no
 // address or key twice.
 func checkPeers(peers []Peer) error {
+	if len(peers) > maxCellServers {
+		return fmt.Errorf("%w: %d peers, at most %d", ErrInvalidConfig, len(peers), maxCellServers)
+	}
 	addrs := make(map[string]bool, len(peers))
 	keys := make(map[wire.Fingerprint]bool, len(peers))
 	for _, p := range peers {

@@ -417,7 +417,7 @@ func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error)
 			case l.Type > raft.LogConfiguration:
 				d.fail(fmt.Sprintf("an entry of unknown type %d", l.Type))
 			case l.Type == raft.LogConfiguration && !configurationDecodes(l.Data):
-				d.fail("a configuration entry that does not decode")
+				d.fail("a configuration entry that does not decode, or of too many servers")
 			}
 		}
 	}
@@ -511,7 +511,7 @@ func decodeInstallSnapshotRequest(body []byte) (*raft.InstallSnapshotRequest, er
 	r.Configuration = d.bytes()
 	r.ConfigurationIndex = d.number("configuration index")
 	if r.SnapshotVersion > 0 && d.err == nil && !configurationDecodes(r.Configuration) {
-		d.fail("a snapshot's configuration that does not decode")
+		d.fail("a snapshot's configuration that does not decode, or of too many servers")
 	}
 	size := d.uvarint()
 	if size > math.MaxInt64 {
@@ -541,16 +541,29 @@ func decodeInstallSnapshotResponse(body []byte, r *raft.InstallSnapshotResponse)
 // key) crashed the member it reached. Such requests are malformed here,
 // before raft sees them. raft's own decoder is the judge, its panic
 // caught.
-
+//
+// It also bounds the configuration: at most maxConfigBytes, and
+// maxCellServers servers. Why: raft takes the configuration a leader
+// sends as its own, and one of 32 MiB (a million servers) took 250 MiB to
+// decode; a member that took it kept it, dialled each server, and as
+// leader replicated to each.
 func configurationDecodes(b []byte) (ok bool) {
+	if len(b) > maxConfigBytes {
+		return false
+	}
 	defer func() {
 		if recover() != nil {
 			ok = false
 		}
 	}()
-	raft.DecodeConfiguration(b)
-	return true
+	return len(raft.DecodeConfiguration(b).Servers) <= maxCellServers
 }
+
+// maxConfigBytes bounds a configuration's encoding in an entry or a
+// snapshot: maxCellServers of the longest a server encodes to (its ID, a
+// fingerprint's text; its address, at most wire.MaxAddrBytes; msgpack's
+// field names), with room to spare.
+const maxConfigBytes = 64 << 10
 
 // decodeRequest decodes the body of a request frame of typ.
 func decodeRequest(typ byte, body []byte) (any, error) {

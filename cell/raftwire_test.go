@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -255,5 +256,23 @@ func TestRaftEntryOverStore(t *testing.T) {
 		if got, want := err != nil, n > maxEntryBytes; got != want || err != nil && !errors.Is(err, errMalformed) {
 			t.Fatalf("an entry of %d bytes: %v; want refused: %v", n, err, want)
 		}
+	}
+}
+
+// TestConfigurationBounded: a configuration a member sends (in an entry or
+// a snapshot) is malformed beyond maxCellServers servers or maxConfigBytes;
+// one of maxCellServers servers as long as a member's may be fits.
+func TestConfigurationBounded(t *testing.T) {
+	most := raft.EncodeConfiguration(manyServers(maxCellServers))
+	if len(most) > maxConfigBytes || !configurationDecodes(most) {
+		t.Fatalf("a configuration of %d servers (%d bytes, at most %d) refused", maxCellServers, len(most), maxConfigBytes)
+	}
+	if configurationDecodes(raft.EncodeConfiguration(manyServers(maxCellServers + 1))) {
+		t.Fatalf("a configuration of %d servers taken", maxCellServers+1)
+	}
+	long := manyServers(2)
+	long.Servers[0].Address = raft.ServerAddress(strings.Repeat("h", maxConfigBytes))
+	if configurationDecodes(raft.EncodeConfiguration(long)) {
+		t.Fatalf("a configuration of more than %d bytes taken", maxConfigBytes)
 	}
 }
