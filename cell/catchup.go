@@ -365,9 +365,16 @@ func (s *catchUpStream) read() (byte, []byte, error) {
 // copy appends to g's log the messages the stream brings, up to upto.
 // The log may have grown since the request (from another member, whose
 // copy failed midway): the messages it holds already are skipped.
+//
+// Each batch must start past the one before (the first, at the header's
+// first), as a member's are: a member's key that sent the same batch of
+// messages the log held again and again, each within catchUpTimeout, kept
+// the copy going for ever, and the member catching up waited on it, never
+// asking the others (session 17).
 func (s *catchUpStream) copy(g *groupState) error {
 	tail, _ := g.log.Tail()
 	reset := s.first > tail+1 // the peer's retention dropped what we lack
+	last := s.first - 1       // the last message of the batch before
 	var entries []store.Entry
 	for {
 		kind, body, err := s.next()
@@ -395,6 +402,10 @@ func (s *catchUpStream) copy(g *groupState) error {
 		if entries[len(entries)-1].Seq > s.upto {
 			return fmt.Errorf("%w: a batch past %d", errCatchUp, s.upto)
 		}
+		if entries[0].Seq <= last {
+			return fmt.Errorf("%w: a batch from %d after messages up to %d", errCatchUp, entries[0].Seq, last)
+		}
+		last = entries[len(entries)-1].Seq
 		if reset {
 			if entries[0].Seq != s.first {
 				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)

@@ -10,8 +10,10 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -962,5 +965,69 @@ func TestAddMemberBounded(t *testing.T) {
 	}
 	if got := len(l.node.raft.GetConfiguration().Configuration().Servers); got != maxCellServers {
 		t.Fatalf("the cell has %d members, want %d", got, maxCellServers)
+	}
+}
+
+// TestCatchUpMustAdvance: a member catching a group up copies from the
+// first member that says it has the messages, and waits on that copy. A
+// member's key that said so, then sent a batch of messages the log held
+// already, again and again (each within catchUpTimeout, each skipped as
+// held), kept the copy going for ever. Each batch must now start past the
+// one before: the copy fails at the second (the first was new), and the
+// catch-up ends with errCatchUp long before its deadline.
+func TestCatchUpMustAdvance(t *testing.T) {
+	c := newTestCell(t, 3, false, nil)
+	l, f := c.leader(), c.follower()
+	var other *testMember
+	for _, m := range c.members {
+		if m != l && m != f {
+			other = m
+		}
+	}
+	g := l.group("lobby")
+	c.sendMany(g.ID, 0, 10)
+	f.waitLast(g.ID, 10)
+	held := f.messages(g.ID)
+	// other's key, at other's address, answers catch-ups as no member
+	// would.
+	other.stop()
+	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(other.addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue, _ := newTransportOn(t, udp, other.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, true)
+	var batches atomic.Int64
+	rogue.handle(kindCatchUp, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		var req [catchUpRequestSize]byte
+		str.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := io.ReadFull(str, req[:]); err != nil {
+			return
+		}
+		frame := func(kind byte, body []byte) error {
+			b := binary.LittleEndian.AppendUint32(nil, uint32(len(body)+1))
+			_, err := str.Write(append(append(b, kind), body...))
+			return err
+		}
+		first := binary.LittleEndian.AppendUint64([]byte{catchUpOK}, binary.LittleEndian.Uint64(req[24:])+1)
+		if frame('h', first) != nil {
+			return
+		}
+		// Messages 11 to 14, the first time new, then held.
+		var entries []store.Entry
+		for i, m := range held[:4] {
+			entries = append(entries, store.Entry{Seq: 11 + uint64(i), Time: held[9].Time + int64(i) + 1, ID: newID(100 + i), From: *m.From, Body: m.Body})
+		}
+		batch := newEncoder().appendEntries(nil, entries)
+		for frame('b', batch) == nil {
+			batches.Add(1)
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	fg := f.node.fsm.group(g.ID)
+	err = f.node.catchUp(ctx, fg, 15, 0, false)
+	if !errors.Is(err, errCatchUp) || ctx.Err() != nil {
+		t.Fatalf("a catch-up whose peer sends the messages held, again and again: %v (after %d batches; deadline passed: %v), want errCatchUp at once",
+			err, batches.Load(), ctx.Err() != nil)
 	}
 }
