@@ -215,6 +215,38 @@ func TestCellChangeNeedsMemberKey(t *testing.T) {
 	if n := len(leader.d.node.Status().Members); n != 3 {
 		t.Fatalf("the cell has %d members after refused changes, want 3", n)
 	}
+
+	// The operator's own key (a member's) asking what cannot be done: each
+	// gets a typed refusal, and the cell keeps its members.
+	operator, err := identity.LoadOrCreate(leader.dir)
+	must(t, err)
+	op := dial(t, leader.d.Addr(), leader.fp, operator)
+	other := members[0]
+	if other == leader {
+		other = members[1]
+	}
+	for _, tc := range []struct {
+		name string
+		op   wire.Op
+		args any
+		want wire.Code
+	}{
+		{"add with no fingerprint", wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1:9"}, wire.CodeBadRequest},
+		{"add at an address of 65 bytes", wire.OpCellAdd, wire.CellMember{Addr: strings.Repeat("h", 60) + ":7374", Fingerprint: stranger.Fingerprint()}, wire.CodeTooLarge},
+		{"add at an address with no port", wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1", Fingerprint: stranger.Fingerprint()}, wire.CodeBadRequest},
+		{"add at port 0", wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1:0", Fingerprint: stranger.Fingerprint()}, wire.CodeBadRequest},
+		{"add at another member's address", wire.OpCellAdd, wire.CellMember{Addr: other.addr, Fingerprint: stranger.Fingerprint()}, wire.CodeBadRequest},
+		{"remove with no fingerprint", wire.OpCellRemove, wire.CellMember{}, wire.CodeBadRequest},
+		{"add with arguments of another type", wire.OpCellAdd, []string{"127.0.0.1:9"}, wire.CodeBadRequest},
+		{"status with arguments of another type", wire.OpCellStatus, "status", wire.CodeBadRequest},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantCode(t, op.call(tc.op, tc.args, nil), tc.want)
+			if n := len(leader.d.node.Status().Members); n != 3 {
+				t.Fatalf("the cell has %d members after a refused change, want 3", n)
+			}
+		})
+	}
 }
 
 // TestCellRemovedKeyCannotChange: a member's key loses the right to
