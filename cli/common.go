@@ -518,7 +518,13 @@ func fail(env Env, verb string, err error) int {
 }
 
 // explain turns an error into a message that says what failed and what to
-// do, and the exit code for it.
+// do, and the exit code for it. The texts of errors go through shown (one
+// line, no control or format character): they quote what peers chose (a
+// group's listed name in the client's own errors, the addresses a
+// registry lists, an mDNS instance name), and a rogue registry's name
+// holding a line break and a bidirectional override wrote a line of its
+// own on stderr, or in huddle chat, after "huddle watch: " (until session
+// 17).
 func explain(err error) (string, int) {
 	var ue *usageError
 	var ce *identity.ChangedError
@@ -537,9 +543,9 @@ func explain(err error) (string, int) {
 	case errors.As(err, &rf):
 		return rf.msg, ExitRefused
 	case errors.As(err, &ce):
-		return ce.Error(), ExitRefused
+		return shown(ce.Error()), ExitRefused
 	case errors.As(err, &mm):
-		return fmt.Sprintf("%v; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", err), ExitRefused
+		return fmt.Sprintf("%s; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", shown(err.Error())), ExitRefused
 	case errors.As(err, &nre):
 		return nre.Error(), ExitUnreachable
 	case errors.As(err, &dns):
@@ -547,24 +553,24 @@ func explain(err error) (string, int) {
 	case errors.As(err, &nl):
 		// Before ErrUnreachable, whose advice (give a registry's address)
 		// is wrong here: registries answered, and said the group is gone.
-		return fmt.Sprintf("%v; 'huddle groups' lists the groups listed now", err), ExitUnreachable
+		return fmt.Sprintf("%s; 'huddle groups' lists the groups listed now", shown(err.Error())), ExitUnreachable
 	case errors.Is(err, context.DeadlineExceeded):
 		// Before ErrUnreachable: a dial the deadline cut short is both.
-		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", withoutGoText(err)), ExitUnreachable
+		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", shown(withoutGoText(err))), ExitUnreachable
 	case errors.Is(err, client.ErrUnreachable):
-		return fmt.Sprintf("%v\n  is it running (huddle up, huddle registry, huddle serve) and reachable over UDP? give the registry's address with --registry HOST:PORT or HUDDLE_REGISTRY", err), ExitUnreachable
+		return fmt.Sprintf("%s\n  is it running (huddle up, huddle registry, huddle serve) and reachable over UDP? give the registry's address with --registry HOST:PORT or HUDDLE_REGISTRY", shown(err.Error())), ExitUnreachable
 	case errors.Is(err, errNoGroup):
-		return err.Error(), ExitRefused
+		return shown(err.Error()), ExitRefused
 	case errors.As(err, &we):
-		return we.Error() + advice(we), ExitRefused
+		return shown(we.Error()) + advice(we), ExitRefused
 	case errors.Is(err, context.Canceled):
 		return "interrupted", ExitInterrupted
 	}
 	var ne *net.OpError
 	if errors.As(err, &ne) {
-		return err.Error(), ExitUnreachable
+		return shown(err.Error()), ExitUnreachable
 	}
-	return err.Error(), ExitRefused
+	return shown(err.Error()), ExitRefused
 }
 
 // refusal is a server's refusal with what to do about it already said:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -64,6 +65,10 @@ func hostilePeer(t *testing.T) (addr string, group wire.UUID) {
 				return err
 			}
 			return c.Send(wire.KindEnd, wire.End{Next: 1, First: 1, Last: 1, Epoch: epoch})
+		case wire.OpWatch:
+			// A frame a watch never carries: the client's error (not one
+			// of the daemon's codes) names the group by its listed name.
+			return c.Send(wire.KindEnd, wire.End{Next: 1, First: 1, Last: 1, Epoch: epoch})
 		}
 		return &wire.Error{Code: wire.CodeUnauthorized, Message: "refused " + evilCtl}
 	}
@@ -93,6 +98,10 @@ func TestHostilePeerText(t *testing.T) {
 		{"fetch", uuid},
 		{"join", uuid, "--as", "eve"},
 		{"chat", uuid},
+		{"watch", uuid},
+		{"send", uuid, "hi"},
+		{"leave", uuid},
+		{"cell", "status", "--server", addr},
 		{"groups", "--json"},
 		{"fetch", uuid, "--json"},
 	} {
@@ -406,5 +415,20 @@ func TestJoinedGroupListedUnderAnotherKey(t *testing.T) {
 	got, err := resolveGroup([]wire.GroupEntry{rogue, e}, "lobby", set)
 	if err != nil || got.Fingerprint != e.Fingerprint {
 		t.Errorf("resolveGroup: %v, %v; want the cell's group, led by %s", got.Fingerprint.Short(), err, e.Fingerprint.Short())
+	}
+}
+
+// TestShownWriterFormatCharacters: standard error writes a format
+// character (a bidirectional override) or a line separator as U+FFFD, as
+// it does a control character, and keeps its own line feeds and tabs: an
+// error quoting a rogue registry's group name turned the rest of its line
+// around.
+func TestShownWriterFormatCharacters(t *testing.T) {
+	var b strings.Builder
+	if _, err := fmt.Fprint(shownWriter{&b}, "huddle x: a\u202eb\u2028c\x1b[2J\td\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := b.String(), "huddle x: a\ufffdb\ufffdc\ufffd[2J\td\n"; got != want {
+		t.Errorf("written %q, want %q", got, want)
 	}
 }

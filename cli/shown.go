@@ -75,21 +75,22 @@ func printable(b []byte) string {
 }
 
 // shownWriter is standard error as the commands write it: every control
-// character but the line feed and the tab, and every byte that is not
+// character but the line feed and the tab, every format character and
+// line or paragraph separator (notWritten), and every byte that is not
 // UTF-8, is written as U+FFFD. Errors quote what servers said and what the
 // network stack reported, and daemons log what peers sent; all of it goes
 // through here.
 type shownWriter struct{ w io.Writer }
 
 func (s shownWriter) Write(p []byte) (int, error) {
-	if utf8.Valid(p) && !bytes.ContainsFunc(p, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }) {
+	if utf8.Valid(p) && !bytes.ContainsFunc(p, notWritten) {
 		return s.w.Write(p)
 	}
 	n := len(p)
 	var b bytes.Buffer
 	for len(p) > 0 {
 		r, size := utf8.DecodeRune(p)
-		if unicode.IsControl(r) && r != '\n' && r != '\t' {
+		if notWritten(r) {
 			r = utf8.RuneError
 		}
 		b.WriteRune(r)
@@ -100,6 +101,13 @@ func (s shownWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// notWritten reports whether shownWriter writes r as U+FFFD: what shown
+// replaces (a format character too: a bidirectional override in an error
+// that quotes a peer's text turned the rest of the line around, until
+// session 17), but the line feed and the tab, which its writers' own
+// lines hold.
+func notWritten(r rune) bool { return notShown(r) && r != '\n' && r != '\t' }
 
 // escapeJSON rewrites, in JSON that encoding/json wrote, the characters a
 // terminal would act on or hide that it leaves as they are (C1 controls,
