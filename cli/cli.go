@@ -53,6 +53,11 @@ type Env struct {
 	// flock, if set, is flock(2) as the commands' locks call it
 	// (lockfile.Locker): this package's tests count the tries with it.
 	flock func(fd, how int) error
+	// beforeVerify, if set, is called as each mDNS answer's verification
+	// starts, once it is counted as awaited (gatherer.hold): this
+	// package's tests slow it. (A variable of the package's until session
+	// 17.)
+	beforeVerify func(g *gatherer)
 }
 
 // defaultLockWait is Env.LockWait's default.

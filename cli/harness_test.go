@@ -47,6 +47,8 @@ type testUser struct {
 	lockWait time.Duration
 	// flock, if set, is the commands' flock(2) (Env.flock).
 	flock func(fd, how int) error
+	// beforeVerify, if set, is the commands' Env.beforeVerify.
+	beforeVerify func(g *gatherer)
 }
 
 func newTestUser(t *testing.T, registry string) *testUser {
@@ -64,7 +66,7 @@ func (u *testUser) runInput(t *testing.T, input string, args ...string) (int, st
 	t.Helper()
 	var out, errb syncBuffer
 	env := map[string]string{"HUDDLE_HOME": u.home, "HUDDLE_REGISTRY": u.registry}
-	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, LockWait: u.lockWait, flock: u.flock}
+	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, LockWait: u.lockWait, flock: u.flock, beforeVerify: u.beforeVerify}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	code := Main(ctx, args, e)

@@ -102,10 +102,6 @@ type gatherer struct {
 	wake chan struct{} // the last hold ended without an ask: the loop may be done
 }
 
-// beforeVerify, when set (by tests), is called as each mDNS answer's
-// verification starts, once it is counted as awaited.
-var beforeVerify func(g *gatherer)
-
 // listing asks every registry the session knows and merges what they list
 // (once per session). With --registry or HUDDLE_REGISTRY (each a list),
 // those registries are asked, and nothing else; otherwise this machine's,
@@ -652,8 +648,8 @@ func (g *gatherer) browse(ctx context.Context) {
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			fp, perr := wire.ParseFingerprint(r.Fingerprint)
 			held := perr == nil && g.hold(fp, registryReport{from: fromMDNS, name: mdnsPinPrefix + r.Instance, addr: addr.String(), iface: r.Iface})
-			if beforeVerify != nil {
-				beforeVerify(g)
+			if s.env.beforeVerify != nil {
+				s.env.beforeVerify(g)
 			}
 			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
 			if held && err != nil {

@@ -34,7 +34,7 @@ func TestNewRegistryWaitedForWhileVerified(t *testing.T) {
 		b.waitLine(t, upLine)
 
 		slowed := make(chan struct{}, 64)
-		beforeVerify = func(g *gatherer) {
+		u.beforeVerify = func(g *gatherer) {
 			// Polled: gather's state has no event to wait on, and this
 			// stands for a handshake slower than the cached registry's.
 			for until := time.Now().Add(waitTimeout); time.Now().Before(until); time.Sleep(time.Millisecond) {
@@ -47,9 +47,7 @@ func TestNewRegistryWaitedForWhileVerified(t *testing.T) {
 			default:
 			}
 		}
-		t.Cleanup(func() { beforeVerify = nil })
 		code, out, errs := u.run(t, "groups", "--timeout", "20s")
-		beforeVerify = nil
 		if code != ExitOK {
 			t.Fatalf("huddle groups with a registry cached and another new: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 		}
