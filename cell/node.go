@@ -541,6 +541,7 @@ func (n *Node) start() error {
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"), func(rn *raftNet) {
 		rn.received = n.cfg.received
 		rn.rtt = n.cfg.rtt
+		rn.transferWait = 2 * n.cfg.ElectionTimeout
 	})
 	n.net.onInstalled(n.installed)
 	n.net.onAppended(n.appendedConfig)
@@ -1371,15 +1372,16 @@ func (n *Node) Handover(ctx context.Context) error {
 
 // transfer hands the leadership over (raft's leadership transfer) to the
 // server to, or, if nil, to the most up-to-date voter, and waits for
-// raft's answer. Errors: raft's, ErrClosed (wrapped) if the node closes
-// first.
+// raft's answer; only to a voter whose replication is current
+// (transferable: raft's transfer to another wedged the leader). Errors:
+// raft's, errNoCurrentVoter (wrapped), ErrClosed (wrapped) if the node
+// closes first.
 func (n *Node) transfer(to *raft.Server) error {
-	f, err := hand(n, func() raft.Future {
-		if to == nil {
-			return n.raft.LeadershipTransfer()
-		}
-		return n.raft.LeadershipTransferToServer(to.ID, to.Address)
-	})
+	s, err := n.transferable(to)
+	if err != nil {
+		return err
+	}
+	f, err := hand(n, func() raft.Future { return n.raft.LeadershipTransferToServer(s.ID, s.Address) })
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package cell
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,7 +39,14 @@ type raftNet struct {
 	// linkWait bounds a replicating AppendEntries' wait for a member
 	// that cannot be dialed: linkWait, the constant (tests set it).
 	linkWait time.Duration
-	log      hclog.Logger
+	// transferWait bounds a TimeoutNow (a leadership transfer's last
+	// step): raft gives the transfer up an ElectionTimeout after it began
+	// but refuses proposals until the call returns (transferable.go). Twice
+	// the ElectionTimeout: raft's give-up must come first, as its caller
+	// tells it from other failures (raftTransferTimeout). 0: the RPC
+	// timeout.
+	transferWait time.Duration
+	log          hclog.Logger
 
 	consume chan raft.RPC
 	done    chan struct{} // closed by Close
@@ -60,6 +68,7 @@ type raftNet struct {
 	ready   bool                        // keep a connection ready to each member (keepReady)
 	warming map[raft.ServerAddress]bool // a ready connection is being dialed to it
 	served  map[net.Conn]struct{}       // the connections members opened, being served
+	repl    map[raft.ServerAddress]*replication
 
 	// rtt, if set (by tests), replaces the round trip measured
 	// (measuredRTT).
@@ -113,6 +122,7 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...f
 		pipes:    make(map[*rpcPipeline]struct{}),
 		warming:  make(map[raft.ServerAddress]bool),
 		served:   make(map[net.Conn]struct{}),
+		repl:     make(map[raft.ServerAddress]*replication),
 	}
 	for _, f := range set {
 		f(n)
@@ -307,6 +317,12 @@ const frameAllocStep = 1 << 20
 
 // getConn returns an idle connection to target, or opens one.
 func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
+	return n.getConnWithin(target, n.dialTimeout())
+}
+
+// getConnWithin returns a connection as getConn does, dialing for at most
+// timeout.
+func (n *raftNet) getConnWithin(target raft.ServerAddress, timeout time.Duration) (*rpcConn, error) {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -321,7 +337,7 @@ func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
 		return c, nil
 	}
 	n.mu.Unlock()
-	return n.dial(target)
+	return n.dialWithin(target, timeout, true)
 }
 
 // dial opens a connection to target for RPCs.
@@ -332,7 +348,12 @@ func (n *raftNet) dial(target raft.ServerAddress) (*rpcConn, error) {
 // dialReporting opens a connection as dial does; a failure is the link's
 // (Transport.dialRaft) if report is set.
 func (n *raftNet) dialReporting(target raft.ServerAddress, report bool) (*rpcConn, error) {
-	conn, err := n.tr.dialRaft(target, n.dialTimeout(), report)
+	return n.dialWithin(target, n.dialTimeout(), report)
+}
+
+// dialWithin opens a connection as dialReporting does, within timeout.
+func (n *raftNet) dialWithin(target raft.ServerAddress, timeout time.Duration, report bool) (*rpcConn, error) {
+	conn, err := n.tr.dialRaft(target, timeout, report)
 	if err != nil {
 		return nil, err
 	}
@@ -392,23 +413,29 @@ func (n *raftNet) call(target raft.ServerAddress, req, resp any) error {
 // timeout (jepsen leader kills of 1.5-2 s, session 8). Sending again is
 // safe: the member answered nothing, and raft's RPCs may arrive twice.
 func (n *raftNet) callOn(c *rpcConn, req, resp any) error {
-	err := n.roundTrip(c, req, resp)
+	return n.callOnWithin(c, req, resp, n.timeout)
+}
+
+// callOnWithin runs one RPC on c as callOn does, its I/O bounded by
+// timeout (0: none).
+func (n *raftNet) callOnWithin(c *rpcConn, req, resp any, timeout time.Duration) error {
+	err := n.roundTrip(c, req, resp, timeout)
 	if err == nil || !c.reused || !endedWhileIdle(err, c) {
 		return err
 	}
 	n.dropIdle(c.target) // ended by the same restart
-	if c, err = n.dial(c.target); err != nil {
+	if c, err = n.dialWithin(c.target, cmp.Or(timeout, n.dialTimeout()), true); err != nil {
 		return err
 	}
-	return n.roundTrip(c, req, resp)
+	return n.roundTrip(c, req, resp, timeout)
 }
 
 // roundTrip writes req on c and reads its response into resp. A
 // connection whose I/O failed, or that carried bytes that do not decode,
 // is closed; one that carried the peer's error goes back to the pool.
-func (n *raftNet) roundTrip(c *rpcConn, req, resp any) error {
-	if n.timeout > 0 {
-		c.conn.SetDeadline(time.Now().Add(n.timeout))
+func (n *raftNet) roundTrip(c *rpcConn, req, resp any, timeout time.Duration) error {
+	if timeout > 0 {
+		c.conn.SetDeadline(time.Now().Add(timeout))
 	}
 	typ, err := c.send(req)
 	if err == nil {
@@ -436,14 +463,32 @@ func endedWhileIdle(err error, c *rpcConn) bool {
 // that replicates (not a heartbeat) to a member that cannot be dialed
 // waits for it (awaitConn).
 func (n *raftNet) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	r := n.replicationTo(target)
 	if isHeartbeat(args) {
-		return n.call(target, args, resp)
-	}
-	c, err := n.awaitConn(target)
-	if err != nil {
+		err := n.call(target, args, resp)
+		r.done(time.Now(), args, resp, err, true, false)
 		return err
 	}
-	return n.callOn(c, args, resp)
+	r.start(time.Now())
+	c, err := n.awaitConn(target)
+	if err == nil {
+		err = n.callOn(c, args, resp)
+	}
+	r.done(time.Now(), args, resp, err, false, true)
+	return err
+}
+
+// replicationTo returns what raft's replication to target last did
+// (transferable.go).
+func (n *raftNet) replicationTo(target raft.ServerAddress) *replication {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r := n.repl[target]
+	if r == nil {
+		r = new(replication)
+		n.repl[target] = r
+	}
+	return r
 }
 
 // linkWait bounds how long a replicating AppendEntries waits for the link
@@ -515,8 +560,18 @@ func (n *raftNet) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, arg
 }
 
 // TimeoutNow asks target to stand for election now (raft.Transport).
+// Its I/O is bounded by transferWait, not the RPC timeout: raft refuses
+// every proposal until it returns (transferable.go).
 func (n *raftNet) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return n.call(target, args, resp)
+	timeout := n.timeout
+	if n.transferWait > 0 && (timeout <= 0 || n.transferWait < timeout) {
+		timeout = n.transferWait
+	}
+	c, err := n.getConnWithin(target, cmp.Or(timeout, n.dialTimeout()))
+	if err != nil {
+		return err
+	}
+	return n.callOnWithin(c, args, resp, timeout)
 }
 
 // snapshotTimeoutScale: a snapshot's I/O gets the RPC timeout for each
@@ -560,6 +615,7 @@ func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 	p := &rpcPipeline{
 		n:        n,
 		c:        c,
+		repl:     n.replicationTo(target),
 		inflight: make(chan *appendFuture, pipelineDepth),
 		done:     make(chan raft.AppendFuture, pipelineAnswered),
 		stop:     make(chan struct{}),
@@ -584,6 +640,7 @@ func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 type rpcPipeline struct {
 	n        *raftNet
 	c        *rpcConn
+	repl     *replication
 	inflight chan *appendFuture     // written, awaiting their responses
 	done     chan raft.AppendFuture // answered, for raft
 	stop     chan struct{}          // closed by Close
@@ -670,6 +727,7 @@ func (p *rpcPipeline) receive() {
 			}
 		}
 		f.err = failed
+		p.repl.done(time.Now(), f.req, f.resp, failed, false, false)
 		close(f.answered)
 		select {
 		case p.done <- f:

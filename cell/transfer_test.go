@@ -1,0 +1,107 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/store"
+)
+
+// TestTransferToStuckMember: a leader asked twice to hand the leadership
+// to a member whose raft RPCs go unanswered (a member gone silent, its
+// replication stuck in a call that waits out the RPC timeout) still takes
+// sends. (raft v1.7.2 queued the first transfer's request to bring the
+// member level with that replication, gave the transfer up an
+// ElectionTimeout in, and blocked the second on the full queue: it
+// refused every proposal, "leadership transfer in progress", until the
+// stuck call returned, here as long as the member was held.)
+func TestTransferToStuckMember(t *testing.T) {
+	var deaf atomic.Pointer[string] // the member whose raft RPCs are held
+	oneLeader(t, 3, 3, func(cfg *Config) {
+		cfg.RPCTimeout = waitTimeout // a held call waits until released
+		self := cfg.Advertise
+		cfg.received = func(any) { holdWhile(&deaf, self) }
+	}, func(c *testCell, l *testMember) error {
+		x := c.follower()
+		g := l.group("lobby")
+		deaf.Store(&x.addr)
+		defer deaf.Store(nil)
+		// x lags by this send, which the third member commits.
+		c.send(g.ID, store.Sender{}, [][16]byte{newID(1)}, []string{"one"})
+		srv := raft.Server{ID: raft.ServerID(x.id.Fingerprint().String()), Address: raft.ServerAddress(x.addr)}
+		for i := range 2 {
+			if err := l.node.transfer(&srv); err == nil {
+				return fmt.Errorf("transfer %d to the silent member: handed over", i+1)
+			} else {
+				t.Logf("transfer %d to the silent member: %v", i+1, err)
+			}
+		}
+		return sendsTaken(l, g.ID)
+	})
+}
+
+// TestTransferTimeoutNowHeld: a leader whose leadership transfer raft gave
+// up (an ElectionTimeout passed with it leading) because the member told
+// to stand does not answer raft's TimeoutNow takes sends again, though that
+// TimeoutNow is still unanswered. (raft v1.7.2 refuses proposals until the
+// TimeoutNow call returns: the whole RPC timeout, 5 s by default, here
+// as long as it was held.)
+func TestTransferTimeoutNowHeld(t *testing.T) {
+	var held atomic.Pointer[string] // the member whose TimeoutNow is held
+	oneLeader(t, 3, 3, func(cfg *Config) {
+		cfg.RPCTimeout = waitTimeout
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			if _, ok := req.(*raft.TimeoutNowRequest); ok {
+				holdWhile(&held, self)
+			}
+		}
+	}, func(c *testCell, l *testMember) error {
+		x := c.follower()
+		g := l.group("lobby")
+		held.Store(&x.addr)
+		defer held.Store(nil)
+		srv := raft.Server{ID: raft.ServerID(x.id.Fingerprint().String()), Address: raft.ServerAddress(x.addr)}
+		err := l.node.transfer(&srv)
+		if err == nil || !strings.Contains(err.Error(), raftTransferTimeout) {
+			return fmt.Errorf("transfer to the member whose TimeoutNow is held: %v, want raft's %q", err, raftTransferTimeout)
+		}
+		return sendsTaken(l, g.ID)
+	})
+}
+
+// holdWhile holds a raft request received by the member at self while
+// who names it (a test's hold of a member's RPCs; cleared, it lets them go).
+func holdWhile(who *atomic.Pointer[string], self string) {
+	for {
+		if a := who.Load(); a == nil || *a != self {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sendsTaken sends to l until it takes a send, and says if it did not
+// within waitTimeout/3 (a held member's RPCs are held for waitTimeout).
+func sendsTaken(l *testMember, group [16]byte) error {
+	deadline := time.Now().Add(waitTimeout / 3)
+	for i := 100; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := l.node.Send(ctx, group, []store.Entry{{ID: newID(i), Body: []byte("after")}}, nil)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) {
+			return fmt.Errorf("the leader after the transfer: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
