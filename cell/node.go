@@ -196,6 +196,9 @@ type Config struct {
 	// Now stamps messages and joins on the leader. Default time.Now.
 	Now func() time.Time
 
+	// askedProgress, if set (by tests), is called with the key of each
+	// member that asks this one how far it got (serveProgress).
+	askedProgress func(by wire.Fingerprint)
 	// received, if set (by tests), is called with each raft RPC this
 	// member receives, before raft has it: a test holds one there.
 	received func(req any)
@@ -359,6 +362,8 @@ type Node struct {
 	// members are up, and asked at once rather than at the next tick).
 	watchWake chan raft.Observation
 	learnWake chan struct{}
+	// promoteWake wakes promoteLoop (wakePromote).
+	promoteWake chan struct{}
 	// stallWake wakes stallLoop: the state machine stalled (fsm.onStall).
 	// catchUpWake wakes a catch-up at start waiting for a peer (catchUp):
 	// a member dialled this one, or a leader is known.
@@ -427,7 +432,7 @@ func New(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
 	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), changing: make(chan struct{}, 1),
 		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
-		catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+		promoteWake: make(chan struct{}, 1), catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
 	if err != nil {
@@ -1023,6 +1028,7 @@ func (n *Node) leaderLoop() {
 				if err := n.barrier(); err == nil {
 					if n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term {
 						n.setReady(term)
+						n.wakePromote()
 						n.cfg.Logger.Info("cell: leading", "term", term)
 						n.createGroups()
 					}
