@@ -25,11 +25,23 @@ import (
 // in the same term at two checks a HeartbeatTimeout apart hears nothing
 // from it (a leader's heartbeats, every tenth of that, turn a candidate
 // back into its follower), and is handed, on raft's main loop, an empty
-// AppendEntries from that leader in that term, as its heartbeat would
-// be: the candidate becomes its follower, and, hearing no more, stands
-// again once its heartbeat timeout passes, without naming one. The request
-// carries no entries, no previous entry and no commit index: raft changes
-// nothing else for it.
+// AppendEntries of that term that names no leader (unname): the candidate
+// becomes a follower naming none (granting other candidates' pre-votes
+// from then on), and, hearing nothing, stands again once its heartbeat
+// timeout passes. The request carries no entries, no previous entry and
+// no commit index: raft changes nothing else for it.
+//
+// An election may end between the check and raft's taking the request.
+// If another member won that term, this member follows it already, and
+// the request leaves it naming no leader until the winner's next
+// heartbeat, a tenth of a HeartbeatTimeout later: its clients are told
+// no leader is known (they ask the others), not sent to the one that is
+// gone, as when the request named that leader (until session 17). If
+// this member won it, the request deposes it (raft takes an AppendEntries
+// of its own term as another leader's), which raft gives no way to rule
+// out from outside its main loop; that takes both an election won by a
+// candidate that names a gone leader and the moment between a check and
+// raft's taking the request, and costs an election.
 func (n *Node) staleLeaderLoop() {
 	var last staleLeader
 	n.every(n.cfg.HeartbeatTimeout, func() { last = n.checkStaleLeader(last) })
@@ -57,19 +69,34 @@ func (n *Node) checkStaleLeader(last staleLeader) staleLeader {
 	if now != last {
 		return now
 	}
-	n.cfg.Logger.Warn("cell: this member stands for election but still names a leader it no longer hears, so it refuses every other candidate (a race in raft): it follows that leader again, and stands afresh once it hears nothing more",
+	n.cfg.Logger.Warn("cell: this member stands for election but still names a leader it no longer hears, so it refuses every other candidate (a race in raft): it follows no leader, and stands afresh once it hears nothing more",
 		"leader", string(addr), "term", now.term)
+	n.unname(now)
+	return staleLeader{}
+}
+
+// unname hands raft, on its main loop, an empty AppendEntries of stale's
+// term that names no leader, not even stale's (see staleLeaderLoop), and
+// waits for raft's answer, at most a HeartbeatTimeout each.
+func (n *Node) unname(stale staleLeader) {
+	resp := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{
 		Command: &raft.AppendEntriesRequest{
-			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(id), Addr: n.net.EncodePeer(id, addr)},
-			Term:      now.term,
+			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax},
+			Term:      stale.term,
 		},
-		RespChan: make(chan raft.RPCResponse, 1), // the answer goes nowhere
+		RespChan: resp,
 	}
 	select {
 	case n.net.consume <- rpc:
 	case <-n.closing:
+		return
+	case <-time.After(n.cfg.HeartbeatTimeout):
+		return
+	}
+	select {
+	case <-resp:
+	case <-n.closing:
 	case <-time.After(n.cfg.HeartbeatTimeout):
 	}
-	return staleLeader{}
 }

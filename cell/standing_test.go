@@ -2,6 +2,7 @@ package cell
 
 import (
 	"bytes"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,4 +77,39 @@ func TestCandidateNamingGoneLeaderStandsAgain(t *testing.T) {
 		return addr == raft.ServerAddress(ahead.addr)
 	})
 	behind.waitLast(g.ID, last[0].Seq)
+}
+
+// TestUnnameLeavesNoGoneLeader: the request a candidate naming a gone
+// leader is handed (unname) reaches it, in the race staleLeaderLoop
+// allows, once another member won the election and it follows that one:
+// it must not name the gone leader meanwhile (its clients would be sent
+// there). Here a follower of the leader is handed it while the leader's
+// heartbeats to it are held. (The request named the gone leader, and the
+// follower named it until the leader's next heartbeat.)
+func TestUnnameLeavesNoGoneLeader(t *testing.T) {
+	var deaf atomic.Pointer[string]
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			if _, ok := req.(*raft.AppendEntriesRequest); ok {
+				holdWhile(&deaf, self)
+			}
+		}
+	})
+	l := c.leader()
+	f := c.follower()
+	var gone *testMember
+	for _, m := range c.members {
+		if m != l && m != f {
+			gone = m
+		}
+	}
+	deaf.Store(&f.addr)
+	defer deaf.Store(nil)
+	f.node.unname(staleLeader{term: f.node.raft.CurrentTerm(), addr: raft.ServerAddress(gone.addr), id: raft.ServerID(gone.id.Fingerprint().String())})
+	if addr, _ := f.node.raft.LeaderWithID(); addr == raft.ServerAddress(gone.addr) || f.node.raft.State() != raft.Follower {
+		t.Fatalf("the follower handed the request is a %v naming %q; want a follower naming no leader, or the leader (%s), not the gone one (%s)",
+			f.node.raft.State(), addr, l.addr, gone.addr)
+	}
+	deaf.Store(nil)
 }
