@@ -313,6 +313,10 @@ func askAfterRestart(t *testing.T, ask func(ctx context.Context, l, o *testMembe
 		cfg.keyCheckEvery = time.Hour // no members question but the test's
 	})
 	l, o := c.leader(), c.followers(1)[0]
+	// A leader is ready once it applied its barrier; a follower applies
+	// it once told it is committed, a heartbeat later: asked before, it
+	// answers applied index 0 (under load, session 17).
+	waitUntil(t, "the follower to apply the cell's first entries", func() bool { return o.node.raft.AppliedIndex() > 0 })
 	asked := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
 		defer cancel()
