@@ -160,7 +160,13 @@ func TestStalledCellKeepsLeader(t *testing.T) {
 // followers apply, the leader hands over.
 func TestStalledLeaderWaitsForApplied(t *testing.T) {
 	var logs memberLogs
-	c := newTestCell(t, 3, false, logs.record)
+	// A steady leader: the test wants no election while the followers
+	// are held, and at load ~26 one came (session 17; the stalled member
+	// won it again: CPU, see stall.go).
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		logs.record(cfg)
+		steadyLeader(cfg)
+	})
 	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	c.sameLogs(g.ID, 10)
