@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -439,7 +440,7 @@ func (d *DiskLog) writable() error {
 		d.roErr = d.rebegin()
 		return d.roErr
 	}
-	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
+	f, err := openFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
 		err = f.Truncate(d.fsize) // a torn tail found while read-only (nothing is pending)
 		if err != nil {
@@ -541,7 +542,7 @@ func (d *DiskLog) rotate(spare bool) error {
 
 // createSegment creates a segment file holding only its header, synced.
 func createSegment(path string, h segHeader) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -584,7 +585,7 @@ func (d *DiskLog) fromSpare(path string, h segHeader) (*os.File, error) {
 		return nil, errors.New("no spare file")
 	}
 	sp := filepath.Join(d.dir, spareName)
-	f, err := os.OpenFile(sp, os.O_WRONLY, 0)
+	f, err := openFile(sp, os.O_WRONLY, 0)
 	if err != nil {
 		d.spare = false
 		return nil, fmt.Errorf("spare: %w", err)
@@ -602,7 +603,7 @@ func (d *DiskLog) fromSpare(path string, h segHeader) (*os.File, error) {
 	}
 	d.spare = false
 	// Opened again under its name, which errors name.
-	if f, err = os.OpenFile(path, os.O_WRONLY, 0); err != nil {
+	if f, err = openFile(path, os.O_WRONLY, 0); err != nil {
 		os.Remove(path) // not the next segment after all
 		return nil, err
 	}
@@ -782,10 +783,15 @@ func (d *DiskLog) fsync() (uint64, error) {
 // it would hide. d.wmu is held, or the log is being opened.
 func (d *DiskLog) openCheckpoint() error {
 	d.cmu.Lock()
+	var err error
 	if d.cpt == nil {
-		d.cpt, _ = os.OpenFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
+		// Without it, retention could delete no file (dropFiles).
+		d.cpt, err = openFile(filepath.Join(d.dir, cptName), os.O_WRONLY|os.O_CREATE, 0o600)
 	}
 	d.cmu.Unlock()
+	if err != nil {
+		return err
+	}
 	if d.cptAhead {
 		if err := d.checkpoint(0, 0, true); err != nil {
 			return fmt.Errorf("%s: %w", cptName, err)
@@ -883,7 +889,7 @@ func (d *DiskLog) closeFiles() {
 
 // writeSynced writes a small file whole and syncs it.
 func writeSynced(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -898,6 +904,36 @@ func writeSynced(path string, data []byte) error {
 		os.Remove(path)
 	}
 	return err
+}
+
+// errNotRegular is wrapped by the errors of openFile for what is not a
+// regular file, with ErrCorrupt.
+var errNotRegular = errors.New("not a regular file")
+
+// openFile is os.OpenFile for the log's files, which are regular files:
+// anything else under their names (a named pipe, a directory, a device)
+// is refused, with errNotRegular and ErrCorrupt, and never waited on. (A
+// named pipe in place of a segment, opened as a file, held the daemon's
+// start for ever, until session 17.)
+func openFile(path string, flag int, perm os.FileMode) (*os.File, error) {
+	// O_NONBLOCK: opening a named pipe waits for its other end without
+	// it; a regular file ignores it.
+	f, err := os.OpenFile(path, flag|syscall.O_NONBLOCK, perm)
+	if err != nil {
+		if errors.Is(err, syscall.ENXIO) { // a pipe open for writing with no reader
+			err = fmt.Errorf("%s: %w (%w)", filepath.Base(path), errNotRegular, ErrCorrupt)
+		}
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("%s is %w (%v) (%w)", filepath.Base(path), errNotRegular, st.Mode().Type(), ErrCorrupt)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // syncDir makes the directory's entries (a file created) durable.

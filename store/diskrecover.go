@@ -70,7 +70,7 @@ func (d *DiskLog) recover() (Recovery, error) {
 		return rec, err
 	}
 	cpt, cptErr := readCheckpoint(d.dir)
-	if errors.Is(cptErr, ErrFutureVersion) {
+	if errors.Is(cptErr, ErrFutureVersion) || errors.Is(cptErr, errNotRegular) {
 		return rec, fmt.Errorf("%s: %w", cptName, cptErr)
 	}
 	// A crash while the newest segment was being created (SIGKILL
@@ -267,7 +267,7 @@ func (d *DiskLog) recover() (Recovery, error) {
 	// what the files hold is not kept (openCheckpoint).
 	d.cptSynced, d.cptFirst = synced, d.mem.firstHeld()
 	d.cptAhead = cptErr == nil && floor > seq+1
-	f, err := os.OpenFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
+	f, err := openFile(filepath.Join(d.dir, segName(d.fbase)), os.O_WRONLY, 0)
 	if err == nil {
 		if err = f.Truncate(d.fsize); err != nil {
 			f.Close()
@@ -385,7 +385,7 @@ func (d *DiskLog) begin() error {
 	var cf *os.File
 	if err == nil {
 		if err = d.syncDir(d.dir); err == nil {
-			cf, err = os.OpenFile(cptPath, os.O_WRONLY, 0)
+			cf, err = openFile(cptPath, os.O_WRONLY, 0)
 		} else {
 			os.Remove(cptPath)
 			err = fmt.Errorf("fsync directory %s: %w", d.dir, err)
@@ -413,7 +413,7 @@ func (d *DiskLog) begin() error {
 // creation a crash cut short: shorter than a header, or nothing but zeros
 // (never written), and its size.
 func unbornSegment(path string) (int64, bool, error) {
-	f, err := os.Open(path)
+	f, err := openFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, false, err
 	}
@@ -484,7 +484,7 @@ func readCheckpoint(dir string) (checkpoint, error) {
 }
 
 func readSegHeader(path string) (segHeader, error) {
-	f, err := os.Open(path)
+	f, err := openFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return segHeader{}, err
 	}
@@ -511,7 +511,7 @@ func readIndex(path string) (segIndex, error) {
 
 // readSmall reads a file of at most max bytes (more is ErrCorrupt).
 func readSmall(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := openFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -554,11 +554,14 @@ func (d *DiskLog) readSegments(bases []uint64, headers []segHeader, idxs map[uin
 	perMsg := 0.0
 	for i, base := range bases[:len(bases)-1] {
 		if idxs[base] {
-			if v, err := readIndex(filepath.Join(d.dir, idxName(base))); err == nil && v.base == base {
+			path := filepath.Join(d.dir, idxName(base))
+			if v, err := readIndex(path); err == nil && v.base == base {
 				reads[i].x = &v
 				if v.last >= base {
 					perMsg = float64(v.segLen-segHeaderSize) / float64(v.last+1-base)
 				}
+			} else if errors.Is(err, errNotRegular) {
+				os.Remove(path) // a pipe, an empty directory: rebuilt in its place
 			}
 		}
 	}
@@ -768,7 +771,7 @@ func zeros(p []byte) bool {
 
 // readSegment maps a segment file whole (see mapFile).
 func readSegment(path string) (p []byte, m *mapping, err error) {
-	f, err := os.Open(path)
+	f, err := openFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, nil, err
 	}

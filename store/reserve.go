@@ -73,14 +73,11 @@ func (d *DiskLog) fillReserve(now bool) {
 	if free, ok := freeBytes(d.dir); ok && free < 2*short {
 		return
 	}
-	f, err := os.OpenFile(filepath.Join(d.dir, reserveName), os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := openFile(filepath.Join(d.dir, reserveName), os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return
-	}
 	if allocate(f, d.resSize, short) == nil {
 		d.resSize = d.resWant
 		return
