@@ -1,0 +1,130 @@
+package testdisk
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"unsafe"
+)
+
+// Ext4 is an ext4 file system on a loop device, mounted for one test,
+// that the test can break as a failing disk would: Error makes ext4 find
+// an error, and remount itself read-only, under the writers' feet;
+// Shutdown makes every I/O on it fail with EIO, as a device gone does.
+// Remount unmounts it and mounts it again, as a restart after the fault
+// would find it (the journal replayed).
+type Ext4 struct {
+	// Dir is where it is mounted.
+	Dir  string
+	t    testing.TB
+	img  string // the image file
+	dev  string // the loop device it is on: /dev/loopN
+	opts string
+}
+
+// NewExt4 makes an ext4 file system of size (as truncate(1) reads it:
+// "32M") in an image file, attaches it to a loop device and mounts it,
+// with errors=remount-ro, on a new directory; all undone when the test
+// ends. It needs root (RequireRoot).
+func NewExt4(t testing.TB, size string) *Ext4 {
+	t.Helper()
+	RequireRoot(t)
+	tmp := t.TempDir()
+	img := filepath.Join(tmp, "disk.img")
+	e := &Ext4{Dir: filepath.Join(tmp, "mnt"), t: t, img: img, opts: "errors=remount-ro"}
+	if err := os.Mkdir(e.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	e.run("truncate", "-s", size, img)
+	e.run("mkfs.ext4", "-q", "-F", img)
+	e.attach()
+	t.Cleanup(func() {
+		exec.Command("umount", "-l", e.Dir).Run()
+		if out, err := exec.Command("losetup", "-d", e.dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v: %s", e.dev, err, out)
+		}
+	})
+	e.mount()
+	return e
+}
+
+// attach puts the image on a loop device of its own.
+func (e *Ext4) attach() {
+	e.t.Helper()
+	e.dev = strings.TrimSpace(e.run("losetup", "--find", "--show", e.img))
+}
+
+func (e *Ext4) run(name string, args ...string) string {
+	e.t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (e *Ext4) mount() {
+	e.t.Helper()
+	e.run("mount", "-t", "ext4", "-o", e.opts, e.dev, e.Dir)
+}
+
+// Error makes ext4 report an error on the file system (its
+// trigger_fs_error knob), as it does when it finds its metadata damaged:
+// with errors=remount-ro it turns read-only at once, every write and
+// fsync failing with EROFS, the files open for writing kept open.
+func (e *Ext4) Error() {
+	e.t.Helper()
+	knob := filepath.Join("/sys/fs/ext4", filepath.Base(e.dev), "trigger_fs_error")
+	if err := os.WriteFile(knob, []byte("testdisk: a disk error\n"), 0); err != nil {
+		e.t.Fatalf("make ext4 find an error: %v", err)
+	}
+}
+
+// ext4IOCShutdown is EXT4_IOC_SHUTDOWN (_IOR('X', 125, __u32)), and
+// ext4GoingLogFlush its flag that writes the journal's committed
+// transactions out first. (ext4GoingNoLogFlush drops them: in a loop of
+// write and fsync, one round in three lost a write whose fsync had
+// returned success, which no program can defend against.)
+const (
+	ext4IOCShutdown   = 0x8004587d
+	ext4GoingLogFlush = 1
+)
+
+// Shutdown shuts the file system down as if its device had gone: every
+// read, write and fsync on it fails with EIO from then on; what the
+// journal had committed (every fsync that returned) is kept.
+func (e *Ext4) Shutdown() {
+	e.t.Helper()
+	f, err := os.Open(e.Dir)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	flag := uint32(ext4GoingLogFlush)
+	if _, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), ext4IOCShutdown, uintptr(unsafe.Pointer(&flag))); errno != 0 {
+		e.t.Fatalf("shut ext4 down: %v", errno)
+	}
+}
+
+// Remount unmounts the file system, checks it (e2fsck, as its error asks)
+// and mounts it again from a loop device of its own: what a restart after
+// the fault finds on the device, never the kernel's memory of the
+// file system before. (On the same device, a mount raced the old file
+// system's teardown and was given it back, read-only.) The files on it
+// must be closed.
+func (e *Ext4) Remount() {
+	e.t.Helper()
+	e.run("umount", e.Dir)
+	e.run("losetup", "-d", e.dev)
+	e.attach()
+	// 1: errors corrected.
+	if out, err := exec.Command("e2fsck", "-fy", e.dev).CombinedOutput(); err != nil {
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() > 1 {
+			e.t.Fatalf("e2fsck %s: %v: %s", e.dev, err, out)
+		}
+	}
+	e.mount()
+}
