@@ -23,7 +23,8 @@ type CellStatus = wire.CellStatus
 // ErrUnreachable, ErrProtocol (the answer's Self names another key than
 // the one the daemon presented; or it lists more than wire.MaxCellGroups
 // groups, with ErrTooLarge: a member lists the first of them by name, and
-// GroupsOmitted says how many more it hosts). The connection closes with the call,
+// GroupsOmitted says how many more it hosts; or it says some were left out
+// while listing fewer). The connection closes with the call,
 // unless a Group handle on the daemon holds it.
 //
 // Self is checked because a program takes an answer as the view of the
@@ -53,6 +54,15 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 	}
 	if st.Self.Fingerprint != seen {
 		return CellStatus{}, fmt.Errorf("cell status of %s: the daemon presented key %s and names itself %s: %w", addr, seen.Short(), st.Self.Fingerprint.Short(), ErrProtocol)
+	}
+	if st.GroupsOmitted > 0 && len(st.Groups) < wire.MaxCellGroups {
+		// A member leaves groups out only past the first MaxCellGroups by
+		// name: one listing fewer and counting others left out says two
+		// things of its groups that cannot both be true, and the count it
+		// names was shown as the groups left out (huddle cell status: "and
+		// N more groups not listed"), whatever it was.
+		return CellStatus{}, fmt.Errorf("cell status of %s: %d groups listed and %d more left out; a member leaves groups out only past the first %d: %w",
+			addr, len(st.Groups), st.GroupsOmitted, wire.MaxCellGroups, ErrProtocol)
 	}
 	return st, nil
 }

@@ -37,6 +37,16 @@ func TestCellStatusGroupsBounded(t *testing.T) {
 	if st, err := c.CellStatus(t.Context(), e.Addrs[0], e.Fingerprint); err != nil || len(st.Groups) != wire.MaxCellGroups || st.GroupsOmitted != 7 {
 		t.Errorf("a status of %d groups, 7 omitted: %d groups, %d omitted, %v", wire.MaxCellGroups, len(st.Groups), st.GroupsOmitted, err)
 	}
+	// Groups left out, fewer than the first MaxCellGroups listed: the
+	// count was taken as the groups left out (huddle cell status showed
+	// "and 7 more groups not listed" after one group), though a member
+	// leaves out only what is past them.
+	for _, n := range []int64{0, 1, wire.MaxCellGroups - 1} {
+		listed.Store(n)
+		if st, err := c.CellStatus(t.Context(), e.Addrs[0], e.Fingerprint); !errors.Is(err, client.ErrProtocol) {
+			t.Errorf("a status of %d groups, 7 more left out: %d groups, %d omitted, %v; want ErrProtocol", n, len(st.Groups), st.GroupsOmitted, err)
+		}
+	}
 	listed.Store(wire.MaxCellGroups + 1)
 	if _, err := c.CellStatus(t.Context(), e.Addrs[0], e.Fingerprint); !errors.Is(err, client.ErrProtocol) || !errors.Is(err, client.ErrTooLarge) {
 		t.Errorf("a status of %d groups: %v, want ErrProtocol and ErrTooLarge", wire.MaxCellGroups+1, err)
