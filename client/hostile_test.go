@@ -1273,3 +1273,117 @@ func TestCellWatchPastAnotherKey(t *testing.T) {
 		t.Fatal("no message in 10 s: the watch stayed at the address of another key")
 	}
 }
+
+// TestWatchSkipsAhead checks a watch against daemons that skip sequence
+// numbers without a Gap covering them: a message past the one after the
+// watch's cursor, in the same frame or the next, or a Gap that begins
+// past it. Sequence numbers are gapless, and what retention dropped comes
+// as a Gap from the cursor on (PROTOCOL.md §8.7): the watch delivered the
+// message after the hole as if it followed, and the program never learnt
+// of the messages it missed. Each is the daemon's error: ErrProtocol,
+// nothing delivered past the hole.
+func TestWatchSkipsAhead(t *testing.T) {
+	msg := func(seq uint64) wire.Message {
+		return wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+	}
+	type frame struct {
+		kind wire.Kind
+		body any
+	}
+	msgs := func(seqs ...uint64) frame {
+		var ms []wire.Message
+		for _, s := range seqs {
+			ms = append(ms, msg(s))
+		}
+		return frame{wire.KindMessages, wire.Messages{Messages: ms}}
+	}
+	for _, tc := range []struct {
+		name   string
+		after  uint64 // the watch's cursor
+		frames []frame
+		want   []uint64
+	}{
+		{"in a frame", 0, []frame{msgs(1, 2, 4, 5)}, []uint64{1, 2}},
+		{"across frames", 0, []frame{msgs(1, 2), msgs(4)}, []uint64{1, 2}},
+		{"past the cursor", 5, []frame{msgs(7, 8)}, nil},
+		{"a gap past the cursor", 0, []frame{msgs(1, 2), {wire.KindGap, wire.Gap{From: 4, To: 5}}, msgs(6)}, []uint64{1, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+				if c.Op() != wire.OpWatch {
+					return &wire.Error{Code: wire.CodeUnsupported}
+				}
+				if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: 9}); err != nil {
+					return err
+				}
+				for _, f := range tc.frames {
+					if err := c.Send(f.kind, f.body); err != nil {
+						return err
+					}
+				}
+				<-c.Gone()
+				return c.Lost()
+			})
+			g, err := newClient(t).Group(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			var seqs []uint64
+			var werr error
+			for ev, err := range g.Watch(ctx, client.Query{After: tc.after, Epoch: 3}) {
+				if err != nil {
+					werr = err
+					break
+				}
+				if ev.Kind == client.EventMessage {
+					seqs = append(seqs, ev.Message.Seq)
+				}
+				if ev.Kind == client.EventGap {
+					t.Errorf("gap %d..%d delivered", ev.From, ev.To)
+				}
+			}
+			if !errors.Is(werr, client.ErrProtocol) {
+				t.Errorf("watch ended with %v, want ErrProtocol", werr)
+			}
+			if !slices.Equal(seqs, tc.want) {
+				t.Errorf("messages %v, want %v (none past the hole)", seqs, tc.want)
+			}
+		})
+	}
+}
+
+// TestFetchPageSkipsAhead checks a fetch against a daemon whose page
+// skips a sequence number (1, 2, 4): a log holds one run of consecutive
+// messages, so a page does too, and message 4 was delivered as if it
+// followed 2. It is the daemon's error: ErrProtocol, 1 and 2 delivered.
+func TestFetchPageSkipsAhead(t *testing.T) {
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpFetch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		var ms []wire.Message
+		for _, seq := range []uint64{1, 2, 4} {
+			ms = append(ms, wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")})
+		}
+		if err := c.Send(wire.KindMessages, wire.Messages{Messages: ms}); err != nil {
+			return err
+		}
+		return c.Send(wire.KindEnd, wire.End{Next: 4, First: 1, Last: 4, Epoch: 3})
+	})
+	g, err := newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var seqs []uint64
+	_, err = g.Fetch(ctx, client.Query{}, func(m client.Message) bool {
+		seqs = append(seqs, m.Seq)
+		return true
+	})
+	if !errors.Is(err, client.ErrProtocol) || !slices.Equal(seqs, []uint64{1, 2}) {
+		t.Errorf("fetch of a page 1, 2, 4: %v, messages %v; want ErrProtocol after 1 and 2", err, seqs)
+	}
+}

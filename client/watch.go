@@ -280,6 +280,14 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 				if w.after != nil && m.Seq <= *w.after {
 					continue // never deliver twice, whatever the server sends
 				}
+				if w.after != nil && m.Seq-1 > *w.after {
+					// Sequence numbers are gapless, and what retention
+					// dropped comes as a Gap from the cursor on: a
+					// message past the next one was delivered as if it
+					// followed, the program never told of those it
+					// missed (until session 17).
+					return true, fmt.Errorf("%w: message %d after message %d, no gap reported between", ErrProtocol, m.Seq, *w.after)
+				}
 				seq := m.Seq
 				w.after, w.since = &seq, nil
 				if !yield(Event{Kind: EventMessage, Message: messageFrom(m), Epoch: w.epoch}, nil) {
@@ -297,7 +305,9 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 			// one ending at or before it would move the cursor back (and
 			// what followed be delivered twice), one ending before it
 			// begins reports nothing.
-			if gp.From > gp.To || w.after != nil && gp.To <= *w.after {
+			// And one beginning past the message after the cursor leaves
+			// the messages between unreported.
+			if gp.From > gp.To || w.after != nil && (gp.To <= *w.after || gp.From-1 > *w.after) {
 				return true, fmt.Errorf("%w: gap %d..%d after message %d", ErrProtocol, gp.From, gp.To, w.cursor())
 			}
 			to := gp.To
