@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -1385,5 +1386,39 @@ func TestFetchPageSkipsAhead(t *testing.T) {
 	})
 	if !errors.Is(err, client.ErrProtocol) || !slices.Equal(seqs, []uint64{1, 2}) {
 		t.Errorf("fetch of a page 1, 2, 4: %v, messages %v; want ErrProtocol after 1 and 2", err, seqs)
+	}
+}
+
+// TestInfoDurationsOfAnyLength checks Info against a daemon claiming
+// durations of any length in milliseconds (retention's max age, the
+// heartbeat, the request and idle timeouts, the fsync interval): each is
+// at least as long as the longest a Duration holds below it, never
+// negative. Converted as they came, 2^62 ms (146 million years) wrapped
+// to hours and 2^64-1 to -1 ms: huddle info showed a retention far
+// shorter than the daemon said, or none.
+func TestInfoDurationsOfAnyLength(t *testing.T) {
+	for _, v := range []uint64{1 << 62, 1<<63 + 12345, math.MaxUint64, uint64(math.MaxInt64 / time.Millisecond)} {
+		e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			if c.Op() != wire.OpInfo {
+				return &wire.Error{Code: wire.CodeUnsupported}
+			}
+			return c.Result(wire.Info{Group: wire.UUID{7}, Name: "g", Epoch: 1, Storage: wire.StorageDisk, Fsync: wire.FsyncInterval, FsyncIntervalMS: v,
+				Limits: wire.Limits{MaxMessageBytes: 1, MaxBatch: 1, MaxAgeMS: v, HeartbeatMS: v, RequestTimeoutMS: v, IdleTimeoutMS: v}})
+		})
+		g, err := newClient(t).Group(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := g.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		longest := time.Duration(math.MaxInt64).Truncate(time.Millisecond)
+		l := in.Limits
+		for name, d := range map[string]time.Duration{"max age": l.MaxAge, "heartbeat": l.Heartbeat, "request timeout": l.RequestTimeout, "idle timeout": l.IdleTimeout, "fsync interval": in.FsyncInterval} {
+			if d < longest {
+				t.Errorf("%s of %d ms: %v, want at least %v", name, v, d, longest)
+			}
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"math"
 	"time"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -74,7 +75,16 @@ type Limits struct {
 	IdleTimeout    time.Duration
 }
 
-func ms(v uint64) time.Duration { return time.Duration(v) * time.Millisecond }
+// ms is v milliseconds from a daemon, held to the longest Duration (292
+// years) past it: converted as it came, 2^62 ms (a retention of 146
+// million years) wrapped to some hours, and 2^64-1 to -1 ms, so that huddle
+// info showed a daemon's limits shorter than it said, or none.
+func ms(v uint64) time.Duration {
+	if v > uint64(math.MaxInt64/time.Millisecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(v) * time.Millisecond
+}
 
 func infoFrom(in *wire.Info) Info {
 	l := &in.Limits
