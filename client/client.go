@@ -919,6 +919,8 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 				return delivered, we
 			case errors.Is(err, io.EOF):
 				return delivered, fmt.Errorf("%s: server closed the stream without a reply: %w", op, ErrProtocol)
+			case errors.Is(err, ErrProtocol):
+				return delivered, fmt.Errorf("%s: %w", op, err)
 			case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrFrameTooLarge), errors.Is(err, wire.ErrEmptyFrame):
 				return delivered, fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
 			}
@@ -1022,14 +1024,34 @@ func putResponseBuf(b *[]byte) {
 
 // readResponse reads one response frame into *buf (growing it if need be)
 // and splits it; the body is decoded by the handler in the same pass that
-// checks it. Errors are those of wire.ReadResponse.
+// checks it. Errors are those of wire.ReadFrame, an Error frame's *Error,
+// or a frame read whole that is not one (badFrame).
 func readResponse(r io.Reader, buf *[]byte) (wire.Kind, wire.Frame, error) {
 	item, err := wire.ReadFrame(r, *buf, 0)
 	if err != nil {
 		return 0, wire.Frame{}, err
 	}
 	*buf = item[:0:cap(item)]
-	return wire.SplitResponse(item)
+	kind, f, err := wire.SplitResponse(item)
+	if err != nil && !errors.As(err, new(*wire.Error)) {
+		err = badFrame(err)
+	}
+	return kind, f, err
+}
+
+// badFrame is err, a server's frame that could not be decoded or broke a
+// rule of the protocol, as the client reports it: ErrProtocol, wrapping
+// err (and its ErrTooLarge, say) but not ErrBadRequest, with which the wire
+// codec marks a frame breaking a rule (a daemon's answer to a request).
+// Said of a server's frame, ErrBadRequest blamed the caller's request
+// ("fix the request; do not retry"), and an Error frame breaking a rule (no
+// code) was not even a protocol error: a watch asked again, and again, for
+// as long as its context lived (until session 17).
+func badFrame(err error) error {
+	if errors.Is(err, wire.ErrBadRequest) {
+		return fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	return fmt.Errorf("%w: %w", ErrProtocol, err)
 }
 
 // finWait bounds how long a client waits for the end of a stream whose
@@ -1111,7 +1133,7 @@ func (p *peer) singleOn(ctx context.Context, op wire.Op, args, out any, next fun
 			return true, fmt.Errorf("got frame kind %d, want a result: %w", kind, ErrProtocol)
 		}
 		if err := raw.Decode(out); err != nil {
-			return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+			return true, badFrame(err)
 		}
 		return true, nil
 	}, next, on)

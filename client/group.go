@@ -602,7 +602,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			case wire.KindMessages:
 				var err error
 				if msgs, err = md.Decode(raw, msgs); err != nil {
-					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+					return true, badFrame(err)
 				}
 				for i := range msgs {
 					if check != nil {
@@ -650,7 +650,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 				return false, nil
 			case wire.KindEnd:
 				if err := raw.Decode(&end); err != nil {
-					return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+					return true, badFrame(err)
 				}
 				if check != nil {
 					return true, lost // the message delivered is not held

@@ -1422,3 +1422,73 @@ func TestInfoDurationsOfAnyLength(t *testing.T) {
 		}
 	}
 }
+
+// TestServerFrameBreakingRulesIsProtocolError checks frames from a
+// daemon that decode but break a rule of the protocol (an Error without a
+// code; an info naming ten replicas, or one without a key): each is
+// ErrProtocol, and none ErrBadRequest, which says the caller's request was
+// at fault ("fix the request; do not retry"). A rule broken was reported
+// as the caller's bad request; an Error frame without a code was not even
+// a protocol error, and a watch took it for a passing failure and asked
+// again, and again, for as long as its context lived; and an info was
+// taken as it came, naming as many members of a cell as a frame holds.
+func TestServerFrameBreakingRulesIsProtocolError(t *testing.T) {
+	var replicas []wire.Replica
+	for i := range wire.MaxReplicas + 1 {
+		replicas = append(replicas, wire.Replica{Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{byte(i + 1)}})
+	}
+	info := func(rs []wire.Replica) func(c *server.Call) error {
+		return func(c *server.Call) error {
+			return c.Result(map[int]any{1: wire.UUID{7}, 2: "g", 3: 1, 14: rs})
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		answer func(c *server.Call) error
+		watch  bool // a watch is answered so too
+	}{
+		{"an error without a code", func(c *server.Call) error {
+			frame, err := wire.AppendFrame(nil, uint64(wire.KindError), map[int]any{2: "no code"})
+			if err != nil {
+				return err
+			}
+			return c.Write(frame)
+		}, true},
+		{"ten replicas", info(replicas), false},
+		{"a replica without a key", info([]wire.Replica{{Addr: "127.0.0.1:1"}}), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int64
+			e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+				calls.Add(1)
+				return tc.answer(c)
+			})
+			g, err := newClient(t).Group(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if _, err := g.Info(ctx); !errors.Is(err, client.ErrProtocol) || errors.Is(err, client.ErrBadRequest) {
+				t.Errorf("info: %v; want ErrProtocol, not ErrBadRequest", err)
+			}
+			if len(g.Replicas()) > 0 {
+				t.Errorf("the handle took the info's members: %v", g.Replicas())
+			}
+			if !tc.watch {
+				return
+			}
+			calls.Store(0)
+			var werr error
+			for _, err := range g.Watch(ctx, client.Query{}) {
+				if err != nil {
+					werr = err
+					break
+				}
+			}
+			if !errors.Is(werr, client.ErrProtocol) || errors.Is(werr, client.ErrBadRequest) || calls.Load() != 1 {
+				t.Errorf("watch: %v after %d streams; want ErrProtocol (not ErrBadRequest) after one", werr, calls.Load())
+			}
+		})
+	}
+}

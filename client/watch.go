@@ -244,7 +244,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 		case wire.KindStart:
 			var s wire.Start
 			if err := raw.Decode(&s); err != nil {
-				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				return true, badFrame(err)
 			}
 			if s.Epoch == 0 || w.epoch != 0 && s.Epoch != w.epoch {
 				// A log of another epoch answers a cursor of this one
@@ -273,7 +273,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 		case wire.KindMessages:
 			var err error
 			if msgs, err = md.Decode(raw, msgs); err != nil {
-				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				return true, badFrame(err)
 			}
 			for i := range msgs {
 				m := &msgs[i]
@@ -299,7 +299,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 		case wire.KindGap:
 			var gp wire.Gap
 			if err := raw.Decode(&gp); err != nil {
-				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				return true, badFrame(err)
 			}
 			// A gap reports messages from..to dropped after the cursor:
 			// one ending at or before it would move the cursor back (and
@@ -320,7 +320,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 		case wire.KindHeartbeat:
 			var hb wire.Heartbeat
 			if err := raw.Decode(&hb); err != nil {
-				return true, fmt.Errorf("%w: %w", ErrProtocol, err)
+				return true, badFrame(err)
 			}
 			return false, nil
 		}

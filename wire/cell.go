@@ -97,6 +97,11 @@ type CellChanged struct {
 	Members []Replica `cbor:"1,keyasint"`
 }
 
+// check holds the members to what any listing of a cell's holds (as
+// CellStatus's): until session 17 a cell_add or cell_remove answer could
+// name thousands, which huddle cell add printed.
+func (c *CellChanged) check() error { return checkReplicas(c.Members) }
+
 // CellStatus is the result of cell_status: one member's view of its cell.
 //
 //	{1: self Replica, 2: state text, 3: term uint, 4: leader Replica,

@@ -318,6 +318,19 @@ type Info struct {
 	Replicas []Replica `cbor:"14,keyasint,omitempty"`
 }
 
+// check holds an info to what a client keeps of it: a cell's members as
+// any listing of them (at most MaxReplicas, each with a key and an
+// address, one leader), and a name no longer than a name may be. Until
+// session 17 an info was taken as it came: a daemon's answer could name
+// thousands of members, which a client took for the cell's (its handle's
+// members, each call's pass over them, huddle info's "replicated by").
+func (i *Info) check() error {
+	if len(i.Name) > MaxNameBytes {
+		return fmt.Errorf("a group's name of %d bytes, at most %d: %w", len(i.Name), MaxNameBytes, ErrTooLarge)
+	}
+	return checkReplicas(i.Replicas)
+}
+
 // Values of Info.Storage and Info.Fsync.
 const (
 	// StorageMemory: the log is in memory; a restart loses it (new epoch).
