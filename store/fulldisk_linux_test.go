@@ -643,3 +643,73 @@ func TestDiskFullRetentionMakesRoom(t *testing.T) {
 	}
 	t.Logf("%d messages stored on the full disk, %d retained", len(all), len(kept))
 }
+
+// TestDiskFullMidRecord: the disk fills in the middle of a record (one
+// larger than the room left: the kernel writes what fits, then refuses the
+// rest). The append is refused with ErrNotWritable and the part written is
+// cut back: the file ends where it did, so a smaller record that fits is
+// written right after the last whole one, and a restart (a crash, no
+// sync) reads back exactly the messages acknowledged, nothing torn
+// before them.
+func TestDiskFullMidRecord(t *testing.T) {
+	mnt, fill := testdisk.Small(t, "1m")
+	for _, policy := range []FsyncPolicy{{Always: true}, {Interval: time.Hour}} {
+		t.Run(policy.String(), func(t *testing.T) {
+			cfg := DiskConfig{Dir: filepath.Join(mnt, policy.String()), Fsync: policy, Reserve: -1}
+			d, _, err := Open(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			w := newWriter(21)
+			all := w.fill(t, d, 20, 100)
+			seg := filepath.Join(cfg.Dir, segName(1))
+			free := fill()
+			defer free()
+			// The ballast's last pages, freed: room for part of a record.
+			st, err := os.Stat(filepath.Join(mnt, "ballast"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(filepath.Join(mnt, "ballast"), st.Size()-3*cutPage); err != nil {
+				t.Fatal(err)
+			}
+			before, err := os.Stat(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq, ts := d.Tail()
+			big := w.batch(1, 0, seq, ts)
+			big[0].Body = bytes.Repeat([]byte{0xa5}, 64*cutPage)
+			if err := d.Append(big); !errors.Is(err, ErrNotWritable) {
+				t.Fatalf("a record larger than the room left: %v, want ErrNotWritable", err)
+			}
+			after, err := os.Stat(seg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after.Size() != before.Size() {
+				t.Fatalf("the segment is %d bytes after the refused record, was %d: its part written was not cut back", after.Size(), before.Size())
+			}
+			small := w.batch(2, 100, seq, ts)
+			if err := d.Append(small); err != nil {
+				t.Fatalf("a record that fits, after: %v", err)
+			}
+			if err := d.Durable(small[1].Seq); err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, small...)
+			checkHolds(t, d, all)
+			d.crash()
+			d2, rec, err := Open(cfg)
+			if err != nil {
+				t.Fatalf("reopen: %v", err)
+			}
+			defer d2.Close()
+			if rec.TornBytes != 0 {
+				t.Errorf("reopened with %d bytes torn from %s: the refused record's part was left", rec.TornBytes, rec.TornFile)
+			}
+			checkHolds(t, d2, all)
+		})
+	}
+}
