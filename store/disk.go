@@ -129,6 +129,14 @@ var (
 	// ErrOtherEpoch: the directory holds a log of another epoch than the
 	// one configured (Config.Epoch): another history.
 	ErrOtherEpoch = errors.New("store: log of another epoch")
+	// ErrMaybeWritten, with ErrFailed: the append's record was being
+	// written when the write failed, and what part of it was written
+	// could not be cut back: it may be in the file, whole, and then it is
+	// read back at the next open (a part is cut as a torn tail). The
+	// messages may be stored: their sender retries them under the same
+	// IDs, never new ones. Only the append whose write failed says so;
+	// those after it fail with ErrFailed alone, nothing of theirs written.
+	ErrMaybeWritten = errors.New("store: record may be written")
 )
 
 // DiskLog is a group's log kept on disk: the in-memory [Log] serves every
@@ -315,7 +323,8 @@ func (d *DiskLog) Stats() Stats { return d.mem.Stats() }
 // synced it. Retention then deletes the files whose messages are all gone.
 //
 // Errors: Log.Append's (the log untouched), ErrNotWritable (wrapping the
-// cause; nothing stored) and ErrFailed.
+// cause; nothing stored) and ErrFailed (with ErrMaybeWritten where the
+// record may have been written).
 func (d *DiskLog) Append(batch []Entry) error {
 	if err := d.mem.check(batch); err != nil {
 		return err
@@ -403,7 +412,7 @@ func (d *DiskLog) write() error {
 		// short write that ended in an error.
 		if terr := d.f.Truncate(at); terr != nil {
 			d.failed = fmt.Errorf("%w: a partial write to %s could not be undone (%v) after: %v", ErrFailed, d.f.Name(), terr, err)
-			return d.failed
+			return fmt.Errorf("%w (%w)", d.failed, ErrMaybeWritten)
 		}
 		// WriteAt's error names the file (a *PathError): it was
 		// named twice.

@@ -142,3 +142,30 @@ func TestDiskFaultsWhileRunning(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskWriteFailsUndone: the device gone (every I/O failing with EIO)
+// as a record is written: the write fails, and so does the cut-back of
+// what part of it reached the file. The append that wrote it fails with
+// ErrFailed and ErrMaybeWritten (its sender must be told the messages may
+// be stored, and retry them under the same IDs: it was told nothing was
+// stored); the appends after it with ErrFailed alone.
+func TestDiskWriteFailsUndone(t *testing.T) {
+	disk := testdisk.NewExt4(t, "32M")
+	d, _, err := Open(DiskConfig{Dir: filepath.Join(disk.Dir, "log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	w := newWriter(5)
+	w.fill(t, d, 10, 100)
+	disk.Shutdown()
+	seq, ts := d.Tail()
+	err = d.Append(w.batch(1, 100, seq, ts))
+	if !errors.Is(err, ErrFailed) || !errors.Is(err, ErrMaybeWritten) {
+		t.Fatalf("the append whose write failed and could not be cut back: %v, want ErrFailed and ErrMaybeWritten", err)
+	}
+	err = d.Append(w.batch(1, 100, seq, ts))
+	if !errors.Is(err, ErrFailed) || errors.Is(err, ErrMaybeWritten) {
+		t.Fatalf("an append after: %v, want ErrFailed alone", err)
+	}
+}

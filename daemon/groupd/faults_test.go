@@ -490,3 +490,38 @@ func TestSendNotDurable(t *testing.T) {
 		t.Fatalf("the retry: %+v, want #1 as a duplicate: the message had been stored", a)
 	}
 }
+
+// halfWrittenLog is a group's log whose Append fails as a disk log's does
+// when its write failed and could not be cut back (the device gone): the
+// record may be in the file, and read back at the next start.
+type halfWrittenLog struct {
+	Log
+	fail atomic.Bool
+}
+
+func (l *halfWrittenLog) Append(batch []store.Entry) error {
+	if l.fail.Load() {
+		return fmt.Errorf("%w: a partial write could not be undone: input/output error (%w)", store.ErrFailed, store.ErrMaybeWritten)
+	}
+	return l.Log.Append(batch)
+}
+
+// TestSendMaybeWritten: a send whose record may have reached the file
+// (store.ErrMaybeWritten) is refused as unavailable without saying nothing
+// was stored: a restart may read it back, and a client told otherwise
+// could send the messages again under new IDs (stored twice). It says to
+// retry under the same IDs, as a send whose fsync failed does.
+func TestSendMaybeWritten(t *testing.T) {
+	log := &halfWrittenLog{}
+	d := serveOverLog(t, func(inner Log) Log { log.Log = inner; return log })
+	p := joined(t, d, "alice")
+	log.fail.Store(true)
+	_, err := p.send(gid(d), outgoing("maybe"))
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
+		t.Fatalf("send whose record may be written: %v, want unavailable with a retry time", err)
+	}
+	if strings.Contains(we.Message, "nothing was stored") || !strings.Contains(we.Message, "same message IDs") {
+		t.Errorf("the refusal says %q: it must not say nothing was stored, and must say to retry with the same message IDs", we.Message)
+	}
+}

@@ -354,6 +354,10 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 		if err = g.log.Durable(last); err != nil {
 			err = &notDurableError{err}
 		}
+	} else if errors.Is(err, store.ErrMaybeWritten) {
+		// Its record's write failed and could not be cut back: a restart
+		// may read it back, as a batch whose fsync failed.
+		err = &notDurableError{err}
 	}
 	switch {
 	case errors.Is(err, store.ErrBatchTooLarge), errors.Is(err, store.ErrBodyTooLarge):
@@ -402,8 +406,10 @@ func (d *Daemon) notAppended(g *group, err error) error {
 }
 
 // notDurableError is a send's whose messages were appended, but that the
-// log could not make as durable as an ack promises (an fsync failed): they
-// may be stored, so the refusal must not say they were not.
+// log could not make as durable as an ack promises (an fsync failed), or
+// whose record's failed write could not be cut back
+// (store.ErrMaybeWritten): they may be stored, so the refusal must not
+// say they were not.
 type notDurableError struct{ err error }
 
 func (e *notDurableError) Error() string { return "make durable: " + e.err.Error() }
