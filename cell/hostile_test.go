@@ -1031,3 +1031,62 @@ func TestCatchUpMustAdvance(t *testing.T) {
 			err, batches.Load(), ctx.Err() != nil)
 	}
 }
+
+// TestRaftFrameBytesPerKey: each raft connection of a member's key (32 at
+// most) could hold a frame of up to maxFrameBytes, read and decoded, while
+// raft's main loop took them one at a time: a key with the bandwidth made
+// a member hold 8 GiB. The frames a key's connections hold, unanswered, now
+// share frameBudgetPerKey: a frame that would take more ends its
+// connection, and the budget comes back as raft answers.
+func TestRaftFrameBytesPerKey(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+	ta, _ := newTransport(t, aID, []Peer{{Addr: addr, Fingerprint: bID.Fingerprint()}}, false)
+	const budget = 3 << 20
+	b := newRaftNet(tb, waitTimeout, hclog.NewNullLogger(), func(n *raftNet) { n.frameBudget = budget })
+	t.Cleanup(func() { b.Close() })
+	frame, _ := appendRequest(nil, &raft.AppendEntriesRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax}, Term: 1, Leader: []byte("a"),
+		Entries: []*raft.Log{{Index: 1, Term: 1, Type: raft.LogCommand, Data: make([]byte, 2<<20)}},
+	})
+	held := func() int {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.frameBytes[aID.Fingerprint()]
+	}
+	dial := func() net.Conn {
+		c, err := ta.Dial(toAddr(addr), waitTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		go c.Write(frame) // b may stop reading it
+		return c
+	}
+	// Nobody takes b's RPCs yet: the first frame is held, read and
+	// decoded, waiting for raft.
+	first := dial()
+	waitUntil(t, "b to hold the first frame", func() bool { return held() >= len(frame)-frameHeader })
+	second := dial()
+	endsUnanswered(t, second)
+	if got := held(); got > budget {
+		t.Fatalf("b holds %d bytes of one key's frames, more than %d", got, budget)
+	}
+	// Raft answers the first: its bytes come back, and the next frame is
+	// taken.
+	answer := func() {
+		select {
+		case rpc := <-b.Consumer():
+			rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
+		case <-time.After(waitTimeout):
+			t.Fatal("no frame reached raft")
+		}
+	}
+	answer()
+	first.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, _, err := readFrame(bufio.NewReader(first)); err != nil {
+		t.Fatalf("the first frame's answer: %v", err)
+	}
+	dial()
+	answer()
+}

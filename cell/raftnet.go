@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // raftNet is raft's transport between a cell's members: raft's RPCs in
@@ -69,6 +71,10 @@ type raftNet struct {
 	warming map[raft.ServerAddress]bool // a ready connection is being dialed to it
 	served  map[net.Conn]struct{}       // the connections members opened, being served
 	repl    map[raft.ServerAddress]*replication
+	// frameBytes are the bytes of request frames each key's connections
+	// hold (frameBudget: frameBudgetPerKey; tests set it).
+	frameBytes  map[wire.Fingerprint]int
+	frameBudget int
 
 	// rtt, if set (by tests), replaces the round trip measured
 	// (measuredRTT).
@@ -123,6 +129,8 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...f
 		warming:  make(map[raft.ServerAddress]bool),
 		served:   make(map[net.Conn]struct{}),
 		repl:     make(map[raft.ServerAddress]*replication),
+
+		frameBudget: frameBudgetPerKey,
 	}
 	for _, f := range set {
 		f(n)
@@ -279,6 +287,13 @@ func readFrame(r *bufio.Reader) (byte, []byte, error) { return readFrameUpTo(r, 
 
 // readFrameUpTo reads a frame as readFrame does, of at most max bytes.
 func readFrameUpTo(r *bufio.Reader, max uint32) (byte, []byte, error) {
+	return readFrameTaking(r, max, nil)
+}
+
+// readFrameTaking reads a frame as readFrameUpTo does; take, if set, is
+// told of each part of the body's buffer before it is allocated, and its
+// error ends the read.
+func readFrameTaking(r *bufio.Reader, max uint32, take func(int) error) (byte, []byte, error) {
 	h, err := r.Peek(frameHeader)
 	if err != nil {
 		if err == io.EOF && len(h) > 0 {
@@ -293,6 +308,11 @@ func readFrameUpTo(r *bufio.Reader, max uint32) (byte, []byte, error) {
 	r.Discard(frameHeader)
 	// The body's buffer grows with the bytes that arrive, past the first
 	// MiB: a length alone does not make a member allocate.
+	if take != nil {
+		if err := take(int(min(n, frameAllocStep))); err != nil {
+			return 0, nil, err
+		}
+	}
 	body := make([]byte, min(n, frameAllocStep))
 	for read := 0; ; {
 		k, err := io.ReadFull(r, body[read:])
@@ -307,6 +327,11 @@ func readFrameUpTo(r *bufio.Reader, max uint32) (byte, []byte, error) {
 			return typ, body, nil
 		}
 		more := min(int(n)-read, len(body))
+		if take != nil {
+			if err := take(more); err != nil {
+				return 0, nil, err
+			}
+		}
 		body = slices.Grow(body, more)[:len(body)+more]
 	}
 }
@@ -793,8 +818,24 @@ func (n *raftNet) serve(conn net.Conn) {
 	r := bufio.NewReaderSize(conn, readBuffer)
 	respCh := make(chan raft.RPCResponse, 1)
 	var out []byte
+	var peer wire.Fingerprint // the zero key for a connection of no key (tests)
+	if tc, ok := conn.(*tcpConn); ok {
+		peer = tc.peer
+	}
+	held := 0 // of the key's frameBudget, for the request being served
+	take := func(k int) error {
+		if !n.takeFrameBytes(peer, k) {
+			return fmt.Errorf("%w: the frames its key's connections are sending or have sent, unanswered, hold %d bytes already",
+				errFrameBudget, n.frameBudget)
+		}
+		held += k
+		return nil
+	}
+	defer func() { n.giveFrameBytes(peer, held) }()
 	for {
-		typ, body, err := n.readRequest(conn, r)
+		n.giveFrameBytes(peer, held) // the last request was answered
+		held = 0
+		typ, body, err := n.readRequest(conn, r, take)
 		if err != nil {
 			if err != io.EOF && !isLinkError(err) {
 				n.log.Warn("cell: a member's raft connection", "error", err)
@@ -865,13 +906,54 @@ func (n *raftNet) serve(conn net.Conn) {
 // pipeline's writes). A member's key that sent part of a frame and then
 // nothing held the connection, its goroutine and up to frameAllocStep of
 // the body for as long as it stayed connected.
-func (n *raftNet) readRequest(conn net.Conn, r *bufio.Reader) (byte, []byte, error) {
+func (n *raftNet) readRequest(conn net.Conn, r *bufio.Reader, take func(int) error) (byte, []byte, error) {
 	conn.SetReadDeadline(time.Time{})
 	if _, err := r.Peek(1); err != nil {
 		return readFrame(r) // its error
 	}
 	conn.SetReadDeadline(time.Now().Add(n.dialTimeout()))
-	return readFrame(r)
+	return readFrameTaking(r, maxFrameBytes, take)
+}
+
+// frameBudgetPerKey bounds the bytes of the request frames the raft
+// connections of one member's key hold at once: read, or being read,
+// until each is answered. A leader sends a member one large frame at a
+// time (its pipeline; pipelineDepth), two while it moves between its
+// pipeline and its RPCs one by one: room for two of the longest.
+//
+// Why: each of the key's connections (maxConnsPerKey, 32) could hold a
+// frame of maxFrameBytes while raft's main loop took them one at a time:
+// a member's key with the bandwidth made a member hold 8 GiB.
+const frameBudgetPerKey = 2 * maxFrameBytes
+
+// errFrameBudget: a member's key sent more frame bytes than
+// frameBudgetPerKey while its earlier frames were unanswered.
+var errFrameBudget = errors.New("cell: over the raft frame bytes a member's key may have held")
+
+// takeFrameBytes takes k bytes of key's frame budget, if it has them.
+func (n *raftNet) takeFrameBytes(key wire.Fingerprint, k int) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.frameBytes[key]+k > n.frameBudget {
+		return false
+	}
+	if n.frameBytes == nil {
+		n.frameBytes = make(map[wire.Fingerprint]int)
+	}
+	n.frameBytes[key] += k
+	return true
+}
+
+// giveFrameBytes gives k bytes back to key's frame budget.
+func (n *raftNet) giveFrameBytes(key wire.Fingerprint, k int) {
+	if k == 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.frameBytes[key] -= k; n.frameBytes[key] <= 0 {
+		delete(n.frameBytes, key)
+	}
 }
 
 // pacedReader reads an InstallSnapshot's bytes from the connection of the
