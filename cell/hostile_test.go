@@ -949,21 +949,26 @@ func manyServers(n int) raft.Configuration {
 // with ErrInvalidConfig (cell_add's bad_request), and the cell keeps its
 // members.
 func TestAddMemberBounded(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	self := l.node.Self().Fingerprint
+	c := newTestCell(t, 3, false, steadyLeader)
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
 	for range maxCellServers - 3 {
-		if err := l.node.AddMember(ctx, self, strangerPeer(t)); err != nil {
-			t.Fatalf("add a member to a cell of fewer than %d: %v", maxCellServers, err)
-		}
+		p := strangerPeer(t)
+		c.change("add a member to a cell of fewer than 64", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, p) })
 	}
-	err := l.node.AddMember(ctx, self, strangerPeer(t))
+	extra := strangerPeer(t)
+	var err error
+	c.change("add a member to a cell of 64", nil, func(n *Node) error {
+		err = n.AddMember(ctx, n.Self().Fingerprint, extra)
+		if err == nil || errors.Is(err, ErrInvalidConfig) {
+			return nil
+		}
+		return err
+	})
 	if !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("add a member to a cell of %d: %v, want ErrInvalidConfig", maxCellServers, err)
 	}
-	if got := len(l.node.raft.GetConfiguration().Configuration().Servers); got != maxCellServers {
+	if got := len(c.leader().node.raft.GetConfiguration().Configuration().Servers); got != maxCellServers {
 		t.Fatalf("the cell has %d members, want %d", got, maxCellServers)
 	}
 }
