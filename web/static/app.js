@@ -496,9 +496,9 @@ function renderSidebar() {
   if ($('registries').textContent !== text) $('registries').textContent = text;
   // The tab tells which groups have news (or, with none, which group is
   // open), and its icon wears a dot while any has.
-  const news = groups.filter(g => g.member && state.convs.get(g.uuid)?.unread > 0).map(g => g.name);
+  const news = groups.filter(g => g.member && state.convs.get(g.uuid)?.unread > 0).map(g => fmt.shown(g.name));
   const current = state.active && state.groups.get(state.active);
-  const title = total ? `(${total}) ${news.join(', ')} · huddle` : current ? `${current.name} · huddle` : 'huddle';
+  const title = total ? `(${total}) ${news.join(', ')} · huddle` : current ? `${fmt.shown(current.name)} · huddle` : 'huddle';
   if (document.title !== title) document.title = title;
   const icon = total ? 'icon-unread.svg' : 'icon.svg';
   if ($('icon').getAttribute('href') !== icon) $('icon').setAttribute('href', icon);
@@ -590,7 +590,7 @@ function open(id, why) {
   $('messages').hidden = false;
   $('composer').hidden = false;
   grow(); // sized once shown: hidden, it has no height to measure
-  $('input').placeholder = `Message ${g.name}`;
+  $('input').placeholder = `Message ${fmt.shown(g.name)}`;
   const c = conv(id);
   list.reset();
   list.setItems(c.items);
@@ -706,7 +706,7 @@ function renderItem(c, it, i) {
       el.textContent = c.held && g ? `R${heldText(g).slice(1)}` // no period: it ends with a command to copy
         : c.loading ? 'Loading older messages…'
         : c.moreBefore ? 'Scroll up for older messages'
-        : c.loaded ? `This is the beginning of ${g ? g.name : 'the group'}'s history on its daemon.` : '';
+        : c.loaded ? `This is the beginning of ${g ? fmt.shown(g.name) : 'the group'}'s history on its daemon.` : '';
       return el;
     }
     case 'reset':
@@ -745,7 +745,7 @@ function renderItem(c, it, i) {
     const name = document.createElement('span');
     name.className = 'name';
     name.dir = 'auto';
-    name.textContent = it.k === 'pending' ? (c.myName || 'you') : it.name;
+    name.textContent = fmt.shown(it.k === 'pending' ? (c.myName || 'you') : it.name);
     meta.append(name);
     if (it.k === 'msg' && c.names.ambiguous(it.name)) {
       const fp = document.createElement('span');
@@ -897,7 +897,7 @@ function heldText(g) {
 function apiErr(e) { return new APIError(0, e); }
 
 function noLongerMember(g) {
-  return `You are no longer a member of ${g.name}: you left it elsewhere (another page, or huddle leave), or were removed. Join again to read and send.`;
+  return `You are no longer a member of ${fmt.shown(g.name)}: you left it elsewhere (another page, or huddle leave), or were removed. Join again to read and send.`;
 }
 
 // ---- notices ----
@@ -950,7 +950,7 @@ $('join-form').addEventListener('submit', async ev => {
   if (!name) {
     // Spaces pass the field's "required": say what is missing rather
     // than do nothing.
-    showNotice({code: 'said', message: `Give a name to join ${g.name} under: the members see it beside your messages.`});
+    showNotice({code: 'said', message: `Give a name to join ${fmt.shown(g.name)} under: the members see it beside your messages.`});
     $('join-name').focus();
     return;
   }
@@ -983,7 +983,7 @@ $('join-form').addEventListener('submit', async ev => {
 $('leave').addEventListener('click', async () => {
   const id = state.active;
   const g = state.groups.get(id);
-  if (!g || !confirm(`Leave ${g.name}? You can join again later.`)) return;
+  if (!g || !confirm(`Leave ${fmt.shown(g.name)}? You can join again later.`)) return;
   try {
     const r = await api.leave(id);
     g.member = false;
@@ -1130,13 +1130,13 @@ function renderMembers(c) {
     const name = document.createElement('span');
     name.className = 'mname';
     name.dir = 'auto';
-    name.textContent = m.name + (m.you ? ' (you)' : '');
+    name.textContent = fmt.shown(m.name) + (m.you ? ' (you)' : '');
     const detail = document.createElement('span');
     detail.className = 'detail';
     const seen = m.online ? 'online' : m.last_seen ? `seen ${fmt.ago(Date.parse(m.last_seen), now)}` : 'not seen lately';
     detail.textContent = `${m.short} · ${seen}`;
     detail.title = m.fingerprint;
-    li.setAttribute('aria-label', `${m.name}${m.you ? ' (you)' : ''}, ${seen}, key ${m.short}`);
+    li.setAttribute('aria-label', `${fmt.shown(m.name)}${m.you ? ' (you)' : ''}, ${seen}, key ${m.short}`);
     li.append(dot, name, detail);
     return li;
   }));
@@ -1176,7 +1176,7 @@ function closeMembers() {
 
 function notify(g, d) {
   if (!('Notification' in window) || Notification.permission !== 'granted') return;
-  const n = new Notification(`${d.name} in ${g ? g.name : 'huddle'}`, {body: d.text.slice(0, 200), tag: `${d.group}:${d.seq}`});
+  const n = new Notification(`${fmt.shown(d.name)} in ${g ? fmt.shown(g.name) : 'huddle'}`, {body: d.text.slice(0, 200), tag: `${d.group}:${d.seq}`});
   n.onclick = () => { window.focus(); open(d.group); n.close(); };
 }
 

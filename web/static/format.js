@@ -99,7 +99,7 @@ export const short = fp => fp.slice(0, 9);
 
 // describe turns an API error into what a person should read.
 export function describe(err, group) {
-  const g = group ? group.name : 'the group';
+  const g = group ? shown(group.name) : 'the group';
   switch (err.code) {
     case 'not_member':
       return `You are not a member of ${g}: join it to read and send.`;
@@ -146,7 +146,7 @@ export function mentions(text, name) {
 // head of its conversation, and why, for its tooltip. huddle web keeps its
 // watch trying, and it comes back by itself once listed.
 export function offline(group) {
-  const g = group ? group.name : 'the group';
+  const g = group ? shown(group.name) : 'the group';
   return {text: `offline: no registry lists ${g} right now`,
     title: `its daemon stopped or is restarting, or its lease lapsed: huddle web keeps trying, and ${g} comes back by itself once listed`};
 }
@@ -154,7 +154,7 @@ export function offline(group) {
 // reconnecting says why a group's watch is reconnecting (err: the API
 // error of the status event, or null).
 export function reconnecting(err, group) {
-  const g = group ? group.name : 'the group';
+  const g = group ? shown(group.name) : 'the group';
   switch (err && err.code) {
     case 'unavailable': return `reconnecting… ${g}'s daemon is restarting or busy`;
     case 'unreachable': return `reconnecting… ${g}'s daemon cannot be reached`;
