@@ -3,15 +3,12 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
-
-	"fmt"
-	"github.com/huddle-chat/huddle/daemon/server"
-	"github.com/huddle-chat/huddle/identity"
-	"slices"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
@@ -55,49 +52,27 @@ func TestDoctorChecksGroupsAtOnce(t *testing.T) {
 	all, stop := make(chan struct{}), make(chan struct{})
 	var arrived atomic.Int64
 	var once sync.Once
-	dk, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
-		var ref wire.GroupRef
-		if err := c.Decode(&ref); err != nil {
-			return err
-		}
+	addr, fp := infoDaemon(t, func(ctx context.Context) error {
 		if arrived.Add(1) == 2*groups {
 			once.Do(func() { close(all) })
 		}
 		select {
 		case <-all:
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-stop:
 			return &wire.Error{Code: wire.CodeUnavailable}
 		}
-		return c.Result(wire.Info{Group: ref.Group, Name: "g", Epoch: 1, Members: 1, Fingerprint: dk.Fingerprint()})
 	})
-	if err := s.Listen(dk); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	defer close(stop)
 	l := &listing{}
 	for i := range groups {
 		l.groups = append(l.groups, client.ListedGroup{GroupEntry: wire.GroupEntry{Group: wire.UUID{byte(i + 1)}, Name: fmt.Sprintf("g%d", i),
-			Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 20000}})
+			Addrs: []string{addr}, Fingerprint: fp, ExpiresMS: 20000}})
 	}
 	var out bytes.Buffer
-	env := map[string]string{"HUDDLE_HOME": t.TempDir()}
-	cf := &clientFlags{timeout: 3 * time.Second}
-	ss, err := open(context.Background(), Env{Stdout: &out, Stderr: &out, Getenv: func(k string) string { return env[k] }}, "doctor", cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ss.Close()
-	d := &doctor{s: ss}
+	d := doctorFor(t, &out, 3*time.Second)
 	if code := d.daemons(context.Background(), l); code != ExitOK {
 		t.Errorf("doctor: exit %d:\n%s\nwant every group's daemon asked at once, and answering", code, out.String())
 	}

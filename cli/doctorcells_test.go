@@ -28,6 +28,35 @@ func doctorFor(t *testing.T, out *bytes.Buffer, timeout time.Duration) *doctor {
 	return &doctor{s: s}
 }
 
+// infoDaemon runs a daemon of its own key that answers every group's info
+// once wait returns nil (its error, if not), and returns its address and
+// key.
+func infoDaemon(t *testing.T, wait func(ctx context.Context) error) (string, wire.Fingerprint) {
+	t.Helper()
+	dk, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+		var ref wire.GroupRef
+		if err := c.Decode(&ref); err != nil {
+			return err
+		}
+		if err := wait(ctx); err != nil {
+			return err
+		}
+		return c.Result(wire.Info{Group: ref.Group, Name: "g", Epoch: 1, Members: 1, Fingerprint: dk.Fingerprint()})
+	})
+	if err := s.Listen(dk); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s.Addr().String(), dk.Fingerprint()
+}
+
 // TestDoctorChecksCellMembersEachAddress: huddle doctor asks each member
 // of a cell's group at every address listed for it, alone. It asked the
 // group only as the commands reach it (any member, any address): a
@@ -74,29 +103,12 @@ func TestDoctorChecksCellMembersEachAddress(t *testing.T) {
 // registry listing thousands of groups at addresses that never answer had
 // it run for hours.
 func TestDoctorGroupsBounded(t *testing.T) {
-	dk, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
-		var ref wire.GroupRef
-		if err := c.Decode(&ref); err != nil {
-			return err
-		}
-		return c.Result(wire.Info{Group: ref.Group, Name: "g", Epoch: 1, Members: 1, Fingerprint: dk.Fingerprint()})
-	})
-	if err := s.Listen(dk); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	addr, fp := infoDaemon(t, func(context.Context) error { return nil })
 	const more = 3
 	l := &listing{}
 	for i := range doctorMaxGroups + more {
 		l.groups = append(l.groups, client.ListedGroup{GroupEntry: wire.GroupEntry{Group: wire.UUID{byte(i + 1)}, Name: fmt.Sprintf("g%d", i),
-			Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 20000}})
+			Addrs: []string{addr}, Fingerprint: fp, ExpiresMS: 20000}})
 	}
 	mine := l.groups[len(l.groups)-1]
 	var out bytes.Buffer

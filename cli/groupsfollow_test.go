@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/huddle-chat/huddle/daemon/server"
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -18,36 +16,19 @@ import (
 // waits (or ends with its stream).
 func gatedStatusDaemon(t *testing.T, says []wire.Fingerprint, asked func(), gate <-chan struct{}) wire.Replica {
 	t.Helper()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s *server.Server
-	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
-		if c.Op() != wire.OpCellStatus {
-			return &wire.Error{Code: wire.CodeUnsupported}
-		}
+	return cellStatusDaemon(t, func(ctx context.Context, self wire.Replica) (wire.CellStatus, error) {
 		asked()
 		select {
 		case <-gate:
 		case <-ctx.Done():
-			return ctx.Err()
+			return wire.CellStatus{}, ctx.Err()
 		}
-		self := wire.Replica{Addr: s.Addr().String(), Fingerprint: id.Fingerprint()}
 		rs := []wire.Replica{self}
 		for _, fp := range says {
 			rs = append(rs, wire.Replica{Addr: "127.0.0.1:9", Fingerprint: fp})
 		}
-		return c.Result(wire.CellStatus{Self: self, State: "leader", Term: 2, Members: rs})
+		return wire.CellStatus{Self: self, State: "leader", Term: 2, Members: rs}, nil
 	})
-	if err := s.Listen(id); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return wire.Replica{Addr: s.Addr().String(), Fingerprint: id.Fingerprint()}
 }
 
 // TestGroupsFollowsCellsAtOnce: huddle groups asks the members of every

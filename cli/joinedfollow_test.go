@@ -19,6 +19,25 @@ import (
 // counts the questions in asked.
 func statusDaemon(t *testing.T, members *atomic.Pointer[[]wire.Fingerprint], asked *atomic.Int32) wire.Replica {
 	t.Helper()
+	return cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
+		asked.Add(1)
+		keys := members.Load()
+		if keys == nil {
+			return wire.CellStatus{}, &wire.Error{Code: wire.CodeUnavailable}
+		}
+		var rs []wire.Replica
+		for _, fp := range *keys {
+			rs = append(rs, wire.Replica{Addr: "127.0.0.1:9", Fingerprint: fp})
+		}
+		return wire.CellStatus{Self: self, State: "follower", Term: 2, Members: rs}, nil
+	})
+}
+
+// cellStatusDaemon runs a daemon of its own key that answers cell_status
+// with what answer returns (self: the daemon, at its address), and
+// refuses every other operation.
+func cellStatusDaemon(t *testing.T, answer func(ctx context.Context, self wire.Replica) (wire.CellStatus, error)) wire.Replica {
+	t.Helper()
 	id, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -28,17 +47,11 @@ func statusDaemon(t *testing.T, members *atomic.Pointer[[]wire.Fingerprint], ask
 		if c.Op() != wire.OpCellStatus {
 			return &wire.Error{Code: wire.CodeUnsupported}
 		}
-		asked.Add(1)
-		keys := members.Load()
-		if keys == nil {
-			return &wire.Error{Code: wire.CodeUnavailable}
+		st, err := answer(ctx, wire.Replica{Addr: s.Addr().String(), Fingerprint: id.Fingerprint()})
+		if err != nil {
+			return err
 		}
-		self := wire.Replica{Addr: s.Addr().String(), Fingerprint: id.Fingerprint()}
-		var rs []wire.Replica
-		for _, fp := range *keys {
-			rs = append(rs, wire.Replica{Addr: "127.0.0.1:9", Fingerprint: fp})
-		}
-		return c.Result(wire.CellStatus{Self: self, State: "follower", Term: 2, Members: rs})
+		return c.Result(st)
 	})
 	if err := s.Listen(id); err != nil {
 		t.Fatal(err)

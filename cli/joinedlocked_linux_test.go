@@ -102,7 +102,17 @@ func TestJoinedLockedFollowsOnce(t *testing.T) {
 // and counts the tries of others.
 func holdJoinedLock(t *testing.T, u *testUser) *atomic.Int32 {
 	t.Helper()
-	lockPath := filepath.Join(u.home, joinedFile+".lock")
+	return holdLock(t, u, filepath.Join(u.home, joinedFile+".lock"))
+}
+
+// holdLock holds the lock file at lockPath, in u's home, as another
+// process would, has u's commands wait 1 ns for locks (one flock call a
+// try), and counts their tries of that one.
+func holdLock(t *testing.T, u *testUser, lockPath string) *atomic.Int32 {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(lockPath), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	held, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -130,26 +140,7 @@ func holdJoinedLock(t *testing.T, u *testUser) *atomic.Int32 {
 func TestLockWaitTaken(t *testing.T) {
 	registry := startUp(t, "lobby")
 	u := newTestUser(t, registry)
-	if err := os.MkdirAll(u.home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	lockPath := filepath.Join(u.home, identity.KnownHostsFile+".lock")
-	held, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	var tries atomic.Int32
-	u.flock = func(fd, how int) error {
-		if at, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); at == lockPath && fd != int(held.Fd()) {
-			tries.Add(1)
-		}
-		return syscall.Flock(fd, how)
-	}
-	u.lockWait = time.Nanosecond
+	tries := holdLock(t, u, filepath.Join(u.home, identity.KnownHostsFile+".lock"))
 	_, _, stderr := u.run(t, "groups")
 	if n := tries.Load(); n != 1 {
 		t.Errorf("known_registries' lock, held, tried %d times with Env.LockWait 1 ns; want once. stderr:\n%s", n, stderr)
