@@ -25,7 +25,8 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 		"Check that huddle can find and reach its registries and group daemons, and say what to fix when not:\n"+
 			"for each interface, whether mDNS could join the group and send there, and why not; every mDNS answer;\n"+
 			"every registry asked (as other commands ask them), where, whether it answered and whether its key is\n"+
-			"the one pinned; and whether each group daemon answers with the key its registries list.\n"+
+			"the one pinned; and whether each group daemon answers with the key its registries list, at each\n"+
+			"address listed (a cell's group: each member at each of its addresses; 64 groups at most, yours first).\n"+
 			"It only looks: it pins no key and writes no cached listing.",
 		"  huddle doctor\n  huddle doctor --iface eth0 --wait 5s\n  huddle doctor --json | jq .advice")
 	fs.DurationVar(&wait, "wait", 2*time.Second, "how long to listen for mDNS answers")
