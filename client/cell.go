@@ -241,7 +241,8 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 	// attempts and the waits between them, rather than a context of its
 	// own: that was a timer per call.
 	var until time.Time
-	if _, ok := ctx.Deadline(); !ok && g.replicated() {
+	_, bounded := ctx.Deadline()
+	if !bounded && g.replicated() {
 		until = time.Now().Add(cellFollowFor)
 	}
 	attempt := cellAttemptMin
@@ -266,6 +267,16 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 		err := g.attempt(ctx, until, attempt, op, args, out)
 		if err == nil {
 			return nil
+		}
+		if !bounded && until.IsZero() {
+			// A group of one daemon (no members known) has the same bound
+			// from its first refusal on (its call had none but its
+			// context's, and a daemon naming as leader one that named it
+			// back, each refusing, kept a call without a deadline going
+			// for ever, and the handle's Close waiting for it, until
+			// session 17). Its first attempt, a single call, has no bound
+			// of the kind: a daemon may take its time.
+			until = time.Now().Add(cellFollowFor)
 		}
 		if ctx.Err() != nil || past(until) {
 			return ended(err)

@@ -1492,3 +1492,45 @@ func TestServerFrameBreakingRulesIsProtocolError(t *testing.T) {
 		})
 	}
 }
+
+// TestLeadersNamingEachOther: two daemons of a group of one daemon (its
+// listing names no cell), each refusing every call naming the other as
+// the leader, and a call without a deadline. The call went from one to
+// the other for as long as its context lived, for ever here, and the
+// handle's Close waited for it. It now ends, unavailable, within the
+// bound a cell's call has on following its leader (cellFollowFor, 15 s).
+func TestLeadersNamingEachOther(t *testing.T) {
+	var named [2]atomic.Pointer[wire.Replica]
+	var asked atomic.Int64
+	var es [2]client.GroupEntry
+	for i := range 2 {
+		es[i] = hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			asked.Add(1)
+			return &wire.Error{Code: wire.CodeUnavailable, Leader: named[1-i].Load()}
+		})
+	}
+	for i := range 2 {
+		named[i].Store(&wire.Replica{Addr: es[i].Addrs[0], Fingerprint: es[i].Fingerprint, Leader: true})
+	}
+	g, err := newClient(t).Group(es[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context()) // no deadline
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := g.Join(ctx, "ann", nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, client.ErrUnavailable) {
+			t.Errorf("join between two daemons naming each other leader: %v, want ErrUnavailable", err)
+		}
+	case <-time.After(40 * time.Second):
+		cancel()
+		<-done
+		t.Fatalf("join between two daemons naming each other leader, no deadline: still going after 40 s, %d refusals", asked.Load())
+	}
+}
