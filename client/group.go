@@ -254,6 +254,11 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 	if err := g.anyCall(ctx, wire.OpInfo, wire.GroupRef{Group: g.id}, &info); err != nil {
 		return Info{}, g.fail("info", err)
 	}
+	if info.Group != g.id {
+		// Another group's info (or none's): its log, its limits and its
+		// cell's members were taken for this group's (until session 17).
+		return Info{}, g.fail("info", fmt.Errorf("%w: the daemon answered with the info of group %s", ErrProtocol, info.Group))
+	}
 	g.learnReplicas(info.Replicas, g.peer().pin)
 	return infoFrom(&info), nil
 }

@@ -1534,3 +1534,26 @@ func TestLeadersNamingEachOther(t *testing.T) {
 		t.Fatalf("join between two daemons naming each other leader, no deadline: still going after 40 s, %d refusals", asked.Load())
 	}
 }
+
+// TestInfoOfAnotherGroup: a daemon answering a group's info with another
+// group's, or with none named, is the daemon's error (ErrProtocol): its
+// log's figures, its limits and its cell's members were taken for the
+// group's, the members as the handle's.
+func TestInfoOfAnotherGroup(t *testing.T) {
+	for _, other := range []wire.UUID{{8}, {}} {
+		e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+			if c.Op() != wire.OpInfo {
+				return &wire.Error{Code: wire.CodeUnsupported}
+			}
+			return c.Result(wire.Info{Group: other, Name: "other", Epoch: 9, Last: 100,
+				Replicas: []wire.Replica{{Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{1}, Leader: true}}})
+		})
+		g, err := newClient(t).Group(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in, err := g.Info(t.Context()); !errors.Is(err, client.ErrProtocol) || len(g.Replicas()) > 0 {
+			t.Errorf("info of group %s, for group %s: %+v, %v, members %v; want ErrProtocol, no members taken", other, e.Group, in, err, g.Replicas())
+		}
+	}
+}

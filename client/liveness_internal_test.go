@@ -1027,7 +1027,7 @@ func TestFetchResumedStoppedKeepsEpoch(t *testing.T) {
 		}
 		wire.WriteResponse(st, wire.KindMessages, wire.Messages{Messages: ms})
 	}
-	info := &wire.Info{Epoch: epoch, First: 1, Last: 5}
+	info := &wire.Info{Group: wire.UUID{7}, Epoch: epoch, First: 1, Last: 5}
 	for _, tc := range []struct {
 		name string
 		q    Query
