@@ -1557,3 +1557,46 @@ func TestInfoOfAnotherGroup(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchStartAgain: a daemon sending a watch's Start again, and again,
+// between messages is the daemon's error (ErrProtocol): each was taken as
+// the watch's start anew, an EventLive each for a program asking its
+// status, for as long as the daemon went on.
+func TestWatchStartAgain(t *testing.T) {
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpWatch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		for seq := uint64(1); ; seq++ {
+			if err := c.Send(wire.KindStart, wire.Start{Epoch: 3, First: 1, Last: seq}); err != nil {
+				return err
+			}
+			msg := wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg}}); err != nil {
+				return err
+			}
+		}
+	})
+	g, err := newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	lives := 0
+	var werr error
+	for ev, err := range g.Watch(ctx, client.Query{Status: true}) {
+		if err != nil {
+			werr = err
+			break
+		}
+		if ev.Kind == client.EventLive {
+			if lives++; lives > 10 {
+				break
+			}
+		}
+	}
+	if !errors.Is(werr, client.ErrProtocol) || lives != 1 {
+		t.Errorf("watch of a daemon starting it again and again: %v after %d EventLive; want ErrProtocol after one", werr, lives)
+	}
+}

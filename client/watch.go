@@ -242,6 +242,13 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 		}
 		switch kind {
 		case wire.KindStart:
+			if started {
+				// Start is a watch's first frame, once: a daemon sending
+				// more had each taken as the watch's start again (an
+				// EventLive each, with Query.Status; its heartbeat and
+				// epoch anew) until session 17.
+				return true, fmt.Errorf("%w: a second Start in the watch", ErrProtocol)
+			}
 			var s wire.Start
 			if err := raw.Decode(&s); err != nil {
 				return true, badFrame(err)
