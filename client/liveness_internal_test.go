@@ -754,9 +754,32 @@ func TestSharedConnectionProbed(t *testing.T) {
 // connection, silent for the silence bound from the probe's start, was
 // closed and every waiting call retried on a new one, more load on a
 // daemon already behind. A probe that waits for credit has asked nothing yet: the
-// connection is kept, here for three times the silence bound, and the
+// connection is kept, here for four times the silence bound, and the
 // calls are answered on it, none retried.
 func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
+	slowDaemonEveryStreamInUse(t, false)
+}
+
+// TestProbeWithoutConnectionIDKeepsConnection: as
+// TestProbeWithoutStreamCreditKeepsConnection, a live daemon slow to
+// answer calls holding every stream it allows, but with no connection ID
+// of the daemon's left to spare (another QUIC stack may issue none; here
+// the three quic-go issues are taken by paths of the test's own), so that
+// the starved probe's probe of the path cannot go out. It ended at its
+// bound unanswered, as a dead daemon's does, and the live daemon's
+// connection was closed, every call retried on a new one. Now a probe
+// that never went out tells nothing: the connection is kept, here for four
+// times the silence bound, and the calls are answered on it.
+func TestProbeWithoutConnectionIDKeepsConnection(t *testing.T) {
+	slowDaemonEveryStreamInUse(t, true)
+}
+
+// slowDaemonEveryStreamInUse has six calls wait on a live daemon whose four
+// streams they hold all, and checks that the connection is kept four times
+// the silence bound and every call answered on it, none retried; noIDs:
+// with the daemon's spare connection IDs taken first (takeSpareConnIDs).
+func slowDaemonEveryStreamInUse(t *testing.T, noIDs bool) {
+	t.Helper()
 	const limit, calls = 4, 6
 	var mu sync.Mutex
 	sends := 0
@@ -791,6 +814,9 @@ func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := g.peer().current()
+	if noIDs && takeSpareConnIDs(t, conn) == 0 {
+		t.Fatal("the daemon issued no connection ID to spare: the case is not built")
+	}
 	done := make(chan error, calls)
 	for i := range calls {
 		go func() {
@@ -807,91 +833,13 @@ func TestProbeWithoutStreamCreditKeepsConnection(t *testing.T) {
 	}
 	select {
 	case <-conn.Context().Done():
-		t.Fatalf("the client dropped the connection of a live daemon slow to answer: %v", context.Cause(conn.Context()))
-	case <-time.After(3 * silentAfter):
-	}
-	close(release)
-	for range calls {
-		if err := <-done; err != nil {
-			t.Fatalf("send to a daemon slow to answer more calls than its stream limit: %v", err)
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if sends != calls || g.peer().current() != conn {
-		t.Fatalf("the daemon got %d sends (want %d: none retried); connection kept: %v", sends, calls, g.peer().current() == conn)
-	}
-}
-
-// TestProbeWithoutConnectionIDKeepsConnection: as
-// TestProbeWithoutStreamCreditKeepsConnection, a live daemon slow to
-// answer calls holding every stream it allows, but with no connection ID
-// of the daemon's left to spare (another QUIC stack may issue none; here
-// the three quic-go issues are taken by paths of the test's own), so that
-// the starved probe's probe of the path cannot go out. It ended at its
-// bound unanswered, as a dead daemon's does, and the live daemon's
-// connection was closed, every call retried on a new one. Now a probe
-// that never went out tells nothing: the connection is kept, here for four
-// times the silence bound, and the calls are answered on it.
-func TestProbeWithoutConnectionIDKeepsConnection(t *testing.T) {
-	const limit, calls = 4, 6
-	var mu sync.Mutex
-	sends := 0
-	full, release := make(chan struct{}), make(chan struct{})
-	s := startLoneConfig(t, quic.Config{MaxIncomingStreams: limit}, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-		switch op {
-		case wire.OpInfo:
-			wire.WriteResponse(st, wire.KindResult, wire.Info{Group: wire.UUID{7}})
-		case wire.OpSend:
-			mu.Lock()
-			if sends++; sends == limit {
-				close(full)
-			}
-			mu.Unlock()
-			select {
-			case <-release:
-				ack(raw, st)
-				io.Copy(io.Discard, st)
-			case <-stop:
-			}
-		}
-	})
-	c := newTestClient(t, Config{NoBatching: true})
-	defer c.Close()
-	g, err := c.Group(s.entry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := g.Info(ctx); err != nil { // dials the connection
-		t.Fatal(err)
-	}
-	conn := g.peer().current()
-	if taken := takeSpareConnIDs(t, conn); taken == 0 {
-		t.Fatal("the daemon issued no connection ID to spare: the case is not built")
-	}
-	done := make(chan error, calls)
-	for i := range calls {
-		go func() {
-			_, err := g.Send(ctx, []byte{byte(i)})
-			done <- err
-		}()
-	}
-	select {
-	case <-full:
-	case <-ctx.Done():
-		t.Fatal("the daemon never had every stream in use")
-	}
-	select {
-	case <-conn.Context().Done():
-		t.Fatalf("the client dropped the connection of a live daemon slow to answer, its path unprobeable: %v", context.Cause(conn.Context()))
+		t.Fatalf("the client dropped the connection of a live daemon slow to answer (its spare connection IDs taken: %v): %v", noIDs, context.Cause(conn.Context()))
 	case <-time.After(4 * silentAfter):
 	}
 	close(release)
 	for range calls {
 		if err := <-done; err != nil {
-			t.Fatalf("send to a live daemon slow to answer, every stream in use: %v", err)
+			t.Fatalf("send to a daemon slow to answer more calls than its stream limit: %v", err)
 		}
 	}
 	mu.Lock()
