@@ -381,32 +381,18 @@ func changeError(op string, err error) error {
 // they have caught up, every HeartbeatTimeout and when woken
 // (wakePromote), until the node closes.
 func (n *Node) promoteLoop() {
-	defer n.wg.Done()
-	tick := time.NewTicker(n.cfg.HeartbeatTimeout)
-	defer tick.Stop()
-	for {
-		select {
-		case <-n.closing:
-			return
-		case <-tick.C:
-		case <-n.promoteWake:
-			// A heartbeat interval: the time raft takes to tell a
-			// member what it committed (a new leader's barrier, an
-			// addition), which it applies only then.
-			select {
-			case <-n.closing:
-				return
-			case <-time.After(n.cfg.HeartbeatTimeout / 10):
-			}
-		}
+	// Woken, after a heartbeat interval: the time raft takes to tell a
+	// member what it committed (a new leader's barrier, an addition),
+	// which it applies only then.
+	n.everyOrWoken(n.cfg.HeartbeatTimeout, n.promoteWake, n.cfg.HeartbeatTimeout/10, func() {
 		if _, err := n.leading(); err == nil {
 			n.promote()
-			continue
+			return
 		}
 		n.mu.Lock()
 		n.behind = nil // a leader's, stale on a follower
 		n.mu.Unlock()
-	}
+	})
 }
 
 // wakePromote has promoteLoop ask the members catching up now: this node

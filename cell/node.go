@@ -1574,7 +1574,11 @@ func (n *Node) syncLoop() {
 
 // every calls f every d, in the calling goroutine (one of n.wg's, which it
 // marks done), until the node closes.
-func (n *Node) every(d time.Duration, f func()) {
+func (n *Node) every(d time.Duration, f func()) { n.everyOrWoken(d, nil, 0, f) }
+
+// everyOrWoken calls f as every does, and also settle after each wake-up
+// on wake (nil: none).
+func (n *Node) everyOrWoken(d time.Duration, wake <-chan struct{}, settle time.Duration, f func()) {
 	defer n.wg.Done()
 	tick := time.NewTicker(d)
 	defer tick.Stop()
@@ -1583,6 +1587,14 @@ func (n *Node) every(d time.Duration, f func()) {
 		case <-n.closing:
 			return
 		case <-tick.C:
+		case <-wake:
+			if settle > 0 {
+				select {
+				case <-n.closing:
+					return
+				case <-time.After(settle):
+				}
+			}
 		}
 		f()
 	}

@@ -128,21 +128,12 @@ func stallCause(err error) string {
 // (fsm.onStall) and every HeartbeatTimeout while it lasts, until the node
 // closes.
 func (n *Node) stallLoop() {
-	defer n.wg.Done()
-	tick := time.NewTicker(n.cfg.HeartbeatTimeout)
-	defer tick.Stop()
 	failed := 0 // rounds in a row no voter could take over
-	for {
-		select {
-		case <-n.closing:
-			return
-		case <-tick.C:
-		case <-n.stallWake:
-		}
+	n.everyOrWoken(n.cfg.HeartbeatTimeout, n.stallWake, 0, func() {
 		at := n.fsm.stalledAt.Load()
 		if at == 0 || n.raft.State() != raft.Leader {
 			failed = 0
-			continue
+			return
 		}
 		to, err := n.handOverStalled(at)
 		if err == nil {
@@ -152,7 +143,7 @@ func (n *Node) stallLoop() {
 			}
 			n.cfg.Logger.Warn(handedOverMessage, "to", next)
 			failed = 0
-			continue
+			return
 		}
 		// Said once a stall has outlasted the followers' applying what
 		// was committed (the first rounds may come before they did).
@@ -160,7 +151,7 @@ func (n *Node) stallLoop() {
 			n.cfg.Logger.Error("cell: this member leads but cannot apply what the cell commits (a group log refuses appends), and could not hand the leadership over: sends and changes of the cell are refused until its disk takes appends again or another member can take over",
 				"err", err)
 		}
-	}
+	})
 }
 
 // handedOverMessage is what a stalled leader logs once it handed the
