@@ -172,12 +172,16 @@ func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
 	c.peers = append(c.peers, self)
 	c.start(d, true)
 	c.members = append(c.members, d)
-	// d holds the leader's first question until the test has removed it
-	// (a member caught up by then is made a voter at its first question).
-	var asks atomic.Int32
+	// d holds the leader's first question once it has caught up (applied
+	// what the cell had committed when it was added: it is then made a
+	// voter at that question) until the test has removed it; those before
+	// it answers at once (they cannot make it a voter: it has applied
+	// less than the cell had committed when asked).
+	var addCommit atomic.Uint64
+	var held atomic.Bool
 	first, release := make(chan struct{}), make(chan struct{})
 	d.node.tr.handle(kindProgress, func(ctx context.Context, peer wire.Fingerprint, str *quic.Stream) {
-		if asks.Add(1) == 1 {
+		if c := addCommit.Load(); c != 0 && d.node.raft.AppliedIndex() >= c && held.CompareAndSwap(false, true) {
 			close(first)
 			select {
 			case <-release:
@@ -193,10 +197,11 @@ func TestRemovedWhileAskedStaysRemoved(t *testing.T) {
 	if err := l.node.AddMember(ctx, l.node.Self().Fingerprint, self); err != nil {
 		t.Fatalf("add member: %v", err)
 	}
+	addCommit.Store(l.node.raft.CommitIndex())
 	select {
 	case <-first:
 	case <-ctx.Done():
-		t.Fatal("the leader never asked the new member how far it got")
+		t.Fatal("the leader never asked the new member how far it got once it caught up")
 	}
 	mark := rec.count()
 	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, self.Fingerprint); err != nil {
