@@ -639,6 +639,21 @@ func TestRaftMemberCannotCrash(t *testing.T) {
 			})
 			return append(b, data...)
 		}},
+		// Raft takes the peers of a deprecated peer entry, or of a
+		// snapshot of version 0, as its configuration, as they come:
+		// one that leaves the member out removes it.
+		{"a deprecated entry adding a peer", func() []byte {
+			return appendEntry(raft.Log{Type: raft.LogAddPeerDeprecated, Data: msgpackPeers("127.0.0.1:9")})
+		}},
+		{"a snapshot of version 0 naming other peers", func() []byte {
+			data := []byte("some bytes")
+			b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
+				RPCHeader: header, SnapshotVersion: 0, Term: f.node.raft.CurrentTerm(),
+				Leader: []byte(l.addr), LastLogIndex: f.node.raft.LastIndex() + 10, LastLogTerm: f.node.raft.CurrentTerm(),
+				Peers: msgpackPeers("127.0.0.1:9"), Size: int64(len(data)),
+			})
+			return append(b, data...)
+		}},
 		{"a snapshot whose configuration does not decode", func() []byte {
 			data := []byte("some bytes")
 			b, _ := appendRequest(nil, &raft.InstallSnapshotRequest{
@@ -1094,4 +1109,14 @@ func TestRaftFrameBytesPerKey(t *testing.T) {
 	}
 	dial()
 	answer()
+}
+
+// msgpackPeers is raft's deprecated encoding of a list of peers (a msgpack
+// array of byte strings), as raft of protocol version 0 wrote them.
+func msgpackPeers(peers ...string) []byte {
+	b := []byte{0x90 | byte(len(peers))}
+	for _, p := range peers {
+		b = append(append(b, 0xc4, byte(len(p))), p...)
+	}
+	return b
 }

@@ -122,7 +122,7 @@ func TestRaftNetRPCs(t *testing.T) {
 	}
 	snap := bytes.Repeat([]byte("s"), 300_000)
 	var is raft.InstallSnapshotResponse
-	err = a.InstallSnapshot("b", b, &raft.InstallSnapshotRequest{RPCHeader: hdr, Term: 3, Size: int64(len(snap))}, &is, bytes.NewReader(snap))
+	err = a.InstallSnapshot("b", b, &raft.InstallSnapshotRequest{RPCHeader: hdr, SnapshotVersion: raft.SnapshotVersionMax, Term: 3, Configuration: emptyConfiguration, Size: int64(len(snap))}, &is, bytes.NewReader(snap))
 	if err != nil || !is.Success || is.Term != uint64(len(snap)) {
 		t.Fatalf("install snapshot: %+v, %v", is, err)
 	}

@@ -60,7 +60,8 @@ import (
 // (maxRaftNumber), and an AppendEntries request whose entries are more than
 // maxFrameEntries, do not each follow the one before (the first, the
 // previous index), have terms that go down or above the request's, or
-// carry over maxEntryBytes of data and extensions.
+// carry over maxEntryBytes of data and extensions, or an entry of raft's
+// deprecated peer types, or a snapshot of version 0.
 
 // RPC types of a frame: the first four as hashicorp/raft numbers them.
 const (
@@ -416,6 +417,11 @@ func decodeAppendEntriesRequest(body []byte) (*raft.AppendEntriesRequest, error)
 				d.fail(fmt.Sprintf("an entry of %d bytes, more than %d", len(l.Data)+len(l.Extensions), maxEntryBytes))
 			case l.Type > raft.LogConfiguration:
 				d.fail(fmt.Sprintf("an entry of unknown type %d", l.Type))
+			case l.Type == raft.LogAddPeerDeprecated || l.Type == raft.LogRemovePeerDeprecated:
+				// Raft takes the peers such an entry lists as its
+				// configuration, unchecked (configurationDecodes);
+				// raft of protocol version 3 writes none.
+				d.fail(fmt.Sprintf("an entry of the deprecated type %d", l.Type))
 			case l.Type == raft.LogConfiguration && !configurationDecodes(l.Data):
 				d.fail("a configuration entry that does not decode, or of too many servers")
 			}
@@ -502,6 +508,12 @@ func decodeInstallSnapshotRequest(body []byte) (*raft.InstallSnapshotRequest, er
 	if v > math.MaxInt {
 		d.fail("snapshot version out of range")
 	}
+	if v < 1 {
+		// Raft takes a version 0 snapshot's configuration from its
+		// peers, unchecked (configurationDecodes); members send
+		// version 1.
+		d.fail("snapshot version 0")
+	}
 	r.SnapshotVersion = raft.SnapshotVersion(v)
 	r.Term = d.number("term")
 	r.Leader = d.bytes()
@@ -510,7 +522,7 @@ func decodeInstallSnapshotRequest(body []byte) (*raft.InstallSnapshotRequest, er
 	r.Peers = d.bytes()
 	r.Configuration = d.bytes()
 	r.ConfigurationIndex = d.number("configuration index")
-	if r.SnapshotVersion > 0 && d.err == nil && !configurationDecodes(r.Configuration) {
+	if d.err == nil && !configurationDecodes(r.Configuration) {
 		d.fail("a snapshot's configuration that does not decode, or of too many servers")
 	}
 	size := d.uvarint()
