@@ -98,9 +98,15 @@ type CellChanged struct {
 }
 
 // check holds the members to what any listing of a cell's holds (as
-// CellStatus's): until session 17 a cell_add or cell_remove answer could
-// name thousands, which huddle cell add printed.
-func (c *CellChanged) check() error { return checkReplicas(c.Members) }
+// CellStatus's), and to one at least (the leader that made the change):
+// until session 17 a cell_add or cell_remove answer could name thousands,
+// which huddle cell add printed, or none, taken as the cell's members.
+func (c *CellChanged) check() error {
+	if len(c.Members) == 0 {
+		return errors.New("a cell change leaving no member")
+	}
+	return checkReplicas(c.Members)
+}
 
 // CellStatus is the result of cell_status: one member's view of its cell.
 //

@@ -29,6 +29,7 @@ func TestResultsHoldReplicas(t *testing.T) {
 		{"info of a long name", Info{Group: UUID{7}, Name: strings.Repeat("n", MaxNameBytes+1), Epoch: 1}, new(Info), true},
 		{"cell change of ten members", CellChanged{Members: many}, new(CellChanged), true},
 		{"cell change of a keyless member", CellChanged{Members: keyless}, new(CellChanged), false},
+		{"cell change of no member", CellChanged{}, new(CellChanged), false},
 	} {
 		b, err := encMode.Marshal(tc.body)
 		if err != nil {
