@@ -19,6 +19,13 @@ import "hash/maphash"
 // lookup a second probe and the index twice the memory. IDs are chosen by
 // clients, so they are hashed with a per-log random seed.
 //
+// The two tables are interleaved in one slice, slot i of each side by side
+// (tab[2i+half]; which half is cur flips at each rotation): a lookup's
+// probes of both, at the same slot, load one cache line, and one page for
+// the TLB. Apart, a lookup of a new ID (a send's, the usual case) missed
+// twice, once in each table of megabytes; session 17 measured the
+// interleaving with BenchmarkAppendEvicted (BENCHMARKS.md).
+//
 // An index entry holds the ring position (plus one; 0 is empty) in its low
 // 32 bits and the low 32 bits of the ID's hash in its high ones. Lookups
 // compare the hash bits before reading the ring: the ring is 2 MiB at the
@@ -33,21 +40,22 @@ import "hash/maphash"
 // leader builds it at its first send, from the ring (about a millisecond
 // per 65,536 IDs).
 //
-// Memory: 32 B per ring record plus, once indexed, 16-32 B of index per ID
-// while the window fills and 32-64 B once it is full: at most 96 B per
-// remembered ID, 4 MiB at the default window.
+// Memory: 32 B per ring record plus, once indexed, 32-64 B of index per
+// ID: at most 96 B per remembered ID, 4 MiB at the default window.
 type dedup struct {
 	window  int
 	seed    maphash.Seed
 	ring    []firstAck
 	indexed bool // the index is built and kept
-	// cur and prev are the index's tables, of the same size (a power of
-	// two, mask+1); prev is nil until cur first fills. taken counts the
-	// IDs inserted into cur.
-	cur, prev []uint64
-	mask      uint64
-	taken     int
-	warmed    uint64 // what warm loaded, kept so the compiler keeps its loads
+	// tab holds the index's tables of mask+1 slots (a power of two),
+	// interleaved: slot i of cur is tab[2i+cur], of prev tab[2i+1-cur].
+	// prev is empty until cur first fills. taken counts the IDs inserted
+	// into cur.
+	tab    []uint64
+	cur    uint64 // 0 or 1
+	mask   uint64
+	taken  int
+	warmed uint64 // what warm loaded, kept so the compiler keeps its loads
 }
 
 type firstAck struct {
@@ -75,18 +83,15 @@ func (d *dedup) lookup(id [16]byte, h uint64) (firstAck, bool) {
 	if a, ok := d.find(d.cur, id, h); ok {
 		return a, true
 	}
-	return d.find(d.prev, id, h)
+	return d.find(1-d.cur, id, h)
 }
 
-// find looks id, hashed to h, up in the index table t: an entry whose ring
-// record holds another ID is one the window forgot.
-func (d *dedup) find(t []uint64, id [16]byte, h uint64) (firstAck, bool) {
-	if len(t) == 0 {
-		return firstAck{}, false
-	}
+// find looks id, hashed to h, up in the index table half (cur or prev):
+// an entry whose ring record holds another ID is one the window forgot.
+func (d *dedup) find(half uint64, id [16]byte, h uint64) (firstAck, bool) {
 	tag := h << 32
 	for i := h & d.mask; ; i = (i + 1) & d.mask {
-		e := t[i]
+		e := d.tab[2*i+half]
 		if e == 0 {
 			return firstAck{}, false
 		}
@@ -114,8 +119,8 @@ func (d *dedup) add(id [16]byte, seq uint64, t int64) {
 			d.ring = append(make([]firstAck, 0, min(d.window, max(16, 2*pos))), d.ring...)
 		}
 		d.ring = d.ring[:pos+1]
-		if d.indexed && 2*len(d.ring) > len(d.cur) {
-			d.rehash(max(16, 2*len(d.cur)))
+		if d.indexed && 2*len(d.ring) > int(d.mask+1) {
+			d.rehash(max(16, 2*int(d.mask+1)))
 		}
 	} else {
 		pos = int((seq - 1) % uint64(d.window))
@@ -132,12 +137,10 @@ func (d *dedup) add(id [16]byte, seq uint64, t int64) {
 // rotate makes cur, which holds window IDs, prev, and the old prev,
 // emptied, cur: what the old prev alone held, the window has forgotten.
 func (d *dedup) rotate() {
-	if d.prev == nil {
-		d.prev = make([]uint64, len(d.cur))
-	} else {
-		clear(d.prev)
+	d.cur = 1 - d.cur
+	for i := d.cur; i < uint64(len(d.tab)); i += 2 {
+		d.tab[i] = 0
 	}
-	d.cur, d.prev = d.prev, d.cur
 	d.taken = 0
 }
 
@@ -147,15 +150,12 @@ func (d *dedup) rotate() {
 // own. (The index and the ring are 4 MiB at the default window, and the
 // daemon's other work leaves little of them in the caches.)
 func (d *dedup) warmLookups(hs []uint64) {
-	if len(d.cur) == 0 {
+	if len(d.tab) == 0 {
 		return
 	}
 	var sink uint64
 	for _, h := range hs {
-		sink += d.cur[h&d.mask]
-		if d.prev != nil {
-			sink += d.prev[h&d.mask]
-		}
+		sink += d.tab[2*(h&d.mask)] // cur's and prev's: one line
 	}
 	d.warmed = sink
 }
@@ -163,10 +163,10 @@ func (d *dedup) warmLookups(hs []uint64) {
 // insert indexes ring position pos, for an ID hashed to h, in cur.
 func (d *dedup) insert(pos int, h uint64) {
 	i := h & d.mask
-	for d.cur[i] != 0 {
+	for d.tab[2*i+d.cur] != 0 {
 		i = (i + 1) & d.mask
 	}
-	d.cur[i] = indexEntry(pos, h)
+	d.tab[2*i+d.cur] = indexEntry(pos, h)
 	d.taken++
 }
 
@@ -190,7 +190,7 @@ func (d *dedup) build() {
 	for size < 2*len(d.ring) {
 		size *= 2
 	}
-	d.cur, d.prev = make([]uint64, size), nil
+	d.tab, d.cur = make([]uint64, 2*size), 0
 	d.mask = uint64(size - 1)
 	d.taken = 0
 	for pos := range d.ring {
@@ -203,9 +203,9 @@ func (d *dedup) build() {
 
 // rehash indexes the ring anew in a table of size slots, but for its last
 // record, which add is filling. It runs only while the window fills, when
-// cur holds every ID remembered and prev is nil.
+// cur holds every ID remembered and prev is empty.
 func (d *dedup) rehash(size int) {
-	d.cur = make([]uint64, size)
+	d.tab, d.cur = make([]uint64, 2*size), 0
 	d.mask = uint64(size - 1)
 	d.taken = 0
 	for pos := range d.ring[:len(d.ring)-1] { // the last slot is being filled

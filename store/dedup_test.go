@@ -33,7 +33,7 @@ func TestDedupChurn(t *testing.T) {
 						delete(want, order[len(order)-window-1])
 					}
 					if seq < first {
-						if d.indexed || len(d.cur) != 0 {
+						if d.indexed || len(d.tab) != 0 {
 							t.Fatalf("seq %d: indexed before the first lookup", seq)
 						}
 						continue
