@@ -103,12 +103,7 @@ func TestDiskFullCopyOutsideGate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	add := func() error {
-		seq, ts := d.Tail()
-		n++
-		return d.Append([]Entry{{Seq: seq + 1, Time: ts + 1000, ID: id(n), From: sender(1), Body: bytes.Repeat([]byte{byte(n)}, 1000)}})
-	}
+	add := kbAppender(d, 0)
 	for range limit {
 		if err := add(); err != nil {
 			t.Fatal(err)
@@ -119,6 +114,7 @@ func TestDiskFullCopyOutsideGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	add = kbAppender(d, limit)
 	// Retention deletes the two oldest files read back: their mappings
 	// are retired.
 	for range 2 * limit / 8 {
@@ -169,12 +165,7 @@ func TestDiskFullGateReopens(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	n := 0
-	add := func() error {
-		seq, ts := d.Tail()
-		n++
-		return d.Append([]Entry{{Seq: seq + 1, Time: ts + 1000, ID: id(n), From: sender(1), Body: bytes.Repeat([]byte{byte(n)}, 1000)}})
-	}
+	add := kbAppender(d, 0)
 	for range limit {
 		if err := add(); err != nil {
 			t.Fatal(err)
@@ -207,4 +198,16 @@ func TestDiskFullGateReopens(t *testing.T) {
 		sent++
 	}
 	t.Logf("the gate opened after %d sends with room", sent)
+}
+
+// kbAppender returns a function that appends to d the next of a run of
+// messages of 1000 bytes from one sender, numbered from after, each body
+// its number's byte.
+func kbAppender(d *DiskLog, after int) func() error {
+	n := after
+	return func() error {
+		seq, ts := d.Tail()
+		n++
+		return d.Append([]Entry{{Seq: seq + 1, Time: ts + 1000, ID: id(n), From: sender(1), Body: bytes.Repeat([]byte{byte(n)}, 1000)}})
+	}
 }
