@@ -517,7 +517,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		}
 		if err != nil && timedOut && ctx.Err() == nil {
 			g.dialed(false, 0, bound)
-			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errNoHandshake)
+			return fmt.Errorf("%v at %s: %w: %w", op, shownAll(p.addrs), ErrUnreachable, errNoHandshake)
 		}
 		if err != nil {
 			return err
@@ -542,10 +542,10 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 			return context.DeadlineExceeded // until, not the attempt's own bound
 		case cause == errSilent:
 			p.dropCurrent()
-			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errSilent)
+			return fmt.Errorf("%v at %s: %w: %w", op, shownAll(p.addrs), ErrUnreachable, errSilent)
 		default:
 			p.dropCurrent()
-			return fmt.Errorf("%v at %s: %w: %w", op, p.addrs, ErrUnreachable, errAttemptTimeout)
+			return fmt.Errorf("%v at %s: %w: %w", op, shownAll(p.addrs), ErrUnreachable, errAttemptTimeout)
 		}
 	}
 	return err

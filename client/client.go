@@ -577,6 +577,17 @@ func (p *peer) get(ctx context.Context) (*liveness, error) {
 	}
 }
 
+// shownAll returns texts a peer chose (the addresses a registry listed
+// a daemon at) as an error may quote them (wire.Shown): a registry's
+// listing is length-checked only, and programs print the errors they get.
+func shownAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = wire.Shown(s)
+	}
+	return out
+}
+
 // dialEnded is the error of a dial (or a wait for one) that ctx ended: a
 // server that did not answer in the time the caller gave is unreachable,
 // and says so (errors.Is finds both).
@@ -617,11 +628,11 @@ func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 		case err == nil:
 			return conn, p.addrs[0], nil
 		case ctx.Err() != nil:
-			return nil, "", dialEnded(ctx, p.addrs[0])
+			return nil, "", dialEnded(ctx, wire.Shown(p.addrs[0]))
 		case isWrongKey(err):
 			return nil, "", err
 		}
-		return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, fmt.Errorf("%s: %w", p.addrs[0], err))
+		return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, fmt.Errorf("%s: %w", wire.Shown(p.addrs[0]), err))
 	}
 	if len(p.addrs) == 0 {
 		return nil, "", fmt.Errorf("no address to dial: %w", ErrUnreachable)
@@ -661,7 +672,7 @@ func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 			case isWrongKey(r.err):
 				wrongKey = cmp.Or(wrongKey, r.err)
 			case ctx.Err() == nil:
-				errs = append(errs, fmt.Errorf("%s: %w", r.addr, r.err))
+				errs = append(errs, fmt.Errorf("%s: %w", wire.Shown(r.addr), r.err))
 			}
 		case <-stagger.C:
 		case <-ctx.Done():
@@ -688,7 +699,7 @@ func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 	case won != nil:
 		return won.conn, won.addr, nil
 	case ctx.Err() != nil:
-		return nil, "", dialEnded(ctx, strings.Join(p.addrs[:next], ", "))
+		return nil, "", dialEnded(ctx, strings.Join(shownAll(p.addrs[:next]), ", "))
 	case wrongKey != nil && len(errs) == 0:
 		return nil, "", wrongKey
 	case wrongKey != nil:
@@ -772,6 +783,11 @@ func (p *peer) retire() {
 func resolve(addr string) (*net.UDPAddr, error) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(strings.Trim(addr, "[]"), strconv.Itoa(wire.DefaultRegistryPort))
+	}
+	if shown := wire.Shown(addr); shown != addr {
+		// No host name holds such characters, and net's error would
+		// quote the address as it came.
+		return nil, fmt.Errorf("resolve %s: not a host name and port", shown)
 	}
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {

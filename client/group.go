@@ -806,7 +806,7 @@ func (g *Group) fail(op string, err error) error {
 	if serverSaid(err) {
 		return err
 	}
-	return fmt.Errorf("%s group %s: %w", op, g.name, err)
+	return fmt.Errorf("%s group %s: %w", op, wire.Shown(g.name), err)
 }
 
 // RetryAfter returns how long a rate-limited server asked to wait, and

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // A daemon killed and started again elsewhere (another port, another host)
@@ -124,7 +126,7 @@ func (g *Group) locate(ctx context.Context, p *peer) (*peer, error) {
 				dial(cur) // where it moved, or again where it is listed: a daemon may come back there
 			}
 		case <-ctx.Done():
-			return nil, withListing(fmt.Errorf("%w: %s: %w", ErrUnreachable, strings.Join(cur.addrs, ","), ctx.Err()), listed)
+			return nil, withListing(fmt.Errorf("%w: %s: %w", ErrUnreachable, strings.Join(shownAll(cur.addrs), ","), ctx.Err()), listed)
 		}
 	}
 }
@@ -151,7 +153,7 @@ type NotListedError struct {
 
 func (e *NotListedError) Error() string {
 	return fmt.Sprintf("%v: %s: group %s of daemon %s is no longer listed by the registries that answered (%s): its daemon stopped, or no longer reaches them",
-		ErrUnreachable, strings.Join(e.Addrs, ","), e.Group, e.Daemon.Short(), strings.Join(e.Registries, ", "))
+		ErrUnreachable, strings.Join(shownAll(e.Addrs), ","), wire.Shown(e.Group), e.Daemon.Short(), strings.Join(shownAll(e.Registries), ", "))
 }
 
 // Unwrap makes errors.Is(err, ErrUnreachable) true.

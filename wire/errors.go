@@ -124,7 +124,7 @@ type Error struct {
 // ESC, U+202E) and invalid bytes as U+FFFD, so that a server cannot drive
 // the terminal of a user reading the error, nor fake lines of its own.
 func (e *Error) Error() string {
-	msg := shownMessage(e.Message)
+	msg := Shown(e.Message)
 	if msg == "" {
 		msg = e.Code.Sentinel().Error()
 	}
@@ -138,7 +138,14 @@ func (e *Error) Error() string {
 // rest is cut, marked with "...".
 const MaxShownMessage = 1024
 
-func shownMessage(s string) string {
+// Shown returns s, a peer's text, as an error message may quote it: one
+// line of at most MaxShownMessage bytes (the rest cut, marked with "..."),
+// its control and format characters (a line break, ESC, U+202E), line and
+// paragraph separators and invalid bytes as U+FFFD. Error shows a
+// server's message so; a client shows so what a registry listed (a
+// group's name, its daemon's addresses) when its errors quote it. Text
+// an honest peer sends comes back unchanged.
+func Shown(s string) string {
 	cut := len(s) > MaxShownMessage
 	if cut {
 		s = s[:MaxShownMessage]

@@ -1,0 +1,67 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+	"unicode"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// unshownRune reports the first character of s a terminal or a web page
+// would take for more than text (a control or format character, a line or
+// paragraph separator), if any.
+func unshownRune(s string) (rune, bool) {
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029' {
+			return r, true
+		}
+	}
+	return 0, false
+}
+
+// TestListedTextShownInErrors: a group's name and its daemon's addresses
+// as a registry listed them (a listing holds them to lengths only) reach
+// the errors of calls on the group with their control and format
+// characters as U+FFFD, so that a program printing the error (huddle web's
+// API messages, a log line) shows one line of text, not a rogue
+// registry's line breaks or bidirectional overrides. (Group.fail,
+// NotListedError and the dial's errors quoted them as listed.)
+func TestListedTextShownInErrors(t *testing.T) {
+	const name = "lobby\n\u202eevil"
+	addrs := []string{"127.0.0.1:9\nfake line", "host\u202e:1"}
+	e := wire.GroupEntry{Group: wire.UUID{7}, Name: name, Addrs: addrs, Fingerprint: wire.Fingerprint{9}, ExpiresMS: 60_000}
+	_, r := hostileRegistry(t, func([]byte) wire.Groups { return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{e}} })
+	list, err := r.List(t.Context())
+	if err != nil || len(list.Groups) != 1 {
+		t.Fatalf("list the hostile registry: %v, %d groups", err, len(list.Groups))
+	}
+	g, err := r.Group(list.Groups[0])
+	if err != nil {
+		t.Fatalf("a handle on the listed group: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	_, err = g.Info(ctx)
+	if err == nil {
+		t.Fatal("info of a group listed at no address that resolves: no error")
+	}
+	if c, bad := unshownRune(err.Error()); bad {
+		t.Errorf("info's error holds %U as listed: %q", c, err)
+	}
+	if !strings.Contains(err.Error(), "group lobby\uFFFD\uFFFDevil") {
+		t.Errorf("info's error does not name the group as shown: %q", err)
+	}
+
+	nl := &client.NotListedError{Group: name, Addrs: addrs, Registries: []string{"10.0.0.1:7373\r\n"}}
+	if c, bad := unshownRune(nl.Error()); bad {
+		t.Errorf("a NotListedError holds %U as listed: %q", c, nl)
+	}
+	if !errors.Is(nl, client.ErrUnreachable) {
+		t.Errorf("a NotListedError is not ErrUnreachable: %v", nl)
+	}
+}
