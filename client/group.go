@@ -597,6 +597,7 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		var end wire.End
 		stopped, ended := false, false
 		n := 0
+		checked := false    // the message checked came back: the page goes on from it
 		var firstSeq uint64 // of the page: the gap of a first page cut short
 		p, err := g.reach(ctx)
 		if err != nil {
@@ -622,15 +623,16 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 						case m.ID != check.ID || m.Time != check.Time || m.From != check.From:
 							return true, fmt.Errorf("%w: the daemon, restarted, holds another message %d than the one delivered: another log than the fetch read (its epoch was not known)", ErrEpochMismatch, m.Seq)
 						}
-						check = nil
+						check, checked = nil, true
 						continue
 					}
 					if msgs[i].Seq <= delivered {
 						continue
 					}
-					if n > 0 && msgs[i].Seq-1 != delivered {
+					if (n > 0 || checked) && msgs[i].Seq-1 != delivered {
 						// A page is of consecutive messages (a log holds
 						// one run of them): one skipping ahead within it
+						// (or past the message checked, the page resumed)
 						// was delivered as if it followed (until session
 						// 17). Between pages, retention may drop some.
 						return true, fmt.Errorf("%w: message %d after message %d in a page", ErrProtocol, msgs[i].Seq, delivered)

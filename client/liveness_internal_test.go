@@ -487,6 +487,18 @@ func TestFetchWithoutEpochResumesAfterRestart(t *testing.T) {
 			wantCur: Cursor{Next: 3, More: true},
 		},
 		{
+			// The message checked, then one past the next: 4 was never
+			// delivered, and 5 was, as if it followed.
+			name: "skips past the check",
+			rest: func(st *quic.Stream) {
+				page(st, msg(3, false), msg(5, false))
+				wire.WriteResponse(st, wire.KindEnd, wire.End{Next: 5, First: 1, Last: 5, Epoch: epoch})
+			},
+			want:    []uint64{1, 2, 3},
+			wantErr: ErrProtocol,
+			wantCur: Cursor{Next: 3, More: true},
+		},
+		{
 			name: "dropped since",
 			rest: func(st *quic.Stream) {
 				page(st, msg(4, false), msg(5, false))
