@@ -67,10 +67,10 @@ type raftNet struct {
 	closed  bool
 	idle    map[raft.ServerAddress][]*rpcConn
 	pipes   map[*rpcPipeline]struct{}
-	ready   bool                        // keep a connection ready to each member (keepReady)
-	warming map[raft.ServerAddress]bool // a ready connection is being dialed to it
-	served  map[net.Conn]struct{}       // the connections members opened, being served
-	repl    map[raft.ServerAddress]*replication
+	ready   bool                           // keep a connection ready to each member (keepReady)
+	warming map[raft.ServerAddress]bool    // a ready connection is being dialed to it
+	served  map[net.Conn]struct{}          // the connections members opened, being served
+	repl    map[raft.ServerID]*replication // by member key: a member replaced at an address starts afresh
 	// frameBytes are the bytes of request frames each key's connections
 	// hold (frameBudget: frameBudgetPerKey; tests set it).
 	frameBytes  map[wire.Fingerprint]int
@@ -128,7 +128,7 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...f
 		pipes:    make(map[*rpcPipeline]struct{}),
 		warming:  make(map[raft.ServerAddress]bool),
 		served:   make(map[net.Conn]struct{}),
-		repl:     make(map[raft.ServerAddress]*replication),
+		repl:     make(map[raft.ServerID]*replication),
 
 		frameBudget: frameBudgetPerKey,
 	}
@@ -487,8 +487,8 @@ func endedWhileIdle(err error, c *rpcConn) bool {
 // AppendEntries sends one AppendEntries request (raft.Transport). One
 // that replicates (not a heartbeat) to a member that cannot be dialed
 // waits for it (awaitConn).
-func (n *raftNet) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	r := n.replicationTo(target)
+func (n *raftNet) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	r := n.replicationTo(id)
 	if isHeartbeat(args) {
 		err := n.call(target, args, resp)
 		r.done(time.Now(), args, resp, err, true, false)
@@ -503,15 +503,15 @@ func (n *raftNet) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args
 	return err
 }
 
-// replicationTo returns what raft's replication to target last did
-// (transferable.go).
-func (n *raftNet) replicationTo(target raft.ServerAddress) *replication {
+// replicationTo returns what raft's replication to the member whose key
+// is id last did (transferable.go).
+func (n *raftNet) replicationTo(id raft.ServerID) *replication {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	r := n.repl[target]
+	r := n.repl[id]
 	if r == nil {
 		r = new(replication)
-		n.repl[target] = r
+		n.repl[id] = r
 	}
 	return r
 }
@@ -628,7 +628,7 @@ func (n *raftNet) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, ar
 // AppendEntries requests, a ready one from the pool if it holds one
 // (ready.go: a new leader's pipeline then needs no dial), else a new one
 // (raft.Transport).
-func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+func (n *raftNet) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
 	c := n.takeReady(target)
 	if c == nil {
 		conn, err := n.tr.Dial(target, n.dialTimeout())
@@ -640,7 +640,7 @@ func (n *raftNet) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddre
 	p := &rpcPipeline{
 		n:        n,
 		c:        c,
-		repl:     n.replicationTo(target),
+		repl:     n.replicationTo(id),
 		inflight: make(chan *appendFuture, pipelineDepth),
 		done:     make(chan raft.AppendFuture, pipelineAnswered),
 		stop:     make(chan struct{}),

@@ -166,7 +166,7 @@ func (n *Node) currentVoter(to *raft.Server) (raft.Server, error) {
 		if s.Suffrage != raft.Voter || s.ID == self || to != nil && s.ID != to.ID {
 			continue
 		}
-		r := n.net.replicationTo(s.Address)
+		r := n.net.replicationTo(s.ID)
 		if ok, reason := r.current(now, term, last, n.cfg.HeartbeatTimeout); !ok {
 			why = append(why, fmt.Sprintf("%s: %s", s.Address, reason))
 			continue
