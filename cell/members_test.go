@@ -407,10 +407,11 @@ func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
 // The member removed must have the removal's entry: the leader stops
 // replicating to it as it appends the removal, after one last try, which
 // on a loaded machine may not reach it (it then stands for election, as a
-// member, refused by the others). Only then does the scenario run again,
-// on a new cell, at most 3 times in all.
+// member, refused by the others). Only then, or if an election came
+// during the removal, does the scenario run again, on a new cell, at most
+// 3 times in all.
 func TestRemovedUnappliedTellsDaemon(t *testing.T) {
-	rerunOnNewCells(t, 3, "the member removed never had its removal's entry", removedUnappliedTellsDaemon)
+	rerunOnNewCells(t, 3, "the member removed never had its removal's entry, or an election came during the removal", removedUnappliedTellsDaemon)
 }
 
 // removedUnappliedTellsDaemon runs TestRemovedUnappliedTellsDaemon's
@@ -439,6 +440,13 @@ func removedUnappliedTellsDaemon(t *testing.T) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if err := l.node.RemoveMember(ctx, l.node.Self().Fingerprint, victim.id.Fingerprint()); err != nil {
+		var nl *NotLeaderError
+		if errors.As(err, &nl) || errors.Is(err, ErrUnavailable) {
+			// An election under load (session 17, load ~25: the leader
+			// lost its lease while committing the removal).
+			t.Logf("remove member: %v", err)
+			return false
+		}
 		t.Fatalf("remove member: %v", err)
 	}
 	missed := false
