@@ -97,6 +97,9 @@ type DiskConfig struct {
 	// remove deletes a Reset's files: os.Remove, but for the tests that
 	// make it fail (root deletes what permissions forbid).
 	remove func(path string) error
+	// writeBehind writes the writer's records (pendwriter.go):
+	// (*os.File).WriteAt, but for the tests that hold or fail it.
+	writeBehind func(f *os.File, p []byte, off int64) (int, error)
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -167,10 +170,11 @@ type DiskLog struct {
 	segs    []segFile  // every segment file, oldest first; the last is active
 	tailSeq uint64     // last message written (== mem's)
 	tailT   int64
-	failed  error     // sticky: ErrFailed
-	roErr   error     // why f is nil (ErrNotWritable)
-	roTried time.Time // when f was last tried
-	unbegun bool      // a new log whose files could not be created yet (begin)
+	failed  error       // sticky: ErrFailed
+	roErr   error       // why f is nil (ErrNotWritable)
+	roTried time.Time   // when f was last tried
+	unbegun bool        // a new log whose files could not be created yet (begin)
+	wr      *pendWriter // writes pending records off the appends (WriteBehind; pendwriter.go), or nil
 
 	fmu sync.RWMutex // held for reading while f is synced; for writing to swap f
 
@@ -273,6 +277,13 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	}
 	mem.epoch = d.epoch
 	mem.holdBack = cfg.Fsync.Always
+	if d.behind > 0 {
+		write := cfg.writeBehind
+		if write == nil {
+			write = (*os.File).WriteAt
+		}
+		d.startWriter(write)
+	}
 	if !cfg.Fsync.Always {
 		go d.syncLoop(cfg.Fsync.interval())
 	} else {
@@ -365,6 +376,12 @@ func (d *DiskLog) Append(batch []Entry) error {
 // it returns the record's offset. On error nothing of it is in the file
 // or pending. d.wmu is held.
 func (d *DiskLog) record(batch []Entry) (int64, error) {
+	// The writer's last write, if it has ended (or, with as much again
+	// pending meanwhile, once it ends): a failed one's records are
+	// pending again, before this one's.
+	if err := d.reap(len(d.pend) >= 2*d.behind); err != nil {
+		return 0, err
+	}
 	if d.sealsFor(batch) {
 		if err := d.rotate(false); err != nil {
 			return 0, err
@@ -380,7 +397,7 @@ func (d *DiskLog) record(batch []Entry) (int64, error) {
 	}
 	at := d.fsize
 	d.fsize += n
-	if len(d.pend) >= d.behind {
+	if len(d.pend) >= d.behind && !d.writeBehind() {
 		if err := d.write(); err != nil {
 			d.pend, d.fsize = d.pend[:start], at
 			d.enc.undo()
@@ -403,7 +420,7 @@ const maxKeptPend = 4 << 20
 // write writes the pending records at the end of the active segment. On
 // error none of them is in the file (a partial write is cut back) and
 // they stay pending, unless the cut failed: then the log has failed. d.wmu
-// is held.
+// is held, and the writer settled.
 func (d *DiskLog) write() error {
 	at := d.fsize - int64(len(d.pend))
 	if _, err := d.f.WriteAt(d.pend, at); err != nil {
@@ -425,6 +442,9 @@ func (d *DiskLog) write() error {
 		d.pend = nil
 	}
 	d.pend = d.pend[:0]
+	if d.wr != nil {
+		d.wr.failed = false
+	}
 	return nil
 }
 
@@ -503,6 +523,9 @@ func (d *DiskLog) rebegin() error {
 // from the spare file if it cannot be created and spare is set. On error
 // the active segment stays as it was. d.wmu is held.
 func (d *DiskLog) rotate(spare bool) error {
+	if err := d.settle(); err != nil {
+		return err
+	}
 	if len(d.pend) > 0 {
 		if err := d.write(); err != nil {
 			return err
@@ -761,6 +784,10 @@ func (d *DiskLog) syncTo(seq uint64) error {
 // FsyncPolicy.Always. (Sealed segments were synced when sealed.)
 func (d *DiskLog) fsync() (uint64, error) {
 	d.wmu.Lock()
+	if err := d.settle(); err != nil {
+		d.wmu.Unlock()
+		return 0, err
+	}
 	if len(d.pend) > 0 {
 		if err := d.write(); err != nil {
 			d.wmu.Unlock()
@@ -865,10 +892,13 @@ func (d *DiskLog) Close() error {
 			err = d.Sync()
 		}
 		d.wmu.Lock()
+		d.settle()
 		if d.failed == nil {
 			d.failed = fmt.Errorf("%w: closed", ErrFailed)
 		}
 		d.wmu.Unlock()
+		d.wr.stop()
+		d.mem.Close()
 		d.closeFiles()
 		d.mem.unmapAll()
 	})

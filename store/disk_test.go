@@ -36,6 +36,12 @@ func (d *DiskLog) crash() {
 	d.closeOnce.Do(func() {
 		close(d.stop)
 		<-d.done
+		// The write out, if any, reached the OS before the kill; the
+		// records pending did not.
+		d.wmu.Lock()
+		d.settle()
+		d.wmu.Unlock()
+		d.wr.stop()
 		d.closeFiles()
 	})
 }

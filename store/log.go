@@ -110,6 +110,8 @@ type Log struct {
 	// retired: mappings of files read back whose segments were all
 	// evicted, oldest first, unmapped after a grace (mapped.go).
 	retired []retired
+	// ahead makes slabs resident ahead of the writes (segment.go).
+	ahead prefaulter
 
 	// Published to readers.
 	view     atomic.Pointer[view]
@@ -356,7 +358,7 @@ func (l *Log) put(e *Entry) {
 		// Appending in place is safe: readers' lists end before the new slot.
 		l.publish(append(l.segs, s))
 	}
-	s.put(e, l.senderIndex(s, &e.From), &l.lim)
+	s.put(e, l.senderIndex(s, &e.From), &l.lim, &l.ahead)
 }
 
 // publish makes segs the readers' list. l.mu is held.
@@ -477,5 +479,9 @@ func (l *Log) Stats() Stats {
 // it will ever be once Append returns (see [DiskLog.Durable]).
 func (l *Log) Durable(seq uint64) error { return nil }
 
-// Close does nothing and returns nil: a memory log holds no files.
-func (l *Log) Close() error { return nil }
+// Close waits for the goroutine that makes memory resident ahead of the
+// appends, if one is at work, and returns nil: a memory log holds no files.
+func (l *Log) Close() error {
+	l.ahead.wait()
+	return nil
+}

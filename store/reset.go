@@ -42,6 +42,7 @@ func (l *Log) Reset(seq uint64, t int64) error {
 func (d *DiskLog) Reset(seq uint64, t int64) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
+	d.settle() // the write out is to a file deleted next (a failed cut fails the log)
 	switch {
 	case d.failed != nil:
 		return d.failed

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"sync"
 	"sync/atomic"
 	"unsafe"
 )
@@ -33,16 +34,65 @@ type segment struct {
 // an idle group's slab is not made resident before it is used.
 const prefaultChunk = 1 << 20
 
+// minAhead is the least a prefaulter is given to make resident.
+const minAhead = 64 << 10
+
 // prefaultSlab makes c.slab resident up to at least need bytes, a chunk at
-// a time.
-func (s *segment) prefaultSlab(c *columns, need int) {
-	if need <= s.faulted {
-		return
+// a time; and once the writes are past half of what is resident, the next
+// chunk on ahead's goroutine (nil: never ahead). The writer then rarely
+// waits for the madvise: in a cell it is raft's apply goroutine, which
+// every send waits for (BENCHMARKS.md, session 17). Writes that reach
+// pages ahead's call has not made resident yet fault them in themselves.
+func (s *segment) prefaultSlab(c *columns, need int, ahead *prefaulter) {
+	if need > s.faulted {
+		// The writes caught up (a new slab): what they need now, and
+		// without a prefaulter the rest of the chunk too.
+		end := min(len(c.slab), max(need, s.faulted+prefaultChunk))
+		if ahead != nil {
+			end = need
+		}
+		prefault(c.slab[s.faulted:end])
+		s.faulted = end
 	}
-	end := min(len(c.slab), max(need, s.faulted+prefaultChunk))
-	prefault(c.slab[s.faulted:end])
-	s.faulted = end
+	if s.faulted-need < prefaultChunk/2 && ahead != nil {
+		// (Not for a small slab's few pages: not worth a goroutine.)
+		end := min(len(c.slab), s.faulted+prefaultChunk)
+		if end-s.faulted >= minAhead && ahead.start(c.slab[s.faulted:end]) {
+			s.faulted = end
+		}
+	}
 }
+
+// prefaulter makes memory resident on a goroutine of its own, one range
+// at a time. The log that owns it waits for it at Close.
+type prefaulter struct {
+	busy atomic.Bool
+	wg   sync.WaitGroup
+	// fault is prefault, but for the tests that hold it.
+	fault func([]byte)
+}
+
+// start prefaults b on the prefaulter's goroutine, unless it is still at
+// work on the last range, and reports whether it did.
+func (p *prefaulter) start(b []byte) bool {
+	if !p.busy.CompareAndSwap(false, true) {
+		return false
+	}
+	fault := p.fault
+	if fault == nil {
+		fault = prefault
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		fault(b)
+		p.busy.Store(false)
+	}()
+	return true
+}
+
+// wait returns once the prefaulter's goroutine, if any, has ended.
+func (p *prefaulter) wait() { p.wg.Wait() }
 
 // prefaultColumns makes the arrays of c resident. They grow by doubling, so
 // each allocation is prefaulted whole, once.
@@ -104,13 +154,13 @@ func (s *segment) fits(bodyLen int, lim *limits) bool {
 // put stores a message from the sender at index from of the dictionary in
 // the next slot, growing the arrays if needed; the caller has checked fits.
 // Growth is published before the caller commits.
-func (s *segment) put(e *Entry, from uint32, lim *limits) {
+func (s *segment) put(e *Entry, from uint32, lim *limits, ahead *prefaulter) {
 	c := s.w
 	need := s.used + len(e.Body)
 	if s.n == len(c.times) || need > len(c.slab) {
 		c = s.grow(need, lim)
 	}
-	s.prefaultSlab(c, need)
+	s.prefaultSlab(c, need, ahead)
 	i := s.n
 	copy(c.slab[s.used:need], e.Body)
 	c.times[i] = e.Time
@@ -146,7 +196,7 @@ func (s *segment) grow(need int, lim *limits) *columns {
 		}
 		c.slab = make([]byte, size)
 		s.faulted = 0
-		s.prefaultSlab(&c, need)
+		s.prefaultSlab(&c, need, nil) // before the copy below
 		copy(c.slab, old.slab[:s.used])
 	}
 	s.w = &c

@@ -1,0 +1,41 @@
+package store
+
+import "testing"
+
+// TestPrefaultAhead: once the appends are past half of what is resident
+// of a segment's slab, the next chunk is made resident on the log's own
+// goroutine, ahead of the writes, and the appends go on while it works
+// (in a cell they are raft's apply, which every send waits for); Close
+// waits for it. Before, the writer made each chunk resident itself, when
+// its writes reached it.
+func TestPrefaultAhead(t *testing.T) {
+	l, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan []byte, 1), make(chan struct{})
+	l.ahead.fault = func(b []byte) {
+		entered <- b
+		<-release
+	}
+	w := newWriter(31)
+	var all []Entry
+	for len(entered) == 0 {
+		if len(all) > 20000 {
+			t.Fatal("20,000 messages appended and nothing made resident ahead of them")
+		}
+		all = append(all, w.fill(t, l, 1, 1000)...)
+	}
+	if b := <-entered; len(b) == 0 {
+		t.Fatal("made resident ahead: an empty range")
+	}
+	// The appends go on while it works (up to the range it works on).
+	more := w.fill(t, l, 100, 1000)
+	all = append(all, more...)
+	checkHolds(t, l, all)
+	close(release)
+	l.Close()
+	if l.ahead.busy.Load() {
+		t.Fatal("Close returned while the prefaulter was at work")
+	}
+}
