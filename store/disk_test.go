@@ -617,21 +617,28 @@ func TestDiskWriteBehind(t *testing.T) {
 				t.Fatalf("reopened with %d messages: want at least the %d synced, and fewer than the %d appended", len(got), synced, len(all))
 			}
 			checkHolds(t, d2, all[:len(got)])
-			// Appended again from where the log stands, in batches of
-			// other sizes than the first time.
-			rest := all[len(got):]
-			for i := 0; i < len(rest); i += 7 {
-				if err := d2.Append(rest[i:min(i+7, len(rest))]); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := d2.Close(); err != nil {
-				t.Fatal(err)
-			}
-			d3, _ := diskLog(t, cfg)
-			checkHolds(t, d3, all)
+			appendRest(t, cfg, d2, all, len(got))
 		})
 	}
+}
+
+// appendRest appends all[held:] again to d, the log reopened after a crash
+// that kept only all[:held] (as a cell's state machine replays raft's
+// entries), in batches of other sizes than the first time; closed and
+// opened again, it must hold all.
+func appendRest(t *testing.T, cfg DiskConfig, d *DiskLog, all []Entry, held int) {
+	t.Helper()
+	rest := all[held:]
+	for i := 0; i < len(rest); i += 7 {
+		if err := d.Append(rest[i:min(i+7, len(rest))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, _ := diskLog(t, cfg)
+	checkHolds(t, d2, all)
 }
 
 // dirBytes returns the bytes of the segment files in dir.

@@ -24,16 +24,7 @@ func TestDiskWriteBehindOffTheAppends(t *testing.T) {
 		}}
 	d, _ := diskLog(t, cfg)
 	w := newWriter(21)
-	var all []Entry
-	for out := false; !out; {
-		all = append(all, w.fill(t, d, 1, 200)...)
-		if len(all) > 10000 {
-			t.Fatal("10,000 messages appended and none handed to the writer")
-		}
-		d.wmu.Lock()
-		out = d.wr.out
-		d.wmu.Unlock()
-	}
+	all := fillUntilOut(t, d, w)
 	<-entered
 	if got := dirBytes(t, cfg.Dir); got != segHeaderSize {
 		t.Fatalf("the segment holds %d bytes while the writer's write is held, want the header alone (%d): the append wrote them itself", got, segHeaderSize)
@@ -79,16 +70,7 @@ func TestDiskWriteBehindWriteFails(t *testing.T) {
 				}}
 			d, _ := diskLog(t, cfg)
 			w := newWriter(22)
-			var all []Entry
-			for out := false; !out; {
-				all = append(all, w.fill(t, d, 1, 200)...)
-				if len(all) > 10000 {
-					t.Fatal("10,000 messages appended and none handed to the writer")
-				}
-				d.wmu.Lock()
-				out = d.wr.out
-				d.wmu.Unlock()
-			}
+			all := fillUntilOut(t, d, w)
 			<-failed
 			d.wmu.Lock()
 			err := d.settle()
@@ -112,17 +94,24 @@ func TestDiskWriteBehindWriteFails(t *testing.T) {
 				t.Fatalf("reopened with %d messages after a sync, want the %d appended", len(got), len(all))
 			}
 			checkHolds(t, d2, all[:len(got)])
-			rest := all[len(got):]
-			for i := 0; i < len(rest); i += 7 {
-				if err := d2.Append(rest[i:min(i+7, len(rest))]); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := d2.Close(); err != nil {
-				t.Fatal(err)
-			}
-			d3, _ := diskLog(t, cfg)
-			checkHolds(t, d3, all)
+			appendRest(t, cfg, d2, all, len(got))
 		})
 	}
+}
+
+// fillUntilOut appends one message at a time until the log's writer has a
+// write out, and returns them.
+func fillUntilOut(t *testing.T, d *DiskLog, w *writer) []Entry {
+	t.Helper()
+	var all []Entry
+	for out := false; !out; {
+		all = append(all, w.fill(t, d, 1, 200)...)
+		if len(all) > 10000 {
+			t.Fatal("10,000 messages appended and none handed to the writer")
+		}
+		d.wmu.Lock()
+		out = d.wr.out
+		d.wmu.Unlock()
+	}
+	return all
 }
