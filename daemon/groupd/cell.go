@@ -56,8 +56,9 @@ type CellConfig struct {
 }
 
 // cellReadWait bounds how long a replica of a cell's group waits for its
-// log to hold what a reader was acknowledged (Fetch.MinSeq), or for a join
-// the leader acknowledged to reach it, before answering unavailable.
+// log to hold what a reader was acknowledged (Fetch.MinSeq: for the group
+// itself too, on a member that has not yet applied it), or for a join the
+// leader acknowledged to reach it, before answering unavailable.
 const cellReadWait = 5 * time.Second
 
 // cellRetry is the retry_after_ms of an operation a cell cannot decide now
@@ -105,11 +106,13 @@ func newCellHost(d *Daemon) *cellHost {
 
 // OpenGroup opens (or creates) this daemon's replica of a group of the
 // cell: its log under the cell's epoch and dedup window. It is called from
-// raft's apply goroutine.
+// raft's apply goroutine (and its restore), one group at a time. The log
+// is opened without h.mu: reading a large log back takes a while, and
+// every lookup of every group (handlers, through group) waited for it
+// until session 17, where it now answers that this member has not yet
+// applied the group, or waits for it (awaitGroup).
 func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if g := h.groups[spec.ID]; g != nil {
+	if g := h.group(spec.ID); g != nil {
 		return cellReplica{g}, nil
 	}
 	d := h.d
@@ -127,6 +130,8 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	g := newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 	g.cell = &cellGroup{spec: spec, node: d.node, log: cl}
 	g.changed = d.countsChanged
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	next := make(map[wire.UUID]*group, len(h.groups)+1)
 	for id, o := range h.groups {
 		next[id] = o
@@ -151,6 +156,13 @@ func (h *cellHost) count() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.groups)
+}
+
+// next returns the channel closed when the next group is added.
+func (h *cellHost) next() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.added
 }
 
 // byName returns the groups named names, and the channel closed when the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/metrics"
@@ -759,6 +761,77 @@ func TestCellFsyncAlways(t *testing.T) {
 	}
 }
 
+// TestCellReadWaitsForGroup: a member of a cell that has not yet applied
+// the group's creation (its state machine held where it opens the group's
+// log, as a member's is that has not yet heard from the leader) waits for
+// the group when a fetch names min_seq, and serves the messages once it
+// has applied them: read-your-writes from any replica (PROTOCOL.md). Until
+// session 17 it answered unavailable at once ("has not yet applied all its
+// groups"), and TestCellFsyncAlways failed so at load ~15 with a member
+// that had not yet heard from the leader 1.5 s into the cell's life. A
+// fetch without min_seq is still answered unavailable at once: the group
+// may be none of the cell's.
+func TestCellReadWaitsForGroup(t *testing.T) {
+	members := planTestCell(t, 3)
+	release := make(chan struct{})
+	var lagging atomic.Int32 // the member held, -1 until one is
+	lagging.Store(-1)
+	startOpeningCell(t, members, nil, func(i int, d *Daemon, l cellLog) Log {
+		if d.node.Leading() != nil && lagging.CompareAndSwap(-1, int32(i)) {
+			<-release
+		}
+		return l
+	})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the daemons close
+	_, g := cellLeader(t, members)
+	eventually(t, "a follower held as it opens the group's log", func() bool { return lagging.Load() >= 0 })
+	m := members[lagging.Load()]
+	// The reader comes from an address of its own, so that the member's
+	// count of its operations says when its fetch is waiting there.
+	const from = "127.0.0.3"
+	reader := dialFrom(t, from, m.d.Addr(), m.fp)
+	must(t, callLeader(t, members, reader.id, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	var sent wire.Sent
+	must(t, callLeader(t, members, reader.id, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two")}, &sent))
+
+	_, _, err := reader.fetch(wire.Fetch{Group: g})
+	if we := wantCode(t, err, wire.CodeUnavailable); we.RetryAfterMS == 0 {
+		t.Errorf("a fetch without min_seq at a member that has not applied the group: %v, want unavailable with retry_after_ms", err)
+	}
+	src := server.Source(&net.UDPAddr{IP: net.ParseIP(from)})
+	ops := func() int { return m.d.srv.Sources()[src].Held.Operations }
+	eventually(t, "the first fetch to end", func() bool { return ops() == 0 })
+	type fetched struct {
+		msgs []wire.Message
+		err  error
+	}
+	done := make(chan fetched, 1)
+	go func() {
+		msgs, _, err := reader.fetch(wire.Fetch{Group: g, MinSeq: sent.Acks[1].Seq})
+		done <- fetched{msgs, err}
+	}()
+	waiting := func() bool {
+		select {
+		case f := <-done:
+			done <- f
+			return true // answered: the check below says how
+		default:
+			return ops() > 0
+		}
+	}
+	eventually(t, "the fetch naming min_seq to reach the member", waiting)
+	free()
+	f := <-done
+	if f.err != nil {
+		t.Fatalf("a fetch naming min_seq %d at a member that had not yet applied the group: %v, want it to wait for the group and its messages", sent.Acks[1].Seq, f.err)
+	}
+	if len(f.msgs) != 2 || f.msgs[1].Seq != sent.Acks[1].Seq {
+		t.Fatalf("the lagging member served %d messages, want the 2 acknowledged", len(f.msgs))
+	}
+}
+
 // holdingLog is a cell group's log whose appends wait while it is held,
 // as a replica's on a stalled disk would: the replica's state machine,
 // which applies the cell's entries in order, stops at a send, and what
@@ -807,6 +880,27 @@ func startHoldingCell(t *testing.T, n int, mutate func(*Config)) (members []*tes
 	t.Helper()
 	members = planTestCell(t, n)
 	logs = make([]atomic.Pointer[holdingLog], len(members))
+	startOpeningCell(t, members, mutate, func(i int, _ *Daemon, l cellLog) Log {
+		hl := &holdingLog{cellLog: l}
+		logs[i].Store(hl)
+		return hl
+	})
+	// Registered after the daemons' own: run before they close.
+	t.Cleanup(func() {
+		for i := range logs {
+			if l := logs[i].Load(); l != nil {
+				l.setHold(false)
+			}
+		}
+	})
+	return members, logs
+}
+
+// startOpeningCell starts the planned members as startTestCell does, each
+// group log, as the cell creates the group (on raft's apply goroutine),
+// the Log open returns for member i's daemon d and the log it opened.
+func startOpeningCell(t *testing.T, members []*testCellMember, mutate func(*Config), open func(i int, d *Daemon, l cellLog) Log) {
+	t.Helper()
 	for i, m := range members {
 		m.cfg.Logger = testLogger(t)
 		if mutate != nil {
@@ -819,17 +913,12 @@ func startHoldingCell(t *testing.T, n int, mutate func(*Config)) (members []*tes
 			if err != nil {
 				return nil, err
 			}
-			hl := &holdingLog{cellLog: l.(cellLog)}
-			logs[i].Store(hl)
-			return hl, nil
+			return open(i, d, l.(cellLog)), nil
 		}
 		must(t, d.Listen())
 		errc := make(chan error, 1)
 		go func() { errc <- d.Serve(context.Background()) }()
 		t.Cleanup(func() {
-			if l := logs[i].Load(); l != nil {
-				l.setHold(false)
-			}
 			must(t, d.Close())
 			if err := <-errc; err != nil {
 				t.Errorf("Serve: %v", err)
@@ -837,7 +926,6 @@ func startHoldingCell(t *testing.T, n int, mutate func(*Config)) (members []*tes
 		})
 		m.d = d
 	}
-	return members, logs
 }
 
 // TestCellFollowerLagsJoin: a follower that has not applied a key's join

@@ -98,7 +98,21 @@ func (d *Daemon) group(op wire.Op, id wire.UUID) (*group, error) {
 // on a replica of a cell's group that does not lead the cell,
 // unavailable (see notMemberHere).
 func (d *Daemon) memberRequest(c *server.Call, req any, id *wire.UUID) (g *group, left <-chan struct{}, err error) {
-	if g, err = d.request(c, req, id); err != nil {
+	return d.readRequest(c, req, id, nil, time.Time{})
+}
+
+// readRequest is memberRequest for fetch and watch, whose min_seq
+// (decoded into *minSeq) asks for read-your-writes: a member of a cell
+// that has not yet applied all its groups waits for the group until by
+// (awaitGroup) before it looks the group up.
+func (d *Daemon) readRequest(c *server.Call, req any, id *wire.UUID, minSeq *uint64, by time.Time) (g *group, left <-chan struct{}, err error) {
+	if err := c.Decode(req); err != nil {
+		return nil, nil, err
+	}
+	if minSeq != nil && *minSeq > 0 {
+		d.awaitGroup(c, *id, by)
+	}
+	if g, err = d.group(c.Op(), *id); err != nil {
 		return nil, nil, err
 	}
 	left, ok := g.membership(c.Peer())
@@ -545,7 +559,8 @@ const keepBuffers = 64
 
 func (d *Daemon) fetch(c *server.Call) error {
 	var req wire.Fetch
-	g, _, err := d.memberRequest(c, &req, &req.Group)
+	readBy := time.Now().Add(cellReadWait)
+	g, _, err := d.readRequest(c, &req, &req.Group, &req.MinSeq, readBy)
 	if err != nil {
 		return err
 	}
@@ -553,7 +568,7 @@ func (d *Daemon) fetch(c *server.Call) error {
 	if req.Epoch != 0 && req.Epoch != g.epoch() {
 		return epochMismatch(c.Op(), g)
 	}
-	if err := d.awaitSeq(c.Context(), c, g, req.MinSeq); err != nil {
+	if err := d.awaitSeq(c.Context(), c, g, req.MinSeq, readBy); err != nil {
 		return err
 	}
 	remain := d.cfg.FetchPage
@@ -599,14 +614,15 @@ func (d *Daemon) fetch(c *server.Call) error {
 // in the log, and learns of what retention dropped meanwhile from a Gap.
 func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 	var req wire.Watch
-	g, left, err := d.memberRequest(c, &req, &req.Group)
+	readBy := time.Now().Add(cellReadWait)
+	g, left, err := d.readRequest(c, &req, &req.Group, &req.MinSeq, readBy)
 	if err != nil {
 		return err
 	}
 	if req.Epoch != 0 && req.Epoch != g.epoch() {
 		return epochMismatch(c.Op(), g)
 	}
-	if err := d.awaitSeq(ctx, c, g, req.MinSeq); err != nil {
+	if err := d.awaitSeq(ctx, c, g, req.MinSeq, readBy); err != nil {
 		return err
 	}
 	// The member is online while this watch is open (PROTOCOL.md §8.4).
