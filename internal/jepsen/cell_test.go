@@ -75,7 +75,7 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 		if err := os.Mkdir(logs, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		fillLogs := testdisk.SmallAt(t, logs, "64m")
+		fillLogs := spendingReserves(t, testdisk.SmallAt(t, logs, "64m"), logs)
 		id, err := identity.LoadOrCreate(dir)
 		if err != nil {
 			t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -333,5 +334,34 @@ func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 	cmd.Stdin = strings.NewReader(rules.String())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		l.t.Fatalf("nft on %v: %v: %s\n%s", h, err, out, rules.String())
+	}
+}
+
+// spendingReserves returns fill (a testdisk fill of a disk that holds the
+// group logs in logs) made to take the logs' reserves too. Each log keeps
+// room of its own on its disk (store/reserve.go, the file reserve in its
+// directory: 1 MiB) that it writes into when the disk refuses a record,
+// and refuses records only once it is spent: at the workload's rate on a
+// loaded machine that took over a minute (the leader of a disk-logs round
+// in a fresh-clone CI, session 17), where a full disk fault is one the
+// member's writes fail on. So once the disk is full each reserve is
+// removed and its room filled too: the log finds it gone at its next
+// refused record, and refuses it. (It makes its reserve again once the
+// disk has room to spare, after free.)
+func spendingReserves(t *testing.T, fill func() (free func()), logs string) func() (free func()) {
+	return func() func() {
+		t.Helper()
+		free := fill()
+		reserves, err := filepath.Glob(filepath.Join(logs, "*", "reserve"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range reserves {
+			if err := os.Remove(r); err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
+		freeRest := fill()
+		return func() { freeRest(); free() }
 	}
 }

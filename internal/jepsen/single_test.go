@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,7 +55,8 @@ func TestDurableDaemonFaults(t *testing.T) {
 	netlab.RunInLoopbackNS(t, func(t *testing.T) {
 		rounds := envInt(t, "HUDDLE_JEPSEN_ROUNDS", 12)
 		l := newLab(t)
-		dir, fill := testdisk.Small(t, "64m")
+		dir, fillDisk := testdisk.Small(t, "64m")
+		fill := spendingReserves(t, fillDisk, filepath.Join(dir, "logs"))
 		d := l.addNode(1)
 		serve := func(fsync string) {
 			d.args = []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", daemonAddr(1), "--group", "jepsen",

@@ -4,6 +4,7 @@ package testdisk
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +40,9 @@ func Small(t testing.TB, size string) (dir string, fill func() (free func())) {
 // SmallAt is Small on the directory dir, which must exist: a second small
 // disk under the first (a daemon's group logs on a volume of their own,
 // under its state directory). It is unmounted when the test ends, before
-// a disk mounted earlier under which it lies.
+// a disk mounted earlier under which it lies. The ballast is the file
+// "ballast"; fill called again while the disk is full takes what room was
+// freed since in another (ballast.1, ...), which its free removes.
 func SmallAt(t testing.TB, dir, size string) (fill func() (free func())) {
 	t.Helper()
 	RequireRoot(t)
@@ -54,7 +57,13 @@ func SmallAt(t testing.TB, dir, size string) (fill func() (free func())) {
 	fill = func() func() {
 		t.Helper()
 		ballast := filepath.Join(dir, "ballast")
-		f, err := os.Create(ballast)
+		for i := 1; ; i++ {
+			if _, err := os.Lstat(ballast); errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			ballast = filepath.Join(dir, fmt.Sprint("ballast.", i))
+		}
+		f, err := os.OpenFile(ballast, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			t.Fatal(err)
 		}
