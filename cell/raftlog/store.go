@@ -620,10 +620,10 @@ func (s *Store) Sync() error {
 			s.failed = fmt.Errorf("raftlog: sync: %w", err)
 		}
 		return s.failed
+	case s.failed != nil:
+		return s.failed // Close's fsync among others: looked at before closed
 	case s.closed:
 		return nil // Close synced everything before it closed the files
-	case s.failed != nil:
-		return s.failed
 	case err != nil || len(s.segs) == 0 || s.segs[len(s.segs)-1] != g:
 		// g's file was closed (a tail deleted, the log emptied) or
 		// another segment is the last now.

@@ -182,3 +182,39 @@ func TestSyncFailure(t *testing.T) {
 		t.Fatalf("StoreLogs after a failed sync: %v, want the sync's error", err)
 	}
 }
+
+// TestSyncRacingFailedClose: a Sync whose fsync ran while Close synced and
+// closed the store answers Close's fsync error, not success: what it
+// promises (everything stored before it was called on the device) rested
+// on Close's fsync, and that failed. (Sync answered nil whenever the store
+// was closed meanwhile, before it looked at the failure.)
+func TestSyncRacingFailedClose(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StoreLogs(entries(1, 10, 1)); err != nil {
+		t.Fatal(err)
+	}
+	started, gate := make(chan struct{}), make(chan struct{})
+	calls := 0
+	s.syncFile = func(f *os.File) error {
+		calls++ // the first under no lock, the second under Close's: never at once
+		if calls == 1 {
+			close(started)
+			<-gate
+			return f.Sync()
+		}
+		return syscall.EIO
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Sync() }()
+	<-started
+	if err := s.Close(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Close: %v, want its fsync's EIO", err)
+	}
+	close(gate)
+	if err := <-done; !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Sync racing a Close whose fsync failed: %v, want EIO", err)
+	}
+}
