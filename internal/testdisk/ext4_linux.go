@@ -32,6 +32,14 @@ type Ext4 struct {
 func NewExt4(t testing.TB, size string) *Ext4 {
 	t.Helper()
 	RequireRoot(t)
+	for _, prog := range []string{"truncate", "mkfs.ext4", "losetup", "e2fsck", "mount", "umount"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is not on PATH (CI=true, so this is a failure, not a skip)", prog)
+			}
+			t.Skipf("this test needs %s", prog)
+		}
+	}
 	tmp := t.TempDir()
 	img := filepath.Join(tmp, "disk.img")
 	e := &Ext4{Dir: filepath.Join(tmp, "mnt"), t: t, img: img, opts: "errors=remount-ro"}
