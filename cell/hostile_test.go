@@ -958,22 +958,23 @@ func manyServers(n int) raft.Configuration {
 	return c
 }
 
-// TestAddMemberBounded: a configuration of more than maxCellServers is
-// malformed when a member sends it (TestRaftMemberCannotCrash), so the
-// leader must never make one: AddMember refuses to grow the cell past it,
-// with ErrInvalidConfig (cell_add's bad_request), and the cell keeps its
-// members.
+// TestAddMemberBounded: a cell's replicas are listed to clients at most
+// wire.MaxReplicas at a time (clients refuse longer listings), and a
+// configuration of more than maxCellServers is malformed when a member
+// sends it (TestRaftMemberCannotCrash): AddMember refuses to grow the cell
+// past maxCellMembers, with ErrInvalidConfig (cell_add's bad_request), and
+// the cell keeps its members.
 func TestAddMemberBounded(t *testing.T) {
 	c := newTestCell(t, 3, false, steadyLeader)
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	for range maxCellServers - 3 {
+	for range maxCellMembers - 3 {
 		p := strangerPeer(t)
-		c.change("add a member to a cell of fewer than 64", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, p) })
+		c.change("add a member to a cell below its most", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, p) })
 	}
 	extra := strangerPeer(t)
 	var err error
-	c.change("add a member to a cell of 64", nil, func(n *Node) error {
+	c.change("add a member to a cell at its most", nil, func(n *Node) error {
 		err = n.AddMember(ctx, n.Self().Fingerprint, extra)
 		if err == nil || errors.Is(err, ErrInvalidConfig) {
 			return nil
@@ -981,10 +982,29 @@ func TestAddMemberBounded(t *testing.T) {
 		return err
 	})
 	if !errors.Is(err, ErrInvalidConfig) {
-		t.Fatalf("add a member to a cell of %d: %v, want ErrInvalidConfig", maxCellServers, err)
+		t.Fatalf("add a member to a cell of %d: %v, want ErrInvalidConfig", maxCellMembers, err)
 	}
-	if got := len(c.leader().node.raft.GetConfiguration().Configuration().Servers); got != maxCellServers {
-		t.Fatalf("the cell has %d members, want %d", got, maxCellServers)
+	if got := len(c.leader().node.raft.GetConfiguration().Configuration().Servers); got != maxCellMembers {
+		t.Fatalf("the cell has %d members, want %d", got, maxCellMembers)
+	}
+}
+
+// TestPeersBounded: a cell is made with at most wire.MaxReplicas members,
+// the most a listing of its replicas carries to its clients; one more is
+// refused before anything starts.
+func TestPeersBounded(t *testing.T) {
+	peers := func(n int) []Peer {
+		ps := make([]Peer, n)
+		for i := range ps {
+			ps[i] = strangerPeer(t)
+		}
+		return ps
+	}
+	if err := checkPeers(peers(wire.MaxReplicas)); err != nil {
+		t.Fatalf("a cell of %d members: %v", wire.MaxReplicas, err)
+	}
+	if err := checkPeers(peers(wire.MaxReplicas + 1)); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("a cell of %d members: %v, want ErrInvalidConfig", wire.MaxReplicas+1, err)
 	}
 }
 

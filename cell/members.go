@@ -116,7 +116,7 @@ func (n *Node) AddMember(ctx context.Context, by wire.Fingerprint, p Peer) error
 				op, ErrInvalidConfig, addr, holder, p.Fingerprint.Short())
 		}
 	}
-	if len(conf.Servers) >= maxCellServers {
+	if len(conf.Servers) >= maxCellMembers {
 		unlock()
 		return fmt.Errorf("%s: %w: the cell has %d members, the most it may have", op, ErrInvalidConfig, len(conf.Servers))
 	}

@@ -57,19 +57,27 @@ func (p Peer) check() error {
 	return nil
 }
 
-// maxCellServers bounds a cell's members: raft cells have 3 or 5, a few
-// more while one is replaced (wire.MaxReplicas, what cell_status and
-// refusals list). Checked where a configuration is made (checkPeers,
-// AddMember) and where one arrives from a member (configurationDecodes):
-// raft takes any configuration a leader sends it, and keeps, dials and
-// (leading) replicates to every server it lists.
+// maxCellMembers bounds the cell an operator makes: raft cells have 3 or
+// 5 members, a few more while one is replaced, and every listing of a
+// cell's replicas (cell_status, info, refusals, registrations) carries at
+// most wire.MaxReplicas, which clients refuse beyond. Checked where a
+// configuration is made (checkPeers, AddMember), so no cell grows past
+// what its clients can follow.
+const maxCellMembers = wire.MaxReplicas
+
+// maxCellServers bounds a configuration that arrives from a member
+// (configurationDecodes): raft takes any configuration a leader sends it,
+// and keeps, dials and (leading) replicates to every server it lists. It
+// is looser than maxCellMembers so that a member never refuses what an
+// honest leader of a cell of maxCellMembers, or of a later version
+// allowing a few more, sends.
 const maxCellServers = 64
 
 // checkPeers checks a list of a cell's members: each well formed, no
 // address or key twice.
 func checkPeers(peers []Peer) error {
-	if len(peers) > maxCellServers {
-		return fmt.Errorf("%w: %d peers, at most %d", ErrInvalidConfig, len(peers), maxCellServers)
+	if len(peers) > maxCellMembers {
+		return fmt.Errorf("%w: %d peers, at most %d", ErrInvalidConfig, len(peers), maxCellMembers)
 	}
 	addrs := make(map[string]bool, len(peers))
 	keys := make(map[wire.Fingerprint]bool, len(peers))
