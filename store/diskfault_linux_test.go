@@ -44,8 +44,8 @@ func TestDiskFaultsWhileRunning(t *testing.T) {
 					t.Fatal(err)
 				}
 				w := newWriter(7)
-				var appended []Entry           // every batch Append took, in order
-				var kept uint64                // the last message an ack promised to keep
+				var appended []Entry // every batch Append took, in order
+				var kept uint64      // the last message an ack promised to keep
 				// The writer stops after 300 appends while the fault is
 				// made: an fsync running as ext4 aborts its journal may
 				// answer success for writes it then drops (seen with
