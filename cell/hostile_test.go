@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -968,9 +970,10 @@ func TestAddMemberBounded(t *testing.T) {
 	c := newTestCell(t, 3, false, steadyLeader)
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
+	var last Peer
 	for range maxCellMembers - 3 {
-		p := strangerPeer(t)
-		c.change("add a member to a cell below its most", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, p) })
+		last = strangerPeer(t)
+		c.change("add a member to a cell below its most", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, last) })
 	}
 	extra := strangerPeer(t)
 	var err error
@@ -986,6 +989,15 @@ func TestAddMemberBounded(t *testing.T) {
 	}
 	if got := len(c.leader().node.raft.GetConfiguration().Configuration().Servers); got != maxCellMembers {
 		t.Fatalf("the cell has %d members, want %d", got, maxCellMembers)
+	}
+	// A full cell may still move one of its members to a new address.
+	moved := Peer{Addr: testport.Cell(t), Fingerprint: last.Fingerprint}
+	c.change("move a member of a full cell to a new address", nil, func(n *Node) error { return n.AddMember(ctx, n.Self().Fingerprint, moved) })
+	servers := c.leader().node.raft.GetConfiguration().Configuration().Servers
+	if len(servers) != maxCellMembers || !slices.ContainsFunc(servers, func(s raft.Server) bool {
+		return s.ID == raft.ServerID(moved.Fingerprint.String()) && s.Address == raft.ServerAddress(moved.Addr)
+	}) {
+		t.Fatalf("after moving a member of a full cell to %s: %v", moved.Addr, servers)
 	}
 }
 

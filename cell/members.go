@@ -116,7 +116,10 @@ func (n *Node) AddMember(ctx context.Context, by wire.Fingerprint, p Peer) error
 				op, ErrInvalidConfig, addr, holder, p.Fingerprint.Short())
 		}
 	}
-	if len(conf.Servers) >= maxCellMembers {
+	known := slices.ContainsFunc(conf.Servers, func(s raft.Server) bool { return s.ID == id })
+	if !known && len(conf.Servers) >= maxCellMembers {
+		// A member moving to a new address is no new member: a full cell
+		// may still change where one of its members is.
 		unlock()
 		return fmt.Errorf("%s: %w: the cell has %d members, the most it may have", op, ErrInvalidConfig, len(conf.Servers))
 	}
