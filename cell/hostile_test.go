@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -587,6 +588,91 @@ func TestQUICConnsPerKey(t *testing.T) {
 			t.Fatalf("connection %d, one of the newest, was closed: %v", i+4, context.Cause(c.Context()))
 		}
 	}
+}
+
+// TestProbesPerKey: each QUIC connection a member's key dialed started a
+// probe of the connection back to that member (links.go, probe), which
+// waits up to probeTimeout for a stream: against a listener of the key's
+// that grants none, the goroutines waiting grew with the key's handshake
+// rate, without bound. Now one probe per key is in flight at most.
+func TestProbesPerKey(t *testing.T) {
+	aID, bID := mustIdentity(t), mustIdentity(t)
+	// a's key at a listener that grants no streams: every probe of b's
+	// connection to it waits.
+	a, _ := newTransport(t, aID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: bID.Fingerprint()}}, false)
+	udp := testport.UDP(t, net.IPv4(127, 0, 0, 1))
+	qt := &quic.Transport{Conn: udp}
+	ln, err := qt.Listen(a.ServerTLS(), &quic.Config{MaxIncomingStreams: -1, MaxIdleTimeout: waitTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		for {
+			c, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			defer c.CloseWithError(0, "")
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-accepted
+		qt.Close()
+		udp.Close()
+	})
+	rogue := udp.LocalAddr().String()
+
+	b, bAddr := newTransport(t, bID, []Peer{{Addr: rogue, Fingerprint: aID.Fingerprint()}}, true)
+	b.mu.Lock()
+	b.probeTimeout = waitTimeout // no probe ends on its own while the test counts
+	b.mu.Unlock()
+	handled := make(chan struct{}, 64)
+	b.onDialedIn(func() { handled <- struct{}{} })
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	if _, _, err := b.conn(ctx, rogue); err != nil {
+		t.Fatal(err)
+	}
+
+	const dials = 2 * maxQUICConnsPerKey
+	for i := range dials {
+		c, err := quic.DialAddr(ctx, bAddr, a.clientTLS(bID.Fingerprint()), &quic.Config{MaxIdleTimeout: waitTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseWithError(0, "") })
+		select {
+		case <-handled: // its probe, if any, started
+		case <-ctx.Done():
+			t.Fatalf("connection %d never handled", i)
+		}
+	}
+	if got := goroutinesIn("cell.(*Transport).probes("); got != 1 {
+		t.Fatalf("%d probes in flight after %d connections from one key, want 1", got, dials)
+	}
+}
+
+// goroutinesIn returns how many goroutines have fn in their stack.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
 }
 
 // TestRaftMemberCannotCrash: hashicorp/raft panics on some of what a

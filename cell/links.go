@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -208,6 +209,44 @@ func (t *Transport) watch(addr string, d *dialed) {
 // probeTimeout bounds a probe of a connection.
 const probeTimeout = 2 * time.Second
 
+// askProbe reports whether a probe of the connection to fp is to start, as
+// a connection fp dialed is accepted (t.mu held). One probe per key is in
+// flight at most: each accepted connection asked for one, so a member's key
+// dialing without end, its own listener granting no streams, had a
+// goroutine wait out probeTimeout for each handshake (hostile round,
+// session 17). Asked while one is in flight, it is noted, and the
+// goroutine probing (probes) probes once more after: a member that
+// restarts while the probe of its old connection is under way still has
+// its new connection checked.
+func (t *Transport) askProbe(fp wire.Fingerprint) bool {
+	if _, inFlight := t.probing[fp]; inFlight {
+		t.probing[fp] = true
+		return false
+	}
+	t.probing[fp] = false
+	return true
+}
+
+// probes probes the connection to fp (askProbe), again while it was asked
+// again meanwhile. The transport owns it (t.wg).
+func (t *Transport) probes(fp wire.Fingerprint) {
+	defer t.wg.Done()
+	for {
+		t.probe(fp)
+		t.mu.Lock()
+		again := t.probing[fp] && t.ctx.Err() == nil
+		if !again {
+			delete(t.probing, fp)
+		} else {
+			t.probing[fp] = false
+		}
+		t.mu.Unlock()
+		if !again {
+			return
+		}
+	}
+}
+
 // probe checks the connection this daemon dialed to the member whose key
 // is fp, which has just dialed this daemon: it may have restarted, and then
 // the connection to it is dead without this end knowing yet (its packets
@@ -228,6 +267,7 @@ func (t *Transport) probe(fp wire.Fingerprint) {
 			d = t.out[addr]
 		}
 	}
+	timeout := cmp.Or(t.probeTimeout, probeTimeout)
 	t.mu.Unlock()
 	if d == nil {
 		return
@@ -240,7 +280,7 @@ func (t *Transport) probe(fp wire.Fingerprint) {
 	if d.conn == nil || d.conn.Context().Err() != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(t.ctx, probeTimeout)
+	ctx, cancel := context.WithTimeout(t.ctx, timeout)
 	defer cancel()
 	str, err := d.conn.OpenStreamSync(ctx)
 	if err != nil {

@@ -154,7 +154,10 @@ type Transport struct {
 	peersSet func() // called after SetPeers (onPeers)
 	dialedIn func() // called as a member's QUIC connection is accepted (onDialedIn)
 
+	probing map[wire.Fingerprint]bool // keys whose probe is in flight: true if asked again meanwhile (links.go)
+
 	handshakeTimeout time.Duration // of raft's accepted connections; 0: handshakeTimeout (tests)
+	probeTimeout     time.Duration // of each probe; 0: probeTimeout (tests)
 	dialFault        func() error  // tests: called before each raft dial; its error fails the dial
 }
 
@@ -188,6 +191,7 @@ func NewTransport(cfg TransportConfig) (*Transport, error) {
 		out:      make(map[string]*dialed),
 		in:       make(map[*quic.Conn]inConn),
 		links:    make(map[string]*link),
+		probing:  make(map[wire.Fingerprint]bool),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -378,18 +382,18 @@ func (t *Transport) Handle(conn *quic.Conn) {
 	t.in[conn] = inConn{peer: fp, seq: t.inSeq}
 	oldest := t.oldestBeyond(fp)
 	dialedIn := t.dialedIn
-	t.wg.Add(2)
+	probe := t.askProbe(fp)
+	t.wg.Add(1)
+	if probe {
+		t.wg.Add(1)
+	}
 	t.mu.Unlock()
 	if oldest != nil {
 		oldest.CloseWithError(connTooMany, "a newer connection from this key")
 	}
-	if dialedIn != nil {
-		dialedIn()
+	if probe {
+		go t.probes(fp)
 	}
-	go func() {
-		defer t.wg.Done()
-		t.probe(fp)
-	}()
 	go func() {
 		defer t.wg.Done()
 		defer func() {
@@ -406,6 +410,11 @@ func (t *Transport) Handle(conn *quic.Conn) {
 		}()
 		t.serve(conn, fp)
 	}()
+	// Last, once the connection's goroutines are started (the tests count
+	// them then).
+	if dialedIn != nil {
+		dialedIn()
+	}
 }
 
 // inConn is a QUIC connection a member dialed: its key, and its order
