@@ -155,7 +155,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			err := a.err
 			if err == nil {
 				from, _ := g.log.Tail()
-				err = a.s.copy(g)
+				err = a.s.copy(g, or(n.cfg.catchUpPace, catchUpTimeout))
 				a.s.close()
 				n.tr.unanswered(a.p.Addr, a.s.conn, err)
 				if err == nil {
@@ -336,10 +336,21 @@ func (s *catchUpStream) header(g *groupState, after uint64, answerBy time.Time) 
 	return nil
 }
 
-// next reads the stream's next frame, within catchUpTimeout.
-func (s *catchUpStream) next() (byte, []byte, error) {
-	s.str.SetReadDeadline(time.Now().Add(catchUpTimeout))
+// nextBy reads the stream's next frame, within catchUpTimeout and by by.
+func (s *catchUpStream) nextBy(by time.Time) (byte, []byte, error) {
+	d := time.Now().Add(catchUpTimeout)
+	if by.Before(d) {
+		d = by
+	}
+	s.str.SetReadDeadline(d)
 	return s.read()
+}
+
+// paceEarned is the time a catch-up's copy gains by a frame of size bytes
+// bringing count messages: pace for each catchUpChunk messages and for
+// each catchUpFrameBytes bytes (copy).
+func paceEarned(pace time.Duration, size, count int) time.Duration {
+	return time.Duration(int64(pace)*int64(count)/catchUpChunk + int64(pace)*int64(size)/catchUpFrameBytes)
 }
 
 // read reads the stream's next frame, by the read deadline set.
@@ -371,14 +382,28 @@ func (s *catchUpStream) read() (byte, []byte, error) {
 // messages the log held again and again, each within catchUpTimeout, kept
 // the copy going for ever, and the member catching up waited on it, never
 // asking the others (session 17).
-func (s *catchUpStream) copy(g *groupState) error {
+//
+// And the messages must come at the least pace of catchUpChunk messages
+// or catchUpFrameBytes bytes per pace (catchUpTimeout) on average: the
+// copy may take pace, plus pace for each catchUpChunk messages and each
+// catchUpFrameBytes bytes of batches that came, and is abandoned (and
+// another member asked, catchUp) once that has passed. A member sends its
+// batches back to back, each of catchUpChunk messages or catchUpFrameBytes
+// (but the last of a chunk); a member's key that sent one message every
+// 29 s held the restore waiting on it for 30 s a message (session 17).
+func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
 	tail, _ := g.log.Tail()
 	reset := s.first > tail+1 // the peer's retention dropped what we lack
 	last := s.first - 1       // the last message of the batch before
 	var entries []store.Entry
+	by := time.Now().Add(pace) // the pace's deadline
 	for {
-		kind, body, err := s.next()
+		kind, body, err := s.nextBy(by)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(by) {
+				return fmt.Errorf("%w: the peer sends under the least pace, %d messages or %d bytes per %v (at message %d of %d)",
+					errCatchUp, catchUpChunk, catchUpFrameBytes, pace, last, s.upto)
+			}
 			return err
 		}
 		switch kind {
@@ -406,6 +431,7 @@ func (s *catchUpStream) copy(g *groupState) error {
 			return fmt.Errorf("%w: a batch from %d after messages up to %d", errCatchUp, entries[0].Seq, last)
 		}
 		last = entries[len(entries)-1].Seq
+		by = by.Add(paceEarned(pace, len(body), len(entries)))
 		if reset {
 			if entries[0].Seq != s.first {
 				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)

@@ -1114,7 +1114,67 @@ func TestPeersBounded(t *testing.T) {
 // one before: the copy fails at the second (the first was new), and the
 // catch-up ends with errCatchUp long before its deadline.
 func TestCatchUpMustAdvance(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	var batches atomic.Int64
+	err := rogueCatchUp(t, nil, 15, func(_ context.Context, held []store.Message, frame func(byte, []byte) error) {
+		// Messages 11 to 14, the first time new, then held.
+		var entries []store.Entry
+		for i, m := range held[:4] {
+			entries = append(entries, store.Entry{Seq: 11 + uint64(i), Time: held[9].Time + int64(i) + 1, ID: newID(100 + i), From: *m.From, Body: m.Body})
+		}
+		batch := newEncoder().appendEntries(nil, entries)
+		for frame('b', batch) == nil {
+			batches.Add(1)
+		}
+	})
+	if !errors.Is(err, errCatchUp) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a catch-up whose peer sends the messages held, again and again: %v (after %d batches), want errCatchUp at once",
+			err, batches.Load())
+	}
+}
+
+// TestCatchUpLeastPace: a member catching a group up copies from the
+// first member that answers, and waits on that copy alone; a member's key
+// that sent one new message at a time, each within catchUpTimeout, held
+// the restore for catchUpTimeout a message. The copy now keeps to a least
+// pace (catchUpChunk messages or catchUpFrameBytes per pace, here 1 s) or
+// is abandoned.
+func TestCatchUpLeastPace(t *testing.T) {
+	const pace = time.Second
+	var sent atomic.Int64
+	err := rogueCatchUp(t, func(cfg *Config) { cfg.catchUpPace = pace }, 10_000, func(ctx context.Context, held []store.Message, frame func(byte, []byte) error) {
+		// The messages after 10 one at a time, ten times a second: each
+		// well within catchUpTimeout.
+		tick := time.NewTicker(pace / 10)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return
+			}
+			e := store.Entry{Seq: 11 + uint64(i), Time: held[9].Time + int64(i) + 1, ID: newID(100 + i), From: *held[0].From, Body: held[0].Body}
+			if frame('b', newEncoder().appendEntries(nil, []store.Entry{e})) != nil {
+				return
+			}
+			sent.Add(1)
+		}
+	})
+	if !errors.Is(err, errCatchUp) || !strings.Contains(err.Error(), "least pace") || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a catch-up whose peer sends a message at a time: %v (after %d messages), want errCatchUp naming the least pace", err, sent.Load())
+	}
+	t.Logf("abandoned after %d messages", sent.Load())
+}
+
+// rogueCatchUp starts a cell of three (mutate, if not nil, changes each
+// member's Config), sends the lobby 10 messages, puts a transport of one
+// member's key at that member's address, answering each catch-up with a
+// header naming message 11 first and then with serve (held: the 10
+// messages; frame writes a frame), and has a follower catch the lobby up
+// to upto, without waiting, within waitTimeout. It returns the catch-up's
+// error (wrapping context.DeadlineExceeded if its deadline passed).
+func rogueCatchUp(t *testing.T, mutate func(*Config), upto uint64, serve func(ctx context.Context, held []store.Message, frame func(byte, []byte) error)) error {
+	t.Helper()
+	c := newTestCell(t, 3, false, mutate)
 	l, f := c.leader(), c.follower()
 	var other *testMember
 	for _, m := range c.members {
@@ -1126,16 +1186,13 @@ func TestCatchUpMustAdvance(t *testing.T) {
 	c.sendMany(g.ID, 0, 10)
 	f.waitLast(g.ID, 10)
 	held := f.messages(g.ID)
-	// other's key, at other's address, answers catch-ups as no member
-	// would.
 	other.stop()
 	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(other.addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rogue, _ := newTransportOn(t, udp, other.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, true)
-	var batches atomic.Int64
-	rogue.handle(kindCatchUp, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+	rogue.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
 		var req [catchUpRequestSize]byte
 		str.SetDeadline(time.Now().Add(waitTimeout))
 		if _, err := io.ReadFull(str, req[:]); err != nil {
@@ -1146,28 +1203,26 @@ func TestCatchUpMustAdvance(t *testing.T) {
 			_, err := str.Write(append(append(b, kind), body...))
 			return err
 		}
-		first := binary.LittleEndian.AppendUint64([]byte{catchUpOK}, binary.LittleEndian.Uint64(req[24:])+1)
-		if frame('h', first) != nil {
+		if frame('h', binary.LittleEndian.AppendUint64([]byte{catchUpOK}, binary.LittleEndian.Uint64(req[24:])+1)) != nil {
 			return
 		}
-		// Messages 11 to 14, the first time new, then held.
-		var entries []store.Entry
-		for i, m := range held[:4] {
-			entries = append(entries, store.Entry{Seq: 11 + uint64(i), Time: held[9].Time + int64(i) + 1, ID: newID(100 + i), From: *m.From, Body: m.Body})
-		}
-		batch := newEncoder().appendEntries(nil, entries)
-		for frame('b', batch) == nil {
-			batches.Add(1)
-		}
+		serve(ctx, held, frame)
+	})
+	// f's dial at other's stop, answered before the rogue listened, may
+	// have failed: the catch-up would join it.
+	waitUntil(t, "f to reach the rogue", func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, _, err := f.node.tr.conn(ctx, other.addr)
+		return err == nil
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	fg := f.node.fsm.group(g.ID)
-	err = f.node.catchUp(ctx, fg, 15, 0, false)
-	if !errors.Is(err, errCatchUp) || ctx.Err() != nil {
-		t.Fatalf("a catch-up whose peer sends the messages held, again and again: %v (after %d batches; deadline passed: %v), want errCatchUp at once",
-			err, batches.Load(), ctx.Err() != nil)
+	err = f.node.catchUp(ctx, f.node.fsm.group(g.ID), upto, 0, false)
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%w (the catch-up's deadline passed): %w", context.DeadlineExceeded, err)
 	}
+	return err
 }
 
 // TestRaftFrameBytesPerKey: each raft connection of a member's key (32 at

@@ -215,6 +215,9 @@ type Config struct {
 	// second round of a catch-up at start, as if it had backed off that
 	// far (catchUp).
 	catchUpWait time.Duration
+	// catchUpPace, if set (by tests), replaces catchUpTimeout in a
+	// catch-up's least pace (catchUpStream.copy).
+	catchUpPace time.Duration
 	// settleWait, if set (by tests), replaces how long Close waits for
 	// raft to answer what it was handed (settle).
 	settleWait time.Duration
