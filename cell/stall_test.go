@@ -418,13 +418,34 @@ func (h *noting) WithGroup(name string) slog.Handler {
 // (TestRemoveLeaderTransferLate). It took raft's "leadership transfer
 // timeout" for a failed hand-over once no leader was known within
 // progressTimeout, and said nothing.
+//
+// The cell keeps a steady leader (steadyLeader), and the scenario runs
+// again on a new cell, at most 3 times in all, when its first hand-over
+// came before raft gave a transfer up: the leader, starved of CPU with
+// the others under -race, lost its lease during the transfer, which raft
+// then answers as done, and it rightly named the member it had told to
+// stand (load 17-24, session 17).
 func TestStalledLeaderSlowTransferNextUnknown(t *testing.T) {
+	rerunOnNewCells(t, 3, "the stalled leader lost its lease during its first transfer", stalledLeaderSlowTransferNextUnknown)
+}
+
+// stalledLeaderSlowTransferNextUnknown runs
+// TestStalledLeaderSlowTransferNextUnknown's scenario on a new cell;
+// false if the stalled leader's first hand-over came before its raft gave
+// a transfer up.
+func stalledLeaderSlowTransferNextUnknown(t *testing.T) bool {
+	t.Helper()
 	var deaf atomic.Pointer[string] // the member that hears no AppendEntries, and whose raft gives its transfer up
 	hold := make(chan struct{})
 	gaveUp := make(chan struct{}) // closed once the deaf member's raft gave the transfer up
 	var gaveUpOnce, holdOnce sync.Once
-	handed := make(chan string, 8) // the next leader each hand-over said, on the deaf member
+	type handOver struct {
+		to    string // the next leader the hand-over said
+		given bool   // raft had given a transfer up by then
+	}
+	handed := make(chan handOver, 8) // the deaf member's hand-overs
 	c := newTestCell(t, 3, false, func(cfg *Config) {
+		steadyLeader(cfg)
 		self := cfg.Advertise
 		isDeaf := func() bool { a := deaf.Load(); return a != nil && *a == self }
 		cfg.Logger = slog.New(&noticeHandler{msg: raftTransferTimeout, seen: func() {
@@ -435,15 +456,22 @@ func TestStalledLeaderSlowTransferNextUnknown(t *testing.T) {
 			if !strings.HasPrefix(r.Message, handedOverMessage) || !isDeaf() {
 				return
 			}
+			h := handOver{}
+			select {
+			case <-gaveUp:
+				h.given = true
+			default:
+			}
 			r.Attrs(func(a slog.Attr) bool {
 				if a.Key == "to" {
-					select {
-					case handed <- a.Value.String():
-					default:
-					}
+					h.to = a.Value.String()
 				}
 				return true
 			})
+			select {
+			case handed <- h:
+			default:
+			}
 		}}})
 		cfg.received = func(req any) {
 			switch req.(type) {
@@ -458,34 +486,38 @@ func TestStalledLeaderSlowTransferNextUnknown(t *testing.T) {
 			}
 		}
 	})
-	t.Cleanup(func() { // before the members stop: cleanups run last first
+	defer func() { // before the members stop
 		holdOnce.Do(func() { close(hold) })
 		gaveUpOnce.Do(func() { close(gaveUp) })
-	})
+		for _, m := range c.members {
+			m.stop()
+		}
+	}()
 	g := c.leader().group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	c.sameLogs(g.ID, 10)
 	l := c.leader()
 	deaf.Store(&l.addr)
 	room := l.host.refuseAppends()
-	t.Cleanup(room)
+	defer room()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	if _, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(10), From: alice, Body: []byte("body")}}, nil); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("a send the full-disk leader cannot apply: %v, want ErrUnavailable", err)
 	}
+	var h handOver
 	select {
-	case <-gaveUp:
-	case <-ctx.Done():
-		t.Fatal("the stalled leader's raft never gave a transfer up")
-	}
-	waitUntil(t, "the stalled leader to step down", func() bool { return l.node.raft.State() != raft.Leader })
-	select {
-	case to := <-handed:
-		if to != "not known yet" {
-			t.Fatalf("the stalled leader, deaf to the next one, said it handed the leadership to %s, want not known yet", to)
-		}
+	case h = <-handed:
 	case <-ctx.Done():
 		t.Fatal("the stalled leader, stepped down after raft gave its transfer up, never said it handed the leadership over")
 	}
+	if !h.given {
+		t.Logf("the stalled leader handed the leadership to %s before its raft gave a transfer up", h.to)
+		return false
+	}
+	waitUntil(t, "the stalled leader to step down", func() bool { return l.node.raft.State() != raft.Leader })
+	if h.to != "not known yet" {
+		t.Fatalf("the stalled leader, deaf to the next one, said it handed the leadership to %s, want not known yet", h.to)
+	}
+	return true
 }
