@@ -526,6 +526,10 @@ func (d *DiskLog) rotate(spare bool) error {
 	if err := d.settle(); err != nil {
 		return err
 	}
+	// Straight through write: a seal is a record's (record), whose
+	// refusal for want of room makes room for what is pending too
+	// (recordRoom, alone at the gate, which it may hold here), or
+	// retention's (retain), which tries again at a later append.
 	if len(d.pend) > 0 {
 		if err := d.write(); err != nil {
 			return err
@@ -789,7 +793,8 @@ func (d *DiskLog) fsync() (uint64, error) {
 		return 0, err
 	}
 	if len(d.pend) > 0 {
-		if err := d.write(); err != nil {
+		// Through the gate, into the reserve on a full disk (room.go).
+		if err := d.writeRoom(); err != nil {
 			d.wmu.Unlock()
 			return 0, err
 		}

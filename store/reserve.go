@@ -115,5 +115,11 @@ func (d *DiskLog) takeReserve(need int64) bool {
 		return false
 	}
 	d.resSize = n
+	if reserveTestCut != nil {
+		reserveTestCut(need)
+	}
 	return true
 }
+
+// reserveTestCut, a test hook, runs at each cut of a reserve.
+var reserveTestCut func(need int64)

@@ -125,25 +125,11 @@ func (d *DiskLog) recordRoom(batch []Entry) (int64, error) {
 	var at int64
 	var err error
 	g := d.gate
-	if !g.shut.Load() {
+	if err = d.throughGate(func() error {
 		at, err = d.record(batch)
-		if err == nil || !noRoom(err) {
-			return at, err
-		}
-		g.shut.Store(true)
-	} else {
-		if roomTestWait != nil {
-			roomTestWait()
-		}
-		g.mu.RLock()
-		at, err = d.record(batch)
-		g.mu.RUnlock()
-		if err == nil {
-			g.reopen(d.dir)
-		}
-		if err == nil || !noRoom(err) {
-			return at, err
-		}
+		return err
+	}); err == nil || !noRoom(err) {
+		return at, err
 	}
 	// The files to delete are detached (copied) before the gate is
 	// taken, and the retired mappings copied: the others' records do
@@ -171,7 +157,12 @@ func (d *DiskLog) recordRoom(batch []Entry) (int64, error) {
 	}
 	// Retention makes no room for it (the log is below its limits), or
 	// not enough: the log's reserve does (reserve.go).
-	need := int64(recordSize(batch))
+	// What the write writes is every record pending (write-behind: up
+	// to WriteBehind bytes and as much again while a background write was
+	// out, put back in front if it failed), then this one: the reserve
+	// cut by the record alone left the write refused with the reserve
+	// unspent.
+	need := int64(len(d.pend) + recordSize(batch))
 	if d.sealsFor(batch) {
 		need += cutPage // the next segment's header
 	}
@@ -181,6 +172,61 @@ func (d *DiskLog) recordRoom(batch []Entry) (int64, error) {
 		}
 	}
 	return at, err
+}
+
+// throughGate runs try, a write of the log's records, through its file
+// system's gate: at once while it is open, shutting it if the disk has no
+// room; with the others' records while it is shut, opening it if the disk
+// has room again. The caller makes room, alone at the gate, where the
+// error is noRoom's. d.wmu is held.
+func (d *DiskLog) throughGate(try func() error) error {
+	g := d.gate
+	if !g.shut.Load() {
+		err := try()
+		if err != nil && noRoom(err) {
+			g.shut.Store(true)
+		}
+		return err
+	}
+	if roomTestWait != nil {
+		roomTestWait()
+	}
+	g.mu.RLock()
+	err := try()
+	g.mu.RUnlock()
+	if err == nil {
+		g.reopen(d.dir)
+	}
+	return err
+}
+
+// writeRoom is write (the pending records of a sync), and where the disk
+// has no room for them, write again into the log's reserve, alone at the
+// gate, as recordRoom writes a record. A cell member's log lets its writes
+// lag (WriteBehind): its appends, below WriteBehind bytes pending, write
+// nothing, and the syncs (raft's interval syncs, a snapshot's) write what
+// they left. Written straight through write, on a full disk those failed
+// while appends went on into memory, the reserve unspent: the snapshot was
+// refused, and the next append to write met the refusal too. Retention's
+// room is made by appends only (recordRoom): a sync stores no message.
+// d.wmu is held, the writer settled, and the gate not held by the log.
+func (d *DiskLog) writeRoom() error {
+	err := d.throughGate(d.write)
+	if err == nil || !noRoom(err) {
+		return err
+	}
+	g := d.gate
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err = d.write(); err == nil || !noRoom(err) {
+		return err
+	}
+	for d.takeReserve(int64(len(d.pend))) {
+		if err = d.write(); err == nil || !noRoom(err) {
+			return err
+		}
+	}
+	return err
 }
 
 // noRoom reports whether err is a full disk's or an exhausted quota's.

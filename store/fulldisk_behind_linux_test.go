@@ -1,0 +1,134 @@
+package store
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+
+	"github.com/huddle-chat/huddle/internal/testdisk"
+)
+
+// The reserve (reserve.go) of a log whose writes lag (WriteBehind), as a
+// cell member's do: its appends leave their records pending, and a sync or
+// an append past WriteBehind writes them all.
+
+// behindLog opens a log on a small disk of its own, writes lagging, with a
+// reserve, and returns it with its config and the disk's fill.
+func behindLog(t *testing.T) (*DiskLog, DiskConfig, func() func()) {
+	t.Helper()
+	mnt, fill := testdisk.Small(t, "4m")
+	cfg := DiskConfig{Dir: filepath.Join(mnt, "g"), Config: Config{MaxMessages: 100000}, Reserve: 512 << 10, WriteBehind: 64 << 10}
+	d, _, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if d.resSize != cfg.Reserve {
+		t.Fatalf("the log's reserve is %d bytes, want %d", d.resSize, cfg.Reserve)
+	}
+	return d, cfg, fill
+}
+
+// appendN appends n messages of 1000 bytes to d, each acknowledged into
+// *acked.
+func appendN(t *testing.T, d *DiskLog, n int, acked *[]Entry) {
+	t.Helper()
+	for range n {
+		seq, ts := d.Tail()
+		k := len(*acked) + 1
+		e := Entry{Seq: seq + 1, Time: ts + 1000, ID: id(k), From: sender(1), Body: bytes.Repeat([]byte{byte(k)}, 1000)}
+		if err := d.Append([]Entry{e}); err != nil {
+			t.Fatalf("append %d (below its limits, its reserve %d bytes) on the full disk: %v", k, d.resSize, err)
+		}
+		*acked = append(*acked, e)
+	}
+}
+
+// readBack closes d, opens cfg again and checks it holds acked.
+func readBack(t *testing.T, d *DiskLog, cfg DiskConfig, acked []Entry) {
+	t.Helper()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got, _ := r.After(0, len(acked)+10, nil)
+	if len(got) != len(acked) {
+		t.Fatalf("read back %d messages, acknowledged %d", len(got), len(acked))
+	}
+	for i, m := range got {
+		if m.Seq != acked[i].Seq || !bytes.Equal(m.Body, acked[i].Body) {
+			t.Fatalf("message %d read back as %d, want %d as acknowledged", i, m.Seq, acked[i].Seq)
+		}
+	}
+}
+
+// TestDiskFullBehindSyncReserve: on a full disk, a sync of a log whose
+// writes lag writes its pending records into the reserve, as an append
+// would. Until session 17 the sync wrote them straight (fsync -> write),
+// never through the gate and the reserve: it failed (ErrNotWritable,
+// ENOSPC) while the appends went on into memory, so a cell member's
+// snapshot (Persist syncs every group's log) and its interval syncs were
+// refused with the reserve unspent.
+func TestDiskFullBehindSyncReserve(t *testing.T) {
+	d, cfg, fill := behindLog(t)
+	var acked []Entry
+	appendN(t, d, 10, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	fill()
+	appendN(t, d, 20, &acked) // ~20 KB: pending, below WriteBehind
+	before := d.resSize
+	if err := d.Sync(); err != nil {
+		t.Fatalf("sync of 20 pending records on the full disk, its reserve %d bytes: %v", before, err)
+	}
+	if d.resSize >= before {
+		t.Errorf("the reserve is %d bytes after the sync, %d before: the records were written elsewhere?", d.resSize, before)
+	}
+	d.wmu.Lock()
+	pend := len(d.pend)
+	d.wmu.Unlock()
+	if pend != 0 {
+		t.Errorf("%d bytes still pending after the sync", pend)
+	}
+	// And the appends after it go on into what is left.
+	appendN(t, d, 5, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	readBack(t, d, cfg, acked)
+}
+
+// TestDiskFullBehindReserveCutOnce: where the disk refuses the append
+// that writes what is pending, the reserve is cut once, by what is
+// pending and the record. Until session 17 it was cut by the record's
+// size alone, and the write of everything pending (up to WriteBehind
+// bytes, and as much again) tried again after each cut: a write refused,
+// its part written cut back, some seventeen times for 64 KiB pending.
+func TestDiskFullBehindReserveCutOnce(t *testing.T) {
+	d, cfg, fill := behindLog(t)
+	var acked []Entry
+	appendN(t, d, 10, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	fill()
+	// The gate shut, as after a refusal: the records are written inline,
+	// by the append that finds WriteBehind bytes pending (pendwriter.go).
+	d.gate.shut.Store(true)
+	t.Cleanup(func() { d.gate.shut.Store(false) })
+	cuts := 0
+	reserveTestCut = func(int64) { cuts++ } // under d.wmu, and the gate alone
+	t.Cleanup(func() { reserveTestCut = nil })
+	for cuts == 0 && len(acked) < 200 {
+		appendN(t, d, 1, &acked)
+	}
+	if cuts != 1 {
+		t.Errorf("the append that wrote %d records on the full disk cut the reserve %d times, want once", len(acked)-10, cuts)
+	}
+	readBack(t, d, cfg, acked)
+}
