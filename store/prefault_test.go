@@ -39,3 +39,23 @@ func TestPrefaultAhead(t *testing.T) {
 		t.Fatal("Close returned while the prefaulter was at work")
 	}
 }
+
+// TestPrefaultNoneAfterClose: a memory log's Close waits for the
+// prefaulter, and no Append after it (or racing it) starts the goroutine
+// again: before, one would, unwaited for, its WaitGroup's Add racing
+// Close's Wait.
+func TestPrefaultNoneAfterClose(t *testing.T) {
+	l, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan []byte, 100)
+	l.ahead.fault = func(b []byte) { started <- b }
+	l.Close()
+	w := newWriter(32)
+	w.fill(t, l, 5000, 1000) // past several chunks: each would start it
+	l.ahead.wg.Wait()
+	if n := len(started); n != 0 {
+		t.Fatalf("the prefaulter started %d times after Close", n)
+	}
+}

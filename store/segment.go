@@ -68,6 +68,12 @@ func (s *segment) prefaultSlab(c *columns, need int, ahead *prefaulter) {
 type prefaulter struct {
 	busy atomic.Bool
 	wg   sync.WaitGroup
+	// mu orders a start's wg.Add before Close's wg.Wait: an Append racing
+	// a memory log's Close (which callers are told not to do) started a
+	// goroutine Close did not wait for, or reused the WaitGroup as Wait
+	// returned. closed: started no more.
+	mu     sync.Mutex
+	closed bool
 	// fault is prefault, but for the tests that hold it.
 	fault func([]byte)
 }
@@ -76,6 +82,12 @@ type prefaulter struct {
 // work on the last range, and reports whether it did.
 func (p *prefaulter) start(b []byte) bool {
 	if !p.busy.CompareAndSwap(false, true) {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		p.busy.Store(false)
 		return false
 	}
 	fault := p.fault
@@ -91,8 +103,14 @@ func (p *prefaulter) start(b []byte) bool {
 	return true
 }
 
-// wait returns once the prefaulter's goroutine, if any, has ended.
-func (p *prefaulter) wait() { p.wg.Wait() }
+// wait returns once the prefaulter's goroutine, if any, has ended; it
+// starts none after (the writes fault their pages in themselves).
+func (p *prefaulter) wait() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.wg.Wait()
+}
 
 // prefaultColumns makes the arrays of c resident. They grow by doubling, so
 // each allocation is prefaulted whole, once.
