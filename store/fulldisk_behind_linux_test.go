@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/huddle-chat/huddle/internal/testdisk"
@@ -129,6 +131,61 @@ func TestDiskFullBehindReserveCutOnce(t *testing.T) {
 	}
 	if cuts != 1 {
 		t.Errorf("the append that wrote %d records on the full disk cut the reserve %d times, want once", len(acked)-10, cuts)
+	}
+	readBack(t, d, cfg, acked)
+}
+
+// TestDiskFullBehindJobGated: a background write handed off while the
+// record gate was open, and reaching the file once it has shut and another
+// log holds it to make room, is not written from under that log (the room
+// it made is its own): it fails, and its records are written inline
+// through the gate after. Until session 17 the writer wrote it ungated.
+func TestDiskFullBehindJobGated(t *testing.T) {
+	mnt, _ := testdisk.Small(t, "4m")
+	var writes atomic.Int64
+	cfg := DiskConfig{Dir: filepath.Join(mnt, "g"), Config: Config{MaxMessages: 100000}, WriteBehind: 16 << 10,
+		writeBehind: func(f *os.File, p []byte, off int64) (int, error) {
+			writes.Add(1)
+			return f.WriteAt(p, off)
+		}}
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	writerTestJob = func() { // holds the first job only
+		select {
+		case entered <- struct{}{}:
+			<-release
+		default:
+		}
+	}
+	t.Cleanup(func() { writerTestJob = nil })
+	d, _, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	var acked []Entry
+	for len(entered) == 0 {
+		if len(acked) > 100 {
+			t.Fatal("100 KB appended and no write handed to the writer")
+		}
+		appendN(t, d, 1, &acked)
+	}
+	// The job is out; the gate shuts, and another log holds it alone.
+	g := d.gate
+	g.shut.Store(true)
+	g.mu.Lock()
+	close(release)
+	d.wmu.Lock()
+	d.settle()
+	failed := d.wr.failed
+	d.wmu.Unlock()
+	g.mu.Unlock()
+	g.shut.Store(false)
+	if n := writes.Load(); n != 0 || !failed {
+		t.Fatalf("the job out while another log held the gate: %d writes, failed %v; want none, failed", n, failed)
+	}
+	appendN(t, d, 3, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
 	}
 	readBack(t, d, cfg, acked)
 }

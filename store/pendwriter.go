@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -29,7 +30,8 @@ import (
 // error as before: that batch is refused (ErrNotWritable), and a full
 // disk's room is made as for any record (recordRoom). While the record
 // gate of the log's file system is shut (a full disk), writes are inline
-// too: the room another log makes is not taken from under it.
+// too: the room another log makes is not taken from under it; and a write
+// handed off before the gate shut goes through it too (gatedWrite).
 
 // pendWriter writes a log's pending records on a goroutine of its own. Its
 // fields but jobs and done are guarded by the log's d.wmu.
@@ -55,15 +57,50 @@ type writeJob struct {
 // (*os.File).WriteAt, but for the tests that hold or fail it.
 func (d *DiskLog) startWriter(write func(f *os.File, p []byte, off int64) (int, error)) {
 	w := &pendWriter{jobs: make(chan writeJob, 1), done: make(chan error, 1)}
+	g := d.gate
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
 		for j := range w.jobs {
-			_, err := write(j.f, j.buf, j.at)
-			w.done <- err
+			if writerTestJob != nil {
+				writerTestJob()
+			}
+			w.done <- gatedWrite(g, func() error {
+				_, err := write(j.f, j.buf, j.at)
+				return err
+			})
 		}
 	}()
 	d.wr = w
+}
+
+// writerTestJob, a test hook, runs as the writer takes a job.
+var writerTestJob func()
+
+// errGateHeld refuses a background write while another log makes room:
+// its records are pending again, written inline through the gate.
+var errGateHeld = errors.New("store: the record gate is held: written inline")
+
+// gatedWrite runs a background write, write, through the gate g. A job
+// handed off while the gate was open may reach the file only after it
+// shut (the disk refused another log's record): it was written ungated,
+// taking the room another log had just made (deleted its files for, or
+// cut its reserve by) and held the gate for. Now, with the gate shut, it
+// is written with the others' records (the gate held for reading, as a
+// record's write), or, while a log holds the gate to make room, not at
+// all: the job fails (errGateHeld), and its records are written inline,
+// through the gate, by the log's next write (reap). Never waiting for the
+// gate, the writer cannot wait behind a log making room that waits for
+// it. Safe on a nil gate.
+func gatedWrite(g *gate, write func() error) error {
+	if g == nil || !g.shut.Load() {
+		return write()
+	}
+	if !g.mu.TryRLock() {
+		return errGateHeld
+	}
+	defer g.mu.RUnlock()
+	return write()
 }
 
 // stop ends the writer's goroutine and waits for it; the log has settled
