@@ -579,6 +579,31 @@ func (g *Group) sawSeq(epoch, seq uint64) {
 	g.ackSeq = max(g.ackSeq, seq)
 }
 
+// ackRefuted forgets the acknowledgement a read asked for (minSeq, under
+// the handle's epoch) when the member asked, from, refused the read as the
+// cell's leader (unavailable, naming itself leader) and reports whether it
+// did: the read is then asked again without it. A leader answers a send
+// once it applied it, so it holds every message it acknowledged, and one
+// that says it does not hold this one refutes it: the acknowledgement was
+// not the cell's (a broken leader's, sequence 2^64-1 say) and, kept, it
+// had every later fetch and watch of the handle wait 5 s at each replica
+// and fail unavailable, for the rest of the epoch (until session 17). A
+// follower's refusal refutes nothing: it may lag the cell.
+func (g *Group) ackRefuted(err error, minSeq uint64, from Fingerprint) bool {
+	var we *wire.Error
+	if minSeq == 0 || !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.Leader == nil || we.Leader.Fingerprint != from {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ackSeq != minSeq {
+		return false // another acknowledgement since, or forgotten already
+	}
+	g.ackSeq = 0
+	g.cl.cfg.Logger.Warn("cell: the leader does not hold a message it acknowledged; reads no longer wait for it", "group", g.id, "seq", minSeq, "leader", from.Short())
+	return true
+}
+
 // minSeq returns the MinSeq to ask of a replica for a read under epoch (0:
 // the current one, whatever it is).
 func (g *Group) minSeq(epoch uint64) uint64 {

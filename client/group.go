@@ -684,6 +684,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			// the same messages again under the same epoch.
 			err = fmt.Errorf("%w: epoch_mismatch naming epoch %d, the fetch's own (or none)", ErrProtocol, e)
 		}
+		if err != nil && n == 0 && g.ackRefuted(err, req.MinSeq, p.pin) {
+			req.MinSeq = g.minSeq(req.Epoch)
+			continue // the same page, asked without the acknowledgement refuted
+		}
 		if err != nil && n == 0 && g.otherReplica(err, &tries) {
 			continue // the same page from another member of the cell
 		}

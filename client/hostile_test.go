@@ -1600,3 +1600,96 @@ func TestWatchStartAgain(t *testing.T) {
 		t.Errorf("watch of a daemon starting it again and again: %v after %d EventLive; want ErrProtocol after one", werr, lives)
 	}
 }
+
+// TestCellAckRefutedByTheLeader: a broken leader acknowledges a send at
+// sequence 2^64-1. Every later fetch and watch of the handle asked each
+// replica for it (min_seq, read-your-writes), each waited its 5 s and
+// refused, and the handle could not read the group for the rest of the
+// epoch. The leader itself refusing the read for that message refutes the
+// acknowledgement: the read is asked again without it, and answered.
+// A follower's refusal for it refutes nothing (it may lag the cell).
+func TestCellAckRefutedByTheLeader(t *testing.T) {
+	var asked, refused atomic.Int64
+	var self atomic.Pointer[wire.Replica]
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		switch c.Op() {
+		case wire.OpSend:
+			return c.Result(wire.Sent{Epoch: 3, Acks: []wire.Ack{{Seq: math.MaxUint64, Time: 1}}})
+		case wire.OpFetch, wire.OpWatch:
+			var minSeq uint64
+			if c.Op() == wire.OpFetch {
+				var req wire.Fetch
+				if err := c.Decode(&req); err != nil {
+					return err
+				}
+				minSeq = req.MinSeq
+			} else {
+				var req wire.Watch
+				if err := c.Decode(&req); err != nil {
+					return err
+				}
+				minSeq = req.MinSeq
+			}
+			asked.Add(1)
+			if minSeq != 0 {
+				refused.Add(1)
+				return &wire.Error{Code: wire.CodeUnavailable, Message: "this replica does not hold message yet", Leader: self.Load()}
+			}
+			if c.Op() == wire.OpFetch {
+				return c.Send(wire.KindEnd, wire.End{Epoch: 3, First: 1})
+			}
+			if err := c.Send(wire.KindStart, wire.Start{Epoch: 3}); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+			case <-c.Gone():
+			}
+			return nil
+		}
+		return &wire.Error{Code: wire.CodeUnsupported}
+	})
+	leader := wire.Replica{Addr: e.Addrs[0], Fingerprint: e.Fingerprint, Leader: true}
+	e.Replicas = []wire.Replica{leader}
+	for _, who := range []string{"a follower", "the leader"} {
+		if who == "a follower" {
+			follower := leader
+			follower.Fingerprint = wire.Fingerprint{9, 9}
+			self.Store(&follower) // names another member leader: refuses as a follower
+		} else {
+			self.Store(&leader)
+		}
+		refused.Store(0)
+		g, err := newClient(t).Group(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		if _, err := g.Send(ctx, []byte("hi")); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		_, err = g.Fetch(ctx, client.Query{}, func(client.Message) bool { return true })
+		switch {
+		case who == "a follower" && !errors.Is(err, client.ErrUnavailable):
+			t.Errorf("fetch, %s refusing the acknowledged message: %v, want ErrUnavailable (the acknowledgement stands)", who, err)
+		case who == "the leader" && err != nil:
+			t.Errorf("fetch, %s refusing the acknowledged message: %v, want it asked again without it, and answered", who, err)
+		}
+		if who == "the leader" {
+			for ev, err := range g.Watch(ctx, client.Query{Status: true}) {
+				if err != nil {
+					t.Errorf("watch after the acknowledgement was refuted: %v", err)
+				}
+				if ev.Kind == client.EventLive {
+					break
+				}
+			}
+			if refused.Load() != 1 {
+				t.Errorf("%d reads refused for the acknowledged message, want 1 (the fetch's first page; the watch asks without it)", refused.Load())
+			}
+		}
+		cancel()
+		g.Close()
+	}
+	t.Logf("%d reads asked", asked.Load())
+}

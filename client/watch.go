@@ -336,6 +336,9 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 	if stop {
 		return started, true, nil
 	}
+	// The leader refusing the acknowledgement asked for: the next stream
+	// asks without it (ackRefuted).
+	w.g.ackRefuted(err, req.MinSeq, p.pin)
 	if err == nil {
 		err = fmt.Errorf("watch ended by the server: %w", ErrUnavailable)
 	}
