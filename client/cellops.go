@@ -76,6 +76,12 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 // of the cell's members' (run it with a member daemon's state directory
 // as HUDDLE_HOME). Errors: ErrUnauthorized, ErrBadRequest, ErrUnavailable,
 // ErrUnsupported, ErrUnreachable (addr does not answer).
+//
+// The whole call is bounded: by ctx, or, when ctx has no deadline, by a
+// minute (cellChangeFor); a member's retry_after_ms is honoured up to 2 s
+// (cellChangeRetryMax) and at most 64 redirects are followed. A member
+// asking for an hour between 64 redirects held a program without a
+// deadline for up to 64 hours (until session 17).
 func (c *Client) CellAdd(ctx context.Context, addr string, pin Fingerprint, member Replica) ([]Replica, error) {
 	return c.cellChange(ctx, wire.OpCellAdd, addr, pin, wire.CellMember{Addr: member.Addr, Fingerprint: member.Fingerprint})
 }
@@ -87,7 +93,22 @@ func (c *Client) CellRemove(ctx context.Context, addr string, pin Fingerprint, f
 	return c.cellChange(ctx, wire.OpCellRemove, addr, pin, wire.CellMember{Fingerprint: fp})
 }
 
+// cellChangeFor bounds a CellAdd or CellRemove whose context has no
+// deadline: the change is committed within a second or two of an
+// election; a minute leaves room for a slow one and a leader lost on the way.
+const cellChangeFor = time.Minute
+
+// cellChangeRetryMax caps the wait a member's refusal of a cell change
+// asks for (retry_after_ms, up to wire.MaxRetryAfter, an hour): the
+// reference daemons ask for 200 ms while the cell elects a leader.
+const cellChangeRetryMax = 2 * time.Second
+
 func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fingerprint, req wire.CellMember) ([]Replica, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cellChangeFor)
+		defer cancel()
+	}
 	// The member the caller named: asked again when the leader it named
 	// does not answer (killed as the change was sent on, and the cell
 	// electing the next): it names the next one. Only that member's
@@ -113,7 +134,7 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			}
 			// An election under way (or a leader just deposed): ask
 			// again shortly, until ctx ends.
-			wait := max(cellRetryMin, we.RetryAfter())
+			wait := min(max(cellRetryMin, we.RetryAfter()), cellChangeRetryMax)
 			if sleep(ctx, jitter(wait)) {
 				continue
 			}

@@ -246,6 +246,9 @@ type Client struct {
 	closeDone chan struct{}
 
 	now func() time.Time // the clock; tests set it (export_test.go)
+	// cellChangeFor bounds a CellAdd or CellRemove whose context has no
+	// deadline: cellChangeFor, which tests shorten (export_test.go).
+	cellChangeFor time.Duration
 
 	// pins is what Registry's trust on first use knows (registry.go).
 	pins pinsSeen
@@ -256,7 +259,7 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), closeDone: make(chan struct{}), now: time.Now}
+	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), closeDone: make(chan struct{}), now: time.Now, cellChangeFor: cellChangeFor}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }

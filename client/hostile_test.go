@@ -1693,3 +1693,60 @@ func TestCellAckRefutedByTheLeader(t *testing.T) {
 	}
 	t.Logf("%d reads asked", asked.Load())
 }
+
+// TestCellChangeBounded: a member refusing a cell change with a
+// retry_after_ms of an hour, again and again, held CellAdd for an hour per
+// refusal, 64 of them, when its context had no deadline. The wait asked
+// for is honoured up to 2 s, and a call without a deadline ends by a
+// bound of its own (shortened here to a second).
+func TestCellChangeBounded(t *testing.T) {
+	var asked atomic.Int64
+	var answerAt atomic.Int64 // the ask answered (0: none)
+	var e client.GroupEntry
+	e = hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpCellAdd {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		if n := asked.Add(1); n == answerAt.Load() {
+			return c.Result(wire.CellChanged{Members: []wire.Replica{{Addr: e.Addrs[0], Fingerprint: e.Fingerprint, Leader: true}}})
+		}
+		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(time.Hour / time.Millisecond)}
+	})
+	member := client.Replica{Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{5}}
+	for _, tc := range []struct {
+		name     string
+		answerAt int64
+		timeout  time.Duration // 0: none
+	}{
+		{"the second ask answered, an hour asked for between", 2, 30 * time.Second},
+		{"never answered, no deadline", 0, 0},
+	} {
+		asked.Store(0)
+		answerAt.Store(tc.answerAt)
+		c := newClient(t)
+		client.SetCellChangeFor(c, time.Second)
+		ctx, cancel := context.WithCancel(t.Context())
+		if tc.timeout > 0 {
+			ctx, cancel = context.WithTimeout(t.Context(), tc.timeout)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.CellAdd(ctx, e.Addrs[0], e.Fingerprint, member)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			switch {
+			case tc.answerAt > 0 && err != nil:
+				t.Errorf("%s: %v after %d asks, want the change answered", tc.name, err, asked.Load())
+			case tc.answerAt == 0 && !errors.Is(err, client.ErrUnavailable):
+				t.Errorf("%s: %v, want ErrUnavailable once the bound runs out", tc.name, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("%s: CellAdd still waiting after 20 s, %d asks", tc.name, asked.Load())
+			cancel()
+			<-done
+		}
+		cancel()
+	}
+}
