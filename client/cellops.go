@@ -146,10 +146,21 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%v: %w", op, err)
+			return nil, namedOnce(op, err)
 		}
 		return out.Members, nil
 	}
+}
+
+// namedOnce returns err naming op, unless it does already: the daemons'
+// refusals ("cell_add: unauthorized: ...") and the call's own errors
+// ("cell_add at ADDR: ...", "cell_add: server closed ...") do, and were
+// shown as "cell_add: cell_add: ..." (until session 17).
+func namedOnce(op wire.Op, err error) error {
+	if strings.Contains(err.Error(), op.String()) {
+		return err
+	}
+	return fmt.Errorf("%v: %w", op, err)
 }
 
 // cellAskWait bounds each cell_status question CellMembers asks of a

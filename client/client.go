@@ -936,6 +936,11 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 			switch {
 			case errors.As(err, &we):
 				return delivered, we
+			case errors.Is(err, io.EOF) && delivered:
+				// Frames came, but not the one that ends the reply (an
+				// End, a Result): "without a reply" misled (until
+				// session 17).
+				return delivered, fmt.Errorf("%s: server closed the stream before its reply ended: %w", op, ErrProtocol)
 			case errors.Is(err, io.EOF):
 				return delivered, fmt.Errorf("%s: server closed the stream without a reply: %w", op, ErrProtocol)
 			case errors.Is(err, ErrProtocol):

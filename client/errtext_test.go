@@ -3,12 +3,14 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 	"unicode"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -63,5 +65,43 @@ func TestListedTextShownInErrors(t *testing.T) {
 	}
 	if !errors.Is(nl, client.ErrUnreachable) {
 		t.Errorf("a NotListedError is not ErrUnreachable: %v", nl)
+	}
+}
+
+// TestErrorTextNamesOnce: an error of a cell change named the operation
+// twice ("cell_add: cell_add: ..."), and a reply cut short after frames
+// came said the server closed the stream "without a reply".
+func TestErrorTextNamesOnce(t *testing.T) {
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		switch c.Op() {
+		case wire.OpCellAdd:
+			return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
+		case wire.OpCellRemove:
+			return nil // the stream closed, no reply
+		case wire.OpFetch:
+			msg := wire.Message{Seq: 1, Time: 1, ID: wire.ID{1}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+			return c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg}}) // and no End
+		}
+		return &wire.Error{Code: wire.CodeUnsupported}
+	})
+	c := newClient(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err := c.CellAdd(ctx, e.Addrs[0], e.Fingerprint, client.Replica{Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{5}})
+	if err == nil || strings.Count(err.Error(), "cell_add") != 1 {
+		t.Errorf("cell_add refused: %v, want the operation named once", err)
+	}
+	_, err = c.CellRemove(ctx, e.Addrs[0], e.Fingerprint, wire.Fingerprint{5})
+	if err == nil || strings.Count(err.Error(), "cell_remove") != 1 {
+		t.Errorf("cell_remove unanswered: %v, want the operation named once", err)
+	}
+	g, err := c.Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_, err = g.Fetch(ctx, client.Query{}, func(client.Message) bool { n++; return true })
+	if n != 1 || !errors.Is(err, client.ErrProtocol) || strings.Contains(err.Error(), "without a reply") {
+		t.Errorf("fetch whose page ended after a message, no End: %d messages, %v; want one, and ErrProtocol not saying there was no reply", n, err)
 	}
 }
