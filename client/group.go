@@ -526,7 +526,8 @@ type Cursor struct {
 	Last  uint64 // the last sequence assigned
 	More  bool   // messages remain past Next
 	// Gap reports that the query asked for messages retention has already
-	// dropped (an After below First-1, or everything while First > 1).
+	// dropped (an After below First-1, or everything while First > 1), or
+	// that retention dropped some between two pages of the fetch.
 	Gap bool
 }
 
@@ -595,6 +596,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			}
 		}
 		var end wire.End
+		var pageAfter uint64 // the page is asked after it (pages past the first)
+		if req.After != nil {
+			pageAfter = *req.After
+		}
 		stopped, ended := false, false
 		n := 0
 		checked := false    // the message checked came back: the page goes on from it
@@ -750,12 +755,20 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			gap := cur.Gap
 			if first {
 				gap = since == nil && firstSeq > from+1
+			} else if n > 0 && firstSeq > pageAfter+1 {
+				gap = true // retention dropped some since the last page
 			}
 			return g.stoppedAt(ctx, cur, !paged, q.Epoch, gap, delivered), nil
 		}
 		if first {
 			cur.Gap = since == nil && end.First > from+1
 			first = false
+		} else if end.First > pageAfter+1 {
+			// Retention dropped what followed the last page before this
+			// one was asked for: only the first page's gap was reported
+			// (until session 17), and a program paging a busy group was
+			// not told of what it missed.
+			cur.Gap = true
 		}
 		cur = Cursor{Next: end.Next, Epoch: end.Epoch, First: end.First, Last: end.Last, More: end.More, Gap: cur.Gap}
 		paged = true

@@ -1750,3 +1750,43 @@ func TestCellChangeBounded(t *testing.T) {
 		cancel()
 	}
 }
+
+// TestFetchGapBetweenPages: retention drops the messages that followed a
+// fetch's first page before its second is asked for. The Cursor said
+// Gap only of the first page: a program was not told of what it missed.
+func TestFetchGapBetweenPages(t *testing.T) {
+	msg := func(seq uint64) wire.Message {
+		return wire.Message{Seq: seq, Time: int64(seq), ID: wire.ID{byte(seq)}, From: wire.Fingerprint{1}, Name: "x", Body: []byte("hi")}
+	}
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpFetch {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		var req wire.Fetch
+		if err := c.Decode(&req); err != nil {
+			return err
+		}
+		if req.After == nil { // the first page: message 1 of 1..10
+			if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(1)}}); err != nil {
+				return err
+			}
+			return c.Send(wire.KindEnd, wire.End{Next: 1, More: true, First: 1, Last: 10, Epoch: 3})
+		}
+		// 2..4 dropped meanwhile
+		if err := c.Send(wire.KindMessages, wire.Messages{Messages: []wire.Message{msg(5)}}); err != nil {
+			return err
+		}
+		return c.Send(wire.KindEnd, wire.End{Next: 5, First: 5, Last: 5, Epoch: 3})
+	})
+	g, err := newClient(t).Group(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	var got []uint64
+	cur, err := g.Fetch(ctx, client.Query{}, func(m client.Message) bool { got = append(got, m.Seq); return true })
+	if err != nil || !slices.Equal(got, []uint64{1, 5}) || !cur.Gap {
+		t.Errorf("fetch, 2..4 dropped between its pages: %v, cursor %+v, err %v; want 1 and 5, and Gap", got, cur, err)
+	}
+}
