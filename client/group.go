@@ -755,8 +755,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 			gap := cur.Gap
 			if first {
 				gap = since == nil && firstSeq > from+1
-			} else if n > 0 && firstSeq > pageAfter+1 {
-				gap = true // retention dropped some since the last page
+			} else if n > 0 && !checked && firstSeq > pageAfter+1 {
+				// Retention dropped some since the last page (a page
+				// resumed from the message checked begins with it).
+				gap = true
 			}
 			return g.stoppedAt(ctx, cur, !paged, q.Epoch, gap, delivered), nil
 		}
