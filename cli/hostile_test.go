@@ -214,7 +214,21 @@ func TestGroupsShowsOtherNames(t *testing.T) {
 	u := newTestUser(t, "")
 	args := []string{"groups", "--registry", a, "--registry", b}
 
-	out := u.ok(t, args...)
+	// A registry that answers more than 250 ms after the first is left
+	// out of that command's listing (straggle; TestListingAcrossRegistries):
+	// under -race on the loaded machine a's was, once (CI, session 17), and
+	// hall was missing. Each run below is asked again until both
+	// registries are heard: a lists hall, b the other name; the
+	// assertions are unchanged.
+	heard := func(out string) bool { return strings.Contains(out, "hall") && strings.Contains(out, "our, lounge") }
+	run := func(args ...string) string {
+		out := u.ok(t, args...)
+		for deadline := time.Now().Add(waitTimeout); !heard(out) && time.Now().Before(deadline); {
+			out = u.ok(t, args...)
+		}
+		return out
+	}
+	out := run(args...)
 	lines := strings.Split(out, "\n")
 	if !strings.HasSuffix(lines[0], "ALSO LISTED AS") {
 		t.Errorf("head %q has no ALSO LISTED AS:\n%s", lines[0], out)
@@ -226,7 +240,7 @@ func TestGroupsShowsOtherNames(t *testing.T) {
 		}
 	}
 
-	out = u.ok(t, append(args, "--json")...)
+	out = run(append(args, "--json")...)
 	var got []groupJSON
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		var g groupJSON
