@@ -14,9 +14,10 @@ import (
 // cell member's do: its appends leave their records pending, and a sync or
 // an append past WriteBehind writes them all.
 
-// behindLog opens a log on a small disk of its own, writes lagging, with a
-// reserve, and returns it with its config and the disk's fill.
-func behindLog(t *testing.T) (*DiskLog, DiskConfig, func() func()) {
+// filledBehindLog opens a log on a small disk of its own, writes
+// lagging, with a reserve; appends 10 messages, synced; and fills the
+// disk. It returns the log, its config and the messages acknowledged.
+func filledBehindLog(t *testing.T) (*DiskLog, DiskConfig, []Entry) {
 	t.Helper()
 	mnt, fill := testdisk.Small(t, "4m")
 	cfg := DiskConfig{Dir: filepath.Join(mnt, "g"), Config: Config{MaxMessages: 100000}, Reserve: 512 << 10, WriteBehind: 64 << 10}
@@ -28,7 +29,13 @@ func behindLog(t *testing.T) (*DiskLog, DiskConfig, func() func()) {
 	if d.resSize != cfg.Reserve {
 		t.Fatalf("the log's reserve is %d bytes, want %d", d.resSize, cfg.Reserve)
 	}
-	return d, cfg, fill
+	var acked []Entry
+	appendN(t, d, 10, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	fill()
+	return d, cfg, acked
 }
 
 // appendN appends n messages of 1000 bytes to d, each acknowledged into
@@ -76,13 +83,7 @@ func readBack(t *testing.T, d *DiskLog, cfg DiskConfig, acked []Entry) {
 // snapshot (Persist syncs every group's log) and its interval syncs were
 // refused with the reserve unspent.
 func TestDiskFullBehindSyncReserve(t *testing.T) {
-	d, cfg, fill := behindLog(t)
-	var acked []Entry
-	appendN(t, d, 10, &acked)
-	if err := d.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	fill()
+	d, cfg, acked := filledBehindLog(t)
 	appendN(t, d, 20, &acked) // ~20 KB: pending, below WriteBehind
 	before := d.resSize
 	if err := d.Sync(); err != nil {
@@ -112,13 +113,7 @@ func TestDiskFullBehindSyncReserve(t *testing.T) {
 // bytes, and as much again) tried again after each cut: a write refused,
 // its part written cut back, some seventeen times for 64 KiB pending.
 func TestDiskFullBehindReserveCutOnce(t *testing.T) {
-	d, cfg, fill := behindLog(t)
-	var acked []Entry
-	appendN(t, d, 10, &acked)
-	if err := d.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	fill()
+	d, cfg, acked := filledBehindLog(t)
 	// The gate shut, as after a refusal: the records are written inline,
 	// by the append that finds WriteBehind bytes pending (pendwriter.go).
 	d.gate.shut.Store(true)
@@ -163,12 +158,18 @@ func TestDiskFullBehindJobGated(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 	var acked []Entry
-	for len(entered) == 0 {
+	// Appends until one hands a job off (not while it is held: with as
+	// much again pending, an append waits for it).
+	for out := false; !out; {
 		if len(acked) > 100 {
 			t.Fatal("100 KB appended and no write handed to the writer")
 		}
 		appendN(t, d, 1, &acked)
+		d.wmu.Lock()
+		out = d.wr.out
+		d.wmu.Unlock()
 	}
+	<-entered
 	// The job is out; the gate shuts, and another log holds it alone.
 	g := d.gate
 	g.shut.Store(true)
