@@ -422,6 +422,23 @@ func takesBackTruncatedRemoval(t *testing.T) bool {
 		return false
 	}
 	waitUntil(t, "b refusing the key removed (29dde34)", func() bool { return !b.node.tr.Member(fp) })
+	// Raft cuts b's entry, and takes its committed configuration as its
+	// latest again, before it answers the AppendEntries that cut it; b's
+	// transport is set from it only then (onAppended), on the
+	// connection's goroutine. The waits below can end in between (the
+	// lead's CI, session 17: "clearing log suffix" on b, then this test's
+	// check, within a millisecond), so the hook is watched: it must run
+	// once raft's latest configuration lists x again.
+	retaken := make(chan struct{}, 1)
+	b.node.net.onAppended(func() {
+		b.node.appendedConfig()
+		if f := b.node.raft.GetConfiguration(); f.Error() == nil && listed(f.Configuration(), fp) {
+			select {
+			case retaken <- struct{}{}:
+			default:
+			}
+		}
+	})
 	l.stop()
 	cancel()
 	if !answered {
@@ -442,6 +459,11 @@ func takesBackTruncatedRemoval(t *testing.T) bool {
 		defer b.node.learnMu.Unlock()
 		return len(b.node.learned) == 0
 	})
+	select {
+	case <-retaken:
+	case <-time.After(waitTimeout):
+		t.Fatal("b never set its transport's members from the configuration that lists x again")
+	}
 	if !b.node.tr.Member(fp) {
 		t.Error("b refuses x, a voter, after the removal it appended was overwritten")
 	}
