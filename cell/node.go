@@ -1386,6 +1386,7 @@ func (n *Node) Handover(ctx context.Context) error {
 // raft's, errNoCurrentVoter (wrapped), ErrClosed (wrapped) if the node
 // closes first.
 func (n *Node) transfer(to *raft.Server) error {
+	term := n.raft.CurrentTerm()
 	s, err := n.transferable(to)
 	if err != nil {
 		return err
@@ -1394,7 +1395,11 @@ func (n *Node) transfer(to *raft.Server) error {
 	if err != nil {
 		return err
 	}
-	return n.answer(f)
+	err = n.answer(f)
+	if err != nil && strings.Contains(err.Error(), raftTransferTimeout) {
+		n.net.replicationTo(s.ID).givenUp(term) // transferable.go
+	}
+	return err
 }
 
 // raftTransferTimeout is how raft (v1.7.2) says a leadership transfer

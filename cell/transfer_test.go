@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,6 +43,65 @@ func TestTransferToStuckMember(t *testing.T) {
 			} else {
 				t.Logf("transfer %d to the silent member: %v", i+1, err)
 			}
+		}
+		return sendsTaken(l, g.ID)
+	})
+}
+
+// TestTransferToMemberAnsweredLate: a leader whose transfer to a member
+// raft gave up, the member's replication stuck, does not transfer to it
+// again on the strength of an answer that came late (one it took before
+// it went silent): raft's request to bring that member level, queued by
+// the transfer given up, may still wait for its replication, and raft's
+// next transfer to it blocked on it, refusing every proposal ("leadership
+// transfer in progress") until the stuck call returned (session 17, load
+// 20-26: the member's answers came late, and it looked current again).
+func TestTransferToMemberAnsweredLate(t *testing.T) {
+	var (
+		deaf, late atomic.Pointer[string] // the member whose raft RPCs are held: for good, or until release
+		release    = make(chan struct{})
+		once       sync.Once
+	)
+	oneLeader(t, 3, 3, func(cfg *Config) {
+		cfg.RPCTimeout = waitTimeout
+		self := cfg.Advertise
+		cfg.received = func(any) {
+			holdWhile(&deaf, self)
+			if a := late.Load(); a != nil && *a == self {
+				<-release
+			}
+		}
+	}, func(c *testCell, l *testMember) error {
+		x := c.follower()
+		g := l.group("lobby")
+		srv := raft.Server{ID: raft.ServerID(x.id.Fingerprint().String()), Address: raft.ServerAddress(x.addr)}
+		defer deaf.Store(nil)
+		defer once.Do(func() { close(release) })
+		late.Store(&x.addr)
+		// x lags by this send, which the third member commits; its
+		// replication waits for x's answer.
+		c.send(g.ID, store.Sender{}, [][16]byte{newID(1)}, []string{"one"})
+		repl := l.node.net.replicationTo(srv.ID)
+		if err := l.node.transfer(&srv); err == nil {
+			return fmt.Errorf("transfer 1 to the member held: handed over")
+		} else {
+			t.Logf("transfer 1 to the member held: %v", err)
+		}
+		// Raft tells x's replication of this entry while it waits.
+		c.send(g.ID, store.Sender{}, [][16]byte{newID(2)}, []string{"two"})
+		deaf.Store(&x.addr) // what x receives from now on is held for good
+		late.Store(nil)
+		released := time.Now()
+		once.Do(func() { close(release) }) // x answers what it held: it answered just now
+		waitUntil(t, "the leader hearing x's late answers", func() bool {
+			repl.mu.Lock()
+			defer repl.mu.Unlock()
+			return repl.answered.After(released)
+		})
+		if err := l.node.transfer(&srv); err == nil {
+			return fmt.Errorf("transfer 2 to the member held: handed over")
+		} else {
+			t.Logf("transfer 2 to the member held: %v", err)
 		}
 		return sendsTaken(l, g.ID)
 	})

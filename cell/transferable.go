@@ -35,7 +35,11 @@ import (
 // HeartbeatTimeout, and that has acknowledged this member's last entry, so
 // that raft has nothing to bring level and queues nothing, or whose
 // replication answered within a HeartbeatTimeout, is not failing (raft
-// backs off) and has no call of its own in flight for longer; and raftNet
+// backs off), has no call of its own in flight for longer, and is no
+// member raft gave a transfer up to in this term (the request that
+// transfer queued may wait still, unseen, behind a call stuck since: its
+// answers to what it took before it went silent can come late, and made
+// it look current again: TestTransferToMemberAnsweredLate); and raftNet
 // bounds a TimeoutNow at two ElectionTimeouts, after raft has given the
 // transfer up (a bound of one raced raft's own timer under load, and the
 // caller saw the TimeoutNow's error, not raft's give-up, which Handover
@@ -52,6 +56,14 @@ type replication struct {
 	replied       time.Time
 	failed        bool      // the last replicating AppendEntries failed, or was refused
 	since         time.Time // an AppendEntries not pipelined is in flight since; zero if none
+	gaveUp        uint64    // the term in which raft gave a transfer to this member up; 0 if none
+}
+
+// givenUp notes that raft gave a transfer to this member up in term.
+func (r *replication) givenUp(term uint64) {
+	r.mu.Lock()
+	r.gaveUp = max(r.gaveUp, term)
+	r.mu.Unlock()
 }
 
 // start notes a replicating AppendEntries not pipelined in flight.
@@ -101,6 +113,8 @@ func (r *replication) current(now time.Time, term, last uint64, within time.Dura
 		return false, "it has not answered an AppendEntries within a heartbeat timeout"
 	case r.term == term && r.matched >= last:
 		return true, ""
+	case r.gaveUp == term:
+		return false, "it is behind, and raft gave a transfer to it up in this term (its request to bring it level may still wait for its replication)"
 	case r.failed:
 		return false, "it is behind, and raft's last AppendEntries to it failed"
 	case !r.since.IsZero() && now.Sub(r.since) > within:
