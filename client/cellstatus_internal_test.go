@@ -1,6 +1,7 @@
 package client
 
 import (
+	"sync/atomic"
 	"testing"
 
 	"github.com/quic-go/quic-go"
@@ -18,10 +19,14 @@ import (
 // taken from the connection that answered. Here the peer's key is
 // changed while the daemon answers, as such a redial would.
 func TestCellStatusKeyOfAnsweringConnection(t *testing.T) {
-	var c *Client
-	var s *lone
-	s = startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
-		if op != wire.OpCellStatus {
+	// The handler reaches the test's client and server through atomics:
+	// what orders their making before its run is the network, which the
+	// race detector does not see (CI, session 17: a data race on both).
+	var client atomic.Pointer[Client]
+	var server atomic.Pointer[lone]
+	s := startLone(t, func(op wire.Op, raw wire.Raw, st *quic.Stream, stop <-chan struct{}) {
+		c, s := client.Load(), server.Load()
+		if op != wire.OpCellStatus || c == nil || s == nil {
 			return
 		}
 		p, err := c.groupPeer([]string{s.addr.String()}, Fingerprint{}, wire.UUID{})
@@ -35,7 +40,9 @@ func TestCellStatusKeyOfAnsweringConnection(t *testing.T) {
 		self := wire.Replica{Addr: s.addr.String(), Fingerprint: s.id.Fingerprint()}
 		wire.WriteResponse(st, wire.KindResult, wire.CellStatus{Self: self, State: "follower", Term: 1, Members: []wire.Replica{self}})
 	})
-	c = newTestClient(t, Config{})
+	server.Store(s)
+	c := newTestClient(t, Config{})
+	client.Store(c)
 	defer c.Close()
 	st, err := c.CellStatus(t.Context(), s.addr.String(), Fingerprint{})
 	if err != nil {
