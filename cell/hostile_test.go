@@ -1186,7 +1186,21 @@ func rogueCatchUp(t *testing.T, mutate func(*Config), upto uint64, serve func(ct
 	c.sendMany(g.ID, 0, 10)
 	f.waitLast(g.ID, 10)
 	held := f.messages(g.ID)
+	// f's connection to other, if it has one, must be seen to end before
+	// the rogue listens: one whose close f has not yet read is still f's
+	// connection to other, and the catch-up would open its stream there.
+	var old *quic.Conn
+	if d, _, err := f.node.tr.conn(t.Context(), other.addr); err == nil {
+		old = d.conn
+	}
 	other.stop()
+	if old != nil {
+		select {
+		case <-old.Context().Done():
+		case <-time.After(waitTimeout):
+			t.Fatalf("f's connection to %s did not end at its stop", other.addr)
+		}
+	}
 	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(other.addr)))
 	if err != nil {
 		t.Fatal(err)
