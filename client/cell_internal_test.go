@@ -98,6 +98,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	defer cancel()
 	send := wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}
 	var sent wire.Sent
+	connect(ctx, t, g)
 	// Alive, but slow to answer: the attempt's own deadline ends it.
 	if err := g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent); !errors.Is(err, errAttemptTimeout) {
 		t.Fatalf("attempt at a member that acknowledges but does not answer: %v, want %v", err, errAttemptTimeout)
@@ -226,6 +227,19 @@ func newTestClient(t *testing.T, cfg Config) *Client {
 		t.Fatal(err)
 	}
 	return cl
+}
+
+// connect makes g's handshake with its member before a test's first
+// attempt, bounded by the client's DialTimeout (5 s). An attempt that must
+// dial first gives the handshake cellDialFor (500 ms), and under -race on
+// a loaded machine a first handshake took longer (CI: "no handshake in
+// time" before the test's scenario began); memberCall would try again
+// with twice the bound, but these tests call attempt once.
+func connect(ctx context.Context, t *testing.T, g *Group) {
+	t.Helper()
+	if _, err := g.peer().get(ctx); err != nil {
+		t.Fatalf("handshake with the group's member: %v", err)
+	}
 }
 
 // rawServer listens with quic-go alone on 127.0.0.1, under a new key, for
@@ -471,6 +485,7 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 		}()
 		return done
 	}
+	connect(ctx, t, g)
 	if err := <-send(); err != nil {
 		t.Fatal(err)
 	}
@@ -566,6 +581,7 @@ func newCreditMember(t *testing.T, keepAlive time.Duration) (g *Group, got <-cha
 		}()
 		return done
 	}
+	connect(ctx, t, g)
 	if err := <-attempt(time.Minute); err != nil {
 		t.Fatal(err)
 	}
