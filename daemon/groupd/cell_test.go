@@ -98,6 +98,20 @@ func cellLeader(t *testing.T, members []*testCellMember) (*testCellMember, wire.
 	return leader, leader.d.Groups()[0].ID
 }
 
+// hostedGroup waits for m to host the cell's group g and returns it. A
+// follower creates the group as it applies the cell's entry, which under
+// load may come after the leader has acknowledged a join or a send (and
+// after the group's log is opened, which is before the group is listed).
+func hostedGroup(t *testing.T, m *testCellMember, g wire.UUID) *group {
+	t.Helper()
+	var hg *group
+	eventually(t, "the member hosting the group", func() bool {
+		hg = m.d.host.group(g)
+		return hg != nil
+	})
+	return hg
+}
+
 // callLeader performs op at the cell's leader with key, following the
 // leader if the leadership moves meanwhile (a loaded machine may miss a
 // heartbeat); it returns the last error if none would take it.
@@ -948,7 +962,7 @@ func TestCellFollowerLagsJoin(t *testing.T) {
 	}
 	eventually(t, "the follower hosting the group", func() bool { return logs[at].Load() != nil })
 	held := logs[at].Load()
-	fg := follower.d.host.group(g)
+	fg := hostedGroup(t, follower, g)
 
 	ann, bob := newKey(t), newKey(t)
 	must(t, callLeader(t, members, ann, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
@@ -1087,7 +1101,7 @@ func TestCellWatchAgedOut(t *testing.T) {
 	ann := newKey(t)
 	must(t, callLeader(t, members, ann, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
 	must(t, callLeader(t, members, ann, wire.OpSend, wire.Send{Group: g, Messages: outgoing("one", "two")}, &wire.Sent{}))
-	sg := smallM.d.host.group(g)
+	sg := hostedGroup(t, smallM, g)
 	eventually(t, "the small member holding ann's messages", func() bool { return sg.isMember(ann.Fingerprint()) && sg.log.Last() == 2 })
 
 	p := dial(t, smallM.d.Addr(), smallM.fp, ann)
