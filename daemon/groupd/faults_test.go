@@ -389,7 +389,16 @@ func (l *refusingLog) Append(batch []store.Entry) error {
 // serveOverLog serves a daemon of one group, "general", whose log is
 // wrap's around the one it would have opened, until the test ends.
 func serveOverLog(t *testing.T, wrap func(Log) Log) *Daemon {
+	return serveOverLogWith(t, nil, wrap)
+}
+
+// serveOverLogWith is serveOverLog of a daemon whose Config mutate
+// changes first, if set.
+func serveOverLogWith(t *testing.T, mutate func(*Config), wrap func(Log) Log) *Daemon {
 	cfg := Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)}
+	if mutate != nil {
+		mutate(&cfg)
+	}
 	d, err := New(cfg)
 	must(t, err)
 	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {

@@ -599,9 +599,24 @@ func (d *Daemon) fetch(c *server.Call) error {
 			break
 		}
 		next := cur.Next
-		out, cur = query(out, func() ([]store.Message, store.Cursor) {
+		var more store.Cursor
+		out, more = query(out, func() ([]store.Message, store.Cursor) {
 			return g.log.After(next, min(remain, queryChunk), buf[:0])
 		})
+		if len(out) > 0 && out[0].Seq != next+1 {
+			// Retention dropped what followed the messages sent while
+			// they were sent (a busy group at its limits): the page ends
+			// before the hole, so that a reply is one run of messages,
+			// and the next page, asked after next, begins past it and
+			// says so (End's first). Sent on, the messages past the hole
+			// followed as if nothing were missing, and the reference
+			// client refuses such a reply (since session 17).
+			clear(out)
+			out = out[:0]
+			cur = store.Cursor{Next: next, More: true, First: more.First, Last: more.Last}
+			break
+		}
+		cur = more
 	}
 	return c.Send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch()})
 }
