@@ -97,12 +97,15 @@ func TestWatch(t *testing.T) {
 
 	w := alice.start(t, "watch", "lobby", "--json")
 	bobs := bob.start(t, "watch", "lobby")
-	// The watch follows what arrives after it started, and nothing says when
-	// that was: send probes until one shows.
+	// A watch follows what arrives after it started, and nothing says when
+	// that was: send probes until one shows in each watch. (Bob's is
+	// waited for too: its process starts beside alice's, and one that
+	// started after m4 would never print it.)
 	deadline := time.Now().Add(waitTimeout)
-	for i := 0; !w.stdout.waitFor(200*time.Millisecond, hasText(`"probe`)); i++ {
-		if time.Now().After(deadline) || !w.running() {
-			t.Fatalf("watch printed no probe within %v\nstdout:\n%s\nstderr:\n%s", waitTimeout, w.stdout, w.stderr)
+	for i := 0; !w.stdout.waitFor(200*time.Millisecond, hasText(`"probe`)) || !bobs.stdout.waitFor(200*time.Millisecond, hasText("bob: probe")); i++ {
+		if time.Now().After(deadline) || !w.running() || !bobs.running() {
+			t.Fatalf("the watches printed no probe within %v\nalice's stdout:\n%s\nstderr:\n%s\nbob's stdout:\n%s\nstderr:\n%s",
+				waitTimeout, w.stdout, w.stderr, bobs.stdout, bobs.stderr)
 		}
 		bob.ok(t, "send", "lobby", "probe "+strconv.Itoa(i))
 	}
