@@ -453,6 +453,9 @@ func TestWebUnreadAfterReset(t *testing.T) {
 	up.stop(t)
 	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state, "--storage", "memory")
 	defer up.stop(t)
+	// The restarted daemon registers lobby a moment after it prints it: a
+	// send before then finds no registry listing it (CI, under load).
+	waitListed(t, bob, lobby)
 	bob.ok(t, "send", "lobby", "new one")
 	bob.ok(t, "send", "lobby", "new two")
 	// huddle web asks each group's daemon again every 30 s, or at once
