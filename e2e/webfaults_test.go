@@ -239,6 +239,10 @@ func TestWebRecovers(t *testing.T) {
 	defer up.stop(t)
 	b.waitFor("the typed message delivered", hasMessage("three, typed while the daemon was down"))
 	b.waitFor("the group live again", `!document.getElementById('group-state').textContent.startsWith('reconnecting')`)
+	// The page may reach the daemon at the address it had before the
+	// registry lists it again (it registers a moment after it starts):
+	// bob's send needs the listing (TestWebUnreadAfterReset failed so).
+	waitListed(t, bob, lobby)
 	bob.ok(t, "send", "lobby", "four")
 	b.waitFor("a message of the new log", hasMessage("four"))
 
