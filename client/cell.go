@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -492,6 +493,9 @@ func pause(ctx context.Context, until time.Time, d time.Duration) bool {
 // ends. A deadline context, a context for the silence watch, its timer and
 // the stream's context.AfterFunc were, under unbatched 16x16 to a cell,
 // ~20% of the client's CPU (BENCHMARKS.md, issue 20, session 5).
+//
+// Its errors name the member, not op: Group.fail names the operation and
+// the group ("send group g: send at ..." until session 18).
 func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any) error {
 	if !g.replicated() {
 		p, err := g.reach(ctx)
@@ -517,7 +521,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		}
 		if err != nil && timedOut && ctx.Err() == nil {
 			g.dialed(false, 0, bound)
-			return fmt.Errorf("%v at %s: %w: %w", op, shownAll(p.addrs), ErrUnreachable, errNoHandshake)
+			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errNoHandshake)
 		}
 		if err != nil {
 			return err
@@ -542,10 +546,10 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 			return context.DeadlineExceeded // until, not the attempt's own bound
 		case cause == errSilent:
 			p.dropCurrent()
-			return fmt.Errorf("%v at %s: %w: %w", op, shownAll(p.addrs), ErrUnreachable, errSilent)
+			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errSilent)
 		default:
 			p.dropCurrent()
-			return fmt.Errorf("%v at %s: %w: %w", op, shownAll(p.addrs), ErrUnreachable, errAttemptTimeout)
+			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errAttemptTimeout)
 		}
 	}
 	return err

@@ -50,7 +50,7 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 	var st CellStatus
 	seen, err := p.singleFrom(ctx, wire.OpCellStatus, wire.CellQuery{}, &st)
 	if err != nil {
-		return st, err
+		return st, namedOnce(wire.OpCellStatus, err)
 	}
 	if st.Self.Fingerprint != seen {
 		return CellStatus{}, fmt.Errorf("cell status of %s: the daemon presented key %s and names itself %s: %w", addr, seen.Short(), st.Self.Fingerprint.Short(), ErrProtocol)
@@ -153,11 +153,12 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 }
 
 // namedOnce returns err naming op, unless it does already: the daemons'
-// refusals ("cell_add: unauthorized: ...") and the call's own errors
-// ("cell_add at ADDR: ...", "cell_add: server closed ...") do, and were
-// shown as "cell_add: cell_add: ..." (until session 17).
+// refusals ("cell_add: unauthorized: ...") do, and were shown as
+// "cell_add: cell_add: ..." (until session 17). The call's own errors
+// name no operation (peer.stream), as Group.fail and Registry.fail
+// expect too.
 func namedOnce(op wire.Op, err error) error {
-	if strings.Contains(err.Error(), op.String()) {
+	if serverSaid(err) {
 		return err
 	}
 	return fmt.Errorf("%v: %w", op, err)

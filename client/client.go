@@ -933,6 +933,9 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 			}
 			st.CancelRead(codeCancelled)
 			var we *wire.Error
+			// These errors do not name op: the caller's does (Group.fail,
+			// Registry.fail, namedOnce), and they were read "fetch group
+			// g: fetch: server closed ..." (until session 18).
 			switch {
 			case errors.As(err, &we):
 				return delivered, we
@@ -940,13 +943,13 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 				// Frames came, but not the one that ends the reply (an
 				// End, a Result): "without a reply" misled (until
 				// session 17).
-				return delivered, fmt.Errorf("%s: server closed the stream before its reply ended: %w", op, ErrProtocol)
+				return delivered, fmt.Errorf("server closed the stream before its reply ended: %w", ErrProtocol)
 			case errors.Is(err, io.EOF):
-				return delivered, fmt.Errorf("%s: server closed the stream without a reply: %w", op, ErrProtocol)
+				return delivered, fmt.Errorf("server closed the stream without a reply: %w", ErrProtocol)
 			case errors.Is(err, ErrProtocol):
-				return delivered, fmt.Errorf("%s: %w", op, err)
+				return delivered, err
 			case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrFrameTooLarge), errors.Is(err, wire.ErrEmptyFrame):
-				return delivered, fmt.Errorf("%s: %w: %w", op, ErrProtocol, err)
+				return delivered, fmt.Errorf("%w: %w", ErrProtocol, err)
 			}
 			return delivered, ctxErr(ctx, err)
 		}

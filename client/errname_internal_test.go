@@ -1,0 +1,42 @@
+package client
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestCellAttemptErrorNamesMember: an attempt at a cell's member that
+// did not answer named the operation, and Group.fail named it again:
+// "send group lobby: send at [127.0.0.1:9]: server unreachable: no
+// handshake in time". The attempt names the member; the operation is
+// named once.
+func TestCellAttemptErrorNamesMember(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	cl := newTestClient(t, Config{DialTimeout: time.Minute})
+	defer cl.Close()
+	at := silent.LocalAddr().String()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{at}, Fingerprint: wire.Fingerprint{1},
+		Replicas: []wire.Replica{{Addr: at, Fingerprint: wire.Fingerprint{1}, Leader: true}, {Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{2}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var sent wire.Sent
+	err = g.fail("send", g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent))
+	if got := strings.Count(err.Error(), "send"); got != 1 {
+		t.Errorf("%q names the send %d times, want once", err, got)
+	}
+	if want := "send group lobby: member at " + at + ": "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("%q, want it to begin %q", err, want)
+	}
+}
