@@ -41,7 +41,8 @@ func (c *Client) CellStatus(ctx context.Context, addr string, pin Fingerprint) (
 // group's daemon is: the next one too after 250 ms of silence, the first
 // handshake completed answering.
 func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerprint) (CellStatus, error) {
-	addr := strings.Join(addrs, ", ")
+	// The addresses may be a listing's (CellMembers), or the user's: shown.
+	addr := strings.Join(shownAll(addrs), ", ")
 	p, err := c.groupPeer(addrs, pin, wire.UUID{})
 	if err != nil {
 		return CellStatus{}, err

@@ -40,3 +40,19 @@ func TestCellAttemptErrorNamesMember(t *testing.T) {
 		t.Errorf("%q, want it to begin %q", err, want)
 	}
 }
+
+// TestListedRegistryAddressShown: Listed's error names each registry
+// that failed by its address, shown (wire.Shown) as listed addresses are.
+// (A Registry opened at such an address fails to open today: resolve
+// refuses it; Listed does not count on that.)
+func TestListedRegistryAddressShown(t *testing.T) {
+	const addr = "127.0.0.1:9\nfake line\u202e"
+	_, err := Listed([]RegistryListing{{Registry: &Registry{addr: addr}, Err: ErrUnreachable}})
+	// (errors.Join puts each error on a line of its own.)
+	if err == nil || strings.Contains(err.Error(), "9\nfake") || strings.ContainsRune(err.Error(), '\u202e') {
+		t.Errorf("Listed, a registry at %q failing: %q, want its address shown", addr, err)
+	}
+	if !strings.Contains(err.Error(), wire.Shown(addr)) {
+		t.Errorf("Listed: %q does not name the registry at %q", err, wire.Shown(addr))
+	}
+}

@@ -103,3 +103,24 @@ func hostileRegistryHandler(t *testing.T, handle server.Handler) (*client.Client
 	}
 	return c, r
 }
+
+// TestRegistryAddressShownInErrors: the address a program opens a
+// registry at (the user's text, or an address discovery or a listing
+// gave) reached the error of a failed open as it came: a line break or a
+// bidirectional override in it reached the user's terminal, or huddle
+// web's messages. It is shown (wire.Shown), as listed addresses are.
+func TestRegistryAddressShownInErrors(t *testing.T) {
+	const addr = "127.0.0.1:9\nfake line\u202e"
+	c := newClient(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	for _, pin := range []client.Fingerprint{{}, {1}} {
+		_, err := c.Registry(ctx, addr, pin)
+		if err == nil {
+			t.Fatalf("a registry at %q (pin %v): no error", addr, pin)
+		}
+		if r, bad := unshownRune(err.Error()); bad {
+			t.Errorf("opening a registry at %q (pin %v): the error holds %U: %q", addr, pin.Short(), r, err)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // Registries is a set of registries asked together, so that none of them is
@@ -78,7 +80,7 @@ func Listed(answers []RegistryListing) ([]ListedGroup, error) {
 	ok := false
 	for _, a := range answers {
 		if a.Err != nil {
-			errs = append(errs, fmt.Errorf("registry %s: %w", a.Registry.Addr(), a.Err))
+			errs = append(errs, fmt.Errorf("registry %s: %w", wire.Shown(a.Registry.Addr()), a.Err))
 			continue
 		}
 		ok = true

@@ -68,7 +68,7 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 				c.pins.refuse(ctx, kh, ce, c.cfg.Logger)
 				return nil, ce
 			}
-			return nil, fmt.Errorf("registry %s: %w", addr, err)
+			return nil, fmt.Errorf("registry %s: %w", wire.Shown(addr), err)
 		}
 		return &Registry{addr: addr, p: p}, nil
 	}
@@ -83,7 +83,7 @@ func (c *Client) Registry(ctx context.Context, addr string, pin Fingerprint) (*R
 		return nil, err
 	}
 	if _, err := first.get(ctx); err != nil {
-		return nil, fmt.Errorf("registry %s: %w", addr, err)
+		return nil, fmt.Errorf("registry %s: %w", wire.Shown(addr), err)
 	}
 	first.close()
 	if kh != nil {
@@ -118,7 +118,7 @@ func (ps *pinsSeen) pin(ctx context.Context, kh *identity.KnownHosts, addr strin
 			return err
 		}
 		if ok && now != fp {
-			return fmt.Errorf("registry %s presents the key refused at %s: %w", addr, ce.Name, ce)
+			return fmt.Errorf("registry %s presents the key refused at %s: %w", wire.Shown(addr), wire.Shown(ce.Name), ce)
 		}
 		delete(ps.refused, fp)
 	}
