@@ -175,7 +175,7 @@ func TestPinFoundWhenFull(t *testing.T) {
 	// characters through (it refuses control characters), and a
 	// right-to-left override turned the rest of the warning around.
 	bidi := mdnsPinPrefix + "x\u202Edeifirev (abcd-efgh)"
-	if w := pinsFullWarning(path, []string{bidi}); strings.ContainsFunc(w, notShown) || !strings.Contains(w, shown(bidi)) {
+	if w := pinsFullWarning(path, []string{bidi}); strings.ContainsFunc(w, wire.Unshown) || !strings.Contains(w, shown(bidi)) {
 		t.Errorf("warning %q shows the name %q as it came", w, bidi)
 	}
 }

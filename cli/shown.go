@@ -10,6 +10,8 @@ import (
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // A peer chooses much of what the commands print: message bodies, member
@@ -28,13 +30,20 @@ import (
 // they make one name pass for another), a line or paragraph separator, or
 // a byte that is not UTF-8 becomes U+FFFD. A name an honest daemon
 // accepted is unchanged.
+//
+// It is wire.Shown's rule (wire.Unshown, one rule for a peer's text), but
+// it does not cut: wire.Shown quotes one peer's text inside an error of
+// its own, and holds it to MaxShownMessage bytes there; shown is given a
+// field the protocol bounds already (a name, an address) or a whole error
+// text the command prints, whose last parts (the advice it ends with, the
+// errors of the last registries joined) a cut would drop.
 func shown(s string) string {
-	if !strings.ContainsFunc(s, notShown) && utf8.ValidString(s) {
+	if !strings.ContainsFunc(s, wire.Unshown) && utf8.ValidString(s) {
 		return s
 	}
 	var b strings.Builder
 	for _, r := range s { // an invalid byte comes as U+FFFD
-		if notShown(r) {
+		if wire.Unshown(r) {
 			r = utf8.RuneError
 		}
 		b.WriteRune(r)
@@ -54,10 +63,6 @@ func shellWord(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func notShown(r rune) bool {
-	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029'
 }
 
 // printable returns a message body as it may be shown: a control
@@ -107,7 +112,7 @@ func (s shownWriter) Write(p []byte) (int, error) {
 // that quotes a peer's text turned the rest of the line around, until
 // session 17), but the line feed and the tab, which its writers' own
 // lines hold.
-func notWritten(r rune) bool { return notShown(r) && r != '\n' && r != '\t' }
+func notWritten(r rune) bool { return wire.Unshown(r) && r != '\n' && r != '\t' }
 
 // escapeJSON rewrites, in JSON that encoding/json wrote, the characters a
 // terminal would act on or hide that it leaves as they are (C1 controls,
@@ -115,13 +120,13 @@ func notWritten(r rune) bool { return notShown(r) && r != '\n' && r != '\t' }
 // parser reads back as the same characters: a script gets the peer's text
 // unchanged, and a person reading the output sees no effect of it.
 func escapeJSON(b []byte) []byte {
-	if !bytes.ContainsFunc(b, notShown) {
+	if !bytes.ContainsFunc(b, wire.Unshown) {
 		return b
 	}
 	out := make([]byte, 0, len(b)+32)
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
-		if r == utf8.RuneError || !notShown(r) {
+		if r == utf8.RuneError || !wire.Unshown(r) {
 			// encoding/json writes only valid UTF-8, and has escaped the
 			// C0 controls, DEL excepted, and the line separators already.
 			out = append(out, b[:n]...)

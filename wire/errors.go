@@ -150,7 +150,7 @@ func Shown(s string) string {
 	if cut {
 		s = s[:MaxShownMessage]
 	}
-	if !cut && utf8.ValidString(s) && !strings.ContainsFunc(s, unshown) {
+	if !cut && utf8.ValidString(s) && !strings.ContainsFunc(s, Unshown) {
 		return s
 	}
 	var b strings.Builder
@@ -158,7 +158,7 @@ func Shown(s string) string {
 		if cut && !utf8.FullRuneInString(s[i:]) {
 			break // a character the cut split
 		}
-		if unshown(r) {
+		if Unshown(r) {
 			r = utf8.RuneError
 		}
 		b.WriteRune(r)
@@ -169,7 +169,12 @@ func Shown(s string) string {
 	return b.String()
 }
 
-func unshown(r rune) bool {
+// Unshown reports whether Shown shows r as U+FFFD: a control character
+// (C0, DEL, C1), a format character (a bidirectional override, a
+// zero-width character), or a line or paragraph separator. It is the one
+// rule for a peer's text: the CLI shows what it prints to a terminal by it
+// too.
+func Unshown(r rune) bool {
 	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029'
 }
 
