@@ -110,7 +110,7 @@ func (a *attemptCtx) cancelOnEnd(st *quic.Stream) {
 	defer a.mu.Unlock()
 	a.str = st
 	if st != nil {
-		a.opened = time.Now()
+		a.opened = a.clock.time()
 		if a.err != nil {
 			cancelStream(st)
 		}
@@ -220,11 +220,25 @@ func (a *attemptCtx) dueAt() time.Time {
 // caller shares one context there, so each registration also took that
 // context's lock; BENCHMARKS.md, issue 20, session 7).
 type attemptClock struct {
+	// now is the clock's time, time.Now if nil: a test sets it before
+	// the first attempt, and moves it and calls tick itself, so that an
+	// attempt's end is a moment the test chooses, not one of the
+	// machine's load (until session 18 such tests slept for the bound).
+	now func() time.Time
+
 	mu         sync.Mutex
 	head, tail *attemptCtx // attempts in flight, oldest first
 	timer      *time.Timer // nil until first armed
 	armedAt    time.Time   // when timer fires; zero once it has
 	watches    map[<-chan struct{}]*parentWatch
+}
+
+// time returns the clock's time now.
+func (c *attemptClock) time() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
 }
 
 // parentWatch is the registration with a caller's context that ends the
@@ -242,7 +256,8 @@ type parentWatch struct {
 // silentFor its path (whose last handshake took handshake), if that comes
 // before its end. Its caller releases it.
 func (c *attemptClock) start(parent context.Context, bound time.Duration, limit time.Time, conn *quic.Conn, handshake time.Duration) *attemptCtx {
-	end := time.Now().Add(bound)
+	now := c.time()
+	end := now.Add(bound)
 	if !limit.IsZero() && limit.Before(end) {
 		end = limit
 	}
@@ -251,7 +266,7 @@ func (c *attemptClock) start(parent context.Context, bound time.Duration, limit 
 		stats := conn.ConnectionStats()
 		a.seen = stats.PacketsReceived
 		d := silentFor(stats, handshake)
-		if at := time.Now().Add(d); at.Before(end) {
+		if at := now.Add(d); at.Before(end) {
 			a.watched, a.silence, a.heard, a.silentAt, a.silentFor = true, conn, stats.PacketsReceived, at, d
 		}
 	}
@@ -291,10 +306,10 @@ func (c *attemptClock) start(parent context.Context, bound time.Duration, limit 
 func (c *attemptClock) arm(at time.Time) {
 	c.armedAt = at
 	if c.timer == nil {
-		c.timer = time.AfterFunc(time.Until(at), c.tick)
+		c.timer = time.AfterFunc(at.Sub(c.time()), c.tick)
 		return
 	}
-	c.timer.Reset(time.Until(at))
+	c.timer.Reset(at.Sub(c.time()))
 }
 
 // remove forgets a, and its context's watch if a was the last attempt
@@ -330,7 +345,7 @@ func (c *attemptClock) remove(a *attemptCtx) {
 // tick ends the attempts that are due: silent ones, and those whose time
 // is up; and arms the timer for the next one due.
 func (c *attemptClock) tick() {
-	now := time.Now()
+	now := c.time()
 	var silent, over []*attemptCtx
 	c.mu.Lock()
 	c.armedAt = time.Time{}

@@ -522,7 +522,9 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 // settled); keepAlive, if set, is how often the member sends a packet
 // while it has nothing else to send (as a live member does: it answers
 // calls, or acknowledges).
-func newCreditMember(t *testing.T, keepAlive time.Duration) (g *Group, got <-chan uint64, let func(seq uint64), attempt func(d time.Duration) <-chan error) {
+//
+// clock, if not nil, is the clock the client's attempts are timed by.
+func newCreditMember(t *testing.T, keepAlive time.Duration, clock *manualClock) (g *Group, got <-chan uint64, let func(seq uint64), attempt func(d time.Duration) <-chan error) {
 	t.Helper()
 	srv, tr, ln := rawServer(t, &quic.Config{MaxIncomingStreams: 1, KeepAlivePeriod: keepAlive})
 	var wg sync.WaitGroup
@@ -566,6 +568,9 @@ func newCreditMember(t *testing.T, keepAlive time.Duration) (g *Group, got <-cha
 	})
 	cl := newTestClient(t, Config{NoBatching: true})
 	t.Cleanup(func() { cl.Close() })
+	if clock != nil {
+		cl.attempts.now = clock.now
+	}
 	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint(),
 		Replicas: []wire.Replica{{Addr: ln.Addr().String(), Fingerprint: srv.Fingerprint(), Leader: true}}})
 	if err != nil {
@@ -598,14 +603,21 @@ func newCreditMember(t *testing.T, keepAlive time.Duration) (g *Group, got <-cha
 // but live leader answered each call within its bound once it had its
 // stream. The client abandoned a healthy leader for followers that refuse
 // sends.
+//
+// The attempts are timed by a clock the test moves (and ticks): it slept
+// for half the bound, and for the bound, until session 18, and under load
+// the first attempt's answer could come later than the sleep meant.
 func TestCellAttemptBoundFromStreamOpen(t *testing.T) {
 	const d = 2 * time.Second
-	_, got, let, attempt := newCreditMember(t, 0)
+	clock := &manualClock{at: time.Now()}
+	g, got, let, attempt := newCreditMember(t, 0, clock)
+	attempts := &g.cl.attempts
 	first := attempt(d)
-	a := <-got // the member's one stream is the first call's
-	began := time.Now()
+	a := <-got           // the member's one stream is the first call's
 	second := attempt(d) // waits for credit
-	time.Sleep(time.Until(began.Add(d / 2)))
+	waitAttempts(t, attempts, 2)
+	clock.add(d / 2)
+	attempts.tick()
 	let(a) // answered within its bound: the second call has the stream
 	var b uint64
 	select {
@@ -616,14 +628,57 @@ func TestCellAttemptBoundFromStreamOpen(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatalf("the first attempt: %v", err)
 	}
-	select {
-	case err := <-second:
-		t.Fatalf("the second attempt ended %v after it began, its stream opened about %v after it began (bound %v): %v", time.Since(began), d/2, d, err)
-	case <-time.After(time.Until(began.Add(d + d/5))): // past its bound counted from its start
+	clock.add(d/2 + d/5) // past its bound counted from its start, within it from its stream's opening
+	attempts.tick()
+	if n := liveAttempts(attempts); n != 1 {
+		t.Fatalf("the second attempt ended %v after it began, its stream opened %v after it began (bound %v): %d attempts running, want it", d+d/5, d/2, d, n)
 	}
 	let(b)
 	if err := <-second; err != nil {
 		t.Fatalf("the second attempt, answered within its bound from its stream's opening: %v", err)
+	}
+}
+
+// manualClock is a clock a test moves.
+type manualClock struct {
+	mu sync.Mutex
+	at time.Time
+}
+
+func (c *manualClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.at
+}
+
+func (c *manualClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.at = c.at.Add(d)
+	c.mu.Unlock()
+}
+
+// liveAttempts counts the attempts c times that it has not ended.
+func liveAttempts(c *attemptClock) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for a := c.head; a != nil; a = a.next {
+		if !a.over {
+			n++
+		}
+	}
+	return n
+}
+
+// waitAttempts waits until c times n attempts it has not ended.
+func waitAttempts(t *testing.T, c *attemptClock, n int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for liveAttempts(c) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client's attempts: %d running, want %d", liveAttempts(c), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -635,7 +690,7 @@ func TestCellAttemptBoundFromStreamOpen(t *testing.T) {
 // as before: the member is taken for gone.)
 func TestCellAttemptWaitsForCreditWhileHeard(t *testing.T) {
 	const d = time.Second
-	_, got, let, attempt := newCreditMember(t, 50*time.Millisecond)
+	_, got, let, attempt := newCreditMember(t, 50*time.Millisecond, nil)
 	first := attempt(time.Minute)
 	a := <-got
 	began := time.Now()
