@@ -123,6 +123,7 @@ func (g *Group) follow(r wire.Replica) error {
 		return err
 	}
 	p.forgetStop()
+	defer g.done(p) // after g.mu is let go
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.p = p
@@ -148,9 +149,7 @@ func (g *Group) nextReplica() bool {
 	if err != nil {
 		return false
 	}
-	g.mu.Lock()
-	g.p = p
-	g.mu.Unlock()
+	g.moveTo(p)
 	return true
 }
 
@@ -223,9 +222,11 @@ func (g *Group) anyCall(ctx context.Context, op wire.Op, args, out any) error {
 	if g.replicated() {
 		return g.memberCall(ctx, op, args, out)
 	}
-	p, err := g.reach(ctx)
+	var u inUse
+	defer g.doneAll(&u)
+	p, err := g.reach(ctx, &u)
 	if err == nil {
-		err = p.singleThen(ctx, op, args, out, g.redial())
+		err = p.singleThen(ctx, op, args, out, g.redial(&u))
 	}
 	return err
 }
@@ -498,13 +499,16 @@ func pause(ctx context.Context, until time.Time, d time.Duration) bool {
 // the group ("send group g: send at ..." until session 18).
 func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any) error {
 	if !g.replicated() {
-		p, err := g.reach(ctx)
+		var u inUse
+		defer g.doneAll(&u)
+		p, err := g.reach(ctx, &u)
 		if err != nil {
 			return err
 		}
-		return p.singleThen(ctx, op, args, out, g.redial())
+		return p.singleThen(ctx, op, args, out, g.redial(&u))
 	}
-	p := g.peer()
+	p := g.use()
+	defer g.done(p)
 	if !p.connected() {
 		bound := g.dialBound()
 		began := time.Now()

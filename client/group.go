@@ -30,10 +30,13 @@ type Group struct {
 	// closed is set by Close; held are the peers this handle holds (each
 	// counted in its peer's groups), given back once it is closed and no
 	// call counted in calls (every call but a send: a Watch among them)
-	// runs. nil once given back.
+	// runs. nil once given back. Each counts the handle's operations
+	// using its peer now (use): one that is neither the handle's peer,
+	// nor a member of the cell it knows, is given back when none does
+	// (prune).
 	closed atomic.Bool
 	calls  int
-	held   map[*peer]bool
+	held   map[*peer]int
 	// A group replicated by a cell (cell.go): its members, the highest
 	// sequence number acknowledged and its epoch.
 	replicas         []wire.Replica
@@ -91,7 +94,7 @@ func (c *Client) GroupListed(lg ListedGroup) (*Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.p, g.held = p, map[*peer]bool{p: true}
+	g.p, g.held = p, map[*peer]int{p: 0}
 	g.learnReplicas(e.Replicas, Fingerprint{})
 	return g, nil
 }
@@ -139,14 +142,14 @@ func (g *Group) refresh(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	g.mu.Lock()
-	g.p = p
-	g.mu.Unlock()
+	g.moveTo(p)
 }
 
 // peerAt returns the shared connection holder for the daemon at addrs
-// with key fp, held by g until Close gives its holds back; ErrClosed if it
-// did already. g.mu is not held: a hold given back may close a connection.
+// with key fp, held by g until Close gives its holds back, or until it is
+// of no more use (prune); ErrClosed if Close did already. It returns it in
+// use: the caller gives that back (done, or moveTo). g.mu is not held: a
+// hold given back may close a connection.
 func (g *Group) peerAt(addrs []string, fp Fingerprint) (*peer, error) {
 	p, err := g.cl.groupPeer(g.alsoAt(addrs, fp), fp, g.id)
 	if err != nil {
@@ -154,12 +157,12 @@ func (g *Group) peerAt(addrs []string, fp Fingerprint) (*peer, error) {
 	}
 	g.mu.Lock()
 	closed := g.held == nil
-	keep := !closed && !g.held[p]
-	if keep {
-		g.held[p] = true
+	_, had := g.held[p]
+	if !closed {
+		g.held[p]++
 	}
 	g.mu.Unlock()
-	if !keep {
+	if closed || had {
 		g.cl.releaseGroup(p)
 	}
 	if closed {
@@ -168,12 +171,86 @@ func (g *Group) peerAt(addrs []string, fp Fingerprint) (*peer, error) {
 	return p, nil
 }
 
+// moveTo points the handle at p, which peerAt returned in use, and gives
+// that use back.
+func (g *Group) moveTo(p *peer) {
+	g.mu.Lock()
+	g.p = p
+	g.mu.Unlock()
+	g.done(p)
+}
+
+// use returns the handle's peer, in use by the caller until it calls
+// done: a hold the handle gives back meanwhile (prune) would close the
+// connection under its call.
+func (g *Group) use() *peer {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.held != nil {
+		g.held[g.p]++ // g.p is always held while held is not nil
+	}
+	return g.p
+}
+
+// done gives back a use of p (use, peerAt), and the holds of no more use.
+func (g *Group) done(p *peer) {
+	g.mu.Lock()
+	if n, ok := g.held[p]; ok {
+		g.held[p] = n - 1
+	}
+	drop := g.pruneLocked()
+	g.mu.Unlock()
+	for _, p := range drop {
+		g.cl.releaseGroup(p)
+	}
+}
+
+// pruneLocked forgets, and returns to be given back, the peers the handle
+// holds that none of its operations uses, that it is not pointed at, and
+// that are not members of the cell it knows at the address it knows them
+// by. g.mu is held.
+//
+// Why: a handle kept every daemon it was pointed at until Close (until
+// session 18). A program that keeps a handle for long (huddle web, a
+// watch of days) on a cell whose members move, or on a daemon that moves,
+// or facing a rogue member naming a new leader key at each refusal, held
+// a connection (and its keep-alives) to each, one more per move.
+func (g *Group) pruneLocked() []*peer {
+	if len(g.held) <= 1 {
+		return nil
+	}
+	var drop []*peer
+	for p, n := range g.held {
+		if n > 0 || p == g.p || slices.ContainsFunc(g.replicas, func(r wire.Replica) bool {
+			return r.Fingerprint == p.pin && slices.Contains(p.addrs, r.Addr)
+		}) {
+			continue
+		}
+		delete(g.held, p)
+		drop = append(drop, p)
+	}
+	return drop
+}
+
+// inUse is the peers one call uses (reach, and the redial of its second
+// attempt), given back together when it ends (doneAll).
+type inUse []*peer
+
+// doneAll gives back the uses of u.
+func (g *Group) doneAll(u *inUse) {
+	for _, p := range *u {
+		g.done(p)
+	}
+	*u = (*u)[:0]
+}
+
 // Close releases the handle: once the calls running on it end (a Watch
 // runs on until its context ends), the connections it used close, unless
 // another handle (of this group or another on the same daemon) uses them.
 // A program that opens handles on groups as listings come and go closes
 // those it is done with, or keeps a connection to each daemon until the
-// Client closes. Queued and unfinished sends fail (retry them with their
+// Client closes. (An open handle keeps only its daemon's, and its cell's
+// members': one to a daemon it moved on from closes once unused.) Queued and unfinished sends fail (retry them with their
 // IDs on another handle); calls begun after Close return ErrClosed. Close
 // returns once the goroutines the handle started (send batching's) have
 // ended, so a program that checks for leaks (goleak) at a handle's close
@@ -204,7 +281,7 @@ func (g *Group) Close() error {
 
 // giveBackLocked returns the holds to give back if g is closed and no
 // call runs, and forgets them. g.mu is held.
-func (g *Group) giveBackLocked() map[*peer]bool {
+func (g *Group) giveBackLocked() map[*peer]int {
 	if !g.closed.Load() || g.calls > 0 {
 		return nil
 	}
@@ -604,8 +681,10 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 		n := 0
 		checked := false    // the message checked came back: the page goes on from it
 		var firstSeq uint64 // of the page: the gap of a first page cut short
-		p, err := g.reach(ctx)
+		var u inUse
+		p, err := g.reach(ctx, &u)
 		if err != nil {
+			g.doneAll(&u)
 			return failedAt(cur, at, delivered, req.Epoch), g.fail("fetch", err)
 		}
 		err = p.callThen(ctx, wire.OpFetch, req, func(kind wire.Kind, raw wire.Frame) (bool, error) {
@@ -683,7 +762,8 @@ func (g *Group) Fetch(ctx context.Context, q Query, yield func(Message) bool) (C
 				return true, nil
 			}
 			return true, fmt.Errorf("unexpected frame kind %d: %w", kind, ErrProtocol)
-		}, g.redial(), nil)
+		}, g.redial(&u), nil)
+		g.doneAll(&u)
 		if e, ok := EpochOf(err); ok && (e == 0 || e == req.Epoch) {
 			// No new log (see Watch): a program restarting from it read
 			// the same messages again under the same epoch.

@@ -36,26 +36,30 @@ const relookEvery = time.Second
 // reach returns the peer to call for g, connected if g's daemon was found:
 // the handle's peer as it is when it has a connection, or when the handle
 // has no registries to ask or follows a cell's replicas; otherwise the
-// result of looking for the daemon as above (locate). Errors: those of a
-// dial (ErrUnreachable, a key mismatch, ErrShuttingDown, ErrClosed).
-func (g *Group) reach(ctx context.Context) (*peer, error) {
-	p := g.peer()
+// result of looking for the daemon as above (locate). The peers it uses
+// are added to u, in use until the call gives them back (doneAll).
+// Errors: those of a dial (ErrUnreachable, a key mismatch,
+// ErrShuttingDown, ErrClosed).
+func (g *Group) reach(ctx context.Context, u *inUse) (*peer, error) {
+	p := g.use()
+	*u = append(*u, p)
 	if len(g.regs) == 0 || p.connected() || g.replicated() {
 		return p, nil
 	}
-	return g.locate(ctx, p)
+	return g.locate(ctx, p, u)
 }
 
 // redial returns where the second attempt of a call whose connection died
-// goes (peer.callThen): for a handle that follows its daemon, reach, so
-// that the daemon's addresses are dialled again and, while they do not
-// answer, the registries asked where the group is now (a daemon killed
-// and started elsewhere); else nil, the same peer dialled again.
-func (g *Group) redial() func(context.Context) (*peer, error) {
+// goes (peer.callThen): for a handle that follows its daemon, reach (its
+// peers added to u), so that the daemon's addresses are dialled again
+// and, while they do not answer, the registries asked where the group is
+// now (a daemon killed and started elsewhere); else nil, the same peer
+// dialled again.
+func (g *Group) redial(u *inUse) func(context.Context) (*peer, error) {
 	if len(g.regs) == 0 || g.replicated() {
 		return nil
 	}
-	return g.reach
+	return func(ctx context.Context) (*peer, error) { return g.reach(ctx, u) }
 }
 
 // dialled is the outcome of one dial of locate's.
@@ -66,8 +70,8 @@ type dialled struct {
 
 // locate dials p's addresses, and those the registries list g at while
 // no dial succeeds, as the comment at the top of this file says. The peer
-// that connects becomes the handle's.
-func (g *Group) locate(ctx context.Context, p *peer) (*peer, error) {
+// that connects becomes the handle's. The peers it dials are added to u.
+func (g *Group) locate(ctx context.Context, p *peer, u *inUse) (*peer, error) {
 	var wg sync.WaitGroup
 	defer wg.Wait() // after cancel: every dial has ended when locate returns
 	ctx, cancel := context.WithCancel(ctx)
@@ -117,6 +121,7 @@ func (g *Group) locate(ctx context.Context, p *peer) (*peer, error) {
 				if err != nil {
 					return nil, err
 				}
+				*u = append(*u, np)
 				g.cl.cfg.Logger.Debug("group listed at other addresses; dialling them", "group", g.id, "from", cur.addrs, "to", addrs)
 				cur, failed, listed = np, false, ""
 			case found == listedThere:

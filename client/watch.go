@@ -225,7 +225,8 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 	deadAfter := silence
 
 	req := wire.Watch{Group: w.g.id, Since: w.since, After: w.after, Epoch: w.epoch, MinSeq: w.g.minSeq(w.epoch)}
-	p := w.g.peer()
+	p := w.g.use()
+	defer w.g.done(p) // after the probes (late.stop)
 	// A heartbeat that is late by a quarter starts a probe (see latePing);
 	// it is armed once Start says how often heartbeats come.
 	late := newLatePing(actx, w, p)
