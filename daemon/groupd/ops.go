@@ -611,8 +611,6 @@ func (d *Daemon) fetch(c *server.Call) error {
 			// says so (End's first). Sent on, the messages past the hole
 			// followed as if nothing were missing, and the reference
 			// client refuses such a reply (since session 17).
-			clear(out)
-			out = out[:0]
 			cur = store.Cursor{Next: next, More: true, First: more.First, Last: more.Last}
 			break
 		}
