@@ -1672,3 +1672,62 @@ func TestCellStatusFrameGroupsBounded(t *testing.T) {
 		t.Fatalf("decoded: %d groups, %d omitted, %v", len(got.Groups), got.GroupsOmitted, err)
 	}
 }
+
+// TestCellUnreadyLeaderRefutesNothing: a member elected leader that has
+// not yet applied what the cell committed before (its state machine held
+// behind a send another leader acknowledged) refuses a read naming that
+// send's min_seq without naming itself leader. A leader naming itself
+// says it holds every message the cell acknowledged (it answers a send
+// once it applied it), and the Go client, since session 17, then forgets
+// the acknowledgement (ackRefuted): read-your-writes was given up for a
+// message the cell holds, and the next read, at a lagging follower, could
+// miss it. Until its barrier has applied everything committed, such a
+// leader names none, as it does refusing a send: the reader asks the
+// other members, one of which holds the message.
+func TestCellUnreadyLeaderRefutesNothing(t *testing.T) {
+	members, logs := startHoldingCell(t, 3, nil)
+	leader, g := cellLeader(t, members)
+	ann := newKey(t)
+	must(t, callLeader(t, members, ann, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	var followers []*testCellMember
+	var held []*holdingLog
+	for i, m := range members {
+		if m == leader {
+			continue
+		}
+		eventually(t, "a follower hosting the group", func() bool { return logs[i].Load() != nil })
+		fg := hostedGroup(t, m, g)
+		eventually(t, "a follower applying ann's join", func() bool { return fg.isMember(ann.Fingerprint()) })
+		followers, held = append(followers, m), append(held, logs[i].Load())
+	}
+	for _, l := range held {
+		l.setHold(true)
+	}
+	// Acknowledged by the leader once it applied it, the followers' raft
+	// logs holding it, their state machines held before it.
+	var sent wire.Sent
+	must(t, dial(t, leader.d.Addr(), leader.fp, ann).call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("held")}, &sent))
+	seq := sent.Acks[0].Seq
+	for _, l := range held {
+		eventually(t, "a follower's state machine held on the send", func() bool { return l.waiting.Load() > 0 })
+	}
+	must(t, leader.d.Close()) // hands the leadership over to a follower, held
+	var next *testCellMember
+	eventually(t, "a held follower elected", func() bool {
+		for _, m := range followers {
+			if st := m.d.node.Status(); st.State == "leader" {
+				next = m
+				return true
+			}
+		}
+		return false
+	})
+	if err := next.d.node.Leading(); err == nil {
+		t.Fatal("the new leader is ready to stamp, its state machine held before what the cell committed")
+	}
+	_, _, err := dial(t, next.d.Addr(), next.fp, ann).fetch(wire.Fetch{Group: g, MinSeq: seq})
+	we := wantCode(t, err, wire.CodeUnavailable)
+	if we.Leader != nil && we.Leader.Fingerprint == next.fp {
+		t.Fatalf("a leader that has not applied message %d, acknowledged by the leader before it, refuses a read for it naming itself leader: a client takes that as the cell refuting the acknowledgement", seq)
+	}
+}

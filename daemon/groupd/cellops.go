@@ -230,7 +230,15 @@ func (d *Daemon) awaitSeq(ctx context.Context, c *server.Call, g *group, seq uin
 		case <-deadline.C:
 			err := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
 				Message: fmt.Sprintf("%v group %s: this replica does not hold message %d yet (it lags the cell): try another replica", c.Op(), g.name, seq)}
-			if l, ok := g.cell.node.Leader(); ok {
+			// Itself only once ready (its barrier applied everything
+			// committed before its term): a leader naming itself says it
+			// holds every message the cell acknowledged, and a client
+			// forgets the acknowledgement it asked for (PROTOCOL.md,
+			// read-your-writes). Elected, it may still be applying
+			// what an earlier leader acknowledged (until session 18 it
+			// named itself then); it names none, as it does refusing a
+			// send, and the reader asks the other members.
+			if l, ok := g.cell.node.Leader(); ok && (l != g.cell.node.Self() || g.cell.node.Leading() == nil) {
 				err.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
 			}
 			return err
