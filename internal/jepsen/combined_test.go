@@ -190,7 +190,7 @@ func (c *cell) restartPartitioned(ctx context.Context, t *testing.T, w *workload
 	if won := victim.lines(preVoteWon, 0, restarted); len(won) > 0 && now == victim {
 		t.Errorf("%s, restarted cut off, won a pre-vote and leads: %s", victim.name, won[0].text)
 	}
-	if (now != before || nowTerm != beforeTerm) && len(before.lines(lostQuorum, 0, healed)) == 0 {
+	if (now != before || nowTerm != beforeTerm) && len(before.linesSoon(lostQuorum, healed, linesLag)) == 0 {
 		t.Errorf("%s, back from a restart cut off (%d candidacies), deposed %s: term %d, now %s leads in term %d",
 			victim.name, len(victim.lines(candidacy, 0, restarted)), before.name, beforeTerm, now.name, nowTerm)
 	}
