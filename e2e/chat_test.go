@@ -328,7 +328,7 @@ func TestChatReconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitText(t, chat, "kept to send again when the connection is back")
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	up = startDaemon(t, "up", "--listen", up.registry, "--daemon-listen", up.addr, "--state-dir", state)
 	defer up.stop(t)
 	waitText(t, chat, "-- reconnected --")
 	waitText(t, chat, "alice (you): typed while down")
@@ -581,7 +581,7 @@ func TestChatTerminalTypesWhileDown(t *testing.T) {
 		n := len(lines)
 		return n >= 2 && strings.HasPrefix(lines[n-2], "-- not sent (connection lost); kept to send again") && lines[n-1] == ">"
 	})
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	up = startDaemon(t, "up", "--listen", up.registry, "--daemon-listen", up.addr, "--state-dir", state)
 	defer up.stop(t)
 	tm.waitScreen("the kept line sent", func(lines []string) bool {
 		return slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, " alice (you): typed while down") })

@@ -374,6 +374,12 @@ func startDaemon(t testing.TB, verb string, args ...string) *daemon {
 		return haveReg && haveDaemon && len(d.groups) == len(groups)
 	}
 	if !out.waitFor(waitTimeout, ready) {
+		// Its output ends before it is waited for: give its exit a moment
+		// to be seen, so that the code printed is the one it exited with.
+		select {
+		case <-d.done:
+		case <-time.After(5 * time.Second):
+		}
 		t.Fatalf("huddle %s %s: did not report listening (exit code %d if it ended)\nstdout:\n%s\nstderr:\n%s",
 			verb, strings.Join(args, " "), d.exitCode(), d.stdout, d.stderr)
 	}

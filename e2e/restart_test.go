@@ -74,7 +74,7 @@ func TestDaemonRestart(t *testing.T) {
 	fetched := alice.ok(t, "fetch", "lobby")
 	up.stop(t)
 
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state)
+	up = startDaemon(t, "up", "--listen", up.registry, "--daemon-listen", up.addr, "--state-dir", state)
 	defer up.stop(t)
 	waitListed(t, alice, lobby)
 	after := info(t, alice, "lobby")
@@ -118,7 +118,7 @@ func TestDaemonRestartMemory(t *testing.T) {
 	}
 	up.stop(t)
 
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state, "--storage", "memory")
+	up = startDaemon(t, "up", "--listen", up.registry, "--daemon-listen", up.addr, "--state-dir", state, "--storage", "memory")
 	defer up.stop(t)
 	if got := up.groups["lobby"]; got != lobby {
 		t.Errorf("lobby's UUID changed across the restart: %s, then %s", lobby, got)

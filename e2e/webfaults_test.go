@@ -235,7 +235,7 @@ func TestWebRecovers(t *testing.T) {
 	b.typeMessage("three, typed while the daemon was down")
 	b.waitFor("the message waiting to be sent", `[...document.querySelectorAll('.msg.pending .state')].some(e => e.textContent.startsWith('not sent yet'))`)
 	b.screenshot("reconnecting")
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state, "--storage", "memory")
+	up = startDaemon(t, "up", "--listen", up.registry, "--daemon-listen", up.addr, "--state-dir", state, "--storage", "memory")
 	defer up.stop(t)
 	b.waitFor("the typed message delivered", hasMessage("three, typed while the daemon was down"))
 	b.waitFor("the group live again", `!document.getElementById('group-state').textContent.startsWith('reconnecting')`)

@@ -451,7 +451,7 @@ func TestWebUnreadAfterReset(t *testing.T) {
 	b.do("leave the page", chromedp.Navigate("about:blank"))
 
 	up.stop(t)
-	up = startDaemon(t, "up", "--listen", up.registry, "--state-dir", state, "--storage", "memory")
+	up = startDaemon(t, "up", "--listen", up.registry, "--daemon-listen", up.addr, "--state-dir", state, "--storage", "memory")
 	defer up.stop(t)
 	// The restarted daemon registers lobby a moment after it prints it: a
 	// send before then finds no registry listing it (CI, under load).
