@@ -115,6 +115,26 @@ type queuedSend struct {
 	// has an at no later than when it joined, so it never waits longer.
 	at   time.Time
 	done chan sendResult // capacity 1: the batch never waits for its caller
+	// flight is the batch the message went out in (take), under b.mu;
+	// nil while it is queued.
+	flight *flight
+}
+
+// flight is a batch in flight: how many of its callers there are, and
+// how many have given up waiting for it; once every one has, its
+// operation is cancelled (cancel, set by fly; nil until then). Under b.mu.
+//
+// Why: a batch ran until the latest of its callers' deadlines, and with a
+// caller without one until the daemon answered, or the Client closed,
+// though every caller had gone (until session 18). A program whose sends
+// give up by cancelling (no deadline) left a batch behind at each, holding
+// its messages and its request frame (up to a frame, 16 MiB): a daemon
+// that answered none (or read the requests slowly, or withheld its QUIC
+// acknowledgements) made the client hold one more at every send given up,
+// without bound.
+type flight struct {
+	n, gone int
+	cancel  context.CancelFunc
 }
 
 // queuedSends recycles queued sends with their channels: a batched send
@@ -123,7 +143,7 @@ type queuedSend struct {
 var queuedSends = sync.Pool{New: func() any { return &queuedSend{done: make(chan sendResult, 1)} }}
 
 func (q *queuedSend) recycle() {
-	q.ctx, q.msg = nil, wire.Outgoing{}
+	q.ctx, q.msg, q.flight = nil, wire.Outgoing{}, nil
 	queuedSends.Put(q)
 }
 
@@ -190,13 +210,21 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 		q.recycle()
 		return r.ack, r.err
 	case <-done:
+		var cancel context.CancelFunc
 		b.mu.Lock()
 		if i := slices.Index(b.queue, q); i >= 0 {
 			// Not sent yet, and now never will be.
 			b.queue = slices.Delete(b.queue, i, i+1)
 			b.bytes -= len(m.Body) + outgoingOverhead
+		} else if f := q.flight; f != nil {
+			if f.gone++; f.gone == f.n {
+				cancel = f.cancel // the last of its callers: nil if fly has not begun
+			}
 		}
 		b.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
 		// If the batch was in flight, the message may be stored or not:
 		// as with an unbatched send, a retry with its ID tells.
 		return Ack{ID: m.ID}, b.g.fail("send", ctx.Err())
@@ -343,6 +371,10 @@ func (b *batcher) take(now time.Time) ([]*queuedSend, time.Duration) {
 		n++
 	}
 	batch := slices.Clone(b.queue[:n])
+	f := &flight{n: n}
+	for _, q := range batch {
+		q.flight = f
+	}
 	b.queue = slices.Delete(b.queue, 0, n)
 	b.bytes -= size
 	b.inflight++
@@ -350,16 +382,32 @@ func (b *batcher) take(now time.Time) ([]*queuedSend, time.Duration) {
 }
 
 // fly sends one batch and hands each caller its result. The operation runs
-// until the latest of its callers' deadlines (or the Client closes): a
-// caller that gives up sooner has had its answer (its context's error), and
-// its message may be stored or not, as with an unbatched send it abandoned.
-// A caller without a deadline keeps the operation going.
+// until the latest of its callers' deadlines (or the Client closes), or
+// until every one of its callers has given up (flight): a caller that gives
+// up sooner has had its answer (its context's error), and its message may
+// be stored or not, as with an unbatched send it abandoned. A caller
+// whose context never ends keeps the operation going.
 func (b *batcher) fly(ctx context.Context, batch []*queuedSend) {
 	defer b.finished(len(batch))
+	var cancel context.CancelFunc
 	if d, ok := latestDeadline(batch); ok {
-		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, d)
+	} else if slices.ContainsFunc(batch, func(q *queuedSend) bool { return q.ctx.Done() != nil }) {
+		// A context of its own only where a caller may give up without
+		// a deadline: under one shared, the attempts' clock watches one
+		// context for all of them (attempts.go).
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	if cancel != nil {
 		defer cancel()
+		f := batch[0].flight
+		b.mu.Lock()
+		f.cancel = cancel
+		gone := f.gone == f.n
+		b.mu.Unlock()
+		if gone {
+			cancel() // every caller gave up before it flew
+		}
 	}
 	b.sendBatch(ctx, b.g.cl.ctx, batch)
 }
