@@ -232,7 +232,7 @@ type GroupEntry struct {
 }
 
 // check holds a listing to what a registry can list: names, addresses
-// and replicas within the limits of a registration (a client decoding a
+// (host:port) and replicas within the limits of a registration (a client decoding a
 // listing otherwise held whatever a registry sent, up to a frame a page).
 // A name's characters are not checked here: a registry of an earlier
 // version may list a name the rules refuse now.
@@ -245,9 +245,14 @@ func (g *Groups) check() error {
 		case len(e.Addrs) > MaxAddrs:
 			return fmt.Errorf("group %s: %d addresses, at most %d: %w", e.Group, len(e.Addrs), MaxAddrs, ErrTooLarge)
 		}
+		// Each address is host:port, as a registration's must be (since
+		// session 12) and as a replica's is checked just below: a listing
+		// was held to the address's length only, and a rogue registry's
+		// "10.0.0.1:http", "box:0" or a blank-filled host reached every
+		// client to dial (until session 18).
 		for _, a := range e.Addrs {
-			if len(a) > MaxAddrBytes {
-				return fmt.Errorf("group %s: an address of %d bytes, at most %d: %w", e.Group, len(a), MaxAddrBytes, ErrTooLarge)
+			if err := checkAddr("address", a); err != nil {
+				return fmt.Errorf("group %s: %w", e.Group, err)
 			}
 		}
 		if err := checkReplicas(e.Replicas); err != nil {
