@@ -8,7 +8,6 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/server"
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -78,30 +77,6 @@ func TestGroupErrorsNameOnce(t *testing.T) {
 		_, err = newClient(t).CellStatus(ctx, e.Addrs[0], e.Fingerprint)
 		namesOnce(t, mode+": cell status", "cell_status", err)
 	}
-}
-
-// hostileRegistryHandler is a registry (its role) answering each call
-// with handle, and a handle on it.
-func hostileRegistryHandler(t *testing.T, handle server.Handler) (*client.Client, *client.Registry) {
-	t.Helper()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, handle)
-	if err := s.Listen(id); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	c := newClient(t)
-	r, err := c.Registry(t.Context(), s.Addr().String(), id.Fingerprint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, r
 }
 
 // TestRegistryAddressShownInErrors: the address a program opens a

@@ -79,17 +79,24 @@ func TestFetchDaemonRepeatsItself(t *testing.T) {
 // returns (the cursor asked for, empty for the first page).
 func hostileRegistry(t *testing.T, page func(after []byte) wire.Groups) (*client.Client, *client.Registry) {
 	t.Helper()
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, func(ctx context.Context, c *server.Call) error {
+	return hostileRegistryHandler(t, func(ctx context.Context, c *server.Call) error {
 		var l wire.List
 		if err := c.Decode(&l); err != nil {
 			return err
 		}
 		return c.Result(page(l.After))
 	})
+}
+
+// hostileRegistryHandler is a registry (its role) answering each call
+// with handle, and a handle on it.
+func hostileRegistryHandler(t *testing.T, handle server.Handler) (*client.Client, *client.Registry) {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "registry"}, handle)
 	if err := s.Listen(id); err != nil {
 		t.Fatal(err)
 	}
