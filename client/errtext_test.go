@@ -50,8 +50,9 @@ func TestListedTextShownInErrors(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a handle on the listed group: %v", err)
 	}
-	e.Addrs = addrs
-	own, err := cl.Group(e)
+	mine := e // e is the registry's still: a copy
+	mine.Addrs = addrs
+	own, err := cl.Group(mine)
 	if err != nil {
 		t.Fatalf("a handle on the group at addresses of a program's own: %v", err)
 	}
