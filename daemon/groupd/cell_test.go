@@ -1042,6 +1042,10 @@ func TestCellRefusalNamesMembers(t *testing.T) {
 		}
 	}
 	gone := wire.Replica{Addr: testport.Cell(t), Fingerprint: newKey(t).Fingerprint()}
+	// A follower that has not applied the group's creation yet refuses
+	// naming no members ("not yet applied all its groups"), and the
+	// client asks the next member (load ~40, session 18).
+	hostedGroup(t, follower, g)
 	cl, err := client.New(client.Config{Identity: newKey(t), Logger: testLogger(t)})
 	must(t, err)
 	t.Cleanup(func() { cl.Close() })
