@@ -379,7 +379,7 @@ func (d *DiskLog) record(batch []Entry) (int64, error) {
 	// The writer's last write, if it has ended (or, with as much again
 	// pending meanwhile, once it ends): a failed one's records are
 	// pending again, before this one's.
-	if err := d.reap(len(d.pend) >= 2*d.behind); err != nil {
+	if err := d.reap(len(d.pend) >= d.pendMax()); err != nil {
 		return 0, err
 	}
 	if d.sealsFor(batch) {
@@ -520,11 +520,15 @@ func (d *DiskLog) rebegin() error {
 
 // rotate seals the active segment (synced, its index written) and begins
 // the next, empty but for its header, synced with its directory entry;
-// from the spare file if it cannot be created and spare is set. On error
-// the active segment stays as it was. d.wmu is held.
+// from the spare file if it cannot be created and spare is set. A log
+// with a writer seals on it instead, unless spare is set (seal.go). On
+// error the active segment stays as it was. d.wmu is held.
 func (d *DiskLog) rotate(spare bool) error {
 	if err := d.settle(); err != nil {
 		return err
+	}
+	if !spare && d.sealsBehind() {
+		return d.rotateBehind()
 	}
 	// Straight through write: a seal is a record's (record), whose
 	// refusal for want of room makes room for what is pending too
@@ -569,11 +573,16 @@ func (d *DiskLog) rotate(spare bool) error {
 	d.f = f
 	d.fmu.Unlock()
 	old.Close()
+	d.begun(base, f)
+	return nil
+}
+
+// begun makes f, just created at base, the active segment. d.wmu is held.
+func (d *DiskLog) begun(base uint64, f *os.File) {
 	d.fbase, d.fsize, d.fcount = base, segHeaderSize, 0
 	d.enc = newRecordEncoder()
 	d.idx, d.idxAt = nil, 0
 	d.segs = append(d.segs, segFile{base: base, last: base - 1, lastTime: d.tailT})
-	return nil
 }
 
 // createSegment creates a segment file holding only its header, synced.
@@ -669,10 +678,15 @@ func (d *DiskLog) retain() {
 }
 
 // filesBefore counts the oldest segment files whose messages all come
-// before floor; the active one is never counted. d.wmu is held.
+// before floor; the active one is never counted, nor one whose seal is
+// out (its index would be written after the file was deleted). d.wmu is
+// held.
 func (d *DiskLog) filesBefore(floor uint64) int {
-	n := 0
-	for n < len(d.segs)-1 && d.segs[n].last < floor {
+	n, sealed := 0, len(d.segs)-1
+	if d.sealOut() != nil {
+		sealed-- // the file before the active one is being sealed (seal.go)
+	}
+	for n < sealed && d.segs[n].last < floor {
 		n++
 	}
 	return n
@@ -785,9 +799,13 @@ func (d *DiskLog) syncTo(seq uint64) error {
 
 // fsync writes the pending records, syncs the active segment and returns
 // the last sequence number it covers; it publishes them under
-// FsyncPolicy.Always. (Sealed segments were synced when sealed.)
+// FsyncPolicy.Always. (Sealed segments were synced when sealed: a seal
+// on the writer is waited for first, without d.wmu.)
 func (d *DiskLog) fsync() (uint64, error) {
-	d.wmu.Lock()
+	if err := d.lockSealed(); err != nil {
+		d.wmu.Unlock()
+		return 0, err
+	}
 	if err := d.settle(); err != nil {
 		d.wmu.Unlock()
 		return 0, err

@@ -1276,9 +1276,17 @@ func TestDiskCheckpointAhead(t *testing.T) {
 // next survives the next crash (a checkpoint that retention made say the
 // history begins past the tail the cut left does not hide it).
 func TestDiskPowerCuts(t *testing.T) {
+	// Write-behind: the records pending are lost too, and segments are
+	// sealed on the log's writer (seal.go).
+	for _, behind := range []int{0, 1 << 10} {
+		t.Run(fmt.Sprint("writebehind=", behind), func(t *testing.T) { testDiskPowerCuts(t, behind) })
+	}
+}
+
+func testDiskPowerCuts(t *testing.T, behind int) {
 	dir := t.TempDir()
 	cfg := DiskConfig{Dir: dir, Config: Config{MaxMessages: 200, MaxAge: time.Minute, SegmentSize: 25},
-		SegmentBytes: 64 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+		SegmentBytes: 64 << 10, Fsync: FsyncPolicy{Interval: time.Hour}, WriteBehind: behind}
 	rng := rand.New(rand.NewPCG(47, 47))
 	now := time.Now().UnixNano()
 	var all []Entry // every message stored and not lost, in order

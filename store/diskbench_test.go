@@ -124,3 +124,47 @@ func BenchmarkDiskOpen(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+// BenchmarkDiskSeal appends batches of 16 messages of 256 bytes to a log
+// as a cell's group log is configured (WriteBehind 256 KiB, fsync every
+// second), with 16 MiB segments so that several are sealed, and reports how
+// long the appends that sealed a segment took (in a cell, raft's apply
+// goroutine, which every send waits for), on average and at most.
+func BenchmarkDiskSeal(b *testing.B) {
+	d, _, err := Open(DiskConfig{Dir: b.TempDir(), SegmentBytes: 16 << 20, WriteBehind: 256 << 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	fbase := func() uint64 {
+		d.wmu.Lock()
+		defer d.wmu.Unlock()
+		return d.fbase
+	}
+	var batch []Entry
+	var seals int
+	var sealing, most time.Duration
+	b.SetBytes(16 * int64(len(diskBody)))
+	n := 0
+	for b.Loop() {
+		seq, t := d.Tail()
+		batch = benchBatch(batch, 16, seq, t, n)
+		n += 16
+		base := fbase()
+		start := time.Now()
+		if err := d.Append(batch); err != nil {
+			b.Fatal(err)
+		}
+		if took := time.Since(start); fbase() != base {
+			seals++
+			sealing += took
+			most = max(most, took)
+		}
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+	if seals > 0 {
+		b.ReportMetric(float64(sealing.Microseconds())/1000/float64(seals), "ms/seal")
+		b.ReportMetric(float64(most.Microseconds())/1000, "ms-max-seal")
+		b.ReportMetric(float64(seals), "seals")
+	}
+}

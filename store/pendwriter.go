@@ -46,11 +46,13 @@ type pendWriter struct {
 	spare  []byte   // a buffer for the next pending records
 }
 
-// writeJob writes buf at offset at of the active segment, f.
+// writeJob writes buf at offset at of the active segment, f; or, with
+// seal, seals the segment before the active one (seal.go).
 type writeJob struct {
-	f   *os.File
-	buf []byte
-	at  int64
+	f    *os.File
+	buf  []byte
+	at   int64
+	seal *sealJob
 }
 
 // startWriter starts the log's writer. write writes a job's records:
@@ -62,6 +64,10 @@ func (d *DiskLog) startWriter(write func(f *os.File, p []byte, off int64) (int, 
 	go func() {
 		defer w.wg.Done()
 		for j := range w.jobs {
+			if j.seal != nil {
+				w.done <- d.seal(j.seal)
+				continue
+			}
 			if writerTestJob != nil {
 				writerTestJob()
 			}
@@ -157,6 +163,14 @@ func (d *DiskLog) reap(wait bool) error {
 	}
 	j := w.job
 	w.out, w.job = false, writeJob{}
+	if j.seal != nil {
+		if err != nil {
+			d.failed = err // ErrFailed, as the inline seal's
+			return err
+		}
+		d.sealed(j.seal)
+		return nil
+	}
 	if err == nil {
 		w.failed = false
 		if cap(j.buf) <= maxKeptPend {
