@@ -140,6 +140,12 @@ var (
 	// IDs, never new ones. Only the append whose write failed says so;
 	// those after it fail with ErrFailed alone, nothing of theirs written.
 	ErrMaybeWritten = errors.New("store: record may be written")
+	// ErrReadFault: a file the log maps (the history read back at Open:
+	// mapped.go) could not be read where the log read it: the disk
+	// answered an I/O error for a page not in memory, or the file was
+	// cut shorter since it was mapped. Reading it was a fault (SIGBUS)
+	// that crashed the process; the read is refused instead (readfault.go).
+	ErrReadFault = errors.New("store: a mapped log file could not be read")
 )
 
 // DiskLog is a group's log kept on disk: the in-memory [Log] serves every

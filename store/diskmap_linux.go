@@ -41,8 +41,12 @@ func copyMapping(p []byte, n int) (place func() error, drop func(), err error) {
 	if detachTestCopying != nil {
 		detachTestCopying()
 	}
-	copy(c, p[:n])
 	drop = func() { unix.MunmapPtr(q, size) }
+	// A page the disk cannot read faults (readfault.go).
+	if err := readsFaulting(func() { copy(c, p[:n]) }); err != nil {
+		drop()
+		return nil, nil, err
+	}
 	if err := unix.Mprotect(c, unix.PROT_READ); err != nil {
 		drop()
 		return nil, nil, err

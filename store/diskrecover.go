@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -595,6 +596,10 @@ type replay struct {
 	holes   bool        // a hole past synced may be cut (the checkpoint read back)
 }
 
+// readTestMapped, a test hook, runs once a segment being read back is
+// mapped, before it is read.
+var readTestMapped func(path string)
+
 // segmentResult is what reading one segment found.
 type segmentResult struct {
 	size  int64 // the end of its last whole record
@@ -624,6 +629,13 @@ func (r *replay) segment(h segHeader, x *segIndex, last bool, synced uint64) (re
 		}
 		r.mf.dict = r.dec.dict
 	}()
+	// A page the disk cannot read is ErrReadFault, before the release
+	// above (readfault.go).
+	defer catchFault(&err)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	if readTestMapped != nil {
+		readTestMapped(path)
+	}
 	// Size the columns once and fault them in with one call each: on a VM
 	// a page fault per page of fresh memory, as appends grow them, costs
 	// more than filling them.

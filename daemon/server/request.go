@@ -46,14 +46,24 @@ func (s *Server) serveStream(conn *quic.Conn, peer wire.Fingerprint, str *quic.S
 }
 
 // serveCall runs the handler, and tells the peer of a panic as an internal
-// error.
+// error. A fault reading memory is such a panic, not a crash of the
+// daemon: the bodies of a group's history read back at start are its
+// files, mapped (store/mapped.go), and a page the disk can no longer
+// read (EIO), touched as a fetch or watch encodes it, was SIGBUS, which
+// the runtime makes fatal to the whole process.
 func (s *Server) serveCall(c *Call) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.setup.Logger.Error("handler panicked", "op", c.op, "peer", c.peer.Short(), "panic", r, "stack", string(debug.Stack()))
+			if f, ok := r.(interface{ Addr() uintptr }); ok {
+				s.setup.Logger.Error("handler faulted reading memory (a mapped log file the disk could not read?)", "op", c.op, "peer", c.peer.Short(),
+					"addr", fmt.Sprintf("%#x", f.Addr()), "panic", r, "stack", string(debug.Stack()))
+			} else {
+				s.setup.Logger.Error("handler panicked", "op", c.op, "peer", c.peer.Short(), "panic", r, "stack", string(debug.Stack()))
+			}
 			err = wire.ErrInternal
 		}
 	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	err = s.handle(s.ctx, c)
 	if err != ErrLater && !c.decoded {
 		// An op the handler does not serve: a malformed request is
