@@ -371,9 +371,7 @@ func (d *DiskLog) Append(batch []Entry) error {
 	d.segs[len(d.segs)-1].last, d.segs[len(d.segs)-1].lastTime = last.Seq, last.Time
 	d.mem.appendChecked(batch) // checked above, under d.wmu: memory's one writer
 	d.retain()
-	if d.resSize < d.resWant {
-		d.fillReserve(false)
-	}
+	d.fillReserve(false)
 	return nil
 }
 

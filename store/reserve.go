@@ -35,7 +35,8 @@ const reserveName = "reserve"
 // segment size is smaller: then the reserve is a segment.
 const DefaultReserve = 1 << 20
 
-// reserveEvery is how often a reserve short of its size is tried again.
+// reserveEvery is how often a log looks at its reserve, and makes it whole
+// if it is short.
 const reserveEvery = time.Second
 
 // openReserve takes the reserve file as recovery finds it: its size
@@ -61,15 +62,28 @@ func (d *DiskLog) openReserve() {
 }
 
 // fillReserve makes the reserve whole if the disk has room to spare: free
-// space at least twice what it lacks. Unless now, it tries at most once
-// a reserveEvery. A write the disk refuses part of the way leaves the
-// reserve as far as it got. d.wmu is held, or the log is being opened.
+// space at least twice what it lacks. Unless now, it looks at most once a
+// reserveEvery, at the file's size first: a reserve deleted or cut by
+// another hand (an operator freeing room, a test's full disk taking it)
+// was taken as whole until a refused record found it gone, too late, or
+// until a restart, and was not made again when room came back. A write
+// the disk refuses part of the way leaves the reserve as far as it got.
+// d.wmu is held, or the log is being opened.
 func (d *DiskLog) fillReserve(now bool) {
-	short := d.resWant - d.resSize
-	if short <= 0 || d.f == nil || (!now && time.Since(d.resTried) < reserveEvery) {
+	if d.resWant == 0 || d.f == nil || (!now && time.Since(d.resTried) < reserveEvery) {
 		return
 	}
 	d.resTried = time.Now()
+	if !now {
+		d.resSize = 0
+		if st, err := os.Lstat(filepath.Join(d.dir, reserveName)); err == nil && st.Mode().IsRegular() {
+			d.resSize = min(st.Size(), d.resWant)
+		}
+	}
+	short := d.resWant - d.resSize
+	if short <= 0 {
+		return
+	}
 	if free, ok := freeBytes(d.dir); ok && free < 2*short {
 		return
 	}
