@@ -72,6 +72,9 @@ func (d *DiskLog) startWriter(write func(f *os.File, p []byte, off int64) (int, 
 				writerTestJob()
 			}
 			w.done <- gatedWrite(g, func() error {
+				if writerTestWrite != nil {
+					writerTestWrite(g)
+				}
 				_, err := write(j.f, j.buf, j.at)
 				return err
 			})
@@ -80,8 +83,12 @@ func (d *DiskLog) startWriter(write func(f *os.File, p []byte, off int64) (int, 
 	d.wr = w
 }
 
-// writerTestJob, a test hook, runs as the writer takes a job.
-var writerTestJob func()
+// writerTestJob, a test hook, runs as the writer takes a job;
+// writerTestWrite as it writes one, through the gate g.
+var (
+	writerTestJob   func()
+	writerTestWrite func(g *gate)
+)
 
 // errGateHeld refuses a background write while another log makes room:
 // its records are pending again, written inline through the gate.
@@ -91,15 +98,18 @@ var errGateHeld = errors.New("store: the record gate is held: written inline")
 // handed off while the gate was open may reach the file only after it
 // shut (the disk refused another log's record): it was written ungated,
 // taking the room another log had just made (deleted its files for, or
-// cut its reserve by) and held the gate for. Now, with the gate shut, it
-// is written with the others' records (the gate held for reading, as a
-// record's write), or, while a log holds the gate to make room, not at
-// all: the job fails (errGateHeld), and its records are written inline,
-// through the gate, by the log's next write (reap). Never waiting for the
-// gate, the writer cannot wait behind a log making room that waits for
-// it. Safe on a nil gate.
+// cut its reserve by) and held the gate for. Now it is written with the
+// gate held for reading, as a record's write, or, while a log holds the
+// gate to make room, not at all: the job fails (errGateHeld), and its
+// records are written inline, through the gate, by the log's next write
+// (reap). Whether the gate is shut is not looked at first: a write that
+// found it open went on ungated, and the gate could shut, and a log take
+// it to make room, between the look and the write (a log making room
+// takes it only once the writes holding it have ended). Never waiting for
+// the gate, the writer cannot wait behind a log making room that waits
+// for it. Safe on a nil gate.
 func gatedWrite(g *gate, write func() error) error {
-	if g == nil || !g.shut.Load() {
+	if g == nil {
 		return write()
 	}
 	if !g.mu.TryRLock() {

@@ -115,3 +115,34 @@ func fillUntilOut(t *testing.T, d *DiskLog, w *writer) []Entry {
 	}
 	return all
 }
+
+// TestDiskWriteBehindHoldsGate: the writer's write holds the record gate
+// of the log's file system for reading while the gate is open too, so
+// that a log making room on a full disk (which takes it alone) cannot
+// begin while the write is under way. It looked at whether the gate was
+// shut, and wrote ungated if not: between the look and the write the
+// disk could refuse another log's record and that log delete its files
+// for it, and the write take the room.
+func TestDiskWriteBehindHoldsGate(t *testing.T) {
+	held := make(chan bool, 1)
+	writerTestWrite = func(g *gate) {
+		alone := g.mu.TryLock()
+		if alone {
+			g.mu.Unlock()
+		}
+		select {
+		case held <- !alone:
+		default:
+		}
+	}
+	t.Cleanup(func() { writerTestWrite = nil })
+	cfg := DiskConfig{Dir: t.TempDir(), SegmentBytes: 1 << 20, WriteBehind: 8 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	if d.gate.shut.Load() {
+		t.Fatal("the gate is shut before the test")
+	}
+	fillUntilOut(t, d, newWriter(23))
+	if !<-held {
+		t.Fatal("a log could take the record gate alone while the writer wrote, the gate open")
+	}
+}
