@@ -688,17 +688,37 @@ func waitAttempts(t *testing.T, c *attemptClock, n int) {
 // goes on waiting: the time it waits does not count against its bound.
 // (An attempt that waited a bound without a packet from the member ends,
 // as before: the member is taken for gone.)
+//
+// The attempts are timed by a clock the test moves, a bound at a time,
+// each once the member was heard from (its keep-alives): the test waited
+// two and a half bounds of the machine's time until session 18.
 func TestCellAttemptWaitsForCreditWhileHeard(t *testing.T) {
 	const d = time.Second
-	_, got, let, attempt := newCreditMember(t, 50*time.Millisecond, nil)
+	clock := &manualClock{at: time.Now()}
+	g, got, let, attempt := newCreditMember(t, 50*time.Millisecond, clock)
+	attempts := &g.cl.attempts
 	first := attempt(time.Minute)
 	a := <-got
-	began := time.Now()
 	second := attempt(d)
-	select {
-	case err := <-second:
-		t.Fatalf("the attempt waiting for credit ended after %v (bound %v): %v", time.Since(began), d, err)
-	case <-time.After(2*d + d/2):
+	waitAttempts(t, attempts, 2)
+	conn := g.peer().current()
+	if conn == nil {
+		t.Fatal("no connection to the member")
+	}
+	for i := range 3 {
+		heard := conn.ConnectionStats().PacketsReceived
+		deadline := time.Now().Add(time.Minute)
+		for conn.ConnectionStats().PacketsReceived == heard { // a keep-alive, every 50 ms
+			if time.Now().After(deadline) {
+				t.Fatal("not a packet from the member in a minute")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		clock.add(d)
+		attempts.tick()
+		if n := liveAttempts(attempts); n != 2 {
+			t.Fatalf("the attempt waiting for credit, the member heard from: ended after %d bounds of %v (%d attempts running, want 2)", i+1, d, n)
+		}
 	}
 	let(a)
 	if err := <-first; err != nil {
