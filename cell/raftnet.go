@@ -75,6 +75,9 @@ type raftNet struct {
 	// hold (frameBudget: frameBudgetPerKey; tests set it).
 	frameBytes  map[wire.Fingerprint]int
 	frameBudget int
+	// frameLimit bounds the frames it sends and reads: maxFrameBytes
+	// (tests set it).
+	frameLimit int
 
 	// rtt, if set (by tests), replaces the round trip measured
 	// (measuredRTT).
@@ -131,6 +134,7 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...f
 		repl:     make(map[raft.ServerID]*replication),
 
 		frameBudget: frameBudgetPerKey,
+		frameLimit:  maxFrameBytes,
 	}
 	for _, f := range set {
 		f(n)
@@ -255,14 +259,20 @@ type rpcConn struct {
 	r      *bufio.Reader
 	buf    []byte // the last request's frame, kept for the next
 	reused bool   // taken from the idle pool, not dialed for this RPC
+	limit  int    // the longest frame body it sends (raftNet.frameLimit)
 }
 
 func (c *rpcConn) close() { c.conn.Close() }
 
-// send writes req's frame in one write, and returns its type.
+// send writes req's frame in one write, and returns its type. An
+// AppendEntries request carries the first of its entries that fit in the
+// connection's limit, and says so to raft (fitAppendEntries).
 func (c *rpcConn) send(req any) (byte, error) {
-	if ae, ok := req.(*raft.AppendEntriesRequest); ok && cap(c.buf) < appendEntriesBytes(ae) {
-		c.buf = make([]byte, 0, appendEntriesBytes(ae))
+	if ae, ok := req.(*raft.AppendEntriesRequest); ok {
+		fitAppendEntries(ae, c.limit)
+		if cap(c.buf) < appendEntriesBytes(ae) {
+			c.buf = make([]byte, 0, appendEntriesBytes(ae))
+		}
 	}
 	buf, typ := appendRequest(c.buf[:0], req)
 	if cap(buf) <= readBuffer {
@@ -382,7 +392,7 @@ func (n *raftNet) dialWithin(target raft.ServerAddress, timeout time.Duration, r
 	if err != nil {
 		return nil, err
 	}
-	return &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)}, nil
+	return &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer), limit: n.frameLimit}, nil
 }
 
 // dropIdle closes the idle connections to target.
@@ -635,7 +645,7 @@ func (n *raftNet) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddr
 		if err != nil {
 			return nil, err
 		}
-		c = &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer)}
+		c = &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer), limit: n.frameLimit}
 	}
 	p := &rpcPipeline{
 		n:        n,
@@ -912,7 +922,7 @@ func (n *raftNet) readRequest(conn net.Conn, r *bufio.Reader, take func(int) err
 		return readFrame(r) // its error
 	}
 	conn.SetReadDeadline(time.Now().Add(n.dialTimeout()))
-	return readFrameTaking(r, maxFrameBytes, take)
+	return readFrameTaking(r, uint32(n.frameLimit), take)
 }
 
 // frameBudgetPerKey bounds the bytes of the request frames the raft

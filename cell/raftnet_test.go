@@ -36,13 +36,14 @@ func answerRPCs(t testing.TB, b *raftNet) {
 }
 
 // raftNetPair is a raftNet dialing from a to b, and b's, whose RPCs a
-// goroutine answers as serveTestRPC does.
-func raftNetPair(t testing.TB) (a, b *raftNet, bAddr raft.ServerAddress, heartbeats *atomic.Int64) {
+// goroutine answers as serveTestRPC does; set, if given, sets both nets'
+// test hooks.
+func raftNetPair(t testing.TB, set ...func(*raftNet)) (a, b *raftNet, bAddr raft.ServerAddress, heartbeats *atomic.Int64) {
 	t.Helper()
 	aID, bID := mustIdentity(t), mustIdentity(t)
 	tb, addr := newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
 	ta, _ := newTransport(t, aID, []Peer{{Addr: addr, Fingerprint: bID.Fingerprint()}}, false)
-	a, b = newRaftNet(ta, waitTimeout, hclog.NewNullLogger()), newRaftNet(tb, waitTimeout, hclog.NewNullLogger())
+	a, b = newRaftNet(ta, waitTimeout, hclog.NewNullLogger(), set...), newRaftNet(tb, waitTimeout, hclog.NewNullLogger(), set...)
 	heartbeats = new(atomic.Int64)
 	b.SetHeartbeatHandler(func(rpc raft.RPC) {
 		heartbeats.Add(1)
@@ -133,6 +134,76 @@ func TestRaftNetRPCs(t *testing.T) {
 	if idle != 0 {
 		t.Fatalf("%d idle streams after a snapshot, want 0", idle)
 	}
+}
+
+// TestRaftNetAppendEntriesFit: raft sends up to MaxAppendEntries entries
+// in one request whatever their size, and a frame over the bound
+// (maxFrameBytes; here 100 kB) was refused by the member it was sent to,
+// for ever: the leader sent the same request again. A request now carries
+// the first of its entries that fit, and says so in its Entries, which
+// raft reads back (replicateTo, pipelineSend) to send the rest next; the
+// member answers for the entries it got. One call at a time and through a
+// pipeline, as raft sends them, every entry gets there.
+func TestRaftNetAppendEntriesFit(t *testing.T) {
+	const limit = 100_000
+	a, _, b, _ := raftNetPair(t, func(n *raftNet) { n.frameLimit = limit })
+	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("a"), Addr: []byte("127.0.0.1:1")}
+	const last = 40 // of 10 kB each: 400 kB in all
+	send := func(name string, next uint64, call func(req *raft.AppendEntriesRequest) (*raft.AppendEntriesResponse, error)) {
+		t.Helper()
+		for calls := 0; next <= last; calls++ {
+			all := entries(next, last-int(next)+1)
+			req := &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 2, PrevLogEntry: next - 1, PrevLogTerm: 2, Entries: all}
+			resp, err := call(req)
+			if err != nil {
+				t.Fatalf("%s: entries %d..%d: %v (call %d)", name, next, last, err, calls+1)
+			}
+			n := len(req.Entries)
+			if n == 0 || req.Entries[0] != all[0] || (n < len(all) && appendEntriesBytes(&raft.AppendEntriesRequest{RPCHeader: hdr, Entries: all[:n+1]}) <= limit) {
+				t.Fatalf("%s: entries %d..%d: %d sent, want the first that fit in %d bytes", name, next, last, n, limit)
+			}
+			if got := appendRequestBody(req); len(got) > limit {
+				t.Fatalf("%s: a request of %d bytes sent, more than %d", name, len(got), limit)
+			}
+			if want := req.Entries[n-1].Index; !resp.Success || resp.LastLog != want {
+				t.Fatalf("%s: entries %d..%d: %+v, want success at %d", name, next, last, resp, want)
+			}
+			next = req.Entries[n-1].Index + 1
+			if calls > last {
+				t.Fatalf("%s: %d calls and not done", name, calls)
+			}
+		}
+	}
+	send("one by one", 1, func(req *raft.AppendEntriesRequest) (*raft.AppendEntriesResponse, error) {
+		var resp raft.AppendEntriesResponse
+		err := a.AppendEntries("b", b, req, &resp)
+		return &resp, err
+	})
+	p, err := a.AppendEntriesPipeline("b", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	send("pipelined", 1, func(req *raft.AppendEntriesRequest) (*raft.AppendEntriesResponse, error) {
+		if _, err := p.AppendEntries(req, new(raft.AppendEntriesResponse)); err != nil {
+			return nil, err
+		}
+		select {
+		case f := <-p.Consumer():
+			if f.Request() != req {
+				return nil, errors.New("the answer to another request")
+			}
+			return f.Response(), f.Error()
+		case <-time.After(waitTimeout):
+			return nil, errors.New("no answer")
+		}
+	})
+}
+
+// appendRequestBody is the body of req's frame.
+func appendRequestBody(req *raft.AppendEntriesRequest) []byte {
+	b, _ := appendRequest(nil, req)
+	return b[frameHeader:]
 }
 
 // TestRaftNetPipeline: pipelined requests are answered in order.

@@ -76,11 +76,19 @@ const (
 const (
 	// frameHeader is a frame's type and length.
 	frameHeader = 5
-	// maxFrameBytes bounds a frame's body: an AppendEntries request of
-	// MaxAppendEntries (at most 1024) entries of a proposal each (at most
-	// 256 KiB) fits, with room for raft's configuration entries. A peer is
-	// a member whose key the cell lists, but a longer length is refused
-	// before anything is allocated for it.
+	// maxFrameBytes bounds a frame's body. A peer is a member whose key
+	// the cell lists, but a longer length is refused before anything is
+	// allocated for it. A member sends no longer frame: an AppendEntries
+	// request whose entries would make one carries the first of them that
+	// fit (fitAppendEntries), and raft sends the rest in the next. Why:
+	// raft sends up to MaxAppendEntries (Config allows 1024) entries at
+	// once, whatever their size, and an entry is a proposal of up to 256
+	// KiB of sends gathered, or one send alone, of up to wire.MaxFrameSize
+	// and its senders' names: 1024 of those made a frame four times the
+	// bound, which the member it was sent to refused, and the leader sent
+	// it again and again, for ever (session 17's note). The bound is room
+	// for 1024 gathered proposals; the longest entry (maxEntryBytes) fits
+	// alone.
 	maxFrameBytes = 1024 * (256<<10 + 64)
 	// maxResponseBytes bounds a response's body: raft's answers are a
 	// few numbers, and its errors a line of text. A member's listener
@@ -168,14 +176,43 @@ func appendAppendEntriesRequest(b []byte, r *raft.AppendEntriesRequest) []byte {
 	return b
 }
 
-// appendEntriesBytes is the length of r's encoding, near enough to size
-// the buffer it is encoded into.
+// appendEntriesBytes is at least the length of r's encoding (its body):
+// the buffer it is encoded into is sized by it, and fitAppendEntries
+// keeps it within a frame's bound.
 func appendEntriesBytes(r *raft.AppendEntriesRequest) int {
-	n := 64 + len(r.ID) + len(r.Addr) + len(r.Leader)
+	n := appendEntriesFixedBytes(r)
 	for _, e := range r.Entries {
-		n += 40 + len(e.Extensions) + len(e.Data)
+		n += entryBytes(e)
 	}
 	return n
+}
+
+// appendEntriesFixedBytes is at least the length of r's encoding without
+// its entries: ten numbers and lengths, and three strings.
+func appendEntriesFixedBytes(r *raft.AppendEntriesRequest) int {
+	return 10*binary.MaxVarintLen64 + len(r.ID) + len(r.Addr) + len(r.Leader)
+}
+
+// entryBytes is at least the length of e's encoding in an AppendEntries
+// request: five numbers and lengths, its type, its extensions and data.
+func entryBytes(e *raft.Log) int {
+	return 5*binary.MaxVarintLen64 + 1 + len(e.Extensions) + len(e.Data)
+}
+
+// fitAppendEntries cuts r's entries to the first whose encoding fits in
+// limit bytes (one at least: an entry of up to maxEntryBytes fits in
+// maxFrameBytes). raft reads a request's entries back after the transport
+// sent it (replicateTo's updateLastAppended, pipelineSend's next index,
+// hashicorp/raft v1.7.2), so it counts only those sent as sent, and sends
+// the rest next; the follower commits no further than what it holds.
+func fitAppendEntries(r *raft.AppendEntriesRequest, limit int) {
+	n := appendEntriesFixedBytes(r)
+	for i, e := range r.Entries {
+		if n += entryBytes(e); n > limit && i > 0 {
+			r.Entries = r.Entries[:i]
+			return
+		}
+	}
 }
 
 func appendAppendEntriesResponse(b []byte, r *raft.AppendEntriesResponse) []byte {

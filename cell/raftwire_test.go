@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/huddle-chat/huddle/wire"
 )
 
 func testHeader() raft.RPCHeader {
@@ -257,6 +260,45 @@ func TestRaftEntryOverStore(t *testing.T) {
 			t.Fatalf("an entry of %d bytes: %v; want refused: %v", n, err, want)
 		}
 	}
+}
+
+// TestAppendEntriesFitsFrame: appendEntriesBytes is at least a request's
+// encoding, however large its numbers; the longest entry a member takes
+// (maxEntryBytes) fits in a frame alone, under a header as long as a
+// cell's; and raft's most entries (maxFrameEntries, which Config allows)
+// of the longest send (one entry of wire.MaxFrameSize) would not, so the
+// transport cuts them to the first that fit (fitAppendEntries).
+func TestAppendEntriesFitsFrame(t *testing.T) {
+	fp := []byte(mustIdentity(t).Fingerprint().String())
+	addr := []byte("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535")
+	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: fp, Addr: addr}
+	req := &raft.AppendEntriesRequest{RPCHeader: hdr, Term: maxRaftNumber, Leader: addr, PrevLogEntry: maxRaftNumber, PrevLogTerm: maxRaftNumber, LeaderCommitIndex: maxRaftNumber}
+	for _, at := range []time.Time{time.Unix(0, math.MaxInt64), time.Unix(0, math.MinInt64)} {
+		req.Entries = append(req.Entries, &raft.Log{Index: maxRaftNumber, Term: maxRaftNumber, Type: raft.LogConfiguration, AppendedAt: at, Extensions: make([]byte, 200), Data: make([]byte, 70_000)})
+	}
+	if got, bound := len(appendRequestBody(req)), appendEntriesBytes(req); got > bound {
+		t.Fatalf("a request of %d bytes; appendEntriesBytes says at most %d", got, bound)
+	}
+
+	longest := &raft.Log{Index: maxRaftNumber, Term: maxRaftNumber, Type: raft.LogCommand, Data: make([]byte, maxEntryBytes)}
+	req.Entries = []*raft.Log{longest}
+	if n := appendEntriesBytes(req); n > maxFrameBytes {
+		t.Fatalf("a request of one entry of %d bytes takes up to %d, more than a frame's %d", maxEntryBytes, n, maxFrameBytes)
+	}
+
+	send := make([]byte, wire.MaxFrameSize)
+	req.Entries = nil
+	for i := range maxFrameEntries {
+		req.Entries = append(req.Entries, &raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: send})
+	}
+	if n := appendEntriesBytes(req); n <= maxFrameBytes {
+		t.Fatalf("%d sends of %d bytes take up to %d, within a frame's %d: the cut is not needed", maxFrameEntries, len(send), n, maxFrameBytes)
+	}
+	fitAppendEntries(req, maxFrameBytes)
+	if n := appendEntriesBytes(req); len(req.Entries) == 0 || n > maxFrameBytes {
+		t.Fatalf("cut to %d entries, up to %d bytes; want some, within %d", len(req.Entries), n, maxFrameBytes)
+	}
+	t.Logf("a request of %d sends of %d bytes carries the first %d", maxFrameEntries, len(send), len(req.Entries))
 }
 
 // TestConfigurationBounded: a configuration a member sends (in an entry or
