@@ -234,6 +234,12 @@ func (t *Transport) probes(fp wire.Fingerprint) {
 	for {
 		t.probe(fp)
 		t.mu.Lock()
+		probed := t.probed
+		t.mu.Unlock()
+		if probed != nil {
+			probed()
+		}
+		t.mu.Lock()
 		again := t.probing[fp] && t.ctx.Err() == nil
 		if !again {
 			delete(t.probing, fp)

@@ -158,6 +158,7 @@ type Transport struct {
 
 	handshakeTimeout time.Duration // of raft's accepted connections; 0: handshakeTimeout (tests)
 	probeTimeout     time.Duration // of each probe; 0: probeTimeout (tests)
+	probed           func()        // tests: called after each probe, on its goroutine (probes)
 	dialFault        func() error  // tests: called before each raft dial; its error fails the dial
 }
 
