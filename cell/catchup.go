@@ -62,6 +62,10 @@ const (
 
 var errCatchUp = errors.New("cell: catch-up")
 
+// errCatchUpLog wraps the errors of this member's own log in a copy (a
+// full disk): no fault of the member it copies from.
+var errCatchUpLog = errors.New("this member's log")
+
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
 // every member at once (catchUpOrder) and copies the messages from the
 // first that has them; a member that does not answer (a dead host: a
@@ -90,7 +94,24 @@ var errCatchUp = errors.New("cell: catch-up")
 // again. Why at once: members were asked one after another, and each dead
 // one cost a waiting round its dial's timeout (5 s) before the next was
 // asked (session 11).
-func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool) error {
+//
+// A member whose copy failed after it said it had the messages (too slow
+// for the least pace, a batch that breaks the rules, its stream or
+// connection ended: copy) is shunned for the rest of the restore (shun,
+// which the restore's calls share, one per group): it is asked again only
+// as a last resort, once a round, when no other member is being asked
+// (none other could serve the messages). And an answer that waited
+// unread while another member's copy ran longer than half the least
+// pace's (catchUpTimeout) is not copied from but asked for again: its
+// member gives up after catchUpTimeout without a write going through, and
+// its writes stall once the stream's window is full. Why: a member's key
+// gone rogue that answered first in each round held the restore for the
+// least pace each round, and the honest members' answers, unread
+// meanwhile, had gone stale by the time they were taken, so that round
+// failed too; it could hold a restore at start for as long as it liked
+// (session 17's note). Now it costs a restore one least pace, plus at
+// most one more in each round in which no other member could serve.
+func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool, shun shunned) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait() // runs after cancel (deferred next), which ends the askers
@@ -113,31 +134,57 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	if err := closed(); err != nil {
 		return err
 	}
+	if shun == nil {
+		shun = make(shunned)
+	}
+	pace := or(n.cfg.catchUpPace, catchUpTimeout)
 	answers := make(chan catchUpAnswer)
 	asking := make(map[Peer]bool)
-	ask := func() {
+	askOne := func(p Peer) {
 		after, _ := g.log.Tail()
-		for _, p := range n.catchUpOrder() {
-			if asking[p] {
-				continue
-			}
-			asking[p] = true
-			wg.Go(func() {
-				s, err := n.askCatchUp(ctx, p, g, after, seq)
-				select {
-				case answers <- catchUpAnswer{p: p, s: s, err: err}:
-				case <-ctx.Done():
-					if s != nil {
-						s.close()
-					}
+		asking[p] = true
+		wg.Go(func() {
+			s, err := n.askCatchUp(ctx, p, g, after, seq)
+			select {
+			case answers <- catchUpAnswer{p: p, s: s, err: err, at: time.Now()}:
+			case <-ctx.Done():
+				if s != nil {
+					s.close()
 				}
-			})
+			}
+		})
+	}
+	// ask asks the members not being asked, but the shunned; last asks
+	// the shunned alone, once a round, when no other is being asked.
+	resorted := false
+	ask := func() {
+		for _, p := range n.catchUpOrder() {
+			if !asking[p] && !shun[p.Fingerprint] {
+				askOne(p)
+			}
+		}
+	}
+	last := func() {
+		for p := range asking {
+			if !shun[p.Fingerprint] {
+				return
+			}
+		}
+		if resorted {
+			return
+		}
+		resorted = true
+		for _, p := range n.catchUpOrder() {
+			if !asking[p] && shun[p.Fingerprint] {
+				askOne(p)
+			}
 		}
 	}
 	if tail, _ := g.log.Tail(); tail >= seq {
 		return nil
 	}
 	ask()
+	last()
 	var errs []error
 	start, round, wait := time.Now(), 1, or(n.cfg.catchUpWait, catchUpRetryMin)
 	var again <-chan time.Time // the next round, while waiting
@@ -153,11 +200,23 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 		case a := <-answers:
 			delete(asking, a.p)
 			err := a.err
+			if err == nil && time.Since(a.at) > pace/2 {
+				// It waited while another member's copy ran: its member
+				// may have given up on it.
+				a.s.close()
+				askOne(a.p)
+				continue
+			}
 			if err == nil {
 				from, _ := g.log.Tail()
-				err = a.s.copy(g, or(n.cfg.catchUpPace, catchUpTimeout))
+				err = a.s.copy(g, pace)
 				a.s.close()
 				n.tr.unanswered(a.p.Addr, a.s.conn, err)
+				if err != nil && !errors.Is(err, errCatchUpLog) && !shun[a.p.Fingerprint] {
+					shun[a.p.Fingerprint] = true
+					n.cfg.Logger.Warn("cell: a member said it had a group's messages, then did not send them: it is asked for them again during this restore only when no other member can serve them",
+						"group", g.spec.Name, "peer", a.p.Addr, "err", err)
+				}
 				if err == nil {
 					n.cfg.Logger.Info("cell: caught up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "from", from, "to", seq)
 					if waiting && round > 1 {
@@ -171,6 +230,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			}
 			n.cfg.Logger.Warn("cell: could not catch up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "err", err)
 			errs = append(errs, err)
+			last()
 		case <-again:
 			// No member served the messages since the last round: those
 			// that answered they could not are asked again.
@@ -180,7 +240,9 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 				"asking", len(asking), "next_in", wait, "err", errors.Join(errs...))
 			round++
 			errs = nil
+			resorted = false
 			ask()
+			last()
 			again = time.After(wait)
 			wait = min(2*wait, catchUpRetryMax)
 		case <-woken:
@@ -193,7 +255,9 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			n.cfg.Logger.Info("cell: a peer is back: asking again for a group's messages", "group", g.spec.Name, "rounds", round, "waited", time.Since(start).Round(time.Millisecond))
 			round++
 			errs = nil
+			resorted = false
 			ask()
+			last()
 			again = time.After(catchUpRetryMin)
 			wait = min(2*catchUpRetryMin, catchUpRetryMax)
 		case <-ctx.Done():
@@ -211,7 +275,12 @@ type catchUpAnswer struct {
 	p   Peer
 	s   *catchUpStream
 	err error
+	at  time.Time // when it came
 }
+
+// shunned is, for one restore, the keys of the members whose copy failed
+// after they said they had the messages (catchUp).
+type shunned map[wire.Fingerprint]bool
 
 // catchUpOrder returns the members to catch up from: the leader first,
 // then the members of the configuration the transport's members were last
@@ -437,7 +506,7 @@ func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
 				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)
 			}
 			if err := g.log.Reset(s.first-1, entries[0].Time-1); err != nil {
-				return err
+				return fmt.Errorf("%w: %w", errCatchUpLog, err)
 			}
 			reset = false
 		}
@@ -448,7 +517,7 @@ func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
 		}
 		if len(held) > 0 {
 			if err := g.log.Append(held); err != nil {
-				return err
+				return fmt.Errorf("%w: %w", errCatchUpLog, err)
 			}
 		}
 		clear(entries)

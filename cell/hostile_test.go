@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -1165,6 +1166,143 @@ func TestCatchUpLeastPace(t *testing.T) {
 	t.Logf("abandoned after %d messages", sent.Load())
 }
 
+// TestCatchUpShunsRogue: a member catching a group up copies from the
+// first member that says it has the messages, and waits on that copy. A
+// member's key that said so first each time, then stalled, cost each
+// catch-up of a restore (each group, each round of one at start) the least
+// pace, and the honest members' answers, unread meanwhile, went stale (their
+// members give up after catchUpTimeout without a write): copied then, they
+// failed too. Now a member whose copy failed is shunned for the rest of the
+// restore, asked again only when no other member is being asked; and an
+// answer that waited past half the least pace is asked for again, not
+// copied. Here one restore catches the lobby up twice (as it would two
+// groups), from a rogue and an honest impostor of the leader's key:
+//   - first, the honest answers once the rogue's copy has begun, and gives
+//     up on that answer once the rogue's copy is abandoned (its next answer
+//     is served at once);
+//   - second, the honest answers once the rogue is asked, or after 2 s.
+//
+// The rogue must not be asked the second time: neither when it was not
+// shunned, nor when the honest member was shunned too, for its stale answer.
+func TestCatchUpShunsRogue(t *testing.T) {
+	const pace = 2 * time.Second // the rogue's 1 MiB, through QUIC under -race and load, well within it
+	l, f, other, g, held := tenSent(t, func(cfg *Config) { cfg.catchUpPace = pace })
+	entry := func(seq uint64, body []byte) store.Entry {
+		return store.Entry{Seq: seq, Time: held[9].Time + int64(seq), ID: newID(int(seq)), From: *held[0].From, Body: body}
+	}
+
+	// What each catch-up (by its last message) asked.
+	type asked struct {
+		asked, copying, abandoned chan struct{} // the rogue's
+		rogue, honest             int           // how many times each was asked
+	}
+	var mu sync.Mutex
+	requests := make(map[uint64]*asked)
+	// note reads a request from str, and returns what its catch-up asked
+	// so far, counting this one (of the rogue or not).
+	note := func(str *quic.Stream, rogue bool) (r *asked, nth int, after, upto uint64, frame func(byte, []byte) error, ok bool) {
+		if after, upto, frame, ok = readCatchUpRequest(str); !ok {
+			return nil, 0, 0, 0, nil, false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if r = requests[upto]; r == nil {
+			r = &asked{asked: make(chan struct{}), copying: make(chan struct{}), abandoned: make(chan struct{})}
+			requests[upto] = r
+		}
+		if rogue {
+			r.rogue++
+			nth = r.rogue
+		} else {
+			r.honest++
+			nth = r.honest
+		}
+		return r, nth, after, upto, frame, true
+	}
+	request := func(upto uint64) *asked {
+		mu.Lock()
+		defer mu.Unlock()
+		return requests[upto]
+	}
+	wait := func(ctx context.Context, ch <-chan struct{}, d time.Duration) bool {
+		select {
+		case <-ch:
+			return true
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+		return false
+	}
+
+	rogue := impostor(t, f, other)
+	rogue.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		r, nth, after, _, frame, ok := note(str, true)
+		if !ok || nth > 1 {
+			return // asked again, as a last resort
+		}
+		close(r.asked)
+		// One message whose body is past what the stream's window and
+		// f's read buffer hold: the write returns once f's copy reads it.
+		// Then nothing.
+		if !catchUpHeader(frame, after) || frame('b', newEncoder().appendEntries(nil, []store.Entry{entry(after+1, make([]byte, 1<<20-64))})) != nil {
+			return
+		}
+		close(r.copying)
+		if wait(ctx, str.Context().Done(), waitTimeout) {
+			close(r.abandoned)
+		}
+	})
+	honest := impostor(t, f, l)
+	honest.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		r, nth, after, upto, frame, ok := note(str, false)
+		if !ok {
+			return
+		}
+		switch {
+		case upto == 15 && nth == 1:
+			if !wait(ctx, r.copying, waitTimeout) || !catchUpHeader(frame, after) {
+				return
+			}
+			wait(ctx, r.abandoned, waitTimeout)
+			str.CancelWrite(streamClosed) // given up on, as f's copy of the rogue's ran
+			return
+		case upto != 15:
+			wait(ctx, r.asked, 2*time.Second) // RPCTimeout (5 s) bounds f's wait
+		}
+		var entries []store.Entry
+		for seq := after + 1; seq <= upto; seq++ {
+			entries = append(entries, entry(seq, held[0].Body))
+		}
+		if catchUpHeader(frame, after) && frame('b', newEncoder().appendEntries(nil, entries)) == nil && frame('e', nil) == nil {
+			str.Close()
+		}
+	})
+
+	shun := make(shunned) // one restore's
+	for _, upto := range []uint64{15, 20} {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), upto, 0, false, shun)
+		cancel()
+		if err != nil {
+			t.Fatalf("catch up to %d: %v", upto, err)
+		}
+	}
+	select {
+	case <-request(15).abandoned:
+	default:
+		t.Fatal("the rogue's copy of the first catch-up was not abandoned")
+	}
+	mu.Lock()
+	again := requests[20].rogue
+	mu.Unlock()
+	if again > 0 {
+		t.Fatalf("the rogue, whose copy failed, was asked %d times again in the same restore, while an honest member could serve", again)
+	}
+	if last := f.messages(g.ID); len(last) != 20 || last[19].Seq != 20 {
+		t.Fatalf("f holds %d messages after the catch-ups, want 20", len(last))
+	}
+}
+
 // rogueCatchUp starts a cell of three (mutate, if not nil, changes each
 // member's Config), sends the lobby 10 messages, puts a transport of one
 // member's key at that member's address, answering each catch-up with a
@@ -1174,69 +1312,95 @@ func TestCatchUpLeastPace(t *testing.T) {
 // error (wrapping context.DeadlineExceeded if its deadline passed).
 func rogueCatchUp(t *testing.T, mutate func(*Config), upto uint64, serve func(ctx context.Context, held []store.Message, frame func(byte, []byte) error)) error {
 	t.Helper()
+	_, f, other, g, held := tenSent(t, mutate)
+	rogue := impostor(t, f, other)
+	rogue.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		if after, _, frame, ok := readCatchUpRequest(str); ok && catchUpHeader(frame, after) {
+			serve(ctx, held, frame)
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), upto, 0, false, nil)
+	if ctx.Err() != nil {
+		err = fmt.Errorf("%w (the catch-up's deadline passed): %w", context.DeadlineExceeded, err)
+	}
+	return err
+}
+
+// tenSent starts a cell of three (mutate, if not nil, changes each
+// member's Config), sends the lobby 10 messages, and returns its leader, a
+// follower f, the other member, the lobby, and the messages f holds.
+func tenSent(t *testing.T, mutate func(*Config)) (l, f, other *testMember, g GroupSpec, held []store.Message) {
+	t.Helper()
 	c := newTestCell(t, 3, false, mutate)
-	l, f := c.leader(), c.follower()
-	var other *testMember
+	l, f = c.leader(), c.follower()
 	for _, m := range c.members {
 		if m != l && m != f {
 			other = m
 		}
 	}
-	g := l.group("lobby")
+	g = l.group("lobby")
 	c.sendMany(g.ID, 0, 10)
 	f.waitLast(g.ID, 10)
-	held := f.messages(g.ID)
-	// f's connection to other, if it has one, must be seen to end before
-	// the rogue listens: one whose close f has not yet read is still f's
-	// connection to other, and the catch-up would open its stream there.
+	return l, f, other, g, f.messages(g.ID)
+}
+
+// readCatchUpRequest reads a catch-up's request from str, as a member
+// serving it would; frame writes a frame of the answer.
+func readCatchUpRequest(str *quic.Stream) (after, upto uint64, frame func(byte, []byte) error, ok bool) {
+	var req [catchUpRequestSize]byte
+	str.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadFull(str, req[:]); err != nil {
+		return 0, 0, nil, false
+	}
+	frame = func(kind byte, body []byte) error {
+		b := binary.LittleEndian.AppendUint32(nil, uint32(len(body)+1))
+		_, err := str.Write(append(append(b, kind), body...))
+		return err
+	}
+	return binary.LittleEndian.Uint64(req[24:]), binary.LittleEndian.Uint64(req[32:]), frame, true
+}
+
+// catchUpHeader answers a catch-up's request (after..) ok, with message
+// after+1 first.
+func catchUpHeader(frame func(byte, []byte) error, after uint64) bool {
+	return frame('h', binary.LittleEndian.AppendUint64([]byte{catchUpOK}, after+1)) == nil
+}
+
+// impostor stops m and puts a transport of m's key at its address, which f
+// reaches (the test sets its handlers): m's key gone rogue.
+func impostor(t *testing.T, f, m *testMember) *Transport {
+	t.Helper()
+	// f's connection to m, if it has one, must be seen to end before the
+	// impostor listens: one whose close f has not yet read is still f's
+	// connection to m, and f's next stream would open there.
 	var old *quic.Conn
-	if d, _, err := f.node.tr.conn(t.Context(), other.addr); err == nil {
+	if d, _, err := f.node.tr.conn(t.Context(), m.addr); err == nil {
 		old = d.conn
 	}
-	other.stop()
+	m.stop()
 	if old != nil {
 		select {
 		case <-old.Context().Done():
 		case <-time.After(waitTimeout):
-			t.Fatalf("f's connection to %s did not end at its stop", other.addr)
+			t.Fatalf("f's connection to %s did not end at its stop", m.addr)
 		}
 	}
-	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(other.addr)))
+	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(m.addr)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rogue, _ := newTransportOn(t, udp, other.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, true)
-	rogue.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
-		var req [catchUpRequestSize]byte
-		str.SetDeadline(time.Now().Add(waitTimeout))
-		if _, err := io.ReadFull(str, req[:]); err != nil {
-			return
-		}
-		frame := func(kind byte, body []byte) error {
-			b := binary.LittleEndian.AppendUint32(nil, uint32(len(body)+1))
-			_, err := str.Write(append(append(b, kind), body...))
-			return err
-		}
-		if frame('h', binary.LittleEndian.AppendUint64([]byte{catchUpOK}, binary.LittleEndian.Uint64(req[24:])+1)) != nil {
-			return
-		}
-		serve(ctx, held, frame)
-	})
-	// f's dial at other's stop, answered before the rogue listened, may
-	// have failed: the catch-up would join it.
-	waitUntil(t, "f to reach the rogue", func() bool {
+	tr, _ := newTransportOn(t, udp, m.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, true)
+	// f's dial at m's stop, answered before the impostor listened, may
+	// have failed: f's next question would join it.
+	waitUntil(t, "f to reach the impostor", func() bool {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		_, _, err := f.node.tr.conn(ctx, other.addr)
+		_, _, err := f.node.tr.conn(ctx, m.addr)
 		return err == nil
 	})
-	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
-	defer cancel()
-	err = f.node.catchUp(ctx, f.node.fsm.group(g.ID), upto, 0, false)
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (the catch-up's deadline passed): %w", context.DeadlineExceeded, err)
-	}
-	return err
+	return tr
 }
 
 // TestRaftFrameBytesPerKey: each raft connection of a member's key (32 at
