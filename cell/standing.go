@@ -39,9 +39,13 @@ import (
 // gone, as when the request named that leader (until session 17). If
 // this member won it, the request deposes it (raft takes an AppendEntries
 // of its own term as another leader's), which raft gives no way to rule
-// out from outside its main loop; that takes both an election won by a
-// candidate that names a gone leader and the moment between a check and
-// raft's taking the request, and costs an election.
+// out from outside its main loop. unname narrows that moment: it hands
+// the request over only while raft still is a candidate of that term
+// naming that leader, checked again every unnameTry while raft's loop has
+// not taken it (until session 18 it was checked once, and raft's loop,
+// busy with a vote's fsync say, might take it up to a HeartbeatTimeout
+// later). What is left takes both an election won by a candidate that
+// names a gone leader and a moment of unnameTry, and costs an election.
 func (n *Node) staleLeaderLoop() {
 	var last staleLeader
 	n.every(n.cfg.HeartbeatTimeout, func() { last = n.checkStaleLeader(last) })
@@ -75,10 +79,32 @@ func (n *Node) checkStaleLeader(last staleLeader) staleLeader {
 	return staleLeader{}
 }
 
+// unnameTry is how long unname offers raft its request before it checks
+// again that raft still needs it.
+const unnameTry = 5 * time.Millisecond
+
 // unname hands raft, on its main loop, an empty AppendEntries of stale's
-// term that names no leader, not even stale's (see staleLeaderLoop), and
-// waits for raft's answer, at most a HeartbeatTimeout each.
+// term that names no leader, not even stale's (see staleLeaderLoop), while
+// raft still is a candidate of that term naming stale's leader, and waits
+// for raft's answer; a HeartbeatTimeout at most each.
 func (n *Node) unname(stale staleLeader) {
+	n.handUnname(stale, func() bool { return n.namesStale(stale) })
+}
+
+// namesStale reports whether raft is a candidate of stale's term naming
+// stale's leader.
+func (n *Node) namesStale(stale staleLeader) bool {
+	r := n.running()
+	if r == nil || r.State() != raft.Candidate || r.CurrentTerm() != stale.term {
+		return false
+	}
+	addr, id := r.LeaderWithID()
+	return addr == stale.addr && id == stale.id
+}
+
+// handUnname hands raft unname's request while still says it is needed,
+// checked before each unnameTry of offering it.
+func (n *Node) handUnname(stale staleLeader, still func() bool) {
 	resp := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{
 		Command: &raft.AppendEntriesRequest{
@@ -87,12 +113,23 @@ func (n *Node) unname(stale staleLeader) {
 		},
 		RespChan: resp,
 	}
-	select {
-	case n.net.consume <- rpc:
-	case <-n.closing:
-		return
-	case <-time.After(n.cfg.HeartbeatTimeout):
-		return
+	giveUp := time.NewTimer(n.cfg.HeartbeatTimeout)
+	defer giveUp.Stop()
+	try := time.NewTicker(unnameTry)
+	defer try.Stop()
+	for handed := false; !handed; {
+		if !still() {
+			return
+		}
+		select {
+		case n.net.consume <- rpc:
+			handed = true
+		case <-try.C:
+		case <-n.closing:
+			return
+		case <-giveUp.C:
+			return
+		}
 	}
 	select {
 	case <-resp:

@@ -83,9 +83,10 @@ func TestCandidateNamingGoneLeaderStandsAgain(t *testing.T) {
 // leader is handed (unname) reaches it, in the race staleLeaderLoop
 // allows, once another member won the election and it follows that one:
 // it must not name the gone leader meanwhile (its clients would be sent
-// there). Here a follower of the leader is handed it while the leader's
-// heartbeats to it are held. (The request named the gone leader, and the
-// follower named it until the leader's next heartbeat.)
+// there). Here a follower of the leader is handed it (as raft takes it
+// after unname's last check) while the leader's heartbeats to it are
+// held. (The request named the gone leader, and the follower named it
+// until the leader's next heartbeat.)
 func TestUnnameLeavesNoGoneLeader(t *testing.T) {
 	var deaf atomic.Pointer[string]
 	c := newTestCell(t, 3, false, func(cfg *Config) {
@@ -106,10 +107,39 @@ func TestUnnameLeavesNoGoneLeader(t *testing.T) {
 	}
 	deaf.Store(&f.addr)
 	defer deaf.Store(nil)
-	f.node.unname(staleLeader{term: f.node.raft.CurrentTerm(), addr: raft.ServerAddress(gone.addr), id: raft.ServerID(gone.id.Fingerprint().String())})
+	f.node.handUnname(staleLeader{term: f.node.raft.CurrentTerm(), addr: raft.ServerAddress(gone.addr), id: raft.ServerID(gone.id.Fingerprint().String())},
+		func() bool { return true })
 	if addr, _ := f.node.raft.LeaderWithID(); addr == raft.ServerAddress(gone.addr) || f.node.raft.State() != raft.Follower {
 		t.Fatalf("the follower handed the request is a %v naming %q; want a follower naming no leader, or the leader (%s), not the gone one (%s)",
 			f.node.raft.State(), addr, l.addr, gone.addr)
 	}
 	deaf.Store(nil)
+}
+
+// TestUnnameSparesWinner: a candidate naming a gone leader that wins its
+// election after staleLeaderLoop's check, before raft's loop takes the
+// request unname hands it, takes that request (of its own term) as
+// another leader's, and steps down. unname now hands it only while raft
+// still is that candidate, checked again as it offers it: here it is
+// asked to unname the leader of the cell, which must lead on, in the same
+// term. (Checked once, at the loop's check, the request deposed it.)
+func TestUnnameSparesWinner(t *testing.T) {
+	c := newTestCell(t, 3, false, steadyLeader)
+	var l *testMember
+	var term uint64
+	waitUntil(t, "a leader leading at its term", func() bool {
+		l = c.leader()
+		term = l.node.raft.CurrentTerm()
+		return l.node.raft.State() == raft.Leader
+	})
+	var gone *testMember
+	for _, m := range c.members {
+		if m != l {
+			gone = m
+		}
+	}
+	l.node.unname(staleLeader{term: term, addr: raft.ServerAddress(gone.addr), id: raft.ServerID(gone.id.Fingerprint().String())})
+	if st, now := l.node.raft.State(), l.node.raft.CurrentTerm(); st != raft.Leader && now == term {
+		t.Fatalf("the leader of term %d, handed unname's request for that term, is a %v of term %d: want it leading on", term, st, now)
+	}
 }
