@@ -146,6 +146,9 @@ var (
 	// cut shorter since it was mapped. Reading it was a fault (SIGBUS)
 	// that crashed the process; the read is refused instead (readfault.go).
 	ErrReadFault = errors.New("store: a mapped log file could not be read")
+	// ErrClosed, with ErrFailed: the log is closed ([DiskLog.Close]).
+	// What it held is not read, written nor synced any more.
+	ErrClosed = errors.New("store: log closed")
 )
 
 // DiskLog is a group's log kept on disk: the in-memory [Log] serves every
@@ -211,6 +214,7 @@ type DiskLog struct {
 	remove   func(path string) error
 
 	closeOnce sync.Once
+	closed    atomic.Bool // Close has stopped the files: set under d.wmu
 	stop      chan struct{}
 	done      chan struct{}
 }
@@ -279,6 +283,7 @@ func Open(cfg DiskConfig) (*DiskLog, Recovery, error) {
 	d.gate = gateOf(d.dir)
 	if cfg.Epoch != 0 && d.epoch != cfg.Epoch {
 		d.closeFiles()
+		mem.unmapAll() // the history read back: a retried open mapped it again
 		return nil, rec, fmt.Errorf("open log %s: it holds epoch %d, want %d: %w", cfg.Dir, d.epoch, cfg.Epoch, ErrOtherEpoch)
 	}
 	mem.epoch = d.epoch
@@ -312,14 +317,30 @@ func (d *DiskLog) Lookup(batch []Entry, acks []Ack) []Ack { return d.mem.Lookup(
 func (d *DiskLog) Tail() (uint64, int64) { return d.mem.Tail() }
 
 // After is [Log.After]. Under FsyncPolicy.Always it sees only what is
-// synced.
+// synced. After Close it finds nothing (closedPage).
 func (d *DiskLog) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
+	if d.closed.Load() {
+		return d.closedPage(dst, seq)
+	}
 	return d.mem.After(seq, limit, dst)
 }
 
-// Since is [Log.Since].
+// Since is [Log.Since]. After Close it finds nothing (closedPage).
 func (d *DiskLog) Since(ts int64, limit int, dst []Message) ([]Message, Cursor) {
+	if d.closed.Load() {
+		return d.closedPage(dst, d.mem.Last())
+	}
 	return d.mem.Since(ts, limit, dst)
+}
+
+// closedPage is a query's answer after Close: no message, at next, and no
+// more. The bodies of the history read back at Open were the files'
+// mappings, unmapped by Close: a message returned would fault where its
+// body is read, a crash.
+func (d *DiskLog) closedPage(dst []Message, next uint64) ([]Message, Cursor) {
+	_, cur := d.mem.After(next, 0, dst)
+	cur.Next, cur.More = next, false
+	return dst, cur
 }
 
 // Changed is [Log.Changed].
@@ -719,6 +740,9 @@ func (d *DiskLog) dropFiles(n int, floor uint64) bool {
 // be made then (the disk was full: the space of the files deleted comes
 // back once their mappings go), trying at most once a second.
 func (d *DiskLog) Expire(now time.Time) {
+	if d.closed.Load() {
+		return // its files are closed: nothing is deleted any more
+	}
 	d.mem.Expire(now)
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
@@ -807,6 +831,13 @@ func (d *DiskLog) syncTo(seq uint64) error {
 // on the writer is waited for first, without d.wmu.)
 func (d *DiskLog) fsync() (uint64, error) {
 	if err := d.lockSealed(); err != nil {
+		d.wmu.Unlock()
+		return 0, err
+	}
+	if d.closed.Load() {
+		// What is pending (Close's own sync failed: a full disk) has no
+		// file left to go to.
+		err := d.failed
 		d.wmu.Unlock()
 		return 0, err
 	}
@@ -905,11 +936,16 @@ func (d *DiskLog) syncLoop(every time.Duration) {
 }
 
 // Close stops the sync loop, writes and syncs what is appended, and closes
-// the files.
-// Appends after Close fail with ErrFailed. Messages read from the log
-// must not be used after Close: the bodies of history read back at Open
-// are the files' mappings, unmapped here (mapped.go). It is safe to call
-// more than once; it returns the final sync's error.
+// the files. It is safe to call more than once; it returns the final
+// sync's error.
+//
+// After Close, Append and Reset fail with ErrClosed (and ErrFailed), and
+// so do Sync, and Durable where it waits for a sync (FsyncPolicy.Always),
+// unless what they wait for was synced already (Close's own sync, if it
+// failed, left records unsynced: they are lost); queries find no message,
+// and Expire does nothing. Messages read from
+// the log must not be used after Close: the bodies of history read back
+// at Open are the files' mappings, unmapped here (mapped.go).
 func (d *DiskLog) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
@@ -920,9 +956,8 @@ func (d *DiskLog) Close() error {
 		}
 		d.wmu.Lock()
 		d.settle()
-		if d.failed == nil {
-			d.failed = fmt.Errorf("%w: closed", ErrFailed)
-		}
+		d.failed = fmt.Errorf("%w: %w", ErrFailed, ErrClosed)
+		d.closed.Store(true)
 		d.wmu.Unlock()
 		d.wr.stop()
 		d.mem.Close()
