@@ -686,11 +686,14 @@ func (d *DiskLog) fromSpare(path string, h segHeader) (*os.File, error) {
 // the spare if the disk is too full to create one. Before it deletes a
 // file it makes the checkpoint say, durably, that the history begins past
 // it: a segment missing below that point was deleted by retention, one
-// missing above it was lost (recover). d.wmu is held.
+// missing above it was lost (recover). d.wmu is held, the gate not.
 func (d *DiskLog) retain() {
 	floor := d.mem.firstHeld()
 	if len(d.segs) == 1 && d.fcount > 0 && floor > d.tailSeq && d.f != nil {
-		if d.rotate(true) != nil {
+		// Through the gate, as a record's seal is (record): its pending
+		// records and the next segment's header took room ungated,
+		// another log's made alone at the gate on a full disk (room.go).
+		if d.throughGate(func() error { return d.rotate(true) }) != nil {
 			return
 		}
 	}
