@@ -6,6 +6,10 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/huddle-chat/huddle/internal/testdisk"
 )
 
 // mappedHistory writes a log of several segments, closes it and opens it
@@ -82,4 +86,41 @@ type afterFrom struct {
 
 func (a afterFrom) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
 	return a.l.After(max(seq, a.seq), limit, dst)
+}
+
+// TestDiskReadFaultEIO: on a real ext4 (a loop device) whose blocks are
+// gone (every read EIO from the device), a page of a mapped segment the
+// kernel evicted (MADV_PAGEOUT) faults when it is read: a query's body read as
+// the daemon's handlers read them (faults made errors: daemon/server)
+// is ErrReadFault, and so is the copy a full disk makes before deleting
+// the file; the process goes on. Unguarded, each was a SIGBUS.
+func TestDiskReadFaultEIO(t *testing.T) {
+	disk := testdisk.NewExt4(t, "32M")
+	cfg := DiskConfig{Dir: filepath.Join(disk.Dir, "log"), SegmentBytes: 16 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, all, _ := mappedHistory(t, cfg)
+	d.mem.mu.Lock()
+	first := d.mem.segs[0]
+	d.mem.mu.Unlock()
+	if first.mapped == nil {
+		t.Fatal("the history read back is not mapped")
+	}
+	disk.Vanish()
+	if err := unix.Madvise(first.w.slab, unix.MADV_PAGEOUT); err != nil {
+		t.Fatalf("madvise(MADV_PAGEOUT): %v", err)
+	}
+	msgs, _ := d.After(0, len(all), nil)
+	var sum byte
+	err := readsFaulting(func() {
+		for _, m := range msgs {
+			for _, b := range m.Body {
+				sum += b
+			}
+		}
+	})
+	if !errors.Is(err, ErrReadFault) {
+		t.Fatalf("bodies read from evicted pages of a file whose disk is gone: %v, want ErrReadFault", err)
+	}
+	if err := d.mem.detachHeld(d.segs[0].last); !errors.Is(err, ErrReadFault) {
+		t.Fatalf("detach of a mapping whose disk is gone: %v, want ErrReadFault", err)
+	}
 }

@@ -117,6 +117,19 @@ func (e *Ext4) Shutdown() {
 	}
 }
 
+// Vanish takes the device's blocks away under the file system: its image
+// is cut to its first 64 KiB and the loop device made that size, so that
+// reading almost any block is an I/O error from the device (EIO: "access
+// beyond end of device"), as a disk gone bad would answer, read as well
+// as written; what is in the page cache still reads. (Shutdown fails the
+// file system's own calls, but a page of a mapped file read back from
+// the device after its shutdown reads fine.)
+func (e *Ext4) Vanish() {
+	e.t.Helper()
+	e.run("truncate", "-s", "64K", e.img)
+	e.run("losetup", "-c", e.dev)
+}
+
 // Remount unmounts the file system, checks it (e2fsck, as its error asks)
 // and mounts it again from a loop device of its own: what a restart after
 // the fault finds on the device, never the kernel's memory of the
