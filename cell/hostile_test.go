@@ -1392,13 +1392,31 @@ func impostor(t *testing.T, f, m *testMember) *Transport {
 		t.Fatal(err)
 	}
 	tr, _ := newTransportOn(t, udp, m.id, []Peer{{Addr: f.addr, Fingerprint: f.id.Fingerprint()}}, true)
-	// f's dial at m's stop, answered before the impostor listened, may
-	// have failed: f's next question would join it.
-	waitUntil(t, "f to reach the impostor", func() bool {
+	// f redials m as its connection ends (watch), and that dial, answered
+	// by m as it stopped, may fail (CONNECTION_REFUSED: m's listener
+	// closed amid its handshake) or complete only to be closed ("shutting
+	// down": m's transport closed) or never answered again: f's connection
+	// to m's address, as its next question finds it, must be one the
+	// impostor answers on. The test sets the impostor's handlers next.
+	tr.handle(kindCatchUp, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		str.Write([]byte{1})
+		str.Close()
+	})
+	waitUntil(t, "f's connection to reach the impostor", func() bool {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		_, _, err := f.node.tr.conn(ctx, m.addr)
-		return err == nil
+		str, conn, err := f.node.tr.open(ctx, m.addr, []byte{kindCatchUp})
+		if err != nil {
+			return false
+		}
+		defer str.CancelRead(streamClosed)
+		str.SetReadDeadline(time.Now().Add(time.Second))
+		var b [1]byte
+		if _, err := io.ReadFull(str, b[:]); err != nil {
+			f.node.tr.drop(m.addr, conn) // m's, looking alive: f's next question dials anew
+			return false
+		}
+		return true
 	})
 	return tr
 }
