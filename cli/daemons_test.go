@@ -136,11 +136,17 @@ func (v *daemonVerb) waitLine(t *testing.T, re *regexp.Regexp) string {
 
 // awaitLines waits until cond holds, asking again each time out (a
 // daemon's log) has more lines that re matches (what the daemon says it
-// did), at most waitTimeout; what names what is waited for.
+// did), and at least every awaitAgain, at most waitTimeout; what names
+// what is waited for. (Asked only at the lines, a cond that failed for a
+// moment, a probe's ask timed out on a loaded machine, waited for a
+// line that did not come: TestForgetRegistryForgetsItsCachedPin, at
+// load 60, asked once as huddle up registered lobby, and never again.)
 func awaitLines(t *testing.T, what string, out *syncBuffer, re *regexp.Regexp, cond func() bool) {
 	t.Helper()
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
+	again := time.NewTicker(awaitAgain)
+	defer again.Stop()
 	for seen := -1; ; {
 		written := out.written()
 		if n := len(re.FindAllStringIndex(out.String(), -1)); n != seen {
@@ -150,11 +156,19 @@ func awaitLines(t *testing.T, what string, out *syncBuffer, re *regexp.Regexp, c
 		}
 		select {
 		case <-written:
+		case <-again.C:
+			if cond() {
+				return
+			}
 		case <-deadline.C:
 			t.Fatalf("%s: not within %v", what, waitTimeout)
 		}
 	}
 }
+
+// awaitAgain is how often awaitLines asks its condition again when no
+// line has come.
+const awaitAgain = time.Second
 
 var (
 	pprofLine   = regexp.MustCompile(`(?m)^  pprof: http://(\S+)/debug/pprof/$`)
