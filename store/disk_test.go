@@ -1287,6 +1287,12 @@ func testDiskPowerCuts(t *testing.T, behind int) {
 	dir := t.TempDir()
 	cfg := DiskConfig{Dir: dir, Config: Config{MaxMessages: 200, MaxAge: time.Minute, SegmentSize: 25},
 		SegmentBytes: 64 << 10, Fsync: FsyncPolicy{Interval: time.Hour}, WriteBehind: behind}
+	if behind > 0 {
+		// Segments of several writes (a segment holds MaxMessages/8),
+		// so that the newest holds some, past its sync, as the crash
+		// comes.
+		cfg.MaxMessages, cfg.SegmentSize = 800, 100
+	}
 	rng := rand.New(rand.NewPCG(47, 47))
 	now := time.Now().UnixNano()
 	var all []Entry // every message stored and not lost, in order
