@@ -715,11 +715,33 @@ func TestAddRemoveMember(t *testing.T) {
 // and the ones after are answered unavailable (or not-leader, naming no
 // one) once the leader's lease runs out, well before the caller's own
 // deadline, and nothing is stored.
+//
+// The member left alone must still lead, in the term it led in when the
+// test took it, as its followers stop: deposed before (an election on a
+// loaded machine), it follows a leader the test then stops, and names it,
+// and may not have applied the send the other acknowledged. Then the
+// scenario runs again on a new cell, at most 3 times in all.
 func TestMinorityRefusesSends(t *testing.T) {
+	rerunOnNewCells(t, 3, "the leader was deposed before its followers stopped", minorityRefusesSends)
+}
+
+// minorityRefusesSends runs TestMinorityRefusesSends's scenario on a new
+// cell; false if the leader was deposed before its followers stopped.
+func minorityRefusesSends(t *testing.T) bool {
+	t.Helper()
 	c := newTestCell(t, 3, false, nil)
 	l := c.leader()
+	term := l.node.raft.CurrentTerm()
 	g := l.group("lobby")
 	c.send(g.ID, alice, [][16]byte{newID(1)}, []string{"before"})
+	last, _ := l.host.replica(g.ID).log.Tail()
+	if _, err := l.node.leading(); err != nil || l.node.raft.CurrentTerm() != term || last != 1 {
+		t.Logf("the leader, in term %d, before its followers stop: %v in term %d, holding %d messages", term, err, l.node.raft.CurrentTerm(), last)
+		for _, m := range c.members {
+			m.stop()
+		}
+		return false
+	}
 	for _, m := range c.members {
 		if m != l {
 			m.stop()
@@ -747,6 +769,7 @@ func TestMinorityRefusesSends(t *testing.T) {
 	if n := len(l.messages(g.ID)); n != 1 {
 		t.Fatalf("the lone member holds %d messages, want 1", n)
 	}
+	return true
 }
 
 // TestUncommittedSendAnswered: a leader that cannot apply what it sends
@@ -759,52 +782,62 @@ func TestMinorityRefusesSends(t *testing.T) {
 // Their outcome was unknown: once the log takes appends again, the send
 // turns out stored, and a retry with the same IDs gets the original's
 // ack as a duplicate.
+//
+// The member that cannot apply must lead throughout: one deposed by an
+// election (a loaded machine's) answers NotLeaderError, rightly. The
+// scenario then runs again on a new cell (oneLeader).
 func TestUncommittedSendAnswered(t *testing.T) {
-	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.CommitWait = 200 * time.Millisecond })
-	l := c.leader()
-	g := l.group("lobby")
-	c.sendMany(g.ID, 0, 5)
-	release := l.host.holdAppends()
-	defer release()
-	ids, bodies := [][16]byte{newID(5), newID(6)}, []string{"held", "held too"}
-	entries := []store.Entry{{ID: ids[0], From: alice, Body: []byte(bodies[0])}, {ID: ids[1], From: alice, Body: []byte(bodies[1])}}
-	answered := make(chan error, 2)
-	go func() {
-		_, err := l.node.Send(context.Background(), g.ID, entries, nil)
-		answered <- err
-	}()
-	// The join changes no log: it is held only behind the send's apply.
-	for deadline := time.Now().Add(waitTimeout); l.host.heldAppends() == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the send's append never reached the log")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	go func() {
-		_, err := l.node.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
-		answered <- err
-	}()
-	for range 2 {
-		select {
-		case err := <-answered:
-			if !errors.Is(err, ErrUnavailable) {
-				t.Fatalf("a send or join the leader cannot apply: %v, want ErrUnavailable", err)
+	oneLeader(t, 3, 3, func(cfg *Config) { cfg.CommitWait = 200 * time.Millisecond }, func(c *testCell, l *testMember) error {
+		g := l.group("lobby")
+		c.sendMany(g.ID, 0, 5)
+		release := l.host.holdAppends()
+		defer release()
+		ids, bodies := [][16]byte{newID(5), newID(6)}, []string{"held", "held too"}
+		entries := []store.Entry{{ID: ids[0], From: alice, Body: []byte(bodies[0])}, {ID: ids[1], From: alice, Body: []byte(bodies[1])}}
+		answered := make(chan error, 2)
+		go func() {
+			_, err := l.node.Send(context.Background(), g.ID, entries, nil)
+			answered <- err
+		}()
+		// The join changes no log: it is held only behind the send's apply.
+		for deadline := time.Now().Add(waitTimeout); l.host.heldAppends() == 0; {
+			select {
+			case err := <-answered:
+				return fmt.Errorf("the send answered before its append reached the log: %v", err)
+			default:
 			}
-		case <-time.After(waitTimeout):
-			t.Fatalf("a send or join the leader cannot apply still waits after %v", waitTimeout)
+			if time.Now().After(deadline) {
+				return errors.New("the send's append never reached the log")
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
-	}
-	if _, err := l.node.leading(); err != nil {
-		t.Fatalf("the leader stopped leading: %v (the test means a leader that goes on)", err)
-	}
-	release()
-	acks := c.send(g.ID, alice, ids, bodies)
-	for i, a := range acks {
-		if !a.Duplicate || a.Seq != uint64(6+i) {
-			t.Fatalf("the retry of a send answered unavailable: ack %+v, want the original's (#%d) as a duplicate", a, 6+i)
+		go func() {
+			_, err := l.node.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
+			answered <- err
+		}()
+		for range 2 {
+			select {
+			case err := <-answered:
+				if !errors.Is(err, ErrUnavailable) {
+					return fmt.Errorf("a send or join the leader cannot apply: %v, want ErrUnavailable", err)
+				}
+			case <-time.After(waitTimeout):
+				return fmt.Errorf("a send or join the leader cannot apply still waits after %v", waitTimeout)
+			}
 		}
-	}
-	c.sameLogs(g.ID, 7)
+		if _, err := l.node.leading(); err != nil {
+			return fmt.Errorf("the leader stopped leading: %v (the test means a leader that goes on)", err)
+		}
+		release()
+		acks := c.send(g.ID, alice, ids, bodies)
+		for i, a := range acks {
+			if !a.Duplicate || a.Seq != uint64(6+i) {
+				return fmt.Errorf("the retry of a send answered unavailable: ack %+v, want the original's (#%d) as a duplicate", a, 6+i)
+			}
+		}
+		c.sameLogs(g.ID, 7)
+		return nil
+	})
 }
 
 // TestHandover: a leader that hands the leadership over (as a daemon
