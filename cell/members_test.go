@@ -366,33 +366,64 @@ func TestAddRefusedNotAccepted(t *testing.T) {
 // behind an append, as behind a full disk). Changes are made one at a
 // time; the hand-over changes no configuration, and waited its turn
 // behind that change until the request's context ended (ErrUnavailable).
+//
+// The member asked must lead until it is asked: one deposed before (an
+// election on a loaded machine) answers the addition NotLeaderError at
+// once, and the test waited its whole deadline for the addition; the
+// scenario then runs again on a new cell (oneLeader).
 func TestRemoveLeaderWhileChangeWaits(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
-	l := c.leader()
-	g := l.group("lobby")
-	release := l.host.holdAppends()
-	t.Cleanup(release) // before the members stop
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	go l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("held")}}, nil)
-	waitUntil(t, "the leader's state machine held on the send", func() bool { return l.host.heldAppends() > 0 })
-	stranger := strangerPeer(t)
-	self := l.node.Self().Fingerprint
-	added := make(chan error, 1)
-	go func() { added <- l.node.AddMember(ctx, self, stranger) }()
-	waitUntil(t, "the leader to append the addition", func() bool { _, ok := memberOf(l.node.Status(), stranger.Fingerprint); return ok })
+	oneLeader(t, 3, 3, nil, func(c *testCell, l *testMember) error {
+		g := l.group("lobby")
+		release := l.host.holdAppends()
+		defer release()
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		sent := make(chan error, 1)
+		go func() {
+			_, err := l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("held")}}, nil)
+			sent <- err
+		}()
+		if err := waitUnless(sent, "the send", func() bool { return l.host.heldAppends() > 0 }); err != nil {
+			return fmt.Errorf("the leader's state machine held on the send: %w", err)
+		}
+		stranger := strangerPeer(t)
+		self := l.node.Self().Fingerprint
+		added := make(chan error, 1)
+		go func() { added <- l.node.AddMember(ctx, self, stranger) }()
+		if err := waitUnless(added, "the addition", func() bool { _, ok := memberOf(l.node.Status(), stranger.Fingerprint); return ok }); err != nil {
+			return fmt.Errorf("the leader to append the addition: %w", err)
+		}
 
-	askCtx, stop := context.WithTimeout(ctx, 10*time.Second)
-	err := l.node.RemoveMember(askCtx, self, self)
-	stop()
-	var nl *NotLeaderError
-	if !errors.As(err, &nl) {
-		t.Fatalf("the leader asked to remove itself while a change waits: %v, want NotLeaderError (handed over)", err)
+		askCtx, stop := context.WithTimeout(ctx, 10*time.Second)
+		err := l.node.RemoveMember(askCtx, self, self)
+		stop()
+		var nl *NotLeaderError
+		if !errors.As(err, &nl) {
+			return fmt.Errorf("the leader asked to remove itself while a change waits: %v, want NotLeaderError (handed over)", err)
+		}
+		release()
+		if err := <-added; err != nil && !errors.Is(err, ErrUnavailable) {
+			t.Errorf("the addition: %v", err)
+		}
+		return nil
+	})
+}
+
+// waitUnless waits until cond holds, and returns nil; or returns an error
+// if what answers on answered first (a request to a member deposed
+// meanwhile answers at once), or at waitTimeout.
+func waitUnless(answered <-chan error, what string, cond func() bool) error {
+	for deadline := time.Now().Add(waitTimeout); !cond(); time.Sleep(5 * time.Millisecond) {
+		select {
+		case err := <-answered:
+			return fmt.Errorf("%s answered first: %v", what, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return errors.New("not by the deadline")
+		}
 	}
-	release()
-	if err := <-added; err != nil && !errors.Is(err, ErrUnavailable) {
-		t.Errorf("the addition: %v", err)
-	}
+	return nil
 }
 
 // TestRemovedUnappliedTellsDaemon: a member removed that never learns its

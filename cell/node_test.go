@@ -800,16 +800,8 @@ func TestUncommittedSendAnswered(t *testing.T) {
 			answered <- err
 		}()
 		// The join changes no log: it is held only behind the send's apply.
-		for deadline := time.Now().Add(waitTimeout); l.host.heldAppends() == 0; {
-			select {
-			case err := <-answered:
-				return fmt.Errorf("the send answered before its append reached the log: %v", err)
-			default:
-			}
-			if time.Now().After(deadline) {
-				return errors.New("the send's append never reached the log")
-			}
-			time.Sleep(5 * time.Millisecond)
+		if err := waitUnless(answered, "the send", func() bool { return l.host.heldAppends() > 0 }); err != nil {
+			return fmt.Errorf("the send's append to reach the log: %w", err)
 		}
 		go func() {
 			_, err := l.node.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
