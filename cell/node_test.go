@@ -114,6 +114,9 @@ func TestDuplicatesAcrossLeaders(t *testing.T) {
 	if retry[3].Duplicate || retry[3].Seq != 4 || retry[3].Time <= first[2].Time {
 		t.Fatalf("new message on the new leader: %+v after %+v", retry[3], first[2])
 	}
+	// next may have been deposed since, the send acknowledged by another
+	// leader: it holds the message once it applies it.
+	next.waitLast(g.ID, 4)
 	if n := len(next.messages(g.ID)); n != 4 {
 		t.Fatalf("the new leader holds %d messages, want 4", n)
 	}
