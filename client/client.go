@@ -715,8 +715,27 @@ func (p *peer) dialAny(ctx context.Context) (*quic.Conn, string, error) {
 		// ever).
 		errs = append(errs, fmt.Errorf("another key answered: %v", wrongKey))
 	}
-	return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, errors.Join(errs...))
+	return nil, "", fmt.Errorf("%w: %w", ErrUnreachable, allOf(errs))
 }
+
+// allOf is errors.Join's error on one line: its errors' texts joined by
+// "; ". errors.Join puts each on a line of its own, and a dial's errors at
+// a daemon's addresses, or the registries' that failed a listing, are
+// parts of one error: programs print it as one line (huddle web's
+// messages, a log line), and the CLI showed each line break as U+FFFD
+// (until session 18). errors.Is and errors.As see each error, as they do
+// errors.Join's.
+type allOf []error
+
+func (e allOf) Error() string {
+	texts := make([]string, len(e))
+	for i, err := range e {
+		texts[i] = err.Error()
+	}
+	return strings.Join(texts, "; ")
+}
+
+func (e allOf) Unwrap() []error { return e }
 
 // dialStagger is how long dialAny waits for a handshake at one address
 // before it dials the next one too (RFC 8305's connection attempt delay).

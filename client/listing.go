@@ -86,7 +86,7 @@ func Listed(answers []RegistryListing) ([]ListedGroup, error) {
 		ok = true
 	}
 	if !ok {
-		return nil, errors.Join(append([]error{ErrNoListing}, errs...)...)
+		return nil, allOf(append([]error{ErrNoListing}, errs...))
 	}
 	return Merge(answers), nil
 }
