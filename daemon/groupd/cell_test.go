@@ -222,13 +222,20 @@ func TestCellServesGroup(t *testing.T) {
 func TestCellChangeNeedsMemberKey(t *testing.T) {
 	members := startTestCell(t, 3, nil)
 	leader, _ := cellLeader(t, members)
-	p := dial(t, leader.d.Addr(), leader.fp, nil)
-	stranger := newKey(t)
-	err := p.call(wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1:9", Fingerprint: stranger.Fingerprint()}, nil)
+	// Each change is asked of whichever member leads when it is asked: a
+	// member that no longer leads (at load ~40 the leadership moved
+	// between the subtests) answers unavailable before it looks at what
+	// was asked.
+	caller, stranger := newKey(t), newKey(t)
+	err := callLeader(t, members, caller, wire.OpCellAdd, wire.CellMember{Addr: "127.0.0.1:9", Fingerprint: stranger.Fingerprint()}, nil)
 	wantCode(t, err, wire.CodeUnauthorized)
-	err = p.call(wire.OpCellRemove, wire.CellMember{Fingerprint: members[0].fp}, nil)
+	err = callLeader(t, members, caller, wire.OpCellRemove, wire.CellMember{Fingerprint: members[0].fp}, nil)
 	wantCode(t, err, wire.CodeUnauthorized)
-	if n := len(leader.d.node.Status().Members); n != 3 {
+	cellMembers := func() int {
+		l, _ := cellLeader(t, members)
+		return len(l.d.node.Status().Members)
+	}
+	if n := cellMembers(); n != 3 {
 		t.Fatalf("the cell has %d members after refused changes, want 3", n)
 	}
 
@@ -236,7 +243,6 @@ func TestCellChangeNeedsMemberKey(t *testing.T) {
 	// gets a typed refusal, and the cell keeps its members.
 	operator, err := identity.LoadOrCreate(leader.dir)
 	must(t, err)
-	op := dial(t, leader.d.Addr(), leader.fp, operator)
 	other := members[0]
 	if other == leader {
 		other = members[1]
@@ -257,8 +263,8 @@ func TestCellChangeNeedsMemberKey(t *testing.T) {
 		{"status with arguments of another type", wire.OpCellStatus, "status", wire.CodeBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			wantCode(t, op.call(tc.op, tc.args, nil), tc.want)
-			if n := len(leader.d.node.Status().Members); n != 3 {
+			wantCode(t, callLeader(t, members, operator, tc.op, tc.args, nil), tc.want)
+			if n := cellMembers(); n != 3 {
 				t.Fatalf("the cell has %d members after a refused change, want 3", n)
 			}
 		})
@@ -464,6 +470,11 @@ func TestCellRegistryListsLeader(t *testing.T) {
 	r, err := cl.Registry(ctx, reg.Addr().String(), reg.Fingerprint())
 	must(t, err)
 	listed := func(want *testCellMember) bool {
+		// A deadline of its own for each listing: elections at load ~40
+		// took the test past one context for all of it ("list: context
+		// deadline exceeded" 21 s in); the waits have their own.
+		ctx, cancel := context.WithTimeout(t.Context(), peertest.Timeout)
+		defer cancel()
 		l, err := r.List(ctx)
 		must(t, err)
 		if len(l.Groups) > 1 {
@@ -1531,9 +1542,20 @@ func TestCellStallShown(t *testing.T) {
 				gauge(t, m.cfg.Metrics, "huddle_cell_stalled_index"))
 		}
 	}
-	leader, _ := cellLeader(t, members)
-	err := dial(t, leader.d.Addr(), leader.fp, key).call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("refused")}, nil)
-	we := wantCode(t, err, wire.CodeUnavailable)
+	// Asked of the leader again if it was deposed meanwhile (at load ~40,
+	// with 1 s timeouts, its refusal once said an election was under way):
+	// every member is stalled, so whichever leads refuses with the stall.
+	var we *wire.Error
+	eventually(t, "the leader's refusal of a send to say why", func() bool {
+		leader, _ := cellLeader(t, members)
+		err := dial(t, leader.d.Addr(), leader.fp, key).call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("refused")}, nil)
+		we = wantCode(t, err, wire.CodeUnavailable)
+		if strings.Contains(we.Message, "does not lead") {
+			t.Logf("the leader asked was deposed meanwhile: %v", we)
+			return false
+		}
+		return true
+	})
 	if !strings.Contains(we.Message, "cannot write to its disk ("+cause) || !strings.Contains(we.Message, "took nothing") {
 		t.Fatalf("a send to the stalled leader: %q, want it to say the leader cannot write to its disk (%s) and took nothing", we.Message, cause)
 	}
@@ -1561,11 +1583,21 @@ func TestCellStallShown(t *testing.T) {
 	for _, m := range members {
 		h, err := cl.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{m.addr}, Fingerprint: m.fp, Replicas: replicas})
 		must(t, err)
-		ctx := newEventCtx(testCtx(t))
-		waiting.Store(ctx)
-		_, err = h.Send(ctx, []byte("refused"))
-		waiting.Store(nil)
-		ctx.fire()
+		// Sent again if the refusal the deadline came at was an
+		// election's (a member deposed meanwhile, at load ~40), not the
+		// stalled leader's.
+		eventually(t, "a program's send through "+m.addr+" to end at the leader's refusal", func() bool {
+			ctx := newEventCtx(testCtx(t))
+			waiting.Store(ctx)
+			_, err = h.Send(ctx, []byte("refused"))
+			waiting.Store(nil)
+			ctx.fire()
+			if strings.Contains(fmt.Sprint(err), "does not lead") {
+				t.Logf("a program's send through %s ended at an election's refusal: %v", m.addr, err)
+				return false
+			}
+			return true
+		})
 		if !strings.Contains(fmt.Sprint(err), "cannot write to its disk ("+cause) {
 			t.Errorf("a program's send through %s: %v, want it to say the leader cannot write to its disk (%s)", m.addr, err, cause)
 		}
