@@ -285,7 +285,12 @@ func testOneAddressAtItsBound(t *testing.T, listen string, attackers []string, h
 	must(t, err)
 	cmd.Stderr = t.Output()
 	must(t, cmd.Start())
-	defer cmd.Wait()
+	// Waited for once, by whichever comes first: the reader below, when
+	// the attacker ends before it is ready, or the test's end. Each
+	// waited (the race detector caught the two Waits when the honest
+	// user's round failed after the attacker had ended).
+	wait := sync.OnceValue(cmd.Wait)
+	defer wait()
 	defer stdin.Close()
 	type readiness struct {
 		opened, refused int
@@ -300,7 +305,7 @@ func testOneAddressAtItsBound(t *testing.T, listen string, attackers []string, h
 			r.err = fmt.Errorf("attacker said %q", word)
 		}
 		if r.err != nil {
-			r.err = errors.Join(r.err, cmd.Wait())
+			r.err = errors.Join(r.err, wait())
 		}
 		ready <- r
 	}()
