@@ -37,7 +37,11 @@ import (
 //	    dropped the messages before)
 //	'b' a batch of messages, as a send command carries them from its
 //	    count on
-//	'e' the end: every message up to upto was sent
+//	'e' the end: every message up to upto was sent, or (since session
+//	    18) every message up to a hole the peer's retention made in its
+//	    log while it sent them (the group's sends went on): the replica
+//	    asks that peer again from where its log ends, and that answer's
+//	    header names where the peer's log begins now (catchUp)
 //
 // A replica asks every member at once (catchUpOrder) and copies from the
 // first that answers ok; the others' streams are closed unread.
@@ -65,6 +69,18 @@ var errCatchUp = errors.New("cell: catch-up")
 // errCatchUpLog wraps the errors of this member's own log in a copy (a
 // full disk): no fault of the member it copies from.
 var errCatchUpLog = errors.New("this member's log")
+
+// errCatchUpHole, with errCatchUp: the member's copy ended short of the
+// messages asked for, or skipped some: its retention dropped them while
+// it sent them (serveCatchUp). It is asked again at once, from where the
+// log ends, at most maxCatchUpHoles times a catch-up (catchUp).
+var errCatchUpHole = errors.New("the peer's retention dropped messages while it sent them")
+
+// maxCatchUpHoles bounds the times a catch-up asks a member again at
+// once after its copy ended at a hole: a member whose retention runs
+// ahead of the copy each time (or a key that says so falsely) is then
+// taken as one whose copy failed.
+const maxCatchUpHoles = 3
 
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
 // every member at once (catchUpOrder) and copies the messages from the
@@ -138,6 +154,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 		shun = make(shunned)
 	}
 	pace := or(n.cfg.catchUpPace, catchUpTimeout)
+	holes := make(map[Peer]int) // copies ended at a hole, by member
 	answers := make(chan catchUpAnswer)
 	asking := make(map[Peer]bool)
 	askOne := func(p Peer) {
@@ -212,6 +229,15 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 				err = a.s.copy(g, pace)
 				a.s.close()
 				n.tr.unanswered(a.p.Addr, a.s.conn, err)
+				if errors.Is(err, errCatchUpHole) && holes[a.p] < maxCatchUpHoles {
+					// Its retention dropped messages as it sent them: the
+					// next answer starts past them (a reset of this log).
+					holes[a.p]++
+					n.cfg.Logger.Info("cell: a member's retention dropped a group's messages while it sent them: asking it again from where this log ends",
+						"group", g.spec.Name, "peer", a.p.Addr, "err", err)
+					askOne(a.p)
+					continue
+				}
 				if err != nil && !errors.Is(err, errCatchUpLog) && !shun[a.p.Fingerprint] {
 					shun[a.p.Fingerprint] = true
 					n.cfg.Logger.Warn("cell: a member said it had a group's messages, then did not send them: it is asked for them again during this restore only when no other member can serve them",
@@ -478,7 +504,7 @@ func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
 		switch kind {
 		case 'e':
 			if seq, _ := g.log.Tail(); seq != s.upto {
-				return fmt.Errorf("%w: ended at %d, want %d", errCatchUp, seq, s.upto)
+				return fmt.Errorf("%w: %w: ended at %d, want %d", errCatchUp, errCatchUpHole, seq, s.upto)
 			}
 			return nil
 		case 'b':
@@ -514,6 +540,11 @@ func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
 		held := entries
 		for len(held) > 0 && held[0].Seq <= tail {
 			held = held[1:]
+		}
+		if len(held) > 0 && held[0].Seq > tail+1 {
+			// Daemons before session 18 sent the messages after the
+			// hole, which the log refuses (out of order).
+			return fmt.Errorf("%w: %w: a batch from %d, the log ends at %d", errCatchUp, errCatchUpHole, held[0].Seq, tail)
 		}
 		if len(held) > 0 {
 			if err := g.log.Append(held); err != nil {
@@ -598,7 +629,16 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 	enc := newEncoder()
 	var entries []store.Entry
 	var out []byte
-	for len(msgs) > 0 && ctx.Err() == nil {
+	// next is the message the asker takes next. A page that begins past
+	// it is past a hole: retention dropped the messages between as the
+	// group's sends went on (here, or before the first page was read).
+	// The copy ends before the hole, as at upto: the asker asks again
+	// from where its log ends, and this log's header then names where it
+	// begins (catchUpStream.copy, catchUp). (The messages after the hole
+	// were sent, and the asker's log refused them as out of order: a copy
+	// failed, to be tried from another member or in the next round.)
+	next := first
+	for len(msgs) > 0 && msgs[0].Seq == next && ctx.Err() == nil {
 		for i := range msgs {
 			m := &msgs[i]
 			if m.Seq > upto {
@@ -624,14 +664,25 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 		}
 		last := entries[len(entries)-1].Seq
 		clear(entries)
+		next = last + 1
 		if last >= upto {
 			break
 		}
 		msgs, _ = g.log.After(last, catchUpChunk, msgs[:0])
 	}
-	if frame('e', nil) == nil && w.Flush() == nil {
-		n.cfg.Logger.Info("cell: a peer caught up a group from this replica", "peer", peer.Short(), "group", g.spec.Name, "from", after, "to", upto)
+	if ctx.Err() != nil {
+		str.CancelWrite(streamClosed) // this member closes: no end said
+		return
 	}
+	if frame('e', nil) != nil || w.Flush() != nil {
+		return
+	}
+	if next <= upto {
+		n.cfg.Logger.Info("cell: a peer's catch-up from this replica ended where retention dropped messages as they were sent; it asks again from there",
+			"peer", peer.Short(), "group", g.spec.Name, "from", after, "to", next-1, "asked_to", upto)
+		return
+	}
+	n.cfg.Logger.Info("cell: a peer caught up a group from this replica", "peer", peer.Short(), "group", g.spec.Name, "from", after, "to", upto)
 }
 
 // startCatchUp counts a catch-up served to peer, and reports whether it
