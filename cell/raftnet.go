@@ -375,13 +375,8 @@ func (n *raftNet) getConnWithin(target raft.ServerAddress, timeout time.Duration
 	return n.dialWithin(target, timeout, true)
 }
 
-// dial opens a connection to target for RPCs.
-func (n *raftNet) dial(target raft.ServerAddress) (*rpcConn, error) {
-	return n.dialReporting(target, true)
-}
-
-// dialReporting opens a connection as dial does; a failure is the link's
-// (Transport.dialRaft) if report is set.
+// dialReporting opens a connection to target for RPCs; a failure is the
+// link's (Transport.dialRaft) if report is set.
 func (n *raftNet) dialReporting(target raft.ServerAddress, report bool) (*rpcConn, error) {
 	return n.dialWithin(target, n.dialTimeout(), report)
 }

@@ -457,18 +457,3 @@ func cutOff(strs []*quic.Stream) {
 		str.CancelWrite(wire.StreamTimeout)
 	}
 }
-
-// total returns what the server's peers hold of r in all, for tests and
-// metrics.
-func (s *shares) total(r resource) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.held[r]
-}
-
-// cutCount returns how many streams were cut off for a newcomer's r.
-func (s *shares) cutCount(r resource) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cuts[r]
-}
