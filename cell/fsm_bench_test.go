@@ -53,10 +53,9 @@ func BenchmarkApplyBatch(b *testing.B) {
 // sendTemplate is an encoded send whose stamps and IDs are rewritten in
 // place for each use, so that the benchmark's loop does not encode.
 type sendTemplate struct {
-	data   []byte
-	seqAt  int
-	idAt   []int
-	idSeed uint64
+	data  []byte
+	seqAt int
+	idAt  []int
 }
 
 // newSendTemplate encodes a send of n 256-byte messages, 1 µs apart, from

@@ -145,7 +145,7 @@ func (a *hclogAdapter) StandardLogger(*hclog.StandardLoggerOptions) *log.Logger 
 
 func (a *hclogAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
 	return writerFunc(func(p []byte) (int, error) {
-		a.l.Info(fmt.Sprintf("%s", p))
+		a.l.Info(string(p))
 		return len(p), nil
 	})
 }

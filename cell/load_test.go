@@ -136,13 +136,6 @@ func (l *load) sendOne(id [16]byte, from store.Sender, body string) (store.Ack, 
 	return store.Ack{}, fmt.Errorf("message still unacknowledged after %v: %v", 2*waitTimeout, last)
 }
 
-// count returns how many messages were acknowledged so far.
-func (l *load) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.times)
-}
-
 // await waits until k more messages than now are acknowledged: the cell
 // takes sends. It fails the test if a sender failed or at waitTimeout.
 func (l *load) await(what string, k int) {

@@ -20,14 +20,6 @@ import (
 	"github.com/huddle-chat/huddle/internal/testport"
 )
 
-// transportPair is two transports on 127.0.0.1, b listening with the cell
-// ALPN alone.
-type transportPair struct {
-	a, b     *Transport
-	aID, bID *identity.Identity
-	bAddr    string
-}
-
 func newTransport(t testing.TB, id *identity.Identity, peers []Peer, listen bool) (*Transport, string) {
 	t.Helper()
 	return newTransportOn(t, testport.UDP(t, net.IPv4(127, 0, 0, 1)), id, peers, listen)

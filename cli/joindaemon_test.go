@@ -25,8 +25,7 @@ func TestJoinDaemonMemberKeyOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m *server.Server
-	m = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+	m := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
 		switch c.Op() {
 		case wire.OpInfo:
 			return c.Result(wire.Info{Group: group, Name: "general", Epoch: 1, Members: 1, Member: true, Fingerprint: member.Fingerprint(),

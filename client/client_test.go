@@ -36,15 +36,6 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// env is a registry and a group daemon on loopback.
-type env struct {
-	reg    *registry.Daemon
-	gd     *groupd.Daemon
-	gdCfg  groupd.Config
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
 func startRegistry(t *testing.T, dir string) *registry.Daemon {
 	t.Helper()
 	r, err := registry.New(registry.Config{Listen: "127.0.0.1:0", StateDir: dir, LeaseTTL: 2 * time.Second})

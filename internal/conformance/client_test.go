@@ -5,7 +5,6 @@ package conformance
 // §4 (frames).
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -452,15 +451,6 @@ func (c *conn) call(ctx context.Context, op uint64, args cmap) (cmap, error) {
 	return c.roundTrip(ctx, request(op, args))
 }
 
-// errorCode returns the protocol code of err, or 0 if it is not one.
-func errorCode(err error) uint64 {
-	var pe *protoError
-	if errors.As(err, &pe) {
-		return pe.code
-	}
-	return 0
-}
-
 // newID makes a message ID: a UUIDv7 (RFC 9562 §5.7), as §6 asks.
 func newID() []byte {
 	id := make([]byte, 16)
@@ -482,8 +472,6 @@ func newUUID() []byte {
 	id[8] = 0x80 | id[8]&0x3f
 	return id
 }
-
-func equalFP(b []byte, f fingerprint) bool { return bytes.Equal(b, f[:]) }
 
 // qlogger is the connections' qlog, when HUDDLE_CONFORMANCE_QLOG names a
 // directory for it (doc.go).
