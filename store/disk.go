@@ -553,7 +553,10 @@ func (d *DiskLog) rotate(spare bool) error {
 		return err
 	}
 	if !spare && d.sealsBehind() {
-		return d.rotateBehind()
+		if err := d.rotateBehind(); !errors.Is(err, errNoNext) {
+			return err
+		}
+		// Sealed inline, the next file created under its name.
 	}
 	// Straight through write: a seal is a record's (record), whose
 	// refusal for want of room makes room for what is pending too

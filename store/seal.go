@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,7 +43,9 @@ import (
 // the inline seal did; its allocated header cannot meet a full disk.
 // Without a writer, with its last write failed, or while the record gate
 // is shut (a full disk), the seal is inline as before, and so is
-// retention's, which may need the spare.
+// retention's, which may need the spare; and where `next` cannot be
+// created (a full disk; a directory or a named pipe under the name,
+// which would refuse every seal).
 
 // sealPending is how many bytes of records may be pending while a seal is
 // out before an append waits for it: at 15 MB/s of records, 0.5 s of a
@@ -73,8 +76,9 @@ func (d *DiskLog) sealsBehind() bool {
 // rotateBehind seals the active segment on the writer (see above): it
 // writes the pending records, creates the next segment as `next` with its
 // header's bytes allocated, makes it the active one, and hands the seal to
-// the writer. On error the active segment stays as it was. d.wmu is held,
-// the writer settled.
+// the writer. On error the active segment stays as it was: errNoNext
+// where `next` could not be created (the caller seals inline). d.wmu is
+// held, the writer settled.
 func (d *DiskLog) rotateBehind() error {
 	if len(d.pend) > 0 {
 		if err := d.write(); err != nil {
@@ -94,7 +98,10 @@ func (d *DiskLog) rotateBehind() error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("%w: create %s: %w", ErrNotWritable, segName(base), err)
+		// A full disk, or anything but a regular file under the name (a
+		// directory, a named pipe: refused, never waited on): the seal
+		// is inline, which meets a full disk as it always has.
+		return fmt.Errorf("%w: %s: %w", errNoNext, nextName, err)
 	}
 	if !d.spare {
 		d.makeSpare()
@@ -158,6 +165,10 @@ func (d *DiskLog) seal(j *sealJob) error {
 
 // nextName is the next segment file while its seal is out (seal.go).
 const nextName = "next"
+
+// errNoNext: the next file could not be created as nextName; the seal is
+// made inline instead.
+var errNoNext = errors.New("store: no next file")
 
 // sealed makes the active segment, once its seal is done, the file opened
 // under its name (errors name it); the file as created stays open if it

@@ -261,3 +261,25 @@ func TestDiskSealBehindRetention(t *testing.T) {
 		t.Errorf("%s kept after its seal and an age-out, want it deleted", segName(j.x.base))
 	}
 }
+
+// TestDiskSealBehindNextTaken: where the next file cannot be created
+// under its name (a directory there; a named pipe alike), the segment is
+// sealed inline, and the log goes on. Every seal was refused
+// (ErrNotWritable), and with it every append once the segment was full.
+func TestDiskSealBehindNextTaken(t *testing.T) {
+	cfg := DiskConfig{Dir: t.TempDir(), SegmentBytes: 16 << 10, WriteBehind: 8 << 10, Fsync: FsyncPolicy{Interval: time.Hour}}
+	d, _ := diskLog(t, cfg)
+	if err := os.Mkdir(filepath.Join(cfg.Dir, nextName), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(64)
+	all := w.fill(t, d, 300, 200) // several segments
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, rec := diskLog(t, cfg)
+	if rec.Segments < 3 {
+		t.Fatalf("reopened %+v, want several segments", rec)
+	}
+	checkHolds(t, d2, all)
+}
