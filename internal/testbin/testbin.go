@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 )
@@ -35,7 +34,13 @@ func Huddle(t testing.TB) string {
 			return
 		}
 		binary = filepath.Join(dir, "huddle")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		// go test puts its own toolchain's bin first on the tests' PATH
+		// (runtime.GOROOT is deprecated: where the test binary was built).
+		gobin, lookErr := exec.LookPath("go")
+		if lookErr != nil {
+			err = lookErr
+			return
+		}
 		out, buildErr := exec.Command(gobin, "build", "-tags", Tags, "-o", binary, "github.com/huddle-chat/huddle").CombinedOutput()
 		if buildErr != nil {
 			err = fmt.Errorf("go build: %v\n%s", buildErr, out)
