@@ -70,15 +70,27 @@ func TestFetchPageEndsAtRetentionHole(t *testing.T) {
 	must(t, send(limit))
 	// Between the page's first chunk and its second, twice the limit
 	// more: retention drops every message past the first chunk.
-	var sendErr error
-	dropPast := func() { sendErr = send(2 * limit) }
+	// dropPast runs on the daemon's handler goroutine: its outcome comes
+	// back through a channel, since the reply read over the network is
+	// no happens-before edge the race detector sees.
+	sendErr := make(chan error, 1)
+	dropPast := func() { sendErr <- send(2 * limit) }
+	dropped := func() error {
+		select {
+		case err := <-sendErr:
+			return err
+		default: // dropPast runs before the page's second chunk is read
+			t.Fatal("the fetch did not query a second chunk of its page")
+			return nil
+		}
+	}
 
 	reader := joined(t, d, "bob")
 	log.arm(dropPast)
 	zero := uint64(0)
 	msgs, end, err := reader.fetch(wire.Fetch{Group: gid(d), After: &zero})
 	must(t, err)
-	must(t, sendErr)
+	must(t, dropped())
 	if len(msgs) == 0 {
 		t.Fatal("the page holds no message")
 	}
@@ -101,7 +113,7 @@ func TestFetchPageEndsAtRetentionHole(t *testing.T) {
 	log.arm(dropPast)
 	var n int
 	cur, err := g.Fetch(testCtx(t), client.Query{}, func(client.Message) bool { n++; return true })
-	must(t, sendErr)
+	must(t, dropped())
 	if err != nil {
 		t.Fatalf("a fetch of the whole log while retention dropped messages past its first chunk: %v, after %d messages", err, n)
 	}
