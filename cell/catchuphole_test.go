@@ -42,7 +42,7 @@ func TestCatchUpServedToHole(t *testing.T) {
 		c.send(g.ID, alice, ids, bodies)
 	}
 	for sent < limit {
-		send(200)
+		send(400)
 	}
 	f.waitLast(g.ID, limit)
 	first := func() uint64 {
@@ -97,11 +97,13 @@ func TestCatchUpServedToHole(t *testing.T) {
 	if kind != 'b' {
 		t.Fatalf("a frame %q after the header, want a batch", kind)
 	}
-	// The sends go on; f's retention drops the messages after that page.
+	// The sends go on; f's retention drops the messages after that page
+	// (f's write of the page waits meanwhile, catchUpTimeout at most).
 	for first() <= next+catchUpChunk {
-		send(200)
+		send(600)
 		f.waitLast(g.ID, uint64(sent))
 	}
+	str.SetReadDeadline(time.Now().Add(waitTimeout))
 	batches := 0
 	for {
 		if kind == 'e' {
