@@ -227,6 +227,16 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		<-time.After(netFaultLength) // the fault's length
 	} else {
 		<-time.After(netFaultLength) // the fault's length
+		if kind == "delay" && checksTiming() {
+			// The delay lasts until a member has raised its election
+			// timeout on it too (within waitTimeout), which is checked
+			// below: members starved of CPU (make test at load ~60)
+			// measured no round trip in 5 s, and the check found none.
+			base := timingBase(t)
+			for deadline := time.Now().Add(waitTimeout); c.highestTimeout(t, began, time.Now()) <= base+base/8 && time.Now().Before(deadline); {
+				<-time.After(100 * time.Millisecond) // polling a condition, with a deadline
+			}
+		}
 	}
 	ended := time.Now()
 	for _, d := range l.delayers {
@@ -238,7 +248,7 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		}
 	}
 	w.waitProgress(t, what+", healed")
-	if kind == "delay" && os.Getenv("HUDDLE_JEPSEN_BINARY") == "" {
+	if kind == "delay" && checksTiming() {
 		note += c.timingFollowed(t, began, ended)
 	}
 
@@ -300,12 +310,12 @@ func sendsIn(h *history.History, from, to time.Time) string {
 // timeout.
 var timingSet = regexp.MustCompile(`msg="cell: election timeout set from the round trip".* timeout=(\S+)`)
 
-// timingFollowed checks that the members' election timeouts followed the
-// delay between began and ended: one at least rose above the configured
-// timeout (a voter ranked after the first: by a measured round trip of
-// 100 ms or more), and each came back within an eighth of it once the
-// delay cleared. It returns what it found, for the fault's line.
-func (c *cell) timingFollowed(t *testing.T, began, ended time.Time) string {
+// checksTiming reports whether the delay fault checks the members'
+// election timeouts: when the build under test is this one.
+func checksTiming() bool { return os.Getenv("HUDDLE_JEPSEN_BINARY") == "" }
+
+// timingBase is the members' configured election timeout.
+func timingBase(t *testing.T) time.Duration {
 	t.Helper()
 	base := 300 * time.Millisecond // the daemons' default --cell-heartbeat
 	if hb := os.Getenv("HUDDLE_JEPSEN_HEARTBEAT"); hb != "" {
@@ -315,21 +325,43 @@ func (c *cell) timingFollowed(t *testing.T, began, ended time.Time) string {
 		}
 		base = d
 	}
-	timeout := func(l loggedLine) time.Duration {
-		d, err := time.ParseDuration(timingSet.FindStringSubmatch(l.text)[1])
-		if err != nil {
-			t.Fatalf("a member's line %q: %v", l.text, err)
-		}
-		return d
+	return base
+}
+
+// timingOf returns the election timeout a timingSet line sets.
+func timingOf(t *testing.T, l loggedLine) time.Duration {
+	t.Helper()
+	d, err := time.ParseDuration(timingSet.FindStringSubmatch(l.text)[1])
+	if err != nil {
+		t.Fatalf("a member's line %q: %v", l.text, err)
 	}
+	return d
+}
+
+// highestTimeout returns the highest election timeout a member set
+// between began and ended (0: none).
+func (c *cell) highestTimeout(t *testing.T, began, ended time.Time) time.Duration {
+	t.Helper()
 	var highest time.Duration
 	for _, cn := range c.nodes {
 		for _, l := range cn.lines(timingSet, 0, began) {
 			if l.at.Before(ended) {
-				highest = max(highest, timeout(l))
+				highest = max(highest, timingOf(t, l))
 			}
 		}
 	}
+	return highest
+}
+
+// timingFollowed checks that the members' election timeouts followed the
+// delay between began and ended: one at least rose above the configured
+// timeout (a voter ranked after the first: by a measured round trip of
+// 100 ms or more), and each came back within an eighth of it once the
+// delay cleared. It returns what it found, for the fault's line.
+func (c *cell) timingFollowed(t *testing.T, began, ended time.Time) string {
+	t.Helper()
+	base := timingBase(t)
+	highest := c.highestTimeout(t, began, ended)
 	if highest <= base+base/8 {
 		t.Errorf("under a delay of round trips of 100-300 ms no member's election timeout rose above %v (highest set: %v)", base, highest)
 		return ""
@@ -338,7 +370,7 @@ func (c *cell) timingFollowed(t *testing.T, began, ended time.Time) string {
 	for {
 		back := true
 		for _, cn := range c.nodes {
-			if ls := cn.lines(timingSet, 0, began); len(ls) > 0 && timeout(ls[len(ls)-1]) > base+base/8 {
+			if ls := cn.lines(timingSet, 0, began); len(ls) > 0 && timingOf(t, ls[len(ls)-1]) > base+base/8 {
 				back = false
 			}
 		}
