@@ -116,8 +116,8 @@ func (d *DiskLog) rotateBehind() error {
 		done:   make(chan struct{}),
 	}
 	// Swapped without d.fmu: the old file is closed by the seal, once no
-	// sync holds it (a periodic sync's fsync held the swap up to a
-	// hundred milliseconds).
+	// sync holds it (under d.fmu, the swap would wait for a periodic
+	// sync's fsync of the old file, tens of milliseconds).
 	d.f = f
 	d.begun(base, f)
 	w := d.wr
