@@ -36,8 +36,25 @@ func mappedFrom(t *testing.T, dir string) int {
 	return n
 }
 
+// openFrom counts the files under dir this process has open.
+func openFrom(t *testing.T, dir string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if to, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(to, dir+"/") {
+			n++
+		}
+	}
+	return n
+}
+
 // TestDiskOtherEpochUnmaps: an open refused because the directory holds
-// another epoch's log (ErrOtherEpoch) leaves none of its files mapped.
+// another epoch's log (ErrOtherEpoch) leaves none of its files mapped, nor
+// open.
 // Until session 18 it closed the files but kept the history it had read
 // back mapped: each refused open (a daemon trying again) leaked the log's
 // size of address space.
@@ -46,6 +63,9 @@ func TestDiskOtherEpochUnmaps(t *testing.T) {
 	cfg := DiskConfig{Dir: dir, Config: Config{Epoch: 42, MaxMessages: 4000}}
 	d, _ := diskLog(t, cfg)
 	newWriter(3).fill(t, d, 2000, 100)
+	if openFrom(t, dir) == 0 {
+		t.Fatal("the open log has none of its files open: openFrom cannot see them")
+	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +79,9 @@ func TestDiskOtherEpochUnmaps(t *testing.T) {
 		}
 		if n := mappedFrom(t, dir); n != 0 {
 			t.Fatalf("%d mappings of the log's files after %d refused opens, want none", n, i+1)
+		}
+		if n := openFrom(t, dir); n != 0 {
+			t.Fatalf("%d of the log's files open after %d refused opens, want none", n, i+1)
 		}
 	}
 }
