@@ -29,16 +29,20 @@ func TestDiskFaultsWhileRunning(t *testing.T) {
 		{"read-only", (*testdisk.Ext4).Error},
 		{"EIO", (*testdisk.Ext4).Shutdown},
 	}
+	// Writes lagging (a cell member's log, WriteBehind): its segments are
+	// sealed on its writer too (seal.go), as the fault comes.
+	policies := []struct {
+		name   string
+		always bool
+		behind int
+	}{{"always", true, 0}, {"interval", false, 0}, {"interval-writebehind", false, 4 << 10}}
 	for _, fault := range faults {
-		for _, always := range []bool{true, false} {
-			name := fault.name + "/interval"
-			if always {
-				name = fault.name + "/always"
-			}
-			t.Run(name, func(t *testing.T) {
+		for _, policy := range policies {
+			always := policy.always
+			t.Run(fault.name+"/"+policy.name, func(t *testing.T) {
 				disk := testdisk.NewExt4(t, "32M")
 				cfg := DiskConfig{Dir: filepath.Join(disk.Dir, "log"), SegmentBytes: 16 << 10,
-					Fsync: FsyncPolicy{Always: always, Interval: time.Hour}}
+					Fsync: FsyncPolicy{Always: always, Interval: time.Hour}, WriteBehind: policy.behind}
 				d, _, err := Open(cfg)
 				if err != nil {
 					t.Fatal(err)
