@@ -59,8 +59,20 @@ func planTestCell(t *testing.T, n int) []*testCellMember {
 	}
 	for _, m := range members {
 		m.cfg = Config{StateDir: m.dir, Listen: m.addr, Groups: []Spec{{Name: "general"}}, Cell: &CellConfig{Peers: peers}}
+		steadyCell(m.cfg.Cell)
 	}
 	return members
+}
+
+// steadyCell gives a test cell raft timeouts of a second (package cell's
+// steadyLeader), not the 300 ms default: these tests are of the daemon
+// over a cell, not of how soon raft notices a leader gone, and under
+// -race at load 40-55 the default's members missed heartbeats every few
+// seconds: leaders were deposed mid-test and elections stormed for 20 s
+// (65 candidacies before TestCellWatchAgedOut's cell had a leader again).
+// The tests still follow a leadership that moves; a test may set its own.
+func steadyCell(c *CellConfig) {
+	c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = time.Second, time.Second, time.Second
 }
 
 // startTestCell starts n group daemons on 127.0.0.1, each on a port of its
@@ -522,8 +534,10 @@ func TestCellAddMember(t *testing.T) {
 	addr := testport.Cell(t)
 	peers := append([]cell.Peer(nil), members[0].cfg.Cell.Peers...)
 	peers = append(peers, cell.Peer{Addr: addr, Fingerprint: id.Fingerprint()})
+	joining := &CellConfig{Peers: peers, Join: true}
+	steadyCell(joining)
 	nd, _ := startGroupDaemon(t, Config{StateDir: dir, Listen: addr, Groups: []Spec{{Name: "general"}},
-		Cell: &CellConfig{Peers: peers, Join: true}, Registries: []string{reg.Addr().String()}})
+		Cell: joining, Registries: []string{reg.Addr().String()}})
 
 	// A member's key (the operator runs huddle cell add with a member's
 	// state directory), asking a member that may not lead.
@@ -1495,10 +1509,6 @@ func TestCellRemovedWhileDownServesNoFetch(t *testing.T) {
 func TestCellStallShown(t *testing.T) {
 	members, logs := startHoldingCell(t, 3, func(cfg *Config) {
 		cfg.Metrics = metrics.New("test")
-		// A steady leader (as cell's steadyLeader): at load ~20 the
-		// followers missed 300 ms of the stalled leader's heartbeats
-		// every few seconds, and the sends below met an election.
-		cfg.Cell.HeartbeatTimeout, cfg.Cell.ElectionTimeout, cfg.Cell.LeaderLeaseTimeout = time.Second, time.Second, time.Second
 	})
 	_, g := cellLeader(t, members)
 	key := newKey(t)
