@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -571,6 +572,23 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 		return
 	}
 	defer n.endCatchUp(peer)
+	// A fault reading memory ends this catch-up, not the daemon: the
+	// bodies of a group's history read back at start are its files,
+	// mapped (store/mapped.go), and a page the disk can no longer read,
+	// touched as a batch is encoded, was SIGBUS, fatal to the process (as
+	// daemon/server's serveCall, session 18).
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(interface{ Addr() uintptr })
+			if !ok {
+				panic(r)
+			}
+			str.CancelWrite(streamClosed)
+			n.cfg.Logger.Error("cell: serving a catch-up faulted reading memory (a mapped log file the disk could not read?): the peer asks another member",
+				"peer", peer.Short(), "addr", fmt.Sprintf("%#x", f.Addr()), "panic", r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	var req [catchUpRequestSize]byte
 	str.SetReadDeadline(time.Now().Add(kindTimeout))
 	if _, err := io.ReadFull(str, req[:]); err != nil {
