@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/lockfile"
 	"github.com/huddle-chat/huddle/internal/netlab"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -412,17 +413,21 @@ func TestJoinedKeepsOtherProcessesJoins(t *testing.T) {
 		t.Fatalf("joined after the long command left g0: %v, %v; want g1 alone", set, err)
 	}
 
-	// Commands and a page at once, each its own process's reader.
+	// Commands and a page at once, each its own process's reader. Each
+	// waits for the file's lock up to waitTimeout, not the 5 s a command
+	// waits: 64 writers one after the other, each a read and a rename
+	// under the lock, took longer than that under -race at load ~50, and
+	// the last gave up (a warning each), which is not what this is about.
 	const writers = 64
 	var wg sync.WaitGroup
 	for i := 2; i < 2+writers; i++ {
 		wg.Go(func() {
 			if i%2 == 0 {
-				(&joinedRecord{dir: dir}).Add(entry(i))
+				(&joinedRecord{dir: dir, locker: lockfile.Locker{Wait: waitTimeout}}).Add(entry(i))
 				return
 			}
 			set, _ := loadJoined(dir)
-			(&session{home: dir, joined: set}).record(t.Context(), entry(i))
+			(&session{home: dir, joined: set, env: Env{LockWait: waitTimeout}}).record(t.Context(), entry(i))
 		})
 	}
 	wg.Wait()
