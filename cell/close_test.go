@@ -3,7 +3,9 @@ package cell
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,7 +193,7 @@ func (f heldFuture) Error() error { return <-f }
 // settleWait), and the goroutine left waiting for it ends when raft does
 // answer.
 func TestAnswerEndsWithRaft(t *testing.T) {
-	n := &Node{down: make(chan struct{})}
+	n := &Node{down: make(chan struct{}), futures: new(atomic.Int64)}
 	n.futures.Add(1) // as hand counts it
 	f := make(heldFuture)
 	got := make(chan error, 1)
@@ -203,7 +205,7 @@ func TestAnswerEndsWithRaft(t *testing.T) {
 	f <- nil // the goroutine left waiting ends (goleak)
 	waitUntil(t, "the answer counted", func() bool { return n.futures.Load() == 0 })
 
-	n = &Node{down: make(chan struct{})}
+	n = &Node{down: make(chan struct{}), futures: new(atomic.Int64)}
 	n.futures.Add(1)
 	answered := errors.New("raft's answer")
 	f = make(heldFuture, 1)
@@ -211,8 +213,45 @@ func TestAnswerEndsWithRaft(t *testing.T) {
 	if err := n.answer(f); err != answered {
 		t.Fatalf("answer of raft: %v, want %v", err, answered)
 	}
-	if k := n.futures.Load(); k != 0 {
-		t.Fatalf("%d requests counted unanswered after raft answered", k)
+	// Counted just after it is answered (answer's goroutine hands the
+	// answer over first): read at once, the count was 1 in 4 of 300 runs.
+	waitUntil(t, "the answer counted", func() bool { return n.futures.Load() == 0 })
+}
+
+// TestDroppedRequestFreesNode: the goroutine answer leaves waiting for a
+// request raft dropped as it shut down (it waits for ever: raft never
+// answers it) holds the request and the count, not the node: it held n,
+// and so kept every closed node's raft, state machine and stores alive for
+// the life of the process, once for each request dropped (the goroutine
+// TestCloseWhileSendHeldPastSettle leaves, seen 8 minutes on in a
+// goroutine dump of the package timing out).
+func TestDroppedRequestFreesNode(t *testing.T) {
+	f := make(heldFuture)
+	freed := make(chan struct{})
+	got := make(chan error, 1)
+	func() {
+		n := &Node{down: make(chan struct{}), futures: new(atomic.Int64)}
+		runtime.SetFinalizer(n, func(*Node) { close(freed) })
+		n.futures.Add(1) // as hand counts it
+		go func() { got <- n.answer(f) }()
+		close(n.down) // raft shut down without answering f
+	}()
+	if err := <-got; !errors.Is(err, ErrClosed) {
+		t.Fatalf("answer after raft shut down: %v, want ErrClosed", err)
+	}
+	defer func() { f <- nil }() // the goroutine left waiting ends (goleak)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(5 * time.Second)
+	for {
+		runtime.GC()
+		select {
+		case <-freed:
+			return
+		case <-deadline:
+			t.Fatal("the closed node is still reachable: the goroutine waiting for a dropped request holds it")
+		case <-tick.C:
+		}
 	}
 }
 

@@ -334,9 +334,12 @@ type Node struct {
 	// queued for the state machine, which runFSM leaves as it returns on
 	// shutdownCh. Close waits for the count to drop to zero (raft answers
 	// every request it took while it runs) before it shuts raft down.
+	// futures is allocated apart from the node: the goroutine answer
+	// leaves waiting for a request raft dropped holds it (and the
+	// request), never the closed node.
 	gate    sync.RWMutex
 	gated   bool
-	futures atomic.Int64
+	futures *atomic.Int64
 	// down is closed once raft has shut down: it answers nothing more.
 	down chan struct{}
 
@@ -433,7 +436,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), changing: make(chan struct{}, 1),
+	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), futures: new(atomic.Int64), changing: make(chan struct{}, 1),
 		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
 		promoteWake: make(chan struct{}, 1), catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
@@ -1523,17 +1526,21 @@ func hand[F raft.Future](n *Node, ask func() F) (F, error) {
 // without answering it. Close lets raft answer every request handed over
 // before it shuts raft down (settle), for at most settleWait: one raft
 // still held then, and dropped, is left to a goroutine that waits for it
-// for as long as raft keeps it (Close logs how many): raft (v1.7.2) never
-// answers a request it dropped, and that goroutine then waits for ever.
+// for as long as raft keeps it (Close logs how many): raft (v1.7.2, and
+// v1.8.0) never answers a request it dropped (its futures' Error has no
+// way out but raft's answer: hashicorp/raft#498), and that goroutine then
+// waits for ever. It holds the request and the count only, not n: a
+// closed node's raft, state machine and stores are not kept alive by it.
 // A send's wait (await) takes its answer here too, since session 16.
 func (n *Node) answer(f raft.Future) error {
 	done := make(chan error, 1)
+	futures := n.futures
 	go func() {
 		// The answer is given before it is counted: Close shuts raft down
 		// (closing down) once the count is zero, and the other order left
 		// a moment in which an answered request was taken for ErrClosed.
 		done <- f.Error()
-		n.futures.Add(-1)
+		futures.Add(-1)
 	}()
 	select {
 	case err := <-done:
