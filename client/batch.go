@@ -382,13 +382,15 @@ func (b *batcher) take(now time.Time) ([]*queuedSend, time.Duration) {
 }
 
 // fly sends one batch and hands each caller its result. The operation runs
-// until the latest of its callers' deadlines (or the Client closes), or
-// until every one of its callers has given up (flight): a caller that gives
-// up sooner has had its answer (its context's error), and its message may
-// be stored or not, as with an unbatched send it abandoned. A caller
-// whose context never ends keeps the operation going.
+// until the latest of its callers' deadlines (or the handle or the Client
+// closes: ctx, run's, ends), or until every one of its callers has given
+// up (flight): a caller that gives up sooner has had its answer (its
+// context's error), and its message may be stored or not, as with an
+// unbatched send it abandoned. A caller whose context never ends keeps
+// the operation going.
 func (b *batcher) fly(ctx context.Context, batch []*queuedSend) {
 	defer b.finished(len(batch))
+	closing := ctx
 	var cancel context.CancelFunc
 	if d, ok := latestDeadline(batch); ok {
 		ctx, cancel = context.WithDeadline(ctx, d)
@@ -409,7 +411,7 @@ func (b *batcher) fly(ctx context.Context, batch []*queuedSend) {
 			cancel() // every caller gave up before it flew
 		}
 	}
-	b.sendBatch(ctx, b.g.cl.ctx, batch)
+	b.sendBatch(ctx, closing, batch)
 }
 
 // latestDeadline returns the latest deadline of the batch's callers, or
@@ -429,8 +431,11 @@ func latestDeadline(batch []*queuedSend) (time.Time, bool) {
 }
 
 // sendBatch sends batch as one operation, splitting it when the daemon
-// refuses it as too large.
-func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend) {
+// refuses it as too large. A batch that fails once closing has ended (the
+// handle's Close, or the Client's, stopped it) fails ErrClosed: its
+// callers were told "context canceled", of a context none of theirs,
+// when only the handle closed (until session 18).
+func (b *batcher) sendBatch(ctx, closing context.Context, batch []*queuedSend) {
 	msgs := make([]wire.Outgoing, len(batch))
 	for i, q := range batch {
 		msgs[i] = q.msg
@@ -438,11 +443,11 @@ func (b *batcher) sendBatch(ctx, clientCtx context.Context, batch []*queuedSend)
 	s, err := b.g.send(ctx, msgs)
 	if err != nil && len(batch) > 1 && errors.Is(err, ErrTooLarge) {
 		half := len(batch) / 2
-		b.sendBatch(ctx, clientCtx, batch[:half])
-		b.sendBatch(ctx, clientCtx, batch[half:])
+		b.sendBatch(ctx, closing, batch[:half])
+		b.sendBatch(ctx, closing, batch[half:])
 		return
 	}
-	if err != nil && clientCtx.Err() != nil {
+	if err != nil && closing.Err() != nil {
 		err = b.g.fail("send", ErrClosed)
 	}
 	b.mu.Lock()

@@ -250,8 +250,9 @@ func (g *Group) doneAll(u *inUse) {
 // A program that opens handles on groups as listings come and go closes
 // those it is done with, or keeps a connection to each daemon until the
 // Client closes. (An open handle keeps only its daemon's, and its cell's
-// members': one to a daemon it moved on from closes once unused.) Queued and unfinished sends fail (retry them with their
-// IDs on another handle); calls begun after Close return ErrClosed. Close
+// members': one to a daemon it moved on from closes once unused.) Queued and unfinished sends fail with ErrClosed, unless
+// answered first (one in flight may be stored: retry them with their IDs on another handle); calls begun after Close
+// return ErrClosed. Close
 // returns once the goroutines the handle started (send batching's) have
 // ended, so a program that checks for leaks (goleak) at a handle's close
 // finds none of them. It is safe to call again, also from several
