@@ -546,8 +546,10 @@ func TestCellAddMember(t *testing.T) {
 	cl, err := client.New(client.Config{Identity: memberKey, Logger: testLogger(t)})
 	must(t, err)
 	t.Cleanup(func() { cl.Close() })
-	ctx := testCtx(t)
-	got, err := cl.CellAdd(ctx, members[1].addr, members[1].fp, client.Replica{Addr: addr, Fingerprint: id.Fingerprint()})
+	// Each call has a deadline of its own: one context for the whole
+	// test ran out at its last fetch ("context deadline exceeded" 30 s
+	// in, at load ~30, the cell's elections having taken their time).
+	got, err := cl.CellAdd(testCtx(t), members[1].addr, members[1].fp, client.Replica{Addr: addr, Fingerprint: id.Fingerprint()})
 	must(t, err)
 	if len(got) != 4 {
 		t.Fatalf("members after cell_add: %+v, want 4", got)
@@ -598,7 +600,7 @@ func TestCellAddMember(t *testing.T) {
 	t.Cleanup(func() { reader.Close() })
 	h, err := reader.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{addr}, Fingerprint: newcomer.fp, Replicas: old})
 	must(t, err)
-	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchCtx, stopWatch := context.WithTimeout(t.Context(), 3*testTimeout) // to the test's end
 	defer stopWatch()
 	events := make(chan client.Event, 10)
 	go func() {
@@ -618,7 +620,7 @@ func TestCellAddMember(t *testing.T) {
 		t.Fatalf("the watch at the member to be removed began with %+v, want it live", ev)
 	}
 
-	got, err = cl.CellRemove(ctx, members[2].addr, members[2].fp, newcomer.fp)
+	got, err = cl.CellRemove(testCtx(t), members[2].addr, members[2].fp, newcomer.fp)
 	must(t, err)
 	if len(got) != 3 || slices.ContainsFunc(got, func(r client.Replica) bool { return r.Fingerprint == newcomer.fp }) {
 		t.Fatalf("members after cell_remove: %+v", got)
@@ -639,7 +641,7 @@ func TestCellAddMember(t *testing.T) {
 		t.Fatalf("fetch from the removed member: %v (replicas %+v), want unavailable naming the three members", err, we)
 	}
 	var seqs []uint64
-	_, err = h.Fetch(ctx, client.Query{}, func(m client.Message) bool { seqs = append(seqs, m.Seq); return true })
+	_, err = h.Fetch(testCtx(t), client.Query{}, func(m client.Message) bool { seqs = append(seqs, m.Seq); return true })
 	must(t, err)
 	if !slices.Equal(seqs, []uint64{1, 2, 3}) {
 		t.Fatalf("a client holding the old members fetched %v, want 1..3", seqs)
