@@ -34,14 +34,24 @@ type ChangedError struct {
 	File      string
 }
 
+// Error shows the name as wire.Shown does: an mDNS instance name is anyone's
+// to choose on the LAN, and Check refuses only control characters in it; a
+// bidirectional override or a line separator in it turned the lines of
+// this message around, or faked one (until session 18). The command to
+// forget such a name would paste what is not shown: the line to delete
+// from the file is named instead.
 func (e *ChangedError) Error() string {
+	name, forget := wire.Shown(e.Name), "run: "+e.ForgetCommand()
+	if name != e.Name {
+		forget = fmt.Sprintf("delete the line ending in %s from %s (the name holds characters not shown here)", e.Pinned, e.File)
+	}
 	return fmt.Sprintf(`the registry at %s presented fingerprint
     %s
 but %s pins it to
     %s
 Someone may be impersonating the registry, or it was reinstalled with a new key.
-If you know the change is expected, run: %s`,
-		e.Name, e.Presented, e.File, e.Pinned, e.ForgetCommand())
+If you know the change is expected, %s`,
+		name, e.Presented, e.File, e.Pinned, forget)
 }
 
 // ForgetCommand is the command that drops the pin, ready to paste into a
