@@ -37,7 +37,8 @@ func UDP(t testing.TB, ip net.IP) *net.UDPConn {
 
 // Cell returns a 127.0.0.1 address for a cell member started as a
 // process, at a port free on both UDP and TCP when it returns, and one
-// that Cell has not returned before in this process.
+// that Cell has not returned before in this process, nor in another test
+// process running on this host (reserve).
 func Cell(t testing.TB) string {
 	t.Helper()
 	given.Lock()
@@ -46,7 +47,7 @@ func Cell(t testing.TB) string {
 		udp := UDP(t, net.IPv4(127, 0, 0, 1))
 		port := udp.LocalAddr().(*net.UDPAddr).Port
 		udp.Close()
-		if !given.ports[port] {
+		if !given.ports[port] && reserve(port) {
 			given.ports[port] = true
 			return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		}

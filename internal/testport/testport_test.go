@@ -1,8 +1,13 @@
 package testport
 
 import (
+	"bufio"
+	"bytes"
 	"net"
+	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +45,40 @@ func TestCellNeverRepeats(t *testing.T) {
 			t.Fatalf("Cell returned %s twice", addr)
 		}
 		seen[addr] = true
+	}
+}
+
+// TestCellReservedAcrossProcesses: a port Cell returned in this process is
+// not returned by Cell in another test process while this one runs (go
+// test runs packages at once, each drawing from the same ports).
+func TestCellReservedAcrossProcesses(t *testing.T) {
+	const n = 300 // each way: without the reservation, about 7 in common
+	if os.Getenv("TESTPORT_CHILD") != "" {
+		for range n {
+			os.Stdout.WriteString(Cell(t) + "\n")
+		}
+		return
+	}
+	mine := make(map[string]bool)
+	for range n {
+		mine[Cell(t)] = true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCellReservedAcrossProcesses$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "TESTPORT_CHILD=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("the other process: %v\n%s", err, out)
+	}
+	theirs, both := 0, 0
+	for sc := bufio.NewScanner(bytes.NewReader(out)); sc.Scan(); {
+		if addr := sc.Text(); strings.HasPrefix(addr, "127.0.0.1:") {
+			theirs++
+			if mine[addr] {
+				both++
+			}
+		}
+	}
+	if theirs != n || both != 0 {
+		t.Fatalf("the other process was given %d ports, %d of them given to this one too; want %d, none", theirs, both, n)
 	}
 }
