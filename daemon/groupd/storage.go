@@ -163,10 +163,19 @@ func brokenGroup(op wire.Op, g *group) error {
 }
 
 // logBroken logs why a group's log could not be opened, with what to do.
+// A read fault is the disk's (an I/O error under a page of a file, or the
+// file cut shorter meanwhile), not damage to the data: the advice to
+// restore from a backup, or to start afresh, given for it until session 18
+// had an operator throw away history that reads back whole once the device
+// does.
 func logBroken(lg *slog.Logger, name string, id wire.UUID, dir string, err error) {
 	advice := "restore the directory from a backup, or move it aside to start the group afresh (a new epoch: its history is lost)"
-	if errors.Is(err, store.ErrFutureVersion) {
+	switch {
+	case errors.Is(err, store.ErrFutureVersion):
 		advice = "it was written by a newer huddle: run that version"
+	case errors.Is(err, store.ErrReadFault):
+		advice = "the disk could not read the file back (an I/O error; or the file was cut shorter as it was read): check the device " +
+			"(the kernel's log, dmesg), and restart the daemon once it reads again: the history may be whole; restore from a backup only if it is not"
 	}
 	lg.Error("group not served: its log cannot be read", "group", name, "uuid", id, "dir", dir, "err", err, "advice", advice)
 }
