@@ -355,17 +355,20 @@ func TestCellClientFollowsLeader(t *testing.T) {
 			follower = m
 		}
 	}
-	ctx := testCtx(t)
+	// Each call has a deadline of its own, as in TestCellAddMember: the
+	// failover below takes an election, and one context for every call
+	// of the test could run out across elections on a loaded machine.
+	ctx := func() context.Context { return testCtx(t) }
 	key := newKey(t)
 	cl, err := client.New(client.Config{Identity: key, Logger: testLogger(t)})
 	must(t, err)
 	t.Cleanup(func() { cl.Close() })
 	h, err := cl.Group(wire.GroupEntry{Group: g, Name: "general", Addrs: []string{follower.addr}, Fingerprint: follower.fp, Replicas: replicas})
 	must(t, err)
-	_, err = h.Join(ctx, "ann", nil)
+	_, err = h.Join(ctx(), "ann", nil)
 	must(t, err)
 
-	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchCtx, stopWatch := context.WithTimeout(t.Context(), 3*testTimeout) // to the test's end
 	defer stopWatch()
 	events := make(chan client.Event, 100)
 	watchErr := make(chan error, 1)
@@ -388,7 +391,7 @@ func TestCellClientFollowsLeader(t *testing.T) {
 	var acks []client.Ack
 	for i := range 5 {
 		id := wire.NewID()
-		a, err := h.SendWithID(ctx, id, []byte(fmt.Sprintf("before %d", i)))
+		a, err := h.SendWithID(ctx(), id, []byte(fmt.Sprintf("before %d", i)))
 		must(t, err)
 		ids, acks = append(ids, id), append(acks, a)
 	}
@@ -399,14 +402,14 @@ func TestCellClientFollowsLeader(t *testing.T) {
 	leader.stop()
 	leader.d = nil
 	for i, id := range ids {
-		a, err := h.SendWithID(ctx, id, []byte(fmt.Sprintf("before %d", i)))
+		a, err := h.SendWithID(ctx(), id, []byte(fmt.Sprintf("before %d", i)))
 		must(t, err)
 		if !a.Duplicate || a.Seq != acks[i].Seq || !a.Time.Equal(acks[i].Time) {
 			t.Fatalf("retry of message %d on the new leader: %+v, want the original %+v as a duplicate", i, a, acks[i])
 		}
 	}
 	for i := range 5 {
-		a, err := h.Send(ctx, []byte(fmt.Sprintf("after %d", i)))
+		a, err := h.Send(ctx(), []byte(fmt.Sprintf("after %d", i)))
 		must(t, err)
 		last := acks[len(acks)-1]
 		if a.Seq != last.Seq+1 || !a.Time.After(last.Time) || a.Epoch != last.Epoch {
