@@ -348,20 +348,48 @@ func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 // removed and its room filled too: the log finds it gone at its next
 // refused record, and refuses it. (It makes its reserve again once the
 // disk has room to spare, after free.)
+//
+// A log looks at its reserve once a second, and makes it whole again
+// where the disk has room to spare: free space of twice what it lacks.
+// The reserves were all removed before the room they left was filled, so
+// a log could find 2 MiB free (two reserves' room) in between and take
+// its reserve back, whole: the fault then left it a reserve to write into
+// (session 18). They are now removed one at a time, the disk filled after
+// each: no more than one reserve's room is ever free, too little for a
+// whole one; and a log whose reserve was cut short (spent in part) may
+// top it up from that room meanwhile, so the reserves are looked for
+// again after each fill, until one fill finds none left.
 func spendingReserves(t *testing.T, fill func() (free func()), logs string) func() (free func()) {
 	return func() func() {
 		t.Helper()
-		free := fill()
-		reserves, err := filepath.Glob(filepath.Join(logs, "*", "reserve"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range reserves {
-			if err := os.Remove(r); err != nil && !errors.Is(err, os.ErrNotExist) {
-				t.Fatal(err)
+		frees := []func(){fill()}
+		freeAll := func() {
+			for i := len(frees) - 1; i >= 0; i-- {
+				frees[i]()
 			}
 		}
-		freeRest := fill()
-		return func() { freeRest(); free() }
+		for range 100 {
+			reserves, err := filepath.Glob(filepath.Join(logs, "*", "reserve"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			removed := false
+			for _, r := range reserves {
+				if st, err := os.Stat(r); err != nil || st.Size() == 0 {
+					continue // gone, or empty: no room to write into
+				}
+				if err := os.Remove(r); err != nil && !errors.Is(err, os.ErrNotExist) {
+					t.Fatal(err)
+				}
+				frees = append(frees, fill())
+				removed = true
+			}
+			if !removed {
+				return freeAll
+			}
+		}
+		freeAll()
+		t.Fatalf("the group logs under %s kept making reserves as their room was filled", logs)
+		return nil
 	}
 }
