@@ -1018,8 +1018,10 @@ func powerCut(rng *rand.Rand, data []byte, synced int) ([]byte, int) {
 			}
 		}
 	}
-	if rng.IntN(3) == 0 {
+	if rng.IntN(3) == 0 && at >= 0 {
 		// The length as of a later page boundary than the first lost.
+		// (None lost, at is -1, and -1/cutPage is 0: the file was cut at
+		// the first page boundaries, through what was synced.)
 		end := (at/cutPage + 1 + rng.IntN(last-at/cutPage+1)) * cutPage
 		img = img[:min(end, len(img))]
 	}
