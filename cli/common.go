@@ -543,7 +543,16 @@ func explain(err error) (string, int) {
 	case errors.As(err, &rf):
 		return rf.msg, ExitRefused
 	case errors.As(err, &ce):
-		return shown(ce.Error()), ExitRefused
+		// Its text is lines of its own (ssh's layout), the name in them
+		// shown as wire.Shown shows it: each line is shown, and the
+		// lines kept. Shown whole, its line breaks were U+FFFD, the
+		// fingerprints and the advice run into one line (since session
+		// 17's d0d501d).
+		lines := strings.Split(ce.Error(), "\n")
+		for i := range lines {
+			lines[i] = shown(lines[i])
+		}
+		return strings.Join(lines, "\n"), ExitRefused
 	case errors.As(err, &mm):
 		return fmt.Sprintf("%s; the daemon's key is not the one the registry lists: the listing may be stale (try again in a few seconds) or someone is impersonating it", shown(err.Error())), ExitRefused
 	case errors.As(err, &nre):
