@@ -360,10 +360,10 @@ func TestReturningMemberKnowsReplacement(t *testing.T) {
 // it is refused at once, as a configuration the cell cannot hold (two
 // members at one address), naming the member to remove first, and nothing
 // changes; once the dead one is removed, the new one is added at its
-// address and catches up, while clients send. (Raft refused the change
-// with an error the daemon answered unavailable, which the CLI retried
-// until its time ran out, and the transport had meanwhile put the new key
-// in the dead one's place.)
+// address, catches up while clients send, and leads. (Raft refused the
+// change with an error the daemon answered unavailable, which the CLI
+// retried until its time ran out, and the transport had meanwhile put the
+// new key in the dead one's place.)
 func TestReplaceAtSameAddress(t *testing.T) {
 	c := newTestCell(t, 3, true, compactingUnderLoad)
 	g := c.leader().group("lobby")
@@ -380,6 +380,10 @@ func TestReplaceAtSameAddress(t *testing.T) {
 	c.peers = append(c.peers, self)
 	c.start(d, true)
 	c.members = append(c.members, d)
+	// The load sends through it too: once it votes it may win an
+	// election, and a load that knew only the others sent nothing while it
+	// led (a loaded run failed so, the new member leading 30 s on end).
+	l.setNodes(c)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	var err error
@@ -398,6 +402,12 @@ func TestReplaceAtSameAddress(t *testing.T) {
 		c.removeMember(dead)
 		c.readd(d)
 	})
+	c.wantMembers(3)
+	// The new key leads from the reused address: the others take its
+	// replication, and it reaches them, with no trace of the dead key at
+	// that address in their transports.
+	c.lead(d)
+	l.await("under the lead of the member at the reused address", 100)
 	c.wantMembers(3)
 	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
 }
