@@ -835,17 +835,17 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 // is told each connection an attempt runs on: the last one told is the
 // one that answered, when the call succeeds.
 func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn)) error {
-	var err error
+	var err, lost error // lost: the first attempt's, its connection lost
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && next != nil {
 			if p, err = next(ctx); err != nil {
-				return err
+				return redialFailed(ctx, lost, err)
 			}
 		}
 		var live *liveness
 		live, err = p.get(ctx)
 		if err != nil {
-			return err
+			return redialFailed(ctx, lost, err)
 		}
 		conn := live.conn
 		if on != nil {
@@ -863,8 +863,22 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 			// call its caller cancelled says nothing of the kind.
 			p.drop(conn)
 		}
-		if err == nil || ctx.Err() != nil || !connectionLost(conn, err) {
+		if err == nil || !connectionLost(conn, err) {
 			return err
+		}
+		if ctx.Err() != nil {
+			if errors.Is(err, ctx.Err()) {
+				return err // the call ended with its context, which says so
+			}
+			// The connection was lost (the liveness watch closed it as
+			// "server silent", say) and then the call's context ended,
+			// before the call could be tried again: its request may have
+			// reached the server, its outcome is unknown, as when a retry
+			// cannot connect. It was the connection's bare error, and huddle
+			// send told a line in doubt "not sent" (exit 1, not 3), its
+			// --timeout and the liveness bound both 1.5 s (until session
+			// 18: e2e TestSendLinesOutcomeUnknown under load).
+			return fmt.Errorf("%w: %w", ErrUnreachable, err)
 		}
 		if shuttingDown(conn, err) {
 			// The server closed the connection because it is stopping:
@@ -879,8 +893,25 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 			// would repeat it, so the caller decides.
 			break
 		}
+		lost = err
 	}
 	return fmt.Errorf("%w: %w", ErrUnreachable, err)
+}
+
+// redialFailed is the error of a call whose connection was lost under its
+// first attempt (lost; nil: this was the first attempt) and whose second
+// could not connect (err). The first attempt's request may have reached
+// the server, so the call's outcome is unknown: ErrUnreachable, whatever
+// kept the second from connecting (another key answering, the server
+// noticed shutting down meanwhile), except the client closing or the
+// call's context ending, which say so themselves. Such an error came back
+// as it was (until session 18), and huddle send told a line in doubt "not
+// sent" when another key answered the redial, say.
+func redialFailed(ctx context.Context, lost, err error) error {
+	if lost == nil || errors.Is(err, ErrUnreachable) || errors.Is(err, ErrClosed) || ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %w; connecting again: %w", ErrUnreachable, lost, err)
 }
 
 // stream runs one operation on one stream of live's connection.
