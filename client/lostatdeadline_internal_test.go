@@ -41,6 +41,56 @@ func (c endsAfterLoss) Err() error {
 	return c.Context.Err()
 }
 
+// lostUnderRequest returns a handle on a group whose daemon (played by
+// hand) answers no request, connected, with the connection's liveness: the
+// client closes the connection for the daemon's silence (as liveness.look
+// does) once the daemon has read the first request, after setting lost.
+// ctx bounds the test's calls.
+func lostUnderRequest(t *testing.T) (ctx context.Context, g *Group, daemon *identity.Identity, live *liveness, lost *atomic.Bool) {
+	t.Helper()
+	srv, tr, ln := rawServer(t, &quic.Config{})
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { tr.Close() })
+	asked := make(chan struct{}, 1)
+	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		<-st.Context().Done() // answers nothing, and leaves the stream open until the connection ends
+	})
+	cl := newTestClient(t, Config{NoBatching: true})
+	t.Cleanup(func() { cl.Close() })
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	closed := make(chan struct{})
+	t.Cleanup(func() {
+		cancel()
+		<-closed
+	})
+	live, err = g.peer().get(ctx)
+	if err != nil {
+		close(closed)
+		t.Fatalf("handshake with the group's daemon: %v", err)
+	}
+	lost = new(atomic.Bool)
+	go func() {
+		defer close(closed)
+		select {
+		case <-asked:
+			lost.Store(true)
+			live.conn.CloseWithError(0, "server silent")
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, g, srv, live, lost
+}
+
 // TestConnLostAsDeadlinePassesUnreachable: a send whose connection the
 // client closes for the server's silence (the liveness watch: "server
 // silent") just before the send's deadline passes fails ErrUnreachable:
@@ -50,44 +100,8 @@ func (c endsAfterLoss) Err() error {
 // new IDs, it could be stored twice), not 3 with the line's ID to retry
 // with (e2e TestSendLinesOutcomeUnknown, under load).
 func TestConnLostAsDeadlinePassesUnreachable(t *testing.T) {
-	srv, tr, ln := rawServer(t, &quic.Config{})
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	t.Cleanup(func() { tr.Close() })
-	asked := make(chan struct{}, 1)
-	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
-		asked <- struct{}{}
-		<-st.Context().Done() // answers nothing, and leaves the stream open until the connection ends
-	})
-	cl := newTestClient(t, Config{NoBatching: true})
-	defer cl.Close()
-	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	parent, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	live, err := g.peer().get(parent)
-	if err != nil {
-		t.Fatalf("handshake with the group's daemon: %v", err)
-	}
-	var lost atomic.Bool
-	closed := make(chan struct{})
-	go func() {
-		defer close(closed)
-		select {
-		case <-asked:
-			lost.Store(true)
-			live.conn.CloseWithError(0, "server silent") // as liveness.look does
-		case <-parent.Done():
-		}
-	}()
-	defer func() {
-		cancel()
-		<-closed
-	}()
-	_, err = g.SendMessages(endsAfterLoss{parent, live, &lost}, []Outgoing{{ID: NewID(), Body: []byte("hi")}})
+	ctx, g, _, live, lost := lostUnderRequest(t)
+	_, err := g.SendMessages(endsAfterLoss{ctx, live, lost}, []Outgoing{{ID: NewID(), Body: []byte("hi")}})
 	if !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("a send whose connection was closed for silence as its deadline passed: %v, want %v (its outcome unknown)", err, ErrUnreachable)
 	}
@@ -105,50 +119,15 @@ func TestConnLostAsDeadlinePassesUnreachable(t *testing.T) {
 // redial's error came back bare, and huddle send told a line in doubt
 // "not sent".
 func TestRedialFailsAfterLossUnreachable(t *testing.T) {
-	srv, tr, ln := rawServer(t, &quic.Config{})
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	t.Cleanup(func() { tr.Close() })
-	asked := make(chan struct{}, 1)
-	serveMember(&wg, ln, func(st *quic.Stream, seq uint64) {
-		asked <- struct{}{}
-		<-st.Context().Done() // answers nothing, and leaves the stream open until the connection ends
-	})
-	cl := newTestClient(t, Config{NoBatching: true})
-	defer cl.Close()
-	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	p := g.peer()
-	live, err := p.get(ctx)
-	if err != nil {
-		cancel()
-		t.Fatalf("handshake with the group's daemon: %v", err)
-	}
-	closed := make(chan struct{})
-	go func() {
-		defer close(closed)
-		select {
-		case <-asked:
-			live.conn.CloseWithError(0, "server silent") // as liveness.look does
-		case <-ctx.Done():
-		}
-	}()
-	defer func() {
-		cancel()
-		<-closed
-	}()
-	other := &identity.MismatchError{Want: srv.Fingerprint(), Got: wire.Fingerprint{1}}
+	ctx, g, daemon, _, _ := lostUnderRequest(t)
+	other := &identity.MismatchError{Want: daemon.Fingerprint(), Got: wire.Fingerprint{1}}
 	redials := 0
 	next := func(context.Context) (*peer, error) {
 		redials++
 		return nil, other
 	}
 	var sent wire.Sent
-	err = p.singleThen(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: NewID(), Body: []byte("hi")}}}, &sent, next)
+	err := g.peer().singleThen(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: NewID(), Body: []byte("hi")}}}, &sent, next)
 	if redials != 1 {
 		t.Fatalf("the call's connection lost: %d redials, want 1 (err %v)", redials, err)
 	}
