@@ -195,13 +195,20 @@ func TestStaleSequencerAnswersDuplicates(t *testing.T) {
 		release               chan struct{} // closed: it holds none
 		held, started         chan struct{} // closed: one is held; the leader's raft started a transfer
 		heldOnce, startedOnce sync.Once
+		failed                chan struct{} // closed: the leader's raft failed an AppendEntries call (to the member stopped)
+		failedOnce            sync.Once
 	}
 	var cur atomic.Pointer[holds]
 	mutate := func(cfg *Config) {
 		self := cfg.Advertise
-		cfg.Logger = slog.New(&noticeHandler{Handler: cfg.Logger.Handler(), msg: "starting leadership transfer", seen: func() {
+		logger := slog.New(&noticeHandler{Handler: cfg.Logger.Handler(), msg: "starting leadership transfer", seen: func() {
 			if h := cur.Load(); h != nil {
 				h.startedOnce.Do(func() { close(h.started) })
+			}
+		}})
+		cfg.Logger = slog.New(&noticeHandler{Handler: logger.Handler(), msg: "failed to appendEntries to", seen: func() {
+			if h := cur.Load(); h != nil {
+				h.failedOnce.Do(func() { close(h.failed) })
 			}
 		}})
 		cfg.received = func(req any) {
@@ -234,7 +241,7 @@ func TestStaleSequencerAnswersDuplicates(t *testing.T) {
 			}
 		}
 		f1.stop() // the transfer's member: it cannot take the leadership
-		h := &holds{at: f2.addr, release: make(chan struct{}), held: make(chan struct{}), started: make(chan struct{})}
+		h := &holds{at: f2.addr, release: make(chan struct{}), held: make(chan struct{}), started: make(chan struct{}), failed: make(chan struct{})}
 		cur.Store(h)
 		release := sync.OnceFunc(func() { close(h.release) })
 		defer release()
@@ -247,6 +254,19 @@ func TestStaleSequencerAnswersDuplicates(t *testing.T) {
 		case <-h.held:
 		case <-ctx.Done():
 			return errors.New("the follower never got the send to hold")
+		}
+		// The transfer must find f1's replication out of raft's pipeline:
+		// a transfer's request to bring f1 level, taken by a pipeline whose
+		// connection to the stopped f1 is dead, fails at once ("replication
+		// failed"), and the transfer with it before a send could be refused
+		// (CI: "the transfer ended (replication failed) with no send
+		// refused by raft"). Once an AppendEntries call to f1 failed, raft
+		// replicates to it by calls, with a backoff, which keep the
+		// transfer going until its timeout.
+		select {
+		case <-h.failed:
+		case <-ctx.Done():
+			return errors.New("the leader's raft never failed an AppendEntries call to the stopped follower")
 		}
 		transferred := make(chan error, 1)
 		go func() {
