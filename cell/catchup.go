@@ -47,7 +47,7 @@ import (
 // A replica asks every member at once (catchUpOrder) and copies from the
 // first that answers ok; the others' streams are closed unread.
 const (
-	catchUpRequestSize = 16 + 8 + 8 + 8
+	catchUpRequestSize = 16 + 8 + 8 + 8 // catchUpRequest
 	catchUpChunk       = 1024
 	catchUpFrameBytes  = 1 << 20
 	maxCatchUpFrame    = 4 << 20
@@ -383,11 +383,7 @@ func (n *Node) askCatchUp(ctx context.Context, p Peer, g *groupState, after, upt
 	}
 	s := &catchUpStream{str: str, conn: conn, r: bufio.NewReaderSize(str, 64<<10), upto: upto,
 		stop: context.AfterFunc(ctx, func() { str.CancelRead(streamClosed) })}
-	var req [catchUpRequestSize]byte
-	copy(req[:16], g.spec.ID[:])
-	binary.LittleEndian.PutUint64(req[16:], g.spec.Epoch)
-	binary.LittleEndian.PutUint64(req[24:], after)
-	binary.LittleEndian.PutUint64(req[32:], upto)
+	req := catchUpRequest(g.spec.ID, g.spec.Epoch, after, upto)
 	str.SetWriteDeadline(time.Now().Add(catchUpTimeout))
 	if _, err := str.Write(req[:]); err != nil {
 		s.close()
@@ -561,6 +557,17 @@ func (s *catchUpStream) close() {
 	s.stop()
 	s.str.CancelRead(streamClosed)
 	s.str.Close()
+}
+
+// catchUpRequest encodes a catch-up's request: the group's ID and epoch,
+// and the messages wanted, those after after up to upto.
+func catchUpRequest(id wire.UUID, epoch, after, upto uint64) [catchUpRequestSize]byte {
+	var req [catchUpRequestSize]byte
+	copy(req[:16], id[:])
+	binary.LittleEndian.PutUint64(req[16:], epoch)
+	binary.LittleEndian.PutUint64(req[24:], after)
+	binary.LittleEndian.PutUint64(req[32:], upto)
+	return req
 }
 
 // serveCatchUp answers a peer's catch-up request from this replica's log,

@@ -63,10 +63,7 @@ func TestCatchUpServedToHole(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer str.CancelRead(streamClosed)
-	var req [catchUpRequestSize]byte
-	copy(req[:16], g.ID[:])
-	binary.LittleEndian.PutUint64(req[16:], g.Epoch)
-	binary.LittleEndian.PutUint64(req[32:], limit)
+	req := catchUpRequest(g.ID, g.Epoch, 0, limit)
 	str.Write(req[:])
 	str.Close()
 	str.SetReadDeadline(time.Now().Add(waitTimeout))

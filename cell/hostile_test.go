@@ -432,10 +432,7 @@ func TestCatchUpsPerKey(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var req [catchUpRequestSize]byte
-		copy(req[:16], g.ID[:])
-		binary.LittleEndian.PutUint64(req[16:], g.Epoch)
-		binary.LittleEndian.PutUint64(req[32:], uint64(len(ids)))
+		req := catchUpRequest(g.ID, g.Epoch, 0, uint64(len(ids)))
 		str.Write(req[:])
 		str.Close()
 		// The header frame: 4 bytes of length, 'h', status, first.
@@ -510,10 +507,7 @@ func TestCatchUpServedWhileStarting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer str.CancelRead(streamClosed)
-	var req [catchUpRequestSize]byte
-	copy(req[:16], g.ID[:])
-	binary.LittleEndian.PutUint64(req[16:], g.Epoch)
-	binary.LittleEndian.PutUint64(req[32:], 10)
+	req := catchUpRequest(g.ID, g.Epoch, 0, 10)
 	str.Write(req[:])
 	str.Close()
 	var h [14]byte // 4 bytes of length, 'h', status, first

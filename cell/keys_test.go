@@ -3,7 +3,6 @@ package cell
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -80,16 +79,13 @@ func TestRemovedMemberRefused(t *testing.T) {
 			remaining = append(remaining, m)
 		}
 	}
-	catchUp := make([]byte, catchUpRequestSize)
-	copy(catchUp[:16], g.ID[:])
-	binary.LittleEndian.PutUint64(catchUp[16:], g.Epoch)
-	binary.LittleEndian.PutUint64(catchUp[32:], 10)
+	catchUp := catchUpRequest(g.ID, g.Epoch, 0, 10)
 	asks := []struct {
 		name string
 		kind byte
 		req  []byte
 	}{
-		{"a catch-up", kindCatchUp, catchUp},
+		{"a catch-up", kindCatchUp, catchUp[:]},
 		{"its progress", kindProgress, nil},
 		{"the members", kindMembers, nil},
 	}
