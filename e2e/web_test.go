@@ -84,11 +84,43 @@ func (b *browser) joinByClick(uuid, name string) {
 	b.t.Helper()
 	sel := `#others button[data-group="` + uuid + `"]`
 	b.waitFor("the group listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
-	b.do("open the group", chromedp.Click(chromedp.CSS(sel)))
+	b.clickUntil("open the group", sel, fmt.Sprintf(`window.huddle.state.active === %s`, jsString(uuid)))
 	b.waitFor("the join form", `!document.getElementById('join-form').hidden`)
-	eval[bool](b, `(() => { document.getElementById('join-name').value = ''; return true; })()`)
-	b.do("type a name", chromedp.SendKeys(chromedp.ID("join-name"), name), chromedp.Click(chromedp.CSS("#join-form button")))
+	eval[bool](b, `(() => {
+		document.getElementById('join-name').value = '';
+		window.joinSubmits = 0;
+		document.getElementById('join-form').addEventListener('submit', () => window.joinSubmits++, {capture: true, once: true});
+		return true;
+	})()`)
+	b.do("type a name", chromedp.SendKeys(chromedp.ID("join-name"), name))
+	b.clickUntil("click Join", "#join-form button", `window.joinSubmits > 0`)
 	b.waitFor("the conversation", `!document.getElementById('composer').hidden && document.activeElement.id === 'input'`)
+}
+
+// clickUntil clicks the element sel with the mouse until the JavaScript
+// condition done holds, which the click is to make true at once. The
+// mouse clicks where the element was when chromedp measured it, and the
+// page may move or draw it again in between (the sidebar whenever the
+// list changes, the head's state as a daemon answers or not: under load
+// the join form's button moved, the click landed beside it, and the join
+// was never sent; make test at load ~60, session 18). done says whether
+// it landed: chromedp's call returns once the page has handled the click.
+// One that missed is made again, where the element is now.
+func (b *browser) clickUntil(what, sel, done string) {
+	b.t.Helper()
+	for i := 0; !eval[bool](b, done); i++ {
+		if i == 10 {
+			b.t.Fatalf("browser: %s: 10 clicks on %s did not make %s\npage text:\n%s", what, sel, done, b.text())
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, waitTimeout)
+		err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(sel)))
+		cancel()
+		// Drawn again between chromedp finding it and clicking: clicked
+		// again, as found anew.
+		if err != nil && !strings.Contains(err.Error(), "Could not find node with given id") {
+			b.t.Fatalf("browser: %s: %v", what, err)
+		}
+	}
 }
 
 // TestWebTwoUsers runs the page as two people would, in two browsers:
@@ -305,8 +337,12 @@ func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
 	sel := `#others button[data-group="` + dev + `"]`
 	bb.waitFor("dev listed, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, jsString(sel)))
 	bb.waitFor("dev's join form", `!document.getElementById('join-form').hidden`)
-	eval[bool](bb, `(() => { document.getElementById('join-name').value = ''; return true; })()`)
-	bb.do("join dev", chromedp.SendKeys(chromedp.ID("join-name"), "bob"), chromedp.Click(chromedp.CSS("#join-form button")))
+	// Joined with the page's own click, in the script that names the user:
+	// this test is about where the page goes when the join is answered, not
+	// the mouse, and a click by position missed the button as the page
+	// drew the head again under load (make test at load ~60, session 18:
+	// the join was never sent).
+	eval[bool](bb, `(() => { document.getElementById('join-name').value = 'bob'; document.querySelector('#join-form button').click(); return true; })()`)
 	bb.waitFor("dev's join sent, its answer held", `window.heldJoins.length === 1`)
 	bb.openJoined(lobby)
 	eval[bool](bb, `(() => { window.heldJoins.forEach(release => release()); return true; })()`)

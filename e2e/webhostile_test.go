@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/chromedp"
-
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
@@ -81,7 +79,7 @@ func TestWebHostileNames(t *testing.T) {
 	b.open(alice.web(t))
 	sel := fmt.Sprintf(`[data-group="%s"]`, group)
 	b.waitFor("the group listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
-	b.do("open it", chromedp.Click(chromedp.CSS(sel)))
+	b.clickUntil("open it", sel, fmt.Sprintf(`window.huddle.state.active === %s`, jsString(group.String())))
 	b.waitFor("its message and its member shown", `document.getElementById('messages').textContent.includes('hello') && document.getElementById('members').textContent.includes('mallory')`)
 	for what, expr := range map[string]string{
 		"the window's title":  `document.title`,

@@ -330,7 +330,7 @@ func TestWebJoinWithABlankName(t *testing.T) {
 	b.open(alice.web(t))
 	sel := `#others button[data-group="` + lobby + `"]`
 	b.waitFor("lobby listed with its message", fmt.Sprintf(`!!document.querySelector(%s) && window.huddle.state.groups.get(%s).last_seq === 1`, jsString(sel), jsString(lobby)))
-	b.do("open lobby", chromedp.Click(chromedp.CSS(sel)))
+	b.clickUntil("open lobby", sel, fmt.Sprintf(`window.huddle.state.active === %s`, jsString(lobby)))
 	b.waitFor("the join form", `!document.getElementById('join-form').hidden && document.activeElement.id === 'join-name'`)
 	if about := eval[string](b, `document.getElementById('join-about').textContent`); !strings.Contains(about, "· 1 message so far ·") {
 		t.Errorf("the form says %q, want \"1 message so far\"", about)
@@ -610,7 +610,7 @@ func TestWebJoinUnrecordedSaid(t *testing.T) {
 	b.open(alice.web(t))
 	sel := `#others button[data-group="` + lobby + `"]`
 	b.waitFor("lobby listed", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(sel)))
-	b.do("open lobby", chromedp.Click(chromedp.CSS(sel)))
+	b.clickUntil("open lobby", sel, fmt.Sprintf(`window.huddle.state.active === %s`, jsString(lobby)))
 	b.waitFor("the join form", `!document.getElementById('join-form').hidden && document.activeElement.id === 'join-name'`)
 	eval[bool](b, `(() => { document.getElementById('join-name').value = 'alice'; return true; })()`)
 	b.do("join as alice", chromedp.KeyEvent("\r"))
