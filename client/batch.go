@@ -211,12 +211,14 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 		return r.ack, r.err
 	case <-done:
 		var cancel context.CancelFunc
+		flying := false
 		b.mu.Lock()
 		if i := slices.Index(b.queue, q); i >= 0 {
 			// Not sent yet, and now never will be.
 			b.queue = slices.Delete(b.queue, i, i+1)
 			b.bytes -= len(m.Body) + outgoingOverhead
 		} else if f := q.flight; f != nil {
+			flying = true
 			if f.gone++; f.gone == f.n {
 				cancel = f.cancel // the last of its callers: nil if fly has not begun
 			}
@@ -225,9 +227,11 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 		if cancel != nil {
 			cancel()
 		}
-		// If the batch was in flight, the message may be stored or not:
-		// as with an unbatched send, a retry with its ID tells.
-		return Ack{ID: m.ID}, b.g.fail("send", ctx.Err())
+		// If the batch was in flight, the message may be stored or not
+		// (ErrInDoubt): as with an unbatched send, a retry with its ID
+		// tells. Until session 19 the error was the context's alone,
+		// whether the message had gone out or was withdrawn unsent.
+		return Ack{ID: m.ID}, b.g.fail("send", inDoubtIf(flying, ctx.Err()))
 	}
 }
 
@@ -448,7 +452,8 @@ func (b *batcher) sendBatch(ctx, closing context.Context, batch []*queuedSend) {
 		return
 	}
 	if err != nil && closing.Err() != nil {
-		err = b.g.fail("send", ErrClosed)
+		// In doubt still, if its request had gone out.
+		err = b.g.fail("send", inDoubtIf(errors.Is(err, ErrInDoubt), ErrClosed))
 	}
 	b.mu.Lock()
 	b.returning += len(batch)

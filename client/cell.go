@@ -256,12 +256,19 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 	// been elected and taken it, its outcome unknown.
 	var selfNamed error
 	var selfKey Fingerprint
+	// doubt: an attempt's send may have been stored (its error in doubt,
+	// ErrInDoubt): the call's error is then in doubt too, whatever the
+	// later attempts' (a member's refusal, another's silence) say. Until
+	// session 19 the call ended with the last attempt's error alone: a
+	// send cut short at the leader, then refused by the followers (no
+	// leader yet), was reported refused, nothing stored.
+	doubt := false
 	ended := func(err error) error {
 		var we *wire.Error
 		if selfNamed != nil && errors.As(err, &we) && we.Leader != nil && we.Leader.Fingerprint == selfKey {
-			return selfNamed
+			err = selfNamed
 		}
-		return err
+		return inDoubtIf(doubt, err)
 	}
 	wrongKeys := 0 // members whose address another key answered, this call
 	for redirects := 0; ; redirects++ {
@@ -270,6 +277,7 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 		if err == nil {
 			return nil
 		}
+		doubt = doubt || errors.Is(err, ErrInDoubt)
 		if !bounded && until.IsZero() {
 			// A group of one daemon (no members known) has the same bound
 			// from its first refusal on (its call had none but its
@@ -544,16 +552,20 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		g.answered(time.Since(began))
 	}
 	if err != nil && ctx.Err() == nil {
+		// The error of an attempt the clock ended says why it ended, and
+		// stays in doubt if the send's request had gone out (its
+		// stream's error, an attempt's context ended, was so marked).
+		doubt := errors.Is(err, ErrInDoubt)
 		switch cause := actx.ended(); {
 		case cause == nil:
 		case cause == errAttemptEnd && actx.atLimit():
-			return context.DeadlineExceeded // until, not the attempt's own bound
+			return inDoubtIf(doubt, context.DeadlineExceeded) // until, not the attempt's own bound
 		case cause == errSilent:
 			p.dropCurrent()
-			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errSilent)
+			return inDoubtIf(doubt, fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errSilent))
 		default:
 			p.dropCurrent()
-			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errAttemptTimeout)
+			return inDoubtIf(doubt, fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errAttemptTimeout))
 		}
 	}
 	return err

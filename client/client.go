@@ -104,7 +104,50 @@ var (
 	// ErrInvalidConfig: New was given a Config it cannot use; the error
 	// names the field.
 	ErrInvalidConfig = errors.New("client: invalid config")
+	// ErrInDoubt: a send's outcome is unknown. Its request may have
+	// reached the daemon, which may have stored its messages, but no
+	// answer says whether it did: the connection was lost or closed
+	// (the daemon stopping, code 0x2, included), the call's context
+	// ended, the handle or Client closed, or the reply could not be read,
+	// after the request went out (or under an earlier attempt of the
+	// same call). It comes with that error, which errors.Is and
+	// errors.As find as well (ErrUnreachable, ErrShuttingDown, a
+	// context's error, ErrClosed...). To settle it, send the same
+	// messages again with the same IDs (SendWithID, SendMessages): a
+	// message stored is acknowledged as a duplicate (Ack.Duplicate),
+	// with its original Seq and Time, and one that was not is stored,
+	// once, within the group's dedup window (at least its last 65,536
+	// messages). A send's error without it (an Error from the daemon:
+	// ErrNotMember, ErrTooLarge...; or a failure before the request
+	// could go out) means nothing of the send was stored.
+	ErrInDoubt = errors.New("outcome unknown: the daemon may have stored it")
 )
+
+// inDoubt marks err, a send's, as one whose outcome is unknown
+// (ErrInDoubt); err itself is kept for errors.Is and errors.As. An err
+// marked already is returned as it is.
+func inDoubt(err error) error {
+	if err == nil || errors.Is(err, ErrInDoubt) {
+		return err
+	}
+	return &doubtError{err}
+}
+
+// doubtError is a send's error whose outcome is unknown (inDoubt).
+type doubtError struct{ err error }
+
+func (e *doubtError) Error() string {
+	return "outcome unknown (it may have been stored): " + e.err.Error()
+}
+func (e *doubtError) Unwrap() []error { return []error{ErrInDoubt, e.err} }
+
+// inDoubtIf is inDoubt(err) if doubt, else err.
+func inDoubtIf(doubt bool, err error) error {
+	if doubt {
+		return inDoubt(err)
+	}
+	return err
+}
 
 // Names the protocol already gets right, re-exported so that programs need
 // import only this package.
@@ -834,7 +877,19 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 // reach: the daemon that died may be running again elsewhere. on, if set,
 // is told each connection an attempt runs on: the last one told is the
 // one that answered, when the call succeeds.
+//
+// A send's error is marked in doubt (ErrInDoubt) when an attempt's request
+// may have reached the server and no answer of the server's (an Error
+// frame) settled it: the daemon may have stored it.
 func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn)) error {
+	doubt := false
+	err := p.attempts(ctx, op, args, handle, next, on, &doubt)
+	return inDoubtIf(doubt && op == wire.OpSend && err != nil, err)
+}
+
+// attempts is callThen's body: it sets *doubt once an attempt's request
+// went out and ended other than in an answer of the server's.
+func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn), doubt *bool) error {
 	var err, lost error // lost: the first attempt's, its connection lost
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && next != nil {
@@ -852,8 +907,8 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 			on(conn)
 		}
 		heard, start := conn.ConnectionStats().PacketsReceived, time.Now()
-		var delivered bool
-		delivered, err = p.stream(ctx, live, op, args, handle)
+		var sent, delivered bool
+		sent, delivered, err = p.stream(ctx, live, op, args, handle)
 		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !delivered &&
 			time.Since(start) >= silentAfter/3 && conn.ConnectionStats().PacketsReceived == heard {
 			// The whole call, long enough for any live server to have
@@ -862,6 +917,12 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 			// restarted and ignores it), so the next call dials afresh. A
 			// call its caller cancelled says nothing of the kind.
 			p.drop(conn)
+		}
+		if sent && err != nil && !serverSaid(err) {
+			// Its request may have reached the server, and no answer
+			// came: cut short (the connection lost, the context ended),
+			// or one that could not be read.
+			*doubt = true
 		}
 		if err == nil || !connectionLost(conn, err) {
 			return err
@@ -883,6 +944,12 @@ func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(w
 		if shuttingDown(conn, err) {
 			// The server closed the connection because it is stopping:
 			// dialling it again would only wait for a server that is gone.
+			// A send it left unanswered is in doubt (*doubt, above): the
+			// server refuses with an Error frame what it will not
+			// serve, and closes only once the operations it took have
+			// finished or its grace period is over; one cut at that
+			// close, or whose answer the close overtook, may be stored
+			// (PROTOCOL.md §3, "Shutting down").
 			p.noticeClose(conn)
 			p.drop(conn)
 			return ErrShuttingDown
@@ -918,7 +985,11 @@ func redialFailed(ctx context.Context, lost, err error) error {
 // delivered reports whether any response frame reached handle. The call
 // waits on the connection (liveness) until it ends, a watch until its
 // first frame.
-func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (delivered bool, err error) {
+//
+// sent reports whether its request may have gone out: from the moment
+// its stream is open, the request is queued or written, and a server may
+// read it.
+func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error)) (sent, delivered bool, err error) {
 	conn := live.conn
 	waiting := ctx.Value(silenceWatched{}) == nil
 	if waiting {
@@ -935,12 +1006,12 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 	// larger one is written here, from the same buffer.
 	frame, err := encodeRequest(op, args)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		putRequestFrame(frame)
-		return false, err
+		return false, false, err
 	}
 	if a, ok := ctx.(*attemptCtx); ok {
 		a.cancelOnEnd(st) // a cell's attempt cancels st itself
@@ -957,7 +1028,7 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 		putRequestFrame(frame)
 		if !stoppedByServer(err) || ctx.Err() != nil {
 			cancelStream(st)
-			return false, ctxErr(ctx, err)
+			return false, false, ctxErr(ctx, err) // its end (FIN) never went out: a server reads no request
 		}
 		// The server stopped reading (STOP_SENDING) because what it read
 		// already made it refuse the request, a frame over its limit for
@@ -977,7 +1048,7 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 				// blocking, and woke this read to have it written here.
 				if werr != nil && (!stoppedByServer(werr) || ctx.Err() != nil) {
 					cancelStream(st)
-					return false, ctxErr(ctx, werr)
+					return false, false, ctxErr(ctx, werr) // as a larger request's failed write
 				}
 				continue
 			}
@@ -988,20 +1059,20 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 			// g: fetch: server closed ..." (until session 18).
 			switch {
 			case errors.As(err, &we):
-				return delivered, we
+				return true, delivered, we
 			case errors.Is(err, io.EOF) && delivered:
 				// Frames came, but not the one that ends the reply (an
 				// End, a Result): "without a reply" misled (until
 				// session 17).
-				return delivered, fmt.Errorf("server closed the stream before its reply ended: %w", ErrProtocol)
+				return true, delivered, fmt.Errorf("server closed the stream before its reply ended: %w", ErrProtocol)
 			case errors.Is(err, io.EOF):
-				return delivered, fmt.Errorf("server closed the stream without a reply: %w", ErrProtocol)
+				return true, delivered, fmt.Errorf("server closed the stream without a reply: %w", ErrProtocol)
 			case errors.Is(err, ErrProtocol):
-				return delivered, err
+				return true, delivered, err
 			case errors.Is(err, wire.ErrMalformed), errors.Is(err, wire.ErrFrameTooLarge), errors.Is(err, wire.ErrEmptyFrame):
-				return delivered, fmt.Errorf("%w: %w", ErrProtocol, err)
+				return true, delivered, fmt.Errorf("%w: %w", ErrProtocol, err)
 			}
-			return delivered, ctxErr(ctx, err)
+			return true, delivered, ctxErr(ctx, err)
 		}
 		if !delivered {
 			if waiting && op == wire.OpWatch {
@@ -1012,13 +1083,13 @@ func (p *peer) stream(ctx context.Context, live *liveness, op wire.Op, args any,
 		}
 		done, err := handle(kind, f)
 		if err == nil && done && (kind == wire.KindResult || kind == wire.KindEnd) && finished(st) {
-			return delivered, nil
+			return true, delivered, nil
 		}
 		if err != nil || done {
 			// Nothing more is expected; STOP_SENDING tells the server so if
 			// it has not closed already.
 			st.CancelRead(codeCancelled)
-			return delivered, err
+			return true, delivered, err
 		}
 	}
 }

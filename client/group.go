@@ -406,11 +406,12 @@ func ackOf(id ID, a wire.Ack, epoch uint64) Ack {
 }
 
 // Send appends one message and returns its acknowledgement. The message
-// gets a new ID, which the Ack carries even when err is not nil: a caller
-// that cannot tell whether a failed Send was stored (it timed out, the
-// connection died) retries with SendWithID(ctx, ack.ID, body), which stores
-// it at most once. Send itself retries once on a new connection with the
-// same ID.
+// gets a new ID, which the Ack carries even when err is not nil: a Send
+// whose outcome is unknown (err matches ErrInDoubt: it timed out, the
+// connection died, the daemon stopped, after its request went out) is
+// retried with SendWithID(ctx, ack.ID, body), which stores it at most
+// once. An err that does not match ErrInDoubt means the message was not
+// stored. Send itself retries once on a new connection with the same ID.
 //
 // Concurrent Sends on one Group are gathered into one send operation (unless
 // Config.NoBatching): a Send with nothing else in flight goes out at once,
@@ -420,7 +421,8 @@ func ackOf(id ID, a wire.Ack, epoch uint64) Ack {
 // ctx ends while its message is queued withdraws it.
 //
 // Errors: ErrNotMember, ErrTooLarge, ErrRateLimited (RetryAfter says how
-// long to wait), ErrUnavailable, ErrUnreachable, ErrClosed.
+// long to wait), ErrUnavailable, ErrUnreachable, ErrClosed; any of them,
+// or a context's error, with ErrInDoubt when the message may be stored.
 func (g *Group) Send(ctx context.Context, body []byte) (Ack, error) {
 	return g.SendWithID(ctx, wire.NewID(), body)
 }
@@ -508,7 +510,9 @@ func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, erro
 		return wire.Sent{}, g.fail("send", err)
 	}
 	if len(s.Acks) != len(msgs) {
-		return wire.Sent{}, g.fail("send", fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol))
+		// A Result: the daemon stored them, presumably, but under what
+		// numbers is unknown.
+		return wire.Sent{}, g.fail("send", inDoubt(fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)))
 	}
 	for _, a := range s.Acks {
 		g.sawSeq(s.Epoch, a.Seq)

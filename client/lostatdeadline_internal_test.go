@@ -102,8 +102,8 @@ func lostUnderRequest(t *testing.T) (ctx context.Context, g *Group, daemon *iden
 func TestConnLostAsDeadlinePassesUnreachable(t *testing.T) {
 	ctx, g, _, live, lost := lostUnderRequest(t)
 	_, err := g.SendMessages(endsAfterLoss{ctx, live, lost}, []Outgoing{{ID: NewID(), Body: []byte("hi")}})
-	if !errors.Is(err, ErrUnreachable) {
-		t.Fatalf("a send whose connection was closed for silence as its deadline passed: %v, want %v (its outcome unknown)", err, ErrUnreachable)
+	if !errors.Is(err, ErrUnreachable) || !errors.Is(err, ErrInDoubt) {
+		t.Fatalf("a send whose connection was closed for silence as its deadline passed: %v, want %v and %v", err, ErrUnreachable, ErrInDoubt)
 	}
 	if !errors.As(err, new(*quic.ApplicationError)) {
 		t.Errorf("%v: want the connection's close named", err)
@@ -131,8 +131,8 @@ func TestRedialFailsAfterLossUnreachable(t *testing.T) {
 	if redials != 1 {
 		t.Fatalf("the call's connection lost: %d redials, want 1 (err %v)", redials, err)
 	}
-	if !errors.Is(err, ErrUnreachable) {
-		t.Fatalf("a send whose connection was lost and whose redial met another key: %v, want %v (its outcome unknown)", err, ErrUnreachable)
+	if !errors.Is(err, ErrUnreachable) || !errors.Is(err, ErrInDoubt) {
+		t.Fatalf("a send whose connection was lost and whose redial met another key: %v, want %v and %v", err, ErrUnreachable, ErrInDoubt)
 	}
 	if !errors.As(err, new(*identity.MismatchError)) || !errors.As(err, new(*quic.ApplicationError)) {
 		t.Errorf("%v: want the lost connection's error and the redial's both kept", err)
