@@ -525,7 +525,33 @@ func fail(env Env, verb string, err error) int {
 // holding a line break and a bidirectional override wrote a line of its
 // own on stderr, or in huddle chat, after "huddle watch: " (until session
 // 17).
+//
+// A send whose outcome is unknown (client.ErrInDoubt: its request may have
+// reached the daemon, and no answer came) exits 3, or 130 if interrupted,
+// whatever else its error says: exit 1 tells a script nothing was stored,
+// and a send cut short whose redial met another key (exit 1 as a key
+// mismatch), or whose daemon closed the connection as it stopped (exit 1
+// as unavailable), was told so (until session 19), though the daemon may
+// have stored it. A retry with the same IDs settles it (stored once).
 func explain(err error) (string, int) {
+	msg, code := explainCause(err)
+	if errors.Is(err, client.ErrInDoubt) {
+		if !strings.Contains(msg, outcomeUnknown) {
+			msg = outcomeUnknown + " (it may have been stored): " + msg
+		}
+		if code != ExitInterrupted {
+			code = ExitUnreachable
+		}
+	}
+	return msg, code
+}
+
+// outcomeUnknown begins the text of client.ErrInDoubt's errors.
+const outcomeUnknown = "outcome unknown"
+
+// explainCause is explain's text and exit code for what err says went
+// wrong.
+func explainCause(err error) (string, int) {
 	var ue *usageError
 	var ce *identity.ChangedError
 	var mm *identity.MismatchError
@@ -768,7 +794,9 @@ func withGroup(ctx context.Context, env Env, verb string, cf *clientFlags, ref s
 // group's name again); other errors are returned as they are.
 func joinAdvice(err error, ref string) error {
 	var we *wire.Error
-	if !errors.As(err, &we) || we.Code != wire.CodeNotMember {
+	if !errors.As(err, &we) || we.Code != wire.CodeNotMember || errors.Is(err, client.ErrInDoubt) {
+		// A send in doubt stays so (explain), whatever its retry was
+		// told.
 		return err
 	}
 	return &refusal{fmt.Sprintf("%v; join the group first: huddle join %s", err, shellWord(strings.TrimSpace(ref)))}

@@ -71,10 +71,16 @@ func runSend(ctx context.Context, env Env, args []string) int {
 		s.remember(ctx, g, e)
 		return err
 	})
-	if code == ExitUnreachable && sent {
+	if (code == ExitUnreachable || code == ExitInterrupted) && sent {
 		// The daemon may have stored it and its ack been lost: a retry
-		// under the same ID is stored once.
+		// under the same ID is stored once. (A send in doubt exits 3 or
+		// 130: explain.)
 		fmt.Fprintf(env.Stderr, "  the message may have been stored all the same: retry it with --id %s to have it stored once\n", id)
+		if cf.json {
+			// For a script, which reads no stderr: the ID that settles
+			// it. Standard output may be what fails; stderr said it.
+			_ = printJSON(env.Stdout, inDoubtJSON{Event: "in_doubt", MsgID: uuid.UUID(id).String()})
+		}
 	}
 	return code
 }
@@ -178,9 +184,12 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 	stop := func(err error) int {
 		code := fail(env, "send", err)
 		var doubt []lineID
-		if code == ExitUnreachable || code == ExitInterrupted {
+		if errors.Is(err, client.ErrInDoubt) || code == ExitUnreachable || code == ExitInterrupted {
 			// The send was cut short, not refused: the daemon may have
-			// stored it.
+			// stored it. (A send in doubt exits 3 or 130, explain says,
+			// whatever else its error is: a redial that met another
+			// key was exit 1, and its lines "not sent", until session
+			// 19.)
 			doubt = inFlight
 		}
 		if failed == nil {
@@ -576,6 +585,14 @@ type stoppedJSON struct {
 	// RunID is the run's ID (--id, or drawn): the same input sent again
 	// with --id RUN_ID gives each line its message ID of this run.
 	RunID string `json:"run_id"`
+}
+
+// inDoubtJSON is, in --json output, what a send of TEXT whose outcome is
+// unknown (client.ErrInDoubt) prints instead of an ack: the message's ID,
+// with which a retry (--id) is stored once.
+type inDoubtJSON struct {
+	Event string `json:"event"` // "in_doubt": no ack has an event
+	MsgID string `json:"msg_id"`
 }
 
 // doubtJSON is a line whose send was cut short: stored or not, unknown;

@@ -205,13 +205,20 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 // answers. It returns its address.
 func sendDaemon(t *testing.T, limits wire.Limits, send func(wire.Send) (wire.Sent, error)) string {
 	t.Helper()
+	addr, _ := sendDaemonWith(t, server.Config{}, limits, send)
+	return addr
+}
+
+// sendDaemonWith is sendDaemon with the server's config, and the server.
+func sendDaemonWith(t *testing.T, cfg server.Config, limits wire.Limits, send func(wire.Send) (wire.Sent, error)) (string, *server.Server) {
+	t.Helper()
 	dk, err := identity.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
 	group := wire.UUID{5, 5}
 	var s *server.Server
-	s = server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
+	s = server.New(cfg, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
 		switch c.Op() {
 		case wire.OpList:
 			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{Group: group, Name: "builds", Addrs: []string{s.Addr().String()}, Fingerprint: dk.Fingerprint(), ExpiresMS: 15000}}})
@@ -237,7 +244,7 @@ func sendDaemon(t *testing.T, limits wire.Limits, send func(wire.Send) (wire.Sen
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	return s.Addr().String()
+	return s.Addr().String(), s
 }
 
 // TestSendLinesDaemonLimitsUnbounded: a daemon that gives its message
