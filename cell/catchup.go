@@ -52,6 +52,20 @@ const (
 	catchUpFrameBytes  = 1 << 20
 	maxCatchUpFrame    = 4 << 20
 	catchUpTimeout     = 30 * time.Second // without progress, once the member answered
+	// catchUpWindow is how often a copy's pace is measured and set
+	// against the other members' (catchUpStream.copy, catchUp), and
+	// catchUpFaster how many times faster than the member copied from
+	// another must have been measured to take the copy over. Why 1 s: a
+	// member's key that keeps to the least pace costs a copy about a
+	// window before another member is tried, and an honest member's pace
+	// over a window on a LAN (a few thousand round trips) is its own, not
+	// its stream's start. Why 2: members of one cell serve the same
+	// messages from the same kind of log, so an honest member measured
+	// half as fast is slow for a reason (its disk, its link, its load),
+	// and a measure's noise (a pause for a collection, a busy moment)
+	// does not make the copy go back and forth between two members alike.
+	catchUpWindow = time.Second
+	catchUpFaster = 2
 	// catchUpRetryMin and catchUpRetryMax bound the wait between rounds
 	// of a catch-up at Start that no peer could serve (catchUp).
 	catchUpRetryMin = 250 * time.Millisecond
@@ -66,6 +80,10 @@ const (
 )
 
 var errCatchUp = errors.New("cell: catch-up")
+
+// errCatchUpMoved: a copy was left for a member measured faster
+// (catchUpStream.copy): no fault of the member it was copied from.
+var errCatchUpMoved = errors.New("cell: catch-up moved to a faster member")
 
 // errCatchUpLog wraps the errors of this member's own log in a copy (a
 // full disk): no fault of the member it copies from.
@@ -128,6 +146,21 @@ const maxCatchUpHoles = 3
 // failed too; it could hold a restore at start for as long as it liked
 // (session 17's note). Now it costs a restore one least pace, plus at
 // most one more in each round in which no other member could serve.
+//
+// And a copy that keeps to the least pace is measured against the other
+// members (copy, each catchUpWindow): a member not measured yet that
+// could serve takes the copy over for a window, asked from where the log
+// ends, and then the fastest measured keeps it; a member measured
+// catchUpFaster times slower than another, at a window's end or at its
+// copy's end, is shunned. Why: the least pace is a floor, the same for
+// every member, and a member's key keeping to it held a restore for as
+// long as its copy took at that pace (1024 messages per 30 s: about 8 h
+// for a million messages) while another member could serve them in
+// seconds (session 18's note). Now it costs a copy about a window, and a
+// restore a window in each group's copy until another member is
+// measured faster; one keeping to half the fastest member's pace costs a
+// copy twice its time at most. A member that alone can serve, however
+// slow (over the least pace), is left no copy: none is measured faster.
 func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool, shun shunned) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -164,7 +197,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 		wg.Go(func() {
 			s, err := n.askCatchUp(ctx, p, g, after, seq)
 			select {
-			case answers <- catchUpAnswer{p: p, s: s, err: err, at: time.Now()}:
+			case answers <- catchUpAnswer{p: p, s: s, err: err, at: time.Now(), after: after}:
 			case <-ctx.Done():
 				if s != nil {
 					s.close()
@@ -198,6 +231,56 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			}
 		}
 	}
+	// The copy's pace against the other members' (copy's faster): each
+	// member that could serve and was not measured yet is tried for a
+	// window, then the fastest measured keeps the copy unless the one
+	// copied from is within catchUpFaster of it. want is the member the
+	// copy moves to (asked, its answer awaited); while it is set, the
+	// answers of others are closed, not copied from.
+	window := or(n.cfg.catchUpWindow, catchUpWindow)
+	rates := make(map[Peer]float64) // messages a second, over a member's last window
+	unable := make(map[Peer]bool)   // answered no, or nothing, this round
+	var want Peer
+	// measured notes p's pace, and shuns each member measured
+	// catchUpFaster times slower than another (itself, too).
+	measured := func(p Peer, rate float64) {
+		rates[p] = rate
+		top := rate
+		for _, r := range rates {
+			top = max(top, r)
+		}
+		for q, r := range rates {
+			if catchUpFaster*r < top && !shun[q.Fingerprint] {
+				shun[q.Fingerprint] = true
+				n.cfg.Logger.Warn("cell: a member served a group's catch-up slower than another, by more than half: it is asked again during this restore only when no other member can serve",
+					"group", g.spec.Name, "peer", q.Addr, "msgs_per_s", int64(r), "fastest_msgs_per_s", int64(top))
+			}
+		}
+	}
+	faster := func(cur Peer, rate float64) bool {
+		measured(cur, rate)
+		var best Peer
+		for _, p := range n.catchUpOrder() {
+			if p == cur || shun[p.Fingerprint] || unable[p] || n.tr.knownDown(p.Addr) {
+				continue
+			}
+			r, measured := rates[p]
+			if !measured {
+				best = p
+				break
+			}
+			if r > catchUpFaster*rate && (best == Peer{} || r > rates[best]) {
+				best = p
+			}
+		}
+		if best == (Peer{}) {
+			return false
+		}
+		n.cfg.Logger.Info("cell: moving a group's catch-up to another member, faster or not measured yet",
+			"group", g.spec.Name, "from", cur.Addr, "msgs_per_s", int64(rate), "to", best.Addr, "to_msgs_per_s", int64(rates[best]))
+		want = best
+		return true
+	}
 	if tail, _ := g.log.Tail(); tail >= seq {
 		return nil
 	}
@@ -218,17 +301,45 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 		case a := <-answers:
 			delete(asking, a.p)
 			err := a.err
-			if err == nil && time.Since(a.at) > pace/2 {
+			if err == nil && want != (Peer{}) && a.p != want {
+				// The copy moves to another member: this one is asked
+				// again in the next round, or if that one cannot serve.
+				a.s.close()
+				continue
+			}
+			if tail, _ := g.log.Tail(); err == nil && (time.Since(a.at) > pace/2 || a.after < tail) {
 				// It waited while another member's copy ran: its member
-				// may have given up on it.
+				// may have given up on it, and it would send again what
+				// that copy brought.
 				a.s.close()
 				askOne(a.p)
 				continue
 			}
+			if err != nil {
+				unable[a.p] = true
+			}
+			if a.p == want {
+				want = Peer{}
+				if err != nil {
+					// It cannot serve: the others are asked again, the
+					// member the copy left among them.
+					ask()
+				}
+			}
 			if err == nil {
 				from, _ := g.log.Tail()
-				err = a.s.copy(g, pace)
+				began := time.Now()
+				err = a.s.copy(g, pace, window, func(rate float64) bool { return faster(a.p, rate) })
 				a.s.close()
+				if err == nil {
+					measured(a.p, float64(seq-from)/time.Since(began).Seconds())
+				}
+				if errors.Is(err, errCatchUpMoved) {
+					if !asking[want] {
+						askOne(want)
+					}
+					continue
+				}
 				n.tr.unanswered(a.p.Addr, a.s.conn, err)
 				if errors.Is(err, errCatchUpHole) && holes[a.p] < maxCatchUpHoles {
 					// Its retention dropped messages as it sent them: the
@@ -268,6 +379,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			round++
 			errs = nil
 			resorted = false
+			clear(unable)
 			ask()
 			last()
 			again = time.After(wait)
@@ -283,6 +395,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			round++
 			errs = nil
 			resorted = false
+			clear(unable)
 			ask()
 			last()
 			again = time.After(catchUpRetryMin)
@@ -299,10 +412,11 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 // catchUpAnswer is a member's answer to a catch-up request: its stream,
 // read up to the header that says it has the messages, or why not.
 type catchUpAnswer struct {
-	p   Peer
-	s   *catchUpStream
-	err error
-	at  time.Time // when it came
+	p     Peer
+	s     *catchUpStream
+	err   error
+	at    time.Time // when it came
+	after uint64    // the request's: the log's tail when it was asked
 }
 
 // shunned is, for one restore, the keys of the members whose copy failed
@@ -355,6 +469,11 @@ type catchUpStream struct {
 	buf         []byte
 	stop        func() bool // the AfterFunc that cancels str with the catch-up's context
 	first, upto uint64
+	// The frame being read: its length's bytes, and how many of its
+	// bytes (length, then payload into buf) were read. A read that ends
+	// at a deadline mid-frame is taken up where it stopped (read).
+	head [4]byte
+	got  int
 }
 
 // askCatchUp asks p for g's messages after..upto, and reads its answer's
@@ -445,23 +564,31 @@ func paceEarned(pace time.Duration, size, count int) time.Duration {
 	return time.Duration(int64(pace)*int64(count)/catchUpChunk + int64(pace)*int64(size)/catchUpFrameBytes)
 }
 
-// read reads the stream's next frame, by the read deadline set.
+// read reads the stream's next frame, by the read deadline set. A
+// deadline that ends it mid-frame loses nothing: the next read goes on
+// from there (copy's window ends while a frame arrives).
 func (s *catchUpStream) read() (byte, []byte, error) {
-	var h [4]byte
-	if _, err := io.ReadFull(s.r, h[:]); err != nil {
+	if s.got < len(s.head) {
+		n, err := io.ReadFull(s.r, s.head[s.got:])
+		s.got += n
+		if err != nil {
+			return 0, nil, err
+		}
+		size := binary.LittleEndian.Uint32(s.head[:])
+		if size == 0 || size > maxCatchUpFrame {
+			return 0, nil, fmt.Errorf("%w: a frame of %d bytes", errCatchUp, size)
+		}
+		if cap(s.buf) < int(size) {
+			s.buf = make([]byte, size)
+		}
+		s.buf = s.buf[:size]
+	}
+	n, err := io.ReadFull(s.r, s.buf[s.got-len(s.head):])
+	s.got += n
+	if err != nil {
 		return 0, nil, err
 	}
-	size := binary.LittleEndian.Uint32(h[:])
-	if size == 0 || size > maxCatchUpFrame {
-		return 0, nil, fmt.Errorf("%w: a frame of %d bytes", errCatchUp, size)
-	}
-	if cap(s.buf) < int(size) {
-		s.buf = make([]byte, size)
-	}
-	s.buf = s.buf[:size]
-	if _, err := io.ReadFull(s.r, s.buf); err != nil {
-		return 0, nil, err
-	}
+	s.got = 0
 	return s.buf[0], s.buf[1:], nil
 }
 
@@ -483,18 +610,46 @@ func (s *catchUpStream) read() (byte, []byte, error) {
 // batches back to back, each of catchUpChunk messages or catchUpFrameBytes
 // (but the last of a chunk); a member's key that sent one message every
 // 29 s held the restore waiting on it for 30 s a message (session 17).
-func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
+//
+// The least pace is a floor, the same for every member: a key keeping to
+// it held a restore as long as its copy took at that pace (about 8 h for
+// a million messages, session 18's note). So at the end of each window
+// (window; 0 for none), the messages it brought a second are handed to
+// faster (if not nil), which says whether a member measured faster (or
+// not measured yet) takes the copy over: the copy then ends, with
+// errCatchUpMoved (catchUp).
+func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster func(rate float64) bool) error {
 	tail, _ := g.log.Tail()
 	reset := s.first > tail+1 // the peer's retention dropped what we lack
 	last := s.first - 1       // the last message of the batch before
 	var entries []store.Entry
 	by := time.Now().Add(pace) // the pace's deadline
+	if faster == nil {
+		window = 0
+	}
+	began, from := time.Now(), tail // the window's
 	for {
-		kind, body, err := s.nextBy(by)
+		d := by
+		if window > 0 {
+			if now := time.Now(); now.Sub(began) >= window {
+				at, _ := g.log.Tail()
+				if faster(float64(at-from) / now.Sub(began).Seconds()) {
+					return errCatchUpMoved
+				}
+				began, from = now, at
+			}
+			if end := began.Add(window); end.Before(d) {
+				d = end
+			}
+		}
+		kind, body, err := s.nextBy(d)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(by) {
 				return fmt.Errorf("%w: the peer sends under the least pace, %d messages or %d bytes per %v (at message %d of %d)",
 					errCatchUp, catchUpChunk, catchUpFrameBytes, pace, last, s.upto)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) && window > 0 && time.Since(began) >= window {
+				continue // the window's end: measured at the top
 			}
 			return err
 		}
@@ -532,6 +687,7 @@ func (s *catchUpStream) copy(g *groupState, pace time.Duration) error {
 				return fmt.Errorf("%w: %w", errCatchUpLog, err)
 			}
 			reset = false
+			from = s.first - 1 // the messages skipped are no pace
 		}
 		tail, _ := g.log.Tail()
 		held := entries

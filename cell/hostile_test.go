@@ -1180,7 +1180,10 @@ func TestCatchUpLeastPace(t *testing.T) {
 // shunned, nor when the honest member was shunned too, for its stale answer.
 func TestCatchUpShunsRogue(t *testing.T) {
 	const pace = 2 * time.Second // the rogue's 1 MiB, through QUIC under -race and load, well within it
-	l, f, other, g, held := tenSent(t, func(cfg *Config) { cfg.catchUpPace = pace })
+	// No window ends in these copies: the rogue's copy fails, at the least
+	// pace, rather than moving to the honest member at a window's end
+	// (TestCatchUpMovesToFasterMember).
+	l, f, other, g, held := tenSent(t, func(cfg *Config) { cfg.catchUpPace, cfg.catchUpWindow = pace, time.Hour })
 	entry := func(seq uint64, body []byte) store.Entry {
 		return store.Entry{Seq: seq, Time: held[9].Time + int64(seq), ID: newID(int(seq)), From: *held[0].From, Body: body}
 	}

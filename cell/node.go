@@ -218,6 +218,9 @@ type Config struct {
 	// catchUpPace, if set (by tests), replaces catchUpTimeout in a
 	// catch-up's least pace (catchUpStream.copy).
 	catchUpPace time.Duration
+	// catchUpWindow, if set (by tests), replaces catchUpWindow: how
+	// often a catch-up's copy is measured against the other members'.
+	catchUpWindow time.Duration
 	// settleWait, if set (by tests), replaces how long Close waits for
 	// raft to answer what it was handed (settle).
 	settleWait time.Duration

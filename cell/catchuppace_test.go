@@ -1,0 +1,239 @@
+package cell
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// paceCell is a cell of three whose lobby holds 10 messages (tenSent),
+// with two of its members' keys played by the test: f, the member that
+// catches the lobby up, and the two impostors' helpers.
+type paceCell struct {
+	f                 *testMember
+	g                 GroupSpec
+	held              []store.Message
+	slow, other       *Transport // the other follower's key, the leader's
+	slowKey, otherKey wire.Fingerprint
+}
+
+// newPaceCell starts a paceCell whose members keep to pace (the least
+// pace, catchUpPace) and window (catchUpWindow; 0 for the default).
+func newPaceCell(t *testing.T, pace, window time.Duration) *paceCell {
+	t.Helper()
+	l, f, other, g, held := tenSent(t, func(cfg *Config) { cfg.catchUpPace, cfg.catchUpWindow = pace, window })
+	return &paceCell{f: f, g: g, held: held, slow: impostor(t, f, other), other: impostor(t, f, l),
+		slowKey: other.id.Fingerprint(), otherKey: l.id.Fingerprint()}
+}
+
+// batch encodes the messages from..to as a member would send them.
+func (c *paceCell) batch(from, to uint64) []byte {
+	var entries []store.Entry
+	for seq := from; seq <= to; seq++ {
+		entries = append(entries, store.Entry{Seq: seq, Time: c.held[9].Time + int64(seq), ID: newID(int(seq)), From: *c.held[0].From, Body: c.held[0].Body})
+	}
+	return newEncoder().appendEntries(nil, entries)
+}
+
+// serveAtLeastPace answers each catch-up on tr at once, then sends its
+// messages a chunk (catchUpChunk messages) at a time, each three quarters
+// of a pace after the one before: the least pace a copy must keep, kept.
+// sent is the last message it sent; began is closed once the first chunk
+// is written.
+func (c *paceCell) serveAtLeastPace(tr *Transport, pace time.Duration, sent *atomic.Uint64, began chan struct{}) {
+	var once sync.Once
+	tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok || !catchUpHeader(frame, after) {
+			return
+		}
+		start := time.Now()
+		for i, from := 0, after+1; from <= upto; i++ {
+			next := time.NewTimer(time.Until(start.Add(time.Duration(i)*pace + pace*3/4)))
+			select { // the member's pace: what it sends is the test's
+			case <-next.C:
+			case <-ctx.Done():
+				next.Stop()
+				return
+			case <-str.Context().Done():
+				next.Stop()
+				return
+			}
+			to := min(from+catchUpChunk-1, upto)
+			if frame('b', c.batch(from, to)) != nil {
+				return
+			}
+			sent.Store(to)
+			once.Do(func() { close(began) })
+			from = to + 1
+		}
+		if frame('e', nil) == nil {
+			str.Close()
+		}
+	})
+}
+
+// serveAtOnce answers each catch-up on tr once ready is closed, and sends
+// its messages at once.
+func (c *paceCell) serveAtOnce(tr *Transport, ready <-chan struct{}, served *atomic.Int64) {
+	tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok {
+			return
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return
+		}
+		if !catchUpHeader(frame, after) {
+			return
+		}
+		for from := after + 1; from <= upto; from += catchUpChunk {
+			if frame('b', c.batch(from, min(from+catchUpChunk-1, upto))) != nil {
+				return
+			}
+		}
+		if frame('e', nil) == nil {
+			served.Add(1)
+			str.Close()
+		}
+	})
+}
+
+// TestCatchUpMovesToFasterMember: a member catching a group up copies
+// from the first member that says it has the messages; a member's key
+// that answered first, then kept exactly to the least pace (catchUpChunk
+// messages per pace: 1024 per 30 s), held the restore for as long as the
+// copy takes at that pace (~8 h for a million messages), though another
+// member could serve them at once. Now the copy's pace is measured each
+// window (catchUpWindow) against the other members': one not yet measured
+// takes the copy over for a window, and one measured catchUpFaster times
+// faster keeps it, and the slower is shunned for the rest of the restore.
+// Here the slow member answers first, the other once the slow one's copy
+// has begun; the copy ends served by the other, the slow one's stream left
+// before its end, and the slow one shunned.
+func TestCatchUpMovesToFasterMember(t *testing.T) {
+	const pace, chunks = time.Second, 10
+	c := newPaceCell(t, pace, 0)
+	upto := uint64(10 + chunks*catchUpChunk)
+	var sent atomic.Uint64
+	var served atomic.Int64
+	began := make(chan struct{})
+	c.serveAtLeastPace(c.slow, pace, &sent, began)
+	c.serveAtOnce(c.other, began, &served)
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	shun := make(shunned)
+	start := time.Now()
+	err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun)
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("catch up to %d: %v", upto, err)
+	}
+	t.Logf("caught up %d messages in %v; the member at the least pace sent up to %d (at that pace alone: ~%v)",
+		upto-10, took.Round(time.Millisecond), sent.Load(), time.Duration(chunks-1)*pace+pace*3/4)
+	if got := sent.Load(); got >= upto {
+		t.Fatalf("the member at the least pace sent every message, up to %d: the copy stayed with it to its end", got)
+	}
+	if served.Load() == 0 {
+		t.Fatal("the faster member served no copy to its end")
+	}
+	if !shun[c.slowKey] || shun[c.otherKey] {
+		t.Fatalf("shunned: the slow member %v, the faster %v; want the slow one only", shun[c.slowKey], shun[c.otherKey])
+	}
+	if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != upto || msgs[len(msgs)-1].Seq != upto {
+		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
+	}
+}
+
+// serveBehind answers each catch-up on tr that its log ends before the
+// messages asked for.
+func serveBehind(tr *Transport) {
+	tr.handle(kindCatchUp, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		if _, _, frame, ok := readCatchUpRequest(str); ok && frame('h', make([]byte, 9)) == nil {
+			str.Close()
+		}
+	})
+}
+
+// TestCatchUpSlowMemberAloneServes: a member that keeps to the least pace
+// and is the only one that has the messages (the other's log ends before
+// them) serves the whole copy: the copy tries the other at a window's end,
+// which cannot serve, and goes back to the slow member, which is never
+// shunned for being slow while no member was measured faster.
+func TestCatchUpSlowMemberAloneServes(t *testing.T) {
+	const pace, chunks = 500 * time.Millisecond, 4
+	c := newPaceCell(t, pace, 100*time.Millisecond)
+	upto := uint64(10 + chunks*catchUpChunk)
+	var sent atomic.Uint64
+	c.serveAtLeastPace(c.slow, pace, &sent, make(chan struct{}))
+	serveBehind(c.other)
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	shun := make(shunned)
+	start := time.Now()
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun); err != nil {
+		t.Fatalf("catch up to %d from the one member that has the messages, at the least pace: %v", upto, err)
+	}
+	t.Logf("caught up %d messages in %v", upto-10, time.Since(start).Round(time.Millisecond))
+	if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != upto || msgs[len(msgs)-1].Seq != upto {
+		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
+	}
+	if len(shun) != 0 {
+		t.Fatalf("members shunned: %v, want none", shun)
+	}
+}
+
+// TestCatchUpWindowEndsMidFrame: a copy's window ends at a read deadline,
+// which may fall while a frame arrives; the read goes on from where it
+// stopped. Here the only member that has the messages sends its batch in
+// two parts, a few windows apart. (Read whole again after the deadline,
+// the frame's middle was taken for a length, and the copy failed.)
+func TestCatchUpWindowEndsMidFrame(t *testing.T) {
+	const window = 50 * time.Millisecond
+	c := newPaceCell(t, 0, window)
+	const upto = 20
+	c.slow.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok || !catchUpHeader(frame, after) {
+			return
+		}
+		body := c.batch(after+1, upto)
+		b := binary.LittleEndian.AppendUint32(nil, uint32(len(body)+1))
+		b = append(append(b, 'b'), body...)
+		if _, err := str.Write(b[:len(b)/2]); err != nil {
+			return
+		}
+		pause := time.NewTimer(4 * window) // the member's pace: what it sends is the test's
+		defer pause.Stop()
+		select {
+		case <-pause.C:
+		case <-ctx.Done():
+			return
+		}
+		if _, err := str.Write(b[len(b)/2:]); err == nil && frame('e', nil) == nil {
+			str.Close()
+		}
+	})
+	serveBehind(c.other)
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, nil); err != nil {
+		t.Fatalf("catch up to %d from a member whose batch arrives across windows' ends: %v", upto, err)
+	}
+	if msgs := c.f.messages(c.g.ID); len(msgs) != upto {
+		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
+	}
+}
