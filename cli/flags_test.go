@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/internal/testport"
 )
 
 // runMain runs huddle args in this process with env as its environment and
@@ -168,20 +170,21 @@ func TestUpRefusesATakenDaemonPort(t *testing.T) {
 }
 
 // consecutiveUDPPorts finds a free UDP port on 127.0.0.1 whose next port
-// is held by the returned socket.
+// is held by the returned socket. The free one is reserved (testport.Cell:
+// below the ephemeral range, never another test process's): up binds it,
+// releases it as it refuses, and binds it again; a port the kernel chose
+// for a socket of this test was anyone's next port 0 in between.
 func consecutiveUDPPorts(t *testing.T) (int, *net.UDPConn) {
 	t.Helper()
 	for range 100 {
-		busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		_, p, err := net.SplitHostPort(testport.Cell(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		port := busy.LocalAddr().(*net.UDPAddr).Port - 1
-		if free, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err == nil {
-			free.Close()
+		port, _ := strconv.Atoi(p)
+		if busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port + 1}); err == nil {
 			return port, busy
 		}
-		busy.Close()
 	}
 	t.Fatal("no two consecutive free UDP ports")
 	return 0, nil

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/internal/testport"
 )
 
 // Deadlines. They bound how long a broken build may hang a test; none is an
@@ -339,6 +341,7 @@ func startDaemon(t testing.TB, verb string, args ...string) *daemon {
 	if verb == "serve" && !slices.Contains(args, "--registry") {
 		t.Fatalf("startDaemon serve %v: give --registry (without it, serve browses mDNS)", args)
 	}
+	args = reservePorts(t, verb, args)
 	d := &daemon{args: args, groups: make(map[string]string)}
 	if j := slices.Index(args, "--state-dir"); j >= 0 && j+1 < len(args) {
 		d.stateDir = args[j+1]
@@ -384,6 +387,32 @@ func startDaemon(t testing.TB, verb string, args ...string) *daemon {
 			verb, strings.Join(args, " "), d.exitCode(), d.stdout, d.stderr)
 	}
 	return d
+}
+
+// reservePorts gives each port a daemon is to take at random (--listen or
+// --daemon-listen 127.0.0.1:0) a reserved one (testport.Cell): below the
+// kernel's ephemeral range, where no socket bound to port 0 lands, and
+// never another test process's. A test that stops a daemon and starts it
+// again at its address (a restart in place, a registry whose key changed)
+// met whatever took the port meanwhile: a kernel-chosen port is free for
+// any other process's next socket (a client's, another test's daemon) the
+// moment the daemon dies, and the restarted one failed to bind, or the
+// test's clients talked to another process's daemon. up without
+// --daemon-listen would put its group daemon on the registry's port + 1,
+// which is not reserved: it gets a reserved port of its own.
+func reservePorts(t testing.TB, verb string, args []string) []string {
+	t.Helper()
+	args = slices.Clone(args)
+	reserved := false
+	for i := 0; i+1 < len(args); i++ {
+		if (args[i] == "--listen" || args[i] == "--daemon-listen") && args[i+1] == "127.0.0.1:0" {
+			args[i+1], reserved = testport.Cell(t), true
+		}
+	}
+	if verb == "up" && reserved && !slices.Contains(args, "--daemon-listen") {
+		args = append(args, "--daemon-listen", testport.Cell(t))
+	}
+	return args
 }
 
 // bannerLines turns the start records of a daemon logging JSON back into

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testbin"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -78,8 +80,22 @@ func start(t *testing.T, args ...string) *proc {
 
 // startWith runs huddle with args under the command prefix (nsenter...),
 // which must exec it in its own place: the process is huddle's.
+//
+// A port the process is to take at random (--listen 127.0.0.1:0) is a
+// reserved one (testport.Cell): below the kernel's ephemeral range, where
+// no socket bound to port 0 lands, and never another test process's. The
+// tests that kill a daemon and start it again at its address met whatever
+// took the port meanwhile: a kernel-chosen port is free for any other
+// process's next socket (a client's, another package's daemon) the moment
+// the daemon dies.
 func startWith(t *testing.T, prefix []string, args ...string) *proc {
 	t.Helper()
+	args = slices.Clone(args)
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "--listen" && args[i+1] == "127.0.0.1:0" {
+			args[i+1] = testport.Cell(t)
+		}
+	}
 	cmd := exec.Command(huddle(t), args...)
 	if len(prefix) > 0 {
 		cmd = exec.Command(prefix[0], append(append(prefix[1:], huddle(t)), args...)...)

@@ -1,9 +1,11 @@
-// Package testport picks ports for tests that start cell members. A member
+// Package testport picks ports for tests that start cell members, and
+// daemons a test stops and starts again at their address. A member
 // listens on UDP (QUIC) and, for raft, on TCP at the same port number, so
 // its port must be free on both. The ports are below Linux's ephemeral
 // range (32768 up), where outgoing TCP connections take theirs: a UDP port
 // the kernel chose could be held on TCP by a connection (or its TIME_WAIT)
-// of this or another process.
+// of this or another process, and is any process's next socket bound to
+// port 0 once its daemon is killed.
 package testport
 
 import (
