@@ -796,7 +796,13 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 	// asker waits for the header for RPCTimeout at most (askCatchUp), and
 	// a chunk of catchUpChunk messages of up to a frame each may take
 	// longer to read from a slow disk.
-	msgs, cur := g.log.After(after, 1, nil)
+	msgs, cur, err := g.log.After(after, 1, nil)
+	if err != nil {
+		// Its log is closed (this member closes): no header, so that the
+		// asker tries another member, as for any member that fails it.
+		str.CancelWrite(streamClosed)
+		return
+	}
 	first := after + 1
 	if len(msgs) > 0 {
 		first = msgs[0].Seq
@@ -806,7 +812,7 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 	if err := header(catchUpOK, first); err != nil {
 		return
 	}
-	msgs, _ = g.log.After(after, catchUpChunk, msgs[:0])
+	msgs, _, err = g.log.After(after, catchUpChunk, msgs[:0])
 	enc := newEncoder()
 	var entries []store.Entry
 	var out []byte
@@ -819,7 +825,7 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 	// were sent, and the asker's log refused them as out of order: a copy
 	// failed, to be tried from another member or in the next round.)
 	next := first
-	for len(msgs) > 0 && msgs[0].Seq == next && ctx.Err() == nil {
+	for err == nil && len(msgs) > 0 && msgs[0].Seq == next && ctx.Err() == nil {
 		for i := range msgs {
 			m := &msgs[i]
 			if m.Seq > upto {
@@ -849,10 +855,13 @@ func (n *Node) serveCatchUp(ctx context.Context, peer wire.Fingerprint, str *qui
 		if last >= upto {
 			break
 		}
-		msgs, _ = g.log.After(last, catchUpChunk, msgs[:0])
+		msgs, _, err = g.log.After(last, catchUpChunk, msgs[:0])
 	}
-	if ctx.Err() != nil {
-		str.CancelWrite(streamClosed) // this member closes: no end said
+	if ctx.Err() != nil || err != nil {
+		// This member closes (its log closed, store.ErrClosed): no end
+		// said. An end here would tell the asker its copy stopped at a
+		// hole, and it would ask this member again.
+		str.CancelWrite(streamClosed)
 		return
 	}
 	if frame('e', nil) != nil || w.Flush() != nil {

@@ -46,7 +46,7 @@ func TestCatchUpServedToHole(t *testing.T) {
 	}
 	f.waitLast(g.ID, limit)
 	first := func() uint64 {
-		_, cur := f.node.fsm.group(g.ID).log.After(0, 0, nil)
+		_, cur, _ := f.node.fsm.group(g.ID).log.After(0, 0, nil)
 		return cur.First
 	}
 
@@ -207,7 +207,7 @@ func testCatchUpAsksAgainAtHole(t *testing.T, old bool) {
 	if s := strings.Join(seqs, " "); s != "16 17 18 19 20" {
 		t.Fatalf("f holds messages %s after the catch-up, want 16 to 20 (reset past the hole)", s)
 	}
-	if _, cur := f.node.fsm.group(g.ID).log.After(0, 0, nil); cur.First != 16 {
+	if _, cur, _ := f.node.fsm.group(g.ID).log.After(0, 0, nil); cur.First != 16 {
 		t.Fatalf("f's log begins at %d, want 16", cur.First)
 	}
 }

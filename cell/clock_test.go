@@ -168,7 +168,7 @@ func TestClocksDisagree(t *testing.T) {
 			if msg.Seq != uint64(i+1) || i > 0 && msg.Time <= msgs[i-1].Time {
 				t.Fatalf("%s: message %d at %d after %d at %d", m.addr, msg.Seq, msg.Time, msgs[max(i-1, 0)].Seq, msgs[max(i-1, 0)].Time)
 			}
-			got, _ := r.log.(*store.Log).Since(msg.Time, total, nil)
+			got, _, _ := r.log.(*store.Log).Since(msg.Time, total, nil)
 			if len(got) != total-i || got[0].Seq != msg.Seq {
 				t.Fatalf("%s: since %d (message %d's time): %d messages from %d, want %d from %d", m.addr, msg.Time, msg.Seq, len(got), got[0].Seq, total-i, msg.Seq)
 			}

@@ -37,8 +37,9 @@ type Log interface {
 	// disk lets its writes lag, store.DiskConfig.WriteBehind): raft's log
 	// holds the entry meanwhile, and a restart replays what the log lost.
 	Append(batch []store.Entry) error
-	// After appends up to limit messages after seq to dst.
-	After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor)
+	// After appends up to limit messages after seq to dst; store.ErrClosed
+	// once the log is closed.
+	After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor, error)
 	// Sync returns once everything appended is written and on the
 	// device. A snapshot waits for it before raft may drop the entries.
 	Sync() error

@@ -618,7 +618,7 @@ func (m *testMember) messages(group wire.UUID) []store.Message {
 	if r == nil {
 		return nil
 	}
-	msgs, _ := r.log.After(0, 1<<30, nil)
+	msgs, _, _ := r.log.After(0, 1<<30, nil)
 	return msgs
 }
 

@@ -124,7 +124,7 @@ func million(tb testing.TB) *Log {
 
 func BenchmarkSince1M(b *testing.B) {
 	l := million(b)
-	all, _ := l.After(0, 1_000_000, nil)
+	all, _, _ := l.After(0, 1_000_000, nil)
 	if len(all) != 1_000_000 {
 		b.Fatalf("log holds %d messages, want 1,000,000", len(all))
 	}
@@ -141,7 +141,7 @@ func BenchmarkSince1M(b *testing.B) {
 		b.ReportAllocs()
 		dst := make([]Message, 0, 1)
 		for range b.N {
-			dst, _ = l.Since(T, 1, dst[:0])
+			dst, _, _ = l.Since(T, 1, dst[:0])
 		}
 		if dst[0].Time != T {
 			b.Fatalf("found time %d, want %d", dst[0].Time, T)
@@ -151,7 +151,7 @@ func BenchmarkSince1M(b *testing.B) {
 		b.ReportAllocs()
 		dst := make([]Message, 0, 1)
 		for i := range b.N {
-			dst, _ = l.Since(targets[i&(len(targets)-1)], 1, dst[:0])
+			dst, _, _ = l.Since(targets[i&(len(targets)-1)], 1, dst[:0])
 		}
 	})
 	b.Run("copy-last-1%", func(b *testing.B) {
@@ -161,7 +161,7 @@ func BenchmarkSince1M(b *testing.B) {
 		buf := make([]byte, want*benchBody)
 		for range b.N {
 			var cur Cursor
-			dst, cur = l.Since(T, want, dst[:0])
+			dst, cur, _ = l.Since(T, want, dst[:0])
 			off := 0
 			for i := range dst {
 				n := copy(buf[off:], dst[i].Body)

@@ -88,8 +88,8 @@ func TestDiskOtherEpochUnmaps(t *testing.T) {
 
 // TestDiskClosedAfterFailedClose: a log whose Close could not write what
 // was pending (a full disk) answers every call after it with ErrClosed
-// where it answers errors, finds no message where it reads, and never
-// panics. Until session 18, Sync (or Durable) after such a Close wrote the
+// where it answers errors, finds no message where it reads (ErrClosed
+// too), and never panics. Until session 18, Sync (or Durable) after such a Close wrote the
 // pending records to the closed file (nil) and panicked naming it; a
 // query returned the messages whose bodies Close had unmapped, a fault
 // wherever they were read.
@@ -151,8 +151,11 @@ func testDiskClosedAfterFailedClose(t *testing.T, always bool) {
 	call("Append", func() { wantClosed("Append", d.Append(next)) })
 	call("Reset", func() { wantClosed("Reset", d.Reset(seq+10, ts+10000)) })
 	call("Expire", func() { d.Expire(time.Now().Add(time.Hour)) })
-	read := func(op string, got []Message, cur Cursor) {
+	read := func(op string, got []Message, cur Cursor, err error) {
 		t.Helper()
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", op, err)
+		}
 		n := 0
 		for _, m := range got {
 			n += len(fmt.Sprintf("%x", m.Body)) // reads every body
@@ -161,8 +164,8 @@ func testDiskClosedAfterFailedClose(t *testing.T, always bool) {
 			t.Errorf("%s after Close: %d messages (%d hex bytes of bodies), more %v; want none", op, len(got), n, cur.More)
 		}
 	}
-	call("After", func() { got, cur := d.After(0, 100, nil); read("After", got, cur) })
-	call("Since", func() { got, cur := d.Since(0, 100, nil); read("Since", got, cur) })
+	call("After", func() { got, cur, err := d.After(0, 100, nil); read("After", got, cur, err) })
+	call("Since", func() { got, cur, err := d.Since(0, 100, nil); read("Since", got, cur, err) })
 	call("queries", func() {
 		d.Lookup(next, nil)
 		d.Tail()

@@ -35,7 +35,7 @@ func compatLog(t *testing.T, dir, fixture, group string) (*DiskLog, testfixture.
 // checkServes fails t unless d holds exactly want, field by field.
 func checkServes(t *testing.T, d *DiskLog, want []testfixture.Message) {
 	t.Helper()
-	got, cur := d.After(0, len(want)+1, nil)
+	got, cur, _ := d.After(0, len(want)+1, nil)
 	if len(got) != len(want) || len(got) == 0 || cur.First != want[0].Seq {
 		t.Fatalf("the log serves %d messages from seq %d, want %d from %d", len(got), cur.First, len(want), want[0].Seq)
 	}

@@ -53,7 +53,7 @@ func checkBodies(t *testing.T, ms []Message) {
 func TestDetachCopiesWithoutLock(t *testing.T) {
 	d := openMapped(t)
 	defer d.Close()
-	before, _ := d.After(0, 1000, nil)
+	before, _, _ := d.After(0, 1000, nil)
 	copies := 0
 	detachTestCopying = func() {
 		copies++
@@ -62,7 +62,7 @@ func TestDetachCopiesWithoutLock(t *testing.T) {
 		} else {
 			d.mem.mu.Unlock()
 		}
-		during, _ := d.After(0, 1000, nil)
+		during, _, _ := d.After(0, 1000, nil)
 		checkBodies(t, during)
 	}
 	defer func() { detachTestCopying = nil }()
@@ -78,7 +78,7 @@ func TestDetachCopiesWithoutLock(t *testing.T) {
 		}
 	}
 	checkBodies(t, before)
-	after, _ := d.After(0, 1000, nil)
+	after, _, _ := d.After(0, 1000, nil)
 	checkBodies(t, after)
 }
 

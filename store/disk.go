@@ -146,8 +146,9 @@ var (
 	// cut shorter since it was mapped. Reading it was a fault (SIGBUS)
 	// that crashed the process; the read is refused instead (readfault.go).
 	ErrReadFault = errors.New("store: a mapped log file could not be read")
-	// ErrClosed, with ErrFailed: the log is closed ([DiskLog.Close]).
-	// What it held is not read, written nor synced any more.
+	// ErrClosed: the log is closed ([DiskLog.Close], [Log.Close]). What it
+	// held is not read, written nor synced any more. Writes (Append,
+	// Reset, Sync) answer it with ErrFailed; queries (After, Since) alone.
 	ErrClosed = errors.New("store: log closed")
 )
 
@@ -317,30 +318,20 @@ func (d *DiskLog) Lookup(batch []Entry, acks []Ack) []Ack { return d.mem.Lookup(
 func (d *DiskLog) Tail() (uint64, int64) { return d.mem.Tail() }
 
 // After is [Log.After]. Under FsyncPolicy.Always it sees only what is
-// synced. After Close it finds nothing (closedPage).
-func (d *DiskLog) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
+// synced. After Close it returns ErrClosed.
+func (d *DiskLog) After(seq uint64, limit int, dst []Message) ([]Message, Cursor, error) {
 	if d.closed.Load() {
-		return d.closedPage(dst, seq)
+		return closedQuery(dst, seq)
 	}
 	return d.mem.After(seq, limit, dst)
 }
 
-// Since is [Log.Since]. After Close it finds nothing (closedPage).
-func (d *DiskLog) Since(ts int64, limit int, dst []Message) ([]Message, Cursor) {
+// Since is [Log.Since]. After Close it returns ErrClosed.
+func (d *DiskLog) Since(ts int64, limit int, dst []Message) ([]Message, Cursor, error) {
 	if d.closed.Load() {
-		return d.closedPage(dst, d.mem.Last())
+		return closedQuery(dst, 0)
 	}
 	return d.mem.Since(ts, limit, dst)
-}
-
-// closedPage is a query's answer after Close: no message, at next, and no
-// more. The bodies of the history read back at Open were the files'
-// mappings, unmapped by Close: a message returned would fault where its
-// body is read, a crash.
-func (d *DiskLog) closedPage(dst []Message, next uint64) ([]Message, Cursor) {
-	_, cur := d.mem.After(next, 0, dst)
-	cur.Next, cur.More = next, false
-	return dst, cur
 }
 
 // Changed is [Log.Changed].
@@ -948,8 +939,8 @@ func (d *DiskLog) syncLoop(every time.Duration) {
 // After Close, Append and Reset fail with ErrClosed (and ErrFailed), and
 // so do Sync, and Durable where it waits for a sync (FsyncPolicy.Always),
 // unless what they wait for was synced already (Close's own sync, if it
-// failed, left records unsynced: they are lost); queries find no message,
-// and Expire does nothing. Messages read from
+// failed, left records unsynced: they are lost); queries return ErrClosed
+// (no message), and Expire does nothing. Messages read from
 // the log must not be used after Close: the bodies of history read back
 // at Open are the files' mappings, unmapped here (mapped.go).
 func (d *DiskLog) Close() error {

@@ -97,13 +97,16 @@ func (w *writer) fill(t *testing.T, l appender, n, maxBody int) []Entry {
 }
 
 type querier interface {
-	After(uint64, int, []Message) ([]Message, Cursor)
+	After(uint64, int, []Message) ([]Message, Cursor, error)
 }
 
 // checkHolds fails unless l holds exactly want, in order.
 func checkHolds(t *testing.T, l querier, want []Entry) {
 	t.Helper()
-	got, cur := l.After(0, len(want)+10, nil)
+	got, cur, err := l.After(0, len(want)+10, nil)
+	if err != nil {
+		t.Fatalf("log holds: %v", err)
+	}
 	if len(got) != len(want) {
 		t.Fatalf("log holds %d messages (first %d, last %d), want %d", len(got), cur.First, cur.Last, len(want))
 	}
@@ -454,7 +457,7 @@ func TestDiskDurable(t *testing.T) {
 	for range 10 {
 		all = append(all, w.fill(t, d, 4, 10)...)
 	}
-	if got, _ := d.After(0, 100, nil); len(got) != 0 || d.Last() != 0 {
+	if got, _, _ := d.After(0, 100, nil); len(got) != 0 || d.Last() != 0 {
 		t.Fatalf("before a sync readers see %d messages, want none", len(got))
 	}
 	changed := d.Changed()
@@ -612,7 +615,7 @@ func TestDiskWriteBehind(t *testing.T) {
 			if rec.TornBytes != 0 || rec.Segments < 2 {
 				t.Fatalf("reopened: %+v, want several segments and nothing torn", rec)
 			}
-			got, _ := d2.After(0, len(all)+1, nil)
+			got, _, _ := d2.After(0, len(all)+1, nil)
 			if len(got) < synced || len(got) >= len(all) {
 				t.Fatalf("reopened with %d messages: want at least the %d synced, and fewer than the %d appended", len(got), synced, len(all))
 			}

@@ -92,7 +92,7 @@ func TestDiskFaultsWhileRunning(t *testing.T) {
 							<-faulted
 						}
 						// Readers see only what was appended whole.
-						got, _ := d.After(d.Last()-min(d.Last(), 8), 8, nil)
+						got, _, _ := d.After(d.Last()-min(d.Last(), 8), 8, nil)
 						for _, m := range got {
 							if i := int(m.Seq - 1); i >= len(appended) || m.ID != appended[i].ID || !bytes.Equal(m.Body, appended[i].Body) {
 								t.Errorf("served message %d is not the one appended", m.Seq)
@@ -122,7 +122,7 @@ func TestDiskFaultsWhileRunning(t *testing.T) {
 				if rec.ReadOnly != nil {
 					t.Fatalf("opened read-only after the fault, mounted again: %v", rec.ReadOnly)
 				}
-				got, _ := d2.After(0, len(appended)+1, nil)
+				got, _, _ := d2.After(0, len(appended)+1, nil)
 				if len(got) < int(kept) {
 					t.Fatalf("read back %d messages, but %d were kept by an ack (recovery %+v)", len(got), kept, rec)
 				}

@@ -58,7 +58,7 @@ func FuzzOpenSegment(f *testing.F) {
 			}
 			return
 		}
-		first, _ := d.After(0, 1<<20, nil)
+		first, _, _ := d.After(0, 1<<20, nil)
 		for i := range first {
 			// Bodies read back are the file's mapping, which Close unmaps.
 			first[i].Body = bytes.Clone(first[i].Body)
@@ -69,7 +69,7 @@ func FuzzOpenSegment(f *testing.F) {
 			t.Fatalf("opened once, then: %v", err)
 		}
 		defer d2.Close()
-		again, _ := d2.After(0, 1<<20, nil)
+		again, _, _ := d2.After(0, 1<<20, nil)
 		if rec.TornBytes != 0 || len(again) != len(first) {
 			t.Fatalf("second open: %+v, %d messages, want nothing torn and %d", rec, len(again), len(first))
 		}

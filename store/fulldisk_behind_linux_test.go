@@ -64,7 +64,7 @@ func readBack(t *testing.T, d *DiskLog, cfg DiskConfig, acked []Entry) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	got, _ := r.After(0, len(acked)+10, nil)
+	got, _, _ := r.After(0, len(acked)+10, nil)
 	if len(got) != len(acked) {
 		t.Fatalf("read back %d messages, acknowledged %d", len(got), len(acked))
 	}

@@ -69,7 +69,7 @@ func TestDiskFullContended(t *testing.T) {
 		free := fill()
 		var held [logs][]Message
 		for i := range logs {
-			held[i], _ = ds[i].After(0, limit, nil)
+			held[i], _, _ = ds[i].After(0, limit, nil)
 		}
 		var wg sync.WaitGroup
 		var mu sync.Mutex
@@ -84,7 +84,7 @@ func TestDiskFullContended(t *testing.T) {
 						return
 					default:
 					}
-					ms, _ := ds[i].After(0, limit, nil)
+					ms, _, _ := ds[i].After(0, limit, nil)
 					for _, m := range ms {
 						if len(m.Body) != 1000 || m.Body[0] != m.Body[999] {
 							t.Errorf("log %d: message %d body torn", i, m.Seq)
@@ -118,7 +118,7 @@ func TestDiskFullContended(t *testing.T) {
 					t.Errorf("round %d log %d: held message %d changed", round, i, j)
 				}
 			}
-			got, _ := ds[i].After(0, 10*limit, nil)
+			got, _, _ := ds[i].After(0, 10*limit, nil)
 			last := all[i][len(all[i])-1]
 			if len(got) == 0 || got[len(got)-1].Seq != last.Seq {
 				t.Errorf("round %d log %d: holds %d messages, not the last acknowledged, %d", round, i, len(got), last.Seq)

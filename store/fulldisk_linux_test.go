@@ -603,7 +603,7 @@ func TestDiskFullRetentionMakesRoom(t *testing.T) {
 	}
 	checkHolds(t, d, kept)
 	fill()
-	before, _ := d.After(0, limit, nil) // bodies in the files' mappings
+	before, _, _ := d.After(0, limit, nil) // bodies in the files' mappings
 	for i := range 3 * limit {
 		if err := add(); err != nil {
 			t.Fatalf("append %d on the disk full at the retention limit, the log read back: %v, want the oldest file detached and deleted for it", i, err)

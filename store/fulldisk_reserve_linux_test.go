@@ -143,7 +143,7 @@ func TestDiskFullBelowLimitsReserve(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	got, _ := d.After(0, 1000, nil)
+	got, _, _ := d.After(0, 1000, nil)
 	if len(got) != len(acked) {
 		t.Fatalf("read back %d messages, acknowledged %d", len(got), len(acked))
 	}

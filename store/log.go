@@ -120,6 +120,7 @@ type Log struct {
 	evicted  atomic.Uint64
 	appended atomic.Uint64 // body bytes ever stored
 	notify   atomic.Pointer[notifier]
+	closed   atomic.Bool // Close was called: queries answer ErrClosed
 }
 
 // view is an immutable list of segments, oldest first.
@@ -378,7 +379,7 @@ func (l *Log) wake() {
 }
 
 // Changed returns a channel closed by the next append that stores a message
-// after the call (or one in progress), or by the next Reset. All callers between two appends share
+// after the call (or one in progress), by the next Reset, or by Close. All callers between two appends share
 // one channel, so many watchers cost one allocation per append. A watcher
 // calls Changed, then After with its cursor, and waits on the channel only if
 // that returned nothing new.
@@ -481,7 +482,14 @@ func (l *Log) Durable(seq uint64) error { return nil }
 
 // Close waits for the goroutine that makes memory resident ahead of the
 // appends, if one is at work, and returns nil: a memory log holds no files.
+// After it, queries ([Log.After], [Log.Since]) return ErrClosed, and a
+// watcher waiting on Changed is woken to query again and learn it: else
+// it would wait for an append that never comes, as if caught up.
 func (l *Log) Close() error {
+	l.mu.Lock()
+	l.closed.Store(true)
+	l.wake()
+	l.mu.Unlock()
 	l.ahead.wait()
 	return nil
 }

@@ -223,7 +223,7 @@ func TestTimeStrictlyIncreasing(t *testing.T) {
 			t.Fatalf("step %d: acks = %v, want %v", i, got, st.want)
 		}
 	}
-	msgs, cur := l.After(0, 100, nil)
+	msgs, cur, _ := l.After(0, 100, nil)
 	if len(msgs) != 8 || cur != (Cursor{Next: 8, First: 1, Last: 8}) {
 		t.Fatalf("After(0) = %d msgs, %+v", len(msgs), cur)
 	}
@@ -308,7 +308,7 @@ func TestQueries(t *testing.T) {
 			{2, 0, "", Cursor{Next: 2, More: true, First: 1, Last: 10}},
 		}
 		for _, tt := range tests {
-			got, cur := l.After(tt.after, tt.limit, nil)
+			got, cur, _ := l.After(tt.after, tt.limit, nil)
 			if seqs(got) != tt.want || cur != tt.cur {
 				t.Errorf("After(%d, %d) = %q %+v, want %q %+v", tt.after, tt.limit, seqs(got), cur, tt.want, tt.cur)
 			}
@@ -331,7 +331,7 @@ func TestQueries(t *testing.T) {
 			{70, 0, "", Cursor{Next: 6, More: true, First: 1, Last: 10}},
 		}
 		for _, tt := range tests {
-			got, cur := l.Since(tt.ts, tt.limit, nil)
+			got, cur, _ := l.Since(tt.ts, tt.limit, nil)
 			if seqs(got) != tt.want || cur != tt.cur {
 				t.Errorf("Since(%d, %d) = %q %+v, want %q %+v", tt.ts, tt.limit, seqs(got), cur, tt.want, tt.cur)
 			}
@@ -339,7 +339,7 @@ func TestQueries(t *testing.T) {
 	})
 	t.Run("fields", func(t *testing.T) {
 		dst := make([]Message, 1, 4)
-		got, _ := l.After(6, 1, dst)
+		got, _, _ := l.After(6, 1, dst)
 		from := sender(7)
 		want := Message{Seq: 7, Time: 70, ID: id(7), From: &from, Body: []byte("g")}
 		if len(got) != 2 || got[1].Seq != want.Seq || got[1].Time != want.Time || got[1].ID != want.ID ||
@@ -354,10 +354,10 @@ func TestQueries(t *testing.T) {
 
 func TestEmptyLog(t *testing.T) {
 	l, _ := newLog(t, Config{})
-	if got, cur := l.After(0, 10, nil); len(got) != 0 || cur != (Cursor{}) {
+	if got, cur, _ := l.After(0, 10, nil); len(got) != 0 || cur != (Cursor{}) {
 		t.Fatalf("After on empty log = %v %+v", got, cur)
 	}
-	if got, cur := l.Since(0, 10, nil); len(got) != 0 || cur != (Cursor{}) {
+	if got, cur, _ := l.Since(0, 10, nil); len(got) != 0 || cur != (Cursor{}) {
 		t.Fatalf("Since on empty log = %v %+v", got, cur)
 	}
 	if got := l.Stats(); got != (Stats{}) {
@@ -377,7 +377,7 @@ func TestRetention(t *testing.T) {
 		if got != want {
 			t.Fatalf("Stats() = %+v, want %+v", got, want)
 		}
-		_, cur := l.After(0, 1, nil)
+		_, cur, _ := l.After(0, 1, nil)
 		if cur.Next != 3 || cur.First != 3 {
 			t.Fatalf("After(0) cursor %+v: want the gap reported (First 3)", cur)
 		}
@@ -420,14 +420,14 @@ func TestRetention(t *testing.T) {
 		if got != want {
 			t.Fatalf("Stats() = %+v, want %+v", got, want)
 		}
-		if _, cur := l.After(2, 10, nil); cur != (Cursor{Next: 2, First: 6, Last: 5}) {
+		if _, cur, _ := l.After(2, 10, nil); cur != (Cursor{Next: 2, First: 6, Last: 5}) {
 			t.Fatalf("After(2) = %+v on an emptied log", cur)
 		}
 		acks := mustAppend(t, l, entry(6, "y"))
 		if acks[0].Seq != 6 {
 			t.Fatalf("Append after everything expired: seq %d, want 6", acks[0].Seq)
 		}
-		if got, cur := l.After(0, 10, nil); len(got) != 1 || cur != (Cursor{Next: 6, First: 6, Last: 6}) {
+		if got, cur, _ := l.After(0, 10, nil); len(got) != 1 || cur != (Cursor{Next: 6, First: 6, Last: 6}) {
 			t.Fatalf("After(0) = %v %+v", got, cur)
 		}
 	})
@@ -448,7 +448,7 @@ func TestChanged(t *testing.T) {
 	done := make(chan uint64)
 	go func() {
 		<-c1
-		msgs, _ := l.After(0, 10, nil)
+		msgs, _, _ := l.After(0, 10, nil)
 		done <- msgs[0].Seq
 	}()
 	mustAppend(t, l, entry(1, "x"))
@@ -532,7 +532,7 @@ func TestSenders(t *testing.T) {
 		name := fmt.Sprintf("loud-%d", i)
 		mustAppend(t, l, Entry{ID: id(i), From: Sender{Fingerprint: fp, Name: name}, Body: []byte(name)})
 	}
-	msgs, _ := l.After(0, 1000, nil)
+	msgs, _, _ := l.After(0, 1000, nil)
 	if len(msgs) < 70 || len(msgs) > 80 {
 		t.Fatalf("%d messages held, want 70..80", len(msgs))
 	}
@@ -553,7 +553,7 @@ func TestSenders(t *testing.T) {
 	if n, interned := heldSenders(l.Log), len(l.senders); n > 5*st.Segments || interned != 5 {
 		t.Fatalf("%d senders in the dictionaries of %d segments, %d interned, from 5 senders", n, st.Segments, interned)
 	}
-	msgs, _ = l.After(0, 1000, nil)
+	msgs, _, _ = l.After(0, 1000, nil)
 	for _, m := range msgs {
 		if n := int(m.ID[0]) | int(m.ID[1])<<8 | int(m.ID[2])<<16; *m.From != sender(n) {
 			t.Fatalf("message %d from %+v, want %+v", m.Seq, m.From, sender(n))

@@ -49,14 +49,14 @@ func TestDiskMapped(t *testing.T) {
 	checkHolds(t, d2, all)
 	// A since-query from inside the mapped history into the heap.
 	from := all[2950]
-	got, cur := d2.Since(from.Time, 100, nil)
+	got, cur, _ := d2.Since(from.Time, 100, nil)
 	if len(got) != 100 || got[0].Seq != from.Seq || got[99].Seq != all[3049].Seq || string(got[99].Body) != string(all[3049].Body) || !cur.More {
 		t.Fatalf("since %d: %d messages from %d, more %v; want 100 from %d", from.Time, len(got), got[0].Seq, cur.More, from.Seq)
 	}
 
 	// Retention (4000) evicts the oldest file's segments: its mapping is
 	// retired, not unmapped, and a body taken before is still readable.
-	old, _ := d2.After(0, 1, nil)
+	old, _, _ := d2.After(0, 1, nil)
 	oldest := ms[0]
 	w.fill(t, d2, 1000, 100)
 	if st := d2.Stats(); st.First <= all[515].Seq {

@@ -256,7 +256,7 @@ func TestModel(t *testing.T) {
 				seq := rapid.Uint64Range(0, m.lastSeq+2).Draw(t, "seq")
 				limit := rapid.IntRange(-1, 12).Draw(t, "limit")
 				want, wantCur := m.after(seq, limit)
-				got, cur := l.After(seq, limit, nil)
+				got, cur, _ := l.After(seq, limit, nil)
 				if err := sameMessages(got, want); err != nil || cur != wantCur {
 					t.Fatalf("After(%d, %d): %v; cursor %+v, want %+v", seq, limit, err, cur, wantCur)
 				}
@@ -266,7 +266,7 @@ func TestModel(t *testing.T) {
 				limit := rapid.IntRange(-1, 12).Draw(t, "limit")
 				want, wantCur := m.since(ts, limit)
 				prefix := []Message{{Seq: 12345}}
-				got, cur := l.Since(ts, limit, prefix)
+				got, cur, _ := l.Since(ts, limit, prefix)
 				if len(got) == 0 || got[0].Seq != 12345 {
 					t.Fatalf("Since(%d, %d) dropped dst's contents", ts, limit)
 				}
@@ -281,7 +281,7 @@ func TestModel(t *testing.T) {
 				if l.dups != int(m.duplicates) {
 					t.Fatalf("%d duplicates acknowledged, want %d", l.dups, m.duplicates)
 				}
-				if err := sameMessages(func() []Message { g, _ := l.After(0, 1<<20, nil); return g }(), m.held()); err != nil {
+				if err := sameMessages(func() []Message { g, _, _ := l.After(0, 1<<20, nil); return g }(), m.held()); err != nil {
 					t.Fatalf("After(0): %v", err)
 				}
 			},

@@ -89,7 +89,7 @@ func TestDiskWriteBehindWriteFails(t *testing.T) {
 			if rec.TornBytes != 0 {
 				t.Fatalf("reopened: %+v, want nothing torn (the failed write cut back)", rec)
 			}
-			got, _ := d2.After(0, len(all)+1, nil)
+			got, _, _ := d2.After(0, len(all)+1, nil)
 			if !crash && len(got) != len(all) {
 				t.Fatalf("reopened with %d messages after a sync, want the %d appended", len(got), len(all))
 			}

@@ -74,7 +74,20 @@ func (s *snap) count(k int) int {
 // limit of them (none if limit <= 0), and says where the page ends. If
 // messages after seq were evicted, the page starts at Cursor.First. It
 // takes no lock and costs O(log n) to the first message.
-func (l *Log) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
+//
+// After [Log.Close] it returns ErrClosed, dst as it was and the zero
+// Cursor but Next (seq). An empty page of an open log says its reader is
+// caught up; a closed log's cannot (see closedQuery).
+func (l *Log) After(seq uint64, limit int, dst []Message) ([]Message, Cursor, error) {
+	if l.closed.Load() {
+		return closedQuery(dst, seq)
+	}
+	msgs, cur := l.after(seq, limit, dst)
+	return msgs, cur, nil
+}
+
+// after is After on a log not known to be closed.
+func (l *Log) after(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
 	s := l.snapshot()
 	cur := Cursor{Next: seq, First: s.first, Last: s.last}
 	// seq >= last is checked before seq+1 is computed: seq = 2^64-1 would
@@ -90,11 +103,31 @@ func (l *Log) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
 	return s.page(k, int(start-s.segs[k].base), limit, dst, cur)
 }
 
+// closedQuery is a query's answer from a closed log: no message, and
+// ErrClosed. Until session 19 a closed log answered an empty page with no
+// error, which a reader cannot tell from being caught up: a fetch ended its
+// reply as if it had everything, a watch waited for messages that would
+// never come, a catch-up served ended its copy there. (A disk log's
+// history read back at Open is the files' mappings, unmapped by Close: a
+// message returned would fault where its body is read, a crash.)
+func closedQuery(dst []Message, next uint64) ([]Message, Cursor, error) {
+	return dst, Cursor{Next: next}, ErrClosed
+}
+
 // Since appends to dst the messages with Time >= ts, oldest first, at most
 // limit of them (none if limit <= 0), and says where the page ends; continue
 // with After(cursor.Next). It takes no lock and costs O(log n) to the first
-// message.
-func (l *Log) Since(ts int64, limit int, dst []Message) ([]Message, Cursor) {
+// message. After [Log.Close] it returns ErrClosed, as After does.
+func (l *Log) Since(ts int64, limit int, dst []Message) ([]Message, Cursor, error) {
+	if l.closed.Load() {
+		return closedQuery(dst, 0)
+	}
+	msgs, cur := l.since(ts, limit, dst)
+	return msgs, cur, nil
+}
+
+// since is Since on a log not known to be closed.
+func (l *Log) since(ts int64, limit int, dst []Message) ([]Message, Cursor) {
 	s := l.snapshot()
 	cur := Cursor{Next: s.last, First: s.first, Last: s.last}
 	if s.held() == 0 {

@@ -119,7 +119,7 @@ func TestConcurrent(t *testing.T) {
 			for !stop.Load() {
 				var cur Cursor
 				if r%2 == 0 {
-					dst, cur = l.After(pos, 1+r*50, dst[:0])
+					dst, cur, _ = l.After(pos, 1+r*50, dst[:0])
 					if err := checkRun(dst, pos, cur); err != nil {
 						fail(fmt.Errorf("After(%d): %w", pos, err))
 						return
@@ -127,7 +127,7 @@ func TestConcurrent(t *testing.T) {
 					pos = cur.Next
 				} else {
 					st := l.Stats()
-					dst, cur = l.Since(0, 300, dst[:0])
+					dst, cur, _ = l.Since(0, 300, dst[:0])
 					if err := checkRun(dst, 0, cur); err != nil {
 						fail(fmt.Errorf("Since: %w", err))
 						return
@@ -147,7 +147,7 @@ func TestConcurrent(t *testing.T) {
 		for {
 			ch := l.Changed()
 			var cur Cursor
-			dst, cur = l.After(pos, 1000, dst[:0])
+			dst, cur, _ = l.After(pos, 1000, dst[:0])
 			if err := checkRun(dst, pos, cur); err != nil {
 				fail(fmt.Errorf("watcher: %w", err))
 				return

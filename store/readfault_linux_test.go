@@ -84,7 +84,7 @@ type afterFrom struct {
 	seq uint64
 }
 
-func (a afterFrom) After(seq uint64, limit int, dst []Message) ([]Message, Cursor) {
+func (a afterFrom) After(seq uint64, limit int, dst []Message) ([]Message, Cursor, error) {
 	return a.l.After(max(seq, a.seq), limit, dst)
 }
 
@@ -108,7 +108,7 @@ func TestDiskReadFaultEIO(t *testing.T) {
 	if err := unix.Madvise(first.w.slab, unix.MADV_PAGEOUT); err != nil {
 		t.Fatalf("madvise(MADV_PAGEOUT): %v", err)
 	}
-	msgs, _ := d.After(0, len(all), nil)
+	msgs, _, _ := d.After(0, len(all), nil)
 	var sum byte
 	err := readsFaulting(func() {
 		for _, m := range msgs {

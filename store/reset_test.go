@@ -45,7 +45,7 @@ func testReset(t *testing.T, l resettable) []Entry {
 	if seq, ts := l.Tail(); seq != at || ts != tAt {
 		t.Fatalf("tail after reset: %d %d, want %d %d", seq, ts, at, tAt)
 	}
-	if got, cur := l.After(0, 10, nil); len(got) != 0 || cur.First != at+1 || cur.Last != at {
+	if got, cur, _ := l.After(0, 10, nil); len(got) != 0 || cur.First != at+1 || cur.Last != at {
 		t.Fatalf("after reset: %d messages, cursor %+v; want none, first %d, last %d", len(got), cur, at+1, at)
 	}
 	if err := l.Reset(at-1, tAt); !errors.Is(err, ErrOutOfOrder) {

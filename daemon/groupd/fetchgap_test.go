@@ -23,7 +23,7 @@ func (l *holeLog) arm(between func()) {
 	l.afters.Store(0)
 }
 
-func (l *holeLog) After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor) {
+func (l *holeLog) After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor, error) {
 	if l.afters.Load() >= 0 && l.afters.Add(1) == 2 {
 		l.afters.Store(-1)
 		l.between()

@@ -234,14 +234,17 @@ func (g *group) memberList(now int64) []wire.Member {
 }
 
 // query runs q (a query of g.log) and appends the messages it returns to
-// out as wire messages.
-func query(out []wire.Message, q func() ([]store.Message, store.Cursor)) ([]wire.Message, store.Cursor) {
-	msgs, cur := q()
+// out as wire messages; its error is q's (queryErr says it to the client).
+func query(out []wire.Message, q func() ([]store.Message, store.Cursor, error)) ([]wire.Message, store.Cursor, error) {
+	msgs, cur, err := q()
+	if err != nil {
+		return out, cur, err
+	}
 	for i := range msgs {
 		m := &msgs[i]
 		out = append(out, wire.Message{Seq: m.Seq, Time: m.Time, ID: m.ID, From: m.From.Fingerprint, Name: m.From.Name, Body: m.Body})
 	}
-	return out, cur
+	return out, cur, nil
 }
 
 // sharedFrame is an encoded Messages frame (length prefix included) of the

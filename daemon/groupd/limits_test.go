@@ -225,7 +225,8 @@ func TestRenamedSendersKeepTheirNames(t *testing.T) {
 		_, err := g.append([]store.Entry{{ID: wire.NewID(), From: from, Body: []byte(name)}}, nil)
 		must(t, err)
 	}
-	msgs, _ := query(nil, func() ([]store.Message, store.Cursor) { return log.After(0, 100, nil) })
+	msgs, _, err := query(nil, func() ([]store.Message, store.Cursor, error) { return log.After(0, 100, nil) })
+	must(t, err)
 	if len(msgs) != 10 {
 		t.Fatalf("%d messages held, want 10", len(msgs))
 	}

@@ -31,13 +31,14 @@ type Log interface {
 	// Tail, and whatever keeps the log from storing it.
 	Append(batch []store.Entry) error
 	// After appends to dst up to limit messages with Seq > seq, oldest
-	// first, and says where the page ends (see store.Cursor).
-	After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor)
+	// first, and says where the page ends (see store.Cursor). A closed
+	// log returns store.ErrClosed: its empty page is not the end of it.
+	After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor, error)
 	// Since appends to dst up to limit messages with Time >= ts, oldest
-	// first, and says where the page ends.
-	Since(ts int64, limit int, dst []store.Message) ([]store.Message, store.Cursor)
+	// first, and says where the page ends; store.ErrClosed as After.
+	Since(ts int64, limit int, dst []store.Message) ([]store.Message, store.Cursor, error)
 	// Changed returns a channel closed by the next append of a message,
-	// or by the next reset (a cell's group: cell.Log's Reset).
+	// by the next reset (a cell's group: cell.Log's Reset), or by Close.
 	Changed() <-chan struct{}
 	// Last returns the last sequence number readers can see.
 	Last() uint64

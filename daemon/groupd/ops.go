@@ -580,7 +580,7 @@ func (d *Daemon) fetch(c *server.Call) error {
 		return err
 	}
 	buf := make([]store.Message, 0, chunk)
-	out, cur := query(make([]wire.Message, 0, chunk), func() ([]store.Message, store.Cursor) {
+	out, cur, err := query(make([]wire.Message, 0, chunk), func() ([]store.Message, store.Cursor, error) {
 		switch {
 		case req.Since != nil:
 			return g.log.Since(*req.Since, min(remain, queryChunk), buf)
@@ -589,6 +589,9 @@ func (d *Daemon) fetch(c *server.Call) error {
 		}
 		return g.log.After(0, min(remain, queryChunk), buf)
 	})
+	if err != nil {
+		return queryErr(c.Op(), g, err)
+	}
 	for {
 		n := len(out)
 		if out, err = sendMessages(c, out, working(buf, out)); err != nil {
@@ -600,9 +603,13 @@ func (d *Daemon) fetch(c *server.Call) error {
 		}
 		next := cur.Next
 		var more store.Cursor
-		out, more = query(out, func() ([]store.Message, store.Cursor) {
+		out, more, err = query(out, func() ([]store.Message, store.Cursor, error) {
 			return g.log.After(next, min(remain, queryChunk), buf[:0])
 		})
+		if err != nil {
+			// No End: the reply so far is not the whole page.
+			return queryErr(c.Op(), g, err)
+		}
 		if len(out) > 0 && out[0].Seq != next+1 {
 			// Retention dropped what followed the messages sent while
 			// they were sent (a busy group at its limits): the page ends
@@ -617,6 +624,19 @@ func (d *Daemon) fetch(c *server.Call) error {
 		cur = more
 	}
 	return c.Send(wire.KindEnd, wire.End{Next: cur.Next, More: cur.More, First: cur.First, Last: cur.Last, Epoch: g.epoch()})
+}
+
+// queryErr is the error a fetch or watch of g answers when its log
+// refused a query. A closed log (store.ErrClosed: the daemon closes the
+// logs as it shuts down) is unavailable: the client asks again, another
+// replica or later, from where it is. Until session 19 a closed log's
+// query was an empty page, which a fetch answered as the end of the log
+// and a watch as being caught up: the reader believed it had everything.
+func queryErr(op wire.Op, g *group, err error) error {
+	if errors.Is(err, store.ErrClosed) {
+		return fmt.Errorf("%v group %s: %w: its log is closed: the daemon is shutting down", op, g.name, wire.ErrUnavailable)
+	}
+	return fmt.Errorf("%v group %s: %w", op, g.name, err)
 }
 
 // watch sends the selected history, then follows the log with the
@@ -659,12 +679,14 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 			return err
 		}
 		var cur store.Cursor
-		out, cur = query(out, func() ([]store.Message, store.Cursor) {
-			var msgs []store.Message
-			msgs, cur = g.log.Since(*req.Since, queryChunk, buf)
+		out, cur, err = query(out, func() ([]store.Message, store.Cursor, error) {
+			msgs, cur, err := g.log.Since(*req.Since, queryChunk, buf)
 			buf = msgs
-			return msgs, cur
+			return msgs, cur, err
 		})
+		if err != nil {
+			return queryErr(c.Op(), g, err)
+		}
 		if out, err = sendMessages(c, out, working(buf, out)); err != nil {
 			return err
 		}
@@ -729,12 +751,16 @@ func (d *Daemon) watch(ctx context.Context, c *server.Call) error {
 				return err
 			}
 			var cur store.Cursor
-			out, cur = query(out, func() ([]store.Message, store.Cursor) {
-				var msgs []store.Message
-				msgs, cur = g.log.After(cursor, queryChunk, buf[:0])
+			out, cur, err = query(out, func() ([]store.Message, store.Cursor, error) {
+				msgs, cur, err := g.log.After(cursor, queryChunk, buf[:0])
 				buf = msgs
-				return msgs, cur
+				return msgs, cur, err
 			})
+			if err != nil {
+				// Not caught up: ends the watch, which the client resumes
+				// from its cursor.
+				return queryErr(c.Op(), g, err)
+			}
 			logLast = cur.Last
 			if cur.First > 0 && cursor < cur.First-1 {
 				// Retention dropped messages the watcher had not been sent.
