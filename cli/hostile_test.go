@@ -31,6 +31,13 @@ const (
 	evilBody = "hello " + evilCtl
 )
 
+// evilAddr is an address a registry of before session 12 listed as it was
+// registered (a host with a window title, a line break and a fake line),
+// and skippedGroup the group hostilePeer lists there.
+const evilAddr = "box\x1b]0;title\x07\r\nfake line:1"
+
+var skippedGroup = wire.UUID{0xee, 2, 3, 4, 5, 6, 0x47, 8, 0x89, 10, 11, 12, 13, 14, 15, 16}
+
 // hostilePeer runs a registry and group daemon in one server that answers
 // every operation with evilName, evilBody and evilCtl wherever text goes:
 // group and member names, info's storage, message names and
@@ -51,9 +58,12 @@ func hostilePeer(t *testing.T) (addr string, group wire.UUID) {
 		switch c.Op() {
 		case wire.OpList:
 			return c.Result(wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{{
-				// (An address that is not host:port is no longer listed:
-				// clients refuse such a page since session 18.)
 				Group: group, Name: evilName, Addrs: []string{s.Addr().String()},
+				Fingerprint: fp, Members: 1, LastSeq: 1, ExpiresMS: 15000,
+			}, {
+				// At an address that is not host:port, as a registry of
+				// before session 12 listed: left out, and said so.
+				Group: skippedGroup, Name: evilName, Addrs: []string{evilAddr},
 				Fingerprint: fp, Members: 1, LastSeq: 1, ExpiresMS: 15000,
 			}}})
 		case wire.OpInfo:
@@ -134,6 +144,28 @@ func TestHostilePeerText(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestGroupsSkipsAddressNotHostPort: a registry listing a group at an
+// address that is not host:port (as one of before session 12 listed what
+// anyone registered) has its other groups listed, and the one left out
+// said once on standard error, its name and address shown harmlessly
+// (TestHostilePeerText checks those). Since session 18 until this, the
+// whole listing was refused: huddle groups found no registry.
+func TestGroupsSkipsAddressNotHostPort(t *testing.T) {
+	addr, group := hostilePeer(t)
+	u := newTestUser(t, addr)
+	code, out, errs := u.run(t, "groups", "--json")
+	t.Logf("stderr:\n%s", errs)
+	if code != ExitOK || !strings.Contains(out, group.String()) {
+		t.Fatalf("groups: exit %d, want 0 and the group at host:port listed\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if strings.Contains(out, skippedGroup.String()) {
+		t.Errorf("the group at %q listed:\n%s", evilAddr, out)
+	}
+	if n := strings.Count(errs, "left out"); n != 1 || !strings.Contains(errs, "1 group left out") || !strings.Contains(errs, skippedGroup.String()) {
+		t.Errorf("stderr says %d times what was left out, want once, naming %s:\n%s", n, skippedGroup, errs)
 	}
 }
 

@@ -288,6 +288,11 @@ func (s *session) gather(outer context.Context) (*listing, error) {
 		}
 		parts = append(parts, client.RegistryListing{Registry: a.reg, Listing: a.list})
 		l.regs = append(l.regs, a.reg)
+		// Said once a run: entries a registry of before session 12 took
+		// from anyone (the rest of its listing is used).
+		if err := a.list.SkippedError(); err != nil {
+			fmt.Fprintf(s.env.Stderr, "huddle %s: warning: registry %s: %v\n", s.verb, shown(a.name), err)
+		}
 	}
 	if len(unpinned) > 0 {
 		fmt.Fprintf(s.env.Stderr, "huddle %s: warning: %s\n", s.verb, pinsFullWarning(s.kh.Path(), unpinned))

@@ -122,7 +122,9 @@ func TestListingBounded(t *testing.T) {
 		return wire.GroupEntry{Group: wire.UUID{byte(i >> 16), byte(i >> 8), byte(i), 1}, Name: fmt.Sprintf("g%06d", i), Addrs: []string{"10.0.0.1:7374"}, Fingerprint: fp}
 	}
 	long := strings.Repeat("a", 64)
-	var served atomic.Int64 // entries of the largest kind served
+	longAddr := long[:58] + ":65535" // host:port at its longest: else skipped, not held
+	var served atomic.Int64          // entries of the largest kind served
+	var skipped atomic.Int64         // entries served to be skipped
 	for _, tc := range []struct {
 		name string
 		page func(after []byte) wire.Groups
@@ -158,14 +160,30 @@ func TestListingBounded(t *testing.T) {
 				e.Name = fmt.Sprintf("%06d", i) + long[:58]
 				e.Addrs = make([]string, wire.MaxAddrs)
 				for j := range e.Addrs {
-					e.Addrs[j] = long
+					e.Addrs[j] = longAddr
 				}
 				for j := range wire.MaxReplicas {
-					e.Replicas = append(e.Replicas, wire.Replica{Addr: long, Fingerprint: wire.Fingerprint{byte(j + 1)}})
+					e.Replicas = append(e.Replicas, wire.Replica{Addr: longAddr, Fingerprint: wire.Fingerprint{byte(j + 1)}})
 				}
 				g.Groups = append(g.Groups, e)
 			}
 			served.Add(300)
+			return g
+		}},
+		{"more than 65,536 entries skipped", func(after []byte) wire.Groups {
+			// Pages of 300 entries at an address that is not host:port
+			// (each left out, not held), as long as the client asks.
+			from := 0
+			if len(after) > 0 {
+				fmt.Sscan(string(after), &from)
+			}
+			g := wire.Groups{Epoch: 1, Next: fmt.Append(nil, from+300)}
+			for i := from; i < from+300; i++ {
+				e := entry(i)
+				e.Addrs = []string{"10.0.0.1:http"}
+				g.Groups = append(g.Groups, e)
+			}
+			skipped.Add(300)
 			return g
 		}},
 	} {
@@ -182,6 +200,11 @@ func TestListingBounded(t *testing.T) {
 	// at 64 MiB of them, where 65,536 groups took 140 MiB.
 	if n := served.Load(); n*2048 > 64<<20+300*2048 {
 		t.Errorf("the client read %d entries of 2 KiB and more before it stopped", n)
+	}
+	// Skipped, they count as listed: the client stops at 65,536 of them,
+	// not at its 4096th page (1.2M).
+	if n := skipped.Load(); n > 1<<16+300 {
+		t.Errorf("the client read %d entries to skip before it stopped", n)
 	}
 }
 
@@ -1799,4 +1822,45 @@ func TestFetchGapBetweenPages(t *testing.T) {
 	if err != nil || !slices.Equal(got, []uint64{1, 5}) || !cur.Gap {
 		t.Errorf("fetch, 2..4 dropped between its pages: %v, cursor %+v, err %v; want 1 and 5, and Gap", got, cur, err)
 	}
+}
+
+// TestListingSkipsAddressNotHostPort: an entry listed at an address that
+// is not host:port (its own or a replica's), as a registry of before
+// session 12 lists whatever a stranger registered, is left out of the
+// listing and counted, the rest listed, a page of nothing else included.
+// The whole listing was refused (ErrProtocol) for one such entry, so one
+// stranger's registration hid every group of such a registry from every
+// client of session 18.
+func TestListingSkipsAddressNotHostPort(t *testing.T) {
+	fp := wire.Fingerprint{9}
+	entry := func(b byte, name, addr string) wire.GroupEntry {
+		return wire.GroupEntry{Group: wire.UUID{b, 1}, Name: name, Addrs: []string{addr}, Fingerprint: fp}
+	}
+	bad := entry(2, "b", "10.0.0.1:http")
+	badReplica := entry(3, "c", "10.0.0.1:7374")
+	badReplica.Replicas = []wire.Replica{{Addr: "10.0.0.1:7374", Fingerprint: fp, Leader: true}, {Addr: "\x1b[2J:1", Fingerprint: wire.Fingerprint{8}}}
+	pages := map[string]wire.Groups{
+		"":  {Epoch: 1, Groups: []wire.GroupEntry{entry(1, "a", "10.0.0.1:7374"), bad}, Next: []byte("2")},
+		"2": {Epoch: 1, Groups: []wire.GroupEntry{badReplica}, Next: []byte("3")}, // nothing else on it
+		"3": {Epoch: 1, Groups: []wire.GroupEntry{entry(4, "d", "[fd00::1]:7374")}},
+	}
+	_, r := hostileRegistry(t, func(after []byte) wire.Groups { return pages[string(after)] })
+	l, err := r.List(t.Context())
+	if err != nil {
+		t.Fatalf("List: %v, want the entries at host:port listed", err)
+	}
+	var names []string
+	for _, e := range l.Groups {
+		names = append(names, e.Name)
+	}
+	if got := strings.Join(names, " "); got != "a d" {
+		t.Errorf("listed %q, want %q", got, "a d")
+	}
+	if l.Skipped != 2 || l.FirstSkipped == nil || l.FirstSkipped.Group != bad.Group {
+		t.Errorf("skipped %d, first %+v; want 2, the first %s", l.Skipped, l.FirstSkipped, bad.Group)
+	}
+	if err := l.SkippedError(); err == nil || !strings.Contains(err.Error(), `2 groups left out`) || !strings.Contains(err.Error(), `"10.0.0.1:http"`) {
+		t.Errorf("SkippedError: %v, want the count and the first address", err)
+	}
+	t.Log(l.SkippedError())
 }

@@ -205,6 +205,26 @@ type Listing struct {
 	// Epoch is the registry's epoch, new at each start of it.
 	Epoch  uint64
 	Groups []GroupEntry // sorted by name, then UUID
+	// Skipped counts the entries left out of Groups because an address
+	// of theirs (the daemon's or a replica's) is not host:port
+	// (wire.SkippedEntry: a registry of before session 12 lists what
+	// anyone registered); FirstSkipped is the first of them, for a
+	// program to say which and why. Only the count and the first are
+	// kept: a rogue registry may send pages of them.
+	Skipped      int
+	FirstSkipped *wire.SkippedEntry
+}
+
+// SkippedError says which entries the listing left out (Skipped), for a
+// program to report once: nil if none. The entry's name and address are
+// a registry's word, shown through wire.Shown.
+func (l Listing) SkippedError() error {
+	if l.Skipped == 0 || l.FirstSkipped == nil {
+		return nil
+	}
+	e := l.FirstSkipped
+	return fmt.Errorf("%d %s left out: listed at an address that is not host:port, which no registry of session 12 or later takes (the first, %s %q: %s)",
+		l.Skipped, map[bool]string{true: "group", false: "groups"}[l.Skipped == 1], e.Group, wire.Shown(e.Name), wire.Shown(e.Err.Error()))
 }
 
 // Registration is what a group daemon tells a registry about one of its
@@ -323,6 +343,8 @@ func listedBytes(e *wire.GroupEntry) int {
 // ErrProtocol for a registry whose pages go backwards, that lists more
 // than 65,536 groups or 64 MiB of them, or an entry larger than a
 // registration may be (a name over 64 bytes, more than 16 addresses...).
+// An entry whose address is not host:port is left out and counted
+// (Listing.Skipped), the rest listed.
 func (r *Registry) List(ctx context.Context) (Listing, error) {
 	return r.ListWithin(ctx, nil)
 }
@@ -375,6 +397,11 @@ func (r *Registry) list(ctx context.Context, room func(int) error) (Listing, err
 				return Listing{}, err
 			}
 		}
+		if len(g.Skipped) > 0 && all.FirstSkipped == nil {
+			first := g.Skipped[0] // a copy: the page's others are not held
+			all.FirstSkipped = &first
+		}
+		all.Skipped += len(g.Skipped)
 		for _, e := range g.Groups {
 			if n := len(all.Groups); n > 0 && listedOrder(&all.Groups[n-1], &e) >= 0 {
 				return Listing{}, fmt.Errorf("group %s is not after %s in name order: %w", e.Group, all.Groups[n-1].Group, ErrProtocol)
@@ -387,7 +414,10 @@ func (r *Registry) list(ctx context.Context, room func(int) error) (Listing, err
 		if len(g.Next) == 0 {
 			return all, nil
 		}
-		if len(g.Groups) == 0 || pages+1 >= maxListPages || len(all.Groups) > maxListed {
+		// Entries skipped count as listed: held or not, each was read,
+		// and pages of nothing but them read as long as a registry sent
+		// them otherwise (up to maxListPages whole frames).
+		if len(g.Groups)+len(g.Skipped) == 0 || pages+1 >= maxListPages || len(all.Groups)+all.Skipped > maxListed {
 			return Listing{}, fmt.Errorf("a listing of more than %d groups or %d pages, or an empty page with more to come: %w", maxListed, maxListPages, ErrProtocol)
 		}
 		after = g.Next

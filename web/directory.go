@@ -93,6 +93,7 @@ type registryState struct {
 	reading    int       // bytes of the listing being read, so far
 	err        error     // of the last attempt
 	polled     bool      // an attempt has ended
+	leftOut    bool      // a listing's entries left out (not host:port) were logged
 	stop       func()    // ends its poller; nil until it starts
 }
 
@@ -1004,6 +1005,12 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	switch {
 	case err == nil:
 		rs.entries, rs.at, rs.held = list.Groups, time.Now(), read
+		if why := list.SkippedError(); why != nil && !rs.leftOut {
+			// Said once (it polls every few seconds): entries a registry
+			// of before session 12 took from anyone; the rest is shown.
+			rs.leftOut = true
+			d.log.Warn("registry listing: groups left out", "addr", rs.addr, "why", why)
+		}
 	case time.Since(rs.at) > staleListing:
 		// No longer shown (merge): no longer held either.
 		rs.entries, rs.held = nil, 0

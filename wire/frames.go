@@ -125,10 +125,8 @@ func (r *Register) check() error {
 	if len(r.Addrs) > MaxAddrs {
 		return fmt.Errorf("%d addresses, at most %d: %w", len(r.Addrs), MaxAddrs, ErrTooLarge)
 	}
-	for _, a := range r.Addrs {
-		if err := checkAddr("address", a); err != nil {
-			return err
-		}
+	if err := checkAddrs("address", r.Addrs); err != nil {
+		return err
 	}
 	if len(r.Addrs) == 0 && r.Port == 0 {
 		return errors.New("neither addrs nor port")
@@ -211,6 +209,23 @@ type Groups struct {
 	Epoch  uint64       `cbor:"1,keyasint"`
 	Groups []GroupEntry `cbor:"2,keyasint"`
 	Next   []byte       `cbor:"3,keyasint,omitempty"`
+	// Skipped, on a page decoded, are the entries dropped from Groups
+	// because an address of theirs (the daemon's or a replica's) is not
+	// host:port; never sent.
+	Skipped []SkippedEntry `cbor:"-"`
+}
+
+// SkippedEntry is an entry of a listing page that a client drops (Groups):
+// one whose address is not host:port (§7.1). A registry of before session
+// 12 listed whatever address a registration gave, so anyone could
+// register one there; refusing the whole page for it, as clients did in
+// session 18, let any stranger hide every group of such a registry from
+// every new client. Dropped, the entry is neither dialed nor shown, as
+// the page's refusal ensured; the rest of the page is kept.
+type SkippedEntry struct {
+	Group UUID
+	Name  string // as listed: a registry's word (show it through Shown)
+	Err   error  // which address, and why it is not host:port
 }
 
 // GroupEntry is one group in a registry listing.
@@ -232,13 +247,16 @@ type GroupEntry struct {
 }
 
 // check holds a listing to what a registry can list: names, addresses
-// (host:port) and replicas within the limits of a registration (a client decoding a
-// listing otherwise held whatever a registry sent, up to a frame a page).
-// A name's characters are not checked here: a registry of an earlier
-// version may list a name the rules refuse now.
+// and replicas within the limits of a registration (a client decoding a
+// listing otherwise held whatever a registry sent, up to a frame a page),
+// or the page is refused. An entry with an address (its own or a
+// replica's) that is not host:port is dropped into Skipped, the rest
+// kept (SkippedEntry says why). A name's characters are not checked
+// here: a registry of an earlier version may list a name the rules
+// refuse now.
 func (g *Groups) check() error {
-	for i := range g.Groups {
-		e := &g.Groups[i]
+	kept := g.Groups[:0]
+	for _, e := range g.Groups {
 		switch {
 		case len(e.Name) > MaxNameBytes:
 			return fmt.Errorf("group %s: a name of %d bytes, at most %d: %w", e.Group, len(e.Name), MaxNameBytes, ErrTooLarge)
@@ -246,16 +264,19 @@ func (g *Groups) check() error {
 			return fmt.Errorf("group %s: %d addresses, at most %d: %w", e.Group, len(e.Addrs), MaxAddrs, ErrTooLarge)
 		}
 		// Each address is host:port, as a registration's must be (since
-		// session 12) and as a replica's is checked just below: a listing
-		// was held to the address's length only, and a rogue registry's
-		// "10.0.0.1:http", "box:0" or a blank-filled host reached every
-		// client to dial (until session 18).
-		for _, a := range e.Addrs {
-			if err := checkAddr("address", a); err != nil {
-				return fmt.Errorf("group %s: %w", e.Group, err)
-			}
+		// session 12) and as a replica's is: a listing was held to the
+		// address's length only, and a rogue registry's "10.0.0.1:http",
+		// "box:0" or a blank-filled host reached every client to dial
+		// (until session 18).
+		err := checkAddrs("address", e.Addrs)
+		if err == nil {
+			err = checkReplicas(e.Replicas)
 		}
-		if err := checkReplicas(e.Replicas); err != nil {
+		if errors.Is(err, errNotHostPort) {
+			g.Skipped = append(g.Skipped, SkippedEntry{Group: e.Group, Name: e.Name, Err: err})
+			continue
+		}
+		if err != nil {
 			return fmt.Errorf("group %s: %w", e.Group, err)
 		}
 		// A cell's group is listed under one of its replicas' keys (its
@@ -268,7 +289,11 @@ func (g *Groups) check() error {
 		if len(e.Replicas) > 0 && !slices.ContainsFunc(e.Replicas, func(r Replica) bool { return r.Fingerprint == e.Fingerprint }) {
 			return fmt.Errorf("group %s: listed under daemon %s, which is none of its replicas", e.Group, e.Fingerprint.Short())
 		}
+		kept = append(kept, e)
 	}
+	// The entries dropped are cleared, not left behind kept's end.
+	clear(g.Groups[len(kept):])
+	g.Groups = kept
 	return nil
 }
 
@@ -649,14 +674,19 @@ func checkSelection(since *int64, after *uint64) error {
 	return nil
 }
 
+// errNotHostPort is checkAddr's error for an address within its length
+// that is not host:port: a listing skips its entry (Groups.check).
+var errNotHostPort = errors.New("not host:port")
+
 // checkAddr checks an address a peer gives for others to dial (a
 // registration's, a replica's): 1..MaxAddrBytes bytes (over is too_large)
 // of host:port, the host not empty and free of blanks and control and
-// format characters, the port 1..65535.
+// format characters, the port 1..65535 (else an error wrapping
+// errNotHostPort).
 func checkAddr(what, a string) error {
 	switch {
 	case len(a) == 0:
-		return fmt.Errorf("an empty %s", what)
+		return fmt.Errorf("an empty %s: %w", what, errNotHostPort)
 	case len(a) > MaxAddrBytes:
 		// Over a length limit, like a name: too_large.
 		return fmt.Errorf("an %s of %d bytes, at most %d: %w", what, len(a), MaxAddrBytes, ErrTooLarge)
@@ -665,10 +695,20 @@ func checkAddr(what, a string) error {
 	if err != nil || host == "" || strings.ContainsFunc(host, func(r rune) bool {
 		return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 	}) {
-		return fmt.Errorf("%s %q is not host:port", what, a)
+		return fmt.Errorf("%s %q is %w", what, a, errNotHostPort)
 	}
 	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return fmt.Errorf("%s %q: the port is not 1..65535", what, a)
+		return fmt.Errorf("%s %q: the port is not 1..65535: %w", what, a, errNotHostPort)
+	}
+	return nil
+}
+
+// checkAddrs is checkAddr of each of addrs, the first error.
+func checkAddrs(what string, addrs []string) error {
+	for _, a := range addrs {
+		if err := checkAddr(what, a); err != nil {
+			return err
+		}
 	}
 	return nil
 }
