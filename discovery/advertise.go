@@ -106,6 +106,11 @@ func NewAdvertiser(cfg AdvertiserConfig) (*Advertiser, error) {
 		// suffix take the rest.
 		return nil, fmt.Errorf("%w: Instance %.20q... longer than 50 bytes", ErrInvalidConfig, cfg.Instance)
 	}
+	if cfg.Instance != "" && !plainName(cfg.Instance) {
+		// Browsers skip such an answer (toRegistry): said here, not
+		// found nowhere.
+		return nil, fmt.Errorf("%w: Instance %q is not one line of plain text (no control or format character, no blank at either end)", ErrInvalidConfig, cfg.Instance)
+	}
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}

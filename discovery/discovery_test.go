@@ -467,6 +467,8 @@ func TestNewAdvertiserValidates(t *testing.T) {
 		{"port too big", discovery.AdvertiserConfig{Port: 70000, Fingerprint: "fp"}},
 		{"no fingerprint", discovery.AdvertiserConfig{Port: 7373}},
 		{"huge fingerprint", discovery.AdvertiserConfig{Port: 7373, Fingerprint: string(make([]byte, 300))}},
+		{"a format character in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\u200b"}},
+		{"a control character in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\x1b[2J"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := discovery.NewAdvertiser(tc.cfg); !errors.Is(err, discovery.ErrInvalidConfig) {

@@ -132,16 +132,21 @@ func TestNameTag(t *testing.T) {
 // one line of printable text is refused: the name reaches a user's
 // terminal (huddle doctor) and the known_registries file, where a line
 // break (\010 in a label, unescaped) wrote pins of the advertiser's
-// choosing and an escape sequence drove the terminal.
+// choosing and an escape sequence drove the terminal. A format character
+// or a line separator, which made a name pass for another (until session
+// 19), is refused too.
 func TestInstanceNameIsText(t *testing.T) {
 	fp := "abcd-efgh-ijkl"
 	for _, fqdn := range []string{
 		`a\010127.0.0.1:7373\032abcdefghijkl._huddle._udp.local.`,
 		`a\013b._huddle._udp.local.`,
 		`\027]0;title\007._huddle._udp.local.`,
-		`caf\195._huddle._udp.local.`,    // a UTF-8 sequence cut short
-		`a\194\155b._huddle._udp.local.`, // U+009B, an 8-bit CSI
-		`\032a._huddle._udp.local.`,      // a blank a pin would lose
+		`caf\195._huddle._udp.local.`,            // a UTF-8 sequence cut short
+		`a\194\155b._huddle._udp.local.`,         // U+009B, an 8-bit CSI
+		`\032a._huddle._udp.local.`,              // a blank a pin would lose
+		`office\226\128\139._huddle._udp.local.`, // U+200B, a zero-width space: "office" to the eye
+		`\226\128\174eciffo._huddle._udp.local.`, // U+202E, a right-to-left override
+		`a\226\128\168b._huddle._udp.local.`,     // U+2028, a line separator
 	} {
 		z := &zone{host: "h.local.", port: 7373, txt: txtRecord("", fp), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
 		m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Answer: []dns.RR{

@@ -293,10 +293,16 @@ func toRegistry(a *advert, c candidate) (Advertised, error) {
 }
 
 // plainName reports whether an instance name is one line of printable
-// text: valid UTF-8 with no control character (C0, DEL, C1) and no blank
-// at either end.
+// text that reads as itself: valid UTF-8 with no control character (C0,
+// DEL, C1), no format character (a bidirectional override, a zero-width
+// space or joiner: "office" and "office\u200b" read alike, each pinned to
+// its own key; until session 19 they were taken), no line or paragraph
+// separator, and no blank at either end: the rule of group and member
+// names (wire.CheckName) and of the names registries are pinned under.
 func plainName(s string) bool {
-	return s != "" && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) && strings.TrimSpace(s) == s
+	return s != "" && utf8.ValidString(s) && strings.TrimSpace(s) == s && !strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
+	})
 }
 
 // nameTag returns the fingerprint tag an instance name carries ("NAME

@@ -614,3 +614,52 @@ func TestKnownHostsSymlinked(t *testing.T) {
 		}
 	}
 }
+
+// TestPinNameHasNoFormatCharacter: a name that holds a format character
+// (a bidirectional override, a zero-width space or joiner, the BOM) or a
+// line or paragraph separator is refused, and pins nothing: each reads as
+// another name ("mdns:office" and "mdns:office\u200b" alike, each pinned
+// to its own key), as group and member names refuse them (wire.CheckName).
+// Until session 19 Check took them. A file that holds one already (pinned
+// before) still reads, and the pin is found and forgotten by its name.
+func TestPinNameHasNoFormatCharacter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), KnownHostsFile)
+	k := OpenKnownHosts(path)
+	fp := wire.Fingerprint{7}
+	for _, name := range []string{
+		"mdns:office\u200b",             // zero-width space
+		"mdns:off\u200dice",             // zero-width joiner
+		"mdns:\u202eeciffo",             // right-to-left override
+		"mdns:office\u2066x\u2069",      // isolates
+		"mdns:\ufeffoffice",             // BOM
+		"mdns:a\u2028b",                 // line separator
+		"mdns:a\u2029b",                 // paragraph separator
+		"10.0.0.1\u00ad:7373",           // soft hyphen (Cf)
+		"mdns:office\U000E0041 (ab-cd)", // a tag character
+	} {
+		if err := k.Check(t.Context(), name, fp); !errors.Is(err, ErrBadPinName) {
+			t.Errorf("Check(%q) = %v, want ErrBadPinName", name, err)
+		}
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the file was written: %v", err)
+	}
+	// Names an honest registry has: accents, other scripts, emoji
+	// without joiners, right-to-left letters.
+	for _, name := range []string{"mdns:huddle registry on café (ab-cd)", "mdns:日本語", "mdns:🙂 box", "mdns:מרשם"} {
+		if err := k.Check(t.Context(), name, fp); err != nil {
+			t.Errorf("Check(%q) = %v, want pinned", name, err)
+		}
+	}
+	// A file of before this rule: its name reads, and is forgotten.
+	old := "mdns:office\u200b"
+	if err := os.WriteFile(path, []byte(old+" "+fp.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, err := k.Lookup(old); err != nil || !ok || got != fp {
+		t.Errorf("Lookup of a name pinned before: %v %v %v", got, ok, err)
+	}
+	if ok, err := k.Forget(t.Context(), old); err != nil || !ok {
+		t.Errorf("Forget of a name pinned before: %v %v", ok, err)
+	}
+}

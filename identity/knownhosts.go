@@ -35,7 +35,8 @@ type ChangedError struct {
 }
 
 // Error shows the name as wire.Shown does: an mDNS instance name is anyone's
-// to choose on the LAN, and Check refuses only control characters in it; a
+// to choose on the LAN, and until session 19 Check refused only control
+// characters in it (a file pinned then may hold any other); a
 // bidirectional override or a line separator in it turned the lines of
 // this message around, or faked one (until session 18). The command to
 // forget such a name would paste what is not shown: the line to delete
@@ -175,10 +176,12 @@ func (k *KnownHosts) Lookup(name string) (wire.Fingerprint, bool, error) {
 // MaxDiscoveredPins of them, or an address new to one that holds
 // MaxAddressPins addresses, is not pinned: ErrPinsFull, nothing written.
 // A name the file cannot hold as the first field of one line (empty,
-// invalid UTF-8, a control character, blanks around it) is refused with
-// ErrBadPinName and pins nothing: an mDNS instance name is anyone's to
-// choose on the LAN, and one with a line break in it would add lines of
-// the advertiser's own to the file. A new pin waits at most 5 s (or
+// invalid UTF-8, a control character, blanks around it), or one that
+// could pass for another (a format character, a line or paragraph
+// separator: checkPinName), is refused with ErrBadPinName and pins
+// nothing: an mDNS instance name is anyone's to choose on the LAN, and
+// one with a line break in it would add lines of the advertiser's own to
+// the file. A new pin waits at most 5 s (or
 // OpenKnownHostsWaiting's bound) for another process holding the writers'
 // lock: ErrPinsLocked after, nothing written (a name pinned already takes
 // no lock); ctx's error, nothing written, if ctx ends first.
@@ -293,7 +296,16 @@ func (k *KnownHosts) forget(ctx context.Context, name string, fp *wire.Fingerpri
 }
 
 // checkPinName returns ErrBadPinName, saying why, if name cannot be read
-// back from the file as it was written.
+// back from the file as it was written, or holds a character that
+// wire.Unshown shows as U+FFFD: a format character (a bidirectional
+// override such as U+202E, a zero-width space or joiner, the BOM) or a
+// line or paragraph separator. Those are invisible, or turn the text
+// around them, so that "mdns:office" and "mdns:office\u200b" read alike in
+// the file and in every message that names them, each pinned to its own
+// key; group and member names refuse them for the same reason
+// (wire.CheckName), and until session 19 pin names took them. A file
+// written before may hold such a name: it reads, and the messages that
+// name it say which line to delete (ChangedError).
 func checkPinName(name string) error {
 	switch {
 	case name == "" || strings.TrimSpace(name) != name:
@@ -302,8 +314,20 @@ func checkPinName(name string) error {
 		return fmt.Errorf("%w: %q is not UTF-8", ErrBadPinName, name)
 	case strings.ContainsFunc(name, unicode.IsControl):
 		return fmt.Errorf("%w: %q holds a control character", ErrBadPinName, name)
+	case strings.ContainsFunc(name, wire.Unshown):
+		return fmt.Errorf("%w: %q holds an invisible format character or a line separator (U+%04X), which would let it pass for another name", ErrBadPinName, name, firstUnshown(name))
 	}
 	return nil
+}
+
+// firstUnshown returns the first character of s that wire.Unshown refuses.
+func firstUnshown(s string) rune {
+	for _, r := range s {
+		if wire.Unshown(r) {
+			return r
+		}
+	}
+	return 0
 }
 
 // read returns the file's pins in its order; a name pinned twice (a file
