@@ -611,8 +611,9 @@ func (n notPinned) warning() string {
 // pinsFullWarning says that the registries found over mDNS named are used
 // unpinned, known_registries (at path) being full, and what to do. The
 // names are the advertisers' (anyone's on the LAN), shown as any name a
-// peer chose: discovery refuses control characters in them, not format
-// characters, and a U+202E in one turned the rest of the warning around.
+// peer chose: until session 19 discovery refused control characters in
+// them, not format characters, and a U+202E in one turned the rest of the
+// warning around.
 func pinsFullWarning(path string, names []string) string {
 	list := make([]string, len(names))
 	for i, n := range names {

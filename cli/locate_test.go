@@ -172,9 +172,9 @@ func TestPinFoundWhenFull(t *testing.T) {
 			t.Errorf("warning %q does not say %q", w, want)
 		}
 	}
-	// An advertiser's name is shown as names are: discovery lets format
-	// characters through (it refuses control characters), and a
-	// right-to-left override turned the rest of the warning around.
+	// An advertiser's name is shown as names are: discovery let format
+	// characters through until session 19 (a file may hold such names),
+	// and a right-to-left override turned the rest of the warning around.
 	bidi := mdnsPinPrefix + "x\u202Edeifirev (abcd-efgh)"
 	if w := pinsFullWarning(path, []string{bidi}); strings.ContainsFunc(w, wire.Unshown) || !strings.Contains(w, shown(bidi)) {
 		t.Errorf("warning %q shows the name %q as it came", w, bidi)
