@@ -29,9 +29,16 @@ const secretParam = "k"
 func (g guard) cookieName() string { return "huddle-" + g.port }
 
 // contentSecurityPolicy lets the page load scripts, styles and data only
-// from the server itself, and be framed by nobody.
+// from the server itself, and be framed by nobody. It also requires
+// Trusted Types with no policy allowed: a browser that knows them
+// (Chromium) throws on any string given to an HTML or script sink
+// (innerHTML, insertAdjacentHTML, document.write, eval), so the page can
+// only build what it shows from text nodes, as it does: every name,
+// message and error in it is a peer's word, and a rogue registry's or
+// member's markup must show as the characters it is (TestWebHostileMarkup).
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-	"connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+	"connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; " +
+	"require-trusted-types-for 'script'; trusted-types 'none'"
 
 func (g guard) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

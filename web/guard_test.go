@@ -72,7 +72,7 @@ func TestGuard(t *testing.T) {
 			if res.StatusCode != tt.status {
 				t.Fatalf("HTTP %d, want %d", res.StatusCode, tt.status)
 			}
-			if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") {
+			if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "frame-ancestors 'none'") || !strings.Contains(csp, "require-trusted-types-for 'script'") {
 				t.Errorf("Content-Security-Policy %q", csp)
 			}
 			if tt.code != "" {

@@ -504,7 +504,12 @@ function renderSidebar() {
   if ($('icon').getAttribute('href') !== icon) $('icon').setAttribute('href', icon);
 }
 
-// registryTrouble says why a registry's groups are not shown.
+// registryTrouble says why a registry's groups are not shown. Its text,
+// like every other, goes into the page as text (textContent): no part of
+// it is HTML. r.addr and r.forget (huddle forget-registry ADDR, shell
+// quoted) are the user's own word: the address they gave huddle web, or
+// the IP:port it found a registry at over mDNS (a ChangedError names the
+// address the client dialed, never an instance name a peer chose).
 function registryTrouble(r) {
   switch (r.code) {
     case 'too_large': return ' (its list is larger than huddle web keeps: not shown)';
