@@ -88,12 +88,18 @@ func Dial(t *testing.T, addr net.Addr, pin wire.Fingerprint, id *identity.Identi
 // key.
 func DialFrom(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint) *Peer {
 	t.Helper()
+	return DialFromWith(t, local, addr, pin, &quic.Config{MaxIdleTimeout: 30 * time.Second})
+}
+
+// DialFromWith is DialFrom with the connection's QUIC configuration.
+func DialFromWith(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint, cfg *quic.Config) *Peer {
+	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(local)})
 	Must(t, err)
 	tr := &quic.Transport{Conn: udp}
 	t.Cleanup(func() { tr.Close(); udp.Close() })
 	id := NewKey(t)
-	conn, err := tr.Dial(Ctx(t), addr, id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	conn, err := tr.Dial(Ctx(t), addr, id.ClientTLS(pin, nil), cfg)
 	Must(t, err)
 	t.Cleanup(func() { conn.CloseWithError(0, "") })
 	return &Peer{T: t, ID: id, Conn: conn}
