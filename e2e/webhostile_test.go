@@ -147,9 +147,10 @@ const (
 // 'script': an HTML string given to innerHTML or insertAdjacentHTML
 // throws), checked here too. The same registry lists a second group at an
 // address that is not host:port (as a registry of before session 12 may):
-// the page shows the first group all the same, and huddle web says once on
-// its log which it left out (until session 19 the whole listing was
-// refused, and the page showed no group of that registry).
+// the page shows the first group all the same, counts the other on its
+// registries line, and huddle web says once on its log which it left out
+// (until session 19 the whole listing was refused, and the page showed no
+// group of that registry).
 func TestWebHostileMarkup(t *testing.T) {
 	t.Parallel()
 	addr, group := hostileGroupSaying(t, hostileText{group: markupGroup, member: markupMember, body: markupBody,
@@ -195,6 +196,9 @@ func TestWebHostileMarkup(t *testing.T) {
 	// and said once on huddle web's log.
 	if eval[bool](b, fmt.Sprintf(`!!document.querySelector('[data-group="%s"]')`, hostileOther)) {
 		t.Errorf("the group listed at 10.0.0.1:http is shown")
+	}
+	if got := eval[string](b, `document.getElementById('registries').textContent`); !strings.Contains(got, "(1 group not shown: listed at an address that is not host:port)") {
+		t.Errorf("the registries line %q does not say a group was left out", got)
 	}
 	if !ws.stderr.waitFor(waitTimeout, func(lines []string) bool {
 		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "groups left out") })

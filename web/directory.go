@@ -93,7 +93,8 @@ type registryState struct {
 	reading    int       // bytes of the listing being read, so far
 	err        error     // of the last attempt
 	polled     bool      // an attempt has ended
-	leftOut    bool      // a listing's entries left out (not host:port) were logged
+	leftOut    int       // entries its last listing left out (not host:port)
+	leftOutLog bool      // that it leaves some out was logged
 	stop       func()    // ends its poller; nil until it starts
 }
 
@@ -192,6 +193,9 @@ type registryJSON struct {
 	// change is expected), else empty.
 	Code   string `json:"code,omitempty"`
 	Forget string `json:"forget,omitempty"`
+	// LeftOut counts the groups its listing names at an address that is
+	// not host:port, which are not shown (client.Listing.Skipped).
+	LeftOut int `json:"left_out,omitempty"`
 }
 
 type listJSON struct {
@@ -1004,11 +1008,12 @@ func (d *directory) listRegistry(ctx context.Context, rs *registryState) {
 	rs.err, rs.polled = err, true
 	switch {
 	case err == nil:
-		rs.entries, rs.at, rs.held = list.Groups, time.Now(), read
-		if why := list.SkippedError(); why != nil && !rs.leftOut {
-			// Said once (it polls every few seconds): entries a registry
-			// of before session 12 took from anyone; the rest is shown.
-			rs.leftOut = true
+		rs.entries, rs.at, rs.held, rs.leftOut = list.Groups, time.Now(), read, list.Skipped
+		if why := list.SkippedError(); why != nil && !rs.leftOutLog {
+			// Logged once (it polls every few seconds), and counted on
+			// the page: entries a registry of before session 12 took
+			// from anyone; the rest is shown.
+			rs.leftOutLog = true
 			d.log.Warn("registry listing: groups left out", "addr", rs.addr, "why", why)
 		}
 	case time.Since(rs.at) > staleListing:
@@ -1143,7 +1148,7 @@ func (d *directory) publishLocked() {
 	}
 	slices.SortFunc(l.Groups, func(a, b groupJSON) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.UUID, b.UUID)) })
 	for _, rs := range d.regs {
-		r := registryJSON{Addr: rs.addr, OK: rs.err == nil && !rs.at.IsZero()}
+		r := registryJSON{Addr: rs.addr, OK: rs.err == nil && !rs.at.IsZero(), LeftOut: rs.leftOut}
 		if rs.reg != nil {
 			r.Fingerprint = rs.reg.Fingerprint().String()
 		}

@@ -491,7 +491,7 @@ function renderSidebar() {
   if (others.length === 0) others.push(note(filter ? 'no match' : 'none'));
   reconcile($('joined'), joined);
   reconcile($('others'), others);
-  const regs = state.registries.map(r => `${r.addr}${r.ok ? '' : registryTrouble(r)}`);
+  const regs = state.registries.map(r => `${r.addr}${r.ok ? leftOut(r) : registryTrouble(r)}`);
   const text = regs.length ? `Groups from ${regs.join(', ')}` : '';
   if ($('registries').textContent !== text) $('registries').textContent = text;
   // The tab tells which groups have news (or, with none, which group is
@@ -502,6 +502,14 @@ function renderSidebar() {
   if (document.title !== title) document.title = title;
   const icon = total ? 'icon-unread.svg' : 'icon.svg';
   if ($('icon').getAttribute('href') !== icon) $('icon').setAttribute('href', icon);
+}
+
+// leftOut says how many groups a registry that answered lists at an
+// address that is not host:port (only one of before session 12 does: it
+// took any address from anyone), which are not shown.
+function leftOut(r) {
+  if (!r.left_out) return '';
+  return ` (${r.left_out} group${r.left_out === 1 ? '' : 's'} not shown: listed at an address that is not host:port)`;
 }
 
 // registryTrouble says why a registry's groups are not shown. Its text,
