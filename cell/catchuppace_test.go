@@ -3,7 +3,6 @@ package cell
 import (
 	"context"
 	"encoding/binary"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,13 +42,12 @@ func (c *paceCell) batch(from, to uint64) []byte {
 	return newEncoder().appendEntries(nil, entries)
 }
 
-// serveAtLeastPace answers each catch-up on tr at once, then sends its
-// messages a chunk (catchUpChunk messages) at a time, each three quarters
-// of a pace after the one before: the least pace a copy must keep, kept.
-// sent is the last message it sent; began is closed once the first chunk
-// is written.
-func (c *paceCell) serveAtLeastPace(tr *Transport, pace time.Duration, sent *atomic.Uint64, began chan struct{}) {
-	var once sync.Once
+// serveAtLeastPace answers each catch-up on tr at once with its first
+// chunk (catchUpChunk messages) of messages, then sends chunk i lag past i
+// paces from its answer: lag up to a pace keeps the least pace a copy must
+// keep, the closer to a pace the more exactly. sent is the last message it
+// sent.
+func (c *paceCell) serveAtLeastPace(tr *Transport, pace, lag time.Duration, sent *atomic.Uint64) {
 	tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
 		after, upto, frame, ok := readCatchUpRequest(str)
 		if !ok || !catchUpHeader(frame, after) {
@@ -57,7 +55,11 @@ func (c *paceCell) serveAtLeastPace(tr *Transport, pace time.Duration, sent *ato
 		}
 		start := time.Now()
 		for i, from := 0, after+1; from <= upto; i++ {
-			next := time.NewTimer(time.Until(start.Add(time.Duration(i)*pace + pace*3/4)))
+			at := start
+			if i > 0 {
+				at = start.Add(time.Duration(i)*pace + lag)
+			}
+			next := time.NewTimer(time.Until(at))
 			select { // the member's pace: what it sends is the test's
 			case <-next.C:
 			case <-ctx.Done():
@@ -72,7 +74,6 @@ func (c *paceCell) serveAtLeastPace(tr *Transport, pace time.Duration, sent *ato
 				return
 			}
 			sent.Store(to)
-			once.Do(func() { close(began) })
 			from = to + 1
 		}
 		if frame('e', nil) == nil {
@@ -81,18 +82,23 @@ func (c *paceCell) serveAtLeastPace(tr *Transport, pace time.Duration, sent *ato
 	})
 }
 
-// serveAtOnce answers each catch-up on tr once ready is closed, and sends
-// its messages at once.
-func (c *paceCell) serveAtOnce(tr *Transport, ready <-chan struct{}, served *atomic.Int64) {
+// serveAtOnce answers each catch-up on tr once f's log holds a message
+// past the 10 all hold (f's copy from another member has begun: its
+// answer was taken first), and sends its messages at once.
+func (c *paceCell) serveAtOnce(tr *Transport, served *atomic.Int64) {
 	tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
 		after, upto, frame, ok := readCatchUpRequest(str)
 		if !ok {
 			return
 		}
-		select {
-		case <-ready:
-		case <-ctx.Done():
-			return
+		poll := time.NewTicker(5 * time.Millisecond) // f's next append
+		defer poll.Stop()
+		for tail, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); tail <= 10; tail, _ = c.f.node.fsm.group(c.g.ID).log.Tail() {
+			select {
+			case <-poll.C:
+			case <-ctx.Done():
+				return
+			}
 		}
 		if !catchUpHeader(frame, after) {
 			return
@@ -127,9 +133,8 @@ func TestCatchUpMovesToFasterMember(t *testing.T) {
 	upto := uint64(10 + chunks*catchUpChunk)
 	var sent atomic.Uint64
 	var served atomic.Int64
-	began := make(chan struct{})
-	c.serveAtLeastPace(c.slow, pace, &sent, began)
-	c.serveAtOnce(c.other, began, &served)
+	c.serveAtLeastPace(c.slow, pace, pace*3/4, &sent)
+	c.serveAtOnce(c.other, &served)
 
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
@@ -160,7 +165,7 @@ func TestCatchUpMovesToFasterMember(t *testing.T) {
 // messages asked for.
 func serveBehind(tr *Transport) {
 	tr.handle(kindCatchUp, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
-		if _, _, frame, ok := readCatchUpRequest(str); ok && frame('h', make([]byte, 9)) == nil {
+		if _, _, frame, ok := readCatchUpRequest(str); ok && frame('h', append([]byte{catchUpBehind}, make([]byte, 8)...)) == nil {
 			str.Close()
 		}
 	})
@@ -176,7 +181,7 @@ func TestCatchUpSlowMemberAloneServes(t *testing.T) {
 	c := newPaceCell(t, pace, 100*time.Millisecond)
 	upto := uint64(10 + chunks*catchUpChunk)
 	var sent atomic.Uint64
-	c.serveAtLeastPace(c.slow, pace, &sent, make(chan struct{}))
+	c.serveAtLeastPace(c.slow, pace, 0, &sent)
 	serveBehind(c.other)
 
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
