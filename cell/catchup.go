@@ -92,14 +92,33 @@ var errCatchUpLog = errors.New("this member's log")
 // errCatchUpHole, with errCatchUp: the member's copy ended short of the
 // messages asked for, or skipped some: its retention dropped them while
 // it sent them (serveCatchUp). It is asked again at once, from where the
-// log ends, at most maxCatchUpHoles times a catch-up (catchUp).
+// log ends, and its copy goes on (catchUp).
+//
+// How often: as long as the copy, across the times it is asked, keeps to
+// the least pace (and stands against the others' at each window's end:
+// catchUpRun), and each answer shows the hole, its log beginning past
+// where the copy ended: retention never brings messages back, so one
+// that has the next message said falsely that its copy could go no
+// further, and its copy failed. Until session 19 a member was asked
+// again at most 3 times a catch-up, a number nothing measured: with
+// retention by count or bytes, an honest member's copy faster than the
+// group's sends meets two holes at most (one for the copy that began
+// behind the front, one if the segment the next begins in is dropped
+// first), but with retention by age the front moves as fast as messages
+// were sent an age before, a burst faster than any copy, and each hole
+// moves the copy forward; a fourth failed the copy, and with no other
+// member to serve, the restore.
 var errCatchUpHole = errors.New("the peer's retention dropped messages while it sent them")
 
-// maxCatchUpHoles bounds the times a catch-up asks a member again at
-// once after its copy ended at a hole: a member whose retention runs
-// ahead of the copy each time (or a key that says so falsely) is then
-// taken as one whose copy failed.
-const maxCatchUpHoles = 3
+// catchUpRun is a copy's accounts with the least pace and its window
+// (catchUpStream.copy), kept across the copies of a member asked again
+// after a hole: a member's key that ended its copies at a hole, each
+// after a message or none, kept the copy going as long as it liked.
+type catchUpRun struct {
+	by    time.Time // the least pace's deadline
+	began time.Time // the window's start
+	from  uint64    // the log's tail at began
+}
 
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
 // every member at once (catchUpOrder) and copies the messages from the
@@ -156,11 +175,12 @@ const maxCatchUpHoles = 3
 // every member, and a member's key keeping to it held a restore for as
 // long as its copy took at that pace (1024 messages per 30 s: about 8 h
 // for a million messages) while another member could serve them in
-// seconds (session 18's note). Now it costs a copy about a window, and a
-// restore a window in each group's copy until another member is
-// measured faster; one keeping to half the fastest member's pace costs a
-// copy twice its time at most. A member that alone can serve, however
-// slow (over the least pace), is left no copy: none is measured faster.
+// seconds (session 18's note). Now it costs a copy about a window, and,
+// once measured slower than another member in one group's copy, shunned,
+// little more of the restore; one keeping to half the fastest member's
+// pace costs a copy twice its time at most. A member that alone can
+// serve, however slow (over the least pace), is left no copy: none is
+// measured faster.
 func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool, shun shunned) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -188,7 +208,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 		shun = make(shunned)
 	}
 	pace := or(n.cfg.catchUpPace, catchUpTimeout)
-	holes := make(map[Peer]int) // copies ended at a hole, by member
+	runs := make(map[Peer]*catchUpRun) // copies ended at a hole, by member: asked again, they go on
 	answers := make(chan catchUpAnswer)
 	asking := make(map[Peer]bool)
 	askOne := func(p Peer) {
@@ -317,6 +337,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			}
 			if err != nil {
 				unable[a.p] = true
+				delete(runs, a.p)
 			}
 			if a.p == want {
 				want = Peer{}
@@ -329,7 +350,14 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			if err == nil {
 				from, _ := g.log.Tail()
 				began := time.Now()
-				err = a.s.copy(g, pace, window, func(rate float64) bool { return faster(a.p, rate) })
+				run := runs[a.p]
+				delete(runs, a.p)
+				if run != nil && a.s.first <= from+1 {
+					err = fmt.Errorf("%w: its copy ended at a hole after message %d, and it has message %d", errCatchUp, from, a.s.first)
+				} else {
+					run = cmp.Or(run, new(catchUpRun))
+					err = a.s.copy(g, pace, window, func(rate float64) bool { return faster(a.p, rate) }, run)
+				}
 				a.s.close()
 				if err == nil {
 					measured(a.p, float64(seq-from)/time.Since(began).Seconds())
@@ -341,10 +369,10 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 					continue
 				}
 				n.tr.unanswered(a.p.Addr, a.s.conn, err)
-				if errors.Is(err, errCatchUpHole) && holes[a.p] < maxCatchUpHoles {
+				if errors.Is(err, errCatchUpHole) {
 					// Its retention dropped messages as it sent them: the
 					// next answer starts past them (a reset of this log).
-					holes[a.p]++
+					runs[a.p] = run
 					n.cfg.Logger.Info("cell: a member's retention dropped a group's messages while it sent them: asking it again from where this log ends",
 						"group", g.spec.Name, "peer", a.p.Addr, "err", err)
 					askOne(a.p)
@@ -618,37 +646,39 @@ func (s *catchUpStream) read() (byte, []byte, error) {
 // faster (if not nil), which says whether a member measured faster (or
 // not measured yet) takes the copy over: the copy then ends, with
 // errCatchUpMoved (catchUp).
-func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster func(rate float64) bool) error {
+func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster func(rate float64) bool, run *catchUpRun) error {
 	tail, _ := g.log.Tail()
 	reset := s.first > tail+1 // the peer's retention dropped what we lack
 	last := s.first - 1       // the last message of the batch before
 	var entries []store.Entry
-	by := time.Now().Add(pace) // the pace's deadline
+	if run.by.IsZero() { // a copy's first stream, not one after a hole
+		now := time.Now()
+		run.by, run.began, run.from = now.Add(pace), now, tail
+	}
 	if faster == nil {
 		window = 0
 	}
-	began, from := time.Now(), tail // the window's
 	for {
-		d := by
+		d := run.by
 		if window > 0 {
-			if now := time.Now(); now.Sub(began) >= window {
+			if now := time.Now(); now.Sub(run.began) >= window {
 				at, _ := g.log.Tail()
-				if faster(float64(at-from) / now.Sub(began).Seconds()) {
+				if faster(float64(at-run.from) / now.Sub(run.began).Seconds()) {
 					return errCatchUpMoved
 				}
-				began, from = now, at
+				run.began, run.from = now, at
 			}
-			if end := began.Add(window); end.Before(d) {
+			if end := run.began.Add(window); end.Before(d) {
 				d = end
 			}
 		}
 		kind, body, err := s.nextBy(d)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(by) {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(run.by) {
 				return fmt.Errorf("%w: the peer sends under the least pace, %d messages or %d bytes per %v (at message %d of %d)",
 					errCatchUp, catchUpChunk, catchUpFrameBytes, pace, last, s.upto)
 			}
-			if errors.Is(err, os.ErrDeadlineExceeded) && window > 0 && time.Since(began) >= window {
+			if errors.Is(err, os.ErrDeadlineExceeded) && window > 0 && time.Since(run.began) >= window {
 				continue // the window's end: measured at the top
 			}
 			return err
@@ -678,7 +708,7 @@ func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster f
 			return fmt.Errorf("%w: a batch from %d after messages up to %d", errCatchUp, entries[0].Seq, last)
 		}
 		last = entries[len(entries)-1].Seq
-		by = by.Add(paceEarned(pace, len(body), len(entries)))
+		run.by = run.by.Add(paceEarned(pace, len(body), len(entries)))
 		if reset {
 			if entries[0].Seq != s.first {
 				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)
@@ -687,7 +717,7 @@ func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster f
 				return fmt.Errorf("%w: %w", errCatchUpLog, err)
 			}
 			reset = false
-			from = s.first - 1 // the messages skipped are no pace
+			run.from = max(run.from, s.first-1) // the messages skipped are no pace
 		}
 		tail, _ := g.log.Tail()
 		held := entries

@@ -41,7 +41,7 @@ func TestCatchUpServedReadFault(t *testing.T) {
 	fg := f.node.fsm.group(g.ID)
 	s, err := f.node.askCatchUp(ctx, Peer{Addr: x.addr, Fingerprint: x.id.Fingerprint()}, fg, 0, 10)
 	if err == nil {
-		err = s.copy(fg, catchUpTimeout, 0, nil)
+		err = s.copy(fg, catchUpTimeout, 0, nil, new(catchUpRun))
 		s.close()
 	}
 	if err == nil {

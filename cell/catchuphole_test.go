@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -209,5 +210,97 @@ func testCatchUpAsksAgainAtHole(t *testing.T, old bool) {
 	}
 	if _, cur, _ := f.node.fsm.group(g.ID).log.After(0, 0, nil); cur.First != 16 {
 		t.Fatalf("f's log begins at %d, want 16", cur.First)
+	}
+}
+
+// TestCatchUpHolesWhileTheCopyKeepsPace: a member whose retention drops
+// messages again and again while it serves a copy (the group's sends go
+// on, or retention by age drops a burst sent long ago) ends each copy at a
+// hole, and is asked again from where the log ends, as long as the copy,
+// across the times it is asked, keeps the least pace. (A catch-up asked a
+// member again at most 3 times, a number nothing measured: a fourth hole
+// counted as a failed copy, and with no other member to serve, the
+// catch-up failed.) Here the member's log drops two messages past each
+// copy's end, seven times.
+func TestCatchUpHolesWhileTheCopyKeepsPace(t *testing.T) {
+	const holes = 7
+	c := newPaceCell(t, 0, time.Hour) // no window ends: no move to the other member, which cannot serve
+	var mu sync.Mutex
+	var asked []uint64
+	c.slow.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok {
+			return
+		}
+		mu.Lock()
+		asked = append(asked, after)
+		nth := len(asked)
+		mu.Unlock()
+		first := after + 1
+		if nth > 1 {
+			first = after + 3 // the two after the copy's end were dropped
+		}
+		last := first + 1 // two messages, then the hole
+		if nth > holes {
+			last = upto
+		}
+		if frame('h', binary.LittleEndian.AppendUint64([]byte{catchUpOK}, first)) == nil &&
+			frame('b', c.batch(first, last)) == nil && frame('e', nil) == nil {
+			str.Close()
+		}
+	})
+	serveBehind(c.other)
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	const upto = 100
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, nil); err != nil {
+		t.Fatalf("catch up to %d from a member whose retention made %d holes as it served: %v", upto, holes, err)
+	}
+	mu.Lock()
+	n := len(asked)
+	mu.Unlock()
+	if n != holes+1 {
+		t.Fatalf("the member was asked %d times, want %d", n, holes+1)
+	}
+	if last, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); last != upto {
+		t.Fatalf("f's log ends at %d, want %d", last, upto)
+	}
+}
+
+// TestCatchUpFalseHole: a member whose copy ended at a hole is asked
+// again from where the log ends, and must answer that its log begins
+// past it: retention drops messages, never brings them back. One that
+// then has the next message said falsely that its copy could go no
+// further (a key asked again without end, each time sending nothing) and
+// its copy counts as failed: it is shunned. (It was asked again, up to 3
+// times, and served.)
+func TestCatchUpFalseHole(t *testing.T) {
+	c := newPaceCell(t, 0, time.Hour) // no window ends: no move to the other member, which cannot serve
+	var calls atomic.Int64
+	c.slow.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok {
+			return
+		}
+		last := upto
+		if calls.Add(1) == 1 {
+			last = after + 2 // then an end, as at a hole
+		}
+		if catchUpHeader(frame, after) && frame('b', c.batch(after+1, last)) == nil && frame('e', nil) == nil {
+			str.Close()
+		}
+	})
+	serveBehind(c.other)
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	shun := make(shunned)
+	const upto = 20
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun); err != nil {
+		t.Fatalf("catch up to %d: %v (the member, shunned, is still asked as a last resort)", upto, err)
+	}
+	if !shun[c.slowKey] {
+		t.Fatal("the member that said its log dropped messages, then had them, was not shunned")
 	}
 }
