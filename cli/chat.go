@@ -445,8 +445,18 @@ func (c *chat) send(ctx context.Context, msgs []client.Outgoing) {
 			c.mu.Unlock()
 			continue
 		}
-		if !retryable(err) || ctx.Err() != nil {
+		// A send in doubt (client.ErrInDoubt: the daemon may have
+		// stored it) is never said "not sent", and is kept, whatever
+		// cut it short: sent again under its ID it is stored once, and
+		// its ack settles it. It was "not sent" (until session 19), and
+		// dropped when the error was not one a retry may cure.
+		doubt := errors.Is(err, client.ErrInDoubt)
+		if (!retryable(err) && !doubt) || ctx.Err() != nil {
 			msg, _ := explain(err)
+			if doubt {
+				c.notice("in_doubt", "outcome unknown, it may have been stored: "+firstLine(msg)+" (its ID: "+m.ID.String()+")", "msg_id", m.ID.String(), "error", firstLine(msg), "kept", false)
+				continue
+			}
 			c.notice("not_sent", "not sent: "+firstLine(msg), "msg_id", m.ID.String(), "error", firstLine(msg), "kept", false)
 			continue
 		}
@@ -454,6 +464,11 @@ func (c *chat) send(ctx context.Context, msgs []client.Outgoing) {
 		c.unsent = append(c.unsent, msgs[i:]...)
 		c.mu.Unlock()
 		why := reason(err)
+		if doubt {
+			c.notice("in_doubt", "outcome unknown ("+why+"): it may have been stored; kept to send again under its ID, stored once, when the connection is back (/retry now, /drop to forget)",
+				"msg_id", m.ID.String(), "error", why, "kept", true)
+			return
+		}
 		c.notice("not_sent", "not sent ("+why+"); kept to send again when the connection is back (/retry now, /drop to forget)",
 			"msg_id", m.ID.String(), "error", why, "kept", true)
 		return

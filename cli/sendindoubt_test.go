@@ -115,3 +115,57 @@ func TestSendCutByShutdownInDoubt(t *testing.T) {
 		}
 	}
 }
+
+// TestChatSendInDoubt: a line huddle chat sent that the daemon took and
+// left unanswered as it stopped (code 0x2) may be stored: chat says its
+// outcome is unknown (an in_doubt event, with --json) and keeps it, to send
+// again under its ID. It said "not sent".
+func TestChatSendInDoubt(t *testing.T) {
+	t.Parallel()
+	taken, release := make(chan struct{}, 1), make(chan struct{})
+	addr, srv := sendDaemonWith(t, server.Config{ShutdownTimeout: 100 * time.Millisecond}, wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16}, func(req wire.Send) (wire.Sent, error) {
+		taken <- struct{}{}
+		<-release // past the grace period, until the connection is closed
+		return wire.Sent{}, &wire.Error{Code: wire.CodeUnavailable, Message: "too late"}
+	})
+	var out, errb syncBuffer
+	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
+	e := Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	var cf clientFlags
+	fs := newFlags(e, "chat", "", "", "")
+	cf.register(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	s, err := open(ctx, e, "chat", &cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	g, _, err := s.group(ctx, "builds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &chat{env: e, out: &out, json: true, g: g, timeout: waitTimeout}
+	id := client.NewID()
+	sent := make(chan struct{})
+	go func() { c.send(ctx, []client.Outgoing{{ID: id, Body: []byte("one")}}); close(sent) }()
+	<-taken
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	<-sent
+	close(release)
+	<-closed
+	var ev map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out.String())), &ev); err != nil {
+		t.Fatalf("chat --json after a send cut by the daemon's stop: %v\n%s", err, out.String())
+	}
+	if ev["event"] != "in_doubt" || ev["msg_id"] != id.String() || ev["kept"] != true {
+		t.Errorf("chat --json after a send cut by the daemon's stop: %s, want an in_doubt event for %s, kept", out.String(), id)
+	}
+	if len(c.unsent) != 1 || c.unsent[0].ID != id {
+		t.Errorf("chat kept %v, want the line in doubt, under its ID", c.unsent)
+	}
+}
