@@ -117,9 +117,11 @@ var (
 	// message stored is acknowledged as a duplicate (Ack.Duplicate),
 	// with its original Seq and Time, and one that was not is stored,
 	// once, within the group's dedup window (at least its last 65,536
-	// messages). A send's error without it (an Error from the daemon:
-	// ErrNotMember, ErrTooLarge...; or a failure before the request
-	// could go out) means nothing of the send was stored.
+	// messages, of those its log still retains: PROTOCOL.md §8.5). A
+	// send's error without it (a refusal that stored nothing:
+	// ErrNotMember, ErrTooLarge..., or an Error marked Unchanged; or a
+	// failure before the request could go out) means nothing of the
+	// send was stored.
 	ErrInDoubt = errors.New("outcome unknown: the daemon may have stored it")
 )
 
@@ -918,10 +920,11 @@ func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(w
 			// call its caller cancelled says nothing of the kind.
 			p.drop(conn)
 		}
-		if sent && err != nil && !serverSaid(err) {
+		if sent && err != nil && !refusedWhole(err) {
 			// Its request may have reached the server, and no answer
-			// came: cut short (the connection lost, the context ended),
-			// or one that could not be read.
+			// settled it: cut short (the connection lost, the context
+			// ended), one that could not be read, or a refusal that
+			// may follow a send stored (refusedWhole).
 			*doubt = true
 		}
 		if err == nil || !connectionLost(conn, err) {
@@ -963,6 +966,29 @@ func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(w
 		lost = err
 	}
 	return fmt.Errorf("%w: %w", ErrUnreachable, err)
+}
+
+// refusedWhole reports whether err is a server's answer that says it
+// carried out nothing of the request: an Error whose code says so (the
+// request is wrong, or not allowed, or over a limit: PROTOCOL.md §8.5
+// stores nothing of a send so refused), or one marked Unchanged. A send
+// refused unavailable or internal without the mark may have been stored:
+// a write the log could not make durable, a cell that could not decide it
+// (its leadership changed under it), a daemon whose handler failed, or
+// any such refusal of a daemon from before session 19, which never marks
+// one. Until session 19 every Error was taken for a refusal, and huddle
+// send reported such a send "not sent" (exit 1).
+func refusedWhole(err error) bool {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		return false
+	}
+	switch we.Code {
+	case wire.CodeBadRequest, wire.CodeUnauthorized, wire.CodeNotMember, wire.CodeNotFound,
+		wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnsupported, wire.CodeEpochMismatch:
+		return true
+	}
+	return we.Unchanged
 }
 
 // redialFailed is the error of a call whose connection was lost under its

@@ -164,7 +164,9 @@ func TestSendCancelledInDoubt(t *testing.T) {
 func TestCellSendInDoubtStaysInDoubt(t *testing.T) {
 	refuse := func(st *quic.Stream) {
 		// No leader: asked again after a wait that outlasts the call.
-		wire.WriteError(st, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 60000, Message: "no leader"})
+		// Marked unchanged, as a member that does not lead marks it: the
+		// refusal alone would not be in doubt.
+		wire.WriteError(st, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 60000, Message: "no leader", Unchanged: true})
 		st.Close()
 	}
 	srvA, trA, lnA := rawServer(t, &quic.Config{})
@@ -200,4 +202,41 @@ func TestCellSendInDoubtStaysInDoubt(t *testing.T) {
 		t.Fatalf("a send to a cell, its first attempt unanswered, then refused: %v, want %v", err, ErrInDoubt)
 	}
 	t.Logf("the send: %v", err)
+}
+
+// TestSendRefusalInDoubtUnlessUnchanged: a send refused unavailable or
+// internal may have been stored (a write the daemon could not make
+// durable, a cell that could not decide it, a handler that failed), and
+// is in doubt, unless the refusal says it changed nothing (key 7,
+// Unchanged); a refusal whose code says nothing was done (not_member,
+// too_large, rate_limited...) is not in doubt. Every refusal was taken as
+// final, and huddle send reported a send whose fsync failed "not sent".
+func TestSendRefusalInDoubtUnlessUnchanged(t *testing.T) {
+	for _, tc := range []struct {
+		refusal *wire.Error
+		doubt   bool
+	}{
+		{&wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000, Message: "could not make the messages durable"}, true},
+		{&wire.Error{Code: wire.CodeInternal}, true},
+		{&wire.Error{Code: 4242, Message: "a newer daemon's code"}, true},
+		{&wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000, Message: "nothing was stored", Unchanged: true}, false},
+		{&wire.Error{Code: wire.CodeRateLimited, RetryAfterMS: 1000}, false},
+		{&wire.Error{Code: wire.CodeTooLarge}, false},
+		{&wire.Error{Code: wire.CodeBadRequest}, false},
+	} {
+		g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op) {
+			wire.WriteError(st, tc.refusal)
+			st.Close()
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err := g.Send(ctx, []byte("hi"))
+		cancel()
+		var we *Error
+		if !errors.As(err, &we) || we.Code != tc.refusal.Code {
+			t.Errorf("a send refused %+v: %v, want that refusal", tc.refusal, err)
+		}
+		if got := errors.Is(err, ErrInDoubt); got != tc.doubt {
+			t.Errorf("a send refused %+v: %v, in doubt %v, want %v", tc.refusal, err, got, tc.doubt)
+		}
+	}
 }

@@ -116,6 +116,14 @@ type Error struct {
 	// the members that serve the group, as the daemon knows them, to use
 	// instead of the list the client holds (PROTOCOL.md §13).
 	Replicas []Replica `cbor:"6,keyasint,omitempty"`
+	// Unchanged, with any code, says the server carried out nothing of
+	// the request (a send: this request stored none of its messages), so
+	// the refusal is its whole outcome. Without it a send refused
+	// unavailable or internal may have been stored (a write that could
+	// not be made durable, a cell that could not decide it), and a client
+	// reports its outcome unknown (PROTOCOL.md §9). Servers before
+	// session 19 never set it.
+	Unchanged bool `cbor:"7,keyasint,omitempty"`
 }
 
 // Error returns the message, or the code's text without one. The message

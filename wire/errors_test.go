@@ -102,6 +102,14 @@ func TestErrorFields(t *testing.T) {
 	if we, _ := roundTrip(t, e); !reflect.DeepEqual(we, e) {
 		t.Errorf("an *Error with replicas: round trip = %+v, want %+v", we, e)
 	}
+	// A refusal that changed nothing says so (key 7: true).
+	e = &Error{Code: CodeUnavailable, Message: "the server is shutting down", Unchanged: true}
+	if we, _ := roundTrip(t, e); !reflect.DeepEqual(we, e) {
+		t.Errorf("an unchanged *Error: round trip = %+v, want %+v", we, e)
+	}
+	if b, err := encMode.Marshal(e); err != nil || !bytes.Contains(b, []byte{0x07, 0xf5}) {
+		t.Errorf("an unchanged *Error encodes as %x (%v), want key 7 true (07 f5)", b, err)
+	}
 }
 
 // TestErrorUnknownCode: a code from a newer peer is an internal error here.

@@ -182,6 +182,11 @@ func TestCellServesGroup(t *testing.T) {
 		}
 		err := dial(t, follower.d.Addr(), follower.fp, key).call(wire.OpSend, wire.Send{Group: g, Messages: outgoing("to a follower")}, nil)
 		we := wantCode(t, err, wire.CodeUnavailable)
+		if !we.Unchanged {
+			// It proposed nothing: a client may report the send refused,
+			// not in doubt (PROTOCOL.md §9, key 7).
+			t.Fatalf("a follower's refusal of a send %+v: not marked unchanged", we)
+		}
 		return we.Leader != nil && we.Leader.Addr == leader.addr && we.Leader.Fingerprint == leader.fp
 	})
 
@@ -1627,8 +1632,8 @@ func TestCellStallShown(t *testing.T) {
 		}
 		return true
 	})
-	if !strings.Contains(we.Message, "cannot write to its disk ("+cause) || !strings.Contains(we.Message, "took nothing") {
-		t.Fatalf("a send to the stalled leader: %q, want it to say the leader cannot write to its disk (%s) and took nothing", we.Message, cause)
+	if !strings.Contains(we.Message, "cannot write to its disk ("+cause) || !strings.Contains(we.Message, "took nothing") || !we.Unchanged {
+		t.Fatalf("a send to the stalled leader: %q (unchanged %v), want it to say the leader cannot write to its disk (%s) and took nothing, marked unchanged", we.Message, we.Unchanged, cause)
 	}
 	// A program's send, through whichever member it reaches first, whose
 	// deadline comes while it waits to ask again after the leader refused

@@ -34,11 +34,13 @@ func cellError(op wire.Op, g *group, err error) error {
 			retry += ", with the same message IDs"
 		}
 		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g),
-			Leader: &wire.Replica{Addr: self.Addr, Fingerprint: self.Fingerprint, Leader: true},
+			Leader: &wire.Replica{Addr: self.Addr, Fingerprint: self.Fingerprint, Leader: true}, Unchanged: true,
 			Message: fmt.Sprintf("%v group %s: the cell's leader cannot write to its disk (%s: group %s's log refuses appends), so it took nothing of this; it hands the leadership to a member that can: %s",
 				op, g.name, stalled.Stall.Cause, stalled.Stall.Group, retry)}
 	case errors.As(err, &nl):
-		we := &wire.Error{Code: wire.CodeUnavailable, Replicas: cellMembers(g)}
+		// Refused before anything was proposed (Node.leading), whatever
+		// the operation: a member that does not lead proposes nothing.
+		we := &wire.Error{Code: wire.CodeUnavailable, Replicas: cellMembers(g), Unchanged: true}
 		if nl.Leader.Addr == "" {
 			we.RetryAfterMS = uint64(cellRetry.Milliseconds())
 			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell, and no leader is known (an election is under way): try again shortly", op, g.name)
@@ -79,7 +81,7 @@ func cellMembers(g *group) []wire.Replica {
 // the members that serve the group (and the leader, if it knows it), so
 // that a client holding an older list of replicas moves on.
 func (d *Daemon) notServing(op wire.Op, g *group) error {
-	we := &wire.Error{Code: wire.CodeUnavailable, Replicas: d.replicaList()}
+	we := &wire.Error{Code: wire.CodeUnavailable, Replicas: d.replicaList(), Unchanged: true}
 	if l, ok := d.node.Leader(); ok && l != d.node.Self() {
 		we.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
 	}

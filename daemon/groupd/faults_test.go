@@ -440,6 +440,9 @@ func TestLogRefusesAppends(t *testing.T) {
 	if strings.Contains(we.Message, errLogFull.Error()) {
 		t.Fatalf("the log's own error reached the peer: %q", we.Message)
 	}
+	if !we.Unchanged {
+		t.Errorf("a send the log refused %+v: not marked unchanged (nothing was stored: the client may say so)", we)
+	}
 	msgs, end, err := p.fetch(wire.Fetch{Group: g})
 	must(t, err)
 	if len(msgs) != 1 || end.Last != 1 {
@@ -489,8 +492,8 @@ func TestSendNotDurable(t *testing.T) {
 	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
 		t.Fatalf("send that could not be made durable: %v, want unavailable with a retry time", err)
 	}
-	if strings.Contains(we.Message, "nothing was stored") || !strings.Contains(we.Message, "same message IDs") {
-		t.Errorf("the refusal says %q: it must not say nothing was stored, and must say to retry with the same message IDs", we.Message)
+	if strings.Contains(we.Message, "nothing was stored") || !strings.Contains(we.Message, "same message IDs") || we.Unchanged {
+		t.Errorf("the refusal says %q (unchanged %v): it must not say nothing was stored, nor be marked unchanged, and must say to retry with the same message IDs", we.Message, we.Unchanged)
 	}
 	log.fail.Store(false)
 	again, err := p.send(g, out)
@@ -530,7 +533,7 @@ func TestSendMaybeWritten(t *testing.T) {
 	if !errors.As(err, &we) || we.Code != wire.CodeUnavailable || we.RetryAfterMS == 0 {
 		t.Fatalf("send whose record may be written: %v, want unavailable with a retry time", err)
 	}
-	if strings.Contains(we.Message, "nothing was stored") || !strings.Contains(we.Message, "same message IDs") {
-		t.Errorf("the refusal says %q: it must not say nothing was stored, and must say to retry with the same message IDs", we.Message)
+	if strings.Contains(we.Message, "nothing was stored") || !strings.Contains(we.Message, "same message IDs") || we.Unchanged {
+		t.Errorf("the refusal says %q (unchanged %v): it must not say nothing was stored, nor be marked unchanged, and must say to retry with the same message IDs", we.Message, we.Unchanged)
 	}
 }

@@ -78,7 +78,7 @@ func (d *Daemon) group(op wire.Op, id wire.UUID) (*group, error) {
 			// starting, or the cell has no leader to create them): the
 			// group may well be one of them, so not_found, which a client
 			// takes as final, would be wrong.
-			return nil, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+			return nil, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Unchanged: true,
 				Message: fmt.Sprintf("%v group %s: this member of a cell has not yet applied all its groups: try again shortly", op, id)}
 		}
 		return nil, fmt.Errorf("%v: %w: no group %s here", op, wire.ErrNotFound, id)
@@ -277,7 +277,7 @@ func (d *Daemon) notStored(op wire.Op, g *group, err error) error {
 		d.cfg.Logger.Error("cannot store a group's member list: joins and leaves are refused until it can be",
 			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
 	}
-	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notStoredRetry.Milliseconds()),
+	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notStoredRetry.Milliseconds()), Unchanged: true,
 		Message: fmt.Sprintf("%v group %s: the daemon cannot store its member list now (its disk may be full); nothing changed: try again later", op, g.name)}
 }
 
@@ -412,11 +412,14 @@ func (d *Daemon) notAppended(g *group, err error) error {
 		d.cfg.Logger.Error("a group's log cannot store messages: sends are refused until it can",
 			"group", g.name, "err", err, "refused_since_last_logged", suppressed)
 	}
-	msg := fmt.Sprintf("send to %s: the group's log cannot store messages now; nothing was stored: try again later", g.name)
+	we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notAppendedRetry.Milliseconds()), Unchanged: true,
+		Message: fmt.Sprintf("send to %s: the group's log cannot store messages now; nothing was stored: try again later", g.name)}
 	if nd := (*notDurableError)(nil); errors.As(err, &nd) {
-		msg = fmt.Sprintf("send to %s: the group's log could not make the messages durable; they may be stored: try again later with the same message IDs (one stored is acknowledged as a duplicate)", g.name)
+		// Not Unchanged: the client reports the send in doubt.
+		we.Unchanged = false
+		we.Message = fmt.Sprintf("send to %s: the group's log could not make the messages durable; they may be stored: try again later with the same message IDs (one stored is acknowledged as a duplicate)", g.name)
 	}
-	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(notAppendedRetry.Milliseconds()), Message: msg}
+	return we
 }
 
 // notDurableError is a send's whose messages were appended, but that the

@@ -158,7 +158,7 @@ const brokenRetry = time.Minute
 // not be opened (corrupt, from a newer huddle, unreadable): it is not
 // served, rather than serve wrong history.
 func brokenGroup(op wire.Op, g *group) error {
-	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(brokenRetry.Milliseconds()),
+	return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(brokenRetry.Milliseconds()), Unchanged: true,
 		Message: fmt.Sprintf("%v group %s: the daemon cannot read the group's history and does not serve it (its log says why); other groups are served", op, g.name)}
 }
 

@@ -269,7 +269,8 @@ type Server struct {
 // refusal's retry_after_ms (PROTOCOL.md §3, "Shutting down").
 func (s *Server) NameLeader(leader *wire.Replica) {
 	f, _ := wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
-		RetryAfterMS: uint64(shutdownRetryAfter.Milliseconds()), Message: "the server is shutting down", Leader: leader})
+		RetryAfterMS: uint64(shutdownRetryAfter.Milliseconds()), Message: "the server is shutting down", Leader: leader,
+		Unchanged: true}) // its request was not read
 	s.shuttingDown.Store(&f)
 }
 
@@ -295,7 +296,8 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 	s.NameLeader(nil)
 	s.busy, _ = wire.AppendFrame(nil, uint64(wire.KindError), &wire.Error{Code: wire.CodeUnavailable,
 		RetryAfterMS: uint64(busyRetryAfter.Milliseconds()),
-		Message:      "the server runs as many operations for your address, your key or in all as it allows: wait for some to finish"})
+		Message:      "the server runs as many operations for your address, your key or in all as it allows: wait for some to finish",
+		Unchanged:    true}) // its request was not read
 	setup.Metrics.Server(setup.Role, s.metricsStats)
 	return s
 }

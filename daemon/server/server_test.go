@@ -119,6 +119,11 @@ func TestCloseCutsRequestReadsShort(t *testing.T) {
 	if f.Kind != wire.KindError || f.Err.Code != wire.CodeUnavailable || !strings.Contains(f.Err.Message, "shutting down") {
 		t.Fatalf("got %+v (%v), want unavailable: shutting down", f, f.Err)
 	}
+	if !f.Err.Unchanged {
+		// Its request was not read: the client may report it refused,
+		// not in doubt (PROTOCOL.md §9, key 7).
+		t.Errorf("the refusal of a request not read %+v: not marked unchanged", f.Err)
+	}
 	<-closed
 }
 
