@@ -17,6 +17,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -60,7 +61,11 @@ func stopRegistry(t *testing.T, r *registry.Daemon) {
 func startGroups(t *testing.T, r *registry.Daemon, cfg groupd.Config) (*groupd.Daemon, func()) {
 	t.Helper()
 	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:0"
+		// A reserved port (below the ephemeral range, never another test
+		// process's), not one the kernel chooses: the restart tests start
+		// the daemon again at its address, which another process's next
+		// socket bound to port 0 could have taken meanwhile.
+		cfg.Listen = testport.Cell(t)
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = t.TempDir()
