@@ -58,6 +58,11 @@ type apiError struct {
 	Message      string `json:"message"`
 	RetryAfterMS uint64 `json:"retry_after_ms,omitempty"`
 	Epoch        uint64 `json:"epoch,string,omitempty"`
+	// InDoubt, for a send, says its outcome is unknown (client.ErrInDoubt:
+	// the daemon may have stored it), whatever Code says; ID is then the
+	// message's ID, a retry with which is stored once.
+	InDoubt bool   `json:"in_doubt,omitempty"`
+	ID      string `json:"id,omitempty"`
 }
 
 func (e apiError) Error() string { return e.Code + ": " + e.Message }
@@ -407,7 +412,7 @@ func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("the message is empty"))
 		return
 	}
-	var id wire.ID
+	id := wire.NewID() // drawn here, to name in an answer in doubt
 	if req.ID != "" {
 		u, err := uuid.Parse(req.ID)
 		if err != nil || u == (uuid.UUID{}) {
@@ -423,7 +428,15 @@ func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 	}
 	ack, err := send(ctx, g, id, req.Text)
 	if err != nil {
-		writeError(w, toAPIError(err))
+		e := toAPIError(err)
+		if errors.Is(err, client.ErrInDoubt) {
+			// The daemon may have stored it: a caller that gave no id
+			// could not otherwise retry it safely, and one told only
+			// the code (not_member, say, to a retry after a lost
+			// connection) would take it for refused (until session 19).
+			e.InDoubt, e.ID = true, id.String()
+		}
+		writeError(w, e)
 		return
 	}
 	writeJSON(w, http.StatusOK, ack)

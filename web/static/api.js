@@ -10,6 +10,9 @@ export class APIError extends Error {
     this.code = body.code;
     this.retryAfterMS = body.retry_after_ms || 0;
     this.epoch = body.epoch || '';
+    // A send whose outcome is unknown (it may be stored): retried with
+    // its id, it is stored once.
+    this.inDoubt = !!body.in_doubt;
   }
 }
 

@@ -806,7 +806,9 @@ function pendingState(c, p) {
     case 'sending': s.textContent = 'sending…'; break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
-      s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
+      s.textContent = p.error && p.error.inDoubt
+        ? `may have been sent (no answer settled it): ${fmt.describe(p.error, g)} Retrying under its ID, stored once…`
+        : `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
       break;
     case 'failed': {
       s.classList.add('bad');
@@ -1080,7 +1082,10 @@ async function deliver(c, p) {
       if (!c.pending.has(p.id)) return;
       // not_found: no registry lists the group right now; the page keeps
       // it, offline, until one does again.
-      const transient = ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
+      // In doubt (the daemon may have stored it), whatever its code: only
+      // its retry, under the same ID, settles it, and "not sent" may be
+      // false (until session 19).
+      const transient = err.inDoubt || ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
       if (!transient) {
         setPending(c, p, 'failed', err);
         return;
