@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -28,9 +29,9 @@ func readmeGoAPI(ctx context.Context) {
 	g, _ := reg.Group(list.Groups[0])
 	g.Join(ctx, "bot", nil)
 	ack, err := g.Send(ctx, []byte("build 1234 passed")) // concurrent Sends share one operation
-	if err != nil {
+	if errors.Is(err, client.ErrInDoubt) {
 		ack, err = g.SendWithID(ctx, ack.ID, []byte("build 1234 passed"))
-	} // ack.ID is set even on error: a retry never stores twice
+	} // may be stored: ack.ID is set even on error, and its retry is stored once
 	if err != nil {
 		log.Fatal(err)
 	}
