@@ -5,9 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,18 +155,7 @@ func testCatchUpAsksAgainAtHole(t *testing.T, old bool) {
 		}
 		return newEncoder().appendEntries(nil, entries)
 	}
-	var mu sync.Mutex
-	var asked []uint64 // the after of each request
-	peer := impostor(t, f, other)
-	peer.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
-		after, upto, frame, ok := readCatchUpRequest(str)
-		if !ok {
-			return
-		}
-		mu.Lock()
-		asked = append(asked, after)
-		nth := len(asked)
-		mu.Unlock()
+	asked := serveNumbered(impostor(t, f, other), func(nth int, after, upto uint64, frame func(byte, []byte) error, str *quic.Stream) {
 		switch nth {
 		case 1: // 11 and 12, then a hole: 13 to 15 dropped
 			if !catchUpHeader(frame, after) || frame('b', batch(after+1, after+2)) != nil {
@@ -191,10 +180,7 @@ func testCatchUpAsksAgainAtHole(t *testing.T, old bool) {
 	if err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), 20, 0, false, shun); err != nil {
 		t.Fatalf("catch up to 20 from a member whose retention dropped 13 to 15 as it sent them: %v", err)
 	}
-	mu.Lock()
-	got := fmt.Sprint(asked)
-	mu.Unlock()
-	if got != "[10 12]" {
+	if got := fmt.Sprint(asked()); got != "[10 12]" {
 		t.Fatalf("the member was asked after %s, want after 10, then after 12", got)
 	}
 	if shun[other.id.Fingerprint()] {
@@ -225,17 +211,7 @@ func testCatchUpAsksAgainAtHole(t *testing.T, old bool) {
 func TestCatchUpHolesWhileTheCopyKeepsPace(t *testing.T) {
 	const holes = 7
 	c := newPaceCell(t, 0, time.Hour) // no window ends: no move to the other member, which cannot serve
-	var mu sync.Mutex
-	var asked []uint64
-	c.slow.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
-		after, upto, frame, ok := readCatchUpRequest(str)
-		if !ok {
-			return
-		}
-		mu.Lock()
-		asked = append(asked, after)
-		nth := len(asked)
-		mu.Unlock()
+	asked := serveNumbered(c.slow, func(nth int, after, upto uint64, frame func(byte, []byte) error, str *quic.Stream) {
 		first := after + 1
 		if nth > 1 {
 			first = after + 3 // the two after the copy's end were dropped
@@ -257,10 +233,7 @@ func TestCatchUpHolesWhileTheCopyKeepsPace(t *testing.T) {
 	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, nil); err != nil {
 		t.Fatalf("catch up to %d from a member whose retention made %d holes as it served: %v", upto, holes, err)
 	}
-	mu.Lock()
-	n := len(asked)
-	mu.Unlock()
-	if n != holes+1 {
+	if n := len(asked()); n != holes+1 {
 		t.Fatalf("the member was asked %d times, want %d", n, holes+1)
 	}
 	if last, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); last != upto {
@@ -277,14 +250,9 @@ func TestCatchUpHolesWhileTheCopyKeepsPace(t *testing.T) {
 // times, and served.)
 func TestCatchUpFalseHole(t *testing.T) {
 	c := newPaceCell(t, 0, time.Hour) // no window ends: no move to the other member, which cannot serve
-	var calls atomic.Int64
-	c.slow.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
-		after, upto, frame, ok := readCatchUpRequest(str)
-		if !ok {
-			return
-		}
+	serveNumbered(c.slow, func(nth int, after, upto uint64, frame func(byte, []byte) error, str *quic.Stream) {
 		last := upto
-		if calls.Add(1) == 1 {
+		if nth == 1 {
 			last = after + 2 // then an end, as at a hole
 		}
 		if catchUpHeader(frame, after) && frame('b', c.batch(after+1, last)) == nil && frame('e', nil) == nil {
@@ -302,5 +270,29 @@ func TestCatchUpFalseHole(t *testing.T) {
 	}
 	if !shun[c.slowKey] {
 		t.Fatal("the member that said its log dropped messages, then had them, was not shunned")
+	}
+}
+
+// serveNumbered has tr answer each catch-up request with serve, told which
+// it is (1 for the first) and what it asks (frame writes a frame of the
+// answer on str); asked returns the after of each request so far.
+func serveNumbered(tr *Transport, serve func(nth int, after, upto uint64, frame func(byte, []byte) error, str *quic.Stream)) (asked func() []uint64) {
+	var mu sync.Mutex
+	var afters []uint64
+	tr.handle(kindCatchUp, func(_ context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok {
+			return
+		}
+		mu.Lock()
+		afters = append(afters, after)
+		nth := len(afters)
+		mu.Unlock()
+		serve(nth, after, upto, frame, str)
+	})
+	return func() []uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(afters)
 	}
 }
