@@ -42,7 +42,7 @@ type hostileText struct {
 // hostileText.otherAt.
 var hostileOther = wire.UUID{0xe1, 0xe2, 3, 4, 5, 6, 0x47, 8, 0x89, 10, 11, 12, 13, 14, 15, 17}
 
-// hostileGroupSaying is hostileGroup saying what says.
+// hostileGroupSaying is hostileGroup with the texts of says.
 func hostileGroupSaying(t *testing.T, says hostileText) (string, wire.UUID) {
 	t.Helper()
 	id, err := identity.Generate()
