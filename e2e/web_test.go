@@ -186,7 +186,7 @@ func TestWebTwoUsers(t *testing.T) {
 	bb.waitFor("dev's unread count cleared", badge(dev)+` === ''`)
 
 	// Members: alice and bob have pages open (watches): online; carol not.
-	ab.do("open the members", chromedp.Click(chromedp.ID("members-toggle")))
+	ab.clickUntil("open the members", "#members-toggle", `!document.getElementById('members').hidden`)
 	ab.waitFor("three members, two online", `document.getElementById('members-heading').textContent === 'Members (2 online of 3)'`)
 	online := eval[[]string](ab, `[...document.querySelectorAll('#member-list li.online .mname')].map(e => e.textContent)`)
 	if strings.Join(online, ",") != "alice (you),bob" {
@@ -272,16 +272,16 @@ func TestWebNarrow(t *testing.T) {
 
 	// The members drawer covers the button that opened it, and a phone has
 	// no Esc: it has a close button of its own, tapped where it shows.
-	b.do("tap Members", chromedp.Click(chromedp.ID("members-toggle")))
+	b.clickUntil("tap Members", "#members-toggle", `!document.getElementById('members').hidden`)
 	b.waitFor("the members drawer", `!document.getElementById('members').hidden`)
 	b.waitFor("a close button in the drawer", `!!document.querySelector('#members #members-close')`)
-	b.do("tap the drawer's close button", chromedp.Click(chromedp.ID("members-close")))
+	b.clickUntil("tap the drawer's close button", "#members-close", `document.getElementById('members').hidden`)
 	b.waitFor("the members drawer closed", `document.getElementById('members').hidden && document.getElementById('members-toggle').getAttribute('aria-expanded') === 'false'`)
 	// One drawer at a time: the group list opened over the members one
 	// was half hidden under it.
-	b.do("tap Members again", chromedp.Click(chromedp.ID("members-toggle")))
+	b.clickUntil("tap Members again", "#members-toggle", `!document.getElementById('members').hidden`)
 	b.waitFor("the members drawer", `!document.getElementById('members').hidden`)
-	b.do("tap ☰", chromedp.Click(chromedp.ID("sidebar-toggle")))
+	b.clickUntil("tap ☰", "#sidebar-toggle", `document.getElementById('sidebar').classList.contains('open')`)
 	b.waitFor("the group list open", `getComputedStyle(document.getElementById('sidebar')).display !== 'none'`)
 	if eval[bool](b, `!document.getElementById('members').hidden`) {
 		t.Error("the group list opened over the members drawer, which stayed open")
