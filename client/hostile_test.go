@@ -125,6 +125,22 @@ func TestListingBounded(t *testing.T) {
 	longAddr := long[:58] + ":65535" // host:port at its longest: else skipped, not held
 	var served atomic.Int64          // entries of the largest kind served
 	var skipped atomic.Int64         // entries served to be skipped
+	// endless serves pages of 300 entries, as long as the client asks,
+	// each made by fill and counted in n.
+	endless := func(after []byte, n *atomic.Int64, fill func(e *wire.GroupEntry, i int)) wire.Groups {
+		from := 0
+		if len(after) > 0 {
+			fmt.Sscan(string(after), &from)
+		}
+		g := wire.Groups{Epoch: 1, Next: fmt.Append(nil, from+300)}
+		for i := from; i < from+300; i++ {
+			e := entry(i)
+			fill(&e, i)
+			g.Groups = append(g.Groups, e)
+		}
+		n.Add(300)
+		return g
+	}
 	for _, tc := range []struct {
 		name string
 		page func(after []byte) wire.Groups
@@ -148,15 +164,8 @@ func TestListingBounded(t *testing.T) {
 			return wire.Groups{Epoch: 1, Groups: []wire.GroupEntry{e}}
 		}},
 		{"more than 64 MiB of entries each within its limits", func(after []byte) wire.Groups {
-			// Pages of 300 entries of 16 addresses and 9 replicas, each
-			// field at its longest, as long as the client asks.
-			from := 0
-			if len(after) > 0 {
-				fmt.Sscan(string(after), &from)
-			}
-			g := wire.Groups{Epoch: 1, Next: fmt.Append(nil, from+300)}
-			for i := from; i < from+300; i++ {
-				e := entry(i)
+			// 16 addresses and 9 replicas, each field at its longest.
+			return endless(after, &served, func(e *wire.GroupEntry, i int) {
 				e.Name = fmt.Sprintf("%06d", i) + long[:58]
 				e.Addrs = make([]string, wire.MaxAddrs)
 				for j := range e.Addrs {
@@ -165,26 +174,11 @@ func TestListingBounded(t *testing.T) {
 				for j := range wire.MaxReplicas {
 					e.Replicas = append(e.Replicas, wire.Replica{Addr: longAddr, Fingerprint: wire.Fingerprint{byte(j + 1)}})
 				}
-				g.Groups = append(g.Groups, e)
-			}
-			served.Add(300)
-			return g
+			})
 		}},
 		{"more than 65,536 entries skipped", func(after []byte) wire.Groups {
-			// Pages of 300 entries at an address that is not host:port
-			// (each left out, not held), as long as the client asks.
-			from := 0
-			if len(after) > 0 {
-				fmt.Sscan(string(after), &from)
-			}
-			g := wire.Groups{Epoch: 1, Next: fmt.Append(nil, from+300)}
-			for i := from; i < from+300; i++ {
-				e := entry(i)
-				e.Addrs = []string{"10.0.0.1:http"}
-				g.Groups = append(g.Groups, e)
-			}
-			skipped.Add(300)
-			return g
+			// At an address that is not host:port: each left out, not held.
+			return endless(after, &skipped, func(e *wire.GroupEntry, _ int) { e.Addrs = []string{"10.0.0.1:http"} })
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
