@@ -12,7 +12,7 @@ import (
 // down (TestCloseWhileSendHeldPastSettle): raft (v1.7.2) never answers
 // such a request, and nothing can end the goroutine that waits for it.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/huddle-chat/huddle/cell.(*Node).answer.func1"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/huddle-chat/huddle/cell.(*Node).answerOr.func1"))
 }
 
 // waitTimeout bounds how long a test waits for a condition it polls for

@@ -72,6 +72,12 @@ var (
 	ErrNoGroup = errors.New("cell: no such group")
 	// ErrFull: the group has its most members.
 	ErrFull = errors.New("cell: group full")
+	// ErrStuck: Close's error when raft did not shut down within
+	// shutdownWait (its state machine, or its log, waits on a disk that
+	// does not answer): Close returned without it, and what it holds is
+	// left as a crash leaves it, recovered at the next start (the group
+	// logs from raft's log); raft's stores close once it stops, if ever.
+	ErrStuck = errors.New("cell: raft did not shut down in time (a disk that does not answer?)")
 )
 
 // NotLeaderError is the error of an operation only the leader runs, asked
@@ -224,6 +230,12 @@ type Config struct {
 	// settleWait, if set (by tests), replaces how long Close waits for
 	// raft to answer what it was handed (settle).
 	settleWait time.Duration
+	// settleStall, if set (by tests), replaces how long Close's settle
+	// waits without progress (settleStall).
+	settleStall time.Duration
+	// shutdownWait, if set (by tests), replaces how long Close waits for
+	// raft to shut down (shutdownWait).
+	shutdownWait time.Duration
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.
@@ -343,7 +355,8 @@ type Node struct {
 	gate    sync.RWMutex
 	gated   bool
 	futures *atomic.Int64
-	// down is closed once raft has shut down: it answers nothing more.
+	// down is closed once raft has shut down, or Close gave up waiting
+	// for it (ErrStuck): nothing waits for its answers any more.
 	down chan struct{}
 
 	// member says this daemon is in the cell's configuration, as last
@@ -1349,7 +1362,7 @@ func (n *Node) Handover(ctx context.Context) error {
 	if !started || closed || n.raft.State() != raft.Leader {
 		return nil
 	}
-	if err := n.transfer(nil); err != nil {
+	if err := n.transferWithin(ctx, nil); err != nil {
 		// Raft gives up at an ElectionTimeout if this member has not
 		// stepped down by then, though the member it told to stand may
 		// still be elected: on a loaded host, as the election after it
@@ -1391,7 +1404,15 @@ func (n *Node) Handover(ctx context.Context) error {
 // (transferable: raft's transfer to another wedged the leader). Errors:
 // raft's, errNoCurrentVoter (wrapped), ErrClosed (wrapped) if the node
 // closes first.
-func (n *Node) transfer(to *raft.Server) error {
+func (n *Node) transfer(to *raft.Server) error { return n.transferWithin(context.Background(), to) }
+
+// transferWithin is transfer, which stops waiting for raft's answer once
+// ctx ends (ErrUnavailable, wrapped). Raft queues a transfer at once
+// (or refuses it), but only its main loop starts it and answers it: a
+// loop blocked behind a state machine that hangs (its disk) never does,
+// and Handover, which the daemon's shutdown calls first, waited for it
+// for ever until session 19 (TestHandoverBoundedOnWedgedLeader).
+func (n *Node) transferWithin(ctx context.Context, to *raft.Server) error {
 	term := n.raft.CurrentTerm()
 	s, err := n.transferable(to)
 	if err != nil {
@@ -1401,7 +1422,10 @@ func (n *Node) transfer(to *raft.Server) error {
 	if err != nil {
 		return err
 	}
-	err = n.answer(f)
+	err = n.answerOr(ctx.Done(), f)
+	if err == errStopped {
+		return fmt.Errorf("%w: raft has not started the transfer: %v", ErrUnavailable, context.Cause(ctx))
+	}
 	if err != nil && strings.Contains(err.Error(), raftTransferTimeout) {
 		n.net.replicationTo(s.ID).givenUp(term) // transferable.go
 	}
@@ -1457,33 +1481,89 @@ func (n *Node) Close() error {
 	n.tr.stopOutgoing()
 	var err error
 	if started {
-		err = n.raft.Shutdown().Error()
-		close(n.down)
-		n.net.Close()
+		err = n.stopRaft()
 	}
 	n.tr.Close()
 	n.wg.Wait()
 	// Every proposal is decided by now (raft answered each entry as it
-	// shut down); a CommitWait timer that fired meanwhile may still be
-	// answering its senders.
+	// shut down, or answer gave up on it); a CommitWait timer that fired
+	// meanwhile may still be answering its senders.
 	n.timers.close()
-	if started {
+	if started && err == nil {
 		n.closeStores()
 	}
 	return err
 }
 
+// shutdownWait bounds how long Close waits for raft to shut down. Raft's
+// shutdown (v1.7.2, and v1.8.0) waits for its goroutines, which it never
+// interrupts: its state machine's, in an append to a group log, and its
+// main loop's, in a write to its own log, return when the disk does, for
+// ever on one that hangs (an NFS mount gone, a disk retrying for
+// minutes), and Close waited with them, past the daemon's own stop
+// (systemd's TimeoutStopSec, 15 s), until session 19. A healthy disk
+// returns within a second under load.
+const shutdownWait = 3 * time.Second
+
+// stopRaft shuts raft down and waits for it, at most shutdownWait, then
+// closes raft's transport (Close closes its stores after its goroutines);
+// if raft is still stuck then, it leaves both to a goroutine that closes
+// them once raft stops, if ever,
+// and returns ErrStuck (wrapped): what raft holds is left as a crash
+// (kill -9) leaves it, which raft's log and the group logs recover from
+// at the next start (every append reached the operating system before
+// it was acknowledged). Raft's goroutines hold the node meanwhile.
+func (n *Node) stopRaft() error {
+	f := n.raft.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		f.Error()
+		close(stopped)
+	}()
+	wait := time.NewTimer(or(n.cfg.shutdownWait, shutdownWait))
+	defer wait.Stop()
+	select {
+	case <-stopped:
+		close(n.down)
+		n.net.Close()
+		return nil
+	case <-wait.C:
+	}
+	close(n.down) // raft's answers are waited for no more
+	go func() {
+		<-stopped
+		n.net.Close()
+		n.closeStores()
+	}()
+	n.cfg.Logger.Error("cell: raft did not shut down in time: a disk that does not answer? Stopping without it; what it holds is recovered at the next start, as after a crash",
+		"waited", or(n.cfg.shutdownWait, shutdownWait))
+	return fmt.Errorf("%w: waited %v", ErrStuck, or(n.cfg.shutdownWait, shutdownWait))
+}
+
 // apply hands cmd to raft, unless the node is closing (ErrClosed), as
 // hand does (without its closure: a send's path). The caller takes raft's
 // answer with answer.
+//
+// Raft takes it within CommitWait or refuses it (raft.ErrEnqueueTimeout:
+// never in the log, proposeError's ErrUnavailable): raft's queue is
+// full while its main loop is blocked (behind a state machine whose
+// disk hangs, once fsmQueue batches wait for it), and a send waited there,
+// past the CommitWait its caller was promised, for as long as that
+// lasted. It waited under the gate until session 19, and Close, which
+// shuts the gate before it shuts raft down (and raft's shutdown is the
+// one thing that ends such a wait), waited for it in turn: for ever on a
+// disk that hangs (TestCloseWhileSendWaitsForRaftQueue). Counted under the
+// gate and handed over outside it, as hand does, it is answered
+// ErrRaftShutdown once Close gave up settling.
 func (n *Node) apply(cmd []byte) (raft.ApplyFuture, error) {
 	n.gate.RLock()
-	defer n.gate.RUnlock()
 	if n.gated {
+		n.gate.RUnlock()
 		return nil, ErrClosed
 	}
-	n.futures.Add(1)
-	return n.raft.Apply(cmd, 0), nil
+	n.futures.Add(1) // under the gate: settle waits for it
+	n.gate.RUnlock()
+	return n.raft.Apply(cmd, n.cfg.CommitWait), nil
 }
 
 // applyWait applies cmd and waits for raft's verdict (answer).
@@ -1535,7 +1615,11 @@ func hand[F raft.Future](n *Node, ask func() F) (F, error) {
 // waits for ever. It holds the request and the count only, not n: a
 // closed node's raft, state machine and stores are not kept alive by it.
 // A send's wait (await) takes its answer here too, since session 16.
-func (n *Node) answer(f raft.Future) error {
+func (n *Node) answer(f raft.Future) error { return n.answerOr(nil, f) }
+
+// answerOr is answer, which also ends, with errStopped, once stop is
+// closed (nil: never): the request stays counted until raft answers it.
+func (n *Node) answerOr(stop <-chan struct{}, f raft.Future) error {
 	done := make(chan error, 1)
 	futures := n.futures
 	go func() {
@@ -1548,6 +1632,8 @@ func (n *Node) answer(f raft.Future) error {
 	select {
 	case err := <-done:
 		return err
+	case <-stop:
+		return errStopped
 	case <-n.down:
 		select {
 		case err := <-done: // answered as raft shut down
@@ -1561,22 +1647,45 @@ func (n *Node) answer(f raft.Future) error {
 // settleWait bounds how long Close waits for raft to answer the requests
 // it was handed: a leader that lost its majority answers them when it
 // steps down, within its lease; a leadership transfer ends within an
-// ElectionTimeout.
-const settleWait = 10 * time.Second
+// ElectionTimeout. settleStall ends the wait sooner once raft has neither
+// answered one nor applied an entry for that long: raft whose loop is
+// blocked (behind a state machine on a disk that hangs) answers nothing
+// until it shuts down, and Close waited the whole settleWait for it, which
+// with raft's shutdown and the daemon's own stop outlasted systemd's
+// TimeoutStopSec (15 s).
+const (
+	settleWait  = 10 * time.Second
+	settleStall = 2 * time.Second
+)
 
-// settle closes the gate and waits (at most settleWait) until raft has
-// answered every request it was handed, so that none is left in its
-// buffers, or on its state machine's queue, when it shuts down.
+// settle closes the gate and waits (at most settleWait, or settleStall
+// without progress) until raft has answered every request it was
+// handed, so that none is left in its buffers, or on its state machine's
+// queue, when it shuts down.
 func (n *Node) settle() {
 	n.gate.Lock()
 	n.gated = true
 	n.gate.Unlock()
-	deadline := time.Now().Add(or(n.cfg.settleWait, settleWait))
-	for n.futures.Load() > 0 && time.Now().Before(deadline) {
+	start := time.Now()
+	deadline := start.Add(or(n.cfg.settleWait, settleWait))
+	stall := or(n.cfg.settleStall, settleStall)
+	var applied uint64
+	k, moved := n.futures.Load(), start
+	for k > 0 {
+		now := time.Now()
+		if r := n.running(); r != nil && r.AppliedIndex() != applied {
+			applied, moved = r.AppliedIndex(), now
+		}
+		if now.After(deadline) || now.Sub(moved) >= stall {
+			break
+		}
 		time.Sleep(2 * time.Millisecond)
+		if next := n.futures.Load(); next != k {
+			k, moved = next, time.Now()
+		}
 	}
-	if k := n.futures.Load(); k > 0 {
-		n.cfg.Logger.Warn("cell: closing with raft requests unanswered", "requests", k)
+	if k > 0 {
+		n.cfg.Logger.Warn("cell: closing with raft requests unanswered", "requests", k, "waited", time.Since(start).Round(time.Millisecond))
 	}
 }
 

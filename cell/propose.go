@@ -549,6 +549,10 @@ func proposeError(op string, err error) error {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
 		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, errStale):
 		return fmt.Errorf("%s: %w: the cell's leadership changed while it was in flight (%v); retry with the same IDs", op, ErrUnavailable, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		// Raft's queue stayed full for CommitWait (apply): its main loop
+		// is blocked, behind a state machine on a disk that hangs.
+		return fmt.Errorf("%s: %w: raft did not take it within the commit wait (its loop is blocked: a disk that does not answer?); it was not stored", op, ErrUnavailable)
 	case errors.Is(err, errGap):
 		// Every replica refused it: stamped past a send raft refused
 		// (lost), before the leader knew.
