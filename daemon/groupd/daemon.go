@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"path/filepath"
@@ -298,6 +299,9 @@ type Daemon struct {
 	// on a daemon removed from the cell ends then.
 	cellMu      sync.Mutex
 	cellChanged chan struct{}
+	// logsLeft says Close left the groups' logs to close in the background
+	// (leaveLogsLocked): the cell's raft did not stop.
+	logsLeft bool
 }
 
 // New returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -566,18 +570,49 @@ func (d *Daemon) Close() error {
 	}
 	d.life.Close(d.srv.Close)
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.node != nil {
 		// After the server (no handler waits on the cell now); before the
 		// logs, which the cell's state machine applies to.
-		d.node.Close()
+		if err := d.node.Close(); errors.Is(err, cell.ErrStuck) && !d.logsLeft {
+			d.leaveLogsLocked()
+		}
+		if d.logsLeft {
+			return nil
+		}
 		for _, g := range d.host.all() {
 			d.groups[g.id] = g
 		}
 	}
 	closeLogs(d.groups) // after the server: no handler uses them now
 	d.releaseLocked()
-	d.mu.Unlock()
 	return nil
+}
+
+// leaveLogsLocked closes the groups' logs, and then releases the state
+// directory, in a goroutine of its own that Close does not wait for: the
+// cell's raft did not stop (cell.ErrStuck), its state machine being in an
+// append to one of them that has not returned (a disk that does not
+// answer), and that log's Close waits for the append. Close waited for
+// it, for ever on such a disk, until session 19: now the daemon stops,
+// and the logs are left as a crash leaves them, which a restart recovers
+// (raft replays into the group logs what they lost). The directories stay
+// locked until the logs are closed, if ever (the process's exit releases
+// them). d.mu is held.
+func (d *Daemon) leaveLogsLocked() {
+	d.logsLeft = true
+	groups := maps.Clone(d.groups)
+	for _, g := range d.host.all() {
+		groups[g.id] = g
+	}
+	lock, dataLock := d.lock, d.dataLock
+	d.lock, d.dataLock = nil, nil
+	d.cfg.Logger.Error("the cell's raft did not stop (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers them from raft's log")
+	go func() {
+		closeLogs(groups)
+		lock.Release()
+		dataLock.Release()
+	}()
 }
 
 // Addr returns the address the daemon listens on, or nil before it does.
