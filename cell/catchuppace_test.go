@@ -3,10 +3,16 @@ package cell
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/store"
@@ -241,4 +247,66 @@ func TestCatchUpWindowEndsMidFrame(t *testing.T) {
 	if msgs := c.f.messages(c.g.ID); len(msgs) != upto {
 		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
 	}
+}
+
+// TestCatchUpMovesKeepTheLog: a member restarted with its group log lost
+// copies it back from its peers at start; with windows of 20 ms its copy
+// moves between the two (real members, each asked again from where the
+// log ends, the stream it left closed mid-copy), and the log it ends with
+// is theirs, message for message. A loaded machine may bring a member's
+// first batch only after its first window (moved, then, before it sent a
+// message): only then does the scenario run again, on a new cell, at most
+// 3 times in all.
+func TestCatchUpMovesKeepTheLog(t *testing.T) {
+	rerunOnNewCells(t, 3, "the copy never moved from a member midway", catchUpMovesKeepTheLog)
+}
+
+// catchUpMovesKeepTheLog runs TestCatchUpMovesKeepTheLog's scenario on a
+// new cell; false if the copy never moved from a member that had sent
+// messages.
+func catchUpMovesKeepTheLog(t *testing.T) bool {
+	t.Helper()
+	const total, per = 20_000, 1000
+	c := newTestCell(t, 3, true, compacting)
+	defer func() {
+		for _, o := range c.members {
+			o.stop()
+		}
+	}()
+	g := c.leader().group("lobby")
+	for sent := 0; sent < total; sent += per {
+		ids, bodies := make([][16]byte, per), make([]string, per)
+		for i := range ids {
+			ids[i], bodies[i] = newID(sent+i), fmt.Sprintf("body %d", sent+i)
+		}
+		c.send(g.ID, alice, ids, bodies)
+	}
+	m := c.follower()
+	m.waitLast(g.ID, total)
+	if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		t.Fatal(err)
+	}
+	m.stop()
+	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
+		t.Fatal(err)
+	}
+	rec, started := c.startRecorded(m, func(cfg *Config) { cfg.catchUpWindow = 20 * time.Millisecond })
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("the member restarted with its group log lost did not start: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the member restarted with its group log lost did not start")
+	}
+	c.sameLogs(g.ID, total)
+	lines, _ := rec.Load().since(0)
+	midway := false
+	for _, l := range lines {
+		if strings.Contains(l, "moving a group's catch-up to another member") {
+			t.Logf("%s", l)
+			midway = midway || !strings.Contains(l, "msgs_per_s=0 ")
+		}
+	}
+	return midway
 }
