@@ -284,8 +284,8 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			if p == cur || shun[p.Fingerprint] || unable[p] || n.tr.knownDown(p.Addr) {
 				continue
 			}
-			r, measured := rates[p]
-			if !measured {
+			r, known := rates[p]
+			if !known {
 				best = p
 				break
 			}
