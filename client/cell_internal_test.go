@@ -64,24 +64,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	defer wg.Wait()
 	defer tr.Close() // and every connection on it
 	// A member that takes requests and never answers them.
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer conn.CloseWithError(0, "")
-				for {
-					st, err := conn.AcceptStream(context.Background())
-					if err != nil {
-						return
-					}
-					wg.Go(func() { io.Copy(io.Discard, st) })
-				}
-			})
-		}
-	})
+	serveStreams(&wg, ln, func(_ *quic.Conn, st *quic.Stream, _ uint64) { io.Copy(io.Discard, st) })
 	relay, err := udpproxy.New(ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -375,6 +358,18 @@ func TestCellFarLeaderNamed(t *testing.T) {
 // the requests of each connection from 1), on goroutines of wg, until ln
 // closes.
 func serveMember(wg *sync.WaitGroup, ln *quic.Listener, answer func(st *quic.Stream, seq uint64)) {
+	serveStreams(wg, ln, func(_ *quic.Conn, st *quic.Stream, seq uint64) {
+		defer st.Close()
+		if _, err := wire.ReadFrame(st, nil, 0); err == nil {
+			answer(st, seq)
+		}
+	})
+}
+
+// serveStreams hands serve every stream opened on a connection ln
+// accepts, with its connection and its number there (from 1), on
+// goroutines of wg, until ln closes.
+func serveStreams(wg *sync.WaitGroup, ln *quic.Listener, serve func(conn *quic.Conn, st *quic.Stream, seq uint64)) {
 	wg.Go(func() {
 		for {
 			conn, err := ln.Accept(context.Background())
@@ -388,12 +383,7 @@ func serveMember(wg *sync.WaitGroup, ln *quic.Listener, answer func(st *quic.Str
 					if err != nil {
 						return
 					}
-					wg.Go(func() {
-						defer st.Close()
-						if _, err := wire.ReadFrame(st, nil, 0); err == nil {
-							answer(st, seq)
-						}
-					})
+					wg.Go(func() { serve(conn, st, seq) })
 				}
 			})
 		}

@@ -22,30 +22,13 @@ func playedDaemon(t *testing.T, cfg Config, answer func(conn *quic.Conn, st *qui
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait)
 	t.Cleanup(func() { tr.Close() })
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer conn.CloseWithError(0, "")
-				for {
-					st, err := conn.AcceptStream(context.Background())
-					if err != nil {
-						return
-					}
-					wg.Go(func() {
-						item, err := wire.ReadFrame(st, nil, 0)
-						if err != nil {
-							return
-						}
-						if op, _, err := wire.SplitRequest(item); err == nil {
-							answer(conn, st, op)
-						}
-					})
-				}
-			})
+	serveStreams(&wg, ln, func(conn *quic.Conn, st *quic.Stream, _ uint64) {
+		item, err := wire.ReadFrame(st, nil, 0)
+		if err != nil {
+			return
+		}
+		if op, _, err := wire.SplitRequest(item); err == nil {
+			answer(conn, st, op)
 		}
 	})
 	cl := newTestClient(t, cfg)
