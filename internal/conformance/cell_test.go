@@ -169,6 +169,10 @@ func TestCell(t *testing.T) {
 		if len(hops) == 0 || hops[0].addr != followers[0].addr || !errors.As(hops[0].err, &pe) || pe.leader == nil ||
 			!pe.leader.leader || pe.leader.fp == followers[0].fp || !slices.ContainsFunc(entry.replicas, func(r replica) bool { return r.fp == pe.leader.fp && r.addr == pe.leader.addr }) {
 			t.Errorf("%s through a follower: refusals %+v; want unavailable from %s naming another member as leader", what, hops, followers[0].addr)
+		} else if !pe.unchanged {
+			// §9: a member that does not lead proposes nothing, and says
+			// so (key 7), so a client may take the refusal as final.
+			t.Errorf("%s through a follower: refusal %+v not marked unchanged (§9, key 7)", what, pe)
 		} else if len(hops) != 1 || *pe.leader != leader {
 			t.Logf("%s through a follower: refusals %+v (the leader changed since the listing named %s)", what, hops, leader.addr)
 		}

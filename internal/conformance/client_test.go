@@ -363,6 +363,7 @@ type protoError struct {
 	retryAfter uint64
 	epoch      uint64
 	leader     *replica
+	unchanged  bool // key 7: the server did nothing of the request
 }
 
 // Error codes (§9).
@@ -389,7 +390,7 @@ func (e *protoError) Error() string {
 
 func decodeError(body cmap) (*protoError, error) {
 	r := reader{m: body}
-	e := &protoError{code: r.uint(1), message: r.text(2), retryAfter: r.uint(3), epoch: r.uint(4)}
+	e := &protoError{code: r.uint(1), message: r.text(2), retryAfter: r.uint(3), epoch: r.uint(4), unchanged: r.bool(7)}
 	if _, ok := body[5]; ok {
 		rep, err := decodeReplica(r.cmap(5))
 		r.keep(err)
