@@ -9,10 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 )
 
@@ -68,6 +71,22 @@ func newBrowser(t testing.TB, w, h int) *browser {
 	// The first Run starts the browser; it must not have a deadline.
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start chromium: %v", err)
+	}
+	// HUDDLE_E2E_THROTTLE=N runs every page N times slower (chromium's
+	// CPU throttling), to find the tests that assume a page keeps some
+	// pace, as a loaded machine's may not, without loading the machine:
+	// 20 found TestWebSendsInOrder's typing slower than the rate it tests.
+	if r := os.Getenv("HUDDLE_E2E_THROTTLE"); r != "" {
+		rate, err := strconv.ParseFloat(r, 64)
+		if err != nil || rate < 1 {
+			t.Fatalf("HUDDLE_E2E_THROTTLE=%s: want a slowdown factor, 1 or more", r)
+		}
+		if err := chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, emulation.SetCPUThrottlingRate, emulation.SetCPUThrottlingRateParams{Rate: rate})
+			return err
+		})); err != nil {
+			t.Fatalf("throttle: %v", err)
+		}
 	}
 	return &browser{t: t, ctx: ctx}
 }

@@ -78,6 +78,16 @@ func pressEnter() chromedp.Action[chromedp.Void] {
 	})
 }
 
+// insertText puts text where the focus is in one insertion, as a paste or
+// an input method does: one call to the browser, where typing it is three
+// a character.
+func insertText(text string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, input.InsertText, input.InsertTextParams{Text: text})
+		return err
+	})
+}
+
 // joinByClick opens a group of the "other groups" list and joins it as
 // name, with the mouse.
 func (b *browser) joinByClick(uuid, name string) {

@@ -17,12 +17,18 @@ import (
 	"github.com/chromedp/chromedp/kb"
 )
 
-// TestWebSendsInOrder types six messages faster than the group lets a
+// TestWebSendsInOrder enters six messages faster than the group lets a
 // member send (one a second, no burst). The page used to send each on its
 // own and retry each after the wait the daemon named: the held-back ones
 // raced each other, and the group stored them out of the order typed
 // ("rate 5", "rate 6", "rate 4"). They are sent one after another, each
 // waiting for the one before it, and stored as typed.
+//
+// Each message goes into the box as one insertion (as pasted), then Enter:
+// typed key by key, a message is some forty calls to the browser, and on a
+// page slowed enough (the renderer throttled 20 times) the six took longer
+// than the rate allows them, none was held back, and the test waited for
+// the rate limit's words in vain.
 func TestWebSendsInOrder(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby",
@@ -33,9 +39,10 @@ func TestWebSendsInOrder(t *testing.T) {
 	b.open(alice.web(t))
 	b.openJoined(lobby)
 	var want []string
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
 	for i := 1; i <= 6; i++ {
 		want = append(want, fmt.Sprintf("in order %d", i))
-		b.typeMessage(want[i-1])
+		b.do("paste, Enter", insertText(want[i-1]), pressEnter())
 	}
 	b.waitFor("a message held back by the rate limit, in words", `[...document.querySelectorAll('.msg.pending .state')].some(e => e.textContent.includes('Slow down: lobby limits how fast each member sends'))`)
 	for _, text := range want {
