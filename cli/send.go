@@ -218,13 +218,36 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 	// full disk reported all 64 unsent, where 47 fitted). The lines
 	// resent carry the same IDs: one stored meanwhile is acknowledged as
 	// a duplicate.
+	//
+	// doubtful counts the lines, from the first of msgs, that a send in
+	// doubt carried and no ack has settled since: a later send refused
+	// (one of its halves, say, refused unchanged: this request stored
+	// nothing) says nothing of what that one stored, so they stay in
+	// doubt whatever ends the run (stillDoubtful). Each later refusal
+	// alone was taken as the outcome of the lines it carried, and lines
+	// a send in doubt may have stored were said "not sent" (until
+	// session 19, H).
 	send := func(msgs []client.Outgoing, from []inputLine) error {
 		n := len(msgs)
+		doubtful := 0
+		stillDoubtful := func(err error, at, n int) error {
+			if doubtful <= at {
+				return err
+			}
+			flying(msgs[at:max(at+n, doubtful)], from[at:max(at+n, doubtful)])
+			if !errors.Is(err, client.ErrInDoubt) {
+				err = fmt.Errorf("%w (line %d was in a send whose outcome is unknown): %w", client.ErrInDoubt, from[at].n, err)
+			}
+			return err
+		}
 		for len(msgs) > 0 {
 			n = min(n, len(msgs))
 			flying(msgs[:n], from[:n])
 			failed = from // from the first line not acknowledged on
 			acks, err := sendPaced(ctx, cf.timeout, g, msgs[:n])
+			if errors.Is(err, client.ErrInDoubt) {
+				doubtful = max(doubtful, n)
+			}
 			switch {
 			case errors.Is(err, client.ErrTooLarge) && n > 1:
 				// The daemon's limits are not the ones it reported: send
@@ -240,7 +263,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 					case errors.Is(err, client.ErrTooLarge):
 						tooLarge(from[i], len(msgs[i].Body))
 					case err != nil:
-						return err
+						return stillDoubtful(err, i, 1)
 					default:
 						// Stored; the lines after it in this send are
 						// not sent yet, if its ack cannot be written.
@@ -258,7 +281,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 				n = (n + 1) / 2
 				continue
 			case err != nil:
-				return err
+				return stillDoubtful(err, 0, n)
 			default:
 				// Every line of this send is stored, whether or not its
 				// ack can be written: nothing in doubt.
@@ -274,6 +297,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 				}
 			}
 			msgs, from = msgs[n:], from[n:]
+			doubtful = max(0, doubtful-n)
 		}
 		failed = nil
 		return nil
@@ -407,13 +431,30 @@ func retryHint(env Env, lines []lineID) {
 // time to wait), waits that long and sends them again under the same IDs:
 // lines piped in are sent at the group's pace, as many as there are,
 // rather than all but the first burst dropped with an error.
+//
+// A try in doubt (its connection lost, then its retry refused
+// rate_limited) leaves the send in doubt, whatever the tries after it
+// end with, until one is acknowledged.
 func sendPaced(ctx context.Context, timeout time.Duration, g *client.Group, msgs []client.Outgoing) ([]client.Ack, error) {
+	var doubt error // the first try in doubt's
+	stillDoubtful := func(err error) error {
+		if doubt == nil || errors.Is(err, client.ErrInDoubt) {
+			return err
+		}
+		return fmt.Errorf("%w (%v); then: %w", client.ErrInDoubt, doubt, err)
+	}
 	for {
 		sctx, cancel := context.WithTimeout(ctx, timeout)
 		acks, err := g.SendMessages(sctx, msgs)
 		cancel()
+		if doubt == nil && errors.Is(err, client.ErrInDoubt) {
+			doubt = err
+		}
 		wait, limited := client.RetryAfter(err)
 		if !limited || !errors.Is(err, client.ErrRateLimited) {
+			if err != nil {
+				err = stillDoubtful(err)
+			}
 			return acks, err
 		}
 		t := time.NewTimer(wait)
@@ -421,7 +462,7 @@ func sendPaced(ctx context.Context, timeout time.Duration, g *client.Group, msgs
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err()
+			return nil, stillDoubtful(ctx.Err())
 		}
 	}
 }

@@ -1,0 +1,111 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestSendLinesSplitKeepsDoubt: a send of lines refused unavailable
+// without unchanged (the daemon's log could not make them durable: they
+// may be stored) is split, half by half, as a refusal that may pass with
+// fewer lines; when the smaller sends are then refused unchanged (the log,
+// failed, stores nothing more), the lines of the first send are still in
+// doubt: that a later request stored nothing says nothing of the first.
+// huddle send said "not sent: line 2 and every line after it", exit 1, of
+// lines its first send may have stored (session 19 until H's fix): a
+// script resending from there under new IDs stored them twice.
+func TestSendLinesSplitKeepsDoubt(t *testing.T) {
+	t.Parallel()
+	first := make(chan struct{})
+	release := make(chan struct{})
+	var sends atomic.Int64
+	var doubted atomic.Int64 // how many lines the send in doubt carried
+	addr := sendDaemon(t, wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}, func(req wire.Send) (wire.Sent, error) {
+		switch sends.Add(1) {
+		case 1:
+			close(first)
+			<-release // line 1's ack waits until lines 2-4 are read
+			return wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: 1, Time: time.Now().UnixNano()}}}, nil
+		case 2:
+			doubted.Store(int64(len(req.Messages)))
+			return wire.Sent{}, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000,
+				Message: "the group's log could not make the messages durable; they may be stored: try again later with the same message IDs"}
+		}
+		return wire.Sent{}, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000, Unchanged: true,
+			Message: "the group's log cannot store messages now; nothing was stored: try again later"}
+	})
+	in, feed := io.Pipe()
+	var out, errb syncBuffer
+	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
+	e := Env{Stdin: in, Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"send", "builds", "--json"}, e) }()
+	if _, err := io.WriteString(feed, "one\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first:
+	case code := <-done:
+		t.Fatalf("send ended (exit %d) before line 1's send:\n%s", code, errb.String())
+	}
+	// Line 1 went alone; lines 2-4 wait for its ack. The write of line
+	// 5 returns once the reader asks for more: lines 2-4 are queued, and
+	// go as one send.
+	if _, err := io.WriteString(feed, "two\nthree\nfour\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(feed, "five\n"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	var code int
+	select {
+	case code = <-done:
+	case <-ctx.Done():
+		t.Fatal("send did not end")
+	}
+	feed.Close()
+	stderr := errb.String()
+	n := int(doubted.Load())
+	if n < 2 {
+		t.Fatalf("the send in doubt carried %d lines, want lines 2-4 together (split only splits more than one):\n%s", n, stderr)
+	}
+	t.Logf("stderr:\n%s", stderr)
+	if code != ExitUnreachable {
+		t.Errorf("exit %d, want %d (outcome unknown)\nstderr:\n%s", code, ExitUnreachable, stderr)
+	}
+	if strings.Contains(stderr, "not sent: line 2 ") {
+		t.Errorf("stderr says line 2 was not sent, though the send in doubt carried it:\n%s", stderr)
+	}
+	outLines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	var stopped struct {
+		Event       string `json:"event"`
+		FirstUnsent int    `json:"first_unsent"`
+		InDoubt     []struct {
+			Line int `json:"line"`
+		} `json:"in_doubt"`
+	}
+	if err := json.Unmarshal([]byte(outLines[len(outLines)-1]), &stopped); err != nil {
+		t.Fatalf("the last line of send --json: %v\n%s", err, out.String())
+	}
+	var lines []int
+	for _, d := range stopped.InDoubt {
+		lines = append(lines, d.Line)
+	}
+	want := []int{}
+	for l := 2; l < 2+n; l++ {
+		want = append(want, l)
+	}
+	if stopped.Event != "stopped" || stopped.FirstUnsent != 2+n || len(lines) != n || (n > 0 && (lines[0] != 2 || lines[n-1] != 1+n)) {
+		t.Errorf("send --json ended with %s: want stopped, lines %v in doubt, first_unsent %d\nstderr:\n%s", outLines[len(outLines)-1], want, 2+n, stderr)
+	}
+}
