@@ -163,7 +163,7 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 	switch {
 	case b.closed:
 		b.mu.Unlock()
-		return Ack{ID: m.ID}, b.g.fail("send", ErrClosed)
+		return Ack{ID: m.ID}, b.g.fail("send", b.g.doubts.outcome([]wire.Outgoing{m}, ErrClosed))
 	case b.maxBody > 0 && len(m.Body) > b.maxBody:
 		max := b.maxBody
 		b.mu.Unlock()
@@ -231,7 +231,7 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 		// (ErrInDoubt): as with an unbatched send, a retry with its ID
 		// tells. Until session 19 the error was the context's alone,
 		// whether the message had gone out or was withdrawn unsent.
-		return Ack{ID: m.ID}, b.g.fail("send", inDoubtIf(flying, ctx.Err()))
+		return Ack{ID: m.ID}, b.g.fail("send", b.g.doubts.outcome([]wire.Outgoing{m}, inDoubtIf(flying, ctx.Err())))
 	}
 }
 
@@ -497,6 +497,6 @@ func (b *batcher) close() {
 	b.queue, b.bytes = nil, 0
 	b.mu.Unlock()
 	for _, q := range queue {
-		q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: b.g.fail("send", ErrClosed)}
+		q.done <- sendResult{ack: Ack{ID: q.msg.ID}, err: b.g.fail("send", b.g.doubts.outcome([]wire.Outgoing{q.msg}, ErrClosed))}
 	}
 }

@@ -121,7 +121,9 @@ var (
 	// send's error without it (a refusal that stored nothing:
 	// ErrNotMember, ErrTooLarge..., or an Error marked Unchanged; or a
 	// failure before the request could go out) means nothing of the
-	// send was stored.
+	// send was stored, unless a message of it was in doubt already: one
+	// stays in doubt on its Group until a send of it is acknowledged,
+	// whatever its retries are told (doubts).
 	ErrInDoubt = errors.New("outcome unknown: the daemon may have stored it")
 )
 

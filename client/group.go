@@ -58,6 +58,8 @@ type Group struct {
 	// key at: each member is dialled at them too, after those it was
 	// named at. Set when the handle is made, then only read.
 	memberAddrs map[Fingerprint][]string
+	// doubts are the messages whose send ended in doubt, until acknowledged.
+	doubts doubts
 }
 
 // Group returns a handle on a group listed by a registry, pinning the
@@ -434,10 +436,10 @@ func (g *Group) Send(ctx context.Context, body []byte) (Ack, error) {
 // group remembers it (at least its last 65,536 messages). The Ack carries
 // id even when err is not nil.
 func (g *Group) SendWithID(ctx context.Context, id ID, body []byte) (Ack, error) {
-	if g.closed.Load() {
-		return Ack{ID: id}, g.fail("send", ErrClosed)
-	}
 	m := wire.Outgoing{ID: id, Body: body}
+	if g.closed.Load() {
+		return Ack{ID: id}, g.fail("send", g.doubts.outcome([]wire.Outgoing{m}, ErrClosed))
+	}
 	if g.cl.cfg.NoBatching {
 		return g.sendOne(ctx, m)
 	}
@@ -484,12 +486,12 @@ func (g *Group) batcher() (*batcher, error) {
 // with the same IDs returns the original acknowledgements with Duplicate
 // set and stores nothing twice. Errors: as Send's.
 func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error) {
-	if g.closed.Load() {
-		return nil, g.fail("send", ErrClosed)
-	}
 	out := make([]wire.Outgoing, len(msgs))
 	for i, m := range msgs {
 		out[i] = wire.Outgoing(m)
+	}
+	if g.closed.Load() {
+		return nil, g.fail("send", g.doubts.outcome(out, ErrClosed))
 	}
 	s, err := g.send(ctx, out)
 	if err != nil {
@@ -503,17 +505,19 @@ func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error
 }
 
 // send performs one send operation of msgs and checks that its reply
-// acknowledges each.
+// acknowledges each. A message that an earlier send on this handle left
+// in doubt stays so until acknowledged (doubts).
 func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, error) {
 	var s wire.Sent
 	if err := g.memberCall(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
-		return wire.Sent{}, g.fail("send", err)
+		return wire.Sent{}, g.fail("send", g.doubts.outcome(msgs, err))
 	}
 	if len(s.Acks) != len(msgs) {
 		// A Result: the daemon stored them, presumably, but under what
 		// numbers is unknown.
-		return wire.Sent{}, g.fail("send", inDoubt(fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)))
+		return wire.Sent{}, g.fail("send", g.doubts.outcome(msgs, inDoubt(fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol))))
 	}
+	g.doubts.outcome(msgs, nil)
 	for _, a := range s.Acks {
 		g.sawSeq(s.Epoch, a.Seq)
 	}
