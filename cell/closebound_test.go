@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,23 +169,62 @@ func TestCloseOnHungDisk(t *testing.T) {
 	})
 	l := c.leader()
 	release := wedgeLeader(t, l)
-	n := l.node
 	sent := sendHanded(t, l)
-	closed := make(chan error, 1)
-	go func() { closed <- n.Close() }()
-	select {
-	case err := <-closed:
-		if !errors.Is(err, ErrStuck) {
-			t.Errorf("Close of a member whose disk hangs: %v, want ErrStuck", err)
-		}
-		t.Logf("Close: %v", err)
-	case <-time.After(waitTimeout):
-		l.node = nil // its cleanup would wait on the same Close
-		release()
-		t.Fatalf("Close still waits %v for a state machine that hangs", waitTimeout)
-	}
+	closeStuck(t, l, release, "a state machine that hangs")
 	if err := <-sent; !errors.Is(err, ErrClosed) {
 		t.Errorf("the send raft never took, as its member closed: %v, want ErrClosed", err)
 	}
 	release()
+}
+
+// TestCloseWhileRaftLogSyncHangs: a member whose fsync of raft's log
+// never returns (a disk that takes writes into the page cache but does not
+// answer a flush: raft itself goes on, its appends written to the
+// operating system) closes within shutdownWait, saying so (ErrStuck).
+// The fsync is syncLoop's, one of the goroutines Close waited for
+// without a bound until session 19: for ever on such a disk.
+func TestCloseWhileRaftLogSyncHangs(t *testing.T) {
+	hang := make(chan struct{})
+	var hung atomic.Int32
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.Fsync.Interval = 10 * time.Millisecond
+		cfg.shutdownWait = 200 * time.Millisecond
+	})
+	f := c.follower()
+	hook := func() {
+		hung.Add(1)
+		<-hang
+	}
+	f.node.syncHook.Store(&hook)
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hang)
+		}
+	}
+	t.Cleanup(release)
+	waitUntil(t, "raft's log fsync hung", func() bool { return hung.Load() > 0 })
+	closeStuck(t, f, release, "an fsync that hangs")
+	release()
+}
+
+// closeStuck closes m's node, which what (a disk that does not answer)
+// holds, and fails the test unless Close returns ErrStuck within
+// waitTimeout; release lets the disk go on.
+func closeStuck(t *testing.T, m *testMember, release func(), what string) {
+	t.Helper()
+	closed := make(chan error, 1)
+	go func() { closed <- m.node.Close() }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, ErrStuck) {
+			t.Errorf("Close of a member held by %s: %v, want ErrStuck", what, err)
+		}
+		t.Logf("Close: %v", err)
+	case <-time.After(waitTimeout):
+		m.node = nil // its cleanup would wait on the same Close
+		release()
+		t.Fatalf("Close still waits %v for %s", waitTimeout, what)
+	}
 }

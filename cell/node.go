@@ -73,8 +73,8 @@ var (
 	// ErrFull: the group has its most members.
 	ErrFull = errors.New("cell: group full")
 	// ErrStuck: Close's error when raft did not shut down within
-	// shutdownWait (its state machine, or its log, waits on a disk that
-	// does not answer): Close returned without it, and what it holds is
+	// shutdownWait (its state machine, its log, or the fsync of its log
+	// waits on a disk that does not answer): Close returned without it, and what it holds is
 	// left as a crash leaves it, recovered at the next start (the group
 	// logs from raft's log); raft's stores close once it stops, if ever.
 	ErrStuck = errors.New("cell: raft did not shut down in time (a disk that does not answer?)")
@@ -358,6 +358,14 @@ type Node struct {
 	// down is closed once raft has shut down, or Close gave up waiting
 	// for it (ErrStuck): nothing waits for its answers any more.
 	down chan struct{}
+	// synced is closed once syncLoop has returned; nil if it never ran.
+	// It is not one of wg's: an fsync that never returns (a disk that
+	// does not answer) holds it, and Close waits for it as for raft's
+	// shutdown, at most shutdownWait (stopRaft).
+	synced chan struct{}
+	// syncHook, if set (by tests), is called before each fsync of
+	// syncLoop: a test holds it there, as a disk that does not answer.
+	syncHook atomic.Pointer[func()]
 
 	// member says this daemon is in the cell's configuration, as last
 	// applied: a daemon removed from the cell says so once. voter says
@@ -645,7 +653,7 @@ func (n *Node) start() error {
 	n.wg.Add(1)
 	go n.watchLeader(obs, wake)
 	if !n.cfg.Fsync.Always {
-		n.wg.Add(1)
+		n.synced = make(chan struct{})
 		go n.syncLoop()
 	}
 	if n.fsm.atStart.Load() != nil {
@@ -1495,29 +1503,34 @@ func (n *Node) Close() error {
 	return err
 }
 
-// shutdownWait bounds how long Close waits for raft to shut down. Raft's
-// shutdown (v1.7.2, and v1.8.0) waits for its goroutines, which it never
-// interrupts: its state machine's, in an append to a group log, and its
-// main loop's, in a write to its own log, return when the disk does, for
-// ever on one that hangs (an NFS mount gone, a disk retrying for
-// minutes), and Close waited with them, past the daemon's own stop
-// (systemd's TimeoutStopSec, 15 s), until session 19. A healthy disk
-// returns within a second under load.
+// shutdownWait bounds how long Close waits for raft to shut down, and for
+// syncLoop's fsync of raft's log. Raft's shutdown (v1.7.2, and v1.8.0)
+// waits for its goroutines, which it never interrupts: its state
+// machine's, in an append to a group log, and its main loop's, in a write
+// to its own log, return when the disk does, as does an fsync, for ever
+// on a disk that hangs (an NFS mount gone, a disk retrying for minutes,
+// one that takes writes into the page cache and never flushes them), and
+// Close waited with them, past the daemon's own stop (systemd's
+// TimeoutStopSec, 15 s), until session 19. A healthy disk returns within
+// a second under load.
 const shutdownWait = 3 * time.Second
 
-// stopRaft shuts raft down and waits for it, at most shutdownWait, then
-// closes raft's transport (Close closes its stores after its goroutines);
-// if raft is still stuck then, it leaves both to a goroutine that closes
-// them once raft stops, if ever,
-// and returns ErrStuck (wrapped): what raft holds is left as a crash
-// (kill -9) leaves it, which raft's log and the group logs recover from
-// at the next start (every append reached the operating system before
-// it was acknowledged). Raft's goroutines hold the node meanwhile.
+// stopRaft shuts raft down and waits for it and for syncLoop, at most
+// shutdownWait, then closes raft's transport (Close closes its stores
+// after its goroutines); if either is still stuck then, it leaves both to
+// a goroutine that closes them once raft and the fsync end, if ever, and
+// returns ErrStuck (wrapped): what raft holds is left as a crash (kill -9)
+// leaves it, which raft's log and the group logs recover from at the next
+// start (every append reached the operating system before it was
+// acknowledged). Raft's goroutines hold the node meanwhile.
 func (n *Node) stopRaft() error {
 	f := n.raft.Shutdown()
 	stopped := make(chan struct{})
 	go func() {
 		f.Error()
+		if n.synced != nil {
+			<-n.synced // the fsync of raft's log in progress, if any
+		}
 		close(stopped)
 	}()
 	wait := time.NewTimer(or(n.cfg.shutdownWait, shutdownWait))
@@ -1690,9 +1703,14 @@ func (n *Node) settle() {
 }
 
 // syncLoop fsyncs raft's state every Fsync.Interval, when appends are
-// only written to the operating system (Fsync.Always unset).
+// only written to the operating system (Fsync.Always unset), until the
+// node closes; it closes synced as it returns.
 func (n *Node) syncLoop() {
-	n.every(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval), func() {
+	defer close(n.synced)
+	n.loop(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval), nil, 0, func() {
+		if hook := n.syncHook.Load(); hook != nil {
+			(*hook)()
+		}
 		if err := n.log.Sync(); err != nil {
 			n.cfg.Logger.Error("cell: cannot sync raft's log", "err", err)
 		}
@@ -1707,6 +1725,11 @@ func (n *Node) every(d time.Duration, f func()) { n.everyOrWoken(d, nil, 0, f) }
 // on wake (nil: none).
 func (n *Node) everyOrWoken(d time.Duration, wake <-chan struct{}, settle time.Duration, f func()) {
 	defer n.wg.Done()
+	n.loop(d, wake, settle, f)
+}
+
+// loop is everyOrWoken's loop, in a goroutine that is not one of n.wg's.
+func (n *Node) loop(d time.Duration, wake <-chan struct{}, settle time.Duration, f func()) {
 	tick := time.NewTicker(d)
 	defer tick.Stop()
 	for {
