@@ -223,14 +223,30 @@ func (b *batcher) send(ctx context.Context, m wire.Outgoing) (Ack, error) {
 				cancel = f.cancel // the last of its callers: nil if fly has not begun
 			}
 		}
+		last := flying && q.flight.gone == q.flight.n
 		b.mu.Unlock()
 		if cancel != nil {
 			cancel()
 		}
-		// If the batch was in flight, the message may be stored or not
-		// (ErrInDoubt): as with an unbatched send, a retry with its ID
-		// tells. Until session 19 the error was the context's alone,
-		// whether the message had gone out or was withdrawn unsent.
+		if last {
+			// The batch's last caller: cancelled, it ends at once, and
+			// its error tells whether its request went out (in doubt)
+			// or not (its connection not made yet, say: nothing sent).
+			// Every caller that left a batch in flight was told in
+			// doubt (session 19 until H's fix), one whose batch had
+			// sent nothing among them.
+			r := <-q.done
+			q.recycle()
+			if r.err == nil {
+				return r.ack, nil // stored all the same
+			}
+			return Ack{ID: m.ID}, b.g.fail("send", b.g.doubts.outcome([]wire.Outgoing{m}, inDoubtIf(errors.Is(r.err, ErrInDoubt), ctx.Err())))
+		}
+		// If the batch is in flight for other callers, the message may
+		// be stored or not (ErrInDoubt): as with an unbatched send, a
+		// retry with its ID tells. Until session 19 the error was the
+		// context's alone, whether the message had gone out or was
+		// withdrawn unsent.
 		return Ack{ID: m.ID}, b.g.fail("send", b.g.doubts.outcome([]wire.Outgoing{m}, inDoubtIf(flying, ctx.Err())))
 	}
 }

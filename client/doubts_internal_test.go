@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -93,5 +94,41 @@ func TestDoubtsBounded(t *testing.T) {
 	}
 	if err := d.outcome(ids[maxDoubts:], refused); !errors.Is(err, ErrInDoubt) {
 		t.Errorf("the newest: %v, want in doubt", err)
+	}
+}
+
+// TestSendCancelledBeforeItWentOutNotInDoubt: a send whose caller gives up
+// while its connection is still being made (the daemon's address swallows
+// every packet) sent nothing: it fails with the context's error, not in
+// doubt, alone or batched, and so does one withdrawn from the batcher's
+// queue behind it.
+func TestSendCancelledBeforeItWentOutNotInDoubt(t *testing.T) {
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	for _, noBatching := range []bool{true, false} {
+		cl := newTestClient(t, Config{NoBatching: noBatching, DialTimeout: time.Minute})
+		g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{hole.LocalAddr().String()}, Fingerprint: wire.Fingerprint{1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		ended := make(chan error, 2)
+		for range 2 {
+			go func() {
+				_, err := g.Send(ctx, []byte("hi"))
+				ended <- err
+			}()
+		}
+		time.AfterFunc(200*time.Millisecond, cancel) // while dialling: no packet comes back
+		for range 2 {
+			if err := <-ended; !errors.Is(err, context.Canceled) || errors.Is(err, ErrInDoubt) {
+				t.Errorf("batching %v: a send cancelled while its connection was being made: %v, want %v, not in doubt", !noBatching, err, context.Canceled)
+			}
+		}
+		g.Close()
+		cl.Close()
 	}
 }
