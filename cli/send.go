@@ -81,6 +81,12 @@ func runSend(ctx context.Context, env Env, args []string) int {
 			// it. Standard output may be what fails; stderr said it.
 			_ = printJSON(env.Stdout, inDoubtJSON{Event: "in_doubt", MsgID: uuid.UUID(id).String()})
 		}
+	} else if code == ExitRefused && sent && idFlag != "" {
+		// Refused: this send stored nothing. The ID is the script's, maybe
+		// a retry of a send in doubt, which this refusal does not settle
+		// (PROTOCOL.md §9, key 7: it speaks of this request alone). Exit
+		// 1 alone read as "not stored" (until session 19, H).
+		fmt.Fprintf(env.Stderr, "  this send stored nothing; a send under --id %s before it, if its outcome was unknown (exit 3), may still be stored: only an ack of a retry under this --id settles it (duplicate: it was)\n", id)
 	}
 	return code
 }

@@ -109,3 +109,27 @@ func TestSendLinesSplitKeepsDoubt(t *testing.T) {
 		t.Errorf("send --json ended with %s: want stopped, lines %v in doubt, first_unsent %d\nstderr:\n%s", outLines[len(outLines)-1], want, 2+n, stderr)
 	}
 }
+
+// TestSendWithIDRefusedSaysEarlierMayBeStored: huddle send --id ID TEXT
+// refused (exit 1: this send stored nothing) may be the retry of a send in
+// doubt under that ID, which the refusal does not settle: stderr says so.
+// It said only the refusal, which read as "not stored", though the earlier
+// send may have stored the message. Without --id (an ID of its own, never
+// sent before) it says nothing more.
+func TestSendWithIDRefusedSaysEarlierMayBeStored(t *testing.T) {
+	t.Parallel()
+	addr := sendDaemon(t, wire.Limits{MaxMessageBytes: 1024, MaxBatch: 16, FetchPage: 100}, func(req wire.Send) (wire.Sent, error) {
+		return wire.Sent{}, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000, Unchanged: true,
+			Message: "the group's log cannot store messages now; nothing was stored: try again later"}
+	})
+	u := &testUser{home: t.TempDir(), registry: addr}
+	id := "0190d6a4-5b7e-7c3a-9f1e-2d4c6b8a0e12"
+	code, _, stderr := u.runInput(t, "", "send", "builds", "--id", id, "hello")
+	if code != ExitRefused || !strings.Contains(stderr, "a send under --id "+id+" before it") {
+		t.Errorf("send --id refused: exit %d, want %d and a word on an earlier send under the ID:\n%s", code, ExitRefused, stderr)
+	}
+	code, _, stderr = u.runInput(t, "", "send", "builds", "hello")
+	if code != ExitRefused || strings.Contains(stderr, "before it") {
+		t.Errorf("send refused, its ID its own: exit %d, want %d and no word on an earlier send:\n%s", code, ExitRefused, stderr)
+	}
+}
