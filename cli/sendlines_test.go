@@ -130,43 +130,10 @@ func TestSendLinesStoppedInFallback(t *testing.T) {
 		return wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: uint64(sends.Add(1)), Time: time.Now().UnixNano()}}}, nil
 	})
 
-	in, feed := io.Pipe()
-	out := &failingWriter{okWrites: 1}
-	var errb syncBuffer
-	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
-	e := Env{Stdin: in, Stdout: out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"send", "builds"}, e) }()
-	if _, err := io.WriteString(feed, "one\n"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-sent:
-	case <-ctx.Done():
-		t.Fatal("no send of line 1")
-	}
-	// Line 1 went alone; lines 2-4 wait for its ack. The write of line
-	// 5 returns once the reader asks for more: lines 2-4 are queued.
-	if _, err := io.WriteString(feed, "two\nthree\nfour\n"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.WriteString(feed, "five\n"); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	var code int
-	select {
-	case code = <-done:
-	case <-ctx.Done():
-		t.Fatal("send did not end")
-	}
-	feed.Close()
+	code, stderr := sendBehindLineOne(t, addr, &failingWriter{okWrites: 1}, []string{"send", "builds"}, sent, release)
 	if _, ok := batches.Load(1); !ok {
 		t.Fatalf("the daemon got no send of one line")
 	}
-	stderr := errb.String()
 	if _, ok := batches.Load(3); !ok {
 		if _, ok := batches.Load(4); !ok {
 			var got []any
@@ -182,6 +149,46 @@ func TestSendLinesStoppedInFallback(t *testing.T) {
 			t.Errorf("stderr does not say %q:\n%s", want, stderr)
 		}
 	}
+}
+
+// sendBehindLineOne runs huddle send (args) on addr, writing to stdout,
+// with its standard input fed so that lines 2-4 queue behind line 1: line
+// 1 is written; once the daemon has it (sent), lines 2-4, then line 5,
+// whose write returns once the reader has taken lines 2-4; then line 1's
+// send is let go (release). It returns the exit code and stderr.
+func sendBehindLineOne(t *testing.T, addr string, stdout io.Writer, args []string, sent <-chan struct{}, release chan<- struct{}) (int, string) {
+	t.Helper()
+	in, feed := io.Pipe()
+	defer feed.Close()
+	var errb syncBuffer
+	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
+	e := Env{Stdin: in, Stdout: stdout, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, args, e) }()
+	if _, err := io.WriteString(feed, "one\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sent:
+	case code := <-done:
+		t.Fatalf("send ended (exit %d) before line 1's send:\n%s", code, errb.String())
+	}
+	if _, err := io.WriteString(feed, "two\nthree\nfour\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(feed, "five\n"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	select {
+	case code := <-done:
+		return code, errb.String()
+	case <-ctx.Done():
+		t.Fatal("send did not end")
+	}
+	return 0, ""
 }
 
 // failingWriter takes okWrites writes, then fails every one.

@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
-	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -41,40 +39,8 @@ func TestSendLinesSplitKeepsDoubt(t *testing.T) {
 		return wire.Sent{}, &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 1000, Unchanged: true,
 			Message: "the group's log cannot store messages now; nothing was stored: try again later"}
 	})
-	in, feed := io.Pipe()
-	var out, errb syncBuffer
-	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
-	e := Env{Stdin: in, Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"send", "builds", "--json"}, e) }()
-	if _, err := io.WriteString(feed, "one\n"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-first:
-	case code := <-done:
-		t.Fatalf("send ended (exit %d) before line 1's send:\n%s", code, errb.String())
-	}
-	// Line 1 went alone; lines 2-4 wait for its ack. The write of line
-	// 5 returns once the reader asks for more: lines 2-4 are queued, and
-	// go as one send.
-	if _, err := io.WriteString(feed, "two\nthree\nfour\n"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.WriteString(feed, "five\n"); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	var code int
-	select {
-	case code = <-done:
-	case <-ctx.Done():
-		t.Fatal("send did not end")
-	}
-	feed.Close()
-	stderr := errb.String()
+	var out syncBuffer
+	code, stderr := sendBehindLineOne(t, addr, &out, []string{"send", "builds", "--json"}, first, release)
 	n := int(doubted.Load())
 	if n < 2 {
 		t.Fatalf("the send in doubt carried %d lines, want lines 2-4 together (split only splits more than one):\n%s", n, stderr)
