@@ -115,9 +115,10 @@ var errCatchUpHole = errors.New("the peer's retention dropped messages while it 
 // after a hole: a member's key that ended its copies at a hole, each
 // after a message or none, kept the copy going as long as it liked.
 type catchUpRun struct {
-	by    time.Time // the least pace's deadline
-	began time.Time // the window's start
-	from  uint64    // the log's tail at began
+	by      time.Time // the least pace's deadline
+	began   time.Time // the window's start
+	from    uint64    // the log's tail at began
+	batched bool      // a batch came
 }
 
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
@@ -709,6 +710,14 @@ func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster f
 		}
 		last = entries[len(entries)-1].Seq
 		run.by = run.by.Add(paceEarned(pace, len(body), len(entries)))
+		if !run.batched {
+			// The first window is measured from the first batch: the
+			// member's first read of its log and this log's first write
+			// (a new segment) are no pace of its sending. One that sends
+			// none is measured a window from its answer all the same.
+			run.batched = true
+			run.began, run.from = time.Now(), tail
+		}
 		if reset {
 			if entries[0].Seq != s.first {
 				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)

@@ -250,7 +250,7 @@ func TestCatchUpWindowEndsMidFrame(t *testing.T) {
 }
 
 // TestCatchUpMovesKeepTheLog: a member restarted with its group log lost
-// copies it back from its peers at start; with windows of 20 ms its copy
+// copies it back from its peers at start; with windows of 100 ms its copy
 // moves between the two (real members, each asked again from where the
 // log ends, the stream it left closed mid-copy), and the log it ends with
 // is theirs, message for message. A loaded machine may bring a member's
@@ -266,7 +266,7 @@ func TestCatchUpMovesKeepTheLog(t *testing.T) {
 // messages.
 func catchUpMovesKeepTheLog(t *testing.T) bool {
 	t.Helper()
-	const total, per = 20_000, 1000
+	const total, per = 40_000, 1000
 	c := newTestCell(t, 3, true, compacting)
 	defer func() {
 		for _, o := range c.members {
@@ -290,7 +290,7 @@ func catchUpMovesKeepTheLog(t *testing.T) bool {
 	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
 		t.Fatal(err)
 	}
-	rec, started := c.startRecorded(m, func(cfg *Config) { cfg.catchUpWindow = 20 * time.Millisecond })
+	rec, started := c.startRecorded(m, func(cfg *Config) { cfg.catchUpWindow = 100 * time.Millisecond })
 	select {
 	case err := <-started:
 		if err != nil {
