@@ -176,7 +176,8 @@ type catchUpRun struct {
 // every member, and a member's key keeping to it held a restore for as
 // long as its copy took at that pace (1024 messages per 30 s: about 8 h
 // for a million messages) while another member could serve them in
-// seconds (session 18's note). Now it costs a copy about a window, and,
+// seconds (session 18's note). Now it costs a copy a window or two (the
+// first is measured from its first batch: copy), and,
 // once measured slower than another member in one group's copy, shunned,
 // little more of the restore; one keeping to half the fastest member's
 // pace costs a copy twice its time at most. A member that alone can
