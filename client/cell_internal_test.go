@@ -72,6 +72,8 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	defer relay.Close()
 	cl := newTestClient(t, Config{})
 	defer cl.Close()
+	clock := &heldClock{}
+	cl.attempts.now = clock.now
 	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{relay.Addr()}, Fingerprint: srv.Fingerprint(),
 		Replicas: []wire.Replica{{Addr: relay.Addr(), Fingerprint: srv.Fingerprint(), Leader: true}, {Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{2}}}})
 	if err != nil {
@@ -82,10 +84,22 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	send := wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}
 	var sent wire.Sent
 	connect(ctx, t, g)
-	// Alive, but slow to answer: the attempt's own deadline ends it.
-	if err := g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent); !errors.Is(err, errAttemptTimeout) {
+	// Alive, but slow to answer: the attempt's own deadline ends it. Its
+	// clock is held until the member acknowledged the request, then moved
+	// past the attempt's end: on a loaded machine (groupd, client and
+	// store -race at once, load ~30) the acknowledgement came more than
+	// cellSilentFor after the request, and the attempt, timed by the
+	// machine's clock, ended as silent.
+	clock.hold()
+	attempted := make(chan error, 1)
+	go func() { attempted <- g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent) }()
+	waitHeard(t, &cl.attempts)
+	clock.add(2*cellSilentFor + time.Millisecond)
+	cl.attempts.tick()
+	if err := <-attempted; !errors.Is(err, errAttemptTimeout) {
 		t.Fatalf("attempt at a member that acknowledges but does not answer: %v, want %v", err, errAttemptTimeout)
 	}
+	clock.release()
 	live, err := g.peer().get(ctx) // connected again, through the relay
 	if err != nil {
 		t.Fatal(err)
@@ -645,6 +659,63 @@ func (c *manualClock) add(d time.Duration) {
 	c.mu.Lock()
 	c.at = c.at.Add(d)
 	c.mu.Unlock()
+}
+
+// heldClock is the machine's time, but while a test holds it: the time
+// it was held at, moved only by add.
+type heldClock struct {
+	mu   sync.Mutex
+	held bool
+	at   time.Time
+}
+
+func (c *heldClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held {
+		return c.at
+	}
+	return time.Now()
+}
+
+func (c *heldClock) hold() {
+	c.mu.Lock()
+	c.held, c.at = true, time.Now()
+	c.mu.Unlock()
+}
+
+func (c *heldClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.at = c.at.Add(d)
+	c.mu.Unlock()
+}
+
+func (c *heldClock) release() {
+	c.mu.Lock()
+	c.held = false
+	c.mu.Unlock()
+}
+
+// waitHeard waits until the attempt c times (one) has sent its request
+// and heard from the member since it began.
+func waitHeard(t *testing.T, c *attemptClock) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c.mu.Lock()
+		a := c.head
+		// (No silence watched: a slow handshake made its bound the
+		// shorter; nil too once a tick saw it heard from.)
+		heard := a != nil && !a.over && a.streaming() && (a.silence == nil || a.silence.ConnectionStats().PacketsReceived != a.heard)
+		c.mu.Unlock()
+		if heard {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the attempt's request not acknowledged in a minute")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // liveAttempts counts the attempts c times that it has not ended.
