@@ -112,7 +112,10 @@ func genRun(t *rapid.T) *run {
 		}
 	}
 	for k := range rapid.IntRange(0, 3).Draw(t, "never stored") {
-		r.sends = append(r.sends, Send{Client: r.clients[0], ID: idOf(r.salt, n+1+k), Body: []byte("lost in flight"), Start: at(0), End: at(1), Err: "unavailable"})
+		// Failed in doubt and not stored, or refused (nothing stored, as
+		// the refusal promised).
+		refused := rapid.Bool().Draw(t, "refused")
+		r.sends = append(r.sends, Send{Client: r.clients[0], ID: idOf(r.salt, n+1+k), Body: []byte("lost in flight"), Start: at(0), End: at(1), Err: "unavailable", Refused: refused})
 	}
 	for range rapid.IntRange(0, 6).Draw(t, "reads") {
 		step := rapid.IntRange(0, n).Draw(t, "read step")
@@ -389,6 +392,37 @@ var plants = map[Kind]func(t *rapid.T, r *run) bool{
 				r.sends[i].Start, r.sends[i].End = at(int(k)-1), at(int(k))
 			case idK:
 				r.sends[i].Start, r.sends[i].End = at(int(j)-1), at(int(j))
+			}
+		}
+		return true
+	},
+	RefusedHeld: func(t *rapid.T, r *run) bool {
+		// A message stored whose every attempt was refused (a daemon that
+		// marked a send it stored unchanged, a client that dropped its
+		// doubt).
+		held := make(map[wire.ID]bool)
+		for _, m := range r.log {
+			held[m.ID] = true
+		}
+		acked := make(map[wire.ID]bool)
+		for _, s := range r.sends {
+			if s.Acked {
+				acked[s.ID] = true
+			}
+		}
+		var ids []wire.ID
+		for _, s := range r.sends {
+			if held[s.ID] && !acked[s.ID] && !slices.Contains(ids, s.ID) {
+				ids = append(ids, s.ID)
+			}
+		}
+		if len(ids) == 0 {
+			return false
+		}
+		id := rapid.SampledFrom(ids).Draw(t, "refused yet held")
+		for i := range r.sends {
+			if r.sends[i].ID == id {
+				r.sends[i].Refused = true
 			}
 		}
 		return true
