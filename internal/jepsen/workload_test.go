@@ -420,13 +420,18 @@ func (w *workload) waitWatches(t *testing.T, last uint64, watches ...*history.Wa
 }
 
 // report checks the history, logs what it checked, and fails the test on
-// any violation or workload problem.
+// any violation, ID left in doubt, or workload problem.
 func (w *workload) report(t *testing.T) history.Result {
 	t.Helper()
 	res := w.h.Check()
 	t.Logf("checked: %v", res)
 	if err := res.Err(); err != nil {
 		t.Error(err)
+	}
+	if res.Settled < res.InDoubt {
+		// settle (or the sender) retries each under its ID until
+		// acknowledged: one left is a retry the contract did not honour.
+		t.Errorf("%d of %d IDs in doubt were never acknowledged when sent again under their IDs", res.InDoubt-res.Settled, res.InDoubt)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
