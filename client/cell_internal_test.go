@@ -93,7 +93,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	clock.hold()
 	attempted := make(chan error, 1)
 	go func() { attempted <- g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent) }()
-	waitHeard(t, &cl.attempts)
+	waitHeard(t, &cl.attempts, attempted)
 	clock.add(2*cellSilentFor + time.Millisecond)
 	cl.attempts.tick()
 	if err := <-attempted; !errors.Is(err, errAttemptTimeout) {
@@ -107,10 +107,19 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	conn := live.conn
 	// Ended by the call's bound on following the leader (memberCall's
 	// until), sooner than by its own: the error of a context with that
-	// deadline, and the connection kept, the member being alive.
-	if err := g.attempt(ctx, time.Now().Add(2*cellSilentFor), time.Minute, wire.OpSend, send, &sent); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnreachable) {
+	// deadline, and the connection kept, the member being alive. (The
+	// clock held as above: not silent for a late acknowledgement.)
+	clock.hold()
+	go func() {
+		attempted <- g.attempt(ctx, clock.now().Add(2*cellSilentFor), time.Minute, wire.OpSend, send, &sent)
+	}()
+	waitHeard(t, &cl.attempts, attempted)
+	clock.add(2*cellSilentFor + time.Millisecond)
+	cl.attempts.tick()
+	if err := <-attempted; !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnreachable) {
 		t.Fatalf("attempt ended by the call's bound: %v, want %v alone", err, context.DeadlineExceeded)
 	}
+	clock.release()
 	if g.peer().current() != conn {
 		t.Fatal("attempt ended by the call's bound dropped the member's connection")
 	}
@@ -697,11 +706,12 @@ func (c *heldClock) release() {
 }
 
 // waitHeard waits until the attempt c times (one) has sent its request
-// and heard from the member since it began.
-func waitHeard(t *testing.T, c *attemptClock) {
+// and heard from the member since it began, or has ended (attempted holds
+// its outcome).
+func waitHeard(t *testing.T, c *attemptClock, attempted chan error) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
-	for {
+	for len(attempted) == 0 {
 		c.mu.Lock()
 		a := c.head
 		// (No silence watched: a slow handshake made its bound the
