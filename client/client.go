@@ -959,6 +959,7 @@ func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(w
 			p.drop(conn)
 			return ErrShuttingDown
 		}
+		p.c.cfg.Logger.Debug("connection lost", "remote", conn.RemoteAddr(), "err", context.Cause(conn.Context()))
 		p.drop(conn)
 		if delivered {
 			// Part of a reply was handed out already: repeating the call
