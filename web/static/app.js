@@ -22,6 +22,7 @@ const state = {
   active: null,        // uuid of the open group
   drafts: new Map(),   // uuid -> the text typed for a group not open now
   watched: '',         // the joined groups the stream follows, sorted, joined
+  joining: new Set(),  // uuids of the groups whose join is under way
   fatal: false,
 };
 // For debugging from the browser's console (and the browser tests).
@@ -947,6 +948,13 @@ function showJoin(g, focus) {
   $('join-secret-label').hidden = !g.private;
   $('join-secret').required = g.private;
   $('join-secret').value = '';
+  // The form is every group's: its button is disabled while this group's
+  // join is under way, not another's. It was left disabled by the join of
+  // the group open before, when the user went on to another group's form
+  // before that join was answered (the list may say the user is a member
+  // first, and open the conversation): Join did nothing until then (e2e
+  // TestWebJoinStaysWhereTheUserWent, load ~20-60).
+  $('join-form').querySelector('button').disabled = state.joining.has(g.uuid);
   const name = $('join-name');
   // The name last joined under from this browser, else the one huddle
   // join would take (huddle web's $USER).
@@ -969,7 +977,9 @@ $('join-form').addEventListener('submit', async ev => {
     $('join-name').focus();
     return;
   }
+  if (state.joining.has(id)) return; // this group's join is under way
   const button = $('join-form').querySelector('button');
+  state.joining.add(id);
   button.disabled = true;
   try {
     const r = await api.join(id, name, g.private ? $('join-secret').value : '');
@@ -989,9 +999,11 @@ $('join-form').addEventListener('submit', async ev => {
     // huddle web's log.
     if (r.unrecorded) showNotice({code: 'said', message: `${fmt.shown(g.name)}: ${r.unrecorded}`});
   } catch (err) {
+    // Said where the user is, which may be another group by now.
     showNotice(err);
   } finally {
-    button.disabled = false;
+    state.joining.delete(id);
+    button.disabled = state.joining.has(state.active); // the open group's join, if any, still under way
   }
 });
 
