@@ -38,5 +38,8 @@
 // server refuses what it will no longer serve, at once: a new stream gets
 // an unavailable Error frame, and a new connection is closed after its
 // handshake with application code 0x2 ("server shutting down"). Then it
-// closes every connection with code 0x2 and waits for every goroutine.
+// closes every connection with code 0x2 and waits for every goroutine,
+// except handlers still running stuckWait (3 s) later, stuck in something
+// that never returns (a disk that does not answer): Close leaves them, and
+// Stuck says so.
 package server

@@ -48,6 +48,12 @@ const (
 	// when it has packed it. A server with no connections left does not
 	// linger.
 	closeLinger = 50 * time.Millisecond
+	// stuckWait is how long Close waits, once the grace period has passed
+	// and the connections are closed, for handlers that still have not
+	// returned, before it returns without them (Stuck): a handler stuck in
+	// a disk that never answers would hold it for ever. Close's bound is
+	// ShutdownTimeout + stuckWait + twice closeLinger.
+	stuckWait = 3 * time.Second
 )
 
 // Flow control, sized for chat rather than bulk transfer. A stream carries
@@ -223,6 +229,7 @@ type Server struct {
 	ready    chan struct{} // closed once listening
 	stopping chan struct{} // closed when shutdown begins
 	done     chan struct{} // closed when shutdown has finished
+	stopped  chan struct{} // closed when every goroutine has returned (Stopped)
 
 	// ctx is every handler's context; cancel ends it when shutdown's grace
 	// period is over. acceptCtx ends once the connections are closed: until
@@ -259,6 +266,7 @@ type Server struct {
 	connWG   sync.WaitGroup // the accept loop and one goroutine per connection
 	streamWG sync.WaitGroup // one per stream, until its call ends
 	active   atomic.Int64   // streams being served, for tests and metrics
+	stuck    atomic.Bool    // Close left handlers running (Stuck)
 }
 
 // NameLeader makes the refusals the server gives while it shuts down
@@ -286,6 +294,7 @@ func New(cfg Config, setup Setup, h Handler) *Server {
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
+		stopped:  make(chan struct{}),
 		conns:    make(map[*quic.Conn]struct{}),
 		perAddr:  make(map[netip.Prefix]int),
 		shares:   newShares(cfg.Bounds().limits()),

@@ -173,6 +173,53 @@ func TestShutdownTimeoutCancelsOperations(t *testing.T) {
 			t.Fatalf("%s not within %v of a 50 ms shutdown timeout", ev.what, peertest.Timeout)
 		}
 	}
+	if s.Stuck() {
+		t.Error("Stuck after every handler returned")
+	}
+}
+
+// TestCloseLeavesStuckHandler: a handler that neither ends at the grace
+// period nor at its connection's close (stuck in a disk that never
+// answers) is waited for stuckWait, then left: Close returns, Stuck says
+// so, and the handler's client, never answered, saw its connection close
+// with 0x2 (its operation in doubt). Close waited for it for ever until
+// session 19.
+func TestCloseLeavesStuckHandler(t *testing.T) {
+	entered, disk, returned := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	s, p := startTestServer(t, 50*time.Millisecond, func(ctx context.Context, c *Call) error {
+		defer close(returned)
+		close(entered)
+		<-disk // ignores ctx, as an append to a hung disk does
+		return c.Result(wire.Left{WasMember: true})
+	})
+	t.Cleanup(func() {
+		// The disk answers: the handler left behind returns, and so do
+		// the goroutines that waited for it (goleak).
+		close(disk)
+		<-returned
+		<-s.Stopped()
+	})
+	str := p.Open(peertest.Request(t, wire.OpLeave, wire.GroupRef{}))
+	<-entered
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(peertest.Timeout):
+		t.Fatalf("Close still waits %v for a handler stuck in its disk", peertest.Timeout)
+	}
+	if !s.Stuck() {
+		t.Error("Close left a handler running and Stuck says it did not")
+	}
+	select {
+	case <-s.Stopped():
+		t.Error("Stopped while a handler Close left still runs")
+	default:
+	}
+	var appErr *quic.ApplicationError
+	if _, err := peertest.ReadFrame(str); !errors.As(err, &appErr) || appErr.ErrorCode != wire.ConnShutdown {
+		t.Errorf("the stuck operation's client read %v, want its connection closed with 0x2 (in doubt)", err)
+	}
 }
 
 // TestRetryUnderHandshakeLoad checks that over its handshake threshold the

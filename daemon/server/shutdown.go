@@ -39,6 +39,7 @@ func (s *Server) shutdown() {
 		}
 		s.acceptCancel()
 		s.cancel()
+		close(s.stopped)
 		return
 	}
 	// Operations in flight finish, within the grace period. Meanwhile
@@ -77,8 +78,29 @@ func (s *Server) shutdown() {
 	}
 	s.acceptCancel()
 	ln.Close()
-	<-drained
-	s.connWG.Wait()
+	// A handler that ignored the end of the grace period and the closing
+	// of its connection is stuck (a disk that never answers its log's
+	// append): waited for stuckWait, then left. Its client was never
+	// answered: it saw its connection close (0x2), its operation in doubt.
+	go func() { <-drained; s.connWG.Wait(); close(s.stopped) }()
+	stuck := time.NewTimer(stuckWait)
+	select {
+	case <-s.stopped:
+	case <-stuck.C:
+		s.stuck.Store(true)
+		s.setup.Logger.Error("shutdown: operations still running after the grace period and the connections' close: leaving them (a disk that does not answer?)", "operations", s.active.Load(), "waited", s.cfg.ShutdownTimeout+stuckWait)
+	}
+	stuck.Stop()
 	s.tr.Close()
 	s.udp.Close()
 }
+
+// Stuck says whether Close returned leaving handlers that had not returned
+// (see stuckWait): what they use (a group's log) may still be in use, and
+// must not be closed or opened again by a caller that waits for it.
+func (s *Server) Stuck() bool { return s.stuck.Load() }
+
+// Stopped returns a channel closed once every goroutine of the server has
+// returned: when Close returns, or later, once the handlers it left
+// (Stuck) have returned, if ever.
+func (s *Server) Stopped() <-chan struct{} { return s.stopped }
