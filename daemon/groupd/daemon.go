@@ -575,7 +575,7 @@ func (d *Daemon) Close() error {
 		// After the server (no handler waits on the cell now); before the
 		// logs, which the cell's state machine applies to.
 		if err := d.node.Close(); errors.Is(err, cell.ErrStuck) && !d.logsLeft {
-			d.leaveLogsLocked()
+			d.leaveLogsLocked("the cell's raft did not stop (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers them from raft's log")
 		}
 		if d.logsLeft {
 			return nil
@@ -583,6 +583,14 @@ func (d *Daemon) Close() error {
 		for _, g := range d.host.all() {
 			d.groups[g.id] = g
 		}
+	}
+	if d.srv.Stuck() && !d.logsLeft {
+		// A handler is still in a group's log (a send whose append never
+		// returns): closing the logs would wait for it.
+		d.leaveLogsLocked("a request did not return (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers what they stored")
+	}
+	if d.logsLeft {
+		return nil
 	}
 	closeLogs(d.groups) // after the server: no handler uses them now
 	d.releaseLocked()
@@ -593,22 +601,29 @@ func (d *Daemon) Close() error {
 // directory, in a goroutine of its own that Close does not wait for: the
 // cell's raft did not stop (cell.ErrStuck), its state machine being in an
 // append to one of them that has not returned (a disk that does not
-// answer), and that log's Close waits for the append. Close waited for
-// it, for ever on such a disk, until session 19: now the daemon stops,
-// and the logs are left as a crash leaves them, which a restart recovers
-// (raft replays into the group logs what they lost). The directories stay
-// locked until the logs are closed, if ever (the process's exit releases
-// them). d.mu is held.
-func (d *Daemon) leaveLogsLocked() {
+// answer), or, a group hosted alone, the server left a send handler in
+// such an append (server.Stuck); that log's Close waits for the append.
+// Close waited for it, for ever on such a disk, until session 19: now the
+// daemon stops, and the logs are left as a crash leaves them, which a
+// restart recovers (raft replays into the group logs what they lost; a
+// lone group's log recovers what it wrote). The directories stay locked
+// until the logs are closed, if ever (the process's exit releases them):
+// no other daemon opens a log this process may still write. why is
+// logged. d.mu is held.
+func (d *Daemon) leaveLogsLocked(why string) {
 	d.logsLeft = true
 	groups := maps.Clone(d.groups)
-	for _, g := range d.host.all() {
-		groups[g.id] = g
+	if d.host != nil {
+		for _, g := range d.host.all() {
+			groups[g.id] = g
+		}
 	}
 	lock, dataLock := d.lock, d.dataLock
 	d.lock, d.dataLock = nil, nil
-	d.cfg.Logger.Error("the cell's raft did not stop (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers them from raft's log")
+	d.cfg.Logger.Error(why)
+	stopped := d.srv.Stopped()
 	go func() {
+		<-stopped // the handlers the server left, if any, use the logs
 		closeLogs(groups)
 		lock.Release()
 		dataLock.Release()

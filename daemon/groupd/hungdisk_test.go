@@ -3,55 +3,85 @@ package groupd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/store"
+	"github.com/huddle-chat/huddle/wire"
 )
 
-// hungLog is a cell's group log on a disk that stops answering: while it
-// hangs, an append waits (until the test lets it go) holding the log's
-// write lock, and so does Close, which waits for that lock, as a disk
-// log's does (store.DiskLog's wmu).
-type hungLog struct {
-	cellLog
+// diskHang is a log's disk that stops answering: while it hangs, an
+// append waits (until the test lets it go) holding the log's write lock,
+// and so does Close, which waits for that lock, as a disk log's does
+// (store.DiskLog's wmu).
+type diskHang struct {
 	mu      sync.Mutex // the write lock
 	hang    atomic.Pointer[chan struct{}]
 	waiting atomic.Int32
 }
 
-func (l *hungLog) Append(batch []store.Entry) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if h := l.hang.Load(); h != nil {
-		l.waiting.Add(1)
-		<-*h
+// append runs a log's append under the write lock, once the disk answers.
+func (h *diskHang) append(f func() error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c := h.hang.Load(); c != nil {
+		h.waiting.Add(1)
+		<-*c
 	}
-	return l.cellLog.Append(batch)
+	return f()
 }
 
-func (l *hungLog) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.cellLog.Close()
+// close runs a log's Close under the write lock.
+func (h *diskHang) close(f func() error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return f()
 }
 
-// hangs makes l's appends wait until the function it returns is called.
-func (l *hungLog) hangs() (release func()) {
-	h := make(chan struct{})
-	l.hang.Store(&h)
+// hangs makes appends wait until the function it returns is called.
+func (h *diskHang) hangs() (release func()) {
+	c := make(chan struct{})
+	h.hang.Store(&c)
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			l.hang.Store(nil)
-			close(h)
+			h.hang.Store(nil)
+			close(c)
 		})
 	}
 }
+
+// hungLog is a cell's group log on a disk that can stop answering.
+type hungLog struct {
+	cellLog
+	diskHang
+}
+
+func (l *hungLog) Append(batch []store.Entry) error {
+	return l.append(func() error { return l.cellLog.Append(batch) })
+}
+
+func (l *hungLog) Close() error { return l.close(l.cellLog.Close) }
+
+// hungLoneLog is the log of a group hosted alone on a disk that can stop
+// answering.
+type hungLoneLog struct {
+	Log
+	diskHang
+}
+
+func (l *hungLoneLog) Append(batch []store.Entry) error {
+	return l.append(func() error { return l.Log.Append(batch) })
+}
+
+func (l *hungLoneLog) Close() error { return l.close(l.Log.Close) }
 
 // TestCellCloseOnHungDisk: a leader whose group log's disk stops
 // answering (an append that never returns) stops when closed, as SIGTERM
@@ -121,4 +151,84 @@ func TestCellCloseOnHungDisk(t *testing.T) {
 		seq, _ := hg.cell.log.Tail()
 		return seq >= 1
 	})
+}
+
+// TestCloseOnHungDiskAlone: a daemon hosting its group alone (no cell),
+// whose log's disk stops answering (a send's append that never returns),
+// stops when closed, as SIGTERM does: the server's shutdown waited for
+// that send's handler, and the daemon's Close for the log's Close, for
+// ever, until session 19 (server.Stuck, leaveLogsLocked). The send is
+// never acknowledged: its client sees its connection close with 0x2, in
+// doubt. The state directory stays locked while the log is left open;
+// once the disk answers the log closes, and the daemon restarts on what
+// it left, holding what the append stored.
+func TestCloseOnHungDiskAlone(t *testing.T) {
+	h := &hungLoneLog{}
+	d := serveOverLogWith(t, func(c *Config) { c.Server.ShutdownTimeout = 200 * time.Millisecond },
+		func(inner Log) Log { h.Log = inner; return h })
+	p := joined(t, d, "ann")
+	g := gid(d)
+	release := h.hangs()
+	t.Cleanup(release) // after the daemon's own: before it
+
+	msg := outgoing("on a hung disk")
+	str := p.open(request(t, wire.OpSend, wire.Send{Group: g, Messages: msg}))
+	answered := make(chan error, 1)
+	go func() {
+		f, err := readFrame(str)
+		if err == nil {
+			err = fmt.Errorf("answered with a frame of kind %v (%v)", f.kind, f.err)
+		}
+		answered <- err
+	}()
+	eventually(t, "the send hung in its log's append", func() bool { return h.waiting.Load() > 0 })
+
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(time.Minute):
+		release()
+		t.Fatal("the daemon's Close still waits a minute on its hung disk")
+	}
+	var appErr *quic.ApplicationError
+	if err := <-answered; !errors.As(err, &appErr) || appErr.ErrorCode != wire.ConnShutdown {
+		t.Errorf("the send on the hung disk: %v, want its connection closed with 0x2 (in doubt, not answered)", err)
+	}
+
+	// The log is left open (its append may still write): no daemon may
+	// open it meanwhile.
+	second, err := New(d.cfg)
+	must(t, err)
+	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
+		if err == nil {
+			second.Close()
+		}
+		t.Fatalf("a daemon on the state directory whose log was left open: %v, want ErrStateDirInUse", err)
+	}
+
+	// The disk answers again: the append ends, the log closes in the
+	// background, and a daemon starts on what it left.
+	release()
+	var again *Daemon
+	eventually(t, "a daemon restarted on what the stopped one left", func() bool {
+		again, err = New(d.cfg)
+		must(t, err)
+		return again.Listen() == nil // the state directory stays locked until the log is closed
+	})
+	errc := make(chan error, 1)
+	go func() { errc <- again.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, again.Close())
+		must(t, <-errc)
+	})
+	q := joined(t, again, "bob")
+	msgs, _, err := q.fetch(wire.Fetch{Group: g})
+	must(t, err)
+	if len(msgs) != 1 || msgs[0].ID != msg[0].ID {
+		t.Fatalf("after the restart: %d messages %+v, want the one the hung append stored", len(msgs), msgs)
+	}
 }
