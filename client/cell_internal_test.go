@@ -483,6 +483,8 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 	defer unblock()
 	cl := newTestClient(t, Config{NoBatching: true})
 	defer cl.Close()
+	clock := &heldClock{}
+	cl.attempts.now = clock.now
 	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint(),
 		Replicas: []wire.Replica{{Addr: ln.Addr().String(), Fingerprint: srv.Fingerprint(), Leader: true}}})
 	if err != nil {
@@ -502,8 +504,15 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 	if err := <-send(); err != nil {
 		t.Fatal(err)
 	}
+	// The attempts' clock is held from here: the first call's silence
+	// check passes once its request was acknowledged, however late on a
+	// loaded machine (timed by the machine's clock, an acknowledgement
+	// later than cellSilentFor ended it as silent), and the third waits
+	// for credit while the clock moves past its silence bound.
+	clock.hold()
 	calls := []<-chan error{send()}
 	<-got // the member's one stream is the first call's
+	waitHeard(t, &cl.attempts, calls[0])
 	conn := g.peer().current()
 	heard := conn.ConnectionStats().PacketsReceived
 	calls = append(calls, send())
@@ -515,13 +524,20 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 		}
 	}
 	calls = append(calls, send())
+	waitAttempts(t, &cl.attempts, 3)
+	clock.add(3 * cellSilentFor)
+	cl.attempts.tick()
+	if n := liveAttempts(&cl.attempts); n != 3 {
+		t.Fatalf("%d attempts running once the clock passed the third's silence bound, want 3", n)
+	}
 	select {
 	case err := <-calls[2]:
 		t.Fatalf("an attempt waiting for stream credit ended: %v", err)
 	case err := <-calls[0]:
 		t.Fatalf("the first attempt ended before its answer: %v", err)
-	case <-time.After(3 * cellSilentFor):
+	default:
 	}
+	clock.release()
 	unblock()
 	for i, done := range calls {
 		if err := <-done; err != nil {
@@ -708,7 +724,7 @@ func (c *heldClock) release() {
 // waitHeard waits until the attempt c times (one) has sent its request
 // and heard from the member since it began, or has ended (attempted holds
 // its outcome).
-func waitHeard(t *testing.T, c *attemptClock, attempted chan error) {
+func waitHeard(t *testing.T, c *attemptClock, attempted <-chan error) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for len(attempted) == 0 {
