@@ -3,6 +3,7 @@ package cell
 import (
 	"bufio"
 	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -67,10 +68,16 @@ type raftNet struct {
 	closed  bool
 	idle    map[raft.ServerAddress][]*rpcConn
 	pipes   map[*rpcPipeline]struct{}
-	ready   bool                           // keep a connection ready to each member (keepReady)
-	warming map[raft.ServerAddress]bool    // a ready connection is being dialed to it
-	served  map[net.Conn]struct{}          // the connections members opened, being served
-	repl    map[raft.ServerID]*replication // by member key: a member replaced at an address starts afresh
+	ready   bool                        // keep a connection ready to each member (keepReady)
+	warming map[raft.ServerAddress]bool // a ready connection is being dialed to it
+	// dialing counts the dials to each member under way (at most
+	// maxDialsPerMember); poolWake, closed and dropped when a dial to
+	// the member ends or a connection to it goes back to the pool, wakes
+	// those waiting for one (connFor).
+	dialing  map[raft.ServerAddress]int
+	poolWake map[raft.ServerAddress]chan struct{}
+	served   map[net.Conn]struct{}          // the connections members opened, being served
+	repl     map[raft.ServerID]*replication // by member key: a member replaced at an address starts afresh
 	// frameBytes are the bytes of request frames each key's connections
 	// hold (frameBudget: frameBudgetPerKey; tests set it).
 	frameBytes  map[wire.Fingerprint]int
@@ -130,6 +137,8 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...f
 		idle:     make(map[raft.ServerAddress][]*rpcConn),
 		pipes:    make(map[*rpcPipeline]struct{}),
 		warming:  make(map[raft.ServerAddress]bool),
+		dialing:  make(map[raft.ServerAddress]int),
+		poolWake: make(map[raft.ServerAddress]chan struct{}),
 		served:   make(map[net.Conn]struct{}),
 		repl:     make(map[raft.ServerID]*replication),
 
@@ -355,24 +364,9 @@ func (n *raftNet) getConn(target raft.ServerAddress) (*rpcConn, error) {
 	return n.getConnWithin(target, n.dialTimeout())
 }
 
-// getConnWithin returns a connection as getConn does, dialing for at most
-// timeout.
+// getConnWithin returns a connection as getConn does, within timeout.
 func (n *raftNet) getConnWithin(target raft.ServerAddress, timeout time.Duration) (*rpcConn, error) {
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
-		return nil, errNetClosed
-	}
-	if conns := n.idle[target]; len(conns) > 0 {
-		c := conns[len(conns)-1]
-		conns[len(conns)-1] = nil
-		n.idle[target] = conns[:len(conns)-1]
-		n.mu.Unlock()
-		c.reused = true
-		return c, nil
-	}
-	n.mu.Unlock()
-	return n.dialWithin(target, timeout, true)
+	return n.connFor(target, timeout, true, true)
 }
 
 // dialReporting opens a connection to target for RPCs; a failure is the
@@ -383,6 +377,90 @@ func (n *raftNet) dialReporting(target raft.ServerAddress, report bool) (*rpcCon
 
 // dialWithin opens a connection as dialReporting does, within timeout.
 func (n *raftNet) dialWithin(target raft.ServerAddress, timeout time.Duration, report bool) (*rpcConn, error) {
+	return n.connFor(target, timeout, false, report)
+}
+
+// maxDialsPerMember bounds the dials to one member under way at once: the
+// RPCs that find no idle connection to it meanwhile wait for one (a dial's,
+// back in the pool after its RPC, or the pool's), or for a dial of their
+// own once one ends, within their timeout.
+//
+// Why: raft sends each candidacy's pre-vote and vote to every member on a
+// connection of its own, and a candidacy outlasted by its dials (a TLS
+// handshake each, 10-25 ms of CPU under the race detector, more than a
+// 300 ms election timeout when the host is starved) was followed by another
+// that dialed again. A new cell of five on a starved host (its members in
+// one test process given a tenth of the CPU) had up to 87 handshakes under
+// way at once, each given too little of the CPU to end within the 5 s dial
+// timeout: they failed at their timeouts (hundreds of them), were dialed
+// again, and no member was elected for 30 s (TestFollowerTakesBackTruncatedRemoval,
+// sessions 18-19: 3 of 6 runs). Bounded, at most 24 were under way, they
+// ended, their connections served the RPCs that waited, and 4 of 4 runs
+// elected. Two, as readyConns: a new leader's heartbeats and pipeline
+// dial at once.
+const maxDialsPerMember = readyConns
+
+// connFor returns a connection to target within timeout: an idle one, if
+// idle is set and the pool holds one, else one it dials once fewer than
+// maxDialsPerMember are under way to target. A failed dial is reported as
+// the link's if report is set.
+func (n *raftNet) connFor(target raft.ServerAddress, timeout time.Duration, idle, report bool) (*rpcConn, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			return nil, errNetClosed
+		}
+		if conns := n.idle[target]; idle && len(conns) > 0 {
+			c := conns[len(conns)-1]
+			conns[len(conns)-1] = nil
+			n.idle[target] = conns[:len(conns)-1]
+			n.mu.Unlock()
+			c.reused = true
+			return c, nil
+		}
+		if n.dialing[target] < maxDialsPerMember {
+			n.dialing[target]++
+			n.mu.Unlock()
+			c, err := n.dial(target, time.Until(deadline), report)
+			n.mu.Lock()
+			if n.dialing[target]--; n.dialing[target] == 0 {
+				delete(n.dialing, target)
+			}
+			n.wakeLocked(target)
+			n.mu.Unlock()
+			return c, err
+		}
+		wake := n.poolWake[target]
+		if wake == nil {
+			wake = make(chan struct{})
+			n.poolWake[target] = wake
+		}
+		n.mu.Unlock()
+		wait := time.NewTimer(time.Until(deadline))
+		select {
+		case <-wake:
+			wait.Stop()
+		case <-wait.C:
+			return nil, asLinkError(fmt.Errorf("cell: dial %s: %d dials to it under way: %w", target, maxDialsPerMember, context.DeadlineExceeded))
+		case <-n.done:
+			wait.Stop()
+			return nil, errNetClosed
+		}
+	}
+}
+
+// wakeLocked wakes those waiting for a connection to target (n.mu held).
+func (n *raftNet) wakeLocked(target raft.ServerAddress) {
+	if wake := n.poolWake[target]; wake != nil {
+		close(wake)
+		delete(n.poolWake, target)
+	}
+}
+
+// dial opens a connection to target within timeout (connFor counts it).
+func (n *raftNet) dial(target raft.ServerAddress, timeout time.Duration, report bool) (*rpcConn, error) {
 	conn, err := n.tr.dialRaft(target, timeout, report)
 	if err != nil {
 		return nil, err
@@ -413,6 +491,7 @@ func (n *raftNet) putConn(c *rpcConn) {
 	n.mu.Lock()
 	if !n.closed && len(n.idle[c.target]) < maxIdleConns {
 		n.idle[c.target] = append(n.idle[c.target], c)
+		n.wakeLocked(c.target)
 		c = nil
 	}
 	n.mu.Unlock()

@@ -549,3 +549,48 @@ func (p *cutProxy) accepted() int {
 	defer p.mu.Unlock()
 	return p.n
 }
+
+// TestRaftNetDialsBoundedPerMember: while maxDialsPerMember dials to a
+// member are under way, an RPC that finds no idle connection to it waits
+// for one rather than dialing too, and is answered on a connection those
+// dials opened. (Each of a starved candidacy's pre-votes dialed anew: a new
+// cell of five on a loaded host had 40-90 TLS handshakes under way, none
+// ending within the dial timeout, and elected no one for 30 s.)
+func TestRaftNetDialsBoundedPerMember(t *testing.T) {
+	a, _, target, _ := raftNetPair(t)
+	var under, most atomic.Int32
+	release := make(chan struct{})
+	a.tr.mu.Lock()
+	a.tr.dialFault = func() error {
+		n := under.Add(1)
+		defer under.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		return nil
+	}
+	a.tr.mu.Unlock()
+	const rpcs = 3 * maxDialsPerMember
+	errs := make(chan error, rpcs)
+	for range rpcs {
+		go func() {
+			var resp raft.RequestPreVoteResponse
+			errs <- a.RequestPreVote("b", target, &raft.RequestPreVoteRequest{Term: 2}, &resp)
+		}()
+	}
+	waitUntil(t, "the dials under way", func() bool { return under.Load() >= maxDialsPerMember })
+	// The RPCs beyond the bound wait: no more dials begin meanwhile.
+	time.Sleep(100 * time.Millisecond)
+	if n := most.Load(); n > maxDialsPerMember {
+		t.Fatalf("%d dials to one member under way at once, want at most %d", n, maxDialsPerMember)
+	}
+	close(release)
+	for range rpcs {
+		if err := <-errs; err != nil {
+			t.Errorf("pre-vote: %v", err)
+		}
+	}
+	if n := most.Load(); n > maxDialsPerMember {
+		t.Errorf("%d dials to one member under way at once, want at most %d", n, maxDialsPerMember)
+	}
+}
