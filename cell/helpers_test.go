@@ -233,6 +233,11 @@ type testCell struct {
 	peers   []Peer
 	groups  []GroupConfig
 	mutate  func(*Config)
+	// led is the member leader last returned: follower and followers
+	// pass it over as well as the member that leads now, so that a test
+	// holding a leader that was deposed meanwhile is not handed it as a
+	// follower.
+	led *testMember
 }
 
 // newTestCell makes n members (keys, sockets and directories) and starts
@@ -395,17 +400,11 @@ func (m *testMember) snapshotIndex() uint64 {
 	return s
 }
 
-// follower waits for a leader and returns another running member.
+// follower waits for a leader and returns another running member, not
+// the one leader returned before either (c.led).
 func (c *testCell) follower() *testMember {
 	c.t.Helper()
-	l := c.leader()
-	for _, m := range c.members {
-		if m != l && m.node != nil {
-			return m
-		}
-	}
-	c.t.Fatal("no follower running")
-	return nil
+	return c.followers(1)[0]
 }
 
 // copyTree copies the directory tree from into to.
@@ -442,16 +441,22 @@ func (c *testCell) restart(m *testMember) {
 	c.start(m, false)
 }
 
-// leader waits for a member that leads, ready to stamp, and returns it.
+// leader waits for a member that leads, ready to stamp, in the highest
+// term any running member knows, and returns it. A leader of an older term
+// is passed over: it was deposed (a member stood for election, as members
+// starved of CPU do on a loaded machine) and has not heard yet, and what a
+// test asks of it fails, or is answered by the member that leads now.
 func (c *testCell) leader() *testMember {
 	c.t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for time.Now().Before(deadline) {
+		term := c.term()
 		for _, m := range c.members {
 			if m.node == nil {
 				continue
 			}
-			if _, err := m.node.leading(); err == nil {
+			if ready, err := m.node.leading(); err == nil && ready >= term {
+				c.led = m
 				return m
 			}
 		}

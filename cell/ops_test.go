@@ -85,21 +85,30 @@ func (c *testCell) wantMembers(n int) {
 // skip.
 func (c *testCell) followers(k int, skip ...*testMember) []*testMember {
 	c.t.Helper()
+	before := c.led
 	l := c.leader()
 	var fs []*testMember
 	for _, m := range c.members {
 		if len(fs) == k {
 			break
 		}
-		if m == l || m.node == nil || contains(skip, m) {
+		if m == l || m == before || m.node == nil || contains(skip, m) {
 			continue
 		}
 		fs = append(fs, m)
 	}
 	if len(fs) < k {
-		c.t.Fatalf("%d followers running, want %d", len(fs), k)
+		c.t.Fatalf("%d followers running (the leader now %s, before %s), want %d", len(fs), l.addr, addrOf(before), k)
 	}
 	return fs
+}
+
+// addrOf is m's address, or "none" for nil.
+func addrOf(m *testMember) string {
+	if m == nil {
+		return "none"
+	}
+	return m.addr
 }
 
 func contains(ms []*testMember, m *testMember) bool {
