@@ -353,6 +353,7 @@ func takesBackTruncatedRemoval(t *testing.T) bool {
 		release = make(chan struct{})
 	)
 	c := newTestCell(t, 5, false, func(cfg *Config) {
+		steadyLeader(cfg)
 		self := cfg.Advertise
 		cfg.received = func(req any) {
 			hs := holders.Load()

@@ -29,6 +29,7 @@ func TestNewLeaderPromotesAtFirstQuestion(t *testing.T) {
 		release := func() { once.Do(func() { close(hold) }) }
 		defer release()
 		c := newTestCell(t, 5, false, func(cfg *Config) {
+			steadyLeader(cfg)
 			self := cfg.Advertise
 			cfg.askedProgress = func(by wire.Fingerprint) {
 				if a := x.Load(); a == nil || *a != self {
