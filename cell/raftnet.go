@@ -468,14 +468,19 @@ func (n *raftNet) dial(target raft.ServerAddress, timeout time.Duration, report 
 	return &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer), limit: n.frameLimit}, nil
 }
 
-// dropIdle closes the idle connections to target.
-func (n *raftNet) dropIdle(target raft.ServerAddress) {
+// dropEnded closes the idle connections to target that the member ended,
+// and keeps the others.
+func (n *raftNet) dropEnded(target raft.ServerAddress) {
 	n.mu.Lock()
 	conns := n.idle[target]
 	delete(n.idle, target)
 	n.mu.Unlock()
 	for _, c := range conns {
-		c.close()
+		if c.ended() {
+			c.close()
+		} else {
+			n.putConn(c)
+		}
 	}
 }
 
@@ -512,7 +517,8 @@ func (n *raftNet) call(target raft.ServerAddress, req, resp any) error {
 }
 
 // callOn runs one RPC on c, as call does. If c was idle and the member
-// ended it meanwhile, the RPC is sent again on a new connection.
+// ended it meanwhile, the RPC is sent again on another connection: one
+// pooled since the member ended c, or a new one.
 //
 // A member that restarted, or whose process was killed, ended every
 // connection this member had pooled to it; the next RPCs on them failed
@@ -532,8 +538,13 @@ func (n *raftNet) callOnWithin(c *rpcConn, req, resp any, timeout time.Duration)
 	if err == nil || !c.reused || !endedWhileIdle(err, c) {
 		return err
 	}
-	n.dropIdle(c.target) // ended by the same restart
-	if c, err = n.dialWithin(c.target, cmp.Or(timeout, n.dialTimeout()), true); err != nil {
+	// The others the same restart ended go too; but not those dialed
+	// since (ready.go), which serve the RPC. (All were closed: a follower
+	// whose ready connection to a restarted member was pooled under one
+	// of its past, its pre-votes to it then dialing where no dial could
+	// succeed, stood for 30 s and was never elected: TestElectionOnReadyConnections.)
+	n.dropEnded(c.target)
+	if c, err = n.getConnWithin(c.target, cmp.Or(timeout, n.dialTimeout())); err != nil {
 		return err
 	}
 	return n.roundTrip(c, req, resp, timeout)

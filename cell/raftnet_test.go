@@ -594,3 +594,48 @@ func TestRaftNetDialsBoundedPerMember(t *testing.T) {
 		t.Errorf("%d dials to one member under way at once, want at most %d", n, maxDialsPerMember)
 	}
 }
+
+// TestRaftNetEndedIdleSparesFresh: an RPC on an idle connection the member
+// ended (it restarted) is sent again on a connection pooled since, with no
+// dial: the idle connections the member ended are dropped, not those
+// dialed after (ready.go). All were dropped, and the RPC dialed: in
+// TestElectionOnReadyConnections (dials blocked) the one follower that
+// could win stood for election for 30 s, its pre-votes to the restarted
+// member failing at the dial.
+func TestRaftNetEndedIdleSparesFresh(t *testing.T) {
+	a, b, target, _ := raftNetPair(t)
+	past, err := a.dialReporting(target, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer past.close()
+	// b ends past (as its restart would) before the fresh one is dialed.
+	var served []net.Conn
+	waitUntil(t, "b serving the connection dialed first", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		served = served[:0]
+		for c := range b.served {
+			served = append(served, c)
+		}
+		return len(served) == 1
+	})
+	served[0].Close()
+	waitUntil(t, "the connection's end reaching a", past.ended)
+	fresh, err := a.dialReporting(target, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.putConn(fresh)
+	a.putConn(past) // taken first
+	a.tr.mu.Lock()
+	a.tr.dialFault = func() error { return errNoDial }
+	a.tr.mu.Unlock()
+	var resp raft.RequestPreVoteResponse
+	if err := a.RequestPreVote("b", target, &raft.RequestPreVoteRequest{Term: 2}, &resp); err != nil {
+		t.Fatalf("pre-vote with a connection pooled since the member ended the other: %v", err)
+	}
+	if !resp.Granted {
+		t.Fatalf("pre-vote answered %+v", resp)
+	}
+}

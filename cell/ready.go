@@ -154,20 +154,12 @@ func (n *raftNet) refresh(peer wire.Fingerprint) {
 	}
 	target := raft.ServerAddress(addr)
 	n.mu.Lock()
-	if n.closed || !n.ready {
-		n.mu.Unlock()
+	ready := !n.closed && n.ready
+	n.mu.Unlock()
+	if !ready {
 		return
 	}
-	conns := n.idle[target]
-	delete(n.idle, target)
-	n.mu.Unlock()
-	for _, c := range conns {
-		if c.ended() {
-			c.close()
-		} else {
-			n.putConn(c)
-		}
-	}
+	n.dropEnded(target)
 	n.warm(target)
 }
 
