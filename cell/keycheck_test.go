@@ -40,9 +40,19 @@ func TestWrongPeerKeyReported(t *testing.T) {
 	}
 	var starts, elections atomic.Int64
 	var oddAddr atomic.Pointer[string]
+	var unanswered atomic.Pointer[[2]string] // a member's key checks whose questions to an address go unanswered
+	var unansweredAsked atomic.Int64
 	c := newTestCell(t, 3, false, func(cfg *Config) {
 		cfg.keyCheckEvery = 50 * time.Millisecond
 		cfg.Logger = slog.New(electionCounter{cfg.Logger.Handler(), &elections})
+		self := cfg.Advertise
+		cfg.keyCheckAsked = func(addr string) error {
+			if u := unanswered.Load(); u != nil && u[0] == self && u[1] == addr {
+				unansweredAsked.Add(1)
+				return context.DeadlineExceeded
+			}
+			return nil
+		}
 		if starts.Add(1) != 1 {
 			return
 		}
@@ -75,6 +85,17 @@ func TestWrongPeerKeyReported(t *testing.T) {
 			t.Errorf("%s's status reports %+v, want %+v", m.addr, got, want)
 		}
 	}
+	// Rounds in which the second member's questions to the third go
+	// unanswered (a slow host) prove no key at the third's address: the
+	// odd member's answer cannot show the mismatch then, and it is still
+	// reported. (It was forgotten in such a round.)
+	unanswered.Store(&[2]string{other.addr, named.addr})
+	waitUntil(t, "rounds of the second member's check with the third unanswered",
+		func() bool { return unansweredAsked.Load() > keyCheckRounds })
+	if got := other.node.KeyMismatches(); !slices.Equal(got, []KeyMismatch{want}) {
+		t.Errorf("%s, its questions to %s unanswered, reports %+v, want %+v", other.addr, named.addr, got, want)
+	}
+	unanswered.Store(nil)
 	// The third member is refused by the odd one: its configuration does
 	// not list the third's key.
 	refused := KeyMismatch{By: oddPeer, Addr: named.addr, Actual: named.id.Fingerprint()}
@@ -341,7 +362,7 @@ func TestPlainDaemonAtMemberAddressNotARefusal(t *testing.T) {
 	if err == nil || refusedKey(err) {
 		t.Fatalf("asking a plain group daemon at a member's address: %v; want an error that is no refusal of this member's key", err)
 	}
-	found, _ := first.node.checkKeys()
+	found, _, _ := first.node.checkKeys()
 	if len(found) != 0 {
 		t.Fatalf("a check with a plain group daemon at a member's address found %+v; want nothing (no configuration is wrong)", found)
 	}

@@ -217,6 +217,10 @@ type Config struct {
 	// keyCheckEvery, if set (by tests), replaces how often a member
 	// checks the members' keys (keycheck.go).
 	keyCheckEvery time.Duration
+	// keyCheckAsked, if set (by tests), is called before each question
+	// of a key check (keycheck.go) with the member's address; its error
+	// is the question's.
+	keyCheckAsked func(addr string) error
 	// catchUpWait, if set (by tests), replaces the wait before the
 	// second round of a catch-up at start, as if it had backed off that
 	// far (catchUp).
