@@ -23,9 +23,20 @@ import (
 // (15 s), or the question's own deadline. (Not every time: a packet
 // that carries an ACK or a flow-control update beside the kind byte is
 // long enough. Each is asked twice, on two connections.)
+//
+// No other question may reach the restarted member first: one left
+// unanswered while it was down drops the connection (Transport.unanswered),
+// and the test's question then dials anew, the old connection ended as
+// "connection replaced". A member that knows of no leader asks the others
+// every second (learn.go): under load an election came while the follower
+// crashed, the leader lost its lease, and its members question ended the
+// connection (the probe of the 6th round, at a tenth of the CPU: "ended
+// after 15µs by connection replaced").
 func TestQuestionsDrawReset(t *testing.T) {
 	c := newTestCell(t, 3, false, func(cfg *Config) {
+		steadyLeader(cfg)
 		cfg.keyCheckEvery = time.Hour // no members question but the test's
+		cfg.learnEvery = time.Hour    // nor a leaderless member's
 	})
 	l := c.leader()
 	f := c.follower()
