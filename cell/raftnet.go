@@ -543,11 +543,17 @@ func (n *raftNet) callOnWithin(c *rpcConn, req, resp any, timeout time.Duration)
 	// whose ready connection to a restarted member was pooled under one
 	// of its past, its pre-votes to it then dialing where no dial could
 	// succeed, stood for 30 s and was never elected: TestElectionOnReadyConnections.)
+	// One the member ended whose end has not arrived yet is left; the
+	// RPC fails on it at once, as on c, and goes on to the next: each
+	// taken is out of the pool, and a dialed one ends the loop.
 	n.dropEnded(c.target)
-	if c, err = n.getConnWithin(c.target, cmp.Or(timeout, n.dialTimeout())); err != nil {
-		return err
+	for c.reused && endedWhileIdle(err, c) {
+		if c, err = n.getConnWithin(c.target, cmp.Or(timeout, n.dialTimeout())); err != nil {
+			return err
+		}
+		err = n.roundTrip(c, req, resp, timeout)
 	}
-	return n.roundTrip(c, req, resp, timeout)
+	return err
 }
 
 // roundTrip writes req on c and reads its response into resp. A
