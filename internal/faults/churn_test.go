@@ -139,7 +139,14 @@ func TestCrashLoopChurn(t *testing.T) {
 				var ack client.Ack
 				// The message in flight is finished whatever wctx says:
 				// only ctx (the test's bound) gives up on it.
-				if !until(ctx, func(c context.Context) (err error) { ack, err = g.SendWithID(c, id, body); return err }) {
+				// A refusal stored nothing: the message goes again
+				// under a new ID, and the refused one must never be held.
+				if !until(ctx, func(c context.Context) (err error) {
+					if ack, err = g.SendWithID(c, id, body); err != nil && log.failed(id, err, true) {
+						id = wire.NewID()
+					}
+					return err
+				}) {
 					return
 				}
 				epochs.Store(ack.Epoch, true)
@@ -348,6 +355,7 @@ func TestCrashLoopChurn(t *testing.T) {
 	for _, a := range all {
 		bySeq[a.seq] = a
 	}
+	refused, doubt := log.checkRefused(t, "the log", held)
 	for i, m := range held {
 		if m.Seq != cur.First+uint64(i) {
 			t.Fatalf("the log's message %d has seq %d: not gapless from %d", i, m.Seq, cur.First)
@@ -401,8 +409,8 @@ func TestCrashLoopChurn(t *testing.T) {
 			t.Errorf("%s is a member, but its last acknowledged operation was not a join", fp.Short())
 		}
 	}
-	t.Logf("%d kills survived; %d messages acknowledged, %d held (#%d-#%d) and checked, %d aged out, %d lost; %d IDs sent again got their original ack, %d stored anew after their original aged out; %d failed operations retried; %d joins and leaves acknowledged, %d members at the end",
-		kills, len(all), len(held), cur.First, cur.Last, aged, lost, log.resent, restored, failures.Load(), memberOps, len(got))
+	t.Logf("%d kills survived; %d messages acknowledged, %d held (#%d-#%d) and checked, %d aged out, %d lost; %d IDs sent again got their original ack, %d stored anew after their original aged out; %d failed operations retried; %d sent IDs refused (checked: none held), %d in doubt (retried until acknowledged); %d joins and leaves acknowledged, %d members at the end",
+		kills, len(all), len(held), cur.First, cur.Last, aged, lost, log.resent, restored, failures.Load(), refused, doubt, memberOps, len(got))
 	if memberOps < kills {
 		t.Errorf("only %d joins and leaves over %d kills: the churn did not run", memberOps, kills)
 	}

@@ -5,6 +5,7 @@ package faults
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -33,6 +34,49 @@ type crashLog struct {
 	failures int // sends that failed and were retried with the same ID
 	errs     []string
 	progress chan struct{} // signalled at each ack
+	// The send outcome contract (README, "A send's outcome, settled"):
+	// refused holds each ID whose attempts were all refusals (errors not
+	// in doubt), with the last; none may ever be held. doubt holds each
+	// ID an attempt left in doubt: retried under it until acknowledged.
+	refused map[wire.ID]string
+	doubt   map[wire.ID]bool
+}
+
+// failed records a send attempt of id that failed with err, and says
+// whether the next attempt goes under a new ID: a refusal promised that
+// nothing was stored, so a sender with a fresh message (fresh; not an
+// acknowledged ID sent again) that no attempt left in doubt sends it anew,
+// as a user would, and id must then never be held. An attempt in doubt is
+// retried under its ID.
+func (l *crashLog) failed(id wire.ID, err error, fresh bool) (renew bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.refused == nil {
+		l.refused, l.doubt = make(map[wire.ID]string), make(map[wire.ID]bool)
+	}
+	l.failures++
+	switch {
+	case errors.Is(err, client.ErrInDoubt):
+		l.doubt[id] = true
+		delete(l.refused, id)
+	case fresh && !l.doubt[id]:
+		l.refused[id] = err.Error()
+		return true
+	}
+	return false
+}
+
+// checkRefused reports each refused ID (crashLog.failed) that msgs, what
+// where holds or delivered, holds: a refusal that stored its send. It
+// returns how many IDs were refused and how many in doubt, for the log.
+func (l *crashLog) checkRefused(t *testing.T, where string, msgs []client.Message) (refused, doubt int) {
+	t.Helper()
+	for _, m := range msgs {
+		if err, ok := l.refused[m.ID]; ok {
+			t.Errorf("a refused send is held: ID %s, refused with %q, is #%d in %s (the contract: a refusal stores nothing)", m.ID, err, m.Seq, where)
+		}
+	}
+	return len(l.refused), len(l.doubt)
 }
 
 func (l *crashLog) errorf(format string, args ...any) {
@@ -142,9 +186,9 @@ func TestCrashLoop(t *testing.T) {
 					if ctx.Err() != nil {
 						return
 					}
-					log.mu.Lock()
-					log.failures++
-					log.mu.Unlock()
+					if log.failed(id, err, resend == nil) {
+						id = wire.NewID()
+					}
 					<-time.After(20 * time.Millisecond) // a caller backing off
 				}
 				got := acked{id: id, seq: ack.Seq, time: ack.Time, from: from, body: body}
@@ -261,8 +305,10 @@ func TestCrashLoop(t *testing.T) {
 			t.Fatalf("the watcher's #%d differs from the log's", m.Seq)
 		}
 	}
-	t.Logf("%d kills survived; %d messages acknowledged, %d held and checked, %d lost; %d acknowledged IDs sent again got their original ack; %d failed sends retried; the watcher saw %d",
-		kills, len(log.acks), len(held), lost, log.resent, log.failures, len(watched))
+	refused, doubt := log.checkRefused(t, "the log", held)
+	log.checkRefused(t, "the watch", watched)
+	t.Logf("%d kills survived; %d messages acknowledged, %d held and checked, %d lost; %d acknowledged IDs sent again got their original ack; %d failed sends retried: %d IDs refused (checked: none held), %d in doubt (retried until acknowledged); the watcher saw %d",
+		kills, len(log.acks), len(held), lost, log.resent, log.failures, refused, doubt, len(watched))
 	if len(log.acks) < kills {
 		t.Errorf("only %d messages acknowledged over %d kills: the load did not run", len(log.acks), kills)
 	}

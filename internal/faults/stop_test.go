@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,7 +42,10 @@ import (
 func TestGracefulStop(t *testing.T) {
 	regAddr, _, reg := startRegistry(t, "127.0.0.1:0", t.TempDir())
 	defer reg.kill(syscall.SIGTERM)
-	groups := startGroups(t, regAddr, t.TempDir())
+	dir := t.TempDir()
+	groups := start(t, "serve", "--no-mdns", "--registry", regAddr, "--listen", "127.0.0.1:0",
+		"--group", "alpha", "--group", "beta", "--state-dir", dir)
+	listen := groups.line(t, listening)[1]
 	u := newUser(t)
 	var listed map[string]wire.GroupEntry
 	eventually(t, "the groups listed", func() bool { listed = u.listed(regAddr); return len(listed) == 2 })
@@ -53,6 +57,9 @@ func TestGracefulStop(t *testing.T) {
 		wg      sync.WaitGroup
 		mu      sync.Mutex
 		first   = make([]error, callers)
+		lastID  = make([]wire.ID, callers) // each caller's send that failed, and its body
+		lastMsg = make([][]byte, callers)
+		refused []wire.ID // every send refused (rate limits included): none may be stored
 		sent    int
 		started = make(chan struct{}, callers)
 	)
@@ -92,13 +99,19 @@ func TestGracefulStop(t *testing.T) {
 		wg.Go(func() {
 			started <- struct{}{}
 			for n := 0; ; n++ {
-				_, err := g.Send(ctx, fmt.Appendf(nil, "%d/%d", i, n))
+				id, body := wire.NewID(), fmt.Appendf(nil, "%d/%d", i, n)
+				_, err := g.SendWithID(ctx, id, body)
+				if err != nil && !errors.Is(err, client.ErrInDoubt) {
+					mu.Lock()
+					refused = append(refused, id)
+					mu.Unlock()
+				}
 				if wait, ok := client.RetryAfter(err); ok && errors.Is(err, client.ErrRateLimited) {
 					<-time.After(wait) // the member's send rate: not what this test is about
 					continue
 				}
 				if err != nil {
-					first[i] = err
+					first[i], lastID[i], lastMsg[i] = err, id, body
 					return
 				}
 				mu.Lock()
@@ -137,6 +150,62 @@ func TestGracefulStop(t *testing.T) {
 	if !t.Failed() {
 		t.Logf("%d sends acknowledged before the stop; %d callers told unavailable, %d lost their connection otherwise", sent, told, dropped)
 	}
+
+	// The send outcome contract (README, "A send's outcome, settled"),
+	// on the daemon started again on what it left: each send in doubt,
+	// sent again under its ID, is stored once; no refused send is stored.
+	groups = start(t, "serve", "--no-mdns", "--registry", regAddr, "--listen", listen,
+		"--group", "alpha", "--group", "beta", "--state-dir", dir)
+	defer groups.kill(syscall.SIGTERM)
+	groups.line(t, listening)
+	ctx, cancel = context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	doubt := 0
+	for i, g := range handles {
+		if !errors.Is(first[i], client.ErrInDoubt) {
+			continue
+		}
+		doubt++
+		for {
+			c, stop := context.WithTimeout(ctx, 5*time.Second)
+			_, err := g.SendWithID(c, lastID[i], lastMsg[i])
+			stop()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("caller %d's send in doubt (%v), sent again under its ID: %v", i, first[i], err)
+			}
+			<-time.After(50 * time.Millisecond) // a caller backing off
+		}
+	}
+	// The callers' client may still hold the stopped daemon's word (it
+	// refuses at once for a while after a daemon said it is stopping):
+	// the fetch is tried until the new daemon answers.
+	var held map[wire.ID]int
+	for {
+		held = make(map[wire.ID]int)
+		_, err := handles[0].Fetch(ctx, client.Query{}, func(m client.Message) bool { held[m.ID]++; return true })
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("fetch after the restart: %v", err)
+		}
+		<-time.After(50 * time.Millisecond) // a caller backing off
+	}
+	for i := range handles {
+		if errors.Is(first[i], client.ErrInDoubt) && held[lastID[i]] != 1 {
+			t.Errorf("caller %d's send in doubt (%v), acknowledged when sent again, is held %d times, want once", i, first[i], held[lastID[i]])
+		}
+	}
+	for _, id := range refused {
+		if held[id] > 0 {
+			i := slices.Index(lastID, id)
+			t.Errorf("a refused send is held: ID %s (caller %d, %v): a refusal stores nothing", id, i, first[max(i, 0)])
+		}
+	}
+	t.Logf("after a restart: %d sends refused (checked: none held); %d in doubt, sent again (checked: each held once)", len(refused), doubt)
 }
 
 // silenceSeen is a client's log handler: it notes the client's liveness

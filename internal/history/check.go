@@ -55,12 +55,17 @@ const (
 	// in which the cell acknowledged: a leader that stamped from a stale
 	// copy, a crash that lost a sequencer's state).
 	RealTime
+	// RefusedHeld: a message ID whose every attempt was refused (an error
+	// that promised nothing was stored) is held by a read or delivered
+	// by a watch: the refusal broke the send's outcome contract.
+	RefusedHeld
 )
 
 var kindNames = map[Kind]string{
 	Lost: "lost", Duplicate: "duplicate", Gap: "gap", Diverged: "diverged", TimeOrder: "time-order",
 	AckMismatch: "ack-mismatch", Phantom: "phantom", StaleRead: "stale-read", EpochChanged: "epoch-changed",
 	WatchBroken: "watch-broken", WatchDiverged: "watch-diverged", NoFinalRead: "no-final-read", RealTime: "real-time",
+	RefusedHeld: "refused-held",
 }
 
 func (k Kind) String() string {
@@ -85,6 +90,9 @@ type Result struct {
 	Attempts   int // send attempts
 	Acked      int // distinct message IDs acknowledged
 	Failed     int // attempts that failed (and were retried or given up)
+	Refused    int // distinct IDs whose every attempt was refused (none may be held)
+	InDoubt    int // distinct IDs with an attempt in doubt (failed, not refused)
+	Settled    int // of those, the IDs later acknowledged (held once: the final reads check)
 	Held       int // messages in the final log
 	Replicas   int // replicas with a final read
 	Reads      int // reads checked, final ones included
@@ -122,8 +130,8 @@ func (r Result) Err() error {
 
 // String is a one-line summary for the test log.
 func (r Result) String() string {
-	return fmt.Sprintf("%d send attempts (%d failed), %d messages acknowledged, %d held on each of %d replicas, %d reads, %d watches delivering %d messages, %d violations",
-		r.Attempts, r.Failed, r.Acked, r.Held, r.Replicas, r.Reads, r.Watches, r.Watched, len(r.Violations))
+	return fmt.Sprintf("%d send attempts (%d failed), %d messages acknowledged, %d IDs refused (none may be held), %d in doubt (%d settled by a retry), %d held on each of %d replicas, %d reads, %d watches delivering %d messages, %d violations",
+		r.Attempts, r.Failed, r.Acked, r.Refused, r.InDoubt, r.Settled, r.Held, r.Replicas, r.Reads, r.Watches, r.Watched, len(r.Violations))
 }
 
 // checker holds what Check derives from the history.
@@ -170,7 +178,52 @@ func (h *History) Check() Result {
 	for _, w := range h.watches {
 		c.checkWatch(w)
 	}
+	c.checkRefused(h.sends, h.watches)
 	return c.res
+}
+
+// checkRefused checks the send outcome contract's promise: an ID whose
+// every attempt was refused is held by no read and delivered by no watch,
+// at any time. It also counts the IDs in doubt, and those of them a retry
+// settled (acknowledged; the final reads check they are held, and the log
+// that they are held once).
+func (c *checker) checkRefused(sends []Send, watches []*Watch) {
+	refused := make(map[wire.ID]Send) // the last refusal of each ID refused throughout
+	doubt := make(map[wire.ID]bool)
+	for _, s := range sends {
+		switch {
+		case s.Refused && !doubt[s.ID]:
+			if _, acked := c.acked[s.ID]; !acked {
+				refused[s.ID] = s
+			}
+		case !s.Acked:
+			doubt[s.ID] = true
+			delete(refused, s.ID)
+		}
+	}
+	for id := range c.acked {
+		delete(refused, id)
+	}
+	c.res.Refused, c.res.InDoubt = len(refused), len(doubt)
+	for id := range doubt {
+		if _, ok := c.acked[id]; ok {
+			c.res.Settled++
+		}
+	}
+	for seq, m := range c.log {
+		if s, ok := refused[m.ID]; ok {
+			c.violate(RefusedHeld, "ID %s refused to %s (%s) is held as #%d (in the %s)", m.ID, s.Client, s.Err, seq, c.logBy[seq])
+		}
+	}
+	for _, w := range watches {
+		w.mu.Lock()
+		for _, m := range w.events {
+			if s, ok := refused[m.ID]; ok {
+				c.violate(RefusedHeld, "ID %s refused to %s (%s) was delivered as #%d by the watch by %s on %s", m.ID, s.Client, s.Err, m.Seq, w.Client, w.Replica)
+			}
+		}
+		w.mu.Unlock()
+	}
 }
 
 // epochSeen checks that every ack and read names one epoch.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,7 +113,10 @@ func genRun(t *rapid.T) *run {
 		}
 	}
 	for k := range rapid.IntRange(0, 3).Draw(t, "never stored") {
-		r.sends = append(r.sends, Send{Client: r.clients[0], ID: idOf(r.salt, n+1+k), Body: []byte("lost in flight"), Start: at(0), End: at(1), Err: "unavailable"})
+		// Failed in doubt and not stored, or refused (nothing stored, as
+		// the refusal promised).
+		refused := rapid.Bool().Draw(t, "refused")
+		r.sends = append(r.sends, Send{Client: r.clients[0], ID: idOf(r.salt, n+1+k), Body: []byte("lost in flight"), Start: at(0), End: at(1), Err: "unavailable", Refused: refused})
 	}
 	for range rapid.IntRange(0, 6).Draw(t, "reads") {
 		step := rapid.IntRange(0, n).Draw(t, "read step")
@@ -393,6 +397,37 @@ var plants = map[Kind]func(t *rapid.T, r *run) bool{
 		}
 		return true
 	},
+	RefusedHeld: func(t *rapid.T, r *run) bool {
+		// A message stored whose every attempt was refused (a daemon that
+		// marked a send it stored unchanged, a client that dropped its
+		// doubt).
+		held := make(map[wire.ID]bool)
+		for _, m := range r.log {
+			held[m.ID] = true
+		}
+		acked := make(map[wire.ID]bool)
+		for _, s := range r.sends {
+			if s.Acked {
+				acked[s.ID] = true
+			}
+		}
+		var ids []wire.ID
+		for _, s := range r.sends {
+			if held[s.ID] && !acked[s.ID] && !slices.Contains(ids, s.ID) {
+				ids = append(ids, s.ID)
+			}
+		}
+		if len(ids) == 0 {
+			return false
+		}
+		id := rapid.SampledFrom(ids).Draw(t, "refused yet held")
+		for i := range r.sends {
+			if r.sends[i].ID == id {
+				r.sends[i].Refused = true
+			}
+		}
+		return true
+	},
 	NoFinalRead: func(t *rapid.T, r *run) bool {
 		r.reads = slices.DeleteFunc(r.reads, func(rd Read) bool { return rd.Final })
 		return true
@@ -516,5 +551,37 @@ func TestAckedSinceLastFault(t *testing.T) {
 	h.Send(Send{ID: idOf(1, 3), Start: at(40), End: at(45), Acked: true, Seq: 3})
 	if !h.AckedSinceLastFault() {
 		t.Fatal("an ack of an attempt started after the fault not counted")
+	}
+}
+
+// TestRefusedHeld spells out the send outcome contract's check: an ID
+// whose every attempt was refused is reported wherever it is held, naming
+// it, its refusal and the read; a refused attempt says nothing of an ID
+// acknowledged, or of one an attempt left in doubt.
+func TestRefusedHeld(t *testing.T) {
+	h := New()
+	var log []Message
+	refused := idOf(9, 1)
+	for i := 1; i <= 3; i++ {
+		m := Message{Seq: uint64(i), Time: int64(i) * 10, ID: idOf(9, i), Body: []byte{byte(i)}}
+		log = append(log, m)
+		h.Send(Send{Client: "c", ID: m.ID, Body: m.Body, Start: at(i - 1), End: at(i), Err: "unavailable: no", Refused: true})
+		switch i {
+		case 2: // refused, then acknowledged
+			h.Send(Send{Client: "c", ID: m.ID, Body: m.Body, Start: at(i), End: at(i), Acked: true, Seq: m.Seq, Time: m.Time, Epoch: 1})
+		case 3: // refused, then in doubt
+			h.Send(Send{Client: "c", ID: m.ID, Body: m.Body, Start: at(i), End: at(i), Err: "in doubt: lost"})
+		}
+	}
+	h.Read(Read{Client: "x", Replica: "a", Start: at(9), Epoch: 1, Messages: log, Final: true})
+	res := h.Check()
+	if len(res.Violations) != 1 || !res.Has(RefusedHeld) {
+		t.Fatalf("got %v, want one refused-held", res.Err())
+	}
+	if msg := res.Violations[0].Msg; !strings.Contains(msg, refused.String()) || !strings.Contains(msg, "unavailable: no") || !strings.Contains(msg, "final read of a") {
+		t.Errorf("the violation %q does not name the ID, its refusal and where it was held", msg)
+	}
+	if res.Refused != 1 || res.InDoubt != 1 || res.Settled != 0 {
+		t.Errorf("counted %d refused, %d in doubt, %d settled; want 1, 1, 0", res.Refused, res.InDoubt, res.Settled)
 	}
 }

@@ -7,8 +7,9 @@
 //   - every send attempt (Send): the message ID and body, when it started
 //     and ended, and either its acknowledgement (sequence, timestamp, log
 //     epoch, whether it was a duplicate) or its error. A retry of the same
-//     ID is another attempt. An attempt that failed may still have been
-//     stored (a timeout says nothing); one that was acknowledged must be.
+//     ID is another attempt. An attempt that failed in doubt may still have
+//     been stored (a timeout says nothing); one refused (Refused: its error
+//     promised nothing was stored) must not be; one acknowledged must be.
 //   - every fetch result (Read): which replica answered, the sequence it
 //     fetched after, and the messages in order. Reads taken once the faults
 //     have stopped and every replica has caught up are Final: each must
@@ -19,7 +20,8 @@
 //     sends took to succeed again after each.
 //
 // Check then verifies the guarantees of a replicated group: no
-// acknowledged message lost (on every replica's final read), no message
+// acknowledged message lost (on every replica's final read), no refused
+// message held (by any read or watch, at any time), no message
 // ID held twice, the same gapless sequence on every replica, strictly
 // increasing timestamps, acknowledgements that match what is held (sequence,
 // timestamp, ID, body), nothing held that no client sent, one log epoch
@@ -62,8 +64,13 @@ type Send struct {
 	Epoch     uint64
 	Duplicate bool
 	// Err is why an attempt that was not acknowledged failed; the message
-	// may or may not have been stored.
+	// may or may not have been stored, unless Refused.
 	Err string
+	// Refused says the attempt's error promised that nothing of it was
+	// stored (a client error not in doubt: README, "A send's outcome,
+	// settled"). An ID whose every attempt was refused must be held
+	// nowhere, ever.
+	Refused bool
 }
 
 // Read is one fetch: the messages Replica held after sequence After, in

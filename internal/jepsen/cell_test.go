@@ -874,6 +874,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		}
 		w.waitRecovered(t)
 		w.finish(t)
+		w.settle(ctx, t, checker)
 
 		// Every member must catch up to the same log.
 		final := c.finalReads(ctx, t, w, checker, entry)
@@ -1247,6 +1248,11 @@ func minorityRefuses(ctx context.Context, t *testing.T, w *workload, p *probe, o
 		if err == nil {
 			s.Acked, s.Seq, s.Time, s.Epoch, s.Duplicate = true, ack.Seq, ack.Time, epoch, ack.Duplicate
 		} else {
+			// The probe reads the daemon's Error itself: a refusal
+			// stored nothing only if marked unchanged (key 7); any
+			// other failure leaves the send in doubt, for settle.
+			var we *wire.Error
+			s.Refused = errors.As(err, &we) && we.Unchanged
 			s.Err = errClass(err) + ": " + err.Error()
 		}
 		w.h.Send(s)

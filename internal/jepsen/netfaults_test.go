@@ -220,7 +220,7 @@ func (c *cell) netFault(ctx context.Context, t *testing.T, w *workload, entry wi
 		// cell are on the long path. join retries until acknowledged.
 		joined := time.Now()
 		far := join(ctx, t, entry, fmt.Sprint("far", n), false)
-		if _, ok := w.sendUntilAcked(ctx, far, wire.NewID(), []byte("from far away")); !ok {
+		if _, _, ok := w.sendUntilAcked(ctx, far, wire.NewID(), []byte("from far away"), true); !ok {
 			t.Fatalf("a client joined while %s could not send", what)
 		}
 		note = fmt.Sprintf("; a new client joined and sent in %v", time.Since(joined).Round(10*time.Millisecond))

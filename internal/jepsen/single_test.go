@@ -135,6 +135,7 @@ func TestDurableDaemonFaults(t *testing.T) {
 		}
 		w.waitRecovered(t)
 		w.finish(t)
+		w.settle(ctx, t, checker)
 
 		final, ok := w.read(ctx, checker, "d1", 0, true)
 		if !ok {

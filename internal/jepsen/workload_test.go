@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -137,11 +138,14 @@ func (w *workload) problem(format string, args ...any) {
 	}
 }
 
-// send runs m as a sender until stop: each message is sent under one ID
-// until acknowledged, each attempt recorded; an acknowledged ID is sent
-// again now and then (it must get its original ack); after some acks the
-// sender fetches from just before its message (read-your-writes). ctx ends
-// it at once.
+// send runs m as a sender until stop: each message is sent until
+// acknowledged, as a user would under the send outcome contract (README,
+// "A send's outcome, settled"): under one ID while its attempts are in
+// doubt, under a new ID after a refusal (which promised nothing was
+// stored: the checker holds it to that), each attempt recorded; an
+// acknowledged ID is sent again now and then (it must get its original
+// ack); after some acks the sender fetches from just before its message
+// (read-your-writes). ctx ends it at once.
 func (w *workload) send(ctx context.Context, m *member, seed uint64) {
 	w.senders.Go(func() {
 		rng := rand.New(rand.NewPCG(seed, 20))
@@ -151,8 +155,8 @@ func (w *workload) send(ctx context.Context, m *member, seed uint64) {
 				return
 			default:
 			}
-			id, body := wire.NewID(), fmt.Appendf(nil, "%s/%d %x", m.name, n, rng.Uint64())
-			ack, ok := w.sendUntilAcked(ctx, m, id, body)
+			body := fmt.Appendf(nil, "%s/%d %x", m.name, n, rng.Uint64())
+			ack, id, ok := w.sendUntilAcked(ctx, m, wire.NewID(), body, true)
 			if !ok {
 				return
 			}
@@ -161,7 +165,7 @@ func (w *workload) send(ctx context.Context, m *member, seed uint64) {
 			default:
 			}
 			if rng.IntN(10) == 0 {
-				if again, ok := w.sendUntilAcked(ctx, m, id, body); ok && (!again.Duplicate || again.Seq != ack.Seq) {
+				if again, _, ok := w.sendUntilAcked(ctx, m, id, body, false); ok && (!again.Duplicate || again.Seq != ack.Seq) {
 					w.problem("%s sent %s again: ack %+v, want a duplicate of #%d", m.name, id, again, ack.Seq)
 				}
 			}
@@ -173,8 +177,13 @@ func (w *workload) send(ctx context.Context, m *member, seed uint64) {
 }
 
 // sendUntilAcked sends body under id until an attempt is acknowledged,
-// recording every attempt. It returns false if ctx ended first.
-func (w *workload) sendUntilAcked(ctx context.Context, m *member, id wire.ID, body []byte) (client.Ack, bool) {
+// recording every attempt, and returns the ack and the ID acknowledged. A
+// refusal (an error not in doubt) stored nothing: with fresh, and no
+// attempt of id in doubt so far, the next attempt is under a new ID, and
+// the refused ID must never be held (the checker's refused-held). An
+// attempt in doubt is retried under its ID, which then stays. It returns
+// false if ctx ended first.
+func (w *workload) sendUntilAcked(ctx context.Context, m *member, id wire.ID, body []byte, fresh bool) (client.Ack, wire.ID, bool) {
 	for {
 		c, cancel := context.WithTimeout(ctx, attemptTimeout)
 		start := time.Now()
@@ -185,30 +194,72 @@ func (w *workload) sendUntilAcked(ctx context.Context, m *member, id wire.ID, bo
 		if err == nil {
 			s.Acked, s.Seq, s.Time, s.Epoch, s.Duplicate = true, ack.Seq, ack.Time.UnixNano(), ack.Epoch, ack.Duplicate
 			w.h.Send(s)
-			return ack, true
+			return ack, id, true
 		}
 		s.Err = errClass(err) + ": " + err.Error()
+		s.Refused = !errors.Is(err, client.ErrInDoubt)
 		w.h.Send(s)
 		if ctx.Err() != nil {
-			return client.Ack{}, false
+			return client.Ack{}, id, false
 		}
 		if errors.Is(err, client.ErrNotMember) || errors.Is(err, client.ErrBadRequest) || errors.Is(err, client.ErrTooLarge) {
 			w.problem("%s: send %s: %v (no retry can fix it)", m.name, id, err)
-			return client.Ack{}, false
+			return client.Ack{}, id, false
+		}
+		if !s.Refused {
+			fresh = false // it may be stored: only its ID settles it
+		} else if fresh {
+			id = wire.NewID()
 		}
 		select {
 		case <-time.After(50 * time.Millisecond): // a caller backing off, not a wait for an event
 		case <-ctx.Done():
-			return client.Ack{}, false
+			return client.Ack{}, id, false
 		}
 	}
 }
 
+// settle sends again, through m, every ID the history holds in doubt and
+// unacknowledged (a probe's send to a leader cut off from its majority,
+// refused without key 7), under its ID and body until acknowledged, as
+// the contract tells a user to: the checker then finds each held once.
+// Call it after finish, before the final reads.
+func (w *workload) settle(ctx context.Context, t *testing.T, m *member) {
+	t.Helper()
+	acked := make(map[wire.ID]bool)
+	var doubt []history.Send
+	for _, s := range w.h.Sends() {
+		if s.Acked {
+			acked[s.ID] = true
+		} else if !s.Refused && !slices.ContainsFunc(doubt, func(d history.Send) bool { return d.ID == s.ID }) {
+			doubt = append(doubt, s)
+		}
+	}
+	n := 0
+	for _, s := range doubt {
+		if acked[s.ID] {
+			continue
+		}
+		if _, _, ok := w.sendUntilAcked(ctx, m, s.ID, s.Body, false); !ok {
+			t.Fatalf("settling %s, sent by %s in doubt (%s): the test ended first", s.ID, s.Client, s.Err)
+		}
+		n++
+	}
+	if n > 0 {
+		t.Logf("settled %d sends left in doubt by a retry under their IDs", n)
+	}
+}
+
 // errClass names the kind of a failed attempt, for the test log and for
-// waiting on a refusal: "unavailable" (refused, nothing stored),
-// "unreachable", "timeout", or "error".
+// waiting on a refusal, following the send outcome contract: "in doubt"
+// (the send may be stored: ErrInDoubt, whatever else the error says);
+// otherwise a refusal that stored nothing: "unavailable", "unreachable"
+// (no request went out), "timeout" (the context ended before the request
+// went out), or "error".
 func errClass(err error) string {
 	switch {
+	case errors.Is(err, client.ErrInDoubt):
+		return "in doubt"
 	case errors.Is(err, client.ErrUnavailable):
 		return "unavailable"
 	case errors.Is(err, client.ErrUnreachable):
@@ -369,13 +420,18 @@ func (w *workload) waitWatches(t *testing.T, last uint64, watches ...*history.Wa
 }
 
 // report checks the history, logs what it checked, and fails the test on
-// any violation or workload problem.
+// any violation, ID left in doubt, or workload problem.
 func (w *workload) report(t *testing.T) history.Result {
 	t.Helper()
 	res := w.h.Check()
 	t.Logf("checked: %v", res)
 	if err := res.Err(); err != nil {
 		t.Error(err)
+	}
+	if res.Settled < res.InDoubt {
+		// settle (or the sender) retries each under its ID until
+		// acknowledged: one left is a retry the contract did not honour.
+		t.Errorf("%d of %d IDs in doubt were never acknowledged when sent again under their IDs", res.InDoubt-res.Settled, res.InDoubt)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
