@@ -13,6 +13,7 @@ const keepLive = 1000;     // messages kept when following the end
 const trimAt = 1500;       // ...trimmed to keepLive past this
 const backlogFrom = 800;   // px from the top at which older pages load
 const membersEvery = 20000; // ms between members refreshes while shown
+const doubtTries = 8;       // tries of a message in doubt before the page stops (1+2+4+8x4 s apart)
 
 const state = {
   me: null,            // {fingerprint, short}
@@ -807,12 +808,34 @@ function pendingState(c, p) {
     case 'sending': s.textContent = 'sending…'; break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
-      s.textContent = p.error && p.error.inDoubt
+      s.textContent = p.inDoubt
         ? `may have been sent (no answer settled it): ${fmt.describe(p.error, g)} Retrying under its ID, stored once…`
         : `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
       break;
     case 'failed': {
       s.classList.add('bad');
+      if (p.inDoubt) {
+        // A try of it may be stored: editing would send it again under a
+        // new ID, stored twice if so. Retry keeps its ID (stored once,
+        // while the group's dedup window still holds it); if it was
+        // stored, it comes in from the group and replaces this line.
+        s.textContent = `may have been sent (no answer settled it; retries stopped): ${fmt.describe(p.error, g)} `;
+        const retry = document.createElement('button');
+        retry.className = 'link-button';
+        retry.textContent = 'Retry';
+        retry.addEventListener('click', () => {
+          p.doubtTries = 0;
+          setPending(c, p, 'sending', null);
+          c.outbox.push(p);
+          pump(c);
+        });
+        const drop = document.createElement('button');
+        drop.className = 'link-button';
+        drop.textContent = 'Discard';
+        drop.addEventListener('click', () => discard(c, p));
+        s.append(retry, drop);
+        break;
+      }
       s.textContent = `not sent: ${fmt.describe(p.error, g)} `;
       const edit = document.createElement('button');
       edit.className = 'link-button';
@@ -1096,9 +1119,19 @@ async function deliver(c, p) {
       // it, offline, until one does again.
       // In doubt (the daemon may have stored it), whatever its code: only
       // its retry, under the same ID, settles it, and "not sent" may be
-      // false (until session 19).
+      // false (until session 19). The page remembers it: a later refusal
+      // speaks of that try alone (and huddle web's handle that knew the ID
+      // in doubt may have been replaced, the group having moved), so the
+      // message stays "may have been sent" until a try is acknowledged.
+      if (err.inDoubt) p.inDoubt = true;
       const transient = err.inDoubt || ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
-      if (!transient) {
+      // Retries of a message in doubt are bounded: its ID dedups only
+      // within the group's window (its last 65,536 messages at least, or
+      // what its log retains after a restart), and a retry past it would
+      // store it twice. Past doubtTries (some 40 s of backoff), the page
+      // stops and lets the user retry it (same ID) or discard it.
+      if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
+      if (!transient || (p.inDoubt && p.doubtTries >= doubtTries)) {
         setPending(c, p, 'failed', err);
         return;
       }

@@ -1,0 +1,90 @@
+//go:build linux
+
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// doubtShim wraps the page's fetch: a send (POST .../messages) is answered
+// as the page's window.doubtMode says, "doubt" (the outcome unknown, as
+// huddle web says of a send cut short: in_doubt with its id),
+// "doubtThenRefuse" (in doubt once, then a final refusal, as after the
+// group's handle was replaced and forgot the ID in doubt), or passed on to
+// huddle web (anything else). window.sends counts the sends answered.
+const doubtShim = `(() => {
+  const real = window.fetch.bind(window);
+  window.sends = 0;
+  window.doubtMode = '';
+  window.fetch = async (path, init) => {
+    if (!(init && init.method === 'POST' && String(path).endsWith('/messages')) || !window.doubtMode) return real(path, init);
+    window.sends++;
+    const id = JSON.parse(init.body).id;
+    let body = {error: {code: 'unavailable', message: 'connection lost under the send', in_doubt: true, id}};
+    if (window.doubtMode === 'doubtThenRefuse' && window.sends > 1) body = {error: {code: 'not_member', message: 'not a member'}};
+    return new Response(JSON.stringify(body), {status: 503, headers: {'Content-Type': 'application/json'}});
+  };
+  return true;
+})()`
+
+// TestWebSendInDoubtStaysInDoubt: a message whose send was in doubt (the
+// daemon may have stored it) is retried under its ID a bounded number of
+// times (the ID dedups only within the group's window), then shown as
+// "may have been sent" with Retry (same ID) and Discard, never "not sent"
+// with Edit (which resends under a new ID: stored twice if the first try
+// was stored). A later final refusal does not make it "not sent" either.
+// The page used to retry it forever, and, told a final refusal on a later
+// try, said "not sent" and offered Edit.
+func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice := aliceInLobbyOf(t, up)
+	b := newBrowser(t, 1000, 800)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	const failedState = `([...document.querySelectorAll('.msg.pending')].filter(m => m.querySelector('.text').textContent === %s).map(m => m.querySelector('.state.bad')).filter(Boolean).map(s => s.textContent)[0] || '')`
+	stateOf := func(text string) string { return strings.Replace(failedState, "%s", jsString(text), 1) }
+
+	// Always in doubt: the page gives up after its bound, keeping the doubt.
+	eval[bool](b, `window.doubtMode = 'doubt', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	b.do("paste, Enter", insertText("in doubt always"), pressEnter())
+	b.waitForWithin("retries of the message in doubt to stop", stateOf("in doubt always")+` !== ''`, 90*time.Second)
+	if got := eval[string](b, stateOf("in doubt always")); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
+		t.Errorf("after its retries, the message in doubt says %q, want 'may have been sent ...' with Retry and Discard", got)
+	}
+	if n := eval[int](b, `window.sends`); n != 8 {
+		t.Errorf("the page tried the message in doubt %d times, want 8 (its bound)", n)
+	}
+	b.screenshot("web-send-in-doubt")
+
+	// In doubt once, then refused for good: still in doubt.
+	eval[bool](b, `window.sends = 0, window.doubtMode = 'doubtThenRefuse', true`)
+	b.do("paste, Enter", insertText("in doubt then refused"), pressEnter())
+	b.waitFor("the refused message in doubt to fail", stateOf("in doubt then refused")+` !== ''`)
+	if got := eval[string](b, stateOf("in doubt then refused")); !strings.HasPrefix(got, "may have been sent") || strings.Contains(got, "Edit") {
+		t.Errorf("a message in doubt then refused says %q, want 'may have been sent ...' without Edit", got)
+	}
+
+	// Retry (same ID) through huddle web: stored once.
+	eval[bool](b, `window.doubtMode = '', true`)
+	eval[bool](b, `[...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === 'in doubt always').querySelector('.state.bad button').click(), true`)
+	b.waitFor("the retried message stored", hasMessage("in doubt always"))
+	n := 0
+	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json")) {
+		if m.Text == "in doubt always" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the retried message is stored %d times, want once", n)
+	}
+}
