@@ -536,7 +536,13 @@ func fail(env Env, verb string, err error) int {
 func explain(err error) (string, int) {
 	msg, code := explainCause(err)
 	if errors.Is(err, client.ErrInDoubt) {
-		if !strings.Contains(msg, outcomeUnknown) {
+		if client.RefusedWhole(err) {
+			// This request was refused whole (its refusal may say "nothing
+			// was stored"), and its doubt is an earlier try's of the same
+			// messages: said as one text, the refusal's words contradicted
+			// the doubt (until session 19, K).
+			msg = outcomeUnknown + " (an earlier try of it may have been stored; only an ack of a try under the same ID settles it): this send was refused and stored nothing itself: " + msg
+		} else if !strings.Contains(msg, outcomeUnknown) {
 			msg = outcomeUnknown + " (it may have been stored): " + msg
 		}
 		if code != ExitInterrupted {

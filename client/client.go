@@ -971,6 +971,12 @@ func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(w
 	return fmt.Errorf("%w: %w", ErrUnreachable, err)
 }
 
+// RefusedWhole reports whether err holds a server's answer that says it
+// carried out nothing of the request it answered (refusedWhole): a send's
+// error that is so and yet matches ErrInDoubt is in doubt because of an
+// earlier send of the same messages, not because of this one.
+func RefusedWhole(err error) bool { return refusedWhole(err) }
+
 // refusedWhole reports whether err is a server's answer that says it
 // carried out nothing of the request: an Error whose code says so (the
 // request is wrong, or not allowed, or over a limit: PROTOCOL.md §8.5
