@@ -106,7 +106,9 @@ type Config struct {
 	RegistryFingerprints []wire.Fingerprint
 	// Retention bounds each group's log (MaxMessages, MaxBytes, MaxAge;
 	// store's defaults for zero fields: 1,000,000 messages, 256 MiB, no age
-	// limit). Age is measured on the daemon's Now.
+	// limit). Age is measured on the daemon's Now. DedupWindow may be
+	// raised, not lowered below its default (65,536): huddle/1 promises
+	// clients that many at least, and New refuses less.
 	Retention store.Config
 	// Storage is where the logs are kept: by default on disk, under
 	// StateDir, written to the OS before each ack and fsynced every
@@ -224,6 +226,14 @@ func (c Config) Validate() error {
 			// acknowledged message.
 			return invalid("a cell's members keep their groups on disk (--storage disk): a member that restarted empty could elect a leader without acknowledged messages")
 		}
+	}
+	if w := c.Retention.DedupWindow; w != 0 && w < store.DefaultDedupWindow {
+		// The protocol and README promise a retry under the same ID is
+		// stored once within a group's last 65,536 messages at least
+		// (PROTOCOL.md §3): a smaller window would make that false for
+		// every client of this daemon, which cannot see it. Until session
+		// 19 (K) a Go embedder could set one silently.
+		return invalid("retention: dedup window %d: want 0 (the default, %d) or %d..%d: huddle/1 promises clients a group's last %d message IDs at least", w, store.DefaultDedupWindow, store.DefaultDedupWindow, store.MaxDedupWindow, store.DefaultDedupWindow)
 	}
 	if err := c.Retention.Validate(); err != nil {
 		// Both sentinels match: the daemon's, and the store's that says why.

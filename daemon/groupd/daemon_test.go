@@ -787,6 +787,10 @@ func TestGroupConfigValidate(t *testing.T) {
 		{"members over a frame", func(c *Config) { c.MaxMembers = wire.MaxArrayItems + 1 }},
 		{"advertise without port", func(c *Config) { c.Advertise = []string{"10.0.0.1"} }},
 		{"negative retention", func(c *Config) { c.Retention.MaxMessages = -1 }},
+		// huddle/1 promises a retry is stored once within a group's last
+		// 65,536 messages at least: a Go embedder could set fewer (until
+		// session 19).
+		{"dedup window below the protocol's", func(c *Config) { c.Retention.DedupWindow = store.DefaultDedupWindow - 1 }},
 		{"negative timeout", func(c *Config) { c.Server.WriteTimeout = -1 }},
 		{"negative idle timeout", func(c *Config) { c.Server.IdleTimeout = -1 }},
 		{"burst below a batch", func(c *Config) { c.SendRate, c.SendBurst, c.MaxBatch = 10, 5, 6 }},
@@ -808,6 +812,9 @@ func TestGroupConfigValidate(t *testing.T) {
 	unlimited := ok
 	unlimited.SendRate, unlimited.MaxBatch = -1, wire.MaxBatch // no bucket: any batch size
 	must(t, unlimited.Validate())
+	wider := ok
+	wider.Retention.DedupWindow = 2 * store.DefaultDedupWindow
+	must(t, wider.Validate())
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := ok
