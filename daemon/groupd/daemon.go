@@ -312,6 +312,12 @@ type Daemon struct {
 	// logsLeft says Close left the groups' logs to close in the background
 	// (leaveLogsLocked): the cell's raft did not stop.
 	logsLeft bool
+	// expiring is the age-limit pass the expire loop stopped waiting for
+	// when the daemon closed (it waits for a log's write lock, held by an
+	// append on a disk that does not answer): closed when it returns. Set
+	// before the loop returns, read by Close after it, which closes the
+	// logs after it (or leaves them to, leaveLogsLocked).
+	expiring chan struct{}
 }
 
 // New returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -602,6 +608,9 @@ func (d *Daemon) Close() error {
 	if d.logsLeft {
 		return nil
 	}
+	if d.expiring != nil {
+		<-d.expiring // it uses the logs too
+	}
 	closeLogs(d.groups) // after the server: no handler uses them now
 	d.releaseLocked()
 	return nil
@@ -631,9 +640,12 @@ func (d *Daemon) leaveLogsLocked(why string) {
 	lock, dataLock := d.lock, d.dataLock
 	d.lock, d.dataLock = nil, nil
 	d.cfg.Logger.Error(why)
-	stopped := d.srv.Stopped()
+	stopped, expiring := d.srv.Stopped(), d.expiring
 	go func() {
 		<-stopped // the handlers the server left, if any, use the logs
+		if expiring != nil {
+			<-expiring // and so does an age-limit pass left
+		}
 		closeLogs(groups)
 		lock.Release()
 		dataLock.Release()
@@ -675,7 +687,20 @@ func (d *Daemon) expireLoop() {
 		case <-d.life.Ctx().Done():
 			return
 		case <-t.C:
-			d.expire(d.cfg.Now())
+			// In a goroutine of its own, so that closing the daemon does
+			// not wait for a pass stuck behind a hung disk: Close waits
+			// for it as for the logs (expiring).
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				d.expire(d.cfg.Now())
+			}()
+			select {
+			case <-done:
+			case <-d.life.Ctx().Done():
+				d.expiring = done
+				return
+			}
 		}
 	}
 }

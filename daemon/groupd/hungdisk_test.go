@@ -75,6 +75,7 @@ func (l *hungLog) Close() error { return l.close(l.cellLog.Close) }
 type hungLoneLog struct {
 	Log
 	diskHang
+	expiring atomic.Int32 // age-limit passes under way
 }
 
 func (l *hungLoneLog) Append(batch []store.Entry) error {
@@ -82,6 +83,13 @@ func (l *hungLoneLog) Append(batch []store.Entry) error {
 }
 
 func (l *hungLoneLog) Close() error { return l.close(l.Log.Close) }
+
+// Expire waits for the write lock, as a disk log's does.
+func (l *hungLoneLog) Expire(now time.Time) {
+	l.expiring.Add(1)
+	defer l.expiring.Add(-1)
+	l.close(func() error { l.Log.Expire(now); return nil })
+}
 
 // TestCellCloseOnHungDisk: a leader whose group log's disk stops
 // answering (an append that never returns) stops when closed, as SIGTERM
@@ -163,9 +171,19 @@ func TestCellCloseOnHungDisk(t *testing.T) {
 // once the disk answers the log closes, and the daemon restarts on what
 // it left, holding what the append stored.
 func TestCloseOnHungDiskAlone(t *testing.T) {
+	t.Run("send", func(t *testing.T) { testCloseOnHungDiskAlone(t, 0) })
+	// An age-limit pass waits behind the hung append for the log's write
+	// lock: the daemon's Close waited for the expire loop, for ever,
+	// before it even stopped the server. (A pass every 12.5 ms.)
+	t.Run("max-age", func(t *testing.T) { testCloseOnHungDiskAlone(t, 100*time.Millisecond) })
+}
+
+func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 	h := &hungLoneLog{}
-	d := serveOverLogWith(t, func(c *Config) { c.Server.ShutdownTimeout = 200 * time.Millisecond },
-		func(inner Log) Log { h.Log = inner; return h })
+	d := serveOverLogWith(t, func(c *Config) {
+		c.Server.ShutdownTimeout = 200 * time.Millisecond
+		c.Retention.MaxAge = maxAge
+	}, func(inner Log) Log { h.Log = inner; return h })
 	p := joined(t, d, "ann")
 	g := gid(d)
 	release := h.hangs()
@@ -182,6 +200,9 @@ func TestCloseOnHungDiskAlone(t *testing.T) {
 		answered <- err
 	}()
 	eventually(t, "the send hung in its log's append", func() bool { return h.waiting.Load() > 0 })
+	if maxAge > 0 {
+		eventually(t, "an age-limit pass waiting behind the append", func() bool { return h.expiring.Load() > 0 })
+	}
 
 	closed := make(chan error, 1)
 	go func() { closed <- d.Close() }()
@@ -213,9 +234,11 @@ func TestCloseOnHungDiskAlone(t *testing.T) {
 	// The disk answers again: the append ends, the log closes in the
 	// background, and a daemon starts on what it left.
 	release()
+	cfg := d.cfg
+	cfg.Retention.MaxAge = 0 // keeps the message to look for
 	var again *Daemon
 	eventually(t, "a daemon restarted on what the stopped one left", func() bool {
-		again, err = New(d.cfg)
+		again, err = New(cfg)
 		must(t, err)
 		return again.Listen() == nil // the state directory stays locked until the log is closed
 	})
