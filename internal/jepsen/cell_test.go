@@ -305,10 +305,29 @@ func (c *cell) leader(t *testing.T, after uint64) (*cellNode, uint64) {
 			return best, term
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no member led in a term after %d within %v", after, waitTimeout)
+			t.Fatalf("no member led in a term after %d within %v; the members: %s", after, waitTimeout, c.states())
 		}
 		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
 	}
+}
+
+// states says, of each member, whether the test counts it as up and
+// what its process is: a cell that cannot elect with a majority counted
+// up, one of whose processes ended unseen, is the test's account gone
+// wrong (or a daemon's crash), not raft's liveness.
+func (c *cell) states() string {
+	var s []string
+	for _, cn := range c.nodes {
+		cn.mu.Lock()
+		p := cn.p
+		cn.mu.Unlock()
+		if p == nil {
+			s = append(s, cn.name+": never started")
+			continue
+		}
+		s = append(s, fmt.Sprintf("%s (up %v, its process led up to term %d): %s", cn.name, cn.up, cn.term(), p.state()))
+	}
+	return strings.Join(s, "; ")
 }
 
 // others returns the members other than n.

@@ -145,8 +145,10 @@ func (n *node) pause(d time.Duration) {
 	n.mu.Lock()
 	p := n.p
 	n.mu.Unlock()
+	p.sent(syscall.SIGSTOP)
 	p.cmd.Process.Signal(syscall.SIGSTOP)
 	<-time.After(d) // the pause's length
+	p.sent(syscall.SIGCONT)
 	p.cmd.Process.Signal(syscall.SIGCONT)
 }
 
@@ -156,6 +158,49 @@ type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	out  *lines
+
+	// What the test did to the process and when it ended, for the
+	// report of a failed test: a member the test counts as running whose
+	// process ended on its own (a crash, or a signal the test did not
+	// send) leaves a cell that cannot elect, which reads as a liveness
+	// defect unless the report says so.
+	mu       sync.Mutex
+	signals  []string  // sent by the test (kill, pause), in order
+	exitedAt time.Time // zero while it runs
+}
+
+// wait waits for the started process to end, notes when, and closes done.
+func (p *proc) wait() {
+	p.cmd.Wait()
+	p.mu.Lock()
+	p.exitedAt = time.Now()
+	p.mu.Unlock()
+	close(p.done)
+}
+
+// sent records that the test sent the process sig.
+func (p *proc) sent(sig syscall.Signal) {
+	p.mu.Lock()
+	p.signals = append(p.signals, fmt.Sprintf("%s %v", time.Now().UTC().Format("15:04:05.000"), sig))
+	p.mu.Unlock()
+}
+
+// state says whether the process runs, or when and how it ended, and
+// which signals the test sent it.
+func (p *proc) state() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sent := "none"
+	if len(p.signals) > 0 {
+		sent = strings.Join(p.signals, ", ")
+	}
+	select {
+	case <-p.done:
+		return fmt.Sprintf("ended %s (%v); signals the test sent: %s",
+			p.exitedAt.UTC().Format("15:04:05.000"), p.cmd.ProcessState, sent)
+	default:
+		return "running; signals the test sent: " + sent
+	}
 }
 
 // lines keeps a process's output, a line at a time, and wakes waiters.
@@ -198,18 +243,19 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		cmd.Wait()
-		close(p.done)
-	}()
+	go p.wait()
 	t.Cleanup(func() {
-		p.kill(syscall.SIGKILL)
 		if t.Failed() {
+			// Before the cleanup's own kill: whether it still ran.
+			state := p.state()
+			p.kill(syscall.SIGKILL)
 			p.out.mu.Lock()
 			tail := p.out.all[max(0, len(p.out.all)-40):]
-			t.Logf("%s: huddle %s, last lines:\n%s", h.Name(), strings.Join(args, " "), strings.Join(tail, "\n"))
+			t.Logf("%s: huddle %s (at the test's end: %s), last lines:\n%s", h.Name(), strings.Join(args, " "), state, strings.Join(tail, "\n"))
 			p.out.mu.Unlock()
+			return
 		}
+		p.kill(syscall.SIGKILL)
 	})
 	return p
 }
@@ -232,6 +278,7 @@ func daemonEnv(environ, args []string) ([]string, error) {
 }
 
 func (p *proc) kill(sig syscall.Signal) {
+	p.sent(sig)
 	p.cmd.Process.Signal(sig)
 	<-p.done
 }

@@ -117,3 +117,34 @@ func TestAwaitLineExited(t *testing.T) {
 		t.Fatalf("a process that exited without the line: %v, want errExited", err)
 	}
 }
+
+// TestProcStateSaysWhoEndedIt: a failed test's report tells a process the
+// test killed from one that ended otherwise (a member counted up whose
+// process is gone: TestCellFaults, session 19, a cell of three with one
+// process running that the test took for two).
+func TestProcStateSaysWhoEndedIt(t *testing.T) {
+	start := func() *proc {
+		p := &proc{cmd: exec.Command("sleep", "60"), done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go p.wait()
+		t.Cleanup(func() { p.kill(syscall.SIGKILL) })
+		return p
+	}
+	running := start()
+	if s := running.state(); !strings.HasPrefix(s, "running; signals the test sent: none") {
+		t.Errorf("a running process: %q", s)
+	}
+	killed := start()
+	killed.kill(syscall.SIGKILL)
+	if s := killed.state(); !strings.Contains(s, "signal: killed") || !strings.Contains(s, "signals the test sent: ") || !strings.HasSuffix(s, " killed") {
+		t.Errorf("a process the test killed: %q", s)
+	}
+	unseen := start()
+	unseen.cmd.Process.Signal(syscall.SIGKILL) // not through the test's kill
+	<-unseen.done
+	if s := unseen.state(); !strings.HasPrefix(s, "ended ") || !strings.Contains(s, "signal: killed") || !strings.HasSuffix(s, "signals the test sent: none") {
+		t.Errorf("a process killed otherwise: %q", s)
+	}
+}
