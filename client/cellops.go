@@ -83,6 +83,13 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 // (cellChangeRetryMax) and at most 64 redirects are followed. A member
 // asking for an hour between 64 redirects held a program without a
 // deadline for up to 64 hours (until session 17).
+//
+// A call that ends (ctx, or that minute) while it waits to ask again, or
+// while it dials to ask again, ends with the last refusal
+// (ErrUnavailable), which wraps ctx's error too. One that ends while an
+// ask is out unanswered ends with ctx's error, not a refusal: the cell
+// may have made that change (CellStatus tells; adding a member already in
+// changes nothing).
 func (c *Client) CellAdd(ctx context.Context, addr string, pin Fingerprint, member Replica) ([]Replica, error) {
 	return c.cellChange(ctx, wire.OpCellAdd, addr, pin, wire.CellMember{Addr: member.Addr, Fingerprint: member.Fingerprint})
 }
@@ -115,6 +122,9 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 	// electing the next): it names the next one. Only that member's
 	// silence fails the change as unreachable.
 	asked, askedPin := addr, pin
+	// The last refusal that had the change asked again: the call's
+	// answer if it ends before another ask is answered or goes out.
+	var refused error
 	for redirects := 0; ; redirects++ {
 		// Held for the one request: a program that operates many cells
 		// keeps no connection to them.
@@ -123,10 +133,21 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			return nil, err
 		}
 		var out wire.CellChanged
-		err = p.single(ctx, op, req, &out)
+		unanswered, err := p.singleOut(ctx, op, req, &out)
 		c.releaseGroup(p)
+		if err != nil && refused != nil && !unanswered && !serverSaid(err) && ctx.Err() != nil {
+			// The call ended as it asked again, before that ask went out
+			// (each ask dials anew, and its dial may take the rest of the
+			// call): the cell's last word is the refusal. That ask's
+			// error (unreachable, the call's deadline passed) told the
+			// caller the member never answered (until session 19). One
+			// that went out unanswered is no refusal: the change may
+			// have been made.
+			return nil, fmt.Errorf("%w; asked again until the call ended (%w): %v", refused, ctx.Err(), err)
+		}
 		var we *wire.Error
 		if errors.As(err, &we) && we.Code == wire.CodeUnavailable && redirects < 64 {
+			refused = namedOnce(op, err)
 			if we.Leader != nil {
 				addr, pin = we.Leader.Addr, we.Leader.Fingerprint
 				if redirects < 2 {
@@ -139,6 +160,7 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			if sleep(ctx, jitter(wait)) {
 				continue
 			}
+			return nil, fmt.Errorf("%w; asked again until the call ended (%w)", refused, ctx.Err())
 		}
 		if errors.Is(err, ErrUnreachable) && (addr != asked || pin != askedPin) && redirects < 64 {
 			addr, pin = asked, askedPin

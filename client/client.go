@@ -1311,7 +1311,22 @@ func (p *peer) singleFrom(ctx context.Context, op wire.Op, args, out any) (wire.
 
 // singleOn is singleThen, telling on each connection it runs on (callThen).
 func (p *peer) singleOn(ctx context.Context, op wire.Op, args, out any, next func(context.Context) (*peer, error), on func(*quic.Conn)) error {
-	return p.callThen(ctx, op, args, func(kind wire.Kind, raw wire.Frame) (bool, error) {
+	return p.callThen(ctx, op, args, resultInto(out), next, on)
+}
+
+// singleOut is single, and reports too whether its request went out and
+// was left unanswered (the call's context ended, its connection was lost):
+// what it asked may have been carried out, and its error is no refusal.
+func (p *peer) singleOut(ctx context.Context, op wire.Op, args, out any) (unanswered bool, err error) {
+	var doubt bool
+	err = p.attempts(ctx, op, args, resultInto(out), nil, nil, &doubt)
+	return doubt && err != nil && !serverSaid(err), err
+}
+
+// resultInto is the handler of a reply that is one Result frame, decoded
+// into out.
+func resultInto(out any) func(wire.Kind, wire.Frame) (bool, error) {
+	return func(kind wire.Kind, raw wire.Frame) (bool, error) {
 		if kind != wire.KindResult {
 			return true, fmt.Errorf("got frame kind %d, want a result: %w", kind, ErrProtocol)
 		}
@@ -1319,7 +1334,7 @@ func (p *peer) singleOn(ctx context.Context, op wire.Op, args, out any, next fun
 			return true, badFrame(err)
 		}
 		return true, nil
-	}, next, on)
+	}
 }
 
 // serverSaid reports whether err is a server's error, whose message names

@@ -18,6 +18,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -1766,8 +1767,12 @@ func TestCellChangeBounded(t *testing.T) {
 			switch {
 			case tc.answerAt > 0 && err != nil:
 				t.Errorf("%s: %v after %d asks, want the change answered", tc.name, err, asked.Load())
+			case tc.answerAt == 0 && !errors.Is(err, context.DeadlineExceeded):
+				t.Errorf("%s: %v, want the call ended by its bound", tc.name, err)
 			case tc.answerAt == 0 && !errors.Is(err, client.ErrUnavailable):
-				t.Errorf("%s: %v, want ErrUnavailable once the bound runs out", tc.name, err)
+				// The bound ran out while an ask was out unanswered: no
+				// refusal, rightly (TestCellChangeEndsOnLastRefusal).
+				t.Logf("%s: %v (an ask was out as the bound ran out)", tc.name, err)
 			}
 		case <-time.After(20 * time.Second):
 			t.Errorf("%s: CellAdd still waiting after 20 s, %d asks", tc.name, asked.Load())
@@ -1775,6 +1780,76 @@ func TestCellChangeBounded(t *testing.T) {
 			<-done
 		}
 		cancel()
+	}
+}
+
+// TestCellChangeEndsOnLastRefusal: a member refuses a cell change
+// (unavailable: the cell elects), and the call's deadline passes as the
+// change is asked again. Each ask dials anew; one whose dial the deadline
+// cut (a slow handshake at load ~25 under -race) ended the call
+// "cell_add: server unreachable: ...: context deadline exceeded", as if
+// the member had never answered, when its last word was the refusal
+// (TestCellChangeBounded failed so). An ask that went out and was left
+// unanswered is no refusal, though: the change may have been made.
+func TestCellChangeEndsOnLastRefusal(t *testing.T) {
+	var proxy atomic.Pointer[udpproxy.Proxy]
+	var asked atomic.Int64
+	var cutOnClose atomic.Bool
+	release := make(chan struct{})
+	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpCellAdd {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		if asked.Add(1) == 1 {
+			// Once the client has read the refusal and closed its
+			// connection, the member's address answers no more: the
+			// next ask's dial lasts until the call's deadline.
+			conn := c.Conn()
+			go func() {
+				<-conn.Context().Done()
+				if cutOnClose.Load() {
+					proxy.Load().Cut()
+				}
+			}()
+			return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 2000, Message: "cell_add: the cell elects a leader"}
+		}
+		// An ask that went out is left unanswered until the call ends.
+		select {
+		case <-c.Gone():
+		case <-release:
+		}
+		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 2000}
+	})
+	t.Cleanup(func() { close(release) })
+	relay, err := udpproxy.New(e.Addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.Store(relay)
+	t.Cleanup(func() { relay.Close() })
+	member := client.Replica{Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{5}}
+	for _, cut := range []bool{true, false} {
+		asked.Store(0)
+		relay.Restore()
+		cutOnClose.Store(cut)
+		c := newClient(t)
+		// The refusal asks for 2 s: the next ask comes 1-2 s later, and
+		// the call ends 4 s after it began, in that ask.
+		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+		_, err := c.CellAdd(ctx, relay.Addr(), e.Fingerprint, member)
+		cancel()
+		if n := asked.Load(); cut && n != 1 || !cut && n != 2 {
+			t.Fatalf("cut %v: %d asks reached the member: the scenario did not run (%v)", cut, n, err)
+		}
+		switch {
+		case !errors.Is(err, context.DeadlineExceeded):
+			t.Errorf("cut %v: %v, want the call ended by its deadline", cut, err)
+		case cut && (!errors.Is(err, client.ErrUnavailable) || errors.Is(err, client.ErrUnreachable)):
+			t.Errorf("the ask after the refusal never went out: %v, want the refusal (ErrUnavailable), not ErrUnreachable", err)
+		case !cut && errors.Is(err, client.ErrUnavailable):
+			t.Errorf("the ask after the refusal went out unanswered: %v, want no refusal (the change may have been made)", err)
+		}
+		t.Logf("cut %v: %v", cut, err)
 	}
 }
 
