@@ -468,6 +468,13 @@ func (n *Node) promote() {
 			next = v
 		}
 	}
+	if n.cfg.promoteAnswered != nil {
+		for i := range ns {
+			if v := &ns[i]; v.err == nil {
+				n.cfg.promoteAnswered(v.fp, v.applied, commit, v == next)
+			}
+		}
+	}
 	n.mu.Lock()
 	for fp := range n.behind {
 		if !slices.ContainsFunc(ns, func(v nonvoter) bool { return v.fp == fp }) {

@@ -205,6 +205,11 @@ type Config struct {
 	// askedProgress, if set (by tests), is called with the key of each
 	// member that asks this one how far it got (serveProgress).
 	askedProgress func(by wire.Fingerprint)
+	// promoteAnswered, if set (by tests), is called on the leader with
+	// each answer of a member catching up to promote's question: how far
+	// it got, the leader's commit index read before the question, and
+	// whether this round makes it a voter.
+	promoteAnswered func(member wire.Fingerprint, applied, commit uint64, chosen bool)
 	// received, if set (by tests), is called with each raft RPC this
 	// member receives, before raft has it: a test holds one there.
 	received func(req any)
