@@ -57,27 +57,36 @@ func TestTransferToStuckMember(t *testing.T) {
 // transfer in progress") until the stuck call returned (session 17, load
 // 20-26: the member's answers came late, and it looked current again).
 func TestTransferToMemberAnsweredLate(t *testing.T) {
+	// late holds what a member receives until released: each try its
+	// own (a release shared by the tries, closed by the first, held
+	// nothing in the next, which then handed the leadership over).
+	type lateHold struct {
+		addr    string
+		release chan struct{}
+		once    sync.Once
+	}
 	var (
-		deaf, late atomic.Pointer[string] // the member whose raft RPCs are held: for good, or until release
-		release    = make(chan struct{})
-		once       sync.Once
+		deaf atomic.Pointer[string] // the member whose raft RPCs are held for good
+		late atomic.Pointer[lateHold]
 	)
 	oneLeader(t, 3, 3, func(cfg *Config) {
 		cfg.RPCTimeout = waitTimeout
 		self := cfg.Advertise
 		cfg.received = func(any) {
 			holdWhile(&deaf, self)
-			if a := late.Load(); a != nil && *a == self {
-				<-release
+			if h := late.Load(); h != nil && h.addr == self {
+				<-h.release
 			}
 		}
 	}, func(c *testCell, l *testMember) error {
 		x := c.follower()
 		g := l.group("lobby")
 		srv := raft.Server{ID: raft.ServerID(x.id.Fingerprint().String()), Address: raft.ServerAddress(x.addr)}
+		h := &lateHold{addr: x.addr, release: make(chan struct{})}
+		release := func() { h.once.Do(func() { close(h.release) }) }
 		defer deaf.Store(nil)
-		defer once.Do(func() { close(release) })
-		late.Store(&x.addr)
+		defer release()
+		late.Store(h)
 		// x lags by this send, which the third member commits; its
 		// replication waits for x's answer.
 		c.send(g.ID, store.Sender{}, [][16]byte{newID(1)}, []string{"one"})
@@ -92,12 +101,21 @@ func TestTransferToMemberAnsweredLate(t *testing.T) {
 		deaf.Store(&x.addr) // what x receives from now on is held for good
 		late.Store(nil)
 		released := time.Now()
-		once.Do(func() { close(release) }) // x answers what it held: it answered just now
-		waitUntil(t, "the leader hearing x's late answers", func() bool {
+		release() // x answers what it held: it answered just now
+		// A leader deposed meanwhile (at load ~60 it lost its quorum's
+		// heartbeats and stepped down) replicates to x no more, and never
+		// hears them: the scenario did not run, and oneLeader runs it again.
+		for deadline := time.Now().Add(waitTimeout); ; time.Sleep(10 * time.Millisecond) {
 			repl.mu.Lock()
-			defer repl.mu.Unlock()
-			return repl.answered.After(released)
-		})
+			heard := repl.answered.After(released)
+			repl.mu.Unlock()
+			if heard {
+				break
+			}
+			if s := l.node.raft.State(); s != raft.Leader || time.Now().After(deadline) {
+				return fmt.Errorf("x's late answers unheard by the leader, %v now", s)
+			}
+		}
 		if err := l.node.transfer(&srv); err == nil {
 			return fmt.Errorf("transfer 2 to the member held: handed over")
 		} else {
