@@ -11,16 +11,27 @@ package testport
 import (
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"sync"
 	"testing"
 )
 
-// UDP returns a UDP socket on ip at a port whose TCP twin is free too.
+// UDP returns a UDP socket on ip at a port whose TCP twin is free too,
+// and one that neither Cell nor UDP has returned before in this process,
+// nor in another test process running on this host (reserve). A test
+// that stops a daemon and starts it again at its address (Cell's) leaves
+// the port free in between, and UDP drew its ports from the same range
+// without asking: cell's transport tests, running beside internal/faults
+// under go test -p 3, could bind the port TestGracefulStop's group daemon
+// was about to take back.
 func UDP(t testing.TB, ip net.IP) *net.UDPConn {
 	t.Helper()
+	given.Lock()
+	defer given.Unlock()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
+		if given.ports[port] {
+			continue
+		}
 		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip, Port: port})
 		if err != nil {
 			continue
@@ -31,38 +42,33 @@ func UDP(t testing.TB, ip net.IP) *net.UDPConn {
 			continue
 		}
 		ln.Close()
+		if !reserve(port) {
+			udp.Close()
+			continue
+		}
+		given.ports[port] = true
 		return udp
 	}
-	t.Fatal("no port free on both UDP and TCP")
+	t.Fatal("no port free on both UDP and TCP that no test process has been given")
 	return nil
 }
 
 // Cell returns a 127.0.0.1 address for a cell member started as a
 // process, at a port free on both UDP and TCP when it returns, and one
-// that Cell has not returned before in this process, nor in another test
-// process running on this host (reserve).
+// that Cell and UDP have not returned before in this process, nor in
+// another test process running on this host (reserve).
 func Cell(t testing.TB) string {
 	t.Helper()
-	given.Lock()
-	defer given.Unlock()
-	for range 1000 {
-		udp := UDP(t, net.IPv4(127, 0, 0, 1))
-		port := udp.LocalAddr().(*net.UDPAddr).Port
-		udp.Close()
-		if !given.ports[port] && reserve(port) {
-			given.ports[port] = true
-			return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		}
-	}
-	t.Fatal("no port free on both UDP and TCP that Cell has not returned before")
-	return ""
+	udp := UDP(t, net.IPv4(127, 0, 0, 1))
+	defer udp.Close()
+	return udp.LocalAddr().String()
 }
 
-// given holds the ports Cell has returned. A test that plans a cell takes
-// a port for each member before any of them binds it, and a port drawn
-// twice, free each time, made the members' list name one address twice
-// (groupd's TestCloseNamesNextLeader, "address 127.0.0.1:26002 listed
-// twice": about one three-member cell in 4000).
+// given holds the ports UDP and Cell have returned. A test that plans a
+// cell takes a port for each member before any of them binds it, and a
+// port drawn twice, free each time, made the members' list name one
+// address twice (groupd's TestCloseNamesNextLeader, "address
+// 127.0.0.1:26002 listed twice": about one three-member cell in 4000).
 var given = struct {
 	sync.Mutex
 	ports map[int]bool
