@@ -328,23 +328,10 @@ func TestWebOpensJoinedGroupFromLink(t *testing.T) {
 // the page until the test has opened lobby.
 func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
-	lobby, dev := up.groups["lobby"], up.groups["dev"]
-	bob := newUser(t, "bob", up.registry)
-	waitListed(t, bob, lobby, dev)
-	bb := newBrowser(t, 1200, 800)
-	bb.open(bob.web(t))
+	bb, lobby, dev := bobOnTheWebWithLobbyAndDev(t)
 	bb.joinByClick(lobby, "bob")
 
-	eval[bool](bb, `(() => {
-		const f = window.fetch;
-		window.heldJoins = [];
-		window.fetch = (u, o) => {
-			const p = f(u, o);
-			return String(u).endsWith('/join') ? new Promise(r => window.heldJoins.push(() => r(p))) : p;
-		};
-		return true;
-	})()`)
+	holdJoins(bb)
 	sel := `#others button[data-group="` + dev + `"]`
 	bb.waitFor("dev listed, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, jsString(sel)))
 	bb.waitFor("dev's join form", `!document.getElementById('join-form').hidden`)
@@ -378,7 +365,7 @@ func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
 	})
 	bb.waitFor("dev's join sent, its answer held", `window.heldJoins.length === 1`)
 	bb.openJoined(lobby)
-	eval[bool](bb, `(() => { window.heldJoins.forEach(release => release()); return true; })()`)
+	releaseJoins(bb)
 	bb.waitFor("dev's join answered", `!document.querySelector('#join-form button').disabled`)
 	bb.waitFor("dev among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(`#joined button[data-group="`+dev+`"]`)))
 	if active := eval[string](bb, `window.huddle.state.active`); active != lobby {
@@ -396,21 +383,8 @@ func TestWebJoinStaysWhereTheUserWent(t *testing.T) {
 // first join's answer is held in the page throughout.
 func TestWebJoinWhileAnotherJoinUnanswered(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
-	lobby, dev := up.groups["lobby"], up.groups["dev"]
-	bob := newUser(t, "bob", up.registry)
-	waitListed(t, bob, lobby, dev)
-	bb := newBrowser(t, 1200, 800)
-	bb.open(bob.web(t))
-	eval[bool](bb, `(() => {
-		const f = window.fetch;
-		window.heldJoins = [];
-		window.fetch = (u, o) => {
-			const p = f(u, o);
-			return String(u).endsWith('/join') ? new Promise(r => window.heldJoins.push(() => r(p))) : p;
-		};
-		return true;
-	})()`)
+	bb, lobby, dev := bobOnTheWebWithLobbyAndDev(t)
+	holdJoins(bb)
 	join := func(uuid string) {
 		t.Helper()
 		sel := `#others button[data-group="` + uuid + `"]`
@@ -423,8 +397,41 @@ func TestWebJoinWhileAnotherJoinUnanswered(t *testing.T) {
 	bb.waitFor("lobby listed as joined all the same", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(`#joined button[data-group="`+lobby+`"]`)))
 	join(dev)
 	bb.waitFor("dev's join sent too", `window.heldJoins.length === 2`)
-	eval[bool](bb, `(() => { window.heldJoins.forEach(release => release()); return true; })()`)
+	releaseJoins(bb)
 	bb.waitFor("dev among the joined", fmt.Sprintf(`!!document.querySelector(%s)`, jsString(`#joined button[data-group="`+dev+`"]`)))
+}
+
+// bobOnTheWebWithLobbyAndDev starts huddle up with groups lobby and dev,
+// which bob, who has joined neither, has listed, and opens bob's huddle
+// web in a browser: the two join tests' start.
+func bobOnTheWebWithLobbyAndDev(t *testing.T) (bb *browser, lobby, dev string) {
+	t.Helper()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby", "--group", "dev")
+	lobby, dev = up.groups["lobby"], up.groups["dev"]
+	bob := newUser(t, "bob", up.registry)
+	waitListed(t, bob, lobby, dev)
+	bb = newBrowser(t, 1200, 800)
+	bb.open(bob.web(t))
+	return bb, lobby, dev
+}
+
+// holdJoins makes the page's join requests go out and their answers wait
+// in the page (window.heldJoins) until releaseJoins.
+func holdJoins(bb *browser) {
+	eval[bool](bb, `(() => {
+		const f = window.fetch;
+		window.heldJoins = [];
+		window.fetch = (u, o) => {
+			const p = f(u, o);
+			return String(u).endsWith('/join') ? new Promise(r => window.heldJoins.push(() => r(p))) : p;
+		};
+		return true;
+	})()`)
+}
+
+// releaseJoins lets the page have every join answer holdJoins held.
+func releaseJoins(bb *browser) {
+	eval[bool](bb, `(() => { window.heldJoins.forEach(release => release()); return true; })()`)
 }
 
 // TestWebMessageDuringFirstPage: a message the live stream delivers while
