@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -228,12 +229,7 @@ func TestWebTwoUsers(t *testing.T) {
 	// A mention notifies bob while his page is hidden. Headless chromium
 	// shows no notifications, so the page's Notification is a recorder.
 	bb.openJoined(lobby)
-	eval[bool](bb, `(() => {
-		window.notes = [];
-		window.Notification = class { constructor(title, opts) { notes.push({title, body: opts.body}); } static get permission() { return 'granted'; } };
-		Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
-		return true;
-	})()`)
+	bb.recordNotifications()
 	carol.ok(t, "send", "lobby", "no mention in this one")
 	carol.ok(t, "send", "lobby", "@bob lunch is ready")
 	bb.waitFor("a notification", `notes.length > 0`)
@@ -245,6 +241,55 @@ func TestWebTwoUsers(t *testing.T) {
 	eval[bool](ab, `(() => { document.getElementById('input').value = 'x'.repeat(70000); return true; })()`)
 	ab.do("Enter", chromedp.Focus(chromedp.ID("input")), pressEnter())
 	ab.waitFor("the refusal in words", `[...document.querySelectorAll('.msg.pending .state.bad')].some(e => e.textContent.includes('Too large: messages in lobby may be at most 64 KiB'))`)
+}
+
+// recordNotifications makes the page's Notification a recorder of each
+// one's title and body (window.notes), permission granted, and the page
+// hidden, as it notifies only then: headless chromium shows no
+// notifications.
+func (b *browser) recordNotifications() {
+	b.t.Helper()
+	eval[bool](b, `(() => {
+		window.notes = [];
+		window.Notification = class { constructor(title, opts) { notes.push({title, body: opts.body}); } static get permission() { return 'granted'; } };
+		Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+		return true;
+	})()`)
+}
+
+// TestWebNotificationIsPlainText: a mention's native notification carries
+// no markup of the peer's, in its body (the message) or its title (the
+// author's name). The desktop's notification daemon may read a body as
+// markup (the freedesktop spec's body-markup), and some read the title so
+// too: a peer's <a href> or <img src> became a link or an image of its
+// choosing, "1 < 2" no valid markup. '<', '>' and '&' reach the
+// notification as their small forms, which read alike; the page shows the
+// message as it is.
+func TestWebNotificationIsPlainText(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice := aliceInLobbyOf(t, up)
+	mallory := newUser(t, "<b>mallory</b> & co", up.registry)
+	mallory.join(t, "lobby")
+	b := newBrowser(t, 1000, 700)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	b.recordNotifications()
+	const body = `@alice <a href="https://example.invalid/">menu</a> &amp; <img src="file:///etc/hostname"/> 1 < 2`
+	mallory.ok(t, "send", "lobby", body)
+	b.waitFor("a notification", `notes.length > 0`)
+	notes := eval[[]map[string]string](b, `notes`)
+	want := map[string]string{
+		"title": "\ufe64b\ufe65mallory\ufe64/b\ufe65 \ufe60 co in lobby",
+		"body":  "@alice \ufe64a href=\"https://example.invalid/\"\ufe65menu\ufe64/a\ufe65 \ufe60amp; \ufe64img src=\"file:///etc/hostname\"/\ufe65 1 \ufe64 2",
+	}
+	if len(notes) != 1 || !maps.Equal(notes[0], want) {
+		t.Errorf("notifications %q, want one: %q", notes, want)
+	}
+	if !eval[bool](b, hasMessage(body)) {
+		t.Errorf("the page does not show the message as it is:\n%s", b.text())
+	}
 }
 
 // TestWebNarrow uses the page in a phone-sized window, with the keyboard:

@@ -1239,7 +1239,8 @@ function closeMembers() {
 
 function notify(g, d) {
   if (!('Notification' in window) || Notification.permission !== 'granted') return;
-  const n = new Notification(`${fmt.shown(d.name)} in ${g ? fmt.shown(g.name) : 'huddle'}`, {body: d.text.slice(0, 200), tag: `${d.group}:${d.seq}`});
+  const {title, body} = fmt.notification(g, d);
+  const n = new Notification(title, {body, tag: `${d.group}:${d.seq}`});
   n.onclick = () => { window.focus(); open(d.group); n.close(); };
 }
 

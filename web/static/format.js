@@ -67,6 +67,33 @@ export const lookalike = name =>
 // U+FFFD, as the CLI shows such names (cli/shown.go).
 export const shown = name => name.replace(/[\p{Cc}\p{Cf}\u2028\u2029]/gu, '\uFFFD');
 
+// plain is peer text for a native notification's title or body. The
+// Notifications API takes both as text, but the freedesktop notification
+// spec leaves the body to the desktop's notification daemon to read as
+// markup (its body-markup capability: <b>, <i>, <u>, <a href>, <img src>,
+// entities), and some daemons read the title so too. Chromium escapes a
+// body for a daemon that says it reads markup; one that reads it without
+// saying so, or another browser, would show a peer's <b> bold, a link or
+// an image of the peer's choosing, or nothing for text that is no valid
+// markup ("1 < 2"). So '<', '>' and '&' are given as their small forms
+// (U+FE64, U+FE65, U+FE60), which read alike and are markup nowhere: as
+// entities (&lt;) they would show as such where the text is read as
+// text, and twice escaped where the browser escapes too.
+const unmarked = {'<': '\uFE64', '>': '\uFE65', '&': '\uFE60'};
+export const plain = text => text.replace(/[<>&]/g, c => unmarked[c]);
+
+// notification is the title and body of the native notification for
+// message d of group g (undefined if the page knows no such group): who
+// wrote it where, the names as the page shows them, and the message's
+// first 200 characters (whole ones: a cut between a surrogate pair's
+// halves would give the daemon half a character), each through plain.
+export function notification(g, d) {
+  return {
+    title: plain(`${shown(d.name)} in ${g ? shown(g.name) : 'huddle'}`),
+    body: plain(Array.from(d.text.slice(0, 400)).slice(0, 200).join('')),
+  };
+}
+
 // quoted is a name shown among others: through shown, in double quotes,
 // a quote or backslash in it escaped, so that a name holding '", "' does
 // not pass for two (the CLI's strconv.Quote).
