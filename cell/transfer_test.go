@@ -56,72 +56,106 @@ func TestTransferToStuckMember(t *testing.T) {
 // next transfer to it blocked on it, refusing every proposal ("leadership
 // transfer in progress") until the stuck call returned (session 17, load
 // 20-26: the member's answers came late, and it looked current again).
+//
+// The member keeps answering heartbeats throughout (only what replicates
+// to it is held): it has answered within a heartbeat timeout at the
+// second transfer however loaded the machine, and looks current but for
+// the transfer given up, so that rule alone can refuse it, and the test
+// checks that it did. (Its heartbeats were held too until session 20: at
+// load the second transfer came more than a heartbeat timeout after the
+// late answers, and was refused as "not answered within a heartbeat
+// timeout", the rule before; the test passed without reaching its own.)
 func TestTransferToMemberAnsweredLate(t *testing.T) {
-	// late holds what a member receives until released: each try its
-	// own (a release shared by the tries, closed by the first, held
+	// late holds what replicates to a member until released: each try
+	// its own (a release shared by the tries, closed by the first, held
 	// nothing in the next, which then handed the leadership over).
 	type lateHold struct {
 		addr    string
 		release chan struct{}
 		once    sync.Once
 	}
-	var (
-		deaf atomic.Pointer[string] // the member whose raft RPCs are held for good
-		late atomic.Pointer[lateHold]
-	)
-	oneLeader(t, 3, 3, func(cfg *Config) {
-		cfg.RPCTimeout = waitTimeout
-		self := cfg.Advertise
-		cfg.received = func(any) {
-			holdWhile(&deaf, self)
-			if h := late.Load(); h != nil && h.addr == self {
-				<-h.release
+	rerunOnNewCells(t, 3, "raft did not take the first transfer, or an election came", func(t *testing.T) bool {
+		var (
+			deaf atomic.Pointer[string] // the member whose replication is held for good
+			late atomic.Pointer[lateHold]
+		)
+		h := &lateHold{release: make(chan struct{})}
+		release := func() { h.once.Do(func() { close(h.release) }) }
+		defer release() // before the cell stops (Cleanup)
+		defer deaf.Store(nil)
+		c := newTestCell(t, 3, false, func(cfg *Config) {
+			steadyLeader(cfg) // a heartbeat timeout of 1 s: the member's heartbeats are answered within it at load
+			cfg.RPCTimeout = waitTimeout
+			self := cfg.Advertise
+			cfg.received = func(req any) {
+				if ae, ok := req.(*raft.AppendEntriesRequest); ok && isHeartbeat(ae) {
+					return
+				}
+				holdWhile(&deaf, self)
+				if h := late.Load(); h != nil && h.addr == self {
+					<-h.release
+				}
 			}
-		}
-	}, func(c *testCell, l *testMember) error {
+		})
+		l := c.leader()
+		term := c.term()
 		x := c.follower()
 		g := l.group("lobby")
 		srv := raft.Server{ID: raft.ServerID(x.id.Fingerprint().String()), Address: raft.ServerAddress(x.addr)}
-		h := &lateHold{addr: x.addr, release: make(chan struct{})}
-		release := func() { h.once.Do(func() { close(h.release) }) }
-		defer deaf.Store(nil)
-		defer release()
+		h.addr = x.addr
 		late.Store(h)
 		// x lags by this send, which the third member commits; its
 		// replication waits for x's answer.
 		c.send(g.ID, store.Sender{}, [][16]byte{newID(1)}, []string{"one"})
 		repl := l.node.net.replicationTo(srv.ID)
-		if err := l.node.transfer(&srv); err == nil {
-			return fmt.Errorf("transfer 1 to the member held: handed over")
-		} else {
-			t.Logf("transfer 1 to the member held: %v", err)
+		err := l.node.transfer(&srv)
+		t.Logf("transfer 1 to the member held: %v", err)
+		switch {
+		case err == nil:
+			t.Fatal("transfer 1 to the member held: handed over")
+		case !strings.Contains(err.Error(), raftTransferTimeout):
+			// Refused before raft took it (transferable: at load, the
+			// test's own goroutine came late): raft gave nothing up.
+			return false
 		}
 		// Raft tells x's replication of this entry while it waits.
 		c.send(g.ID, store.Sender{}, [][16]byte{newID(2)}, []string{"two"})
-		deaf.Store(&x.addr) // what x receives from now on is held for good
+		deaf.Store(&x.addr) // what replicates to x from now on is held for good
 		late.Store(nil)
 		released := time.Now()
 		release() // x answers what it held: it answered just now
 		// A leader deposed meanwhile (at load ~60 it lost its quorum's
 		// heartbeats and stepped down) replicates to x no more, and never
-		// hears them: the scenario did not run, and oneLeader runs it again.
+		// hears them: the scenario did not run, and runs again.
 		for deadline := time.Now().Add(waitTimeout); ; time.Sleep(10 * time.Millisecond) {
 			repl.mu.Lock()
-			heard := repl.answered.After(released)
+			heard := repl.replied.After(released)
 			repl.mu.Unlock()
 			if heard {
 				break
 			}
-			if s := l.node.raft.State(); s != raft.Leader || time.Now().After(deadline) {
-				return fmt.Errorf("x's late answers unheard by the leader, %v now", s)
+			if s := l.node.raft.State(); s != raft.Leader || c.term() != term {
+				t.Logf("x's late answers unheard by the leader, %v now", s)
+				return false
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("x's late answers unheard by the leader")
 			}
 		}
-		if err := l.node.transfer(&srv); err == nil {
-			return fmt.Errorf("transfer 2 to the member held: handed over")
-		} else {
-			t.Logf("transfer 2 to the member held: %v", err)
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout/3)
+		err = l.node.transferWithin(ctx, &srv)
+		cancel()
+		t.Logf("transfer 2 to the member held: %v", err)
+		if l.node.raft.State() != raft.Leader || c.term() != term {
+			return false
 		}
-		return sendsTaken(l, g.ID)
+		if err == nil || !strings.Contains(err.Error(), whyGaveUp) {
+			t.Fatalf("transfer 2 to the member held: %v; want it refused because raft gave transfer 1 to it up in this term (%q)", err, whyGaveUp)
+		}
+		if err := sendsTaken(l, g.ID); err != nil {
+			t.Fatal(err)
+		}
+		return true
 	})
 }
 

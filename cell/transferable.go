@@ -114,7 +114,7 @@ func (r *replication) current(now time.Time, term, last uint64, within time.Dura
 	case r.term == term && r.matched >= last:
 		return true, ""
 	case r.gaveUp == term:
-		return false, "it is behind, and raft gave a transfer to it up in this term (its request to bring it level may still wait for its replication)"
+		return false, whyGaveUp
 	case r.failed:
 		return false, "it is behind, and raft's last AppendEntries to it failed"
 	case !r.since.IsZero() && now.Sub(r.since) > within:
@@ -124,6 +124,10 @@ func (r *replication) current(now time.Time, term, last uint64, within time.Dura
 	}
 	return true, ""
 }
+
+// whyGaveUp is current's refusal of a member raft gave a transfer to up
+// in this term.
+const whyGaveUp = "it is behind, and raft gave a transfer to it up in this term (its request to bring it level may still wait for its replication)"
 
 // matchedIn returns the last index this member acknowledged in term (0 if
 // none).
