@@ -254,13 +254,14 @@ func (d *Daemon) awaitSeq(ctx context.Context, c *server.Call, g *group, seq uin
 
 // cellStatus answers cell_status: this member's view of its cell.
 func (d *Daemon) cellStatus(c *server.Call) error {
+	if d.node == nil {
+		// As any daemon that knows no such operation answers, whatever
+		// the args.
+		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
+	}
 	var req wire.CellQuery
 	if err := c.Decode(&req); err != nil {
 		return err
-	}
-	if d.node == nil {
-		// As any daemon that knows no such operation answers.
-		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
 	}
 	return c.Result(cellStatusFrame(d.node.Status()))
 }
@@ -307,12 +308,15 @@ func cellStatusFrame(st cell.Status) wire.CellStatus {
 // cellChange answers cell_add and cell_remove. Only a member's key may
 // change the cell: an operator runs them with a member daemon's key.
 func (d *Daemon) cellChange(ctx context.Context, c *server.Call) error {
+	// A daemon of no cell does not know the operation (PROTOCOL.md §13:
+	// unsupported), whatever its args: a client asking it with args it
+	// would refuse was told bad_request until session 20.
+	if d.node == nil {
+		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
+	}
 	var req wire.CellMember
 	if err := c.Decode(&req); err != nil {
 		return err
-	}
-	if d.node == nil {
-		return fmt.Errorf("%w: %v: this daemon is not a member of a cell", wire.ErrUnsupported, c.Op())
 	}
 	// The node decides whether the caller's key may change the cell in
 	// the configuration it makes the change in (AddMember).

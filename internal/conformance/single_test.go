@@ -33,7 +33,7 @@ const (
 	testFetchPage  = 5
 )
 
-var singleGroups = []string{"quiet", "members", "send", "fetch", "watch", "errors"}
+var singleGroups = []string{"quiet", "members", "send", "fetch", "watch", "errors", "answers"}
 
 func startSingle(t *testing.T) *single {
 	t.Helper()
@@ -122,6 +122,7 @@ func TestSingleDaemon(t *testing.T) {
 	t.Run("watch", func(t *testing.T) { t.Parallel(); testWatch(t, s) })
 	t.Run("errors", func(t *testing.T) { t.Parallel(); testErrors(t, s) })
 	t.Run("frames", func(t *testing.T) { t.Parallel(); testMalformed(t, s) })
+	t.Run("answers", func(t *testing.T) { t.Parallel(); testAnswers(t, s) })
 	t.Run("handshake", func(t *testing.T) { t.Parallel(); testHandshake(t, s) })
 	t.Run("heartbeat", func(t *testing.T) { t.Parallel(); testHeartbeat(t, s) })
 }

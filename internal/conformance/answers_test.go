@@ -1,0 +1,136 @@
+//go:build linux
+
+package conformance
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Operations of a cell's members (§13), which a daemon that is not one
+// answers unsupported.
+const (
+	opCellAdd    = 24
+	opCellRemove = 25
+)
+
+// testAnswers: what a group daemon answers to requests §4-§9 and §13 name
+// an answer for, beyond each operation's own subtest: op numbers past
+// 16 bits, unknown groups and keys at every level, required fields of
+// other types than the tables', and cell operations sent to a daemon
+// that is no member of a cell.
+func testAnswers(t *testing.T, s *single) {
+	g := s.groups["answers"].group
+	ctx := ctxT(t)
+	p, c, _ := s.member(t, "answers", "answerer")
+
+	// §5: an op the server does not know is unsupported, however large;
+	// 0x10010 is not info (16) cut to 16 bits.
+	for _, op := range []uint64{0x10010, 0x10014, 1<<32 + 16, 1<<64 - 1} {
+		_, err := c.call(ctx, op, cmap{1: g})
+		wantCode(t, fmt.Sprintf("op %#x", op), err, codeUnsupported)
+	}
+
+	// §8: a group the daemon does not host is not_found, for every
+	// operation on a group.
+	unknown := newUUID()
+	for _, op := range []uint64{opInfo, opLeave, opMembers, opWatch, opFetch} {
+		_, err := c.call(ctx, op, cmap{1: unknown})
+		wantCode(t, fmt.Sprintf("op %d on a group not hosted", op), err, codeNotFound)
+	}
+
+	// §5: keys a receiver does not know are ignored at every level:
+	// the args, an Outgoing, and a value that is itself a map or array.
+	future := cmap{1: []any{uint64(1), "two"}, 2: cmap{3: []byte{4}}}
+	if _, err := c.call(ctx, opInfo, cmap{1: g, 30: future}); err != nil {
+		t.Errorf("info with a key from the future: %v", err)
+	}
+	id := newID()
+	body, err := c.call(ctx, opSend, cmap{1: g, 2: []any{cmap{1: id, 2: []byte("x"), 9: future}}, 31: uint64(1)})
+	if s, derr := decodeSent(body); err != nil || derr != nil || len(s.acks) != 1 || s.acks[0].duplicate {
+		t.Errorf("send with keys from the future: %+v, %v, %v; want one message stored", s, err, derr)
+	}
+	// §6: an absent field takes its zero value: an Outgoing without a
+	// body is an empty message.
+	body, err = c.call(ctx, opSend, cmap{1: g, 2: []any{cmap{1: newID()}}})
+	if s, derr := decodeSent(body); err != nil || derr != nil || len(s.acks) != 1 {
+		t.Fatalf("send of a message without a body: %+v, %v, %v", s, err, derr)
+	}
+	msgs, _, err := c.fetch(ctx, query{group: g, after: 1})
+	if err != nil || len(msgs) != 1 || len(msgs[0].body) != 0 || msgs[0].from != p.fp {
+		t.Errorf("the message without a body: %+v, %v; want it stored, empty", msgs, err)
+	}
+	// Map keys that are text or negative integers are keys the receiver
+	// does not know; a key of any other type is malformed (§4).
+	infoWith := func(key ...byte) []byte {
+		item := []byte{0xa2, 0x00, 0x10, 0x01, 0xa2, 0x01, 0x50}
+		item = append(item, g...)
+		return frame(append(append(item, key...), 0x00))
+	}
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+		code uint64 // 0: answered
+	}{
+		{"a text key", infoWith(0x61, 'k'), 0},
+		{"a negative key", infoWith(0x20), 0},
+		{"a byte-string key", infoWith(0x41, 'k'), codeBadRequest},
+		{"a boolean key", infoWith(0xf5), codeBadRequest},
+		{"an array key", infoWith(0x80), codeBadRequest},
+	} {
+		_, err := c.roundTrip(ctx, tc.raw)
+		if tc.code == 0 {
+			if err != nil {
+				t.Errorf("info with %s: %v; want it ignored", tc.name, err)
+			}
+			continue
+		}
+		wantCode(t, "info with "+tc.name, err, tc.code)
+	}
+
+	// Fields of the wrong shape (§4, §6, §8.5-8.7).
+	for _, tc := range []struct {
+		name string
+		op   uint64
+		args cmap
+		code uint64
+	}{
+		{"an all-zero group", opInfo, cmap{1: make([]byte, 16)}, codeBadRequest},
+		{"no group", opMembers, cmap{}, codeBadRequest},
+		{"a message ID of 15 bytes", opSend, cmap{1: g, 2: []any{cmap{1: id[:15], 2: []byte("x")}}}, codeBadRequest},
+		{"a message without an ID", opSend, cmap{1: g, 2: []any{cmap{2: []byte("x")}}}, codeBadRequest},
+		{"messages that are not an array", opSend, cmap{1: g, 2: cmap{1: id}}, codeBadRequest},
+		{"more messages than any send may carry (1024)", opSend, cmap{1: g, 2: func() (a []any) {
+			for range 1025 {
+				a = append(a, cmap{1: newID()})
+			}
+			return a
+		}()}, codeTooLarge},
+		{"a watch with since and after", opWatch, cmap{1: g, 2: int64(0), 3: uint64(0)}, codeBadRequest},
+		{"a negative after", opWatch, cmap{1: g, 3: int64(-1)}, codeBadRequest},
+		{"an epoch of text", opFetch, cmap{1: g, 5: "1"}, codeBadRequest},
+		{"a join secret of text", opJoin, cmap{1: g, 2: "answerer", 3: "secret"}, codeBadRequest},
+	} {
+		_, err := c.call(ctx, tc.op, tc.args)
+		wantCode(t, tc.name, err, tc.code)
+	}
+	if in, err := c.info(ctx, g); err != nil || in.last != 2 {
+		t.Errorf("info after the refusals: last %d, %v; want the 2 messages sent", in.last, err)
+	}
+
+	// §13: a daemon that is not a member of a cell answers the cell's
+	// operations unsupported, whatever their args.
+	for _, tc := range []struct {
+		name string
+		op   uint64
+		args cmap
+	}{
+		{"cell_status", opCellStatus, cmap{}},
+		{"cell_add", opCellAdd, cmap{1: "127.0.0.1:7000", 2: p.fp[:]}},
+		{"cell_add without args", opCellAdd, cmap{}},
+		{"cell_remove", opCellRemove, cmap{2: p.fp[:]}},
+	} {
+		_, err := c.call(ctx, tc.op, tc.args)
+		wantCode(t, tc.name+" to a daemon of no cell", err, codeUnsupported)
+	}
+}
