@@ -1,0 +1,123 @@
+//go:build linux
+
+package conformance
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+)
+
+// testCellRegistration: §7.1 and §13's rules for a cell's group at the
+// registry, from keys of our own standing for a cell's members: the group
+// is listed once, under its leader only once the leader's own key
+// registered it; any replica's key may register it; a member's
+// deregistration leaves it listed for the others; and the refusals of
+// replicas no cell has.
+func testCellRegistration(t *testing.T, s *single) {
+	ctx := ctxT(t)
+	a, b, stranger := newPeer(t), newPeer(t), newPeer(t)
+	ac := a.mustDial(t, s.registry.addr, s.registry.fp)
+	bc := b.mustDial(t, s.registry.addr, s.registry.fp)
+	sc := stranger.mustDial(t, s.registry.addr, s.registry.fp)
+	g := newUUID()
+	const addrA, addrB = "10.0.0.1:7001", "10.0.0.2:7002"
+	rep := func(addr string, p *peer, leader bool) cmap {
+		r := cmap{1: addr, 2: p.fp[:]}
+		if leader {
+			r[3] = true
+		}
+		return r
+	}
+	register := func(c *conn, addr string, replicas ...any) (cmap, error) {
+		return c.call(ctx, 1, cmap{1: g, 2: "cell group", 3: []any{addr}, 5: uint64(1), 6: uint64(7), 7: replicas})
+	}
+	listed := func() *groupEntry {
+		t.Helper()
+		all, err := ac.listAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range all {
+			if bytes.Equal(e.group, g) {
+				return &e
+			}
+		}
+		return nil
+	}
+	leaderOf := func(e *groupEntry) *replica {
+		if i := slices.IndexFunc(e.replicas, func(r replica) bool { return r.leader }); i >= 0 {
+			return &e.replicas[i]
+		}
+		return nil
+	}
+
+	// Replicas no cell has.
+	var ten []any
+	for i := range 10 {
+		ten = append(ten, cmap{1: "10.0.1.1:7000", 2: append(bytes.Repeat([]byte{1}, 31), byte(i))})
+	}
+	ten[0] = rep(addrA, a, false)
+	for _, tc := range []struct {
+		name     string
+		replicas []any
+		code     uint64
+	}{
+		{"replicas without the registering key", []any{rep(addrB, b, false)}, codeBadRequest},
+		{"two leaders", []any{rep(addrA, a, true), rep(addrB, b, true)}, codeBadRequest},
+		{"a replica without a fingerprint", []any{rep(addrA, a, false), cmap{1: addrB}}, codeBadRequest},
+		{"a replica whose address is not host:port", []any{rep(addrA, a, false), rep("10.0.0.2", b, false)}, codeBadRequest},
+		{"10 replicas", ten, codeTooLarge},
+	} {
+		_, err := register(ac, addrA, tc.replicas...)
+		wantCode(t, "register with "+tc.name, err, tc.code)
+	}
+	if e := listed(); e != nil {
+		t.Fatalf("listed after refused registrations: %+v", e)
+	}
+
+	// A registers first, naming B the leader: B has not registered the
+	// group, so no leader is listed yet, and the entry is A's.
+	if _, err := register(ac, addrA, rep(addrA, a, false), rep(addrB, b, true)); err != nil {
+		t.Fatal(err)
+	}
+	e := listed()
+	if e == nil || e.fp != a.fp || !slices.Equal(e.addrs, []string{addrA}) || len(e.replicas) != 2 || leaderOf(e) != nil {
+		t.Fatalf("after A's registration: %+v; want A's entry, two replicas, no leader marked", e)
+	}
+	// B, a replica, may register it: the entry is the leader's now.
+	if _, err := register(bc, addrB, rep(addrA, a, false), rep(addrB, b, true)); err != nil {
+		t.Fatal(err)
+	}
+	e = listed()
+	if e == nil || e.fp != b.fp || !slices.Equal(e.addrs, []string{addrB}) || leaderOf(e) == nil || leaderOf(e).fp != b.fp {
+		t.Fatalf("after the leader's registration: %+v; want B's entry, B the leader", e)
+	}
+	// A key that is no replica may not.
+	_, err := register(sc, "10.0.0.3:7003", rep("10.0.0.3:7003", stranger, true), rep(addrA, a, false), rep(addrB, b, false))
+	wantCode(t, "a registration by a key that is no replica", err, codeUnauthorized)
+	_, err = sc.call(ctx, 3, cmap{1: g})
+	wantCode(t, "a deregistration by a key that is no replica", err, codeUnauthorized)
+	// A registration naming no leader keeps the one listed.
+	if _, err := register(ac, addrA, rep(addrA, a, false), rep(addrB, b, false)); err != nil {
+		t.Fatal(err)
+	}
+	if e = listed(); e == nil || e.fp != b.fp || leaderOf(e) == nil || leaderOf(e).fp != b.fp {
+		t.Errorf("after a registration naming no leader: %+v; want B still listed as the leader", e)
+	}
+	// The leader deregisters: A registered since, so the group stays
+	// listed, under no leader.
+	if _, err := bc.call(ctx, 3, cmap{1: g}); err != nil {
+		t.Fatal(err)
+	}
+	if e = listed(); e == nil || leaderOf(e) != nil || e.fp != a.fp || !slices.Equal(e.addrs, []string{addrA}) {
+		t.Errorf("after the leader's deregistration: %+v; want A's entry, no leader", e)
+	}
+	// Then A: nobody holds it.
+	if _, err := ac.call(ctx, 3, cmap{1: g}); err != nil {
+		t.Fatal(err)
+	}
+	if e = listed(); e != nil {
+		t.Errorf("after every member's deregistration: %+v; want it gone", e)
+	}
+}
