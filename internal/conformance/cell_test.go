@@ -173,6 +173,10 @@ func TestCell(t *testing.T) {
 			// §9: a member that does not lead proposes nothing, and says
 			// so (key 7), so a client may take the refusal as final.
 			t.Errorf("%s through a follower: refusal %+v not marked unchanged (§9, key 7)", what, pe)
+		} else if !sameMembers(pe.replicas, entry.replicas) {
+			// §13: the refusal names the members that serve the group,
+			// which the client uses in place of the list it holds.
+			t.Errorf("%s through a follower: refusal names replicas %+v (key 6); want the cell's %+v", what, pe.replicas, entry.replicas)
 		} else if len(hops) != 1 || *pe.leader != leader {
 			t.Logf("%s through a follower: refusals %+v (the leader changed since the listing named %s)", what, hops, leader.addr)
 		}
@@ -203,6 +207,16 @@ func TestCell(t *testing.T) {
 	}
 	_, _, err = stranger.mustDial(t, leader.addr, leader.fp).fetch(ctx, query{group: g})
 	wantCode(t, "a non-member's fetch from the leader", err, codeNotMember)
+
+	// §13: only the key of one of the cell's members may change it; a
+	// stranger is refused by any member, the leader or not, and nothing
+	// changes.
+	for _, r := range []replica{followers[0], leader} {
+		_, err := stranger.mustDial(t, r.addr, r.fp).call(ctx, opCellAdd, cmap{1: "127.0.0.1:9", 2: stranger.fp[:]})
+		wantCode(t, "cell_add by a stranger at "+r.addr, err, codeUnauthorized)
+		_, err = stranger.mustDial(t, r.addr, r.fp).call(ctx, opCellRemove, cmap{2: r.fp[:]})
+		wantCode(t, "cell_remove by a stranger at "+r.addr, err, codeUnauthorized)
+	}
 
 	// A batch retention could never hold (1 KiB of bodies here) is
 	// too_large (§8.5), from the leader, and changes nothing.
@@ -296,4 +310,18 @@ func whileUnavailable(ctx context.Context, t *testing.T, op func() error) error 
 		case <-time.After(time.Duration(pe.retryAfter) * time.Millisecond):
 		}
 	}
+}
+
+// sameMembers reports whether a and b name the same members (address and
+// key), whichever each marks leader.
+func sameMembers(a, b []replica) bool {
+	key := func(rs []replica) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.addr+" "+r.fp.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(key(a), key(b))
 }

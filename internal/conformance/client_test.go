@@ -363,7 +363,8 @@ type protoError struct {
 	retryAfter uint64
 	epoch      uint64
 	leader     *replica
-	unchanged  bool // key 7: the server did nothing of the request
+	replicas   []replica // key 6: the members that serve the group (§13)
+	unchanged  bool      // key 7: the server did nothing of the request
 }
 
 // Error codes (§9).
@@ -395,6 +396,11 @@ func decodeError(body cmap) (*protoError, error) {
 		rep, err := decodeReplica(r.cmap(5))
 		r.keep(err)
 		e.leader = &rep
+	}
+	for _, m := range r.maps(6) {
+		rep, err := decodeReplica(m)
+		r.keep(err)
+		e.replicas = append(e.replicas, rep)
 	}
 	if r.err == nil && (e.code == 0 || e.code > 65535) {
 		r.err = fmt.Errorf("error code %d", e.code)
