@@ -93,11 +93,27 @@ func testCellRegistration(t *testing.T, s *single) {
 	if e == nil || e.fp != b.fp || !slices.Equal(e.addrs, []string{addrB}) || leaderOf(e) == nil || leaderOf(e).fp != b.fp {
 		t.Fatalf("after the leader's registration: %+v; want B's entry, B the leader", e)
 	}
+	// §7.2, §7.3: a renew without an epoch, and a deregister without a
+	// group, are bad_request; a renew in another epoch is epoch_mismatch,
+	// whoever asks (the epoch is checked first).
+	_, err := bc.call(ctx, 2, cmap{1: g})
+	wantCode(t, "a renew without an epoch", err, codeBadRequest)
+	_, err = bc.call(ctx, 3, cmap{})
+	wantCode(t, "a deregister without a group", err, codeBadRequest)
+	body, err := bc.call(ctx, 2, cmap{1: g, 2: uint64(1)})
+	if err == nil {
+		t.Fatalf("a renew in epoch 1: %v; want epoch_mismatch", body)
+	}
+	epoch := wantCode(t, "a renew in epoch 1", err, codeEpochMismatch).epoch
+	_, err = sc.call(ctx, 2, cmap{1: g, 2: epoch ^ 1})
+	wantCode(t, "a stranger's renew in another epoch", err, codeEpochMismatch)
 	// A key that is no replica may not.
-	_, err := register(sc, "10.0.0.3:7003", rep("10.0.0.3:7003", stranger, true), rep(addrA, a, false), rep(addrB, b, false))
+	_, err = register(sc, "10.0.0.3:7003", rep("10.0.0.3:7003", stranger, true), rep(addrA, a, false), rep(addrB, b, false))
 	wantCode(t, "a registration by a key that is no replica", err, codeUnauthorized)
 	_, err = sc.call(ctx, 3, cmap{1: g})
 	wantCode(t, "a deregistration by a key that is no replica", err, codeUnauthorized)
+	_, err = sc.call(ctx, 2, cmap{1: g, 2: epoch})
+	wantCode(t, "a renewal by a key that is no replica", err, codeUnauthorized)
 	// A registration naming no leader keeps the one listed.
 	if _, err := register(ac, addrA, rep(addrA, a, false), rep(addrB, b, false)); err != nil {
 		t.Fatal(err)
