@@ -60,6 +60,11 @@ func testAnswers(t *testing.T, s *single) {
 	if err != nil || len(msgs) != 1 || len(msgs[0].body) != 0 || msgs[0].from != p.fp {
 		t.Errorf("the message without a body: %+v, %v; want it stored, empty", msgs, err)
 	}
+	// §13: min_seq is a cell's; a daemon of no cell ignores it, and
+	// answers at once with what it holds.
+	if msgs, end, err := c.fetch(ctx, query{group: g, hasAfter: true, minSeq: 1 << 40}); err != nil || len(msgs) != 2 || end.last != 2 {
+		t.Errorf("fetch with a min_seq past the log: %v %+v, %v; want messages 1 and 2 at once", msgs, end, err)
+	}
 	// Map keys that are text or negative integers are keys the receiver
 	// does not know; a key of any other type is malformed (§4).
 	infoWith := func(key ...byte) []byte {
