@@ -98,6 +98,7 @@ func testRestart(t *testing.T, storage string) {
 	}
 
 	r.restart()
+	ctx = ctxT(t) // the restart took its own time: a fresh bound for what follows
 
 	// The old connection: a request draws the new process's stateless
 	// reset, which ends the connection, the watch on it included.
