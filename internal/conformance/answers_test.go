@@ -123,6 +123,27 @@ func testAnswers(t *testing.T, s *single) {
 		t.Errorf("info after the refusals: last %d, %v; want the 2 messages sent", in.last, err)
 	}
 
+	// §9 "Which refusal comes first".
+	sc := newPeer(t).mustDial(t, s.daemon.addr, s.daemon.fp)
+	many := func(n int) (m []outgoing) {
+		for range n {
+			m = append(m, outgoing{newID(), []byte("x")})
+		}
+		return m
+	}
+	_, err = sc.send(ctx, g, many(testMaxBatch+1)...)
+	wantCode(t, "a stranger's send over max_batch", err, codeNotMember)
+	_, err = sc.send(ctx, g, many(1025)...)
+	wantCode(t, "a stranger's send over 1024 messages", err, codeTooLarge)
+	_, err = sc.send(ctx, unknown, many(testMaxBatch+1)...)
+	wantCode(t, "a stranger's send over max_batch to a group not hosted", err, codeNotFound)
+	_, _, err = sc.fetch(ctx, query{group: g, after: 1, epoch: 1})
+	wantCode(t, "a stranger's fetch in another epoch", err, codeNotMember)
+	_, _, err = c.fetch(ctx, query{group: unknown, hasSince: true, hasAfter: true})
+	wantCode(t, "a fetch with since and after of a group not hosted", err, codeBadRequest)
+	_, err = c.send(ctx, g, append(many(testMaxBatch), outgoing{newID(), make([]byte, testMaxMessage+1)})...)
+	wantCode(t, "a member's send over max_batch, one body too large", err, codeTooLarge)
+
 	// §13: a daemon that is not a member of a cell answers the cell's
 	// operations unsupported, whatever their args.
 	for _, tc := range []struct {
