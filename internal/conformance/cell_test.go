@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,13 +98,14 @@ func TestCell(t *testing.T) {
 		dirs, addrs = append(dirs, dir), append(addrs, addr)
 		peers = append(peers, "--cell-peer", peerFlag(fp, addr))
 	}
+	procs := make(map[string]*proc) // by address
 	for i := range 3 {
 		args := append([]string{"serve", "--no-mdns", "--listen", addrs[i], "--registry", registry.addr,
 			"--registry-fingerprint", registry.fp.String(), "--state-dir", dirs[i], "--group", "general", "--max-bytes", "1KiB",
 			// Elections only when a member stops: -race on a busy machine
 			// can hold a process past the default 300 ms.
 			"--cell-heartbeat", "1s"}, peers...)
-		startHuddle(t, "huddle serve "+addrs[i], nil, args...)
+		procs[addrs[i]] = startHuddle(t, "huddle serve "+addrs[i], nil, args...)
 	}
 
 	rc := newPeer(t).mustDial(t, registry.addr, registry.fp)
@@ -288,6 +290,37 @@ func TestCell(t *testing.T) {
 	got, err := w.messagesUntil(5)
 	if err != nil || len(got) != 1 || got[0].ts != s.acks[0].ts || string(got[0].body) != "live" {
 		t.Errorf("watch on a follower: %+v, %v; want message 5", got, err)
+	}
+
+	// §13 "Watches across a change of leader": the member serving the
+	// watch dies; the client watches again on another member from its
+	// cursor, in its epoch: no gap, no repeat, no epoch_mismatch. The
+	// leader and the other follower are a majority still.
+	w.s.cancel()
+	ctx = ctxT(t) // a bound of its own: the test's first is the cell's start's and the calls' above
+	dead := procs[followers[1].addr]
+	if err := dead.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-dead.done
+	wc = p.mustDial(t, followers[0].addr, followers[0].fp)
+	w, err = wc.watch(ctx, query{group: g, after: 5, epoch: in.epoch, minSeq: 5})
+	if err != nil {
+		t.Fatalf("a watch resumed on the other follower: %v", err)
+	}
+	if w.start.epoch != in.epoch || w.start.last < 5 {
+		t.Errorf("resumed start %+v; want epoch %d, last 5 at least", w.start, in.epoch)
+	}
+	body, _, err = callFollowing(ctx, p, entry.replicas, leader, sendRequest(g, outgoing{newID(), []byte("after the death")}))
+	if err != nil {
+		t.Fatalf("send with a member dead: %v", err)
+	}
+	if s, err = decodeSent(body); err != nil || len(s.acks) != 1 || s.acks[0].seq != 6 {
+		t.Fatalf("send with a member dead: %+v, %v; want seq 6", s, err)
+	}
+	got, err = w.messagesUntil(6)
+	if err != nil || len(got) != 1 || got[0].seq != 6 || got[0].ts != s.acks[0].ts {
+		t.Errorf("the resumed watch: %+v, %v; want message 6 alone", got, err)
 	}
 	w.s.cancel()
 }
