@@ -23,6 +23,7 @@ import (
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 )
 
@@ -283,7 +284,8 @@ func TestAuthorBotAnswersInSeveralGroups(t *testing.T) {
 // group holds it once.
 func TestAuthorSenderOutlivesRestart(t *testing.T) {
 	stateDir := t.TempDir()
-	r, d, stop := setup(t, groupd.Config{StateDir: stateDir})
+	addr := testport.Cell(t) // reserved: the restart finds it free
+	r, _, stop := setup(t, groupd.Config{StateDir: stateDir, Listen: addr})
 	ctx := testCtx(t)
 	c := newClient(t)
 	g := openGroup(t, c, r.Addr().String(), "lobby")
@@ -295,7 +297,6 @@ func TestAuthorSenderOutlivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	addr := d.Addr().String()
 	stop()
 	short, cancel := context.WithTimeout(ctx, time.Second)
 	ack, err := g.Send(short, []byte("across"))

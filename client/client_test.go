@@ -19,6 +19,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -459,7 +460,8 @@ func TestWatchResumesAcrossRestart(t *testing.T) {
 func testWatchResumesAcrossRestart(t *testing.T, memory bool) {
 	stateDir := t.TempDir()
 	storage := groupd.StorageConfig{Memory: memory}
-	r, d, stop := setup(t, groupd.Config{StateDir: stateDir, HeartbeatInterval: 200 * time.Millisecond, Storage: storage})
+	// A reserved port, which the restart finds free (testport.Cell).
+	r, d, stop := setup(t, groupd.Config{StateDir: stateDir, Listen: testport.Cell(t), HeartbeatInterval: 200 * time.Millisecond, Storage: storage})
 	ctx := testCtx(t)
 	watcher, sender := newClient(t), newClient(t)
 	gw := openGroup(t, watcher, r.Addr().String(), "lobby")
@@ -844,8 +846,8 @@ func TestWatchStatus(t *testing.T) {
 // client's clock is frozen and then moved on, so no timing is assumed.
 func TestStoppedServerNotDialledAtOnce(t *testing.T) {
 	stateDir := t.TempDir()
-	d, stop := startGroups(t, groupd.Config{StateDir: stateDir, Groups: []groupd.Spec{{Name: "lobby"}}})
-	addr := d.Addr().String()
+	addr := testport.Cell(t) // reserved: the restart finds it free
+	d, stop := startGroups(t, groupd.Config{StateDir: stateDir, Listen: addr, Groups: []groupd.Spec{{Name: "lobby"}}})
 	entry := wire.GroupEntry{Group: d.Groups()[0].ID, Name: "lobby", Addrs: []string{addr}, Fingerprint: d.Fingerprint()}
 	c := newClient(t)
 	var now atomic.Int64 // the client's clock, in Unix ns

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -47,14 +49,18 @@ func startLoneConfig(t *testing.T, cfg quic.Config, handle func(op wire.Op, raw 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &lone{t: t, id: id, addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, handle: handle, cfg: cfg}
+	// A reserved port (testport.Cell), which a restart finds free: one
+	// the kernel chose could be taken meanwhile by any other test
+	// process's socket bound to port 0.
+	addr := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(testport.Cell(t)))
+	s := &lone{t: t, id: id, addr: addr, handle: handle, cfg: cfg}
 	rand.Read(s.key[:])
 	s.start()
 	t.Cleanup(s.kill)
 	return s
 }
 
-// start listens on s.addr (a new port the first time, the same one after).
+// start listens on s.addr.
 func (s *lone) start() {
 	t := s.t
 	t.Helper()
@@ -1090,7 +1096,9 @@ func TestCellChangeLeaderGoneAsksAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: freeUDPPort(t)}
+	// A reserved port nothing listens on: a port the kernel chose and
+	// freed could be any other test process's next socket bound to port 0.
+	gone := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(testport.Cell(t)))
 	var mu sync.Mutex
 	asked := 0
 	var s *lone
@@ -1131,15 +1139,4 @@ func TestCellChangeLeaderGoneAsksAgain(t *testing.T) {
 	if asked != 2 {
 		t.Fatalf("the member was asked %d times, want 2", asked)
 	}
-}
-
-// freeUDPPort returns a loopback UDP port nothing listens on.
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer u.Close()
-	return u.LocalAddr().(*net.UDPAddr).Port
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/server"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -104,12 +105,12 @@ func TestSendSurvivesDroppedConnection(t *testing.T) {
 // of waiting out its idle timeout, and its membership is still there.
 func TestRestartedDaemonResetsOldConnections(t *testing.T) {
 	dir := t.TempDir()
-	d1, err := New(Config{StateDir: dir, Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)})
+	addr := testport.Cell(t) // reserved: the restart finds it free
+	d1, err := New(Config{StateDir: dir, Listen: addr, Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)})
 	must(t, err)
 	must(t, d1.Listen())
 	errc := make(chan error, 1)
 	go func() { errc <- d1.Serve(context.Background()) }()
-	addr := d1.Addr().String()
 
 	ctx := testCtx(t)
 	g, err := newTestClient(t).Group(wire.GroupEntry{Group: gid(d1), Name: "general", Addrs: []string{addr}, Fingerprint: d1.Fingerprint()})
@@ -323,14 +324,14 @@ func recv[T any](t *testing.T, c <-chan T) T {
 func TestWatchLearnsOfRestart(t *testing.T) {
 	const heartbeat = time.Second
 	dir := t.TempDir()
-	cfg := Config{StateDir: dir, Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t), HeartbeatInterval: heartbeat,
+	// A reserved port, which the restart finds free (testport.Cell).
+	cfg := Config{StateDir: dir, Listen: testport.Cell(t), Groups: []Spec{{Name: "general"}}, Logger: testLogger(t), HeartbeatInterval: heartbeat,
 		Storage: StorageConfig{Memory: true}}
 	d1, err := New(cfg)
 	must(t, err)
 	must(t, d1.Listen())
 	errc := make(chan error, 1)
 	go func() { errc <- d1.Serve(context.Background()) }()
-	cfg.Listen = d1.Addr().String()
 
 	ctx := testCtx(t)
 	g, err := newTestClient(t).Group(wire.GroupEntry{Group: gid(d1), Name: "general", Addrs: []string{cfg.Listen}, Fingerprint: d1.Fingerprint()})

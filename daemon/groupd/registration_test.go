@@ -20,6 +20,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -29,12 +30,12 @@ import (
 // on Close.
 func TestRegistration(t *testing.T) {
 	regDir := t.TempDir()
-	r1, err := registry.New(registry.Config{StateDir: regDir, Listen: "127.0.0.1:0", LeaseTTL: 300 * time.Millisecond, Logger: testLogger(t)})
+	regAddr := testport.Cell(t) // reserved: the restart finds it free
+	r1, err := registry.New(registry.Config{StateDir: regDir, Listen: regAddr, LeaseTTL: 300 * time.Millisecond, Logger: testLogger(t)})
 	must(t, err)
 	must(t, r1.Listen())
 	r1done := make(chan error, 1)
 	go func() { r1done <- r1.Serve(context.Background()) }()
-	regAddr := r1.Addr().String()
 
 	d, stop := startGroupDaemon(t, Config{
 		Groups:               []Spec{{Name: "general"}, {Name: "ops", Secret: []byte("s")}},
@@ -195,8 +196,7 @@ func TestRegistrationAdvertise(t *testing.T) {
 func TestRegistrationUnreachable(t *testing.T) {
 	tlsConf := newKey(t).ServerTLS()
 	tlsConf.NextProtos = []string{"not-huddle"}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	must(t, err)
+	udp := testport.UDP(t, net.IPv4(127, 0, 0, 1)) // reserved: the registry started there later finds it free
 	tr := &quic.Transport{Conn: udp}
 	ln, err := tr.Listen(tlsConf, nil)
 	must(t, err)
@@ -245,12 +245,12 @@ func TestRegistrationUnreachable(t *testing.T) {
 // within one renewal period (the backoff never exceeds it).
 func TestRegistrationSeveralRegistries(t *testing.T) {
 	dirA := t.TempDir()
-	a1, err := registry.New(registry.Config{StateDir: dirA, Listen: "127.0.0.1:0", LeaseTTL: 600 * time.Millisecond, Logger: testLogger(t)})
+	addrA := testport.Cell(t) // reserved: a's restart finds it free
+	a1, err := registry.New(registry.Config{StateDir: dirA, Listen: addrA, LeaseTTL: 600 * time.Millisecond, Logger: testLogger(t)})
 	must(t, err)
 	must(t, a1.Listen())
 	aDone := make(chan error, 1)
 	go func() { aDone <- a1.Serve(context.Background()) }()
-	addrA := a1.Addr().String()
 	b := startRegistry(t, registry.Config{LeaseTTL: 600 * time.Millisecond})
 	d, _ := startGroupDaemon(t, Config{Registries: []string{addrA, b.Addr().String()}})
 	listers := make(map[*registry.Daemon]*peer)
@@ -427,12 +427,15 @@ func TestRegistrationKeyChange(t *testing.T) {
 			// A lease of 3 s, renewed every second: the daemon meets the
 			// replaced registry at its next renewal, 5 s away with the
 			// default lease of 15 s.
-			r1, err := registry.New(registry.Config{StateDir: oldDir, Listen: "127.0.0.1:0", LeaseTTL: 3 * time.Second, Logger: testLogger(t)})
+			// A reserved port: the registries started there later find
+			// it free.
+			addr := testport.Cell(t)
+			r1, err := registry.New(registry.Config{StateDir: oldDir, Listen: addr, LeaseTTL: 3 * time.Second, Logger: testLogger(t)})
 			must(t, err)
 			must(t, r1.Listen())
 			done := make(chan error, 1)
 			go func() { done <- r1.Serve(context.Background()) }()
-			addr, oldFP := r1.Addr().String(), r1.Fingerprint()
+			oldFP := r1.Fingerprint()
 			cfg := Config{Registries: []string{addr}}
 			if pinned {
 				cfg.RegistryFingerprints = []wire.Fingerprint{oldFP}

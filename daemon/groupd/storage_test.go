@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -22,13 +23,13 @@ import (
 // or repeat; the restarted daemon is one whose socket went away unannounced.
 func TestWatchContinuesAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{StateDir: dir, Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t), HeartbeatInterval: time.Second}
+	// A reserved port, which the restart finds free (testport.Cell).
+	cfg := Config{StateDir: dir, Listen: testport.Cell(t), Groups: []Spec{{Name: "general"}}, Logger: testLogger(t), HeartbeatInterval: time.Second}
 	d1, err := New(cfg)
 	must(t, err)
 	must(t, d1.Listen())
 	errc := make(chan error, 1)
 	go func() { errc <- d1.Serve(context.Background()) }()
-	cfg.Listen = d1.Addr().String()
 
 	ctx := testCtx(t)
 	key := newKey(t)

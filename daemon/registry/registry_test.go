@@ -17,6 +17,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -349,7 +350,10 @@ func TestRegistryCloseWithoutServe(t *testing.T) {
 	r, err := New(Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	peertest.Must(t, err)
 	peertest.Must(t, r.Close())
-	r, err = New(Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	// A reserved port (testport.Cell): one the kernel chose could be
+	// taken, once freed, by any other test process's socket bound to
+	// port 0, before this one binds it again.
+	r, err = New(Config{StateDir: t.TempDir(), Listen: testport.Cell(t)})
 	peertest.Must(t, err)
 	peertest.Must(t, r.Listen())
 	addr := r.Addr().(*net.UDPAddr)
