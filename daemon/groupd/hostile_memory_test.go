@@ -129,8 +129,20 @@ func attackRequestMemoryFromMany(t *testing.T, h *hostile) {
 // a reply not read within the write timeout is reset with 0x2 (the slow
 // consumer is cut off); and an honest user from another address fetches
 // meanwhile.
+//
+// The replies hold the share only until the write timeout cuts them off,
+// so everything slow is done before the first is asked for: the
+// attackers and the honest user join first, then the attackers open all
+// their streams at once. (They joined one by one between opening their
+// streams, 0.3 to 1.3 s a join at load ~30 under -race: the first
+// connection's replies were cut off before the fifth attacker had
+// joined, and the address never held three quarters of its share at
+// once.) The write timeout, 2 s then, also bounds the honest fetch's
+// frame write, which the daemon, busy with 300 calls in the test's own
+// process, did not get to within 2 s at that load: the honest fetch was
+// cut off with 0x2 like the attackers'.
 func attackUnreadReplies(t *testing.T, h *hostile) {
-	const writeTimeout = 2 * time.Second
+	const writeTimeout = 6 * time.Second
 	d, _ := startGroupDaemon(t, Config{SendRate: -1, MaxBatch: 1024,
 		Server: server.Config{RequestTimeout: time.Minute, WriteTimeout: writeTimeout}})
 	g := gid(d)
@@ -147,10 +159,12 @@ func attackUnreadReplies(t *testing.T, h *hostile) {
 
 	// Six connections (six keys) from one address, 50 streams each.
 	var attackers []*peer
-	var strs []*quic.Stream
 	for k := range 6 {
-		attacker := joined(t, d, fmt.Sprint("reads nothing ", k))
-		attackers = append(attackers, attacker)
+		attackers = append(attackers, joined(t, d, fmt.Sprint("reads nothing ", k)))
+	}
+	honest := joinedFrom(t, "127.0.0.2", d, "honest")
+	var strs []*quic.Stream
+	for _, attacker := range attackers {
 		for i := range 50 {
 			var req []byte
 			switch i % 3 {
@@ -166,7 +180,6 @@ func attackUnreadReplies(t *testing.T, h *hostile) {
 	}
 	limit := d.cfg.Server.Bounds().Addr.ReplyBytes
 	eventually(t, "the unread replies to hold the address's share", func() bool { return d.srv.Stats().Held.ReplyBytes >= limit*3/4 })
-	honest := joinedFrom(t, "127.0.0.2", d, "honest")
 	// 100 messages (200 KiB) fit the honest connection's QUIC receive
 	// window, so the daemon's writes do not wait for this process to read
 	// them: with 1000 (2 MiB) they did, and at load 31 a frame's write
