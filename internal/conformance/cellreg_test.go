@@ -4,6 +4,7 @@ package conformance
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"testing"
 )
@@ -135,5 +136,47 @@ func testCellRegistration(t *testing.T, s *single) {
 	}
 	if e = listed(); e != nil {
 		t.Errorf("after every member's deregistration: %+v; want it gone", e)
+	}
+}
+
+// testListOrder: §7.4's name order is the names' UTF-8 bytes compared as
+// unsigned bytes, then the UUIDs' bytes: "Zulu" before "alpha" before
+// "Émile", and two groups of one name by UUID. A client that checks each
+// page continues in name order must compare so.
+func testListOrder(t *testing.T, s *single) {
+	ctx := ctxT(t)
+	c := newPeer(t).mustDial(t, s.registry.addr, s.registry.fp)
+	alpha1, alpha2 := newUUID(), newUUID()
+	if bytes.Compare(alpha1, alpha2) > 0 {
+		alpha1, alpha2 = alpha2, alpha1
+	}
+	want := []struct {
+		name  string
+		group []byte
+	}{{"Zulu", newUUID()}, {"alpha", alpha1}, {"alpha", alpha2}, {"Émile", newUUID()}}
+	for _, i := range []int{3, 2, 0, 1} {
+		if _, err := c.call(ctx, 1, cmap{1: want[i].group, 2: want[i].name, 4: uint64(7000)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := c.listAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range all {
+		for i, w := range want {
+			if bytes.Equal(e.group, w.group) {
+				got = append(got, fmt.Sprintf("%d %s", i, e.name))
+			}
+		}
+	}
+	if !slices.Equal(got, []string{"0 Zulu", "1 alpha", "2 alpha", "3 Émile"}) {
+		t.Errorf("listed in the order %v; want Zulu, alpha (lower UUID), alpha, Émile", got)
+	}
+	for _, w := range want {
+		if _, err := c.call(ctx, 3, cmap{1: w.group}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -44,6 +44,7 @@ func TestLimitsAndShutdown(t *testing.T) {
 		t.Run("request deadline", func(t *testing.T) { t.Parallel(); testRequestDeadline(t, s) })
 		t.Run("registration", func(t *testing.T) { t.Parallel(); testRegistration(t, s) })
 		t.Run("cell registration", func(t *testing.T) { t.Parallel(); testCellRegistration(t, s) })
+		t.Run("list order", func(t *testing.T) { t.Parallel(); testListOrder(t, s) })
 		t.Run("streams", func(t *testing.T) { t.Parallel(); testStreamLimit(t, s) })
 		t.Run("paging", func(t *testing.T) { t.Parallel(); testListPaging(t, s) })
 	})
