@@ -3,8 +3,11 @@
 package conformance
 
 import (
+	"errors"
 	"fmt"
 	"testing"
+
+	"golang.org/x/net/quic"
 )
 
 // Operations of a cell's members (§13), which a daemon that is not one
@@ -150,6 +153,27 @@ func testAnswers(t *testing.T, s *single) {
 	wantCode(t, "a fetch with since and after of a group not hosted", err, codeBadRequest)
 	_, err = c.send(ctx, g, append(many(testMaxBatch), outgoing{newID(), make([]byte, testMaxMessage+1)})...)
 	wantCode(t, "a member's send over max_batch, one body too large", err, codeTooLarge)
+
+	// §3 "Server stream errors": a request the client resets half-way
+	// cannot be read; the server cancels the stream's other direction
+	// with 0x3, answering nothing. The connection serves on.
+	qs, err := c.q.NewStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs.SetReadContext(ctx)
+	if _, err := qs.Write([]byte{0, 0, 0, 40, 0xa2, 0x00}); err != nil {
+		t.Fatal(err)
+	}
+	qs.Flush()
+	qs.Reset(1)
+	var se quic.StreamError
+	if _, err := qs.Read(make([]byte, 1)); !errors.As(err, &se) || se != 3 {
+		t.Errorf("a request reset half-way: %v; want the stream reset with 3 (protocol violation)", err)
+	}
+	if _, err := c.info(ctx, g); err != nil {
+		t.Errorf("info after a reset request: %v", err)
+	}
 
 	// §13: a daemon that is not a member of a cell answers the cell's
 	// operations unsupported, whatever their args.
