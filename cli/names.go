@@ -77,7 +77,8 @@ func (b *nameBook) labelMessage(m client.Message) string { return b.label(m.From
 // lookalike returns name as a terminal shows it, for telling names apart:
 // without the characters it shows as nothing (default-ignorable ones, such
 // as the Hangul fillers U+3164 and U+115F, variation selectors, U+034F:
-// the daemon's rule refuses format characters, not these), with each run
+// the daemons refuse all but the variation selectors since session 20,
+// but a daemon of before, or a rogue one, may send them), with each run
 // of blanks (spaces, U+00A0..., and the symbols drawn as nothing: blanks)
 // one space, no blank at either end, and
 // each letter that looks like a Latin one written as that one (Cyrillic а
@@ -109,8 +110,9 @@ func lookalike(name string) string {
 }
 
 // blanks are the characters drawn as an empty cell that are neither
-// spaces nor default-ignorable, symbols the daemon's name rule lets
-// through: the Braille pattern with no dots (U+2800), the null notehead
+// spaces nor default-ignorable, symbols names refuse since session 20
+// (wire.Filler) and a daemon of before may send: the Braille pattern with
+// no dots (U+2800), the null notehead
 // of musical notation (U+1D159). "alice⠀" passed for "alice" until
 // session 14. The page's lookalike (web/static/format.js) counts the same.
 var blanks = map[rune]bool{'\u2800': true, '\U0001D159': true}

@@ -109,7 +109,7 @@ func NewAdvertiser(cfg AdvertiserConfig) (*Advertiser, error) {
 	if cfg.Instance != "" && !plainName(cfg.Instance) {
 		// Browsers skip such an answer (toRegistry): said here, not
 		// found nowhere.
-		return nil, fmt.Errorf("%w: Instance %q is not one line of plain text (no control or format character, no blank at either end)", ErrInvalidConfig, cfg.Instance)
+		return nil, fmt.Errorf("%w: Instance %q is not one line of plain text (no control or format character, no filler such as U+3164, no blank at either end)", ErrInvalidConfig, cfg.Instance)
 	}
 	if cfg.Version == "" {
 		cfg.Version = "dev"

@@ -468,6 +468,7 @@ func TestNewAdvertiserValidates(t *testing.T) {
 		{"no fingerprint", discovery.AdvertiserConfig{Port: 7373}},
 		{"huge fingerprint", discovery.AdvertiserConfig{Port: 7373, Fingerprint: string(make([]byte, 300))}},
 		{"a format character in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\u200b"}},
+		{"a filler in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\u3164"}},
 		{"a control character in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\x1b[2J"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -134,7 +134,8 @@ func TestNameTag(t *testing.T) {
 // break (\010 in a label, unescaped) wrote pins of the advertiser's
 // choosing and an escape sequence drove the terminal. A format character
 // or a line separator, which made a name pass for another (until session
-// 19), is refused too.
+// 19), is refused too, and so is a filler drawn as nothing or as a blank
+// (until session 20).
 func TestInstanceNameIsText(t *testing.T) {
 	fp := "abcd-efgh-ijkl"
 	for _, fqdn := range []string{
@@ -147,6 +148,9 @@ func TestInstanceNameIsText(t *testing.T) {
 		`office\226\128\139._huddle._udp.local.`, // U+200B, a zero-width space: "office" to the eye
 		`\226\128\174eciffo._huddle._udp.local.`, // U+202E, a right-to-left override
 		`a\226\128\168b._huddle._udp.local.`,     // U+2028, a line separator
+		`office\227\133\164._huddle._udp.local.`, // U+3164, a Hangul filler: "office" to the eye
+		`\227\133\164._huddle._udp.local.`,       // U+3164 alone: no name to the eye
+		`office\226\160\128._huddle._udp.local.`, // U+2800, the Braille blank
 	} {
 		z := &zone{host: "h.local.", port: 7373, txt: txtRecord("", fp), addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
 		m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true}, Answer: []dns.RR{

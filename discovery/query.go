@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/miekg/dns"
+
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // firstQueryWait is the pause after the first query on an interface; it
@@ -297,11 +299,14 @@ func toRegistry(a *advert, c candidate) (Advertised, error) {
 // DEL, C1), no format character (a bidirectional override, a zero-width
 // space or joiner: "office" and "office\u200b" read alike, each pinned to
 // its own key; until session 19 they were taken), no line or paragraph
-// separator, and no blank at either end: the rule of group and member
-// names (wire.CheckName) and of the names registries are pinned under.
+// separator, no filler drawn as nothing or as a blank (wire.Filler: the
+// Hangul filler U+3164, the Braille blank U+2800...; until session 20
+// they were taken), and no blank at either end: the rule of group and
+// member names (wire.CheckName) and of the names registries are pinned
+// under.
 func plainName(s string) bool {
 	return s != "" && utf8.ValidString(s) && strings.TrimSpace(s) == s && !strings.ContainsFunc(s, func(r rune) bool {
-		return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp)
+		return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || wire.Filler(r)
 	})
 }
 

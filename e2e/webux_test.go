@@ -503,14 +503,18 @@ func webEpoch(t *testing.T, ws *webServer, group string) string {
 }
 
 // TestWebLookalikeNamesShowKeys has mallory join lobby as "alice" with an
-// invisible Hangul filler (U+3164) after it, which the daemon's name rule
-// lets through (it is a letter, not a format character), and eve as
-// "аlice" with a Cyrillic а, zoe as "𝐚lice" with a mathematical bold
-// a, and ann as "alice⠀" with a Braille blank (U+2800, a symbol drawn as
-// an empty cell), and send beside alice: the page, which showed a key only
-// beside a name two keys wear exactly, showed all as plain "alice" (eve's
-// until session 13, zoe's until its hostile round, ann's until session
-// 14). All are shown with their keys.
+// invisible variation selector (U+FE0F) after it, which the daemon's name
+// rule lets through (it chooses how an emoji before it is drawn), and eve
+// as "аlice" with a Cyrillic а, zoe as "𝐚lice" with a mathematical bold
+// a, and ann as "alice　" with an ideographic space (U+3000), and send
+// beside alice: the page, which showed a key only beside a name two keys
+// wear exactly, showed all as plain "alice" (mallory's with a Hangul
+// filler until session 12, eve's until session 13, zoe's until its
+// hostile round, ann's with a Braille blank until session 14). All are
+// shown with their keys. The fillers those names were made with first
+// (U+3164, U+2800) are refused since session 20 (wire.Filler): join says
+// so; the page's rule drops and collapses them as it does these, for a
+// daemon of before.
 func TestWebLookalikeNamesShowKeys(t *testing.T) {
 	t.Parallel()
 	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
@@ -519,10 +523,15 @@ func TestWebLookalikeNamesShowKeys(t *testing.T) {
 	zoe, ann := newUser(t, "zoe", up.registry), newUser(t, "ann", up.registry)
 	waitListed(t, bob, lobby)
 	alice.join(t, "lobby")
-	mallory.ok(t, "join", "lobby", "--as", "alice\u3164")
+	for _, filler := range []string{"alice\u3164", "alice\u2800"} {
+		if r := mallory.run(t, "join", "lobby", "--as", filler); r.code != 2 || !strings.Contains(r.stderr, "shown as nothing or as a blank") {
+			t.Errorf("join --as %q: %s; want exit 2, the filler named", filler, r)
+		}
+	}
+	mallory.ok(t, "join", "lobby", "--as", "alice\ufe0f")
 	eve.ok(t, "join", "lobby", "--as", "\u0430lice")
 	zoe.ok(t, "join", "lobby", "--as", "\U0001D41Alice")
-	ann.ok(t, "join", "lobby", "--as", "alice\u2800")
+	ann.ok(t, "join", "lobby", "--as", "alice\u3000")
 	bob.join(t, "lobby")
 	alice.ok(t, "send", "lobby", "from the real alice")
 	mallory.ok(t, "send", "lobby", "from the other one")

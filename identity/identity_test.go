@@ -620,8 +620,10 @@ func TestKnownHostsSymlinked(t *testing.T) {
 // line or paragraph separator is refused, and pins nothing: each reads as
 // another name ("mdns:office" and "mdns:office\u200b" alike, each pinned
 // to its own key), as group and member names refuse them (wire.CheckName).
-// Until session 19 Check took them. A file that holds one already (pinned
-// before) still reads, and the pin is found and forgotten by its name.
+// Until session 19 Check took them. So is a filler, drawn as nothing or as
+// a blank (wire.Filler: U+3164, U+2800...; until session 20). A file that
+// holds one already (pinned before) still reads, and the pin is found and
+// forgotten by its name.
 func TestPinNameHasNoFormatCharacter(t *testing.T) {
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
 	k := OpenKnownHosts(path)
@@ -636,6 +638,10 @@ func TestPinNameHasNoFormatCharacter(t *testing.T) {
 		"mdns:a\u2029b",                 // paragraph separator
 		"10.0.0.1\u00ad:7373",           // soft hyphen (Cf)
 		"mdns:office\U000E0041 (ab-cd)", // a tag character
+		"mdns:office\u3164",             // Hangul filler, drawn as nothing
+		"mdns:\u3164 (ab-cd)",           // an instance named by a filler alone
+		"mdns:office\u2800",             // Braille blank, drawn as a blank
+		"mdns:off\u034fice",             // combining grapheme joiner
 	} {
 		if err := k.Check(t.Context(), name, fp); !errors.Is(err, ErrBadPinName) {
 			t.Errorf("Check(%q) = %v, want ErrBadPinName", name, err)
@@ -651,15 +657,16 @@ func TestPinNameHasNoFormatCharacter(t *testing.T) {
 			t.Errorf("Check(%q) = %v, want pinned", name, err)
 		}
 	}
-	// A file of before this rule: its name reads, and is forgotten.
-	old := "mdns:office\u200b"
-	if err := os.WriteFile(path, []byte(old+" "+fp.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if got, ok, err := k.Lookup(old); err != nil || !ok || got != fp {
-		t.Errorf("Lookup of a name pinned before: %v %v %v", got, ok, err)
-	}
-	if ok, err := k.Forget(t.Context(), old); err != nil || !ok {
-		t.Errorf("Forget of a name pinned before: %v %v", ok, err)
+	// A file of before these rules: its names read, and are forgotten.
+	for _, old := range []string{"mdns:office\u200b", "mdns:office\u3164"} {
+		if err := os.WriteFile(path, []byte(old+" "+fp.String()+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok, err := k.Lookup(old); err != nil || !ok || got != fp {
+			t.Errorf("Lookup of %q pinned before: %v %v %v", old, got, ok, err)
+		}
+		if ok, err := k.Forget(t.Context(), old); err != nil || !ok {
+			t.Errorf("Forget of %q pinned before: %v %v", old, ok, err)
+		}
 	}
 }

@@ -303,9 +303,12 @@ func (k *KnownHosts) forget(ctx context.Context, name string, fp *wire.Fingerpri
 // around them, so that "mdns:office" and "mdns:office\u200b" read alike in
 // the file and in every message that names them, each pinned to its own
 // key; group and member names refuse them for the same reason
-// (wire.CheckName), and until session 19 pin names took them. A file
-// written before may hold such a name: it reads, and the messages that
-// name it say which line to delete (ChangedError).
+// (wire.CheckName), and until session 19 pin names took them. A filler
+// (wire.Filler: the Hangul filler U+3164, the Braille blank U+2800...),
+// drawn as nothing or as a blank, is refused for the same reason, as
+// names refuse it (until session 20 pins took them). A file written before
+// may hold such a name: it reads, and the messages that name it say which
+// line to delete (ChangedError).
 func checkPinName(name string) error {
 	switch {
 	case name == "" || strings.TrimSpace(name) != name:
@@ -315,15 +318,17 @@ func checkPinName(name string) error {
 	case strings.ContainsFunc(name, unicode.IsControl):
 		return fmt.Errorf("%w: %q holds a control character", ErrBadPinName, name)
 	case strings.ContainsFunc(name, wire.Unshown):
-		return fmt.Errorf("%w: %q holds an invisible format character or a line separator (U+%04X), which would let it pass for another name", ErrBadPinName, name, firstUnshown(name))
+		return fmt.Errorf("%w: %q holds an invisible format character or a line separator (U+%04X), which would let it pass for another name", ErrBadPinName, name, first(name, wire.Unshown))
+	case strings.ContainsFunc(name, wire.Filler):
+		return fmt.Errorf("%w: %q holds a character shown as nothing or as a blank (U+%04X), which would let it pass for another name", ErrBadPinName, name, first(name, wire.Filler))
 	}
 	return nil
 }
 
-// firstUnshown returns the first character of s that wire.Unshown refuses.
-func firstUnshown(s string) rune {
+// first returns the first character of s that is, or 0.
+func first(s string, is func(rune) bool) rune {
 	for _, r := range s {
-		if wire.Unshown(r) {
+		if is(r) {
 			return r
 		}
 	}

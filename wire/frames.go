@@ -715,10 +715,11 @@ func checkAddrs(what string, addrs []string) error {
 
 // checkName enforces the rules for display names: 1..MaxNameBytes bytes of
 // UTF-8 with no control characters (Unicode Cc), no format characters (Cf:
-// bidirectional overrides such as U+202E, zero-width characters, the BOM)
-// and no line or paragraph separators (Zl, Zp). Format characters are
-// invisible or reorder the text around them, so they would let one name
-// pass for another, or make a line of output lie about who said what.
+// bidirectional overrides such as U+202E, zero-width characters, the BOM),
+// no line or paragraph separators (Zl, Zp) and no fillers (Filler: U+3164
+// and the like). Format characters and fillers are invisible or reorder
+// the text around them, so they would let one name pass for another (or
+// for no name at all), or make a line of output lie about who said what.
 func checkName(what, name string) error {
 	if name == "" {
 		return fmt.Errorf("%s is empty", what)
@@ -735,9 +736,28 @@ func checkName(what, name string) error {
 			return fmt.Errorf("%s contains a control character", what)
 		case unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp):
 			return fmt.Errorf("%s contains an invisible format character (U+%04X)", what, r)
+		case Filler(r):
+			return fmt.Errorf("%s contains a character shown as nothing or as a blank (U+%04X)", what, r)
 		}
 	}
 	return nil
+}
+
+// Filler reports whether r is drawn as nothing, or as an empty cell, though
+// it is neither a control, format nor space character: the characters
+// Unicode makes default-ignorable besides the format characters and the
+// variation selectors (the Hangul fillers U+115F, U+1160, U+3164 and
+// U+FFA0, the combining grapheme joiner U+034F, the Khmer inherent vowels
+// U+17B4 and U+17B5, and the code points kept for more such), and two
+// symbols drawn as an empty cell: the Braille pattern blank U+2800 and the
+// musical null notehead U+1D159. Names refuse them as they refuse format
+// characters: "alice" and "alice" with U+3164 read alike, and a name of
+// U+3164 alone reads as no name. Variation selectors (U+FE0F after an
+// emoji, an ideograph's variants, Mongolian's) choose how the character
+// before them is drawn, and names keep them; a name that differs from
+// another by them alone counts as that name where names are told apart.
+func Filler(r rune) bool {
+	return unicode.Is(unicode.Other_Default_Ignorable_Code_Point, r) || r == '\u2800' || r == '\U0001D159'
 }
 
 // CheckName reports whether name is acceptable as a group or member name,

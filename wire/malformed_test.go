@@ -376,6 +376,23 @@ func TestCheckName(t *testing.T) {
 		{"line\u2028sep", ErrBadRequest},
 		{"soft\u00adhyphen", ErrBadRequest},
 		{"عربي", nil},
+		// Fillers, drawn as nothing or as an empty cell (Filler).
+		{"\u3164", ErrBadRequest},      // Hangul filler: a name that reads as none
+		{"alice\u3164", ErrBadRequest}, // "alice" to the eye
+		{"\u115f\u1160", ErrBadRequest},
+		{"ali\uffa0ce", ErrBadRequest}, // halfwidth Hangul filler
+		{"a\u034fb", ErrBadRequest},    // combining grapheme joiner
+		{"\u17b4\u17b5", ErrBadRequest},
+		{"alice\u2800", ErrBadRequest},  // Braille pattern blank
+		{"\U0001D159", ErrBadRequest},   // musical null notehead
+		{"a\U000E0080b", ErrBadRequest}, // a code point kept as default-ignorable
+		{"한국어 이름", nil},                 // Hangul syllables, no filler
+		{"\u1100\u1161", nil},           // conjoining jamo, no filler
+		{"⠓⠥⠙⠙⠇⠑", nil},                 // Braille with dots
+		{"❤\ufe0f team", nil},           // an emoji's variation selector
+		{"葛\U000E0100", nil},            // an ideographic variation selector
+		{"ᠮᠣᠩᠭᠣᠯ\u180b", nil},           // a Mongolian free variation selector
+		{"wide\u3000space", nil},        // a space, drawn as one
 	} {
 		if err := CheckName(tc.name); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 			t.Errorf("CheckName(%q) = %v, want %v", tc.name, err, tc.want)

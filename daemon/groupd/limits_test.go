@@ -287,25 +287,41 @@ func TestConcurrentRenames(t *testing.T) {
 }
 
 // TestLegacyNamesLoad checks that a members file written before names
-// refused format characters loads, the characters dropped.
+// refused format characters (session 19) and fillers (session 20) loads,
+// the characters dropped, a name of fillers alone as U+FFFD.
 func TestLegacyNamesLoad(t *testing.T) {
 	dir := t.TempDir()
 	d1, stop := startGroupDaemon(t, Config{StateDir: dir})
 	g := gid(d1)
-	joined(t, d1, "alice")
+	legacy := map[string]string{ // a name joined, as written before, as loaded
+		"alice": "al\u202eice",
+		"bob":   "bob\u3164",
+		"carl":  "\u3164",
+	}
+	for name := range legacy {
+		joined(t, d1, name)
+	}
 	stop()
 	path := filepath.Join(dir, membersFile(g))
 	data, err := os.ReadFile(path)
 	must(t, err)
-	legacy := strings.Replace(string(data), `"name": "alice"`, `"name": "al\u202eice"`, 1)
-	if legacy == string(data) {
-		t.Fatalf("members file %s does not name alice as expected:\n%s", path, data)
+	old := string(data)
+	for name, before := range legacy {
+		was := old
+		if old = strings.Replace(old, `"name": "`+name+`"`, `"name": "`+before+`"`, 1); old == was {
+			t.Fatalf("members file %s does not name %s as expected:\n%s", path, name, data)
+		}
 	}
-	must(t, os.WriteFile(path, []byte(legacy), 0o600))
+	must(t, os.WriteFile(path, []byte(old), 0o600))
 	d2, _ := startGroupDaemon(t, Config{StateDir: dir})
 	dial(t, d2.Addr(), d2.Fingerprint(), nil).info(g) // serving
-	if got := d2.groups[g].memberList(0); len(got) != 1 || got[0].Name != "alice" {
-		t.Fatalf("members %+v, want alice, the format character dropped", got)
+	var got []string
+	for _, m := range d2.groups[g].memberList(0) {
+		got = append(got, m.Name)
+	}
+	slices.Sort(got)
+	if want := []string{"alice", "bob", "\uFFFD"}; !slices.Equal(got, want) {
+		t.Fatalf("members %q, want %q: the format character and the fillers dropped, a name of a filler alone U+FFFD", got, want)
 	}
 }
 

@@ -155,13 +155,18 @@ func loadMembers(dir string, g wire.UUID) ([]memberRecord, error) {
 	for i, m := range doc.Members {
 		if wire.CheckName(m.Name) != nil {
 			// Names from before the rules refused format characters
-			// (U+202E...) lose them rather than stop the daemon.
+			// (U+202E..., session 19) and fillers (U+3164..., session
+			// 20) lose them rather than stop the daemon; one of them
+			// alone, a name that read as none, becomes U+FFFD.
 			doc.Members[i].Name = strings.Map(func(r rune) rune {
-				if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+				if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || wire.Filler(r) {
 					return -1
 				}
 				return r
 			}, m.Name)
+			if doc.Members[i].Name == "" && m.Name != "" {
+				doc.Members[i].Name = "\uFFFD"
+			}
 		}
 		if m.Fingerprint.IsZero() || wire.CheckName(doc.Members[i].Name) != nil {
 			return nil, fmt.Errorf("load members: %s: member %s named %q: %w", path, m.Fingerprint, m.Name, ErrBadState)

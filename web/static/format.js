@@ -44,7 +44,8 @@ export function seconds(ms) {
 
 // lookalike is a name as the page shows it, for telling names apart:
 // without the characters shown as nothing (default-ignorable ones, such as
-// the Hangul filler U+3164, which the daemon's name rule lets through),
+// the Hangul filler U+3164, which names refuse since session 20 but a
+// daemon of before, or a rogue one, may send),
 // each run of blanks one space (and of the symbols drawn as an empty cell:
 // the Braille blank U+2800, the null notehead U+1D159; cli/names.go's
 // blanks), no blank at either end, each letter that
