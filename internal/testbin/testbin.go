@@ -53,12 +53,14 @@ func Huddle(t testing.TB) string {
 }
 
 // Main is a testing.M's Run that removes the binary Huddle built once the
-// tests have run: TestMain passes it on, e.g. to goleak.VerifyTestMain.
+// tests have run, and ends the goroutine Start forks from: TestMain
+// passes it on, e.g. to goleak.VerifyTestMain.
 type Main struct{ M *testing.M }
 
-// Run runs the tests, then removes the binary.
+// Run runs the tests, then ends Start's goroutine and removes the binary.
 func (m Main) Run() int {
 	code := m.M.Run()
+	stopForker()
 	if binary != "" {
 		os.RemoveAll(filepath.Dir(binary))
 	}
