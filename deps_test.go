@@ -63,7 +63,7 @@ var importRules = map[string][]string{
 	// Test support: packages of helpers (or of tests only) that use what
 	// they test, never imported by the code the binary is built from.
 	"internal/udpproxy": nil,
-	"internal/netlab":   nil,
+	"internal/netlab":   {"internal/testbin"},
 	"internal/history":  {"wire"},
 	"internal/soak": {"wire", "identity", "store", "cell", "cell/raftlog", "client", "discovery", "metrics",
 		"daemon/groupd", "daemon/registry", "daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "internal/lockfile"},

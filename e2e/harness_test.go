@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/huddle-chat/huddle/internal/testbin"
 	"github.com/huddle-chat/huddle/internal/testport"
 )
 
@@ -142,8 +143,6 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, args ...
 	t.Helper()
 	cmd := exec.Command(huddleBin, args...)
 	cmd.Env = env
-	// Nothing outlives this test binary, whatever happens to it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &proc{name: name, cmd: cmd, stdout: newStream(), stderr: newStream(), done: make(chan struct{})}
 	var err error
 	if withStdin {
@@ -159,7 +158,8 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, args ...
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	// Nothing outlives this test binary, whatever happens to it.
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	var copies sync.WaitGroup
@@ -517,12 +517,11 @@ func (u *user) runInput(t testing.TB, input string, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, huddleBin, args...)
 	cmd.Env = u.env(t)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stdin = strings.NewReader(input)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	err := cmd.Run()
+	err := testbin.Run(cmd)
 	if testing.Verbose() {
 		// Which verbs a slow run spent its time on.
 		t.Logf("%v: huddle %s", time.Since(start).Round(time.Millisecond), strings.Join(args, " "))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // steadyFor is how long TestLANRegistries watches a steady LAN for
@@ -52,7 +53,7 @@ func TestLANRegistries(t *testing.T) {
 	// No route for multicast on nr (and netlab adds no default route):
 	// joins and sends that name no interface fail there with ENODEV.
 	nr.Run(context.Background(), "ip", "route", "del", "224.0.0.0/4")
-	if out, err := nr.Command(context.Background(), "ip", "route", "get", "224.0.0.251").CombinedOutput(); err == nil {
+	if out, err := testbin.CombinedOutput(nr.Command(context.Background(), "ip", "route", "get", "224.0.0.251")); err == nil {
 		t.Fatalf("nr still has a route to 224.0.0.251: %s", out)
 	}
 

@@ -23,6 +23,7 @@ import (
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // TestLAN runs huddle on a LAN of network namespaces with no registry
@@ -156,7 +157,7 @@ func startLANDaemon(t *testing.T, h *netlab.Host, args ...string) *lanDaemon {
 	}
 	d := &lanDaemon{name: h.Name() + " huddle " + args[0], cmd: cmd, done: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	cmd.Stderr = lockedWriter{d.mu, d.stderr}
-	if err := cmd.Start(); err != nil {
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	listening := make(chan struct{})
@@ -245,7 +246,7 @@ func (u *lanUser) run(args ...string) lanResult {
 	cmd.Env = append(childEnv(u.t.TempDir()), "HUDDLE_HOME="+u.home)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err := testbin.Run(cmd)
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -343,7 +344,7 @@ func startInHost(t *testing.T, h *netlab.Host, test string, env ...string) (stop
 	var out bytes.Buffer
 	var mu sync.Mutex
 	cmd.Stdout, cmd.Stderr = lockedWriter{&mu, &out}, lockedWriter{&mu, &out}
-	if err := cmd.Start(); err != nil {
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // huddleBin is the huddle binary TestMain built for this run.
@@ -58,7 +59,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "e2e: build huddle: %v\n", err)
 		os.Exit(1)
 	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+	// testbin.Main ends the goroutine the tests start processes from
+	// (testbin.Start) before goleak looks.
+	goleak.VerifyTestMain(testbin.Main{M: m}, goleak.Cleanup(func(code int) {
 		os.RemoveAll(dir)
 		os.Exit(code)
 	}))

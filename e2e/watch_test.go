@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // watchLine is one line of watch --json: a message, or an event (gap,
@@ -435,8 +437,7 @@ func TestWatchEndsWithItsReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	w.Close() // the watch holds the only writing end

@@ -46,14 +46,13 @@ func startHuddle(t testing.TB, name string, env []string, args ...string) *proc 
 	t.Helper()
 	cmd := exec.Command(testbin.Huddle(t), args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "HUDDLE_HOME=" + t.TempDir()}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the test process
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd.Stderr = cmd.Stdout // one pipe: Wait's copying would need its own goroutine otherwise
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
+	if err := testbin.Start(cmd); err != nil { // gone with the test process
 		t.Fatalf("start %s: %v", name, err)
 	}
 	go func() {

@@ -105,12 +105,12 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	cmd.Env = append(env, "HOME="+t.TempDir(), "HUDDLE_HOME="+t.TempDir())
-	// The process dies with the test process, however that ends (a
-	// prefix such as nsenter execs huddle, which keeps it).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	r, w := io.Pipe()
 	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
+	// testbin.Start: the process dies with the test process, however
+	// that ends (a prefix such as nsenter execs huddle, which keeps the
+	// parent-death signal), and not with the thread that forked it.
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{cmd: cmd, more: make(chan struct{}), done: make(chan struct{})}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/testbin"
 	"github.com/huddle-chat/huddle/internal/testdisk"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -50,13 +51,12 @@ func newPrivateDisk(t *testing.T, size string) *privateDisk {
 	d := &privateDisk{t: t, dir: t.TempDir()}
 	d.holder = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		fmt.Sprintf("mount -t tmpfs -o size=%s,mode=0700 tmpfs %s && echo mounted && exec sleep 3600", size, d.dir))
-	d.holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the test process
 	out, err := d.holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	d.holder.Stderr = os.Stderr
-	if err := d.holder.Start(); err != nil {
+	if err := testbin.Start(d.holder); err != nil { // gone with the test process
 		t.Fatalf("unshare: %v", err)
 	}
 	t.Cleanup(func() { d.holder.Process.Kill(); d.holder.Wait() })

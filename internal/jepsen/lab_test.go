@@ -230,8 +230,9 @@ func (l *lines) Write(b []byte) (int, error) {
 
 func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 	t.Helper()
-	// netlab's Command: the process dies with the test process (Pdeathsig),
-	// however that ends, rather than outlive it in the host's namespace.
+	// Started by testbin.Start: the process dies with the test process,
+	// however that ends, rather than outlive it in the host's namespace
+	// (and not with whichever thread of it forked the process).
 	cmd := h.Command(context.Background(), huddle(t), args...)
 	env, err := daemonEnv(os.Environ(), args)
 	if err != nil {
@@ -240,7 +241,7 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 	cmd.Env = append(append(cmd.Env, env...), "HOME="+t.TempDir())
 	p := &proc{cmd: cmd, done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	go p.wait()
@@ -379,7 +380,7 @@ func (l *lab) setFirewall(h *netlab.Host, fw firewall) {
 		cmd = h.Command(l.t.Context(), "nft", "-f", "-")
 	}
 	cmd.Stdin = strings.NewReader(rules.String())
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if out, err := testbin.CombinedOutput(cmd); err != nil {
 		l.t.Fatalf("nft on %v: %v: %s\n%s", h, err, out, rules.String())
 	}
 }

@@ -462,7 +462,9 @@ func (d *Delayer) ack() error {
 // namespace it was made in, so only its making needs a thread there: a
 // goroutine locked to its thread enters the namespace, makes the socket,
 // and goes back; should it fail to go back, it exits still locked, and
-// the runtime ends the thread with it.
+// the runtime ends the thread with it. (A child forked from that thread
+// would get its parent-death signal then: testbin.Start forks the
+// children of Host.Command from a thread of its own.)
 func netlinkIn(nsPath string) (int, error) {
 	open := func() (int, error) {
 		return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_NETFILTER)

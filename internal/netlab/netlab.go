@@ -43,8 +43,9 @@
 // killed mid-run (by hand, or by its own -timeout panic) runs no cleanup,
 // and its namespaces stayed behind. A namespace whose maker still runs, or
 // that still holds processes, is left alone. Programs a host runs
-// (Command, TestCommand) are killed if the test process dies, so none is
-// left running in a namespace nobody will delete.
+// (Command, TestCommand, started with testbin.Start) are killed if the
+// test process dies, so none is left running in a namespace nobody will
+// delete.
 //
 // A link's latency, jitter and reordering come from a Delayer
 // (Host.Delayer, LAN.DelayerHere): the kernels the lab runs on have no
@@ -71,8 +72,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
+
+	"github.com/huddle-chat/huddle/internal/testbin"
 )
 
 // HostEnv is the environment variable TestCommand sets in a helper process
@@ -318,15 +320,13 @@ func (h *Host) Addr() string {
 }
 
 // Command returns a command that runs the program name inside the host's
-// namespace (through ip netns exec). The caller starts and waits for it;
-// ctx kills it.
+// namespace (through ip netns exec). The caller starts it with
+// testbin.Start (or runs it with testbin.CombinedOutput), so that it dies
+// with the test process rather than outlive it in a namespace the test can
+// no longer delete (ip netns exec becomes the program, execve, which keeps
+// the parent-death signal Start gives it), and waits for it; ctx kills it.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
-	// ip netns exec becomes the program (execve), which keeps this: the
-	// program dies with the test process rather than outlive it in a
-	// namespace the test can no longer delete.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
 }
 
 // TestCommand returns a command that runs this test binary again inside the
@@ -345,7 +345,7 @@ func (h *Host) TestCommand(ctx context.Context, test string, env ...string) *exe
 // combined output, failing the test if it fails.
 func (h *Host) Run(ctx context.Context, name string, args ...string) string {
 	h.lan.t.Helper()
-	out, err := h.Command(ctx, name, args...).CombinedOutput()
+	out, err := testbin.CombinedOutput(h.Command(ctx, name, args...))
 	if err != nil {
 		h.lan.t.Fatalf("netlab: %s: %s %s: %v\n%s", h.name, name, strings.Join(args, " "), err, out)
 	}

@@ -23,11 +23,14 @@ import (
 
 	"github.com/huddle-chat/huddle/discovery"
 	"github.com/huddle-chat/huddle/internal/netlab"
+	"github.com/huddle-chat/huddle/internal/testbin"
 	"github.com/huddle-chat/huddle/internal/testlog"
 )
 
+// TestMain checks for leaked goroutines (testbin.Main ends the one
+// testbin.Start forks from).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(testbin.Main{M: m})
 }
 
 // TestHelperProcess is not a test: it is the program the other tests run
@@ -210,7 +213,7 @@ func startDaemon(t *testing.T, h *netlab.Host, env ...string) {
 	}
 	var stderr testlog.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	ready := make(chan struct{})
@@ -256,8 +259,7 @@ func runHelper(t *testing.T, h *netlab.Host, env ...string) (string, error) {
 	cmd := h.TestCommand(ctx, "TestHelperProcess", env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if err != nil {
+	if err := testbin.Run(cmd); err != nil {
 		return stdout.String(), fmt.Errorf("%s: %w\n%s%s", h.Name(), err, stdout.String(), stderr.String())
 	}
 	return stdout.String(), nil
