@@ -114,7 +114,7 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 // line on the test's goroutine (so that members can start together); it
 // reports a failure with t.Error.
 func (n *node) startQuiet(t *testing.T) {
-	p := startProc(t, n.host, n.args...)
+	p := startProc(t, n.host, n.deaths, n.args...)
 	n.mu.Lock()
 	n.p = p
 	n.mu.Unlock()
@@ -304,10 +304,16 @@ func (c *cell) leader(t *testing.T, after uint64) (*cellNode, uint64) {
 		if best != nil && term > after {
 			return best, term
 		}
+		if err := c.l.deaths.err(); err != nil {
+			t.Fatalf("waiting for a member to lead in a term after %d: %v; the members: %s", after, err, c.states())
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no member led in a term after %d within %v; the members: %s", after, waitTimeout, c.states())
 		}
-		<-time.After(20 * time.Millisecond) // polling a condition, with a deadline
+		select { // polling a condition, with a deadline
+		case <-time.After(20 * time.Millisecond):
+		case <-c.l.deaths.any():
+		}
 	}
 }
 
@@ -475,7 +481,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		defer cancel()
 		entry := listing(ctx, t, "jepsen")
 		h := history.New()
-		w := newWorkload(h)
+		w := newWorkload(h, l.deaths)
 		wctx, stopWatches := context.WithCancel(ctx)
 		defer w.watchers.Wait()
 		defer stopWatches()

@@ -54,6 +54,9 @@ type lab struct {
 	// delayers holds each host's packet delayer (nil: ctl's), made on
 	// first use.
 	delayers map[*netlab.Host]*netlab.Delayer
+	// deaths are the lab's processes that ended without the test ending
+	// them: the waits fail at once on the first, naming it.
+	deaths *deaths
 }
 
 // newLab builds the LAN with the registry running and no daemon yet. It
@@ -68,10 +71,10 @@ func newLab(t *testing.T) *lab {
 		}
 		t.Skip(msg)
 	}
-	l := &lab{t: t, lan: netlab.New(t), hosts: make(map[string]*netlab.Host)}
+	l := &lab{t: t, lan: netlab.New(t), hosts: make(map[string]*netlab.Host), deaths: newDeaths()}
 	l.lan.AttachHere("ctl0", ctlAddr+"/24")
 	host := l.host("reg", strings.TrimSuffix(regAddr, ":7373"))
-	l.reg = &node{t: t, name: "registry", host: host,
+	l.reg = &node{t: t, name: "registry", host: host, deaths: l.deaths,
 		args: []string{"registry", "--no-mdns", "--listen", regAddr, "--lease", "2s", "--state-dir", t.TempDir()}}
 	l.reg.start()
 	return l
@@ -91,16 +94,17 @@ func daemonAddr(i int) string { return fmt.Sprintf("%s%d:7374", subnet, daemonIP
 func (l *lab) addNode(i int, args ...string) *node {
 	name := fmt.Sprint("d", i)
 	h := l.host(name, strings.TrimSuffix(daemonAddr(i), ":7374"))
-	return &node{t: l.t, name: name, host: h, args: args}
+	return &node{t: l.t, name: name, host: h, args: args, deaths: l.deaths}
 }
 
 // node is one huddle process on one host, which the nemesis kills and
 // starts again with the same arguments.
 type node struct {
-	t    *testing.T
-	name string
-	host *netlab.Host
-	args []string
+	t      *testing.T
+	name   string
+	host   *netlab.Host
+	args   []string
+	deaths *deaths // where its process's unseen end is noted
 
 	mu sync.Mutex
 	p  *proc
@@ -111,7 +115,7 @@ var listening = regexp.MustCompile(`listening on (\S+), fingerprint (\S+)`)
 // start runs the node's process and waits until it listens.
 func (n *node) start() {
 	n.t.Helper()
-	p := startProc(n.t, n.host, n.args...)
+	p := startProc(n.t, n.host, n.deaths, n.args...)
 	n.mu.Lock()
 	n.p = p
 	n.mu.Unlock()
@@ -156,6 +160,7 @@ func (n *node) pause(d time.Duration) {
 // execs huddle in its own place, so the pid is huddle's).
 type proc struct {
 	cmd  *exec.Cmd
+	args []string // huddle's, after the binary
 	done chan struct{}
 	out  *lines
 
@@ -167,15 +172,116 @@ type proc struct {
 	mu       sync.Mutex
 	signals  []string  // sent by the test (kill, pause), in order
 	exitedAt time.Time // zero while it runs
+	// ending is set once the test sent a signal meant to end the
+	// process (kill); an end without it is unseen, and calls unseen
+	// (onUnseenEnd).
+	ending bool
+	unseen func()
 }
 
-// wait waits for the started process to end, notes when, and closes done.
+// wait waits for the started process to end, notes when, reports an end
+// the test did not cause, and closes done (after the report: whoever sees
+// the process gone sees it noted).
 func (p *proc) wait() {
 	p.cmd.Wait()
 	p.mu.Lock()
 	p.exitedAt = time.Now()
+	unseen := p.unseen
+	if p.ending {
+		unseen = nil
+	}
 	p.mu.Unlock()
+	if unseen != nil {
+		unseen()
+	}
 	close(p.done)
+}
+
+// onUnseenEnd arranges, before wait runs, that if the process ends without
+// the test having ended it (a crash, an exit of its own, a signal from
+// elsewhere: the kernel's OOM killer, a parent-death signal, another
+// process), report is called at once with what ended how, and d (if not
+// nil) notes it. A member that died unseen was counted up by the test, and
+// the run failed a minute later on "no leader" (TestCellFaults, session
+// 19): now it fails when it happens, naming the process.
+func (p *proc) onUnseenEnd(name string, d *deaths, report func(format string, args ...any)) {
+	p.unseen = func() {
+		what := fmt.Sprintf("%s: huddle %s %s: the test did not end it", name, strings.Join(p.args[:min(1, len(p.args))], " "), p.state())
+		if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			what += kernelSays(p.cmd.Process.Pid)
+		}
+		d.add(what)
+		p.out.mu.Lock()
+		tail := p.out.all[max(0, len(p.out.all)-20):]
+		p.out.mu.Unlock()
+		report("%s; its last lines:\n%s", what, strings.Join(tail, "\n"))
+	}
+}
+
+// kernelSays returns the kernel log's lines that name process pid as the
+// OOM killer names its victims, as a clause to add to a report ("" if the
+// log cannot be read).
+func kernelSays(pid int) string {
+	out, err := exec.Command("dmesg").Output()
+	if err != nil {
+		return ""
+	}
+	word := regexp.MustCompile(fmt.Sprintf(`(pid=|[Pp]rocess )%d\b`, pid))
+	var said []string
+	for line := range strings.Lines(string(out)) {
+		if word.MatchString(line) {
+			said = append(said, strings.TrimSpace(line))
+		}
+	}
+	if len(said) == 0 {
+		return " (the kernel log names it nowhere)"
+	}
+	return "; the kernel log says: " + strings.Join(said, "; ")
+}
+
+// deaths notes the processes of a lab that ended without the test ending
+// them, in the order they ended.
+type deaths struct {
+	mu    sync.Mutex
+	what  []string
+	first chan struct{} // closed at the first
+}
+
+func newDeaths() *deaths { return &deaths{first: make(chan struct{})} }
+
+func (d *deaths) add(what string) {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.what = append(d.what, what)
+	if len(d.what) == 1 {
+		close(d.first)
+	}
+}
+
+// any returns a channel closed once a process ended unseen (never, for
+// a nil d).
+func (d *deaths) any() <-chan struct{} {
+	if d == nil {
+		return nil
+	}
+	return d.first
+}
+
+// err returns nil while no process ended unseen, else an error naming
+// each that did.
+func (d *deaths) err() error {
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.what) == 0 {
+		return nil
+	}
+	return fmt.Errorf("a process of the lab ended and the test did not end it: %s", strings.Join(d.what, "; "))
 }
 
 // sent records that the test sent the process sig.
@@ -194,13 +300,11 @@ func (p *proc) state() string {
 	if len(p.signals) > 0 {
 		sent = strings.Join(p.signals, ", ")
 	}
-	select {
-	case <-p.done:
-		return fmt.Sprintf("ended %s (%v); signals the test sent: %s",
-			p.exitedAt.UTC().Format("15:04:05.000"), p.cmd.ProcessState, sent)
-	default:
+	if p.exitedAt.IsZero() {
 		return "running; signals the test sent: " + sent
 	}
+	return fmt.Sprintf("ended %s (%v); signals the test sent: %s",
+		p.exitedAt.UTC().Format("15:04:05.000"), p.cmd.ProcessState, sent)
 }
 
 // lines keeps a process's output, a line at a time, and wakes waiters.
@@ -228,7 +332,9 @@ func (l *lines) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
+// startProc starts huddle with args on host h; its end the test did not
+// cause fails t at once, and is noted in d (which may be nil).
+func startProc(t *testing.T, h *netlab.Host, d *deaths, args ...string) *proc {
 	t.Helper()
 	// Started by testbin.Start: the process dies with the test process,
 	// however that ends, rather than outlive it in the host's namespace
@@ -239,8 +345,9 @@ func startProc(t *testing.T, h *netlab.Host, args ...string) *proc {
 		t.Fatal(err)
 	}
 	cmd.Env = append(append(cmd.Env, env...), "HOME="+t.TempDir())
-	p := &proc{cmd: cmd, done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
+	p := &proc{cmd: cmd, args: args, done: make(chan struct{}), out: &lines{more: make(chan struct{})}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
+	p.onUnseenEnd(h.Name(), d, t.Errorf)
 	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +385,12 @@ func daemonEnv(environ, args []string) ([]string, error) {
 	return env, nil
 }
 
+// kill ends the process with sig (SIGKILL, SIGTERM) and waits for it to
+// exit: an end the test caused.
 func (p *proc) kill(sig syscall.Signal) {
+	p.mu.Lock()
+	p.ending = true
+	p.mu.Unlock()
 	p.sent(sig)
 	p.cmd.Process.Signal(sig)
 	<-p.done
@@ -289,7 +401,7 @@ func (p *proc) waitLine(t *testing.T, re *regexp.Regexp) []string {
 	t.Helper()
 	m, err := p.awaitLine(re)
 	if err != nil {
-		t.Fatalf("huddle %s %v", strings.Join(p.cmd.Args[5:], " "), err)
+		t.Fatalf("huddle %s %v", strings.Join(p.args, " "), err)
 	}
 	return m
 }

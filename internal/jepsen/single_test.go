@@ -69,7 +69,7 @@ func TestDurableDaemonFaults(t *testing.T) {
 		defer cancel()
 		entry := listing(ctx, t, "jepsen")
 		h := history.New()
-		w := newWorkload(h)
+		w := newWorkload(h, l.deaths)
 		wctx, stopWatches := context.WithCancel(ctx)
 		defer w.watchers.Wait()
 		defer stopWatches()

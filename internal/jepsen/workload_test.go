@@ -122,12 +122,16 @@ type workload struct {
 	// progress receives a value (dropping it when full) at each ack.
 	progress chan struct{}
 
+	// deaths are the lab's processes that ended unseen: the waits for
+	// progress fail at once on one.
+	deaths *deaths
+
 	mu       sync.Mutex
 	problems []string // what the workload saw that the checker cannot (a duplicate ack of a new ID...)
 }
 
-func newWorkload(h *history.History) *workload {
-	return &workload{h: h, stop: make(chan struct{}), progress: make(chan struct{}, 1)}
+func newWorkload(h *history.History, d *deaths) *workload {
+	return &workload{h: h, stop: make(chan struct{}), progress: make(chan struct{}, 1), deaths: d}
 }
 
 func (w *workload) problem(format string, args ...any) {
@@ -333,6 +337,8 @@ func (w *workload) waitProgress(t *testing.T, after string) {
 	for w.h.Acked() <= before {
 		select {
 		case <-w.progress:
+		case <-w.deaths.any():
+			t.Fatalf("waiting for a send acknowledged after %s: %v", after, w.deaths.err())
 		case <-deadline:
 			sends := w.h.Sends()
 			var last []string
@@ -357,6 +363,8 @@ func (w *workload) waitRecovered(t *testing.T) {
 	for !w.h.AckedSinceLastFault() {
 		select {
 		case <-w.progress:
+		case <-w.deaths.any():
+			t.Fatalf("waiting for a send started after the last fault to be acknowledged: %v", w.deaths.err())
 		case <-deadline:
 			t.Fatalf("no send started after the last fault was acknowledged within %v", waitTimeout)
 		}
