@@ -89,6 +89,9 @@ type raftNet struct {
 	// rtt, if set (by tests), replaces the round trip measured
 	// (measuredRTT).
 	rtt func() (time.Duration, bool)
+	// waitingDial, if set (by tests), is called each time an RPC finds
+	// maxDialsPerMember dials to target under way and waits (connFor).
+	waitingDial func(target raft.ServerAddress)
 }
 
 var (
@@ -124,8 +127,8 @@ const pipelineAnswered = 16
 const readBuffer = 64 << 10
 
 // newRaftNet returns a raftNet over tr that accepts members' connections
-// at once; set, if given, sets its test hooks (received, rtt) before it
-// does, so that no connection reads them while they are written.
+// at once; set, if given, sets its test hooks (received, rtt, waitingDial)
+// before it does, so that no connection reads them while they are written.
 func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...func(*raftNet)) *raftNet {
 	n := &raftNet{
 		tr:       tr,
@@ -438,6 +441,9 @@ func (n *raftNet) connFor(target raft.ServerAddress, timeout time.Duration, idle
 			n.poolWake[target] = wake
 		}
 		n.mu.Unlock()
+		if n.waitingDial != nil {
+			n.waitingDial(target)
+		}
 		wait := time.NewTimer(time.Until(deadline))
 		select {
 		case <-wake:

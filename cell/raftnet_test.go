@@ -557,11 +557,15 @@ func (p *cutProxy) accepted() int {
 // cell of five on a loaded host had 40-90 TLS handshakes under way, none
 // ending within the dial timeout, and elected no one for 30 s.)
 func TestRaftNetDialsBoundedPerMember(t *testing.T) {
-	a, _, target, _ := raftNetPair(t)
-	var under, most atomic.Int32
+	var waiting atomic.Int32 // RPCs waiting for one of the dials to end
+	a, _, target, _ := raftNetPair(t, func(n *raftNet) {
+		n.waitingDial = func(raft.ServerAddress) { waiting.Add(1) }
+	})
+	var began, under, most atomic.Int32
 	release := make(chan struct{})
 	a.tr.mu.Lock()
 	a.tr.dialFault = func() error {
+		began.Add(1)
 		n := under.Add(1)
 		defer under.Add(-1)
 		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
@@ -578,11 +582,15 @@ func TestRaftNetDialsBoundedPerMember(t *testing.T) {
 			errs <- a.RequestPreVote("b", target, &raft.RequestPreVoteRequest{Term: 2}, &resp)
 		}()
 	}
-	waitUntil(t, "the dials under way", func() bool { return under.Load() >= maxDialsPerMember })
-	// The RPCs beyond the bound wait: no more dials begin meanwhile.
-	time.Sleep(100 * time.Millisecond)
-	if n := most.Load(); n > maxDialsPerMember {
-		t.Fatalf("%d dials to one member under way at once, want at most %d", n, maxDialsPerMember)
+	// Every RPC has either begun a dial or gone to wait; none of the
+	// dials ends before release, so none of those waiting is woken to
+	// dial meanwhile. Without the bound every RPC dials at once.
+	waitUntil(t, "every RPC dialing or waiting", func() bool { return began.Load()+waiting.Load() >= rpcs })
+	if n := began.Load(); n != maxDialsPerMember {
+		t.Fatalf("%d dials to one member begun while none ended, want %d", n, maxDialsPerMember)
+	}
+	if n := waiting.Load(); n != rpcs-maxDialsPerMember {
+		t.Fatalf("%d RPCs waiting for a dial to end, want %d", n, rpcs-maxDialsPerMember)
 	}
 	close(release)
 	for range rpcs {
