@@ -540,8 +540,8 @@ func (n *raftNet) callOn(c *rpcConn, req, resp any) error {
 // callOnWithin runs one RPC on c as callOn does, its I/O bounded by
 // timeout (0: none).
 func (n *raftNet) callOnWithin(c *rpcConn, req, resp any, timeout time.Duration) error {
-	err := n.roundTrip(c, req, resp, timeout)
-	if err == nil || !c.reused || !endedWhileIdle(err, c) {
+	ended, err := n.roundTrip(c, req, resp, timeout)
+	if !ended {
 		return err
 	}
 	// The others the same restart ended go too; but not those dialed
@@ -553,11 +553,11 @@ func (n *raftNet) callOnWithin(c *rpcConn, req, resp any, timeout time.Duration)
 	// RPC fails on it at once, as on c, and goes on to the next: each
 	// taken is out of the pool, and a dialed one ends the loop.
 	n.dropEnded(c.target)
-	for c.reused && endedWhileIdle(err, c) {
+	for ended {
 		if c, err = n.getConnWithin(c.target, cmp.Or(timeout, n.dialTimeout())); err != nil {
 			return err
 		}
-		err = n.roundTrip(c, req, resp, timeout)
+		ended, err = n.roundTrip(c, req, resp, timeout)
 	}
 	return err
 }
@@ -565,7 +565,12 @@ func (n *raftNet) callOnWithin(c *rpcConn, req, resp any, timeout time.Duration)
 // roundTrip writes req on c and reads its response into resp. A
 // connection whose I/O failed, or that carried bytes that do not decode,
 // is closed; one that carried the peer's error goes back to the pool.
-func (n *raftNet) roundTrip(c *rpcConn, req, resp any, timeout time.Duration) error {
+// ended reports that c was idle and the member had ended it before the
+// RPC (endedWhileIdle), read before c is closed or pooled: a connection
+// back in the pool is another RPC's at once, which writes c.reused as it
+// takes it (callOn read it after pooling: a data race under -race,
+// TestRaftNetResendLeavesPooledConn).
+func (n *raftNet) roundTrip(c *rpcConn, req, resp any, timeout time.Duration) (ended bool, err error) {
 	if timeout > 0 {
 		c.conn.SetDeadline(time.Now().Add(timeout))
 	}
@@ -575,12 +580,13 @@ func (n *raftNet) roundTrip(c *rpcConn, req, resp any, timeout time.Duration) er
 	}
 	var remote remoteError
 	if err != nil && !errors.As(err, &remote) {
+		ended = c.reused && endedWhileIdle(err, c)
 		c.close()
 		n.warm(c.target)
-		return err
+		return ended, err
 	}
 	n.putConn(c)
-	return err
+	return false, err
 }
 
 // endedWhileIdle reports whether err, of an RPC on c, says the member had

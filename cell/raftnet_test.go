@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -603,20 +604,16 @@ func TestRaftNetDialsBoundedPerMember(t *testing.T) {
 	}
 }
 
-// TestRaftNetEndedIdleSparesFresh: an RPC on an idle connection the member
-// ended (it restarted) is sent again on a connection pooled since, with no
-// dial: the idle connections the member ended are dropped, not those
-// dialed after (ready.go). All were dropped, and the RPC dialed: in
-// TestElectionOnReadyConnections (dials blocked) the one follower that
-// could win stood for election for 30 s, its pre-votes to the restarted
-// member failing at the dial.
-func TestRaftNetEndedIdleSparesFresh(t *testing.T) {
-	a, b, target, _ := raftNetPair(t)
+// endedBeforeFresh pools two idle connections from a to b: the one taken
+// first b has ended (as its restart would), the other was dialed after.
+// Dials from a fail from then on.
+func endedBeforeFresh(t *testing.T, a, b *raftNet, target raft.ServerAddress) (past, fresh *rpcConn) {
+	t.Helper()
 	past, err := a.dialReporting(target, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer past.close()
+	t.Cleanup(past.close)
 	// b ends past (as its restart would) before the fresh one is dialed.
 	var served []net.Conn
 	waitUntil(t, "b serving the connection dialed first", func() bool {
@@ -630,8 +627,7 @@ func TestRaftNetEndedIdleSparesFresh(t *testing.T) {
 	})
 	served[0].Close()
 	waitUntil(t, "the connection's end reaching a", past.ended)
-	fresh, err := a.dialReporting(target, true)
-	if err != nil {
+	if fresh, err = a.dialReporting(target, true); err != nil {
 		t.Fatal(err)
 	}
 	a.putConn(fresh)
@@ -639,6 +635,62 @@ func TestRaftNetEndedIdleSparesFresh(t *testing.T) {
 	a.tr.mu.Lock()
 	a.tr.dialFault = func() error { return errNoDial }
 	a.tr.mu.Unlock()
+	return past, fresh
+}
+
+// TestRaftNetResendLeavesPooledConn: an RPC sent again on a fresh
+// connection, after the idle one it took first had been ended by the
+// member, reads nothing of the fresh one once it is back in the pool,
+// where another RPC may take it at once. (callOn read the connection's
+// reused flag after pooling it, as a heartbeat's getConn took it and
+// wrote the flag: a data race under -race, TestProgressAfterRestart in
+// session 20.) Here the test takes the connection as soon as the RPC
+// pools it; the race detector fails the test on such a read.
+func TestRaftNetResendLeavesPooledConn(t *testing.T) {
+	answered := make(chan struct{}, 1)
+	a, b, target, _ := raftNetPair(t, func(n *raftNet) {
+		n.received = func(any) {
+			select {
+			case answered <- struct{}{}:
+			default:
+			}
+		}
+	})
+	_, fresh := endedBeforeFresh(t, a, b, target)
+	errc := make(chan error, 1)
+	go func() {
+		var resp raft.RequestPreVoteResponse
+		errc <- a.RequestPreVote("b", target, &raft.RequestPreVoteRequest{Term: 2}, &resp)
+	}()
+	<-answered // sent again, on fresh: out of the pool until answered
+	waitUntil(t, "the connection the RPC was sent again on back in the pool", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return slices.Contains(a.idle[target], fresh)
+	})
+	c, err := a.getConn(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != fresh {
+		t.Fatalf("took another connection than the one the RPC was sent again on")
+	}
+	a.putConn(c)
+	if err := <-errc; err != nil {
+		t.Fatalf("pre-vote with a connection pooled since the member ended the other: %v", err)
+	}
+}
+
+// TestRaftNetEndedIdleSparesFresh: an RPC on an idle connection the member
+// ended (it restarted) is sent again on a connection pooled since, with no
+// dial: the idle connections the member ended are dropped, not those
+// dialed after (ready.go). All were dropped, and the RPC dialed: in
+// TestElectionOnReadyConnections (dials blocked) the one follower that
+// could win stood for election for 30 s, its pre-votes to the restarted
+// member failing at the dial.
+func TestRaftNetEndedIdleSparesFresh(t *testing.T) {
+	a, b, target, _ := raftNetPair(t)
+	endedBeforeFresh(t, a, b, target)
 	var resp raft.RequestPreVoteResponse
 	if err := a.RequestPreVote("b", target, &raft.RequestPreVoteRequest{Term: 2}, &resp); err != nil {
 		t.Fatalf("pre-vote with a connection pooled since the member ended the other: %v", err)
