@@ -13,9 +13,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -609,4 +611,52 @@ func seq(n int) []int {
 		s[i] = i
 	}
 	return s
+}
+
+// loopbackOrphanEnv marks the copy of this test binary that
+// TestLoopbackCopyDiesWithTest kills; its value is a file where the copy's
+// own copy, in the loopback namespace, writes its process ID.
+const loopbackOrphanEnv = "HUDDLE_NETLAB_LOOPBACK_ORPHAN"
+
+// TestLoopbackCopyDiesWithTest: RunInLoopbackNS runs its body in a copy of
+// the test binary; when the test process is killed (go test's -timeout,
+// kill -9), the copy must die with it, not run its test on, orphaned, with
+// the daemons it started. This test runs a copy (A) that calls
+// RunInLoopbackNS, whose body (in A's copy, B) writes B's process ID and
+// waits; A then kills itself with SIGKILL, and B must exit.
+func TestLoopbackCopyDiesWithTest(t *testing.T) {
+	if file := os.Getenv(loopbackOrphanEnv); file != "" {
+		if _, inCopy := os.LookupEnv("HUDDLE_NETLAB_LOOPBACK"); !inCopy {
+			go func() { // A: once B is running, die as a killed test does
+				deadline := time.Now().Add(time.Minute)
+				for time.Now().Before(deadline) {
+					if b, err := os.ReadFile(file); err == nil && len(b) > 0 && b[len(b)-1] == '\n' {
+						testbin.Orphaned("pid " + strings.TrimSpace(string(b)))
+					}
+					<-time.After(10 * time.Millisecond) // polling for B's ID, with a deadline
+				}
+			}()
+		}
+		netlab.RunInLoopbackNS(t, func(t *testing.T) {
+			if err := os.WriteFile(file, []byte(fmt.Sprintln(os.Getpid())), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			<-time.After(time.Minute) // B: killed with A, or ends on its own after this
+		})
+		return
+	}
+	netlab.Require(t)
+	said := testbin.RunKilledCopy(t, "TestLoopbackCopyDiesWithTest", loopbackOrphanEnv+"="+filepath.Join(t.TempDir(), "pid"))
+	var pid int
+	if _, err := fmt.Sscanf(said, "pid %d", &pid); err != nil {
+		t.Fatalf("the killed test said %q: %v", said, err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) }) // if the check below failed
+	running, err := testbin.AwaitExit(time.Now().Add(20*time.Second), pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(running) > 0 {
+		t.Fatalf("the test binary's copy in the loopback namespace (pid %d) still runs 20s after the test that started it was killed", pid)
+	}
 }
