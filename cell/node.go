@@ -216,6 +216,9 @@ type Config struct {
 	// rtt, if set (by tests), replaces the round trip to the other
 	// members the kernel measures (timing.go).
 	rtt func() (time.Duration, bool)
+	// timingEvery, if set (by tests), replaces how often a member
+	// measures the round trip and sets its election timeout (timing.go).
+	timingEvery time.Duration
 	// learnEvery, if set (by tests), replaces how often a member that
 	// has not heard from the cell asks the members (learn.go).
 	learnEvery time.Duration

@@ -90,7 +90,7 @@ func staggered(base time.Duration, rank int, rtt, now time.Duration) time.Durati
 
 // timingLoop sets raft's election timeout from the round trip measured
 // (staggered) every timingEvery, until the node closes.
-func (n *Node) timingLoop() { n.every(timingEvery, n.setTiming) }
+func (n *Node) timingLoop() { n.every(or(n.cfg.timingEvery, timingEvery), n.setTiming) }
 
 // setTiming sets raft's election timeout from the round trip measured
 // now, if there is one and the timeout differs by more than an eighth

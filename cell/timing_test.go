@@ -20,6 +20,9 @@ func TestElectionTimeoutFollowsRoundTrip(t *testing.T) {
 	var rtt atomic.Int64      // the round trip every member measures; -1: none
 	var measured atomic.Int64 // times a member measured it
 	c := newTestCell(t, 3, false, func(cfg *Config) {
+		// Measured every 100 ms, not every second: each step below waits
+		// for a round or two of every member's (the test took 7-8 s).
+		cfg.timingEvery = 100 * time.Millisecond
 		cfg.rtt = func() (time.Duration, bool) {
 			measured.Add(1)
 			d := time.Duration(rtt.Load())
