@@ -534,7 +534,11 @@ func waitingMemberVotes(t *testing.T) bool {
 // it the leadership), it could stamp no send until the copy is done, so it
 // hands the leadership over to a member that can, and the cell takes
 // sends while it catches up. (It led, not ready, for as long as its copy
-// took: every send was refused.)
+// took: every send was refused.) Its first hand-over is refused, as when
+// it asked before any answer to its AppendEntries had come (on a loaded
+// host: "no other voter's replication is current"): it asks again. (It
+// gave up until its copy was done, and the test found no leader within
+// 30 s at load 25, session 20.)
 func TestElectedWhileCatchingUpHandsOver(t *testing.T) {
 	c := newTestCell(t, 3, true, compacting)
 	g := c.leader().group("lobby")
@@ -563,7 +567,15 @@ func TestElectedWhileCatchingUpHandsOver(t *testing.T) {
 			})
 		}
 	}
-	rec, started := c.startRecorded(m)
+	var refused atomic.Bool
+	rec, started := c.startRecorded(m, func(cfg *Config) {
+		cfg.transferFault = func() error {
+			if refused.CompareAndSwap(false, true) {
+				return errors.New("test: the first hand-over refused")
+			}
+			return nil
+		}
+	})
 	awaitWaiting(t, rec, started) // m.node is set by then
 	waitUntil(t, "the member catching up to follow the leader", func() bool {
 		l, ok := m.node.Leader()
@@ -593,6 +605,9 @@ func TestElectedWhileCatchingUpHandsOver(t *testing.T) {
 	c.sendMany(g.ID, 60, 5) // through whichever member leads, ready
 	if err := m.node.Leading(); err == nil {
 		t.Fatal("the member catching up leads, ready to stamp, before it has caught up")
+	}
+	if !refused.Load() {
+		t.Fatal("the member never asked for a hand-over")
 	}
 	free()
 	select {

@@ -216,6 +216,9 @@ type Config struct {
 	// rtt, if set (by tests), replaces the round trip to the other
 	// members the kernel measures (timing.go).
 	rtt func() (time.Duration, bool)
+	// transferFault, if set (by tests), is called before each leadership
+	// transfer this member asks for; its error fails the transfer.
+	transferFault func() error
 	// timingEvery, if set (by tests), replaces how often a member
 	// measures the round trip and sets its election timeout (timing.go).
 	timingEvery time.Duration
@@ -1092,20 +1095,36 @@ func (n *Node) leaderLoop() {
 // takes as long as copying them from a peer does (a whole history, for a
 // member whose logs were lost), and the others can (session 13; it led,
 // refusing every send, for as long as its copy took). If none can take
-// over (raft's transfer fails), it leads once caught up. False if the node
-// closed first, or the restore failed.
+// over (raft's transfer fails), it asks again every HeartbeatTimeout while
+// it leads, and leads once caught up. False if the node closed first, or
+// the restore failed.
+//
+// Why again: a member just elected has heard no answer to its
+// AppendEntries yet, and transfers only to a voter whose replication is
+// current (transferable); on a loaded host it asked before the first
+// answers came, was refused ("no other voter's replication is current"),
+// and led, refusing every send, until its copy was done
+// (TestElectedWhileCatchingUpHandsOver at load 25, session 20).
 func (n *Node) awaitRestored() bool {
 	d := n.fsm.atStart.Load()
 	if d == nil {
 		return true
 	}
+	var told uint64 // the term whose failed hand-over was logged
 	for !d.ok.Load() {
-		if n.raft.State() == raft.Leader {
-			n.cfg.Logger.Info("cell: elected while this member's group logs catch up at start: handing the leadership over", "term", n.raft.CurrentTerm())
+		var again <-chan time.Time
+		if term := n.raft.CurrentTerm(); n.raft.State() == raft.Leader {
+			if told != term {
+				n.cfg.Logger.Info("cell: elected while this member's group logs catch up at start: handing the leadership over", "term", term)
+			}
 			if err := n.transfer(nil); errors.Is(err, ErrClosed) {
 				return false
 			} else if err != nil {
-				n.cfg.Logger.Warn("cell: could not hand the leadership over; this member leads once its group logs have caught up", "err", err)
+				if told != term {
+					n.cfg.Logger.Warn("cell: could not hand the leadership over; this member asks again while it leads, and leads once its group logs have caught up", "err", err)
+					told = term
+				}
+				again = time.After(n.cfg.HeartbeatTimeout)
 			}
 		}
 		select {
@@ -1114,6 +1133,7 @@ func (n *Node) awaitRestored() bool {
 		case <-n.closing:
 			return false
 		case <-n.raft.LeaderCh(): // elected again, or no longer leading: look again
+		case <-again:
 		}
 	}
 	return true
@@ -1433,6 +1453,11 @@ func (n *Node) transfer(to *raft.Server) error { return n.transferWithin(context
 // and Handover, which the daemon's shutdown calls first, waited for it
 // for ever until session 19 (TestHandoverBoundedOnWedgedLeader).
 func (n *Node) transferWithin(ctx context.Context, to *raft.Server) error {
+	if n.cfg.transferFault != nil {
+		if err := n.cfg.transferFault(); err != nil {
+			return err
+		}
+	}
 	term := n.raft.CurrentTerm()
 	s, err := n.transferable(to)
 	if err != nil {
