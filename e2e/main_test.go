@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -101,9 +100,9 @@ func rerunInNetNS() (int, bool) {
 	cmd := exec.Command("unshare", append([]string{"--net", "--", os.Args[0]}, os.Args[1:]...)...)
 	cmd.Env = append(os.Environ(), netnsEnv+"=1")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	// If this process dies (go test's own timeout kills it), so does the copy.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err := cmd.Run()
+	// If this process dies (go test's own timeout kills it), so does the
+	// copy (unshare execs it, which keeps the parent-death signal).
+	err := testbin.Run(cmd)
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode(), true
