@@ -76,6 +76,10 @@ type hungLoneLog struct {
 	Log
 	diskHang
 	expiring atomic.Int32 // age-limit passes under way
+	// expireHangs makes an age-limit pass hang in the disk itself (the
+	// deletion of an old segment), as an append does, rather than wait
+	// behind a hung append for the write lock.
+	expireHangs bool
 }
 
 func (l *hungLoneLog) Append(batch []store.Entry) error {
@@ -88,6 +92,10 @@ func (l *hungLoneLog) Close() error { return l.close(l.Log.Close) }
 func (l *hungLoneLog) Expire(now time.Time) {
 	l.expiring.Add(1)
 	defer l.expiring.Add(-1)
+	if l.expireHangs {
+		l.append(func() error { l.Log.Expire(now); return nil })
+		return
+	}
 	l.close(func() error { l.Log.Expire(now); return nil })
 }
 
@@ -176,6 +184,52 @@ func TestCloseOnHungDiskAlone(t *testing.T) {
 	// lock: the daemon's Close waited for the expire loop, for ever,
 	// before it even stopped the server. (A pass every 12.5 ms.)
 	t.Run("max-age", func(t *testing.T) { testCloseOnHungDiskAlone(t, 100*time.Millisecond) })
+}
+
+// TestCloseOnHungDiskExpiring: a daemon hosting its group alone whose
+// age-limit pass hangs in the disk itself (the deletion of an old
+// segment), no send in flight, stops when closed: Close waited for that
+// pass before closing the logs, for ever, until session 20. The state
+// directory stays locked until the pass returns and the log closes.
+func TestCloseOnHungDiskExpiring(t *testing.T) {
+	h := &hungLoneLog{expireHangs: true}
+	release := h.hangs()
+	d := serveOverLogWith(t, func(c *Config) {
+		c.Server.ShutdownTimeout = 200 * time.Millisecond
+		c.Retention.MaxAge = 100 * time.Millisecond // a pass every 12.5 ms
+	}, func(inner Log) Log { h.Log = inner; return h })
+	t.Cleanup(release) // after the daemon's own: before it
+	eventually(t, "an age-limit pass hung in the disk", func() bool { return h.waiting.Load() > 0 })
+
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(time.Minute):
+		release()
+		t.Fatal("the daemon's Close still waits a minute for an age-limit pass hung in the disk")
+	}
+	second, err := New(d.cfg)
+	must(t, err)
+	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
+		if err == nil {
+			second.Close()
+		}
+		t.Fatalf("a daemon on the state directory whose log was left open: %v, want ErrStateDirInUse", err)
+	}
+	second.Close()
+
+	release()
+	var again *Daemon
+	eventually(t, "a daemon restarted on what the stopped one left", func() bool {
+		again, err = New(d.cfg)
+		must(t, err)
+		return again.Listen() == nil // the state directory stays locked until the log is closed
+	})
+	must(t, again.Close())
 }
 
 func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
