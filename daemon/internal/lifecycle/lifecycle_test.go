@@ -144,3 +144,154 @@ func TestWaitReturnsWhenClosedElsewhere(t *testing.T) {
 	<-closeDone
 	<-returned
 }
+
+// TestCloseLeavesStuckGoroutines: a goroutine that does not return when
+// the context ends (one in a disk that does not answer) is waited for
+// Wait, then left: Close runs stop and returns, reporting it; Stopped is
+// closed once it returns. Until session 20 Close waited for it for ever.
+func TestCloseLeavesStuckGoroutines(t *testing.T) {
+	l := New()
+	l.wait = 100 * time.Millisecond
+	release := make(chan struct{})
+	if err := l.Begin(func() { <-release }, func() { <-l.Ctx().Done() }); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	closed := make(chan bool, 1)
+	go func() { closed <- l.Close(func() { close(stopped) }) }()
+	select {
+	case stuck := <-closed:
+		if !stuck {
+			t.Error("Close left a goroutine running and did not say so")
+		}
+	case <-time.After(time.Minute):
+		close(release)
+		t.Fatal("Close still waits a minute for a goroutine that does not return")
+	}
+	select {
+	case <-stopped:
+	default:
+		t.Fatal("Close returned without running stop")
+	}
+	select {
+	case <-l.Stopped():
+		t.Fatal("Stopped is closed while a goroutine still runs")
+	default:
+	}
+	if !l.Close(func() { t.Error("stop ran twice") }) {
+		t.Error("a later Close does not report the goroutine left")
+	}
+	close(release)
+	<-l.Stopped()
+}
+
+// TestCloseWaitsForGoroutinesThatReturn: goroutines that return within
+// Wait are not reported stuck, and Stopped is closed when Close returns.
+func TestCloseWaitsForGoroutinesThatReturn(t *testing.T) {
+	l := New()
+	if err := l.Begin(func() { <-l.Ctx().Done() }); err != nil {
+		t.Fatal(err)
+	}
+	if l.Close(func() {}) {
+		t.Fatal("Close reported stuck goroutines that returned")
+	}
+	select {
+	case <-l.Stopped():
+	default:
+		t.Fatal("Stopped is not closed once the goroutines returned")
+	}
+}
+
+// TestStopLoadsLeavesAStuckLoad: a load stuck in a disk that does not
+// answer does not hold the close: its caller gets ErrClosed as soon as
+// StopLoads begins, StopLoads gives up after Wait (left, first), a later
+// call returns at once (left, not first), and undo runs once, when the
+// load returns. Until session 20 a daemon's close waited for its Listen.
+func TestStopLoadsLeavesAStuckLoad(t *testing.T) {
+	l := New()
+	l.wait = 100 * time.Millisecond
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	loaded := make(chan error, 1)
+	go func() {
+		loaded <- l.Load(func() error {
+			close(entered)
+			<-release
+			return nil
+		})
+	}()
+	<-entered
+	var undos atomic.Int32
+	undone := make(chan struct{})
+	undo := func() {
+		if undos.Add(1) == 1 {
+			close(undone)
+		}
+	}
+	stopped := make(chan [2]bool, 1)
+	go func() {
+		left, first := l.StopLoads(undo)
+		stopped <- [2]bool{left, first}
+	}()
+	select {
+	case err := <-loaded:
+		if !errors.Is(err, server.ErrClosed) {
+			t.Errorf("Load while stopping: %v, want ErrClosed", err)
+		}
+	case <-time.After(time.Minute):
+		close(release)
+		t.Fatal("Load still waits a minute for its stuck load once the close began")
+	}
+	select {
+	case r := <-stopped:
+		if r != [2]bool{true, true} {
+			t.Errorf("StopLoads on a stuck load: left, first = %v, want true, true", r)
+		}
+	case <-time.After(time.Minute):
+		close(release)
+		t.Fatal("StopLoads still waits a minute for a stuck load")
+	}
+	if left, first := l.StopLoads(func() { t.Error("a later StopLoads's undo ran") }); !left || first {
+		t.Errorf("a later StopLoads: left, first = %v, %v, want true, false", left, first)
+	}
+	if n := undos.Load(); n != 0 {
+		t.Fatalf("undo ran %d times before the load returned", n)
+	}
+	if err := l.Load(func() error { t.Error("a load ran after StopLoads"); return nil }); !errors.Is(err, server.ErrClosed) {
+		t.Errorf("Load after StopLoads: %v, want ErrClosed", err)
+	}
+	close(release)
+	<-undone
+	if left, _ := l.StopLoads(func() {}); left {
+		t.Error("StopLoads reports a load left after it returned")
+	}
+	if n := undos.Load(); n != 1 {
+		t.Fatalf("undo ran %d times, want once", n)
+	}
+}
+
+// TestStopLoadsWaitsForALoadThatReturns: a load that returns within Wait
+// is waited for, its error given to its caller if it came first, and no
+// undo runs.
+func TestStopLoadsWaitsForALoadThatReturns(t *testing.T) {
+	l := New()
+	if err := l.Load(func() error { return errors.New("bad state") }); err == nil || err.Error() != "bad state" {
+		t.Fatalf("Load: %v, want the load's error", err)
+	}
+	if left, _ := l.StopLoads(func() { t.Error("undo ran with no load left") }); left {
+		t.Fatal("StopLoads with no load under way reports one left")
+	}
+	l = New()
+	release := make(chan struct{})
+	entered := make(chan struct{})
+	loaded := make(chan error, 1)
+	go func() {
+		loaded <- l.Load(func() error { close(entered); <-release; return nil })
+	}()
+	<-entered
+	time.AfterFunc(10*time.Millisecond, func() { close(release) })
+	if left, _ := l.StopLoads(func() { t.Error("undo ran for a load that returned in time") }); left {
+		t.Fatal("StopLoads left a load that returned within Wait")
+	}
+	<-loaded
+}
