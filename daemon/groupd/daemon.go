@@ -367,7 +367,30 @@ func (d *Daemon) Bind() error {
 // and Groups are known before Serve. Calling it again does nothing. It
 // returns ErrClosed after Close, errors wrapping ErrBadState for unusable
 // state files, and identity or socket errors.
+//
+// Close does not wait for it past lifecycle.Wait (3 s): on a disk that does
+// not answer, Listen returns ErrClosed once Close begins, and what it loads
+// is released when the disk answers (releaseLoaded); the state directory
+// stays locked until then.
 func (d *Daemon) Listen() error {
+	if err := d.life.Load(d.listen); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return fmt.Errorf("group daemon: %w", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// ListenContext is Listen, given up when ctx ends: the daemon is closed then
+// (Close), and it returns ErrClosed. huddle serve calls it, so that SIGTERM
+// stops a daemon starting on a disk that does not answer.
+func (d *Daemon) ListenContext(ctx context.Context) error {
+	return lifecycle.ListenUntil(ctx, d.Listen, d.Close)
+}
+
+// listen is Listen's loading, which lifecycle.Load runs.
+func (d *Daemon) listen() error {
 	if d.life.IsClosed() {
 		return ErrClosed
 	}
@@ -409,6 +432,20 @@ func (d *Daemon) Listen() error {
 		}
 	}
 	return nil
+}
+
+// releaseLoaded releases what a Listen that Close went on without
+// (lifecycle's StopLoads) loaded, once it has returned: the cell's node, the
+// groups' logs, and then the directory locks.
+func (d *Daemon) releaseLoaded() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.node != nil {
+		d.node.Close()
+	}
+	closeLogs(d.groups)
+	d.releaseLocked()
+	d.cfg.Logger.Info("the state directory's loading returned after the daemon stopped: released")
 }
 
 // releaseLocked gives up the directory locks. d.mu is held.
@@ -498,7 +535,13 @@ func closeLogs(groups map[wire.UUID]*group) {
 // returns ErrClosed after Close, ErrServing if already serving, and
 // Listen's errors.
 func (d *Daemon) Serve(ctx context.Context) error {
-	if err := d.Listen(); err != nil {
+	// ctx ending while the state directory loads (which a disk that does
+	// not answer holds for ever) stops the daemon too.
+	if err := d.ListenContext(ctx); ctx.Err() != nil && (err == nil || errors.Is(err, ErrClosed)) {
+		d.Close()
+		d.cfg.Logger.Info("group daemon stopped before it started")
+		return nil
+	} else if err != nil {
 		return err
 	}
 	var loops []func()
@@ -561,6 +604,14 @@ func (d *Daemon) Serve(ctx context.Context) error {
 // goroutine it started. It is safe to call more than once; every call
 // returns nil once shutdown has finished.
 func (d *Daemon) Close() error {
+	// First, without d.mu, which a Listen stuck in the disk holds.
+	if left, first := d.life.StopLoads(d.releaseLoaded); left {
+		if first {
+			d.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; the state directory stays locked until it returns", "waited", lifecycle.Wait)
+		}
+		d.life.Close(d.srv.Close)
+		return nil
+	}
 	d.mu.Lock()
 	node := d.node
 	d.mu.Unlock()
@@ -584,9 +635,14 @@ func (d *Daemon) Close() error {
 			node.Close()
 		}
 	}
-	d.life.Close(d.srv.Close)
+	loopsLeft := d.life.Close(d.srv.Close)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if loopsLeft && !d.logsLeft {
+		// The registration or age-limit loop did not stop: it may use
+		// the logs.
+		d.leaveLogsLocked("the daemon's own goroutines did not stop (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers what they stored")
+	}
 	if d.node != nil {
 		// After the server (no handler waits on the cell now); before the
 		// logs, which the cell's state machine applies to.
@@ -653,12 +709,13 @@ func (d *Daemon) leaveLogsLocked(why string) {
 	lock, dataLock := d.lock, d.dataLock
 	d.lock, d.dataLock = nil, nil
 	d.cfg.Logger.Error(why)
-	stopped, expiring := d.srv.Stopped(), d.expiring
+	stopped, expiring, loops := d.srv.Stopped(), d.expiring, d.life.Stopped()
 	go func() {
 		<-stopped // the handlers the server left, if any, use the logs
 		if expiring != nil {
 			<-expiring // and so does an age-limit pass left
 		}
+		<-loops // and the daemon's own goroutines
 		closeLogs(groups)
 		lock.Release()
 		dataLock.Release()

@@ -309,3 +309,84 @@ func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 		t.Fatalf("after the restart: %d messages %+v, want the one the hung append stored", len(msgs), msgs)
 	}
 }
+
+// TestStartOnHungDisk: a daemon starting on a disk that does not answer
+// (its group log's open never returns) stops when its context ends, as
+// SIGTERM does: Serve, and Listen (ListenContext, which huddle serve calls
+// first), waited in the open for ever, the context unwatched, until
+// session 20. The state directory stays locked while the open is under
+// way; once the disk answers, what it opened is closed (goleak checks the
+// log's own goroutine ended) and a daemon starts on the directory.
+func TestStartOnHungDisk(t *testing.T) {
+	t.Run("serve", func(t *testing.T) { testStartOnHungDisk(t, true) })
+	t.Run("listen", func(t *testing.T) { testStartOnHungDisk(t, false) })
+}
+
+func testStartOnHungDisk(t *testing.T, serve bool) {
+	cfg := Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []Spec{{Name: "general"}}, Logger: testLogger(t)}
+	d, err := New(cfg)
+	must(t, err)
+	opening := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
+		close(opening)
+		<-release // the disk answers
+		return d.openStorageLog(id, name, retention, replicated)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	returned := make(chan error, 1)
+	if serve {
+		go func() { returned <- d.Serve(ctx) }()
+	} else {
+		go func() { returned <- d.ListenContext(ctx) }() // as huddle serve, registry and up call it
+	}
+	<-opening
+	cancel() // SIGTERM
+
+	select {
+	case err := <-returned:
+		switch {
+		case serve && err != nil:
+			t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
+		case !serve && !errors.Is(err, ErrClosed):
+			t.Errorf("ListenContext stopped while starting on a hung disk: %v, want ErrClosed", err)
+		}
+	case <-time.After(time.Minute):
+		releaseOnce.Do(func() { close(release) })
+		t.Fatal("a daemon starting on a hung disk still waits a minute after it was told to stop")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		must(t, err)
+	case <-time.After(time.Minute):
+		releaseOnce.Do(func() { close(release) })
+		t.Fatal("Close still waits a minute for a start on a hung disk")
+	}
+
+	// The open may still write: no daemon may open the directory
+	// meanwhile.
+	second, err := New(cfg)
+	must(t, err)
+	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
+		t.Errorf("a daemon on the state directory a hung start holds: %v, want ErrStateDirInUse", err)
+	}
+	must(t, second.Close())
+
+	releaseOnce.Do(func() { close(release) })
+	var again *Daemon
+	eventually(t, "a daemon started on the directory once the disk answered", func() bool {
+		again, err = New(cfg)
+		must(t, err)
+		if err := again.Listen(); err != nil {
+			again.Close()
+			return false
+		}
+		return true
+	})
+	must(t, again.Close())
+}
