@@ -19,6 +19,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -147,6 +148,11 @@ type Daemon struct {
 	// awake is when the registry last looked at its leases' clock
 	// (resumedLocked): a sweep, a listing, or a call that finds a lease.
 	awake time.Time
+
+	// loadKey loads or creates the key in the state directory
+	// (identity.LoadOrCreate); tests make it hang, as on a disk that does
+	// not answer.
+	loadKey func(dir string) (*identity.Identity, error)
 }
 
 // New returns a registry for cfg. It does no I/O; Listen or Serve load the
@@ -157,10 +163,11 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	cfg = cfg.withDefaults()
 	r := &Daemon{
-		cfg:    cfg,
-		epoch:  newEpoch(),
-		life:   lifecycle.New(),
-		leases: newLeaseTable(),
+		cfg:     cfg,
+		epoch:   newEpoch(),
+		life:    lifecycle.New(),
+		leases:  newLeaseTable(),
+		loadKey: identity.LoadOrCreate,
 	}
 	r.srv = server.New(cfg.Server, server.Setup{Listen: cfg.Listen, Role: "registry", Metrics: cfg.Metrics, Logger: cfg.Logger, Now: cfg.Now}, r.handle)
 	cfg.Metrics.Registry(r.leaseCount)
@@ -185,7 +192,30 @@ func (r *Daemon) Bind() error {
 // StateDir, so Addr and Fingerprint are known before Serve. Calling it again
 // does nothing. It returns ErrClosed after Close, and identity or socket
 // errors.
+//
+// Close does not wait for it past lifecycle.Wait (3 s): on a disk that does
+// not answer, Listen returns ErrClosed once Close begins, and the state
+// directory stays locked until the key's read returns (releaseLoaded).
 func (r *Daemon) Listen() error {
+	if err := r.life.Load(r.listen); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return fmt.Errorf("registry: %w", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// ListenContext is Listen, given up when ctx ends: the registry is closed
+// then (Close), and it returns ErrClosed. huddle registry and huddle up call
+// it, so that SIGTERM stops a registry starting on a disk that does not
+// answer.
+func (r *Daemon) ListenContext(ctx context.Context) error {
+	return lifecycle.ListenUntil(ctx, r.Listen, r.Close)
+}
+
+// listen is Listen's loading, which lifecycle.Load runs.
+func (r *Daemon) listen() error {
 	if r.life.IsClosed() {
 		return ErrClosed
 	}
@@ -207,7 +237,7 @@ func (r *Daemon) Listen() error {
 	r.mu.Unlock()
 	if id == nil {
 		var err error
-		if id, err = identity.LoadOrCreate(r.cfg.StateDir); err != nil {
+		if id, err = r.loadKey(r.cfg.StateDir); err != nil {
 			r.mu.Lock()
 			r.lock.Release() // a registry that did not start holds nothing
 			r.lock = nil
@@ -229,7 +259,13 @@ func (r *Daemon) Listen() error {
 // everything has stopped. It returns ErrClosed after Close, ErrServing if
 // already serving, and Listen's errors.
 func (r *Daemon) Serve(ctx context.Context) error {
-	if err := r.Listen(); err != nil {
+	// ctx ending while the key loads (which a disk that does not answer
+	// holds for ever) stops the registry too.
+	if err := r.ListenContext(ctx); ctx.Err() != nil && (err == nil || errors.Is(err, ErrClosed)) {
+		r.Close()
+		r.cfg.Logger.Info("registry stopped before it started")
+		return nil
+	} else if err != nil {
 		return err
 	}
 	loops := []func(){r.sweepLoop}
@@ -253,11 +289,30 @@ func (r *Daemon) Serve(ctx context.Context) error {
 // waits for every goroutine it started. It is safe to call more than once;
 // every call returns nil once shutdown has finished.
 func (r *Daemon) Close() error {
-	r.life.Close(r.srv.Close)
+	if left, first := r.life.StopLoads(r.releaseLoaded); left {
+		if first {
+			r.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; the state directory stays locked until it returns", "waited", lifecycle.Wait)
+		}
+		r.life.Close(r.srv.Close)
+		return nil
+	}
+	if r.life.Close(r.srv.Close) {
+		// Its loops (the sweep, mDNS) use no file: the state directory
+		// is released all the same.
+		r.cfg.Logger.Error("the registry's own goroutines did not stop: stopping without them", "waited", lifecycle.Wait)
+	}
+	r.releaseLoaded()
+	return nil
+}
+
+// releaseLoaded releases the state directory's lock; Close calls it, or,
+// when it went on without a Listen stuck in the disk (lifecycle's
+// StopLoads), that Listen once it returns.
+func (r *Daemon) releaseLoaded() {
 	r.mu.Lock()
 	r.lock.Release()
+	r.lock = nil
 	r.mu.Unlock()
-	return nil
 }
 
 // Addr returns the address the registry listens on, or nil before it does.
