@@ -303,8 +303,12 @@ func runRegistry(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "registry", err)
 	}
-	if err := r.Listen(); err != nil {
+	if err := r.ListenContext(ctx); err != nil {
 		r.Close()
+		if stoppedStarting(ctx, err) {
+			cfg.Logger.Info("registry stopped before it started")
+			return ExitOK
+		}
 		return fail(env, "registry", listenErr(err, "--listen", cfg.Listen))
 	}
 	df.say(fmt.Sprintf("huddle registry listening on %s, fingerprint %s", r.Addr(), r.Fingerprint()),
@@ -546,8 +550,12 @@ func runServe(ctx context.Context, env Env, args []string) int {
 	if err != nil {
 		return fail(env, "serve", err)
 	}
-	if err := d.Listen(); err != nil {
+	if err := d.ListenContext(ctx); err != nil {
 		d.Close()
+		if stoppedStarting(ctx, err) {
+			cfg.Logger.Info("group daemon stopped before it started")
+			return ExitOK
+		}
 		if settingsErr(err) {
 			return usageErr(env, "serve", "%v", err)
 		}
@@ -663,10 +671,18 @@ func runUp(ctx context.Context, env Env, args []string) int {
 	if err := d.Bind(); err != nil {
 		return daemonListenErr(err)
 	}
-	if err := r.Listen(); err != nil {
+	if err := r.ListenContext(ctx); err != nil {
+		if stoppedStarting(ctx, err) {
+			log.Info("stopped before it started")
+			return ExitOK
+		}
 		return fail(env, "up", listenErr(err, "--listen", rcfg.Listen))
 	}
-	if err := d.Listen(); err != nil {
+	if err := d.ListenContext(ctx); err != nil {
+		if stoppedStarting(ctx, err) {
+			log.Info("stopped before it started")
+			return ExitOK
+		}
 		return daemonListenErr(err)
 	}
 	df.say(fmt.Sprintf("huddle registry listening on %s, fingerprint %s", r.Addr(), r.Fingerprint()),
@@ -740,6 +756,15 @@ func sayGroups(df *daemonFlags, d *groupd.Daemon) {
 // A mistake in its settings that shows only as it starts (a --cell-peer
 // naming another key than the daemon at its address presents) is a usage
 // error, exit 2, as settingsErr says.
+// stoppedStarting says whether err, a daemon's ListenContext's, is the
+// daemon closed because ctx ended (SIGTERM) while it loaded its state
+// directory: the daemon stopped as asked (exit 0), on a disk that does not
+// answer within lifecycle's bound (3 s), where it waited for SIGKILL until
+// session 20.
+func stoppedStarting(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, server.ErrClosed)
+}
+
 func serveUntilDone(ctx context.Context, env Env, verb string, serve func(context.Context) error) int {
 	if err := serve(ctx); settingsErr(err) {
 		return usageErr(env, verb, "%v", err)
