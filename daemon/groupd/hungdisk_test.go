@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -99,6 +100,37 @@ func (l *hungLoneLog) Expire(now time.Time) {
 	l.close(func() error { l.Log.Expire(now); return nil })
 }
 
+// stillLocked checks that a daemon started on cfg's state directory is
+// refused (ErrStateDirInUse): what a daemon stopped on a hung disk left
+// open there may still write.
+func stillLocked(t *testing.T, cfg Config) {
+	t.Helper()
+	second, err := New(cfg)
+	must(t, err)
+	err = second.Listen()
+	must(t, second.Close())
+	if !errors.Is(err, ErrStateDirInUse) {
+		t.Fatalf("a daemon on the state directory one stopped on a hung disk left: %v, want ErrStateDirInUse", err)
+	}
+}
+
+// restartsOnceClosed waits for a daemon to start on cfg's state directory,
+// which stays locked until what a daemon stopped on a hung disk left open
+// there has returned and closed, once the disk answers.
+func restartsOnceClosed(t *testing.T, cfg Config) {
+	t.Helper()
+	eventually(t, "a daemon started on the directory once the disk answered", func() bool {
+		again, err := New(cfg)
+		must(t, err)
+		err = again.Listen()
+		must(t, again.Close())
+		if err != nil && !errors.Is(err, ErrStateDirInUse) {
+			t.Fatalf("a daemon on the directory once the disk answered: %v", err)
+		}
+		return err == nil
+	})
+}
+
 // TestCellCloseOnHungDisk: a leader whose group log's disk stops
 // answering (an append that never returns) stops when closed, as SIGTERM
 // does: its hand-over, raft's shutdown and the logs' Close each waited
@@ -128,16 +160,8 @@ func TestCellCloseOnHungDisk(t *testing.T) {
 		sent <- err
 	}()
 	eventually(t, "the leader's state machine hung in an append", func() bool { return h.waiting.Load() > 0 })
-	closed := make(chan error, 1)
-	go func() { closed <- leader.d.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	case <-time.After(time.Minute):
-		release()
-		t.Fatal("the daemon's Close still waits a minute on its hung disk")
+	if err := peertest.OnHungDisk(t, "the daemon's Close", leader.d.Close, release); err != nil {
+		t.Errorf("Close: %v", err)
 	}
 	if err := <-sent; !errors.Is(err, cell.ErrUnavailable) && !errors.Is(err, cell.ErrClosed) {
 		t.Errorf("the send on the hung disk: %v, want ErrUnavailable or ErrClosed (not acknowledged)", err)
@@ -201,35 +225,13 @@ func TestCloseOnHungDiskExpiring(t *testing.T) {
 	t.Cleanup(release) // after the daemon's own: before it
 	eventually(t, "an age-limit pass hung in the disk", func() bool { return h.waiting.Load() > 0 })
 
-	closed := make(chan error, 1)
-	go func() { closed <- d.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	case <-time.After(time.Minute):
-		release()
-		t.Fatal("the daemon's Close still waits a minute for an age-limit pass hung in the disk")
+	if err := peertest.OnHungDisk(t, "the daemon's Close, an age-limit pass hung,", d.Close, release); err != nil {
+		t.Errorf("Close: %v", err)
 	}
-	second, err := New(d.cfg)
-	must(t, err)
-	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
-		if err == nil {
-			second.Close()
-		}
-		t.Fatalf("a daemon on the state directory whose log was left open: %v, want ErrStateDirInUse", err)
-	}
-	second.Close()
+	stillLocked(t, d.cfg)
 
 	release()
-	var again *Daemon
-	eventually(t, "a daemon restarted on what the stopped one left", func() bool {
-		again, err = New(d.cfg)
-		must(t, err)
-		return again.Listen() == nil // the state directory stays locked until the log is closed
-	})
-	must(t, again.Close())
+	restartsOnceClosed(t, d.cfg)
 }
 
 func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
@@ -258,16 +260,8 @@ func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 		eventually(t, "an age-limit pass waiting behind the append", func() bool { return h.expiring.Load() > 0 })
 	}
 
-	closed := make(chan error, 1)
-	go func() { closed <- d.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	case <-time.After(time.Minute):
-		release()
-		t.Fatal("the daemon's Close still waits a minute on its hung disk")
+	if err := peertest.OnHungDisk(t, "the daemon's Close", d.Close, release); err != nil {
+		t.Errorf("Close: %v", err)
 	}
 	var appErr *quic.ApplicationError
 	if err := <-answered; !errors.As(err, &appErr) || appErr.ErrorCode != wire.ConnShutdown {
@@ -276,26 +270,17 @@ func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 
 	// The log is left open (its append may still write): no daemon may
 	// open it meanwhile.
-	second, err := New(d.cfg)
-	must(t, err)
-	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
-		if err == nil {
-			second.Close()
-		}
-		t.Fatalf("a daemon on the state directory whose log was left open: %v, want ErrStateDirInUse", err)
-	}
+	stillLocked(t, d.cfg)
 
 	// The disk answers again: the append ends, the log closes in the
 	// background, and a daemon starts on what it left.
 	release()
 	cfg := d.cfg
 	cfg.Retention.MaxAge = 0 // keeps the message to look for
-	var again *Daemon
-	eventually(t, "a daemon restarted on what the stopped one left", func() bool {
-		again, err = New(cfg)
-		must(t, err)
-		return again.Listen() == nil // the state directory stays locked until the log is closed
-	})
+	restartsOnceClosed(t, cfg)
+	again, err := New(cfg)
+	must(t, err)
+	must(t, again.Listen())
 	errc := make(chan error, 1)
 	go func() { errc <- again.Serve(context.Background()) }()
 	t.Cleanup(func() {
@@ -329,7 +314,8 @@ func testStartOnHungDisk(t *testing.T, serve bool) {
 	opening := make(chan struct{})
 	release := make(chan struct{})
 	var releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo)
 	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
 		close(opening)
 		<-release // the disk answers
@@ -341,52 +327,23 @@ func testStartOnHungDisk(t *testing.T, serve bool) {
 	if serve {
 		go func() { returned <- d.Serve(ctx) }()
 	} else {
-		go func() { returned <- d.ListenContext(ctx) }() // as huddle serve, registry and up call it
+		go func() { returned <- d.ListenContext(ctx) }() // as huddle serve and huddle up call it
 	}
 	<-opening
 	cancel() // SIGTERM
-
-	select {
-	case err := <-returned:
-		switch {
-		case serve && err != nil:
-			t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
-		case !serve && !errors.Is(err, ErrClosed):
-			t.Errorf("ListenContext stopped while starting on a hung disk: %v, want ErrClosed", err)
-		}
-	case <-time.After(time.Minute):
-		releaseOnce.Do(func() { close(release) })
-		t.Fatal("a daemon starting on a hung disk still waits a minute after it was told to stop")
+	err = peertest.OnHungDisk(t, "a daemon starting on a hung disk told to stop", func() error { return <-returned }, letGo)
+	switch {
+	case serve && err != nil:
+		t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
+	case !serve && !errors.Is(err, ErrClosed):
+		t.Errorf("ListenContext stopped while starting on a hung disk: %v, want ErrClosed", err)
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- d.Close() }()
-	select {
-	case err := <-closed:
-		must(t, err)
-	case <-time.After(time.Minute):
-		releaseOnce.Do(func() { close(release) })
-		t.Fatal("Close still waits a minute for a start on a hung disk")
-	}
+	must(t, peertest.OnHungDisk(t, "Close after a start on a hung disk", d.Close, letGo))
 
 	// The open may still write: no daemon may open the directory
 	// meanwhile.
-	second, err := New(cfg)
-	must(t, err)
-	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
-		t.Errorf("a daemon on the state directory a hung start holds: %v, want ErrStateDirInUse", err)
-	}
-	must(t, second.Close())
+	stillLocked(t, cfg)
 
-	releaseOnce.Do(func() { close(release) })
-	var again *Daemon
-	eventually(t, "a daemon started on the directory once the disk answered", func() bool {
-		again, err = New(cfg)
-		must(t, err)
-		if err := again.Listen(); err != nil {
-			again.Close()
-			return false
-		}
-		return true
-	})
-	must(t, again.Close())
+	letGo()
+	restartsOnceClosed(t, cfg)
 }

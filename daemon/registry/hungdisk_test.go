@@ -5,7 +5,6 @@ import (
 	"errors"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/identity"
@@ -49,28 +48,14 @@ func testStartOnHungDisk(t *testing.T, serve bool) {
 	}
 	<-loading
 	cancel() // SIGTERM
-
-	select {
-	case err := <-returned:
-		switch {
-		case serve && err != nil:
-			t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
-		case !serve && !errors.Is(err, ErrClosed):
-			t.Errorf("ListenContext stopped while starting on a hung disk: %v, want ErrClosed", err)
-		}
-	case <-time.After(time.Minute):
-		letGo()
-		t.Fatal("a registry starting on a hung disk still waits a minute after it was told to stop")
+	err = peertest.OnHungDisk(t, "a registry starting on a hung disk told to stop", func() error { return <-returned }, letGo)
+	switch {
+	case serve && err != nil:
+		t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
+	case !serve && !errors.Is(err, ErrClosed):
+		t.Errorf("ListenContext stopped while starting on a hung disk: %v, want ErrClosed", err)
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- r.Close() }()
-	select {
-	case err := <-closed:
-		peertest.Must(t, err)
-	case <-time.After(time.Minute):
-		letGo()
-		t.Fatal("Close still waits a minute for a start on a hung disk")
-	}
+	peertest.Must(t, peertest.OnHungDisk(t, "Close after a start on a hung disk", r.Close, letGo))
 
 	// The key may still be being written: no registry may use the
 	// directory meanwhile.

@@ -214,3 +214,21 @@ func Eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// OnHungDisk runs f (a daemon's Close, or a wait for its Serve) while a
+// disk it uses does not answer, and returns its error; if f still waits a
+// minute, it lets the disk go (release), so that what waits on it ends, and
+// fails the test: f waited for the disk, which the daemons' stops must not.
+func OnHungDisk(t testing.TB, what string, f func() error, release func()) error {
+	t.Helper()
+	returned := make(chan error, 1)
+	go func() { returned <- f() }()
+	select {
+	case err := <-returned:
+		return err
+	case <-time.After(time.Minute):
+		release()
+		t.Fatalf("%s still waits a minute on a disk that does not answer", what)
+		return nil
+	}
+}
