@@ -26,6 +26,14 @@
 // process, which lets each go once its delay has passed
 // (TestCellNetworkFaults).
 //
+// Every process is started by testbin.Start, so it dies with the test
+// process and with nothing else; one that ends without the nemesis ending
+// it (a crash, an exit of its own, a signal from elsewhere) fails the run
+// when it ends, naming it, how it ended, the signals the test sent it and
+// any OOM kill of it in the kernel log, rather than leave the cell a
+// member short to fail a minute later on "no leader" (lab_test.go,
+// onUnseenEnd).
+//
 // HUDDLE_JEPSEN_ROUNDS sets a schedule's rounds, HUDDLE_JEPSEN_FAULTS
 // replaces a cell schedule's faults with a comma-separated list (one kind
 // over and over), HUDDLE_JEPSEN_HEARTBEAT gives the cell's members another
