@@ -3,7 +3,6 @@ package cell
 import (
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -43,15 +42,15 @@ func ParsePeer(s string) (Peer, error) {
 }
 
 func (p Peer) check() error {
-	host, port, err := net.SplitHostPort(p.Addr)
-	switch {
-	case err != nil:
-		return fmt.Errorf("%w: peer address %q: %v", ErrInvalidConfig, p.Addr, err)
-	case host == "" || port == "" || port == "0":
-		return fmt.Errorf("%w: peer address %q: want HOST:PORT, a host others can reach and a fixed port", ErrInvalidConfig, p.Addr)
-	case len(p.Addr) > wire.MaxAddrBytes:
-		return fmt.Errorf("%w: peer address %q: at most %d bytes", ErrInvalidConfig, p.Addr, wire.MaxAddrBytes)
-	case p.Fingerprint.IsZero():
+	// The address is listed to clients as a Replica's (info, refusals,
+	// registrations), which must be host:port as PROTOCOL.md §7.1 defines
+	// it: one raft took without it ("box:http", a blank in the host) had
+	// every registration of the cell's groups refused, and every client
+	// refuse the replicas the members named (until session 20).
+	if err := wire.CheckAddr(p.Addr); err != nil {
+		return fmt.Errorf("%w: peer address %q: want HOST:PORT, a host others can reach and a fixed port 1..65535: %v", ErrInvalidConfig, p.Addr, err)
+	}
+	if p.Fingerprint.IsZero() {
 		return fmt.Errorf("%w: peer %s: no fingerprint", ErrInvalidConfig, p.Addr)
 	}
 	return nil

@@ -703,6 +703,20 @@ func checkAddr(what, a string) error {
 	return nil
 }
 
+// CheckAddr reports whether a is an address peers may be given to dial (a
+// registration's, a replica's): host:port as PROTOCOL.md §7.1 defines it,
+// with the rules a server applies. Errors wrap ErrTooLarge (over
+// MaxAddrBytes) or ErrBadRequest.
+func CheckAddr(a string) error {
+	if err := checkAddr("address", a); err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return nil
+}
+
 // checkAddrs is checkAddr of each of addrs, the first error.
 func checkAddrs(what string, addrs []string) error {
 	for _, a := range addrs {

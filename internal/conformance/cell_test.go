@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -218,6 +220,51 @@ func TestCell(t *testing.T) {
 		wantCode(t, "cell_add by a stranger at "+r.addr, err, codeUnauthorized)
 		_, err = stranger.mustDial(t, r.addr, r.fp).call(ctx, opCellRemove, cmap{2: r.fp[:]})
 		wantCode(t, "cell_remove by a stranger at "+r.addr, err, codeUnauthorized)
+	}
+
+	// A member's key (its daemon's, in its state directory) may ask; the
+	// leader refuses, changing nothing, what §13 says it refuses, and an
+	// add of a member at its own address changes nothing.
+	member := peerOfKeyFile(t, filepath.Join(dirs[slices.Index(addrs, followers[0].addr)], "key.pem"))
+	if member.fp != followers[0].fp {
+		t.Fatalf("the key in %s's state directory is %s, want %s", followers[0].addr, member.fp, followers[0].fp)
+	}
+	for _, tc := range []struct {
+		name string
+		op   uint64
+		args cmap
+		code uint64
+	}{
+		{"an address whose port is a service name", opCellAdd, cmap{1: "127.0.0.1:http", 2: stranger.fp[:]}, codeBadRequest},
+		{"an address without a port", opCellAdd, cmap{1: "127.0.0.1", 2: stranger.fp[:]}, codeBadRequest},
+		{"port 0", opCellAdd, cmap{1: "127.0.0.1:0", 2: stranger.fp[:]}, codeBadRequest},
+		{"no address", opCellAdd, cmap{2: stranger.fp[:]}, codeBadRequest},
+		{"another member's address", opCellAdd, cmap{1: followers[1].addr, 2: stranger.fp[:]}, codeBadRequest},
+		{"an address over 64 bytes", opCellAdd, cmap{1: strings.Repeat("h", 60) + ":7000", 2: stranger.fp[:]}, codeTooLarge},
+		{"no fingerprint", opCellAdd, cmap{1: "127.0.0.1:9"}, codeBadRequest},
+		{"a removal of no fingerprint", opCellRemove, cmap{}, codeBadRequest},
+	} {
+		_, _, err := callFollowing(ctx, member, entry.replicas, leader, request(tc.op, tc.args))
+		wantCode(t, "a member's cell change with "+tc.name, err, tc.code)
+	}
+	body, _, err = callFollowing(ctx, member, entry.replicas, leader, request(opCellAdd, cmap{1: followers[1].addr, 2: followers[1].fp[:]}))
+	if err != nil {
+		t.Fatalf("cell_add of a member at its address: %v", err)
+	}
+	var changed []replica
+	rows, err := body.maps(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range rows {
+		r, err := decodeReplica(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed = append(changed, r)
+	}
+	if !sameMembers(changed, entry.replicas) {
+		t.Errorf("cell_add of a member at its address: members %+v; want the cell's, unchanged: %+v", changed, entry.replicas)
 	}
 
 	// A batch retention could never hold (1 KiB of bodies here) is

@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"encoding/base32"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -88,10 +89,40 @@ type peer struct {
 // and its dates are whatever: §2 says no one checks them.
 func newPeer(t testing.TB) *peer {
 	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return peerOf(t, priv)
+}
+
+// peerOfKeyFile makes a user of the Ed25519 key in a PEM file (PKCS #8),
+// as `huddle id` writes it: a daemon's key, to ask what only its key may.
+func peerOfKeyFile(t testing.TB, path string) *peer {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf("%s holds no PEM block", path)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, ok := key.(ed25519.PrivateKey)
+	if !ok {
+		t.Fatalf("%s holds a %T, want an Ed25519 key", path, key)
+	}
+	return peerOf(t, priv)
+}
+
+// peerOf makes a user of key priv.
+func peerOf(t testing.TB, priv ed25519.PrivateKey) *peer {
+	t.Helper()
+	pub := priv.Public()
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Unix(0, 0), NotAfter: time.Unix(0, 0).AddDate(200, 0, 0)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
 	if err != nil {
