@@ -452,27 +452,61 @@ func (c *chat) send(ctx context.Context, msgs []client.Outgoing) {
 		// dropped when the error was not one a retry may cure.
 		doubt := errors.Is(err, client.ErrInDoubt)
 		if (!retryable(err) && !doubt) || ctx.Err() != nil {
-			msg, _ := explain(err)
 			if doubt {
-				c.notice("in_doubt", "outcome unknown, it may have been stored: "+firstLine(msg)+" (its ID: "+m.ID.String()+")", "msg_id", m.ID.String(), "error", firstLine(msg), "kept", false)
+				text, why := c.doubtNotice(err, m.ID, false)
+				c.notice("in_doubt", text, "msg_id", m.ID.String(), "error", why, "kept", false)
 				continue
 			}
+			msg, _ := explain(err)
 			c.notice("not_sent", "not sent: "+firstLine(msg), "msg_id", m.ID.String(), "error", firstLine(msg), "kept", false)
 			continue
 		}
 		c.mu.Lock()
 		c.unsent = append(c.unsent, msgs[i:]...)
 		c.mu.Unlock()
-		why := reason(err)
 		if doubt {
-			c.notice("in_doubt", "outcome unknown ("+why+"): it may have been stored; kept to send again under its ID, stored once, when the connection is back (/retry now, /drop to forget)",
-				"msg_id", m.ID.String(), "error", why, "kept", true)
+			text, why := c.doubtNotice(err, m.ID, true)
+			c.notice("in_doubt", text, "msg_id", m.ID.String(), "error", why, "kept", true)
 			return
 		}
+		why := reason(err)
 		c.notice("not_sent", "not sent ("+why+"); kept to send again when the connection is back (/retry now, /drop to forget)",
 			"msg_id", m.ID.String(), "error", why, "kept", true)
 		return
 	}
+}
+
+// doubtNotice is the notice of a line whose send is in doubt (err matches
+// client.ErrInDoubt), and the reason its --json event gives: what is true
+// of it (it may have been stored), and what settles it (a send under its
+// ID, stored once): kept, this chat sends it again so; not kept (its
+// error is not one a retry may cure, or the chat is ending), the user
+// must. A try refused whole (a retry of a line an earlier try left in
+// doubt: client.RefusedWhole) has a refusal that may read "nothing was
+// stored", true of that try only: it is said as that try's (until
+// session 20 the notice quoted it as the line's whole outcome, and a line
+// not kept named its ID but not how to settle it).
+func (c *chat) doubtNotice(err error, id client.ID, kept bool) (text, why string) {
+	var we *wire.Error
+	switch {
+	case !errors.As(err, &we) && errors.Is(err, context.Canceled):
+		why = "cut short as the chat ends"
+	default:
+		// reason's text of an error that is no server's is the client's,
+		// which says its doubt already: said once.
+		const said = outcomeUnknown + " (it may have been stored)"
+		why = strings.TrimSuffix(strings.ReplaceAll(reason(err), said+": ", ""), ": "+said)
+	}
+	if client.RefusedWhole(err) {
+		text = "outcome unknown: an earlier try of it may have been stored; this try was refused, and stored nothing itself (" + why + ")"
+	} else {
+		text = "outcome unknown (" + why + "): it may have been stored"
+	}
+	if kept {
+		return text + "; kept to send again under its ID, stored once, when the connection is back (/retry now, /drop to forget)", why
+	}
+	return fmt.Sprintf("%s; not kept: to settle it, send it again under its ID, which stores it once: huddle send --id %s %s 'the same text'",
+		text, id, shellWord(c.info.Name)), why
 }
 
 // retryable reports whether err is one a later attempt may not get.

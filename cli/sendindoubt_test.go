@@ -128,27 +128,11 @@ func TestChatSendInDoubt(t *testing.T) {
 		<-release // past the grace period, until the connection is closed
 		return wire.Sent{}, &wire.Error{Code: wire.CodeUnavailable, Message: "too late"}
 	})
-	var out, errb syncBuffer
-	env := map[string]string{"HUDDLE_HOME": t.TempDir(), "HUDDLE_REGISTRY": addr}
-	e := Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	var cf clientFlags
-	fs := newFlags(e, "chat", "", "", "")
-	cf.register(fs)
-	if err := fs.Parse(nil); err != nil {
-		t.Fatal(err)
-	}
-	s, err := open(ctx, e, "chat", &cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	g, _, err := s.group(ctx, "builds")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &chat{env: e, out: &out, json: true, g: g, timeout: waitTimeout}
+	var out syncBuffer
+	c := chatOn(t, ctx, addr, &out)
+	c.json = true
 	id := client.NewID()
 	sent := make(chan struct{})
 	go func() { c.send(ctx, []client.Outgoing{{ID: id, Body: []byte("one")}}); close(sent) }()
