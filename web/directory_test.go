@@ -19,6 +19,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -331,8 +332,14 @@ func TestDirectoryMemberCount(t *testing.T) {
 // sequence) until the next info round, 30 s later, and a page opened
 // meanwhile counted unread messages in a log the daemon no longer had. The
 // listing's counts moving is now a reason to ask the daemon again.
+//
+// The registry and the daemon start again at their addresses: reserved
+// ports (testport.Cell, startGroups), which no other process's socket
+// bound to port 0 can take while they are down, as a kernel-chosen one
+// could (the other tests' restarts moved to reserved ports in session 19;
+// this one gave both 127.0.0.1:0 until session 20).
 func TestDirectoryEpochAfterRestart(t *testing.T) {
-	regDir, regCfg := t.TempDir(), registry.Config{Listen: "127.0.0.1:0", LeaseTTL: 3 * time.Second, Logger: testLogger(t)}
+	regDir, regCfg := t.TempDir(), registry.Config{Listen: testport.Cell(t), LeaseTTL: 3 * time.Second, Logger: testLogger(t)}
 	regCfg.StateDir = regDir
 	r, err := registry.New(regCfg)
 	must(t, err)
@@ -347,7 +354,7 @@ func TestDirectoryEpochAfterRestart(t *testing.T) {
 		return stop
 	}
 	stopReg := serve(r)
-	gdCfg := groupd.Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Storage: groupd.StorageConfig{Memory: true}}
+	gdCfg := groupd.Config{StateDir: t.TempDir(), Storage: groupd.StorageConfig{Memory: true}}
 	d, stop := startGroups(t, r, gdCfg)
 	gdCfg.Listen = d.Addr().String()
 
