@@ -103,6 +103,18 @@ func testAnswers(t *testing.T, s *single) {
 		t.Errorf("info with its map counts and the group's length in longer forms: %v", err)
 	}
 
+	// §4: N = 1,048,576 is a frame; the limit is inclusive. An info
+	// padded to it with a key the daemon does not know is answered.
+	head := encodeItem(cmap{0: uint64(opInfo), 1: cmap{1: g, 30: []byte{}}})
+	pad := maxFrameSize - len(head) - 4 // the byte string's head grows from 1 byte to 5
+	padded := encodeItem(cmap{0: uint64(opInfo), 1: cmap{1: g, 30: make([]byte, pad)}})
+	if len(padded) != maxFrameSize {
+		t.Fatalf("padded info of %d bytes, want %d", len(padded), maxFrameSize)
+	}
+	if _, err := c.roundTrip(ctx, frame(padded)); err != nil {
+		t.Errorf("an info of exactly %d bytes: %v", maxFrameSize, err)
+	}
+
 	// Fields of the wrong shape (§4, §6, §8.5-8.7).
 	for _, tc := range []struct {
 		name string
