@@ -122,6 +122,24 @@ func testCellRegistration(t *testing.T, s *single) {
 	if e = listed(); e == nil || e.fp != b.fp || leaderOf(e) == nil || leaderOf(e).fp != b.fp {
 		t.Errorf("after a registration naming no leader: %+v; want B still listed as the leader", e)
 	}
+	// The counters are the leader's: a member that does not lead raises
+	// last_seq, never lowers it, and leaves members (§13).
+	counts := func(c *conn, addr string, members, last uint64) {
+		t.Helper()
+		if _, err := c.call(ctx, 1, cmap{1: g, 2: "cell group", 3: []any{addr}, 5: members, 6: last,
+			7: []any{rep(addrA, a, false), rep(addrB, b, true)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts(bc, addrB, 4, 20)
+	counts(ac, addrA, 9, 15)
+	if e = listed(); e == nil || e.members != 4 || e.lastSeq != 20 {
+		t.Errorf("after a lagging member's registration: %+v; want the leader's 4 members, last_seq 20", e)
+	}
+	counts(ac, addrA, 9, 25)
+	if e = listed(); e == nil || e.members != 4 || e.lastSeq != 25 {
+		t.Errorf("after a member's registration ahead of the leader's: %+v; want 4 members, last_seq 25", e)
+	}
 	// The leader deregisters: A registered since, so the group stays
 	// listed, under no leader.
 	if _, err := bc.call(ctx, 3, cmap{1: g}); err != nil {
