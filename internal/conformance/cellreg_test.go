@@ -33,19 +33,7 @@ func testCellRegistration(t *testing.T, s *single) {
 	register := func(c *conn, addr string, replicas ...any) (cmap, error) {
 		return c.call(ctx, 1, cmap{1: g, 2: "cell group", 3: []any{addr}, 5: uint64(1), 6: uint64(7), 7: replicas})
 	}
-	listed := func() *groupEntry {
-		t.Helper()
-		all, err := ac.listAll(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range all {
-			if bytes.Equal(e.group, g) {
-				return &e
-			}
-		}
-		return nil
-	}
+	listed := func() *groupEntry { t.Helper(); return mustListed(t, ac, g) }
 	leaderOf := func(e *groupEntry) *replica {
 		if i := slices.IndexFunc(e.replicas, func(r replica) bool { return r.leader }); i >= 0 {
 			return &e.replicas[i]

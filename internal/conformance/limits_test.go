@@ -272,19 +272,7 @@ func testRegistration(t *testing.T, s *single) {
 		}
 		return epoch, ttl
 	}
-	listed := func() *groupEntry {
-		t.Helper()
-		all, err := c.listAll(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range all {
-			if bytes.Equal(e.group, g) {
-				return &e
-			}
-		}
-		return nil
-	}
+	listed := func() *groupEntry { t.Helper(); return mustListed(t, c, g) }
 
 	// Refused registrations.
 	for _, tc := range []struct {
@@ -356,6 +344,22 @@ func testRegistration(t *testing.T, s *single) {
 	if body, err := oc.call(ctx, 3, cmap{1: g}); err != nil || len(body) != 0 {
 		t.Errorf("deregister: %v, %v", body, err)
 	}
+}
+
+// mustListed returns the registry's entry for group, or nil if the whole
+// listing has none.
+func mustListed(t *testing.T, c *conn, group []byte) *groupEntry {
+	t.Helper()
+	all, err := c.listAll(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range all {
+		if bytes.Equal(e.group, group) {
+			return &e
+		}
+	}
+	return nil
 }
 
 // testStreamLimit: max_streams 2; a third stream is held back by QUIC's
