@@ -247,9 +247,10 @@ func TestConcurrentSendsShareEntries(t *testing.T) {
 // an acked one with its original ack. Half the senders wait in
 // SendAnswered, half are answered later (SendLater), once each.
 func TestGatheredSendsAcrossLeaderStop(t *testing.T) {
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
-	})
+	// steadyLeader: the leader must keep its lead while its state machine
+	// is held. (Timeouts of 2 s cost the test 2-4 s at its start and as
+	// many after the leader stops, waiting for raft to notice.)
+	c := newTestCell(t, 3, false, steadyLeader)
 	l := c.leader()
 	g := l.group("lobby")
 	gs := l.node.fsm.group(g.ID)
