@@ -129,7 +129,8 @@ func TestMembershipUnderLoad(t *testing.T) {
 	c := newTestCell(t, 3, false, compactingUnderLoad)
 	g := c.leader().group("lobby")
 	l := startLoad(c, g.ID)
-	l.await("the load", 2000) // past what raft keeps: a new member needs a snapshot
+	l.await("the load", 200)
+	c.movedPast(0) // a new member needs a snapshot
 
 	var added *testMember
 	l.measure("add a follower (3 -> 4)", 100, func() { added = c.addMember(false); l.setNodes(c) })
@@ -167,6 +168,19 @@ func TestMembershipUnderLoad(t *testing.T) {
 	}
 	c.wantMembers(3)
 	t.Logf("%d messages acknowledged and held once by every member", l.check(c))
+}
+
+// movedPast waits until every running member's raft has snapshotted far
+// enough past index that its log no longer holds the entry after it
+// (compactingUnderLoad keeps trailingUnderLoad entries behind a
+// snapshot): a member whose log ends at index needs a snapshot. The load
+// goes on meanwhile. (The tests awaited 2,000 messages instead, 1.5-3 s
+// under -race at load 25, for the 300 or so entries needed.)
+func (c *testCell) movedPast(index uint64) {
+	c.t.Helper()
+	for _, m := range c.runningMembers() {
+		m.waitSnapshot(index + trailingUnderLoad + 1)
+	}
 }
 
 // runningMembers returns c's members that run.
@@ -227,7 +241,8 @@ func TestReplaceDeadMemberUnderLoad(t *testing.T) {
 	l := startLoad(c, g.ID)
 	l.await("the load", 200)
 	dead := l.killForGood(c)
-	l.await("with a member dead", 2000) // past what raft keeps
+	l.await("with a member dead", 200)
+	c.movedPast(0) // the replacement needs a snapshot
 	l.measure("add the replacement (3 -> 4, one dead)", 100, func() { c.addMember(true); l.setNodes(c) })
 	l.measure("remove the dead member (4 -> 3)", 100, func() { c.removeMember(dead) })
 	c.wantMembers(3)
@@ -245,11 +260,13 @@ func TestStaleMemberRejoins(t *testing.T) {
 	l := startLoad(c, g.ID)
 	l.await("the load", 200)
 	stale := c.followers(1)[0]
+	lagged := stale.node.raft.LastIndex()
 	stale.crash()
 	l.setNodes(c)
 	l.measure("remove a member that is down", 100, func() { c.removeMember(stale) })
 	c.wantMembers(2)
-	l.await("the cell moving on", 2000) // past what raft keeps
+	l.await("the cell moving on", 200)
+	c.movedPast(lagged)
 	l.measure("the stale member starting again", 100, func() {
 		stale.host = newTestHost(stale.host.dir)
 		c.start(stale, true)
@@ -279,11 +296,11 @@ func TestSnapshotInstallUnderLoad(t *testing.T) {
 	lagger.crash()
 	l.setNodes(c)
 	before := time.Now()
-	l.await("with the member down", 2000)
-	c.leader().waitSnapshot(lagged + trailingUnderLoad + 1) // the member needs the snapshot
+	l.await("with the member down", 200)
+	c.movedPast(lagged) // the member needs the snapshot
 	rate := func(from time.Time, n int) float64 { return float64(n) / time.Since(from).Seconds() }
-	p, _ := l.pause(before, time.Now())
-	t.Logf("send rate with the member down: %.0f msgs/s, longest pause %v", rate(before, 2000), p.Round(time.Millisecond))
+	p, n := l.pause(before, time.Now())
+	t.Logf("send rate with the member down: %.0f msgs/s, longest pause %v", rate(before, n), p.Round(time.Millisecond))
 
 	lagger.host = newTestHost(lagger.host.dir)
 	release := lagger.host.holdAppends()
@@ -292,7 +309,6 @@ func TestSnapshotInstallUnderLoad(t *testing.T) {
 	l.setNodes(c)
 	waitUntil(t, "the member's install to copy messages from a peer", func() bool { return lagger.host.heldAppends() > 0 })
 	held := time.Now()
-	var n int
 	// Sends for several RPC timeouts while the install is held. (A count
 	// of 10,000 held it 6-9 s under -race at load 30.)
 	for time.Since(held) < 4*rpcTimeout {
