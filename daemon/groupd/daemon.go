@@ -607,7 +607,7 @@ func (d *Daemon) Close() error {
 	// First, without d.mu, which a Listen stuck in the disk holds.
 	if left, first := d.life.StopLoads(d.releaseLoaded); left {
 		if first {
-			d.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; the state directory stays locked until it returns", "waited", lifecycle.Wait)
+			d.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; what it holds (the state directory's lock) is released when it returns", "waited", lifecycle.Wait)
 		}
 		d.life.Close(d.srv.Close)
 		return nil

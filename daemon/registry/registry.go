@@ -291,7 +291,7 @@ func (r *Daemon) Serve(ctx context.Context) error {
 func (r *Daemon) Close() error {
 	if left, first := r.life.StopLoads(r.releaseLoaded); left {
 		if first {
-			r.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; the state directory stays locked until it returns", "waited", lifecycle.Wait)
+			r.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; what it holds (the state directory's lock) is released when it returns", "waited", lifecycle.Wait)
 		}
 		r.life.Close(r.srv.Close)
 		return nil

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -148,4 +149,42 @@ func (e *Ext4) Remount() {
 		}
 	}
 	e.mount()
+}
+
+// Freeze freezes the file system (fsfreeze(8)), as a disk that stops
+// answering would stand for writers: every write, create or open for
+// writing on it waits, in uninterruptible sleep (a thread in state D that
+// not even SIGKILL ends), until thaw, which the test's end calls too;
+// reads of what is cached go on. It returns thaw.
+func (e *Ext4) Freeze() (thaw func()) {
+	e.t.Helper()
+	if _, err := exec.LookPath("fsfreeze"); err != nil {
+		if os.Getenv("CI") == "true" {
+			e.t.Fatal("fsfreeze is not on PATH (CI=true, so this is a failure, not a skip)")
+		}
+		e.t.Skip("this test needs fsfreeze")
+	}
+	e.run("fsfreeze", "--freeze", e.Dir)
+	var once sync.Once
+	thaw = func() { once.Do(func() { exec.Command("fsfreeze", "--unfreeze", e.Dir).Run() }) }
+	e.t.Cleanup(thaw) // before the unmount, registered earlier
+	return thaw
+}
+
+// InDiskSleep reports whether a thread of this process is in
+// uninterruptible sleep (state D in /proc/self/task/*/stat): one waits on
+// a disk, a frozen file system's say.
+func InDiskSleep() bool {
+	stats, _ := filepath.Glob("/proc/self/task/*/stat")
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ...: comm may hold spaces and parentheses.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'D' {
+			return true
+		}
+	}
+	return false
 }
