@@ -187,6 +187,16 @@ func testAnswers(t *testing.T, s *single) {
 		t.Errorf("info after a reset request: %v", err)
 	}
 
+	// §6: a name holds no filler (drawn as nothing, or as a blank), while a
+	// variation selector is allowed.
+	for _, name := range []string{"hangul\u3164filler", "braille\u2800blank", "\u115f", "cgj\u034fjoin"} {
+		_, err := sc.join(ctx, g, name)
+		wantCode(t, fmt.Sprintf("join as %+q", name), err, codeBadRequest)
+	}
+	if _, err := sc.join(ctx, g, "peace \u270c\ufe0f"); err != nil {
+		t.Errorf("join under a name with a variation selector: %v", err)
+	}
+
 	// §13: a daemon that is not a member of a cell answers the cell's
 	// operations unsupported, whatever their args.
 	for _, tc := range []struct {
