@@ -298,3 +298,46 @@ func TestBinaryDoesNotLinkTesting(t *testing.T) {
 		}
 	}
 }
+
+// TestBinaryEndsNoThread: no package the huddle binary links (the
+// standard library aside) locks a goroutine to its thread
+// (runtime.LockOSThread). huddle bench starts its daemons with a
+// parent-death signal (loadgen's daemonProcAttr), which Linux sends when
+// the thread that forked the child ends, not the process
+// (go.dev/issue/27505; internal/testbin's TestStartOutlivesItsThread
+// shows it), and a Go program ends a thread only when a goroutine locked
+// to it returns without unlocking it. With no such lock in the binary, no
+// thread of the bench ends while it runs, and its daemons die with it
+// only. A package that needs one must keep bench's forks off the threads
+// it may end (as testbin.Start forks from one thread locked for good).
+func TestBinaryEndsNoThread(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-f",
+		`{{if not .Standard}}{{.Dir}}{{range .GoFiles}} {{.}}{{end}}{{range .CgoFiles}} {{.}}{{end}}{{end}}`, ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var found []string
+	fset := token.NewFileSet()
+	for line := range strings.Lines(string(out)) {
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			continue
+		}
+		for _, name := range fields[1:] {
+			path := filepath.Join(fields[0], name)
+			f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+			if err != nil {
+				t.Fatalf("parse %s: %v", path, err)
+			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "LockOSThread" {
+					found = append(found, fset.Position(sel.Pos()).String())
+				}
+				return true
+			})
+		}
+	}
+	if len(found) > 0 {
+		t.Errorf("the huddle binary locks goroutines to threads, which end when they return, and with them the parent-death signal of every daemon huddle bench forked from them (loadgen's daemonProcAttr):\n%s", strings.Join(found, "\n"))
+	}
+}
