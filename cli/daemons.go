@@ -751,11 +751,6 @@ func sayGroups(df *daemonFlags, d *groupd.Daemon) {
 	}
 }
 
-// serveUntilDone runs serve until ctx ends (SIGINT or SIGTERM: main's
-// context), which shuts the daemon down gracefully; exit code 0 then.
-// A mistake in its settings that shows only as it starts (a --cell-peer
-// naming another key than the daemon at its address presents) is a usage
-// error, exit 2, as settingsErr says.
 // stoppedStarting says whether err, a daemon's ListenContext's, is the
 // daemon closed because ctx ended (SIGTERM) while it loaded its state
 // directory: the daemon stopped as asked (exit 0), on a disk that does not
@@ -765,6 +760,11 @@ func stoppedStarting(ctx context.Context, err error) bool {
 	return ctx.Err() != nil && errors.Is(err, server.ErrClosed)
 }
 
+// serveUntilDone runs serve until ctx ends (SIGINT or SIGTERM: main's
+// context), which shuts the daemon down gracefully; exit code 0 then.
+// A mistake in its settings that shows only as it starts (a --cell-peer
+// naming another key than the daemon at its address presents) is a usage
+// error, exit 2, as settingsErr says.
 func serveUntilDone(ctx context.Context, env Env, verb string, serve func(context.Context) error) int {
 	if err := serve(ctx); settingsErr(err) {
 		return usageErr(env, verb, "%v", err)
