@@ -155,10 +155,10 @@ func (n *Node) decideChange(ctx context.Context, op string, by wire.Fingerprint)
 	// A key refused now is refused at once, not once a change under way
 	// (its removal, perhaps) is made.
 	if _, _, err := n.mayChange(op, by); err != nil {
-		return conf, 0, nil, err
+		return conf, 0, nil, unchanged(err)
 	}
 	if unlock, err = n.turn(ctx, op); err != nil {
-		return conf, 0, nil, err
+		return conf, 0, nil, unchanged(err)
 	}
 	conf, index, err = n.mayChange(op, by)
 	if err == nil {
@@ -175,7 +175,7 @@ func (n *Node) decideChange(ctx context.Context, op string, by wire.Fingerprint)
 	}
 	if err != nil {
 		unlock()
-		return raft.Configuration{}, 0, nil, err
+		return raft.Configuration{}, 0, nil, unchanged(err)
 	}
 	return conf, index, unlock, nil
 }
@@ -289,12 +289,14 @@ func (n *Node) RemoveMember(ctx context.Context, by, fp wire.Fingerprint) error 
 		// change whose answer waits (a state machine held behind a full
 		// disk) would otherwise hold the hand-over back, the remedy.
 		if _, _, err := n.mayChange(op, by); err != nil {
-			return err
+			return unchanged(err)
 		}
 		if _, err := n.leading(); err != nil && !errors.Is(err, errStalled) {
-			return err
+			return unchanged(err)
 		}
-		return n.handOver(ctx)
+		// The leadership handed over, or not: the configuration is as
+		// it was either way, and the next leader is asked.
+		return unchanged(n.handOver(ctx))
 	}
 	_, index, unlock, err := n.decideChange(ctx, op, by)
 	if err != nil {
@@ -338,7 +340,7 @@ func (n *Node) change(ctx context.Context, op string, ask func() raft.IndexFutur
 	if err != nil {
 		n.reconfigure()
 		unlock()
-		return fmt.Errorf("%s: %w", op, err)
+		return unchanged(fmt.Errorf("%s: %w", op, err)) // closing: raft was not handed it
 	}
 	done := make(chan error, 1)
 	n.wg.Add(1)
@@ -356,6 +358,9 @@ func (n *Node) change(ctx context.Context, op string, ask func() raft.IndexFutur
 	}()
 	select {
 	case err := <-done:
+		if untaken(err) {
+			return unchanged(changeError(op, err))
+		}
 		if err != nil {
 			return changeError(op, err)
 		}

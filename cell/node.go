@@ -78,7 +78,48 @@ var (
 	// left as a crash leaves it, recovered at the next start (the group
 	// logs from raft's log); raft's stores close once it stops, if ever.
 	ErrStuck = errors.New("cell: raft did not shut down in time (a disk that does not answer?)")
+	// ErrUnchanged marks the error of a join, a leave (Join, Leave) or a
+	// change of the cell (AddMember, RemoveMember) that carried out
+	// nothing, nor will later: refused before anything was proposed (this
+	// member does not lead, is closing, or raft never took the entry), or
+	// applied as a refusal (ErrFull). It comes with the error's own
+	// sentinel (ErrUnavailable, ErrClosed, a *NotLeaderError...), which
+	// errors.Is and errors.As find as well; the daemon tells the client
+	// so (PROTOCOL.md §9, key 7, unchanged). An error without it may
+	// follow an entry raft took, which the cell may yet commit (the
+	// leadership changed under it, the caller's context ended): the
+	// operation may have been carried out.
+	ErrUnchanged = errors.New("cell: nothing was changed")
 )
+
+// unchangedError is an error marked ErrUnchanged (unchanged).
+type unchangedError struct{ err error }
+
+func (e *unchangedError) Error() string   { return e.err.Error() }
+func (e *unchangedError) Unwrap() []error { return []error{e.err, ErrUnchanged} }
+
+// unchanged marks err, of an operation that carried out nothing, nor
+// will later, with ErrUnchanged; nil stays nil.
+func unchanged(err error) error {
+	if err == nil || errors.Is(err, ErrUnchanged) {
+		return err
+	}
+	return &unchangedError{err}
+}
+
+// untaken reports whether err, raft's answer to a request handed to it,
+// says raft never took the request, so it appended nothing: it was not
+// the leader, or was handing the leadership over, or its queue stayed
+// full for the request's timeout (raft v1.7.2: runFollower,
+// runCandidate and leaderLoop answer so before they append), or the
+// change's condition did not hold (raftChanged: nextConfiguration refuses
+// it before it is appended). Not ErrLeadershipLost or ErrRaftShutdown:
+// raft answers those of entries it appended too, which a next leader may
+// commit.
+func untaken(err error) bool {
+	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress) ||
+		errors.Is(err, raft.ErrEnqueueTimeout) || (err != nil && strings.Contains(err.Error(), raftChanged))
+}
 
 // NotLeaderError is the error of an operation only the leader runs, asked
 // of another member. Leader is the member this one follows, if it knows of
@@ -1321,7 +1362,8 @@ func (n *Node) Join(ctx context.Context, id wire.UUID, fp wire.Fingerprint, name
 	}
 	r, _ := resp.(joinResult)
 	if r.full {
-		return false, fmt.Errorf("join: %w: %d members", ErrFull, n.cfg.MaxMembers)
+		// Committed, and applied as a refusal on every replica alike.
+		return false, unchanged(fmt.Errorf("join: %w: %d members", ErrFull, n.cfg.MaxMembers))
 	}
 	return r.already, nil
 }
@@ -1341,11 +1383,11 @@ func (n *Node) Leave(ctx context.Context, id wire.UUID, fp wire.Fingerprint) (wa
 // result.
 func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, error) {
 	if _, err := n.leading(); err != nil {
-		return nil, err
+		return nil, unchanged(err)
 	}
 	f, err := n.apply(cmd())
 	if err != nil {
-		return nil, err
+		return nil, unchanged(err) // closing: raft was not handed it
 	}
 	done := make(chan struct{})
 	var resp any
@@ -1360,7 +1402,11 @@ func (n *Node) propose(ctx context.Context, op string, cmd func() []byte) (any, 
 				err = rerr
 			}
 		}
-		err = proposeError(op, err)
+		if untaken(err) {
+			err = unchanged(proposeError(op, err))
+		} else {
+			err = proposeError(op, err)
+		}
 	}()
 	wait := time.NewTimer(n.cfg.CommitWait)
 	defer wait.Stop()

@@ -49,15 +49,24 @@ func cellError(op wire.Op, g *group, err error) error {
 			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell: send to its leader at %s", op, g.name, nl.Leader.Addr)
 		}
 		return we
+	case errors.Is(err, cell.ErrUnavailable) && errors.Is(err, cell.ErrUnchanged):
+		// Raft never took it (a join or a leave: Node.propose): refused
+		// before anything was proposed.
+		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g), Unchanged: true,
+			Message: fmt.Sprintf("%v group %s: the group's cell could not take it now (its leadership is changing); nothing of it was proposed: try again shortly", op, g.name)}
 	case errors.Is(err, cell.ErrUnavailable):
 		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g),
 			Message: fmt.Sprintf("%v group %s: the group's cell could not decide it now (its leadership changed, or it lacks a majority); its outcome is unknown: retry with the same message IDs", op, g.name)}
 	case errors.Is(err, cell.ErrClosed):
-		return fmt.Errorf("%v group %s: %w: the daemon is shutting down", op, g.name, wire.ErrUnavailable)
+		return &wire.Error{Code: wire.CodeUnavailable, Unchanged: errors.Is(err, cell.ErrUnchanged),
+			Message: fmt.Sprintf("%v group %s: the daemon is shutting down", op, g.name)}
 	case errors.Is(err, cell.ErrNoGroup):
 		return fmt.Errorf("%v group %s: %w: the cell has no such group", op, g.name, wire.ErrNotFound)
 	case errors.Is(err, cell.ErrFull):
-		return fmt.Errorf("join group %s: %w: the group has its most members", g.name, wire.ErrUnavailable)
+		// Applied as a refusal on every replica (Node.Join): the members
+		// are as they were.
+		return &wire.Error{Code: wire.CodeUnavailable, Unchanged: errors.Is(err, cell.ErrUnchanged),
+			Message: fmt.Sprintf("join group %s: the group has its most members", g.name)}
 	}
 	return fmt.Errorf("%v group %s: %w", op, g.name, err)
 }
@@ -326,22 +335,36 @@ func (d *Daemon) cellChange(ctx context.Context, c *server.Call) error {
 	} else {
 		err = d.node.RemoveMember(ctx, c.Peer(), req.Fingerprint)
 	}
+	if err != nil {
+		return cellChangeError(c.Op(), err)
+	}
+	d.cfg.Logger.Info("cell membership changed", "op", c.Op().String(), "member", req.Fingerprint.Short(), "addr", req.Addr, "by", c.Peer().Short())
+	return c.Result(wire.CellChanged{Members: replicas(d.node.Status())})
+}
+
+// cellChangeError is what a client is told of a cell change the node
+// refused (err). Unavailable is marked unchanged (PROTOCOL.md §9, key 7)
+// only where the node says nothing was proposed (cell.ErrUnchanged: this
+// member does not lead, is closing, could not have its turn, or raft
+// never took the change); not where raft may have taken it (the
+// leadership changed as it was committed, the request's context ended):
+// that change may have been made, and the client says so. Until session
+// 20 no refusal was marked, and a change refused by a follower was as
+// much in doubt as one lost with its leader.
+func cellChangeError(op wire.Op, err error) error {
 	var nl *cell.NotLeaderError
 	switch {
 	case errors.Is(err, cell.ErrNotAllowed):
-		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", c.Op(), wire.ErrUnauthorized)
+		return fmt.Errorf("%v: %w: only the key of one of the cell's members may change it", op, wire.ErrUnauthorized)
 	case errors.As(err, &nl):
-		we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
-			Message: fmt.Sprintf("%v: this daemon does not lead the cell", c.Op())}
+		we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Unchanged: errors.Is(err, cell.ErrUnchanged),
+			Message: fmt.Sprintf("%v: this daemon does not lead the cell", op)}
 		if nl.Leader.Addr != "" {
 			we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
 		}
 		return we
 	case errors.Is(err, cell.ErrInvalidConfig):
-		return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrBadRequest, err)
-	case err != nil:
-		return fmt.Errorf("%v: %w: %v", c.Op(), wire.ErrUnavailable, err)
+		return fmt.Errorf("%v: %w: %v", op, wire.ErrBadRequest, err)
 	}
-	d.cfg.Logger.Info("cell membership changed", "op", c.Op().String(), "member", req.Fingerprint.Short(), "addr", req.Addr, "by", c.Peer().Short())
-	return c.Result(wire.CellChanged{Members: replicas(d.node.Status())})
+	return &wire.Error{Code: wire.CodeUnavailable, Unchanged: errors.Is(err, cell.ErrUnchanged), Message: fmt.Sprintf("%v: %v", op, err)}
 }

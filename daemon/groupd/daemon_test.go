@@ -270,7 +270,9 @@ func TestGroupMaxMembers(t *testing.T) {
 	a := joined(t, d, "a")
 	joined(t, d, "b")
 	p := dial(t, d.Addr(), d.Fingerprint(), nil)
-	wantCode(t, p.call(wire.OpJoin, wire.Join{Group: gid(d), Name: "c"}, nil), wire.CodeUnavailable)
+	if we := wantCode(t, p.call(wire.OpJoin, wire.Join{Group: gid(d), Name: "c"}, nil), wire.CodeUnavailable); we != nil && !we.Unchanged {
+		t.Errorf("a join to a full group: %v, not marked unchanged (it changed nothing)", we)
+	}
 	must(t, a.call(wire.OpJoin, wire.Join{Group: gid(d), Name: "a2"}, nil)) // a member may rejoin
 	must(t, a.call(wire.OpLeave, wire.GroupRef{Group: gid(d)}, nil))
 	must(t, p.call(wire.OpJoin, wire.Join{Group: gid(d), Name: "c"}, nil))

@@ -227,7 +227,9 @@ func (d *Daemon) join(ctx context.Context, c *server.Call) error {
 	case ch.err != nil:
 		return d.notStored(c.Op(), g, ch.err)
 	case ch.full:
-		return fmt.Errorf("join group %s: %w: the group has %d members, its limit", g.name, wire.ErrUnavailable, d.cfg.MaxMembers)
+		// Decided as the batch was applied: the list is as it was.
+		return &wire.Error{Code: wire.CodeUnavailable, Unchanged: true,
+			Message: fmt.Sprintf("join group %s: the group has %d members, its limit", g.name, d.cfg.MaxMembers)}
 	}
 	already := ch.already
 	if !already {
