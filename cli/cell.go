@@ -107,6 +107,9 @@ func runCell(ctx context.Context, env Env, args []string) int {
 			err = &refusal{fmt.Sprintf("%s is no member of a cell: a registry, or a group daemon started without --cell-peer (it answered: %v); "+
 				"--server names a member's address ('huddle groups' shows where a cell's groups are)", f.server, we)}
 		}
+		if sub != "status" {
+			err = cellChangeOutcome(err, f.server)
+		}
 		if sub != "status" && errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
 			// Not advice(we)'s: a cell has no secret to give, only keys.
 			err = &refusal{fmt.Sprintf("%v; run it with a member daemon's key: HUDDLE_HOME=that daemon's --state-dir (this key, %s, is no member's)",
@@ -115,6 +118,33 @@ func runCell(ctx context.Context, env Env, args []string) int {
 		return fail(env, verb, err)
 	}
 	return ExitOK
+}
+
+// cellChangeOutcome is the error cell add or remove reports for err,
+// CellAdd's or CellRemove's: what is known of the change. One an ask of
+// which may have made it (client.ErrInDoubt: left unanswered, or refused
+// by a member that may have taken it, a leader that lost its office)
+// says its outcome is unknown and exits 3, as a send in doubt; explain's
+// words are a send's. One refused unavailable until --timeout, and never
+// in doubt (every refusal marked unchanged: PROTOCOL.md §9, key 7), made
+// no change, and says so as the refusal it is (exit 1): it read "timed
+// out; is the daemon running and reachable?" (until session 20), though
+// the member answered each ask.
+func cellChangeOutcome(err error, server string) error {
+	var we *wire.Error
+	refused := errors.As(err, &we)
+	last := shown(withoutGoText(err))
+	if refused {
+		last = shown(we.Error())
+	}
+	switch {
+	case errors.Is(err, client.ErrInDoubt):
+		return &explainedUnreachable{fmt.Sprintf("outcome unknown: the cell may have made the change (an ask of it was left unanswered, or refused by a member that may have taken it: a leader that lost its office); the last answer: %s; "+
+			"huddle cell status --server %s shows the cell's members, and asking again is safe (a member added already, or removed already, is left as it is)", last, shellWord(server))}
+	case refused && we.Code == wire.CodeUnavailable && errors.Is(err, context.DeadlineExceeded):
+		return &refusal{fmt.Sprintf("%s; asked again until --timeout ended: the cell made no change; try again shortly", last)}
+	}
+	return err
 }
 
 const cellAbout = `Operate a cell: 3 or 5 group daemons (huddle serve --cell-peer ...) that replicate their groups.

@@ -90,6 +90,15 @@ func (c *Client) cellStatusAt(ctx context.Context, addrs []string, pin Fingerpri
 // ask is out unanswered ends with ctx's error, not a refusal: the cell
 // may have made that change (CellStatus tells; adding a member already in
 // changes nothing).
+//
+// A call that fails after an ask that may have made the change (one left
+// unanswered, or refused unavailable or internal without unchanged, as a
+// leader that lost its office as it committed the change answers) fails
+// with ErrInDoubt too, whatever the later asks were told: the change may
+// have been made. One whose every refusal was marked unchanged (a member
+// that does not lead: PROTOCOL.md §9, key 7), or refused it whole, made
+// no change. Until session 20 a call never said so, and the daemons
+// marked no refusal of a change.
 func (c *Client) CellAdd(ctx context.Context, addr string, pin Fingerprint, member Replica) ([]Replica, error) {
 	return c.cellChange(ctx, wire.OpCellAdd, addr, pin, wire.CellMember{Addr: member.Addr, Fingerprint: member.Fingerprint})
 }
@@ -125,16 +134,19 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 	// The last refusal that had the change asked again: the call's
 	// answer if it ends before another ask is answered or goes out.
 	var refused error
+	// doubt: an ask may have made the change (changeDoubt).
+	doubt := false
 	for redirects := 0; ; redirects++ {
 		// Held for the one request: a program that operates many cells
 		// keeps no connection to them.
 		p, err := c.groupPeer([]string{addr}, pin, wire.UUID{})
 		if err != nil {
-			return nil, err
+			return nil, changeDoubt(doubt, err)
 		}
 		var out wire.CellChanged
 		unanswered, err := p.singleOut(ctx, op, req, &out)
 		c.releaseGroup(p)
+		doubt = doubt || unanswered || (serverSaid(err) && !refusedWhole(err))
 		if err != nil && refused != nil && !unanswered && !serverSaid(err) && ctx.Err() != nil {
 			// The call ended as it asked again, before that ask went out
 			// (each ask dials anew, and its dial may take the rest of the
@@ -143,7 +155,7 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			// caller the member never answered (until session 19). One
 			// that went out unanswered is no refusal: the change may
 			// have been made.
-			return nil, fmt.Errorf("%w; asked again until the call ended (%w): %v", refused, ctx.Err(), err)
+			return nil, changeDoubt(doubt, fmt.Errorf("%w; asked again until the call ended (%w): %v", refused, ctx.Err(), err))
 		}
 		var we *wire.Error
 		if errors.As(err, &we) && we.Code == wire.CodeUnavailable && redirects < 64 {
@@ -160,7 +172,7 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			if sleep(ctx, jitter(wait)) {
 				continue
 			}
-			return nil, fmt.Errorf("%w; asked again until the call ended (%w)", refused, ctx.Err())
+			return nil, changeDoubt(doubt, fmt.Errorf("%w; asked again until the call ended (%w)", refused, ctx.Err()))
 		}
 		if errors.Is(err, ErrUnreachable) && (addr != asked || pin != askedPin) && redirects < 64 {
 			addr, pin = asked, askedPin
@@ -169,11 +181,29 @@ func (c *Client) cellChange(ctx context.Context, op wire.Op, addr string, pin Fi
 			}
 		}
 		if err != nil {
-			return nil, namedOnce(op, err)
+			return nil, changeDoubt(doubt, namedOnce(op, err))
 		}
 		return out.Members, nil
 	}
 }
+
+// changeDoubt marks err, a cell change's, as one whose outcome is unknown
+// (ErrInDoubt) if doubt: an ask of it may have made the change.
+func changeDoubt(doubt bool, err error) error {
+	if !doubt || errors.Is(err, ErrInDoubt) {
+		return err
+	}
+	return &changeDoubtError{err}
+}
+
+// changeDoubtError is a cell change's error whose outcome is unknown
+// (changeDoubt).
+type changeDoubtError struct{ err error }
+
+func (e *changeDoubtError) Error() string {
+	return "outcome unknown (the cell may have made the change; its status shows its members): " + e.err.Error()
+}
+func (e *changeDoubtError) Unwrap() []error { return []error{ErrInDoubt, e.err} }
 
 // namedOnce returns err naming op, unless it does already: the daemons'
 // refusals ("cell_add: unauthorized: ...") do, and were shown as

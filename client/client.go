@@ -124,6 +124,11 @@ var (
 	// send was stored, unless a message of it was in doubt already: one
 	// stays in doubt on its Group until a send of it is acknowledged,
 	// whatever its retries are told (doubts).
+	//
+	// A cell change (CellAdd, CellRemove) fails with it too when an ask
+	// of it may have made the change (left unanswered, or refused without
+	// Unchanged): CellStatus shows the cell's members, and asking again is
+	// safe (a member added already, or removed already, is left as it is).
 	ErrInDoubt = errors.New("outcome unknown: the daemon may have stored it")
 )
 
