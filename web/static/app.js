@@ -1129,7 +1129,11 @@ async function deliver(c, p) {
       // within the group's window (its last 65,536 messages at least, or
       // what its log retains after a restart), and a retry past it would
       // store it twice. Past doubtTries (some 40 s of backoff), the page
-      // stops and lets the user retry it (same ID) or discard it.
+      // stops and lets the user retry it (same ID) or discard it. The
+      // bound is a time, not the window (README: a group storing more than
+      // ~1,600 messages a second passes 65,536 within it): no answer says
+      // an ID has left the window (a retry within it gets the first
+      // try's ack, as a duplicate; past it the daemon has forgotten it).
       if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
       if (!transient || (p.inDoubt && p.doubtTries >= doubtTries)) {
         setPending(c, p, 'failed', err);
