@@ -88,3 +88,60 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 		t.Errorf("the retried message is stored %d times, want once", n)
 	}
 }
+
+// TestWebSendInDoubtPastWindow: a message in doubt is retried under its
+// ID only while the group's dedup window may still hold it: once the
+// page has seen the group store 65,536 messages (the window's floor)
+// after the last it had seen before the try, a retry may store it a
+// second time, and the page stops at once, whatever its time bound, and
+// says so, offering Send again and Discard. It went on for its 8 tries
+// (some 40 s) whatever the group stored meanwhile (until session 20). The
+// test moves the page's view of the group's log (what its watch shows)
+// on by 65,536, as a group storing some 1,600 messages a second would
+// within those 40 s.
+func TestWebSendInDoubtPastWindow(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice := aliceInLobbyOf(t, up)
+	b := newBrowser(t, 1000, 800)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	alice.ok(t, "send", "lobby", "before")
+	b.waitFor("the message before", hasMessage("before"))
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	const failedState = `([...document.querySelectorAll('.msg.pending')].filter(m => m.querySelector('.text').textContent === "past the window").map(m => m.querySelector('.state.bad')).filter(Boolean).map(s => s.textContent)[0] || '')`
+
+	eval[bool](b, `window.doubtMode = 'doubt', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	b.do("paste, Enter", insertText("past the window"), pressEnter())
+	b.waitFor("the first try in doubt", `window.sends >= 1`)
+	// The group stores 65,536 messages, as the page's watch shows them.
+	sent := eval[int](b, `(() => { const c = `+conv+`; c.cursor += 65536; return window.sends; })()`)
+	b.waitFor("the page to stop retrying", failedState+` !== ''`)
+	got := eval[string](b, failedState)
+	if !strings.HasPrefix(got, "may have been sent") || !strings.Contains(got, "more than its dedup window is sure to hold") || !strings.HasSuffix(got, "Send againDiscard") {
+		t.Errorf("a message in doubt past the window says %q, want 'may have been sent ...' past the window, with Send again and Discard", got)
+	}
+	if n := eval[int](b, `window.sends`); n != sent || n >= 8 {
+		t.Errorf("the page tried it %d times, %d once its view had passed the window; want no try after (and fewer than its bound of 8)", n, n-sent)
+	}
+	b.screenshot("web-send-in-doubt-past-window")
+
+	// Send again, through huddle web: stored, once.
+	eval[bool](b, `window.doubtMode = '', true`)
+	eval[bool](b, `[...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === 'past the window').querySelector('.state.bad button').click(), true`)
+	b.waitFor("the message sent again stored", hasMessage("past the window"))
+	n := 0
+	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json")) {
+		if m.Text == "past the window" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the message sent again is stored %d times, want once", n)
+	}
+}

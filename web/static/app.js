@@ -14,6 +14,7 @@ const trimAt = 1500;       // ...trimmed to keepLive past this
 const backlogFrom = 800;   // px from the top at which older pages load
 const membersEvery = 20000; // ms between members refreshes while shown
 const doubtTries = 8;       // tries of a message in doubt before the page stops (1+2+4+8x4 s apart)
+const dedupFloor = 65536;  // messages a group's dedup window holds at least (PROTOCOL.md §8.5)
 
 const state = {
   me: null,            // {fingerprint, short}
@@ -814,6 +815,29 @@ function pendingState(c, p) {
       break;
     case 'failed': {
       s.classList.add('bad');
+      if (p.inDoubt && p.aged) {
+        // Past what the window is sure to hold: a retry under its ID may
+        // be stored as a new message. The user decides, told so.
+        s.textContent = `may have been sent (no answer settled it), and the group has stored ${dedupFloor.toLocaleString('en')} messages since, more than its dedup window is sure to hold: sending it again may store it a second time. `;
+        const again = document.createElement('button');
+        again.className = 'link-button';
+        again.textContent = 'Send again';
+        again.addEventListener('click', () => {
+          p.aged = false;
+          p.doubtTries = 0;
+          p.doubtEpoch = c.epoch;
+          p.doubtFrom = c.cursor;
+          setPending(c, p, 'sending', null);
+          c.outbox.push(p);
+          pump(c);
+        });
+        const drop = document.createElement('button');
+        drop.className = 'link-button';
+        drop.textContent = 'Discard';
+        drop.addEventListener('click', () => discard(c, p));
+        s.append(again, drop);
+        break;
+      }
       if (p.inDoubt) {
         // A try of it may be stored: editing would send it again under a
         // new ID, stored twice if so. Retry keeps its ID (stored once,
@@ -1108,6 +1132,12 @@ async function pump(c) {
 async function deliver(c, p) {
   if (p.state === 'queued') setPending(c, p, 'sending', null);
   for (;;) {
+    if (p.inDoubt && pastWindow(c, p)) {
+      // Seen past the window: a retry may store it a second time.
+      p.aged = true;
+      setPending(c, p, 'failed', p.error);
+      return;
+    }
     p.tries++;
     try {
       await api.send(c.id, p.text, p.id);
@@ -1123,6 +1153,12 @@ async function deliver(c, p) {
       // speaks of that try alone (and huddle web's handle that knew the ID
       // in doubt may have been replaced, the group having moved), so the
       // message stays "may have been sent" until a try is acknowledged.
+      if (err.inDoubt && !p.inDoubt && c.cursorKnown) {
+        // Where the group's log was, as this page last saw it, before the
+        // try that may have stored it: stored, it is past this.
+        p.doubtEpoch = c.epoch;
+        p.doubtFrom = c.cursor;
+      }
       if (err.inDoubt) p.inDoubt = true;
       const transient = err.inDoubt || ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
       // Retries of a message in doubt are bounded: its ID dedups only
@@ -1134,6 +1170,9 @@ async function deliver(c, p) {
       // ~1,600 messages a second passes 65,536 within it): no answer says
       // an ID has left the window (a retry within it gets the first
       // try's ack, as a duplicate; past it the daemon has forgotten it).
+      // What the page can see, it heeds: it stops at once once its watch
+      // has shown the group storing dedupFloor messages since the try
+      // (pastWindow), or its log reset.
       if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
       if (!transient || (p.inDoubt && p.doubtTries >= doubtTries)) {
         setPending(c, p, 'failed', err);
@@ -1147,6 +1186,17 @@ async function deliver(c, p) {
       if (!c.pending.has(p.id)) return;
     }
   }
+}
+
+// pastWindow reports whether the page has seen the group's log move far
+// enough since p's try in doubt that the ID may have left the group's
+// dedup window: dedupFloor messages stored after the last one the page
+// had seen then (a message stored by that try is past it), or a new log
+// (epoch). What it has not seen yet it cannot heed: the bound is also a
+// time (doubtTries).
+function pastWindow(c, p) {
+  if (p.doubtFrom === undefined || !c.cursorKnown) return false;
+  return c.epoch !== p.doubtEpoch || c.cursor - p.doubtFrom >= dedupFloor;
 }
 
 function setPending(c, p, s, err) {
