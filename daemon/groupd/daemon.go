@@ -155,6 +155,9 @@ type Config struct {
 	// wrap, if set, wraps the daemon's handler: tests inject faults
 	// between the network and the operations with it.
 	wrap func(server.Handler) server.Handler
+	// slowRegistryDial, if set, is called before each dial of a
+	// registry: tests make a registry slow to reach with it.
+	slowRegistryDial func()
 }
 
 // Validate reports whether c is usable. Its errors wrap ErrInvalidConfig.

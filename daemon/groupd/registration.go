@@ -431,6 +431,10 @@ type registrar struct {
 	// deregisterAll takes it back too.
 	cutShort *group
 	current  uint64 // the registry's epoch as last seen
+	// dialed is how long the pass under way spent connecting to the
+	// registry (zero if it did not connect): the early renewals' duty
+	// bound leaves it out (see run).
+	dialed   time.Duration
 	ttl      time.Duration
 	keyWarn  time.Time // when a refused key was last warned about
 	wasError string    // the last failure logged, to log each change once
@@ -598,9 +602,15 @@ func (r *registrar) run() {
 		}
 		start := time.Now()
 		r.stale.Store(false) // before the pass reads the counts
+		r.dialed = 0
 		err := r.refresh(all)
 		took := time.Since(start)
-		early, notBefore = time.Time{}, start.Add(max(countsEvery, countsDuty*took))
+		// The duty bound measures what renewing costs the registry. An
+		// early renewal never connects (refresh), so the time this pass
+		// spent connecting is left out: a first pass that waited 3 s for
+		// a registry slow to answer held every early renewal back 30 s,
+		// and a join and a send went unlisted that long.
+		early, notBefore = time.Time{}, start.Add(max(countsEvery, countsDuty*(took-r.dialed)))
 		if err != nil {
 			if r.ctx.Err() != nil {
 				continue // closing: the select above deregisters
@@ -651,6 +661,9 @@ func (r *registrar) connect() error {
 	r.mu.Unlock()
 	var errs []error
 	for _, addr := range addrs {
+		if slow := r.rs.d.cfg.slowRegistryDial; slow != nil {
+			slow()
+		}
 		ctx, cancel := context.WithTimeout(r.ctx, registryCallTimeout)
 		reg, err := r.rs.cl.Registry(ctx, addr, pin)
 		cancel()
@@ -691,7 +704,10 @@ func (r *registrar) refresh(all bool) error {
 		if !all {
 			return nil // not reached yet: the next full pass registers every group
 		}
-		if err := r.connect(); err != nil {
+		began := time.Now()
+		err := r.connect()
+		r.dialed = time.Since(began)
+		if err != nil {
 			return err
 		}
 	}

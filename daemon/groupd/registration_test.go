@@ -643,6 +643,46 @@ func TestRegistrationCountsPromptly(t *testing.T) {
 	}
 }
 
+// TestRegistrationCountsPromptlyAfterSlowDial: a join and a send are
+// listed within about countsEvery even when the registry was slow to
+// reach. The early renewals' duty bound (countsDuty times the last pass's
+// length) counted the first pass's dial, which an early renewal never
+// makes: a dial that took 3 s held every early renewal back 30 s, past
+// this test's deadline. (A fresh-clone CI at load 40 failed
+// TestCellRegistryCountsPromptly so: the leader's first dial was slow.)
+func TestRegistrationCountsPromptlyAfterSlowDial(t *testing.T) {
+	const slow = 3 * time.Second // how long the first dial waits
+	logger, ev := newListingEvents(t)
+	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: logger})
+	var dials atomic.Int64
+	d, _ := startGroupDaemon(t, Config{
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+		slowRegistryDial: func() {
+			if dials.Add(1) == 1 {
+				time.Sleep(slow) // the fault itself: a registry slow to answer
+			}
+		},
+	})
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	entry := func() wire.GroupEntry {
+		if gs := listGroups(t, lister).Groups; len(gs) == 1 {
+			return gs[0]
+		}
+		return wire.GroupEntry{}
+	}
+	ev.await(t, "the group", func() bool { return entry().Group == gid(d) })
+
+	p := joined(t, d, "p")
+	ev.await(t, "the join", func() bool { return entry().Members == 1 })
+	_, err := p.send(gid(d), outgoing("a", "b"))
+	must(t, err)
+	ev.await(t, "the send", func() bool { return entry().LastSeq == 2 })
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials of the registry; want 1 (the early renewals use the first's connection)", n)
+	}
+}
+
 // TestRegistrationFoundThenLearned has mDNS find a registry whose key the
 // registrar of a configured address learns at that moment (huddle serve
 // --registry 127.0.0.1:7373 beside that registry, which mDNS also finds:
