@@ -276,6 +276,10 @@ func TestWebNotificationIsPlainText(t *testing.T) {
 	b.open(alice.web(t))
 	b.openJoined(lobby)
 	b.recordNotifications()
+	// The page notifies of messages its stream delivers: live before the
+	// send, or the send could come in the first page, or a watch start
+	// past it, and notify nobody.
+	b.waitFor("the stream live", fmt.Sprintf(`window.huddle.state.convs.get(%s)?.status === 'live'`, jsString(lobby)))
 	const body = `@alice <a href="https://example.invalid/">menu</a> &amp; <img src="file:///etc/hostname"/> 1 < 2`
 	mallory.ok(t, "send", "lobby", body)
 	b.waitFor("a notification", `notes.length > 0`)
