@@ -250,8 +250,12 @@ func TestRaftListenerHostileFrames(t *testing.T) {
 // more. A snapshot's bytes must now keep to the pace of its sender's own
 // deadline, and a size over what a member would read back is refused
 // before raft sees the request.
+//
+// The cell's RPC timeout (the senders' deadline, so the pace) is 1 s, not
+// the default 5 s: each case holds the member's raft until the pace ends
+// the read (5 s each at the default).
 func TestRaftSnapshotNotWedging(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.RPCTimeout = time.Second })
 	l := c.leader()
 	f := c.follower()
 	var seq uint64
