@@ -712,13 +712,17 @@ func (d *Daemon) leaveLogsLocked(why string) {
 	lock, dataLock := d.lock, d.dataLock
 	d.lock, d.dataLock = nil, nil
 	d.cfg.Logger.Error(why)
-	stopped, expiring, loops := d.srv.Stopped(), d.expiring, d.life.Stopped()
+	stopped, loops := d.srv.Stopped(), d.life.Stopped()
 	go func() {
 		<-stopped // the handlers the server left, if any, use the logs
-		if expiring != nil {
-			<-expiring // and so does an age-limit pass left
+		<-loops   // and the daemon's own goroutines
+		// And so does an age-limit pass left. The expire loop sets
+		// d.expiring as it stops: read once it has (loops), as Close
+		// may have gone on without it (lifecycle's Close, stuck); read
+		// before, it was a data race (TestCloseLeavesLoopsAndExpiring).
+		if d.expiring != nil {
+			<-d.expiring
 		}
-		<-loops // and the daemon's own goroutines
 		closeLogs(groups)
 		lock.Release()
 		dataLock.Release()

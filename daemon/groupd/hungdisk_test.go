@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
+	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -346,4 +348,76 @@ func testStartOnHungDisk(t *testing.T, serve bool) {
 
 	letGo()
 	restartsOnceClosed(t, cfg)
+}
+
+// TestCloseLeavesLoopsAndExpiring: a daemon whose own loops do not stop
+// within lifecycle.Wait once told to (here its registration loop, held in
+// its log after deregistering) while an age-limit pass hangs in the disk
+// stops without both, and closes the log only once both have returned.
+// Close read the pass the expire loop left (d.expiring) while that loop,
+// which Close no longer waited for, had written it unsynchronized: a data
+// race under -race (session 20).
+func TestCloseLeavesLoopsAndExpiring(t *testing.T) {
+	reg := startRegistry(t, registry.Config{LeaseTTL: time.Hour})
+	h := &hungLoneLog{expireHangs: true}
+	// Held as it deregisters, whether the registry answered in time or not.
+	held := &holdRecord{next: testLogger(t).Handler(), msgs: []string{"group deregistered", "deregister failed; the lease will lapse"}, once: new(sync.Once), reached: make(chan struct{}), release: make(chan struct{})}
+	var letLoopGo sync.Once
+	loopGoes := func() { letLoopGo.Do(func() { close(held.release) }) }
+	d := serveOverLogWith(t, func(c *Config) {
+		c.Server.ShutdownTimeout = 200 * time.Millisecond
+		c.Retention.MaxAge = 100 * time.Millisecond // a pass every 12.5 ms
+		c.Registries = []string{reg.Addr().String()}
+		c.RegistryFingerprints = []wire.Fingerprint{reg.Fingerprint()}
+		c.Logger = slog.New(held)
+	}, func(inner Log) Log { h.Log = inner; return h })
+	eventually(t, "the group registered", func() bool {
+		s := d.Registrations()
+		return len(s) == 1 && s[0].Listed == 1
+	})
+	release := h.hangs()
+	t.Cleanup(release)  // after the daemon's own: before it
+	t.Cleanup(loopGoes) // likewise
+	eventually(t, "an age-limit pass hung in the disk", func() bool { return h.waiting.Load() > 0 })
+
+	if err := peertest.OnHungDisk(t, "the daemon's Close, its loops and an age-limit pass stuck,", d.Close, func() { loopGoes(); release() }); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	select {
+	case <-held.reached:
+	default:
+		t.Fatal("the registration loop did not deregister as the daemon closed")
+	}
+	stillLocked(t, d.cfg)
+	loopGoes()
+	stillLocked(t, d.cfg) // the pass still hangs, and uses the log
+	release()
+	restartsOnceClosed(t, d.cfg)
+}
+
+// holdRecord is a daemon's log that holds the first record of one of the
+// messages msgs until release.
+type holdRecord struct {
+	next             slog.Handler
+	msgs             []string
+	once             *sync.Once // shared with the handlers derived from it
+	reached, release chan struct{}
+}
+
+func (h *holdRecord) Enabled(context.Context, slog.Level) bool { return true }
+func (h *holdRecord) WithAttrs(as []slog.Attr) slog.Handler {
+	return &holdRecord{next: h.next.WithAttrs(as), msgs: h.msgs, once: h.once, reached: h.reached, release: h.release}
+}
+func (h *holdRecord) WithGroup(g string) slog.Handler {
+	return &holdRecord{next: h.next.WithGroup(g), msgs: h.msgs, once: h.once, reached: h.reached, release: h.release}
+}
+
+func (h *holdRecord) Handle(ctx context.Context, rec slog.Record) error {
+	if slices.Contains(h.msgs, rec.Message) {
+		h.once.Do(func() {
+			close(h.reached)
+			<-h.release
+		})
+	}
+	return h.next.Handle(ctx, rec)
 }
