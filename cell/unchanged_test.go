@@ -3,7 +3,9 @@ package cell
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -96,30 +98,35 @@ func TestRefusedUnchanged(t *testing.T) {
 }
 
 // TestLostOfficeNotUnchanged: a join, a leave and a change of the cell
-// that a leader took and then lost its office under (its followers
-// stopped: it appended them, could not commit them, and stepped down once
-// its lease ran out) are not marked ErrUnchanged: a next leader may commit
-// what it appended, and the client must not be told nothing was done.
-// Asked of a leader that stepped down before it took them, they are
-// refused NotLeaderError, unchanged, and the scenario runs again on a new
-// cell.
+// that a leader took and could not commit (its followers stopped: it
+// appended them, and gave up on them after CommitWait, or as it stepped
+// down once its lease ran out) are not marked ErrUnchanged: a next leader
+// may commit what it appended, and the client must not be told nothing
+// was done. Asked of a leader that stepped down before it took them, they
+// are refused NotLeaderError, unchanged, and the scenario runs again on a
+// new cell. The lease is 3 s, not 300 ms, so that the leader still leads
+// once its followers have stopped on a loaded machine.
 func TestLostOfficeNotUnchanged(t *testing.T) {
 	rerunOnNewCells(t, 3, "the leader stepped down before it took the operations", lostOfficeNotUnchanged)
 }
 
 func lostOfficeNotUnchanged(t *testing.T) bool {
-	c := newTestCell(t, 3, false, nil)
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 3*time.Second
+	})
 	l := c.leader()
 	g := l.group("lobby")
 	c.change("join", l, func(n *Node) error {
 		_, err := n.Join(context.Background(), g.ID, wire.Fingerprint{1}, "one")
 		return err
 	})
+	var stopped sync.WaitGroup
 	for _, m := range c.members {
 		if m != l {
-			m.stop()
+			stopped.Go(m.stop)
 		}
 	}
+	stopped.Wait()
 	ops := map[string]func(context.Context) error{
 		"join": func(ctx context.Context) error {
 			_, err := l.node.Join(ctx, g.ID, wire.Fingerprint{2}, "two")

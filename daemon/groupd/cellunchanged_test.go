@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/identity"
@@ -15,9 +16,9 @@ import (
 // TestCellRefusalsMarkUnchanged: a cell_add, and a join, refused by a
 // member that does not lead are marked unchanged (PROTOCOL.md §9, key 7):
 // nothing was proposed. The same asked of a leader that takes them and
-// then loses its office (its followers stopped: it cannot commit, and
-// steps down once its lease runs out) are not: a next leader may commit
-// what it appended. Until session 20 groupd's cellChange marked no
+// cannot commit (its followers stopped: it gives up at the commit wait,
+// or as it steps down once its lease runs out) are not: a next leader may
+// commit what it appended. Until session 20 groupd's cellChange marked no
 // refusal, so a client took a change a follower refused for one that may
 // have been made.
 //
@@ -38,7 +39,11 @@ func TestCellRefusalsMarkUnchanged(t *testing.T) {
 }
 
 func cellRefusalsMarkUnchanged(t *testing.T) (unmet string) {
-	members := startTestCell(t, 3, nil)
+	// A 3 s lease: the leader still leads once its followers' daemons
+	// have stopped, on a loaded machine.
+	members := startTestCell(t, 3, func(cfg *Config) {
+		cfg.Cell.HeartbeatTimeout, cfg.Cell.ElectionTimeout, cfg.Cell.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 3*time.Second
+	})
 	leader, g := cellLeader(t, members)
 	operator, err := identity.LoadOrCreate(leader.dir)
 	must(t, err)
