@@ -361,7 +361,9 @@ func TestCloseLeavesLoopsAndExpiring(t *testing.T) {
 	reg := startRegistry(t, registry.Config{LeaseTTL: time.Hour})
 	h := &hungLoneLog{expireHangs: true}
 	// Held as it deregisters, whether the registry answered in time or not.
-	held := &holdRecord{next: testLogger(t).Handler(), msgs: []string{"group deregistered", "deregister failed; the lease will lapse"}, once: new(sync.Once), reached: make(chan struct{}), release: make(chan struct{})}
+	held := newHoldRecord(t, func(rec slog.Record) bool {
+		return rec.Message == "group deregistered" || rec.Message == "deregister failed; the lease will lapse"
+	})
 	var letLoopGo sync.Once
 	loopGoes := func() { letLoopGo.Do(func() { close(held.release) }) }
 	d := serveOverLogWith(t, func(c *Config) {
@@ -393,31 +395,4 @@ func TestCloseLeavesLoopsAndExpiring(t *testing.T) {
 	stillLocked(t, d.cfg) // the pass still hangs, and uses the log
 	release()
 	restartsOnceClosed(t, d.cfg)
-}
-
-// holdRecord is a daemon's log that holds the first record of one of the
-// messages msgs until release.
-type holdRecord struct {
-	next             slog.Handler
-	msgs             []string
-	once             *sync.Once // shared with the handlers derived from it
-	reached, release chan struct{}
-}
-
-func (h *holdRecord) Enabled(context.Context, slog.Level) bool { return true }
-func (h *holdRecord) WithAttrs(as []slog.Attr) slog.Handler {
-	return &holdRecord{next: h.next.WithAttrs(as), msgs: h.msgs, once: h.once, reached: h.reached, release: h.release}
-}
-func (h *holdRecord) WithGroup(g string) slog.Handler {
-	return &holdRecord{next: h.next.WithGroup(g), msgs: h.msgs, once: h.once, reached: h.reached, release: h.release}
-}
-
-func (h *holdRecord) Handle(ctx context.Context, rec slog.Record) error {
-	if slices.Contains(h.msgs, rec.Message) {
-		h.once.Do(func() {
-			close(h.reached)
-			<-h.release
-		})
-	}
-	return h.next.Handle(ctx, rec)
 }

@@ -115,7 +115,7 @@ func TestRegistrationBoundAddress(t *testing.T) {
 // that registration back too, rather than leaving the group listed for the
 // lease's hour.
 func TestRegistrationCloseDuringRegister(t *testing.T) {
-	held := &holdRegistration{next: testLogger(t).Handler(), group: "ops", once: new(sync.Once), reached: make(chan struct{}), release: make(chan struct{})}
+	held := newHoldRecord(t, registered("ops"))
 	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: slog.New(held)})
 	_, stop := startGroupDaemon(t, Config{
 		Groups:               []Spec{{Name: "general"}, {Name: "ops"}},
@@ -134,37 +134,50 @@ func TestRegistrationCloseDuringRegister(t *testing.T) {
 	}
 }
 
-// holdRegistration is a registry's log that holds the first registration
-// of group (its answer is sent after the log line) until release.
-type holdRegistration struct {
+// holdRecord is a log that holds the first record match takes (its
+// answer is sent after the log line, for a registry's) until release.
+type holdRecord struct {
 	next             slog.Handler
-	group            string
+	match            func(slog.Record) bool
 	once             *sync.Once // shared with the handlers derived from it
 	reached, release chan struct{}
 }
 
-func (h *holdRegistration) Enabled(context.Context, slog.Level) bool { return true }
-func (h *holdRegistration) WithAttrs(as []slog.Attr) slog.Handler {
-	return &holdRegistration{next: h.next.WithAttrs(as), group: h.group, once: h.once, reached: h.reached, release: h.release}
-}
-func (h *holdRegistration) WithGroup(g string) slog.Handler {
-	return &holdRegistration{next: h.next.WithGroup(g), group: h.group, once: h.once, reached: h.reached, release: h.release}
+// newHoldRecord returns a holdRecord over the test's log.
+func newHoldRecord(t *testing.T, match func(slog.Record) bool) *holdRecord {
+	return &holdRecord{next: testLogger(t).Handler(), match: match, once: new(sync.Once), reached: make(chan struct{}), release: make(chan struct{})}
 }
 
-func (h *holdRegistration) Handle(ctx context.Context, rec slog.Record) error {
-	if rec.Message == "group registered" {
-		rec.Attrs(func(a slog.Attr) bool {
-			if a.Key == "group" && a.Value.String() == h.group {
-				h.once.Do(func() {
-					close(h.reached)
-					<-h.release
-				})
-				return false
-			}
-			return true
+func (h *holdRecord) Enabled(context.Context, slog.Level) bool { return true }
+func (h *holdRecord) WithAttrs(as []slog.Attr) slog.Handler {
+	return &holdRecord{next: h.next.WithAttrs(as), match: h.match, once: h.once, reached: h.reached, release: h.release}
+}
+func (h *holdRecord) WithGroup(g string) slog.Handler {
+	return &holdRecord{next: h.next.WithGroup(g), match: h.match, once: h.once, reached: h.reached, release: h.release}
+}
+
+func (h *holdRecord) Handle(ctx context.Context, rec slog.Record) error {
+	if h.match(rec) {
+		h.once.Do(func() {
+			close(h.reached)
+			<-h.release
 		})
 	}
 	return h.next.Handle(ctx, rec)
+}
+
+// registered matches a registry's record of group's registration.
+func registered(group string) func(slog.Record) bool {
+	return func(rec slog.Record) bool {
+		found := false
+		if rec.Message == "group registered" {
+			rec.Attrs(func(a slog.Attr) bool {
+				found = a.Key == "group" && a.Value.String() == group
+				return !found
+			})
+		}
+		return found
+	}
 }
 
 // TestRegistrationAdvertise checks that advertised addresses are what the
