@@ -30,14 +30,16 @@ func TestCellChangeInDoubtCLI(t *testing.T) {
 	var script atomic.Pointer[[]*wire.Error]
 	var asked atomic.Int64
 	var relay *udpproxy.Proxy
-	follower := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 50, Unchanged: true, Message: "cell_add: this daemon does not lead the cell"}
+	// The last refusal asks for 2 s (1-2 s, jittered): the cut is made
+	// long before the next ask.
+	follower := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: 2000, Unchanged: true, Message: "cell_add: this daemon does not lead the cell"}
 	s := server.New(server.Config{}, server.Setup{Listen: "127.0.0.1:0", Role: "groups"}, func(ctx context.Context, c *server.Call) error {
 		if c.Op() != wire.OpCellAdd {
 			return &wire.Error{Code: wire.CodeUnsupported}
 		}
 		s := *script.Load()
 		n := int(asked.Add(1))
-		if n == len(s) {
+		if n >= len(s) {
 			// Once the client has read the last refusal (and closed
 			// the ask's connection), the member's address answers no
 			// more: the next ask's dial lasts until --timeout, and no ask
@@ -71,7 +73,7 @@ func TestCellChangeInDoubtCLI(t *testing.T) {
 		code   int
 		want   string
 	}{
-		{"refused unchanged throughout", []*wire.Error{follower}, ExitRefused, "huddle cell add: cell_add: this daemon does not lead the cell (retry after 50ms); asked again until --timeout ended: the cell made no change"},
+		{"refused unchanged throughout", []*wire.Error{follower}, ExitRefused, "huddle cell add: cell_add: this daemon does not lead the cell (retry after 2s); asked again until --timeout ended: the cell made no change"},
 		{"refused in doubt first", []*wire.Error{{Code: wire.CodeUnavailable, RetryAfterMS: 50, Message: "cell_add: the cell's leadership changed while it was in flight"}, follower},
 			ExitUnreachable, "huddle cell add: outcome unknown: the cell may have made the change (an ask of it was left unanswered, or refused by a member that may have taken it: a leader that lost its office); the last answer: cell_add: this daemon does not lead the cell"},
 	} {
@@ -79,9 +81,9 @@ func TestCellChangeInDoubtCLI(t *testing.T) {
 		script.Store(&tc.script)
 		relay.Restore()
 		u := &testUser{home: t.TempDir(), registry: addr}
-		code, _, stderr := u.run(t, "cell", "add", "--server", addr, "--timeout", "2s", "--wait", "0", member)
+		code, _, stderr := u.run(t, "cell", "add", "--server", addr, "--timeout", "5s", "--wait", "0", member)
 		t.Logf("%s: exit %d, %d asks: %s", tc.name, code, asked.Load(), stderr)
-		if asked.Load() != int64(len(tc.script)) {
+		if asked.Load() < int64(len(tc.script)) {
 			t.Fatalf("%s: %d asks reached the member: the scenario did not run", tc.name, asked.Load())
 		}
 		if code != tc.code || !strings.HasPrefix(stderr, tc.want) {

@@ -37,7 +37,7 @@ func TestCellChangeDoubt(t *testing.T) {
 		if we == nil {
 			return c.Result(wire.CellChanged{Members: []wire.Replica{{Addr: e.Addrs[0], Fingerprint: e.Fingerprint, Leader: true}}})
 		}
-		if n == len(s) {
+		if n >= len(s) {
 			conn, cancel := c.Conn(), *end.Load()
 			go func() { <-conn.Context().Done(); cancel() }()
 		}
@@ -68,7 +68,7 @@ func TestCellChangeDoubt(t *testing.T) {
 		case tc.ok && err != nil:
 			t.Errorf("%s: %v, want the change answered", tc.name, err)
 		case tc.ok:
-		case asked.Load() != int64(len(tc.script)) || !errors.Is(err, context.Canceled):
+		case asked.Load() < int64(len(tc.script)) || !errors.Is(err, context.Canceled):
 			t.Fatalf("%s: %d asks reached the member: the scenario did not run (%v)", tc.name, asked.Load(), err)
 		case !errors.Is(err, client.ErrUnavailable):
 			t.Errorf("%s: %v, want the last refusal (ErrUnavailable)", tc.name, err)
