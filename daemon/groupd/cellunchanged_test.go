@@ -69,6 +69,9 @@ func cellRefusalsMarkUnchanged(t *testing.T) (unmet string) {
 		{"join", stranger, wire.OpJoin, join},
 	} {
 		err := dial(t, f.d.Addr(), f.fp, tc.key).call(tc.op, tc.args, nil)
+		if err == nil {
+			return "the follower asked led by then, and made the " + tc.name
+		}
 		we := wantCode(t, err, wire.CodeUnavailable)
 		if we != nil && !we.Unchanged {
 			t.Errorf("%s refused by a follower: %v, not marked unchanged", tc.name, we)
