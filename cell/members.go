@@ -24,10 +24,11 @@ import (
 // would need three of four members to decide, and losing one more would
 // stop it. The leader asks each nonvoter how far it got (a stream of kind
 // kindProgress) a heartbeat interval after it becomes ready to lead and
-// after each member it adds, and every HeartbeatTimeout, and makes it a
+// after each member it adds, every HeartbeatTimeout, and soon again after
+// an answer that it had not caught up yet (promoteLoop), and makes it a
 // voter once it has applied every entry the cell had committed when the
 // leader asked it (a round trip behind), or when the leader asked it the
-// time before (a heartbeat behind: under steady load a member's applied
+// time before (a round behind: under steady load a member's applied
 // index trails the commit index by what is in flight): it keeps pace with
 // the cell. A new leader carries on where the last left off: the
 // nonvoter is in the configuration.
@@ -386,21 +387,69 @@ func changeError(op string, err error) error {
 }
 
 // promoteLoop makes, on the leader, the members catching up voters once
-// they have caught up, every HeartbeatTimeout and when woken
-// (wakePromote), until the node closes.
+// they have caught up: it asks them a HeartbeatTimeout after its last
+// round, a heartbeat interval after it is woken (wakePromote), and sooner
+// after a round in which a member answered that it had not caught up yet,
+// until the node closes.
+//
+// Why sooner: a member is made a voter at a question it answers caught up
+// (promote), and the round after one it answered behind was the next
+// tick, a HeartbeatTimeout later, though the member had most often caught
+// up a moment after it answered: a new leader's first question comes a
+// heartbeat interval after its barrier committed, and a member that
+// answered before raft told it the barrier committed (raft says what it
+// committed in its next AppendEntries, CommitTimeout later, later at load)
+// applied it just after. Each such answer cost the promotion a
+// HeartbeatTimeout (session 19: at a tenth of a CPU the first answer after
+// an election was behind, and the member voted a HeartbeatTimeout later
+// than it could have; each further one cost another). Now the next round
+// comes a heartbeat interval after such a round, then two, four, and so on
+// up to a HeartbeatTimeout: a member that caught up votes about a round
+// trip after, and one long behind (a snapshot's catch-up) is asked three
+// more times than before, then every HeartbeatTimeout as before. A member
+// that did not answer (a dead host: its question took progressTimeout) or
+// whose state machine stalled does not make the next round sooner: its
+// answer would be no different.
 func (n *Node) promoteLoop() {
-	// Woken, after a heartbeat interval: the time raft takes to tell a
-	// member what it committed (a new leader's barrier, an addition),
-	// which it applies only then.
-	n.everyOrWoken(n.cfg.HeartbeatTimeout, n.promoteWake, n.cfg.HeartbeatTimeout/10, func() {
-		if _, err := n.leading(); err == nil {
-			n.promote()
+	defer n.wg.Done()
+	// A heartbeat interval: the time raft takes to tell a member what it
+	// committed (a new leader's barrier, an addition), which it applies
+	// only then.
+	interval := n.cfg.HeartbeatTimeout / 10
+	every := or(n.cfg.promoteEvery, n.cfg.HeartbeatTimeout)
+	next := time.NewTimer(every)
+	defer next.Stop()
+	var soon time.Duration // the wait after a round with a member behind; 0 after one with none
+	for {
+		select {
+		case <-n.closing:
 			return
+		case <-next.C:
+		case <-n.promoteWake:
+			soon = 0
+			select {
+			case <-n.closing:
+				return
+			case <-time.After(interval):
+			}
 		}
-		n.mu.Lock()
-		n.behind = nil // a leader's, stale on a follower
-		n.mu.Unlock()
-	})
+		again := false
+		if _, err := n.leading(); err == nil {
+			again = n.promote()
+		} else {
+			n.mu.Lock()
+			n.behind = nil // a leader's, stale on a follower
+			n.mu.Unlock()
+		}
+		wait := every
+		if again {
+			soon = min(max(interval, 2*soon), n.cfg.HeartbeatTimeout)
+			wait = min(wait, soon)
+		} else {
+			soon = 0
+		}
+		next.Reset(wait) // go1.23: no stale tick is received after Reset
+	}
 }
 
 // wakePromote has promoteLoop ask the members catching up now: this node
@@ -417,8 +466,10 @@ func (n *Node) wakePromote() {
 // (above) a voter (one change at a time: each is made against the configuration it
 // was decided on). Why at once: they were asked one after another, and one
 // that did not answer (its host dead, or hung) held up each round, and the
-// promotion of those after it, by progressTimeout (session 12's note).
-func (n *Node) promote() {
+// promotion of those after it, by progressTimeout (session 12's note). It
+// reports whether a member that answered, its state machine not stalled,
+// still does not vote after this round (promoteLoop asks again soon).
+func (n *Node) promote() (again bool) {
 	_, decided := n.lastDecided() // at most as new as the configuration read next
 	if decided == 0 {
 		// Raft takes index 0 for no condition, and would make a member
@@ -426,19 +477,20 @@ func (n *Node) promote() {
 		// applied a configuration (its barrier applied the bootstrap's
 		// entry, or every entry since the snapshot whose configuration it
 		// restored or installed), so this is not reached; it stays so.
-		return
+		return false
 	}
 	// Read before the questions: a member that answers it applied as
 	// much is a round trip behind at most.
 	commit := n.raft.CommitIndex()
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
-		return
+		return false
 	}
 	type nonvoter struct {
 		s       raft.Server
 		fp      wire.Fingerprint
 		applied uint64
+		stalled bool
 		err     error
 	}
 	var ns []nonvoter
@@ -455,7 +507,7 @@ func (n *Node) promote() {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), progressTimeout)
 			defer cancel()
-			ns[i].applied, _, _, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
+			ns[i].applied, _, ns[i].stalled, ns[i].err = n.progress(ctx, string(ns[i].s.Address))
 		})
 	}
 	wg.Wait()
@@ -471,13 +523,14 @@ func (n *Node) promote() {
 		n.noteBehind(v.fp, behind{entries: last - min(v.applied, last), at: time.Now(), commit: commit})
 		if next == nil && (v.applied >= commit || asked && v.applied >= prev.commit) {
 			next = v
+			continue
 		}
+		again = again || !v.stalled
 	}
 	if n.cfg.promoteAnswered != nil {
 		for i := range ns {
-			if v := &ns[i]; v.err == nil {
-				n.cfg.promoteAnswered(v.fp, v.applied, commit, v == next)
-			}
+			v := &ns[i]
+			n.cfg.promoteAnswered(v.fp, v.applied, commit, v == next, v.err)
 		}
 	}
 	n.mu.Lock()
@@ -488,13 +541,13 @@ func (n *Node) promote() {
 	}
 	n.mu.Unlock()
 	if next == nil {
-		return
+		return again
 	}
 	// Only in the configuration it was decided on: the member may have
 	// been removed while it was asked (decided).
 	unlock, err := n.turn(context.Background(), "promote")
 	if err != nil {
-		return // closed
+		return false // closed
 	}
 	added, err := hand(n, func() raft.IndexFuture { return n.raft.AddVoter(next.s.ID, next.s.Address, decided, n.cfg.RPCTimeout) })
 	if err == nil {
@@ -502,13 +555,17 @@ func (n *Node) promote() {
 	}
 	unlock()
 	if errors.Is(err, ErrClosed) {
-		return
+		return false
 	}
 	if err != nil {
 		n.cfg.Logger.Warn("cell: could not make a member that caught up a voter; trying again", "member", next.s.Address, "err", err)
-		return
+		return true
 	}
 	n.cfg.Logger.Info("cell: a new member caught up and votes now", "member", next.s.Address, "applied", next.applied, "last", last)
+	if n.cfg.promoted != nil {
+		n.cfg.promoted(next.fp)
+	}
+	return again
 }
 
 func (n *Node) noteBehind(fp wire.Fingerprint, b behind) {

@@ -249,8 +249,15 @@ type Config struct {
 	// promoteAnswered, if set (by tests), is called on the leader with
 	// each answer of a member catching up to promote's question: how far
 	// it got, the leader's commit index read before the question, and
-	// whether this round makes it a voter.
-	promoteAnswered func(member wire.Fingerprint, applied, commit uint64, chosen bool)
+	// whether this round makes it a voter; or the question's error.
+	promoteAnswered func(member wire.Fingerprint, applied, commit uint64, chosen bool, err error)
+	// promoted, if set (by tests), is called on the leader once promote
+	// made member a voter.
+	promoted func(member wire.Fingerprint)
+	// promoteEvery, if set (by tests), is promoteLoop's tick in place of
+	// HeartbeatTimeout: a test sets it long to see the rounds that do not
+	// wait for it.
+	promoteEvery time.Duration
 	// received, if set (by tests), is called with each raft RPC this
 	// member receives, before raft has it: a test holds one there.
 	received func(req any)
@@ -1790,7 +1797,7 @@ func (n *Node) settle() {
 // node closes; it closes synced as it returns.
 func (n *Node) syncLoop() {
 	defer close(n.synced)
-	n.loop(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval), nil, 0, func() {
+	n.loop(or(n.cfg.Fsync.Interval, store.DefaultFsyncInterval), nil, func() {
 		if hook := n.syncHook.Load(); hook != nil {
 			(*hook)()
 		}
@@ -1802,17 +1809,19 @@ func (n *Node) syncLoop() {
 
 // every calls f every d, in the calling goroutine (one of n.wg's, which it
 // marks done), until the node closes.
-func (n *Node) every(d time.Duration, f func()) { n.everyOrWoken(d, nil, 0, f) }
+func (n *Node) every(d time.Duration, f func()) { n.everyOrWoken(d, nil, f) }
 
-// everyOrWoken calls f as every does, and also settle after each wake-up
-// on wake (nil: none).
-func (n *Node) everyOrWoken(d time.Duration, wake <-chan struct{}, settle time.Duration, f func()) {
+// everyOrWoken calls f as every does, and also after each wake-up on wake
+// (nil: none). (promoteLoop has a loop of its own: it waits a heartbeat
+// interval after a wake-up, and asks again sooner than d after some
+// rounds.)
+func (n *Node) everyOrWoken(d time.Duration, wake <-chan struct{}, f func()) {
 	defer n.wg.Done()
-	n.loop(d, wake, settle, f)
+	n.loop(d, wake, f)
 }
 
 // loop is everyOrWoken's loop, in a goroutine that is not one of n.wg's.
-func (n *Node) loop(d time.Duration, wake <-chan struct{}, settle time.Duration, f func()) {
+func (n *Node) loop(d time.Duration, wake <-chan struct{}, f func()) {
 	tick := time.NewTicker(d)
 	defer tick.Stop()
 	for {
@@ -1821,13 +1830,6 @@ func (n *Node) loop(d time.Duration, wake <-chan struct{}, settle time.Duration,
 			return
 		case <-tick.C:
 		case <-wake:
-			if settle > 0 {
-				select {
-				case <-n.closing:
-					return
-				case <-time.After(settle):
-				}
-			}
 		}
 		f()
 	}

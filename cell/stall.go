@@ -129,7 +129,7 @@ func stallCause(err error) string {
 // closes.
 func (n *Node) stallLoop() {
 	failed := 0 // rounds in a row no voter could take over
-	n.everyOrWoken(n.cfg.HeartbeatTimeout, n.stallWake, 0, func() {
+	n.everyOrWoken(n.cfg.HeartbeatTimeout, n.stallWake, func() {
 		at := n.fsm.stalledAt.Load()
 		if at == 0 || n.raft.State() != raft.Leader {
 			failed = 0
