@@ -155,7 +155,9 @@ type catchUpRun struct {
 // connection ended: copy) is shunned for the rest of the restore (shun,
 // which the restore's calls share, one per group): it is asked again only
 // as a last resort, once a round, when no other member is being asked
-// (none other could serve the messages). And an answer that waited
+// (none other could serve the messages); and the others are asked again
+// (a copy that moved to it from one of them closed their answers, and
+// left that one: TestCatchUpMovedCopyFailsAsksAgain). And an answer that waited
 // unread while another member's copy ran longer than half the least
 // pace's (catchUpTimeout) is not copied from but asked for again: its
 // member gives up after catchUpTimeout without a write going through, and
@@ -380,10 +382,18 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 					askOne(a.p)
 					continue
 				}
-				if err != nil && !errors.Is(err, errCatchUpLog) && !shun[a.p.Fingerprint] {
-					shun[a.p.Fingerprint] = true
-					n.cfg.Logger.Warn("cell: a member said it had a group's messages, then did not send them: it is asked for them again during this restore only when no other member can serve them",
-						"group", g.spec.Name, "peer", a.p.Addr, "err", err)
+				if err != nil && !errors.Is(err, errCatchUpLog) {
+					if !shun[a.p.Fingerprint] {
+						shun[a.p.Fingerprint] = true
+						n.cfg.Logger.Warn("cell: a member said it had a group's messages, then did not send them: it is asked for them again during this restore only when no other member can serve them",
+							"group", g.spec.Name, "peer", a.p.Addr, "err", err)
+					}
+					// The others are asked again: a copy that moved here
+					// left its member, and closed the answers that waited
+					// meanwhile, asking none of them again (only this one,
+					// shunned, was asked again, by last: a catch-up
+					// without a wait failed though they could serve).
+					ask()
 				}
 				if err == nil {
 					n.cfg.Logger.Info("cell: caught up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "from", from, "to", seq)

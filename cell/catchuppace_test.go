@@ -310,3 +310,60 @@ func catchUpMovesKeepTheLog(t *testing.T) bool {
 	}
 	return midway
 }
+
+// TestCatchUpMovedCopyFailsAsksAgain: a copy moved to a member not yet
+// measured (its window's end: faster) whose own copy then fails is taken
+// up again from the members that could serve, the one it moved from among
+// them. Until session 20 only the failed member was asked again (last: the
+// shunned, as a last resort), for the member the copy left had been
+// dropped when it moved, and the answers that waited were closed unread:
+// a catch-up without a wait (a snapshot raft installs) failed, though a
+// member could serve every message, and one at start waited for its next
+// round. Here the slow member answers first and keeps to the least pace;
+// the other answers once that copy has begun, then sends a frame no member
+// sends.
+func TestCatchUpMovedCopyFailsAsksAgain(t *testing.T) {
+	const pace, chunks = 500 * time.Millisecond, 4
+	c := newPaceCell(t, pace, 100*time.Millisecond)
+	upto := uint64(10 + chunks*catchUpChunk)
+	var sent atomic.Uint64
+	c.serveAtLeastPace(c.slow, pace, 0, &sent)
+	var failed atomic.Int64
+	c.other.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, _, frame, ok := readCatchUpRequest(str)
+		if !ok {
+			return
+		}
+		poll := time.NewTicker(5 * time.Millisecond) // f's copy from the slow member has begun
+		defer poll.Stop()
+		for tail, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); tail <= 10; tail, _ = c.f.node.fsm.group(c.g.ID).log.Tail() {
+			select {
+			case <-poll.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if catchUpHeader(frame, after) && frame('x', nil) == nil {
+			failed.Add(1)
+			str.Close()
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	shun := make(shunned)
+	start := time.Now()
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun); err != nil {
+		t.Fatalf("catch up to %d, the slow member able to serve every message: %v (the other's copies failed %d times)", upto, err, failed.Load())
+	}
+	t.Logf("caught up %d messages in %v; the other member's copies failed %d times", upto-10, time.Since(start).Round(time.Millisecond), failed.Load())
+	if failed.Load() == 0 {
+		t.Fatal("the copy never moved to the other member: the scenario did not run")
+	}
+	if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != upto || msgs[len(msgs)-1].Seq != upto {
+		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
+	}
+	if shun[c.slowKey] || !shun[c.otherKey] {
+		t.Fatalf("shunned: the slow member %v, the failing one %v; want the failing one only", shun[c.slowKey], shun[c.otherKey])
+	}
+}
