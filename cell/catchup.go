@@ -281,8 +281,31 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			}
 		}
 	}
+	var errs []error
 	faster := func(cur Peer, rate float64) bool {
 		measured(cur, rate)
+		// The answers that came while the copy ran, which waited unread
+		// until now: a member that said it cannot serve is not the one
+		// the copy moves to (it was, and the copy left a member that
+		// could for it, and was asked again), and one that can is asked
+		// afresh if the copy moves to it (its stream would send again
+		// what the copy brought meanwhile).
+		for more := true; more; {
+			select {
+			case a := <-answers:
+				delete(asking, a.p)
+				if a.err != nil {
+					unable[a.p] = true
+					delete(runs, a.p)
+					n.cfg.Logger.Warn("cell: could not catch up a group from a peer", "group", g.spec.Name, "peer", a.p.Addr, "err", a.err)
+					errs = append(errs, a.err)
+				} else {
+					a.s.close()
+				}
+			default:
+				more = false
+			}
+		}
 		var best Peer
 		for _, p := range n.catchUpOrder() {
 			if p == cur || shun[p.Fingerprint] || unable[p] || n.tr.knownDown(p.Addr) {
@@ -310,7 +333,6 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	}
 	ask()
 	last()
-	var errs []error
 	start, round, wait := time.Now(), 1, or(n.cfg.catchUpWait, catchUpRetryMin)
 	var again <-chan time.Time // the next round, while waiting
 	var woken <-chan struct{}  // a peer back, while waiting
