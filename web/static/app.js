@@ -1172,7 +1172,7 @@ async function deliver(c, p) {
       // try's ack, as a duplicate; past it the daemon has forgotten it).
       // What the page can see, it heeds: it stops at once once its watch
       // has shown the group storing dedupFloor messages since the try
-      // (pastWindow), or its log reset.
+      // (pastWindow).
       if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
       if (!transient || (p.inDoubt && p.doubtTries >= doubtTries)) {
         setPending(c, p, 'failed', err);
@@ -1191,12 +1191,12 @@ async function deliver(c, p) {
 // pastWindow reports whether the page has seen the group's log move far
 // enough since p's try in doubt that the ID may have left the group's
 // dedup window: dedupFloor messages stored after the last one the page
-// had seen then (a message stored by that try is past it), or a new log
-// (epoch). What it has not seen yet it cannot heed: the bound is also a
-// time (doubtTries).
+// had seen then (a message stored by that try is past it). What it has
+// not seen yet it cannot heed: the bound is also a time (doubtTries). A
+// new log (epoch: the daemon lost its history) holds no copy to repeat.
 function pastWindow(c, p) {
-  if (p.doubtFrom === undefined || !c.cursorKnown) return false;
-  return c.epoch !== p.doubtEpoch || c.cursor - p.doubtFrom >= dedupFloor;
+  if (p.doubtFrom === undefined || !c.cursorKnown || c.epoch !== p.doubtEpoch) return false;
+  return c.cursor - p.doubtFrom >= dedupFloor;
 }
 
 function setPending(c, p, s, err) {
