@@ -832,8 +832,15 @@ func TestGroupConfigValidate(t *testing.T) {
 // TestGroupWatchStalledReaderEnds checks that a watcher that stops reading
 // loses its watch once a write has blocked for WriteTimeout, without
 // slowing senders.
+//
+// The write timeout bounds every reply of the daemon's, the sender's too:
+// at 100 ms, a send's one-frame Result, which nothing holds back but the
+// daemon's own scheduling, was cut off with 0x2 at load ~20 under -race
+// ("stream failed" op=send err="deadline exceeded", a second after the
+// watch's). 2 s leaves the sender's replies room; the stalled watch still
+// ends 2 s after its write blocks.
 func TestGroupWatchStalledReaderEnds(t *testing.T) {
-	d, _ := startGroupDaemon(t, Config{Server: server.Config{WriteTimeout: 100 * time.Millisecond}, HeartbeatInterval: time.Hour})
+	d, _ := startGroupDaemon(t, Config{Server: server.Config{WriteTimeout: 2 * time.Second}, HeartbeatInterval: time.Hour})
 	g := gid(d)
 	w := joined(t, d, "stalled")
 	str := w.open(request(t, wire.OpWatch, wire.Watch{Group: g}))
