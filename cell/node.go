@@ -1554,6 +1554,13 @@ func (n *Node) nextLeader(ctx context.Context) (Peer, bool) {
 	}
 }
 
+// Abort begins Close without waiting for the node's lock: what Start waits
+// for (a restore's catch-up from peers) ends, and a Start that has not
+// begun refuses. A Start stuck in a disk that does not answer (opening
+// raft's log, or a group log its snapshot holds) holds that lock, and
+// Close waits for it; Abort does not. Close must still be called.
+func (n *Node) Abort() { n.closeOnce.Do(func() { close(n.closing) }) }
+
 // Close leaves the cell's raft (the others go on: a leader closing hands
 // over to the next election; see Handover), closes the transport and raft's state, and
 // waits for every goroutine. It is safe to call more than once.

@@ -312,6 +312,9 @@ type Daemon struct {
 	// on a daemon removed from the cell ends then.
 	cellMu      sync.Mutex
 	cellChanged chan struct{}
+	// startingNode is node while Serve starts it: Close aborts its start
+	// (cell.Node.Abort) without d.mu or the node's lock.
+	startingNode atomic.Pointer[cell.Node]
 	// logsLeft says Close left the groups' logs to close in the background
 	// (leaveLogsLocked): the cell's raft did not stop.
 	logsLeft bool
@@ -444,7 +447,15 @@ func (d *Daemon) releaseLoaded() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.node != nil {
-		d.node.Close()
+		if err := d.node.Close(); errors.Is(err, cell.ErrStuck) {
+			// Raft may still write to the logs and its own: the
+			// directories stay locked until the process exits.
+			d.cfg.Logger.Error("the cell's raft did not stop after a start stuck in the disk: leaving the groups' logs open")
+			return
+		}
+		for _, g := range d.host.all() {
+			d.groups[g.id] = g
+		}
 	}
 	closeLogs(d.groups)
 	d.releaseLocked()
@@ -570,12 +581,21 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		// which may take as long as its peers take to apply what the
 		// snapshot covers, or to come back: ctx ending (or Close) stops
 		// the daemon meanwhile.
-		stop := context.AfterFunc(ctx, func() { d.node.Close() })
-		err := d.node.Start()
+		//
+		// Start opens raft's log and restores its snapshot, opening the
+		// group logs it holds: on a disk that does not answer, for ever,
+		// holding the node's lock, which the node's Close waits for. So
+		// it runs as a load (lifecycle.Load), which Close waits 3 s for,
+		// then leaves (releaseLoaded closes what it opened once it
+		// returns); until session 20 SIGTERM waited for SIGKILL there.
+		d.startingNode.Store(d.node)
+		stop := context.AfterFunc(ctx, func() { d.Close() })
+		err := d.life.Load(d.node.Start)
 		stop()
+		d.startingNode.Store(nil)
 		if err != nil {
 			d.Close()
-			if errors.Is(err, cell.ErrClosed) {
+			if errors.Is(err, cell.ErrClosed) || errors.Is(err, ErrClosed) {
 				d.cfg.Logger.Info("group daemon stopped before its cell member started")
 				return nil
 			}
@@ -607,7 +627,12 @@ func (d *Daemon) Serve(ctx context.Context) error {
 // goroutine it started. It is safe to call more than once; every call
 // returns nil once shutdown has finished.
 func (d *Daemon) Close() error {
-	// First, without d.mu, which a Listen stuck in the disk holds.
+	// First, without d.mu, which a Listen stuck in the disk holds: a
+	// cell member's node starting (Serve) stops waiting for peers; then
+	// the loads (Listen, the node's Start) get 3 s.
+	if node := d.startingNode.Load(); node != nil {
+		node.Abort()
+	}
 	if left, first := d.life.StopLoads(d.releaseLoaded); left {
 		if first {
 			d.cfg.Logger.Error("the state directory's loading did not return (a disk that does not answer?): stopping without it; what it holds (the state directory's lock) is released when it returns", "waited", lifecycle.Wait)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -395,4 +397,70 @@ func TestCloseLeavesLoopsAndExpiring(t *testing.T) {
 	stillLocked(t, d.cfg) // the pass still hangs, and uses the log
 	release()
 	restartsOnceClosed(t, d.cfg)
+}
+
+// TestCellStartOnHungDisk: a cell member restarted on a disk that stops
+// answering as raft restores its snapshot (the open of a group log the
+// snapshot holds never returns) stops when its context ends, as SIGTERM
+// does: Serve waited in the node's Start, and the node's Close for the
+// lock that Start held, for ever, until session 20. Once the disk answers,
+// what the start opened is closed (goleak) and a daemon starts on the
+// directory.
+func TestCellStartOnHungDisk(t *testing.T) {
+	members := startTestCell(t, 3, func(cfg *Config) {
+		cfg.Cell.SnapshotThreshold = 4
+		cfg.Cell.SnapshotInterval = 50 * time.Millisecond
+		cfg.Cell.TrailingLogs = 2
+	})
+	leader, g := cellLeader(t, members)
+	m := members[0]
+	if m == leader {
+		m = members[1]
+	}
+	key := newKey(t)
+	must(t, callLeader(t, members, key, wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	snapshotted := func() bool {
+		ents, _ := os.ReadDir(filepath.Join(m.dir, "cell", "snapshots"))
+		return len(ents) > 0
+	}
+	for deadline := time.Now().Add(30 * time.Second); !snapshotted(); {
+		if time.Now().After(deadline) {
+			t.Fatal("the member never took a snapshot")
+		}
+		must(t, callLeader(t, members, key, wire.OpSend, wire.Send{Group: g, Messages: outgoing("hi")}, nil))
+	}
+	// Every member stops: no leader sends m a snapshot to install, so
+	// the open hangs in its Start's restore (raft.NewRaft), not on
+	// raft's state machine goroutine (TestCellCloseOnHungDisk's case).
+	for _, o := range members {
+		o.stop()
+	}
+
+	d, err := New(m.cfg)
+	must(t, err)
+	opening := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo)
+	d.openLog = func(id wire.UUID, name string, retention store.Config, replicated bool) (Log, error) {
+		select {
+		case opening <- struct{}{}:
+		default:
+		}
+		<-release // the disk answers
+		return d.openStorageLog(id, name, retention, replicated)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(ctx) }()
+	<-opening
+	cancel() // SIGTERM
+	if err := peertest.OnHungDisk(t, "a cell member starting on a hung disk told to stop", func() error { return <-served }, letGo); err != nil {
+		t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
+	}
+	must(t, peertest.OnHungDisk(t, "Close after a start on a hung disk", d.Close, letGo))
+	letGo()
+	restartsOnceClosed(t, m.cfg)
 }
