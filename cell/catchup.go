@@ -119,6 +119,9 @@ type catchUpRun struct {
 	began   time.Time // the window's start
 	from    uint64    // the log's tail at began
 	batched bool      // a batch came
+	// fromBatch (Config.catchUpFromBatch, tests) measures no window
+	// before the member's first batch, however late it comes.
+	fromBatch bool
 }
 
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
@@ -381,7 +384,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 				if run != nil && a.s.first <= from+1 {
 					err = fmt.Errorf("%w: its copy ended at a hole after message %d, and it has message %d", errCatchUp, from, a.s.first)
 				} else {
-					run = cmp.Or(run, new(catchUpRun))
+					run = cmp.Or(run, &catchUpRun{fromBatch: n.cfg.catchUpFromBatch})
 					err = a.s.copy(g, pace, window, func(rate float64) bool { return faster(a.p, rate) }, run)
 				}
 				a.s.close()
@@ -694,7 +697,7 @@ func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster f
 	}
 	for {
 		d := run.by
-		if window > 0 {
+		if window > 0 && (run.batched || !run.fromBatch) {
 			if now := time.Now(); now.Sub(run.began) >= window {
 				at, _ := g.log.Tail()
 				if faster(float64(at-run.from) / now.Sub(run.began).Seconds()) {

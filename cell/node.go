@@ -290,6 +290,12 @@ type Config struct {
 	// catchUpWindow, if set (by tests), replaces catchUpWindow: how
 	// often a catch-up's copy is measured against the other members'.
 	catchUpWindow time.Duration
+	// catchUpFromBatch, if set (by tests), has a catch-up's copy
+	// measure no window before its member's first batch: a member whose
+	// first batch came after the first window (a loaded machine: reading
+	// and sending it took longer) is otherwise measured at 0 messages a
+	// second, and the copy leaves it before it sent any.
+	catchUpFromBatch bool
 	// settleWait, if set (by tests), replaces how long Close waits for
 	// raft to answer what it was handed (settle).
 	settleWait time.Duration
