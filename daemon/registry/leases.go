@@ -56,9 +56,19 @@ type lease struct {
 	thisHost bool
 }
 
-// heldBy reports whether key may register, renew or deregister l.
+// heldBy reports whether key may register, renew or deregister l: its
+// owner, or for a cell's group the replicas its latest registration
+// named, and only those. The owner of a cell's group keeps no right of
+// its own: a member removed from the cell (its key lost, say) that had
+// registered the group first could otherwise register it for as long as
+// the other members keep the lease alive, listing itself the leader at
+// addresses of its choosing between their registrations (until session
+// 20).
 func (l *lease) heldBy(key wire.Fingerprint) bool {
-	return key == l.owner || l.replicas[key]
+	if l.replicas != nil {
+		return l.replicas[key]
+	}
+	return key == l.owner
 }
 
 // leaseTable holds the live leases, counts them by key and by source

@@ -143,6 +143,41 @@ func testCellRegistration(t *testing.T, s *single) {
 	if e = listed(); e != nil {
 		t.Errorf("after every member's deregistration: %+v; want it gone", e)
 	}
+
+	// A member the cell's registrations stop listing (removed from the
+	// cell) loses its right to the group, though it registered it first.
+	d := newPeer(t)
+	dc := d.mustDial(t, s.registry.addr, s.registry.fp)
+	const addrD = "10.0.0.4:7004"
+	g2 := newUUID()
+	reg2 := func(c *conn, addr string, replicas ...any) error {
+		_, err := c.call(ctx, 1, cmap{1: g2, 2: "cell group", 3: []any{addr}, 7: replicas})
+		return err
+	}
+	if err := reg2(ac, addrA, rep(addrA, a, false), rep(addrB, b, true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg2(bc, addrB, rep(addrB, b, true), rep(addrD, d, false)); err != nil {
+		t.Fatal(err)
+	}
+	err = reg2(ac, addrA, rep(addrA, a, true), rep(addrB, b, false))
+	wantCode(t, "a registration by the first registrant the members no longer list", err, codeUnauthorized)
+	_, err = ac.call(ctx, 3, cmap{1: g2})
+	wantCode(t, "a deregistration by the first registrant the members no longer list", err, codeUnauthorized)
+	if e := mustListed(t, ac, g2); e == nil || e.fp != b.fp || leaderOf(e) == nil || leaderOf(e).fp != b.fp {
+		t.Errorf("after the removed member's attempts: %+v; want B's entry, B the leader", e)
+	}
+	if err := reg2(dc, addrD, rep(addrB, b, true), rep(addrD, d, false)); err != nil {
+		t.Errorf("a registration by a member the latest registration lists: %v", err)
+	}
+	for _, c := range []*conn{bc, dc} {
+		if _, err := c.call(ctx, 3, cmap{1: g2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e := mustListed(t, ac, g2); e != nil {
+		t.Errorf("after its members' deregistrations: %+v; want it gone", e)
+	}
 }
 
 // testListOrder: §7.4's name order is the names' UTF-8 bytes compared as
