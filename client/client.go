@@ -527,9 +527,15 @@ type peer struct {
 }
 
 // noticeClose records when conn was closed, if its server closed it
-// because it is shutting down.
-func (p *peer) noticeClose(conn *quic.Conn) {
-	if !shuttingDown(conn, nil) {
+// because it is shutting down: as err, a call's error on conn, says, or
+// conn's own end. A call's stream can fail with the server's close before
+// quic-go has ended the connection's context with it: asked of the
+// context alone, the close was not recorded, the call then closed the
+// connection itself (drop), and that became the context's cause; the
+// next call dialled the stopping server again (TestSendCutByShutdownInDoubt,
+// about 1 run in 30 under -race).
+func (p *peer) noticeClose(conn *quic.Conn, err error) {
+	if !shuttingDown(conn, err) {
 		return
 	}
 	p.mu.Lock()
@@ -623,7 +629,7 @@ func (p *peer) get(ctx context.Context) (*liveness, error) {
 		p.conn, p.dialled = conn, p.c.now()
 		p.live = newLiveness(p, conn)
 		live := p.live
-		context.AfterFunc(conn.Context(), func() { p.noticeClose(conn) })
+		context.AfterFunc(conn.Context(), func() { p.noticeClose(conn, nil) })
 		p.seen, _ = identity.PeerFingerprint(conn.ConnectionState().TLS)
 		seen := p.seen // read under mu: another dial may set it once mu is let go
 		p.mu.Unlock()
@@ -960,7 +966,7 @@ func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(w
 			// finished or its grace period is over; one cut at that
 			// close, or whose answer the close overtook, may be stored
 			// (PROTOCOL.md §3, "Shutting down").
-			p.noticeClose(conn)
+			p.noticeClose(conn, err)
 			p.drop(conn)
 			return ErrShuttingDown
 		}
