@@ -34,13 +34,15 @@ func TestElectionOnReadyConnections(t *testing.T) {
 			g = m
 		}
 	}
-	g.node.tr.mu.Lock()
-	before := g.node.tr.tcpSeq
-	g.node.tr.mu.Unlock()
 	c.restart(f)
 
+	// Each holds one the other accepted as it runs now: one of g's
+	// dialed to f before its restart (g's ready connections were still
+	// being dialed as the cell formed) passed for ready until f's dial
+	// in had g drop it, and then none was left, nor could be dialed
+	// (at load ~39: no leader in 30 s, g's candidacies dialing f).
 	waitUntil(t, "ready connections between the followers, the restarted one's and one dialed back to it after its restart",
-		func() bool { return readyTo(f, g, 0) && readyTo(g, f, before) })
+		func() bool { return readyTo(f, g) && readyTo(g, f) })
 	for _, m := range []*testMember{f, g} {
 		m.node.tr.mu.Lock()
 		m.node.tr.dialFault = func() error { return errNoDial }
@@ -58,14 +60,22 @@ func TestElectionOnReadyConnections(t *testing.T) {
 	c.leader() // and it serves
 }
 
-// readyTo reports whether m's raftNet holds an idle connection to o
-// tracked after the connection numbered after (its transport's tcpSeq).
-func readyTo(m, o *testMember, after uint64) bool {
+// readyTo reports whether m's raftNet holds an idle connection to o that
+// o's transport accepted and holds (not one to o before a restart).
+func readyTo(m, o *testMember) bool {
+	o.node.tr.mu.Lock()
+	accepted := make(map[string]bool)
+	for c := range o.node.tr.tcpConns {
+		if c.addr == "" {
+			accepted[c.raw.RemoteAddr().String()] = true
+		}
+	}
+	o.node.tr.mu.Unlock()
 	n := m.node.net
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, c := range n.idle[raft.ServerAddress(o.addr)] {
-		if tc, ok := c.conn.(*tcpConn); ok && tc.seq > after {
+		if tc, ok := c.conn.(*tcpConn); ok && accepted[tc.raw.LocalAddr().String()] {
 			return true
 		}
 	}
