@@ -469,7 +469,13 @@ func TestCellStartOnHungDisk(t *testing.T) {
 	defer cancel()
 	served := make(chan error, 1)
 	go func() { served <- d.Serve(ctx) }()
-	<-opening
+	select {
+	case <-opening:
+	case <-d.cellStarted:
+		t.Fatal("the member started without reopening its group log (not from its snapshot)")
+	case <-time.After(time.Minute):
+		t.Fatal("the member never reopened its group log")
+	}
 	cancel() // SIGTERM
 	if err := peertest.OnHungDisk(t, "a cell member starting on a hung disk told to stop", func() error { return <-served }, letGo); err != nil {
 		t.Errorf("Serve stopped while starting on a hung disk: %v, want nil", err)
