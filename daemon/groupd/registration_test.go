@@ -624,20 +624,7 @@ func TestRegistrationCountsPromptly(t *testing.T) {
 	logger, ev := newListingEvents(t)
 	r := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: logger})
 	d, _ := startGroupDaemon(t, Config{Registries: []string{r.Addr().String()}, RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()}})
-	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
-	entry := func() wire.GroupEntry {
-		if gs := listGroups(t, lister).Groups; len(gs) == 1 {
-			return gs[0]
-		}
-		return wire.GroupEntry{}
-	}
-	ev.await(t, "the group", func() bool { return entry().Group == gid(d) })
-
-	p := joined(t, d, "p")
-	ev.await(t, "the join", func() bool { return entry().Members == 1 })
-	_, err := p.send(gid(d), outgoing("a", "b"))
-	must(t, err)
-	ev.await(t, "the send", func() bool { return entry().LastSeq == 2 })
+	p, entry := joinAndSendListed(t, ev, r, d)
 
 	const sends = 100
 	before, start := ev.renewals.Load(), time.Now()
@@ -654,6 +641,28 @@ func TestRegistrationCountsPromptly(t *testing.T) {
 	if renewals > most {
 		t.Fatalf("%d sends in %v renewed the lease %d times; want at most %d (one per %v)", sends, took, renewals, most, countsEvery)
 	}
+}
+
+// joinAndSendListed waits until r lists d's one group, then joins it and
+// sends two messages, waiting after each until r lists the new counts. It
+// returns the member who joined and the listing's entry of the group.
+func joinAndSendListed(t *testing.T, ev listingEvents, r *registry.Daemon, d *Daemon) (*peer, func() wire.GroupEntry) {
+	t.Helper()
+	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
+	entry := func() wire.GroupEntry {
+		if gs := listGroups(t, lister).Groups; len(gs) == 1 {
+			return gs[0]
+		}
+		return wire.GroupEntry{}
+	}
+	ev.await(t, "the group", func() bool { return entry().Group == gid(d) })
+
+	p := joined(t, d, "p")
+	ev.await(t, "the join", func() bool { return entry().Members == 1 })
+	_, err := p.send(gid(d), outgoing("a", "b"))
+	must(t, err)
+	ev.await(t, "the send", func() bool { return entry().LastSeq == 2 })
+	return p, entry
 }
 
 // TestRegistrationCountsPromptlyAfterSlowDial: a join and a send are
@@ -677,20 +686,7 @@ func TestRegistrationCountsPromptlyAfterSlowDial(t *testing.T) {
 			}
 		},
 	})
-	lister := dial(t, r.Addr(), r.Fingerprint(), nil)
-	entry := func() wire.GroupEntry {
-		if gs := listGroups(t, lister).Groups; len(gs) == 1 {
-			return gs[0]
-		}
-		return wire.GroupEntry{}
-	}
-	ev.await(t, "the group", func() bool { return entry().Group == gid(d) })
-
-	p := joined(t, d, "p")
-	ev.await(t, "the join", func() bool { return entry().Members == 1 })
-	_, err := p.send(gid(d), outgoing("a", "b"))
-	must(t, err)
-	ev.await(t, "the send", func() bool { return entry().LastSeq == 2 })
+	joinAndSendListed(t, ev, r, d)
 	if n := dials.Load(); n != 1 {
 		t.Fatalf("%d dials of the registry; want 1 (the early renewals use the first's connection)", n)
 	}
