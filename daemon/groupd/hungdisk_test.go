@@ -238,6 +238,35 @@ func TestCloseOnHungDiskExpiring(t *testing.T) {
 	restartsOnceClosed(t, d.cfg)
 }
 
+// sendUnanswered opens a send of msg to group g and reads its answer in
+// the background, for a test that means the send never to be answered:
+// the channel gets the error that ended its stream, or an error naming
+// the frame that answered it.
+func sendUnanswered(t *testing.T, p *peer, g wire.UUID, msg []wire.Outgoing) <-chan error {
+	t.Helper()
+	str := p.open(request(t, wire.OpSend, wire.Send{Group: g, Messages: msg}))
+	answered := make(chan error, 1)
+	go func() {
+		f, err := readFrame(str)
+		if err == nil {
+			err = fmt.Errorf("answered with a frame of kind %v (%v)", f.kind, f.err)
+		}
+		answered <- err
+	}()
+	return answered
+}
+
+// inDoubt fails the test unless err (what ended a send's stream) is its
+// connection closed with 0x2: the daemon stopped without answering, so
+// the send is in doubt.
+func inDoubt(t *testing.T, what string, err error) {
+	t.Helper()
+	var appErr *quic.ApplicationError
+	if !errors.As(err, &appErr) || appErr.ErrorCode != wire.ConnShutdown {
+		t.Errorf("%s: %v, want its connection closed with 0x2 (in doubt, not answered)", what, err)
+	}
+}
+
 func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 	h := &hungLoneLog{}
 	d := serveOverLogWith(t, func(c *Config) {
@@ -250,15 +279,7 @@ func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 	t.Cleanup(release) // after the daemon's own: before it
 
 	msg := outgoing("on a hung disk")
-	str := p.open(request(t, wire.OpSend, wire.Send{Group: g, Messages: msg}))
-	answered := make(chan error, 1)
-	go func() {
-		f, err := readFrame(str)
-		if err == nil {
-			err = fmt.Errorf("answered with a frame of kind %v (%v)", f.kind, f.err)
-		}
-		answered <- err
-	}()
+	answered := sendUnanswered(t, p, g, msg)
 	eventually(t, "the send hung in its log's append", func() bool { return h.waiting.Load() > 0 })
 	if maxAge > 0 {
 		eventually(t, "an age-limit pass waiting behind the append", func() bool { return h.expiring.Load() > 0 })
@@ -267,10 +288,7 @@ func testCloseOnHungDiskAlone(t *testing.T, maxAge time.Duration) {
 	if err := peertest.OnHungDisk(t, "the daemon's Close", d.Close, release); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	var appErr *quic.ApplicationError
-	if err := <-answered; !errors.As(err, &appErr) || appErr.ErrorCode != wire.ConnShutdown {
-		t.Errorf("the send on the hung disk: %v, want its connection closed with 0x2 (in doubt, not answered)", err)
-	}
+	inDoubt(t, "the send on the hung disk", <-answered)
 
 	// The log is left open (its append may still write): no daemon may
 	// open it meanwhile.
