@@ -50,15 +50,13 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 	if !eval[bool](b, doubtShim) {
 		t.Fatal("the fetch shim did not install")
 	}
-	const failedState = `([...document.querySelectorAll('.msg.pending')].filter(m => m.querySelector('.text').textContent === %s).map(m => m.querySelector('.state.bad')).filter(Boolean).map(s => s.textContent)[0] || '')`
-	stateOf := func(text string) string { return strings.Replace(failedState, "%s", jsString(text), 1) }
 
 	// Always in doubt: the page gives up after its bound, keeping the doubt.
 	eval[bool](b, `window.doubtMode = 'doubt', true`)
 	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
 	b.do("paste, Enter", insertText("in doubt always"), pressEnter())
-	b.waitForWithin("retries of the message in doubt to stop", stateOf("in doubt always")+` !== ''`, 90*time.Second)
-	if got := eval[string](b, stateOf("in doubt always")); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
+	b.waitForWithin("retries of the message in doubt to stop", failedState("in doubt always")+` !== ''`, 90*time.Second)
+	if got := eval[string](b, failedState("in doubt always")); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
 		t.Errorf("after its retries, the message in doubt says %q, want 'may have been sent ...' with Retry and Discard", got)
 	}
 	if n := eval[int](b, `window.sends`); n != 8 {
@@ -69,24 +67,13 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 	// In doubt once, then refused for good: still in doubt.
 	eval[bool](b, `window.sends = 0, window.doubtMode = 'doubtThenRefuse', true`)
 	b.do("paste, Enter", insertText("in doubt then refused"), pressEnter())
-	b.waitFor("the refused message in doubt to fail", stateOf("in doubt then refused")+` !== ''`)
-	if got := eval[string](b, stateOf("in doubt then refused")); !strings.HasPrefix(got, "may have been sent") || strings.Contains(got, "Edit") {
+	b.waitFor("the refused message in doubt to fail", failedState("in doubt then refused")+` !== ''`)
+	if got := eval[string](b, failedState("in doubt then refused")); !strings.HasPrefix(got, "may have been sent") || strings.Contains(got, "Edit") {
 		t.Errorf("a message in doubt then refused says %q, want 'may have been sent ...' without Edit", got)
 	}
 
 	// Retry (same ID) through huddle web: stored once.
-	eval[bool](b, `window.doubtMode = '', true`)
-	eval[bool](b, `[...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === 'in doubt always').querySelector('.state.bad button').click(), true`)
-	b.waitFor("the retried message stored", hasMessage("in doubt always"))
-	n := 0
-	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json")) {
-		if m.Text == "in doubt always" {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Errorf("the retried message is stored %d times, want once", n)
-	}
+	resentOnce(t, b, alice, "in doubt always")
 }
 
 // TestWebSendInDoubtPastWindow: a message in doubt is retried under its
@@ -113,7 +100,7 @@ func TestWebSendInDoubtPastWindow(t *testing.T) {
 		t.Fatal("the fetch shim did not install")
 	}
 	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
-	const failedState = `([...document.querySelectorAll('.msg.pending')].filter(m => m.querySelector('.text').textContent === "past the window").map(m => m.querySelector('.state.bad')).filter(Boolean).map(s => s.textContent)[0] || '')`
+	failed := failedState("past the window")
 
 	eval[bool](b, `window.doubtMode = 'doubt', true`)
 	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
@@ -121,8 +108,8 @@ func TestWebSendInDoubtPastWindow(t *testing.T) {
 	b.waitFor("the first try in doubt", `window.sends >= 1`)
 	// The group stores 65,536 messages, as the page's watch shows them.
 	sent := eval[int](b, `(() => { const c = `+conv+`; c.cursor += 65536; return window.sends; })()`)
-	b.waitFor("the page to stop retrying", failedState+` !== ''`)
-	got := eval[string](b, failedState)
+	b.waitFor("the page to stop retrying", failed+` !== ''`)
+	got := eval[string](b, failed)
 	if !strings.HasPrefix(got, "may have been sent") || !strings.Contains(got, "more than its dedup window is sure to hold") || !strings.HasSuffix(got, "Send againDiscard") {
 		t.Errorf("a message in doubt past the window says %q, want 'may have been sent ...' past the window, with Send again and Discard", got)
 	}
@@ -132,16 +119,32 @@ func TestWebSendInDoubtPastWindow(t *testing.T) {
 	b.screenshot("web-send-in-doubt-past-window")
 
 	// Send again, through huddle web: stored, once.
+	resentOnce(t, b, alice, "past the window")
+}
+
+// failedState is a script giving the failure shown on the pending
+// message whose text is text (empty while it is not failed): its words and
+// the labels of its buttons.
+func failedState(text string) string {
+	return `([...document.querySelectorAll('.msg.pending')].filter(m => m.querySelector('.text').textContent === ` + jsString(text) +
+		`).map(m => m.querySelector('.state.bad')).filter(Boolean).map(s => s.textContent)[0] || '')`
+}
+
+// resentOnce lets sends through to huddle web again, clicks the first
+// button (Retry or Send again) on the failed message whose text is text,
+// and checks that lobby then stores it exactly once.
+func resentOnce(t *testing.T, b *browser, alice *user, text string) {
+	t.Helper()
 	eval[bool](b, `window.doubtMode = '', true`)
-	eval[bool](b, `[...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === 'past the window').querySelector('.state.bad button').click(), true`)
-	b.waitFor("the message sent again stored", hasMessage("past the window"))
+	eval[bool](b, `[...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === `+jsString(text)+`).querySelector('.state.bad button').click(), true`)
+	b.waitFor("the message sent again stored", hasMessage(text))
 	n := 0
 	for _, m := range jsonLines[messageJSON](t, alice.ok(t, "fetch", "lobby", "--json")) {
-		if m.Text == "past the window" {
+		if m.Text == text {
 			n++
 		}
 	}
 	if n != 1 {
-		t.Errorf("the message sent again is stored %d times, want once", n)
+		t.Errorf("the message sent again (%q) is stored %d times, want once", text, n)
 	}
 }

@@ -817,63 +817,54 @@ function pendingState(c, p) {
       s.classList.add('bad');
       if (p.inDoubt && p.aged) {
         // Past what the window is sure to hold: a retry under its ID may
-        // be stored as a new message. The user decides, told so.
-        s.textContent = `may have been sent (no answer settled it), and the group has stored ${dedupFloor.toLocaleString('en')} messages since, more than its dedup window is sure to hold: sending it again may store it a second time. `;
-        const again = document.createElement('button');
-        again.className = 'link-button';
-        again.textContent = 'Send again';
-        again.addEventListener('click', () => {
-          p.aged = false;
-          p.doubtTries = 0;
-          p.doubtEpoch = c.epoch;
-          p.doubtFrom = c.cursor;
-          setPending(c, p, 'sending', null);
-          c.outbox.push(p);
-          pump(c);
-        });
-        const drop = document.createElement('button');
-        drop.className = 'link-button';
-        drop.textContent = 'Discard';
-        drop.addEventListener('click', () => discard(c, p));
-        s.append(again, drop);
-        break;
-      }
-      if (p.inDoubt) {
+        // be stored as a new message. The user decides, told so; sent
+        // again, its window counts from here.
+        failedWith(s, c, p, `may have been sent (no answer settled it), and the group has stored ${dedupFloor.toLocaleString('en')} messages since, more than its dedup window is sure to hold: sending it again may store it a second time. `,
+          'Send again', () => {
+            p.aged = false;
+            p.doubtEpoch = c.epoch;
+            p.doubtFrom = c.cursor;
+            resend(c, p);
+          });
+      } else if (p.inDoubt) {
         // A try of it may be stored: editing would send it again under a
         // new ID, stored twice if so. Retry keeps its ID (stored once,
         // while the group's dedup window still holds it); if it was
         // stored, it comes in from the group and replaces this line.
-        s.textContent = `may have been sent (no answer settled it; retries stopped): ${fmt.describe(p.error, g)} `;
-        const retry = document.createElement('button');
-        retry.className = 'link-button';
-        retry.textContent = 'Retry';
-        retry.addEventListener('click', () => {
-          p.doubtTries = 0;
-          setPending(c, p, 'sending', null);
-          c.outbox.push(p);
-          pump(c);
-        });
-        const drop = document.createElement('button');
-        drop.className = 'link-button';
-        drop.textContent = 'Discard';
-        drop.addEventListener('click', () => discard(c, p));
-        s.append(retry, drop);
-        break;
+        failedWith(s, c, p, `may have been sent (no answer settled it; retries stopped): ${fmt.describe(p.error, g)} `,
+          'Retry', () => resend(c, p));
+      } else {
+        failedWith(s, c, p, `not sent: ${fmt.describe(p.error, g)} `,
+          'Edit', () => { discard(c, p); $('input').value = p.text; $('input').focus(); grow(); });
       }
-      s.textContent = `not sent: ${fmt.describe(p.error, g)} `;
-      const edit = document.createElement('button');
-      edit.className = 'link-button';
-      edit.textContent = 'Edit';
-      edit.addEventListener('click', () => { discard(c, p); $('input').value = p.text; $('input').focus(); grow(); });
-      const drop = document.createElement('button');
-      drop.className = 'link-button';
-      drop.textContent = 'Discard';
-      drop.addEventListener('click', () => discard(c, p));
-      s.append(edit, drop);
       break;
     }
   }
   return s;
+}
+
+// failedWith fills the state line s of the failed message p: what
+// happened (text), then a button named label doing act, and Discard.
+function failedWith(s, c, p, text, label, act) {
+  s.textContent = text;
+  const b = document.createElement('button');
+  b.className = 'link-button';
+  b.textContent = label;
+  b.addEventListener('click', act);
+  const drop = document.createElement('button');
+  drop.className = 'link-button';
+  drop.textContent = 'Discard';
+  drop.addEventListener('click', () => discard(c, p));
+  s.append(b, drop);
+}
+
+// resend queues the failed message p again under its ID, its tries in
+// doubt counted afresh.
+function resend(c, p) {
+  p.doubtTries = 0;
+  setPending(c, p, 'sending', null);
+  c.outbox.push(p);
+  pump(c);
 }
 
 function discard(c, p) {
