@@ -345,7 +345,10 @@ func TestAuthorCancelEndsCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	r, d, stop := setup(t, groupd.Config{})
+	// A reserved port (testport.Cell): the watch below redials the daemon
+	// stopped there, and a port the kernel chose could be bound meanwhile
+	// by another test's daemon, another key answering the watch.
+	r, d, stop := setup(t, groupd.Config{Listen: testport.Cell(t)})
 	ctx := testCtx(t)
 	c := newClient(t)
 	g := openGroup(t, c, r.Addr().String(), "lobby")

@@ -245,7 +245,7 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 	var until time.Time
 	_, bounded := ctx.Deadline()
 	if !bounded && g.replicated() {
-		until = time.Now().Add(cellFollowFor)
+		until = time.Now().Add(g.cl.cellFollowFor)
 	}
 	attempt := cellAttemptMin
 	// selfNamed is the last refusal of a member that named itself the
@@ -286,7 +286,7 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 			// for ever, and the handle's Close waiting for it, until
 			// session 17). Its first attempt, a single call, has no bound
 			// of the kind: a daemon may take its time.
-			until = time.Now().Add(cellFollowFor)
+			until = time.Now().Add(g.cl.cellFollowFor)
 		}
 		if ctx.Err() != nil || past(until) {
 			return ended(err)

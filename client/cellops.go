@@ -287,7 +287,7 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 		tried[fp] = append(tried[fp], addrs...)
 		pending++
 		wg.Go(func() {
-			qctx, qcancel := context.WithTimeout(ctx, cellAskWait)
+			qctx, qcancel := context.WithTimeout(ctx, c.cellAskWait)
 			st, err := c.cellStatusAt(qctx, addrs, fp)
 			qcancel()
 			if err != nil || len(st.Members) == 0 {

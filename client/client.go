@@ -301,6 +301,11 @@ type Client struct {
 	// cellChangeFor bounds a CellAdd or CellRemove whose context has no
 	// deadline: cellChangeFor, which tests shorten (export_test.go).
 	cellChangeFor time.Duration
+	// cellFollowFor bounds a cell's call that has no deadline (cell.go),
+	// and cellAskWait each question of CellMembers (cellops.go): their
+	// constants, which tests lengthen or shorten (export_test.go) to wait
+	// on the event they mean rather than race these clocks.
+	cellFollowFor, cellAskWait time.Duration
 
 	// pins is what Registry's trust on first use knows (registry.go).
 	pins pinsSeen
@@ -311,7 +316,8 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), closeDone: make(chan struct{}), now: time.Now, cellChangeFor: cellChangeFor}
+	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), closeDone: make(chan struct{}), now: time.Now, cellChangeFor: cellChangeFor,
+		cellFollowFor: cellFollowFor, cellAskWait: cellAskWait}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
