@@ -78,7 +78,9 @@ func (b *nameBook) labelMessage(m client.Message) string { return b.label(m.From
 // without the characters it shows as nothing (default-ignorable ones, such
 // as the Hangul fillers U+3164 and U+115F, variation selectors, U+034F:
 // the daemons refuse all but the variation selectors since session 20,
-// but a daemon of before, or a rogue one, may send them), with each run
+// but a daemon of before, or a rogue daemon or registry, may still send
+// them, and dropped they cost nothing; and every format and control
+// character, which shown makes U+FFFD), with each run
 // of blanks (spaces, U+00A0..., and the symbols drawn as nothing: blanks)
 // one space, no blank at either end, and
 // each letter that looks like a Latin one written as that one (Cyrillic а

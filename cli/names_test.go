@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
@@ -154,6 +155,37 @@ func TestLookalikeNamesShownWithKey(t *testing.T) {
 		if got := b.label(alice, real); !strings.HasSuffix(got, "["+alice.Short()+"]") {
 			t.Errorf("%q beside %q shown as %q, without its key", real, fake, got)
 		}
+	}
+}
+
+// TestLookalikeDropsFillers checks that a name with a filler (wire.Filler:
+// U+3164 and its kin, U+2800...), a format or a control character in it
+// looks like the name without it, wherever it stands: daemons refuse such
+// names since session 20, but one of before, or a rogue daemon or
+// registry, may still send one, and "alice" with U+3164 after it would
+// pass for alice. A blank (U+2800, U+1D159) counts as a space, at either
+// end as none. The page's lookalike (web/static/format.js) drops the same
+// (TestWebLookalikeFillersShowDaemons); until session 21 it kept the
+// format characters that are not default-ignorable (U+0600, U+FFF9...).
+func TestLookalikeDropsFillers(t *testing.T) {
+	n := 0
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if !wire.Filler(r) && !unicode.In(r, unicode.Cf, unicode.Cc) {
+			continue
+		}
+		n++
+		inside := "alice"
+		if blanks[r] {
+			inside = "al ice"
+		}
+		for name, want := range map[string]string{"alice" + string(r): "alice", string(r) + "alice": "alice", "al" + string(r) + "ice": inside} {
+			if got := lookalike(name); got != want {
+				t.Errorf("%+q looks like %+q, want %q", name, got, want)
+			}
+		}
+	}
+	if n < 200 {
+		t.Errorf("checked %d characters, want every filler, format and control character (over 200)", n)
 	}
 }
 

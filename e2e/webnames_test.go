@@ -111,3 +111,36 @@ func TestWebGroupOtherNames(t *testing.T) {
 	}
 	b.screenshot("other-names")
 }
+
+// TestWebLookalikeFillersShowDaemons has a rogue registry list, beside a
+// "lobby" and a "lounge", groups named "lobby" with a filler in them (the
+// Hangul fillers U+3164 and U+115F, the combining grapheme joiner U+034F:
+// shown as nothing; the Braille blank U+2800: as a blank), which daemons
+// and registries refuse since session 20 but a rogue registry, or one of
+// before, may still list, and with a format character that is not
+// default-ignorable (U+0600, U+FFF9: the page shows it as U+FFFD). The
+// page's look-alike rule drops them, as the CLI's does
+// (TestLookalikeDropsFillers): every lobby row wears its UUID and daemon,
+// lounge none. Since real daemons refuse fillers (session 20) no test
+// showed the page a filler, and the page kept the format characters the
+// CLI drops (until session 21).
+func TestWebLookalikeFillersShowDaemons(t *testing.T) {
+	t.Parallel()
+	names := []string{"lobby", "lounge", "lobby\u3164", "\u115Flobby", "lob\u034Fby", "lobby\u2800", "lobby\u0600", "lobby\uFFF9"}
+	entries := make([]wire.GroupEntry, len(names))
+	for i, name := range names {
+		entries[i] = wire.GroupEntry{Group: uuid.MustParse(fmt.Sprintf("0193a4f2-2222-7000-8000-%012x", i)), Name: name,
+			Addrs: []string{"127.0.0.1:9"}, Fingerprint: wire.Fingerprint{7, byte(i)}, ExpiresMS: 3_600_000}
+	}
+	bob := newUser(t, "bob", rogueRegistry(t, entries...))
+	b := newBrowser(t, 1000, 700)
+	b.open(bob.web(t))
+	b.waitFor("every group listed", fmt.Sprintf(`document.querySelectorAll('button[data-group]').length === %d`, len(names)))
+	tagged := eval[map[string]bool](b, `Object.fromEntries([...document.querySelectorAll('button[data-group]')].map(r =>
+		[r.dataset.group, [...r.querySelectorAll('.tag')].some(e => e.textContent.includes(' · '))]))`)
+	for _, e := range entries {
+		if want := e.Name != "lounge"; tagged[e.Group.String()] != want {
+			t.Errorf("the group named %+q shown with its UUID and daemon: %v, want %v", e.Name, tagged[e.Group.String()], want)
+		}
+	}
+}

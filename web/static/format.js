@@ -43,9 +43,12 @@ export function seconds(ms) {
 }
 
 // lookalike is a name as the page shows it, for telling names apart:
-// without the characters shown as nothing (default-ignorable ones, such as
-// the Hangul filler U+3164, which names refuse since session 20 but a
-// daemon of before, or a rogue one, may send),
+// without the characters shown as nothing or as U+FFFD (default-ignorable
+// ones, such as the Hangul filler U+3164, which names refuse since session
+// 20 but a daemon of before, or a rogue daemon or registry, may still
+// send: dropped, "alice" with one wears its key beside alice; and every
+// control and format character, as the CLI drops them, the Arabic number
+// sign U+0600 and U+FFF9 among them though they are not default-ignorable),
 // each run of blanks one space (and of the symbols drawn as an empty cell:
 // the Braille blank U+2800, the null notehead U+1D159; cli/names.go's
 // blanks), no blank at either end, each letter that
@@ -59,7 +62,7 @@ const confusable = ch => confusables.get(ch) ??
   Array.from(ch.normalize('NFKD'), c => confusables.get(c) ?? c).join('');
 export const lookalike = name =>
   Array.from(name.normalize('NFD'), confusable).join('').normalize('NFD')
-    .replace(/[\p{Default_Ignorable_Code_Point}\p{Cc}]/gu, '').replace(/[\s\u2800\u{1D159}]+/gu, ' ').trim();
+    .replace(/[\p{Default_Ignorable_Code_Point}\p{Cf}\p{Cc}]/gu, '').replace(/[\s\u2800\u{1D159}]+/gu, ' ').trim();
 
 // shown is a name as the page shows it where a registry chose it (a
 // rogue one may list anything): each control or format character (a
