@@ -138,9 +138,14 @@ func (d *Daemon) readRequest(c *server.Call, req any, id *wire.UUID, minSeq *uin
 // replaying its log after a restart), and not_member, final for a client
 // (it ends a watch), would be wrong for a member. Unavailable, naming the
 // leader, sends the client to a replica that knows; the leader answers a
-// key that is no member not_member.
+// key that is no member not_member. The refusal names the members that
+// serve the group (key 6, as every refusal of a member that does not lead
+// does), so that a client holding an older list asks one that serves,
+// and is marked unchanged: it refuses a read (members, fetch, watch)
+// before anything was read or recorded. Until session 21 it carried
+// neither.
 func notMemberHere(op wire.Op, g *group, notLeading error) error {
-	we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()),
+	we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g), Unchanged: true,
 		Message: fmt.Sprintf("%v group %s: this replica does not know your key as a member, and it may lag the cell: ask its leader", op, g.name)}
 	var nl *cell.NotLeaderError
 	if errors.As(notLeading, &nl) && nl.Leader.Addr != "" {
@@ -261,10 +266,16 @@ func (d *Daemon) leave(ctx context.Context, c *server.Call) error {
 	return c.Result(wire.Left{WasMember: was})
 }
 
-// shuttingDown is the error of an operation the daemon stopped waiting
-// for because it is shutting down (the handler's ctx ended with err).
+// shuttingDown is the error of a lone group's join or leave the daemon
+// stopped waiting for because it is shutting down (the handler's ctx
+// ended with err). It is marked unchanged (PROTOCOL.md §9, key 7):
+// group.commit fails only once it withdrew the change before any writer
+// took it, so it was neither stored nor applied, nor will be. Until
+// session 21 it said "nothing changed" in its text alone, and a client
+// could not tell it from a change that may have been made.
 func shuttingDown(op wire.Op, g *group, err error) error {
-	return fmt.Errorf("%v group %s: %w: the daemon is shutting down (%v); nothing changed", op, g.name, wire.ErrUnavailable, err)
+	return &wire.Error{Code: wire.CodeUnavailable, Unchanged: true,
+		Message: fmt.Sprintf("%v group %s: the daemon is shutting down (%v); nothing changed", op, g.name, err)}
 }
 
 // notStoredRetry is the retry_after_ms of a membership change that could
