@@ -243,6 +243,10 @@ type Registration struct {
 	// the leader marked; the registry lists the group once, and any
 	// replica's key may renew it (PROTOCOL.md §13).
 	Replicas []Replica
+	// LogEpoch is the epoch of the group's log, which LastSeq counts in:
+	// the registry keeps the listed last sequence number from going back
+	// while registrations name the same epoch. Zero: not said.
+	LogEpoch uint64
 }
 
 // Renewal extends a registration's lease (Renew). Epoch is the registry's

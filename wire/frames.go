@@ -110,6 +110,11 @@ type Register struct {
 	// lists it once (PROTOCOL.md §13). One of them must be the
 	// registering daemon's key.
 	Replicas []Replica `cbor:"7,keyasint,omitempty"`
+	// LogEpoch is the epoch of the group's log (PROTOCOL.md §8), which
+	// LastSeq counts in: the registry keeps the listed last_seq from
+	// going back while registrations name the same epoch (§7.1). Zero:
+	// not said (daemons before session 21).
+	LogEpoch uint64 `cbor:"8,keyasint,omitempty"`
 }
 
 func (r *Register) check() error {

@@ -899,7 +899,7 @@ func (r *registrar) reportRefused(newly []string) {
 // several addresses would otherwise be listed at the one the kernel picks
 // to reach the registry, where it does not listen.)
 func (r *registrar) registration(g *group, members, last uint64) client.Registration {
-	reg := client.Registration{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last}
+	reg := client.Registration{Group: g.id, Name: g.name, Addrs: r.rs.d.cfg.Advertise, Members: members, LastSeq: last, LogEpoch: g.epoch()}
 	if g.cell != nil {
 		reg.Replicas = r.rs.d.replicaList() // every member registers it; the registry lists it once
 	}

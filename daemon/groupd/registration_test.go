@@ -894,3 +894,17 @@ func TestDiscoveredRegistryGoneDisconnects(t *testing.T) {
 	rs.gone(reg.Fingerprint())
 	eventually(t, "its connection closed", func() bool { return reg.Stats().Connections == 0 })
 }
+
+// TestRegistrationNamesLogEpoch: a daemon's registration names its
+// group's log epoch (register key 8), which the registry keeps the listed
+// last_seq monotonic within (PROTOCOL.md §7.1, "Counters").
+func TestRegistrationNamesLogEpoch(t *testing.T) {
+	var logged lockedBuffer
+	r := startRegistry(t, registry.Config{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	d, _ := startGroupDaemon(t, Config{
+		Registries:           []string{r.Addr().String()},
+		RegistryFingerprints: []wire.Fingerprint{r.Fingerprint()},
+	})
+	want := fmt.Sprintf("log_epoch=%d", d.groups[gid(d)].epoch())
+	eventually(t, "the group registered naming its log's epoch", func() bool { return strings.Contains(logged.String(), want) })
+}

@@ -54,6 +54,10 @@ type lease struct {
 	// lists that loopback address; a client that reached the registry at
 	// another of the host's addresses is given that one instead (list).
 	thisHost bool
+	// logEpoch is the epoch of the group's log its latest registration
+	// named (0: none named), which the listed last_seq counts in
+	// (keepCounts).
+	logEpoch uint64
 }
 
 // heldBy reports whether key may register, renew or deregister l: its

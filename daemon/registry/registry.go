@@ -385,9 +385,10 @@ func (r *Daemon) register(c *server.Call) error {
 			Members:     req.Members,
 			LastSeq:     req.LastSeq,
 		},
-		expires: now.Add(r.cfg.LeaseTTL),
-		from:    from,
-		owner:   owner,
+		expires:  now.Add(r.cfg.LeaseTTL),
+		from:     from,
+		owner:    owner,
+		logEpoch: req.LogEpoch,
 	}
 	var prev *lease
 	if ok {
@@ -397,6 +398,7 @@ func (r *Daemon) register(c *server.Call) error {
 		r.mu.Unlock()
 		return fmt.Errorf("register group %s: %w", req.Group, err)
 	}
+	keepCounts(nl, prev, c.Peer())
 	// A cell's entry lists its leader's --cell-peer address instead.
 	nl.thisHost = len(req.Addrs) == 0 && len(req.Replicas) == 0 && loopback(c.Remote())
 	r.leases.put(nl)
@@ -404,9 +406,9 @@ func (r *Daemon) register(c *server.Call) error {
 	r.mu.Unlock()
 	if !ok {
 		r.cfg.Metrics.Registered()
-		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.Peer().Short(), "addrs", addrs)
+		r.cfg.Logger.Info("group registered", "group", req.Name, "uuid", req.Group, "fingerprint", c.Peer().Short(), "addrs", addrs, "log_epoch", req.LogEpoch)
 	} else {
-		r.cfg.Logger.Debug("group registered again", "group", req.Name, "uuid", req.Group, "by", c.Peer().Short(), "members", listed.Members, "last_seq", listed.LastSeq)
+		r.cfg.Logger.Debug("group registered again", "group", req.Name, "uuid", req.Group, "by", c.Peer().Short(), "members", listed.Members, "last_seq", listed.LastSeq, "log_epoch", req.LogEpoch)
 	}
 	return c.Result(r.lease())
 }
@@ -468,7 +470,15 @@ func (r *Daemon) renew(c *server.Call) error {
 		return fmt.Errorf("renew group %s: %w: another key holds its lease", req.Group, wire.ErrUnauthorized)
 	}
 	l.expires = now.Add(r.cfg.LeaseTTL)
-	l.entry.Members, l.entry.LastSeq = req.Members, req.LastSeq
+	// A renew continues the lease a registration began, by a daemon
+	// whose log keeps its epoch while it runs: a last_seq lower than
+	// listed is a lagging member's, or a renew another overtook, never a
+	// new history (a daemon that lost its history restarted, and
+	// registers). Only the leader's word counts a cell's members.
+	l.entry.LastSeq = max(l.entry.LastSeq, req.LastSeq)
+	if l.replicas == nil || leads(l.entry.Replicas, c.Peer()) {
+		l.entry.Members = req.Members
+	}
 	name := l.entry.Name
 	r.mu.Unlock()
 	r.cfg.Logger.Debug("lease renewed", "group", name, "uuid", req.Group, "by", c.Peer().Short(), "members", req.Members, "last_seq", req.LastSeq)
@@ -681,9 +691,8 @@ func (r *Daemon) advertiseLoop() {
 // replaces, if any: a registration that names no leader (its member knows
 // of none: an election, or it is cut off from the others) keeps the leader
 // prev named, if that one is still a replica, rather than erase what
-// another member reported; and one by a member that does not lead keeps
-// prev's counts (members, and the highest last sequence number). The
-// leader named is listed only if it registered the group itself.
+// another member reported (keepCounts decides the counts). The leader
+// named is listed only if it registered the group itself.
 func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error {
 	if len(req.Replicas) == 0 {
 		return nil
@@ -723,21 +732,45 @@ func replicated(l, prev *lease, req *wire.Register, key wire.Fingerprint) error 
 		rs[i].Leader = false
 	}
 	l.entry.Replicas = rs
-	leads := false
 	for _, rp := range rs {
 		if rp.Leader {
 			l.entry.Addrs, l.entry.Fingerprint = []string{rp.Addr}, rp.Fingerprint
-			leads = rp.Fingerprint == key
 		}
 	}
-	if prev != nil && !leads {
-		// A member that does not lead may lag (a new member registers
-		// before it has copied the history): the counts listed are the
-		// leader's, and the last sequence number never goes back.
+	return nil
+}
+
+// leads reports whether key is the leader rs mark.
+func leads(rs []wire.Replica, key wire.Fingerprint) bool {
+	return slices.ContainsFunc(rs, func(rp wire.Replica) bool { return rp.Leader && rp.Fingerprint == key })
+}
+
+// keepCounts applies to l, a registration by key replacing prev (if any),
+// the rule of a group's listed counts (PROTOCOL.md §7.1, §13): while the
+// registrations name one log epoch, last_seq never goes back (a member of
+// a cell that lags, a leader just elected that has not yet applied all
+// its predecessor listed, a registration overtaken by a later one); and a
+// cell's member that does not lead lists the leader's member count, not
+// its own. A registration naming another log epoch than prev's starts
+// the counts afresh: the group's history was lost (a daemon keeping it in
+// memory restarted), and its sequence numbers start again. One that names
+// no epoch (daemons before session 21) is taken as given, as then, unless
+// a cell's member that does not lead sends it.
+func keepCounts(l, prev *lease, key wire.Fingerprint) {
+	if prev == nil {
+		return
+	}
+	known := l.logEpoch != 0 && prev.logEpoch != 0
+	if known && l.logEpoch != prev.logEpoch {
+		return
+	}
+	follower := l.replicas != nil && !leads(l.entry.Replicas, key)
+	if follower {
 		l.entry.Members = prev.entry.Members
+	}
+	if known || follower {
 		l.entry.LastSeq = max(prev.entry.LastSeq, l.entry.LastSeq)
 	}
-	return nil
 }
 
 // without returns l as listed once key, one of its holders, deregistered

@@ -671,3 +671,88 @@ func TestRegistryThisHostsDaemonFromTheLAN(t *testing.T) {
 		}
 	})
 }
+
+// TestRegistryCountsNeverGoBack: a group's listed last_seq does not go
+// back while its registrations name one log epoch (register key 8), nor
+// ever by a renew; a registration naming another epoch (the group's
+// history was lost) starts the counts afresh, and one naming none (a
+// daemon before session 21) is taken as given, unless a cell's member
+// that does not lead sends it. A cell's member count is the leader's.
+// Until session 21 a renew set both counts as given, and a leader's
+// registration (one just elected, that has not applied all its
+// predecessor listed) set last_seq lower than listed.
+func TestRegistryCountsNeverGoBack(t *testing.T) {
+	r := startRegistry(t, Config{})
+	keys := []*peertest.Peer{
+		peertest.Dial(t, r.Addr(), r.Fingerprint(), nil),
+		peertest.Dial(t, r.Addr(), r.Fingerprint(), nil),
+	}
+	p := keys[0]
+	listed := func(g wire.UUID) (uint64, uint64) {
+		t.Helper()
+		for _, e := range listGroups(t, p).Groups {
+			if e.Group == g {
+				return e.Members, e.LastSeq
+			}
+		}
+		t.Fatalf("group %s not listed", g)
+		return 0, 0
+	}
+	type step struct {
+		what                 string
+		key                  int
+		renew                bool
+		leader               int // cells: the replica registering names (-1: none)
+		epoch, members, last uint64
+		wantMembers, wantSeq uint64
+	}
+	run := func(g wire.UUID, rs []wire.Replica, steps []step) {
+		t.Helper()
+		var lease wire.Lease
+		for _, s := range steps {
+			if s.renew {
+				peertest.Must(t, keys[s.key].Call(wire.OpRenew, wire.Renew{Group: g, Epoch: lease.Epoch, Members: s.members, LastSeq: s.last}, &lease))
+			} else {
+				reg := wire.Register{Group: g, Name: "lobby", Addrs: []string{"10.0.0.1:7400"}, Members: s.members, LastSeq: s.last, LogEpoch: s.epoch}
+				if rs != nil {
+					reg.Replicas = slices.Clone(rs)
+					if s.leader >= 0 {
+						reg.Replicas[s.leader].Leader = true
+					}
+					reg.Addrs = []string{rs[s.key].Addr}
+				}
+				peertest.Must(t, keys[s.key].Call(wire.OpRegister, reg, &lease))
+			}
+			if m, seq := listed(g); m != s.wantMembers || seq != s.wantSeq {
+				t.Errorf("%s: listed %d members, last_seq %d; want %d, %d", s.what, m, seq, s.wantMembers, s.wantSeq)
+			}
+		}
+	}
+	t.Run("lone", func(t *testing.T) {
+		run(uuid.New(), nil, []step{
+			{what: "registered", epoch: 7, members: 3, last: 10, wantMembers: 3, wantSeq: 10},
+			{what: "a renew overtaken by an earlier one", renew: true, members: 2, last: 9, wantMembers: 2, wantSeq: 10},
+			{what: "renewed", renew: true, members: 4, last: 12, wantMembers: 4, wantSeq: 12},
+			{what: "registered again, same log epoch, lower", epoch: 7, members: 4, last: 11, wantMembers: 4, wantSeq: 12},
+			{what: "registered with a new log (epoch 8)", epoch: 8, members: 1, last: 2, wantMembers: 1, wantSeq: 2},
+			{what: "registered naming no epoch", members: 1, last: 0, wantMembers: 1, wantSeq: 0},
+		})
+	})
+	t.Run("cell", func(t *testing.T) {
+		rs := []wire.Replica{
+			{Addr: "10.0.0.1:7374", Fingerprint: keys[0].ID.Fingerprint()},
+			{Addr: "10.0.0.2:7374", Fingerprint: keys[1].ID.Fingerprint()},
+		}
+		run(uuid.New(), rs, []step{
+			{what: "the leader registered", key: 0, leader: 0, epoch: 5, members: 3, last: 10, wantMembers: 3, wantSeq: 10},
+			{what: "the other member registered, lagging", key: 1, leader: 0, epoch: 5, members: 1, last: 4, wantMembers: 3, wantSeq: 10},
+			{what: "the other member renewed, lagging", key: 1, renew: true, members: 1, last: 4, wantMembers: 3, wantSeq: 10},
+			{what: "the other member, elected, registered before applying all", key: 1, leader: 1, epoch: 5, members: 3, last: 8, wantMembers: 3, wantSeq: 10},
+			{what: "the new leader renewed", key: 1, renew: true, members: 2, last: 11, wantMembers: 2, wantSeq: 11},
+			{what: "the old leader renewed", key: 0, renew: true, members: 3, last: 11, wantMembers: 2, wantSeq: 11},
+			{what: "the leader registered a new history (epoch 6)", key: 1, leader: 1, epoch: 6, members: 1, last: 1, wantMembers: 1, wantSeq: 1},
+			{what: "the leader registered naming no epoch", key: 1, leader: 1, members: 1, last: 0, wantMembers: 1, wantSeq: 0},
+			{what: "a member naming no leader nor epoch", key: 0, leader: -1, members: 5, last: 3, wantMembers: 1, wantSeq: 3},
+		})
+	})
+}
