@@ -91,6 +91,21 @@ func readFrame(str *quic.Stream) (frame, error) {
 	return frame{kind: f.Kind, raw: f.Raw, err: f.Err}, err
 }
 
+// nextFrame reads str's next frame in the background, a read error as the
+// frame's err: a test reads so the frame a daemon writes as it stops,
+// which is lost if read once the connection is closed.
+func nextFrame(str *quic.Stream) <-chan frame {
+	ended := make(chan frame, 1)
+	go func() {
+		f, err := readFrame(str)
+		if err != nil {
+			f.err = wire.ToError(err)
+		}
+		ended <- f
+	}()
+	return ended
+}
+
 // frames reads every frame of a stream until its end.
 func (p *peer) frames(str *quic.Stream) []frame {
 	p.t.Helper()

@@ -80,16 +80,7 @@ func TestShutdownIsNoLimit(t *testing.T) {
 	if f, err := readFrame(str); err != nil || f.kind != wire.KindStart {
 		t.Fatalf("watch: %v %v, want its start", f.kind, err)
 	}
-	// Read as the daemon stops: the frame is lost if read once the
-	// connection is closed.
-	ended := make(chan frame, 1)
-	go func() {
-		f, err := readFrame(str)
-		if err != nil {
-			f.err = wire.ToError(err)
-		}
-		ended <- f
-	}()
+	ended := nextFrame(str)
 	stop()
 	if f := <-ended; f.kind != wire.KindError || f.err.Code != wire.CodeUnavailable {
 		t.Fatalf("watch at shutdown: frame %v %v, want an unavailable error", f.kind, f.err)

@@ -39,16 +39,7 @@ func TestLoneChangeAtShutdownUnchanged(t *testing.T) {
 				defer g.pendingMu.Unlock()
 				return len(g.pending) == 1
 			})
-			// Read as the daemon stops: the frame is lost if read once
-			// the connection is closed.
-			ended := make(chan frame, 1)
-			go func() {
-				f, err := readFrame(str)
-				if err != nil {
-					f.err = wire.ToError(err)
-				}
-				ended <- f
-			}()
+			ended := nextFrame(str)
 			stop()
 			f := <-ended
 			if f.kind != wire.KindError || f.err.Code != wire.CodeUnavailable || !f.err.Unchanged {
