@@ -285,8 +285,11 @@ type Daemon struct {
 	// (openStorageLog); replicated for a cell's group.
 	openLog func(group wire.UUID, name string, retention store.Config, replicated bool) (Log, error)
 
-	registered atomic.Bool                   // some registry lists every group now (see Readiness)
-	regs       atomic.Pointer[registrations] // set once registration runs
+	// deregisterWait bounds the deregistration from every registry on
+	// Close (deregisterTimeout; tests lengthen it).
+	deregisterWait time.Duration
+	registered     atomic.Bool                   // some registry lists every group now (see Readiness)
+	regs           atomic.Pointer[registrations] // set once registration runs
 	// stateLog paces the log of state files that cannot be written, per
 	// group: a flood of joins on a full disk must not flood the log too.
 	stateLog sparse.Sampler[wire.UUID]
@@ -334,7 +337,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	d := &Daemon{cfg: cfg, life: lifecycle.New(), cellChanged: make(chan struct{}),
+	d := &Daemon{cfg: cfg, life: lifecycle.New(), deregisterWait: deregisterTimeout, cellChanged: make(chan struct{}),
 		cellReady: make(chan struct{}), cellStarted: make(chan struct{}), cellWaiting: make(chan struct{}),
 		stateLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}, logLog: sparse.Sampler[wire.UUID]{Every: server.LimitLogEvery, Now: cfg.Now}}
 	d.openLog = d.openStorageLog
@@ -558,15 +561,16 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	} else if err != nil {
 		return err
 	}
-	var loops []func()
+	var loops []lifecycle.Loop
 	if len(d.cfg.Registries) > 0 || d.cfg.Discover {
-		loops = append(loops, d.afterCellGroups(d.registerLoop))
+		// Its deregistration on stopping takes up to deregisterWait.
+		loops = append(loops, lifecycle.Loop{Name: "registration", Run: d.afterCellGroups(d.registerLoop), Stopping: d.deregisterWait})
 	}
 	if d.cfg.Retention.MaxAge > 0 {
-		loops = append(loops, d.afterCellGroups(d.expireLoop))
+		loops = append(loops, lifecycle.Loop{Name: "age limit", Run: d.afterCellGroups(d.expireLoop)})
 	}
 	if d.cfg.Cell != nil {
-		loops = append(loops, func() { d.awaitCellGroups() })
+		loops = append(loops, lifecycle.Loop{Name: "cell groups", Run: func() { d.awaitCellGroups() }})
 	}
 	if err := d.life.Begin(loops...); err != nil {
 		return err
@@ -666,10 +670,14 @@ func (d *Daemon) Close() error {
 	loopsLeft := d.life.Close(d.srv.Close)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if loopsLeft && !d.logsLeft {
-		// The registration or age-limit loop did not stop: it may use
-		// the logs.
-		d.leaveLogsLocked("the daemon's own goroutines did not stop (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers what they stored")
+	if loopsLeft != nil && !d.logsLeft {
+		// The registration loop did not stop: it may read the logs. None
+		// of the loops waits on the disk (the age-limit loop leaves its
+		// pass, expiring, and registration waits on the network, its
+		// deregistration bounded by deregisterWait, which Close waits
+		// for besides): until session 21 this blamed the disk.
+		d.leaveLogsLocked("the daemon's own goroutines did not stop in time (the machine overloaded, or a registry slow to answer: not the disk, which they do not wait on): stopping without closing the groups' logs, which they may read; a restart recovers what they stored",
+			"running", loopsLeft, "waited", d.life.Bound())
 	}
 	if d.node != nil {
 		// After the server (no handler waits on the cell now); before the
@@ -725,8 +733,8 @@ func (d *Daemon) Close() error {
 // lone group's log recovers what it wrote). The directories stay locked
 // until the logs are closed, if ever (the process's exit releases them):
 // no other daemon opens a log this process may still write. why is
-// logged. d.mu is held.
-func (d *Daemon) leaveLogsLocked(why string) {
+// logged, with args. d.mu is held.
+func (d *Daemon) leaveLogsLocked(why string, args ...any) {
 	d.logsLeft = true
 	groups := maps.Clone(d.groups)
 	if d.host != nil {
@@ -736,7 +744,7 @@ func (d *Daemon) leaveLogsLocked(why string) {
 	}
 	lock, dataLock := d.lock, d.dataLock
 	d.lock, d.dataLock = nil, nil
-	d.cfg.Logger.Error(why)
+	d.cfg.Logger.Error(why, args...)
 	stopped, loops := d.srv.Stopped(), d.life.Stopped()
 	go func() {
 		<-stopped // the handlers the server left, if any, use the logs

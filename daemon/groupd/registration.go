@@ -24,7 +24,9 @@ import (
 const (
 	// registryCallTimeout bounds one call to a registry.
 	registryCallTimeout = 5 * time.Second
-	// deregisterTimeout bounds deregistering every group on Close.
+	// deregisterTimeout bounds deregistering every group on Close, which
+	// waits that long, and lifecycle.Wait more, for the registration loop
+	// to stop (lifecycle.Loop's Stopping).
 	deregisterTimeout = 2 * time.Second
 	// retryMin and retryMax bound the backoff between failed attempts; a
 	// registry that comes back is registered with again within one
@@ -991,7 +993,7 @@ func (r *registrar) deregisterAll() {
 	if r.reg == nil || len(r.epochs) == 0 && r.cutShort == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), deregisterTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), r.rs.d.deregisterWait)
 	defer cancel()
 	for _, g := range r.rs.d.order {
 		if _, ok := r.epochs[g.id]; !ok && g != r.cutShort {

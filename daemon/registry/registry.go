@@ -268,9 +268,9 @@ func (r *Daemon) Serve(ctx context.Context) error {
 	} else if err != nil {
 		return err
 	}
-	loops := []func(){r.sweepLoop}
+	loops := []lifecycle.Loop{{Name: "lease sweep", Run: r.sweepLoop}}
 	if r.cfg.MDNS {
-		loops = append(loops, r.advertiseLoop)
+		loops = append(loops, lifecycle.Loop{Name: "mDNS advertiser", Run: r.advertiseLoop})
 	}
 	if err := r.life.Begin(loops...); err != nil {
 		return err
@@ -296,10 +296,10 @@ func (r *Daemon) Close() error {
 		r.life.Close(r.srv.Close)
 		return nil
 	}
-	if r.life.Close(r.srv.Close) {
+	if left := r.life.Close(r.srv.Close); left != nil {
 		// Its loops (the sweep, mDNS) use no file: the state directory
 		// is released all the same.
-		r.cfg.Logger.Error("the registry's own goroutines did not stop: stopping without them", "waited", lifecycle.Wait)
+		r.cfg.Logger.Error("the registry's own goroutines did not stop in time: stopping without them", "running", left, "waited", r.life.Bound())
 	}
 	r.releaseLoaded()
 	return nil

@@ -12,16 +12,33 @@ package lifecycle
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/huddle-chat/huddle/daemon/server"
 )
 
-// Wait is how long Close waits for the daemon's goroutines, and StopLoads
+// Wait is how long Close waits for the daemon's goroutines, past the time
+// their own bounded work on stopping takes (Loop.Stopping), and StopLoads
 // for the loads under way, before going on without them: as long as the
 // server waits for its stuck handlers past the grace period.
 const Wait = 3 * time.Second
+
+// Loop is one of a daemon's own goroutines (besides its server's).
+type Loop struct {
+	// Name says what it does: Close's caller logs the names of those it
+	// went on without.
+	Name string
+	Run  func()
+	// Stopping bounds the work the loop does by design once told to stop
+	// (a group daemon's deregistration from its registries: 2 s): Close
+	// waits that long, and Wait more, for it. Until session 21 Close
+	// waited Wait in all, which left a deregistration that took its 2 s
+	// on a loaded machine 1 s to return, and past it the daemon blamed
+	// the disk.
+	Stopping time.Duration
+}
 
 // Lifecycle is one daemon's. Its goroutines' context (Ctx) ends when Close
 // begins.
@@ -29,10 +46,12 @@ type Lifecycle struct {
 	mu      sync.Mutex
 	serving bool
 	closed  bool
-	stuck   bool          // Close went on without some goroutines (Close)
-	closing chan struct{} // closed when Close begins
-	done    chan struct{} // closed when Close has finished
-	stopped chan struct{} // closed when the goroutines have returned (Stopped)
+	left    []string       // the goroutines Close went on without, by name
+	running map[int]string // the goroutines not returned yet, by Begin's index, and their names
+	bound   time.Duration  // how long Close waits for them: wait, and the longest Loop.Stopping
+	closing chan struct{}  // closed when Close begins
+	done    chan struct{}  // closed when Close has finished
+	stopped chan struct{}  // closed when the goroutines have returned (Stopped)
 	wg      sync.WaitGroup
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -151,7 +170,7 @@ func (l *Lifecycle) Ctx() context.Context { return l.ctx }
 
 // Begin marks the daemon as serving and starts its goroutines. It returns
 // server.ErrClosed or server.ErrServing if it may not.
-func (l *Lifecycle) Begin(goroutines ...func()) error {
+func (l *Lifecycle) Begin(loops ...Loop) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -161,10 +180,28 @@ func (l *Lifecycle) Begin(goroutines ...func()) error {
 		return server.ErrServing
 	}
 	l.serving = true
-	for _, f := range goroutines {
-		l.wg.Go(f)
+	l.running = make(map[int]string, len(loops))
+	for i, lp := range loops {
+		l.bound = max(l.bound, lp.Stopping)
+		l.running[i] = lp.Name
+		l.wg.Go(func() {
+			defer func() {
+				l.mu.Lock()
+				delete(l.running, i)
+				l.mu.Unlock()
+			}()
+			lp.Run()
+		})
 	}
 	return nil
+}
+
+// Bound is how long Close waits for the daemon's goroutines once told to
+// stop: Wait, and the longest Loop.Stopping of those Begin started.
+func (l *Lifecycle) Bound() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.wait + l.bound
 }
 
 // IsClosed reports whether Close has begun.
@@ -186,14 +223,16 @@ func (l *Lifecycle) Wait(ctx context.Context, closeFn func() error) {
 }
 
 // Close runs stop once, after telling the daemon's goroutines to stop and
-// waiting for them, Wait at most; every call returns when it has finished,
-// and reports whether it went on without some of them (stuck: one waiting
-// on a disk that does not answer, which nothing can interrupt; until
-// session 20 Close waited for it for ever). Stopped says when they return.
-func (l *Lifecycle) Close(stop func()) (stuck bool) {
+// waiting for them, Bound at most; every call returns when it has
+// finished, and returns the names of those it went on without, sorted (nil
+// if none: one waiting on something that does not answer, which nothing
+// can interrupt; until session 20 Close waited for it for ever). Stopped
+// says when they return.
+func (l *Lifecycle) Close(stop func()) (left []string) {
 	l.mu.Lock()
 	first := !l.closed
 	l.closed = true
+	bound := l.wait + l.bound
 	l.mu.Unlock()
 	if first {
 		close(l.closing)
@@ -202,18 +241,23 @@ func (l *Lifecycle) Close(stop func()) (stuck bool) {
 			l.wg.Wait()
 			close(l.stopped)
 		}()
-		t := time.NewTimer(l.wait)
+		t := time.NewTimer(bound)
 		select {
 		case <-l.stopped:
 		case <-t.C:
-			l.stuck = true
+			l.mu.Lock()
+			for _, name := range l.running {
+				l.left = append(l.left, name)
+			}
+			l.mu.Unlock()
+			slices.Sort(l.left)
 		}
 		t.Stop()
 		stop()
 		close(l.done)
 	}
 	<-l.done
-	return l.stuck
+	return slices.Clone(l.left)
 }
 
 // Stopped returns a channel closed once the daemon's goroutines have all
