@@ -47,7 +47,7 @@ var importRules = map[string][]string{
 	"daemon/internal/lifecycle": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "daemon/server", "daemon/internal/sparse", "internal/lockfile"},
 	"daemon/internal/statedir":  nil,
 	"daemon/internal/sparse":    nil,
-	"daemon/internal/peertest":  {"wire", "identity", "internal/lockfile"},
+	"daemon/internal/peertest":  {"wire", "identity", "internal/lockfile", "internal/testlog"},
 	// The registry daemon: never the group daemon.
 	"daemon/registry": {"wire", "identity", "store", "cell", "cell/raftlog", "metrics", "discovery",
 		"daemon/server", "daemon/internal/sparse", "daemon/internal/lifecycle", "daemon/internal/statedir", "internal/lockfile"},

@@ -26,6 +26,7 @@ import (
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/store"
@@ -1409,7 +1410,7 @@ func closeLeaderMidRequest(t *testing.T) (members []*testCellMember, leader *tes
 	logs := make(map[string]*lockedBuffer) // by address
 	members = startTestCell(t, 3, func(cfg *Config) {
 		logs[cfg.Listen] = &lockedBuffer{}
-		cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), logs[cfg.Listen]), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(testlog.Output(t), logs[cfg.Listen]), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	leader, g := cellLeader(t, members)
 	p := dial(t, leader.d.Addr(), leader.fp, nil)

@@ -62,7 +62,7 @@ func TestHostilePeers(t *testing.T) {
 	// Everything the servers log, at debug level, to check at the end that
 	// no secret and no message body is in it.
 	var logged lockedBuffer
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testlog.Output(t), &logged), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.r = startRegistry(t, registry.Config{Server: hostileServer, Logger: log,
 		MaxGroupsPerKey: hostileGroupsPerKey, MaxGroupsPerAddr: hostileGroupsPerAddr})
 	h.d, _ = startGroupDaemon(t, Config{

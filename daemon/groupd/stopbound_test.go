@@ -3,11 +3,14 @@ package groupd
 import (
 	"context"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/huddle-chat/huddle/daemon/internal/lifecycle"
 	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -65,4 +68,56 @@ func TestCloseWaitsForASlowDeregistration(t *testing.T) {
 	if got := append(recs.matching("did not stop"), recs.matching("does not answer")...); len(got) != 0 {
 		t.Fatalf("a slow deregistration, within its bound, logged %q", got)
 	}
+}
+
+// TestCloseLeavesTheRegistrationLoop: a registration loop that does not
+// stop within its bound once told to (here held in the daemon's log after
+// deregistering, as a machine too loaded to run it would hold it) is left:
+// Close logs that it went on without it, naming it, and not the disk,
+// which the loop does not wait on (until session 21 it said `a disk that
+// does not answer?`). The daemon's Close returns, and its test ends, with
+// the loop still running: its late line goes to the late log, not to the
+// finished test (testlog.Output), and the state directory is released
+// once it has returned.
+func TestCloseLeavesTheRegistrationLoop(t *testing.T) {
+	reg := startRegistry(t, registry.Config{LeaseTTL: time.Hour})
+	var late testlog.Buffer
+	var d *Daemon
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // if the test failed before
+	t.Run("close", func(t *testing.T) {
+		rec := logRecorder{next: slog.NewTextHandler(testlog.OutputOr(t, &late), nil), mu: new(sync.Mutex), recs: new([]string)}
+		held := &holdRecord{next: rec, match: func(r slog.Record) bool { return r.Message == "group deregistered" },
+			once: new(sync.Once), reached: make(chan struct{}), release: release}
+		var served <-chan error
+		d, served = serveRegistered(t, Config{Logger: slog.New(held)}, reg, 100*time.Millisecond)
+
+		must(t, d.Close())
+		must(t, <-served)
+		<-held.reached
+		left := rec.matching("ERROR", "the daemon's own goroutines did not stop", "running=[registration]")
+		if len(left) != 1 {
+			t.Errorf("Close went on without the registration loop and logged %q, want it named", rec.matching("ERROR"))
+		}
+		if got := rec.matching("does not answer"); len(got) != 0 {
+			t.Errorf("a registration loop left logged %q: not the disk's", got)
+		}
+		select {
+		case <-d.life.Stopped():
+			t.Fatal("the loop held stopped")
+		default:
+		}
+	})
+	if d == nil {
+		return
+	}
+	// The test above has ended: the loop logs what it held.
+	letGo()
+	eventually(t, "the loop's line after its test ended, in the late log", func() bool {
+		return strings.Contains(late.String(), "group deregistered")
+	})
+	<-d.life.Stopped()
+	restartsOnceClosed(t, d.cfg)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
@@ -285,7 +286,7 @@ func TestClockBehindAcrossRestart(t *testing.T) {
 	clock.advance(-2 * time.Hour)
 	var logged lockedBuffer
 	d2, _ := startGroupDaemon(t, Config{StateDir: dir, Now: clock.Now,
-		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), &logged), nil))})
+		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(testlog.Output(t), &logged), nil))})
 	a2 := dial(t, d2.Addr(), d2.Fingerprint(), alice.id)
 	sent, err := a2.send(gid(d2), outgoing("after", "and after"))
 	must(t, err)

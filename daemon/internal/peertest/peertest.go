@@ -16,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -23,9 +24,11 @@ import (
 // instead of hanging it. It is not a timing assertion.
 const Timeout = 20 * time.Second
 
-// Logger logs to the test's output, at debug level.
+// Logger logs to the test's output, at debug level; once the test has
+// ended (a daemon's goroutine left running past its Close, logging late),
+// to the process's standard error (testlog.Output).
 func Logger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(testlog.Output(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // Ctx is the test's context, ending after Timeout.
