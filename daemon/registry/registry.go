@@ -297,9 +297,21 @@ func (r *Daemon) Close() error {
 		return nil
 	}
 	if left := r.life.Close(r.srv.Close); left != nil {
-		// Its loops (the sweep, mDNS) use no file: the state directory
-		// is released all the same.
-		r.cfg.Logger.Error("the registry's own goroutines did not stop in time: stopping without them", "running", left, "waited", r.life.Bound())
+		// Its loops use no file (the machine is overloaded, or one is
+		// stuck): the state directory is released once they have
+		// returned, not before. Until session 21 it was released at
+		// once, and a registry restarted on it in this process ran
+		// beside the old one's mDNS advertiser, which still answered
+		// for the registry's name with the old port; now that restart
+		// is refused (state directory in use) until the advertiser has
+		// stopped.
+		r.cfg.Logger.Error("the registry's own goroutines did not stop in time (none waits on the disk: the machine overloaded?): stopping without them; the state directory is released once they have",
+			"running", left, "waited", r.life.Bound())
+		go func() {
+			<-r.life.Stopped()
+			r.releaseLoaded()
+		}()
+		return nil
 	}
 	r.releaseLoaded()
 	return nil
