@@ -124,6 +124,27 @@ type catchUpRun struct {
 	fromBatch bool
 }
 
+// remainder returns the pace (messages a second) of the copy's last
+// window, cut short by the copy's end (the log's tail now), and whether
+// it is measured at all: only if it lasted at least half a window and
+// copied messages (past the first batch, which begins the first window).
+//
+// Why: until session 21 a copy's end measured the whole copy, from the
+// request on: the member's first read of its log and the messages its
+// retention had dropped (skipped by a reset of this log) counted in its
+// pace, and a copy of a batch or two (a small group's) over a few
+// milliseconds counted as much as a window's. One such measure, far from
+// an honest member's over a window, shunned one of them for the rest of
+// the restore (catchUpFaster).
+func (r *catchUpRun) remainder(g *groupState, window time.Duration) (float64, bool) {
+	took := time.Since(r.began)
+	tail, _ := g.log.Tail()
+	if !r.batched || took < window/2 || tail <= r.from {
+		return 0, false
+	}
+	return float64(tail-r.from) / took.Seconds(), true
+}
+
 // catchUp brings g's log up to seq (at time t) from a peer. It asks
 // every member at once (catchUpOrder) and copies the messages from the
 // first that has them; a member that does not answer (a dead host: a
@@ -155,8 +176,9 @@ type catchUpRun struct {
 //
 // A member whose copy failed after it said it had the messages (too slow
 // for the least pace, a batch that breaks the rules, its stream or
-// connection ended: copy) is shunned for the rest of the restore (shun,
-// which the restore's calls share, one per group): it is asked again only
+// connection ended: copy) is shunned for the rest of the restore
+// (restore, which the restore's calls share, one per group behind: nil
+// for a restore of one call): it is asked again only
 // as a last resort, once a round, when no other member is being asked
 // (none other could serve the messages); and the others are asked again
 // (a copy that moved to it from one of them closed their answers, and
@@ -177,7 +199,11 @@ type catchUpRun struct {
 // could serve takes the copy over for a window, asked from where the log
 // ends, and then the fastest measured keeps it; a member measured
 // catchUpFaster times slower than another, at a window's end or at its
-// copy's end, is shunned. Why: the least pace is a floor, the same for
+// copy's end (its last window's remainder, if it lasted half a window:
+// catchUpRun.remainder), is shunned. The paces measured are the
+// restore's, as the shunned are: a member measured in one group's copy
+// is set against the others as that in the next, not tried again as one
+// not measured yet. Why: the least pace is a floor, the same for
 // every member, and a member's key keeping to it held a restore for as
 // long as its copy took at that pace (1024 messages per 30 s: about 8 h
 // for a million messages) while another member could serve them in
@@ -188,7 +214,7 @@ type catchUpRun struct {
 // pace costs a copy twice its time at most. A member that alone can
 // serve, however slow (over the least pace), is left no copy: none is
 // measured faster.
-func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool, shun shunned) error {
+func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool, restore *catchUpRestore) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait() // runs after cancel (deferred next), which ends the askers
@@ -211,9 +237,10 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	if err := closed(); err != nil {
 		return err
 	}
-	if shun == nil {
-		shun = make(shunned)
+	if restore == nil {
+		restore = newCatchUpRestore()
 	}
+	shun, rates := restore.shun, restore.rates
 	pace := or(n.cfg.catchUpPace, catchUpTimeout)
 	runs := make(map[Peer]*catchUpRun) // copies ended at a hole, by member: asked again, they go on
 	answers := make(chan catchUpAnswer)
@@ -265,8 +292,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	// copy moves to (asked, its answer awaited); while it is set, the
 	// answers of others are closed, not copied from.
 	window := or(n.cfg.catchUpWindow, catchUpWindow)
-	rates := make(map[Peer]float64) // messages a second, over a member's last window
-	unable := make(map[Peer]bool)   // answered no, or nothing, this round
+	unable := make(map[Peer]bool) // answered no, or nothing, this round
 	var want Peer
 	// measured notes p's pace, and shuns each member measured
 	// catchUpFaster times slower than another (itself, too).
@@ -378,7 +404,6 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 			}
 			if err == nil {
 				from, _ := g.log.Tail()
-				began := time.Now()
 				run := runs[a.p]
 				delete(runs, a.p)
 				if run != nil && a.s.first <= from+1 {
@@ -389,7 +414,9 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 				}
 				a.s.close()
 				if err == nil {
-					measured(a.p, float64(seq-from)/time.Since(began).Seconds())
+					if rate, ok := run.remainder(g, window); ok {
+						measured(a.p, rate)
+					}
 				}
 				if errors.Is(err, errCatchUpMoved) {
 					if !asking[want] {
@@ -484,8 +511,30 @@ type catchUpAnswer struct {
 	after uint64    // the request's: the log's tail when it was asked
 }
 
+// catchUpRestore is what the catch-ups of one restore (one per group
+// behind, one after another) learn of the members, kept for the whole
+// restore (catchUp): the keys shunned, and each member's pace as last
+// measured (messages a second), set against the others' whichever
+// group's copy measured it.
+//
+// Why the paces too: until session 21 they were kept for one group's copy
+// (and the shunned for the restore), so each group's copy measured afresh,
+// and a member measured slower than another in one group's copy (within
+// catchUpFaster, so not shunned) was taken in the next for one not
+// measured yet: a large group's copy moved to it for a window, and stayed
+// unless the other was then measured catchUpFaster times faster.
+type catchUpRestore struct {
+	shun  shunned
+	rates map[Peer]float64
+}
+
+func newCatchUpRestore() *catchUpRestore {
+	return &catchUpRestore{shun: make(shunned), rates: make(map[Peer]float64)}
+}
+
 // shunned is, for one restore, the keys of the members whose copy failed
-// after they said they had the messages (catchUp).
+// after they said they had the messages, or that were measured
+// catchUpFaster times slower than another (catchUp).
 type shunned map[wire.Fingerprint]bool
 
 // catchUpOrder returns the members to catch up from: the leader first,
@@ -746,14 +795,8 @@ func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster f
 		}
 		last = entries[len(entries)-1].Seq
 		run.by = run.by.Add(paceEarned(pace, len(body), len(entries)))
-		if !run.batched {
-			// The first window is measured from the first batch: the
-			// member's first read of its log and this log's first write
-			// (a new segment) are no pace of its sending. One that sends
-			// none is measured a window from its answer all the same.
-			run.batched = true
-			run.began, run.from = time.Now(), tail
-		}
+		first := !run.batched
+		run.batched = true
 		if reset {
 			if entries[0].Seq != s.first {
 				return fmt.Errorf("%w: first batch at %d, header said %d", errCatchUp, entries[0].Seq, s.first)
@@ -778,6 +821,18 @@ func (s *catchUpStream) copy(g *groupState, pace, window time.Duration, faster f
 			if err := g.log.Append(held); err != nil {
 				return fmt.Errorf("%w: %w", errCatchUpLog, err)
 			}
+		}
+		if first {
+			// The first window is measured from the first batch on,
+			// appended: the member's first read of its log, this log's
+			// first write (a new segment), and the first batch (on its
+			// way before then) are no pace of its sending. One that
+			// sends none is measured a window from its answer all the
+			// same. (The first batch was counted, over the time after
+			// it: an honest member's first window, or a copy's short
+			// end, measured a batch more than it brought.)
+			run.began = time.Now()
+			run.from, _ = g.log.Tail()
 		}
 		clear(entries)
 	}

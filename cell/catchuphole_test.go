@@ -176,14 +176,14 @@ func testCatchUpAsksAgainAtHole(t *testing.T, old bool) {
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	shun := make(shunned)
-	if err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), 20, 0, false, shun); err != nil {
+	restore := newCatchUpRestore()
+	if err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), 20, 0, false, restore); err != nil {
 		t.Fatalf("catch up to 20 from a member whose retention dropped 13 to 15 as it sent them: %v", err)
 	}
 	if got := fmt.Sprint(asked()); got != "[10 12]" {
 		t.Fatalf("the member was asked after %s, want after 10, then after 12", got)
 	}
-	if shun[other.id.Fingerprint()] {
+	if restore.shun[other.id.Fingerprint()] {
 		t.Error("the member whose copy ended at a hole was shunned")
 	}
 	msgs := f.messages(g.ID)
@@ -263,12 +263,12 @@ func TestCatchUpFalseHole(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	shun := make(shunned)
+	restore := newCatchUpRestore()
 	const upto = 20
-	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun); err != nil {
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore); err != nil {
 		t.Fatalf("catch up to %d: %v (the member, shunned, is still asked as a last resort)", upto, err)
 	}
-	if !shun[c.slowKey] {
+	if !restore.shun[c.slowKey] {
 		t.Fatal("the member that said its log dropped messages, then had them, was not shunned")
 	}
 }

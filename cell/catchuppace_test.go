@@ -124,10 +124,23 @@ func (c *paceCell) serveAtLeastPace(tr *Transport, pace, lag time.Duration, sent
 	})
 }
 
-// serveAtOnce answers each catch-up on tr once f's log holds a message
+// nextTick waits for tick (a member's pace: what it sends is the test's),
+// and reports false if ctx or the stream ended first.
+func nextTick(ctx context.Context, str *quic.Stream, tick *time.Ticker) bool {
+	select {
+	case <-tick.C:
+		return true
+	case <-ctx.Done():
+	case <-str.Context().Done():
+	}
+	return false
+}
+
+// serveFast answers each catch-up on tr once f's log holds a message
 // past the 10 all hold (f's copy from another member has begun: its
-// answer was taken first), and sends its messages at once.
-func (c *paceCell) serveAtOnce(tr *Transport, served *atomic.Int64) {
+// answer was taken first), and sends its messages a chunk (catchUpChunk)
+// each every.
+func (c *paceCell) serveFast(tr *Transport, every time.Duration, served *atomic.Int64) {
 	tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
 		after, upto, frame, ok := readCatchUpRequest(str)
 		if !ok {
@@ -136,7 +149,12 @@ func (c *paceCell) serveAtOnce(tr *Transport, served *atomic.Int64) {
 		if !c.copyBegun(ctx) || !catchUpHeader(frame, after) {
 			return
 		}
+		tick := time.NewTicker(every)
+		defer tick.Stop()
 		for from := after + 1; from <= upto; from += catchUpChunk {
+			if from > after+1 && !nextTick(ctx, str, tick) {
+				return
+			}
 			if frame('b', c.batch(from, min(from+catchUpChunk-1, upto))) != nil {
 				return
 			}
@@ -159,7 +177,10 @@ func (c *paceCell) serveAtOnce(tr *Transport, served *atomic.Int64) {
 // faster keeps it, and the slower is shunned for the rest of the restore.
 // Here the slow member answers first, the other once the slow one's copy
 // has begun; the copy ends served by the other, the slow one's stream left
-// before its end, and the slow one shunned.
+// before its end, and the slow one shunned. The other sends a chunk each
+// 150 ms, its copy measured over a window (or its end, over half of one):
+// sent at once, its copy's end (a few milliseconds) was its only measure,
+// and since session 21 a copy that short is none (catchUpRun.remainder).
 func TestCatchUpMovesToFasterMember(t *testing.T) {
 	const pace, chunks = time.Second, 10
 	c := newPaceCell(t, pace, 0)
@@ -167,13 +188,13 @@ func TestCatchUpMovesToFasterMember(t *testing.T) {
 	var sent atomic.Uint64
 	var served atomic.Int64
 	c.serveAtLeastPace(c.slow, pace, pace*3/4, &sent)
-	c.serveAtOnce(c.other, &served)
+	c.serveFast(c.other, 150*time.Millisecond, &served)
 
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	shun := make(shunned)
+	restore := newCatchUpRestore()
 	start := time.Now()
-	err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun)
+	err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore)
 	took := time.Since(start)
 	if err != nil {
 		t.Fatalf("catch up to %d: %v", upto, err)
@@ -186,8 +207,8 @@ func TestCatchUpMovesToFasterMember(t *testing.T) {
 	if served.Load() == 0 {
 		t.Fatal("the faster member served no copy to its end")
 	}
-	if !shun[c.slowKey] || shun[c.otherKey] {
-		t.Fatalf("shunned: the slow member %v, the faster %v; want the slow one only", shun[c.slowKey], shun[c.otherKey])
+	if !restore.shun[c.slowKey] || restore.shun[c.otherKey] {
+		t.Fatalf("shunned: the slow member %v, the faster %v; want the slow one only", restore.shun[c.slowKey], restore.shun[c.otherKey])
 	}
 	if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != upto || msgs[len(msgs)-1].Seq != upto {
 		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
@@ -242,17 +263,17 @@ func TestCatchUpSlowMemberAloneServes(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 	defer cancel()
-	shun := make(shunned)
+	restore := newCatchUpRestore()
 	start := time.Now()
-	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun); err != nil {
+	if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore); err != nil {
 		t.Fatalf("catch up to %d from the one member that has the messages: %v", upto, err)
 	}
 	t.Logf("caught up %d messages in %v; the slow member was asked %d times", upto-10, time.Since(start).Round(time.Millisecond), c.paced.Load())
 	if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != upto || msgs[len(msgs)-1].Seq != upto {
 		t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
 	}
-	if len(shun) != 0 {
-		t.Fatalf("members shunned: %v, want none", shun)
+	if len(restore.shun) != 0 {
+		t.Fatalf("members shunned: %v, want none", restore.shun)
 	}
 	if got := c.paced.Load(); got != 1 {
 		t.Fatalf("the slow member was asked %d times, want once: the copy left it for the member whose answer said it cannot serve", got)
@@ -393,17 +414,10 @@ func TestCatchUpMovedCopyFailsAsksAgain(t *testing.T) {
 			if !ok || !catchUpHeader(frame, after) {
 				return
 			}
-			tick := time.NewTicker(every) // the member's pace: what it sends is the test's
+			tick := time.NewTicker(every)
 			defer tick.Stop()
 			for from := after + 1; from <= upto; from += per {
-				if frame('b', c.batch(from, min(from+per-1, upto))) != nil {
-					return
-				}
-				select {
-				case <-tick.C:
-				case <-ctx.Done():
-					return
-				case <-str.Context().Done():
+				if frame('b', c.batch(from, min(from+per-1, upto))) != nil || !nextTick(ctx, str, tick) {
 					return
 				}
 			}
@@ -430,19 +444,19 @@ func TestCatchUpMovedCopyFailsAsksAgain(t *testing.T) {
 		// RPCTimeout of the question (at a tenth of a CPU under -race,
 		// a dial and its handshake took seconds).
 		c.dialed(ctx, c.slow, c.other)
-		shun := make(shunned)
+		restore := newCatchUpRestore()
 		start := time.Now()
-		if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, shun); err != nil {
+		if err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore); err != nil {
 			t.Fatalf("catch up to %d, the slow member able to serve every message: %v (the other's copies failed %d times)", upto, err, failed.Load())
 		}
 		t.Logf("caught up %d messages in %v; the other member's copies failed %d times", upto-10, time.Since(start).Round(time.Millisecond), failed.Load())
-		if !shun[c.otherKey] {
+		if !restore.shun[c.otherKey] {
 			return false // never copied from
 		}
 		if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != upto || msgs[len(msgs)-1].Seq != upto {
 			t.Fatalf("f holds %d messages after the catch-up, want %d", len(msgs), upto)
 		}
-		if shun[c.slowKey] {
+		if restore.shun[c.slowKey] {
 			t.Fatal("the slow member, which served every message it was asked for, was shunned")
 		}
 		return true

@@ -117,7 +117,7 @@ type fsm struct {
 	onConfig func(c raft.Configuration, index uint64)
 	// catchUp brings a replica's log up to a position from a peer; with
 	// wait set, it waits until a peer can (Node.catchUp).
-	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64, wait bool, shun shunned) error
+	catchUp func(ctx context.Context, g *groupState, seq uint64, t int64, wait bool, restore *catchUpRestore) error
 	// starting is set while raft restores the newest snapshot at start
 	// (raft.NewRaft, which calls Restore on the caller's goroutine);
 	// startFailed once a restore then failed. See Restore.
@@ -577,10 +577,10 @@ func (f *fsm) restore(rc io.ReadCloser, atStart bool) error {
 		f.atStart.Store(&restoreAtStart{groups: next, behind: behind, done: make(chan struct{})})
 		return nil
 	}
-	shun := make(shunned) // for the whole restore: catchUp
+	restore := newCatchUpRestore() // for the whole restore: catchUp
 	for _, sg := range behind {
 		g := next[sg.spec.ID]
-		if err := f.catchUp(context.Background(), g, sg.seq, sg.time, false, shun); err != nil {
+		if err := f.catchUp(context.Background(), g, sg.seq, sg.time, false, restore); err != nil {
 			return fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
 		}
 		// What a peer sent is in no raft entry of this member's:
@@ -640,10 +640,10 @@ func (f *fsm) restoredNow() bool {
 func (f *fsm) finishRestore() {
 	d := f.atStart.Load()
 	defer close(d.done)
-	shun := make(shunned) // for the whole restore: catchUp
+	restore := newCatchUpRestore() // for the whole restore: catchUp
 	for _, sg := range d.behind {
 		g := d.groups[sg.spec.ID]
-		if err := f.catchUp(context.Background(), g, sg.seq, sg.time, true, shun); err != nil {
+		if err := f.catchUp(context.Background(), g, sg.seq, sg.time, true, restore); err != nil {
 			d.err = fmt.Errorf("cell: restore group %s: %w", sg.spec.Name, err)
 			return
 		}

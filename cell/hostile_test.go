@@ -1307,10 +1307,10 @@ func TestCatchUpShunsRogue(t *testing.T) {
 		}
 	})
 
-	shun := make(shunned) // one restore's
+	restore := newCatchUpRestore() // one restore's
 	for _, upto := range []uint64{15, 20} {
 		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
-		err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), upto, 0, false, shun)
+		err := f.node.catchUp(ctx, f.node.fsm.group(g.ID), upto, 0, false, restore)
 		cancel()
 		if err != nil {
 			t.Fatalf("catch up to %d: %v", upto, err)

@@ -1,0 +1,194 @@
+package cell
+
+import (
+	"context"
+	"encoding/binary"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// pacedServe is how a member played by the test answers a catch-up
+// (servePaced): behind (its log ends before the messages asked for), or
+// ok, once wait (if set) returns true, sending from first (after+1 if 0:
+// else past a hole its retention made) in batches of per messages, one
+// each every (the member's pace: what it sends is the test's).
+type pacedServe struct {
+	behind bool
+	wait   func(ctx context.Context) bool
+	first  uint64
+	per    int
+	every  time.Duration
+}
+
+// servePaced answers each catch-up on tr as how says for its request,
+// counting the requests answered ok in asked and the copies served to
+// their end in ended.
+func (c *paceCell) servePaced(tr *Transport, how func(after, upto uint64) pacedServe, asked, ended *atomic.Int64) {
+	tr.handle(kindCatchUp, func(ctx context.Context, _ wire.Fingerprint, str *quic.Stream) {
+		after, upto, frame, ok := readCatchUpRequest(str)
+		if !ok {
+			return
+		}
+		s := how(after, upto)
+		if s.behind {
+			if frame('h', append([]byte{catchUpBehind}, make([]byte, 8)...)) == nil {
+				str.Close()
+			}
+			return
+		}
+		if s.wait != nil && !s.wait(ctx) {
+			return
+		}
+		first := max(s.first, after+1)
+		if frame('h', binary.LittleEndian.AppendUint64([]byte{catchUpOK}, first)) != nil {
+			return
+		}
+		asked.Add(1)
+		tick := time.NewTicker(s.every)
+		defer tick.Stop()
+		for from := first; from <= upto; from += uint64(s.per) {
+			if from > first && !nextTick(ctx, str, tick) {
+				return
+			}
+			if frame('b', c.batch(from, min(from+uint64(s.per)-1, upto))) != nil {
+				return
+			}
+		}
+		if frame('e', nil) == nil {
+			ended.Add(1)
+			str.Close()
+		}
+	})
+}
+
+// tailPast waits until f's log holds a message past seq (a copy begun),
+// or ctx ends (false).
+func (c *paceCell) tailPast(ctx context.Context, seq uint64) bool {
+	poll := time.NewTicker(5 * time.Millisecond) // f's next append
+	defer poll.Stop()
+	for tail, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); tail <= seq; tail, _ = c.f.node.fsm.group(c.g.ID).log.Tail() {
+		select {
+		case <-poll.C:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// oneRestore catches f's group up to each of uptos in turn, as one
+// restore's catch-ups (one per group behind) do, and returns what they
+// learnt of the members.
+func (c *paceCell) oneRestore(t *testing.T, uptos ...uint64) *catchUpRestore {
+	t.Helper()
+	restore := newCatchUpRestore()
+	for _, upto := range uptos {
+		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+		err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore)
+		cancel()
+		if err != nil {
+			t.Fatalf("catch up to %d: %v", upto, err)
+		}
+		t.Logf("caught up to %d; paces measured: %v", upto, restore.rates)
+	}
+	return restore
+}
+
+// TestCatchUpPacesKeptForTheRestore: the paces a restore's catch-ups
+// measure (one per group behind, one after another) are the restore's, as
+// the members shunned are: a member measured in one group's copy is set
+// against the others as that in the next. Until session 21 each group's
+// copy measured afresh, and took a member measured slower in the one
+// before for one not measured yet: the next copy moved to it for a window
+// (its stream from the faster member closed, that member asked again
+// after). Here the slow member alone serves the first catch-up (~320
+// messages a second over 2 s: measured), and the fast one (~3,200 a
+// second over 1.5 s) answers first in the second, the slow one once that
+// copy has begun; the fast member is asked once and serves its copy to
+// its end.
+func TestCatchUpPacesKeptForTheRestore(t *testing.T) {
+	c := newPaceCell(t, 0, 0) // the default least pace and window (1 s)
+	// The slow member's copy spans 2 s from its first batch: measured at
+	// its first window's end, or at its end (half a window or more after
+	// its first batch) however late f reads it.
+	const slowPer, slowBatches, fastPer, fastBatches, every = 16, 40, 64, 75, 50 * time.Millisecond
+	first := uint64(10 + slowPer*slowBatches)
+	second := first + fastPer*fastBatches
+	var slowAsked, slowEnded, fastAsked, fastEnded atomic.Int64
+	c.servePaced(c.slow, func(after, upto uint64) pacedServe {
+		s := pacedServe{per: slowPer, every: every}
+		if upto > first { // the second: once the fast member's copy has begun
+			s.wait = func(ctx context.Context) bool { return c.tailPast(ctx, first) }
+		}
+		return s
+	}, &slowAsked, &slowEnded)
+	c.servePaced(c.other, func(_, upto uint64) pacedServe {
+		return pacedServe{behind: upto <= first, per: fastPer, every: every / 4}
+	}, &fastAsked, &fastEnded)
+
+	c.oneRestore(t, first, second)
+	t.Logf("the second catch-up: the fast member asked %d times (%d served to the end); the slow member was asked %d times in both",
+		fastAsked.Load(), fastEnded.Load(), slowAsked.Load())
+	if fastAsked.Load() != 1 || fastEnded.Load() != 1 {
+		t.Fatalf("the fast member was asked %d times, its copy served to its end %d times; want once, to its end: the copy moved to the slow member, measured in the first catch-up, as one not measured yet",
+			fastAsked.Load(), fastEnded.Load())
+	}
+	if msgs := c.f.messages(c.g.ID); uint64(len(msgs)) != second || msgs[len(msgs)-1].Seq != second {
+		t.Fatalf("f holds %d messages after the catch-ups, want %d", len(msgs), second)
+	}
+}
+
+// TestCatchUpEndMeasuresWhatItCopied: a copy's end measures the pace of
+// the messages copied since its last window began, after its first batch,
+// and only over half a window or more with messages copied: a copy past a
+// hole its member's retention made, or of one batch, is no measure of a
+// pace that shuns an honest member. Until session 21 the end measured the
+// whole copy from the request: the messages skipped past the hole, and the
+// member's first read, counted as its pace, and an honest member measured
+// over a window in the restore's copy before was shunned against it for
+// the rest of the restore. Here the member measured first serves ~1,280
+// messages a second over 1.25 s; the other then serves the next group's
+// copy alone, at a quarter of that pace, past a hole of a million
+// messages, or one batch at once.
+func TestCatchUpEndMeasuresWhatItCopied(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		hole         uint64
+		per, batches int
+	}{
+		{"past a hole", 1_000_000, 16, 16},
+		{"one batch", 0, catchUpChunk, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newPaceCell(t, 0, 0) // the default least pace and window (1 s)
+			const per, batches, every = 64, 26, 50 * time.Millisecond
+			first := uint64(10 + per*batches)
+			second := first + tc.hole + uint64(tc.per*tc.batches)
+			var asked, ended atomic.Int64
+			// The member measured first (honest, at its pace), behind in
+			// the second catch-up; the other, behind in the first.
+			c.servePaced(c.other, func(_, upto uint64) pacedServe {
+				return pacedServe{behind: upto > first, per: per, every: every}
+			}, &asked, &ended)
+			c.servePaced(c.slow, func(after, upto uint64) pacedServe {
+				return pacedServe{behind: upto <= first, first: after + 1 + tc.hole, per: tc.per, every: 4 * every * time.Duration(tc.per) / per}
+			}, &asked, &ended)
+
+			restore := c.oneRestore(t, first, second)
+			if ended.Load() != 2 {
+				t.Fatalf("%d copies served to their end, want 2 (one each)", ended.Load())
+			}
+			if tail, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); tail != second {
+				t.Fatalf("f's log ends at %d after the catch-ups, want %d", tail, second)
+			}
+			if restore.shun[c.otherKey] {
+				t.Fatal("the member measured over a window in the first catch-up was shunned against the other's copy's end")
+			}
+		})
+	}
+}
