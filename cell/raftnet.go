@@ -76,6 +76,11 @@ type raftNet struct {
 	// those waiting for one (connFor).
 	dialing  map[raft.ServerAddress]int
 	poolWake map[raft.ServerAddress]chan struct{}
+	// checking counts the checks of each member's idle connections under
+	// way (dropEnded): an RPC that finds none idle meanwhile waits for
+	// the check, which puts back those the member did not end, rather
+	// than dialing (connFor).
+	checking map[raft.ServerAddress]int
 	served   map[net.Conn]struct{}          // the connections members opened, being served
 	repl     map[raft.ServerID]*replication // by member key: a member replaced at an address starts afresh
 	// frameBytes are the bytes of request frames each key's connections
@@ -90,8 +95,12 @@ type raftNet struct {
 	// (measuredRTT).
 	rtt func() (time.Duration, bool)
 	// waitingDial, if set (by tests), is called each time an RPC finds
-	// maxDialsPerMember dials to target under way and waits (connFor).
+	// maxDialsPerMember dials to target under way, or its idle
+	// connections being checked, and waits (connFor).
 	waitingDial func(target raft.ServerAddress)
+	// checkingEnded, if set (by tests), is called while dropEnded holds
+	// target's idle connections out of the pool, before it checks them.
+	checkingEnded func(target raft.ServerAddress)
 }
 
 var (
@@ -142,6 +151,7 @@ func newRaftNet(tr *Transport, timeout time.Duration, log hclog.Logger, set ...f
 		warming:  make(map[raft.ServerAddress]bool),
 		dialing:  make(map[raft.ServerAddress]int),
 		poolWake: make(map[raft.ServerAddress]chan struct{}),
+		checking: make(map[raft.ServerAddress]int),
 		served:   make(map[net.Conn]struct{}),
 		repl:     make(map[raft.ServerID]*replication),
 
@@ -404,9 +414,11 @@ func (n *raftNet) dialWithin(target raft.ServerAddress, timeout time.Duration, r
 const maxDialsPerMember = readyConns
 
 // connFor returns a connection to target within timeout: an idle one, if
-// idle is set and the pool holds one, else one it dials once fewer than
-// maxDialsPerMember are under way to target. A failed dial is reported as
-// the link's if report is set.
+// idle is set and the pool holds one (or, while target's idle connections
+// are checked, once the check put back those the member did not end:
+// dropEnded), else one it dials once fewer than maxDialsPerMember are
+// under way to target. A failed dial is reported as the link's if report
+// is set.
 func (n *raftNet) connFor(target raft.ServerAddress, timeout time.Duration, idle, report bool) (*rpcConn, error) {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -423,7 +435,7 @@ func (n *raftNet) connFor(target raft.ServerAddress, timeout time.Duration, idle
 			c.reused = true
 			return c, nil
 		}
-		if n.dialing[target] < maxDialsPerMember {
+		if n.dialing[target] < maxDialsPerMember && !(idle && n.checking[target] > 0) {
 			n.dialing[target]++
 			n.mu.Unlock()
 			c, err := n.dial(target, time.Until(deadline), report)
@@ -449,7 +461,7 @@ func (n *raftNet) connFor(target raft.ServerAddress, timeout time.Duration, idle
 		case <-wake:
 			wait.Stop()
 		case <-wait.C:
-			return nil, asLinkError(fmt.Errorf("cell: dial %s: %d dials to it under way: %w", target, maxDialsPerMember, context.DeadlineExceeded))
+			return nil, asLinkError(fmt.Errorf("cell: dial %s: %d dials to it under way, or its idle connections being checked: %w", target, maxDialsPerMember, context.DeadlineExceeded))
 		case <-n.done:
 			wait.Stop()
 			return nil, errNetClosed
@@ -476,16 +488,40 @@ func (n *raftNet) dial(target raft.ServerAddress, timeout time.Duration, report 
 
 // dropEnded closes the idle connections to target that the member ended,
 // and keeps the others.
+//
+// They are out of the pool while it checks them (ended reads each, which
+// no RPC may meanwhile), and an RPC to target that finds the pool empty
+// meanwhile waits for the check rather than dialing (connFor): until
+// session 21 it dialed, and a vote sent while a connection was checked
+// (a member dialing this one: refresh) paid a handshake, or failed where
+// no dial could succeed, beside an idle connection that was fine.
 func (n *raftNet) dropEnded(target raft.ServerAddress) {
 	n.mu.Lock()
 	conns := n.idle[target]
 	delete(n.idle, target)
+	if len(conns) > 0 {
+		n.checking[target]++
+	}
 	n.mu.Unlock()
+	if len(conns) == 0 {
+		return
+	}
+	defer func() {
+		n.mu.Lock()
+		if n.checking[target]--; n.checking[target] == 0 {
+			delete(n.checking, target)
+		}
+		n.wakeLocked(target)
+		n.mu.Unlock()
+	}()
+	if n.checkingEnded != nil {
+		n.checkingEnded(target)
+	}
 	for _, c := range conns {
 		if c.ended() {
 			c.close()
 		} else {
-			n.putConn(c)
+			n.putConn(c) // wakes those waiting for it
 		}
 	}
 }

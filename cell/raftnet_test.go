@@ -699,3 +699,78 @@ func TestRaftNetEndedIdleSparesFresh(t *testing.T) {
 		t.Fatalf("pre-vote answered %+v", resp)
 	}
 }
+
+// TestRaftNetCheckKeepsIdleInReach: while dropEnded checks a member's idle
+// connections (out of the pool: ended reads each), an RPC to that member
+// that finds the pool empty waits for the check, and is sent on the idle
+// connection the check puts back, with no dial. Until session 21 it
+// dialed: a vote sent while a member's dial had this member check its
+// connections to it (refresh) paid a handshake beside a connection that
+// was fine, or failed where no dial could succeed (here, every dial
+// fails).
+func TestRaftNetCheckKeepsIdleInReach(t *testing.T) {
+	var hold atomic.Bool // the test's one check is held until release
+	checking, release := make(chan struct{}), make(chan struct{})
+	waiting := make(chan struct{}, 1)
+	a, _, target, _ := raftNetPair(t, func(n *raftNet) {
+		n.checkingEnded = func(raft.ServerAddress) {
+			if hold.CompareAndSwap(true, false) {
+				close(checking)
+				<-release
+			}
+		}
+		n.waitingDial = func(raft.ServerAddress) {
+			select {
+			case waiting <- struct{}{}:
+			default:
+			}
+		}
+	})
+	idle, err := a.dialReporting(target, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.putConn(idle)
+	var dials atomic.Int32
+	a.tr.mu.Lock()
+	a.tr.dialFault = func() error {
+		dials.Add(1)
+		return errNoDial
+	}
+	a.tr.mu.Unlock()
+
+	hold.Store(true)
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		a.dropEnded(target)
+	}()
+	<-checking
+	errc := make(chan error, 1)
+	var resp raft.RequestPreVoteResponse
+	go func() { errc <- a.RequestPreVote("b", target, &raft.RequestPreVoteRequest{Term: 2}, &resp) }()
+	select {
+	case <-waiting: // for the check
+	case err := <-errc:
+		close(release)
+		<-checked
+		t.Fatalf("the pre-vote sent while the idle connection was checked did not wait for the check: %v (%d dials)", err, dials.Load())
+	}
+	close(release)
+	<-checked
+	if err := <-errc; err != nil {
+		t.Fatalf("pre-vote sent while the idle connection was checked: %v (%d dials)", err, dials.Load())
+	}
+	if !resp.Granted {
+		t.Fatalf("pre-vote answered %+v", resp)
+	}
+	if n := dials.Load(); n != 0 {
+		t.Fatalf("%d dials for a pre-vote sent while the member's one idle connection, fine, was checked; want none", n)
+	}
+	a.mu.Lock()
+	pooled := slices.Contains(a.idle[target], idle)
+	a.mu.Unlock()
+	if !pooled {
+		t.Fatal("the idle connection the check put back, which carried the pre-vote, is not back in the pool")
+	}
+}
