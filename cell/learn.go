@@ -265,7 +265,16 @@ func (n *Node) askMembers(ctx context.Context, addr string) ([]Peer, error) {
 	return decodeMembers(p)
 }
 
-// decodeMembers decodes a members answer.
+// decodeMembers decodes a members answer. A member whose address is not
+// host:port (wire.CheckAddr) is skipped, the others kept: a configuration
+// made before session 20, when raft took any address, may hold one
+// ("box:http"), and every member's answer names it while it is a member.
+// Refused whole for it (session 20), those answers taught a member that
+// was away no member at all, the replaced one's successor included, while
+// the cell held it: its repair (cell_add its key at host:port, which
+// moves it) is such a time. Such a member could not have the cell's
+// groups registered anyway (a registry refuses replicas that are not
+// host:port), and this member neither dials nor lists it from here.
 func decodeMembers(p []byte) ([]Peer, error) {
 	r := reader{p: p}
 	count := r.u8("members")
@@ -277,6 +286,9 @@ func decodeMembers(p []byte) ([]Peer, error) {
 		var m Peer
 		r.fixed(m.Fingerprint[:], "fingerprint")
 		m.Addr = string(r.bytes(int(r.u8("address length")), "address"))
+		if r.err == nil && wire.CheckAddr(m.Addr) != nil {
+			continue
+		}
 		if r.err == nil {
 			if err := m.check(); err != nil {
 				r.fail("member %d: %v", i, err)
