@@ -137,33 +137,24 @@ func TestRegistrationCloseDuringRegister(t *testing.T) {
 // holdRecord is a log that holds the first record match takes (its
 // answer is sent after the log line, for a registry's) until release.
 type holdRecord struct {
-	next             slog.Handler
-	match            func(slog.Record) bool
-	once             *sync.Once // shared with the handlers derived from it
+	*peertest.Hook
 	reached, release chan struct{}
 }
 
 // newHoldRecord returns a holdRecord over the test's log.
 func newHoldRecord(t *testing.T, match func(slog.Record) bool) *holdRecord {
-	return &holdRecord{next: testLogger(t).Handler(), match: match, once: new(sync.Once), reached: make(chan struct{}), release: make(chan struct{})}
+	return newHoldRecordOver(testLogger(t).Handler(), match, make(chan struct{}))
 }
 
-func (h *holdRecord) Enabled(context.Context, slog.Level) bool { return true }
-func (h *holdRecord) WithAttrs(as []slog.Attr) slog.Handler {
-	return &holdRecord{next: h.next.WithAttrs(as), match: h.match, once: h.once, reached: h.reached, release: h.release}
-}
-func (h *holdRecord) WithGroup(g string) slog.Handler {
-	return &holdRecord{next: h.next.WithGroup(g), match: h.match, once: h.once, reached: h.reached, release: h.release}
-}
-
-func (h *holdRecord) Handle(ctx context.Context, rec slog.Record) error {
-	if h.match(rec) {
-		h.once.Do(func() {
-			close(h.reached)
-			<-h.release
-		})
-	}
-	return h.next.Handle(ctx, rec)
+// newHoldRecordOver returns a holdRecord over next, held until release is
+// closed.
+func newHoldRecordOver(next slog.Handler, match func(slog.Record) bool, release chan struct{}) *holdRecord {
+	h := &holdRecord{reached: make(chan struct{}), release: release}
+	h.Hook = peertest.NewHook(next, match, func() {
+		close(h.reached)
+		<-h.release
+	})
+	return h
 }
 
 // registered matches a registry's record of group's registration.
@@ -703,14 +694,14 @@ func TestRegistrationCountsPromptlyAfterSlowDial(t *testing.T) {
 func TestRegistrationFoundThenLearned(t *testing.T) {
 	fp := wire.Fingerprint{1, 2, 3}
 	var rs atomic.Pointer[registrations]
-	hook := &onLog{next: testLogger(t).Handler(), msg: "registry found over mDNS; registering there too", do: func() { rs.Load().learned(fp) }, calls: new(atomic.Int32)}
+	hook := peertest.NewHook(testLogger(t).Handler(), peertest.Message("registry found over mDNS; registering there too"), func() { rs.Load().learned(fp) })
 	// The configured address answers nothing, so its registrar has not
 	// learned any key when mDNS reports fp.
 	d, stop := startGroupDaemon(t, Config{Registries: []string{"127.0.0.1:1"}, Logger: slog.New(hook)})
 	eventually(t, "the registrations running", func() bool { return d.regs.Load() != nil })
 	rs.Store(d.regs.Load())
 	rs.Load().found(d.life.Ctx(), fp, "127.0.0.2:7373")
-	if n := hook.calls.Load(); n != 1 {
+	if n := hook.Matched(); n != 1 {
 		t.Fatalf("the discovered registry was logged %d times, want once", n)
 	}
 	for _, s := range d.Registrations() {
@@ -719,30 +710,6 @@ func TestRegistrationFoundThenLearned(t *testing.T) {
 		}
 	}
 	stop()
-}
-
-// onLog is a log that calls do, once, when a record's message is msg, as
-// that record is logged.
-type onLog struct {
-	next  slog.Handler
-	msg   string
-	do    func()
-	calls *atomic.Int32
-}
-
-func (h *onLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h *onLog) WithAttrs(as []slog.Attr) slog.Handler {
-	return &onLog{next: h.next.WithAttrs(as), msg: h.msg, do: h.do, calls: h.calls}
-}
-func (h *onLog) WithGroup(g string) slog.Handler {
-	return &onLog{next: h.next.WithGroup(g), msg: h.msg, do: h.do, calls: h.calls}
-}
-
-func (h *onLog) Handle(ctx context.Context, rec slog.Record) error {
-	if rec.Message == h.msg && h.calls.Add(1) == 1 {
-		h.do()
-	}
-	return h.next.Handle(ctx, rec)
 }
 
 // TestDiscoveredRegistriesBounded checks that the registries mDNS finds

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/huddle-chat/huddle/daemon/internal/lifecycle"
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/registry"
 	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/wire"
@@ -49,7 +50,7 @@ func serveRegistered(t *testing.T, cfg Config, reg *registry.Daemon, deregister 
 func TestCloseWaitsForASlowDeregistration(t *testing.T) {
 	// The registry logs a deregistration before it answers: held, the
 	// daemon's deregistration waits out its bound.
-	held := newHoldRecord(t, func(rec slog.Record) bool { return rec.Message == "group deregistered" })
+	held := newHoldRecord(t, peertest.Message("group deregistered"))
 	reg := startRegistry(t, registry.Config{LeaseTTL: time.Hour, Logger: slog.New(held)})
 	t.Cleanup(func() { close(held.release) }) // before the registry's Close
 	log, recs := recordLogs(t)
@@ -89,8 +90,7 @@ func TestCloseLeavesTheRegistrationLoop(t *testing.T) {
 	t.Cleanup(letGo) // if the test failed before
 	t.Run("close", func(t *testing.T) {
 		rec := logRecorder{next: slog.NewTextHandler(testlog.OutputOr(t, &late), nil), mu: new(sync.Mutex), recs: new([]string)}
-		held := &holdRecord{next: rec, match: func(r slog.Record) bool { return r.Message == "group deregistered" },
-			once: new(sync.Once), reached: make(chan struct{}), release: release}
+		held := newHoldRecordOver(rec, peertest.Message("group deregistered"), release)
 		var served <-chan error
 		d, served = serveRegistered(t, Config{Logger: slog.New(held)}, reg, 100*time.Millisecond)
 

@@ -59,21 +59,34 @@ func testStartOnHungDisk(t *testing.T, serve bool) {
 
 	// The key may still be being written: no registry may use the
 	// directory meanwhile.
+	stillLocked(t, cfg, "a hung start holds")
+	letGo()
+	startsOnceFree(t, cfg, "the disk answered")
+}
+
+// stillLocked checks that a registry started on cfg's state directory,
+// which what holds still holds, is refused (ErrStateDirInUse).
+func stillLocked(t *testing.T, cfg Config, what string) {
+	t.Helper()
 	second, err := New(cfg)
 	peertest.Must(t, err)
 	if err := second.Listen(); !errors.Is(err, ErrStateDirInUse) {
-		t.Errorf("a registry on the state directory a hung start holds: %v, want ErrStateDirInUse", err)
+		t.Errorf("a registry on the state directory %s: %v, want ErrStateDirInUse", what, err)
 	}
 	peertest.Must(t, second.Close())
+}
 
-	letGo()
-	peertest.Eventually(t, "a registry started on the directory once the disk answered", func() bool {
+// startsOnceFree waits for a registry to start on cfg's state directory
+// once what has happened.
+func startsOnceFree(t *testing.T, cfg Config, what string) {
+	t.Helper()
+	peertest.Eventually(t, "a registry started on the directory once "+what, func() bool {
 		again, err := New(cfg)
 		peertest.Must(t, err)
 		err = again.Listen()
 		peertest.Must(t, again.Close())
 		if err != nil && !errors.Is(err, ErrStateDirInUse) {
-			t.Fatalf("a registry on the directory once the disk answered: %v", err)
+			t.Fatalf("a registry on the directory once %s: %v", what, err)
 		}
 		return err == nil
 	})

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,4 +236,52 @@ func OnHungDisk(t testing.TB, what string, f func() error, release func()) error
 		t.Fatalf("%s still waits a minute on a disk that does not answer", what)
 		return nil
 	}
+}
+
+// Hook is a log handler that runs do, once, as the first record match
+// takes is logged (before passing it on to next), and counts the records
+// match takes: a test holds a daemon's goroutine where it logs (do waits),
+// or acts there. The handlers derived from it (WithAttrs, WithGroup) share
+// the once and the count.
+type Hook struct {
+	next    slog.Handler
+	match   func(slog.Record) bool
+	do      func()
+	once    *sync.Once
+	matched *atomic.Int32
+}
+
+// NewHook returns a Hook over next.
+func NewHook(next slog.Handler, match func(slog.Record) bool, do func()) *Hook {
+	return &Hook{next: next, match: match, do: do, once: new(sync.Once), matched: new(atomic.Int32)}
+}
+
+// Message matches the records whose message is msg.
+func Message(msg string) func(slog.Record) bool {
+	return func(rec slog.Record) bool { return rec.Message == msg }
+}
+
+// Matched is how many records match has taken.
+func (h *Hook) Matched() int { return int(h.matched.Load()) }
+
+func (h *Hook) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *Hook) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.next = h.next.WithAttrs(as)
+	return &c
+}
+
+func (h *Hook) WithGroup(g string) slog.Handler {
+	c := *h
+	c.next = h.next.WithGroup(g)
+	return &c
+}
+
+func (h *Hook) Handle(ctx context.Context, rec slog.Record) error {
+	if h.match(rec) {
+		h.matched.Add(1)
+		h.once.Do(h.do)
+	}
+	return h.next.Handle(ctx, rec)
 }
