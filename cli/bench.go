@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,6 +71,9 @@ from runs without it.`,
 	}
 	if fs.NArg() != 1 {
 		return usageErr(env, "bench", "want one scenario (%s), got %d arguments", strings.Join(names, ", "), fs.NArg())
+	}
+	if !slices.Contains(names, fs.Arg(0)) {
+		return usageErr(env, "bench", "no scenario %q: want one of %s", fs.Arg(0), strings.Join(names, ", "))
 	}
 	cfg.Scenario = loadgen.Scenario(fs.Arg(0))
 	if registryPin != "" {

@@ -26,14 +26,19 @@ func runCell(ctx context.Context, env Env, args []string) int {
 	const synopsis = "status|add|remove --server HOST:PORT [FINGERPRINT@HOST:PORT | FINGERPRINT]"
 	if len(args) == 0 || (args[0] != "status" && args[0] != "add" && args[0] != "remove") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintf(env.Stdout, "Usage: huddle cell %s\n\n%s\n\nExample:\n%s\n", synopsis, cellAbout, cellExample)
+			// The flags are every subcommand's: listed here too (until
+			// session 21 huddle cell --help named none of them).
+			var f cellCommandFlags
+			fs := newFlags(env, "cell", synopsis, cellAbout, cellExample)
+			f.register(fs)
+			fs.Usage()
 			return ExitOK
 		}
 		return usageErr(env, "cell", "say status, add or remove")
 	}
 	sub := args[0]
 	var f cellCommandFlags
-	fs := newFlags(env, "cell "+sub, synopsis, cellAbout, cellExample)
+	fs := newFlags(env, "cell "+sub, cellSynopses[sub], cellAbout, cellExample)
 	f.register(fs)
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
@@ -145,6 +150,14 @@ func cellChangeOutcome(err error, server string) error {
 		return &refusal{fmt.Sprintf("%s; asked again until --timeout ended: the cell made no change; try again shortly", last)}
 	}
 	return err
+}
+
+// cellSynopses are each subcommand's synopsis, for its --help (until
+// session 21 each repeated the verb's: "huddle cell add status|add|remove").
+var cellSynopses = map[string]string{
+	"status": "--server HOST:PORT [--fingerprint FINGERPRINT] [--json]",
+	"add":    "--server HOST:PORT [--wait DURATION] [--json] FINGERPRINT@HOST:PORT",
+	"remove": "--server HOST:PORT [--json] FINGERPRINT",
 }
 
 const cellAbout = `Operate a cell: 3 or 5 group daemons (huddle serve --cell-peer ...) that replicate their groups.

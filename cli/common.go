@@ -52,10 +52,92 @@ func newFlags(env Env, name, synopsis, about, example string) *pflag.FlagSet {
 	fs.SetOutput(env.Stderr)
 	fs.SortFlags = false
 	fs.Usage = func() {
-		fmt.Fprintf(env.Stdout, "Usage: huddle %s %s\n\n%s\n\nFlags:\n%s\nExample:\n%s\n",
-			name, synopsis, about, fs.FlagUsages(), example)
+		fmt.Fprint(env.Stdout, helpText(name, synopsis, about, flagUsages(fs), example))
 	}
 	return fs
+}
+
+// helpText is a verb's --help: its synopsis, what it does, its flags (a
+// section left out when it has none) and an example.
+func helpText(name, synopsis, about, flags, example string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage: %s\n\n%s\n\n", strings.TrimSpace("huddle "+name+" "+synopsis), strings.TrimRight(about, "\n"))
+	if flags != "" {
+		fmt.Fprintf(&b, "Flags:\n%s\n", flags)
+	}
+	fmt.Fprintf(&b, "Example:\n%s\n", example)
+	return b.String()
+}
+
+// flagUsages lists fs's flags as pflag's FlagUsages does, but as people
+// read a command's help: each value named for what it is (--since TIME,
+// --group NAME, not "string" or "stringArray"), a boolean flag bare
+// (--json, not pflag's --json[=true|false], which reads as if the value
+// had to be given), and no empty default ("(default [])"). Until session
+// 21 it was pflag's own text.
+func flagUsages(fs *pflag.FlagSet) string {
+	type line struct{ head, usage string }
+	var lines []line
+	width := 0
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		head := "      --" + f.Name
+		if f.Shorthand != "" {
+			head = "  -" + f.Shorthand + ", --" + f.Name
+		}
+		name, usage := pflag.UnquoteUsage(f)
+		if f.Value.Type() != "bool" {
+			head += " " + flagValueName(f.Name, name)
+		}
+		switch def := f.DefValue; {
+		case def == "" || def == "[]" || def == "false" || def == "0" || def == "0s":
+		case f.Value.Type() == "string":
+			usage += fmt.Sprintf(" (default %q)", def)
+		default:
+			usage += fmt.Sprintf(" (default %s)", strings.TrimSuffix(strings.TrimPrefix(def, "["), "]"))
+		}
+		width = max(width, len(head))
+		lines = append(lines, line{head, usage})
+	})
+	var b strings.Builder
+	for _, l := range lines {
+		fmt.Fprintf(&b, "%-*s   %s\n", width, l.head, l.usage)
+	}
+	return b.String()
+}
+
+// flagValueName names a flag's value in help: by what the flag takes
+// where its type alone says too little (a string is a TIME, a FILE, a
+// NAME...), else by its type. typeName is pflag's name for the type.
+func flagValueName(flag, typeName string) string {
+	if n, ok := flagValueNames[flag]; ok {
+		return n
+	}
+	switch typeName {
+	case "int", "float":
+		return "N"
+	case "duration":
+		return "DURATION"
+	case "size":
+		return "SIZE"
+	case "addr", "addrs":
+		return "ADDR"
+	}
+	return "VALUE"
+}
+
+// flagValueNames are the value names of the flags whose type is a string
+// or a list of them, by flag (the same name means the same thing in every
+// verb).
+var flagValueNames = map[string]string{
+	"advertise": "HOST:PORT", "after": "SEQ", "as": "NAME", "cell-dir": "DIR", "cell-peer": "FP@HOST:PORT",
+	"daemon": "FINGERPRINT", "data-dir": "DIR", "fingerprint": "FINGERPRINT", "fsync": "interval|always",
+	"group": "NAME", "host": "NAME", "id": "UUID", "iface": "NAME", "listen": "ADDR", "log-format": "text|json",
+	"log-level": "LEVEL", "metrics": "ADDR", "pprof": "ADDR", "profile": "DIR", "registry": "ADDR",
+	"registry-fingerprint": "FINGERPRINT", "replica": "leader|follower", "secret-file": "FILE", "server": "HOST:PORT",
+	"since": "TIME", "state-dir": "DIR", "storage": "disk|memory",
 }
 
 // parse parses args; it returns (code, false) when the verb should exit now

@@ -235,7 +235,7 @@ func (d *doctor) run(ctx context.Context, wait time.Duration) int {
 			code = c
 		}
 	}
-	d.finish()
+	d.finish(code)
 	return code
 }
 
@@ -486,6 +486,9 @@ func (d *doctor) adviseRegistry(r registryReport) string {
 		return "KEY CHANGED (pinned " + ce.Pinned.Short() + ", presents " + ce.Presented.Short() + ")"
 	case r.from == fromLocal:
 		return "no registry runs on this machine"
+	case isNotRegistry(r.err):
+		d.advise("%s answers, but is no registry (a group daemon?): give --registry a registry's address: huddle up prints it (\"huddle registry listening on ...\"); port 7373 unless told otherwise", r.addr)
+		return "not a registry"
 	case errors.Is(r.err, client.ErrUnreachable), errors.Is(r.err, context.DeadlineExceeded):
 		switch r.from {
 		case fromGiven:
@@ -874,9 +877,17 @@ func (d *doctor) adviseMembers(e client.ListedGroup, at []doctorAddr, answer *st
 	return bad
 }
 
-func (d *doctor) finish() {
+// finish says what to fix, or that all is good, which it is only when
+// every check passed: a check that failed with no advice of its own (a
+// registry's error the doctor has no words for) printed "all good" above
+// exit 3 until session 21.
+func (d *doctor) finish(code int) {
 	if len(d.report.Advice) == 0 {
-		d.say("\nall good")
+		if code == ExitOK {
+			d.say("\nall good")
+		} else {
+			d.say("\nnot all good: see the NO above")
+		}
 		return
 	}
 	d.say("\nadvice:")

@@ -17,6 +17,9 @@ func runID(ctx context.Context, env Env, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	if fs.NArg() != 0 {
+		return usageErr(env, "id", "unexpected argument %q", fs.Arg(0))
+	}
 	dir, err := home(env)
 	if err != nil {
 		return fail(env, "id", err)
@@ -34,14 +37,17 @@ func runID(ctx context.Context, env Env, args []string) int {
 }
 
 func runForgetRegistry(ctx context.Context, env Env, args []string) int {
-	fs := newFlags(env, "forget-registry", "ADDR",
-		"Drop the fingerprint pinned for the registry at ADDR, so the next use trusts the key it presents then.\nDo this only when you know the registry's key changed (it was reinstalled).",
-		"  huddle forget-registry 192.168.1.20:7373")
+	fs := newFlags(env, "forget-registry", "NAME",
+		"Drop the fingerprint pinned for the registry NAME, so the next use trusts the key it presents then.\n"+
+			"NAME is the registry's address, or mdns:INSTANCE for one found over mDNS, as the refusal that sent\n"+
+			"you here prints it (quote it: instance names have spaces).\n"+
+			"Do this only when you know the registry's key changed (it was reinstalled).",
+		"  huddle forget-registry 192.168.1.20:7373\n  huddle forget-registry 'mdns:huddle registry on hal (jcqm-rwtz)'")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
 	if fs.NArg() != 1 {
-		return usageErr(env, "forget-registry", "want one ADDR")
+		return usageErr(env, "forget-registry", "want one NAME: the registry's address, or mdns:INSTANCE")
 	}
 	dir, err := home(env)
 	if err != nil {

@@ -768,8 +768,10 @@ func (e *noRegistryError) Error() string {
 	switch {
 	case locked:
 		b.WriteString("\n  another huddle process holds known_registries' lock: resume it (fg) or end it, then run this again")
-	case e.given:
+	case e.given && !e.allNotRegistries():
 		b.WriteString("\n  is it running (huddle up, huddle registry), and does its host let UDP in?")
+	case e.given:
+		b.WriteString("\n  give --registry a registry's address: huddle up prints it (\"huddle registry listening on ...\"); port 7373 unless told otherwise")
 	default:
 		// None given and none answered: most often nothing was started yet.
 		b.WriteString("\n  start one on this machine with 'huddle up' (make run in huddle's source), or")
@@ -783,6 +785,17 @@ func (e *noRegistryError) Error() string {
 
 func (e *noRegistryError) Unwrap() error { return client.ErrUnreachable }
 
+// allNotRegistries reports whether every server asked answered as no
+// registry does (a group daemon's address given as --registry).
+func (e *noRegistryError) allNotRegistries() bool {
+	for _, r := range e.reports {
+		if !isNotRegistry(r.err) {
+			return false
+		}
+	}
+	return len(e.reports) > 0
+}
+
 // summarize says in one line what each registry tried did.
 func summarize(reports []registryReport) string {
 	if len(reports) == 0 {
@@ -792,7 +805,7 @@ func summarize(reports []registryReport) string {
 	for _, r := range reports {
 		what := "answered"
 		if r.err != nil {
-			what = withoutGoText(r.err)
+			what = r.failure()
 		}
 		if r.addr == "" {
 			parts = append(parts, fmt.Sprintf("%s: %s", r.from, what))
@@ -801,6 +814,34 @@ func summarize(reports []registryReport) string {
 		parts = append(parts, fmt.Sprintf("%s (%s): %s", r.addr, r.from, what))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// failure says for people why r's registry could not be used: as its
+// error says it, without the address the line names already ("127.0.0.1:7373
+// (this machine): registry 127.0.0.1:7373: server unreachable:
+// 127.0.0.1:7373" until session 21), and, for a server that answered
+// but is no registry (a group daemon's address given as --registry), so,
+// with where a registry listens: it was "unsupported operation: list",
+// then "is it running?", of a server that was.
+func (r registryReport) failure() string {
+	if isNotRegistry(r.err) {
+		return "answers, but is no registry (a group daemon?)"
+	}
+	what := withoutGoText(r.err)
+	if r.addr != "" {
+		shown := wire.Shown(r.addr)
+		what = strings.TrimPrefix(what, "registry "+shown+": ")
+		what = strings.Replace(what, client.ErrUnreachable.Error()+": "+shown, client.ErrUnreachable.Error(), 1)
+	}
+	return what
+}
+
+// isNotRegistry reports whether err is the answer of a server that is no
+// registry to a registry's request: a group daemon refuses list as
+// unsupported.
+func isNotRegistry(err error) bool {
+	var we *wire.Error
+	return errors.As(err, &we) && we.Code == wire.CodeUnsupported
 }
 
 // where names the registries that answered, for people.

@@ -45,6 +45,9 @@ func runVersion(ctx context.Context, env Env, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	if fs.NArg() != 0 {
+		return usageErr(env, "version", "unexpected argument %q", fs.Arg(0))
+	}
 	fmt.Fprintf(env.Stdout, "huddle %s (%s, %s/%s)\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return ExitOK
 }

@@ -35,7 +35,7 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 		noMDNS      bool
 		logLevel    string
 	)
-	fs := newFlags(env, "web", "[--listen ADDR] [--open] [--registry ADDR]...",
+	fs := newFlags(env, "web", "[--listen ADDR] [--open] [--registry ADDR]... [--allow-remote] [--host NAME]... [--no-mdns]",
 		"Serve your groups to a browser: a chat page on this machine, acting with your key ($HUDDLE_HOME).\n"+
 			"It prints a link with a secret; open it (or pass --open). The page lists the groups of every\n"+
 			"registry it knows, live, and lets you join, read and send. Ctrl-C stops it.",

@@ -84,7 +84,7 @@ func TestExitCodes(t *testing.T) {
 		{"watch without group", alice, "", []string{"watch"}, 2, []string{"want at least one GROUP"}},
 		{"chat without group", alice, "", []string{"chat"}, 2, []string{"want one GROUP"}},
 		{"two groups", alice, "", []string{"fetch", alpha, "beta"}, 2, []string{"want one GROUP"}},
-		{"forget-registry without address", alice, "", []string{"forget-registry"}, 2, []string{"want one ADDR"}},
+		{"forget-registry without address", alice, "", []string{"forget-registry"}, 2, []string{"want one NAME"}},
 		{"serve without group", alice, "", []string{"serve", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--no-mdns"}, 2, []string{"--group NAME"}},
 		{"bad log level", alice, "", []string{"registry", "--listen", "127.0.0.1:0", "--log-level", "loud", "--no-mdns"}, 2, []string{"--log-level"}},
 		{"bad group name on a daemon", alice, "", []string{"serve", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--no-mdns", "--group", ""}, 2, []string{"--group", "empty"}},
