@@ -66,20 +66,35 @@ func procEnv(environ, args []string) ([]string, error) {
 // proc is a running huddle process.
 type proc struct {
 	cmd  *exec.Cmd
+	args []string // huddle's, after the binary
+	fate testbin.Fate
 	mu   sync.Mutex
 	out  []string
 	more chan struct{} // closed and replaced at each line
 	done chan struct{} // closed when the process has exited
 }
 
-// start runs huddle with args, its output collected line by line.
+// start runs huddle with args, its output collected line by line. A
+// process that ends without the test ending it (kill) fails the test at
+// once, naming it and how it ended, and the test's waits (eventually,
+// line) fail then rather than at their deadline: a daemon that crashed
+// read as a lapse or a refusal it had not made.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	return startWith(t, nil, args...)
+	return startWith(t, nil, false, args...)
+}
+
+// startToExit runs huddle with args as start does, for a process the test
+// expects to exit by itself (a daemon refusing its state directory): its
+// exit is the test's to check (exited), not reported.
+func startToExit(t *testing.T, args ...string) *proc {
+	t.Helper()
+	return startWith(t, nil, true, args...)
 }
 
 // startWith runs huddle with args under the command prefix (nsenter...),
-// which must exec it in its own place: the process is huddle's.
+// which must exec it in its own place: the process is huddle's. toExit
+// says it is expected to exit by itself (startToExit).
 //
 // A port the process is to take at random (--listen 127.0.0.1:0) is a
 // reserved one (testport.Cell): below the kernel's ephemeral range, where
@@ -88,7 +103,7 @@ func start(t *testing.T, args ...string) *proc {
 // took the port meanwhile: a kernel-chosen port is free for any other
 // process's next socket (a client's, another package's daemon) the moment
 // the daemon dies.
-func startWith(t *testing.T, prefix []string, args ...string) *proc {
+func startWith(t *testing.T, prefix []string, toExit bool, args ...string) *proc {
 	t.Helper()
 	args = slices.Clone(args)
 	for i := 0; i+1 < len(args); i++ {
@@ -107,13 +122,17 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 	cmd.Env = append(env, "HOME="+t.TempDir(), "HUDDLE_HOME="+t.TempDir())
 	r, w := io.Pipe()
 	cmd.Stdout, cmd.Stderr = w, w
+	p := &proc{cmd: cmd, args: args, more: make(chan struct{}), done: make(chan struct{})}
+	if toExit {
+		p.fate.Expect()
+	}
+	ends := endsOf(t)
 	// testbin.Start: the process dies with the test process, however
 	// that ends (a prefix such as nsenter execs huddle, which keeps the
 	// parent-death signal), and not with the thread that forked it.
 	if err := testbin.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, more: make(chan struct{}), done: make(chan struct{})}
 	scanned := make(chan struct{})
 	go func() {
 		defer close(scanned)
@@ -130,29 +149,71 @@ func startWith(t *testing.T, prefix []string, args ...string) *proc {
 		cmd.Wait()
 		w.Close()
 		<-scanned // every line it printed is in out before done
+		// Reported before done closes: the cleanup's kill waits for
+		// done, so the report comes before the test ends, and whoever
+		// sees the process gone sees its end noted.
+		if p.fate.Ended(cmd.ProcessState) {
+			what := p.fate.Unseen(p.name(), cmd, args)
+			ends.Note(what)
+			p.mu.Lock()
+			tail := p.out[max(0, len(p.out)-20):]
+			p.mu.Unlock()
+			t.Errorf("%s (huddle %s); its last lines:\n%s", what, strings.Join(args, " "), strings.Join(tail, "\n"))
+		}
 		close(p.done)
 	}()
 	t.Cleanup(func() {
 		p.kill(syscall.SIGKILL)
 		if t.Failed() {
 			p.mu.Lock()
-			t.Logf("output of %s:\n%s", strings.Join(args, " "), strings.Join(p.out, "\n"))
+			t.Logf("output of %s (%s):\n%s", strings.Join(args, " "), &p.fate, strings.Join(p.out, "\n"))
 			p.mu.Unlock()
 		}
 	})
 	return p
 }
 
-// kill sends sig and waits for the process to exit.
+// name names the process in reports: its pid and the address it was
+// told to listen on.
+func (p *proc) name() string {
+	if i := slices.Index(p.args, "--listen"); i >= 0 && i+1 < len(p.args) {
+		return fmt.Sprintf("pid %d at %s", p.cmd.Process.Pid, p.args[i+1])
+	}
+	return fmt.Sprintf("pid %d", p.cmd.Process.Pid)
+}
+
+// unseenEnds holds each running test's testbin.Ends (endsOf).
+var unseenEnds sync.Map // *testing.T -> *testbin.Ends
+
+// endsOf returns where t's processes' unseen ends are noted, for its
+// waits to fail on at once.
+func endsOf(t *testing.T) *testbin.Ends {
+	e, loaded := unseenEnds.LoadOrStore(t, testbin.NewEnds())
+	if !loaded {
+		t.Cleanup(func() { unseenEnds.Delete(t) })
+	}
+	return e.(*testbin.Ends)
+}
+
+// kill sends sig, an end the test causes, and waits for the process to
+// exit (at once, if it has).
 func (p *proc) kill(sig syscall.Signal) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.fate.Sent(sig, true)
 	p.cmd.Process.Signal(sig)
 	<-p.done
 }
 
 // line waits for an output line matching re and returns its submatches.
+// It fails at once if a process of the test ended unseen.
 func (p *proc) line(t *testing.T, re *regexp.Regexp) []string {
 	t.Helper()
 	deadline := time.After(waitTimeout)
+	ends := endsOf(t)
 	exited := false
 	for i := 0; ; {
 		p.mu.Lock()
@@ -173,6 +234,8 @@ func (p *proc) line(t *testing.T, re *regexp.Regexp) []string {
 			// Its last lines and its exit may come at once: look
 			// through them (all in out by now) before failing.
 			exited = true
+		case <-ends.Any():
+			t.Fatalf("waiting for a line matching %v: %v", re, ends.Err())
 		case <-deadline:
 			t.Fatalf("no line matching %v", re)
 		}
@@ -299,15 +362,24 @@ func groupOfNewUser(t *testing.T, entry wire.GroupEntry, batching bool) (*client
 	return g, id.Fingerprint()
 }
 
+// eventually polls cond until it holds, and returns how long that took. It
+// fails t at waitTimeout, or at once if a process of the test ended unseen.
 func eventually(t *testing.T, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	deadline := start.Add(waitTimeout)
+	ends := endsOf(t)
 	for !cond() {
+		if err := ends.Err(); err != nil {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		select { // polling cond, with a deadline
+		case <-time.After(20 * time.Millisecond):
+		case <-ends.Any():
+		}
 	}
 	return time.Since(start)
 }

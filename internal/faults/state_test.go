@@ -53,15 +53,12 @@ func TestStateDirDamaged(t *testing.T) {
 	}
 	groups.kill(syscall.SIGTERM)
 
-	serve := func(extra ...string) *proc {
-		args := append([]string{"serve", "--no-mdns", "--registry", regAddr, "--listen", "127.0.0.1:0",
-			"--group", "alpha", "--group", "beta", "--state-dir", dir}, extra...)
-		return start(t, args...)
-	}
+	serve := []string{"serve", "--no-mdns", "--registry", regAddr, "--listen", "127.0.0.1:0",
+		"--group", "alpha", "--group", "beta", "--state-dir", dir}
 	refused := func(what string, say ...string) {
 		t.Helper()
 		files, _ := os.ReadDir(dir)
-		p := serve()
+		p := startToExit(t, serve...)
 		for _, s := range say {
 			p.line(t, regexp.MustCompile(regexp.QuoteMeta(s)))
 		}
@@ -100,7 +97,7 @@ func TestStateDirDamaged(t *testing.T) {
 	if err := os.Remove(key); err != nil {
 		t.Fatal(err)
 	}
-	p := serve("--new-identity")
+	p := start(t, append(serve, "--new-identity")...)
 	p.line(t, listening)
 	defer p.kill(syscall.SIGTERM)
 	var after map[string]wire.GroupEntry

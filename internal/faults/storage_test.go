@@ -108,7 +108,7 @@ type storageRun struct {
 
 func (r *storageRun) start() {
 	r.t.Helper()
-	r.p = startWith(r.t, r.disk.in(), r.args...)
+	r.p = startWith(r.t, r.disk.in(), false, r.args...)
 	r.p.line(r.t, listening)
 }
 

@@ -304,7 +304,7 @@ func (c *cell) leader(t *testing.T, after uint64) (*cellNode, uint64) {
 		if best != nil && term > after {
 			return best, term
 		}
-		if err := c.l.deaths.err(); err != nil {
+		if err := c.l.deaths.Err(); err != nil {
 			t.Fatalf("waiting for a member to lead in a term after %d: %v; the members: %s", after, err, c.states())
 		}
 		if time.Now().After(deadline) {
@@ -312,7 +312,7 @@ func (c *cell) leader(t *testing.T, after uint64) (*cellNode, uint64) {
 		}
 		select { // polling a condition, with a deadline
 		case <-time.After(20 * time.Millisecond):
-		case <-c.l.deaths.any():
+		case <-c.l.deaths.Any():
 		}
 	}
 }
@@ -331,7 +331,7 @@ func (c *cell) states() string {
 			s = append(s, cn.name+": never started")
 			continue
 		}
-		s = append(s, fmt.Sprintf("%s (up %v, its process led up to term %d): %s", cn.name, cn.up, cn.term(), p.state()))
+		s = append(s, fmt.Sprintf("%s (up %v, its process led up to term %d): %s", cn.name, cn.up, cn.term(), p.fate.String()))
 	}
 	return strings.Join(s, "; ")
 }

@@ -56,7 +56,7 @@ type lab struct {
 	delayers map[*netlab.Host]*netlab.Delayer
 	// deaths are the lab's processes that ended without the test ending
 	// them: the waits fail at once on the first, naming it.
-	deaths *deaths
+	deaths *testbin.Ends
 }
 
 // newLab builds the LAN with the registry running and no daemon yet. It
@@ -71,7 +71,7 @@ func newLab(t *testing.T) *lab {
 		}
 		t.Skip(msg)
 	}
-	l := &lab{t: t, lan: netlab.New(t), hosts: make(map[string]*netlab.Host), deaths: newDeaths()}
+	l := &lab{t: t, lan: netlab.New(t), hosts: make(map[string]*netlab.Host), deaths: testbin.NewEnds()}
 	l.lan.AttachHere("ctl0", ctlAddr+"/24")
 	host := l.host("reg", strings.TrimSuffix(regAddr, ":7373"))
 	l.reg = &node{t: t, name: "registry", host: host, deaths: l.deaths,
@@ -104,7 +104,7 @@ type node struct {
 	name   string
 	host   *netlab.Host
 	args   []string
-	deaths *deaths // where its process's unseen end is noted
+	deaths *testbin.Ends // where its process's unseen end is noted
 
 	mu sync.Mutex
 	p  *proc
@@ -149,10 +149,10 @@ func (n *node) pause(d time.Duration) {
 	n.mu.Lock()
 	p := n.p
 	n.mu.Unlock()
-	p.sent(syscall.SIGSTOP)
+	p.fate.Sent(syscall.SIGSTOP, false)
 	p.cmd.Process.Signal(syscall.SIGSTOP)
 	<-time.After(d) // the pause's length
-	p.sent(syscall.SIGCONT)
+	p.fate.Sent(syscall.SIGCONT, false)
 	p.cmd.Process.Signal(syscall.SIGCONT)
 }
 
@@ -164,35 +164,23 @@ type proc struct {
 	done chan struct{}
 	out  *lines
 
-	// What the test did to the process and when it ended, for the
+	// What the test did to the process and how it ended, for the
 	// report of a failed test: a member the test counts as running whose
 	// process ended on its own (a crash, or a signal the test did not
 	// send) leaves a cell that cannot elect, which reads as a liveness
-	// defect unless the report says so.
-	mu       sync.Mutex
-	signals  []string  // sent by the test (kill, pause), in order
-	exitedAt time.Time // zero while it runs
-	// ending is set once the test sent a signal meant to end the
-	// process (kill); an end without it is unseen, and calls unseen
-	// (onUnseenEnd).
-	ending bool
+	// defect unless the report says so. An end the test did not cause
+	// calls unseen (onUnseenEnd).
+	fate   testbin.Fate
 	unseen func()
 }
 
-// wait waits for the started process to end, notes when, reports an end
+// wait waits for the started process to end, notes it, reports an end
 // the test did not cause, and closes done (after the report: whoever sees
 // the process gone sees it noted).
 func (p *proc) wait() {
 	p.cmd.Wait()
-	p.mu.Lock()
-	p.exitedAt = time.Now()
-	unseen := p.unseen
-	if p.ending {
-		unseen = nil
-	}
-	p.mu.Unlock()
-	if unseen != nil {
-		unseen()
+	if p.fate.Ended(p.cmd.ProcessState) && p.unseen != nil {
+		p.unseen()
 	}
 	close(p.done)
 }
@@ -204,107 +192,15 @@ func (p *proc) wait() {
 // nil) notes it. A member that died unseen was counted up by the test, and
 // the run failed a minute later on "no leader" (TestCellFaults, session
 // 19): now it fails when it happens, naming the process.
-func (p *proc) onUnseenEnd(name string, d *deaths, report func(format string, args ...any)) {
+func (p *proc) onUnseenEnd(name string, d *testbin.Ends, report func(format string, args ...any)) {
 	p.unseen = func() {
-		what := fmt.Sprintf("%s: huddle %s %s: the test did not end it", name, strings.Join(p.args[:min(1, len(p.args))], " "), p.state())
-		if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			what += kernelSays(p.cmd.Process.Pid)
-		}
-		d.add(what)
+		what := p.fate.Unseen(name, p.cmd, p.args)
+		d.Note(what)
 		p.out.mu.Lock()
 		tail := p.out.all[max(0, len(p.out.all)-20):]
 		p.out.mu.Unlock()
 		report("%s; its last lines:\n%s", what, strings.Join(tail, "\n"))
 	}
-}
-
-// kernelSays returns the kernel log's lines that name process pid as the
-// OOM killer names its victims, as a clause to add to a report ("" if the
-// log cannot be read).
-func kernelSays(pid int) string {
-	out, err := exec.Command("dmesg").Output()
-	if err != nil {
-		return ""
-	}
-	word := regexp.MustCompile(fmt.Sprintf(`(pid=|[Pp]rocess )%d\b`, pid))
-	var said []string
-	for line := range strings.Lines(string(out)) {
-		if word.MatchString(line) {
-			said = append(said, strings.TrimSpace(line))
-		}
-	}
-	if len(said) == 0 {
-		return " (the kernel log names it nowhere)"
-	}
-	return "; the kernel log says: " + strings.Join(said, "; ")
-}
-
-// deaths notes the processes of a lab that ended without the test ending
-// them, in the order they ended.
-type deaths struct {
-	mu    sync.Mutex
-	what  []string
-	first chan struct{} // closed at the first
-}
-
-func newDeaths() *deaths { return &deaths{first: make(chan struct{})} }
-
-func (d *deaths) add(what string) {
-	if d == nil {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.what = append(d.what, what)
-	if len(d.what) == 1 {
-		close(d.first)
-	}
-}
-
-// any returns a channel closed once a process ended unseen (never, for
-// a nil d).
-func (d *deaths) any() <-chan struct{} {
-	if d == nil {
-		return nil
-	}
-	return d.first
-}
-
-// err returns nil while no process ended unseen, else an error naming
-// each that did.
-func (d *deaths) err() error {
-	if d == nil {
-		return nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.what) == 0 {
-		return nil
-	}
-	return fmt.Errorf("a process of the lab ended and the test did not end it: %s", strings.Join(d.what, "; "))
-}
-
-// sent records that the test sent the process sig.
-func (p *proc) sent(sig syscall.Signal) {
-	p.mu.Lock()
-	p.signals = append(p.signals, fmt.Sprintf("%s %v", time.Now().UTC().Format("15:04:05.000"), sig))
-	p.mu.Unlock()
-}
-
-// state says whether the process runs, or when and how it ended, and
-// which signals the test sent it.
-func (p *proc) state() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	sent := "none"
-	if len(p.signals) > 0 {
-		sent = strings.Join(p.signals, ", ")
-	}
-	if p.exitedAt.IsZero() {
-		return "running; signals the test sent: " + sent
-	}
-	return fmt.Sprintf("ended %s (%v); signals the test sent: %s",
-		p.exitedAt.UTC().Format("15:04:05.000"), p.cmd.ProcessState, sent)
 }
 
 // lines keeps a process's output, a line at a time, and wakes waiters.
@@ -334,7 +230,7 @@ func (l *lines) Write(b []byte) (int, error) {
 
 // startProc starts huddle with args on host h; its end the test did not
 // cause fails t at once, and is noted in d (which may be nil).
-func startProc(t *testing.T, h *netlab.Host, d *deaths, args ...string) *proc {
+func startProc(t *testing.T, h *netlab.Host, d *testbin.Ends, args ...string) *proc {
 	t.Helper()
 	// Started by testbin.Start: the process dies with the test process,
 	// however that ends, rather than outlive it in the host's namespace
@@ -355,7 +251,7 @@ func startProc(t *testing.T, h *netlab.Host, d *deaths, args ...string) *proc {
 	t.Cleanup(func() {
 		if t.Failed() {
 			// Before the cleanup's own kill: whether it still ran.
-			state := p.state()
+			state := p.fate.String()
 			p.kill(syscall.SIGKILL)
 			p.out.mu.Lock()
 			tail := p.out.all[max(0, len(p.out.all)-40):]
@@ -388,10 +284,7 @@ func daemonEnv(environ, args []string) ([]string, error) {
 // kill ends the process with sig (SIGKILL, SIGTERM) and waits for it to
 // exit: an end the test caused.
 func (p *proc) kill(sig syscall.Signal) {
-	p.mu.Lock()
-	p.ending = true
-	p.mu.Unlock()
-	p.sent(sig)
+	p.fate.Sent(sig, true)
 	p.cmd.Process.Signal(sig)
 	<-p.done
 }

@@ -134,18 +134,18 @@ func TestProcStateSaysWhoEndedIt(t *testing.T) {
 		return p
 	}
 	running := start()
-	if s := running.state(); !strings.HasPrefix(s, "running; signals the test sent: none") {
+	if s := running.fate.String(); !strings.HasPrefix(s, "running; signals the test sent: none") {
 		t.Errorf("a running process: %q", s)
 	}
 	killed := start()
 	killed.kill(syscall.SIGKILL)
-	if s := killed.state(); !strings.Contains(s, "signal: killed") || !strings.Contains(s, "signals the test sent: ") || !strings.HasSuffix(s, " killed") {
+	if s := killed.fate.String(); !strings.Contains(s, "signal: killed") || !strings.Contains(s, "signals the test sent: ") || !strings.HasSuffix(s, " killed") {
 		t.Errorf("a process the test killed: %q", s)
 	}
 	unseen := start()
 	unseen.cmd.Process.Signal(syscall.SIGKILL) // not through the test's kill
 	<-unseen.done
-	if s := unseen.state(); !strings.HasPrefix(s, "ended ") || !strings.Contains(s, "signal: killed") || !strings.HasSuffix(s, "signals the test sent: none") {
+	if s := unseen.fate.String(); !strings.HasPrefix(s, "ended ") || !strings.Contains(s, "signal: killed") || !strings.HasSuffix(s, "signals the test sent: none") {
 		t.Errorf("a process killed otherwise: %q", s)
 	}
 }
@@ -156,7 +156,7 @@ func TestProcStateSaysWhoEndedIt(t *testing.T) {
 // one the test killed is not reported. (A member of TestCellFaults died
 // unseen in session 19 and the run failed a minute later on "no leader".)
 func TestUnseenEndReportedAtOnce(t *testing.T) {
-	d := newDeaths()
+	d := testbin.NewEnds()
 	var mu sync.Mutex
 	var reports []string
 	start := func(name string) *proc {
@@ -175,11 +175,11 @@ func TestUnseenEndReportedAtOnce(t *testing.T) {
 	}
 	killed := start("d1")
 	killed.kill(syscall.SIGTERM)
-	if err := d.err(); err != nil || len(reports) > 0 {
+	if err := d.Err(); err != nil || len(reports) > 0 {
 		t.Fatalf("a process the test ended: deaths say %v, reports %q", err, reports)
 	}
 	select {
-	case <-d.any():
+	case <-d.Any():
 		t.Fatal("a process the test ended was noted as ended unseen")
 	default:
 	}
@@ -187,11 +187,11 @@ func TestUnseenEndReportedAtOnce(t *testing.T) {
 	unseen.cmd.Process.Signal(syscall.SIGKILL) // not through the test's kill
 	<-unseen.done
 	select {
-	case <-d.any():
+	case <-d.Any():
 	default:
 		t.Fatal("a process killed behind the test's back is gone and its end is not noted yet")
 	}
-	err := d.err()
+	err := d.Err()
 	if err == nil || !strings.Contains(err.Error(), "d2: huddle serve ended ") || !strings.Contains(err.Error(), "(signal: killed); signals the test sent: none: the test did not end it") {
 		t.Errorf("deaths after a process was killed unseen: %v", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/history"
+	"github.com/huddle-chat/huddle/internal/testbin"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -124,13 +125,13 @@ type workload struct {
 
 	// deaths are the lab's processes that ended unseen: the waits for
 	// progress fail at once on one.
-	deaths *deaths
+	deaths *testbin.Ends
 
 	mu       sync.Mutex
 	problems []string // what the workload saw that the checker cannot (a duplicate ack of a new ID...)
 }
 
-func newWorkload(h *history.History, d *deaths) *workload {
+func newWorkload(h *history.History, d *testbin.Ends) *workload {
 	return &workload{h: h, stop: make(chan struct{}), progress: make(chan struct{}, 1), deaths: d}
 }
 
@@ -337,8 +338,8 @@ func (w *workload) waitProgress(t *testing.T, after string) {
 	for w.h.Acked() <= before {
 		select {
 		case <-w.progress:
-		case <-w.deaths.any():
-			t.Fatalf("waiting for a send acknowledged after %s: %v", after, w.deaths.err())
+		case <-w.deaths.Any():
+			t.Fatalf("waiting for a send acknowledged after %s: %v", after, w.deaths.Err())
 		case <-deadline:
 			sends := w.h.Sends()
 			var last []string
@@ -363,8 +364,8 @@ func (w *workload) waitRecovered(t *testing.T) {
 	for !w.h.AckedSinceLastFault() {
 		select {
 		case <-w.progress:
-		case <-w.deaths.any():
-			t.Fatalf("waiting for a send started after the last fault to be acknowledged: %v", w.deaths.err())
+		case <-w.deaths.Any():
+			t.Fatalf("waiting for a send started after the last fault to be acknowledged: %v", w.deaths.Err())
 		case <-deadline:
 			t.Fatalf("no send started after the last fault was acknowledged within %v", waitTimeout)
 		}
