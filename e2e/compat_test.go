@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/internal/testfixture"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -192,6 +194,20 @@ func startOldCell(t *testing.T, dir, fixture, registry string) *oldCell {
 	for i, p := range c.peers {
 		fp, addr, _ := strings.Cut(p, "@")
 		m := &cellMember{dir: filepath.Join(dir, "m"+strconv.Itoa(i+1)), addr: addr}
+		// The old raft configuration records this address, so the member
+		// must listen there (rewriting the fixture's raft log and
+		// snapshots would test the rewriting, not what the old huddle
+		// wrote): its port is one testport gives no test, and no other
+		// test process holds it meanwhile.
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatalf("%s: peer %q: %v", fixture, p, err)
+		}
+		n, err := strconv.Atoi(port)
+		if err != nil {
+			t.Fatalf("%s: peer %q: %v", fixture, p, err)
+		}
+		testport.Pinned(t, n)
 		if err := m.fp.UnmarshalText([]byte(fp)); err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +289,8 @@ func (c *oldCell) checkEachServes(t *testing.T, key *identity.Identity, gid wire
 // cell, and each serves the replicated group's history as the old cell
 // did, with its UUID, epoch and members. A message sent then reaches
 // every member, and after the whole cell restarts each serves all of it.
-// The fixtures run one after the other: their members share addresses.
+// The fixtures run one after the other: their members share addresses,
+// whose port testport keeps from every other test (testport.Pinned).
 func TestCompatCell(t *testing.T) {
 	t.Parallel()
 	for _, fx := range testfixture.Fixtures(t, "cell") {

@@ -2,6 +2,12 @@
 
 package testport
 
+import "os"
+
 // reserve takes port for this process; without file locks it cannot keep
 // other test processes from it (reserve_unix.go).
 func reserve(port int) bool { return true }
+
+// lock takes port among the test processes on this host; without file
+// locks it cannot, and the port counts as taken (reserve_unix.go).
+func lock(port int) (f *os.File, ok bool) { return nil, true }

@@ -21,13 +21,25 @@ import (
 // address presents"). Where no lock can be taken, the port counts as
 // reserved, as before.
 func reserve(port int) bool {
+	f, ok := lock(port)
+	if f != nil {
+		reserved = append(reserved, f) // open until the process exits: the lock with it
+	}
+	return ok
+}
+
+// lock takes port's lock among the test processes on this host, and
+// returns the file that holds it (closing it releases the lock), or ok
+// false if another process holds it. Where no lock can be taken it
+// returns nil and true: the port counts as taken, as before the locks.
+func lock(port int) (f *os.File, ok bool) {
 	dir := filepath.Join(os.TempDir(), "huddle-testport")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return true
+		return nil, true
 	}
 	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return true
+		return nil, true
 	}
 	for {
 		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
@@ -37,14 +49,13 @@ func reserve(port int) bool {
 	}
 	if errors.Is(err, syscall.EWOULDBLOCK) {
 		f.Close()
-		return false
+		return nil, false
 	}
 	if err != nil {
 		f.Close()
-		return true
+		return nil, true
 	}
-	reserved = append(reserved, f) // open until the process exits: the lock with it
-	return true
+	return f, true
 }
 
 // reserved are the files whose locks hold this process's ports (given.mu).

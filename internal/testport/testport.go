@@ -11,8 +11,10 @@ package testport
 import (
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"testing"
+	"time"
 )
 
 // UDP returns a UDP socket on ip at a port whose TCP twin is free too,
@@ -29,7 +31,7 @@ func UDP(t testing.TB, ip net.IP) *net.UDPConn {
 	defer given.Unlock()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
-		if given.ports[port] {
+		if given.ports[port] || pinned[port] {
 			continue
 		}
 		udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip, Port: port})
@@ -73,3 +75,76 @@ var given = struct {
 	sync.Mutex
 	ports map[int]bool
 }{ports: make(map[int]bool)}
+
+// pinned are the ports that fixtures pin, which UDP and Cell never
+// return: the compat cell fixtures (testdata/compat/cell-*) ran their
+// members at 127.0.0.21-23:27391, and their raft configurations (in raft's
+// log and snapshots, as the old huddle wrote them) record those addresses,
+// so today's members must listen there.
+var pinned = map[int]bool{27391: true}
+
+// pinnedWait bounds Pinned's wait for another test process to let go of
+// a pinned port: how long a hung test elsewhere may hold this one up.
+const pinnedWait = 5 * time.Minute
+
+// Pinned takes port, one that fixtures pin, for t: no other test process
+// on this host holds it (through Pinned) until t ends, and no test is
+// given it by UDP or Cell. Tests of this process share it (a cell's
+// members at one port on several addresses, a cell started again); another
+// process holding it (the same test of another run, outside network
+// namespaces of their own) is waited for. A port not pinned fails t.
+func Pinned(t testing.TB, port int) {
+	t.Helper()
+	if !pinned[port] {
+		t.Fatalf("testport: port %d is not one a fixture pins (testport.pinned)", port)
+	}
+	deadline := time.Now().Add(pinnedWait)
+	for !pin(port) {
+		if time.Now().After(deadline) {
+			t.Fatalf("testport: port %d, which a fixture pins, held by another test process for %v", port, pinnedWait)
+		}
+		<-time.After(100 * time.Millisecond) // polling another process's lock, with a deadline
+	}
+	t.Cleanup(func() { unpin(port) })
+}
+
+// pins are the pinned ports this process holds, and how many tests hold
+// each.
+var pins = struct {
+	sync.Mutex
+	held map[int]*held
+}{held: make(map[int]*held)}
+
+type held struct {
+	f     *os.File // its lock among test processes (nil: none to be had)
+	tests int
+}
+
+// pin takes port for one more test of this process, and reports false if
+// another process holds it.
+func pin(port int) bool {
+	pins.Lock()
+	defer pins.Unlock()
+	if h := pins.held[port]; h != nil {
+		h.tests++
+		return true
+	}
+	f, ok := lock(port)
+	if ok {
+		pins.held[port] = &held{f: f, tests: 1}
+	}
+	return ok
+}
+
+// unpin lets go of port for one test; with the last, its lock.
+func unpin(port int) {
+	pins.Lock()
+	defer pins.Unlock()
+	h := pins.held[port]
+	if h.tests--; h.tests == 0 {
+		if h.f != nil {
+			h.f.Close()
+		}
+		delete(pins.held, port)
+	}
+}

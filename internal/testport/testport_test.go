@@ -3,6 +3,7 @@ package testport
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -97,20 +98,7 @@ func TestUDPSkipsPortsReservedElsewhere(t *testing.T) {
 		os.Stdin.Read(make([]byte, 1)) // the ports stay reserved until the parent is done
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestUDPSkipsPortsReservedElsewhere$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "TESTPORT_CHILD=1")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Wait()
+	_, stdin, stdout := startChild(t, "TestUDPSkipsPortsReservedElsewhere")
 	defer stdin.Close()
 	theirs := make(map[string]bool)
 	for sc := bufio.NewScanner(stdout); sc.Scan() && sc.Text() != "given"; {
@@ -132,4 +120,84 @@ func TestUDPSkipsPortsReservedElsewhere(t *testing.T) {
 	if both != 0 {
 		t.Fatalf("UDP bound %d of the %d ports another test process was given", both, n)
 	}
+}
+
+// TestCellSkipsPinned: Cell never returns a port a fixture pins. For the
+// test, all ports but 1000 of those not given yet are pinned: five draws
+// land in those 1000 (drawing from all, most would not).
+func TestCellSkipsPinned(t *testing.T) {
+	saved := pinned
+	t.Cleanup(func() { pinned = saved })
+	pins := make(map[int]bool)
+	given.Lock()
+	free := 0
+	for p := 20000; p < 32000; p++ {
+		if !given.ports[p] && free < 1000 {
+			free++
+			continue
+		}
+		pins[p] = true
+	}
+	given.Unlock()
+	pinned = pins
+	for range 5 {
+		addr := Cell(t)
+		_, port, _ := net.SplitHostPort(addr)
+		if p, _ := strconv.Atoi(port); pinned[p] {
+			t.Fatalf("Cell returned %s, a pinned port", addr)
+		}
+	}
+}
+
+// TestPinnedAcrossProcesses: a pinned port another test process holds
+// through Pinned is not this one's until that process lets go; Pinned
+// waits for it then.
+func TestPinnedAcrossProcesses(t *testing.T) {
+	const port = 27391
+	if os.Getenv("TESTPORT_CHILD") != "" {
+		Pinned(t, port)
+		os.Stdout.WriteString("pinned\n")
+		os.Stdin.Read(make([]byte, 1)) // held until the parent says
+		return
+	}
+	cmd, stdin, stdout := startChild(t, "TestPinnedAcrossProcesses")
+	defer stdin.Close()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "pinned\n" {
+		t.Fatalf("the other process: %q, %v", line, err)
+	}
+	if f, ok := lock(port); ok {
+		f.Close()
+		t.Fatalf("port %d, held by another process through Pinned, was locked here too", port)
+	}
+	stdin.Close()
+	Pinned(t, port) // returns once the other process has ended
+	Pinned(t, port) // and again: this process holds it
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the other process: %v", err)
+	}
+}
+
+// startChild runs this test binary again for test alone, as the other
+// process (TESTPORT_CHILD set), with pipes to its standard input and
+// output; it is waited for when t ends.
+func startChild(t *testing.T, test string) (*exec.Cmd, io.WriteCloser, io.Reader) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "TESTPORT_CHILD=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Wait()
+	})
+	return cmd, stdin, stdout
 }
