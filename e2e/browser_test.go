@@ -181,7 +181,7 @@ var webLine = regexp.MustCompile(`^huddle web: (http://(127\.0\.0\.1:\d+)/\?k=(\
 // link. Its registry is u's.
 func (u *user) web(t testing.TB, args ...string) *webServer {
 	t.Helper()
-	p := startProc(t, u.name+": huddle web", u.env(t), false, append([]string{"web", "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)...)
+	p := startProc(t, u.name+": huddle web", u.env(t), false, untilStopped, append([]string{"web", "--listen", "127.0.0.1:0", "--log-level", "info"}, args...)...)
 	ws := &webServer{proc: p}
 	ok := p.stdout.waitFor(waitTimeout, func(lines []string) bool {
 		for _, l := range lines {

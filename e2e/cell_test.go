@@ -52,7 +52,7 @@ func newCellMembers(t *testing.T, n, listed int) ([]*cellMember, []string) {
 
 func (m *cellMember) start(t *testing.T) {
 	t.Helper()
-	m.p = startProc(t, "huddle serve "+m.addr, childEnv(t.TempDir()), false, append([]string{"serve"}, m.args...)...)
+	m.p = startProc(t, "huddle serve "+m.addr, childEnv(t.TempDir()), false, untilStopped, append([]string{"serve"}, m.args...)...)
 }
 
 // startMembers starts members as a cell's members (peers' --cell-peer

@@ -84,7 +84,7 @@ func TestSystemdUnits(t *testing.T) {
 					t.Errorf("ConditionPathExists=%v, want the EnvironmentFile %q, without which serve has no group", cond, env)
 				}
 				// And what it runs without the file is a usage error (2).
-				p := startProc(t, c.file+" without settings", append(childEnv(t.TempDir()), "HUDDLE_STATE_DIR="+t.TempDir(), "HUDDLE_NO_MDNS=true"), false, strings.Fields(u.get("ExecStart"))[1:]...)
+				p := startProc(t, c.file+" without settings", append(childEnv(t.TempDir()), "HUDDLE_STATE_DIR="+t.TempDir(), "HUDDLE_NO_MDNS=true"), false, endsItself, strings.Fields(u.get("ExecStart"))[1:]...)
 				if code := p.wait(t); code != 2 {
 					t.Errorf("%s without its settings: exit code %d, want 2", u.get("ExecStart"), code)
 				}
@@ -117,7 +117,7 @@ func TestSystemdUnits(t *testing.T) {
 			}
 			env = append(env, c.extra...)
 			env = append(env, "HUDDLE_LISTEN=127.0.0.1:0", "HUDDLE_NO_MDNS=true")
-			p := startProc(t, c.file, env, false, exec0[1:]...)
+			p := startProc(t, c.file, env, false, untilStopped, exec0[1:]...)
 			// The units log JSON, the start lines included (on stderr).
 			if !p.stderr.waitFor(waitTimeout, func(lines []string) bool {
 				return strings.Contains(strings.Join(lines, "\n"), ` listening","addr":`)

@@ -128,22 +128,45 @@ func (s *stream) waitFor(timeout time.Duration, ok func(lines []string) bool) bo
 // that runs until stopped (watch, chat).
 type proc struct {
 	name   string
+	args   []string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser // nil unless asked for
 	stdout *stream
 	stderr *stream
+	fate   testbin.Fate  // what the test did to it, how it ended
 	done   chan struct{} // closed once the process was waited for
 	code   int           // exit code, once done (-1: killed by a signal)
 }
 
+// procEnd says how a test expects a process it starts to end.
+type procEnd int
+
+const (
+	// endsItself: a client verb that ends by itself (chat at the end of
+	// its input, huddle groups, a send), or a daemon the test expects to
+	// exit: its end is the test's to check (wait).
+	endsItself procEnd = iota
+	// untilStopped: a daemon (or huddle web) that runs until the test
+	// ends it (stop, the cleanup's kill). An end without that (a crash,
+	// the OOM killer, a signal from elsewhere) fails the test at once,
+	// naming the process and how it ended, rather than as a wait for
+	// something it would have done timing out later, or not at all: a
+	// member of a cell dying unseen reads as a liveness defect.
+	untilStopped
+)
+
 // startProc starts the huddle binary with args and env. t.Cleanup kills it
 // if it is still running when the test ends, and logs its output if the
-// test failed.
-func startProc(t testing.TB, name string, env []string, withStdin bool, args ...string) *proc {
+// test failed. end says whether its end is the test's to check or must
+// be the test's doing (untilStopped).
+func startProc(t testing.TB, name string, env []string, withStdin bool, end procEnd, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(huddleBin, args...)
 	cmd.Env = env
-	p := &proc{name: name, cmd: cmd, stdout: newStream(), stderr: newStream(), done: make(chan struct{})}
+	p := &proc{name: name, args: args, cmd: cmd, stdout: newStream(), stderr: newStream(), done: make(chan struct{})}
+	if end == endsItself {
+		p.fate.Expect()
+	}
 	var err error
 	if withStdin {
 		if p.stdin, err = cmd.StdinPipe(); err != nil {
@@ -173,6 +196,11 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, args ...
 		if err != nil && p.code == 0 {
 			p.code = -1
 		}
+		// Reported before done closes: the cleanup waits for done, so
+		// the report comes before the test ends.
+		if p.fate.Ended(cmd.ProcessState) {
+			t.Errorf("%s (huddle %s)\n--- its last stderr:\n%s", p.fate.Unseen(name, cmd, args), strings.Join(args, " "), tail(p.stderr.Lines(), 20))
+		}
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -183,11 +211,12 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, args ...
 			if t.Failed() {
 				dump = p.dumpGoroutines(t)
 			}
+			p.fate.Sent(os.Kill, true)
 			cmd.Process.Kill()
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("%s (huddle %s)\n--- stdout:\n%s\n--- stderr:\n%s%s", name, strings.Join(args, " "), p.stdout, tail(p.stderr.Lines(), 60), dump)
+			t.Logf("%s (huddle %s; %s)\n--- stdout:\n%s\n--- stderr:\n%s%s", name, strings.Join(args, " "), &p.fate, p.stdout, tail(p.stderr.Lines(), 60), dump)
 		}
 	})
 	return p
@@ -200,6 +229,7 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, args ...
 // stopped answering (a deadlock, a lock held across a blocking call)
 // shows where it waits.
 func (p *proc) dumpGoroutines(t testing.TB) string {
+	p.fate.Sent(syscall.SIGQUIT, true)
 	if err := p.cmd.Process.Signal(syscall.SIGQUIT); err != nil {
 		return ""
 	}
@@ -240,6 +270,7 @@ func (p *proc) running() bool {
 func (p *proc) stop(t testing.TB, sig os.Signal) int {
 	t.Helper()
 	if p.running() {
+		p.fate.Sent(sig, true)
 		if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			t.Errorf("signal %s: %v", p.name, err)
 		}
@@ -253,6 +284,7 @@ func (p *proc) wait(t testing.TB) int {
 	select {
 	case <-p.done:
 	case <-time.After(stopTimeout):
+		p.fate.Sent(os.Kill, true)
 		p.cmd.Process.Kill()
 		<-p.done
 		t.Fatalf("%s did not exit within %v; killed it", p.name, stopTimeout)
@@ -349,7 +381,7 @@ func startDaemon(t testing.TB, verb string, args ...string) *daemon {
 	// --no-mdns: a daemon of a test neither advertises nor browses, even
 	// when the tests run outside a network namespace of their own.
 	args = append(slices.Clone(args), "--no-mdns")
-	d.proc = startProc(t, "huddle "+verb, childEnv(t.TempDir()), false, append([]string{verb}, args...)...)
+	d.proc = startProc(t, "huddle "+verb, childEnv(t.TempDir()), false, untilStopped, append([]string{verb}, args...)...)
 
 	// Under --log-format json the start lines are log records on stderr.
 	jsonLogs := slices.Contains(args, "json") && slices.Contains(args, "--log-format")
@@ -566,7 +598,7 @@ func (u *user) okInput(t testing.TB, input string, args ...string) string {
 // its standard input.
 func (u *user) start(t testing.TB, args ...string) *proc {
 	t.Helper()
-	return startProc(t, u.name+": huddle "+strings.Join(args, " "), u.env(t), true, args...)
+	return startProc(t, u.name+": huddle "+strings.Join(args, " "), u.env(t), true, endsItself, args...)
 }
 
 // join makes the user a member of group under their name.

@@ -43,7 +43,7 @@ func TestLocalRegistryWithoutMulticast(t *testing.T) {
 			env = append(env, e)
 		}
 	}
-	p := startProc(t, "huddle groups (no registry given)", env, false, "groups", "--json", "--timeout", "5s")
+	p := startProc(t, "huddle groups (no registry given)", env, false, endsItself, "groups", "--json", "--timeout", "5s")
 	if code := p.wait(t); code != 0 {
 		t.Fatalf("huddle groups with no registry given: exit %d\n%s", code, p.stderr)
 	}

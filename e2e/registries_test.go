@@ -110,7 +110,7 @@ func TestLocalKeyChangeNotSkipped(t *testing.T) {
 		}
 	}
 	run := func() *proc {
-		p := startProc(t, "huddle groups (no registry given)", env, false, "groups", "--timeout", "5s")
+		p := startProc(t, "huddle groups (no registry given)", env, false, endsItself, "groups", "--timeout", "5s")
 		p.wait(t)
 		return p
 	}
