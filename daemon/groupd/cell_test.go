@@ -659,20 +659,7 @@ func TestCellAddMember(t *testing.T) {
 	must(t, err)
 	watchCtx, stopWatch := context.WithTimeout(t.Context(), 3*testTimeout) // to the test's end
 	defer stopWatch()
-	events := make(chan client.Event, 10)
-	go func() {
-		defer close(events)
-		for ev, err := range h.Watch(watchCtx, client.Query{After: 3, Status: true}) {
-			if err != nil {
-				return
-			}
-			select {
-			case events <- ev:
-			case <-watchCtx.Done():
-				return // the test has stopped reading
-			}
-		}
-	}()
+	events := watchEvents(watchCtx, h, client.Query{After: 3, Status: true}, 10)
 	if ev := <-events; ev.Kind != client.EventLive {
 		t.Fatalf("the watch at the member to be removed began with %+v, want it live", ev)
 	}

@@ -254,20 +254,7 @@ func TestGracefulStopSaysUnavailable(t *testing.T) {
 	must(t, err)
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	events := make(chan client.Event, 16)
-	go func() {
-		defer close(events)
-		for ev, err := range g.Watch(wctx, client.Query{Status: true}) {
-			if err != nil {
-				return
-			}
-			select {
-			case events <- ev:
-			case <-wctx.Done():
-				return // the test has stopped reading
-			}
-		}
-	}()
+	events := watchEvents(wctx, g, client.Query{Status: true}, 16)
 	if ev := recv(t, events); ev.Kind != client.EventLive {
 		t.Fatalf("watch: first event %+v, want live", ev)
 	}
@@ -314,6 +301,27 @@ func recv[T any](t *testing.T, c <-chan T) T {
 	}
 }
 
+// watchEvents runs g's watch with q until ctx ends or the watch fails,
+// passing its events on the channel it returns, which holds up to n and
+// is closed as the watch ends. The caller ends ctx by its test's end.
+func watchEvents(ctx context.Context, g *client.Group, q client.Query, n int) <-chan client.Event {
+	events := make(chan client.Event, n)
+	go func() {
+		defer close(events)
+		for ev, err := range g.Watch(ctx, q) {
+			if err != nil {
+				return
+			}
+			select {
+			case events <- ev:
+			case <-ctx.Done():
+				return // the test has stopped reading
+			}
+		}
+	}()
+	return events
+}
+
 // TestWatchLearnsOfRestart kills a daemon without a word to its clients
 // (its socket goes away, as with SIGKILL) and starts it again on the same
 // address while a client watches: the watcher, which only receives, must
@@ -338,22 +346,9 @@ func TestWatchLearnsOfRestart(t *testing.T) {
 	must(t, err)
 	_, err = g.Join(ctx, "watcher", nil)
 	must(t, err)
-	events := make(chan client.Event, 16)
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() {
-		defer close(events)
-		for ev, err := range g.Watch(wctx, client.Query{Status: true}) {
-			if err != nil {
-				return
-			}
-			select {
-			case events <- ev:
-			case <-wctx.Done():
-				return // the test has stopped reading
-			}
-		}
-	}()
+	events := watchEvents(wctx, g, client.Query{Status: true}, 16)
 	if ev := recv(t, events); ev.Kind != client.EventLive {
 		t.Fatalf("first event %+v, want live", ev)
 	}

@@ -41,22 +41,9 @@ func TestWatchContinuesAcrossRestart(t *testing.T) {
 	must(t, err)
 	_, err = g.Join(ctx, "watcher", nil)
 	must(t, err)
-	events := make(chan client.Event, 64)
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() {
-		defer close(events)
-		for ev, err := range g.Watch(wctx, client.Query{Status: true}) {
-			if err != nil {
-				return
-			}
-			select {
-			case events <- ev:
-			case <-wctx.Done():
-				return // the test has stopped reading
-			}
-		}
-	}()
+	events := watchEvents(wctx, g, client.Query{Status: true}, 64)
 	if ev := recv(t, events); ev.Kind != client.EventLive {
 		t.Fatalf("first event %+v, want live", ev)
 	}
