@@ -34,6 +34,26 @@ func TestKnownHostsWithoutLocks(t *testing.T) {
 	}
 }
 
+// lockedPins makes a known-hosts file pinning old:7373 to key 1 and holds
+// its writers' lock as another process would (flock on a file of its
+// own), until the test lets go (flock LOCK_UN on held) or ends.
+func lockedPins(t *testing.T) (path string, held *os.File) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), KnownHostsFile)
+	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.Close() })
+	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	return path, held
+}
+
 // TestKnownHostsLockHeld: a process that holds the writers' lock and never
 // lets go (stopped with ^Z mid-write, or hostile: the lock file is the
 // user's to open) made every first use of a registry wait for ever, in
@@ -42,18 +62,7 @@ func TestKnownHostsWithoutLocks(t *testing.T) {
 // name pinned already is still checked; and once the lock is free the new
 // name is pinned.
 func TestKnownHostsLockHeld(t *testing.T) {
-	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	path, held := lockedPins(t)
 	k := OpenKnownHosts(path)
 	k.locker.Wait = 100 * time.Millisecond
 	done := make(chan error, 2)
@@ -93,18 +102,7 @@ func TestKnownHostsLockHeld(t *testing.T) {
 // long as a new registry's pin waited, one such wait after another. A
 // reader now waits for no writer: the file is only ever replaced whole.
 func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
-	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	path, held := lockedPins(t)
 	waiting := make(chan struct{}, 1)
 	k := OpenKnownHostsWith(path, lockfile.Locker{
 		Wait: time.Hour, // the test lets go of the lock
@@ -156,18 +154,7 @@ func TestKnownHostsReadersDoNotWaitForLock(t *testing.T) {
 // does (a command's --timeout, ^C), nothing written. The wait took no
 // context and ran its whole bound (5 s) past it, until session 16.
 func TestKnownHostsLockWaitEndsWithContext(t *testing.T) {
-	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	if err := OpenKnownHosts(path).Check(t.Context(), "old:7373", wire.Fingerprint{1}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := os.OpenFile(path+".lock", os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if err := syscall.Flock(int(held.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	path, _ := lockedPins(t) // held until the test ends
 	k := OpenKnownHostsWaiting(path, time.Minute)
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
