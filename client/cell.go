@@ -32,6 +32,18 @@ type Replica = wire.Replica
 // looking for its leader when its context has no deadline.
 const cellFollowFor = 15 * time.Second
 
+// cellDoubtFor bounds how long a send to a cell is retried once an
+// attempt left it in doubt (ErrInDoubt), whatever its context's deadline:
+// a retry under the same IDs settles it as soon as a leader answers
+// (acknowledged, as a duplicate if the attempt had stored it), and a cell
+// that has not elected one in this long (a cell elects within a second or
+// two, several times that on a loaded host), a majority of its members
+// unreachable, is not about to settle it. Until session 21 such a send
+// went on dialling members that never answered until its context ended
+// (a minute, for a program that allowed one), when the program could have
+// told its user the send was in doubt, to retry later.
+const cellDoubtFor = 10 * time.Second
+
 // cellRetryMin is the least wait before trying the next replica.
 const cellRetryMin = 50 * time.Millisecond
 
@@ -263,6 +275,14 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 	// send cut short at the leader, then refused by the followers (no
 	// leader yet), was reported refused, nothing stored.
 	doubt := false
+	// doubtUntil is when the call ends in doubt (cellDoubtFor after the
+	// first attempt that left it so), if its context and the follow bound
+	// have not ended it before; doubtErr is that attempt's error, which
+	// the call ends with if the bound cuts the attempt then under way
+	// short (its error would otherwise be the bound's deadline, not what
+	// a member did).
+	var doubtUntil time.Time
+	var doubtErr error
 	ended := func(err error) error {
 		var we *wire.Error
 		if selfNamed != nil && errors.As(err, &we) && we.Leader != nil && we.Leader.Fingerprint == selfKey {
@@ -277,7 +297,17 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 		if err == nil {
 			return nil
 		}
-		doubt = doubt || errors.Is(err, ErrInDoubt)
+		if !doubtUntil.IsZero() && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && !until.Before(doubtUntil) {
+			err = doubtErr // the doubt's bound, not a member's doing
+		}
+		if errors.Is(err, ErrInDoubt) && doubtUntil.IsZero() {
+			doubt, doubtErr = true, err
+			doubtUntil = time.Now().Add(g.cl.cellDoubtFor)
+			if until.IsZero() || doubtUntil.Before(until) {
+				until = doubtUntil
+			}
+			g.cl.cfg.Logger.Debug("cell: the call is in doubt; retrying it under the same IDs", "op", op, "for", g.cl.cellDoubtFor, "err", err)
+		}
 		if !bounded && until.IsZero() {
 			// A group of one daemon (no members known) has the same bound
 			// from its first refusal on (its call had none but its

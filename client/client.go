@@ -306,6 +306,8 @@ type Client struct {
 	// constants, which tests lengthen or shorten (export_test.go) to wait
 	// on the event they mean rather than race these clocks.
 	cellFollowFor, cellAskWait time.Duration
+	// cellDoubtFor bounds a cell's send retried in doubt (cell.go).
+	cellDoubtFor time.Duration
 
 	// pins is what Registry's trust on first use knows (registry.go).
 	pins pinsSeen
@@ -317,7 +319,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg.withDefaults(), peers: make(map[string]*peer), closeDone: make(chan struct{}), now: time.Now, cellChangeFor: cellChangeFor,
-		cellFollowFor: cellFollowFor, cellAskWait: cellAskWait}
+		cellFollowFor: cellFollowFor, cellAskWait: cellAskWait, cellDoubtFor: cellDoubtFor}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }

@@ -16,3 +16,7 @@ func SetCellFollowFor(c *Client, d time.Duration) { c.cellFollowFor = d }
 // SetCellAskWait sets the bound of each question c's CellMembers asks,
 // for tests.
 func SetCellAskWait(c *Client, d time.Duration) { c.cellAskWait = d }
+
+// SetCellDoubtFor sets how long c retries a cell's send in doubt, for
+// tests.
+func SetCellDoubtFor(c *Client, d time.Duration) { c.cellDoubtFor = d }

@@ -413,7 +413,9 @@ func ackOf(id ID, a wire.Ack, epoch uint64) Ack {
 // connection died, the daemon stopped, after its request went out) is
 // retried with SendWithID(ctx, ack.ID, body), which stores it at most
 // once. An err that does not match ErrInDoubt means the message was not
-// stored. Send itself retries once on a new connection with the same ID.
+// stored. Send itself retries once on a new connection with the same ID;
+// to a cell, once in doubt, it retries at its members for up to 10 s
+// (whatever ctx allows beyond), settled by the first leader that answers.
 //
 // Concurrent Sends on one Group are gathered into one send operation (unless
 // Config.NoBatching): a Send with nothing else in flight goes out at once,

@@ -1952,3 +1952,71 @@ func TestListingSkipsAddressNotHostPort(t *testing.T) {
 	}
 	t.Log(l.SkippedError())
 }
+
+// TestCellSendInDoubtBounded: a send a cell's leader took and left
+// unanswered (in doubt), the leader then refusing every retry (it lost
+// its majority: no leader known) and the other members never answering
+// (stopped). The call went on dialling them until its context ended, a
+// minute here; it now ends in doubt once it has retried for its bound
+// (cellDoubtFor, shortened here), with the error that put it in doubt.
+// And a retry that a member answers within the bound settles the send:
+// acknowledged, as a duplicate of the attempt in doubt.
+func TestCellSendInDoubtBounded(t *testing.T) {
+	for _, settles := range []bool{false, true} {
+		t.Run(fmt.Sprintf("settles=%v", settles), func(t *testing.T) {
+			var asked atomic.Int64
+			release := make(chan struct{})
+			leader := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+				if c.Op() != wire.OpSend {
+					return &wire.Error{Code: wire.CodeUnsupported}
+				}
+				switch n := asked.Add(1); {
+				case n == 1:
+					select { // taken, never answered: the attempt gives up
+					case <-ctx.Done():
+					case <-release:
+					}
+					return &wire.Error{Code: wire.CodeUnavailable}
+				case settles && n == 3:
+					return c.Result(wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: 7, Time: 1, Duplicate: true}}})
+				}
+				return &wire.Error{Code: wire.CodeUnavailable, Unchanged: true, RetryAfterMS: 50,
+					Message: "this daemon does not lead the group's cell, and no leader is known"}
+			})
+			t.Cleanup(func() { close(release) }) // before the daemon closes
+			replicas := []wire.Replica{{Addr: leader.Addrs[0], Fingerprint: leader.Fingerprint, Leader: true}}
+			for i := range 2 {
+				pc, err := net.ListenPacket("udp", "127.0.0.1:0") // a member stopped: no handshake
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { pc.Close() })
+				replicas = append(replicas, wire.Replica{Addr: pc.LocalAddr().String(), Fingerprint: wire.Fingerprint{byte(i + 1)}})
+			}
+			c := newClientWith(t, client.Config{NoBatching: true})
+			doubtFor := time.Hour
+			if !settles {
+				doubtFor = 2 * time.Second
+			}
+			client.SetCellDoubtFor(c, doubtFor)
+			g, err := c.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: leader.Addrs, Fingerprint: leader.Fingerprint, Replicas: replicas})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer g.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // the program's deadline, and the test's
+			defer cancel()
+			ack, err := g.Send(ctx, []byte("hello"))
+			if settles {
+				if err != nil || !ack.Duplicate || ack.Seq != 7 {
+					t.Fatalf("a send in doubt, its retry acknowledged: %+v, %v; want the retry's ack, a duplicate", ack, err)
+				}
+				return
+			}
+			if !errors.Is(err, client.ErrInDoubt) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+				t.Fatalf("a send in doubt that no member could settle: %v (context: %v); want it in doubt for the attempt's reason, before the program's deadline", err, ctx.Err())
+			}
+			t.Logf("the send: %v (the leader asked %d times)", err, asked.Load())
+		})
+	}
+}
