@@ -441,16 +441,22 @@ func TestStartRefusesOlderSnapshot(t *testing.T) {
 // restore was done: the two waited on each other until the third came
 // back.)
 //
-// The followers must not have applied the last messages before they
-// stop: an election while they are sent (a loaded machine) makes one of
-// them lead, and apply them. Only then does the scenario run again, on a
-// new cell, at most 3 times in all.
+// The follower that comes back must hold, when it stops, neither what
+// the leader's snapshot covers (an election while the messages are sent,
+// on a loaded machine, makes one of the followers lead, and apply them)
+// nor a snapshot its log is behind (the leader, compacting, sends a
+// follower that lags its snapshot, which the cap on commits does not
+// touch: stopped before it caught its log up, that follower waits at
+// start for a peer to catch it up from, and none runs; a hang of 9m51s,
+// session 20). Each is read from the followers' files once they stopped;
+// when neither follower holds to it, the scenario runs again on a new
+// cell, at most 3 times in all.
 func TestWaitingMemberVotes(t *testing.T) {
-	rerunOnNewCells(t, 3, "a follower applied what the leader's snapshot covers", waitingMemberVotes)
+	rerunOnNewCells(t, 3, "no follower stopped behind the leader's snapshot with its own covered by its log", waitingMemberVotes)
 }
 
 // waitingMemberVotes runs TestWaitingMemberVotes's scenario on a new
-// cell; false if a follower applied what the leader's snapshot covers.
+// cell; false if no follower stopped as the scenario needs.
 func waitingMemberVotes(t *testing.T) bool {
 	t.Helper()
 	var capAt atomic.Uint64 // while set, a follower hears of no commit past it
@@ -477,38 +483,41 @@ func waitingMemberVotes(t *testing.T) bool {
 	c.sendMany(g.ID, 20, 40)
 	m = c.leader()
 	m.waitLast(g.ID, 60)
-	var slow, peer *testMember
+	var followers []*testMember
 	for _, o := range c.members {
-		if o == m {
-			continue
+		if o != m {
+			o.stop()
+			followers = append(followers, o)
 		}
-		if last, _ := o.host.replica(g.ID).log.Tail(); last >= 60 {
-			return false
-		}
-		if slow == nil {
-			slow = o
-		} else {
+	}
+	var peer *testMember // the other follower is slow: it stays stopped
+	for _, o := range followers {
+		switch held, covers := o.heldOnDisk(g.ID), o.snapshotCovers(g.ID); {
+		case held >= 60 || covers > held:
+			t.Logf("%s stopped with its log at %d, its raft snapshot at %d: it cannot be the one back", o.addr, held, covers)
+		case peer == nil:
 			peer = o
 		}
 	}
-	// The followers stop before the leader's snapshot: its log compacted
-	// past what a follower lagging had, it sent that follower the
-	// snapshot (InstallSnapshot, which the cap on commits does not
-	// touch), and the follower too waited at start for a catch-up to 60
-	// that no member running could serve (a hang of 9m51s, load ~10).
-	slow.stop()
-	peer.stop()
+	if peer == nil {
+		return false
+	}
+	// raft.Snapshot is local: the followers stopped, no snapshot of the
+	// leader's reaches them.
 	if err := m.node.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
 		t.Fatal(err)
 	}
 	m.stop()
+	if covers := m.snapshotCovers(g.ID); covers < 60 {
+		t.Fatalf("the leader's snapshot has the group at %d, want 60", covers)
+	}
 	if err := os.RemoveAll(filepath.Join(m.host.dir, g.ID.String())); err != nil {
 		t.Fatal(err)
 	}
 	capAt.Store(0)
 
 	peer.host = newTestHost(peer.host.dir)
-	c.start(peer, false)
+	c.start(peer, false) // bounded: it waits for no peer (its snapshot is in its log)
 	m.host = newTestHost(m.host.dir)
 	started := make(chan error, 1)
 	go func() { started <- c.tryStart(m, false) }()

@@ -5,11 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -274,18 +276,65 @@ func (c *testCell) newMember(disk bool) *testMember {
 }
 
 // start binds m's socket and starts its node; join starts it to join a
-// running cell.
+// running cell. A Start that has not returned within startTimeout fails
+// the test, naming what it waits for: it waits for nothing but its disk
+// unless its group logs are behind its raft snapshot, and then for a
+// running peer that can catch them up, which a test that starts its
+// members one by one may never bring (TestWaitingMemberVotes hung the
+// package for 9m51s, session 20).
 func (c *testCell) start(m *testMember, join bool) {
 	c.t.Helper()
-	if err := c.tryStart(m, join); err != nil {
+	node, err := c.prepare(m, join)
+	if err != nil {
 		c.t.Fatal(err)
 	}
+	started := make(chan error, 1)
+	go func() { started <- node.Start() }()
+	select {
+	case err := <-started:
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	case <-time.After(startTimeout):
+		c.t.Fatalf("%s did not start within %v: %s", m.addr, startTimeout, startWaits(node))
+	}
+}
+
+// startTimeout bounds a member's Start in start: a deadline, not an
+// assertion about speed.
+const startTimeout = 2 * waitTimeout
+
+// startWaits says what node's Start waits for: the group logs its restore
+// at start catches up from a peer, where each stands and where the
+// snapshot has it.
+func startWaits(node *Node) string {
+	d := node.fsm.atStart.Load()
+	if d == nil {
+		return "no restore at start left to finish (raft's start, or the disk)"
+	}
+	var b strings.Builder
+	b.WriteString("its group logs catching up from a peer to what its raft snapshot covers:")
+	for _, sg := range d.behind {
+		last, _ := d.groups[sg.spec.ID].log.Tail()
+		fmt.Fprintf(&b, " %s at %d, the snapshot at %d;", sg.spec.Name, last, sg.seq)
+	}
+	return b.String()
 }
 
 // tryStart starts m as start does, and returns what failed; it sets m.node
 // before it starts the node, and calls nothing of c.t but Cleanup, so that
 // a test may run it in a goroutine of its own.
 func (c *testCell) tryStart(m *testMember, join bool) error {
+	node, err := c.prepare(m, join)
+	if err != nil {
+		return err
+	}
+	return node.Start()
+}
+
+// prepare binds m's socket and makes its node, for start or tryStart to
+// start; it sets m.node, and calls nothing of c.t but Cleanup (m.stop).
+func (c *testCell) prepare(m *testMember, join bool) (*Node, error) {
 	ua, _ := net.ResolveUDPAddr("udp", m.addr)
 	var err error
 	for deadline := time.Now().Add(waitTimeout); ; {
@@ -295,7 +344,7 @@ func (c *testCell) tryStart(m *testMember, join bool) error {
 		time.Sleep(10 * time.Millisecond) // the port of a member just closed
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	m.qt = &quic.Transport{Conn: m.udp, StatelessResetKey: &m.reset}
 	cfg := Config{
@@ -316,13 +365,13 @@ func (c *testCell) tryStart(m *testMember, join bool) error {
 	if err != nil {
 		m.qt.Close()
 		m.udp.Close()
-		return err
+		return nil, err
 	}
 	m.ln, err = m.qt.Listen(node.Transport().ServerTLS(), &quic.Config{MaxIncomingStreams: 1000, MaxIdleTimeout: 15 * time.Second, Tracer: qlog.DefaultConnectionTracer})
 	if err != nil {
 		m.qt.Close()
 		m.udp.Close()
-		return err
+		return nil, err
 	}
 	m.done = make(chan struct{})
 	go func(ln *quic.Listener, tr *Transport, done chan struct{}) {
@@ -337,7 +386,7 @@ func (c *testCell) tryStart(m *testMember, join bool) error {
 	}(m.ln, node.Transport(), m.done)
 	m.node = node
 	c.t.Cleanup(m.stop)
-	return node.Start()
+	return node, nil
 }
 
 // stop closes m's node and socket, as a daemon's shutdown (or, for raft's
@@ -392,6 +441,39 @@ func (m *testMember) heldOnDisk(group wire.UUID) uint64 {
 	defer d.Close()
 	seq, _ := d.Tail()
 	return seq
+}
+
+// snapshotCovers returns where the newest raft snapshot of stopped member
+// m has group's log (0 without one): what m's restore at start catches
+// the log up to from a peer, if the log is behind it.
+func (m *testMember) snapshotCovers(group wire.UUID) uint64 {
+	m.t.Helper()
+	snaps, err := raft.NewFileSnapshotStore(filepath.Join(m.dir, "raft"), 2, io.Discard)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	metas, err := snaps.List()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	if len(metas) == 0 {
+		return 0
+	}
+	_, rc, err := snaps.Open(metas[0].ID)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer rc.Close()
+	groups, err := readSnapshot(rc)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	for _, g := range groups {
+		if g.spec.ID == group {
+			return g.seq
+		}
+	}
+	return 0
 }
 
 // snapshotIndex returns the index of m's latest raft snapshot.
