@@ -14,6 +14,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testlog"
 )
 
 // newClientWith is newClient with cfg's fields: its batching, and its
@@ -27,7 +28,7 @@ func newClientWith(t *testing.T, cfg client.Config) *client.Client {
 	cfg.Identity = id
 	cfg.KnownHosts = identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Logger = slog.New(slog.NewTextHandler(testlog.Output(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	c, err := client.New(cfg)
 	if err != nil {
