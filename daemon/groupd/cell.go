@@ -98,6 +98,12 @@ type cellHost struct {
 	mu     sync.Mutex
 	groups map[wire.UUID]*group
 	added  chan struct{} // closed and replaced when a group is added
+	// closed is set once the daemon took the groups to close them
+	// (closing): OpenGroup opens none after.
+	closed bool
+	// opened, if set (by tests), is called by OpenGroup once it opened a
+	// group's log, before it adds the group.
+	opened func(spec cell.GroupSpec)
 }
 
 func newCellHost(d *Daemon) *cellHost {
@@ -111,9 +117,22 @@ func newCellHost(d *Daemon) *cellHost {
 // every lookup of every group (handlers, through group) waited for it
 // until session 17, where it now answers that this member has not yet
 // applied the group, or waits for it (awaitGroup).
+//
+// Once the daemon took the groups to close them (closing) it opens none,
+// and closes one it opened meanwhile: ErrClosed. Why: a raft whose
+// shutdown the daemon did not wait for (its apply goroutine stuck in a
+// disk that does not answer: cell.ErrStuck) goes on once the disk
+// answers, and a group it then created, or restored, opened a log after
+// the daemon had closed the others; nothing closed it (session 20's note).
 func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
-	if g := h.group(spec.ID); g != nil {
+	h.mu.Lock()
+	g, closed := h.groups[spec.ID], h.closed
+	h.mu.Unlock()
+	if g != nil {
 		return cellReplica{g}, nil
+	}
+	if closed {
+		return nil, fmt.Errorf("group %s: %w", spec.Name, ErrClosed)
 	}
 	d := h.d
 	retention := d.cfg.Retention
@@ -127,11 +146,18 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 		l.Close()
 		return nil, fmt.Errorf("group %s: its log cannot be replicated", spec.Name)
 	}
-	g := newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+	if h.opened != nil {
+		h.opened(spec)
+	}
+	g = newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 	g.cell = &cellGroup{spec: spec, node: d.node, log: cl}
 	g.changed = d.countsChanged
 	h.mu.Lock()
-	defer h.mu.Unlock()
+	if h.closed {
+		h.mu.Unlock()
+		l.Close()
+		return nil, fmt.Errorf("group %s: %w", spec.Name, ErrClosed)
+	}
 	next := make(map[wire.UUID]*group, len(h.groups)+1)
 	for id, o := range h.groups {
 		next[id] = o
@@ -140,6 +166,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	h.groups = next
 	close(h.added)
 	h.added = make(chan struct{})
+	h.mu.Unlock()
 	d.cfg.Logger.Info("hosting group", "group", spec.Name, "uuid", spec.ID, "epoch", spec.Epoch, "private", spec.Private, "members", g.memberCount(), "cell", true)
 	return cellReplica{g}, nil
 }
@@ -180,10 +207,12 @@ func (h *cellHost) byName(names []string) (found []*group, added <-chan struct{}
 	return found, h.added
 }
 
-// all returns every group of the cell this daemon hosts.
-func (h *cellHost) all() []*group {
+// closing returns every group of the cell this daemon hosts, for the
+// daemon to close their logs, and has OpenGroup open none after.
+func (h *cellHost) closing() []*group {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.closed = true
 	gs := make([]*group, 0, len(h.groups))
 	for _, g := range h.groups {
 		gs = append(gs, g)

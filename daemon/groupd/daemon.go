@@ -456,7 +456,7 @@ func (d *Daemon) releaseLoaded() {
 			d.cfg.Logger.Error("the cell's raft did not stop after a start stuck in the disk: leaving the groups' logs open")
 			return
 		}
-		for _, g := range d.host.all() {
+		for _, g := range d.host.closing() {
 			d.groups[g.id] = g
 		}
 	}
@@ -688,7 +688,7 @@ func (d *Daemon) Close() error {
 		if d.logsLeft {
 			return nil
 		}
-		for _, g := range d.host.all() {
+		for _, g := range d.host.closing() {
 			d.groups[g.id] = g
 		}
 	}
@@ -738,7 +738,7 @@ func (d *Daemon) leaveLogsLocked(why string, args ...any) {
 	d.logsLeft = true
 	groups := maps.Clone(d.groups)
 	if d.host != nil {
-		for _, g := range d.host.all() {
+		for _, g := range d.host.closing() {
 			groups[g.id] = g
 		}
 	}
