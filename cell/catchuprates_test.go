@@ -108,27 +108,29 @@ func (c *paceCell) oneRestore(t *testing.T, uptos ...uint64) *catchUpRestore {
 // (its stream from the faster member closed, that member asked again
 // after). Here the slow member alone serves the first catch-up (~320
 // messages a second over 2 s: measured), and the fast one (~3,200 a
-// second over 1.5 s) answers first in the second, the slow one once that
+// second over 1.5 s, past its first window) answers first in the second, the slow one once that
 // copy has begun; the fast member is asked once and serves its copy to
 // its end.
 func TestCatchUpPacesKeptForTheRestore(t *testing.T) {
 	c := newPaceCell(t, 0, 0) // the default least pace and window (1 s)
 	// The slow member's copy spans 2 s from its first batch: measured at
 	// its first window's end, or at its end (half a window or more after
-	// its first batch) however late f reads it.
-	const slowPer, slowBatches, fastPer, fastBatches, every = 16, 40, 64, 75, 50 * time.Millisecond
+	// its first batch) however late f reads it. The fast member's spans
+	// 1.5 s: its first window ends before it (the copy would move then).
+	const slowPer, slowBatches, slowEvery = 16, 40, 50 * time.Millisecond
+	const fastPer, fastBatches, fastEvery = 64, 75, 20 * time.Millisecond
 	first := uint64(10 + slowPer*slowBatches)
 	second := first + fastPer*fastBatches
 	var slowAsked, slowEnded, fastAsked, fastEnded atomic.Int64
 	c.servePaced(c.slow, func(after, upto uint64) pacedServe {
-		s := pacedServe{per: slowPer, every: every}
+		s := pacedServe{per: slowPer, every: slowEvery}
 		if upto > first { // the second: once the fast member's copy has begun
 			s.wait = func(ctx context.Context) bool { return c.tailPast(ctx, first) }
 		}
 		return s
 	}, &slowAsked, &slowEnded)
 	c.servePaced(c.other, func(_, upto uint64) pacedServe {
-		return pacedServe{behind: upto <= first, per: fastPer, every: every / 4}
+		return pacedServe{behind: upto <= first, per: fastPer, every: fastEvery}
 	}, &fastAsked, &fastEnded)
 
 	c.oneRestore(t, first, second)
