@@ -138,10 +138,13 @@ func TestLAN(t *testing.T) {
 		times[0].Round(time.Millisecond), times[len(times)-1].Round(time.Millisecond))
 }
 
-// lanDaemon is a huddle daemon running in a LAN host.
+// lanDaemon is a huddle daemon running in a LAN host, until the test
+// ends it (stop, kill): an end without that fails the test at once,
+// naming it and how it ended, as startProc's untilStopped.
 type lanDaemon struct {
 	name   string
 	cmd    *exec.Cmd
+	fate   testbin.Fate
 	done   chan struct{}
 	stderr *bytes.Buffer
 	mu     *sync.Mutex
@@ -170,7 +173,13 @@ func startLANDaemon(t *testing.T, h *netlab.Host, args ...string) *lanDaemon {
 			}
 		}
 	}()
-	go func() { cmd.Wait(); close(d.done) }()
+	go func() {
+		cmd.Wait()
+		if d.fate.Ended(cmd.ProcessState) { // reported before done closes: before the cleanup's kill returns
+			t.Errorf("%s\n--- its stderr:\n%s", d.fate.Unseen(d.name, cmd, args), d.log())
+		}
+		close(d.done)
+	}()
 	t.Cleanup(func() { d.kill() })
 	select {
 	case <-listening:
@@ -191,6 +200,7 @@ func (d *lanDaemon) log() string {
 // stop sends SIGTERM and expects a graceful exit (code 0).
 func (d *lanDaemon) stop(t *testing.T) {
 	t.Helper()
+	d.fate.Sent(syscall.SIGTERM, true)
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.done:
@@ -210,6 +220,7 @@ func (d *lanDaemon) kill() {
 		return
 	default:
 	}
+	d.fate.Sent(syscall.SIGKILL, true)
 	d.cmd.Process.Kill()
 	<-d.done
 }
