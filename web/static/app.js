@@ -199,6 +199,7 @@ function fatal(err) {
   el.className = 'conn fatal';
   el.textContent = fmt.describe(err);
   $('empty').querySelector('p').textContent = fmt.describe(err);
+  renderWelcome(); // the error, in the welcome's place
 }
 
 function onEvent(name, d) {
@@ -328,7 +329,9 @@ function setGroups(list) {
     else state.groups.delete(id);
   }
   state.registries = list.registries;
+  state.listed = true;
   renderSidebar();
+  renderWelcome();
   if (state.active) {
     // The group open shows the form to join it, or the conversation, by
     // what was known when it was opened; a group opened before its daemon
@@ -505,6 +508,36 @@ function renderSidebar() {
   if (document.title !== title) document.title = title;
   const icon = total ? 'icon-unread.svg' : 'icon.svg';
   if ($('icon').getAttribute('href') !== icon) $('icon').setAttribute('href', icon);
+}
+
+// renderWelcome says, on the page shown while no group is open, what to
+// do when there is no group to pick: no registry answering (start one),
+// or registries that list none (start a group daemon). Until session 21
+// it said "Pick a group on the left" over an empty list, and a newcomer
+// who had not run huddle up had only the sidebar's small print to go by.
+// Commands are set apart as code, each kept on one line.
+function renderWelcome() {
+  let parts = [];
+  if (state.listed && state.groups.size === 0 && !state.fatal) {
+    const regs = state.registries.map(r => r.addr).join(', ');
+    const restart = ['huddle web --registry HOST:PORT'];
+    parts = state.registries.some(r => r.ok)
+      ? [`No group is listed yet (registries: ${regs}). A group daemon hosts groups: `, ['huddle up'], ' hosts lobby, ', ['huddle serve --group NAME'], ' others.']
+      : regs ? [`No registry answers (${regs}). Start one on this machine with `, ['huddle up'], ', or restart as ', restart, '.']
+      : ['No registry was found, on this machine or over mDNS. Start one with ', ['huddle up'], ', or restart as ', restart, '.'];
+  }
+  const el = $('welcome-why');
+  const text = parts.flat().join('');
+  if (el.textContent !== text) {
+    el.replaceChildren(...parts.map(p => {
+      if (typeof p === 'string') return document.createTextNode(p);
+      const c = document.createElement('code');
+      c.textContent = p[0];
+      return c;
+    }));
+  }
+  el.hidden = !text;
+  $('welcome-pick').hidden = !!text;
 }
 
 // leftOut says how many groups a registry that answered lists at an
