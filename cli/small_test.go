@@ -235,3 +235,35 @@ func TestRegistryFailureSaidOnce(t *testing.T) {
 		t.Errorf("summarize: %q", got)
 	}
 }
+
+// TestChatEventsDocumented: every event chat --json prints is named in
+// README's --json paragraph, where a script's author looks for them. Until
+// session 21 only in_doubt and gap were, of fifteen.
+func TestChatEventsDocumented(t *testing.T) {
+	src, err := os.ReadFile("chat.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, doc, ok := strings.Cut(string(readme), "`chat --json` prints")
+	if !ok {
+		t.Fatal(`README.md has no paragraph on "chat --json" events`)
+	}
+	doc, _, _ = strings.Cut(doc, "members `{fingerprint")
+	kinds := regexp.MustCompile(`c\.(?:notice|event)\("([a-z_]+)"`).FindAllStringSubmatch(string(src), -1)
+	if len(kinds) < 10 {
+		t.Fatalf("found %d chat events in chat.go; the pattern no longer matches how they are printed", len(kinds))
+	}
+	for _, k := range kinds {
+		name := k[1]
+		if name == "help" || name == "members" || name == "info" {
+			name = "/" + name // the answers to commands, named by the command
+		}
+		if !strings.Contains(doc, "`"+name+"`") {
+			t.Errorf("chat --json event %q is not in README's chat --json paragraph", k[1])
+		}
+	}
+}
