@@ -1821,6 +1821,7 @@ func TestCellChangeEndsOnLastRefusal(t *testing.T) {
 	var asked atomic.Int64
 	var cutOnClose atomic.Bool
 	release := make(chan struct{})
+	second := make(chan struct{}, 1) // the ask after the refusal reached the member
 	e := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
 		if c.Op() != wire.OpCellAdd {
 			return &wire.Error{Code: wire.CodeUnsupported}
@@ -1840,6 +1841,10 @@ func TestCellChangeEndsOnLastRefusal(t *testing.T) {
 		}
 		// An ask that went out is left unanswered until the call ends.
 		select {
+		case second <- struct{}{}:
+		default:
+		}
+		select {
 		case <-c.Gone():
 		case <-release:
 		}
@@ -1858,11 +1863,32 @@ func TestCellChangeEndsOnLastRefusal(t *testing.T) {
 		relay.Restore()
 		cutOnClose.Store(cut)
 		c := newClient(t)
-		// The refusal asks for 2 s: the next ask comes 1-2 s later, and
-		// the call ends 4 s after it began, in that ask.
-		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+		// The refusal asks for 2 s: the next ask comes 1-2 s later. Cut,
+		// the call ends 4 s after it began, in that ask's dial (its bound
+		// is 5 s) or, at a load that held the first ask long, in the wait
+		// before it: the refusal either way. Not cut, the call's deadline
+		// comes once that ask has reached the member (a 4 s deadline could
+		// come before, at load, and the scenario did not run).
+		var ctx context.Context
+		var cancel context.CancelFunc
+		var wg sync.WaitGroup
+		if cut {
+			ctx, cancel = context.WithTimeout(t.Context(), 4*time.Second)
+		} else {
+			fired := &firedCtx{Context: t.Context(), done: make(chan struct{})}
+			ctx, cancel = fired, fired.fire
+			wg.Go(func() {
+				select {
+				case <-second:
+				case <-fired.done: // the call ended first: n says so
+				case <-time.After(time.Minute): // the test's bound: n says the ask never came
+				}
+				fired.fire()
+			})
+		}
 		_, err := c.CellAdd(ctx, relay.Addr(), e.Fingerprint, member)
 		cancel()
+		wg.Wait()
 		if n := asked.Load(); cut && n != 1 || !cut && n != 2 {
 			t.Fatalf("cut %v: %d asks reached the member: the scenario did not run (%v)", cut, n, err)
 		}
