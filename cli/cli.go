@@ -151,9 +151,18 @@ func usage() string {
 Run 'huddle COMMAND --help' for a command's flags and an example.
 
 Environment:
-  HUDDLE_HOME      where your key and pinned registries live (default: $XDG_CONFIG_HOME/huddle)
-  HUDDLE_REGISTRY  the registry address client commands use (default: this machine's, or one found over mDNS)
+  HUDDLE_HOME      where your key and pinned registries live (default: $XDG_CONFIG_HOME/huddle, else ~/.config/huddle)
+  HUDDLE_REGISTRY  the registries client commands ask, HOST[:PORT],... (default: this machine's, those that answered last time, and those found over mDNS)
+  HUDDLE_<FLAG>    a daemon's flag (up, registry, serve): HUDDLE_STATE_DIR=..., HUDDLE_GROUP=lobby,dev
   QLOGDIR          write a qlog of each QUIC connection into this directory (debugging; off when unset)
+
+Exit codes:
+  0    done
+  1    refused by the server (not a member, no such group, too large...), or a local file unusable
+  2    usage: a bad command, flag or value
+  3    unreachable or timed out; for send, an outcome unknown (retry with the same --id: stored once)
+  130  interrupted (Ctrl-C, SIGTERM)
+  141  watch: the reader of its output went away
 `)
 	return b.String()
 }

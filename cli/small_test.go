@@ -155,7 +155,16 @@ func TestHelpReadsAsPeopleWrite(t *testing.T) {
 			}
 		}
 	}
+	// huddle --help lists the exit codes a script tells outcomes apart by
+	// (until session 21 only README did).
 	var out bytes.Buffer
+	Main(context.Background(), []string{"--help"}, Env{Stdout: &out, Stderr: io.Discard, Getenv: func(string) string { return "" }})
+	for _, code := range []int{ExitOK, ExitRefused, ExitUsage, ExitUnreachable, ExitInterrupted, ExitReaderGone} {
+		if !regexp.MustCompile(fmt.Sprintf(`(?m)^  %d +\S`, code)).MatchString(out.String()) {
+			t.Errorf("huddle --help does not say what exit code %d means:\n%s", code, out.String())
+		}
+	}
+	out.Reset()
 	Main(context.Background(), []string{"cell", "--help"}, Env{Stdout: &out, Stderr: io.Discard, Getenv: func(string) string { return "" }})
 	for _, want := range []string{"--server HOST:PORT", "--fingerprint FINGERPRINT", "--wait DURATION", "--json"} {
 		if !strings.Contains(out.String(), want) {
