@@ -37,4 +37,10 @@ func TestWebWelcomeSaysWhatToStart(t *testing.T) {
 
 	startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", "127.0.0.1:0", "--state-dir", t.TempDir())
 	b.waitFor("the welcome to say pick a group", why+`.hidden && !document.getElementById('welcome-pick').hidden && document.querySelector('#others button[data-group]') !== null`)
+
+	// The form to join it keeps "daemon" and the daemon's key on one line.
+	b.waitFor("the form to join lobby", `(() => { const e = document.querySelector('#others button[data-group]'); if (e) e.click(); return !document.getElementById('join-form').hidden; })()`)
+	if about := eval[string](b, `document.getElementById('join-about').textContent`); !strings.Contains(about, "daemon\u00a0") {
+		t.Errorf("the join form says %q: want \"daemon\" and its key joined by a no-break space", about)
+	}
 }

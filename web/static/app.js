@@ -942,9 +942,11 @@ function renderHead() {
   if (!g.member && !$('join-form').hidden) $('join-about').textContent = joinAbout(g);
 }
 
+// "daemon" and its key are kept on one line (a no-break space): the form's
+// width broke them apart ("daemon" ending a line, the key alone below).
 function joinAbout(g) {
   return `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
-    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}` +
+    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon\u00a0${fmt.short(g.fingerprint)}` +
     (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '');
 }
 
