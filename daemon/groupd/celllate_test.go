@@ -79,9 +79,12 @@ func TestCellLateOpenClosed(t *testing.T) {
 			if want := map[bool]int{true: 2, false: 1}[tc.during]; len(opened) != want {
 				t.Errorf("%d group logs opened, want %d (the cell's group's, and the late group's if its open was under way as the daemon closed)", len(opened), want)
 			}
-			for i, l := range opened {
+			// The late group's log (the cell's group's is the daemon's
+			// Close's to close, at once or, were its loops held up on a
+			// loaded machine, once they return: leaveLogsLocked).
+			for _, l := range opened[min(1, len(opened)):] {
 				if !l.isClosed() {
-					t.Errorf("group log %d of %d, opened by the daemon, is open after it closed", i+1, len(opened))
+					t.Error("the late group's log, opened as the daemon closed, is open after it closed")
 					l.Close() // not left to the package's other tests
 				}
 			}
