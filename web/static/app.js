@@ -939,14 +939,31 @@ function renderHead() {
     const online = g.member && c && c.members.length === n ? c.members.filter(m => m.online).length : 0;
     st.textContent = `${n} member${n === 1 ? '' : 's'}${online ? `, ${online} online` : ''}${g.private ? ' · private' : ''}`;
   }
-  if (!g.member && !$('join-form').hidden) $('join-about').textContent = joinAbout(g);
+  if (!g.member && !$('join-form').hidden) setJoinAbout(g);
 }
 
-// "daemon" and its key are kept on one line (a no-break space): the form's
-// width broke them apart ("daemon" ending a line, the key alone below).
+// setJoinAbout shows joinAbout(g) in the join form, each part kept on one
+// line (the line breaks between parts): the form's width broke "daemon
+// 2wfg-ai3k" after "daemon", then at the key's hyphen. The list of other
+// names, which may be long, wraps.
+function setJoinAbout(g) {
+  const el = $('join-about');
+  const text = joinAbout(g);
+  if (el.textContent === text) return;
+  const nodes = [];
+  for (const part of text.split(' · ')) {
+    if (nodes.length) nodes.push(document.createTextNode(' · '));
+    const s = document.createElement('span');
+    if (!part.startsWith('also listed as')) s.className = 'nowrap';
+    s.textContent = part;
+    nodes.push(s);
+  }
+  el.replaceChildren(...nodes);
+}
+
 function joinAbout(g) {
   return `${g.members} member${g.members === 1 ? '' : 's'} · ${g.last_seq} message${g.last_seq === 1 ? '' : 's'} so far · ` +
-    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon\u00a0${fmt.short(g.fingerprint)}` +
+    `${g.private ? 'private: joining needs its secret' : 'public'} · daemon ${fmt.short(g.fingerprint)}` +
     (g.other_names && g.other_names.length ? ` · also listed as ${g.other_names.map(fmt.quoted).join(', ')}` : '');
 }
 
@@ -1017,7 +1034,7 @@ function showJoin(g, focus) {
   const f = $('join-form');
   f.hidden = false;
   $('join-title').textContent = `Join ${fmt.shown(g.name)}`;
-  $('join-about').textContent = joinAbout(g);
+  setJoinAbout(g);
   $('join-secret-label').hidden = !g.private;
   $('join-secret').required = g.private;
   $('join-secret').value = '';
