@@ -32,6 +32,9 @@ type Log interface {
 	// Lookup appends one ack per entry of batch: the original's stamps,
 	// Duplicate set, for an ID the log remembers; else the zero Ack.
 	Lookup(batch []store.Entry, acks []store.Ack) []store.Ack
+	// Remembers reports whether Lookup finds the ID of every message
+	// stored after sequence number after (store.Log.Remembers).
+	Remembers(after uint64) bool
 	// Append stores batch as stamped, all of it or none. Readers see it
 	// at once; its write to a file may wait until Sync (a group log on
 	// disk lets its writes lag, store.DiskConfig.WriteBehind): raft's log

@@ -172,7 +172,7 @@ func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.E
 		return acks, fmt.Errorf("send to %s: %w", id, ErrNoGroup)
 	}
 	start := len(acks)
-	prop, waits, _, err := n.stamp(g, term, entries, &acks, answer{fn: fn})
+	prop, waits, _, err := n.stamp(g, term, entries, &acks, answer{fn: fn}, store.After{})
 	if err != nil {
 		return acks[:start], err
 	}
@@ -189,6 +189,16 @@ func (n *Node) SendAnswered(ctx context.Context, id wire.UUID, entries []store.E
 // it may keep the acks. The entries' bodies must stay valid until done
 // is called.
 func (n *Node) SendLater(ctx context.Context, id wire.UUID, entries []store.Entry, acks []store.Ack, done func([]store.Ack, error)) (bool, []store.Ack, error) {
+	return n.SendLaterAfter(ctx, id, store.After{}, entries, acks, done)
+}
+
+// SendLaterAfter is SendLater for entries sent again after an earlier try
+// left them in doubt, the group's log then standing at after (a send's
+// after, PROTOCOL.md §8.5): if the leader's log may have forgotten an
+// earlier copy of an entry it would stamp (store.After.Forgets), it
+// refuses the send with store.ErrForgotten, and ErrUnchanged: nothing
+// was proposed.
+func (n *Node) SendLaterAfter(ctx context.Context, id wire.UUID, after store.After, entries []store.Entry, acks []store.Ack, done func([]store.Ack, error)) (bool, []store.Ack, error) {
 	term, err := n.leading()
 	if err != nil {
 		return false, acks, err
@@ -198,7 +208,7 @@ func (n *Node) SendLater(ctx context.Context, id wire.UUID, entries []store.Entr
 		return false, acks, fmt.Errorf("send to %s: %w", id, ErrNoGroup)
 	}
 	start := len(acks)
-	prop, waits, later, err := n.stamp(g, term, entries, &acks, answer{later: done})
+	prop, waits, later, err := n.stamp(g, term, entries, &acks, answer{later: done}, after)
 	switch {
 	case err != nil:
 		return false, acks[:start], err
@@ -246,7 +256,9 @@ type wait pending
 // for the proposal to be done (which ends its hold on entries' bodies).
 // If ans has a function and no entry waits for another send, the proposal
 // answers the send with it (see answer), and stamp reports that it will.
-func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack, ans answer) (*proposal, []wait, bool, error) {
+// A send again after after (SendLaterAfter) that the log may have
+// forgotten an earlier copy of is refused: store.ErrForgotten.
+func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]store.Ack, ans answer, after store.After) (*proposal, []wait, bool, error) {
 	g.propMu.Lock()
 	defer g.propMu.Unlock()
 	p := &g.prop
@@ -289,6 +301,12 @@ func (n *Node) stamp(g *groupState, term uint64, entries []store.Entry, acks *[]
 			// re-sync.
 			return nil, nil, false, errResyncing
 		}
+	}
+	// The log remembers what it applied, p.inflight (marked above) what
+	// is proposed and not yet applied: what neither holds was not stored
+	// after after, unless the log forgot it.
+	if after.Forgets(g.log, batchAcks) {
+		return nil, nil, false, fmt.Errorf("send: %w (%w)", store.ErrForgotten, ErrUnchanged)
 	}
 	now := n.cfg.Now().UnixNano()
 	if behind := time.Duration(p.seq.LastTime - now); behind > clockBehind && !p.warnedClock {

@@ -56,6 +56,9 @@ type dedup struct {
 	mask   uint64
 	taken  int
 	warmed uint64 // what warm loaded, kept so the compiler keeps its loads
+	// runFrom is the first sequence number of the run of consecutive
+	// adds that ends at lastAdded: what remembers reads.
+	runFrom, lastAdded uint64
 }
 
 type firstAck struct {
@@ -106,6 +109,10 @@ func (d *dedup) find(half uint64, id [16]byte, h uint64) (firstAck, bool) {
 // add remembers id as stored at seq and t; seq must follow the previous
 // add's, and id must not be remembered.
 func (d *dedup) add(id [16]byte, seq uint64, t int64) {
+	if seq != d.lastAdded+1 {
+		d.runFrom = seq // a log read back from past its start, or reset
+	}
+	d.lastAdded = seq
 	var pos int
 	if len(d.ring) < d.window && uint64(len(d.ring)) != seq-1 {
 		// A log that does not start at 1 (a disk log read back from
@@ -132,6 +139,23 @@ func (d *dedup) add(id [16]byte, seq uint64, t int64) {
 		}
 		d.insert(pos, d.hash(&id))
 	}
+}
+
+// remembers reports whether d holds the ID of every message stored after
+// seq after, up to last, the log's tail: the run of adds reaches last,
+// and its part within the window begins at or before after+1.
+func (d *dedup) remembers(after, last uint64) bool {
+	if after >= last {
+		return true // nothing stored after it
+	}
+	if d.lastAdded != last {
+		return false // the log stands past its adds (reset)
+	}
+	from := d.runFrom
+	if w := uint64(d.window); d.lastAdded >= w {
+		from = max(from, d.lastAdded-w+1)
+	}
+	return after+1 >= from
 }
 
 // rotate makes cur, which holds window IDs, prev, and the old prev,

@@ -314,6 +314,9 @@ func (d *DiskLog) Policy() FsyncPolicy { return d.policy }
 // Lookup is [Log.Lookup].
 func (d *DiskLog) Lookup(batch []Entry, acks []Ack) []Ack { return d.mem.Lookup(batch, acks) }
 
+// Remembers is [Log.Remembers].
+func (d *DiskLog) Remembers(after uint64) bool { return d.mem.Remembers(after) }
+
 // Tail is [Log.Tail]: the last message appended, synced or not.
 func (d *DiskLog) Tail() (uint64, int64) { return d.mem.Tail() }
 

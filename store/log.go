@@ -201,6 +201,18 @@ func (l *Log) Lookup(batch []Entry, acks []Ack) []Ack {
 	return acks
 }
 
+// Remembers reports whether Lookup finds the ID of every message stored
+// after sequence number after: the dedup window has forgotten none of
+// them. If so, an ID Lookup does not find was not stored after after; if
+// not, it may have been, and forgotten since (a send's `after`,
+// PROTOCOL.md §8.5). A log read back after a restart remembers only what
+// it read back; one Reset, nothing before the reset.
+func (l *Log) Remembers(after uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dedup.remembers(after, l.lastSeq)
+}
+
 // hashBatch returns the dedup hashes of batch's IDs, in l.hashes. l.mu is
 // held.
 func (l *Log) hashBatch(batch []Entry) []uint64 {

@@ -126,8 +126,8 @@ func AppendFrame(dst []byte, typ uint64, body any) ([]byte, error) {
 	if ms, ok := messagesBody(typ, body); ok {
 		return finishFrame(appendMessages(append(dst, 0, 0, 0, 0), ms), start)
 	}
-	if group, ms, ok := sendBody(typ, body); ok {
-		return finishFrame(appendSend(append(dst, 0, 0, 0, 0), group, ms), start)
+	if s, ok := sendBody(typ, body); ok {
+		return finishFrame(appendSend(append(dst, 0, 0, 0, 0), s), start)
 	}
 	if epoch, acks, ok := sentBody(typ, body); ok {
 		return finishFrame(appendSent(append(dst, 0, 0, 0, 0), epoch, acks), start)

@@ -27,6 +27,11 @@ const (
 	CodeUnavailable   Code = 8  // shutting down, or a capacity limit was hit; try again later
 	CodeUnsupported   Code = 9  // unknown operation
 	CodeEpochMismatch Code = 10 // the cursor's or lease's epoch is not the current one; Epoch says which is
+	// CodeWindowPassed refuses a send naming after_epoch (Send.AfterEpoch)
+	// whose messages the group's dedup window may have forgotten since
+	// Send.After: stored again under their IDs they might be stored twice.
+	// Only a send with after_epoch gets it (PROTOCOL.md §8.5).
+	CodeWindowPassed Code = 11
 )
 
 // Sentinel errors, one per code. Errors decoded from the wire match them with
@@ -42,6 +47,7 @@ var (
 	ErrUnavailable   = errors.New("unavailable")
 	ErrUnsupported   = errors.New("unsupported operation")
 	ErrEpochMismatch = errors.New("epoch mismatch")
+	ErrWindowPassed  = errors.New("past the dedup window")
 )
 
 var codeErrs = [...]error{
@@ -55,6 +61,7 @@ var codeErrs = [...]error{
 	CodeUnavailable:   ErrUnavailable,
 	CodeUnsupported:   ErrUnsupported,
 	CodeEpochMismatch: ErrEpochMismatch,
+	CodeWindowPassed:  ErrWindowPassed,
 }
 
 // Sentinel returns the sentinel error for c; unknown codes (from a newer
@@ -89,6 +96,8 @@ func (c Code) String() string {
 		return "unsupported"
 	case CodeEpochMismatch:
 		return "epoch_mismatch"
+	case CodeWindowPassed:
+		return "window_passed"
 	}
 	return fmt.Sprintf("code_%d", uint16(c))
 }

@@ -29,6 +29,7 @@ var allCodes = []struct {
 	{CodeUnavailable, ErrUnavailable, "unavailable"},
 	{CodeUnsupported, ErrUnsupported, "unsupported"},
 	{CodeEpochMismatch, ErrEpochMismatch, "epoch_mismatch"},
+	{CodeWindowPassed, ErrWindowPassed, "window_passed"},
 }
 
 // roundTrip is a server writing err as an Error frame and a client reading it.

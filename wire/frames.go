@@ -351,6 +351,10 @@ type Info struct {
 	// the leader marked (PROTOCOL.md §13); absent for a group of one
 	// daemon.
 	Replicas []Replica `cbor:"14,keyasint,omitempty"`
+	// SendAfter says the daemon checks a send's After against its dedup
+	// window (Send.After; since session 21): absent, a send's after_epoch
+	// is ignored, and a client must not rely on CodeWindowPassed.
+	SendAfter bool `cbor:"15,keyasint,omitempty"`
 }
 
 // check holds an info to what a client keeps of it: a cell's members as
@@ -482,6 +486,16 @@ type Member struct {
 type Send struct {
 	Group    UUID       `cbor:"1,keyasint"`
 	Messages []Outgoing `cbor:"2,keyasint"`
+	// After and AfterEpoch, on a send of messages whose earlier try left
+	// them in doubt, say where the group's log stood, as the sender knew
+	// it, before that first try: any of them stored was stored after
+	// sequence number After of epoch AfterEpoch. A daemon that says so in
+	// its info (Info.SendAfter) refuses the send with CodeWindowPassed,
+	// storing nothing, if its dedup window may have forgotten a message
+	// stored after After and the send carries a message it does not find
+	// (PROTOCOL.md §8.5). AfterEpoch 0: not said.
+	After      uint64 `cbor:"3,keyasint,omitempty"`
+	AfterEpoch uint64 `cbor:"4,keyasint,omitempty"`
 }
 
 func (s *Send) check() error {

@@ -36,22 +36,21 @@ const (
 	minAckBytes      = 5  // a2 01 00 02 00
 )
 
-// sendBody returns the fields of a send request's args, which appendSend
-// encodes without reflection. A nil *Send (encoded as null) is left to
-// encMode.
-func sendBody(typ uint64, body any) (UUID, []Outgoing, bool) {
+// sendBody returns a send request's args, which appendSend encodes
+// without reflection. A nil *Send (encoded as null) is left to encMode.
+func sendBody(typ uint64, body any) (Send, bool) {
 	if typ != uint64(OpSend) {
-		return UUID{}, nil, false
+		return Send{}, false
 	}
 	switch b := body.(type) {
 	case Send:
-		return b.Group, b.Messages, true
+		return b, true
 	case *Send:
 		if b != nil {
-			return b.Group, b.Messages, true
+			return *b, true
 		}
 	}
-	return UUID{}, nil, false
+	return Send{}, false
 }
 
 // sentBody returns the fields of a send's result. KindResult carries the
@@ -72,10 +71,12 @@ func sentBody(typ uint64, body any) (uint64, []Ack, bool) {
 	return 0, nil, false
 }
 
-// appendSend appends the envelope {0: OpSend, 1: {1: group, 2: ms}} as the
-// deterministic encoder writes it: both keys of every map, in key order,
-// shortest heads, a nil slice or body as an empty one.
-func appendSend(dst []byte, group UUID, ms []Outgoing) []byte {
+// appendSend appends the envelope {0: OpSend, 1: {1: group, 2: ms, 3:
+// after, 4: after_epoch}} as the deterministic encoder writes it: both keys
+// of every Outgoing, keys 3 and 4 only when not zero (omitempty), in key
+// order, shortest heads, a nil slice or body as an empty one.
+func appendSend(dst []byte, s Send) []byte {
+	group, ms := s.Group, s.Messages
 	size := 32
 	for i := range ms {
 		size += 32 + len(ms[i].Body) // 32: more than a message's heads and ID take
@@ -83,7 +84,14 @@ func appendSend(dst []byte, group UUID, ms []Outgoing) []byte {
 	dst = slices.Grow(dst, size)
 	dst = append(dst, 0xa2, 0x00)
 	dst = appendHead(dst, 0, uint64(OpSend))
-	dst = append(dst, 0x01, 0xa2, 0x01, 0x50)
+	pairs := byte(2)
+	if s.After != 0 {
+		pairs++
+	}
+	if s.AfterEpoch != 0 {
+		pairs++
+	}
+	dst = append(dst, 0x01, 0xa0|pairs, 0x01, 0x50)
 	dst = append(dst, group[:]...)
 	dst = append(dst, 0x02)
 	dst = appendHead(dst, 4, uint64(len(ms)))
@@ -94,6 +102,12 @@ func appendSend(dst []byte, group UUID, ms []Outgoing) []byte {
 		dst = append(dst, 0x02)
 		dst = appendHead(dst, 2, uint64(len(m.Body)))
 		dst = append(dst, m.Body...)
+	}
+	if s.After != 0 {
+		dst = appendHead(append(dst, 0x03), 0, s.After)
+	}
+	if s.AfterEpoch != 0 {
+		dst = appendHead(append(dst, 0x04), 0, s.AfterEpoch)
 	}
 	return dst
 }
@@ -148,9 +162,16 @@ func decodeCanonical(body []byte, v any) bool {
 // encoding without touching s, the second fills s as cbor's decoder would.
 // The bodies alias b.
 func decodeSend(b []byte, s *Send) bool {
-	n, ok := scanSend(b)
+	n, after, afterEpoch, ok := scanSend(b)
 	if !ok {
 		return false
+	}
+	// As cbor's decoder: a key absent leaves the field as it was.
+	if after != 0 {
+		s.After = after
+	}
+	if afterEpoch != 0 {
+		s.AfterEpoch = afterEpoch
 	}
 	copy(s.Group[:], b[3:19])
 	ms := reuse(s.Messages, n)
@@ -166,29 +187,47 @@ func decodeSend(b []byte, s *Send) bool {
 }
 
 // scanSend reports whether b is exactly a Send's args as appendSend writes
-// them, and how many messages they carry.
+// them, how many messages they carry, and their after and after_epoch.
 //
-//	a2 01 50 <group> 02 <array head> (a2 01 50 <id> 02 <bytes head> <body>)*
-func scanSend(b []byte) (int, bool) {
-	if len(b) < 21 || b[0] != 0xa2 || b[1] != 0x01 || b[2] != 0x50 || b[19] != 0x02 {
-		return 0, false
+//	(a2|a3|a4) 01 50 <group> 02 <array head> (a2 01 50 <id> 02 <bytes head> <body>)* [03 <uint>] [04 <uint>]
+func scanSend(b []byte) (n int, after, afterEpoch uint64, ok bool) {
+	if len(b) < 21 || b[0] < 0xa2 || b[0] > 0xa4 || b[1] != 0x01 || b[2] != 0x50 || b[19] != 0x02 {
+		return 0, 0, 0, false
 	}
 	count, off, ok := canonHead(b, 20, 4)
 	// An array over MaxArrayItems is the reflective decoder's to reject.
 	if !ok || count > MaxArrayItems || count > uint64(len(b)-off)/minOutgoingBytes {
-		return 0, false
+		return 0, 0, 0, false
 	}
 	for range count {
 		if len(b)-off < minOutgoingBytes || b[off] != 0xa2 || b[off+1] != 0x01 || b[off+2] != 0x50 || b[off+19] != 0x02 {
-			return 0, false
+			return 0, 0, 0, false
 		}
 		l, start, ok := canonHead(b, off+20, 2)
 		if !ok || l > uint64(len(b)-start) {
-			return 0, false
+			return 0, 0, 0, false
 		}
 		off = start + int(l)
 	}
-	return int(count), off == len(b)
+	// Keys 3 and 4, each once, in order, never zero (omitempty), as many
+	// as the map's head counts beyond 1 and 2.
+	for extra := int(b[0] - 0xa2); extra > 0; extra-- {
+		if off >= len(b) || (b[off] != 0x03 && b[off] != 0x04) || (b[off] == 0x03 && (after != 0 || afterEpoch != 0)) || (b[off] == 0x04 && afterEpoch != 0) {
+			return 0, 0, 0, false
+		}
+		key := b[off]
+		v, next, ok := canonHead(b, off+1, 0)
+		if !ok || v == 0 {
+			return 0, 0, 0, false
+		}
+		if key == 0x03 {
+			after = v
+		} else {
+			afterEpoch = v
+		}
+		off = next
+	}
+	return int(count), after, afterEpoch, off == len(b)
 }
 
 // decodeSent is decodeSend for a Sent.

@@ -115,11 +115,14 @@ func (d *Daemon) notServing(op wire.Op, g *group) error {
 // otherwise sc.acks holds the acks.
 func (d *Daemon) cellSend(ctx context.Context, c *server.Call, g *group, sc *sendScratch) (later bool, err error) {
 	sc.call, sc.group = c, g
-	later, out, err := g.cell.node.SendLater(ctx, g.id, sc.entries, sc.acks, sc.answer)
-	if later {
+	after := store.After{Epoch: sc.req.AfterEpoch, Seq: sc.req.After}
+	later, out, err := g.cell.node.SendLaterAfter(ctx, g.id, after, sc.entries, sc.acks, sc.answer)
+	switch {
+	case later:
 		return true, nil
-	}
-	if err != nil {
+	case errors.Is(err, store.ErrForgotten):
+		return false, windowPassed(g, after.Seq)
+	case err != nil:
 		return false, cellError(wire.OpSend, g, err)
 	}
 	sc.acks = out

@@ -222,7 +222,7 @@ func TestRenamedSendersKeepTheirNames(t *testing.T) {
 		if !ok {
 			t.Fatal("not a member")
 		}
-		_, err := g.append([]store.Entry{{ID: wire.NewID(), From: from, Body: []byte(name)}}, nil)
+		_, err := g.append([]store.Entry{{ID: wire.NewID(), From: from, Body: []byte(name)}}, nil, store.After{})
 		must(t, err)
 	}
 	msgs, _, err := query(nil, func() ([]store.Message, store.Cursor, error) { return log.After(0, 100, nil) })

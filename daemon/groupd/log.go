@@ -22,6 +22,11 @@ type Log interface {
 	// sequence number and time, with Duplicate set, if the log remembers a
 	// message with the entry's ID; else the zero Ack.
 	Lookup(batch []store.Entry, acks []store.Ack) []store.Ack
+	// Remembers reports whether Lookup finds the ID of every message
+	// stored after sequence number after (a send's after, PROTOCOL.md
+	// §8.5): if not, an ID it does not find may have been stored and
+	// forgotten since.
+	Remembers(after uint64) bool
 	// Tail returns the sequence number and time of the last message
 	// appended, evicted or not (0, 0 for none).
 	Tail() (seq uint64, time int64)

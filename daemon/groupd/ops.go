@@ -209,6 +209,7 @@ func (d *Daemon) info(c *server.Call) error {
 		Member:          g.isMember(c.Peer()),
 		Fingerprint:     d.id.Fingerprint(),
 		Replicas:        d.replicaList(),
+		SendAfter:       true, // send: after is checked (windowPassed)
 	})
 }
 
@@ -371,7 +372,7 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 		if err != nil || c.Answered() {
 			return err
 		}
-	} else if sc.acks, err = g.append(sc.entries, sc.acks); err == nil {
+	} else if sc.acks, err = g.append(sc.entries, sc.acks, store.After{Epoch: req.AfterEpoch, Seq: req.After}); err == nil {
 		// Outside the sequencing lock: one fsync serves every send
 		// waiting here (under fsync always; else at once).
 		var last uint64
@@ -392,10 +393,22 @@ func (d *Daemon) send(ctx context.Context, c *server.Call) error {
 		return fmt.Errorf("send group %s: %w: %v", g.name, wire.ErrTooLarge, err)
 	case errors.Is(err, store.ErrOutOfOrder):
 		return fmt.Errorf("send group %s: %w", g.name, err) // a bug: internal
+	case errors.Is(err, store.ErrForgotten):
+		return windowPassed(g, req.After)
 	case err != nil:
 		return d.notAppended(g, err)
 	}
 	return c.Result(sc.reply(g, sc.acks))
+}
+
+// windowPassed refuses a send whose after (PROTOCOL.md §8.5) the group's
+// dedup window no longer reaches back to: a message of it stored by an
+// earlier try may be forgotten, and stored again under its ID it would be
+// stored twice. Nothing was stored (unchanged); the sender decides (its
+// user: send it as a new message, or drop it).
+func windowPassed(g *group, after uint64) error {
+	return &wire.Error{Code: wire.CodeWindowPassed, Unchanged: true,
+		Message: fmt.Sprintf("send group %s: the group's dedup window no longer holds every message stored after %d, so an earlier try of these messages may be stored and forgotten: not stored again under their IDs (a second copy could result)", g.name, after)}
 }
 
 // retentionHolds refuses a batch of n messages and bytes of bodies that

@@ -12,12 +12,17 @@ import "github.com/huddle-chat/huddle/store"
 //
 // It appends one ack per entry of batch to acks, in order, and reorders
 // batch (see store.Sequencer.Stamp). On error it returns acks unchanged,
-// and nothing was stored.
-func (g *group) append(batch []store.Entry, acks []store.Ack) ([]store.Ack, error) {
+// and nothing was stored: store.ErrForgotten if the batch is sent again
+// after a (a send's after) and the log may have forgotten an earlier copy
+// of a message it would store (store.After.Forgets).
+func (g *group) append(batch []store.Entry, acks []store.Ack, after store.After) ([]store.Ack, error) {
 	g.seqMu.Lock()
 	defer g.seqMu.Unlock()
 	start := len(acks)
 	acks = g.log.Lookup(batch, acks)
+	if after.Forgets(g.log, acks[start:]) {
+		return acks[:start], store.ErrForgotten
+	}
 	g.seq.Last, g.seq.LastTime = g.log.Tail()
 	n := g.seq.Stamp(g.now().UnixNano(), batch, acks[start:])
 	if n > 0 {
