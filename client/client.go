@@ -109,6 +109,12 @@ var (
 	// again under another epoch, EpochOf(err); a cursor of the old epoch
 	// means nothing in it.
 	ErrEpochMismatch = wire.ErrEpochMismatch
+	// ErrWindowPassed (window_passed): a send of messages an earlier send
+	// left in doubt, refused, nothing stored, because the group's dedup
+	// window may have forgotten a copy that send stored (PROTOCOL.md
+	// §8.5): sent again under the same IDs, a message might be stored
+	// twice. It comes with ErrInDoubt: the earlier copy may exist.
+	ErrWindowPassed = wire.ErrWindowPassed
 
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("client closed")
@@ -227,6 +233,7 @@ const (
 	CodeUnavailable   = wire.CodeUnavailable
 	CodeUnsupported   = wire.CodeUnsupported
 	CodeEpochMismatch = wire.CodeEpochMismatch
+	CodeWindowPassed  = wire.CodeWindowPassed
 )
 
 // ParseFingerprint parses a fingerprint's text form (as huddle prints
@@ -1039,7 +1046,7 @@ func refusedWhole(err error) bool {
 	}
 	switch we.Code {
 	case wire.CodeBadRequest, wire.CodeUnauthorized, wire.CodeNotMember, wire.CodeNotFound,
-		wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnsupported, wire.CodeEpochMismatch:
+		wire.CodeTooLarge, wire.CodeRateLimited, wire.CodeUnsupported, wire.CodeEpochMismatch, wire.CodeWindowPassed:
 		return true
 	}
 	return we.Unchanged

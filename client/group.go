@@ -41,6 +41,11 @@ type Group struct {
 	// sequence number acknowledged and its epoch.
 	replicas         []wire.Replica
 	ackEpoch, ackSeq uint64
+	// seen is the furthest the handle has seen the group's log stand, in
+	// the latest epoch it knows (an info's or join's last, an ack, a
+	// message a watch delivered): where a send's messages, if it ends in
+	// doubt, were stored after (doubts, Position).
+	seen Position
 	// suspectFP went silent on an attempt; it is passed over until
 	// suspectUntil (cell.go). suspectBound is the handshake bound it
 	// failed to meet, if that was what it failed (0: it went silent).
@@ -340,6 +345,7 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 		return Info{}, g.fail("info", fmt.Errorf("%w: the daemon answered with the info of group %s", ErrProtocol, info.Group))
 	}
 	g.learnReplicas(info.Replicas, g.peer().pin)
+	g.saw(Position{Epoch: info.Epoch, Seq: info.Last})
 	return infoFrom(&info), nil
 }
 
@@ -356,6 +362,7 @@ func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, e
 	if err := g.memberCall(ctx, wire.OpJoin, wire.Join{Group: g.id, Name: name, Secret: secret}, &j); err != nil {
 		return Joined{}, g.fail("join", err)
 	}
+	g.saw(Position{Epoch: j.Epoch, Seq: j.Last})
 	return Joined{Epoch: j.Epoch, Last: j.Last, Already: j.Already}, nil
 }
 
@@ -506,24 +513,80 @@ func (g *Group) SendMessages(ctx context.Context, msgs []Outgoing) ([]Ack, error
 	return acks, nil
 }
 
+// SendMessagesAfter is SendMessages for messages whose earlier send may
+// have been stored (it ended in doubt, perhaps on another handle or in
+// another process) when the group's log stood at after, or further: the
+// last position the caller had seen in the group before that first send
+// (a message's Seq and the epoch it came in, an Info's Last and Epoch).
+// A daemon that checks it (Info.SendAfter) refuses the send with
+// ErrWindowPassed, storing nothing, if its dedup window may have
+// forgotten a copy stored after it; the error is ErrInDoubt too (the
+// earlier send's copy may exist): send them again under these IDs only
+// if the user accepts a second copy. A handle that noted the messages in
+// doubt itself sends the earlier of the two positions; SendMessages sends
+// its own (PROTOCOL.md §8.5, "A retry's window").
+func (g *Group) SendMessagesAfter(ctx context.Context, msgs []Outgoing, after Position) ([]Ack, error) {
+	out := make([]wire.Outgoing, len(msgs))
+	for i, m := range msgs {
+		out[i] = wire.Outgoing(m)
+	}
+	g.doubts.noteAfter(out, after)
+	return g.SendMessages(ctx, msgs)
+}
+
 // send performs one send operation of msgs and checks that its reply
 // acknowledges each. A message that an earlier send on this handle left
-// in doubt stays so until acknowledged (doubts).
+// in doubt stays so until acknowledged (doubts), and the send names where
+// the log stood before that first try (after, PROTOCOL.md §8.5).
 func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, error) {
 	var s wire.Sent
-	if err := g.memberCall(ctx, wire.OpSend, wire.Send{Group: g.id, Messages: msgs}, &s); err != nil {
-		return wire.Sent{}, g.fail("send", g.doubts.outcome(msgs, err))
+	before := g.position() // where a copy this send stores goes after
+	req := wire.Send{Group: g.id, Messages: msgs}
+	if after, ok := g.doubts.after(msgs); ok {
+		req.After, req.AfterEpoch = after.Seq, after.Epoch
+	}
+	if err := g.memberCall(ctx, wire.OpSend, req, &s); err != nil {
+		return wire.Sent{}, g.fail("send", g.doubts.outcomeAt(msgs, err, before))
 	}
 	if len(s.Acks) != len(msgs) {
 		// A Result: the daemon stored them, presumably, but under what
 		// numbers is unknown.
-		return wire.Sent{}, g.fail("send", g.doubts.outcome(msgs, inDoubt(fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol))))
+		return wire.Sent{}, g.fail("send", g.doubts.outcomeAt(msgs, inDoubt(fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)), before))
 	}
 	g.doubts.outcome(msgs, nil)
 	for _, a := range s.Acks {
 		g.sawSeq(s.Epoch, a.Seq)
+		g.saw(Position{Epoch: s.Epoch, Seq: a.Seq})
 	}
 	return s, nil
+}
+
+// Position is where a group's log stood as a client saw it: its last
+// sequence number Seq in epoch Epoch (0: not known).
+type Position struct {
+	Epoch, Seq uint64
+}
+
+// saw records p as seen on the handle: a later epoch's replaces the
+// position, the same epoch's only moves it on.
+func (g *Group) saw(p Position) {
+	if p.Epoch == 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p.Epoch != g.seen.Epoch {
+		g.seen = p
+		return
+	}
+	g.seen.Seq = max(g.seen.Seq, p.Seq)
+}
+
+// position returns the furthest the handle has seen the log stand.
+func (g *Group) position() Position {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.seen
 }
 
 // Message is one message of a group as a client sees it.

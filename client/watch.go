@@ -298,6 +298,7 @@ func (w *watcher) attempt(ctx context.Context, yield func(Event, error) bool) (s
 				}
 				seq := m.Seq
 				w.after, w.since = &seq, nil
+				w.g.saw(Position{Epoch: w.epoch, Seq: seq})
 				if !yield(Event{Kind: EventMessage, Message: messageFrom(m), Epoch: w.epoch}, nil) {
 					stop = true
 					return true, nil
