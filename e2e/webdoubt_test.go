@@ -14,18 +14,24 @@ import (
 // as the page's window.doubtMode says, "doubt" (the outcome unknown, as
 // huddle web says of a send cut short: in_doubt with its id),
 // "doubtThenRefuse" (in doubt once, then a final refusal, as after the
-// group's handle was replaced and forgot the ID in doubt), or passed on to
-// huddle web (anything else). window.sends counts the sends answered.
+// group's handle was replaced and forgot the ID in doubt), "doubtThenWindow"
+// (in doubt once, then window_passed, as a daemon whose dedup window no
+// longer reaches back to the first try answers), or passed on to huddle
+// web (anything else). window.sends counts the sends answered, and
+// window.bodies holds their requests' bodies.
 const doubtShim = `(() => {
   const real = window.fetch.bind(window);
   window.sends = 0;
+  window.bodies = [];
   window.doubtMode = '';
   window.fetch = async (path, init) => {
     if (!(init && init.method === 'POST' && String(path).endsWith('/messages')) || !window.doubtMode) return real(path, init);
     window.sends++;
+    window.bodies.push(JSON.parse(init.body));
     const id = JSON.parse(init.body).id;
     let body = {error: {code: 'unavailable', message: 'connection lost under the send', in_doubt: true, id}};
     if (window.doubtMode === 'doubtThenRefuse' && window.sends > 1) body = {error: {code: 'not_member', message: 'not a member'}};
+    if (window.doubtMode === 'doubtThenWindow' && window.sends > 1) body = {error: {code: 'window_passed', message: 'past the dedup window', in_doubt: true, id}};
     return new Response(JSON.stringify(body), {status: 503, headers: {'Content-Type': 'application/json'}});
   };
   return true;
@@ -120,6 +126,54 @@ func TestWebSendInDoubtPastWindow(t *testing.T) {
 
 	// Send again, through huddle web: stored, once.
 	resentOnce(t, b, alice, "past the window")
+}
+
+// TestWebSendInDoubtWindowPassed: a retry of a message in doubt tells
+// huddle web where the page saw the group's log stand before the first try
+// (after_epoch, after_seq: PROTOCOL.md §8.5), and the page takes a
+// window_passed answer (the daemon's dedup window no longer reaches back
+// there) as final: it tries no more, says the daemon's window passed, and
+// offers Send again and Discard. Send again goes through huddle web with
+// the page's position now, to the daemon, and is stored once. Before
+// session 21 the page named nothing, and stopped only by its own clock or
+// by what its watch showed.
+func TestWebSendInDoubtWindowPassed(t *testing.T) {
+	t.Parallel()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice := aliceInLobbyOf(t, up)
+	b := newBrowser(t, 1000, 800)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	alice.ok(t, "send", "lobby", "before")
+	b.waitFor("the message before", hasMessage("before"))
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	failed := failedState("window passed")
+
+	eval[bool](b, `window.doubtMode = 'doubtThenWindow', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	b.do("paste, Enter", insertText("window passed"), pressEnter())
+	b.waitFor("the page to stop retrying", failed+` !== ''`)
+	got := eval[string](b, failed)
+	if !strings.HasPrefix(got, "may have been sent") || !strings.Contains(got, "dedup window no longer reaches back") || !strings.HasSuffix(got, "Send againDiscard") {
+		t.Errorf("a message in doubt refused window_passed says %q, want 'may have been sent ...', the daemon's window passed, with Send again and Discard", got)
+	}
+	if n := eval[int](b, `window.sends`); n != 2 {
+		t.Errorf("the page tried it %d times, want 2 (the try in doubt, the retry refused window_passed)", n)
+	}
+	if first := eval[string](b, `JSON.stringify(window.bodies[0])`); strings.Contains(first, "after_") {
+		t.Errorf("the first try named a position: %s", first)
+	}
+	want := eval[string](b, `JSON.stringify({epoch: `+conv+`.epoch, seq: 1})`)
+	if retry := eval[string](b, `JSON.stringify({epoch: window.bodies[1].after_epoch, seq: window.bodies[1].after_seq})`); retry != want {
+		t.Errorf("the retry named %s, want where the page saw the log before the first try, %s", retry, want)
+	}
+
+	// Send again, through huddle web: stored, once.
+	resentOnce(t, b, alice, "window passed")
 }
 
 // failedState is a script giving the failure shown on the pending

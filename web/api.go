@@ -94,7 +94,7 @@ func toAPIError(err error) apiError {
 			e.Status = http.StatusTooManyRequests
 		case wire.CodeUnavailable:
 			e.Status = http.StatusServiceUnavailable
-		case wire.CodeEpochMismatch:
+		case wire.CodeEpochMismatch, wire.CodeWindowPassed:
 			e.Status = http.StatusConflict
 		default:
 			e.Status = http.StatusInternalServerError
@@ -124,7 +124,7 @@ func toAPIError(err error) apiError {
 
 // protocolCode returns the protocol error code err matches, if any.
 func protocolCode(err error) (wire.Code, bool) {
-	for c := wire.CodeInternal; c <= wire.CodeEpochMismatch; c++ {
+	for c := wire.CodeInternal; c <= wire.CodeWindowPassed; c++ {
 		if errors.Is(err, c.Sentinel()) {
 			return c, true
 		}
@@ -396,13 +396,19 @@ func firstErr(errs ...error) error {
 }
 
 // apiSend sends {"text": ..., "id": a random UUID (optional)}: a page that
-// retries with the same id after a lost reply gets the first ack back.
+// retries with the same id after a lost reply gets the first ack back. A
+// retry of a message in doubt may say where the page had seen the log
+// stand before its first try ("after_epoch", a string, and "after_seq"):
+// a daemon whose dedup window no longer reaches back there refuses it,
+// storing nothing (window_passed, PROTOCOL.md §8.5).
 func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
 	defer cancel()
 	var req struct {
-		Text string `json:"text"`
-		ID   string `json:"id"`
+		Text       string `json:"text"`
+		ID         string `json:"id"`
+		AfterEpoch uint64 `json:"after_epoch,string,omitempty"`
+		AfterSeq   uint64 `json:"after_seq,omitempty"`
 	}
 	if err := readJSON(w, r, &req); err != nil {
 		writeError(w, toAPIError(err))
@@ -426,7 +432,7 @@ func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	ack, err := send(ctx, g, id, req.Text)
+	ack, err := send(ctx, g, id, req.Text, client.Position{Epoch: req.AfterEpoch, Seq: req.AfterSeq})
 	if err != nil {
 		e := toAPIError(err)
 		if errors.Is(err, client.ErrInDoubt) {

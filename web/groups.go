@@ -148,12 +148,23 @@ type sentJSON struct {
 }
 
 // send sends text as one message with the given ID (a fresh one if zero),
-// so that a page retrying after a lost reply never stores it twice.
-func send(ctx context.Context, g *client.Group, id wire.ID, text string) (sentJSON, error) {
+// so that a page retrying after a lost reply never stores it twice. after,
+// if its epoch is known, is where the page saw the log stand before its
+// first try of the message, which ended in doubt (client.SendMessagesAfter).
+func send(ctx context.Context, g *client.Group, id wire.ID, text string, after client.Position) (sentJSON, error) {
 	if id.IsZero() {
 		id = wire.NewID()
 	}
-	a, err := g.SendWithID(ctx, id, []byte(text))
+	var a client.Ack
+	var err error
+	if after.Epoch != 0 {
+		var acks []client.Ack
+		if acks, err = g.SendMessagesAfter(ctx, []client.Outgoing{{ID: id, Body: []byte(text)}}, after); err == nil {
+			a = acks[0]
+		}
+	} else {
+		a, err = g.SendWithID(ctx, id, []byte(text))
+	}
 	if err != nil {
 		return sentJSON{}, err
 	}

@@ -56,7 +56,10 @@ export const api = {
     if (epoch) q.set('epoch', String(epoch));
     return call('GET', `/api/groups/${id}/messages?${q}`);
   },
-  send: (id, text, msgID) => call('POST', `/api/groups/${id}/messages`, {text, id: msgID}),
+  // after ({epoch, seq}), for a retry of a message in doubt: where the page
+  // saw the log stand before its first try (PROTOCOL.md §8.5).
+  send: (id, text, msgID, after) => call('POST', `/api/groups/${id}/messages`,
+    after ? {text, id: msgID, after_epoch: after.epoch, after_seq: after.seq} : {text, id: msgID}),
 };
 
 // newID returns a UUIDv7 (time-ordered, random), the message ID a send is

@@ -852,7 +852,10 @@ function pendingState(c, p) {
         // Past what the window is sure to hold: a retry under its ID may
         // be stored as a new message. The user decides, told so; sent
         // again, its window counts from here.
-        failedWith(s, c, p, `may have been sent (no answer settled it), and the group has stored ${dedupFloor.toLocaleString('en')} messages since, more than its dedup window is sure to hold: sending it again may store it a second time. `,
+        const since = p.error && p.error.code === 'window_passed'
+          ? 'and the group\'s daemon says its dedup window no longer reaches back to it'
+          : `and the group has stored ${dedupFloor.toLocaleString('en')} messages since, more than its dedup window is sure to hold`;
+        failedWith(s, c, p, `may have been sent (no answer settled it), ${since}: sending it again may store it a second time. `,
           'Send again', () => {
             p.aged = false;
             p.doubtEpoch = c.epoch;
@@ -1182,8 +1185,17 @@ async function deliver(c, p) {
       return;
     }
     p.tries++;
+    if (!p.inDoubt && c.cursorKnown) {
+      // Where the group's log was, as this page last saw it, before this
+      // try: if it stores the message, it stores it past this.
+      p.tryEpoch = c.epoch;
+      p.tryFrom = c.cursor;
+    }
     try {
-      await api.send(c.id, p.text, p.id);
+      // A retry in doubt says where the log stood before the first try:
+      // a daemon whose dedup window no longer reaches back there refuses
+      // it (window_passed) rather than store it a second time.
+      await api.send(c.id, p.text, p.id, p.inDoubt && p.doubtFrom !== undefined ? {epoch: p.doubtEpoch, seq: p.doubtFrom} : null);
       if (c.pending.has(p.id)) setPending(c, p, 'sent', null);
       return;
     } catch (err) {
@@ -1196,13 +1208,20 @@ async function deliver(c, p) {
       // speaks of that try alone (and huddle web's handle that knew the ID
       // in doubt may have been replaced, the group having moved), so the
       // message stays "may have been sent" until a try is acknowledged.
-      if (err.inDoubt && !p.inDoubt && c.cursorKnown) {
-        // Where the group's log was, as this page last saw it, before the
-        // try that may have stored it: stored, it is past this.
-        p.doubtEpoch = c.epoch;
-        p.doubtFrom = c.cursor;
+      if (err.inDoubt && !p.inDoubt && p.tryFrom !== undefined) {
+        // Where the group's log was before the try that may have stored
+        // it: stored, it is past this.
+        p.doubtEpoch = p.tryEpoch;
+        p.doubtFrom = p.tryFrom;
       }
       if (err.inDoubt) p.inDoubt = true;
+      if (err.code === 'window_passed') {
+        // The daemon's dedup window no longer reaches back to the first
+        // try: sent again under its ID it may be stored a second time.
+        p.aged = true;
+        setPending(c, p, 'failed', err);
+        return;
+      }
       const transient = err.inDoubt || ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
       // Retries of a message in doubt are bounded: its ID dedups only
       // within the group's window (its last 65,536 messages at least, or
