@@ -788,7 +788,8 @@ func attackForgedFields(t *testing.T, h *hostile) {
 	defer mallory.call(wire.OpLeave, wire.GroupRef{Group: h.g}, nil)
 	victim := newKey(t).Fingerprint()
 	id := wire.NewID()
-	// {0: 20, 1: {1: group, 2: [{1: id, 2: body, 3: 1, 4: victim, 5: "alice"}], 3: victim, 4: 1}}
+	// {0: 20, 1: {1: group, 2: [{1: id, 2: body, 3: 1, 4: victim, 5: "alice"}], 5: victim}}
+	// (keys 3 and 4 of a send are after and after_epoch since session 21)
 	type forgedMsg struct {
 		ID   wire.ID          `cbor:"1,keyasint"`
 		Body []byte           `cbor:"2,keyasint"`
@@ -800,7 +801,7 @@ func attackForgedFields(t *testing.T, h *hostile) {
 	type forgedSend struct {
 		Group    wire.UUID        `cbor:"1,keyasint"`
 		Messages []forgedMsg      `cbor:"2,keyasint"`
-		From     wire.Fingerprint `cbor:"3,keyasint"`
+		From     wire.Fingerprint `cbor:"5,keyasint"`
 	}
 	before := time.Now().UnixNano()
 	var sent wire.Sent
