@@ -721,6 +721,10 @@ func advice(we *wire.Error) string {
 		return "; try again shortly (the daemon cannot take it now: busy, shutting down, or its storage full or failing, which its log says)"
 	case wire.CodeEpochMismatch:
 		return "; the group's history was reset (its daemon restarted): fetch again without --after"
+	case wire.CodeWindowPassed:
+		// A retry of messages in doubt (PROTOCOL.md §8.5): sent again
+		// under the same IDs they may be stored twice.
+		return "; the earlier send may still be stored: sending it again under the same ID may store it a second time"
 	}
 	return ""
 }
