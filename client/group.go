@@ -449,7 +449,10 @@ func (g *Group) SendWithID(ctx context.Context, id ID, body []byte) (Ack, error)
 	if g.closed.Load() {
 		return Ack{ID: id}, g.fail("send", g.doubts.outcome([]wire.Outgoing{m}, ErrClosed))
 	}
-	if g.cl.cfg.NoBatching {
+	if _, named := g.doubts.after([]wire.Outgoing{m}); g.cl.cfg.NoBatching || named {
+		// A retry that names where the log stood goes alone: a daemon
+		// past its window refuses the whole send it is in (window_passed),
+		// and another caller's fresh message would share the refusal.
 		return g.sendOne(ctx, m)
 	}
 	b, err := g.batcher()

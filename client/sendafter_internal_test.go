@@ -21,25 +21,40 @@ import (
 // "not sent". Before session 21 a retry named nothing, and a daemon past
 // its dedup window stored a second copy.
 func TestSendAfterNamesWhereTheLogStood(t *testing.T) {
-	type asked struct {
-		op   wire.Op
-		send wire.Send
-	}
+	t.Run("unbatched", func(t *testing.T) { sendAfterNames(t, Config{NoBatching: true}) })
+	// A retry naming after goes alone, past the batcher (SendWithID).
+	t.Run("batched", func(t *testing.T) { sendAfterNames(t, Config{}) })
+}
+
+func sendAfterNames(t *testing.T, cfg Config) {
+	doubted, fresh, paged := wire.NewID(), wire.NewID(), wire.NewID()
 	var mu sync.Mutex
-	var seen []asked
-	answers := []func(st *quic.Stream){
-		func(st *quic.Stream) { wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40}) },
-		// The first send: in doubt (internal, not marked unchanged).
-		func(st *quic.Stream) { wire.WriteError(st, &wire.Error{Code: wire.CodeInternal}) },
-		func(st *quic.Stream) {
+	var sends []wire.Send
+	// The daemon, played: doubted's sends are in doubt (internal, not
+	// marked unchanged) until one names after, refused window_passed;
+	// the others are stored.
+	answer := func(st *quic.Stream, op wire.Op, args wire.Frame) {
+		if op == wire.OpJoin {
+			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+			return
+		}
+		var s wire.Send
+		if args.Decode(&s) != nil || len(s.Messages) != 1 {
+			wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
+			return
+		}
+		mu.Lock()
+		sends = append(sends, s)
+		n := uint64(len(sends))
+		mu.Unlock()
+		switch {
+		case s.Messages[0].ID != doubted:
+			wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 9, Acks: []wire.Ack{{Seq: 60 + n, Time: int64(n)}}})
+		case s.AfterEpoch == 0:
+			wire.WriteError(st, &wire.Error{Code: wire.CodeInternal})
+		default:
 			wire.WriteError(st, &wire.Error{Code: wire.CodeWindowPassed, Unchanged: true, Message: "past the window"})
-		},
-		func(st *quic.Stream) {
-			wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 9, Acks: []wire.Ack{{Seq: 70, Time: 1}}})
-		},
-		func(st *quic.Stream) {
-			wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 9, Acks: []wire.Ack{{Seq: 71, Time: 2}}})
-		},
+		}
 	}
 	srv, tr, ln := rawServer(t, &quic.Config{})
 	var wg sync.WaitGroup
@@ -50,25 +65,12 @@ func TestSendAfterNamesWhereTheLogStood(t *testing.T) {
 		if err != nil {
 			return
 		}
-		op, args, err := wire.SplitRequest(item)
-		if err != nil {
-			return
-		}
-		var a asked
-		a.op = op
-		if op == wire.OpSend {
-			args.Decode(&a.send)
-		}
-		mu.Lock()
-		i := len(seen)
-		seen = append(seen, a)
-		mu.Unlock()
-		if i < len(answers) {
-			answers[i](st)
+		if op, args, err := wire.SplitRequest(item); err == nil {
+			answer(st, op, args)
 		}
 		st.Close()
 	})
-	cl := newTestClient(t, Config{NoBatching: true})
+	cl := newTestClient(t, cfg)
 	t.Cleanup(func() { cl.Close() })
 	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint()})
 	if err != nil {
@@ -77,39 +79,49 @@ func TestSendAfterNamesWhereTheLogStood(t *testing.T) {
 	t.Cleanup(func() { g.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	last := func() wire.Send {
+	named := func(id wire.ID) (first wire.Send, retries []wire.Send) {
 		mu.Lock()
 		defer mu.Unlock()
-		return seen[len(seen)-1].send
+		for _, s := range sends {
+			if s.Messages[0].ID == id {
+				retries = append(retries, s)
+			}
+		}
+		if len(retries) == 0 {
+			t.Fatalf("no send of %v", id)
+		}
+		return retries[0], retries[1:]
 	}
 
 	if _, err := g.Join(ctx, "ann", nil); err != nil {
 		t.Fatal(err)
 	}
-	id := wire.NewID()
-	if _, err := g.SendWithID(ctx, id, []byte("hi")); !errors.Is(err, ErrInDoubt) {
+	if _, err := g.SendWithID(ctx, doubted, []byte("hi")); !errors.Is(err, ErrInDoubt) {
 		t.Fatalf("the first send: %v, want it in doubt", err)
 	}
-	if s := last(); s.After != 0 || s.AfterEpoch != 0 {
-		t.Errorf("the first send named after %d in epoch %d, want nothing", s.After, s.AfterEpoch)
-	}
-	_, err = g.SendWithID(ctx, id, []byte("hi"))
-	if s := last(); s.After != 40 || s.AfterEpoch != 9 {
-		t.Errorf("the retry named after %d in epoch %d, want 40 in 9 (the join's last, before the first send)", s.After, s.AfterEpoch)
-	}
+	_, err = g.SendWithID(ctx, doubted, []byte("hi"))
 	if !errors.Is(err, ErrWindowPassed) || !errors.Is(err, ErrInDoubt) {
 		t.Fatalf("the retry refused window_passed: %v, want %v and %v", err, ErrWindowPassed, ErrInDoubt)
 	}
-	if _, err := g.Send(ctx, []byte("fresh")); err != nil {
+	first, retries := named(doubted)
+	if first.After != 0 || first.AfterEpoch != 0 {
+		t.Errorf("the first send named after %d in epoch %d, want nothing", first.After, first.AfterEpoch)
+	}
+	for _, s := range retries {
+		if s.After != 40 || s.AfterEpoch != 9 {
+			t.Errorf("a retry named after %d in epoch %d, want 40 in 9 (the join's last, before the first send)", s.After, s.AfterEpoch)
+		}
+	}
+	if _, err := g.SendWithID(ctx, fresh, []byte("fresh")); err != nil {
 		t.Fatal(err)
 	}
-	if s := last(); s.After != 0 || s.AfterEpoch != 0 {
+	if s, _ := named(fresh); s.After != 0 || s.AfterEpoch != 0 {
 		t.Errorf("a fresh message's send named after %d in epoch %d, want nothing", s.After, s.AfterEpoch)
 	}
-	if _, err := g.SendMessagesAfter(ctx, []Outgoing{{ID: wire.NewID(), Body: []byte("from a page")}}, Position{Epoch: 9, Seq: 12}); err != nil {
+	if _, err := g.SendMessagesAfter(ctx, []Outgoing{{ID: paged, Body: []byte("from a page")}}, Position{Epoch: 9, Seq: 12}); err != nil {
 		t.Fatal(err)
 	}
-	if s := last(); s.After != 12 || s.AfterEpoch != 9 {
+	if s, _ := named(paged); s.After != 12 || s.AfterEpoch != 9 {
 		t.Errorf("SendMessagesAfter named after %d in epoch %d, want 12 in 9", s.After, s.AfterEpoch)
 	}
 }
