@@ -863,9 +863,6 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// listenErr says why a daemon could not listen at addr (given by flag) in
-// words, when the socket was the problem: a port in use is the usual case.
-// Other errors (the state directory's) pass through.
 // settingsErr reports whether err is a mistake in a daemon's settings
 // that shows only once it starts (a --cell-peer list checked against the
 // key in its state dir): a usage error, exit 2, which a restart does not
@@ -874,6 +871,10 @@ func settingsErr(err error) bool {
 	return errors.Is(err, groupd.ErrInvalidConfig) || errors.Is(err, cell.ErrInvalidConfig)
 }
 
+// listenErr says why a daemon (or huddle web) could not listen at addr
+// (given by flag) in words, when the socket was the problem: a port in
+// use is the usual case. Other errors (the state directory's) pass
+// through.
 func listenErr(err error, flag, addr string) error {
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):

@@ -107,7 +107,10 @@ func runWeb(ctx context.Context, env Env, args []string) int {
 	}
 	if err := srv.Listen(); err != nil {
 		srv.Close()
-		return fail(env, "web", err)
+		// Said as the daemons say it, exit 1: a port in use was "web:
+		// listen: listen tcp ...: bind: address already in use", exit 3
+		// (unreachable), until session 21.
+		return fail(env, "web", listenErr(err, "--listen", listen))
 	}
 	url := srv.URL()
 	fmt.Fprintf(env.Stdout, "huddle web: %s\n", url)

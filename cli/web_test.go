@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -173,5 +174,25 @@ func TestWebRegistryList(t *testing.T) {
 		}
 	case <-time.After(waitTimeout):
 		t.Fatal("huddle web ran with a malformed --registry address")
+	}
+}
+
+// TestWebPortInUse: huddle web on a port another program holds says so as
+// the daemons do, exit 1 (README: "a daemon could not listen (its port in
+// use)"). It said "web: listen: listen tcp 127.0.0.1:7380: bind: address
+// already in use" and exited 3, as if a server were unreachable.
+func TestWebPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	home := t.TempDir()
+	var out, errb strings.Builder
+	code := Main(t.Context(), []string{"web", "--listen", l.Addr().String(), "--no-mdns", "--registry", "127.0.0.1:1"},
+		Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return map[string]string{"HUDDLE_HOME": home}[k] }})
+	want := "huddle web: --listen " + l.Addr().String() + ": the address is in use"
+	if code != ExitRefused || !strings.HasPrefix(errb.String(), want) {
+		t.Errorf("huddle web on a port in use: exit %d, stderr %q; want exit 1 saying %q", code, errb.String(), want)
 	}
 }
