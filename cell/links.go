@@ -23,9 +23,10 @@ import (
 // reports each change of a member's reachability once, at warn (lost) and
 // info (reached again) level, as raft's TCP connections see it (tcp.go: a
 // dial that fails, an RPC that times out, a refusal of this daemon's key,
-// a read that succeeds), and raft's own lines about those failed RPCs go
-// to debug level (hclog.go): their error is a *linkError. The QUIC
-// connections' ends are logged at debug level.
+// a read that succeeds on a connection dialed since the link was lost, a
+// dial that reaches it: checkLink), and raft's own lines about those
+// failed RPCs go to debug level (hclog.go): their error is a *linkError.
+// The QUIC connections' ends are logged at debug level.
 
 // linkError is a failure of the link to a member: a raft connection's I/O
 // or a dial. Its message is the cause's.
@@ -65,10 +66,14 @@ func isLinkError(err error) bool {
 
 // link is what the transport knows of its connection to one member.
 type link struct {
-	down    atomic.Bool // read without mu on every raft read (tcp.go); set under it
-	mu      sync.Mutex
-	seen    bool          // reached at least once
-	changed chan struct{} // closed, and replaced, when down changes
+	down atomic.Bool // read without mu on every raft read (tcp.go); set under it
+	// losses counts the times the link was lost: a connection dialed
+	// before the last loss vouches for nothing by a read (tcp.go).
+	losses   atomic.Uint64
+	checking atomic.Bool // checkLink's dial is under way
+	mu       sync.Mutex
+	seen     bool          // reached at least once
+	changed  chan struct{} // closed, and replaced, when down changes
 }
 
 // link returns addr's link.
@@ -91,9 +96,13 @@ func (l *link) setDown(down bool) bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.down.CompareAndSwap(!down, down) {
+	if l.down.Load() == down {
 		return false
 	}
+	if down {
+		l.losses.Add(1) // before down is seen: a read then finds its connection older
+	}
+	l.down.Store(down)
 	close(l.changed)
 	l.changed = make(chan struct{})
 	return true
@@ -129,6 +138,43 @@ func (t *Transport) linkUp(addr string) {
 	case first:
 		t.log.Debug("cell: member reached", t.peerAttrs(addr)...)
 	}
+}
+
+// checkLink dials addr, once at a time, to learn whether a link known down
+// is back, and records it reached if the dial's TLS handshake is done (the
+// member presented its key now). A read on a connection dialed before the
+// link was lost calls it: the bytes may be an answer the member sent
+// before it stopped (it answered, closed its listener, then its
+// connections), read after a dial of this daemon's was refused: taken as
+// the member reached again, it logged the member lost, reached, lost and
+// reached across one restart (TestPeerRestartQuiet at load ~30). A member
+// that answers on an old connection while still alive (the link lost by
+// one RPC's timeout) is found by the dial.
+func (t *Transport) checkLink(addr string) {
+	l := t.link(addr)
+	if !l.checking.CompareAndSwap(false, true) {
+		return
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		l.checking.Store(false)
+		return
+	}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		defer l.checking.Store(false)
+		ctx, cancel := context.WithTimeout(t.ctx, warmTimeout)
+		defer cancel()
+		c, err := t.dialTCP(ctx, addr, true) // a failure is the link's: still down
+		if err != nil {
+			return
+		}
+		c.Close()
+		t.linkUp(addr)
+	}()
 }
 
 // linkDown records that addr cannot be reached, for why: logged if it

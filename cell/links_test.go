@@ -2,6 +2,7 @@ package cell
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -150,5 +151,88 @@ func TestProbeOnceMore(t *testing.T) {
 	case <-probed:
 	case <-time.After(waitTimeout):
 		t.Fatal("no probe of b's new connection to a: the probe asked for meanwhile did not run")
+	}
+}
+
+// TestReadBeforeLossNotReachedAgain: an answer a member sent before it
+// stopped, read after a dial to it was refused, does not make its link
+// reached again: it logged the member lost, reached, lost and reached
+// across one restart (TestPeerRestartQuiet at load ~30, session 21). A read
+// on a connection dialed before the loss is checked by a dial, which finds
+// a member that stopped still down, and one that answers back: here b
+// answers on a's old connection while its link is lost (one RPC's
+// timeout), and a's dial finds it.
+func TestReadBeforeLossNotReachedAgain(t *testing.T) {
+	// Each part on transports of its own: a's dial that checks the link
+	// is one more connection b accepts.
+	pair := func() (a, b *Transport, bAddr string, c, s net.Conn) {
+		aID, bID := mustIdentity(t), mustIdentity(t)
+		b, bAddr = newTransport(t, bID, []Peer{{Addr: "127.0.0.1:1", Fingerprint: aID.Fingerprint()}}, true)
+		a, _ = newTransport(t, aID, []Peer{{Addr: bAddr, Fingerprint: bID.Fingerprint()}}, false)
+		c, err := a.Dial(toAddr(bAddr), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s = accept(t, b)
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		s.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := readFull(s, buf); err != nil {
+			t.Fatal(err)
+		}
+		return a, b, bAddr, c, s
+	}
+	readPong := func(c net.Conn) {
+		t.Helper()
+		buf := make([]byte, 4)
+		c.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := readFull(c, buf); err != nil || string(buf) != "pong" {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+	}
+
+	// b alive: an answer on the old connection, while the link is lost.
+	a, _, bAddr, c, s := pair()
+	l := a.link(bAddr)
+	a.linkDown(bAddr, errors.New("test: no answer within raft's RPC timeout"))
+	down, changed := l.state()
+	if !down {
+		t.Fatal("the link is not down")
+	}
+	if _, err := s.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	readPong(c)
+	select {
+	case <-changed:
+	case <-time.After(waitTimeout):
+		t.Fatal("a member answering on a connection older than the loss is not found reached again")
+	}
+	if down, _ := l.state(); down {
+		t.Fatal("the link is down after the member answered")
+	}
+
+	// b stops once it answered: a's dial is refused, then it reads the
+	// answer.
+	a, b, bAddr, c, s := pair()
+	l = a.link(bAddr)
+	if _, err := s.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	b.Close() // its listener, then its connections
+	if d, err := a.Dial(toAddr(bAddr), 5*time.Second); err == nil {
+		d.Close()
+		t.Fatal("a dial to the member stopped succeeded")
+	}
+	if down, _ := l.state(); !down {
+		t.Fatal("the link is not down after a refused dial")
+	}
+	readPong(c)
+	waitUntil(t, "a's check of the link to end", func() bool { return !l.checking.Load() })
+	if down, _ := l.state(); !down {
+		t.Fatal("the link is reached again by an answer sent before the member stopped")
 	}
 }

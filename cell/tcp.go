@@ -280,6 +280,8 @@ func (t *Transport) dialTCP(ctx context.Context, addr string, report bool) (*tcp
 			return nil, failed(err)
 		}
 	}
+	l := t.link(addr)
+	losses := l.losses.Load() // before the dial: what it reaches may predate a loss during it
 	d := net.Dialer{KeepAliveConfig: keepAlive()}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -291,7 +293,7 @@ func (t *Transport) dialTCP(ctx context.Context, addr string, report bool) (*tcp
 		raw.Close()
 		return nil, failed(err)
 	}
-	tc := &tcpConn{Conn: c, raw: raw, g: g, t: t, peer: want, addr: addr, l: t.link(addr)}
+	tc := &tcpConn{Conn: c, raw: raw, g: g, t: t, peer: want, addr: addr, l: l, losses: losses}
 	if !t.track(tc) {
 		return nil, ErrTransportClosed
 	}
@@ -425,8 +427,9 @@ type tcpConn struct {
 
 	// Of a connection this member dialed: the member's address, and the
 	// link it reports to (links.go).
-	addr string
-	l    *link
+	addr   string
+	l      *link
+	losses uint64 // l's losses before it was dialed
 }
 
 // Read and Write return a failure of the link as a *linkError. Read
@@ -437,7 +440,11 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if err == nil {
 		if c.l != nil && n > 0 && c.l.down.Load() {
-			c.t.linkUp(c.addr)
+			if c.losses == c.l.losses.Load() {
+				c.t.linkUp(c.addr)
+			} else {
+				c.t.checkLink(c.addr) // perhaps bytes from before the loss
+			}
 		}
 		return n, nil
 	}
