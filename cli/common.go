@@ -799,7 +799,7 @@ func parseTime(s string, now time.Time) (time.Time, error) {
 		}
 		return now.Add(-d), nil
 	}
-	return time.Time{}, fmt.Errorf("cannot read time %q: give a date and time (2026-01-02T15:04:05Z, or 2026-01-02 15:04 in local time), a date (2026-01-02), Unix seconds, or how long ago (10m, 2h, 10d)", s)
+	return time.Time{}, fmt.Errorf("%q: not a time: give a date and time (2026-01-02T15:04:05Z, or 2026-01-02 15:04 in local time), a date (2026-01-02), Unix seconds, or how long ago (10m, 2h, 10d)", s)
 }
 
 // localLayouts are the times without a zone that TIME accepts, read in

@@ -121,7 +121,9 @@ func query(since, after string, limit int, now time.Time) (client.Query, error) 
 	if since != "" {
 		t, err := parseTime(since, now)
 		if err != nil {
-			return q, err
+			// Named by its flag, as --after's mistakes are (until session
+			// 21: "cannot read time ...", naming no flag).
+			return q, fmt.Errorf("--since %w", err)
 		}
 		q.Since = t
 	}

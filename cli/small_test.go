@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/huddle-chat/huddle/client"
 )
@@ -274,5 +275,15 @@ func TestChatEventsDocumented(t *testing.T) {
 		if !strings.Contains(doc, "`"+name+"`") {
 			t.Errorf("chat --json event %q is not in README's chat --json paragraph", k[1])
 		}
+	}
+}
+
+// TestSinceMistakeNamesTheFlag: a TIME that cannot be read is said under
+// its flag, as --after's mistakes are; it read "cannot read time ..."
+// until session 21.
+func TestSinceMistakeNamesTheFlag(t *testing.T) {
+	_, err := query("yesterday", "", 0, time.Now())
+	if err == nil || !strings.HasPrefix(err.Error(), `--since "yesterday": not a time: give a date`) {
+		t.Errorf("query --since yesterday: %v", err)
 	}
 }

@@ -73,7 +73,7 @@ func TestExitCodes(t *testing.T) {
 		{"bad limit", alice, "", []string{"fetch", lobby1, "--limit", "-1"}, 2, []string{`invalid argument "-1" for "--limit" flag`}},
 		{"last with since", alice, "", []string{"fetch", lobby1, "--last", "2", "--since", "1h"}, 2, []string{"--last"}},
 		{"since and after", alice, "", []string{"fetch", lobby1, "--since", "10m", "--after", "1"}, 2, []string{"--since or --after, not both"}},
-		{"unreadable time", alice, "", []string{"fetch", lobby1, "--since", "yesterday"}, 2, []string{`cannot read time "yesterday"`}},
+		{"unreadable time", alice, "", []string{"fetch", lobby1, "--since", "yesterday"}, 2, []string{`--since "yesterday": not a time: give a date`}},
 		{"unreadable seq", alice, "", []string{"fetch", lobby1, "--after", "two"}, 2, []string{`--after "two"`}},
 		{"watch after with two groups", alice, "", []string{"watch", alpha, "beta", "--after", "1"}, 2, []string{"--after"}},
 		{"fetch without group", alice, "", []string{"fetch"}, 2, []string{"want one GROUP"}},
