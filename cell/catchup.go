@@ -202,8 +202,10 @@ func (r *catchUpRun) remainder(g *groupState, window time.Duration) (float64, bo
 // copy's end (its last window's remainder, if it lasted half a window:
 // catchUpRun.remainder), is shunned. The paces measured are the
 // restore's, as the shunned are: a member measured in one group's copy
-// is set against the others as that in the next, not tried again as one
-// not measured yet. Why: the least pace is a floor, the same for
+// is set against the others as that in the next when the copy moves, not
+// tried again as one not measured yet; but it is shunned for its pace
+// only against those measured in the same group's copy (a pace is
+// messages a second, and one group's messages are not another's). Why: the least pace is a floor, the same for
 // every member, and a member's key keeping to it held a restore for as
 // long as its copy took at that pace (1024 messages per 30 s: about 8 h
 // for a million messages) while another member could serve them in
@@ -292,17 +294,25 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	// copy moves to (asked, its answer awaited); while it is set, the
 	// answers of others are closed, not copied from.
 	window := or(n.cfg.catchUpWindow, catchUpWindow)
-	unable := make(map[Peer]bool) // answered no, or nothing, this round
+	unable := make(map[Peer]bool)  // answered no, or nothing, this round
+	here := make(map[Peer]float64) // the paces this group's copy measured
 	var want Peer
 	// measured notes p's pace, and shuns each member measured
-	// catchUpFaster times slower than another (itself, too).
+	// catchUpFaster times slower than another in this group's copy
+	// (itself, too). Why this group's only: a pace is messages a second,
+	// and groups' messages differ in size; a member serving a group of
+	// 3 KiB messages at 320 a second, set against one measured at 1,280
+	// a second in a group of 10-byte messages, was shunned for the rest
+	// of the restore (TestCatchUpShunsOnPaceWithinOneGroup). The paces of
+	// the restore's other copies choose where a copy moves (faster), a
+	// window's cost if wrong.
 	measured := func(p Peer, rate float64) {
-		rates[p] = rate
+		rates[p], here[p] = rate, rate
 		top := rate
-		for _, r := range rates {
+		for _, r := range here {
 			top = max(top, r)
 		}
-		for q, r := range rates {
+		for q, r := range here {
 			if catchUpFaster*r < top && !shun[q.Fingerprint] {
 				shun[q.Fingerprint] = true
 				n.cfg.Logger.Warn("cell: a member served a group's catch-up slower than another, by more than half: it is asked again during this restore only when no other member can serve",
@@ -515,7 +525,8 @@ type catchUpAnswer struct {
 // behind, one after another) learn of the members, kept for the whole
 // restore (catchUp): the keys shunned, and each member's pace as last
 // measured (messages a second), set against the others' whichever
-// group's copy measured it.
+// group's copy measured it when a copy moves (but not to shun: catchUp's
+// measured).
 //
 // Why the paces too: until session 21 they were kept for one group's copy
 // (and the shunned for the restore), so each group's copy measured afresh,

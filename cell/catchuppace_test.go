@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -75,10 +76,17 @@ func (c *paceCell) dialed(ctx context.Context, trs ...*Transport) {
 }
 
 // batch encodes the messages from..to as a member would send them.
-func (c *paceCell) batch(from, to uint64) []byte {
+func (c *paceCell) batch(from, to uint64) []byte { return c.batchOf(from, to, 0) }
+
+// batchOf is batch, each message's body size bytes (0: the held's).
+func (c *paceCell) batchOf(from, to uint64, size int) []byte {
+	body := c.held[0].Body
+	if size > 0 {
+		body = bytes.Repeat([]byte{'x'}, size)
+	}
 	var entries []store.Entry
 	for seq := from; seq <= to; seq++ {
-		entries = append(entries, store.Entry{Seq: seq, Time: c.held[9].Time + int64(seq), ID: newID(int(seq)), From: *c.held[0].From, Body: c.held[0].Body})
+		entries = append(entries, store.Entry{Seq: seq, Time: c.held[9].Time + int64(seq), ID: newID(int(seq)), From: *c.held[0].From, Body: body})
 	}
 	return newEncoder().appendEntries(nil, entries)
 }

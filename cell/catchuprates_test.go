@@ -23,6 +23,7 @@ type pacedServe struct {
 	first  uint64
 	per    int
 	every  time.Duration
+	body   int // each message's body, in bytes (0: the 10 held's)
 }
 
 // servePaced answers each catch-up on tr as how says for its request,
@@ -56,7 +57,7 @@ func (c *paceCell) servePaced(tr *Transport, how func(after, upto uint64) pacedS
 			if from > first && !nextTick(ctx, str, tick) {
 				return
 			}
-			if frame('b', c.batch(from, min(from+uint64(s.per)-1, upto))) != nil {
+			if frame('b', c.batchOf(from, min(from+uint64(s.per)-1, upto), s.body)) != nil {
 				return
 			}
 		}
@@ -187,5 +188,41 @@ func TestCatchUpEndMeasuresWhatItCopied(t *testing.T) {
 				t.Fatal("the member measured over a window in the first catch-up was shunned against the other's copy's end")
 			}
 		})
+	}
+}
+
+// TestCatchUpShunsOnPaceWithinOneGroup: a member is shunned for its pace
+// only against the paces measured in the same group's copy. Paces are
+// messages a second, and one group's messages are not another's: a
+// member serving a group of 3 KiB messages at 320 a second (1 MiB/s) is
+// not four times slower than one that served a group of 10-byte messages
+// at 1,280 a second. Until session 21's last landing the paces a restore
+// kept were set against each other whatever group measured them, and
+// the member serving the large messages was shunned for the rest of the
+// restore (and a member measured in a group of small messages, a hostile
+// key's too, stood against every member serving large ones). Here the
+// member measured first serves the first catch-up alone; the other
+// serves the second alone, its messages 3 KiB.
+func TestCatchUpShunsOnPaceWithinOneGroup(t *testing.T) {
+	c := newPaceCell(t, 0, 0) // the default least pace and window (1 s)
+	const per, batches, every = 64, 26, 50 * time.Millisecond
+	first := uint64(10 + per*batches)
+	second := first + 16*16
+	var asked atomic.Int64
+	c.servePaced(c.other, func(_, upto uint64) pacedServe {
+		return pacedServe{behind: upto > first, per: per, every: every}
+	}, &asked)
+	// 16 batches of 16 messages, one every 50 ms: 0.8 s, past half a
+	// window, measured at its end.
+	c.servePaced(c.slow, func(_, upto uint64) pacedServe {
+		return pacedServe{behind: upto <= first, per: 16, every: every, body: 3 << 10}
+	}, &asked)
+
+	restore := c.oneRestore(t, first, second)
+	if tail, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); tail != second {
+		t.Fatalf("f's log ends at %d after the catch-ups, want %d", tail, second)
+	}
+	if restore.shun[c.slowKey] || restore.shun[c.otherKey] {
+		t.Fatalf("shunned %v (the member serving 3 KiB messages: %v), though each alone served a copy of its own group's messages", restore.shun, restore.shun[c.slowKey])
 	}
 }
