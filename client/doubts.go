@@ -107,6 +107,9 @@ func (d *doubts) after(msgs []wire.Outgoing) (Position, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var p Position
+	if len(d.ids) == 0 {
+		return p, false // the usual send: nothing in doubt
+	}
 	for _, m := range msgs {
 		o, ok := d.ids[m.ID]
 		switch {

@@ -557,10 +557,12 @@ func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, erro
 		return wire.Sent{}, g.fail("send", g.doubts.outcomeAt(msgs, inDoubt(fmt.Errorf("%d acks for %d messages: %w", len(s.Acks), len(msgs), ErrProtocol)), before))
 	}
 	g.doubts.outcome(msgs, nil)
+	var last uint64 // the acks' highest: one lock each, not one per ack
 	for _, a := range s.Acks {
-		g.sawSeq(s.Epoch, a.Seq)
-		g.saw(Position{Epoch: s.Epoch, Seq: a.Seq})
+		last = max(last, a.Seq)
 	}
+	g.sawSeq(s.Epoch, last)
+	g.saw(Position{Epoch: s.Epoch, Seq: last})
 	return s, nil
 }
 
