@@ -29,7 +29,9 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 			"address listed (a cell's group: each member at each of its addresses; 64 groups at most, yours first).\n"+
 			"It only looks: it pins no key and writes no cached listing.",
 		"  huddle doctor\n  huddle doctor --iface eth0 --wait 5s\n  huddle doctor --json | jq .advice")
-	fs.DurationVar(&wait, "wait", 2*time.Second, "how long to listen for mDNS answers")
+	// At least 1 ms: a wait of 0 or less listened to nothing, then advised
+	// on the silence (until session 21 it was any duration, -1s too).
+	fs.Var(newDuration(&wait, 2*time.Second, time.Millisecond, false), "wait", "how long to listen for mDNS answers")
 	cf.register(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code

@@ -191,6 +191,9 @@ func TestStrayArgumentRefused(t *testing.T) {
 		{[]string{"id", "lobby"}, `huddle id: unexpected argument "lobby"`},
 		{[]string{"version", "x"}, `huddle version: unexpected argument "x"`},
 		{[]string{"bench", "sendd"}, `huddle bench: no scenario "sendd": want one of send, `},
+		// Refused before anything starts: no mDNS is sent.
+		{[]string{"doctor", "--wait", "-1s"}, `huddle doctor: invalid argument "-1s" for "--wait" flag: want a duration of at least 1ms`},
+		{[]string{"doctor", "--wait", "0"}, `huddle doctor: invalid argument "0" for "--wait" flag: want a duration of at least 1ms`},
 	} {
 		var out, errb bytes.Buffer
 		home := t.TempDir()
