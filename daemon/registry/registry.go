@@ -767,7 +767,7 @@ func leads(rs []wire.Replica, key wire.Fingerprint) bool {
 // the counts afresh: the group's history was lost (a daemon keeping it in
 // memory restarted), and its sequence numbers start again. One that names
 // no epoch (daemons before session 21) is taken as given, as then, unless
-// a cell's member that does not lead sends it.
+// a cell's member that does not lead sends it: it keeps the listed epoch.
 func keepCounts(l, prev *lease, key wire.Fingerprint) {
 	if prev == nil {
 		return
@@ -779,6 +779,12 @@ func keepCounts(l, prev *lease, key wire.Fingerprint) {
 	follower := l.replicas != nil && !leads(l.entry.Replicas, key)
 	if follower {
 		l.entry.Members = prev.entry.Members
+		if l.logEpoch == 0 {
+			// A member before session 21 says none: the epoch listed
+			// stands (it forgot it, and the next leader's registration
+			// in it set last_seq lower than listed: an upgrade's cell).
+			l.logEpoch = prev.logEpoch
+		}
 	}
 	if known || follower {
 		l.entry.LastSeq = max(prev.entry.LastSeq, l.entry.LastSeq)

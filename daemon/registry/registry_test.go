@@ -755,4 +755,20 @@ func TestRegistryCountsNeverGoBack(t *testing.T) {
 			{what: "a member naming no leader nor epoch", key: 0, leader: -1, members: 5, last: 3, wantMembers: 1, wantSeq: 3},
 		})
 	})
+	// A cell of daemons before and after session 21 (an upgrade, one
+	// member at a time): a member that does not lead and names no epoch
+	// (the older) leaves the listed epoch as it was; until then the lease
+	// forgot it, and the next leader's registration, in that epoch, set
+	// last_seq lower than listed.
+	t.Run("cell of two versions", func(t *testing.T) {
+		rs := []wire.Replica{
+			{Addr: "10.0.0.1:7374", Fingerprint: keys[0].ID.Fingerprint()},
+			{Addr: "10.0.0.2:7374", Fingerprint: keys[1].ID.Fingerprint()},
+		}
+		run(uuid.New(), rs, []step{
+			{what: "the leader registered", key: 0, leader: 0, epoch: 5, members: 3, last: 10, wantMembers: 3, wantSeq: 10},
+			{what: "an older member registered, naming no epoch", key: 1, leader: 0, members: 3, last: 9, wantMembers: 3, wantSeq: 10},
+			{what: "the first, elected again, registered before applying all", key: 0, leader: 0, epoch: 5, members: 3, last: 8, wantMembers: 3, wantSeq: 10},
+		})
+	})
 }
