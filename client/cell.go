@@ -297,7 +297,7 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 		if err == nil {
 			return nil
 		}
-		if !doubtUntil.IsZero() && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && !until.Before(doubtUntil) {
+		if !doubtUntil.IsZero() && until.Equal(doubtUntil) && past(until) && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			err = doubtErr // the doubt's bound, not a member's doing
 		}
 		if errors.Is(err, ErrInDoubt) && doubtUntil.IsZero() {
