@@ -503,6 +503,13 @@ func TestNotMemberNamesGroup(t *testing.T) {
 	if want := "huddle join 'our room'\n"; code != ExitRefused || !strings.HasSuffix(stderr, want) {
 		t.Errorf("send from stdin: exit %d, stderr %q; want ending %q", code, stderr, want)
 	}
+	// A message over the group's limit names the command that shows that
+	// group's limits (it said "huddle info GROUP" until session 21).
+	u.ok(t, "join", "our room", "--as", "u")
+	code, _, stderr = u.run(t, "send", "our room", strings.Repeat("x", 65*1024))
+	if want := "at most 65536; its limits: huddle info 'our room'\n"; code != ExitRefused || !strings.HasSuffix(stderr, want) {
+		t.Errorf("send too large: exit %d, stderr %q; want ending %q", code, stderr, want)
+	}
 }
 
 func TestShellWord(t *testing.T) {

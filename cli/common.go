@@ -875,23 +875,31 @@ func withGroup(ctx context.Context, env Env, verb string, cf *clientFlags, ref s
 		return fail(env, verb, err)
 	}
 	if err := fn(ctx, s, g, e); err != nil {
-		return fail(env, verb, joinAdvice(err, ref))
+		return fail(env, verb, groupAdvice(err, ref))
 	}
 	return ExitOK
 }
 
-// joinAdvice returns err, if the group refused it because the user is not
+// groupAdvice returns err, if the group refused it because the user is not
 // a member, as a refusal naming the command that joins GROUP as the user
 // typed it (advice's generic "huddle join GROUP" left them to find the
-// group's name again); other errors are returned as they are.
-func joinAdvice(err error, ref string) error {
+// group's name again), and, if it refused a message as too large, the
+// command that shows that group's limits (it said "huddle info GROUP"
+// until session 21); other errors are returned as they are.
+func groupAdvice(err error, ref string) error {
 	var we *wire.Error
-	if !errors.As(err, &we) || we.Code != wire.CodeNotMember || errors.Is(err, client.ErrInDoubt) {
+	if !errors.As(err, &we) || errors.Is(err, client.ErrInDoubt) {
 		// A send in doubt stays so (explain), whatever its retry was
 		// told.
 		return err
 	}
-	return &refusal{fmt.Sprintf("%v; join the group first: huddle join %s", err, shellWord(strings.TrimSpace(ref)))}
+	switch we.Code {
+	case wire.CodeNotMember:
+		return &refusal{fmt.Sprintf("%v; join the group first: huddle join %s", err, shellWord(strings.TrimSpace(ref)))}
+	case wire.CodeTooLarge:
+		return &refusal{fmt.Sprintf("%v; its limits: huddle info %s", err, shellWord(strings.TrimSpace(ref)))}
+	}
+	return err
 }
 
 // oneGroup checks that exactly one GROUP argument was given.

@@ -124,7 +124,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 	info, err := g.Info(octx)
 	cancel()
 	if err != nil {
-		return fail(env, "send", joinAdvice(err, ref))
+		return fail(env, "send", groupAdvice(err, ref))
 	}
 	if in, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
 		// A person at a terminal, who may have meant to give the text:
@@ -168,7 +168,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 		fmt.Fprintf(env.Stderr, "huddle send: line %d %s: not sent\n", l.n, why)
 	}
 	tooLarge := func(l inputLine, size int) {
-		refuse(l, fmt.Sprintf("is too large (%d bytes; the group takes at most %s per message, see 'huddle info GROUP')", size, size64(maxMsg)))
+		refuse(l, fmt.Sprintf("is too large (%d bytes; the group takes at most %s per message: huddle info %s)", size, size64(maxMsg), shellWord(strings.TrimSpace(ref))))
 	}
 	// inFlight are the lines of the last send begun, with their IDs: if it
 	// times out, whether the daemon stored them is unknown, and a retry
@@ -369,7 +369,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 			continue
 		}
 		if err := send(msgs, from); err != nil {
-			return stop(joinAdvice(err, ref))
+			return stop(groupAdvice(err, ref))
 		}
 		s.remember(ctx, g, e)
 	}

@@ -42,8 +42,8 @@ func TestExplainInDoubt(t *testing.T) {
 		if !strings.Contains(msg, "outcome unknown") {
 			t.Errorf("explain(%v) = %q, which does not say the outcome is unknown", c.err, msg)
 		}
-		if refusal := joinAdvice(c.err, "lobby"); !errors.Is(refusal, client.ErrInDoubt) {
-			t.Errorf("joinAdvice(%v) = %v: no longer in doubt", c.err, refusal)
+		if refusal := groupAdvice(c.err, "lobby"); !errors.Is(refusal, client.ErrInDoubt) {
+			t.Errorf("groupAdvice(%v) = %v: no longer in doubt", c.err, refusal)
 		}
 	}
 }

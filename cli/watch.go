@@ -106,7 +106,7 @@ func runWatch(ctx context.Context, env Env, args []string) int {
 			// watch says.
 			failed := func(err error) {
 				if code == ExitOK && wctx.Err() == nil {
-					code = fail(env, "watch", joinAdvice(fmt.Errorf("%s: %w", shown(g.Name()), err), refs[i]))
+					code = fail(env, "watch", groupAdvice(fmt.Errorf("%s: %w", shown(g.Name()), err), refs[i]))
 				}
 				mu.Unlock()
 				stop()

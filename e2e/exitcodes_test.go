@@ -103,8 +103,8 @@ func TestExitCodes(t *testing.T) {
 		{"no such group", alice, "", []string{"fetch", "nosuchgroup"}, 1, []string{`no such group "nosuchgroup"`, "huddle groups"}},
 		{"short prefix", alice, "", []string{"fetch", "abc"}, 2, []string{`"abc" is too short for a UUID prefix`, "at least 4"}},
 		{"short string matching no UUID", alice, "", []string{"fetch", "zz"}, 1, []string{`no such group "zz"`}},
-		{"too large", alice, "", []string{"send", alpha, big}, 1, []string{"too large", "at most 1024", "huddle info GROUP"}},
-		{"too large from stdin", alice, big + "\n", []string{"send", "beta"}, 1, []string{"too large", "huddle info GROUP"}},
+		{"too large", alice, "", []string{"send", alpha, big}, 1, []string{"too large", "at most 1024", "its limits: huddle info " + alpha}},
+		{"too large from stdin", alice, big + "\n", []string{"send", "beta"}, 1, []string{"too large", "per message: huddle info beta"}},
 
 		// 3: unreachable.
 		{"no registry", nowhere, "", []string{"groups", "--timeout", "1s"}, 3, []string{nowhere.registry, "--timeout"}},
