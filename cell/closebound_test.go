@@ -22,14 +22,21 @@ import (
 // barriers raft will never take: from then on raft.Apply (and Barrier)
 // without an enqueue timeout waits for as long as the disk hangs, or until
 // raft shuts down. It returns what lets the state machine go on; the test
-// registers it for cleanup.
-func wedgeLeader(t *testing.T, l *testMember) (release func()) {
+// registers it for cleanup. led is false if l stopped leading first
+// (deposedHeld).
+func wedgeLeader(t *testing.T, l *testMember) (release func(), led bool) {
 	t.Helper()
-	release = holdLeaderFSM(t, l)
-	for l.node.raft.Stats()["fsm_pending"] != strconv.Itoa(fsmQueue) {
-		commitBarrier(t, l)
+	if release, led = holdLeaderFSM(t, l); !led {
+		return release, false
 	}
-	commitBarrier(t, l) // raft's main loop blocks handing this one over
+	for l.node.raft.Stats()["fsm_pending"] != strconv.Itoa(fsmQueue) {
+		if !commitBarrier(t, l) {
+			return release, false
+		}
+	}
+	if !commitBarrier(t, l) { // raft's main loop blocks handing this one over
+		return release, false
+	}
 	for queued := 0; ; queued++ {
 		f := l.node.raft.Barrier(20 * time.Millisecond)
 		// Raft answers a barrier it could not queue at once, with an
@@ -40,7 +47,7 @@ func wedgeLeader(t *testing.T, l *testMember) (release func()) {
 				t.Fatalf("a barrier refused as raft's apply queue fills: %v, want %v", err, raft.ErrEnqueueTimeout)
 			}
 			t.Logf("raft's apply queue full after %d barriers", queued)
-			return release
+			return release, true
 		}
 		if queued > 4*DefaultMaxAppendEntries {
 			t.Fatalf("raft took %d barriers without its main loop taking any: it is not blocked", queued)
@@ -71,24 +78,30 @@ func sendHanded(t *testing.T, l *testMember) <-chan error {
 // as long as raft's loop stayed blocked: for ever on a disk that hangs,
 // since only raft's shutdown, which Close was to do next, ends that wait.
 func TestCloseWhileSendWaitsForRaftQueue(t *testing.T) {
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		steadyLeader(cfg)
-		cfg.settleWait = 100 * time.Millisecond
-		cfg.CommitWait = time.Hour // the send waits for raft (its enqueue too), or Close
-	})
-	l := c.leader()
-	release := wedgeLeader(t, l)
-	n := l.node
-	sent := sendHanded(t, l)
-	closeReleasingWhen(t, l, release, "Close to shut raft down", func() bool { return n.raft.State() == raft.Shutdown })
-	select {
-	case err := <-sent:
-		if !errors.Is(err, ErrClosed) {
-			t.Errorf("the send raft never took, as its member closed: %v, want ErrClosed", err)
+	rerunOnNewCells(t, 3, deposedHeld, func(t *testing.T) bool {
+		c := newTestCell(t, 3, false, func(cfg *Config) {
+			steadyLeader(cfg)
+			cfg.settleWait = 100 * time.Millisecond
+			cfg.CommitWait = time.Hour // the send waits for raft (its enqueue too), or Close
+		})
+		l := c.leader()
+		release, led := wedgeLeader(t, l)
+		if !led {
+			return false
 		}
-	case <-time.After(waitTimeout):
-		t.Errorf("the send still waits %v after its member closed", waitTimeout)
-	}
+		n := l.node
+		sent := sendHanded(t, l)
+		closeReleasingWhen(t, l, release, "Close to shut raft down", func() bool { return n.raft.State() == raft.Shutdown })
+		select {
+		case err := <-sent:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("the send raft never took, as its member closed: %v, want ErrClosed", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Errorf("the send still waits %v after its member closed", waitTimeout)
+		}
+		return true
+	})
 }
 
 // TestSendBoundedWhileRaftQueueFull: a send to a leader whose raft does
@@ -98,32 +111,37 @@ func TestCloseWhileSendWaitsForRaftQueue(t *testing.T) {
 // waited in raft.Apply, which had no enqueue timeout, for as long as the
 // disk hung, and the daemon's shutdown waited for their handlers.
 func TestSendBoundedWhileRaftQueueFull(t *testing.T) {
-	const commitWait = 300 * time.Millisecond
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		steadyLeader(cfg)
-		cfg.CommitWait = commitWait
-	})
-	l := c.leader()
-	g := l.group("lobby")
-	wedgeLeader(t, l)
-	n := l.node
-	sent := sendHanded(t, l)
-	joined := make(chan error, 1)
-	go func() {
-		_, err := n.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
-		joined <- err
-	}()
-	for what, answered := range map[string]<-chan error{"the send": sent, "the join": joined} {
-		select {
-		case err := <-answered:
-			if !errors.Is(err, ErrUnavailable) {
-				t.Errorf("%s raft could not take: %v, want ErrUnavailable", what, err)
-			}
-			t.Logf("%s raft could not take: %v", what, err)
-		case <-time.After(waitTimeout):
-			t.Fatalf("%s still waits %v for raft to take it (CommitWait %v)", what, waitTimeout, commitWait)
+	rerunOnNewCells(t, 3, deposedHeld, func(t *testing.T) bool {
+		const commitWait = 300 * time.Millisecond
+		c := newTestCell(t, 3, false, func(cfg *Config) {
+			steadyLeader(cfg)
+			cfg.CommitWait = commitWait
+		})
+		l := c.leader()
+		g := l.group("lobby")
+		if _, led := wedgeLeader(t, l); !led {
+			return false
 		}
-	}
+		n := l.node
+		sent := sendHanded(t, l)
+		joined := make(chan error, 1)
+		go func() {
+			_, err := n.Join(context.Background(), g.ID, wire.Fingerprint{9}, "bob")
+			joined <- err
+		}()
+		for what, answered := range map[string]<-chan error{"the send": sent, "the join": joined} {
+			select {
+			case err := <-answered:
+				if !errors.Is(err, ErrUnavailable) {
+					t.Errorf("%s raft could not take: %v, want ErrUnavailable", what, err)
+				}
+				t.Logf("%s raft could not take: %v", what, err)
+			case <-time.After(waitTimeout):
+				t.Fatalf("%s still waits %v for raft to take it (CommitWait %v)", what, waitTimeout, commitWait)
+			}
+		}
+		return true
+	})
 }
 
 // TestHandoverBoundedOnWedgedLeader: a leader whose raft takes no request
@@ -132,22 +150,27 @@ func TestSendBoundedWhileRaftQueueFull(t *testing.T) {
 // its loop never runs it, and Handover waited for raft's answer alone, so
 // the daemon's shutdown, which hands over first, never went on.
 func TestHandoverBoundedOnWedgedLeader(t *testing.T) {
-	c := newTestCell(t, 3, false, steadyLeader)
-	l := c.leader()
-	wedgeLeader(t, l)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	handed := make(chan error, 1)
-	go func() { handed <- l.node.Handover(ctx) }()
-	select {
-	case err := <-handed:
-		if err == nil {
-			t.Errorf("Handover of a leader whose raft takes nothing: nil, want an error")
+	rerunOnNewCells(t, 3, deposedHeld, func(t *testing.T) bool {
+		c := newTestCell(t, 3, false, steadyLeader)
+		l := c.leader()
+		if _, led := wedgeLeader(t, l); !led {
+			return false
 		}
-		t.Logf("Handover: %v", err)
-	case <-time.After(waitTimeout):
-		t.Fatalf("Handover still waits %v after its ctx ended", waitTimeout)
-	}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		handed := make(chan error, 1)
+		go func() { handed <- l.node.Handover(ctx) }()
+		select {
+		case err := <-handed:
+			if err == nil {
+				t.Errorf("Handover of a leader whose raft takes nothing: nil, want an error")
+			}
+			t.Logf("Handover: %v", err)
+		case <-time.After(waitTimeout):
+			t.Fatalf("Handover still waits %v after its ctx ended", waitTimeout)
+		}
+		return true
+	})
 }
 
 // TestCloseOnHungDisk: a member whose state machine hangs in an append
@@ -160,21 +183,27 @@ func TestHandoverBoundedOnWedgedLeader(t *testing.T) {
 // never took is answered ErrClosed; what raft leaves behind stops once
 // the append returns (the test lets it go, and goleak checks).
 func TestCloseOnHungDisk(t *testing.T) {
-	c := newTestCell(t, 3, false, func(cfg *Config) {
-		steadyLeader(cfg)
-		cfg.CommitWait = time.Hour // the send waits for raft, or Close
-		cfg.settleWait = time.Hour
-		cfg.settleStall = 200 * time.Millisecond
-		cfg.shutdownWait = 200 * time.Millisecond
+	rerunOnNewCells(t, 3, deposedHeld, func(t *testing.T) bool {
+		c := newTestCell(t, 3, false, func(cfg *Config) {
+			steadyLeader(cfg)
+			cfg.CommitWait = time.Hour // the send waits for raft, or Close
+			cfg.settleWait = time.Hour
+			cfg.settleStall = 200 * time.Millisecond
+			cfg.shutdownWait = 200 * time.Millisecond
+		})
+		l := c.leader()
+		release, led := wedgeLeader(t, l)
+		if !led {
+			return false
+		}
+		sent := sendHanded(t, l)
+		closeStuck(t, l, release, "a state machine that hangs")
+		if err := <-sent; !errors.Is(err, ErrClosed) {
+			t.Errorf("the send raft never took, as its member closed: %v, want ErrClosed", err)
+		}
+		release()
+		return true
 	})
-	l := c.leader()
-	release := wedgeLeader(t, l)
-	sent := sendHanded(t, l)
-	closeStuck(t, l, release, "a state machine that hangs")
-	if err := <-sent; !errors.Is(err, ErrClosed) {
-		t.Errorf("the send raft never took, as its member closed: %v, want ErrClosed", err)
-	}
-	release()
 }
 
 // TestCloseWhileRaftLogSyncHangs: a member whose fsync of raft's log
