@@ -251,6 +251,18 @@ func (g *Group) anyCall(ctx context.Context, op wire.Op, args, out any) error {
 // (Named leaderCall until session 17: it asks no leader of its own accord,
 // and info and members go through it too.)
 func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error {
+	return g.memberCallOnDoubt(ctx, op, args, out, nil)
+}
+
+// memberCallOnDoubt is memberCall, calling onDoubt, if not nil, once the
+// first attempt leaves the call in doubt, before the call's own retries:
+// a send's sets, in the request args points to, where the log stood
+// before its first try (after, PROTOCOL.md §8.5), so that a retry the
+// call makes names it as a later send of the messages does. Until session
+// 21 the retries within cellDoubtFor went without it, and a cell whose
+// dedup window passed meanwhile stored a second copy. A call never in
+// doubt, the usual send, never calls it.
+func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any, onDoubt func()) error {
 	// The bound on following the leader, if ctx sets none, ends the
 	// attempts and the waits between them, rather than a context of its
 	// own: that was a timer per call.
@@ -305,6 +317,9 @@ func (g *Group) memberCall(ctx context.Context, op wire.Op, args, out any) error
 			doubtUntil = time.Now().Add(g.cl.cellDoubtFor)
 			if until.IsZero() || doubtUntil.Before(until) {
 				until = doubtUntil
+			}
+			if onDoubt != nil {
+				onDoubt()
 			}
 			g.cl.cfg.Logger.Debug("cell: the call is in doubt; retrying it under the same IDs", "op", op, "for", g.cl.cellDoubtFor, "err", err)
 		}

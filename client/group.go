@@ -548,7 +548,15 @@ func (g *Group) send(ctx context.Context, msgs []wire.Outgoing) (wire.Sent, erro
 	if after, ok := g.doubts.after(msgs); ok {
 		req.After, req.AfterEpoch = after.Seq, after.Epoch
 	}
-	if err := g.memberCall(ctx, wire.OpSend, req, &s); err != nil {
+	// Once an attempt leaves msgs in doubt, they are so on the handle, and
+	// the call's own retries name where the log stood before (memberCall).
+	doubted := func() {
+		g.doubts.outcomeAt(msgs, ErrInDoubt, before)
+		if after, ok := g.doubts.after(msgs); ok {
+			req.After, req.AfterEpoch = after.Seq, after.Epoch
+		}
+	}
+	if err := g.memberCallOnDoubt(ctx, wire.OpSend, &req, &s, doubted); err != nil {
 		return wire.Sent{}, g.fail("send", g.doubts.outcomeAt(msgs, err, before))
 	}
 	if len(s.Acks) != len(msgs) {

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -123,5 +124,109 @@ func sendAfterNames(t *testing.T, cfg Config) {
 	}
 	if s, _ := named(paged); s.After != 12 || s.AfterEpoch != 9 {
 		t.Errorf("SendMessagesAfter named after %d in epoch %d, want 12 in 9", s.After, s.AfterEpoch)
+	}
+}
+
+// TestCellRetryInDoubtNamesAfter: a send to a cell whose first attempt
+// leaves it in doubt (a leader's refusal not marked unchanged: it may have
+// stored it) is retried by the call itself (memberCall, within
+// cellDoubtFor), and that retry names where the handle had seen the log
+// stand before the first attempt, as a later send of the message would.
+// Until session 21 the call's own retries named nothing (only the
+// handle's later sends did), and a cell whose dedup window passed between
+// the two attempts stored a second copy. Once acknowledged, the message
+// is settled: sent again, it names nothing.
+func TestCellRetryInDoubtNamesAfter(t *testing.T) {
+	id := wire.NewID()
+	var mu sync.Mutex
+	var sends []wire.Send
+	// Both members, played: the first send is refused unavailable, not
+	// unchanged (a leader that lost its leadership with the entry
+	// appended), and every later one is acknowledged.
+	answer := func(st *quic.Stream) {
+		defer st.Close()
+		item, err := wire.ReadFrame(st, nil, 0)
+		if err != nil {
+			return
+		}
+		op, args, err := wire.SplitRequest(item)
+		switch {
+		case err != nil:
+			return
+		case op == wire.OpJoin:
+			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+			return
+		}
+		var s wire.Send
+		if args.Decode(&s) != nil || len(s.Messages) != 1 {
+			wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
+			return
+		}
+		mu.Lock()
+		sends = append(sends, s)
+		n := uint64(len(sends))
+		mu.Unlock()
+		if n == 1 {
+			wire.WriteError(st, &wire.Error{Code: wire.CodeUnavailable, Message: "lost the leadership"})
+			return
+		}
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 9, Acks: []wire.Ack{{Seq: 41, Time: 1, Duplicate: n > 2}}})
+	}
+	srvA, trA, lnA := rawServer(t, &quic.Config{})
+	srvB, trB, lnB := rawServer(t, &quic.Config{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer trA.Close()
+	defer trB.Close()
+	for _, ln := range []*quic.Listener{lnA, lnB} {
+		serveStreams(&wg, ln, func(_ *quic.Conn, st *quic.Stream, _ uint64) { answer(st) })
+	}
+	cl := newTestClient(t, Config{})
+	defer cl.Close()
+	a, b := lnA.Addr().String(), lnB.Addr().String()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{a}, Fingerprint: srvA.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: a, Fingerprint: srvA.Fingerprint(), Leader: true}, {Addr: b, Fingerprint: srvB.Fingerprint()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := g.Join(ctx, "ann", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.SendWithID(ctx, id, []byte("hi")); err != nil {
+		t.Fatalf("the send, retried by its call once in doubt: %v, want it acknowledged", err)
+	}
+	if _, err := g.SendWithID(ctx, id, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	// Told apart by body, not by order: under load an attempt that timed
+	// out may be read by its member after the call moved on, and be
+	// recorded late (each retry, however many, must name after).
+	mu.Lock()
+	got := slices.Clone(sends)
+	mu.Unlock()
+	var tries []wire.Send
+	for _, s := range got {
+		switch string(s.Messages[0].Body) {
+		case "hi":
+			tries = append(tries, s)
+		case "again":
+			if s.After != 0 || s.AfterEpoch != 0 {
+				t.Errorf("a send of the message once acknowledged named after %d in epoch %d, want nothing (settled)", s.After, s.AfterEpoch)
+			}
+		}
+	}
+	if len(tries) < 2 {
+		t.Fatalf("%d tries of the send, want the first and the call's own retry", len(tries))
+	}
+	if tries[0].After != 0 || tries[0].AfterEpoch != 0 {
+		t.Errorf("the first try named after %d in epoch %d, want nothing", tries[0].After, tries[0].AfterEpoch)
+	}
+	for _, s := range tries[1:] {
+		if s.After != 40 || s.AfterEpoch != 9 {
+			t.Errorf("the call's retry named after %d in epoch %d, want 40 in 9 (the join's last, before the first try)", s.After, s.AfterEpoch)
+		}
 	}
 }
