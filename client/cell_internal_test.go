@@ -248,6 +248,20 @@ func connect(ctx context.Context, t *testing.T, g *Group) {
 	}
 }
 
+// cellOfTwo returns a handle on group 7 of cl, replicated by the members
+// played at lnA (the leader, the member the handle is on) and lnB, under
+// the keys of srvA and srvB.
+func cellOfTwo(t *testing.T, cl *Client, srvA *identity.Identity, lnA *quic.Listener, srvB *identity.Identity, lnB *quic.Listener) *Group {
+	t.Helper()
+	a, b := lnA.Addr().String(), lnB.Addr().String()
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{a}, Fingerprint: srvA.Fingerprint(),
+		Replicas: []wire.Replica{{Addr: a, Fingerprint: srvA.Fingerprint(), Leader: true}, {Addr: b, Fingerprint: srvB.Fingerprint()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 // rawServer listens with quic-go alone on 127.0.0.1, under a new key, for
 // tests that play a member by hand. The caller closes tr (and with it every
 // connection) before it waits for the goroutines serving them.

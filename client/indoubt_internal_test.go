@@ -172,19 +172,14 @@ func TestCellSendInDoubtStaysInDoubt(t *testing.T) {
 	serveMember(&wg, lnB, func(st *quic.Stream, seq uint64) { refuse(st) })
 	cl := newTestClient(t, Config{NoBatching: true})
 	defer cl.Close()
-	a, b := lnA.Addr().String(), lnB.Addr().String()
-	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{a}, Fingerprint: srvA.Fingerprint(),
-		Replicas: []wire.Replica{{Addr: a, Fingerprint: srvA.Fingerprint(), Leader: true}, {Addr: b, Fingerprint: srvB.Fingerprint()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := cellOfTwo(t, cl, srvA, lnA, srvB, lnB)
 	defer g.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	connect(ctx, t, g)
 	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
 	defer scancel()
-	_, err = g.Send(sctx, []byte("hi"))
+	_, err := g.Send(sctx, []byte("hi"))
 	if !errors.Is(err, ErrInDoubt) {
 		t.Fatalf("a send to a cell, its first attempt unanswered, then refused: %v, want %v", err, ErrInDoubt)
 	}

@@ -183,12 +183,7 @@ func TestCellRetryInDoubtNamesAfter(t *testing.T) {
 	}
 	cl := newTestClient(t, Config{})
 	defer cl.Close()
-	a, b := lnA.Addr().String(), lnB.Addr().String()
-	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{a}, Fingerprint: srvA.Fingerprint(),
-		Replicas: []wire.Replica{{Addr: a, Fingerprint: srvA.Fingerprint(), Leader: true}, {Addr: b, Fingerprint: srvB.Fingerprint()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := cellOfTwo(t, cl, srvA, lnA, srvB, lnB)
 	defer g.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
