@@ -47,15 +47,7 @@ const doubtShim = `(() => {
 // try, said "not sent" and offered Edit.
 func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
-	lobby := up.groups["lobby"]
-	alice := aliceInLobbyOf(t, up)
-	b := newBrowser(t, 1000, 800)
-	b.open(alice.web(t))
-	b.openJoined(lobby)
-	if !eval[bool](b, doubtShim) {
-		t.Fatal("the fetch shim did not install")
-	}
+	b, alice, _ := doubtPage(t, false)
 
 	// Always in doubt: the page gives up after its bound, keeping the doubt.
 	eval[bool](b, `window.doubtMode = 'doubt', true`)
@@ -94,18 +86,7 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 // within those 40 s.
 func TestWebSendInDoubtPastWindow(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
-	lobby := up.groups["lobby"]
-	alice := aliceInLobbyOf(t, up)
-	b := newBrowser(t, 1000, 800)
-	b.open(alice.web(t))
-	b.openJoined(lobby)
-	alice.ok(t, "send", "lobby", "before")
-	b.waitFor("the message before", hasMessage("before"))
-	if !eval[bool](b, doubtShim) {
-		t.Fatal("the fetch shim did not install")
-	}
-	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	b, alice, conv := doubtPage(t, true)
 	failed := failedState("past the window")
 
 	eval[bool](b, `window.doubtMode = 'doubt', true`)
@@ -139,18 +120,7 @@ func TestWebSendInDoubtPastWindow(t *testing.T) {
 // by what its watch showed.
 func TestWebSendInDoubtWindowPassed(t *testing.T) {
 	t.Parallel()
-	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
-	lobby := up.groups["lobby"]
-	alice := aliceInLobbyOf(t, up)
-	b := newBrowser(t, 1000, 800)
-	b.open(alice.web(t))
-	b.openJoined(lobby)
-	alice.ok(t, "send", "lobby", "before")
-	b.waitFor("the message before", hasMessage("before"))
-	if !eval[bool](b, doubtShim) {
-		t.Fatal("the fetch shim did not install")
-	}
-	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	b, alice, conv := doubtPage(t, true)
 	failed := failedState("window passed")
 
 	eval[bool](b, `window.doubtMode = 'doubtThenWindow', true`)
@@ -174,6 +144,28 @@ func TestWebSendInDoubtWindowPassed(t *testing.T) {
 
 	// Send again, through huddle web: stored, once.
 	resentOnce(t, b, alice, "window passed")
+}
+
+// doubtPage starts a group daemon with the group lobby, opens alice's page
+// on it (after alice sent it "before" and the page showed it, if before),
+// and installs doubtShim. conv is a script giving the page's state of
+// lobby.
+func doubtPage(t *testing.T, before bool) (b *browser, alice *user, conv string) {
+	t.Helper()
+	up := startDaemon(t, "up", "--listen", "127.0.0.1:0", "--state-dir", t.TempDir(), "--group", "lobby")
+	lobby := up.groups["lobby"]
+	alice = aliceInLobbyOf(t, up)
+	b = newBrowser(t, 1000, 800)
+	b.open(alice.web(t))
+	b.openJoined(lobby)
+	if before {
+		alice.ok(t, "send", "lobby", "before")
+		b.waitFor("the message before", hasMessage("before"))
+	}
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	return b, alice, `window.huddle.state.convs.get(` + jsString(lobby) + `)`
 }
 
 // failedState is a script giving the failure shown on the pending
