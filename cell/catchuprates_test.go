@@ -3,6 +3,8 @@ package cell
 import (
 	"context"
 	"encoding/binary"
+	"io"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -224,5 +226,50 @@ func TestCatchUpShunsOnPaceWithinOneGroup(t *testing.T) {
 	}
 	if restore.shun[c.slowKey] || restore.shun[c.otherKey] {
 		t.Fatalf("shunned %v (the member serving 3 KiB messages: %v), though each alone served a copy of its own group's messages", restore.shun, restore.shun[c.slowKey])
+	}
+}
+
+// chunkReader returns its chunks one a Read, each with its error: a quic
+// stream's reads, scripted.
+type chunkReader struct {
+	chunks [][]byte
+	errs   []error
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.chunks[0])
+	c.chunks[0] = c.chunks[0][n:]
+	if len(c.chunks[0]) > 0 {
+		return n, nil
+	}
+	err := c.errs[0]
+	c.chunks, c.errs = c.chunks[1:], c.errs[1:]
+	return n, err
+}
+
+// TestCatchUpReaderDeadlinePassedWithData: a catch-up stream's Read that
+// brought a frame with a deadline's error (a quic stream's, when the
+// deadline passed as it copied data across its frames) leaves the next
+// frame's read to the deadline set then. (bufio.Reader kept the error and
+// returned it on the next frame's read: a copy whose window ended as a
+// batch arrived ended "deadline exceeded" at its next, and its honest
+// member was shunned: TestCatchUpShunsOnPaceWithinOneGroup's flake.)
+func TestCatchUpReaderDeadlinePassedWithData(t *testing.T) {
+	frame := func(kind byte, body string) []byte {
+		return append(binary.LittleEndian.AppendUint32(nil, uint32(len(body)+1)), append([]byte{kind}, body...)...)
+	}
+	r := &chunkReader{
+		chunks: [][]byte{frame('b', "one"), frame('e', "")},
+		errs:   []error{os.ErrDeadlineExceeded, nil},
+	}
+	s := &catchUpStream{r: newCatchUpReader(r)}
+	for _, want := range []byte{'b', 'e'} {
+		kind, _, err := s.read()
+		if err != nil || kind != want {
+			t.Fatalf("read frame %q, %v; want frame %q (the deadline's error came with the frame before, which was read whole)", kind, err, want)
+		}
 	}
 }
