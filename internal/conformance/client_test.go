@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -25,8 +27,6 @@ import (
 
 	"golang.org/x/net/quic"
 	"golang.org/x/net/quic/qlog"
-	"log/slog"
-	"os"
 )
 
 const (
