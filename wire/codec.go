@@ -77,6 +77,11 @@ func mustEncMode() cbor.UserBufferEncMode {
 // items nested at most nesting levels deep.
 func mustDecMode(nesting int) cbor.DecMode {
 	dm, err := cbor.DecOptions{
+		// Only false, true, null and undefined: the decoder took any other
+		// simple value (simple(16), f0; simple(255), f8 ff) for an
+		// unsigned integer of its number, so a send with after: simple(16)
+		// was read as after 16 (PROTOCOL.md §4: a value of the wrong type).
+		SimpleValues:      unassignedSimpleValues,
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
 		IndefLength:       cbor.IndefLengthForbidden,
 		TagsMd:            cbor.TagsForbidden,
@@ -92,6 +97,23 @@ func mustDecMode(nesting int) cbor.DecMode {
 	}
 	return dm
 }
+
+// unassignedSimpleValues rejects every simple value RFC 8949 leaves
+// unassigned (0..19, 32..255; 24..31 are not well-formed anyway), wherever
+// it stands: huddle/1 gives none a meaning (PROTOCOL.md §4).
+var unassignedSimpleValues = func() *cbor.SimpleValueRegistry {
+	var rejects []func(*cbor.SimpleValueRegistry) error
+	for sv := range 256 {
+		if sv < 20 || sv >= 32 {
+			rejects = append(rejects, cbor.WithRejectedSimpleValue(cbor.SimpleValue(sv)))
+		}
+	}
+	r, err := cbor.NewSimpleValueRegistryFromDefaults(rejects...)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}()
 
 // envelope is the outer map of every frame: {0: op or kind, 1: args or body}.
 type envelope struct {

@@ -32,6 +32,7 @@ func describeCBOR(err error) string {
 		typ    *cbor.UnmarshalTypeError
 		syn    *cbor.SyntaxError
 		sem    *cbor.SemanticError
+		unacc  *cbor.UnacceptableDataItemError
 	)
 	switch {
 	case errors.As(err, &dup):
@@ -48,6 +49,8 @@ func describeCBOR(err error) string {
 		return fmt.Sprintf("a map of more than %d pairs", MaxMapPairs)
 	case errors.As(err, &extra):
 		return "bytes after the item"
+	case errors.As(err, &unacc):
+		return "a simple value other than false, true, null and undefined"
 	case errors.As(err, &typ):
 		return describeType(typ)
 	case errors.As(err, &syn):
@@ -97,7 +100,11 @@ func cborTypeName(t string) string {
 	case "map":
 		return "a map"
 	case "primitives":
-		return "a simple value (true, false, null, undefined)"
+		// Major type 7: null and undefined are absent fields, and other
+		// simple values are refused before (unassignedSimpleValues), so
+		// what is left is a boolean or a float (a float was named a simple
+		// value (true, false, null, undefined) until session 22).
+		return "a boolean or a float"
 	case "float", "floating-point number":
 		return "a float"
 	case "tag":
