@@ -195,7 +195,10 @@ func listCursor(name string, id wire.UUID) []byte {
 var errBadCursor = errors.New("list cursor is not one this registry issued")
 
 func parseListCursor(c []byte) (string, wire.UUID, error) {
-	if c == nil {
+	// Empty is absent, the first page (PROTOCOL.md §4, §6: a client sends
+	// an empty byte string for an empty field); until session 22 an
+	// after of h'' was refused as a cursor the registry did not issue.
+	if len(c) == 0 {
 		return "", wire.UUID{}, nil
 	}
 	if len(c) <= 16 || len(c) > 16+wire.MaxNameBytes {
