@@ -114,22 +114,40 @@ func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
 // UnmarshalCBOR accepts exactly a 16-byte byte string.
 func (id *ID) UnmarshalCBOR(b []byte) error { return fixedBytes(id[:], b) }
 
-// fixedBytes decodes a CBOR byte string of exactly len(dst) bytes (at most
-// 255) into dst, allocating nothing.
+// fixedBytes decodes a CBOR byte string of exactly len(dst) bytes into
+// dst, allocating nothing. Its length may be encoded in any of CBOR's
+// widths: PROTOCOL.md §4 asks encoders for the shortest and decoders not
+// to require it. Until session 22 only the shortest was taken, so a
+// message ID sent as 58 10 and 16 bytes was refused bad_request (while a
+// group UUID so sent was read).
 func fixedBytes(dst, item []byte) error {
 	n := len(dst)
-	var hdr int
-	switch {
-	case n < 24 && len(item) > 0 && item[0] == 0x40|byte(n):
-		hdr = 1
-	case n >= 24 && len(item) > 1 && item[0] == 0x58 && int(item[1]) == n:
-		hdr = 2
-	default:
-		return fmt.Errorf("want a %d-byte byte string", n)
+	if len(item) == 0 || item[0]>>5 != 2 {
+		return wantBytes(n)
 	}
-	if len(item) != hdr+n {
-		return fmt.Errorf("want a %d-byte byte string", n)
+	hdr, size := 1, uint64(item[0]&0x1f)
+	switch {
+	case size < 24:
+	case size <= 27:
+		w := 1 << (size - 24) // 1, 2, 4 or 8 bytes of length
+		if len(item) < 1+w {
+			return wantBytes(n)
+		}
+		size = 0
+		for _, c := range item[1 : 1+w] {
+			size = size<<8 | uint64(c)
+		}
+		hdr += w
+	default:
+		return wantBytes(n) // an indefinite length (refused before) or reserved
+	}
+	if size != uint64(n) || len(item) != hdr+n {
+		return wantBytes(n)
 	}
 	copy(dst, item[hdr:])
 	return nil
 }
+
+// wantBytes is fixedBytes' error: made only when it fails, as an ID is
+// decoded for every message of a send.
+func wantBytes(n int) error { return fmt.Errorf("want a %d-byte byte string", n) }
