@@ -1,0 +1,223 @@
+package groupd
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// Hostile peers beyond TestHostilePeers' attacks (session 22, H): limits
+// that must hold per key however many connections carry it, and fields at
+// their extremes. Each test proves the daemon answers what PROTOCOL.md
+// says, changes nothing else, and serves a well-behaved peer after.
+
+// rawSend sends msgs to g on a new stream of p without the test's helpers
+// (it runs on goroutines of its own) and returns the Sent or the Error.
+func rawSend(ctx context.Context, p *peer, g wire.UUID, msgs []wire.Outgoing) (*wire.Error, error) {
+	raw, err := wire.AppendFrame(nil, uint64(wire.OpSend), wire.Send{Group: g, Messages: msgs})
+	if err != nil {
+		return nil, err
+	}
+	str, err := p.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := str.Write(raw); err != nil {
+		return nil, err
+	}
+	str.Close()
+	f, err := readFrame(str)
+	switch {
+	case err != nil:
+		return nil, err
+	case f.kind == wire.KindError:
+		return f.err, nil
+	case f.kind != wire.KindResult:
+		return nil, fmt.Errorf("a frame of kind %d, want a Result", f.kind)
+	}
+	return nil, nil
+}
+
+// TestWideRateOneKeyManyConnections: a member's send rate is its key's,
+// however many connections it sends on at once (PROTOCOL.md §8.5, Rate:
+// the bucket belongs to the key): three connections of one key, sending
+// together, store no more than one bucket holds, and each send refused is
+// rate_limited with retry_after_ms; another member's bucket is untouched.
+func TestWideRateOneKeyManyConnections(t *testing.T) {
+	const burst, batch = 6, 2
+	d, _ := startGroupDaemon(t, Config{MaxBatch: batch, SendBurst: burst, SendRate: 0.001})
+	g := gid(d)
+	key := newKey(t)
+	var conns []*peer
+	for range 3 {
+		conns = append(conns, dial(t, d.Addr(), d.Fingerprint(), key))
+	}
+	must(t, conns[0].call(wire.OpJoin, wire.Join{Group: g, Name: "greedy"}, nil))
+
+	const each = 4 // sends per connection, of batch messages each
+	var (
+		mu              sync.Mutex
+		stored, limited int
+		failures        []error
+		wg              sync.WaitGroup
+	)
+	for _, p := range conns {
+		for range each {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				we, err := rawSend(testCtx(t), p, g, outgoing("a", "b"))
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err != nil:
+					failures = append(failures, err)
+				case we == nil:
+					stored++
+				case we.Code == wire.CodeRateLimited && we.RetryAfterMS > 0:
+					limited++
+				default:
+					failures = append(failures, we)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("sends failed otherwise than rate_limited with retry_after_ms: %v", failures)
+	}
+	if stored != burst/batch || limited != len(conns)*each-burst/batch {
+		t.Fatalf("one key on %d connections: %d sends stored, %d rate_limited; want %d stored (its one bucket of %d)",
+			len(conns), stored, limited, burst/batch, burst)
+	}
+	// Another member sends its own whole burst.
+	other := joined(t, d, "other")
+	for range burst / batch {
+		_, err := other.send(g, outgoing("c", "d"))
+		must(t, err)
+	}
+	if last := other.info(g).Last; last != 2*burst {
+		t.Fatalf("the log's last is %d, want %d: one bucket each", last, 2*burst)
+	}
+}
+
+// TestWideSendAfterExtremes: a send's after and after_epoch (PROTOCOL.md
+// §8.5, A retry's window) at their extremes: a cursor past the log's end
+// in its epoch (nothing was stored after it: the window holds all of it),
+// an epoch that is not the log's (ignored), after without an epoch (not
+// said). Each is stored once, and a retry of it is acknowledged as a
+// duplicate with its original seq.
+func TestWideSendAfterExtremes(t *testing.T) {
+	d, _ := startGroupDaemon(t, Config{})
+	g := gid(d)
+	p := joined(t, d, "edge")
+	epoch := p.info(g).Epoch
+	for _, tc := range []struct {
+		what              string
+		after, afterEpoch uint64
+	}{
+		{"after 2^64-1 in the log's epoch", math.MaxUint64, epoch},
+		{"after 2^63 in the log's epoch", 1 << 63, epoch},
+		{"after 0 in the log's epoch", 0, epoch},
+		{"after 2^64-1 in epoch 2^64-1", math.MaxUint64, math.MaxUint64},
+		{"after 2^64-1, no epoch", math.MaxUint64, 0},
+	} {
+		msgs := outgoing(tc.what)
+		var first wire.Sent
+		must(t, p.call(wire.OpSend, wire.Send{Group: g, Messages: msgs, After: tc.after, AfterEpoch: tc.afterEpoch}, &first))
+		if first.Acks[0].Duplicate {
+			t.Fatalf("%s: the first send is acknowledged as a duplicate", tc.what)
+		}
+		var again wire.Sent
+		must(t, p.call(wire.OpSend, wire.Send{Group: g, Messages: msgs, After: tc.after, AfterEpoch: tc.afterEpoch}, &again))
+		if !again.Acks[0].Duplicate || again.Acks[0].Seq != first.Acks[0].Seq {
+			t.Fatalf("%s: the retry's ack is %+v, want a duplicate of seq %d", tc.what, again.Acks[0], first.Acks[0].Seq)
+		}
+	}
+	if last := p.info(g).Last; last != 5 {
+		t.Fatalf("the log's last is %d, want 5: each message stored once", last)
+	}
+}
+
+// TestWideReadExtremes: fetch and watch fields at their extremes on a
+// daemon of one (no cell): a limit of 2^64-1 is capped at fetch_page; an
+// epoch of 2^64-1 is epoch_mismatch naming the log's own epoch, never the
+// one asked; min_seq of 2^64-1 (read-your-writes, a cell's) is answered at
+// once, as a daemon of one holds every message it acknowledged.
+func TestWideReadExtremes(t *testing.T) {
+	const page = 3
+	d, _ := startGroupDaemon(t, Config{FetchPage: page})
+	g := gid(d)
+	p := joined(t, d, "reader")
+	_, err := p.send(g, outgoing("1", "2", "3", "4", "5"))
+	must(t, err)
+	epoch := p.info(g).Epoch
+
+	msgs, end, err := p.fetch(wire.Fetch{Group: g, Limit: math.MaxUint64})
+	must(t, err)
+	if len(msgs) != page || !end.More || end.Next != page {
+		t.Fatalf("fetch limit 2^64-1: %d messages, end %+v; want fetch_page (%d) and more", len(msgs), end, page)
+	}
+	msgs, end, err = p.fetch(wire.Fetch{Group: g, After: u64(0), MinSeq: math.MaxUint64})
+	must(t, err)
+	if len(msgs) != page || end.Epoch != epoch {
+		t.Fatalf("fetch min_seq 2^64-1: %d messages, end %+v", len(msgs), end)
+	}
+	for _, bad := range []uint64{math.MaxUint64, epoch + 1, epoch - 1} {
+		_, _, err := p.fetch(wire.Fetch{Group: g, Epoch: bad})
+		if we := wantCode(t, err, wire.CodeEpochMismatch); we.Epoch != epoch {
+			t.Fatalf("fetch in epoch %d: epoch_mismatch names %d, want the log's %d", bad, we.Epoch, epoch)
+		}
+		_, err = p.watch(wire.Watch{Group: g, Epoch: bad})
+		if we := wantCode(t, err, wire.CodeEpochMismatch); we.Epoch != epoch {
+			t.Fatalf("watch in epoch %d: epoch_mismatch names %d, want the log's %d", bad, we.Epoch, epoch)
+		}
+	}
+	w, err := p.watch(wire.Watch{Group: g, After: u64(2), MinSeq: math.MaxUint64})
+	must(t, err)
+	if f := w.next(); f.kind != wire.KindMessages {
+		t.Fatalf("watch min_seq 2^64-1: a frame of kind %d after Start, want the history", f.kind)
+	}
+}
+
+// TestWideUnknownGroupOrder: every group operation on a group the daemon
+// does not host is not_found, for a stranger and a member alike, after the
+// request's own checks (a bad name is bad_request first, PROTOCOL.md §9,
+// Which refusal comes first), and changes nothing.
+func TestWideUnknownGroupOrder(t *testing.T) {
+	d, _ := startGroupDaemon(t, Config{})
+	member := joined(t, d, "member")
+	stranger := dial(t, d.Addr(), d.Fingerprint(), nil)
+	nowhere := uuid.New()
+	for _, p := range []*peer{member, stranger} {
+		for _, tc := range []struct {
+			op   wire.Op
+			args any
+		}{
+			{wire.OpInfo, wire.GroupRef{Group: nowhere}},
+			{wire.OpJoin, wire.Join{Group: nowhere, Name: "x"}},
+			{wire.OpLeave, wire.GroupRef{Group: nowhere}},
+			{wire.OpMembers, wire.GroupRef{Group: nowhere}},
+			{wire.OpSend, wire.Send{Group: nowhere, Messages: outgoing("x")}},
+			{wire.OpFetch, wire.Fetch{Group: nowhere, Epoch: math.MaxUint64}},
+			{wire.OpWatch, wire.Watch{Group: nowhere, Epoch: math.MaxUint64}},
+		} {
+			fs := p.do(tc.op, tc.args)
+			if len(fs) != 1 || fs[0].kind != wire.KindError || fs[0].err.Code != wire.CodeNotFound {
+				t.Fatalf("%v of a group not hosted: %+v, want one Error not_found", tc.op, fs)
+			}
+		}
+		wantCode(t, p.call(wire.OpJoin, wire.Join{Group: nowhere, Name: "a\u202eb"}, nil), wire.CodeBadRequest)
+	}
+	var in wire.Info
+	must(t, member.call(wire.OpInfo, wire.GroupRef{Group: gid(d)}, &in))
+	if in.Members != 1 || in.Last != 0 {
+		t.Fatalf("the hosted group changed: %+v", in)
+	}
+}
