@@ -32,6 +32,12 @@ type Info struct {
 	// Replicas, for a group replicated by a cell, are the cell's members,
 	// the leader marked; nil for a group of one daemon.
 	Replicas []Replica
+	// SendAfter: the daemon checks a retry's position (SendMessagesAfter,
+	// PROTOCOL.md §8.5), refusing ErrWindowPassed a retry whose earlier
+	// copy its dedup window may have forgotten, so that every retry of a
+	// message in doubt is stored once at most. False from a daemon older
+	// than session 21, which ignores the position.
+	SendAfter bool
 }
 
 // Where a daemon keeps a group's log (Info.Storage), and a disk log's
@@ -91,7 +97,7 @@ func infoFrom(in *wire.Info) Info {
 	return Info{
 		Group: in.Group, Name: in.Name, Daemon: in.Fingerprint, Epoch: in.Epoch,
 		First: in.First, Last: in.Last, Members: in.Members, Private: in.Private, Member: in.Member,
-		Storage: in.Storage, Fsync: in.Fsync, FsyncInterval: ms(in.FsyncIntervalMS), Replicas: in.Replicas,
+		Storage: in.Storage, Fsync: in.Fsync, FsyncInterval: ms(in.FsyncIntervalMS), Replicas: in.Replicas, SendAfter: in.SendAfter,
 		Limits: Limits{
 			MaxMessageBytes: l.MaxMessageBytes, MaxBatch: l.MaxBatch,
 			MaxMessages: l.MaxMessages, MaxBytes: l.MaxBytes, MaxAge: ms(l.MaxAgeMS),

@@ -13,6 +13,7 @@ import (
 // doubtShim wraps the page's fetch: a send (POST .../messages) is answered
 // as the page's window.doubtMode says, "doubt" (the outcome unknown, as
 // huddle web says of a send cut short: in_doubt with its id),
+// "doubtOnce" (in doubt once, then passed on to huddle web),
 // "doubtThenRefuse" (in doubt once, then a final refusal, as after the
 // group's handle was replaced and forgot the ID in doubt), "doubtThenWindow"
 // (in doubt once, then window_passed, as a daemon whose dedup window no
@@ -27,6 +28,7 @@ const doubtShim = `(() => {
   window.fetch = async (path, init) => {
     if (!(init && init.method === 'POST' && String(path).endsWith('/messages')) || !window.doubtMode) return real(path, init);
     window.sends++;
+    if (window.doubtMode === 'doubtOnce' && window.sends > 1) return real(path, init);
     window.bodies.push(JSON.parse(init.body));
     const id = JSON.parse(init.body).id;
     let body = {error: {code: 'unavailable', message: 'connection lost under the send', in_doubt: true, id}};
@@ -37,9 +39,24 @@ const doubtShim = `(() => {
   return true;
 })()`
 
+// oldDaemonShim makes the page see its groups' daemons as older than
+// session 21's, whose info does not say send_after: they do not check a
+// retry's position, and the page bounds its retries in doubt against
+// them. Every groups list the page takes from now on is stripped of it.
+const oldDaemonShim = `(() => {
+  const st = window.huddle.state;
+  const set = st.groups.set.bind(st.groups);
+  st.groups.set = (k, g) => { delete g.send_after; return set(k, g); };
+  for (const g of st.groups.values()) delete g.send_after;
+  for (const c of st.convs.values()) c.sendAfter = false;
+  return true;
+})()`
+
 // TestWebSendInDoubtStaysInDoubt: a message whose send was in doubt (the
 // daemon may have stored it) is retried under its ID a bounded number of
-// times (the ID dedups only within the group's window), then shown as
+// times against a daemon that does not check a retry's position (one older
+// than session 21: oldDaemonShim), as its ID dedups only within the
+// group's window, then shown as
 // "may have been sent" with Retry (same ID) and Discard, never "not sent"
 // with Edit (which resends under a new ID: stored twice if the first try
 // was stored). A later final refusal does not make it "not sent" either.
@@ -48,6 +65,9 @@ const doubtShim = `(() => {
 func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 	t.Parallel()
 	b, alice, _ := doubtPage(t, false)
+	if !eval[bool](b, oldDaemonShim) {
+		t.Fatal("the old daemon shim did not install")
+	}
 
 	// Always in doubt: the page gives up after its bound, keeping the doubt.
 	eval[bool](b, `window.doubtMode = 'doubt', true`)
@@ -72,6 +92,78 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 
 	// Retry (same ID) through huddle web: stored once.
 	resentOnce(t, b, alice, "in doubt always")
+}
+
+// TestWebSendInDoubtGoesOnWithSendAfter: against a daemon that checks a
+// retry's position (send_after, info key 15: today's), every retry of a
+// message in doubt is safe (refused window_passed rather than stored a
+// second time), so the page goes on retrying past its bound of 8 tries for
+// as long as the daemon is away, here stopped (unlisted) for some 50 s,
+// and settles the message, stored once, when it is back. Until session 22
+// it stopped after 8 tries (~40 s) whatever the daemon, leaving a message
+// the daemon would have settled "may have been sent" with Retry. A user
+// may still stop the retries: Stop turns the message to Retry and Discard.
+func TestWebSendInDoubtGoesOnWithSendAfter(t *testing.T) {
+	t.Parallel()
+	w := startLobbyPage(t)
+	b, lobby := w.b, w.lobby
+	// huddle web's list (/api/groups, as its stream carries it) says the
+	// daemon checks a retry's position.
+	b.waitFor("lobby listed with send_after", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.send_after === true`)
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	// The daemon stops: lobby is unlisted, the page keeps what its daemon
+	// said of retries (send_after).
+	w.gd.stop(t)
+	b.waitFor("lobby unlisted", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.listed === false`)
+
+	// The first try in doubt (the daemon may have stored it), the
+	// retries refused for want of a listed daemon.
+	const text = "in doubt while the daemon was away"
+	failed := failedState(text)
+	eval[bool](b, `window.doubtMode = 'doubtOnce', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	b.do("paste, Enter", insertText(text), pressEnter())
+	b.waitForWithin("a ninth try in doubt, or the retries stopped", `window.sends >= 9 || `+failed+` !== ''`, 120*time.Second)
+	if got := eval[string](b, failed); got != "" {
+		t.Fatalf("the page stopped retrying the message in doubt after %d tries, against a daemon that says send_after: %q", eval[int](b, `window.sends`), got)
+	}
+	b.screenshot("web-send-in-doubt-goes-on")
+
+	// The daemon comes back where it was, with its log: the next retry
+	// settles the message, stored once.
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", w.gd.addr, "--state-dir", w.state)
+	defer gd.stop(t)
+	b.waitForWithin("the message in doubt stored", hasMessage(text), 60*time.Second)
+	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {
+		t.Errorf("%d messages still pending once the message in doubt was stored", n)
+	}
+	if out := w.bob.ok(t, "fetch", "lobby"); strings.Count(out, text) != 1 {
+		t.Errorf("the daemon holds:\n%s\nwant the message in doubt once", out)
+	}
+
+	// Stop: a message in doubt retried is turned to Retry and Discard,
+	// and tried no more.
+	const stopped = "in doubt, stopped"
+	eval[bool](b, `window.sends = 0, window.doubtMode = 'doubt', true`)
+	b.do("paste, Enter", insertText(stopped), pressEnter())
+	stop := `[...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === ` + jsString(stopped) +
+		`)?.querySelector('.state button')`
+	b.waitFor("Stop on the message in doubt", stop+`?.textContent === 'Stop'`)
+	eval[bool](b, stop+`.click(), true`)
+	b.waitFor("the retries stopped", failedState(stopped)+` !== ''`)
+	if got := eval[string](b, failedState(stopped)); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
+		t.Errorf("a message in doubt stopped says %q, want 'may have been sent ...' with Retry and Discard", got)
+	}
+	// Its sending over (the page's outbox empty, nothing being sent),
+	// no try can follow.
+	n := eval[int](b, `window.sends`)
+	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	b.waitFor("the page's sending over", `!`+conv+`.sending && `+conv+`.outbox.length === 0`)
+	if m := eval[int](b, `window.sends`); m != n {
+		t.Errorf("the page tried the stopped message %d more times", m-n)
+	}
 }
 
 // TestWebSendInDoubtPastWindow: a message in doubt is retried under its

@@ -58,6 +58,11 @@ func TestAPIConversation(t *testing.T) {
 	if !g.Member || g.MaxMessageBytes != 1000 || strconv.FormatUint(g.Epoch, 10) != joined.Epoch {
 		t.Fatalf("group after joining: %+v", g)
 	}
+	// groupd checks a retry's position (info key 15): the page goes on
+	// retrying a message in doubt against it.
+	if !g.SendAfter {
+		t.Errorf("group after joining: send_after absent, though its daemon says it checks a retry's position: %+v", g)
+	}
 
 	for i := 1; i <= 25; i++ {
 		var ack sentJSON

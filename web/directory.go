@@ -178,6 +178,12 @@ type groupJSON struct {
 	Epoch           uint64 `json:"epoch,string,omitempty"` // a string: it does not fit a JavaScript number
 	FirstSeq        uint64 `json:"first_seq,omitempty"`
 	MaxMessageBytes uint64 `json:"max_message_bytes,omitempty"`
+	// SendAfter: the daemon checks a retry's after_epoch/after_seq
+	// (PROTOCOL.md §8.5, info key 15), so every retry of a message in
+	// doubt is safe (refused window_passed rather than stored twice): the
+	// page goes on retrying one while it says so, and stops after its
+	// bound of tries against a daemon that does not.
+	SendAfter bool `json:"send_after,omitempty"`
 }
 
 // registryJSON is a registry and how its last request went.
@@ -1114,7 +1120,7 @@ func (d *directory) publishLocked() {
 		if in := gs.info; in != nil {
 			g.Reachable = gs.infoOK
 			g.Member, g.Private, g.Epoch, g.FirstSeq = in.Member, in.Private, in.Epoch, in.First
-			g.MaxMessageBytes = in.Limits.MaxMessageBytes
+			g.MaxMessageBytes, g.SendAfter = in.Limits.MaxMessageBytes, in.SendAfter
 			// The last sequence only grows: the larger is the later.
 			g.LastSeq = max(g.LastSeq, in.Last)
 		}

@@ -45,6 +45,12 @@ func TestAPISendInDoubt(t *testing.T) {
 	t.Cleanup(s.Close)
 	a := newAPI(t, startWeb(t, newClient(t), s.Addr().String()))
 	id := a.groupID("builds")
+	// A daemon whose info does not say send_after (one older than session
+	// 21) is listed without it: the page bounds its retries in doubt.
+	var g groupJSON
+	if a.do("GET", "/api/groups/"+id, nil, &g); g.SendAfter || !g.Reachable {
+		t.Errorf("a daemon that does not say send_after is listed %+v, want reachable, send_after absent", g)
+	}
 
 	type reply struct {
 		Error struct {

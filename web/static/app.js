@@ -13,7 +13,7 @@ const keepLive = 1000;     // messages kept when following the end
 const trimAt = 1500;       // ...trimmed to keepLive past this
 const backlogFrom = 800;   // px from the top at which older pages load
 const membersEvery = 20000; // ms between members refreshes while shown
-const doubtTries = 8;       // tries of a message in doubt before the page stops (1+2+4+8x4 s apart)
+const doubtTries = 8;       // tries of a message in doubt before the page stops, unless its daemon checks them (1+2+4+8x4 s apart)
 const dedupFloor = 65536;  // messages a group's dedup window holds at least (PROTOCOL.md §8.5)
 
 const state = {
@@ -57,6 +57,12 @@ class Conv {
     this.outbox = [];       // pending items not yet stored or failed, in the order typed
     this.sending = false;   // pump is sending the outbox
     this.seqCounter = 0;
+    // sendAfter: the group's daemon said, when it last answered, that it
+    // checks a retry's position (send_after): a retry of a message in
+    // doubt is then refused window_passed rather than stored twice, and
+    // the page goes on retrying it past doubtTries. Kept while the group
+    // is unlisted (its daemon stopped): the last word of its daemon.
+    this.sendAfter = false;
   }
 
   epochIndex(epoch) {
@@ -304,6 +310,7 @@ function setGroups(list) {
     }
     if (g.member) {
       const c = conv(g.uuid);
+      if (g.reachable) c.sendAfter = !!g.send_after;
       // Counted once, when the group's log is known: a group joined is
       // listed before its daemon answered (huddle web knows it from the
       // joined file), its epoch unknown; counted then, unless the stream
@@ -842,9 +849,19 @@ function pendingState(c, p) {
     case 'sending': s.textContent = 'sending…'; break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
-      s.textContent = p.inDoubt
-        ? `may have been sent (no answer settled it): ${fmt.describe(p.error, g)} Retrying under its ID, stored once…`
-        : `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
+      if (p.inDoubt) {
+        // Retried under its ID until a try settles it: the user may stop
+        // that (a daemon that checks the retries' position is retried
+        // for as long as it takes), keeping Retry and Discard.
+        s.textContent = `may have been sent (no answer settled it): ${fmt.describe(p.error, g)} Retrying under its ID, stored once… `;
+        const b = document.createElement('button');
+        b.className = 'link-button';
+        b.textContent = 'Stop';
+        b.addEventListener('click', () => { p.stopped = true; if (p.wake) p.wake(); });
+        s.append(b);
+      } else {
+        s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
+      }
       break;
     case 'failed': {
       s.classList.add('bad');
@@ -898,6 +915,7 @@ function failedWith(s, c, p, text, label, act) {
 // doubt counted afresh.
 function resend(c, p) {
   p.doubtTries = 0;
+  p.stopped = false;
   setPending(c, p, 'sending', null);
   c.outbox.push(p);
   pump(c);
@@ -1223,20 +1241,26 @@ async function deliver(c, p) {
         return;
       }
       const transient = err.inDoubt || ['offline', 'unreachable', 'wrong_key', 'unavailable', 'internal', 'rate_limited', 'not_found'].includes(err.code);
-      // Retries of a message in doubt are bounded: its ID dedups only
-      // within the group's window (its last 65,536 messages at least, or
-      // what its log retains after a restart), and a retry past it would
-      // store it twice. Past doubtTries (some 40 s of backoff), the page
-      // stops and lets the user retry it (same ID) or discard it. The
-      // bound is a time, not the window (README: a group storing more than
-      // ~1,600 messages a second passes 65,536 within it): no answer says
-      // an ID has left the window (a retry within it gets the first
-      // try's ack, as a duplicate; past it the daemon has forgotten it).
-      // What the page can see, it heeds: it stops at once once its watch
-      // has shown the group storing dedupFloor messages since the try
-      // (pastWindow).
+      // Retries of a message in doubt are bounded against a daemon that
+      // does not check their position (older than session 21): its ID
+      // dedups only within the group's window (its last 65,536 messages
+      // at least, or what its log retains after a restart), and a retry
+      // past it would store it twice. Past doubtTries (some 40 s of
+      // backoff), the page stops and lets the user retry it (same ID) or
+      // discard it. The bound is a time, not the window (README: a group
+      // storing more than ~1,600 messages a second passes 65,536 within
+      // it): such a daemon says nothing of an ID that left the window (a
+      // retry within it gets the first try's ack, as a duplicate; past it
+      // the daemon has forgotten it). What the page can see, it heeds: it
+      // stops at once once its watch has shown the group storing
+      // dedupFloor messages since the try (pastWindow). A daemon that
+      // checks the position (c.sendAfter) refuses a retry past its window
+      // (window_passed, above), so every retry is safe: the page goes on,
+      // every 8 s, until a try settles it or the user stops it (it
+      // stopped after 40 s until session 22, often while the daemon was
+      // still restarting).
       if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
-      if (!transient || (p.inDoubt && p.doubtTries >= doubtTries)) {
+      if (!transient || p.stopped || (p.inDoubt && p.doubtTries >= doubtTries && !c.sendAfter)) {
         setPending(c, p, 'failed', err);
         return;
       }
@@ -1246,6 +1270,10 @@ async function deliver(c, p) {
       await new Promise(wake => { p.wake = wake; setTimeout(wake, wait); });
       p.wake = null;
       if (!c.pending.has(p.id)) return;
+      if (p.stopped) {
+        setPending(c, p, 'failed', p.error);
+        return;
+      }
     }
   }
 }
