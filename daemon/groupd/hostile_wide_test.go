@@ -2,12 +2,15 @@ package groupd
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -219,5 +222,84 @@ func TestWideUnknownGroupOrder(t *testing.T) {
 	must(t, member.call(wire.OpInfo, wire.GroupRef{Group: gid(d)}, &in))
 	if in.Members != 1 || in.Last != 0 {
 		t.Fatalf("the hosted group changed: %+v", in)
+	}
+}
+
+// TestWideStolenCertificate: a peer that presents a member's certificate
+// without its key (certificates cross the network; a rogue server is shown
+// a client's) signs the handshake with a key of its own, which the
+// certificate's does not verify: the handshake fails (a TLS alert, QUIC's
+// CRYPTO_ERROR), nothing of it reaches the group, and the member and
+// another peer are served as before (PROTOCOL.md §2: the key's fingerprint
+// is the identity, and TLS 1.3's CertificateVerify proves the key).
+func TestWideStolenCertificate(t *testing.T) {
+	d, _ := startGroupDaemon(t, Config{})
+	g := gid(d)
+	alice := newKey(t)
+	ap := dial(t, d.Addr(), d.Fingerprint(), alice)
+	must(t, ap.call(wire.OpJoin, wire.Join{Group: g, Name: "alice"}, nil))
+
+	thief := newKey(t)
+	stolen := alice.Certificate()
+	stolen.PrivateKey = thief.Certificate().PrivateKey
+	conf := thief.ClientTLS(d.Fingerprint(), nil)
+	conf.Certificates = []tls.Certificate{stolen}
+	conn, err := dialWith(t, d.Addr().String(), conf)
+	if err == nil {
+		// TLS 1.3 lets a client finish before the server checked it
+		// (PROTOCOL.md §2): the close arrives with the first stream or
+		// after it, never an answer.
+		p := &peer{t: t, conn: conn}
+		str, err := p.conn.OpenStreamSync(testCtx(t))
+		if err == nil {
+			str.Write(request(t, wire.OpSend, wire.Send{Group: g, Messages: outgoing("as alice")}))
+			str.Close()
+			if f, err := readFrame(str); err == nil {
+				t.Fatalf("a stolen certificate's send was answered: a frame of kind %d (%v)", f.kind, f.err)
+			}
+		}
+		<-conn.Context().Done()
+	}
+	var te *quic.TransportError
+	if err == nil {
+		err = context.Cause(conn.Context())
+	}
+	if !errors.As(err, &te) || te.ErrorCode&^0xff != 0x100 {
+		t.Fatalf("a stolen certificate's connection ended with %v, want a TLS alert (CRYPTO_ERROR)", err)
+	}
+
+	// Nothing reached the group; alice and a stranger are served.
+	var in wire.Info
+	must(t, ap.call(wire.OpInfo, wire.GroupRef{Group: g}, &in))
+	if in.Last != 0 || in.Members != 1 || !in.Member {
+		t.Fatalf("after the stolen certificate: %+v, want alice alone and no message", in)
+	}
+	_, err = ap.send(g, outgoing("alice herself"))
+	must(t, err)
+	joined(t, d, "bystander")
+}
+
+// TestWideNoResumption: servers issue no session tickets and take no
+// 0-RTT data (PROTOCOL.md §2), so there is no handshake to replay: a
+// client keeping a session cache makes a full handshake every time, and
+// one asking for 0-RTT sends its request in 1-RTT.
+func TestWideNoResumption(t *testing.T) {
+	d, _ := startGroupDaemon(t, Config{})
+	key := newKey(t)
+	conf := key.ClientTLS(d.Fingerprint(), nil)
+	conf.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	for i := range 2 {
+		ctx, cancel := context.WithTimeout(testCtx(t), testTimeout)
+		conn, err := quic.DialAddrEarly(ctx, d.Addr().String(), conf, &quic.Config{})
+		cancel()
+		must(t, err)
+		p := &peer{t: t, conn: conn}
+		var in wire.Info
+		must(t, p.call(wire.OpInfo, wire.GroupRef{Group: gid(d)}, &in))
+		cs := conn.ConnectionState()
+		if cs.TLS.DidResume || cs.Used0RTT {
+			t.Fatalf("connection %d: resumed %v, 0-RTT %v: the server must issue no tickets", i+1, cs.TLS.DidResume, cs.Used0RTT)
+		}
+		conn.CloseWithError(0, "")
 	}
 }
