@@ -516,12 +516,47 @@ func TestKnownHostsPinnedNeedsNoLock(t *testing.T) {
 // square of its lines: 100,000 pins, 15.7 s, at every command's every
 // lookup. Read in one pass, a name's last line still counts, in the
 // order of the last lines.
+//
+// The file's size is chosen so that one bound in seconds tells the two
+// apart with room on both sides under -race at CI's load: 200,000 pins
+// read in one pass took 39 s at load 35 (session 22: over the 30 s bound
+// it had then), and 40,000 in the square took 55-65 s at load 30. At
+// 80,000 pins one pass takes up to ~16 s there and the square ~4 min: the
+// bound, 60 s, is ~4 times each side. (A ratio of two reads' times was
+// tried: under -race a short read's time varies too much for it.)
 func TestKnownHostsHugeFile(t *testing.T) {
+	const lines = 80_000
+	path := writeHugeKnownHosts(t, lines)
+	type answer struct {
+		pins pinList
+		err  error
+	}
+	read := make(chan answer, 1)
+	began := time.Now()
+	go func() {
+		pins, err := OpenKnownHosts(path).read()
+		read <- answer{pins, err}
+	}()
+	var a answer
+	select {
+	case a = <-read:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("reading a file of %d pins took over 60 s: the read grows with the square of its lines (one pass takes ~16 s at most under -race at load 35)", lines)
+	}
+	t.Logf("%d pins read in %v", lines, time.Since(began))
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	checkHugeKnownHosts(t, a.pins, lines)
+}
+
+// writeHugeKnownHosts writes a known_registries of lines pins, one name
+// each, and the 8th name (10.0.0.7) pinned again by hand at the end. The
+// file is made of 256 keys' lines, each encoded once: the encoding of
+// 200,000 took longer than the read under -race (~8 s on two loaded cores).
+func writeHugeKnownHosts(t *testing.T, lines int) string {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), KnownHostsFile)
-	const lines = 200_000
-	// The file is made of 256 keys' lines, each encoded once: the
-	// encoding of 200,000 took longer than the read under -race (~8 s on
-	// two loaded cores).
 	var keys [256]string
 	for i := range keys {
 		keys[i] = wire.Fingerprint{byte(i)}.String()
@@ -530,34 +565,20 @@ func TestKnownHostsHugeFile(t *testing.T) {
 	for i := range lines {
 		fmt.Fprintf(&file, "10.%d.%d.%d:7373 %s\n", i>>16, i>>8&255, i&255, keys[i&255])
 	}
-	fmt.Fprintf(&file, "10.0.0.7:7373 %s\n", wire.Fingerprint{9}) // pinned again, by hand
+	fmt.Fprintf(&file, "10.0.0.7:7373 %s\n", wire.Fingerprint{9})
 	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	k := OpenKnownHosts(path)
-	type answer struct {
-		pins pinList
-		err  error
-	}
-	read := make(chan answer, 1)
-	go func() {
-		pins, err := k.read()
-		read <- answer{pins, err}
-	}()
-	var a answer
-	select {
-	case a = <-read:
-	case <-time.After(30 * time.Second):
-		// One pass takes 0.5 s, and up to 8 s under -race on two loaded
-		// cores; the square of the lines took 9 min there.
-		t.Fatalf("reading a file of %d pins took over 30 s (one pass takes well under that)", lines)
-	}
-	if a.err != nil {
-		t.Fatal(a.err)
-	}
-	if len(a.pins) != lines || a.pins[lines-1] != (pin{"10.0.0.7:7373", wire.Fingerprint{9}}) || a.pins[6].name != "10.0.0.6:7373" || a.pins[7].name != "10.0.0.8:7373" {
+	return path
+}
+
+// checkHugeKnownHosts checks a read of writeHugeKnownHosts' file: the
+// name pinned twice counts once, at its last line; the others in order.
+func checkHugeKnownHosts(t *testing.T, pins pinList, lines int) {
+	t.Helper()
+	if len(pins) != lines || pins[lines-1] != (pin{"10.0.0.7:7373", wire.Fingerprint{9}}) || pins[6].name != "10.0.0.6:7373" || pins[7].name != "10.0.0.8:7373" {
 		t.Errorf("read %d pins, the last %+v, the 7th and 8th %q %q; want %d, the one pinned twice last at its last line, the others in order",
-			len(a.pins), a.pins[len(a.pins)-1], a.pins[6].name, a.pins[7].name, lines)
+			len(pins), pins[len(pins)-1], pins[6].name, pins[7].name, lines)
 	}
 }
 
