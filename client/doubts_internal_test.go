@@ -32,7 +32,7 @@ func TestRetryOfSendInDoubtStaysInDoubt(t *testing.T) {
 		{Code: wire.CodeNotMember, Message: "not a member"},
 	}
 	var calls atomic.Int64
-	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op) {
+	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, _ wire.Frame) {
 		r := refusals[min(int(calls.Add(1))-1, len(refusals)-1)]
 		if r == nil {
 			wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: 1, Time: time.Now().UnixNano(), Duplicate: true}}})

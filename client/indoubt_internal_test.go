@@ -14,9 +14,9 @@ import (
 )
 
 // playedDaemon listens as a group daemon played by hand: answer is given
-// each stream whose request it read, with its connection and the
-// request's operation. It returns a handle on group 7 there.
-func playedDaemon(t *testing.T, cfg Config, answer func(conn *quic.Conn, st *quic.Stream, op wire.Op)) (*Group, *quic.Listener) {
+// each stream whose request it read, with its connection, the request's
+// operation and its arguments. It returns a handle on group 7 there.
+func playedDaemon(t *testing.T, cfg Config, answer func(conn *quic.Conn, st *quic.Stream, op wire.Op, args wire.Frame)) (*Group, *quic.Listener) {
 	t.Helper()
 	srv, tr, ln := rawServer(t, &quic.Config{})
 	var wg sync.WaitGroup
@@ -27,8 +27,8 @@ func playedDaemon(t *testing.T, cfg Config, answer func(conn *quic.Conn, st *qui
 		if err != nil {
 			return
 		}
-		if op, _, err := wire.SplitRequest(item); err == nil {
-			answer(conn, st, op)
+		if op, args, err := wire.SplitRequest(item); err == nil {
+			answer(conn, st, op, args)
 		}
 	})
 	cl := newTestClient(t, cfg)
@@ -49,7 +49,7 @@ func playedDaemon(t *testing.T, cfg Config, answer func(conn *quic.Conn, st *qui
 // a script resending under new IDs stored it twice. A call the client
 // does not make, the server having stopped a moment ago, is not in doubt.
 func TestSendCutByShutdownInDoubt(t *testing.T) {
-	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op) {
+	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, _ wire.Frame) {
 		conn.CloseWithError(wire.ConnShutdown, "server shutting down")
 	})
 	// The client's clock stands still: the second send below comes within
@@ -73,7 +73,7 @@ func TestSendCutByShutdownInDoubt(t *testing.T) {
 // is not in doubt, nor is one whose daemon could not be reached: nothing
 // of it was stored.
 func TestSendRefusedNotInDoubt(t *testing.T) {
-	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op) {
+	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, _ wire.Frame) {
 		wire.WriteError(st, &wire.Error{Code: wire.CodeNotMember, Message: "not a member"})
 		st.Close()
 	})
@@ -108,7 +108,7 @@ func TestSendCancelledInDoubt(t *testing.T) {
 	}{{"unbatched", true, 1}, {"batched", false, 2}} {
 		t.Run(tc.name, func(t *testing.T) {
 			taken := make(chan struct{}, 2)
-			g, _ := playedDaemon(t, Config{NoBatching: tc.noBatching}, func(conn *quic.Conn, st *quic.Stream, op wire.Op) {
+			g, _ := playedDaemon(t, Config{NoBatching: tc.noBatching}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, _ wire.Frame) {
 				if op != wire.OpSend {
 					// The batcher's info (its limits): refused, batches
 					// keep the protocol's default.
@@ -206,7 +206,7 @@ func TestSendRefusalInDoubtUnlessUnchanged(t *testing.T) {
 		{&wire.Error{Code: wire.CodeTooLarge}, false},
 		{&wire.Error{Code: wire.CodeBadRequest}, false},
 	} {
-		g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op) {
+		g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, _ wire.Frame) {
 			wire.WriteError(st, tc.refusal)
 			st.Close()
 		})

@@ -34,7 +34,8 @@ func sendAfterNames(t *testing.T, cfg Config) {
 	// The daemon, played: doubted's sends are in doubt (internal, not
 	// marked unchanged) until one names after, refused window_passed;
 	// the others are stored.
-	answer := func(st *quic.Stream, op wire.Op, args wire.Frame) {
+	g, _ := playedDaemon(t, cfg, func(_ *quic.Conn, st *quic.Stream, op wire.Op, args wire.Frame) {
+		defer st.Close()
 		if op == wire.OpJoin {
 			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
 			return
@@ -56,28 +57,7 @@ func sendAfterNames(t *testing.T, cfg Config) {
 		default:
 			wire.WriteError(st, &wire.Error{Code: wire.CodeWindowPassed, Unchanged: true, Message: "past the window"})
 		}
-	}
-	srv, tr, ln := rawServer(t, &quic.Config{})
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	t.Cleanup(func() { tr.Close() })
-	serveStreams(&wg, ln, func(conn *quic.Conn, st *quic.Stream, _ uint64) {
-		item, err := wire.ReadFrame(st, nil, 0)
-		if err != nil {
-			return
-		}
-		if op, args, err := wire.SplitRequest(item); err == nil {
-			answer(st, op, args)
-		}
-		st.Close()
 	})
-	cl := newTestClient(t, cfg)
-	t.Cleanup(func() { cl.Close() })
-	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{ln.Addr().String()}, Fingerprint: srv.Fingerprint()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	named := func(id wire.ID) (first wire.Send, retries []wire.Send) {
@@ -100,7 +80,7 @@ func sendAfterNames(t *testing.T, cfg Config) {
 	if _, err := g.SendWithID(ctx, doubted, []byte("hi")); !errors.Is(err, ErrInDoubt) {
 		t.Fatalf("the first send: %v, want it in doubt", err)
 	}
-	_, err = g.SendWithID(ctx, doubted, []byte("hi"))
+	_, err := g.SendWithID(ctx, doubted, []byte("hi"))
 	if !errors.Is(err, ErrWindowPassed) || !errors.Is(err, ErrInDoubt) {
 		t.Fatalf("the retry refused window_passed: %v, want %v and %v", err, ErrWindowPassed, ErrInDoubt)
 	}
