@@ -302,10 +302,23 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 		}
 		return inDoubtIf(doubt, err)
 	}
+	// doubted calls onDoubt once: at the first attempt in doubt, here, or
+	// within a single call to a group of one daemon, before its retry on
+	// a new connection (callOnDoubt).
+	var doubted func()
+	if onDoubt != nil {
+		called := false
+		doubted = func() {
+			if !called {
+				called = true
+				onDoubt()
+			}
+		}
+	}
 	wrongKeys := 0 // members whose address another key answered, this call
 	for redirects := 0; ; redirects++ {
 		asked := g.peer().pin
-		err := g.attempt(ctx, until, attempt, op, args, out)
+		err := g.attempt(ctx, until, attempt, op, args, out, doubted)
 		if err == nil {
 			return nil
 		}
@@ -318,8 +331,8 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 			if until.IsZero() || doubtUntil.Before(until) {
 				until = doubtUntil
 			}
-			if onDoubt != nil {
-				onDoubt()
+			if doubted != nil {
+				doubted()
 			}
 			g.cl.cfg.Logger.Debug("cell: the call is in doubt; retrying it under the same IDs", "op", op, "for", g.cl.cellDoubtFor, "err", err)
 		}
@@ -550,7 +563,11 @@ func pause(ctx context.Context, until time.Time, d time.Duration) bool {
 //
 // Its errors name the member, not op: Group.fail names the operation and
 // the group ("send group g: send at ..." until session 18).
-func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any) error {
+//
+// On a group of one daemon it is a single call, which onDoubt (if not nil)
+// is told of before its retry on a new connection, once its first try is
+// in doubt (callOnDoubt).
+func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, op wire.Op, args, out any, onDoubt func()) error {
 	if !g.replicated() {
 		var u inUse
 		defer g.doneAll(&u)
@@ -558,7 +575,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		if err != nil {
 			return err
 		}
-		return p.singleThen(ctx, op, args, out, g.redial(&u))
+		return p.callOnDoubt(ctx, op, args, resultInto(out), g.redial(&u), nil, onDoubt)
 	}
 	p := g.use()
 	defer g.done(p)

@@ -43,7 +43,7 @@ func TestCellAttemptGivesUpOnHandshake(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var sent wire.Sent
-	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent, nil)
 	if !errors.Is(err, errNoHandshake) || !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("attempt at a member that answers nothing: %v, want unreachable, no handshake in time", err)
 	}
@@ -92,7 +92,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	// machine's clock, ended as silent.
 	clock.hold()
 	attempted := make(chan error, 1)
-	go func() { attempted <- g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent) }()
+	go func() { attempted <- g.attempt(ctx, time.Time{}, 2*cellSilentFor, wire.OpSend, send, &sent, nil) }()
 	waitHeard(t, &cl.attempts, attempted)
 	clock.add(2*cellSilentFor + time.Millisecond)
 	cl.attempts.tick()
@@ -111,7 +111,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 	// clock held as above: not silent for a late acknowledgement.)
 	clock.hold()
 	go func() {
-		attempted <- g.attempt(ctx, clock.now().Add(2*cellSilentFor), time.Minute, wire.OpSend, send, &sent)
+		attempted <- g.attempt(ctx, clock.now().Add(2*cellSilentFor), time.Minute, wire.OpSend, send, &sent, nil)
 	}()
 	waitHeard(t, &cl.attempts, attempted)
 	clock.add(2*cellSilentFor + time.Millisecond)
@@ -136,7 +136,7 @@ func TestCellAttemptGivesUpOnSilence(t *testing.T) {
 		}
 	}
 	relay.Cut()
-	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, send, &sent)
+	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, send, &sent, nil)
 	if !errors.Is(err, errSilent) || !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("attempt at a member gone silent: %v, want unreachable, not a packet in time", err)
 	}
@@ -164,7 +164,7 @@ func TestCellAttemptAtStoppedMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var sent wire.Sent
-	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+	err = g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent, nil)
 	if !errors.Is(err, ErrShuttingDown) || errors.Is(err, errNoHandshake) {
 		t.Fatalf("attempt at a member that stopped a moment ago: %v, want %v alone", err, ErrShuttingDown)
 	}
@@ -510,7 +510,7 @@ func TestCellAttemptWaitingForCreditNotSilent(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			var sent wire.Sent
-			done <- g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+			done <- g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent, nil)
 		}()
 		return done
 	}
@@ -625,7 +625,7 @@ func newCreditMember(t *testing.T, keepAlive time.Duration, clock *manualClock) 
 		done := make(chan error, 1)
 		go func() {
 			var sent wire.Sent
-			done <- g.attempt(ctx, time.Time{}, d, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent)
+			done <- g.attempt(ctx, time.Time{}, d, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent, nil)
 		}()
 		return done
 	}

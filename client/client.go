@@ -938,14 +938,26 @@ func (p *peer) call(ctx context.Context, op wire.Op, args any, handle func(wire.
 // may have reached the server and no answer of the server's (an Error
 // frame) settled it: the daemon may have stored it.
 func (p *peer) callThen(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn)) error {
+	return p.callOnDoubt(ctx, op, args, handle, next, on, nil)
+}
+
+// callOnDoubt is callThen, calling onDoubt, if not nil, when an attempt
+// leaves the call in doubt, before the call is tried again: a send's sets,
+// in the request args points to, where the log stood before its first try
+// (after, PROTOCOL.md §8.5), as memberCallOnDoubt's retries of a cell's
+// send do. Until session 22 the retry of a group of one daemon on a new
+// connection went without it, and a daemon whose dedup window had passed
+// meanwhile (a restart that took its time) stored a second copy.
+func (p *peer) callOnDoubt(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn), onDoubt func()) error {
 	doubt := false
-	err := p.attempts(ctx, op, args, handle, next, on, &doubt)
+	err := p.attempts(ctx, op, args, handle, next, on, &doubt, onDoubt)
 	return inDoubtIf(doubt && op == wire.OpSend && err != nil, err)
 }
 
 // attempts is callThen's body: it sets *doubt once an attempt's request
-// went out and ended other than in an answer of the server's.
-func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn), doubt *bool) error {
+// went out and ended other than in an answer of the server's, and calls
+// onDoubt (if not nil) then.
+func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(wire.Kind, wire.Frame) (bool, error), next func(context.Context) (*peer, error), on func(*quic.Conn), doubt *bool, onDoubt func()) error {
 	var err, lost error // lost: the first attempt's, its connection lost
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && next != nil {
@@ -979,6 +991,9 @@ func (p *peer) attempts(ctx context.Context, op wire.Op, args any, handle func(w
 			// settled it: cut short (the connection lost, the context
 			// ended), one that could not be read, or a refusal that
 			// may follow a send stored (refusedWhole).
+			if !*doubt && onDoubt != nil {
+				onDoubt()
+			}
 			*doubt = true
 		}
 		if err == nil || !connectionLost(conn, err) {
@@ -1371,7 +1386,7 @@ func (p *peer) singleOn(ctx context.Context, op wire.Op, args, out any, next fun
 // what it asked may have been carried out, and its error is no refusal.
 func (p *peer) singleOut(ctx context.Context, op wire.Op, args, out any) (unanswered bool, err error) {
 	var doubt bool
-	err = p.attempts(ctx, op, args, resultInto(out), nil, nil, &doubt)
+	err = p.attempts(ctx, op, args, resultInto(out), nil, nil, &doubt, nil)
 	return doubt && err != nil && !serverSaid(err), err
 }
 

@@ -33,7 +33,7 @@ func TestCellAttemptErrorNamesMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	var sent wire.Sent
-	err = g.fail("send", g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent))
+	err = g.fail("send", g.attempt(ctx, time.Time{}, time.Minute, wire.OpSend, wire.Send{Group: g.id, Messages: []wire.Outgoing{{ID: wire.NewID(), Body: []byte("hi")}}}, &sent, nil))
 	if got := strings.Count(err.Error(), "send"); got != 1 {
 		t.Errorf("%q names the send %d times, want once", err, got)
 	}

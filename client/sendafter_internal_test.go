@@ -205,3 +205,64 @@ func TestCellRetryInDoubtNamesAfter(t *testing.T) {
 		}
 	}
 }
+
+// TestLoneRetryInDoubtNamesAfter: a send to a group of one daemon whose
+// connection is lost under it (the daemon had read the request: stored
+// or not, unknown) is tried once more on a new connection by the call
+// itself, and that retry names where the handle had seen the log stand
+// before the first try, as the retries of a cell's send do: a daemon
+// whose dedup window passed meanwhile refuses it window_passed, and the
+// send fails ErrWindowPassed and ErrInDoubt, not stored a second time.
+// Until session 22 that retry named nothing, and was stored.
+func TestLoneRetryInDoubtNamesAfter(t *testing.T) {
+	var mu sync.Mutex
+	var sends []wire.Send
+	// The daemon, played: the first send's connection is closed once
+	// its request is read (a daemon killed); the retry is refused
+	// window_passed if it names after, and stored if not.
+	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, args wire.Frame) {
+		defer st.Close()
+		if op == wire.OpJoin {
+			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+			return
+		}
+		var s wire.Send
+		if args.Decode(&s) != nil {
+			wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
+			return
+		}
+		mu.Lock()
+		sends = append(sends, s)
+		n := len(sends)
+		mu.Unlock()
+		switch {
+		case n == 1:
+			conn.CloseWithError(wire.ConnNoError, "")
+		case s.AfterEpoch == 0:
+			wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 9, Acks: []wire.Ack{{Seq: 41, Time: 1}}})
+		default:
+			wire.WriteError(st, &wire.Error{Code: wire.CodeWindowPassed, Unchanged: true, Message: "past the window"})
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := g.Join(ctx, "ann", nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := g.Send(ctx, []byte("hi"))
+	if !errors.Is(err, ErrWindowPassed) || !errors.Is(err, ErrInDoubt) {
+		t.Fatalf("the send, its connection lost under it, retried on a new one: %v, want %v and %v", err, ErrWindowPassed, ErrInDoubt)
+	}
+	mu.Lock()
+	got := slices.Clone(sends)
+	mu.Unlock()
+	if len(got) != 2 {
+		t.Fatalf("%d tries of the send, want the first and the call's retry on a new connection", len(got))
+	}
+	if got[0].After != 0 || got[0].AfterEpoch != 0 {
+		t.Errorf("the first try named after %d in epoch %d, want nothing", got[0].After, got[0].AfterEpoch)
+	}
+	if got[1].After != 40 || got[1].AfterEpoch != 9 {
+		t.Errorf("the retry named after %d in epoch %d, want 40 in 9 (the join's last, before the first try)", got[1].After, got[1].AfterEpoch)
+	}
+}
