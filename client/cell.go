@@ -295,6 +295,14 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 	// a member did).
 	var doubtUntil time.Time
 	var doubtErr error
+	// settling: the call counts in g.settling from its doubt on, until it
+	// ends (dialBound).
+	settling := false
+	defer func() {
+		if settling {
+			g.settled()
+		}
+	}()
 	ended := func(err error) error {
 		var we *wire.Error
 		if selfNamed != nil && errors.As(err, &we) && we.Leader != nil && we.Leader.Fingerprint == selfKey {
@@ -334,6 +342,8 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 			if doubted != nil {
 				doubted()
 			}
+			settling = true
+			g.settle()
 			g.cl.cfg.Logger.Debug("cell: the call is in doubt; retrying it under the same IDs", "op", op, "for", g.cl.cellDoubtFor, "err", err)
 		}
 		if !bounded && until.IsZero() {
@@ -450,11 +460,15 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 // then takes (a raft commit under load), so silence means the member is
 // gone (killed, frozen, cut off), and the next one is asked at once rather
 // than after the attempt's second.
+//
+// While a call is in doubt, the handshakes that failed widen an attempt's
+// dial bound to cellDoubtDialFor at most (dialBound).
 const (
-	cellAttemptMin = time.Second
-	cellAttemptMax = 8 * time.Second
-	cellDialFor    = 500 * time.Millisecond
-	cellSilentFor  = 400 * time.Millisecond
+	cellAttemptMin   = time.Second
+	cellAttemptMax   = 8 * time.Second
+	cellDialFor      = 500 * time.Millisecond
+	cellDoubtDialFor = 2 * cellDialFor
+	cellSilentFor    = 400 * time.Millisecond
 )
 
 // silentFor is how long an attempt on a connection waits for a first
@@ -476,10 +490,42 @@ func silentFor(s quic.ConnectionStats, handshake time.Duration) time.Duration {
 // (up to cellAttemptMax), until one does: a client that knows nothing yet
 // of its path to a cell far away would otherwise give up on every
 // handshake, and never send.
+//
+// But while a call of the handle is in doubt (settling), and the handle
+// has measured its path (a handshake completed), the handshakes that
+// failed widen it to cellDoubtDialFor at most: a member that failed them
+// was gone, not far (the path's own room is the handshake's three
+// times), and the send's doubt is settled by the first member back that
+// can answer it, the leader that took the first try often. Until session
+// 22 a handle whose dials to a member gone for long had doubled the bound
+// to 8 s gave each member still gone 8 s of the 10 s a send in doubt is
+// retried (cellDoubtFor): the leader that held the first try, back within
+// a second or two, was asked again only after them, and the send ended in
+// doubt, settled by nothing. Outside a doubt the doubled bound stands, and
+// a dead member is not dialled every half second for as long as it is
+// gone.
 func (g *Group) dialBound() time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return max(cellDialFor, g.dialFor, min(3*g.handshake, cellAttemptMax))
+	failed := g.dialFor
+	if g.settling > 0 && g.handshake > 0 {
+		failed = min(failed, cellDoubtDialFor)
+	}
+	return max(cellDialFor, failed, min(3*g.handshake, cellAttemptMax))
+}
+
+// settle and settled count a call of the handle in doubt, from its doubt
+// on until it ends (dialBound).
+func (g *Group) settle() {
+	g.mu.Lock()
+	g.settling++
+	g.mu.Unlock()
+}
+
+func (g *Group) settled() {
+	g.mu.Lock()
+	g.settling--
+	g.mu.Unlock()
 }
 
 // answered takes an attempt answered in took as evidence of the path to
@@ -521,7 +567,10 @@ func (g *Group) dialed(ok bool, took, bound time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !ok {
-		g.dialFor, g.failedBound = min(2*bound, cellAttemptMax), bound
+		// From the larger of the bounds: one a doubt kept low (dialBound)
+		// leaves the bound where it was, or doubles it, for the calls
+		// after the doubt.
+		g.dialFor, g.failedBound = min(2*max(bound, g.dialFor), cellAttemptMax), bound
 		return
 	}
 	g.dialFor, g.handshake = 0, took

@@ -58,6 +58,10 @@ type Group struct {
 	// did complete took, lowered by attempts answered sooner: see
 	// dialBound and answered (cell.go).
 	dialFor, failedBound, handshake time.Duration
+	// settling counts the handle's calls in doubt (a cell's send retried
+	// under its IDs, memberCallOnDoubt): while any is, dialBound does not
+	// let failed handshakes widen the bound past cellDoubtDialFor.
+	settling int
 	// memberAddrs are, for a replicated group's handle made from a merged
 	// listing (GroupListed), the addresses registries list each member's
 	// key at: each member is dialled at them too, after those it was
