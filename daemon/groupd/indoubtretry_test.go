@@ -13,7 +13,8 @@ import (
 
 // TestCellRetryInDoubtExactlyOnce: a send whose outcome is unknown
 // (client.ErrInDoubt: the leader stamped and proposed it, and the cell,
-// its followers down, could not commit it in time) is retried under its ID
+// its followers down, could not commit it before its caller gave up) is
+// retried under its ID
 // across a change of leader and then across restarts of the members, the
 // leader of the moment among them, and is stored exactly once: the first
 // retry stores it or acknowledges it as a duplicate, and every later one
@@ -23,9 +24,9 @@ import (
 // README tells a user to rely on for a send in doubt.
 func TestCellRetryInDoubtExactlyOnce(t *testing.T) {
 	// Raft's timeouts of 3 s: the leader keeps its leadership (its lease)
-	// while the followers stop and its send waits past the commit wait,
-	// at any load; were it to step down first, the send would be refused
-	// unchanged, not in doubt, and the test asks again.
+	// while the followers stop and it proposes the send, at any load;
+	// were it to step down first, the send would be refused unchanged,
+	// not in doubt, and the test asks again.
 	members := startTestCell(t, 3, func(c *Config) {
 		c.Cell.HeartbeatTimeout, c.Cell.ElectionTimeout, c.Cell.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 3*time.Second
 	})
@@ -58,9 +59,33 @@ func TestCellRetryInDoubtExactlyOnce(t *testing.T) {
 				m.d = nil
 			}
 		}
-		sctx, cancel := context.WithTimeout(t.Context(), 8*time.Second) // past the commit wait (2 s)
-		_, err = h.SendWithID(sctx, id, []byte("in doubt"))
+		// The send's caller gives up once the leader holds it in its raft
+		// log, uncommitted: its outcome is then unknown. (Until session 22
+		// the test gave it 8 s, past the commit wait, and waited them out:
+		// the client retries a send in doubt for cellDoubtFor, and no
+		// member could settle it.) A leader that stepped down first
+		// refuses it, and the send ends on its own.
+		base := leader.d.node.Status().LastIndex
+		sctx, cancel := context.WithCancel(t.Context())
+		sent := make(chan error, 1)
+		go func() {
+			_, err := h.SendWithID(sctx, id, []byte("in doubt"))
+			sent <- err
+		}()
+		ended := false
+		eventually(t, "the leader to hold the send in its log, or the send to end", func() bool {
+			select {
+			case err = <-sent:
+				ended = true
+				return true
+			default:
+				return leader.d.node.Status().LastIndex > base
+			}
+		})
 		cancel()
+		if !ended {
+			err = <-sent
+		}
 		for _, m := range followers {
 			m.d, m.stop = startGroupDaemon(t, m.cfg)
 		}
