@@ -1272,11 +1272,20 @@ func (n *Node) leading() (uint64, error) {
 	case !started:
 		return 0, &NotLeaderError{}
 	}
-	if ready != 0 && n.raft.State() == raft.Leader && n.raft.CurrentTerm() == ready {
+	leads := n.raft.State() == raft.Leader
+	if ready != 0 && leads && n.raft.CurrentTerm() == ready {
 		if n.fsm.stalledAt.Load() != 0 {
 			return 0, n.stalledError()
 		}
 		return ready, nil
+	}
+	if leads && n.fsm.stalledAt.Load() != 0 {
+		// Elected while its state machine is stalled: the barrier that
+		// makes it ready waits behind the stalled append for as long as
+		// the disk refuses it, and stallLoop hands the leadership over as
+		// for a leader that stalled. It said no leader was known (an
+		// election under way) for as long as the disk stayed full.
+		return 0, n.stalledError()
 	}
 	leader, _ := n.Leader()
 	if leader == n.self {

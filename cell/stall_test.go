@@ -149,6 +149,63 @@ func TestStalledCellKeepsLeader(t *testing.T) {
 	}
 }
 
+// TestStalledCellNewLeaderSaysWhy: in a cell whose every member's group
+// log refuses appends, a member elected after the stall began (the stalled
+// leader deposed: its lease ran out on a loaded machine) never gets ready
+// to stamp (its barrier waits behind the stalled append), and refuses
+// sends and changes of the cell with the stall, as the leader before it
+// did. It answered that it did not lead and knew no leader ("an election
+// is under way") for as long as the disks stayed full: daemon/groupd's
+// TestCellStallShown, whose leader's lease ran out at load ~35, waited for
+// the refusal to say why until its deadline (session 22).
+func TestStalledCellNewLeaderSaysWhy(t *testing.T) {
+	c := newTestCell(t, 3, false, steadyLeader)
+	g := c.leader().group("lobby")
+	c.sendMany(g.ID, 0, 5)
+	c.sameLogs(g.ID, 5)
+	l := c.leader()
+	for _, m := range c.members {
+		t.Cleanup(m.host.refuseAppends())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	l.node.Send(ctx, g.ID, []store.Entry{{ID: newID(5), From: alice, Body: []byte("stalls")}}, nil)
+	waitUntil(t, "every member's state machine stalled", func() bool {
+		return !slices.ContainsFunc(c.members, func(m *testMember) bool { return m.node.fsm.stalledAt.Load() == 0 })
+	})
+	// Deposed as by its lease running out: raft's own transfer, past the
+	// node's hand-over of a stalled leader, which finds no member to take
+	// over and keeps leading.
+	term := c.term()
+	if err := l.node.raft.LeadershipTransfer().Error(); err != nil {
+		t.Fatalf("the stalled leader's transfer: %v", err)
+	}
+	var next *testMember
+	waitUntil(t, "a leader elected after the stall", func() bool {
+		for _, m := range c.members {
+			if m.node.raft.State() == raft.Leader && m.node.raft.CurrentTerm() > term {
+				next = m
+				return true
+			}
+		}
+		return false
+	})
+	_, err := next.node.Send(ctx, g.ID, []store.Entry{{ID: newID(6), From: alice, Body: []byte("body")}}, nil)
+	var se *StalledError
+	if !errors.Is(err, ErrUnavailable) || !errors.As(err, &se) || se.Stall.Cause != wantCause || se.Stall.Group != "lobby" {
+		t.Fatalf("a send to the leader elected in a stalled cell: %v, want a StalledError (unavailable) saying %q of group lobby", err, wantCause)
+	}
+	d := c.newMember(false)
+	if err := next.node.AddMember(ctx, next.node.Self().Fingerprint, Peer{Addr: d.addr, Fingerprint: d.id.Fingerprint()}); !errors.Is(err, errStalled) {
+		t.Fatalf("a member added through the leader elected in a stalled cell: %v, want errStalled", err)
+	}
+	for _, m := range c.members {
+		m.host.refuseAppends()()
+	}
+	c.sendMany(g.ID, 10, 5)
+	c.sameLogs(g.ID, 11)
+}
+
 // TestStalledLeaderWaitsForApplied: a stalled leader hands the leadership
 // only to a voter whose state machine applied the entry it stalled on, not
 // to one raft handed the entry but whose state machine has not reached it
