@@ -131,7 +131,36 @@ func (b *browser) waitForWithin(what, expr string, timeout time.Duration) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, timeout+5*time.Second)
 	defer cancel()
+	// A daemon (or huddle web) of the test that ends unseen ends the wait
+	// at once: the page would wait the whole timeout for what it never
+	// gets, after the harness's report.
+	unseen := make(chan error, 1)
+	looked := make(chan struct{})
+	go func() {
+		defer close(looked)
+		look := time.NewTicker(50 * time.Millisecond)
+		defer look.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-look.C:
+				if err := endedUnseen(b.t); err != nil {
+					unseen <- err
+					cancel()
+					return
+				}
+			}
+		}
+	}()
 	_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(20*time.Millisecond), chromedp.WithPollingTimeout(timeout)))
+	cancel()
+	<-looked
+	select {
+	case ue := <-unseen:
+		b.t.Fatalf("browser: stopped waiting for %s (%s): %v", what, expr, ue)
+	default:
+	}
 	if err != nil {
 		b.t.Fatalf("browser: waiting for %s (%s): %v\npage text:\n%s", what, expr, err, b.text())
 	}

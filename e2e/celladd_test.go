@@ -116,10 +116,10 @@ func TestCellAddRemoveCLI(t *testing.T) {
 
 	// Status, from any member: four, the new one caught up.
 	var st cellStatusJSON
-	if !eventually(waitTimeout, func() bool { return len(listedReplicas(t, ann, group)) == 4 }) {
+	if !eventually(t, waitTimeout, func() bool { return len(listedReplicas(t, ann, group)) == 4 }) {
 		t.Fatalf("huddle groups --json lists replicas %v, want the four members", listedReplicas(t, ann, group))
 	}
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		st = cellStatus(t, op, members[0].addr)
 		if st.Leader == nil || len(st.Members) != 4 {
 			return false
@@ -155,7 +155,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	}
 	// Asked while the cell elects, the text names no leader: ask again.
 	var text string
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		text = op.ok(t, "cell", "status", "--server", newcomer.addr)
 		return strings.HasPrefix(text, "cell of 4 members; leader ") && strings.Contains(text, newcomer.addr)
 	}) {
@@ -175,7 +175,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	if strings.Contains(out, gone.fp.String()) || strings.Count(out, "@") != 3 {
 		t.Fatalf("huddle cell remove printed:\n%s\nwant the three members left", out)
 	}
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		st = cellStatus(t, op, members[0].addr)
 		return st.Leader != nil && len(st.Members) == 3 && !slices.ContainsFunc(st.Members, func(m cellMemberJSON) bool {
 			return m.Fingerprint == gone.fp.String() || m.Error != ""
@@ -185,7 +185,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	}
 	left := []string{members[0].addr, members[1].addr, newcomer.addr}
 	slices.Sort(left)
-	if !eventually(waitTimeout, func() bool { return slices.Equal(listedReplicas(t, ann, group), left) }) {
+	if !eventually(t, waitTimeout, func() bool { return slices.Equal(listedReplicas(t, ann, group), left) }) {
 		t.Fatalf("huddle groups --json still lists the removed member: %v", listedReplicas(t, ann, group))
 	}
 	// The removed daemon runs on; asked, it says it is no member.
@@ -207,7 +207,7 @@ func TestCellAddRemoveCLI(t *testing.T) {
 	// new member yet, and a fetch by a fresh client carries no min_seq: the
 	// member serves the message once it has applied it.
 	var served []string
-	if !eventually(waitTimeout, func() bool { served = fetchFrom(t, ann, newcomer, group); return slices.Equal(served, history) }) {
+	if !eventually(t, waitTimeout, func() bool { served = fetchFrom(t, ann, newcomer, group); return slices.Equal(served, history) }) {
 		t.Fatalf("after the removal the new member serves %q, want %q", served, history)
 	}
 }
@@ -237,7 +237,7 @@ func cellGroupLine(t *testing.T, m *cellMember) string {
 // in 1 full e2e run of 3).
 func waitCellListed(t *testing.T, u *user, group string) {
 	t.Helper()
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		r := u.run(t, "groups", "--json")
 		return r.code == 0 && strings.Contains(r.stdout, `"uuid":"`+group+`"`)
 	}) {
@@ -336,7 +336,7 @@ func TestCellMetricsMatchStatus(t *testing.T) {
 	ann.ok(t, "send", "general", "one")
 	ann.ok(t, "send", "general", "two")
 
-	agreed := eventually(waitTimeout, func() bool {
+	agreed := eventually(t, waitTimeout, func() bool {
 		before := cellStatus(t, ann, members[0].addr)
 		fams := make(map[string]map[string]*dto.MetricFamily)
 		for _, m := range members {

@@ -62,7 +62,7 @@ type pageGroupJSON struct {
 func pageReaches(t *testing.T, w *webServer, group, text string) {
 	t.Helper()
 	var g pageGroupJSON
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		var l struct {
 			Groups []pageGroupJSON `json:"groups"`
 		}
@@ -169,7 +169,7 @@ func TestJoinedCellFollowsReplacedMember(t *testing.T) {
 			want = append(want, m)
 		}
 	}
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		got := listedCell(t, ann, group)
 		if len(got) != len(want) {
 			return false
@@ -193,7 +193,7 @@ func TestJoinedCellFollowsReplacedMember(t *testing.T) {
 	pageReaches(t, w, group, "from bob's page, after the replacement")
 	// The page follows the cell too: bob's file records the new member.
 	var bobCell []string
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		_, bobCell = joinedCell(t, bob, group)
 		return slices.Contains(bobCell, fresh.fp.String()) && !slices.Contains(bobCell, through.fp.String())
 	}) {

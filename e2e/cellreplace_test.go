@@ -94,7 +94,7 @@ func (l *cellLoad) await(t *testing.T, what string, k int) {
 	l.mu.Lock()
 	want := len(l.acks) + k
 	l.mu.Unlock()
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return len(l.acks) >= want || l.err != nil
@@ -225,7 +225,7 @@ func TestCellReplaceDeadHost(t *testing.T) {
 		var st cellStatusJSON
 		for _, m := range members {
 			if m.p != nil && m.p.running() {
-				if eventually(waitTimeout, func() bool { st = cellStatus(t, ann, m.addr); return st.Leader != nil }) {
+				if eventually(t, waitTimeout, func() bool { st = cellStatus(t, ann, m.addr); return st.Leader != nil }) {
 					return byAddr[st.Leader.Addr]
 				}
 			}
@@ -276,7 +276,7 @@ func TestCellReplaceDeadHost(t *testing.T) {
 	wantListed := func(ms ...*cellMember) {
 		t.Helper()
 		var got map[string]listedReplica
-		if !eventually(waitTimeout, func() bool {
+		if !eventually(t, waitTimeout, func() bool {
 			got = listedCell(t, ann, group)
 			if len(got) != len(ms) {
 				return false
@@ -340,7 +340,7 @@ func TestCellReplaceDeadHost(t *testing.T) {
 	load.mu.Unlock()
 	for _, m := range left {
 		var got []client.Message
-		if !eventually(waitTimeout, func() bool {
+		if !eventually(t, waitTimeout, func() bool {
 			got = got[:0]
 			rh, err := cl.Group(wire.GroupEntry{Group: gid, Name: "general", Addrs: []string{m.addr}, Fingerprint: m.fp})
 			if err != nil {

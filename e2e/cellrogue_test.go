@@ -42,7 +42,7 @@ func TestCellPastRogueRegistry(t *testing.T) {
 	bob := newUser(t, "bob", reg.registry)
 	var real listed
 	var last result
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		last = bob.run(t, "groups", "--json")
 		if last.code != 0 {
 			return false
@@ -73,7 +73,7 @@ func TestCellPastRogueRegistry(t *testing.T) {
 	rogue := rogueRegistry(t, entry)
 
 	carol := newUser(t, "carol", reg.registry+","+rogue)
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		last = carol.run(t, "groups", "--json")
 		return last.code == 0 && strings.Contains(last.stdout, `"fingerprint":"`+entry.Fingerprint.String()+`"`)
 	}) {
@@ -117,7 +117,7 @@ func TestCellPastRogueRegistry(t *testing.T) {
 		Registries []string `json:"registries"`
 	}
 	var g pageGroup
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		var l struct {
 			Groups []pageGroup `json:"groups"`
 		}

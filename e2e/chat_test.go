@@ -174,7 +174,7 @@ func (tm *tmux) screen() []string {
 func (tm *tmux) waitScreen(what string, ok func(lines []string) bool) []string {
 	tm.t.Helper()
 	var lines []string
-	if !eventually(waitTimeout, func() bool { lines = tm.screen(); return ok(lines) }) {
+	if !eventually(tm.t, waitTimeout, func() bool { lines = tm.screen(); return ok(lines) }) {
 		tm.t.Fatalf("the terminal did not show %s within %v; it shows:\n%s", what, waitTimeout, strings.Join(lines, "\n"))
 	}
 	return lines
@@ -409,7 +409,7 @@ func TestChatFollowsRestartedDaemon(t *testing.T) {
 	// The line is typed once the registry lists the new address: the
 	// daemon registers a moment after it prints its groups, and a line
 	// typed before could only be sent to the old address (CI, under load).
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		return slices.ContainsFunc(waitListed(t, alice, gd.groups["lobby"]), func(g groupJSON) bool { return slices.Contains(g.Addrs, gd.addr) })
 	}) {
 		t.Fatalf("the registry did not list lobby at the restarted daemon's address %s", gd.addr)
@@ -470,7 +470,7 @@ func TestChatTerminalLongLineAndResize(t *testing.T) {
 	if out, err := tm.run("resize-window", "-x", "40", "-y", "30"); err != nil {
 		t.Fatalf("tmux resize-window: %v: %s", err, out)
 	}
-	if !eventually(waitTimeout, func() bool { w, _ := tm.run("display", "-p", "#{pane_width}"); return strings.TrimSpace(w) == "40" }) {
+	if !eventually(t, waitTimeout, func() bool { w, _ := tm.run("display", "-p", "#{pane_width}"); return strings.TrimSpace(w) == "40" }) {
 		t.Fatal("the pane did not become 40 columns wide")
 	}
 	tm.keys(strings.Repeat("abcdefghij", 7))

@@ -257,7 +257,7 @@ func (c *oldCell) checkEachServes(t *testing.T, key *identity.Identity, gid wire
 	for _, m := range c.members {
 		var got []testfixture.Message
 		var ferr error
-		eventually(waitTimeout, func() bool {
+		eventually(t, waitTimeout, func() bool {
 			c.checkRunning(t)
 			r, err := cl.Group(wire.GroupEntry{Group: gid, Name: "lobby", Addrs: []string{m.addr}, Fingerprint: m.fp})
 			if err != nil {
@@ -307,7 +307,7 @@ func TestCompatCell(t *testing.T) {
 			}
 			// A cell's group is listed with its replicas, which waitListed's
 			// strict decoding does not take.
-			if !eventually(waitTimeout, func() bool {
+			if !eventually(t, waitTimeout, func() bool {
 				cell.checkRunning(t)
 				return strings.Contains(alice.run(t, "groups", "--json").stdout, group.UUID.String())
 			}) {

@@ -185,7 +185,7 @@ func TestDoctorSaysAddresses(t *testing.T) {
 		}
 		gd := startDaemon(t, "serve", args...)
 		defer gd.stop(t)
-		if !eventually(waitTimeout, func() bool {
+		if !eventually(t, waitTimeout, func() bool {
 			return strings.Contains(alice.ok(t, "groups", "--json"), `"addrs":["`+strings.Join(advertise, `","`)+`"]`)
 		}) {
 			t.Fatalf("the registry never listed lobby at %v", advertise)

@@ -169,7 +169,7 @@ func TestInterruptedExitCodes(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		watch := alice.start(t, "watch", "lobby", "--json")
 		// The watch is live once a message sent now reaches it.
-		if !eventually(waitTimeout, func() bool {
+		if !eventually(t, waitTimeout, func() bool {
 			alice.ok(t, "send", "lobby", "ping "+sig.String())
 			return watch.stdout.waitFor(time.Second, func(lines []string) bool { return len(lines) > 0 })
 		}) {

@@ -65,9 +65,43 @@ type stream struct {
 	lines   []string
 	changed chan struct{} // closed and replaced when a line arrives or the stream ends
 	ended   bool
+	t       testing.TB // the test that started the process; nil: none
 }
 
-func newStream() *stream { return &stream{changed: make(chan struct{})} }
+func newStream(t testing.TB) *stream { return &stream{changed: make(chan struct{}), t: t} }
+
+// unseenEnds holds, by test name, where the processes each running test
+// started note an end the test did not cause (endsOf), for the test's
+// waits to end on at once: a daemon that died read as a wait for what it
+// would have done timing out 30 s later, after its report.
+var unseenEnds sync.Map // t.Name() -> *testbin.Ends
+
+// endsOf returns where the unseen ends of t's processes are noted.
+func endsOf(t testing.TB) *testbin.Ends {
+	e, loaded := unseenEnds.LoadOrStore(t.Name(), testbin.NewEnds())
+	if !loaded {
+		t.Cleanup(func() { unseenEnds.Delete(t.Name()) })
+	}
+	return e.(*testbin.Ends)
+}
+
+// endedUnseen returns an error naming each process of t, or of a test t
+// runs in (a subtest waits on its parent's daemons), that ended without
+// the test ending it; nil while none did.
+func endedUnseen(t testing.TB) error {
+	for name := t.Name(); ; {
+		if e, ok := unseenEnds.Load(name); ok {
+			if err := e.(*testbin.Ends).Err(); err != nil {
+				return err
+			}
+		}
+		i := strings.LastIndexByte(name, '/')
+		if i < 0 {
+			return nil
+		}
+		name = name[:i]
+	}
+}
 
 // copy reads r to its end; the process owner runs it on its own goroutine.
 func (s *stream) copy(r io.Reader) {
@@ -102,10 +136,15 @@ func (s *stream) Lines() []string {
 func (s *stream) String() string { return strings.Join(s.Lines(), "\n") }
 
 // waitFor waits until ok holds for the lines so far, and reports whether it
-// did before the deadline and before the stream ended.
+// did before the deadline, before the stream ended, and before a process
+// of the test that started this one (or of a test that one runs in) ended
+// without the test ending it: startProc reported that already, naming
+// it, and the caller's failure follows it at once, not at the deadline.
 func (s *stream) waitFor(timeout time.Duration, ok func(lines []string) bool) bool {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
+	look := time.NewTicker(50 * time.Millisecond) // for an unseen end
+	defer look.Stop()
 	for {
 		s.mu.Lock()
 		lines, ended, changed := s.lines, s.ended, s.changed
@@ -113,11 +152,12 @@ func (s *stream) waitFor(timeout time.Duration, ok func(lines []string) bool) bo
 		if ok(lines) {
 			return true
 		}
-		if ended {
+		if ended || s.t != nil && endedUnseen(s.t) != nil {
 			return false
 		}
 		select {
 		case <-changed:
+		case <-look.C:
 		case <-deadline.C:
 			return false
 		}
@@ -163,7 +203,8 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, end proc
 	t.Helper()
 	cmd := exec.Command(huddleBin, args...)
 	cmd.Env = env
-	p := &proc{name: name, args: args, cmd: cmd, stdout: newStream(), stderr: newStream(), done: make(chan struct{})}
+	ends := endsOf(t)
+	p := &proc{name: name, args: args, cmd: cmd, stdout: newStream(t), stderr: newStream(t), done: make(chan struct{})}
 	if end == endsItself {
 		p.fate.Expect()
 	}
@@ -199,7 +240,9 @@ func startProc(t testing.TB, name string, env []string, withStdin bool, end proc
 		// Reported before done closes: the cleanup waits for done, so
 		// the report comes before the test ends.
 		if p.fate.Ended(cmd.ProcessState) {
-			t.Errorf("%s (huddle %s)\n--- its last stderr:\n%s", p.fate.Unseen(name, cmd, args), strings.Join(args, " "), tail(p.stderr.Lines(), 20))
+			what := p.fate.Unseen(name, cmd, args)
+			ends.Note(what)
+			t.Errorf("%s (huddle %s)\n--- its last stderr:\n%s", what, strings.Join(args, " "), tail(p.stderr.Lines(), 20))
 		}
 		close(p.done)
 	}()
@@ -633,7 +676,7 @@ func waitListed(t testing.TB, u *user, uuids ...string) []groupJSON {
 	t.Helper()
 	var groups []groupJSON
 	var last result
-	listed := eventually(waitTimeout, func() bool {
+	listed := eventually(t, waitTimeout, func() bool {
 		last = u.run(t, "groups", "--json")
 		if last.code != 0 {
 			return false
@@ -653,12 +696,18 @@ func waitListed(t testing.TB, u *user, uuids ...string) []groupJSON {
 }
 
 // eventually polls cond until it holds or timeout passes, and reports
-// whether it held.
-func eventually(timeout time.Duration, cond func() bool) bool {
+// whether it held. It fails t at once if a process of t's (or of a test t
+// runs in) ended without the test ending it, naming it, rather than
+// polling on for what the process would have done until the timeout.
+func eventually(t testing.TB, timeout time.Duration, cond func() bool) bool {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		if cond() {
 			return true
+		}
+		if err := endedUnseen(t); err != nil {
+			t.Fatalf("stopped waiting: %v", err)
 		}
 		if time.Now().After(deadline) {
 			return false

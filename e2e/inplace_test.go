@@ -106,7 +106,7 @@ func TestRestartInPlace(t *testing.T) {
 		_, err := h.g.SendWithID(ctx, id, []byte("in flight"))
 		sent <- err
 	}()
-	if !eventually(waitTimeout, h.unread) {
+	if !eventually(t, waitTimeout, h.unread) {
 		t.Fatal("the send's request never reached the frozen daemon's socket")
 	}
 	back := h.restart()

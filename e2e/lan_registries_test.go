@@ -127,7 +127,7 @@ func TestLANRegistries(t *testing.T) {
 	// answered: on a loaded machine one may miss the other, and the next
 	// asks both at once from the cache.)
 	var groups []groupJSON
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		groups, _ = cli.listed()
 		for _, g := range groups {
 			if len(g.ListedBy) != 2 {
@@ -197,7 +197,7 @@ func TestLANRegistries(t *testing.T) {
 func (u *lanUser) waitGroupsAt(addr string, names ...string) time.Time {
 	u.t.Helper()
 	var missing []string
-	if !eventually(waitTimeout, func() bool { missing = u.missingAt(addr, names); return len(missing) == 0 }) {
+	if !eventually(u.t, waitTimeout, func() bool { missing = u.missingAt(addr, names); return len(missing) == 0 }) {
 		u.t.Fatalf("%s never listed %v", addr, missing)
 	}
 	return time.Now()

@@ -173,10 +173,13 @@ func startLANDaemon(t *testing.T, h *netlab.Host, args ...string) *lanDaemon {
 			}
 		}
 	}()
+	ends := endsOf(t)
 	go func() {
 		cmd.Wait()
 		if d.fate.Ended(cmd.ProcessState) { // reported before done closes: before the cleanup's kill returns
-			t.Errorf("%s\n--- its stderr:\n%s", d.fate.Unseen(d.name, cmd, args), d.log())
+			what := d.fate.Unseen(d.name, cmd, args)
+			ends.Note(what) // the test's waits end on it (eventually)
+			t.Errorf("%s\n--- its stderr:\n%s", what, d.log())
 		}
 		close(d.done)
 	}()
@@ -301,7 +304,7 @@ func (u *lanUser) waitGroups(names ...string) []groupJSON {
 	u.t.Helper()
 	var last string
 	var gs []groupJSON
-	ok := eventually(waitTimeout, func() bool {
+	ok := eventually(u.t, waitTimeout, func() bool {
 		gs, last = u.listed()
 		have := map[string]bool{}
 		for _, g := range gs {
@@ -324,7 +327,7 @@ func (u *lanUser) waitGroups(names ...string) []groupJSON {
 func (u *lanUser) waitGroupsExactly(names ...string) {
 	u.t.Helper()
 	var gs []groupJSON
-	ok := eventually(waitTimeout, func() bool {
+	ok := eventually(u.t, waitTimeout, func() bool {
 		gs, _ = u.listed()
 		var got []string
 		for _, g := range gs {

@@ -61,7 +61,7 @@ func TestLANPinsFull(t *testing.T) {
 	// A stranger's registry under a new name: used, not pinned, said.
 	stranger := startImpostor(t, h2, t.TempDir(), "a stranger")
 	var last lanResult
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		last = cli.run("groups")
 		return strings.Contains(last.stderr, "10.79.0.4:7373")
 	}) {
@@ -75,7 +75,7 @@ func TestLANPinsFull(t *testing.T) {
 
 	// The advertiser's key under the office's name: refused.
 	startImpostor(t, h2, evilState, "office")
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		last = cli.run("groups")
 		// Refused, or (before the fix) listed: either says it answered.
 		return strings.Contains(last.stderr, "presented fingerprint") || strings.Contains(last.stderr, "10.79.0.4:7373")

@@ -112,7 +112,7 @@ func TestMetrics(t *testing.T) {
 	if code, body := httpGet(t, "http://"+addr+"/healthz"); code != 200 {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
-	if !eventually(waitTimeout, func() bool { code, _ := httpGet(t, "http://"+addr+"/readyz"); return code == 200 }) {
+	if !eventually(t, waitTimeout, func() bool { code, _ := httpGet(t, "http://"+addr+"/readyz"); return code == 200 }) {
 		t.Fatal("/readyz never became ready")
 	}
 
@@ -189,7 +189,7 @@ func TestReadiness(t *testing.T) {
 		"--state-dir", filepath.Join(state, "groups"), "--metrics", "127.0.0.1:0")
 	addr := metricsAddr(t, gd)
 	ready := func(want int) bool {
-		return eventually(waitTimeout, func() bool { code, _ := httpGet(t, "http://"+addr+"/readyz"); return code == want })
+		return eventually(t, waitTimeout, func() bool { code, _ := httpGet(t, "http://"+addr+"/readyz"); return code == want })
 	}
 	if !ready(200) {
 		t.Fatal("group daemon never ready while its registry runs")

@@ -27,7 +27,7 @@ func TestSeveralRegistries(t *testing.T) {
 	// The daemon registers with each registry on its own: wait until both
 	// list both groups, not only until the first does.
 	var listed []groupJSON
-	eventually(waitTimeout, func() bool {
+	eventually(t, waitTimeout, func() bool {
 		listed = waitListed(t, alice, groups.groups["lobby"], groups.groups["dev"])
 		return !slices.ContainsFunc(listed, func(g groupJSON) bool { return len(g.ListedBy) < 2 })
 	})
@@ -44,7 +44,7 @@ func TestSeveralRegistries(t *testing.T) {
 	// cold handshakes was that late and one command listed one registry's
 	// groups. Ask until one hears both.
 	var out string
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		out = alice.ok(t, "groups")
 		return strings.Contains(out, "REGISTRIES") && strings.Contains(out, "2 of 2")
 	}) {

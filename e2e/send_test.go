@@ -161,7 +161,7 @@ func freeze(t *testing.T, p *proc) (resume func()) {
 	resume = func() { once.Do(func() { p.cmd.Process.Signal(syscall.SIGCONT) }) }
 	pid := p.cmd.Process.Pid
 	var running string
-	if !eventually(waitTimeout, func() bool { running = runningThreads(pid); return running == "" }) {
+	if !eventually(t, waitTimeout, func() bool { running = runningThreads(pid); return running == "" }) {
 		resume()
 		t.Fatalf("%s (pid %d) sent SIGSTOP: threads %s still not stopped after %v", p.name, pid, running, waitTimeout)
 	}

@@ -332,7 +332,7 @@ func TestWalkthrough(t *testing.T) {
 	// The registry's listing catches up with the group within about half a
 	// second: the daemon renews early when the counts change.
 	var last []groupJSON
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		last = jsonLines[groupJSON](t, carol.ok(t, "groups", "--json"), groupKeys...)
 		return len(last) == 1 && last[0].Members == 2 && last[0].LastSeq == 3
 	}) {

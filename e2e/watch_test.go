@@ -432,7 +432,7 @@ func TestWatchEndsWithItsReader(t *testing.T) {
 	cmd := exec.Command(huddleBin, "watch", "lobby", "--json", "--since", "1h")
 	cmd.Env = alice.env(t)
 	cmd.Stdout = w
-	stderr := newStream()
+	stderr := newStream(nil)
 	errPipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

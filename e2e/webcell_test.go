@@ -19,7 +19,7 @@ import (
 func listedEntry(t *testing.T, u *user, group string) wire.GroupEntry {
 	t.Helper()
 	var e wire.GroupEntry
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		for _, line := range strings.Split(strings.TrimSpace(u.ok(t, "groups", "--json")), "\n") {
 			var g struct {
 				UUID        string   `json:"uuid"`
@@ -111,7 +111,7 @@ func TestWebCellGroup(t *testing.T) {
 	// elected another since real was read: a loaded machine misses
 	// heartbeats, and the page then rightly followed it.)
 	var fp, leads string
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		fp, leads = eval[string](b, g+`.fingerprint`), listedEntry(t, ann, group).Fingerprint.String()
 		return fp == leads
 	}) {

@@ -456,7 +456,7 @@ func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
 	if moved.addr == gd.addr || (moved.fp == gd.fp) == newKey {
 		t.Fatalf("the daemon came back at %s (key %s), was at %s (key %s): the test needs another address", moved.addr, moved.fp, gd.addr, gd.fp)
 	}
-	if !eventually(waitTimeout, func() bool {
+	if !eventually(t, waitTimeout, func() bool {
 		r := bob.run(t, "groups", "--json")
 		return r.code == 0 && strings.Contains(r.stdout, moved.addr)
 	}) {
@@ -534,7 +534,7 @@ func TestWebShowsJoinedGroupWhileGone(t *testing.T) {
 	alice.join(t, "lobby")
 	bob.join(t, "lobby")
 	gd.stop(t) // it deregisters lobby
-	if !eventually(waitTimeout, func() bool { return !strings.Contains(bob.ok(t, "groups", "--json"), lobby) }) {
+	if !eventually(t, waitTimeout, func() bool { return !strings.Contains(bob.ok(t, "groups", "--json"), lobby) }) {
 		t.Fatal("the registry still lists lobby after its daemon stopped")
 	}
 

@@ -233,7 +233,7 @@ func TestWebUnreadCountsOthersOnly(t *testing.T) {
 	// The page estimates from the list the registries keep, which learns
 	// a group's last message when its daemon registers again: wait for it,
 	// as a page opened a little later would.
-	if !eventually(waitTimeout, func() bool { return webLastSeq(t, ws, lobby) == 4 }) {
+	if !eventually(t, waitTimeout, func() bool { return webLastSeq(t, ws, lobby) == 4 }) {
 		t.Fatalf("huddle web's list never showed lobby's 4 messages")
 	}
 	b.open(ws)
@@ -469,7 +469,7 @@ func TestWebUnreadAfterReset(t *testing.T) {
 	// when the group is asked for (as here, until the client dials the
 	// new daemon: it answers unavailable for a second after a daemon
 	// shut its connection): the page opens on the new log.
-	if !eventually(waitTimeout, func() bool { e := webEpoch(t, ws, lobby+"?now"); return e != "" && e != old }) {
+	if !eventually(t, waitTimeout, func() bool { e := webEpoch(t, ws, lobby+"?now"); return e != "" && e != old }) {
 		t.Fatalf("huddle web never saw lobby's new log (the old was %s)", old)
 	}
 	b.open(ws)
