@@ -289,6 +289,9 @@ func decodeBody(dm cbor.DecMode, body []byte, v any) error {
 		if err := checkStrict(body); err != nil {
 			return fmt.Errorf("%w: %v", ErrMalformed, err)
 		}
+		if err := checkByteStrings(body, v); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	return checkFields(v)
 }

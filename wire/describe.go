@@ -73,6 +73,10 @@ func describeType(e *cbor.UnmarshalTypeError) string {
 	if strings.Contains(e.Error(), "map key") {
 		return fmt.Sprintf("a map key that is %s; keys are unsigned integers", got)
 	}
+	if e.StructFieldName == "" && e.GoType == "int64" && strings.Contains(e.Error(), "overflows") {
+		// An integer map key is read as a 64-bit signed one, known or not.
+		return fmt.Sprintf("a map key that is %s outside -2^63..2^63-1", got)
+	}
 	want := protocolType(e.GoType)
 	field := "a value"
 	if i := strings.LastIndexByte(e.StructFieldName, '.'); i >= 0 {

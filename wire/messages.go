@@ -266,11 +266,14 @@ func shortString(b []byte, i int, major byte) (content []byte, next int, ok bool
 }
 
 // otherBody decodes a body that is not a byte string as the field of a
-// Messages would be decoded.
+// Messages would be decoded: null and undefined are an absent body, and
+// anything else is of the wrong type (an array of small integers too,
+// which the decoder would read as bytes: checkByteStrings).
 func otherBody(item rawItem) ([]byte, error) {
-	var b []byte
-	err := decMode.Unmarshal(item, &b)
-	return b, err
+	if len(item) == 1 && (item[0] == cborNull || item[0] == cborUndefined) {
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%s, want a byte string", majorName(item[0]>>5))
 }
 
 // name returns the text of a name's encoding, shared with earlier messages
