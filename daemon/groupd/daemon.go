@@ -45,6 +45,13 @@ const (
 	DefaultSendBurst = 1000
 )
 
+// minSendRate is the least nonzero send rate: one message per 1000 s,
+// send_rate_milli 1 in info (PROTOCOL.md §8.1).
+const minSendRate = 0.001
+
+// maxRateWait bounds the retry_after_ms of a rate_limited send.
+const maxRateWait = 24 * time.Hour
+
 // MaxMessageBytesLimit is the largest MaxMessageBytes a daemon accepts: a
 // message must fit in one frame with room for its envelope.
 const MaxMessageBytesLimit = wire.MaxFrameSize - 4096
@@ -181,6 +188,10 @@ func (c Config) Validate() error {
 		return invalid("SendBurst %d is negative", c.SendBurst)
 	case math.IsNaN(c.SendRate) || math.IsInf(c.SendRate, 0):
 		return invalid("SendRate %v is not a number of messages per second", c.SendRate)
+	case c.SendRate > 0 && c.SendRate < minSendRate:
+		// info reports the rate in messages per 1000 s (send_rate_milli),
+		// where a smaller one rounded to 0, which says unlimited.
+		return invalid("SendRate %v: want 0 (unlimited) or at least %v a second, the least info can report", c.SendRate, minSendRate)
 	case c.SendRate >= 0 && orDefault(c.SendBurst, DefaultSendBurst) < orDefault(c.MaxBatch, DefaultMaxBatch):
 		return invalid("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
 	case c.Server.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.Server.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):

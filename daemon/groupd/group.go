@@ -359,7 +359,9 @@ func (r *rateLimiter) take(fp wire.Fingerprint, n int, now time.Time) (wait time
 		return 0, true
 	}
 	need := float64(n) - b.tokens
-	return time.Duration(math.Ceil(need / r.rate * float64(time.Second))), false
+	// At most a day: a wait too long for a Duration (a huge burst at the
+	// least rate) converted to garbage, and a client waits an hour at most.
+	return time.Duration(math.Ceil(min(need/r.rate, maxRateWait.Seconds()) * float64(time.Second))), false
 }
 
 // messageOverhead bounds from above the encoding of a wire.Message besides

@@ -8,6 +8,7 @@ import (
 	"math"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
@@ -301,5 +302,36 @@ func TestWideNoResumption(t *testing.T) {
 			t.Fatalf("connection %d: resumed %v, 0-RTT %v: the server must issue no tickets", i+1, cs.TLS.DidResume, cs.Used0RTT)
 		}
 		conn.CloseWithError(0, "")
+	}
+}
+
+// TestWideRateAtItsLeast: the least send rate a daemon takes is the least
+// info can report (send_rate_milli 1: one message per 1000 s); a smaller
+// one rounded to 0, which tells clients the rate is unlimited, and is
+// refused now. And a rate_limited send's wait is bounded (a day), however
+// far the bucket is from holding the send: one too far for a Duration
+// converted to garbage (a negative wait, a retry_after_ms of about 2^64).
+func TestWideRateAtItsLeast(t *testing.T) {
+	for _, rate := range []float64{0.0004, 1e-12, math.SmallestNonzeroFloat64} {
+		if _, err := New(Config{StateDir: t.TempDir(), Groups: []Spec{{Name: "g"}}, SendRate: rate}); !errors.Is(err, ErrInvalidConfig) {
+			t.Fatalf("SendRate %v: %v, want ErrInvalidConfig", rate, err)
+		}
+	}
+	d, _ := startGroupDaemon(t, Config{SendRate: minSendRate, SendBurst: 1 << 40, MaxBatch: 1})
+	var in wire.Info
+	p := joined(t, d, "slow")
+	must(t, p.call(wire.OpInfo, wire.GroupRef{Group: gid(d)}, &in))
+	if in.Limits.SendRateMilli != 1 {
+		t.Fatalf("send_rate_milli %d at the least rate, want 1", in.Limits.SendRateMilli)
+	}
+	r := newRateLimiter(minSendRate, 1<<40)
+	now := time.Now()
+	var fp wire.Fingerprint
+	if _, ok := r.take(fp, 1<<40, now); !ok {
+		t.Fatal("a full bucket refused its burst")
+	}
+	wait, ok := r.take(fp, 1<<40, now)
+	if ok || wait <= 0 || wait > maxRateWait {
+		t.Fatalf("a send a bucket holds in 35,000 years: wait %v (ok %v), want a refusal of at most %v", wait, ok, maxRateWait)
 	}
 }
