@@ -23,9 +23,17 @@ import (
 func reserve(port int) bool {
 	f, ok := lock(port)
 	if f != nil {
-		reserved = append(reserved, f) // open until the process exits: the lock with it
+		reserved[port] = f // open until the process exits, or giveBack: the lock with it
 	}
 	return ok
+}
+
+// unreserve lets go of port's reservation (given.mu).
+func unreserve(port int) {
+	if f := reserved[port]; f != nil {
+		f.Close()
+		delete(reserved, port)
+	}
 }
 
 // lock takes port's lock among the test processes on this host, and
@@ -59,4 +67,4 @@ func lock(port int) (f *os.File, ok bool) {
 }
 
 // reserved are the files whose locks hold this process's ports (given.mu).
-var reserved []*os.File
+var reserved = make(map[int]*os.File)

@@ -9,9 +9,11 @@
 package testport
 
 import (
+	"flag"
 	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -49,6 +51,9 @@ func UDP(t testing.TB, ip net.IP) *net.UDPConn {
 			continue
 		}
 		given.ports[port] = true
+		if givenBack() {
+			t.Cleanup(func() { giveBack(port) })
+		}
 		return udp
 	}
 	t.Fatal("no port free on both UDP and TCP that no test process has been given")
@@ -75,6 +80,32 @@ var given = struct {
 	sync.Mutex
 	ports map[int]bool
 }{ports: make(map[int]bool)}
+
+// givenBack reports whether a port UDP or Cell returned is given back when
+// the test that took it ends: only when the tests run more than once (go
+// test -count N): each repetition took ports of its own, and the 12000 ran
+// out in a few runs (TestCellNeverRepeats takes 3000, and failed in its
+// fourth run of five). A port is then free for a later test of this process
+// or another, its test's daemons stopped (their cleanups, registered after
+// the port's, ran first). A run of -count 1, as CI's, keeps every port for
+// the process's life, as before.
+var givenBack = sync.OnceValue(func() bool {
+	f := flag.Lookup("test.count")
+	if f == nil {
+		return false
+	}
+	n, _ := strconv.Atoi(f.Value.String())
+	return n > 1
+})
+
+// giveBack gives port back, to UDP and Cell in this process and to the
+// other test processes (its reservation's lock).
+func giveBack(port int) {
+	given.Lock()
+	defer given.Unlock()
+	delete(given.ports, port)
+	unreserve(port)
+}
 
 // pinned are the ports that fixtures pin, which UDP and Cell never
 // return: the compat cell fixtures (testdata/compat/cell-*) ran their
