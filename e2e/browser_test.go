@@ -237,7 +237,7 @@ func (u *user) web(t testing.TB, args ...string) *webServer {
 func (b *browser) open(ws *webServer) {
 	b.t.Helper()
 	b.do("open "+ws.base, chromedp.Navigate(ws.url))
-	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected'`)
+	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected to huddle web'`)
 }
 
 // jsString quotes s as a JavaScript string literal.

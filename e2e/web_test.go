@@ -364,7 +364,7 @@ func TestWebOpensJoinedGroupFromLink(t *testing.T) {
 	b := newBrowser(t, 1000, 700)
 	ws := alice.web(t)
 	b.do("open the link to lobby", chromedp.Navigate(ws.url+"#"+lobby))
-	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected'`)
+	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected to huddle web'`)
 	b.waitFor("the conversation, not the form to join", hasMessage("linked")+` && document.getElementById('join-form').hidden`)
 }
 

@@ -216,7 +216,7 @@ func TestWebRecovers(t *testing.T) {
 
 	b := newBrowser(t, 1000, 700)
 	b.do("open the page through the relay", chromedp.Navigate(via+"/?k="+ws.secret))
-	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected'`)
+	b.waitFor("the page to connect", `document.getElementById('conn').textContent === 'connected to huddle web'`)
 	b.openJoined(lobby)
 	bob.ok(t, "send", "lobby", "one")
 	b.waitFor("the first message", hasMessage("one"))
@@ -226,7 +226,7 @@ func TestWebRecovers(t *testing.T) {
 	b.waitFor("the page to say it is reconnecting, and that huddle web does not answer", `document.getElementById('conn').textContent.startsWith('reconnecting… huddle web does not answer')`)
 	bob.ok(t, "send", "lobby", "two, while the page was cut off")
 	relay.setCut(false)
-	b.waitFor("the page to reconnect", `document.getElementById('conn').textContent === 'connected'`)
+	b.waitFor("the page to reconnect", `document.getElementById('conn').textContent === 'connected to huddle web'`)
 	b.waitFor("what was sent meanwhile", hasMessage("two, while the page was cut off"))
 
 	// The group daemon restarts with an empty log. Stopping, up
@@ -340,6 +340,17 @@ func TestWebRefusesOthers(t *testing.T) {
 	if st := eval[int](stranger, `fetch('/api/groups').then(r => r.status)`); st != http.StatusUnauthorized {
 		t.Errorf("the API without the secret: HTTP %d, want 401", st)
 	}
+
+	// A link with a secret not this run's (an old link): a page in the
+	// app's look (its stylesheet applied), saying what to do. It was a
+	// line of plain text until session 22.
+	stranger.do("open a link with another run's secret", chromedp.Navigate(ws.base+"/?k=an-old-runs-secret"))
+	stranger.waitFor("the refusal page, in the app's look", `document.querySelector('main.refused h1')?.textContent === "This link is not this huddle web's" &&
+		getComputedStyle(document.querySelector('.top')).display === 'flex'`)
+	if do := eval[string](stranger, `document.querySelector('main.refused .do').textContent`); !strings.HasPrefix(do, "Open the link huddle web printed when it last started") || !strings.Contains(do, "start it again") {
+		t.Errorf("the wrong link's page says %q, want what to do: open the link printed, or restart huddle web", do)
+	}
+	stranger.screenshot("web-wrong-link")
 
 	// Another site, in the browser that holds alice's cookie, tries to
 	// read her groups and send in her name.
@@ -542,11 +553,16 @@ func TestWebShowsJoinedGroupWhileGone(t *testing.T) {
 	b.open(bob.web(t))
 	sel := jsString(`#joined button[data-group="` + lobby + `"]`)
 	b.waitFor("lobby among bob's groups, offline", fmt.Sprintf(`document.querySelector(%s)?.textContent.includes('offline')`, sel))
-	b.waitFor("lobby, clicked", fmt.Sprintf(`(() => { const e = document.querySelector(%s); if (e) e.click(); return !!e; })()`, sel))
-	b.waitFor("why, in the header", `document.getElementById('group-state').classList.contains('down') &&
-		document.getElementById('group-state').textContent.includes('no registry lists lobby')`)
-	b.waitFor("the conversation's load refused, in words", `!document.getElementById('notice').hidden &&
-		document.getElementById('notice').textContent.startsWith('No registry lists lobby right now')`)
+	// Opened, it says so at once (read in the click's own turn): it said
+	// "Loading older messages…" for the 3 s huddle web waits for a
+	// registry's answer, then this (session 21's audit).
+	got := eval[string](b, fmt.Sprintf(`(() => { document.querySelector(%s).click();
+		return document.getElementById('group-state').textContent + ' | ' +
+			(document.getElementById('notice').hidden ? '(no notice)' : document.getElementById('notice').textContent); })()`, sel))
+	if !strings.HasPrefix(got, "offline: no registry lists lobby right now | No registry lists lobby right now") {
+		t.Errorf("lobby, offline, opened: its head and notice say %q at once, want offline, no registry lists it", got)
+	}
+	b.waitFor("the conversation's top to say when it loads", `document.querySelector('#messages .marker')?.textContent === "lobby's messages load once a registry lists it again."`)
 	b.screenshot("gone")
 
 	gd = startDaemon(t, "serve", "--group", "lobby", "--registry", reg.registry, "--listen", gd.addr, "--state-dir", state)

@@ -15,6 +15,9 @@ import (
 // group, a group daemon; once a group is listed, to pick one. Until
 // session 21 it said "Pick a group on the left, or join one." over an
 // empty list, and only the sidebar's small print said "(not answering)".
+// The header says what it is connected to (huddle web: it said
+// "connected", in green, while no registry answered) and, beside it, that
+// no registry answers, until one does.
 func TestWebWelcomeSaysWhatToStart(t *testing.T) {
 	t.Parallel()
 	addr := testport.Cell(t) // the registry's, started later: reserved, free till then
@@ -27,10 +30,17 @@ func TestWebWelcomeSaysWhatToStart(t *testing.T) {
 	if got := eval[string](b, why+`.textContent`); !strings.Contains(got, "huddle up") || !strings.Contains(got, "--registry HOST:PORT") {
 		t.Errorf("the welcome with no registry: %q; want it to name huddle up and --registry", got)
 	}
+	reach := `document.getElementById('reach')`
+	if got := eval[string](b, `document.getElementById('conn').textContent + ' | ' + (`+reach+`.hidden ? '(hidden)' : `+reach+`.textContent)`); got != "connected to huddle web | its registry does not answer" {
+		t.Errorf("the header with no registry answering says %q, want the link to huddle web and that its registry does not answer", got)
+	}
 	b.screenshot("welcome")
 
 	reg := startDaemon(t, "registry", "--listen", addr, "--state-dir", t.TempDir(), "--lease", "10m")
 	b.waitFor("the welcome to say no group is listed", why+`.textContent.startsWith('No group is listed yet (registries: `+addr+`)')`)
+	if !eval[bool](b, reach+`.hidden`) {
+		t.Errorf("the registry answers; the header still says %q", eval[string](b, reach+`.textContent`))
+	}
 	if got := eval[string](b, why+`.textContent`); !strings.Contains(got, "huddle serve --group NAME") {
 		t.Errorf("the welcome with no group: %q; want it to name huddle serve --group", got)
 	}

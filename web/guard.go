@@ -2,6 +2,7 @@ package web
 
 import (
 	"crypto/subtle"
+	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
@@ -155,17 +156,67 @@ func (g guard) match(s string) bool {
 }
 
 // refuse answers a request the guard turned away: JSON for the API, a
-// short page for a browser.
+// short page for a browser, in the app's look (its stylesheet needs no
+// secret), saying what happened and what to do. It was plain text until
+// session 22: a newcomer opening an old link met a bare line.
 func (g guard) refuse(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
 	g.log.Debug("web request refused", "code", code, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 	if isAPI(r) {
 		writeError(w, apiError{Status: status, Code: code, Message: msg})
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	p := refusal{Title: "Refused", Why: msg, Code: code}
+	switch code {
+	case "no_secret":
+		p.Title = "This link is not this huddle web's"
+		p.Why = "Its secret is not the one huddle web made when it started: it makes a new one each time, " +
+			"so a link from an earlier run, or one mistyped, does not open the page."
+		p.Do = "Open the link huddle web printed when it last started, in the terminal where it runs " +
+			"(the line \"huddle web: http://…/?k=…\"). Lost it? Stop huddle web (Ctrl-C) and start it again: " +
+			"it prints a new link (with --open, it opens it in your browser)."
+	case "forbidden_host":
+		p.Title = "This address is not huddle web's"
+		p.Do = "Open the link huddle web printed (its address is an IP address or localhost), " +
+			"or start huddle web with --host NAME to allow this name."
+	case "foreign_origin":
+		p.Do = "Use huddle web from its own page: open the link huddle web printed."
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
-	w.Write([]byte("huddle web: " + msg + "\n"))
+	if err := refusalPage.Execute(w, p); err != nil {
+		g.log.Debug("web refusal page not written", "err", err)
+	}
 }
+
+// refusal is what refusalPage shows: Title and Why say what happened, Do
+// what to do; Code is the API's word for it.
+type refusal struct {
+	Title, Why, Do, Code string
+}
+
+// refusalPage is the page of a browser's request the guard refused, built
+// as the app's page is (its stylesheet, its header), with nothing of the
+// user's: html/template escapes the request's words it quotes (a Host).
+var refusalPage = template.Must(template.New("refusal").Parse(`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>huddle: {{.Title}}</title>
+<link rel="icon" href="/icon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/style.css">
+</head>
+<body>
+<header class="top"><span class="brand">huddle</span></header>
+<main class="refused" data-code="{{.Code}}">
+<h1>{{.Title}}</h1>
+<p class="why">{{.Why}}</p>
+{{if .Do}}<p class="do">{{.Do}}</p>{{end}}
+</main>
+</body>
+</html>
+`))
 
 func isAPI(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/api/") }
 

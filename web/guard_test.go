@@ -2,6 +2,7 @@ package web
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -25,6 +26,7 @@ func TestGuard(t *testing.T) {
 		status   int
 		code     string // the API error code, if any
 		location string
+		page     string // words the refusal page for a browser says
 	}{
 		{name: "no secret", path: "/api/groups", status: 401, code: "no_secret"},
 		{name: "wrong bearer", path: "/api/groups", header: map[string]string{"Authorization": "Bearer " + testSecret + "x"}, status: 401, code: "no_secret"},
@@ -41,11 +43,11 @@ func TestGuard(t *testing.T) {
 		{name: "same-origin", path: "/api/groups", header: map[string]string{"Cookie": cookie, "Sec-Fetch-Site": "same-origin"}, status: 200},
 		{name: "cross-site send", method: "POST", path: "/api/groups/00000000-0000-0000-0000-000000000000/messages", header: map[string]string{"Cookie": cookie, "Sec-Fetch-Site": "cross-site"}, status: 403, code: "foreign_origin"},
 		{name: "rebinding host", path: "/api/groups", header: map[string]string{"Cookie": cookie, "Host": "evil.example:" + port}, status: 403, code: "forbidden_host"},
-		{name: "rebinding host, page", path: "/", header: map[string]string{"Host": "attacker.example"}, status: 403},
+		{name: "rebinding host, page", path: "/", header: map[string]string{"Host": "attacker&example"}, status: 403, page: "&#34;attacker&amp;example&#34;"},
 		{name: "localhost", path: "/api/groups", header: map[string]string{"Cookie": cookie, "Host": "localhost:" + port}, status: 200},
 		{name: "page without the secret", path: "/", status: 200},
 		{name: "page, cross-site navigation", path: "/", header: map[string]string{"Sec-Fetch-Site": "cross-site"}, status: 200},
-		{name: "link with a wrong secret", path: "/?k=nope", status: 401},
+		{name: "link with a wrong secret", path: "/?k=nope", status: 401, page: "Open the link huddle web printed when it last started"},
 		{name: "link", path: "/?k=" + testSecret, status: 303, location: "/"},
 		{name: "post to the page", method: "POST", path: "/", header: map[string]string{"Cookie": cookie}, status: 405},
 		{name: "unknown API route", path: "/api/nope", header: map[string]string{"Cookie": cookie}, status: 404, code: "not_found"},
@@ -80,6 +82,15 @@ func TestGuard(t *testing.T) {
 				decodeBody(t, res, &e)
 				if e.Error.Code != tt.code || e.Error.Message == "" {
 					t.Errorf("error %+v, want code %s with a message", e.Error, tt.code)
+				}
+			}
+			if tt.page != "" {
+				// A page in the app's look (its stylesheet), saying what to
+				// do; what it quotes of the request escaped.
+				body, err := io.ReadAll(res.Body)
+				must(t, err)
+				if ct := res.Header.Get("Content-Type"); ct != "text/html; charset=utf-8" || !strings.Contains(string(body), `href="/style.css"`) || !strings.Contains(string(body), tt.page) {
+					t.Errorf("the refusal page (%s):\n%s\nwant HTML with the app's stylesheet, saying %q", ct, body, tt.page)
 				}
 			}
 			if tt.location != "" {

@@ -25,6 +25,7 @@ const state = {
   drafts: new Map(),   // uuid -> the text typed for a group not open now
   watched: '',         // the joined groups the stream follows, sorted, joined
   joining: new Set(),  // uuids of the groups whose join is under way
+  live: false,         // the event stream (the page's link to huddle web) is live
   fatal: false,
 };
 // For debugging from the browser's console (and the browser tests).
@@ -177,13 +178,22 @@ function watchedSet() {
   return [...state.groups.values()].filter(g => g.member).map(g => g.uuid).sort().join(',');
 }
 
+// onStreamState shows the state of the page's link to huddle web. It
+// said "connected", in green, whatever huddle web could reach, and a
+// newcomer took it for "all well" while no registry answered (session
+// 21's audit): it names what is connected, and renderReach says
+// separately when huddle web reaches no registry.
 function onStreamState(s, detail) {
   const el = $('conn');
   el.className = 'conn';
+  state.live = s === 'live';
+  renderReach();
   if (s === 'live') {
-    el.textContent = 'connected';
+    el.textContent = 'connected to huddle web';
+    el.title = 'This page\'s link to huddle web, which reaches the registries and groups for you';
     el.classList.add('live');
   } else if (s === 'reconnecting') {
+    el.title = '';
     el.textContent = `reconnecting… (next try in ${detail} s)`;
     el.classList.add('down');
     // Is it the secret, or huddle web itself? A stream refused with 401,
@@ -201,6 +211,7 @@ function onStreamState(s, detail) {
 function fatal(err) {
   state.fatal = true;
   stream.close();
+  renderReach();
   const el = $('conn');
   el.className = 'conn fatal';
   el.textContent = fmt.describe(err);
@@ -339,6 +350,7 @@ function setGroups(list) {
   state.listed = true;
   renderSidebar();
   renderWelcome();
+  renderReach();
   if (state.active) {
     // The group open shows the form to join it, or the conversation, by
     // what was known when it was opened; a group opened before its daemon
@@ -547,6 +559,31 @@ function renderWelcome() {
   $('welcome-pick').hidden = !!text;
 }
 
+// renderReach says, beside the state of the page's link to huddle web,
+// when huddle web reaches no registry: none found, or none of those it
+// asks answers (each has failed; one that answered with another key, or
+// too long a list, is said in the sidebar). Registries are how it finds
+// groups: those it listed stay for 30 s, those joined stay, offline.
+// Shown only while the link is live: else what it says is stale.
+function renderReach() {
+  const el = $('reach');
+  const regs = state.registries;
+  let text = '', title = '';
+  if (state.live && state.listed && !state.fatal) {
+    const start = 'start one on this machine (huddle up) or name one (huddle web --registry HOST:PORT)';
+    if (regs.length === 0) {
+      text = 'no registry found';
+      title = `huddle web finds groups through registries, and has found none, on this machine or over mDNS: ${start}`;
+    } else if (regs.every(r => !r.ok && r.error && !r.code)) {
+      text = regs.length === 1 ? 'its registry does not answer' : 'no registry answers';
+      title = `huddle web finds groups through registries, and none answers (${regs.map(r => r.addr).join(', ')}): ${start}`;
+    }
+  }
+  if (el.textContent !== text) el.textContent = text;
+  el.title = title;
+  el.hidden = !text;
+}
+
 // leftOut says how many groups a registry that answered lists at an
 // address that is not host:port (only one of before session 12 does: it
 // took any address from anyone), which are not shown.
@@ -651,7 +688,13 @@ function open(id, why) {
   list.reset();
   list.setItems(c.items);
   list.scrollToBottom();
-  if (!c.loaded) loadLast(c);
+  if (!c.loaded && g.listed === false) {
+    // No registry lists it: huddle web would wait a poll (3 s) to be
+    // sure, showing "Loading older messages…" meanwhile (session 21's
+    // audit), then say the same. It is said at once, and the
+    // conversation loads once the group is listed again (setGroups).
+    showNotice(apiErr({code: 'not_found', message: 'no registry lists the group'}), () => loadLast(c));
+  } else if (!c.loaded) loadLast(c);
   if (!document.hidden) markRead(c);
   refreshMembers(c);
   $('input').focus();
@@ -659,6 +702,7 @@ function open(id, why) {
 
 async function loadLast(c) {
   c.loading = true;
+  if (state.active === c.id) list.refresh();
   try {
     const p = await api.before(c.id, 0, firstPage);
     c.loading = false;
@@ -684,7 +728,10 @@ async function loadLast(c) {
     }
   } catch (err) {
     c.loading = false;
-    if (state.active === c.id) showNotice(err, () => loadLast(c));
+    if (state.active === c.id) {
+      list.refresh();
+      showNotice(err, () => loadLast(c));
+    }
   }
 }
 
@@ -721,7 +768,7 @@ function updateList(c) {
 function sig(c, it, i) {
   switch (it.k) {
     case 'top':
-      return `top|${c.held}|${c.loading}|${c.moreBefore}|${c.loaded}`;
+      return `top|${c.held}|${c.loading}|${c.moreBefore}|${c.loaded}|${state.groups.get(c.id)?.listed}`;
     case 'msg': {
       const prev = c.items[i - 1];
       return `${it.key}|${newDay(prev, it)}|${continues(prev, it)}|${c.names.ambiguous(it.name)}|${c.myName}`;
@@ -759,10 +806,16 @@ function renderItem(c, it, i) {
       // asked for its history: say why, and the command that takes the
       // key, where it is read, not only in the state's tooltip. Until
       // session 15's walk this said "Loading older messages…" for ever.
+      // Its first page is asked of the group's daemon, which may be slow
+      // to answer, or not answer (down, unreachable): said so, not
+      // "Loading older messages", of a conversation that has none yet.
+      const name = g ? fmt.shown(g.name) : 'the group';
       el.textContent = c.held && g ? `R${heldText(g).slice(1)}` // no period: it ends with a command to copy
+        : c.loading && !c.loaded ? `Reaching ${name}'s daemon for its messages…`
         : c.loading ? 'Loading older messages…'
         : c.moreBefore ? 'Scroll up for older messages'
-        : c.loaded ? `This is the beginning of ${g ? fmt.shown(g.name) : 'the group'}'s history on its daemon.` : '';
+        : c.loaded ? `This is the beginning of ${name}'s history on its daemon.`
+        : g && g.listed === false ? `${name}'s messages load once a registry lists it again.` : '';
       return el;
     }
     case 'reset':
