@@ -189,7 +189,12 @@ function onStreamState(s, detail) {
   state.live = s === 'live';
   renderReach();
   if (s === 'live') {
-    el.textContent = 'connected to huddle web';
+    // A narrow window's header has no room for the words after
+    // "connected" (they wrapped it over three lines): the tooltip says it.
+    const rest = document.createElement('span');
+    rest.className = 'wide-only';
+    rest.textContent = ' to huddle web';
+    el.replaceChildren('connected', rest);
     el.title = 'This page\'s link to huddle web, which reaches the registries and groups for you';
     el.classList.add('live');
   } else if (s === 'reconnecting') {
