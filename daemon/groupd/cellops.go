@@ -141,8 +141,10 @@ func (g *group) countDuplicates(acks []store.Ack) {
 }
 
 func (d *Daemon) cellJoin(ctx context.Context, c *server.Call, g *group, req *wire.Join) error {
-	if g.cell.spec.Private && !g.cell.secretOK(req.Secret) {
-		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
+	if g.cell.spec.Private {
+		if err := d.checkSecret(c, g, g.cell.secretOK(req.Secret)); err != nil {
+			return err
+		}
 	}
 	already, err := g.cell.node.Join(ctx, g.id, c.Peer(), req.Name)
 	if err != nil {

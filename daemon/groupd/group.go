@@ -42,6 +42,7 @@ type group struct {
 	mu      sync.RWMutex
 	members map[wire.Fingerprint]*member
 	rate    *rateLimiter
+	guesses guessLimiter // paces joins of a private group per address (guesses.go)
 
 	// shared is the last small Messages frame a watcher wrote, for the
 	// watchers that follow the log from the same cursor (see watch).

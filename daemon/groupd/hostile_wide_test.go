@@ -335,3 +335,45 @@ func TestWideRateAtItsLeast(t *testing.T) {
 		t.Fatalf("a send a bucket holds in 35,000 years: wait %v (ok %v), want a refusal of at most %v", wait, ok, maxRateWait)
 	}
 }
+
+// TestWideSecretGuessesPaced: a peer guessing a private group's secret is
+// paced per source address: after guessBurst joins from one address (any
+// keys, right secret or wrong), those that follow are refused rate_limited
+// with retry_after_ms before their secret is compared, so a right one is
+// refused too while the address is over its pace and the refusal says
+// nothing of it; a join with the right secret takes nothing (it gives its
+// token back); another address is not slowed, and after the wait the
+// address guesses again. Until session 22 a peer could try thousands of
+// secrets a second.
+func TestWideSecretGuessesPaced(t *testing.T) {
+	clock := newFakeClock()
+	secret := []byte("open sesame")
+	d, _ := startGroupDaemon(t, Config{Groups: []Spec{{Name: "private", Secret: secret}}, Now: clock.Now})
+	g := gid(d)
+	join := func(p *peer, s []byte) error {
+		return p.call(wire.OpJoin, wire.Join{Group: g, Name: "guess", Secret: s}, nil)
+	}
+	// Right secrets give their tokens back: more than a burst of them.
+	friend := dialFrom(t, "127.0.0.3", d.Addr(), d.Fingerprint())
+	for range 2 * guessBurst {
+		must(t, join(friend, secret))
+	}
+	// A guesser from one address, a new key for each guess.
+	for i := range guessBurst {
+		p := dialFrom(t, "127.0.0.2", d.Addr(), d.Fingerprint())
+		wantCode(t, join(p, []byte(fmt.Sprint("guess", i))), wire.CodeUnauthorized)
+	}
+	p := dialFrom(t, "127.0.0.2", d.Addr(), d.Fingerprint())
+	if we := wantCode(t, join(p, []byte("one more")), wire.CodeRateLimited); we.RetryAfterMS == 0 || we.RetryAfterMS > 1000/guessRate {
+		t.Fatalf("a guess over the pace: retry_after_ms %d, want 1..%v", we.RetryAfterMS, 1000/guessRate)
+	}
+	wantCode(t, join(p, secret), wire.CodeRateLimited) // the right one too
+	if p.info(g).Member {
+		t.Fatal("a join refused rate_limited made a member")
+	}
+	// Another address is served; the guesser's, once its wait is over.
+	must(t, join(friend, secret))
+	clock.advance(time.Duration(float64(time.Second) / guessRate))
+	must(t, join(p, secret))
+	wantCode(t, join(dialFrom(t, "127.0.0.2", d.Addr(), d.Fingerprint()), []byte("again")), wire.CodeUnauthorized)
+}

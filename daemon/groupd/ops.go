@@ -222,8 +222,10 @@ func (d *Daemon) join(ctx context.Context, c *server.Call) error {
 	if g.cell != nil {
 		return d.cellJoin(ctx, c, g, &req)
 	}
-	if g.private() && !g.secretOK(req.Secret) {
-		return fmt.Errorf("join group %s: %w: the group is private and the secret is wrong or missing", g.name, wire.ErrUnauthorized)
+	if g.private() {
+		if err := d.checkSecret(c, g, g.secretOK(req.Secret)); err != nil {
+			return err
+		}
 	}
 	ch := &memberChange{fp: c.Peer(), name: req.Name, joined: d.cfg.Now().UnixNano(), max: d.cfg.MaxMembers}
 	if err := g.commit(ctx, ch); err != nil {

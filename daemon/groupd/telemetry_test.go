@@ -38,7 +38,10 @@ func TestLimitLogIsSparing(t *testing.T) {
 	refuse := func(n int) {
 		t.Helper()
 		for i := range n {
-			p := dial(t, d.Addr(), d.Fingerprint(), nil)
+			// Each from an address of its own: joins of a private group
+			// are paced per address (guesses.go), and the fake clock
+			// stands still.
+			p := dialFrom(t, fmt.Sprintf("127.0.0.%d", 2+i), d.Addr(), d.Fingerprint())
 			wantCode(t, p.call(wire.OpJoin, wire.Join{Group: g, Name: fmt.Sprint("late", i)}, nil), wire.CodeUnavailable)
 			wantCode(t, p.call(wire.OpJoin, wire.Join{Group: priv, Name: "guess", Secret: []byte("guess")}, nil), wire.CodeUnauthorized)
 			p.conn.CloseWithError(0, "")
