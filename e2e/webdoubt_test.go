@@ -94,6 +94,28 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 	resentOnce(t, b, alice, "in doubt always")
 }
 
+// TestWebSendInDoubtUnplacedStaysBounded: a message in doubt whose retries
+// cannot name where the log stood before its first try (the page did not
+// know: its conversation not loaded by then) is checked by no daemon, even
+// one that says send_after, so its retries keep the bound of 8. The page
+// is made not to know by forgetting its cursor; the group's daemon is
+// today's (send_after).
+func TestWebSendInDoubtUnplacedStaysBounded(t *testing.T) {
+	t.Parallel()
+	b, _, conv := doubtPage(t, false)
+	b.waitFor("lobby listed with send_after", conv+`.sendAfter === true`)
+	eval[bool](b, conv+`.cursorKnown = false, window.doubtMode = 'doubt', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	b.do("paste, Enter", insertText("in doubt, unplaced"), pressEnter())
+	b.waitForWithin("retries of the message in doubt to stop", failedState("in doubt, unplaced")+` !== ''`, 90*time.Second)
+	if n := eval[int](b, `window.sends`); n != 8 {
+		t.Errorf("the page tried the message in doubt %d times, want 8 (its bound: no retry named a position)", n)
+	}
+	if named := eval[bool](b, `window.bodies.some(x => 'after_seq' in x || 'after_epoch' in x)`); named {
+		t.Errorf("a retry named a position the page did not know: %s", eval[string](b, `JSON.stringify(window.bodies)`))
+	}
+}
+
 // TestWebSendInDoubtGoesOnWithSendAfter: against a daemon that checks a
 // retry's position (send_after, info key 15: today's), every retry of a
 // message in doubt is safe (refused window_passed rather than stored a

@@ -1313,12 +1313,15 @@ async function deliver(c, p) {
       // stops at once once its watch has shown the group storing
       // dedupFloor messages since the try (pastWindow). A daemon that
       // checks the position (c.sendAfter) refuses a retry past its window
-      // (window_passed, above), so every retry is safe: the page goes on,
-      // every 8 s, until a try settles it or the user stops it (it
-      // stopped after 40 s until session 22, often while the daemon was
-      // still restarting).
+      // (window_passed, above), so every retry that names one is safe: the
+      // page goes on, every 8 s, until a try settles it or the user stops
+      // it (it stopped after 40 s until session 22, often while the
+      // daemon was still restarting). A retry that names none (the page
+      // did not know where the log stood before the first try: its
+      // conversation not loaded yet) is checked by nothing: bounded.
       if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
-      if (!transient || p.stopped || (p.inDoubt && p.doubtTries >= doubtTries && !c.sendAfter)) {
+      const checked = c.sendAfter && p.doubtFrom !== undefined;
+      if (!transient || p.stopped || (p.inDoubt && p.doubtTries >= doubtTries && !checked)) {
         setPending(c, p, 'failed', err);
         return;
       }
