@@ -483,8 +483,35 @@ func (n *raftNet) dial(target raft.ServerAddress, timeout time.Duration, report 
 	if err != nil {
 		return nil, err
 	}
-	return &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer), limit: n.frameLimit}, nil
+	return n.rpcConnOn(target, conn), nil
 }
+
+// rpcConnOn makes conn, a connection to target, one for RPCs.
+func (n *raftNet) rpcConnOn(target raft.ServerAddress, conn net.Conn) *rpcConn {
+	return &rpcConn{target: target, conn: conn, r: newFrameReader(conn), limit: n.frameLimit}
+}
+
+// newFrameReader buffers a raft connection for its frames (readFrame).
+//
+// Unlike a catch-up stream's (newCatchUpReader), it needs nothing to drop
+// a deadline's error that came with data, for none comes: bufio.Reader
+// keeps an error past the Read that met it only when the connection's
+// Read returned bytes with it (bufio.go fill, Read), and on these
+// connections a deadline's error comes alone. TCP's Read returns bytes
+// or an error (internal/poll/fd_unix.go FD.Read: n = 0 on any error).
+// TLS's (crypto/tls conn.go Conn.Read, Go 1.26) returns with an error
+// none of the bytes it read but in one case: having copied a record's
+// data, it reads on if the next record's header is an alert's (to return
+// a close_notify's EOF with the data), and may meet the deadline there.
+// In TLS 1.3, the only version raft's TLS allows (identity ServerTLS,
+// ClientTLS), every record after the handshake is application_data on the
+// wire (RFC 8446 5.2; alerts are inside), so only a peer breaking TLS
+// sends such a header, and that record fails the connection for good once
+// read (halfConn.decrypt refuses it: a permanent error), deadline or not. And
+// a deadline's error ends its connection here (roundTrip, the pipeline's
+// receive, serve): nothing is read through the reader after it. (ended
+// reads the TLS connection itself, past the reader.)
+func newFrameReader(conn net.Conn) *bufio.Reader { return bufio.NewReaderSize(conn, readBuffer) }
 
 // dropEnded closes the idle connections to target that the member ended,
 // and keeps the others.
@@ -784,7 +811,7 @@ func (n *raftNet) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddr
 		if err != nil {
 			return nil, err
 		}
-		c = &rpcConn{target: target, conn: conn, r: bufio.NewReaderSize(conn, readBuffer), limit: n.frameLimit}
+		c = n.rpcConnOn(target, conn)
 	}
 	p := &rpcPipeline{
 		n:        n,
@@ -964,7 +991,7 @@ func (n *raftNet) listen() {
 // serve answers the requests on a connection a member opened, one after
 // another, until the connection ends or raftNet closes.
 func (n *raftNet) serve(conn net.Conn) {
-	r := bufio.NewReaderSize(conn, readBuffer)
+	r := newFrameReader(conn)
 	respCh := make(chan raft.RPCResponse, 1)
 	var out []byte
 	var peer wire.Fingerprint // the zero key for a connection of no key (tests)
