@@ -66,6 +66,16 @@ const (
 	// does not make the copy go back and forth between two members alike.
 	catchUpWindow = time.Second
 	catchUpFaster = 2
+	// catchUpRecent is how many of a group's copy's latest measures (a
+	// window's end, or a copy's) set the top pace a member is judged
+	// slow against (catchUp's judge): a member's pace not measured again
+	// since is no longer the top. Why 4: the copy is with the fastest
+	// member that can serve (faster), measured each window, so the top
+	// ages out only when its member can no longer serve (its link down,
+	// it answered no); then the member serving meanwhile is lifted after
+	// 4 windows, not shunned for the rest of the restore against a pace
+	// no member gives.
+	catchUpRecent = 4
 	// catchUpRetryMin and catchUpRetryMax bound the wait between rounds
 	// of a catch-up at Start that no peer could serve (catchUp).
 	catchUpRetryMin = 250 * time.Millisecond
@@ -197,25 +207,34 @@ func (r *catchUpRun) remainder(g *groupState, window time.Duration) (float64, bo
 // And a copy that keeps to the least pace is measured against the other
 // members (copy, each catchUpWindow): a member not measured yet that
 // could serve takes the copy over for a window, asked from where the log
-// ends, and then the fastest measured keeps it; a member measured
-// catchUpFaster times slower than another, at a window's end or at its
-// copy's end (its last window's remainder, if it lasted half a window:
-// catchUpRun.remainder), is shunned. The paces measured are the
-// restore's, as the shunned are: a member measured in one group's copy
-// is set against the others as that in the next when the copy moves, not
-// tried again as one not measured yet; but it is shunned for its pace
-// only against those measured in the same group's copy (a pace is
-// messages a second, and one group's messages are not another's). Why: the least pace is a floor, the same for
-// every member, and a member's key keeping to it held a restore for as
-// long as its copy took at that pace (1024 messages per 30 s: about 8 h
-// for a million messages) while another member could serve them in
-// seconds (session 18's note). Now it costs a copy a window or two (the
-// first is measured from its first batch: copy), and,
-// once measured slower than another member in one group's copy, shunned,
-// little more of the restore; one keeping to half the fastest member's
-// pace costs a copy twice its time at most. A member that alone can
-// serve, however slow (over the least pace), is left no copy: none is
-// measured faster.
+// ends, and then the fastest measured keeps it; a member whose latest
+// pace, at a window's end or at its copy's end (its last window's
+// remainder, if it lasted half a window: catchUpRun.remainder), is
+// catchUpFaster times slower than the top is shunned, while it is (judge:
+// the top is the fastest latest pace of the members measured in the
+// copy's last catchUpRecent measures, but those shunned for a failure).
+// One shunned for its pace alone is still moved to, as any member
+// measured, by a copy catchUpFaster times slower than its pace (faster),
+// and its shun is lifted once its pace in that group's copy stands. The
+// paces measured are the restore's, as the shunned are: a member measured
+// in one group's copy is set against the others as that in the next when
+// the copy moves, not tried again as one not measured yet; but it is
+// shunned for its pace only against those measured in the same group's
+// copy (a pace is messages a second, and one group's messages are not
+// another's). Why: the least pace is a floor, the same for every member,
+// and a member's key keeping to it held a restore for as long as its copy
+// took at that pace (1024 messages per 30 s: about 8 h for a million
+// messages) while another member could serve them in seconds (session
+// 18's note). Now it costs a copy a window or two (the first is measured
+// from its first batch: copy), and, once measured slower than another
+// member in one group's copy, shunned, little more of the restore; one
+// keeping to half the fastest member's pace costs a copy twice its time
+// at most; one that sends fast for a window and then crawls costs a copy
+// the window its crawl is measured over, and the honest members measured
+// against its burst are lifted then (TestCatchUpBurstThenCrawl,
+// TestCatchUpBurstThenCrawlNextGroup). A member that alone can serve,
+// however slow (over the least pace), is left no copy: none is measured
+// faster.
 func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, waiting bool, restore *catchUpRestore) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -242,7 +261,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	if restore == nil {
 		restore = newCatchUpRestore()
 	}
-	shun, rates := restore.shun, restore.rates
+	shun, slow, rates := restore.shun, restore.slow, restore.rates
 	pace := or(n.cfg.catchUpPace, catchUpTimeout)
 	runs := make(map[Peer]*catchUpRun) // copies ended at a hole, by member: asked again, they go on
 	answers := make(chan catchUpAnswer)
@@ -294,31 +313,60 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	// copy moves to (asked, its answer awaited); while it is set, the
 	// answers of others are closed, not copied from.
 	window := or(n.cfg.catchUpWindow, catchUpWindow)
-	unable := make(map[Peer]bool)  // answered no, or nothing, this round
-	here := make(map[Peer]float64) // the paces this group's copy measured
+	unable := make(map[Peer]bool) // answered no, or nothing, this round
+	here := make(map[Peer]catchUpPace)
+	measures := 0 // this group's copy's, so far
 	var want Peer
-	// measured notes p's pace, and shuns each member measured
-	// catchUpFaster times slower than another in this group's copy
-	// (itself, too). Why this group's only: a pace is messages a second,
-	// and groups' messages differ in size; a member serving a group of
-	// 3 KiB messages at 320 a second, set against one measured at 1,280
-	// a second in a group of 10-byte messages, was shunned for the rest
-	// of the restore (TestCatchUpShunsOnPaceWithinOneGroup). The paces of
-	// the restore's other copies choose where a copy moves (faster), a
-	// window's cost if wrong.
-	measured := func(p Peer, rate float64) {
-		rates[p], here[p] = rate, rate
-		top := rate
-		for _, r := range here {
-			top = max(top, r)
-		}
-		for q, r := range here {
-			if catchUpFaster*r < top && !shun[q.Fingerprint] {
-				shun[q.Fingerprint] = true
-				n.cfg.Logger.Warn("cell: a member served a group's catch-up slower than another, by more than half: it is asked again during this restore only when no other member can serve",
-					"group", g.spec.Name, "peer", q.Addr, "msgs_per_s", int64(r), "fastest_msgs_per_s", int64(top))
+	// judge shuns for its pace each member of this group's copy whose
+	// latest pace is catchUpFaster times slower than the top, and lifts
+	// that shun from each no longer so. The top is the fastest latest
+	// pace of those measured in the copy's last catchUpRecent measures,
+	// but the members shunned for a failure.
+	//
+	// Why this group's only: a pace is messages a second, and groups'
+	// messages differ in size; a member serving a group of 3 KiB messages
+	// at 320 a second, set against one measured at 1,280 a second in a
+	// group of 10-byte messages, was shunned for the rest of the restore
+	// (TestCatchUpShunsOnPaceWithinOneGroup). The paces of the restore's
+	// other copies choose where a copy moves (faster), a window's cost if
+	// wrong.
+	//
+	// Why latest and recent: until session 22 the top was the fastest
+	// pace any member was ever measured at in the copy, and a shun for
+	// pace lasted the restore. A member's key that sent fast for one
+	// window (the top) had the honest members measured after it shunned,
+	// took the copy back as the fastest, and then kept to the least pace:
+	// its own next measure shunned it too, and with every member shunned
+	// none was left to move the copy to, so it crawled to its end
+	// (TestCatchUpBurstThenCrawl). Now its crawl is its pace, the honest
+	// members are no longer slower than the top and are lifted, and the
+	// copy moves to one of them.
+	judge := func() {
+		top := 0.0
+		for q, m := range here {
+			if measures-m.at < catchUpRecent && (!shun[q.Fingerprint] || slow[q.Fingerprint]) {
+				top = max(top, m.rate)
 			}
 		}
+		for q, m := range here {
+			switch fp, isSlow := q.Fingerprint, catchUpFaster*m.rate < top; {
+			case isSlow && !shun[fp]:
+				shun[fp], slow[fp] = true, true
+				n.cfg.Logger.Warn("cell: a member served a group's catch-up slower than another, by more than half: it is asked again during this restore only when no other member can serve, or once it is no longer that slow",
+					"group", g.spec.Name, "peer", q.Addr, "msgs_per_s", int64(m.rate), "fastest_msgs_per_s", int64(top))
+			case !isSlow && slow[fp]:
+				delete(shun, fp)
+				delete(slow, fp)
+				n.cfg.Logger.Info("cell: a member shunned for serving a group's catch-up slowly is no longer slower than the others by half",
+					"group", g.spec.Name, "peer", q.Addr, "msgs_per_s", int64(m.rate), "fastest_msgs_per_s", int64(top))
+			}
+		}
+	}
+	// measured notes p's pace, and judges the paces of this group's copy.
+	measured := func(p Peer, rate float64) {
+		measures++
+		rates[p], here[p] = rate, catchUpPace{rate: rate, at: measures}
+		judge()
 	}
 	var errs []error
 	faster := func(cur Peer, rate float64) bool {
@@ -347,8 +395,8 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 		}
 		var best Peer
 		for _, p := range n.catchUpOrder() {
-			if p == cur || shun[p.Fingerprint] || unable[p] || n.tr.knownDown(p.Addr) {
-				continue
+			if p == cur || shun[p.Fingerprint] && !slow[p.Fingerprint] || unable[p] || n.tr.knownDown(p.Addr) {
+				continue // one shunned for its pace only is measured: it takes the copy if faster
 			}
 			r, known := rates[p]
 			if !known {
@@ -445,10 +493,12 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 					continue
 				}
 				if err != nil && !errors.Is(err, errCatchUpLog) {
-					if !shun[a.p.Fingerprint] {
-						shun[a.p.Fingerprint] = true
+					if fp := a.p.Fingerprint; !shun[fp] || slow[fp] {
+						shun[fp] = true
+						delete(slow, fp)
 						n.cfg.Logger.Warn("cell: a member said it had a group's messages, then did not send them: it is asked for them again during this restore only when no other member can serve them",
 							"group", g.spec.Name, "peer", a.p.Addr, "err", err)
+						judge() // its pace is no longer the others' measure
 					}
 					// The others are asked again: a copy that moved here
 					// left its member, and closed the answers that waited
@@ -536,16 +586,25 @@ type catchUpAnswer struct {
 // unless the other was then measured catchUpFaster times faster.
 type catchUpRestore struct {
 	shun  shunned
+	slow  shunned // of shun, those shunned for their pace alone (catchUp's judge)
 	rates map[Peer]float64
 }
 
 func newCatchUpRestore() *catchUpRestore {
-	return &catchUpRestore{shun: make(shunned), rates: make(map[Peer]float64)}
+	return &catchUpRestore{shun: make(shunned), slow: make(shunned), rates: make(map[Peer]float64)}
+}
+
+// catchUpPace is a member's latest pace in a group's copy (messages a
+// second), and which of the copy's measures it was (catchUp's judge).
+type catchUpPace struct {
+	rate float64
+	at   int
 }
 
 // shunned is, for one restore, the keys of the members whose copy failed
 // after they said they had the messages, or that were measured
-// catchUpFaster times slower than another (catchUp).
+// catchUpFaster times slower than another, while they are (catchUp's
+// judge).
 type shunned map[wire.Fingerprint]bool
 
 // catchUpOrder returns the members to catch up from: the leader first,

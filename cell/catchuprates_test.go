@@ -20,12 +20,15 @@ import (
 // else past a hole its retention made) in batches of per messages, one
 // each every (the member's pace: what it sends is the test's).
 type pacedServe struct {
-	behind bool
-	wait   func(ctx context.Context) bool
-	first  uint64
-	per    int
-	every  time.Duration
-	body   int // each message's body, in bytes (0: the 10 held's)
+	behind  bool
+	wait    func(ctx context.Context) bool
+	first   uint64
+	per     int
+	every   time.Duration
+	body    int            // each message's body, in bytes (0: the 10 held's)
+	hold    uint64         // if set, the last message sent: then none, the stream kept open
+	sent    *atomic.Uint64 // if set, the last message sent, stored after each batch
+	garbage bool           // after its header, a frame no member sends
 }
 
 // servePaced answers each catch-up on tr as how says for its request,
@@ -53,13 +56,30 @@ func (c *paceCell) servePaced(tr *Transport, how func(after, upto uint64) pacedS
 			return
 		}
 		asked.Add(1)
+		if s.garbage {
+			if frame('x', nil) == nil {
+				str.Close()
+			}
+			return
+		}
 		tick := time.NewTicker(s.every)
 		defer tick.Stop()
 		for from := first; from <= upto; from += uint64(s.per) {
 			if from > first && !nextTick(ctx, str, tick) {
 				return
 			}
-			if frame('b', c.batchOf(from, min(from+uint64(s.per)-1, upto), s.body)) != nil {
+			to := min(from+uint64(s.per)-1, upto)
+			if frame('b', c.batchOf(from, to, s.body)) != nil {
+				return
+			}
+			if s.sent != nil {
+				s.sent.Store(to)
+			}
+			if s.hold != 0 && to >= s.hold {
+				select { // until f leaves the stream
+				case <-ctx.Done():
+				case <-str.Context().Done():
+				}
 				return
 			}
 		}
@@ -91,15 +111,21 @@ func (c *paceCell) oneRestore(t *testing.T, uptos ...uint64) *catchUpRestore {
 	t.Helper()
 	restore := newCatchUpRestore()
 	for _, upto := range uptos {
-		ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
-		err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore)
-		cancel()
-		if err != nil {
-			t.Fatalf("catch up to %d: %v", upto, err)
-		}
-		t.Logf("caught up to %d; paces measured: %v", upto, restore.rates)
+		c.catchUpIn(t, restore, upto)
 	}
 	return restore
+}
+
+// catchUpIn catches f's group up to upto as one of restore's catch-ups.
+func (c *paceCell) catchUpIn(t *testing.T, restore *catchUpRestore, upto uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	err := c.f.node.catchUp(ctx, c.f.node.fsm.group(c.g.ID), upto, 0, false, restore)
+	cancel()
+	if err != nil {
+		t.Fatalf("catch up to %d: %v", upto, err)
+	}
+	t.Logf("caught up to %d; paces measured: %v; shunned: %v", upto, restore.rates, restore.shun)
 }
 
 // TestCatchUpPacesKeptForTheRestore: the paces a restore's catch-ups
@@ -226,6 +252,127 @@ func TestCatchUpShunsOnPaceWithinOneGroup(t *testing.T) {
 	}
 	if restore.shun[c.slowKey] || restore.shun[c.otherKey] {
 		t.Fatalf("shunned %v (the member serving 3 KiB messages: %v), though each alone served a copy of its own group's messages", restore.shun, restore.shun[c.slowKey])
+	}
+}
+
+// TestCatchUpBurstThenCrawl: a member's key that sends fast for one
+// window cannot have an honest member shunned for the rest of the
+// restore against that pace: the honest member's shun is lifted once the
+// key's pace stands no longer, and the key, if it crawls, is left. Until
+// session 22 a shun for pace lasted the restore, against the fastest pace
+// any member was measured at in the copy: the honest member, measured
+// after the burst, was shunned; the copy went back to the key (the
+// fastest); its crawl shunned it too, and with every member shunned none
+// was left to move to, so the copy crawled to its end. Here the key
+// answers first, sends 1,500 messages in 150 ms and then nothing
+// (measured at ~1,400 a second over its first window); the honest member
+// (~400 a second) answers once the key's copy has begun. Asked again, the
+// key crawls at 40 a second, or fails its copy (its pace no longer the
+// others' measure), or says it has not the messages (its pace, measured
+// no more, is no longer the top after catchUpRecent measures).
+func TestCatchUpBurstThenCrawl(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		then  pacedServe // the key's answer when asked again
+		extra uint64     // messages, past the 2,400, for the honest member's windows
+	}{
+		{"crawls", pacedServe{per: 4, every: 100 * time.Millisecond}, 0},
+		{"fails", pacedServe{garbage: true}, 0},
+		{"has not the messages", pacedServe{behind: true}, 1500},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rerunOnNewCells(t, 3, "the copy never went back to the key after the honest member's window (a loaded machine: its burst measured under twice the honest pace)", func(t *testing.T) bool {
+				c := newPaceCell(t, 0, 0) // the default least pace and window (1 s)
+				const burst = 1500
+				upto := 10 + 2400 + tc.extra
+				var keyAsked, asked atomic.Int64
+				var crawled atomic.Uint64 // the last message the key sent when asked again
+				c.servePaced(c.slow, func(_, _ uint64) pacedServe {
+					if keyAsked.Add(1) == 1 {
+						return pacedServe{per: 100, every: 10 * time.Millisecond, hold: 10 + burst}
+					}
+					then := tc.then
+					then.sent = &crawled
+					return then
+				}, &asked)
+				c.serveHonest(&asked)
+
+				restore := newCatchUpRestore()
+				c.catchUpIn(t, restore, upto)
+				if keyAsked.Load() < 2 {
+					return false
+				}
+				c.keyLeft(t, restore, upto, crawled.Load())
+				if !tc.then.behind && !restore.shun[c.slowKey] {
+					t.Fatal("the key that then crawled or failed is not shunned")
+				}
+				return true
+			})
+		})
+	}
+}
+
+// TestCatchUpBurstThenCrawlNextGroup: a member shunned for its pace in one
+// group's copy, against a key's burst, is moved to in the next group's
+// copy when the key crawls there, and lifted once measured no longer
+// slower. Until session 22 a shun for pace was for the rest of the
+// restore, and a shunned member was never moved to: the key sent one
+// group's messages fast (the honest member measured at a fifth of its
+// pace was shunned) and the next group's at a crawl, to its end, the only
+// member left. Here the key sends the first group's messages at ~2,000 a
+// second and the next's at 40; the honest member (~400 a second) answers
+// once the key's first copy has begun.
+func TestCatchUpBurstThenCrawlNextGroup(t *testing.T) {
+	rerunOnNewCells(t, 3, "the honest member was not shunned in the first copy (a loaded machine: the key's burst measured under twice the honest pace)", func(t *testing.T) bool {
+		c := newPaceCell(t, 0, 0) // the default least pace and window (1 s)
+		first := uint64(10 + 3000)
+		second := first + 600
+		var asked atomic.Int64
+		var crawled atomic.Uint64 // the last message its crawl sent
+		c.servePaced(c.slow, func(_, upto uint64) pacedServe {
+			if upto <= first {
+				return pacedServe{per: 50, every: 25 * time.Millisecond}
+			}
+			return pacedServe{per: 4, every: 100 * time.Millisecond, sent: &crawled}
+		}, &asked)
+		c.serveHonest(&asked)
+
+		restore := newCatchUpRestore()
+		c.catchUpIn(t, restore, first)
+		if !restore.shun[c.otherKey] {
+			return false
+		}
+		c.catchUpIn(t, restore, second)
+		c.keyLeft(t, restore, second, crawled.Load())
+		if !restore.shun[c.slowKey] {
+			t.Fatal("the key that crawled is not shunned")
+		}
+		return true
+	})
+}
+
+// serveHonest has the other member serve as the burst-then-crawl tests'
+// honest member: ~400 messages a second, answering once f's copy from the
+// key (the slow member's) has begun.
+func (c *paceCell) serveHonest(asked *atomic.Int64) {
+	c.servePaced(c.other, func(_, _ uint64) pacedServe {
+		return pacedServe{wait: func(ctx context.Context) bool { return c.tailPast(ctx, 10) }, per: 10, every: 25 * time.Millisecond}
+	}, asked)
+}
+
+// keyLeft fails t unless f's log ends at upto, the key's later copy
+// (crawled: the last message it sent) was left before its end, and the
+// honest member is not shunned.
+func (c *paceCell) keyLeft(t *testing.T, restore *catchUpRestore, upto, crawled uint64) {
+	t.Helper()
+	if tail, _ := c.f.node.fsm.group(c.g.ID).log.Tail(); tail != upto {
+		t.Fatalf("f's log ends at %d after the catch-ups, want %d", tail, upto)
+	}
+	if crawled >= upto {
+		t.Fatalf("the key sent every message when asked again, up to %d: the copy stayed with it to its end", crawled)
+	}
+	if restore.shun[c.otherKey] {
+		t.Fatal("the honest member is shunned at the restore's end, against the key's burst")
 	}
 }
 
