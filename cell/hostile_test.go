@@ -341,7 +341,14 @@ func TestRaftSnapshotNotWedging(t *testing.T) {
 // key, closing the oldest as another arrives, and the cell keeps
 // replicating.
 func TestRaftConnsPerKey(t *testing.T) {
-	c := newTestCell(t, 3, false, nil)
+	// Each connection sends the start of a frame, which f then gives an
+	// RPC timeout to arrive whole (readRequest) before it ends the
+	// connection: the test's 40 dials must all be made and checked within
+	// it, or the oldest of the newest 32 are gone for that. With the
+	// default 5 s, 40 TLS handshakes under -race at load ~38 took longer
+	// ("connection 8 of 40: held false", session 22; with 500 ms it fails
+	// so every time).
+	c := newTestCell(t, 3, false, func(cfg *Config) { cfg.RPCTimeout = waitTimeout })
 	l := c.leader()
 	f := c.follower()
 	var other *testMember // the member that neither leads nor is attacked
