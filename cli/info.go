@@ -30,30 +30,25 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		}
 		l := in.Limits
 		if cf.json {
-			m := map[string]any{
-				"uuid": in.Group.String(), "name": in.Name, "epoch": in.Epoch, "first_seq": in.First,
-				"last_seq": in.Last, "members": in.Members, "private": in.Private, "member": in.Member,
-				"fingerprint": in.Daemon.String(), "addrs": e.Addrs,
-				"storage": in.Storage, "fsync": in.Fsync, "fsync_interval_ms": in.FsyncInterval.Milliseconds(),
-				"limits": map[string]any{
-					"max_message_bytes": l.MaxMessageBytes, "max_batch": l.MaxBatch,
-					"max_messages": l.MaxMessages, "max_bytes": l.MaxBytes, "max_age_ms": l.MaxAge.Milliseconds(),
-					"fetch_page": l.FetchPage, "max_members": l.MaxMembers,
-					"send_rate_per_s": l.SendRate, "send_burst": l.SendBurst,
-					"heartbeat_ms": l.Heartbeat.Milliseconds(), "max_frame_bytes": l.MaxFrameBytes,
-					"max_streams": l.MaxStreams, "max_conns_per_addr": l.MaxConnsPerAddr,
-					"request_timeout_ms": l.RequestTimeout.Milliseconds(), "idle_timeout_ms": l.IdleTimeout.Milliseconds(),
+			j := infoJSON{
+				UUID: in.Group.String(), Name: in.Name, Fingerprint: in.Daemon.String(), Addrs: e.Addrs,
+				Epoch: in.Epoch, FirstSeq: in.First, LastSeq: in.Last, Members: in.Members, Member: in.Member, Private: in.Private,
+				Storage: in.Storage, Fsync: in.Fsync, FsyncIntervalMS: in.FsyncInterval.Milliseconds(),
+				Limits: limitsJSON{
+					MaxMessageBytes: l.MaxMessageBytes, MaxBatch: l.MaxBatch,
+					MaxMessages: l.MaxMessages, MaxBytes: l.MaxBytes, MaxAgeMS: l.MaxAge.Milliseconds(),
+					FetchPage: l.FetchPage, MaxMembers: l.MaxMembers,
+					SendRatePerS: l.SendRate, SendBurst: l.SendBurst,
+					HeartbeatMS: l.Heartbeat.Milliseconds(), MaxFrameBytes: l.MaxFrameBytes,
+					MaxStreams: l.MaxStreams, MaxConnsPerAddr: l.MaxConnsPerAddr,
+					RequestTimeoutMS: l.RequestTimeout.Milliseconds(), IdleTimeoutMS: l.IdleTimeout.Milliseconds(),
 				},
 			}
 			// A cell's group: its members, as huddle groups --json lists them.
-			if len(in.Replicas) > 0 {
-				var replicas []replicaJSON
-				for _, r := range in.Replicas {
-					replicas = append(replicas, replicaJSON{Addr: r.Addr, Fingerprint: r.Fingerprint.String(), Leader: r.Leader})
-				}
-				m["replicas"] = replicas
+			for _, r := range in.Replicas {
+				j.Replicas = append(j.Replicas, replicaJSON{Addr: r.Addr, Fingerprint: r.Fingerprint.String(), Leader: r.Leader})
 			}
-			return printJSON(env.Stdout, m)
+			return printJSON(env.Stdout, j)
 		}
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 		row := func(k string, v any) { fmt.Fprintf(tw, "%s\t%s\n", k, shown(fmt.Sprint(v))) } // names, addresses, storage: the daemon's text
@@ -84,6 +79,47 @@ func runInfo(ctx context.Context, env Env, args []string) int {
 		row("idle timeout", reported(l.IdleTimeout, l.IdleTimeout.String()))
 		return tw.Flush()
 	})
+}
+
+// infoJSON is info --json's object, its keys in the order README.md lists
+// them: a struct's fields keep their order in JSON, where a map's keys
+// came out sorted (until session 22), and scripts read the README.
+type infoJSON struct {
+	UUID            string     `json:"uuid"`
+	Name            string     `json:"name"`
+	Fingerprint     string     `json:"fingerprint"`
+	Addrs           []string   `json:"addrs"`
+	Epoch           uint64     `json:"epoch"`
+	FirstSeq        uint64     `json:"first_seq"`
+	LastSeq         uint64     `json:"last_seq"`
+	Members         uint64     `json:"members"`
+	Member          bool       `json:"member"`
+	Private         bool       `json:"private"`
+	Storage         string     `json:"storage"`
+	Fsync           string     `json:"fsync"`
+	FsyncIntervalMS int64      `json:"fsync_interval_ms"`
+	Limits          limitsJSON `json:"limits"`
+	// Replicas: a cell's group's members (absent for a group of one daemon).
+	Replicas []replicaJSON `json:"replicas,omitempty"`
+}
+
+// limitsJSON is info --json's limits, in the order huddle info shows them.
+type limitsJSON struct {
+	MaxMessageBytes  uint64  `json:"max_message_bytes"`
+	MaxBatch         uint64  `json:"max_batch"`
+	MaxMessages      uint64  `json:"max_messages"`
+	MaxBytes         uint64  `json:"max_bytes"`
+	MaxAgeMS         int64   `json:"max_age_ms"`
+	FetchPage        uint64  `json:"fetch_page"`
+	MaxMembers       uint64  `json:"max_members"`
+	SendRatePerS     float64 `json:"send_rate_per_s"`
+	SendBurst        uint64  `json:"send_burst"`
+	HeartbeatMS      int64   `json:"heartbeat_ms"`
+	MaxFrameBytes    uint64  `json:"max_frame_bytes"`
+	MaxStreams       uint64  `json:"max_streams"`
+	MaxConnsPerAddr  uint64  `json:"max_conns_per_addr"`
+	RequestTimeoutMS int64   `json:"request_timeout_ms"`
+	IdleTimeoutMS    int64   `json:"idle_timeout_ms"`
 }
 
 func yesNo(b bool) string {

@@ -29,13 +29,10 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 		me := s.client.Fingerprint()
 		if cf.json {
 			for _, m := range ms {
-				obj := map[string]any{
-					"fingerprint": m.Fingerprint.String(), "name": m.Name,
-					"joined": jsonTime(m.Joined), "you": m.Fingerprint == me,
-					"online": m.Online, "last_seen": nil,
-				}
+				obj := memberJSON{Fingerprint: m.Fingerprint.String(), Name: m.Name, Joined: jsonTime(m.Joined), You: m.Fingerprint == me, Online: m.Online}
 				if !m.LastSeen.IsZero() {
-					obj["last_seen"] = jsonTime(m.LastSeen)
+					t := jsonTime(m.LastSeen)
+					obj.LastSeen = &t
 				}
 				printJSON(env.Stdout, obj)
 			}
@@ -54,6 +51,18 @@ func runMembers(ctx context.Context, env Env, args []string) int {
 		}
 		return writeTable(env.Stdout, rows)
 	})
+}
+
+// memberJSON is a member as members --json prints it, its keys in the
+// order README.md lists them: a struct's fields keep their order in JSON,
+// where a map's keys came out sorted (until session 22).
+type memberJSON struct {
+	Fingerprint string  `json:"fingerprint"`
+	Name        string  `json:"name"`
+	Joined      string  `json:"joined"`
+	You         bool    `json:"you"`
+	Online      bool    `json:"online"`
+	LastSeen    *string `json:"last_seen"` // null: not seen since the daemon started
 }
 
 // seen says when a member was last seen, for people: "online" while it
