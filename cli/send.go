@@ -310,6 +310,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 	}
 
 	var pending *inputLine // a line read that did not fit the last batch
+	messages := 0          // lines read that are messages (not blank, not too large)
 	for {
 		var l inputLine
 		if pending != nil {
@@ -344,6 +345,7 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 				return false
 			}
 			handled = l.n
+			messages++
 			msgs = append(msgs, client.Outgoing{ID: lineMsgID(run, l.n, l.text), Body: []byte(l.text)})
 			from = append(from, l)
 			size += len(l.text) + perMessage
@@ -379,6 +381,17 @@ func sendLines(ctx context.Context, env Env, cf *clientFlags, ref string, run cl
 	if refused > 0 {
 		fmt.Fprintf(env.Stderr, "huddle send: %d %s not sent; every other line was\n", refused, plural(refused, "line", "lines"))
 		return ExitRefused
+	}
+	if messages == 0 {
+		// Nothing to send is a mistake to say, as a blank TEXT is: a
+		// script whose input came out empty (a command before it failed)
+		// was told nothing, exit 0, as if its lines were sent (until
+		// session 22).
+		what := "standard input was empty"
+		if handled > 0 {
+			what = fmt.Sprintf("standard input held only blank lines (%d)", handled)
+		}
+		return usageErr(env, "send", "%s; nothing was sent (to send one message: huddle send %s TEXT)", what, shellWord(strings.TrimSpace(ref)))
 	}
 	return ExitOK
 }

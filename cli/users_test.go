@@ -66,7 +66,8 @@ func TestGroupsResolveAmongJoinedFirst(t *testing.T) {
 // TestSendLinesFromAPipe: each line of standard input is a message; blank
 // lines are skipped; a line over the group's limit is refused by its line
 // number (however long: a 2 MiB line too) and the lines after it are sent;
-// the exit code is then 1. A blank message as an argument is a usage error.
+// the exit code is then 1. A blank message as an argument is a usage error,
+// and so is standard input holding no message.
 func TestSendLinesFromAPipe(t *testing.T) {
 	u := newTestUser(t, startUp(t))
 	u.ok(t, "join", "lobby", "--as", "alice")
@@ -95,6 +96,17 @@ func TestSendLinesFromAPipe(t *testing.T) {
 		if code, _, stderr := u.run(t, "send", "lobby", blank); code != ExitUsage || !strings.Contains(stderr, "blank") {
 			t.Errorf("send %q: exit %d, %q; want 2, blank", blank, code, stderr)
 		}
+	}
+	// Standard input with no message on it is a usage error too, said,
+	// and sends nothing: it exited 0 without a word (until session 22).
+	for input, want := range map[string]string{"": "standard input was empty", "\n  \r\n\n": "only blank lines (3)"} {
+		code, stdout, stderr := u.runInput(t, input, "send", "lobby", "--json")
+		if code != ExitUsage || !strings.Contains(stderr, want) || !strings.Contains(stderr, "nothing was sent") || stdout != "" {
+			t.Errorf("send with %q on stdin: exit %d, stdout %q, stderr %q; want 2, saying %q and that nothing was sent", input, code, stdout, stderr, want)
+		}
+	}
+	if got := strings.Count(u.ok(t, "fetch", "lobby"), "\n"); got != 5 {
+		t.Errorf("the group holds %d messages after sends of no line, want the 5 sent before", got)
 	}
 }
 
