@@ -1,13 +1,73 @@
 package client_test
 
 import (
+	"context"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
 )
+
+// packageDocSnippet is the package doc's snippet (doc.go, "Connect, join,
+// send, fetch, watch"), between the markers: it compiles with the package,
+// and TestPackageDocSnippet checks that doc.go shows it as it is here, so
+// the snippet cannot drift from the API (until session 22 nothing compiled
+// it). The examples, which run, show each call at length.
+func packageDocSnippet(ctx context.Context, dir string) {
+	// doc begins
+	id, err := identity.LoadOrCreate(dir)
+	c, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(dir, identity.KnownHostsFile))})
+	defer c.Close()
+	reg, err := c.Registry(ctx, "192.168.1.20:7373", client.Fingerprint{}) // pinned on first use
+	list, err := reg.List(ctx)                                             // list.Groups: each a GroupEntry, e.Name, e.Group (its UUID)
+	g, err := reg.Group(list.Groups[0])                                    // no I/O yet; g.Close() when done
+	_, err = g.Join(ctx, "buildbot", nil)                                  // the secret, for a private group
+	ack, err := g.Send(ctx, []byte("build 1234 passed"))                   // ack.Seq: its place in the group's log
+	cur, err := g.Fetch(ctx, client.Query{Since: time.Now().Add(-time.Hour)}, func(m client.Message) bool { return true })
+	for ev, err := range g.Watch(ctx, client.Query{After: cur.Next, Epoch: cur.Epoch}) { // live, reconnecting by itself
+		if err != nil {
+			break // an end for good: not a member... (ctx ending ends the loop with no error)
+		}
+		fmt.Println(ev.Message.Seq, string(ev.Message.Body))
+	}
+	// doc ends
+	_, _ = ack, err // the snippet leaves its errors unchecked, and the ack unread
+}
+
+var _ = packageDocSnippet
+
+// TestPackageDocSnippet checks that the package doc's snippet (doc.go) is
+// packageDocSnippet's body, laid out apart (spaces, tabs, line breaks and
+// semicolons aside).
+func TestPackageDocSnippet(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "doc.go", nil, parser.ParseComments|parser.PackageClauseOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(f.Doc.Text(), "uses it:\n\n")
+	block, _, ok2 := strings.Cut(block, "\n\n")
+	if !ok || !ok2 {
+		t.Fatal(`doc.go's package comment has no snippet after "uses it:"`)
+	}
+	src, err := os.ReadFile("doc_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, _ := strings.Cut(string(src), "// doc begins\n")
+	body, _, _ = strings.Cut(body, "// doc ends")
+	squeeze := strings.NewReplacer(" ", "", "\t", "", "\n", "", ";", "")
+	if got, want := squeeze.Replace(block), squeeze.Replace(body); got != want {
+		t.Errorf("doc.go's snippet is not packageDocSnippet's body (client/doc_test.go): make them one\ndoc.go:\n%s\ndoc_test.go:\n%s", block, body)
+	}
+}
 
 // TestEveryExportedNameDocumented: a program author reads this package
 // through go doc, so every exported name (function, method, type, constant,
