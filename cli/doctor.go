@@ -140,7 +140,7 @@ type doctorRegistry struct {
 	From        string `json:"from"` // "given", "this machine", "cached", "mDNS"
 	Name        string `json:"name"` // the name its key is pinned under
 	Fingerprint string `json:"fingerprint,omitempty"`
-	Pin         string `json:"pin,omitempty"` // "pinned", "new", "changed"
+	Pin         string `json:"pin,omitempty"` // "pinned", "new", "changed", "none" (no registry: nothing pinned)
 	Answered    bool   `json:"answered"`
 	AfterMS     int64  `json:"after_ms"`
 	Groups      int    `json:"groups"`

@@ -49,6 +49,11 @@ const (
 	fromMDNS   = "mDNS"
 )
 
+// pinNone is the pin of a server asked as a registry that answered as
+// none (a group daemon's address given as --registry): no key is pinned
+// for it.
+const pinNone = "none"
+
 // registryReport is what one registry a client verb asked did.
 type registryReport struct {
 	from   string           // one of the from constants
@@ -58,7 +63,7 @@ type registryReport struct {
 	fp     wire.Fingerprint // the key it presented; zero if never reached
 	groups int              // groups it listed
 	err    error            // nil if it answered
-	pin    string           // "pinned", "new" (pinned now), "changed" (refused), or "" (not pinned by name)
+	pin    string           // "pinned", "new" (pinned now), "changed" (refused), pinNone, or "" (not pinned by name)
 	after  time.Duration    // from the start to its answer or failure
 	same   bool             // the same registry (key) as an earlier report: not asked again
 }
@@ -499,6 +504,12 @@ func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerp
 			a.fp = a.reg.Fingerprint()
 			a.list, a.err = a.reg.List(ctx)
 			a.groups = len(a.list.Groups)
+			if isNotRegistry(a.err) {
+				// Its key is no registry's: nothing is pinned for it, nor
+				// would be. huddle doctor showed it as a "new" pin
+				// (until session 22), as if it were one to trust.
+				a.pin = pinNone
+			}
 		case errors.As(a.err, &ce):
 			a.fp = ce.Presented
 		case errors.As(a.err, &mm):

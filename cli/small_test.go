@@ -211,7 +211,8 @@ func TestStrayArgumentRefused(t *testing.T) {
 // where a registry is, by the commands and by doctor, which printed "all
 // good" under its "NO: unsupported operation: list" and exited 3. Until
 // session 21 the commands said "unsupported operation: list" and asked
-// whether the server, which had just answered, was running.
+// whether the server, which had just answered, was running. Its PIN is
+// none (new until session 22).
 func TestRegistryThatIsADaemon(t *testing.T) {
 	reg := startUp(t, "lobby")
 	u := newTestUser(t, reg)
@@ -235,6 +236,16 @@ func TestRegistryThatIsADaemon(t *testing.T) {
 	if code != ExitUnreachable || !strings.Contains(out.String(), "NO: not a registry") || strings.Contains(out.String(), "all good") ||
 		!strings.Contains(out.String(), g.Addrs[0]+" answers, but is no registry (a group daemon?): give --registry a registry's address") {
 		t.Errorf("doctor --registry at a daemon's address: exit %d, output:\n%s", code, out.String())
+	}
+	// Its PIN is none, not new: no key is pinned for a server that is no
+	// registry, nor would be (it was "new" until session 22).
+	for _, line := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 3 && f[0] == g.Addrs[0] && f[3] != "none" {
+			t.Errorf("doctor's row for the daemon has PIN %q, want none:\n%s", f[3], out.String())
+		}
+	}
+	if rs := doc.report.Registries; len(rs) != 1 || rs[0].Pin != "none" {
+		t.Errorf("doctor --json's registries: %+v, want the daemon's pin none", rs)
 	}
 }
 
