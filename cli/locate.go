@@ -471,9 +471,17 @@ func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerp
 		g.optional.Add(1) // counted down when the loop takes the answer
 	}
 	g.wg.Go(func() {
+		// The answer goes to gather on ctx; only the asking is bounded by
+		// timeout. Both were ctx, so an answer that timeout ended (this
+		// machine's registry, not running) met a select with its ctx done
+		// too, and was dropped half the time: gather then waited for it
+		// until the command's --timeout, and said "none was found" where
+		// another run said this machine's registry did not answer (until
+		// session 22).
+		qctx := ctx
 		if timeout > 0 {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
+			qctx, cancel = context.WithTimeout(ctx, timeout)
 			defer cancel()
 		}
 		a := registryAnswer{registryReport: rep, expected: expected}
@@ -493,7 +501,7 @@ func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerp
 			want = pinned
 		}
 		if a.err == nil {
-			a.reg, a.err = g.s.client.Registry(ctx, rep.addr, want)
+			a.reg, a.err = g.s.client.Registry(qctx, rep.addr, want)
 		}
 		var mm *identity.MismatchError
 		var ce *identity.ChangedError
@@ -502,7 +510,7 @@ func (g *gatherer) ask(ctx context.Context, rep registryReport, pin wire.Fingerp
 			// A new name is pinned by gather, once no answer refused this
 			// key under another name.
 			a.fp = a.reg.Fingerprint()
-			a.list, a.err = a.reg.List(ctx)
+			a.list, a.err = a.reg.List(qctx)
 			a.groups = len(a.list.Groups)
 			if isNotRegistry(a.err) {
 				// Its key is no registry's: nothing is pinned for it, nor

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -586,5 +587,39 @@ func TestLateNamesRegistriesBeingChecked(t *testing.T) {
 	if !strings.Contains(failed, "10.0.0.5:7373 (mDNS): ") || !strings.Contains(failed, "mDNS answer still being checked") ||
 		strings.Count(failed, "10.0.0.7:7373") != 1 || strings.Contains(failed, "10.0.0.6") {
 		t.Errorf("not answering:\n%s\nwant office named once, at its first address, still being checked, and lab once", failed)
+	}
+}
+
+// TestTimedAskAlwaysAnswers: a registry asked under a bound of its own
+// (this machine's, 1 s) that does not answer within it still reports so to
+// gather. The bound was the context the answer was sent on too, so the
+// answer met a select whose context was done as well, and was dropped
+// half the time: gather waited for it until the command's --timeout, then
+// said "none was found (nothing answers at 127.0.0.1:7373...)" and "raise
+// --timeout", where another run said at 3 s that this machine's registry
+// did not answer. Asked 32 times, a dropped answer is all but certain to
+// show (each drop was a coin toss).
+func TestTimedAskAlwaysAnswers(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // takes the handshake's packets, answers none
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	addr := silent.LocalAddr().String()
+	var out bytes.Buffer
+	s := doctorFor(t, &out, waitTimeout).s
+	for i := range 32 {
+		g := &gatherer{s: s, start: time.Now(), answers: make(chan registryAnswer, 1), claimed: make(map[wire.Fingerprint]bool),
+			pending: make(map[string]registryReport), held: make(map[wire.Fingerprint]*heldAnswer), wake: make(chan struct{}, 1)}
+		g.ask(t.Context(), registryReport{from: fromLocal, name: addr, addr: addr}, wire.Fingerprint{}, false, 20*time.Millisecond)
+		g.wg.Wait() // the ask has ended: its answer was sent, or dropped
+		select {
+		case a := <-g.answers:
+			if a.err == nil || a.from != fromLocal {
+				t.Fatalf("ask %d: answer %+v, want this machine's, failed", i, a.registryReport)
+			}
+		default:
+			t.Fatalf("ask %d of a registry not answering within its bound: no answer reached gather", i)
+		}
 	}
 }
