@@ -492,6 +492,12 @@ func (d *doctor) adviseRegistry(r registryReport) string {
 		d.advise("%s answers, but is no registry (a group daemon?): give --registry a registry's address: huddle up prints it (\"huddle registry listening on ...\"); port 7373 unless told otherwise", r.addr)
 		return "not a registry"
 	case errors.Is(r.err, client.ErrUnreachable), errors.Is(r.err, context.DeadlineExceeded):
+		if words, noRoute := unreachableWords(r.err, r.after); noRoute {
+			// The path to it fails, whether or not it runs: said in
+			// words (--json's error has the network's own).
+			d.advise("the registry at %s cannot be reached from this machine: %s", r.addr, words)
+			return "no route"
+		}
 		switch r.from {
 		case fromGiven:
 			d.advise("the registry at %s does not answer: is it running, and does its host let UDP port %s in?", r.addr, portOf(r.addr))

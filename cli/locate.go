@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -787,8 +788,11 @@ func (e *noRegistryError) Error() string {
 	switch {
 	case locked:
 		b.WriteString("\n  another huddle process holds known_registries' lock: resume it (fg) or end it, then run this again")
+	case e.given && e.allNoRoute():
+		// Whether it runs is not the question: the path to it is.
+		b.WriteString("\n  " + e.rawHint())
 	case e.given && !e.allNotRegistries():
-		b.WriteString("\n  is it running (huddle up, huddle registry), and does its host let UDP in?")
+		b.WriteString("\n  is it running (huddle up, huddle registry), and does its host let UDP in? (" + e.rawHint() + ")")
 	case e.given:
 		b.WriteString("\n  give --registry a registry's address: huddle up prints it (\"huddle registry listening on ...\"); port 7373 unless told otherwise")
 	default:
@@ -803,6 +807,27 @@ func (e *noRegistryError) Error() string {
 }
 
 func (e *noRegistryError) Unwrap() error { return client.ErrUnreachable }
+
+// rawHint names the command that shows each registry's error as the
+// network gave it (the lines above say it in words).
+func (e *noRegistryError) rawHint() string {
+	addr := "ADDR"
+	if len(e.reports) == 1 && e.reports[0].addr != "" {
+		addr = shellWord(e.reports[0].addr)
+	}
+	return "huddle doctor --registry " + addr + " --json shows each registry's error as the network gave it"
+}
+
+// allNoRoute reports whether every registry asked failed on the path to
+// it (unreachableWords' noRoute): no route, a name that does not resolve.
+func (e *noRegistryError) allNoRoute() bool {
+	for _, r := range e.reports {
+		if _, noRoute := unreachableWords(r.err, r.after); !noRoute {
+			return false
+		}
+	}
+	return len(e.reports) > 0
+}
 
 // allNotRegistries reports whether every server asked answered as no
 // registry does (a group daemon's address given as --registry).
@@ -842,9 +867,17 @@ func summarize(reports []registryReport) string {
 // but is no registry (a group daemon's address given as --registry), so,
 // with where a registry listens: it was "unsupported operation: list",
 // then "is it running?", of a server that was.
+//
+// A dial's failure is said in words (unreachableWords): QUIC's own text
+// ("INTERNAL_ERROR (local): write udp [::]:43497->10.0.0.9:7373: sendmsg:
+// network is unreachable") was the line until session 22. huddle doctor
+// --json keeps that text, in each registry's error.
 func (r registryReport) failure() string {
 	if isNotRegistry(r.err) {
 		return "answers, but is no registry (a group daemon?)"
+	}
+	if words, _ := unreachableWords(r.err, r.after); words != "" {
+		return words
 	}
 	what := withoutGoText(r.err)
 	if r.addr != "" {
@@ -853,6 +886,49 @@ func (r registryReport) failure() string {
 		what = strings.Replace(what, client.ErrUnreachable.Error()+": "+shown, client.ErrUnreachable.Error(), 1)
 	}
 	return what
+}
+
+// unreachableWords says in plain words why a server could not be reached,
+// from err, a dial's or a call's error, after the time it took: nothing
+// answered within it, or the network's refusal to carry the packets (no
+// route, a port closed, a local firewall), or a host name that does not
+// resolve. It returns "" for any other error. noRoute reports whether the
+// cause lies in the path to the address (the route, the name), not in the
+// server: whether it runs is then not the question.
+//
+// The network's refusals reach here as text only: quic-go closes the
+// connection with an INTERNAL_ERROR that carries the socket's error as its
+// message, not as an error to match.
+func unreachableWords(err error, after time.Duration) (words string, noRoute bool) {
+	if err == nil {
+		return "", false
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		if dns.IsNotFound {
+			return fmt.Sprintf("its host name %q does not resolve (no such host): check the name", shown(dns.Name)), true
+		}
+		return fmt.Sprintf("its host name %q could not be looked up (no name server answered): check this machine's network connection", shown(dns.Name)), true
+	}
+	if !errors.Is(err, client.ErrUnreachable) && !errors.Is(err, context.DeadlineExceeded) {
+		return "", false
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "network is unreachable"):
+		return "this machine has no route to that network (network unreachable): check the address, and this machine's network connection", true
+	case strings.Contains(msg, "no route to host"):
+		return "its host cannot be reached from this machine (no route to host): check the address, and that the host is up", true
+	case strings.Contains(msg, "connection refused"):
+		return "nothing listens at that port (connection refused)", false
+	case strings.Contains(msg, "operation not permitted"), strings.Contains(msg, "permission denied"):
+		return "this machine would not send there (operation not permitted: a local firewall?)", true
+	}
+	var timeout interface{ Timeout() bool }
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &timeout) && timeout.Timeout() {
+		return fmt.Sprintf("nothing answered in %v", after.Round(100*time.Millisecond)), false
+	}
+	return "", false
 }
 
 // isNotRegistry reports whether err is the answer of a server that is no
@@ -887,7 +963,7 @@ func (l *listing) failed() []string {
 	var out []string
 	for _, r := range l.reports {
 		if r.err != nil && r.from != fromLocal && r.addr != "" {
-			out = append(out, fmt.Sprintf("%s (%s): %s", r.addr, r.from, plainErr(r.err)))
+			out = append(out, fmt.Sprintf("%s (%s): %s", r.addr, r.from, r.failure()))
 		}
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -252,10 +253,17 @@ func TestRegistryThatIsADaemon(t *testing.T) {
 // TestRegistryFailureSaidOnce: a registry's error on the line that names
 // its address does not name the address twice more ("127.0.0.1:7373 (this
 // machine): registry 127.0.0.1:7373: server unreachable: 127.0.0.1:7373"
-// until session 21).
+// until session 21), and says its failure in words (until session 22:
+// "server unreachable", or QUIC's own text).
 func TestRegistryFailureSaidOnce(t *testing.T) {
-	r := registryReport{from: fromLocal, addr: "127.0.0.1:7373", err: fmt.Errorf("registry 127.0.0.1:7373: %w: 127.0.0.1:7373: %w", client.ErrUnreachable, context.DeadlineExceeded)}
-	if got := summarize([]registryReport{r}); got != "127.0.0.1:7373 (this machine): server unreachable" {
+	r := registryReport{from: fromLocal, addr: "127.0.0.1:7373", after: time.Second, err: fmt.Errorf("registry 127.0.0.1:7373: %w: 127.0.0.1:7373: %w", client.ErrUnreachable, context.DeadlineExceeded)}
+	if got := summarize([]registryReport{r}); got != "127.0.0.1:7373 (this machine): nothing answered in 1s" {
+		t.Errorf("summarize: %q", got)
+	}
+	// As quic-go closes a dial whose packets the socket could not send.
+	r = registryReport{from: fromGiven, addr: "10.0.0.9:7373", after: time.Millisecond, err: fmt.Errorf("registry 10.0.0.9:7373: %w: 10.0.0.9:7373: %w", client.ErrUnreachable,
+		errors.New("INTERNAL_ERROR (local): write udp [::]:43497->10.0.0.9:7373: sendmsg: network is unreachable"))}
+	if got := summarize([]registryReport{r}); got != "10.0.0.9:7373 (given): this machine has no route to that network (network unreachable): check the address, and this machine's network connection" {
 		t.Errorf("summarize: %q", got)
 	}
 }
