@@ -215,7 +215,7 @@ func awaitVoter(ctx context.Context, env Env, c *client.Client, server string, p
 	defer tick.Stop()
 	for {
 		st, err := ask(server, pin)
-		if err == nil && st.Leader != nil && st.Leader.Fingerprint != st.Self.Fingerprint {
+		if err == nil && st.Leader != nil && st.Leader.Fingerprint != st.Self.Fingerprint && !st.Leader.LegacyAddr() {
 			if lst, lerr := ask(st.Leader.Addr, st.Leader.Fingerprint); lerr == nil {
 				st = lst // the leader knows the configuration first
 			}
@@ -255,6 +255,16 @@ var errNoAnswer = errors.New("no answer")
 type explainedUnreachable struct{ msg string }
 
 func (e *explainedUnreachable) Error() string { return e.msg }
+
+// legacyAddrError is why a member at an address that is not host:port
+// (wire.Replica.LegacyAddr: a configuration made before session 20) was
+// not asked, and how to move it.
+type legacyAddrError struct{ m wire.Replica }
+
+func (e *legacyAddrError) Error() string {
+	return fmt.Sprintf("not asked: its address %q is not host:port (the cell's configuration was made before session 20); move it: on a member's host, "+
+		"HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER %s@HOST:PORT", shown(e.m.Addr), e.m.Fingerprint)
+}
 
 // memberView is one member's status, or why it could not be had.
 type memberView struct {
@@ -302,6 +312,13 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 		if m.Fingerprint == first.Self.Fingerprint {
 			st := first
 			views[i].status = &st
+			continue
+		}
+		if m.LegacyAddr() {
+			// Listed as the configuration has it, and not dialled there:
+			// shown marked, with how to move it (until session 22 the
+			// whole status was refused for it).
+			views[i].err = &legacyAddrError{m}
 			continue
 		}
 		wg.Go(func() {
@@ -423,11 +440,15 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	}
 	tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tADDRESS\tSTATE\tTERM\tAPPLIED\tLAG\tLAST CONTACT")
-	var unreachable, stalled []string
+	var unreachable, notAsked, stalled []string
 	for _, v := range views {
 		if v.err != nil {
 			state := "unreachable"
-			if v.replica.CatchingUp {
+			var la *legacyAddrError
+			switch {
+			case errors.As(v.err, &la):
+				state = "not asked: address not host:port"
+			case v.replica.CatchingUp:
 				// Added and not caught up yet (its daemon down, or never
 				// started): say so, or it looks like a voter that is down.
 				state = "unreachable, catching up (no vote)"
@@ -442,6 +463,10 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 					"(stop that one, or move it, and start the member), or its host was reinstalled with a new key (then replace the member: "+
 					"cell remove its old key, then cell add the new one, huddle id on that host prints it, once its daemon runs with --cell-join)",
 					shown(v.replica.Addr), mm.Got)
+			}
+			if la != nil {
+				notAsked = append(notAsked, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), why))
+				continue
 			}
 			unreachable = append(unreachable, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), why))
 			continue
@@ -488,6 +513,11 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	}
 	if len(unreachable) > 0 {
 		fmt.Fprintf(env.Stdout, "unreachable:\n%s\n", strings.Join(unreachable, "\n"))
+	}
+	if len(notAsked) > 0 {
+		// A member of the configuration all the same: it counts toward
+		// the cell's majority, whether or not it runs.
+		fmt.Fprintf(env.Stdout, "not asked (listed at an address that is not host:port; a member all the same, counted in the cell's majority):\n%s\n", strings.Join(notAsked, "\n"))
 	}
 	if len(stalled) > 0 {
 		// What README's "A member whose disk fills up" says to do.

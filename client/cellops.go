@@ -335,7 +335,9 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 			return a.set, from, nil
 		}
 		for _, m := range a.named {
-			if slices.Contains(keys, m.Fingerprint) && !answered[m.Fingerprint] && m.Addr != "" && !slices.Contains(tried[m.Fingerprint], m.Addr) {
+			// Not at a legacy address (box:http), which a status may now
+			// name (wire.Replica.LegacyAddr): no member is dialled there.
+			if slices.Contains(keys, m.Fingerprint) && !answered[m.Fingerprint] && m.Addr != "" && !m.LegacyAddr() && !slices.Contains(tried[m.Fingerprint], m.Addr) {
 				ask(m.Fingerprint, []string{m.Addr})
 			}
 		}

@@ -45,13 +45,49 @@ func (r *Replica) check() error {
 	return checkAddr("replica address", r.Addr)
 }
 
+// LegacyAddr reports whether r's address is not host:port as a
+// registration's must be (CheckAddr): a cell's configuration made before
+// session 20, when raft took any address, may name a member at one
+// ("box:http"). cell_status, cell_add and cell_remove list such a member
+// as it is, so that an operator sees it (and moves it: cell_add its key
+// at host:port); no other listing names it, and no reference client
+// dials it.
+func (r Replica) LegacyAddr() bool { return CheckAddr(r.Addr) != nil }
+
+// checkConfigured holds a replica of a cell's configuration (cell_status,
+// cell_add, cell_remove) to a key and an address of 1 to MaxAddrBytes
+// bytes, host:port or not (LegacyAddr): until session 22 one at
+// "box:http" had the whole answer refused, and huddle cell status could
+// not show such a cell, the very one its operator needs to repair.
+func (r *Replica) checkConfigured() error {
+	switch {
+	case r.Fingerprint.IsZero():
+		return errors.New("a replica without a fingerprint")
+	case r.Addr == "":
+		return fmt.Errorf("an empty replica address: %w", errNotHostPort)
+	case len(r.Addr) > MaxAddrBytes:
+		return fmt.Errorf("a replica address of %d bytes, at most %d: %w", len(r.Addr), MaxAddrBytes, ErrTooLarge)
+	}
+	return nil
+}
+
 func checkReplicas(rs []Replica) error {
+	return checkReplicasWith(rs, (*Replica).check)
+}
+
+// checkConfiguredReplicas is checkReplicas for a cell's configuration
+// (checkConfigured).
+func checkConfiguredReplicas(rs []Replica) error {
+	return checkReplicasWith(rs, (*Replica).checkConfigured)
+}
+
+func checkReplicasWith(rs []Replica, check func(*Replica) error) error {
 	if len(rs) > MaxReplicas {
 		return fmt.Errorf("%d replicas, at most %d: %w", len(rs), MaxReplicas, ErrTooLarge)
 	}
 	leaders := 0
 	for i := range rs {
-		if err := rs[i].check(); err != nil {
+		if err := check(&rs[i]); err != nil {
 			return err
 		}
 		if rs[i].Leader {
@@ -100,12 +136,14 @@ type CellChanged struct {
 // check holds the members to what any listing of a cell's holds (as
 // CellStatus's), and to one at least (the leader that made the change):
 // until session 17 a cell_add or cell_remove answer could name thousands,
-// which huddle cell add printed, or none, taken as the cell's members.
+// which huddle cell add printed, or none, taken as the cell's members. A
+// member's address may be a legacy one (Replica.LegacyAddr), as in
+// cell_status.
 func (c *CellChanged) check() error {
 	if len(c.Members) == 0 {
 		return errors.New("a cell change leaving no member")
 	}
-	return checkReplicas(c.Members)
+	return checkConfiguredReplicas(c.Members)
 }
 
 // CellStatus is the result of cell_status: one member's view of its cell.
@@ -140,9 +178,13 @@ type CellStatus struct {
 	GroupsOmitted uint64 `cbor:"13,keyasint,omitempty"`
 }
 
+// check holds a status to its limits. Its replicas (self, leader,
+// members, a key mismatch's member) are the cell's configuration's, whose
+// addresses may be legacy ones (Replica.LegacyAddr): listed as they are,
+// never refused for it.
 func (s *CellStatus) check() error {
 	if s.Leader != nil {
-		if err := s.Leader.check(); err != nil {
+		if err := s.Leader.checkConfigured(); err != nil {
 			return err
 		}
 	}
@@ -167,7 +209,7 @@ func (s *CellStatus) check() error {
 			return err
 		}
 	}
-	return checkReplicas(s.Members)
+	return checkConfiguredReplicas(s.Members)
 }
 
 // MaxKeyMismatches is the most key mismatches a cell_status lists.
@@ -196,7 +238,7 @@ type CellKeyMismatch struct {
 }
 
 func (k *CellKeyMismatch) check() error {
-	if err := k.Member.check(); err != nil {
+	if err := k.Member.checkConfigured(); err != nil {
 		return err
 	}
 	if k.Presented.IsZero() {

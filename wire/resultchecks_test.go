@@ -48,3 +48,63 @@ func TestResultsHoldReplicas(t *testing.T) {
 		t.Errorf("info of %d replicas: %v", MaxReplicas, err)
 	}
 }
+
+// TestConfiguredReplicasMayBeLegacy: a cell_status or cell_add/cell_remove
+// answer naming a member at an address that is not host:port (a
+// configuration made before session 20 may hold "box:http") is taken, the
+// member listed as it is and marked by LegacyAddr, so that huddle cell
+// status can show the cell its operator must repair; until session 22 the
+// whole answer was refused. An info or a registration listing such a
+// replica is still refused (its groups are served at host:port only), and
+// an empty or over-long address in any of them.
+func TestConfiguredReplicasMayBeLegacy(t *testing.T) {
+	leader := Replica{Addr: "10.0.0.1:7374", Fingerprint: Fingerprint{1}, Leader: true}
+	legacy := Replica{Addr: "box:http", Fingerprint: Fingerprint{2}}
+	members := []Replica{leader, legacy}
+	for _, tc := range []struct {
+		name string
+		body any
+		into any
+	}{
+		{"cell status of a legacy member", CellStatus{Self: leader, State: "leader", LastContact: -1, Leader: &leader, Members: members}, new(CellStatus)},
+		{"cell status led by a legacy member", CellStatus{Self: leader, State: "follower", LastContact: 3, Leader: &Replica{Addr: "box:http", Fingerprint: Fingerprint{2}, Leader: true},
+			Members: []Replica{{Addr: leader.Addr, Fingerprint: leader.Fingerprint}, {Addr: "box:http", Fingerprint: Fingerprint{2}, Leader: true}}}, new(CellStatus)},
+		{"cell status, a legacy member's key mismatch", CellStatus{Self: leader, State: "leader", LastContact: -1, Members: members,
+			KeyMismatches: []CellKeyMismatch{{Member: legacy, Addr: "10.0.0.3:7374", Presented: Fingerprint{3}}}}, new(CellStatus)},
+		{"cell change of a legacy member", CellChanged{Members: members}, new(CellChanged)},
+	} {
+		b, err := encMode.Marshal(tc.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := decodeBody(bodyDecMode, b, tc.into); err != nil {
+			t.Errorf("%s: %v, want it taken", tc.name, err)
+		}
+	}
+	var st CellStatus
+	b, _ := encMode.Marshal(CellStatus{Self: leader, State: "leader", LastContact: -1, Members: members})
+	if err := decodeBody(bodyDecMode, b, &st); err != nil || len(st.Members) != 2 || st.Members[1] != legacy || !st.Members[1].LegacyAddr() || st.Members[0].LegacyAddr() {
+		t.Errorf("cell status decoded as %+v (%v): want both members, the second marked legacy", st.Members, err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		body  any
+		into  any
+		large bool
+	}{
+		{"info of a legacy replica", Info{Group: UUID{7}, Name: "g", Epoch: 1, Replicas: members}, new(Info), false},
+		{"cell status of an empty address", CellStatus{Self: leader, State: "leader", Members: []Replica{leader, {Fingerprint: Fingerprint{2}}}}, new(CellStatus), false},
+		{"cell status of a long address", CellStatus{Self: leader, State: "leader", Members: []Replica{leader, {Addr: strings.Repeat("a", MaxAddrBytes+1), Fingerprint: Fingerprint{2}}}}, new(CellStatus), true},
+		{"cell change of a keyless legacy member", CellChanged{Members: []Replica{leader, {Addr: "box:http"}}}, new(CellChanged), false},
+	} {
+		b, err := encMode.Marshal(tc.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = decodeBody(bodyDecMode, b, tc.into)
+		if err == nil || tc.large != errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: %v, want it refused (too large: %v)", tc.name, err, tc.large)
+		}
+	}
+}

@@ -1,0 +1,68 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// TestCellStatusShowsLegacyMember: a cell whose configuration names a
+// member at an address that is not host:port ("box:http", as raft took
+// before session 20) is shown, that member listed as the configuration
+// has it, marked not asked, with how to move it, and never dialled there;
+// the others as ever. Until session 22 every member's status was refused
+// whole for it (wire: CellStatus.check), and huddle cell status could not
+// show the cell its operator had to repair.
+func TestCellStatusShowsLegacyMember(t *testing.T) {
+	legacy := wire.Replica{Addr: "box:http", Fingerprint: wire.Fingerprint{0xc}}
+	var leader, follower wire.Replica
+	members := func() []wire.Replica { return []wire.Replica{leader, follower, legacy} }
+	leader = cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
+		self.Leader = true
+		return wire.CellStatus{Self: self, State: "leader", Term: 4, Leader: &self, CommitIndex: 9, AppliedIndex: 9, LastIndex: 9, Members: members()}, nil
+	})
+	follower = cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
+		l := leader
+		l.Leader = true
+		return wire.CellStatus{Self: self, State: "follower", Term: 4, Leader: &l, CommitIndex: 9, AppliedIndex: 8, LastIndex: 9, LastContact: 20, Members: members()}, nil
+	})
+	u := newTestUser(t, "")
+
+	code, out, errs := u.run(t, "cell", "status", "--server", follower.Addr)
+	if code != ExitOK {
+		t.Fatalf("cell status of a cell with a member at box:http: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	var row string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, legacy.Fingerprint.Short()+" ") {
+			row = line
+		}
+	}
+	if !strings.Contains(out, "cell of 3 members; leader "+leader.Fingerprint.Short()) || !strings.Contains(row, "box:http") ||
+		!strings.Contains(row, "not asked: address not host:port") ||
+		!strings.Contains(out, `its address "box:http" is not host:port`) ||
+		!strings.Contains(out, "huddle cell add --server MEMBER "+legacy.Fingerprint.String()+"@HOST:PORT") ||
+		strings.Contains(out, "unreachable") {
+		t.Errorf("cell status:\n%s\nwant 3 members, the one at box:http marked not asked (not unreachable), with how to move it", out)
+	}
+
+	out = u.ok(t, "cell", "status", "--server", leader.Addr, "--json")
+	var st struct {
+		Members []struct {
+			Addr        string `json:"addr"`
+			Fingerprint string `json:"fingerprint"`
+			State       string `json:"state"`
+			Error       string `json:"error"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Members) != 3 {
+		t.Fatalf("cell status --json: %v\n%s", err, out)
+	}
+	if m := st.Members[2]; m.Addr != "box:http" || m.Fingerprint != legacy.Fingerprint.String() || m.State != "" || !strings.Contains(m.Error, "not asked") ||
+		st.Members[0].State != "leader" || st.Members[1].State != "follower" {
+		t.Errorf("cell status --json members: %+v, want the leader, the follower, and box:http not asked", st.Members)
+	}
+}
