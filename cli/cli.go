@@ -54,10 +54,10 @@ type Env struct {
 	// (lockfile.Locker): this package's tests count the tries with it.
 	flock func(fd, how int) error
 	// beforeVerify, if set, is called as each mDNS answer's verification
-	// starts, once it is counted as awaited (gatherer.hold): this
-	// package's tests slow it. (A variable of the package's until session
-	// 17.)
-	beforeVerify func(g *gatherer)
+	// starts, once it is counted as awaited (gatherer.hold), with the
+	// registry the answer advertises (fingerprint): this package's tests
+	// slow it. (A variable of the package's until session 17.)
+	beforeVerify func(g *gatherer, fingerprint string)
 }
 
 // defaultLockWait is Env.LockWait's default.

@@ -48,7 +48,7 @@ type testUser struct {
 	// flock, if set, is the commands' flock(2) (Env.flock).
 	flock func(fd, how int) error
 	// beforeVerify, if set, is the commands' Env.beforeVerify.
-	beforeVerify func(g *gatherer)
+	beforeVerify func(g *gatherer, fingerprint string)
 }
 
 func newTestUser(t *testing.T, registry string) *testUser {

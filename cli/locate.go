@@ -675,7 +675,7 @@ func (g *gatherer) browse(ctx context.Context) {
 			fp, perr := wire.ParseFingerprint(r.Fingerprint)
 			held := perr == nil && g.hold(fp, registryReport{from: fromMDNS, name: mdnsPinPrefix + r.Instance, addr: addr.String(), iface: r.Iface})
 			if s.env.beforeVerify != nil {
-				s.env.beforeVerify(g)
+				s.env.beforeVerify(g, r.Fingerprint)
 			}
 			_, err := checkAdvertised(ctx, s.client, s.kh, r, addr)
 			if held && err != nil {
