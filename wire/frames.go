@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -719,7 +720,21 @@ func checkAddr(what, a string) error {
 	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
 		return fmt.Errorf("%s %q: the port is not 1..65535: %w", what, a, errNotHostPort)
 	}
+	if ip, err := netip.ParseAddr(host); err == nil && !dialable(ip) {
+		// Until session 22 a stranger could list a group, or a rogue
+		// registry a cell's member, at the mDNS group or any multicast
+		// address, and every client dialling it sent its QUIC Initials
+		// to the whole link.
+		return fmt.Errorf("%s %q: %s is an unspecified, multicast or broadcast address, not one to dial: %w", what, a, host, errNotHostPort)
+	}
 	return nil
+}
+
+// dialable reports whether ip names one host: not unspecified (0.0.0.0,
+// ::), not multicast, not the IPv4 broadcast address.
+func dialable(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return !ip.IsUnspecified() && !ip.IsMulticast() && ip != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // CheckAddr reports whether a is an address peers may be given to dial (a
