@@ -84,9 +84,7 @@ func TestClocksDisagree(t *testing.T) {
 	c := newTestCell(t, 3, false, func(cfg *Config) {
 		cfg.Now = k.now(cfg.Advertise)
 		logs[cfg.Advertise] = &testlog.Buffer{}
-		w := &tWriter{t: t}
-		t.Cleanup(w.end)
-		cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs[cfg.Advertise], w), &slog.HandlerOptions{Level: slog.LevelWarn}))
+		cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(logs[cfg.Advertise], testlog.Output(t)), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	})
 	fast, slow, stepper := c.members[0], c.members[1], c.members[2]
 	k.set(slow.addr, -time.Hour)

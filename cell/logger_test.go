@@ -3,40 +3,19 @@ package cell
 import (
 	"log/slog"
 	"os"
-	"sync"
 	"testing"
+
+	"github.com/huddle-chat/huddle/internal/testlog"
 )
 
 // testLogger writes the node's warnings and errors to the test's log, so a
-// failing test shows what raft said.
+// failing test shows what raft said. What raft's goroutines log once the
+// test has ended (a closed connection, a moment after its Close) goes to
+// stderr, named after the test (testlog.Output): it was dropped until
+// session 22, and the line of a goroutine left running was lost with it.
 func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("CELL_DEBUG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 	}
-	w := &tWriter{t: t}
-	t.Cleanup(w.end) // after the member's own cleanup, registered later
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
-}
-
-// tWriter writes to a test's log until the test ends (raft's goroutines
-// may log a closed connection a moment after).
-type tWriter struct {
-	t     testing.TB
-	mu    sync.Mutex
-	ended bool
-}
-
-func (w *tWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.ended {
-		w.t.Log(string(p))
-	}
-	return len(p), nil
-}
-
-func (w *tWriter) end() {
-	w.mu.Lock()
-	w.ended = true
-	w.mu.Unlock()
+	return slog.New(slog.NewTextHandler(testlog.Output(t), &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
 }
