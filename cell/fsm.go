@@ -59,7 +59,9 @@ type Host interface {
 	// OpenGroup returns the daemon's replica of the group spec describes,
 	// opening it if it has none: its log opened (on disk: read back) or
 	// created empty with spec.Epoch. A log that exists with another epoch
-	// is an error: it holds another history.
+	// is an error: it holds another history. Once the daemon is closing
+	// it opens none: an error that wraps ErrClosed, which the state
+	// machine logs as expected, not as a log it cannot open.
 	OpenGroup(spec GroupSpec) (Replica, error)
 }
 
@@ -332,6 +334,15 @@ func (f *fsm) create(spec GroupSpec) any {
 		}
 	}
 	r, err := f.host.OpenGroup(spec)
+	if errors.Is(err, ErrClosed) {
+		// The daemon is closing (raft applying on after a shutdown the
+		// daemon stopped waiting for: ErrStuck): expected, and nothing is
+		// lost, since raft's log holds the create, which the next start
+		// applies again. Logged as an error until session
+		// 22, as if the group's log were unusable.
+		f.log.Info("cell: not opening a group the cell created: this member is closing; it opens the group at its next start", "group", spec.Name, "uuid", spec.ID)
+		return err
+	}
 	if err != nil {
 		// This replica cannot serve the group (its log is unusable); the
 		// others can. It is logged, and every command for the group is
