@@ -101,9 +101,13 @@ type cellHost struct {
 	// closed is set once the daemon took the groups to close them
 	// (closing): OpenGroup opens none after.
 	closed bool
-	// opened, if set (by tests), is called by OpenGroup once it opened a
-	// group's log, before it adds the group.
-	opened func(spec cell.GroupSpec)
+	// opening is held by OpenGroup from its second check of closed until
+	// it added its group or closed its log (opensEnded).
+	opening sync.Mutex
+	// checked and opened, if set (by tests), are called by OpenGroup once
+	// it first checked closed, and once it opened a group's log, before
+	// it adds the group.
+	checked, opened func(spec cell.GroupSpec)
 }
 
 func newCellHost(d *Daemon) *cellHost {
@@ -124,6 +128,14 @@ func newCellHost(d *Daemon) *cellHost {
 // disk that does not answer: cell.ErrStuck) goes on once the disk
 // answers, and a group it then created, or restored, opened a log after
 // the daemon had closed the others; nothing closed it (session 20's note).
+// It checks again holding h.opening, and holds it while it creates or
+// opens the group's files: the daemon waits for it (opensEnded) before
+// it releases the state directory. An open that had passed the first
+// check as the daemon closed created the group's files after the release
+// until session 22, in a directory another daemon may have locked since.
+//
+// Its ErrClosed wraps cell.ErrClosed as well: the cell's state machine
+// logs such a refusal as expected, not as a log it cannot open.
 func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	h.mu.Lock()
 	g, closed := h.groups[spec.ID], h.closed
@@ -132,7 +144,18 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 		return cellReplica{g}, nil
 	}
 	if closed {
-		return nil, fmt.Errorf("group %s: %w", spec.Name, ErrClosed)
+		return nil, errHostClosed(spec)
+	}
+	if h.checked != nil {
+		h.checked(spec)
+	}
+	h.opening.Lock()
+	defer h.opening.Unlock()
+	h.mu.Lock()
+	closed = h.closed
+	h.mu.Unlock()
+	if closed {
+		return nil, errHostClosed(spec)
 	}
 	d := h.d
 	retention := d.cfg.Retention
@@ -156,7 +179,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	if h.closed {
 		h.mu.Unlock()
 		l.Close()
-		return nil, fmt.Errorf("group %s: %w", spec.Name, ErrClosed)
+		return nil, errHostClosed(spec)
 	}
 	next := make(map[wire.UUID]*group, len(h.groups)+1)
 	for id, o := range h.groups {
@@ -169,6 +192,11 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	h.mu.Unlock()
 	d.cfg.Logger.Info("hosting group", "group", spec.Name, "uuid", spec.ID, "epoch", spec.Epoch, "private", spec.Private, "members", g.memberCount(), "cell", true)
 	return cellReplica{g}, nil
+}
+
+// errHostClosed is OpenGroup's refusal once the daemon is closing.
+func errHostClosed(spec cell.GroupSpec) error {
+	return fmt.Errorf("group %s: the daemon is closing: %w (%w)", spec.Name, ErrClosed, cell.ErrClosed)
 }
 
 // group returns the cell's group id, or nil.
@@ -218,6 +246,16 @@ func (h *cellHost) closing() []*group {
 		gs = append(gs, g)
 	}
 	return gs
+}
+
+// opensEnded returns once an OpenGroup under way as the daemon took the
+// groups (closing) has ended: its group is among those closing returned,
+// or its log closed. Any later one refuses before it creates anything. The
+// daemon releases the state directory only after: an open stuck in the
+// disk keeps it locked, as the daemon's other leftovers do.
+func (h *cellHost) opensEnded() {
+	h.opening.Lock()
+	h.opening.Unlock()
 }
 
 // cellReplica is a hosted group as the cell's state machine applies to it.

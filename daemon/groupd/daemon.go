@@ -463,13 +463,18 @@ func (d *Daemon) releaseLoaded() {
 	if d.node != nil {
 		if err := d.node.Close(); errors.Is(err, cell.ErrStuck) {
 			// Raft may still write to the logs and its own: the
-			// directories stay locked until the process exits.
+			// directories stay locked until the process exits. Raft
+			// goes on once what it waits for answers: the groups it
+			// then creates or restores are not opened (closing), which
+			// they were until session 22, their logs never closed.
+			d.host.closing()
 			d.cfg.Logger.Error("the cell's raft did not stop after a start stuck in the disk: leaving the groups' logs open")
 			return
 		}
 		for _, g := range d.host.closing() {
 			d.groups[g.id] = g
 		}
+		d.host.opensEnded()
 	}
 	closeLogs(d.groups)
 	d.releaseLocked()
@@ -702,6 +707,7 @@ func (d *Daemon) Close() error {
 		for _, g := range d.host.closing() {
 			d.groups[g.id] = g
 		}
+		d.host.opensEnded() // raft has stopped: none is under way, but for a test's call
 	}
 	if d.srv.Stuck() && !d.logsLeft {
 		// A handler is still in a group's log (a send whose append never
@@ -757,7 +763,11 @@ func (d *Daemon) leaveLogsLocked(why string, args ...any) {
 	d.lock, d.dataLock = nil, nil
 	d.cfg.Logger.Error(why, args...)
 	stopped, loops := d.srv.Stopped(), d.life.Stopped()
+	host := d.host
 	go func() {
+		if host != nil {
+			host.opensEnded() // raft, stuck, may be in one
+		}
 		<-stopped // the handlers the server left, if any, use the logs
 		<-loops   // and the daemon's own goroutines
 		// And so does an age-limit pass left. The expire loop sets
