@@ -1660,7 +1660,7 @@ func (n *Node) stopRaft() error {
 		n.net.Close()
 		n.closeStores()
 	}()
-	n.cfg.Logger.Error("cell: raft did not shut down in time: a disk that does not answer? Stopping without it; what it holds is recovered at the next start, as after a crash",
+	n.cfg.Logger.Error("cell: raft did not shut down in time (its state machine, or its log's write or fsync, has not returned; the daemon says which if it can): stopping without it; what it holds is recovered at the next start, as after a crash",
 		"waited", or(n.cfg.shutdownWait, shutdownWait))
 	return fmt.Errorf("%w: waited %v", ErrStuck, or(n.cfg.shutdownWait, shutdownWait))
 }

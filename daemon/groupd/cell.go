@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -79,6 +80,9 @@ type cellGroup struct {
 	spec cell.GroupSpec
 	node *cell.Node
 	log  cell.Log
+	// writing counts the state machine's writes to the cell's group logs
+	// under way (cellHost.writing).
+	writing *atomic.Int32
 }
 
 // cellLog is a log a cell's group can be kept in: the daemon's Log, with
@@ -108,6 +112,12 @@ type cellHost struct {
 	// it first checked closed, and once it opened a group's log, before
 	// it adds the group.
 	checked, opened func(spec cell.GroupSpec)
+	// writing counts the group logs' opens, appends, resets and syncs
+	// under way on raft's goroutines (OpenGroup, countingLog): a raft
+	// that does not stop while one is under way waits on a group log's
+	// disk, one that does not while none is waits on something else
+	// (raftStuck says which).
+	writing atomic.Int32
 }
 
 func newCellHost(d *Daemon) *cellHost {
@@ -160,7 +170,9 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	d := h.d
 	retention := d.cfg.Retention
 	retention.Epoch, retention.DedupWindow = spec.Epoch, spec.DedupWindow
+	h.writing.Add(1)
 	l, err := d.openLog(spec.ID, spec.Name, retention, true)
+	h.writing.Add(-1)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +185,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 		h.opened(spec)
 	}
 	g = newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
-	g.cell = &cellGroup{spec: spec, node: d.node, log: cl}
+	g.cell = &cellGroup{spec: spec, node: d.node, log: cl, writing: &h.writing}
 	g.changed = d.countsChanged
 	h.mu.Lock()
 	if h.closed {
@@ -248,6 +260,17 @@ func (h *cellHost) closing() []*group {
 	return gs
 }
 
+// raftStuck says what the cell's raft, which did not stop (cell.ErrStuck),
+// waits on, as far as the daemon can tell: a write to one of its group
+// logs (writing), or something else. Until session 22 the daemon said "a
+// disk that does not answer?" whatever it was.
+func (h *cellHost) raftStuck() string {
+	if h.writing.Load() > 0 {
+		return "the cell's raft did not stop: its state machine is in a group log's write that has not returned (a disk that does not answer)"
+	}
+	return "the cell's raft did not stop, in no group log's write: in its own log's write or fsync (its disk does not answer), or on a machine too loaded to run it"
+}
+
 // opensEnded returns once an OpenGroup under way as the daemon took the
 // groups (closing) has ended: its group is among those closing returned,
 // or its log closed. Any later one refuses before it creates anything. The
@@ -265,17 +288,20 @@ type cellReplica struct{ g *group }
 
 // Log is the group's log as the cell's state machine appends to it: each
 // append and reset counts as a change of the group's counts (group.changed).
-func (r cellReplica) Log() cell.Log { return countingLog{r.g.cell.log, r.g} }
+func (r cellReplica) Log() cell.Log { return countingLog{r.g.cell.log, r.g, r.g.cell.writing} }
 
 // countingLog is a cell group's log that tells its group when it grew or
-// was reset.
+// was reset, and counts its writes under way (cellHost.writing).
 type countingLog struct {
 	cell.Log
-	g *group
+	g       *group
+	writing *atomic.Int32
 }
 
 func (l countingLog) Append(batch []store.Entry) error {
+	l.writing.Add(1)
 	err := l.Log.Append(batch)
+	l.writing.Add(-1)
 	if err == nil {
 		l.g.changed()
 	}
@@ -283,11 +309,20 @@ func (l countingLog) Append(batch []store.Entry) error {
 }
 
 func (l countingLog) Reset(seq uint64, t int64) error {
+	l.writing.Add(1)
 	err := l.Log.Reset(seq, t)
+	l.writing.Add(-1)
 	if err == nil {
 		l.g.changed()
 	}
 	return err
+}
+
+// Sync is a snapshot's, on raft's snapshot goroutine.
+func (l countingLog) Sync() error {
+	l.writing.Add(1)
+	defer l.writing.Add(-1)
+	return l.Log.Sync()
 }
 
 func (r cellReplica) Joined(m cell.Member) {

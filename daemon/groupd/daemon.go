@@ -468,7 +468,7 @@ func (d *Daemon) releaseLoaded() {
 			// then creates or restores are not opened (closing), which
 			// they were until session 22, their logs never closed.
 			d.host.closing()
-			d.cfg.Logger.Error("the cell's raft did not stop after a start stuck in the disk: leaving the groups' logs open")
+			d.cfg.Logger.Error(d.host.raftStuck() + ", after a start the daemon's Close went on without: leaving the groups' logs open")
 			return
 		}
 		for _, g := range d.host.closing() {
@@ -699,7 +699,7 @@ func (d *Daemon) Close() error {
 		// After the server (no handler waits on the cell now); before the
 		// logs, which the cell's state machine applies to.
 		if err := d.node.Close(); errors.Is(err, cell.ErrStuck) && !d.logsLeft {
-			d.leaveLogsLocked("the cell's raft did not stop (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers them from raft's log")
+			d.leaveLogsLocked(d.host.raftStuck() + ": stopping without closing the groups' logs; a restart recovers them from raft's log")
 		}
 		if d.logsLeft {
 			return nil
@@ -711,8 +711,16 @@ func (d *Daemon) Close() error {
 	}
 	if d.srv.Stuck() && !d.logsLeft {
 		// A handler is still in a group's log (a send whose append never
-		// returns): closing the logs would wait for it.
-		d.leaveLogsLocked("a request did not return (a disk that does not answer?): stopping without closing the groups' logs; a restart recovers what they stored")
+		// returns): closing the logs would wait for it. A cell member's
+		// handler waits on the cell's raft only within the cell's bounds
+		// (a send not committed within CommitWait is answered
+		// unavailable: TestCloseNamesRaftInALogWrite), and on the network
+		// only until the server closed the connections.
+		why := "a request did not return (in a group's log or its members file: a disk that does not answer?)"
+		if d.node != nil {
+			why = "a request did not return (not waiting on the cell's raft, which answers within its bounds: in a group log's read, a disk that does not answer?)"
+		}
+		d.leaveLogsLocked(why + ": stopping without closing the groups' logs; a restart recovers what they stored")
 	}
 	if d.logsLeft {
 		return nil

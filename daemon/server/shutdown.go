@@ -88,7 +88,7 @@ func (s *Server) shutdown() {
 	case <-s.stopped:
 	case <-stuck.C:
 		s.stuck.Store(true)
-		s.setup.Logger.Error("shutdown: operations still running after the grace period and the connections' close: leaving them (a disk that does not answer?)", "operations", s.active.Load(), "waited", s.cfg.ShutdownTimeout+stuckWait)
+		s.setup.Logger.Error("shutdown: operations still running after the grace period and the connections' close: leaving them (waiting on a disk that does not answer, or on the network?)", "operations", s.active.Load(), "waited", s.cfg.ShutdownTimeout+stuckWait)
 	}
 	stuck.Stop()
 	s.tr.Close()

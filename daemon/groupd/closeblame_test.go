@@ -1,0 +1,134 @@
+package groupd
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/huddle-chat/huddle/cell"
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
+	"github.com/huddle-chat/huddle/wire"
+)
+
+// The daemon's Close, when something it waits for does not return, says
+// what: the cell's raft (in a group log's write, or not), or a request
+// (in the disk). Until session 22 it said "a disk that does not answer?"
+// of each.
+
+// hungLeaderCell starts a cell of three whose members' group logs can
+// hang, and returns its leader, the group, and what hangs the leader's
+// group log's appends (released at the test's end).
+func hungLeaderCell(t *testing.T, mutate func(*Config)) (*testCellMember, wire.UUID, *hungLog, logRecorder) {
+	members := planTestCell(t, 3)
+	logs := make([]atomic.Pointer[hungLog], len(members))
+	log, recs := recordLogs(t)
+	startOpeningCell(t, members, func(cfg *Config) {
+		cfg.Logger = log
+		if mutate != nil {
+			mutate(cfg)
+		}
+	}, func(i int, _ *Daemon, l cellLog) Log {
+		h := &hungLog{cellLog: l}
+		logs[i].Store(h)
+		return h
+	})
+	leader, g := cellLeader(t, members)
+	at := slices.Index(members, leader)
+	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
+	return leader, g, logs[at].Load(), recs
+}
+
+// TestCloseNamesRaftInALogWrite: a cell member whose raft does not stop
+// because its state machine is in a group log's append that does not
+// return says so, naming the group log's write. The send waiting on it
+// (a client's, whose handler waits for raft's answer) is answered
+// unavailable within the cell's bound, and not named as a request left.
+func TestCloseNamesRaftInALogWrite(t *testing.T) {
+	leader, g, h, recs := hungLeaderCell(t, func(cfg *Config) { cfg.Server.ShutdownTimeout = 200 * time.Millisecond })
+	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
+	must(t, p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	release := h.hangs()
+	t.Cleanup(release) // after the daemons' own: before them
+	answered := sendUnanswered(t, p, g, outgoing("waits on raft"))
+	eventually(t, "the leader's state machine hung in an append", func() bool { return h.waiting.Load() > 0 })
+
+	must(t, peertest.OnHungDisk(t, "the daemon's Close", leader.d.Close, release))
+	<-answered
+	if got := recs.matching("ERROR", "the cell's raft did not stop: its state machine is in a group log's write that has not returned"); len(got) != 1 {
+		t.Errorf("Close, raft stuck in a group log's append, logged %q, want it named", recs.matching("ERROR"))
+	}
+	if got := recs.matching("a request did not return"); len(got) != 0 {
+		t.Errorf("a send waiting on raft was named as a request left: %q", got)
+	}
+}
+
+// TestCloseNamesRaftElsewhere: a cell member whose raft does not stop,
+// its state machine held in no group log's write (here in the daemon's
+// OpenGroup, before the log's open, by a test hook), does not blame a
+// group log's disk.
+func TestCloseNamesRaftElsewhere(t *testing.T) {
+	members := planTestCell(t, 3)
+	startOpeningCell(t, members[1:], nil, func(_ int, _ *Daemon, l cellLog) Log { return l })
+	m := members[0]
+	log, recs := recordLogs(t)
+	m.cfg.Logger = log
+	d, err := New(m.cfg)
+	must(t, err)
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	letGo := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // after the daemon's own: before it
+	must(t, d.Listen())
+	var first sync.Once
+	d.host.checked = func(cell.GroupSpec) { // before Serve starts the node
+		first.Do(func() {
+			close(held)
+			<-release
+		})
+	}
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		must(t, d.Close())
+		must(t, <-served)
+	})
+	select {
+	case <-held:
+	case <-time.After(time.Minute):
+		t.Fatal("the member's state machine never opened the cell's group")
+	}
+
+	must(t, peertest.OnHungDisk(t, "the daemon's Close", d.Close, letGo))
+	if got := recs.matching("ERROR", "the cell's raft did not stop, in no group log's write"); len(got) != 1 {
+		t.Errorf("Close, raft held outside any group log, logged %q, want it named", recs.matching("ERROR"))
+	}
+	if got := recs.matching("group log's write that has not returned"); len(got) != 0 {
+		t.Errorf("Close, raft held outside any group log, blamed one: %q", got)
+	}
+}
+
+// TestCloseRequestInTheDisk: a daemon hosting its group alone whose
+// send hangs in its log's append says a request did not return, in a
+// group's log: its handlers wait on nothing else.
+func TestCloseRequestInTheDisk(t *testing.T) {
+	h := &hungLoneLog{}
+	log, recs := recordLogs(t)
+	d := serveOverLogWith(t, func(c *Config) {
+		c.Server.ShutdownTimeout = 200 * time.Millisecond
+		c.Logger = log
+	}, func(inner Log) Log { h.Log = inner; return h })
+	p := joined(t, d, "ann")
+	release := h.hangs()
+	t.Cleanup(release) // after the daemon's own: before it
+	answered := sendUnanswered(t, p, gid(d), outgoing("on a hung disk"))
+	eventually(t, "the send hung in its log's append", func() bool { return h.waiting.Load() > 0 })
+
+	must(t, peertest.OnHungDisk(t, "the daemon's Close", d.Close, release))
+	<-answered
+	if got := recs.matching("ERROR", "a request did not return (in a group's log or its members file"); len(got) != 1 {
+		t.Errorf("Close, a send hung in its log's append, logged %q, want it named", recs.matching("ERROR"))
+	}
+}
