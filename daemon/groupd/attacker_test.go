@@ -73,8 +73,19 @@ func runAttacker() int {
 		defer udp.Close()
 		trs = append(trs, &quic.Transport{Conn: udp})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// The attack lasts until the test ends (its stdin closes), and each of
+	// its steps (a handshake, a stream opened, a join answered) is bounded
+	// by attackerStep: not its whole ramp, whose ~270 handshakes under the
+	// race detector took over the two minutes it once had at load 40-45
+	// ('attacker: dial: context deadline exceeded') while each step still
+	// went on within seconds.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, attackerStep) }
 
 	stall := binary.BigEndian.AppendUint32(nil, wire.MaxFrameSize)
 	stall = append(stall, make([]byte, 12<<10)...)
@@ -95,6 +106,8 @@ func runAttacker() int {
 	}
 	attack := func(i int, c *quic.Conn) (bool, error) {
 		open := func(req []byte, fin bool) error {
+			ctx, cancel := step()
+			defer cancel()
 			str, err := c.OpenStreamSync(ctx)
 			if err != nil {
 				return err
@@ -113,11 +126,13 @@ func runAttacker() int {
 		}
 		if i%2 == 0 {
 			join, _ := wire.AppendFrame(nil, uint64(wire.OpJoin), wire.Join{Group: group, Name: fmt.Sprint("attacker ", i)})
+			ctx, cancel := step()
+			defer cancel()
 			str, err := c.OpenStreamSync(ctx)
 			if err != nil {
 				return false, nil // refused: the connection is closed
 			}
-			str.SetDeadline(time.Now().Add(30 * time.Second))
+			str.SetDeadline(time.Now().Add(attackerStep))
 			str.Write(join)
 			str.Close()
 			if kind, _, err := wire.ReadResponse(str, nil); err != nil || kind != wire.KindResult {
@@ -170,7 +185,9 @@ func runAttacker() int {
 					mu.Unlock()
 					return
 				}
+				ctx, cancel := step()
 				c, err := trs[int(i)%len(trs)].Dial(ctx, raddr, id.ClientTLS(fp, nil), &quic.Config{HandshakeIdleTimeout: 30 * time.Second, MaxIdleTimeout: time.Minute, KeepAlivePeriod: 5 * time.Second})
+				cancel()
 				if err != nil {
 					mu.Lock()
 					firstErr = firstOf(firstErr, fmt.Errorf("dial: %w", err))
@@ -197,9 +214,14 @@ func runAttacker() int {
 		return fail(firstErr)
 	}
 	fmt.Println("ready", opened, refused)
-	io.Copy(io.Discard, os.Stdin)
+	<-ctx.Done()
 	return 0
 }
+
+// attackerStep bounds each step of the attacker's ramp: a handshake, a
+// stream opened, a join answered. On two cores under the race detector at
+// load 40-45 the ramp as a whole took over two minutes.
+var attackerStep = time.Minute
 
 // firstOf returns the first error that is not nil.
 func firstOf(a, b error) error {
