@@ -61,9 +61,7 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 		s.remember(ctx, g, e)
 		as := name
 		if cf.json {
-			return printJSON(env.Stdout, map[string]any{
-				"uuid": e.Group.String(), "name": e.Name, "as": as, "already": j.Already, "last_seq": j.Last,
-			})
+			return printJSON(env.Stdout, joinJSON{UUID: e.Group.String(), Name: e.Name, As: as, Already: j.Already, LastSeq: j.Last})
 		}
 		switch {
 		case j.Already && renamed:
@@ -76,6 +74,24 @@ func runJoin(ctx context.Context, env Env, args []string) int {
 		return nil
 	})
 }
+
+// joinJSON and leaveJSON are join --json's and leave --json's objects,
+// their keys in the order README.md lists them (a map's came out sorted,
+// until session 22).
+type (
+	joinJSON struct {
+		UUID    string `json:"uuid"`
+		Name    string `json:"name"`
+		As      string `json:"as"`
+		Already bool   `json:"already"`
+		LastSeq uint64 `json:"last_seq"`
+	}
+	leaveJSON struct {
+		UUID      string `json:"uuid"`
+		Name      string `json:"name"`
+		WasMember bool   `json:"was_member"`
+	}
+)
 
 // currentName returns the name this key has in g, or "" if it is not a
 // member.
@@ -165,7 +181,7 @@ func runLeave(ctx context.Context, env Env, args []string) int {
 		}
 		s.forget(ctx, e)
 		if cf.json {
-			return printJSON(env.Stdout, map[string]any{"uuid": e.Group.String(), "name": e.Name, "was_member": was})
+			return printJSON(env.Stdout, leaveJSON{UUID: e.Group.String(), Name: e.Name, WasMember: was})
 		}
 		if was {
 			fmt.Fprintf(env.Stdout, "left %s\n", shown(e.Name))

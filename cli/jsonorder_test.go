@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"os"
@@ -8,17 +9,19 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/huddle-chat/huddle/client"
 )
 
-// TestJSONKeysInREADMEOrder: members --json and info --json print their
-// keys in the order README.md lists them (info's limits in the order huddle
+// TestJSONKeysInREADMEOrder: join, leave, members and info --json print
+// their keys in the order README.md lists them (info's limits in the order huddle
 // info shows them, which README.md lists too). Scripts read the README's
 // contract; the keys came out sorted (maps, until session 22), so a
 // script reading a line by position, or a person comparing it with the
 // README, saw another order than documented.
 func TestJSONKeysInREADMEOrder(t *testing.T) {
-	u := newTestUser(t, startUp(t, "lobby"))
-	u.ok(t, "join", "lobby", "--as", "ann")
+	u := newTestUser(t, startUp(t, "lobby", "dev"))
+	joined := u.ok(t, "join", "lobby", "--as", "ann", "--json")
 
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -39,6 +42,14 @@ func TestJSONKeysInREADMEOrder(t *testing.T) {
 		return keys
 	}
 
+	if got, want := objectKeys(t, joined, ""), documented("join"); !slices.Equal(got, want) {
+		t.Errorf("join --json keys %v, README.md lists %v\n%s", got, want, joined)
+	}
+	u.ok(t, "join", "dev", "--as", "ann")
+	left := u.ok(t, "leave", "dev", "--json")
+	if got, want := objectKeys(t, left, ""), documented("leave"); !slices.Equal(got, want) {
+		t.Errorf("leave --json keys %v, README.md lists %v\n%s", got, want, left)
+	}
 	members := u.ok(t, "members", "lobby", "--json")
 	if got, want := objectKeys(t, members, ""), documented("members"); !slices.Equal(got, want) {
 		t.Errorf("members --json keys %v, README.md lists %v\n%s", got, want, members)
@@ -84,4 +95,34 @@ func objectKeys(t *testing.T, line, in string) []string {
 		t.Fatalf("decode %q: %v", line, err)
 	}
 	return keys
+}
+
+// TestWatchEventKeysInREADMEOrder: watch --json's gap and reset events
+// print their keys in the order README.md lists them (sorted, from a map,
+// until session 22).
+func TestWatchEventKeysInREADMEOrder(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme = regexp.MustCompile(`\s+`).ReplaceAll(readme, []byte(" ")) // its lines wrap inside the braces
+	for _, ev := range []client.Event{{Kind: client.EventGap, From: 3, To: 9}, {Kind: client.EventReset, Epoch: 7}} {
+		kind := map[client.EventKind]string{client.EventGap: "gap", client.EventReset: "reset"}[ev.Kind]
+		m := regexp.MustCompile("`\\{(group, uuid, event: \"" + kind + "\"[^}]*)\\}`").FindSubmatch(readme)
+		if m == nil {
+			t.Fatalf("README.md lists no keys for watch's %s event", kind)
+		}
+		var want []string
+		for _, k := range strings.Split(string(m[1]), ",") {
+			k, _, _ = strings.Cut(strings.TrimSpace(k), ":") // event: "gap"
+			want = append(want, k)
+		}
+		var out bytes.Buffer
+		if err := printEvent(Env{Stdout: &out, Stderr: io.Discard}, true, "lobby", "u", "", "lobby", newNameBook(), ev); err != nil {
+			t.Fatal(err)
+		}
+		if got := objectKeys(t, out.String(), ""); !slices.Equal(got, want) {
+			t.Errorf("watch --json %s event keys %v, README.md lists %v\n%s", kind, got, want, out.String())
+		}
+	}
 }

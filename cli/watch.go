@@ -184,6 +184,25 @@ func watchNames(ctx context.Context, asJSON bool, timeout time.Duration, g *clie
 	return names, firstLine(msg), nil
 }
 
+// gapJSON and resetJSON are watch --json's gap and reset events, their
+// keys in the order README.md lists them (a map's came out sorted, until
+// session 22).
+type (
+	gapJSON struct {
+		Group   string `json:"group"`
+		UUID    string `json:"uuid"`
+		Event   string `json:"event"`
+		FromSeq uint64 `json:"from_seq"`
+		ToSeq   uint64 `json:"to_seq"`
+	}
+	resetJSON struct {
+		Group string `json:"group"`
+		UUID  string `json:"uuid"`
+		Event string `json:"event"`
+		Epoch uint64 `json:"epoch"`
+	}
+)
+
 // printEvent prints a watch event: messages as fetch prints them, the rest
 // as notes on stderr (or objects with an "event" field under --json). It
 // returns the error of a write to stdout. A gap's sequence numbers are
@@ -195,12 +214,12 @@ func printEvent(env Env, asJSON bool, group, uuid, label, name string, names *na
 		return printMessage(env, asJSON, group, uuid, label, names, ev.Message)
 	case client.EventGap:
 		if asJSON {
-			return printJSON(env.Stdout, map[string]any{"group": name, "uuid": uuid, "event": "gap", "from_seq": ev.From, "to_seq": ev.To})
+			return printJSON(env.Stdout, gapJSON{Group: name, UUID: uuid, Event: "gap", FromSeq: ev.From, ToSeq: ev.To})
 		}
 		fmt.Fprintf(env.Stderr, "[%s] messages #%d..#%d were dropped by retention before they could be shown\n", shown(name), ev.From, ev.To)
 	case client.EventReset:
 		if asJSON {
-			return printJSON(env.Stdout, map[string]any{"group": name, "uuid": uuid, "event": "reset", "epoch": ev.Epoch})
+			return printJSON(env.Stdout, resetJSON{Group: name, UUID: uuid, Event: "reset", Epoch: ev.Epoch})
 		}
 		fmt.Fprintf(env.Stderr, "[%s] the group's daemon restarted and its history was reset; following the new log from its start\n", shown(name))
 	}
