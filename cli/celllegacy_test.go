@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/huddle-chat/huddle/wire"
@@ -18,17 +19,21 @@ import (
 // show the cell its operator had to repair.
 func TestCellStatusShowsLegacyMember(t *testing.T) {
 	legacy := wire.Replica{Addr: "box:http", Fingerprint: wire.Fingerprint{0xc}}
-	var leader, follower wire.Replica
-	members := func() []wire.Replica { return []wire.Replica{leader, follower, legacy} }
-	leader = cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
+	// The configuration both daemons answer: the leader, the follower and
+	// the legacy member, set once both listen (their handlers read it on
+	// their own goroutines).
+	var config atomic.Pointer[[]wire.Replica]
+	leader := cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
 		self.Leader = true
-		return wire.CellStatus{Self: self, State: "leader", Term: 4, Leader: &self, CommitIndex: 9, AppliedIndex: 9, LastIndex: 9, Members: members()}, nil
+		return wire.CellStatus{Self: self, State: "leader", Term: 4, Leader: &self, CommitIndex: 9, AppliedIndex: 9, LastIndex: 9, Members: *config.Load()}, nil
 	})
-	follower = cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
-		l := leader
-		l.Leader = true
-		return wire.CellStatus{Self: self, State: "follower", Term: 4, Leader: &l, CommitIndex: 9, AppliedIndex: 8, LastIndex: 9, LastContact: 20, Members: members()}, nil
+	follower := cellStatusDaemon(t, func(_ context.Context, self wire.Replica) (wire.CellStatus, error) {
+		members := *config.Load()
+		return wire.CellStatus{Self: self, State: "follower", Term: 4, Leader: &members[0], CommitIndex: 9, AppliedIndex: 8, LastIndex: 9, LastContact: 20, Members: members}, nil
 	})
+	l := leader
+	l.Leader = true
+	config.Store(&[]wire.Replica{l, follower, legacy})
 	u := newTestUser(t, "")
 
 	code, out, errs := u.run(t, "cell", "status", "--server", follower.Addr)
