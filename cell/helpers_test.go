@@ -530,7 +530,7 @@ func (c *testCell) restart(m *testMember) {
 // test asks of it fails, or is answered by the member that leads now.
 func (c *testCell) leader() *testMember {
 	c.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
+	deadline := time.Now().Add(electionWait)
 	for time.Now().Before(deadline) {
 		term := c.term()
 		for _, m := range c.members {
