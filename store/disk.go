@@ -416,7 +416,13 @@ func (d *DiskLog) record(batch []Entry) (int64, error) {
 	}
 	at := d.fsize
 	d.fsize += n
-	if len(d.pend) >= d.behind && !d.writeBehind() {
+	// After a write refused (a full disk: a sync's, or the writer's), each
+	// append writes inline until one is written: with writes lagging, the
+	// refusal was met only by the append that found WriteBehind bytes
+	// pending, and a cell's leader whose group logs' disk was full took
+	// and acknowledged sends for over a minute (256 KiB of them at a
+	// loaded workload's pace) before its state machine stalled (session 22).
+	if (len(d.pend) >= d.behind || d.wr != nil && d.wr.failed) && !d.writeBehind() {
 		if err := d.write(); err != nil {
 			d.pend, d.fsize = d.pend[:start], at
 			d.enc.undo()
@@ -454,6 +460,9 @@ func (d *DiskLog) write() error {
 		// named twice.
 		if pe := (*fs.PathError)(nil); !errors.As(err, &pe) {
 			err = fmt.Errorf("write %s: %w", d.f.Name(), err)
+		}
+		if d.wr != nil {
+			d.wr.failed = true // the next append writes inline (record)
 		}
 		return fmt.Errorf("%w: %w", ErrNotWritable, err)
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -184,6 +185,50 @@ func TestDiskFullBehindJobGated(t *testing.T) {
 	if n := writes.Load(); n != 0 || !failed {
 		t.Fatalf("the job out while another log held the gate: %d writes, failed %v; want none, failed", n, failed)
 	}
+	appendN(t, d, 3, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	readBack(t, d, cfg, acked)
+}
+
+// TestDiskFullBehindRefusedAtNextAppend: once a write of a log whose
+// writes lag is refused (here a sync's, on a full disk with no reserve),
+// the next append writes inline, and is refused too, though far less
+// than WriteBehind is pending: a cell's state machine stalls on it at
+// once. Until session 22 the appends went on into memory until
+// WriteBehind bytes were pending, and only that append met the refusal:
+// a cell leader whose group logs' disk was full acknowledged sends for
+// over a minute at a loaded workload's pace (internal/jepsen
+// TestCellFaults, disk-logs). Once the disk has room the appends go on,
+// and every one acknowledged is read back.
+func TestDiskFullBehindRefusedAtNextAppend(t *testing.T) {
+	mnt, fill := testdisk.Small(t, "4m")
+	cfg := DiskConfig{Dir: filepath.Join(mnt, "g"), Config: Config{MaxMessages: 100000}, Reserve: -1, WriteBehind: 64 << 10}
+	d, _, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	var acked []Entry
+	appendN(t, d, 10, &acked)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	free := fill()
+	appendN(t, d, 5, &acked) // 5 KB pending: more than the last page's rest
+	if err := d.Sync(); !errors.Is(err, ErrNotWritable) {
+		t.Fatalf("sync of 5 KB pending on the full disk with no reserve: %v, want ErrNotWritable", err)
+	}
+	seq, ts := d.Tail()
+	e := Entry{Seq: seq + 1, Time: ts + 1000, ID: id(len(acked) + 1), From: sender(1), Body: []byte("after the refusal")}
+	if err := d.Append([]Entry{e}); !errors.Is(err, ErrNotWritable) {
+		d.wmu.Lock()
+		pend := len(d.pend)
+		d.wmu.Unlock()
+		t.Fatalf("the append after a refused sync, %d bytes pending of WriteBehind %d: %v, want ErrNotWritable", pend, cfg.WriteBehind, err)
+	}
+	free()
 	appendN(t, d, 3, &acked)
 	if err := d.Sync(); err != nil {
 		t.Fatal(err)

@@ -26,9 +26,10 @@ import (
 //
 // A background write that fails is cut back, and its records are pending
 // again, in front of those appended since. The next write is then inline,
-// in the append that finds WriteBehind bytes pending, which meets the
-// error as before: that batch is refused (ErrNotWritable), and a full
-// disk's room is made as for any record (recordRoom). While the record
+// in the next append (not only in one that finds WriteBehind bytes
+// pending; so too after a sync's write refused), which meets the error as
+// before: that batch is refused (ErrNotWritable), and a full disk's room
+// is made as for any record (recordRoom). While the record
 // gate of the log's file system is shut (a full disk), writes are inline
 // too: the room another log makes is not taken from under it; and a write
 // handed off before the gate shut goes through it too (gatedWrite).
