@@ -355,8 +355,10 @@ func (g *Group) Info(ctx context.Context) (Info, error) {
 
 // Join makes this client's key a member under a display name; secret is
 // needed for private groups (nil otherwise). Joining again updates the name.
-// Errors: ErrUnauthorized (wrong or missing secret), ErrNotFound,
-// ErrUnavailable (the group is full), ErrBadRequest (bad name).
+// Errors: ErrUnauthorized (wrong or missing secret), ErrRateLimited (a
+// private group: too many joins from this address, RetryAfter says how
+// long to wait), ErrNotFound, ErrUnavailable (the group is full),
+// ErrBadRequest (bad name).
 func (g *Group) Join(ctx context.Context, name string, secret []byte) (Joined, error) {
 	if err := g.enter(); err != nil {
 		return Joined{}, g.fail("join", err)

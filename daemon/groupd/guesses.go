@@ -77,7 +77,18 @@ func (l *guessLimiter) refund(from netip.Prefix) {
 // checkSecret decides a join of the private group g whose secret is right
 // or not (ok): nil to go on, rate_limited while c's address has guessed
 // too often, unauthorized for a wrong secret.
+//
+// A member joining again with the right secret (a rename) takes no token:
+// an address is shared (a NAT, an IPv6 /64, link-local fe80::/64), and
+// another's guesses there had the member refused rate_limited, against
+// PROTOCOL.md §8.2 (a member joining again is never slowed). Its answer
+// tells only a member whether a secret is right, at any pace: a member
+// has the group already, and could hand its key to anyone it would hand
+// the secret.
 func (d *Daemon) checkSecret(c *server.Call, g *group, ok bool) error {
+	if ok && g.isMember(c.Peer()) {
+		return nil
+	}
 	from := server.Source(c.Remote())
 	wait, allowed := g.guesses.take(from, d.cfg.Now())
 	if !allowed {
