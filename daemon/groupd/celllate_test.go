@@ -137,8 +137,13 @@ func TestCellLateOpenClosed(t *testing.T) {
 // open, and OpenGroup opened the group's log, which nothing closed, and
 // hosted it in a stopped daemon. The test calls releaseLoaded as
 // lifecycle would, on a leader whose state machine hangs in an append,
-// and then OpenGroup as raft's goroutine would.
+// and then OpenGroup as raft's goroutine would. A leader deposed before
+// the send reached its state machine voids the try (hungAtLeader).
 func TestCellStuckReleaseRefusesLateOpen(t *testing.T) {
+	rerunOnNewCells(t, 3, "the leader was deposed before the send reached its state machine", cellStuckReleaseRefusesLateOpen)
+}
+
+func cellStuckReleaseRefusesLateOpen(t *testing.T) bool {
 	members := planTestCell(t, 3)
 	logs := make([]atomic.Pointer[hungLog], len(members))
 	opens := make([]atomic.Int32, len(members))
@@ -149,6 +154,7 @@ func TestCellStuckReleaseRefusesLateOpen(t *testing.T) {
 		return h
 	})
 	leader, g := cellLeader(t, members)
+	term := leader.d.node.Status().Term
 	at := slices.Index(members, leader)
 	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
 	h := logs[at].Load()
@@ -160,7 +166,9 @@ func TestCellStuckReleaseRefusesLateOpen(t *testing.T) {
 		sent <- err
 	}()
 	t.Cleanup(func() { <-sent })
-	eventually(t, "the leader's state machine hung in an append", func() bool { return h.waiting.Load() > 0 })
+	if !hungAtLeader(t, members, leader, term, h, sent) {
+		return false
+	}
 
 	d := leader.d
 	d.releaseLoaded() // its raft's Close: cell.ErrStuck, after 3 s
@@ -173,4 +181,5 @@ func TestCellStuckReleaseRefusesLateOpen(t *testing.T) {
 	if n := opens[at].Load() - before; n != 0 {
 		t.Errorf("%d group logs opened after a release that left raft stuck, want none", n)
 	}
+	return true
 }

@@ -18,42 +18,49 @@ import (
 // (in the disk). Until session 22 it said "a disk that does not answer?"
 // of each.
 
-// hungLeaderCell starts a cell of three whose members' group logs can
-// hang, and returns its leader, the group, and what hangs the leader's
-// group log's appends (released at the test's end).
-func hungLeaderCell(t *testing.T, mutate func(*Config)) (*testCellMember, wire.UUID, *hungLog, logRecorder) {
+// TestCloseNamesRaftInALogWrite: a cell member whose raft does not stop
+// because its state machine is in a group log's append that does not
+// return says so, naming the group log's write. The send waiting on it
+// (a client's, whose handler waits for raft's answer) is answered
+// unavailable within the cell's bound, and not named as a request left.
+// A leader deposed before the send reached its state machine voids the
+// try (hungAtLeader).
+func TestCloseNamesRaftInALogWrite(t *testing.T) {
+	rerunOnNewCells(t, 3, "the leader was deposed before the send reached its state machine", closeNamesRaftInALogWrite)
+}
+
+func closeNamesRaftInALogWrite(t *testing.T) bool {
 	members := planTestCell(t, 3)
 	logs := make([]atomic.Pointer[hungLog], len(members))
 	log, recs := recordLogs(t)
 	startOpeningCell(t, members, func(cfg *Config) {
 		cfg.Logger = log
-		if mutate != nil {
-			mutate(cfg)
-		}
+		cfg.Server.ShutdownTimeout = 200 * time.Millisecond
 	}, func(i int, _ *Daemon, l cellLog) Log {
 		h := &hungLog{cellLog: l}
 		logs[i].Store(h)
 		return h
 	})
 	leader, g := cellLeader(t, members)
+	term := leader.d.node.Status().Term
 	at := slices.Index(members, leader)
 	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
-	return leader, g, logs[at].Load(), recs
-}
+	h := logs[at].Load()
 
-// TestCloseNamesRaftInALogWrite: a cell member whose raft does not stop
-// because its state machine is in a group log's append that does not
-// return says so, naming the group log's write. The send waiting on it
-// (a client's, whose handler waits for raft's answer) is answered
-// unavailable within the cell's bound, and not named as a request left.
-func TestCloseNamesRaftInALogWrite(t *testing.T) {
-	leader, g, h, recs := hungLeaderCell(t, func(cfg *Config) { cfg.Server.ShutdownTimeout = 200 * time.Millisecond })
 	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
-	must(t, p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil))
+	if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil); err != nil {
+		if !electedSince(members, leader, term) {
+			t.Fatalf("ann's join at the leader: %v", err)
+		}
+		t.Logf("an election came since term %d; ann's join at the leader deposed: %v", term, err)
+		return false
+	}
 	release := h.hangs()
 	t.Cleanup(release) // after the daemons' own: before them
 	answered := sendUnanswered(t, p, g, outgoing("waits on raft"))
-	eventually(t, "the leader's state machine hung in an append", func() bool { return h.waiting.Load() > 0 })
+	if !hungAtLeader(t, members, leader, term, h, answered) {
+		return false
+	}
 
 	must(t, peertest.OnHungDisk(t, "the daemon's Close", leader.d.Close, release))
 	<-answered
@@ -63,6 +70,7 @@ func TestCloseNamesRaftInALogWrite(t *testing.T) {
 	if got := recs.matching("a request did not return"); len(got) != 0 {
 		t.Errorf("a send waiting on raft was named as a request left: %q", got)
 	}
+	return true
 }
 
 // TestCloseNamesRaftElsewhere: a cell member whose raft does not stop,
