@@ -111,6 +111,20 @@ func cellLeader(t *testing.T, members []*testCellMember) (*testCellMember, wire.
 	return leader, leader.d.Groups()[0].ID
 }
 
+// electedSince reports whether any member of the cell is in a term other
+// than term, or no longer leads in it if it led: an election has come.
+func electedSince(members []*testCellMember, leader *testCellMember, term uint64) bool {
+	for _, m := range members {
+		if m.d == nil || m.d.node == nil {
+			continue
+		}
+		if st := m.d.node.Status(); st.Term != term || m == leader && st.State != "leader" {
+			return true
+		}
+	}
+	return false
+}
+
 // hostedGroup waits for m to host the cell's group g and returns it. A
 // follower creates the group as it applies the cell's entry, which under
 // load may come after the leader has acknowledged a join or a send (and
@@ -453,6 +467,9 @@ func TestCellClientFollowsLeader(t *testing.T) {
 		want(t, <-events, a)
 	}
 
+	// The member that leads now (an election since the first cellLeader,
+	// at load, moved it): stopping a follower would test no failover.
+	leader, _ = cellLeader(t, members)
 	leader.stop()
 	leader.d = nil
 	for i, id := range ids {

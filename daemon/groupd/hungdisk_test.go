@@ -265,20 +265,6 @@ func sendUnanswered(t *testing.T, p *peer, g wire.UUID, msg []wire.Outgoing) cha
 	return answered
 }
 
-// electedSince reports whether any member of the cell is in a term other
-// than term, or no longer leads in it if it led: an election has come.
-func electedSince(members []*testCellMember, leader *testCellMember, term uint64) bool {
-	for _, m := range members {
-		if m.d == nil || m.d.node == nil {
-			continue
-		}
-		if st := m.d.node.Status(); st.Term != term || m == leader && st.State != "leader" {
-			return true
-		}
-	}
-	return false
-}
-
 // hungAtLeader waits for leader's state machine to hang in h's append
 // with a send, whose end sent gets (true). A send that ends first, or
 // that never reaches the append, after an election since term (leader
