@@ -19,15 +19,8 @@ func TestAddressIsDialable(t *testing.T) {
 		"0.0.0.0:7374", "[::]:7374", "224.0.0.251:5353", "239.255.255.250:1900", "[ff02::fb]:5353",
 		"[ff05::1%eth0]:1", "255.255.255.255:7373", "[::ffff:224.0.0.1]:1", "[::ffff:0.0.0.0]:1",
 	} {
-		for _, args := range []any{
-			&Register{Group: tGroup, Name: "a", Addrs: []string{a}},
-			&Register{Group: tGroup, Name: "a", Port: 1, Replicas: []Replica{{Addr: a, Fingerprint: Fingerprint{1}}}},
-		} {
-			var buf bytes.Buffer
-			if err := WriteRequest(&buf, OpRegister, args); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := decodeRequest(&buf); err == nil || ToError(err).Code != CodeBadRequest {
+		for _, err := range registersNaming(t, a) {
+			if err == nil || ToError(err).Code != CodeBadRequest {
 				t.Errorf("%q: %v, want bad_request", a, err)
 			}
 		}

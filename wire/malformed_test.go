@@ -568,15 +568,8 @@ func TestAddressIsHostPort(t *testing.T) {
 	for _, a := range []string{
 		"10.0.0.1:7374", "[fd00::1]:7374", "box.local:1", "hôte:65535", strings.Repeat("h", MaxAddrBytes-6) + ":65535",
 	} {
-		for _, args := range []any{
-			&Register{Group: tGroup, Name: "a", Addrs: []string{a}},
-			&Register{Group: tGroup, Name: "a", Port: 1, Replicas: []Replica{{Addr: a, Fingerprint: Fingerprint{1}}}},
-		} {
-			var buf bytes.Buffer
-			if err := WriteRequest(&buf, OpRegister, args); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := decodeRequest(&buf); err != nil {
+		for _, err := range registersNaming(t, a) {
+			if err != nil {
 				t.Errorf("%q refused: %v", a, err)
 			}
 		}
@@ -585,17 +578,29 @@ func TestAddressIsHostPort(t *testing.T) {
 		"10.0.0.1", "10.0.0.1:", ":7374", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:http", "10.0.0.1:-1",
 		"\x1b[2J:1", "box\n10.0.0.9:1", "a b:1", "a\u202eb:1", "a\xff:1", "[::1:1",
 	} {
-		for _, args := range []any{
-			&Register{Group: tGroup, Name: "a", Addrs: []string{a}},
-			&Register{Group: tGroup, Name: "a", Port: 1, Replicas: []Replica{{Addr: a, Fingerprint: Fingerprint{1}}}},
-		} {
-			var buf bytes.Buffer
-			if err := WriteRequest(&buf, OpRegister, args); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := decodeRequest(&buf); err == nil || ToError(err).Code != CodeBadRequest {
+		for _, err := range registersNaming(t, a) {
+			if err == nil || ToError(err).Code != CodeBadRequest {
 				t.Errorf("%q: %v, want bad_request", a, err)
 			}
 		}
 	}
+}
+
+// registersNaming decodes the two registrations that name address a, as
+// the group's address and as a replica's, and returns what each gave.
+func registersNaming(t *testing.T, a string) []error {
+	t.Helper()
+	var errs []error
+	for _, args := range []any{
+		&Register{Group: tGroup, Name: "a", Addrs: []string{a}},
+		&Register{Group: tGroup, Name: "a", Port: 1, Replicas: []Replica{{Addr: a, Fingerprint: Fingerprint{1}}}},
+	} {
+		var buf bytes.Buffer
+		if err := WriteRequest(&buf, OpRegister, args); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := decodeRequest(&buf)
+		errs = append(errs, err)
+	}
+	return errs
 }

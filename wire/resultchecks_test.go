@@ -18,28 +18,14 @@ func TestResultsHoldReplicas(t *testing.T) {
 		many = append(many, Replica{Addr: "10.0.0.1:7374", Fingerprint: Fingerprint{byte(i + 1)}})
 	}
 	keyless := []Replica{{Addr: "10.0.0.1:7374"}}
-	for _, tc := range []struct {
-		name  string
-		body  any
-		into  any
-		large bool // ErrTooLarge, not another rule
-	}{
+	wantRefused(t, []refusedBody{
 		{"info of ten replicas", Info{Group: UUID{7}, Name: "g", Epoch: 1, Replicas: many}, new(Info), true},
 		{"info of a keyless replica", Info{Group: UUID{7}, Name: "g", Epoch: 1, Replicas: keyless}, new(Info), false},
 		{"info of a long name", Info{Group: UUID{7}, Name: strings.Repeat("n", MaxNameBytes+1), Epoch: 1}, new(Info), true},
 		{"cell change of ten members", CellChanged{Members: many}, new(CellChanged), true},
 		{"cell change of a keyless member", CellChanged{Members: keyless}, new(CellChanged), false},
 		{"cell change of no member", CellChanged{}, new(CellChanged), false},
-	} {
-		b, err := encMode.Marshal(tc.body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = decodeBody(bodyDecMode, b, tc.into)
-		if err == nil || tc.large != errors.Is(err, ErrTooLarge) {
-			t.Errorf("%s: %v, want it refused (too large: %v)", tc.name, err, tc.large)
-		}
-	}
+	})
 	b, err := encMode.Marshal(Info{Group: UUID{7}, Name: "g", Epoch: 1, Replicas: many[:MaxReplicas]})
 	if err != nil {
 		t.Fatal(err)
@@ -87,17 +73,28 @@ func TestConfiguredReplicasMayBeLegacy(t *testing.T) {
 		t.Errorf("cell status decoded as %+v (%v): want both members, the second marked legacy", st.Members, err)
 	}
 
-	for _, tc := range []struct {
-		name  string
-		body  any
-		into  any
-		large bool
-	}{
+	wantRefused(t, []refusedBody{
 		{"info of a legacy replica", Info{Group: UUID{7}, Name: "g", Epoch: 1, Replicas: members}, new(Info), false},
 		{"cell status of an empty address", CellStatus{Self: leader, State: "leader", Members: []Replica{leader, {Fingerprint: Fingerprint{2}}}}, new(CellStatus), false},
 		{"cell status of a long address", CellStatus{Self: leader, State: "leader", Members: []Replica{leader, {Addr: strings.Repeat("a", MaxAddrBytes+1), Fingerprint: Fingerprint{2}}}}, new(CellStatus), true},
 		{"cell change of a keyless legacy member", CellChanged{Members: []Replica{leader, {Addr: "box:http"}}}, new(CellChanged), false},
-	} {
+	})
+}
+
+// refusedBody is an answer's body that decoding must refuse: large says
+// it is refused as ErrTooLarge, not by another rule.
+type refusedBody struct {
+	name  string
+	body  any
+	into  any
+	large bool
+}
+
+// wantRefused encodes each body and checks that decoding it into its into
+// is refused, for the reason it names.
+func wantRefused(t *testing.T, cases []refusedBody) {
+	t.Helper()
+	for _, tc := range cases {
 		b, err := encMode.Marshal(tc.body)
 		if err != nil {
 			t.Fatal(err)
