@@ -266,15 +266,17 @@ func (n *Node) askMembers(ctx context.Context, addr string) ([]Peer, error) {
 }
 
 // decodeMembers decodes a members answer. A member whose address is not
-// host:port (wire.CheckAddr) is skipped, the others kept: a configuration
+// one to dial (wire.Dialable) is skipped, the others kept: a configuration
 // made before session 20, when raft took any address, may hold one
-// ("box:http"), and every member's answer names it while it is a member.
+// ("box:http"), or before session 22 one at an unspecified or multicast
+// host ("0.0.0.0:7001"), and every member's answer names it while it is a
+// member.
 // Refused whole for it (session 20), those answers taught a member that
 // was away no member at all, the replaced one's successor included, while
-// the cell held it: its repair (cell_add its key at host:port, which
-// moves it) is such a time. Such a member could not have the cell's
-// groups registered anyway (a registry refuses replicas that are not
-// host:port), and this member neither dials nor lists it from here.
+// the cell held it: its repair (cell_add its key at a dialable host:port,
+// which moves it) is such a time. Such a member could not have the cell's
+// groups registered anyway (a registry refuses replicas it would not
+// dial), and this member neither dials nor lists it from here.
 func decodeMembers(p []byte) ([]Peer, error) {
 	r := reader{p: p}
 	count := r.u8("members")
@@ -286,7 +288,7 @@ func decodeMembers(p []byte) ([]Peer, error) {
 		var m Peer
 		r.fixed(m.Fingerprint[:], "fingerprint")
 		m.Addr = string(r.bytes(int(r.u8("address length")), "address"))
-		if r.err == nil && wire.CheckAddr(m.Addr) != nil {
+		if r.err == nil && !wire.Dialable(m.Addr) {
 			continue
 		}
 		if r.err == nil {

@@ -54,8 +54,8 @@ func TestMembersAnswer(t *testing.T) {
 }
 
 // TestMembersAnswerSkipsOtherAddresses: a member named at an address that
-// is not host:port (a configuration of before session 20 may hold
-// "box:http") is skipped, and the members named beside it are learnt. The
+// is not one to dial (wire.Dialable: a configuration of before session 20
+// may hold "box:http", one of before session 22 "0.0.0.0:7374") is skipped, and the members named beside it are learnt. The
 // whole answer was refused for it (session 20), so a member that was away
 // learnt none while the cell held such a member.
 func TestMembersAnswerSkipsOtherAddresses(t *testing.T) {
@@ -64,6 +64,8 @@ func TestMembersAnswerSkipsOtherAddresses(t *testing.T) {
 		{ID: raft.ServerID(wire.Fingerprint{3}.String()), Address: "box:http"},
 		{ID: raft.ServerID(wire.Fingerprint{4}.String()), Address: "abc"},
 		{ID: raft.ServerID(wire.Fingerprint{5}.String()), Address: "10.0.0.5:0"},
+		{ID: raft.ServerID(wire.Fingerprint{7}.String()), Address: "0.0.0.0:7374"},
+		{ID: raft.ServerID(wire.Fingerprint{8}.String()), Address: "224.0.0.251:5353"},
 		{ID: raft.ServerID(wire.Fingerprint{6}.String()), Address: raft.ServerAddress(strings.Repeat("a", 100) + ":7374")},
 		{ID: raft.ServerID(wire.Fingerprint{2}.String()), Address: "10.0.0.2:7374", Suffrage: raft.Nonvoter},
 	}}

@@ -215,7 +215,7 @@ func awaitVoter(ctx context.Context, env Env, c *client.Client, server string, p
 	defer tick.Stop()
 	for {
 		st, err := ask(server, pin)
-		if err == nil && st.Leader != nil && st.Leader.Fingerprint != st.Self.Fingerprint && !st.Leader.LegacyAddr() {
+		if err == nil && st.Leader != nil && st.Leader.Fingerprint != st.Self.Fingerprint && wire.Dialable(st.Leader.Addr) {
 			if lst, lerr := ask(st.Leader.Addr, st.Leader.Fingerprint); lerr == nil {
 				st = lst // the leader knows the configuration first
 			}
@@ -256,13 +256,15 @@ type explainedUnreachable struct{ msg string }
 
 func (e *explainedUnreachable) Error() string { return e.msg }
 
-// legacyAddrError is why a member at an address that is not host:port
-// (wire.Replica.LegacyAddr: a configuration made before session 20) was
-// not asked, and how to move it.
-type legacyAddrError struct{ m wire.Replica }
+// undialableError is why a member at an address not to dial
+// (wire.Dialable: not host:port, as "box:http" in a configuration made
+// before session 20, or an unspecified, multicast or broadcast host, as
+// "0.0.0.0:7001" in one made before session 22) was not asked, and how to
+// move it.
+type undialableError struct{ m wire.Replica }
 
-func (e *legacyAddrError) Error() string {
-	return fmt.Sprintf("not asked: its address %q is not host:port (the cell's configuration was made before session 20); move it: on a member's host, "+
+func (e *undialableError) Error() string {
+	return fmt.Sprintf("not asked: its address %q is not one to dial (not host:port, or an unspecified, multicast or broadcast host); move it: on a member's host, "+
 		"HUDDLE_HOME=ITS_STATE_DIR huddle cell add --server MEMBER %s@HOST:PORT", shown(e.m.Addr), e.m.Fingerprint)
 }
 
@@ -314,11 +316,11 @@ func cellStatus(ctx context.Context, env Env, c *client.Client, server string, p
 			views[i].status = &st
 			continue
 		}
-		if m.LegacyAddr() {
+		if !wire.Dialable(m.Addr) {
 			// Listed as the configuration has it, and not dialled there:
 			// shown marked, with how to move it (until session 22 the
 			// whole status was refused for it).
-			views[i].err = &legacyAddrError{m}
+			views[i].err = &undialableError{m}
 			continue
 		}
 		wg.Go(func() {
@@ -444,10 +446,10 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	for _, v := range views {
 		if v.err != nil {
 			state := "unreachable"
-			var la *legacyAddrError
+			var ua *undialableError
 			switch {
-			case errors.As(v.err, &la):
-				state = "not asked: address not host:port"
+			case errors.As(v.err, &ua):
+				state = "not asked: address not to dial"
 			case v.replica.CatchingUp:
 				// Added and not caught up yet (its daemon down, or never
 				// started): say so, or it looks like a voter that is down.
@@ -464,7 +466,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 					"cell remove its old key, then cell add the new one, huddle id on that host prints it, once its daemon runs with --cell-join)",
 					shown(v.replica.Addr), mm.Got)
 			}
-			if la != nil {
+			if ua != nil {
 				notAsked = append(notAsked, fmt.Sprintf("  %s: %s", v.replica.Fingerprint.Short(), why))
 				continue
 			}
@@ -517,7 +519,7 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	if len(notAsked) > 0 {
 		// A member of the configuration all the same: it counts toward
 		// the cell's majority, whether or not it runs.
-		fmt.Fprintf(env.Stdout, "not asked (listed at an address that is not host:port; a member all the same, counted in the cell's majority):\n%s\n", strings.Join(notAsked, "\n"))
+		fmt.Fprintf(env.Stdout, "not asked (listed at an address not to dial; a member all the same, counted in the cell's majority):\n%s\n", strings.Join(notAsked, "\n"))
 	}
 	if len(stalled) > 0 {
 		// What README's "A member whose disk fills up" says to do.

@@ -16,9 +16,18 @@ import (
 // has it, marked not asked, with how to move it, and never dialled there;
 // the others as ever. Until session 22 every member's status was refused
 // whole for it (wire: CellStatus.check), and huddle cell status could not
-// show the cell its operator had to repair.
+// show the cell its operator had to repair. The same for a member at a
+// multicast host:port (224.0.0.251:5353, taken before session 22): its
+// row and message say the address is not one to dial, not that it is not
+// host:port, and do not date the configuration before session 20.
 func TestCellStatusShowsLegacyMember(t *testing.T) {
-	legacy := wire.Replica{Addr: "box:http", Fingerprint: wire.Fingerprint{0xc}}
+	for _, addr := range []string{"box:http", "224.0.0.251:5353"} {
+		t.Run(addr, func(t *testing.T) { testCellStatusShowsUndialable(t, addr) })
+	}
+}
+
+func testCellStatusShowsUndialable(t *testing.T, addr string) {
+	legacy := wire.Replica{Addr: addr, Fingerprint: wire.Fingerprint{0xc}}
 	// The configuration both daemons answer: the leader, the follower and
 	// the legacy member, set once both listen (their handlers read it on
 	// their own goroutines).
@@ -38,7 +47,7 @@ func TestCellStatusShowsLegacyMember(t *testing.T) {
 
 	code, out, errs := u.run(t, "cell", "status", "--server", follower.Addr)
 	if code != ExitOK {
-		t.Fatalf("cell status of a cell with a member at box:http: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+		t.Fatalf("cell status of a cell with a member at %s: exit %d\nstdout:\n%s\nstderr:\n%s", addr, code, out, errs)
 	}
 	var row string
 	for _, line := range strings.Split(out, "\n") {
@@ -46,12 +55,12 @@ func TestCellStatusShowsLegacyMember(t *testing.T) {
 			row = line
 		}
 	}
-	if !strings.Contains(out, "cell of 3 members; leader "+leader.Fingerprint.Short()) || !strings.Contains(row, "box:http") ||
-		!strings.Contains(row, "not asked: address not host:port") ||
-		!strings.Contains(out, `its address "box:http" is not host:port`) ||
+	if !strings.Contains(out, "cell of 3 members; leader "+leader.Fingerprint.Short()) || !strings.Contains(row, addr) ||
+		!strings.Contains(row, "not asked: address not to dial") ||
+		!strings.Contains(out, `its address "`+addr+`" is not one to dial`) || strings.Contains(out, "session 20") ||
 		!strings.Contains(out, "huddle cell add --server MEMBER "+legacy.Fingerprint.String()+"@HOST:PORT") ||
 		strings.Contains(out, "unreachable") {
-		t.Errorf("cell status:\n%s\nwant 3 members, the one at box:http marked not asked (not unreachable), with how to move it", out)
+		t.Errorf("cell status:\n%s\nwant 3 members, the one at %s marked not asked (not unreachable), with how to move it", out, addr)
 	}
 
 	out = u.ok(t, "cell", "status", "--server", leader.Addr, "--json")
@@ -66,8 +75,8 @@ func TestCellStatusShowsLegacyMember(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Members) != 3 {
 		t.Fatalf("cell status --json: %v\n%s", err, out)
 	}
-	if m := st.Members[2]; m.Addr != "box:http" || m.Fingerprint != legacy.Fingerprint.String() || m.State != "" || !strings.Contains(m.Error, "not asked") ||
+	if m := st.Members[2]; m.Addr != addr || m.Fingerprint != legacy.Fingerprint.String() || m.State != "" || !strings.Contains(m.Error, "not asked") ||
 		st.Members[0].State != "leader" || st.Members[1].State != "follower" {
-		t.Errorf("cell status --json members: %+v, want the leader, the follower, and box:http not asked", st.Members)
+		t.Errorf("cell status --json members: %+v, want the leader, the follower, and %s not asked", st.Members, addr)
 	}
 }

@@ -335,9 +335,10 @@ func (c *Client) CellMembers(ctx context.Context, recorded []Fingerprint, at map
 			return a.set, from, nil
 		}
 		for _, m := range a.named {
-			// Not at a legacy address (box:http), which a status may now
-			// name (wire.Replica.LegacyAddr): no member is dialled there.
-			if slices.Contains(keys, m.Fingerprint) && !answered[m.Fingerprint] && m.Addr != "" && !m.LegacyAddr() && !slices.Contains(tried[m.Fingerprint], m.Addr) {
+			// Not at an address not to dial (box:http, 0.0.0.0:7001),
+			// which a status may name (wire.Dialable): no member is
+			// dialled there.
+			if slices.Contains(keys, m.Fingerprint) && !answered[m.Fingerprint] && m.Addr != "" && wire.Dialable(m.Addr) && !slices.Contains(tried[m.Fingerprint], m.Addr) {
 				ask(m.Fingerprint, []string{m.Addr})
 			}
 		}

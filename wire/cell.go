@@ -45,18 +45,21 @@ func (r *Replica) check() error {
 	return checkAddr("replica address", r.Addr)
 }
 
-// LegacyAddr reports whether r's address is not host:port as a
-// registration's must be (CheckAddr): a cell's configuration made before
-// session 20, when raft took any address, may name a member at one
-// ("box:http"). cell_status, cell_add and cell_remove list such a member
-// as it is, so that an operator sees it (and moves it: cell_add its key
-// at host:port); no other listing names it, and no reference client
-// dials it.
-func (r Replica) LegacyAddr() bool { return CheckAddr(r.Addr) != nil }
+// Dialable reports whether a cell member's configured address is one a
+// peer may be given to dial (CheckAddr). A cell's configuration may name
+// a member at one that is not: made before session 20, when raft took any
+// address ("box:http"), or before session 22, when an unspecified,
+// multicast or broadcast host was taken ("0.0.0.0:7001", which on Linux
+// reaches the machine itself). cell_status, cell_add and cell_remove list
+// such a member as it is, so that an operator sees it (and moves it:
+// cell_add its key at a dialable host:port); no other listing names it (a
+// daemon leaves it out of info, refusals and registrations, which a peer
+// would refuse whole for it), and no reference client dials it.
+func Dialable(addr string) bool { return CheckAddr(addr) == nil }
 
 // checkConfigured holds a replica of a cell's configuration (cell_status,
 // cell_add, cell_remove) to a key and an address of 1 to MaxAddrBytes
-// bytes, host:port or not (LegacyAddr): until session 22 one at
+// bytes, dialable or not (Dialable): until session 22 one at
 // "box:http" had the whole answer refused, and huddle cell status could
 // not show such a cell, the very one its operator needs to repair.
 func (r *Replica) checkConfigured() error {
@@ -137,7 +140,7 @@ type CellChanged struct {
 // CellStatus's), and to one at least (the leader that made the change):
 // until session 17 a cell_add or cell_remove answer could name thousands,
 // which huddle cell add printed, or none, taken as the cell's members. A
-// member's address may be a legacy one (Replica.LegacyAddr), as in
+// member's address may be one not to dial (Dialable), as in
 // cell_status.
 func (c *CellChanged) check() error {
 	if len(c.Members) == 0 {
@@ -180,7 +183,7 @@ type CellStatus struct {
 
 // check holds a status to its limits. Its replicas (self, leader,
 // members, a key mismatch's member) are the cell's configuration's, whose
-// addresses may be legacy ones (Replica.LegacyAddr): listed as they are,
+// addresses may be ones not to dial (Dialable): listed as they are,
 // never refused for it.
 func (s *CellStatus) check() error {
 	if s.Leader != nil {

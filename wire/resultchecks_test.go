@@ -38,7 +38,7 @@ func TestResultsHoldReplicas(t *testing.T) {
 // TestConfiguredReplicasMayBeLegacy: a cell_status or cell_add/cell_remove
 // answer naming a member at an address that is not host:port (a
 // configuration made before session 20 may hold "box:http") is taken, the
-// member listed as it is and marked by LegacyAddr, so that huddle cell
+// member listed as it is and not Dialable, so that huddle cell
 // status can show the cell its operator must repair; until session 22 the
 // whole answer was refused. An info or a registration listing such a
 // replica is still refused (its groups are served at host:port only), and
@@ -69,7 +69,7 @@ func TestConfiguredReplicasMayBeLegacy(t *testing.T) {
 	}
 	var st CellStatus
 	b, _ := encMode.Marshal(CellStatus{Self: leader, State: "leader", LastContact: -1, Members: members})
-	if err := decodeBody(bodyDecMode, b, &st); err != nil || len(st.Members) != 2 || st.Members[1] != legacy || !st.Members[1].LegacyAddr() || st.Members[0].LegacyAddr() {
+	if err := decodeBody(bodyDecMode, b, &st); err != nil || len(st.Members) != 2 || st.Members[1] != legacy || Dialable(st.Members[1].Addr) || !Dialable(st.Members[0].Addr) || Dialable("224.0.0.251:5353") || Dialable("0.0.0.0:7001") {
 		t.Errorf("cell status decoded as %+v (%v): want both members, the second marked legacy", st.Members, err)
 	}
 

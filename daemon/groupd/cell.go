@@ -83,6 +83,7 @@ type cellGroup struct {
 	// writing counts the state machine's writes to the cell's group logs
 	// under way (cellHost.writing).
 	writing *atomic.Int32
+	host    *cellHost // the daemon's (serving)
 }
 
 // cellLog is a log a cell's group can be kept in: the daemon's Log, with
@@ -118,10 +119,13 @@ type cellHost struct {
 	// disk, one that does not while none is waits on something else
 	// (raftStuck says which).
 	writing atomic.Int32
+	// undialable holds the members at an address not to dial that
+	// serving has logged, each once (guarded by mu).
+	undialable map[cell.Peer]bool
 }
 
 func newCellHost(d *Daemon) *cellHost {
-	return &cellHost{d: d, groups: make(map[wire.UUID]*group), added: make(chan struct{})}
+	return &cellHost{d: d, groups: make(map[wire.UUID]*group), added: make(chan struct{}), undialable: make(map[cell.Peer]bool)}
 }
 
 // OpenGroup opens (or creates) this daemon's replica of a group of the
@@ -185,7 +189,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 		h.opened(spec)
 	}
 	g = newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
-	g.cell = &cellGroup{spec: spec, node: d.node, log: cl, writing: &h.writing}
+	g.cell = &cellGroup{spec: spec, node: d.node, log: cl, writing: &h.writing, host: h}
 	g.changed = d.countsChanged
 	h.mu.Lock()
 	if h.closed {
@@ -652,7 +656,7 @@ func (d *Daemon) replicaList() []wire.Replica {
 	if d.node == nil {
 		return nil
 	}
-	rs := serving(replicas(d.node.Status()))
+	rs := d.host.serving(replicas(d.node.Status()))
 	if !d.node.Serving() {
 		// Not this daemon, which does not serve (cell.Node.Serving),
 		// though its configuration lists it as a voter: a member just
@@ -664,10 +668,43 @@ func (d *Daemon) replicaList() []wire.Replica {
 	return rs
 }
 
-// serving returns the replicas that serve the cell's groups: not those
-// still catching up.
-func serving(rs []wire.Replica) []wire.Replica {
-	return slices.DeleteFunc(rs, func(r wire.Replica) bool { return r.CatchingUp })
+// serving returns the replicas that serve the cell's groups, as info,
+// refusals (key 6) and registrations list them: not those still catching
+// up, nor those at an address a peer would refuse (wire.Dialable), which
+// a configuration made before session 20 ("box:http") or 22
+// ("0.0.0.0:7001", "224.0.0.251:5353") may hold: a client refuses the
+// whole info or refusal naming one, and a registry the whole
+// registration, and the cell's groups dropped out of listings. Each such
+// member is logged once, with how to move it.
+func (h *cellHost) serving(rs []wire.Replica) []wire.Replica {
+	return slices.DeleteFunc(rs, func(r wire.Replica) bool {
+		if r.CatchingUp {
+			return true
+		}
+		if wire.Dialable(r.Addr) {
+			return false
+		}
+		h.mu.Lock()
+		said := h.undialable[cell.Peer{Addr: r.Addr, Fingerprint: r.Fingerprint}]
+		h.undialable[cell.Peer{Addr: r.Addr, Fingerprint: r.Fingerprint}] = true
+		h.mu.Unlock()
+		if !said {
+			h.d.cfg.Logger.Warn("a member of the cell is configured at an address peers do not dial, so info, refusals and registrations leave it out",
+				"member", r.Fingerprint.String(), "addr", r.Addr, "why", wire.CheckAddr(r.Addr).Error(),
+				"move", fmt.Sprintf("on a member's host: huddle cell add --server MEMBER %s@HOST:PORT", r.Fingerprint))
+		}
+		return true
+	})
+}
+
+// leaderHint is l as a refusal names the leader (key 7), or nil if l's
+// address is not one to dial (wire.Dialable): a client refuses the whole
+// refusal naming one, and asks the members it knows instead of none.
+func leaderHint(l cell.Peer) *wire.Replica {
+	if !wire.Dialable(l.Addr) {
+		return nil
+	}
+	return &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
 }
 
 // cellStats reports the daemon's view of its cell for metrics.

@@ -34,7 +34,7 @@ func cellError(op wire.Op, g *group, err error) error {
 			retry += ", with the same message IDs"
 		}
 		return &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Replicas: cellMembers(g),
-			Leader: &wire.Replica{Addr: self.Addr, Fingerprint: self.Fingerprint, Leader: true}, Unchanged: true,
+			Leader: leaderHint(self), Unchanged: true,
 			Message: fmt.Sprintf("%v group %s: the cell's leader cannot write to its disk (%s: group %s's log refuses appends), so it took nothing of this; it hands the leadership to a member that can: %s",
 				op, g.name, stalled.Stall.Cause, stalled.Stall.Group, retry)}
 	case errors.As(err, &nl):
@@ -45,7 +45,7 @@ func cellError(op wire.Op, g *group, err error) error {
 			we.RetryAfterMS = uint64(cellRetry.Milliseconds())
 			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell, and no leader is known (an election is under way): try again shortly", op, g.name)
 		} else {
-			we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
+			we.Leader = leaderHint(nl.Leader)
 			we.Message = fmt.Sprintf("%v group %s: this daemon does not lead the group's cell: send to its leader at %s", op, g.name, nl.Leader.Addr)
 		}
 		return we
@@ -76,7 +76,7 @@ func cellError(op wire.Op, g *group, err error) error {
 // (made before a member was replaced) learns the new one from it, and
 // does not try a member that is gone when it next looks for the leader.
 func cellMembers(g *group) []wire.Replica {
-	rs := serving(replicas(g.cell.node.Status()))
+	rs := g.cell.host.serving(replicas(g.cell.node.Status()))
 	if len(rs) > wire.MaxReplicas {
 		return nil
 	}
@@ -92,7 +92,7 @@ func cellMembers(g *group) []wire.Replica {
 func (d *Daemon) notServing(op wire.Op, g *group) error {
 	we := &wire.Error{Code: wire.CodeUnavailable, Replicas: d.replicaList(), Unchanged: true}
 	if l, ok := d.node.Leader(); ok && l != d.node.Self() {
-		we.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
+		we.Leader = leaderHint(l)
 	}
 	switch {
 	case !d.node.Member():
@@ -255,7 +255,7 @@ func (d *Daemon) awaitSeq(ctx context.Context, c *server.Call, g *group, seq uin
 			// named itself then); it names none, as it does refusing a
 			// send, and the reader asks the other members.
 			if l, ok := g.cell.node.Leader(); ok && (l != g.cell.node.Self() || g.cell.node.Leading() == nil) {
-				err.Leader = &wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true}
+				err.Leader = leaderHint(l)
 			}
 			return err
 		case <-ctx.Done():
@@ -365,7 +365,7 @@ func cellChangeError(op wire.Op, err error) error {
 		we := &wire.Error{Code: wire.CodeUnavailable, RetryAfterMS: uint64(cellRetry.Milliseconds()), Unchanged: errors.Is(err, cell.ErrUnchanged),
 			Message: fmt.Sprintf("%v: this daemon does not lead the cell", op)}
 		if nl.Leader.Addr != "" {
-			we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
+			we.Leader = leaderHint(nl.Leader)
 		}
 		return we
 	case errors.Is(err, cell.ErrInvalidConfig):

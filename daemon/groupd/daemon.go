@@ -191,7 +191,7 @@ func (c Config) Validate() error {
 	case c.SendRate > 0 && c.SendRate < minSendRate:
 		// info reports the rate in messages per 1000 s (send_rate_milli),
 		// where a smaller one rounded to 0, which says unlimited.
-		return invalid("SendRate %v: want 0 (unlimited) or at least %v a second, the least info can report", c.SendRate, minSendRate)
+		return invalid("SendRate %v: want at least %v a second (the least info can report), 0 for the default %v, or negative for unlimited", c.SendRate, minSendRate, DefaultSendRate)
 	case c.SendRate >= 0 && orDefault(c.SendBurst, DefaultSendBurst) < orDefault(c.MaxBatch, DefaultMaxBatch):
 		return invalid("SendBurst %d is below MaxBatch %d: a full batch could never be sent", orDefault(c.SendBurst, DefaultSendBurst), orDefault(c.MaxBatch, DefaultMaxBatch))
 	case c.Server.MaxRequestBytes != 0 && orDefault(c.MaxMessageBytes, DefaultMaxMessageBytes) > c.Server.MaxRequestBytes-(wire.MaxFrameSize-MaxMessageBytesLimit):
@@ -672,7 +672,7 @@ func (d *Daemon) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), handoverWait)
 			if err := node.Handover(ctx); err == nil {
 				if l, ok := node.Leader(); ok && l != node.Self() {
-					d.srv.NameLeader(&wire.Replica{Addr: l.Addr, Fingerprint: l.Fingerprint, Leader: true})
+					d.srv.NameLeader(leaderHint(l))
 				}
 			}
 			cancel()

@@ -149,7 +149,7 @@ func notMemberHere(op wire.Op, g *group, notLeading error) error {
 		Message: fmt.Sprintf("%v group %s: this replica does not know your key as a member, and it may lag the cell: ask its leader", op, g.name)}
 	var nl *cell.NotLeaderError
 	if errors.As(notLeading, &nl) && nl.Leader.Addr != "" {
-		we.Leader = &wire.Replica{Addr: nl.Leader.Addr, Fingerprint: nl.Leader.Fingerprint, Leader: true}
+		we.Leader = leaderHint(nl.Leader)
 		we.Message = fmt.Sprintf("%v group %s: this replica does not know your key as a member, and it may lag the cell: ask its leader at %s", op, g.name, nl.Leader.Addr)
 	}
 	return we
