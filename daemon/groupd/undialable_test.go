@@ -2,6 +2,7 @@ package groupd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,7 +46,8 @@ func bootstrapRaft(t *testing.T, dir string, self wire.Fingerprint, servers []ra
 // 22; on Linux it reaches the machine itself, so a one-machine cell could
 // be configured so) serves info and registers its group, both listing the
 // members a peer can dial and leaving that one out, and each member logs
-// once, not per request, that it is left out and how to move it. Until
+// once, not per request, that it is left out and how to move it; a
+// follower's refusal names the three. Until
 // session 22 info and every refusal named it and a client refused them
 // whole (Replica.check), and the registry refused the whole registration,
 // so the cell's group dropped out of its listing.
@@ -98,6 +100,24 @@ func TestCellUndialableMemberLeftOut(t *testing.T) {
 			t.Fatalf("info lists the replicas %+v, want the 3 members at 127.0.0.1, not the one at %s", info.Replicas, odd.Addr)
 		}
 	}
+	// A follower's refusal of a join names the members (key 6) and the
+	// leader (key 7): the three, and a client takes it.
+	follower := members[0]
+	if follower == leader {
+		follower = members[1]
+	}
+	hostedGroup(t, follower, g)
+	eventually(t, "a follower's refusal naming the members", func() bool {
+		err := dial(t, follower.d.Addr(), follower.fp, newKey(t)).call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil)
+		var we *wire.Error
+		if !errors.As(err, &we) {
+			t.Fatalf("a follower's join of a cell with a member at %s: %v, want a refusal a client takes", odd.Addr, err)
+		}
+		if we.Leader != nil && we.Leader.Fingerprint == odd.Fingerprint {
+			t.Fatalf("the refusal names the leader %+v", we.Leader)
+		}
+		return we.Code == wire.CodeUnavailable && we.Leader != nil && dialable(we.Replicas)
+	})
 	for i := range members {
 		if n := logged[i].Load(); n > 1 {
 			t.Errorf("member %d logged %d times that the member at %s is left out, want once", i, n, odd.Addr)
