@@ -11,10 +11,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
+	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -150,8 +152,15 @@ func attackEmptyStreams(t *testing.T, h *hostile) {
 	}{{h.d.Addr(), h.d.Fingerprint()}, {h.r.Addr(), h.r.Fingerprint()}} {
 		// Dialled just before use: a connection left idle past the
 		// servers' idle timeout (2 s here) while the other server's
-		// streams run would be gone.
-		p := dial(t, s.addr, s.fp, nil)
+		// streams run would be gone. It keeps itself alive as the client
+		// package's connections do: under load this goroutine can stall
+		// between two streams for as long as the idle timeout (load 8-30,
+		// -race), and the connection then died at one end first. Seen as
+		// "empty stream 133: ... received a stateless reset" when the
+		// server's end died first; a stall of 2.05 s before stream 133
+		// fails every time with "no recent network activity" (the
+		// client's end first); with PINGs every 500 ms a 3 s stall passes.
+		p := dialKeptAlive(t, s.addr, s.fp)
 		for i := range int(server.DefaultMaxIncomingStreams) + 50 {
 			str, err := p.conn.OpenStreamSync(testCtx(t))
 			must(t, err)
@@ -176,6 +185,15 @@ func attackEmptyStreams(t *testing.T, h *hostile) {
 	if !errors.As(err, &se) || !se.Remote {
 		t.Fatalf("a stream reset after one byte: %v, want the server to cancel it", err)
 	}
+}
+
+// dialKeptAlive is dial for a connection that must outlive its own
+// client's stalls: it PINGs the server when nothing came from it for a
+// quarter of the servers' idle timeout.
+func dialKeptAlive(t *testing.T, addr net.Addr, pin wire.Fingerprint) *peer {
+	t.Helper()
+	p := peertest.DialFromWith(t, "127.0.0.1", addr, pin, &quic.Config{MaxIdleTimeout: 30 * time.Second, KeepAlivePeriod: hostileIdleTimeout / 4})
+	return &peer{t: t, id: p.ID, conn: p.Conn}
 }
 
 // spacedHex decodes hex digits written with spaces between bytes.
