@@ -145,19 +145,9 @@ func TestCellStuckReleaseRefusesLateOpen(t *testing.T) {
 
 func cellStuckReleaseRefusesLateOpen(t *testing.T) bool {
 	members := planTestCell(t, 3)
-	logs := make([]atomic.Pointer[hungLog], len(members))
 	opens := make([]atomic.Int32, len(members))
-	startOpeningCell(t, members, nil, func(i int, _ *Daemon, l cellLog) Log {
-		opens[i].Add(1)
-		h := &hungLog{cellLog: l}
-		logs[i].Store(h)
-		return h
-	})
-	leader, g := cellLeader(t, members)
-	term := leader.d.node.Status().Term
+	leader, g, term, h := startHungCell(t, members, nil, func(i int) { opens[i].Add(1) })
 	at := slices.Index(members, leader)
-	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
-	h := logs[at].Load()
 	release := h.hangs()
 	t.Cleanup(release) // after the daemons' own: before them
 	sent := make(chan error, 1)

@@ -2,9 +2,7 @@ package groupd
 
 import (
 	"context"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,21 +29,11 @@ func TestCloseNamesRaftInALogWrite(t *testing.T) {
 
 func closeNamesRaftInALogWrite(t *testing.T) bool {
 	members := planTestCell(t, 3)
-	logs := make([]atomic.Pointer[hungLog], len(members))
 	log, recs := recordLogs(t)
-	startOpeningCell(t, members, func(cfg *Config) {
+	leader, g, term, h := startHungCell(t, members, func(cfg *Config) {
 		cfg.Logger = log
 		cfg.Server.ShutdownTimeout = 200 * time.Millisecond
-	}, func(i int, _ *Daemon, l cellLog) Log {
-		h := &hungLog{cellLog: l}
-		logs[i].Store(h)
-		return h
-	})
-	leader, g := cellLeader(t, members)
-	term := leader.d.node.Status().Term
-	at := slices.Index(members, leader)
-	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
-	h := logs[at].Load()
+	}, nil)
 
 	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
 	if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil); err != nil {

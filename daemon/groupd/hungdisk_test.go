@@ -149,17 +149,7 @@ func TestCellCloseOnHungDisk(t *testing.T) {
 
 func cellCloseOnHungDisk(t *testing.T) bool {
 	members := planTestCell(t, 3)
-	logs := make([]atomic.Pointer[hungLog], len(members))
-	startOpeningCell(t, members, nil, func(i int, _ *Daemon, l cellLog) Log {
-		h := &hungLog{cellLog: l}
-		logs[i].Store(h)
-		return h
-	})
-	leader, g := cellLeader(t, members)
-	term := leader.d.node.Status().Term
-	at := slices.Index(members, leader)
-	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
-	h := logs[at].Load()
+	leader, g, term, h := startHungCell(t, members, nil, nil)
 	release := h.hangs()
 	t.Cleanup(release) // after the daemons' own: before them
 
@@ -263,6 +253,28 @@ func sendUnanswered(t *testing.T, p *peer, g wire.UUID, msg []wire.Outgoing) cha
 		answered <- err
 	}()
 	return answered
+}
+
+// startHungCell starts members as a cell (mutate as startOpeningCell's)
+// whose every group log is a hungLog, calling opened (if not nil) with a
+// member's index at each open, and returns the cell's leader, its group,
+// the term it led in, and its group log once open (not yet hanging).
+func startHungCell(t *testing.T, members []*testCellMember, mutate func(*Config), opened func(i int)) (*testCellMember, wire.UUID, uint64, *hungLog) {
+	t.Helper()
+	logs := make([]atomic.Pointer[hungLog], len(members))
+	startOpeningCell(t, members, mutate, func(i int, _ *Daemon, l cellLog) Log {
+		if opened != nil {
+			opened(i)
+		}
+		h := &hungLog{cellLog: l}
+		logs[i].Store(h)
+		return h
+	})
+	leader, g := cellLeader(t, members)
+	term := leader.d.node.Status().Term
+	at := slices.Index(members, leader)
+	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
+	return leader, g, term, logs[at].Load()
 }
 
 // hungAtLeader waits for leader's state machine to hang in h's append
