@@ -29,26 +29,16 @@ func TestSendAfterNamesWhereTheLogStood(t *testing.T) {
 
 func sendAfterNames(t *testing.T, cfg Config) {
 	doubted, fresh, paged := wire.NewID(), wire.NewID(), wire.NewID()
-	var mu sync.Mutex
-	var sends []wire.Send
+	var sends playedSends
 	// The daemon, played: doubted's sends are in doubt (internal, not
 	// marked unchanged) until one names after, refused window_passed;
 	// the others are stored.
 	g, _ := playedDaemon(t, cfg, func(_ *quic.Conn, st *quic.Stream, op wire.Op, args wire.Frame) {
 		defer st.Close()
-		if op == wire.OpJoin {
-			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+		s, n, ok := sends.take(st, op, args)
+		if !ok {
 			return
 		}
-		var s wire.Send
-		if args.Decode(&s) != nil || len(s.Messages) != 1 {
-			wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
-			return
-		}
-		mu.Lock()
-		sends = append(sends, s)
-		n := uint64(len(sends))
-		mu.Unlock()
 		switch {
 		case s.Messages[0].ID != doubted:
 			wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 9, Acks: []wire.Ack{{Seq: 60 + n, Time: int64(n)}}})
@@ -61,9 +51,7 @@ func sendAfterNames(t *testing.T, cfg Config) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	named := func(id wire.ID) (first wire.Send, retries []wire.Send) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, s := range sends {
+		for _, s := range sends.all() {
 			if s.Messages[0].ID == id {
 				retries = append(retries, s)
 			}
@@ -118,8 +106,7 @@ func sendAfterNames(t *testing.T, cfg Config) {
 // is settled: sent again, it names nothing.
 func TestCellRetryInDoubtNamesAfter(t *testing.T) {
 	id := wire.NewID()
-	var mu sync.Mutex
-	var sends []wire.Send
+	var sends playedSends
 	// Both members, played: the first send is refused unavailable, not
 	// unchanged (a leader that lost its leadership with the entry
 	// appended), and every later one is acknowledged.
@@ -130,22 +117,13 @@ func TestCellRetryInDoubtNamesAfter(t *testing.T) {
 			return
 		}
 		op, args, err := wire.SplitRequest(item)
-		switch {
-		case err != nil:
-			return
-		case op == wire.OpJoin:
-			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+		if err != nil {
 			return
 		}
-		var s wire.Send
-		if args.Decode(&s) != nil || len(s.Messages) != 1 {
-			wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
+		_, n, ok := sends.take(st, op, args)
+		if !ok {
 			return
 		}
-		mu.Lock()
-		sends = append(sends, s)
-		n := uint64(len(sends))
-		mu.Unlock()
 		if n == 1 {
 			wire.WriteError(st, &wire.Error{Code: wire.CodeUnavailable, Message: "lost the leadership"})
 			return
@@ -179,9 +157,7 @@ func TestCellRetryInDoubtNamesAfter(t *testing.T) {
 	// Told apart by body, not by order: under load an attempt that timed
 	// out may be read by its member after the call moved on, and be
 	// recorded late (each retry, however many, must name after).
-	mu.Lock()
-	got := slices.Clone(sends)
-	mu.Unlock()
+	got := sends.all()
 	var tries []wire.Send
 	for _, s := range got {
 		switch string(s.Messages[0].Body) {
@@ -215,26 +191,16 @@ func TestCellRetryInDoubtNamesAfter(t *testing.T) {
 // send fails ErrWindowPassed and ErrInDoubt, not stored a second time.
 // Until session 22 that retry named nothing, and was stored.
 func TestLoneRetryInDoubtNamesAfter(t *testing.T) {
-	var mu sync.Mutex
-	var sends []wire.Send
+	var sends playedSends
 	// The daemon, played: the first send's connection is closed once
 	// its request is read (a daemon killed); the retry is refused
 	// window_passed if it names after, and stored if not.
 	g, _ := playedDaemon(t, Config{NoBatching: true}, func(conn *quic.Conn, st *quic.Stream, op wire.Op, args wire.Frame) {
 		defer st.Close()
-		if op == wire.OpJoin {
-			wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+		s, n, ok := sends.take(st, op, args)
+		if !ok {
 			return
 		}
-		var s wire.Send
-		if args.Decode(&s) != nil {
-			wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
-			return
-		}
-		mu.Lock()
-		sends = append(sends, s)
-		n := len(sends)
-		mu.Unlock()
 		switch {
 		case n == 1:
 			conn.CloseWithError(wire.ConnNoError, "")
@@ -253,9 +219,7 @@ func TestLoneRetryInDoubtNamesAfter(t *testing.T) {
 	if !errors.Is(err, ErrWindowPassed) || !errors.Is(err, ErrInDoubt) {
 		t.Fatalf("the send, its connection lost under it, retried on a new one: %v, want %v and %v", err, ErrWindowPassed, ErrInDoubt)
 	}
-	mu.Lock()
-	got := slices.Clone(sends)
-	mu.Unlock()
+	got := sends.all()
 	if len(got) != 2 {
 		t.Fatalf("%d tries of the send, want the first and the call's retry on a new connection", len(got))
 	}
@@ -265,4 +229,37 @@ func TestLoneRetryInDoubtNamesAfter(t *testing.T) {
 	if got[1].After != 40 || got[1].AfterEpoch != 9 {
 		t.Errorf("the retry named after %d in epoch %d, want 40 in 9 (the join's last, before the first try)", got[1].After, got[1].AfterEpoch)
 	}
+}
+
+// playedSends records the sends a played daemon of these tests is asked
+// for. Its daemon has joined its caller at 40 in epoch 9.
+type playedSends struct {
+	mu    sync.Mutex
+	sends []wire.Send
+}
+
+// take answers a join (joined at 40 in epoch 9), refuses bad_request a
+// request that is not a send of one message, and records a send: it
+// returns it and how many are recorded with it, ok false when it has
+// answered.
+func (p *playedSends) take(st *quic.Stream, op wire.Op, args wire.Frame) (s wire.Send, n uint64, ok bool) {
+	if op == wire.OpJoin {
+		wire.WriteResponse(st, wire.KindResult, wire.Joined{Epoch: 9, Last: 40})
+		return s, 0, false
+	}
+	if args.Decode(&s) != nil || len(s.Messages) != 1 {
+		wire.WriteError(st, &wire.Error{Code: wire.CodeBadRequest})
+		return s, 0, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sends = append(p.sends, s)
+	return s, uint64(len(p.sends)), true
+}
+
+// all is every send recorded so far, in the order they came.
+func (p *playedSends) all() []wire.Send {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.sends)
 }
