@@ -104,6 +104,11 @@ func TestWebSendInDoubtUnplacedStaysBounded(t *testing.T) {
 	t.Parallel()
 	b, _, conv := doubtPage(t, false)
 	b.waitFor("lobby listed with send_after", conv+`.sendAfter === true`)
+	// Forgotten once lobby's first page is in: its arrival sets the
+	// cursor it brings when none is known (in the lead's CI a page that
+	// arrived after the cursor was forgotten made the first try placed,
+	// and the page retried it past the bound, rightly).
+	b.waitFor("lobby's first page loaded", conv+`.loaded === true && !`+conv+`.loading`)
 	eval[bool](b, conv+`.cursorKnown = false, window.doubtMode = 'doubt', true`)
 	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
 	b.do("paste, Enter", insertText("in doubt, unplaced"), pressEnter())
