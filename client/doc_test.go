@@ -6,7 +6,6 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -57,14 +56,7 @@ func TestPackageDocSnippet(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatal(`doc.go's package comment has no snippet after "uses it:"`)
 	}
-	src, err := os.ReadFile("doc_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, body, _ := strings.Cut(string(src), "// doc begins\n")
-	body, _, _ = strings.Cut(body, "// doc ends")
-	squeeze := strings.NewReplacer(" ", "", "\t", "", "\n", "", ";", "")
-	if got, want := squeeze.Replace(block), squeeze.Replace(body); got != want {
+	if body, same := sameCode(t, block, "doc_test.go", "doc"); !same {
 		t.Errorf("doc.go's snippet is not packageDocSnippet's body (client/doc_test.go): make them one\ndoc.go:\n%s\ndoc_test.go:\n%s", block, body)
 	}
 }

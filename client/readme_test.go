@@ -68,14 +68,23 @@ func TestREADMEGoAPI(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatal(`README.md has no "### Go API" section opening with a go block`)
 	}
-	src, err := os.ReadFile("readme_test.go")
+	if body, same := sameCode(t, block, "readme_test.go", "README"); !same {
+		t.Errorf("README.md's Go API example is not readmeGoAPI's body (client/readme_test.go): make them one\nREADME.md:\n%s\nreadme_test.go:\n%s", block, body)
+	}
+}
+
+// sameCode reports whether shown, a snippet a document shows, is the code
+// test file file holds between its lines "// NAME begins" and "// NAME
+// ends", blanks, line breaks and semicolons aside (gofmt's layout against
+// the document's), and returns that code.
+func sameCode(t *testing.T, shown, file, name string) (string, bool) {
+	t.Helper()
+	src, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, body, _ := strings.Cut(string(src), "// README begins\n")
-	body, _, _ = strings.Cut(body, "// README ends")
+	_, body, _ := strings.Cut(string(src), "// "+name+" begins\n")
+	body, _, _ = strings.Cut(body, "// "+name+" ends")
 	squeeze := strings.NewReplacer(" ", "", "\t", "", "\n", "", ";", "")
-	if got, want := squeeze.Replace(block), squeeze.Replace(body); got != want {
-		t.Errorf("README.md's Go API example is not readmeGoAPI's body (client/readme_test.go): make them one\nREADME.md:\n%s\nreadme_test.go:\n%s", block, body)
-	}
+	return body, squeeze.Replace(shown) == squeeze.Replace(body)
 }
