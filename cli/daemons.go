@@ -513,7 +513,12 @@ func runServe(ctx context.Context, env Env, args []string) int {
 		return usageErr(env, "serve", "with --no-mdns, give the registry's address with --registry HOST:PORT (or HUDDLE_REGISTRY)")
 	}
 	for _, a := range cfg.Advertise {
-		if err := checkUDPAddr(a, false); err != nil || len(a) > wire.MaxAddrBytes {
+		if err := checkUDPAddr(a, false); err != nil {
+			return usageErr(env, "serve", "--advertise %q: %v", a, err)
+		}
+		// What a registry checks of a registration's address
+		// (wire.CheckAddr: its length, no blank in the host).
+		if wire.CheckAddr(a) != nil {
 			return usageErr(env, "serve", "--advertise %q: want HOST:PORT of at most %d bytes, like 192.168.1.20:7374", a, wire.MaxAddrBytes)
 		}
 	}

@@ -29,7 +29,11 @@ func runMain(t *testing.T, env map[string]string, args ...string) (int, string, 
 	}
 	e := Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb,
 		Getenv: func(k string) string { return env[k] }, Environ: func() []string { return environ }}
-	code := Main(context.Background(), args, e)
+	// Bounded: a command that should have been refused and started
+	// instead (a daemon) ends, and the test says so, rather than hang.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	code := Main(ctx, args, e)
 	return code, out.String(), errb.String()
 }
 
@@ -73,6 +77,16 @@ func TestBadFlagsRefusedBeforeStart(t *testing.T) {
 		{"log level", nil, daemonArgs("registry", "--log-level", "loud"), []string{`"loud"`, "--log-level", "debug, info, warn, error"}},
 		{"log format", nil, daemonArgs("up", "--log-format", "xml"), []string{`"xml"`, "--log-format"}},
 		{"bad advertise", nil, daemonArgs("serve", "--advertise", "nowhere"), []string{`"nowhere"`, "--advertise"}},
+		// Registries refuse these (wire.Dialable): until session 23 the
+		// daemon started, and its groups were never listed.
+		{"advertise every address", nil, daemonArgs("serve", "--advertise", "0.0.0.0:7374"), []string{`"0.0.0.0:7374"`, "--advertise", "clients cannot dial it", "leave --advertise out"}},
+		{"advertise every IPv6 address", nil, daemonArgs("serve", "--advertise", "[::]:7374"), []string{`"[::]:7374"`, "--advertise", "clients cannot dial it"}},
+		{"advertise a multicast address", nil, daemonArgs("serve", "--advertise", "192.168.1.20:7374", "--advertise", "224.0.0.251:7374"), []string{`"224.0.0.251:7374"`, "--advertise", "multicast or broadcast"}},
+		{"advertise the broadcast address", nil, daemonArgs("serve", "--advertise", "255.255.255.255:7374"), []string{`"255.255.255.255:7374"`, "multicast or broadcast"}},
+		{"advertise a mapped unspecified address", nil, daemonArgs("serve", "--advertise", "[::ffff:0.0.0.0]:7374"), []string{"--advertise", "clients cannot dial it"}},
+		{"advertise from the environment", map[string]string{"HUDDLE_ADVERTISE": "0.0.0.0:7374"}, daemonArgs("serve"), []string{"0.0.0.0:7374", "clients cannot dial it"}},
+		{"listen on a multicast address", nil, daemonArgs("up", "--listen", "224.0.0.251:7373"), []string{`"224.0.0.251:7373"`, "--listen", "multicast or broadcast"}},
+		{"daemon listen on the broadcast address", nil, daemonArgs("up", "--daemon-listen", "255.255.255.255:7374"), []string{`"255.255.255.255:7374"`, "--daemon-listen", "multicast or broadcast"}},
 		{"bad value from the environment", map[string]string{"HUDDLE_MAX_BATCH": "x"}, daemonArgs("serve"), []string{`HUDDLE_MAX_BATCH="x"`, "whole number"}},
 		{"mistyped variable", map[string]string{"HUDDLE_GROUPS": "lobby"}, daemonArgs("up"), []string{"HUDDLE_GROUPS is not a huddle setting", "did you mean HUDDLE_GROUP?"}},
 		{"mistyped flag", nil, daemonArgs("serve", "--cell-peers", "x"), []string{"unknown flag: --cell-peers", "did you mean --cell-peer?"}},

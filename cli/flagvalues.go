@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -171,14 +172,31 @@ func (v *udpAddrValue) String() string { return *v.p }
 func (v *udpAddrValue) Type() string   { return "addr" }
 
 // checkUDPAddr checks HOST:PORT. A listening address may have an empty host
-// and port 0.
+// and port 0; one to give others (listen false: --advertise) must name one
+// host they can dial. An IP that names no one host is refused either way
+// (multicast, the broadcast address), and 0.0.0.0 or :: is refused to give
+// others: registries refuse such an address (wire.Dialable, since session
+// 22), so a daemon given --advertise 0.0.0.0:7374 started, and its groups
+// were never listed, said only in its log (until session 23).
 func checkUDPAddr(s string, listen bool) error {
 	host, port, err := net.SplitHostPort(s)
-	if err != nil {
+	if err != nil && listen {
 		return fmt.Errorf("want HOST:PORT, like 127.0.0.1:7374")
+	}
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT, like 192.168.1.20:7374")
 	}
 	if host == "" && !listen {
 		return fmt.Errorf("want HOST:PORT with a host, like 192.168.1.20:7374")
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		switch {
+		case ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return fmt.Errorf("%s is a multicast or broadcast address, which no one host has: give an address of this host, like 192.168.1.20:7374", host)
+		case ip.IsUnspecified() && !listen:
+			return fmt.Errorf("%s means every address of this host, to listen on, and clients cannot dial it (registries refuse it): give the address clients reach this host at, like 192.168.1.20:7374, or leave --advertise out (the --listen address if it names one IP, else the address the registry sees this daemon come from)", host)
+		}
 	}
 	return checkPort(port, listen)
 }
