@@ -64,20 +64,21 @@ const oldDaemonShim = `(() => {
 // try, said "not sent" and offered Edit.
 func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 	t.Parallel()
-	b, alice, _ := doubtPage(t, false)
+	b, alice, conv := doubtPage(t, false)
 	if !eval[bool](b, oldDaemonShim) {
 		t.Fatal("the old daemon shim did not install")
 	}
+	fastRetries(b)
 
 	// Always in doubt: the page gives up after its bound, keeping the doubt.
 	eval[bool](b, `window.doubtMode = 'doubt', true`)
 	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
 	b.do("paste, Enter", insertText("in doubt always"), pressEnter())
-	b.waitForWithin("retries of the message in doubt to stop", failedState("in doubt always")+` !== ''`, 90*time.Second)
+	b.waitFor("retries of the message in doubt to stop", failedState("in doubt always")+` !== ''`)
 	if got := eval[string](b, failedState("in doubt always")); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
 		t.Errorf("after its retries, the message in doubt says %q, want 'may have been sent ...' with Retry and Discard", got)
 	}
-	if n := eval[int](b, `window.sends`); n != 8 {
+	if n := triesWhenOver(b, conv); n != 8 {
 		t.Errorf("the page tried the message in doubt %d times, want 8 (its bound)", n)
 	}
 	b.screenshot("web-send-in-doubt")
@@ -103,6 +104,7 @@ func TestWebSendInDoubtStaysInDoubt(t *testing.T) {
 func TestWebSendInDoubtUnplacedStaysBounded(t *testing.T) {
 	t.Parallel()
 	b, _, conv := doubtPage(t, false)
+	fastRetries(b)
 	b.waitFor("lobby listed with send_after", conv+`.sendAfter === true`)
 	// Forgotten once lobby's first page is in: its arrival sets the
 	// cursor it brings when none is known (in the lead's CI a page that
@@ -112,8 +114,8 @@ func TestWebSendInDoubtUnplacedStaysBounded(t *testing.T) {
 	eval[bool](b, conv+`.cursorKnown = false, window.doubtMode = 'doubt', true`)
 	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
 	b.do("paste, Enter", insertText("in doubt, unplaced"), pressEnter())
-	b.waitForWithin("retries of the message in doubt to stop", failedState("in doubt, unplaced")+` !== ''`, 90*time.Second)
-	if n := eval[int](b, `window.sends`); n != 8 {
+	b.waitFor("retries of the message in doubt to stop", failedState("in doubt, unplaced")+` !== ''`)
+	if n := triesWhenOver(b, conv); n != 8 {
 		t.Errorf("the page tried the message in doubt %d times, want 8 (its bound: no retry named a position)", n)
 	}
 	if named := eval[bool](b, `window.bodies.some(x => 'after_seq' in x || 'after_epoch' in x)`); named {
@@ -140,6 +142,7 @@ func TestWebSendInDoubtGoesOnWithSendAfter(t *testing.T) {
 	if !eval[bool](b, doubtShim) {
 		t.Fatal("the fetch shim did not install")
 	}
+	fastRetries(b)
 	// The daemon stops: lobby is unlisted, the page keeps what its daemon
 	// said of retries (send_after).
 	w.gd.stop(t)
@@ -186,9 +189,7 @@ func TestWebSendInDoubtGoesOnWithSendAfter(t *testing.T) {
 	// Its sending over (the page's outbox empty, nothing being sent),
 	// no try can follow.
 	n := eval[int](b, `window.sends`)
-	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
-	b.waitFor("the page's sending over", `!`+conv+`.sending && `+conv+`.outbox.length === 0`)
-	if m := eval[int](b, `window.sends`); m != n {
+	if m := triesWhenOver(b, `window.huddle.state.convs.get(`+jsString(lobby)+`)`); m != n {
 		t.Errorf("the page tried the stopped message %d more times", m-n)
 	}
 }
@@ -312,4 +313,27 @@ func resentOnce(t *testing.T, b *browser, alice *user, text string) {
 	if n != 1 {
 		t.Errorf("the message sent again (%q) is stored %d times, want once", text, n)
 	}
+}
+
+// fastRetries has the page retry its pending messages 20 times sooner
+// than it does for a user (window.huddle.retryUnit, 1 s, made 50 ms): the
+// same tries in the same order, each answered the same, under the same
+// bounds (counted in tries), waiting 50, 100, 200, then 400 ms instead of
+// 1, 2, 4, then 8 s. The bound of 8 tries in doubt took some 40 s to run
+// out; it takes 2 s.
+func fastRetries(b *browser) {
+	b.t.Helper()
+	if !eval[bool](b, `window.huddle.retryUnit = 50, true`) {
+		b.t.Fatal("the page's retry pace was not set")
+	}
+}
+
+// triesWhenOver waits until the page's sending in the conversation conv
+// (a script giving its state) is over, its outbox empty and nothing being
+// sent, so that no further try can follow, and returns the sends the fetch
+// shim counted: the page's tries, all of them.
+func triesWhenOver(b *browser, conv string) int {
+	b.t.Helper()
+	b.waitFor("the page's sending over", `!`+conv+`.sending && `+conv+`.outbox.length === 0`)
+	return eval[int](b, `window.sends`)
 }
