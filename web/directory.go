@@ -37,6 +37,10 @@ const (
 	// demandWindow: the directory polls while an event stream is open, or
 	// for this long after the last API request that read the list.
 	demandWindow = 30 * time.Second
+	// missedFor is how long a wait of registryTimeout that ended with no
+	// registry listing a group answers for it: an API request for the
+	// group within it is answered not_found at once (listed).
+	missedFor = 30 * time.Second
 )
 
 // directory keeps the groups every known registry lists, merged by UUID,
@@ -72,7 +76,11 @@ type directory struct {
 	// held are the groups the user joined that registries list only
 	// under daemon keys they did not join them under (pickKeysLocked),
 	// each with those keys: shown unlisted, never reached at those keys.
-	held      map[wire.UUID][]wire.Fingerprint
+	held map[wire.UUID][]wire.Fingerprint
+	// missed holds, for each group a wait for the registries to list
+	// ended without them listing it, when it ended; merge forgets a group
+	// once a registry lists it (listed).
+	missed    map[wire.UUID]time.Time
 	list      listJSON
 	listBytes []byte
 	changed   chan struct{} // closed and replaced when list changes
@@ -81,6 +89,9 @@ type directory struct {
 	streams   int           // event streams open
 	demand    time.Time     // last API read of the list
 	wake      chan struct{} // closed and replaced to make pollers poll now
+	// waitHook, a test hook, is called (d.mu held) when a request for a
+	// group no registry lists begins to wait for one to list it.
+	waitHook func(wire.UUID)
 }
 
 type registryState struct {
@@ -212,7 +223,7 @@ type listJSON struct {
 func newDirectory(cfg Config) *directory {
 	d := &directory{c: cfg.Client, poll: cfg.PollInterval, maxHeld: cfg.MaxListingBytes, log: cfg.Logger, discover: cfg.Discover, joined: cfg.Joined,
 		info:   make(chan struct{}, infoConcurrency),
-		groups: make(map[wire.UUID]*groupState), changed: make(chan struct{}), merged: make(chan struct{}),
+		groups: make(map[wire.UUID]*groupState), missed: make(map[wire.UUID]time.Time), changed: make(chan struct{}), merged: make(chan struct{}),
 		wake: make(chan struct{})}
 	for _, a := range cfg.Registries {
 		d.regs = append(d.regs, &registryState{addr: a})
@@ -417,15 +428,25 @@ func (d *directory) watchList() ([]byte, <-chan struct{}) {
 // for the registries to list it (a daemon that just restarted registers
 // again a moment after it serves). Errors: wire.ErrNotFound.
 func (d *directory) group(ctx context.Context, id wire.UUID) (*client.Group, error) {
-	h, _, err := d.listed(ctx, id)
+	h, _, err := d.find(ctx, id, true)
 	return h, err
 }
 
-// listed is group, and also returns the group's state as the directory
-// holds it now: joinedAt takes it, to record a join made through the
-// handle only if the group is still the same one (of the same daemon, or
-// cell) when the join returns.
+// listed is group for an API request, and also returns the group's state
+// as the directory holds it now: joinedAt takes it, to record a join made
+// through the handle only if the group is still the same one (of the same
+// daemon, or cell) when the join returns. A group that a wait of
+// registryTimeout found unlisted less than missedFor ago is answered
+// not_found at once, the pollers woken: a page retrying a message to a
+// group whose daemon is away waited 3 s for every try (session 22), and
+// sent nothing else meanwhile. A group registered since is listed by the
+// poll that the request wakes, and found by the next request.
 func (d *directory) listed(ctx context.Context, id wire.UUID) (*client.Group, *groupState, error) {
+	return d.find(ctx, id, false)
+}
+
+// find is group (patient: it always waits) or listed.
+func (d *directory) find(ctx context.Context, id wire.UUID, patient bool) (*client.Group, *groupState, error) {
 	deadline := time.Now().Add(registryTimeout)
 	for attempt := 0; ; attempt++ {
 		d.mu.Lock()
@@ -437,6 +458,13 @@ func (d *directory) listed(ctx context.Context, id wire.UUID) (*client.Group, *g
 		if h == nil && attempt == 0 {
 			d.wakeLocked()
 			d.demand = time.Now()
+			if at, ok := d.missed[id]; ok && !patient && time.Since(at) < missedFor {
+				d.mu.Unlock()
+				return nil, nil, fmt.Errorf("group %s: %w: no registry lists it", id, wire.ErrNotFound)
+			}
+			if d.waitHook != nil {
+				d.waitHook(id)
+			}
 		}
 		merged := d.merged
 		d.mu.Unlock()
@@ -445,6 +473,9 @@ func (d *directory) listed(ctx context.Context, id wire.UUID) (*client.Group, *g
 		}
 		wait := time.Until(deadline)
 		if wait <= 0 || ctx.Err() != nil {
+			if ctx.Err() == nil {
+				d.missedNow(id)
+			}
 			return nil, nil, fmt.Errorf("group %s: %w: no registry lists it", id, wire.ErrNotFound)
 		}
 		t := time.NewTimer(wait)
@@ -455,6 +486,21 @@ func (d *directory) listed(ctx context.Context, id wire.UUID) (*client.Group, *g
 		}
 		t.Stop()
 	}
+}
+
+// missedNow records that a wait for the registries to list group id has
+// just ended without them listing it, and forgets the groups recorded
+// missedFor ago or more, so that the record holds no more groups than were
+// asked for within missedFor.
+func (d *directory) missedNow(id wire.UUID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.groups[id] != nil {
+		return // listed meanwhile
+	}
+	now := time.Now()
+	maps.DeleteFunc(d.missed, func(_ wire.UUID, at time.Time) bool { return now.Sub(at) >= missedFor })
+	d.missed[id] = now
 }
 
 // handle returns the handle on a listed group the directory holds now, or
@@ -533,6 +579,7 @@ func (d *directory) merge() {
 			gs := d.groups[e.Group]
 			if !seen[e.Group] {
 				seen[e.Group] = true
+				delete(d.missed, e.Group)
 				src := sources[e.Group]
 				if gs == nil || !sameGroup(gs.entry, e) || src != nil && !src.keeps(gs) {
 					if src == nil {

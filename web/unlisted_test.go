@@ -104,3 +104,58 @@ func TestDirectoryLetsUnlistedDaemonsGo(t *testing.T) {
 	w.close()
 	waitConns(1, "the sender's: huddle web's closes with its last watch")
 }
+
+// TestUnlistedGroupAnsweredAtOnce: a request for a group no registry lists
+// waits up to registryTimeout for one to list it (a daemon that restarted
+// registers a moment after it serves), but once such a wait has found the
+// group unlisted, the next requests for it are answered not_found at once:
+// a page retrying a message to a group whose daemon is away waited those
+// 3 s for every try (session 22). A group registered again is found by the
+// next request, and a group unlisted again is waited for again.
+func TestUnlistedGroupAnsweredAtOnce(t *testing.T) {
+	r := startRegistry(t)
+	state := t.TempDir()
+	d, stop := startGroups(t, r, groupd.Config{StateDir: state})
+	addr := d.Addr().String()
+	s := startWeb(t, newClient(t), r.Addr().String())
+	waits := make(chan wire.UUID, 16)
+	s.dir.mu.Lock()
+	s.dir.waitHook = func(id wire.UUID) { waits <- id }
+	s.dir.mu.Unlock()
+	a := newAPI(t, s)
+	id := a.groupID("lobby")
+	list := a.events("")
+	listed := func(l listJSON) bool { _, ok := names(l)["lobby"]; return ok }
+	// ask asks for lobby's members (not_member: listed; not_found: not)
+	// and returns the error's code, and how many requests have waited
+	// for a registry to list it so far.
+	ask := func() (string, int) {
+		t.Helper()
+		var e errorReply
+		a.do("GET", "/api/groups/"+id+"/members", nil, &e)
+		return e.Error.Code, len(waits)
+	}
+
+	stop() // it deregisters lobby
+	list.waitGroups("lobby unlisted", func(l listJSON) bool { return !listed(l) })
+	if code, n := ask(); code != "not_found" || n != 1 {
+		t.Fatalf("lobby unlisted, first request: %q after %d waits, want not_found after 1", code, n)
+	}
+	for range 3 {
+		if code, n := ask(); code != "not_found" || n != 1 {
+			t.Fatalf("lobby unlisted, a request after a wait found it so: %q after %d waits, want not_found at once (still 1 wait)", code, n)
+		}
+	}
+
+	_, stop = startGroups(t, r, groupd.Config{StateDir: state, Listen: addr})
+	list.waitGroups("lobby listed again", listed)
+	if code, n := ask(); code != "not_member" || n != 1 {
+		t.Fatalf("lobby listed again: %q after %d waits, want not_member (found) with no wait", code, n)
+	}
+
+	stop()
+	list.waitGroups("lobby unlisted again", func(l listJSON) bool { return !listed(l) })
+	if code, n := ask(); code != "not_found" || n != 2 {
+		t.Fatalf("lobby unlisted again: %q after %d waits, want not_found after a wait (2 in all)", code, n)
+	}
+}
