@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/wire"
@@ -130,11 +131,18 @@ func loginName(env Env) string {
 }
 
 // joinRefusal says what to do about a join the group refused for its
-// secret, in the words of the command that joined (join, or chat with
-// --as); other errors are returned as they are.
+// secret, or paced (rate_limited), in the words of the command that joined
+// (join, or chat with --as); other errors are returned as they are.
 func joinRefusal(err error, verb, ref, secretFile string) error {
 	var we *wire.Error
-	if !errors.As(err, &we) || we.Code != wire.CodeUnauthorized {
+	if !errors.As(err, &we) {
+		return err
+	}
+	switch we.Code {
+	case wire.CodeRateLimited:
+		return joinPaced(we, verb, ref, secretFile)
+	case wire.CodeUnauthorized:
+	default:
 		return err
 	}
 	// The key is not what was refused (advice's generic words): a join is
@@ -148,6 +156,35 @@ func joinRefusal(err error, verb, ref, secretFile string) error {
 		fix = fmt.Sprintf("the secret in %s is not the group's: ask its operator for it", secretFile)
 	}
 	return &refusal{fmt.Sprintf("%v; %s", we, fix)}
+}
+
+// joinPaced says what a join refused rate_limited means: a daemon paces
+// the joins of a private group per source address (PROTOCOL.md §8.2, 10 then
+// 1 a second), whoever at that address makes them, and refuses one before
+// its secret is compared. Said as "slow down" (advice's generic words)
+// until session 23, which told a user who had typed one join neither that
+// others sharing the address may be the cause, nor that the secret was not
+// judged, nor when to try again: the refusal's retry_after_ms says when.
+func joinPaced(we *wire.Error, verb, ref, secretFile string) error {
+	when := "in a few seconds"
+	if d := we.RetryAfter(); d > 0 {
+		when = "in " + roundUp(d).String()
+	}
+	again := fmt.Sprintf("huddle join %s", shellWord(strings.TrimSpace(ref)))
+	if verb == "chat" {
+		again = fmt.Sprintf("huddle chat %s --as NAME", shellWord(strings.TrimSpace(ref)))
+	}
+	if secretFile != "" {
+		again += " --secret-file " + shellWord(secretFile)
+	}
+	return &refusal{fmt.Sprintf("%v; the group's daemon paces joins from your address (this host, or others sharing its address: a NAT, an IPv6 /64), "+
+		"and refused this one before it looked at the secret: nothing changed; try again %s: %s", we, when, again)}
+}
+
+// roundUp is d in whole seconds, rounded up (a wait said shorter than the
+// daemon's is refused again).
+func roundUp(d time.Duration) time.Duration {
+	return (d + time.Second - 1).Truncate(time.Second)
 }
 
 // trimNewline drops one trailing newline (and a carriage return before it),
