@@ -183,7 +183,9 @@ func (t *Transport) linkDown(addr string, why error) {
 	if t.ctx.Err() != nil {
 		return // the transport is closing: its own doing
 	}
-	if t.link(addr).setDown(true) {
+	// A member at a multicast or broadcast address is down for good, and
+	// said so once already (refuseGroup).
+	if t.link(addr).setDown(true) && !errors.Is(why, ErrGroupAddr) {
 		t.log.Warn("cell: member unreachable; raft keeps retrying it", append(t.peerAttrs(addr), "reason", why)...)
 	}
 }

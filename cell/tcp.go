@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/huddle-chat/huddle/identity"
@@ -282,7 +283,14 @@ func (t *Transport) dialTCP(ctx context.Context, addr string, report bool) (*tcp
 	}
 	l := t.link(addr)
 	losses := l.losses.Load() // before the dial: what it reaches may predate a loss during it
-	d := net.Dialer{KeepAliveConfig: keepAlive()}
+	d := net.Dialer{KeepAliveConfig: keepAlive(), ControlContext: func(_ context.Context, _, ip string, _ syscall.RawConn) error {
+		// Each address addr resolved to, before its connect.
+		ap, err := netip.ParseAddrPort(ip)
+		if err != nil {
+			return nil
+		}
+		return t.refuseGroup(addr, ap.Addr())
+	}}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, failed(err)

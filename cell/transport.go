@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -88,6 +89,9 @@ var (
 	ErrUnknownPeer = errors.New("cell: not a member of the cell")
 	// ErrTransportClosed: the transport was closed.
 	ErrTransportClosed = errors.New("cell: transport closed")
+	// ErrGroupAddr: a member's address names a multicast or broadcast
+	// address, which the transport does not dial (groupAddr).
+	ErrGroupAddr = errors.New("cell: a multicast or broadcast address, not one member's")
 )
 
 // TransportConfig configures a Transport.
@@ -146,6 +150,8 @@ type Transport struct {
 
 	linksMu sync.Mutex
 	links   map[string]*link // by address (links.go)
+
+	groupAddrs map[string]bool // members' addresses refused as groupAddr, logged (t.mu)
 
 	tcp      net.Listener          // raft's (tcp.go); nil until Listen
 	tcpConns map[*tcpConn]struct{} // raft's connections, dialed and accepted
@@ -271,6 +277,11 @@ func (t *Transport) SetPeers(peers []Peer) {
 	}
 	t.dropTCP(byAddr, keys)
 	t.peers, t.keys = byAddr, keys
+	for addr := range t.groupAddrs {
+		if _, ok := byAddr[addr]; !ok {
+			delete(t.groupAddrs, addr) // said again if it comes back
+		}
+	}
 }
 
 // onPeers sets the function called each time SetPeers has set the
@@ -650,11 +661,57 @@ func (t *Transport) dial(ctx context.Context, addr string, want wire.Fingerprint
 	if err != nil {
 		return nil, fmt.Errorf("cell: dial %s: %w", addr, err)
 	}
+	ip, _ := netip.AddrFromSlice(ua.IP)
+	if err := t.refuseGroup(addr, ip); err != nil {
+		return nil, err
+	}
 	conn, err := t.cfg.QUIC.Dial(ctx, ua, t.clientTLS(want), t.quic)
 	if err != nil {
 		return nil, fmt.Errorf("cell: dial %s: %w", addr, err)
 	}
 	return conn, nil
+}
+
+// groupAddr reports whether ip is a multicast address or the IPv4
+// broadcast address: one that names no one member. A cell's configuration
+// may name a member at one (raft took any address until session 20, and
+// its members any host:port until f2e99fa, session 22): dialed, it had
+// the leader send QUIC Initials (and a catch-up's, probes', questions') to
+// everyone on the link listening to that group, mDNS's 224.0.0.251
+// included. Unspecified addresses are dialed: a one-machine cell
+// configured at 0.0.0.0 reaches its members so (Linux dials the machine
+// itself). A subnet's broadcast address is not known here: the kernel
+// refuses to send to it from a socket without SO_BROADCAST, which neither
+// the daemon's UDP socket nor raft's TCP one sets.
+func groupAddr(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// refuseGroup returns an error wrapping ErrGroupAddr if ip, which the
+// member's address addr resolved to, is a groupAddr, and logs the refusal
+// the first time for addr (raft dials a member it cannot reach again and
+// again, with backoff). Nil otherwise.
+func (t *Transport) refuseGroup(addr string, ip netip.Addr) error {
+	if !groupAddr(ip) {
+		return nil
+	}
+	t.mu.Lock()
+	said := t.groupAddrs[addr]
+	if _, member := t.peers[addr]; member {
+		if t.groupAddrs == nil {
+			t.groupAddrs = make(map[string]bool)
+		}
+		t.groupAddrs[addr] = true
+	}
+	fp := t.peers[addr]
+	t.mu.Unlock()
+	if !said {
+		t.log.Warn("cell: a member is configured at a multicast or broadcast address; this daemon does not dial it",
+			"peer", fp.Short(), "addr", addr, "ip", ip.String(),
+			"move", fmt.Sprintf("on a member's host: huddle cell add --server MEMBER %s@HOST:PORT", fp))
+	}
+	return fmt.Errorf("cell: dial %s (%s): %w", addr, ip, ErrGroupAddr)
 }
 
 // forget drops d as the connection to addr, if it still is, and closes it.
