@@ -530,7 +530,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 			rc.Close()
 			return fmt.Errorf("cell: restore: %w", ErrClosed)
 		}
-		return f.restore(rc, false)
+		return f.closingRefusal(f.restore(rc, false))
 	}
 	if f.startFailed.Load() {
 		rc.Close()
@@ -540,7 +540,24 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		f.startFailed.Store(true)
 	}
-	return err
+	return f.closingRefusal(err)
+}
+
+// closingRefusal returns err, a restore's failure, as wrapping ErrClosed if
+// the node is closing: the restore's catch-up or its group logs may fail
+// otherwise then (a log closed under it). Raft logs every failed restore at
+// error level; one refused because the member closes is expected, and
+// hclog.go says so at info (restoreRefused), knowing it by ErrClosed.
+func (f *fsm) closingRefusal(err error) error {
+	if err == nil || errors.Is(err, ErrClosed) {
+		return err
+	}
+	select {
+	case <-f.closing:
+		return fmt.Errorf("%w (%v)", ErrClosed, err)
+	default:
+		return err
+	}
 }
 
 // restore is Restore's work, at start or from a snapshot the leader sent.

@@ -1,6 +1,8 @@
 package cell
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,8 +10,11 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	"github.com/huddle-chat/huddle/internal/testlog"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // openRefusingHost is a daemon whose OpenGroup refuses every group with
@@ -51,5 +56,117 @@ func TestFSMCreateWhileClosing(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFSMRestoreWhileClosing: raft logs a snapshot its state machine did
+// not restore at error level. One refused because the member is closing
+// is expected, and said so at info (restoreRefusedClosing): at start
+// (raft's own NewRaft, run here) and for a snapshot the leader sent
+// (whose error raft formats with %v, dropping what it wraps). A restore
+// that fails otherwise (a snapshot unreadable) is still an error. Until
+// session 23 the closing refusal was logged as an error.
+func TestFSMRestoreWhileClosing(t *testing.T) {
+	// A snapshot of a cell holding one group of 4 messages.
+	x := newFSMFixture(t, newTestHost(t.TempDir()))
+	t.Cleanup(x.host.close)
+	x.apply(2, x.send(2, 1, 100, 4))
+	snap, err := x.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	close(closed)
+	for _, tc := range []struct {
+		name      string
+		closing   bool // from the start, or (during) as the restore catches up
+		during    bool
+		snapshot  []byte
+		sent      bool // by the leader, once started: raft logs the error through %v
+		wantLevel slog.Level
+		wantMsg   string
+	}{
+		{"at start, closing", true, false, sink.Bytes(), false, slog.LevelInfo, restoreRefusedClosing},
+		{"sent, closing", true, false, sink.Bytes(), true, slog.LevelInfo, restoreRefusedClosing},
+		{"sent, closing during its catch-up", false, true, sink.Bytes(), true, slog.LevelInfo, restoreRefusedClosing},
+		{"at start, unreadable", false, false, []byte("not a snapshot"), false, slog.LevelError, raftRestoreFailed},
+		{"sent, unreadable", false, false, []byte("not a snapshot"), true, slog.LevelError, raftRestoreFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			closing := make(chan struct{})
+			if tc.closing {
+				closing = closed
+			}
+			f := newFSM(newTestHost(""), slog.New(slog.DiscardHandler), closing)
+			if tc.during {
+				// The member closes while its log behind the snapshot
+				// catches up, which fails for it otherwise than ErrClosed.
+				f.catchUp = func(context.Context, *groupState, uint64, int64, bool, *catchUpRestore) error {
+					close(closing)
+					return errors.New("catch up: the stream was reset")
+				}
+			}
+			recs := make(recordChan, 100)
+			log := hclogFor(slog.New(recs), "raft")
+			if tc.sent {
+				// As raft's installSnapshot logs the restore's error.
+				err := f.Restore(readCloser{bytes.NewReader(tc.snapshot)})
+				if err == nil {
+					t.Fatal("restored")
+				}
+				log.Error("failed to restore snapshot", "error", fmt.Errorf("failed to restore snapshot %v: %v", "2-10-1", err))
+			} else {
+				raftRestores(t, f, log, tc.snapshot)
+			}
+			close(recs)
+			said := 0
+			for r := range recs {
+				switch {
+				case r.Message == tc.wantMsg:
+					said++
+					if r.Level != tc.wantLevel {
+						t.Errorf("%q logged at %v, want %v", r.Message, r.Level, tc.wantLevel)
+					}
+				case r.Level >= slog.LevelWarn:
+					t.Errorf("logged %q at %v", r.Message, r.Level)
+				}
+			}
+			if said != 1 {
+				t.Errorf("%q logged %d times, want once", tc.wantMsg, said)
+			}
+		})
+	}
+}
+
+// raftRestores starts raft on f, logging to log, with snapshot its one
+// snapshot: raft restores it as it starts, and its start fails if the
+// restore does.
+func raftRestores(t *testing.T, f *fsm, log hclog.Logger, snapshot []byte) {
+	t.Helper()
+	_, trans := raft.NewInmemTransport("")
+	defer trans.Close()
+	store, snaps := raft.NewInmemStore(), raft.NewInmemSnapshotStore()
+	id := raft.ServerID(wire.Fingerprint{1}.String())
+	conf := raft.Configuration{Servers: []raft.Server{{ID: id, Address: trans.LocalAddr()}}}
+	s, err := snaps.Create(raft.SnapshotVersionMax, 10, 1, conf, 1, trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write(snapshot)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = id
+	rc.Logger = log
+	f.starting.Store(true)
+	r, err := raft.NewRaft(rc, f, store, store, snaps, trans)
+	if err == nil {
+		r.Shutdown().Error()
+		t.Fatal("raft started: the snapshot was restored")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log"
 	"log/slog"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -47,6 +48,29 @@ const (
 	waitingToJoin = "cell: not in the cell yet: waiting to be added (huddle cell add, on a member); no election until then"
 )
 
+// raftRestoreFailed is raft's error line for a snapshot its state machine
+// did not restore (at start, and one the leader sent). One refused because
+// the member is closing (fsm.closingRefusal) is expected, not an error:
+// restoreRefusedClosing says so at info level. Logged as an error until
+// session 23.
+const (
+	raftRestoreFailed     = "failed to restore snapshot"
+	restoreRefusedClosing = "cell: snapshot not restored: this member is closing (expected: it is restored, or sent again, at its next start)"
+)
+
+// restoreClosing reports whether an error among raft's args is a restore
+// refused as the member closes: one wrapping ErrClosed, or holding its
+// text (raft formats the error of a snapshot the leader sent with %v,
+// which drops what it wraps).
+func restoreClosing(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && (errors.Is(err, ErrClosed) || strings.Contains(err.Error(), ErrClosed.Error())) {
+			return true
+		}
+	}
+	return false
+}
+
 func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 	lv := level(l)
 	switch {
@@ -54,6 +78,8 @@ func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 		lv, msg = slog.LevelInfo, waitingToJoin
 	case lv > slog.LevelDebug && aboutLink(msg, args):
 		lv = slog.LevelDebug
+	case msg == raftRestoreFailed && restoreClosing(args):
+		lv, msg = slog.LevelInfo, restoreRefusedClosing
 	}
 	a.l.Log(context.Background(), lv, msg, formatted(args)...)
 }
