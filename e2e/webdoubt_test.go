@@ -17,9 +17,11 @@ import (
 // "doubtThenRefuse" (in doubt once, then a final refusal, as after the
 // group's handle was replaced and forgot the ID in doubt), "doubtThenWindow"
 // (in doubt once, then window_passed, as a daemon whose dedup window no
-// longer reaches back to the first try answers), or passed on to huddle
-// web (anything else). window.sends counts the sends answered, and
-// window.bodies holds their requests' bodies.
+// longer reaches back to the first try answers), "pass" (passed on to
+// huddle web, counted), "held" or "heldDoubt" (held until window.release()
+// is called, a try under way, then passed on, or answered in doubt), or
+// passed on to huddle web (empty). window.sends counts the sends answered,
+// and window.bodies holds their requests' bodies.
 const doubtShim = `(() => {
   const real = window.fetch.bind(window);
   window.sends = 0;
@@ -28,7 +30,12 @@ const doubtShim = `(() => {
   window.fetch = async (path, init) => {
     if (!(init && init.method === 'POST' && String(path).endsWith('/messages')) || !window.doubtMode) return real(path, init);
     window.sends++;
-    if (window.doubtMode === 'doubtOnce' && window.sends > 1) return real(path, init);
+    const mode = window.doubtMode;
+    if (mode === 'held' || mode === 'heldDoubt') {
+      await new Promise(release => { window.release = release; });
+      window.release = null;
+    }
+    if (mode === 'pass' || mode === 'held' || mode === 'doubtOnce' && window.sends > 1) return real(path, init);
     window.bodies.push(JSON.parse(init.body));
     const id = JSON.parse(init.body).id;
     let body = {error: {code: 'unavailable', message: 'connection lost under the send', in_doubt: true, id}};
@@ -126,39 +133,20 @@ func TestWebSendInDoubtUnplacedStaysBounded(t *testing.T) {
 // TestWebSendInDoubtGoesOnWithSendAfter: against a daemon that checks a
 // retry's position (send_after, info key 15: today's), every retry of a
 // message in doubt is safe (refused window_passed rather than stored a
-// second time), so the page goes on retrying past its bound of 8 tries for
-// as long as the daemon is away, here stopped (unlisted) for some 50 s,
-// and settles the message, stored once, when it is back. Until session 22
-// it stopped after 8 tries (~40 s) whatever the daemon, leaving a message
-// the daemon would have settled "may have been sent" with Retry. A user
-// may still stop the retries: Stop turns the message to Retry and Discard.
+// second time), so the page goes on retrying past its bound of 8 tries,
+// and settles the message, stored once, when the daemon is back from a
+// stop (unlisted meanwhile). Until session 22 it stopped after 8 tries
+// (~40 s) whatever the daemon, leaving a message the daemon would have
+// settled "may have been sent" with Retry. While the group is away, no
+// daemon has said it checks retries (the one back may be an older one:
+// TestWebSendInDoubtHeldForOlderDaemon), so the ninth try waits for the
+// daemon's word, and goes once it is back. A user may still stop the
+// retries: Stop turns the message to Retry and Discard.
 func TestWebSendInDoubtGoesOnWithSendAfter(t *testing.T) {
 	t.Parallel()
-	w := startLobbyPage(t)
-	b, lobby := w.b, w.lobby
-	// huddle web's list (/api/groups, as its stream carries it) says the
-	// daemon checks a retry's position.
-	b.waitFor("lobby listed with send_after", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.send_after === true`)
-	if !eval[bool](b, doubtShim) {
-		t.Fatal("the fetch shim did not install")
-	}
-	fastRetries(b)
-	// The daemon stops: lobby is unlisted, the page keeps what its daemon
-	// said of retries (send_after).
-	w.gd.stop(t)
-	b.waitFor("lobby unlisted", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.listed === false`)
-
-	// The first try in doubt (the daemon may have stored it), the
-	// retries refused for want of a listed daemon.
 	const text = "in doubt while the daemon was away"
-	failed := failedState(text)
-	eval[bool](b, `window.doubtMode = 'doubtOnce', true`)
-	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
-	b.do("paste, Enter", insertText(text), pressEnter())
-	b.waitForWithin("a ninth try in doubt, or the retries stopped", `window.sends >= 9 || `+failed+` !== ''`, 120*time.Second)
-	if got := eval[string](b, failed); got != "" {
-		t.Fatalf("the page stopped retrying the message in doubt after %d tries, against a daemon that says send_after: %q", eval[int](b, `window.sends`), got)
-	}
+	w := heldPastBound(t, text)
+	b, lobby := w.b, w.lobby
 	b.screenshot("web-send-in-doubt-goes-on")
 
 	// The daemon comes back where it was, with its log: the next retry
@@ -192,6 +180,80 @@ func TestWebSendInDoubtGoesOnWithSendAfter(t *testing.T) {
 	if m := triesWhenOver(b, `window.huddle.state.convs.get(`+jsString(lobby)+`)`); m != n {
 		t.Errorf("the page tried the stopped message %d more times", m-n)
 	}
+}
+
+// TestWebSendInDoubtHeldForOlderDaemon: a message in doubt retried while
+// its group is away (its daemon stopped, unlisted) past its bound of 8
+// tries is held for the word of the daemon that comes back; one that does
+// not check a retry's position (older than session 21: its groups listed
+// without send_after from then on) stops it: "may have been sent", with
+// Retry and Discard, after its 8 tries. Session 22's page kept the word of
+// the daemon gone (send_after) while the group was away, and went on
+// retrying past its bound into an older daemon back in its place, until
+// huddle web had asked that one.
+func TestWebSendInDoubtHeldForOlderDaemon(t *testing.T) {
+	t.Parallel()
+	const text = "in doubt, an older daemon back"
+	w := heldPastBound(t, text)
+	b, lobby := w.b, w.lobby
+
+	// An older daemon comes back in its place: the page's lists say
+	// nothing of send_after from now on (what the page knew of the
+	// daemon gone is left alone: oldDaemonShim would reset it).
+	if !eval[bool](b, `(() => {
+		const st = window.huddle.state;
+		const set = st.groups.set.bind(st.groups);
+		st.groups.set = (k, g) => { delete g.send_after; return set(k, g); };
+		return true;
+	})()`) {
+		t.Fatal("the older daemon shim did not install")
+	}
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", w.gd.addr, "--state-dir", w.state)
+	defer gd.stop(t)
+	failed := failedState(text)
+	b.waitFor("the retries stopped", failed+` !== ''`)
+	if got := eval[string](b, failed); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
+		t.Errorf("a message in doubt, an older daemon back, says %q, want 'may have been sent ...' with Retry and Discard", got)
+	}
+	if n := triesWhenOver(b, `window.huddle.state.convs.get(`+jsString(lobby)+`)`); n != 8 {
+		t.Errorf("the page tried the message in doubt %d times, want 8 (its bound: the daemon back does not check retries)", n)
+	}
+	if out := w.bob.ok(t, "fetch", "lobby"); strings.Contains(out, text) {
+		t.Errorf("the daemon holds:\n%s\nwant no copy of the message (its one try in doubt was the shim's)", out)
+	}
+}
+
+// heldPastBound starts lobby's page, its daemon listed with send_after
+// (huddle web's list, as its stream carries it, says the daemon checks a
+// retry's position), installs doubtShim at fastRetries, then stops the
+// daemon (lobby unlisted: no daemon then says whether it checks retries),
+// sends text with its first try in doubt (the shim's) and its retries
+// refused for want of a listed daemon, and waits for the page to hold its
+// ninth try for the daemon's word. It fails the test if the page tried a
+// ninth time, or stopped.
+func heldPastBound(t *testing.T, text string) lobbyPage {
+	t.Helper()
+	w := startLobbyPage(t)
+	b := w.b
+	b.waitFor("lobby listed with send_after", `window.huddle.state.groups.get(`+jsString(w.lobby)+`)?.send_after === true`)
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	fastRetries(b)
+	w.gd.stop(t)
+	b.waitFor("lobby unlisted", `window.huddle.state.groups.get(`+jsString(w.lobby)+`)?.listed === false`)
+	eval[bool](b, `window.sends = 0, window.doubtMode = 'doubtOnce', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	b.do("paste, Enter", insertText(text), pressEnter())
+	failed, held := failedState(text), pendingState(text)+`.includes("Retrying under its ID once lobby's daemon answers")`
+	b.waitFor("the ninth try held for the daemon's word (or a ninth try, or the retries stopped)", `window.sends >= 9 || `+failed+` !== '' || `+held)
+	if got := eval[string](b, failed); got != "" {
+		t.Fatalf("the page stopped retrying the message in doubt after %d tries, while no daemon had said whether it checks retries: %q", eval[int](b, `window.sends`), got)
+	}
+	if n := eval[int](b, `window.sends`); n != 8 {
+		t.Fatalf("the page tried the message in doubt %d times while lobby was away, want 8 (its bound), the ninth held for its daemon's word", n)
+	}
+	return w
 }
 
 // TestWebSendInDoubtPastWindow: a message in doubt is retried under its
@@ -286,6 +348,14 @@ func doubtPage(t *testing.T, before bool) (b *browser, alice *user, conv string)
 		t.Fatal("the fetch shim did not install")
 	}
 	return b, alice, `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+}
+
+// pendingState is a script giving the state line of the pending message
+// whose text is text (empty if there is none), its buttons' labels
+// included.
+func pendingState(text string) string {
+	return `([...document.querySelectorAll('.msg.pending')].filter(m => m.querySelector('.text').textContent === ` + jsString(text) +
+		`).map(m => m.querySelector('.state')?.textContent)[0] || '')`
 }
 
 // failedState is a script giving the failure shown on the pending

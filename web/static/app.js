@@ -61,12 +61,16 @@ class Conv {
     this.outbox = [];       // pending items not yet stored or failed, in the order typed
     this.sending = false;   // pump is sending the outbox
     this.seqCounter = 0;
-    // sendAfter: the group's daemon said, when it last answered, that it
-    // checks a retry's position (send_after): a retry of a message in
-    // doubt is then refused window_passed rather than stored twice, and
-    // the page goes on retrying it past doubtTries. Kept while the group
-    // is unlisted (its daemon stopped): the last word of its daemon.
-    this.sendAfter = false;
+    // sendAfter: whether the group's daemon checks a retry's position
+    // (send_after), as huddle web last heard it say: a retry of a message
+    // in doubt is then refused window_passed rather than stored twice, and
+    // the page goes on retrying it past doubtTries. null (not known) while
+    // the group is unreachable or not answered yet: the daemon that
+    // answers next may be another, an older one. Session 22 kept the last
+    // word of the daemon gone, and retried past doubtTries a daemon
+    // replaced by an older one until huddle web had asked the new one;
+    // past doubtTries, a retry now waits for the group's word (deliver).
+    this.sendAfter = null;
   }
 
   epochIndex(epoch) {
@@ -329,7 +333,12 @@ function setGroups(list) {
     }
     if (g.member) {
       const c = conv(g.uuid);
-      if (g.reachable) c.sendAfter = !!g.send_after;
+      const said = c.sendAfter;
+      c.sendAfter = g.reachable ? !!g.send_after : null;
+      // Its daemon answers again: the message waiting to be retried is
+      // tried now, not at the end of its backoff (up to 8 s), and one
+      // held for the daemon's word (deliver) goes on or stops.
+      if (said === null && c.sendAfter !== null) wakeOutbox(c);
       // Counted once, when the group's log is known: a group joined is
       // listed before its daemon answered (huddle web knows it from the
       // joined file), its epoch unknown; counted then, unless the stream
@@ -351,8 +360,11 @@ function setGroups(list) {
     // lapsing, a registry restarting) is kept, offline, with its
     // conversation and its watch, until it is listed again: only groups
     // one has not joined come and go with the list.
-    if (g.member) g.listed = false, g.reachable = false;
-    else state.groups.delete(id);
+    if (g.member) {
+      g.listed = false, g.reachable = false;
+      const c = state.convs.get(id);
+      if (c) c.sendAfter = null; // as of any group unreachable
+    } else state.groups.delete(id);
   }
   state.registries = list.registries;
   state.listed = true;
@@ -782,7 +794,7 @@ function sig(c, it, i) {
       return `${it.key}|${newDay(prev, it)}|${continues(prev, it)}|${c.names.ambiguous(it.name)}|${c.myName}`;
     }
     case 'pending':
-      return `${it.key}|${it.state}|${it.error ? it.error.code : ''}`;
+      return `${it.key}|${it.state}|${it.error ? it.error.code : ''}|${!!it.stopped}|${!!it.dropping}`;
   }
   return it.key;
 }
@@ -910,20 +922,35 @@ function pendingState(c, p) {
     case 'sending': s.textContent = 'sending…'; break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
+    case 'held': {
+      // A try under way when the user stopped or discarded the message is
+      // waited for: it may store the message, or leave it in doubt.
+      const after = 'once the try under way answers…';
       if (p.inDoubt) {
         // Retried under its ID until a try settles it: the user may stop
         // that (a daemon that checks the retries' position is retried
-        // for as long as it takes), keeping Retry and Discard.
-        s.textContent = `may have been sent (no answer settled it): ${fmt.describe(p.error, g)} Retrying under its ID, stored once… `;
-        const b = document.createElement('button');
-        b.className = 'link-button';
-        b.textContent = 'Stop';
-        b.addEventListener('click', () => { p.stopped = true; if (p.wake) p.wake(); });
-        s.append(b);
+        // for as long as it takes), keeping Retry and Discard. Discard
+        // only then, where it says the message may have been sent.
+        s.textContent = `may have been sent (no answer settled it): ${fmt.describe(p.error, g)} ` + (p.state === 'held'
+          ? `Retrying under its ID once ${g ? fmt.shown(g.name) : 'the group'}'s daemon answers… `
+          : 'Retrying under its ID, stored once… ');
+        if (p.stopped) s.append(`Stopping ${after}`);
+        else s.append(linkButton('Stop', () => stopRetries(c, p)));
+      } else if (p.dropping) {
+        s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Discarding it ${after}`;
+      } else if (p.stopped) {
+        s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Stopping ${after}`;
       } else {
-        s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Retrying…`;
+        // Never sent (every try refused, none in doubt): Discard drops it
+        // at once, or once a try under way answers without doubt.
+        s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Retrying… `;
+        s.append(linkButton('Stop', () => stopRetries(c, p)), linkButton('Discard', () => {
+          if (p.wake) discard(c, p); // between tries: none can store it
+          else { p.dropping = true; setPending(c, p, p.state, p.error); }
+        }));
       }
       break;
+    }
     case 'failed': {
       s.classList.add('bad');
       if (p.inDoubt && p.aged) {
@@ -934,22 +961,26 @@ function pendingState(c, p) {
           ? 'and the group\'s daemon says its dedup window no longer reaches back to it'
           : `and the group has stored ${dedupFloor.toLocaleString('en')} messages since, more than its dedup window is sure to hold`;
         failedWith(s, c, p, `may have been sent (no answer settled it), ${since}: sending it again may store it a second time. `,
-          'Send again', () => {
+          ['Send again', () => {
             p.aged = false;
             p.doubtEpoch = c.epoch;
             p.doubtFrom = c.cursor;
             resend(c, p);
-          });
+          }]);
       } else if (p.inDoubt) {
         // A try of it may be stored: editing would send it again under a
         // new ID, stored twice if so. Retry keeps its ID (stored once,
         // while the group's dedup window still holds it); if it was
         // stored, it comes in from the group and replaces this line.
         failedWith(s, c, p, `may have been sent (no answer settled it; retries stopped): ${fmt.describe(p.error, g)} `,
-          'Retry', () => resend(c, p));
+          ['Retry', () => resend(c, p)]);
       } else {
-        failedWith(s, c, p, `not sent: ${fmt.describe(p.error, g)} `,
-          'Edit', () => { discard(c, p); $('input').value = p.text; $('input').focus(); grow(); });
+        // Never sent: Edit takes it back to the message box (sent from
+        // there under a new ID); one whose retries the user stopped may
+        // be retried as it is.
+        const edit = ['Edit', () => { discard(c, p); $('input').value = p.text; $('input').focus(); grow(); }];
+        if (p.stopped) failedWith(s, c, p, `not sent (retries stopped): ${fmt.describe(p.error, g)} `, ['Retry', () => resend(c, p)], edit);
+        else failedWith(s, c, p, `not sent: ${fmt.describe(p.error, g)} `, edit);
       }
       break;
     }
@@ -958,18 +989,27 @@ function pendingState(c, p) {
 }
 
 // failedWith fills the state line s of the failed message p: what
-// happened (text), then a button named label doing act, and Discard.
-function failedWith(s, c, p, text, label, act) {
+// happened (text), then a button for each [label, act] of actions, and
+// Discard.
+function failedWith(s, c, p, text, ...actions) {
   s.textContent = text;
+  s.append(...actions.map(([label, act]) => linkButton(label, act)), linkButton('Discard', () => discard(c, p)));
+}
+
+function linkButton(label, act) {
   const b = document.createElement('button');
   b.className = 'link-button';
   b.textContent = label;
   b.addEventListener('click', act);
-  const drop = document.createElement('button');
-  drop.className = 'link-button';
-  drop.textContent = 'Discard';
-  drop.addEventListener('click', () => discard(c, p));
-  s.append(b, drop);
+  return b;
+}
+
+// stopRetries ends the retries of p: at once between tries, else once the
+// try under way answers (deliver).
+function stopRetries(c, p) {
+  p.stopped = true;
+  if (p.wake) p.wake();
+  else setPending(c, p, p.state, p.error);
 }
 
 // resend queues the failed message p again under its ID, its tries in
@@ -977,11 +1017,15 @@ function failedWith(s, c, p, text, label, act) {
 function resend(c, p) {
   p.doubtTries = 0;
   p.stopped = false;
+  p.dropping = false;
   setPending(c, p, 'sending', null);
   c.outbox.push(p);
   pump(c);
 }
 
+// discard drops the pending message p: one never sent, or one in doubt
+// the user drops where the page says it may have been sent. A try under
+// way is not cut short (the Discard of a message retrying waits for it).
 function discard(c, p) {
   c.pending.delete(p.id);
   if (p.wake) p.wake();
@@ -1263,6 +1307,25 @@ async function deliver(c, p) {
       setPending(c, p, 'failed', p.error);
       return;
     }
+    if (p.inDoubt && p.doubtTries >= doubtTries && c.sendAfter !== true) {
+      // Past its bound, a retry goes only to a daemon known to check it
+      // (below): the group's daemon has not answered since the last try
+      // (c.sendAfter null), so the retry waits for its word, given when
+      // it answers again (setGroups wakes it), and stops if it does not
+      // check retries (an older daemon in its place).
+      if (c.sendAfter === false) {
+        setPending(c, p, 'failed', p.error);
+        return;
+      }
+      setPending(c, p, 'held', p.error);
+      await rest(p, 8 * window.huddle.retryUnit);
+      if (!c.pending.has(p.id)) return;
+      if (p.stopped) {
+        setPending(c, p, 'failed', p.error);
+        return;
+      }
+      continue;
+    }
     p.tries++;
     if (!p.inDoubt && c.cursorKnown) {
       // Where the group's log was, as this page last saw it, before this
@@ -1294,6 +1357,17 @@ async function deliver(c, p) {
         p.doubtFrom = p.tryFrom;
       }
       if (err.inDoubt) p.inDoubt = true;
+      if (p.dropping) {
+        // Discarded while this try was under way: dropped if it left the
+        // message never sent; in doubt, it stays, saying it may have
+        // been sent, its retries stopped (Retry, Discard).
+        p.dropping = false;
+        if (!p.inDoubt) {
+          discard(c, p);
+          return;
+        }
+        p.stopped = true;
+      }
       if (err.code === 'window_passed') {
         // The daemon's dedup window no longer reaches back to the first
         // try: sent again under its ID it may be stored a second time.
@@ -1322,17 +1396,20 @@ async function deliver(c, p) {
       // daemon was still restarting). A retry that names none (the page
       // did not know where the log stood before the first try: its
       // conversation not loaded yet) is checked by nothing: bounded.
+      // Whether the daemon checks is not known while the group is
+      // unreachable (c.sendAfter null): past the bound, the next retry
+      // waits for its word (above), as it may come from another daemon.
       if (p.inDoubt) p.doubtTries = (p.doubtTries || 0) + 1;
-      const checked = c.sendAfter && p.doubtFrom !== undefined;
-      if (!transient || p.stopped || (p.inDoubt && p.doubtTries >= doubtTries && !checked)) {
+      const mayCheck = c.sendAfter !== false && p.doubtFrom !== undefined;
+      if (!transient || p.stopped || (p.inDoubt && p.doubtTries >= doubtTries && !mayCheck)) {
+        if (!transient) p.stopped = false; // refused for good, not stopped
         setPending(c, p, 'failed', err);
         return;
       }
       setPending(c, p, 'retrying', err);
       const wait = err.code === 'rate_limited' ? Math.max(err.retryAfterMS, 100) : window.huddle.retryUnit * 2 ** Math.min(p.tries - 1, 3);
       // Discarding it wakes the wait, so the messages after it go on.
-      await new Promise(wake => { p.wake = wake; setTimeout(wake, wait); });
-      p.wake = null;
+      await rest(p, wait);
       if (!c.pending.has(p.id)) return;
       if (p.stopped) {
         setPending(c, p, 'failed', p.error);
@@ -1340,6 +1417,20 @@ async function deliver(c, p) {
       }
     }
   }
+}
+
+// rest waits ms, or until p.wake is called: by Stop, Discard, or the
+// group's daemon answering again (wakeOutbox).
+async function rest(p, ms) {
+  await new Promise(wake => { p.wake = wake; setTimeout(wake, ms); });
+  p.wake = null;
+}
+
+// wakeOutbox ends the wait of the message c's outbox is sending, if it
+// waits between tries: it is tried again now.
+function wakeOutbox(c) {
+  const p = c.outbox[0];
+  if (p && p.wake) p.wake();
 }
 
 // pastWindow reports whether the page has seen the group's log move far

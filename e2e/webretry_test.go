@@ -1,0 +1,128 @@
+//go:build linux
+
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+)
+
+// TestWebSendNotSentStopsAndDiscards: a message not sent yet (its group's
+// daemon stopped, no registry listing the group) is retried with Stop and
+// Discard beside it. Stop ends the retries and offers Retry, Edit and
+// Discard; Discard drops it at once between tries, or, when a try is under
+// way, once that try answers: dropped if it was refused, kept as "may have
+// been sent" (Retry, Discard) if it ended in doubt, for that try may have
+// stored it. None of them reaches the daemon once it is back. Until
+// session 23 such a message was retried for ever, with no button.
+func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
+	t.Parallel()
+	w := startLobbyPage(t)
+	b, lobby := w.b, w.lobby
+	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	fastRetries(b)
+	w.gd.stop(t) // it deregisters lobby
+	b.waitFor("lobby unlisted", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.listed === false`)
+	eval[bool](b, `window.doubtMode = 'pass', true`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	// button clicks the button labelled label on the pending message
+	// whose text is text.
+	button := func(text, label string) {
+		t.Helper()
+		if !eval[bool](b, `(() => { const m = [...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === `+jsString(text)+`);
+			const b = m && [...m.querySelectorAll('.state button')].find(b => b.textContent === `+jsString(label)+`);
+			if (b) b.click();
+			return !!b; })()`) {
+			t.Fatalf("no %s on the message %q; the page shows:\n%s", label, text, b.text())
+		}
+	}
+	gone := func(text string) string {
+		return `![...document.querySelectorAll('.msg.pending')].some(m => m.querySelector('.text').textContent === ` + jsString(text) + `)`
+	}
+	retrying := func(text string) string {
+		return pendingState(text) + `.startsWith('not sent yet') && ` + pendingState(text) + `.endsWith('Retrying… StopDiscard')`
+	}
+
+	// underTry sends text, and once it is retried, holds its next try
+	// under way (the shim's mode), presses Discard, checks the page
+	// waits for the try, and lets the try end (passed on to huddle web,
+	// which refuses it, or answered in doubt).
+	underTry := func(text, mode string) {
+		t.Helper()
+		b.do("paste, Enter", insertText(text), pressEnter())
+		b.waitFor("the message retried", retrying(text))
+		eval[bool](b, `window.doubtMode = `+jsString(mode)+`, true`)
+		b.waitFor("a try under way", `typeof window.release === 'function'`)
+		button(text, "Discard")
+		discarding := pendingState(text) + `.endsWith('Discarding it once the try under way answers…')`
+		b.waitFor("the discard waiting for the try (or the message dropped)", discarding+` || `+gone(text))
+		if !eval[bool](b, discarding) {
+			t.Errorf("discarded while a try is under way, the message %q says %q, want it waiting for the try", text, eval[string](b, pendingState(text)))
+		}
+		eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	}
+
+	// Stop: retried no more, Retry, Edit and Discard offered.
+	const stopped = "stopped while lobby was away"
+	b.do("paste, Enter", insertText(stopped), pressEnter())
+	b.waitFor("the message retried, with Stop and Discard", `window.sends >= 2 && `+retrying(stopped))
+	b.screenshot("web-send-not-sent-retrying")
+	button(stopped, "Stop")
+	b.waitFor("the retries stopped", failedState(stopped)+` !== ''`)
+	if got := eval[string](b, failedState(stopped)); !strings.HasPrefix(got, "not sent (retries stopped): ") || !strings.HasSuffix(got, "RetryEditDiscard") {
+		t.Errorf("the message stopped says %q, want 'not sent (retries stopped): ...' with Retry, Edit and Discard", got)
+	}
+	n := eval[int](b, `window.sends`)
+	if m := triesWhenOver(b, conv); m != n {
+		t.Errorf("the page tried the stopped message %d more times", m-n)
+	}
+	b.screenshot("web-send-not-sent-stopped")
+	button(stopped, "Discard")
+	b.waitFor("the stopped message discarded", gone(stopped))
+
+	// Discard between tries: dropped at once. The page's retries are
+	// paced to wait ten minutes, so that the click lands between tries.
+	const between = "discarded between tries"
+	eval[bool](b, `window.huddle.retryUnit = 600000, true`)
+	b.do("paste, Enter", insertText(between), pressEnter())
+	b.waitFor("the message waiting between tries", retrying(between)+` && !!`+conv+`.outbox[0]?.wake`)
+	button(between, "Discard")
+	if !eval[bool](b, gone(between)) {
+		t.Errorf("a message discarded between tries is still shown: %q", eval[string](b, pendingState(between)))
+	}
+	fastRetries(b)
+
+	// Discard while a try is under way: waits for the try's answer. A
+	// refusal (never sent): dropped.
+	const refused = "discarded under a refused try"
+	underTry(refused, "held")
+	b.waitFor("the message dropped once its try was refused", gone(refused))
+
+	// A try that ends in doubt: kept, said to be maybe sent.
+	const doubted = "discarded under a try in doubt"
+	underTry(doubted, "heldDoubt")
+	b.waitFor("the message in doubt kept", failedState(doubted)+` !== '' || `+gone(doubted))
+	if got := eval[string](b, failedState(doubted)); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
+		t.Errorf("a message discarded under a try that ended in doubt says %q, want it kept: 'may have been sent ...' with Retry and Discard", got)
+	}
+	button(doubted, "Discard") // the user's choice, told it may have been sent
+	b.waitFor("the message in doubt discarded", gone(doubted))
+
+	// lobby back: none of them reaches it.
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", w.gd.addr, "--state-dir", w.state)
+	defer gd.stop(t)
+	waitListed(t, w.bob, lobby) // registered again
+	w.bob.ok(t, "send", "lobby", "back")
+	b.waitFor("lobby back", hasMessage("back"))
+	if out := w.bob.ok(t, "fetch", "lobby"); strings.Contains(out, "stopped while") || strings.Contains(out, "discarded") {
+		t.Errorf("the daemon holds:\n%s\nwant none of the messages stopped or discarded", out)
+	}
+	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {
+		t.Errorf("%d messages still pending: %s", n, b.text())
+	}
+}
