@@ -58,6 +58,20 @@ type Env struct {
 	// registry the answer advertises (fingerprint): this package's tests
 	// slow it. (A variable of the package's until session 17.)
 	beforeVerify func(g *gatherer, fingerprint string)
+	// browse, if set, is called as a command would start sending mDNS
+	// queries (doctor's check, a listing's browse), with the verb; an
+	// error stands for the browse's, and no query is sent: this package's
+	// tests check that none would be, on this machine's interfaces.
+	browse func(verb string) error
+}
+
+// startBrowse is called as a command starts browsing mDNS: nil, or what
+// Env.browse says.
+func (e Env) startBrowse(verb string) error {
+	if e.browse == nil {
+		return nil
+	}
+	return e.browse(verb)
 }
 
 // defaultLockWait is Env.LockWait's default.

@@ -23,7 +23,8 @@ func runDoctor(ctx context.Context, env Env, args []string) int {
 	var wait time.Duration
 	fs := newFlags(env, "doctor", "[--iface NAME]... [--registry ADDR]... [--wait DURATION] [--json]",
 		"Check that huddle can find and reach its registries and group daemons, and say what to fix when not:\n"+
-			"for each interface, whether mDNS could join the group and send there, and why not; every mDNS answer;\n"+
+			"for each interface, whether mDNS could join the group and send there, and why not; every mDNS answer\n"+
+			"(not with the registries given, --registry or HUDDLE_REGISTRY, unless --iface: no query is sent then);\n"+
 			"every registry asked (as other commands ask them), where, whether it answered and whether its key is\n"+
 			"the one pinned; and whether each group daemon answers with the key its registries list, at each\n"+
 			"address listed (a cell's group: each member at each of its addresses; 64 groups at most, yours first).\n"+
@@ -77,12 +78,16 @@ type doctor struct {
 
 // doctorReport is huddle doctor's findings, and its --json output.
 type doctorReport struct {
-	You        string           `json:"you"`
-	Interfaces []doctorIface    `json:"interfaces"`
-	MDNS       []doctorAnswer   `json:"mdns"`
-	Registries []doctorRegistry `json:"registries"`
-	Cache      *doctorCache     `json:"cache,omitempty"`
-	Groups     []doctorGroup    `json:"groups"`
+	You        string         `json:"you"`
+	Interfaces []doctorIface  `json:"interfaces"`
+	MDNS       []doctorAnswer `json:"mdns"`
+	// MDNSUnchecked: the registries are given (--registry, or
+	// HUDDLE_REGISTRY) and no --iface, so no mDNS query was sent and
+	// Interfaces and MDNS are empty.
+	MDNSUnchecked bool             `json:"mdns_unchecked,omitempty"`
+	Registries    []doctorRegistry `json:"registries"`
+	Cache         *doctorCache     `json:"cache,omitempty"`
+	Groups        []doctorGroup    `json:"groups"`
 	// GroupsUnchecked counts the groups listed past doctorMaxGroups:
 	// not checked.
 	GroupsUnchecked int      `json:"groups_unchecked,omitempty"`
@@ -230,7 +235,17 @@ func (d *doctor) advise(format string, args ...any) {
 
 func (d *doctor) run(ctx context.Context, wait time.Duration) int {
 	d.say("you: %s", d.report.You)
-	d.mdns(ctx, wait)
+	// A user who names the registries (a server's, over the Internet or a
+	// VPN) finds none over mDNS, and the commands do not look there: no
+	// query is sent unless --iface asks for the check. Until session 23
+	// doctor multicast on every interface whatever --registry said, which
+	// a headless server's operator does not expect.
+	if given := d.s.given(); len(given) > 0 && len(d.s.flags.ifaces) == 0 {
+		d.report.MDNSUnchecked = true
+		d.say("\nmDNS: not checked, no query sent: the registries are given (%s); --iface NAME checks it on that interface", strings.Join(given, ", "))
+	} else {
+		d.mdns(ctx, wait)
+	}
 	l, code := d.registries(ctx)
 	if l != nil {
 		if c := d.daemons(ctx, l); c != ExitOK {
@@ -244,6 +259,10 @@ func (d *doctor) run(ctx context.Context, wait time.Duration) int {
 // mdns reports the interfaces and every answer mDNS gives in wait.
 func (d *doctor) mdns(ctx context.Context, wait time.Duration) {
 	s := d.s
+	if err := s.env.startBrowse("doctor"); err != nil {
+		d.say("\nmDNS: %v", err)
+		return
+	}
 	reports, answers, err := discovery.Diagnose(ctx, discovery.BrowseConfig{
 		Interfaces: s.flags.ifaces,
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {

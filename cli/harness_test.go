@@ -49,6 +49,8 @@ type testUser struct {
 	flock func(fd, how int) error
 	// beforeVerify, if set, is the commands' Env.beforeVerify.
 	beforeVerify func(g *gatherer, fingerprint string)
+	// browse, if set, is the commands' Env.browse.
+	browse func(verb string) error
 }
 
 func newTestUser(t *testing.T, registry string) *testUser {
@@ -66,7 +68,7 @@ func (u *testUser) runInput(t *testing.T, input string, args ...string) (int, st
 	t.Helper()
 	var out, errb syncBuffer
 	env := map[string]string{"HUDDLE_HOME": u.home, "HUDDLE_REGISTRY": u.registry}
-	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, LockWait: u.lockWait, flock: u.flock, beforeVerify: u.beforeVerify}
+	e := Env{Stdin: strings.NewReader(input), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, LockWait: u.lockWait, flock: u.flock, beforeVerify: u.beforeVerify, browse: u.browse}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	code := Main(ctx, args, e)

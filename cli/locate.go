@@ -667,9 +667,25 @@ func (g *gatherer) browse(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	}()
+	err := s.env.startBrowse(s.verb)
+	if err == nil {
+		err = g.browseMDNS(ctx)
+	}
+	if err != nil {
+		select {
+		case g.answers <- registryAnswer{registryReport: registryReport{from: fromMDNS, err: fmt.Errorf("cannot browse: %w", err)}}:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// browseMDNS is browse's mDNS: it returns when ctx ends, or at once if
+// browsing cannot run.
+func (g *gatherer) browseMDNS(ctx context.Context) error {
+	s := g.s
 	// No Gone: browsing lasts discoverTimeout (3 s), and Browse forgets a
 	// registry only after it has not verified for ForgetAfter (2 min).
-	err := discovery.Browse(ctx, discovery.BrowseConfig{
+	return discovery.Browse(ctx, discovery.BrowseConfig{
 		Interfaces: s.flags.ifaces,
 		Verify: func(ctx context.Context, r discovery.Advertised, addr netip.AddrPort) error {
 			fp, perr := wire.ParseFingerprint(r.Fingerprint)
@@ -710,12 +726,6 @@ func (g *gatherer) browse(ctx context.Context) {
 		}
 		g.ask(ctx, rep, fp, true, 0)
 	})
-	if err != nil {
-		select {
-		case g.answers <- registryAnswer{registryReport: registryReport{from: fromMDNS, err: fmt.Errorf("cannot browse: %w", err)}}:
-		case <-ctx.Done():
-		}
-	}
 }
 
 // errBrowseEnded marks the answer that only says browsing has ended.
