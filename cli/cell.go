@@ -354,60 +354,46 @@ func printCellStatus(env Env, first client.CellStatus, views []memberView, asJSO
 	waiting := len(first.Members) == 0
 	removed := !waiting && !slices.ContainsFunc(first.Members, func(m wire.Replica) bool { return m.Fingerprint == first.Self.Fingerprint })
 	if asJSON {
-		members := []map[string]any{}
+		out := cellStatusJSON{Members: []cellMemberJSON{}}
 		for _, v := range views {
-			m := map[string]any{"addr": v.replica.Addr, "fingerprint": v.replica.Fingerprint.String(), "voter": !v.replica.CatchingUp}
-			if v.replica.CatchingUp {
-				m["catching_up"] = true
-			}
+			m := cellMemberJSON{Addr: v.replica.Addr, Fingerprint: v.replica.Fingerprint.String(), Voter: !v.replica.CatchingUp, CatchingUp: v.replica.CatchingUp}
 			if v.err != nil {
-				m["error"] = plainErr(v.err)
+				m.Error = plainErr(v.err)
 			} else {
 				st := v.status
-				m["state"], m["term"], m["applied_index"], m["commit_index"], m["last_index"] = st.State, st.Term, st.AppliedIndex, st.CommitIndex, st.LastIndex
-				m["last_contact_ms"] = st.LastContact
+				m.cellFiguresJSON = &cellFiguresJSON{State: st.State, Term: st.Term, AppliedIndex: st.AppliedIndex, CommitIndex: st.CommitIndex,
+					LastIndex: st.LastIndex, LastContactMS: st.LastContact}
 				if l, ok := lag(st); ok {
-					m["lag"] = l
+					m.Lag = &l
 				}
 				if s := st.Stall; s != nil {
-					m["stall"] = map[string]any{"stalled_ms": s.StalledMS, "index": s.Index, "group": s.Group, "cause": s.Cause}
+					m.Stall = &cellStallJSON{StalledMS: s.StalledMS, Index: s.Index, Group: s.Group, Cause: s.Cause}
 				}
 			}
-			members = append(members, m)
+			out.Members = append(out.Members, m)
 		}
-		out := map[string]any{"members": members}
-		if ks := keyMismatches(views); len(ks) > 0 {
-			var list []map[string]any
-			for _, k := range ks {
-				m := map[string]any{"member": k.Member.Fingerprint.String(), "member_addr": k.Member.Addr, "addr": k.Addr,
-					"presented": k.Presented.String(), "seen_by": k.seenBy, "confirmed": k.confirmed, "member_absent": k.absent}
-				if k.Named != nil {
-					m["named"] = k.Named.String()
-				}
-				list = append(list, m)
+		for _, k := range keyMismatches(views) {
+			km := keyMismatchJSON{Member: k.Member.Fingerprint.String(), MemberAddr: k.Member.Addr, Addr: k.Addr,
+				Presented: k.Presented.String(), SeenBy: k.seenBy, Confirmed: k.confirmed, MemberAbsent: k.absent}
+			if k.Named != nil {
+				km.Named = k.Named.String()
 			}
-			out["key_mismatches"] = list
+			out.KeyMismatches = append(out.KeyMismatches, km)
 		}
-		switch {
-		case waiting:
-			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false, "waiting": true}
-		case removed:
-			out["asked"] = map[string]any{"addr": first.Self.Addr, "fingerprint": first.Self.Fingerprint.String(), "member": false}
+		if waiting || removed {
+			out.Asked = &cellAskedJSON{Addr: first.Self.Addr, Fingerprint: first.Self.Fingerprint.String(), Waiting: waiting}
 		}
 		if len(claims) > 1 {
-			var list []map[string]any
 			for _, st := range claims {
-				list = append(list, map[string]any{"addr": st.Self.Addr, "fingerprint": st.Self.Fingerprint.String(), "term": st.Term})
+				out.LeaderClaims = append(out.LeaderClaims, cellClaimJSON{Addr: st.Self.Addr, Fingerprint: st.Self.Fingerprint.String(), Term: st.Term})
 			}
-			out["leader_claims"] = list
 		}
 		if leader != nil {
-			out["leader"] = map[string]any{"addr": leader.Self.Addr, "fingerprint": leader.Self.Fingerprint.String()}
-			out["term"] = leader.Term
-			out["groups"] = cellGroupsJSON(leader.Groups)
-			if leader.GroupsOmitted > 0 {
-				out["groups_omitted"] = leader.GroupsOmitted
-			}
+			out.Leader = &cellAddrJSON{Addr: leader.Self.Addr, Fingerprint: leader.Self.Fingerprint.String()}
+			out.Term = leader.Term
+			groups := cellGroupsJSON(leader.Groups)
+			out.Groups = &groups
+			out.GroupsOmitted = leader.GroupsOmitted
 		}
 		return printJSON(env.Stdout, out)
 	}
@@ -705,11 +691,11 @@ func keyMismatches(views []memberView) []keyMismatch {
 
 func printMembers(env Env, members []client.Replica, asJSON bool) error {
 	if asJSON {
-		var out []map[string]any
+		var out cellMembersJSON
 		for _, m := range members {
-			out = append(out, map[string]any{"addr": m.Addr, "fingerprint": m.Fingerprint.String(), "leader": m.Leader, "voter": !m.CatchingUp})
+			out.Members = append(out.Members, cellChangedJSON{Addr: m.Addr, Fingerprint: m.Fingerprint.String(), Leader: m.Leader, Voter: !m.CatchingUp})
 		}
-		return printJSON(env.Stdout, map[string]any{"members": out})
+		return printJSON(env.Stdout, out)
 	}
 	fmt.Fprintf(env.Stdout, "the cell's members now:\n")
 	for _, m := range members {
@@ -727,10 +713,102 @@ func printMembers(env Env, members []client.Replica, asJSON bool) error {
 
 // cellGroupsJSON is the "groups" of huddle cell status --json: the groups
 // the leader hosts: a list, empty (not null) when it hosts none.
-func cellGroupsJSON(gs []wire.CellGroup) []map[string]any {
-	groups := make([]map[string]any, 0, len(gs))
+func cellGroupsJSON(gs []wire.CellGroup) []cellGroupJSON {
+	groups := make([]cellGroupJSON, 0, len(gs))
 	for _, g := range gs {
-		groups = append(groups, map[string]any{"uuid": g.Group.String(), "name": g.Name, "epoch": g.Epoch, "last_seq": g.Last, "members": g.Members})
+		groups = append(groups, cellGroupJSON{UUID: g.Group.String(), Name: g.Name, Epoch: g.Epoch, LastSeq: g.Last, Members: g.Members})
 	}
 	return groups
 }
+
+// The objects of huddle cell status, add and remove --json, their keys
+// in the order README.md lists them. Until session 23 they were maps,
+// whose keys encoding/json writes sorted ({asked, groups, ...,
+// leader, leader_claims, members, term}; a group {epoch, last_seq,
+// members, name, uuid}), where README lists {leader, term, ...} and
+// {uuid, name, epoch, last_seq, members}.
+type (
+	// cellStatusJSON is cell status's one object. Leader, Term and Groups
+	// are absent while no member leads; Groups is a list then, empty (not
+	// null) when the leader hosts none.
+	cellStatusJSON struct {
+		Leader        *cellAddrJSON     `json:"leader,omitempty"`
+		Term          uint64            `json:"term,omitempty"` // a leader's: raft's terms start at 1
+		LeaderClaims  []cellClaimJSON   `json:"leader_claims,omitempty"`
+		Members       []cellMemberJSON  `json:"members"`
+		Groups        *[]cellGroupJSON  `json:"groups,omitempty"`
+		GroupsOmitted uint64            `json:"groups_omitted,omitempty"`
+		KeyMismatches []keyMismatchJSON `json:"key_mismatches,omitempty"`
+		Asked         *cellAskedJSON    `json:"asked,omitempty"`
+	}
+	cellAddrJSON struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+	}
+	cellClaimJSON struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+		Term        uint64 `json:"term"`
+	}
+	// cellAskedJSON is the daemon asked, when it is no member: waiting to
+	// be added, or removed.
+	cellAskedJSON struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+		Member      bool   `json:"member"` // always false
+		Waiting     bool   `json:"waiting,omitempty"`
+	}
+	// cellMemberJSON is a member: its figures, or the error it answered
+	// with instead.
+	cellMemberJSON struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+		Voter       bool   `json:"voter"`
+		CatchingUp  bool   `json:"catching_up,omitempty"`
+		*cellFiguresJSON
+		Error string `json:"error,omitempty"`
+	}
+	cellFiguresJSON struct {
+		State         string         `json:"state"`
+		Term          uint64         `json:"term"`
+		AppliedIndex  uint64         `json:"applied_index"`
+		CommitIndex   uint64         `json:"commit_index"`
+		LastIndex     uint64         `json:"last_index"`
+		LastContactMS int64          `json:"last_contact_ms"`
+		Lag           *uint64        `json:"lag,omitempty"` // only with a leader
+		Stall         *cellStallJSON `json:"stall,omitempty"`
+	}
+	cellStallJSON struct {
+		StalledMS uint64 `json:"stalled_ms"`
+		Index     uint64 `json:"index"`
+		Group     string `json:"group"`
+		Cause     string `json:"cause"`
+	}
+	keyMismatchJSON struct {
+		Member       string   `json:"member"`
+		MemberAddr   string   `json:"member_addr"`
+		Addr         string   `json:"addr"`
+		Named        string   `json:"named,omitempty"`
+		Presented    string   `json:"presented"`
+		SeenBy       []string `json:"seen_by"`
+		Confirmed    bool     `json:"confirmed"`
+		MemberAbsent bool     `json:"member_absent"`
+	}
+	cellGroupJSON struct {
+		UUID    string `json:"uuid"`
+		Name    string `json:"name"`
+		Epoch   uint64 `json:"epoch"`
+		LastSeq uint64 `json:"last_seq"`
+		Members uint64 `json:"members"`
+	}
+	// cellMembersJSON is cell add's and cell remove's object.
+	cellMembersJSON struct {
+		Members []cellChangedJSON `json:"members"`
+	}
+	cellChangedJSON struct {
+		Addr        string `json:"addr"`
+		Fingerprint string `json:"fingerprint"`
+		Leader      bool   `json:"leader"`
+		Voter       bool   `json:"voter"`
+	}
+)

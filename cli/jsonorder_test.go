@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"regexp"
@@ -11,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/wire"
 )
 
 // TestJSONKeysInREADMEOrder: join, leave, members and info --json print
@@ -23,24 +26,7 @@ func TestJSONKeysInREADMEOrder(t *testing.T) {
 	u := newTestUser(t, startUp(t, "lobby", "dev"))
 	joined := u.ok(t, "join", "lobby", "--as", "ann", "--json")
 
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	documented := func(what string) []string {
-		t.Helper()
-		// "members `{fingerprint, name, ...}`" or "`info` `{uuid, ...}`"
-		// in the --json paragraph (not chat's "`/info` `{...}`").
-		m := regexp.MustCompile("(?:^|[^/\\w])`?" + regexp.QuoteMeta(what) + "`? `\\{([^}]*)\\}`").FindSubmatch(readme)
-		if m == nil {
-			t.Fatalf("README.md lists no keys for %s --json (%s `{...}`)", what, what)
-		}
-		var keys []string
-		for _, k := range strings.Split(string(m[1]), ",") {
-			keys = append(keys, strings.TrimSpace(k))
-		}
-		return keys
-	}
+	documented := readmeKeys(t)
 
 	if got, want := objectKeys(t, joined, ""), documented("join"); !slices.Equal(got, want) {
 		t.Errorf("join --json keys %v, README.md lists %v\n%s", got, want, joined)
@@ -61,6 +47,29 @@ func TestJSONKeysInREADMEOrder(t *testing.T) {
 	}
 	if got, want := objectKeys(t, info, "limits"), documented("limits"); !slices.Equal(got, want) {
 		t.Errorf("info --json limits keys %v, README.md lists %v\n%s", got, want, info)
+	}
+}
+
+// readmeKeys returns what looks up, in README.md, the keys listed for a
+// --json object: "members `{fingerprint, name, ...}`" or "`info` `{uuid,
+// ...}`" in the --json paragraph (not chat's "`/info` `{...}`").
+func readmeKeys(t *testing.T) func(what string) []string {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(what string) []string {
+		t.Helper()
+		m := regexp.MustCompile("(?:^|[^/\\w])`?" + regexp.QuoteMeta(what) + "`? `\\{([^}]*)\\}`").FindSubmatch(readme)
+		if m == nil {
+			t.Fatalf("README.md lists no keys for %s --json (%s `{...}`)", what, what)
+		}
+		var keys []string
+		for _, k := range strings.Split(string(m[1]), ",") {
+			keys = append(keys, strings.TrimSpace(k))
+		}
+		return keys
 	}
 }
 
@@ -125,4 +134,140 @@ func TestWatchEventKeysInREADMEOrder(t *testing.T) {
 			t.Errorf("watch --json %s event keys %v, README.md lists %v\n%s", kind, got, want, out.String())
 		}
 	}
+}
+
+// TestCellStatusKeysInREADMEOrder: cell status --json's object, its
+// members (with figures, a stall, or an error), its groups, key
+// mismatches, leader claims and the daemon asked, and cell add's and
+// remove's members, print their keys in the order README.md lists them
+// (sorted, from maps, until session 23). The status is one of a cell whose
+// two members claim to lead (terms 5 and 4), one stalled and reporting a
+// wrong key, a third catching up and not answering, asked of a daemon the
+// cell removed: every key but asked's "waiting", checked alone below.
+func TestCellStatusKeysInREADMEOrder(t *testing.T) {
+	documented := readmeKeys(t)
+	replica := func(b byte, catchingUp bool) wire.Replica {
+		return wire.Replica{Addr: fmt.Sprintf("10.0.0.%d:7374", b), Fingerprint: wire.Fingerprint{b}, CatchingUp: catchingUp}
+	}
+	a, b, c, removed := replica(1, false), replica(2, false), replica(3, true), replica(9, false)
+	members := []wire.Replica{a, b, c}
+	named := wire.Fingerprint{7}
+	stA := client.CellStatus{Self: a, State: "leader", Term: 5, CommitIndex: 9, AppliedIndex: 8, LastIndex: 9, Members: members,
+		Groups:        []wire.CellGroup{{Group: wire.UUID{1}, Name: "lobby", Epoch: 1, Last: 3, Members: 2}},
+		GroupsOmitted: 1,
+		Stall:         &wire.CellStall{StalledMS: 1500, Index: 9, Group: "lobby", Cause: "disk full"},
+		KeyMismatches: []wire.CellKeyMismatch{{Member: a, Addr: b.Addr, Named: &named, Presented: b.Fingerprint}}}
+	stB := client.CellStatus{Self: b, State: "leader", Term: 4, Members: members}
+	views := []memberView{{replica: a, status: &stA}, {replica: b, status: &stB}, {replica: c, err: errors.New("no answer")}}
+	status := func(first client.CellStatus, views []memberView) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := printCellStatus(Env{Stdout: &out, Stderr: io.Discard}, first, views, true); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	line := status(client.CellStatus{Self: removed, State: "follower", Members: members}, views)
+
+	if got, want := objectKeys(t, line, ""), documented("cell status"); !slices.Equal(got, want) {
+		t.Errorf("cell status --json keys %v, README.md lists %v\n%s", got, want, line)
+	}
+	// Each list's objects: their keys in README's order, those absent
+	// from one (a member's figures, say) left out, and every key README
+	// lists printed by one of them.
+	inOrder := func(what, in string, want []string) {
+		t.Helper()
+		seen := map[string]bool{}
+		for _, obj := range listed(t, line, in) {
+			got := objectKeys(t, obj, "")
+			for _, k := range got {
+				seen[k] = true
+			}
+			if !slices.Equal(got, slices.DeleteFunc(slices.Clone(want), func(k string) bool { return !slices.Contains(got, k) })) {
+				t.Errorf("cell status --json %s keys %v, not in README.md's order %v\n%s", what, got, want, obj)
+			}
+		}
+		for _, k := range want {
+			if !seen[k] {
+				t.Errorf("cell status --json: no %s has README.md's key %q\n%s", what, k, line)
+			}
+		}
+	}
+	inOrder("member", "members", documented("cell member"))
+	inOrder("group", "groups", documented("cell group"))
+	inOrder("key mismatch", "key_mismatches", documented("key mismatch"))
+	inOrder("leader claim", "leader_claims", regexpKeys(t, "`leader_claims` \\(`\\[\\{([^}]*)\\}\\]`"))
+	var obj struct {
+		Members []json.RawMessage `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(line), &obj); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := objectKeys(t, string(obj.Members[0]), "stall"), documented("stall"); !slices.Equal(got, want) {
+		t.Errorf("cell status --json stall keys %v, README.md lists %v\n%s", got, want, line)
+	}
+	if got, want := objectKeys(t, string(obj.Members[0]), ""), documented("cell member"); !slices.Equal(got, slices.DeleteFunc(slices.Clone(want), func(k string) bool { return k == "catching_up" || k == "error" })) {
+		t.Errorf("cell status --json: the leader's keys %v, want README.md's %v but catching_up and error\n%s", got, want, obj.Members[0])
+	}
+	if got, want := objectKeys(t, line, "leader"), []string{"addr", "fingerprint"}; !slices.Equal(got, want) {
+		t.Errorf("cell status --json leader keys %v, want %v", got, want)
+	}
+	if got, want := objectKeys(t, line, "asked"), slices.DeleteFunc(documented("asked"), func(k string) bool { return k == "waiting" }); !slices.Equal(got, want) {
+		t.Errorf("cell status --json asked keys %v (of a member removed), README.md lists %v\n%s", got, want, line)
+	}
+	// A daemon waiting to be added: no members known, asked says so.
+	waiting := status(client.CellStatus{Self: removed, State: "follower"}, nil)
+	if got, want := objectKeys(t, waiting, "asked"), documented("asked"); !slices.Equal(got, want) {
+		t.Errorf("cell status --json asked keys %v (of a daemon waiting), README.md lists %v\n%s", got, want, waiting)
+	}
+
+	// cell add and remove: {members: [{addr, fingerprint, leader, voter}]}.
+	var out bytes.Buffer
+	if err := printMembers(Env{Stdout: &out, Stderr: io.Discard}, []client.Replica{{Addr: a.Addr, Fingerprint: a.Fingerprint, Leader: true}, {Addr: c.Addr, Fingerprint: c.Fingerprint, CatchingUp: true}}, true); err != nil {
+		t.Fatal(err)
+	}
+	want := regexpKeys(t, "`cell add` and `cell remove` print `\\{members: \\[\\{([^}]*)\\}\\]\\}`")
+	for _, m := range listed(t, out.String(), "members") {
+		if got := objectKeys(t, m, ""); !slices.Equal(got, want) {
+			t.Errorf("cell add --json member keys %v, README.md lists %v\n%s", got, want, m)
+		}
+	}
+}
+
+// listed returns the objects of the JSON list under key in, in the
+// object line.
+func listed(t *testing.T, line, in string) []string {
+	t.Helper()
+	var obj map[string]json.RawMessage
+	var list []json.RawMessage
+	if err := json.Unmarshal([]byte(line), &obj); err != nil {
+		t.Fatalf("decode %q: %v", line, err)
+	}
+	if err := json.Unmarshal(obj[in], &list); err != nil || len(list) == 0 {
+		t.Fatalf("%s: no list %s (%v)", line, in, err)
+	}
+	var out []string
+	for _, o := range list {
+		out = append(out, string(o))
+	}
+	return out
+}
+
+// regexpKeys returns the comma-separated keys README.md lists in the
+// first group of re.
+func regexpKeys(t *testing.T, re string) []string {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(re).FindSubmatch(readme)
+	if m == nil {
+		t.Fatalf("README.md has no %s", re)
+	}
+	var keys []string
+	for _, k := range strings.Split(string(m[1]), ",") {
+		keys = append(keys, strings.TrimSpace(k))
+	}
+	return keys
 }
