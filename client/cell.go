@@ -579,6 +579,16 @@ func (g *Group) dialed(ok bool, took, bound time.Duration) {
 	}
 }
 
+// handshakeTimedOut reports whether a dial's err says a handshake did not
+// complete within the client's DialTimeout: quic-go's handshake idle
+// timeout (HandshakeIdleTimeout) or the dial's own context (peer.dial),
+// whichever ended it first, at one address at least. The caller has
+// checked that its own context has not ended.
+func handshakeTimedOut(err error) bool {
+	var hs *quic.HandshakeTimeoutError
+	return errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded)
+}
+
 var (
 	errAttemptTimeout = errors.New("no answer in time")
 	errNoHandshake    = errors.New("no handshake in time")
@@ -642,8 +652,15 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 		if err != nil && !until.IsZero() && past(until) && ctx.Err() == nil {
 			return context.DeadlineExceeded
 		}
-		if err != nil && timedOut && ctx.Err() == nil {
-			g.dialed(false, 0, bound)
+		if err != nil && ctx.Err() == nil && (timedOut || handshakeTimedOut(err)) {
+			// The client's own bound on a dial (DialTimeout: quic-go's
+			// handshake idle timeout, or peer.dial's context) may come
+			// before the attempt's, once failed handshakes have widened
+			// it: a dial it cut short failed the same way, under the
+			// lower bound. Until session 23 its error was quic-go's: the
+			// member was not passed over (suspect), the failure not
+			// counted (dialed), and the next attempt waited cellRetryMin.
+			g.dialed(false, 0, min(bound, g.cl.cfg.DialTimeout))
 			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errNoHandshake)
 		}
 		if err != nil {
