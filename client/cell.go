@@ -483,31 +483,44 @@ func silentFor(s quic.ConnectionStats, handshake time.Duration) time.Duration {
 	return max(cellSilentFor, 2*(s.SmoothedRTT+4*s.MeanDeviation), 2*handshake)
 }
 
-// dialBound returns how long an attempt waits for a handshake with a
-// member: cellDialFor, or on a path found slow, three times as long as
+// dialBound returns how long an attempt waits for a handshake with the
+// member fp: cellDialFor, or on a path found slow, three times as long as
 // the last handshake with one of the cell's members took; and after a
-// handshake that did not complete in time, twice as long as that one had
-// (up to cellAttemptMax), until one does: a client that knows nothing yet
-// of its path to a cell far away would otherwise give up on every
-// handshake, and never send.
+// handshake with fp that did not complete in time, twice as long as that
+// one had (up to cellAttemptMax), until one with fp does.
+//
+// The failures are fp's own once the handle has measured its path (a
+// handshake with any member completed): a member that failed them is
+// gone (killed, cut off), not far, since the path's own room is the
+// handshake's three times, and says nothing of the others. Until session
+// 23 they were the handle's: a member gone for long, its dials failed
+// until its bound stood at 8 s, gave a leader killed since (which its
+// followers name until the cell elects another) 8 s for its dial rather
+// than 500 ms before the call passed it over, and a handshake completed
+// with any other member set the gone one's bound back to 500 ms. Before
+// the path is measured, a failure with any member counts for each: a
+// client that knows nothing yet of its path to a cell far away would
+// otherwise give up on every handshake with every member, and never send.
 //
 // But while a call of the handle is in doubt (settling), and the handle
-// has measured its path (a handshake completed), the handshakes that
-// failed widen it to cellDoubtDialFor at most: a member that failed them
-// was gone, not far (the path's own room is the handshake's three
-// times), and the send's doubt is settled by the first member back that
-// can answer it, the leader that took the first try often. Until session
-// 22 a handle whose dials to a member gone for long had doubled the bound
-// to 8 s gave each member still gone 8 s of the 10 s a send in doubt is
-// retried (cellDoubtFor): the leader that held the first try, back within
-// a second or two, was asked again only after them, and the send ended in
-// doubt, settled by nothing. Outside a doubt the doubled bound stands, and
-// a dead member is not dialled every half second for as long as it is
-// gone.
-func (g *Group) dialBound() time.Duration {
+// has measured its path, the handshakes that failed widen it to
+// cellDoubtDialFor at most: the send's doubt is settled by the first
+// member back that can answer it, the leader that took the first try
+// often. Until session 22 a member gone for long, its bound doubled to
+// 8 s, took 8 s of the 10 s a send in doubt is retried (cellDoubtFor):
+// the leader that held the first try, back within a second or two, was
+// asked again only after it, and the send ended in doubt, settled by
+// nothing. Outside a doubt the doubled bound stands, and a dead member is
+// not dialled every half second for as long as it is gone.
+func (g *Group) dialBound(fp Fingerprint) time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	failed := g.dialFor
+	failed := g.dialFor[fp]
+	if g.handshake == 0 {
+		for _, d := range g.dialFor {
+			failed = max(failed, d)
+		}
+	}
 	if g.settling > 0 && g.handshake > 0 {
 		failed = min(failed, cellDoubtDialFor)
 	}
@@ -554,8 +567,9 @@ func (g *Group) handshakeTook() time.Duration {
 	return g.handshake
 }
 
-// dialed records the outcome of an attempt's handshake, bounded by
-// bound: it took took, or (ok false) the bound passed first.
+// dialed records the outcome of an attempt's handshake with the member
+// fp, bounded by bound: it took took, or (ok false) the bound passed
+// first.
 //
 // A handshake that took longer than the bound under which the member
 // passed over (suspect) failed its own says that member was likely as
@@ -563,17 +577,31 @@ func (g *Group) handshakeTook() time.Duration {
 // knows nothing of its path at first, its first dial (the leader, most
 // often) times out, and the members it asks next name that leader, which
 // it then passed over for suspectFor: seconds lost for nothing.
-func (g *Group) dialed(ok bool, took, bound time.Duration) {
+func (g *Group) dialed(fp Fingerprint, ok bool, took, bound time.Duration) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !ok {
 		// From the larger of the bounds: one a doubt kept low (dialBound)
 		// leaves the bound where it was, or doubles it, for the calls
 		// after the doubt.
-		g.dialFor, g.failedBound = min(2*max(bound, g.dialFor), cellAttemptMax), bound
+		if g.dialFor == nil {
+			g.dialFor = make(map[Fingerprint]time.Duration)
+		}
+		g.dialFor[fp], g.failedBound = min(2*max(bound, g.dialFor[fp]), cellAttemptMax), bound
+		if len(g.dialFor) > wire.MaxReplicas {
+			// Leaders followed unlisted (a rogue member naming a new key
+			// at each refusal: follow) are forgotten, the members known
+			// kept: the handle's bounds stay as many as a cell's members.
+			for k := range g.dialFor {
+				if k != fp && !slices.ContainsFunc(g.replicas, func(r wire.Replica) bool { return r.Fingerprint == k }) {
+					delete(g.dialFor, k)
+				}
+			}
+		}
 		return
 	}
-	g.dialFor, g.handshake = 0, took
+	delete(g.dialFor, fp)
+	g.handshake = took
 	if g.suspectBound > 0 && took > g.suspectBound {
 		g.suspectUntil, g.suspectBound = time.Time{}, 0
 	}
@@ -639,7 +667,7 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 	p := g.use()
 	defer g.done(p)
 	if !p.connected() {
-		bound := g.dialBound()
+		bound := g.dialBound(p.pin)
 		began := time.Now()
 		dialEnd := began.Add(bound)
 		if !until.IsZero() && until.Before(dialEnd) {
@@ -660,13 +688,15 @@ func (g *Group) attempt(ctx context.Context, until time.Time, d time.Duration, o
 			// lower bound. Until session 23 its error was quic-go's: the
 			// member was not passed over (suspect), the failure not
 			// counted (dialed), and the next attempt waited cellRetryMin.
-			g.dialed(false, 0, min(bound, g.cl.cfg.DialTimeout))
+			bound = min(bound, g.cl.cfg.DialTimeout)
+			g.dialed(p.pin, false, 0, bound)
+			g.cl.cfg.Logger.Debug("cell: no handshake with the member within its dial bound", "addr", p.addrs, "bound", bound)
 			return fmt.Errorf("member at %s: %w: %w", strings.Join(shownAll(p.addrs), ", "), ErrUnreachable, errNoHandshake)
 		}
 		if err != nil {
 			return err
 		}
-		g.dialed(true, time.Since(began), bound)
+		g.dialed(p.pin, true, time.Since(began), bound)
 	}
 	began := time.Now()
 	// The attempt watches the connection the call uses (unless it dies

@@ -455,8 +455,8 @@ func TestSlowHandshakeForgotten(t *testing.T) {
 	if _, err := g.Send(ctx, []byte("first")); err != nil {
 		t.Fatal(err)
 	}
-	g.dialed(true, 3*time.Second, 0) // as if that handshake had taken 3 s
-	if b := g.dialBound(); b != cellAttemptMax {
+	g.dialed(srv.Fingerprint(), true, 3*time.Second, 0) // as if that handshake had taken 3 s
+	if b := g.dialBound(srv.Fingerprint()); b != cellAttemptMax {
 		t.Fatalf("dial bound after a 3 s handshake = %v, want %v", b, cellAttemptMax)
 	}
 	for i := range 10 {
@@ -465,7 +465,7 @@ func TestSlowHandshakeForgotten(t *testing.T) {
 		}
 	}
 	stats := g.peer().current().ConnectionStats()
-	if b, s := g.dialBound(), silentFor(stats, g.handshakeTook()); b != cellDialFor || s != max(cellSilentFor, 2*(stats.SmoothedRTT+4*stats.MeanDeviation)) {
+	if b, s := g.dialBound(srv.Fingerprint()), silentFor(stats, g.handshakeTook()); b != cellDialFor || s != max(cellSilentFor, 2*(stats.SmoothedRTT+4*stats.MeanDeviation)) {
 		t.Errorf("after 10 sends answered at once, dial bound %v and silence bound %v (handshake %v), want %v and the path's own", b, s, g.handshakeTook(), cellDialFor)
 	}
 }

@@ -3,7 +3,9 @@ package client
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/huddle-chat/huddle/identity"
+	"github.com/huddle-chat/huddle/internal/testlog"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -100,8 +103,8 @@ func TestCellHandshakeIdleTimeoutPassedOver(t *testing.T) {
 	// As the handle's earlier dial to the gone member did: its bound
 	// doubled, past the client's DialTimeout, which then ends the dial
 	// first.
-	g.dialed(false, 0, dialTimeout)
-	if b := g.dialBound(); b <= dialTimeout {
+	g.dialed(gone.Fingerprint, false, 0, dialTimeout)
+	if b := g.dialBound(gone.Fingerprint); b <= dialTimeout {
 		t.Fatalf("the gone member's dial bound %v, want it past DialTimeout %v: the test's premise fails", b, dialTimeout)
 	}
 
@@ -117,7 +120,7 @@ func TestCellHandshakeIdleTimeoutPassedOver(t *testing.T) {
 		t.Errorf("after a dial quic-go ended: member passed over %s under bound %v, want the gone member %s under DialTimeout %v",
 			suspectFP.Short(), suspectBound, gone.Fingerprint.Short(), dialTimeout)
 	}
-	if got, want := g.dialBound(), min(4*dialTimeout, cellAttemptMax); got != want {
+	if got, want := g.dialBound(gone.Fingerprint), min(4*dialTimeout, cellAttemptMax); got != want {
 		t.Errorf("the gone member's dial bound after a dial quic-go ended: %v, want %v (the failure counted, doubling it)", got, want)
 	}
 }
@@ -142,3 +145,78 @@ func TestHandshakeTimedOut(t *testing.T) {
 }
 
 func fmtUnreachable(err error) error { return errors.Join(ErrUnreachable, err) }
+
+// TestCellDialBoundPerMember: the handshakes a member failed widen that
+// member's dial bound, not the others': a member gone (C), its dial failed,
+// leaves the next member dialled (D, gone too, a leader killed a moment
+// ago) the path's own bound, and a handshake completed with another member
+// (A) leaves C's bound widened. Until session 23 the bound was the
+// handle's: D's dial got twice C's bound (the test reads D's bound from
+// the client's events), and A's handshake set C's back to cellDialFor.
+func TestCellDialBoundPerMember(t *testing.T) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	srvA, trA, lnA := rawServer(t, &quic.Config{})
+	defer trA.Close()
+	serveMember(&wg, lnA, func(st *quic.Stream, seq uint64) {
+		wire.WriteResponse(st, wire.KindResult, wire.Sent{Epoch: 1, Acks: []wire.Ack{{Seq: seq, Time: 1}}})
+	})
+	cAddr, cFP := silentMember(t)
+	dAddr, dFP := silentMember(t)
+
+	var events testlog.Buffer
+	cl := newTestClient(t, Config{NoBatching: true,
+		Logger: slog.New(slog.NewTextHandler(&events, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	defer cl.Close()
+	a := wire.Replica{Addr: lnA.Addr().String(), Fingerprint: srvA.Fingerprint()}
+	c := wire.Replica{Addr: cAddr, Fingerprint: cFP, Leader: true}
+	d := wire.Replica{Addr: dAddr, Fingerprint: dFP}
+	g, err := cl.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "lobby", Addrs: []string{c.Addr}, Fingerprint: c.Fingerprint,
+		Replicas: []wire.Replica{a, c, d}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	connectMember(ctx, t, g, a.Addr, a.Fingerprint)
+	// As a handshake with A did: the path is measured, and near.
+	g.dialed(a.Fingerprint, true, time.Millisecond, 0)
+
+	// The send asks C (the handle is on it), whose dial fails under
+	// cellDialFor, then D, whose fails too, then A, which acknowledges.
+	if _, err := g.Send(ctx, []byte("hi")); err != nil {
+		t.Fatalf("send to a cell of two members gone and a live one: %v", err)
+	}
+	bounds := map[string][]string{} // each member's failed dials' bounds, from the client's events
+	for line := range strings.Lines(events.String()) {
+		if !strings.Contains(line, "no handshake with the member within its dial bound") {
+			continue
+		}
+		for _, m := range []wire.Replica{c, d} {
+			if strings.Contains(line, m.Addr) {
+				_, bound, _ := strings.Cut(line, "bound=")
+				bounds[m.Addr] = append(bounds[m.Addr], strings.TrimSpace(bound))
+			}
+		}
+	}
+	if len(bounds[c.Addr]) == 0 || len(bounds[d.Addr]) == 0 {
+		t.Fatalf("failed dials' bounds: C %v, D %v; want each dialled and failed once at least: the test's premise fails; the client's events:\n%s",
+			bounds[c.Addr], bounds[d.Addr], events.String())
+	}
+	if got, want := bounds[d.Addr][0], cellDialFor.String(); got != want {
+		t.Errorf("D's first dial, after C's failed, was bounded by %s, want %s (C's failure is C's alone); the client's events:\n%s", got, want, events.String())
+	}
+	widened := g.dialBound(c.Fingerprint)
+	if widened < 2*cellDialFor {
+		t.Fatalf("C's dial bound after its failed dial: %v, want at least %v", widened, 2*cellDialFor)
+	}
+	// As another handshake with A did.
+	g.dialed(a.Fingerprint, true, time.Millisecond, 0)
+	if got := g.dialBound(c.Fingerprint); got != widened {
+		t.Errorf("C's dial bound after a handshake with A completed: %v, want %v (C's failures stand until C answers)", got, widened)
+	}
+	if got := g.dialBound(a.Fingerprint); got != cellDialFor {
+		t.Errorf("A's dial bound: %v, want %v", got, cellDialFor)
+	}
+}

@@ -88,8 +88,7 @@ func TestCellDoubtSettledByMemberBack(t *testing.T) {
 	if _, err := g.Send(ctx, []byte("before")); err != nil {
 		t.Fatal(err)
 	}
-	// The handle holds a connection to B (a read's, a watch's): no
-	// handshake with B completes during the doubt to reset the bound.
+	// The handle holds a connection to B (a read's, a watch's).
 	pB, err := g.peerAt([]string{lnB.Addr().String()}, srvB.Fingerprint())
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +99,8 @@ func TestCellDoubtSettledByMemberBack(t *testing.T) {
 		t.Fatalf("handshake with B: %v", err)
 	}
 	// As the handle's dials to C, gone for long, did: none completed, and
-	// the bound doubled to its most.
-	g.dialed(false, 0, cellAttemptMax)
+	// C's bound doubled to its most.
+	g.dialed(srvC.Fingerprint(), false, 0, cellAttemptMax)
 	ack, err := g.Send(ctx, []byte("in doubt"))
 	if err != nil {
 		t.Fatalf("a send in doubt (A, the leader, silent after taking it; back at B's second refusal): %v, want it settled by A within %v", err, cl.cellDoubtFor)
@@ -109,10 +108,10 @@ func TestCellDoubtSettledByMemberBack(t *testing.T) {
 	if !ack.Duplicate || ack.Seq != 2 {
 		t.Fatalf("the send settled: %+v, want A's ack of its first try (2, a duplicate)", ack)
 	}
-	// The doubt over, failed handshakes widen the bound as before: a
+	// The doubt over, C's failed handshakes widen its bound as before: a
 	// member still gone is not dialled every second.
-	g.dialed(false, 0, cellAttemptMax)
-	if got := g.dialBound(); got != cellAttemptMax {
+	g.dialed(srvC.Fingerprint(), false, 0, cellAttemptMax)
+	if got := g.dialBound(srvC.Fingerprint()); got != cellAttemptMax {
 		t.Errorf("the dial bound after the doubt, a handshake failed: %v, want %v", got, cellAttemptMax)
 	}
 }

@@ -52,12 +52,15 @@ type Group struct {
 	suspectFP    Fingerprint
 	suspectUntil time.Time
 	suspectBound time.Duration
-	// dialFor bounds an attempt's handshake with a member after one
-	// that did not complete in time (0: none did), failedBound is the
-	// bound that one failed, and handshake is how long the last one that
-	// did complete took, lowered by attempts answered sooner: see
-	// dialBound and answered (cell.go).
-	dialFor, failedBound, handshake time.Duration
+	// dialFor bounds an attempt's handshake with each member after one
+	// with that member that did not complete in time (a member not in it
+	// has completed one since, or never failed one), failedBound is the
+	// bound the last such one failed, and handshake is how long the last
+	// one that did complete (with any member: the path) took, lowered by
+	// attempts answered sooner: see dialBound, dialed and answered
+	// (cell.go).
+	dialFor                map[Fingerprint]time.Duration
+	failedBound, handshake time.Duration
 	// settling counts the handle's calls in doubt (a cell's send retried
 	// under its IDs, memberCallOnDoubt): while any is, dialBound does not
 	// let failed handshakes widen the bound past cellDoubtDialFor.
