@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -99,7 +100,7 @@ func runChat(ctx context.Context, env Env, args []string) int {
 	}
 	c.names.seeMembers(members)
 	if c.json {
-		c.event("start", "group", info.Name, "uuid", info.Group.String(), "members", info.Members)
+		c.event("start", "uuid", info.Group.String(), "members", info.Members)
 	} else {
 		c.printf("-- %s: %s; /help for commands, /quit to exit --\n", shown(info.Name), count(info.Members, "member", "members"))
 	}
@@ -199,16 +200,55 @@ func (c *chat) printf(format string, args ...any) {
 	c.mu.Unlock()
 }
 
-// event prints a notice for --json: an object with "event" and the given
-// keys and values.
+// event prints a notice for --json: an object with "event", "group" and
+// the given keys and values, in that order, which README.md lists for each
+// event (a map's keys came out sorted until session 23: a gap was {event,
+// from_seq, group, to_seq}).
 func (c *chat) event(kind string, kv ...any) {
-	obj := map[string]any{"event": kind, "group": c.info.Name}
+	obj := orderedObject{{"event", kind}, {"group", c.info.Name}}
 	for i := 0; i+1 < len(kv); i += 2 {
-		obj[kv[i].(string)] = kv[i+1]
+		obj = append(obj, objectField{kv[i].(string), kv[i+1]})
 	}
 	c.mu.Lock()
 	printJSON(c.out, obj)
 	c.mu.Unlock()
+}
+
+// orderedObject is a JSON object whose keys print in its order: the
+// events of huddle chat --json, each its own set of keys.
+type orderedObject []objectField
+
+type objectField struct {
+	key   string
+	value any
+}
+
+func (o orderedObject) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i, f := range o {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, err := json.Marshal(f.key)
+		if err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(f.value)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
+}
+
+// chatMemberJSON is a member in chat --json's answer to /members, its
+// keys in README.md's order (sorted, from a map, until session 23).
+type chatMemberJSON struct {
+	Name        string `json:"name"`
+	Fingerprint string `json:"fingerprint"`
+	You         bool   `json:"you"`
+	Online      bool   `json:"online"`
 }
 
 // notice tells the user something: a line between dashes, or, under
@@ -567,9 +607,9 @@ func (c *chat) command(ctx context.Context, line string) bool {
 			return false
 		}
 		if c.json {
-			var list []map[string]any
+			var list []chatMemberJSON
 			for _, m := range ms {
-				list = append(list, map[string]any{"name": m.Name, "fingerprint": m.Fingerprint.String(), "you": m.Fingerprint == c.me, "online": m.Online})
+				list = append(list, chatMemberJSON{Name: m.Name, Fingerprint: m.Fingerprint.String(), You: m.Fingerprint == c.me, Online: m.Online})
 			}
 			c.event("members", "members", list)
 			return false

@@ -271,3 +271,83 @@ func regexpKeys(t *testing.T, re string) []string {
 	}
 	return keys
 }
+
+// chatEventKeys returns the keys README.md lists for each event of chat
+// --json, by the event's name ("members" for /members' answer), each
+// beginning with event and group, and the keys of /members' members.
+func chatEventKeys(t *testing.T) (events map[string][]string, member []string) {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := regexp.MustCompile(`\s+`).ReplaceAllString(string(readme), " ") // its lines wrap inside the braces
+	start := strings.Index(text, "`chat --json` prints messages as fetch does and these events")
+	end := strings.Index(text[max(start, 0):], "members `{fingerprint")
+	if start < 0 || end < 0 {
+		t.Fatal("README.md has no paragraph on chat --json's events")
+	}
+	events = map[string][]string{}
+	for _, m := range regexp.MustCompile("`/?(\\w+)` `\\{([^}]*)\\}").FindAllStringSubmatch(text[start:start+end], -1) {
+		keys := []string{"event", "group"}
+		list := m[2]
+		if outer, inner, ok := strings.Cut(list, "[{"); ok { // /members' {members: [{name, ...}]}
+			list = outer
+			for _, k := range strings.Split(inner, ",") {
+				member = append(member, strings.TrimSpace(k))
+			}
+		}
+		for _, k := range strings.Split(list, ",") {
+			k, _, _ = strings.Cut(strings.TrimSpace(k), ":")
+			keys = append(keys, k)
+		}
+		events[m[1]] = keys
+	}
+	if len(events) < 10 || len(member) == 0 {
+		t.Fatalf("README.md's chat --json events: %v, /members' members %v; want every event with keys", events, member)
+	}
+	return events, member
+}
+
+// TestChatEventKeysInREADMEOrder: chat --json's events print event, group
+// and then their keys in the order README.md lists them (sorted, from a
+// map, until session 23: start was {event, group, members, uuid}), as do
+// /members' members. The events a chat from a pipe gives: start, and the
+// answers to commands (TestChatSendInDoubt checks in_doubt's).
+func TestChatEventKeysInREADMEOrder(t *testing.T) {
+	events, member := chatEventKeys(t)
+	u := newTestUser(t, startUp(t, "lobby"))
+	u.ok(t, "join", "lobby", "--as", "ann")
+	code, out, errs := u.runInput(t, "/help\n/members\n/info\n/retry\n/drop\n/nonsense\n", "chat", "lobby", "--json")
+	if code != ExitOK {
+		t.Fatalf("chat --json: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	var seen []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev struct {
+			Event string `json:"event"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Event == "" {
+			t.Fatalf("chat --json line %q (%v): want an event", line, err)
+		}
+		seen = append(seen, ev.Event)
+		want, ok := events[ev.Event]
+		if !ok {
+			t.Errorf("chat --json event %q: README.md lists no keys for it\n%s", ev.Event, line)
+			continue
+		}
+		if got := objectKeys(t, line, ""); !slices.Equal(got, want) {
+			t.Errorf("chat --json %s event keys %v, README.md lists %v\n%s", ev.Event, got, want, line)
+		}
+		if ev.Event == "members" {
+			for _, m := range listed(t, line, "members") {
+				if got := objectKeys(t, m, ""); !slices.Equal(got, member) {
+					t.Errorf("chat --json /members member keys %v, README.md lists %v\n%s", got, member, m)
+				}
+			}
+		}
+	}
+	if want := []string{"start", "help", "members", "info", "retrying", "dropped", "error"}; !slices.Equal(seen, want) {
+		t.Errorf("chat --json events %v, want %v\n%s", seen, want, out)
+	}
+}

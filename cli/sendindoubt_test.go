@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +149,9 @@ func TestChatSendInDoubt(t *testing.T) {
 	}
 	if ev["event"] != "in_doubt" || ev["msg_id"] != id.String() || ev["kept"] != true {
 		t.Errorf("chat --json after a send cut by the daemon's stop: %s, want an in_doubt event for %s, kept", out.String(), id)
+	}
+	if events, _ := chatEventKeys(t); !slices.Equal(objectKeys(t, strings.TrimSpace(out.String()), ""), events["in_doubt"]) {
+		t.Errorf("chat --json in_doubt event %s: want its keys in README.md's order %v", out.String(), events["in_doubt"])
 	}
 	if len(c.unsent) != 1 || c.unsent[0].ID != id {
 		t.Errorf("chat kept %v, want the line in doubt, under its ID", c.unsent)
