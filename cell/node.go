@@ -427,6 +427,9 @@ type Node struct {
 	// down is closed once raft has shut down, or Close gave up waiting
 	// for it (ErrStuck): nothing waits for its answers any more.
 	down chan struct{}
+	// stopped is closed once raft has shut down and its stores are
+	// closed, after Close (Stopped).
+	stopped chan struct{}
 	// synced is closed once syncLoop has returned; nil if it never ran.
 	// It is not one of wg's: an fsync that never returns (a disk that
 	// does not answer) holds it, and Close waits for it as for raft's
@@ -529,7 +532,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), futures: new(atomic.Int64), changing: make(chan struct{}, 1),
+	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), stopped: make(chan struct{}), futures: new(atomic.Int64), changing: make(chan struct{}, 1),
 		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
 		promoteWake: make(chan struct{}, 1), catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
@@ -1612,8 +1615,19 @@ func (n *Node) Close() error {
 	if started && err == nil {
 		n.closeStores()
 	}
+	if err == nil {
+		close(n.stopped)
+	}
 	return err
 }
+
+// Stopped returns a channel closed once the node writes nothing more in
+// its directory: raft has shut down and its log is closed. Close, returning
+// nil, closes it first; after Close returned ErrStuck it closes once raft
+// stops, if ever (its state machine's append, or its log's write or fsync,
+// returns). A daemon keeps its state directory locked until then. It is
+// never closed before Close is called.
+func (n *Node) Stopped() <-chan struct{} { return n.stopped }
 
 // shutdownWait bounds how long Close waits for raft to shut down, and for
 // syncLoop's fsync of raft's log. Raft's shutdown (v1.7.2, and v1.8.0)
@@ -1659,6 +1673,7 @@ func (n *Node) stopRaft() error {
 		<-stopped
 		n.net.Close()
 		n.closeStores()
+		close(n.stopped)
 	}()
 	n.cfg.Logger.Error("cell: raft did not shut down in time (its state machine, or its log's write or fsync, has not returned; the daemon says which if it can): stopping without it; what it holds is recovered at the next start, as after a crash",
 		"waited", or(n.cfg.shutdownWait, shutdownWait))

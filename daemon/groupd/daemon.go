@@ -338,6 +338,9 @@ type Daemon struct {
 	// before the loop returns, read by Close after it, which closes the
 	// logs after it (or leaves them to, leaveLogsLocked).
 	expiring chan struct{}
+	// leftReleased, if set (by tests), is called once leaveLogsLocked's
+	// goroutine has released the state directory.
+	leftReleased func()
 }
 
 // New returns a daemon for cfg. It does no I/O; Listen or Serve
@@ -463,12 +466,13 @@ func (d *Daemon) releaseLoaded() {
 	if d.node != nil {
 		if err := d.node.Close(); errors.Is(err, cell.ErrStuck) {
 			// Raft may still write to the logs and its own: the
-			// directories stay locked until the process exits. Raft
+			// directories stay locked until it has stopped, as after
+			// Close (leaveLogsLocked; until session 23 they stayed
+			// locked, and the logs open, until the process exited). Raft
 			// goes on once what it waits for answers: the groups it
 			// then creates or restores are not opened (closing), which
 			// they were until session 22, their logs never closed.
-			d.host.closing()
-			d.cfg.Logger.Error(d.host.raftStuck() + ", after a start the daemon's Close went on without: leaving the groups' logs open")
+			d.leaveLogsLocked(d.host.raftStuck() + ", after a start the daemon's Close went on without: leaving the groups' logs open until it stops")
 			return
 		}
 		for _, g := range d.host.closing() {
@@ -756,9 +760,14 @@ func (d *Daemon) Close() error {
 // daemon stops, and the logs are left as a crash leaves them, which a
 // restart recovers (raft replays into the group logs what they lost; a
 // lone group's log recovers what it wrote). The directories stay locked
-// until the logs are closed, if ever (the process's exit releases them):
-// no other daemon opens a log this process may still write. why is
-// logged, with args. d.mu is held.
+// until the logs are closed and the cell's raft has stopped
+// (cell.Node.Stopped), if ever (the process's exit releases them): no
+// other daemon opens a log this process may still write. Until session
+// 23 a raft stuck outside the group logs (its own log's write or fsync,
+// the daemon's OpenGroup) had the directory released while it could
+// still write there (raft's log closes, and syncs, once raft stops). The
+// daemon's node must be closed (Close) or about to be. why is logged,
+// with args. d.mu is held.
 func (d *Daemon) leaveLogsLocked(why string, args ...any) {
 	d.logsLeft = true
 	groups := maps.Clone(d.groups)
@@ -771,8 +780,11 @@ func (d *Daemon) leaveLogsLocked(why string, args ...any) {
 	d.lock, d.dataLock = nil, nil
 	d.cfg.Logger.Error(why, args...)
 	stopped, loops := d.srv.Stopped(), d.life.Stopped()
-	host := d.host
+	host, node, released := d.host, d.node, d.leftReleased
 	go func() {
+		if node != nil {
+			<-node.Stopped() // raft, stuck, writes to the group logs and its own until it stops
+		}
 		if host != nil {
 			host.opensEnded() // raft, stuck, may be in one
 		}
@@ -788,6 +800,9 @@ func (d *Daemon) leaveLogsLocked(why string, args ...any) {
 		closeLogs(groups)
 		lock.Release()
 		dataLock.Release()
+		if released != nil {
+			released()
+		}
 	}()
 }
 

@@ -30,17 +30,30 @@ type diskHang struct {
 	mu      sync.Mutex // the write lock
 	hang    atomic.Pointer[chan struct{}]
 	waiting atomic.Int32
+	// outside makes an append wait before it takes the write lock, so
+	// that the log's Close does not wait for it: its caller (raft's state
+	// machine) is held outside the log, as raft held in its own log's
+	// fsync, or on a machine too loaded to run it, is.
+	outside atomic.Bool
 }
 
 // append runs a log's append under the write lock, once the disk answers.
 func (h *diskHang) append(f func() error) error {
+	if h.outside.Load() {
+		h.wait()
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.wait()
+	return f()
+}
+
+// wait returns once the disk answers.
+func (h *diskHang) wait() {
 	if c := h.hang.Load(); c != nil {
 		h.waiting.Add(1)
 		<-*c
 	}
-	return f()
 }
 
 // close runs a log's Close under the write lock.
@@ -193,6 +206,74 @@ func cellCloseOnHungDisk(t *testing.T) bool {
 		seq, _ := hg.cell.log.Tail()
 		return seq >= 1
 	})
+	return true
+}
+
+// TestCellCloseKeepsDirWhileRaftRuns: a leader whose raft does not stop
+// (its state machine held, here before a group log's append takes the
+// log's lock, so that the logs close at once) stops when closed, and
+// releases its state directory only once raft has stopped: until session
+// 23 it released it as soon as the group logs closed, while raft, held,
+// could still write there (its own log closes, and syncs, as raft stops),
+// and a daemon started on the directory meanwhile would have shared it.
+// A leader deposed before the send reached its state machine voids the
+// try (hungAtLeader).
+func TestCellCloseKeepsDirWhileRaftRuns(t *testing.T) {
+	rerunOnNewCells(t, 3, "the leader was deposed before the send reached its state machine", cellCloseKeepsDirWhileRaftRuns)
+}
+
+func cellCloseKeepsDirWhileRaftRuns(t *testing.T) bool {
+	members := planTestCell(t, 3)
+	leader, g, term, h := startHungCell(t, members, nil, nil)
+	h.outside.Store(true)
+	release := h.hangs()
+	t.Cleanup(release) // after the daemons' own: before them
+
+	d, node := leader.d, leader.d.node
+	released := make(chan bool, 1) // whether raft had stopped then
+	d.mu.Lock()
+	d.leftReleased = func() {
+		select {
+		case <-node.Stopped():
+			released <- true
+		default:
+			released <- false
+		}
+	}
+	d.mu.Unlock()
+	sent := make(chan error, 1)
+	go func() {
+		_, err := node.Send(context.Background(), g, []store.Entry{{ID: [16]byte{1}, From: store.Sender{Name: "ann"}, Body: []byte("raft held")}}, nil)
+		sent <- err
+	}()
+	if !hungAtLeader(t, members, leader, term, h, sent) {
+		return false
+	}
+	if err := peertest.OnHungDisk(t, "the daemon's Close", d.Close, release); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	// Released too soon, the directory is released as soon as the server
+	// and the loops have stopped and the logs closed, all at once here:
+	// the bound gives that release its chance before raft is let go, and
+	// fails nothing if none comes.
+	select {
+	case after := <-released:
+		t.Fatalf("the state directory was released while raft was held (raft stopped then: %v)", after)
+	case <-time.After(2 * time.Second):
+	}
+	stillLocked(t, leader.cfg)
+
+	release()
+	select {
+	case after := <-released:
+		if !after {
+			t.Error("the state directory was released before raft stopped")
+		}
+	case <-time.After(testTimeout):
+		t.Fatalf("the state directory was not released within %v of raft let go", testTimeout)
+	}
+	<-sent
+	restartsOnceClosed(t, leader.cfg)
 	return true
 }
 
