@@ -427,7 +427,7 @@ func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 		}
 		id = wire.ID(u)
 	}
-	g, _, err := s.groupOf(ctx, r)
+	g, gid, err := s.groupOf(ctx, r)
 	if err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -435,6 +435,9 @@ func (s *Server) apiSend(w http.ResponseWriter, r *http.Request) {
 	ack, err := send(ctx, g, id, req.Text, client.Position{Epoch: req.AfterEpoch, Seq: req.AfterSeq})
 	if err != nil {
 		e := toAPIError(err)
+		if e.Code == "unreachable" || errors.Is(err, client.ErrInDoubt) {
+			s.dir.askAgain(gid, g)
+		}
 		if errors.Is(err, client.ErrInDoubt) {
 			// The daemon may have stored it: a caller that gave no id
 			// could not otherwise retry it safely, and one told only

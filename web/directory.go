@@ -29,8 +29,10 @@ const (
 	staleListing = 30 * time.Second
 	// infoEvery is how often each listed group's info (membership,
 	// privacy, limits) is asked again; a group is asked at once when it
-	// appears, after a join or leave through this server, and, at most
-	// once a poll interval, when the registries' counts of it move.
+	// appears, after a join or leave through this server, and after a
+	// send through it that could not reach its daemon (askAgain), and, at
+	// most once a poll interval, when the registries' counts of it move or
+	// its last info failed.
 	infoEvery = 30 * time.Second
 	// infoConcurrency bounds the info requests in flight at once.
 	infoConcurrency = 4
@@ -56,9 +58,10 @@ type directory struct {
 	discover func(context.Context, func(*client.Registry), func(wire.Fingerprint)) error
 	joined   Joined // Config.Joined; nil if none
 
-	ctx  context.Context // run's, once it started
-	wg   sync.WaitGroup  // every goroutine run started
-	info chan struct{}   // a token per info request in flight
+	ctx   context.Context // run's, once it started
+	wg    sync.WaitGroup  // every goroutine run started
+	info  chan struct{}   // a token per info request in flight
+	every time.Duration   // infoEvery (tests lengthen it)
 
 	mu     sync.Mutex
 	regs   []*registryState // given first, in order, then discovered
@@ -222,7 +225,7 @@ type listJSON struct {
 
 func newDirectory(cfg Config) *directory {
 	d := &directory{c: cfg.Client, poll: cfg.PollInterval, maxHeld: cfg.MaxListingBytes, log: cfg.Logger, discover: cfg.Discover, joined: cfg.Joined,
-		info:   make(chan struct{}, infoConcurrency),
+		info: make(chan struct{}, infoConcurrency), every: infoEvery,
 		groups: make(map[wire.UUID]*groupState), missed: make(map[wire.UUID]time.Time), changed: make(chan struct{}), merged: make(chan struct{}),
 		wake: make(chan struct{})}
 	for _, a := range cfg.Registries {
@@ -639,8 +642,12 @@ func (d *directory) merge() {
 	}
 	for _, gs := range d.groups {
 		// A group whose counts moved is asked at most once a poll interval:
-		// a busy group's move at every poll.
-		if !gs.asking && (gs.info == nil || now.Sub(gs.infoAt) > infoEvery || gs.moved && now.Sub(gs.infoAt) >= d.poll) {
+		// a busy group's move at every poll. So is one whose daemon did
+		// not answer its last info, as one never reached is at every
+		// merge: the page learns within a poll that it answers again, and
+		// whether it checks retries (send_after: an older daemon may be
+		// back in its place), not at the next infoEvery.
+		if !gs.asking && (gs.info == nil || now.Sub(gs.infoAt) > d.every || (gs.moved || !gs.infoOK) && now.Sub(gs.infoAt) >= d.poll) {
 			gs.moved = false
 			d.askInfoLocked(gs)
 		}
@@ -1116,6 +1123,20 @@ func (d *directory) updateInfo(ctx context.Context, gs *groupState) {
 	if err == nil {
 		gs.info = &info
 		gs.members, gs.membersAt = info.Members, gs.infoAt
+	}
+}
+
+// askAgain asks group id's daemon for its info now, if h is still the
+// directory's handle on it: a send through h could not reach the daemon,
+// or may not have (in doubt). The list said the daemon reachable, and
+// what it said of retries (send_after), until its next info, up to
+// infoEvery later: a daemon killed and an older one back in its place
+// were one to the page meanwhile.
+func (d *directory) askAgain(id wire.UUID, h *client.Group) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if gs := d.groups[id]; gs != nil && gs.handle == h && !gs.asking {
+		d.askInfoLocked(gs)
 	}
 }
 

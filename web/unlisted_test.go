@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"net/http"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/huddle-chat/huddle/client"
 	"github.com/huddle-chat/huddle/daemon/groupd"
 	"github.com/huddle-chat/huddle/daemon/registry"
+	"github.com/huddle-chat/huddle/internal/testport"
 	"github.com/huddle-chat/huddle/internal/udpproxy"
 	"github.com/huddle-chat/huddle/metrics"
 	"github.com/huddle-chat/huddle/wire"
@@ -158,4 +160,42 @@ func TestUnlistedGroupAnsweredAtOnce(t *testing.T) {
 	if code, n := ask(); code != "not_found" || n != 2 {
 		t.Fatalf("lobby unlisted again: %q after %d waits, want not_found after a wait (2 in all)", code, n)
 	}
+}
+
+// TestSendUnreachableAsksInfoAgain: a send that cannot reach the daemon of
+// a group still listed (its path cut, as a daemon killed within its lease)
+// has huddle web ask the daemon's info again at once, and a group whose
+// info failed is asked again each poll: the list says the daemon
+// unreachable, then reachable again once it answers, with what it now
+// says (send_after: an older daemon may be back in its place). The list
+// said reachable, with the gone daemon's send_after, until the next
+// periodic info (30 s; here lengthened to an hour, so that only the send
+// and the failed info can be what asks).
+func TestSendUnreachableAsksInfoAgain(t *testing.T) {
+	r := startRegistry(t)
+	listen := testport.Cell(t)
+	path, err := udpproxy.New(listen)
+	must(t, err)
+	t.Cleanup(func() { path.Close() })
+	startGroups(t, r, groupd.Config{Listen: listen, Advertise: []string{path.Addr()}})
+	s := startWeb(t, newClient(t), r.Addr().String())
+	s.dir.mu.Lock()
+	s.dir.every = time.Hour
+	s.dir.mu.Unlock()
+	a := newAPI(t, s)
+	id := a.groupID("lobby")
+	list := a.events("")
+	reachable := func(l listJSON) bool { return names(l)["lobby"].Reachable }
+	list.waitGroups("lobby reachable", reachable)
+
+	path.Cut()
+	var e struct {
+		Error apiError `json:"error"`
+	}
+	if st := a.do("POST", "/api/groups/"+id+"/messages", map[string]string{"text": "into the cut"}, &e); st == http.StatusOK || e.Error.Code != "unreachable" && !e.Error.InDoubt {
+		t.Fatalf("a send over the cut path: HTTP %d %+v, want unreachable or in doubt", st, e.Error)
+	}
+	list.waitGroups("lobby listed, unreachable", func(l listJSON) bool { g, ok := names(l)["lobby"]; return ok && !g.Reachable })
+	path.Restore()
+	list.waitGroups("lobby reachable again", reachable)
 }
