@@ -206,9 +206,9 @@ type Listing struct {
 	Epoch  uint64
 	Groups []GroupEntry // sorted by name, then UUID
 	// Skipped counts the entries left out of Groups because an address
-	// of theirs (the daemon's or a replica's) is not host:port
-	// (wire.SkippedEntry: a registry of before session 12 lists what
-	// anyone registered); FirstSkipped is the first of them, for a
+	// of theirs (the daemon's or a replica's) is not host:port, or their
+	// replicas name one key twice (wire.SkippedEntry: a registry of
+	// before session 12, or 23, lists what anyone registered); FirstSkipped is the first of them, for a
 	// program to say which and why. Only the count and the first are
 	// kept: a rogue registry may send pages of them.
 	Skipped      int
@@ -223,7 +223,7 @@ func (l Listing) SkippedError() error {
 		return nil
 	}
 	e := l.FirstSkipped
-	return fmt.Errorf("%d %s left out: listed at an address that is not host:port, which no registry of session 12 or later takes (the first, %s %q: %s)",
+	return fmt.Errorf("%d %s left out: listed at an address that is not host:port, which no registry of session 12 or later takes, or naming one key as two replicas, which none of session 23 or later takes (the first, %s %q: %s)",
 		l.Skipped, map[bool]string{true: "group", false: "groups"}[l.Skipped == 1], e.Group, wire.Shown(e.Name), wire.Shown(e.Err.Error()))
 }
 

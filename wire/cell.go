@@ -74,6 +74,11 @@ func (r *Replica) checkConfigured() error {
 	return nil
 }
 
+// errRepeatedReplica is checkReplicasWith's error for a list naming one
+// key twice: a listing skips its entry (Groups.check), as a registry of
+// before session 23 may list one.
+var errRepeatedReplica = errors.New("a key listed as two replicas")
+
 func checkReplicas(rs []Replica) error {
 	return checkReplicasWith(rs, (*Replica).check)
 }
@@ -92,6 +97,17 @@ func checkReplicasWith(rs []Replica, check func(*Replica) error) error {
 	for i := range rs {
 		if err := check(&rs[i]); err != nil {
 			return err
+		}
+		// One key is one member: a cell's configuration names each key
+		// once (raft's server IDs are the members' fingerprints), so no
+		// member lists one twice. Until session 23 a list could repeat
+		// one key up to MaxReplicas times, each copy at any address: a
+		// registration could have a registry list one daemon as nine
+		// replicas, and a client try its key at nine addresses.
+		for _, o := range rs[:i] {
+			if o.Fingerprint == rs[i].Fingerprint {
+				return fmt.Errorf("replica %s listed twice: %w", rs[i].Fingerprint.Short(), errRepeatedReplica)
+			}
 		}
 		if rs[i].Leader {
 			leaders++

@@ -222,7 +222,8 @@ type Groups struct {
 }
 
 // SkippedEntry is an entry of a listing page that a client drops (Groups):
-// one whose address is not host:port (§7.1). A registry of before session
+// one whose address is not host:port (§7.1), or whose replicas name one
+// key twice (§13; a registry of before session 23 listed such). A registry of before session
 // 12 listed whatever address a registration gave, so anyone could
 // register one there; refusing the whole page for it, as clients did in
 // session 18, let any stranger hide every group of such a registry from
@@ -231,7 +232,7 @@ type Groups struct {
 type SkippedEntry struct {
 	Group UUID
 	Name  string // as listed: a registry's word (show it through Shown)
-	Err   error  // which address, and why it is not host:port
+	Err   error  // which address, and why it is not host:port; or which key is repeated
 }
 
 // GroupEntry is one group in a registry listing.
@@ -257,7 +258,8 @@ type GroupEntry struct {
 // listing otherwise held whatever a registry sent, up to a frame a page),
 // or the page is refused. An entry with an address (its own or a
 // replica's) that is not host:port is dropped into Skipped, the rest
-// kept (SkippedEntry says why). A name's characters are not checked
+// kept (SkippedEntry says why), as is one whose replicas name a key
+// twice. A name's characters are not checked
 // here: a registry of an earlier version may list a name the rules
 // refuse now.
 func (g *Groups) check() error {
@@ -278,7 +280,7 @@ func (g *Groups) check() error {
 		if err == nil {
 			err = checkReplicas(e.Replicas)
 		}
-		if errors.Is(err, errNotHostPort) {
+		if errors.Is(err, errNotHostPort) || errors.Is(err, errRepeatedReplica) {
 			g.Skipped = append(g.Skipped, SkippedEntry{Group: e.Group, Name: e.Name, Err: err})
 			continue
 		}
