@@ -766,10 +766,16 @@ func checkAddrs(what string, addrs []string) error {
 // checkName enforces the rules for display names: 1..MaxNameBytes bytes of
 // UTF-8 with no control characters (Unicode Cc), no format characters (Cf:
 // bidirectional overrides such as U+202E, zero-width characters, the BOM),
-// no line or paragraph separators (Zl, Zp) and no fillers (Filler: U+3164
-// and the like). Format characters and fillers are invisible or reorder
+// no line or paragraph separators (Zl, Zp), no fillers (Filler: U+3164
+// and the like), and no blank (Unicode White_Space: a space, U+00A0,
+// U+3000...) at either end. Format characters and fillers are invisible or reorder
 // the text around them, so they would let one name pass for another (or
-// for no name at all), or make a line of output lie about who said what.
+// for no name at all), or make a line of output lie about who said what;
+// a blank at an end shows as nothing, so "alice " passed for "alice" and
+// a name of blanks alone for none (until session 23, when U+3164 alone
+// was refused but " " or U+3000 alone was taken). Blanks within a name
+// are kept: "Mary Ann" is a name, and where names are told apart a run
+// of blanks counts as one (the CLI's lookalike).
 func checkName(what, name string) error {
 	if name == "" {
 		return fmt.Errorf("%s is empty", what)
@@ -789,6 +795,12 @@ func checkName(what, name string) error {
 		case Filler(r):
 			return fmt.Errorf("%s contains a character shown as nothing or as a blank (U+%04X)", what, r)
 		}
+	}
+	switch trimmed := strings.TrimSpace(name); {
+	case trimmed == "":
+		return fmt.Errorf("%s is only blanks, which shows as no name", what)
+	case trimmed != name:
+		return fmt.Errorf("%s starts or ends with a blank, which shows as the name without it (%q)", what, trimmed)
 	}
 	return nil
 }

@@ -404,6 +404,20 @@ func TestCheckName(t *testing.T) {
 		{"葛\U000E0100", nil},            // an ideographic variation selector
 		{"ᠮᠣᠩᠭᠣᠯ\u180b", nil},           // a Mongolian free variation selector
 		{"wide\u3000space", nil},        // a space, drawn as one
+		{"Mary Ann", nil},
+		{"al  ice", nil}, // a run of blanks within: told apart from "al ice" where names are (the CLI's lookalike)
+		// Blanks at either end, or alone (since session 23): "alice "
+		// shows as "alice", and a name of blanks as none.
+		{" ", ErrBadRequest},
+		{"   ", ErrBadRequest},
+		{"\u00a0", ErrBadRequest}, // no-break space
+		{"\u3000", ErrBadRequest}, // ideographic space
+		{"\u2003\u2009", ErrBadRequest},
+		{"alice ", ErrBadRequest},
+		{" alice", ErrBadRequest},
+		{"alice\u00a0", ErrBadRequest},
+		{"\u3000alice", ErrBadRequest},
+		{"alice\u205f", ErrBadRequest}, // medium mathematical space
 	} {
 		if err := CheckName(tc.name); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 			t.Errorf("CheckName(%q) = %v, want %v", tc.name, err, tc.want)

@@ -188,7 +188,10 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	if h.opened != nil {
 		h.opened(spec)
 	}
-	g = newGroup(spec.ID, Spec{Name: spec.Name}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+	// A cell keeps the name its group was created under, and one created
+	// before the rules refused it (loadGroupIDs) is served, and
+	// registered, under the name it shows as: registries refuse the other.
+	g = newGroup(spec.ID, Spec{Name: legacyName(spec.Name)}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 	g.cell = &cellGroup{spec: spec, node: d.node, log: cl, writing: &h.writing, host: h}
 	g.changed = d.countsChanged
 	h.mu.Lock()
@@ -334,11 +337,12 @@ func (r cellReplica) Joined(m cell.Member) {
 	defer g.changed()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	name := legacyName(m.Name) // one joined before the rules refused it: as a members file's (loadMembers)
 	if o := g.members[m.Fingerprint]; o != nil {
-		o.name = m.Name
+		o.name = name
 		return
 	}
-	g.members[m.Fingerprint] = &member{name: m.Name, joined: m.Joined, left: make(chan struct{})}
+	g.members[m.Fingerprint] = &member{name: name, joined: m.Joined, left: make(chan struct{})}
 }
 
 func (r cellReplica) Left(fp wire.Fingerprint) {
@@ -416,7 +420,7 @@ func (d *Daemon) newCellNode() error {
 	if advertise == "" {
 		return fmt.Errorf("%w: cell: this daemon's key %s is not among the cell's peers (add FINGERPRINT@HOST:PORT for it)", ErrInvalidConfig, fp)
 	}
-	ids, err := loadGroupIDs(d.cfg.StateDir, groupNames(d.cfg.Groups))
+	ids, err := loadGroupIDs(d.cfg.StateDir, groupNames(d.cfg.Groups), d.cfg.Logger)
 	if err != nil {
 		return err
 	}

@@ -518,7 +518,7 @@ func (d *Daemon) loadLocked() error {
 	for i, g := range d.cfg.Groups {
 		names[i] = g.Name
 	}
-	ids, err := loadGroupIDs(d.cfg.StateDir, names)
+	ids, err := loadGroupIDs(d.cfg.StateDir, names, d.cfg.Logger)
 	if err != nil {
 		return err
 	}

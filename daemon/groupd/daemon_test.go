@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -897,7 +898,7 @@ func TestGroupBadState(t *testing.T) {
 	must(t, d.Close())
 
 	dir = t.TempDir()
-	ids, err := loadGroupIDs(dir, []string{"g"})
+	ids, err := loadGroupIDs(dir, []string{"g"}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(dir, membersFile(ids["g"])), []byte(`{"group":"`+ids["g"].String()+`","members":[{"fingerprint":"nope","name":"x"}]}`), 0o600))
 	d, err = New(Config{StateDir: dir, Listen: "127.0.0.1:0", Groups: []Spec{{Name: "g"}}})

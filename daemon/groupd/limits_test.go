@@ -2,9 +2,11 @@ package groupd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -287,8 +289,9 @@ func TestConcurrentRenames(t *testing.T) {
 }
 
 // TestLegacyNamesLoad checks that a members file written before names
-// refused format characters (session 19) and fillers (session 20) loads,
-// the characters dropped, a name of fillers alone as U+FFFD.
+// refused format characters (session 19), fillers (session 20) and blanks
+// at either end (session 23) loads, the characters dropped, the blanks
+// trimmed, a name of fillers or blanks alone as U+FFFD.
 func TestLegacyNamesLoad(t *testing.T) {
 	dir := t.TempDir()
 	d1, stop := startGroupDaemon(t, Config{StateDir: dir})
@@ -297,6 +300,9 @@ func TestLegacyNamesLoad(t *testing.T) {
 		"alice": "al\u202eice",
 		"bob":   "bob\u3164",
 		"carl":  "\u3164",
+		"dave":  " dave\u00a0",
+		"erin":  "\u3000",
+		"fay":   "f a\u3164 ",
 	}
 	for name := range legacy {
 		joined(t, d1, name)
@@ -320,8 +326,67 @@ func TestLegacyNamesLoad(t *testing.T) {
 		got = append(got, m.Name)
 	}
 	slices.Sort(got)
-	if want := []string{"alice", "bob", "\uFFFD"}; !slices.Equal(got, want) {
-		t.Fatalf("members %q, want %q: the format character and the fillers dropped, a name of a filler alone U+FFFD", got, want)
+	if want := []string{"alice", "bob", "dave", "f a", "\uFFFD", "\uFFFD"}; !slices.Equal(got, want) {
+		t.Fatalf("members %q, want %q: the format character and the fillers dropped, the blanks at the ends trimmed, a name of a filler or a blank alone U+FFFD", got, want)
+	}
+}
+
+// TestLegacyGroupNameKeepsUUID: a daemon of before session 23 took a group
+// named with a blank at an end (--group "team "), and one of before
+// session 20 one with a filler ("lunch" and U+3164), and wrote those
+// names in groups.json. Such a name can no longer be configured; the
+// group configured under the name it shows as ("team", "lunch") is that
+// group, with its UUID and members, groups.json renaming its entry, rather
+// than a new group under a new UUID. An entry whose shown name another
+// entry holds stays as it is.
+func TestLegacyGroupNameKeepsUUID(t *testing.T) {
+	dir := t.TempDir()
+	groups := []Spec{{Name: "team"}, {Name: "lunch"}}
+	d1, stop := startGroupDaemon(t, Config{StateDir: dir, Groups: groups})
+	before := d1.Groups()
+	joined(t, d1, "alice") // in team, the first group
+	stop()
+	path := filepath.Join(dir, groupsFile)
+	data, err := os.ReadFile(path)
+	must(t, err)
+	old := strings.Replace(string(data), `"team":`, `"team ":`, 1)
+	old = strings.Replace(old, `"lunch":`, `"lunch\u3164":`, 1)
+	if !strings.Contains(old, `"team ":`) || !strings.Contains(old, `"lunch\u3164":`) {
+		t.Fatalf("groups.json does not name team and lunch as expected:\n%s", data)
+	}
+	must(t, os.WriteFile(path, []byte(old), 0o600))
+
+	if _, err := New(Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", Groups: []Spec{{Name: "team "}}}); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "ends with a blank") {
+		t.Errorf("a daemon configured with group %q: %v, want it refused for the blank", "team ", err)
+	}
+	d2, _ := startGroupDaemon(t, Config{StateDir: dir, Groups: groups})
+	after := d2.Groups()
+	for i := range before {
+		if after[i].ID != before[i].ID || after[i].Name != before[i].Name {
+			t.Errorf("group %q came back as %+v, want %+v: the entry stored under the name before renamed, its UUID kept", before[i].Name, after[i], before[i])
+		}
+	}
+	if ms := d2.groups[before[0].ID].memberList(0); len(ms) != 1 || ms[0].Name != "alice" {
+		t.Errorf("team's members after the rename: %+v, want alice", ms)
+	}
+	var ids map[string]wire.UUID
+	data, err = os.ReadFile(path)
+	must(t, err)
+	must(t, json.Unmarshal(data, &ids))
+	if want := map[string]wire.UUID{"team": before[0].ID, "lunch": before[1].ID}; !maps.Equal(ids, want) {
+		t.Errorf("groups.json after the start: %v, want %v", ids, want)
+	}
+
+	// Taken: "team" has its own entry, and "team " keeps its own.
+	other := t.TempDir()
+	taken := map[string]wire.UUID{"team": {1}, "team ": {2}, "\u3000": {3}}
+	data, err = json.Marshal(taken)
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(other, groupsFile), data, 0o600))
+	got, err := loadGroupIDs(other, []string{"team"}, testLogger(t))
+	must(t, err)
+	if want := map[string]wire.UUID{"team": {1}, "team ": {2}, "\uFFFD": {3}}; !maps.Equal(got, want) {
+		t.Errorf("groups.json of a taken name loaded as %v, want %v", got, want)
 	}
 }
 

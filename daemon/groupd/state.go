@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -45,8 +46,9 @@ type memberRecord struct {
 // loadGroupIDs reads groups.json and gives every name in names a UUID,
 // making a new (v4) one for a name seen for the first time and saving the
 // file if it did. Names no longer configured keep their UUIDs in the file, so
-// a group that comes back is the same group.
-func loadGroupIDs(dir string, names []string) (map[string]wire.UUID, error) {
+// a group that comes back is the same group; a name stored before the
+// rules refused it is renamed (legacyName), logged to log.
+func loadGroupIDs(dir string, names []string, log *slog.Logger) (map[string]wire.UUID, error) {
 	path := filepath.Join(dir, groupsFile)
 	ids := make(map[string]wire.UUID)
 	data, err := os.ReadFile(path)
@@ -63,6 +65,30 @@ func loadGroupIDs(dir string, names []string) (map[string]wire.UUID, error) {
 		}
 	}
 	changed := false
+	// A name stored before the rules refused it (a filler, since session
+	// 20; a blank at either end, since session 23) can no longer be
+	// configured: its entry takes the name legacyName reads it as, the
+	// one it showed as, so that the group configured under that name
+	// keeps its UUID (its members, its log, the UUID its users and
+	// registries know) instead of becoming a new group, unless another
+	// entry holds that name already. The first in name order wins a name
+	// two such entries read as.
+	for _, old := range slices.Sorted(maps.Keys(ids)) {
+		n := legacyName(old)
+		if n == old || wire.CheckName(n) != nil {
+			continue
+		}
+		if _, taken := ids[n]; taken {
+			log.Warn("groups.json: a group named before the rules refused its name keeps it; another group has the name it shows as",
+				"stored", old, "shows_as", n, "uuid", ids[old])
+			continue
+		}
+		ids[n] = ids[old]
+		delete(ids, old)
+		changed = true
+		log.Info("groups.json: a group named before the rules refused its name takes the name it shows as, keeping its UUID",
+			"stored", old, "name", n, "uuid", ids[n])
+	}
 	for _, n := range names {
 		if _, ok := ids[n]; !ok {
 			ids[n] = uuid.New()
@@ -153,26 +179,36 @@ func loadMembers(dir string, g wire.UUID) ([]memberRecord, error) {
 		return nil, fmt.Errorf("load members: %s holds group %s: %w", path, doc.Group, ErrBadState)
 	}
 	for i, m := range doc.Members {
-		if wire.CheckName(m.Name) != nil {
-			// Names from before the rules refused format characters
-			// (U+202E..., session 19) and fillers (U+3164..., session
-			// 20) lose them rather than stop the daemon; one of them
-			// alone, a name that read as none, becomes U+FFFD.
-			doc.Members[i].Name = strings.Map(func(r rune) rune {
-				if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || wire.Filler(r) {
-					return -1
-				}
-				return r
-			}, m.Name)
-			if doc.Members[i].Name == "" && m.Name != "" {
-				doc.Members[i].Name = "\uFFFD"
-			}
-		}
+		doc.Members[i].Name = legacyName(m.Name)
 		if m.Fingerprint.IsZero() || wire.CheckName(doc.Members[i].Name) != nil {
 			return nil, fmt.Errorf("load members: %s: member %s named %q: %w", path, m.Fingerprint, m.Name, ErrBadState)
 		}
 	}
 	return doc.Members, nil
+}
+
+// legacyName returns a name stored before the rules refused it (in a
+// members file, groups.json or a cell's state) as the daemon reads it,
+// rather than stop for it: without the format characters and separators
+// (U+202E..., refused since session 19) and fillers (U+3164..., since
+// session 20) it holds, and without blanks at either end (since session
+// 23); as U+FFFD if nothing is left, a name that showed as none. A name
+// wire.CheckName takes is returned as it is; one with a control
+// character still fails it.
+func legacyName(name string) string {
+	if wire.CheckName(name) == nil {
+		return name
+	}
+	t := strings.TrimSpace(strings.Map(func(r rune) rune {
+		if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || wire.Filler(r) {
+			return -1
+		}
+		return r
+	}, name))
+	if t == "" && name != "" {
+		return "\uFFFD"
+	}
+	return t
 }
 
 // saveMembers rewrites a group's members file atomically.
