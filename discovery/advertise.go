@@ -69,6 +69,11 @@ type AdvertiserConfig struct {
 
 	// Logger receives the advertiser's logs. Default: discard.
 	Logger *slog.Logger
+
+	// Now is the clock answers are paced by (at most one multicast
+	// answer a second, and the direct answers to each querier and in all
+	// within their bounds: answerPace). Default: time.Now.
+	Now func() time.Time
 }
 
 // Advertiser publishes the registry over mDNS. Create it with
@@ -116,6 +121,9 @@ func NewAdvertiser(cfg AdvertiserConfig) (*Advertiser, error) {
 	}
 	if cfg.RescanInterval == 0 {
 		cfg.RescanInterval = DefaultRescanInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.Host != "" && !strings.HasSuffix(cfg.Host, ".") {
 		cfg.Host += "."
@@ -281,7 +289,7 @@ func (a *Advertiser) Serve(ctx context.Context) error {
 				r.stop()
 				delete(running, name)
 			}
-			r, err := startResponder(c.iface, c.prefixes, z, a.cfg.Fingerprint, ours, lost, a.log, warn)
+			r, err := startResponder(c.iface, c.prefixes, z, a.cfg.Fingerprint, ours, lost, a.log, warn, a.cfg.Now)
 			if err != nil {
 				var se *SocketError
 				advice := ""

@@ -434,3 +434,43 @@ func TestBrowseFreesPlaces(t *testing.T) {
 		t.Error("a forgotten registry that came back was not reported again")
 	}
 }
+
+// TestAnswerPaceRefills checks answerPace's buckets over time, which
+// TestDirectAnswersPaced holds still: an address spent refills at 8
+// answers a second, a clock that steps back refills nothing, and the
+// addresses tracked stay within paceDests however many ask (an IPv6
+// link has as many addresses as a neighbour cares to forge), those whose
+// buckets are full forgotten first.
+func TestAnswerPaceRefills(t *testing.T) {
+	var p answerPace
+	a := netip.MustParseAddr("10.0.0.5")
+	now := time.Now()
+	took := func(at time.Time, n int) int {
+		got := 0
+		for range n {
+			if p.allow(a, at) {
+				got++
+			}
+		}
+		return got
+	}
+	if got := took(now, 40); got != paceBurst {
+		t.Fatalf("40 at once: %d answered, want the burst of %d", got, paceBurst)
+	}
+	if got := took(now.Add(-time.Hour), 5); got != 0 {
+		t.Errorf("the clock back an hour: %d answered, want none", got)
+	}
+	if got := took(now.Add(time.Second), 40); got != paceRate {
+		t.Errorf("a second later: %d answered, want %d", got, paceRate)
+	}
+	later := now.Add(time.Hour) // every bucket full again
+	for i := range 3 * paceDests {
+		p.allow(netip.AddrFrom16([16]byte{0xfe, 0x80, 14: byte(i >> 8), 15: byte(i)}), later)
+		if len(p.dests) > paceDests {
+			t.Fatalf("%d addresses tracked after %d asked, want at most %d", len(p.dests), i+1, paceDests)
+		}
+	}
+	if !p.allow(netip.MustParseAddr("10.0.0.6"), later.Add(time.Second)) {
+		t.Errorf("an address new after the flood, a second later: not answered, want it answered (its place freed)")
+	}
+}

@@ -34,9 +34,12 @@ type responder struct {
 
 	prefixes []netip.Prefix // the interface's subnets: queriers answered directly are on them
 
+	now func() time.Time // the clock answers are paced by
+
 	mu            sync.Mutex
 	lastDefense   time.Time
-	lastMulticast time.Time // the last answer to the group (replyTo)
+	lastMulticast time.Time  // the last answer to the group (replyTo)
+	direct        answerPace // the answers to queriers directly (replyTo)
 
 	stopped chan struct{} // closed by stop
 	wg      sync.WaitGroup
@@ -45,12 +48,12 @@ type responder struct {
 // startResponder joins the mDNS group on ifc, whose subnets are prefixes,
 // and answers from z until stop.
 // Errors are *SocketError.
-func startResponder(ifc net.Interface, prefixes []netip.Prefix, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger, warn *warnOnce) (*responder, error) {
+func startResponder(ifc net.Interface, prefixes []netip.Prefix, z *zone, fp string, ours func(netip.Addr) bool, lost func(*advert), log *slog.Logger, warn *warnOnce, now func() time.Time) (*responder, error) {
 	c, err := listenGroup(ifc)
 	if err != nil {
 		return nil, err
 	}
-	r := &responder{c: c, prefixes: prefixes, zone: z, fp: fp, ours: ours, lost: lost, log: log, warn: warn, stopped: make(chan struct{})}
+	r := &responder{c: c, prefixes: prefixes, zone: z, fp: fp, ours: ours, lost: lost, log: log, warn: warn, now: now, stopped: make(chan struct{})}
 	r.wg.Add(2)
 	go r.serve()
 	go r.announce()
@@ -131,7 +134,7 @@ func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
 	if len(answers) == 0 {
 		return
 	}
-	dst, ok := r.replyTo(q, from, time.Now())
+	dst, ok := r.replyTo(q, from, r.now())
 	if !ok {
 		return
 	}
@@ -148,7 +151,8 @@ func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
 // unicast-response bit, but only if it is on the link (RFC 6762 §11:
 // anyone who can reach port 5353 could otherwise have the registry send
 // its records, several times the query's size, to an address of their
-// choosing); otherwise to the group, at most once every announceGap
+// choosing), and within answerPace's bounds unless it is this host on lo;
+// otherwise to the group, at most once every announceGap
 // (RFC 6762 §6: the answer just multicast serves every querier on the
 // link, and a flood of queries would be a flood of multicasts).
 func (r *responder) replyTo(q *dns.Msg, from netip.AddrPort, now time.Time) (netip.AddrPort, bool) {
@@ -158,11 +162,22 @@ func (r *responder) replyTo(q *dns.Msg, from netip.AddrPort, now time.Time) (net
 			unicast = true
 		}
 	}
-	if unicast {
-		return from, r.onLink(from.Addr())
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if unicast {
+		a := from.Addr().Unmap().WithZone("")
+		switch {
+		case !r.onLink(a):
+			return netip.AddrPort{}, false
+		case a.IsLoopback() || a.IsUnspecified():
+			// This host on lo (no packet from the wire has such a
+			// source): its answers reach no one else, and every browser
+			// of a host whose only interface is lo (its daemons, huddle
+			// web, each command) asks from there.
+			return from, true
+		}
+		return from, r.direct.allow(a, now)
+	}
 	if !r.lastMulticast.IsZero() && now.Sub(r.lastMulticast) < announceGap {
 		return netip.AddrPort{}, false
 	}
@@ -280,4 +295,88 @@ func txtValue(txt []string, key string) string {
 		}
 	}
 	return ""
+}
+
+// Bounds of the answers a responder sends to queriers directly (answerPace):
+// a querier's browser asks at most 5 times in its first 2 s and once a
+// second then (query.go), and a host runs a few (its daemons, huddle web,
+// a command), so each address may take a burst of paceBurst answers and
+// paceRate a second after it; all queriers together paceAllBurst and
+// paceAllRate a second (a link of paceAllRate browsing hosts, each asking
+// once a second; one not answered asks again within a second).
+const (
+	paceBurst    = 16
+	paceRate     = 8
+	paceAllBurst = 128
+	paceAllRate  = 64
+	// paceDests bounds the addresses tracked: past it, those whose
+	// buckets are full again are forgotten, and an address new past
+	// that gets no answer. At paceAllRate a second, a bucket refilled in
+	// paceBurst/paceRate seconds, few more than paceAllBurst + 2 *
+	// paceAllRate addresses hold a bucket that is not full.
+	paceDests = 1024
+)
+
+// answerPace paces the answers a responder sends to queriers directly, per
+// address and in all, as a token bucket each. The querier's address is
+// the source of its query, which on the link anyone can forge: the
+// answers, several times a query's size, went to it as often as queries
+// came (until session 23), so that a neighbour could have a registry send
+// an address of its choosing a flood of them. The multicast answers were
+// paced already (lastMulticast). Its zero value is ready; the responder's
+// mu guards it.
+type answerPace struct {
+	all   tokens
+	dests map[netip.Addr]*tokens
+}
+
+// tokens is a token bucket: n tokens as of at.
+type tokens struct {
+	n  float64
+	at time.Time
+}
+
+// refill brings t up to now at rate a second, up to burst; a bucket never
+// used is full. A clock that stepped back refills nothing.
+func (t *tokens) refill(now time.Time, burst, rate float64) {
+	switch {
+	case t.at.IsZero():
+		t.n = burst
+	case now.After(t.at):
+		t.n = min(burst, t.n+now.Sub(t.at).Seconds()*rate)
+	default:
+		return
+	}
+	t.at = now
+}
+
+// allow reports whether an answer may go to a now, taking a token from
+// its bucket and from all if so.
+func (p *answerPace) allow(a netip.Addr, now time.Time) bool {
+	if p.dests == nil {
+		p.dests = make(map[netip.Addr]*tokens)
+	}
+	p.all.refill(now, paceAllBurst, paceAllRate)
+	t := p.dests[a]
+	if t == nil {
+		if len(p.dests) >= paceDests {
+			for o, ot := range p.dests {
+				if ot.refill(now, paceBurst, paceRate); ot.n >= paceBurst {
+					delete(p.dests, o)
+				}
+			}
+			if len(p.dests) >= paceDests {
+				return false
+			}
+		}
+		t = &tokens{}
+		p.dests[a] = t
+	}
+	t.refill(now, paceBurst, paceRate)
+	if t.n < 1 || p.all.n < 1 {
+		return false
+	}
+	t.n--
+	p.all.n--
+	return true
 }
