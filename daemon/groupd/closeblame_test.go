@@ -2,12 +2,15 @@ package groupd
 
 import (
 	"context"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/huddle-chat/huddle/cell"
 	"github.com/huddle-chat/huddle/daemon/internal/peertest"
+	"github.com/huddle-chat/huddle/store"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -104,6 +107,74 @@ func TestCloseNamesRaftElsewhere(t *testing.T) {
 	if got := recs.matching("group log's write that has not returned"); len(got) != 0 {
 		t.Errorf("Close, raft held outside any group log, blamed one: %q", got)
 	}
+}
+
+// TestCloseNamesARequestInACellMember: a cell member whose fetch hangs in
+// its group log's read says, as it closes, that a request did not return,
+// not waiting on the cell's raft (which answers within its bounds) but in
+// a group log's read; it does not blame raft, which stopped. A leader
+// deposed before the join voids the try.
+func TestCloseNamesARequestInACellMember(t *testing.T) {
+	rerunOnNewCells(t, 3, "the leader was deposed before ann's join", closeNamesARequestInACellMember)
+}
+
+func closeNamesARequestInACellMember(t *testing.T) bool {
+	members := planTestCell(t, 3)
+	log, recs := recordLogs(t)
+	logs := make([]atomic.Pointer[readHungLog], len(members))
+	startOpeningCell(t, members, func(cfg *Config) {
+		cfg.Logger = log
+		cfg.Server.ShutdownTimeout = 200 * time.Millisecond
+	}, func(i int, _ *Daemon, l cellLog) Log {
+		h := &readHungLog{cellLog: l}
+		logs[i].Store(h)
+		return h
+	})
+	leader, g := cellLeader(t, members)
+	term := leader.d.node.Status().Term
+	at := slices.Index(members, leader)
+	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
+	h := logs[at].Load()
+
+	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
+	if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil); err != nil {
+		if !electedSince(members, leader, term) {
+			t.Fatalf("ann's join at the leader: %v", err)
+		}
+		t.Logf("an election came since term %d; ann's join at the leader deposed: %v", term, err)
+		return false
+	}
+	release := h.hangs()
+	t.Cleanup(release) // after the daemons' own: before them
+	answered := requestUnanswered(t, p, wire.OpFetch, wire.Fetch{Group: g})
+	eventually(t, "the fetch hung in its log's read", func() bool { return h.waiting.Load() > 0 })
+
+	must(t, peertest.OnHungDisk(t, "the daemon's Close", leader.d.Close, release))
+	<-answered
+	if got := recs.matching("ERROR", "a request did not return (not waiting on the cell's raft, which answers within its bounds: in a group log's read"); len(got) != 1 {
+		t.Errorf("Close, a fetch hung in its log's read, logged %q, want the request named", recs.matching("ERROR"))
+	}
+	if got := recs.matching("the cell's raft did not stop"); len(got) != 0 {
+		t.Errorf("Close, raft stopped, blamed it: %q", got)
+	}
+	return true
+}
+
+// readHungLog is a cell's group log whose reads (After, Since) wait, once
+// hangs is called, until let go: a disk that stops answering a fetch.
+type readHungLog struct {
+	cellLog
+	diskHang
+}
+
+func (l *readHungLog) After(seq uint64, limit int, dst []store.Message) ([]store.Message, store.Cursor, error) {
+	l.wait()
+	return l.cellLog.After(seq, limit, dst)
+}
+
+func (l *readHungLog) Since(ts int64, limit int, dst []store.Message) ([]store.Message, store.Cursor, error) {
+	l.wait()
+	return l.cellLog.Since(ts, limit, dst)
 }
 
 // TestCloseRequestInTheDisk: a daemon hosting its group alone whose

@@ -324,7 +324,14 @@ func TestCloseOnHungDiskExpiring(t *testing.T) {
 // the frame that answered it.
 func sendUnanswered(t *testing.T, p *peer, g wire.UUID, msg []wire.Outgoing) chan error {
 	t.Helper()
-	str := p.open(request(t, wire.OpSend, wire.Send{Group: g, Messages: msg}))
+	return requestUnanswered(t, p, wire.OpSend, wire.Send{Group: g, Messages: msg})
+}
+
+// requestUnanswered opens a request of op with args, as sendUnanswered
+// does a send.
+func requestUnanswered(t *testing.T, p *peer, op wire.Op, args any) chan error {
+	t.Helper()
+	str := p.open(request(t, op, args))
 	answered := make(chan error, 1)
 	go func() {
 		f, err := readFrame(str)
