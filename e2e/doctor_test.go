@@ -190,6 +190,9 @@ func TestDoctorSaysAddresses(t *testing.T) {
 		}) {
 			t.Fatalf("the registry never listed lobby at %v", advertise)
 		}
+		// Both forms at once: each waits its whole --timeout for the
+		// address where nothing answers.
+		textRun := alice.start(t, "doctor", "--wait", "100ms", "--timeout", "3s")
 		r := alice.run(t, "doctor", "--wait", "100ms", "--timeout", "3s", "--json")
 		var out doctorOut
 		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
@@ -198,7 +201,8 @@ func TestDoctorSaysAddresses(t *testing.T) {
 		if r.code != 3 || out.OK {
 			t.Errorf("doctor, lobby registered at %v: exit %d, ok %v; want 3, not ok", advertise, r.code, out.OK)
 		}
-		text := alice.run(t, "doctor", "--wait", "100ms", "--timeout", "3s").stdout
+		textRun.wait(t)
+		text := textRun.stdout.String()
 		t.Logf("huddle doctor, lobby listening at %s, registered at %v:\n%s", listen, advertise, text)
 		return out, text
 	}
