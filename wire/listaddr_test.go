@@ -19,18 +19,7 @@ import (
 func TestListedAddressIsHostPort(t *testing.T) {
 	other := GroupEntry{Group: UUID{7}, Name: "after", Addrs: []string{"10.0.0.8:7401"}, Fingerprint: tDaemon}
 	decode := func(e GroupEntry) (Groups, error) {
-		var buf bytes.Buffer
-		g := &Groups{Epoch: 1, Groups: []GroupEntry{e, other}, Next: []byte("more")}
-		if err := WriteResponse(&buf, KindResult, g); err != nil {
-			t.Fatal(err)
-		}
-		_, raw, err := ReadResponse(&buf, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var back Groups
-		err = raw.Decode(&back)
-		return back, err
+		return listedBack(t, &Groups{Epoch: 1, Groups: []GroupEntry{e, other}, Next: []byte("more")})
 	}
 	at := func(a string) GroupEntry {
 		return GroupEntry{Group: tGroup, Name: "lunch", Addrs: []string{"10.0.0.7:7401", a}, Fingerprint: tDaemon}
@@ -63,4 +52,21 @@ func TestListedAddressIsHostPort(t *testing.T) {
 			}
 		}
 	}
+}
+
+// listedBack writes g as a list result and reads it back as a client
+// does: what it keeps, or why it refuses the page.
+func listedBack(t *testing.T, g *Groups) (Groups, error) {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := WriteResponse(&buf, KindResult, g); err != nil {
+		t.Fatal(err)
+	}
+	_, raw, err := ReadResponse(&buf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Groups
+	err = raw.Decode(&back)
+	return back, err
 }

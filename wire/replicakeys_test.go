@@ -45,17 +45,8 @@ func TestReplicaKeysOnce(t *testing.T) {
 	})
 
 	other := GroupEntry{Group: UUID{7}, Name: "after", Addrs: []string{"10.0.0.8:7401"}, Fingerprint: tDaemon}
-	buf.Reset()
 	page := &Groups{Epoch: 1, Groups: []GroupEntry{{Group: tGroup, Name: "lunch", Addrs: []string{a.Addr}, Fingerprint: tDaemon, Replicas: twice}, other}}
-	if err := WriteResponse(&buf, KindResult, page); err != nil {
-		t.Fatal(err)
-	}
-	_, raw, err := ReadResponse(&buf, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var back Groups
-	switch err := raw.Decode(&back); {
+	switch back, err := listedBack(t, page); {
 	case err != nil:
 		t.Errorf("a listing with an entry naming a key twice: the page refused (%v), want the entry left out", err)
 	case len(back.Groups) != 1 || back.Groups[0].Group != other.Group:
