@@ -93,6 +93,11 @@ func TestBadFlagsRefusedBeforeStart(t *testing.T) {
 		{"mistyped client flag", nil, []string{"fetch", "lobby", "--limt", "5"}, []string{"unknown flag: --limt", "did you mean --limit?"}},
 		{"client registry port", nil, []string{"groups", "--registry", "127.0.0.1:99999"}, []string{`"127.0.0.1:99999"`, "--registry", "65535"}},
 		{"client registry from the environment", map[string]string{"HUDDLE_REGISTRY": "127.0.0.1:0"}, []string{"groups"}, []string{`"127.0.0.1:0"`, "65535"}},
+		// Dialled as given, these sent QUIC Initials to every host of the
+		// link (until session 23).
+		{"client registry multicast", nil, []string{"groups", "--registry", "224.0.0.251:7373"}, []string{`"224.0.0.251:7373"`, "--registry", "multicast or broadcast"}},
+		{"client registry broadcast from the environment", map[string]string{"HUDDLE_REGISTRY": "127.0.0.1:7373,255.255.255.255"}, []string{"groups"}, []string{"HUDDLE_REGISTRY", `"255.255.255.255"`, "multicast or broadcast"}},
+		{"daemon registry multicast", nil, daemonArgs("serve", "--registry", "[ff02::fb]:7373"), []string{`"[ff02::fb]:7373"`, "--registry", "multicast or broadcast"}},
 		{"client timeout", nil, []string{"fetch", "lobby", "--timeout", "soon"}, []string{`"soon"`, "--timeout"}},
 		{"bare huddle", nil, nil, []string{"Usage: huddle COMMAND"}},
 	} {

@@ -192,13 +192,21 @@ func checkUDPAddr(s string, listen bool) error {
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ip = ip.Unmap()
 		switch {
-		case ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		case manyHosts(ip):
 			return fmt.Errorf("%s is a multicast or broadcast address, which no one host has: give an address of this host, like 192.168.1.20:7374", host)
 		case ip.IsUnspecified() && !listen:
 			return fmt.Errorf("%s means every address of this host, to listen on, and clients cannot dial it (registries refuse it): give the address clients reach this host at, like 192.168.1.20:7374, or leave --advertise out (the --listen address if it names one IP, else the address the registry sees this daemon come from)", host)
 		}
 	}
 	return checkPort(port, listen)
+}
+
+// manyHosts reports whether ip is a multicast address or the IPv4
+// broadcast address: one no single host has, where a packet sent goes to
+// every host of the link (wire.Dialable refuses them from peers).
+func manyHosts(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // checkPort checks a UDP port number (0 only to listen on any free port).
@@ -249,6 +257,11 @@ func checkRegistryAddr(s string) error {
 	}
 	if host == "" {
 		return fmt.Errorf("want HOST or HOST:PORT with a host, like 192.168.1.20:7373")
+	}
+	// Dialled as given, a multicast registry address sent QUIC Initials
+	// to every host of the link (until session 23).
+	if ip, err := netip.ParseAddr(host); err == nil && manyHosts(ip) {
+		return fmt.Errorf("%s is a multicast or broadcast address, which no registry has: give the registry's own address, like 192.168.1.20:7373 (registries on the LAN are found over mDNS without --registry)", host)
 	}
 	return checkPort(port, false)
 }
