@@ -15,8 +15,10 @@ import (
 // Discard; Discard drops it at once between tries, or, when a try is under
 // way, once that try answers: dropped if it was refused, kept as "may have
 // been sent" (Retry, Discard) if it ended in doubt, for that try may have
-// stored it. None of them reaches the daemon once it is back. Until
-// session 23 such a message was retried for ever, with no button.
+// stored it. A message typed after it waits for it ("waiting for the
+// message above"), with Discard. None of them reaches the daemon once it
+// is back. Until session 23 such a message was retried for ever, with no
+// button on it nor on those waiting after it.
 func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	t.Parallel()
 	w := startLobbyPage(t)
@@ -71,7 +73,14 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	const stopped = "stopped while lobby was away"
 	b.do("paste, Enter", insertText(stopped), pressEnter())
 	b.waitFor("the message retried, with Stop and Discard", `window.sends >= 2 && `+retrying(stopped))
+	// A message typed after it waits for it, and may be discarded (it
+	// was never tried).
+	const queued = "typed after it"
+	b.do("paste, Enter", insertText(queued), pressEnter())
+	b.waitFor("the message after it waiting", pendingState(queued)+` === 'waiting for the message above… Discard'`)
 	b.screenshot("web-send-not-sent-retrying")
+	button(queued, "Discard")
+	b.waitFor("the message after it discarded", gone(queued))
 	button(stopped, "Stop")
 	b.waitFor("the retries stopped", failedState(stopped)+` !== ''`)
 	if got := eval[string](b, failedState(stopped)); !strings.HasPrefix(got, "not sent (retries stopped): ") || !strings.HasSuffix(got, "RetryEditDiscard") {
@@ -119,7 +128,7 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	waitListed(t, w.bob, lobby) // registered again
 	w.bob.ok(t, "send", "lobby", "back")
 	b.waitFor("lobby back", hasMessage("back"))
-	if out := w.bob.ok(t, "fetch", "lobby"); strings.Contains(out, "stopped while") || strings.Contains(out, "discarded") {
+	if out := w.bob.ok(t, "fetch", "lobby"); strings.Contains(out, "stopped while") || strings.Contains(out, "discarded") || strings.Contains(out, queued) {
 		t.Errorf("the daemon holds:\n%s\nwant none of the messages stopped or discarded", out)
 	}
 	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {

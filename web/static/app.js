@@ -918,7 +918,12 @@ function pendingState(c, p) {
   s.className = 'state';
   const g = state.groups.get(c.id);
   switch (p.state) {
-    case 'queued': s.textContent = 'waiting for the message above…'; break;
+    case 'queued':
+      // Never tried: Discard drops it at once, and the messages after it
+      // wait for the one above it alone.
+      s.textContent = 'waiting for the message above… ';
+      s.append(linkButton('Discard', () => discard(c, p)));
+      break;
     case 'sending': s.textContent = 'sending…'; break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
