@@ -72,7 +72,9 @@ type Config struct {
 	// Listen is the UDP address to listen on. Default ":0" (any free port;
 	// the registry is told the port bound).
 	Listen string
-	// Advertise are the "host:port" addresses to register for each group.
+	// Advertise are the "host:port" addresses to register for each group,
+	// each one clients can dial (wire.CheckAddr: not 0.0.0.0, ::, a
+	// multicast or the broadcast address, which registries refuse).
 	// If empty, only the bound port is registered and the registry lists
 	// the address our packets come from.
 	Advertise []string
@@ -211,6 +213,13 @@ func (c Config) Validate() error {
 	for _, a := range c.Advertise {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" || len(a) > wire.MaxAddrBytes {
 			return invalid("advertised address %q: want host:port, at most %d bytes", a, wire.MaxAddrBytes)
+		}
+		// What registries check of a registration (wire.CheckAddr): an
+		// address no one host has (0.0.0.0, multicast, broadcast) is
+		// refused there since session 22, so such a daemon ran with its
+		// groups never listed (until session 23).
+		if err := wire.CheckAddr(a); err != nil {
+			return invalid("advertised address %q: not one clients can dial (%v)", a, err)
 		}
 	}
 	seen := make(map[string]bool)

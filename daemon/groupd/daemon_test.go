@@ -789,6 +789,11 @@ func TestGroupConfigValidate(t *testing.T) {
 		{"message over a frame", func(c *Config) { c.MaxMessageBytes = wire.MaxFrameSize }},
 		{"members over a frame", func(c *Config) { c.MaxMembers = wire.MaxArrayItems + 1 }},
 		{"advertise without port", func(c *Config) { c.Advertise = []string{"10.0.0.1"} }},
+		// Registries refuse these (wire.Dialable): the daemon ran, its
+		// groups never listed (until session 23).
+		{"advertise every address", func(c *Config) { c.Advertise = []string{"10.0.0.1:7374", "0.0.0.0:7374"} }},
+		{"advertise multicast", func(c *Config) { c.Advertise = []string{"224.0.0.251:7374"} }},
+		{"advertise port 0", func(c *Config) { c.Advertise = []string{"10.0.0.1:0"} }},
 		{"negative retention", func(c *Config) { c.Retention.MaxMessages = -1 }},
 		// huddle/1 promises a retry is stored once within a group's last
 		// 65,536 messages at least: a Go embedder could set fewer (until
