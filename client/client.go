@@ -72,6 +72,9 @@ var (
 	// ErrUnreachable: no connection to the server could be made or kept
 	// (nothing answered, the handshake timed out, the connection died).
 	ErrUnreachable = errors.New("server unreachable")
+	// ErrGroupAddr: an address to dial is a multicast or broadcast one,
+	// which names no one server; the client sends nothing to it.
+	ErrGroupAddr = errors.New("a multicast or broadcast address, not a server's")
 	// ErrProtocol: the server sent something this client does not
 	// understand (a frame of an unknown kind, or none where one was due).
 	ErrProtocol = errors.New("protocol error")
@@ -864,6 +867,14 @@ func resolve(addr string) (*net.UDPAddr, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", addr, err)
+	}
+	// A datagram to a multicast or broadcast address goes to every host on
+	// the link, or to none: no one server is there to handshake with, and
+	// the Initials would go out to all of them. Until session 23 a
+	// --registry at 224.0.0.251, or a host name resolving to one, was dialled
+	// as given (listings and cell configurations were already refused).
+	if ua.IP.IsMulticast() || ua.IP.Equal(net.IPv4bcast) {
+		return nil, fmt.Errorf("resolve %s: %s: %w", addr, ua.IP, ErrGroupAddr)
 	}
 	return ua, nil
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -16,6 +17,23 @@ func TestResolveShowsAddress(t *testing.T) {
 		}
 		if strings.ContainsAny(err.Error(), "\n\u202e\x1b\x07") {
 			t.Errorf("resolve %q: error quotes it as listed: %q", addr, err)
+		}
+	}
+}
+
+// TestResolveRefusesGroupAddr: an address that names a multicast or
+// broadcast group is refused before anything is sent to it
+// (ErrGroupAddr), while loopback and the unspecified address, which a
+// one-machine setup dials to reach itself, resolve.
+func TestResolveRefusesGroupAddr(t *testing.T) {
+	for _, addr := range []string{"224.0.0.251:7373", "239.1.2.3", "[ff02::fb]:5353", "255.255.255.255:7373"} {
+		if ua, err := resolve(addr); !errors.Is(err, ErrGroupAddr) {
+			t.Errorf("resolve %q = %v, %v; want ErrGroupAddr", addr, ua, err)
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:7373", "[::1]:7373", "0.0.0.0:7373", "localhost"} {
+		if _, err := resolve(addr); err != nil {
+			t.Errorf("resolve %q: %v", addr, err)
 		}
 	}
 }
