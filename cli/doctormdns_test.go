@@ -40,19 +40,22 @@ func TestDoctorGivenRegistrySendsNoMDNS(t *testing.T) {
 		{"doctor", "--wait", "50ms"}, // HUDDLE_REGISTRY, the test user's
 	} {
 		code, out, errs := u.run(t, args...)
-		if b := took(); code != ExitOK || len(b) > 0 || !strings.Contains(out, "mDNS: not checked, no query sent: the registries are given ("+reg+")") {
-			t.Errorf("huddle %s: exit %d, browses started by %v, stdout:\n%s\nstderr:\n%s\nwant all good, no browse, and the check said skipped",
+		// Its verdict (all good, most likely) is not what this test is
+		// about: a registry or daemon slow to answer on a loaded machine
+		// changes it, not whether mDNS was asked.
+		if b := took(); code == ExitUsage || len(b) > 0 || !strings.Contains(out, "mDNS: not checked, no query sent: the registries are given ("+reg+")") {
+			t.Errorf("huddle %s: exit %d, browses started by %v, stdout:\n%s\nstderr:\n%s\nwant no browse, and the check said skipped",
 				strings.Join(args, " "), code, b, out, errs)
 		}
 	}
 	code, out, errs := u.run(t, "doctor", "--registry", reg, "--wait", "50ms", "--json")
 	var rep struct {
 		Interfaces    []json.RawMessage `json:"interfaces"`
+		MDNS          []json.RawMessage `json:"mdns"`
 		MDNSUnchecked bool              `json:"mdns_unchecked"`
-		OK            bool              `json:"ok"`
 	}
-	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(took()) > 0 || !rep.MDNSUnchecked || !rep.OK || rep.Interfaces == nil || len(rep.Interfaces) > 0 {
-		t.Errorf("huddle doctor --registry --json: exit %d, %v, stdout:\n%s\nstderr:\n%s\nwant mdns_unchecked, interfaces [], ok, and no browse", code, err, out, errs)
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(took()) > 0 || !rep.MDNSUnchecked || rep.Interfaces == nil || len(rep.Interfaces) > 0 || rep.MDNS == nil || len(rep.MDNS) > 0 {
+		t.Errorf("huddle doctor --registry --json: exit %d, %v, stdout:\n%s\nstderr:\n%s\nwant mdns_unchecked, interfaces and mdns [], and no browse", code, err, out, errs)
 	}
 
 	// Asked for an interface, it checks mDNS there (here: the browse is
