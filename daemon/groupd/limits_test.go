@@ -360,6 +360,9 @@ func TestLegacyGroupNameKeepsUUID(t *testing.T) {
 		t.Errorf("a daemon configured with group %q: %v, want it refused for the blank", "team ", err)
 	}
 	d2, _ := startGroupDaemon(t, Config{StateDir: dir, Groups: groups})
+	// Serving: a daemon closed (at the test's end) before its Serve began
+	// makes Serve return ErrClosed, which startGroupDaemon reports.
+	dial(t, d2.Addr(), d2.Fingerprint(), nil).info(before[0].ID)
 	after := d2.Groups()
 	for i := range before {
 		if after[i].ID != before[i].ID || after[i].Name != before[i].Name {
