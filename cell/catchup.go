@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime/debug"
 	"slices"
@@ -76,6 +77,13 @@ const (
 	// 4 windows, not shunned for the rest of the restore against a pace
 	// no member gives.
 	catchUpRecent = 4
+	// catchUpLifted: a member shunned for its pace (catchUpFaster times
+	// slower than the top) is lifted once its pace is within catchUpLifted
+	// times of the top (judgePaces). Why 1.5: between half and two thirds
+	// of the top a member stays as it was, so a pace that hovers around
+	// half (a measure's noise is a few tens of percent under load) does
+	// not shun and lift it at each window.
+	catchUpLifted = 1.5
 	// catchUpRetryMin and catchUpRetryMax bound the wait between rounds
 	// of a catch-up at Start that no peer could serve (catchUp).
 	catchUpRetryMin = 250 * time.Millisecond
@@ -317,51 +325,7 @@ func (n *Node) catchUp(ctx context.Context, g *groupState, seq uint64, t int64, 
 	here := make(map[Peer]catchUpPace)
 	measures := 0 // this group's copy's, so far
 	var want Peer
-	// judge shuns for its pace each member of this group's copy whose
-	// latest pace is catchUpFaster times slower than the top, and lifts
-	// that shun from each no longer so. The top is the fastest latest
-	// pace of those measured in the copy's last catchUpRecent measures,
-	// but the members shunned for a failure.
-	//
-	// Why this group's only: a pace is messages a second, and groups'
-	// messages differ in size; a member serving a group of 3 KiB messages
-	// at 320 a second, set against one measured at 1,280 a second in a
-	// group of 10-byte messages, was shunned for the rest of the restore
-	// (TestCatchUpShunsOnPaceWithinOneGroup). The paces of the restore's
-	// other copies choose where a copy moves (faster), a window's cost if
-	// wrong.
-	//
-	// Why latest and recent: until session 22 the top was the fastest
-	// pace any member was ever measured at in the copy, and a shun for
-	// pace lasted the restore. A member's key that sent fast for one
-	// window (the top) had the honest members measured after it shunned,
-	// took the copy back as the fastest, and then kept to the least pace:
-	// its own next measure shunned it too, and with every member shunned
-	// none was left to move the copy to, so it crawled to its end
-	// (TestCatchUpBurstThenCrawl). Now its crawl is its pace, the honest
-	// members are no longer slower than the top and are lifted, and the
-	// copy moves to one of them.
-	judge := func() {
-		top := 0.0
-		for q, m := range here {
-			if measures-m.at < catchUpRecent && (!shun[q.Fingerprint] || slow[q.Fingerprint]) {
-				top = max(top, m.rate)
-			}
-		}
-		for q, m := range here {
-			switch fp, isSlow := q.Fingerprint, catchUpFaster*m.rate < top; {
-			case isSlow && !shun[fp]:
-				shun[fp], slow[fp] = true, true
-				n.cfg.Logger.Warn("cell: a member served a group's catch-up slower than another, by more than half: it is asked again during this restore only when no other member can serve, or once it is no longer that slow",
-					"group", g.spec.Name, "peer", q.Addr, "msgs_per_s", int64(m.rate), "fastest_msgs_per_s", int64(top))
-			case !isSlow && slow[fp]:
-				delete(shun, fp)
-				delete(slow, fp)
-				n.cfg.Logger.Info("cell: a member shunned for serving a group's catch-up slowly is no longer slower than the others by half",
-					"group", g.spec.Name, "peer", q.Addr, "msgs_per_s", int64(m.rate), "fastest_msgs_per_s", int64(top))
-			}
-		}
-	}
+	judge := func() { judgePaces(n.cfg.Logger, g.spec.Name, here, measures, shun, slow) }
 	// measured notes p's pace, and judges the paces of this group's copy.
 	measured := func(p Peer, rate float64) {
 		measures++
@@ -599,6 +563,60 @@ func newCatchUpRestore() *catchUpRestore {
 type catchUpPace struct {
 	rate float64
 	at   int
+}
+
+// judgePaces shuns for its pace (shun and slow) each member of a group's
+// copy (here: its latest pace, by member, and measures: the copy's count
+// of them so far) whose latest pace is catchUpFaster times slower than
+// the top, and lifts that shun from each whose pace has come within
+// catchUpLifted times of it. The top is the fastest latest pace of those
+// measured in the copy's last catchUpRecent measures, but the members
+// shunned for a failure. Each shun is logged at warn, each lift at info.
+//
+// Why this group's only: a pace is messages a second, and groups'
+// messages differ in size; a member serving a group of 3 KiB messages
+// at 320 a second, set against one measured at 1,280 a second in a
+// group of 10-byte messages, was shunned for the rest of the restore
+// (TestCatchUpShunsOnPaceWithinOneGroup). The paces of the restore's
+// other copies choose where a copy moves (faster), a window's cost if
+// wrong.
+//
+// Why latest and recent: until session 22 the top was the fastest
+// pace any member was ever measured at in the copy, and a shun for
+// pace lasted the restore. A member's key that sent fast for one
+// window (the top) had the honest members measured after it shunned,
+// took the copy back as the fastest, and then kept to the least pace:
+// its own next measure shunned it too, and with every member shunned
+// none was left to move the copy to, so it crawled to its end
+// (TestCatchUpBurstThenCrawl). Now its crawl is its pace, the honest
+// members are no longer slower than the top and are lifted, and the
+// copy moves to one of them.
+//
+// Why lifted nearer the top than shunned: until session 23 a shun was
+// lifted as soon as the pace was no longer catchUpFaster times slower,
+// and a member whose pace hovered around half the top (a measure's noise
+// either side of it) was shunned and lifted at each window's measure,
+// with a warning each time (TestCatchUpPaceHoveringAtHalf).
+func judgePaces(log *slog.Logger, group string, here map[Peer]catchUpPace, measures int, shun, slow shunned) {
+	top := 0.0
+	for q, m := range here {
+		if measures-m.at < catchUpRecent && (!shun[q.Fingerprint] || slow[q.Fingerprint]) {
+			top = max(top, m.rate)
+		}
+	}
+	for q, m := range here {
+		switch fp := q.Fingerprint; {
+		case catchUpFaster*m.rate < top && !shun[fp]:
+			shun[fp], slow[fp] = true, true
+			log.Warn("cell: a member served a group's catch-up slower than another, by more than half: it is asked again during this restore only when no other member can serve, or once it is no longer that slow",
+				"group", group, "peer", q.Addr, "msgs_per_s", int64(m.rate), "fastest_msgs_per_s", int64(top))
+		case catchUpLifted*m.rate >= top && slow[fp]:
+			delete(shun, fp)
+			delete(slow, fp)
+			log.Info("cell: a member shunned for serving a group's catch-up slowly is no longer that slow",
+				"group", group, "peer", q.Addr, "msgs_per_s", int64(m.rate), "fastest_msgs_per_s", int64(top))
+		}
+	}
 }
 
 // shunned is, for one restore, the keys of the members whose copy failed

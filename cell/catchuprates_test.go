@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -418,5 +420,58 @@ func TestCatchUpReaderDeadlinePassedWithData(t *testing.T) {
 		if err != nil || kind != want {
 			t.Fatalf("read frame %q, %v; want frame %q (the deadline's error came with the frame before, which was read whole)", kind, err, want)
 		}
+	}
+}
+
+// TestCatchUpPaceHoveringAtHalf: a member whose pace hovers around half
+// the top's (measures either side of it, as a loaded machine's noise
+// makes them) is shunned at its first measure under half and stays so,
+// with one warning: until session 23 it was lifted at each measure over
+// half and shunned again at the next under, with a warning each time.
+// Once its pace comes within catchUpLifted of the top it is lifted, once.
+func TestCatchUpPaceHoveringAtHalf(t *testing.T) {
+	rec := newRecorder(slog.DiscardHandler)
+	log := slog.New(rec)
+	fast := Peer{Addr: "127.0.0.1:1", Fingerprint: wire.Fingerprint{1}}
+	hover := Peer{Addr: "127.0.0.1:2", Fingerprint: wire.Fingerprint{2}}
+	shun, slow := make(shunned), make(shunned)
+	here := make(map[Peer]catchUpPace)
+	measures := 0
+	measure := func(p Peer, rate float64) {
+		measures++
+		here[p] = catchUpPace{rate: rate, at: measures}
+		judgePaces(log, "lobby", here, measures, shun, slow)
+	}
+	for i, rate := range []float64{480, 520, 470, 540, 490, 560, 450, 600} {
+		measure(fast, 1000) // the copy's windows alternate, as moves between the two make them
+		measure(hover, rate)
+		if !shun[hover.Fingerprint] || !slow[hover.Fingerprint] {
+			t.Fatalf("window %d: a member at %v msgs/s against 1000 not shunned for its pace (shun %v, slow %v)", i, rate, shun[hover.Fingerprint], slow[hover.Fingerprint])
+		}
+	}
+	if shun[fast.Fingerprint] {
+		t.Fatal("the fastest member shunned")
+	}
+	count := func(level string) (n int) {
+		recs, _ := rec.since(0)
+		for _, r := range recs {
+			if strings.HasPrefix(r, level+" ") && strings.Contains(r, "peer="+hover.Addr) {
+				n++
+			}
+		}
+		return n
+	}
+	if w, i := count("WARN"), count("INFO"); w != 1 || i != 0 {
+		recs, _ := rec.since(0)
+		t.Fatalf("a pace hovering around half the top's logged %d warnings and %d lifts, want 1 and 0:\n%s", w, i, strings.Join(recs, "\n"))
+	}
+
+	measure(fast, 1000)
+	measure(hover, 700) // within catchUpLifted of the top
+	if shun[hover.Fingerprint] || slow[hover.Fingerprint] {
+		t.Fatal("a member at 700 msgs/s against 1000 still shunned")
+	}
+	if i := count("INFO"); i != 1 {
+		t.Fatalf("the lift logged %d times, want once", i)
 	}
 }
