@@ -40,89 +40,101 @@ func steadyLeader(cfg *Config) {
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = time.Second, time.Second, time.Second
 }
 
-// holdLeaderFSM holds the state machine of l, leading, on an entry raft
-// was handed behind the node's back (so that Close does not wait for its
-// answer), and commits queuedBehind barriers behind it, each its own
-// batch on the state machine's queue. It returns what lets the state
-// machine go on; the test registers it for cleanup. led is false if l
-// stopped leading first.
-func holdLeaderFSM(t *testing.T, l *testMember) (release func(), led bool) {
-	t.Helper()
+// holdLeaderFSM holds the state machine of lead's member, leading, on an
+// entry raft was handed behind the node's back (so that Close does not
+// wait for its answer), and commits queuedBehind barriers behind it, each
+// its own batch on the state machine's queue. It returns what lets the
+// state machine go on; the test registers it for cleanup. led is false if
+// the member was deposed first.
+func holdLeaderFSM(lead *leadWatch) (release func(), led bool) {
+	lead.t.Helper()
+	l := lead.l
 	g := l.group("lobby")
 	release = l.host.holdAppends()
-	t.Cleanup(release) // before the members stop
+	lead.t.Cleanup(release) // before the members stop
 	seq, last := l.host.replica(g.ID).log.Tail()
 	e := []store.Entry{{Seq: seq + 1, Time: max(last+1, time.Now().UnixNano()), ID: newID(1 << 20), From: alice, Body: []byte("held")}}
 	l.node.raft.Apply(newEncoder().encodeSend(nil, g.ID, l.node.raft.CurrentTerm(), e), 0)
-	if !waitLeading(t, l, "the leader's state machine held on an append", func() bool { return l.host.heldAppends() > 0 }) {
+	if !lead.wait("the leader's state machine held on an append", func() bool { return l.host.heldAppends() > 0 }) {
 		return release, false
 	}
 	for range queuedBehind {
-		if !commitBarrier(t, l) {
+		if !commitBarrier(lead) {
 			return release, false
 		}
 	}
 	return release, true
 }
 
-// commitBarrier has l, leading, commit a barrier of its own, its own
-// batch on the state machine's queue; false if l stopped leading first.
-func commitBarrier(t *testing.T, l *testMember) bool {
-	t.Helper()
-	before := l.node.raft.LastIndex()
-	l.node.raft.Barrier(0)
-	return waitLeading(t, l, "a barrier committed", func() bool {
-		last := l.node.raft.LastIndex()
-		return last > before && l.node.raft.CommitIndex() >= last
+// commitBarrier has lead's member, leading, commit a barrier of its own,
+// its own batch on the state machine's queue; false if it was deposed
+// first.
+func commitBarrier(lead *leadWatch) bool {
+	lead.t.Helper()
+	r := lead.l.node.raft
+	before := r.LastIndex()
+	r.Barrier(0)
+	return lead.wait("a barrier committed", func() bool {
+		last := r.LastIndex()
+		return last > before && r.CommitIndex() >= last
 	})
 }
 
-// waitLeading waits, as waitUntil does, for cond, which l, leading, brings
-// about (a commit of its own); it returns false at once if l stops leading
-// first: a deposed leader commits nothing more, and what the test waited
-// for never came (deposedHeld). A raft whose main loop is blocked (behind
-// its held state machine: fsmQueue batches wait) still says it leads
-// after an election elsewhere, and waits on as its state machine does.
-func waitLeading(t *testing.T, l *testMember, what string, cond func() bool) bool {
-	t.Helper()
-	deposed := false
-	waitUntil(t, what, func() bool {
-		if cond() {
-			return true
-		}
-		deposed = l.node.raft.State() != raft.Leader
-		return deposed
-	})
-	return !deposed
+// leadWatch watches a member, leading, for its deposition until the test
+// ends (watchLead): an outcome a deposition changes (a proposal raft
+// answers ErrLeadershipLost, a sender told NotLeaderError, a commit that
+// never comes) is then no fault of what the test checks, which runs again
+// on a new cell (deposedHeld).
+type leadWatch struct {
+	t    *testing.T
+	l    *testMember
+	lost atomic.Bool
 }
 
-// watchLead watches l, leading, for its deposition until the test ends,
-// and returns what says whether l stopped leading since (its shutdown
-// by Close is no deposition): an outcome a deposition changes (a proposal raft
-// answers ErrLeadershipLost, a sender told NotLeaderError) is then no
-// fault of what the test checks, which runs again on a new cell
-// (deposedHeld). Raft says each change of its state to its observers, on
-// the goroutine that makes it: a leader deposed and elected again within
-// one poll of State is seen too.
-func watchLead(t *testing.T, l *testMember) (deposed func() bool) {
-	var lost atomic.Bool
+// watchLead watches l, leading, from now until the test ends. Raft says
+// each change of its state to its observers, on the goroutine that makes
+// it: a leader deposed and elected again within one poll of State is seen
+// too. (Until session 23 the waits polled State, apart from this watch.)
+func watchLead(t *testing.T, l *testMember) *leadWatch {
+	w := &leadWatch{t: t, l: l}
 	r := l.node.raft
 	obs := raft.NewObserver(nil, false, func(o *raft.Observation) bool {
 		if s, ok := o.Data.(raft.RaftState); ok && s != raft.Leader && s != raft.Shutdown {
-			lost.Store(true)
+			w.lost.Store(true)
 		}
 		return false
 	})
 	r.RegisterObserver(obs)
 	t.Cleanup(func() { r.DeregisterObserver(obs) })
 	if r.State() != raft.Leader {
-		lost.Store(true) // before the observer was registered
+		w.lost.Store(true) // before the observer was registered
 	}
-	return lost.Load
+	return w
+}
+
+// deposed reports whether the member stopped leading since the watch
+// began (its shutdown by Close is no deposition).
+func (w *leadWatch) deposed() bool { return w.lost.Load() }
+
+// wait waits, as waitUntil does, for cond, which the member, leading,
+// brings about (a commit of its own); it returns false at once if the
+// member was deposed first: a deposed leader commits nothing more, and
+// what the test waited for never came (deposedHeld). A raft whose main
+// loop is blocked (behind its held state machine: fsmQueue batches wait)
+// still says it leads after an election elsewhere, and waits on as its
+// state machine does.
+func (w *leadWatch) wait(what string, cond func() bool) bool {
+	w.t.Helper()
+	met := false
+	waitUntil(w.t, what, func() bool {
+		met = cond()
+		return met || w.deposed()
+	})
+	return met
 }
 
 // deposedHeld is what failed to hold when holdLeaderFSM, wedgeLeader,
-// commitBarrier, waitLeading or watchLead report their leader deposed, in
+// commitBarrier or a leadWatch report their leader deposed, in
 // whichever of the test's waits: with its state machine held it answers
 // nothing it commits, and on a loaded machine its lease may
 // run out (the heartbeats' answers later than LeaderLeaseTimeout): it
@@ -177,8 +189,8 @@ func TestCloseWhileChangeQueued(t *testing.T) {
 	rerunOnNewCells(t, 3, deposedHeld, func(t *testing.T) bool {
 		c := newTestCell(t, 3, false, steadyLeader)
 		l := c.leader()
-		deposed := watchLead(t, l)
-		release, led := holdLeaderFSM(t, l)
+		lead := watchLead(t, l)
+		release, led := holdLeaderFSM(lead)
 		if !led {
 			return false
 		}
@@ -188,7 +200,7 @@ func TestCloseWhileChangeQueued(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
 		go func() { added <- l.node.AddMember(ctx, self, stranger) }()
-		if !waitLeading(t, l, "the leader to commit the addition", func() bool {
+		if !lead.wait("the leader to commit the addition", func() bool {
 			_, ok := memberOf(l.node.Status(), stranger.Fingerprint)
 			return ok && l.node.raft.CommitIndex() >= l.node.raft.LastIndex()
 		}) {
@@ -196,7 +208,7 @@ func TestCloseWhileChangeQueued(t *testing.T) {
 		}
 		closeReleasing(t, l, release)
 		if err := <-added; err != nil {
-			if deposed() {
+			if lead.deposed() {
 				t.Logf("the addition, its leader deposed before Close: %v", err)
 				return false
 			}
@@ -217,12 +229,13 @@ func TestCloseWhilePromotionQueued(t *testing.T) {
 		d, releaseD := addCatchingUp(t, c)
 		l.node.changing <- struct{}{} // no promotion before the leader's state machine is held
 		releaseD()
-		release, led := holdLeaderFSM(t, l)
+		lead := watchLead(t, l)
+		release, led := holdLeaderFSM(lead)
 		<-l.node.changing
 		if !led {
 			return false
 		}
-		if !waitLeading(t, l, "the leader to commit the promotion", func() bool {
+		if !lead.wait("the leader to commit the promotion", func() bool {
 			m, _ := memberOf(l.node.Status(), d.id.Fingerprint())
 			return m.Voter && l.node.raft.CommitIndex() >= l.node.raft.LastIndex()
 		}) {
@@ -250,18 +263,19 @@ func TestCloseWhileChangeWaitsForRaft(t *testing.T) {
 	rerunOnNewCells(t, 3, deposedHeld, func(t *testing.T) bool {
 		c := newTestCell(t, 3, false, steadyLeader)
 		l := c.leader()
-		release, led := holdLeaderFSM(t, l)
+		lead := watchLead(t, l)
+		release, led := holdLeaderFSM(lead)
 		if !led {
 			return false
 		}
 		for l.node.raft.Stats()["fsm_pending"] != strconv.Itoa(fsmQueue) {
-			if !commitBarrier(t, l) {
+			if !commitBarrier(lead) {
 				return false
 			}
 		}
 		// One more: raft's main loop, handing it over, blocks from its
 		// commit on (CommitIndex is set in the same pass).
-		if !commitBarrier(t, l) {
+		if !commitBarrier(lead) {
 			return false
 		}
 		stranger := strangerPeer(t)
@@ -269,7 +283,7 @@ func TestCloseWhileChangeWaitsForRaft(t *testing.T) {
 		defer cancel()
 		added := make(chan error, 1)
 		go func() { added <- l.node.AddMember(ctx, l.node.Self().Fingerprint, stranger) }()
-		if !waitLeading(t, l, "the addition handed to raft", func() bool { return l.node.futures.Load() > 0 }) {
+		if !lead.wait("the addition handed to raft", func() bool { return l.node.futures.Load() > 0 }) {
 			return false // what it waits for is answered as the cell stops
 		}
 		closeReleasing(t, l, release)
@@ -373,8 +387,8 @@ func TestCloseWhileSendHeldPastSettle(t *testing.T) {
 		})
 		l := c.leader()
 		g := l.group("lobby")
-		deposed := watchLead(t, l)
-		release, led := holdLeaderFSM(t, l)
+		lead := watchLead(t, l)
+		release, led := holdLeaderFSM(lead)
 		if !led {
 			return false
 		}
@@ -385,7 +399,7 @@ func TestCloseWhileSendHeldPastSettle(t *testing.T) {
 			_, err := n.Send(context.Background(), g.ID, []store.Entry{{ID: newID(1), From: alice, Body: []byte("behind")}}, nil)
 			sent <- err
 		}()
-		if !waitLeading(t, l, "the send committed, queued behind the held entry", func() bool {
+		if !lead.wait("the send committed, queued behind the held entry", func() bool {
 			last := n.raft.LastIndex()
 			return last > before && n.raft.CommitIndex() >= last
 		}) {
@@ -397,7 +411,7 @@ func TestCloseWhileSendHeldPastSettle(t *testing.T) {
 		select {
 		case err := <-sent:
 			if err != nil && !errors.Is(err, ErrClosed) {
-				if deposed() {
+				if lead.deposed() {
 					t.Logf("the send, its leader deposed before Close: %v", err)
 					return false
 				}

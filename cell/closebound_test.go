@@ -26,15 +26,16 @@ import (
 // (deposedHeld).
 func wedgeLeader(t *testing.T, l *testMember) (release func(), led bool) {
 	t.Helper()
-	if release, led = holdLeaderFSM(t, l); !led {
+	lead := watchLead(t, l)
+	if release, led = holdLeaderFSM(lead); !led {
 		return release, false
 	}
 	for l.node.raft.Stats()["fsm_pending"] != strconv.Itoa(fsmQueue) {
-		if !commitBarrier(t, l) {
+		if !commitBarrier(lead) {
 			return release, false
 		}
 	}
-	if !commitBarrier(t, l) { // raft's main loop blocks handing this one over
+	if !commitBarrier(lead) { // raft's main loop blocks handing this one over
 		return release, false
 	}
 	for queued := 0; ; queued++ {
