@@ -194,14 +194,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	host := newTestHost(dir)
 	x := newFSMFixture(t, host)
 	x.apply(2, encodeJoin(nil, x.spec.ID, Member{Fingerprint: wire.Fingerprint{7}, Name: "bob", Joined: 5}, 10), x.send(2, 1, 100, 4))
-	snap, err := x.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
+	sink := x.snapshot()
 	host.close()
 
 	host2 := newTestHost(dir)
@@ -220,6 +213,20 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	if err := f3.Restore(sink.reader()); err == nil {
 		t.Fatal("restore into an empty log with no peer succeeded")
 	}
+}
+
+// snapshot takes a snapshot of x's state machine, persisted to a memSink.
+func (x *fsmFixture) snapshot() *memSink {
+	x.t.Helper()
+	snap, err := x.f.Snapshot()
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		x.t.Fatal(err)
+	}
+	return sink
 }
 
 type memSink struct {

@@ -71,14 +71,7 @@ func TestFSMRestoreWhileClosing(t *testing.T) {
 	x := newFSMFixture(t, newTestHost(t.TempDir()))
 	t.Cleanup(x.host.close)
 	x.apply(2, x.send(2, 1, 100, 4))
-	snap, err := x.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
+	sink := x.snapshot()
 	closed := make(chan struct{})
 	close(closed)
 	for _, tc := range []struct {
