@@ -635,7 +635,7 @@ type shunned map[wire.Fingerprint]bool
 func (n *Node) catchUpOrder() []Peer {
 	var order []Peer
 	leader, ok := n.Leader()
-	if ok && leader != n.self {
+	if ok && leader != n.self && !groupHost(leader.Addr) {
 		order = append(order, leader)
 	}
 	n.learnMu.Lock()
@@ -657,7 +657,10 @@ func (n *Node) catchUpOrder() []Peer {
 		}
 		return r
 	}
-	rest := slices.DeleteFunc(n.tr.peerList(), func(p Peer) bool { return p == n.self || p == leader })
+	// A member at a multicast or broadcast address is not dialed (its
+	// refusal logged once, refuseGroup): asked, it failed each round with
+	// a warning.
+	rest := slices.DeleteFunc(n.tr.peerList(), func(p Peer) bool { return p == n.self || p == leader || groupHost(p.Addr) })
 	slices.SortFunc(rest, func(a, b Peer) int { return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a.Addr, b.Addr)) })
 	return append(order, rest...)
 }

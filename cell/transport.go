@@ -688,6 +688,13 @@ func groupAddr(ip netip.Addr) bool {
 	return ip.IsMulticast() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
+// groupHost reports whether addr's host is an IP address that is a
+// groupAddr. A host name is judged as it resolves, at the dial.
+func groupHost(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	return err == nil && groupAddr(ap.Addr())
+}
+
 // refuseGroup returns an error wrapping ErrGroupAddr if ip, which the
 // member's address addr resolved to, is a groupAddr, and logs the refusal
 // the first time for addr (raft dials a member it cannot reach again and
