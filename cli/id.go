@@ -29,11 +29,19 @@ func runID(ctx context.Context, env Env, args []string) int {
 		return fail(env, "id", err)
 	}
 	if asJSON {
-		printJSON(env.Stdout, map[string]string{"fingerprint": id.Fingerprint().String(), "key": filepath.Join(dir, identity.KeyFile)})
+		printJSON(env.Stdout, idJSON{Fingerprint: id.Fingerprint().String(), Key: filepath.Join(dir, identity.KeyFile)})
 		return ExitOK
 	}
 	fmt.Fprintln(env.Stdout, id.Fingerprint())
 	return ExitOK
+}
+
+// idJSON is id --json's object, its keys in the order README.md lists
+// them (a map's, sorted, until session 23: the same order, by chance of
+// the names, which a key added would not keep).
+type idJSON struct {
+	Fingerprint string `json:"fingerprint"`
+	Key         string `json:"key"`
 }
 
 func runForgetRegistry(ctx context.Context, env Env, args []string) int {

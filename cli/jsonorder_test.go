@@ -16,7 +16,7 @@ import (
 	"github.com/huddle-chat/huddle/wire"
 )
 
-// TestJSONKeysInREADMEOrder: join, leave, members and info --json print
+// TestJSONKeysInREADMEOrder: join, leave, id, members and info --json print
 // their keys in the order README.md lists them (info's limits in the order huddle
 // info shows them, which README.md lists too). Scripts read the README's
 // contract; the keys came out sorted (maps, until session 22), so a
@@ -35,6 +35,10 @@ func TestJSONKeysInREADMEOrder(t *testing.T) {
 	left := u.ok(t, "leave", "dev", "--json")
 	if got, want := objectKeys(t, left, ""), documented("leave"); !slices.Equal(got, want) {
 		t.Errorf("leave --json keys %v, README.md lists %v\n%s", got, want, left)
+	}
+	id := u.ok(t, "id", "--json")
+	if got, want := objectKeys(t, id, ""), documented("id"); !slices.Equal(got, want) {
+		t.Errorf("id --json keys %v, README.md lists %v\n%s", got, want, id)
 	}
 	members := u.ok(t, "members", "lobby", "--json")
 	if got, want := objectKeys(t, members, ""), documented("members"); !slices.Equal(got, want) {
