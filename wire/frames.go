@@ -775,7 +775,9 @@ func checkAddrs(what string, addrs []string) error {
 // a name of blanks alone for none (until session 23, when U+3164 alone
 // was refused but " " or U+3000 alone was taken). Blanks within a name
 // are kept: "Mary Ann" is a name, and where names are told apart a run
-// of blanks counts as one (the CLI's lookalike).
+// of blanks counts as one (the CLI's lookalike). The ends are judged
+// without variation selectors, which show as nothing: "alice " followed
+// by U+FE0F ends with a blank, and U+FE0F alone is blanks alone.
 func checkName(what, name string) error {
 	if name == "" {
 		return fmt.Errorf("%s is empty", what)
@@ -796,10 +798,20 @@ func checkName(what, name string) error {
 			return fmt.Errorf("%s contains a character shown as nothing or as a blank (U+%04X)", what, r)
 		}
 	}
-	switch trimmed := strings.TrimSpace(name); {
+	// Judged as shown: a variation selector draws nothing of its own, so
+	// one after a blank leaves that blank at the end ("alice " and U+FE0F
+	// passed for "alice" until session 23's review), and selectors alone
+	// show as no name.
+	shown := strings.Map(func(r rune) rune {
+		if unicode.Is(unicode.Variation_Selector, r) {
+			return -1
+		}
+		return r
+	}, name)
+	switch trimmed := strings.TrimSpace(shown); {
 	case trimmed == "":
 		return fmt.Errorf("%s is only blanks, which shows as no name", what)
-	case trimmed != name:
+	case trimmed != shown:
 		return fmt.Errorf("%s starts or ends with a blank, which shows as the name without it (%q)", what, trimmed)
 	}
 	return nil

@@ -418,6 +418,15 @@ func TestCheckName(t *testing.T) {
 		{"alice\u00a0", ErrBadRequest},
 		{"\u3000alice", ErrBadRequest},
 		{"alice\u205f", ErrBadRequest}, // medium mathematical space
+		// A variation selector shows as nothing: after a blank it leaves
+		// that blank at the end, and alone it is no name (session 23's
+		// review); after a letter or an emoji it is kept.
+		{"alice \ufe0f", ErrBadRequest},
+		{"alice\u3000\U000E0100", ErrBadRequest},
+		{"\ufe0f alice", ErrBadRequest},
+		{"\ufe0f", ErrBadRequest},
+		{"\u180b\ufe00", ErrBadRequest},
+		{"bob \u2764\ufe0f", nil},
 	} {
 		if err := CheckName(tc.name); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 			t.Errorf("CheckName(%q) = %v, want %v", tc.name, err, tc.want)

@@ -192,7 +192,8 @@ func loadMembers(dir string, g wire.UUID) ([]memberRecord, error) {
 // rather than stop for it: without the format characters and separators
 // (U+202E..., refused since session 19) and fillers (U+3164..., since
 // session 20) it holds, and without blanks at either end (since session
-// 23); as U+FFFD if nothing is left, a name that showed as none. A name
+// 23; with the variation selectors beside them there); as U+FFFD if
+// nothing is left, a name that showed as none. A name
 // wire.CheckName takes is returned as it is; one with a control
 // character still fails it.
 func legacyName(name string) string {
@@ -205,6 +206,11 @@ func legacyName(name string) string {
 		}
 		return r
 	}, name))
+	if wire.CheckName(t) != nil {
+		// Blanks a variation selector hid from TrimSpace ("alice " and
+		// U+FE0F, refused since session 23), or selectors alone.
+		t = strings.TrimFunc(t, func(r rune) bool { return unicode.IsSpace(r) || unicode.Is(unicode.Variation_Selector, r) })
+	}
 	if t == "" && name != "" {
 		return "\uFFFD"
 	}
