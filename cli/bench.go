@@ -83,6 +83,11 @@ from runs without it.`,
 		}
 		cfg.RegistryFingerprint = fp
 	}
+	if cfg.Registry != "" {
+		if err := checkRegistryAddr(cfg.Registry); err != nil {
+			return usageErr(env, "bench", "--registry %q: %v", cfg.Registry, err)
+		}
+	}
 	if cfg.Registry == "" && cfg.ServerPID != 0 {
 		return usageErr(env, "bench", "--server-pid goes with --registry; without it bench measures its own daemon")
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -47,9 +48,15 @@ func runCell(ctx context.Context, env Env, args []string) int {
 	if f.server == "" {
 		return usageErr(env, verb, "name a member of the cell with --server HOST:PORT")
 	}
-	if _, port, err := net.SplitHostPort(f.server); err != nil || port == "" {
+	host, port, err := net.SplitHostPort(f.server)
+	if err != nil || port == "" {
 		// A bare host would be dialled at the registry's port, 7373.
 		return usageErr(env, verb, "--server %q: want HOST:PORT of a member of the cell (its huddle serve --listen address)", f.server)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && manyHosts(ip) {
+		// Dialled as given until session 23: QUIC Initials to every host
+		// of the link.
+		return usageErr(env, verb, "--server %q: %s is a multicast or broadcast address, which no member has: give a member's own address (its huddle serve --listen address)", f.server, host)
 	}
 	var pin wire.Fingerprint
 	if f.fingerprint != "" {

@@ -98,6 +98,8 @@ func TestBadFlagsRefusedBeforeStart(t *testing.T) {
 		{"client registry multicast", nil, []string{"groups", "--registry", "224.0.0.251:7373"}, []string{`"224.0.0.251:7373"`, "--registry", "multicast or broadcast"}},
 		{"client registry broadcast from the environment", map[string]string{"HUDDLE_REGISTRY": "127.0.0.1:7373,255.255.255.255"}, []string{"groups"}, []string{"HUDDLE_REGISTRY", `"255.255.255.255"`, "multicast or broadcast"}},
 		{"daemon registry multicast", nil, daemonArgs("serve", "--registry", "[ff02::fb]:7373"), []string{`"[ff02::fb]:7373"`, "--registry", "multicast or broadcast"}},
+		{"cell server multicast", nil, []string{"cell", "status", "--server", "224.0.0.251:7374"}, []string{`"224.0.0.251:7374"`, "--server", "multicast or broadcast"}},
+		{"bench registry broadcast", nil, []string{"bench", "send", "--registry", "255.255.255.255:7373"}, []string{`"255.255.255.255:7373"`, "--registry", "multicast or broadcast"}},
 		{"client timeout", nil, []string{"fetch", "lobby", "--timeout", "soon"}, []string{`"soon"`, "--timeout"}},
 		{"bare huddle", nil, nil, []string{"Usage: huddle COMMAND"}},
 	} {
