@@ -352,6 +352,59 @@ func TestResponderReplies(t *testing.T) {
 	}
 }
 
+// TestPacedAnswersGoToGroup: a legacy query whose direct answer
+// answerPace holds back is answered to the group, at most once a second.
+// The bounds are spent by whoever forges on-link sources: until session
+// 23's review, an honest querier whose address (8 forged queries a
+// second) or the link's whole bound (64 a second from any sources) was
+// spent got no answer at all, the registry announcing itself only as it
+// starts; our browsers hear the group (queryLoop).
+func TestPacedAnswersGoToGroup(t *testing.T) {
+	q := &dns.Msg{Question: []dns.Question{{Name: serviceName, Qtype: dns.TypePTR, Qclass: dns.ClassINET}}}
+	now := time.Now()
+	ask := func(r *responder, from string, at time.Duration) string {
+		dst, ok := r.replyTo(q, netip.MustParseAddrPort(from), now.Add(at))
+		if !ok {
+			return ""
+		}
+		return dst.String()
+	}
+	prefixes := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}
+
+	// One address's bound spent (a neighbour forging the querier's
+	// address): its next query is answered to the group, once a second.
+	r := &responder{prefixes: prefixes}
+	for i := range paceBurst {
+		if got := ask(r, "10.0.0.5:40000", 0); got != "10.0.0.5:40000" {
+			t.Fatalf("query %d of a burst: answered to %q, want the querier", i+1, got)
+		}
+	}
+	for _, tc := range []struct {
+		at   time.Duration
+		want string
+	}{
+		{0, "224.0.0.251:5353"},
+		{50 * time.Millisecond, ""}, // within a second of the group's answer, its bucket not a token fuller
+		{1100 * time.Millisecond, "10.0.0.5:40000"},
+	} {
+		if got := ask(r, "10.0.0.5:40000", tc.at); got != tc.want {
+			t.Errorf("past its address's bound, at +%v: answered to %q, want %q", tc.at, got, tc.want)
+		}
+	}
+
+	// The bound of all spent by forged sources: a querier never heard
+	// from before is answered to the group.
+	r = &responder{prefixes: prefixes}
+	for i := range paceAllBurst {
+		if got := ask(r, fmt.Sprintf("10.0.0.%d:40000", 10+i/paceBurst), 0); got == "" || got == "224.0.0.251:5353" {
+			t.Fatalf("query %d within the bound of all: answered to %q, want the querier", i+1, got)
+		}
+	}
+	if got := ask(r, "10.0.0.200:40000", 0); got != "224.0.0.251:5353" {
+		t.Errorf("a new querier past the bound of all: answered to %q, want the group", got)
+	}
+}
+
 // TestBrowseFreesPlaces checks that a place among the registries Browse
 // reports is held while its registry verifies, not for as long as Browse
 // runs. Once MaxRegistries keys (or MaxRegistriesPerSource from one

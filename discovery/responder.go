@@ -139,7 +139,7 @@ func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
 		return
 	}
 	resp := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}, Compress: true, Answer: answers}
-	if legacy {
+	if legacy && dst != mdnsDest {
 		resp.Id = q.Id
 		resp.Question = q.Question
 	}
@@ -154,7 +154,14 @@ func (r *responder) answer(q *dns.Msg, from netip.AddrPort) {
 // choosing), and within answerPace's bounds unless it is this host on lo;
 // otherwise to the group, at most once every announceGap
 // (RFC 6762 §6: the answer just multicast serves every querier on the
-// link, and a flood of queries would be a flood of multicasts).
+// link, and a flood of queries would be a flood of multicasts). A query
+// answerPace holds back is answered to the group too: the bounds are
+// spent by anyone who forges queries from on-link sources (64 a second
+// spend them all, 8 a second from a querier's address its own), and an
+// honest querier then had no answer at all, the registry announcing
+// itself only as it starts; our browsers hear the group beside their
+// query socket (queryLoop), and the group gets no more than its one
+// answer a second.
 func (r *responder) replyTo(q *dns.Msg, from netip.AddrPort, now time.Time) (netip.AddrPort, bool) {
 	unicast := from.Port() != mdnsPort
 	for _, qq := range q.Question {
@@ -176,7 +183,9 @@ func (r *responder) replyTo(q *dns.Msg, from netip.AddrPort, now time.Time) (net
 			// web, each command) asks from there.
 			return from, true
 		}
-		return from, r.direct.allow(a, now)
+		if r.direct.allow(a, now) {
+			return from, true
+		}
 	}
 	if !r.lastMulticast.IsZero() && now.Sub(r.lastMulticast) < announceGap {
 		return netip.AddrPort{}, false
