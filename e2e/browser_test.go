@@ -153,7 +153,13 @@ func (b *browser) waitForWithin(what, expr string, timeout time.Duration) {
 			}
 		}
 	}()
+	start := time.Now()
 	_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(20*time.Millisecond), chromedp.WithPollingTimeout(timeout)))
+	if waited := time.Since(start); testing.Verbose() && waited >= time.Second {
+		// Which waits a slow run spent its time on, as the harness logs
+		// each client verb's time.
+		b.t.Logf("%v: waited for %s", waited.Round(time.Millisecond), what)
+	}
 	cancel()
 	<-looked
 	select {
