@@ -3,10 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/huddle-chat/huddle/client"
+	"github.com/huddle-chat/huddle/identity"
 )
 
 // upLine is the line huddle up prints once its registry listens.
@@ -51,6 +55,22 @@ type testUser struct {
 	beforeVerify func(g *gatherer, fingerprint string)
 	// browse, if set, is the commands' Env.browse.
 	browse func(verb string) error
+}
+
+// newTestClient returns a Go client of a key of its own (its pins in a
+// file of the test's), closed as the test ends.
+func newTestClient(t *testing.T) *client.Client {
+	t.Helper()
+	id, err := identity.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }
 
 func newTestUser(t *testing.T, registry string) *testUser {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -85,15 +84,7 @@ func TestJoinedCellRemovedMemberAlone(t *testing.T) {
 	s.record(t.Context(), wire.GroupEntry{Group: group, Name: "general", Fingerprint: b.Fingerprint, Addrs: []string{b.Addr},
 		Replicas: []wire.Replica{a, {Addr: b.Addr, Fingerprint: b.Fingerprint, Leader: true}, c}})
 
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newTestClient(t)
 	// The rogue registry's listing: the group at the stolen key alone,
 	// leading; the real registry's: the cell now (b, c and d).
 	rogueListing := client.ListedGroup{GroupEntry: wire.GroupEntry{Group: group, Name: "general", Fingerprint: a.Fingerprint, Addrs: []string{a.Addr},

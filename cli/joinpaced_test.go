@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/huddle-chat/huddle/client"
-	"github.com/huddle-chat/huddle/identity"
 	"github.com/huddle-chat/huddle/wire"
 )
 
@@ -36,15 +35,7 @@ func TestJoinPacedSaysWhen(t *testing.T) {
 	// over one connection until the test ends, taking each token of the
 	// address's bucket (10, then 1 a second) as it comes back, so that the
 	// user's join finds it empty however slowly the machine runs it.
-	id, err := identity.Generate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := client.New(client.Config{Identity: id, KnownHosts: identity.OpenKnownHosts(filepath.Join(t.TempDir(), "known"))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newTestClient(t)
 	r, err := cl.Registry(t.Context(), reg, client.Fingerprint{})
 	if err != nil {
 		t.Fatal(err)
