@@ -63,9 +63,11 @@ func TestFSMCreateWhileClosing(t *testing.T) {
 // not restore at error level. One refused because the member is closing
 // is expected, and said so at info (restoreRefusedClosing): at start
 // (raft's own NewRaft, run here) and for a snapshot the leader sent
-// (whose error raft formats with %v, dropping what it wraps). A restore
-// that fails otherwise (a snapshot unreadable) is still an error. Until
-// session 23 the closing refusal was logged as an error.
+// (whose error raft formats with %v, dropping what it wraps), where the
+// leader's line for the refusal it reads is info too (sentRefusedClosing).
+// A restore that fails otherwise (a snapshot unreadable) is still an
+// error, on both. Until session 23 the closing refusal was logged as an
+// error, on both.
 func TestFSMRestoreWhileClosing(t *testing.T) {
 	// A snapshot of a cell holding one group of 4 messages.
 	x := newFSMFixture(t, newTestHost(t.TempDir()))
@@ -82,12 +84,13 @@ func TestFSMRestoreWhileClosing(t *testing.T) {
 		sent      bool // by the leader, once started: raft logs the error through %v
 		wantLevel slog.Level
 		wantMsg   string
+		leaderMsg string // the leader's line, for a snapshot sent
 	}{
-		{"at start, closing", true, false, sink.Bytes(), false, slog.LevelInfo, restoreRefusedClosing},
-		{"sent, closing", true, false, sink.Bytes(), true, slog.LevelInfo, restoreRefusedClosing},
-		{"sent, closing during its catch-up", false, true, sink.Bytes(), true, slog.LevelInfo, restoreRefusedClosing},
-		{"at start, unreadable", false, false, []byte("not a snapshot"), false, slog.LevelError, raftRestoreFailed},
-		{"sent, unreadable", false, false, []byte("not a snapshot"), true, slog.LevelError, raftRestoreFailed},
+		{"at start, closing", true, false, sink.Bytes(), false, slog.LevelInfo, restoreRefusedClosing, ""},
+		{"sent, closing", true, false, sink.Bytes(), true, slog.LevelInfo, restoreRefusedClosing, sentRefusedClosing},
+		{"sent, closing during its catch-up", false, true, sink.Bytes(), true, slog.LevelInfo, restoreRefusedClosing, sentRefusedClosing},
+		{"at start, unreadable", false, false, []byte("not a snapshot"), false, slog.LevelError, raftRestoreFailed, ""},
+		{"sent, unreadable", false, false, []byte("not a snapshot"), true, slog.LevelError, raftRestoreFailed, raftInstallFailed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			closing := make(chan struct{})
@@ -106,21 +109,29 @@ func TestFSMRestoreWhileClosing(t *testing.T) {
 			recs := make(recordChan, 100)
 			log := hclogFor(slog.New(recs), "raft")
 			if tc.sent {
-				// As raft's installSnapshot logs the restore's error.
+				// As raft's installSnapshot logs the restore's error, and
+				// the leader the answer it reads (raftwire's rpcError).
 				err := f.Restore(readCloser{bytes.NewReader(tc.snapshot)})
 				if err == nil {
 					t.Fatal("restored")
 				}
-				log.Error("failed to restore snapshot", "error", fmt.Errorf("failed to restore snapshot %v: %v", "2-10-1", err))
+				err = fmt.Errorf("failed to restore snapshot %v: %v", "2-10-1", err)
+				log.Error("failed to restore snapshot", "error", err)
+				leaderLog := hclogFor(slog.New(recs), "raft")
+				leaderLog.Error("failed to install snapshot", "id", "2-10-1", "error", remoteError(err.Error()))
 			} else {
 				raftRestores(t, f, log, tc.snapshot)
 			}
 			close(recs)
-			said := 0
+			want := map[string]int{tc.wantMsg: 0}
+			if tc.leaderMsg != "" {
+				want[tc.leaderMsg] = 0
+			}
 			for r := range recs {
+				_, wanted := want[r.Message]
 				switch {
-				case r.Message == tc.wantMsg:
-					said++
+				case wanted:
+					want[r.Message]++
 					if r.Level != tc.wantLevel {
 						t.Errorf("%q logged at %v, want %v", r.Message, r.Level, tc.wantLevel)
 					}
@@ -128,8 +139,10 @@ func TestFSMRestoreWhileClosing(t *testing.T) {
 					t.Errorf("logged %q at %v", r.Message, r.Level)
 				}
 			}
-			if said != 1 {
-				t.Errorf("%q logged %d times, want once", tc.wantMsg, said)
+			for msg, said := range want {
+				if said != 1 {
+					t.Errorf("%q logged %d times, want once", msg, said)
+				}
 			}
 		})
 	}

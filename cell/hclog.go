@@ -53,15 +53,23 @@ const (
 // the member is closing (fsm.closingRefusal) is expected, not an error:
 // restoreRefusedClosing says so at info level. Logged as an error until
 // session 23.
+//
+// raftInstallFailed is the leader's error line for a snapshot it sent
+// that the member did not take: a member that refused it because it is
+// closing answers with that refusal's text (a remoteError), and
+// sentRefusedClosing says so at info level.
 const (
 	raftRestoreFailed     = "failed to restore snapshot"
 	restoreRefusedClosing = "cell: snapshot not restored: this member is closing (expected: it is restored, or sent again, at its next start)"
+	raftInstallFailed     = "failed to install snapshot"
+	sentRefusedClosing    = "cell: a member did not restore the snapshot sent: it is closing (expected: it is sent again once the member is back)"
 )
 
 // restoreClosing reports whether an error among raft's args is a restore
 // refused as the member closes: one wrapping ErrClosed, or holding its
 // text (raft formats the error of a snapshot the leader sent with %v,
-// which drops what it wraps).
+// which drops what it wraps, and the leader reads the member's answer as
+// text: remoteError).
 func restoreClosing(args []any) bool {
 	for _, a := range args {
 		if err, ok := a.(error); ok && (errors.Is(err, ErrClosed) || strings.Contains(err.Error(), ErrClosed.Error())) {
@@ -80,6 +88,8 @@ func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 		lv = slog.LevelDebug
 	case msg == raftRestoreFailed && restoreClosing(args):
 		lv, msg = slog.LevelInfo, restoreRefusedClosing
+	case msg == raftInstallFailed && restoreClosing(args):
+		lv, msg = slog.LevelInfo, sentRefusedClosing
 	}
 	a.l.Log(context.Background(), lv, msg, formatted(args)...)
 }
