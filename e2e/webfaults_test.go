@@ -446,6 +446,10 @@ func TestWebFollowsMovedGroup(t *testing.T) {
 func webFollowsMovedGroup(t *testing.T, kill, newKey bool) {
 	w := startLobbyPage(t)
 	reg, state, gd, lobby, bob, b := w.reg, w.state, w.gd, w.lobby, w.bob, w.b
+	// Killed, the group is never unlisted, so no word of its daemon back
+	// wakes the typed message's retries: it was tried again at the end of
+	// a backoff of up to 8 s after the move. The same tries, sooner.
+	fastRetries(b)
 
 	g := fmt.Sprintf(`window.huddle.state.groups.get(%s)`, jsString(lobby))
 	if kill {
