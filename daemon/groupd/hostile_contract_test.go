@@ -16,7 +16,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/quic-go/quic-go"
 
-	"github.com/huddle-chat/huddle/daemon/internal/peertest"
 	"github.com/huddle-chat/huddle/daemon/server"
 	"github.com/huddle-chat/huddle/wire"
 )
@@ -152,8 +151,8 @@ func attackEmptyStreams(t *testing.T, h *hostile) {
 	}{{h.d.Addr(), h.d.Fingerprint()}, {h.r.Addr(), h.r.Fingerprint()}} {
 		// Dialled just before use: a connection left idle past the
 		// servers' idle timeout (2 s here) while the other server's
-		// streams run would be gone. It keeps itself alive as the client
-		// package's connections do: under load this goroutine can stall
+		// streams run would be gone. It keeps itself alive (every test
+		// peer does: peertest.KeepAlive): under load this goroutine can stall
 		// between two streams for as long as the idle timeout (load 8-30,
 		// -race), and the connection then died at one end first. Seen as
 		// "empty stream 133: ... received a stateless reset" when the
@@ -166,7 +165,7 @@ func attackEmptyStreams(t *testing.T, h *hostile) {
 		// runs the attack again on a new one, 3 times at most.
 		var p *peer
 		for try := 1; p == nil; try++ {
-			p = dialKeptAlive(t, s.addr, s.fp)
+			p = dial(t, s.addr, s.fp, nil)
 			if i, stall, err := emptyStreams(t, p); err != nil {
 				var idle *quic.IdleTimeoutError
 				var reset *quic.StatelessResetError
@@ -217,15 +216,6 @@ func emptyStreams(t *testing.T, p *peer) (int, time.Duration, error) {
 		last = time.Now()
 	}
 	return 0, 0, nil
-}
-
-// dialKeptAlive is dial for a connection that must outlive its own
-// client's stalls: it PINGs the server when nothing came from it for a
-// quarter of the servers' idle timeout.
-func dialKeptAlive(t *testing.T, addr net.Addr, pin wire.Fingerprint) *peer {
-	t.Helper()
-	p := peertest.DialFromWith(t, "127.0.0.1", addr, pin, &quic.Config{MaxIdleTimeout: 30 * time.Second, KeepAlivePeriod: hostileIdleTimeout / 4})
-	return &peer{t: t, id: p.ID, conn: p.Conn}
 }
 
 // spacedHex decodes hex digits written with spaces between bytes.

@@ -74,13 +74,32 @@ func NewKey(t *testing.T) *identity.Identity {
 	return id
 }
 
-// Dial connects to addr with key id (a new one if nil), pinning pin.
+// KeepAlive is how often a test peer PINGs a server it has heard nothing
+// from (quic-go PINGs at half the connection's idle timeout if that is
+// sooner): a quarter of the shortest idle timeout the tests give a server
+// (2 s, groupd's hostile suite). A test peer is often left idle between
+// its steps, for as long as its test's other work takes; under load that
+// was 2 s and more, and a server dropped the peer for its silence (the
+// hostile suite's empty-streams attack, session 22), failing the test's
+// next step with a stateless reset or "no recent network activity". A
+// test that wants a connection to idle out dials its own (quic.DialAddr,
+// or DialFromWith with no KeepAlivePeriod).
+const KeepAlive = 500 * time.Millisecond
+
+// config is a test peer's QUIC configuration: PINGs every KeepAlive, and
+// an idle timeout of its own longer than any server's in the tests.
+func config() *quic.Config {
+	return &quic.Config{MaxIdleTimeout: 30 * time.Second, KeepAlivePeriod: KeepAlive}
+}
+
+// Dial connects to addr with key id (a new one if nil), pinning pin. The
+// connection is kept alive (KeepAlive).
 func Dial(t *testing.T, addr net.Addr, pin wire.Fingerprint, id *identity.Identity) *Peer {
 	t.Helper()
 	if id == nil {
 		id = NewKey(t)
 	}
-	conn, err := quic.DialAddr(Ctx(t), addr.String(), id.ClientTLS(pin, nil), &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	conn, err := quic.DialAddr(Ctx(t), addr.String(), id.ClientTLS(pin, nil), config())
 	if err != nil {
 		t.Fatalf("dial %v: %v", addr, err)
 	}
@@ -90,10 +109,10 @@ func Dial(t *testing.T, addr net.Addr, pin wire.Fingerprint, id *identity.Identi
 
 // DialFrom connects to addr from the local address local (another
 // loopback address: another source address to the server), with a new
-// key.
+// key, kept alive as Dial's.
 func DialFrom(t *testing.T, local string, addr net.Addr, pin wire.Fingerprint) *Peer {
 	t.Helper()
-	return DialFromWith(t, local, addr, pin, &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	return DialFromWith(t, local, addr, pin, config())
 }
 
 // DialFromWith is DialFrom with the connection's QUIC configuration.
