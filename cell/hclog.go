@@ -65,6 +65,17 @@ const (
 	sentRefusedClosing    = "cell: a member did not restore the snapshot sent: it is closing (expected: it is sent again once the member is back)"
 )
 
+// raftNewerTerm is a leader's error line, per member, when a member
+// answers with a newer term: another member stood for election (after a
+// partition or a pause), and this leader steps down. That is raft working
+// as meant, said once per member at every deposition, not an error:
+// deposedByTerm says so at info level (logged as an error until session
+// 23, which had operators of a healthy cell looking for a fault).
+const (
+	raftNewerTerm = "peer has newer term, stopping replication"
+	deposedByTerm = "cell: a member has a newer term (it stood for election): this member steps down as leader"
+)
+
 // restoreClosing reports whether an error among raft's args is a restore
 // refused as the member closes: one wrapping ErrClosed, or holding its
 // text (raft formats the error of a snapshot the leader sent with %v,
@@ -90,6 +101,8 @@ func (a *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 		lv, msg = slog.LevelInfo, restoreRefusedClosing
 	case msg == raftInstallFailed && restoreClosing(args):
 		lv, msg = slog.LevelInfo, sentRefusedClosing
+	case msg == raftNewerTerm:
+		lv, msg = slog.LevelInfo, deposedByTerm
 	}
 	a.l.Log(context.Background(), lv, msg, formatted(args)...)
 }

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,4 +75,36 @@ func TestJoinerWaitsQuietly(t *testing.T) {
 			t.Fatalf("a member waiting to join did not say so within %v", waitTimeout)
 		}
 	}
+}
+
+// TestDepositionNotAnError: a leader that a member's newer term deposes
+// says so at info level, in the cell's words; raft's own line (an error)
+// is not passed on. The line is raft's text in the version go.mod pins
+// (replication.go); a raft that words it otherwise fails this test.
+func TestDepositionNotAnError(t *testing.T) {
+	recs := make(recordChan, 10)
+	l := hclogFor(slog.New(recs), "raft")
+	l.Error("peer has newer term, stopping replication", "peer", "{Voter a 127.0.0.1:1}")
+	r := <-recs
+	if r.Level != slog.LevelInfo || r.Message != deposedByTerm {
+		t.Errorf("logged %v %q, want info %q", r.Level, r.Message, deposedByTerm)
+	}
+	src, err := os.ReadFile(raftSource(t, "replication.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(src), `"`+raftNewerTerm+`"`) {
+		t.Errorf("raft's replication.go no longer logs %q: the cell's mapping misses its line", raftNewerTerm)
+	}
+}
+
+// raftSource is the path of file in the hashicorp/raft module this
+// package builds with.
+func raftSource(t *testing.T, file string) string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/hashicorp/raft").Output()
+	if err != nil {
+		t.Fatalf("go list -m github.com/hashicorp/raft: %v", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), file)
 }
