@@ -13,6 +13,9 @@ export class APIError extends Error {
     // A send whose outcome is unknown (it may be stored): retried with
     // its id, it is stored once.
     this.inDoubt = !!body.in_doubt;
+    // No answer of huddle web's was read (the connection failed, or its
+    // reply was cut): the request may have done its work before that.
+    this.unanswered = !!body.unanswered;
   }
 }
 
@@ -26,13 +29,13 @@ export async function call(method, path, body) {
   try {
     res = await fetch(path, init);
   } catch (e) {
-    throw new APIError(0, {code: 'offline', message: 'huddle web cannot be reached: is it still running?'});
+    throw new APIError(0, {code: 'offline', message: 'huddle web cannot be reached: is it still running?', unanswered: true});
   }
   let data;
   try {
     data = await res.json();
   } catch (e) {
-    throw new APIError(res.status, {code: 'internal', message: `unreadable reply (HTTP ${res.status})`});
+    throw new APIError(res.status, {code: 'internal', message: `unreadable reply (HTTP ${res.status})`, unanswered: true});
   }
   if (!res.ok) throw new APIError(res.status, data.error || {code: 'internal', message: `HTTP ${res.status}`});
   return data;
@@ -58,8 +61,23 @@ export const api = {
   },
   // after ({epoch, seq}), for a retry of a message in doubt: where the page
   // saw the log stand before its first try (PROTOCOL.md §8.5).
-  send: (id, text, msgID, after) => call('POST', `/api/groups/${id}/messages`,
-    after ? {text, id: msgID, after_epoch: after.epoch, after_seq: after.seq} : {text, id: msgID}),
+  //
+  // A send huddle web gave no answer to that the page could read may have
+  // reached the group's daemon before its connection failed or its reply
+  // was cut (huddle web stopped or restarted under it), and been stored:
+  // it is in doubt, as a send huddle web saw cut short is (in_doubt), and
+  // is retried under its ID. Until session 23's review the page took it
+  // for not sent: its Discard dropped it at once and Stop then Edit sent
+  // it again under a new ID, stored twice if the first try was stored.
+  send: async (id, text, msgID, after) => {
+    try {
+      return await call('POST', `/api/groups/${id}/messages`,
+        after ? {text, id: msgID, after_epoch: after.epoch, after_seq: after.seq} : {text, id: msgID});
+    } catch (err) {
+      if (err instanceof APIError && err.unanswered) err.inDoubt = true;
+      throw err;
+    }
+  },
 };
 
 // newID returns a UUIDv7 (time-ordered, random), the message ID a send is
