@@ -270,6 +270,9 @@ type Config struct {
 	// timingEvery, if set (by tests), replaces how often a member
 	// measures the round trip and sets its election timeout (timing.go).
 	timingEvery time.Duration
+	// voteWindow, if set (by tests), replaces how long a round of votes
+	// answered late raises the election timeout (timing.go).
+	voteWindow time.Duration
 	// learnEvery, if set (by tests), replaces how often a member that
 	// has not heard from the cell asks the members (learn.go).
 	learnEvery time.Duration
@@ -470,6 +473,10 @@ type Node struct {
 	// catchUpWake wakes a catch-up at start waiting for a peer (catchUp):
 	// a member dialled this one, or a leader is known.
 	stallWake, catchUpWake chan struct{}
+	// timingWake wakes timingLoop: a round of votes completed late
+	// (voteGranted); votes keeps those rounds (timing.go).
+	timingWake chan struct{}
+	votes      votesLate
 	// served is closed the first time this member serves (Serving) since
 	// it started (checkServing).
 	served     chan struct{}
@@ -534,13 +541,14 @@ func New(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
 	n := &Node{cfg: cfg, closing: make(chan struct{}), down: make(chan struct{}), stopped: make(chan struct{}), futures: new(atomic.Int64), changing: make(chan struct{}, 1),
 		watchWake: make(chan raft.Observation, 1), learnWake: make(chan struct{}, 1), stallWake: make(chan struct{}, 1),
-		promoteWake: make(chan struct{}, 1), catchUpWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
+		promoteWake: make(chan struct{}, 1), catchUpWake: make(chan struct{}, 1), timingWake: make(chan struct{}, 1), served: make(chan struct{}), self: Peer{Addr: cfg.Advertise, Fingerprint: cfg.Identity.Fingerprint()}}
 	tr, err := NewTransport(TransportConfig{Identity: cfg.Identity, QUIC: cfg.QUIC, Advertise: cfg.Advertise,
 		Peers: cfg.Peers, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
 	n.tr = tr
+	n.votes.window = or(cfg.voteWindow, voteWindow)
 	n.fsm = newFSM(cfg.Host, cfg.Logger, n.closing)
 	n.fsm.onConfig = n.applied
 	n.fsm.catchUp = n.catchUp
@@ -649,6 +657,7 @@ func (n *Node) start() error {
 		rn.received = n.cfg.received
 		rn.rtt = n.cfg.rtt
 		rn.transferWait = 2 * n.cfg.ElectionTimeout
+		rn.voteGranted = n.voteGranted
 	})
 	n.net.onInstalled(n.installed)
 	n.net.onAppended(n.appendedConfig)

@@ -58,6 +58,10 @@ type raftNet struct {
 	// received is Config.received (tests), set before it accepts
 	// connections (newRaftNet).
 	received func(req any)
+	// voteGranted, if set (newRaftNet), is called with how long each
+	// vote or pre-vote request this member sent took to be granted, by
+	// round (timing.go, votesLate).
+	voteGranted func(round voteRound, sent time.Time, took time.Duration)
 
 	hbMu      sync.Mutex
 	heartbeat func(raft.RPC)
@@ -751,13 +755,30 @@ func (n *raftNet) linkDown(err error) bool {
 
 // RequestVote sends a vote request (raft.Transport).
 func (n *raftNet) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	return n.call(target, args, resp)
+	return n.timedVote(voteRound{term: args.Term}, func() (bool, error) {
+		err := n.call(target, args, resp)
+		return resp.Granted, err
+	})
 }
 
 // RequestPreVote sends a pre-vote request (raft.WithPreVote: raft runs
 // pre-votes with a transport that has it).
 func (n *raftNet) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	return n.call(target, args, resp)
+	return n.timedVote(voteRound{pre: true, term: args.Term}, func() (bool, error) {
+		err := n.call(target, args, resp)
+		return resp.Granted, err
+	})
+}
+
+// timedVote runs call, a vote or pre-vote request of round, and reports
+// how long it took to voteGranted if it was granted (timing.go).
+func (n *raftNet) timedVote(round voteRound, call func() (granted bool, err error)) error {
+	start := time.Now()
+	granted, err := call()
+	if err == nil && granted && n.voteGranted != nil {
+		n.voteGranted(round, start, time.Since(start))
+	}
+	return err
 }
 
 // TimeoutNow asks target to stand for election now (raft.Transport).

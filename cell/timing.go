@@ -3,6 +3,7 @@ package cell
 import (
 	"net"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -45,6 +46,43 @@ import (
 // leader's delayed acknowledgements of a follower's answers counted in. Connections that carried nothing lately (those held ready)
 // are not counted: their round trip is their handshake's. With none
 // counted (a candidate whose leader died), the timeout stays as it was.
+//
+// Votes answered late. A candidacy ends when raft's election timer fires
+// (a draw between the election timeout and twice it): a candidate whose
+// pre-votes, or then votes, are granted by a majority only after that
+// stands again in the next term, and the grants of the last one are
+// dropped. Grants that take longer than the draw every time elect no one,
+// however long it goes on: a cell starved of CPU (session 22: every
+// member in one process at load 40-45 elected no one for 18-35 s, 169
+// candidacies in 30 s) or on disks slow to fsync (a voter syncs the term
+// and its vote, twice, before it answers, and a candidate its term before
+// it asks; an SD card or a busy disk takes 100 ms to over a second per
+// fsync). The kernel's round trip shows neither. So each member times the
+// grants of its own vote and pre-vote requests: for each round (a term's
+// pre-votes, or its votes), the grant that completes a majority with its
+// own vote (the first of a cell of three's two others, the second of a
+// cell of five's four) is how long that candidacy needed to win. If a
+// round took at least the configured timeout (raft's shortest draw:
+// shorter rounds win more often than not, and a cell under ordinary load
+// keeps its timeouts) within the last voteWindow, the member's election timeout is raised by what twice the
+// slowest such (votesLate; up to the RPC timeout: an answer later than
+// that is a failed request, never counted) exceeds the configured one,
+// on top of the stagger, which it keeps; its next candidacies then wait
+// for the grants, and the cell elects.
+//
+// Only the grants a majority needs count: a frozen or partitioned
+// member's late one, once the others' came in time, changes nothing.
+// Refusals do not count, however late: waiting longer would not have won
+// the candidacy, and the raise lengthens the wait after a refused
+// pre-vote campaign too (a member restarting, its transport up before its
+// raft, refused a pre-vote after 948 ms; raised on that, the other member
+// waited 2-4 s to stand again, and a leader frozen for 3 s came back to
+// lead before anyone was elected: internal/jepsen, pause-leader, session
+// 23). Otherwise the raise costs only split votes (each waits the longer
+// timeout out): an election whose grants come back in time ends with
+// them, whatever the timeout. It is logged when set (`cell: election
+// timeout raised: votes answered late`), and lapses voteWindow after the
+// last slow round, back to the round trip's (staggered) timeout.
 
 const (
 	// timingEvery is how often a member measures the round trip and
@@ -53,6 +91,9 @@ const (
 	// rttWindow: a connection counts for the round trip if it received
 	// data within it.
 	rttWindow = 5 * time.Second
+	// voteWindow: a slow round of votes counts for the election timeout
+	// for this long (votesLate).
+	voteWindow = 30 * time.Second
 )
 
 // staggered returns the election timeout of the voter of rank rank (0:
@@ -89,19 +130,25 @@ func staggered(base time.Duration, rank int, rtt, now time.Duration) time.Durati
 }
 
 // timingLoop sets raft's election timeout from the round trip measured
-// (staggered) every timingEvery, until the node closes.
-func (n *Node) timingLoop() { n.every(or(n.cfg.timingEvery, timingEvery), n.setTiming) }
+// (staggered) and the votes answered lately (votesLate) every
+// timingEvery, and as a round of votes completes late, until the node
+// closes.
+func (n *Node) timingLoop() {
+	n.everyOrWoken(or(n.cfg.timingEvery, timingEvery), n.timingWake, n.setTiming)
+}
 
 // setTiming sets raft's election timeout from the round trip measured
-// now, if there is one and the timeout differs by more than an eighth
-// from raft's.
+// now (staggered) and the votes answered lately (votesLate), if the
+// timeout that gives differs by more than an eighth from raft's. With no
+// round trip measured the round trip's part stays as it was.
 func (n *Node) setTiming() {
 	r := n.running()
 	if r == nil {
 		return
 	}
-	rtt, ok := n.net.measuredRTT()
-	if !ok {
+	rtt, measured := n.net.measuredRTT()
+	floor, took := n.votes.floor(n.cfg.ElectionTimeout, max(n.cfg.RPCTimeout, n.cfg.ElectionTimeout), time.Now())
+	if !measured && floor == 0 && !n.votes.raised() {
 		return
 	}
 	f := r.GetConfiguration()
@@ -120,7 +167,16 @@ func (n *Node) setTiming() {
 		return // not a voter: it does not stand
 	}
 	rc := r.ReloadableConfig()
-	want := staggered(n.cfg.ElectionTimeout, rank, rtt, rc.ElectionTimeout)
+	stagger := n.votes.stagger(rc.ElectionTimeout)
+	if measured {
+		stagger = staggered(n.cfg.ElectionTimeout, rank, rtt, stagger)
+		n.votes.setStagger(stagger)
+	}
+	// The votes' floor lifts the whole stagger, so that members raised
+	// for votes answered late are still parted by rank.
+	raise := max(floor-n.cfg.ElectionTimeout, 0)
+	want := stagger + raise
+	n.votes.setRaised(raise > 0)
 	if d := want - rc.ElectionTimeout; d.Abs() <= rc.ElectionTimeout/8 {
 		return
 	}
@@ -129,7 +185,150 @@ func (n *Node) setTiming() {
 		n.cfg.Logger.Warn("cell: set the election timeout", "timeout", want, "err", err)
 		return
 	}
+	if raise > 0 {
+		n.cfg.Logger.Info("cell: election timeout raised: votes answered late", "timeout", want, "slowest", took.Round(time.Millisecond),
+			"rtt", rtt, "rank", rank, "voters", len(voters))
+		return
+	}
 	n.cfg.Logger.Info("cell: election timeout set from the round trip", "timeout", want, "rtt", rtt, "rank", rank, "voters", len(voters))
+}
+
+// voteRound is one round of a candidacy's requests: its term's pre-votes
+// or its votes.
+type voteRound struct {
+	pre  bool
+	term uint64
+}
+
+// votesLate keeps, of a member's rounds of vote requests, how long each
+// took to be granted by as many members as it needed, for the election
+// timeout (see above), and the timeout's part from the round trip.
+type votesLate struct {
+	// window is voteWindow, or Config.voteWindow (tests).
+	window time.Duration
+
+	mu sync.Mutex
+	// rounds are the recent rounds' grants so far. A round is its
+	// requests' kind and term, and when they were sent: a candidate
+	// whose pre-votes failed asks again in the same term, an election
+	// timeout later (at least base), and its requests are sent together.
+	rounds []roundAnswers
+	// slowest is the slowest round that completed within voteWindow, at
+	// when it did. (The slowest, kept until it lapses: a faster round
+	// after a slower one replaces it only then.)
+	slowest   time.Duration
+	slowestAt time.Time
+	// staggerSet is the timeout from the round trip last set (0: none
+	// yet); raisedSet says the timeout set was raised past it for votes.
+	staggerSet time.Duration
+	raisedSet  bool
+}
+
+// roundAnswers counts the grants of one round's requests.
+type roundAnswers struct {
+	round  voteRound
+	sent   time.Time
+	grants int
+}
+
+// granted records a grant of a request of round sent at sent that
+// took took, with need grants in all completing the majority; it
+// reports whether the round is now complete and took at least
+// base (the timing loop should look now, not at its next tick).
+func (v *votesLate) granted(round voteRound, sent time.Time, took time.Duration, need int, base time.Duration) bool {
+	if need <= 0 {
+		return false
+	}
+	now := sent.Add(took)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	// A round is done with once no grant of it can come: each request
+	// fails at the RPC timeout, which is at most a minute.
+	v.rounds = slices.DeleteFunc(v.rounds, func(r roundAnswers) bool { return now.Sub(r.sent) > time.Minute })
+	i := slices.IndexFunc(v.rounds, func(r roundAnswers) bool { return r.round == round && (r.sent.Sub(sent)).Abs() < base/2 })
+	if i < 0 {
+		v.rounds = append(v.rounds, roundAnswers{round: round, sent: sent})
+		i = len(v.rounds) - 1
+	}
+	v.rounds[i].grants++
+	if v.rounds[i].grants != need {
+		return false
+	}
+	if took >= v.slowest || now.Sub(v.slowestAt) > v.window {
+		v.slowest, v.slowestAt = took, now
+	}
+	return took >= base
+}
+
+// floor returns the least election timeout the rounds of the last
+// voteWindow call for (0: none): twice the slowest, at most ceiling, if
+// it took at least base; and how long that round took.
+func (v *votesLate) floor(base, ceiling time.Duration, now time.Time) (time.Duration, time.Duration) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.slowest < base || now.Sub(v.slowestAt) > v.window {
+		return 0, 0
+	}
+	return min(2*v.slowest, ceiling), v.slowest
+}
+
+// stagger returns the timeout from the round trip last set, or current
+// if none was.
+func (v *votesLate) stagger(current time.Duration) time.Duration {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.staggerSet == 0 {
+		return current
+	}
+	return v.staggerSet
+}
+
+func (v *votesLate) setStagger(d time.Duration) {
+	v.mu.Lock()
+	v.staggerSet = d
+	v.mu.Unlock()
+}
+
+// raised reports whether the timeout last set was raised for votes (so
+// that it comes back once they lapse, whether or not a round trip is
+// measured then).
+func (v *votesLate) raised() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.raisedSet
+}
+
+func (v *votesLate) setRaised(raised bool) {
+	v.mu.Lock()
+	v.raisedSet = raised
+	v.mu.Unlock()
+}
+
+// voteGranted is the raft transport's report of a grant of this
+// member's vote or pre-vote request (raftNet.timedVote): a round that
+// completed a majority late wakes the timing loop.
+func (n *Node) voteGranted(round voteRound, sent time.Time, took time.Duration) {
+	r := n.running()
+	if r == nil {
+		return
+	}
+	f := r.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	voters := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	// A majority of voters, this member's own vote among them.
+	if n.votes.granted(round, sent, took, voters/2, n.cfg.ElectionTimeout) {
+		select {
+		case n.timingWake <- struct{}{}:
+		default: // a wake-up is pending
+		}
+	}
 }
 
 // measuredRTT returns the round trip to the other members (see above), or

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // TestElectionTimeoutFollowsRoundTrip: each voter's election timeout is
@@ -23,6 +25,10 @@ func TestElectionTimeoutFollowsRoundTrip(t *testing.T) {
 		// Measured every 100 ms, not every second: each step below waits
 		// for a round or two of every member's (the test took 7-8 s).
 		cfg.timingEvery = 100 * time.Millisecond
+		// Votes answered late (a loaded machine) raise the timeouts
+		// for the window after (TestElectsWhileVotesAnsweredLate): not
+		// what this test looks at.
+		cfg.voteWindow = time.Nanosecond
 		cfg.rtt = func() (time.Duration, bool) {
 			measured.Add(1)
 			d := time.Duration(rtt.Load())
@@ -100,5 +106,103 @@ func TestStaggeredCapped(t *testing.T) {
 		if got := staggered(base, c.rank, c.rtt, c.now); got != c.want {
 			t.Errorf("staggered(%v, %d, %v, now %v) = %v, want %v", base, c.rank, c.rtt, c.now, got, c.want)
 		}
+	}
+}
+
+// TestElectsWhileVotesAnsweredLate: a cell whose members answer every
+// vote and pre-vote request 700 ms late, past raft's draw of 300-600 ms
+// (as a cell starved of CPU does, or one on disks slow to fsync the
+// votes), still elects a leader: each member times the answers to its
+// own requests and raises its election timeout to twice the slowest
+// round's, so that its next candidacies wait for them. Without the raise
+// every candidacy ends before its answers come, and no one is ever
+// elected.
+func TestElectsWhileVotesAnsweredLate(t *testing.T) {
+	const late = 700 * time.Millisecond
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.received = func(req any) {
+			switch req.(type) {
+			case *raft.RequestVoteRequest, *raft.RequestPreVoteRequest:
+				time.Sleep(late) // the fault: each answer late, not a wait for an event
+			}
+		}
+	})
+	l := c.leader()
+	// It won a candidacy that waited for its answers: its timeout was
+	// raised past them.
+	if got := l.node.raft.ReloadableConfig().ElectionTimeout; got < 2*late {
+		t.Errorf("the leader's election timeout is %v, want at least twice the answers' %v", got, late)
+	}
+}
+
+// TestVotesLateCountsTheMajority: a round's time is that of the grant
+// that completes a majority with the candidate's own vote (refusals never
+// reach it: raftNet.timedVote), so a member that grants late once the
+// others did (frozen, cut off) raises nothing; a candidate asking again
+// in the same term (its pre-votes failed) is a round of its own; rounds
+// under the configured timeout (raft's shortest draw) raise nothing; the
+// raise is twice the slowest round, at most the ceiling, and lapses after
+// the window.
+func TestVotesLateCountsTheMajority(t *testing.T) {
+	const base, ceiling = 300 * time.Millisecond, 5 * time.Second
+	t0 := time.Unix(1000, 0)
+	v := votesLate{window: 30 * time.Second}
+	floor := func(at time.Time) time.Duration { f, _ := v.floor(base, ceiling, at); return f }
+
+	// A cell of three (one answer needed): a fast answer, then the
+	// frozen member's, 3 s late.
+	pre := voteRound{pre: true, term: 7}
+	if v.granted(pre, t0, 20*time.Millisecond, 1, base) {
+		t.Error("a round answered in 20 ms woke the timing loop")
+	}
+	if v.granted(pre, t0, 3*time.Second, 1, base) {
+		t.Error("a late answer after the majority's woke the timing loop")
+	}
+	if got := floor(t0.Add(3 * time.Second)); got != 0 {
+		t.Errorf("floor after a round the majority answered in 20 ms = %v, want 0", got)
+	}
+	if v.granted(voteRound{pre: true, term: 6}, t0, 250*time.Millisecond, 1, base) {
+		t.Error("a round granted in 250 ms, under the configured 300 ms, woke the timing loop")
+	}
+	if got := floor(t0.Add(time.Second)); got != 0 {
+		t.Errorf("floor after a round granted in 250 ms = %v, want 0", got)
+	}
+
+	// The same term's pre-votes asked again an election timeout later,
+	// answered late: a round of its own.
+	again := t0.Add(base)
+	if !v.granted(pre, again, 700*time.Millisecond, 1, base) {
+		t.Error("a round answered in 700 ms did not wake the timing loop")
+	}
+	at := again.Add(700 * time.Millisecond)
+	if got := floor(at); got != 1400*time.Millisecond {
+		t.Errorf("floor after a round of 700 ms = %v, want 1.4s", got)
+	}
+	// A faster round after it does not lower it while it lasts; a
+	// slower one raises it, up to the ceiling.
+	v.granted(voteRound{term: 8}, at, 100*time.Millisecond, 1, base)
+	if got := floor(at.Add(time.Second)); got != 1400*time.Millisecond {
+		t.Errorf("floor after a faster round = %v, want 1.4s still", got)
+	}
+	v.granted(voteRound{term: 9}, at, 4*time.Second, 1, base)
+	if got := floor(at.Add(4 * time.Second)); got != ceiling {
+		t.Errorf("floor after a round of 4 s = %v, want the ceiling %v", got, ceiling)
+	}
+	if got := floor(at.Add(4*time.Second + 31*time.Second)); got != 0 {
+		t.Errorf("floor 31 s after the last slow round = %v, want 0 (lapsed)", got)
+	}
+
+	// A cell of five (two answers needed): the second answer is the
+	// round's.
+	five := votesLate{window: 30 * time.Second}
+	r := voteRound{term: 3}
+	if five.granted(r, t0, 10*time.Millisecond, 2, base) {
+		t.Error("the first of two answers needed completed the round")
+	}
+	if !five.granted(r, t0, 800*time.Millisecond, 2, base) {
+		t.Error("the second of two answers needed, 800 ms late, did not complete the round late")
+	}
+	if got, _ := five.floor(base, ceiling, t0.Add(time.Second)); got != 1600*time.Millisecond {
+		t.Errorf("floor of a cell of five after its second answer came in 800 ms = %v, want 1.6s", got)
 	}
 }

@@ -306,9 +306,9 @@ func sendsIn(h *history.History, from, to time.Time) string {
 }
 
 // timingSet matches the line a member logs as it sets its election
-// timeout from the round trip it measures (cell/timing.go), and the
-// timeout.
-var timingSet = regexp.MustCompile(`msg="cell: election timeout set from the round trip".* timeout=(\S+)`)
+// timeout from the round trip it measures, or raises it for votes
+// answered late (cell/timing.go), and the timeout.
+var timingSet = regexp.MustCompile(`msg="cell: election timeout (?:set from the round trip|raised: votes answered late)".* timeout=(\S+)`)
 
 // checksTiming reports whether the delay fault checks the members'
 // election timeouts: when the build under test is this one.
