@@ -56,6 +56,27 @@ type cellNode struct {
 // leader, and its raft term.
 var leading = regexp.MustCompile(`msg="cell: leading".* term=(\d+)`)
 
+// stateDisk is the size of a cell member's state disk (its group logs
+// have a disk of their own, 64 MiB). Raft's log (cell/raftlog) frees the
+// entries a snapshot made needless only a whole segment at a time, and a
+// segment is closed at 64 MiB: until then the first segment keeps every
+// entry the cell ever appended. On a disk of 64 MiB (as until session 23)
+// it would fill every member's disk at once (their logs are the same),
+// the cell then unable to append anything, some 280-350 rounds into
+// TestCellFaults (measured by diskuse_test.go, session 23: 0.18-0.23 MiB
+// a round, about 170 bytes a message, nothing freed: 18.7-22.5 MiB after
+// 100 rounds, 62.3 MiB after 340). The 96 MiB hold the whole segment
+// (closed at round ~355 of 400), the entries after it until a snapshot
+// leaves it needless (a member restarted every ~15 s, as kill-leader
+// does, seldom snapshots: raft's snapshot timer, 30-60 s, starts again
+// with each start; the segment was still there at round 399, 72.9 MiB in
+// all), the two snapshots kept and the member's few files. At a round's
+// start a member's state disk more than 90% full fails the run, naming
+// it (diskUses.measure): a disk fault is the nemesis's, never one the
+// daemon made itself (the d2 refusal at 20:09:26 in session 22 was round
+// 7's own disk fault, that member the follower whose disks it filled).
+const stateDisk = "96m"
+
 // newCell starts a cell of n members. Each member's key is made in its
 // state directory before it starts, so that every member can be given
 // the whole list of peers (FINGERPRINT@HOST:PORT) from its first start.
@@ -70,7 +91,7 @@ func newCell(t *testing.T, l *lab, n int) *cell {
 		// first (a leader then steps down, by raft's rule), before its
 		// state machine ever appends to a group log; with the group logs'
 		// disk alone full, its state machine stalls (cell/stall.go).
-		dir, fillState := testdisk.Small(t, "64m")
+		dir, fillState := testdisk.Small(t, stateDisk)
 		logs := filepath.Join(dir, "logs")
 		if err := os.Mkdir(logs, 0o700); err != nil {
 			t.Fatal(err)
@@ -521,6 +542,8 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		var memberships []string   // membership-kill-leader: each change, when its leader was killed, how long it took
 		var restartsCut []string   // restart-partitioned: how the member restarted cut off fared
 		var clockJumps []string    // clock-*: whose clock jumped, and who said it was behind
+		var disks diskUses         // each member's state disk at each round's start
+		defer disks.log(t)         // a run that fails too
 		// partition cuts the members in minority (the leader among them)
 		// off from the others, until the others elect a leader; a client
 		// that reaches only the old leader must be refused meanwhile.
@@ -545,6 +568,7 @@ func runCellFaults(t *testing.T, size, rounds int, faults []string) {
 		for round := range rounds {
 			kind := faults[round%len(faults)]
 			w.waitProgress(t, fmt.Sprintf("round %d", round))
+			disks.measure(t, round, c.nodes)
 			<-time.After(time.Duration(rng.IntN(200)) * time.Millisecond) // the fault's moment, not a wait for an event
 			leader, term = c.leader(t, 0)
 			startTerm := term
