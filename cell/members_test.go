@@ -904,7 +904,24 @@ func TestPromoteAsksAtOnce(t *testing.T) {
 			}
 			mine.Add(1)
 			defer mine.Add(-1)
-			for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+			// Held until the other's question is in progress too, or
+			// until the leader gives this one up (its bound,
+			// progressTimeout, ends it: the stream's context ends as the
+			// leader cancels its read). The leader sends both at once, so
+			// the other's, if it comes in time at all, comes while this
+			// one is held; one asked only once this one was given up (one
+			// after another) never meets it. (Held a fixed 1 s, the two
+			// missed each other at load ~36, one coming later, and one
+			// member was made a voter before they ever met.) Once two have
+			// met none is held: the member asked alone after the other
+			// was made a voter must answer within the leader's bound.
+		hold:
+			for deadline := time.Now().Add(waitTimeout); met.Load() == 0 && time.Now().Before(deadline); {
+				select {
+				case <-str.Context().Done():
+					break hold // given up: checked before the other's, which the leader may have sent since
+				default:
+				}
 				if theirs.Load() > 0 {
 					met.Add(1)
 					break
