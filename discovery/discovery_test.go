@@ -469,6 +469,8 @@ func TestNewAdvertiserValidates(t *testing.T) {
 		{"huge fingerprint", discovery.AdvertiserConfig{Port: 7373, Fingerprint: string(make([]byte, 300))}},
 		{"a format character in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\u200b"}},
 		{"a filler in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\u3164"}},
+		{"a blank a variation selector hides at the end of the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office \ufe0f"}},
+		{"an instance name of a variation selector alone", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "\ufe0f"}},
 		{"a control character in the instance name", discovery.AdvertiserConfig{Port: 7373, Fingerprint: "fp", Instance: "office\x1b[2J"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

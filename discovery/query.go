@@ -301,11 +301,12 @@ func toRegistry(a *advert, c candidate) (Advertised, error) {
 // its own key; until session 19 they were taken), no line or paragraph
 // separator, no filler drawn as nothing or as a blank (wire.Filler: the
 // Hangul filler U+3164, the Braille blank U+2800...; until session 20
-// they were taken), and no blank at either end: the rule of group and
-// member names (wire.CheckName) and of the names registries are pinned
-// under.
+// they were taken), and no blank at either end, one a variation selector
+// hides included (wire.BlankAtEnd: "office " and U+FE0F was taken until
+// session 23's review): the rule of group and member names
+// (wire.CheckName) and of the names registries are pinned under.
 func plainName(s string) bool {
-	return s != "" && utf8.ValidString(s) && strings.TrimSpace(s) == s && !strings.ContainsFunc(s, func(r rune) bool {
+	return s != "" && utf8.ValidString(s) && !wire.BlankAtEnd(s) && !strings.ContainsFunc(s, func(r rune) bool {
 		return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || wire.Filler(r)
 	})
 }

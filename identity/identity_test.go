@@ -663,6 +663,8 @@ func TestPinNameHasNoFormatCharacter(t *testing.T) {
 		"mdns:\u3164 (ab-cd)",           // an instance named by a filler alone
 		"mdns:office\u2800",             // Braille blank, drawn as a blank
 		"mdns:off\u034fice",             // combining grapheme joiner
+		"mdns:office \ufe0f",            // a blank at the end, behind a variation selector
+		"\ufe0f mdns:office",            // and at the start
 	} {
 		if err := k.Check(t.Context(), name, fp); !errors.Is(err, ErrBadPinName) {
 			t.Errorf("Check(%q) = %v, want ErrBadPinName", name, err)

@@ -311,7 +311,7 @@ func (k *KnownHosts) forget(ctx context.Context, name string, fp *wire.Fingerpri
 // line to delete (ChangedError).
 func checkPinName(name string) error {
 	switch {
-	case name == "" || strings.TrimSpace(name) != name:
+	case name == "" || wire.BlankAtEnd(name):
 		return fmt.Errorf("%w: %q is empty or starts or ends with a blank", ErrBadPinName, name)
 	case !utf8.ValidString(name):
 		return fmt.Errorf("%w: %q is not UTF-8", ErrBadPinName, name)

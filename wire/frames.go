@@ -802,12 +802,7 @@ func checkName(what, name string) error {
 	// one after a blank leaves that blank at the end ("alice " and U+FE0F
 	// passed for "alice" until session 23's review), and selectors alone
 	// show as no name.
-	shown := strings.Map(func(r rune) rune {
-		if unicode.Is(unicode.Variation_Selector, r) {
-			return -1
-		}
-		return r
-	}, name)
+	shown := withoutSelectors(name)
 	switch trimmed := strings.TrimSpace(shown); {
 	case trimmed == "":
 		return fmt.Errorf("%s is only blanks, which shows as no name", what)
@@ -815,6 +810,27 @@ func checkName(what, name string) error {
 		return fmt.Errorf("%s starts or ends with a blank, which shows as the name without it (%q)", what, trimmed)
 	}
 	return nil
+}
+
+// withoutSelectors returns s without its variation selectors, which
+// show as nothing of their own: s as its blanks show.
+func withoutSelectors(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.Is(unicode.Variation_Selector, r) {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// BlankAtEnd reports whether s, as it shows, starts or ends with a blank
+// (Unicode White_Space) or is blanks alone, judged without its variation
+// selectors, which show as nothing: "alice " followed by U+FE0F ends with
+// a blank. Names refuse it (CheckName), and so do the instance names
+// registries are found under over mDNS and pinned by.
+func BlankAtEnd(s string) bool {
+	shown := withoutSelectors(s)
+	return shown == "" || strings.TrimSpace(shown) != shown
 }
 
 // Filler reports whether r is drawn as nothing, or as an empty cell, though
