@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -32,20 +33,7 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	b.waitFor("lobby unlisted", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.listed === false`)
 	eval[bool](b, `window.doubtMode = 'pass', true`)
 	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
-	// button clicks the button labelled label on the pending message
-	// whose text is text.
-	button := func(text, label string) {
-		t.Helper()
-		if !eval[bool](b, `(() => { const m = [...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === `+jsString(text)+`);
-			const b = m && [...m.querySelectorAll('.state button')].find(b => b.textContent === `+jsString(label)+`);
-			if (b) b.click();
-			return !!b; })()`) {
-			t.Fatalf("no %s on the message %q; the page shows:\n%s", label, text, b.text())
-		}
-	}
-	gone := func(text string) string {
-		return `![...document.querySelectorAll('.msg.pending')].some(m => m.querySelector('.text').textContent === ` + jsString(text) + `)`
-	}
+	button := func(text, label string) { t.Helper(); pendingButton(b, text, label) }
 	retrying := func(text string) string {
 		return pendingState(text) + `.startsWith('not sent yet') && ` + pendingState(text) + `.endsWith('Retrying… StopDiscard')`
 	}
@@ -62,7 +50,7 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 		b.waitFor("a try under way", `typeof window.release === 'function'`)
 		button(text, "Discard")
 		discarding := pendingState(text) + `.endsWith('Discarding it once the try under way answers…')`
-		b.waitFor("the discard waiting for the try (or the message dropped)", discarding+` || `+gone(text))
+		b.waitFor("the discard waiting for the try (or the message dropped)", discarding+` || `+pendingGone(text))
 		if !eval[bool](b, discarding) {
 			t.Errorf("discarded while a try is under way, the message %q says %q, want it waiting for the try", text, eval[string](b, pendingState(text)))
 		}
@@ -80,7 +68,7 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	b.waitFor("the message after it waiting", pendingState(queued)+` === 'waiting for the message above… Discard'`)
 	b.screenshot("web-send-not-sent-retrying")
 	button(queued, "Discard")
-	b.waitFor("the message after it discarded", gone(queued))
+	b.waitFor("the message after it discarded", pendingGone(queued))
 	button(stopped, "Stop")
 	b.waitFor("the retries stopped", failedState(stopped)+` !== ''`)
 	if got := eval[string](b, failedState(stopped)); !strings.HasPrefix(got, "not sent (retries stopped): ") || !strings.HasSuffix(got, "RetryEditDiscard") {
@@ -92,7 +80,7 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	}
 	b.screenshot("web-send-not-sent-stopped")
 	button(stopped, "Discard")
-	b.waitFor("the stopped message discarded", gone(stopped))
+	b.waitFor("the stopped message discarded", pendingGone(stopped))
 
 	// Discard between tries: dropped at once. The page's retries are
 	// paced to wait ten minutes, so that the click lands between tries.
@@ -101,7 +89,7 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	b.do("paste, Enter", insertText(between), pressEnter())
 	b.waitFor("the message waiting between tries", retrying(between)+` && !!`+conv+`.outbox[0]?.wake`)
 	button(between, "Discard")
-	if !eval[bool](b, gone(between)) {
+	if !eval[bool](b, pendingGone(between)) {
 		t.Errorf("a message discarded between tries is still shown: %q", eval[string](b, pendingState(between)))
 	}
 	fastRetries(b)
@@ -110,17 +98,17 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	// refusal (never sent): dropped.
 	const refused = "discarded under a refused try"
 	underTry(refused, "held")
-	b.waitFor("the message dropped once its try was refused", gone(refused))
+	b.waitFor("the message dropped once its try was refused", pendingGone(refused))
 
 	// A try that ends in doubt: kept, said to be maybe sent.
 	const doubted = "discarded under a try in doubt"
 	underTry(doubted, "heldDoubt")
-	b.waitFor("the message in doubt kept", failedState(doubted)+` !== '' || `+gone(doubted))
+	b.waitFor("the message in doubt kept", failedState(doubted)+` !== '' || `+pendingGone(doubted))
 	if got := eval[string](b, failedState(doubted)); !strings.HasPrefix(got, "may have been sent") || !strings.HasSuffix(got, "RetryDiscard") {
 		t.Errorf("a message discarded under a try that ended in doubt says %q, want it kept: 'may have been sent ...' with Retry and Discard", got)
 	}
 	button(doubted, "Discard") // the user's choice, told it may have been sent
-	b.waitFor("the message in doubt discarded", gone(doubted))
+	b.waitFor("the message in doubt discarded", pendingGone(doubted))
 
 	// lobby back: none of them reaches it.
 	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", w.gd.addr, "--state-dir", w.state)
@@ -130,6 +118,130 @@ func TestWebSendNotSentStopsAndDiscards(t *testing.T) {
 	b.waitFor("lobby back", hasMessage("back"))
 	if out := w.bob.ok(t, "fetch", "lobby"); strings.Contains(out, "stopped while") || strings.Contains(out, "discarded") || strings.Contains(out, queued) {
 		t.Errorf("the daemon holds:\n%s\nwant none of the messages stopped or discarded", out)
+	}
+	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {
+		t.Errorf("%d messages still pending: %s", n, b.text())
+	}
+}
+
+// pendingButton clicks the button labelled label on the pending message
+// whose text is text, failing the test if it has none.
+func pendingButton(b *browser, text, label string) {
+	b.t.Helper()
+	if !eval[bool](b, `(() => { const m = [...document.querySelectorAll('.msg.pending')].find(m => m.querySelector('.text').textContent === `+jsString(text)+`);
+		const b = m && [...m.querySelectorAll('.state button')].find(b => b.textContent === `+jsString(label)+`);
+		if (b) b.click();
+		return !!b; })()`) {
+		b.t.Fatalf("no %s on the message %q; the page shows:\n%s", label, text, b.text())
+	}
+}
+
+// pendingGone is a script telling whether no pending message's text is
+// text.
+func pendingGone(text string) string {
+	return `![...document.querySelectorAll('.msg.pending')].some(m => m.querySelector('.text').textContent === ` + jsString(text) + `)`
+}
+
+// TestWebSendingStopsAndDiscards: a message whose first try (or a
+// Retry's) is under way ("sending…": to a daemon listed but dead it
+// answers after up to 15 s) has Stop and Discard, as one retrying has.
+// Both wait for the try's answer, for it may store the message: stopped,
+// a try refused leaves it "not sent (retries stopped)" (Retry, Edit,
+// Discard), with no further try; discarded, a try refused drops it, one
+// ended in doubt keeps it as "may have been sent" (Retry, Discard). A
+// Retry of a message in doubt has Stop alone, and stopped stays "may have
+// been sent". None reaches the daemon once it is back. Until session 23
+// "sending…" had no button.
+func TestWebSendingStopsAndDiscards(t *testing.T) {
+	t.Parallel()
+	w := startLobbyPage(t)
+	b, lobby := w.b, w.lobby
+	conv := `window.huddle.state.convs.get(` + jsString(lobby) + `)`
+	if !eval[bool](b, doubtShim) {
+		t.Fatal("the fetch shim did not install")
+	}
+	fastRetries(b)
+	// lobby's daemon away (it deregisters lobby): a try let through is
+	// refused (not_found), never stored.
+	w.gd.stop(t)
+	b.waitFor("lobby unlisted", `window.huddle.state.groups.get(`+jsString(lobby)+`)?.listed === false`)
+	b.do("focus the message box", chromedp.Focus(chromedp.ID("input")))
+	state := func(text, want string) {
+		t.Helper()
+		b.waitFor(fmt.Sprintf("%q saying %q", text, want), pendingState(text)+` === `+jsString(want))
+	}
+	failed := func(text, prefix, buttons string) {
+		t.Helper()
+		b.waitFor("the try answered", failedState(text)+` !== '' || `+pendingGone(text))
+		if got := eval[string](b, failedState(text)); !strings.HasPrefix(got, prefix) || !strings.HasSuffix(got, buttons) {
+			t.Errorf("%q says %q, want %q... with %s", text, got, prefix, buttons)
+		}
+	}
+	// Stop under the first try, refused: not sent, no further try.
+	const stopped = "stopped while sending"
+	eval[bool](b, `window.doubtMode = 'held', true`)
+	b.do("paste, Enter", insertText(stopped), pressEnter())
+	b.waitFor("the first try under way", `typeof window.release === 'function'`)
+	state(stopped, "sending… StopDiscard")
+	b.screenshot("web-sending-stop-discard")
+	pendingButton(b, stopped, "Stop")
+	state(stopped, "sending… Stopping once the try under way answers…")
+	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	failed(stopped, "not sent (retries stopped): ", "RetryEditDiscard")
+	if n := triesWhenOver(b, conv); n != 1 {
+		t.Errorf("the page tried the message stopped under its first try %d times, want 1", n)
+	}
+
+	// Discard under a Retry's try, ended in doubt: kept, may have been sent.
+	eval[bool](b, `window.doubtMode = 'heldDoubt', true`)
+	pendingButton(b, stopped, "Retry")
+	b.waitFor("the Retry's try under way", `typeof window.release === 'function'`)
+	state(stopped, "sending… StopDiscard")
+	pendingButton(b, stopped, "Discard")
+	state(stopped, "sending… Discarding it once the try under way answers…")
+	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	failed(stopped, "may have been sent (no answer settled it; retries stopped)", "RetryDiscard")
+	if n := triesWhenOver(b, conv); n != 2 {
+		t.Errorf("the page tried the message %d times, want 2 (the Retry's try, then none)", n)
+	}
+
+	// A Retry of it, in doubt: Stop alone; stopped, still in doubt.
+	eval[bool](b, `window.doubtMode = 'held', true`)
+	pendingButton(b, stopped, "Retry")
+	b.waitFor("the Retry's try under way", `typeof window.release === 'function'`)
+	state(stopped, "sending… Stop")
+	pendingButton(b, stopped, "Stop")
+	state(stopped, "sending… Stopping once the try under way answers…")
+	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	failed(stopped, "may have been sent (no answer settled it; retries stopped)", "RetryDiscard")
+	if n := triesWhenOver(b, conv); n != 3 {
+		t.Errorf("the page tried the message %d times, want 3 (the Retry's try, then none)", n)
+	}
+	pendingButton(b, stopped, "Discard") // the user's choice, told it may have been sent
+	b.waitFor("the message in doubt discarded", pendingGone(stopped))
+
+	// Discard under the first try, refused: dropped once it answers.
+	const dropped = "discarded while sending"
+	eval[bool](b, `window.doubtMode = 'held', true`)
+	b.do("paste, Enter", insertText(dropped), pressEnter())
+	b.waitFor("the first try under way", `typeof window.release === 'function'`)
+	state(dropped, "sending… StopDiscard")
+	pendingButton(b, dropped, "Discard")
+	state(dropped, "sending… Discarding it once the try under way answers…")
+	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	b.waitFor("the message dropped once its try was refused", pendingGone(dropped))
+	if n := triesWhenOver(b, conv); n != 4 {
+		t.Errorf("the page made %d tries in all, want 4 (one for the message discarded)", n)
+	}
+
+	// lobby back: neither reaches it.
+	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", w.gd.addr, "--state-dir", w.state)
+	defer gd.stop(t)
+	waitListed(t, w.bob, lobby)
+	w.bob.ok(t, "send", "lobby", "back")
+	b.waitFor("lobby back", hasMessage("back"))
+	if out := w.bob.ok(t, "fetch", "lobby"); strings.Contains(out, stopped) || strings.Contains(out, dropped) {
+		t.Errorf("the daemon holds:\n%s\nwant neither message", out)
 	}
 	if n := eval[int](b, `document.querySelectorAll('.msg.pending').length`); n != 0 {
 		t.Errorf("%d messages still pending: %s", n, b.text())

@@ -919,12 +919,29 @@ function pendingState(c, p) {
   const g = state.groups.get(c.id);
   switch (p.state) {
     case 'queued':
-      // Never tried: Discard drops it at once, and the messages after it
-      // wait for the one above it alone.
-      s.textContent = 'waiting for the message above… ';
+      // Not tried (again, for a Retry) yet: Discard drops it at once, and
+      // the messages after it wait for the one above it alone. A Retry
+      // of a message in doubt still says what its Discard drops.
+      s.textContent = (p.inDoubt ? 'may have been sent (no answer settled it); ' : '') + 'waiting for the message above… ';
       s.append(linkButton('Discard', () => discard(c, p)));
       break;
-    case 'sending': s.textContent = 'sending…'; break;
+    case 'sending':
+      // Its first try (or a Retry's) under way: to a daemon listed but
+      // dead it may take some 15 s to answer. Stop and Discard wait for
+      // that answer, as under a retry's try (below): stopped, it is
+      // then "not sent (retries stopped)", or "may have been sent" if
+      // the try ended in doubt; discarded, it is dropped if the try was
+      // refused, kept as "may have been sent" if it ended in doubt. A
+      // Retry of a message in doubt has Stop alone (Discard only where
+      // it says it may have been sent).
+      s.textContent = 'sending… ';
+      if (p.dropping) s.append('Discarding it once the try under way answers…');
+      else if (p.stopped) s.append('Stopping once the try under way answers…');
+      else {
+        s.append(linkButton('Stop', () => stopRetries(c, p)));
+        if (!p.inDoubt) s.append(linkButton('Discard', () => dropUnderTry(c, p)));
+      }
+      break;
     case 'sent': s.textContent = 'sent'; break;
     case 'retrying':
     case 'held': {
@@ -949,10 +966,7 @@ function pendingState(c, p) {
         // Never sent (every try refused, none in doubt): Discard drops it
         // at once, or once a try under way answers without doubt.
         s.textContent = `not sent yet: ${fmt.describe(p.error, g)} Retrying… `;
-        s.append(linkButton('Stop', () => stopRetries(c, p)), linkButton('Discard', () => {
-          if (p.wake) discard(c, p); // between tries: none can store it
-          else { p.dropping = true; setPending(c, p, p.state, p.error); }
-        }));
+        s.append(linkButton('Stop', () => stopRetries(c, p)), linkButton('Discard', () => dropUnderTry(c, p)));
       }
       break;
     }
@@ -1017,13 +1031,25 @@ function stopRetries(c, p) {
   else setPending(c, p, p.state, p.error);
 }
 
+// dropUnderTry discards p, a message never sent: at once between tries
+// (none can store it), else once the try under way answers (deliver).
+function dropUnderTry(c, p) {
+  if (p.wake) discard(c, p);
+  else {
+    p.dropping = true;
+    setPending(c, p, p.state, p.error);
+  }
+}
+
 // resend queues the failed message p again under its ID, its tries in
-// doubt counted afresh.
+// doubt counted afresh: behind the message the outbox is sending, if any
+// ("waiting for the message above", not "sending", which has a try under
+// way).
 function resend(c, p) {
   p.doubtTries = 0;
   p.stopped = false;
   p.dropping = false;
-  setPending(c, p, 'sending', null);
+  setPending(c, p, c.outbox.length ? 'queued' : 'sending', null);
   c.outbox.push(p);
   pump(c);
 }
