@@ -239,16 +239,32 @@ func (h *cellHost) next() <-chan struct{} {
 	return h.added
 }
 
-// byName returns the groups named names, and the channel closed when the
-// next group is added.
+// byName returns the groups named names, one for each at most, and the
+// channel closed when the next group is added. A group is named n if it
+// was created as n, else if it shows as n (legacyName: created before the
+// rules refused its name, "team " for "team"), the first of those in the
+// order of the names they were created under, as loadGroupIDs renames a
+// groups.json entry: a cell of before session 23 may hold "team" and
+// "team " both, and awaitCellGroups, finding two groups for one name,
+// waited for ever.
 func (h *cellHost) byName(names []string) (found []*group, added <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, n := range names {
+		var pick *group
 		for _, g := range h.groups {
-			if g.name == n {
-				found = append(found, g)
+			switch created := g.cell.spec.Name; {
+			case created == n:
+				pick = g
+			case g.name == n && (pick == nil || pick.cell.spec.Name != n && created < pick.cell.spec.Name):
+				pick = g
 			}
+			if pick != nil && pick.cell.spec.Name == n {
+				break
+			}
+		}
+		if pick != nil {
+			found = append(found, pick)
 		}
 	}
 	return found, h.added

@@ -40,3 +40,42 @@ func TestCellLegacyNamesShown(t *testing.T) {
 		t.Errorf("the group's name %q, which it registers under: %v", g.name, err)
 	}
 }
+
+// TestCellLegacyNameTwice: a cell of before session 23 may hold a group
+// created as "team" and another as "team " (and "team" and U+3000), which
+// show alike: a daemon configured with --group team takes the one created
+// as "team", and of those that only show as a name, the first in the order
+// of the names they were created under (as groups.json's entries are
+// renamed: loadGroupIDs). byName found every one, so awaitCellGroups,
+// finding more groups than names, waited for ever.
+func TestCellLegacyNameTwice(t *testing.T) {
+	leader, _ := cellLeader(t, startTestCell(t, 3, nil))
+	h := leader.d.host
+	open := func(name string) wire.UUID {
+		t.Helper()
+		id := uuid.New()
+		_, err := h.OpenGroup(cell.GroupSpec{ID: id, Name: name, Epoch: 1, DedupWindow: 1024})
+		must(t, err)
+		return wire.UUID(id)
+	}
+	legacy := open("team ")
+	exact := open("team")
+	second := open("lunch\u3000")
+	first := open("lunch ")
+	for _, tc := range []struct {
+		name string
+		want wire.UUID
+	}{
+		{"team", exact},
+		{"lunch", first},
+	} {
+		found, _ := h.byName([]string{tc.name})
+		if len(found) != 1 || found[0].id != tc.want {
+			var ids []wire.UUID
+			for _, g := range found {
+				ids = append(ids, g.id)
+			}
+			t.Errorf("byName(%q) = %v, want [%v] (created as %q: %v, %v; as %q: %v, %v)", tc.name, ids, tc.want, "team", exact, legacy, "lunch ", first, second)
+		}
+	}
+}
