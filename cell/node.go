@@ -1341,14 +1341,7 @@ func (n *Node) Leader() (p Peer, ok bool) {
 
 // createGroups proposes the configured groups the cell lacks.
 func (n *Node) createGroups() {
-	have := make(map[string]bool)
-	for _, g := range n.fsm.list() {
-		have[g.spec.Name] = true
-	}
-	for _, gc := range n.cfg.Groups {
-		if have[gc.Name] {
-			continue
-		}
+	for _, gc := range lacking(n.fsm.list(), n.cfg.Groups) {
 		id := gc.ID
 		if id == (wire.UUID{}) {
 			id = uuid.New()
@@ -1363,6 +1356,28 @@ func (n *Node) createGroups() {
 		}
 		n.cfg.Logger.Info("cell: created group", "group", gc.Name, "uuid", id, "epoch", spec.Epoch)
 	}
+}
+
+// lacking returns the groups of configured that none of have is: none has
+// its name, nor its UUID. By UUID too, since a group the cell created under
+// a name the rules now refuse ("team ", refused since session 23) is
+// configured under the name it shows as ("team"), with its UUID (the group
+// daemon's groups.json keeps it), and is that group: proposed again, its
+// create was refused by the cell's state (the first stands) at each
+// leader's start, each time logged as a group created.
+func lacking(have []*groupState, configured []GroupConfig) []GroupConfig {
+	names := make(map[string]bool, len(have))
+	ids := make(map[wire.UUID]bool, len(have))
+	for _, g := range have {
+		names[g.spec.Name], ids[g.spec.ID] = true, true
+	}
+	var out []GroupConfig
+	for _, gc := range configured {
+		if !names[gc.Name] && !ids[gc.ID] {
+			out = append(out, gc)
+		}
+	}
+	return out
 }
 
 // newEpoch returns a random nonzero epoch.
