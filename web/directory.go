@@ -29,10 +29,10 @@ const (
 	staleListing = 30 * time.Second
 	// infoEvery is how often each listed group's info (membership,
 	// privacy, limits) is asked again; a group is asked at once when it
-	// appears, after a join or leave through this server, and after a
-	// send through it that could not reach its daemon (askAgain), and, at
-	// most once a poll interval, when the registries' counts of it move or
-	// its last info failed.
+	// appears, after a join or leave through this server, after a send
+	// through it that could not reach its daemon and after a watch of it
+	// drops or resumes (askAgain), and, at most once a poll interval,
+	// when the registries' counts of it move or its last info failed.
 	infoEvery = 30 * time.Second
 	// infoConcurrency bounds the info requests in flight at once.
 	infoConcurrency = 4
@@ -1127,11 +1127,12 @@ func (d *directory) updateInfo(ctx context.Context, gs *groupState) {
 }
 
 // askAgain asks group id's daemon for its info now, if h is still the
-// directory's handle on it: a send through h could not reach the daemon,
-// or may not have (in doubt). The list said the daemon reachable, and
-// what it said of retries (send_after), until its next info, up to
-// infoEvery later: a daemon killed and an older one back in its place
-// were one to the page meanwhile.
+// directory's handle on it: a send through h could not reach the
+// daemon, or may not have (in doubt), or a watch through h dropped or
+// resumed. The list said the daemon reachable, and what it said of
+// retries (send_after), until its next info, up to infoEvery later: a
+// daemon killed and an older one back in its place were one to the page
+// meanwhile.
 func (d *directory) askAgain(id wire.UUID, h *client.Group) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -338,6 +338,8 @@ func (s *Server) acquire(ctx context.Context, ws *watchSpec, status func(string,
 func (s *Server) watchHandle(ctx context.Context, g *client.Group, ws *watchSpec, emit func(string, map[string]any) bool, status func(string, uint64, error) bool) bool {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the watch when the loop below leaves it early
+	// dropped: the watch lost its stream and has not resumed since.
+	dropped := false
 	for e := range watch(ctx, g, ws.after, ws.epoch) {
 		var ok bool
 		switch e.kind {
@@ -354,6 +356,18 @@ func (s *Server) watchHandle(ctx context.Context, g *client.Group, ws *watchSpec
 		case "status":
 			if e.state == "live" && ws.epoch == 0 {
 				ws.epoch = e.epoch
+			}
+			// A watch that drops, and one that resumes after, has the
+			// group's info asked at once (askAgain), as a send that
+			// cannot reach the daemon has: the list said the daemon
+			// reachable, with what it said of retries (send_after), until
+			// its next info, up to infoEvery later, and a daemon killed
+			// within its lease and an older one back in its place were
+			// one to the page meanwhile. Once each way: a watch says
+			// "reconnecting" at each try while the daemon is away.
+			if e.state == "reconnecting" && !dropped || e.state == "live" && dropped {
+				dropped = e.state == "reconnecting"
+				s.dir.askAgain(ws.group, g)
 			}
 			if e.state == "ended" && errors.Is(e.err, client.ErrClosed) && ctx.Err() == nil {
 				// The directory closed g as the group left the listings

@@ -199,3 +199,69 @@ func TestSendUnreachableAsksInfoAgain(t *testing.T) {
 	path.Restore()
 	list.waitGroups("lobby reachable again", reachable)
 }
+
+// TestWatchDropAsksInfoAgain: a watch that drops (its daemon's path cut,
+// as a daemon killed within its lease), and again one that resumes, has
+// huddle web ask the group's info at once, with no send to fail: the list
+// says the daemon unreachable (the page's send_after: not known), then
+// reachable again, with what the daemon back says. The list said
+// reachable, with the gone daemon's send_after, until the next periodic
+// info (30 s), so an older daemon back in its place before any send
+// failed had its predecessor's word. Here the periodic info and the
+// registry polls (which ask a failed info again) wait an hour, so that
+// only the watch can be what asks.
+func TestWatchDropAsksInfoAgain(t *testing.T) {
+	r := startRegistry(t)
+	listen := testport.Cell(t)
+	path, err := udpproxy.New(listen)
+	must(t, err)
+	t.Cleanup(func() { path.Close() })
+	// Heartbeats every 200 ms: the watch sees the cut within a second.
+	startGroups(t, r, groupd.Config{Listen: listen, Advertise: []string{path.Addr()}, HeartbeatInterval: 200 * time.Millisecond})
+	// Listed before huddle web's first poll: the next is an hour later.
+	ctx := testCtx(t)
+	reg, err := newClient(t).Registry(ctx, r.Addr().String(), r.Fingerprint())
+	must(t, err)
+	for {
+		l, err := reg.List(ctx)
+		must(t, err)
+		if len(l.Groups) == 1 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("lobby never registered")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	s, err := New(Config{Listen: "127.0.0.1:0", Client: newClient(t), Registries: []string{r.Addr().String()}, Secret: testSecret,
+		PollInterval: time.Hour, Logger: testLogger(t)})
+	must(t, err)
+	s.dir.every = time.Hour
+	serve(t, s)
+	a := newAPI(t, s)
+	id := a.groupID("lobby")
+	if st := a.do("POST", "/api/groups/"+id+"/join", map[string]string{"name": "web"}, nil); st != http.StatusOK {
+		t.Fatalf("join: HTTP %d", st)
+	}
+	list := a.events("")
+	reachable := func(l listJSON) bool { return names(l)["lobby"].Reachable }
+	list.waitGroups("lobby reachable", reachable)
+	w := a.events("watch=" + id)
+	if ev := w.next("status"); ev.data["state"] != "live" {
+		t.Fatalf("watch: %s", ev.raw)
+	}
+
+	path.Cut()
+	if ev := w.next("status"); ev.data["state"] != "reconnecting" {
+		t.Fatalf("watch over the cut path: %s, want reconnecting", ev.raw)
+	}
+	list.waitGroups("lobby listed, unreachable", func(l listJSON) bool { g, ok := names(l)["lobby"]; return ok && !g.Reachable })
+	path.Restore()
+	for ev := w.next("status"); ev.data["state"] != "live"; ev = w.next("status") {
+		if ev.data["state"] != "reconnecting" {
+			t.Fatalf("watch: %s, want reconnecting until live", ev.raw)
+		}
+	}
+	list.waitGroups("lobby reachable again", reachable)
+}
