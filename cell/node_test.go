@@ -940,6 +940,31 @@ func TestHandoverSlowTransfer(t *testing.T) {
 	handoverNamesNext(t, c, l)
 }
 
+// TestHandoverTimeoutNowLost: a leader handing the leadership over whose
+// transfer raft gave up, the member told to stand having never got raft's
+// TimeoutNow (raft sends it only once that member is brought level, and a
+// catch-up or a dial that outlasts the give-up sends none: here the first
+// is held until the test ends, as lost), tells a member again, and
+// Handover returns nil knowing the next leader. (It waited for an
+// election that was not coming until its ctx ended, and returned raft's
+// "leadership transfer timeout": TestHandoverSlowTransfer so at load 34,
+// session 23, no member standing in the 29 s after.)
+func TestHandoverTimeoutNowLost(t *testing.T) {
+	var slow, held atomic.Bool
+	lost := make(chan struct{})
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.received = func(req any) {
+			if _, ok := req.(*raft.TimeoutNowRequest); ok && slow.Load() && held.CompareAndSwap(false, true) {
+				<-lost
+			}
+		}
+	})
+	t.Cleanup(func() { close(lost) }) // before c's members stop: Cleanup runs the last registered first
+	l := c.leader()
+	slow.Store(true)
+	handoverNamesNext(t, c, l)
+}
+
 // lateTimeoutNow returns a received hook (Config.received) that, once
 // slow is set, holds the first raft TimeoutNow a member gets (a leadership
 // transfer's) for two ElectionTimeouts, as a loaded host may, and every
