@@ -149,8 +149,8 @@ func pendingGone(text string) string {
 // a try refused leaves it "not sent (retries stopped)" (Retry, Edit,
 // Discard), with no further try; discarded, a try refused drops it, one
 // ended in doubt keeps it as "may have been sent" (Retry, Discard). A
-// Retry of a message in doubt has Stop alone, and stopped stays "may have
-// been sent". None reaches the daemon once it is back. Until session 23
+// Retry of a message in doubt says it may have been sent, has Stop alone,
+// and stopped stays "may have been sent". None reaches the daemon once it is back. Until session 23
 // "sending…" had no button.
 func TestWebSendingStopsAndDiscards(t *testing.T) {
 	t.Parallel()
@@ -177,62 +177,57 @@ func TestWebSendingStopsAndDiscards(t *testing.T) {
 			t.Errorf("%q says %q, want %q... with %s", text, got, prefix, buttons)
 		}
 	}
+	// underTry holds the next try (the shim's mode) that start begins
+	// (Enter, or Retry) for the message text, wants the page to show it
+	// as shown, presses label, wants it then to say waiting, and lets
+	// the try end.
+	underTry := func(mode, text string, start func(), shown, label, waiting string) {
+		t.Helper()
+		eval[bool](b, `window.doubtMode = `+jsString(mode)+`, true`)
+		start()
+		b.waitFor("a try under way", `typeof window.release === 'function'`)
+		state(text, shown)
+		b.screenshot("web-sending-" + strings.ReplaceAll(text, " ", "-"))
+		pendingButton(b, text, label)
+		state(text, waiting)
+		eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	}
+	enter := func(text string) func() {
+		return func() { b.do("paste, Enter", insertText(text), pressEnter()) }
+	}
+	retry := func(text string) func() { return func() { pendingButton(b, text, "Retry") } }
+	tries := func(want int, what string) {
+		t.Helper()
+		if n := triesWhenOver(b, conv); n != want {
+			t.Errorf("the page made %d tries in all, want %d (%s)", n, want, what)
+		}
+	}
+	const stopping, discarding = "sending… Stopping once the try under way answers…", "sending… Discarding it once the try under way answers…"
+
 	// Stop under the first try, refused: not sent, no further try.
 	const stopped = "stopped while sending"
-	eval[bool](b, `window.doubtMode = 'held', true`)
-	b.do("paste, Enter", insertText(stopped), pressEnter())
-	b.waitFor("the first try under way", `typeof window.release === 'function'`)
-	state(stopped, "sending… StopDiscard")
-	b.screenshot("web-sending-stop-discard")
-	pendingButton(b, stopped, "Stop")
-	state(stopped, "sending… Stopping once the try under way answers…")
-	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	underTry("held", stopped, enter(stopped), "sending… StopDiscard", "Stop", stopping)
 	failed(stopped, "not sent (retries stopped): ", "RetryEditDiscard")
-	if n := triesWhenOver(b, conv); n != 1 {
-		t.Errorf("the page tried the message stopped under its first try %d times, want 1", n)
-	}
+	tries(1, "the first, stopped under it")
 
 	// Discard under a Retry's try, ended in doubt: kept, may have been sent.
-	eval[bool](b, `window.doubtMode = 'heldDoubt', true`)
-	pendingButton(b, stopped, "Retry")
-	b.waitFor("the Retry's try under way", `typeof window.release === 'function'`)
-	state(stopped, "sending… StopDiscard")
-	pendingButton(b, stopped, "Discard")
-	state(stopped, "sending… Discarding it once the try under way answers…")
-	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	underTry("heldDoubt", stopped, retry(stopped), "sending… StopDiscard", "Discard", discarding)
 	failed(stopped, "may have been sent (no answer settled it; retries stopped)", "RetryDiscard")
-	if n := triesWhenOver(b, conv); n != 2 {
-		t.Errorf("the page tried the message %d times, want 2 (the Retry's try, then none)", n)
-	}
+	tries(2, "the Retry's, then none")
 
 	// A Retry of it, in doubt: Stop alone; stopped, still in doubt.
-	eval[bool](b, `window.doubtMode = 'held', true`)
-	pendingButton(b, stopped, "Retry")
-	b.waitFor("the Retry's try under way", `typeof window.release === 'function'`)
-	state(stopped, "sending… Stop")
-	pendingButton(b, stopped, "Stop")
-	state(stopped, "sending… Stopping once the try under way answers…")
-	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	const again = "may have been sent (no answer settled it): sending it again under its ID… "
+	underTry("held", stopped, retry(stopped), again+"Stop", "Stop", again+"Stopping once the try under way answers…")
 	failed(stopped, "may have been sent (no answer settled it; retries stopped)", "RetryDiscard")
-	if n := triesWhenOver(b, conv); n != 3 {
-		t.Errorf("the page tried the message %d times, want 3 (the Retry's try, then none)", n)
-	}
+	tries(3, "the second Retry's, then none")
 	pendingButton(b, stopped, "Discard") // the user's choice, told it may have been sent
 	b.waitFor("the message in doubt discarded", pendingGone(stopped))
 
 	// Discard under the first try, refused: dropped once it answers.
 	const dropped = "discarded while sending"
-	eval[bool](b, `window.doubtMode = 'held', true`)
-	b.do("paste, Enter", insertText(dropped), pressEnter())
-	b.waitFor("the first try under way", `typeof window.release === 'function'`)
-	state(dropped, "sending… StopDiscard")
-	pendingButton(b, dropped, "Discard")
-	state(dropped, "sending… Discarding it once the try under way answers…")
-	eval[bool](b, `window.doubtMode = 'pass', window.release(), true`)
+	underTry("held", dropped, enter(dropped), "sending… StopDiscard", "Discard", discarding)
 	b.waitFor("the message dropped once its try was refused", pendingGone(dropped))
-	if n := triesWhenOver(b, conv); n != 4 {
-		t.Errorf("the page made %d tries in all, want 4 (one for the message discarded)", n)
-	}
+	tries(4, "one for the message discarded")
 
 	// lobby back: neither reaches it.
 	gd := startDaemon(t, "serve", "--group", "lobby", "--registry", w.reg.registry, "--listen", w.gd.addr, "--state-dir", w.state)

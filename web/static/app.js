@@ -932,9 +932,9 @@ function pendingState(c, p) {
       // then "not sent (retries stopped)", or "may have been sent" if
       // the try ended in doubt; discarded, it is dropped if the try was
       // refused, kept as "may have been sent" if it ended in doubt. A
-      // Retry of a message in doubt has Stop alone (Discard only where
-      // it says it may have been sent).
-      s.textContent = 'sending… ';
+      // Retry of a message in doubt says so, with Stop alone (Discard
+      // only where it says it may have been sent).
+      s.textContent = p.inDoubt ? 'may have been sent (no answer settled it): sending it again under its ID… ' : 'sending… ';
       if (p.dropping) s.append('Discarding it once the try under way answers…');
       else if (p.stopped) s.append('Stopping once the try under way answers…');
       else {
