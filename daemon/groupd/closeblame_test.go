@@ -38,12 +38,8 @@ func closeNamesRaftInALogWrite(t *testing.T) bool {
 		cfg.Server.ShutdownTimeout = 200 * time.Millisecond
 	}, nil)
 
-	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
-	if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil); err != nil {
-		if !electedSince(members, leader, term) {
-			t.Fatalf("ann's join at the leader: %v", err)
-		}
-		t.Logf("an election came since term %d; ann's join at the leader deposed: %v", term, err)
+	p, joined := annAtLeader(t, members, leader, g, term)
+	if !joined {
 		return false
 	}
 	release := h.hangs()
@@ -136,12 +132,8 @@ func closeNamesARequestInACellMember(t *testing.T) bool {
 	eventually(t, "the leader's group log open", func() bool { return logs[at].Load() != nil })
 	h := logs[at].Load()
 
-	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
-	if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil); err != nil {
-		if !electedSince(members, leader, term) {
-			t.Fatalf("ann's join at the leader: %v", err)
-		}
-		t.Logf("an election came since term %d; ann's join at the leader deposed: %v", term, err)
+	p, joined := annAtLeader(t, members, leader, g, term)
+	if !joined {
 		return false
 	}
 	release := h.hangs()
@@ -158,6 +150,21 @@ func closeNamesARequestInACellMember(t *testing.T) bool {
 		t.Errorf("Close, raft stopped, blamed it: %q", got)
 	}
 	return true
+}
+
+// annAtLeader dials the cell's leader, elected in term, as a new user and
+// joins g as ann: false (the try void, logged) if an election since
+// deposed the leader under the join.
+func annAtLeader(t *testing.T, members []*testCellMember, leader *testCellMember, g wire.UUID, term uint64) (*peer, bool) {
+	p := dial(t, leader.d.Addr(), leader.fp, newKey(t))
+	if err := p.call(wire.OpJoin, wire.Join{Group: g, Name: "ann"}, nil); err != nil {
+		if !electedSince(members, leader, term) {
+			t.Fatalf("ann's join at the leader: %v", err)
+		}
+		t.Logf("an election came since term %d; ann's join at the leader deposed: %v", term, err)
+		return nil, false
+	}
+	return p, true
 }
 
 // readHungLog is a cell's group log whose reads (After, Since) wait, once
