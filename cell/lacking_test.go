@@ -25,4 +25,12 @@ func TestLackingByNameOrUUID(t *testing.T) {
 	if want := []GroupConfig{{ID: fresh, Name: "fresh"}, {Name: "unnamed id"}}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("lacking = %v, want %v", got, want)
 	}
+	// A member whose state directory never held "team " (added since, or
+	// its directory new) configures "team" under a UUID of its own: the
+	// group that shows as "team" is that group, not one to create beside
+	// it (which every member would then serve as "team", without the
+	// history).
+	if got := lacking(have, []GroupConfig{{ID: wire.UUID{7}, Name: "team"}}); len(got) != 0 {
+		t.Errorf("lacking = %v for \"team\" under a new UUID beside the cell's \"team \", want none", got)
+	}
 }

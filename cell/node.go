@@ -1365,11 +1365,17 @@ func (n *Node) createGroups() {
 // daemon's groups.json keeps it), and is that group: proposed again, its
 // create was refused by the cell's state (the first stands) at each
 // leader's start, each time logged as a group created.
+//
+// By the name it shows as too (wire.ShownName): a member whose state
+// directory never held "team " (one added since, or its directory new)
+// configures "team" under a UUID of its own, and, leading, created a
+// second group, "team", beside the cell's "team ", which every member then
+// served under that name instead of the group with its history.
 func lacking(have []*groupState, configured []GroupConfig) []GroupConfig {
-	names := make(map[string]bool, len(have))
+	names := make(map[string]bool, 2*len(have))
 	ids := make(map[wire.UUID]bool, len(have))
 	for _, g := range have {
-		names[g.spec.Name], ids[g.spec.ID] = true, true
+		names[g.spec.Name], names[wire.ShownName(g.spec.Name)], ids[g.spec.ID] = true, true, true
 	}
 	var out []GroupConfig
 	for _, gc := range configured {

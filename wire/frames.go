@@ -812,6 +812,36 @@ func checkName(what, name string) error {
 	return nil
 }
 
+// ShownName returns a name stored before the rules refused it (in a group
+// daemon's members file or groups.json, in a cell's state) as it shows,
+// the name a daemon reads it as rather than stop for it: without the
+// format characters and separators (U+202E..., refused since session 19)
+// and fillers (U+3164..., since session 20) it holds, and without blanks
+// at either end (since session 23, with the variation selectors beside
+// them there); U+FFFD if nothing is left, a name that showed as none. A
+// name CheckName takes is returned as it is; one with a control character
+// still fails it.
+func ShownName(name string) string {
+	if CheckName(name) == nil {
+		return name
+	}
+	t := strings.TrimSpace(strings.Map(func(r rune) rune {
+		if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || Filler(r) {
+			return -1
+		}
+		return r
+	}, name))
+	if CheckName(t) != nil {
+		// Blanks a variation selector hid from TrimSpace ("alice " and
+		// U+FE0F), or selectors alone.
+		t = strings.TrimFunc(t, func(r rune) bool { return unicode.IsSpace(r) || unicode.Is(unicode.Variation_Selector, r) })
+	}
+	if t == "" && name != "" {
+		return "\uFFFD"
+	}
+	return t
+}
+
 // withoutSelectors returns s without its variation selectors, which
 // show as nothing of their own: s as its blanks show.
 func withoutSelectors(s string) string {

@@ -191,7 +191,7 @@ func (h *cellHost) OpenGroup(spec cell.GroupSpec) (cell.Replica, error) {
 	// A cell keeps the name its group was created under, and one created
 	// before the rules refused it (loadGroupIDs) is served, and
 	// registered, under the name it shows as: registries refuse the other.
-	g = newGroup(spec.ID, Spec{Name: legacyName(spec.Name)}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
+	g = newGroup(spec.ID, Spec{Name: wire.ShownName(spec.Name)}, l, d.cfg.StateDir, nil, newRateLimiter(d.cfg.SendRate, d.cfg.SendBurst), d.cfg.Now)
 	g.cell = &cellGroup{spec: spec, node: d.node, log: cl, writing: &h.writing, host: h}
 	g.changed = d.countsChanged
 	h.mu.Lock()
@@ -241,7 +241,7 @@ func (h *cellHost) next() <-chan struct{} {
 
 // byName returns the groups named names, one for each at most, and the
 // channel closed when the next group is added. A group is named n if it
-// was created as n, else if it shows as n (legacyName: created before the
+// was created as n, else if it shows as n (wire.ShownName: created before the
 // rules refused its name, "team " for "team"), the first of those in the
 // order of the names they were created under, as loadGroupIDs renames a
 // groups.json entry: a cell of before session 23 may hold "team" and
@@ -353,7 +353,7 @@ func (r cellReplica) Joined(m cell.Member) {
 	defer g.changed()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	name := legacyName(m.Name) // one joined before the rules refused it: as a members file's (loadMembers)
+	name := wire.ShownName(m.Name) // one joined before the rules refused it: as a members file's (loadMembers)
 	if o := g.members[m.Fingerprint]; o != nil {
 		o.name = name
 		return

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"unicode"
 
 	"github.com/google/uuid"
 
@@ -47,7 +46,7 @@ type memberRecord struct {
 // making a new (v4) one for a name seen for the first time and saving the
 // file if it did. Names no longer configured keep their UUIDs in the file, so
 // a group that comes back is the same group; a name stored before the
-// rules refused it is renamed (legacyName), logged to log.
+// rules refused it is renamed (wire.ShownName), logged to log.
 func loadGroupIDs(dir string, names []string, log *slog.Logger) (map[string]wire.UUID, error) {
 	path := filepath.Join(dir, groupsFile)
 	ids := make(map[string]wire.UUID)
@@ -67,14 +66,14 @@ func loadGroupIDs(dir string, names []string, log *slog.Logger) (map[string]wire
 	changed := false
 	// A name stored before the rules refused it (a filler, since session
 	// 20; a blank at either end, since session 23) can no longer be
-	// configured: its entry takes the name legacyName reads it as, the
+	// configured: its entry takes the name wire.ShownName reads it as, the
 	// one it showed as, so that the group configured under that name
 	// keeps its UUID (its members, its log, the UUID its users and
 	// registries know) instead of becoming a new group, unless another
 	// entry holds that name already. The first in name order wins a name
 	// two such entries read as.
 	for _, old := range slices.Sorted(maps.Keys(ids)) {
-		n := legacyName(old)
+		n := wire.ShownName(old)
 		if n == old || wire.CheckName(n) != nil {
 			continue
 		}
@@ -179,42 +178,12 @@ func loadMembers(dir string, g wire.UUID) ([]memberRecord, error) {
 		return nil, fmt.Errorf("load members: %s holds group %s: %w", path, doc.Group, ErrBadState)
 	}
 	for i, m := range doc.Members {
-		doc.Members[i].Name = legacyName(m.Name)
+		doc.Members[i].Name = wire.ShownName(m.Name)
 		if m.Fingerprint.IsZero() || wire.CheckName(doc.Members[i].Name) != nil {
 			return nil, fmt.Errorf("load members: %s: member %s named %q: %w", path, m.Fingerprint, m.Name, ErrBadState)
 		}
 	}
 	return doc.Members, nil
-}
-
-// legacyName returns a name stored before the rules refused it (in a
-// members file, groups.json or a cell's state) as the daemon reads it,
-// rather than stop for it: without the format characters and separators
-// (U+202E..., refused since session 19) and fillers (U+3164..., since
-// session 20) it holds, and without blanks at either end (since session
-// 23; with the variation selectors beside them there); as U+FFFD if
-// nothing is left, a name that showed as none. A name
-// wire.CheckName takes is returned as it is; one with a control
-// character still fails it.
-func legacyName(name string) string {
-	if wire.CheckName(name) == nil {
-		return name
-	}
-	t := strings.TrimSpace(strings.Map(func(r rune) rune {
-		if unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) || wire.Filler(r) {
-			return -1
-		}
-		return r
-	}, name))
-	if wire.CheckName(t) != nil {
-		// Blanks a variation selector hid from TrimSpace ("alice " and
-		// U+FE0F, refused since session 23), or selectors alone.
-		t = strings.TrimFunc(t, func(r rune) bool { return unicode.IsSpace(r) || unicode.Is(unicode.Variation_Selector, r) })
-	}
-	if t == "" && name != "" {
-		return "\uFFFD"
-	}
-	return t
 }
 
 // saveMembers rewrites a group's members file atomically.
