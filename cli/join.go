@@ -160,11 +160,13 @@ func joinRefusal(err error, verb, ref, secretFile string) error {
 
 // joinPaced says what a join refused rate_limited means: a daemon paces
 // the joins of a private group per source address (PROTOCOL.md §8.2, 10 then
-// 1 a second), whoever at that address makes them, and refuses one before
-// its secret is compared. Said as "slow down" (advice's generic words)
+// 1 a second), whoever at that address makes them, and refuses one
+// whatever its secret: the refusal tells nothing of it (groupd compares it
+// first, and a right one is refused alike; until session 23 the CLI said
+// the secret was not looked at). Said as "slow down" (advice's generic words)
 // until session 23, which told a user who had typed one join neither that
-// others sharing the address may be the cause, nor that the secret was not
-// judged, nor when to try again: the refusal's retry_after_ms says when.
+// others sharing the address may be the cause, nor that the refusal says
+// nothing of the secret, nor when to try again: the refusal's retry_after_ms says when.
 func joinPaced(we *wire.Error, verb, ref, secretFile string) error {
 	when := "in a few seconds"
 	if d := we.RetryAfter(); d > 0 {
@@ -178,7 +180,7 @@ func joinPaced(we *wire.Error, verb, ref, secretFile string) error {
 		again += " --secret-file " + shellWord(secretFile)
 	}
 	return &refusal{fmt.Sprintf("%v; the group's daemon paces joins from your address (this host, or others sharing its address: a NAT, an IPv6 /64), "+
-		"and refused this one before it looked at the secret: nothing changed; try again %s: %s", we, when, again)}
+		"and refused this one whatever its secret (the refusal says nothing of it): nothing changed; try again %s: %s", we, when, again)}
 }
 
 // roundUp is d in whole seconds, rounded up (a wait said shorter than the

@@ -80,7 +80,7 @@ func TestJoinPacedSaysWhen(t *testing.T) {
 		}
 	}
 	want := regexp.MustCompile(`the group's daemon paces joins from your address \(this host, or others sharing its address: a NAT, an IPv6 /64\), ` +
-		`and refused this one before it looked at the secret: nothing changed; try again in [1-9][0-9]*s: huddle join lobby --secret-file \S*wrong\n$`)
+		`and refused this one whatever its secret \(the refusal says nothing of it\): nothing changed; try again in [1-9][0-9]*s: huddle join lobby --secret-file \S*wrong\n$`)
 	if code != ExitRefused || !want.MatchString(stderr) || strings.Contains(stderr, "slow down") {
 		t.Fatalf("join refused rate_limited: exit %d, stderr:\n%s\nwant exit %d, saying why and when to try again (%s)", code, stderr, ExitRefused, want)
 	}
@@ -91,7 +91,7 @@ func TestJoinPacedSaysWhen(t *testing.T) {
 			break
 		}
 	}
-	if code != ExitRefused || !strings.Contains(stderr, "before it looked at the secret") || !strings.Contains(stderr, ": huddle chat lobby --as NAME --secret-file ") {
+	if code != ExitRefused || !strings.Contains(stderr, "whatever its secret (the refusal says nothing of it)") || !strings.Contains(stderr, ": huddle chat lobby --as NAME --secret-file ") {
 		t.Fatalf("chat --as refused rate_limited: exit %d, stderr:\n%s\nwant exit %d, saying when to try again, in chat's words", code, stderr, ExitRefused)
 	}
 }
