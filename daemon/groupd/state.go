@@ -79,7 +79,8 @@ func loadGroupIDs(dir string, names []string, log *slog.Logger) (map[string]wire
 		}
 		if _, taken := ids[n]; taken {
 			log.Warn("groups.json: a group named before the rules refused its name keeps it; another group has the name it shows as",
-				"stored", old, "shows_as", n, "uuid", ids[old])
+				"stored", old, "shows_as", n, "uuid", ids[old],
+				"to_serve_it", "stop the daemon, give the entry a free name in "+path+", start it with --group that name")
 			continue
 		}
 		ids[n] = ids[old]
