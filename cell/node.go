@@ -656,7 +656,7 @@ func (n *Node) start() error {
 	n.net = newRaftNet(n.tr, n.cfg.RPCTimeout, hclogFor(n.cfg.Logger, "transport"), func(rn *raftNet) {
 		rn.received = n.cfg.received
 		rn.rtt = n.cfg.rtt
-		rn.transferWait = 2 * n.cfg.ElectionTimeout
+		rn.transferWait.Store(int64(2 * n.cfg.ElectionTimeout))
 		rn.voteGranted = n.voteGranted
 	})
 	n.net.onInstalled(n.installed)
@@ -1525,7 +1525,7 @@ func (n *Node) Handover(ctx context.Context) error {
 		// may outlast one (above). That one is waited for too, for as
 		// long as its TimeoutNow may take (transferWait) and an election
 		// after it.
-		wait, cancel := context.WithTimeout(ctx, n.net.transferWait+2*n.raft.ReloadableConfig().ElectionTimeout)
+		wait, cancel := context.WithTimeout(ctx, time.Duration(n.net.transferWait.Load())+2*n.raft.ReloadableConfig().ElectionTimeout)
 		leader, ok := n.nextLeader(wait)
 		cancel()
 		if !ok && n.raft.State() != raft.Leader {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,12 +44,13 @@ type raftNet struct {
 	// that cannot be dialed: linkWait, the constant (tests set it).
 	linkWait time.Duration
 	// transferWait bounds a TimeoutNow (a leadership transfer's last
-	// step): raft gives the transfer up an ElectionTimeout after it began
-	// but refuses proposals until the call returns (transferable.go). Twice
-	// the ElectionTimeout: raft's give-up must come first, as its caller
-	// tells it from other failures (raftTransferTimeout). 0: the RPC
-	// timeout.
-	transferWait time.Duration
+	// step), in nanoseconds: raft gives the transfer up an ElectionTimeout
+	// after it began but refuses proposals until the call returns
+	// (transferable.go). Twice the ElectionTimeout raft has now (the
+	// timing loop sets it as it raises or lowers that: timing.go): raft's
+	// give-up must come first, as its caller tells it from other failures
+	// (raftTransferTimeout). 0: the RPC timeout.
+	transferWait atomic.Int64
 	log          hclog.Logger
 
 	consume chan raft.RPC
@@ -786,8 +788,8 @@ func (n *raftNet) timedVote(round voteRound, call func() (granted bool, err erro
 // every proposal until it returns (transferable.go).
 func (n *raftNet) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
 	timeout := n.timeout
-	if n.transferWait > 0 && (timeout <= 0 || n.transferWait < timeout) {
-		timeout = n.transferWait
+	if wait := time.Duration(n.transferWait.Load()); wait > 0 && (timeout <= 0 || wait < timeout) {
+		timeout = wait
 	}
 	c, err := n.getConnWithin(target, cmp.Or(timeout, n.dialTimeout()))
 	if err != nil {

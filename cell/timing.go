@@ -185,6 +185,9 @@ func (n *Node) setTiming() {
 		n.cfg.Logger.Warn("cell: set the election timeout", "timeout", want, "err", err)
 		return
 	}
+	// Raft gives a leadership transfer up after the timeout it has now:
+	// TimeoutNow's bound must outlast it (raftNet.transferWait).
+	n.net.transferWait.Store(int64(2 * want))
 	if raise > 0 {
 		n.cfg.Logger.Info("cell: election timeout raised: votes answered late", "timeout", want, "slowest", took.Round(time.Millisecond),
 			"rtt", rtt, "rank", rank, "voters", len(voters))
