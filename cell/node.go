@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -1506,14 +1507,31 @@ func (n *Node) Handover(ctx context.Context) error {
 		return nil
 	}
 	for again := false; ; again = true {
+		term := n.raft.CurrentTerm()
 		err := n.transferWithin(ctx, nil)
 		if err == nil {
-			if leader, ok := n.nextLeader(ctx); ok {
+			leader, ok := n.nextLeaderAfter(ctx, term)
+			if ok {
 				n.cfg.Logger.Info("cell: handed the leadership over", "to", leader.String())
-			} else {
-				n.cfg.Logger.Info("cell: handed the leadership over", "to", "not known yet") // internal/jepsen matches the message
+				return nil
 			}
-			return nil
+			if !n.leadsAfter(term) {
+				n.cfg.Logger.Info("cell: handed the leadership over", "to", "not known yet") // internal/jepsen matches the message
+				return nil
+			}
+			// Elected again: raft answers a transfer nil also when this
+			// member lost its lease during it (it stepped down), and the
+			// cell may then elect this member again. It waited for
+			// another leader while it led, until ctx ended, and answered
+			// that none was known (session 23:
+			// TestRestartCatchesUpFromConfiguration at load 34, its
+			// removal of the leader failed so for 30 s).
+			if ctx.Err() != nil {
+				n.cfg.Logger.Warn("cell: could not hand the leadership over before stopping", "err", "elected again")
+				return fmt.Errorf("cell: hand over the leadership: %w: this member lost its lease during the transfer, and was elected again", ErrUnavailable)
+			}
+			n.cfg.Logger.Info("cell: elected again while handing the leadership over; handing it over again", "term", n.raft.CurrentTerm())
+			continue
 		}
 		if !mayStandYet(err, again) {
 			n.cfg.Logger.Warn("cell: could not hand the leadership over before stopping", "err", err)
@@ -1525,8 +1543,14 @@ func (n *Node) Handover(ctx context.Context) error {
 		// may outlast one (above). That one is waited for too, for as
 		// long as its TimeoutNow may take (transferWait) and an election
 		// after it.
-		wait, cancel := context.WithTimeout(ctx, time.Duration(n.net.transferWait.Load())+2*n.raft.ReloadableConfig().ElectionTimeout)
-		leader, ok := n.nextLeader(wait)
+		bound := time.Duration(n.net.transferWait.Load()) + 2*n.raft.ReloadableConfig().ElectionTimeout
+		if errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			// The last transfer's TimeoutNow has not returned (at most
+			// transferWait after it began): asked again soon.
+			bound = n.cfg.HeartbeatTimeout
+		}
+		wait, cancel := context.WithTimeout(ctx, bound)
+		leader, ok := n.nextLeaderAfter(wait, term)
 		cancel()
 		if !ok && n.raft.State() != raft.Leader {
 			// This member stepped down since: another stood (the one
@@ -1564,9 +1588,9 @@ func (n *Node) Handover(ctx context.Context) error {
 // mayStandYet reports whether err, of a leadership transfer, leaves the
 // member told to stand able to be elected still: raft gave the transfer
 // up (raftTransferTimeout), or its TimeoutNow failed, which may have
-// reached the member (its bound, transferWait, passed before raft's
-// give-up, which an ElectionTimeout raised for votes answered late
-// (timing.go) puts later). Again (a transfer after one that did not end),
+// reached the member all the same (its bound, transferWait, passed first:
+// an ElectionTimeout raised between its start and raft's give-up). Again
+// (a transfer after one that did not end),
 // also no voter current enough (transferable refuses the member raft
 // gave a transfer up to until it is level) or raft's transfer still in
 // progress (its TimeoutNow not returned): it is waited for again.
@@ -1631,11 +1655,21 @@ const raftTransferTimeout = "leadership transfer timeout"
 // nextLeader waits until this node knows of a leader other than itself,
 // or ctx ends, or the node closes, and returns it.
 func (n *Node) nextLeader(ctx context.Context) (Peer, bool) {
+	return n.nextLeaderAfter(ctx, math.MaxUint64)
+}
+
+// nextLeaderAfter is nextLeader, which also ends (false) once this member
+// leads in a term after term: elected again, the leader it hands over to
+// is not coming.
+func (n *Node) nextLeaderAfter(ctx context.Context, term uint64) (Peer, bool) {
 	tick := time.NewTicker(n.cfg.HeartbeatTimeout / 20)
 	defer tick.Stop()
 	for {
 		if leader, ok := n.Leader(); ok && leader != n.self {
 			return leader, true
+		}
+		if n.leadsAfter(term) {
+			return Peer{}, false
 		}
 		select {
 		case <-tick.C:
@@ -1645,6 +1679,11 @@ func (n *Node) nextLeader(ctx context.Context) (Peer, bool) {
 			return Peer{}, false
 		}
 	}
+}
+
+// leadsAfter reports whether this member leads in a term after term.
+func (n *Node) leadsAfter(term uint64) bool {
+	return n.raft.State() == raft.Leader && n.raft.CurrentTerm() > term
 }
 
 // Abort begins Close without waiting for the node's lock: what Start waits

@@ -965,6 +965,78 @@ func TestHandoverTimeoutNowLost(t *testing.T) {
 	handoverNamesNext(t, c, l)
 }
 
+// TestHandoverElectedAgain: a leader that loses its lease while it hands
+// the leadership over (raft answers the transfer nil then: "lost
+// leadership during transfer") and is elected again hands it over again,
+// and Handover returns nil knowing the next leader. Here, once it hands
+// over, the others hear neither its AppendEntries nor any other member's
+// (pre-)votes until it leads again, and the TimeoutNow of its first
+// transfer is lost; raft's own give-up (an ElectionTimeout, 2 s here)
+// comes after its lease (300 ms) ended. (It waited for another leader
+// while it led, until its ctx ended, and answered that none was known:
+// TestRestartCatchesUpFromConfiguration so at load 34, session 23, the
+// leader's removal of itself failing for 30 s.)
+func TestHandoverElectedAgain(t *testing.T) {
+	var handing atomic.Pointer[string] // the leader's address, once it hands over
+	var deaf, held atomic.Bool
+	lost := make(chan struct{})
+	c := newTestCell(t, 3, false, func(cfg *Config) {
+		cfg.ElectionTimeout = 2 * time.Second
+		self := cfg.Advertise
+		cfg.received = func(req any) {
+			l := handing.Load()
+			if l == nil {
+				return
+			}
+			if _, ok := req.(*raft.TimeoutNowRequest); ok {
+				if held.CompareAndSwap(false, true) {
+					<-lost
+				}
+				return
+			}
+			h, ok := req.(raft.WithRPCHeader)
+			if !ok {
+				return
+			}
+			_, ae := req.(*raft.AppendEntriesRequest)
+			_, vote := req.(*raft.RequestVoteRequest)
+			_, preVote := req.(*raft.RequestPreVoteRequest)
+			from := string(h.GetRPCHeader().Addr)
+			if !(ae && from == *l && self != *l || (vote || preVote) && from != *l) {
+				return
+			}
+			for deaf.Load() {
+				select {
+				case <-lost:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(lost); wg.Wait() }) // before c's members stop: Cleanup runs the last registered first
+	l := c.leader()
+	for _, m := range c.members {
+		m.group("lobby") // the leader's transfer has nothing to bring level: its first TimeoutNow goes out (and is lost)
+	}
+	term := l.node.raft.CurrentTerm()
+	deaf.Store(true)
+	handing.Store(&l.addr)
+	wg.Go(func() {
+		for l.node.raft.State() != raft.Leader || l.node.raft.CurrentTerm() <= term {
+			select {
+			case <-lost:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		t.Logf("the leader of term %d leads again in term %d", term, l.node.raft.CurrentTerm())
+		deaf.Store(false)
+	})
+	handoverNamesNext(t, c, l)
+}
+
 // lateTimeoutNow returns a received hook (Config.received) that, once
 // slow is set, holds the first raft TimeoutNow a member gets (a leadership
 // transfer's) for two ElectionTimeouts, as a loaded host may, and every
