@@ -295,6 +295,13 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 	// a member did).
 	var doubtUntil time.Time
 	var doubtErr error
+	// refused is the last refusal a member answered (unavailable: no
+	// leader known, or one named): a call its bound (ctx's, the follow
+	// bound, the doubt's) ends in an attempt cut short, or on doubtErr,
+	// keeps it beside its error (refusedBefore). Until session 23 it was
+	// lost: huddle send to a cell an election outlasted said "timed out;
+	// is the daemon running?", though its members had answered each try.
+	var refused *wire.Error
 	// settling: the call counts in g.settling from its doubt on, until it
 	// ends (dialBound).
 	settling := false
@@ -357,9 +364,15 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 			until = time.Now().Add(g.cl.cellFollowFor)
 		}
 		if ctx.Err() != nil || past(until) {
+			if refused != nil && !serverSaid(err) {
+				err = &refusedBefore{err: err, refusal: refused}
+			}
 			return ended(err)
 		}
 		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.CodeUnavailable {
+			refused = we
+		}
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
 		// A member's refusal names the cell's members: a list made before
 		// one was replaced is replaced, so that a member gone is not asked.
@@ -622,6 +635,38 @@ var (
 	errNoHandshake    = errors.New("no handshake in time")
 	errSilent         = errors.New("not a packet in time")
 )
+
+// refusedBefore is the error of a call to a cell that its bound ended
+// (err: an attempt cut short, or the one that left it in doubt) after a
+// member had refused it (refusal: unavailable, the cell electing or its
+// leader named). It unwraps to err alone: the call was not refused as a
+// whole (RefusedWhole), and errors.Is and errors.As see what ended it;
+// LastRefusal finds the refusal.
+type refusedBefore struct {
+	err     error
+	refusal *wire.Error
+}
+
+func (e *refusedBefore) Error() string {
+	return fmt.Sprintf("%v (a member's last answer: %v)", e.err, e.refusal)
+}
+func (e *refusedBefore) Unwrap() error { return e.err }
+
+// LastRefusal returns the last refusal a cell's member answered a call
+// with (unavailable: "no leader is known (an election is under way)", or
+// the leader named), when the call ended otherwise: its deadline, or its
+// retries in doubt (ErrInDoubt) ended, during an attempt that no member
+// answered. A send to a cell that an election outlasts fails so: its
+// error is the deadline's or the doubt's, and this says the members were
+// there, answering. ok is false if no member refused the call, or if it
+// ended on a refusal (errors.As finds that one).
+func LastRefusal(err error) (refusal *wire.Error, ok bool) {
+	var rb *refusedBefore
+	if errors.As(err, &rb) {
+		return rb.refusal, true
+	}
+	return nil, false
+}
 
 // past reports whether until is set and has passed.
 func past(until time.Time) bool { return !until.IsZero() && !time.Now().Before(until) }

@@ -2052,3 +2052,61 @@ func TestCellSendInDoubtBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestCellSendInDoubtKeepsRefusal: a send to a cell that an election
+// outlasts. The one member that answers refuses the first try (no leader
+// known: an election under way), then takes each retry and leaves it
+// unanswered (in doubt); the other never completes a handshake. The call
+// ends in doubt at its bound, during an attempt no member answered, and
+// its error keeps the cell's refusal (LastRefusal): until session 23 it
+// was the first attempt in doubt's alone, and huddle send said "timed
+// out; is the daemon running?" of a cell whose members had answered.
+func TestCellSendInDoubtKeepsRefusal(t *testing.T) {
+	const electing = "cell: not the leader, and no leader is known (an election is under way)"
+	var asked atomic.Int64
+	release := make(chan struct{})
+	member := hostileDaemon(t, func(ctx context.Context, c *server.Call) error {
+		if c.Op() != wire.OpSend {
+			return &wire.Error{Code: wire.CodeUnsupported}
+		}
+		if asked.Add(1) == 1 {
+			return &wire.Error{Code: wire.CodeUnavailable, Unchanged: true, RetryAfterMS: 50, Message: electing}
+		}
+		select { // taken, never answered: the attempt gives up, in doubt
+		case <-ctx.Done():
+		case <-release:
+		}
+		return &wire.Error{Code: wire.CodeUnavailable}
+	})
+	t.Cleanup(func() { close(release) })              // before the daemon closes
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0") // a member stopped: no handshake
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	replicas := []wire.Replica{
+		{Addr: member.Addrs[0], Fingerprint: member.Fingerprint},
+		{Addr: pc.LocalAddr().String(), Fingerprint: wire.Fingerprint{1}},
+	}
+	c := newClientWith(t, client.Config{NoBatching: true})
+	client.SetCellDoubtFor(c, 3*time.Second)
+	g, err := c.Group(wire.GroupEntry{Group: wire.UUID{7}, Name: "ops", Addrs: member.Addrs, Fingerprint: member.Fingerprint, Replicas: replicas})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // the program's deadline, and the test's
+	defer cancel()
+	_, err = g.Send(ctx, []byte("hello"))
+	if !errors.Is(err, client.ErrInDoubt) || ctx.Err() != nil {
+		t.Fatalf("a send in doubt that no member settled: %v (context: %v); want it in doubt, before the program's deadline", err, ctx.Err())
+	}
+	refusal, ok := client.LastRefusal(err)
+	if !ok || refusal.Message != electing {
+		t.Fatalf("the send's error: %v; want it to keep the member's refusal %q (LastRefusal: %v, %v)", err, electing, refusal, ok)
+	}
+	if client.RefusedWhole(err) {
+		t.Fatalf("the send's error: %v; RefusedWhole says it was refused as a whole, though its last attempt went unanswered", err)
+	}
+	t.Logf("the send: %v (the member asked %d times)", err, asked.Load())
+}
