@@ -648,7 +648,7 @@ type refusedBefore struct {
 }
 
 func (e *refusedBefore) Error() string {
-	return fmt.Sprintf("%v (a member's last answer: %v)", e.err, e.refusal)
+	return fmt.Sprintf("%v; a member's last answer: %v", e.err, e.refusal)
 }
 func (e *refusedBefore) Unwrap() error { return e.err }
 
