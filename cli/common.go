@@ -649,7 +649,7 @@ func explainCause(err error) (string, int) {
 	var eu *explainedUnreachable
 	var rf *refusal
 	var nl *client.NotListedError
-	refusal, refusedBefore := client.LastRefusal(err)
+	_, refusedBefore := client.LastRefusal(err)
 	switch {
 	case errors.As(err, &ue):
 		return ue.msg, ExitUsage
@@ -680,7 +680,7 @@ func explainCause(err error) (string, int) {
 		return fmt.Sprintf("%s; 'huddle groups' lists the groups listed now", shown(err.Error())), ExitUnreachable
 	case refusedBefore && !errors.Is(err, context.Canceled):
 		// Before the deadline's: the cell's members answered.
-		return cellRefusedText(err, refusal), ExitUnreachable
+		return cellRefusedText(err), ExitUnreachable
 	case errors.Is(err, context.DeadlineExceeded):
 		// Before ErrUnreachable: a dial the deadline cut short is both.
 		return fmt.Sprintf("%s: timed out; is the daemon running and reachable over UDP? (raise --timeout for slow links)", shown(withoutGoText(err))), ExitUnreachable
@@ -703,23 +703,18 @@ func explainCause(err error) (string, int) {
 // cellRefusedText is explainCause's text for err, a call to a cell that
 // ended unanswered after a member had refused it (client.LastRefusal):
 // the members were running, and the cell had no leader (an election
-// outlasting the tries), or the leader they named did not answer. Until
-// session 23 a send so ended said "timed out; is the daemon running and
+// outlasting the tries). Until session 23 a send so ended said "timed out; is the daemon running and
 // reachable over UDP? (raise --timeout for slow links)": but the members
 // had answered, and a send in doubt is retried 10 s at most whatever
 // --timeout says. A send's own lines then give the --id to send it again
 // under (send.go), which stores it once.
-func cellRefusedText(err error, refusal *wire.Error) string {
-	why := "the cell had no leader: an election outlasted the tries"
-	if refusal.Leader != nil {
-		why = "the leader they named did not answer"
-	}
+func cellRefusedText(err error) string {
 	then := "try again shortly (huddle cell status --server MEMBER shows the cell's leader)"
 	if errors.Is(err, client.ErrInDoubt) {
 		then = "no leader settled it before the tries ended (at --timeout, or 10 s after the first try in doubt, whichever came first: a longer --timeout does not lengthen the latter); " +
 			"send it again with the same --id once the cell has a leader (huddle cell status --server MEMBER shows it): it is stored once"
 	}
-	return fmt.Sprintf("%s; the cell's members were running and answered, and %s; %s", shown(withoutGoText(err)), why, then)
+	return fmt.Sprintf("%s; the cell's members were running and answered, and the cell had no leader: an election outlasted the tries; %s", shown(withoutGoText(err)), then)
 }
 
 // refusal is a server's refusal with what to do about it already said:

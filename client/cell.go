@@ -295,12 +295,15 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 	// a member did).
 	var doubtUntil time.Time
 	var doubtErr error
-	// refused is the last refusal a member answered (unavailable: no
-	// leader known, or one named): a call its bound (ctx's, the follow
-	// bound, the doubt's) ends in an attempt cut short, or on doubtErr,
-	// keeps it beside its error (refusedBefore). Until session 23 it was
-	// lost: huddle send to a cell an election outlasted said "timed out;
-	// is the daemon running?", though its members had answered each try.
+	// refused is the last refusal a member answered that named no leader
+	// (unavailable: an election under way): a call its bound (ctx's, the
+	// follow bound, the doubt's) ends in an attempt cut short, or on
+	// doubtErr, keeps it beside its error (refusedBefore). Until session
+	// 23 it was lost: huddle send to a cell an election outlasted said
+	// "timed out; is the daemon running?", though its members had
+	// answered each try. Not a refusal naming a leader: a leader's own
+	// ("it took nothing of this", selfNamed) would read as the outcome of
+	// a call whose last attempt went unanswered, perhaps taken.
 	var refused *wire.Error
 	// settling: the call counts in g.settling from its doubt on, until it
 	// ends (dialBound).
@@ -370,7 +373,7 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 			return ended(err)
 		}
 		var we *wire.Error
-		if errors.As(err, &we) && we.Code == wire.CodeUnavailable {
+		if errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader == nil {
 			refused = we
 		}
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
@@ -638,8 +641,8 @@ var (
 
 // refusedBefore is the error of a call to a cell that its bound ended
 // (err: an attempt cut short, or the one that left it in doubt) after a
-// member had refused it (refusal: unavailable, the cell electing or its
-// leader named). It unwraps to err alone: the call was not refused as a
+// member had refused it (refusal: unavailable, no leader known: the cell
+// electing). It unwraps to err alone: the call was not refused as a
 // whole (RefusedWhole), and errors.Is and errors.As see what ended it;
 // LastRefusal finds the refusal.
 type refusedBefore struct {
@@ -652,9 +655,9 @@ func (e *refusedBefore) Error() string {
 }
 func (e *refusedBefore) Unwrap() error { return e.err }
 
-// LastRefusal returns the last refusal a cell's member answered a call
-// with (unavailable: "no leader is known (an election is under way)", or
-// the leader named), when the call ended otherwise: its deadline, or its
+// LastRefusal returns the last refusal naming no leader that a cell's
+// member answered a call with (unavailable: "no leader is known (an
+// election is under way)"), when the call ended otherwise: its deadline, or its
 // retries in doubt (ErrInDoubt) ended, during an attempt that no member
 // answered. A send to a cell that an election outlasts fails so: its
 // error is the deadline's or the doubt's, and this says the members were
