@@ -295,8 +295,8 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 	// a member did).
 	var doubtUntil time.Time
 	var doubtErr error
-	// refused is the last refusal a member answered that named no leader
-	// (unavailable: an election under way): a call its bound (ctx's, the
+	// refused is the last refusal a member answered, if it named no
+	// leader (unavailable: an election under way): a call its bound (ctx's, the
 	// follow bound, the doubt's) ends in an attempt cut short, or on
 	// doubtErr, keeps it beside its error (refusedBefore). Until session
 	// 23 it was lost: huddle send to a cell an election outlasted said
@@ -373,8 +373,11 @@ func (g *Group) memberCallOnDoubt(ctx context.Context, op wire.Op, args, out any
 			return ended(err)
 		}
 		var we *wire.Error
-		if errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader == nil {
+		if errors.As(err, &we) && we.Code == wire.CodeUnavailable {
 			refused = we
+			if we.Leader != nil {
+				refused = nil // a later word: the cell had a leader to name
+			}
 		}
 		leader := errors.As(err, &we) && we.Code == wire.CodeUnavailable && we.Leader != nil
 		// A member's refusal names the cell's members: a list made before
@@ -655,11 +658,11 @@ func (e *refusedBefore) Error() string {
 }
 func (e *refusedBefore) Unwrap() error { return e.err }
 
-// LastRefusal returns the last refusal naming no leader that a cell's
-// member answered a call with (unavailable: "no leader is known (an
-// election is under way)"), when the call ended otherwise: its deadline, or its
-// retries in doubt (ErrInDoubt) ended, during an attempt that no member
-// answered. A send to a cell that an election outlasts fails so: its
+// LastRefusal returns the refusal naming no leader that a cell's member
+// answered a call with last (unavailable: "no leader is known (an
+// election is under way)"), when the call ended otherwise: its deadline,
+// or its retries in doubt (ErrInDoubt) ended, during an attempt that no
+// member answered. A send to a cell that an election outlasts fails so: its
 // error is the deadline's or the doubt's, and this says the members were
 // there, answering. ok is false if no member refused the call, or if it
 // ended on a refusal (errors.As finds that one).
