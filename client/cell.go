@@ -631,9 +631,20 @@ func (g *Group) dialed(fp Fingerprint, ok bool, took, bound time.Duration) {
 // timeout (HandshakeIdleTimeout) or the dial's own context (peer.dial),
 // whichever ended it first, at one address at least. The caller has
 // checked that its own context has not ended.
+//
+// quic-go ends a dial to a member that answers nothing with an
+// IdleTimeoutError (HandshakeIdleTimeout passed since its first packet
+// went out): its HandshakeTimeoutError is for a handshake that packets
+// kept alive for twice as long. The idle timer starts a moment after
+// peer.dial's context, so the context's deadline mostly came first; but
+// when both had passed before the dial's goroutine ran (a loaded
+// machine), quic-go returned either, and until session 23 the idle
+// timeout was taken for a refusal: the member not passed over, the
+// failure not counted. A dial has no idle timeout but the handshake's.
 func handshakeTimedOut(err error) bool {
 	var hs *quic.HandshakeTimeoutError
-	return errors.As(err, &hs) || errors.Is(err, context.DeadlineExceeded)
+	var idle *quic.IdleTimeoutError
+	return errors.As(err, &hs) || errors.As(err, &idle) || errors.Is(err, context.DeadlineExceeded)
 }
 
 var (
