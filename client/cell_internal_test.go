@@ -656,7 +656,14 @@ func TestCellAttemptBoundFromStreamOpen(t *testing.T) {
 	g, got, let, attempt := newCreditMember(t, 0, clock)
 	attempts := &g.cl.attempts
 	first := attempt(d)
-	a := <-got           // the member's one stream is the first call's
+	a := <-got // the member's one stream is the first call's
+	// The member acknowledges the first request (its ack delay, 25 ms,
+	// later) before the clock passes the first attempt's silence bound:
+	// a live member does so. The clock moved once the member had read
+	// it, and a tick before the ack arrived ended the first attempt as
+	// silent and dropped the connection; the second call then opened its
+	// stream on a new connection, whose first stream is answered at once.
+	waitHeard(t, attempts, first)
 	second := attempt(d) // waits for credit
 	waitAttempts(t, attempts, 2)
 	clock.add(d / 2)
